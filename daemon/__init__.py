@@ -1,0 +1,3 @@
+"""tradingd: one asyncio engine for live paper trading and replay backtests."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,59 @@
+"""Exceptions named by what the operator must do about them."""
+
+from __future__ import annotations
+
+
+class TradingdError(Exception):
+    """Base of every error tradingd raises on purpose."""
+
+
+class ConfigError(TradingdError):
+    """Fix the configuration: names the key, the bad value and the valid choices."""
+
+
+class DataError(TradingdError):
+    """Fix or repair the input data: names the file, symbol and row."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        source: str | None = None,
+        symbol: str | None = None,
+        row: int | str | None = None,
+    ) -> None:
+        where = ", ".join(
+            f"{k}={v}" for k, v in (("file", source), ("symbol", symbol), ("row", row)) if v
+        )
+        super().__init__(f"{message} ({where})" if where else message)
+        self.source = source
+        self.symbol = symbol
+        self.row = row
+
+
+class PluginError(TradingdError):
+    """A plugin could not be found, loaded or configured: fix the plugin or its config."""
+
+
+class PluginFault(TradingdError):
+    """A plugin raised while handling a bar: the plugin has a bug; the run stops."""
+
+    def __init__(self, plugin: str, stage: str, bar_time: object, cause: BaseException) -> None:
+        super().__init__(
+            f"plugin {plugin!r} failed in {stage} at bar {bar_time}: "
+            f"{type(cause).__name__}: {cause}"
+        )
+        self.plugin = plugin
+        self.stage = stage
+
+
+class RetryableError(TradingdError):
+    """A transient failure (network, rate limit); the caller retries with backoff."""
+
+
+class FatalError(TradingdError):
+    """Stop the daemon: continuing would risk wrong orders or lost records."""
+
+
+class StorageError(TradingdError):
+    """The store is unreachable or rejected a write: check DATABASE_URL and the database."""

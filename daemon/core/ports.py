@@ -1,0 +1,190 @@
+"""Every interface between tradingd's parts, in one place.
+
+The engine only knows these protocols; `tradingd.app` is the one place that picks concrete
+clocks, feeds, brokers, stores and caches. Plugins see a `BarContext`, never the engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+import numpy as np
+
+from .types import BrokerUpdate, CrossSection, Fill, Order, RiskVerdict, RunInfo
+
+# ----------------------------------------------------------------------------- lifecycle
+
+
+class Service(Protocol):
+    """Long-lived parts start and stop explicitly; no constructor touches the event loop."""
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+# ----------------------------------------------------------------------------- the swaps
+
+
+class Clock(Service, Protocol):
+    """Yields bar times. Replay: the next stored bar at once. Live: each bar close."""
+
+    def __aiter__(self) -> AsyncIterator[datetime]: ...
+    def request_stop(self) -> None: ...
+
+
+class Feed(Service, Protocol):
+    """Market data for a fixed universe."""
+
+    @property
+    def symbols(self) -> tuple[str, ...]: ...
+
+    async def bars(self, t: datetime) -> CrossSection | None:
+        """The cross-section at bar time t, or None when no symbol has a bar then."""
+        ...
+
+
+class Broker(Service, Protocol):
+    async def submit(self, orders: Sequence[Order]) -> list[Order]:
+        """Accept orders; returns their acknowledged state (NEW, HELD or REJECTED).
+        Submitting a client_order_id twice returns the existing order, never a second one."""
+        ...
+
+    async def cancel(self, client_order_id: str, reason: str) -> Order | None: ...
+
+    async def on_bar(self, bar: CrossSection) -> BrokerUpdate:
+        """Called first thing at each bar: fills and order changes since the previous bar."""
+        ...
+
+    def open_orders(self) -> list[Order]: ...
+
+
+class Store(Service, Protocol):
+    """Persistence. `record_*` buffer rows; `flush` writes them in batches."""
+
+    async def begin_run(self, run: RunInfo) -> None: ...
+    async def end_run(self, run_id: str, summary: Mapping[str, Any]) -> None: ...
+    async def write_bars(self, symbols: Sequence[str], bars: Sequence[CrossSection]) -> None: ...
+
+    def record_signals(
+        self, run_id: str, time: datetime, symbols: Sequence[str], scores: np.ndarray,
+        targets: np.ndarray,
+    ) -> None: ...
+    def record_orders(self, run_id: str, orders: Sequence[Order]) -> None: ...
+    def record_fills(self, run_id: str, fills: Sequence[Fill]) -> None: ...
+    def record_positions(
+        self, run_id: str, time: datetime, symbols: Sequence[str], quantity: np.ndarray,
+        avg_price: np.ndarray, mark: np.ndarray,
+    ) -> None: ...
+    def record_equity(
+        self, run_id: str, time: datetime, cash: float, equity: float, gross_exposure: float,
+        net_exposure: float,
+    ) -> None: ...
+
+    async def maybe_flush(self) -> None:
+        """Flush when a buffer has reached the batch size; cheap otherwise."""
+        ...
+
+    async def flush(self) -> None: ...
+
+    async def fetch(self, table: str, run_id: str) -> list[dict[str, Any]]:
+        """Rows of one run from `orders`, `fills`, `equity`, `positions` or `signals`."""
+        ...
+
+
+class Cache(Service, Protocol):
+    async def get(self, key: str) -> bytes | None: ...
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None: ...
+
+
+# ----------------------------------------------------------------------------- plugins
+
+
+class HistoryView(Protocol):
+    """Split-adjusted past bars, newest last. Never contains data after the current bar."""
+
+    def window(self, field: str, n: int) -> np.ndarray:
+        """The last n rows of `field` (open/high/low/close/volume) as an (n, N) array;
+        rows before the first bar are NaN."""
+        ...
+
+    @property
+    def length(self) -> int:
+        """Bars seen so far."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class PortfolioView:
+    cash: float
+    equity: float
+    quantity: np.ndarray  # (N,) signed shares
+    weights: np.ndarray  # (N,) signed position value / equity
+    peak_equity: float
+    day_start_equity: float  # equity at the previous bar's close
+
+
+@dataclass(frozen=True, slots=True)
+class BarContext:
+    """Everything a plugin may use at bar t. Built once per bar, shared by all plugins."""
+
+    time: datetime
+    index: int  # bars since the start of the run
+    symbols: tuple[str, ...]
+    bar: CrossSection
+    mark: np.ndarray  # (N,) last known close, NaN before a symbol's first bar
+    tradable: np.ndarray  # (N,) bool: has a bar at t
+    history: HistoryView
+    features: Mapping[str, np.ndarray]  # name -> (N,) values at t, NaN when not ready
+    portfolio: PortfolioView
+
+
+@dataclass(frozen=True, slots=True)
+class RiskDecision:
+    targets: np.ndarray
+    verdicts: tuple[RiskVerdict, ...] = ()
+
+
+@runtime_checkable
+class SignalPlugin(Protocol):
+    """Scores every symbol in [-1, 1] (positive = want to be long); NaN = no view."""
+
+    kind: ClassVar[str]  # "signal"
+    name: str
+
+    def required_features(self) -> tuple[str, ...]: ...
+    def score(self, ctx: BarContext) -> np.ndarray: ...
+
+
+@runtime_checkable
+class SizingPlugin(Protocol):
+    """Turns the combined score into target weights (signed fraction of equity per symbol)."""
+
+    kind: ClassVar[str]  # "sizing"
+    name: str
+
+    def required_features(self) -> tuple[str, ...]: ...
+    def size(self, score: np.ndarray, ctx: BarContext) -> np.ndarray: ...
+
+
+@runtime_checkable
+class RiskPlugin(Protocol):
+    """Adjusts target weights; every change comes back as a verdict with a reason."""
+
+    kind: ClassVar[str]  # "risk"
+    name: str
+
+    def required_features(self) -> tuple[str, ...]: ...
+    def check(self, targets: np.ndarray, ctx: BarContext) -> RiskDecision: ...
+
+
+class AccountView(Protocol):
+    """What a simulated broker may ask of the book it trades for (cash and positions at the
+    start of the bar, before this bar's fills)."""
+
+    @property
+    def cash(self) -> float: ...
+
+    def quantity_of(self, symbol: str) -> float: ...

@@ -1,0 +1,182 @@
+"""Value types that cross component boundaries.
+
+Market data travels as a cross-section: one array slot per symbol of the fixed universe,
+NaN where a symbol has no bar at that time (not listed yet, halted, holiday). Orders and
+fills are few per bar, so they are plain objects with a full lifecycle.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from enum import StrEnum
+
+import numpy as np
+
+
+class Side(StrEnum):
+    BUY = "buy"
+    SELL = "sell"
+
+    @property
+    def sign(self) -> int:
+        return 1 if self is Side.BUY else -1
+
+
+class OrderType(StrEnum):
+    MARKET = "market"
+    LIMIT = "limit"
+    STOP = "stop"
+    STOP_LIMIT = "stop_limit"
+    TRAILING_STOP = "trailing_stop"
+
+
+class OrderStatus(StrEnum):
+    NEW = "new"
+    # A bracket leg waits, inactive, until its parent entry is filled (Alpaca calls this "held").
+    HELD = "held"
+    PARTIALLY_FILLED = "partially_filled"
+    FILLED = "filled"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+
+    @property
+    def is_open(self) -> bool:
+        return self in (OrderStatus.NEW, OrderStatus.HELD, OrderStatus.PARTIALLY_FILLED)
+
+
+class Leg(StrEnum):
+    """The role of an order; part of its client_order_id."""
+
+    ENTRY = "entry"  # a rebalance order (opens, adds to, reduces or closes a position)
+    TAKE_PROFIT = "tp"
+    STOP_LOSS = "sl"
+    EXIT = "exit"  # a stand-alone protective or closing order
+
+
+@dataclass(frozen=True, slots=True)
+class CrossSection:
+    """All bars of the universe at one bar time. Arrays have one slot per universe symbol."""
+
+    time: datetime
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+    # Split coefficient on this bar (7.0 for a 7-for-1 split), 1.0 otherwise.
+    split: np.ndarray
+    # Cash dividend per share going ex on this bar, 0.0 otherwise.
+    dividend: np.ndarray
+
+    @property
+    def valid(self) -> np.ndarray:
+        return ~np.isnan(self.close)
+
+
+def client_order_id(run_id: str, bar_time: datetime, symbol: str, leg: Leg | str) -> str:
+    """Deterministic id: the same decision always maps to the same id, so a resubmission
+    after a crash or restart is recognised as a duplicate by the broker, not doubled.
+    Alpaca limits the id to 128 characters."""
+    cid = f"{run_id}|{bar_time:%Y%m%dT%H%M%S}|{symbol}|{leg}"
+    if len(cid) > 128:
+        raise ValueError(f"client_order_id longer than 128 characters: {cid!r}; shorten run_id")
+    return cid
+
+
+@dataclass(slots=True)
+class Order:
+    """An order and its lifecycle. Quantities are positive; the side gives the direction."""
+
+    client_order_id: str
+    symbol: str
+    side: Side
+    quantity: float
+    created_at: datetime
+    type: OrderType = OrderType.MARKET
+    limit_price: float | None = None
+    stop_price: float | None = None
+    # Trailing stop distance as a fraction of the best price seen since activation (0.02 = 2%).
+    trail_pct: float | None = None
+    leg: Leg = Leg.ENTRY
+    parent_id: str | None = None
+    # Orders sharing an oco_group cancel each other when one fills (bracket exits).
+    oco_group: str | None = None
+    status: OrderStatus = OrderStatus.NEW
+    filled_quantity: float = 0.0
+    avg_fill_price: float = math.nan
+    reason: str = ""
+    updated_at: datetime | None = None
+    # Bars this order has been open and eligible to fill; used for time-in-force.
+    bars_open: int = 0
+    # Highest (sell) / lowest (buy) price seen by a trailing stop since it became active.
+    trail_anchor: float | None = None
+
+    @property
+    def remaining(self) -> float:
+        return self.quantity - self.filled_quantity
+
+    @property
+    def signed_quantity(self) -> float:
+        return self.side.sign * self.quantity
+
+    def snapshot(self) -> Order:
+        return replace(self)
+
+
+@dataclass(frozen=True, slots=True)
+class Fill:
+    """One execution. `price` includes slippage and half-spread; commission is separate."""
+
+    fill_id: str
+    client_order_id: str
+    symbol: str
+    side: Side
+    quantity: float
+    price: float
+    commission: float
+    # Money lost to slippage and half-spread versus the reference price (always >= 0).
+    slippage: float
+    time: datetime
+    reference_price: float = math.nan
+
+    @property
+    def signed_quantity(self) -> float:
+        return self.side.sign * self.quantity
+
+    @property
+    def notional(self) -> float:
+        return self.quantity * self.price
+
+
+@dataclass(frozen=True, slots=True)
+class RiskVerdict:
+    """A risk decision about one symbol (or the whole book when symbol is None).
+
+    A rejection is a value with a reason, never an exception."""
+
+    plugin: str
+    symbol: str | None
+    action: str  # "clip", "reject", "scale", "flatten", "halt"
+    reason: str
+    requested: float = math.nan
+    allowed: float = math.nan
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerUpdate:
+    """What a broker reports for one bar: executions and orders whose status changed."""
+
+    fills: list[Fill] = field(default_factory=list)
+    orders: list[Order] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class RunInfo:
+    run_id: str
+    mode: str  # "backtest" or "live"
+    started_at: datetime
+    config_json: str
+    symbols: tuple[str, ...]
+    initial_capital: float

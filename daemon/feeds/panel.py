@@ -1,0 +1,101 @@
+"""The in-memory shape of stored history: one (T, N) array per field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+
+from ..core.types import CrossSection
+
+PRICE_FIELDS = ("open", "high", "low", "close")
+FIELDS = (*PRICE_FIELDS, "volume", "split", "dividend")
+
+
+@dataclass(frozen=True)
+class Panel:
+    """Bars of a fixed universe on a common time index.
+
+    `times` is sorted and unique (datetime64[ns], UTC). Price and volume arrays hold NaN where
+    a symbol has no bar; `split` is 1.0 and `dividend` 0.0 there. Prices are raw (as traded):
+    splits are applied by the portfolio and the history buffer at the bar they happen.
+    """
+
+    times: np.ndarray
+    symbols: tuple[str, ...]
+    open: np.ndarray
+    high: np.ndarray
+    low: np.ndarray
+    close: np.ndarray
+    volume: np.ndarray
+    split: np.ndarray
+    dividend: np.ndarray
+
+    def __post_init__(self) -> None:
+        t, n = len(self.times), len(self.symbols)
+        for name in FIELDS:
+            arr = getattr(self, name)
+            if arr.shape != (t, n):
+                raise ValueError(f"panel field {name!r} has shape {arr.shape}, expected {(t, n)}")
+
+    @property
+    def n_bars(self) -> int:
+        """Bars that exist (symbol x time with a close)."""
+        return int(np.count_nonzero(~np.isnan(self.close)))
+
+    def datetimes(self) -> list[datetime]:
+        return [ts.to_pydatetime() for ts in pd.DatetimeIndex(self.times, tz=UTC)]
+
+    def row(self, i: int, time: datetime) -> CrossSection:
+        return CrossSection(
+            time=time,
+            open=self.open[i],
+            high=self.high[i],
+            low=self.low[i],
+            close=self.close[i],
+            volume=self.volume[i],
+            split=self.split[i],
+            dividend=self.dividend[i],
+        )
+
+    def select(
+        self, symbols: tuple[str, ...] | None = None, start: str | None = None,
+        end: str | None = None,
+    ) -> Panel:
+        """A sub-panel by symbols and inclusive date range (dates as 'YYYY-MM-DD')."""
+        cols = np.arange(len(self.symbols))
+        if symbols is not None:
+            index = {s: i for i, s in enumerate(self.symbols)}
+            missing = [s for s in symbols if s not in index]
+            if missing:
+                raise KeyError(f"symbols not in data: {missing}")
+            cols = np.array([index[s] for s in symbols], dtype=int)
+        mask = np.ones(len(self.times), dtype=bool)
+        if start:
+            mask &= self.times >= np.datetime64(pd.Timestamp(start).to_datetime64(), "ns")
+        if end:
+            mask &= self.times <= np.datetime64(pd.Timestamp(end).to_datetime64(), "ns")
+        sub = {f: getattr(self, f)[np.ix_(mask, cols)] for f in FIELDS}
+        keep = ~np.all(np.isnan(sub["close"]), axis=1)
+        return Panel(
+            times=self.times[mask][keep],
+            symbols=tuple(self.symbols[i] for i in cols),
+            **{f: np.ascontiguousarray(a[keep]) for f, a in sub.items()},
+        )
+
+    @classmethod
+    def from_long(cls, df: pd.DataFrame) -> Panel:
+        """From a validated long table with columns time, symbol and the FIELDS."""
+        symbols = tuple(sorted(df["symbol"].unique()))
+        times = np.sort(df["time"].unique())
+        ti = np.searchsorted(times, df["time"].to_numpy())
+        si = np.searchsorted(np.array(symbols, dtype=object), df["symbol"].to_numpy())
+        out = {}
+        for f in FIELDS:
+            fill = 1.0 if f == "split" else (0.0 if f == "dividend" else np.nan)
+            arr = np.full((len(times), len(symbols)), fill, dtype=np.float64)
+            arr[ti, si] = df[f].to_numpy(dtype=np.float64)
+            out[f] = arr
+        return cls(times=np.asarray(times, dtype="datetime64[ns]"), symbols=symbols, **out)

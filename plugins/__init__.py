@@ -1,0 +1,1 @@
+"""Built-in plugins of tradingd, registered through the `tradingd.plugins` entry points."""
