@@ -1,0 +1,341 @@
+"""The per-bar pipeline, the same for replay backtests and live paper trading.
+
+    bars(t) -> splits, dividends -> broker fills (orders of t-1 at t's open) -> mark to market
+            -> features(t) -> signal plugins -> sizing -> risk plugins -> orders -> broker
+            -> store / audit / cache
+
+The engine never asks which mode it is in: the clock, the feed and the broker it is given
+decide that (see `tradingd.app`). Everything on the hot path works on the cross-section of the
+universe as arrays; only orders and fills, a handful per bar, are Python objects.
+"""
+
+from __future__ import annotations
+
+import json
+import time as _time
+from collections import deque
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import structlog
+
+from ..core.errors import PluginFault
+from ..core.ports import (
+    BarContext,
+    Broker,
+    Cache,
+    Clock,
+    Feed,
+    RiskDecision,
+    RiskPlugin,
+    SignalPlugin,
+    SizingPlugin,
+    Store,
+)
+from ..core.types import CrossSection, Fill, Order, OrderStatus, RiskVerdict, RunInfo
+from ..features.basic import FeatureStage
+from .history import HistoryBuffer
+from .planner import OrderPlanner
+from .portfolio import Portfolio
+
+log = structlog.get_logger(__name__)
+
+
+class Audit:
+    """Where every order and fill is also written (see `tradingd.audit`)."""
+
+    def orders(self, orders: Sequence[Order]) -> None: ...
+    def fills(self, fills: Sequence[Fill]) -> None: ...
+    def flush(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class EngineResult:
+    run_id: str
+    bars: int
+    times: list[datetime]
+    equity: list[float]
+    gross_exposure: list[float]
+    fills: int
+    orders: int
+    verdicts: int
+    stopped_early: bool = False
+
+
+@dataclass
+class Pipeline:
+    """The configured plugins: signals with their weights, one sizing, a chain of risks."""
+
+    signals: list[tuple[SignalPlugin, float]]
+    sizing: SizingPlugin
+    risks: list[RiskPlugin] = field(default_factory=list)
+
+    def required_features(self) -> set[str]:
+        names: set[str] = set()
+        for p, _ in self.signals:
+            names.update(p.required_features())
+        names.update(self.sizing.required_features())
+        for r in self.risks:
+            names.update(r.required_features())
+        return names
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        run: RunInfo,
+        clock: Clock,
+        feed: Feed,
+        broker: Broker,
+        store: Store,
+        cache: Cache,
+        pipeline: Pipeline,
+        planner: OrderPlanner,
+        portfolio: Portfolio,
+        audit: Audit | None = None,
+        curve_maxlen: int | None = None,
+        publish_interval_s: float = 1.0,
+        cache_ttl_s: float = 3600.0,
+        on_bar: Callable[[int, datetime], None] | None = None,
+        before_stop: Callable[[Engine], Awaitable[None]] | None = None,
+    ) -> None:
+        self.run = run
+        self.clock = clock
+        self.feed = feed
+        self.broker = broker
+        self.store = store
+        self.cache = cache
+        self.pipeline = pipeline
+        self.planner = planner
+        self.portfolio = portfolio
+        self.audit = audit or Audit()
+        self.symbols = run.symbols
+        self.features = FeatureStage(pipeline.required_features())
+        self.history = HistoryBuffer(len(self.symbols), max(self.features.lookback, 2))
+        self._times: deque[datetime] = deque(maxlen=curve_maxlen)
+        self._equity: deque[float] = deque(maxlen=curve_maxlen)
+        self._gross: deque[float] = deque(maxlen=curve_maxlen)
+        self._bars = 0
+        self._orders = 0
+        self._verdicts = 0
+        self._publish_interval = publish_interval_s
+        self._cache_ttl = cache_ttl_s
+        self._last_publish = -float("inf")
+        self._on_bar = on_bar
+        self._before_stop = before_stop
+        self._stop_requested = False
+        self._record_signals = True
+
+    # lifecycle -----------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        """Finish the current bar, then stop cleanly (SIGTERM lands here)."""
+        self._stop_requested = True
+        self.clock.request_stop()
+
+    async def run_until_done(self) -> EngineResult:
+        parts = (self.store, self.cache, self.feed, self.broker, self.clock)
+        started = []
+        try:
+            for part in parts:
+                await part.start()
+                started.append(part)
+            await self.store.begin_run(self.run)
+            structlog.contextvars.bind_contextvars(run_id=self.run.run_id)
+            log.info("engine.start", mode=self.run.mode, symbols=len(self.symbols),
+                     lookback=self.history.capacity, features=list(self.features.names))
+            async for t in self.clock:
+                bar = await self.feed.bars(t)
+                if bar is not None:
+                    await self.step(bar)
+                if self._stop_requested:
+                    break
+            result = self.result()
+            await self.store.end_run(self.run.run_id, {"bars": result.bars})
+            await self._publish(force=True)
+            await self.store.flush()
+            if self._before_stop is not None:
+                await self._before_stop(self)
+            log.info("engine.stop", bars=result.bars, fills=result.fills,
+                     equity=self.portfolio.equity, stopped_early=result.stopped_early)
+            return result
+        finally:
+            for part in reversed(started):
+                try:
+                    await part.stop()
+                except Exception:  # stopping must reach every part
+                    log.exception("engine.stop_failed", part=type(part).__name__)
+            self.audit.close()
+            structlog.contextvars.unbind_contextvars("run_id")
+
+    def result(self) -> EngineResult:
+        return EngineResult(
+            run_id=self.run.run_id,
+            bars=self._bars,
+            times=list(self._times),
+            equity=list(self._equity),
+            gross_exposure=list(self._gross),
+            fills=self.portfolio.fill_count,
+            orders=self._orders,
+            verdicts=self._verdicts,
+            stopped_early=self._stop_requested,
+        )
+
+    # the pipeline --------------------------------------------------------------------------
+    async def step(self, bar: CrossSection) -> None:
+        pf = self.portfolio
+        run_id = self.run.run_id
+        split_cols = pf.apply_splits(bar.split)
+        if split_cols:
+            log.info("corporate.split", time=bar.time,
+                     symbols={self.symbols[i]: float(bar.split[i]) for i in split_cols})
+        if bar.dividend.any():
+            pf.apply_dividends(bar.dividend)
+        self.history.push(bar)
+
+        update = await self.broker.on_bar(bar)
+        if update.fills:
+            for fill in update.fills:
+                pf.apply_fill(fill)
+            self.store.record_fills(run_id, update.fills)
+            self.audit.fills(update.fills)
+        if update.orders:
+            self.store.record_orders(run_id, update.orders)
+            self.audit.orders(update.orders)
+
+        valid = ~np.isnan(bar.close)
+        equity = pf.mark_to_market(bar.close, valid)
+        ctx = BarContext(
+            time=bar.time,
+            index=self._bars,
+            symbols=self.symbols,
+            bar=bar,
+            mark=pf.mark,
+            tradable=valid,
+            history=self.history,
+            features=self.features.compute(self.history),
+            portfolio=pf.view(),
+        )
+        score = self._score(ctx)
+        targets = self._size(score, ctx)
+        targets, verdicts = self._risk(targets, ctx)
+        if verdicts:
+            self._verdicts += len(verdicts)
+            for v in verdicts:
+                log.debug("risk.verdict", plugin=v.plugin, symbol=v.symbol, action=v.action,
+                          reason=v.reason, requested=v.requested, allowed=v.allowed)
+
+        plan = self.planner.plan(targets, ctx, self.broker.open_orders())
+        for cid in plan.cancel:
+            cancelled = await self.broker.cancel(cid, "position closed by rebalance")
+            if cancelled is not None:
+                self.store.record_orders(run_id, [cancelled])
+                self.audit.orders([cancelled])
+        if plan.orders:
+            acked = await self.broker.submit(plan.orders)
+            self._orders += len(acked)
+            self.store.record_orders(run_id, acked)
+            self.audit.orders(acked)
+            rejected = [o for o in acked if o.status is OrderStatus.REJECTED]
+            for o in rejected:
+                log.warning("order.rejected", symbol=o.symbol, cid=o.client_order_id,
+                            reason=o.reason)
+
+        gross, net = pf.exposure()
+        if self._record_signals:
+            self.store.record_signals(run_id, bar.time, self.symbols, score, targets)
+        self.store.record_positions(run_id, bar.time, self.symbols, pf.quantity, pf.avg_price,
+                                    ctx.mark)
+        self.store.record_equity(run_id, bar.time, pf.cash, equity, gross, net)
+        await self.store.maybe_flush()
+        self.audit.flush()
+        self._times.append(bar.time)
+        self._equity.append(equity)
+        self._gross.append(gross)
+        self._bars += 1
+        await self._publish()
+        if self._on_bar is not None:
+            self._on_bar(self._bars, bar.time)
+
+    def _score(self, ctx: BarContext) -> np.ndarray:
+        n = len(self.symbols)
+        num = np.zeros(n)
+        den = np.zeros(n)
+        for plugin, weight in self.pipeline.signals:
+            s = self._call(plugin, "score", plugin.score, ctx)
+            s = _check_array(plugin, "score", s, n, ctx.time, allow_nan=True)
+            if np.any(np.abs(s) > 1.0 + 1e-12):
+                raise PluginFault(plugin.name, "score", ctx.time,
+                                  ValueError("scores must lie in [-1, 1] or be NaN"))
+            ok = ~np.isnan(s)
+            num[ok] += weight * s[ok]
+            den[ok] += weight
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.where(den > 0, num / den, np.nan)
+
+    def _size(self, score: np.ndarray, ctx: BarContext) -> np.ndarray:
+        p = self.pipeline.sizing
+        t = self._call(p, "size", p.size, score, ctx)
+        return _check_array(p, "size", t, len(self.symbols), ctx.time, allow_nan=False)
+
+    def _risk(self, targets: np.ndarray, ctx: BarContext) -> tuple[np.ndarray, list[RiskVerdict]]:
+        verdicts: list[RiskVerdict] = []
+        for r in self.pipeline.risks:
+            decision = self._call(r, "check", r.check, targets, ctx)
+            if not isinstance(decision, RiskDecision):
+                raise PluginFault(r.name, "check", ctx.time,
+                                  TypeError(f"returned {type(decision).__name__}, not RiskDecision"))
+            targets = _check_array(r, "check", decision.targets, len(self.symbols), ctx.time,
+                                   allow_nan=False)
+            verdicts.extend(decision.verdicts)
+        return targets, verdicts
+
+    @staticmethod
+    def _call(plugin: Any, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """The one boundary where plugin code runs: any exception becomes a PluginFault."""
+        try:
+            return fn(*args)
+        except PluginFault:
+            raise
+        except Exception as exc:
+            raise PluginFault(getattr(plugin, "name", type(plugin).__name__), stage,
+                              args[-1].time, exc) from exc
+
+    async def _publish(self, force: bool = False) -> None:
+        now = _time.monotonic()
+        if not force and now - self._last_publish < self._publish_interval:
+            return
+        self._last_publish = now
+        pf = self.portfolio
+        held = np.flatnonzero(pf.quantity)
+        state = {
+            "run_id": self.run.run_id,
+            "mode": self.run.mode,
+            "bar_time": self._times[-1].isoformat() if self._times else None,
+            "bars": self._bars,
+            "equity": pf.equity,
+            "cash": pf.cash,
+            "positions": {self.symbols[i]: float(pf.quantity[i]) for i in held.tolist()},
+            "open_orders": len(self.broker.open_orders()),
+            "updated_at": datetime.now().astimezone().isoformat(),
+        }
+        await self.cache.set(f"tradingd:{self.run.run_id}:state", json.dumps(state).encode(),
+                             self._cache_ttl)
+
+
+def _check_array(plugin: Any, stage: str, arr: Any, n: int, t: datetime, *,
+                 allow_nan: bool) -> np.ndarray:
+    name = getattr(plugin, "name", type(plugin).__name__)
+    a = np.asarray(arr, dtype=np.float64)
+    if a.shape != (n,):
+        raise PluginFault(name, stage, t, ValueError(f"returned shape {a.shape}, expected ({n},)"))
+    if np.isinf(a).any():
+        raise PluginFault(name, stage, t, ValueError("returned an infinite value"))
+    if not allow_nan and np.isnan(a).any():
+        # A NaN target means "no view": hold no position rather than guess.
+        a = np.nan_to_num(a, nan=0.0)
+    return a

@@ -1,0 +1,66 @@
+"""A fixed-size, split-adjusted window of past bars for the whole universe.
+
+A double-written ring buffer: every row is stored twice, `capacity` rows apart, so the last n
+rows are always one contiguous (n, N) view, with no copy and no concatenation per bar. Memory
+is fixed at start-up whatever the length of the run.
+
+Raw prices jump at a split; features over a window that straddles the split must not. When a
+bar carries a split coefficient s for a symbol, the rows already in the buffer are divided by s
+(volume multiplied), which uses only what is known at that bar: no lookahead.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.types import CrossSection
+
+FIELDS = ("open", "high", "low", "close", "volume")
+_PRICE_FIELDS = ("open", "high", "low", "close")
+
+
+class HistoryBuffer:
+    def __init__(self, n_symbols: int, capacity: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"history capacity must be >= 1, got {capacity}")
+        self._cap = capacity
+        self._buf = {f: np.full((2 * capacity, n_symbols), np.nan) for f in FIELDS}
+        self._pos = capacity - 1
+        self._len = 0
+
+    @property
+    def capacity(self) -> int:
+        return self._cap
+
+    @property
+    def length(self) -> int:
+        return self._len
+
+    def push(self, bar: CrossSection) -> None:
+        split = bar.split
+        if (split != 1.0).any():
+            cols = np.flatnonzero(split != 1.0)
+            s = split[cols]
+            for f in _PRICE_FIELDS:
+                self._buf[f][:, cols] /= s
+            self._buf["volume"][:, cols] *= s
+        p = self._pos + 1
+        if p == self._cap:
+            p = 0
+        q = p + self._cap
+        for f in FIELDS:
+            row = getattr(bar, f)
+            buf = self._buf[f]
+            buf[p] = row
+            buf[q] = row
+        self._pos = p
+        self._len += 1
+
+    def window(self, field: str, n: int) -> np.ndarray:
+        if n > self._cap or n < 1:
+            raise ValueError(f"window of {n} bars requested; buffer holds 1..{self._cap}")
+        end = self._pos + self._cap + 1
+        return self._buf[field][end - n : end]
+
+    def latest(self, field: str) -> np.ndarray:
+        return self._buf[field][self._pos]

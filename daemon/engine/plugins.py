@@ -1,0 +1,70 @@
+"""Finding, configuring and calling plugins.
+
+Plugins (built-in and third-party alike) register in the entry-point group `tradingd.plugins`.
+A plugin is a class with `kind` ("signal", "sizing" or "risk"), a frozen `Config` dataclass and
+`__init__(config, symbols)`. A plugin that fails to import is an error naming it: never a skip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+from ..config import ConfigError, PluginSpec, build
+from ..core.errors import PluginError
+
+GROUP = "tradingd.plugins"
+KINDS = ("signal", "sizing", "risk")
+
+
+@dataclass(frozen=True)
+class LoadedPlugin:
+    spec: PluginSpec
+    instance: Any
+
+
+def available() -> dict[str, EntryPoint]:
+    return {ep.name: ep for ep in entry_points(group=GROUP)}
+
+
+def load_plugin(
+    spec: PluginSpec, kind: str, symbols: tuple[str, ...], where: str,
+    registry: Mapping[str, EntryPoint] | None = None,
+) -> Any:
+    eps = available() if registry is None else registry
+    ep = eps.get(spec.name)
+    if ep is None:
+        raise ConfigError(
+            f"{where}.name = {spec.name!r}: no such plugin; valid choices: "
+            + ", ".join(sorted(n for n in eps))
+        )
+    try:
+        cls = ep.load()
+    except Exception as exc:
+        raise PluginError(
+            f"plugin {spec.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
+    got = getattr(cls, "kind", None)
+    if got != kind:
+        same_kind = sorted(n for n, e in eps.items() if _kind_of(e) == kind)
+        raise ConfigError(
+            f"{where}.name = {spec.name!r} is a {got!r} plugin, not a {kind!r} plugin; "
+            f"valid choices: {', '.join(same_kind)}"
+        )
+    config_cls = getattr(cls, "Config", None)
+    if config_cls is None:
+        raise PluginError(f"plugin {spec.name!r} ({ep.value}) has no Config class")
+    config = build(config_cls, spec.params, f"{where}.params")
+    try:
+        return cls(config, symbols)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}.params: {exc}") from exc
+
+
+def _kind_of(ep: EntryPoint) -> str | None:
+    try:
+        return getattr(ep.load(), "kind", None)
+    except Exception:
+        return None

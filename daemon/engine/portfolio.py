@@ -1,0 +1,127 @@
+"""Cash, positions and profit and loss of one book, as arrays over the universe.
+
+Accounting identity kept at every bar: equity = cash + sum(quantity x mark). Cash moves only
+through fills (notional and commission) and dividends; quantity only through fills and splits.
+Costs are accumulated from the fills themselves, so the ledger can be checked against them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..core.ports import PortfolioView
+from ..core.types import Fill
+
+
+class Portfolio:
+    def __init__(self, symbols: tuple[str, ...], initial_cash: float) -> None:
+        n = len(symbols)
+        self.symbols = symbols
+        self._index = {s: i for i, s in enumerate(symbols)}
+        self.initial_cash = initial_cash
+        self._cash = float(initial_cash)
+        self.quantity = np.zeros(n)
+        self.avg_price = np.zeros(n)
+        self.realized_pnl = np.zeros(n)
+        # Last known close; 0 until a symbol's first bar (has_mark says which are real).
+        self._mark = np.zeros(n)
+        self.has_mark = np.zeros(n, dtype=bool)
+        self.commission_paid = 0.0
+        self.slippage_paid = 0.0
+        self.dividends_received = 0.0
+        self.fill_count = 0
+        self.equity = float(initial_cash)
+        self.peak_equity = float(initial_cash)
+        self.prev_equity = float(initial_cash)
+
+    # AccountView ---------------------------------------------------------------------------
+    @property
+    def cash(self) -> float:
+        return self._cash
+
+    def quantity_of(self, symbol: str) -> float:
+        return float(self.quantity[self._index[symbol]])
+
+    # events --------------------------------------------------------------------------------
+    def apply_splits(self, split: np.ndarray) -> list[int]:
+        """A k-for-1 split multiplies shares by k and divides prices by k; value is unchanged."""
+        cols = np.flatnonzero(split != 1.0)
+        if cols.size:
+            s = split[cols]
+            self.quantity[cols] *= s
+            self.avg_price[cols] /= s
+            self._mark[cols] /= s
+        return cols.tolist()
+
+    def apply_dividends(self, dividend: np.ndarray) -> float:
+        """Cash dividends on the ex-date go to holders of the previous close (shorts pay)."""
+        paid = float(np.dot(self.quantity, dividend))
+        if paid:
+            self._cash += paid
+            self.dividends_received += paid
+        return paid
+
+    def apply_fill(self, fill: Fill) -> None:
+        i = self._index[fill.symbol]
+        q = fill.signed_quantity
+        old = float(self.quantity[i])
+        new = old + q
+        self._cash -= q * fill.price + fill.commission
+        if old == 0.0 or math.copysign(1.0, old) == math.copysign(1.0, q):
+            self.avg_price[i] = (self.avg_price[i] * abs(old) + fill.price * abs(q)) / abs(new)
+        else:
+            closed = min(abs(q), abs(old))
+            self.realized_pnl[i] += closed * (fill.price - self.avg_price[i]) * math.copysign(
+                1.0, old
+            )
+            if abs(q) > abs(old):
+                self.avg_price[i] = fill.price  # the position flipped side
+            elif abs(new) < 1e-12:
+                self.avg_price[i] = 0.0
+                new = 0.0
+        self.realized_pnl[i] -= fill.commission
+        self.quantity[i] = new
+        self.commission_paid += fill.commission
+        self.slippage_paid += fill.slippage
+        self.fill_count += 1
+
+    def mark_to_market(self, close: np.ndarray, valid: np.ndarray) -> float:
+        np.copyto(self._mark, close, where=valid)
+        self.has_mark |= valid
+        self.prev_equity = self.equity
+        self.equity = self._cash + float(np.dot(self.quantity, self._mark))
+        if self.equity > self.peak_equity:
+            self.peak_equity = self.equity
+        return self.equity
+
+    # views ---------------------------------------------------------------------------------
+    @property
+    def mark(self) -> np.ndarray:
+        """Last close per symbol, NaN before a symbol's first bar."""
+        return np.where(self.has_mark, self._mark, np.nan)
+
+    def position_values(self) -> np.ndarray:
+        return self.quantity * self._mark
+
+    def unrealized_pnl(self) -> np.ndarray:
+        return self.quantity * (self._mark - self.avg_price)
+
+    def exposure(self) -> tuple[float, float]:
+        """Gross and net exposure as fractions of equity."""
+        v = self.position_values()
+        eq = self.equity if self.equity > 0 else math.nan
+        return float(np.abs(v).sum()) / eq, float(v.sum()) / eq
+
+    def view(self) -> PortfolioView:
+        eq = self.equity
+        weights = self.position_values() / eq if eq > 0 else np.zeros_like(self.quantity)
+        return PortfolioView(
+            cash=self._cash,
+            equity=eq,
+            quantity=self.quantity.copy(),
+            weights=weights,
+            peak_equity=self.peak_equity,
+            day_start_equity=self.prev_equity,
+        )

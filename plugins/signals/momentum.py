@@ -1,0 +1,51 @@
+"""Time-series price momentum: long what has risen over the lookback, short what has fallen.
+
+The score is tanh(return over `lookback` bars / `scale`), so its sign is the direction of the
+trend and its size saturates smoothly; `skip` excludes the most recent bars, the usual guard
+against short-term reversal (Jegadeesh and Titman's 12-1 momentum uses skip = 21).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from tradingd.core.ports import BarContext
+
+
+@dataclass(frozen=True)
+class MomentumConfig:
+    lookback: int = 126
+    skip: int = 0
+    scale: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.lookback < 1:
+            raise ValueError(f"lookback must be >= 1, got {self.lookback}")
+        if not 0 <= self.skip < self.lookback:
+            raise ValueError(f"skip must be in [0, lookback), got {self.skip}")
+        if self.scale <= 0:
+            raise ValueError(f"scale must be > 0, got {self.scale}")
+
+
+class Momentum:
+    kind: ClassVar[str] = "signal"
+    Config = MomentumConfig
+
+    def __init__(self, config: MomentumConfig, symbols: tuple[str, ...]) -> None:
+        self.config = config
+        self.name = "momentum"
+
+    def required_features(self) -> tuple[str, ...]:
+        return () if self.config.skip else (f"return_{self.config.lookback}",)
+
+    def score(self, ctx: BarContext) -> np.ndarray:
+        c = self.config
+        if c.skip:
+            w = ctx.history.window("close", c.lookback + 1)
+            ret = w[-1 - c.skip] / w[0] - 1.0
+        else:
+            ret = ctx.features[f"return_{c.lookback}"]
+        return np.tanh(ret / c.scale)

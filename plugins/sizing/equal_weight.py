@@ -1,0 +1,65 @@
+"""Equal weights on the strongest scores: the top `max_positions` above `min_score`.
+
+Long-only unless `allow_short`, in which case the weakest scores below -min_score are shorted
+with the same weight. Ties are broken by universe order, so the result is deterministic.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+
+from tradingd.core.ports import BarContext
+
+
+@dataclass(frozen=True)
+class EqualWeightConfig:
+    max_positions: int = 10
+    gross_exposure: float = 0.5
+    min_score: float = 0.0
+    allow_short: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_positions < 1:
+            raise ValueError(f"max_positions must be >= 1, got {self.max_positions}")
+        if not 0 < self.gross_exposure <= 2:
+            raise ValueError(f"gross_exposure must be in (0, 2], got {self.gross_exposure}")
+
+
+class EqualWeight:
+    kind: ClassVar[str] = "sizing"
+    Config = EqualWeightConfig
+
+    def __init__(self, config: EqualWeightConfig, symbols: tuple[str, ...]) -> None:
+        self.config = config
+        self.name = "equal_weight"
+
+    def required_features(self) -> tuple[str, ...]:
+        return ()
+
+    def size(self, score: np.ndarray, ctx: BarContext) -> np.ndarray:
+        c = self.config
+        s = np.where(ctx.tradable, score, np.nan)
+        targets = np.zeros_like(score)
+        longs = _top(np.where(s > c.min_score, s, np.nan), c.max_positions)
+        shorts = (
+            _top(np.where(s < -c.min_score, -s, np.nan), c.max_positions)
+            if c.allow_short else np.array([], dtype=int)
+        )
+        k = len(longs) + len(shorts)
+        if k:
+            w = c.gross_exposure / max(k, 1)
+            targets[longs] = w
+            targets[shorts] = -w
+        # Untradable symbols keep their current weight: no order can be placed for them now.
+        return np.where(ctx.tradable, targets, ctx.portfolio.weights)
+
+
+def _top(values: np.ndarray, k: int) -> np.ndarray:
+    idx = np.flatnonzero(~np.isnan(values))
+    if idx.size <= k:
+        return idx
+    order = np.argsort(-values[idx], kind="stable")
+    return idx[order[:k]]
