@@ -1,0 +1,103 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from tradingd.config import Config, CostsConfig, load_config
+from tradingd.core.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_default_toml_equals_builtin_defaults():
+    # The documented file and the code must not drift apart.
+    assert load_config([ROOT / "config" / "default.toml"], env={}) == Config()
+
+
+def test_specification_defaults():
+    c = Config()
+    assert c.costs.commission_pct == 0.001
+    assert c.costs.slippage_pct == 0.0005
+    risk = {s.name: s.params for s in c.risk}
+    assert risk["max_position"]["max_position_pct"] == 0.05
+    assert risk["max_open_positions"]["max_open_positions"] == 10
+    assert risk["drawdown_guard"] == {"max_drawdown_pct": 0.20, "daily_loss_limit_pct": 0.05}
+    assert (c.orders.stop_loss_pct, c.orders.take_profit_pct) == (0.02, 0.04)
+    assert c.cache.expiry_s == 3600
+
+
+@pytest.mark.parametrize("name", ["backtest.toml", "paper.toml", "demo.toml"])
+def test_shipped_overlays_load(name):
+    c = load_config([ROOT / "config" / "default.toml", ROOT / "config" / name], env={})
+    assert c.run.name != "default"
+
+
+def test_unknown_key_names_key_and_valid_keys(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[costs]\ncomission_pct = 0.002\n")
+    with pytest.raises(ConfigError) as e:
+        load_config([p], env={})
+    msg = str(e.value)
+    assert "costs.comission_pct" in msg
+    assert "commission_pct" in msg and "slippage_pct" in msg
+
+
+def test_unknown_section(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text("[cost]\ncommission_pct = 0.002\n")
+    with pytest.raises(ConfigError, match="cost.*valid keys:.*costs"):
+        load_config([p], env={})
+
+
+def test_bad_type_and_bad_value(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[costs]\ncommission_pct = "a lot"\n')
+    with pytest.raises(ConfigError, match="costs.commission_pct must be a number"):
+        load_config([p], env={})
+    p.write_text("[costs]\ncommission_pct = -0.1\n")
+    with pytest.raises(ConfigError, match=r"costs.commission_pct = -0.1 is invalid"):
+        load_config([p], env={})
+
+
+def test_bad_choice_lists_choices(tmp_path):
+    p = tmp_path / "c.toml"
+    p.write_text('[data]\nsource = "excel"\n')
+    with pytest.raises(ConfigError, match="data.source.*bundled, csv, parquet"):
+        load_config([p], env={})
+
+
+def test_env_overrides_and_later_files_win(tmp_path):
+    a = tmp_path / "a.toml"
+    b = tmp_path / "b.toml"
+    a.write_text("[costs]\ncommission_pct = 0.002\nslippage_pct = 0.001\n")
+    b.write_text("[costs]\ncommission_pct = 0.003\n")
+    c = load_config([a, b], env={"TRADINGD_COSTS__SLIPPAGE_PCT": "0.0007",
+                                 "DATABASE_URL": "postgresql://x@h/db",
+                                 "REDIS_URL": "redis://h:6379/1"})
+    assert c.costs == dataclasses.replace(CostsConfig(), commission_pct=0.003,
+                                          slippage_pct=0.0007)
+    assert c.storage.url == "postgresql://x@h/db"
+    assert c.cache.url == "redis://h:6379/1"
+
+
+def test_env_unknown_section_and_key():
+    with pytest.raises(ConfigError, match="TRADINGD_COST__X.*valid sections"):
+        load_config([], env={"TRADINGD_COST__X": "1"})
+    with pytest.raises(ConfigError, match="costs.x"):
+        load_config([], env={"TRADINGD_COSTS__X": "1"})
+
+
+def test_missing_and_invalid_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config([tmp_path / "nope.toml"], env={})
+    p = tmp_path / "bad.toml"
+    p.write_text("[costs\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config([p], env={})
+
+
+def test_config_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Config().costs.commission_pct = 1.0  # type: ignore[misc]

@@ -1,0 +1,63 @@
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint
+
+import pytest
+
+from tradingd.config import PluginSpec
+from tradingd.core.errors import ConfigError, PluginError
+from tradingd.core.ports import RiskPlugin, SignalPlugin, SizingPlugin
+from tradingd.engine.plugins import available, load_plugin
+
+SYMS = ("A", "B")
+BUILTINS = {
+    "momentum": "signal", "sma_cross": "signal", "equal_weight": "sizing",
+    "max_position": "risk", "max_open_positions": "risk", "max_gross_exposure": "risk",
+    "drawdown_guard": "risk",
+}
+
+
+def test_builtins_are_registered_through_entry_points():
+    eps = available()
+    for name, kind in BUILTINS.items():
+        assert name in eps, f"{name} missing from the tradingd.plugins entry points"
+        assert eps[name].load().kind == kind
+
+
+@pytest.mark.parametrize("name,kind,proto", [
+    ("momentum", "signal", SignalPlugin), ("equal_weight", "sizing", SizingPlugin),
+    ("drawdown_guard", "risk", RiskPlugin),
+])
+def test_builtins_satisfy_their_protocol(name, kind, proto):
+    assert isinstance(load_plugin(PluginSpec(name), kind, SYMS, "x"), proto)
+
+
+def test_unknown_plugin_names_key_and_choices():
+    with pytest.raises(ConfigError) as e:
+        load_plugin(PluginSpec("momentun"), "signal", SYMS, "signals[0]")
+    msg = str(e.value)
+    assert "signals[0].name = 'momentun'" in msg
+    assert "momentum" in msg and "sma_cross" in msg
+
+
+def test_wrong_kind_lists_plugins_of_the_right_kind():
+    with pytest.raises(ConfigError, match=r"sizing.name = 'momentum' is a 'signal' plugin.*"
+                                          r"valid choices: equal_weight"):
+        load_plugin(PluginSpec("momentum"), "sizing", SYMS, "sizing")
+
+
+def test_unknown_and_bad_parameters():
+    with pytest.raises(ConfigError, match=r"signals\[0\].params.lookbak.*valid keys: lookback"):
+        load_plugin(PluginSpec("momentum", params={"lookbak": 5}), "signal", SYMS, "signals[0]")
+    with pytest.raises(ConfigError, match=r"signals\[0\].params.lookback must be an integer"):
+        load_plugin(PluginSpec("momentum", params={"lookback": "long"}), "signal", SYMS,
+                    "signals[0]")
+    with pytest.raises(ConfigError, match="lookback must be >= 1"):
+        load_plugin(PluginSpec("momentum", params={"lookback": 0}), "signal", SYMS, "signals[0]")
+
+
+def test_plugin_that_fails_to_import_is_an_error_naming_it():
+    broken = EntryPoint("broken", "no_such_module_xyz:Thing", "tradingd.plugins")
+    with pytest.raises(PluginError, match="'broken'.*no_such_module_xyz.*failed to import"):
+        load_plugin(PluginSpec("broken"), "signal", SYMS, "signals[0]",
+                    registry={"broken": broken})

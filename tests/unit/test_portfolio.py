@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tradingd.core.types import Fill, Side
+from tradingd.engine.portfolio import Portfolio
+
+T = datetime(2020, 1, 2, tzinfo=UTC)
+
+
+def fill(sym, side, qty, price, commission=0.0, slippage=0.0, n=[0]):
+    n[0] += 1
+    return Fill(f"f{n[0]}", f"o{n[0]}", sym, side, qty, price, commission, slippage, T, price)
+
+
+def test_buy_sell_realised_pnl_and_cash():
+    pf = Portfolio(("A", "B"), 10_000.0)
+    pf.apply_fill(fill("A", Side.BUY, 10, 100.0, commission=1.0))
+    pf.apply_fill(fill("A", Side.BUY, 10, 110.0, commission=1.0))
+    assert pf.avg_price[0] == 105.0
+    pf.apply_fill(fill("A", Side.SELL, 5, 120.0, commission=0.5))
+    assert pf.quantity[0] == 15
+    assert pf.realized_pnl[0] == pytest.approx(5 * 15.0 - 2.5)  # net of all commissions
+    assert pf.cash == pytest.approx(10_000 - 1000 - 1100 - 2 + 600 - 0.5)
+    eq = pf.mark_to_market(np.array([130.0, np.nan]), np.array([True, False]))
+    assert eq == pytest.approx(pf.cash + 15 * 130.0)
+    assert pf.commission_paid == pytest.approx(2.5)
+
+
+def test_flip_from_long_to_short():
+    pf = Portfolio(("A",), 10_000.0)
+    pf.apply_fill(fill("A", Side.BUY, 10, 100.0))
+    pf.apply_fill(fill("A", Side.SELL, 15, 90.0))
+    assert pf.quantity[0] == -5
+    assert pf.avg_price[0] == 90.0
+    assert pf.realized_pnl[0] == pytest.approx(-100.0)
+
+
+def test_split_keeps_value_and_cost_basis():
+    pf = Portfolio(("AAPL",), 100_000.0)
+    pf.apply_fill(fill("AAPL", Side.BUY, 100, 645.57))
+    before = pf.mark_to_market(np.array([645.57]), np.array([True]))
+    pf.apply_splits(np.array([7.0]))
+    assert pf.quantity[0] == 700
+    assert pf.avg_price[0] == pytest.approx(645.57 / 7)
+    # Before the new close arrives, the adjusted mark leaves equity unchanged.
+    assert pf.mark_to_market(np.array([np.nan]), np.array([False])) == pytest.approx(before)
+
+
+def test_dividend_paid_to_holders_and_by_shorts():
+    pf = Portfolio(("A", "B"), 1_000.0)
+    pf.apply_fill(fill("A", Side.BUY, 10, 10.0))
+    pf.apply_fill(fill("B", Side.SELL, 4, 10.0))
+    paid = pf.apply_dividends(np.array([0.5, 0.25]))
+    assert paid == pytest.approx(10 * 0.5 - 4 * 0.25)
+    assert pf.cash == pytest.approx(1_000 - 100 + 40 + 4.0)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["A", "B"]), st.booleans(),
+                          st.integers(1, 50), st.floats(1.0, 500.0),
+                          st.floats(0.0, 5.0)), max_size=30))
+def test_ledger_invariants(trades):
+    """Cash and positions follow from the fills alone, and the costs ledger equals the fills."""
+    pf = Portfolio(("A", "B"), 1_000_000.0)
+    fills = []
+    for sym, buy, qty, price, comm in trades:
+        f = fill(sym, Side.BUY if buy else Side.SELL, qty, price, commission=comm,
+                 slippage=comm / 2)
+        fills.append(f)
+        pf.apply_fill(f)
+    for i, sym in enumerate(("A", "B")):
+        assert pf.quantity[i] == pytest.approx(
+            sum(f.signed_quantity for f in fills if f.symbol == sym))
+    cash = 1_000_000.0 - sum(f.signed_quantity * f.price + f.commission for f in fills)
+    assert pf.cash == pytest.approx(cash)
+    assert pf.commission_paid == pytest.approx(sum(f.commission for f in fills))
+    assert pf.slippage_paid == pytest.approx(sum(f.slippage for f in fills))
+    marks = np.array([100.0, 200.0])
+    eq = pf.mark_to_market(marks, np.array([True, True]))
+    assert eq == pytest.approx(pf.cash + float(pf.quantity @ marks))
