@@ -1,0 +1,190 @@
+"""Load bar history from the bundled series, CSV or Parquet into a validated `Panel`.
+
+Sources:
+  bundled  the S&P 500 and NASDAQ Composite indices shipped inside `arch` (symbols "SP500" and
+           "NASDAQ", daily 1999-2018): the offline default, no path.
+  csv      `path` is a file or a directory of files (one per symbol, `AAPL.csv`).
+  parquet  the same with `.parquet` / `.pq` files.
+Layouts (csv/parquet): "long" is one table with a symbol column; "per_symbol" is one table per
+symbol named by its file stem (a directory, or a single file); "auto" picks per_symbol for a
+directory, else long when the table has a symbol column, else per_symbol.
+
+Every table goes through `validate_frame` (see validate.py for the checks and repairs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from ..core.errors import ConfigError, DataError
+from .panel import Panel
+from .validate import DEFAULT_MAX_GAP_DAYS, find_column, parse_repairs, validate_frame
+
+SOURCES = ("bundled", "csv", "parquet")
+LAYOUTS = ("auto", "long", "per_symbol")
+BUNDLED_SYMBOLS = ("NASDAQ", "SP500")
+_SUFFIXES = {"csv": (".csv",), "parquet": (".parquet", ".pq")}
+CSV_FIRST_LINE = 2  # the header is line 1
+
+
+def _choice(kind: str, value: str, valid: Sequence[str]) -> str:
+    if value not in valid:
+        raise ConfigError(f"data {kind} {value!r} is unknown; valid choices: {', '.join(valid)}")
+    return value
+
+
+def _available_message(requested: Sequence[str], available: Sequence[str], source: str) -> str:
+    missing = [s for s in requested if s not in set(available)]
+    shown = ", ".join(sorted(available)[:10])
+    more = f" and {len(available) - 10} more" if len(available) > 10 else ""
+    return f"symbol(s) {missing} not in {source}; available: {shown}{more}"
+
+
+def _check_symbols(requested: Sequence[str] | None, available: Sequence[str], source: str) -> None:
+    if requested is None:
+        return
+    if any(s not in set(available) for s in requested):
+        raise DataError(_available_message(requested, available, source), source=source)
+
+
+def _stem(path: Path, source: str) -> str:
+    """The symbol a file holds: its name without the known suffix (BRK.B.csv -> BRK.B)."""
+    for suffix in _SUFFIXES[source]:
+        if path.name.lower().endswith(suffix):
+            return path.name[: -len(suffix)]
+    return path.stem
+
+
+def _read(path: Path, source: str) -> tuple[pd.DataFrame, int | None]:
+    """The raw table and the file line of its first row (CSV only)."""
+    try:
+        if source == "csv":
+            # Blank lines are kept (as all-NaN rows) so index i is line i + 2, always.
+            return pd.read_csv(path, skip_blank_lines=False), CSV_FIRST_LINE
+        return pd.read_parquet(path), None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"cannot read {source} file: {exc}", source=str(path)) from exc
+
+
+def _bundled(symbols: Sequence[str] | None) -> list[tuple[pd.DataFrame, str, str]]:
+    from arch.data import nasdaq, sp500
+
+    loaders = {"NASDAQ": nasdaq.load, "SP500": sp500.load}
+    _check_symbols(symbols, BUNDLED_SYMBOLS, "bundled")
+    wanted = BUNDLED_SYMBOLS if symbols is None else tuple(dict.fromkeys(symbols))
+    out = []
+    for sym in wanted:
+        raw = loaders[sym]()
+        # Raw OHLC and volume; "Adj Close" is not used (split=1, dividend=0 by default).
+        frame = raw[["Open", "High", "Low", "Close", "Volume"]].rename_axis("time").reset_index()
+        out.append((frame, f"bundled:arch.data.{sym.lower()}", sym))
+    return out
+
+
+def _files(
+    path: Path, source: str, layout: str, symbols: Sequence[str] | None
+) -> list[tuple[pd.DataFrame, str, str | None, int | None]]:
+    """(raw table, file name, symbol or None for a long table, first line) per file."""
+    if path.is_dir():
+        if layout == "long":
+            raise ConfigError(
+                f"data layout 'long' needs a file, but {str(path)!r} is a directory; "
+                "use layout 'per_symbol' or 'auto'"
+            )
+        files = sorted(
+            p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(_SUFFIXES[source])
+        )
+        by_symbol = {_stem(p, source): p for p in files}
+        if not by_symbol:
+            raise DataError(
+                f"no {'/'.join(_SUFFIXES[source])} files in the directory", source=str(path)
+            )
+        _check_symbols(symbols, list(by_symbol), str(path))
+        wanted = sorted(by_symbol) if symbols is None else list(dict.fromkeys(symbols))
+        out = []
+        for sym in wanted:
+            raw, first_line = _read(by_symbol[sym], source)
+            out.append((raw, str(by_symbol[sym]), sym, first_line))
+        return out
+    if not path.exists():
+        raise DataError(f"{source} path does not exist", source=str(path))
+    raw, first_line = _read(path, source)
+    sym_col = find_column(raw, "symbol")
+    if layout == "per_symbol" or (layout == "auto" and sym_col is None):
+        stem = _stem(path, source)
+        _check_symbols(symbols, [stem], str(path))
+        return [(raw, str(path), stem, first_line)]
+    if sym_col is not None and symbols is not None:
+        col = raw[sym_col].astype(str)
+        available = col.unique().tolist()
+        _check_symbols(symbols, available, str(path))
+        raw = raw[col.isin(list(symbols)).to_numpy()]  # keeps the index: lines stay right
+    return [(raw, str(path), None, first_line)]
+
+
+def load_frame(
+    source: str,
+    path: str | None = None,
+    *,
+    layout: str = "auto",
+    symbols: Sequence[str] | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    repair: Sequence[str] = (),
+    max_gap_days: float = DEFAULT_MAX_GAP_DAYS,
+) -> pd.DataFrame:
+    """The validated long table (time, symbol, open, high, low, close, volume, split, dividend)."""
+    _choice("source", source, SOURCES)
+    _choice("layout", layout, LAYOUTS)
+    parse_repairs(repair)  # a bad name fails before any file is read
+    if symbols is not None and isinstance(symbols, str):
+        symbols = [symbols]
+    opts = {"repair": repair, "max_gap_days": max_gap_days, "start": start, "end": end}
+    if source == "bundled":
+        frames = [
+            validate_frame(raw, source=name, symbol=sym, **opts)
+            for raw, name, sym in _bundled(symbols)
+        ]
+        where = "bundled"
+    else:
+        if not path:
+            raise ConfigError(f"data source {source!r} needs a path (a file or a directory)")
+        frames = [
+            validate_frame(raw, source=name, symbol=sym, first_line=first, **opts)
+            for raw, name, sym, first in _files(Path(path), source, layout, symbols)
+        ]
+        where = str(path)
+    frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    if frame.empty:
+        raise DataError(
+            f"no bars between {start or 'the start'} and {end or 'the end'}", source=where
+        )
+    return frame
+
+
+def load_panel(
+    source: str,
+    path: str | None = None,
+    *,
+    layout: str = "auto",
+    symbols: Sequence[str] | None = None,
+    start: str | None = None,
+    end: str | None = None,
+    repair: Sequence[str] = (),
+    max_gap_days: float = DEFAULT_MAX_GAP_DAYS,
+) -> Panel:
+    """Bars of `source` as a Panel: symbols sorted, times the union of all bar times."""
+    frame = load_frame(
+        source,
+        path,
+        layout=layout,
+        symbols=symbols,
+        start=start,
+        end=end,
+        repair=repair,
+        max_gap_days=max_gap_days,
+    )
+    return Panel.from_long(frame)

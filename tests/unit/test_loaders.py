@@ -1,0 +1,511 @@
+"""Loaders and validation: small hand-written files, every bad-input kind, error and repair."""
+
+from __future__ import annotations
+
+import itertools
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+from tradingd.core.errors import ConfigError, DataError
+from tradingd.feeds.loaders import load_frame, load_panel
+from tradingd.feeds.validate import REPAIRS, validate_frame
+
+HEADER = "date,open,high,low,close,volume"
+# Lines 2..6 of a good per-symbol CSV (header is line 1).
+GOOD = [
+    "2020-01-02,10,11,9,10,100",
+    "2020-01-03,10,11,9,10.5,200",
+    "2020-01-06,10.5,12,10,11,300",
+    "2020-01-07,11,12,10,11.5,0",
+    "2020-01-08,11.5,13,11,12,500",
+]
+
+
+def write_csv(path: Path, lines: list[str], header: str = HEADER) -> Path:
+    path.write_text("\n".join([header, *lines]) + "\n")
+    return path
+
+
+def days(*values: str) -> np.ndarray:
+    return np.array([np.datetime64(v, "ns") for v in values])
+
+
+def repairs_logged(logs: list[dict], what: str) -> list[dict]:
+    return [e for e in logs if e["event"] == "data.repair" and e["what"] == what]
+
+
+def assert_names(exc: DataError, path: Path, symbol: str, row: int | str) -> None:
+    msg = str(exc)
+    assert f"file={path}" in msg
+    assert f"symbol={symbol}" in msg
+    assert re.search(rf"row={re.escape(str(row))}\)", msg), msg
+    assert exc.row == row
+    assert exc.symbol == symbol
+
+
+# --- good input -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def per_symbol_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "bars"
+    d.mkdir()
+    write_csv(
+        d / "MSFT.csv",
+        [
+            "2020-01-03,100,101,99,100.5,1000,2.0,0.0",
+            "2020-01-06,100.5,102,100,101,1100,1.0,0.25",
+        ],
+        header="Date,Open,High,Low,Close,Volume,Split_Coefficient,Dividend_Amount",
+    )
+    write_csv(
+        d / "AAPL.csv",
+        [
+            "2020-01-02,10,11,9,10.5,100,10.4",
+            "2020-01-03,10.5,12,10,11,200,10.9",
+            "2020-01-06,11,11.5,10.5,11.2,0,11.1",
+        ],
+        header="Date,Open,High,Low,Close,Volume,Adj Close",
+    )
+    (d / "notes.txt").write_text("not a data file")
+    return d
+
+
+def test_per_symbol_dir_builds_panel_with_nan_and_defaults(per_symbol_dir: Path) -> None:
+    p = load_panel("csv", str(per_symbol_dir))
+    assert p.symbols == ("AAPL", "MSFT")
+    np.testing.assert_array_equal(p.times, days("2020-01-02", "2020-01-03", "2020-01-06"))
+    assert p.close.shape == (3, 2)
+    np.testing.assert_array_equal(p.close[:, 0], [10.5, 11, 11.2])
+    np.testing.assert_array_equal(p.close[:, 1], [np.nan, 100.5, 101])
+    np.testing.assert_array_equal(p.open[:, 1], [np.nan, 100, 100.5])
+    np.testing.assert_array_equal(p.volume[:, 0], [100, 200, 0])  # zero volume stays 0
+    # AAPL has no split/dividend columns; MSFT has no bar on 01-02: defaults 1.0 / 0.0.
+    np.testing.assert_array_equal(p.split, [[1, 1], [1, 2], [1, 1]])
+    np.testing.assert_array_equal(p.dividend, [[0, 0], [0, 0], [0, 0.25]])
+    assert p.times.dtype == np.dtype("datetime64[ns]")
+
+
+def test_symbols_filter_and_inclusive_dates(per_symbol_dir: Path) -> None:
+    p = load_panel("csv", str(per_symbol_dir), symbols=["MSFT"], end="2020-01-03")
+    assert p.symbols == ("MSFT",)
+    np.testing.assert_array_equal(p.times, days("2020-01-03"))
+    p = load_panel("csv", str(per_symbol_dir), start="2020-01-03", end="2020-01-06")
+    np.testing.assert_array_equal(p.times, days("2020-01-03", "2020-01-06"))
+    np.testing.assert_array_equal(p.close[:, 0], [11, 11.2])
+    with pytest.raises(DataError, match="no bars between 2021-01-01"):
+        load_panel("csv", str(per_symbol_dir), start="2021-01-01")
+
+
+def test_unknown_symbol_lists_available(per_symbol_dir: Path) -> None:
+    with pytest.raises(DataError, match=r"\['IBM'\].*available: AAPL, MSFT"):
+        load_panel("csv", str(per_symbol_dir), symbols=["AAPL", "IBM"])
+
+
+def test_long_parquet_matches_hand_values(tmp_path: Path) -> None:
+    df = pd.DataFrame(
+        {
+            "Symbol": ["MSFT", "AAPL", "MSFT", "AAPL"],
+            "Timestamp": pd.to_datetime(["2020-01-03", "2020-01-02", "2020-01-06", "2020-01-03"]),
+            "OPEN": [100.0, 10.0, 100.5, 10.5],
+            "HIGH": [101.0, 11.0, 102.0, 12.0],
+            "LOW": [99.0, 9.0, 100.0, 10.0],
+            "CLOSE": [100.5, 10.5, 101.0, 11.0],
+            "VOLUME": [1000, 100, 1100, 200],
+            "split": [1.0, 1.0, 3.0, 1.0],
+        }
+    )
+    path = tmp_path / "long.parquet"
+    df.to_parquet(path)
+    p = load_panel("parquet", str(path))
+    assert p.symbols == ("AAPL", "MSFT")
+    np.testing.assert_array_equal(p.times, days("2020-01-02", "2020-01-03", "2020-01-06"))
+    np.testing.assert_array_equal(p.close, [[10.5, np.nan], [11, 100.5], [np.nan, 101]])
+    np.testing.assert_array_equal(p.split, [[1, 1], [1, 1], [1, 3]])
+    np.testing.assert_array_equal(p.dividend, np.zeros((3, 2)))
+    assert load_panel("parquet", str(path), layout="long").symbols == ("AAPL", "MSFT")
+    assert load_panel("parquet", str(path), symbols=["MSFT"]).symbols == ("MSFT",)
+    with pytest.raises(DataError, match=r"\['IBM'\].*available: AAPL, MSFT"):
+        load_panel("parquet", str(path), symbols=["IBM"])
+
+
+def test_per_symbol_parquet_dir_and_single_file(tmp_path: Path) -> None:
+    d = tmp_path / "pq"
+    d.mkdir()
+    frame = pd.DataFrame(
+        {"time": ["2020-01-02", "2020-01-03"], "open": [1.0, 2.0], "high": [1.5, 2.5],
+         "low": [0.5, 1.5], "close": [1.2, 2.2], "volume": [10, 20]}
+    )  # fmt: skip
+    frame.to_parquet(d / "BRK.B.parquet")
+    frame.assign(close=[1.3, 2.3]).to_parquet(d / "XOM.parquet")
+    p = load_panel("parquet", str(d))
+    assert p.symbols == ("BRK.B", "XOM")
+    np.testing.assert_array_equal(p.close, [[1.2, 1.3], [2.2, 2.3]])
+    single = load_panel("parquet", str(d / "XOM.parquet"), layout="per_symbol")
+    assert single.symbols == ("XOM",)
+    assert load_panel("parquet", str(d / "XOM.parquet")).symbols == ("XOM",)  # auto
+
+
+def test_tz_aware_times_become_utc_naive(tmp_path: Path) -> None:
+    path = write_csv(
+        tmp_path / "SPY.csv",
+        ["2020-01-02T09:30:00-05:00,10,11,9,10,1", "2020-01-03T09:30:00-05:00,10,11,9,10,1"],
+        header="timestamp,open,high,low,close,volume",
+    )
+    p = load_panel("csv", str(path))
+    np.testing.assert_array_equal(p.times, days("2020-01-02T14:30:00", "2020-01-03T14:30:00"))
+    pq = tmp_path / "QQQ.parquet"
+    pd.DataFrame(
+        {"datetime": pd.DatetimeIndex(["2020-07-01 09:30"], tz="America/New_York"),
+         "open": [1.0], "high": [1.0], "low": [1.0], "close": [1.0], "volume": [0]}
+    ).to_parquet(pq)  # fmt: skip
+    np.testing.assert_array_equal(load_panel("parquet", str(pq)).times, days("2020-07-01T13:30"))
+
+
+def test_bundled_source() -> None:
+    p = load_panel("bundled")
+    assert p.symbols == ("NASDAQ", "SP500")
+    assert len(p.times) == 5031
+    assert p.n_bars == 2 * 5031
+    assert p.times[0] == np.datetime64("1999-01-04", "ns")
+    assert p.times[-1] == np.datetime64("2018-12-31", "ns")
+    assert p.open[0, 1] == pytest.approx(1229.22998)  # S&P 500 open on 1999-01-04, raw
+    assert np.all(p.split == 1.0) and np.all(p.dividend == 0.0)
+    only = load_panel("bundled", symbols=["SP500"], start="1999-01-05", end="1999-01-07")
+    assert only.symbols == ("SP500",)
+    np.testing.assert_array_equal(only.times, days("1999-01-05", "1999-01-06", "1999-01-07"))
+    with pytest.raises(DataError, match="available: NASDAQ, SP500"):
+        load_panel("bundled", symbols=["DJIA"])
+
+
+# --- configuration errors ---------------------------------------------------------------------
+
+
+def test_unknown_source_layout_repair_are_config_errors(per_symbol_dir: Path) -> None:
+    with pytest.raises(ConfigError, match=r"'yahoo'.*bundled, csv, parquet"):
+        load_panel("yahoo")
+    with pytest.raises(ConfigError, match=r"'wide'.*auto, long, per_symbol"):
+        load_panel("csv", str(per_symbol_dir), layout="wide")
+    with pytest.raises(ConfigError, match=r"'fill'.*" + ", ".join(REPAIRS) + ", all"):
+        load_panel("csv", str(per_symbol_dir), repair=["nan", "fill"])
+    with pytest.raises(ConfigError, match="directory"):
+        load_panel("csv", str(per_symbol_dir), layout="long")
+    with pytest.raises(ConfigError, match="needs a path"):
+        load_panel("csv")
+
+
+# --- bad input: one error test and one repair test per kind -----------------------------------
+
+
+def bad_file(tmp_path: Path, index: int, line: str) -> Path:
+    lines = list(GOOD)
+    lines[index] = line
+    return write_csv(tmp_path / "XYZ.csv", lines)
+
+
+def test_missing_columns_always_error(tmp_path: Path) -> None:
+    path = write_csv(
+        tmp_path / "XYZ.csv", ["2020-01-02,10,11,9,10"], header="date,o,high,low,close"
+    )
+    with pytest.raises(DataError) as err:
+        load_panel("csv", str(path), repair=["all"])
+    msg = str(err.value)
+    assert "['open', 'volume']" in msg and "['date', 'o', 'high', 'low', 'close']" in msg
+    assert f"file={path}" in msg and "symbol=XYZ" in msg
+    long_path = write_csv(tmp_path / "long.csv", GOOD)
+    with pytest.raises(DataError, match=r"\['symbol'\]"):
+        load_panel("csv", str(long_path), layout="long")
+
+
+def test_nan_error_names_line(tmp_path: Path) -> None:
+    path = bad_file(tmp_path, 2, "2020-01-06,10.5,12,10,,300")  # line 4
+    with pytest.raises(DataError, match=r"missing or non-numeric.*\['close'\]") as err:
+        load_panel("csv", str(path))
+    assert_names(err.value, path, "XYZ", 4)
+
+
+def test_nan_repair_drops_and_logs(tmp_path: Path) -> None:
+    lines = list(GOOD)
+    lines[2] = "2020-01-06,10.5,12,10,,300"  # line 4: close missing
+    lines[3] = "2020-01-07,11,12,10,11.5,"  # line 5: volume missing alone: dropped too
+    path = write_csv(tmp_path / "XYZ.csv", lines)
+    with capture_logs() as logs:
+        p = load_panel("csv", str(path), repair=["nan"])
+    np.testing.assert_array_equal(p.times, days("2020-01-02", "2020-01-03", "2020-01-08"))
+    (entry,) = repairs_logged(logs, "nan")
+    assert entry["rows"] == 2 and entry["symbol"] == "XYZ" and entry["source"] == str(path)
+    assert entry["lines"] == [4, 5] and entry["times"] == ["2020-01-06", "2020-01-07"]
+
+
+def test_blank_line_is_reported_by_line(tmp_path: Path) -> None:
+    lines = list(GOOD)
+    lines.insert(1, "")  # line 3 is empty
+    path = write_csv(tmp_path / "XYZ.csv", lines)
+    with pytest.raises(DataError) as err:
+        load_panel("csv", str(path))
+    assert_names(err.value, path, "XYZ", 3)
+
+
+def test_non_positive_price_error(tmp_path: Path) -> None:
+    path = bad_file(tmp_path, 1, "2020-01-03,10,11,0,10.5,200")  # line 3: low = 0
+    with pytest.raises(DataError, match="price <= 0") as err:
+        load_panel("csv", str(path))
+    assert_names(err.value, path, "XYZ", 3)
+
+
+def test_negative_volume_error(tmp_path: Path) -> None:
+    path = bad_file(tmp_path, 3, "2020-01-07,11,12,10,11.5,-5")  # line 5
+    with pytest.raises(DataError, match="negative volume") as err:
+        load_panel("csv", str(path))
+    assert_names(err.value, path, "XYZ", 5)
+
+
+def test_non_positive_repair_drops_and_logs(tmp_path: Path) -> None:
+    lines = list(GOOD)
+    lines[1] = "2020-01-03,10,11,-1,10.5,200"  # line 3
+    lines[3] = "2020-01-07,11,12,10,11.5,-5"  # line 5
+    path = write_csv(tmp_path / "XYZ.csv", lines)
+    with capture_logs() as logs:
+        p = load_panel("csv", str(path), repair=["non_positive"])
+    np.testing.assert_array_equal(p.times, days("2020-01-02", "2020-01-06", "2020-01-08"))
+    (entry,) = repairs_logged(logs, "non_positive")
+    assert entry["rows"] == 2 and entry["lines"] == [3, 5]
+
+
+def test_high_low_error(tmp_path: Path) -> None:
+    path = bad_file(tmp_path, 3, "2020-01-07,11,9.5,10,11.5,0")  # line 5: high < low
+    with pytest.raises(DataError, match="high < low") as err:
+        load_panel("csv", str(path))
+    assert_names(err.value, path, "XYZ", 5)
+
+
+def test_high_low_repair_widens_and_logs(tmp_path: Path) -> None:
+    lines = list(GOOD)
+    lines[3] = "2020-01-07,11,9.5,10,11.5,0"  # o=11 h=9.5 l=10 c=11.5 -> h=11.5 l=9.5
+    lines[4] = "2020-01-08,13.5,13,11,12,500"  # open above high -> h=13.5 l=11
+    path = write_csv(tmp_path / "XYZ.csv", lines)
+    with capture_logs() as logs:
+        p = load_panel("csv", str(path), repair=["high_low"])
+    np.testing.assert_array_equal(p.high[:, 0], [11, 11, 12, 11.5, 13.5])
+    np.testing.assert_array_equal(p.low[:, 0], [9, 9, 10, 9.5, 11])
+    np.testing.assert_array_equal(p.open[:, 0], [10, 10, 10.5, 11, 13.5])
+    (entry,) = repairs_logged(logs, "high_low")
+    assert entry["rows"] == 2 and entry["lines"] == [5, 6]
+
+
+def test_duplicates_error(tmp_path: Path) -> None:
+    path = bad_file(tmp_path, 3, "2020-01-06,10.5,12,10,11.9,300")  # line 5 repeats line 4's date
+    with pytest.raises(DataError, match="repeating an earlier timestamp") as err:
+        load_panel("csv", str(path))
+    assert_names(err.value, path, "XYZ", 5)
+
+
+def test_duplicates_repair_keeps_last_and_logs(tmp_path: Path) -> None:
+    path = bad_file(tmp_path, 3, "2020-01-06,10.5,12,10,11.9,300")
+    with capture_logs() as logs:
+        p = load_panel("csv", str(path), repair=["duplicates"])
+    np.testing.assert_array_equal(
+        p.times, days("2020-01-02", "2020-01-03", "2020-01-06", "2020-01-08")
+    )
+    np.testing.assert_array_equal(p.close[:, 0], [10, 10.5, 11.9, 12])  # the last 01-06 row
+    (entry,) = repairs_logged(logs, "duplicates")
+    assert entry["rows"] == 1 and entry["lines"] == [4]  # line 4 was dropped
+
+
+def test_order_error(tmp_path: Path) -> None:
+    lines = list(GOOD)
+    lines[1], lines[2] = lines[2], lines[1]  # line 3 = 01-06, line 4 = 01-03
+    path = write_csv(tmp_path / "XYZ.csv", lines)
+    with pytest.raises(DataError, match="earlier than the row before") as err:
+        load_panel("csv", str(path))
+    assert_names(err.value, path, "XYZ", 4)
+
+
+def test_order_repair_sorts_and_logs(tmp_path: Path) -> None:
+    lines = list(GOOD)
+    lines[1], lines[2] = lines[2], lines[1]
+    path = write_csv(tmp_path / "XYZ.csv", lines)
+    with capture_logs() as logs:
+        p = load_panel("csv", str(path), repair=["order"])
+    np.testing.assert_array_equal(
+        p.times, days("2020-01-02", "2020-01-03", "2020-01-06", "2020-01-07", "2020-01-08")
+    )
+    np.testing.assert_array_equal(p.close[:, 0], [10, 10.5, 11, 11.5, 12])
+    (entry,) = repairs_logged(logs, "order")
+    assert entry["rows"] == 1 and entry["lines"] == [4]
+
+
+def test_gap_error(tmp_path: Path) -> None:
+    path = bad_file(tmp_path, 4, "2020-01-20,11.5,13,11,12,500")  # line 6: 13 days after 01-07
+    with pytest.raises(DataError, match="more than 7 days") as err:
+        load_panel("csv", str(path))
+    assert_names(err.value, path, "XYZ", 6)
+    # A wider tolerance accepts it; exactly 7 days is not a gap.
+    assert len(load_panel("csv", str(path), max_gap_days=13).times) == 5
+    week = bad_file(tmp_path, 4, "2020-01-14,11.5,13,11,12,500")
+    assert len(load_panel("csv", str(week)).times) == 5
+
+
+def test_gap_repair_accepts_logs_and_invents_nothing(tmp_path: Path) -> None:
+    path = bad_file(tmp_path, 4, "2020-01-20,11.5,13,11,12,500")
+    with capture_logs() as logs:
+        p = load_panel("csv", str(path), repair=["gaps"])
+    np.testing.assert_array_equal(
+        p.times, days("2020-01-02", "2020-01-03", "2020-01-06", "2020-01-07", "2020-01-20")
+    )
+    (entry,) = repairs_logged(logs, "gaps")
+    assert entry["rows"] == 1 and entry["lines"] == [6]
+
+
+def test_errors_in_long_table_name_the_symbol_and_line(tmp_path: Path) -> None:
+    path = write_csv(
+        tmp_path / "long.csv",
+        [
+            "MSFT,2020-01-02,100,101,99,100,10",
+            "AAPL,2020-01-02,10,11,9,10,10",
+            "MSFT,2020-01-03,100,101,99,100,10",
+            "AAPL,2020-01-03,10,11,9,,10",  # line 5
+        ],
+        header="symbol,date,open,high,low,close,volume",
+    )
+    with pytest.raises(DataError) as err:
+        load_panel("csv", str(path))
+    assert_names(err.value, path, "AAPL", 5)
+    with pytest.raises(DataError) as err:  # filtering symbols keeps the line numbers
+        load_panel("csv", str(path), symbols=["AAPL"])
+    assert_names(err.value, path, "AAPL", 5)
+    assert load_panel("csv", str(path), symbols=["MSFT"]).n_bars == 2
+    with capture_logs() as logs:
+        p = load_panel("csv", str(path), repair=["all"])
+    np.testing.assert_array_equal(p.close, [[10, 100], [np.nan, 100]])
+    (entry,) = repairs_logged(logs, "nan")
+    assert entry["symbol"] == "AAPL" and entry["rows"] == 1 and entry["lines"] == [5]
+
+
+def test_parquet_errors_name_the_timestamp(tmp_path: Path) -> None:
+    df = pd.DataFrame(
+        {
+            "symbol": ["AAPL", "MSFT", "MSFT", "MSFT"],
+            "date": pd.to_datetime(["2020-01-02", "2020-01-02", "2020-01-03", "2020-01-03"]),
+            "open": 10.0, "high": 11.0, "low": 9.0, "close": 10.0, "volume": 5.0,
+        }
+    )  # fmt: skip
+    path = tmp_path / "long.parquet"
+    df.to_parquet(path)
+    with pytest.raises(DataError, match="repeating") as err:
+        load_panel("parquet", str(path))
+    assert_names(err.value, path, "MSFT", "2020-01-03")
+    df.loc[0, "high"] = 8.0
+    df.to_parquet(path)
+    with pytest.raises(DataError, match="high < low") as err:
+        load_panel("parquet", str(path))
+    assert_names(err.value, path, "AAPL", "2020-01-02")
+
+
+def test_split_snapping_and_bad_split(tmp_path: Path) -> None:
+    path = write_csv(
+        tmp_path / "XYZ.csv",
+        [
+            "2020-01-02,10,11,9,10,100,1",
+            "2020-01-03,10,11,9,10,100,7.000007",  # line 3: snapped to 7
+            "2020-01-06,10,11,9,10,100,1.5",  # exact: untouched, not logged
+            "2020-01-07,10,11,9,10,100,1.00049",  # 4.9e-4 from 1: too far, kept
+            "2020-01-08,10,11,9,10,100,0.33333333",  # line 6: snapped to 1/3
+        ],
+        header="date,open,high,low,close,volume,split",
+    )
+    with capture_logs() as logs:
+        p = load_panel("csv", str(path))
+    np.testing.assert_array_equal(p.split[:, 0], [1, 7, 1.5, 1.00049, 1 / 3])
+    (entry,) = repairs_logged(logs, "split_snap")
+    assert entry["rows"] == 2 and entry["lines"] == [3, 6]
+    assert entry["values"][0] == "7.000007->7.0"
+    zero = write_csv(
+        tmp_path / "XYZ.csv",
+        ["2020-01-02,10,11,9,10,100,1", "2020-01-03,10,11,9,10,100,0"],  # line 3: split 0
+        header="date,open,high,low,close,volume,split",
+    )
+    with pytest.raises(DataError, match="split <= 0") as err:
+        load_panel("csv", str(zero), repair=["all"])
+    assert_names(err.value, zero, "XYZ", 3)
+
+
+def test_unparseable_time_names_line(tmp_path: Path) -> None:
+    path = bad_file(tmp_path, 2, "yesterday,10.5,12,10,11,300")
+    with pytest.raises(DataError, match=r"unparseable time.*'yesterday'") as err:
+        load_panel("csv", str(path), repair=["all"])
+    assert_names(err.value, path, "XYZ", 4)
+
+
+def test_repair_all_fixes_everything_at_once(tmp_path: Path) -> None:
+    lines = [
+        "2020-01-03,10,11,9,10.5,200",
+        "2020-01-02,10,11,9,10,100",  # order
+        "2020-01-06,10.5,12,10,,300",  # nan
+        "2020-01-07,11,10,12,11.5,0",  # high_low
+        "2020-01-07,11,12,10,11.6,0",  # duplicate: kept (last)
+        "2020-01-20,11.5,13,11,12,500",  # gap
+    ]
+    path = write_csv(tmp_path / "XYZ.csv", lines)
+    with capture_logs() as logs:
+        frame = load_frame("csv", str(path), repair=["all"])
+    assert frame["time"].tolist() == list(
+        pd.to_datetime(["2020-01-02", "2020-01-03", "2020-01-07", "2020-01-20"])
+    )
+    assert frame["close"].tolist() == [10, 10.5, 11.6, 12]
+    counts = {e["what"]: e["rows"] for e in logs if e["event"] == "data.repair"}
+    assert counts == {"nan": 1, "high_low": 1, "duplicates": 1, "order": 1, "gaps": 1}
+
+
+# --- property: order and duplicates ----------------------------------------------------------
+
+
+@st.composite
+def shuffled_bars(draw: st.DrawFn) -> tuple[pd.DataFrame, list[int]]:
+    n = draw(st.integers(1, 12))
+    steps = draw(st.lists(st.integers(1, 3), min_size=n, max_size=n))
+    day = np.cumsum(steps)
+    low = draw(st.lists(st.floats(1, 100), min_size=n, max_size=n))
+    span = draw(st.lists(st.floats(0, 10), min_size=n, max_size=n))
+    rows = draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=3 * n))
+    lo = np.array(low)[rows]
+    hi = lo + np.array(span)[rows]
+    df = pd.DataFrame(
+        {
+            "time": pd.Timestamp("2020-01-01") + pd.to_timedelta(day[rows], unit="D"),
+            "open": lo,
+            "high": hi,
+            "low": lo,
+            "close": hi,
+            "volume": np.arange(len(rows), dtype=float),  # position in the input
+        }
+    )
+    return df, [int(day[r]) for r in rows]
+
+
+@settings(max_examples=150, deadline=None)
+@given(shuffled_bars())
+def test_order_and_duplicates_property(case: tuple[pd.DataFrame, list[int]]) -> None:
+    df, key = case
+    check = {"source": "mem", "symbol": "S", "max_gap_days": 1000}  # gaps are not the subject
+    with capture_logs():
+        out = validate_frame(df, **check, repair=["order", "duplicates"])
+    t = out["time"].to_numpy()
+    assert np.all(t[1:] > t[:-1])
+    assert len(out) <= len(set(key))
+    assert len(out) == len(set(key))  # nothing but duplicates is dropped
+    last = {k: i for i, k in enumerate(key)}  # the last occurrence of each timestamp wins
+    assert out["volume"].tolist() == [float(last[k]) for k in sorted(last)]
+
+    strictly_increasing = all(a < b for a, b in itertools.pairwise(key))
+    if strictly_increasing:
+        validate_frame(df, **check, repair=())
+    else:
+        with pytest.raises(DataError, match=r"earlier than the row before|repeating"):
+            validate_frame(df, **check, repair=())
