@@ -1,0 +1,98 @@
+"""Order builders shared by the engine and every broker.
+
+Ids come from `client_order_id`, so rebuilding the same decision after a restart yields the
+same ids and a broker recognises the resubmission as a duplicate instead of doubling it.
+Signed quantities are what the engine computes (target minus current position); brokers
+want a positive quantity and a side, so the conversion lives here, once.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+
+from .types import Leg, Order, OrderStatus, OrderType, Side, client_order_id
+
+
+def _side_and_quantity(signed_qty: float) -> tuple[Side, float]:
+    # Zero has no side: a caller asking for it has a bug upstream, better to fail loudly.
+    if not math.isfinite(signed_qty) or signed_qty == 0:
+        raise ValueError(f"signed_qty must be a finite non-zero number, got {signed_qty!r}")
+    return (Side.BUY if signed_qty > 0 else Side.SELL), abs(float(signed_qty))
+
+
+def _positive_price(name: str, value: float) -> float:
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be a finite positive price, got {value!r}")
+    return float(value)
+
+
+def market_order(
+    run_id: str, bar_time: datetime, symbol: str, signed_qty: float, leg: Leg = Leg.ENTRY
+) -> Order:
+    """A market order for `signed_qty` shares (positive buys, negative sells)."""
+    side, qty = _side_and_quantity(signed_qty)
+    return Order(
+        client_order_id=client_order_id(run_id, bar_time, symbol, leg),
+        symbol=symbol,
+        side=side,
+        quantity=qty,
+        created_at=bar_time,
+        type=OrderType.MARKET,
+        leg=leg,
+    )
+
+
+def bracket_orders(
+    run_id: str,
+    bar_time: datetime,
+    symbol: str,
+    signed_qty: float,
+    take_profit_price: float,
+    stop_loss_price: float,
+) -> list[Order]:
+    """A market entry plus its take-profit limit and stop-loss stop, in that order.
+
+    The exits are HELD children of the entry in one OCO group (named by the entry id): they
+    protect exactly the shares the entry buys (or shorts), so they must not work before the
+    entry fills and must not both execute. Prices on the wrong side of each other are a
+    caller bug (a long's take-profit below its stop would exit at once), hence ValueError.
+    """
+    side, qty = _side_and_quantity(signed_qty)
+    tp = _positive_price("take_profit_price", take_profit_price)
+    sl = _positive_price("stop_loss_price", stop_loss_price)
+    if side is Side.BUY and not tp > sl:
+        raise ValueError(f"a long bracket needs take_profit_price > stop_loss_price ({tp} <= {sl})")
+    if side is Side.SELL and not tp < sl:
+        raise ValueError(
+            f"a short bracket needs take_profit_price < stop_loss_price ({tp} >= {sl})"
+        )
+    entry = market_order(run_id, bar_time, symbol, signed_qty, Leg.ENTRY)
+    exit_side = Side.SELL if side is Side.BUY else Side.BUY
+    take_profit = Order(
+        client_order_id=client_order_id(run_id, bar_time, symbol, Leg.TAKE_PROFIT),
+        symbol=symbol,
+        side=exit_side,
+        quantity=qty,
+        created_at=bar_time,
+        type=OrderType.LIMIT,
+        limit_price=tp,
+        leg=Leg.TAKE_PROFIT,
+        parent_id=entry.client_order_id,
+        oco_group=entry.client_order_id,
+        status=OrderStatus.HELD,
+    )
+    stop_loss = Order(
+        client_order_id=client_order_id(run_id, bar_time, symbol, Leg.STOP_LOSS),
+        symbol=symbol,
+        side=exit_side,
+        quantity=qty,
+        created_at=bar_time,
+        type=OrderType.STOP,
+        stop_price=sl,
+        leg=Leg.STOP_LOSS,
+        parent_id=entry.client_order_id,
+        oco_group=entry.client_order_id,
+        status=OrderStatus.HELD,
+    )
+    return [entry, take_profit, stop_loss]
