@@ -1,0 +1,41 @@
+"""Pick the store from DATABASE_URL's scheme."""
+
+from __future__ import annotations
+
+from ..core.errors import ConfigError
+from ..core.ports import Store
+from .buffered import redact_url
+
+VALID_SCHEMES = (
+    "sqlite:///path.db (relative), sqlite:////abs/path.db, sqlite:///:memory:, "
+    "postgresql://..., postgres://..."
+)
+
+
+def sqlite_path(url: str) -> str:
+    """The file path of a sqlite:/// URL: `sqlite:///data/x.db` is relative to the working
+    directory, `sqlite:////var/x.db` absolute, `sqlite:///:memory:` in memory."""
+    path = url[len("sqlite:///") :].split("?", 1)[0]
+    if not path:
+        raise ConfigError(f"DATABASE_URL {url!r} names no file; valid: {VALID_SCHEMES}")
+    return path
+
+
+def open_store(
+    url: str, batch_size: int = 5000, schema: str | None = None, signals: str = "decisions"
+) -> Store:
+    """A not-yet-started store for `url`. `schema` applies to PostgreSQL only (SQLite has
+    one namespace per file and ignores it)."""
+    url = (url or "").strip()
+    lower = url.lower()
+    if lower.startswith("sqlite:///"):
+        from .sqlite import SqliteStore
+
+        return SqliteStore(sqlite_path(url), batch_size=batch_size, signals=signals)
+    if lower.startswith(("postgresql://", "postgres://")):
+        from .postgres import PostgresStore
+
+        return PostgresStore(url, batch_size=batch_size, schema=schema, signals=signals)
+    raise ConfigError(
+        f"DATABASE_URL {redact_url(url)!r} has an unsupported scheme; valid: {VALID_SCHEMES}"
+    )

@@ -1,0 +1,313 @@
+"""Table definitions shared by the SQLite and PostgreSQL stores.
+
+Each table is described once, with dialect-neutral column kinds; the DDL, insert and select
+statements of both dialects are generated from it. Column kinds:
+
+- ``text``: TEXT in both.
+- ``float``: DOUBLE PRECISION / REAL. SQLite stores NaN as NULL, so both stores read NULL
+  and NaN back as NaN, except in ``optional`` columns (None means "not set", as in
+  ``Order.limit_price``), where both come back as None.
+- ``time``: TIMESTAMPTZ in PostgreSQL; ISO-8601 UTC text in SQLite (fixed width, so text
+  order is time order).
+- ``json``: JSONB in PostgreSQL, TEXT in SQLite; the store encodes and decodes it.
+- ``serial``: an insertion counter used to order rows that share a time. PostgreSQL gets an
+  identity column; SQLite uses its implicit ``rowid`` (the column is not declared there).
+
+Buffered row tuples hold the values of ``Table.insert_columns`` in order.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Dialect = Literal["sqlite", "postgres"]
+Kind = Literal["text", "float", "time", "json", "serial"]
+
+_TYPES: dict[Dialect, dict[Kind, str]] = {
+    "sqlite": {"text": "TEXT", "float": "REAL", "time": "TEXT", "json": "TEXT"},
+    "postgres": {
+        "text": "TEXT",
+        "float": "DOUBLE PRECISION",
+        "time": "TIMESTAMPTZ",
+        "json": "JSONB",
+        "serial": "BIGINT GENERATED ALWAYS AS IDENTITY",
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    name: str
+    kind: Kind
+    not_null: bool = False
+    # A float column whose Python value may be None: NULL/NaN read back as None, not NaN.
+    optional: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    name: str
+    columns: tuple[Column, ...]
+    primary_key: tuple[str, ...] = ()
+    # What an insert does when the primary key exists: "update" (latest wins), "ignore"
+    # (first wins) or None (plain insert: append-only table, COPY-able in PostgreSQL).
+    on_conflict: Literal["update", "ignore"] | None = None
+    order_by: tuple[str, ...] = ()
+    indexes: tuple[tuple[str, ...], ...] = ()
+    # Rows belong to a run (has run_id); a rerun deletes them.
+    run_scoped: bool = True
+    # Made a TimescaleDB hypertable on this time column when the extension is available.
+    hypertable_time: str | None = None
+
+    @property
+    def insert_columns(self) -> tuple[str, ...]:
+        return tuple(c.name for c in self.columns if c.kind != "serial")
+
+    def kind_of(self, name: str) -> Kind:
+        for c in self.columns:
+            if c.name == name:
+                return c.kind
+        raise KeyError(name)
+
+    def columns_of(self, kind: Kind, optional: bool | None = None) -> tuple[str, ...]:
+        return tuple(
+            c.name
+            for c in self.columns
+            if c.kind == kind and (optional is None or c.optional == optional)
+        )
+
+
+def _c(name: str, kind: Kind, not_null: bool = False, optional: bool = False) -> Column:
+    return Column(name, kind, not_null, optional)
+
+
+RUNS = Table(
+    "runs",
+    (
+        _c("run_id", "text", True),
+        _c("mode", "text", True),
+        _c("started_at", "time", True),
+        _c("ended_at", "time"),
+        _c("config_json", "text"),
+        _c("symbols", "json"),
+        _c("initial_capital", "float"),
+        _c("summary", "json"),
+    ),
+    primary_key=("run_id",),
+    on_conflict="update",
+    order_by=("started_at", "run_id"),
+    run_scoped=False,
+)
+
+BARS = Table(
+    "bars",
+    (
+        _c("symbol", "text", True),
+        _c("time", "time", True),
+        _c("open", "float"),
+        _c("high", "float"),
+        _c("low", "float"),
+        _c("close", "float"),
+        _c("volume", "float"),
+        _c("split", "float"),
+        _c("dividend", "float"),
+    ),
+    primary_key=("symbol", "time"),
+    on_conflict="update",
+    order_by=("time", "symbol"),
+    run_scoped=False,
+    hypertable_time="time",
+)
+
+SIGNALS = Table(
+    "signals",
+    (
+        _c("run_id", "text", True),
+        _c("time", "time", True),
+        _c("symbol", "text", True),
+        _c("score", "float"),
+        _c("target_weight", "float"),
+    ),
+    order_by=("time", "symbol"),
+    indexes=(("run_id", "time"),),
+)
+
+ORDERS = Table(
+    "orders",
+    (
+        _c("run_id", "text", True),
+        _c("client_order_id", "text", True),
+        _c("symbol", "text", True),
+        _c("side", "text", True),
+        _c("type", "text", True),
+        _c("quantity", "float"),
+        _c("limit_price", "float", optional=True),
+        _c("stop_price", "float", optional=True),
+        _c("trail_pct", "float", optional=True),
+        _c("leg", "text"),
+        _c("parent_id", "text"),
+        _c("oco_group", "text"),
+        _c("status", "text", True),
+        _c("filled_quantity", "float"),
+        _c("avg_fill_price", "float"),
+        _c("reason", "text"),
+        _c("created_at", "time"),
+        _c("updated_at", "time"),
+    ),
+    primary_key=("run_id", "client_order_id"),
+    on_conflict="update",
+    order_by=("created_at", "client_order_id"),
+)
+
+ORDER_EVENTS = Table(
+    "order_events",
+    (
+        _c("seq", "serial"),
+        _c("run_id", "text", True),
+        _c("client_order_id", "text", True),
+        _c("status", "text", True),
+        _c("filled_quantity", "float"),
+        _c("reason", "text"),
+        _c("time", "time"),
+    ),
+    order_by=("time", "seq"),
+    indexes=(("run_id", "time"),),
+)
+
+FILLS = Table(
+    "fills",
+    (
+        _c("seq", "serial"),
+        _c("run_id", "text", True),
+        _c("fill_id", "text", True),
+        _c("client_order_id", "text", True),
+        _c("symbol", "text", True),
+        _c("side", "text", True),
+        _c("quantity", "float"),
+        _c("price", "float"),
+        _c("commission", "float"),
+        _c("slippage", "float"),
+        _c("reference_price", "float"),
+        _c("time", "time", True),
+    ),
+    primary_key=("run_id", "fill_id"),
+    on_conflict="ignore",
+    order_by=("time", "seq"),
+    indexes=(("run_id", "time"),),
+)
+
+POSITIONS = Table(
+    "positions",
+    (
+        _c("run_id", "text", True),
+        _c("time", "time", True),
+        _c("symbol", "text", True),
+        _c("quantity", "float"),
+        _c("avg_price", "float"),
+        _c("mark_price", "float"),
+    ),
+    order_by=("time", "symbol"),
+    indexes=(("run_id", "time"),),
+)
+
+EQUITY = Table(
+    "equity",
+    (
+        _c("run_id", "text", True),
+        _c("time", "time", True),
+        _c("cash", "float"),
+        _c("equity", "float"),
+        _c("gross_exposure", "float"),
+        _c("net_exposure", "float"),
+    ),
+    primary_key=("run_id", "time"),
+    on_conflict="update",
+    order_by=("time",),
+    hypertable_time="time",
+)
+
+TABLES: dict[str, Table] = {
+    t.name: t for t in (RUNS, BARS, SIGNALS, ORDERS, ORDER_EVENTS, FILLS, POSITIONS, EQUITY)
+}
+# Tables filled through the record_* buffers, in flush order.
+BUFFERED = ("signals", "orders", "order_events", "fills", "positions", "equity")
+RUN_TABLES = tuple(t.name for t in TABLES.values() if t.run_scoped)
+
+
+def _placeholders(dialect: Dialect, n: int) -> str:
+    if dialect == "sqlite":
+        return ", ".join("?" * n)
+    return ", ".join(f"${i}" for i in range(1, n + 1))
+
+
+def param(dialect: Dialect, i: int = 1) -> str:
+    """The i-th (1-based) bind parameter."""
+    return "?" if dialect == "sqlite" else f"${i}"
+
+
+def create_table_sql(table: Table, dialect: Dialect) -> list[str]:
+    """CREATE TABLE / INDEX IF NOT EXISTS statements (idempotent)."""
+    cols = []
+    for c in table.columns:
+        if c.kind == "serial" and dialect == "sqlite":
+            continue  # the implicit rowid plays this role
+        cols.append(f"{c.name} {_TYPES[dialect][c.kind]}{' NOT NULL' if c.not_null else ''}")
+    if table.primary_key:
+        cols.append(f"PRIMARY KEY ({', '.join(table.primary_key)})")
+    stmts = [f"CREATE TABLE IF NOT EXISTS {table.name} (\n    " + ",\n    ".join(cols) + "\n)"]
+    for idx in table.indexes:
+        name = f"{table.name}_{'_'.join(idx)}_idx"
+        stmts.append(f"CREATE INDEX IF NOT EXISTS {name} ON {table.name} ({', '.join(idx)})")
+    return stmts
+
+
+def insert_sql(table: Table, dialect: Dialect) -> str:
+    cols = table.insert_columns
+    sql = (
+        f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({_placeholders(dialect, len(cols))})"
+    )
+    if table.on_conflict == "ignore":
+        sql += f" ON CONFLICT ({', '.join(table.primary_key)}) DO NOTHING"
+    elif table.on_conflict == "update":
+        updates = ", ".join(f"{c} = excluded.{c}" for c in cols if c not in table.primary_key)
+        sql += f" ON CONFLICT ({', '.join(table.primary_key)}) DO UPDATE SET {updates}"
+    return sql
+
+
+def _order_by(table: Table, dialect: Dialect) -> str:
+    terms = []
+    for name in table.order_by:
+        if dialect == "sqlite" and table.kind_of(name) == "serial":
+            terms.append("rowid")
+        else:
+            terms.append(name)
+    return ", ".join(terms)
+
+
+def select_run_sql(table: Table, dialect: Dialect) -> str:
+    """Rows of one run (for `runs`, the run row itself), in time order."""
+    return (
+        f"SELECT {', '.join(table.insert_columns)} FROM {table.name} "
+        f"WHERE run_id = {param(dialect)} ORDER BY {_order_by(table, dialect)}"
+    )
+
+
+def select_bars_sql(dialect: Dialect, by_symbol: bool) -> str:
+    where = f" WHERE symbol = {param(dialect)}" if by_symbol else ""
+    return (
+        f"SELECT {', '.join(BARS.insert_columns)} FROM bars{where} "
+        f"ORDER BY {_order_by(BARS, dialect)}"
+    )
+
+
+def delete_run_sql(table: Table, dialect: Dialect) -> str:
+    return f"DELETE FROM {table.name} WHERE run_id = {param(dialect)}"
+
+
+def end_run_sql(dialect: Dialect) -> str:
+    p = param
+    return (
+        f"UPDATE runs SET summary = {p(dialect, 1)}, ended_at = {p(dialect, 2)} "
+        f"WHERE run_id = {p(dialect, 3)}"
+    )

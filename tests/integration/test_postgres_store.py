@@ -1,0 +1,387 @@
+"""PostgresStore against the real PostgreSQL, each test in its own throwaway schema."""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import asyncpg
+import numpy as np
+import pytest
+
+from tradingd.core.errors import ConfigError, StorageError
+from tradingd.core.types import CrossSection, Fill, Order, OrderStatus, OrderType, RunInfo, Side
+from tradingd.storage.factory import open_store
+from tradingd.storage.postgres import STAGE_THRESHOLD, PostgresStore
+
+T0 = datetime(2020, 1, 2, 21, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+SYMS = ("AAA", "BBB", "CCC")
+
+
+def nan_as_text(rows: list[dict]) -> list[dict]:
+    """NaN != NaN, so compare NaN floats as the text "NaN"."""
+    return [
+        {k: "NaN" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+        for r in rows
+    ]
+
+
+def run_info(run_id: str = "r1") -> RunInfo:
+    return RunInfo(run_id, "backtest", T0, '{"k": 1}', SYMS, 100_000.0)
+
+
+def cross_section(t: datetime, close: list[float]) -> CrossSection:
+    c = np.array(close, dtype=float)
+    return CrossSection(t, c - 1, c + 2, c - 2, c, c * 10, np.ones(len(c)), np.zeros(len(c)))
+
+
+@pytest.fixture
+async def pg(pg_url: str):
+    """(url, schema, raw connection with search_path set); the schema is dropped after."""
+    schema = f"tradingd_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(pg_url, timeout=5)
+    try:
+        yield pg_url, schema, conn
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()
+
+
+async def count(conn: asyncpg.Connection, schema: str, table: str, run_id: str | None = None):
+    if run_id is None:
+        return await conn.fetchval(f'SELECT count(*) FROM "{schema}".{table}')
+    return await conn.fetchval(f'SELECT count(*) FROM "{schema}".{table} WHERE run_id = $1', run_id)
+
+
+@pytest.fixture
+async def store(pg):
+    url, schema, _ = pg
+    s = PostgresStore(url, batch_size=1000, schema=schema)
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.stop()
+
+
+async def test_round_trip_every_table(store: PostgresStore, pg) -> None:
+    _, schema, conn = pg
+    assert store.timescaledb is False  # not installed on this machine: plain tables
+    await store.begin_run(run_info())
+    entry = Order(
+        "r1|e",
+        "AAA",
+        Side.BUY,
+        10.0,
+        T0,
+        type=OrderType.LIMIT,
+        limit_price=101.5,
+        oco_group="g1",
+        reason="rebalance",
+    )
+    store.record_orders("r1", [entry])
+    store.record_fills(
+        "r1", [Fill("f1", "r1|e", "AAA", Side.BUY, 10.0, 101.25, 1.5, 0.25, T0 + DAY, 101.0)]
+    )
+    store.record_positions(
+        "r1",
+        T0 + DAY,
+        SYMS,
+        np.array([10.0, 0.0, -5.0]),
+        np.array([101.25, 0.0, 50.0]),
+        np.array([102.0, 20.0, 49.5]),
+    )
+    store.record_equity("r1", T0 + DAY, 98_987.5, 100_000.25, 0.0127, 0.0077)
+    store.record_signals("r1", T0, SYMS, np.array([0.75, 0.1, -0.5]), np.array([0.25, 0, -0.125]))
+    await store.write_bars(SYMS, [cross_section(T0, [100.0, np.nan, 50.5])])
+    await store.end_run("r1", {"sharpe": 1.25, "trades": 3, "bad": float("nan")})
+
+    [run] = await store.fetch("runs", "r1")
+    assert run["ended_at"].tzinfo is not None
+    assert {k: v for k, v in run.items() if k != "ended_at"} == {
+        "run_id": "r1",
+        "mode": "backtest",
+        "started_at": T0,
+        "config_json": '{"k": 1}',
+        "symbols": list(SYMS),
+        "initial_capital": 100_000.0,
+        "summary": {"sharpe": 1.25, "trades": 3, "bad": None},
+    }
+    assert nan_as_text(await store.fetch("orders", "r1")) == [
+        {
+            "run_id": "r1",
+            "client_order_id": "r1|e",
+            "symbol": "AAA",
+            "side": "buy",
+            "type": "limit",
+            "quantity": 10.0,
+            "limit_price": 101.5,
+            "stop_price": None,
+            "trail_pct": None,
+            "leg": "entry",
+            "parent_id": None,
+            "oco_group": "g1",
+            "status": "new",
+            "filled_quantity": 0.0,
+            "avg_fill_price": "NaN",
+            "reason": "rebalance",
+            "created_at": T0,
+            "updated_at": None,
+        }
+    ]
+    assert await store.fetch("fills", "r1") == [
+        {
+            "run_id": "r1",
+            "fill_id": "f1",
+            "client_order_id": "r1|e",
+            "symbol": "AAA",
+            "side": "buy",
+            "quantity": 10.0,
+            "price": 101.25,
+            "commission": 1.5,
+            "slippage": 0.25,
+            "reference_price": 101.0,
+            "time": T0 + DAY,
+        }
+    ]
+    assert await store.fetch("positions", "r1") == [
+        {
+            "run_id": "r1",
+            "time": T0 + DAY,
+            "symbol": "AAA",
+            "quantity": 10.0,
+            "avg_price": 101.25,
+            "mark_price": 102.0,
+        },
+        {
+            "run_id": "r1",
+            "time": T0 + DAY,
+            "symbol": "CCC",
+            "quantity": -5.0,
+            "avg_price": 50.0,
+            "mark_price": 49.5,
+        },
+    ]
+    assert await store.fetch("equity", "r1") == [
+        {
+            "run_id": "r1",
+            "time": T0 + DAY,
+            "cash": 98_987.5,
+            "equity": 100_000.25,
+            "gross_exposure": 0.0127,
+            "net_exposure": 0.0077,
+        }
+    ]
+    assert await store.fetch("signals", "r1") == [
+        {"run_id": "r1", "time": T0, "symbol": "AAA", "score": 0.75, "target_weight": 0.25},
+        {"run_id": "r1", "time": T0, "symbol": "CCC", "score": -0.5, "target_weight": -0.125},
+    ]
+    assert await store.fetch_bars() == [
+        {
+            "symbol": "AAA",
+            "time": T0,
+            "open": 99.0,
+            "high": 102.0,
+            "low": 98.0,
+            "close": 100.0,
+            "volume": 1000.0,
+            "split": 1.0,
+            "dividend": 0.0,
+        },
+        {
+            "symbol": "CCC",
+            "time": T0,
+            "open": 49.5,
+            "high": 52.5,
+            "low": 48.5,
+            "close": 50.5,
+            "volume": 505.0,
+            "split": 1.0,
+            "dividend": 0.0,
+        },
+    ]
+    # Real column types, in the throwaway schema and nowhere else.
+    types = dict(
+        await conn.fetch(
+            "SELECT column_name, data_type FROM information_schema.columns "
+            "WHERE table_schema = $1 AND table_name = 'equity'",
+            schema,
+        )
+    )
+    assert types["time"] == "timestamp with time zone"
+    assert types["cash"] == "double precision"
+
+
+async def test_start_is_idempotent_on_an_existing_schema(pg) -> None:
+    url, schema, conn = pg
+    first = PostgresStore(url, schema=schema)
+    await first.start()
+    await first.begin_run(run_info())
+    first.record_equity("r1", T0, 1.0, 2.0, 3.0, 4.0)
+    await first.stop()
+
+    second = PostgresStore(url, schema=schema)
+    await second.start()
+    try:
+        assert [r["equity"] for r in await second.fetch("equity", "r1")] == [2.0]
+    finally:
+        await second.stop()
+    tables = await conn.fetchval(
+        "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1", schema
+    )
+    assert tables == 8
+
+
+async def test_begin_run_again_replaces_the_runs_rows(store: PostgresStore, pg) -> None:
+    _, schema, conn = pg
+    await store.begin_run(run_info("r1"))
+    await store.begin_run(run_info("other"))
+    for rid in ("r1", "other"):
+        store.record_equity(rid, T0, 1.0, 1.0, 0.0, 0.0)
+        store.record_orders(rid, [Order(f"{rid}|o", "AAA", Side.BUY, 1.0, T0)])
+        store.record_fills(rid, [Fill("f1", f"{rid}|o", "AAA", Side.BUY, 1.0, 2.0, 0, 0, T0)])
+        store.record_positions(rid, T0, SYMS, np.ones(3), np.ones(3), np.ones(3))
+        store.record_signals(rid, T0, SYMS, np.ones(3), np.ones(3))
+    await store.end_run("r1", {"a": 1})
+
+    await store.begin_run(run_info("r1"))
+    for table in ("orders", "order_events", "fills", "positions", "equity", "signals"):
+        assert await count(conn, schema, table, "r1") == 0, table
+        assert await count(conn, schema, table, "other") > 0, table
+    [run] = await store.fetch("runs", "r1")
+    assert run["summary"] is None and run["ended_at"] is None
+    # The same fill id may be written again by the rerun.
+    store.record_fills("r1", [Fill("f1", "r1|o", "AAA", Side.BUY, 1.0, 3.0, 0, 0, T0)])
+    await store.flush()
+    assert [f["price"] for f in await store.fetch("fills", "r1")] == [3.0]
+
+
+async def test_order_upsert_keeps_latest_state_and_events_keep_history(
+    store: PostgresStore,
+) -> None:
+    await store.begin_run(run_info())
+    o = Order("r1|x", "BBB", Side.SELL, 100.0, T0)
+    store.record_orders("r1", [o])
+    await store.flush()
+    o.status, o.filled_quantity, o.avg_fill_price, o.updated_at = (
+        OrderStatus.PARTIALLY_FILLED,
+        40.0,
+        20.5,
+        T0 + DAY,
+    )
+    store.record_orders("r1", [o])
+    o.status, o.filled_quantity, o.avg_fill_price, o.updated_at = (
+        OrderStatus.FILLED,
+        100.0,
+        20.75,
+        T0 + DAY,
+    )
+    store.record_orders("r1", [o])  # same batch, same time: insertion order decides
+    await store.flush()
+
+    [row] = await store.fetch("orders", "r1")
+    assert (row["status"], row["filled_quantity"], row["avg_fill_price"]) == (
+        "filled",
+        100.0,
+        20.75,
+    )
+    events = await store.fetch("order_events", "r1")
+    assert [(e["status"], e["filled_quantity"], e["time"]) for e in events] == [
+        ("new", 0.0, T0),
+        ("partially_filled", 40.0, T0 + DAY),
+        ("filled", 100.0, T0 + DAY),
+    ]
+
+
+async def test_batching_writes_only_when_a_buffer_is_full(pg) -> None:
+    url, schema, conn = pg
+    store = PostgresStore(url, batch_size=3, schema=schema)
+    await store.start()
+    try:
+        await store.begin_run(run_info())
+        store.record_positions("r1", T0, SYMS, np.array([1.0, 0, 2.0]), np.ones(3), np.ones(3))
+        await store.maybe_flush()
+        assert await count(conn, schema, "positions") == 0
+        store.record_positions("r1", T0 + DAY, SYMS, np.array([0, 0, 3.0]), np.ones(3), np.ones(3))
+        await store.maybe_flush()
+        assert await count(conn, schema, "positions") == 3
+        store.record_equity("r1", T0, 1.0, 1.0, 0.0, 0.0)
+        await store.maybe_flush()
+        assert await count(conn, schema, "equity") == 0
+    finally:
+        await store.stop()
+    assert await count(conn, schema, "equity") == 1
+
+
+async def test_signals_decisions_and_positions_nonzero(store: PostgresStore) -> None:
+    await store.begin_run(run_info())
+    store.record_signals(
+        "r1", T0, SYMS, np.array([0.5, 0.3, np.nan]), np.array([0.0, -0.2, np.nan])
+    )
+    store.record_positions(
+        "r1", T0, SYMS, np.array([0.0, 4.0, 0.0]), np.array([0, 9.5, 0]), np.array([1, 9.75, 3])
+    )
+    await store.flush()
+    assert [
+        (r["symbol"], r["score"], r["target_weight"]) for r in await store.fetch("signals", "r1")
+    ] == [("BBB", 0.3, -0.2)]
+    assert [
+        (r["symbol"], r["quantity"], r["mark_price"]) for r in await store.fetch("positions", "r1")
+    ] == [("BBB", 4.0, 9.75)]
+
+
+async def test_bars_upsert_is_idempotent(store: PostgresStore, pg) -> None:
+    _, schema, conn = pg
+    bars = [cross_section(T0 + i * DAY, [10.0 + i, 20.0 + i, np.nan]) for i in range(3)]
+    await store.write_bars(SYMS, bars)
+    await store.write_bars(SYMS, bars)
+    assert await count(conn, schema, "bars") == 6
+    await store.write_bars(SYMS, [cross_section(T0 + DAY, [11.5, np.nan, 30.0])])
+    assert await count(conn, schema, "bars") == 7
+    assert [(r["time"], r["close"]) for r in await store.fetch_bars("AAA")] == [
+        (T0, 10.0),
+        (T0 + DAY, 11.5),
+        (T0 + 2 * DAY, 12.0),
+    ]
+
+
+async def test_large_bar_batches_upsert_through_staging(pg) -> None:
+    url, schema, conn = pg
+    n = STAGE_THRESHOLD  # one batch this large takes the COPY + INSERT ... SELECT path
+    store = PostgresStore(url, batch_size=4 * n, schema=schema)
+    await store.start()
+    try:
+        symbols = [f"S{i:04d}" for i in range(n)]
+        closes = np.arange(n, dtype=float) + 1
+        first = cross_section(T0, list(closes))
+        await store.write_bars(symbols, [first, cross_section(T0 + DAY, list(closes))])
+        assert await count(conn, schema, "bars") == 2 * n
+        # Again, with a corrected bar repeated inside the same batch: the last one wins.
+        fix = cross_section(T0, list(closes * 2))
+        await store.write_bars(symbols, [first, fix])
+        assert await count(conn, schema, "bars") == 2 * n
+        rows = await store.fetch_bars("S0007")
+        assert [(r["time"], r["close"], r["volume"]) for r in rows] == [
+            (T0, 16.0, 160.0),
+            (T0 + DAY, 8.0, 80.0),
+        ]
+    finally:
+        await store.stop()
+
+
+async def test_unreachable_database_is_a_storage_error_without_password() -> None:
+    store = PostgresStore("postgresql://postgres:hunter2@127.0.0.1:1/test", connect_timeout=3)
+    t = time.monotonic()
+    with pytest.raises(StorageError) as e:
+        await store.start()
+    assert time.monotonic() - t < 5
+    assert "127.0.0.1:1" in str(e.value)
+    assert "hunter2" not in str(e.value) and "***" in str(e.value)
+
+
+def test_schema_must_be_an_identifier() -> None:
+    with pytest.raises(ConfigError):
+        open_store("postgresql://x/y", schema='bad"; DROP TABLE x; --')

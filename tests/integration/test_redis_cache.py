@@ -1,0 +1,92 @@
+"""RedisCache against the real Redis (db 15), isolated by a unique key prefix."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from tradingd.cache.factory import open_cache
+from tradingd.cache.redis import RedisCache
+from tradingd.core.errors import RetryableError
+
+
+@pytest.fixture
+async def cache(redis_url: str):
+    prefix = f"tradingd-test:{uuid.uuid4().hex}:"
+    c = RedisCache(redis_url, prefix=prefix)
+    raw = aioredis.from_url(redis_url)
+    await c.start()
+    try:
+        yield c, raw
+    finally:
+        await c.stop()
+        keys = [k async for k in raw.scan_iter(match=prefix + "*")]
+        if keys:
+            await raw.delete(*keys)
+        await raw.aclose()
+
+
+async def test_round_trip_and_missing_key(cache) -> None:
+    c, raw = cache
+    assert await c.get("missing") is None
+    payload = bytes(range(256))
+    await c.set("bin", payload)
+    assert await c.get("bin") == payload
+    assert await raw.get(c.prefix + "bin") == payload  # stored under the prefix
+    await c.set("bin", b"v2")
+    assert await c.get("bin") == b"v2"
+
+
+async def test_ttl_is_set_on_the_key(cache) -> None:
+    c, raw = cache
+    await c.set("ttl", b"x", ttl_s=120)
+    assert 119 <= await raw.ttl(c.prefix + "ttl") <= 120
+    await c.set("frac", b"x", ttl_s=1.5)
+    assert 1000 < await raw.pttl(c.prefix + "frac") <= 1500
+    await c.set("none", b"x")
+    assert await raw.ttl(c.prefix + "none") == -1  # no expiry
+    await c.set("none", b"y", ttl_s=0)  # already expired: removed
+    assert await raw.exists(c.prefix + "none") == 0
+    assert await c.get("none") is None
+
+
+async def test_open_cache_gives_a_working_redis_cache(redis_url: str) -> None:
+    c = open_cache(redis_url)
+    assert isinstance(c, RedisCache)
+    await c.start()
+    try:
+        key = f"tradingd-test-factory-{uuid.uuid4().hex}"
+        await c.set(key, b"1", ttl_s=60)
+        assert await c.get(key) == b"1"
+        raw = aioredis.from_url(redis_url)
+        await raw.delete(c.prefix + key)
+        await raw.aclose()
+    finally:
+        await c.stop()
+
+
+async def test_unreachable_redis_is_retryable_and_names_the_url() -> None:
+    c = RedisCache("redis://:hunter2@127.0.0.1:1/0", socket_timeout=1, connect_timeout=1)
+    t = time.monotonic()
+    with pytest.raises(RetryableError) as e:
+        await c.start()
+    assert time.monotonic() - t < 5
+    assert "127.0.0.1:1" in str(e.value) and "hunter2" not in str(e.value)
+    with pytest.raises(RetryableError, match="not started"):
+        await c.get("k")
+
+
+async def test_failure_after_start_is_retryable() -> None:
+    broken = RedisCache("redis://127.0.0.1:1/0", socket_timeout=1, connect_timeout=1)
+    # Simulate a server that went away after start: point a started cache at a dead port.
+    broken._client = aioredis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
+    try:
+        with pytest.raises(RetryableError, match=r"127\.0\.0\.1:1"):
+            await broken.get("k")
+        with pytest.raises(RetryableError, match="SET"):
+            await broken.set("k", b"v", ttl_s=5)
+    finally:
+        await broken.stop()

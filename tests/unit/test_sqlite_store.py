@@ -1,0 +1,536 @@
+"""SqliteStore against real SQLite files: round trips, reruns, upserts, batching, filters."""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tradingd.core.errors import ConfigError, StorageError
+from tradingd.core.types import (
+    CrossSection,
+    Fill,
+    Leg,
+    Order,
+    OrderStatus,
+    OrderType,
+    RunInfo,
+    Side,
+)
+from tradingd.storage.factory import open_store
+from tradingd.storage.postgres import PostgresStore
+from tradingd.storage.sqlite import SqliteStore
+
+T0 = datetime(2020, 1, 2, 21, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+SYMS = ("AAA", "BBB", "CCC")
+
+
+def nan_as_text(rows: list[dict]) -> list[dict]:
+    """NaN != NaN, so compare NaN floats as the text "NaN"."""
+    return [
+        {k: "NaN" if isinstance(v, float) and math.isnan(v) else v for k, v in r.items()}
+        for r in rows
+    ]
+
+
+def run_info(run_id: str = "r1") -> RunInfo:
+    return RunInfo(run_id, "backtest", T0, '{"k": 1}', SYMS, 100_000.0)
+
+
+def cross_section(t: datetime, close: list[float]) -> CrossSection:
+    c = np.array(close, dtype=float)
+    return CrossSection(
+        time=t,
+        open=c - 1,
+        high=c + 2,
+        low=c - 2,
+        close=c,
+        volume=np.where(np.isnan(c), np.nan, 1000.0),
+        split=np.ones(len(c)),
+        dividend=np.zeros(len(c)),
+    )
+
+
+def count(path: Path, table: str, run_id: str | None = None) -> int:
+    """Rows committed to the file, read through an independent connection."""
+    with sqlite3.connect(path) as db:
+        if run_id is None:
+            return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+        return db.execute(f"SELECT count(*) FROM {table} WHERE run_id = ?", (run_id,)).fetchone()[0]
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "nested" / "dir" / "tradingd.db"
+
+
+@pytest.fixture
+async def store(db_path: Path):
+    s = SqliteStore(db_path, batch_size=1000)
+    await s.start()
+    yield s
+    await s.stop()
+
+
+async def test_round_trip_every_table(store: SqliteStore, db_path: Path) -> None:
+    assert db_path.exists()  # parent directories were created
+    await store.begin_run(run_info())
+    entry = Order(
+        "r1|e",
+        "AAA",
+        Side.BUY,
+        10.0,
+        T0,
+        type=OrderType.LIMIT,
+        limit_price=101.5,
+        oco_group="g1",
+        reason="rebalance",
+    )
+    stop = Order(
+        "r1|sl",
+        "AAA",
+        Side.SELL,
+        10.0,
+        T0,
+        type=OrderType.TRAILING_STOP,
+        stop_price=95.25,
+        trail_pct=0.02,
+        leg=Leg.STOP_LOSS,
+        parent_id="r1|e",
+        status=OrderStatus.HELD,
+        updated_at=T0 + DAY,
+    )
+    store.record_orders("r1", [entry, stop])
+    fill = Fill("f1", "r1|e", "AAA", Side.BUY, 10.0, 101.25, 1.5, 0.25, T0 + DAY, 101.0)
+    store.record_fills("r1", [fill])
+    store.record_positions(
+        "r1",
+        T0 + DAY,
+        SYMS,
+        np.array([10.0, 0.0, -5.0]),
+        np.array([101.25, 0.0, 50.0]),
+        np.array([102.0, 20.0, 49.5]),
+    )
+    store.record_equity("r1", T0 + DAY, 98_987.5, 100_000.25, 0.0127, 0.0077)
+    store.record_signals("r1", T0, SYMS, np.array([0.75, 0.1, -0.5]), np.array([0.25, 0.0, -0.125]))
+    await store.write_bars(SYMS, [cross_section(T0, [100.0, np.nan, 50.5])])
+    await store.end_run("r1", {"sharpe": 1.25, "trades": 3, "bad": math.nan})
+
+    [run] = await store.fetch("runs", "r1")
+    assert run["started_at"] == T0 and run["started_at"].tzinfo is not None
+    assert isinstance(run["ended_at"], datetime) and run["ended_at"].utcoffset() == timedelta(0)
+    assert {k: v for k, v in run.items() if k != "ended_at"} == {
+        "run_id": "r1",
+        "mode": "backtest",
+        "started_at": T0,
+        "config_json": '{"k": 1}',
+        "symbols": list(SYMS),
+        "initial_capital": 100_000.0,
+        "summary": {"sharpe": 1.25, "trades": 3, "bad": None},
+    }
+
+    assert nan_as_text(await store.fetch("orders", "r1")) == [
+        {
+            "run_id": "r1",
+            "client_order_id": "r1|e",
+            "symbol": "AAA",
+            "side": "buy",
+            "type": "limit",
+            "quantity": 10.0,
+            "limit_price": 101.5,
+            "stop_price": None,
+            "trail_pct": None,
+            "leg": "entry",
+            "parent_id": None,
+            "oco_group": "g1",
+            "status": "new",
+            "filled_quantity": 0.0,
+            "avg_fill_price": "NaN",  # NaN comes back as NaN
+            "reason": "rebalance",
+            "created_at": T0,
+            "updated_at": None,
+        },
+        {
+            "run_id": "r1",
+            "client_order_id": "r1|sl",
+            "symbol": "AAA",
+            "side": "sell",
+            "type": "trailing_stop",
+            "quantity": 10.0,
+            "limit_price": None,
+            "stop_price": 95.25,
+            "trail_pct": 0.02,
+            "leg": "sl",
+            "parent_id": "r1|e",
+            "oco_group": None,
+            "status": "held",
+            "filled_quantity": 0.0,
+            "avg_fill_price": "NaN",
+            "reason": "",
+            "created_at": T0,
+            "updated_at": T0 + DAY,
+        },
+    ]
+    assert await store.fetch("fills", "r1") == [
+        {
+            "run_id": "r1",
+            "fill_id": "f1",
+            "client_order_id": "r1|e",
+            "symbol": "AAA",
+            "side": "buy",
+            "quantity": 10.0,
+            "price": 101.25,
+            "commission": 1.5,
+            "slippage": 0.25,
+            "reference_price": 101.0,
+            "time": T0 + DAY,
+        }
+    ]
+    assert await store.fetch("positions", "r1") == [
+        {
+            "run_id": "r1",
+            "time": T0 + DAY,
+            "symbol": "AAA",
+            "quantity": 10.0,
+            "avg_price": 101.25,
+            "mark_price": 102.0,
+        },
+        {
+            "run_id": "r1",
+            "time": T0 + DAY,
+            "symbol": "CCC",
+            "quantity": -5.0,
+            "avg_price": 50.0,
+            "mark_price": 49.5,
+        },
+    ]
+    assert await store.fetch("equity", "r1") == [
+        {
+            "run_id": "r1",
+            "time": T0 + DAY,
+            "cash": 98_987.5,
+            "equity": 100_000.25,
+            "gross_exposure": 0.0127,
+            "net_exposure": 0.0077,
+        }
+    ]
+    assert await store.fetch("signals", "r1") == [
+        {"run_id": "r1", "time": T0, "symbol": "AAA", "score": 0.75, "target_weight": 0.25},
+        {"run_id": "r1", "time": T0, "symbol": "CCC", "score": -0.5, "target_weight": -0.125},
+    ]
+    assert await store.fetch_bars() == [
+        {
+            "symbol": "AAA",
+            "time": T0,
+            "open": 99.0,
+            "high": 102.0,
+            "low": 98.0,
+            "close": 100.0,
+            "volume": 1000.0,
+            "split": 1.0,
+            "dividend": 0.0,
+        },
+        {
+            "symbol": "CCC",
+            "time": T0,
+            "open": 49.5,
+            "high": 52.5,
+            "low": 48.5,
+            "close": 50.5,
+            "volume": 1000.0,
+            "split": 1.0,
+            "dividend": 0.0,
+        },
+    ]
+    # Stored as fixed-width ISO-8601 UTC text.
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("SELECT time FROM equity").fetchone()[0] == (
+            "2020-01-03T21:00:00.000000+00:00"
+        )
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+async def test_start_is_idempotent_on_an_existing_file(db_path: Path) -> None:
+    first = SqliteStore(db_path)
+    await first.start()
+    await first.start()  # a second start on a running store does nothing
+    await first.begin_run(run_info())
+    first.record_equity("r1", T0, 1.0, 2.0, 3.0, 4.0)
+    await first.stop()
+
+    second = SqliteStore(db_path)
+    await second.start()  # schema already there: no error, data kept
+    try:
+        assert [r["equity"] for r in await second.fetch("equity", "r1")] == [2.0]
+    finally:
+        await second.stop()
+
+
+async def test_begin_run_again_replaces_the_runs_rows(store: SqliteStore, db_path: Path) -> None:
+    await store.begin_run(run_info("r1"))
+    await store.begin_run(run_info("other"))
+    for rid in ("r1", "other"):
+        store.record_equity(rid, T0, 1.0, 1.0, 0.0, 0.0)
+        store.record_orders(rid, [Order(f"{rid}|o", "AAA", Side.BUY, 1.0, T0)])
+        store.record_fills(rid, [Fill("f1", f"{rid}|o", "AAA", Side.BUY, 1.0, 2.0, 0, 0, T0)])
+        store.record_positions(rid, T0, SYMS, np.ones(3), np.ones(3), np.ones(3))
+        store.record_signals(rid, T0, SYMS, np.ones(3), np.ones(3))
+    await store.end_run("r1", {"a": 1})
+
+    await store.begin_run(run_info("r1"))  # rerun of the same backtest
+    for table in ("orders", "order_events", "fills", "positions", "equity", "signals"):
+        assert count(db_path, table, "r1") == 0, table
+        assert count(db_path, table, "other") > 0, table
+    [run] = await store.fetch("runs", "r1")
+    assert run["summary"] is None and run["ended_at"] is None
+    assert count(db_path, "runs") == 2
+
+    store.record_equity("r1", T0 + DAY, 5.0, 6.0, 0.0, 0.0)
+    await store.flush()
+    assert [(r["time"], r["equity"]) for r in await store.fetch("equity", "r1")] == [
+        (T0 + DAY, 6.0)
+    ]
+
+
+async def test_order_upsert_keeps_latest_state_and_events_keep_history(
+    store: SqliteStore,
+) -> None:
+    await store.begin_run(run_info())
+    o = Order("r1|x", "BBB", Side.SELL, 100.0, T0)
+    store.record_orders("r1", [o])
+    await store.flush()  # the next states arrive in a later batch
+    o.status, o.filled_quantity, o.avg_fill_price, o.updated_at = (
+        OrderStatus.PARTIALLY_FILLED,
+        40.0,
+        20.5,
+        T0 + DAY,
+    )
+    store.record_orders("r1", [o])
+    o.status, o.filled_quantity, o.avg_fill_price, o.updated_at, o.reason = (
+        OrderStatus.FILLED,
+        100.0,
+        20.75,
+        T0 + 2 * DAY,
+        "done",
+    )
+    store.record_orders("r1", [o])  # two updates of one order in the same batch
+    await store.flush()
+
+    [row] = await store.fetch("orders", "r1")
+    assert (row["status"], row["filled_quantity"], row["avg_fill_price"], row["reason"]) == (
+        "filled",
+        100.0,
+        20.75,
+        "done",
+    )
+    assert row["updated_at"] == T0 + 2 * DAY and row["created_at"] == T0
+    events = await store.fetch("order_events", "r1")
+    assert [(e["status"], e["filled_quantity"], e["time"], e["reason"]) for e in events] == [
+        ("new", 0.0, T0, ""),
+        ("partially_filled", 40.0, T0 + DAY, ""),
+        ("filled", 100.0, T0 + 2 * DAY, "done"),
+    ]
+
+
+async def test_events_at_the_same_time_keep_insertion_order(store: SqliteStore) -> None:
+    await store.begin_run(run_info())
+    o = Order("r1|y", "AAA", Side.BUY, 1.0, T0)
+    statuses = [OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED, OrderStatus.FILLED]
+    for st in statuses:
+        o.status = st
+        store.record_orders("r1", [o])
+    await store.flush()
+    assert [e["status"] for e in await store.fetch("order_events", "r1")] == [
+        "new",
+        "partially_filled",
+        "filled",
+    ]
+
+
+async def test_batching_writes_only_when_a_buffer_is_full(db_path: Path) -> None:
+    store = SqliteStore(db_path, batch_size=3)
+    await store.start()
+    try:
+        await store.begin_run(run_info())
+        store.record_equity("r1", T0, 1.0, 1.0, 0.0, 0.0)
+        store.record_equity("r1", T0 + DAY, 2.0, 2.0, 0.0, 0.0)
+        await store.maybe_flush()
+        assert count(db_path, "equity") == 0
+        assert store.pending()["equity"] == 2
+
+        store.record_equity("r1", T0 + 2 * DAY, 3.0, 3.0, 0.0, 0.0)
+        store.record_fills("r1", [Fill("f", "c", "AAA", Side.BUY, 1.0, 1.0, 0, 0, T0)])
+        await store.maybe_flush()
+        # The full buffer triggered a flush of every buffer.
+        assert count(db_path, "equity") == 3
+        assert count(db_path, "fills") == 1
+        assert store.pending() == dict.fromkeys(store.pending(), 0)
+
+        store.record_equity("r1", T0 + 3 * DAY, 4.0, 4.0, 0.0, 0.0)
+        await store.maybe_flush()
+        assert count(db_path, "equity") == 3
+    finally:
+        await store.stop()  # stop flushes the rest
+    assert count(db_path, "equity") == 4
+
+
+async def test_failed_flush_keeps_rows_buffered(store: SqliteStore, monkeypatch) -> None:
+    await store.begin_run(run_info())
+    store.record_equity("r1", T0, 1.0, 1.0, 0.0, 0.0)
+
+    async def broken(batches):
+        raise StorageError("disk full")
+
+    monkeypatch.setattr(store, "_write_batches", broken)
+    with pytest.raises(StorageError, match="disk full"):
+        await store.flush()
+    store.record_equity("r1", T0 + DAY, 2.0, 2.0, 0.0, 0.0)
+    assert store.pending()["equity"] == 2
+    monkeypatch.undo()
+    await store.flush()
+    assert [r["cash"] for r in await store.fetch("equity", "r1")] == [1.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    ("mode", "expected"),
+    [
+        ("decisions", [("AAA", 0.5, 0.1), ("DDD", "NaN", -0.2)]),
+        (
+            "all",
+            [("AAA", 0.5, 0.1), ("BBB", 0.3, 0.0), ("CCC", -0.0625, 0.0), ("DDD", "NaN", -0.2)],
+        ),
+        ("none", []),
+    ],
+)
+async def test_signals_filter(db_path: Path, mode: str, expected: list) -> None:
+    store = SqliteStore(db_path, signals=mode)
+    await store.start()
+    try:
+        await store.begin_run(run_info())
+        store.record_signals(
+            "r1",
+            T0,
+            ("AAA", "BBB", "CCC", "DDD", "EEE"),
+            np.array([0.5, 0.3, -0.0625, np.nan, np.nan]),
+            np.array([0.1, 0.0, 0.0, -0.2, np.nan]),
+        )
+        await store.flush()
+        rows = await store.fetch("signals", "r1")
+        assert [(r["symbol"], r["score"], r["target_weight"]) for r in nan_as_text(rows)] == (
+            expected
+        )
+    finally:
+        await store.stop()
+
+
+async def test_positions_only_nonzero_quantities(store: SqliteStore) -> None:
+    await store.begin_run(run_info())
+    store.record_positions(
+        "r1", T0, SYMS, np.array([0.0, 0.0, 0.0]), np.zeros(3), np.array([1.0, 2.0, 3.0])
+    )
+    store.record_positions(
+        "r1",
+        T0 + DAY,
+        SYMS,
+        np.array([0.0, -3.0, np.nan]),
+        np.array([0.0, 7.5, 0.0]),
+        np.array([1.0, 8.0, 3.0]),
+    )
+    await store.flush()
+    rows = await store.fetch("positions", "r1")
+    assert [(r["time"], r["symbol"], r["quantity"], r["avg_price"]) for r in rows] == [
+        (T0 + DAY, "BBB", -3.0, 7.5)
+    ]
+
+
+async def test_bars_upsert_is_idempotent(db_path: Path) -> None:
+    store = SqliteStore(db_path, batch_size=2)  # several write batches per call
+    await store.start()
+    try:
+        bars = [cross_section(T0 + i * DAY, [10.0 + i, 20.0 + i, np.nan]) for i in range(3)]
+        await store.write_bars(SYMS, bars)
+        await store.write_bars(SYMS, bars)  # re-fetching the same history
+        assert count(db_path, "bars") == 6
+        # A corrected bar replaces the stored one.
+        await store.write_bars(SYMS, [cross_section(T0 + DAY, [11.5, np.nan, 30.0])])
+        assert count(db_path, "bars") == 7
+        rows = await store.fetch_bars("AAA")
+        assert [(r["time"], r["close"]) for r in rows] == [
+            (T0, 10.0),
+            (T0 + DAY, 11.5),
+            (T0 + 2 * DAY, 12.0),
+        ]
+        assert [r["close"] for r in await store.fetch_bars("BBB")] == [20.0, 21.0, 22.0]
+        assert [(r["time"], r["close"]) for r in await store.fetch_bars("CCC")] == [
+            (T0 + DAY, 30.0)
+        ]
+    finally:
+        await store.stop()
+
+
+async def test_times_are_normalised_to_utc(store: SqliteStore) -> None:
+    await store.begin_run(run_info())
+    eastern = timezone(timedelta(hours=-5))
+    store.record_equity("r1", datetime(2020, 1, 2, 16, 0, tzinfo=eastern), 1, 1, 0, 0)
+    store.record_equity("r1", datetime(2020, 1, 3, 21, 0), 2, 2, 0, 0)  # naive = UTC
+    await store.flush()
+    times = [r["time"] for r in await store.fetch("equity", "r1")]
+    assert times == [T0, T0 + DAY]
+    assert all(t.utcoffset() == timedelta(0) for t in times)
+
+
+async def test_memory_database_and_factory(tmp_path: Path, monkeypatch) -> None:
+    mem = open_store("sqlite:///:memory:", batch_size=7)
+    assert isinstance(mem, SqliteStore) and mem.path == ":memory:" and mem.batch_size == 7
+    await mem.start()
+    try:
+        await mem.begin_run(run_info())
+        mem.record_equity("r1", T0, 1.0, 2.0, 3.0, 4.0)
+        await mem.flush()
+        assert len(await mem.fetch("equity", "r1")) == 1
+    finally:
+        await mem.stop()
+
+    monkeypatch.chdir(tmp_path)
+    rel = open_store("sqlite:///data/x.db")
+    assert isinstance(rel, SqliteStore) and rel.path == "data/x.db"
+    await rel.start()
+    await rel.stop()
+    assert (tmp_path / "data" / "x.db").exists()
+
+    absolute = open_store(f"sqlite:///{tmp_path}/abs.db")
+    assert isinstance(absolute, SqliteStore) and absolute.path == f"{tmp_path}/abs.db"
+
+    pg = open_store("postgres://u:secret@db:5432/x", schema="s1")
+    assert isinstance(pg, PostgresStore) and pg.schema == "s1"  # not connected yet
+    assert isinstance(open_store("postgresql://db/x"), PostgresStore)
+
+
+def test_factory_rejects_unknown_schemes() -> None:
+    with pytest.raises(ConfigError) as e:
+        open_store("mysql://user:pw@db/x")
+    msg = str(e.value)
+    assert "mysql://user:***@db/x" in msg and "pw@" not in msg
+    assert "sqlite:///" in msg and "postgresql://" in msg
+    with pytest.raises(ConfigError):
+        open_store("sqlite:///")
+    with pytest.raises(ConfigError, match="decisions"):
+        open_store("sqlite:///:memory:", signals="everything")
+    with pytest.raises(ConfigError):
+        open_store("sqlite:///:memory:", batch_size=0)
+
+
+async def test_fetch_rejects_unknown_tables(store: SqliteStore) -> None:
+    with pytest.raises(ValueError, match="bars"):
+        await store.fetch("bars", "r1")
+
+
+async def test_use_before_start_is_a_storage_error(db_path: Path) -> None:
+    store = SqliteStore(db_path)
+    with pytest.raises(StorageError, match="not started"):
+        await store.begin_run(run_info())
