@@ -24,8 +24,9 @@ def _default(o: Any) -> Any:
 
 
 class AuditLog:
-    def __init__(self, directory: str | Path, run_id: str, max_bytes: int = 50_000_000,
-                 backups: int = 10) -> None:
+    def __init__(
+        self, directory: str | Path, run_id: str, max_bytes: int = 50_000_000, backups: int = 10
+    ) -> None:
         self.path = Path(directory) / f"{_safe(run_id)}.jsonl"
         self.max_bytes = max_bytes
         self.backups = backups

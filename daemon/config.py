@@ -4,9 +4,10 @@ Every section is a frozen dataclass whose defaults are the reference specificati
 so a missing file still means "the documented defaults". Unknown keys are errors that list the
 valid keys: a typo must never silently fall back to a default in a service that trades.
 
-Environment overrides: `TRADINGD_<SECTION>__<KEY>=value`, e.g. `TRADINGD_COSTS__COMMISSION_PCT=0.002`
-(values parsed as TOML scalars when possible). `DATABASE_URL` and `REDIS_URL` override
-`storage.url` and `cache.url`. Plugin lists (`[[signals]]`, `[[risk]]`) are set in files only.
+Environment overrides: `TRADINGD_<SECTION>__<KEY>=value`, e.g.
+`TRADINGD_COSTS__COMMISSION_PCT=0.002` (values parsed as TOML scalars when possible).
+`DATABASE_URL` and `REDIS_URL` override `storage.url` and `cache.url`. Plugin lists
+(`[[signals]]`, `[[risk]]`) are set in files only.
 """
 
 from __future__ import annotations
@@ -82,7 +83,9 @@ class BrokerConfig:
         _choice("broker.kind", self.kind, ("simulated",))
         _require(
             0 <= self.max_volume_participation <= 1,
-            "broker.max_volume_participation", self.max_volume_participation, "in [0, 1]",
+            "broker.max_volume_participation",
+            self.max_volume_participation,
+            "in [0, 1]",
         )
 
 
@@ -134,6 +137,9 @@ def _default_risk() -> tuple[PluginSpec, ...]:
 class StorageConfig:
     url: str = "sqlite:///var/tradingd.db"
     batch_size: int = 5000
+    # Buffered rows are written at the latest this long after the previous write, so a live
+    # daemon's records reach the database within seconds, not when a batch fills.
+    flush_interval_s: float = 1.0
     signals: str = "decisions"  # decisions | all | none
 
     def __post_init__(self) -> None:

@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import logging
 import sys
+from datetime import date
+from typing import Any
 
 import structlog
 
-_LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-           "error": logging.ERROR}
+_LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
@@ -23,6 +29,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
+            _iso_datetimes,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
@@ -30,3 +37,10 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         cache_logger_on_first_use=False,
     )
 
+
+def _iso_datetimes(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Bar times are logged everywhere; make them readable ISO strings, not reprs."""
+    for k, v in event.items():
+        if isinstance(v, date):
+            event[k] = v.isoformat()
+    return event

@@ -86,7 +86,8 @@ def make_panel(n_symbols: int = 8, n_bars: int = 300, seed: int = 7, split_at: i
     rng = np.random.default_rng(seed)
     times = pd.bdate_range("2020-01-01", periods=n_bars).to_numpy(dtype="datetime64[ns]")
     rets = rng.normal(0.0004, 0.015, size=(n_bars, n_symbols)) + rng.normal(
-        0, 0.0008, size=n_symbols)
+        0, 0.0008, size=n_symbols
+    )
     close = 50.0 * np.exp(np.cumsum(rets, axis=0))
     split = np.ones_like(close)
     if split_at is not None:
@@ -101,9 +102,17 @@ def make_panel(n_symbols: int = 8, n_bars: int = 300, seed: int = 7, split_at: i
     # The last symbol lists late (no bars before bar 40).
     for arr in (open_, high, low, close, volume):
         arr[:40, -1] = np.nan
-    return Panel(times=times, symbols=tuple(f"S{i:02d}" for i in range(n_symbols)),
-                 open=open_, high=high, low=low, close=close, volume=volume, split=split,
-                 dividend=dividend)
+    return Panel(
+        times=times,
+        symbols=tuple(f"S{i:02d}" for i in range(n_symbols)),
+        open=open_,
+        high=high,
+        low=low,
+        close=close,
+        volume=volume,
+        split=split,
+        dividend=dividend,
+    )
 
 
 @pytest.fixture
@@ -120,7 +129,7 @@ def engine_config(tmp_path):
     cfg.write_text(f"""
 [run]
 run_id = "test-run"
-output_dir = "{tmp_path / 'runs'}"
+output_dir = "{tmp_path / "runs"}"
 [[signals]]
 name = "momentum"
 params = {{ lookback = 20 }}
@@ -131,8 +140,31 @@ params = {{ max_positions = 3, gross_exposure = 0.9 }}
 name = "max_position"
 params = {{ max_position_pct = 0.3 }}
 [storage]
-url = "sqlite:///{tmp_path / 'store.db'}"
+url = "sqlite:///{tmp_path / "store.db"}"
 [log]
-audit_dir = "{tmp_path / 'audit'}"
+audit_dir = "{tmp_path / "audit"}"
 """)
     return load_config([cfg], env={})
+
+
+async def run_engine(config, mode, panel, check=None):
+    """Run an engine to the end; returns (engine, result, rows of orders/fills/equity/events).
+
+    `check(engine, bar_index, time)` is called after every bar."""
+    from tradingd.app import build_engine
+
+    rows = {}
+
+    async def collect(engine):
+        for table in ("orders", "fills", "equity", "order_events"):
+            rows[table] = await engine.store.fetch(table, engine.run.run_id)
+
+    engine = None
+
+    def on_bar(i, t):
+        if check is not None:
+            check(engine, i, t)
+
+    engine = build_engine(config, mode, panel=panel, on_bar=on_bar, before_stop=collect)
+    result = await engine.run_until_done()
+    return engine, result, rows

@@ -54,15 +54,32 @@ class LiveClock:
         cfg = self.config
         if cfg.bars_per_second > 0:
             trigger = IntervalTrigger(seconds=1.0 / cfg.bars_per_second, timezone=UTC)
-            sched.add_job(self._release_next, trigger, id="bar-close", max_instances=1,
-                          coalesce=True, misfire_grace_time=None)
+            sched.add_job(
+                self._release_next,
+                trigger,
+                id="bar-close",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=None,
+            )
         else:
             hh, mm = (int(x) for x in cfg.close_time.split(":"))
             fire = datetime(2000, 1, 1, hh, mm) + timedelta(seconds=cfg.delay_s)
-            trigger = CronTrigger(day_of_week="mon-fri", hour=fire.hour, minute=fire.minute,
-                                  second=fire.second, timezone=ZoneInfo(cfg.timezone))
-            sched.add_job(self._release_session, trigger, id="bar-close", max_instances=1,
-                          coalesce=True, misfire_grace_time=3600)
+            trigger = CronTrigger(
+                day_of_week="mon-fri",
+                hour=fire.hour,
+                minute=fire.minute,
+                second=fire.second,
+                timezone=ZoneInfo(cfg.timezone),
+            )
+            sched.add_job(
+                self._release_session,
+                trigger,
+                id="bar-close",
+                max_instances=1,
+                coalesce=True,
+                misfire_grace_time=3600,
+            )
         sched.start()
         self._scheduler = sched
         log.info("clock.live.start", trigger=str(trigger))

@@ -69,17 +69,31 @@ class Store(Service, Protocol):
     async def write_bars(self, symbols: Sequence[str], bars: Sequence[CrossSection]) -> None: ...
 
     def record_signals(
-        self, run_id: str, time: datetime, symbols: Sequence[str], scores: np.ndarray,
+        self,
+        run_id: str,
+        time: datetime,
+        symbols: Sequence[str],
+        scores: np.ndarray,
         targets: np.ndarray,
     ) -> None: ...
     def record_orders(self, run_id: str, orders: Sequence[Order]) -> None: ...
     def record_fills(self, run_id: str, fills: Sequence[Fill]) -> None: ...
     def record_positions(
-        self, run_id: str, time: datetime, symbols: Sequence[str], quantity: np.ndarray,
-        avg_price: np.ndarray, mark: np.ndarray,
+        self,
+        run_id: str,
+        time: datetime,
+        symbols: Sequence[str],
+        quantity: np.ndarray,
+        avg_price: np.ndarray,
+        mark: np.ndarray,
     ) -> None: ...
     def record_equity(
-        self, run_id: str, time: datetime, cash: float, equity: float, gross_exposure: float,
+        self,
+        run_id: str,
+        time: datetime,
+        cash: float,
+        equity: float,
+        gross_exposure: float,
         net_exposure: float,
     ) -> None: ...
 

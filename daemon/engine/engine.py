@@ -146,8 +146,13 @@ class Engine:
                 started.append(part)
             await self.store.begin_run(self.run)
             structlog.contextvars.bind_contextvars(run_id=self.run.run_id)
-            log.info("engine.start", mode=self.run.mode, symbols=len(self.symbols),
-                     lookback=self.history.capacity, features=list(self.features.names))
+            log.info(
+                "engine.start",
+                mode=self.run.mode,
+                symbols=len(self.symbols),
+                lookback=self.history.capacity,
+                features=list(self.features.names),
+            )
             async for t in self.clock:
                 bar = await self.feed.bars(t)
                 if bar is not None:
@@ -160,8 +165,13 @@ class Engine:
             await self.store.flush()
             if self._before_stop is not None:
                 await self._before_stop(self)
-            log.info("engine.stop", bars=result.bars, fills=result.fills,
-                     equity=self.portfolio.equity, stopped_early=result.stopped_early)
+            log.info(
+                "engine.stop",
+                bars=result.bars,
+                fills=result.fills,
+                equity=self.portfolio.equity,
+                stopped_early=result.stopped_early,
+            )
             return result
         finally:
             for part in reversed(started):
@@ -191,8 +201,11 @@ class Engine:
         run_id = self.run.run_id
         split_cols = pf.apply_splits(bar.split)
         if split_cols:
-            log.info("corporate.split", time=bar.time,
-                     symbols={self.symbols[i]: float(bar.split[i]) for i in split_cols})
+            log.info(
+                "corporate.split",
+                time=bar.time,
+                symbols={self.symbols[i]: float(bar.split[i]) for i in split_cols},
+            )
         if bar.dividend.any():
             pf.apply_dividends(bar.dividend)
         self.history.push(bar)
@@ -226,8 +239,15 @@ class Engine:
         if verdicts:
             self._verdicts += len(verdicts)
             for v in verdicts:
-                log.debug("risk.verdict", plugin=v.plugin, symbol=v.symbol, action=v.action,
-                          reason=v.reason, requested=v.requested, allowed=v.allowed)
+                log.debug(
+                    "risk.verdict",
+                    plugin=v.plugin,
+                    symbol=v.symbol,
+                    action=v.action,
+                    reason=v.reason,
+                    requested=v.requested,
+                    allowed=v.allowed,
+                )
 
         plan = self.planner.plan(targets, ctx, self.broker.open_orders())
         for cid in plan.cancel:
@@ -242,14 +262,16 @@ class Engine:
             self.audit.orders(acked)
             rejected = [o for o in acked if o.status is OrderStatus.REJECTED]
             for o in rejected:
-                log.warning("order.rejected", symbol=o.symbol, cid=o.client_order_id,
-                            reason=o.reason)
+                log.warning(
+                    "order.rejected", symbol=o.symbol, cid=o.client_order_id, reason=o.reason
+                )
 
         gross, net = pf.exposure()
         if self._record_signals:
             self.store.record_signals(run_id, bar.time, self.symbols, score, targets)
-        self.store.record_positions(run_id, bar.time, self.symbols, pf.quantity, pf.avg_price,
-                                    ctx.mark)
+        self.store.record_positions(
+            run_id, bar.time, self.symbols, pf.quantity, pf.avg_price, ctx.mark
+        )
         self.store.record_equity(run_id, bar.time, pf.cash, equity, gross, net)
         await self.store.maybe_flush()
         self.audit.flush()
@@ -269,8 +291,12 @@ class Engine:
             s = self._call(plugin, "score", plugin.score, ctx)
             s = _check_array(plugin, "score", s, n, ctx.time, allow_nan=True)
             if np.any(np.abs(s) > 1.0 + 1e-12):
-                raise PluginFault(plugin.name, "score", ctx.time,
-                                  ValueError("scores must lie in [-1, 1] or be NaN"))
+                raise PluginFault(
+                    plugin.name,
+                    "score",
+                    ctx.time,
+                    ValueError("scores must lie in [-1, 1] or be NaN"),
+                )
             ok = ~np.isnan(s)
             num[ok] += weight * s[ok]
             den[ok] += weight
@@ -287,10 +313,15 @@ class Engine:
         for r in self.pipeline.risks:
             decision = self._call(r, "check", r.check, targets, ctx)
             if not isinstance(decision, RiskDecision):
-                raise PluginFault(r.name, "check", ctx.time,
-                                  TypeError(f"returned {type(decision).__name__}, not RiskDecision"))
-            targets = _check_array(r, "check", decision.targets, len(self.symbols), ctx.time,
-                                   allow_nan=False)
+                raise PluginFault(
+                    r.name,
+                    "check",
+                    ctx.time,
+                    TypeError(f"returned {type(decision).__name__}, not RiskDecision"),
+                )
+            targets = _check_array(
+                r, "check", decision.targets, len(self.symbols), ctx.time, allow_nan=False
+            )
             verdicts.extend(decision.verdicts)
         return targets, verdicts
 
@@ -302,8 +333,9 @@ class Engine:
         except PluginFault:
             raise
         except Exception as exc:
-            raise PluginFault(getattr(plugin, "name", type(plugin).__name__), stage,
-                              args[-1].time, exc) from exc
+            raise PluginFault(
+                getattr(plugin, "name", type(plugin).__name__), stage, args[-1].time, exc
+            ) from exc
 
     async def _publish(self, force: bool = False) -> None:
         now = _time.monotonic()
@@ -323,12 +355,14 @@ class Engine:
             "open_orders": len(self.broker.open_orders()),
             "updated_at": datetime.now().astimezone().isoformat(),
         }
-        await self.cache.set(f"tradingd:{self.run.run_id}:state", json.dumps(state).encode(),
-                             self._cache_ttl)
+        await self.cache.set(
+            f"{self.run.run_id}:state", json.dumps(state).encode(), self._cache_ttl
+        )
 
 
-def _check_array(plugin: Any, stage: str, arr: Any, n: int, t: datetime, *,
-                 allow_nan: bool) -> np.ndarray:
+def _check_array(
+    plugin: Any, stage: str, arr: Any, n: int, t: datetime, *, allow_nan: bool
+) -> np.ndarray:
     name = getattr(plugin, "name", type(plugin).__name__)
     a = np.asarray(arr, dtype=np.float64)
     if a.shape != (n,):

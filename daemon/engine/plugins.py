@@ -30,7 +30,10 @@ def available() -> dict[str, EntryPoint]:
 
 
 def load_plugin(
-    spec: PluginSpec, kind: str, symbols: tuple[str, ...], where: str,
+    spec: PluginSpec,
+    kind: str,
+    symbols: tuple[str, ...],
+    where: str,
     registry: Mapping[str, EntryPoint] | None = None,
 ) -> Any:
     eps = available() if registry is None else registry

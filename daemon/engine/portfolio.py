@@ -73,8 +73,8 @@ class Portfolio:
             self.avg_price[i] = (self.avg_price[i] * abs(old) + fill.price * abs(q)) / abs(new)
         else:
             closed = min(abs(q), abs(old))
-            self.realized_pnl[i] += closed * (fill.price - self.avg_price[i]) * math.copysign(
-                1.0, old
+            self.realized_pnl[i] += (
+                closed * (fill.price - self.avg_price[i]) * math.copysign(1.0, old)
             )
             if abs(q) > abs(old):
                 self.avg_price[i] = fill.price  # the position flipped side

@@ -61,8 +61,7 @@ def resolve(name: str) -> FeatureSpec:
     m = _NAME.match(name)
     if not m or m.group(1) not in _PATTERNS or int(m.group(2)) < 1:
         raise ConfigError(
-            f"unknown feature {name!r}; valid: "
-            + ", ".join(f"{p}_<n>" for p in sorted(_PATTERNS))
+            f"unknown feature {name!r}; valid: " + ", ".join(f"{p}_<n>" for p in sorted(_PATTERNS))
         )
     return _PATTERNS[m.group(1)](int(m.group(2)))
 

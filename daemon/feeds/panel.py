@@ -61,7 +61,9 @@ class Panel:
         )
 
     def select(
-        self, symbols: tuple[str, ...] | None = None, start: str | None = None,
+        self,
+        symbols: tuple[str, ...] | None = None,
+        start: str | None = None,
         end: str | None = None,
     ) -> Panel:
         """A sub-panel by symbols and inclusive date range (dates as 'YYYY-MM-DD')."""

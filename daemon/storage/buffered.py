@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import json
 import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
@@ -88,7 +89,9 @@ class BufferedStore(ABC):
 
     dialect: ClassVar[Dialect]
 
-    def __init__(self, batch_size: int = 5000, signals: str = "decisions") -> None:
+    def __init__(
+        self, batch_size: int = 5000, signals: str = "decisions", flush_interval_s: float = 1.0
+    ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"storage batch_size must be a positive integer, got {batch_size!r}")
         if signals not in SIGNAL_MODES:
@@ -97,6 +100,10 @@ class BufferedStore(ABC):
             )
         self.batch_size = batch_size
         self.signals_mode = signals
+        # A live daemon records a few rows per bar: without a time limit they would sit in
+        # memory (and be lost on a crash) until a batch fills, weeks later.
+        self.flush_interval_s = flush_interval_s
+        self._last_flush = time.monotonic()
         self._signals: list[Row] = []
         self._orders: list[Row] = []
         self._order_events: list[Row] = []
@@ -344,6 +351,7 @@ class BufferedStore(ABC):
             or len(self._orders) >= bs
             or len(self._order_events) >= bs
             or len(self._fills) >= bs
+            or time.monotonic() - self._last_flush >= self.flush_interval_s
         ):
             await self.flush()
 
@@ -351,6 +359,7 @@ class BufferedStore(ABC):
         """Write every buffer in one transaction. On failure the rows go back to the front of
         their buffers (nothing was committed) and the StorageError propagates."""
         async with self._flush_lock:
+            self._last_flush = time.monotonic()
             taken: dict[str, list[Row]] = {}
             for name, buf in self._buffers.items():
                 if buf:

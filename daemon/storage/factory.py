@@ -22,7 +22,11 @@ def sqlite_path(url: str) -> str:
 
 
 def open_store(
-    url: str, batch_size: int = 5000, schema: str | None = None, signals: str = "decisions"
+    url: str,
+    batch_size: int = 5000,
+    schema: str | None = None,
+    signals: str = "decisions",
+    flush_interval_s: float = 1.0,
 ) -> Store:
     """A not-yet-started store for `url`. `schema` applies to PostgreSQL only (SQLite has
     one namespace per file and ignores it)."""
@@ -31,11 +35,22 @@ def open_store(
     if lower.startswith("sqlite:///"):
         from .sqlite import SqliteStore
 
-        return SqliteStore(sqlite_path(url), batch_size=batch_size, signals=signals)
+        return SqliteStore(
+            sqlite_path(url),
+            batch_size=batch_size,
+            signals=signals,
+            flush_interval_s=flush_interval_s,
+        )
     if lower.startswith(("postgresql://", "postgres://")):
         from .postgres import PostgresStore
 
-        return PostgresStore(url, batch_size=batch_size, schema=schema, signals=signals)
+        return PostgresStore(
+            url,
+            batch_size=batch_size,
+            schema=schema,
+            signals=signals,
+            flush_interval_s=flush_interval_s,
+        )
     raise ConfigError(
         f"DATABASE_URL {redact_url(url)!r} has an unsupported scheme; valid: {VALID_SCHEMES}"
     )

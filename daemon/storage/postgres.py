@@ -38,8 +38,9 @@ class PostgresStore(BufferedStore):
         signals: str = "decisions",
         command_timeout: float = 60.0,
         connect_timeout: float = 10.0,
+        flush_interval_s: float = 1.0,
     ) -> None:
-        super().__init__(batch_size=batch_size, signals=signals)
+        super().__init__(batch_size=batch_size, signals=signals, flush_interval_s=flush_interval_s)
         if schema is not None and not _IDENT.match(schema):
             raise ConfigError(
                 f"storage schema {schema!r} is not a valid identifier "

@@ -28,9 +28,13 @@ class SqliteStore(BufferedStore):
     dialect: ClassVar[Dialect] = "sqlite"
 
     def __init__(
-        self, path: str | Path, batch_size: int = 5000, signals: str = "decisions"
+        self,
+        path: str | Path,
+        batch_size: int = 5000,
+        signals: str = "decisions",
+        flush_interval_s: float = 1.0,
     ) -> None:
-        super().__init__(batch_size=batch_size, signals=signals)
+        super().__init__(batch_size=batch_size, signals=signals, flush_interval_s=flush_interval_s)
         self.path = str(path) if str(path) == MEMORY else str(Path(path).expanduser())
         self._db: aiosqlite.Connection | None = None
         self._insert = {name: insert_sql(t, "sqlite") for name, t in TABLES.items()}

@@ -49,17 +49,23 @@ class DrawdownGuard:
         if drawdown >= c.max_drawdown_pct:
             reason = f"drawdown {drawdown:.2%} >= limit {c.max_drawdown_pct:.2%}"
             if c.flatten_on_breach:
-                return RiskDecision(np.zeros_like(targets), (
-                    RiskVerdict(self.name, None, "flatten", reason, drawdown, c.max_drawdown_pct),
-                ))
+                return RiskDecision(
+                    np.zeros_like(targets),
+                    (
+                        RiskVerdict(
+                            self.name, None, "flatten", reason, drawdown, c.max_drawdown_pct
+                        ),
+                    ),
+                )
             return self._block(targets, pf.weights, reason, drawdown, c.max_drawdown_pct)
         if day_loss >= c.daily_loss_limit_pct:
             reason = f"daily loss {day_loss:.2%} >= limit {c.daily_loss_limit_pct:.2%}"
             return self._block(targets, pf.weights, reason, day_loss, c.daily_loss_limit_pct)
         return RiskDecision(targets)
 
-    def _block(self, targets: np.ndarray, current: np.ndarray, reason: str, value: float,
-               limit: float) -> RiskDecision:
+    def _block(
+        self, targets: np.ndarray, current: np.ndarray, reason: str, value: float, limit: float
+    ) -> RiskDecision:
         # Keep a target only if it moves the position toward zero without crossing it.
         toward_zero = (np.abs(targets) <= np.abs(current)) & (targets * current >= 0)
         out = np.where(toward_zero, targets, current)

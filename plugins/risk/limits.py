@@ -41,9 +41,14 @@ class MaxPosition:
             return RiskDecision(targets)
         out = np.clip(targets, -cap, cap)
         verdicts = tuple(
-            RiskVerdict(self.name, self.symbols[i], "clip",
-                        f"target {targets[i]:.4f} exceeds max position {cap:.4f}",
-                        float(targets[i]), float(out[i]))
+            RiskVerdict(
+                self.name,
+                self.symbols[i],
+                "clip",
+                f"target {targets[i]:.4f} exceeds max position {cap:.4f}",
+                float(targets[i]),
+                float(out[i]),
+            )
             for i in over.tolist()
         )
         return RiskDecision(out, verdicts)
@@ -84,8 +89,14 @@ class MaxOpenPositions:
         out = targets.copy()
         out[drop] = 0.0
         verdicts = tuple(
-            RiskVerdict(self.name, self.symbols[i], "reject",
-                        f"max open positions {n} reached", float(targets[i]), 0.0)
+            RiskVerdict(
+                self.name,
+                self.symbols[i],
+                "reject",
+                f"max open positions {n} reached",
+                float(targets[i]),
+                0.0,
+            )
             for i in drop.tolist()
         )
         return RiskDecision(out, verdicts)
@@ -119,7 +130,16 @@ class MaxGrossExposure:
         if gross <= cap + 1e-12:
             return RiskDecision(targets)
         factor = cap / gross
-        return RiskDecision(targets * factor, (
-            RiskVerdict(self.name, None, "scale",
-                        f"gross exposure {gross:.4f} above limit {cap:.4f}", gross, cap),
-        ))
+        return RiskDecision(
+            targets * factor,
+            (
+                RiskVerdict(
+                    self.name,
+                    None,
+                    "scale",
+                    f"gross exposure {gross:.4f} above limit {cap:.4f}",
+                    gross,
+                    cap,
+                ),
+            ),
+        )

@@ -46,7 +46,8 @@ class EqualWeight:
         longs = _top(np.where(s > c.min_score, s, np.nan), c.max_positions)
         shorts = (
             _top(np.where(s < -c.min_score, -s, np.nan), c.max_positions)
-            if c.allow_short else np.array([], dtype=int)
+            if c.allow_short
+            else np.array([], dtype=int)
         )
         k = len(longs) + len(shorts)
         if k:

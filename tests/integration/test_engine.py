@@ -7,44 +7,44 @@ import dataclasses
 import numpy as np
 import pytest
 
-from tradingd.app import build_engine
 from tradingd.clock.live import LiveClock
 from tradingd.config import LiveConfig, StorageConfig
 from tradingd.core.types import OrderStatus
 
-ORDER_KEYS = ("client_order_id", "symbol", "side", "type", "quantity", "status",
-              "filled_quantity", "avg_fill_price", "reason")
-FILL_KEYS = ("fill_id", "client_order_id", "symbol", "side", "quantity", "price", "commission",
-             "slippage", "time")
+ORDER_KEYS = (
+    "client_order_id",
+    "symbol",
+    "side",
+    "type",
+    "quantity",
+    "status",
+    "filled_quantity",
+    "avg_fill_price",
+    "reason",
+)
+FILL_KEYS = (
+    "fill_id",
+    "client_order_id",
+    "symbol",
+    "side",
+    "quantity",
+    "price",
+    "commission",
+    "slippage",
+    "time",
+)
 
 
-async def run(config, mode, panel, check=None):
-    rows = {}
-
-    async def collect(engine):
-        for table in ("orders", "fills", "equity", "order_events"):
-            try:
-                rows[table] = await engine.store.fetch(table, engine.run.run_id)
-            except Exception:
-                rows[table] = None
-
-    engine = None
-
-    def on_bar(i, t):
-        if check is not None:
-            check(engine, i, t)
-
-    engine = build_engine(config, mode, panel=panel, on_bar=on_bar, before_stop=collect)
-    result = await engine.run_until_done()
-    return engine, result, rows
+from conftest import run_engine as run  # noqa: E402
 
 
 def _project(rows, keys):
     return [tuple(r[k] for k in keys) for r in rows]
 
 
-async def test_replay_and_live_clock_give_identical_orders(engine_config, synthetic_panel,
-                                                           tmp_path):
+async def test_replay_and_live_clock_give_identical_orders(
+    engine_config, synthetic_panel, tmp_path
+):
     bt_engine, bt, bt_rows = await run(engine_config, "backtest", synthetic_panel)
     live_cfg = dataclasses.replace(
         engine_config,
@@ -64,13 +64,18 @@ async def test_replay_and_live_clock_give_identical_orders(engine_config, synthe
 
 
 async def test_no_lookahead_decisions_do_not_change_when_the_future_is_cut(
-        engine_config, synthetic_panel):
+    engine_config, synthetic_panel
+):
     cut = 200
     _, _, full = await run(engine_config, "backtest", synthetic_panel)
     short_panel = dataclasses.replace(
-        synthetic_panel, times=synthetic_panel.times[:cut],
-        **{f: getattr(synthetic_panel, f)[:cut] for f in
-           ("open", "high", "low", "close", "volume", "split", "dividend")})
+        synthetic_panel,
+        times=synthetic_panel.times[:cut],
+        **{
+            f: getattr(synthetic_panel, f)[:cut]
+            for f in ("open", "high", "low", "close", "volume", "split", "dividend")
+        },
+    )
     _, _, short = await run(engine_config, "backtest", short_panel)
     last = short_panel.datetimes()[-1]
     decided = [r for r in full["orders"] if r["created_at"] <= last]
@@ -117,13 +122,18 @@ async def test_accounting_invariants_at_every_bar(engine_config, synthetic_panel
         q = 0.0
         for f in (f for f in fills if f["symbol"] == sym):
             k = times.index(f["time"])
-            growth = float(np.prod(panel.split[k + 1:, j]))
+            growth = float(np.prod(panel.split[k + 1 :, j]))
             q += (1 if f["side"] == "buy" else -1) * f["quantity"] * growth
         assert pf.quantity[j] == pytest.approx(q), sym
     # Cash: initial - traded notional - commissions + dividends.
-    cash = (engine_config.run.initial_capital
-            - sum((1 if f["side"] == "buy" else -1) * f["quantity"] * f["price"] + f["commission"]
-                  for f in fills) + pf.dividends_received)
+    cash = (
+        engine_config.run.initial_capital
+        - sum(
+            (1 if f["side"] == "buy" else -1) * f["quantity"] * f["price"] + f["commission"]
+            for f in fills
+        )
+        + pf.dividends_received
+    )
     assert pf.cash == pytest.approx(cash)
     # Lifecycle: every order ends in a known state, and filled ones have fills.
     filled = {f["client_order_id"] for f in fills}

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 from structlog.testing import capture_logs
+
 from tradingd.feeds.loaders import load_panel
 
 

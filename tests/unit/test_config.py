@@ -47,14 +47,14 @@ def test_unknown_key_names_key_and_valid_keys(tmp_path):
 def test_unknown_section(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text("[cost]\ncommission_pct = 0.002\n")
-    with pytest.raises(ConfigError, match="cost.*valid keys:.*costs"):
+    with pytest.raises(ConfigError, match=r"cost.*valid keys:.*costs"):
         load_config([p], env={})
 
 
 def test_bad_type_and_bad_value(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text('[costs]\ncommission_pct = "a lot"\n')
-    with pytest.raises(ConfigError, match="costs.commission_pct must be a number"):
+    with pytest.raises(ConfigError, match=r"costs.commission_pct must be a number"):
         load_config([p], env={})
     p.write_text("[costs]\ncommission_pct = -0.1\n")
     with pytest.raises(ConfigError, match=r"costs.commission_pct = -0.1 is invalid"):
@@ -64,7 +64,7 @@ def test_bad_type_and_bad_value(tmp_path):
 def test_bad_choice_lists_choices(tmp_path):
     p = tmp_path / "c.toml"
     p.write_text('[data]\nsource = "excel"\n')
-    with pytest.raises(ConfigError, match="data.source.*bundled, csv, parquet"):
+    with pytest.raises(ConfigError, match=r"data.source.*bundled, csv, parquet"):
         load_config([p], env={})
 
 
@@ -73,28 +73,32 @@ def test_env_overrides_and_later_files_win(tmp_path):
     b = tmp_path / "b.toml"
     a.write_text("[costs]\ncommission_pct = 0.002\nslippage_pct = 0.001\n")
     b.write_text("[costs]\ncommission_pct = 0.003\n")
-    c = load_config([a, b], env={"TRADINGD_COSTS__SLIPPAGE_PCT": "0.0007",
-                                 "DATABASE_URL": "postgresql://x@h/db",
-                                 "REDIS_URL": "redis://h:6379/1"})
-    assert c.costs == dataclasses.replace(CostsConfig(), commission_pct=0.003,
-                                          slippage_pct=0.0007)
+    c = load_config(
+        [a, b],
+        env={
+            "TRADINGD_COSTS__SLIPPAGE_PCT": "0.0007",
+            "DATABASE_URL": "postgresql://x@h/db",
+            "REDIS_URL": "redis://h:6379/1",
+        },
+    )
+    assert c.costs == dataclasses.replace(CostsConfig(), commission_pct=0.003, slippage_pct=0.0007)
     assert c.storage.url == "postgresql://x@h/db"
     assert c.cache.url == "redis://h:6379/1"
 
 
 def test_env_unknown_section_and_key():
-    with pytest.raises(ConfigError, match="TRADINGD_COST__X.*valid sections"):
+    with pytest.raises(ConfigError, match=r"TRADINGD_COST__X.*valid sections"):
         load_config([], env={"TRADINGD_COST__X": "1"})
-    with pytest.raises(ConfigError, match="costs.x"):
+    with pytest.raises(ConfigError, match=r"costs.x"):
         load_config([], env={"TRADINGD_COSTS__X": "1"})
 
 
 def test_missing_and_invalid_file(tmp_path):
-    with pytest.raises(ConfigError, match="not found"):
+    with pytest.raises(ConfigError, match=r"not found"):
         load_config([tmp_path / "nope.toml"], env={})
     p = tmp_path / "bad.toml"
     p.write_text("[costs\n")
-    with pytest.raises(ConfigError, match="not valid TOML"):
+    with pytest.raises(ConfigError, match=r"not valid TOML"):
         load_config([p], env={})
 
 

@@ -16,8 +16,16 @@ T0 = datetime(2020, 1, 1, tzinfo=UTC)
 def bar(close, split=None):
     close = np.asarray(close, dtype=float)
     n = close.size
-    return CrossSection(T0, close, close, close, close, np.full(n, 100.0),
-                        np.ones(n) if split is None else np.asarray(split, float), np.zeros(n))
+    return CrossSection(
+        T0,
+        close,
+        close,
+        close,
+        close,
+        np.full(n, 100.0),
+        np.ones(n) if split is None else np.asarray(split, float),
+        np.zeros(n),
+    )
 
 
 @settings(max_examples=60, deadline=None)
@@ -33,7 +41,7 @@ def test_window_is_the_last_n_rows_in_order(cap, pushes, n):
     expected = np.full((n, 2), np.nan)
     tail = np.array(rows[-n:], dtype=float).reshape(-1, 2) if rows else np.zeros((0, 2))
     if len(tail):
-        expected[n - len(tail):] = tail
+        expected[n - len(tail) :] = tail
     np.testing.assert_array_equal(w, expected)
     assert h.length == pushes
 

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
+
 from tradingd.core.errors import ConfigError, DataError
 from tradingd.feeds.loaders import load_frame, load_panel
 from tradingd.feeds.validate import REPAIRS, validate_frame

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+
 from tradingd.analysis.metrics import (
     closed_trades,
     drawdown_series,

@@ -11,8 +11,12 @@ from tradingd.engine.plugins import available, load_plugin
 
 SYMS = ("A", "B")
 BUILTINS = {
-    "momentum": "signal", "sma_cross": "signal", "equal_weight": "sizing",
-    "max_position": "risk", "max_open_positions": "risk", "max_gross_exposure": "risk",
+    "momentum": "signal",
+    "sma_cross": "signal",
+    "equal_weight": "sizing",
+    "max_position": "risk",
+    "max_open_positions": "risk",
+    "max_gross_exposure": "risk",
     "drawdown_guard": "risk",
 }
 
@@ -24,10 +28,14 @@ def test_builtins_are_registered_through_entry_points():
         assert eps[name].load().kind == kind
 
 
-@pytest.mark.parametrize("name,kind,proto", [
-    ("momentum", "signal", SignalPlugin), ("equal_weight", "sizing", SizingPlugin),
-    ("drawdown_guard", "risk", RiskPlugin),
-])
+@pytest.mark.parametrize(
+    "name,kind,proto",
+    [
+        ("momentum", "signal", SignalPlugin),
+        ("equal_weight", "sizing", SizingPlugin),
+        ("drawdown_guard", "risk", RiskPlugin),
+    ],
+)
 def test_builtins_satisfy_their_protocol(name, kind, proto):
     assert isinstance(load_plugin(PluginSpec(name), kind, SYMS, "x"), proto)
 
@@ -41,8 +49,11 @@ def test_unknown_plugin_names_key_and_choices():
 
 
 def test_wrong_kind_lists_plugins_of_the_right_kind():
-    with pytest.raises(ConfigError, match=r"sizing.name = 'momentum' is a 'signal' plugin.*"
-                                          r"valid choices: equal_weight"):
+    with pytest.raises(
+        ConfigError,
+        match=r"sizing.name = 'momentum' is a 'signal' plugin.*"
+        r"valid choices: equal_weight",
+    ):
         load_plugin(PluginSpec("momentum"), "sizing", SYMS, "sizing")
 
 
@@ -50,14 +61,14 @@ def test_unknown_and_bad_parameters():
     with pytest.raises(ConfigError, match=r"signals\[0\].params.lookbak.*valid keys: lookback"):
         load_plugin(PluginSpec("momentum", params={"lookbak": 5}), "signal", SYMS, "signals[0]")
     with pytest.raises(ConfigError, match=r"signals\[0\].params.lookback must be an integer"):
-        load_plugin(PluginSpec("momentum", params={"lookback": "long"}), "signal", SYMS,
-                    "signals[0]")
-    with pytest.raises(ConfigError, match="lookback must be >= 1"):
+        load_plugin(
+            PluginSpec("momentum", params={"lookback": "long"}), "signal", SYMS, "signals[0]"
+        )
+    with pytest.raises(ConfigError, match=r"lookback must be >= 1"):
         load_plugin(PluginSpec("momentum", params={"lookback": 0}), "signal", SYMS, "signals[0]")
 
 
 def test_plugin_that_fails_to_import_is_an_error_naming_it():
     broken = EntryPoint("broken", "no_such_module_xyz:Thing", "tradingd.plugins")
-    with pytest.raises(PluginError, match="'broken'.*no_such_module_xyz.*failed to import"):
-        load_plugin(PluginSpec("broken"), "signal", SYMS, "signals[0]",
-                    registry={"broken": broken})
+    with pytest.raises(PluginError, match=r"'broken'.*no_such_module_xyz.*failed to import"):
+        load_plugin(PluginSpec("broken"), "signal", SYMS, "signals[0]", registry={"broken": broken})

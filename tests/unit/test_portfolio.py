@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime
 
 import numpy as np
@@ -13,9 +14,12 @@ from tradingd.engine.portfolio import Portfolio
 T = datetime(2020, 1, 2, tzinfo=UTC)
 
 
-def fill(sym, side, qty, price, commission=0.0, slippage=0.0, n=[0]):
-    n[0] += 1
-    return Fill(f"f{n[0]}", f"o{n[0]}", sym, side, qty, price, commission, slippage, T, price)
+_ids = itertools.count(1)
+
+
+def fill(sym, side, qty, price, commission=0.0, slippage=0.0):
+    n = next(_ids)
+    return Fill(f"f{n}", f"o{n}", sym, side, qty, price, commission, slippage, T, price)
 
 
 def test_buy_sell_realised_pnl_and_cash():
@@ -62,21 +66,32 @@ def test_dividend_paid_to_holders_and_by_shorts():
 
 
 @settings(max_examples=80, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["A", "B"]), st.booleans(),
-                          st.integers(1, 50), st.floats(1.0, 500.0),
-                          st.floats(0.0, 5.0)), max_size=30))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["A", "B"]),
+            st.booleans(),
+            st.integers(1, 50),
+            st.floats(1.0, 500.0),
+            st.floats(0.0, 5.0),
+        ),
+        max_size=30,
+    )
+)
 def test_ledger_invariants(trades):
     """Cash and positions follow from the fills alone, and the costs ledger equals the fills."""
     pf = Portfolio(("A", "B"), 1_000_000.0)
     fills = []
     for sym, buy, qty, price, comm in trades:
-        f = fill(sym, Side.BUY if buy else Side.SELL, qty, price, commission=comm,
-                 slippage=comm / 2)
+        f = fill(
+            sym, Side.BUY if buy else Side.SELL, qty, price, commission=comm, slippage=comm / 2
+        )
         fills.append(f)
         pf.apply_fill(f)
     for i, sym in enumerate(("A", "B")):
         assert pf.quantity[i] == pytest.approx(
-            sum(f.signed_quantity for f in fills if f.symbol == sym))
+            sum(f.signed_quantity for f in fills if f.symbol == sym)
+        )
     cash = 1_000_000.0 - sum(f.signed_quantity * f.price + f.commission for f in fills)
     assert pf.cash == pytest.approx(cash)
     assert pf.commission_paid == pytest.approx(sum(f.commission for f in fills))

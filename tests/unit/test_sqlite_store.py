@@ -353,7 +353,7 @@ async def test_events_at_the_same_time_keep_insertion_order(store: SqliteStore) 
 
 
 async def test_batching_writes_only_when_a_buffer_is_full(db_path: Path) -> None:
-    store = SqliteStore(db_path, batch_size=3)
+    store = SqliteStore(db_path, batch_size=3, flush_interval_s=3600.0)
     await store.start()
     try:
         await store.begin_run(run_info())
@@ -377,6 +377,29 @@ async def test_batching_writes_only_when_a_buffer_is_full(db_path: Path) -> None
     finally:
         await store.stop()  # stop flushes the rest
     assert count(db_path, "equity") == 4
+
+
+async def test_rows_are_written_once_the_flush_interval_has_passed(
+    db_path: Path, monkeypatch
+) -> None:
+    import tradingd.storage.buffered as buffered
+
+    now = [1000.0]
+    monkeypatch.setattr(buffered.time, "monotonic", lambda: now[0])
+    store = SqliteStore(db_path, batch_size=1000, flush_interval_s=5.0)
+    await store.start()
+    try:
+        await store.begin_run(run_info())
+        await store.flush()
+        store.record_equity("r1", T0, 1.0, 1.0, 0.0, 0.0)
+        now[0] += 4.9
+        await store.maybe_flush()
+        assert count(db_path, "equity") == 0  # batch not full, interval not reached
+        now[0] += 0.2
+        await store.maybe_flush()
+        assert count(db_path, "equity") == 1  # a live daemon's row reaches the database
+    finally:
+        await store.stop()
 
 
 async def test_failed_flush_keeps_rows_buffered(store: SqliteStore, monkeypatch) -> None:

@@ -1,0 +1,124 @@
+"""The `tradingd` command: backtest | run | plugins | config.
+
+Only this module calls `asyncio.run`; SIGTERM and SIGINT are turned into a clean stop of the
+engine (finish the bar, flush the store) through `loop.add_signal_handler`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import structlog
+
+from .config import Config, load_config
+from .core.errors import TradingdError
+
+log = structlog.get_logger("tradingd.cli")
+
+DEFAULT_CONFIG = Path("config/default.toml")
+
+
+def _config(paths: Sequence[str]) -> Config:
+    if not paths and DEFAULT_CONFIG.exists():
+        paths = [str(DEFAULT_CONFIG)]
+    return load_config(paths)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tradingd", description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "-c",
+            "--config",
+            action="append",
+            default=[],
+            help="TOML file(s), later ones override earlier "
+            "(default: config/default.toml if present, else built-in defaults)",
+        )
+
+    bt = sub.add_parser("backtest", help="replay stored history through the engine")
+    common(bt)
+    bt.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    bt.add_argument("--output", help="output folder (default: <run.output_dir>/<run_id>)")
+    bt.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    run = sub.add_parser("run", help="run the live paper-trading loop")
+    common(run)
+
+    pl = sub.add_parser("plugins", help="list the installed plugins")
+    del pl
+    cf = sub.add_parser("config", help="print the effective configuration as JSON")
+    common(cf)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "plugins":
+            return _plugins()
+        config = _config(args.config)
+        from .logs import configure_logging
+
+        configure_logging(config.log.level, config.log.format)
+        if args.command == "config":
+            print(json.dumps(config.to_dict(), indent=2, default=str))
+            return 0
+        if args.command == "backtest":
+            return _backtest(config, args)
+        if args.command == "run":
+            return asyncio.run(_run(config))
+    except TradingdError as exc:
+        print(f"tradingd: error: {exc}", file=sys.stderr)
+        return 2
+    return 1
+
+
+def _plugins() -> int:
+    from .engine.plugins import available
+
+    for name, ep in sorted(available().items()):
+        try:
+            kind = getattr(ep.load(), "kind", "?")
+        except Exception as exc:  # list it anyway, with the reason it is broken
+            kind = f"BROKEN ({type(exc).__name__}: {exc})"
+        print(f"{name:24} {kind:8} {ep.value}")
+    return 0
+
+
+def _backtest(config: Config, args: argparse.Namespace) -> int:
+    from .analysis.metrics import format_summary
+    from .backtest import _jsonable, run_backtest
+
+    progress = sys.stderr.isatty() and not args.no_progress
+    outcome = asyncio.run(run_backtest(config, output_dir=args.output, progress=progress))
+    if args.json:
+        print(json.dumps(_jsonable(outcome.summary)))
+    else:
+        print(format_summary(outcome.summary))
+        print(f"\nrun {outcome.run_id}: equity, orders, fills and config in {outcome.output_dir}")
+    return 0
+
+
+async def _run(config: Config) -> int:
+    from .app import build_engine
+
+    engine = build_engine(config, "live")
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, engine.request_stop)
+    result = await engine.run_until_done()
+    log.info("tradingd.exit", bars=result.bars, stopped_early=result.stopped_early)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,156 @@
+"""The composition root: the one place that picks concrete clocks, feeds, brokers and stores.
+
+`build_engine(config, mode)` returns an Engine; replay and live differ only in the three
+parts chosen here (clock, feed, broker). Nothing else in tradingd branches on the mode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import structlog
+
+from .audit import AuditLog
+from .brokers.simulated import SimulatedBroker, SimulatedBrokerConfig
+from .cache.factory import open_cache
+from .clock.live import LiveClock
+from .clock.replay import ReplayClock
+from .config import Config
+from .core.errors import ConfigError
+from .core.ports import Broker, Clock, Feed
+from .core.types import RunInfo
+from .engine.engine import Engine, Pipeline
+from .engine.planner import OrderPlanner
+from .engine.plugins import load_plugin
+from .engine.portfolio import Portfolio
+from .feeds.history import HistoryFeed, RecordedLiveFeed
+from .feeds.loaders import load_panel
+from .feeds.panel import Panel
+from .storage.factory import open_store
+
+log = structlog.get_logger(__name__)
+
+MODES = ("backtest", "live")
+
+
+def run_id_for(config: Config, mode: str) -> str:
+    """Stable across reruns of the same config: the same decisions get the same order ids."""
+    if config.run.run_id:
+        return config.run.run_id
+    digest = hashlib.sha256(config.to_json().encode()).hexdigest()[:10]
+    return f"{config.run.name}-{mode}-{digest}"
+
+
+def load_data(config: Config) -> Panel:
+    d = config.data
+    panel = load_panel(
+        d.source,
+        d.path or None,
+        layout=d.layout,
+        symbols=d.symbols or None,
+        start=config.run.start or None,
+        end=config.run.end or None,
+        repair=d.repair,
+        max_gap_days=d.max_gap_days,
+    )
+    if d.max_symbols and len(panel.symbols) > d.max_symbols:
+        panel = panel.select(symbols=panel.symbols[: d.max_symbols])
+    return panel
+
+
+def build_pipeline(config: Config, symbols: tuple[str, ...]) -> Pipeline:
+    if not config.signals:
+        raise ConfigError("signals: at least one signal plugin must be configured")
+    signals = [
+        (load_plugin(spec, "signal", symbols, f"signals[{i}]"), spec.weight)
+        for i, spec in enumerate(config.signals)
+    ]
+    sizing = load_plugin(config.sizing, "sizing", symbols, "sizing")
+    risks = [load_plugin(spec, "risk", symbols, f"risk[{i}]") for i, spec in enumerate(config.risk)]
+    return Pipeline(signals=signals, sizing=sizing, risks=risks)
+
+
+@dataclass(frozen=True)
+class Swaps:
+    """The three parts that make a run replay or live."""
+
+    clock: Clock
+    feed: Feed
+    broker: Broker
+
+
+def choose_swaps(config: Config, mode: str, panel: Panel, portfolio: Portfolio) -> Swaps:
+    if mode not in MODES:
+        raise ConfigError(f"mode {mode!r} is invalid; valid choices: {', '.join(MODES)}")
+    c = config.costs
+    b = config.broker
+    broker = SimulatedBroker(
+        SimulatedBrokerConfig(
+            commission_pct=c.commission_pct,
+            slippage_pct=c.slippage_pct,
+            half_spread_bps=c.half_spread_bps,
+            min_commission=c.min_commission,
+            max_volume_participation=b.max_volume_participation,
+            order_ttl_bars=b.order_ttl_bars,
+            allow_short=b.allow_short,
+        ),
+        panel.symbols,
+        portfolio,
+    )
+    if mode == "backtest":
+        feed = HistoryFeed(panel)
+        return Swaps(ReplayClock(feed.times), feed, broker)
+    live_feed = RecordedLiveFeed(panel)
+    calendar = live_feed.times if config.live.bars_per_second > 0 else None
+    return Swaps(LiveClock(config.live, calendar), live_feed, broker)
+
+
+def build_engine(
+    config: Config,
+    mode: str,
+    *,
+    panel: Panel | None = None,
+    on_bar: Callable[[int, datetime], None] | None = None,
+    before_stop: Callable[[Engine], Awaitable[None]] | None = None,
+) -> Engine:
+    panel = panel if panel is not None else load_data(config)
+    symbols = panel.symbols
+    run_id = run_id_for(config, mode)
+    pipeline = build_pipeline(config, symbols)
+    portfolio = Portfolio(symbols, config.run.initial_capital)
+    swaps = choose_swaps(config, mode, panel, portfolio)
+    store = open_store(
+        config.storage.url,
+        batch_size=config.storage.batch_size,
+        signals=config.storage.signals,
+        flush_interval_s=config.storage.flush_interval_s,
+    )
+    run = RunInfo(
+        run_id=run_id,
+        mode=mode,
+        started_at=datetime.now(UTC),
+        config_json=config.to_json(),
+        symbols=symbols,
+        initial_capital=config.run.initial_capital,
+    )
+    lg = config.log
+    return Engine(
+        run=run,
+        clock=swaps.clock,
+        feed=swaps.feed,
+        broker=swaps.broker,
+        store=store,
+        cache=open_cache(config.cache.url or None),
+        pipeline=pipeline,
+        planner=OrderPlanner(config.orders, run_id, symbols),
+        portfolio=portfolio,
+        audit=AuditLog(lg.audit_dir, run_id, lg.audit_max_bytes, lg.audit_backups),
+        curve_maxlen=None if mode == "backtest" else 100_000,
+        publish_interval_s=config.cache.publish_interval_s,
+        cache_ttl_s=config.cache.expiry_s,
+        on_bar=on_bar,
+        before_stop=before_stop,
+    )

@@ -1,0 +1,138 @@
+"""`tradingd backtest`: replay stored history through the engine and write the run's record."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from .analysis.metrics import summarize
+from .app import build_engine, load_data
+from .config import Config
+from .core.types import Fill, Side
+from .engine.engine import Engine, EngineResult
+from .feeds.panel import Panel
+
+
+@dataclass
+class BacktestOutcome:
+    run_id: str
+    summary: dict[str, Any]
+    output_dir: Path
+    result: EngineResult
+    orders: list[dict[str, Any]]
+    fills: list[dict[str, Any]]
+
+
+async def run_backtest(
+    config: Config,
+    *,
+    panel: Panel | None = None,
+    output_dir: str | Path | None = None,
+    progress: bool = False,
+) -> BacktestOutcome:
+    panel = panel if panel is not None else load_data(config)
+    bar = tqdm(
+        total=len(panel.times), unit="bar", disable=not progress, file=sys.stderr, mininterval=0.5
+    )
+    rows: dict[str, list[dict[str, Any]]] = {}
+
+    async def collect(engine: Engine) -> None:
+        for table in ("orders", "fills"):
+            rows[table] = await engine.store.fetch(table, engine.run.run_id)
+
+    engine = build_engine(
+        config, "backtest", panel=panel, on_bar=lambda i, t: bar.update(1), before_stop=collect
+    )
+    try:
+        result = await engine.run_until_done()
+    finally:
+        bar.close()
+    fills = [_fill_from_row(r) for r in rows.get("fills", [])]
+    summary = summarize(
+        np.asarray(result.equity, dtype=float),
+        result.times,
+        fills,
+        initial_capital=config.run.initial_capital,
+        gross_exposure=np.asarray(result.gross_exposure, dtype=float),
+    )
+    summary = {
+        "run_id": result.run_id,
+        "symbols": len(panel.symbols),
+        **summary,
+        "orders": result.orders,
+        "risk_verdicts": result.verdicts,
+        "dividends_received": engine.portfolio.dividends_received,
+    }
+    out = Path(output_dir or Path(config.run.output_dir) / result.run_id)
+    write_outputs(out, config, result, summary, rows.get("orders", []), rows.get("fills", []))
+    return BacktestOutcome(
+        result.run_id, summary, out, result, rows.get("orders", []), rows.get("fills", [])
+    )
+
+
+def _fill_from_row(r: dict[str, Any]) -> Fill:
+    return Fill(
+        fill_id=r["fill_id"],
+        client_order_id=r["client_order_id"],
+        symbol=r["symbol"],
+        side=Side(r["side"]),
+        quantity=float(r["quantity"]),
+        price=float(r["price"]),
+        commission=float(r["commission"]),
+        slippage=float(r["slippage"]),
+        time=r["time"],
+        reference_price=float(r["reference_price"]),
+    )
+
+
+def write_outputs(
+    out: Path,
+    config: Config,
+    result: EngineResult,
+    summary: dict[str, Any],
+    orders: list[dict[str, Any]],
+    fills: list[dict[str, Any]],
+) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "equity.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["time", "equity", "gross_exposure"])
+        for t, e, g in zip(result.times, result.equity, result.gross_exposure, strict=True):
+            w.writerow([t.isoformat(), repr(e), repr(g)])
+    _write_rows(out / "orders.csv", orders)
+    _write_rows(out / "fills.csv", fills)
+    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+    (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
+
+
+def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+    with path.open("w", newline="") as fh:
+        if not rows:
+            return
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items()})
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    """JSON has no NaN: undefined metrics become null."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, float) and not np.isfinite(v):
+            out[k] = None
+        elif isinstance(v, np.generic):
+            out[k] = v.item()
+        elif isinstance(v, datetime):
+            out[k] = v.astimezone(UTC).isoformat()
+        else:
+            out[k] = v
+    return out

@@ -1,0 +1,234 @@
+"""The `tradingd` command as a user runs it: in a subprocess, from a fresh working directory."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tradingd(args, cwd, env=None, **kw):
+    e = {**os.environ, **(env or {})}
+    e.pop("DATABASE_URL", None)
+    e.pop("REDIS_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "tradingd", *args],
+        cwd=cwd,
+        env=e,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        **kw,
+    )
+
+
+def small_config(tmp_path, extra=""):
+    p = tmp_path / "small.toml"
+    p.write_text(f"""
+[run]
+start = "2016-01-01"
+end = "2018-12-31"
+output_dir = "{tmp_path / "runs"}"
+[storage]
+url = "sqlite:///{tmp_path / "cli.db"}"
+[log]
+audit_dir = "{tmp_path / "audit"}"
+{extra}
+""")
+    return p
+
+
+def test_backtest_json_and_outputs(tmp_path):
+    cfg = small_config(tmp_path)
+    out = tmp_path / "out"
+    r = tradingd(
+        [
+            "backtest",
+            "-c",
+            str(ROOT / "config/default.toml"),
+            "-c",
+            str(cfg),
+            "--json",
+            "--output",
+            str(out),
+        ],
+        cwd=tmp_path,
+    )
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    for key in (
+        "total_return",
+        "annual_return",
+        "sharpe",
+        "sortino",
+        "max_drawdown",
+        "win_rate",
+        "trades",
+        "exposure",
+        "commission_paid",
+        "slippage_paid",
+    ):
+        assert key in summary
+    assert summary["symbols"] == 2 and summary["start"].startswith("2016-01-04")
+    equity = list(csv.DictReader((out / "equity.csv").open()))
+    assert len(equity) == summary["bars"]
+    assert float(equity[-1]["equity"]) == pytest.approx(summary["final_equity"])
+    fills = list(csv.DictReader((out / "fills.csv").open()))
+    assert len(fills) == summary["trades"] > 0
+    assert sum(float(f["commission"]) for f in fills) == pytest.approx(summary["commission_paid"])
+    assert json.loads((out / "config.json").read_text())["costs"]["commission_pct"] == 0.001
+    # Every order and fill is in the audit log too.
+    audit = [
+        json.loads(x)
+        for f in (tmp_path / "audit").glob("*.jsonl")
+        for x in f.read_text().splitlines()
+    ]
+    assert {a["fill_id"] for a in audit if a["event"] == "fill"} == {f["fill_id"] for f in fills}
+
+
+def test_text_summary(tmp_path):
+    r = tradingd(["backtest", "-c", str(small_config(tmp_path)), "--no-progress"], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "Sharpe ratio" in r.stdout and "Max drawdown" in r.stdout
+
+
+def test_unknown_plugin_stops_startup_with_choices(tmp_path):
+    cfg = small_config(tmp_path, '[[signals]]\nname = "momentom"\n')
+    r = tradingd(["backtest", "-c", str(cfg)], cwd=tmp_path)
+    assert r.returncode == 2
+    assert "signals[0].name = 'momentom'" in r.stderr and "momentum" in r.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def _build_wheel(tmp_path: Path) -> Path:
+    """A throwaway third-party plugin package, as a wheel: a signal that only ever wants to
+    hold the first symbol of the universe, registered under tradingd.plugins."""
+    name, version = "tradingd_throwaway", "0.0.1"
+    code = textwrap.dedent("""
+        from dataclasses import dataclass
+        import numpy as np
+
+        @dataclass(frozen=True)
+        class FirstOnlyConfig:
+            strength: float = 1.0
+
+        class FirstOnly:
+            kind = "signal"
+            Config = FirstOnlyConfig
+
+            def __init__(self, config, symbols):
+                self.config = config
+                self.name = "first_only"
+
+            def required_features(self):
+                return ()
+
+            def score(self, ctx):
+                s = np.full(len(ctx.symbols), np.nan)
+                s[0] = self.config.strength
+                return s
+    """)
+    dist = f"{name}-{version}.dist-info"
+    whl = tmp_path / f"{name}-{version}-py3-none-any.whl"
+    files = {
+        f"{name}/__init__.py": code,
+        f"{dist}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\n"
+        "Tag: py3-none-any\n",
+        f"{dist}/entry_points.txt": f"[tradingd.plugins]\nfirst_only = {name}:FirstOnly\n",
+    }
+    record = "".join(f"{p},,\n" for p in files) + f"{dist}/RECORD,,\n"
+    with zipfile.ZipFile(whl, "w") as z:
+        for p, text in files.items():
+            z.writestr(p, text)
+        z.writestr(f"{dist}/RECORD", record)
+    return whl
+
+
+def test_third_party_plugin_package_installs_and_runs(tmp_path):
+    whl = _build_wheel(tmp_path)
+    site = tmp_path / "site"
+    pip = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "--no-index",
+            "--target",
+            str(site),
+            str(whl),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert pip.returncode == 0, pip.stderr
+    cfg = small_config(tmp_path, '[[signals]]\nname = "first_only"\nparams = { strength = 0.8 }\n')
+    env = {"PYTHONPATH": str(site)}
+    listed = tradingd(["plugins"], cwd=tmp_path, env=env)
+    assert "first_only" in listed.stdout and "signal" in listed.stdout
+    out = tmp_path / "out"
+    r = tradingd(
+        ["backtest", "-c", str(cfg), "--json", "--output", str(out)], cwd=tmp_path, env=env
+    )
+    assert r.returncode == 0, r.stderr
+    orders = list(csv.DictReader((out / "orders.csv").open()))
+    assert orders, "the plugin's signal produced no orders"
+    assert {o["symbol"] for o in orders} == {"NASDAQ"}  # first symbol of the bundled universe
+    # Its parameters are validated like a built-in's.
+    bad = small_config(tmp_path, '[[signals]]\nname = "first_only"\nparams = { strenght = 1 }\n')
+    r = tradingd(["backtest", "-c", str(bad)], cwd=tmp_path, env=env)
+    assert r.returncode == 2 and "signals[0].params.strenght" in r.stderr
+
+
+def test_sigterm_is_a_clean_stop(tmp_path):
+    """The live loop over recorded bars (slow accelerated clock) stops on SIGTERM: it exits 0,
+    marks the run ended, and everything up to the last processed bar is in the store."""
+    cfg = small_config(tmp_path, "[live]\nbars_per_second = 20.0\n")
+    log = (tmp_path / "stderr.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tradingd", "run", "-c", str(cfg)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=log,
+        env={**os.environ, "TRADINGD_LOG__FORMAT": "json"},
+    )
+    db = tmp_path / "cli.db"
+    deadline = time.monotonic() + 90
+    orders = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        # Poll the store until the first orders are recorded (not a fixed sleep).
+        try:
+            with sqlite3.connect(db) as c:
+                orders = c.execute("select count(*) from order_events").fetchone()[0]
+        except sqlite3.Error:
+            orders = 0
+        if orders:
+            break
+        time.sleep(0.1)
+    assert orders, "no orders recorded while the daemon ran"
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    log.close()
+    err = (tmp_path / "stderr.log").read_text()
+    assert proc.returncode == 0, err
+    assert '"stopped_early": true' in err
+    with sqlite3.connect(db) as c:
+        ended = c.execute("select ended_at from runs").fetchone()[0]
+        bars = c.execute("select count(*) from equity").fetchone()[0]
+    assert ended is not None
+    assert 0 < bars < 753  # stopped early, and what it did is stored
