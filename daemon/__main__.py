@@ -1,4 +1,4 @@
-"""The `tradingd` command: backtest | run | plugins | config.
+"""The `tradingd` command: backtest | run | fetch | plugins | config.
 
 Only this module calls `asyncio.run`; SIGTERM and SIGINT are turned into a clean stop of the
 engine (finish the bar, flush the store) through `loop.add_signal_handler`.
@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the live paper-trading loop")
     common(run)
 
+    fe = sub.add_parser("fetch", help="load the configured data source into the store's bars")
+    common(fe)
+
     pl = sub.add_parser("plugins", help="list the installed plugins")
     del pl
     cf = sub.add_parser("config", help="print the effective configuration as JSON")
@@ -76,6 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _backtest(config, args)
         if args.command == "run":
             return asyncio.run(_run(config))
+        if args.command == "fetch":
+            from .app import import_bars
+
+            n = asyncio.run(import_bars(config))
+            print(f"stored {n} bars in {config.storage.url}")
+            return 0
     except TradingdError as exc:
         print(f"tradingd: error: {exc}", file=sys.stderr)
         return 2

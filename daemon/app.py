@@ -153,4 +153,23 @@ def build_engine(
         cache_ttl_s=config.cache.expiry_s,
         on_bar=on_bar,
         before_stop=before_stop,
+        record_bars=mode == "live",
     )
+
+
+async def import_bars(config: Config, chunk: int = 250) -> int:
+    """Write the configured data source's bars into the store (idempotent upserts)."""
+    panel = load_data(config)
+    store = open_store(config.storage.url, batch_size=config.storage.batch_size)
+    await store.start()
+    try:
+        times = panel.datetimes()
+        for lo in range(0, len(times), chunk):
+            await store.write_bars(
+                panel.symbols,
+                [panel.row(i, times[i]) for i in range(lo, min(lo + chunk, len(times)))],
+            )
+    finally:
+        await store.stop()
+    log.info("bars.imported", bars=panel.n_bars, symbols=len(panel.symbols), url=config.storage.url)
+    return panel.n_bars

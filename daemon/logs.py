@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import MutableMapping
 from datetime import date
 from typing import Any
 
@@ -38,7 +39,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     )
 
 
-def _iso_datetimes(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
+def _iso_datetimes(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Bar times are logged everywhere; make them readable ISO strings, not reprs."""
     for k, v in event.items():
         if isinstance(v, date):

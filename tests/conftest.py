@@ -158,6 +158,7 @@ async def run_engine(config, mode, panel, check=None):
     async def collect(engine):
         for table in ("orders", "fills", "equity", "order_events"):
             rows[table] = await engine.store.fetch(table, engine.run.run_id)
+        rows["bars"] = await engine.store.fetch_bars()
 
     engine = None
 

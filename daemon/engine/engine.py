@@ -24,6 +24,7 @@ import structlog
 
 from ..core.errors import PluginFault
 from ..core.ports import (
+    AuditSink,
     BarContext,
     Broker,
     Cache,
@@ -44,13 +45,20 @@ from .portfolio import Portfolio
 log = structlog.get_logger(__name__)
 
 
-class Audit:
-    """Where every order and fill is also written (see `tradingd.audit`)."""
+class NullAudit:
+    """For embedded uses (tests, notebooks) that want no audit files."""
 
-    def orders(self, orders: Sequence[Order]) -> None: ...
-    def fills(self, fills: Sequence[Fill]) -> None: ...
-    def flush(self) -> None: ...
-    def close(self) -> None: ...
+    def orders(self, orders: Sequence[Order]) -> None:
+        return None
+
+    def fills(self, fills: Sequence[Fill]) -> None:
+        return None
+
+    def flush(self) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
 
 
 @dataclass
@@ -97,12 +105,13 @@ class Engine:
         pipeline: Pipeline,
         planner: OrderPlanner,
         portfolio: Portfolio,
-        audit: Audit | None = None,
+        audit: AuditSink | None = None,
         curve_maxlen: int | None = None,
         publish_interval_s: float = 1.0,
         cache_ttl_s: float = 3600.0,
         on_bar: Callable[[int, datetime], None] | None = None,
         before_stop: Callable[[Engine], Awaitable[None]] | None = None,
+        record_bars: bool = False,
     ) -> None:
         self.run = run
         self.clock = clock
@@ -113,7 +122,7 @@ class Engine:
         self.pipeline = pipeline
         self.planner = planner
         self.portfolio = portfolio
-        self.audit = audit or Audit()
+        self.audit: AuditSink = audit or NullAudit()
         self.symbols = run.symbols
         self.features = FeatureStage(pipeline.required_features())
         self.history = HistoryBuffer(len(self.symbols), max(self.features.lookback, 2))
@@ -128,6 +137,8 @@ class Engine:
         self._last_publish = -float("inf")
         self._on_bar = on_bar
         self._before_stop = before_stop
+        # Live bars exist nowhere else once the vendor's window has moved on: keep them.
+        self._record_bars = record_bars
         self._stop_requested = False
         self._record_signals = True
 
@@ -209,6 +220,8 @@ class Engine:
         if bar.dividend.any():
             pf.apply_dividends(bar.dividend)
         self.history.push(bar)
+        if self._record_bars:
+            await self.store.write_bars(self.symbols, [bar])
 
         update = await self.broker.on_bar(bar)
         if update.fills:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -104,7 +105,7 @@ def _files(
             )
         _check_symbols(symbols, list(by_symbol), str(path))
         wanted = sorted(by_symbol) if symbols is None else list(dict.fromkeys(symbols))
-        out = []
+        out: list[tuple[pd.DataFrame, str, str | None, int | None]] = []
         for sym in wanted:
             raw, first_line = _read(by_symbol[sym], source)
             out.append((raw, str(by_symbol[sym]), sym, first_line))
@@ -142,7 +143,12 @@ def load_frame(
     parse_repairs(repair)  # a bad name fails before any file is read
     if symbols is not None and isinstance(symbols, str):
         symbols = [symbols]
-    opts = {"repair": repair, "max_gap_days": max_gap_days, "start": start, "end": end}
+    opts: dict[str, Any] = {
+        "repair": repair,
+        "max_gap_days": max_gap_days,
+        "start": start,
+        "end": end,
+    }
     if source == "bundled":
         frames = [
             validate_frame(raw, source=name, symbol=sym, **opts)

@@ -232,3 +232,16 @@ def test_sigterm_is_a_clean_stop(tmp_path):
         bars = c.execute("select count(*) from equity").fetchone()[0]
     assert ended is not None
     assert 0 < bars < 753  # stopped early, and what it did is stored
+
+
+def test_fetch_stores_bars_idempotently(tmp_path):
+    cfg = small_config(tmp_path)
+    for _ in range(2):  # a second fetch replaces, never duplicates
+        r = tradingd(["fetch", "-c", str(cfg)], cwd=tmp_path)
+        assert r.returncode == 0, r.stderr
+    with sqlite3.connect(tmp_path / "cli.db") as c:
+        n, syms = c.execute("select count(*), count(distinct symbol) from bars").fetchone()
+        first = c.execute("select min(time) from bars where symbol = 'SP500'").fetchone()[0]
+    # 2016-01-04 .. 2018-12-31: 754 sessions for each of the two bundled indices.
+    assert (n, syms) == (2 * 754, 2)
+    assert first.startswith("2016-01-04")

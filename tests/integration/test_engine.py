@@ -61,6 +61,9 @@ async def test_replay_and_live_clock_give_identical_orders(
     assert _project(bt_rows["orders"], ORDER_KEYS) == _project(live_rows["orders"], ORDER_KEYS)
     assert _project(bt_rows["fills"], FILL_KEYS) == _project(live_rows["fills"], FILL_KEYS)
     np.testing.assert_array_equal(bt.equity, live.equity)
+    # The live path keeps the bars it received; the replay does not rewrite stored history.
+    assert len(live_rows["bars"]) == synthetic_panel.n_bars
+    assert bt_rows["bars"] == []
 
 
 async def test_no_lookahead_decisions_do_not_change_when_the_future_is_cut(
@@ -141,3 +144,35 @@ async def test_accounting_invariants_at_every_bar(engine_config, synthetic_panel
         assert o["status"] in {s.value for s in OrderStatus}
         if o["status"] == "filled":
             assert o["client_order_id"] in filled
+
+
+async def test_engine_state_published_to_redis(engine_config, synthetic_panel, redis_url):
+    import json
+    import uuid
+
+    import redis.asyncio as aioredis
+
+    from tradingd.config import CacheConfig, RunConfig
+
+    run_id = f"pub-{uuid.uuid4().hex[:8]}"
+    cfg = dataclasses.replace(
+        engine_config,
+        run=dataclasses.replace(engine_config.run, run_id=run_id),
+        cache=CacheConfig(url=redis_url, expiry_s=120.0),
+    )
+    assert isinstance(cfg.run, RunConfig)
+    engine, result, _ = await run(cfg, "backtest", synthetic_panel)
+    r = aioredis.from_url(redis_url)
+    try:
+        key = f"tradingd:{run_id}:state"
+        state = json.loads(await r.get(key))
+        ttl = await r.ttl(key)
+        await r.delete(key)
+    finally:
+        await r.aclose()
+    assert state["bars"] == result.bars
+    assert state["equity"] == pytest.approx(result.equity[-1])
+    assert state["bar_time"] == result.times[-1].isoformat()
+    held = {s: q for s, q in zip(engine.symbols, engine.portfolio.quantity, strict=True) if q}
+    assert state["positions"] == held
+    assert 0 < ttl <= 120
