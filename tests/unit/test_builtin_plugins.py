@@ -1,0 +1,164 @@
+"""The built-in signal, sizing and risk plugins on hand-made cross-sections."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pytest
+
+from tradingd.core.ports import BarContext, PortfolioView
+from tradingd.core.types import CrossSection
+from tradingd.engine.history import HistoryBuffer
+from tradingd_plugins.risk.drawdown import DrawdownGuard, DrawdownGuardConfig
+from tradingd_plugins.risk.limits import (
+    MaxGrossExposure,
+    MaxGrossExposureConfig,
+    MaxOpenPositions,
+    MaxOpenPositionsConfig,
+    MaxPosition,
+    MaxPositionConfig,
+)
+from tradingd_plugins.signals.momentum import Momentum, MomentumConfig
+from tradingd_plugins.signals.sma_cross import SmaCross, SmaCrossConfig
+from tradingd_plugins.sizing.equal_weight import EqualWeight, EqualWeightConfig
+
+SYMS = ("A", "B", "C", "D")
+T = datetime(2021, 3, 1, tzinfo=UTC)
+
+
+def ctx(
+    features=None,
+    tradable=None,
+    quantity=None,
+    weights=None,
+    equity=100.0,
+    peak=100.0,
+    day_start=100.0,
+    history=None,
+):
+    n = len(SYMS)
+    close = np.full(n, 10.0)
+    bar = CrossSection(T, close, close, close, close, np.ones(n), np.ones(n), np.zeros(n))
+    return BarContext(
+        time=T,
+        index=0,
+        symbols=SYMS,
+        bar=bar,
+        mark=close,
+        tradable=np.ones(n, bool) if tradable is None else np.asarray(tradable),
+        history=history or HistoryBuffer(n, 2),
+        features=features or {},
+        portfolio=PortfolioView(
+            cash=equity,
+            equity=equity,
+            quantity=np.zeros(n) if quantity is None else np.asarray(quantity, float),
+            weights=np.zeros(n) if weights is None else np.asarray(weights, float),
+            peak_equity=peak,
+            day_start_equity=day_start,
+        ),
+    )
+
+
+def test_momentum_score_is_tanh_of_scaled_return():
+    m = Momentum(MomentumConfig(lookback=5, scale=0.2), SYMS)
+    ret = np.array([0.1, -0.3, 0.0, np.nan])
+    s = m.score(ctx(features={"return_5": ret}))
+    np.testing.assert_allclose(s[:3], [np.tanh(0.5), np.tanh(-1.5), 0.0])
+    assert np.isnan(s[3])  # not ready stays "no view"
+    assert m.required_features() == ("return_5",)
+
+
+def test_momentum_with_skip_reads_history_without_the_last_bars():
+    h = HistoryBuffer(len(SYMS), 4)
+    closes = [10.0, 11.0, 12.0, 30.0]  # the last bar jumps; skip=1 must ignore it
+    for c in closes:
+        a = np.full(len(SYMS), c)
+        h.push(CrossSection(T, a, a, a, a, a, np.ones(len(SYMS)), np.zeros(len(SYMS))))
+    m = Momentum(MomentumConfig(lookback=3, skip=1, scale=1.0), SYMS)
+    np.testing.assert_allclose(m.score(ctx(history=h)), np.tanh(12.0 / 10.0 - 1))
+
+
+def test_sma_cross_sign_and_warmup():
+    p = SmaCross(SmaCrossConfig(fast=2, slow=3), SYMS)
+    s = p.score(
+        ctx(
+            features={
+                "sma_2": np.array([2.0, 1.0, 1.0, np.nan]),
+                "sma_3": np.array([1.0, 2.0, 1.0, 1.0]),
+            }
+        )
+    )
+    np.testing.assert_array_equal(s[:3], [1.0, -1.0, 0.0])
+    assert np.isnan(s[3])
+    with pytest.raises(ValueError, match="fast < slow"):
+        SmaCrossConfig(fast=5, slow=5)
+
+
+def test_equal_weight_top_k_long_only_and_untradable_kept():
+    ew = EqualWeight(EqualWeightConfig(max_positions=2, gross_exposure=0.5), SYMS)
+    score = np.array([0.9, 0.2, 0.5, -0.8])
+    np.testing.assert_allclose(ew.size(score, ctx()), [0.25, 0.0, 0.25, 0.0])
+    # C cannot trade now: it keeps its current weight, and A and B are the top 2 tradable.
+    t = ew.size(score, ctx(tradable=[True, True, False, True], weights=[0, 0, 0.1, 0]))
+    np.testing.assert_allclose(t, [0.25, 0.25, 0.1, 0.0])
+
+
+def test_equal_weight_shorts_when_allowed():
+    ew = EqualWeight(EqualWeightConfig(max_positions=1, gross_exposure=1.0, allow_short=True), SYMS)
+    t = ew.size(np.array([0.9, 0.2, np.nan, -0.8]), ctx())
+    np.testing.assert_allclose(t, [0.5, 0.0, 0.0, -0.5])
+
+
+def test_max_position_clips_with_verdicts():
+    r = MaxPosition(MaxPositionConfig(0.05), SYMS)
+    d = r.check(np.array([0.1, -0.2, 0.03, 0.0]), ctx())
+    np.testing.assert_allclose(d.targets, [0.05, -0.05, 0.03, 0.0])
+    assert [(v.symbol, v.action, v.allowed) for v in d.verdicts] == [
+        ("A", "clip", 0.05),
+        ("B", "clip", -0.05),
+    ]
+
+
+def test_max_open_positions_prefers_held_then_larger():
+    r = MaxOpenPositions(MaxOpenPositionsConfig(2), SYMS)
+    d = r.check(np.array([0.1, 0.3, 0.2, 0.05]), ctx(quantity=[0, 0, 0, 5]))
+    np.testing.assert_allclose(d.targets, [0.0, 0.3, 0.0, 0.05])  # D is held, B is largest
+    assert {v.symbol for v in d.verdicts} == {"A", "C"}
+    assert all("max open positions 2" in v.reason for v in d.verdicts)
+
+
+def test_max_gross_exposure_scales_proportionally():
+    r = MaxGrossExposure(MaxGrossExposureConfig(1.0), SYMS)
+    d = r.check(np.array([0.8, -0.8, 0.4, 0.0]), ctx())
+    np.testing.assert_allclose(d.targets, [0.4, -0.4, 0.2, 0.0])
+    assert d.verdicts[0].action == "scale"
+    assert r.check(np.array([0.5, 0.5, 0, 0]), ctx()).verdicts == ()
+
+
+def test_drawdown_guard_blocks_new_exposure_but_allows_exits():
+    g = DrawdownGuard(DrawdownGuardConfig(max_drawdown_pct=0.2, daily_loss_limit_pct=0.05), SYMS)
+    current = np.array([0.1, 0.1, 0.0, -0.1])
+    wanted = np.array([0.05, 0.2, 0.1, 0.0])
+    d = g.check(wanted, ctx(weights=current, equity=79.0, peak=100.0, day_start=80.0))
+    # reduce A: ok; increase B: blocked; open C: blocked; close D: ok
+    np.testing.assert_allclose(d.targets, [0.05, 0.1, 0.0, 0.0])
+    assert d.verdicts[0].action == "halt" and "drawdown 21.00%" in d.verdicts[0].reason
+    # Inside both limits nothing changes.
+    ok = g.check(wanted, ctx(weights=current, equity=99.0, peak=100.0, day_start=100.0))
+    np.testing.assert_array_equal(ok.targets, wanted)
+    assert ok.verdicts == ()
+
+
+def test_drawdown_guard_daily_loss_and_flatten():
+    g = DrawdownGuard(DrawdownGuardConfig(daily_loss_limit_pct=0.05), SYMS)
+    d = g.check(
+        np.array([0.2, 0, 0, 0]),
+        ctx(weights=[0.1, 0, 0, 0], equity=94.0, peak=100.0, day_start=99.5),
+    )
+    np.testing.assert_allclose(d.targets, [0.1, 0, 0, 0])
+    assert "daily loss" in d.verdicts[0].reason
+    f = DrawdownGuard(DrawdownGuardConfig(flatten_on_breach=True), SYMS)
+    d = f.check(np.array([0.2, 0.1, 0, 0]), ctx(weights=[0.1, 0.1, 0, 0], equity=70.0))
+    np.testing.assert_array_equal(d.targets, np.zeros(4))
+    assert d.verdicts[0].action == "flatten"
