@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 from dataclasses import dataclass
@@ -55,7 +56,7 @@ async def run_backtest(
         result = await engine.run_until_done()
     finally:
         bar.close()
-    fills = [_fill_from_row(r) for r in rows.get("fills", [])]
+    fills = split_adjusted([_fill_from_row(r) for r in rows.get("fills", [])], panel)
     summary = summarize(
         np.asarray(result.equity, dtype=float),
         result.times,
@@ -76,6 +77,27 @@ async def run_backtest(
     return BacktestOutcome(
         result.run_id, summary, out, result, rows.get("orders", []), rows.get("fills", [])
     )
+
+
+def split_adjusted(fills: list[Fill], panel: Panel) -> list[Fill]:
+    """Fills restated in end-of-run shares, so that a round trip across a split (bought at
+    645, sold at 95 after a 7-for-1) is scored by its real profit, not as an 85% loss."""
+    if not fills or not (panel.split != 1.0).any():
+        return fills
+    # after[k, j] = product of split coefficients strictly after row k
+    after = np.cumprod(panel.split[::-1], axis=0)[::-1]
+    after = np.vstack([after[1:], np.ones((1, after.shape[1]))])
+    row = {t: k for k, t in enumerate(panel.datetimes())}
+    col = {s: j for j, s in enumerate(panel.symbols)}
+    out = []
+    for f in fills:
+        g = float(after[row[f.time], col[f.symbol]])
+        if g != 1.0:
+            f = dataclasses.replace(
+                f, quantity=f.quantity * g, price=f.price / g, reference_price=f.reference_price / g
+            )
+        out.append(f)
+    return out
 
 
 def _fill_from_row(r: dict[str, Any]) -> Fill:

@@ -1,0 +1,47 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import numpy as np
+import pandas as pd
+
+from tradingd.analysis.metrics import summarize
+from tradingd.backtest import _jsonable, split_adjusted
+from tradingd.core.types import Fill, Side
+from tradingd.feeds.panel import Panel
+
+
+def test_round_trip_across_a_split_is_scored_by_its_real_profit():
+    times = pd.bdate_range("2014-06-05", periods=4).to_numpy(dtype="datetime64[ns]")
+    close = np.array([[645.0], [650.0], [93.0], [95.0]])
+    split = np.array([[1.0], [1.0], [7.0], [1.0]])
+    panel = Panel(
+        times,
+        ("AAPL",),
+        close,
+        close,
+        close,
+        close,
+        np.ones_like(close),
+        split,
+        np.zeros_like(close),
+    )
+    t = panel.datetimes()
+    buy = Fill("b#1", "b", "AAPL", Side.BUY, 10, 645.0, 0.0, 0.0, t[0], 645.0)
+    sell = Fill("s#1", "s", "AAPL", Side.SELL, 70, 95.0, 0.0, 0.0, t[3], 95.0)
+    adjusted = split_adjusted([buy, sell], panel)
+    assert adjusted[0].quantity == 70 and adjusted[0].price == 645.0 / 7
+    assert adjusted[1] == sell
+    s = summarize(
+        np.array([1.0, 1.0, 1.0, 1.0]) * 1e4,
+        t,
+        adjusted,
+        initial_capital=1e4,
+        gross_exposure=np.zeros(4),
+    )
+    assert s["round_trips"] == 1 and s["win_rate"] == 1.0  # 70 x (95 - 92.14) > 0
+
+
+def test_jsonable_turns_nan_into_null_and_numpy_into_python():
+    out = _jsonable({"a": float("nan"), "b": np.int64(3), "c": datetime(2020, 1, 1, tzinfo=UTC)})
+    assert out == {"a": None, "b": 3, "c": "2020-01-01T00:00:00+00:00"}
