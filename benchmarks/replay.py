@@ -324,6 +324,8 @@ def profile_tradingd(panel: Any, data: Path, store: str, log_level: str, top: in
     )
     stats = pstats.Stats(prof, stream=out)
     stats.sort_stats("cumulative").print_stats(top)
+    out.write(f"the same run, top {top} by own time (tottime):\n")
+    stats.sort_stats("tottime").print_stats(top)
     return out.getvalue()
 
 
@@ -632,12 +634,19 @@ def report(results: dict[str, Any], measurements: list[Measurement]) -> str:
         ("tradingd_vs_plain", "tradingd (full universe) / plain loop rate"),
     ):
         if ratios.get(key) is not None:
-            w(f"{label}: {ratios[key]:.1f}x\n")
+            w(f"{label}: {ratios[key]:.2f}x\n")
+    rss = results["rss_mb"]
     w(
-        f"peak RSS after data load: {results['rss_mb']['after_load']:.0f} MB; after the tradingd "
-        f"runs: {results['rss_mb']['after_tradingd']:.0f} MB; at the end: "
-        f"{results['rss_mb']['end']:.0f} MB (ru_maxrss, whole process)\n"
+        f"peak RSS (ru_maxrss, whole process, includes the loaded data): after data load "
+        f"{rss['after_load']:.0f} MB; after the tradingd runs {rss['after_tradingd']:.0f} MB; "
+        f"at the end {rss['end']:.0f} MB\n"
     )
+    cur = results["current_rss_mb"]
+    if cur["after_load"] is not None and cur["after_tradingd"] is not None:
+        w(
+            f"current RSS (VmRSS): after data load {cur['after_load']:.0f} MB; after the tradingd "
+            f"runs {cur['after_tradingd']:.0f} MB\n"
+        )
     w("\nmachine:\n")
     for k, v in results["machine"].items():
         w(f"  {k}: {v}\n")
@@ -678,7 +687,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--bt-symbols",
         type=int,
-        default=50,
+        default=100,
         help="symbols for the backtrader run; 0 skips it (default: %(default)s)",
     )
     p.add_argument(
