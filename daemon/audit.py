@@ -10,16 +10,30 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, TextIO
 
 from .core.types import Fill, Order
 
 
+# Orders and fills hold only scalars, string enums and datetimes, so a flat dict of their
+# fields is the whole record; dataclasses.asdict would deep-copy every value.
+_ORDER_FIELDS = tuple(f.name for f in fields(Order))
+_FILL_FIELDS = tuple(f.name for f in fields(Fill))
+
+
+_ISO: dict[Any, str] = {}
+
+
 def _default(o: Any) -> Any:
     if hasattr(o, "isoformat"):
-        return o.isoformat()
+        s = _ISO.get(o)  # the same few bar times recur in every line of a bar
+        if s is None:
+            if len(_ISO) >= 4096:
+                _ISO.clear()
+            s = _ISO[o] = o.isoformat()
+        return s
     return str(o)
 
 
@@ -41,11 +55,13 @@ class AuditLog:
 
     def orders(self, orders: Sequence[Order]) -> None:
         for o in orders:
-            self._lines.append(json.dumps({"event": "order", **asdict(o)}, default=_default))
+            row = {"event": "order"} | {n: getattr(o, n) for n in _ORDER_FIELDS}
+            self._lines.append(json.dumps(row, default=_default))
 
     def fills(self, fills: Sequence[Fill]) -> None:
         for f in fills:
-            self._lines.append(json.dumps({"event": "fill", **asdict(f)}, default=_default))
+            row = {"event": "fill"} | {n: getattr(f, n) for n in _FILL_FIELDS}
+            self._lines.append(json.dumps(row, default=_default))
 
     def flush(self) -> None:
         if not self._lines:

@@ -8,7 +8,7 @@ fills are few per bar, so they are plain objects with a full lifecycle.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
 
@@ -122,7 +122,14 @@ class Order:
         return self.side.sign * self.quantity
 
     def snapshot(self) -> Order:
-        return replace(self)
+        # Hand-written: dataclasses.replace re-runs field machinery and showed up in profiles
+        # of long replays (an order is snapshotted at every state change).
+        return Order(
+            self.client_order_id, self.symbol, self.side, self.quantity, self.created_at,
+            self.type, self.limit_price, self.stop_price, self.trail_pct, self.leg,
+            self.parent_id, self.oco_group, self.status, self.filled_quantity,
+            self.avg_fill_price, self.reason, self.updated_at, self.bars_open, self.trail_anchor,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -104,6 +104,7 @@ class BufferedStore(ABC):
         # memory (and be lost on a crash) until a batch fills, weeks later.
         self.flush_interval_s = flush_interval_s
         self._last_flush = time.monotonic()
+        self._background: asyncio.Task[None] | None = None
         self._signals: list[Row] = []
         self._orders: list[Row] = []
         self._order_events: list[Row] = []
@@ -343,6 +344,14 @@ class BufferedStore(ABC):
         return {name: len(buf) for name, buf in self._buffers.items()}
 
     async def maybe_flush(self) -> None:
+        """Start a write in the background when a buffer is full or the interval has passed,
+        so the engine computes the next bars while the database works. At most one write is
+        in flight (memory stays within two batches); a failed write raises here, at the next
+        bar, or at `flush`/`stop`."""
+        bg = self._background
+        if bg is not None and bg.done():
+            self._background = None
+            bg.result()
         bs = self.batch_size
         if (
             len(self._positions) >= bs
@@ -353,9 +362,26 @@ class BufferedStore(ABC):
             or len(self._fills) >= bs
             or time.monotonic() - self._last_flush >= self.flush_interval_s
         ):
-            await self.flush()
+            if self._background is not None:
+                bg, self._background = self._background, None
+                await bg
+            self._last_flush = time.monotonic()
+            self._background = asyncio.create_task(self._flush_now())
+
+    async def settle(self) -> None:
+        """Wait for the write in flight, if any (does not start a new one)."""
+        if self._background is not None:
+            bg, self._background = self._background, None
+            await bg
 
     async def flush(self) -> None:
+        """Write everything buffered, after any write already in flight."""
+        if self._background is not None:
+            bg, self._background = self._background, None
+            await bg
+        await self._flush_now()
+
+    async def _flush_now(self) -> None:
         """Write every buffer in one transaction. On failure the rows go back to the front of
         their buffers (nothing was committed) and the StorageError propagates."""
         async with self._flush_lock:

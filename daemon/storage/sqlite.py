@@ -37,6 +37,7 @@ class SqliteStore(BufferedStore):
         super().__init__(batch_size=batch_size, signals=signals, flush_interval_s=flush_interval_s)
         self.path = str(path) if str(path) == MEMORY else str(Path(path).expanduser())
         self._db: aiosqlite.Connection | None = None
+        self._iso: dict[datetime, str] = {}
         self._insert = {name: insert_sql(t, "sqlite") for name, t in TABLES.items()}
 
     async def start(self) -> None:
@@ -77,9 +78,18 @@ class SqliteStore(BufferedStore):
         return self._db
 
     def _encode_time(self, t: datetime) -> str:
-        if t.tzinfo is not UTC:
-            t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
-        return t.isoformat(timespec="microseconds")
+        # Every row of a bar carries the same time: formatting it once per bar instead of
+        # once per row matters in a multi-million-row replay. The memo is bounded.
+        s = self._iso.get(t)
+        if s is None:
+            u = t
+            if u.tzinfo is not UTC:
+                u = u.replace(tzinfo=UTC) if u.tzinfo is None else u.astimezone(UTC)
+            s = u.isoformat(timespec="microseconds")
+            if len(self._iso) >= 4096:
+                self._iso.clear()
+            self._iso[t] = s
+        return s
 
     def _decode_time(self, v: Any) -> datetime:
         return datetime.fromisoformat(v).astimezone(UTC)

@@ -298,18 +298,21 @@ async def test_order_upsert_keeps_latest_state_and_events_keep_history(
 
 async def test_batching_writes_only_when_a_buffer_is_full(pg) -> None:
     url, schema, conn = pg
-    store = PostgresStore(url, batch_size=3, schema=schema)
+    store = PostgresStore(url, batch_size=3, schema=schema, flush_interval_s=3600.0)
     await store.start()
     try:
         await store.begin_run(run_info())
         store.record_positions("r1", T0, SYMS, np.array([1.0, 0, 2.0]), np.ones(3), np.ones(3))
         await store.maybe_flush()
+        await store.settle()  # the write runs in the background
         assert await count(conn, schema, "positions") == 0
         store.record_positions("r1", T0 + DAY, SYMS, np.array([0, 0, 3.0]), np.ones(3), np.ones(3))
         await store.maybe_flush()
+        await store.settle()  # the write runs in the background
         assert await count(conn, schema, "positions") == 3
         store.record_equity("r1", T0, 1.0, 1.0, 0.0, 0.0)
         await store.maybe_flush()
+        await store.settle()  # the write runs in the background
         assert await count(conn, schema, "equity") == 0
     finally:
         await store.stop()

@@ -360,12 +360,14 @@ async def test_batching_writes_only_when_a_buffer_is_full(db_path: Path) -> None
         store.record_equity("r1", T0, 1.0, 1.0, 0.0, 0.0)
         store.record_equity("r1", T0 + DAY, 2.0, 2.0, 0.0, 0.0)
         await store.maybe_flush()
+        await store.settle()  # the write runs in the background
         assert count(db_path, "equity") == 0
         assert store.pending()["equity"] == 2
 
         store.record_equity("r1", T0 + 2 * DAY, 3.0, 3.0, 0.0, 0.0)
         store.record_fills("r1", [Fill("f", "c", "AAA", Side.BUY, 1.0, 1.0, 0, 0, T0)])
         await store.maybe_flush()
+        await store.settle()  # the write runs in the background
         # The full buffer triggered a flush of every buffer.
         assert count(db_path, "equity") == 3
         assert count(db_path, "fills") == 1
@@ -373,6 +375,7 @@ async def test_batching_writes_only_when_a_buffer_is_full(db_path: Path) -> None
 
         store.record_equity("r1", T0 + 3 * DAY, 4.0, 4.0, 0.0, 0.0)
         await store.maybe_flush()
+        await store.settle()  # the write runs in the background
         assert count(db_path, "equity") == 3
     finally:
         await store.stop()  # stop flushes the rest
@@ -394,9 +397,11 @@ async def test_rows_are_written_once_the_flush_interval_has_passed(
         store.record_equity("r1", T0, 1.0, 1.0, 0.0, 0.0)
         now[0] += 4.9
         await store.maybe_flush()
+        await store.settle()  # the write runs in the background
         assert count(db_path, "equity") == 0  # batch not full, interval not reached
         now[0] += 0.2
         await store.maybe_flush()
+        await store.settle()  # the write runs in the background
         assert count(db_path, "equity") == 1  # a live daemon's row reaches the database
     finally:
         await store.stop()
@@ -557,3 +562,30 @@ async def test_use_before_start_is_a_storage_error(db_path: Path) -> None:
     store = SqliteStore(db_path)
     with pytest.raises(StorageError, match="not started"):
         await store.begin_run(run_info())
+
+
+async def test_background_write_overlaps_and_a_failure_surfaces(db_path: Path, monkeypatch) -> None:
+    store = SqliteStore(db_path, batch_size=1, flush_interval_s=3600.0)
+    await store.start()
+    try:
+        await store.begin_run(run_info())
+        store.record_equity("r1", T0, 1.0, 1.0, 0.0, 0.0)
+        await store.maybe_flush()
+        # maybe_flush returned before the write happened: it runs while the engine goes on.
+        assert count(db_path, "equity") == 0
+        await store.settle()
+        assert count(db_path, "equity") == 1
+
+        async def broken(taken):
+            raise StorageError("disk full")
+
+        monkeypatch.setattr(store, "_write_batches", broken)
+        store.record_equity("r1", T0 + DAY, 2.0, 2.0, 0.0, 0.0)
+        await store.maybe_flush()
+        with pytest.raises(StorageError, match="disk full"):
+            await store.settle()
+        assert store.pending()["equity"] == 1  # put back for the next attempt
+        monkeypatch.undo()
+    finally:
+        await store.stop()
+    assert count(db_path, "equity") == 2

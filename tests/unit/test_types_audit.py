@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+from datetime import UTC, datetime
+
+from tradingd.audit import AuditLog
+from tradingd.core.types import Fill, Leg, Order, OrderStatus, OrderType, Side
+
+T = datetime(2020, 1, 2, tzinfo=UTC)
+
+
+def order():
+    return Order("r|x|A|entry", "A", Side.BUY, 10.0, T, OrderType.STOP_LIMIT, 9.5, 9.8, 0.02,
+                 Leg.STOP_LOSS, "p", "g", OrderStatus.PARTIALLY_FILLED, 4.0, 9.7, "why", T, 3,
+                 10.1)
+
+
+def test_snapshot_is_an_equal_independent_copy():
+    o = order()
+    s = o.snapshot()
+    assert s == o and s is not o
+    assert [getattr(s, f.name) for f in dataclasses.fields(Order)] == [
+        getattr(o, f.name) for f in dataclasses.fields(Order)]
+    s.status = OrderStatus.FILLED
+    assert o.status is OrderStatus.PARTIALLY_FILLED
+
+
+def test_audit_lines_hold_every_field_and_rotate(tmp_path):
+    a = AuditLog(tmp_path, "run/1", max_bytes=400, backups=2)
+    f = Fill("f1", "c", "A", Side.SELL, 2.0, 10.0, 0.02, 0.005, T, 10.005)
+    for _ in range(6):
+        a.orders([order()])
+        a.fills([f])
+        a.flush()
+    a.close()
+    files = sorted(p.name for p in tmp_path.iterdir())
+    # Rotated by size, and bounded: the live file (absent right after a rotation) + 2 backups.
+    assert {"run_1.jsonl.1", "run_1.jsonl.2"} <= set(files)
+    assert set(files) <= {"run_1.jsonl", "run_1.jsonl.1", "run_1.jsonl.2"}
+    lines = [json.loads(x) for p in tmp_path.iterdir() for x in p.read_text().splitlines()]
+    o = next(x for x in lines if x["event"] == "order")
+    assert o["client_order_id"] == "r|x|A|entry" and o["status"] == "partially_filled"
+    assert o["created_at"] == T.isoformat() and o["trail_anchor"] == 10.1
+    assert set(o) == {"event"} | {f.name for f in dataclasses.fields(Order)}
+    fl = next(x for x in lines if x["event"] == "fill")
+    assert fl == {"event": "fill", "fill_id": "f1", "client_order_id": "c", "symbol": "A",
+                  "side": "sell", "quantity": 2.0, "price": 10.0, "commission": 0.02,
+                  "slippage": 0.005, "time": T.isoformat(), "reference_price": 10.005}
