@@ -1,14 +1,17 @@
 """The audit trail: every order state and every fill as one JSON line, in rotating files.
 
 Separate from the operational log so that it survives log-level changes and can be kept under
-its own retention. Lines are buffered and written once per bar; files rotate at a size limit and
-only `backups` old files are kept, so a daemon running for months uses bounded disk.
+its own retention. Lines are buffered and written at the end of a bar once `flush_interval_s`
+has passed since the last write (so a live daemon writes every bar, a fast replay about once a
+second) or when `max_lines` are waiting; files rotate at a size limit and only `backups` old
+files are kept, so a daemon running for months uses bounded disk.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Sequence
 from dataclasses import fields
 from pathlib import Path
@@ -26,26 +29,41 @@ _FILL_FIELDS = tuple(f.name for f in fields(Fill))
 _ISO: dict[Any, str] = {}
 
 
-def _default(o: Any) -> Any:
-    if hasattr(o, "isoformat"):
-        s = _ISO.get(o)  # the same few bar times recur in every line of a bar
-        if s is None:
-            if len(_ISO) >= 4096:
-                _ISO.clear()
-            s = _ISO[o] = o.isoformat()
-        return s
-    return str(o)
+def _iso(t: Any) -> str | None:
+    """The same few bar times recur in every line of a bar: format each once (bounded)."""
+    if t is None:
+        return None
+    s = _ISO.get(t)
+    if s is None:
+        if len(_ISO) >= 4096:
+            _ISO.clear()
+        s = _ISO[t] = t.isoformat()
+    return s
+
+
+# One encoder for the process: json.dumps builds a new encoder on every call. The records
+# hold no containers, so the circular-reference check is pure cost.
+_ENCODER = json.JSONEncoder(check_circular=False, default=str)
 
 
 class AuditLog:
     def __init__(
-        self, directory: str | Path, run_id: str, max_bytes: int = 50_000_000, backups: int = 10
+        self,
+        directory: str | Path,
+        run_id: str,
+        max_bytes: int = 50_000_000,
+        backups: int = 10,
+        flush_interval_s: float = 1.0,
+        max_lines: int = 10_000,
     ) -> None:
         self.path = Path(directory) / f"{_safe(run_id)}.jsonl"
         self.max_bytes = max_bytes
         self.backups = backups
+        self.flush_interval_s = flush_interval_s
+        self.max_lines = max_lines
         self._lines: list[str] = []
         self._fh: TextIO | None = None
+        self._last_write = -float("inf")
 
     def _open(self) -> TextIO:
         if self._fh is None:
@@ -54,18 +72,31 @@ class AuditLog:
         return self._fh
 
     def orders(self, orders: Sequence[Order]) -> None:
+        enc = _ENCODER.encode
         for o in orders:
             row = {"event": "order"} | {n: getattr(o, n) for n in _ORDER_FIELDS}
-            self._lines.append(json.dumps(row, default=_default))
+            row["created_at"] = _iso(o.created_at)
+            row["updated_at"] = _iso(o.updated_at)
+            self._lines.append(enc(row))
 
     def fills(self, fills: Sequence[Fill]) -> None:
+        enc = _ENCODER.encode
         for f in fills:
             row = {"event": "fill"} | {n: getattr(f, n) for n in _FILL_FIELDS}
-            self._lines.append(json.dumps(row, default=_default))
+            row["time"] = _iso(f.time)
+            self._lines.append(enc(row))
 
-    def flush(self) -> None:
+    def flush(self, force: bool = False) -> None:
         if not self._lines:
             return
+        now = time.monotonic()
+        if (
+            not force
+            and len(self._lines) < self.max_lines
+            and now - self._last_write < self.flush_interval_s
+        ):
+            return
+        self._last_write = now
         fh = self._open()
         fh.write("\n".join(self._lines) + "\n")
         fh.flush()
@@ -87,7 +118,7 @@ class AuditLog:
             self.path.unlink()
 
     def close(self) -> None:
-        self.flush()
+        self.flush(force=True)
         if self._fh is not None:
             self._fh.close()
             self._fh = None

@@ -105,6 +105,9 @@ class BufferedStore(ABC):
         self.flush_interval_s = flush_interval_s
         self._last_flush = time.monotonic()
         self._background: asyncio.Task[None] | None = None
+        # Last recorded target weights and quantities per run: rows are written on change.
+        self._last_targets: dict[str, np.ndarray] = {}
+        self._last_quantity: dict[str, np.ndarray] = {}
         self._signals: list[Row] = []
         self._orders: list[Row] = []
         self._order_events: list[Row] = []
@@ -164,6 +167,8 @@ class BufferedStore(ABC):
 
     async def begin_run(self, run: RunInfo) -> None:
         """Record the run; a run_id seen before has its earlier rows deleted first."""
+        self._last_targets.pop(run.run_id, None)
+        self._last_quantity.pop(run.run_id, None)
         await self.flush()
         d = self.dialect
         stmts: list[tuple[str, Sequence[Any]]] = [
@@ -218,16 +223,22 @@ class BufferedStore(ABC):
         scores: np.ndarray,
         targets: np.ndarray,
     ) -> None:
-        """Mode "decisions": symbols with a nonzero target weight; "all": also every symbol
-        with a finite score; "none": nothing."""
+        """Mode "decisions": a row whenever a symbol's target weight changes (to zero
+        included), so the table is the history of decisions, not a copy of every bar;
+        "all": also every finite score at every bar; "none": nothing."""
         mode = self.signals_mode
         if mode == "none":
             return
-        traded = np.isfinite(targets) & (targets != 0.0)
-        mask = traded if mode == "decisions" else traded | np.isfinite(scores)
+        last = self._last_targets.get(run_id)
+        if last is None or last.shape != targets.shape:
+            last = self._last_targets[run_id] = np.zeros_like(targets, dtype=np.float64)
+        finite = np.isfinite(targets)
+        changed = finite & (targets != last)
+        mask = changed if mode == "decisions" else changed | np.isfinite(scores)
         idx = np.flatnonzero(mask)
         if idx.size == 0:
             return
+        np.copyto(last, targets, where=changed)
         t = self._encode_time(time)
         append = self._signals.append
         for i, s, w in zip(idx.tolist(), scores[idx].tolist(), targets[idx].tolist(), strict=True):
@@ -302,10 +313,17 @@ class BufferedStore(ABC):
         avg_price: np.ndarray,
         mark: np.ndarray,
     ) -> None:
-        """Only nonzero (finite) quantities are stored."""
-        idx = np.flatnonzero(np.isfinite(quantity) & (quantity != 0.0))
+        """A row whenever a symbol's quantity changes (a close is a row with quantity 0):
+        the position history, from which the holding at any time is the last row before it.
+        Equity and exposure per bar are in the equity table."""
+        last = self._last_quantity.get(run_id)
+        if last is None or last.shape != quantity.shape:
+            last = self._last_quantity[run_id] = np.zeros_like(quantity, dtype=np.float64)
+        changed = np.isfinite(quantity) & (quantity != last)
+        idx = np.flatnonzero(changed)
         if idx.size == 0:
             return
+        np.copyto(last, quantity, where=changed)
         t = self._encode_time(time)
         append = self._positions.append
         for i, q, a, m in zip(
@@ -349,9 +367,14 @@ class BufferedStore(ABC):
         in flight (memory stays within two batches); a failed write raises here, at the next
         bar, or at `flush`/`stop`."""
         bg = self._background
-        if bg is not None and bg.done():
-            self._background = None
-            bg.result()
+        if bg is not None:
+            if bg.done():
+                self._background = None
+                bg.result()
+            else:
+                # A replay never suspends on its own: hand the loop one turn so the write in
+                # flight can move to its next statement while the engine computes.
+                await asyncio.sleep(0)
         bs = self.batch_size
         if (
             len(self._positions) >= bs
@@ -393,6 +416,10 @@ class BufferedStore(ABC):
                     buf.clear()
             if not taken:
                 return
+            if "orders" in taken:
+                # Only an order's latest state survives the upsert: write that one only
+                # (order_events keeps every state).
+                taken["orders"] = list({(r[0], r[1]): r for r in taken["orders"]}.values())
             try:
                 await self._write_batches(taken)
             except BaseException:

@@ -309,7 +309,7 @@ async def test_batching_writes_only_when_a_buffer_is_full(pg) -> None:
         store.record_positions("r1", T0 + DAY, SYMS, np.array([0, 0, 3.0]), np.ones(3), np.ones(3))
         await store.maybe_flush()
         await store.settle()  # the write runs in the background
-        assert await count(conn, schema, "positions") == 3
+        assert await count(conn, schema, "positions") == 4  # AAA closed (a 0 row), CCC 2 -> 3
         store.record_equity("r1", T0, 1.0, 1.0, 0.0, 0.0)
         await store.maybe_flush()
         await store.settle()  # the write runs in the background

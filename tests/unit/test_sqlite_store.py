@@ -456,6 +456,21 @@ async def test_signals_filter(db_path: Path, mode: str, expected: list) -> None:
         await store.stop()
 
 
+async def test_positions_and_decisions_are_recorded_on_change(store: SqliteStore) -> None:
+    await store.begin_run(run_info())
+    qty = [np.array([5.0, 0, 0]), np.array([5.0, 0, 0]), np.array([0.0, 2.0, 0])]
+    tgt = [np.array([0.1, 0, 0]), np.array([0.1, 0, 0]), np.array([0.0, 0.05, 0])]
+    for k in range(3):
+        store.record_positions("r1", T0 + k * DAY, SYMS, qty[k], np.ones(3), np.ones(3))
+        store.record_signals("r1", T0 + k * DAY, SYMS, np.full(3, 0.5), tgt[k])
+    await store.flush()
+    pos = [(r["time"], r["symbol"], r["quantity"]) for r in await store.fetch("positions", "r1")]
+    # Unchanged holdings are not repeated; a close is a row with quantity 0.
+    assert pos == [(T0, "AAA", 5.0), (T0 + 2 * DAY, "AAA", 0.0), (T0 + 2 * DAY, "BBB", 2.0)]
+    sig = [(r["time"], r["symbol"], r["target_weight"]) for r in await store.fetch("signals", "r1")]
+    assert sig == [(T0, "AAA", 0.1), (T0 + 2 * DAY, "AAA", 0.0), (T0 + 2 * DAY, "BBB", 0.05)]
+
+
 async def test_positions_only_nonzero_quantities(store: SqliteStore) -> None:
     await store.begin_run(run_info())
     store.record_positions(

@@ -32,7 +32,7 @@ def test_audit_lines_hold_every_field_and_rotate(tmp_path):
     for _ in range(6):
         a.orders([order()])
         a.fills([f])
-        a.flush()
+        a.flush(force=True)
     a.close()
     files = sorted(p.name for p in tmp_path.iterdir())
     # Rotated by size, and bounded: the live file (absent right after a rotation) + 2 backups.
@@ -47,3 +47,26 @@ def test_audit_lines_hold_every_field_and_rotate(tmp_path):
     assert fl == {"event": "fill", "fill_id": "f1", "client_order_id": "c", "symbol": "A",
                   "side": "sell", "quantity": 2.0, "price": 10.0, "commission": 0.02,
                   "slippage": 0.005, "time": T.isoformat(), "reference_price": 10.005}
+
+
+def test_audit_writes_at_most_once_per_interval_unless_forced(tmp_path, monkeypatch):
+    import tradingd.audit as audit
+
+    now = [100.0]
+    monkeypatch.setattr(audit.time, "monotonic", lambda: now[0])
+    a = AuditLog(tmp_path, "r", flush_interval_s=1.0, max_lines=3)
+    f = Fill("f1", "c", "A", Side.SELL, 2.0, 10.0, 0.02, 0.005, T, 10.005)
+    a.fills([f])
+    a.flush()  # first write: a live daemon's bar reaches the file at once
+    path = tmp_path / "r.jsonl"
+    assert len(path.read_text().splitlines()) == 1
+    a.fills([f])
+    now[0] += 0.5
+    a.flush()
+    assert len(path.read_text().splitlines()) == 1  # a fast replay batches its writes
+    a.fills([f, f])  # ... unless max_lines are waiting
+    a.flush()
+    assert len(path.read_text().splitlines()) == 4
+    a.fills([f])
+    a.close()  # and nothing is lost at the end
+    assert len(path.read_text().splitlines()) == 5
