@@ -19,7 +19,6 @@ from typing import Any, TextIO
 
 from .core.types import Fill, Order
 
-
 # Orders and fills hold only scalars, string enums and datetimes, so a flat dict of their
 # fields is the whole record; dataclasses.asdict would deep-copy every value.
 _ORDER_FIELDS = tuple(f.name for f in fields(Order))

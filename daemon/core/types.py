@@ -125,10 +125,25 @@ class Order:
         # Hand-written: dataclasses.replace re-runs field machinery and showed up in profiles
         # of long replays (an order is snapshotted at every state change).
         return Order(
-            self.client_order_id, self.symbol, self.side, self.quantity, self.created_at,
-            self.type, self.limit_price, self.stop_price, self.trail_pct, self.leg,
-            self.parent_id, self.oco_group, self.status, self.filled_quantity,
-            self.avg_fill_price, self.reason, self.updated_at, self.bars_open, self.trail_anchor,
+            self.client_order_id,
+            self.symbol,
+            self.side,
+            self.quantity,
+            self.created_at,
+            self.type,
+            self.limit_price,
+            self.stop_price,
+            self.trail_pct,
+            self.leg,
+            self.parent_id,
+            self.oco_group,
+            self.status,
+            self.filled_quantity,
+            self.avg_fill_price,
+            self.reason,
+            self.updated_at,
+            self.bars_open,
+            self.trail_anchor,
         )
 
 

@@ -297,19 +297,26 @@ class Engine:
             self._on_bar(self._bars, bar.time)
 
     def _score(self, ctx: BarContext) -> np.ndarray:
+        """Weighted mean of the plugins' scores over the plugins that have a view."""
         n = len(self.symbols)
-        num = np.zeros(n)
-        den = np.zeros(n)
-        for plugin, weight in self.pipeline.signals:
+        signals = self.pipeline.signals
+        scores = []
+        for plugin, _ in signals:
             s = self._call(plugin, "score", plugin.score, ctx)
             s = _check_array(plugin, "score", s, n, ctx.time, allow_nan=True)
-            if np.any(np.abs(s) > 1.0 + 1e-12):
+            if np.nanmax(np.abs(s), initial=0.0) > 1.0 + 1e-12:
                 raise PluginFault(
                     plugin.name,
                     "score",
                     ctx.time,
                     ValueError("scores must lie in [-1, 1] or be NaN"),
                 )
+            scores.append(s)
+        if len(scores) == 1 and signals[0][1] > 0:
+            return scores[0]
+        num = np.zeros(n)
+        den = np.zeros(n)
+        for s, (_, weight) in zip(scores, signals, strict=True):
             ok = ~np.isnan(s)
             num[ok] += weight * s[ok]
             den[ok] += weight

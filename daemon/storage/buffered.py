@@ -362,19 +362,15 @@ class BufferedStore(ABC):
         return {name: len(buf) for name, buf in self._buffers.items()}
 
     async def maybe_flush(self) -> None:
-        """Start a write in the background when a buffer is full or the interval has passed,
-        so the engine computes the next bars while the database works. At most one write is
-        in flight (memory stays within two batches); a failed write raises here, at the next
-        bar, or at `flush`/`stop`."""
+        """Start a write in the background when a buffer is full or the interval has passed.
+        A live engine then waits for its next bar while the database works; a replay, which
+        never suspends on its own, lets the write run at the next check (measured faster than
+        yielding to the loop every bar). At most one write is in flight, so memory stays
+        within two batches; a failed write raises here, at the next bar, or at flush/stop."""
         bg = self._background
-        if bg is not None:
-            if bg.done():
-                self._background = None
-                bg.result()
-            else:
-                # A replay never suspends on its own: hand the loop one turn so the write in
-                # flight can move to its next statement while the engine computes.
-                await asyncio.sleep(0)
+        if bg is not None and bg.done():
+            self._background = None
+            bg.result()
         bs = self.batch_size
         if (
             len(self._positions) >= bs

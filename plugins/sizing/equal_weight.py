@@ -59,8 +59,14 @@ class EqualWeight:
 
 
 def _top(values: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k largest values (NaN excluded), ties broken by universe order."""
     idx = np.flatnonzero(~np.isnan(values))
     if idx.size <= k:
         return idx
-    order = np.argsort(-values[idx], kind="stable")
-    return idx[order[:k]]
+    v = values[idx]
+    # Partition first (O(n)), then order only the candidates: everything tied with the k-th
+    # value is kept so that the stable sort below breaks ties by universe order.
+    kth = np.partition(v, v.size - k)[v.size - k]
+    cand = np.flatnonzero(v >= kth)
+    order = np.argsort(-v[cand], kind="stable")
+    return idx[cand[order[:k]]]

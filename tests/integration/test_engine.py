@@ -176,3 +176,42 @@ async def test_engine_state_published_to_redis(engine_config, synthetic_panel, r
     held = {s: q for s, q in zip(engine.symbols, engine.portfolio.quantity, strict=True) if q}
     assert state["positions"] == held
     assert 0 < ttl <= 120
+
+
+async def test_signals_combine_as_weighted_mean_and_bad_plugins_fault(
+    engine_config, synthetic_panel
+):
+    from tradingd.app import build_engine
+    from tradingd.core.errors import PluginFault
+
+    engine = build_engine(engine_config, "backtest", panel=synthetic_panel)
+
+    class Const:
+        kind = "signal"
+
+        def __init__(self, name, value):
+            self.name, self.value = name, value
+
+        def required_features(self):
+            return ()
+
+        def score(self, ctx):
+            return np.asarray(self.value, dtype=float)
+
+    n = len(synthetic_panel.symbols)
+    a = np.full(n, np.nan)
+    a[:3] = [1.0, 0.5, -1.0]
+    b = np.full(n, np.nan)
+    b[1:4] = [-0.5, 0.0, 0.25]
+    engine.pipeline.signals = [(Const("a", a), 3.0), (Const("b", b), 1.0)]
+    ctx = type("Ctx", (), {"time": "t"})()
+    got = engine._score(ctx)
+    # only a; both (3 x 0.5 - 0.5) / 4; both (3 x -1 + 0) / 4; only b
+    np.testing.assert_allclose(got[:4], [1.0, (1.5 - 0.5) / 4, -0.75, 0.25])
+    assert np.isnan(got[4:]).all()
+    engine.pipeline.signals = [(Const("big", np.full(n, 1.5)), 1.0)]
+    with pytest.raises(PluginFault, match=r"'big' failed in score.*\\[-1, 1\\]"):
+        engine._score(ctx)
+    engine.pipeline.signals = [(Const("short", np.zeros(n - 1)), 1.0)]
+    with pytest.raises(PluginFault, match=r"'short' failed in score.*shape"):
+        engine._score(ctx)

@@ -162,3 +162,28 @@ def test_drawdown_guard_daily_loss_and_flatten():
     d = f.check(np.array([0.2, 0.1, 0, 0]), ctx(weights=[0.1, 0.1, 0, 0], equity=70.0))
     np.testing.assert_array_equal(d.targets, np.zeros(4))
     assert d.verdicts[0].action == "flatten"
+
+
+def test_top_k_matches_a_full_stable_sort():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from tradingd_plugins.sizing.equal_weight import _top
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.lists(
+            st.one_of(st.sampled_from([0.1, 0.5, np.nan]), st.floats(-1, 1)),
+            min_size=0,
+            max_size=40,
+        ),
+        st.integers(1, 12),
+    )
+    def check(vals, k):
+        v = np.array(vals, dtype=float)
+        idx = np.flatnonzero(~np.isnan(v))
+        expected = idx[np.argsort(-v[idx], kind="stable")[:k]]
+        got = _top(v, k)
+        assert sorted(got.tolist()) == sorted(expected.tolist())
+
+    check()

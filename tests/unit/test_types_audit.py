@@ -11,9 +11,27 @@ T = datetime(2020, 1, 2, tzinfo=UTC)
 
 
 def order():
-    return Order("r|x|A|entry", "A", Side.BUY, 10.0, T, OrderType.STOP_LIMIT, 9.5, 9.8, 0.02,
-                 Leg.STOP_LOSS, "p", "g", OrderStatus.PARTIALLY_FILLED, 4.0, 9.7, "why", T, 3,
-                 10.1)
+    return Order(
+        "r|x|A|entry",
+        "A",
+        Side.BUY,
+        10.0,
+        T,
+        OrderType.STOP_LIMIT,
+        9.5,
+        9.8,
+        0.02,
+        Leg.STOP_LOSS,
+        "p",
+        "g",
+        OrderStatus.PARTIALLY_FILLED,
+        4.0,
+        9.7,
+        "why",
+        T,
+        3,
+        10.1,
+    )
 
 
 def test_snapshot_is_an_equal_independent_copy():
@@ -21,7 +39,8 @@ def test_snapshot_is_an_equal_independent_copy():
     s = o.snapshot()
     assert s == o and s is not o
     assert [getattr(s, f.name) for f in dataclasses.fields(Order)] == [
-        getattr(o, f.name) for f in dataclasses.fields(Order)]
+        getattr(o, f.name) for f in dataclasses.fields(Order)
+    ]
     s.status = OrderStatus.FILLED
     assert o.status is OrderStatus.PARTIALLY_FILLED
 
@@ -44,9 +63,19 @@ def test_audit_lines_hold_every_field_and_rotate(tmp_path):
     assert o["created_at"] == T.isoformat() and o["trail_anchor"] == 10.1
     assert set(o) == {"event"} | {f.name for f in dataclasses.fields(Order)}
     fl = next(x for x in lines if x["event"] == "fill")
-    assert fl == {"event": "fill", "fill_id": "f1", "client_order_id": "c", "symbol": "A",
-                  "side": "sell", "quantity": 2.0, "price": 10.0, "commission": 0.02,
-                  "slippage": 0.005, "time": T.isoformat(), "reference_price": 10.005}
+    assert fl == {
+        "event": "fill",
+        "fill_id": "f1",
+        "client_order_id": "c",
+        "symbol": "A",
+        "side": "sell",
+        "quantity": 2.0,
+        "price": 10.0,
+        "commission": 0.02,
+        "slippage": 0.005,
+        "time": T.isoformat(),
+        "reference_price": 10.005,
+    }
 
 
 def test_audit_writes_at_most_once_per_interval_unless_forced(tmp_path, monkeypatch):
