@@ -210,7 +210,7 @@ async def test_signals_combine_as_weighted_mean_and_bad_plugins_fault(
     np.testing.assert_allclose(got[:4], [1.0, (1.5 - 0.5) / 4, -0.75, 0.25])
     assert np.isnan(got[4:]).all()
     engine.pipeline.signals = [(Const("big", np.full(n, 1.5)), 1.0)]
-    with pytest.raises(PluginFault, match=r"'big' failed in score.*\\[-1, 1\\]"):
+    with pytest.raises(PluginFault, match=r"'big' failed in score.*\[-1, 1\]"):
         engine._score(ctx)
     engine.pipeline.signals = [(Const("short", np.zeros(n - 1)), 1.0)]
     with pytest.raises(PluginFault, match=r"'short' failed in score.*shape"):
