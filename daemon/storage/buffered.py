@@ -185,12 +185,14 @@ class BufferedStore(ABC):
             None,
         )
         stmts.append((insert_sql(TABLES["runs"], d), row))
-        await self._execute(stmts)
+        async with self._flush_lock:  # one transaction at a time on the connection
+            await self._execute(stmts)
 
     async def end_run(self, run_id: str, summary: Mapping[str, Any]) -> None:
         await self.flush()
         ended = self._encode_time(datetime.now(UTC))
-        await self._execute([(end_run_sql(self.dialect), (to_json(summary), ended, run_id))])
+        async with self._flush_lock:
+            await self._execute([(end_run_sql(self.dialect), (to_json(summary), ended, run_id))])
 
     async def write_bars(self, symbols: Sequence[str], bars: Sequence[CrossSection]) -> None:
         """Upsert the bars of symbols with a bar (finite close), in batches; re-writing the
@@ -208,10 +210,12 @@ class BufferedStore(ABC):
             for i, o, h, lo, c, v, s, dv in zip(idx.tolist(), *cols, strict=True):
                 rows.append((symbols[i], t, o, h, lo, c, v, s, dv))
             if len(rows) >= self.batch_size:
-                await self._write_batches({"bars": rows})
+                async with self._flush_lock:
+                    await self._write_batches({"bars": rows})
                 rows = []
         if rows:
-            await self._write_batches({"bars": rows})
+            async with self._flush_lock:
+                await self._write_batches({"bars": rows})
 
     # ------------------------------------------------------------------ hot path
 

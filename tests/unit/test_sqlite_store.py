@@ -604,3 +604,21 @@ async def test_background_write_overlaps_and_a_failure_surfaces(db_path: Path, m
     finally:
         await store.stop()
     assert count(db_path, "equity") == 2
+
+
+async def test_bar_writes_wait_for_a_background_flush(db_path: Path) -> None:
+    """A live engine writes its bar while the previous records may still be in flight: the
+    two must not interleave transactions on the one connection."""
+    store = SqliteStore(db_path, batch_size=1, flush_interval_s=3600.0)
+    await store.start()
+    try:
+        await store.begin_run(run_info())
+        store.record_equity("r1", T0, 1.0, 1.0, 0.0, 0.0)
+        await store.maybe_flush()  # a write is now in flight
+        bar = CrossSection(T0, *(np.array([1.0, 2.0, 3.0]),) * 5, np.ones(3), np.zeros(3))
+        await store.write_bars(SYMS, [bar])
+        await store.end_run("r1", {"bars": 1})
+    finally:
+        await store.stop()
+    assert count(db_path, "equity") == 1
+    assert count(db_path, "bars") == 3
