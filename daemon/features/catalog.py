@@ -1,0 +1,437 @@
+"""The feature catalogue: names, what each is computed from, and the versioned feature sets.
+
+A feature is a small expression over a symbol's own bars: TA-Lib indicator outputs, point-wise
+formulas, trailing windows (lag, mean, std, min, max, ratio, z-score) and cross-sectional
+normalisation across the universe at one bar. The same expression is evaluated in batch
+(`tradingd.features.engineer.compute_batch`) and streaming (`StreamingFeatures`); windows only
+ever reach back (`lag` >= 0, lengths >= 1), so no feature can be built that needs data after
+its bar. Names carry their parameters (`rsi_14`, `ret_std_20`, `zscore_20_obv`), so a model
+card lists exactly what a model was trained on.
+
+Scale: prices are split-adjusted as of the bar being computed. Each node has a degree in price
+and volume (`macd` scales with price, `obv` with volume, `rsi` with neither), which is how the
+batch path reproduces that semantics from one fully adjusted series.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import ConfigError
+from .indicators import IndicatorConfig
+
+Degree = tuple[int, int]  # (price, volume)
+
+# How TA-Lib outputs scale when prices are divided (and volumes multiplied) by a split factor.
+OUTPUT_DEGREE: dict[str, Degree] = {
+    "macd": (1, 0),
+    "macd_signal": (1, 0),
+    "macd_hist": (1, 0),
+    "bb_upper": (1, 0),
+    "bb_middle": (1, 0),
+    "bb_lower": (1, 0),
+    "atr": (1, 0),
+    "trange": (1, 0),
+    "obv": (0, 1),
+}
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    degree: Degree = (0, 0)
+    deps: tuple[Node, ...] = ()
+
+
+@dataclass(frozen=True)
+class BarNode(Node):
+    field_name: str = "close"
+
+
+@dataclass(frozen=True)
+class IndicatorNode(Node):
+    kind: str = ""
+    params: tuple[Any, ...] = ()
+    output: str = ""
+
+
+@dataclass(frozen=True)
+class PointNode(Node):
+    fn: Callable[..., np.ndarray] = field(default=lambda *a: a[0], compare=False)
+
+
+@dataclass(frozen=True)
+class WindowNode(Node):
+    op: str = "mean"  # mean | std | min | max | lag | ratio | zscore
+    length: int = 1  # values in the window, oldest first, current last
+
+
+@dataclass(frozen=True)
+class CrossNode(Node):
+    method: str = "rank"  # rank | zscore
+
+
+WINDOW_OPS = ("mean", "std", "min", "max", "lag", "ratio", "zscore")
+CROSS_METHODS = ("rank", "zscore")
+_STD_EPS = 1e-12
+
+
+def window_op(op: str, w: np.ndarray) -> np.ndarray:
+    """`w` holds windows along axis 0 (oldest first). Shared by batch and streaming so that
+    both do the same arithmetic. A window with a NaN gives NaN (not ready)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        if op == "mean":
+            return w.mean(axis=0)
+        if op == "min":
+            return w.min(axis=0)
+        if op == "max":
+            return w.max(axis=0)
+        if op == "lag":
+            return w[0].copy()
+        if op == "ratio":
+            return w[-1] / w[0] - 1.0
+        mean = w.mean(axis=0)
+        std = w.std(axis=0, ddof=1) if w.shape[0] > 1 else np.zeros_like(mean)
+        # Constant windows: rounding can leave a std of 1e-17 instead of 0; call it 0.
+        flat = std <= _STD_EPS * np.maximum(np.abs(mean), 1.0)
+        if op == "std":
+            return np.where(flat, 0.0, std)
+        if op == "zscore":
+            z = (w[-1] - mean) / np.where(flat, 1.0, std)
+            return np.where(flat & ~np.isnan(std), 0.0, z)
+    raise KeyError(f"unknown window op {op!r}")
+
+
+def cross_section(values: np.ndarray, method: str) -> np.ndarray:
+    """Normalise one bar's values across the symbols that have one: rank mapped to [-1, 1]
+    (ties share their average rank) or z-score. Fewer than two values: not defined (NaN)."""
+    out = np.full(values.shape, np.nan)
+    ok = np.flatnonzero(np.isfinite(values))
+    m = ok.size
+    if m < 2:
+        return out
+    x = values[ok]
+    if method == "rank":
+        order = np.argsort(x, kind="stable")
+        ranks = np.empty(m)
+        ranks[order] = np.arange(m, dtype=float)
+        # average ranks over ties
+        uniq, inv = np.unique(x, return_inverse=True)
+        if uniq.size < m:
+            sums = np.bincount(inv, weights=ranks)
+            counts = np.bincount(inv)
+            ranks = (sums / counts)[inv]
+        out[ok] = 2.0 * ranks / (m - 1) - 1.0
+        return out
+    mean = x.mean()
+    std = x.std()
+    out[ok] = 0.0 if std <= _STD_EPS * max(abs(mean), 1.0) else (x - mean) / std
+    return out
+
+
+def _sdiv(a: np.ndarray, b: np.ndarray, default: float) -> np.ndarray:
+    """a / b, with `default` where b is exactly zero (and a is known); NaN stays NaN."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.asarray(a / b, dtype=np.float64)
+    zero = (b == 0) & ~np.isnan(a)
+    if np.any(zero):
+        out = np.where(zero, default, out)
+    return out
+
+
+# ----------------------------------------------------------------------------- sets
+
+FEATURE_SETS: dict[str, tuple[str, ...]] = {
+    # 20 scale-free features: one window of these (60 x 20) is the models' input.
+    "default_v1": (
+        "ret_1",
+        "hl_range",
+        "oc_range",
+        "rsi_14",
+        "macd_hist_norm",
+        "roc_10",
+        "stoch_k",
+        "adx_14",
+        "bb_position",
+        "bb_width",
+        "natr_14",
+        "mfi_14",
+        "volume_roc_10",
+        "rsi_macd",
+        "ret_std_20",
+        "support_20",
+        "resistance_20",
+        "vol_regime_20_120",
+        "zscore_20_obv",
+        "cs_ret_1",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class FeatureSetId:
+    """What a trained model records and checks: the names, in order, and a version hash that
+    also covers the indicator periods and the cross-sectional method behind those names."""
+
+    name: str
+    features: tuple[str, ...]
+    version: str
+
+
+def feature_set_id(
+    name: str, features: Sequence[str], indicators: IndicatorConfig, cross_method: str
+) -> FeatureSetId:
+    text = "|".join([name, *features, repr(indicators), cross_method, "catalog-v1"])
+    return FeatureSetId(name, tuple(features), hashlib.sha256(text.encode()).hexdigest()[:12])
+
+
+def resolve_set(name: str, extra: Sequence[str] = ()) -> tuple[str, ...]:
+    if name not in FEATURE_SETS:
+        raise ConfigError(f"features.set = {name!r}: unknown; valid: {', '.join(FEATURE_SETS)}")
+    return (*FEATURE_SETS[name], *(e for e in extra if e not in FEATURE_SETS[name]))
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+class Catalog:
+    """Parses feature names into nodes (memoised, so shared sub-expressions are one node)."""
+
+    def __init__(
+        self, indicators: IndicatorConfig | None = None, cross_method: str = "rank"
+    ) -> None:
+        if cross_method not in CROSS_METHODS:
+            raise ConfigError(
+                f"features.cross_sectional = {cross_method!r} is invalid; "
+                f"valid choices: {', '.join(CROSS_METHODS)}"
+            )
+        self.ind = indicators or IndicatorConfig()
+        self.cross_method = cross_method
+        self._nodes: dict[str, Node] = {}
+        self._custom: dict[str, tuple[tuple[str, ...], Callable[..., np.ndarray]]] = {}
+
+    def register(self, name: str, deps: Sequence[str], fn: Callable[..., np.ndarray]) -> Node:
+        """A custom point-wise feature of other features' current values. Only current and
+        past values are reachable this way: a look into the future cannot be expressed."""
+        if not re.fullmatch(r"[a-z][a-z0-9_]*", name):
+            raise ConfigError(f"feature name {name!r} must be lower_snake_case")
+        if name in self._nodes or self._builtin(name) is not None:
+            raise ConfigError(f"feature {name!r} already exists")
+        self._custom[name] = (tuple(deps), fn)
+        return self.node(name)
+
+    def window(self, name: str, source: str, op: str, length: int, lag: int = 0) -> Node:
+        """A trailing-window feature. `lag` is how many bars back the window ends; a negative
+        lag (a window ending after the current bar) is refused."""
+        if lag < 0:
+            raise ConfigError(
+                f"feature {name!r} would need data {-lag} bar(s) after its bar; "
+                "features may only use the past"
+            )
+        if op not in WINDOW_OPS or length < 1:
+            raise ConfigError(
+                f"feature {name!r}: window op must be one of {WINDOW_OPS} with length >= 1"
+            )
+        src = self.node(source)
+        if lag:
+            src = self._win(f"lag_{lag}_{source}", src, "lag", lag + 1)
+        node = self._win(name, src, op, length)
+        self._nodes[name] = node
+        return node
+
+    def node(self, name: str) -> Node:
+        found = self._nodes.get(name)
+        if found is not None:
+            return found
+        if name in self._custom:
+            deps, fn = self._custom[name]
+            made: Node | None = PointNode(name, (0, 0), tuple(self.node(d) for d in deps), fn)
+        else:
+            made = self._builtin(name)
+        if made is None:
+            raise ConfigError(
+                f"unknown feature {name!r}; see tradingd.features.catalog "
+                f"for the grammar (e.g. {', '.join(FEATURE_SETS['default_v1'][:6])})"
+            )
+        self._nodes[name] = made
+        return made
+
+    # -- built-ins ---------------------------------------------------------------------------
+    def _ind(self, kind: str, params: tuple[Any, ...], output: str) -> Node:
+        name = f"@{kind}{params}.{output}"
+        node = self._nodes.get(name)
+        if node is None:
+            node = IndicatorNode(name, OUTPUT_DEGREE.get(output, (0, 0)), (), kind, params, output)
+            self._nodes[name] = node
+        return node
+
+    def _win(self, name: str, src: Node, op: str, length: int) -> Node:
+        node = self._nodes.get(name)
+        if node is None:
+            degree = (0, 0) if op in ("ratio", "zscore") else src.degree
+            if op == "std" and src.degree != (0, 0):
+                degree = src.degree
+            node = WindowNode(name, degree, (src,), op, length)
+            self._nodes[name] = node
+        return node
+
+    def _point(
+        self,
+        name: str,
+        deps: Sequence[Node],
+        fn: Callable[..., np.ndarray],
+        degree: Degree = (0, 0),
+    ) -> Node:
+        return PointNode(name, degree, tuple(deps), fn)
+
+    def _builtin(self, name: str) -> Node | None:
+        c = self.ind
+        bar = {"open": (1, 0), "high": (1, 0), "low": (1, 0), "close": (1, 0), "volume": (0, 1)}
+        if name in bar:
+            return BarNode(name, bar[name], (), name)
+        close = lambda: self.node("close")  # noqa: E731
+        pct = lambda kind, p, out: self._point(  # noqa: E731
+            name, [self._ind(kind, p, out)], lambda x: x / 100.0
+        )
+        m = re.fullmatch(r"(rsi|roc|adx|mfi|natr|volume_roc)_(\d+)", name)
+        if m:
+            kind, n = m.group(1), int(m.group(2))
+            if n < 1:
+                return None
+            return pct("atr" if kind == "natr" else kind, (n,), kind)
+        m = re.fullmatch(r"atr_(\d+)", name)
+        if m and int(m.group(1)) >= 1:
+            return self._ind("atr", (int(m.group(1)),), "atr")
+        macd = (c.macd_fast, c.macd_slow, c.macd_signal)
+        if name in ("macd", "macd_signal", "macd_hist"):
+            return self._ind("macd", macd, name)
+        if name in ("macd_norm", "macd_signal_norm", "macd_hist_norm"):
+            return self._point(
+                name, [self._ind("macd", macd, name[:-5]), close()], lambda x, cl: x / cl
+            )
+        if name in ("stoch_k", "stoch_d"):
+            return pct("stoch", (c.stoch_fastk, c.stoch_slowk, c.stoch_slowd), name)
+        bb = (c.bb_period, c.bb_nbdev)
+        if name in ("bb_upper", "bb_middle", "bb_lower"):
+            return self._ind("bbands", bb, name)
+        if name == "bb_position":
+            parts = [
+                self._ind("bbands", bb, "bb_upper"),
+                self._ind("bbands", bb, "bb_lower"),
+                close(),
+            ]
+            return self._point(name, parts, lambda u, lo, cl: _sdiv(cl - lo, u - lo, 0.5))
+        if name == "bb_width":
+            parts = [
+                self._ind("bbands", bb, "bb_upper"),
+                self._ind("bbands", bb, "bb_lower"),
+                self._ind("bbands", bb, "bb_middle"),
+            ]
+            return self._point(name, parts, lambda u, lo, mid: _sdiv(u - lo, mid, 0.0))
+        if name in ("trange", "obv"):
+            return self._ind(name, (), name)
+        if name == "ret_1":
+            return self._win(name, close(), "ratio", 2)
+        if name == "log_ret_1":
+            return self._point(name, [self.node("ret_1")], np.log1p)
+        if name == "hl_range":
+            return self._point(
+                name,
+                [self.node("high"), self.node("low"), close()],
+                lambda h, lo, cl: (h - lo) / cl,
+            )
+        if name == "oc_range":
+            return self._point(name, [self.node("open"), close()], lambda o, cl: (cl - o) / o)
+        if name == "rsi_macd":
+            parts = [
+                self._ind("rsi", (c.rsi,), "rsi"),
+                self._ind("macd", macd, "macd_hist"),
+                self._ind("atr", (c.atr,), "atr"),
+            ]
+            return self._point(
+                name, parts, lambda r, hist, atr: (r / 100.0 - 0.5) * _sdiv(hist, atr, 0.0)
+            )
+        m = re.fullmatch(r"return_(\d+)", name)
+        if m and int(m.group(1)) >= 1:
+            return self._win(name, close(), "ratio", int(m.group(1)) + 1)
+        m = re.fullmatch(r"sma_(\d+)", name)
+        if m and int(m.group(1)) >= 1:
+            return self._win(name, close(), "mean", int(m.group(1)))
+        m = re.fullmatch(r"volatility_(\d+)", name)
+        if m and int(m.group(1)) >= 2:
+            return self._win(name, self.node("log_ret_1"), "std", int(m.group(1)))
+        m = re.fullmatch(r"ret_(mean|std)_(\d+)", name)
+        if m and int(m.group(2)) >= 1:
+            return self._win(name, self.node("ret_1"), m.group(1), int(m.group(2)))
+        m = re.fullmatch(r"(support|resistance)_(\d+)", name)
+        if m and int(m.group(2)) >= 1:
+            n = int(m.group(2))
+            ext = (
+                self._win(f"min_low_{n}", self.node("low"), "min", n)
+                if m.group(1) == "support"
+                else self._win(f"max_high_{n}", self.node("high"), "max", n)
+            )
+            return self._point(name, [close(), ext], lambda cl, x: cl / x - 1.0)
+        m = re.fullmatch(r"trend_(\d+)_(\d+)", name)
+        if m and 1 <= int(m.group(1)) < int(m.group(2)):
+            fast, slow = self.node(f"sma_{m.group(1)}"), self.node(f"sma_{m.group(2)}")
+            return self._point(name, [fast, slow], lambda f, s: f / s - 1.0)
+        m = re.fullmatch(r"vol_regime_(\d+)_(\d+)", name)
+        if m and 2 <= int(m.group(1)) < int(m.group(2)):
+            short, long_ = self.node(f"ret_std_{m.group(1)}"), self.node(f"ret_std_{m.group(2)}")
+            return self._point(name, [short, long_], lambda s, lg: _sdiv(s, lg, 1.0))
+        m = re.fullmatch(r"lag_(\d+)_(.+)", name)
+        if m:
+            k = int(m.group(1))
+            return self._win(name, self.node(m.group(2)), "lag", k + 1) if k >= 1 else None
+        m = re.fullmatch(r"zscore_(\d+)_(.+)", name)
+        if m and int(m.group(1)) >= 2:
+            return self._win(name, self.node(m.group(2)), "zscore", int(m.group(1)))
+        m = re.fullmatch(r"cs_(?:(rank|z)_)?(.+)", name)
+        if m:
+            method = {"rank": "rank", "z": "zscore", None: self.cross_method}[m.group(1)]
+            src = self.node(m.group(2))
+            if isinstance(src, CrossNode):
+                return None
+            return CrossNode(name, (0, 0), (src,), method)
+        return None
+
+
+def topological(nodes: Sequence[Node]) -> list[Node]:
+    """Dependencies first; each node once."""
+    seen: dict[str, Node] = {}
+
+    def visit(n: Node) -> None:
+        if n.name in seen:
+            return
+        for d in n.deps:
+            visit(d)
+        seen[n.name] = n
+
+    for n in nodes:
+        visit(n)
+    return list(seen.values())
+
+
+def warmup(node: Node) -> int:
+    """Bars of a symbol's own history before the node can have a value (an upper bound for
+    TA-Lib nodes, whose exact lookbacks the streaming indicators report)."""
+    if isinstance(node, WindowNode):
+        return warmup(node.deps[0]) + node.length - 1
+    if isinstance(node, IndicatorNode):
+        p = node.params
+        return {
+            "macd": (p[1] - 1 + p[2] - 1) if p else 33,
+            "stoch": sum(p) - 2 if p else 17,
+            "adx": 2 * p[0] - 1 if p else 27,
+            "bbands": p[0] - 1 if p else 19,
+            "trange": 1,
+            "obv": 0,
+        }.get(node.kind, p[0] if p else 0)
+    return max((warmup(d) for d in node.deps), default=0)

@@ -1,0 +1,247 @@
+"""Feature catalogue and batch computation: values, no lookahead, bad data, ML windows."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import talib
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tradingd.core.errors import ConfigError, DataError
+from tradingd.features.catalog import FEATURE_SETS, Catalog, cross_section, feature_set_id
+from tradingd.features.engineer import compute_batch, prepare_ml_data
+from tradingd.features.indicators import IndicatorConfig, IndicatorEngine
+from tradingd.feeds.panel import Panel
+
+DEFAULT = FEATURE_SETS["default_v1"]
+
+
+def panel_from(close, *, high=None, low=None, open_=None, volume=None, split=None):
+    close = np.asarray(close, dtype=float)
+    if close.ndim == 1:
+        close = close[:, None]
+    t, n = close.shape
+    times = pd.bdate_range("2010-01-01", periods=t).to_numpy(dtype="datetime64[ns]")
+    high = close * 1.01 if high is None else np.asarray(high, float).reshape(t, n)
+    low = close * 0.99 if low is None else np.asarray(low, float).reshape(t, n)
+    open_ = close if open_ is None else np.asarray(open_, float).reshape(t, n)
+    volume = np.full((t, n), 1e6) if volume is None else np.asarray(volume, float).reshape(t, n)
+    split = np.ones((t, n)) if split is None else np.asarray(split, float).reshape(t, n)
+    return Panel(times, tuple(f"S{i}" for i in range(n)), open_, high, low, close, volume, split,
+                 np.zeros((t, n)))
+
+
+def random_panel(t=400, n=4, seed=1):
+    rng = np.random.default_rng(seed)
+    close = 40 * np.exp(np.cumsum(rng.normal(0, 0.02, (t, n)), axis=0))
+    open_ = close * np.exp(rng.normal(0, 0.005, (t, n)))
+    high = np.maximum(open_, close) * (1 + rng.uniform(0, 0.01, (t, n)))
+    low = np.minimum(open_, close) * (1 - rng.uniform(0, 0.01, (t, n)))
+    volume = rng.integers(1e5, 1e6, (t, n)).astype(float)
+    if n > 1:  # the last symbol lists late
+        for a in (close, open_, high, low, volume):
+            a[:30, -1] = np.nan
+    return panel_from(close, high=high, low=low, open_=open_, volume=volume)
+
+
+# ----------------------------------------------------------------------------- IndicatorEngine
+
+def test_indicator_engine_seed_api_matches_talib():
+    p = random_panel(n=1)
+    df = pd.DataFrame({"Open": p.open[:, 0], "High": p.high[:, 0], "Low": p.low[:, 0],
+                       "Close": p.close[:, 0], "Volume": p.volume[:, 0]})
+    out = IndicatorEngine(IndicatorConfig(rsi=10)).calculate_all_indicators(df)
+    for col in ("rsi", "macd", "macd_signal", "macd_hist", "roc", "stoch_k", "stoch_d", "adx",
+                "bb_upper", "bb_middle", "bb_lower", "atr", "natr", "trange", "obv", "mfi",
+                "volume_roc"):
+        assert col in out.columns, col
+    np.testing.assert_allclose(out["rsi"], talib.RSI(p.close[:, 0], 10), equal_nan=True)
+    np.testing.assert_allclose(out["volume_roc"], talib.ROC(p.volume[:, 0], 10), equal_nan=True)
+    assert "rsi" not in df.columns  # the input is left alone
+
+
+def test_indicator_engine_bad_input_names_column_and_row():
+    df = pd.DataFrame({"open": [1.0, 2.0], "high": [1.0, 2.0], "low": [1.0, np.nan],
+                       "close": [1.0, 2.0], "volume": [1.0, 1.0]},
+                      index=pd.to_datetime(["2020-01-01", "2020-01-02"]))
+    with pytest.raises(DataError, match=r"NaN in column 'low'.*2020-01-02"):
+        IndicatorEngine().calculate_volatility_indicators(df)
+    with pytest.raises(DataError, match="lacks column"):
+        IndicatorEngine().calculate_volume_indicators(df.drop(columns="volume"))
+
+
+def test_indicator_periods_are_validated():
+    with pytest.raises(ValueError, match="macd_fast must be < macd_slow"):
+        IndicatorConfig(macd_fast=30)
+
+
+# ----------------------------------------------------------------------------- values
+
+def test_basic_feature_values_by_hand():
+    close = [10.0, 11.0, 9.9, 10.89]
+    p = panel_from(close, high=[10.5, 11.5, 10.0, 11.0], low=[9.5, 10.5, 9.0, 10.0],
+                   open_=[10.0, 10.0, 11.0, 10.0])
+    f = compute_batch(p, ["ret_1", "log_ret_1", "hl_range", "oc_range", "support_2",
+                          "resistance_2", "return_2", "sma_2", "lag_1_ret_1"])
+    np.testing.assert_allclose(f["ret_1"][:, 0], [np.nan, 0.1, -0.1, 0.1])
+    np.testing.assert_allclose(f["log_ret_1"][1:, 0], np.log([1.1, 0.9, 1.1]))
+    np.testing.assert_allclose(f["hl_range"][:, 0], [0.1, 1 / 11, 1 / 9.9, 1 / 10.89])
+    np.testing.assert_allclose(f["oc_range"][:, 0], [0.0, 0.1, -0.1, 0.089])
+    np.testing.assert_allclose(f["support_2"][1:, 0], [11 / 9.5 - 1, 9.9 / 9.0 - 1,
+                                                        10.89 / 9.0 - 1])
+    np.testing.assert_allclose(f["resistance_2"][1:, 0], [11 / 11.5 - 1, 9.9 / 11.5 - 1,
+                                                           10.89 / 11 - 1])
+    np.testing.assert_allclose(f["return_2"][:, 0], [np.nan, np.nan, -0.01, -0.01])
+    np.testing.assert_allclose(f["sma_2"][:, 0], [np.nan, 10.5, 10.45, 10.395])
+    np.testing.assert_allclose(f["lag_1_ret_1"][:, 0], [np.nan, np.nan, 0.1, -0.1])
+
+
+def test_indicator_features_are_talib_scaled():
+    p = random_panel(n=1)
+    f = compute_batch(p, ["rsi_14", "adx_14", "natr_14", "macd_hist_norm", "stoch_k"])
+    c, h, lo = p.close[:, 0], p.high[:, 0], p.low[:, 0]
+    np.testing.assert_allclose(f["rsi_14"][:, 0], talib.RSI(c, 14) / 100, equal_nan=True)
+    np.testing.assert_allclose(f["adx_14"][:, 0], talib.ADX(h, lo, c, 14) / 100, equal_nan=True)
+    np.testing.assert_allclose(f["natr_14"][:, 0], talib.NATR(h, lo, c, 14) / 100,
+                               equal_nan=True)
+    np.testing.assert_allclose(f["macd_hist_norm"][:, 0], talib.MACD(c)[2] / c, equal_nan=True)
+    np.testing.assert_allclose(f["stoch_k"][:, 0], talib.STOCH(h, lo, c, 14, 3, 0, 3, 0)[0] / 100,
+                               equal_nan=True)
+
+
+def test_cross_sectional_rank_and_zscore():
+    v = np.array([3.0, np.nan, 1.0, 2.0, 2.0])
+    np.testing.assert_allclose(cross_section(v, "rank"), [1.0, np.nan, -1.0, 0.0, 0.0])
+    z = cross_section(v, "zscore")
+    x = np.array([3.0, 1.0, 2.0, 2.0])
+    np.testing.assert_allclose(z[[0, 2, 3, 4]], (x - x.mean()) / x.std())
+    assert np.isnan(cross_section(np.array([1.0, np.nan]), "rank")).all()  # one value: undefined
+    np.testing.assert_array_equal(cross_section(np.array([5.0, 5.0]), "zscore"), [0.0, 0.0])
+
+
+def test_zscore_uses_only_the_trailing_window():
+    x = np.arange(1.0, 31.0)
+    f = compute_batch(panel_from(x), ["zscore_5_close"])["zscore_5_close"][:, 0]
+    w = x[-5:]
+    assert f[-1] == pytest.approx((w[-1] - w.mean()) / w.std(ddof=1))
+    assert np.isnan(f[:4]).all()
+
+
+# ----------------------------------------------------------------------------- no lookahead
+
+@settings(max_examples=25, deadline=None)
+@given(cut=st.integers(5, 399), seed=st.integers(0, 3))
+def test_no_lookahead_batch_values_at_t_ignore_the_future(cut, seed):
+    """Every feature of the default set at bar t, computed on data up to t, equals the value at
+    t computed on the whole history (including cross-sectional ones)."""
+    p = random_panel(seed=seed)
+    fields = {f: getattr(p, f).copy() for f in ("open", "high", "low", "close", "volume",
+                                                  "split", "dividend")}
+    if cut + 1 < len(p.times):  # a 2-for-1 split after the cut must change nothing before it
+        fields["split"][cut + 1, 0] = 2.0
+        for f in ("open", "high", "low", "close"):
+            fields[f][cut + 1:, 0] /= 2.0
+        fields["volume"][cut + 1:, 0] *= 2.0
+    full = Panel(p.times, p.symbols, **fields)
+    short = Panel(p.times[: cut + 1], p.symbols, **{f: v[: cut + 1] for f, v in fields.items()})
+    a = compute_batch(full, DEFAULT)
+    b = compute_batch(short, DEFAULT)
+    for name in DEFAULT:
+        np.testing.assert_allclose(a[name][cut], b[name][cut], rtol=1e-9, atol=1e-12,
+                                   equal_nan=True, err_msg=name)
+
+
+def test_a_feature_that_needs_the_future_cannot_be_registered():
+    cat = Catalog()
+    with pytest.raises(ConfigError, match="after its bar"):
+        cat.window("peek", "close", "mean", 3, lag=-1)
+    with pytest.raises(ConfigError, match="unknown feature"):
+        cat.node("lead_1_close")
+    node = cat.window("past_mean", "close", "mean", 3, lag=2)  # the past is fine
+    f = compute_batch(panel_from(np.arange(1.0, 9.0)), ["past_mean"], cat)["past_mean"][:, 0]
+    assert f[-1] == pytest.approx(np.mean([4.0, 5.0, 6.0]))
+    assert node.name == "past_mean"
+
+
+def test_custom_point_feature():
+    cat = Catalog()
+    cat.register("double_ret", ["ret_1"], lambda r: 2 * r)
+    f = compute_batch(panel_from([10.0, 11.0]), ["double_ret"], cat)["double_ret"][:, 0]
+    assert f[1] == pytest.approx(0.2)
+    with pytest.raises(ConfigError, match="already exists"):
+        cat.register("rsi_14", ["ret_1"], lambda r: r)
+
+
+# ----------------------------------------------------------------------------- bad data
+
+@pytest.mark.parametrize("case", ["constant", "zero_volume", "single_bar", "gap", "split"])
+def test_bad_data_gives_defined_values_never_inf(case):
+    t = 200
+    close = np.full(t, 50.0) if case == "constant" else 50 * np.exp(
+        np.cumsum(np.random.default_rng(3).normal(0, 0.01, t)))
+    high, low = close * 1.0, close * 1.0
+    if case != "constant":
+        high, low = close * 1.01, close * 0.99
+    volume = np.zeros(t) if case == "zero_volume" else np.full(t, 1e5)
+    split = np.ones(t)
+    if case == "split":
+        split[120] = 7.0
+        close[120:] /= 7
+        high[120:] /= 7
+        low[120:] /= 7
+        volume[120:] *= 7
+    if case == "single_bar":
+        close, high, low, volume, split = close[:1], high[:1], low[:1], volume[:1], split[:1]
+    p = panel_from(close, high=high, low=low, open_=close, volume=volume, split=split)
+    if case == "gap":  # a week without bars: the times jump, values stay defined
+        times = p.times.copy()
+        times[100:] += np.timedelta64(7, "D")
+        p = Panel(times, p.symbols, p.open, p.high, p.low, p.close, p.volume, p.split,
+                  p.dividend)
+    f = compute_batch(p, DEFAULT)
+    for name, v in f.items():
+        assert not np.isinf(v).any(), name
+        # once warmed up, every feature has a value (cross-sectional needs 2 symbols)
+        if case != "single_bar" and not name.startswith("cs_"):
+            assert np.isfinite(v[-1]).all(), (case, name)
+    if case == "constant":
+        assert f["rsi_14"][-1, 0] == 0.0  # TA-Lib: no movement -> 0
+        assert f["bb_position"][-1, 0] == 0.5 and f["zscore_20_obv"][-1, 0] == 0.0
+    if case == "split":
+        # the 7-for-1 split is not a -86% return
+        assert abs(f["ret_1"][120, 0]) < 0.05
+
+
+# ----------------------------------------------------------------------------- sets, ML data
+
+def test_default_set_has_20_named_features_and_a_version():
+    assert len(DEFAULT) == 20 and len(set(DEFAULT)) == 20
+    a = feature_set_id("default_v1", DEFAULT, IndicatorConfig(), "rank")
+    assert a.version == feature_set_id("default_v1", DEFAULT, IndicatorConfig(), "rank").version
+    assert a.version != feature_set_id("default_v1", DEFAULT, IndicatorConfig(rsi=10),
+                                       "rank").version
+    assert a.version != feature_set_id("default_v1", DEFAULT, IndicatorConfig(), "zscore").version
+
+
+def test_prepare_ml_data_windows_target_and_chronological_split():
+    p = random_panel(t=300, n=3)
+    names = ["ret_1", "hl_range"]
+    f = compute_batch(p, names)
+    d = prepare_ml_data(f, names, p.close, p.split, p.times, window=10, horizon=2,
+                        validation_fraction=0.25)
+    assert d["x_train"].shape[1:] == (10, 2) and d["x_train"].dtype == np.float32
+    # a window ending at t holds features t-9..t; the target is log(close[t+2] / close[t])
+    t_end = np.flatnonzero(p.times == d["t_val"][0])[0]
+    j = d["symbol_val"][0]
+    np.testing.assert_allclose(d["x_val"][0][:, 0], f["ret_1"][t_end - 9: t_end + 1, j],
+                               rtol=1e-6)
+    assert d["y_val"][0] == pytest.approx(np.log(p.close[t_end + 2, j] / p.close[t_end, j]),
+                                          rel=1e-6)
+    # chronological with a purge: every training label ends before validation starts
+    assert d["t_train"].max() < d["t_val"].min()
+    first_val = np.flatnonzero(p.times == d["t_val"].min())[0]
+    last_train = np.flatnonzero(p.times == d["t_train"].max())[0]
+    assert last_train + 2 < first_val
+    assert not np.isnan(d["x_train"]).any()  # warm-up windows left out
