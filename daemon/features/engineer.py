@@ -1,0 +1,297 @@
+"""Feature values in two modes that give one answer.
+
+- `compute_batch(panel, names)`: whole histories at once (replay, training): TA-Lib on each
+  symbol's own bars, trailing windows as strided views, then cross-sectional steps per bar.
+- `StreamingFeatures.update(bar)`: one new bar for the whole universe (the live daemon):
+  incremental TA-Lib-exact indicators and per-symbol ring buffers, nothing recomputed.
+
+Split semantics (both modes): a value at bar t is computed on prices adjusted for the splits
+known at t. Batch mode gets there without lookahead by computing on one fully adjusted series
+and rescaling each value by the splits after t raised to the node's degree; the ratio of two
+prices in a window ending at t is the same under either adjustment.
+
+A value is NaN until the feature is ready (warm-up) or when the symbol has no bar at t.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from ..core.types import CrossSection
+from ..feeds.panel import Panel
+from .catalog import (
+    BarNode,
+    Catalog,
+    CrossNode,
+    IndicatorNode,
+    Node,
+    PointNode,
+    WindowNode,
+    cross_section,
+    topological,
+    window_op,
+)
+from .indicators import talib_outputs
+
+# ----------------------------------------------------------------------------- batch
+
+
+def splits_after(split: np.ndarray) -> np.ndarray:
+    """after[t, j] = product of symbol j's split coefficients strictly after bar t."""
+    rev = np.cumprod(split[::-1], axis=0)[::-1]
+    out = np.ones_like(split)
+    out[:-1] = rev[1:]
+    return out
+
+
+def compute_batch(
+    panel: Panel, names: Sequence[str], catalog: Catalog | None = None, dtype: type = np.float64
+) -> dict[str, np.ndarray]:
+    """Every named feature for every bar and symbol: {name: (T, N) array}."""
+    cat = catalog or Catalog()
+    wanted = [cat.node(n) for n in dict.fromkeys(names)]
+    order = topological(wanted)
+    per_symbol = [n for n in order if not isinstance(n, CrossNode)]
+    t_len, n_sym = panel.close.shape
+    out = {n.name: np.full((t_len, n_sym), np.nan, dtype=dtype) for n in order}
+    after = splits_after(panel.split)
+    for j in range(n_sym):
+        rows = np.flatnonzero(~np.isnan(panel.close[:, j]))
+        if rows.size == 0:
+            continue
+        g = after[rows, j]
+        bars = {
+            "open": panel.open[rows, j] / g,
+            "high": panel.high[rows, j] / g,
+            "low": panel.low[rows, j] / g,
+            "close": panel.close[rows, j] / g,
+            "volume": panel.volume[rows, j] * g,
+        }
+        values: dict[str, np.ndarray] = {}
+        talib_cache: dict[tuple[str, tuple[object, ...]], dict[str, np.ndarray]] = {}
+        for node in per_symbol:
+            values[node.name] = _batch_node(node, values, bars, talib_cache)
+            pd_, vd = node.degree
+            v = values[node.name]
+            if pd_ or vd:
+                v = v * g**pd_ / g**vd
+            out[node.name][rows, j] = v
+    for node in order:
+        if isinstance(node, CrossNode):
+            src = out[node.deps[0].name]
+            dst = out[node.name]
+            for t in range(t_len):
+                dst[t] = cross_section(src[t].astype(np.float64), node.method)
+    return {n.name: out[n.name] for n in wanted}
+
+
+def _batch_node(
+    node: Node,
+    values: Mapping[str, np.ndarray],
+    bars: Mapping[str, np.ndarray],
+    cache: dict[tuple[str, tuple[object, ...]], dict[str, np.ndarray]],
+) -> np.ndarray:
+    if isinstance(node, BarNode):
+        return bars[node.field_name]
+    if isinstance(node, IndicatorNode):
+        key = (node.kind, node.params)
+        if key not in cache:
+            cache[key] = talib_outputs(
+                node.kind,
+                node.params,
+                bars["open"],
+                bars["high"],
+                bars["low"],
+                bars["close"],
+                bars["volume"],
+            )
+        return cache[key][node.output]
+    if isinstance(node, PointNode):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return np.asarray(node.fn(*(values[d.name] for d in node.deps)), dtype=np.float64)
+    if isinstance(node, WindowNode):
+        src = values[node.deps[0].name]
+        res = np.full(src.shape, np.nan)
+        if src.size >= node.length:
+            w = sliding_window_view(src, node.length).T  # (length, T - length + 1)
+            res[node.length - 1 :] = window_op(node.op, w)
+        return res
+    raise TypeError(f"cannot evaluate {type(node).__name__} per symbol")
+
+
+# ----------------------------------------------------------------------------- streaming
+
+
+class _Window:
+    """Per-symbol ring buffers: each symbol's own last `length` values, oldest first."""
+
+    def __init__(self, n_symbols: int, length: int, degree: tuple[int, int]) -> None:
+        self.length = length
+        self.degree = degree
+        self.buf = np.full((length, n_symbols), np.nan)
+        self.pos = np.full(n_symbols, -1, dtype=np.int64)
+        self._cols = np.arange(n_symbols)
+        self._back = np.arange(length - 1, -1, -1)[:, None]
+
+    def push(self, x: np.ndarray, valid: np.ndarray, split: np.ndarray) -> None:
+        pd_, vd = self.degree
+        if (pd_ or vd) and (split != 1.0).any():
+            cols = np.flatnonzero(split != 1.0)
+            s = split[cols]
+            self.buf[:, cols] *= s ** (vd - pd_)
+        v = np.flatnonzero(valid)
+        p = (self.pos[v] + 1) % self.length
+        self.pos[v] = p
+        self.buf[p, v] = x[v]
+
+    def windows(self) -> np.ndarray:
+        idx = (self.pos[None, :] - self._back) % self.length
+        return self.buf[idx, self._cols]
+
+
+def _stream_classes() -> dict[str, Any]:
+    from . import talib_stream as ts
+
+    return {
+        "rsi": lambda n, p: ts.Rsi(n, *p),
+        "roc": lambda n, p: ts.Roc(n, p[0], field="close", name="roc"),
+        "volume_roc": lambda n, p: ts.Roc(n, p[0], field="volume", name="volume_roc"),
+        "macd": lambda n, p: ts.Macd(n, *p),
+        "stoch": lambda n, p: ts.Stoch(n, *p),
+        "adx": lambda n, p: ts.Adx(n, *p),
+        "bbands": lambda n, p: ts.BBands(n, *p),
+        "atr": lambda n, p: ts.Atr(n, *p),
+        "trange": lambda n, p: ts.TRange(n),
+        "obv": lambda n, p: ts.Obv(n),
+        "mfi": lambda n, p: ts.Mfi(n, *p),
+    }
+
+
+class StreamingFeatures:
+    """Updates every named feature from one new cross-section, for the live daemon."""
+
+    def __init__(
+        self, names: Sequence[str], n_symbols: int, catalog: Catalog | None = None
+    ) -> None:
+        self.catalog = cat = catalog or Catalog()
+        self.names = tuple(dict.fromkeys(names))
+        self._order = topological([cat.node(n) for n in self.names])
+        self._indicators: dict[tuple[str, tuple[object, ...]], object] = {}
+        self._windows: dict[str, _Window] = {}
+        classes = _stream_classes()
+        for node in self._order:
+            if isinstance(node, IndicatorNode):
+                key = (node.kind, node.params)
+                if key not in self._indicators:
+                    self._indicators[key] = classes[node.kind](n_symbols, node.params)
+            elif isinstance(node, WindowNode):
+                self._windows[node.name] = _Window(n_symbols, node.length, node.deps[0].degree)
+        self.bars_seen = 0
+
+    def update(self, bar: CrossSection) -> dict[str, np.ndarray]:
+        valid = ~np.isnan(bar.close)
+        outputs: dict[tuple[str, tuple[object, ...]], dict[str, np.ndarray]] = {}
+        for key, ind in self._indicators.items():
+            outputs[key] = ind.update(
+                bar.open,
+                bar.high,
+                bar.low,
+                bar.close,  # type: ignore[attr-defined]
+                bar.volume,
+                valid,
+                bar.split,
+            )
+        values: dict[str, np.ndarray] = {}
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for node in self._order:
+                if isinstance(node, BarNode):
+                    v = getattr(bar, node.field_name)
+                elif isinstance(node, IndicatorNode):
+                    v = outputs[(node.kind, node.params)][node.output]
+                elif isinstance(node, PointNode):
+                    v = np.asarray(node.fn(*(values[d.name] for d in node.deps)), dtype=np.float64)
+                elif isinstance(node, WindowNode):
+                    win = self._windows[node.name]
+                    win.push(values[node.deps[0].name], valid, bar.split)
+                    v = np.where(valid, window_op(node.op, win.windows()), np.nan)
+                else:
+                    assert isinstance(node, CrossNode)
+                    v = cross_section(values[node.deps[0].name], node.method)
+                values[node.name] = v
+        self.bars_seen += 1
+        return {n: values[n] for n in self.names}
+
+
+# ----------------------------------------------------------------------------- ML windows
+
+
+def prepare_ml_data(
+    features: Mapping[str, np.ndarray],
+    names: Sequence[str],
+    close: np.ndarray,
+    split: np.ndarray,
+    times: np.ndarray,
+    *,
+    window: int = 60,
+    horizon: int = 1,
+    validation_fraction: float = 0.2,
+    stride: int = 1,
+    dtype: type = np.float32,
+) -> dict[str, np.ndarray]:
+    """Sliding windows (samples, window, features) with a forward log-return target.
+
+    The target of a window ending at bar t is log(close[t + horizon] / close[t]) on prices
+    adjusted for the splits in between. Samples are split chronologically by bar time: the
+    last `validation_fraction` of the bar times validate; training samples whose target
+    reaches into the validation period are dropped (purged), so no training label overlaps a
+    validation bar. Windows with a missing (not ready) value are left out."""
+    if not 0 < validation_fraction < 1:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    t_len, n_sym = close.shape
+    cube = np.stack([features[n] for n in names], axis=-1)  # (T, N, F)
+    after = splits_after(split)
+    adj = close / after
+    with np.errstate(invalid="ignore", divide="ignore"):
+        target = np.full((t_len, n_sym), np.nan)
+        target[:-horizon] = np.log(adj[horizon:] / adj[:-horizon])
+    xs, ys, ts_, syms = [], [], [], []
+    for j in range(n_sym):
+        x = cube[:, j, :]
+        if t_len < window:
+            continue
+        win = sliding_window_view(x, window, axis=0)  # (T-window+1, F, window)
+        ends = np.arange(window - 1, t_len, stride)
+        ok = ~np.isnan(win[ends - window + 1]).any(axis=(1, 2)) & np.isfinite(target[ends, j])
+        ends = ends[ok]
+        if ends.size == 0:
+            continue
+        xs.append(np.transpose(win[ends - window + 1], (0, 2, 1)).astype(dtype))
+        ys.append(target[ends, j].astype(dtype))
+        ts_.append(ends)
+        syms.append(np.full(ends.size, j))
+    if not xs:
+        raise ValueError("no complete window: too few bars after the warm-up")
+    x_all = np.concatenate(xs)
+    y_all = np.concatenate(ys)
+    t_idx = np.concatenate(ts_)
+    s_idx = np.concatenate(syms)
+    order = np.lexsort((s_idx, t_idx))
+    x_all, y_all, t_idx, s_idx = x_all[order], y_all[order], t_idx[order], s_idx[order]
+    used = np.unique(t_idx)
+    cut = used[int(len(used) * (1 - validation_fraction))]  # first validation bar index
+    train = t_idx + horizon < cut
+    val = t_idx >= cut
+    return {
+        "x_train": x_all[train],
+        "y_train": y_all[train],
+        "x_val": x_all[val],
+        "y_val": y_all[val],
+        "t_train": times[t_idx[train]],
+        "t_val": times[t_idx[val]],
+        "symbol_train": s_idx[train],
+        "symbol_val": s_idx[val],
+    }
