@@ -20,12 +20,14 @@ from .clock.live import LiveClock
 from .clock.replay import ReplayClock
 from .config import Config
 from .core.errors import ConfigError
-from .core.ports import Broker, Clock, Feed
+from .core.ports import Broker, Clock, FeatureSource, Feed
 from .core.types import RunInfo
 from .engine.engine import Engine, Pipeline
 from .engine.planner import OrderPlanner
 from .engine.plugins import load_plugin
 from .engine.portfolio import Portfolio
+from .features.catalog import Catalog
+from .features.source import BatchFeatureSource, StreamingFeatureSource
 from .feeds.history import HistoryFeed, RecordedLiveFeed
 from .feeds.loaders import load_panel
 from .feeds.panel import Panel
@@ -75,14 +77,22 @@ def build_pipeline(config: Config, symbols: tuple[str, ...]) -> Pipeline:
 
 @dataclass(frozen=True)
 class Swaps:
-    """The three parts that make a run replay or live."""
+    """The parts that make a run replay or live: clock, feed and broker, and with the feed
+    how features are computed (batch over the stored history, or streaming bar by bar)."""
 
     clock: Clock
     feed: Feed
     broker: Broker
+    features: FeatureSource
 
 
-def choose_swaps(config: Config, mode: str, panel: Panel, portfolio: Portfolio) -> Swaps:
+def feature_names(config: Config, pipeline: Pipeline) -> tuple[str, ...]:
+    return tuple(sorted(pipeline.required_features() | set(config.features.extra)))
+
+
+def choose_swaps(
+    config: Config, mode: str, panel: Panel, portfolio: Portfolio, names: tuple[str, ...]
+) -> Swaps:
     if mode not in MODES:
         raise ConfigError(f"mode {mode!r} is invalid; valid choices: {', '.join(MODES)}")
     c = config.costs
@@ -100,12 +110,19 @@ def choose_swaps(config: Config, mode: str, panel: Panel, portfolio: Portfolio) 
         panel.symbols,
         portfolio,
     )
+    catalog = make_catalog(config)
     if mode == "backtest":
         feed = HistoryFeed(panel)
-        return Swaps(ReplayClock(feed.times), feed, broker)
+        features = BatchFeatureSource(panel, names, catalog)
+        return Swaps(ReplayClock(feed.times), feed, broker, features)
     live_feed = RecordedLiveFeed(panel)
     calendar = live_feed.times if config.live.bars_per_second > 0 else None
-    return Swaps(LiveClock(config.live, calendar), live_feed, broker)
+    streaming = StreamingFeatureSource(len(panel.symbols), names, catalog)
+    return Swaps(LiveClock(config.live, calendar), live_feed, broker, streaming)
+
+
+def make_catalog(config: Config) -> Catalog:
+    return Catalog(config.features.indicators, config.features.cross_sectional)
 
 
 def build_engine(
@@ -121,7 +138,8 @@ def build_engine(
     run_id = run_id_for(config, mode)
     pipeline = build_pipeline(config, symbols)
     portfolio = Portfolio(symbols, config.run.initial_capital)
-    swaps = choose_swaps(config, mode, panel, portfolio)
+    names = feature_names(config, pipeline)
+    swaps = choose_swaps(config, mode, panel, portfolio, names)
     store = open_store(
         config.storage.url,
         batch_size=config.storage.batch_size,
@@ -145,6 +163,7 @@ def build_engine(
         store=store,
         cache=open_cache(config.cache.url or None),
         pipeline=pipeline,
+        features=swaps.features,
         planner=OrderPlanner(config.orders, run_id, symbols),
         portfolio=portfolio,
         audit=AuditLog(lg.audit_dir, run_id, lg.audit_max_bytes, lg.audit_backups),
@@ -154,6 +173,7 @@ def build_engine(
         on_bar=on_bar,
         before_stop=before_stop,
         record_bars=mode == "live",
+        history_bars=config.features.history_bars,
     )
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .core.errors import ConfigError
+from .features.indicators import IndicatorConfig
 
 T = TypeVar("T")
 
@@ -134,6 +135,22 @@ def _default_risk() -> tuple[PluginSpec, ...]:
 
 
 @dataclass(frozen=True)
+class FeaturesConfig:
+    # The named, versioned feature set that feeds the models (see features/catalog.py).
+    set: str = "default_v1"
+    # Features computed every bar besides those the plugins ask for.
+    extra: tuple[str, ...] = ()
+    cross_sectional: str = "rank"  # rank | zscore: the method of `cs_<feature>`
+    # Raw bars kept for plugins that read `ctx.history` directly.
+    history_bars: int = 2
+    indicators: IndicatorConfig = field(default_factory=IndicatorConfig)
+
+    def __post_init__(self) -> None:
+        _choice("features.cross_sectional", self.cross_sectional, ("rank", "zscore"))
+        _require(self.history_bars >= 1, "features.history_bars", self.history_bars, ">= 1")
+
+
+@dataclass(frozen=True)
 class StorageConfig:
     url: str = "sqlite:///var/tradingd.db"
     batch_size: int = 5000
@@ -198,6 +215,7 @@ class Config:
         )
     )
     risk: tuple[PluginSpec, ...] = field(default_factory=_default_risk)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     live: LiveConfig = field(default_factory=LiveConfig)

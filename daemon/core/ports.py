@@ -61,6 +61,18 @@ class Broker(Service, Protocol):
     def open_orders(self) -> list[Order]: ...
 
 
+class FeatureSource(Protocol):
+    """Feature values at one bar for the whole universe: precomputed in batch for a replay,
+    updated incrementally for the live daemon. Both give the same numbers (tested)."""
+
+    @property
+    def names(self) -> tuple[str, ...]: ...
+
+    def at(self, bar: CrossSection) -> Mapping[str, np.ndarray]:
+        """{name: (N,) values at bar.time}; NaN where not ready or no bar."""
+        ...
+
+
 class Store(Service, Protocol):
     """Persistence. `record_*` buffer rows; `flush` writes them in batches."""
 
@@ -160,8 +172,12 @@ class BarContext:
     mark: np.ndarray  # (N,) last known close, NaN before a symbol's first bar
     tradable: np.ndarray  # (N,) bool: has a bar at t
     history: HistoryView
-    features: Mapping[str, np.ndarray]  # name -> (N,) values at t, NaN when not ready
+    # name -> (N,) finite values at t (0.0 where a symbol is not ready: check `ready`)
+    features: Mapping[str, np.ndarray]
     portfolio: PortfolioView
+    # (N,) bool: has a bar at t and every feature the plugins asked for is past its warm-up.
+    # The engine gives symbols that are not ready no score, whatever a plugin returns.
+    ready: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)

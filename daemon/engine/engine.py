@@ -29,6 +29,7 @@ from ..core.ports import (
     Broker,
     Cache,
     Clock,
+    FeatureSource,
     Feed,
     RiskDecision,
     RiskPlugin,
@@ -37,7 +38,6 @@ from ..core.ports import (
     Store,
 )
 from ..core.types import CrossSection, Fill, Order, OrderStatus, RiskVerdict, RunInfo
-from ..features.basic import FeatureStage
 from .history import HistoryBuffer
 from .planner import OrderPlanner
 from .portfolio import Portfolio
@@ -103,6 +103,7 @@ class Engine:
         store: Store,
         cache: Cache,
         pipeline: Pipeline,
+        features: FeatureSource,
         planner: OrderPlanner,
         portfolio: Portfolio,
         audit: AuditSink | None = None,
@@ -112,6 +113,7 @@ class Engine:
         on_bar: Callable[[int, datetime], None] | None = None,
         before_stop: Callable[[Engine], Awaitable[None]] | None = None,
         record_bars: bool = False,
+        history_bars: int = 2,
     ) -> None:
         self.run = run
         self.clock = clock
@@ -124,8 +126,12 @@ class Engine:
         self.portfolio = portfolio
         self.audit: AuditSink = audit or NullAudit()
         self.symbols = run.symbols
-        self.features = FeatureStage(pipeline.required_features())
-        self.history = HistoryBuffer(len(self.symbols), max(self.features.lookback, 2))
+        self.features = features
+        missing = pipeline.required_features() - set(features.names)
+        if missing:
+            raise ValueError(f"feature source lacks {sorted(missing)} that plugins require")
+        self._required = tuple(sorted(pipeline.required_features()))
+        self.history = HistoryBuffer(len(self.symbols), history_bars)
         self._times: deque[datetime] = deque(maxlen=curve_maxlen)
         self._equity: deque[float] = deque(maxlen=curve_maxlen)
         self._gross: deque[float] = deque(maxlen=curve_maxlen)
@@ -161,7 +167,7 @@ class Engine:
                 "engine.start",
                 mode=self.run.mode,
                 symbols=len(self.symbols),
-                lookback=self.history.capacity,
+                history_bars=self.history.capacity,
                 features=list(self.features.names),
             )
             async for t in self.clock:
@@ -235,6 +241,7 @@ class Engine:
 
         valid = ~np.isnan(bar.close)
         equity = pf.mark_to_market(bar.close, valid)
+        features, ready = self._features(bar, valid)
         ctx = BarContext(
             time=bar.time,
             index=self._bars,
@@ -243,10 +250,13 @@ class Engine:
             mark=pf.mark,
             tradable=valid,
             history=self.history,
-            features=self.features.compute(self.history),
+            features=features,
             portfolio=pf.view(),
+            ready=ready,
         )
         score = self._score(ctx)
+        if self._required:
+            score = np.where(ready, score, np.nan)  # warm-up never reaches a decision
         targets = self._size(score, ctx)
         targets, verdicts = self._risk(targets, ctx)
         if verdicts:
@@ -295,6 +305,21 @@ class Engine:
         await self._publish()
         if self._on_bar is not None:
             self._on_bar(self._bars, bar.time)
+
+    def _features(
+        self, bar: CrossSection, valid: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Feature values for the plugins: finite everywhere (NaN and inf never reach a
+        plugin), with `ready` saying which symbols have every required feature."""
+        raw = self.features.at(bar)
+        ready = valid.copy()
+        out: dict[str, np.ndarray] = {}
+        for name, v in raw.items():
+            finite = np.isfinite(v)
+            if name in self._required:
+                ready &= finite
+            out[name] = v if finite.all() else np.where(finite, v, 0.0)
+        return out, ready
 
     def _score(self, ctx: BarContext) -> np.ndarray:
         """Weighted mean of the plugins' scores over the plugins that have a view."""

@@ -290,6 +290,10 @@ class Catalog:
     ) -> Node:
         return PointNode(name, degree, tuple(deps), fn)
 
+    def _alias(self, name: str, node: Node) -> Node:
+        """A public name for an indicator output, in its own units."""
+        return PointNode(name, node.degree, (node,), lambda x: x)
+
     def _builtin(self, name: str) -> Node | None:
         c = self.ind
         bar = {"open": (1, 0), "high": (1, 0), "low": (1, 0), "close": (1, 0), "volume": (0, 1)}
@@ -307,10 +311,10 @@ class Catalog:
             return pct("atr" if kind == "natr" else kind, (n,), kind)
         m = re.fullmatch(r"atr_(\d+)", name)
         if m and int(m.group(1)) >= 1:
-            return self._ind("atr", (int(m.group(1)),), "atr")
+            return self._alias(name, self._ind("atr", (int(m.group(1)),), "atr"))
         macd = (c.macd_fast, c.macd_slow, c.macd_signal)
         if name in ("macd", "macd_signal", "macd_hist"):
-            return self._ind("macd", macd, name)
+            return self._alias(name, self._ind("macd", macd, name))
         if name in ("macd_norm", "macd_signal_norm", "macd_hist_norm"):
             return self._point(
                 name, [self._ind("macd", macd, name[:-5]), close()], lambda x, cl: x / cl
@@ -319,7 +323,7 @@ class Catalog:
             return pct("stoch", (c.stoch_fastk, c.stoch_slowk, c.stoch_slowd), name)
         bb = (c.bb_period, c.bb_nbdev)
         if name in ("bb_upper", "bb_middle", "bb_lower"):
-            return self._ind("bbands", bb, name)
+            return self._alias(name, self._ind("bbands", bb, name))
         if name == "bb_position":
             parts = [
                 self._ind("bbands", bb, "bb_upper"),
@@ -335,7 +339,7 @@ class Catalog:
             ]
             return self._point(name, parts, lambda u, lo, mid: _sdiv(u - lo, mid, 0.0))
         if name in ("trange", "obv"):
-            return self._ind(name, (), name)
+            return self._alias(name, self._ind(name, (), name))
         if name == "ret_1":
             return self._win(name, close(), "ratio", 2)
         if name == "log_ret_1":

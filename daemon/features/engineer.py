@@ -6,9 +6,9 @@
   incremental TA-Lib-exact indicators and per-symbol ring buffers, nothing recomputed.
 
 Split semantics (both modes): a value at bar t is computed on prices adjusted for the splits
-known at t. Batch mode gets there without lookahead by computing on one fully adjusted series
-and rescaling each value by the splits after t raised to the node's degree; the ratio of two
-prices in a window ending at t is the same under either adjustment.
+known at t, never for a later one (that would be lookahead, and it also changes TA-Lib's
+tie-breaking on exact price ties). Batch mode evaluates each stretch between two splits on the
+history adjusted as of that stretch; streaming mode rescales its state when a split arrives.
 
 A value is NaN until the feature is ready (warm-up) or when the symbol has no bar at t.
 """
@@ -58,28 +58,33 @@ def compute_batch(
     per_symbol = [n for n in order if not isinstance(n, CrossNode)]
     t_len, n_sym = panel.close.shape
     out = {n.name: np.full((t_len, n_sym), np.nan, dtype=dtype) for n in order}
-    after = splits_after(panel.split)
     for j in range(n_sym):
         rows = np.flatnonzero(~np.isnan(panel.close[:, j]))
         if rows.size == 0:
             continue
-        g = after[rows, j]
-        bars = {
-            "open": panel.open[rows, j] / g,
-            "high": panel.high[rows, j] / g,
-            "low": panel.low[rows, j] / g,
-            "close": panel.close[rows, j] / g,
-            "volume": panel.volume[rows, j] * g,
-        }
-        values: dict[str, np.ndarray] = {}
-        talib_cache: dict[tuple[str, tuple[object, ...]], dict[str, np.ndarray]] = {}
-        for node in per_symbol:
-            values[node.name] = _batch_node(node, values, bars, talib_cache)
-            pd_, vd = node.degree
-            v = values[node.name]
-            if pd_ or vd:
-                v = v * g**pd_ / g**vd
-            out[node.name][rows, j] = v
+        split = panel.split[rows, j]
+        # Segments between splits: within one, the prices as adjusted at its bars are the
+        # same series, so one evaluation over the history up to the segment's end serves all
+        # of them. No split: one segment, one evaluation.
+        starts = [0, *np.flatnonzero(split != 1.0).tolist()]
+        ends = [*starts[1:], rows.size]
+        for lo, hi in zip(starts, ends, strict=True):
+            if lo == hi:
+                continue
+            g = splits_after(split[:hi, None])[:, 0]
+            r = rows[:hi]
+            bars = {
+                "open": panel.open[r, j] / g,
+                "high": panel.high[r, j] / g,
+                "low": panel.low[r, j] / g,
+                "close": panel.close[r, j] / g,
+                "volume": panel.volume[r, j] * g,
+            }
+            values: dict[str, np.ndarray] = {}
+            cache: dict[tuple[str, tuple[object, ...]], dict[str, np.ndarray]] = {}
+            for node in per_symbol:
+                values[node.name] = _batch_node(node, values, bars, cache)
+                out[node.name][rows[lo:hi], j] = values[node.name][lo:hi]
     for node in order:
         if isinstance(node, CrossNode):
             src = out[node.deps[0].name]

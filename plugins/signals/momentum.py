@@ -38,14 +38,14 @@ class Momentum:
         self.config = config
         self.name = "momentum"
 
+    def _feature(self) -> str:
+        c = self.config
+        # The return from t-lookback to t-skip is the (lookback-skip)-bar return, skip bars ago.
+        ret = f"return_{c.lookback - c.skip}"
+        return f"lag_{c.skip}_{ret}" if c.skip else ret
+
     def required_features(self) -> tuple[str, ...]:
-        return () if self.config.skip else (f"return_{self.config.lookback}",)
+        return (self._feature(),)
 
     def score(self, ctx: BarContext) -> np.ndarray:
-        c = self.config
-        if c.skip:
-            w = ctx.history.window("close", c.lookback + 1)
-            ret = w[-1 - c.skip] / w[0] - 1.0
-        else:
-            ret = ctx.features[f"return_{c.lookback}"]
-        return np.tanh(ret / c.scale)
+        return np.tanh(ctx.features[self._feature()] / self.config.scale)

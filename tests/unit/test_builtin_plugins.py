@@ -69,14 +69,11 @@ def test_momentum_score_is_tanh_of_scaled_return():
     assert m.required_features() == ("return_5",)
 
 
-def test_momentum_with_skip_reads_history_without_the_last_bars():
-    h = HistoryBuffer(len(SYMS), 4)
-    closes = [10.0, 11.0, 12.0, 30.0]  # the last bar jumps; skip=1 must ignore it
-    for c in closes:
-        a = np.full(len(SYMS), c)
-        h.push(CrossSection(T, a, a, a, a, a, np.ones(len(SYMS)), np.zeros(len(SYMS))))
-    m = Momentum(MomentumConfig(lookback=3, skip=1, scale=1.0), SYMS)
-    np.testing.assert_allclose(m.score(ctx(history=h)), np.tanh(12.0 / 10.0 - 1))
+def test_momentum_with_skip_uses_the_lagged_return_feature():
+    m = Momentum(MomentumConfig(lookback=126, skip=21, scale=1.0), SYMS)
+    assert m.required_features() == ("lag_21_return_105",)  # t-126 .. t-21
+    s = m.score(ctx(features={"lag_21_return_105": np.array([0.2, -0.1, 0.0, 0.5])}))
+    np.testing.assert_allclose(s, np.tanh([0.2, -0.1, 0.0, 0.5]))
 
 
 def test_sma_cross_sign_and_warmup():

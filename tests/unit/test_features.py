@@ -29,8 +29,17 @@ def panel_from(close, *, high=None, low=None, open_=None, volume=None, split=Non
     open_ = close if open_ is None else np.asarray(open_, float).reshape(t, n)
     volume = np.full((t, n), 1e6) if volume is None else np.asarray(volume, float).reshape(t, n)
     split = np.ones((t, n)) if split is None else np.asarray(split, float).reshape(t, n)
-    return Panel(times, tuple(f"S{i}" for i in range(n)), open_, high, low, close, volume, split,
-                 np.zeros((t, n)))
+    return Panel(
+        times,
+        tuple(f"S{i}" for i in range(n)),
+        open_,
+        high,
+        low,
+        close,
+        volume,
+        split,
+        np.zeros((t, n)),
+    )
 
 
 def random_panel(t=400, n=4, seed=1):
@@ -48,14 +57,38 @@ def random_panel(t=400, n=4, seed=1):
 
 # ----------------------------------------------------------------------------- IndicatorEngine
 
+
 def test_indicator_engine_seed_api_matches_talib():
     p = random_panel(n=1)
-    df = pd.DataFrame({"Open": p.open[:, 0], "High": p.high[:, 0], "Low": p.low[:, 0],
-                       "Close": p.close[:, 0], "Volume": p.volume[:, 0]})
+    df = pd.DataFrame(
+        {
+            "Open": p.open[:, 0],
+            "High": p.high[:, 0],
+            "Low": p.low[:, 0],
+            "Close": p.close[:, 0],
+            "Volume": p.volume[:, 0],
+        }
+    )
     out = IndicatorEngine(IndicatorConfig(rsi=10)).calculate_all_indicators(df)
-    for col in ("rsi", "macd", "macd_signal", "macd_hist", "roc", "stoch_k", "stoch_d", "adx",
-                "bb_upper", "bb_middle", "bb_lower", "atr", "natr", "trange", "obv", "mfi",
-                "volume_roc"):
+    for col in (
+        "rsi",
+        "macd",
+        "macd_signal",
+        "macd_hist",
+        "roc",
+        "stoch_k",
+        "stoch_d",
+        "adx",
+        "bb_upper",
+        "bb_middle",
+        "bb_lower",
+        "atr",
+        "natr",
+        "trange",
+        "obv",
+        "mfi",
+        "volume_roc",
+    ):
         assert col in out.columns, col
     np.testing.assert_allclose(out["rsi"], talib.RSI(p.close[:, 0], 10), equal_nan=True)
     np.testing.assert_allclose(out["volume_roc"], talib.ROC(p.volume[:, 0], 10), equal_nan=True)
@@ -63,9 +96,16 @@ def test_indicator_engine_seed_api_matches_talib():
 
 
 def test_indicator_engine_bad_input_names_column_and_row():
-    df = pd.DataFrame({"open": [1.0, 2.0], "high": [1.0, 2.0], "low": [1.0, np.nan],
-                       "close": [1.0, 2.0], "volume": [1.0, 1.0]},
-                      index=pd.to_datetime(["2020-01-01", "2020-01-02"]))
+    df = pd.DataFrame(
+        {
+            "open": [1.0, 2.0],
+            "high": [1.0, 2.0],
+            "low": [1.0, np.nan],
+            "close": [1.0, 2.0],
+            "volume": [1.0, 1.0],
+        },
+        index=pd.to_datetime(["2020-01-01", "2020-01-02"]),
+    )
     with pytest.raises(DataError, match=r"NaN in column 'low'.*2020-01-02"):
         IndicatorEngine().calculate_volatility_indicators(df)
     with pytest.raises(DataError, match="lacks column"):
@@ -79,20 +119,39 @@ def test_indicator_periods_are_validated():
 
 # ----------------------------------------------------------------------------- values
 
+
 def test_basic_feature_values_by_hand():
     close = [10.0, 11.0, 9.9, 10.89]
-    p = panel_from(close, high=[10.5, 11.5, 10.0, 11.0], low=[9.5, 10.5, 9.0, 10.0],
-                   open_=[10.0, 10.0, 11.0, 10.0])
-    f = compute_batch(p, ["ret_1", "log_ret_1", "hl_range", "oc_range", "support_2",
-                          "resistance_2", "return_2", "sma_2", "lag_1_ret_1"])
+    p = panel_from(
+        close,
+        high=[10.5, 11.5, 10.0, 11.0],
+        low=[9.5, 10.5, 9.0, 10.0],
+        open_=[10.0, 10.0, 11.0, 10.0],
+    )
+    f = compute_batch(
+        p,
+        [
+            "ret_1",
+            "log_ret_1",
+            "hl_range",
+            "oc_range",
+            "support_2",
+            "resistance_2",
+            "return_2",
+            "sma_2",
+            "lag_1_ret_1",
+        ],
+    )
     np.testing.assert_allclose(f["ret_1"][:, 0], [np.nan, 0.1, -0.1, 0.1])
     np.testing.assert_allclose(f["log_ret_1"][1:, 0], np.log([1.1, 0.9, 1.1]))
     np.testing.assert_allclose(f["hl_range"][:, 0], [0.1, 1 / 11, 1 / 9.9, 1 / 10.89])
     np.testing.assert_allclose(f["oc_range"][:, 0], [0.0, 0.1, -0.1, 0.089])
-    np.testing.assert_allclose(f["support_2"][1:, 0], [11 / 9.5 - 1, 9.9 / 9.0 - 1,
-                                                        10.89 / 9.0 - 1])
-    np.testing.assert_allclose(f["resistance_2"][1:, 0], [11 / 11.5 - 1, 9.9 / 11.5 - 1,
-                                                           10.89 / 11 - 1])
+    np.testing.assert_allclose(
+        f["support_2"][1:, 0], [11 / 9.5 - 1, 9.9 / 9.0 - 1, 10.89 / 9.0 - 1]
+    )
+    np.testing.assert_allclose(
+        f["resistance_2"][1:, 0], [11 / 11.5 - 1, 9.9 / 11.5 - 1, 10.89 / 11 - 1]
+    )
     np.testing.assert_allclose(f["return_2"][:, 0], [np.nan, np.nan, -0.01, -0.01])
     np.testing.assert_allclose(f["sma_2"][:, 0], [np.nan, 10.5, 10.45, 10.395])
     np.testing.assert_allclose(f["lag_1_ret_1"][:, 0], [np.nan, np.nan, 0.1, -0.1])
@@ -104,11 +163,11 @@ def test_indicator_features_are_talib_scaled():
     c, h, lo = p.close[:, 0], p.high[:, 0], p.low[:, 0]
     np.testing.assert_allclose(f["rsi_14"][:, 0], talib.RSI(c, 14) / 100, equal_nan=True)
     np.testing.assert_allclose(f["adx_14"][:, 0], talib.ADX(h, lo, c, 14) / 100, equal_nan=True)
-    np.testing.assert_allclose(f["natr_14"][:, 0], talib.NATR(h, lo, c, 14) / 100,
-                               equal_nan=True)
+    np.testing.assert_allclose(f["natr_14"][:, 0], talib.NATR(h, lo, c, 14) / 100, equal_nan=True)
     np.testing.assert_allclose(f["macd_hist_norm"][:, 0], talib.MACD(c)[2] / c, equal_nan=True)
-    np.testing.assert_allclose(f["stoch_k"][:, 0], talib.STOCH(h, lo, c, 14, 3, 0, 3, 0)[0] / 100,
-                               equal_nan=True)
+    np.testing.assert_allclose(
+        f["stoch_k"][:, 0], talib.STOCH(h, lo, c, 14, 3, 0, 3, 0)[0] / 100, equal_nan=True
+    )
 
 
 def test_cross_sectional_rank_and_zscore():
@@ -131,26 +190,30 @@ def test_zscore_uses_only_the_trailing_window():
 
 # ----------------------------------------------------------------------------- no lookahead
 
+
 @settings(max_examples=25, deadline=None)
 @given(cut=st.integers(5, 399), seed=st.integers(0, 3))
 def test_no_lookahead_batch_values_at_t_ignore_the_future(cut, seed):
     """Every feature of the default set at bar t, computed on data up to t, equals the value at
     t computed on the whole history (including cross-sectional ones)."""
     p = random_panel(seed=seed)
-    fields = {f: getattr(p, f).copy() for f in ("open", "high", "low", "close", "volume",
-                                                  "split", "dividend")}
+    fields = {
+        f: getattr(p, f).copy()
+        for f in ("open", "high", "low", "close", "volume", "split", "dividend")
+    }
     if cut + 1 < len(p.times):  # a 2-for-1 split after the cut must change nothing before it
         fields["split"][cut + 1, 0] = 2.0
         for f in ("open", "high", "low", "close"):
-            fields[f][cut + 1:, 0] /= 2.0
-        fields["volume"][cut + 1:, 0] *= 2.0
+            fields[f][cut + 1 :, 0] /= 2.0
+        fields["volume"][cut + 1 :, 0] *= 2.0
     full = Panel(p.times, p.symbols, **fields)
     short = Panel(p.times[: cut + 1], p.symbols, **{f: v[: cut + 1] for f, v in fields.items()})
     a = compute_batch(full, DEFAULT)
     b = compute_batch(short, DEFAULT)
     for name in DEFAULT:
-        np.testing.assert_allclose(a[name][cut], b[name][cut], rtol=1e-9, atol=1e-12,
-                                   equal_nan=True, err_msg=name)
+        np.testing.assert_allclose(
+            a[name][cut], b[name][cut], rtol=1e-9, atol=1e-12, equal_nan=True, err_msg=name
+        )
 
 
 def test_a_feature_that_needs_the_future_cannot_be_registered():
@@ -176,11 +239,15 @@ def test_custom_point_feature():
 
 # ----------------------------------------------------------------------------- bad data
 
+
 @pytest.mark.parametrize("case", ["constant", "zero_volume", "single_bar", "gap", "split"])
 def test_bad_data_gives_defined_values_never_inf(case):
     t = 200
-    close = np.full(t, 50.0) if case == "constant" else 50 * np.exp(
-        np.cumsum(np.random.default_rng(3).normal(0, 0.01, t)))
+    close = (
+        np.full(t, 50.0)
+        if case == "constant"
+        else 50 * np.exp(np.cumsum(np.random.default_rng(3).normal(0, 0.01, t)))
+    )
     high, low = close * 1.0, close * 1.0
     if case != "constant":
         high, low = close * 1.01, close * 0.99
@@ -198,8 +265,7 @@ def test_bad_data_gives_defined_values_never_inf(case):
     if case == "gap":  # a week without bars: the times jump, values stay defined
         times = p.times.copy()
         times[100:] += np.timedelta64(7, "D")
-        p = Panel(times, p.symbols, p.open, p.high, p.low, p.close, p.volume, p.split,
-                  p.dividend)
+        p = Panel(times, p.symbols, p.open, p.high, p.low, p.close, p.volume, p.split, p.dividend)
     f = compute_batch(p, DEFAULT)
     for name, v in f.items():
         assert not np.isinf(v).any(), name
@@ -216,12 +282,14 @@ def test_bad_data_gives_defined_values_never_inf(case):
 
 # ----------------------------------------------------------------------------- sets, ML data
 
+
 def test_default_set_has_20_named_features_and_a_version():
     assert len(DEFAULT) == 20 and len(set(DEFAULT)) == 20
     a = feature_set_id("default_v1", DEFAULT, IndicatorConfig(), "rank")
     assert a.version == feature_set_id("default_v1", DEFAULT, IndicatorConfig(), "rank").version
-    assert a.version != feature_set_id("default_v1", DEFAULT, IndicatorConfig(rsi=10),
-                                       "rank").version
+    assert (
+        a.version != feature_set_id("default_v1", DEFAULT, IndicatorConfig(rsi=10), "rank").version
+    )
     assert a.version != feature_set_id("default_v1", DEFAULT, IndicatorConfig(), "zscore").version
 
 
@@ -229,16 +297,17 @@ def test_prepare_ml_data_windows_target_and_chronological_split():
     p = random_panel(t=300, n=3)
     names = ["ret_1", "hl_range"]
     f = compute_batch(p, names)
-    d = prepare_ml_data(f, names, p.close, p.split, p.times, window=10, horizon=2,
-                        validation_fraction=0.25)
+    d = prepare_ml_data(
+        f, names, p.close, p.split, p.times, window=10, horizon=2, validation_fraction=0.25
+    )
     assert d["x_train"].shape[1:] == (10, 2) and d["x_train"].dtype == np.float32
     # a window ending at t holds features t-9..t; the target is log(close[t+2] / close[t])
     t_end = np.flatnonzero(p.times == d["t_val"][0])[0]
     j = d["symbol_val"][0]
-    np.testing.assert_allclose(d["x_val"][0][:, 0], f["ret_1"][t_end - 9: t_end + 1, j],
-                               rtol=1e-6)
-    assert d["y_val"][0] == pytest.approx(np.log(p.close[t_end + 2, j] / p.close[t_end, j]),
-                                          rel=1e-6)
+    np.testing.assert_allclose(d["x_val"][0][:, 0], f["ret_1"][t_end - 9 : t_end + 1, j], rtol=1e-6)
+    assert d["y_val"][0] == pytest.approx(
+        np.log(p.close[t_end + 2, j] / p.close[t_end, j]), rel=1e-6
+    )
     # chronological with a purge: every training label ends before validation starts
     assert d["t_train"].max() < d["t_val"].min()
     first_val = np.flatnonzero(p.times == d["t_val"].min())[0]

@@ -8,7 +8,6 @@ from hypothesis import strategies as st
 
 from tradingd.core.types import CrossSection
 from tradingd.engine.history import HistoryBuffer
-from tradingd.features.basic import FeatureStage
 
 T0 = datetime(2020, 1, 1, tzinfo=UTC)
 
@@ -55,27 +54,3 @@ def test_split_back_adjusts_past_prices_only():
     np.testing.assert_allclose(w[:, 0], [100.0, 101.0, 101.0])
     np.testing.assert_allclose(w[:, 1], [50.0, 51.0, 52.0])
     np.testing.assert_allclose(h.window("volume", 3)[:, 0], [700.0, 700.0, 100.0])
-
-
-def test_return_feature_continuous_through_split():
-    fs = FeatureStage(["return_2"])
-    h = HistoryBuffer(1, fs.lookback)
-    for c, s in [(700.0, 1.0), (707.0, 1.0), (101.0, 7.0)]:
-        h.push(bar([c], split=[s]))
-    ret = fs.compute(h)["return_2"]
-    assert ret[0] == 101.0 / 100.0 - 1  # not 101/700 - 1
-
-
-def test_features_not_ready_during_warmup():
-    fs = FeatureStage(["sma_3", "return_3", "volatility_3"])
-    assert fs.lookback == 4
-    h = HistoryBuffer(1, fs.lookback)
-    for k in range(3):
-        h.push(bar([10.0 + k]))
-        out = fs.compute(h)
-        assert np.isnan(out["return_3"][0]) and np.isnan(out["volatility_3"][0])
-        assert np.isnan(out["sma_3"][0]) == (k < 2)  # sma_3 needs 3 bars, the others 4
-    h.push(bar([13.0]))
-    out = fs.compute(h)
-    assert out["sma_3"][0] == 12.0
-    assert out["return_3"][0] == 13.0 / 10.0 - 1
