@@ -147,10 +147,11 @@ audit_dir = "{tmp_path / "audit"}"
     return load_config([cfg], env={})
 
 
-async def run_engine(config, mode, panel, check=None):
+async def run_engine(config, mode, panel, check=None, plugins=None):
     """Run an engine to the end; returns (engine, result, rows of orders/fills/equity/events).
 
-    `check(engine, bar_index, time)` is called after every bar."""
+    `check(engine, bar_index, time)` is called after every bar. `plugins` maps names to extra
+    signal plugin classes used instead of the configured signals (test doubles)."""
     from tradingd.app import build_engine
 
     rows = {}
@@ -166,6 +167,31 @@ async def run_engine(config, mode, panel, check=None):
         if check is not None:
             check(engine, i, t)
 
-    engine = build_engine(config, mode, panel=panel, on_bar=on_bar, before_stop=collect)
+    if plugins:
+        import dataclasses
+
+        from tradingd.config import PluginSpec
+        from tradingd.engine import plugins as registry
+
+        eps = dict(registry.available())
+        for name, cls in plugins.items():
+            eps[name] = _StubEntryPoint(name, cls)
+        config = dataclasses.replace(config, signals=tuple(PluginSpec(n) for n in plugins))
+        original = registry.available
+        registry.available = lambda: eps
+        try:
+            engine = build_engine(config, mode, panel=panel, on_bar=on_bar, before_stop=collect)
+        finally:
+            registry.available = original
+    else:
+        engine = build_engine(config, mode, panel=panel, on_bar=on_bar, before_stop=collect)
     result = await engine.run_until_done()
     return engine, result, rows
+
+
+class _StubEntryPoint:
+    def __init__(self, name, cls):
+        self.name, self._cls, self.value = name, cls, f"test:{cls.__name__}"
+
+    def load(self):
+        return self._cls
