@@ -57,7 +57,13 @@ def compute_batch(
     order = topological(wanted)
     per_symbol = [n for n in order if not isinstance(n, CrossNode)]
     t_len, n_sym = panel.close.shape
-    out = {n.name: np.full((t_len, n_sym), np.nan, dtype=dtype) for n in order}
+    # Full (T, N) matrices only for what is returned and what cross-sections read; the rest
+    # lives per symbol for the duration of one symbol's evaluation.
+    keep = {n.name for n in wanted} | {
+        n.deps[0].name for n in order if isinstance(n, CrossNode)
+    }
+    out = {n.name: np.full((t_len, n_sym), np.nan, dtype=dtype) for n in order
+           if n.name in keep}
     for j in range(n_sym):
         rows = np.flatnonzero(~np.isnan(panel.close[:, j]))
         if rows.size == 0:
@@ -84,7 +90,8 @@ def compute_batch(
             cache: dict[tuple[str, tuple[object, ...]], dict[str, np.ndarray]] = {}
             for node in per_symbol:
                 values[node.name] = _batch_node(node, values, bars, cache)
-                out[node.name][rows[lo:hi], j] = values[node.name][lo:hi]
+                if node.name in out:
+                    out[node.name][rows[lo:hi], j] = values[node.name][lo:hi]
     for node in order:
         if isinstance(node, CrossNode):
             src = out[node.deps[0].name]
