@@ -59,11 +59,10 @@ def compute_batch(
     t_len, n_sym = panel.close.shape
     # Full (T, N) matrices only for what is returned and what cross-sections read; the rest
     # lives per symbol for the duration of one symbol's evaluation.
-    keep = {n.name for n in wanted} | {
-        n.deps[0].name for n in order if isinstance(n, CrossNode)
+    keep = {n.name for n in wanted} | {n.deps[0].name for n in order if isinstance(n, CrossNode)}
+    out: dict[str, np.ndarray] = {
+        n.name: np.full((t_len, n_sym), np.nan, dtype=dtype) for n in order if n.name in keep
     }
-    out = {n.name: np.full((t_len, n_sym), np.nan, dtype=dtype) for n in order
-           if n.name in keep}
     for j in range(n_sym):
         rows = np.flatnonzero(~np.isnan(panel.close[:, j]))
         if rows.size == 0:
@@ -192,7 +191,7 @@ class StreamingFeatures:
         self.catalog = cat = catalog or Catalog()
         self.names = tuple(dict.fromkeys(names))
         self._order = topological([cat.node(n) for n in self.names])
-        self._indicators: dict[tuple[str, tuple[object, ...]], object] = {}
+        self._indicators: dict[tuple[str, tuple[object, ...]], Any] = {}
         self._windows: dict[str, _Window] = {}
         classes = _stream_classes()
         for node in self._order:
@@ -212,7 +211,7 @@ class StreamingFeatures:
                 bar.open,
                 bar.high,
                 bar.low,
-                bar.close,  # type: ignore[attr-defined]
+                bar.close,
                 bar.volume,
                 valid,
                 bar.split,
@@ -270,7 +269,10 @@ def prepare_ml_data(
     with np.errstate(invalid="ignore", divide="ignore"):
         target = np.full((t_len, n_sym), np.nan)
         target[:-horizon] = np.log(adj[horizon:] / adj[:-horizon])
-    xs, ys, ts_, syms = [], [], [], []
+    xs: list[np.ndarray] = []
+    ys: list[np.ndarray] = []
+    ts_: list[np.ndarray] = []
+    syms: list[np.ndarray] = []
     for j in range(n_sym):
         x = cube[:, j, :]
         if t_len < window:

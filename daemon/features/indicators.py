@@ -75,16 +75,16 @@ def talib_outputs(
             c,
             fastk_period=params[0],
             slowk_period=params[1],
-            slowk_matype=0,
+            slowk_matype=talib.MA_Type.SMA,
             slowd_period=params[2],
-            slowd_matype=0,
+            slowd_matype=talib.MA_Type.SMA,
         )
         return {"stoch_k": k, "stoch_d": d}
     if kind == "adx":
         return {"adx": talib.ADX(h, lo, c, timeperiod=params[0])}
     if kind == "bbands":
         up, mid, low = talib.BBANDS(
-            c, timeperiod=params[0], nbdevup=params[1], nbdevdn=params[1], matype=0
+            c, timeperiod=params[0], nbdevup=params[1], nbdevdn=params[1], matype=talib.MA_Type.SMA
         )
         return {"bb_upper": up, "bb_middle": mid, "bb_lower": low}
     if kind == "atr":
