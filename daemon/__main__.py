@@ -1,4 +1,4 @@
-"""The `tradingd` command: backtest | run | fetch | plugins | config.
+"""The `tradingd` command: backtest | run | fetch | features | plugins | config.
 
 Only this module calls `asyncio.run`; SIGTERM and SIGINT are turned into a clean stop of the
 engine (finish the bar, flush the store) through `loop.add_signal_handler`.
@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     fe = sub.add_parser("fetch", help="load the configured data source into the store's bars")
     common(fe)
 
+    ft = sub.add_parser("features", help="print the configured feature set and its version")
+    common(ft)
+
     pl = sub.add_parser("plugins", help="list the installed plugins")
     del pl
     cf = sub.add_parser("config", help="print the effective configuration as JSON")
@@ -72,6 +75,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .logs import configure_logging
 
         configure_logging(config.log.level, config.log.format)
+        if args.command == "features":
+            from .features.catalog import Catalog, feature_set_id, resolve_set
+
+            f = config.features
+            names = resolve_set(f.set, f.extra)
+            cat = Catalog(f.indicators, f.cross_sectional)
+            for n in names:
+                cat.node(n)  # every name must parse
+            fsid = feature_set_id(f.set, names, f.indicators, f.cross_sectional)
+            print(
+                json.dumps(
+                    {"set": fsid.name, "version": fsid.version, "features": list(fsid.features)},
+                    indent=2,
+                )
+            )
+            return 0
         if args.command == "config":
             print(json.dumps(config.to_dict(), indent=2, default=str))
             return 0

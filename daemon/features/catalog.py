@@ -191,6 +191,24 @@ def feature_set_id(
     return FeatureSetId(name, tuple(features), hashlib.sha256(text.encode()).hexdigest()[:12])
 
 
+def verify_feature_set(expected: FeatureSetId, actual: FeatureSetId, where: str) -> None:
+    """Stop start-up when a model would be fed other features than it was trained on."""
+    if expected == actual:
+        return
+    missing = [f for f in expected.features if f not in actual.features]
+    problems = []
+    if missing:
+        problems.append(f"features the engine does not produce: {missing}")
+    if list(expected.features) != list(actual.features) and not missing:
+        problems.append("the same features in another order")
+    if expected.version != actual.version:
+        problems.append(
+            f"feature set version {expected.version} (trained) != {actual.version} (configured:"
+            " indicator periods or cross-sectional method differ)"
+        )
+    raise ConfigError(f"{where} expects feature set {expected.name!r}: " + "; ".join(problems))
+
+
 def resolve_set(name: str, extra: Sequence[str] = ()) -> tuple[str, ...]:
     if name not in FEATURE_SETS:
         raise ConfigError(f"features.set = {name!r}: unknown; valid: {', '.join(FEATURE_SETS)}")

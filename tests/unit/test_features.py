@@ -314,3 +314,16 @@ def test_prepare_ml_data_windows_target_and_chronological_split():
     last_train = np.flatnonzero(p.times == d["t_train"].max())[0]
     assert last_train + 2 < first_val
     assert not np.isnan(d["x_train"]).any()  # warm-up windows left out
+
+
+def test_verify_feature_set_names_the_mismatch():
+    from tradingd.features.catalog import verify_feature_set
+
+    a = feature_set_id("default_v1", DEFAULT, IndicatorConfig(), "rank")
+    verify_feature_set(a, a, "model x")  # identical: fine
+    fewer = feature_set_id("default_v1", DEFAULT[:-1], IndicatorConfig(), "rank")
+    with pytest.raises(ConfigError, match=r"model x.*does not produce: \['cs_ret_1'\]"):
+        verify_feature_set(a, fewer, "model x")
+    other = feature_set_id("default_v1", DEFAULT, IndicatorConfig(rsi=9), "rank")
+    with pytest.raises(ConfigError, match="version .* differ"):
+        verify_feature_set(a, other, "model x")
