@@ -1,4 +1,4 @@
-"""The `tradingd` command: backtest | run | fetch | features | plugins | config.
+"""The `tradingd` command: backtest | run | train | fetch | features | plugins | config.
 
 Only this module calls `asyncio.run`; SIGTERM and SIGINT are turned into a clean stop of the
 engine (finish the bar, flush the store) through `loop.add_signal_handler`.
@@ -53,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the live paper-trading loop")
     common(run)
 
+    tr = sub.add_parser("train", help="train the model pair and export it to ONNX (train extra)")
+    common(tr)
+    tr.add_argument("--out", default="models/default", help="output folder (card + ONNX)")
+    tr.add_argument("--epochs", type=int, help="override the maximum number of epochs")
+
     fe = sub.add_parser("fetch", help="load the configured data source into the store's bars")
     common(fe)
 
@@ -98,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _backtest(config, args)
         if args.command == "run":
             return asyncio.run(_run(config))
+        if args.command == "train":
+            return _train(config, args)
         if args.command == "fetch":
             from .app import import_bars
 
@@ -108,6 +115,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"tradingd: error: {exc}", file=sys.stderr)
         return 2
     return 1
+
+
+def _train(config: Config, args: argparse.Namespace) -> int:
+    import dataclasses
+
+    try:
+        from tradingd_models.config import ModelConfig
+        from tradingd_models.training import train
+    except ImportError as exc:
+        print(
+            f"tradingd: error: training needs the train extra (pip install 'tradingd[train]'):"
+            f" {exc}",
+            file=sys.stderr,
+        )
+        return 2
+    from .app import load_data
+
+    mc = ModelConfig()
+    if args.epochs:
+        mc = dataclasses.replace(mc, epochs=args.epochs)
+    train(config, load_data(config), args.out, mc, log=lambda m: print(m, file=sys.stderr))
+    return 0
 
 
 def _plugins() -> int:

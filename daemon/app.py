@@ -26,7 +26,7 @@ from .engine.engine import Engine, Pipeline
 from .engine.planner import OrderPlanner
 from .engine.plugins import load_plugin
 from .engine.portfolio import Portfolio
-from .features.catalog import Catalog
+from .features.catalog import Catalog, feature_set_id, verify_feature_set
 from .features.source import BatchFeatureSource, StreamingFeatureSource
 from .feeds.history import HistoryFeed, RecordedLiveFeed
 from .feeds.loaders import load_panel
@@ -90,6 +90,27 @@ def feature_names(config: Config, pipeline: Pipeline) -> tuple[str, ...]:
     return tuple(sorted(pipeline.required_features() | set(config.features.extra)))
 
 
+def verify_model_features(config: Config, pipeline: Pipeline) -> None:
+    """A plugin that was trained on a feature set (it has `feature_set`) must get exactly
+    those features, computed with the same periods: otherwise start-up stops here."""
+    f = config.features
+    catalog = make_catalog(config)
+    for plugin, _ in pipeline.signals:
+        expected = getattr(plugin, "feature_set", None)
+        if expected is None:
+            continue
+        for name in expected.features:
+            try:
+                catalog.node(name)
+            except ConfigError as exc:
+                raise ConfigError(
+                    f"plugin {plugin.name!r}: its model needs feature {name!r}, "
+                    f"which this engine cannot produce ({exc})"
+                ) from None
+        actual = feature_set_id(expected.name, expected.features, f.indicators, f.cross_sectional)
+        verify_feature_set(expected, actual, f"plugin {plugin.name!r}")
+
+
 def choose_swaps(
     config: Config, mode: str, panel: Panel, portfolio: Portfolio, names: tuple[str, ...]
 ) -> Swaps:
@@ -138,6 +159,7 @@ def build_engine(
     run_id = run_id_for(config, mode)
     pipeline = build_pipeline(config, symbols)
     portfolio = Portfolio(symbols, config.run.initial_capital)
+    verify_model_features(config, pipeline)
     names = feature_names(config, pipeline)
     swaps = choose_swaps(config, mode, panel, portfolio, names)
     store = open_store(

@@ -325,5 +325,5 @@ def test_verify_feature_set_names_the_mismatch():
     with pytest.raises(ConfigError, match=r"model x.*does not produce: \['cs_ret_1'\]"):
         verify_feature_set(a, fewer, "model x")
     other = feature_set_id("default_v1", DEFAULT, IndicatorConfig(rsi=9), "rank")
-    with pytest.raises(ConfigError, match="version .* differ"):
+    with pytest.raises(ConfigError, match=r"version .* differ"):
         verify_feature_set(a, other, "model x")

@@ -1,0 +1,161 @@
+"""Model inference with onnxruntime only: the daemon never imports TensorFlow or scikit-learn.
+
+A model directory holds two ONNX files (CNN+BiLSTM, random forest) and `card.json`, the
+model card written by `tradingd train`: the feature set the models were trained on (checked
+against the engine's at start-up), the window, the input scaling, validation metrics and the
+files' hashes (checked on load, so a half-copied or edited model never runs).
+
+Ensemble and confidence (the specification's EnsemblePredictor, made precise):
+- prediction p = 0.6 * cnn_lstm + 0.4 * random_forest, a forecast of the next bar's log return;
+- confidence = Phi(|p| / s), where s is the standard deviation of the ensemble's residuals on
+  its validation window and Phi the standard normal CDF: the probability, under a normal error
+  model, that the sign of p is right. It lies in [0.5, 1);
+- signal = sign(p) when confidence >= threshold (0.55), else 0 (hold).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..core.errors import ConfigError
+from ..features.catalog import FeatureSetId
+
+CARD = "card.json"
+MODELS = ("cnn_lstm", "random_forest")
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    path: Path
+    data: Mapping[str, Any]
+
+    @classmethod
+    def load(cls, directory: str | Path) -> ModelCard:
+        p = Path(directory) / CARD
+        try:
+            data = json.loads(p.read_text())
+        except FileNotFoundError:
+            raise ConfigError(
+                f"no model card at {p}: train a model (tradingd train) or point "
+                "the plugin's model_dir at one"
+            ) from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"model card {p} is not valid JSON: {e}") from None
+        for key in ("feature_set", "window", "scaler", "files", "ensemble"):
+            if key not in data:
+                raise ConfigError(f"model card {p} lacks {key!r}")
+        return cls(p, data)
+
+    @property
+    def feature_set(self) -> FeatureSetId:
+        fs = self.data["feature_set"]
+        return FeatureSetId(fs["name"], tuple(fs["features"]), fs["version"])
+
+    @property
+    def window(self) -> int:
+        return int(self.data["window"])
+
+    @property
+    def version(self) -> str:
+        return str(self.data["model_version"])
+
+
+class OnnxModel:
+    def __init__(self, path: Path, expected_sha256: str, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        got = sha256_file(path)
+        if got != expected_sha256:
+            raise ConfigError(
+                f"model file {path} does not match its card (sha256 {got[:12]} "
+                f"!= {expected_sha256[:12]}): re-export or re-copy the model"
+            )
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        inp = self.session.get_inputs()[0]
+        self.input_name = inp.name
+        self.input_shape = tuple(inp.shape)
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        out = self.session.run(None, {self.input_name: x.astype(np.float32, copy=False)})[0]
+        return np.asarray(out, dtype=np.float64).reshape(len(x))
+
+
+class ModelPair:
+    """Both ONNX models of one card, with the card's input scaling applied before inference."""
+
+    def __init__(self, directory: str | Path, threads: int = 1) -> None:
+        self.card = ModelCard.load(directory)
+        d = self.card.path.parent
+        files = self.card.data["files"]
+        self.models = {
+            m: OnnxModel(d / files[m]["path"], files[m]["sha256"], threads) for m in MODELS
+        }
+        sc = self.card.data["scaler"]
+        self.mean = np.asarray(sc["mean"], dtype=np.float32)
+        self.scale = np.asarray(sc["scale"], dtype=np.float32)
+        n_feat = len(self.card.feature_set.features)
+        cnn_shape = self.models["cnn_lstm"].input_shape
+        if tuple(cnn_shape[1:]) != (self.card.window, n_feat):
+            raise ConfigError(
+                f"{d}: the CNN+LSTM input {cnn_shape} does not match the card's "
+                f"window x features ({self.card.window}, {n_feat})"
+            )
+        if self.mean.shape != (n_feat,) or self.scale.shape != (n_feat,):
+            raise ConfigError(f"{d}: the card's scaler does not have {n_feat} features")
+
+    def predict(self, windows: np.ndarray) -> dict[str, np.ndarray]:
+        """windows: (B, window, features), unscaled; one batched call per model."""
+        x = ((windows - self.mean) / self.scale).astype(np.float32)
+        return {
+            "cnn_lstm": self.models["cnn_lstm"].run(x),
+            "random_forest": self.models["random_forest"].run(x.reshape(len(x), -1)),
+        }
+
+
+class EnsemblePredictor:
+    def __init__(
+        self, weights: Mapping[str, float] | None = None, residual_std: float = 1.0
+    ) -> None:
+        self.weights = dict(weights or {"cnn_lstm": 0.6, "random_forest": 0.4})
+        if abs(sum(self.weights.values()) - 1.0) > 1e-9:
+            raise ValueError(f"ensemble weights must sum to 1, got {self.weights}")
+        if not residual_std > 0:
+            raise ValueError(f"residual_std must be > 0, got {residual_std}")
+        self.residual_std = residual_std
+
+    def combine_predictions(self, predictions: Mapping[str, np.ndarray]) -> np.ndarray:
+        return sum(
+            w * np.asarray(predictions[m], dtype=np.float64) for m, w in self.weights.items()
+        )  # type: ignore[return-value]
+
+    def confidence(self, ensemble_prediction: np.ndarray) -> np.ndarray:
+        z = np.abs(ensemble_prediction) / self.residual_std
+        return 0.5 * (1.0 + _erf(z / math.sqrt(2.0)))
+
+    def generate_signal(
+        self, ensemble_prediction: np.ndarray, threshold: float = 0.55
+    ) -> tuple[np.ndarray, np.ndarray]:
+        conf = self.confidence(ensemble_prediction)
+        signal = np.where(conf >= threshold, np.sign(ensemble_prediction), 0.0)
+        return signal, conf
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    from scipy.special import erf  # scipy comes with arch, a core dependency
+
+    return np.asarray(erf(x), dtype=np.float64)

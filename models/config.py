@@ -1,0 +1,34 @@
+"""Model hyperparameters: the reference specification's `ModelConfig` values are the defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    time_steps: int = 60
+    cnn_filters: int = 64
+    cnn_kernel_size: int = 2
+    lstm_units: int = 100
+    dropout_rate: float = 0.3
+    batch_size: int = 32
+    epochs: int = 50
+    learning_rate: float = 0.001
+    validation_split: float = 0.2
+    early_stopping_patience: int = 10
+    rf_n_estimators: int = 100
+    rf_max_depth: int = 10
+    rf_random_state: int = 42
+    seed: int = 42
+    horizon: int = 1  # bars ahead of the forward-return target
+    ensemble_weights: tuple[float, float] = (0.6, 0.4)  # cnn_lstm, random_forest
+    confidence_threshold: float = 0.55
+
+    def __post_init__(self) -> None:
+        if not 0 < self.validation_split < 1:
+            raise ValueError(f"validation_split must be in (0, 1), got {self.validation_split}")
+        if abs(sum(self.ensemble_weights) - 1.0) > 1e-9:
+            raise ValueError(f"ensemble_weights must sum to 1, got {self.ensemble_weights}")
+        if not 0.5 <= self.confidence_threshold < 1:
+            raise ValueError("confidence_threshold must be in [0.5, 1)")

@@ -1,0 +1,197 @@
+"""`tradingd train`: data -> features -> windows -> both models -> ONNX -> model card.
+
+Everything that decides the model is in the card: the feature set and its version, the window,
+the target, the date ranges, a hash of the training data, the scaling, validation metrics next
+to naive baselines, the ONNX files' hashes and the library versions. The models are trained
+with fixed seeds and deterministic TensorFlow ops, so the same config and data give the same
+model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import resource
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from tradingd.config import Config
+from tradingd.features.catalog import Catalog, feature_set_id, resolve_set
+from tradingd.features.engineer import compute_batch, prepare_ml_data
+from tradingd.feeds.panel import Panel
+
+from .config import ModelConfig
+from .evaluate import baselines, metrics
+
+CARD_FORMAT = "tradingd-model-card/1"
+
+
+def data_hash(panel: Panel) -> str:
+    h = hashlib.sha256()
+    h.update("|".join(panel.symbols).encode())
+    h.update(panel.times.astype("datetime64[ns]").tobytes())
+    for f in ("open", "high", "low", "close", "volume", "split"):
+        h.update(np.ascontiguousarray(getattr(panel, f)).tobytes())
+    return h.hexdigest()
+
+
+def _dates(times: np.ndarray) -> list[str]:
+    t = pd.DatetimeIndex(times)
+    return [str(t.min().date()), str(t.max().date())] if len(t) else ["", ""]
+
+
+def train(
+    config: Config,
+    panel: Panel,
+    out_dir: str | Path,
+    model_config: ModelConfig | None = None,
+    *,
+    log: Any = print,
+) -> dict[str, Any]:
+    from .cnn_lstm import CNNLSTMModel
+    from .forest import RandomForestModel
+
+    mc = model_config or ModelConfig()
+    t0 = time.perf_counter()
+    f = config.features
+    names = resolve_set(f.set)
+    catalog = Catalog(f.indicators, f.cross_sectional)
+    fsid = feature_set_id(f.set, names, f.indicators, f.cross_sectional)
+    feats = compute_batch(panel, names, catalog, dtype=np.float32)
+    data = prepare_ml_data(
+        feats,
+        names,
+        panel.close,
+        panel.split,
+        panel.times,
+        window=mc.time_steps,
+        horizon=mc.horizon,
+        validation_fraction=mc.validation_split,
+    )
+    xt, yt, xv, yv = data["x_train"], data["y_train"], data["x_val"], data["y_val"]
+    log(f"windows: {len(xt)} train, {len(xv)} validation, shape {xt.shape[1:]}")
+    flat = xt.reshape(-1, xt.shape[-1]).astype(np.float64)
+    mean = flat.mean(axis=0)
+    scale = flat.std(axis=0)
+    scale[scale == 0] = 1.0  # a constant feature carries nothing; leave it at zero
+    del flat
+
+    def scaled(x: np.ndarray) -> np.ndarray:
+        return ((x - mean.astype(np.float32)) / scale.astype(np.float32)).astype(np.float32)
+
+    xts, xvs = scaled(xt), scaled(xv)
+    cnn = CNNLSTMModel(mc.time_steps, len(names), config=mc)
+    fit = cnn.train(xts, yt, xvs, yv)
+    log(f"cnn_lstm: {fit['epochs_run']} epochs, best {fit['best_epoch']}")
+    rf = RandomForestModel.from_config(mc)
+    rf.train(xts, yt)
+    p_cnn, p_rf = cnn.predict(xvs), rf.predict(xvs)
+    w_cnn, w_rf = mc.ensemble_weights
+    p_ens = w_cnn * p_cnn + w_rf * p_rf
+    residual_std = float(np.std(yv - p_ens)) or 1e-12
+    last_ret = xv[:, -1, list(names).index("ret_1")] if "ret_1" in names else np.zeros_like(yv)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    cnn.export_onnx(out / "cnn_lstm.onnx")
+    rf.export_onnx(out / "random_forest.onnx")
+    files = {
+        m: {
+            "path": f"{m}.onnx",
+            "sha256": hashlib.sha256((out / f"{m}.onnx").read_bytes()).hexdigest(),
+        }
+        for m in ("cnn_lstm", "random_forest")
+    }
+    version = hashlib.sha256(
+        (files["cnn_lstm"]["sha256"] + files["random_forest"]["sha256"]).encode()
+    ).hexdigest()[:12]
+    card = {
+        "format": CARD_FORMAT,
+        "model_version": version,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "feature_set": {
+            "name": fsid.name,
+            "version": fsid.version,
+            "features": list(fsid.features),
+        },
+        "window": mc.time_steps,
+        "target": {
+            "kind": "forward_log_return",
+            "horizon_bars": mc.horizon,
+            "price": "close, split-adjusted as known at the window's last bar",
+        },
+        "scaler": {
+            "kind": "standard",
+            "fitted_on": "training windows only",
+            "mean": mean.tolist(),
+            "scale": scale.tolist(),
+        },
+        "train_range": _dates(data["t_train"]),
+        "validation_range": _dates(data["t_val"]),
+        "samples": {"train": len(xt), "validation": len(xv)},
+        "data": {
+            "source": config.data.source,
+            "path": config.data.path,
+            "symbols": list(panel.symbols),
+            "range": _dates(panel.times),
+            "sha256": data_hash(panel),
+        },
+        "model_config": asdict(mc),
+        "metrics": {
+            "validation": {
+                "cnn_lstm": metrics(yv, p_cnn),
+                "random_forest": metrics(yv, p_rf),
+                "ensemble": metrics(yv, p_ens),
+                **baselines(yv, last_ret),
+            },
+            "training_history": fit,
+        },
+        "ensemble": {
+            "weights": {"cnn_lstm": w_cnn, "random_forest": w_rf},
+            "threshold": mc.confidence_threshold,
+            "residual_std": residual_std,
+            "confidence": "Phi(|p| / residual_std)",
+        },
+        "feature_importance": rf.get_feature_importance(names),
+        "files": files,
+        "versions": _versions(),
+        "training": {
+            "seconds": round(time.perf_counter() - t0, 1),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        },
+    }
+    (out / "card.json").write_text(json.dumps(card, indent=2, default=float) + "\n")
+    log(
+        f"trained in {card['training']['seconds']} s, peak RSS "
+        f"{card['training']['peak_rss_mb']} MB; model {version} written to {out}"
+    )
+    return card
+
+
+def _versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in (
+        "tensorflow-cpu",
+        "tensorflow",
+        "keras",
+        "scikit-learn",
+        "skl2onnx",
+        "tf2onnx",
+        "onnx",
+        "onnxruntime",
+        "numpy",
+        "ta-lib",
+    ):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    return out

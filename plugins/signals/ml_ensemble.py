@@ -1,0 +1,105 @@
+"""The ML signal: the CNN+BiLSTM and random-forest pair through onnxruntime.
+
+Each bar the plugin appends the engine's feature values to a per-symbol window (it never
+computes an indicator itself), then predicts for every symbol with a full window in one
+batched call per model. Predictions are cached by (model version, symbol, bar time), so a
+second replay of the same bars in the same process does not run the models again.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+
+from tradingd.core.ports import BarContext
+from tradingd.inference.onnx import EnsemblePredictor, ModelPair
+
+
+def default_model_dir() -> Path:
+    return Path(str(files("tradingd_models") / "default"))
+
+
+@dataclass(frozen=True)
+class MlEnsembleConfig:
+    model_dir: str = ""  # empty: the default model shipped with tradingd
+    threshold: float = 0.0  # 0: the card's confidence threshold (0.55)
+    cache_size: int = 200_000
+
+    def __post_init__(self) -> None:
+        if self.threshold and not 0.5 <= self.threshold < 1:
+            raise ValueError(f"threshold must be in [0.5, 1), got {self.threshold}")
+
+
+class MlEnsemble:
+    kind: ClassVar[str] = "signal"
+    Config = MlEnsembleConfig
+
+    def __init__(self, config: MlEnsembleConfig, symbols: tuple[str, ...]) -> None:
+        self.config = config
+        self.name = "ml_ensemble"
+        self.symbols = symbols
+        self.pair = ModelPair(config.model_dir or default_model_dir())
+        card = self.pair.card
+        ens = card.data["ensemble"]
+        self.predictor = EnsemblePredictor(ens["weights"], ens["residual_std"])
+        self.threshold = config.threshold or float(ens["threshold"])
+        self.version = card.version
+        self.feature_set = card.feature_set  # checked against the engine's at start-up
+        self.features = card.feature_set.features
+        self.window = card.window
+        n, f = len(symbols), len(self.features)
+        self._buf = np.zeros((self.window, n, f), dtype=np.float32)
+        self._pos = np.full(n, -1, dtype=np.int64)
+        self._filled = np.zeros(n, dtype=np.int64)
+        self._cache: OrderedDict[tuple[str, str, object], float] = OrderedDict()
+        self.model_calls = 0
+
+    def required_features(self) -> tuple[str, ...]:
+        return self.features
+
+    def score(self, ctx: BarContext) -> np.ndarray:
+        ready = ctx.ready if ctx.ready is not None else ctx.tradable
+        idx = np.flatnonzero(ready)
+        if idx.size:
+            row = np.stack([ctx.features[f][idx] for f in self.features], axis=-1)
+            p = (self._pos[idx] + 1) % self.window
+            self._pos[idx] = p
+            self._buf[p, idx] = row
+            self._filled[idx] += 1
+        # A symbol that misses readiness starts its window again: windows are consecutive bars.
+        self._filled[~ready] = 0
+        full = np.flatnonzero(ready & (self._filled >= self.window))
+        out = np.full(len(self.symbols), np.nan)
+        if full.size == 0:
+            return out
+        pred = np.empty(full.size)
+        todo = []
+        for k, j in enumerate(full.tolist()):
+            hit = self._cache.get((self.version, self.symbols[j], ctx.time))
+            if hit is None:
+                todo.append(k)
+            else:
+                pred[k] = hit
+        if todo:
+            cols = full[todo]
+            back = np.arange(self.window - 1, -1, -1)[:, None]
+            t_idx = (self._pos[cols][None, :] - back) % self.window  # (window, B) oldest first
+            windows = self._buf[t_idx, cols[None, :]].transpose(1, 0, 2)  # (B, window, F)
+            ens = self.predictor.combine_predictions(self.pair.predict(windows))
+            self.model_calls += 1
+            pred[todo] = ens
+            for k, v in zip(todo, ens.tolist(), strict=True):
+                self._remember((self.version, self.symbols[full[k]], ctx.time), v)
+        signal, conf = self.predictor.generate_signal(pred, self.threshold)
+        out[full] = signal * conf
+        return out
+
+    def _remember(self, key: tuple[str, str, object], value: float) -> None:
+        self._cache[key] = value
+        if len(self._cache) > self.config.cache_size:
+            self._cache.popitem(last=False)

@@ -1,0 +1,211 @@
+"""Training, ONNX export, parity and the ML plugin, on a tiny model (the train extra)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+pytest.importorskip("tensorflow", reason="the train extra (TensorFlow) is not installed")
+pytest.importorskip("sklearn", reason="the train extra (scikit-learn) is not installed")
+
+import onnxruntime as ort
+from tradingd_models.cnn_lstm import CNNLSTMModel
+from tradingd_models.config import ModelConfig
+from tradingd_models.forest import RandomForestModel
+from tradingd_models.training import train
+
+from tradingd.app import build_engine, load_data
+from tradingd.config import PluginSpec, load_config
+from tradingd.core.errors import ConfigError
+from tradingd.features.catalog import resolve_set
+from tradingd.features.engineer import compute_batch, prepare_ml_data
+from tradingd.inference.onnx import sha256_file
+
+TINY = ModelConfig(cnn_filters=8, lstm_units=8, epochs=2, rf_n_estimators=10, rf_max_depth=4)
+
+
+def small_config():
+    cfg = load_config([], env={})
+    return dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, start="2014-01-01"))
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("model")
+    cfg = small_config()
+    card = train(cfg, load_data(cfg), out, TINY, log=lambda m: None)
+    return out, card
+
+
+@pytest.fixture(scope="module")
+def real_windows():
+    cfg = small_config()
+    panel = load_data(cfg)
+    names = resolve_set("default_v1")
+    f = compute_batch(panel, names, dtype=np.float32)
+    return prepare_ml_data(f, names, panel.close, panel.split, panel.times)
+
+
+def test_card_says_what_the_model_is(tiny_model):
+    out, card = tiny_model
+    assert (
+        card["feature_set"]["name"] == "default_v1" and len(card["feature_set"]["features"]) == 20
+    )
+    assert card["window"] == 60 and card["target"]["kind"] == "forward_log_return"
+    assert card["train_range"][1] < card["validation_range"][0]  # chronological
+    assert card["data"]["symbols"] == ["NASDAQ", "SP500"] and len(card["data"]["sha256"]) == 64
+    for m in ("cnn_lstm", "random_forest"):
+        assert card["files"][m]["sha256"] == sha256_file(out / card["files"][m]["path"])
+    val = card["metrics"]["validation"]
+    for k in ("cnn_lstm", "random_forest", "ensemble", "zero", "persistence"):
+        assert {"mse", "directional_accuracy", "ic"} <= set(val[k])
+    assert val["zero"]["mse"] == pytest.approx(
+        np.mean(np.square(_y_val())), rel=1e-6
+    )  # the zero forecast's error is E[y^2]
+    assert set(card["feature_importance"]) == set(card["feature_set"]["features"])
+    assert abs(sum(card["feature_importance"].values()) - 1.0) < 1e-9  # MDI sums to 1
+    assert "tensorflow-cpu" in card["versions"] or "tensorflow" in card["versions"]
+    assert json.loads((out / "card.json").read_text())["model_version"] == card["model_version"]
+
+
+def _y_val():
+    cfg = small_config()
+    panel = load_data(cfg)
+    names = resolve_set("default_v1")
+    f = compute_batch(panel, names, dtype=np.float32)
+    return prepare_ml_data(f, names, panel.close, panel.split, panel.times)["y_val"]
+
+
+def test_onnx_matches_keras_and_sklearn_on_real_windows(real_windows, tmp_path):
+    xt, yt, xv, yv = (real_windows[k] for k in ("x_train", "y_train", "x_val", "y_val"))
+    cnn = CNNLSTMModel(60, 20, config=TINY)
+    cnn.train(xt, yt, xv, yv)
+    cnn.export_onnx(tmp_path / "c.onnx")
+    s = ort.InferenceSession(str(tmp_path / "c.onnx"))
+    onnx_pred = s.run(None, {s.get_inputs()[0].name: xv})[0][:, 0]
+    np.testing.assert_allclose(onnx_pred, cnn.predict(xv), rtol=0, atol=1e-5)
+    rf = RandomForestModel.from_config(TINY)
+    rf.train(xt, yt)
+    rf.export_onnx(tmp_path / "r.onnx")
+    s = ort.InferenceSession(str(tmp_path / "r.onnx"))
+    onnx_pred = s.run(None, {"x": xv.reshape(len(xv), -1)})[0][:, 0]
+    np.testing.assert_allclose(onnx_pred, rf.predict(xv), rtol=0, atol=1e-6)
+
+
+def test_retraining_on_the_same_data_reproduces_the_model(real_windows):
+    xt, yt, xv, yv = (real_windows[k] for k in ("x_train", "y_train", "x_val", "y_val"))
+    preds = []
+    for _ in range(2):
+        m = CNNLSTMModel(60, 20, config=TINY)
+        m.train(xt, yt, xv, yv)
+        preds.append(m.predict(xv))
+    np.testing.assert_array_equal(preds[0], preds[1])
+
+
+async def test_ml_plugin_backtest_and_prediction_cache(tiny_model, tmp_path):
+    out, card = tiny_model
+    cfg = small_config()
+    cfg = dataclasses.replace(
+        cfg,
+        signals=(PluginSpec("ml_ensemble", params={"model_dir": str(out), "threshold": 0.5}),),
+        storage=dataclasses.replace(cfg.storage, url=f"sqlite:///{tmp_path / 's.db'}"),
+        log=dataclasses.replace(cfg.log, audit_dir=str(tmp_path / "audit")),
+    )
+    engine = build_engine(cfg, "backtest")
+    plugin = engine.pipeline.signals[0][0]
+    assert plugin.version == card["model_version"]
+    result = await engine.run_until_done()
+    assert result.bars > 0 and plugin.model_calls > 0
+    # one batched model call per bar with a full window, never one per symbol
+    assert plugin.model_calls <= result.bars
+    # the same bars again: every prediction comes from the cache
+    calls = plugin.model_calls
+    engine2 = build_engine(cfg, "backtest")
+    engine2.pipeline.signals[0] = (plugin, 1.0)
+    plugin._filled[:] = 0
+    await engine2.run_until_done()
+    assert plugin.model_calls == calls
+
+
+def test_card_feature_problems_stop_startup(tiny_model, tmp_path):
+    out, card = tiny_model
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for f in ("cnn_lstm.onnx", "random_forest.onnx"):
+        (bad / f).write_bytes((out / f).read_bytes())
+    c = json.loads((out / "card.json").read_text())
+    c["feature_set"]["features"][-1] = "bogus_feature_7"
+    (bad / "card.json").write_text(json.dumps(c))
+    cfg = dataclasses.replace(
+        small_config(), signals=(PluginSpec("ml_ensemble", params={"model_dir": str(bad)}),)
+    )
+    with pytest.raises(ConfigError, match="needs feature 'bogus_feature_7'"):
+        build_engine(cfg, "backtest")
+    # trained with other indicator periods than configured
+    cfg2 = dataclasses.replace(
+        small_config(), signals=(PluginSpec("ml_ensemble", params={"model_dir": str(out)}),)
+    )
+    cfg2 = dataclasses.replace(
+        cfg2,
+        features=dataclasses.replace(
+            cfg2.features, indicators=dataclasses.replace(cfg2.features.indicators, rsi=9)
+        ),
+    )
+    with pytest.raises(ConfigError, match="version"):
+        build_engine(cfg2, "backtest")
+    # a tampered model file
+    (bad / "card.json").write_text((out / "card.json").read_text())
+    (bad / "random_forest.onnx").write_bytes(b"x" + (out / "random_forest.onnx").read_bytes())
+    with pytest.raises(ConfigError, match="does not match its card"):
+        build_engine(
+            dataclasses.replace(
+                cfg2,
+                features=small_config().features,
+                signals=(PluginSpec("ml_ensemble", params={"model_dir": str(bad)}),),
+            ),
+            "backtest",
+        )
+
+
+def test_backtest_process_never_imports_tensorflow_or_sklearn(tiny_model, tmp_path):
+    out, _ = tiny_model
+    cfg = tmp_path / "ml.toml"
+    cfg.write_text(
+        textwrap.dedent(f"""
+        [run]
+        start = "2014-01-01"
+        [[signals]]
+        name = "ml_ensemble"
+        params = {{ model_dir = "{out}" }}
+        [storage]
+        url = "sqlite:///{tmp_path / "p.db"}"
+        [log]
+        audit_dir = "{tmp_path / "audit"}"
+    """)
+    )
+    code = textwrap.dedent(f"""
+        import sys
+        from tradingd.__main__ import main
+        rc = main(["backtest", "-c", "{cfg}", "--json", "--output", "{tmp_path / "out"}"])
+        heavy = sorted(m for m in sys.modules if m.split(".")[0] in
+                       ("tensorflow", "keras", "sklearn", "tf2onnx", "skl2onnx"))
+        print("HEAVY", heavy)
+        sys.exit(rc)
+    """)
+    r = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+        env={**os.environ},
+    )
+    assert r.returncode == 0, r.stderr
+    assert "HEAVY []" in r.stdout
