@@ -135,7 +135,7 @@ async def test_ml_plugin_backtest_and_prediction_cache(tiny_model, tmp_path):
 
 
 def test_card_feature_problems_stop_startup(tiny_model, tmp_path):
-    out, card = tiny_model
+    out, _ = tiny_model
     bad = tmp_path / "bad"
     bad.mkdir()
     for f in ("cnn_lstm.onnx", "random_forest.onnx"):

@@ -21,7 +21,7 @@ def test_combination_weights_and_confidence_definition():
     phi = [0.5 * (1 + math.erf(abs(x) / 0.01 / math.sqrt(2))) for x in p]
     np.testing.assert_allclose(conf, phi)
     assert conf[2] == 0.5  # no forecast, no confidence beyond a coin flip
-    signal, c = e.generate_signal(p, threshold=0.55)
+    signal, _ = e.generate_signal(p, threshold=0.55)
     # |p|/s = 1.4 -> Phi = 0.919 (buy); 0.8 -> 0.788 (sell); 0 -> hold
     np.testing.assert_array_equal(signal, [1.0, -1.0, 0.0])
     signal, _ = e.generate_signal(p, threshold=0.85)
