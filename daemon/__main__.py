@@ -58,6 +58,16 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", default="models/default", help="output folder (card + ONNX)")
     tr.add_argument("--epochs", type=int, help="override the maximum number of epochs")
 
+    rt = sub.add_parser(
+        "retrain",
+        help="retrain on a rolling window; publish only if it beats the floor (train extra)",
+    )
+    common(rt)
+    rt.add_argument("--root", default="models/live", help="model root with versions/ and current")
+    rt.add_argument("--window-bars", type=int, default=1260)
+    rt.add_argument("--min-directional-accuracy", type=float, default=0.5)
+    rt.add_argument("--max-mse-ratio", type=float, default=1.05)
+
     fe = sub.add_parser("fetch", help="load the configured data source into the store's bars")
     common(fe)
 
@@ -105,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return asyncio.run(_run(config))
         if args.command == "train":
             return _train(config, args)
+        if args.command == "retrain":
+            return _retrain(config, args)
         if args.command == "fetch":
             from .app import import_bars
 
@@ -137,6 +149,20 @@ def _train(config: Config, args: argparse.Namespace) -> int:
         mc = dataclasses.replace(mc, epochs=args.epochs)
     train(config, load_data(config), args.out, mc, log=lambda m: print(m, file=sys.stderr))
     return 0
+
+
+def _retrain(config: Config, args: argparse.Namespace) -> int:
+    try:
+        from tradingd_models.retrain import RetrainPolicy, retrain
+    except ImportError as exc:
+        print(f"tradingd: error: retraining needs the train extra: {exc}", file=sys.stderr)
+        return 2
+    from .app import load_data
+
+    policy = RetrainPolicy(args.window_bars, args.min_directional_accuracy, args.max_mse_ratio)
+    out = retrain(config, load_data(config), args.root, policy)
+    print(json.dumps({"published": out.published, "version": out.version, "reason": out.reason}))
+    return 0 if out.published else 3
 
 
 def _plugins() -> int:

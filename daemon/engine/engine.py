@@ -291,7 +291,9 @@ class Engine:
 
         gross, net = pf.exposure()
         if self._record_signals:
-            self.store.record_signals(run_id, bar.time, self.symbols, score, targets)
+            self.store.record_signals(
+                run_id, bar.time, self.symbols, score, targets, self._signal_source()
+            )
         self.store.record_positions(
             run_id, bar.time, self.symbols, pf.quantity, pf.avg_price, ctx.mark
         )
@@ -305,6 +307,15 @@ class Engine:
         await self._publish()
         if self._on_bar is not None:
             self._on_bar(self._bars, bar.time)
+
+    def _signal_source(self) -> str:
+        """Plugin names, with the model version for model-backed ones (it can change when a
+        retrained model is swapped in mid-run)."""
+        parts = []
+        for plugin, _ in self.pipeline.signals:
+            version = getattr(plugin, "version", None)
+            parts.append(f"{plugin.name}@{version}" if version else plugin.name)
+        return ",".join(parts)
 
     def _features(
         self, bar: CrossSection, valid: np.ndarray

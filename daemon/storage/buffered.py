@@ -226,6 +226,7 @@ class BufferedStore(ABC):
         symbols: Sequence[str],
         scores: np.ndarray,
         targets: np.ndarray,
+        source: str = "",
     ) -> None:
         """Mode "decisions": a row whenever a symbol's target weight changes (to zero
         included), so the table is the history of decisions, not a copy of every bar;
@@ -246,7 +247,7 @@ class BufferedStore(ABC):
         t = self._encode_time(time)
         append = self._signals.append
         for i, s, w in zip(idx.tolist(), scores[idx].tolist(), targets[idx].tolist(), strict=True):
-            append((run_id, t, symbols[i], s, w))
+            append((run_id, t, symbols[i], s, w, source))
 
     def record_orders(self, run_id: str, orders: Sequence[Order]) -> None:
         """Upsert each order's current state and append it to the order's event history."""

@@ -128,6 +128,8 @@ SIGNALS = Table(
         _c("symbol", "text", True),
         _c("score", "float"),
         _c("target_weight", "float"),
+        # Which signal plugins (and model versions) produced the score: "ml_ensemble@3f2a...".
+        _c("source", "text"),
     ),
     order_by=("time", "symbol"),
     indexes=(("run_id", "time"),),

@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import ClassVar
 
 import numpy as np
+import structlog
 
 from tradingd.core.ports import BarContext
 from tradingd.inference.onnx import EnsemblePredictor, ModelPair
+
+log = structlog.get_logger(__name__)
 
 
 def default_model_dir() -> Path:
@@ -43,7 +46,9 @@ class MlEnsemble:
         self.config = config
         self.name = "ml_ensemble"
         self.symbols = symbols
-        self.pair = ModelPair(config.model_dir or default_model_dir())
+        self._dir = Path(config.model_dir) if config.model_dir else default_model_dir()
+        self._loaded_from = self._dir.resolve()
+        self.pair = ModelPair(self._dir)
         card = self.pair.card
         ens = card.data["ensemble"]
         self.predictor = EnsemblePredictor(ens["weights"], ens["residual_std"])
@@ -62,7 +67,33 @@ class MlEnsemble:
     def required_features(self) -> tuple[str, ...]:
         return self.features
 
+    def _maybe_reload(self) -> None:
+        """A model root's `current` link may have been switched by `tradingd retrain`: load
+        the new version between bars. A candidate trained on other features is refused."""
+        target = self._dir.resolve()
+        if target == self._loaded_from:
+            return
+        self._loaded_from = target
+        try:
+            pair = ModelPair(self._dir)
+        except Exception as exc:  # keep trading on the model that works
+            log.error("model.reload_failed", path=str(target), error=str(exc))
+            return
+        if pair.card.feature_set != self.feature_set or pair.card.window != self.window:
+            log.error(
+                "model.reload_refused",
+                path=str(target),
+                reason="trained on another feature set or window",
+            )
+            return
+        ens = pair.card.data["ensemble"]
+        self.pair = pair
+        self.predictor = EnsemblePredictor(ens["weights"], ens["residual_std"])
+        self.version = pair.card.version
+        log.info("model.reloaded", version=self.version, path=str(target))
+
     def score(self, ctx: BarContext) -> np.ndarray:
+        self._maybe_reload()
         ready = ctx.ready if ctx.ready is not None else ctx.tradable
         idx = np.flatnonzero(ready)
         if idx.size:

@@ -123,6 +123,15 @@ async def test_ml_plugin_backtest_and_prediction_cache(tiny_model, tmp_path):
     assert plugin.version == card["model_version"]
     result = await engine.run_until_done()
     assert result.bars > 0 and plugin.model_calls > 0
+    from tradingd.storage.factory import open_store
+
+    store = open_store(cfg.storage.url)
+    await store.start()
+    try:
+        signals = await store.fetch("signals", engine.run.run_id)
+    finally:
+        await store.stop()
+    assert signals and {r["source"] for r in signals} == {f"ml_ensemble@{card['model_version']}"}
     # one batched model call per bar with a full window, never one per symbol
     assert plugin.model_calls <= result.bars
     # the same bars again: every prediction comes from the cache
@@ -209,3 +218,65 @@ def test_backtest_process_never_imports_tensorflow_or_sklearn(tiny_model, tmp_pa
     )
     assert r.returncode == 0, r.stderr
     assert "HEAVY []" in r.stdout
+
+
+def test_retrain_publishes_only_past_the_floor_and_the_plugin_follows(tmp_path):
+    import asyncio
+
+    from tradingd_models.retrain import RetrainPolicy, current_version, retrain
+
+    from tradingd.feeds.history import HistoryFeed
+    from tradingd_plugins.signals.ml_ensemble import MlEnsemble, MlEnsembleConfig
+
+    cfg = small_config()
+    panel = load_data(cfg)
+    root = tmp_path / "models"
+    first = retrain(
+        cfg,
+        panel,
+        root,
+        RetrainPolicy(window_bars=700, min_directional_accuracy=0.0, max_mse_ratio=1e9),
+        TINY,
+    )
+    assert first.published and current_version(root) == first.version
+    plugin = MlEnsemble(MlEnsembleConfig(model_dir=str(root / "current")), panel.symbols)
+    assert plugin.version == first.version
+
+    # An impossible floor: the candidate is rejected and `current` does not move.
+    rejected = retrain(
+        cfg, panel, root, RetrainPolicy(window_bars=650, min_directional_accuracy=0.99), TINY
+    )
+    assert not rejected.published and "below the floor" in rejected.reason
+    assert current_version(root) == first.version
+    assert not any(p.name.startswith(".staging") for p in (root / "versions").iterdir())
+
+    # A candidate that passes is swapped in, and the plugin loads it at its next bar.
+    second = retrain(
+        cfg,
+        panel,
+        root,
+        RetrainPolicy(window_bars=650, min_directional_accuracy=0.0, max_mse_ratio=1e9),
+        dataclasses.replace(TINY, seed=7),
+    )
+    assert second.published and current_version(root) == second.version != first.version
+    feed = HistoryFeed(panel)
+    bar = asyncio.run(feed.bars(feed.times[-1]))
+    from tradingd.core.ports import BarContext, PortfolioView
+    from tradingd.engine.history import HistoryBuffer
+
+    n = len(panel.symbols)
+    feats = {f: np.zeros(n) for f in plugin.features}
+    ctx = BarContext(
+        bar.time,
+        0,
+        panel.symbols,
+        bar,
+        bar.close,
+        np.ones(n, bool),
+        HistoryBuffer(n, 2),
+        feats,
+        PortfolioView(1.0, 1.0, np.zeros(n), np.zeros(n), 1.0, 1.0),
+        np.ones(n, bool),
+    )
+    plugin.score(ctx)
+    assert plugin.version == second.version

@@ -117,7 +117,14 @@ async def test_round_trip_every_table(store: SqliteStore, db_path: Path) -> None
         np.array([102.0, 20.0, 49.5]),
     )
     store.record_equity("r1", T0 + DAY, 98_987.5, 100_000.25, 0.0127, 0.0077)
-    store.record_signals("r1", T0, SYMS, np.array([0.75, 0.1, -0.5]), np.array([0.25, 0.0, -0.125]))
+    store.record_signals(
+        "r1",
+        T0,
+        SYMS,
+        np.array([0.75, 0.1, -0.5]),
+        np.array([0.25, 0.0, -0.125]),
+        "ml_ensemble@abc123",
+    )
     await store.write_bars(SYMS, [cross_section(T0, [100.0, np.nan, 50.5])])
     await store.end_run("r1", {"sharpe": 1.25, "trades": 3, "bad": math.nan})
 
@@ -220,8 +227,22 @@ async def test_round_trip_every_table(store: SqliteStore, db_path: Path) -> None
         }
     ]
     assert await store.fetch("signals", "r1") == [
-        {"run_id": "r1", "time": T0, "symbol": "AAA", "score": 0.75, "target_weight": 0.25},
-        {"run_id": "r1", "time": T0, "symbol": "CCC", "score": -0.5, "target_weight": -0.125},
+        {
+            "run_id": "r1",
+            "time": T0,
+            "symbol": "AAA",
+            "score": 0.75,
+            "target_weight": 0.25,
+            "source": "ml_ensemble@abc123",
+        },
+        {
+            "run_id": "r1",
+            "time": T0,
+            "symbol": "CCC",
+            "score": -0.5,
+            "target_weight": -0.125,
+            "source": "ml_ensemble@abc123",
+        },
     ]
     assert await store.fetch_bars() == [
         {

@@ -1,0 +1,140 @@
+"""Safe retraining: train on a rolling window, publish only a model that clears the floor.
+
+Layout under a model root:
+
+    root/versions/<model_version>/   card.json + both ONNX files, never modified once written
+    root/current -> versions/<v>     a symlink, replaced atomically (rename over the old link)
+
+A candidate is trained into `versions/.staging-*`; it is published (renamed into `versions/`
+and `current` switched in one `os.replace`) only if its validation metrics beat the floor.
+Otherwise the current model stays and the rejection is logged with the numbers. A daemon whose
+ML plugin points at `root/current` picks the new version up at its next bar. Old versions
+beyond `keep` are removed (bounded disk), never the current one.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from tradingd.config import Config
+from tradingd.feeds.panel import Panel
+
+from .config import ModelConfig
+from .training import train
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class RetrainPolicy:
+    window_bars: int = 1260  # about five years of daily bars
+    min_directional_accuracy: float = 0.5
+    # The ensemble's validation MSE may exceed the zero forecast's by at most this factor.
+    max_mse_ratio: float = 1.05
+    keep: int = 5
+
+
+@dataclass(frozen=True)
+class RetrainOutcome:
+    published: bool
+    version: str
+    reason: str
+    metrics: dict[str, Any]
+
+
+def current_version(root: Path) -> str | None:
+    link = root / "current"
+    return Path(os.readlink(link)).name if link.is_symlink() else None
+
+
+def gate(card: dict[str, Any], policy: RetrainPolicy) -> tuple[bool, str]:
+    val = card["metrics"]["validation"]
+    ens, zero = val["ensemble"], val["zero"]
+    da = ens["directional_accuracy"]
+    if not da >= policy.min_directional_accuracy:
+        return False, (
+            f"directional accuracy {da:.4f} below the floor {policy.min_directional_accuracy:.4f}"
+        )
+    ratio = ens["mse"] / zero["mse"] if zero["mse"] > 0 else float("inf")
+    if not ratio <= policy.max_mse_ratio:
+        return False, f"MSE {ratio:.3f}x the zero forecast's (limit {policy.max_mse_ratio})"
+    return True, f"directional accuracy {da:.4f}, MSE {ratio:.3f}x the zero forecast's"
+
+
+def retrain(
+    config: Config,
+    panel: Panel,
+    root: str | Path,
+    policy: RetrainPolicy | None = None,
+    model_config: ModelConfig | None = None,
+) -> RetrainOutcome:
+    policy = policy or RetrainPolicy()
+    root = Path(root)
+    versions = root / "versions"
+    versions.mkdir(parents=True, exist_ok=True)
+    rolling = (
+        panel
+        if len(panel.times) <= policy.window_bars
+        else Panel(
+            panel.times[-policy.window_bars :],
+            panel.symbols,
+            *(
+                getattr(panel, f)[-policy.window_bars :]
+                for f in ("open", "high", "low", "close", "volume", "split", "dividend")
+            ),
+        )
+    )
+    staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=versions))
+    try:
+        card = train(config, rolling, staging, model_config, log=lambda m: None)
+        ok, reason = gate(card, policy)
+        version = card["model_version"]
+        metrics = card["metrics"]["validation"]
+        if not ok:
+            log.warning(
+                "model.retrain.rejected",
+                version=version,
+                reason=reason,
+                current=current_version(root),
+                metrics=metrics,
+            )
+            return RetrainOutcome(False, version, reason, metrics)
+        final = versions / version
+        if final.exists():
+            shutil.rmtree(staging)
+        else:
+            os.replace(staging, final)
+        _point_current(root, final)
+        log.info("model.retrain.published", version=version, reason=reason, metrics=metrics)
+        _prune(versions, root, policy.keep)
+        return RetrainOutcome(True, version, reason, metrics)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _point_current(root: Path, target: Path) -> None:
+    tmp = root / f".current-{os.getpid()}"
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    os.symlink(os.path.relpath(target, root), tmp)
+    os.replace(tmp, root / "current")  # atomic: readers see the old or the new, never neither
+
+
+def _prune(versions: Path, root: Path, keep: int) -> None:
+    current = current_version(root)
+    dirs = sorted(
+        (d for d in versions.iterdir() if d.is_dir() and not d.name.startswith(".")),
+        key=lambda d: d.stat().st_mtime,
+        reverse=True,
+    )
+    for d in dirs[keep:]:
+        if d.name != current:
+            shutil.rmtree(d, ignore_errors=True)
