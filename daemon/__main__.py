@@ -120,8 +120,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "fetch":
             from .app import import_bars
 
-            n = asyncio.run(import_bars(config))
-            print(f"stored {n} bars in {config.storage.url}")
+            stored = asyncio.run(import_bars(config))
+            print(f"stored {stored} bars in {config.storage.url}")
             return 0
     except TradingdError as exc:
         print(f"tradingd: error: {exc}", file=sys.stderr)
