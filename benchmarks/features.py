@@ -37,11 +37,30 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "sp500_daily_1999_2018.parquet"
 FULL_SET = (
     *FEATURE_SETS["default_v1"],
     # every raw indicator output
-    "macd", "macd_signal", "macd_hist", "stoch_d", "bb_upper", "bb_middle", "bb_lower",
-    "atr_14", "trange", "obv", "log_ret_1", "macd_norm",
+    "macd",
+    "macd_signal",
+    "macd_hist",
+    "stoch_d",
+    "bb_upper",
+    "bb_middle",
+    "bb_lower",
+    "atr_14",
+    "trange",
+    "obv",
+    "log_ret_1",
+    "macd_norm",
     # ML extras: lags, rolling statistics, regime and trend, time-series z-scores, cross-section
-    "lag_1_ret_1", "lag_2_ret_1", "lag_5_ret_1", "ret_mean_5", "ret_mean_20", "ret_std_5",
-    "trend_50_200", "zscore_60_ret_1", "zscore_20_rsi_14", "cs_z_rsi_14", "cs_rank_roc_10",
+    "lag_1_ret_1",
+    "lag_2_ret_1",
+    "lag_5_ret_1",
+    "ret_mean_5",
+    "ret_mean_20",
+    "ret_std_5",
+    "trend_50_200",
+    "zscore_60_ret_1",
+    "zscore_20_rsi_14",
+    "cs_z_rsi_14",
+    "cs_rank_roc_10",
 )
 
 
@@ -53,8 +72,10 @@ def main() -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if not Path(args.data).exists():
-        print(f"data not found: {args.data} (the shared data set is not in this repository)",
-              file=sys.stderr)
+        print(
+            f"data not found: {args.data} (the shared data set is not in this repository)",
+            file=sys.stderr,
+        )
         return 2
 
     t0 = time.perf_counter()
@@ -62,8 +83,11 @@ def main() -> int:
     panel = panel.select(symbols=panel.symbols[: args.symbols])
     load_s = time.perf_counter() - t0
     names = tuple(dict.fromkeys(FULL_SET))
-    print(f"{len(panel.symbols)} symbols x {len(panel.times)} days, {panel.n_bars:,} bars, "
-          f"{len(names)} features; loaded in {load_s:.1f} s", file=sys.stderr)
+    print(
+        f"{len(panel.symbols)} symbols x {len(panel.times)} days, {panel.n_bars:,} bars, "
+        f"{len(names)} features; loaded in {load_s:.1f} s",
+        file=sys.stderr,
+    )
 
     batch_s = []
     for k in range(args.repeats):
@@ -98,23 +122,33 @@ def main() -> int:
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": f"{platform.platform()}, {platform.processor() or platform.machine()}",
         "python": platform.python_version(),
-        "symbols": len(panel.symbols), "days": len(panel.times), "bars": panel.n_bars,
+        "symbols": len(panel.symbols),
+        "days": len(panel.times),
+        "bars": panel.n_bars,
         "features": len(names),
-        "batch_s_median": statistics.median(batch_s), "batch_s_all": batch_s,
+        "batch_s_median": statistics.median(batch_s),
+        "batch_s_all": batch_s,
         "batch_extra_mb_peak": {k: v[0] for k, v in peaks.items()},
         "batch_result_mb": {k: v[1] for k, v in peaks.items()},
         "stream_ms_median": float(np.median(warm)),
         "stream_ms_p99": float(np.percentile(warm, 99)),
         "stream_full_pass_s": float(sum(per_bar)),
     }
-    print(f"batch: median {res['batch_s_median']:.2f} s (runs "
-          + " ".join(f"{x:.2f}" for x in batch_s) + f"), target <= 10 s")
+    print(
+        f"batch: median {res['batch_s_median']:.2f} s (runs "
+        + " ".join(f"{x:.2f}" for x in batch_s)
+        + "), target <= 10 s"
+    )
     for k, (peak, result_mb) in peaks.items():
-        print(f"batch extra memory, {k} results: peak {peak:.0f} MB (of which the result "
-              f"arrays {result_mb:.0f} MB), target <= 500 MB")
-    print(f"streaming update, {len(panel.symbols)} symbols: median {res['stream_ms_median']:.2f} "
-          f"ms, p99 {res['stream_ms_p99']:.2f} ms per bar, target <= 20 ms "
-          f"(full pass {res['stream_full_pass_s']:.1f} s)")
+        print(
+            f"batch extra memory, {k} results: peak {peak:.0f} MB (of which the result "
+            f"arrays {result_mb:.0f} MB), target <= 500 MB"
+        )
+    print(
+        f"streaming update, {len(panel.symbols)} symbols: median {res['stream_ms_median']:.2f} "
+        f"ms, p99 {res['stream_ms_p99']:.2f} ms per bar, target <= 20 ms "
+        f"(full pass {res['stream_full_pass_s']:.1f} s)"
+    )
     print(f"machine: {res['machine']}, python {res['python']}, {res['date']}")
     if args.json:
         print(json.dumps(res))

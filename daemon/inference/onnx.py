@@ -73,7 +73,7 @@ class ModelCard:
 
 
 class OnnxModel:
-    def __init__(self, path: Path, expected_sha256: str, threads: int = 1) -> None:
+    def __init__(self, path: Path, expected_sha256: str, threads: int = 0) -> None:
         import onnxruntime as ort
 
         got = sha256_file(path)
@@ -83,7 +83,7 @@ class OnnxModel:
                 f"!= {expected_sha256[:12]}): re-export or re-copy the model"
             )
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads
+        opts.intra_op_num_threads = threads  # 0: onnxruntime's default, one per core
         opts.inter_op_num_threads = 1
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         inp = self.session.get_inputs()[0]
@@ -98,7 +98,7 @@ class OnnxModel:
 class ModelPair:
     """Both ONNX models of one card, with the card's input scaling applied before inference."""
 
-    def __init__(self, directory: str | Path, threads: int = 1) -> None:
+    def __init__(self, directory: str | Path, threads: int = 0) -> None:
         self.card = ModelCard.load(directory)
         d = self.card.path.parent
         files = self.card.data["files"]

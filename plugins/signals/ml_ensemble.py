@@ -32,6 +32,7 @@ class MlEnsembleConfig:
     model_dir: str = ""  # empty: the default model shipped with tradingd
     threshold: float = 0.0  # 0: the card's confidence threshold (0.55)
     cache_size: int = 200_000
+    threads: int = 0  # onnxruntime intra-op threads; 0 = one per core
 
     def __post_init__(self) -> None:
         if self.threshold and not 0.5 <= self.threshold < 1:
@@ -48,7 +49,7 @@ class MlEnsemble:
         self.symbols = symbols
         self._dir = Path(config.model_dir) if config.model_dir else default_model_dir()
         self._loaded_from = self._dir.resolve()
-        self.pair = ModelPair(self._dir)
+        self.pair = ModelPair(self._dir, config.threads)
         card = self.pair.card
         ens = card.data["ensemble"]
         self.predictor = EnsemblePredictor(ens["weights"], ens["residual_std"])
@@ -75,7 +76,7 @@ class MlEnsemble:
             return
         self._loaded_from = target
         try:
-            pair = ModelPair(self._dir)
+            pair = ModelPair(self._dir, self.config.threads)
         except Exception as exc:  # keep trading on the model that works
             log.error("model.reload_failed", path=str(target), error=str(exc))
             return
