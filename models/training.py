@@ -55,8 +55,6 @@ def train(
     *,
     log: Any = print,
 ) -> dict[str, Any]:
-    from .cnn_lstm import CNNLSTMModel
-    from .forest import RandomForestModel
 
     mc = model_config or ModelConfig()
     t0 = time.perf_counter()
@@ -77,21 +75,8 @@ def train(
     )
     xt, yt, xv, yv = data["x_train"], data["y_train"], data["x_val"], data["y_val"]
     log(f"windows: {len(xt)} train, {len(xv)} validation, shape {xt.shape[1:]}")
-    flat = xt.reshape(-1, xt.shape[-1]).astype(np.float64)
-    mean = flat.mean(axis=0)
-    scale = flat.std(axis=0)
-    scale[scale == 0] = 1.0  # a constant feature carries nothing; leave it at zero
-    del flat
-
-    def scaled(x: np.ndarray) -> np.ndarray:
-        return ((x - mean.astype(np.float32)) / scale.astype(np.float32)).astype(np.float32)
-
-    xts, xvs = scaled(xt), scaled(xv)
-    cnn = CNNLSTMModel(mc.time_steps, len(names), config=mc)
-    fit = cnn.train(xts, yt, xvs, yv)
-    log(f"cnn_lstm: {fit['epochs_run']} epochs, best {fit['best_epoch']}")
-    rf = RandomForestModel.from_config(mc)
-    rf.train(xts, yt)
+    cnn, rf, mean, scale, fit = fit_models(xt, yt, xv, yv, mc, log)
+    xvs = ((xv - mean.astype(np.float32)) / scale.astype(np.float32)).astype(np.float32)
     p_cnn, p_rf = cnn.predict(xvs), rf.predict(xvs)
     w_cnn, w_rf = mc.ensemble_weights
     p_ens = w_cnn * p_cnn + w_rf * p_rf
@@ -172,6 +157,37 @@ def train(
         f"{card['training']['peak_rss_mb']} MB; model {version} written to {out}"
     )
     return card
+
+
+def fit_models(
+    xt: np.ndarray,
+    yt: np.ndarray,
+    xv: np.ndarray,
+    yv: np.ndarray,
+    mc: ModelConfig,
+    log: Any = print,
+) -> tuple[Any, Any, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Scaler on the training windows only, then both models. Returns (cnn, rf, mean, scale,
+    training info)."""
+    from .cnn_lstm import CNNLSTMModel
+    from .forest import RandomForestModel
+
+    flat = xt.reshape(-1, xt.shape[-1]).astype(np.float64)
+    mean = flat.mean(axis=0)
+    scale = flat.std(axis=0)
+    scale[scale == 0] = 1.0  # a constant feature carries nothing; leave it at zero
+    del flat
+
+    def scaled(x: np.ndarray) -> np.ndarray:
+        return ((x - mean.astype(np.float32)) / scale.astype(np.float32)).astype(np.float32)
+
+    xts, xvs = scaled(xt), scaled(xv)
+    cnn = CNNLSTMModel(xt.shape[1], xt.shape[2], config=mc)
+    fit = cnn.train(xts, yt, xvs, yv)
+    log(f"cnn_lstm: {fit['epochs_run']} epochs, best {fit['best_epoch']}")
+    rf = RandomForestModel.from_config(mc)
+    rf.train(xts, yt)
+    return cnn, rf, mean, scale, fit
 
 
 def _versions() -> dict[str, str]:

@@ -252,6 +252,7 @@ def prepare_ml_data(
     validation_fraction: float = 0.2,
     stride: int = 1,
     dtype: type = np.float32,
+    split_at: np.datetime64 | None = None,
 ) -> dict[str, np.ndarray]:
     """Sliding windows (samples, window, features) with a forward log-return target.
 
@@ -259,7 +260,8 @@ def prepare_ml_data(
     adjusted for the splits in between. Samples are split chronologically by bar time: the
     last `validation_fraction` of the bar times validate; training samples whose target
     reaches into the validation period are dropped (purged), so no training label overlaps a
-    validation bar. Windows with a missing (not ready) value are left out."""
+    validation bar. Windows with a missing (not ready) value are left out. `split_at` (a bar
+    time) replaces the fraction: validation starts at the first bar at or after it."""
     if not 0 < validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
     t_len, n_sym = close.shape
@@ -296,7 +298,10 @@ def prepare_ml_data(
     order = np.lexsort((s_idx, t_idx))
     x_all, y_all, t_idx, s_idx = x_all[order], y_all[order], t_idx[order], s_idx[order]
     used = np.unique(t_idx)
-    cut = used[int(len(used) * (1 - validation_fraction))]  # first validation bar index
+    if split_at is not None:
+        cut = int(np.searchsorted(times, np.datetime64(split_at, "ns")))
+    else:
+        cut = used[int(len(used) * (1 - validation_fraction))]  # first validation bar index
     train = t_idx + horizon < cut
     val = t_idx >= cut
     return {
