@@ -28,7 +28,7 @@ def test_specification_defaults():
     assert c.cache.expiry_s == 3600
 
 
-@pytest.mark.parametrize("name", ["backtest.toml", "paper.toml", "demo.toml"])
+@pytest.mark.parametrize("name", ["backtest.toml", "paper.toml", "demo.toml", "ml.toml"])
 def test_shipped_overlays_load(name):
     c = load_config([ROOT / "config" / "default.toml", ROOT / "config" / name], env={})
     assert c.run.name != "default"
