@@ -26,6 +26,7 @@ from tradingd.config import Config
 from tradingd.features.catalog import Catalog, feature_set_id, resolve_set
 from tradingd.features.engineer import compute_batch, prepare_ml_data
 from tradingd.feeds.panel import Panel
+from tradingd.inference.onnx import fingerprint
 
 from .config import ModelConfig
 from .evaluate import baselines, metrics
@@ -93,12 +94,9 @@ def train(
         }
         for m in ("cnn_lstm", "random_forest")
     }
-    version = hashlib.sha256(
-        (files["cnn_lstm"]["sha256"] + files["random_forest"]["sha256"]).encode()
-    ).hexdigest()[:12]
     card = {
         "format": CARD_FORMAT,
-        "model_version": version,
+        "model_version": "",  # filled in below from the exported models' outputs
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "feature_set": {
             "name": fsid.name,
@@ -151,6 +149,8 @@ def train(
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         },
     }
+    card["model_version"] = version = fingerprint(out, card)
+    card["model_version_basis"] = "outputs of both models on a fixed probe input + scaling"
     (out / "card.json").write_text(json.dumps(card, indent=2, default=float) + "\n")
     log(
         f"trained in {card['training']['seconds']} s, peak RSS "

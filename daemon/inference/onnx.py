@@ -95,6 +95,33 @@ class OnnxModel:
         return np.asarray(out, dtype=np.float64).reshape(len(x))
 
 
+def fingerprint(directory: str | Path, card_data: Mapping[str, Any]) -> str:
+    """A model version that names what the models compute, not how the files were written:
+    ONNX exporters name their constants differently on every run, so two exports of the same
+    weights differ byte for byte. The outputs of both models on a fixed probe input, together
+    with the scaling and the feature-set version, do not."""
+    import onnxruntime as ort
+
+    d = Path(directory)
+    fs = card_data["feature_set"]
+    window, n_feat = int(card_data["window"]), len(fs["features"])
+    probe = np.random.default_rng(20240101).normal(size=(256, window, n_feat)).astype(np.float32)
+    h = hashlib.sha256()
+    h.update(
+        json.dumps(
+            [fs["version"], card_data["scaler"]["mean"], card_data["scaler"]["scale"]]
+        ).encode()
+    )
+    for m in MODELS:
+        sess = ort.InferenceSession(
+            str(d / card_data["files"][m]["path"]), providers=["CPUExecutionProvider"]
+        )
+        x = probe if m == "cnn_lstm" else probe.reshape(len(probe), -1)
+        out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        h.update(np.ascontiguousarray(out, dtype=np.float32).tobytes())
+    return h.hexdigest()[:12]
+
+
 class ModelPair:
     """Both ONNX models of one card, with the card's input scaling applied before inference."""
 

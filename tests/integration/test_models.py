@@ -280,3 +280,11 @@ def test_retrain_publishes_only_past_the_floor_and_the_plugin_follows(tmp_path):
     )
     plugin.score(ctx)
     assert plugin.version == second.version
+
+
+def test_train_twice_gives_the_same_model_version(tiny_model, tmp_path):
+    out, card = tiny_model
+    cfg = small_config()
+    again = train(cfg, load_data(cfg), tmp_path / "again", TINY, log=lambda m: None)
+    assert again["model_version"] == card["model_version"]
+    assert again["data"]["sha256"] == card["data"]["sha256"]
