@@ -197,6 +197,13 @@ class Engine:
                 except Exception:  # stopping must reach every part
                     log.exception("engine.stop_failed", part=type(part).__name__)
             self.audit.close()
+            for plugin in self._plugins():
+                close = getattr(plugin, "close", None)
+                if close is not None:
+                    try:
+                        close()
+                    except Exception:  # a plugin's cleanup must not hide the run's outcome
+                        log.exception("plugin.close_failed", plugin=plugin.name)
             structlog.contextvars.unbind_contextvars("run_id")
 
     def result(self) -> EngineResult:
@@ -307,6 +314,10 @@ class Engine:
         await self._publish()
         if self._on_bar is not None:
             self._on_bar(self._bars, bar.time)
+
+    def _plugins(self) -> list[Any]:
+        p = self.pipeline
+        return [s for s, _ in p.signals] + [p.sizing, *p.risks]
 
     def _signal_source(self) -> str:
         """Plugin names, with the model version for model-backed ones (it can change when a

@@ -2,14 +2,18 @@
 
 Each bar the plugin appends the engine's feature values to a per-symbol window (it never
 computes an indicator itself), then predicts for every symbol with a full window in one
-batched call per model. Predictions are cached by (model version, symbol, bar time), so a
-second replay of the same bars in the same process does not run the models again.
+batched call per model. Predictions are cached by (model version, symbol, bar time), in memory
+and in `cache_dir` between runs, so a second replay of the same bars does not run the models
+again (a different model version never reads another's predictions).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
 from typing import ClassVar
@@ -33,6 +37,8 @@ class MlEnsembleConfig:
     threshold: float = 0.0  # 0: the card's confidence threshold (0.55)
     cache_size: int = 200_000
     threads: int = 0  # onnxruntime intra-op threads; 0 = one per core
+    # Predictions are kept here across runs, one file per model version ("" = in memory only).
+    cache_dir: str = "var/cache/predictions"
 
     def __post_init__(self) -> None:
         if self.threshold and not 0.5 <= self.threshold < 1:
@@ -64,6 +70,7 @@ class MlEnsemble:
         self._filled = np.zeros(n, dtype=np.int64)
         self._cache: OrderedDict[tuple[str, str, object], float] = OrderedDict()
         self.model_calls = 0
+        self._load_cache()
 
     def required_features(self) -> tuple[str, ...]:
         return self.features
@@ -130,6 +137,37 @@ class MlEnsemble:
         signal, conf = self.predictor.generate_signal(pred, self.threshold)
         out[full] = signal * conf
         return out
+
+    def _cache_file(self) -> Path | None:
+        return (
+            Path(self.config.cache_dir) / f"{self.version}.json" if self.config.cache_dir else None
+        )
+
+    def _load_cache(self) -> None:
+        path = self._cache_file()
+        if path is None or not path.exists():
+            return
+        try:
+            rows = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:  # a cache is never worth failing for
+            log.warning("prediction_cache.unreadable", path=str(path), error=str(exc))
+            return
+        for sym, t, v in rows[-self.config.cache_size :]:
+            self._cache[(self.version, sym, datetime.fromisoformat(t))] = float(v)
+        log.info("prediction_cache.loaded", path=str(path), entries=len(self._cache))
+
+    def close(self) -> None:
+        """Called by the engine at the end of a run: keep this version's predictions."""
+        path = self._cache_file()
+        if path is None or not self._cache:
+            return
+        rows = [
+            (s, t.isoformat(), v) for (ver, s, t), v in self._cache.items() if ver == self.version
+        ]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(rows))
+        os.replace(tmp, path)
 
     def _remember(self, key: tuple[str, str, object], value: float) -> None:
         self._cache[key] = value

@@ -114,7 +114,16 @@ async def test_ml_plugin_backtest_and_prediction_cache(tiny_model, tmp_path):
     cfg = small_config()
     cfg = dataclasses.replace(
         cfg,
-        signals=(PluginSpec("ml_ensemble", params={"model_dir": str(out), "threshold": 0.5}),),
+        signals=(
+            PluginSpec(
+                "ml_ensemble",
+                params={
+                    "model_dir": str(out),
+                    "threshold": 0.5,
+                    "cache_dir": str(tmp_path / "cache"),
+                },
+            ),
+        ),
         storage=dataclasses.replace(cfg.storage, url=f"sqlite:///{tmp_path / 's.db'}"),
         log=dataclasses.replace(cfg.log, audit_dir=str(tmp_path / "audit")),
     )
@@ -134,13 +143,13 @@ async def test_ml_plugin_backtest_and_prediction_cache(tiny_model, tmp_path):
     assert signals and {r["source"] for r in signals} == {f"ml_ensemble@{card['model_version']}"}
     # one batched model call per bar with a full window, never one per symbol
     assert plugin.model_calls <= result.bars
-    # the same bars again: every prediction comes from the cache
-    calls = plugin.model_calls
+    # the same bars again, in a new engine with a new plugin: every prediction comes from the
+    # cache the first run left in cache_dir
     engine2 = build_engine(cfg, "backtest")
-    engine2.pipeline.signals[0] = (plugin, 1.0)
-    plugin._filled[:] = 0
-    await engine2.run_until_done()
-    assert plugin.model_calls == calls
+    plugin2 = engine2.pipeline.signals[0][0]
+    result2 = await engine2.run_until_done()
+    assert plugin2.model_calls == 0
+    assert result2.equity == result.equity
 
 
 def test_card_feature_problems_stop_startup(tiny_model, tmp_path):
@@ -283,7 +292,7 @@ def test_retrain_publishes_only_past_the_floor_and_the_plugin_follows(tmp_path):
 
 
 def test_train_twice_gives_the_same_model_version(tiny_model, tmp_path):
-    out, card = tiny_model
+    _, card = tiny_model
     cfg = small_config()
     again = train(cfg, load_data(cfg), tmp_path / "again", TINY, log=lambda m: None)
     assert again["model_version"] == card["model_version"]
