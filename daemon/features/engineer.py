@@ -299,7 +299,7 @@ def prepare_ml_data(
     x_all, y_all, t_idx, s_idx = x_all[order], y_all[order], t_idx[order], s_idx[order]
     used = np.unique(t_idx)
     if split_at is not None:
-        cut = int(np.searchsorted(times, np.datetime64(split_at, "ns")))
+        cut = int(np.searchsorted(times, np.asarray(split_at).astype("datetime64[ns]")))
     else:
         cut = used[int(len(used) * (1 - validation_fraction))]  # first validation bar index
     train = t_idx + horizon < cut
