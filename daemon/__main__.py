@@ -57,6 +57,11 @@ def _parser() -> argparse.ArgumentParser:
     common(tr)
     tr.add_argument("--out", default="models/default", help="output folder (card + ONNX)")
     tr.add_argument("--epochs", type=int, help="override the maximum number of epochs")
+    tr.add_argument(
+        "--model-config",
+        help="TOML with [model] hyperparameters (ModelConfig "
+        "fields; defaults are the specification's)",
+    )
 
     rt = sub.add_parser(
         "retrain",
@@ -145,6 +150,16 @@ def _train(config: Config, args: argparse.Namespace) -> int:
     from .app import load_data
 
     mc = ModelConfig()
+    if args.model_config:
+        import tomllib
+
+        from .config import build
+
+        try:
+            data = tomllib.loads(Path(args.model_config).read_text()).get("model", {})
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise TradingdError(f"model config {args.model_config}: {exc}") from None
+        mc = build(ModelConfig, data, "model")
     if args.epochs:
         mc = dataclasses.replace(mc, epochs=args.epochs)
     train(config, load_data(config), args.out, mc, log=lambda m: print(m, file=sys.stderr))

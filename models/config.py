@@ -26,6 +26,21 @@ class ModelConfig:
     confidence_threshold: float = 0.55
 
     def __post_init__(self) -> None:
+        for name in (
+            "time_steps",
+            "cnn_filters",
+            "cnn_kernel_size",
+            "lstm_units",
+            "batch_size",
+            "epochs",
+            "rf_n_estimators",
+            "rf_max_depth",
+            "horizon",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.dropout_rate < 1:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         if not 0 < self.validation_split < 1:
             raise ValueError(f"validation_split must be in (0, 1), got {self.validation_split}")
         if abs(sum(self.ensemble_weights) - 1.0) > 1e-9:

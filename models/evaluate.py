@@ -29,7 +29,10 @@ def _spearman(a: np.ndarray, b: np.ndarray) -> float:
 def baselines(y: np.ndarray, last_return: np.ndarray) -> dict[str, dict[str, float]]:
     """Zero forecast (the martingale: its MSE is the bar to beat), persistence (tomorrow
     moves like today) and always-up (the drift)."""
-    return {"zero": metrics(y, np.zeros_like(y)), "persistence": metrics(y, last_return),
-            # always up: its directional accuracy is the share of up moves, the bar for any
-            # direction claim on an index that mostly rose
-            "always_up": metrics(y, np.ones_like(y))}
+    return {
+        "zero": metrics(y, np.zeros_like(y)),
+        "persistence": metrics(y, last_return),
+        # always up: its directional accuracy is the share of up moves, the bar for any
+        # direction claim on an index that mostly rose
+        "always_up": metrics(y, np.ones_like(y)),
+    }

@@ -297,3 +297,33 @@ def test_train_twice_gives_the_same_model_version(tiny_model, tmp_path):
     again = train(cfg, load_data(cfg), tmp_path / "again", TINY, log=lambda m: None)
     assert again["model_version"] == card["model_version"]
     assert again["data"]["sha256"] == card["data"]["sha256"]
+
+
+def test_model_config_file_holds_the_specification_defaults(tmp_path):
+    import tomllib
+    from pathlib import Path
+
+    from tradingd.config import build
+
+    root = Path(__file__).resolve().parents[2]
+    data = tomllib.loads((root / "config" / "model.toml").read_text())["model"]
+    assert build(ModelConfig, data, "model") == ModelConfig()
+    bad = tmp_path / "m.toml"
+    bad.write_text("[model]\nlstm_unit = 10\n")
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tradingd",
+            "train",
+            "--model-config",
+            str(bad),
+            "--out",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "model.lstm_unit" in r.stderr and "lstm_units" in r.stderr
