@@ -292,9 +292,8 @@ class Catalog:
     def _win(self, name: str, src: Node, op: str, length: int) -> Node:
         node = self._nodes.get(name)
         if node is None:
+            # ratios and z-scores are scale-free; means, extremes, lags and stds keep units
             degree = (0, 0) if op in ("ratio", "zscore") else src.degree
-            if op == "std" and src.degree != (0, 0):
-                degree = src.degree
             node = WindowNode(name, degree, (src,), op, length)
             self._nodes[name] = node
         return node
