@@ -39,6 +39,7 @@ class MlEnsembleConfig:
     threads: int = 0  # onnxruntime intra-op threads; 0 = one per core
     # Predictions are kept here across runs, one file per model version ("" = in memory only).
     cache_dir: str = "var/cache/predictions"
+    cache_versions: int = 5  # prediction files kept (newest first); older versions' are removed
 
     def __post_init__(self) -> None:
         if self.threshold and not 0.5 <= self.threshold < 1:
@@ -168,6 +169,11 @@ class MlEnsemble:
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(rows))
         os.replace(tmp, path)
+        # One file per model version: weekly retraining must not grow the folder forever.
+        files = sorted(path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in files[self.config.cache_versions :]:
+            if old != path:
+                old.unlink(missing_ok=True)
 
     def _remember(self, key: tuple[str, str, object], value: float) -> None:
         self._cache[key] = value

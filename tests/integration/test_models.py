@@ -327,3 +327,29 @@ def test_model_config_file_holds_the_specification_defaults(tmp_path):
         timeout=120,
     )
     assert r.returncode == 2 and "model.lstm_unit" in r.stderr and "lstm_units" in r.stderr
+
+
+def test_prediction_cache_keeps_a_bounded_number_of_versions(tiny_model, tmp_path):
+    from tradingd_plugins.signals.ml_ensemble import MlEnsemble, MlEnsembleConfig
+
+    out, _ = tiny_model
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    for k in range(4):  # files left by earlier model versions, oldest first
+        f = cache / f"old{k}.json"
+        f.write_text("[]")
+        os.utime(f, (1_000_000 + k, 1_000_000 + k))
+    plugin = MlEnsemble(
+        MlEnsembleConfig(model_dir=str(out), cache_dir=str(cache), cache_versions=3),
+        ("NASDAQ", "SP500"),
+    )
+    from datetime import UTC, datetime
+
+    plugin._remember((plugin.version, "SP500", datetime(2018, 1, 2, tzinfo=UTC)), 0.001)
+    plugin.close()
+    kept = sorted(p.name for p in cache.glob("*.json"))
+    assert kept == sorted([f"{plugin.version}.json", "old3.json", "old2.json"])
+    again = MlEnsemble(
+        MlEnsembleConfig(model_dir=str(out), cache_dir=str(cache)), ("NASDAQ", "SP500")
+    )
+    assert again._cache == {(plugin.version, "SP500", datetime(2018, 1, 2, tzinfo=UTC)): 0.001}
