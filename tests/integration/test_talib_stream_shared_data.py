@@ -10,22 +10,16 @@ is the product of the symbol's splits after t. They must agree at every bar to r
 
 from __future__ import annotations
 
-from fractions import Fraction
-
 import numpy as np
 import pandas as pd
 import pytest
-import talib
+from talib_reference import talib_reference
 
 from tradingd.features import talib_stream as ts
+from tradingd.features.engineer import splits_after
+from tradingd.feeds.validate import snap_split
 
 SYMBOLS = ["AAPL", "MSFT", "GE", "HPE"]
-
-
-def _snap(value: float) -> float:
-    """As the project's loader: the nearest simple fraction when within 1e-4 (7.000007 -> 7)."""
-    snapped = float(Fraction(value).limit_denominator(1000))
-    return snapped if abs(snapped - value) <= 1e-4 * abs(value) else value
 
 
 @pytest.fixture(scope="module")
@@ -39,44 +33,8 @@ def panel(sp500_parquet):
         for field in ("open", "high", "low", "close", "volume", "split")
     }
     split = np.where(np.isnan(wide["split"]), 1.0, wide["split"])
-    split = np.vectorize(_snap)(split)
+    split = np.vectorize(snap_split)(split)
     return wide, split
-
-
-def _growth_after(split: np.ndarray) -> np.ndarray:
-    """G_t: product of the splits on bars strictly after t (per column)."""
-    rev = np.cumprod(split[::-1], axis=0)[::-1]
-    return np.vstack([rev[1:], np.ones((1, split.shape[1]))])
-
-
-def _reference(ind, o, h, lo, c, v) -> dict[str, np.ndarray]:
-    if isinstance(ind, ts.Roc):
-        return {ind.name: talib.ROC(c if ind.field == "close" else v, timeperiod=ind.period)}
-    if isinstance(ind, ts.Rsi):
-        return {"rsi": talib.RSI(c, timeperiod=ind.period)}
-    if isinstance(ind, ts.Macd):
-        m, s, hist = talib.MACD(c, ind.fast, ind.slow, ind.signal)
-        return {"macd": m, "macd_signal": s, "macd_hist": hist}
-    if isinstance(ind, ts.Stoch):
-        k, d = talib.STOCH(h, lo, c, ind.fastk, ind.slowk, 0, ind.slowd, 0)
-        return {"stoch_k": k, "stoch_d": d}
-    if isinstance(ind, ts.Adx):
-        return {"adx": talib.ADX(h, lo, c, timeperiod=ind.period)}
-    if isinstance(ind, ts.BBands):
-        u, m, lw = talib.BBANDS(c, ind.period, ind.nbdev, ind.nbdev, 0)
-        return {"bb_upper": u, "bb_middle": m, "bb_lower": lw}
-    if isinstance(ind, ts.Atr):
-        return {
-            "atr": talib.ATR(h, lo, c, timeperiod=ind.period),
-            "natr": talib.NATR(h, lo, c, timeperiod=ind.period),
-        }
-    if isinstance(ind, ts.TRange):
-        return {"trange": talib.TRANGE(h, lo, c)}
-    if isinstance(ind, ts.Obv):
-        return {"obv": talib.OBV(c, v)}
-    if isinstance(ind, ts.Mfi):
-        return {"mfi": talib.MFI(h, lo, c, v, timeperiod=ind.period)}
-    raise TypeError(type(ind))
 
 
 def _indicators(n: int) -> list:
@@ -146,7 +104,7 @@ def test_streaming_equals_talib_as_of_each_bar(panel, streamed):
             series = [wide[f][rows[:end], j] / known for f in ("open", "high", "low", "close")]
             series.append(wide["volume"][rows[:end], j] * known)
             for ind in inds:
-                for name, want in _reference(ind, *series).items():
+                for name, want in talib_reference(ind, *series).items():
                     have = got[name][rows[start:end], j]
                     _check(have, want[start:end], f"{symbol} {name} bars {start}..{end}")
 
@@ -166,12 +124,12 @@ def test_streaming_equals_fully_adjusted_talib_times_growth(panel, streamed):
     inds, got = streamed
     o, h, lo, c, v = (wide[f] for f in ("open", "high", "low", "close", "volume"))
     valid = ~np.isnan(c)
-    g = _growth_after(split)
+    g = splits_after(split)
     adjusted = [a / g for a in (o, h, lo, c)] + [v * g]
     for ind in inds:
         for j, symbol in enumerate(SYMBOLS):
             rows = np.flatnonzero(valid[:, j])
-            ref = _reference(ind, *(np.ascontiguousarray(a[rows, j]) for a in adjusted))
+            ref = talib_reference(ind, *(np.ascontiguousarray(a[rows, j]) for a in adjusted))
             for name, want in ref.items():
                 pd_, vd = ts.PRICE_DEGREE.get(name, 0), ts.VOLUME_DEGREE.get(name, 0)
                 want = want * g[rows, j] ** pd_ / g[rows, j] ** vd
