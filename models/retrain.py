@@ -24,7 +24,7 @@ from typing import Any
 import structlog
 
 from tradingd.config import Config
-from tradingd.feeds.panel import Panel
+from tradingd.feeds.panel import FIELDS, Panel
 
 from .config import ModelConfig
 from .training import train
@@ -85,10 +85,7 @@ def retrain(
         else Panel(
             panel.times[-policy.window_bars :],
             panel.symbols,
-            *(
-                getattr(panel, f)[-policy.window_bars :]
-                for f in ("open", "high", "low", "close", "volume", "split", "dividend")
-            ),
+            *(getattr(panel, f)[-policy.window_bars :] for f in FIELDS),
         )
     )
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=versions))

@@ -146,7 +146,6 @@ class Engine:
         # Live bars exist nowhere else once the vendor's window has moved on: keep them.
         self._record_bars = record_bars
         self._stop_requested = False
-        self._record_signals = True
 
     # lifecycle -----------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -297,10 +296,9 @@ class Engine:
                 )
 
         gross, net = pf.exposure()
-        if self._record_signals:
-            self.store.record_signals(
-                run_id, bar.time, self.symbols, score, targets, self._signal_source()
-            )
+        self.store.record_signals(
+            run_id, bar.time, self.symbols, score, targets, self._signal_source()
+        )
         self.store.record_positions(
             run_id, bar.time, self.symbols, pf.quantity, pf.avg_price, ctx.mark
         )

@@ -61,6 +61,3 @@ class HistoryBuffer:
             raise ValueError(f"window of {n} bars requested; buffer holds 1..{self._cap}")
         end = self._pos + self._cap + 1
         return self._buf[field][end - n : end]
-
-    def latest(self, field: str) -> np.ndarray:
-        return self._buf[field][self._pos]
