@@ -10,6 +10,7 @@ files are kept, so a daemon running for months uses bounded disk.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from collections.abc import Sequence
@@ -41,8 +42,18 @@ def _iso(t: Any) -> str | None:
 
 
 # One encoder for the process: json.dumps builds a new encoder on every call. The records
-# hold no containers, so the circular-reference check is pure cost.
-_ENCODER = json.JSONEncoder(check_circular=False, default=str)
+# hold no containers, so the circular-reference check is pure cost. allow_nan=False: NaN is
+# not JSON (jq and most parsers reject it), so a value that slips through is a loud bug here
+# rather than an unreadable line; `_null_non_finite` turns the known ones into null first.
+_ENCODER = json.JSONEncoder(check_circular=False, default=str, allow_nan=False)
+
+
+def _null_non_finite(row: dict[str, Any]) -> dict[str, Any]:
+    """An unfilled order's average price is NaN in memory; in the file it is null."""
+    for k, v in row.items():
+        if v.__class__ is float and not math.isfinite(v):
+            row[k] = None
+    return row
 
 
 class AuditLog:
@@ -76,14 +87,14 @@ class AuditLog:
             row = {"event": "order"} | {n: getattr(o, n) for n in _ORDER_FIELDS}
             row["created_at"] = _iso(o.created_at)
             row["updated_at"] = _iso(o.updated_at)
-            self._lines.append(enc(row))
+            self._lines.append(enc(_null_non_finite(row)))
 
     def fills(self, fills: Sequence[Fill]) -> None:
         enc = _ENCODER.encode
         for f in fills:
             row = {"event": "fill"} | {n: getattr(f, n) for n in _FILL_FIELDS}
             row["time"] = _iso(f.time)
-            self._lines.append(enc(row))
+            self._lines.append(enc(_null_non_finite(row)))
 
     def flush(self, force: bool = False) -> None:
         if not self._lines:

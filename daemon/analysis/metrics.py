@@ -49,6 +49,9 @@ class ClosedTrade:
     exit_price: float
     direction: int  # +1 closing a long, -1 closing a short
     pnl: float  # after the closing share of this fill's commission
+    # True when this fill took the position to flat (or through it): the end of a round trip.
+    # A rebalance trim is a closing fill but not the end of a round trip.
+    ends_round_trip: bool = False
 
 
 def drawdown_series(equity: np.ndarray | Sequence[float]) -> np.ndarray:
@@ -92,9 +95,11 @@ def closed_trades(fills: Sequence[Fill]) -> list[ClosedTrade]:
         direction = 1 if pos > 0 else -1
         commission = f.commission * closed / qty
         pnl = (f.price - avg) * closed * direction - commission
-        out.append(ClosedTrade(f.symbol, f.time, closed, avg, f.price, direction, pnl))
         new_pos = pos + sign * qty
-        if abs(new_pos) <= _FLAT_TOL * max(abs(pos), qty):
+        flat = abs(new_pos) <= _FLAT_TOL * max(abs(pos), qty)
+        ends = flat or (new_pos > 0) != (pos > 0)
+        out.append(ClosedTrade(f.symbol, f.time, closed, avg, f.price, direction, pnl, ends))
+        if flat:
             positions[f.symbol] = (0.0, 0.0)
         elif (new_pos > 0) != (pos > 0):
             positions[f.symbol] = (new_pos, f.price)  # flipped: the remainder opens here
@@ -220,8 +225,11 @@ def summarize(
         "max_drawdown": max_drawdown,
         "max_drawdown_duration_bars": max_dd_duration,
         "calmar": calmar,
-        "trades": len(fills),
-        "round_trips": len(trades),
+        "fills": len(fills),
+        # Fills that reduced a position (exits and rebalance trims): what win_rate counts.
+        "closing_fills": len(trades),
+        # Positions opened from flat and taken back to flat (a flip ends one and starts one).
+        "round_trips": sum(1 for t in trades if t.ends_round_trip),
         "win_rate": win_rate,
         "avg_win": avg_win,
         "avg_loss": avg_loss,
@@ -250,9 +258,10 @@ _LABELS: dict[str, tuple[str, str]] = {
     "max_drawdown": ("Max drawdown", "pct"),
     "max_drawdown_duration_bars": ("Max drawdown duration (bars)", "int"),
     "calmar": ("Calmar ratio", "ratio"),
-    "trades": ("Fills", "int"),
-    "round_trips": ("Closing fills", "int"),
-    "win_rate": ("Win rate", "pct"),
+    "fills": ("Fills", "int"),
+    "closing_fills": ("Closing fills (exits and trims)", "int"),
+    "round_trips": ("Round trips (flat to flat)", "int"),
+    "win_rate": ("Win rate (of closing fills)", "pct"),
     "avg_win": ("Average win", "money"),
     "avg_loss": ("Average loss", "money"),
     "profit_factor": ("Profit factor", "ratio"),

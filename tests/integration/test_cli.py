@@ -75,7 +75,7 @@ def test_backtest_json_and_outputs(tmp_path):
         "sortino",
         "max_drawdown",
         "win_rate",
-        "trades",
+        "fills",
         "exposure",
         "commission_paid",
         "slippage_paid",
@@ -86,7 +86,7 @@ def test_backtest_json_and_outputs(tmp_path):
     assert len(equity) == summary["bars"]
     assert float(equity[-1]["equity"]) == pytest.approx(summary["final_equity"])
     fills = list(csv.DictReader((out / "fills.csv").open()))
-    assert len(fills) == summary["trades"] > 0
+    assert len(fills) == summary["fills"] > 0
     assert sum(float(f["commission"]) for f in fills) == pytest.approx(summary["commission_paid"])
     assert json.loads((out / "config.json").read_text())["costs"]["commission_pct"] == 0.001
     # Every order and fill is in the audit log too.

@@ -34,7 +34,8 @@ EXPECTED_KEYS = [
     "max_drawdown",
     "max_drawdown_duration_bars",
     "calmar",
-    "trades",
+    "fills",
+    "closing_fills",
     "round_trips",
     "win_rate",
     "avg_win",
@@ -86,7 +87,7 @@ def _assert_no_inf(summary: dict) -> None:
 def test_keys_exact_and_types():
     s = _run([100, 110, 99, 121])
     assert list(s) == EXPECTED_KEYS
-    for key in ("bars", "trades", "round_trips", "max_drawdown_duration_bars"):
+    for key in ("bars", "fills", "closing_fills", "round_trips", "max_drawdown_duration_bars"):
         assert type(s[key]) is int
     assert s["start"] == "2020-01-02"
     assert s["end"] == "2020-01-05"
@@ -214,7 +215,7 @@ def test_empty_run():
     assert s["total_return"] == 0.0
     assert s["max_drawdown"] == 0.0
     assert s["max_drawdown_duration_bars"] == 0
-    assert s["trades"] == s["round_trips"] == 0
+    assert s["fills"] == s["closing_fills"] == s["round_trips"] == 0
     assert s["commission_paid"] == s["turnover"] == 0.0
     for key in ("annual_return", "sharpe", "sortino", "calmar", "win_rate", "profit_factor"):
         assert math.isnan(s[key]), key
@@ -266,8 +267,12 @@ def test_closed_trades_pnl():
 def test_trade_statistics_in_summary():
     fills = _round_trip_fills()
     s = _run([100.0, 101.0], initial=100.0, fills=fills)
-    assert s["trades"] == 9
-    assert s["round_trips"] == 5
+    assert s["fills"] == 9
+    assert s["closing_fills"] == 5
+    # AAA: in and back to flat (the 5-share trim is no round trip); BBB: still short 6;
+    # CCC: long then flipped short (one ends), then the short closed (another ends).
+    assert s["round_trips"] == 3
+    assert [t.ends_round_trip for t in closed_trades(fills)] == [False, False, True, True, True]
     assert s["win_rate"] == pytest.approx(3 / 5)
     assert s["avg_win"] == pytest.approx((74 + 39.5 + 18) / 3)
     assert s["avg_loss"] == pytest.approx((-77 - 15) / 2)
@@ -281,7 +286,7 @@ def test_trade_statistics_in_summary():
 def test_no_losses_gives_nan_profit_factor():
     fills = [_fill(0, "A", Side.BUY, 1, 10.0), _fill(1, "A", Side.SELL, 1, 12.0)]
     s = _run([100.0, 102.0], fills=fills)
-    assert s["round_trips"] == 1
+    assert s["round_trips"] == s["closing_fills"] == 1
     assert s["win_rate"] == 1.0
     assert math.isnan(s["profit_factor"])
     assert math.isnan(s["avg_loss"])

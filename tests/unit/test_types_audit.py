@@ -99,3 +99,23 @@ def test_audit_writes_at_most_once_per_interval_unless_forced(tmp_path, monkeypa
     a.fills([f])
     a.close()  # and nothing is lost at the end
     assert len(path.read_text().splitlines()) == 5
+
+
+def _strict_json(line: str) -> dict:
+    """Parse as a strict JSON reader (jq) does: NaN and Infinity are not JSON."""
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"not JSON: {token}")
+
+    return json.loads(line, parse_constant=refuse)
+
+
+def test_unfilled_order_average_price_is_null_not_nan(tmp_path):
+    a = AuditLog(tmp_path, "r")
+    o = Order("r|x|A|entry", "A", Side.BUY, 10.0, T)  # new: avg_fill_price is NaN in memory
+    a.orders([o])
+    a.fills([Fill("f", "c", "A", Side.BUY, 1.0, 10.0, 0.0, 0.0, T)])  # reference_price NaN
+    a.close()
+    lines = [_strict_json(x) for x in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert lines[0]["avg_fill_price"] is None and lines[0]["filled_quantity"] == 0.0
+    assert lines[1]["reference_price"] is None and lines[1]["price"] == 10.0
