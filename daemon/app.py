@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import pandas as pd
 import structlog
 
 from .audit import AuditLog
@@ -47,13 +48,16 @@ def run_id_for(config: Config, mode: str) -> str:
 
 
 def load_data(config: Config) -> Panel:
+    """The configured bars up to `run.end`. History before `run.start` is kept: it warms up
+    features, model windows and signals, and trading starts at `run.start` (see
+    `trade_start`). Data after `run.end` is never loaded, so it cannot leak into a run."""
     d = config.data
     panel = load_panel(
         d.source,
         d.path or None,
         layout=d.layout,
         symbols=d.symbols or None,
-        start=config.run.start or None,
+        start=None,
         end=config.run.end or None,
         repair=d.repair,
         max_gap_days=d.max_gap_days,
@@ -61,6 +65,22 @@ def load_data(config: Config) -> Panel:
     if d.max_symbols and len(panel.symbols) > d.max_symbols:
         panel = panel.select(symbols=panel.symbols[: d.max_symbols])
     return panel
+
+
+def trade_start(config: Config, panel: Panel) -> datetime | None:
+    """The first bar time that may trade (None: from the first bar). Dates without a time
+    zone are UTC, like the stored bar times."""
+    if not config.run.start:
+        return None
+    ts = pd.Timestamp(config.run.start)
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    start = ts.to_pydatetime()
+    if len(panel.times) and start > panel.datetimes()[-1]:
+        raise ConfigError(
+            f"run.start = {config.run.start!r} is after the last bar of the data "
+            f"({panel.datetimes()[-1]:%Y-%m-%d}): nothing to trade"
+        )
+    return start
 
 
 def build_pipeline(config: Config, symbols: tuple[str, ...]) -> Pipeline:
@@ -196,6 +216,7 @@ def build_engine(
         before_stop=before_stop,
         record_bars=mode == "live",
         history_bars=config.features.history_bars,
+        trade_from=trade_start(config, panel),
     )
 
 

@@ -68,15 +68,38 @@ async def run_backtest(
         "run_id": result.run_id,
         "symbols": len(panel.symbols),
         **summary,
+        "warmup_bars": result.warmup_bars,
         "orders": result.orders,
+        "rejections": sum(result.rejections.values()),
+        "rejections_by_reason": dict(sorted(result.rejections.items())),
         "risk_verdicts": result.verdicts,
+        "risk_verdicts_by_rule": dict(sorted(result.verdicts_by_rule.items())),
+        "trading_restricted_bars": sum(p["bars"] for p in result.restrictions),
+        "trading_restricted": result.restrictions,
         "dividends_received": engine.portfolio.dividends_received,
+        **_models(engine),
     }
+    if result.restrictions_not_listed:
+        summary["trading_restricted_not_listed"] = result.restrictions_not_listed
     out = Path(output_dir or Path(config.run.output_dir) / result.run_id)
     write_outputs(out, config, result, summary, rows.get("orders", []), rows.get("fills", []))
     return BacktestOutcome(
         result.run_id, summary, out, result, rows.get("orders", []), rows.get("fills", [])
     )
+
+
+def _models(engine: Engine) -> dict[str, Any]:
+    """Which model a run used, by version and by the path it was loaded from, so a user can
+    tell the shipped pair from a retrained one."""
+    out: dict[str, Any] = {}
+    for plugin, _ in engine.pipeline.signals:
+        version = getattr(plugin, "version", None)
+        path = getattr(plugin, "model_path", None)
+        if version is not None or path is not None:
+            out.setdefault("models", []).append(
+                {"plugin": plugin.name, "version": version, "path": path}
+            )
+    return out
 
 
 def split_adjusted(fills: list[Fill], panel: Panel) -> list[Fill]:

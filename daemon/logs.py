@@ -34,9 +34,27 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(file=_StderrBesideProgressBars()),
         cache_logger_on_first_use=False,
     )
+
+
+class _StderrBesideProgressBars:
+    """Standard error that lets a progress bar keep its line: while a tqdm bar is shown, each
+    log line is written in tqdm's external-write mode (bar cleared, line written, bar drawn
+    again), so log lines neither overwrite the bar nor get overwritten by it. Resolves
+    sys.stderr at each write, so redirection (and test capture) still works."""
+
+    def write(self, s: str) -> int:
+        from tqdm import tqdm
+
+        if getattr(tqdm, "_instances", None):
+            with tqdm.external_write_mode(file=sys.stderr):
+                return sys.stderr.write(s)
+        return sys.stderr.write(s)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def _iso_datetimes(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

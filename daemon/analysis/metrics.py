@@ -18,7 +18,7 @@ Conventions, chosen once here so every report agrees:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -243,6 +243,8 @@ def summarize(
     return {k: _finite_or_nan(v) if isinstance(v, float) else v for k, v in summary.items()}
 
 
+_MAX_LISTED = 20
+
 _LABELS: dict[str, tuple[str, str]] = {
     # key: (label, kind) where kind picks the number format
     "start": ("Start", "str"),
@@ -287,15 +289,56 @@ def _fmt(value: float | int | str, kind: str) -> str:
     return f"{value:.2f}"
 
 
-def format_summary(summary: dict[str, float | int | str]) -> str:
+_MORE_LABELS: dict[str, tuple[str, str]] = {
+    "warmup_bars": ("Warm-up bars before the start (no trading)", "int"),
+    "orders": ("Orders", "int"),
+    "rejections": ("Orders rejected", "int"),
+    "risk_verdicts": ("Risk verdicts", "int"),
+    "trading_restricted_bars": ("Bars with trading restricted by a risk rule", "int"),
+    "dividends_received": ("Dividends received", "money"),
+}
+
+
+def _period(p: Mapping[str, Any]) -> str:
+    return (
+        f"{str(p['from'])[:10]} .. {str(p['to'])[:10]} ({p['bars']} bars) "
+        f"{p['plugin']}/{p['rule']}: {p['action']}"
+    )
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
     """Two aligned columns for the terminal; unknown keys are shown too, so callers may add
-    their own entries without touching this module."""
-    rows = []
+    their own entries without touching this module. Tables (counts by rule or reason) and
+    lists (restriction periods, models) are shown as indented rows under their key."""
+    rows: list[tuple[str, str]] = []
     for key, value in summary.items():
-        label, kind = _LABELS.get(key, (key.replace("_", " ").capitalize(), "ratio"))
+        label, kind = _LABELS.get(key) or _MORE_LABELS.get(
+            key, (key.replace("_", " ").capitalize(), "ratio")
+        )
+        if isinstance(value, Mapping):
+            if value:
+                rows.append((label, ""))
+                rows.extend((f"  {k}", _fmt(v, "int")) for k, v in value.items())
+            continue
+        if isinstance(value, list):
+            if value:
+                rows.append((label, str(len(value))))
+                for item in value[:_MAX_LISTED]:
+                    if isinstance(item, Mapping) and "from" in item:
+                        rows.append((f"  {_period(item)}", ""))
+                    elif isinstance(item, Mapping):
+                        rows.append(("  " + ", ".join(f"{k}={v}" for k, v in item.items()), ""))
+                    else:
+                        rows.append((f"  {item}", ""))
+                if len(value) > _MAX_LISTED:
+                    rows.append((f"  ... {len(value) - _MAX_LISTED} more in summary.json", ""))
+            continue
         rows.append((label, _fmt(value, kind)))
     if not rows:
         return ""
-    width = max(len(label) for label, _ in rows)
+    # Rows without a value (headings, listed periods) do not widen the label column.
+    width = max((len(label) for label, v in rows if v), default=0)
     vwidth = max(len(v) for _, v in rows)
-    return "\n".join(f"{label:<{width}}  {v:>{vwidth}}" for label, v in rows)
+    return "\n".join(
+        f"{label:<{width}}  {v:>{vwidth}}" if v else label.rstrip() for label, v in rows
+    )

@@ -184,6 +184,9 @@ class RiskVerdict:
     reason: str
     requested: float = math.nan
     allowed: float = math.nan
+    # The limit that acted, for counting and reports (e.g. "max_drawdown", "daily_loss_limit");
+    # empty means the plugin has one rule, named by the plugin.
+    rule: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,8 @@ from ..core.ports import (
     SizingPlugin,
     Store,
 )
-from ..core.types import CrossSection, Fill, Order, OrderStatus, RiskVerdict, RunInfo
+from ..core.types import CrossSection, Fill, Order, RiskVerdict, RunInfo
+from .accounting import RejectionRecord, RiskRecord
 from .history import HistoryBuffer
 from .planner import OrderPlanner
 from .portfolio import Portfolio
@@ -72,6 +73,16 @@ class EngineResult:
     orders: int
     verdicts: int
     stopped_early: bool = False
+    # Risk verdicts per "plugin/rule", the periods in which a rule restricted trading, and
+    # broker rejections by reason: nothing that stops trading may pass unseen.
+    verdicts_by_rule: dict[str, int] = field(default_factory=dict)
+    restrictions: list[dict[str, Any]] = field(default_factory=list)
+    restrictions_not_listed: int = 0
+    rejections: dict[str, int] = field(default_factory=dict)
+    # Bars before `trade_from` that only warmed up features and signals (no orders).
+    warmup_bars: int = 0
+    # First bar at which at least one symbol had every feature its plugins need.
+    first_ready: datetime | None = None
 
 
 @dataclass
@@ -114,6 +125,7 @@ class Engine:
         before_stop: Callable[[Engine], Awaitable[None]] | None = None,
         record_bars: bool = False,
         history_bars: int = 2,
+        trade_from: datetime | None = None,
     ) -> None:
         self.run = run
         self.clock = clock
@@ -146,6 +158,17 @@ class Engine:
         # Live bars exist nowhere else once the vendor's window has moved on: keep them.
         self._record_bars = record_bars
         self._stop_requested = False
+        # Bars before this time feed history, features and (stateful) signals, but nothing
+        # is decided, ordered or counted in the run's results: a start date must not cut
+        # the warm-up (indicators, model windows) out of the data.
+        self._trade_from = trade_from
+        self._warmup_bars = 0
+        self._splits = 0
+        self._seen = 0
+        self._first_ready: datetime | None = None
+        self._last_time: datetime | None = None
+        self.risk_record = RiskRecord()
+        self.rejections = RejectionRecord()
 
     # lifecycle -----------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -175,6 +198,10 @@ class Engine:
                     await self.step(bar)
                 if self._stop_requested:
                     break
+            if self._splits:
+                log.info("corporate.splits_applied", splits=self._splits)
+            self.risk_record.finish(self._last_time)
+            self._warn_if_never_ready()
             result = self.result()
             await self.store.end_run(self.run.run_id, {"bars": result.bars})
             await self._publish(force=True)
@@ -216,7 +243,23 @@ class Engine:
             orders=self._orders,
             verdicts=self._verdicts,
             stopped_early=self._stop_requested,
+            verdicts_by_rule=dict(self.risk_record.counts),
+            restrictions=[r.to_dict() for r in self.risk_record.periods],
+            restrictions_not_listed=self.risk_record.periods_dropped,
+            rejections=dict(self.rejections.counts),
+            warmup_bars=self._warmup_bars,
+            first_ready=self._first_ready,
         )
+
+    def _warn_if_never_ready(self) -> None:
+        if self._required and self._first_ready is None and self._bars:
+            log.warning(
+                "run.never_ready",
+                bars=self._bars,
+                warmup_bars=self._warmup_bars,
+                hint="no symbol finished the warm-up of its features within the data: the "
+                "run cannot trade; give it more history before run.start or a longer window",
+            )
 
     # the pipeline --------------------------------------------------------------------------
     async def step(self, bar: CrossSection) -> None:
@@ -224,7 +267,9 @@ class Engine:
         run_id = self.run.run_id
         split_cols = pf.apply_splits(bar.split)
         if split_cols:
-            log.info(
+            self._splits += len(split_cols)
+            # Hundreds over a long replay: each at debug, the count at the end of the run.
+            log.debug(
                 "corporate.split",
                 time=bar.time,
                 symbols={self.symbols[i]: float(bar.split[i]) for i in split_cols},
@@ -235,6 +280,8 @@ class Engine:
         if self._record_bars:
             await self.store.write_bars(self.symbols, [bar])
 
+        self._seen += 1
+        self._last_time = bar.time
         update = await self.broker.on_bar(bar)
         if update.fills:
             for fill in update.fills:
@@ -244,13 +291,14 @@ class Engine:
         if update.orders:
             self.store.record_orders(run_id, update.orders)
             self.audit.orders(update.orders)
+            self.rejections.on_orders(update.orders, "fill")
 
         valid = ~np.isnan(bar.close)
         equity = pf.mark_to_market(bar.close, valid)
         features, ready = self._features(bar, valid)
         ctx = BarContext(
             time=bar.time,
-            index=self._bars,
+            index=self._seen - 1,
             symbols=self.symbols,
             bar=bar,
             mark=pf.mark,
@@ -260,6 +308,26 @@ class Engine:
             portfolio=pf.view(),
             ready=ready,
         )
+        if self._first_ready is None and (not self._required or ready.any()):
+            self._first_ready = bar.time
+            if self._required and self._bars:
+                # Expected when the data starts where the run starts; a surprise (warning)
+                # when a start date was given and there was not enough history before it.
+                (log.warning if self._trade_from is not None else log.info)(
+                    "run.warmup_inside_window",
+                    first_ready=bar.time,
+                    bars_without_any_ready_symbol=self._bars,
+                    hint="the features were not ready when trading started: give the run "
+                    "more history before run.start",
+                )
+        if self._trade_from is not None and bar.time < self._trade_from:
+            # Warm-up: signal plugins see the bar (they may keep windows of their own), but
+            # nothing is sized, checked, ordered or recorded.
+            self._score(ctx)
+            self._warmup_bars += 1
+            if self._on_bar is not None:
+                self._on_bar(self._seen, bar.time)
+            return
         score = self._score(ctx)
         if self._required:
             score = np.where(ready, score, np.nan)  # warm-up never reaches a decision
@@ -267,16 +335,7 @@ class Engine:
         targets, verdicts = self._risk(targets, ctx)
         if verdicts:
             self._verdicts += len(verdicts)
-            for v in verdicts:
-                log.debug(
-                    "risk.verdict",
-                    plugin=v.plugin,
-                    symbol=v.symbol,
-                    action=v.action,
-                    reason=v.reason,
-                    requested=v.requested,
-                    allowed=v.allowed,
-                )
+        self.risk_record.on_bar(bar.time, verdicts)
 
         plan = self.planner.plan(targets, ctx, self.broker.open_orders())
         for cid in plan.cancel:
@@ -289,11 +348,7 @@ class Engine:
             self._orders += len(acked)
             self.store.record_orders(run_id, acked)
             self.audit.orders(acked)
-            rejected = [o for o in acked if o.status is OrderStatus.REJECTED]
-            for o in rejected:
-                log.warning(
-                    "order.rejected", symbol=o.symbol, cid=o.client_order_id, reason=o.reason
-                )
+            self.rejections.on_orders(acked, "submit")
 
         gross, net = pf.exposure()
         self.store.record_signals(
@@ -311,7 +366,7 @@ class Engine:
         self._bars += 1
         await self._publish()
         if self._on_bar is not None:
-            self._on_bar(self._bars, bar.time)
+            self._on_bar(self._seen, bar.time)
 
     def _plugins(self) -> list[Any]:
         p = self.pipeline

@@ -1,19 +1,49 @@
 """Circuit breakers from the reference specification: max drawdown 20%, daily loss 5%.
 
-Breaching either blocks new exposure: targets may only move toward zero (reductions and exits
-still go through, entries and increases do not). The drawdown halt persists until equity
-recovers above the limit; the daily-loss block lasts for the bar on which it was breached.
+Breaching the daily loss limit blocks new exposure for the bar on which it happened: targets
+may only move toward zero (reductions and exits still go through, entries and increases do
+not).
+
+Breaching the drawdown limit starts a halt, and what ends it is the operator's choice
+(`recovery`), because the right answer differs between a live account and a backtest:
+
+* ``"cooloff"`` (the default): entries stay blocked for `cooloff_bars` bars (or until equity
+  is back within the limit, if sooner); then the peak is re-based to the equity of that bar
+  and trading resumes, so a later fall of another `max_drawdown_pct` from there trips it
+  again. Measured from the all-time peak, a flat book can never climb back within the limit,
+  so without a re-base the first breach would freeze a backtest for the rest of its history
+  (the 500-stock backtest stopped trading in December 2002 that way).
+* ``"halt"``: entries stay blocked until a deliberate `reset()`: right for a live account,
+  where a person should look before trading resumes (`config/paper.toml` chooses it). In a
+  backtest it never lifts, which the summary shows.
+* ``"scale"``: while under water beyond the limit, targets are scaled by
+  `underwater_exposure` instead of blocked; full size returns once equity is back within the
+  limit of the peak.
+
+`flatten_on_breach` closes every position when the drawdown limit is breached (and keeps the
+book flat while halted) instead of only blocking new exposure.
+
+The peak is the plugin's own (starting from the portfolio's peak when it first sees the book)
+so that a re-base does not touch the portfolio. Every bar on which the guard restricts trading
+returns a verdict with its rule (`max_drawdown` or `daily_loss_limit`); the engine logs a
+warning when a restriction starts and when it lifts and reports the periods in the summary.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import ClassVar
 
 import numpy as np
+import structlog
 
 from tradingd.core.ports import BarContext, RiskDecision
 from tradingd.core.types import RiskVerdict
+
+log = structlog.get_logger(__name__)
+
+RECOVERY = ("cooloff", "halt", "scale")
 
 
 @dataclass(frozen=True)
@@ -22,12 +52,34 @@ class DrawdownGuardConfig:
     daily_loss_limit_pct: float = 0.05
     # Close everything on a drawdown breach instead of only blocking new exposure.
     flatten_on_breach: bool = False
+    # What ends a drawdown halt: cooloff | halt (until reset) | scale (see the module doc).
+    recovery: str = "cooloff"
+    # "cooloff": bars to stay blocked before the peak is re-based (21 = about a month).
+    cooloff_bars: int = 21
+    # "scale": fraction of each target allowed while under water beyond the limit.
+    underwater_exposure: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("max_drawdown_pct", "daily_loss_limit_pct"):
             v = getattr(self, name)
             if not 0 < v < 1:
                 raise ValueError(f"{name} must be in (0, 1), got {v}")
+        if self.recovery not in RECOVERY:
+            raise ValueError(
+                f"recovery must be one of {', '.join(RECOVERY)}, got {self.recovery!r}"
+            )
+        if isinstance(self.cooloff_bars, bool) or not (
+            isinstance(self.cooloff_bars, int) and self.cooloff_bars >= 1
+        ):
+            raise ValueError(f"cooloff_bars must be an integer >= 1, got {self.cooloff_bars!r}")
+        if not (
+            isinstance(self.underwater_exposure, int | float)
+            and math.isfinite(self.underwater_exposure)
+            and 0 <= self.underwater_exposure < 1
+        ):
+            raise ValueError(
+                f"underwater_exposure must be in [0, 1), got {self.underwater_exposure!r}"
+            )
 
 
 class DrawdownGuard:
@@ -37,6 +89,22 @@ class DrawdownGuard:
     def __init__(self, config: DrawdownGuardConfig, symbols: tuple[str, ...]) -> None:
         self.config = config
         self.name = "drawdown_guard"
+        self._peak: float | None = None
+        self._rebase_next = False
+        self._halted_bars: int | None = None  # None: not halted; else bars since the breach
+
+    @property
+    def halted(self) -> bool:
+        return self._halted_bars is not None
+
+    def reset(self) -> None:
+        """The deliberate reset that ends a `recovery = "halt"` halt: the peak is re-based to
+        the equity of the next bar."""
+        if self._halted_bars is not None:
+            log.warning("risk.drawdown_reset", plugin=self.name)
+        self._halted_bars = None
+        self._peak = None
+        self._rebase_next = True
 
     def required_features(self) -> tuple[str, ...]:
         return ()
@@ -44,29 +112,82 @@ class DrawdownGuard:
     def check(self, targets: np.ndarray, ctx: BarContext) -> RiskDecision:
         pf = ctx.portfolio
         c = self.config
-        drawdown = 1.0 - pf.equity / pf.peak_equity if pf.peak_equity > 0 else 0.0
-        day_loss = 1.0 - pf.equity / pf.day_start_equity if pf.day_start_equity > 0 else 0.0
-        if drawdown >= c.max_drawdown_pct:
-            reason = f"drawdown {drawdown:.2%} >= limit {c.max_drawdown_pct:.2%}"
+        if self._peak is None:
+            self._peak = pf.equity if self._rebase_next else pf.peak_equity
+            self._rebase_next = False
+            if self._peak <= 0 or not math.isfinite(self._peak):
+                self._peak = pf.equity
+        self._peak = max(self._peak, pf.equity)
+        drawdown = 1.0 - pf.equity / self._peak if self._peak > 0 else 0.0
+        breached = drawdown >= c.max_drawdown_pct
+
+        if self._halted_bars is not None:
+            self._halted_bars += 1
+            if c.recovery == "cooloff" and (not breached or self._halted_bars >= c.cooloff_bars):
+                if breached:
+                    log.info(
+                        "risk.drawdown_peak_rebased",
+                        plugin=self.name,
+                        old_peak=self._peak,
+                        new_peak=pf.equity,
+                        after_bars=self._halted_bars,
+                    )
+                    self._peak = pf.equity
+                    drawdown, breached = 0.0, False
+                self._halted_bars = None
+            elif c.recovery == "scale" and not breached:
+                self._halted_bars = None
+        elif breached:
+            self._halted_bars = 0
+
+        if self._halted_bars is not None:
+            limit = c.max_drawdown_pct
+            if c.recovery == "halt":
+                why = "until reset"
+            elif c.recovery == "cooloff":
+                why = f"cool-off bar {self._halted_bars + 1} of {c.cooloff_bars}"
+            else:
+                why = f"exposure scaled to {c.underwater_exposure:.0%}"
+            reason = f"drawdown {drawdown:.2%} >= limit {limit:.2%} ({why})"
             if c.flatten_on_breach:
                 return RiskDecision(
                     np.zeros_like(targets),
                     (
                         RiskVerdict(
-                            self.name, None, "flatten", reason, drawdown, c.max_drawdown_pct
+                            self.name, None, "flatten", reason, drawdown, limit, "max_drawdown"
                         ),
                     ),
                 )
-            return self._block(targets, pf.weights, reason, drawdown, c.max_drawdown_pct)
+            if c.recovery == "scale":
+                return RiskDecision(
+                    targets * c.underwater_exposure,
+                    (
+                        RiskVerdict(
+                            self.name, None, "scale", reason, drawdown, limit, "max_drawdown"
+                        ),
+                    ),
+                )
+            return self._block(targets, pf.weights, reason, drawdown, limit, "max_drawdown")
+        day_loss = 1.0 - pf.equity / pf.day_start_equity if pf.day_start_equity > 0 else 0.0
         if day_loss >= c.daily_loss_limit_pct:
             reason = f"daily loss {day_loss:.2%} >= limit {c.daily_loss_limit_pct:.2%}"
-            return self._block(targets, pf.weights, reason, day_loss, c.daily_loss_limit_pct)
+            return self._block(
+                targets, pf.weights, reason, day_loss, c.daily_loss_limit_pct, "daily_loss_limit"
+            )
         return RiskDecision(targets)
 
     def _block(
-        self, targets: np.ndarray, current: np.ndarray, reason: str, value: float, limit: float
+        self,
+        targets: np.ndarray,
+        current: np.ndarray,
+        reason: str,
+        value: float,
+        limit: float,
+        rule: str,
     ) -> RiskDecision:
         # Keep a target only if it moves the position toward zero without crossing it.
         toward_zero = (np.abs(targets) <= np.abs(current)) & (targets * current >= 0)
         out = np.where(toward_zero, targets, current)
-        return RiskDecision(out, (RiskVerdict(self.name, None, "halt", reason, value, limit),))
+        return RiskDecision(
+            out, (RiskVerdict(self.name, None, "halt", reason, value, limit, rule),)
+        )

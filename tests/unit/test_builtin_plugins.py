@@ -184,3 +184,65 @@ def test_top_k_matches_a_full_stable_sort():
         assert sorted(got.tolist()) == sorted(expected.tolist())
 
     check()
+
+
+def _guard(**kw):
+    return DrawdownGuard(
+        DrawdownGuardConfig(max_drawdown_pct=0.2, daily_loss_limit_pct=0.5, **kw), SYMS
+    )
+
+
+def _wants(g, equity, day_start=None):
+    """One bar: the book holds 10% of A and wants 20%; returns the allowed target of A."""
+    d = g.check(
+        np.array([0.2, 0, 0, 0]),
+        ctx(weights=[0.1, 0, 0, 0], equity=equity, peak=100.0, day_start=day_start or equity),
+    )
+    return float(d.targets[0]), d.verdicts
+
+
+def test_drawdown_cooloff_rebases_the_peak_after_n_bars():
+    g = _guard(recovery="cooloff", cooloff_bars=3)
+    assert _wants(g, 100.0)[0] == 0.2
+    # Breach at 75 (25% below 100): blocked for 3 bars, although equity never recovers.
+    blocked = [_wants(g, 75.0) for _ in range(3)]
+    assert [t for t, _ in blocked] == [0.1, 0.1, 0.1]
+    assert all(v[0].rule == "max_drawdown" and v[0].action == "halt" for _, v in blocked)
+    # Then the peak is 75: trading resumes, and a new 20% fall from there trips it again.
+    assert _wants(g, 75.0) == (0.2, ())
+    assert _wants(g, 61.0)[0] == 0.2  # 18.7% below 75
+    assert _wants(g, 59.0)[0] == 0.1  # 21.3% below 75
+
+
+def test_drawdown_cooloff_lifts_early_when_equity_recovers():
+    g = _guard(recovery="cooloff", cooloff_bars=50)
+    _wants(g, 100.0)
+    assert _wants(g, 79.0)[0] == 0.1
+    assert _wants(g, 85.0) == (0.2, ())  # back within 20% of the unchanged peak
+
+
+def test_drawdown_halt_holds_until_reset():
+    g = _guard(recovery="halt")
+    _wants(g, 100.0)
+    for equity in (79.0, 90.0, 100.0, 120.0):  # even a new high does not lift it
+        assert _wants(g, equity)[0] == 0.1
+    g.reset()
+    assert _wants(g, 70.0) == (0.2, ())  # the peak is re-based at the reset
+    assert _wants(g, 55.0)[0] == 0.1  # 21% below 70
+
+
+def test_drawdown_scale_shrinks_instead_of_blocking():
+    g = _guard(recovery="scale", underwater_exposure=0.5)
+    _wants(g, 100.0)
+    target, verdicts = _wants(g, 75.0)
+    assert target == pytest.approx(0.1) and verdicts[0].action == "scale"
+    assert _wants(g, 90.0) == (0.2, ())
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"recovery": "later"}, {"cooloff_bars": 0}, {"underwater_exposure": 1.5}],
+)
+def test_drawdown_guard_rejects_bad_recovery_settings(params):
+    with pytest.raises(ValueError, match=next(iter(params))):
+        DrawdownGuardConfig(**params)

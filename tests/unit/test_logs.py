@@ -29,3 +29,45 @@ def test_json_lines_for_services_and_console_for_people(capsys):
         assert not err.lstrip().startswith("{")
     finally:
         structlog.reset_defaults()
+
+
+def test_log_lines_do_not_overwrite_a_progress_bar(capsys, monkeypatch):
+    """While a bar is shown, a log line is written in tqdm's external-write mode (bar cleared
+    first, redrawn after); with no bar, lines go straight to stderr."""
+    import contextlib
+    import sys
+
+    from tqdm import tqdm
+
+    writes: list[str] = []
+    real = tqdm.external_write_mode
+
+    @contextlib.contextmanager
+    def recording(file=None, nolock=False):
+        writes.append("enter")
+        with real(file=file, nolock=nolock):
+            yield
+        writes.append("exit")
+
+    monkeypatch.setattr(tqdm, "external_write_mode", recording)
+    try:
+        configure_logging("info", "json")
+        log = structlog.get_logger("t")
+        log.info("before.bar")
+        assert writes == []
+        bar = tqdm(total=10, file=sys.stderr, disable=False)
+        try:
+            log.info("during.bar")
+        finally:
+            bar.close()
+        assert writes == ["enter", "exit"]
+        err = capsys.readouterr().err
+        # The line is whole, on a line of its own, with the bar's clearing before it.
+        assert any(
+            line.endswith('"event": "during.bar"}') or '"during.bar"' in line
+            for line in err.splitlines()
+        )
+        line = next(x for x in err.split("\n") if "during.bar" in x)
+        json.loads(line[line.index("{") :])
+    finally:
+        structlog.reset_defaults()

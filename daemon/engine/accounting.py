@@ -1,0 +1,179 @@
+"""What the risk layer and the broker refused, kept per run so that nothing halts or rejects
+trading silently: counts per plugin and rule, the periods in which a rule restricted trading,
+and rejections by reason. The engine feeds these each bar; the summary reads them.
+
+Restrictions ("halt", "flatten", "scale" verdicts: rules that stop or shrink new exposure)
+are logged at warning level when they start and when they lift, because a backtest that
+stopped trading in its third year must say so where the user looks. Clips and rejections of
+single targets are routine and stay at debug level, counted here.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import structlog
+
+from ..core.types import Order, OrderStatus, RiskVerdict
+
+log = structlog.get_logger(__name__)
+
+RESTRICTING = frozenset({"halt", "flatten", "scale"})
+# A run that restricts on and off for decades keeps its first periods in full and counts
+# the rest, so the record stays bounded.
+MAX_PERIODS = 1000
+
+
+def rule_of(v: RiskVerdict) -> str:
+    return v.rule or v.plugin
+
+
+@dataclass
+class Restriction:
+    plugin: str
+    rule: str
+    action: str
+    start: datetime
+    end: datetime
+    bars: int
+    reason: str  # the reason given on the first bar
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "plugin": self.plugin,
+            "rule": self.rule,
+            "action": self.action,
+            "from": self.start.isoformat(),
+            "to": self.end.isoformat(),
+            "bars": self.bars,
+            "reason": self.reason,
+        }
+
+
+class RiskRecord:
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.periods: list[Restriction] = []
+        self.periods_dropped = 0
+        self._open: dict[tuple[str, str], Restriction] = {}
+
+    def on_bar(self, time: datetime, verdicts: Sequence[RiskVerdict]) -> None:
+        seen: set[tuple[str, str]] = set()
+        for v in verdicts:
+            rule = rule_of(v)
+            self.counts[f"{v.plugin}/{rule}"] += 1
+            log.debug(
+                "risk.verdict",
+                plugin=v.plugin,
+                rule=rule,
+                symbol=v.symbol,
+                action=v.action,
+                reason=v.reason,
+                requested=v.requested,
+                allowed=v.allowed,
+            )
+            if v.action not in RESTRICTING:
+                continue
+            key = (v.plugin, rule)
+            if key in seen:
+                continue
+            seen.add(key)
+            current = self._open.get(key)
+            if current is None:
+                self._open[key] = Restriction(v.plugin, rule, v.action, time, time, 1, v.reason)
+                log.warning(
+                    "risk.restriction_started",
+                    plugin=v.plugin,
+                    rule=rule,
+                    action=v.action,
+                    time=time,
+                    reason=v.reason,
+                )
+            else:
+                current.end = time
+                current.bars += 1
+        for key in [k for k in self._open if k not in seen]:
+            self._close(self._open.pop(key), time)
+
+    def finish(self, time: datetime | None) -> None:
+        """At the end of the run: a restriction still in force is reported as such."""
+        for key in list(self._open):
+            r = self._open.pop(key)
+            log.warning(
+                "risk.restriction_in_force_at_end",
+                plugin=r.plugin,
+                rule=r.rule,
+                action=r.action,
+                since=r.start,
+                bars=r.bars,
+                reason=r.reason,
+            )
+            self._keep(r)
+
+    def _close(self, r: Restriction, lifted_at: datetime) -> None:
+        log.warning(
+            "risk.restriction_lifted",
+            plugin=r.plugin,
+            rule=r.rule,
+            action=r.action,
+            since=r.start,
+            time=lifted_at,
+            bars=r.bars,
+        )
+        self._keep(r)
+
+    def _keep(self, r: Restriction) -> None:
+        if len(self.periods) < MAX_PERIODS:
+            self.periods.append(r)
+        else:
+            self.periods_dropped += 1
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    def restricted_bars(self) -> int:
+        return sum(r.bars for r in self.periods) + sum(r.bars for r in self._open.values())
+
+
+def reason_kind(reason: str) -> str:
+    """'insufficient buying power (required: 1234.50, available: 99.00)' ->
+    'insufficient buying power': the reason without its numbers and names, for counting."""
+    head = re.split(r"[(:'\"\d]", reason, maxsplit=1)[0].strip()
+    return head or reason.strip() or "unspecified"
+
+
+class RejectionRecord:
+    """Orders the broker refused, at submission or later at fill time (a buy that finds too
+    little cash at the next open): each is logged at warning level once and counted."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self._seen: set[str] = set()
+
+    def on_orders(self, orders: Iterable[Order], stage: str) -> None:
+        for o in orders:
+            if o.status is not OrderStatus.REJECTED or o.client_order_id in self._seen:
+                continue
+            self._seen.add(o.client_order_id)
+            if len(self._seen) > 100_000:  # ids only guard against double counting
+                self._seen.clear()
+            self.counts[reason_kind(o.reason)] += 1
+            log.warning(
+                "order.rejected",
+                stage=stage,
+                symbol=o.symbol,
+                side=str(o.side),
+                quantity=o.quantity,
+                cid=o.client_order_id,
+                reason=o.reason,
+            )
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())

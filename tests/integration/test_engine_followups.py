@@ -1,0 +1,213 @@
+"""What a new user tripped over in the replay path: a drawdown halt that froze a backtest for
+good and said nothing, silent fill-time rejections, a start date that cut the warm-up, and a
+window too short to ever trade."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import _StubEntryPoint, make_panel
+from structlog.testing import capture_logs
+
+from tradingd.analysis.metrics import format_summary
+from tradingd.backtest import _jsonable, run_backtest
+from tradingd.config import PluginSpec, RunConfig
+from tradingd.feeds.panel import Panel
+
+
+@dataclass(frozen=True)
+class _AlwaysLongConfig:
+    pass
+
+
+class AlwaysLong:
+    """Wants every tradable symbol long, every bar: whatever stops it is the risk layer."""
+
+    kind: ClassVar[str] = "signal"
+    Config = _AlwaysLongConfig
+
+    def __init__(self, config, symbols):
+        self.name = "always_long"
+
+    def required_features(self):
+        return ()
+
+    def score(self, ctx):
+        return np.where(ctx.tradable, 1.0, np.nan)
+
+
+@pytest.fixture
+def always_long(monkeypatch):
+    from tradingd.engine import plugins as registry
+
+    eps = dict(registry.available())
+    eps["always_long"] = _StubEntryPoint("always_long", AlwaysLong)
+    monkeypatch.setattr(registry, "available", lambda: eps)
+
+
+def _crash_panel(n_bars=160, crash_at=40, crash=0.45) -> Panel:
+    """Three symbols that rise, fall `crash` over five bars, then drift up slowly."""
+    times = pd.bdate_range("2021-01-04", periods=n_bars).to_numpy(dtype="datetime64[ns]")
+    step = np.full(n_bars, 0.002)
+    step[crash_at : crash_at + 5] = np.log(1 - crash) / 5
+    close = 100.0 * np.exp(np.cumsum(step))[:, None] * np.array([1.0, 1.1, 0.9])
+    return Panel(
+        times=times,
+        symbols=("A", "B", "C"),
+        open=close.copy(),
+        high=close * 1.001,
+        low=close * 0.999,
+        close=close,
+        volume=np.full(close.shape, 1e7),
+        split=np.ones_like(close),
+        dividend=np.zeros_like(close),
+    )
+
+
+def _config(engine_config, *, guard_params=None, **run):
+    risk = (
+        PluginSpec("max_position", params={"max_position_pct": 0.34}),
+        PluginSpec(
+            "drawdown_guard",
+            params={"max_drawdown_pct": 0.2, "daily_loss_limit_pct": 0.5, **(guard_params or {})},
+        ),
+    )
+    return dataclasses.replace(
+        engine_config,
+        signals=(PluginSpec("always_long"),),
+        sizing=PluginSpec("equal_weight", params={"max_positions": 3, "gross_exposure": 0.99}),
+        risk=risk,
+        run=dataclasses.replace(engine_config.run, **run),
+    )
+
+
+def _buys_after(fills, t):
+    return [f for f in fills if f["side"] == "buy" and pd.Timestamp(f["time"]) > t]
+
+
+async def test_drawdown_halt_lifts_after_the_cooloff_and_is_reported(
+    engine_config, always_long, tmp_path
+):
+    panel = _crash_panel()
+    config = _config(engine_config, guard_params={"cooloff_bars": 10, "flatten_on_breach": True})
+    with capture_logs() as logs:
+        out = await run_backtest(config, panel=panel, output_dir=tmp_path / "out")
+    s = out.summary
+    periods = [p for p in s["trading_restricted"] if p["rule"] == "max_drawdown"]
+    assert len(periods) == 1
+    p = periods[0]
+    assert p["plugin"] == "drawdown_guard" and p["action"] == "flatten" and p["bars"] == 10
+    assert s["risk_verdicts_by_rule"]["drawdown_guard/max_drawdown"] == 10
+    # Flattened on the breach, and trading resumed after the cool-off: the account buys
+    # again and is invested for the rest of the run.
+    lifted = pd.Timestamp(p["to"])
+    assert _buys_after(out.fills, lifted)
+    assert s["time_in_market"] > 0.85
+    events = [(e["event"], e["log_level"]) for e in logs if e["event"].startswith("risk.")]
+    assert ("risk.restriction_started", "warning") in events
+    assert ("risk.restriction_lifted", "warning") in events
+    # The text summary shows the rule and the period; the JSON keeps them.
+    text = format_summary(s)
+    assert "drawdown_guard/max_drawdown" in text and p["from"][:10] in text
+    assert _jsonable(s)["trading_restricted"][0]["bars"] == 10
+
+
+async def test_drawdown_halt_until_reset_never_lifts_and_says_so(
+    engine_config, always_long, tmp_path
+):
+    panel = _crash_panel()
+    config = _config(engine_config, guard_params={"recovery": "halt", "flatten_on_breach": True})
+    with capture_logs() as logs:
+        out = await run_backtest(config, panel=panel, output_dir=tmp_path / "out")
+    s = out.summary
+    (p,) = [p for p in s["trading_restricted"] if p["rule"] == "max_drawdown"]
+    assert pd.Timestamp(p["to"]) == pd.Timestamp(panel.datetimes()[-1])  # until the end
+    assert not _buys_after(out.fills, pd.Timestamp(p["from"]))
+    assert s["trading_restricted_bars"] >= p["bars"] > 100
+    assert any(e["event"] == "risk.restriction_in_force_at_end" for e in logs)
+
+
+async def test_rejections_at_fill_time_are_logged_and_counted(engine_config, always_long, tmp_path):
+    panel = _crash_panel(n_bars=30, crash_at=100)
+    # Every symbol gaps up 30% at the second bar's open: the buys sized on the first close
+    # cannot be paid for.
+    panel.open[1] *= 1.3
+    panel.high[1] = np.maximum(panel.high[1], panel.open[1])
+    config = _config(engine_config)
+    with capture_logs() as logs:
+        out = await run_backtest(config, panel=panel, output_dir=tmp_path / "out")
+    rejected = [e for e in logs if e["event"] == "order.rejected"]
+    assert rejected and all(e["log_level"] == "warning" for e in rejected)
+    assert {e["stage"] for e in rejected} == {"fill"}
+    assert "insufficient buying power" in rejected[0]["reason"]
+    s = out.summary
+    assert (
+        s["rejections"] == len(rejected) == s["rejections_by_reason"]["insufficient buying power"]
+    )
+    assert s["rejections"] == sum(1 for o in out.orders if o["status"] == "rejected")
+
+
+async def test_a_start_date_keeps_the_history_before_it_for_the_warmup(engine_config, tmp_path):
+    """Momentum over 20 bars with the run starting at bar 150: the first orders are made at
+    the start bar itself, not 20 bars later, and nothing is decided before it."""
+    panel = make_panel(n_bars=300, split_at=None)
+    start = panel.datetimes()[150]
+    config = dataclasses.replace(
+        engine_config, run=dataclasses.replace(engine_config.run, start=start.date().isoformat())
+    )
+    out = await run_backtest(config, panel=panel, output_dir=tmp_path / "out")
+    created = sorted(pd.Timestamp(o["created_at"]) for o in out.orders)
+    assert created and created[0] == pd.Timestamp(start)
+    assert out.summary["start"] == start.date().isoformat()
+    assert out.summary["bars"] == 150 and out.summary["warmup_bars"] == 150
+    assert out.result.times[0] == start
+
+
+async def test_load_data_keeps_history_before_start_and_nothing_after_end(tmp_path):
+    from tradingd.app import load_data, trade_start
+    from tradingd.config import Config, DataConfig
+
+    panel = make_panel(n_symbols=2, n_bars=120, split_at=None)
+    rows = []
+    for j, sym in enumerate(panel.symbols):
+        for i, t in enumerate(panel.datetimes()):
+            if np.isnan(panel.close[i, j]):
+                continue
+            rows.append(
+                {
+                    "time": t.date().isoformat(),
+                    "symbol": sym,
+                    **{
+                        f: float(getattr(panel, f)[i, j])
+                        for f in ("open", "high", "low", "close", "volume")
+                    },
+                }
+            )
+    path = tmp_path / "bars.csv"
+    pd.DataFrame(rows).to_csv(path, index=False)
+    times = panel.datetimes()
+    config = Config(
+        run=RunConfig(start=times[60].date().isoformat(), end=times[100].date().isoformat()),
+        data=DataConfig(source="csv", path=str(path), layout="long"),
+    )
+    loaded = load_data(config)
+    assert loaded.datetimes()[0] == times[0]  # the warm-up history is there
+    assert loaded.datetimes()[-1] == times[100]  # nothing after the end
+    assert trade_start(config, loaded) == times[60]
+
+
+async def test_a_window_shorter_than_the_warmup_warns(engine_config, tmp_path):
+    panel = make_panel(n_bars=60, split_at=None)
+    config = dataclasses.replace(
+        engine_config, signals=(PluginSpec("momentum", 1.0, {"lookback": 100}),)
+    )
+    with capture_logs() as logs:
+        out = await run_backtest(config, panel=panel, output_dir=tmp_path / "out")
+    assert out.summary["fills"] == 0
+    (warning,) = [e for e in logs if e["event"] == "run.never_ready"]
+    assert warning["log_level"] == "warning" and warning["bars"] == 60
