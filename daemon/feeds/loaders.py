@@ -9,7 +9,10 @@ Layouts (csv/parquet): "long" is one table with a symbol column; "per_symbol" is
 symbol named by its file stem (a directory, or a single file); "auto" picks per_symbol for a
 directory, else long when the table has a symbol column, else per_symbol.
 
-Every table goes through `validate_frame` (see validate.py for the checks and repairs).
+Every table goes through `validate_frame` (see validate.py for the checks and repairs). A file
+with no rows (a header only) is an error naming it, never a silently missing symbol. Blank lines
+of a CSV are not data: they are skipped, and the line numbers in errors stay those of the file.
+Each load logs its repairs in one "data.repairs" line (the details at debug level).
 """
 
 from __future__ import annotations
@@ -18,11 +21,22 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from ..core.errors import ConfigError, DataError
 from .panel import Panel
-from .validate import DEFAULT_MAX_GAP_DAYS, find_column, parse_repairs, validate_frame
+from .validate import (
+    DEFAULT_MAX_GAP_DAYS,
+    DEFAULT_MAX_SPIKE,
+    DEFAULT_MAX_VOLUME,
+    DEFAULT_TIMEZONE,
+    RepairSummary,
+    check_limits,
+    find_column,
+    parse_repairs,
+    validate_frame,
+)
 
 SOURCES = ("bundled", "csv", "parquet")
 LAYOUTS = ("auto", "long", "per_symbol")
@@ -59,15 +73,45 @@ def _stem(path: Path, source: str) -> str:
     return path.stem
 
 
+def _drop_blank_lines(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
+    """Drop the rows of blank (or whitespace-only) lines, keeping the index: row i is still
+    line i + CSV_FIRST_LINE. A line of empty fields (",,,") is data with missing values."""
+    if raw.empty:
+        return raw
+    candidates = np.flatnonzero(raw.iloc[:, 1:].isna().all(axis=1).to_numpy())
+    if len(candidates) == 0:
+        return raw
+    first = raw.iloc[candidates, 0]
+    candidates = candidates[(first.isna() | first.astype(str).str.strip().eq("")).to_numpy()]
+    if len(candidates) == 0:
+        return raw
+    lines = path.read_bytes().splitlines()
+    blank = [
+        i
+        for i in candidates
+        if (n := int(raw.index[i]) + CSV_FIRST_LINE - 1) >= len(lines) or not lines[n].strip()
+    ]
+    return raw.drop(index=raw.index[blank]) if blank else raw
+
+
 def _read(path: Path, source: str) -> tuple[pd.DataFrame, int | None]:
     """The raw table and the file line of its first row (CSV only)."""
     try:
         if source == "csv":
-            # Blank lines are kept (as all-NaN rows) so index i is line i + 2, always.
-            return pd.read_csv(path, skip_blank_lines=False), CSV_FIRST_LINE
+            # Blank lines are read (as all-NaN rows) so index i is line i + 2, then dropped.
+            raw = pd.read_csv(path, skip_blank_lines=False)
+            return _drop_blank_lines(raw, path), CSV_FIRST_LINE
         return pd.read_parquet(path), None
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {source} file: {exc}", source=str(path)) from exc
+
+
+def _not_empty(raw: pd.DataFrame, path: Path, symbol: str | None) -> pd.DataFrame:
+    if raw.empty:
+        raise DataError(
+            "the file has no rows of bars (a header only)", source=str(path), symbol=symbol
+        )
+    return raw
 
 
 def _bundled(symbols: Sequence[str] | None) -> list[tuple[pd.DataFrame, str, str]]:
@@ -108,7 +152,7 @@ def _files(
         out: list[tuple[pd.DataFrame, str, str | None, int | None]] = []
         for sym in wanted:
             raw, first_line = _read(by_symbol[sym], source)
-            out.append((raw, str(by_symbol[sym]), sym, first_line))
+            out.append((_not_empty(raw, by_symbol[sym], sym), str(by_symbol[sym]), sym, first_line))
         return out
     if not path.exists():
         raise DataError(f"{source} path does not exist", source=str(path))
@@ -117,7 +161,8 @@ def _files(
     if layout == "per_symbol" or (layout == "auto" and sym_col is None):
         stem = _stem(path, source)
         _check_symbols(symbols, [stem], str(path))
-        return [(raw, str(path), stem, first_line)]
+        return [(_not_empty(raw, path, stem), str(path), stem, first_line)]
+    _not_empty(raw, path, None)
     if sym_col is not None and symbols is not None:
         col = raw[sym_col].astype(str)
         available = col.unique().tolist()
@@ -136,18 +181,31 @@ def load_frame(
     end: str | None = None,
     repair: Sequence[str] = (),
     max_gap_days: float = DEFAULT_MAX_GAP_DAYS,
+    max_spike: float = DEFAULT_MAX_SPIKE,
+    max_volume: float = DEFAULT_MAX_VOLUME,
+    timezone: str = DEFAULT_TIMEZONE,
 ) -> pd.DataFrame:
-    """The validated long table (time, symbol, open, high, low, close, volume, split, dividend)."""
+    """The validated long table (time, symbol, open, high, low, close, volume, split, dividend).
+
+    `max_spike` and `max_volume` are the plausibility thresholds of validate.py (0 disables
+    one); `timezone` is the exchange's, for times written with a UTC offset.
+    """
     _choice("source", source, SOURCES)
     _choice("layout", layout, LAYOUTS)
     parse_repairs(repair)  # a bad name fails before any file is read
+    check_limits(max_spike=max_spike, max_volume=max_volume, timezone=timezone)
     if symbols is not None and isinstance(symbols, str):
         symbols = [symbols]
+    summary = RepairSummary()
     opts: dict[str, Any] = {
         "repair": repair,
         "max_gap_days": max_gap_days,
+        "max_spike": max_spike,
+        "max_volume": max_volume,
+        "timezone": timezone,
         "start": start,
         "end": end,
+        "summary": summary,
     }
     if source == "bundled":
         frames = [
@@ -163,6 +221,7 @@ def load_frame(
             for raw, name, sym, first in _files(Path(path), source, layout, symbols)
         ]
         where = str(path)
+    summary.log(where)
     frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     if frame.empty:
         raise DataError(
@@ -181,6 +240,9 @@ def load_panel(
     end: str | None = None,
     repair: Sequence[str] = (),
     max_gap_days: float = DEFAULT_MAX_GAP_DAYS,
+    max_spike: float = DEFAULT_MAX_SPIKE,
+    max_volume: float = DEFAULT_MAX_VOLUME,
+    timezone: str = DEFAULT_TIMEZONE,
 ) -> Panel:
     """Bars of `source` as a Panel: symbols sorted, times the union of all bar times."""
     frame = load_frame(
@@ -192,5 +254,8 @@ def load_panel(
         end=end,
         repair=repair,
         max_gap_days=max_gap_days,
+        max_spike=max_spike,
+        max_volume=max_volume,
+        timezone=timezone,
     )
     return Panel.from_long(frame)

@@ -18,9 +18,12 @@ FIELDS = (*PRICE_FIELDS, "volume", "split", "dividend")
 class Panel:
     """Bars of a fixed universe on a common time index.
 
-    `times` is sorted and unique (datetime64[ns], UTC). Price and volume arrays hold NaN where
-    a symbol has no bar; `split` is 1.0 and `dividend` 0.0 there. Prices are raw (as traded):
-    splits are applied by the portfolio and the history buffer at the bar they happen.
+    `times` is sorted and unique (datetime64[ns], naive): the exchange's wall time, so a daily
+    bar is its trading date at midnight whatever offset its source wrote (see validate.py).
+    `datetimes()` labels them UTC, as the live clock labels its bar dates. Price and volume
+    arrays hold NaN where a symbol has no bar; `split` is 1.0 and `dividend` 0.0 there. Prices
+    are raw (as traded): splits are applied by the portfolio and the history buffer at the bar
+    they happen.
     """
 
     times: np.ndarray

@@ -153,20 +153,44 @@ def test_per_symbol_parquet_dir_and_single_file(tmp_path: Path) -> None:
     assert load_panel("parquet", str(d / "XOM.parquet")).symbols == ("XOM",)  # auto
 
 
-def test_tz_aware_times_become_utc_naive(tmp_path: Path) -> None:
+def test_tz_aware_times_become_bar_labels(tmp_path: Path) -> None:
+    """Daily bars (one per exchange date) are labelled by their session date, whatever time
+    of day they carry; intraday bars by their start instant in UTC."""
     path = write_csv(
         tmp_path / "SPY.csv",
-        ["2020-01-02T09:30:00-05:00,10,11,9,10,1", "2020-01-03T09:30:00-05:00,10,11,9,10,1"],
+        ["2020-01-02T14:30:00Z,10,11,9,10,1", "2020-01-03T09:30:00-05:00,10,11,9,10,1"],
         header="timestamp,open,high,low,close,volume",
     )
     p = load_panel("csv", str(path))
-    np.testing.assert_array_equal(p.times, days("2020-01-02T14:30:00", "2020-01-03T14:30:00"))
+    np.testing.assert_array_equal(p.times, days("2020-01-02", "2020-01-03"))
     pq = tmp_path / "QQQ.parquet"
     pd.DataFrame(
-        {"datetime": pd.DatetimeIndex(["2020-07-01 09:30"], tz="America/New_York"),
-         "open": [1.0], "high": [1.0], "low": [1.0], "close": [1.0], "volume": [0]}
+        {"datetime": pd.DatetimeIndex(["2020-07-01 09:30", "2020-07-01 09:35"],
+                                      tz="America/New_York"),
+         "open": [1.0, 1.0], "high": [1.0, 1.0], "low": [1.0, 1.0], "close": [1.0, 1.0],
+         "volume": [0, 0]}
     ).to_parquet(pq)  # fmt: skip
-    np.testing.assert_array_equal(load_panel("parquet", str(pq)).times, days("2020-07-01T13:30"))
+    np.testing.assert_array_equal(
+        load_panel("parquet", str(pq)).times, days("2020-07-01T13:30", "2020-07-01T13:35")
+    )
+    # Naive intraday times are the exchange's wall time.
+    naive = write_csv(
+        tmp_path / "IWM.csv",
+        ["2020-01-02 09:30,10,11,9,10,1", "2020-01-02 09:35,10,11,9,10,1"],
+        header="timestamp,open,high,low,close,volume",
+    )
+    np.testing.assert_array_equal(
+        load_panel("csv", str(naive)).times, days("2020-01-02T14:30", "2020-01-02T14:35")
+    )
+    # A daily file stamped at the close keeps its dates.
+    closes = write_csv(
+        tmp_path / "DIA.csv",
+        ["2020-01-02 16:00,10,11,9,10,1", "2020-01-03 16:00,10,11,9,10,1"],
+        header="timestamp,open,high,low,close,volume",
+    )
+    np.testing.assert_array_equal(
+        load_panel("csv", str(closes)).times, days("2020-01-02", "2020-01-03")
+    )
 
 
 def test_bundled_source() -> None:
@@ -244,13 +268,16 @@ def test_nan_repair_drops_and_logs(tmp_path: Path) -> None:
     assert entry["lines"] == [4, 5] and entry["times"] == ["2020-01-06", "2020-01-07"]
 
 
-def test_blank_line_is_reported_by_line(tmp_path: Path) -> None:
+def test_blank_line_is_skipped_and_lines_stay_right(tmp_path: Path) -> None:
     lines = list(GOOD)
-    lines.insert(1, "")  # line 3 is empty
+    lines.insert(1, "")  # line 3 is empty: not data
+    path = write_csv(tmp_path / "XYZ.csv", lines)
+    assert len(load_panel("csv", str(path)).times) == 5
+    lines[3] = "2020-01-06,10.5,12,10,,300"  # line 5
     path = write_csv(tmp_path / "XYZ.csv", lines)
     with pytest.raises(DataError) as err:
         load_panel("csv", str(path))
-    assert_names(err.value, path, "XYZ", 3)
+    assert_names(err.value, path, "XYZ", 5)
 
 
 def test_non_positive_price_error(tmp_path: Path) -> None:
@@ -494,7 +521,8 @@ def shuffled_bars(draw: st.DrawFn) -> tuple[pd.DataFrame, list[int]]:
 @given(shuffled_bars())
 def test_order_and_duplicates_property(case: tuple[pd.DataFrame, list[int]]) -> None:
     df, key = case
-    check = {"source": "mem", "symbol": "S", "max_gap_days": 1000}  # gaps are not the subject
+    # Gaps and spikes (the prices are random) are not the subject.
+    check = {"source": "mem", "symbol": "S", "max_gap_days": 1000, "max_spike": 0}
     with capture_logs():
         out = validate_frame(df, **check, repair=["order", "duplicates"])
     t = out["time"].to_numpy()
