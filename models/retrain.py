@@ -1,6 +1,7 @@
 """Safe retraining: train on a rolling window, publish only a model that clears the floor.
 
-Layout under a model root:
+Layout under a model root (default `var/models` under the working directory: never inside the
+source tree or the installed package):
 
     root/versions/<model_version>/   card.json + both ONNX files, never modified once written
     root/current -> versions/<v>     a symlink, replaced atomically (rename over the old link)
@@ -8,8 +9,9 @@ Layout under a model root:
 A candidate is trained into `versions/.staging-*`; it is published (renamed into `versions/`
 and `current` switched in one `os.replace`) only if its validation metrics beat the floor.
 Otherwise the current model stays and the rejection is logged with the numbers. A daemon whose
-ML plugin points at `root/current` picks the new version up at its next bar. Old versions
-beyond `keep` are removed (bounded disk), never the current one.
+ML plugin points at `root/current` (an empty `model_dir` means `var/models/current` when it
+exists) picks the new version up at its next bar. Old versions beyond `keep` are removed
+(bounded disk), never the current one.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import structlog
 
 from tradingd.config import Config
 from tradingd.feeds.panel import FIELDS, Panel
+from tradingd.inference.onnx import DEFAULT_MODEL_ROOT
 
 from .config import ModelConfig
 from .training import train
@@ -71,7 +74,7 @@ def gate(card: dict[str, Any], policy: RetrainPolicy) -> tuple[bool, str]:
 def retrain(
     config: Config,
     panel: Panel,
-    root: str | Path,
+    root: str | Path = DEFAULT_MODEL_ROOT,
     policy: RetrainPolicy | None = None,
     model_config: ModelConfig | None = None,
 ) -> RetrainOutcome:

@@ -189,7 +189,12 @@ class RiskDecision:
 
 @runtime_checkable
 class SignalPlugin(Protocol):
-    """Scores every symbol in [-1, 1] (positive = want to be long); NaN = no view."""
+    """Scores every symbol in [-1, 1] (positive = want to be long); NaN = no view.
+
+    Optional: `observe(ctx) -> None`, called instead of `score` on warm-up bars (before the
+    run trades), for a plugin that keeps state of its own (e.g. model input windows) and can
+    update it more cheaply than it can score. Without it, warm-up bars call `score` and drop
+    the result."""
 
     kind: ClassVar[str]  # "signal"
     name: str

@@ -323,7 +323,7 @@ class Engine:
         if self._trade_from is not None and bar.time < self._trade_from:
             # Warm-up: signal plugins see the bar (they may keep windows of their own), but
             # nothing is sized, checked, ordered or recorded.
-            self._score(ctx)
+            self._observe(ctx)
             self._warmup_bars += 1
             if self._on_bar is not None:
                 self._on_bar(self._seen, bar.time)
@@ -395,6 +395,16 @@ class Engine:
                 ready &= finite
             out[name] = v if finite.all() else np.where(finite, v, 0.0)
         return out, ready
+
+    def _observe(self, ctx: BarContext) -> None:
+        """A warm-up bar for each signal plugin: its optional `observe(ctx)` (update state
+        only, e.g. a model's input windows) or else `score(ctx)` with the result unused."""
+        for plugin, _ in self.pipeline.signals:
+            observe = getattr(plugin, "observe", None)
+            if observe is not None:
+                self._call(plugin, "observe", observe, ctx)
+            else:
+                self._call(plugin, "score", plugin.score, ctx)
 
     def _score(self, ctx: BarContext) -> np.ndarray:
         """Weighted mean of the plugins' scores over the plugins that have a view."""

@@ -31,6 +31,11 @@ from ..features.catalog import FeatureSetId
 CARD = "card.json"
 MODELS = ("cnn_lstm", "random_forest")
 
+# Where `tradingd retrain` publishes by default (relative to the working directory, never
+# inside the installed package), and the link the ML plugin loads when its model_dir is empty.
+DEFAULT_MODEL_ROOT = "var/models"
+PUBLISHED_MODEL_DIR = f"{DEFAULT_MODEL_ROOT}/current"
+
 
 def sha256_file(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()

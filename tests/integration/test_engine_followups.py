@@ -211,3 +211,45 @@ async def test_a_window_shorter_than_the_warmup_warns(engine_config, tmp_path):
     assert out.summary["fills"] == 0
     (warning,) = [e for e in logs if e["event"] == "run.never_ready"]
     assert warning["log_level"] == "warning" and warning["bars"] == 60
+
+
+async def test_ml_warmup_by_observe_gives_the_scores_of_a_full_run(engine_config, tmp_path):
+    """The model plugin fills its windows on warm-up bars without predicting: from the start
+    date on, its scores equal those of a run that scored every bar."""
+    panel = make_panel(n_symbols=3, n_bars=220, split_at=None)
+    base = dataclasses.replace(
+        engine_config,
+        signals=(PluginSpec("ml_ensemble", 1.0, {"cache_dir": ""}),),
+        storage=dataclasses.replace(engine_config.storage, signals="all"),
+    )
+    start = panel.datetimes()[170]
+
+    async def scores(config, name):
+        config = dataclasses.replace(
+            config,
+            storage=dataclasses.replace(config.storage, url=f"sqlite:///{tmp_path / name}.db"),
+        )
+        out = await run_backtest(config, panel=panel, output_dir=tmp_path / name)
+        from tradingd.storage.factory import open_store
+
+        store = open_store(config.storage.url)
+        await store.start()
+        try:
+            got = await store.fetch("signals", out.run_id)
+        finally:
+            await store.stop()
+        return {
+            (pd.Timestamp(r["time"]), r["symbol"]): r["score"]
+            for r in got
+            if pd.Timestamp(r["time"]) >= pd.Timestamp(start)
+        }
+
+    full = await scores(base, "full")
+    late = await scores(
+        dataclasses.replace(base, run=dataclasses.replace(base.run, start=start.isoformat())),
+        "late",
+    )
+    assert late and set(late) == set(full)
+    assert any(np.isfinite(v) and v != 0 for v in late.values())  # the model had a view
+    for k, v in full.items():
+        assert late[k] == pytest.approx(v, abs=1e-12, nan_ok=True), k

@@ -1,0 +1,87 @@
+"""Which model the ML plugin loads does not depend on how tradingd was installed: an explicit
+`model_dir`, else `var/models/current` under the working directory (where `tradingd retrain`
+publishes), else the pair shipped with the package; the plugin says which (`model_path`)."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from tradingd.core.errors import ConfigError
+from tradingd.inference.onnx import DEFAULT_MODEL_ROOT, PUBLISHED_MODEL_DIR
+from tradingd_plugins.signals.ml_ensemble import MlEnsemble, MlEnsembleConfig, default_model_dir
+
+SYMBOLS = ("A", "B")
+SHIPPED_VERSION = json.loads((default_model_dir() / "card.json").read_text())["model_version"]
+
+
+def load(model_dir=""):
+    with capture_logs() as logs:
+        p = MlEnsemble(MlEnsembleConfig(model_dir=model_dir, cache_dir=""), SYMBOLS)
+    (where,) = [e for e in logs if e["event"] == "model.location"]
+    return p, where
+
+
+def publish(root: Path, version: str) -> Path:
+    """A copy of the shipped pair laid out as `tradingd retrain` publishes it."""
+    target = root / "versions" / version
+    shutil.copytree(default_model_dir(), target)
+    card = json.loads((target / "card.json").read_text())
+    card["model_version"] = version  # to tell the copy from the shipped pair
+    (target / "card.json").write_text(json.dumps(card))
+    os.symlink(os.path.relpath(target, root), root / "current")
+    return target
+
+
+def test_an_empty_working_directory_loads_the_shipped_pair(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    p, where = load()
+    assert p.model_path == str(default_model_dir().resolve())
+    assert Path(p.model_path).is_absolute() and p.version == SHIPPED_VERSION
+    assert where["path"] == p.model_path and "shipped" in where["reason"]
+
+
+def test_a_published_model_under_the_working_directory_wins(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    target = publish(tmp_path / DEFAULT_MODEL_ROOT, "published-1")
+    p, where = load()
+    assert p.version == "published-1"
+    assert p.model_path == str(target.resolve())
+    assert PUBLISHED_MODEL_DIR in where["reason"] and where["version"] == "published-1"
+    # It follows the link from any working directory once loaded.
+    monkeypatch.chdir(tmp_path.parent)
+    assert p._dir.resolve() == target.resolve()
+
+
+def test_an_explicit_model_dir_is_used_or_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    publish(tmp_path / DEFAULT_MODEL_ROOT, "published-2")
+    mine = publish(tmp_path / "elsewhere", "mine")
+    p, where = load("elsewhere/current")  # relative to the working directory
+    assert p.version == "mine" and p.model_path == str(mine.resolve())
+    assert where["reason"] == "model_dir is set"
+    # A model_dir that does not exist never falls back to another model.
+    with pytest.raises(ConfigError, match="model_dir 'no/such/model' does not exist"):
+        load("no/such/model")
+
+
+def test_a_broken_published_link_is_an_error_not_a_fallback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / DEFAULT_MODEL_ROOT
+    publish(root, "gone")
+    shutil.rmtree(root / "versions" / "gone")
+    with pytest.raises(ConfigError, match="broken link"):
+        load()
+
+
+def test_retrain_publishes_under_var_models_by_default():
+    from tradingd_models.retrain import retrain
+
+    assert inspect.signature(retrain).parameters["root"].default == "var/models"
+    assert PUBLISHED_MODEL_DIR == "var/models/current"
