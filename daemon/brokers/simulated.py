@@ -20,6 +20,13 @@ Cost model: market and stop fills pay `slippage_pct` plus `half_spread_bps` on t
 price; limit fills pay nothing beyond commission, since a limit never fills worse than its
 limit. Commission is `max(min_commission, commission_pct * notional)` on every fill.
 
+Quantity (without `allow_short`): a sell of held shares is accepted only for shares no working
+sell has promised yet, as at Alpaca. The exits of one OCO group (a bracket's legs once its
+entry filled, or a stand-alone take-profit + stop-loss pair) sell the same shares, so they
+promise them once; legs still HELD promise nothing. A cancel frees the shares at once, so
+cancelling a position's exits and submitting a sale in the same bar is accepted. At fill time
+a sell never takes more than is held at that moment.
+
 Memory is bounded: open orders live in a dict, closed ones only in a fixed-size record for
 duplicate detection, because a paper daemon runs for months.
 """
@@ -253,8 +260,13 @@ class SimulatedBroker:
             if trail is None or not (math.isfinite(trail) and 0 < trail < 1):
                 return f"trailing_stop order requires trail_pct in (0, 1), got {trail!r}"
         # Bracket legs only ever close what their parent opened; they are checked at fill.
+        # A stand-alone exit in an OCO group (a take-profit + stop-loss pair re-placed for
+        # what is left of a cut position) sells the same shares as its siblings: it may
+        # promise whatever the orders outside its group leave.
         if order.side is Side.SELL and not self._config.allow_short and order.parent_id is None:
-            available = self._account.quantity_of(order.symbol) - self._reserved_sells(order.symbol)
+            available = self._account.quantity_of(order.symbol) - self._reserved_sells(
+                order.symbol, exclude_group=order.oco_group
+            )
             if qty > available + _EPS:
                 return (
                     f"insufficient qty available for order (requested: {qty:g},"
@@ -262,14 +274,17 @@ class SimulatedBroker:
                 )
         return ""
 
-    def _reserved_sells(self, symbol: str) -> float:
+    def _reserved_sells(self, symbol: str, exclude_group: str | None = None) -> float:
         """Shares already promised to open sell orders. Exits of one OCO group can only
         sell once, so a group counts with its largest member; HELD legs sell shares their
-        parent has not bought yet, so they do not count."""
+        parent has not bought yet, so they do not count. `exclude_group` leaves one OCO
+        group out (the one an incoming member joins)."""
         total = 0.0
         groups: dict[str, float] = {}
         for o in self._open.values():
             if o.symbol != symbol or o.side is not Side.SELL or o.status is OrderStatus.HELD:
+                continue
+            if exclude_group is not None and o.oco_group == exclude_group:
                 continue
             if o.oco_group is None:
                 total += o.remaining

@@ -9,9 +9,14 @@ want a positive quantity and a side, so the conversion lives here, once.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from datetime import datetime
 
 from .types import Leg, Order, OrderStatus, OrderType, Side, client_order_id
+
+# Suffix of the leg part of a re-placed exit's id ("tp.r"): the bracket legs decided at the
+# same bar time keep the plain "tp"/"sl", so the two can never collide.
+RESIZED_SUFFIX = ".r"
 
 
 def _side_and_quantity(signed_qty: float) -> tuple[Side, float]:
@@ -96,3 +101,52 @@ def bracket_orders(
         status=OrderStatus.HELD,
     )
     return [entry, take_profit, stop_loss]
+
+
+def resized_exits(
+    run_id: str, bar_time: datetime, exits: Sequence[Order], quantity: float
+) -> list[Order]:
+    """Replacements for the working exits of one protected lot (the members of one OCO
+    group, or one stand-alone exit), for `quantity` shares instead of theirs.
+
+    Everything that defines the protection is kept: side, type, limit, stop and trailing
+    distance, leg. A bracket's stop does not move because part of the position was sold.
+    What changes: the quantity; the parent (gone: the replacements protect shares already
+    held, so they work at once, stand-alone, like an Alpaca `oco` order); the ids, which
+    come from `bar_time` (the bar that decided the change), so they are new and distinct
+    from the originals yet the same when the decision is rebuilt after a restart; and the
+    OCO group, named after the first replacement, as a bracket's is after its entry.
+    """
+    if not exits:
+        raise ValueError("resized_exits needs at least one exit to replace")
+    if not (math.isfinite(quantity) and quantity > 0):
+        raise ValueError(f"quantity must be a finite positive number, got {quantity!r}")
+    symbol = exits[0].symbol
+    out: list[Order] = []
+    used: dict[str, int] = {}
+    for o in exits:
+        if o.symbol != symbol:
+            raise ValueError(f"exits of one lot must share a symbol: {o.symbol!r} != {symbol!r}")
+        tag = f"{o.leg}{RESIZED_SUFFIX}"
+        used[tag] = used.get(tag, 0) + 1
+        if used[tag] > 1:  # two members with the same role (say two stand-alone exits)
+            tag = f"{tag}{used[tag]}"
+        out.append(
+            Order(
+                client_order_id=client_order_id(run_id, bar_time, symbol, tag),
+                symbol=symbol,
+                side=o.side,
+                quantity=float(quantity),
+                created_at=bar_time,
+                type=o.type,
+                limit_price=o.limit_price,
+                stop_price=o.stop_price,
+                trail_pct=o.trail_pct,
+                leg=o.leg,
+            )
+        )
+    if len(out) > 1:
+        group = out[0].client_order_id
+        for o in out:
+            o.oco_group = group
+    return out

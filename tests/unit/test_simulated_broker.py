@@ -508,6 +508,55 @@ async def test_rejected_parent_cancels_its_legs_at_submission() -> None:
     assert broker.open_orders() == []
 
 
+def oco_pair(tag: str, qty: float, tp: float, sl: float) -> list[Order]:
+    """A stand-alone take-profit + stop-loss pair (one cancels the other) that protects
+    shares already held: what replaces bracket legs when a position is cut."""
+    take = order(f"{tag}-tp", Side.SELL, qty, OrderType.LIMIT, limit=tp, leg=Leg.TAKE_PROFIT)
+    stop = order(f"{tag}-sl", Side.SELL, qty, OrderType.STOP, stop=sl, leg=Leg.STOP_LOSS)
+    take.oco_group = stop.oco_group = tag
+    return [take, stop]
+
+
+async def test_standalone_oco_exits_reserve_the_held_shares_once() -> None:
+    broker, _ = make(positions={"AAA": 100})
+    [sale] = await broker.submit([order("s1", Side.SELL, 40)])
+    # Both members of the pair sell the same 60 shares: together they promise 60, not 120.
+    acks = await broker.submit(oco_pair("x", 60, 110.0, 90.0))
+    assert [a.status for a in acks] == [OrderStatus.NEW, OrderStatus.NEW], acks[-1].reason
+    assert sale.status is OrderStatus.NEW
+    # All 100 shares are promised now: one more share is refused, and so is a pair too big.
+    [extra] = await broker.submit([order("s2", Side.SELL, 1)])
+    assert extra.status is OrderStatus.REJECTED and "available: 0" in extra.reason
+    big = await broker.submit(oco_pair("y", 1, 120.0, 80.0))
+    assert {a.status for a in big} == {OrderStatus.REJECTED}
+
+
+async def test_cancelled_legs_free_their_shares_for_a_cut_in_the_same_bar() -> None:
+    """The engine's sequence when it cuts a bracketed position: cancel the legs, submit the
+    sale and the re-placed exits for the rest, all before the next bar."""
+    broker, account = make()
+    _, tp, sl = await submit_bracket(broker, qty=100, tp=110.0, sl=90.0)
+    await step(broker, account, xs(1, {"AAA": ohlc(100.0)}))
+    [refused] = await broker.submit([order("early", Side.SELL, 40)])
+    assert refused.status is OrderStatus.REJECTED  # the legs hold all 100 shares
+    for cid in (tp, sl):
+        cancelled = await broker.cancel(cid, "position reduced")
+        assert cancelled is not None and cancelled.status is OrderStatus.CANCELLED
+    acks = await broker.submit([order("cut", Side.SELL, 40), *oco_pair("rest", 60, 110.0, 90.0)])
+    assert [a.status for a in acks] == [OrderStatus.NEW] * 3, [a.reason for a in acks]
+    # The open gaps through the stop: the cut and the stop both sell at the open, 100 in all.
+    update = await step(broker, account, xs(2, {"AAA": ohlc(85.0, 86.0, 80.0)}))
+    assert sorted((f.client_order_id, f.quantity) for f in update.fills) == [
+        ("cut", 40),
+        ("rest-sl", 60),
+    ]
+    assert by_id(update)["rest-tp"].status is OrderStatus.CANCELLED
+    assert account.positions["AAA"] == 0
+    assert broker.open_orders() == []
+    assert (await step(broker, account, xs(3, {"AAA": ohlc(70.0, 71.0, 60.0)}))).fills == []
+    assert account.positions["AAA"] == 0
+
+
 # ----------------------------------------------------------------------------- volume
 
 
