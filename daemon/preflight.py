@@ -1,0 +1,251 @@
+"""Start-up checks that need the outside world, run by every command before any work.
+
+`config.py` checks what a value can be on its own. What depends on this machine is checked
+here, before data is loaded or a replay starts, so a mistake costs seconds rather than a whole
+replay or a live session: the configured plugins (installed? parameters valid?), the folders
+the command will write to, the optional training packages, and the services behind
+`storage.url` and `cache.url`. Every failure is a `ConfigError` (or `PluginError`) naming the
+key, the value (credentials masked) and what is allowed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.util
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from .config import Config, PluginSpec, redis_db_index
+from .core.errors import ConfigError, PluginError, TradingdError
+from .secrets import mask_url, scrub
+
+log = structlog.get_logger(__name__)
+
+# Plugins are instantiated once to validate their parameters; the universe is not known
+# before the data is loaded, so they get the configured symbols or this stand-in.
+PLACEHOLDER_SYMBOLS = ("PREFLIGHT",)
+
+# What each command writes, so that e.g. `tradingd config` never fails on a folder it would
+# not touch: "output" = run.output_dir (or --output), "audit" = log.audit_dir, "store" = the
+# SQLite file's folder, "out" = the --out / --root folder of train / retrain.
+WRITES: dict[str, tuple[str, ...]] = {
+    "backtest": ("output", "audit", "store"),
+    "run": ("audit", "store"),
+    "fetch": ("store",),
+    "train": ("out",),
+    "retrain": ("out",),
+}
+
+# The modules `tradingd_models` imports for training and export (models/cnn_lstm.py,
+# models/forest.py, and Keras' ONNX export), with the distribution that provides each.
+TRAIN_MODULES = {
+    "keras": "keras",
+    "tensorflow": "tensorflow-cpu",
+    "sklearn": "scikit-learn",
+    "skl2onnx": "skl2onnx",
+    "tf2onnx": "tf2onnx",
+    "onnx": "onnx",
+}
+TRAIN_INSTALL = "pip install '.[train]' (from a checkout) or pip install 'tradingd[train]'"
+
+DEFAULT_SERVICE_TIMEOUT_S = 3.0
+
+
+def check_config(config: Config, command: str, *, output_dir: str | Path | None = None) -> None:
+    """Everything about `config` that can be checked without running: one path for every
+    command, so `tradingd config` rejects what `tradingd backtest` would reject.
+
+    `output_dir` is the command's explicit output folder: `backtest --output` (instead of
+    run.output_dir), `train --out`, `retrain --root`."""
+    pipeline = load_pipeline(config)
+    _check_features(config, pipeline)
+    if not config.risk:
+        log.warning(
+            "config.no_risk_rules",
+            detail="risk = [] with run.allow_no_risk = true: no risk rule limits any order",
+        )
+    for what in WRITES.get(command, ()):
+        if what == "output":
+            if output_dir is not None:
+                check_writable_dir(output_dir, "--output")
+            else:
+                check_writable_dir(config.run.output_dir, "run.output_dir")
+        elif what == "audit":
+            check_writable_dir(config.log.audit_dir, "log.audit_dir")
+        elif what == "store":
+            db = _sqlite_file(config.storage.url)
+            if db is not None:
+                check_writable_dir(db.parent, "storage.url (DATABASE_URL) folder")
+        elif what == "out" and output_dir is not None:
+            check_writable_dir(output_dir, "--out" if command == "train" else "--root")
+
+
+def load_pipeline(config: Config) -> Any:
+    """Every configured plugin loaded and instantiated with its parameters, exactly as
+    `tradingd.app.build_pipeline` does (same loader, same key names in errors). An
+    unexpected exception from a plugin's constructor becomes a PluginError naming the key."""
+    from .engine.engine import Pipeline
+    from .engine.plugins import load_plugin
+
+    symbols = tuple(config.data.symbols) or PLACEHOLDER_SYMBOLS
+
+    def load(spec: PluginSpec, kind: str, where: str) -> Any:
+        try:
+            return load_plugin(spec, kind, symbols, where)
+        except TradingdError:
+            raise
+        except Exception as exc:
+            raise PluginError(
+                f"{where}.name = {spec.name!r}: the plugin failed to start with its params: "
+                f"{type(exc).__name__}: {exc}"
+            ) from exc
+
+    signals = [
+        (load(spec, "signal", f"signals[{i}]"), spec.weight)
+        for i, spec in enumerate(config.signals)
+    ]
+    sizing = load(config.sizing, "sizing", "sizing")
+    risks = [load(spec, "risk", f"risk[{i}]") for i, spec in enumerate(config.risk)]
+    return Pipeline(signals=signals, sizing=sizing, risks=risks)
+
+
+def _check_features(config: Config, pipeline: Any) -> None:
+    """The feature set, the extra features and every feature a plugin asks for must parse,
+    and a model's feature set must match the engine's (as at engine start)."""
+    from .app import make_catalog, verify_model_features
+    from .features.catalog import resolve_set
+
+    f = config.features
+    names = (*resolve_set(f.set, f.extra), *sorted(pipeline.required_features()))
+    catalog = make_catalog(config)
+    for name in names:
+        try:
+            catalog.node(name)
+        except ConfigError as exc:
+            where = f"features.extra[{f.extra.index(name)}]" if name in f.extra else "feature"
+            raise ConfigError(f"{where} = {name!r}: {exc}") from None
+    verify_model_features(config, pipeline)
+
+
+def check_writable_dir(path: str | Path, key: str) -> Path:
+    """Fail now if `path` cannot be a folder this process writes into, without creating it:
+    it is an existing writable folder, or the nearest existing ancestor is one (so it can be
+    created). Writability is probed with an anonymous temporary file, which also holds for
+    root, read-only mounts and ACLs, where permission bits mislead."""
+    p = Path(path).expanduser()
+    target = p
+    while not target.exists():
+        if target.parent == target:
+            break
+        target = target.parent
+    if not target.is_dir():
+        what = "it exists and" if target == p else f"{target} exists and"
+        raise ConfigError(
+            f"{key} = {str(path)!r} is invalid: {what} is not a folder; must be a folder this "
+            "user can create or write to"
+        )
+    try:
+        with tempfile.TemporaryFile(dir=target):
+            pass
+    except OSError as exc:
+        where = "" if target == p else f" (its nearest existing folder {target})"
+        raise ConfigError(
+            f"{key} = {str(path)!r} is invalid: not writable{where}: "
+            f"{exc.strerror or exc}; must be a folder this user can create or write to"
+        ) from None
+    return p
+
+
+def _sqlite_file(url: str) -> Path | None:
+    url = url.strip()
+    if not url.lower().startswith("sqlite:///"):
+        return None
+    path = url[len("sqlite:///") :].split("?", 1)[0]
+    return None if path == ":memory:" else Path(path)
+
+
+def check_train_extra() -> None:
+    """Training imports TensorFlow, scikit-learn and the ONNX converters lazily, deep inside
+    the run: without the `train` extra it would fail after the data is loaded. Ask first."""
+    missing = [dist for mod, dist in TRAIN_MODULES.items() if not _importable(mod)]
+    if missing:
+        raise TradingdError(
+            f"training needs the train extra, which is not installed (missing: "
+            f"{', '.join(missing)}); install it with: {TRAIN_INSTALL}"
+        )
+
+
+def _importable(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):  # a broken or None entry in sys.modules
+        return False
+
+
+async def check_services(config: Config, timeout_s: float = DEFAULT_SERVICE_TIMEOUT_S) -> None:
+    """The configured PostgreSQL and Redis answer, each within `timeout_s`: a wrong port, a
+    missing database or a Redis database index the server does not have is reported now,
+    not at the first write or publish."""
+    await _check_postgres(config.storage.url, timeout_s)
+    await _check_redis(config.cache.url, timeout_s)
+
+
+async def _check_postgres(url: str, timeout_s: float) -> None:
+    url = url.strip()
+    if not url.lower().startswith(("postgresql://", "postgres://")):
+        return
+    import asyncpg
+
+    key = f"storage.url (DATABASE_URL) = {mask_url(url)!r}"
+    try:
+        conn = await asyncio.wait_for(asyncpg.connect(url, timeout=timeout_s), timeout_s + 1)
+    except TimeoutError:
+        raise ConfigError(
+            f"{key}: no PostgreSQL answered within {timeout_s:g} s; check host and port, and "
+            "that a PostgreSQL server (not another service) listens there"
+        ) from None
+    except Exception as exc:  # any failure to connect is reported the same way
+        raise ConfigError(
+            f"{key}: cannot connect to PostgreSQL: {type(exc).__name__}: {scrub(str(exc), url)}"
+        ) from None
+    with contextlib.suppress(Exception):
+        await conn.close(timeout=timeout_s)
+
+
+async def _check_redis(url: str, timeout_s: float) -> None:
+    url = url.strip()
+    if url.lower() in ("", "memory://"):
+        return
+    import redis.asyncio as aioredis
+    from redis.exceptions import ResponseError
+
+    key = f"cache.url (REDIS_URL) = {mask_url(url)!r}"
+    db = redis_db_index("cache.url (REDIS_URL)", url)
+    client = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        # Connecting SELECTs the URL's database, so this also checks the index.
+        await asyncio.wait_for(client.ping(), timeout_s + 1)
+    except ResponseError as exc:
+        if "index" in str(exc).lower():
+            raise ConfigError(
+                f"{key}: database index {db} does not exist on this server ({exc}); valid: "
+                "0..15 unless the server's `databases` setting allows more"
+            ) from None
+        raise ConfigError(f"{key}: Redis refused: {scrub(str(exc), url)}") from None
+    except TimeoutError:
+        raise ConfigError(
+            f"{key}: no Redis answered within {timeout_s:g} s; check host and port, and that "
+            "a Redis server (not another service) listens there"
+        ) from None
+    except Exception as exc:  # connection refused, protocol garbage, authentication, ...
+        raise ConfigError(
+            f"{key}: cannot talk to Redis: {type(exc).__name__}: {scrub(str(exc), url)}; "
+            "check host and port, and that a Redis server (not another service) listens there"
+        ) from None
+    finally:
+        with contextlib.suppress(Exception):
+            await client.aclose()

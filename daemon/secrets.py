@@ -1,0 +1,144 @@
+"""Credentials never leave the process in clear: one helper for everything printed, logged or
+stored.
+
+`mask_url` hides the password of a URL (and a bare token used as the user name, and
+credential-like query parameters); `redact` applies it to a whole plain structure such as
+`Config.to_dict()` and also hides values stored under secret-sounding keys. Both are pure and
+never raise, so they are safe to call in error paths.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+MASK = "***"
+
+# Query parameters whose value is a credential (compared case-insensitively).
+SECRET_QUERY_PARAMS = frozenset(
+    {"password", "pass", "pwd", "passwd", "token", "secret", "key", "api_key", "apikey"}
+)
+# A key (of a dict walked by `redact`) containing one of these holds a credential.
+SECRET_KEY_PARTS = ("password", "passwd", "secret", "token", "api_key", "apikey")
+
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):(//)?")
+
+
+def _token_like(user: str) -> bool:
+    """A user name without a password that is really an access token (as in
+    `https://<token>@host`): long, and not a plain word. Short names such as `postgres` stay
+    visible because the operator needs them to debug a failed login."""
+    return (len(user) >= 16 and any(c.isdigit() for c in user)) or len(user) >= 32
+
+
+def _mask_userinfo(userinfo: str) -> str:
+    user, colon, _password = userinfo.partition(":")
+    if colon:
+        return f"{MASK if _token_like(user) else user}:{MASK}"
+    return MASK if _token_like(user) else user
+
+
+def _mask_query(query: str) -> str:
+    parts = []
+    for item in query.split("&"):
+        name, eq, value = item.partition("=")
+        if eq and value and name.strip().lower() in SECRET_QUERY_PARAMS:
+            item = f"{name}={MASK}"
+        parts.append(item)
+    return "&".join(parts)
+
+
+def mask_url(url: str) -> str:
+    """`url` with its credentials replaced by `***`; anything that is not a URL unchanged.
+
+    Parsed by hand rather than with urllib so that a URL urllib rejects (a port such as
+    `notaport`, an unencoded `@` in the password) is still masked: those are exactly the URLs
+    that end up in error messages."""
+    if not isinstance(url, str):
+        return url
+    m = _SCHEME.match(url)
+    if m is None:
+        return url
+    head, rest = url[: m.end()], url[m.end() :]
+    fragment = ""
+    if "#" in rest:
+        rest, fragment = rest.split("#", 1)
+        fragment = "#" + fragment
+    query = ""
+    if "?" in rest:
+        rest, query = rest.split("?", 1)
+        query = "?" + _mask_query(query)
+    if m.group(2):  # scheme://authority/path
+        slash = rest.find("/")
+        authority, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
+        # The last "@" separates the user information from the host, so an unencoded "@"
+        # inside a password is masked together with the rest of it.
+        if "@" in authority:
+            userinfo, _, host = authority.rpartition("@")
+            authority = f"{_mask_userinfo(userinfo)}@{host}"
+        rest = authority + path
+    return head + rest + query + fragment
+
+
+def _secret_key(key: Any) -> bool:
+    k = str(key).lower()
+    return any(part in k for part in SECRET_KEY_PARTS)
+
+
+def redact(obj: Any) -> Any:
+    """A copy of plain data (dicts, lists, tuples, scalars) with every URL masked and every
+    non-empty value under a secret-sounding key replaced by `***`. An empty value stays empty,
+    so the operator can still see that a secret is unset."""
+    if isinstance(obj, Mapping):
+        out = {}
+        for k, v in obj.items():
+            if _secret_key(k) and v not in (None, "") and not isinstance(v, Mapping | list):
+                out[k] = MASK
+            else:
+                out[k] = redact(v)
+        return out
+    if isinstance(obj, list | tuple):
+        return type(obj)(redact(v) for v in obj)
+    if isinstance(obj, str):
+        return mask_url(obj)
+    return obj
+
+
+def scrub(text: str, *urls: str) -> str:
+    """`text` (an exception message, say) with the passwords of `urls` removed, for errors
+    raised by client libraries that may quote the URL they were given."""
+    for url in urls:
+        if not url:
+            continue
+        masked = mask_url(url)
+        if masked != url:
+            text = text.replace(url, masked)
+        for secret in _secrets_of(url):
+            text = text.replace(secret, MASK)
+    return text
+
+
+def _secrets_of(url: str) -> list[str]:
+    """The literal secret substrings of a URL (password, token user, secret query values)."""
+    out: list[str] = []
+    m = _SCHEME.match(url)
+    if m is None:
+        return out
+    rest = url[m.end() :].split("#", 1)[0]
+    rest, _, query = rest.partition("?")
+    if m.group(2):
+        authority = rest.split("/", 1)[0]
+        if "@" in authority:
+            userinfo = authority.rpartition("@")[0]
+            user, colon, password = userinfo.partition(":")
+            if colon and password:
+                out.append(password)
+            if _token_like(user):
+                out.append(user)
+    for item in query.split("&"):
+        name, eq, value = item.partition("=")
+        if eq and value and name.strip().lower() in SECRET_QUERY_PARAMS:
+            out.append(value)
+    # Longest first, so a secret containing a shorter one is replaced whole.
+    return sorted((s for s in out if len(s) >= 3), key=len, reverse=True)

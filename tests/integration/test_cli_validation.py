@@ -1,0 +1,452 @@
+"""Start-up validation as the `tradingd` command applies it (issue 7, points 5, 6, 7 and 11).
+
+Every command that takes a configuration goes through one validation path before doing any
+work; errors are `tradingd: error: ...` with exit code 2, never a traceback, and never after
+data was loaded or a replay ran. Most tests call `main()` in-process with the expensive steps
+replaced by tripwires (fast, and proof that they were never reached); a few run the real
+command in a subprocess. Service checks use the real local PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+import structlog
+
+from tradingd.__main__ import DEFAULT_RETRAIN_ROOT, DEFAULT_TRAIN_OUT, _parser, main
+from tradingd.config import load_config
+from tradingd.core.errors import ConfigError
+from tradingd.preflight import TRAIN_MODULES, check_config, check_services, check_writable_dir
+
+ROOT = Path(__file__).resolve().parents[2]
+SECRET = "s3cret"
+ALL_COMMANDS = ("config", "features", "backtest", "run", "fetch", "train", "retrain")
+
+
+def write_config(tmp_path: Path, extra: str = "") -> Path:
+    p = tmp_path / "small.toml"
+    p.write_text(f"""
+[run]
+start = "2017-01-01"
+end = "2017-12-31"
+output_dir = "{tmp_path / "runs"}"
+[storage]
+url = "sqlite:///{tmp_path / "cli.db"}"
+[log]
+audit_dir = "{tmp_path / "audit"}"
+{extra}
+""")
+    return p
+
+
+class Tripwire(Exception):
+    """Raised by a replaced step that validation must prevent from ever running."""
+
+
+@pytest.fixture
+def cli(monkeypatch, tmp_path, capsys):
+    """`main(argv)` in a fresh working directory and environment, with every step that loads
+    data or starts a run replaced by a tripwire. Returns (exit code, stdout, stderr)."""
+    import tradingd.app
+    import tradingd.backtest
+
+    def trip(*_a, **_k):
+        raise Tripwire("validation let the command start its work")
+
+    for module, name in (
+        (tradingd.app, "load_data"),
+        (tradingd.app, "import_bars"),
+        (tradingd.app, "build_engine"),
+        (tradingd.backtest, "run_backtest"),
+    ):
+        monkeypatch.setattr(module, name, trip)
+    for name in list(os.environ):
+        if name in ("DATABASE_URL", "REDIS_URL") or (
+            name.startswith("TRADINGD_") and name != "TRADINGD_REQUIRE_SERVICES"
+        ):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+    saved = structlog.get_config()
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    yield run
+    structlog.configure(**saved)
+
+
+def tradingd(args, cwd, env=None):
+    e = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    return subprocess.run(
+        [sys.executable, "-m", "tradingd", *args],
+        cwd=cwd,
+        env={**e, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+# ----------------------------------------------------------------------------- one path
+
+
+@pytest.mark.parametrize("command", ALL_COMMANDS)
+def test_unknown_plugin_is_rejected_by_every_command(cli, tmp_path, command):
+    cfg = write_config(tmp_path, '[[signals]]\nname = "momentom"\n')
+    code, out, err = cli(command, "-c", str(cfg))
+    assert code == 2
+    assert "tradingd: error: signals[0].name = 'momentom'" in err
+    assert "momentum" in err  # the valid choices
+    assert out == ""
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("command", ["config", "features", "backtest"])
+def test_bad_plugin_params_are_rejected_by_every_command(cli, tmp_path, command):
+    cfg = write_config(
+        tmp_path, '[[risk]]\nname = "max_position"\nparams = { max_position_pct = "5%" }\n'
+    )
+    code, _, err = cli(command, "-c", str(cfg))
+    assert code == 2
+    assert "risk[0].params.max_position_pct must be a number" in err
+    assert "'5%'" in err
+
+
+def test_a_plugin_of_the_wrong_kind_is_rejected(tmp_path):
+    cfg = load_config([write_config(tmp_path, '[sizing]\nname = "momentum"\n')], env={})
+    with pytest.raises(ConfigError, match=r"sizing.name = 'momentum' is a 'signal' plugin"):
+        check_config(cfg, "config")
+
+
+def test_a_plugin_that_crashes_on_start_is_named(tmp_path, monkeypatch):
+    """Not only ValueError/TypeError: whatever a plugin's constructor raises (a missing model
+    file, say) is reported with its key instead of a traceback."""
+    from tradingd.core.errors import PluginError
+    from tradingd.engine import plugins as registry
+
+    class Broken:
+        kind = "signal"
+
+        @dataclasses.dataclass(frozen=True)
+        class Config:
+            path: str = "x"
+
+        def __init__(self, config, symbols):
+            raise FileNotFoundError(f"no model in {config.path}")
+
+    class EntryPoint:
+        name, value = "broken", "test:Broken"
+
+        def load(self):
+            return Broken
+
+    eps = {**registry.available(), "broken": EntryPoint()}
+    monkeypatch.setattr(registry, "available", lambda: eps)
+    cfg = load_config([write_config(tmp_path, '[[signals]]\nname = "broken"\n')], env={})
+    with pytest.raises(PluginError, match=r"signals\[0\].name = 'broken'.*no model in x"):
+        check_config(cfg, "config")
+
+
+def test_unknown_extra_feature_is_rejected_at_start(tmp_path):
+    cfg = load_config([write_config(tmp_path, '[features]\nextra = ["rsi_14", "wobble_3"]\n')])
+    with pytest.raises(ConfigError, match=r"features.extra\[1\] = 'wobble_3'"):
+        check_config(cfg, "config")
+
+
+def test_static_errors_come_out_the_same_way(cli, tmp_path):
+    cfg = write_config(tmp_path, '[live]\nbar = "4pm"\n')
+    code, _, err = cli("config", "-c", str(cfg))
+    assert code == 2 and err.startswith("tradingd: error: live.bar = '4pm'")
+
+
+def test_binary_config_file_through_the_command(tmp_path):
+    db = tmp_path / "tradingd.db"
+    db.write_bytes(b"SQLite format 3\x00" + bytes(range(256)))
+    r = tradingd(["config", "-c", str(db)], cwd=tmp_path)
+    assert r.returncode == 2
+    assert "not a UTF-8 TOML file" in r.stderr and str(db) in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_misspelt_environment_override_through_the_command(tmp_path):
+    r = tradingd(
+        ["config", "-c", str(write_config(tmp_path))],
+        cwd=tmp_path,
+        env={"TRADINGD_COSTS_COMMISSION_PCT": "0.002"},
+    )
+    assert r.returncode == 2
+    assert "TRADINGD_COSTS_COMMISSION_PCT" in r.stderr and "__<KEY>" in r.stderr
+
+
+# ----------------------------------------------------------------------------- secrets
+
+
+def test_config_command_masks_every_password(tmp_path):
+    cfg = write_config(tmp_path)
+    cfg.write_text(
+        cfg.read_text().replace(
+            "[storage]\nurl", '[cache]\nurl = "redis://:s3cret@h:6379/0"\n[storage]\nurl'
+        )
+    )
+    r = tradingd(["config", "-c", str(cfg)], cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "redis://:***@h:6379/0" in r.stdout
+    env = {
+        "DATABASE_URL": "postgresql://u:s3cret@h:5432/db",
+        "REDIS_URL": "rediss://user:s3cret@h:6380/1?password=s3cret",
+    }
+    r = tradingd(["config", "-c", str(cfg)], cwd=tmp_path, env=env)
+    assert r.returncode == 0, r.stderr
+    assert SECRET not in r.stdout and SECRET not in r.stderr
+    assert "postgresql://u:***@h:5432/db" in r.stdout
+    assert "rediss://user:***@h:6380/1?password=***" in r.stdout
+
+
+def test_fetch_prints_the_masked_url(tmp_path):
+    db = tmp_path / "f.db"
+    cfg = write_config(tmp_path, '[data]\nsymbols = ["SP500"]\n')
+    r = tradingd(
+        ["fetch", "-c", str(cfg)],
+        cwd=tmp_path,
+        env={"DATABASE_URL": f"sqlite:///{db}?password={SECRET}"},
+    )
+    assert r.returncode == 0, r.stderr
+    assert f"sqlite:///{db}?password=***" in r.stdout
+    assert SECRET not in r.stdout
+    assert db.exists()
+
+
+def test_fetch_to_postgres_with_a_password(cli, tmp_path, pg_url, monkeypatch):
+    """The password (ignored by a trust-auth server) reaches the connection check, and only
+    its mask reaches the output."""
+    import tradingd.app
+
+    u = urlparse(pg_url)
+    if u.password:
+        pytest.skip("the test database has a real password; cannot add a dummy one")
+    with_pw = pg_url.replace(f"{u.username}@", f"{u.username}:{SECRET}@", 1)
+    monkeypatch.setenv("DATABASE_URL", with_pw)
+
+    async def fake_import(config, chunk=250):
+        assert config.storage.url == with_pw  # the code still gets the real URL
+        return 7
+
+    monkeypatch.setattr(tradingd.app, "import_bars", fake_import)
+    code, out, err = cli("fetch", "-c", str(write_config(tmp_path)))
+    assert code == 0, err
+    assert out.strip() == f"stored 7 bars in {with_pw.replace(SECRET, '***')}"
+    assert SECRET not in out + err
+
+
+# ----------------------------------------------------------------------------- folders
+
+
+def unwritable_dir(tmp_path: Path) -> Path:
+    """A folder this process really cannot write to. Permission bits do not stop root, so as
+    root use /sys (sysfs refuses new files to everyone)."""
+    if os.geteuid() != 0:
+        d = tmp_path / "locked"
+        d.mkdir()
+        d.chmod(0o500)
+        return d
+    try:
+        check_writable_dir("/sys", "probe")
+    except ConfigError:
+        return Path("/sys")
+    pytest.skip("running as root and /sys is writable: no unwritable folder available")
+
+
+@pytest.fixture(params=["under_a_file", "unwritable"])
+def bad_dir(request, tmp_path) -> Path:
+    if request.param == "under_a_file":
+        f = tmp_path / "a_file"
+        f.write_text("")
+        return f / "sub"
+    return unwritable_dir(tmp_path) / "tradingd-out"
+
+
+@pytest.mark.parametrize(
+    ("command", "section", "key"),
+    [
+        ("backtest", "run", "output_dir"),
+        ("backtest", "log", "audit_dir"),
+        ("run", "log", "audit_dir"),
+    ],
+)
+def test_unwritable_folders_stop_the_command_before_it_starts(
+    cli, tmp_path, monkeypatch, bad_dir, command, section, key
+):
+    cfg = write_config(tmp_path)
+    monkeypatch.setenv(f"TRADINGD_{section.upper()}__{key.upper()}", f'"{bad_dir}"')
+    code, _, err = cli(command, "-c", str(cfg))
+    assert code == 2
+    assert f"{section}.{key} = '{bad_dir}' is invalid" in err
+    assert "must be a folder this user can create or write to" in err
+
+
+def test_unwritable_output_option_fails_before_the_replay(cli, tmp_path, bad_dir):
+    code, _, err = cli("backtest", "-c", str(write_config(tmp_path)), "--output", str(bad_dir))
+    assert code == 2  # the run_backtest tripwire was not reached
+    assert f"--output = '{bad_dir}' is invalid" in err
+
+
+def test_unwritable_sqlite_folder_stops_fetch(cli, tmp_path, bad_dir, monkeypatch):
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{bad_dir}/x.db")
+    code, _, err = cli("fetch", "-c", str(write_config(tmp_path)))
+    assert code == 2 and "storage.url (DATABASE_URL) folder" in err
+
+
+def test_config_command_does_not_check_folders_it_never_writes(cli, tmp_path, bad_dir):
+    cfg = write_config(tmp_path)
+    text = cfg.read_text().replace(str(tmp_path / "runs"), str(bad_dir))
+    cfg.write_text(text.replace(str(tmp_path / "audit"), str(bad_dir)))
+    code, out, err = cli("config", "-c", str(cfg))
+    assert code == 0, err
+    assert str(bad_dir) in out
+
+
+def test_writable_folders_are_not_created_by_the_check(tmp_path):
+    target = tmp_path / "a" / "b"
+    assert check_writable_dir(target, "run.output_dir") == target
+    assert not (tmp_path / "a").exists()
+
+
+# ----------------------------------------------------------------------------- training
+
+
+@pytest.mark.parametrize("module", sorted(TRAIN_MODULES))
+@pytest.mark.parametrize("command", ["train", "retrain"])
+def test_training_without_the_extra_says_what_to_install(
+    cli, tmp_path, monkeypatch, command, module
+):
+    # A None entry makes the module unimportable (find_spec returns None), whether or not the
+    # training packages are installed here.
+    monkeypatch.setitem(sys.modules, module, None)
+    code, out, err = cli(command, "-c", str(write_config(tmp_path)))
+    assert code == 2  # and the load_data tripwire was not reached
+    assert "pip install '.[train]'" in err and "tradingd[train]" in err
+    assert TRAIN_MODULES[module] in err
+    assert out == ""
+
+
+def test_training_check_asks_find_spec(cli, tmp_path, monkeypatch):
+    real = importlib.util.find_spec
+    asked = []
+
+    def fake(name, *a, **k):
+        asked.append(name)
+        return None if name == "skl2onnx" else real(name, *a, **k)
+
+    monkeypatch.setattr(importlib.util, "find_spec", fake)
+    code, _, err = cli("train", "-c", str(write_config(tmp_path)))
+    assert code == 2 and "missing: skl2onnx" in err
+    assert {"keras", "tensorflow", "sklearn", "onnx"} <= set(asked)
+
+
+def test_model_folders_default_outside_the_source_tree():
+    train = _parser().parse_args(["train"])
+    retrain = _parser().parse_args(["retrain"])
+    assert train.out == DEFAULT_TRAIN_OUT == "var/models/trained"
+    assert retrain.root == DEFAULT_RETRAIN_ROOT == "var/models"
+    for p in (train.out, retrain.root):
+        assert not Path(p).is_relative_to("models")
+
+
+def test_train_checks_out_folder_and_reports_where_it_wrote(cli, tmp_path, monkeypatch, bad_dir):
+    import tradingd_models.training as training
+
+    import tradingd.app
+    from tradingd import preflight
+
+    monkeypatch.setattr(preflight, "_importable", lambda module: True)
+    cfg = str(write_config(tmp_path))
+    code, _, err = cli("train", "-c", cfg, "--out", str(bad_dir))
+    assert code == 2 and f"--out = '{bad_dir}' is invalid" in err
+
+    written = []
+    monkeypatch.setattr(tradingd.app, "load_data", lambda config: "panel")
+    monkeypatch.setattr(training, "train", lambda config, panel, out, mc, log: written.append(out))
+    code, out, err = cli("train", "-c", cfg)
+    assert code == 0, err
+    assert written == [DEFAULT_TRAIN_OUT]
+    assert str(tmp_path / DEFAULT_TRAIN_OUT) in out
+
+
+# ----------------------------------------------------------------------------- services
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    u = urlparse(url)
+    return u.hostname or "127.0.0.1", u.port or 0
+
+
+def _services(tmp_path, storage="", cache=""):
+    env = {}
+    if storage:
+        env["DATABASE_URL"] = storage
+    if cache:
+        env["REDIS_URL"] = cache
+    return load_config([write_config(tmp_path)], env=env)
+
+
+def test_reachable_services_pass(tmp_path, pg_url, redis_url):
+    asyncio.run(check_services(_services(tmp_path, pg_url, redis_url)))
+
+
+def test_redis_database_index_the_server_does_not_have(tmp_path, redis_url):
+    host, port = _host_port(redis_url)
+    url = f"redis://:{SECRET}@{host}:{port}/99"
+    with pytest.raises(ConfigError) as e:
+        asyncio.run(check_services(_services(tmp_path, cache=url)))
+    msg = str(e.value)
+    assert "cache.url (REDIS_URL)" in msg and "database index 99" in msg and "0..15" in msg
+    assert SECRET not in msg
+
+
+def test_redis_url_pointing_at_postgres(tmp_path, pg_url):
+    host, port = _host_port(pg_url)
+    with pytest.raises(ConfigError) as e:
+        asyncio.run(check_services(_services(tmp_path, cache=f"redis://{host}:{port}/0")))
+    msg = str(e.value)
+    assert f"redis://{host}:{port}/0" in msg and "Redis server" in msg
+
+
+def test_postgres_url_pointing_at_redis(tmp_path, redis_url):
+    host, port = _host_port(redis_url)
+    url = f"postgresql://u:{SECRET}@{host}:{port}/db"
+    with pytest.raises(ConfigError) as e:
+        asyncio.run(check_services(_services(tmp_path, storage=url), timeout_s=0.5))
+    msg = str(e.value)
+    assert "storage.url (DATABASE_URL)" in msg and "PostgreSQL" in msg
+    assert SECRET not in msg
+
+
+def test_postgres_database_that_does_not_exist(tmp_path, pg_url):
+    url = pg_url.rsplit("/", 1)[0] + "/tradingd_no_such_db"
+    with pytest.raises(ConfigError) as e:
+        asyncio.run(check_services(_services(tmp_path, storage=url)))
+    assert "storage.url (DATABASE_URL)" in str(e.value)
+    assert "tradingd_no_such_db" in str(e.value)
+
+
+def test_backtest_with_a_bad_redis_stops_before_the_replay(tmp_path, redis_url):
+    host, port = _host_port(redis_url)
+    r = tradingd(
+        ["backtest", "-c", str(write_config(tmp_path))],
+        cwd=tmp_path,
+        env={"REDIS_URL": f"redis://{host}:{port}/99"},
+    )
+    assert r.returncode == 2
+    assert "tradingd: error: cache.url (REDIS_URL)" in r.stderr and "99" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "cli.db").exists()

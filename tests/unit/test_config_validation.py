@@ -1,0 +1,345 @@
+"""Every configuration value is checked when the configuration is built (issue 7, points 6 and
+11): each case below once passed and then crashed later (some after a whole replay) or was
+silently taken to mean something else. The error must name the key, the value and what is
+allowed."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from datetime import date
+
+import pytest
+
+from tradingd.config import (
+    NON_CONFIG_ENV,
+    BrokerConfig,
+    CacheConfig,
+    Config,
+    CostsConfig,
+    DataConfig,
+    FeaturesConfig,
+    LiveConfig,
+    LogConfig,
+    OrdersConfig,
+    PluginSpec,
+    RunConfig,
+    StorageConfig,
+    load_config,
+)
+from tradingd.core.errors import ConfigError
+
+
+def load(tmp_path, toml: str = "", env: dict[str, str] | None = None) -> Config:
+    p = tmp_path / "c.toml"
+    p.write_text(toml)
+    return load_config([p], env=env or {})
+
+
+def error(tmp_path, toml: str = "", env: dict[str, str] | None = None) -> str:
+    with pytest.raises(ConfigError) as e:
+        load(tmp_path, toml, env)
+    return str(e.value)
+
+
+def assert_names(msg: str, *parts: str) -> None:
+    for part in parts:
+        assert part in msg, f"{part!r} not in the error: {msg}"
+
+
+# ----------------------------------------------------------------------------- files
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"SQLite format 3\x00\x10\x00\x01\x01\x00@  ",  # a database given by mistake
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR",  # not even UTF-8
+        b"[run]\nname = \xff\xfe\n",
+    ],
+)
+def test_binary_file_is_not_a_toml_file(tmp_path, content):
+    p = tmp_path / "tradingd.db"
+    p.write_bytes(content)
+    with pytest.raises(ConfigError) as e:
+        load_config([p], env={})
+    assert_names(str(e.value), str(p), "not a UTF-8 TOML file")
+
+
+def test_a_folder_as_config_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match=r"cannot be read"):
+        load_config([tmp_path], env={})
+
+
+# ----------------------------------------------------------------------------- dates
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "start"),
+    [
+        ("[run]\nstart = 2010-01-01\n", {}, "2010-01-01"),  # an unquoted TOML date
+        ('[run]\nstart = "2010-01-01"\n', {}, "2010-01-01"),
+        ("", {"TRADINGD_RUN__START": "2010-01-01"}, "2010-01-01"),
+        ("[run]\nstart = 2010-01-01T09:30:00\n", {}, "2010-01-01T09:30:00"),
+        ("", {"TRADINGD_RUN__START": "2010-01-01T09:30:00Z"}, "2010-01-01T09:30:00+00:00"),
+        ('[run]\nstart = "2010-01-01 09:30"\n', {}, "2010-01-01 09:30"),
+    ],
+)
+def test_dates_are_accepted_as_dates_or_text(tmp_path, toml, env, start):
+    c = load(tmp_path, toml, env)
+    assert c.run.start == start
+    assert isinstance(c.run.start, str)
+
+
+def test_end_date_from_toml_and_from_code(tmp_path):
+    assert load(tmp_path, "[run]\nend = 2018-12-31\n").run.end == "2018-12-31"
+    assert RunConfig(end=date(2018, 12, 31)).end == "2018-12-31"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("value", ["2017-13-01", "yesterday", "2017-02-30", "01/02/2017", "2017"])
+@pytest.mark.parametrize("key", ["start", "end"])
+def test_bad_dates_name_key_value_and_format(tmp_path, key, value):
+    msg = error(tmp_path, f'[run]\n{key} = "{value}"\n')
+    assert_names(msg, f"run.{key}", repr(value), "YYYY-MM-DD")
+
+
+def test_bad_date_from_environment(tmp_path):
+    msg = error(tmp_path, env={"TRADINGD_RUN__END": "yesterday"})
+    assert_names(msg, "run.end", "'yesterday'", "YYYY-MM-DD")
+
+
+def test_start_after_end(tmp_path):
+    msg = error(tmp_path, "[run]\nstart = 2018-01-01\nend = 2017-01-01\n")
+    assert_names(msg, "run.start", "2018-01-01", "run.end", "2017-01-01")
+
+
+def test_a_date_where_text_is_expected_says_to_quote_it(tmp_path):
+    msg = error(tmp_path, "[run]\nname = 2010-01-01\n")
+    assert_names(msg, "run.name", "must be a string", "a date")
+
+
+# ----------------------------------------------------------------------------- values
+
+
+BAD_VALUES = [
+    # (toml, key, value as printed, what is allowed)
+    ("[broker]\norder_ttl_bars = -3", "broker.order_ttl_bars", "-3", ">= 0"),
+    ("[run]\ninitial_capital = inf", "run.initial_capital", "inf", "finite"),
+    ("[run]\ninitial_capital = -inf", "run.initial_capital", "-inf", "finite"),
+    ("[run]\ninitial_capital = 0.0", "run.initial_capital", "0.0", "> 0"),
+    ('[live]\nbar = "4pm"', "live.bar", "'4pm'", "1d, 1m, 5m, 15m, 30m, 60m"),
+    ('[live]\nbar = "2h"', "live.bar", "'2h'", "valid choices"),
+    ("[live]\ndelay_s = -1.0", "live.delay_s", "-1.0", ">= 0"),
+    ("[live]\nwarmup_bars = -5", "live.warmup_bars", "-5", ">= 0"),
+    ('[data]\ntimezone = "Mars/Olympus"', "data", "'Mars/Olympus'", "IANA time zone"),
+    ('[data]\ntimezone = "../../etc/passwd"', "data", "passwd'", "IANA time zone"),
+    ("[data]\nmax_spike = 0.5", "data", "0.5", "> 1"),
+    ("[data]\nmax_symbols = -1", "data.max_symbols", "-1", ">= 0"),
+    ("[data]\nmax_gap_days = 0", "data.max_gap_days", "0", ">= 1"),
+    ('[data]\nsymbols = ["A", "A"]', "data.symbols", "'A'", "twice"),
+    ('[data]\nrepair = ["nan", "everything"]', "data.repair", "'everything'", "valid choices"),
+    ("[costs]\ncommission_pct = 5.0", "costs.commission_pct", "5.0", "0.001 = 0.1%"),
+    ("[costs]\nslippage_pct = 0.5", "costs.slippage_pct", "0.5", "fraction"),
+    ("[costs]\nhalf_spread_bps = 5000.0", "costs.half_spread_bps", "5000.0", "basis points"),
+    ("[storage]\nflush_interval_s = nan", "storage.flush_interval_s", "nan", "finite"),
+    ("[storage]\nflush_interval_s = -1.0", "storage.flush_interval_s", "-1.0", ">= 0"),
+    ("[storage]\nbatch_size = 0", "storage.batch_size", "0", "> 0"),
+    ("[cache]\nexpiry_s = 0.0", "cache.expiry_s", "0.0", "> 0"),
+    ('[features]\nset = "nope"', "features.set", "'nope'", "default_v1"),
+    ("[features.indicators]\nbb_nbdev = nan", "features.indicators.bb_nbdev", "nan", "finite"),
+    ("[orders]\ntake_profit_pct = 4.0", "orders.take_profit_pct", "4.0", "0.04 = 4%"),
+    ("[orders]\nrebalance_band = 1.5", "orders.rebalance_band", "1.5", "[0, 1)"),
+    ("[log]\naudit_backups = -1", "log.audit_backups", "-1", ">= 0"),
+    ("[log]\naudit_max_bytes = 10", "log.audit_max_bytes", "10", ">= 1024"),
+    ('[run]\nname = "a/b"', "run.name", "'a/b'", "path separators"),
+    ('[run]\nrun_id = "../x"', "run.run_id", "'../x'", "path separators"),
+    ('[run]\noutput_dir = ""', "run.output_dir", "''", "a folder"),
+    (
+        '[[signals]]\nname = "momentum"\nweight = 0.0',
+        "signals[0].weight",
+        "0.0",
+        "> 0",
+    ),
+    (
+        '[[signals]]\nname = "momentum"\n[[signals]]\nname = "sma_cross"\nweight = -1.0',
+        "signals[1].weight",
+        "-1.0",
+        "> 0",
+    ),
+    (
+        '[[signals]]\nname = "momentum"\nparams = { scale = nan }',
+        "signals[0].params.scale",
+        "nan",
+        "finite",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "value", "allowed"), BAD_VALUES, ids=[b[1] for b in BAD_VALUES]
+)
+def test_bad_value_names_key_value_and_rule(tmp_path, toml, key, value, allowed):
+    assert_names(error(tmp_path, toml + "\n"), key, value, allowed)
+
+
+@pytest.mark.parametrize(
+    "toml",
+    [
+        '[live]\nbar = "5m"\ncalendar = "XLON"',
+        '[data]\ntimezone = "Europe/London"\nmax_spike = 0.0\nmax_volume = 0.0',
+        "[live]\ndelay_s = 0.0",
+        "[broker]\norder_ttl_bars = 0\nmax_volume_participation = 0.0",
+        "[costs]\ncommission_pct = 0.0999\nslippage_pct = 0.0",
+        "[data]\nmax_symbols = 0",
+        '[data]\nrepair = ["all"]',
+    ],
+)
+def test_edge_values_that_are_allowed(tmp_path, toml):
+    load(tmp_path, toml + "\n")  # no error
+
+
+def _float_fields():
+    sections = [
+        ("run", RunConfig),
+        ("data", DataConfig),
+        ("costs", CostsConfig),
+        ("broker", BrokerConfig),
+        ("orders", OrdersConfig),
+        ("features", FeaturesConfig),
+        ("storage", StorageConfig),
+        ("cache", CacheConfig),
+        ("live", LiveConfig),
+        ("log", LogConfig),
+    ]
+    out = []
+    for section, cls in sections:
+        for f in dataclasses.fields(cls):
+            if isinstance(getattr(cls(), f.name), float):
+                out.append((section, f.name))
+    return out
+
+
+FLOAT_FIELDS = _float_fields()
+
+
+def test_float_fields_found():
+    assert ("costs", "commission_pct") in FLOAT_FIELDS and len(FLOAT_FIELDS) >= 15
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "-inf"])
+@pytest.mark.parametrize(("section", "name"), FLOAT_FIELDS)
+def test_every_float_rejects_nan_and_inf(tmp_path, section, name, bad):
+    assert_names(error(tmp_path, f"[{section}]\n{name} = {bad}\n"), f"{section}.{name}", bad)
+    # Also from the environment, and when a config is built in code.
+    env = {f"TRADINGD_{section.upper()}__{name.upper()}": bad}
+    assert_names(error(tmp_path, env=env), f"{section}.{name}", bad, "finite")
+    default = getattr(Config(), section)
+    with pytest.raises(ConfigError, match=rf"{section}\.{name} = .*finite"):
+        dataclasses.replace(default, **{name: float(bad)})
+
+
+# ----------------------------------------------------------------------------- plugins
+
+
+def test_empty_risk_list_needs_an_explicit_acknowledgement(tmp_path):
+    msg = error(tmp_path, "risk = []\n")
+    assert_names(msg, "risk = []", "allow_no_risk = true")
+    c = load(tmp_path, "risk = []\n[run]\nallow_no_risk = true\n")
+    assert c.risk == () and c.run.allow_no_risk
+    with pytest.raises(ConfigError, match="allow_no_risk"):
+        dataclasses.replace(Config(), risk=())
+
+
+def test_no_signal_is_an_error(tmp_path):
+    assert_names(error(tmp_path, "signals = []\n"), "signals", "at least one")
+
+
+def test_weight_checked_when_built_in_code():
+    with pytest.raises(ConfigError, match=r"signals\[0\]\.weight = nan"):
+        Config(signals=(PluginSpec("momentum", weight=math.nan),))
+
+
+# ----------------------------------------------------------------------------- URLs
+
+
+@pytest.mark.parametrize(
+    ("env", "key", "shown", "allowed"),
+    [
+        (
+            {"DATABASE_URL": "postgresql://u:s3cret@h:notaport/db"},
+            "storage.url",
+            "'notaport'",
+            "1..65535",
+        ),
+        ({"DATABASE_URL": "postgresql://u@h:70000/db"}, "storage.url", "'70000'", "1..65535"),
+        ({"DATABASE_URL": "mysql://u:s3cret@h/db"}, "storage.url", "mysql://u:***@h/db", "sqlite"),
+        ({"DATABASE_URL": "sqlite:///"}, "storage.url", "'sqlite:///'", "names no file"),
+        ({"REDIS_URL": "redis://:s3cret@h:port/0"}, "cache.url", "'port'", "1..65535"),
+        ({"REDIS_URL": "redis://:s3cret@h:6379/zero"}, "cache.url", "'zero'", "integer >= 0"),
+        ({"REDIS_URL": "redis://h:6379/0?db=-1"}, "cache.url", "'-1'", "integer >= 0"),
+        ({"REDIS_URL": "http://h:6379/0"}, "cache.url", "http://h:6379/0", "redis://"),
+    ],
+)
+def test_bad_urls_name_key_masked_value_and_rule(tmp_path, env, key, shown, allowed):
+    msg = error(tmp_path, env=env)
+    assert_names(msg, key, shown, allowed)
+    assert "s3cret" not in msg
+
+
+def test_good_urls(tmp_path):
+    c = load(
+        tmp_path,
+        env={
+            "DATABASE_URL": "postgresql://u:p@h1:5432,h2:5433/db?sslmode=require",
+            "REDIS_URL": "rediss://:p@[::1]:6380/15",
+        },
+    )
+    assert c.storage.url.startswith("postgresql://") and c.cache.url.startswith("rediss://")
+    assert load(tmp_path, env={"REDIS_URL": "memory://"}).cache.url == "memory://"
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "TRADINGD_COSTS_COMMISSION_PCT",  # one underscore: used to be silently ignored
+        "TRADINGD_COSTS__",
+        "TRADINGD___COMMISSION_PCT",
+        "TRADINGD_VERBOSE",
+    ],
+)
+def test_malformed_tradingd_variable_is_an_error(tmp_path, name):
+    msg = error(tmp_path, env={name: "0.002"})
+    assert_names(msg, name, "TRADINGD_<SECTION>__<KEY>")
+
+
+def test_documented_non_config_variables_are_allowed(tmp_path):
+    assert "TRADINGD_REQUIRE_SERVICES" in NON_CONFIG_ENV
+    assert "TRADINGD_HEALTH_TOKEN" in NON_CONFIG_ENV
+    c = load(tmp_path, env={n: "1" for n in NON_CONFIG_ENV})
+    assert c == load(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("TRADINGD_RUN__NAME", "x\ny"),
+        ("TRADINGD_COSTS__COMMISSION_PCT", "0.002\nslippage_pct = 0.5"),  # smuggles a key
+        ("TRADINGD_LOG__LEVEL", "info\r"),
+        ("DATABASE_URL", "postgresql://u:s3cret@h/db\n"),
+        ("REDIS_URL", "redis://h:6379/0\n"),
+    ],
+)
+def test_environment_value_with_a_newline_is_an_error(tmp_path, name, value):
+    msg = error(tmp_path, env={name: value})
+    assert_names(msg, name, "newline")
+    assert "s3cret" not in msg
+
+
+def test_nested_environment_override(tmp_path):
+    c = load(tmp_path, env={"TRADINGD_FEATURES__INDICATORS__RSI": "10"})
+    assert c.features.indicators.rsi == 10
+    msg = error(tmp_path, env={"TRADINGD_RUN__NAME__X": "1"})
+    assert_names(msg, "run.name", "must be a string")

@@ -1,0 +1,126 @@
+"""Credentials are masked wherever the configuration is shown or stored (issue 7, point 5)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tradingd.config import load_config
+from tradingd.secrets import mask_url, redact, scrub
+
+SECRET = "s3cret"
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("postgresql://u:s3cret@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgres://u:s3cret@h/db", "postgres://u:***@h/db"),
+        ("redis://:s3cret@h:6379/0", "redis://:***@h:6379/0"),
+        ("rediss://default:s3cret@h:6380/2", "rediss://default:***@h:6380/2"),
+        # An unencoded "@" in the password: the last "@" ends the user information.
+        ("postgresql://u:s3@cret@h/db", "postgresql://u:***@h/db"),
+        # urllib rejects this port; it must be masked all the same (it ends up in an error).
+        ("postgresql://u:s3cret@h:notaport/db", "postgresql://u:***@h:notaport/db"),
+        ("sqlite:///var/x.db?password=s3cret", "sqlite:///var/x.db?password=***"),
+        (
+            "postgresql://h/db?user=u&PASSWORD=s3cret&sslmode=require",
+            "postgresql://h/db?user=u&PASSWORD=***&sslmode=require",
+        ),
+        (
+            "https://h/x?token=s3cret&pass=s3cret&pwd=s3cret&secret=s3cret&key=s3cret"
+            "&api_key=s3cret&page=2",
+            "https://h/x?token=***&pass=***&pwd=***&secret=***&key=***&api_key=***&page=2",
+        ),
+        # A user name that is really an access token.
+        ("https://ghp_s3cretABCDEF0123456789@github.com/o/r", "https://***@github.com/o/r"),
+        ("unix://:s3cret@/run/redis.sock?db=1", "unix://:***@/run/redis.sock?db=1"),
+    ],
+)
+def test_mask_url_hides_credentials(url, masked):
+    assert mask_url(url) == masked
+    assert SECRET not in mask_url(url)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "postgresql://postgres@127.0.0.1:5432/test",  # a plain user name stays readable
+        "redis://127.0.0.1:6379/15",
+        "sqlite:///var/tradingd.db",
+        "var/runs",
+        "momentum",
+        "",
+        "2016-01-01",
+        "x?password=s3cret",  # not a URL: returned unchanged
+    ],
+)
+def test_mask_url_leaves_everything_else(text):
+    assert mask_url(text) == text
+
+
+def test_redact_walks_plain_data_and_masks_secret_keys():
+    data = {
+        "storage": {"url": "postgresql://u:s3cret@h:5432/db", "batch_size": 5},
+        "signals": [{"name": "x", "params": {"api_key": SECRET, "password": "", "n": 3}}],
+        "broker": {"secret_token": 12345, "access_token_file": "/etc/tok"},
+        "plain": ("a", "redis://:s3cret@h:6379/0"),
+    }
+    out = redact(data)
+    assert out["storage"] == {"url": "postgresql://u:***@h:5432/db", "batch_size": 5}
+    # An empty secret stays empty: the operator sees that it is unset.
+    assert out["signals"][0]["params"] == {"api_key": "***", "password": "", "n": 3}
+    assert out["broker"] == {"secret_token": "***", "access_token_file": "***"}
+    assert out["plain"] == ("a", "redis://:***@h:6379/0")
+    assert data["storage"]["url"].endswith(f"{SECRET}@h:5432/db")  # the input is untouched
+    assert SECRET not in json.dumps(out) and "12345" not in json.dumps(out)
+
+
+def test_scrub_removes_the_password_from_a_library_message():
+    url = "postgresql://u:s3cret@h:5432/db"
+    msg = f"could not connect to {url}: password s3cret rejected"
+    assert (
+        scrub(msg, url)
+        == "could not connect to postgresql://u:***@h:5432/db: password *** rejected"
+    )
+
+
+def _secret_config(tmp_path, env):
+    p = tmp_path / "c.toml"
+    p.write_text(
+        '[storage]\nurl = "postgresql://u:s3cret@h:5432/db"\n'
+        '[cache]\nurl = "redis://:s3cret@h:6379/0"\n'
+        '[[signals]]\nname = "momentum"\nparams = { lookback = 20, token = "s3cret" }\n'
+    )
+    return load_config([p], env=env)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [
+        {},
+        {"DATABASE_URL": "postgresql://u:s3cret@h:5432/db", "REDIS_URL": "redis://:s3cret@h/1"},
+        {"DATABASE_URL": "sqlite:///x.db?password=s3cret", "REDIS_URL": "rediss://a:s3cret@h"},
+        {"TRADINGD_STORAGE__URL": "postgres://u:s3cret@h/db"},
+    ],
+)
+def test_public_config_never_holds_a_password(tmp_path, env):
+    c = _secret_config(tmp_path, env)
+    assert SECRET in c.to_json()  # the real values are still there for the code that needs them
+    assert SECRET not in c.to_public_json()
+    assert SECRET not in json.dumps(c.to_public_dict())
+    public = c.to_public_dict()
+    assert public["storage"]["url"].startswith(("postgresql://u:***@", "postgres://", "sqlite:"))
+    assert "***" in public["cache"]["url"]
+
+
+def test_public_json_is_stable_across_password_changes(tmp_path):
+    """The run id hashes the public JSON: a rotated password keeps the run id (and the
+    client order ids derived from it); any other change does not."""
+    a = load_config([], env={"DATABASE_URL": "postgresql://u:old@h:5432/db"})
+    b = load_config([], env={"DATABASE_URL": "postgresql://u:new@h:5432/db"})
+    c = load_config([], env={"DATABASE_URL": "postgresql://u:new@other:5432/db"})
+    assert a.to_json() != b.to_json()
+    assert a.to_public_json() == b.to_public_json()
+    assert b.to_public_json() != c.to_public_json()
