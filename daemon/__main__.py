@@ -2,6 +2,11 @@
 
 Only this module calls `asyncio.run`; SIGTERM and SIGINT are turned into a clean stop of the
 engine (finish the bar, flush the store) through `loop.add_signal_handler`.
+
+Every command that takes a configuration validates it the same way before doing any work
+(`preflight.check_config`), and the commands that use the database or Redis check that they
+answer (`preflight.check_services`): a mistake is reported in seconds, as
+`tradingd: error: ...` with exit code 2, never as a traceback after a replay.
 """
 
 from __future__ import annotations
@@ -18,10 +23,18 @@ import structlog
 
 from .config import Config, load_config
 from .core.errors import TradingdError
+from .secrets import mask_url
 
 log = structlog.get_logger("tradingd.cli")
 
 DEFAULT_CONFIG = Path("config/default.toml")
+# Trained models go under var/ (like runs and audit logs), never into the installed package
+# or the source tree; `ml_ensemble.model_dir` points at var/models/current to use retrained
+# models.
+DEFAULT_TRAIN_OUT = "var/models/trained"
+DEFAULT_RETRAIN_ROOT = "var/models"
+# Commands whose output folder comes from the command line rather than the configuration.
+_OUTPUT_ARG = {"backtest": "output", "train": "out", "retrain": "root"}
 
 
 def _config(paths: Sequence[str]) -> Config:
@@ -55,7 +68,12 @@ def _parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train the model pair and export it to ONNX (train extra)")
     common(tr)
-    tr.add_argument("--out", default="models/default", help="output folder (card + ONNX)")
+    tr.add_argument(
+        "--out",
+        default=DEFAULT_TRAIN_OUT,
+        help=f"output folder for card.json and the ONNX pair (default: {DEFAULT_TRAIN_OUT}; "
+        "the shipped pair is reproduced with --out models/default)",
+    )
     tr.add_argument("--epochs", type=int, help="override the maximum number of epochs")
     tr.add_argument(
         "--model-config",
@@ -68,7 +86,11 @@ def _parser() -> argparse.ArgumentParser:
         help="retrain on a rolling window; publish only if it beats the floor (train extra)",
     )
     common(rt)
-    rt.add_argument("--root", default="models/live", help="model root with versions/ and current")
+    rt.add_argument(
+        "--root",
+        default=DEFAULT_RETRAIN_ROOT,
+        help=f"model root with versions/ and current (default: {DEFAULT_RETRAIN_ROOT})",
+    )
     rt.add_argument("--window-bars", type=int, default=1260)
     rt.add_argument("--min-directional-accuracy", type=float, default=0.5)
     rt.add_argument("--max-mse-ratio", type=float, default=1.05)
@@ -83,6 +105,19 @@ def _parser() -> argparse.ArgumentParser:
     del pl
     cf = sub.add_parser("config", help="print the effective configuration as JSON")
     common(cf)
+
+    he = sub.add_parser(
+        "health",
+        help="ask a running daemon whether it is alive and ready "
+        "(exit 0 ready, 1 not ready, 2 unreachable)",
+    )
+    common(he)
+    he.add_argument(
+        "--url",
+        help="the daemon's health server (default: from [health] host and port of the "
+        "configuration, e.g. http://127.0.0.1:8080)",
+    )
+    he.add_argument("--timeout", type=float, default=5.0, help="seconds (default: 5)")
     return p
 
 
@@ -91,10 +126,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "plugins":
             return _plugins()
+        if args.command == "health":
+            return _health(args)
+        from .preflight import check_config, check_services, check_train_extra
+
+        if args.command in ("train", "retrain"):
+            check_train_extra()  # before anything is loaded: say what to install
         config = _config(args.config)
         from .logs import configure_logging
 
         configure_logging(config.log.level, config.log.format)
+        arg = _OUTPUT_ARG.get(args.command)
+        output = getattr(args, arg) if arg else None
+        check_config(config, args.command, output_dir=output)
+        if args.command in ("backtest", "run", "fetch"):
+            asyncio.run(check_services(config))
         if args.command == "features":
             from .features.catalog import Catalog, feature_set_id, resolve_set
 
@@ -112,7 +158,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return 0
         if args.command == "config":
-            print(json.dumps(config.to_dict(), indent=2, default=str))
+            print(json.dumps(config.to_public_dict(), indent=2, default=str))
             return 0
         if args.command == "backtest":
             return _backtest(config, args)
@@ -126,7 +172,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             from .app import import_bars
 
             stored = asyncio.run(import_bars(config))
-            print(f"stored {stored} bars in {config.storage.url}")
+            print(f"stored {stored} bars in {mask_url(config.storage.url)}")
             return 0
     except TradingdError as exc:
         print(f"tradingd: error: {exc}", file=sys.stderr)
@@ -163,6 +209,7 @@ def _train(config: Config, args: argparse.Namespace) -> int:
     if args.epochs:
         mc = dataclasses.replace(mc, epochs=args.epochs)
     train(config, load_data(config), args.out, mc, log=lambda m: print(m, file=sys.stderr))
+    print(f"model pair and card written to {Path(args.out).resolve()}")
     return 0
 
 
@@ -178,6 +225,19 @@ def _retrain(config: Config, args: argparse.Namespace) -> int:
     out = retrain(config, load_data(config), args.root, policy)
     print(json.dumps({"published": out.published, "version": out.version, "reason": out.reason}))
     return 0 if out.published else 3
+
+
+def _health(args: argparse.Namespace) -> int:
+    """Reads the configuration only for the default URL: loads no plugins, models or
+    services (a daemon's health must be askable when those are broken)."""
+    from .health.client import fetch_health, url_for
+
+    url = args.url or url_for(_config(args.config).health)
+    code, report = asyncio.run(fetch_health(url, args.timeout))
+    print(json.dumps(report, indent=2, sort_keys=True))
+    if code == 2:
+        print(f"tradingd: error: {report['error']}", file=sys.stderr)
+    return code
 
 
 def _plugins() -> int:
@@ -207,13 +267,40 @@ def _backtest(config: Config, args: argparse.Namespace) -> int:
 
 
 async def _run(config: Config) -> int:
-    from .app import build_engine
+    from .app import build_engine, health_inputs
+    from .health import token_from_env
+    from .health.server import HealthServer
+    from .watchdog import SystemdNotifier
 
     engine = build_engine(config, "live")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, engine.request_stop)
-    result = await engine.run_until_done()
+    checks, status, controls = health_inputs(engine)
+    notifier = SystemdNotifier()
+    server = (
+        HealthServer(config.health, checks, status, controls, token_from_env())
+        if config.health.enabled
+        else None
+    )
+
+    def heartbeat(*, busy: bool = False) -> None:
+        if server is not None:
+            server.heartbeat(busy=busy)
+        notifier.pet()
+
+    engine.on_heartbeat = heartbeat
+    engine.on_ready = notifier.ready
+    if server is not None:
+        await server.start()  # before the engine: /health answers during start-up and warm-up
+    await notifier.start()
+    try:
+        result = await engine.run_until_done()
+    finally:
+        notifier.stopping()
+        await notifier.stop()
+        if server is not None:
+            await server.stop()
     log.info("tradingd.exit", bars=result.bars, stopped_early=result.stopped_early)
     return 0
 

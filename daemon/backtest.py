@@ -154,7 +154,8 @@ def write_outputs(
             w.writerow([t.isoformat(), repr(e), repr(g)])
     _write_rows(out / "orders.csv", orders)
     _write_rows(out / "fills.csv", fills)
-    (out / "config.json").write_text(json.dumps(config.to_dict(), indent=2, default=str))
+    # Masked: credentials in URLs never reach a run's record.
+    (out / "config.json").write_text(json.dumps(config.to_public_dict(), indent=2, default=str))
     (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
 
 

@@ -5,28 +5,67 @@ so a missing file still means "the documented defaults". Unknown keys are errors
 valid keys: a typo must never silently fall back to a default in a service that trades.
 
 Environment overrides: `TRADINGD_<SECTION>__<KEY>=value`, e.g.
-`TRADINGD_COSTS__COMMISSION_PCT=0.002` (values parsed as TOML scalars when possible).
-`DATABASE_URL` and `REDIS_URL` override `storage.url` and `cache.url`. Plugin lists
-(`[[signals]]`, `[[risk]]`) are set in files only.
+`TRADINGD_COSTS__COMMISSION_PCT=0.002` (values parsed as TOML scalars when possible; nested
+tables as `TRADINGD_FEATURES__INDICATORS__RSI=10`). `DATABASE_URL` and `REDIS_URL` override
+`storage.url` and `cache.url`. Plugin lists (`[[signals]]`, `[[risk]]`) are set in files only.
+Any other `TRADINGD_*` variable is an error unless it is in `NON_CONFIG_ENV`: a misspelt
+override (`TRADINGD_COSTS_COMMISSION_PCT`, one underscore) must not be silently ignored.
+
+Every value is checked here, when the configuration is built, not when it is first used: a
+replay must not run for an hour and then die on a bad close time. Checks that need the outside
+world (plugins, writable folders, reachable services) are in `preflight.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+import re
 import tomllib
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
+from urllib.parse import parse_qs, urlsplit
 
 from .core.errors import ConfigError
+from .features.catalog import FEATURE_SETS
 from .features.indicators import IndicatorConfig
+from .health import HealthConfig
+from .secrets import mask_url, redact
 
 T = TypeVar("T")
+
+# `TRADINGD_*` environment variables that are not configuration overrides. Extend this list
+# when a new one is documented; anything else of that prefix must be `<SECTION>__<KEY>`.
+NON_CONFIG_ENV = frozenset(
+    {
+        "TRADINGD_REQUIRE_SERVICES",  # tests and CI: fail instead of skipping without services
+        "TRADINGD_HEALTH_TOKEN",  # the health endpoint's bearer token
+        "TRADINGD_SHARED_DATA",  # tests: where the shared data sets live
+        "TRADINGD_SHARED_FIXTURES",  # tests: where the shared recorded fixtures live
+        "TRADINGD_TEST_PG_URL",  # tests: the PostgreSQL to use
+        "TRADINGD_TEST_REDIS_URL",  # tests: the Redis to use
+    }
+)
+
+# Marks a string field that holds a date or datetime: TOML's unquoted dates (and environment
+# values such as 2010-01-01, which parse as TOML dates) are accepted and stored as ISO text.
+_DATE_FIELD = "iso-date"
+DateStr = Annotated[str, _DATE_FIELD]
+
+_DATE_FORMAT = '"YYYY-MM-DD" or an ISO datetime "YYYY-MM-DDTHH:MM[:SS][+HH:MM]" ("" for no bound)'
+_DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
+_DATETIME_RE = re.compile(
+    r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})?"
+)
+# A name that becomes part of a file name (run ids name the output folder and audit files).
+_UNSAFE_NAME = re.compile(r"[/\\\x00-\x1f]")
 
 
 @dataclass(frozen=True)
@@ -37,11 +76,31 @@ class RunConfig:
     run_id: str = ""
     initial_capital: float = 100_000.0
     output_dir: str = "var/runs"
-    start: str = ""
-    end: str = ""
+    start: DateStr = ""
+    end: DateStr = ""
+    # Trading without any risk rule must be a deliberate choice: an empty `risk` list is an
+    # error unless this is true (a forgotten overlay must not remove every limit silently).
+    allow_no_risk: bool = False
 
     def __post_init__(self) -> None:
+        _finite(self, "run")
+        _safe_name("run.name", self.name, allow_empty=False)
+        _safe_name("run.run_id", self.run_id, allow_empty=True)
         _require(self.initial_capital > 0, "run.initial_capital", self.initial_capital, "> 0")
+        _require(bool(self.output_dir.strip()), "run.output_dir", self.output_dir, "a folder")
+        bounds = {}
+        for key in ("start", "end"):
+            value = getattr(self, key)
+            if isinstance(value, date):  # built in code with a date: same as from TOML
+                value = _iso(value)
+                object.__setattr__(self, key, value)
+            bounds[key] = _parse_date(f"run.{key}", value)
+        lo, hi = bounds["start"], bounds["end"]
+        if lo is not None and hi is not None and lo.date() > hi.date():
+            raise ConfigError(
+                f"run.start = {self.start!r} is after run.end = {self.end!r}: "
+                "the run window must not be empty"
+            )
 
 
 @dataclass(frozen=True)
@@ -53,12 +112,48 @@ class DataConfig:
     max_symbols: int = 0  # 0 = all
     repair: tuple[str, ...] = ()
     max_gap_days: int = 7
+    # Plausibility: a one-bar price jump of more than this factor that reverts (0 = off).
+    max_spike: float = 10.0
+    # Plausibility: shares per bar above this are absurd (0 = off).
+    max_volume: float = 1e12
+    # The exchange's time zone: times written with a UTC offset are converted to it, and it
+    # decides which session a daily bar belongs to.
+    timezone: str = "America/New_York"
 
     def __post_init__(self) -> None:
+        _finite(self, "data")
         _choice("data.source", self.source, ("bundled", "csv", "parquet"))
+        from .feeds.validate import check_limits
+
+        try:
+            check_limits(
+                max_spike=self.max_spike, max_volume=self.max_volume, timezone=self.timezone
+            )
+        except ConfigError as exc:
+            raise ConfigError(f"data: {exc}") from None
         _choice("data.layout", self.layout, ("auto", "long", "per_symbol"))
         if self.source != "bundled" and not self.path:
             raise ConfigError(f"data.path is required when data.source = {self.source!r}")
+        seen: set[str] = set()
+        for i, sym in enumerate(self.symbols):
+            _require(
+                isinstance(sym, str) and bool(sym.strip()),
+                f"data.symbols[{i}]",
+                sym,
+                "a non-empty symbol",
+            )
+            if sym in seen:
+                raise ConfigError(f"data.symbols lists {sym!r} twice")
+            seen.add(sym)
+        _require(self.max_symbols >= 0, "data.max_symbols", self.max_symbols, ">= 0 (0 = no limit)")
+        _require(self.max_gap_days >= 1, "data.max_gap_days", self.max_gap_days, ">= 1")
+        if self.repair:
+            from .feeds.validate import parse_repairs  # pandas: only when repairs are asked
+
+            try:
+                parse_repairs(self.repair)
+            except ConfigError as exc:
+                raise ConfigError(f"data.repair = {list(self.repair)!r}: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -69,24 +164,89 @@ class CostsConfig:
     min_commission: float = 0.0
 
     def __post_init__(self) -> None:
-        for f in dataclasses.fields(self):
-            _require(getattr(self, f.name) >= 0, f"costs.{f.name}", getattr(self, f.name), ">= 0")
+        _finite(self, "costs")
+        # Fractions, not percentages: 5.0 would mean 500% of every trade, which is never
+        # intended and would silently make every trade a loss.
+        for key in ("commission_pct", "slippage_pct"):
+            value = getattr(self, key)
+            _require(
+                0 <= value < MAX_COST_FRACTION,
+                f"costs.{key}",
+                value,
+                f"a fraction in [0, {MAX_COST_FRACTION}) (0.001 = 0.1% of the traded value)",
+            )
+        _require(
+            0 <= self.half_spread_bps < MAX_HALF_SPREAD_BPS,
+            "costs.half_spread_bps",
+            self.half_spread_bps,
+            f"in basis points in [0, {MAX_HALF_SPREAD_BPS:g}) (10 = 0.1%)",
+        )
+        _require(self.min_commission >= 0, "costs.min_commission", self.min_commission, ">= 0")
+
+
+# Upper bounds that catch a percentage written where a fraction is expected (5.0 for 5%).
+MAX_COST_FRACTION = 0.1
+MAX_HALF_SPREAD_BPS = 1000.0
+
+
+@dataclass(frozen=True)
+class AlpacaConfig:
+    """The Alpaca paper broker (tradingd.brokers.alpaca). Keys only from the environment:
+    APCA_API_KEY_ID, APCA_API_SECRET_KEY."""
+
+    base_url: str = "https://paper-api.alpaca.markets"
+    stream_url: str = ""  # "" = derived from base_url (wss://host/stream)
+    stream_enabled: bool = True
+    poll_interval_s: float = 5.0
+    request_timeout_s: float = 10.0
+    call_timeout_s: float = 30.0
+    max_attempts: int = 3
+    time_in_force: str = "day"
+    exit_time_in_force: str = "gtc"
+    bracket_time_in_force: str = "gtc"
+    extended_hours: bool = False
+
+    def __post_init__(self) -> None:
+        _finite(self, "broker.alpaca")
+        for name in ("poll_interval_s", "request_timeout_s", "call_timeout_s"):
+            _require(getattr(self, name) > 0, f"broker.alpaca.{name}", getattr(self, name), "> 0")
+        _require(self.max_attempts >= 1, "broker.alpaca.max_attempts", self.max_attempts, ">= 1")
+        for name in ("time_in_force", "exit_time_in_force", "bracket_time_in_force"):
+            _choice(f"broker.alpaca.{name}", getattr(self, name), ("day", "gtc"))
+        _require(
+            self.base_url.startswith(("http://", "https://")),
+            "broker.alpaca.base_url",
+            self.base_url,
+            "an http(s) URL",
+        )
 
 
 @dataclass(frozen=True)
 class BrokerConfig:
-    kind: str = "simulated"  # simulated | alpaca (a later issue)
+    # simulated; alpaca (live mode, keys required); auto (live mode: alpaca when the keys are
+    # in the environment, else simulated). Backtests always use the simulated broker.
+    kind: str = "auto"
+    # Largest fraction of one bar's volume a single order may take; 0 = unlimited.
     max_volume_participation: float = 0.1
+    # Bars an entry order may stay open before it is cancelled; 0 = good till cancelled.
     order_ttl_bars: int = 5
     allow_short: bool = False
+    alpaca: AlpacaConfig = field(default_factory=AlpacaConfig)
 
     def __post_init__(self) -> None:
-        _choice("broker.kind", self.kind, ("simulated",))
+        _finite(self, "broker")
+        _choice("broker.kind", self.kind, ("simulated", "alpaca", "auto"))
         _require(
             0 <= self.max_volume_participation <= 1,
             "broker.max_volume_participation",
             self.max_volume_participation,
-            "in [0, 1]",
+            "in [0, 1] (0 = unlimited)",
+        )
+        _require(
+            self.order_ttl_bars >= 0,
+            "broker.order_ttl_bars",
+            self.order_ttl_bars,
+            ">= 0 (0 = good till cancelled)",
         )
 
 
@@ -103,10 +263,25 @@ class OrdersConfig:
     stop_loss_pct: float = 0.02  # specification: 2% from entry
 
     def __post_init__(self) -> None:
-        _require(self.rebalance_band >= 0, "orders.rebalance_band", self.rebalance_band, ">= 0")
-        _require(self.take_profit_pct > 0, "orders.take_profit_pct", self.take_profit_pct, "> 0")
+        _finite(self, "orders")
         _require(
-            0 < self.stop_loss_pct < 1, "orders.stop_loss_pct", self.stop_loss_pct, "in (0, 1)"
+            0 <= self.rebalance_band < 1,
+            "orders.rebalance_band",
+            self.rebalance_band,
+            "a fraction of equity in [0, 1)",
+        )
+        _require(self.min_trade_value >= 0, "orders.min_trade_value", self.min_trade_value, ">= 0")
+        _require(
+            0 < self.take_profit_pct <= 1,
+            "orders.take_profit_pct",
+            self.take_profit_pct,
+            "a fraction in (0, 1] (0.04 = 4% from entry)",
+        )
+        _require(
+            0 < self.stop_loss_pct < 1,
+            "orders.stop_loss_pct",
+            self.stop_loss_pct,
+            "a fraction in (0, 1) (0.02 = 2% from entry)",
         )
 
 
@@ -117,6 +292,12 @@ class PluginSpec:
     name: str
     weight: float = 1.0
     params: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name.strip():
+            raise ConfigError(f"plugin name {self.name!r} is invalid: must be a plugin's name")
+        if not isinstance(self.params, Mapping):
+            raise ConfigError(f"plugin {self.name!r}: params must be a table")
 
 
 def _default_signals() -> tuple[PluginSpec, ...]:
@@ -146,8 +327,17 @@ class FeaturesConfig:
     indicators: IndicatorConfig = field(default_factory=IndicatorConfig)
 
     def __post_init__(self) -> None:
+        _choice("features.set", self.set, tuple(FEATURE_SETS))
         _choice("features.cross_sectional", self.cross_sectional, ("rank", "zscore"))
         _require(self.history_bars >= 1, "features.history_bars", self.history_bars, ">= 1")
+        for i, name in enumerate(self.extra):
+            _require(
+                isinstance(name, str) and bool(name.strip()),
+                f"features.extra[{i}]",
+                name,
+                "a feature name",
+            )
+        _finite(self.indicators, "features.indicators")
 
 
 @dataclass(frozen=True)
@@ -160,8 +350,16 @@ class StorageConfig:
     signals: str = "decisions"  # decisions | all | none
 
     def __post_init__(self) -> None:
+        _finite(self, "storage")
+        _check_storage_url(self.url)
         _choice("storage.signals", self.signals, ("decisions", "all", "none"))
         _require(self.batch_size > 0, "storage.batch_size", self.batch_size, "> 0")
+        _require(
+            self.flush_interval_s >= 0,
+            "storage.flush_interval_s",
+            self.flush_interval_s,
+            ">= 0 seconds (0 = write at every record)",
+        )
 
 
 @dataclass(frozen=True)
@@ -172,20 +370,142 @@ class CacheConfig:
     # does not turn into a Redis benchmark.
     publish_interval_s: float = 1.0
 
+    def __post_init__(self) -> None:
+        _finite(self, "cache")
+        _check_cache_url(self.url)
+        _require(self.expiry_s > 0, "cache.expiry_s", self.expiry_s, "> 0 seconds")
+        _require(
+            self.publish_interval_s >= 0,
+            "cache.publish_interval_s",
+            self.publish_interval_s,
+            ">= 0 seconds",
+        )
+
+
+LIVE_BARS = ("1d", "1m", "5m", "15m", "30m", "60m")
+
 
 @dataclass(frozen=True)
 class LiveConfig:
+    # Bar interval: 1d (labelled by session date) or 1m/5m/15m/30m/60m (labelled by start, UTC).
     bar: str = "1d"
-    close_time: str = "16:00"
-    timezone: str = "America/New_York"
+    # The exchange calendar (exchange-calendars names): sessions, holidays, half days, the
+    # time zone and the close of every session come from it.
+    calendar: str = "XNYS"
     # Wait after the close before pulling the bar, so the data vendor has published it.
     delay_s: float = 300.0
     # Accelerated time for tests and demos: 0 = real time; otherwise bars of the calendar
     # are released at this many per second.
     bars_per_second: float = 0.0
+    # A scheduler tick that releases any bar whose firing was missed (machine suspend).
+    heartbeat_s: float = 60.0
+    # Bars of history fetched at start so every feature and model input is ready at the
+    # first live bar (the default model needs a 60-bar window of features that need ~35).
+    warmup_bars: int = 300
 
     def __post_init__(self) -> None:
-        _choice("live.bar", self.bar, ("1d",))
+        _finite(self, "live")
+        _choice("live.bar", self.bar, LIVE_BARS)
+        _require(
+            isinstance(self.calendar, str) and self.calendar.strip() != "",
+            "live.calendar",
+            self.calendar,
+            "an exchange calendar name such as XNYS",
+        )
+        _require(self.delay_s >= 0, "live.delay_s", self.delay_s, ">= 0 seconds")
+        _require(
+            self.bars_per_second >= 0,
+            "live.bars_per_second",
+            self.bars_per_second,
+            ">= 0 (0 = real time)",
+        )
+        _require(self.heartbeat_s > 0, "live.heartbeat_s", self.heartbeat_s, "> 0 seconds")
+        _require(self.warmup_bars >= 0, "live.warmup_bars", self.warmup_bars, ">= 0")
+
+
+def _check_source_calls(source: str, call: Mapping[str, Any]) -> None:
+    from .feeds.resilience import SourceConfig
+
+    try:
+        SourceConfig.for_source(source, **dict(call))
+    except (ConfigError, TypeError, ValueError) as exc:
+        raise ConfigError(f"feed.{source}.call: {exc}") from None
+
+
+@dataclass(frozen=True)
+class YahooFeedConfig:
+    base_url: str = "https://query2.finance.yahoo.com"
+    include_prepost: bool = False
+    # Timeout, retries, circuit breaker, budgets and concurrency: SourceConfig fields
+    # (timeout_s, max_attempts, backoff_base_s, backoff_max_s, breaker_failure_threshold,
+    # breaker_reset_timeout_s, max_concurrency, per_minute, per_day); empty = the defaults.
+    call: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _check_source_calls("yahoo", self.call)
+
+
+@dataclass(frozen=True)
+class AlphaVantageFeedConfig:
+    # The key only from the environment: ALPHA_VANTAGE_API_KEY.
+    base_url: str = "https://www.alphavantage.co"
+    datatype: str = "json"  # json | csv
+    adjusted: bool = False  # TIME_SERIES_DAILY_ADJUSTED (a premium function): splits, dividends
+    extended_hours: bool = False
+    # The specification's budget is the default: 5 calls per minute, 500 per day.
+    call: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _choice("feed.alphavantage.datatype", self.datatype, ("json", "csv"))
+        _check_source_calls("alphavantage", self.call)
+
+
+@dataclass(frozen=True)
+class AlpacaFeedConfig:
+    # Keys from APCA_API_KEY_ID / APCA_API_SECRET_KEY. "" = alpaca-py's data host.
+    base_url: str = ""
+    feed: str = "iex"  # iex (free plan) | sip
+    derive_actions: bool = True  # splits and dividends from Alpaca's adjusted series
+    max_symbols_per_request: int = 100
+    call: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        _choice("feed.alpaca.feed", self.feed, ("iex", "sip", "otc", "boats"))
+        _require(
+            self.max_symbols_per_request >= 1,
+            "feed.alpaca.max_symbols_per_request",
+            self.max_symbols_per_request,
+            ">= 1",
+        )
+        _check_source_calls("alpaca", self.call)
+
+
+FEED_SOURCES = ("recorded", "yahoo", "alphavantage", "alpaca")
+
+
+@dataclass(frozen=True)
+class FeedConfig:
+    """Where the live daemon's bars come from. "recorded" serves the configured [data] through
+    the live path (demos, tests); a vendor fetches them for `data.symbols`."""
+
+    source: str = "recorded"
+    # Bars fetched before each live bar, so a late or missed bar is filled in.
+    lookback_bars: int = 5
+    repair: tuple[str, ...] = ()
+    yahoo: YahooFeedConfig = field(default_factory=YahooFeedConfig)
+    alphavantage: AlphaVantageFeedConfig = field(default_factory=AlphaVantageFeedConfig)
+    alpaca: AlpacaFeedConfig = field(default_factory=AlpacaFeedConfig)
+
+    def __post_init__(self) -> None:
+        _choice("feed.source", self.source, FEED_SOURCES)
+        _require(self.lookback_bars >= 1, "feed.lookback_bars", self.lookback_bars, ">= 1")
+        if self.repair:
+            from .feeds.validate import parse_repairs
+
+            try:
+                parse_repairs(self.repair)
+            except ConfigError as exc:
+                raise ConfigError(f"feed.repair: {exc}") from None
 
 
 @dataclass(frozen=True)
@@ -199,10 +519,28 @@ class LogConfig:
     def __post_init__(self) -> None:
         _choice("log.format", self.format, ("auto", "json", "console"))
         _choice("log.level", self.level, ("debug", "info", "warning", "error"))
+        _require(bool(self.audit_dir.strip()), "log.audit_dir", self.audit_dir, "a folder")
+        _require(
+            self.audit_max_bytes >= 1024,
+            "log.audit_max_bytes",
+            self.audit_max_bytes,
+            ">= 1024 bytes",
+        )
+        _require(self.audit_backups >= 0, "log.audit_backups", self.audit_backups, ">= 0")
 
 
 @dataclass(frozen=True)
 class Config:
+    """The whole configuration.
+
+    `to_json()` holds every value in clear (credentials included): for code that needs them,
+    never for output. Everything printed, logged or stored uses `to_public_dict()` /
+    `to_public_json()`, where URLs and secret values are masked. The run id hashes the
+    public JSON on purpose: rotating a database password must not change the run id (and with
+    it every client order id), and the hashed text is exactly the one stored with the run, so
+    a stored run's id can be recomputed from its stored configuration.
+    """
+
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
     costs: CostsConfig = field(default_factory=CostsConfig)
@@ -219,13 +557,56 @@ class Config:
     storage: StorageConfig = field(default_factory=StorageConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     live: LiveConfig = field(default_factory=LiveConfig)
+    feed: FeedConfig = field(default_factory=FeedConfig)
+    health: HealthConfig = field(default_factory=HealthConfig)
     log: LogConfig = field(default_factory=LogConfig)
+
+    def __post_init__(self) -> None:
+        if not self.signals:
+            raise ConfigError("signals: at least one signal plugin must be configured")
+        for i, spec in enumerate(self.signals):
+            # A weight of 0 or below never trades (or trades against the signal) silently.
+            _require(
+                math.isfinite(spec.weight) and spec.weight > 0,
+                f"signals[{i}].weight",
+                spec.weight,
+                "a finite number > 0",
+            )
+        for where, spec in self._plugins():
+            _finite_params(f"{where}.params", spec.params)
+        if not self.risk and not self.run.allow_no_risk:
+            raise ConfigError(
+                "risk = [] configures no risk rule at all; trading without limits must be "
+                "deliberate: add [[risk]] plugins, or set [run] allow_no_risk = true"
+            )
+        if self.feed.source != "recorded" and not self.data.symbols:
+            raise ConfigError(
+                f"feed.source = {self.feed.source!r} needs the universe in data.symbols "
+                '(e.g. symbols = ["AAPL", "MSFT"]): a vendor is asked for named symbols'
+            )
+
+    def _plugins(self) -> list[tuple[str, PluginSpec]]:
+        return [
+            *((f"signals[{i}]", s) for i, s in enumerate(self.signals)),
+            ("sizing", self.sizing),
+            *((f"risk[{i}]", s) for i, s in enumerate(self.risk)),
+        ]
 
     def to_dict(self) -> dict[str, Any]:
         return _to_plain(self)
 
     def to_json(self) -> str:
+        """Every value in clear, credentials included: never print, log or store this."""
         return json.dumps(self.to_dict(), sort_keys=True, default=str)
+
+    def to_public_dict(self) -> dict[str, Any]:
+        """`to_dict()` with credentials masked (see `secrets.redact`): safe to show and keep."""
+        return redact(self.to_dict())
+
+    def to_public_json(self) -> str:
+        """The masked configuration as canonical JSON: what is stored with a run and hashed
+        into its id."""
+        return json.dumps(self.to_public_dict(), sort_keys=True, default=str)
 
 
 # ----------------------------------------------------------------------------- loading
@@ -237,16 +618,37 @@ def load_config(
     """Merge TOML files in order (later wins), then environment overrides, then validate."""
     merged: dict[str, Any] = {}
     for p in paths:
-        path = Path(p)
-        try:
-            data = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise ConfigError(f"config file not found: {path}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-        _deep_merge(merged, data)
+        _deep_merge(merged, _read_toml(Path(p)))
     _apply_env(merged, os.environ if env is None else env)
     return build(Config, merged, "")
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except OSError as exc:
+        raise ConfigError(f"config file {path} cannot be read: {exc.strerror or exc}") from None
+    # A NUL byte is valid UTF-8 but never in a TOML file: it is a binary file (a database, an
+    # archive) given by mistake, and tomllib's message about it would not say so.
+    nul = raw.find(b"\x00")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not a UTF-8 TOML file (undecodable byte at offset "
+            f"{exc.start}); pass a .toml text file"
+        ) from None
+    if nul >= 0:
+        raise ConfigError(
+            f"config file {path} is not a UTF-8 TOML file (binary content: NUL byte at offset "
+            f"{nul}); pass a .toml text file"
+        )
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
 
 
 def build(cls: type[T], data: Any, where: str) -> T:
@@ -255,7 +657,7 @@ def build(cls: type[T], data: Any, where: str) -> T:
         return data
     if not isinstance(data, Mapping):
         raise ConfigError(f"{where or 'config'} must be a table, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = typing.get_type_hints(cls, include_extras=True)
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -275,6 +677,10 @@ def build(cls: type[T], data: Any, where: str) -> T:
 def _coerce(tp: Any, value: Any, where: str) -> Any:
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
+    if origin is Annotated:
+        if _DATE_FIELD in tp.__metadata__ and isinstance(value, date):
+            value = _iso(value)
+        return _coerce(args[0], value, where)
     if dataclasses.is_dataclass(tp):
         return build(tp, value, where)  # type: ignore[arg-type]
     if origin in (typing.Union, types.UnionType):
@@ -299,6 +705,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         raise ConfigError(f"{where} must be true or false, got {value!r}")
     if tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(
+                    f"{where} = {value!r} is invalid: must be a finite number (not nan or inf)"
+                )
             return float(value)
         raise ConfigError(f"{where} must be a number, got {value!r}")
     if tp is int:
@@ -308,26 +718,84 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{where} must be a string, got {value!r}")
+        hint = f" (a date: write it as {_DATE_FORMAT})" if isinstance(value, date) else ""
+        raise ConfigError(f"{where} must be a string, got {value!r}{hint}")
     return value
 
 
 def _apply_env(merged: dict[str, Any], env: Mapping[str, str]) -> None:
+    for key in ("DATABASE_URL", "REDIS_URL"):
+        if env.get(key):
+            _no_newline(key, env[key])
+    _spec_variables(merged, env)
     if env.get("DATABASE_URL"):
-        merged.setdefault("storage", {})["url"] = env["DATABASE_URL"]
+        merged.setdefault("storage", {})["url"] = env["DATABASE_URL"].strip()
     if env.get("REDIS_URL"):
-        merged.setdefault("cache", {})["url"] = env["REDIS_URL"]
+        merged.setdefault("cache", {})["url"] = env["REDIS_URL"].strip()
     sections = {f.name for f in dataclasses.fields(Config)} - {"signals", "risk", "sizing"}
-    for key, raw in env.items():
-        if not key.startswith("TRADINGD_") or "__" not in key:
+    for key, raw in sorted(env.items()):
+        if not key.startswith("TRADINGD_") or key in NON_CONFIG_ENV:
             continue
-        section, _, name = key[len("TRADINGD_") :].lower().partition("__")
+        path = key[len("TRADINGD_") :].lower().split("__")
+        if len(path) < 2 or not all(path):
+            raise ConfigError(
+                f"environment variable {key} is not a configuration override: the form is "
+                "TRADINGD_<SECTION>__<KEY> with two underscores between section and key "
+                f"(e.g. TRADINGD_COSTS__COMMISSION_PCT); other TRADINGD_ variables: "
+                f"{', '.join(sorted(NON_CONFIG_ENV))}"
+            )
+        section = path[0]
         if section not in sections:
             raise ConfigError(
                 f"environment variable {key}: unknown section {section!r}; "
                 f"valid sections: {', '.join(sorted(sections))}"
             )
-        merged.setdefault(section, {})[name] = _parse_scalar(raw)
+        _no_newline(key, raw)
+        table = merged
+        for i, part in enumerate(path[:-1]):
+            nxt = table.setdefault(part, {})
+            if not isinstance(nxt, dict):
+                raise ConfigError(
+                    f"environment variable {key}: {'.'.join(path[: i + 1])} is not a table"
+                )
+            table = nxt
+        table[path[-1]] = _parse_scalar(raw)
+
+
+def _spec_variables(merged: dict[str, Any], env: Mapping[str, str]) -> None:
+    """The specification's deployment variables (DB_HOST, DB_PORT, DB_NAME, DB_USER,
+    DB_PASSWORD; REDIS_HOST, REDIS_PORT), as docker-compose sets them, mapped onto
+    storage.url and cache.url. DATABASE_URL / REDIS_URL, when set, win."""
+    from urllib.parse import quote
+
+    for key in ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "REDIS_HOST",
+                "REDIS_PORT"):  # fmt: skip
+        if env.get(key):
+            _no_newline(key, env[key])
+    if env.get("DB_HOST"):
+        user = quote(env.get("DB_USER", "postgres"), safe="")
+        password = env.get("DB_PASSWORD", "")
+        auth = f"{user}:{quote(password, safe='')}@" if password else f"{user}@"
+        port = env.get("DB_PORT", "5432")
+        name = quote(env.get("DB_NAME", "tradingd"), safe="")
+        merged.setdefault("storage", {})["url"] = (
+            f"postgresql://{auth}{env['DB_HOST'].strip()}:{port.strip()}/{name}"
+        )
+    if env.get("REDIS_HOST"):
+        port = env.get("REDIS_PORT", "6379")
+        merged.setdefault("cache", {})["url"] = (
+            f"redis://{env['REDIS_HOST'].strip()}:{port.strip()}/0"
+        )
+
+
+def _no_newline(key: str, raw: str) -> None:
+    """A newline in an environment value is a quoting accident (a pasted block, a heredoc),
+    and through TOML parsing it could even smuggle in a second key."""
+    if "\n" in raw or "\r" in raw:
+        raise ConfigError(
+            f"environment variable {key} = {mask_url(raw)!r} is invalid: it contains a "
+            "newline; a value must be a single line"
+        )
 
 
 def _parse_scalar(raw: str) -> Any:
@@ -355,6 +823,9 @@ def _to_plain(obj: Any) -> Any:
     return obj
 
 
+# ----------------------------------------------------------------------------- checks
+
+
 def _join(where: str, key: str) -> str:
     return f"{where}.{key}" if where else key
 
@@ -367,3 +838,131 @@ def _require(ok: bool, key: str, value: Any, rule: str) -> None:
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ConfigError(f"{key} = {value!r} is invalid; valid choices: {', '.join(choices)}")
+
+
+def _finite(obj: Any, section: str) -> None:
+    """nan and inf pass every `>=` and `<` test by failing it silently; reject them for every
+    float field, also when a config is built in code rather than loaded."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(
+                f"{section}.{f.name} = {value!r} is invalid: must be a finite number "
+                "(not nan or inf)"
+            )
+
+
+def _finite_params(where: str, value: Any) -> None:
+    """Plugin parameters are typed by the plugin, checked when it is loaded; nan and inf are
+    rejected here already, so that no command accepts them."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"{where} = {value!r} is invalid: must be a finite number")
+    if isinstance(value, Mapping):
+        for k, v in value.items():
+            _finite_params(f"{where}.{k}", v)
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _finite_params(f"{where}[{i}]", v)
+
+
+def _safe_name(key: str, value: str, *, allow_empty: bool) -> None:
+    if not value and allow_empty:
+        return
+    if not value.strip() or _UNSAFE_NAME.search(value) or value in (".", ".."):
+        raise ConfigError(
+            f"{key} = {value!r} is invalid: must be a non-empty name without path separators "
+            "or control characters (it names output folders and files)"
+        )
+
+
+def _iso(value: date) -> str:
+    """A TOML date or datetime as the text the rest of tradingd expects ("YYYY-MM-DD", or the
+    full ISO datetime with its offset when it has one)."""
+    return value.isoformat()
+
+
+def _parse_date(key: str, value: str) -> datetime | None:
+    if value == "":
+        return None
+    reason = ""
+    if _DATE_RE.fullmatch(value) or _DATETIME_RE.fullmatch(value):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError as exc:
+            reason = f" ({exc})"
+    raise ConfigError(f"{key} = {value!r} is invalid{reason}: must be a date {_DATE_FORMAT}")
+
+
+STORAGE_SCHEMES = "sqlite:///relative.db, sqlite:////absolute.db, postgresql://, postgres://"
+CACHE_SCHEMES = '"" or memory:// (in-process), redis://host:port/db, rediss://, unix://'
+
+
+def _check_storage_url(url: str) -> None:
+    key = "storage.url (DATABASE_URL)"
+    lower = url.strip().lower()
+    if lower.startswith("sqlite:///"):
+        if not url.strip()[len("sqlite:///") :].split("?", 1)[0]:
+            raise ConfigError(f"{key} = {mask_url(url)!r} is invalid: it names no file")
+        return
+    if lower.startswith(("postgresql://", "postgres://")):
+        _check_ports(key, url)
+        return
+    raise ConfigError(
+        f"{key} = {mask_url(url)!r} is invalid: unsupported scheme; valid: {STORAGE_SCHEMES}"
+    )
+
+
+def _check_cache_url(url: str) -> None:
+    key = "cache.url (REDIS_URL)"
+    lower = url.strip().lower()
+    if lower in ("", "memory://"):
+        return
+    if lower.startswith("unix://"):
+        redis_db_index(key, url)
+        return
+    if not lower.startswith(("redis://", "rediss://")):
+        raise ConfigError(
+            f"{key} = {mask_url(url)!r} is invalid: unsupported scheme; valid: {CACHE_SCHEMES}"
+        )
+    _check_ports(key, url)
+    redis_db_index(key, url)
+
+
+def _check_ports(key: str, url: str) -> None:
+    """Every host's port is a number in 1..65535 (PostgreSQL URLs may list several hosts).
+    Parsed by hand: urllib only fails on `.port` access, with a message that quotes
+    nothing of the URL."""
+    netloc = urlsplit(url.strip()).netloc
+    hosts = netloc.rpartition("@")[2]
+    for host in hosts.split(","):
+        if host.startswith("["):
+            _, _, after = host.partition("]")
+            port = after[1:] if after.startswith(":") else ""
+        else:
+            port = host.rpartition(":")[2] if ":" in host else ""
+        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            raise ConfigError(
+                f"{key} = {mask_url(url)!r} is invalid: port {port!r} must be a number in 1..65535"
+            )
+
+
+def redis_db_index(key: str, url: str) -> int:
+    """The Redis database index of a URL (path `/N` or query `?db=N`), checked to be a
+    non-negative integer. Whether the server has that many databases (16 by default) is
+    asked of the server itself at start-up (`preflight.check_services`)."""
+    parts = urlsplit(url.strip())
+    candidates = []
+    if parts.scheme.lower() != "unix":
+        path = parts.path.strip("/")
+        if path:
+            candidates.append(path)
+    candidates.extend(parse_qs(parts.query).get("db", []))
+    db = 0
+    for text in candidates:
+        if not text.isdigit():
+            raise ConfigError(
+                f"{key} = {mask_url(url)!r} is invalid: database index {text!r} must be an "
+                "integer >= 0 (the server's `databases` setting bounds it, 16 by default)"
+            )
+        db = int(text)
+    return db

@@ -18,7 +18,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime
 from typing import Any, ClassVar
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 
@@ -42,16 +41,11 @@ Row = tuple[Any, ...]
 
 
 def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***, safe for logs and error messages."""
-    try:
-        parts = urlsplit(url)
-        if parts.password is None:
-            return url
-        netloc = parts.netloc.rsplit("@", 1)
-        user = (parts.username or "") + ":***"
-        return urlunsplit(parts._replace(netloc=f"{user}@{netloc[-1]}"))
-    except ValueError:
-        return "<unparsable url>"
+    """The URL with any credential masked, safe for logs and error messages (the one helper:
+    `tradingd.secrets.mask_url`)."""
+    from ..secrets import mask_url
+
+    return mask_url(url)
 
 
 def _plain(o: Any) -> Any:

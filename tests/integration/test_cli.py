@@ -45,6 +45,8 @@ output_dir = "{tmp_path / "runs"}"
 url = "sqlite:///{tmp_path / "cli.db"}"
 [log]
 audit_dir = "{tmp_path / "audit"}"
+[health]
+port = 0
 {extra}
 """)
     return p
@@ -242,6 +244,7 @@ def test_fetch_stores_bars_idempotently(tmp_path):
     with sqlite3.connect(tmp_path / "cli.db") as c:
         n, syms = c.execute("select count(*), count(distinct symbol) from bars").fetchone()
         first = c.execute("select min(time) from bars where symbol = 'SP500'").fetchone()[0]
-    # 2016-01-04 .. 2018-12-31: 754 sessions for each of the two bundled indices.
-    assert (n, syms) == (2 * 754, 2)
-    assert first.startswith("2016-01-04")
+    # Everything a run from 2016-01-04 uses: its 754 sessions per index and the history
+    # before them that warms up its features (the bundled series start in 1999): 5,031 each.
+    assert (n, syms) == (2 * 5031, 2)
+    assert first.startswith("1999-01-04")
