@@ -1,43 +1,106 @@
-"""Live clock: APScheduler's AsyncIOScheduler fires at each bar close.
+"""Live clock: APScheduler's AsyncIOScheduler releases each bar after it closes.
 
-APScheduler lives only here. A firing does not carry work; it releases bar times, which the
-engine pulls one at a time. A late or coalesced firing therefore never loses a bar: a release
-that comes late just hands over every bar that closed meanwhile.
+APScheduler lives only here. A firing does not carry work: it asks the exchange calendar
+(`calendar.ExchangeCalendar`, built on `exchange_calendars`) which bar labels have closed at
+least `delay_s` ago and were not released yet, and queues them; the engine pulls them one at a
+time. What a firing releases is computed from the calendar and the current instant, never from
+how many firings happened, so a late, doubled or coalesced firing can neither lose nor repeat
+a bar.
 
 Two schedules:
-- real time: a cron trigger on weekdays at `close_time + delay_s` in the exchange's time zone;
-  each firing releases that session's date. (Exchange holidays: the feed has no bar for them
-  and the engine skips the time; a holiday calendar is a later refinement.)
-- accelerated: an interval trigger releases the next time of a given calendar at
-  `bars_per_second`, for tests and demos that drive the live path over recorded bars.
+
+* real time (`bars_per_second == 0`): one APScheduler `DateTrigger` job armed for the next
+  bar's `close + delay_s` (the close taken from the calendar, in UTC), re-armed after every
+  firing. A cron trigger cannot express the calendar (holidays, 13:00 half days, the 16:00 New
+  York close moving between 20:00 and 21:00 UTC with daylight saving, the truncated last bar of
+  an intraday session); an exact instant per bar does, and is the same code for daily and
+  intraday bars. A second job, an `IntervalTrigger` every `heartbeat_s` (60 s), runs the same
+  release: the scheduler sleeps with `loop.call_later`, whose monotonic clock stops while the
+  machine is suspended and ignores wall-clock steps, so without it a release could come
+  arbitrarily late after a suspend; with it, at most `heartbeat_s` late. Extra firings are
+  harmless (they release nothing that is not due).
+
+  Misfires, chosen deliberately:
+  - `misfire_grace_time=None` (run however late) on both jobs. A firing missed because the
+    process was suspended or the event loop stalled must still run: it releases every bar that
+    closed meanwhile. With a finite grace APScheduler would *skip* a late one-shot `DateTrigger`
+    job and drop it, and the clock would never be re-armed.
+  - `coalesce=True`: several missed heartbeat runs are run once. Running them all would only
+    repeat a release that already handed over everything due; the release is computed from the
+    calendar, so one run is exactly right.
+  - `max_instances=1`: a release is a few microseconds of synchronous work.
+
+  At start the clock releases nothing that was already due (the warm start loads that as
+  history) unless `resume_after` names the newest bar the daemon has: then every later bar
+  that is due is released at once (catch-up through the clock), and the rest as they close.
+
+* accelerated (`bars_per_second > 0`): an interval trigger releases the next time of a given
+  list of bar times at `bars_per_second`, for tests and demos that drive the live path over
+  recorded bars. Unchanged; it has no relation to the wall clock or the exchange calendar.
+
+Time: every instant is UTC. `now` (a callable returning an aware datetime) is injectable, so
+tests drive the schedule through any date without waiting; the scheduler is then armed for the
+same *distance* from the real time as the target is from `now()` (identical in production).
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from ..config import LiveConfig
 
+if TYPE_CHECKING:  # exchange_calendars is imported only when the real-time schedule is used
+    from .calendar import ExchangeCalendar
+
 log = structlog.get_logger(__name__)
 
-# Releases waiting for the engine. A daily bar cannot back up this far unless the engine is
-# stalled for years; the bound keeps a stalled daemon from growing memory.
+# Releases waiting for the engine. Only a daemon stalled for weeks of 1-minute bars (or years
+# of daily bars) gets near it; the bound keeps it from growing memory, and dropping is logged.
 _MAX_PENDING = 10_000
+# Rebuild an own calendar (package default: one year ahead) when its end gets this close.
+_HORIZON = timedelta(days=30)
+_JOB = "bar-close"
+_HEARTBEAT_JOB = "calendar-check"
+
+
+def _wall_clock() -> datetime:
+    return datetime.now(UTC)
 
 
 class LiveClock:
-    def __init__(self, config: LiveConfig, calendar: Sequence[datetime] | None = None) -> None:
+    """Yields bar labels (UTC) as they become available; see the module docstring.
+
+    `exchange` overrides the calendar built from the config (`config.calendar`, default
+    "XNYS", and `config.bar`); `now` replaces the wall clock; `resume_after` is the newest bar
+    label the daemon already has (catch-up); `heartbeat_s` is the safety re-check period.
+    """
+
+    def __init__(
+        self,
+        config: LiveConfig,
+        calendar: Sequence[datetime] | None = None,
+        *,
+        exchange: ExchangeCalendar | None = None,
+        now: Callable[[], datetime] | None = None,
+        resume_after: datetime | None = None,
+        heartbeat_s: float = 60.0,
+    ) -> None:
         if config.bars_per_second > 0 and not calendar:
             raise ValueError("accelerated live clock needs a calendar of bar times")
+        if not (math.isfinite(heartbeat_s) and heartbeat_s > 0):
+            raise ValueError(f"heartbeat_s = {heartbeat_s!r} must be a finite number > 0")
+        if resume_after is not None and resume_after.tzinfo is None:
+            raise ValueError(f"resume_after = {resume_after!r} is naive: pass a UTC datetime")
         self.config = config
         self._calendar = list(calendar or ())
         self._next = 0
@@ -46,10 +109,89 @@ class LiveClock:
         self._scheduler: AsyncIOScheduler | None = None
         self._stopped = False
         self.fired = 0
+        # Real-time schedule.
+        self._exchange = exchange
+        self._own_exchange = exchange is None
+        self._calendar_name: str = getattr(config, "calendar", "XNYS")
+        self._interval: str = getattr(config, "bar", "1d")
+        if exchange is None and not self.accelerated:
+            from .calendar import validate_calendar
+
+            validate_calendar(self._calendar_name, self._interval)  # fail here, not at start
+        self._now = now or _wall_clock
+        self._delay = timedelta(seconds=config.delay_s)
+        self._heartbeat_s = heartbeat_s
+        self._resume_after = resume_after
+        self._watermark: datetime | None = None  # newest label released or known to be had
+        self._started = False
+        self._last_released: datetime | None = None
+        self._next_release: tuple[datetime, datetime] | None = None  # (label, release instant)
+        self._failure: BaseException | None = None
+
+    # -- what the health / ready check and the catch-up need ------------------------------
+
+    @property
+    def accelerated(self) -> bool:
+        return self.config.bars_per_second > 0
+
+    @property
+    def exchange(self) -> ExchangeCalendar:
+        """The exchange calendar of the real-time schedule (built on first use)."""
+        if self._exchange is None:
+            from .calendar import ExchangeCalendar
+
+            self._exchange = ExchangeCalendar(self._calendar_name, self._interval)
+        return self._exchange
+
+    @property
+    def delay(self) -> timedelta:
+        return self._delay
+
+    @property
+    def last_released(self) -> datetime | None:
+        """The newest bar label this clock has queued for the engine (None: none yet)."""
+        return self._last_released
+
+    @property
+    def next_close(self) -> tuple[datetime, datetime] | None:
+        """(label, close instant in UTC) of the next bar to close after now; None if
+        accelerated."""
+        if self.accelerated:
+            return None
+        return self.exchange.next_close(self._now())
+
+    @property
+    def next_release_at(self) -> datetime | None:
+        """The instant (in `now()`'s time) the armed firing releases the next bar."""
+        return None if self._next_release is None else self._next_release[1]
+
+    def expected_latest(self, now: datetime | None = None) -> datetime | None:
+        """The newest bar label that should be available at `now` (close + delay_s <= now).
+
+        A stale-data check compares the newest stored bar with this. None in accelerated mode
+        (no relation to the wall clock) or before the calendar's first close.
+        """
+        if self.accelerated:
+            return None
+        at = self._now() if now is None else now
+        return self.exchange.last_closed(at - self._delay)
+
+    def due(self, now: datetime | None = None) -> list[datetime]:
+        """Labels to release at `now`: newer than the last released (or, at start, the newest
+        already available or `resume_after`), closed at least `delay_s` before `now`."""
+        if self.accelerated:
+            return []
+        if not self._started:
+            raise RuntimeError("LiveClock.start() must be awaited first")
+        at = self._now() if now is None else now
+        return self.exchange.closed_after(self._watermark, at - self._delay)
+
+    # -- lifecycle ------------------------------------------------------------------------
 
     async def start(self) -> None:
         self._event = asyncio.Event()
         self._stopped = False
+        self._failure = None
         sched = AsyncIOScheduler(timezone=UTC)
         cfg = self.config
         if cfg.bars_per_second > 0:
@@ -57,32 +199,50 @@ class LiveClock:
             sched.add_job(
                 self._release_next,
                 trigger,
-                id="bar-close",
+                id=_JOB,
                 max_instances=1,
                 coalesce=True,
                 misfire_grace_time=None,
             )
-        else:
-            hh, mm = (int(x) for x in cfg.close_time.split(":"))
-            fire = datetime(2000, 1, 1, hh, mm) + timedelta(seconds=cfg.delay_s)
-            trigger = CronTrigger(
-                day_of_week="mon-fri",
-                hour=fire.hour,
-                minute=fire.minute,
-                second=fire.second,
-                timezone=ZoneInfo(cfg.timezone),
+            sched.start()
+            self._scheduler = sched
+            log.info("clock.live.start", trigger=str(trigger))
+            return
+
+        exchange = await asyncio.to_thread(lambda: self.exchange)  # ~0.5 s to build
+        now = self._now()
+        if not self._started:
+            self._watermark = (
+                self._resume_after
+                if self._resume_after is not None
+                else exchange.last_closed(now - self._delay)
             )
-            sched.add_job(
-                self._release_session,
-                trigger,
-                id="bar-close",
-                max_instances=1,
-                coalesce=True,
-                misfire_grace_time=3600,
-            )
+            self._started = True
+        sched.add_job(
+            self._tick,
+            IntervalTrigger(seconds=self._heartbeat_s, timezone=UTC),
+            id=_HEARTBEAT_JOB,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
         sched.start()
         self._scheduler = sched
-        log.info("clock.live.start", trigger=str(trigger))
+        try:
+            self._extend_calendar(now)
+            self._release_due()  # resume_after: everything due already
+            self._arm()
+        except BaseException:
+            await self.stop()
+            raise
+        log.info(
+            "clock.live.start",
+            calendar=exchange.name,
+            bar=exchange.interval,
+            delay_s=self._delay.total_seconds(),
+            resume_after=self._watermark.isoformat() if self._watermark else None,
+            next_release=self.next_release_at.isoformat() if self.next_release_at else None,
+        )
 
     async def stop(self) -> None:
         self.request_stop()
@@ -95,24 +255,88 @@ class LiveClock:
         if self._event is not None:
             self._event.set()
 
+    # -- accelerated ----------------------------------------------------------------------
+
     async def _release_next(self) -> None:
         self.fired += 1
         if self._next < len(self._calendar):
-            self._pending.append(self._calendar[self._next])
+            t = self._calendar[self._next]
+            self._pending.append(t)
+            self._last_released = t
             self._next += 1
         if self._event is not None:
             self._event.set()
 
-    async def _release_session(self) -> None:
+    # -- real time ------------------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        """A firing (bar close or heartbeat): release what is due, arm the next bar."""
         self.fired += 1
-        local = datetime.now(ZoneInfo(self.config.timezone))
-        self._pending.append(datetime(local.year, local.month, local.day, tzinfo=UTC))
+        try:
+            self._extend_calendar(self._now())
+            self._release_due()
+            self._arm()
+        except Exception as exc:  # surfaced by __aiter__: a clock that cannot arm must not idle
+            log.exception("clock.live.failed")
+            self._failure = exc
+            if self._event is not None:
+                self._event.set()
+
+    def _release_due(self) -> list[datetime]:
+        labels = self.due()
+        if not labels:
+            return labels
+        dropped = len(self._pending) + len(labels) - _MAX_PENDING
+        if dropped > 0:
+            log.error(
+                "clock.live.backlog_dropped",
+                dropped=dropped,
+                limit=_MAX_PENDING,
+                hint="the engine is far behind; the oldest releases were dropped",
+            )
+        self._pending.extend(labels)
+        self._watermark = self._last_released = labels[-1]
+        log.info(
+            "clock.live.release",
+            bars=len(labels),
+            first=labels[0].isoformat(),
+            last=labels[-1].isoformat(),
+        )
         if self._event is not None:
             self._event.set()
+        return labels
+
+    def _arm(self) -> None:
+        if self._scheduler is None:
+            return
+        now = self._now()
+        label, close = self.exchange.next_close(now - self._delay)
+        target = close + self._delay  # > now: the bar has not closed delay_s ago yet
+        run_date = _wall_clock() + (target - now)
+        self._scheduler.add_job(
+            self._tick,
+            DateTrigger(run_date=run_date, timezone=UTC),
+            id=_JOB,
+            replace_existing=True,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=None,
+        )
+        self._next_release = (label, target)
+
+    def _extend_calendar(self, now: datetime) -> None:
+        """A daemon outlives the package's default window (one year ahead): rebuild an own
+        calendar when its end is near. An injected calendar is the caller's business."""
+        if not self._own_exchange or now + _HORIZON < self.exchange.coverage[1]:
+            return
+        from .calendar import ExchangeCalendar
+
+        end = (now + timedelta(days=366)).date()
+        self._exchange = ExchangeCalendar(self._calendar_name, self._interval, end=end)
+        log.info("clock.live.calendar_extended", last_session=str(self._exchange.last_session))
 
     def _exhausted(self) -> bool:
-        accelerated = self.config.bars_per_second > 0
-        return accelerated and self._next >= len(self._calendar) and not self._pending
+        return self.accelerated and self._next >= len(self._calendar) and not self._pending
 
     async def __aiter__(self) -> AsyncIterator[datetime]:
         assert self._event is not None, "LiveClock.start() must be awaited first"
@@ -120,6 +344,8 @@ class LiveClock:
             if self._pending:
                 yield self._pending.popleft()
                 continue
+            if self._failure is not None:
+                raise self._failure
             if self._exhausted():
                 return
             self._event.clear()

@@ -1,15 +1,42 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+import asyncio
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 
+from tradingd.clock.calendar import CalendarRangeError, ExchangeCalendar
 from tradingd.clock.live import LiveClock
 from tradingd.clock.replay import ReplayClock
 from tradingd.config import LiveConfig
 
 CAL = [datetime(2020, 1, d, tzinfo=UTC) for d in range(1, 11)]
+NY = ZoneInfo("America/New_York")
+
+
+def d(y: int, m: int, day: int) -> datetime:
+    return datetime(y, m, day, tzinfo=UTC)
+
+
+def u(y: int, m: int, day: int, hh: int, mm: int = 0, ss: int = 0) -> datetime:
+    return datetime(y, m, day, hh, mm, ss, tzinfo=UTC)
+
+
+class FakeTime:
+    """A settable `now` for the clock: tests move through dates without waiting."""
+
+    def __init__(self, t: datetime) -> None:
+        self.t = t
+
+    def __call__(self) -> datetime:
+        return self.t
+
+
+def drain(clock: LiveClock) -> list[datetime]:
+    got = list(clock._pending)
+    clock._pending.clear()
+    return got
 
 
 async def test_replay_clock_yields_every_time_and_stops_on_request():
@@ -48,28 +75,17 @@ async def test_late_consumer_loses_no_bar():
     assert got == CAL
 
 
-async def test_real_time_clock_fires_after_the_close_on_weekdays():
-    clock = LiveClock(LiveConfig(close_time="16:00", delay_s=300, timezone="America/New_York"))
+async def test_real_time_clock_fires_after_the_close_on_sessions():
+    """On the real wall clock: armed for the next session's close + 5 minutes, New York."""
+    clock = LiveClock(LiveConfig(delay_s=300))
     await clock.start()
     try:
         job = clock._scheduler.get_job("bar-close")
-        nxt = job.next_run_time.astimezone(ZoneInfo("America/New_York"))
-        assert (nxt.hour, nxt.minute) == (16, 5)
-        assert nxt.weekday() < 5
-        assert nxt - datetime.now(UTC) <= timedelta(days=4)
-    finally:
-        await clock.stop()
-
-
-async def test_release_session_labels_the_bar_by_its_session_date():
-    clock = LiveClock(LiveConfig())
-    await clock.start()
-    try:
-        await clock._release_session()
-        today = datetime.now(ZoneInfo("America/New_York")).date()
-        it = clock.__aiter__()
-        t = await it.__anext__()
-        assert t == datetime(today.year, today.month, today.day, tzinfo=UTC)
+        nxt = job.next_run_time.astimezone(NY)
+        assert (nxt.hour, nxt.minute) in {(16, 5), (13, 5)}  # regular day or half day
+        assert clock.exchange.is_session(nxt.date())
+        assert abs(job.next_run_time - clock.next_release_at) < timedelta(seconds=1)
+        assert timedelta(0) < nxt - datetime.now(UTC) <= timedelta(days=5)
     finally:
         await clock.stop()
 
@@ -77,3 +93,200 @@ async def test_release_session_labels_the_bar_by_its_session_date():
 def test_accelerated_clock_needs_a_calendar():
     with pytest.raises(ValueError, match="calendar"):
         LiveClock(LiveConfig(bars_per_second=10.0))
+
+
+async def test_schedule_is_armed_at_close_plus_delay_with_deliberate_misfire_policy():
+    now = FakeTime(u(2024, 11, 27, 15))
+    clock = LiveClock(LiveConfig(delay_s=300), now=now)
+    await clock.start()
+    try:
+        assert clock.next_release_at == u(2024, 11, 27, 21, 5)  # 16:05 EST
+        job = clock._scheduler.get_job("bar-close")
+        wait = job.next_run_time - datetime.now(UTC)
+        assert abs(wait - timedelta(hours=6, minutes=5)) < timedelta(seconds=5)
+        heartbeat = clock._scheduler.get_job("calendar-check")
+        for j in (job, heartbeat):
+            assert j.misfire_grace_time is None  # a late firing still runs
+            assert j.coalesce is True  # missed runs run once: the release is from the calendar
+        assert heartbeat.trigger.interval == timedelta(seconds=60)
+        assert drain(clock) == []  # Tuesday's bar was already available at start
+        assert clock.last_released is None
+    finally:
+        await clock.stop()
+
+
+async def test_release_follows_thanksgiving_and_the_half_day():
+    now = FakeTime(u(2024, 11, 27, 15))
+    clock = LiveClock(LiveConfig(delay_s=300), now=now)
+    await clock.start()
+    try:
+        now.t = u(2024, 11, 27, 21, 4, 59)
+        await clock._tick()
+        assert drain(clock) == []  # closed, but the vendor's 5 minutes are not over
+        now.t = u(2024, 11, 27, 21, 5)
+        await clock._tick()
+        assert drain(clock) == [d(2024, 11, 27)]
+        assert clock.last_released == d(2024, 11, 27)
+        # Thanksgiving is skipped; Friday closes at 13:00 New York.
+        assert clock.next_release_at == u(2024, 11, 29, 18, 5)
+        wait = clock._scheduler.get_job("bar-close").next_run_time - datetime.now(UTC)
+        assert abs(wait - timedelta(days=1, hours=21)) < timedelta(seconds=5)
+        now.t = u(2024, 11, 28, 21, 5)  # a heartbeat on the holiday releases nothing
+        await clock._tick()
+        assert drain(clock) == []
+        now.t = u(2024, 11, 29, 18, 5)
+        await clock._tick()
+        assert drain(clock) == [d(2024, 11, 29)]
+        assert clock.next_release_at == u(2024, 12, 2, 21, 5)
+    finally:
+        await clock.stop()
+
+
+@pytest.mark.parametrize(
+    ("friday", "close_friday", "next_monday"),
+    [
+        # Spring forward (Sunday 2024-03-10): 16:05 EST = 21:05 UTC, then 16:05 EDT = 20:05 UTC.
+        (d(2024, 3, 8), u(2024, 3, 8, 21, 5), u(2024, 3, 11, 20, 5)),
+        # Fall back (Sunday 2024-11-03): 16:05 EDT = 20:05 UTC, then 16:05 EST = 21:05 UTC.
+        (d(2024, 11, 1), u(2024, 11, 1, 20, 5), u(2024, 11, 4, 21, 5)),
+    ],
+)
+async def test_release_follows_daylight_saving(friday, close_friday, next_monday):
+    now = FakeTime(friday + timedelta(hours=15))
+    clock = LiveClock(LiveConfig(delay_s=300), now=now)
+    await clock.start()
+    try:
+        assert clock.next_release_at == close_friday
+        now.t = close_friday
+        await clock._tick()
+        assert drain(clock) == [friday]
+        assert clock.next_release_at == next_monday
+        assert next_monday.astimezone(NY).strftime("%H:%M") == "16:05"
+    finally:
+        await clock.stop()
+
+
+async def test_missed_firings_release_every_closed_bar_once():
+    """A suspend over a holiday and a weekend: one late firing hands over every bar, once."""
+    now = FakeTime(u(2024, 11, 27, 15))
+    clock = LiveClock(LiveConfig(delay_s=300), now=now)
+    await clock.start()
+    try:
+        now.t = u(2024, 12, 3, 12)
+        await clock._tick()
+        await clock._tick()  # a coalesced or doubled firing repeats nothing
+        assert drain(clock) == [d(2024, 11, 27), d(2024, 11, 29), d(2024, 12, 2)]
+        assert clock.fired == 2
+        assert clock.next_release_at == u(2024, 12, 3, 21, 5)
+        now.t = d(2024, 12, 2)  # the wall clock stepped back: nothing is released twice
+        await clock._tick()
+        assert drain(clock) == []
+    finally:
+        await clock.stop()
+
+
+async def test_resume_after_releases_the_backlog_at_start():
+    now = FakeTime(u(2024, 12, 2, 15))
+    clock = LiveClock(LiveConfig(delay_s=300), now=now, resume_after=d(2024, 11, 25))
+    await clock.start()
+    try:
+        got = []
+        async for t in clock:
+            got.append(t)
+            if len(got) == 3:
+                break
+        assert got == [d(2024, 11, 26), d(2024, 11, 27), d(2024, 11, 29)]
+        assert clock.last_released == d(2024, 11, 29)
+        assert clock.next_release_at == u(2024, 12, 2, 21, 5)
+    finally:
+        await clock.stop()
+
+
+async def test_what_the_health_check_reads():
+    now = FakeTime(u(2024, 11, 29, 18, 4))
+    clock = LiveClock(LiveConfig(delay_s=300), now=now)
+    # The newest bar that should be available: Friday's only once its 5 minutes are over.
+    assert clock.expected_latest() == d(2024, 11, 27)
+    assert clock.expected_latest(u(2024, 11, 29, 18, 5)) == d(2024, 11, 29)
+    assert clock.expected_latest(u(2024, 12, 1, 12)) == d(2024, 11, 29)
+    # Friday closed at 18:00 UTC; the next bar to close is Monday's.
+    assert clock.next_close == (d(2024, 12, 2), u(2024, 12, 2, 21))
+    assert clock.last_released is None
+
+
+async def test_intraday_schedule_on_a_half_day():
+    now = FakeTime(u(2024, 11, 29, 14))
+    five = ExchangeCalendar("XNYS", "5m")
+    clock = LiveClock(LiveConfig(delay_s=60), exchange=five, now=now)
+    await clock.start()
+    try:
+        assert drain(clock) == []
+        assert clock.next_release_at == u(2024, 11, 29, 14, 36)
+        now.t = u(2024, 11, 29, 14, 45, 59)
+        await clock._tick()
+        assert drain(clock) == [u(2024, 11, 29, 14, 30), u(2024, 11, 29, 14, 35)]
+        assert clock.next_release_at == u(2024, 11, 29, 14, 46)
+        now.t = u(2024, 11, 29, 18, 1)  # the half day's last bar 12:55-13:00 New York
+        await clock._tick()
+        released = drain(clock)
+        assert (len(released), released[-1]) == (40, u(2024, 11, 29, 17, 55))
+        assert clock.expected_latest() == u(2024, 11, 29, 17, 55)
+        assert clock.next_release_at == u(2024, 12, 2, 14, 36)
+    finally:
+        await clock.stop()
+
+
+async def test_the_scheduler_really_fires_at_close_plus_delay():
+    """One real firing: `now` runs at real speed, 0.2 s before Friday's release instant."""
+    t0 = datetime.now(UTC)
+    base = u(2024, 11, 29, 18, 5) - timedelta(seconds=0.2)
+
+    def now() -> datetime:
+        return base + (datetime.now(UTC) - t0)
+
+    clock = LiveClock(LiveConfig(delay_s=300), now=now, heartbeat_s=3600)
+    await clock.start()
+    try:
+        it = clock.__aiter__()
+        assert await asyncio.wait_for(it.__anext__(), timeout=3.0) == d(2024, 11, 29)
+        assert clock.fired == 1
+        assert clock.next_release_at == u(2024, 12, 2, 21, 5)
+    finally:
+        await clock.stop()
+
+
+async def test_a_clock_that_cannot_arm_stops_the_iteration():
+    # An injected calendar ending on 2024-12-31 is not extended: past its end the clock fails
+    # loudly instead of idling forever.
+    short = ExchangeCalendar("XNYS", "1d", start="2024-12-02", end="2024-12-31")
+    now = FakeTime(u(2024, 12, 31, 20))
+    clock = LiveClock(LiveConfig(delay_s=300), exchange=short, now=now)
+    await clock.start()
+    try:
+        assert clock.next_release_at == u(2024, 12, 31, 21, 5)
+        now.t = u(2024, 12, 31, 21, 5)
+        await clock._tick()
+        it = clock.__aiter__()
+        assert await it.__anext__() == d(2024, 12, 31)
+        with pytest.raises(CalendarRangeError):
+            await asyncio.wait_for(it.__anext__(), timeout=1.0)
+    finally:
+        await clock.stop()
+
+
+async def test_own_calendar_is_extended_before_it_runs_out():
+    clock = LiveClock(LiveConfig(delay_s=300), now=FakeTime(u(2024, 11, 27, 15)))
+    clock._exchange = ExchangeCalendar("XNYS", "1d", start="2024-01-02", end="2024-12-10")
+    await clock.start()
+    try:
+        assert clock.exchange.last_session >= date(2025, 11, 27)
+        assert clock.next_release_at == u(2024, 11, 27, 21, 5)
+    finally:
+        await clock.stop()
+
+
+def test_real_time_clock_checks_its_calendar_settings():
+    with pytest.raises(ValueError, match="heartbeat_s"):
+        LiveClock(LiveConfig(), heartbeat_s=0)
+    with pytest.raises(ValueError, match="naive"):
+        LiveClock(LiveConfig(), resume_after=datetime(2024, 11, 29))
