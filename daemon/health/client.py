@@ -1,0 +1,127 @@
+"""`tradingd health`: ask a running daemon how it is, from the command line.
+
+`fetch_health(url, timeout_s)` queries `/health`, `/ready` and `/status` and returns
+`(exit_code, report)`: 0 when the daemon is alive and ready, 1 when it answers but is not
+(the report names the failing checks), 2 when nothing usable answers (nothing listens, no
+answer within the timeout, or the server is not a tradingd health server). The caller prints
+the report as JSON.
+
+The report: `url`; `alive` and `ready` (booleans); `health`, `readiness` and `status` (the
+three bodies as the daemon sent them, already masked by the server); `error` (in words, when
+the exit code is not 0); `status_error` when only `/status` failed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from ..secrets import mask_url
+from . import HealthConfig, local_url
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+DEFAULT_TIMEOUT_S = 5.0
+
+EXIT_READY = 0
+EXIT_NOT_READY = 1
+EXIT_UNREACHABLE = 2
+
+
+def url_for(config: HealthConfig) -> str:
+    """The URL a client on this machine uses for a server configured by `config` (a server
+    listening on every interface is asked on loopback): the default of `--url`."""
+    return local_url(config.host, config.port)
+
+
+class _NotTradingd(Exception):
+    pass
+
+
+async def _get(session: aiohttp.ClientSession, base: str, path: str) -> tuple[int, Any]:
+    async with session.get(f"{base}{path}") as resp:
+        text = await resp.text()
+        try:
+            body = json.loads(text)
+        except ValueError:
+            body = None
+        if not isinstance(body, dict):
+            raise _NotTradingd(f"GET {path} answered {resp.status} without a JSON object")
+        return resp.status, body
+
+
+async def fetch_health(
+    url: str = DEFAULT_URL, timeout_s: float = DEFAULT_TIMEOUT_S
+) -> tuple[int, dict[str, Any]]:
+    """Query a running daemon; see the module docstring for the exit codes. Never raises for
+    an unreachable or misbehaving server (that is exit code 2 with an `error`)."""
+    base = url.strip().rstrip("/")
+    shown = mask_url(base)
+    report: dict[str, Any] = {"url": shown}
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        report["error"] = f"{shown!r} is not an http:// URL (e.g. {DEFAULT_URL})"
+        return EXIT_UNREACHABLE, report
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session:
+            health_code, report["health"] = await _get(session, base, "/health")
+            ready_code, report["readiness"] = await _get(session, base, "/ready")
+            status_code, report["status"] = await _get(session, base, "/status")
+    except aiohttp.ClientConnectorDNSError as exc:
+        report["error"] = f"cannot resolve the host of {shown}: {exc.os_error}"
+        return EXIT_UNREACHABLE, report
+    except aiohttp.ClientConnectorError as exc:
+        err = exc.os_error
+        reason = os.strerror(err.errno).lower() if err and err.errno else str(err or exc)
+        report["error"] = (
+            f"nothing listens at {shown} ({reason}): is the daemon running, with the health "
+            "server enabled, and are health.host / health.port (or --url) right?"
+        )
+        return EXIT_UNREACHABLE, report
+    except TimeoutError:
+        report["error"] = (
+            f"no answer from {shown} within {timeout_s:g} s: something accepts connections "
+            "there but does not answer (a daemon whose event loop is blocked?)"
+        )
+        return EXIT_UNREACHABLE, report
+    except _NotTradingd as exc:
+        report["error"] = f"{shown} is not a tradingd health server: {exc}"
+        return EXIT_UNREACHABLE, report
+    except (aiohttp.ClientError, ValueError) as exc:
+        report["error"] = f"cannot query {shown}: {type(exc).__name__}: {exc}"
+        return EXIT_UNREACHABLE, report
+    if health_code not in (200, 503) or ready_code not in (200, 503):
+        report["error"] = (
+            f"{shown} is not a tradingd health server: /health answered {health_code}, "
+            f"/ready answered {ready_code}"
+        )
+        return EXIT_UNREACHABLE, report
+    if status_code != 200:
+        report["status_error"] = f"/status answered {status_code}"
+    alive = health_code == 200
+    ready = ready_code == 200
+    report["alive"] = alive
+    report["ready"] = ready
+    if alive and ready:
+        return EXIT_READY, report
+    failing = list(report["readiness"].get("failing") or [])
+    problems = list(report["health"].get("problems") or [])
+    report["error"] = "not ready: " + "; ".join(
+        [*problems, *(f"check {name!r} failing" for name in failing)] or ["the daemon answered 503"]
+    )
+    return EXIT_NOT_READY, report
+
+
+__all__ = [
+    "DEFAULT_TIMEOUT_S",
+    "DEFAULT_URL",
+    "EXIT_NOT_READY",
+    "EXIT_READY",
+    "EXIT_UNREACHABLE",
+    "fetch_health",
+    "url_for",
+]

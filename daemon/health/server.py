@@ -1,0 +1,582 @@
+"""The health server: an aiohttp application inside the daemon's own event loop.
+
+    GET  /health   the process and its event loop are alive (200, or 503 when stalled)
+    GET  /ready    every readiness check passes (200), or 503 naming each failing check
+    GET  /metrics  tradingd's Prometheus registry in the text format
+    GET  /status   equity, cash, positions, open orders, last bar, model version, uptime
+    POST /pause, /resume, /flatten   need `Authorization: Bearer <TRADINGD_HEALTH_TOKEN>`
+
+Health is a view, not a place of work: every answer is built from state the daemon already
+keeps (checks, a status source, metrics updated where the work happens). Nothing here calls a
+vendor, the broker or the database.
+
+Liveness. A daily-bar engine waits days for its next bar, so "the engine did something
+recently" cannot mean "alive". The server runs its own periodic task (every
+`tick_interval_s`); it and every engine `heartbeat()` record "the loop ran now". When neither
+ran for `stall_after_s`, the loop was blocked (a synchronous call that never returned, a
+CPU-bound step): `/health` answers 503 as soon as it can answer at all, and a probe that gets
+no answer within its own timeout sees a loop that is still blocked. Separately, an engine that
+announced work on a bar (`heartbeat(busy=True)`) and stayed silent for `busy_stall_after_s` is
+reported stuck while the loop itself runs.
+
+Every JSON body (and every logged check detail or control result) is masked with
+`tradingd.secrets.redact`, plus a pass over free text for URLs and `password=...` pairs
+embedded in messages, so a check detail quoting a database URL never shows its password.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import enum
+import hmac
+import json
+import math
+import re
+import time
+import traceback
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dtime
+from decimal import Decimal
+from pathlib import PurePath
+from typing import Any
+
+import structlog
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST
+
+from .. import metrics
+from ..core.errors import TradingdError
+from ..secrets import MASK, mask_url, redact
+from . import (
+    TOKEN_ENV,
+    Check,
+    CheckResult,
+    Controls,
+    HealthConfig,
+    StatusSource,
+    is_loopback,
+    local_url,
+)
+
+log = structlog.get_logger("tradingd.health")
+
+# The readiness check the server adds itself: the event loop is not stalled.
+LOOP_CHECK = "loop"
+CONTROL_ACTIONS = ("pause", "resume", "flatten")
+# Shorter tokens are accepted (the operator chose them) but logged as a warning.
+_MIN_TOKEN_LEN = 16
+# Deeper structures are cut (a status source returning a cyclic structure must not crash).
+_MAX_DEPTH = 32
+
+# URLs inside free text (an exception message quoting a DSN), and `password=...`-style pairs
+# (libpq keyword DSNs, "token: abc" in a vendor's error), masked in every string shown.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"'<>]+")
+_SECRET_PAIR = re.compile(
+    r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|apikey)(\s*[=:]\s*)(?!\*\*\*)"
+    r"([^\s&,;\"'<>]+)"
+)
+
+
+class HealthServerError(TradingdError):
+    """The health server could not listen: choose another `health.port` / `health.host`, or
+    stop the process that holds it (another tradingd?)."""
+
+
+def mask_text(text: str) -> str:
+    """`text` with the credentials of every embedded URL and every `password=...` pair
+    masked (a whole-URL string is masked by `redact` already)."""
+    text = _URL_IN_TEXT.sub(lambda m: mask_url(m.group(0)), text)
+    return _SECRET_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
+
+
+def to_plain(obj: Any, _depth: int = 0) -> Any:
+    """JSON-ready plain data from what a status source or check may hold: datetimes as ISO
+    text, numpy scalars and arrays as numbers and lists, enums by value, dataclasses as
+    dicts, non-finite floats as null, anything else as its text."""
+    if _depth > _MAX_DEPTH:
+        return "..."
+    if obj is None or isinstance(obj, bool | int | str):
+        return obj
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, Mapping):
+        return {str(k): to_plain(v, _depth + 1) for k, v in obj.items()}
+    if isinstance(obj, list | tuple | set | frozenset):
+        return [to_plain(v, _depth + 1) for v in obj]
+    if isinstance(obj, datetime | date | dtime):
+        return obj.isoformat()
+    if isinstance(obj, timedelta):
+        return obj.total_seconds()
+    if isinstance(obj, enum.Enum):
+        return to_plain(obj.value, _depth + 1)
+    if isinstance(obj, Decimal):
+        return to_plain(float(obj), _depth + 1)
+    if isinstance(obj, bytes):
+        return obj.decode("utf-8", "replace")
+    if isinstance(obj, PurePath):
+        return str(obj)
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+        return to_plain(fields, _depth + 1)
+    tolist = getattr(obj, "tolist", None)  # numpy scalars and arrays, pandas objects
+    if callable(tolist):
+        try:
+            return to_plain(tolist(), _depth + 1)
+        except Exception:
+            pass
+    return str(obj)
+
+
+def _mask_strings(obj: Any) -> Any:
+    if isinstance(obj, str):
+        return mask_text(obj)
+    if isinstance(obj, dict):
+        return {k: _mask_strings(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_mask_strings(v) for v in obj]
+    return obj
+
+
+def public(obj: Any) -> Any:
+    """What may leave the process: plain data, secrets masked (whole URLs and secret-named
+    keys by `secrets.redact`, URLs and secret pairs inside longer text by `mask_text`)."""
+    return _mask_strings(redact(to_plain(obj)))
+
+
+def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
+    text = json.dumps(public(body), sort_keys=True, allow_nan=False)
+    return web.Response(
+        text=text,
+        status=status,
+        content_type="application/json",
+        headers={"Cache-Control": "no-store", **(headers or {})},
+    )
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+class HealthServer:
+    """The health server. `start()` binds it in the running loop; `stop()` closes it.
+
+    `checks` are the readiness checks (names unique; "loop" is the server's own); `status`
+    builds the `/status` mapping; `controls` act on `POST /pause|/resume|/flatten`; `token` is
+    the bearer token those need (from `TRADINGD_HEALTH_TOKEN`, read by the caller: see
+    `tradingd.health.token_from_env`); None or blank disables the control endpoints (403).
+    `clock` (monotonic seconds) is injectable so tests can age heartbeats deterministically.
+
+    The engine calls `heartbeat(busy=True)` when it starts a bar and `heartbeat()` when it
+    finished one and waits for the next. Nothing here touches the event loop before `start()`.
+    """
+
+    def __init__(
+        self,
+        config: HealthConfig,
+        checks: Iterable[Check] = (),
+        status: StatusSource | None = None,
+        controls: Controls | None = None,
+        token: str | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self._checks: tuple[Check, ...] = tuple(checks)
+        names = [c.name for c in self._checks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"readiness check names must be unique; repeated: {dupes}")
+        if LOOP_CHECK in names:
+            raise ValueError(f"readiness check name {LOOP_CHECK!r} is the server's own")
+        self._status = status
+        self._controls = controls
+        token = (token or "").strip()
+        self._token: bytes | None = token.encode("utf-8") if token else None
+        self._clock = clock
+        self._created_wall = time.time()
+        self._started_at: float | None = None  # process start, wall seconds
+        self._runner: web.AppRunner | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._port: int | None = None
+        # Liveness: when the loop last ran (ticker or engine heartbeat), in `clock` seconds.
+        self._last_tick: float | None = None
+        self._lag = 0.0
+        self._max_lag = 0.0
+        self._beats = 0
+        self._last_beat: float | None = None
+        self._busy_since: float | None = None
+        self._check_ok: dict[str, bool] = {}
+        self._ready: bool | None = None
+        self._control_lock = asyncio.Lock()  # binds to a loop only when first contended
+
+    # ----------------------------------------------------------------------------- lifecycle
+    @property
+    def port(self) -> int | None:
+        """The bound port after `start()` (the free port picked when configured as 0)."""
+        return self._port
+
+    @property
+    def url(self) -> str | None:
+        """Where a client on this machine reaches the server after `start()`."""
+        return None if self._port is None else local_url(self.config.host, self._port)
+
+    async def start(self) -> None:
+        """Listen on `config.host:config.port` in the running loop and start the ticker.
+        Does nothing when `config.enabled` is false."""
+        if not self.config.enabled:
+            log.info("health.disabled")
+            return
+        if self._runner is not None:
+            raise RuntimeError("HealthServer.start() called twice")
+        self._started_at = self._process_start()
+        self._tick()
+        runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, self.config.host, self.config.port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise HealthServerError(
+                f"health server cannot listen on {self.config.host}:{self.config.port}: "
+                f"{exc.strerror or exc}; set health.port (or health.host), or stop the "
+                "process holding that port (another tradingd?)"
+            ) from None
+        self._runner = runner
+        addresses = runner.addresses
+        self._port = int(addresses[0][1]) if addresses else self.config.port
+        self._ticker = asyncio.create_task(self._tick_forever(), name="tradingd-health-ticker")
+        log.info(
+            "health.listening",
+            url=self.url,
+            controls="enabled" if self._token else f"disabled ({TOKEN_ENV} unset)",
+            checks=[c.name for c in self._checks],
+        )
+        if not is_loopback(self.config.host):
+            log.warning(
+                "health.non_loopback",
+                host=self.config.host,
+                port=self._port,
+                hint="the health server is reachable beyond this machine: /status, /ready and "
+                "/metrics need no token; firewall it or set health.host = 127.0.0.1",
+            )
+        if self._token is not None and len(self._token) < _MIN_TOKEN_LEN:
+            log.warning(
+                "health.short_token",
+                length=len(self._token),
+                hint=f"use at least {_MIN_TOKEN_LEN} random characters for {TOKEN_ENV}",
+            )
+
+    async def stop(self) -> None:
+        """Stop the ticker and close the listener; safe to call twice or before `start()`."""
+        ticker, self._ticker = self._ticker, None
+        if ticker is not None:
+            ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await ticker
+        runner, self._runner = self._runner, None
+        if runner is not None:
+            await runner.cleanup()
+            log.info("health.stopped")
+        self._port = None
+
+    async def __aenter__(self) -> HealthServer:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ----------------------------------------------------------------------------- liveness
+    def heartbeat(self, *, busy: bool = False) -> None:
+        """The engine is alive: `busy=True` when it starts work on a bar (and, if it likes,
+        during long work on it, e.g. per batch downloaded), `busy=False` (the default) when it
+        finished the bar and waits for the next. Cheap, synchronous; call it freely."""
+        now = self._clock()
+        self._beats += 1
+        self._last_beat = now
+        self._last_tick = now
+        if busy:
+            if self._busy_since is None:
+                self._busy_since = now
+        else:
+            self._busy_since = None
+
+    def _tick(self) -> None:
+        self._last_tick = self._clock()
+
+    async def _tick_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        interval = self.config.tick_interval_s
+        while True:
+            due = loop.time() + interval
+            await asyncio.sleep(interval)
+            # How late the loop woke this task: a measure of how long other work held it.
+            self._lag = max(0.0, loop.time() - due)
+            self._max_lag = max(self._max_lag, self._lag)
+            self._tick()
+
+    def liveness(self) -> tuple[bool, dict[str, Any]]:
+        """(alive, the `/health` body)."""
+        now = self._clock()
+        problems: list[str] = []
+        tick_age = None if self._last_tick is None else max(0.0, now - self._last_tick)
+        if tick_age is not None and tick_age > self.config.stall_after_s:
+            problems.append(
+                f"event loop stalled: it has not run for {tick_age:.1f} s "
+                f"(limit health.stall_after_s = {self.config.stall_after_s:g} s)"
+            )
+        if self._runner is not None and (self._ticker is None or self._ticker.done()):
+            problems.append("the health ticker task is not running")
+        beat_age = None if self._last_beat is None else max(0.0, now - self._last_beat)
+        busy_for = None if self._busy_since is None else max(0.0, now - self._busy_since)
+        limit = self.config.busy_stall_after_s
+        if limit > 0 and busy_for is not None and beat_age is not None and beat_age > limit:
+            problems.append(
+                f"engine stuck: busy on a bar for {busy_for:.1f} s without a heartbeat for "
+                f"{beat_age:.1f} s (limit health.busy_stall_after_s = {limit:g} s)"
+            )
+        if self._last_beat is None:
+            state = "not started"
+        elif self._busy_since is not None:
+            state = "busy"
+        else:
+            state = "waiting for the next bar"
+        body = {
+            "alive": not problems,
+            "problems": problems,
+            "loop": {
+                "last_run_age_s": _round(tick_age),
+                "stall_after_s": self.config.stall_after_s,
+                "tick_interval_s": self.config.tick_interval_s,
+                "lag_s": _round(self._lag),
+                "max_lag_s": _round(self._max_lag),
+            },
+            "engine": {
+                "state": state,
+                "heartbeats": self._beats,
+                "last_heartbeat_age_s": _round(beat_age),
+                "busy_for_s": _round(busy_for),
+            },
+            "uptime_s": _round(self._uptime()),
+        }
+        return not problems, body
+
+    # ----------------------------------------------------------------------------- readiness
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        """Run every check (each guarded), update `tradingd_ready` and `tradingd_check_ok`,
+        return (ready, the `/ready` body)."""
+        alive, live = self.liveness()
+        loop_result = CheckResult(
+            alive, "event loop running" if alive else "; ".join(live["problems"])
+        )
+        results: dict[str, CheckResult] = {LOOP_CHECK: loop_result}
+        for check in self._checks:
+            results[check.name] = self._run(check)
+        for name, res in results.items():
+            metrics.CHECK_OK.labels(check=name).set(1 if res.ok else 0)
+            self._log_transition(name, res)
+        failing = [name for name, res in results.items() if not res.ok]
+        ready = not failing
+        metrics.READY.set(1 if ready else 0)
+        if ready != self._ready:
+            if ready:
+                log.info("health.ready")
+            elif self._ready is not None:
+                log.warning("health.not_ready", failing=failing)
+            self._ready = ready
+        checks: dict[str, Any] = {}
+        for name, res in results.items():
+            entry: dict[str, Any] = {"ok": res.ok, "detail": res.detail}
+            if res.data is not None:
+                entry["data"] = res.data
+            checks[name] = entry
+        return ready, {"ready": ready, "failing": failing, "checks": checks}
+
+    @staticmethod
+    def _run(check: Check) -> CheckResult:
+        try:
+            res = check.probe()
+        except Exception as exc:
+            return CheckResult(False, f"check raised {type(exc).__name__}: {exc}")
+        if isinstance(res, Awaitable):
+            close = getattr(res, "close", None)
+            if callable(close):
+                close()  # a coroutine never awaited must not warn later
+            return CheckResult(
+                False, "check returned an awaitable: checks must read kept state synchronously"
+            )
+        if not isinstance(res, CheckResult):
+            return CheckResult(False, f"check returned {type(res).__name__}, not a CheckResult")
+        try:
+            return CheckResult(bool(res.ok), str(res.detail), res.data)
+        except Exception as exc:  # a result whose ok or detail cannot be read
+            return CheckResult(False, f"check result unreadable: {type(exc).__name__}: {exc}")
+
+    def _log_transition(self, name: str, res: CheckResult) -> None:
+        before = self._check_ok.get(name)
+        if before == res.ok:
+            return
+        self._check_ok[name] = res.ok
+        if res.ok:
+            if before is not None:
+                log.info("health.check_passing", check=name, detail=mask_text(res.detail))
+        else:
+            log.warning("health.check_failing", check=name, detail=mask_text(res.detail))
+
+    # ----------------------------------------------------------------------------- status
+    def status(self) -> tuple[int, dict[str, Any]]:
+        """(HTTP status, the `/status` body)."""
+        base: dict[str, Any] = {
+            "uptime_s": _round(self._uptime()),
+            "started_at": _iso(self._started_at or self._created_wall),
+            "server_time": _iso(time.time()),
+        }
+        if self._status is None:
+            return 200, base
+        try:
+            data = self._status()
+            if not isinstance(data, Mapping):
+                raise TypeError(f"status source returned {type(data).__name__}, not a mapping")
+        except Exception as exc:
+            log.warning("health.status_failed", error=mask_text(f"{type(exc).__name__}: {exc}"))
+            return 500, {**base, "error": f"status source raised {type(exc).__name__}: {exc}"}
+        return 200, {**dict(data), **base}
+
+    def _uptime(self) -> float:
+        return max(0.0, time.time() - (self._started_at or self._created_wall))
+
+    def _process_start(self) -> float:
+        """When this process started (the Prometheus process collector reads it from /proc);
+        when unknown, when this server was built."""
+        try:
+            value = metrics.REGISTRY.get_sample_value("process_start_time_seconds")
+        except Exception:
+            value = None
+        if value and math.isfinite(value) and value <= time.time():
+            return float(value)
+        return self._created_wall
+
+    # ----------------------------------------------------------------------------- HTTP
+    def _app(self) -> web.Application:
+        app = web.Application(middlewares=[_errors_as_json])
+        app.router.add_get("/health", self._get_health)
+        app.router.add_get("/ready", self._get_ready)
+        app.router.add_get("/metrics", self._get_metrics)
+        app.router.add_get("/status", self._get_status)
+        for action in CONTROL_ACTIONS:
+            app.router.add_post(f"/{action}", self._control_handler(action))
+        return app
+
+    async def _get_health(self, request: web.Request) -> web.Response:
+        alive, body = self.liveness()
+        return _json(body, 200 if alive else 503)
+
+    async def _get_ready(self, request: web.Request) -> web.Response:
+        ready, body = self.readiness()
+        return _json(body, 200 if ready else 503)
+
+    async def _get_metrics(self, request: web.Request) -> web.Response:
+        self.readiness()  # tradingd_ready and tradingd_check_ok current for every scrape
+        return web.Response(
+            body=metrics.render(),
+            headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
+        )
+
+    async def _get_status(self, request: web.Request) -> web.Response:
+        code, body = self.status()
+        return _json(body, code)
+
+    def _control_handler(
+        self, action: str
+    ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return await self._control(request, action)
+
+        return handler
+
+    def _authorized(self, request: web.Request) -> bool:
+        assert self._token is not None
+        scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
+        given = credentials.strip().encode("utf-8", "replace")
+        if scheme.lower() != "bearer" or not given:
+            return False
+        return hmac.compare_digest(given, self._token)
+
+    async def _control(self, request: web.Request, action: str) -> web.Response:
+        if self._token is None:
+            return _json(
+                {"error": f"control endpoints disabled: set {TOKEN_ENV}", "action": action},
+                403,
+            )
+        if not self._authorized(request):
+            log.warning("health.control_unauthorized", action=action, remote=request.remote)
+            return _json(
+                {"error": "missing or wrong bearer token", "action": action},
+                401,
+                headers={"WWW-Authenticate": 'Bearer realm="tradingd"'},
+            )
+        if self._controls is None:
+            return _json({"error": "this process has no controls", "action": action}, 501)
+        async with self._control_lock:
+            log.info("health.control", action=action, remote=request.remote)
+            try:
+                result = await getattr(self._controls, action)()
+            except Exception as exc:
+                log.error(
+                    "health.control_failed",
+                    action=action,
+                    error=mask_text(f"{type(exc).__name__}: {exc}"),
+                    traceback=_masked_traceback(exc),
+                )
+                return _json(
+                    {"action": action, "ok": False, "error": f"{type(exc).__name__}: {exc}"},
+                    500,
+                )
+        shown = public(result if isinstance(result, Mapping) else {"result": result})
+        log.info("health.control_done", action=action, result=shown)
+        return _json({"action": action, "ok": True, "result": shown})
+
+
+@web.middleware
+async def _errors_as_json(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """An unexpected error in a handler answers 500 with a masked JSON body, never a trace."""
+    try:
+        return await handler(request)
+    except web.HTTPException:
+        raise
+    except Exception as exc:
+        log.error("health.handler_failed", path=request.path, traceback=_masked_traceback(exc))
+        return _json({"error": f"{type(exc).__name__}: {exc}", "path": request.path}, 500)
+
+
+def _masked_traceback(exc: BaseException) -> str:
+    """The traceback of `exc` as text, masked: structlog's own rendering would print the
+    exception message (which may quote a URL with its password) in clear."""
+    return mask_text("".join(traceback.format_exception(exc)))
+
+
+__all__ = [
+    "CONTROL_ACTIONS",
+    "LOOP_CHECK",
+    "TOKEN_ENV",
+    "Check",
+    "CheckResult",
+    "Controls",
+    "HealthConfig",
+    "HealthServer",
+    "HealthServerError",
+    "StatusSource",
+    "mask_text",
+    "public",
+    "to_plain",
+]

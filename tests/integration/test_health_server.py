@@ -1,0 +1,644 @@
+"""The health server for real: bound on a free port in the test's own event loop, queried over
+127.0.0.1 with aiohttp. The clock behind heartbeat ages is injected, so stalls are simulated
+deterministically rather than waited for."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.parser import text_string_to_metric_families
+from structlog.testing import capture_logs
+
+from tradingd import metrics
+from tradingd.core.errors import ConfigError
+from tradingd.health import (
+    TOKEN_ENV,
+    Check,
+    CheckResult,
+    HealthConfig,
+    status_check,
+    token_from_env,
+)
+from tradingd.health.server import LOOP_CHECK, HealthServer, HealthServerError, mask_text
+
+TOKEN = "a-long-test-token-0123456789"
+SECRET = "s3cret"
+PG = f"postgresql://u:{SECRET}@db.example/tradingd"
+
+
+class FakeClock:
+    """Monotonic seconds under the test's control."""
+
+    def __init__(self, t: float = 1000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class RecordingControls:
+    def __init__(self, fail: bool = False) -> None:
+        self.calls: list[str] = []
+        self.fail = fail
+
+    async def _act(self, action: str) -> dict[str, Any]:
+        self.calls.append(action)
+        if self.fail:
+            raise RuntimeError(f"broker refused: {PG}")
+        return {"action": action, "orders_cancelled": 2}
+
+    async def pause(self) -> dict[str, Any]:
+        return await self._act("pause")
+
+    async def resume(self) -> dict[str, Any]:
+        return await self._act("resume")
+
+    async def flatten(self) -> dict[str, Any]:
+        return await self._act("flatten")
+
+
+def ok(detail: str = "fine") -> Callable[[], CheckResult]:
+    return lambda: CheckResult(True, detail)
+
+
+def cfg(**kw: Any) -> HealthConfig:
+    return HealthConfig(port=0, **kw)
+
+
+@pytest.fixture
+async def serve() -> AsyncIterator[Callable[..., Any]]:
+    """Start servers on free ports; every one is stopped after the test."""
+    started: list[HealthServer] = []
+
+    async def _serve(config: HealthConfig | None = None, **kw: Any) -> HealthServer:
+        server = HealthServer(config or cfg(), **kw)
+        await server.start()
+        started.append(server)
+        return server
+
+    yield _serve
+    for server in started:
+        await server.stop()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+        yield session
+
+
+async def get(http: aiohttp.ClientSession, server: HealthServer, path: str) -> tuple[int, Any]:
+    async with http.get(f"{server.url}{path}") as r:
+        text = await r.text()
+        return r.status, (json.loads(text) if r.content_type == "application/json" else text)
+
+
+async def post(
+    http: aiohttp.ClientSession, server: HealthServer, path: str, auth: str | None = None
+) -> tuple[int, dict[str, Any], aiohttp.typedefs.LooseHeaders]:
+    headers = {"Authorization": auth} if auth is not None else {}
+    async with http.post(f"{server.url}{path}", headers=headers) as r:
+        return r.status, json.loads(await r.text()), r.headers
+
+
+async def until(cond: Callable[[], bool], timeout: float = 1.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.005)
+
+
+# --------------------------------------------------------------------------------- binding
+
+
+async def test_binds_loopback_by_default_and_reports_the_free_port(serve, http):
+    assert HealthConfig().host == "127.0.0.1"
+    server = await serve()
+    assert server.port and server.port > 0
+    assert server.url == f"http://127.0.0.1:{server.port}"
+    assert server._runner is not None
+    assert [a[0] for a in server._runner.addresses] == ["127.0.0.1"]
+    code, body = await get(http, server, "/health")
+    assert code == 200 and body["alive"] is True
+
+
+async def test_non_loopback_host_is_allowed_but_warned(serve, http):
+    with capture_logs() as logs:
+        server = await serve(cfg(host="0.0.0.0"))
+    warnings = [e for e in logs if e["event"] == "health.non_loopback"]
+    assert warnings and warnings[0]["log_level"] == "warning"
+    assert server.url == f"http://127.0.0.1:{server.port}"
+    code, _ = await get(http, server, "/health")
+    assert code == 200
+
+
+async def test_loopback_host_logs_no_warning(serve):
+    with capture_logs() as logs:
+        await serve()
+    assert not [e for e in logs if e["event"] == "health.non_loopback"]
+
+
+async def test_port_in_use_is_an_error_naming_the_address():
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        server = HealthServer(HealthConfig(port=port))
+        with pytest.raises(HealthServerError, match=f"127.0.0.1:{port}.*health.port"):
+            await server.start()
+    await server.stop()
+
+
+async def test_disabled_server_does_not_listen():
+    server = HealthServer(cfg(enabled=False))
+    await server.start()
+    assert server.port is None and server.url is None
+    server.heartbeat()  # still accepted
+    await server.stop()
+
+
+async def test_start_twice_fails_and_stop_is_idempotent(serve):
+    server = await serve()
+    with pytest.raises(RuntimeError, match="twice"):
+        await server.start()
+    await server.stop()
+    await server.stop()
+    assert server.port is None
+
+
+def test_constructor_needs_no_running_loop():
+    server = HealthServer(HealthConfig(), [Check("db", ok())])  # no loop here at all
+    server.heartbeat(busy=True)
+    assert server.port is None
+
+
+def test_check_names_are_unique_and_loop_is_reserved():
+    with pytest.raises(ValueError, match="repeated"):
+        HealthServer(HealthConfig(), [Check("db", ok()), Check("db", ok())])
+    with pytest.raises(ValueError, match="server's own"):
+        HealthServer(HealthConfig(), [Check(LOOP_CHECK, ok())])
+    with pytest.raises(ValueError):
+        Check("", ok())
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"port": 70000}, "health.port"),
+        ({"port": -1}, "health.port"),
+        ({"host": ""}, "health.host"),
+        ({"host": " 127.0.0.1 "}, None),  # surrounding blanks are stripped
+        ({"tick_interval_s": 0}, "health.tick_interval_s"),
+        ({"tick_interval_s": 5.0, "stall_after_s": 9.0}, "twice"),
+        ({"stall_after_s": float("nan")}, "finite"),
+        ({"busy_stall_after_s": -1.0}, "busy_stall_after_s"),
+    ],
+)
+def test_config_is_validated(kw, match):
+    if match is None:
+        assert HealthConfig(**kw).host == "127.0.0.1"
+        return
+    with pytest.raises(ConfigError, match=match):
+        HealthConfig(**kw)
+
+
+def test_token_comes_from_the_environment_given():
+    assert token_from_env({TOKEN_ENV: f"  {TOKEN}\n"}) == TOKEN
+    assert token_from_env({TOKEN_ENV: "  "}) is None
+    assert token_from_env({}) is None
+
+
+# --------------------------------------------------------------------------------- /ready
+
+
+async def test_ready_when_every_check_passes(serve, http):
+    server = await serve(
+        checks=[Check("database", ok("last write 2 s ago")), Check("redis", ok("ping ok"))]
+    )
+    code, body = await get(http, server, "/ready")
+    assert code == 200
+    assert body["ready"] is True and body["failing"] == []
+    assert set(body["checks"]) == {LOOP_CHECK, "database", "redis"}
+    assert body["checks"]["database"] == {"ok": True, "detail": "last write 2 s ago"}
+    assert metrics.REGISTRY.get_sample_value("tradingd_ready") == 1
+    assert metrics.REGISTRY.get_sample_value("tradingd_check_ok", {"check": "redis"}) == 1
+
+
+async def test_not_ready_names_each_failing_check(serve, http):
+    server = await serve(
+        checks=[
+            Check("database", ok()),
+            Check("source:yahoo", lambda: CheckResult(False, "circuit open since 14:02:11")),
+            Check(
+                "last_bar",
+                lambda: CheckResult(
+                    False,
+                    "last bar 2024-11-27 older than expected 2024-11-29",
+                    {"last": "2024-11-27", "expected": "2024-11-29"},
+                ),
+            ),
+        ]
+    )
+    code, body = await get(http, server, "/ready")
+    assert code == 503
+    assert body["ready"] is False
+    assert body["failing"] == ["source:yahoo", "last_bar"]
+    assert body["checks"]["source:yahoo"]["detail"] == "circuit open since 14:02:11"
+    assert body["checks"]["last_bar"]["data"] == {"last": "2024-11-27", "expected": "2024-11-29"}
+    assert body["checks"]["database"]["ok"] is True
+    assert metrics.REGISTRY.get_sample_value("tradingd_ready") == 0
+    assert metrics.REGISTRY.get_sample_value("tradingd_check_ok", {"check": "last_bar"}) == 0
+    assert metrics.REGISTRY.get_sample_value("tradingd_check_ok", {"check": "database"}) == 1
+
+
+async def test_a_check_that_raises_or_misbehaves_fails_without_a_500(serve, http):
+    def boom() -> CheckResult:
+        raise ConnectionError("redis went away")
+
+    async def sneaky() -> CheckResult:  # checks must not await
+        return CheckResult(True)
+
+    server = await serve(
+        checks=[
+            Check("redis", boom),
+            Check("model", lambda: True),  # not a CheckResult
+            Check("broker", sneaky),  # an awaitable
+        ]
+    )
+    code, body = await get(http, server, "/ready")
+    assert code == 503
+    assert body["failing"] == ["redis", "model", "broker"]
+    assert body["checks"]["redis"]["detail"] == "check raised ConnectionError: redis went away"
+    assert "not a CheckResult" in body["checks"]["model"]["detail"]
+    assert "awaitable" in body["checks"]["broker"]["detail"]
+
+
+async def test_check_transitions_are_logged_once(serve, http):
+    state = {"ok": True}
+    server = await serve(checks=[Check("redis", lambda: CheckResult(state["ok"], "x"))])
+    with capture_logs() as logs:
+        await get(http, server, "/ready")
+        state["ok"] = False
+        await get(http, server, "/ready")
+        await get(http, server, "/ready")
+        state["ok"] = True
+        await get(http, server, "/ready")
+    events = [e["event"] for e in logs if e["event"].startswith("health.check")]
+    assert events == ["health.check_failing", "health.check_passing"]
+
+
+# --------------------------------------------------------------------------------- /metrics
+
+
+async def test_metrics_is_prometheus_text_with_tradingd_series(serve, http):
+    metrics.BARS_PROCESSED.inc()
+    metrics.STAGE_SECONDS.labels(stage="features").observe(0.004)
+    server = await serve(checks=[Check("database", ok())])
+    async with http.get(f"{server.url}/metrics") as r:
+        assert r.status == 200
+        assert r.headers["Content-Type"] == CONTENT_TYPE_LATEST
+        text = await r.text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    tradingd = {name for name in families if name.startswith("tradingd_")}
+    assert {
+        "tradingd_bars_processed",
+        "tradingd_stage_seconds",
+        "tradingd_ready",
+        "tradingd_check_ok",
+    } <= tradingd
+    # /metrics refreshes readiness, so a scrape never shows a stale tradingd_ready
+    ready = [s.value for s in families["tradingd_ready"].samples]
+    assert ready == [1.0]
+
+
+# --------------------------------------------------------------------------------- /status
+
+
+class Mode(Enum):
+    PAPER = "paper"
+
+
+async def test_status_holds_the_source_and_uptime(serve, http):
+    last_bar = datetime(2024, 11, 29, 21, 0, tzinfo=UTC)
+
+    def status() -> dict[str, Any]:
+        return {
+            "equity": np.float64(100_250.5),
+            "cash": 50_000.0,
+            "positions": {"AAPL": np.int64(10)},
+            "open_orders": [],
+            "last_bar_time": last_bar,
+            "model_version": "ml_ensemble-2024.11",
+            "mode": Mode.PAPER,
+            "drawdown": float("nan"),
+            "weights": np.array([0.25, 0.75]),
+            "uptime_s": -1,  # the server's own value wins
+        }
+
+    server = await serve(status=status)
+    code, body = await get(http, server, "/status")
+    assert code == 200
+    assert body["equity"] == 100_250.5
+    assert body["positions"] == {"AAPL": 10}
+    assert body["last_bar_time"] == "2024-11-29T21:00:00+00:00"
+    assert body["mode"] == "paper"
+    assert body["drawdown"] is None
+    assert body["weights"] == [0.25, 0.75]
+    assert body["uptime_s"] >= 0
+    assert datetime.fromisoformat(body["started_at"]) <= datetime.now(UTC)
+    assert "server_time" in body
+
+
+async def test_status_without_source_and_with_a_failing_source(serve, http):
+    bare = await serve()
+    code, body = await get(http, bare, "/status")
+    assert code == 200 and set(body) == {"uptime_s", "started_at", "server_time"}
+
+    def broken() -> dict[str, Any]:
+        raise KeyError("equity")
+
+    failing = await serve(status=broken)
+    code, body = await get(http, failing, "/status")
+    assert code == 500
+    assert body["error"] == "status source raised KeyError: 'equity'"
+
+
+# --------------------------------------------------------------------------------- controls
+
+
+@pytest.mark.parametrize("action", ["pause", "resume", "flatten"])
+async def test_controls_need_the_bearer_token(serve, http, action):
+    controls = RecordingControls()
+    server = await serve(controls=controls, token=TOKEN)
+    for auth in (None, "Bearer wrong-token", f"Basic {TOKEN}", "Bearer", f"Bearer {TOKEN}x"):
+        code, body, headers = await post(http, server, f"/{action}", auth)
+        assert code == 401, auth
+        assert headers["WWW-Authenticate"].startswith("Bearer")
+        assert TOKEN not in json.dumps(body)
+    assert controls.calls == []
+    code, body, _ = await post(http, server, f"/{action}", f"Bearer {TOKEN}")
+    assert code == 200
+    assert body == {
+        "action": action,
+        "ok": True,
+        "result": {"action": action, "orders_cancelled": 2},
+    }
+    assert controls.calls == [action]
+
+
+async def test_controls_are_disabled_without_a_token(serve, http):
+    controls = RecordingControls()
+    for token in (None, "", "   "):
+        server = await serve(controls=controls, token=token)
+        code, body, _ = await post(http, server, "/flatten", f"Bearer {TOKEN}")
+        assert code == 403
+        assert body["error"] == f"control endpoints disabled: set {TOKEN_ENV}"
+    assert controls.calls == []
+
+
+async def test_controls_only_by_post_and_get_needs_no_token(serve, http):
+    server = await serve(controls=RecordingControls(), token=TOKEN)
+    async with http.get(f"{server.url}/pause") as r:
+        assert r.status == 405
+    for path in ("/health", "/ready", "/status", "/metrics"):
+        code, _ = await get(http, server, path)
+        assert code == 200, path
+
+
+async def test_a_failing_control_answers_500_masked(serve, http):
+    server = await serve(controls=RecordingControls(fail=True), token=TOKEN)
+    with capture_logs() as logs:
+        code, body, _ = await post(http, server, "/flatten", f"Bearer {TOKEN}")
+    assert code == 500
+    assert body["ok"] is False and body["error"].startswith("RuntimeError: broker refused")
+    assert SECRET not in json.dumps(body)
+    assert SECRET not in repr(logs)
+    assert [e["event"] for e in logs if e["log_level"] == "error"] == ["health.control_failed"]
+
+
+async def test_no_controls_configured_answers_501(serve, http):
+    server = await serve(token=TOKEN)
+    code, _, _ = await post(http, server, "/pause", f"Bearer {TOKEN}")
+    assert code == 501
+
+
+async def test_unauthorized_attempts_are_logged_without_the_token(serve, http):
+    server = await serve(controls=RecordingControls(), token=TOKEN)
+    with capture_logs() as logs:
+        await post(http, server, "/pause", "Bearer guess")
+        await post(http, server, "/pause", f"Bearer {TOKEN}")
+    assert [e["event"] for e in logs].count("health.control_unauthorized") == 1
+    assert TOKEN not in repr(logs) and "guess" not in repr(logs)
+
+
+# --------------------------------------------------------------------------------- liveness
+
+
+async def test_health_reports_the_engine_heartbeat(serve, http):
+    clock = FakeClock()
+    server = await serve(clock=clock)
+    code, body = await get(http, server, "/health")
+    assert code == 200 and body["engine"]["state"] == "not started"
+    server.heartbeat(busy=True)
+    clock.t += 2.5
+    code, body = await get(http, server, "/health")
+    assert code == 200
+    assert body["engine"]["state"] == "busy"
+    assert body["engine"]["last_heartbeat_age_s"] == 2.5
+    assert body["engine"]["busy_for_s"] == 2.5
+    server.heartbeat()
+    code, body = await get(http, server, "/health")
+    assert body["engine"] == {
+        "state": "waiting for the next bar",
+        "heartbeats": 2,
+        "last_heartbeat_age_s": 0.0,
+        "busy_for_s": None,
+    }
+
+
+async def test_a_blocked_loop_answers_503_and_recovers(serve, http):
+    # A long tick interval: the ticker ran once at start and will not run again during the
+    # test, exactly as if the loop had been blocked since.
+    clock = FakeClock()
+    server = await serve(cfg(tick_interval_s=60.0, stall_after_s=120.0), clock=clock)
+    clock.t += 119.0
+    code, body = await get(http, server, "/health")
+    assert code == 200 and body["loop"]["last_run_age_s"] == 119.0
+    clock.t += 2.0
+    code, body = await get(http, server, "/health")
+    assert code == 503
+    assert body["alive"] is False
+    assert body["problems"] == [
+        "event loop stalled: it has not run for 121.0 s (limit health.stall_after_s = 120 s)"
+    ]
+    code, ready = await get(http, server, "/ready")
+    assert code == 503 and ready["failing"] == [LOOP_CHECK]
+    assert "stalled" in ready["checks"][LOOP_CHECK]["detail"]
+    server.heartbeat()  # the engine ran: so did the loop
+    code, body = await get(http, server, "/health")
+    assert code == 200 and body["alive"] is True
+
+
+async def test_waiting_days_for_the_next_bar_is_alive(serve, http):
+    # The engine beat once, then waits for a daily bar; the server's own ticker keeps proving
+    # the loop runs, so three days without a heartbeat are fine.
+    clock = FakeClock()
+    server = await serve(cfg(tick_interval_s=0.01, stall_after_s=0.05), clock=clock)
+    server.heartbeat()
+    clock.t += 3 * 86_400.0
+    await until(lambda: server.liveness()[1]["loop"]["last_run_age_s"] == 0.0)
+    code, body = await get(http, server, "/health")
+    assert code == 200
+    assert body["engine"]["state"] == "waiting for the next bar"
+    assert body["engine"]["last_heartbeat_age_s"] == 3 * 86_400.0
+
+
+async def test_a_really_blocked_loop_shows_as_lag(serve, http):
+    server = await serve(cfg(tick_interval_s=0.01, stall_after_s=0.02))
+    await asyncio.sleep(0.03)  # the ticker is now asleep, due to wake in 0.01 s
+    time.sleep(0.15)  # a synchronous call holding the loop (a fraction of a second)
+    await until(lambda: server.liveness()[1]["loop"]["max_lag_s"] >= 0.1)
+    _, body = await get(http, server, "/health")
+    assert body["loop"]["max_lag_s"] >= 0.1
+
+
+async def test_a_dead_ticker_is_reported(serve, http):
+    server = await serve()
+    assert server._ticker is not None
+    server._ticker.cancel()
+    await until(lambda: server._ticker is not None and server._ticker.done())
+    code, body = await get(http, server, "/health")
+    assert code == 503
+    assert "the health ticker task is not running" in body["problems"]
+
+
+async def test_an_engine_stuck_on_a_bar_is_reported_when_configured(serve, http):
+    clock = FakeClock()
+    config = cfg(tick_interval_s=0.01, stall_after_s=0.05, busy_stall_after_s=600.0)
+    server = await serve(config, clock=clock)
+    server.heartbeat(busy=True)
+    clock.t += 601.0
+    await until(lambda: server.liveness()[1]["loop"]["last_run_age_s"] == 0.0)
+    code, body = await get(http, server, "/health")
+    assert code == 503
+    assert body["problems"][0].startswith("engine stuck: busy on a bar for 601.0 s")
+    server.heartbeat()  # finished the bar
+    code, _ = await get(http, server, "/health")
+    assert code == 200
+
+
+async def test_a_long_wait_is_not_a_stuck_engine(serve, http):
+    clock = FakeClock()
+    config = cfg(tick_interval_s=0.01, stall_after_s=0.05, busy_stall_after_s=600.0)
+    server = await serve(config, clock=clock)
+    server.heartbeat()  # waiting, not busy
+    clock.t += 86_400.0
+    await until(lambda: server.liveness()[1]["loop"]["last_run_age_s"] == 0.0)
+    code, _ = await get(http, server, "/health")
+    assert code == 200
+
+
+async def test_health_answers_while_the_engine_awaits_its_next_bar(serve, http):
+    server = await serve()
+    next_bar = asyncio.Event()
+
+    async def engine() -> None:
+        server.heartbeat()
+        await next_bar.wait()  # a live clock waiting for the close
+
+    task = asyncio.create_task(engine())
+    try:
+        code, body = await get(http, server, "/health")
+        assert code == 200 and body["engine"]["state"] == "waiting for the next bar"
+    finally:
+        next_bar.set()
+        await task
+
+
+# --------------------------------------------------------------------------------- secrets
+
+
+async def test_no_secret_in_any_body_or_log_line(serve, http):
+    def status() -> dict[str, Any]:
+        return {
+            "equity": 1.0,
+            "database": PG,
+            "note": f"connected to {PG} after retry",
+            "broker": {"url": f"https://paper-api.example/v2?apikey={SECRET}", "password": SECRET},
+            "dsn": f"host=db user=u password={SECRET}",
+        }
+
+    def db() -> CheckResult:
+        raise OSError(f"cannot connect to {PG}: timeout")
+
+    checks = [
+        Check("database", db),
+        Check("redis", lambda: CheckResult(False, f"redis://:{SECRET}@cache:6379/0 refused")),
+        Check("store", lambda: CheckResult(True, "ok", {"url": PG, "api_key": SECRET})),
+    ]
+    controls = RecordingControls()
+    with capture_logs() as logs:
+        server = await serve(checks=checks, status=status, controls=controls, token=TOKEN)
+        bodies = []
+        for path in ("/health", "/ready", "/status", "/metrics"):
+            async with http.get(f"{server.url}{path}") as r:
+                bodies.append(await r.text())
+        _, body, _ = await post(http, server, "/pause", f"Bearer {TOKEN}")
+        bodies.append(json.dumps(body))
+    everything = "\n".join(bodies) + repr(logs)
+    assert SECRET not in everything
+    assert TOKEN not in everything
+    # masked, not dropped: the operator still sees where it tried to connect
+    status_body = json.loads(bodies[2])
+    assert status_body["database"] == "postgresql://u:***@db.example/tradingd"
+    assert status_body["note"] == "connected to postgresql://u:***@db.example/tradingd after retry"
+    assert status_body["dsn"] == "host=db user=u password=***"
+    ready = json.loads(bodies[1])
+    assert ready["checks"]["database"]["detail"] == (
+        "check raised OSError: cannot connect to postgresql://u:***@db.example/tradingd: timeout"
+    )
+
+
+def test_mask_text_keeps_ordinary_text():
+    assert mask_text("last bar 2024-11-27 older than expected") == (
+        "last bar 2024-11-27 older than expected"
+    )
+    assert mask_text("see https://example.com/docs?page=2") == (
+        "see https://example.com/docs?page=2"
+    )
+    assert mask_text("token: abc123 and apikey=XYZ") == "token: *** and apikey=***"
+
+
+async def test_status_check_reads_a_components_status(serve, http):
+    src = {
+        "source": "yahoo",
+        "ok": False,
+        "circuit": "open",
+        "last_error": {"kind": "timeout", "message": "read timed out", "at": "2024-11-29T21:05"},
+    }
+    server = await serve(
+        checks=[
+            status_check("source:yahoo", lambda: src),
+            status_check("source:alpaca", lambda: {"ok": True, "circuit": "closed"}),
+            status_check("cache", lambda: {"hits": 3}),
+        ]
+    )
+    code, body = await get(http, server, "/ready")
+    assert code == 503
+    assert body["failing"] == ["source:yahoo", "cache"]
+    yahoo = body["checks"]["source:yahoo"]
+    assert yahoo["detail"] == "circuit open; last error timeout: read timed out at 2024-11-29T21:05"
+    assert yahoo["data"]["circuit"] == "open"
+    assert body["checks"]["source:alpaca"]["detail"] == "ok"
+    assert "no 'ok' key" in body["checks"]["cache"]["detail"]

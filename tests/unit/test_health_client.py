@@ -1,0 +1,133 @@
+"""`fetch_health` (behind `tradingd health`) against a real health server, a closed port, a
+server that never answers and one that is not tradingd's."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from aiohttp import web
+
+from tradingd.health import Check, CheckResult, HealthConfig
+from tradingd.health.client import (
+    EXIT_NOT_READY,
+    EXIT_READY,
+    EXIT_UNREACHABLE,
+    fetch_health,
+    url_for,
+)
+from tradingd.health.server import HealthServer
+
+
+def closed_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+async def server_with() -> AsyncIterator[Any]:
+    servers: list[HealthServer] = []
+
+    async def start(**kw: Any) -> HealthServer:
+        server = HealthServer(HealthConfig(port=0), **kw)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for s in servers:
+        await s.stop()
+
+
+async def test_ready_daemon_exits_0_with_all_three_answers(server_with):
+    server = await server_with(
+        checks=[Check("database", lambda: CheckResult(True, "ok"))],
+        status=lambda: {"equity": 100.0, "database": "postgresql://u:s3cret@h/db"},
+    )
+    code, report = await fetch_health(server.url, 2.0)
+    assert code == EXIT_READY
+    assert report["alive"] is True and report["ready"] is True
+    assert report["health"]["alive"] is True
+    assert report["readiness"]["checks"]["database"]["ok"] is True
+    assert report["status"]["equity"] == 100.0
+    assert "error" not in report
+    assert "s3cret" not in json.dumps(report)
+
+
+async def test_not_ready_daemon_exits_1_naming_the_failing_check(server_with):
+    server = await server_with(
+        checks=[Check("redis", lambda: CheckResult(False, "last ping failed 40 s ago"))]
+    )
+    code, report = await fetch_health(server.url + "/", 2.0)
+    assert code == EXIT_NOT_READY
+    assert report["alive"] is True and report["ready"] is False
+    assert report["readiness"]["failing"] == ["redis"]
+    assert report["error"] == "not ready: check 'redis' failing"
+
+
+async def test_closed_port_exits_2_saying_nothing_listens():
+    url = f"http://127.0.0.1:{closed_port()}"
+    code, report = await fetch_health(url, 2.0)
+    assert code == EXIT_UNREACHABLE
+    assert report["url"] == url
+    assert report["error"].startswith(f"nothing listens at {url} (connection refused)")
+    assert "is the daemon running" in report["error"]
+
+
+async def test_a_server_that_never_answers_exits_2_after_the_timeout():
+    release = asyncio.Event()
+
+    async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1 << 16)  # accept, read the request, never answer
+        await release.wait()
+        writer.close()
+
+    srv = await asyncio.start_server(silent, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    try:
+        code, report = await fetch_health(f"http://127.0.0.1:{port}", 0.2)
+    finally:
+        release.set()
+        srv.close()
+        await srv.wait_closed()
+    assert code == EXIT_UNREACHABLE
+    assert "no answer" in report["error"] and "0.2 s" in report["error"]
+
+
+async def test_something_else_on_the_port_exits_2():
+    async def plain_ok(request: web.Request) -> web.Response:
+        return web.Response(text="OK")
+
+    app = web.Application()
+    app.router.add_get("/health", plain_ok)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        code, report = await fetch_health(f"http://127.0.0.1:{port}", 2.0)
+    finally:
+        await runner.cleanup()
+    assert code == EXIT_UNREACHABLE
+    assert "not a tradingd health server" in report["error"]
+
+
+@pytest.mark.parametrize("url", ["127.0.0.1:8080", "ftp://127.0.0.1/", ""])
+async def test_a_bad_url_exits_2(url):
+    code, report = await fetch_health(url, 1.0)
+    assert code == EXIT_UNREACHABLE
+    assert "not an http:// URL" in report["error"]
+
+
+def test_url_for_a_configuration():
+    assert url_for(HealthConfig()) == "http://127.0.0.1:8080"
+    assert url_for(HealthConfig(host="0.0.0.0", port=9100)) == "http://127.0.0.1:9100"
+    assert url_for(HealthConfig(host="::", port=9100)) == "http://[::1]:9100"
+    assert url_for(HealthConfig(host="::1", port=1)) == "http://[::1]:1"
