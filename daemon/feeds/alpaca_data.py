@@ -1,0 +1,424 @@
+"""Alpaca market data through alpaca-py's `StockHistoricalDataClient` (base URL configurable).
+
+alpaca-py is synchronous (requests). Each request runs in a small thread pool of this client
+(`max_concurrency` threads, so a stuck vendor cannot starve the event loop's default executor)
+under the caller's timeout; requests itself gets the same timeout through the client's session
+(alpaca-py sets none, so without it a hung socket would pin a thread forever). Keys come from
+`APCA_API_KEY_ID` / `APCA_API_SECRET_KEY` (or are given); both are scrubbed from messages.
+The data client always uses the multi-symbol `GET /v2/stocks/bars` and merges the pages
+itself; this client asks for up to `max_symbols_per_request` symbols per call.
+
+Prices: bars are requested with `adjustment="raw"` (as traded). Corporate actions are derived
+from Alpaca's own adjusted series when `derive_actions` is on (the default; two more requests
+per call, over the same window plus a few days before it so the first bar has a predecessor):
+  split     F(t) = raw close / split-adjusted close is the product of the splits after t, so
+            the coefficient on bar t is F(t-1) / F(t) (1.0 within 1e-3, else snapped to a simple
+            fraction as validate.py does).
+  dividend  h(t) = all-adjusted / split-adjusted close is the dividend factor; a dividend D
+            going ex on bar t makes h(t-1) / h(t) = 1 - D / C(t-1) (the usual multiplicative
+            convention, as in CRSP; Alpaca does not document its formula), so
+            D = C(t-1) * (1 - h(t-1)/h(t)), C in the share basis of bar t, rounded to 4
+            decimals, ignored below 1e-6 relative.
+What is not derived: an action on the very first bar Alpaca has for a symbol (no previous
+bar), and actions whose effect Alpaca's adjusted series do not show. With `derive_actions` off
+every bar has split 1.0 and dividend 0.0, and raw prices jump at a split.
+
+Labels: daily bars are stamped at New York midnight in UTC (04:00Z/05:00Z) and labelled by
+that New York date; intraday bars by their start (Alpaca's stamp) in UTC. A daily bar of the
+session in progress is served only after the session's close.
+
+Errors: `APIError` by HTTP status (401/403 -> `auth`, e.g. the free plan's "subscription does
+not permit querying recent SIP data"; 429 -> `http_429`; 5xx -> `http_5xx`; ...). alpaca-py
+retries 429 and 504 itself (3 x 3 s); `sdk_retries`/`sdk_retry_wait_s` set its private knobs
+(tests set the wait to 0, see the fixtures README), otherwise its defaults stay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import requests
+import structlog
+
+from ..core.errors import ConfigError
+from .resilience import ResilientCaller, SourceConfig, SourceError, error_for_status, make_error
+from .response_cache import ResponseCache, cache_key
+from .validate import snap_split
+from .vendor import (
+    FetchResult,
+    Interval,
+    Session,
+    Validation,
+    as_utc,
+    bar_close,
+    closed_only,
+    empty_raw,
+    in_window,
+    parse_interval,
+    utc_now,
+    validated,
+)
+
+log = structlog.get_logger(__name__)
+
+SOURCE = "alpaca"
+ENV_KEY_ID = "APCA_API_KEY_ID"
+ENV_SECRET_KEY = "APCA_API_SECRET_KEY"
+FEEDS = ("iex", "sip", "delayed_sip", "otc", "boats", "overnight")
+SPLIT_TOLERANCE = 1e-3
+DIVIDEND_TOLERANCE = 1e-6
+
+
+class _TimeoutSession(requests.Session):
+    """A requests session whose every request has a timeout unless one is given."""
+
+    def __init__(self, timeout_s: float) -> None:
+        super().__init__()
+        self.timeout_s = timeout_s
+
+    def request(self, method: Any, url: Any, *args: Any, **kw: Any) -> requests.Response:
+        if len(args) < 7:  # else timeout was given positionally (7th after url)
+            kw.setdefault("timeout", self.timeout_s)
+        return super().request(method, url, *args, **kw)
+
+
+def timeframe_of(interval: Interval) -> Any:
+    from alpaca.data.timeframe import TimeFrame, TimeFrameUnit
+
+    if interval.daily:
+        return TimeFrame(1, TimeFrameUnit.Day)
+    if interval.minutes == 60:
+        return TimeFrame(1, TimeFrameUnit.Hour)
+    return TimeFrame(interval.minutes, TimeFrameUnit.Minute)
+
+
+def bars_to_long(
+    bars: Mapping[str, Sequence[Mapping[str, Any]]], interval: Interval, tz: str
+) -> pd.DataFrame:
+    """Alpaca's {symbol: [{t,o,h,l,c,v,...}]} as one raw long table (symbol, time as naive UTC
+    labels, OHLCV, split 1.0, dividend 0.0), sorted by symbol and time. Raises ValueError on a
+    malformed bar."""
+    if not isinstance(bars, Mapping):
+        raise ValueError(f"bars are a {type(bars).__name__}, not an object")
+    rows = [(str(sym), bar) for sym, seq in bars.items() for bar in seq]
+    if not rows:
+        out = empty_raw()
+        out.insert(0, "symbol", pd.Series(dtype=object))
+        return out
+    try:
+        frame = pd.DataFrame(
+            {
+                "symbol": [sym for sym, _ in rows],
+                "t": [b["t"] for _, b in rows],
+                "open": [b["o"] for _, b in rows],
+                "high": [b["h"] for _, b in rows],
+                "low": [b["l"] for _, b in rows],
+                "close": [b["c"] for _, b in rows],
+                "volume": [b["v"] for _, b in rows],
+            }
+        )
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"a bar without the field {exc}") from None
+    stamps = pd.to_datetime(frame.pop("t"), utc=True, format="ISO8601")
+    if interval.daily:
+        labels = stamps.dt.tz_convert(tz).dt.tz_localize(None).dt.normalize()
+    else:
+        labels = stamps.dt.tz_localize(None)
+    frame.insert(1, "time", labels.astype("datetime64[ns]").to_numpy())
+    for name in ("open", "high", "low", "close", "volume"):
+        frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
+    frame["split"] = 1.0
+    frame["dividend"] = 0.0
+    return frame.sort_values(["symbol", "time"], kind="stable").reset_index(drop=True)
+
+
+def _close_of(adjusted: pd.DataFrame, raw: pd.DataFrame) -> np.ndarray:
+    """The adjusted close of each row of `raw` (NaN where the adjusted table has none)."""
+    key = ["symbol", "time"]
+    merged = raw[key].merge(adjusted[[*key, "close"]], on=key, how="left", validate="1:1")
+    return merged["close"].to_numpy(dtype=np.float64)
+
+
+def derive_actions(
+    raw: pd.DataFrame, split_adj: pd.DataFrame | None, all_adj: pd.DataFrame | None
+) -> pd.DataFrame:
+    """`raw` (a long table sorted by symbol and time) with split and dividend derived from
+    the adjusted tables of the same request (see the module docstring). Bars missing from an
+    adjusted table get no action; the first bar of each symbol gets none."""
+    if raw.empty or split_adj is None or split_adj.empty:
+        return raw
+    sym = raw["symbol"].to_numpy()
+    same = np.zeros(len(raw), dtype=bool)  # row i continues row i-1's symbol
+    same[1:] = sym[1:] == sym[:-1]
+    c_raw = raw["close"].to_numpy(dtype=np.float64)
+    c_split = _close_of(split_adj, raw)
+    factor = c_raw / c_split  # F(t): the splits after t
+    split = np.ones(len(raw))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.r_[np.nan, factor[:-1] / factor[1:]]
+    for i in np.flatnonzero(same & np.isfinite(ratio) & (np.abs(ratio - 1.0) > SPLIT_TOLERANCE)):
+        split[i] = snap_split(float(ratio[i]))
+    dividend = np.zeros(len(raw))
+    if all_adj is not None and not all_adj.empty:
+        h = _close_of(all_adj, raw) / c_split  # the dividend factor
+        with np.errstate(divide="ignore", invalid="ignore"):
+            drop = np.r_[np.nan, 1.0 - h[:-1] / h[1:]]
+        for i in np.flatnonzero(same & np.isfinite(drop) & (drop > DIVIDEND_TOLERANCE)):
+            prev_close = c_raw[i - 1] / split[i]  # in the share basis of bar i
+            dividend[i] = round(prev_close * float(drop[i]), 4)
+    return raw.assign(split=split, dividend=dividend)
+
+
+class AlpacaDataClient:
+    """Bars from Alpaca's market data API. See the module docstring."""
+
+    name = SOURCE
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        secret_key: str | None = None,
+        base_url: str | None = None,
+        config: SourceConfig | None = None,
+        caller: ResilientCaller | None = None,
+        cache: ResponseCache | None = None,
+        feed: str | None = "iex",
+        derive_actions: bool = True,
+        max_symbols_per_request: int = 100,
+        validation: Validation | None = None,
+        session: Session | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        env: Mapping[str, str] | None = None,
+        sdk_retries: int | None = None,
+        sdk_retry_wait_s: float | None = None,
+    ) -> None:
+        if feed is not None and feed not in FEEDS:
+            raise ConfigError(f"Alpaca data feed {feed!r} is not valid; valid: {', '.join(FEEDS)}")
+        if max_symbols_per_request < 1:
+            raise ConfigError("Alpaca max_symbols_per_request must be >= 1")
+        environ = env if env is not None else os.environ
+        self._api_key = api_key if api_key is not None else environ.get(ENV_KEY_ID)
+        self._secret_key = secret_key if secret_key is not None else environ.get(ENV_SECRET_KEY)
+        self.base_url = base_url.rstrip("/") if base_url else None
+        self.caller = caller or ResilientCaller(SOURCE, config or SourceConfig.for_source(SOURCE))
+        self.caller.add_secret(self._api_key)
+        self.caller.add_secret(self._secret_key)
+        self._own_cache = cache is None
+        self.cache = cache or ResponseCache()
+        self.feed = feed
+        self.derive = derive_actions
+        self.max_symbols_per_request = max_symbols_per_request
+        self.validation = validation or Validation()
+        self.session = session or Session()
+        self._clock = clock
+        self._sdk_retries = sdk_retries
+        self._sdk_retry_wait_s = sdk_retry_wait_s
+        self._client: Any = None
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __repr__(self) -> str:  # never show the keys
+        return f"AlpacaDataClient(base_url={self.base_url!r}, feed={self.feed!r})"
+
+    async def start(self) -> None:
+        if not self._api_key or not self._secret_key:
+            raise ConfigError(
+                f"Alpaca market data needs the environment variables {ENV_KEY_ID} and "
+                f"{ENV_SECRET_KEY}"
+            )
+        if self._own_cache:
+            await self.cache.start()
+        if self._client is None:
+            from alpaca.data.historical import StockHistoricalDataClient
+
+            client = StockHistoricalDataClient(
+                self._api_key, self._secret_key, raw_data=True, url_override=self.base_url
+            )
+            # alpaca-py gives requests no timeout; its session is the only place to set one.
+            client._session = _TimeoutSession(self.caller.config.timeout_s)
+            if self._sdk_retries is not None:
+                client._retry = self._sdk_retries
+            if self._sdk_retry_wait_s is not None:
+                client._retry_wait = self._sdk_retry_wait_s  # type: ignore[assignment]
+            self._client = client
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(
+                max_workers=self.caller.config.max_concurrency, thread_name_prefix="alpaca-data"
+            )
+
+    async def stop(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+        if self._client is not None:
+            self._client._session.close()
+            self._client = None
+        if self._own_cache:
+            await self.cache.stop()
+
+    def status(self) -> dict[str, Any]:
+        return self.caller.status()
+
+    # ------------------------------------------------------------------ requests
+
+    def _get_bars_sync(
+        self,
+        symbols: Sequence[str],
+        interval: Interval,
+        start: datetime,
+        end: datetime,
+        adjustment: str,
+    ) -> str:
+        from alpaca.common.exceptions import APIError
+        from alpaca.data.enums import Adjustment, DataFeed
+        from alpaca.data.requests import StockBarsRequest
+
+        req = StockBarsRequest(
+            symbol_or_symbols=list(symbols),
+            timeframe=timeframe_of(interval),
+            start=start,
+            end=end,
+            adjustment=Adjustment(adjustment),
+            feed=DataFeed(self.feed) if self.feed else None,
+        )
+        try:
+            bars = self._client.get_stock_bars(req)
+        except APIError as exc:
+            status = exc.status_code or 0
+            body = str(exc)
+            if status:
+                raise error_for_status(SOURCE, status, body, secrets=self.caller.secrets) from None
+            raise make_error(SOURCE, "malformed", self.caller.redact(body)[:300]) from None
+        except (ValueError, requests.JSONDecodeError) as exc:
+            if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
+                raise
+            raise make_error(
+                SOURCE, "malformed", self.caller.redact(f"{type(exc).__name__}: {exc}")[:300]
+            ) from None
+        if not isinstance(bars, dict):
+            raise make_error(SOURCE, "malformed", f"bars are a {type(bars).__name__}")
+        return json.dumps(bars)
+
+    async def get_bars(
+        self,
+        symbols: Sequence[str],
+        interval: Interval,
+        start: datetime,
+        end: datetime,
+        *,
+        adjustment: str = "raw",
+        now: datetime,
+    ) -> tuple[pd.DataFrame, datetime]:
+        """One logical request (alpaca-py pages it): the raw long table, and when it was
+        fetched. Cached when the window's last bar has closed."""
+        if self._client is None:
+            await self.start()
+        end_close = bar_close(end, interval, self.session)
+        request = {
+            "symbols": ",".join(symbols),
+            "start": start.isoformat(),
+            "end": end.isoformat(),
+            "adjustment": adjustment,
+            "feed": self.feed,
+        }
+        label = symbols[0] if len(symbols) == 1 else f"{len(symbols)}symbols"
+        key = cache_key(SOURCE, label, interval.name, request) if end_close <= now else None
+        text: str | None = None
+        fetched_at = now
+        if key is not None:
+            hit = await self.cache.get(key)
+            if hit is not None:
+                entry = json.loads(hit)
+                text, fetched_at = entry["body"], datetime.fromisoformat(entry["fetched_at"])
+        if text is None:
+            loop = asyncio.get_running_loop()
+            pool = self._pool
+
+            async def attempt() -> str:
+                return await loop.run_in_executor(
+                    pool,
+                    self._get_bars_sync,
+                    list(symbols),
+                    interval,
+                    start,
+                    end,
+                    adjustment,
+                )
+
+            text = await self.caller.call(
+                attempt, what=f"bars {label} {interval.name} {adjustment}"
+            )
+            if key is not None:
+                entry = {"fetched_at": now.isoformat(), "body": text}
+                await self.cache.set(key, json.dumps(entry).encode())
+        try:
+            frame = bars_to_long(json.loads(text), interval, self.session.timezone)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise make_error(SOURCE, "malformed", str(exc)[:300]) from None
+        return frame, fetched_at
+
+    async def _fetch_chunk(
+        self,
+        symbols: Sequence[str],
+        interval: Interval,
+        start: datetime,
+        end: datetime,
+        now: datetime,
+    ) -> dict[str, pd.DataFrame | BaseException]:
+        margin = timedelta(days=7 if interval.daily else 4) if self.derive else timedelta(0)
+        first = start - margin
+        # Alpaca's `end` bounds the stamps: a daily bar is stamped at New York midnight in UTC
+        # (04:00Z/05:00Z), later than the label's 00:00Z; the whole label date is asked for.
+        last = end + timedelta(days=1, seconds=-1) if interval.daily else end
+        try:
+            raw, fetched_at = await self.get_bars(symbols, interval, first, last, now=now)
+            if self.derive:
+                split_adj, _ = await self.get_bars(
+                    symbols, interval, first, last, adjustment="split", now=now
+                )
+                all_adj, _ = await self.get_bars(
+                    symbols, interval, first, last, adjustment="all", now=now
+                )
+                try:
+                    raw = derive_actions(raw, split_adj, all_adj)
+                except ValueError as exc:  # e.g. a bar repeated in an adjusted table
+                    raise make_error(SOURCE, "malformed", f"adjusted bars: {exc}"[:300]) from None
+        except SourceError as err:
+            return {s: err.for_symbol(s) for s in symbols}
+        raw = closed_only(raw, interval, min(now, fetched_at), self.session)
+        raw = in_window(raw, start, end)
+        by_symbol = {str(s): g.drop(columns="symbol") for s, g in raw.groupby("symbol", sort=False)}
+        return {s: by_symbol.get(s, empty_raw()) for s in symbols}
+
+    async def fetch(
+        self,
+        symbols: Sequence[str],
+        interval: str | Interval,
+        start: datetime,
+        end: datetime,
+        *,
+        now: datetime | None = None,
+    ) -> FetchResult:
+        """Validated closed bars with labels in [start, end]; symbols are asked for in chunks
+        of `max_symbols_per_request`, chunks concurrently (bounded by the caller)."""
+        interval = parse_interval(interval)
+        now = as_utc(now or self._clock())
+        start, end = as_utc(start), as_utc(end)
+        symbols = list(dict.fromkeys(symbols))
+        n = self.max_symbols_per_request
+        chunks = [symbols[i : i + n] for i in range(0, len(symbols), n)]
+        results = await asyncio.gather(
+            *(self._fetch_chunk(c, interval, start, end, now) for c in chunks)
+        )
+        parts: dict[str, pd.DataFrame | BaseException] = {}
+        for res in results:
+            parts.update(res)
+        return await validated(SOURCE, parts, self.validation, parse_interval(interval))

@@ -1,0 +1,439 @@
+"""Alpha Vantage over aiohttp: daily and intraday bars, JSON or CSV, within its budgets.
+
+Request: `GET {base_url}/query?function=..&symbol=..&apikey=..` (the key only ever travels in
+that query string). The key is read from the environment variable `ALPHA_VANTAGE_API_KEY`
+(or given explicitly); it is registered with the caller as a secret, so it is masked in every
+log line and exception message, and it is never part of a cache key.
+
+Functions:
+  daily     TIME_SERIES_DAILY: raw OHLCV, no corporate actions (split 1.0, dividend 0.0), or
+            with `adjusted=True` TIME_SERIES_DAILY_ADJUSTED: raw OHLCV plus `dividend amount`
+            and `split coefficient` on their ex-dates (a premium function on current keys).
+            Without it a split shows as an unexplained jump of the raw price: use
+            `adjusted=True` for a universe that may split, or another source.
+  intraday  TIME_SERIES_INTRADAY with `adjusted=false` (raw, as traded) and
+            `extended_hours` (False by default: the regular session only, as the engine's
+            bars). Intraday answers carry no corporate actions.
+Budgets: the caller's per-minute limiter and per-day budget (5/min and 500/day by default, the
+specification's free tier); over the daily budget a call fails at once with kind `budget`.
+
+Soft errors are HTTP 200 bodies holding one of the keys `Note`, `Information` or
+`Error Message` (also when CSV was asked for); they are matched by key, never parsed as data:
+  Note                      throttled (the legacy 5/min, 500/day text): retried with backoff
+  Information               a burst limit ("per second", "sparingly", "per minute") is
+                            retried; a daily limit, a premium function or the demo key is not
+  Error Message             a bad call, unknown symbol or invalid key: not retried
+  {}                        no data for the symbol: kind `not_found`
+All are SourceError of kind `soft_error` (or `not_found`), never bars.
+
+Labels: daily rows are session dates; intraday rows are bar starts in the answer's time zone
+(`Time Zone` of the meta data, US/Eastern; CSV has none and uses `timezone`), converted to UTC.
+Rows come newest first and are sorted.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+import aiohttp
+import pandas as pd
+import structlog
+
+from ..core.errors import ConfigError
+from .resilience import (
+    ResilientCaller,
+    SourceConfig,
+    SourceError,
+    error_for_status,
+    make_error,
+)
+from .response_cache import ResponseCache, cache_key
+from .vendor import (
+    FetchResult,
+    Interval,
+    Session,
+    Validation,
+    as_utc,
+    bar_close,
+    closed_only,
+    empty_raw,
+    gather_symbols,
+    in_window,
+    last_closed_label,
+    parse_interval,
+    utc_now,
+    validated,
+)
+
+log = structlog.get_logger(__name__)
+
+SOURCE = "alphavantage"
+DEFAULT_BASE_URL = "https://www.alphavantage.co"
+ENV_KEY = "ALPHA_VANTAGE_API_KEY"
+AV_INTERVALS = {"1m": "1min", "5m": "5min", "15m": "15min", "30m": "30min", "60m": "60min"}
+SOFT_ERROR_KEYS = ("Error Message", "Information", "Note")
+_BURST = re.compile(r"per second|per minute|sparingly|call frequency", re.IGNORECASE)
+_COLUMN = re.compile(r"^\s*\d+\.\s*")
+_NAMES = {
+    "open": "open",
+    "high": "high",
+    "low": "low",
+    "close": "close",
+    "volume": "volume",
+    "adjusted close": "adjusted_close",
+    "adjusted_close": "adjusted_close",
+    "dividend amount": "dividend",
+    "dividend_amount": "dividend",
+    "split coefficient": "split",
+    "split_coefficient": "split",
+    "timestamp": "time",
+}
+_TZ_ALIASES = {"US/Eastern": "America/New_York"}
+
+
+def soft_error(obj: Any, symbol: str | None = None) -> SourceError | None:
+    """The SourceError an HTTP-200 JSON body means, or None when it holds data."""
+    if not isinstance(obj, dict):
+        return make_error(SOURCE, "malformed", "JSON body is not an object", symbol=symbol)
+    if not obj:
+        return make_error(
+            SOURCE, "not_found", "empty answer {}: unknown symbol or no data", symbol=symbol
+        )
+    for key in SOFT_ERROR_KEYS:
+        if key in obj:
+            text = " ".join(str(obj[key]).split())[:300]
+            retryable = key == "Note" or (key == "Information" and bool(_BURST.search(text)))
+            return make_error(
+                SOURCE, "soft_error", f"{key}: {text}", symbol=symbol, retryable=retryable
+            )
+    return None
+
+
+def _frame_from_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    rows = rows.rename(columns=lambda c: _NAMES.get(_COLUMN.sub("", str(c)).strip().lower(), c))
+    missing = [c for c in ("time", "open", "high", "low", "close", "volume") if c not in rows]
+    if missing:
+        raise ValueError(f"columns {missing} missing; found {[str(c) for c in rows.columns]}")
+    out = pd.DataFrame({"time": rows["time"].astype(str).str.strip()})
+    for name in ("open", "high", "low", "close", "volume"):
+        out[name] = pd.to_numeric(rows[name], errors="coerce").astype("float64")
+    out["split"] = (
+        pd.to_numeric(rows["split"], errors="coerce").astype("float64") if "split" in rows else 1.0
+    )
+    out["dividend"] = (
+        pd.to_numeric(rows["dividend"], errors="coerce").astype("float64")
+        if "dividend" in rows
+        else 0.0
+    )
+    return out
+
+
+def parse_body(text: str, symbol: str | None = None) -> tuple[pd.DataFrame, str | None]:
+    """Rows of a JSON or CSV time-series answer (times as the vendor's strings) and the time
+    zone named in the JSON meta data (None for CSV). Soft errors raise SourceError; anything
+    else that is not a time series raises ValueError."""
+    body = text.lstrip()
+    if body.startswith("{"):
+        obj = json.loads(body)
+        err = soft_error(obj, symbol)
+        if err is not None:
+            raise err
+        series_key = next((k for k in obj if str(k).startswith("Time Series")), None)
+        if series_key is None or not isinstance(obj[series_key], dict):
+            raise ValueError(f"no 'Time Series' object; keys {sorted(obj)[:5]}")
+        meta = obj.get("Meta Data") or {}
+        tz = next((str(v) for k, v in meta.items() if "Time Zone" in str(k)), None)
+        series = obj[series_key]
+        if not series:
+            empty = pd.DataFrame(columns=["timestamp", "open", "high", "low", "close", "volume"])
+            return _frame_from_rows(empty), tz
+        rows = pd.DataFrame.from_dict(series, orient="index")
+        rows.index.name = "timestamp"
+        return _frame_from_rows(rows.reset_index()), tz
+    if not body:
+        raise ValueError("empty body")
+    rows = pd.read_csv(io.StringIO(body), dtype=str)
+    return _frame_from_rows(rows), None
+
+
+def to_raw(rows: pd.DataFrame, interval: Interval, tz: str) -> pd.DataFrame:
+    """Vendor rows -> raw bars labelled as stored data (naive UTC), oldest first."""
+    if rows.empty:
+        return empty_raw()
+    local = pd.to_datetime(rows["time"], errors="coerce", format="mixed")
+    if local.isna().any():
+        bad = rows["time"][local.isna()].iloc[0]
+        raise ValueError(f"unparseable time {bad!r}")
+    if interval.daily:
+        labels = local.dt.normalize()
+    else:
+        zone = _TZ_ALIASES.get(tz, tz)
+        labels = local.dt.tz_localize(zone, ambiguous="raise").dt.tz_convert("UTC")
+        labels = labels.dt.tz_localize(None)
+    out = rows.assign(time=labels.astype("datetime64[ns]").to_numpy())
+    return out.sort_values("time", kind="stable").reset_index(drop=True)
+
+
+class AlphaVantageClient:
+    """Bars from Alpha Vantage. See the module docstring. `cache` and `http` are owned by the
+    caller when given (the client makes in-process/own ones otherwise)."""
+
+    name = SOURCE
+
+    def __init__(
+        self,
+        *,
+        api_key: str | None = None,
+        base_url: str = DEFAULT_BASE_URL,
+        config: SourceConfig | None = None,
+        caller: ResilientCaller | None = None,
+        cache: ResponseCache | None = None,
+        http: aiohttp.ClientSession | None = None,
+        datatype: str = "json",
+        adjusted: bool = False,
+        extended_hours: bool = False,
+        timezone: str = "America/New_York",
+        validation: Validation | None = None,
+        session: Session | None = None,
+        clock: Callable[[], datetime] = utc_now,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        if datatype not in ("json", "csv"):
+            raise ConfigError(f"Alpha Vantage datatype {datatype!r} is not valid; valid: json, csv")
+        self.base_url = base_url.rstrip("/")
+        self.caller = caller or ResilientCaller(SOURCE, config or SourceConfig.for_source(SOURCE))
+        self._api_key = api_key if api_key is not None else (env or os.environ).get(ENV_KEY)
+        self.caller.add_secret(self._api_key)
+        self._own_cache = cache is None
+        self.cache = cache or ResponseCache()
+        self._http = http
+        self._own_http = http is None
+        self.datatype = datatype
+        self.adjusted = adjusted
+        self.extended_hours = extended_hours
+        self.timezone = timezone
+        self.validation = validation or Validation()
+        self.session = session or Session()
+        self._clock = clock
+
+    def __repr__(self) -> str:  # never show the key
+        key = "set" if self._api_key else "missing"
+        return f"AlphaVantageClient(base_url={self.base_url!r}, key={key})"
+
+    def _key(self) -> str:
+        if not self._api_key:
+            raise ConfigError(
+                f"Alpha Vantage needs an API key in the environment variable {ENV_KEY}"
+            )
+        return self._api_key
+
+    async def start(self) -> None:
+        self._key()
+        if self._own_cache:
+            await self.cache.start()
+        if self._http is None:
+            self._http = aiohttp.ClientSession()
+
+    async def stop(self) -> None:
+        if self._own_http and self._http is not None:
+            await self._http.close()
+            self._http = None
+        if self._own_cache:
+            await self.cache.stop()
+
+    def status(self) -> dict[str, Any]:
+        return self.caller.status()
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def query(
+        self, params: Mapping[str, str], *, symbol: str, key: str | None, now: datetime
+    ) -> tuple[pd.DataFrame, str | None, datetime]:
+        """One call: (rows, time zone of the answer, when fetched). Cached under `key`."""
+        if key is not None:
+            hit = await self.cache.get(key)
+            if hit is not None:
+                try:
+                    entry = json.loads(hit)
+                    rows, tz = parse_body(entry["body"], symbol)
+                    return rows, tz, datetime.fromisoformat(entry["fetched_at"])
+                except (ValueError, KeyError, TypeError, SourceError):
+                    log.warning("alphavantage.cache.bad_entry", symbol=symbol)
+        apikey = self._key()
+        if self._http is None:
+            await self.start()
+        assert self._http is not None
+        http = self._http
+        url = f"{self.base_url}/query"
+
+        async def attempt() -> tuple[str, pd.DataFrame, str | None]:
+            async with http.get(
+                url,
+                params={**params, "apikey": apikey},
+                timeout=self.caller.client_timeout(),
+                allow_redirects=False,
+            ) as resp:
+                text = await resp.text()
+                if resp.status != 200:
+                    raise error_for_status(
+                        SOURCE,
+                        resp.status,
+                        text,
+                        symbol=symbol,
+                        retry_after=resp.headers.get("Retry-After"),
+                        secrets=self.caller.secrets,
+                    )
+            try:
+                rows, tz = parse_body(text, symbol)
+            except SourceError:
+                raise
+            except (ValueError, TypeError, KeyError, pd.errors.ParserError) as exc:
+                raise make_error(
+                    SOURCE,
+                    "malformed",
+                    self.caller.redact(f"{type(exc).__name__}: {exc}")[:300],
+                    symbol=symbol,
+                ) from None
+            return text, rows, tz
+
+        text, rows, tz = await self.caller.call(attempt, what=f"query {dict(params)}")
+        if key is not None:
+            entry = {"fetched_at": as_utc(now).isoformat(), "body": text}
+            await self.cache.set(key, json.dumps(entry).encode())
+        return rows, tz, as_utc(now)
+
+    # ------------------------------------------------------------------ bars
+
+    def _params(
+        self, symbol: str, interval: Interval, outputsize: str, month: str | None = None
+    ) -> dict[str, str]:
+        params = {"symbol": symbol, "outputsize": outputsize, "datatype": self.datatype}
+        if interval.daily:
+            params["function"] = (
+                "TIME_SERIES_DAILY_ADJUSTED" if self.adjusted else "TIME_SERIES_DAILY"
+            )
+        else:
+            params |= {
+                "function": "TIME_SERIES_INTRADAY",
+                "interval": AV_INTERVALS[interval.name],
+                "adjusted": "false",
+                "extended_hours": "true" if self.extended_hours else "false",
+            }
+            if month:
+                params["month"] = month
+        return params
+
+    async def fetch_symbol(
+        self,
+        symbol: str,
+        interval: str | Interval,
+        start: datetime | None,
+        end: datetime,
+        *,
+        now: datetime | None = None,
+        outputsize: str | None = None,
+    ) -> pd.DataFrame:
+        """Raw (unvalidated) closed bars of one symbol with labels in [start, end] (all the
+        answer holds up to `end` when start is None). `outputsize` None picks compact when
+        the window fits in the latest 100 bars, else full."""
+        interval = parse_interval(interval)
+        now = as_utc(now or self._clock())
+        end = as_utc(end)
+        if outputsize is None:
+            span = now - as_utc(start) if start is not None else timedelta(days=36500)
+            compact = timedelta(days=130) if interval.daily else interval.delta * 90
+            outputsize = "compact" if span < compact else "full"
+        months: list[str | None] = [None]
+        if not interval.daily and start is not None and now - as_utc(start) > timedelta(days=28):
+            first = as_utc(start).replace(day=1)
+            months = [
+                p.strftime("%Y-%m")
+                for p in pd.period_range(first.strftime("%Y-%m"), end.strftime("%Y-%m"), freq="M")
+            ]
+            outputsize = "full"
+        end_close = bar_close(end, interval, self.session)
+        frames = []
+        for month in months:
+            params = self._params(symbol, interval, outputsize, month)
+            request = dict(params) | {"end": end.isoformat()}
+            key = cache_key(SOURCE, symbol, interval.name, request) if end_close <= now else None
+            rows, tz, fetched_at = await self.query(params, symbol=symbol, key=key, now=now)
+            try:
+                raw = to_raw(rows, interval, tz or self.timezone)
+            except (ValueError, TypeError) as exc:
+                raise make_error(SOURCE, "malformed", str(exc)[:300], symbol=symbol) from None
+            raw = closed_only(raw, interval, min(now, fetched_at), self.session)
+            frames.append(raw.loc[:, list(empty_raw().columns)])
+        raw = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        raw = raw[raw["time"] <= pd.Timestamp(end.replace(tzinfo=None))]
+        if start is None:
+            return raw.reset_index(drop=True)
+        return in_window(raw, as_utc(start), end).reset_index(drop=True)
+
+    async def fetch(
+        self,
+        symbols: Sequence[str],
+        interval: str | Interval,
+        start: datetime,
+        end: datetime,
+        *,
+        now: datetime | None = None,
+    ) -> FetchResult:
+        """Validated closed bars per symbol with labels in [start, end]. One request per
+        symbol (per month for old intraday windows), paced by the budgets."""
+        now = as_utc(now or self._clock())
+
+        async def one(symbol: str) -> pd.DataFrame:
+            return await self.fetch_symbol(symbol, interval, start, end, now=now)
+
+        return await validated(
+            SOURCE,
+            await gather_symbols(list(symbols), one),
+            self.validation,
+            parse_interval(interval),
+        )
+
+    async def fetch_latest(
+        self,
+        symbols: Sequence[str],
+        interval: str | Interval,
+        *,
+        outputsize: str = "compact",
+        now: datetime | None = None,
+    ) -> FetchResult:
+        """Everything one compact/full answer holds, closed bars only (the research API)."""
+        if outputsize not in ("compact", "full"):
+            raise ConfigError(
+                f"Alpha Vantage outputsize {outputsize!r} is not valid; valid: compact, full"
+            )
+        interval = parse_interval(interval)
+        now = as_utc(now or self._clock())
+        end = last_closed_label(now, interval, self.session)
+
+        async def one(symbol: str) -> pd.DataFrame:
+            return await self.fetch_symbol(
+                symbol, interval, None, end, now=now, outputsize=outputsize
+            )
+
+        return await validated(
+            SOURCE,
+            await gather_symbols(list(symbols), one),
+            self.validation,
+            parse_interval(interval),
+        )
+
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "ENV_KEY",
+    "AlphaVantageClient",
+    "parse_body",
+    "soft_error",
+    "to_raw",
+]

@@ -1,0 +1,684 @@
+"""Calling an outside data source without hanging, hammering or leaking secrets.
+
+One `ResilientCaller` per source (yahoo, alphavantage, alpaca) wraps every request of that
+source's client:
+
+- **timeout** on every attempt (`asyncio.timeout`, also around calls run in a thread); the
+  aiohttp clients pass `client_timeout()` to each request as well, so a socket never outlives it.
+- **retries** with exponential backoff and full jitter (tenacity's `wait_random_exponential`),
+  at most `max_attempts` attempts, only for errors that may pass (timeouts, connection errors,
+  HTTP 429 and 5xx, malformed bodies, throttling soft errors). A 404, 400/422, an auth failure
+  or a vendor's "Error Message" is final at once: asking again cannot help. A `Retry-After`
+  header (seconds) is honoured, capped at `backoff_max_s`. The sleep is injectable so tests
+  never wait.
+- **circuit breaker** (closed -> open after `breaker_failure_threshold` consecutive failed
+  attempts -> half-open after `breaker_reset_timeout_s` -> one probe closes it again or reopens
+  it). Only failures that say the *source* is unwell count (the retryable kinds); a 404 for an
+  unknown symbol is the source working. While open, calls fail at once with kind
+  `circuit_open`, so a dead vendor costs nothing per bar. The clock is injectable.
+- **budgets**: `per_minute` through aiolimiter's `AsyncLimiter` (waits for capacity, i.e. keeps
+  the pace), `per_day` through `DailyBudget` (a count per UTC day; exceeding it is an immediate
+  error of kind `budget` naming the budget and when it resets: waiting hours would look like a
+  hang).
+- **bounded concurrency**: an `asyncio.Semaphore(max_concurrency)` around each attempt (not
+  around the backoff sleeps, which hold no connection).
+
+Errors are `SourceError` (kind, source, status, symbol) with a message that never holds a
+secret: `redact()` masks `apikey=`-style query parameters and every registered secret value.
+Retryable kinds raise `SourceUnavailable`, which is also a `RetryableError`, so the engine's
+loop treats a vendor outage like any other transient failure (bar late, retried later).
+
+Metrics (daemon/metrics.py): SOURCE_CALLS per attempt, SOURCE_ERRORS by kind, SOURCE_LATENCY,
+SOURCE_UP (1 when the last attempt succeeded and the circuit is closed). `status()` gives the
+health server a plain dict per source; it never calls the source.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, fields, replace
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import aiohttp
+import structlog
+from aiolimiter import AsyncLimiter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random_exponential,
+)
+
+from ..core.errors import ConfigError, RetryableError, TradingdError
+from ..metrics import SOURCE_CALLS, SOURCE_ERRORS, SOURCE_LATENCY, SOURCE_UP
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+# Kinds of failure. The retryable ones mean "the source (or the way to it) is unwell".
+RETRYABLE_KINDS = frozenset({"timeout", "connection", "http_429", "http_5xx", "malformed"})
+KINDS = (
+    "timeout",  # no answer within timeout_s
+    "connection",  # refused, reset, DNS: the source is unreachable
+    "http_429",  # throttled
+    "http_5xx",  # the source failed
+    "http_4xx",  # a bad request (400, 422, ...): fix the request
+    "auth",  # 401/403: fix the credentials or the subscription
+    "not_found",  # unknown symbol
+    "malformed",  # a body that cannot be parsed
+    "soft_error",  # HTTP 200 carrying an error (Alpha Vantage Note/Information/Error Message)
+    "invalid_data",  # bars that fail validation (daemon/feeds/validate.py)
+    "circuit_open",  # the breaker stops calls to a failing source
+    "budget",  # the daily request budget is used up
+    "internal",  # a bug of ours while handling a response
+)
+
+_SECRET_PARAM = re.compile(
+    r"(?i)\b(apikey|api_key|apca-api-secret-key|apca-api-key-id|secret|token|key)=([^&\s\"']+)"
+)
+
+
+def redact(text: object, secrets: Iterable[str] = ()) -> str:
+    """`text` with credential-like query parameters (`apikey=...`) and every secret value
+    replaced by `***`. Pure and never raises: safe in error paths."""
+    out = _SECRET_PARAM.sub(lambda m: f"{m.group(1)}=***", str(text))
+    for secret in secrets:
+        if secret and len(secret) >= 4:
+            out = out.replace(secret, "***")
+    return out
+
+
+class SourceError(TradingdError):
+    """A data source call failed. `kind` is one of KINDS; `message` holds no secret."""
+
+    def __init__(
+        self,
+        source: str,
+        kind: str,
+        message: str,
+        *,
+        status: int | None = None,
+        symbol: str | None = None,
+        retry_after_s: float | None = None,
+        retryable: bool | None = None,
+    ) -> None:
+        where = f"{source}" + (f" {symbol}" if symbol else "")
+        super().__init__(f"{where}: {kind}: {message}")
+        self.source = source
+        self.kind = kind
+        self.message = message
+        self.status = status
+        self.symbol = symbol
+        self.retry_after_s = retry_after_s
+        self.retryable = kind in RETRYABLE_KINDS if retryable is None else retryable
+
+    def for_symbol(self, symbol: str) -> SourceError:
+        """The same error naming `symbol` (for a call that served several symbols)."""
+        return make_error(
+            self.source,
+            self.kind,
+            self.message,
+            status=self.status,
+            symbol=symbol,
+            retry_after_s=self.retry_after_s,
+            retryable=self.retryable,
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": self.kind, "message": self.message, "status": self.status}
+
+
+class SourceUnavailable(SourceError, RetryableError):
+    """A transient source failure: the caller (or the engine's loop) may try again later."""
+
+
+def make_error(
+    source: str,
+    kind: str,
+    message: str,
+    *,
+    status: int | None = None,
+    symbol: str | None = None,
+    retry_after_s: float | None = None,
+    retryable: bool | None = None,
+) -> SourceError:
+    """A SourceError, of the retryable subclass when the kind (or `retryable`) says so."""
+    is_retryable = kind in RETRYABLE_KINDS if retryable is None else retryable
+    cls = SourceUnavailable if is_retryable or kind in ("circuit_open",) else SourceError
+    return cls(
+        source,
+        kind,
+        message,
+        status=status,
+        symbol=symbol,
+        retry_after_s=retry_after_s,
+        retryable=is_retryable,
+    )
+
+
+def error_for_status(
+    source: str,
+    status: int,
+    body: str,
+    *,
+    symbol: str | None = None,
+    retry_after: str | None = None,
+    secrets: Iterable[str] = (),
+) -> SourceError:
+    """The SourceError for a non-2xx HTTP answer. The body is shortened and redacted."""
+    detail = _short_body(body, secrets)
+    retry_after_s = _parse_retry_after(retry_after)
+    if status == 429:
+        kind = "http_429"
+    elif status >= 500:
+        kind = "http_5xx"
+    elif status == 404:
+        kind = "not_found"
+    elif status in (401, 403):
+        kind = "auth"
+    else:
+        kind = "http_4xx"
+    return make_error(
+        source,
+        kind,
+        f"HTTP {status}: {detail}",
+        status=status,
+        symbol=symbol,
+        retry_after_s=retry_after_s,
+    )
+
+
+def _short_body(body: str, secrets: Iterable[str] = (), limit: int = 300) -> str:
+    text = body.strip()
+    try:  # a JSON error envelope: keep its description, not the whole body
+        obj = json.loads(text)
+        if isinstance(obj, dict):
+            err = obj.get("chart", {}).get("error") if isinstance(obj.get("chart"), dict) else None
+            if isinstance(err, dict):
+                text = f"{err.get('code')}: {err.get('description')}"
+            elif "message" in obj:
+                text = str(obj["message"])
+    except (ValueError, TypeError, AttributeError):
+        pass
+    text = " ".join(text.split())
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    return redact(text, secrets) or "(empty body)"
+
+
+def _parse_retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) and seconds >= 0 else None
+
+
+def classify(exc: BaseException, source: str, secrets: Iterable[str] = ()) -> SourceError | None:
+    """The SourceError for an exception raised while calling `source`, or None when it is not
+    a source failure (a bug of ours, a cancellation): those propagate unchanged."""
+    if isinstance(exc, SourceError):
+        return exc
+    if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
+        return make_error(source, "timeout", "no answer in time")
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return make_error(source, "malformed", f"truncated body: {redact(exc, secrets)}")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return error_for_status(source, exc.status, exc.message, secrets=secrets)
+    if isinstance(exc, (aiohttp.ClientConnectionError, ConnectionError)):
+        return make_error(
+            source, "connection", f"{type(exc).__name__}: {redact(exc, secrets)}"[:300]
+        )
+    try:  # requests (used by alpaca-py), imported lazily: only that client needs it
+        import requests
+
+        if isinstance(exc, requests.Timeout):
+            return make_error(source, "timeout", "no answer in time")
+        if isinstance(exc, requests.ConnectionError):
+            return make_error(
+                source, "connection", f"{type(exc).__name__}: {redact(exc, secrets)}"[:300]
+            )
+        if isinstance(exc, requests.JSONDecodeError):
+            return make_error(source, "malformed", f"not JSON: {redact(exc, secrets)}"[:300])
+    except ImportError:  # pragma: no cover - requests is a dependency of alpaca-py
+        pass
+    if isinstance(exc, OSError):
+        return make_error(
+            source, "connection", f"{type(exc).__name__}: {redact(exc, secrets)}"[:300]
+        )
+    return None
+
+
+# ----------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """How one source is called. Every field has a safe default; see `for_source` for the
+    per-vendor defaults (Alpha Vantage: the specification's 5/min and 500/day)."""
+
+    timeout_s: float = 10.0  # per attempt
+    max_attempts: int = 4  # 1 = no retry
+    backoff_base_s: float = 0.5  # first backoff ~ base, doubling per attempt
+    backoff_max_s: float = 30.0  # cap of one backoff wait (also of a Retry-After)
+    jitter: bool = True  # full jitter (random in [0, exponential]); False: plain exponential
+    breaker_failure_threshold: int = 5  # consecutive failed attempts that open the circuit
+    breaker_reset_timeout_s: float = 60.0  # open -> half-open after this long
+    max_concurrency: int = 4  # requests in flight to this source
+    per_minute: float = 0.0  # request budget per minute; 0 = unlimited
+    per_day: int = 0  # request budget per UTC day; 0 = unlimited
+
+    def __post_init__(self) -> None:
+        def bad(name: str, rule: str) -> ConfigError:
+            return ConfigError(f"source {name} {getattr(self, name)!r} must be {rule}")
+
+        for name in ("timeout_s", "breaker_reset_timeout_s"):
+            if not getattr(self, name) > 0:
+                raise bad(name, "> 0 (seconds)")
+        for name in ("backoff_base_s", "backoff_max_s", "per_minute"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise bad(name, ">= 0")
+        for name in ("max_attempts", "breaker_failure_threshold", "max_concurrency"):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise bad(name, "an integer >= 1")
+        if not (isinstance(self.per_day, int) and self.per_day >= 0):
+            raise bad("per_day", "an integer >= 0 (0 = unlimited)")
+
+    @classmethod
+    def for_source(cls, source: str, **overrides: Any) -> SourceConfig:
+        """The defaults for a vendor, with `overrides` (unknown names are a ConfigError)."""
+        base = _VENDOR_DEFAULTS.get(source, {})
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise ConfigError(
+                f"source {source!r}: unknown setting(s) {unknown}; valid: {sorted(known)}"
+            )
+        return replace(cls(**base), **overrides)
+
+
+_VENDOR_DEFAULTS: dict[str, dict[str, Any]] = {
+    # Specification: 5 calls/min and 500 calls/day on the free tier.
+    "alphavantage": {"per_minute": 5.0, "per_day": 500, "max_concurrency": 1},
+    # Unofficial API without published limits: be gentle.
+    "yahoo": {"max_concurrency": 4},
+    # 200 requests/min per key (Trading API docs); the data client pages itself.
+    "alpaca": {"per_minute": 200.0, "max_concurrency": 2, "timeout_s": 30.0},
+}
+
+
+# ----------------------------------------------------------------------------- breaker, budget
+
+
+class CircuitBreaker:
+    """closed -> open after `failure_threshold` consecutive failures -> half-open after
+    `reset_timeout_s` (one probe at a time) -> closed on a success, open again on a failure.
+    `clock` is monotonic seconds, injectable for tests."""
+
+    CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+    def __init__(
+        self,
+        failure_threshold: int,
+        reset_timeout_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.failure_threshold = failure_threshold
+        self.reset_timeout_s = reset_timeout_s
+        self._clock = clock
+        self._state = self.CLOSED
+        self._opened_at = 0.0
+        self._probing = False
+        self.consecutive_failures = 0
+
+    @property
+    def state(self) -> str:
+        if self._state == self.OPEN and self._clock() - self._opened_at >= self.reset_timeout_s:
+            self._state = self.HALF_OPEN
+            self._probing = False
+        return self._state
+
+    def retry_in_s(self) -> float:
+        """Seconds until an open circuit lets a probe through (0 when not open)."""
+        if self.state != self.OPEN:
+            return 0.0
+        return max(0.0, self.reset_timeout_s - (self._clock() - self._opened_at))
+
+    def allow(self) -> bool:
+        """Whether a call may go out now; in half-open state only one probe at a time."""
+        state = self.state
+        if state == self.CLOSED:
+            return True
+        if state == self.HALF_OPEN and not self._probing:
+            self._probing = True
+            return True
+        return False
+
+    @property
+    def probing(self) -> bool:
+        return self._probing
+
+    def release_probe(self) -> None:
+        """A probe that ended without a verdict (cancelled, or a non-health error)."""
+        self._probing = False
+
+    def record_success(self) -> None:
+        self._state = self.CLOSED
+        self._probing = False
+        self.consecutive_failures = 0
+
+    def record_failure(self) -> None:
+        self.consecutive_failures += 1
+        self._probing = False
+        if self._state == self.HALF_OPEN or self.consecutive_failures >= self.failure_threshold:
+            if self._state != self.OPEN:
+                log.warning(
+                    "source.circuit.open",
+                    failures=self.consecutive_failures,
+                    reset_s=self.reset_timeout_s,
+                )
+            self._state = self.OPEN
+            self._opened_at = self._clock()
+
+
+class DailyBudget:
+    """At most `limit` calls per UTC day (0 = unlimited). `take()` raises instead of waiting:
+    a budget that resets in hours must be reported, not waited for."""
+
+    def __init__(
+        self, source: str, limit: int, wall_clock: Callable[[], datetime] | None = None
+    ) -> None:
+        self.source = source
+        self.limit = limit
+        self._now = wall_clock or (lambda: datetime.now(UTC))
+        self._day: str = ""
+        self.used = 0
+
+    def _roll(self) -> datetime:
+        now = self._now()
+        day = now.astimezone(UTC).date().isoformat()
+        if day != self._day:
+            self._day, self.used = day, 0
+        return now
+
+    def take(self) -> None:
+        now = self._roll()
+        if self.limit and self.used >= self.limit:
+            reset = datetime.combine(
+                now.astimezone(UTC).date() + timedelta(days=1), datetime.min.time(), UTC
+            )
+            raise make_error(
+                self.source,
+                "budget",
+                f"daily budget of {self.limit} requests (per_day) used up; "
+                f"resets at {reset.isoformat()}",
+                retryable=False,
+            )
+        self.used += 1
+
+    def remaining(self) -> int | None:
+        self._roll()
+        return None if not self.limit else max(0, self.limit - self.used)
+
+
+# ----------------------------------------------------------------------------- the caller
+
+
+class _BackoffWait:
+    """tenacity wait: a Retry-After of the last error when it gave one (capped), else
+    exponential backoff with full jitter (or without jitter when disabled)."""
+
+    def __init__(self, config: SourceConfig) -> None:
+        self.cap = config.backoff_max_s
+        if config.jitter:
+            self._inner: Any = wait_random_exponential(
+                multiplier=config.backoff_base_s, max=config.backoff_max_s
+            )
+        else:
+            self._inner = wait_exponential(
+                multiplier=config.backoff_base_s, max=config.backoff_max_s
+            )
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome is not None else None
+        hint = getattr(exc, "retry_after_s", None)
+        if hint is not None:
+            return float(min(hint, self.cap))
+        return float(self._inner(state))
+
+
+class ResilientCaller:
+    """Timeout, retries, breaker, budgets and bounded concurrency for one source.
+
+    `sleep` (the backoff sleep), `clock` (monotonic seconds, for the breaker) and `wall_clock`
+    (aware datetimes, for the daily budget and status times) are injectable for tests.
+    `secrets` are scrubbed from every message this caller logs or raises.
+    """
+
+    def __init__(
+        self,
+        source: str,
+        config: SourceConfig | None = None,
+        *,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], datetime] | None = None,
+        secrets: Iterable[str] = (),
+    ) -> None:
+        self.source = source
+        self.config = config or SourceConfig.for_source(source)
+        self._sleep = sleep
+        self._wall = wall_clock or (lambda: datetime.now(UTC))
+        self.secrets = tuple(s for s in secrets if s)
+        self.breaker = CircuitBreaker(
+            self.config.breaker_failure_threshold, self.config.breaker_reset_timeout_s, clock
+        )
+        self.budget = DailyBudget(source, self.config.per_day, self._wall)
+        self._limiter: AsyncLimiter | None = (
+            AsyncLimiter(self.config.per_minute, 60.0) if self.config.per_minute else None
+        )
+        self._semaphore: asyncio.Semaphore | None = None
+        self._verdict: asyncio.Event | None = None  # set when a half-open probe ends
+        self.in_flight = 0
+        self.max_in_flight = 0
+        self.calls = 0
+        self.errors = 0
+        self.last_error: SourceError | None = None
+        self.last_error_at: datetime | None = None
+        self.last_success_at: datetime | None = None
+        SOURCE_UP.labels(source=source).set(1)
+
+    def add_secret(self, secret: str | None) -> None:
+        if secret:
+            self.secrets = (*self.secrets, secret)
+
+    def redact(self, text: object) -> str:
+        return redact(text, self.secrets)
+
+    def client_timeout(self) -> aiohttp.ClientTimeout:
+        """The aiohttp timeout of one attempt."""
+        return aiohttp.ClientTimeout(total=self.config.timeout_s)
+
+    def _sem(self) -> asyncio.Semaphore:
+        # Created lazily: no constructor touches the event loop.
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(self.config.max_concurrency)
+        return self._semaphore
+
+    def _failed(self, err: SourceError, what: str, attempt: int) -> None:
+        """Count and log a failure. Only the retryable kinds (and an open circuit) say the
+        source is unwell; a 404 or a bad request leaves SOURCE_UP alone."""
+        self.errors += 1
+        self.last_error = err
+        self.last_error_at = self._wall()
+        SOURCE_ERRORS.labels(source=self.source, kind=err.kind).inc()
+        if err.retryable or err.kind == "circuit_open":
+            SOURCE_UP.labels(source=self.source).set(0)
+        log.warning(
+            "source.call.failed",
+            source=self.source,
+            what=self.redact(what),
+            kind=err.kind,
+            status=err.status,
+            attempt=attempt,
+            error=self.redact(err.message),
+        )
+
+    def _circuit_open(self, what: str, attempt: int) -> SourceError:
+        err = make_error(
+            self.source,
+            "circuit_open",
+            f"circuit open after {self.breaker.consecutive_failures} consecutive failures;"
+            f" next probe in {self.breaker.retry_in_s():.1f}s",
+            retryable=False,
+        )
+        self._failed(err, what, attempt)
+        return err
+
+    async def _admitted(self, what: str, attempt: int) -> None:
+        """Return when the circuit lets this call try: at once when closed; after the probe's
+        verdict when half-open with a probe running (so a recovering source serves every
+        waiting symbol, not just the probe's); never when open (circuit_open)."""
+        while True:
+            state = self.breaker.state
+            if state == CircuitBreaker.OPEN:
+                raise self._circuit_open(what, attempt)
+            if state == CircuitBreaker.HALF_OPEN and self.breaker.probing:
+                if self._verdict is None:
+                    self._verdict = asyncio.Event()
+                await self._verdict.wait()
+                continue
+            return
+
+    def _probe_ended(self) -> None:
+        if self._verdict is not None:
+            self._verdict.set()
+            self._verdict = None
+
+    async def _attempt(self, fn: Callable[[], Awaitable[T]], what: str, attempt: int) -> T:
+        while True:
+            await self._admitted(what, attempt)
+            async with self._sem():
+                if self._limiter is not None:
+                    await self._limiter.acquire()
+                # Checked again in the slot: the circuit may have changed while this queued.
+                probe = self.breaker.state == CircuitBreaker.HALF_OPEN
+                if not self.breaker.allow():
+                    if self.breaker.state == CircuitBreaker.OPEN:
+                        raise self._circuit_open(what, attempt)
+                    continue  # another call is probing: wait for its verdict, slot freed
+                try:
+                    return await self._send(fn, what, attempt)
+                finally:
+                    if probe:
+                        self._probe_ended()
+
+    async def _send(self, fn: Callable[[], Awaitable[T]], what: str, attempt: int) -> T:
+        verdict = False
+        try:
+            try:
+                self.budget.take()
+            except SourceError as err:
+                self._failed(err, what, attempt)
+                raise
+            self.calls += 1
+            SOURCE_CALLS.labels(source=self.source).inc()
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(self.config.timeout_s):
+                    result = await fn()
+            except Exception as exc:
+                failure = classify(exc, self.source, self.secrets)
+                if failure is None:
+                    raise
+                self._failed(failure, what, attempt)
+                verdict = True
+                if failure.retryable:
+                    self.breaker.record_failure()
+                else:  # the source answered (404, 400, auth, ...): it is up
+                    self.breaker.record_success()
+                raise failure from None
+            finally:
+                self.in_flight -= 1
+                SOURCE_LATENCY.labels(source=self.source).observe(time.perf_counter() - started)
+        finally:
+            if not verdict:  # a probe that ended without a verdict frees the half-open slot
+                self.breaker.release_probe()
+        # The source answered: it is up, whatever the answer meant.
+        self.breaker.record_success()
+        self.last_success_at = self._wall()
+        SOURCE_UP.labels(source=self.source).set(1)
+        return result
+
+    async def call(self, fn: Callable[[], Awaitable[T]], *, what: str = "") -> T:
+        """`await fn()` with timeout, retries, breaker, budgets and bounded concurrency.
+
+        `fn` performs one attempt and raises a SourceError (or a network exception, which is
+        classified) on failure; it must be safe to call again. `what` names the request in
+        logs (it is redacted). Raises the last SourceError when retries are exhausted."""
+        attempt = 0
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.config.max_attempts),
+            wait=_BackoffWait(self.config),
+            retry=retry_if_exception(lambda e: isinstance(e, SourceError) and e.retryable),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        async for state in retrying:
+            with state:
+                attempt += 1
+                return await self._attempt(fn, what, attempt)
+        raise AssertionError("unreachable")  # pragma: no cover - reraise=True
+
+    def status(self) -> dict[str, Any]:
+        """Health of this source, for the health server (plain values, no secrets)."""
+        state = self.breaker.state
+        err = self.last_error
+        last_ok = self.last_success_at
+        ok = state == CircuitBreaker.CLOSED and (
+            err is None
+            or (
+                last_ok is not None
+                and self.last_error_at is not None
+                and last_ok >= self.last_error_at
+            )
+            or not err.retryable
+        )
+        return {
+            "source": self.source,
+            "ok": ok,
+            "circuit": state,
+            "consecutive_failures": self.breaker.consecutive_failures,
+            "retry_in_s": round(self.breaker.retry_in_s(), 3),
+            "calls": self.calls,
+            "errors": self.errors,
+            "last_error": None
+            if err is None
+            else {
+                "kind": err.kind,
+                "message": self.redact(err.message),
+                "symbol": err.symbol,
+                "at": self.last_error_at.isoformat() if self.last_error_at else None,
+            },
+            "last_success": last_ok.isoformat() if last_ok else None,
+            "budget": {
+                "per_minute": self.config.per_minute or None,
+                "per_day": self.config.per_day or None,
+                "remaining_today": self.budget.remaining(),
+            },
+        }

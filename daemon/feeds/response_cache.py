@@ -1,0 +1,189 @@
+"""A cache of raw vendor responses, in Redis when it is there and in process when it is not.
+
+Keys name the source and the request without any secret: `md:<source>:<symbol>:<interval>:`
+followed by a SHA-256 digest of the canonical request (the clients never put a key, a token
+or a secret into the request description they pass; the digest also keeps stray values out of
+sight). Values are the response bodies as bytes, so a parser fix applies to cached entries too.
+
+Which responses may be cached (decided by the clients, documented here once): only a request
+whose window is entirely **closed** at `now`, i.e. the close of its last bar label has passed.
+A daily request for a window that includes today's session before its close is never cached
+(its last bar is still moving); the same request after the close is, under a key that names
+the window's dates, so a later window never reuses it. Expiry: `ttl_s` (3600 s by default,
+`cache.expiry_s` of the configuration), which also bounds how long a vendor's late correction
+of a closed bar can stay unseen.
+
+Redis failures never fail a data call: `get`/`set` fall back to the in-process `MemoryCache`
+(at most 2,000 entries of at most 1 MB each, with TTL), count the failure in
+CACHE_REQUESTS{result="error"}, and try Redis again after `retry_after_s`. A Redis that was
+down at start is connected later the same way. Without a primary (no REDIS_URL) the in-process
+cache is the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+
+from ..cache.memory import MemoryCache
+from ..core.errors import RetryableError
+from ..core.ports import Cache
+from ..metrics import CACHE_REQUESTS
+from .resilience import redact
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_TTL_S = 3600.0
+
+
+def cache_key(source: str, symbol: str, interval: str, request: Mapping[str, Any]) -> str:
+    """`md:<source>:<symbol>:<interval>:<digest>`; `request` must not hold secrets (a value
+    under a secret-sounding name is refused, so a mistake fails loudly in tests)."""
+    for name in request:
+        low = str(name).lower()
+        if any(part in low for part in ("apikey", "api_key", "secret", "token", "password")):
+            raise ValueError(f"cache key request field {name!r} looks like a secret")
+    canonical = json.dumps(
+        {str(k): request[k] for k in sorted(request, key=str)}, sort_keys=True, default=str
+    )
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:32]
+    return f"md:{source}:{symbol}:{interval}:{digest}"
+
+
+class ResponseCache:
+    """`primary` (e.g. the RedisCache of `open_cache(url)`; None = in-process only) with an
+    in-process fallback. Not started caches are started by `start()`; a start failure is a
+    warning, not an error."""
+
+    def __init__(
+        self,
+        primary: Cache | None = None,
+        *,
+        ttl_s: float = DEFAULT_TTL_S,
+        fallback: MemoryCache | None = None,
+        retry_after_s: float = 30.0,
+        max_fallback_value_bytes: int = 1_000_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not ttl_s > 0:
+            raise ValueError(f"response cache ttl_s must be > 0, got {ttl_s!r}")
+        self.primary = primary
+        self.fallback = fallback or MemoryCache(max_entries=2_000)
+        self.ttl_s = float(ttl_s)
+        self.retry_after_s = retry_after_s
+        # The in-process fallback is bounded by entry count; this bounds its bytes too (a
+        # multi-year history answer is not worth keeping in the daemon's memory).
+        self.max_fallback_value_bytes = max_fallback_value_bytes
+        self._clock = clock
+        self._down_until: float | None = None if primary is not None else float("inf")
+        self._started = False
+        self.hits = 0
+        self.misses = 0
+        self.errors = 0
+
+    @classmethod
+    def from_url(cls, url: str | None, **kw: Any) -> ResponseCache:
+        """From a cache URL as `open_cache` takes it ('' / memory:// = in-process only)."""
+        from ..cache.factory import open_cache
+
+        url = (url or "").strip()
+        primary = None if url in ("", "memory://") else open_cache(url)
+        return cls(primary, **kw)
+
+    @property
+    def using_primary(self) -> bool:
+        return self.primary is not None and self._down_until is None
+
+    async def start(self) -> None:
+        await self.fallback.start()
+        self._started = True
+        if self.primary is not None:
+            await self._connect()
+
+    async def stop(self) -> None:
+        if self.primary is not None:
+            try:
+                await self.primary.stop()
+            except Exception as exc:  # stopping must not fail the daemon's shutdown
+                log.warning("cache.response.stop_failed", error=redact(exc))
+        await self.fallback.stop()
+        self._started = False
+
+    async def _connect(self) -> bool:
+        assert self.primary is not None
+        try:
+            await self.primary.start()
+        except (RetryableError, OSError) as exc:
+            self._mark_down("start", exc)
+            return False
+        if self._down_until is not None:
+            log.info("cache.response.primary_back")
+        self._down_until = None
+        return True
+
+    def _mark_down(self, op: str, exc: BaseException) -> None:
+        self.errors += 1
+        CACHE_REQUESTS.labels(result="error").inc()
+        if self._down_until is None:
+            log.warning(
+                "cache.response.primary_down",
+                op=op,
+                error=redact(exc),
+                fallback="memory",
+                retry_after_s=self.retry_after_s,
+            )
+        self._down_until = self._clock() + self.retry_after_s
+
+    async def _primary_ready(self) -> bool:
+        if self.primary is None:
+            return False
+        if self._down_until is None:
+            return True
+        if self._clock() < self._down_until:
+            return False
+        return await self._connect()
+
+    async def get(self, key: str) -> bytes | None:
+        value: bytes | None = None
+        if await self._primary_ready():
+            assert self.primary is not None
+            try:
+                value = await self.primary.get(key)
+            except (RetryableError, OSError) as exc:
+                self._mark_down("GET", exc)
+        if value is None:
+            value = await self.fallback.get(key)
+        if value is None:
+            self.misses += 1
+            CACHE_REQUESTS.labels(result="miss").inc()
+        else:
+            self.hits += 1
+            CACHE_REQUESTS.labels(result="hit").inc()
+        return value
+
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        ttl = self.ttl_s if ttl_s is None else ttl_s
+        if await self._primary_ready():
+            assert self.primary is not None
+            try:
+                await self.primary.set(key, value, ttl)
+                return
+            except (RetryableError, OSError) as exc:
+                self._mark_down("SET", exc)
+        if len(value) <= self.max_fallback_value_bytes:
+            await self.fallback.set(key, value, ttl)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "backend": "primary" if self.using_primary else "memory",
+            "primary_configured": self.primary is not None,
+            "hits": self.hits,
+            "misses": self.misses,
+            "errors": self.errors,
+            "ttl_s": self.ttl_s,
+        }

@@ -1,0 +1,642 @@
+"""What every market-data vendor client shares, and the live `VendorFeed` built on one.
+
+Bars from a vendor must look exactly like stored bars, so a model sees in live what it saw in a
+backtest:
+
+- **raw prices** (as traded), with the split coefficient on the ex-date bar (`split`, e.g. 4.0
+  on 2020-08-31 for AAPL's 4-for-1) and the cash dividend going ex on its bar (`dividend`); the
+  engine applies both at the bar they happen, as in replay;
+- **labels**: a daily bar is labelled by its session date at 00:00 (UTC, naive in the long
+  table: `2020-08-31 00:00`, as the loaders produce), whatever the vendor's stamp; an intraday
+  bar by its start time in UTC;
+- **closed bars only**: a bar is served once its close time has passed (`now` is a parameter,
+  so tests pin it). An intraday bar closes at start + interval; a daily bar at the session's
+  close in the exchange's time zone (`Session`, 16:00 America/New_York by default; on a half
+  day that is later than the real close, which delays the bar but never serves one in
+  progress; a vendor that reports the exact close, such as Yahoo, overrides it);
+- **validated** by `validate_frame` (daemon/feeds/validate.py), symbol by symbol, with the
+  repairs of `Validation`; a symbol whose bars fail is reported, the others are served;
+- the **long table** of the loaders: time, symbol, open, high, low, close, volume, split,
+  dividend.
+
+Each client (yahoo.py, alphavantage.py, alpaca_data.py) implements `BarSource.fetch` for a
+universe and a window and returns a `FetchResult`: the validated long table of the symbols that
+worked and a `SourceError` per symbol that did not. `VendorFeed` turns one source into the
+engine's `Feed` (see its docstring).
+
+The helpers live here rather than in a module of their own so that the vendor-neutral layer is
+one file: the clients import this module; this module never imports a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any, Protocol
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pandas as pd
+import structlog
+
+from ..core.errors import ConfigError, DataError, FatalError, RetryableError
+from ..core.types import CrossSection
+from .panel import Panel
+from .resilience import ResilientCaller, SourceError, make_error
+from .validate import OUTPUT_COLUMNS, validate_frame
+
+log = structlog.get_logger(__name__)
+
+RAW_COLUMNS = ("time", "open", "high", "low", "close", "volume", "split", "dividend")
+
+
+# ----------------------------------------------------------------------------- intervals
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A bar length: `minutes` for intraday bars, 0 for daily bars."""
+
+    name: str
+    minutes: int
+
+    @property
+    def daily(self) -> bool:
+        return self.minutes == 0
+
+    @property
+    def delta(self) -> timedelta:
+        return timedelta(days=1) if self.daily else timedelta(minutes=self.minutes)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+INTERVALS = {"1m": 1, "5m": 5, "15m": 15, "30m": 30, "60m": 60, "1d": 0}
+_INTERVAL_ALIASES = {
+    "1min": "1m",
+    "5min": "5m",
+    "15min": "15m",
+    "30min": "30m",
+    "60min": "60m",
+    "1h": "60m",
+    "1hour": "60m",
+    "d": "1d",
+    "1day": "1d",
+    "day": "1d",
+    "daily": "1d",
+}
+
+
+def parse_interval(value: str | Interval) -> Interval:
+    """'1m', '5m', '15m', '30m', '60m' (or '1h'), '1d' (also '5min', 'daily', '1Day'...)."""
+    if isinstance(value, Interval):
+        return value
+    key = str(value).strip().lower()
+    key = _INTERVAL_ALIASES.get(key, key)
+    if key not in INTERVALS:
+        raise ConfigError(f"bar interval {value!r} is not supported; valid: {', '.join(INTERVALS)}")
+    return Interval(key, INTERVALS[key])
+
+
+@dataclass(frozen=True)
+class Session:
+    """When a daily bar closes: `close` (HH:MM) in the exchange's `timezone`; or, with a
+    `calendar` (duck-typed like `tradingd.clock.calendar.ExchangeCalendar` of interval "1d":
+    `close_of(label) -> datetime`), the calendar's close of that session (13:00 on a half
+    day), falling back to `close` for a day the calendar does not know as a session."""
+
+    timezone: str = "America/New_York"
+    close: str = "16:00"
+    calendar: Any = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        try:
+            ZoneInfo(self.timezone)
+            hh, mm = (int(x) for x in self.close.split(":"))
+            time(hh, mm)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(
+                f"session timezone {self.timezone!r} / close {self.close!r} is invalid: "
+                "use an IANA zone and HH:MM"
+            ) from exc
+        except Exception as exc:  # ZoneInfoNotFoundError
+            raise ConfigError(f"session timezone {self.timezone!r} is unknown") from exc
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+    def close_of(self, day: date, timezone: str | None = None) -> datetime:
+        """The close of the session on `day` as an aware UTC datetime (`timezone`: another
+        exchange's zone, for a symbol listed elsewhere; the calendar is then not used)."""
+        if self.calendar is not None and timezone in (None, self.timezone):
+            try:
+                return as_utc(
+                    self.calendar.close_of(datetime(day.year, day.month, day.day, tzinfo=UTC))
+                )
+            except ValueError:  # not a session of the calendar, or outside its range
+                pass
+        hh, mm = (int(x) for x in self.close.split(":"))
+        tz = ZoneInfo(timezone) if timezone else self.tz
+        return datetime.combine(day, time(hh, mm), tz).astimezone(UTC)
+
+    def today(self, now: datetime) -> date:
+        return now.astimezone(self.tz).date()
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def as_utc(t: datetime) -> datetime:
+    """An aware UTC datetime; naive input is read as UTC."""
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+def naive_utc(t: datetime) -> pd.Timestamp:
+    return pd.Timestamp(as_utc(t).replace(tzinfo=None))
+
+
+def label_of(t: datetime, interval: Interval) -> datetime:
+    """The label of the bar containing `t`: the date at 00:00 UTC for daily bars (taken from
+    `t` as given, in UTC), the start for intraday bars (floored to the interval)."""
+    t = as_utc(t)
+    if interval.daily:
+        return datetime(t.year, t.month, t.day, tzinfo=UTC)
+    step = interval.minutes * 60
+    return datetime.fromtimestamp(int(t.timestamp()) // step * step, UTC)
+
+
+def bar_close(
+    label: datetime, interval: Interval, session: Session, timezone: str | None = None
+) -> datetime:
+    """When the bar labelled `label` closes (aware UTC)."""
+    label = as_utc(label)
+    if interval.daily:
+        return session.close_of(label.date(), timezone)
+    return label + interval.delta
+
+
+def last_closed_label(now: datetime, interval: Interval, session: Session) -> datetime:
+    """The label of the newest bar closed at `now` (ignoring weekends and holidays: the
+    vendor simply has no bar there)."""
+    now = as_utc(now)
+    if interval.daily:
+        today = session.today(now)
+        day = today if session.close_of(today) <= now else today - timedelta(days=1)
+        return datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return label_of(now, interval) - interval.delta
+
+
+# ----------------------------------------------------------------------------- shaping
+
+
+def empty_raw() -> pd.DataFrame:
+    return pd.DataFrame(
+        {c: pd.Series(dtype="datetime64[ns]" if c == "time" else "float64") for c in RAW_COLUMNS}
+    )
+
+
+def empty_long() -> pd.DataFrame:
+    out = empty_raw()
+    out.insert(1, "symbol", pd.Series(dtype=object))
+    return out.loc[:, list(OUTPUT_COLUMNS)]
+
+
+def closed_only(
+    raw: pd.DataFrame,
+    interval: Interval,
+    now: datetime,
+    session: Session,
+    *,
+    timezone: str | None = None,
+    closes: Mapping[date, datetime] | None = None,
+) -> pd.DataFrame:
+    """The rows of `raw` (naive UTC labels) whose bar has closed at `now`. `closes` overrides
+    the session close of given dates (a vendor that knows the exact close)."""
+    if raw.empty:
+        return raw
+    now = as_utc(now)
+    times = pd.DatetimeIndex(raw["time"])
+    if interval.daily:
+        ends = {}
+        for day in pd.unique(times.date):
+            ends[day] = (closes or {}).get(day) or session.close_of(day, timezone)
+        keep = np.array([ends[d] <= now for d in times.date], dtype=bool)
+    else:
+        keep = (times + pd.Timedelta(minutes=interval.minutes)) <= naive_utc(now)
+        keep = np.asarray(keep, dtype=bool)
+    return raw[keep]
+
+
+def in_window(raw: pd.DataFrame, start: datetime, end: datetime) -> pd.DataFrame:
+    """Rows with a label in [start, end] (inclusive)."""
+    if raw.empty:
+        return raw
+    t = raw["time"]
+    return raw[(t >= naive_utc(start)) & (t <= naive_utc(end))]
+
+
+@dataclass(frozen=True)
+class Validation:
+    """Options of `validate_frame` for vendor bars. `repair` names the enabled repairs (see
+    validate.py; empty = strict, as for stored data); `extra` passes further keyword arguments
+    to `validate_frame` unchanged (e.g. max_spike, max_volume)."""
+
+    repair: tuple[str, ...] = ()
+    max_gap_days: float = 7.0
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+# validate.py is gaining bar labelling of its own (an `interval` argument: naive intraday times
+# are then read as the exchange's wall time, aware ones as instants). Both versions are served:
+# with it, intraday labels go in as aware UTC instants and the interval is named; without it,
+# as naive UTC, which the older version keeps as they are.
+_VALIDATE_LABELS = "interval" in inspect.signature(validate_frame).parameters
+
+
+def validate_bars(
+    raw: pd.DataFrame,
+    *,
+    source: str,
+    validation: Validation,
+    interval: Interval | None = None,
+    symbol: str | None = None,
+) -> pd.DataFrame:
+    """`validate_frame` on raw bars (labels as naive UTC: dates for daily bars, starts for
+    intraday ones) of one `symbol`, or of a long table with a symbol column (symbol None); an
+    empty frame gives an empty long table. The result keeps the labels. Raises DataError."""
+    if raw.empty:
+        return empty_long()
+    cols = list(RAW_COLUMNS) if symbol is not None else ["symbol", *RAW_COLUMNS]
+    frame = raw.loc[:, cols].reset_index(drop=True)
+    opts: dict[str, Any] = {
+        "repair": validation.repair,
+        "max_gap_days": validation.max_gap_days,
+        **dict(validation.extra),
+    }
+    if _VALIDATE_LABELS and interval is not None:
+        opts["interval"] = "1d" if interval.daily else "intraday"
+        if not interval.daily:
+            frame["time"] = frame["time"].dt.tz_localize("UTC")
+            # Instants are labelled as instants; no exchange wall time is involved.
+            opts.setdefault("timezone", "UTC")
+    return validate_frame(frame, source=source, symbol=symbol, **opts)
+
+
+@dataclass
+class FetchResult:
+    """Validated bars of the symbols that worked, and an error per symbol that did not."""
+
+    frame: pd.DataFrame
+    errors: dict[str, SourceError] = field(default_factory=dict)
+
+    def for_symbol(self, symbol: str) -> pd.DataFrame:
+        return self.frame[self.frame["symbol"] == symbol].reset_index(drop=True)
+
+
+def combine(
+    source: str,
+    parts: Mapping[str, pd.DataFrame | BaseException],
+    validation: Validation,
+    interval: Interval | None = None,
+) -> FetchResult:
+    """Validate the symbols' raw bars (or keep their errors) into one result. A DataError
+    becomes a SourceError of kind `invalid_data` for the symbol it names; the other symbols
+    are validated again without it (one validate_frame call per round: a call per symbol
+    costs ~50 ms each, which 500 symbols would spend blocking the loop)."""
+    frames: list[pd.DataFrame] = []
+    errors: dict[str, SourceError] = {}
+    for symbol, part in parts.items():
+        if isinstance(part, SourceError):
+            errors[symbol] = part if part.symbol == symbol else part.for_symbol(symbol)
+        elif isinstance(part, BaseException):
+            errors[symbol] = make_error(
+                source, "internal", f"{type(part).__name__}: {part}"[:300], symbol=symbol
+            )
+            log.error("source.internal_error", source=source, symbol=symbol, exc_info=part)
+        elif not part.empty:
+            frames.append(part.assign(symbol=symbol))
+    if not frames:
+        return FetchResult(empty_long(), errors)
+    table = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    while not table.empty:
+        try:
+            frame = validate_bars(table, source=source, validation=validation, interval=interval)
+            return FetchResult(frame, errors)
+        except DataError as exc:
+            bad = exc.symbol if exc.symbol in set(table["symbol"]) else None
+            failed = [bad] if bad is not None else sorted(set(table["symbol"]))
+            for s in failed:
+                errors[s] = make_error(source, "invalid_data", str(exc)[:500], symbol=s)
+            table = table[~table["symbol"].isin(failed)]
+    return FetchResult(empty_long(), errors)
+
+
+async def validated(
+    source: str,
+    parts: Mapping[str, pd.DataFrame | BaseException],
+    validation: Validation,
+    interval: Interval | None = None,
+) -> FetchResult:
+    """`combine` in a worker thread: validating a large universe must not stall the loop."""
+    return await asyncio.to_thread(combine, source, parts, validation, interval)
+
+
+async def gather_symbols(
+    symbols: Sequence[str], fetch_one: Callable[[str], Any]
+) -> dict[str, pd.DataFrame | BaseException]:
+    """`fetch_one(symbol)` for every symbol concurrently (the source's caller bounds how many
+    are in flight); failures are kept per symbol, never raised. Cancellation propagates."""
+    results = await asyncio.gather(*(fetch_one(s) for s in symbols), return_exceptions=True)
+    out: dict[str, pd.DataFrame | BaseException] = {}
+    for symbol, res in zip(symbols, results, strict=True):
+        if isinstance(res, asyncio.CancelledError):
+            raise res
+        out[symbol] = res
+    return out
+
+
+class BarSource(Protocol):
+    """A vendor client: bars of several symbols over a window, validated."""
+
+    name: str
+    caller: ResilientCaller
+
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+    async def fetch(
+        self,
+        symbols: Sequence[str],
+        interval: str | Interval,
+        start: datetime,
+        end: datetime,
+        *,
+        now: datetime | None = None,
+    ) -> FetchResult:
+        """Closed bars with labels in [start, end] (aware datetimes)."""
+        ...
+
+    def status(self) -> dict[str, Any]: ...
+
+
+# ----------------------------------------------------------------------------- the feed
+
+
+def panel_of(frame: pd.DataFrame, symbols: Sequence[str]) -> Panel:
+    """A Panel over exactly `symbols` (in that order) from a validated long table; symbols
+    without bars are all-NaN columns."""
+    symbols = tuple(symbols)
+    if frame.empty:
+        shape = (0, len(symbols))
+        nan = np.full(shape, np.nan)
+        return Panel(
+            times=np.array([], dtype="datetime64[ns]"),
+            symbols=symbols,
+            open=nan,
+            high=nan.copy(),
+            low=nan.copy(),
+            close=nan.copy(),
+            volume=nan.copy(),
+            split=np.ones(shape),
+            dividend=np.zeros(shape),
+        )
+    sub = Panel.from_long(frame[frame["symbol"].isin(symbols)])
+    index = {s: i for i, s in enumerate(sub.symbols)}
+    t = len(sub.times)
+    arrays = {}
+    for name, fill in (
+        ("open", np.nan),
+        ("high", np.nan),
+        ("low", np.nan),
+        ("close", np.nan),
+        ("volume", np.nan),
+        ("split", 1.0),
+        ("dividend", 0.0),
+    ):
+        src = getattr(sub, name)
+        arr = np.full((t, len(symbols)), fill)
+        for j, s in enumerate(symbols):
+            if s in index:
+                arr[:, j] = src[:, index[s]]
+        arrays[name] = arr
+    return Panel(times=sub.times, symbols=symbols, **arrays)
+
+
+class VendorFeed:
+    """The engine's `Feed` on one vendor source, for a fixed universe and bar interval.
+
+    `bars(t)` fetches a short window ending at bar t (`lookback_bars` bars back, so validation
+    sees neighbours and a split on the window is handled), validates it, and returns the
+    cross-section at t:
+      - a symbol whose fetch or validation failed is NaN (the engine treats NaN as "no bar":
+        it does not trade it) and is listed in `status()["failed"]`;
+      - if t's bar has not closed at `now` yet, or every symbol failed for a transient reason
+        (source down, circuit open, throttled, daily budget), it raises `RetryableError`: the
+        engine's loop marks the bar late and asks again later;
+      - if every symbol failed with an auth error, it raises `FatalError` (fix the keys);
+      - if no symbol has a bar at t it returns None (a holiday), unless `is_session(t)` says t
+        is a trading session, in which case the bar is late (RetryableError).
+    It never blocks forever (every call has a timeout, retries are bounded) and keeps only the
+    per-symbol error table and the last bar time between calls (responses live in the bounded
+    response cache of the client).
+
+    `history(start, end)` returns the Panel of the whole window, for warm start and catch-up.
+    Symbols are sorted (as `HistoryFeed` and `Panel.from_long` do).
+
+    `calendar` (an `ExchangeCalendar` of the feed's interval, duck-typed: `close_of(label)`)
+    gives exact closes (half days) and knows holidays: t not a bar of it returns None without
+    a request, and a bar of it that the vendor lacks is late (RetryableError). Without one, the
+    `Session` close is used and `is_session(t)` (optional) says which t must have a bar. For
+    the clients to release a half day's daily bar at 13:00, give their `Session` the daily
+    calendar too (`Session(calendar=...)`). The feed starts and stops its source; a shared
+    ResponseCache is started and stopped by its owner.
+    """
+
+    def __init__(
+        self,
+        source: BarSource,
+        symbols: Sequence[str],
+        interval: str | Interval = "1d",
+        *,
+        lookback_bars: int = 5,
+        clock: Callable[[], datetime] = utc_now,
+        is_session: Callable[[datetime], bool] | None = None,
+        session: Session | None = None,
+        calendar: Any = None,
+        owned: Sequence[Any] = (),
+    ) -> None:
+        """`owned`: services (e.g. the shared ResponseCache) this feed starts before its
+        source and stops after it, when the feed is the only user of them."""
+        if not symbols:
+            raise ConfigError("a vendor feed needs at least one symbol")
+        self._owned = tuple(owned)
+        if lookback_bars < 0:
+            raise ConfigError(f"lookback_bars {lookback_bars!r} must be >= 0")
+        self.source = source
+        self._symbols = tuple(sorted(dict.fromkeys(str(s) for s in symbols)))
+        self.interval = parse_interval(interval)
+        self.lookback_bars = lookback_bars
+        self._clock = clock
+        self._is_session = is_session
+        self.session = session or getattr(source, "session", None) or Session()
+        self.calendar = calendar
+        self._failed: dict[str, dict[str, Any]] = {}
+        self.last_bar: datetime | None = None
+        self.last_fetch_at: datetime | None = None
+
+    @property
+    def symbols(self) -> tuple[str, ...]:
+        return self._symbols
+
+    async def start(self) -> None:
+        for part in self._owned:
+            await part.start()
+        await self.source.start()
+
+    async def stop(self) -> None:
+        try:
+            await self.source.stop()
+        finally:
+            for part in reversed(self._owned):
+                await part.stop()
+
+    def _window_start(self, t: datetime) -> datetime:
+        if self.interval.daily:
+            # Calendar days: weekends and holidays hold no bars.
+            days = max(1, self.lookback_bars) * 7 // 5 + 4
+            return t - timedelta(days=days)
+        return t - self.interval.delta * self.lookback_bars
+
+    def _note(self, result: FetchResult, now: datetime) -> None:
+        self.last_fetch_at = now
+        for s in self._symbols:
+            err = result.errors.get(s)
+            if err is None:
+                self._failed.pop(s, None)
+            else:
+                self._failed[s] = {
+                    "kind": err.kind,
+                    "message": self.source.caller.redact(err.message),
+                    "since": self._failed.get(s, {}).get("since", now.isoformat()),
+                }
+        if result.errors:
+            log.warning(
+                "feed.symbols_failed",
+                source=self.source.name,
+                failed=len(result.errors),
+                of=len(self._symbols),
+                kinds=sorted({e.kind for e in result.errors.values()}),
+            )
+
+    def _raise_if_all_failed(self, result: FetchResult, what: str) -> None:
+        if len(result.errors) < len(self._symbols):
+            return
+        kinds = sorted({e.kind for e in result.errors.values()})
+        first = next(iter(result.errors.values()))
+        msg = (
+            f"{self.source.name}: no symbol could be fetched for {what} "
+            f"(kinds: {', '.join(kinds)}; e.g. {self.source.caller.redact(first.message)})"
+        )
+        if kinds == ["auth"]:
+            raise FatalError(msg + "; check the credentials of the source")
+        raise RetryableError(msg)
+
+    def _close(self, t: datetime) -> datetime | None:
+        """When bar t closes; None when the calendar says there is no such bar."""
+        if self.calendar is not None:
+            try:
+                return as_utc(self.calendar.close_of(t))
+            except ValueError:
+                return None
+        return bar_close(t, self.interval, self.session)
+
+    def _expects_bar(self, t: datetime) -> bool:
+        if self._is_session is not None:
+            return bool(self._is_session(t))
+        return self.calendar is not None  # the calendar knew t as a bar (else no fetch)
+
+    async def bars(self, t: datetime) -> CrossSection | None:
+        t = as_utc(t)
+        now = as_utc(self._clock())
+        close = self._close(t)
+        if close is None:
+            return None  # a holiday or weekend of the exchange's calendar: no bar exists
+        if close > now:
+            raise RetryableError(
+                f"{self.source.name}: bar {t.isoformat()} closes at {close.isoformat()}, "
+                f"not yet closed at {now.isoformat()}"
+            )
+        result = await self.source.fetch(
+            self._symbols, self.interval, self._window_start(t), t, now=now
+        )
+        self._note(result, now)
+        self._raise_if_all_failed(result, f"bar {t.isoformat()}")
+        at = result.frame[result.frame["time"] == naive_utc(t)]
+        if at.empty:
+            if self._expects_bar(t):
+                raise RetryableError(
+                    f"{self.source.name}: no bar yet for session {t.isoformat()} "
+                    f"({len(result.errors)} symbol(s) failed)"
+                )
+            return None
+        n = len(self._symbols)
+        arrays = {
+            name: np.full(n, fill)
+            for name, fill in (
+                ("open", np.nan),
+                ("high", np.nan),
+                ("low", np.nan),
+                ("close", np.nan),
+                ("volume", np.nan),
+                ("split", 1.0),
+                ("dividend", 0.0),
+            )
+        }
+        cols = np.searchsorted(np.array(self._symbols, dtype=object), at["symbol"].to_numpy())
+        for name, arr in arrays.items():
+            arr[cols] = at[name].to_numpy(dtype=np.float64)
+        self.last_bar = t
+        return CrossSection(time=t, **arrays)
+
+    async def history(self, start: datetime, end: datetime) -> Panel:
+        """Every closed bar with a label in [start, end] for the universe (NaN columns for
+        symbols that failed, which `status()` lists). Raises like `bars` when all failed."""
+        now = as_utc(self._clock())
+        result = await self.source.fetch(
+            self._symbols, self.interval, as_utc(start), as_utc(end), now=now
+        )
+        self._note(result, now)
+        self._raise_if_all_failed(result, f"history {as_utc(start).isoformat()}..")
+        return panel_of(result.frame, self._symbols)
+
+    def status(self) -> dict[str, Any]:
+        """For the health server (`health.status_check` reads `ok`, `circuit`, `last_error`
+        and `detail`): the source's health and the symbols failing now."""
+        caller = self.source.status()
+        failed = dict(self._failed)
+        ok = bool(caller.get("ok", False)) and not failed
+        if failed:
+            shown = ", ".join(f"{s} ({v['kind']})" for s, v in sorted(failed.items())[:5])
+            more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
+            detail = f"{len(failed)} of {len(self._symbols)} symbols failing: {shown}{more}"
+        else:
+            detail = "ok" if ok else f"circuit {caller.get('circuit')}"
+        return {
+            "ok": ok,
+            "detail": detail,
+            "circuit": caller.get("circuit"),
+            "last_error": caller.get("last_error"),
+            "source": self.source.name,
+            "interval": self.interval.name,
+            "symbols": len(self._symbols),
+            "last_bar": self.last_bar.isoformat() if self.last_bar else None,
+            "last_fetch": self.last_fetch_at.isoformat() if self.last_fetch_at else None,
+            "failed": failed,
+            "caller": caller,
+        }

@@ -1,0 +1,449 @@
+"""Yahoo Finance chart API v8 over aiohttp: raw bars with splits and dividends.
+
+Request: `GET {base_url}/v8/finance/chart/{symbol}?interval=..&period1=..&period2=..`
+(`&events=div|split`)
+(`range=` for the research API's periods), with a browser-like User-Agent; no auth, no crumb.
+The base URL is a parameter, so tests point the real client at a loopback server.
+
+Answers (see /work/shared/fixtures/README.md, section 1):
+  404 (unknown symbol)            -> SourceError kind `not_found`, not retried
+  400 (bad interval), 422 (range) -> kind `http_4xx` with Yahoo's description, not retried
+  429 (text "Too Many Requests")  -> kind `http_429`, retried with backoff
+  5xx, "Will be right back"       -> kind `http_5xx`, retried
+  200 that is not the chart JSON  -> kind `malformed`, retried
+  200 with `timestamp` absent     -> no bars (a weekend or holiday window), not an error
+  `null` bars (a lunch break)     -> skipped (counted in a debug log line)
+
+Prices: Yahoo's OHLC are split-adjusted (to today's share count) for every bar before a split,
+and so are its volumes and dividend amounts. `parse_chart` undoes that with the split events:
+a bar of session date d is multiplied by F(d), the product of the ratios of every split after
+d (volume divided by F, dividends multiplied by F(ex-date)), and rounded to `priceHint`
+decimals, which recovers the traded tick. The split ratio is put on its ex-date bar (`split`)
+and the dividend on its ex-date bar (`dividend`), as in stored data. Because Yahoo adjusts for
+splits up to *today*, a window that ends before today also asks for the split events between
+its end and now (one small extra request), so old windows come out raw too. `adjclose` is not
+used: the engine applies dividends itself.
+
+Labels: a daily bar is stamped at the session open (09:30 New York, 09:00 Tokyo) in epoch
+seconds; it is labelled by its session date in the exchange's time zone
+(`meta.exchangeTimezoneName`). An intraday bar is labelled by its start in UTC. The live
+session's last bar is stamped `regularMarketTime`: an intraday one (volume 0 and O=H=L=C, or
+off the interval grid) is dropped; a daily one is served only once the session has closed
+(`meta.currentTradingPeriod.regular.end` when it is that session, else the `Session` close).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pandas as pd
+import structlog
+
+from ..core.errors import ConfigError
+from .resilience import ResilientCaller, SourceConfig, SourceError, error_for_status, make_error
+from .response_cache import ResponseCache, cache_key
+from .vendor import (
+    FetchResult,
+    Interval,
+    Session,
+    Validation,
+    as_utc,
+    bar_close,
+    closed_only,
+    empty_raw,
+    gather_symbols,
+    in_window,
+    last_closed_label,
+    parse_interval,
+    utc_now,
+    validated,
+)
+
+log = structlog.get_logger(__name__)
+
+SOURCE = "yahoo"
+DEFAULT_BASE_URL = "https://query2.finance.yahoo.com"
+USER_AGENT = (
+    "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+    "Chrome/124.0.0.0 Safari/537.36"
+)
+RANGES = ("1d", "5d", "1mo", "3mo", "6mo", "1y", "2y", "5y", "10y", "ytd", "max")
+
+
+def _values(quote: dict[str, Any], name: str, n: int) -> np.ndarray:
+    values = quote.get(name)
+    if not isinstance(values, list) or len(values) != n:
+        raise ValueError(f"indicators.quote[0].{name} is not a list of {n} values")
+    return pd.to_numeric(pd.Series(values, dtype=object), errors="coerce").to_numpy(
+        dtype=np.float64
+    )
+
+
+def _events(result: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+    events = result.get("events") or {}
+    found = events.get(kind) or {}
+    if not isinstance(found, dict):
+        raise ValueError(f"events.{kind} is not an object")
+    return [v for v in found.values() if isinstance(v, dict) and "date" in v]
+
+
+def _session_date(epoch: float, tz: str) -> date:
+    return pd.Timestamp(int(epoch), unit="s", tz="UTC").tz_convert(tz).date()
+
+
+def split_events(result: dict[str, Any]) -> list[tuple[date, float]]:
+    """(ex-date in the exchange's time zone, ratio numerator/denominator) of a chart result."""
+    tz = (result.get("meta") or {}).get("exchangeTimezoneName") or "America/New_York"
+    out = []
+    for ev in _events(result, "splits"):
+        num, den = float(ev.get("numerator") or 0), float(ev.get("denominator") or 0)
+        if num <= 0 or den <= 0:
+            raise ValueError(f"split event with ratio {ev.get('splitRatio')!r}")
+        out.append((_session_date(ev["date"], tz), num / den))
+    return sorted(out)
+
+
+def parse_chart(
+    result: dict[str, Any],
+    interval: str | Interval,
+    *,
+    now: datetime,
+    session: Session | None = None,
+    later_splits: Sequence[tuple[date, float]] = (),
+) -> pd.DataFrame:
+    """One chart result (`chart.result[0]`) as raw bars with split/dividend columns, labelled
+    as stored data (naive UTC), closed at `now` only; not yet validated. `later_splits` are
+    splits after the response's window (see the module docstring). Raises ValueError for a
+    body that does not have the chart's shape."""
+    interval = parse_interval(interval)
+    session = session or Session()
+    if not isinstance(result, dict):
+        raise ValueError("chart result is not an object")
+    meta = result.get("meta") or {}
+    tz = meta.get("exchangeTimezoneName") or session.timezone
+    stamps = result.get("timestamp")
+    if not stamps:  # no trading in the window: HTTP 200 without `timestamp`
+        return empty_raw()
+    if not isinstance(stamps, list):
+        raise ValueError("timestamp is not a list")
+    ts = np.asarray(stamps, dtype=np.int64)
+    quotes = (result.get("indicators") or {}).get("quote")
+    if not isinstance(quotes, list) or not quotes or not isinstance(quotes[0], dict):
+        raise ValueError("indicators.quote[0] is missing")
+    n = len(ts)
+    o, h, lo, c, v = (_values(quotes[0], k, n) for k in ("open", "high", "low", "close", "volume"))
+
+    keep = ~(np.isnan(o) & np.isnan(h) & np.isnan(lo) & np.isnan(c))
+    if (~keep).any():
+        log.debug("yahoo.null_bars", symbol=meta.get("symbol"), rows=int((~keep).sum()))
+    rmt = meta.get("regularMarketTime")
+    if not interval.daily and rmt is not None:
+        # The live session's last bar, stamped with the last trade time: in progress.
+        step = interval.minutes * 60
+        first = ts[keep][0] if keep.any() else ts[0]
+        off_grid = ((ts % 60) != 0) | (((ts - first) % step) != 0)
+        flat = (v == 0) & (o == h) & (h == lo) & (lo == c)
+        live = (ts == int(rmt)) & (off_grid | flat)
+        keep &= ~live
+    ts, o, h, lo, c, v = ts[keep], o[keep], h[keep], lo[keep], c[keep], v[keep]
+    if len(ts) == 0:
+        return empty_raw()
+
+    utc = pd.DatetimeIndex(pd.to_datetime(ts, unit="s", utc=True))
+    local_dates = np.array(utc.tz_convert(tz).date)
+    if interval.daily:
+        labels = pd.DatetimeIndex(pd.to_datetime(local_dates)).astype("datetime64[ns]")
+    else:
+        labels = utc.tz_localize(None).astype("datetime64[ns]")
+
+    # Undo the split adjustment: F(d) = product of the ratios of the splits after d.
+    splits = {d: r for d, r in split_events(result)}
+    for d, r in later_splits:
+        splits.setdefault(d, r)
+    factor = np.ones(len(ts))
+    split_col = np.ones(len(ts))
+    first_of_day = np.r_[True, local_dates[1:] != local_dates[:-1]]
+    for d, r in splits.items():
+        factor[local_dates < d] *= r
+        split_col[(local_dates == d) & first_of_day] = r
+    dividend = np.zeros(len(ts))
+    for ev in _events(result, "dividends"):
+        d = _session_date(ev["date"], tz)
+        rows = np.flatnonzero((local_dates == d) & first_of_day)
+        amount = float(ev.get("amount") or 0.0)
+        if len(rows) and amount > 0:
+            later = np.prod([r for sd, r in splits.items() if sd > d]) if splits else 1.0
+            dividend[rows[0]] = round(float(amount * later), 6)
+    hint = meta.get("priceHint")
+    decimals = int(hint) if isinstance(hint, int) and 0 <= hint <= 8 else 4
+    adjusted = factor != 1.0
+    prices = {}
+    for name, arr in (("open", o), ("high", h), ("low", lo), ("close", c)):
+        raw = arr * factor
+        raw[adjusted] = np.round(raw[adjusted], decimals)
+        prices[name] = raw
+    volume = v / factor
+    volume[adjusted] = np.round(volume[adjusted])
+
+    frame = pd.DataFrame(
+        {"time": labels, **prices, "volume": volume, "split": split_col, "dividend": dividend}
+    )
+    closes: dict[date, datetime] = {}
+    regular = (meta.get("currentTradingPeriod") or {}).get("regular") or {}
+    if interval.daily and regular.get("end"):
+        closes[_session_date(regular["end"] - 1, tz)] = datetime.fromtimestamp(
+            int(regular["end"]), UTC
+        )
+    return closed_only(frame, interval, now, session, timezone=tz, closes=closes)
+
+
+def chart_result(obj: Any, symbol: str, status: int = 200) -> dict[str, Any]:
+    """`chart.result[0]` of a decoded body, or the SourceError its `chart.error` means."""
+    chart = obj.get("chart") if isinstance(obj, dict) else None
+    if not isinstance(chart, dict):
+        raise make_error(SOURCE, "malformed", "body has no 'chart' object", symbol=symbol)
+    err = chart.get("error")
+    if err:
+        code = str(err.get("code", "")) if isinstance(err, dict) else str(err)
+        desc = str(err.get("description", "")) if isinstance(err, dict) else ""
+        kind = "not_found" if code == "Not Found" else "http_4xx"
+        raise make_error(SOURCE, kind, f"{code}: {desc}"[:300], status=status, symbol=symbol)
+    results = chart.get("result")
+    if not isinstance(results, list) or not results or not isinstance(results[0], dict):
+        raise make_error(SOURCE, "malformed", "chart.result is empty", symbol=symbol)
+    return results[0]
+
+
+class YahooClient:
+    """Bars from Yahoo's chart API. See the module docstring for what is parsed and how.
+
+    `cache` (a ResponseCache) is shared and started/stopped by its owner; without one the
+    client keeps an in-process cache of its own. `session` (aiohttp) likewise. `clock` gives
+    `now` when a call does not pass it."""
+
+    name = SOURCE
+
+    def __init__(
+        self,
+        *,
+        base_url: str = DEFAULT_BASE_URL,
+        config: SourceConfig | None = None,
+        caller: ResilientCaller | None = None,
+        cache: ResponseCache | None = None,
+        http: aiohttp.ClientSession | None = None,
+        user_agent: str = USER_AGENT,
+        include_prepost: bool = False,
+        validation: Validation | None = None,
+        session: Session | None = None,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.caller = caller or ResilientCaller(SOURCE, config or SourceConfig.for_source(SOURCE))
+        self._own_cache = cache is None
+        self.cache = cache or ResponseCache()
+        self._http = http
+        self._own_http = http is None
+        self.user_agent = user_agent
+        self.include_prepost = include_prepost
+        self.validation = validation or Validation()
+        self.session = session or Session()
+        self._clock = clock
+
+    async def start(self) -> None:
+        if self._own_cache:
+            await self.cache.start()
+        if self._http is None:
+            self._http = aiohttp.ClientSession(headers={"User-Agent": self.user_agent})
+
+    async def stop(self) -> None:
+        if self._own_http and self._http is not None:
+            await self._http.close()
+            self._http = None
+        if self._own_cache:
+            await self.cache.stop()
+
+    def status(self) -> dict[str, Any]:
+        return self.caller.status()
+
+    # ------------------------------------------------------------------ HTTP
+
+    async def _http_session(self) -> aiohttp.ClientSession:
+        if self._http is None:
+            await self.start()
+        assert self._http is not None
+        return self._http
+
+    async def chart(
+        self,
+        symbol: str,
+        params: dict[str, str],
+        *,
+        key: str | None,
+        now: datetime,
+    ) -> tuple[dict[str, Any], datetime]:
+        """`chart.result[0]` for one request and when it was fetched (a cached answer keeps
+        its original time). Cached under `key` when given."""
+        if key is not None:
+            hit = await self.cache.get(key)
+            if hit is not None:
+                try:
+                    entry = json.loads(hit)
+                    return (
+                        chart_result(json.loads(entry["body"]), symbol),
+                        datetime.fromisoformat(entry["fetched_at"]),
+                    )
+                except (ValueError, KeyError, TypeError, SourceError):
+                    log.warning("yahoo.cache.bad_entry", symbol=symbol)
+        http = await self._http_session()
+        url = f"{self.base_url}/v8/finance/chart/{symbol}"
+
+        async def attempt() -> tuple[str, dict[str, Any]]:
+            async with http.get(
+                url,
+                params=params,
+                headers={"User-Agent": self.user_agent},
+                timeout=self.caller.client_timeout(),
+                allow_redirects=False,
+            ) as resp:
+                text = await resp.text()
+                if resp.status != 200:
+                    raise error_for_status(
+                        SOURCE,
+                        resp.status,
+                        text,
+                        symbol=symbol,
+                        retry_after=resp.headers.get("Retry-After"),
+                    )
+            if "Will be right back" in text:
+                raise make_error(SOURCE, "http_5xx", "Yahoo outage page", symbol=symbol)
+            try:
+                obj = json.loads(text)
+            except ValueError:
+                raise make_error(
+                    SOURCE, "malformed", f"body is not JSON: {text[:80]!r}", symbol=symbol
+                ) from None
+            return text, chart_result(obj, symbol)
+
+        text, result = await self.caller.call(attempt, what=f"chart {symbol} {params}")
+        if key is not None:
+            entry = {"fetched_at": as_utc(now).isoformat(), "body": text}
+            await self.cache.set(key, json.dumps(entry).encode())
+        return result, as_utc(now)
+
+    # ------------------------------------------------------------------ bars
+
+    def _params(self, interval: Interval, **extra: str) -> dict[str, str]:
+        return {
+            "interval": interval.name,
+            "includePrePost": "true" if self.include_prepost else "false",
+            "events": "div|split",
+            **extra,
+        }
+
+    async def _later_splits(
+        self, symbol: str, after: datetime, now: datetime
+    ) -> list[tuple[date, float]]:
+        """Splits with an ex-date after `after` up to now (Yahoo adjusts for them too)."""
+        params = self._params(
+            parse_interval("1d"),
+            period1=str(int((after - timedelta(days=1)).timestamp())),
+            period2=str(int(now.timestamp()) + 86400),
+        )
+        params["events"] = "split"
+        result, _ = await self.chart(symbol, params, key=None, now=now)
+        return [(d, r) for d, r in split_events(result) if d > after.date()]
+
+    async def fetch_symbol(
+        self,
+        symbol: str,
+        interval: str | Interval,
+        start: datetime | None,
+        end: datetime,
+        *,
+        now: datetime | None = None,
+        period: str | None = None,
+    ) -> pd.DataFrame:
+        """Raw (unvalidated) closed bars of one symbol with labels in [start, end]; or, with
+        `period` (a Yahoo range such as '1mo'), Yahoo's window for that range up to `end`."""
+        interval = parse_interval(interval)
+        now = as_utc(now or self._clock())
+        end = as_utc(end)
+        end_close = bar_close(end, interval, self.session)
+        if period is not None:
+            params = self._params(interval, range=period)
+        else:
+            assert start is not None
+            start = as_utc(start)
+            # Yahoo returns bars stamped in [period1, period2): a day of margin before the
+            # first label (daily stamps are the local open, up to 14 h off the UTC date).
+            period2 = end + timedelta(days=1) if interval.daily else end + interval.delta
+            params = self._params(
+                interval,
+                period1=str(int((start - timedelta(days=1 if interval.daily else 0)).timestamp())),
+                period2=str(int(period2.timestamp())),
+            )
+        request = {k: v for k, v in params.items()} | {"end": end.isoformat()}
+        # Cache only a window whose last bar has closed (see response_cache.py).
+        key = cache_key(SOURCE, symbol, interval.name, request) if end_close <= now else None
+        result, fetched_at = await self.chart(symbol, params, key=key, now=now)
+        later: list[tuple[date, float]] = []
+        if self.session.today(now) > end.date():
+            later = await self._later_splits(symbol, end, now)
+        try:
+            raw = parse_chart(
+                result,
+                interval,
+                now=min(now, fetched_at),
+                session=self.session,
+                later_splits=later,
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            raise make_error(SOURCE, "malformed", str(exc)[:300], symbol=symbol) from None
+        if period is not None or start is None:
+            return raw[raw["time"] <= pd.Timestamp(end.replace(tzinfo=None))]
+        return in_window(raw, start, end)
+
+    async def fetch(
+        self,
+        symbols: Sequence[str],
+        interval: str | Interval,
+        start: datetime,
+        end: datetime,
+        *,
+        now: datetime | None = None,
+    ) -> FetchResult:
+        """Validated closed bars of every symbol with labels in [start, end]; one request per
+        symbol, as many in flight as the caller's max_concurrency allows."""
+        now = as_utc(now or self._clock())
+
+        async def one(symbol: str) -> pd.DataFrame:
+            return await self.fetch_symbol(symbol, interval, start, end, now=now)
+
+        parts = await gather_symbols(list(symbols), one)
+        return await validated(SOURCE, parts, self.validation, parse_interval(interval))
+
+    async def fetch_period(
+        self,
+        symbols: Sequence[str],
+        period: str,
+        interval: str | Interval,
+        *,
+        now: datetime | None = None,
+    ) -> FetchResult:
+        """Yahoo's `range=` semantics (e.g. '1d' = the latest session), closed bars only."""
+        if period not in RANGES:
+            raise ConfigError(f"Yahoo period {period!r} is not valid; valid: {', '.join(RANGES)}")
+        interval = parse_interval(interval)
+        now = as_utc(now or self._clock())
+        end = last_closed_label(now, interval, self.session)
+
+        async def one(symbol: str) -> pd.DataFrame:
+            return await self.fetch_symbol(symbol, interval, None, end, now=now, period=period)
+
+        parts = await gather_symbols(list(symbols), one)
+        return await validated(SOURCE, parts, self.validation, parse_interval(interval))

@@ -1,0 +1,239 @@
+"""The Alpaca market-data client (alpaca-py underneath) against a loopback Alpaca."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+
+import pandas as pd
+import pytest
+from fakes import BarBook, fixture_json, need_fixtures
+from fakes.alpaca_data_server import AlpacaDataFake
+from structlog.testing import capture_logs
+
+from tradingd.core.errors import ConfigError
+from tradingd.feeds.alpaca_data import ENV_KEY_ID, ENV_SECRET_KEY, AlpacaDataClient
+from tradingd.feeds.resilience import ResilientCaller, SourceConfig
+
+KEY_ID, SECRET = "PKTESTKEYID123456", "sEcReT-0123456789abcdef"
+NOW = datetime(2024, 3, 6, 22, 0, tzinfo=UTC)
+
+
+async def no_sleep(_: float) -> None:
+    return None
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+@pytest.fixture
+async def fake():
+    async with AlpacaDataFake(BarBook(now=NOW), key_id=KEY_ID, secret=SECRET) as server:
+        yield server
+
+
+@pytest.fixture
+async def make_client(fake):
+    made: list[AlpacaDataClient] = []
+
+    async def make(**kw) -> AlpacaDataClient:
+        cfg = {"max_attempts": 3, "backoff_base_s": 0.0, "timeout_s": 2.0}
+        cfg |= {k: kw.pop(k) for k in list(kw) if k in SourceConfig.__dataclass_fields__}
+        caller = ResilientCaller("alpaca", SourceConfig(**cfg), sleep=no_sleep)
+        opts = {
+            "api_key": KEY_ID,
+            "secret_key": SECRET,
+            "base_url": fake.url,
+            "caller": caller,
+            "clock": lambda: fake.book.now,
+            "sdk_retry_wait_s": 0,  # alpaca-py sleeps 3 s before its own 429/504 retries
+            **kw,
+        }
+        client = AlpacaDataClient(**opts)
+        await client.start()
+        made.append(client)
+        return client
+
+    yield make
+    for c in made:
+        await c.stop()
+
+
+def one(result, symbol):
+    assert symbol not in result.errors, result.errors
+    return result.for_symbol(symbol)
+
+
+# ----------------------------------------------------------------------------- recorded
+
+
+async def test_recorded_two_symbols_labelled_by_new_york_date(fake, make_client):
+    need_fixtures()
+    fake.faults.respond_next(
+        fixture_json("alpaca", "marketdata", "bars_multi_AAPL_NIO_1Day_single_page.json")
+    )
+    client = await make_client(derive_actions=False)
+    res = await client.fetch(["AAPL", "NIO"], "1d", utc(2021, 10, 13), utc(2021, 10, 15))
+    aapl, nio = one(res, "AAPL"), one(res, "NIO")
+    # Stamped 2021-10-13T04:00:00Z (New York midnight): labelled 2021-10-13 00:00.
+    assert list(aapl["time"]) == [pd.Timestamp(f"2021-10-{d}") for d in (13, 14, 15)]
+    assert aapl["close"].tolist() == pytest.approx([140.91, 143.76, 144.84])
+    assert aapl["volume"].iloc[0] == 78993712
+    assert nio["open"].iloc[2] == pytest.approx(37.0)
+    q = fake.requests[0]
+    assert q.path == "/v2/stocks/bars"
+    assert q.query["symbols"] == "AAPL,NIO" and q.query["timeframe"] == "1Day"
+    assert q.query["adjustment"] == "raw" and q.query["feed"] == "iex"
+    assert q.headers["APCA-API-KEY-ID"] == KEY_ID
+
+
+async def test_recorded_pagination_chain_is_merged(fake, make_client):
+    need_fixtures()
+    for page in (
+        "bars_multi_META_1Day_limit2_page1.json",
+        "bars_multi_META_1Day_limit2_page2.json",
+        "bars_multi_empty.json",
+    ):
+        fake.faults.respond_next(fixture_json("alpaca", "marketdata", page))
+    client = await make_client(derive_actions=False)
+    df = one(await client.fetch(["META"], "1d", utc(2022, 6, 8), utc(2022, 6, 13)), "META")
+    assert list(df["time"]) == [pd.Timestamp(f"2022-06-{d}") for d in ("08", "09", "10", "13")]
+    assert df["close"].tolist() == pytest.approx([196.64, 184.0, 175.57, 164.26])
+    assert (
+        fake.requests[1].query["page_token"]
+        == "TUVUQXxEfDIwMjItMDYtMDlUMDQ6MDA6MDAuMDAwMDAwMDAwWg=="
+    )
+
+
+async def test_recorded_empty_and_sip_forbidden(fake, make_client):
+    need_fixtures()
+    client = await make_client(derive_actions=False, feed="sip")
+    fake.faults.respond_next(fixture_json("alpaca", "marketdata", "bars_multi_empty.json"))
+    res = await client.fetch(["AAPL"], "1d", utc(2024, 3, 1), utc(2024, 3, 6))
+    assert res.errors == {} and res.frame.empty
+    fake.faults.respond_next(
+        fixture_json("alpaca", "errors", "403_marketdata_sip_not_permitted.json"), status=403
+    )
+    fake.reset_stats()
+    # Another window: the first one's (empty) answer is cached.
+    res = await client.fetch(["AAPL"], "1d", utc(2024, 3, 2), utc(2024, 3, 5))
+    err = res.errors["AAPL"]
+    assert (err.kind, err.status) == ("auth", 403)
+    assert "recent SIP data" in err.message
+    assert fake.count == 1  # not retried
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+async def test_split_and_dividend_derived_from_adjusted_series(fake, make_client):
+    book = fake.book
+    book.add_split("AAA", date(2024, 3, 4), 4.0)
+    book.add_dividend("BBB", date(2024, 3, 5), 0.5)
+    client = await make_client()
+    res = await client.fetch(["AAA", "BBB"], "1d", utc(2024, 3, 4), utc(2024, 3, 6))
+    aaa = one(res, "AAA").set_index("time")
+    bbb = one(res, "BBB").set_index("time")
+    assert list(aaa.index) == [pd.Timestamp(f"2024-03-0{d}") for d in (4, 5, 6)]
+    # The split is on the window's first bar: derived from the bar before it (margin).
+    assert aaa["split"].tolist() == [4.0, 1.0, 1.0]
+    assert bbb["dividend"].tolist() == pytest.approx([0.0, 0.5, 0.0], abs=1e-4)
+    expected = {b.day: b.close for b in book.daily("AAA", date(2024, 3, 4), date(2024, 3, 6))}
+    assert aaa["close"].tolist() == pytest.approx(list(expected.values()))
+    adjustments = sorted({r.query["adjustment"] for r in fake.requests})
+    assert adjustments == ["all", "raw", "split"]
+
+
+async def test_without_derivation_actions_are_not_reported(fake, make_client):
+    fake.book.add_split("AAA", date(2024, 3, 4), 4.0)
+    client = await make_client(derive_actions=False)
+    df = one(await client.fetch(["AAA"], "1d", utc(2024, 3, 1), utc(2024, 3, 6)), "AAA")
+    assert (df["split"] == 1.0).all()
+    assert {r.query["adjustment"] for r in fake.requests} == {"raw"}
+
+
+async def test_intraday_labels_are_bar_starts_in_utc(fake, make_client):
+    client = await make_client(derive_actions=False)
+    df = one(
+        await client.fetch(["AAA"], "15m", utc(2024, 3, 6, 14, 30), utc(2024, 3, 6, 15, 0)), "AAA"
+    )
+    assert list(df["time"]) == [
+        pd.Timestamp(f"2024-03-06 {t}") for t in ("14:30", "14:45", "15:00")
+    ]
+
+
+async def test_in_progress_daily_bar_is_not_served(fake, make_client):
+    fake.book.now = utc(2024, 3, 6, 18, 0)
+    client = await make_client()
+    df = one(await client.fetch(["AAA"], "1d", utc(2024, 3, 1), utc(2024, 3, 6)), "AAA")
+    assert df["time"].iloc[-1] == pd.Timestamp("2024-03-05")
+
+
+async def test_wrong_keys_are_an_auth_error_not_retried(fake, make_client):
+    client = await make_client(secret_key="wrong-secret-value", derive_actions=False)
+    with capture_logs() as logs:
+        res = await client.fetch(["AAA"], "1d", utc(2024, 3, 1), utc(2024, 3, 6))
+    err = res.errors["AAA"]
+    assert (err.kind, err.status) == ("auth", 401)
+    assert "not authorized" in err.message
+    assert fake.count == 1
+    text = repr(logs) + str(err) + repr(client.status()) + repr(client)
+    assert "wrong-secret-value" not in text and SECRET not in text
+
+
+async def test_keys_from_the_environment(fake, monkeypatch):
+    monkeypatch.delenv(ENV_KEY_ID, raising=False)
+    monkeypatch.delenv(ENV_SECRET_KEY, raising=False)
+    with pytest.raises(ConfigError, match=ENV_KEY_ID):
+        await AlpacaDataClient(base_url=fake.url).start()
+    monkeypatch.setenv(ENV_KEY_ID, KEY_ID)
+    monkeypatch.setenv(ENV_SECRET_KEY, SECRET)
+    client = AlpacaDataClient(base_url=fake.url, clock=lambda: fake.book.now)
+    await client.start()
+    try:
+        res = await client.fetch(["AAA"], "1d", utc(2024, 3, 4), utc(2024, 3, 6))
+        assert len(one(res, "AAA")) == 3
+    finally:
+        await client.stop()
+
+
+async def test_429_and_504_are_retried(fake, make_client):
+    client = await make_client(derive_actions=False)
+    fake.faults.throttle(1)
+    fake.faults.fail_next(1, status=504)
+    df = one(await client.fetch(["AAA"], "1d", utc(2024, 3, 4), utc(2024, 3, 6)), "AAA")
+    assert len(df) == 3 and fake.count == 3  # alpaca-py's own retries
+
+
+async def test_our_retries_take_over_when_the_sdk_gives_up(fake, make_client):
+    client = await make_client(derive_actions=False, sdk_retries=0, max_attempts=3)
+    fake.faults.throttle(2)
+    df = one(await client.fetch(["AAA"], "1d", utc(2024, 3, 4), utc(2024, 3, 6)), "AAA")
+    assert len(df) == 3 and fake.count == 3
+    assert client.caller.last_error.kind == "http_429"
+
+
+async def test_5xx_timeout_and_malformed(fake, make_client):
+    client = await make_client(
+        derive_actions=False, timeout_s=0.2, max_attempts=2, breaker_failure_threshold=20
+    )
+    fake.faults.fail_next(1, status=500)
+    assert len(one(await client.fetch(["A"], "1d", utc(2024, 3, 4), utc(2024, 3, 6)), "A")) == 3
+    # (Each step asks for another window: a closed window's answer is cached.)
+    fake.faults.delay_next(1, 0.6)
+    assert len(one(await client.fetch(["A"], "1d", utc(2024, 3, 1), utc(2024, 3, 5)), "A")) == 3
+    assert client.caller.last_error.kind == "timeout"
+    fake.faults.malformed_next(2)
+    res = await client.fetch(["A"], "1d", utc(2024, 2, 27), utc(2024, 3, 4))
+    assert res.errors["A"].kind == "malformed"
+
+
+async def test_fifty_symbols_in_chunks_with_bounded_concurrency(fake, make_client):
+    client = await make_client(max_symbols_per_request=5, max_concurrency=2)
+    fake.faults.hold_s = 0.01
+    symbols = [f"S{i:02d}" for i in range(50)]
+    res = await client.fetch(symbols, "1d", utc(2024, 3, 4), utc(2024, 3, 6))
+    assert res.errors == {}
+    assert set(res.frame["symbol"]) == set(symbols)
+    assert fake.count == 30  # 10 chunks x (raw, split, all)
+    assert fake.max_in_flight == 2

@@ -1,0 +1,387 @@
+"""The Yahoo client against a loopback Yahoo (recorded fixtures and synthetic bars)."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+
+import pandas as pd
+import pytest
+from fakes import BarBook, fixture_json, need_fixtures
+from fakes.yahoo_server import YahooFake
+
+from tradingd.feeds.resilience import ResilientCaller, SourceConfig, SourceError
+from tradingd.feeds.response_cache import ResponseCache
+from tradingd.feeds.vendor import Session
+from tradingd.feeds.yahoo import YahooClient
+
+NOW = datetime(2024, 3, 6, 22, 0, tzinfo=UTC)  # a Wednesday, after the close (21:00 UTC)
+AAPL_2020 = "chart_AAPL_1d_2020-08-31_to_2020-11-07_div_split.json"
+
+
+async def no_sleep(_: float) -> None:
+    return None
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+@pytest.fixture
+async def fake():
+    async with YahooFake(BarBook(now=NOW)) as server:
+        yield server
+
+
+@pytest.fixture
+async def make_client(fake):
+    clients: list[YahooClient] = []
+
+    async def make(session: Session | None = None, **cfg) -> YahooClient:
+        cfg = {"max_attempts": 3, "backoff_base_s": 0.0, "timeout_s": 2.0, **cfg}
+        caller = ResilientCaller("yahoo", SourceConfig(**cfg), sleep=no_sleep)
+        client = YahooClient(
+            base_url=fake.url, caller=caller, session=session, clock=lambda: fake.book.now
+        )
+        await client.start()
+        clients.append(client)
+        return client
+
+    yield make
+    for c in clients:
+        await c.stop()
+
+
+def one(result, symbol):
+    assert symbol not in result.errors, result.errors
+    return result.for_symbol(symbol)
+
+
+# ----------------------------------------------------------------------------- recorded
+
+
+async def test_recorded_aapl_daily_with_split_and_dividend(fake, make_client):
+    need_fixtures()
+    fake.serve_recorded("AAPL", AAPL_2020)
+    client = await make_client()
+    res = await client.fetch(["AAPL"], "1d", utc(2020, 8, 31), utc(2020, 11, 6))
+    df = one(res, "AAPL")
+    assert list(df.columns) == [
+        "time",
+        "symbol",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "split",
+        "dividend",
+    ]
+    assert len(df) == 49
+    first = df.iloc[0]
+    # Labelled by the session date at 00:00 (Yahoo stamps 13:30 UTC, the New York open).
+    assert first["time"] == pd.Timestamp("2020-08-31")
+    assert first["close"] == pytest.approx(129.0399932861328)
+    assert first["volume"] == 225702700
+    assert first["split"] == 4.0
+    div = df[df["dividend"] > 0]
+    assert list(div["time"]) == [pd.Timestamp("2020-11-06")]
+    assert div["dividend"].iloc[0] == pytest.approx(0.205)
+    assert (df["split"] != 1.0).sum() == 1
+
+    req = fake.requests[0]
+    assert req.path == "/v8/finance/chart/AAPL"
+    assert req.query["interval"] == "1d" and "split" in req.query["events"]
+    assert int(req.query["period1"]) <= int(utc(2020, 8, 31).timestamp())
+    assert req.headers["User-Agent"].startswith("Mozilla/5.0")
+
+
+async def test_bars_before_a_split_come_out_raw(fake, make_client):
+    """Yahoo's closes before a split are split-adjusted; the client multiplies them back."""
+    need_fixtures()
+    body = fixture_json("yahoo", AAPL_2020)
+    r = body["chart"]["result"][0]
+    # 2020-08-28 as Yahoo shows it today (adjusted; raw: O 504.05 H 505.77 L 498.31 C 499.23,
+    # volume 46,907,479; chartPreviousClose of the fixture is 124.808).
+    r["timestamp"].insert(0, 1598621400)
+    q = r["indicators"]["quote"][0]
+    for k, v in (
+        ("open", 126.0125),
+        ("high", 126.4425),
+        ("low", 124.5775),
+        ("close", 124.8075),
+        ("volume", 187629916),
+    ):
+        q[k].insert(0, v)
+    r["indicators"]["adjclose"][0]["adjclose"].insert(0, 121.69)
+    fake.faults.respond_next(body)
+    client = await make_client()
+    df = one(await client.fetch(["AAPL"], "1d", utc(2020, 8, 28), utc(2020, 11, 6)), "AAPL")
+    pre, split_day = df.iloc[0], df.iloc[1]
+    assert pre["time"] == pd.Timestamp("2020-08-28")
+    assert pre["close"] == pytest.approx(499.23)
+    assert pre["close"] == pytest.approx(4 * 124.8075)
+    assert (pre["open"], pre["high"], pre["low"]) == pytest.approx((504.05, 505.77, 498.31))
+    assert pre["volume"] == 46907479
+    assert pre["split"] == 1.0
+    assert split_day["time"] == pd.Timestamp("2020-08-31") and split_day["split"] == 4.0
+    assert split_day["close"] == pytest.approx(129.04, abs=1e-4)  # after the split: unchanged
+
+
+async def test_recorded_6309T_three_for_one_split_unadjusted(fake, make_client):
+    need_fixtures()
+    fake.serve_recorded("6309.T", "chart_6309.T_1d_range1mo_div_split.json")
+    tokyo = Session(timezone="Asia/Tokyo", close="15:30")
+    client = await make_client(session=tokyo)
+    after_close = utc(2025, 5, 19, 6, 31)
+    df = one(
+        await client.fetch(["6309.T"], "1d", utc(2025, 4, 21), utc(2025, 5, 19), now=after_close),
+        "6309.T",
+    )
+    assert df["time"].iloc[0] == pd.Timestamp("2025-04-21")  # Tokyo session dates
+    pre = df[df["time"] < pd.Timestamp("2025-04-28")]
+    assert len(pre) == 5
+    assert pre["close"].iloc[0] == pytest.approx(4285.0)  # 1428.33 x 3
+    assert pre["volume"].iloc[0] == pytest.approx(49900)  # 149700 / 3
+    ex = df[df["time"] == pd.Timestamp("2025-04-28")].iloc[0]
+    assert ex["split"] == 3.0 and ex["dividend"] == pytest.approx(73.0)
+    assert ex["close"] == pytest.approx(1378.0)
+    assert df["time"].iloc[-1] == pd.Timestamp("2025-05-19")
+
+    # Before the session's close (06:30 UTC, from currentTradingPeriod) its bar is not served.
+    df = one(
+        await client.fetch(
+            ["6309.T"], "1d", utc(2025, 4, 21), utc(2025, 5, 19), now=utc(2025, 5, 19, 6, 29)
+        ),
+        "6309.T",
+    )
+    assert df["time"].iloc[-1] == pd.Timestamp("2025-05-16")
+
+
+async def test_recorded_intraday_in_progress_bar_is_never_served(fake, make_client):
+    need_fixtures()
+    fake.serve_recorded("AAPL", "chart_AAPL_5m_range1d_midsession.json")
+    client = await make_client()
+    rmt = datetime.fromtimestamp(1791208707, UTC)  # regularMarketTime, 13:58:27 UTC
+    start, end = utc(2026, 10, 5, 13, 30), utc(2026, 10, 5, 13, 55)
+    df = one(await client.fetch(["AAPL"], "5m", start, end, now=rmt), "AAPL")
+    # Labelled by bar start in UTC; the 13:55 bar closes at 14:00, the 13:58:27 pseudo bar
+    # (volume 0, O=H=L=C) is the live price, never a bar.
+    assert list(df["time"]) == [pd.Timestamp(f"2026-10-05 13:{m}") for m in (30, 35, 40, 45, 50)]
+    assert df["close"].iloc[0] == pytest.approx(336.0736083984375)
+    df = one(await client.fetch(["AAPL"], "5m", start, end, now=utc(2026, 10, 5, 14, 0)), "AAPL")
+    assert df["time"].iloc[-1] == pd.Timestamp("2026-10-05 13:55")
+    assert (df["volume"] > 0).all()
+
+
+async def test_recorded_null_bars_are_skipped(fake, make_client):
+    need_fixtures()
+    fake.serve_recorded("7203.T", "chart_7203.T_5m_range1d_null_bars.json")
+    client = await make_client()
+    df = one(
+        await client.fetch(
+            ["7203.T"], "5m", utc(2026, 10, 5), utc(2026, 10, 5, 6, 30), now=utc(2026, 10, 6)
+        ),
+        "7203.T",
+    )
+    assert len(df) == 5  # 10 stamps: 4 null (lunch break), 1 closing pseudo bar (volume 0)
+    assert df[["open", "high", "low", "close", "volume"]].notna().all().all()
+    assert df["time"].iloc[-1] == pd.Timestamp("2026-10-05 06:20")
+
+
+async def test_recorded_weekend_window_is_empty_not_an_error(fake, make_client):
+    need_fixtures()
+    fake.serve_recorded("AAPL", "chart_AAPL_1m_weekend_no_bars.json")
+    client = await make_client()
+    res = await client.fetch(["AAPL"], "1m", utc(2025, 2, 1), utc(2025, 2, 1, 23, 59))
+    assert res.errors == {}
+    assert res.frame.empty
+
+
+async def test_recorded_error_bodies(fake, make_client):
+    need_fixtures()
+    client = await make_client()
+    for name, status, kind in (
+        ("chart_unknown_symbol_404.json", 404, "not_found"),
+        ("chart_5m_range_too_old_422.json", 422, "http_4xx"),
+        ("chart_invalid_interval_400.json", 400, "http_4xx"),
+    ):
+        fake.reset_stats()
+        fake.faults.respond_next(fixture_json("yahoo", name), status=status)
+        res = await client.fetch(["AAPL"], "1d", NOW - timedelta(days=5), utc(2024, 3, 6))
+        err = res.errors["AAPL"]
+        assert (err.kind, err.status) == (kind, status)
+        assert fake.count == 1  # not retried
+    assert (
+        "within the last 60 days"
+        in fixture_json("yahoo", "chart_5m_range_too_old_422.json")["chart"]["error"]["description"]
+    )
+
+
+# ----------------------------------------------------------------------------- synthetic
+
+
+async def test_synthetic_split_and_dividend_raw_like_stored_data(fake, make_client):
+    book = fake.book
+    book.add_split("XYZ", date(2024, 3, 4), 4.0)
+    book.add_dividend("XYZ", date(2024, 3, 5), 0.5)
+    client = await make_client()
+    df = one(await client.fetch(["XYZ"], "1d", utc(2024, 2, 26), utc(2024, 3, 6)), "XYZ")
+    expected = book.daily("XYZ", date(2024, 2, 26), date(2024, 3, 6))
+    assert list(df["time"]) == [pd.Timestamp(b.day) for b in expected]
+    assert df["close"].to_numpy() == pytest.approx([b.close for b in expected], abs=0.011)
+    assert df["volume"].to_numpy() == pytest.approx([b.volume for b in expected], abs=1)
+    assert df.set_index("time")["split"].to_dict()[pd.Timestamp("2024-03-04")] == 4.0
+    assert df.set_index("time")["dividend"].to_dict()[pd.Timestamp("2024-03-05")] == 0.5
+    assert (df["split"] != 1).sum() == 1 and (df["dividend"] != 0).sum() == 1
+
+
+async def test_old_window_is_unadjusted_for_splits_after_it(fake, make_client):
+    """Yahoo adjusts old bars for splits up to today: a window that ends before a split must
+    still come out raw (the client asks for the later split events)."""
+    book = fake.book
+    book.add_split("OLD", date(2024, 3, 4), 2.0)
+    client = await make_client()
+    df = one(await client.fetch(["OLD"], "1d", utc(2024, 2, 12), utc(2024, 2, 23)), "OLD")
+    expected = book.daily("OLD", date(2024, 2, 12), date(2024, 2, 23))
+    assert df["close"].to_numpy() == pytest.approx([b.close for b in expected], abs=0.011)
+    assert (df["split"] == 1.0).all()
+    assert any(r.query.get("events") == "split" for r in fake.requests)
+
+
+async def test_in_progress_daily_bar_waits_for_the_close(fake, make_client):
+    book = fake.book
+    book.now = utc(2024, 3, 6, 18, 0)  # 13:00 New York
+    client = await make_client()
+    res = await client.fetch(["AAA"], "1d", utc(2024, 3, 1), utc(2024, 3, 6))
+    assert one(res, "AAA")["time"].iloc[-1] == pd.Timestamp("2024-03-05")
+    book.now = utc(2024, 3, 6, 21, 1)
+    res = await client.fetch(["AAA"], "1d", utc(2024, 3, 1), utc(2024, 3, 6))
+    assert one(res, "AAA")["time"].iloc[-1] == pd.Timestamp("2024-03-06")
+
+
+async def test_unknown_symbol_fails_alone(fake, make_client):
+    client = await make_client()
+    res = await client.fetch(["AAA", "NOPE", "BBB"], "1d", utc(2024, 3, 1), utc(2024, 3, 6))
+    assert set(res.errors) == {"NOPE"}
+    assert res.errors["NOPE"].kind == "not_found"
+    assert set(res.frame["symbol"]) == {"AAA", "BBB"}
+    assert sum(1 for r in fake.requests if r.path.endswith("/NOPE")) == 1
+
+
+async def test_too_old_intraday_window_is_a_422_not_retried(fake, make_client):
+    client = await make_client()
+    res = await client.fetch(["AAA"], "5m", NOW - timedelta(days=100), NOW - timedelta(days=99))
+    err = res.errors["AAA"]
+    assert (err.kind, err.status) == ("http_4xx", 422)
+    assert "60 days" in err.message
+    assert fake.count == 1
+
+
+async def test_bad_interval_is_a_400(fake, make_client):
+    client = await make_client()
+    with pytest.raises(SourceError) as info:
+        await client.chart("AAA", {"interval": "5h", "range": "1d"}, key=None, now=NOW)
+    assert (info.value.kind, info.value.status) == ("http_4xx", 400)
+    assert "5h is not supported" in info.value.message
+
+
+async def test_429_is_retried_then_succeeds(fake, make_client):
+    client = await make_client(max_attempts=4)
+    fake.faults.throttle(2)
+    res = await client.fetch(["AAA"], "1d", utc(2024, 3, 1), utc(2024, 3, 6))
+    assert len(one(res, "AAA")) == 4
+    assert fake.count == 3
+    assert client.status()["last_error"]["kind"] == "http_429"
+    assert client.status()["ok"] is True
+
+
+async def test_timeout_then_success(fake, make_client):
+    client = await make_client(timeout_s=0.2, max_attempts=2)
+    fake.faults.delay_next(1, 0.6)
+    res = await client.fetch(["AAA"], "1d", utc(2024, 3, 1), utc(2024, 3, 6))
+    assert len(one(res, "AAA")) == 4
+    assert client.caller.last_error.kind == "timeout"
+
+
+@pytest.mark.parametrize(
+    ("inject", "kind"),
+    [("malformed_next", "malformed"), ("down", "http_5xx"), ("reset_next", "connection")],
+)
+async def test_faults_exhausting_retries_are_reported_by_kind(fake, make_client, inject, kind):
+    client = await make_client(max_attempts=2, breaker_failure_threshold=10)
+    # aiohttp retries a request once by itself on a dropped pooled connection: enough faults.
+    getattr(fake.faults, inject)(4 if inject == "reset_next" else 2)
+    res = await client.fetch(["AAA"], "1d", utc(2024, 3, 1), utc(2024, 3, 6))
+    assert res.errors["AAA"].kind == kind
+    assert res.errors["AAA"].retryable
+    # The source recovers by itself.
+    fake.faults.clear()
+    res = await client.fetch(["AAA"], "1d", utc(2024, 3, 1), utc(2024, 3, 6))
+    assert len(one(res, "AAA")) == 4
+
+
+async def test_malformed_once_is_retried(fake, make_client):
+    client = await make_client(max_attempts=2)
+    fake.faults.malformed_next(1)
+    assert len(one(await client.fetch(["A"], "1d", utc(2024, 3, 1), utc(2024, 3, 6)), "A")) == 4
+
+
+async def test_empty_bar_list_and_null_bars(fake, make_client):
+    client = await make_client()
+    fake.faults.empty_next(1)
+    res = await client.fetch(["AAA"], "1d", utc(2024, 3, 1), utc(2024, 3, 6))
+    assert res.errors == {} and res.frame.empty
+    fake.faults.null_next(1)
+    res = await client.fetch(["AAA"], "5m", utc(2024, 3, 6, 14, 30), utc(2024, 3, 6, 15, 30))
+    assert len(one(res, "AAA")) == 12  # 13 bars, the null one skipped
+
+
+async def test_fifty_symbols_with_bounded_concurrency(fake, make_client):
+    client = await make_client(max_concurrency=4)
+    fake.faults.hold_s = 0.02
+    symbols = [f"S{i:02d}" for i in range(50)]
+    res = await client.fetch(symbols, "1d", utc(2024, 3, 4), utc(2024, 3, 6))
+    assert res.errors == {}
+    assert set(res.frame["symbol"]) == set(symbols)
+    assert 2 <= fake.max_in_flight <= 4
+    assert client.caller.max_in_flight <= 4
+
+
+async def test_closed_windows_are_cached_open_ones_are_not(fake, make_client):
+    client = await make_client()
+    await client.fetch(["AAA"], "1d", utc(2024, 3, 1), utc(2024, 3, 6))
+    n = fake.count
+    again = await client.fetch(["AAA"], "1d", utc(2024, 3, 1), utc(2024, 3, 6))
+    assert fake.count == n and len(one(again, "AAA")) == 4
+    fake.book.now = utc(2024, 3, 7, 15, 0)  # Thursday's session in progress
+    await client.fetch(["AAA"], "1d", utc(2024, 3, 1), utc(2024, 3, 7))
+    await client.fetch(["AAA"], "1d", utc(2024, 3, 1), utc(2024, 3, 7))
+    assert fake.count == n + 2
+
+
+async def test_cached_body_is_not_reparsed_with_a_later_clock(fake):
+    """A cached answer only yields bars closed when it was fetched."""
+    cache = ResponseCache()
+    await cache.start()
+    caller = ResilientCaller("yahoo", SourceConfig(backoff_base_s=0.0), sleep=no_sleep)
+    client = YahooClient(base_url=fake.url, caller=caller, cache=cache)
+    await client.start()
+    try:
+        fake.book.now = utc(2024, 3, 6, 20, 0)  # in session
+        params = {"interval": "1d", "range": "5d", "events": "div|split"}
+        result, fetched = await client.chart("AAA", params, key="k", now=fake.book.now)
+        assert fetched == fake.book.now
+        result2, fetched2 = await client.chart("AAA", params, key="k", now=utc(2024, 3, 9))
+        assert fetched2 == fetched and fake.count == 1
+        assert result2["timestamp"] == result["timestamp"]
+    finally:
+        await client.stop()
+        await cache.stop()
+
+
+async def test_collector_period_request_uses_range(fake, make_client):
+    client = await make_client()
+    res = await client.fetch_period(["AAA"], "5d", "1d")
+    df = one(res, "AAA")
+    assert df["time"].iloc[-1] == pd.Timestamp("2024-03-06")
+    assert fake.requests[0].query["range"] == "5d"

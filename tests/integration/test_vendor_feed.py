@@ -1,0 +1,535 @@
+"""VendorFeed (the engine's Feed on a vendor), the response cache and the research collector,
+against the loopback vendors: same bars as stored data, faults survived, recovery by itself."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, date, datetime, time
+
+import numpy as np
+import pandas as pd
+import pytest
+from fakes import NY, BarBook
+from fakes.alpaca_data_server import AlpacaDataFake
+from fakes.alphavantage_server import AlphaVantageFake
+from fakes.yahoo_server import YahooFake
+from structlog.testing import capture_logs
+
+from tradingd.cache.redis import RedisCache
+from tradingd.core.errors import FatalError, RetryableError
+from tradingd.feeds.alpaca_data import AlpacaDataClient
+from tradingd.feeds.alphavantage import AlphaVantageClient
+from tradingd.feeds.collector import MarketDataCollector
+from tradingd.feeds.panel import Panel
+from tradingd.feeds.resilience import ResilientCaller, SourceConfig, SourceError
+from tradingd.feeds.response_cache import ResponseCache, cache_key
+from tradingd.feeds.validate import validate_frame
+from tradingd.feeds.vendor import Session, VendorFeed
+from tradingd.feeds.yahoo import YahooClient
+from tradingd.metrics import CACHE_REQUESTS
+
+NOW = datetime(2024, 3, 6, 22, 0, tzinfo=UTC)  # Wednesday, after the close
+SYMBOLS = ("AAA", "BBB", "CCC")
+AV_KEY = "av-test-key-123456"
+
+
+async def no_sleep(_: float) -> None:
+    return None
+
+
+def utc(*args: int) -> datetime:
+    return datetime(*args, tzinfo=UTC)
+
+
+class MonoClock:
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def make_book() -> BarBook:
+    book = BarBook(now=NOW)
+    book.add_split("AAA", date(2024, 3, 4), 4.0)
+    book.add_dividend("BBB", date(2024, 3, 5), 0.5)
+    return book
+
+
+def stored_panel(book: BarBook, symbols, first: date, last: date) -> Panel:
+    """The same bars as stored history would hold them (raw, split and dividend columns),
+    through the loaders' validation."""
+    rows = []
+    for s in symbols:
+        for b in book.daily(s, first, last):
+            if b.in_progress:
+                continue
+            rows.append(
+                {
+                    "time": b.day.isoformat(),
+                    "symbol": s,
+                    "open": b.open,
+                    "high": b.high,
+                    "low": b.low,
+                    "close": b.close,
+                    "volume": b.volume,
+                    "split": book.splits.get(s, {}).get(b.day, 1.0),
+                    "dividend": book.dividends.get(s, {}).get(b.day, 0.0),
+                }
+            )
+    return Panel.from_long(validate_frame(pd.DataFrame(rows), source="stored", symbol=None))
+
+
+def source_for(kind: str, fake, clock=None, **cfg):
+    cfg = {"max_attempts": 2, "backoff_base_s": 0.0, "timeout_s": 1.0, **cfg}
+    caller = ResilientCaller(
+        kind if kind != "alpaca" else "alpaca",
+        SourceConfig(**cfg),
+        sleep=no_sleep,
+        clock=clock or MonoClock(),
+    )
+    now = lambda: fake.book.now  # noqa: E731
+    if kind == "yahoo":
+        return YahooClient(base_url=fake.url, caller=caller, clock=now)
+    if kind == "alphavantage":
+        return AlphaVantageClient(
+            api_key=AV_KEY, base_url=fake.url, caller=caller, clock=now, adjusted=True
+        )
+    return AlpacaDataClient(
+        api_key="kid-123456",
+        secret_key="secret-123456",
+        base_url=fake.url,
+        caller=caller,
+        clock=now,
+        sdk_retry_wait_s=0,
+    )
+
+
+def fake_for(kind: str, book: BarBook):
+    if kind == "yahoo":
+        return YahooFake(book)
+    if kind == "alphavantage":
+        return AlphaVantageFake(book, api_key=AV_KEY)
+    return AlpacaDataFake(book, key_id="kid-123456", secret="secret-123456")
+
+
+@pytest.fixture
+async def yahoo():
+    async with YahooFake(make_book()) as fake:
+        yield fake
+
+
+async def started(feed: VendorFeed) -> VendorFeed:
+    await feed.start()
+    return feed
+
+
+# ----------------------------------------------------------------------------- same bars
+
+
+@pytest.mark.parametrize("kind", ["yahoo", "alphavantage", "alpaca"])
+async def test_every_source_serves_what_stored_data_holds(kind):
+    """Live bars equal stored bars: raw prices, the split and the dividend on their ex-dates,
+    labels at the session date, for all three vendors."""
+    book = make_book()
+    async with fake_for(kind, book) as fake:
+        feed = await started(
+            VendorFeed(source_for(kind, fake), SYMBOLS, "1d", clock=lambda: book.now)
+        )
+        try:
+            stored = stored_panel(book, SYMBOLS, date(2024, 2, 26), date(2024, 3, 6))
+            hist = await feed.history(utc(2024, 2, 26), utc(2024, 3, 6))
+            assert hist.symbols == stored.symbols == SYMBOLS
+            assert np.array_equal(hist.times, stored.times)
+            for f in ("open", "high", "low", "close", "volume", "split"):
+                np.testing.assert_allclose(getattr(hist, f), getattr(stored, f), rtol=1e-6)
+            np.testing.assert_allclose(hist.dividend, stored.dividend, atol=1e-4)
+
+            bar = await feed.bars(utc(2024, 3, 4))
+            assert bar is not None and bar.time == utc(2024, 3, 4)
+            i = list(stored.times).index(np.datetime64("2024-03-04"))
+            np.testing.assert_allclose(bar.close, stored.close[i], rtol=1e-6)
+            assert bar.split.tolist() == [4.0, 1.0, 1.0]
+            bar = await feed.bars(utc(2024, 3, 5))
+            assert bar.dividend == pytest.approx([0.0, 0.5, 0.0], abs=1e-4)
+            assert feed.status()["ok"] is True and feed.status()["failed"] == {}
+        finally:
+            await feed.stop()
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+async def test_failed_symbol_is_nan_and_reported(yahoo):
+    feed = await started(
+        VendorFeed(source_for("yahoo", yahoo), ("AAA", "NOPE", "BBB"), clock=lambda: NOW)
+    )
+    try:
+        bar = await feed.bars(utc(2024, 3, 6))
+        assert feed.symbols == ("AAA", "BBB", "NOPE")
+        assert np.isnan(bar.close[2]) and np.isfinite(bar.close[:2]).all()
+        assert bar.valid.tolist() == [True, True, False]
+        st = feed.status()
+        assert st["failed"]["NOPE"]["kind"] == "not_found"
+        assert st["ok"] is False
+        assert st["detail"] == "1 of 3 symbols failing: NOPE (not_found)"
+    finally:
+        await feed.stop()
+
+
+async def test_source_down_breaker_opens_and_feed_recovers_by_itself(yahoo):
+    clock = MonoClock()
+    source = source_for(
+        "yahoo",
+        yahoo,
+        clock=clock,
+        breaker_failure_threshold=3,
+        breaker_reset_timeout_s=30,
+        max_concurrency=1,
+    )
+    feed = await started(VendorFeed(source, SYMBOLS, clock=lambda: NOW))
+    try:
+        yahoo.faults.down(1000)
+        with pytest.raises(RetryableError, match="no symbol could be fetched"):
+            await feed.bars(utc(2024, 3, 6))
+        assert source.caller.breaker.state == "open"
+        hits = yahoo.count
+        assert hits == 3  # the breaker stopped the hammering after 3 failed requests
+        # While open: still a RetryableError for the engine, and no request at all.
+        with pytest.raises(RetryableError):
+            await feed.bars(utc(2024, 3, 6))
+        assert yahoo.count == hits
+        st = feed.status()
+        assert st["caller"]["circuit"] == "open" and st["ok"] is False
+        assert {v["kind"] for v in st["failed"].values()} <= {"http_5xx", "circuit_open"}
+
+        # The source comes back; after the reset time (no real sleep) the feed recovers.
+        yahoo.faults.clear()
+        clock.t += 30
+        bar = await feed.bars(utc(2024, 3, 6))
+        assert bar is not None and bar.valid.all()
+        st = feed.status()
+        assert st["ok"] is True and st["failed"] == {} and st["caller"]["circuit"] == "closed"
+    finally:
+        await feed.stop()
+
+
+async def test_timeouts_never_block_the_feed(yahoo):
+    clock = MonoClock()
+    feed = await started(
+        VendorFeed(
+            source_for("yahoo", yahoo, timeout_s=0.2, clock=clock), SYMBOLS, clock=lambda: NOW
+        )
+    )
+    try:
+        yahoo.faults.delay_s = 0.5
+        with pytest.raises(RetryableError):
+            await asyncio.wait_for(feed.bars(utc(2024, 3, 6)), 3.0)
+        assert all(v["kind"] == "timeout" for v in feed.status()["failed"].values())
+        yahoo.faults.delay_s = 0.0
+        clock.t += 60  # the breaker opened on the timeouts; its reset time passes
+        assert (await feed.bars(utc(2024, 3, 6))).valid.all()
+    finally:
+        await feed.stop()
+
+
+async def test_429_malformed_and_empty_are_survived(yahoo):
+    feed = await started(
+        VendorFeed(source_for("yahoo", yahoo, max_attempts=3), SYMBOLS, clock=lambda: NOW)
+    )
+    try:
+        yahoo.faults.throttle(2)
+        assert (await feed.bars(utc(2024, 3, 4))).valid.all()
+        yahoo.faults.malformed_next(1)
+        assert (await feed.bars(utc(2024, 3, 5))).valid.all()
+        yahoo.faults.empty_next(1)  # one symbol's answer has no bars
+        bar = await feed.bars(utc(2024, 3, 6))
+        assert bar.valid.sum() == 2 and feed.status()["failed"] == {}
+    finally:
+        await feed.stop()
+
+
+async def test_unclosed_bar_is_late_and_holiday_is_none(yahoo):
+    yahoo.book.now = utc(2024, 3, 6, 18, 0)
+    feed = await started(
+        VendorFeed(source_for("yahoo", yahoo), SYMBOLS, clock=lambda: yahoo.book.now)
+    )
+    try:
+        with pytest.raises(RetryableError, match="not yet closed"):
+            await feed.bars(utc(2024, 3, 6))
+        assert yahoo.count == 0
+        assert await feed.bars(utc(2024, 3, 2)) is None  # a Saturday: no bar
+        strict = await started(
+            VendorFeed(
+                source_for("yahoo", yahoo),
+                SYMBOLS,
+                clock=lambda: yahoo.book.now,
+                is_session=lambda t: True,
+            )
+        )
+        with pytest.raises(RetryableError, match="no bar yet"):
+            await strict.bars(utc(2024, 3, 2))
+        await strict.stop()
+    finally:
+        await feed.stop()
+
+
+async def test_auth_failure_everywhere_is_fatal():
+    book = make_book()
+    async with AlpacaDataFake(book, key_id="other", secret="other-secret") as fake:
+        feed = await started(VendorFeed(source_for("alpaca", fake), SYMBOLS, clock=lambda: NOW))
+        try:
+            with pytest.raises(FatalError, match="credentials"):
+                await feed.bars(utc(2024, 3, 6))
+        finally:
+            await feed.stop()
+
+
+async def test_intraday_feed_serves_closed_bars_by_start(yahoo):
+    yahoo.book.now = utc(2024, 3, 6, 15, 2)
+    feed = await started(
+        VendorFeed(source_for("yahoo", yahoo), SYMBOLS, "5m", clock=lambda: yahoo.book.now)
+    )
+    try:
+        bar = await feed.bars(utc(2024, 3, 6, 14, 55))
+        assert bar.valid.all()
+        expected = yahoo.book.intraday("BBB", 5, utc(2024, 3, 6, 14, 55), utc(2024, 3, 6, 15))
+        assert bar.close[1] == pytest.approx(expected[0].close)
+        with pytest.raises(RetryableError, match="not yet closed"):
+            await feed.bars(utc(2024, 3, 6, 15, 0))
+    finally:
+        await feed.stop()
+
+
+async def test_feed_state_stays_bounded(yahoo):
+    feed = await started(VendorFeed(source_for("yahoo", yahoo), SYMBOLS, clock=lambda: NOW))
+    try:
+        for day in pd.bdate_range("2024-01-02", "2024-03-06"):
+            await feed.bars(day.to_pydatetime().replace(tzinfo=UTC))
+        assert len(feed._failed) == 0
+        assert len(feed.source.cache.fallback) <= feed.source.cache.fallback.max_entries
+        assert len(vars(feed)) < 15  # no per-bar state accumulates on the feed itself
+    finally:
+        await feed.stop()
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+class FlakyCache:
+    """A primary cache that fails while `down`."""
+
+    def __init__(self) -> None:
+        self.down = True
+        self.data: dict[str, bytes] = {}
+        self.starts = 0
+
+    async def start(self) -> None:
+        self.starts += 1
+        if self.down:
+            raise RetryableError("flaky cache down")
+
+    async def stop(self) -> None:
+        return None
+
+    async def get(self, key: str) -> bytes | None:
+        if self.down:
+            raise RetryableError("flaky cache down")
+        return self.data.get(key)
+
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        if self.down:
+            raise RetryableError("flaky cache down")
+        self.data[key] = value
+
+
+async def test_cache_falls_back_to_memory_and_returns_to_the_primary():
+    clock = MonoClock()
+    primary = FlakyCache()
+    cache = ResponseCache(primary, clock=clock, retry_after_s=30)
+    errors = CACHE_REQUESTS.labels(result="error")._value.get()
+    with capture_logs() as logs:
+        await cache.start()  # does not fail
+    assert any(e["event"] == "cache.response.primary_down" for e in logs)
+    assert cache.status()["backend"] == "memory"
+    await cache.set("k", b"v")
+    assert await cache.get("k") == b"v"  # from memory
+    assert CACHE_REQUESTS.labels(result="error")._value.get() > errors
+    primary.down = False
+    await cache.set("k2", b"v2")
+    assert "k2" not in primary.data  # not retried before retry_after_s
+    clock.t += 30
+    await cache.set("k3", b"v3")
+    assert primary.data == {"k3": b"v3"} and cache.status()["backend"] == "primary"
+    primary.down = True
+    assert await cache.get("k") == b"v"  # the primary fails again: memory still answers
+    await cache.stop()
+
+
+async def test_redis_down_falls_back_without_failing_calls(yahoo):
+    cache = ResponseCache(RedisCache("redis://127.0.0.1:1/0", connect_timeout=0.2))
+    await cache.start()
+    caller = ResilientCaller("yahoo", SourceConfig(backoff_base_s=0.0), sleep=no_sleep)
+    client = YahooClient(base_url=yahoo.url, caller=caller, cache=cache, clock=lambda: NOW)
+    feed = await started(VendorFeed(client, SYMBOLS, clock=lambda: NOW))
+    try:
+        assert (await feed.bars(utc(2024, 3, 6))).valid.all()
+        n = yahoo.count
+        assert (await feed.bars(utc(2024, 3, 6))).valid.all()
+        assert yahoo.count == n  # cached in memory
+        assert cache.status()["backend"] == "memory"
+    finally:
+        await feed.stop()
+        await cache.stop()
+
+
+async def test_responses_cached_in_redis_with_expiry(yahoo, redis_url):
+    cache = ResponseCache.from_url(redis_url, ttl_s=120)
+    await cache.start()
+    caller = ResilientCaller("yahoo", SourceConfig(backoff_base_s=0.0), sleep=no_sleep)
+    client = YahooClient(base_url=yahoo.url, caller=caller, cache=cache, clock=lambda: NOW)
+    feed = await started(VendorFeed(client, SYMBOLS, clock=lambda: NOW))
+    redis = cache.primary._client
+    try:
+        async for k in redis.scan_iter("tradingd:md:yahoo:*"):
+            await redis.delete(k)
+        assert (await feed.bars(utc(2024, 3, 6))).valid.all()
+        keys = [k async for k in redis.scan_iter("tradingd:md:yahoo:*")]
+        assert len(keys) == 3
+        ttls = [await redis.pttl(k) for k in keys]
+        assert all(0 < t <= 120_000 for t in ttls)
+        n = yahoo.count
+        feed2 = VendorFeed(client, SYMBOLS, clock=lambda: NOW)
+        assert (await feed2.bars(utc(2024, 3, 6))).valid.all()
+        assert yahoo.count == n  # served from Redis
+        for k in keys:
+            await redis.delete(k)
+    finally:
+        await feed.stop()
+        await cache.stop()
+
+
+def test_cache_keys_refuse_secrets():
+    key = cache_key("alphavantage", "IBM", "1d", {"function": "TIME_SERIES_DAILY"})
+    assert key.startswith("md:alphavantage:IBM:1d:")
+    with pytest.raises(ValueError, match="secret"):
+        cache_key("alphavantage", "IBM", "1d", {"apikey": "x"})
+
+
+# ----------------------------------------------------------------------------- collector
+
+
+async def test_collector_research_api():
+    book = make_book()
+    async with (
+        YahooFake(book) as yf,
+        AlphaVantageFake(book, api_key=AV_KEY) as avf,
+        AlpacaDataFake(book, key_id="kid-123456", secret="secret-123456") as apf,
+    ):
+        mdc = MarketDataCollector(
+            yahoo=source_for("yahoo", yf),
+            alphavantage=source_for("alphavantage", avf),
+            alpaca=source_for("alpaca", apf),
+            clock=lambda: book.now,
+        )
+        async with mdc:
+            y = await mdc.get_yahoo_finance_data("AAA", period="1mo", interval="1d")
+            assert y["time"].iloc[-1] == pd.Timestamp("2024-03-06")
+            assert y.set_index("time").loc[pd.Timestamp("2024-03-04"), "split"] == 4.0
+            d = await mdc.get_alpha_vantage_daily_data("BBB", outputsize="compact")
+            assert len(d) == 100 and d["time"].is_monotonic_increasing
+            i = await mdc.get_alpha_vantage_intraday_data("BBB", interval="15min")
+            assert i["time"].iloc[-1] == pd.Timestamp("2024-03-06 20:45")
+            with pytest.raises(SourceError) as info:
+                await mdc.get_yahoo_finance_data("NOPE")
+            assert info.value.kind == "not_found"
+
+            symbols = ["AAA", "NOPE", *[f"S{k:02d}" for k in range(20)]]
+            yf.faults.hold_s = 0.01
+            got = await mdc.get_multiple_symbols_data(symbols, source="yahoo", period="5d")
+            assert set(got) == set(symbols) - {"NOPE"}
+            assert mdc.errors["NOPE"].kind == "not_found"
+            assert yf.max_in_flight <= 4
+            assert all(len(df) == 5 for df in got.values())
+            got = await mdc.get_multiple_symbols_data(
+                ["AAA", "BBB"], source="alpaca", start=utc(2024, 3, 1), end=utc(2024, 3, 6)
+            )
+            assert got["AAA"]["split"].tolist() == [1.0, 4.0, 1.0, 1.0]
+            with pytest.raises(SourceError):
+                await mdc.get_multiple_symbols_data(["NOPE"], source="yahoo", raise_on_error=True)
+            assert set(mdc.status()) == {"yahoo", "alphavantage", "alpaca"}
+
+
+async def test_collector_history_window_matches_feed(yahoo):
+    mdc = MarketDataCollector(yahoo=source_for("yahoo", yahoo), clock=lambda: NOW)
+    async with mdc:
+        got = await mdc.get_multiple_symbols_data(
+            list(SYMBOLS), source="yahoo", start=utc(2024, 2, 26), end=utc(2024, 3, 6)
+        )
+    stored = stored_panel(yahoo.book, SYMBOLS, date(2024, 2, 26), date(2024, 3, 6))
+    for j, s in enumerate(SYMBOLS):
+        np.testing.assert_allclose(got[s]["close"].to_numpy(), stored.close[:, j], rtol=1e-6)
+
+
+async def test_fake_runs_in_a_background_thread():
+    """For a daemon test on another event loop: the fake serves from its own thread."""
+    fake = YahooFake(make_book())
+    url = fake.start_in_thread()
+    try:
+        caller = ResilientCaller("yahoo", SourceConfig(backoff_base_s=0.0), sleep=no_sleep)
+        feed = await started(
+            VendorFeed(YahooClient(base_url=url, caller=caller), SYMBOLS, clock=lambda: NOW)
+        )
+        bar = await feed.bars(utc(2024, 3, 6))
+        await feed.stop()
+        assert bar.valid.all() and fake.count == 3
+    finally:
+        fake.stop_thread()
+
+
+async def test_big_answers_are_not_kept_in_process():
+    cache = ResponseCache(max_fallback_value_bytes=10)
+    await cache.start()
+    await cache.set("small", b"12345")
+    await cache.set("big", b"x" * 11)
+    assert await cache.get("small") == b"12345" and await cache.get("big") is None
+    await cache.stop()
+
+
+class StubCalendar:
+    """Duck-typed like ExchangeCalendar("XNYS", "1d"): 2024-03-05 is a holiday, 2024-03-06 a
+    half day closing at 13:00 New York."""
+
+    def close_of(self, label: datetime) -> datetime:
+        d = label.date()
+        if d.weekday() >= 5 or d == date(2024, 3, 5):
+            raise ValueError(f"{d} is not a session")
+        hour = 13 if d == date(2024, 3, 6) else 16
+        return datetime.combine(d, time(hour), NY).astimezone(UTC)
+
+
+async def test_calendar_gives_holidays_and_half_day_closes():
+    book = make_book()
+    book.now = utc(2024, 3, 6, 18, 30)  # 13:30 New York, after the half day's close
+    async with AlpacaDataFake(book, key_id="kid-123456", secret="secret-123456") as fake:
+        source = source_for("alpaca", fake)
+        source.session = Session(calendar=StubCalendar())
+        feed = await started(
+            VendorFeed(source, SYMBOLS, clock=lambda: book.now, calendar=StubCalendar())
+        )
+        try:
+            assert await feed.bars(utc(2024, 3, 5)) is None  # the holiday: no request
+            assert fake.count == 0
+            bar = await feed.bars(utc(2024, 3, 6))  # served at 13:30, not held until 16:00
+            assert bar is not None and bar.valid.all()
+            book.now = utc(2024, 3, 6, 17, 59)
+            with pytest.raises(RetryableError, match="not yet closed"):
+                await feed.bars(utc(2024, 3, 6))
+            # A session the vendor has no bar for is late, not "no bar".
+            fake.faults.empty_next(3)
+            book.now = utc(2024, 3, 6, 18, 30)
+            with pytest.raises(RetryableError, match="no bar yet"):
+                await feed.bars(utc(2024, 3, 4))
+        finally:
+            await feed.stop()
+    assert feed.status()["detail"] == "ok"

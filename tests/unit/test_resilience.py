@@ -1,0 +1,337 @@
+"""ResilientCaller: timeouts, retries with backoff, circuit breaker, budgets, concurrency,
+secrets kept out of messages. No real sleeping: backoff sleeps and clocks are injected."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from structlog.testing import capture_logs
+
+from tradingd.core.errors import ConfigError, RetryableError
+from tradingd.feeds.resilience import (
+    CircuitBreaker,
+    ResilientCaller,
+    SourceConfig,
+    SourceError,
+    SourceUnavailable,
+    error_for_status,
+    make_error,
+    redact,
+)
+from tradingd.metrics import SOURCE_ERRORS, SOURCE_UP
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+class Sleeps:
+    def __init__(self) -> None:
+        self.waits: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.waits.append(seconds)
+
+
+def caller(name: str = "test", clock: Clock | None = None, **cfg) -> tuple[ResilientCaller, Sleeps]:
+    sleeps = Sleeps()
+    c = ResilientCaller(name, SourceConfig(**cfg), sleep=sleeps, clock=clock or Clock())
+    return c, sleeps
+
+
+class Script:
+    """An attempt function that fails with the given errors, then returns 'ok'."""
+
+    def __init__(self, *failures: BaseException) -> None:
+        self.failures = list(failures)
+        self.calls = 0
+
+    async def __call__(self) -> str:
+        self.calls += 1
+        if self.failures:
+            raise self.failures.pop(0)
+        return "ok"
+
+
+def http(status: int, body: str = "x") -> SourceError:
+    return error_for_status("test", status, body)
+
+
+async def test_429_is_retried_with_backoff_then_succeeds():
+    c, sleeps = caller(max_attempts=4, backoff_base_s=1.0, backoff_max_s=8.0, jitter=False)
+    fn = Script(http(429, "Too Many Requests"), http(429, "Too Many Requests"))
+    assert await c.call(fn) == "ok"
+    assert fn.calls == 3
+    assert sleeps.waits == [1.0, 2.0]  # exponential, no jitter
+    assert c.status()["ok"] is True
+    assert c.status()["last_error"]["kind"] == "http_429"
+
+
+async def test_jittered_backoff_stays_within_the_exponential_bound():
+    c, sleeps = caller(
+        max_attempts=6, backoff_base_s=1.0, backoff_max_s=4.0, breaker_failure_threshold=10
+    )
+    fn = Script(*(http(503) for _ in range(5)))
+    assert await c.call(fn) == "ok"
+    assert len(sleeps.waits) == 5
+    bounds = [1, 2, 4, 4, 4]
+    assert all(0 <= w <= b for w, b in zip(sleeps.waits, bounds, strict=True))
+
+
+async def test_retry_after_is_honoured_and_capped():
+    c, sleeps = caller(max_attempts=3, backoff_max_s=5.0)
+    fn = Script(
+        error_for_status("test", 429, "slow down", retry_after="2"),
+        error_for_status("test", 429, "slow down", retry_after="60"),
+    )
+    assert await c.call(fn) == "ok"
+    assert sleeps.waits == [2.0, 5.0]
+
+
+@pytest.mark.parametrize(
+    ("status", "kind"), [(404, "not_found"), (400, "http_4xx"), (422, "http_4xx"), (401, "auth")]
+)
+async def test_client_errors_are_not_retried(status, kind):
+    c, sleeps = caller(max_attempts=5)
+    fn = Script(http(status))
+    with pytest.raises(SourceError) as info:
+        await c.call(fn)
+    assert info.value.kind == kind
+    assert not isinstance(info.value, RetryableError)
+    assert fn.calls == 1 and sleeps.waits == []
+    # The source answered: it is up, and the breaker does not count it.
+    assert c.breaker.consecutive_failures == 0
+    assert c.status()["ok"] is True
+
+
+async def test_gives_up_after_max_attempts_with_a_retryable_error():
+    c, sleeps = caller(max_attempts=3, breaker_failure_threshold=10)
+    fn = Script(*(http(500) for _ in range(10)))
+    with pytest.raises(SourceUnavailable) as info:
+        await c.call(fn)
+    assert isinstance(info.value, RetryableError)
+    assert info.value.kind == "http_5xx" and info.value.status == 500
+    assert fn.calls == 3 and len(sleeps.waits) == 2
+    assert c.status()["ok"] is False
+
+
+async def test_every_attempt_has_a_timeout():
+    c, _ = caller(timeout_s=0.05, max_attempts=2)
+    calls = 0
+
+    async def hang() -> str:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(10)
+        return "never"
+
+    with pytest.raises(SourceUnavailable) as info:
+        await c.call(hang)
+    assert info.value.kind == "timeout"
+    assert calls == 2
+
+
+async def test_network_exceptions_are_classified():
+    c, _ = caller(max_attempts=1)
+    with pytest.raises(SourceUnavailable) as info:
+        await c.call(Script(ConnectionResetError("peer reset")))
+    assert info.value.kind == "connection"
+
+
+async def test_breaker_opens_after_n_failures_and_half_opens_after_reset_time():
+    clock = Clock()
+    c, _ = caller(
+        clock=clock, max_attempts=1, breaker_failure_threshold=3, breaker_reset_timeout_s=30
+    )
+    failing = Script(*(http(503) for _ in range(100)))
+    for _ in range(3):
+        with pytest.raises(SourceUnavailable):
+            await c.call(failing)
+    assert c.breaker.state == CircuitBreaker.OPEN
+    assert failing.calls == 3
+
+    # Open: calls fail at once, the source is not called, the engine sees a RetryableError.
+    with pytest.raises(SourceUnavailable) as info:
+        await c.call(failing)
+    assert info.value.kind == "circuit_open"
+    assert failing.calls == 3
+    st = c.status()
+    assert st["circuit"] == "open" and st["ok"] is False and st["consecutive_failures"] == 3
+    assert SOURCE_UP.labels(source="test")._value.get() == 0
+
+    # After the reset time (no real sleep): one probe; it fails -> open again.
+    clock.t += 30
+    assert c.breaker.state == CircuitBreaker.HALF_OPEN
+    with pytest.raises(SourceUnavailable) as info:
+        await c.call(failing)
+    assert info.value.kind == "http_5xx"
+    assert failing.calls == 4
+    assert c.breaker.state == CircuitBreaker.OPEN
+
+    # The source comes back: the next probe closes the circuit.
+    clock.t += 30
+    ok = Script()
+    assert await c.call(ok) == "ok"
+    assert c.breaker.state == CircuitBreaker.CLOSED
+    assert c.status()["ok"] is True and c.status()["consecutive_failures"] == 0
+    assert SOURCE_UP.labels(source="test")._value.get() == 1
+
+
+async def test_half_open_lets_one_probe_through_at_a_time():
+    clock = Clock()
+    breaker = CircuitBreaker(1, 10, clock)
+    breaker.record_failure()
+    clock.t += 10
+    assert breaker.allow() is True
+    assert breaker.allow() is False  # a second caller waits for the probe's verdict
+    breaker.record_success()
+    assert breaker.allow() is True
+
+
+async def test_daily_budget_is_an_error_naming_the_budget_not_a_hang():
+    day = [datetime(2024, 3, 6, 12, tzinfo=UTC)]
+    c = ResilientCaller(
+        "av", SourceConfig(per_day=3, max_attempts=3), sleep=Sleeps(), wall_clock=lambda: day[0]
+    )
+    for _ in range(3):
+        assert await c.call(Script()) == "ok"
+    fn = Script()
+    with pytest.raises(SourceError) as info:
+        await c.call(fn)
+    assert info.value.kind == "budget"
+    assert "per_day" in str(info.value) and "3" in str(info.value)
+    assert fn.calls == 0
+    assert c.status()["budget"]["remaining_today"] == 0
+    day[0] += timedelta(days=1)  # a new UTC day
+    assert await c.call(fn) == "ok"
+
+
+async def test_per_minute_budget_keeps_the_pace():
+    c, _ = caller(per_minute=5)
+    for _ in range(5):
+        assert await c.call(Script()) == "ok"
+    # The sixth call must wait for capacity (about 12 s at 5/min): it does not go out now.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(c.call(Script()), 0.1)
+    assert c.calls == 5
+
+
+async def test_max_concurrency_bounds_calls_in_flight():
+    c, _ = caller(max_concurrency=3)
+    gate = asyncio.Event()
+    running = 0
+    peak = 0
+
+    async def work() -> int:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await gate.wait()
+        running -= 1
+        return 1
+
+    tasks = [asyncio.create_task(c.call(work)) for _ in range(10)]
+    await asyncio.sleep(0.01)
+    assert running == 3
+    gate.set()
+    assert sum(await asyncio.gather(*tasks)) == 10
+    assert peak == 3 and c.max_in_flight == 3
+
+
+async def test_secrets_never_reach_messages_logs_or_status():
+    secret = "S3CR3T-KEY-123"
+    c = ResilientCaller("av", SourceConfig(max_attempts=1), sleep=Sleeps(), secrets=[secret])
+    body = f"bad request for https://x/query?function=F&apikey={secret}&symbol=IBM ({secret})"
+    with capture_logs() as logs, pytest.raises(SourceError) as info:
+        await c.call(Script(error_for_status("av", 400, body, secrets=c.secrets)), what=body)
+    assert secret not in str(info.value)
+    assert "apikey=***" in str(info.value)
+    assert secret not in repr(logs)
+    assert logs and logs[0]["event"] == "source.call.failed"
+    assert secret not in repr(c.status())
+    assert redact(f"?apikey={secret}&x=1") == "?apikey=***&x=1"
+    assert redact(f"token is {secret}", [secret]) == "token is ***"
+
+
+async def test_error_metrics_count_by_kind():
+    c, _ = caller(name="metrics-test", max_attempts=2)
+    before = SOURCE_ERRORS.labels(source="metrics-test", kind="http_5xx")._value.get()
+    assert await c.call(Script(http(502))) == "ok"
+    after = SOURCE_ERRORS.labels(source="metrics-test", kind="http_5xx")._value.get()
+    assert after == before + 1
+
+
+def test_source_config_validation_and_vendor_defaults():
+    av = SourceConfig.for_source("alphavantage")
+    assert (av.per_minute, av.per_day) == (5.0, 500)
+    assert SourceConfig.for_source("alphavantage", per_day=25).per_day == 25
+    with pytest.raises(ConfigError, match="unknown setting"):
+        SourceConfig.for_source("yahoo", retries=3)
+    for bad in (
+        {"timeout_s": 0},
+        {"max_attempts": 0},
+        {"max_concurrency": 0},
+        {"per_day": -1},
+        {"breaker_failure_threshold": 0},
+        {"backoff_base_s": float("nan")},
+    ):
+        with pytest.raises(ConfigError):
+            SourceConfig(**bad)
+
+
+def test_error_kinds_for_statuses():
+    assert http(429).kind == "http_429" and http(429).retryable
+    assert http(503).kind == "http_5xx" and http(503).retryable
+    assert http(404).kind == "not_found" and not http(404).retryable
+    assert http(403).kind == "auth"
+    assert make_error("x", "soft_error", "Note", retryable=True).retryable
+    yahoo_404 = error_for_status(
+        "yahoo",
+        404,
+        '{"chart":{"result":null,"error":{"code":"Not Found","description":"No data found"}}}',
+    )
+    assert "Not Found: No data found" in yahoo_404.message
+
+
+async def test_half_open_callers_wait_for_the_probe_verdict():
+    clock = Clock()
+    c, _ = caller(
+        clock=clock,
+        max_attempts=1,
+        breaker_failure_threshold=1,
+        breaker_reset_timeout_s=10,
+        max_concurrency=4,
+    )
+    with pytest.raises(SourceUnavailable):
+        await c.call(Script(http(503)))
+    clock.t += 10
+    calls = 0
+
+    async def slow(result: int, fail: bool = False) -> int:
+        nonlocal calls
+        calls += 1
+        await asyncio.sleep(0.01)
+        if fail:
+            raise http(503)
+        return result
+
+    # The probe succeeds: every caller that waited for it is served, not turned away.
+    assert await asyncio.gather(*(c.call(lambda: slow(1)) for _ in range(5))) == [1] * 5
+    assert calls == 5 and c.breaker.state == CircuitBreaker.CLOSED
+
+    # The probe fails: the waiters fail fast with circuit_open; only the probe was sent.
+    with pytest.raises(SourceUnavailable):
+        await c.call(Script(http(503)))
+    clock.t += 10
+    calls = 0
+    results = await asyncio.gather(
+        *(c.call(lambda: slow(1, fail=True)) for _ in range(4)), return_exceptions=True
+    )
+    assert calls == 1
+    assert sorted(e.kind for e in results) == ["circuit_open"] * 3 + ["http_5xx"]
