@@ -1,0 +1,1543 @@
+"""The Alpaca paper-trading broker: the `Broker` port on alpaca-py's `TradingClient` and
+`TradingStream`.
+
+How it works:
+
+* **REST** (orders, cancels, account, positions) goes through alpaca-py's synchronous
+  `TradingClient`, run in a worker thread (`asyncio.to_thread`) under an overall asyncio
+  timeout, so the event loop never blocks. alpaca-py has no request timeout of its own; the
+  client gets a session with one (`request_timeout_s`). Retries (`max_attempts`, exponential
+  backoff with jitter, tenacity) cover timeouts, broken connections, 429 and 5xx; alpaca-py
+  itself already retries 429 and 504 three times (3 s apart) inside one attempt. Responses
+  are taken as raw JSON (`raw_data=True`) and mapped in `alpaca_mapping`, so a status or field
+  Alpaca adds later cannot make a whole answer fail to parse.
+* **Order and fill updates** come from the trade-updates websocket: alpaca-py's
+  `TradingStream._run_forever()` runs as a task on our loop and hands every message to a
+  bounded queue. While the stream is not listening (down, reconnecting, refused) the broker
+  polls `GET /v2/orders` every `poll_interval_s` and at every bar; when the stream is back,
+  one catch-up poll recovers whatever happened in the gap. Polls and events update the same
+  state and fills are derived from Alpaca's cumulative `filled_qty`, so a fill seen twice
+  (stream and poll, a repeated event) is reported once, and a missed event is made up by
+  the next cumulative figure: nothing is lost or doubled, partial fills included.
+  Alpaca is known not to always send the event for the stop-loss it cancels when the
+  take-profit of a bracket fills (alpaca-py issue #198): after any fill of an OCO member,
+  its open siblings are checked by polling until they are closed.
+* **Orders** map from the engine's order types (see `alpaca_mapping.plan_submission` and
+  `build_request`): market, limit, stop, stop-limit, trailing stop (`trail_percent` =
+  `trail_pct` x 100), brackets (an entry with its take-profit and stop-loss legs in one
+  batch; Alpaca names the legs itself and they are mapped back to the engine's leg ids from
+  the response's `legs`), OTO and stand-alone OCO exit pairs. `client_order_id` is the
+  engine's deterministic id.
+* **Idempotency**: an id this broker already knows returns its order without a request. An
+  id Alpaca already has (a resend after a crash, or a retried POST whose first attempt got
+  through) answers 422 "client_order_id must be unique"; the broker then looks the order up
+  by client id and returns *its* state, so there is never a second order. An order this
+  process may itself have placed (an earlier attempt timed out) is reported from nothing
+  filled; one from before a restart is taken as it stands (its earlier executions belong to
+  the reconciled positions, see `snapshot`), and only later executions become fills.
+* **States**: Alpaca statuses map as `alpaca_mapping` documents. `held` is HELD only for a
+  bracket leg whose entry has not filled; Alpaca also keeps a filled bracket's (or an OCO's)
+  stop-loss `held` while it protects the position, and that one is reported as NEW
+  (working). Fills: `fill_id` = `<client_order_id>#<cumulative filled qty>`, commission 0
+  (Alpaca charges none on equities), price from the event (or from the cumulative averages
+  when polled), time from the event's timestamp, no reference price.
+* **Start-up**: `start` checks the keys, then follows the orders open at Alpaca for the
+  universe (`adopt_open_orders`), so exits placed before a restart are in `open_orders()`;
+  they are not reported as changes.
+
+Errors:
+
+* Every order-level refusal becomes a REJECTED order whose `reason` is the broker's message
+  with its HTTP status and code (`alpaca: insufficient buying power (HTTP 403, code
+  40310000)`): 401/403/404/422 answers (buying power, quantity, shorting, wash trade, PDT,
+  non-tradable or non-fractionable asset, market closed, sub-penny prices...), a 429 left
+  after all retries, and requests alpaca-py itself refuses to build. `submit` never raises
+  for those.
+* `submit` raises `RetryableError` when the outcome is unknown: timeouts, refused
+  connections and 5xx answers left after the retries. Resubmitting the same orders is safe
+  (see idempotency), which is what the caller is expected to do after backing off. Orders of
+  the batch acknowledged before the failure are kept and returned again on the resubmit.
+* `cancel` raises `RetryableError` the same way; `on_bar` never raises (a failed poll is
+  logged and retried at the next bar or poll interval); `start` raises `ConfigError` when
+  Alpaca rejects the keys and `RetryableError` when it cannot be reached; `snapshot` raises
+  `RetryableError`.
+
+Keys come from `APCA_API_KEY_ID` / `APCA_API_SECRET_KEY` (`alpaca_keys_from_env`) and never
+appear in logs, metrics, `status()` or exception texts: messages are scrubbed of them, and
+the websocket library's frame log (which would contain the authentication message) goes to a
+logger of ours that is never below INFO and redacts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import requests
+import structlog
+from alpaca.common.enums import Sort
+from alpaca.common.exceptions import APIError
+from alpaca.trading.client import TradingClient
+from alpaca.trading.enums import QueryOrderStatus
+from alpaca.trading.requests import GetOrderByIdRequest, GetOrdersRequest
+from alpaca.trading.stream import TradingStream
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+    wait_random,
+)
+
+from ..core.errors import ConfigError, RetryableError
+from ..core.types import BrokerUpdate, CrossSection, Fill, Leg, Order, OrderStatus, OrderType
+from ..metrics import ORDERS, SOURCE_CALLS, SOURCE_ERRORS, SOURCE_LATENCY, SOURCE_UP
+from ..secrets import mask_url
+from .alpaca_mapping import (
+    EPS,
+    LIVE_HOSTS,
+    PAPER_BASE_URL,
+    TIME_IN_FORCE_CHOICES,
+    AccountSnapshot,
+    LocalRejection,
+    Unit,
+    alpaca_keys_from_env,
+    build_request,
+    closed_reason,
+    error_info,
+    fill_price,
+    leg_client_order_id,
+    leg_role,
+    make_fill,
+    map_status,
+    order_from_alpaca,
+    parse_float,
+    parse_time,
+    plan_submission,
+    positions_from_alpaca,
+    validate,
+)
+
+__all__ = [
+    "AccountSnapshot",
+    "AlpacaBroker",
+    "AlpacaBrokerConfig",
+    "alpaca_keys_from_env",
+]
+
+log = structlog.get_logger(__name__)
+
+SOURCE = "alpaca_trading"
+# alpaca-py's websocket frames are logged here (at DEBUG they include the authentication
+# message): never below INFO, and scrubbed of the keys anyway.
+WS_LOGGER = "tradingd.brokers.alpaca.websocket"
+_ORDER_PAGE = 500  # Alpaca's maximum page size for GET /v2/orders
+_ORPHAN_LIMIT = 1000  # updates kept for order ids not (yet) known
+
+T = TypeVar("T")
+
+
+# ----------------------------------------------------------------------------- config
+
+
+def _derived_stream_url(base_url: str) -> str:
+    parts = urlsplit(base_url)
+    scheme = {"https": "wss", "http": "ws"}.get(parts.scheme, parts.scheme)
+    return f"{scheme}://{parts.netloc}{parts.path.rstrip('/')}/stream"
+
+
+@dataclass(frozen=True, slots=True)
+class AlpacaBrokerConfig:
+    """Where and how to talk to Alpaca. Keys are not here: they come from the environment."""
+
+    # Trading API base URL (no /v2). Paper only: the live host is refused.
+    base_url: str = PAPER_BASE_URL
+    # trade_updates websocket; None = derived from base_url (https://h -> wss://h/stream).
+    stream_url: str | None = None
+    # False = never open the websocket, always poll.
+    stream_enabled: bool = True
+    # Per HTTP request (connect and read) inside alpaca-py.
+    request_timeout_s: float = 10.0
+    # Per call from the event loop, including alpaca-py's own 429/504 retries (3 x 3 s).
+    call_timeout_s: float = 30.0
+    # Order polling while the stream is down, and checks of OCO siblings.
+    poll_interval_s: float = 5.0
+    # Attempts per call for timeouts, connection errors, 429 and 5xx (1 = no retry).
+    max_attempts: int = 3
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 8.0
+    # Entries (simple orders with leg=entry).
+    time_in_force: str = "day"
+    # Stand-alone exits and OCO exit pairs: protection must outlive the session.
+    exit_time_in_force: str = "gtc"
+    # Brackets and OTOs: Alpaca gives the legs the order's time in force, so "gtc" keeps
+    # the exits working after the entry's day.
+    bracket_time_in_force: str = "gtc"
+    # Let simple orders execute in extended hours (Alpaca: limit orders with day only).
+    extended_hours: bool = False
+    # How long `cancel` waits for Alpaca to confirm (it answers 204 at once, then cancels).
+    cancel_confirm_timeout_s: float = 2.0
+    # Websocket reconnect backoff (alpaca-py: exponential with jitter between these).
+    stream_reconnect_min_s: float = 1.0
+    stream_reconnect_max_s: float = 30.0
+    # A silent (half-open) connection is detected after ping interval + this.
+    stream_ping_timeout_s: float = 20.0
+    # At start, track the open orders Alpaca has for the universe (exits from before a
+    # restart), so the planner sees them.
+    adopt_open_orders: bool = True
+    # Stream messages waiting to be applied; the websocket reader waits when it is full.
+    event_queue_size: int = 10_000
+    # Closed orders remembered for duplicate detection and late updates.
+    closed_history: int = 10_000
+
+    def __post_init__(self) -> None:
+        for name in ("base_url", "stream_url"):
+            url = getattr(self, name)
+            if url is None:
+                continue
+            parts = urlsplit(url) if isinstance(url, str) else None
+            allowed = ("http", "https") if name == "base_url" else ("ws", "wss")
+            if parts is None or parts.scheme not in allowed or not parts.netloc:
+                raise ValueError(
+                    f"{name} must be a {'/'.join(allowed)} URL, got {mask_url(str(url))!r}"
+                )
+        if (urlsplit(self.base_url).hostname or "").lower() in LIVE_HOSTS:
+            raise ValueError(
+                "base_url points at Alpaca's live (real money) API; this broker trades the "
+                f"paper account only: use {PAPER_BASE_URL}"
+            )
+        for name in (
+            "request_timeout_s",
+            "call_timeout_s",
+            "poll_interval_s",
+            "cancel_confirm_timeout_s",
+            "stream_ping_timeout_s",
+        ):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite number > 0, got {value!r}")
+        for name in (
+            "backoff_initial_s",
+            "backoff_max_s",
+            "stream_reconnect_min_s",
+            "stream_reconnect_max_s",
+        ):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        for name in ("max_attempts", "event_queue_size", "closed_history"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("time_in_force", "exit_time_in_force", "bracket_time_in_force"):
+            value = getattr(self, name)
+            if value not in TIME_IN_FORCE_CHOICES:
+                raise ValueError(f"{name} must be one of {TIME_IN_FORCE_CHOICES}, got {value!r}")
+        if self.bracket_time_in_force not in ("day", "gtc"):
+            raise ValueError(
+                "bracket_time_in_force must be 'day' or 'gtc' (Alpaca's rule for brackets), "
+                f"got {self.bracket_time_in_force!r}"
+            )
+        for name in ("stream_enabled", "extended_hours", "adopt_open_orders"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+
+    @property
+    def effective_stream_url(self) -> str:
+        return self.stream_url or _derived_stream_url(self.base_url)
+
+
+# ----------------------------------------------------------------------------- plumbing
+
+
+class _Scrubber:
+    """Replaces the keys by *** in any text (defence in depth: no message we build contains
+    them, but an exception text from a library might)."""
+
+    def __init__(self, secrets: Iterable[str]) -> None:
+        self._secrets = tuple(sorted({s for s in secrets if s and len(s) >= 4}, key=len)[::-1])
+
+    def __call__(self, text: object) -> str:
+        out = str(text)
+        for secret in self._secrets:
+            out = out.replace(secret, "***")
+        return out
+
+
+class _RedactingFilter(logging.Filter):
+    def __init__(self, scrub: _Scrubber) -> None:
+        super().__init__()
+        self._scrub = scrub
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a record that cannot be formatted is dropped, not crashed on
+            return False
+        clean = self._scrub(message)
+        if clean != message:
+            record.msg, record.args = clean, ()
+        return True
+
+
+class _TimeoutSession(requests.Session):
+    """alpaca-py's session, with a timeout on every request (it sets none)."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__()
+        self._timeout = timeout
+
+    def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("timeout") is None:
+            kwargs["timeout"] = self._timeout
+        return super().request(method, url, *args, **kwargs)
+
+
+class _Unreachable(Exception):
+    """A call that got no usable answer: timeout, connection error, malformed body."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind
+
+
+def _is_retryable(error: BaseException) -> bool:
+    if isinstance(error, _Unreachable):
+        return True
+    return isinstance(error, APIError) and error_info(error).retryable
+
+
+class _TradeStream(TradingStream):
+    """alpaca-py's stream, telling us when it is listening and when the socket is gone."""
+
+    def __init__(self, *args: Any, on_state: Callable[[bool], None], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_state = on_state
+
+    async def _dispatch(self, msg: dict[str, Any]) -> None:
+        if isinstance(msg, dict) and msg.get("stream") == "listening":
+            streams = (msg.get("data") or {}).get("streams") or []
+            self._on_state("trade_updates" in streams)
+        await super()._dispatch(msg)
+
+    async def close(self) -> None:
+        try:
+            await super().close()
+        finally:
+            self._on_state(False)
+
+
+@dataclass(slots=True)
+class _Tracked:
+    """An order this broker follows, and what it knows about it at Alpaca."""
+
+    order: Order
+    alpaca_id: str | None = None
+    # "" for a simple order; "bracket", "oto" or "oco" for the members of one.
+    group: str = ""
+    submitted_at: datetime | None = None
+    remote_updated: datetime | None = None
+    # The primary order of its group (a bracket's entry, an OCO's take-profit).
+    parent: str | None = None
+    children: list[str] = field(default_factory=list)
+    cancel_reason: str | None = None
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+# ----------------------------------------------------------------------------- broker
+
+
+class AlpacaBroker:
+    """Implements `Broker` against an Alpaca paper account (see the module docstring).
+
+    `keys` is `(key id, secret key)`, normally `alpaca_keys_from_env()`. `symbols`, when
+    given, limits the orders adopted at start-up to the engine's universe."""
+
+    def __init__(
+        self,
+        config: AlpacaBrokerConfig,
+        keys: tuple[str, str],
+        symbols: Sequence[str] | None = None,
+    ) -> None:
+        key_id, secret = keys
+        if not key_id or not secret:
+            raise ConfigError(
+                "Alpaca keys must both be non-empty (APCA_API_KEY_ID, APCA_API_SECRET_KEY)"
+            )
+        self._config = config
+        self._key_id = key_id
+        self._secret = secret
+        self._scrub = _Scrubber((key_id, secret))
+        self._symbols = frozenset(symbols) if symbols is not None else None
+        self._endpoint = mask_url(config.base_url)
+        self._client: TradingClient | None = None
+        self._stream: _TradeStream | None = None
+        self._stream_task: asyncio.Task[Any] | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._queue: asyncio.Queue[Any] = asyncio.Queue(maxsize=config.event_queue_size)
+        self._wake = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._poll_lock = asyncio.Lock()
+        self._ws_logger = logging.getLogger(WS_LOGGER)
+        self._log_filter = _RedactingFilter(self._scrub)
+
+        self._open: dict[str, _Tracked] = {}
+        self._closed: OrderedDict[str, _Tracked] = OrderedDict()
+        self._by_alpaca_id: dict[str, str] = {}
+        self._orphans: OrderedDict[str, list[tuple[Mapping[str, Any], Mapping[str, Any]]]] = (
+            OrderedDict()
+        )
+        # Ids whose POST by this process had an attempt with an unknown outcome (timeout,
+        # broken connection, 5xx): a later 422 duplicate may be that attempt's order.
+        self._attempted: set[str] = set()
+        self._pending_fills: list[Fill] = []
+        self._pending_orders: dict[str, None] = {}
+        self._verify: set[str] = set()
+
+        self._started = False
+        self._stopping = False
+        self._stream_up = False
+        self._poll_requested = False
+        self._connected = False
+        self._last_error: str | None = None
+        self._last_error_at: datetime | None = None
+        self._last_poll_at: datetime | None = None
+        self._stream_changes = 0
+        self._unknown_updates = 0
+
+    def __repr__(self) -> str:
+        stream = "up" if self._stream_up else "down"
+        return f"AlpacaBroker(endpoint={self._endpoint!r}, stream={stream})"
+
+    # ------------------------------------------------------------------------- lifecycle
+
+    async def start(self) -> None:
+        """Connect: check the keys (GET /v2/account), adopt the open orders, open the stream
+        and start the fallback poller."""
+        if self._started:
+            return
+        self._stopping = False
+        self._client = self._make_client()
+        try:
+            try:
+                await self._call("get_account", self._client.get_account)
+            except APIError as e:
+                info = error_info(e)
+                if info.status in (401, 403):
+                    raise ConfigError(
+                        f"Alpaca at {self._endpoint} refused the keys from APCA_API_KEY_ID / "
+                        f"APCA_API_SECRET_KEY: {self._scrub(info.reason)}; use the paper "
+                        "account's keys"
+                    ) from None
+                raise RetryableError(
+                    f"Alpaca at {self._endpoint} failed at start: {self._scrub(info.reason)}"
+                ) from None
+            except _Unreachable as e:
+                raise self._unreachable("start", e) from None
+            if self._config.adopt_open_orders:
+                await self._adopt_open_orders()
+        except BaseException:
+            self._close_client()
+            raise
+        self._started = True
+        self._tasks.append(asyncio.create_task(self._consume(), name="alpaca-updates"))
+        self._tasks.append(asyncio.create_task(self._poller(), name="alpaca-poller"))
+        if self._config.stream_enabled:
+            self._start_stream()
+        log.info(
+            "alpaca.started",
+            endpoint=self._endpoint,
+            stream=self._config.effective_stream_url if self._config.stream_enabled else None,
+            adopted_orders=len(self._open),
+        )
+
+    async def stop(self) -> None:
+        if not self._started:
+            return
+        self._stopping = True
+        if self._stream is not None:
+            try:
+                await self._stream.stop_ws()
+            except Exception:  # stopping must go on
+                log.warning("alpaca.stream.stop_failed", exc_info=True)
+        tasks = [t for t in (self._stream_task, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._stream is not None:
+            try:
+                await self._stream.close()
+            except Exception:
+                log.warning("alpaca.stream.close_failed", exc_info=True)
+        self._drain()
+        self._stream = None
+        self._stream_task = None
+        self._tasks = []
+        self._stream_up = False
+        self._ws_logger.removeFilter(self._log_filter)
+        self._close_client()
+        self._started = False
+        log.info("alpaca.stopped", endpoint=self._endpoint)
+
+    # ------------------------------------------------------------------------- queries
+
+    @property
+    def trading_client(self) -> TradingClient | None:
+        """The alpaca-py client (tests tune its private retry knobs; diagnostics)."""
+        return self._client
+
+    def open_orders(self) -> list[Order]:
+        self._drain()
+        return [t.order.snapshot() for t in self._open.values()]
+
+    def order(self, client_order_id: str) -> Order | None:
+        """The current state of an open or recently closed order, None if unknown."""
+        t = self._get(client_order_id)
+        return t.order.snapshot() if t is not None else None
+
+    def status(self) -> dict[str, Any]:
+        """For /ready and diagnostics. Never contains keys."""
+        stream = (
+            "disabled" if not self._config.stream_enabled else ("up" if self._stream_up else "down")
+        )
+        return {
+            "broker": "alpaca",
+            "endpoint": self._endpoint,
+            "started": self._started,
+            "connected": self._connected,
+            "stream": stream,
+            "mode": "stream" if self._stream_up else "polling",
+            "stream_changes": self._stream_changes,
+            "open_orders": len(self._open),
+            "last_poll_at": _iso(self._last_poll_at),
+            "last_error": self._last_error,
+            "last_error_at": _iso(self._last_error_at),
+            "unknown_updates": self._unknown_updates,
+        }
+
+    async def snapshot(self) -> AccountSnapshot:
+        """Account cash, equity and buying power, positions and open orders, read back from
+        Alpaca (for start-up reconciliation). Raises RetryableError when that fails."""
+        client = self._require_client()
+        try:
+            account = await self._call("get_account", client.get_account)
+            rows = await self._call("get_positions", client.get_all_positions)
+            orders = await self._call(
+                "list_open_orders",
+                client.get_orders,
+                GetOrdersRequest(status=QueryOrderStatus.OPEN, nested=True, limit=_ORDER_PAGE),
+            )
+        except APIError as e:
+            raise RetryableError(
+                f"Alpaca at {self._endpoint}: snapshot failed: {self._scrub(error_info(e).reason)}"
+            ) from None
+        except _Unreachable as e:
+            raise self._unreachable("snapshot", e) from None
+        account = account if isinstance(account, Mapping) else {}
+        open_orders: list[Order] = []
+        for raw in orders if isinstance(orders, list) else []:
+            if isinstance(raw, Mapping):
+                open_orders.extend(self._describe(raw))
+        return AccountSnapshot(
+            cash=parse_float(account.get("cash")),
+            equity=parse_float(account.get("equity")),
+            buying_power=parse_float(account.get("buying_power")),
+            positions=positions_from_alpaca(
+                [r for r in rows if isinstance(r, Mapping)] if isinstance(rows, list) else []
+            ),
+            open_orders=open_orders,
+            currency=str(account.get("currency") or "USD"),
+            account_status=str(account.get("status") or ""),
+            taken_at=_now(),
+        )
+
+    # ------------------------------------------------------------------------- commands
+
+    async def submit(self, orders: Sequence[Order]) -> list[Order]:
+        self._require_client()
+        self._drain()
+        results: dict[str, Order] = {}
+        for item in plan_submission(orders):
+            if isinstance(item, LocalRejection):
+                cid = item.order.client_order_id
+                known = self._get(cid)
+                results[cid] = (
+                    known.order.snapshot()
+                    if known is not None
+                    else self._reject(item.order, item.reason)
+                )
+                continue
+            try:
+                results.update(await self._submit_unit(item))
+            except RetryableError as e:
+                raise RetryableError(
+                    f"{e}; {len(results)} order(s) of the batch were acknowledged before; "
+                    "resubmitting the same orders is safe (duplicate client_order_ids return "
+                    "the existing orders)"
+                ) from None
+        return [results[o.client_order_id].snapshot() for o in orders]
+
+    async def cancel(self, client_order_id: str, reason: str) -> Order | None:
+        client = self._require_client()
+        self._drain()
+        t = self._get(client_order_id)
+        if t is None:
+            return None
+        if not t.order.status.is_open:
+            return t.order.snapshot()
+        t.cancel_reason = reason or "cancelled"
+        if t.alpaca_id is None:
+            # Alpaca never named this leg to us; nothing to cancel there by id.
+            self._close_locally(t, OrderStatus.CANCELLED, t.cancel_reason)
+        else:
+            refused = None
+            try:
+                await self._call("cancel_order", client.cancel_order_by_id, t.alpaca_id)
+            except APIError as e:
+                refused = error_info(e)
+                if refused.retryable:
+                    raise RetryableError(
+                        f"Alpaca at {self._endpoint}: cancel of {client_order_id} failed: "
+                        f"{self._scrub(refused.reason)}"
+                    ) from None
+            except _Unreachable as e:
+                raise self._unreachable(f"cancel {client_order_id}", e) from None
+            if refused is None:
+                await self._confirm_closed(t)
+            else:
+                # 422 "not cancelable" (filled or closed meanwhile), 404: see what it is.
+                log.info(
+                    "alpaca.cancel.refused",
+                    client_order_id=client_order_id,
+                    reason=self._scrub(refused.reason),
+                )
+                try:
+                    known = await self._refresh(t)
+                except (APIError, _Unreachable) as e:
+                    raise RetryableError(
+                        f"Alpaca at {self._endpoint}: cancel of {client_order_id} refused "
+                        f"({self._scrub(refused.reason)}) and its state unreadable: "
+                        f"{self._scrub(e)}"
+                    ) from None
+                if not known:
+                    self._close_locally(
+                        t, OrderStatus.CANCELLED, f"{t.cancel_reason}; {refused.reason}"
+                    )
+        # The caller gets this order's final state now; only the cascade waits for on_bar.
+        if not t.order.status.is_open:
+            self._pending_orders.pop(client_order_id, None)
+        else:
+            log.warning(
+                "alpaca.cancel.unconfirmed",
+                client_order_id=client_order_id,
+                status=str(t.order.status),
+                waited_s=self._config.cancel_confirm_timeout_s,
+            )
+        return t.order.snapshot()
+
+    async def on_bar(self, bar: CrossSection) -> BrokerUpdate:
+        return await self.updates()
+
+    async def updates(self) -> BrokerUpdate:
+        """Fills and order changes received since the last call. Between bars too: the
+        engine asks once more when it stops, so fills that came after the last bar are
+        booked and stored, not left at the broker only."""
+        self._drain()
+        if self._open and not self._stream_up:
+            await self._poll_quietly()
+        fills, self._pending_fills = self._pending_fills, []
+        changed, self._pending_orders = list(self._pending_orders), {}
+        orders = [t.order.snapshot() for cid in changed if (t := self._get(cid)) is not None]
+        return BrokerUpdate(fills=fills, orders=orders)
+
+    async def poll(self) -> None:
+        """One reconciliation pass over the open orders (GET /v2/orders status=all from the
+        oldest open order on, then each open order not listed by id). Raises RetryableError
+        when Alpaca cannot be reached; the broker's own polling catches that."""
+        client = self._require_client()
+        async with self._poll_lock:
+            self._drain()
+            tracked = [t for t in self._open.values() if t.alpaca_id is not None]
+            seen: set[str] = set()
+            try:
+                times = [t.submitted_at for t in tracked if t.submitted_at is not None]
+                if times:
+                    await self._poll_list(client, min(times) - timedelta(seconds=1), seen)
+                for t in tracked:
+                    missing = t.alpaca_id not in seen and t.order.status.is_open
+                    if missing and not await self._refresh(t):
+                        self._close_locally(
+                            t, OrderStatus.CANCELLED, "alpaca: order not found (HTTP 404)"
+                        )
+            except APIError as e:
+                raise RetryableError(
+                    f"Alpaca at {self._endpoint}: order poll failed: "
+                    f"{self._scrub(error_info(e).reason)}"
+                ) from None
+            except _Unreachable as e:
+                raise self._unreachable("order poll", e) from None
+            self._verify &= self._open.keys()
+            self._last_poll_at = _now()
+
+    # ------------------------------------------------------------------------- submission
+
+    async def _submit_unit(self, unit: Unit) -> dict[str, Order]:
+        client = self._require_client()
+        primary = unit.primary
+        members = unit.members
+        known = self._get(primary.client_order_id)
+        if known is not None:
+            log.warning(
+                "alpaca.duplicate_client_order_id",
+                client_order_id=primary.client_order_id,
+                status=str(known.order.status),
+                source="local",
+            )
+            out = {}
+            for m in members:
+                t = self._get(m.client_order_id)
+                out[m.client_order_id] = (
+                    t.order.snapshot()
+                    if t is not None
+                    else self._reject(
+                        m,
+                        f"entry {primary.client_order_id} was submitted before: Alpaca "
+                        "attaches legs only to a new entry",
+                    )
+                )
+            return out
+
+        problems = [(m, validate(m)) for m in members]
+        bad = [(m, why) for m, why in problems if why]
+        if bad:
+            first, why = bad[0]
+            return {
+                m.client_order_id: self._reject(
+                    m, why if m is first else f"{unit.kind} member {first.client_order_id}: {why}"
+                )
+                for m in members
+            }
+        cfg = self._config
+        try:
+            request = build_request(
+                unit,
+                time_in_force=cfg.time_in_force,
+                exit_time_in_force=cfg.exit_time_in_force,
+                bracket_time_in_force=cfg.bracket_time_in_force,
+                extended_hours=cfg.extended_hours,
+            )
+        except (ValueError, TypeError) as e:
+            why = self._scrub(str(e).splitlines()[0] if str(e) else type(e).__name__)
+            return {m.client_order_id: self._reject(m, f"invalid order: {why}") for m in members}
+
+        try:
+            raw = await self._call(
+                "submit_order", client.submit_order, request, uncertain=primary.client_order_id
+            )
+        except APIError as e:
+            info = error_info(e)
+            if info.duplicate:
+                existing = await self._existing(primary.client_order_id)
+                if existing is not None:
+                    log.warning(
+                        "alpaca.duplicate_client_order_id",
+                        client_order_id=primary.client_order_id,
+                        status=str(existing.get("status")),
+                        source="alpaca",
+                    )
+                    fresh = primary.client_order_id in self._attempted
+                    return self._track_unit(unit, existing, fresh=fresh)
+            if info.status is not None and info.status >= 500:
+                raise RetryableError(
+                    f"Alpaca at {self._endpoint} failed to answer an order "
+                    f"({self._scrub(info.reason)}); its outcome is unknown"
+                ) from None
+            reason = self._scrub(info.reason)
+            return {m.client_order_id: self._reject(m, reason) for m in members}
+        except _Unreachable as e:
+            raise self._unreachable(
+                f"submit {primary.client_order_id} (outcome unknown)", e
+            ) from None
+        if not isinstance(raw, Mapping) or not raw.get("id"):
+            raise RetryableError(
+                f"Alpaca at {self._endpoint} answered an order without an id; outcome unknown"
+            )
+        return self._track_unit(unit, raw, fresh=True)
+
+    async def _existing(self, client_order_id: str) -> Mapping[str, Any] | None:
+        """Alpaca's order with this client id (legs included), None if it has none."""
+        client = self._require_client()
+        try:
+            raw = await self._call(
+                "get_order_by_client_id", client.get_order_by_client_id, client_order_id
+            )
+            if (
+                isinstance(raw, Mapping)
+                and str(raw.get("order_class") or "") in ("bracket", "oco", "oto")
+                and not raw.get("legs")
+                and raw.get("id")
+            ):
+                raw = await self._call(
+                    "get_order",
+                    client.get_order_by_id,
+                    str(raw["id"]),
+                    GetOrderByIdRequest(nested=True),
+                )
+        except APIError as e:
+            info = error_info(e)
+            if info.retryable:
+                raise RetryableError(
+                    f"Alpaca at {self._endpoint}: lookup of {client_order_id} failed: "
+                    f"{self._scrub(info.reason)}"
+                ) from None
+            return None
+        except _Unreachable as e:
+            raise self._unreachable(f"lookup {client_order_id}", e) from None
+        return raw if isinstance(raw, Mapping) and raw.get("id") else None
+
+    def _track_unit(self, unit: Unit, raw: Mapping[str, Any], *, fresh: bool) -> dict[str, Order]:
+        """Follow the members of a unit Alpaca acknowledged with `raw`.
+
+        `fresh`: this process placed the order (its POST was answered, or an earlier POST
+        of this process may have got through before a 422 duplicate): it starts from nothing
+        filled, so fills already in `raw` (or in updates that arrived before it) are
+        reported. Otherwise (a resend after a restart) the order is taken as it stands: what
+        it filled before belongs to the account's reconciled positions."""
+        primary = unit.primary
+        self._attempted.discard(primary.client_order_id)
+        group = "" if unit.kind == "simple" else unit.kind
+        legs = [leg for leg in raw.get("legs") or [] if isinstance(leg, Mapping)]
+        base = self._register(primary, raw if not fresh else None, group=group)
+        self._link(base, raw)
+        pairs: list[tuple[Order, Mapping[str, Any] | None]] = []
+        if unit.kind in ("bracket", "oto"):
+            by_role = {leg_role(leg): leg for leg in legs}
+            for member, role in (
+                (unit.take_profit, Leg.TAKE_PROFIT),
+                (unit.stop_loss, Leg.STOP_LOSS),
+            ):
+                if member is not None:
+                    pairs.append((member, by_role.get(role)))
+        elif unit.kind == "oco" and unit.stop_loss is not None:
+            pairs.append((unit.stop_loss, legs[0] if legs else None))
+        for member, leg_raw in pairs:
+            leg = self._register(member, leg_raw if not fresh else None, group=group, parent=base)
+            if leg_raw is not None:
+                self._link(leg, leg_raw)
+        self._apply(raw, report=False)
+        for m in unit.members:
+            followed = self._get(m.client_order_id)
+            if followed is not None and followed.alpaca_id is not None:
+                self._replay(followed.alpaca_id)
+        acks = {}
+        for m in unit.members:
+            followed = self._get(m.client_order_id)
+            if followed is not None:
+                ORDERS.labels(status=str(followed.order.status)).inc()
+                acks[m.client_order_id] = followed.order.snapshot()
+        return acks
+
+    def _register(
+        self,
+        incoming: Order,
+        state: Mapping[str, Any] | None,
+        *,
+        group: str = "",
+        parent: _Tracked | None = None,
+    ) -> _Tracked:
+        """Start following an order; with `state`, its fills so far are the baseline."""
+        order = incoming.snapshot()
+        order.status = (
+            OrderStatus.HELD if parent is not None and group != "oco" else OrderStatus.NEW
+        )
+        order.filled_quantity = 0.0
+        order.avg_fill_price = math.nan
+        order.reason = ""
+        order.bars_open = 0
+        order.updated_at = order.created_at
+        if state is not None:
+            filled = parse_float(state.get("filled_qty"))
+            if math.isfinite(filled) and filled > 0:
+                order.filled_quantity = filled
+                order.avg_fill_price = parse_float(state.get("filled_avg_price"))
+        t = _Tracked(order=order, group=group)
+        if parent is not None:
+            t.parent = parent.order.client_order_id
+            parent.children.append(order.client_order_id)
+        self._open[order.client_order_id] = t
+        self._closed.pop(order.client_order_id, None)
+        return t
+
+    def _link(self, t: _Tracked, raw: Mapping[str, Any]) -> None:
+        aid = str(raw.get("id") or "")
+        if not aid:
+            return
+        t.alpaca_id = aid
+        t.submitted_at = (
+            t.submitted_at
+            or parse_time(raw.get("submitted_at"))
+            or parse_time(raw.get("created_at"))
+        )
+        self._by_alpaca_id[aid] = t.order.client_order_id
+
+    def _reject(self, incoming: Order, reason: str) -> Order:
+        order = incoming.snapshot()
+        order.status = OrderStatus.REJECTED
+        order.reason = reason
+        order.filled_quantity = 0.0
+        order.avg_fill_price = math.nan
+        order.updated_at = _now()
+        self._remember_closed(_Tracked(order=order))
+        ORDERS.labels(status=str(OrderStatus.REJECTED)).inc()
+        log.warning(
+            "alpaca.order.rejected",
+            client_order_id=order.client_order_id,
+            symbol=order.symbol,
+            reason=reason,
+        )
+        return order.snapshot()
+
+    # ------------------------------------------------------------------------- updates
+
+    def _apply(
+        self,
+        raw: Mapping[str, Any],
+        *,
+        event: Mapping[str, Any] | None = None,
+        report: bool = True,
+        parent: str | None = None,
+    ) -> None:
+        """Bring one followed order up to `raw` (an Alpaca order object, from a response, a
+        poll or a stream event), then its legs. Stale answers never move an order back; new
+        executions become fills, derived from the cumulative filled quantity."""
+        aid = str(raw.get("id") or "")
+        cid = self._by_alpaca_id.get(aid) if aid else None
+        if cid is None:
+            t = self._claim(raw, parent)
+            if t is None:
+                if event is not None and aid:
+                    self._park(aid, raw, event)
+                return
+        else:
+            t = self._get(cid)
+            if t is None:
+                return
+        order = t.order
+        remote = parse_time(raw.get("updated_at"))
+        stale = remote is not None and t.remote_updated is not None and remote < t.remote_updated
+        changed = False
+        fill: Fill | None = None
+        status_text = str(raw.get("status") or "")
+        filled = parse_float(raw.get("filled_qty"))
+        if not stale:
+            when = (
+                parse_time((event or {}).get("timestamp"))
+                or parse_time(raw.get("filled_at"))
+                or remote
+                or _now()
+            )
+            qty = parse_float(raw.get("qty"))
+            if math.isfinite(qty) and qty > 0 and abs(qty - order.quantity) > EPS * max(1.0, qty):
+                order.quantity = qty
+                changed = True
+            if math.isfinite(filled) and filled - order.filled_quantity > EPS * max(1.0, filled):
+                fill = self._fill(order, raw, event, filled, when)
+                changed = changed or fill is not None
+            status = self._status_for(t, status_text, order.filled_quantity)
+            reopens = status.is_open and not order.status.is_open  # a late, reordered update
+            if status is not order.status and not reopens:
+                order.status = status
+                order.reason = "" if status.is_open else self._reason_for(t, status_text, raw)
+                changed = True
+            if remote is not None:
+                t.remote_updated = remote
+            if changed:
+                order.updated_at = when
+                self._on_change(t, report=report or fill is not None)
+        for leg in raw.get("legs") or []:
+            if isinstance(leg, Mapping):
+                self._apply(leg, report=report, parent=order.client_order_id)
+        if changed and (not order.status.is_open or order.filled_quantity > EPS):
+            self._settle_group(t, report)
+
+    def _fill(
+        self,
+        order: Order,
+        raw: Mapping[str, Any],
+        event: Mapping[str, Any] | None,
+        filled: float,
+        when: datetime,
+    ) -> Fill | None:
+        is_fill = event is not None and str(event.get("event") or "") in ("fill", "partial_fill")
+        event_qty = parse_float(event.get("qty")) if is_fill and event is not None else math.nan
+        event_price = parse_float(event.get("price")) if is_fill and event is not None else math.nan
+        avg = parse_float(raw.get("filled_avg_price"))
+        old, old_avg = order.filled_quantity, order.avg_fill_price
+        delta = filled - old
+        price = fill_price(old, old_avg, filled, avg, event_qty, event_price)
+        for fallback in (avg, order.limit_price, order.stop_price):
+            if math.isfinite(price) and price > 0:
+                break
+            price = fallback if fallback is not None else math.nan
+        if not (math.isfinite(price) and price > 0):
+            # No price anywhere: wait for an update that has one rather than book NaN.
+            SOURCE_ERRORS.labels(source=SOURCE, kind="malformed").inc()
+            log.error("alpaca.fill_without_price", client_order_id=order.client_order_id)
+            return None
+        fill = make_fill(order, filled, delta, price, when)
+        order.filled_quantity = filled
+        if math.isfinite(avg):
+            order.avg_fill_price = avg
+        elif old <= EPS or not math.isfinite(old_avg):
+            order.avg_fill_price = price
+        else:
+            order.avg_fill_price = (old_avg * old + price * delta) / filled
+        self._pending_fills.append(fill)
+        log.info(
+            "alpaca.fill",
+            client_order_id=order.client_order_id,
+            symbol=order.symbol,
+            side=str(order.side),
+            quantity=delta,
+            price=price,
+            filled=filled,
+        )
+        return fill
+
+    def _status_for(self, t: _Tracked, status_text: str, filled: float) -> OrderStatus:
+        status = map_status(status_text, filled)
+        if status is not OrderStatus.HELD:
+            return status
+        # Alpaca says "held" for a bracket leg waiting for its entry (the engine's HELD), but
+        # also for the stop-loss it keeps back while the take-profit of a filled bracket or
+        # an OCO pair is working: that one protects the position, so it is working (NEW).
+        if t.group in ("bracket", "oto") and t.parent is not None:
+            parent = self._get(t.parent)
+            if parent is not None and (
+                parent.order.status.is_open or parent.order.filled_quantity <= EPS
+            ):
+                return OrderStatus.HELD
+        return OrderStatus.NEW if filled <= EPS else OrderStatus.PARTIALLY_FILLED
+
+    def _reason_for(self, t: _Tracked, status_text: str, raw: Mapping[str, Any]) -> str:
+        if map_status(status_text) is OrderStatus.REJECTED:
+            return closed_reason(status_text, raw)
+        if t.cancel_reason:
+            return t.cancel_reason
+        bracket = t.group in ("bracket", "oto")
+        for other in self._group_of(t):
+            if other is t or other.order.filled_quantity <= EPS:
+                continue
+            if bracket and (t.parent is None or other.order.client_order_id == t.parent):
+                continue  # a bracket's entry is not a sibling of its exits
+            return f"OCO: sibling order {other.order.client_order_id} filled"
+        parent = self._get(t.parent) if t.parent is not None else None
+        if (
+            parent is not None
+            and not parent.order.status.is_open
+            and parent.order.filled_quantity <= EPS
+        ):
+            detail = f": {parent.order.reason}" if parent.order.reason else ""
+            return f"parent order {t.parent} {parent.order.status}{detail}"
+        return closed_reason(status_text, raw)
+
+    def _group_of(self, t: _Tracked) -> list[_Tracked]:
+        """The members of t's bracket or OCO pair (t included)."""
+        root = self._get(t.parent) if t.parent is not None else t
+        if root is None:
+            return [t]
+        members = [root]
+        for cid in root.children:
+            child = self._get(cid)
+            if child is not None:
+                members.append(child)
+        return members
+
+    def _settle_group(self, t: _Tracked, report: bool) -> None:
+        """After an order closed or filled: legs held for it start working (Alpaca may not
+        say so for the stop-loss it keeps back), and the open siblings of a filled exit are
+        checked by polling until Alpaca has closed them."""
+        for cid in t.children:
+            child = self._get(cid)
+            if child is None or child.order.status is not OrderStatus.HELD:
+                continue
+            status = self._status_for(child, "held", child.order.filled_quantity)
+            if status is not OrderStatus.HELD:
+                child.order.status = status
+                child.order.updated_at = t.order.updated_at
+                self._on_change(child, report=report)
+        exit_of_group = t.group == "oco" or (t.group in ("bracket", "oto") and t.parent)
+        if t.order.filled_quantity > EPS and exit_of_group:
+            for other in self._group_of(t):
+                sibling = other is not t and (t.group == "oco" or other.parent is not None)
+                if sibling and other.order.status.is_open:
+                    self._verify.add(other.order.client_order_id)
+
+    def _on_change(self, t: _Tracked, *, report: bool) -> None:
+        cid = t.order.client_order_id
+        if report:
+            self._pending_orders[cid] = None
+            ORDERS.labels(status=str(t.order.status)).inc()
+        if not t.order.status.is_open and cid in self._open:
+            del self._open[cid]
+            self._remember_closed(t)
+            if t.order.status is OrderStatus.REJECTED or t.order.reason:
+                log.info(
+                    "alpaca.order.closed",
+                    client_order_id=cid,
+                    status=str(t.order.status),
+                    reason=t.order.reason,
+                )
+        self._changed.set()
+
+    def _close_locally(self, t: _Tracked, status: OrderStatus, reason: str) -> None:
+        t.order.status = status
+        t.order.reason = reason
+        t.order.updated_at = _now()
+        self._on_change(t, report=True)
+        self._settle_group(t, report=True)
+
+    def _claim(self, raw: Mapping[str, Any], parent: str | None) -> _Tracked | None:
+        """A followed order Alpaca names by an id we have not seen: ours by client id, or a
+        leg of a followed parent (the legs of a response that lacked them)."""
+        aid = str(raw.get("id") or "")
+        cid = raw.get("client_order_id")
+        if isinstance(cid, str):
+            t = self._get(cid)
+            if t is not None and t.alpaca_id in (None, aid):
+                self._link(t, raw)
+                return t
+        if parent is not None:
+            p = self._get(parent)
+            limit = leg_role(raw) is Leg.TAKE_PROFIT
+            for child_id in p.children if p is not None else ():
+                child = self._get(child_id)
+                if (
+                    child is not None
+                    and child.alpaca_id is None
+                    and (child.order.type is OrderType.LIMIT) == limit
+                ):
+                    self._link(child, raw)
+                    return child
+        return None
+
+    def _park(self, aid: str, raw: Mapping[str, Any], event: Mapping[str, Any]) -> None:
+        """An update for an order not known (yet): its POST may still be on its way back.
+        Kept briefly, bounded; applied when the order becomes known."""
+        self._unknown_updates += 1
+        self._orphans.setdefault(aid, []).append((raw, event))
+        self._orphans.move_to_end(aid)
+        while len(self._orphans) > _ORPHAN_LIMIT:
+            self._orphans.popitem(last=False)
+
+    def _replay(self, aid: str) -> None:
+        for raw, event in self._orphans.pop(aid, []):
+            self._apply(raw, event=event)
+
+    # ------------------------------------------------------------------------- polling
+
+    async def _poll_list(self, client: TradingClient, after: datetime, seen: set[str]) -> None:
+        for _ in range(100):  # pages; a bound, not an expectation
+            answer: Any = await self._call(
+                "list_orders",
+                client.get_orders,
+                GetOrdersRequest(
+                    status=QueryOrderStatus.ALL,
+                    after=after,
+                    direction=Sort.ASC,
+                    nested=True,
+                    limit=_ORDER_PAGE,
+                ),
+            )
+            rows = [r for r in answer if isinstance(r, Mapping)] if isinstance(answer, list) else []
+            for raw in rows:
+                self._apply(raw)
+                seen.add(str(raw.get("id") or ""))
+                seen.update(
+                    str(leg.get("id") or "")
+                    for leg in raw.get("legs") or []
+                    if isinstance(leg, Mapping)
+                )
+            if len(rows) < _ORDER_PAGE:
+                return
+            last = parse_time(rows[-1].get("submitted_at"))
+            if last is None or last <= after:
+                return
+            after = last
+
+    async def _refresh(self, t: _Tracked) -> bool:
+        """Re-read one order by id; False when Alpaca does not know it."""
+        if t.alpaca_id is None:
+            return False
+        client = self._require_client()
+        try:
+            raw = await self._call(
+                "get_order", client.get_order_by_id, t.alpaca_id, GetOrderByIdRequest(nested=True)
+            )
+        except APIError as e:
+            if error_info(e).status == 404:
+                log.warning("alpaca.order.not_found", client_order_id=t.order.client_order_id)
+                return False
+            raise
+        if isinstance(raw, Mapping):
+            self._apply(raw)
+        return True
+
+    async def _poll_quietly(self) -> None:
+        try:
+            await self.poll()
+        except Exception as e:  # polling is the fallback: it must not take the engine down
+            log.warning("alpaca.poll_failed", error=self._scrub(e))
+
+    async def _poller(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self._config.poll_interval_s)
+            self._wake.clear()
+            if self._stream_up and not self._poll_requested and not self._verify:
+                continue
+            self._poll_requested = False
+            if self._open:
+                await self._poll_quietly()
+
+    async def _confirm_closed(self, t: _Tracked) -> None:
+        """Wait (bounded) until Alpaca confirms a cancel: from the stream, else by asking."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._config.cancel_confirm_timeout_s
+        ask = not self._stream_up
+        while t.order.status.is_open:
+            if ask:
+                try:
+                    await self._refresh(t)
+                except (APIError, _Unreachable) as e:
+                    log.warning(
+                        "alpaca.cancel.confirm_failed",
+                        client_order_id=t.order.client_order_id,
+                        error=self._scrub(e),
+                    )
+                    return
+                if not t.order.status.is_open:
+                    return
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), timeout=min(remaining, 0.25))
+                ask = False
+            except TimeoutError:
+                ask = True
+            self._drain()
+
+    # ------------------------------------------------------------------------- stream
+
+    def _start_stream(self) -> None:
+        cfg = self._config
+        if self._ws_logger.getEffectiveLevel() < logging.INFO:
+            self._ws_logger.setLevel(logging.INFO)
+        self._ws_logger.addFilter(self._log_filter)
+        stream = _TradeStream(
+            self._key_id,
+            self._secret,
+            paper=True,
+            raw_data=True,
+            url_override=cfg.effective_stream_url,
+            websocket_params={
+                "ping_interval": 10,
+                "ping_timeout": cfg.stream_ping_timeout_s,
+                "close_timeout": 2,
+                "max_queue": 1024,
+                "logger": self._ws_logger,
+            },
+            on_state=self._on_stream_state,
+        )
+        if hasattr(stream, "_reconnect_min_backoff"):
+            stream._reconnect_min_backoff = cfg.stream_reconnect_min_s
+            stream._reconnect_max_backoff = max(
+                cfg.stream_reconnect_max_s, cfg.stream_reconnect_min_s
+            )
+        stream.subscribe_trade_updates(self._on_trade_update)
+        self._stream = stream
+        self._stream_task = asyncio.create_task(stream._run_forever(), name="alpaca-stream")
+        self._stream_task.add_done_callback(self._stream_ended)
+
+    def _stream_ended(self, task: asyncio.Task[Any]) -> None:
+        self._on_stream_state(False)
+        if task.cancelled() or self._stopping:
+            return
+        error = task.exception()
+        log.error(
+            "alpaca.stream.ended",
+            error=self._scrub(error) if error is not None else None,
+            fallback="polling",
+            restart_in_s=self._config.stream_reconnect_max_s,
+        )
+        asyncio.get_running_loop().call_later(
+            max(self._config.stream_reconnect_max_s, 1.0), self._restart_stream
+        )
+
+    def _restart_stream(self) -> None:
+        if self._started and not self._stopping:
+            self._ws_logger.removeFilter(self._log_filter)
+            self._start_stream()
+
+    def _on_stream_state(self, up: bool) -> None:
+        if up == self._stream_up:
+            return
+        self._stream_up = up
+        self._stream_changes += 1
+        if up:
+            log.info("alpaca.stream.up", url=mask_url(self._config.effective_stream_url))
+            # Updates of the gap before `listening` are not replayed: one catch-up poll.
+            self._poll_requested = True
+        elif not self._stopping:
+            log.warning(
+                "alpaca.stream.down",
+                fallback="polling",
+                poll_interval_s=self._config.poll_interval_s,
+            )
+        self._wake.set()
+
+    async def _on_trade_update(self, message: Any) -> None:
+        await self._queue.put(message)
+
+    async def _consume(self) -> None:
+        while True:
+            message = await self._queue.get()
+            self._handle(message)
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                message = self._queue.get_nowait()
+            except asyncio.QueueEmpty:
+                return
+            self._handle(message)
+
+    def _handle(self, message: Any) -> None:
+        try:
+            data = message.get("data") if isinstance(message, Mapping) else None
+            raw = data.get("order") if isinstance(data, Mapping) else None
+            if not isinstance(raw, Mapping):
+                SOURCE_ERRORS.labels(source=SOURCE, kind="malformed").inc()
+                return
+            self._apply(raw, event=data)
+        except Exception as e:  # one bad update must not stop the others
+            SOURCE_ERRORS.labels(source=SOURCE, kind="malformed").inc()
+            log.warning("alpaca.update_failed", error=self._scrub(e))
+
+    # ------------------------------------------------------------------------- adoption
+
+    async def _adopt_open_orders(self) -> None:
+        client = self._require_client()
+        try:
+            answer: Any = await self._call(
+                "list_open_orders",
+                client.get_orders,
+                GetOrdersRequest(status=QueryOrderStatus.OPEN, nested=True, limit=_ORDER_PAGE),
+            )
+        except APIError as e:
+            raise RetryableError(
+                f"Alpaca at {self._endpoint}: reading open orders failed: "
+                f"{self._scrub(error_info(e).reason)}"
+            ) from None
+        except _Unreachable as e:
+            raise self._unreachable("reading open orders", e) from None
+        rows = [r for r in answer if isinstance(r, Mapping)] if isinstance(answer, list) else []
+        if len(rows) >= _ORDER_PAGE:
+            log.warning("alpaca.adopt.truncated", orders=len(rows))
+        for raw in rows:
+            if self._symbols is not None and raw.get("symbol") not in self._symbols:
+                continue
+            self._adopt(raw)
+
+    def _adopt(self, raw: Mapping[str, Any]) -> None:
+        """Follow an order found open at Alpaca, with its legs, as it stands (no fills are
+        reported for what it executed before)."""
+        group = str(raw.get("order_class") or "")
+        group = group if group in ("bracket", "oto", "oco") else ""
+        base: _Tracked | None = None
+        for order, part in self._orders_of(raw):
+            known = self._get(order.client_order_id)
+            if known is not None:
+                base = known if part is raw else base
+                continue
+            t = _Tracked(order=order, group=group)
+            self._link(t, part)
+            t.remote_updated = parse_time(part.get("updated_at"))
+            if part is raw:
+                base = t
+            elif base is not None:
+                t.parent = base.order.client_order_id
+                base.children.append(order.client_order_id)
+                order.status = self._status_for(
+                    t, str(part.get("status") or ""), order.filled_quantity
+                )
+            if order.status.is_open:
+                self._open[order.client_order_id] = t
+            else:
+                self._remember_closed(t)
+
+    def _orders_of(self, raw: Mapping[str, Any]) -> list[tuple[Order, Mapping[str, Any]]]:
+        """Engine orders for an Alpaca order and its legs (ids of legs derived from the
+        parent's, see `leg_client_order_id`)."""
+        group = str(raw.get("order_class") or "")
+        base = order_from_alpaca(raw)
+        if group == "oco":
+            base.oco_group = base.client_order_id
+        out = [(base, raw)]
+        for leg in raw.get("legs") or []:
+            if not isinstance(leg, Mapping):
+                continue
+            role = leg_role(leg)
+            cid = leg_client_order_id(base.client_order_id, role)
+            leg_order = order_from_alpaca(
+                leg,
+                client_order_id=cid,
+                leg=role,
+                parent_id=base.client_order_id if group != "oco" else None,
+                oco_group=base.client_order_id,
+            )
+            out.append((leg_order, leg))
+        return out
+
+    def _describe(self, raw: Mapping[str, Any]) -> list[Order]:
+        """Engine orders for an open Alpaca order (followed ones as the broker knows them)."""
+        out: list[Order] = []
+        for order, part in self._orders_of(raw):
+            cid = self._by_alpaca_id.get(str(part.get("id") or ""))
+            t = self._get(cid) if cid is not None else None
+            out.append(t.order.snapshot() if t is not None else order)
+        return out
+
+    # ------------------------------------------------------------------------- state
+
+    def _get(self, client_order_id: str) -> _Tracked | None:
+        return self._open.get(client_order_id) or self._closed.get(client_order_id)
+
+    def _remember_closed(self, t: _Tracked) -> None:
+        cid = t.order.client_order_id
+        self._closed[cid] = t
+        self._closed.move_to_end(cid)
+        while len(self._closed) > self._config.closed_history:
+            _, old = self._closed.popitem(last=False)
+            if old.alpaca_id is not None:
+                self._by_alpaca_id.pop(old.alpaca_id, None)
+
+    # ------------------------------------------------------------------------- REST
+
+    def _make_client(self) -> TradingClient:
+        client = TradingClient(
+            self._key_id,
+            self._secret,
+            paper=True,
+            raw_data=True,
+            url_override=self._config.base_url.rstrip("/"),
+        )
+        if hasattr(client, "_session"):
+            client._session = _TimeoutSession(self._config.request_timeout_s)
+        else:  # a future alpaca-py: the overall call timeout still applies
+            log.warning("alpaca.no_request_timeout")
+        return client
+
+    def _close_client(self) -> None:
+        client, self._client = self._client, None
+        session = getattr(client, "_session", None)
+        if session is not None:
+            session.close()
+
+    def _require_client(self) -> TradingClient:
+        if self._client is None:
+            raise RuntimeError("AlpacaBroker is not started: call start() first")
+        return self._client
+
+    async def _call(
+        self, op: str, fn: Callable[..., T], *args: Any, uncertain: str | None = None
+    ) -> T:
+        """One REST call in a worker thread, retried on timeouts, connection errors, 429 and
+        5xx. Raises APIError (any other answer, or the last retryable one) or _Unreachable.
+        `uncertain`: a client order id to remember when an attempt's outcome is unknown."""
+        cfg = self._config
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(cfg.max_attempts),
+            wait=wait_exponential(multiplier=cfg.backoff_initial_s, max=cfg.backoff_max_s)
+            + wait_random(0, min(cfg.backoff_initial_s, cfg.backoff_max_s)),
+            retry=retry_if_exception(_is_retryable),
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                return await self._call_once(op, fn, *args, uncertain=uncertain)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _call_once(
+        self, op: str, fn: Callable[..., T], *args: Any, uncertain: str | None = None
+    ) -> T:
+        SOURCE_CALLS.labels(source=SOURCE).inc()
+        started = time.perf_counter()
+        try:
+            result = await asyncio.wait_for(
+                asyncio.to_thread(fn, *args), timeout=self._config.call_timeout_s
+            )
+        except APIError as e:
+            info = error_info(e)
+            status = info.status or 0
+            kind = "http_5xx" if status >= 500 else f"http_{status}" if status else "http"
+            self._failed(
+                op, kind, self._scrub(info.reason), up=not info.retryable and status != 401
+            )
+            if uncertain is not None and status >= 500:
+                self._attempted.add(uncertain)
+            raise
+        except (TimeoutError, requests.Timeout):
+            if uncertain is not None:
+                self._attempted.add(uncertain)
+            detail = f"{op} timed out"
+            self._failed(op, "timeout", detail, up=False)
+            raise _Unreachable("timeout", detail) from None
+        except requests.RequestException as e:
+            if uncertain is not None:
+                self._attempted.add(uncertain)
+            detail = self._scrub(f"{op}: {type(e).__name__}: {e}")
+            self._failed(op, "connection", detail, up=False)
+            raise _Unreachable("connection", detail) from None
+        except ValueError as e:
+            if uncertain is not None:
+                self._attempted.add(uncertain)
+            detail = self._scrub(f"{op}: unreadable answer: {type(e).__name__}: {e}")
+            self._failed(op, "malformed", detail, up=False)
+            raise _Unreachable("malformed", detail) from None
+        finally:
+            SOURCE_LATENCY.labels(source=SOURCE).observe(time.perf_counter() - started)
+        SOURCE_UP.labels(source=SOURCE).set(1)
+        self._connected = True
+        return result
+
+    def _failed(self, op: str, kind: str, detail: str, *, up: bool) -> None:
+        SOURCE_ERRORS.labels(source=SOURCE, kind=kind).inc()
+        SOURCE_UP.labels(source=SOURCE).set(1 if up else 0)
+        self._connected = up
+        self._last_error = detail if detail.startswith(op) else f"{op}: {detail}"
+        self._last_error_at = _now()
+
+    def _unreachable(self, what: str, error: _Unreachable) -> RetryableError:
+        return RetryableError(
+            f"Alpaca trading API at {self._endpoint} unreachable during {what} "
+            f"({error.kind}): {self._scrub(error)}"
+        )

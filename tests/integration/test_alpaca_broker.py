@@ -1,0 +1,949 @@
+"""The Alpaca paper broker, driven through the real alpaca-py clients against a loopback fake
+of Alpaca's Trading API and trade-updates stream (tests/fakes/alpaca_trading_server.py).
+
+No test sleeps for a fixed time: each waits for a condition, with a timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pytest
+from fakes.alpaca_trading_server import AlpacaTradingFake, need_fixtures
+from structlog.testing import capture_logs
+
+from tradingd.brokers.alpaca import WS_LOGGER, AlpacaBroker, AlpacaBrokerConfig
+from tradingd.core.errors import ConfigError, RetryableError
+from tradingd.core.orders import bracket_orders
+from tradingd.core.types import (
+    CrossSection,
+    Fill,
+    Leg,
+    Order,
+    OrderStatus,
+    OrderType,
+    Side,
+    client_order_id,
+)
+from tradingd.metrics import SOURCE_ERRORS
+
+RUN = "alp"
+T0 = datetime(2024, 1, 2, 16, 0, tzinfo=UTC)
+SYMS = ("AAPL", "SPY", "TSLA")
+_EMPTY = np.array([], dtype=float)
+BAR = CrossSection(T0, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY)
+
+
+def cid(symbol: str, leg: str = "entry") -> str:
+    return client_order_id(RUN, T0, symbol, leg)
+
+
+def order(
+    symbol: str,
+    signed_qty: float,
+    kind: OrderType = OrderType.MARKET,
+    *,
+    tag: str | None = None,
+    leg: Leg = Leg.ENTRY,
+    limit: float | None = None,
+    stop: float | None = None,
+    trail: float | None = None,
+    oco_group: str | None = None,
+) -> Order:
+    return Order(
+        client_order_id=cid(symbol, tag or str(leg)),
+        symbol=symbol,
+        side=Side.BUY if signed_qty > 0 else Side.SELL,
+        quantity=abs(signed_qty),
+        created_at=T0,
+        type=kind,
+        limit_price=limit,
+        stop_price=stop,
+        trail_pct=trail,
+        leg=leg,
+        oco_group=oco_group,
+    )
+
+
+async def eventually(pred: Callable[[], bool], timeout: float = 5.0) -> None:
+    async def until() -> None:
+        while not pred():
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(until(), timeout)
+
+
+class Updates:
+    """Everything a broker reported through on_bar, accumulated."""
+
+    def __init__(self, broker: AlpacaBroker) -> None:
+        self.broker = broker
+        self.fills: list[Fill] = []
+        self.orders: list[Order] = []
+
+    async def bar(self) -> None:
+        update = await self.broker.on_bar(BAR)
+        self.fills.extend(update.fills)
+        self.orders.extend(update.orders)
+
+    async def until(self, pred: Callable[[Updates], bool], timeout: float = 5.0) -> None:
+        async def run() -> None:
+            while True:
+                await self.bar()
+                if pred(self):
+                    return
+                await asyncio.sleep(0.005)
+
+        await asyncio.wait_for(run(), timeout)
+
+    def filled(self, client_id: str) -> float:
+        return sum(f.quantity for f in self.fills if f.client_order_id == client_id)
+
+    def last(self, client_id: str) -> Order | None:
+        found = [o for o in self.orders if o.client_order_id == client_id]
+        return found[-1] if found else None
+
+
+def config(fake: AlpacaTradingFake, **overrides: Any) -> AlpacaBrokerConfig:
+    values: dict[str, Any] = {
+        "base_url": fake.url,
+        "stream_url": fake.stream_url,
+        "poll_interval_s": 0.05,
+        "backoff_initial_s": 0.0,
+        "backoff_max_s": 0.0,
+        "stream_reconnect_min_s": 0.02,
+        "stream_reconnect_max_s": 0.1,
+        "cancel_confirm_timeout_s": 1.0,
+        "request_timeout_s": 2.0,
+        "call_timeout_s": 5.0,
+    }
+    values.update(overrides)
+    return AlpacaBrokerConfig(**values)
+
+
+@asynccontextmanager
+async def running(
+    fake: AlpacaTradingFake, symbols: tuple[str, ...] = SYMS, **overrides: Any
+) -> AsyncIterator[AlpacaBroker]:
+    broker = AlpacaBroker(config(fake, **overrides), (fake.key_id, fake.secret_key), symbols)
+    await broker.start()
+    # Tests only: alpaca-py sleeps 3 s before each of its own 429/504 retries.
+    client = broker.trading_client
+    assert client is not None
+    client._retry_wait = 0
+    try:
+        if broker.status()["stream"] != "disabled":
+            await eventually(lambda: broker.status()["stream"] == "up")
+        yield broker
+    finally:
+        await broker.stop()
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[AlpacaTradingFake]:
+    need_fixtures()
+    server = AlpacaTradingFake()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def broker(fake: AlpacaTradingFake) -> AsyncIterator[AlpacaBroker]:
+    async with running(fake) as b:
+        yield b
+
+
+def body_of(fake: AlpacaTradingFake, client_id: str) -> dict[str, Any]:
+    bodies = [b for b in fake.posted_orders() if b.get("client_order_id") == client_id]
+    assert bodies, f"no POST for {client_id}"
+    return bodies[-1]
+
+
+# ----------------------------------------------------------------------------- order types
+
+
+async def test_each_order_type_round_trips_with_alpacas_request_body(fake, broker):
+    fake.set_price("AAPL", 100.0, match=False)
+    fake.set_position("AAPL", 100, 90.0)
+    orders = [
+        order("AAPL", 5, tag="mkt"),
+        order("AAPL", 3, OrderType.LIMIT, tag="lmt", limit=99.5),
+        order("AAPL", -2, OrderType.STOP, tag="stp", leg=Leg.EXIT, stop=95.0),
+        order("AAPL", -2, OrderType.STOP_LIMIT, tag="stl", leg=Leg.EXIT, stop=94.0, limit=93.5),
+        order("AAPL", -2, OrderType.TRAILING_STOP, tag="trl", leg=Leg.EXIT, trail=0.02),
+    ]
+    acks = await broker.submit(orders)
+
+    assert [a.status for a in acks] == [OrderStatus.NEW] * 5
+    assert [a.client_order_id for a in acks] == [o.client_order_id for o in orders]
+    for ack, sent in zip(acks, orders, strict=True):
+        assert (ack.type, ack.limit_price, ack.stop_price, ack.trail_pct) == (
+            sent.type,
+            sent.limit_price,
+            sent.stop_price,
+            sent.trail_pct,
+        )
+    common = {"symbol": "AAPL"}
+    assert body_of(fake, cid("AAPL", "mkt")) == {
+        **common,
+        "qty": 5.0,
+        "side": "buy",
+        "type": "market",
+        "time_in_force": "day",
+        "client_order_id": cid("AAPL", "mkt"),
+    }
+    assert body_of(fake, cid("AAPL", "lmt")) == {
+        **common,
+        "qty": 3.0,
+        "side": "buy",
+        "type": "limit",
+        "time_in_force": "day",
+        "client_order_id": cid("AAPL", "lmt"),
+        "limit_price": 99.5,
+    }
+    # Protective exits outlive the session: good till cancelled.
+    assert body_of(fake, cid("AAPL", "stp")) == {
+        **common,
+        "qty": 2.0,
+        "side": "sell",
+        "type": "stop",
+        "time_in_force": "gtc",
+        "client_order_id": cid("AAPL", "stp"),
+        "stop_price": 95.0,
+    }
+    assert body_of(fake, cid("AAPL", "stl")) == {
+        **common,
+        "qty": 2.0,
+        "side": "sell",
+        "type": "stop_limit",
+        "time_in_force": "gtc",
+        "client_order_id": cid("AAPL", "stl"),
+        "stop_price": 94.0,
+        "limit_price": 93.5,
+    }
+    assert body_of(fake, cid("AAPL", "trl")) == {
+        **common,
+        "qty": 2.0,
+        "side": "sell",
+        "type": "trailing_stop",
+        "time_in_force": "gtc",
+        "client_order_id": cid("AAPL", "trl"),
+        "trail_percent": 2.0,
+    }
+    kinds = {o.client_order_id: o.type for o in fake.orders.values()}
+    assert kinds == {
+        cid("AAPL", "mkt"): "market",
+        cid("AAPL", "lmt"): "limit",
+        cid("AAPL", "stp"): "stop",
+        cid("AAPL", "stl"): "stop_limit",
+        cid("AAPL", "trl"): "trailing_stop",
+    }
+    assert {o.client_order_id for o in broker.open_orders()} == set(kinds)
+
+    # The market order executes; the trailing stop follows the high and triggers 2% below.
+    updates = Updates(broker)
+    fake.match("AAPL")
+    fake.set_price("AAPL", 110.0)
+    fake.set_price("AAPL", 107.5)
+    await updates.until(lambda u: u.filled(cid("AAPL", "trl")) == 2)
+    assert updates.filled(cid("AAPL", "mkt")) == 5
+    trailing = [f for f in updates.fills if f.client_order_id == cid("AAPL", "trl")]
+    assert trailing[0].price == 107.5 and trailing[0].side is Side.SELL
+
+
+async def test_bracket_legs_are_mapped_back_and_exits_cancel_each_other(fake, broker):
+    fake.set_price("AAPL", 100.0, match=False)
+    entry, tp, sl = bracket_orders(RUN, T0, "AAPL", 10, 110.0, 95.0)
+    acks = await broker.submit([entry, tp, sl])
+
+    assert [a.status for a in acks] == [OrderStatus.NEW, OrderStatus.HELD, OrderStatus.HELD]
+    assert [a.client_order_id for a in acks] == [
+        entry.client_order_id,
+        tp.client_order_id,
+        sl.client_order_id,
+    ]
+    assert acks[1].parent_id == acks[2].parent_id == entry.client_order_id
+    assert acks[1].oco_group == acks[2].oco_group == entry.client_order_id
+    assert len(fake.posted_orders()) == 1
+    assert body_of(fake, entry.client_order_id) == {
+        "symbol": "AAPL",
+        "qty": 10.0,
+        "side": "buy",
+        "type": "market",
+        "time_in_force": "gtc",
+        "order_class": "bracket",
+        "client_order_id": entry.client_order_id,
+        "take_profit": {"limit_price": 110.0},
+        "stop_loss": {"stop_price": 95.0},
+    }
+    parent = fake.order(entry.client_order_id)
+    legs = [fake.orders[i] for i in parent.leg_ids]
+    assert sorted(leg.type for leg in legs) == ["limit", "stop"]
+    # Alpaca named the legs itself; the broker knows them by the engine's ids.
+    assert all(leg.client_order_id not in (tp.client_order_id, sl.client_order_id) for leg in legs)
+    assert {o.client_order_id: o.status for o in broker.open_orders()} == {
+        entry.client_order_id: OrderStatus.NEW,
+        tp.client_order_id: OrderStatus.HELD,
+        sl.client_order_id: OrderStatus.HELD,
+    }
+
+    updates = Updates(broker)
+    fake.fill(entry.client_order_id, price=100.25)
+    await updates.until(lambda u: u.last(sl.client_order_id) is not None)
+    assert updates.last(entry.client_order_id).status is OrderStatus.FILLED
+    # Alpaca keeps the stop-loss "held" after the entry filled; it works all the same.
+    assert {leg.type: leg.status for leg in legs} == {"limit": "new", "stop": "held"}
+    assert updates.last(tp.client_order_id).status is OrderStatus.NEW
+    assert updates.last(sl.client_order_id).status is OrderStatus.NEW
+
+    # The stop triggers: the stop-loss fills, Alpaca "replaces" the take-profit.
+    fake.set_price("AAPL", 94.0)
+    await updates.until(
+        lambda u: (o := u.last(tp.client_order_id)) is not None and not o.status.is_open
+    )
+    assert updates.filled(sl.client_order_id) == 10
+    assert updates.last(sl.client_order_id).status is OrderStatus.FILLED
+    closed = updates.last(tp.client_order_id)
+    assert closed.status is OrderStatus.CANCELLED
+    assert closed.reason == f"OCO: sibling order {sl.client_order_id} filled"
+    assert [f.quantity for f in updates.fills] == [10, 10]
+    assert broker.open_orders() == []
+
+
+async def test_oco_exit_pair_is_one_alpaca_order_and_a_silent_sibling_cancel_is_found(fake):
+    fake.quiet_oco_cancel = True  # alpaca-py issue #198: no event for the cancelled stop-loss
+    fake.set_position("AAPL", 10, 100.0)
+    fake.set_price("AAPL", 100.0, match=False)
+    group = cid("AAPL", "tp.r")
+    tp = order(
+        "AAPL", -10, OrderType.LIMIT, tag="tp.r", leg=Leg.TAKE_PROFIT, limit=110.0, oco_group=group
+    )
+    sl = order(
+        "AAPL", -10, OrderType.STOP, tag="sl.r", leg=Leg.STOP_LOSS, stop=95.0, oco_group=group
+    )
+    async with running(fake) as broker:
+        acks = await broker.submit([sl, tp])
+        assert [a.status for a in acks] == [OrderStatus.NEW, OrderStatus.NEW]
+        assert fake.posted_orders() == [
+            {
+                "symbol": "AAPL",
+                "qty": 10.0,
+                "side": "sell",
+                "type": "limit",
+                "time_in_force": "gtc",
+                "order_class": "oco",
+                "client_order_id": tp.client_order_id,
+                "take_profit": {"limit_price": 110.0},
+                "stop_loss": {"stop_price": 95.0},
+            }
+        ]
+        updates = Updates(broker)
+        fake.set_price("AAPL", 111.0)
+        await updates.until(
+            lambda u: (o := u.last(sl.client_order_id)) is not None and not o.status.is_open
+        )
+        assert updates.filled(tp.client_order_id) == 10
+        assert updates.last(sl.client_order_id).status is OrderStatus.CANCELLED
+        assert (
+            updates.last(sl.client_order_id).reason
+            == f"OCO: sibling order {tp.client_order_id} filled"
+        )
+        assert broker.open_orders() == []
+
+
+# ----------------------------------------------------------------------------- fills
+
+
+async def test_fills_arrive_on_the_stream_exactly_once_partial_fills_included(fake, broker):
+    buy = order("AAPL", 10, OrderType.LIMIT, limit=100.0)
+    [ack] = await broker.submit([buy])
+    assert ack.status is OrderStatus.NEW
+    updates = Updates(broker)
+
+    fake.fill(buy.client_order_id, price=99.9, qty=4)
+    fake.resend(1)  # the same event delivered twice
+    fake.fill(buy.client_order_id, price=99.95, qty=3)
+    await updates.until(lambda u: u.filled(buy.client_order_id) >= 7)
+    await broker.poll()  # a poll that overlaps what the stream said adds nothing
+    await updates.bar()
+    fake.fill(buy.client_order_id, price=100.0)
+    await updates.until(lambda u: u.filled(buy.client_order_id) >= 10)
+    await broker.poll()
+    await updates.bar()
+
+    assert [(f.quantity, f.price) for f in updates.fills] == [(4, 99.9), (3, 99.95), (3, 100.0)]
+    assert len({f.fill_id for f in updates.fills}) == 3
+    assert [f.fill_id for f in updates.fills] == [
+        f"{buy.client_order_id}#4",
+        f"{buy.client_order_id}#7",
+        f"{buy.client_order_id}#10",
+    ]
+    assert all(f.commission == 0 and math.isnan(f.reference_price) for f in updates.fills)
+    # One state per order and bar: the newest.
+    statuses = [o.status for o in updates.orders]
+    assert statuses[-1] is OrderStatus.FILLED
+    assert set(statuses[:-1]) <= {OrderStatus.PARTIALLY_FILLED}
+    final = broker.order(buy.client_order_id)
+    assert final.filled_quantity == 10
+    assert final.avg_fill_price == pytest.approx(
+        float(fake.order(buy.client_order_id).filled_avg_price)
+    )
+
+
+async def test_fills_arrive_by_polling_while_the_stream_is_down_and_never_twice(fake, broker):
+    buy = order("AAPL", 10, OrderType.LIMIT, limit=100.0)
+    await broker.submit([buy])
+    updates = Updates(broker)
+
+    await fake.drop_stream()
+    await eventually(lambda: broker.status()["stream"] == "down")
+    assert broker.status()["mode"] == "polling"
+    fake.fill(buy.client_order_id, price=99.9, qty=4)
+    assert fake.listening == 0
+    # The background poller finds it without a bar.
+    await eventually(lambda: broker.order(buy.client_order_id).filled_quantity == 4)
+    fake.fill(buy.client_order_id, price=100.1, qty=6)
+    await updates.until(lambda u: u.filled(buy.client_order_id) >= 10)
+    assert [f.quantity for f in updates.fills] == [4, 6]
+    assert updates.fills[0].price == pytest.approx(99.9)
+    assert updates.fills[1].price == pytest.approx(100.1)  # from the cumulative averages
+
+    # The stream comes back; a catch-up poll and the stream add nothing twice.
+    fake.allow_stream()
+    await eventually(lambda: broker.status()["stream"] == "up")
+    second = order("SPY", 2, OrderType.LIMIT, limit=500.0)
+    await broker.submit([second])
+    fake.fill(second.client_order_id, price=499.0)
+    await updates.until(lambda u: u.filled(second.client_order_id) >= 2)
+    await broker.poll()
+    await updates.bar()
+    assert [f.quantity for f in updates.fills] == [4, 6, 2]
+    assert len({f.fill_id for f in updates.fills}) == 3
+
+
+async def test_an_update_that_beats_the_order_answer_is_kept_until_the_order_is_known(fake, broker):
+    buy = order("AAPL", 5, OrderType.LIMIT, limit=100.0)
+    fake.delay_next(0.3)  # processed at once, answered late
+    task = asyncio.create_task(broker.submit([buy]))
+    await eventually(lambda: bool(fake.orders_with_client_id(buy.client_order_id)))
+    fake.fill(buy.client_order_id, price=99.5)
+    [ack] = await task
+    # The fill that arrived before the answer is applied on top of it.
+    assert ack.status is OrderStatus.FILLED
+    assert broker.status()["unknown_updates"] >= 1
+    updates = Updates(broker)
+    await updates.until(lambda u: u.filled(buy.client_order_id) >= 5)
+    await broker.poll()
+    await updates.bar()
+    assert [(f.quantity, f.price) for f in updates.fills] == [(5, 99.5)]
+
+
+async def test_polling_only_when_the_stream_is_disabled(fake):
+    async with running(fake, stream_enabled=False) as broker:
+        assert broker.status()["stream"] == "disabled"
+        assert broker.status()["mode"] == "polling"
+        assert fake.listening == 0
+        buy = order("TSLA", 3)
+        await broker.submit([buy])
+        fake.fill(buy.client_order_id, price=400.0)
+        updates = Updates(broker)
+        await updates.until(lambda u: u.filled(buy.client_order_id) >= 3)
+        assert updates.last(buy.client_order_id).status is OrderStatus.FILLED
+
+
+# ----------------------------------------------------------------------------- rejections
+
+
+REJECTIONS = [
+    # (case, fake set-up, order, words of the broker's reason)
+    (
+        "insufficient_buying_power",
+        "cash",
+        order("AAPL", 50),
+        "insufficient buying power (HTTP 403, code 40310000)",
+    ),
+    (
+        "insufficient_qty",
+        "position",
+        order("AAPL", -10, tag="sell"),
+        "insufficient qty available for order (requested: 10, available: 5) (HTTP 403",
+    ),
+    ("not_allowed_to_short", None, order("SPY", -5), "account is not allowed to short (HTTP 403"),
+    (
+        "wash_trade",
+        "wash_trade",
+        order("AAPL", 1),
+        "potential wash trade detected. use complex orders",
+    ),
+    ("pdt", "pdt", order("AAPL", 1), "pattern day trading protection (HTTP 403, code 40310100)"),
+    ("market_closed", "market_closed", order("AAPL", 1), "market is closed (HTTP 422"),
+    ("non_tradable", "not_tradable", order("AAPL", 1), 'asset "AAPL" is not tradable (HTTP 422'),
+    (
+        "non_fractionable",
+        "not_fractionable",
+        order("AAPL", 1.5),
+        'asset "AAPL" is not fractionable',
+    ),
+    (
+        "sub_penny",
+        None,
+        order("AAPL", 1, OrderType.LIMIT, limit=100.123),
+        "invalid limit_price 100.123. sub-penny increment",
+    ),
+    (
+        "qty_must_be_integer",
+        "qty_must_be_integer",
+        order("AAPL", 1),
+        "qty must be integer (HTTP 422",
+    ),
+    ("forbidden_403", "forbidden", order("AAPL", 1), "forbidden. (HTTP 403)"),
+    ("unauthorized_401", "unauthorized", order("AAPL", 1), "request is not authorized (HTTP 401"),
+    ("rate_limited_429", "throttle", order("AAPL", 1), "rate limit exceeded (HTTP 429"),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "setup", "incoming", "words"), REJECTIONS, ids=[r[0] for r in REJECTIONS]
+)
+async def test_every_alpaca_rejection_becomes_a_rejected_order_with_the_reason(
+    fake, broker, case, setup, incoming, words
+):
+    fake.set_price("AAPL", 100.0, match=False)
+    if setup == "cash":
+        fake.cash = 1000.0
+    elif setup == "position":
+        fake.set_position("AAPL", 5, 90.0)
+    elif setup == "not_tradable":
+        fake.set_asset("AAPL", tradable=False)
+    elif setup == "not_fractionable":
+        fake.set_asset("AAPL", fractionable=False)
+    elif setup == "throttle":
+        fake.throttle(12)  # 4 requests per attempt (alpaca-py's retries) x 3 attempts
+    elif setup is not None:
+        fake.fail_next_order(setup)
+    posts = len(fake.posted_orders())
+
+    [ack] = await broker.submit([incoming])
+
+    assert ack.status is OrderStatus.REJECTED
+    assert ack.client_order_id == incoming.client_order_id
+    assert words in ack.reason
+    assert ack.reason.startswith("alpaca: ")
+    assert fake.orders_with_client_id(incoming.client_order_id) == []
+    assert broker.order(incoming.client_order_id).status is OrderStatus.REJECTED
+    assert broker.open_orders() == []
+    # The same id again: the same answer, without asking Alpaca again.
+    sent = len(fake.posted_orders())
+    [again] = await broker.submit([incoming])
+    assert (again.status, again.reason) == (ack.status, ack.reason)
+    assert len(fake.posted_orders()) == sent > posts
+
+
+async def test_rejections_that_alpaca_cannot_express_or_decides_later(fake, broker):
+    # A leg whose entry is not in the batch is refused before any request.
+    _, tp, _ = bracket_orders(RUN, T0, "AAPL", 10, 110.0, 95.0)
+    [ack] = await broker.submit([tp])
+    assert ack.status is OrderStatus.REJECTED
+    assert "Alpaca attaches take-profit and stop-loss legs only to a new entry" in ack.reason
+    # A bracket whose stop-loss Alpaca cannot take (trailing) is refused whole.
+    entry = order("SPY", 2, tag="e2")
+    trailing = order("SPY", -2, OrderType.TRAILING_STOP, tag="t2", leg=Leg.STOP_LOSS, trail=0.05)
+    trailing.parent_id = entry.client_order_id
+    acks = await broker.submit([entry, trailing])
+    assert [a.status for a in acks] == [OrderStatus.REJECTED] * 2
+    assert "trailing_stop" in acks[0].reason
+    assert fake.posted_orders() == []
+    # Invalid for any venue.
+    [bad] = await broker.submit([order("TSLA", 1, OrderType.LIMIT, tag="nolimit")])
+    assert bad.status is OrderStatus.REJECTED and "limit_price" in bad.reason
+    # Accepted first, rejected by Alpaca afterwards (an event, with no reason given).
+    later = order("TSLA", 1, tag="later")
+    [first] = await broker.submit([later])
+    assert first.status is OrderStatus.NEW
+    fake.reject(later.client_order_id)
+    updates = Updates(broker)
+    await updates.until(lambda u: u.last(later.client_order_id) is not None)
+    assert updates.last(later.client_order_id).status is OrderStatus.REJECTED
+    assert updates.last(later.client_order_id).reason == "rejected by Alpaca after acceptance"
+
+
+# ----------------------------------------------------------------------------- idempotency
+
+
+async def test_a_resubmitted_client_order_id_returns_the_existing_order_never_a_second(
+    fake, broker
+):
+    fake.set_price("AAPL", 100.0, match=False)
+    buy = order("AAPL", 10, OrderType.LIMIT, limit=100.0)
+    [first] = await broker.submit([buy])
+    [again] = await broker.submit([buy])
+    assert again.status is first.status is OrderStatus.NEW
+    assert len(fake.posted_orders()) == 1
+    fake.fill(buy.client_order_id, price=99.0, qty=4)
+
+    # A restarted daemon resends it: Alpaca answers 422, the broker returns Alpaca's order.
+    async with running(fake, adopt_open_orders=False) as restarted:
+        [resent] = await restarted.submit([buy])
+        assert resent.status is OrderStatus.PARTIALLY_FILLED
+        assert resent.filled_quantity == 4
+        assert len(fake.orders_with_client_id(buy.client_order_id)) == 1
+        assert len(fake.posted_orders()) == 2
+        # What it filled before the restart is not reported again as a new fill.
+        updates = Updates(restarted)
+        fake.fill(buy.client_order_id, price=99.5)
+        await updates.until(lambda u: u.filled(buy.client_order_id) >= 6)
+        assert [(f.quantity, f.fill_id) for f in updates.fills] == [
+            (6, f"{buy.client_order_id}#10")
+        ]
+
+    # A resent bracket: the legs come back under the engine's ids.
+    legs = bracket_orders(RUN, T0, "SPY", 2, 700.0, 600.0)
+    await broker.submit(legs)
+    async with running(fake, adopt_open_orders=False) as restarted:
+        acks = await restarted.submit(legs)
+        assert [a.client_order_id for a in acks] == [o.client_order_id for o in legs]
+        assert [a.status for a in acks] == [OrderStatus.NEW, OrderStatus.HELD, OrderStatus.HELD]
+        assert len(fake.orders_with_client_id(legs[0].client_order_id)) == 1
+        assert {o.client_order_id for o in restarted.open_orders()} >= {
+            o.client_order_id for o in legs
+        }
+
+
+async def test_a_post_whose_answer_was_lost_is_retried_without_a_second_order(fake):
+    async with running(fake, request_timeout_s=0.3) as broker:
+        buy = order("AAPL", 3, OrderType.LIMIT, limit=100.0)
+        fake.delay_next(1.0)  # the order is placed, the answer comes too late
+        [ack] = await broker.submit([buy])
+        assert ack.status is OrderStatus.NEW
+        assert len(fake.posted_orders()) == 2  # the retry got 422 duplicate
+        assert len(fake.orders_with_client_id(buy.client_order_id)) == 1
+        fake.fill(buy.client_order_id, price=99.0)
+        updates = Updates(broker)
+        await updates.until(lambda u: u.filled(buy.client_order_id) >= 3)
+        assert len(updates.fills) == 1
+
+
+async def test_429_and_server_errors_are_retried(fake, broker):
+    before = SOURCE_ERRORS.labels(source="alpaca_trading", kind="http_429")._value.get()
+    fake.throttle(2)  # alpaca-py retries these itself
+    [a] = await broker.submit([order("AAPL", 1, tag="r1")])
+    fake.throttle(5)  # more than alpaca-py's 3 retries: the broker's own retry follows
+    [b] = await broker.submit([order("AAPL", 1, tag="r2")])
+    fake.server_error(1, status=500)
+    [c] = await broker.submit([order("AAPL", 1, tag="r3")])
+    fake.gateway_timeout(1)  # a one-off 504 (a text page), retried by alpaca-py
+    [d] = await broker.submit([order("AAPL", 1, tag="r4")])
+    assert [x.status for x in (a, b, c, d)] == [OrderStatus.NEW] * 4
+    assert len(fake.posted_orders()) == 3 + 6 + 2 + 2
+    assert len(fake.orders) == 4
+    assert SOURCE_ERRORS.labels(source="alpaca_trading", kind="http_429")._value.get() == before + 1
+
+
+async def test_an_unreachable_broker_raises_retryable_and_on_bar_does_not(fake, broker):
+    buy = order("AAPL", 1, OrderType.LIMIT, limit=100.0)
+    await broker.submit([buy])
+    fake.server_error(6, status=503)  # 2 requests (no alpaca-py retry) x 3 attempts
+    with pytest.raises(RetryableError, match="outcome is unknown"):
+        await broker.submit([order("SPY", 1)])
+    await fake.stop()
+    with pytest.raises(RetryableError, match="unreachable") as failed:
+        await broker.submit([order("TSLA", 1)])
+    assert "safe" in str(failed.value)
+    with pytest.raises(RetryableError):
+        await broker.cancel(buy.client_order_id, "test")
+    await eventually(lambda: broker.status()["stream"] == "down")
+    update = await broker.on_bar(BAR)  # polls, fails, reports nothing, raises nothing
+    assert update.fills == [] and update.orders == []
+    status = broker.status()
+    assert status["connected"] is False
+    assert "connection" in status["last_error"] or "ConnectionError" in status["last_error"]
+
+
+# ----------------------------------------------------------------------------- cancel
+
+
+async def test_cancel(fake, broker):
+    fake.set_price("AAPL", 100.0, match=False)
+    buy = order("AAPL", 5, OrderType.LIMIT, limit=90.0)
+    await broker.submit([buy])
+    done = await broker.cancel(buy.client_order_id, "position closed by rebalance")
+    assert done.status is OrderStatus.CANCELLED
+    assert done.reason == "position closed by rebalance"
+    assert fake.order(buy.client_order_id).status == "canceled"
+    again = await broker.cancel(buy.client_order_id, "again")
+    assert again.status is OrderStatus.CANCELLED and again.reason == "position closed by rebalance"
+    assert await broker.cancel("never-submitted", "x") is None
+
+    # An order that filled before the cancel reached Alpaca (422): its fill is kept.
+    other = order("SPY", 2, OrderType.LIMIT, limit=500.0)
+    await broker.submit([other])
+    await fake.drop_stream()
+    await eventually(lambda: broker.status()["stream"] == "down")
+    fake.fill(other.client_order_id, price=499.0)
+    late = await broker.cancel(other.client_order_id, "too late")
+    assert late.status is OrderStatus.FILLED
+    updates = Updates(broker)
+    await updates.until(lambda u: u.filled(other.client_order_id) >= 2)
+    fake.allow_stream()
+
+    # A bracket entry cancelled takes its held legs with it.
+    legs = bracket_orders(RUN, T0, "TSLA", 1, 500.0, 300.0)
+    legs[0].type, legs[0].limit_price = OrderType.LIMIT, 350.0
+    await broker.submit(legs)
+    cancelled = await broker.cancel(legs[0].client_order_id, "stale")
+    assert cancelled.status is OrderStatus.CANCELLED
+    await updates.until(
+        lambda u: all(
+            (o := u.last(x.client_order_id)) is not None and not o.status.is_open for x in legs[1:]
+        )
+    )
+    assert (
+        updates.last(legs[1].client_order_id).reason
+        == f"parent order {legs[0].client_order_id} cancelled: stale"
+    )
+    assert broker.open_orders() == []
+
+
+# ----------------------------------------------------------------------------- account
+
+
+async def test_snapshot_matches_the_account_at_alpaca():
+    need_fixtures()
+    async with AlpacaTradingFake(recorded_positions=True) as fake, running(fake) as broker:
+        buy = order("AAPL", 2, OrderType.LIMIT, limit=250.0)
+        await broker.submit([buy])
+        snap = await broker.snapshot()
+        account = fake.account()
+        assert snap.cash == float(account["cash"])
+        assert snap.equity == float(account["equity"])
+        assert snap.buying_power == float(account["buying_power"])
+        assert snap.buying_power == pytest.approx(snap.cash - 500.0)
+        assert snap.positions == {
+            "AAPL": (7.0, 256.597143),
+            "SPY": (51.0, 666.737843),
+            "TSLA": (11.0, 439.903636),
+        }
+        assert [o.client_order_id for o in snap.open_orders] == [buy.client_order_id]
+        assert snap.account_status == "ACTIVE" and snap.currency == "USD"
+
+
+async def test_start_adopts_the_open_orders_of_the_universe(fake):
+    fake.set_price("AAPL", 100.0, match=False)
+    legs = bracket_orders(RUN, T0, "AAPL", 10, 110.0, 95.0)
+    async with running(fake, symbols=("AAPL", "MSFT")) as first:
+        await first.submit(legs)
+        await first.submit([order("MSFT", 1, OrderType.LIMIT, limit=10.0)])
+    async with running(fake, symbols=("AAPL",)) as broker:
+        adopted = {o.client_order_id: o for o in broker.open_orders()}
+        assert set(adopted) == {o.client_order_id for o in legs}
+        assert adopted[legs[1].client_order_id].status is OrderStatus.HELD
+        assert adopted[legs[1].client_order_id].leg is Leg.TAKE_PROFIT
+        assert adopted[legs[2].client_order_id].parent_id == legs[0].client_order_id
+        fake.fill(legs[0].client_order_id, price=100.0)
+        updates = Updates(broker)
+        await updates.until(lambda u: u.last(legs[2].client_order_id) is not None)
+        assert updates.filled(legs[0].client_order_id) == 10
+        assert updates.last(legs[2].client_order_id).status is OrderStatus.NEW
+
+
+# ----------------------------------------------------------------------------- secrets
+
+
+async def test_keys_never_appear_in_logs_status_or_exceptions(caplog):
+    need_fixtures()
+    key, secret = "PKLEAKCHECK00000000001", "S3cr3t-must-never-leak-0123456789"
+    caplog.set_level(logging.DEBUG)
+    logging.getLogger(WS_LOGGER).setLevel(logging.DEBUG)  # an operator asking for everything
+    texts: list[str] = []
+    with capture_logs() as captured:
+        async with AlpacaTradingFake(key_id=key, secret_key=secret) as fake:
+            async with running(fake) as broker:
+                fake.set_price("AAPL", 100.0, match=False)
+                fake.fail_next_order("insufficient_buying_power")
+                [rejected] = await broker.submit([order("AAPL", 1)])
+                [ok] = await broker.submit([order("AAPL", 1, tag="ok")])
+                fake.fill(ok.client_order_id)
+                await Updates(broker).until(lambda u: len(u.fills) == 1)
+                texts += [rejected.reason, repr(broker), repr(broker.status())]
+                fake.server_error(6, status=503)
+                with pytest.raises(RetryableError) as unknown:
+                    await broker.submit([order("SPY", 1)])
+                texts.append(str(unknown.value))
+                await fake.drop_stream()
+                await eventually(lambda: broker.status()["stream"] == "down")
+                fake.allow_stream()
+                await eventually(lambda: broker.status()["stream"] == "up")
+            wrong = AlpacaBroker(config(fake), (key, secret[:-1] + "X"))
+            with pytest.raises(ConfigError) as refused:
+                await wrong.start()
+            texts.append(str(refused.value))
+            gone = AlpacaBroker(config(fake), (key, secret))
+        with pytest.raises(RetryableError) as unreachable:
+            await gone.start()
+        texts.append(str(unreachable.value))
+    texts += [repr(entry) for entry in captured]
+    texts += [r.getMessage() for r in caplog.records]
+    texts += [logging.Formatter().formatException(r.exc_info) for r in caplog.records if r.exc_info]
+    assert any("alpaca.stream.up" in t for t in texts)  # the logs were really captured
+    for text in texts:
+        assert key not in text and secret not in text and secret[:-1] not in text
+
+
+# ----------------------------------------------------------------------------- the fake
+
+
+async def test_the_fake_answers_like_alpaca(fake):
+    """The fixtures README's rules for a fake, checked with requests and alpaca-py."""
+    import requests
+    from alpaca.common.exceptions import APIError
+    from alpaca.trading.client import TradingClient
+    from alpaca.trading.requests import GetOrdersRequest, LimitOrderRequest
+
+    fake.set_price("AAPL", 100.0, match=False)
+    fake.set_position("SPY", 4, 500.0)
+    url = fake.url
+    auth = {"APCA-API-KEY-ID": fake.key_id, "APCA-API-SECRET-KEY": fake.secret_key}
+
+    def http() -> None:
+        missing = requests.get(f"{url}/v2/account", timeout=5)
+        assert (missing.status_code, missing.json()) == (403, {"message": "forbidden."})
+        wrong = requests.get(
+            f"{url}/v2/account", headers={**auth, "APCA-API-SECRET-KEY": "x"}, timeout=5
+        )
+        assert wrong.status_code == 401 and wrong.json()["code"] == 40110000
+        ok = requests.get(f"{url}/v2/account", headers=auth, timeout=5)
+        assert ok.status_code == 200
+        for answer in (missing, wrong, ok):
+            assert {"X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"} <= set(
+                answer.headers
+            )
+        none = requests.post(
+            f"{url}/v2/orders",
+            json={"symbol": "AAPL", "side": "buy", "type": "market", "time_in_force": "day"},
+            headers=auth,
+            timeout=5,
+        )
+        assert (none.status_code, none.json()["message"]) == (422, "qty or notional is required")
+
+    await asyncio.to_thread(http)
+
+    client = TradingClient(
+        fake.key_id, fake.secret_key, paper=True, raw_data=True, url_override=url
+    )
+    client._retry_wait = 0
+
+    def orders() -> dict[str, Any]:
+        a = client.submit_order(
+            LimitOrderRequest(
+                symbol="AAPL",
+                qty=1,
+                side="buy",
+                time_in_force="day",
+                limit_price=90,
+                client_order_id="a",
+            )
+        )
+        b = client.submit_order(
+            LimitOrderRequest(
+                symbol="SPY",
+                qty=2,
+                side="sell",
+                time_in_force="gtc",
+                limit_price=600,
+                client_order_id="b",
+            )
+        )
+        assert a["status"] == "accepted" and a["qty"] == "1" and a["limit_price"] == "90"
+        with pytest.raises(APIError) as dup:
+            client.submit_order(
+                LimitOrderRequest(
+                    symbol="AAPL",
+                    qty=1,
+                    side="buy",
+                    time_in_force="day",
+                    limit_price=90,
+                    client_order_id="a",
+                )
+            )
+        assert (dup.value.status_code, dup.value.message) == (422, "client_order_id must be unique")
+        assert [
+            o["client_order_id"] for o in client.get_orders(GetOrdersRequest(symbols=["AAPL"]))
+        ] == ["a"]
+        assert [o["client_order_id"] for o in client.get_orders(GetOrdersRequest(side="sell"))] == [
+            "b"
+        ]
+        assert [
+            o["client_order_id"]
+            for o in client.get_orders(GetOrdersRequest(direction="asc", limit=1))
+        ] == ["a"]
+        assert [
+            o["client_order_id"]
+            for o in client.get_orders(GetOrdersRequest(direction="desc", limit=1))
+        ] == ["b"]
+        assert client.get_order_by_client_id("b")["id"] == b["id"]
+        assert client.cancel_order_by_id(a["id"]) is None
+        with pytest.raises(APIError) as closed:
+            client.cancel_order_by_id(a["id"])
+        assert closed.value.status_code == 422
+        with pytest.raises(APIError) as unknown:
+            client.cancel_order_by_id("00000000-0000-4000-8000-000000000000")
+        assert (unknown.value.status_code, unknown.value.code) == (404, 40410000)
+        # Cancelled ids stay used.
+        with pytest.raises(APIError):
+            client.submit_order(
+                LimitOrderRequest(
+                    symbol="AAPL",
+                    qty=1,
+                    side="buy",
+                    time_in_force="day",
+                    limit_price=90,
+                    client_order_id="a",
+                )
+            )
+        assert [
+            o["client_order_id"] for o in client.get_orders(GetOrdersRequest(status="closed"))
+        ] == ["a"]
+        with pytest.raises(APIError) as no_position:
+            client.close_position("TSLA")
+        assert no_position.value.status_code == 404
+        closing = client.close_position("SPY")
+        assert (closing["side"], closing["qty"], closing["type"]) == ("sell", "4", "market")
+        cancelled = client.cancel_orders()
+        return {"cancelled": len(cancelled), "positions": client.get_all_positions()}
+
+    out = await asyncio.to_thread(orders)
+    assert out["cancelled"] == 2
+    assert [p["symbol"] for p in out["positions"]] == ["SPY"]
+
+
+def test_the_fake_runs_in_a_thread_for_a_synchronous_client():
+    need_fixtures()
+    from alpaca.trading.client import TradingClient
+    from alpaca.trading.requests import MarketOrderRequest
+
+    fake = AlpacaTradingFake()
+    url = fake.start_in_thread()
+    try:
+        client = TradingClient(
+            fake.key_id, fake.secret_key, paper=True, raw_data=True, url_override=url
+        )
+        fake.call(fake.set_price, "AAPL", 10.0, False)
+        placed = client.submit_order(
+            MarketOrderRequest(
+                symbol="AAPL", qty=3, side="buy", time_in_force="day", client_order_id="t1"
+            )
+        )
+        fake.call(fake.fill, "t1")
+        assert client.get_order_by_id(placed["id"])["status"] == "filled"
+        assert [p["qty"] for p in client.get_all_positions()] == ["3"]
+    finally:
+        fake.stop_thread()

@@ -1,0 +1,358 @@
+"""Alpaca <-> tradingd translation, without a server: grouping, requests, statuses, errors,
+fills, keys and the broker's configuration."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from alpaca.common.exceptions import APIError
+
+from tradingd.brokers.alpaca import AlpacaBroker, AlpacaBrokerConfig
+from tradingd.brokers.alpaca_mapping import (
+    LocalRejection,
+    Unit,
+    alpaca_keys_from_env,
+    build_request,
+    error_info,
+    fill_price,
+    leg_client_order_id,
+    leg_from_client_order_id,
+    make_fill,
+    map_status,
+    order_from_alpaca,
+    plan_submission,
+    positions_from_alpaca,
+    trail_percent,
+)
+from tradingd.core.errors import ConfigError
+from tradingd.core.orders import bracket_orders, market_order
+from tradingd.core.types import Leg, Order, OrderStatus, OrderType, Side, client_order_id
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = (
+    Path(os.environ.get("TRADINGD_SHARED_FIXTURES", ROOT.parent / "shared" / "fixtures")) / "alpaca"
+)
+T0 = datetime(2024, 1, 2, 16, 0, tzinfo=UTC)
+
+
+def fixture(*parts: str) -> object:
+    path = FIXTURES.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"recorded Alpaca fixtures not present at {FIXTURES}")
+    return json.loads(path.read_text())
+
+
+def exit_order(tag: str, kind: OrderType, **kw: object) -> Order:
+    return Order(
+        client_order_id=client_order_id("run", T0, "AAPL", tag),
+        symbol="AAPL",
+        side=Side.SELL,
+        quantity=10,
+        created_at=T0,
+        type=kind,
+        leg=Leg.TAKE_PROFIT if tag.startswith("tp") else Leg.STOP_LOSS,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def body(unit: Unit, **kw: object) -> dict[str, object]:
+    # The request's fields as alpaca-py sends them (its enums are str subclasses).
+    return json.loads(json.dumps(build_request(unit, **kw).to_request_fields()))  # type: ignore[arg-type]
+
+
+# ----------------------------------------------------------------------------- statuses
+
+
+@pytest.mark.parametrize(
+    ("alpaca", "filled", "expected"),
+    [
+        ("new", 0, OrderStatus.NEW),
+        ("accepted", 0, OrderStatus.NEW),
+        ("pending_new", 0, OrderStatus.NEW),
+        ("accepted_for_bidding", 0, OrderStatus.NEW),
+        ("pending_cancel", 0, OrderStatus.NEW),
+        ("pending_replace", 3, OrderStatus.PARTIALLY_FILLED),
+        ("done_for_day", 0, OrderStatus.NEW),
+        ("done_for_day", 2, OrderStatus.PARTIALLY_FILLED),
+        ("stopped", 0, OrderStatus.NEW),
+        ("suspended", 0, OrderStatus.NEW),
+        ("calculated", 0, OrderStatus.NEW),
+        ("something_new_from_alpaca", 0, OrderStatus.NEW),
+        ("held", 0, OrderStatus.HELD),
+        ("partially_filled", 4, OrderStatus.PARTIALLY_FILLED),
+        ("filled", 10, OrderStatus.FILLED),
+        ("canceled", 0, OrderStatus.CANCELLED),
+        ("canceled", 4, OrderStatus.CANCELLED),
+        ("expired", 0, OrderStatus.CANCELLED),
+        ("replaced", 0, OrderStatus.CANCELLED),
+        ("rejected", 0, OrderStatus.REJECTED),
+    ],
+)
+def test_status_mapping(alpaca, filled, expected):
+    assert map_status(alpaca, filled) is expected
+
+
+# ----------------------------------------------------------------------------- grouping
+
+
+def test_a_bracket_batch_is_one_unit_with_its_legs():
+    entry, tp, sl = bracket_orders("run", T0, "AAPL", 10, 110.0, 95.0)
+    other = market_order("run", T0, "SPY", -3)
+    [unit, single] = plan_submission([entry, tp, sl, other])
+    assert isinstance(unit, Unit) and unit.kind == "bracket"
+    assert (unit.primary, unit.take_profit, unit.stop_loss) == (entry, tp, sl)
+    assert isinstance(single, Unit) and single.kind == "simple" and single.primary is other
+
+
+def test_an_entry_with_one_leg_is_an_oto_and_a_leg_alone_is_refused():
+    entry, tp, sl = bracket_orders("run", T0, "AAPL", 10, 110.0, 95.0)
+    [oto] = plan_submission([entry, sl])
+    assert isinstance(oto, Unit) and oto.kind == "oto" and oto.take_profit is None
+    [alone] = plan_submission([tp])
+    assert isinstance(alone, LocalRejection)
+    assert "only to a new entry" in alone.reason
+
+
+def test_brackets_alpaca_cannot_express_are_refused_whole():
+    entry, tp, sl = bracket_orders("run", T0, "AAPL", 10, 110.0, 95.0)
+    sl.type, sl.stop_price, sl.trail_pct = OrderType.TRAILING_STOP, None, 0.05
+    out = plan_submission([entry, tp, sl])
+    assert [type(x) for x in out] == [LocalRejection] * 3
+    assert "trailing_stop" in out[0].reason  # type: ignore[union-attr]
+    entry, tp, sl = bracket_orders("run", T0, "AAPL", 10, 110.0, 95.0)
+    tp.quantity = 5
+    out = plan_submission([entry, tp, sl])
+    assert all(isinstance(x, LocalRejection) for x in out)
+
+
+def test_an_oco_group_of_a_limit_and_a_stop_is_one_alpaca_oco_order():
+    group = client_order_id("run", T0, "AAPL", "sl.r")
+    sl = exit_order("sl.r", OrderType.STOP, stop_price=95.0, oco_group=group)
+    tp = exit_order("tp.r", OrderType.LIMIT, limit_price=110.0, oco_group=group)
+    [unit] = plan_submission([sl, tp])
+    assert isinstance(unit, Unit) and unit.kind == "oco"
+    assert unit.primary is tp and unit.take_profit is tp and unit.stop_loss is sl
+    assert body(unit) == {
+        "symbol": "AAPL",
+        "qty": 10.0,
+        "side": "sell",
+        "type": "limit",
+        "time_in_force": "gtc",
+        "order_class": "oco",
+        "client_order_id": tp.client_order_id,
+        "take_profit": {"limit_price": 110.0},
+        "stop_loss": {"stop_price": 95.0},
+    }
+    two_limits = [
+        exit_order("tp.r", OrderType.LIMIT, limit_price=110.0, oco_group="g"),
+        exit_order("tp.r2", OrderType.LIMIT, limit_price=120.0, oco_group="g"),
+    ]
+    assert all(isinstance(x, LocalRejection) for x in plan_submission(two_limits))
+
+
+def test_an_id_repeated_in_a_batch_is_planned_once():
+    a = market_order("run", T0, "AAPL", 5)
+    assert len(plan_submission([a, a.snapshot()])) == 1
+
+
+# ----------------------------------------------------------------------------- requests
+
+
+def test_the_request_matches_what_alpaca_py_was_recorded_sending():
+    recorded = fixture("trading", "order_request_limit_as_sent_by_alpaca-py.json")
+    sent = Order(
+        client_order_id="my-order-0001",
+        symbol="AAPL",
+        side=Side.BUY,
+        quantity=2,
+        created_at=T0,
+        type=OrderType.LIMIT,
+        limit_price=150.0,
+        leg=Leg.EXIT,
+    )
+    assert body(Unit("simple", sent)) == recorded
+
+
+def test_time_in_force_and_extended_hours():
+    entry = market_order("run", T0, "AAPL", 5)
+    assert body(Unit("simple", entry))["time_in_force"] == "day"
+    assert body(Unit("simple", entry), time_in_force="gtc")["time_in_force"] == "gtc"
+    assert "extended_hours" not in body(Unit("simple", entry))
+    assert body(Unit("simple", entry), extended_hours=True)["extended_hours"] is True
+    e, tp, sl = bracket_orders("run", T0, "AAPL", 10, 110.0, 95.0)
+    sl.type, sl.limit_price = OrderType.STOP_LIMIT, 94.5
+    fields = body(Unit("bracket", e, tp, sl), bracket_time_in_force="day")
+    assert fields["time_in_force"] == "day"
+    assert fields["stop_loss"] == {"stop_price": 95.0, "limit_price": 94.5}
+    assert body(Unit("oto", e, None, sl))["order_class"] == "oto"
+
+
+def test_trailing_percent_has_no_float_residue():
+    assert trail_percent(0.07) == 7.0
+    assert trail_percent(0.0125) == 1.25
+
+
+# ----------------------------------------------------------------------------- orders
+
+
+def test_an_alpaca_order_as_an_engine_order():
+    raw = fixture("trading", "order_limit_gtc_accepted_spec_example.json")
+    o = order_from_alpaca(raw)  # type: ignore[arg-type]
+    assert (o.client_order_id, o.symbol, o.side, o.quantity) == (
+        "5680c4bc-9ac1-4a12-a44c-df427ba53032",
+        "AAPL",
+        Side.BUY,
+        2.0,
+    )
+    assert (o.type, o.limit_price, o.stop_price, o.status) == (
+        OrderType.LIMIT,
+        150.0,
+        None,
+        OrderStatus.NEW,
+    )
+    assert o.leg is Leg.ENTRY and o.filled_quantity == 0 and math.isnan(o.avg_fill_price)
+    fill = fixture("stream", "trade_update_fill_DERIVED.json")["data"]["order"]  # type: ignore[index]
+    f = order_from_alpaca(fill)
+    assert (f.status, f.filled_quantity, f.avg_fill_price) == (OrderStatus.FILLED, 10, 149.994)
+    trailing = dict(raw, type="trailing_stop", trail_percent="2.5", hwm="151.2", limit_price=None)  # type: ignore[arg-type]
+    t = order_from_alpaca(trailing)
+    assert (t.type, t.trail_pct, t.trail_anchor) == (OrderType.TRAILING_STOP, 0.025, 151.2)
+
+
+def test_leg_ids_are_derived_from_the_parent_as_tradingd_names_them():
+    entry, tp, sl = bracket_orders("run", T0, "AAPL", 10, 110.0, 95.0)
+    assert leg_client_order_id(entry.client_order_id, Leg.TAKE_PROFIT) == tp.client_order_id
+    assert leg_client_order_id(entry.client_order_id, Leg.STOP_LOSS) == sl.client_order_id
+    tp_r = client_order_id("run", T0, "AAPL", "tp.r")
+    assert leg_client_order_id(tp_r, Leg.STOP_LOSS) == client_order_id("run", T0, "AAPL", "sl.r")
+    assert leg_client_order_id("5680c4bc-9ac1-4a12-a44c-df427ba53032", Leg.STOP_LOSS) is None
+    assert leg_from_client_order_id(tp_r) is Leg.TAKE_PROFIT
+    assert leg_from_client_order_id(sl.client_order_id) is Leg.STOP_LOSS
+    assert leg_from_client_order_id("manual-order") is Leg.ENTRY
+
+
+def test_positions_are_signed():
+    rows = fixture("trading", "positions_recorded_2025-11-14.json")
+    assert positions_from_alpaca(rows)["AAPL"] == (7.0, 256.597143)  # type: ignore[arg-type]
+    short = [{"symbol": "X", "qty": "5", "side": "short", "avg_entry_price": "10"}]
+    assert positions_from_alpaca(short) == {"X": (-5.0, 10.0)}
+    assert positions_from_alpaca([{"symbol": "Y", "qty": "-3", "side": "short"}])["Y"][0] == -3
+
+
+# ----------------------------------------------------------------------------- errors
+
+
+def api_error(status: int, text: str) -> APIError:
+    return APIError(text, SimpleNamespace(response=SimpleNamespace(status_code=status)))
+
+
+@pytest.mark.parametrize(
+    ("name", "status", "message", "code"),
+    [
+        ("403_insufficient_buying_power.json", 403, "insufficient buying power", 40310000),
+        (
+            "403_pdt_protection.json",
+            403,
+            "trade denied due to pattern day trading protection",
+            40310100,
+        ),
+        (
+            "403_wash_trade.json",
+            403,
+            "potential wash trade detected. use complex orders: "
+            "opposite side market/stop order exists",
+            40310000,
+        ),
+        ("422_duplicate_client_order_id.json", 422, "client_order_id must be unique", 40010001),
+        ("403_forbidden_missing_auth_headers.json", 403, "forbidden.", None),
+        ("401_request_not_authorized.json", 401, "request is not authorized", 40110000),
+    ],
+)
+def test_error_bodies(name, status, message, code):
+    text = json.dumps(fixture("errors", name))
+    info = error_info(api_error(status, text))
+    assert (info.status, info.message, info.code) == (status, message, code)
+    assert info.reason.startswith(f"alpaca: {message} (HTTP {status}")
+    assert info.duplicate is (name == "422_duplicate_client_order_id.json")
+    assert not info.retryable
+
+
+def test_error_bodies_that_are_not_json():
+    info = error_info(api_error(504, "<html>504 Gateway Time-out</html>"))
+    assert info.status == 504 and info.code is None and info.retryable
+    assert info.message == "<html>504 Gateway Time-out</html>"
+    assert error_info(api_error(429, "Too Many Requests")).retryable
+    assert error_info(APIError("")).message == "no error message"
+
+
+# ----------------------------------------------------------------------------- fills
+
+
+def test_fill_prices_from_events_and_from_cumulative_averages():
+    # A stream event describing exactly the step carries its price.
+    assert fill_price(4, 100.0, 7, 100.5, event_qty=3, event_price=101.1) == 101.1
+    # Otherwise the step's price follows from the averages (poll, or missed events).
+    assert fill_price(4, 99.9, 10, 100.02, event_qty=2, event_price=200.0) == pytest.approx(
+        (100.02 * 10 - 99.9 * 4) / 6
+    )
+    assert fill_price(0, math.nan, 5, 99.5) == 99.5
+    order = market_order("run", T0, "AAPL", 10)
+    fill = make_fill(order, 7.0, 3.0, 101.0, T0)
+    assert fill.fill_id == f"{order.client_order_id}#7"
+    assert (fill.quantity, fill.price, fill.commission, fill.slippage) == (3.0, 101.0, 0.0, 0.0)
+    assert math.isnan(fill.reference_price)
+    assert make_fill(order, 0.125, 0.125, 1.0, T0).fill_id.endswith("#0.125")
+
+
+# ----------------------------------------------------------------------------- keys, config
+
+
+def test_keys_come_from_the_environment():
+    assert alpaca_keys_from_env({}) is None
+    assert alpaca_keys_from_env({"APCA_API_KEY_ID": " ", "APCA_API_SECRET_KEY": ""}) is None
+    assert alpaca_keys_from_env({"APCA_API_KEY_ID": "k", "APCA_API_SECRET_KEY": "s"}) == ("k", "s")
+    with pytest.raises(ConfigError, match="APCA_API_SECRET_KEY is not") as half:
+        alpaca_keys_from_env({"APCA_API_KEY_ID": "PKVISIBLE123"})
+    assert "PKVISIBLE123" not in str(half.value)
+    with pytest.raises(ConfigError, match="APCA_API_KEY_ID is not") as other:
+        alpaca_keys_from_env({"APCA_API_SECRET_KEY": "topsecret999"})
+    assert "topsecret999" not in str(other.value)
+
+
+def test_config_defaults_and_validation():
+    cfg = AlpacaBrokerConfig()
+    assert cfg.base_url == "https://paper-api.alpaca.markets"
+    assert cfg.effective_stream_url == "wss://paper-api.alpaca.markets/stream"
+    assert AlpacaBrokerConfig(base_url="http://127.0.0.1:8080").effective_stream_url == (
+        "ws://127.0.0.1:8080/stream"
+    )
+    assert (cfg.time_in_force, cfg.exit_time_in_force, cfg.extended_hours) == ("day", "gtc", False)
+    with pytest.raises(ValueError, match="live"):
+        AlpacaBrokerConfig(base_url="https://api.alpaca.markets")
+    with pytest.raises(ValueError, match="time_in_force"):
+        AlpacaBrokerConfig(time_in_force="forever")
+    with pytest.raises(ValueError, match="bracket_time_in_force"):
+        AlpacaBrokerConfig(bracket_time_in_force="ioc")
+    with pytest.raises(ValueError, match="poll_interval_s"):
+        AlpacaBrokerConfig(poll_interval_s=0)
+    with pytest.raises(ValueError, match="max_attempts"):
+        AlpacaBrokerConfig(max_attempts=0)
+    with pytest.raises(ValueError, match="stream_url"):
+        AlpacaBrokerConfig(stream_url="http://127.0.0.1/stream")
+
+
+async def test_a_broker_not_started_says_so_and_hides_its_keys():
+    broker = AlpacaBroker(AlpacaBrokerConfig(), ("PKHIDDEN0001", "hidden-secret-0001"))
+    assert "hidden" not in repr(broker) and "PKHIDDEN" not in repr(broker)
+    assert "hidden" not in repr(broker.status())
+    assert broker.status()["started"] is False
+    with pytest.raises(RuntimeError, match="start"):
+        await broker.submit([market_order("run", T0, "AAPL", 1)])
+    with pytest.raises(ConfigError):
+        AlpacaBroker(AlpacaBrokerConfig(), ("", "x"))
