@@ -7,9 +7,11 @@ parts chosen here (clock, feed, broker). Nothing else in tradingd branches on th
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Awaitable, Callable
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pandas as pd
 import structlog
@@ -22,7 +24,7 @@ from .clock.replay import ReplayClock
 from .config import Config
 from .core.errors import ConfigError
 from .core.ports import Broker, Clock, FeatureSource, Feed
-from .core.types import RunInfo
+from .core.types import CrossSection, RunInfo
 from .engine.engine import Engine, Pipeline
 from .engine.planner import OrderPlanner
 from .engine.plugins import load_plugin
@@ -32,18 +34,25 @@ from .features.source import BatchFeatureSource, StreamingFeatureSource
 from .feeds.history import HistoryFeed, RecordedLiveFeed
 from .feeds.loaders import load_panel
 from .feeds.panel import Panel
+from .secrets import mask_url
 from .storage.factory import open_store
 
 log = structlog.get_logger(__name__)
 
 MODES = ("backtest", "live")
+# Config sections that do not change what a run decides (see run_id_for).
+_OPERATIONAL = frozenset({"health", "log", "cache"})
 
 
 def run_id_for(config: Config, mode: str) -> str:
     """Stable across reruns of the same config: the same decisions get the same order ids."""
     if config.run.run_id:
         return config.run.run_id
-    digest = hashlib.sha256(config.to_json().encode()).hexdigest()[:10]
+    # The public (masked) config without its operational sections: a changed password, log
+    # level, health port or cache address is the same run (the same order ids).
+    decisive = {k: v for k, v in config.to_public_dict().items() if k not in _OPERATIONAL}
+    digest = hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()
+    digest = digest[:10]
     return f"{config.run.name}-{mode}-{digest}"
 
 
@@ -61,6 +70,9 @@ def load_data(config: Config) -> Panel:
         end=config.run.end or None,
         repair=d.repair,
         max_gap_days=d.max_gap_days,
+        max_spike=d.max_spike,
+        max_volume=d.max_volume,
+        timezone=d.timezone,
     )
     if d.max_symbols and len(panel.symbols) > d.max_symbols:
         panel = panel.select(symbols=panel.symbols[: d.max_symbols])
@@ -136,9 +148,47 @@ def choose_swaps(
 ) -> Swaps:
     if mode not in MODES:
         raise ConfigError(f"mode {mode!r} is invalid; valid choices: {', '.join(MODES)}")
+    b = config.broker
+    broker: Broker = _simulated(config, panel.symbols, portfolio)
+    if mode == "live" and b.kind != "simulated":
+        broker = _alpaca_or(broker, config, panel.symbols)
+    catalog = make_catalog(config)
+    if mode == "backtest":
+        feed = HistoryFeed(panel)
+        features = BatchFeatureSource(panel, names, catalog)
+        return Swaps(ReplayClock(feed.times), feed, broker, features)
+    live_feed = RecordedLiveFeed(panel)
+    # Bars before the start warm up at once (Engine warmup); the clock paces the rest.
+    start = trade_start(config, panel)
+    live_times = [t for t in live_feed.times if start is None or t >= start]
+    calendar = live_times if config.live.bars_per_second > 0 else None
+    streaming = StreamingFeatureSource(len(panel.symbols), names, catalog)
+    clock = LiveClock(config.live, calendar, heartbeat_s=config.live.heartbeat_s)
+    return Swaps(clock, live_feed, broker, streaming)
+
+
+def recorded_warmup(
+    panel: Panel, feed: Feed, start: datetime | None
+) -> Callable[[], AsyncIterator[CrossSection]] | None:
+    """The recorded history before the start, served through the live feed itself, so the
+    warm-up takes the same path as live bars."""
+    if start is None:
+        return None
+    before = [t for t in panel.datetimes() if t < start]
+
+    async def bars() -> AsyncIterator[CrossSection]:
+        for t in before:
+            bar = await feed.bars(t)
+            if bar is not None:
+                yield bar
+
+    return bars
+
+
+def _simulated(config: Config, symbols: tuple[str, ...], portfolio: Portfolio) -> Broker:
     c = config.costs
     b = config.broker
-    broker = SimulatedBroker(
+    return SimulatedBroker(
         SimulatedBrokerConfig(
             commission_pct=c.commission_pct,
             slippage_pct=c.slippage_pct,
@@ -148,18 +198,207 @@ def choose_swaps(
             order_ttl_bars=b.order_ttl_bars,
             allow_short=b.allow_short,
         ),
-        panel.symbols,
+        symbols,
         portfolio,
     )
-    catalog = make_catalog(config)
-    if mode == "backtest":
-        feed = HistoryFeed(panel)
-        features = BatchFeatureSource(panel, names, catalog)
-        return Swaps(ReplayClock(feed.times), feed, broker, features)
-    live_feed = RecordedLiveFeed(panel)
-    calendar = live_feed.times if config.live.bars_per_second > 0 else None
-    streaming = StreamingFeatureSource(len(panel.symbols), names, catalog)
-    return Swaps(LiveClock(config.live, calendar), live_feed, broker, streaming)
+
+
+def _alpaca_or(simulated: Broker, config: Config, symbols: tuple[str, ...]) -> Broker:
+    """The Alpaca paper broker when its keys are in the environment; without them
+    `broker.kind = "auto"` keeps the simulated broker and "alpaca" is an error."""
+    from .brokers.alpaca import AlpacaBroker, AlpacaBrokerConfig, alpaca_keys_from_env
+
+    b = config.broker
+    keys = alpaca_keys_from_env()
+    if keys is None:
+        if b.kind == "alpaca":
+            raise ConfigError(
+                "broker.kind = alpaca needs APCA_API_KEY_ID and APCA_API_SECRET_KEY in the "
+                "environment (or broker.kind = simulated / auto)"
+            )
+        log.info("broker.simulated", reason="no Alpaca keys in the environment")
+        return simulated
+    a = b.alpaca
+    return AlpacaBroker(
+        AlpacaBrokerConfig(
+            base_url=a.base_url,
+            stream_url=a.stream_url or None,
+            stream_enabled=a.stream_enabled,
+            poll_interval_s=a.poll_interval_s,
+            request_timeout_s=a.request_timeout_s,
+            call_timeout_s=a.call_timeout_s,
+            max_attempts=a.max_attempts,
+            time_in_force=a.time_in_force,
+            exit_time_in_force=a.exit_time_in_force,
+            bracket_time_in_force=a.bracket_time_in_force,
+            extended_hours=a.extended_hours,
+        ),
+        keys,
+        symbols,
+    )
+
+
+def vendor_source(config: Config, cache: Any) -> Any:
+    """The configured market-data client (feed.source), with its resilience settings."""
+    from .feeds.resilience import SourceConfig
+    from .feeds.vendor import Session, Validation
+
+    f = config.feed
+    d = config.data
+    validation = Validation(
+        repair=f.repair,
+        max_gap_days=float(d.max_gap_days),
+        extra={"max_spike": d.max_spike, "max_volume": d.max_volume, "timezone": d.timezone},
+    )
+    session = Session(timezone=d.timezone)
+    if f.source == "yahoo":
+        from .feeds.yahoo import YahooClient
+
+        y = f.yahoo
+        return YahooClient(
+            base_url=y.base_url,
+            config=SourceConfig.for_source("yahoo", **dict(y.call)),
+            cache=cache,
+            include_prepost=y.include_prepost,
+            validation=validation,
+            session=session,
+        )
+    if f.source == "alphavantage":
+        from .feeds.alphavantage import AlphaVantageClient
+
+        a = f.alphavantage
+        return AlphaVantageClient(
+            base_url=a.base_url,
+            config=SourceConfig.for_source("alphavantage", **dict(a.call)),
+            cache=cache,
+            datatype=a.datatype,
+            adjusted=a.adjusted,
+            extended_hours=a.extended_hours,
+            timezone=d.timezone,
+            validation=validation,
+            session=session,
+        )
+    if f.source == "alpaca":
+        from .feeds.alpaca_data import AlpacaDataClient
+
+        p = f.alpaca
+        return AlpacaDataClient(
+            base_url=p.base_url or None,
+            config=SourceConfig.for_source("alpaca", **dict(p.call)),
+            cache=cache,
+            feed=p.feed,
+            derive_actions=p.derive_actions,
+            max_symbols_per_request=p.max_symbols_per_request,
+            validation=validation,
+            session=session,
+        )
+    raise ConfigError(f"feed.source = {f.source!r} is not a vendor")
+
+
+@dataclass(frozen=True)
+class LivePlan:
+    """What a live run on a vendor feed does at start: the history that warms it up (through
+    `warm_until`, fetched at once) and the bars the clock releases after it."""
+
+    warm_from: datetime | None
+    warm_until: datetime | None
+    calendar: list[datetime] | None  # accelerated: the bars to release; None: real time
+
+
+def plan_live(config: Config, exchange: Any, now: datetime) -> LivePlan:
+    """Real time: warm up through the bar before the last closed one, and trade the last
+    closed bar at once (it is the current bar until the next one closes), then each new close.
+    Accelerated (bars_per_second > 0): release the calendar's bars from run.start to run.end
+    (or the last closed bar), after warming up on the `warmup_bars` before them."""
+    live = config.live
+    n = live.warmup_bars
+    if live.bars_per_second > 0:
+        if not config.run.start:
+            raise ConfigError(
+                "live.bars_per_second > 0 with a vendor feed replays run.start .. run.end "
+                "through the live path: set run.start"
+            )
+        start = _utc(config.run.start)
+        end = _utc(config.run.end) + timedelta(days=1) if config.run.end else now
+        last = exchange.last_closed(min(end, now))
+        calendar = [t for t in exchange.bars_between(start, last)] if last else []
+        if not calendar:
+            raise ConfigError(f"no bar of {exchange.name} between run.start and run.end")
+        before = _bars_before(exchange, calendar[0], n)
+        return LivePlan(before[0] if before else None, before[-1] if before else None, calendar)
+    last = exchange.last_closed(now)
+    if last is None:
+        return LivePlan(None, None, None)
+    before = _bars_before(exchange, last, n)
+    return LivePlan(before[0] if before else None, before[-1] if before else None, None)
+
+
+def _bars_before(exchange: Any, t: datetime, n: int) -> list[datetime]:
+    """The n bar labels strictly before t on the exchange's calendar."""
+    if n <= 0:
+        return []
+    step = exchange.step or timedelta(days=1)
+    per_day = max(1, int(timedelta(hours=6, minutes=30) / step)) if exchange.step else 1
+    days = int(n / per_day * 7 / 5) + 10
+    labels = [b for b in exchange.bars_between(t - timedelta(days=days), t) if b < t]
+    return labels[-n:]
+
+
+def _utc(text: str) -> datetime:
+    ts = pd.Timestamp(text)
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return ts.to_pydatetime()
+
+
+def vendor_swaps(
+    config: Config, symbols: tuple[str, ...], broker: Broker, names: tuple[str, ...]
+) -> tuple[Swaps, Callable[[], AsyncIterator[CrossSection]] | None]:
+    """Live on a market-data vendor: the feed, the calendar clock, and the warm-up."""
+    from .clock.calendar import ExchangeCalendar
+    from .feeds.response_cache import ResponseCache
+    from .feeds.vendor import Session, VendorFeed
+
+    live = config.live
+    exchange = ExchangeCalendar(live.calendar, live.bar)
+    daily = exchange if live.bar == "1d" else ExchangeCalendar(live.calendar, "1d")
+    plan = plan_live(config, exchange, datetime.now(UTC))
+    cache = ResponseCache.from_url(config.cache.url or None, ttl_s=config.cache.expiry_s)
+    source = vendor_source(config, cache)
+    feed = VendorFeed(
+        source,
+        symbols,
+        live.bar,
+        lookback_bars=config.feed.lookback_bars,
+        session=Session(timezone=exchange.tz.key, calendar=daily),
+        calendar=exchange,
+        owned=(cache,),
+    )
+    clock = LiveClock(
+        live,
+        plan.calendar,
+        exchange=exchange,
+        resume_after=plan.warm_until,
+        heartbeat_s=live.heartbeat_s,
+    )
+    streaming = StreamingFeatureSource(len(symbols), names, make_catalog(config))
+    warmup = None
+    if plan.warm_from is not None and plan.warm_until is not None:
+        warm_from, warm_until = plan.warm_from, plan.warm_until
+
+        async def bars() -> AsyncIterator[CrossSection]:
+            history = await feed.history(warm_from, warm_until)
+            log.info(
+                "warmup.history",
+                source=config.feed.source,
+                first=warm_from,
+                last=warm_until,
+                bars=len(history.times),
+            )
+            for i, t in enumerate(history.datetimes()):
+                yield history.row(i, t)
+
+        warmup = bars
+    return Swaps(clock, feed, broker, streaming), warmup
 
 
 def make_catalog(config: Config) -> Catalog:
@@ -174,14 +413,27 @@ def build_engine(
     on_bar: Callable[[int, datetime], None] | None = None,
     before_stop: Callable[[Engine], Awaitable[None]] | None = None,
 ) -> Engine:
-    panel = panel if panel is not None else load_data(config)
-    symbols = panel.symbols
+    vendor = mode == "live" and config.feed.source != "recorded"
+    if vendor:
+        symbols = tuple(sorted(dict.fromkeys(config.data.symbols)))
+    else:
+        panel = panel if panel is not None else load_data(config)
+        symbols = panel.symbols
     run_id = run_id_for(config, mode)
     pipeline = build_pipeline(config, symbols)
     portfolio = Portfolio(symbols, config.run.initial_capital)
     verify_model_features(config, pipeline)
     names = feature_names(config, pipeline)
-    swaps = choose_swaps(config, mode, panel, portfolio, names)
+    warmup: Callable[[], AsyncIterator[CrossSection]] | None
+    if vendor:
+        broker = _alpaca_or(_simulated(config, symbols, portfolio), config, symbols)
+        swaps, warmup = vendor_swaps(config, symbols, broker, names)
+        trade_from = None
+    else:
+        assert panel is not None
+        swaps = choose_swaps(config, mode, panel, portfolio, names)
+        trade_from = trade_start(config, panel)
+        warmup = recorded_warmup(panel, swaps.feed, trade_from) if mode == "live" else None
     store = open_store(
         config.storage.url,
         batch_size=config.storage.batch_size,
@@ -192,7 +444,7 @@ def build_engine(
         run_id=run_id,
         mode=mode,
         started_at=datetime.now(UTC),
-        config_json=config.to_json(),
+        config_json=config.to_public_json(),
         symbols=symbols,
         initial_capital=config.run.initial_capital,
     )
@@ -216,7 +468,8 @@ def build_engine(
         before_stop=before_stop,
         record_bars=mode == "live",
         history_bars=config.features.history_bars,
-        trade_from=trade_start(config, panel),
+        trade_from=trade_from,
+        warmup=warmup,
     )
 
 
@@ -234,5 +487,66 @@ async def import_bars(config: Config, chunk: int = 250) -> int:
             )
     finally:
         await store.stop()
-    log.info("bars.imported", bars=panel.n_bars, symbols=len(panel.symbols), url=config.storage.url)
+    log.info(
+        "bars.imported",
+        bars=panel.n_bars,
+        symbols=len(panel.symbols),
+        url=mask_url(config.storage.url),
+    )
     return panel.n_bars
+
+
+def health_inputs(engine: Engine) -> tuple[list[Any], Callable[[], dict[str, Any]], None]:
+    """What the health server reads: checks, a status source, controls (kept state only; see
+    `tradingd.health`). Controls are None until the order gate (ACTIVE / REDUCING / HALTED)
+    exists, so `POST /pause|/resume|/flatten` answer 501 (403 without a token)."""
+    from .health import Check, CheckResult, status_check
+
+    def status() -> dict[str, Any]:
+        p = engine.portfolio
+        return {
+            "run_id": engine.run.run_id,
+            "mode": engine.run.mode,
+            "equity": p.equity,
+            "cash": p.cash,
+            "drawdown": 1.0 - p.equity / p.peak_equity if p.peak_equity > 0 else 0.0,
+            "positions": {
+                s: {"quantity": float(q), "avg_price": float(a)}
+                for s, q, a in zip(engine.symbols, p.quantity, p.avg_price, strict=True)
+                if q != 0
+            },
+            "open_orders": [
+                {
+                    "client_order_id": o.client_order_id,
+                    "symbol": o.symbol,
+                    "side": str(o.side),
+                    "type": str(o.type),
+                    "quantity": o.quantity,
+                    "filled_quantity": o.filled_quantity,
+                    "status": str(o.status),
+                }
+                for o in engine.broker.open_orders()
+            ],
+            "last_bar_time": engine.last_bar_time,
+            "bars": engine.bars_processed,
+            "model_version": engine.signal_source,
+        }
+
+    checks: list[Any] = []
+    clock = engine.clock
+    if isinstance(clock, LiveClock):
+
+        def last_bar() -> CheckResult:
+            expected = clock.expected_latest()
+            last = engine.last_bar_time
+            data = {"last": last, "expected": expected}
+            if expected is None or (last is not None and last >= expected):
+                return CheckResult(True, f"last bar {last}", data)
+            return CheckResult(False, f"last bar {last} older than expected {expected}", data)
+
+        checks.append(Check("last_bar", last_bar))
+    for name, part in (("feed", engine.feed), ("broker", engine.broker)):
+        part_status = getattr(part, "status", None)
+        if callable(part_status):
+            checks.append(status_check(name, part_status))
+    return checks, status, None

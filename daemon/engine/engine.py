@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import time as _time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from ..core.errors import PluginFault
+from ..core.errors import PluginFault, RetryableError
 from ..core.ports import (
     AuditSink,
     BarContext,
@@ -103,6 +103,10 @@ class Pipeline:
         return names
 
 
+def _no_heartbeat(*, busy: bool = False) -> None:
+    return None
+
+
 class Engine:
     def __init__(
         self,
@@ -126,6 +130,7 @@ class Engine:
         record_bars: bool = False,
         history_bars: int = 2,
         trade_from: datetime | None = None,
+        warmup: Callable[[], AsyncIterator[CrossSection]] | None = None,
     ) -> None:
         self.run = run
         self.clock = clock
@@ -162,6 +167,8 @@ class Engine:
         # is decided, ordered or counted in the run's results: a start date must not cut
         # the warm-up (indicators, model windows) out of the data.
         self._trade_from = trade_from
+        # Live runs: bars before the first live bar, fetched at start (see _warm_up).
+        self._warmup = warmup
         self._warmup_bars = 0
         self._splits = 0
         self._seen = 0
@@ -169,6 +176,13 @@ class Engine:
         self._last_time: datetime | None = None
         self.risk_record = RiskRecord()
         self.rejections = RejectionRecord()
+        self.broker_failures = 0
+        self.bars_unavailable = 0
+        # Liveness for the health server, set by the composition root (not a constructor
+        # argument): busy=True when a bar starts, busy=False while waiting for the next.
+        self.on_heartbeat: Callable[..., None] = _no_heartbeat
+        # Called once the run is warmed up and its clock started (systemd READY=1).
+        self.on_ready: Callable[[], None] = lambda: None
 
     # lifecycle -----------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -177,8 +191,9 @@ class Engine:
         self.clock.request_stop()
 
     async def run_until_done(self) -> EngineResult:
-        parts = (self.store, self.cache, self.feed, self.broker, self.clock)
-        started = []
+        # The clock starts last, after the warm-up: connect, warm up, then trade.
+        parts = (self.store, self.cache, self.feed, self.broker)
+        started: list[Any] = []
         try:
             for part in parts:
                 await part.start()
@@ -192,12 +207,29 @@ class Engine:
                 history_bars=self.history.capacity,
                 features=list(self.features.names),
             )
-            async for t in self.clock:
-                bar = await self.feed.bars(t)
+            await self._warm_up()
+            if not self._stop_requested:
+                await self.clock.start()
+                started.append(self.clock)
+                self.on_ready()
+            self.on_heartbeat()
+            async for t in self._clock_times():
+                self.on_heartbeat(busy=True)
+                try:
+                    bar = await self.feed.bars(t)
+                except RetryableError as exc:
+                    # No bar from the source (down, throttled, circuit open): nothing is
+                    # decided on a bar the daemon does not have. The feed reports it in
+                    # /ready and /metrics; the next release tries again.
+                    self.bars_unavailable += 1
+                    log.warning("bar.unavailable", time=t, error=str(exc))
+                    bar = None
                 if bar is not None:
                     await self.step(bar)
+                self.on_heartbeat()
                 if self._stop_requested:
                     break
+            await self._book_late_updates()
             if self._splits:
                 log.info("corporate.splits_applied", splits=self._splits)
             self.risk_record.finish(self._last_time)
@@ -232,6 +264,45 @@ class Engine:
                         log.exception("plugin.close_failed", plugin=plugin.name)
             structlog.contextvars.unbind_contextvars("run_id")
 
+    async def _book_late_updates(self) -> None:
+        """A live broker executes between bars: fills that arrived after the last bar are
+        booked and stored before the run stops (a broker without `updates()` has none)."""
+        updates = getattr(self.broker, "updates", None)
+        if updates is None or self._seen == 0:
+            return
+        update = await updates()
+        for fill in update.fills:
+            self.portfolio.apply_fill(fill)
+        if update.fills:
+            self.store.record_fills(self.run.run_id, update.fills)
+            self.audit.fills(update.fills)
+            log.info("broker.late_fills", fills=len(update.fills))
+        if update.orders:
+            self.store.record_orders(self.run.run_id, update.orders)
+            self.audit.orders(update.orders)
+
+    async def _clock_times(self) -> AsyncIterator[datetime]:
+        if self._stop_requested:
+            return
+        async for t in self.clock:
+            yield t
+
+    async def _warm_up(self) -> None:
+        """History before the first live bar, processed at once (not paced by the clock):
+        features, history and stateful signals come up to date; nothing is traded."""
+        if self._warmup is None:
+            return
+        n = 0
+        first: datetime | None = None
+        async for bar in self._warmup():
+            self.on_heartbeat(busy=True)
+            await self.step(bar, trade=False)
+            first = first or bar.time
+            n += 1
+            if self._stop_requested:
+                break
+        log.info("engine.warmed_up", bars=n, first=first, last=self._last_time)
+
     def result(self) -> EngineResult:
         return EngineResult(
             run_id=self.run.run_id,
@@ -251,6 +322,20 @@ class Engine:
             first_ready=self._first_ready,
         )
 
+    @property
+    def last_bar_time(self) -> datetime | None:
+        """The time of the last bar processed (None before the first)."""
+        return self._last_time
+
+    @property
+    def bars_processed(self) -> int:
+        return self._bars
+
+    @property
+    def signal_source(self) -> str:
+        """Signal plugins with their model versions (e.g. "ml_ensemble@2024.11")."""
+        return self._signal_source()
+
     def _warn_if_never_ready(self) -> None:
         if self._required and self._first_ready is None and self._bars:
             log.warning(
@@ -262,7 +347,9 @@ class Engine:
             )
 
     # the pipeline --------------------------------------------------------------------------
-    async def step(self, bar: CrossSection) -> None:
+    async def step(self, bar: CrossSection, trade: bool | None = None) -> None:
+        """One bar through the pipeline. `trade=False` makes it a warm-up bar (no decision,
+        no order, no record); None decides by the run's start (`trade_from`)."""
         pf = self.portfolio
         run_id = self.run.run_id
         split_cols = pf.apply_splits(bar.split)
@@ -320,7 +407,9 @@ class Engine:
                     hint="the features were not ready when trading started: give the run "
                     "more history before run.start",
                 )
-        if self._trade_from is not None and bar.time < self._trade_from:
+        if trade is None:
+            trade = self._trade_from is None or bar.time >= self._trade_from
+        if not trade:
             # Warm-up: signal plugins see the bar (they may keep windows of their own), but
             # nothing is sized, checked, ordered or recorded.
             self._observe(ctx)
@@ -338,17 +427,24 @@ class Engine:
         self.risk_record.on_bar(bar.time, verdicts)
 
         plan = self.planner.plan(targets, ctx, self.broker.open_orders())
-        for cid in plan.cancel:
-            cancelled = await self.broker.cancel(cid, "position closed by rebalance")
-            if cancelled is not None:
-                self.store.record_orders(run_id, [cancelled])
-                self.audit.orders([cancelled])
-        if plan.orders:
-            acked = await self.broker.submit(plan.orders)
-            self._orders += len(acked)
-            self.store.record_orders(run_id, acked)
-            self.audit.orders(acked)
-            self.rejections.on_orders(acked, "submit")
+        try:
+            for cid in plan.cancel:
+                cancelled = await self.broker.cancel(cid, "rebalance: position closed or cut")
+                if cancelled is not None:
+                    self.store.record_orders(run_id, [cancelled])
+                    self.audit.orders([cancelled])
+            if plan.orders:
+                acked = await self.broker.submit(plan.orders)
+                self._orders += len(acked)
+                self.store.record_orders(run_id, acked)
+                self.audit.orders(acked)
+                self.rejections.on_orders(acked, "submit")
+        except RetryableError as exc:
+            # The broker is unreachable or its answer unknown: this bar's orders are not
+            # sent (or not known to be). The next bar plans again from the broker's state;
+            # deterministic client order ids make a resend of a sent order a duplicate.
+            self.broker_failures += 1
+            log.error("broker.unavailable", time=bar.time, error=str(exc), orders=len(plan.orders))
 
         gross, net = pf.exposure()
         self.store.record_signals(

@@ -1,0 +1,234 @@
+"""The live daemon end to end, as a process: `tradingd run` against loopback servers that
+answer like Yahoo (market data) and Alpaca (orders, the trade-updates stream), with the real
+PostgreSQL and Redis. Bars are pulled, features and signals computed, orders sent to Alpaca,
+fills received over the stream, positions and equity stored; /ready, /metrics and /status are
+read over HTTP while it runs. Mid-run the data source goes down for several bars and one
+symbol of the universe is unknown to it: the daemon stays up, says what is wrong, and
+recovers by itself when the source returns."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SYMBOLS = ["AAA", "BBB", "CCC", "DDD", "NOPE"]  # NOPE: unknown to the data vendor
+TOKEN = "test-token-0123456789abcdef"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+def _wait(predicate, timeout_s: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def fakes():
+    sys.path.insert(0, str(ROOT / "tests"))
+    from fakes import BarBook
+    from fakes.alpaca_trading_server import AlpacaTradingFake, need_fixtures
+    from fakes.yahoo_server import YahooFake
+
+    need_fixtures()
+    book = BarBook()
+    yahoo = YahooFake(book)
+    alpaca = AlpacaTradingFake(cash=100_000.0)
+    yahoo_url = yahoo.start_in_thread()
+    alpaca.start_in_thread()
+    stop = threading.Event()
+
+    def pump() -> None:
+        """The market: every open order fills at the book's price (as a paper account fills
+        a market order), so fills come back over the stream."""
+
+        def fill_open() -> None:
+            for o in list(alpaca.orders.values()):
+                if o.is_open:
+                    alpaca.set_price(o.symbol, book.value(o.symbol, book.now))
+
+        while not stop.wait(0.1):
+            alpaca.call(fill_open)
+
+    t = threading.Thread(target=pump, daemon=True)
+    t.start()
+    try:
+        yield book, yahoo, yahoo_url, alpaca, stop
+    finally:
+        stop.set()
+        t.join(timeout=5)
+        yahoo.stop_thread()
+        alpaca.stop_thread()
+
+
+def test_daemon_trades_live_against_vendor_and_broker_servers(fakes, pg_url, redis_url, tmp_path):
+    _book, yahoo, yahoo_url, alpaca, market_closed = fakes
+    port = _free_port()
+    run_id = f"e2e-{os.getpid()}-{int(time.time())}"
+    cfg = tmp_path / "live.toml"
+    cfg.write_text(f"""
+[run]
+name = "e2e"
+run_id = "{run_id}"
+start = "2024-01-02"
+end = "2024-05-31"
+output_dir = "{tmp_path / "runs"}"
+[data]
+symbols = {json.dumps(SYMBOLS)}
+[feed]
+source = "yahoo"
+[feed.yahoo]
+base_url = "{yahoo_url}"
+[feed.yahoo.call]
+max_attempts = 2
+backoff_base_s = 0.01
+backoff_max_s = 0.05
+breaker_failure_threshold = 3
+breaker_reset_timeout_s = 0.5
+[broker]
+kind = "alpaca"
+[broker.alpaca]
+base_url = "{alpaca.url}"
+stream_url = "{alpaca.stream_url}"
+[[signals]]
+name = "momentum"
+params = {{ lookback = 20 }}
+[sizing]
+name = "equal_weight"
+params = {{ max_positions = 3, gross_exposure = 0.9 }}
+[live]
+bars_per_second = 3.0
+warmup_bars = 60
+[storage]
+url = "{pg_url}"
+flush_interval_s = 0.2
+[cache]
+url = "{redis_url}"
+[health]
+port = {port}
+[log]
+audit_dir = "{tmp_path / "audit"}"
+format = "json"
+""")
+    env = {
+        **os.environ,
+        "APCA_API_KEY_ID": alpaca.key_id,
+        "APCA_API_SECRET_KEY": alpaca.secret_key,
+        "TRADINGD_HEALTH_TOKEN": TOKEN,
+    }
+    env.pop("TRADINGD_REQUIRE_SERVICES", None)
+    err = (tmp_path / "stderr.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tradingd", "run", "-c", str(ROOT / "config/default.toml"),
+         "-c", str(cfg)],
+        cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=err,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        status = lambda: json.loads(_get(f"{base}/status")[1])  # noqa: E731
+
+        def traded() -> dict | None:
+            try:
+                s = status()
+            except (OSError, ValueError):
+                return None
+            return s if s.get("positions") and s.get("bars", 0) >= 8 else None
+
+        s = _wait(traded, 90, "positions at the broker after several live bars", proc)
+        assert set(s["positions"]) <= set(SYMBOLS) - {"NOPE"}
+        assert s["equity"] > 0 and s["last_bar_time"].startswith("2024-")
+
+        # Readiness names what is wrong: the unknown symbol has no data.
+        code, body = _get(f"{base}/ready")
+        ready = json.loads(body)
+        assert code == 503 and "feed" in ready["failing"], body
+        assert "NOPE" in json.dumps(ready["checks"]["feed"])
+
+        # The source goes down for several bars: the daemon stays up and says so.
+        bars_before = status()["bars"]
+        # 503 for the next 12 requests: with retries and the circuit breaker's probes (one
+        # per breaker_reset_timeout_s once open) that is an outage of several bars.
+        yahoo.faults.down(12)
+
+        def errors_seen() -> bool:
+            text = _get(f"{base}/metrics")[1]
+            return 'tradingd_source_errors_total{kind="http_5xx",source="yahoo"}' in text
+
+        _wait(errors_seen, 30, "5xx errors of the source in /metrics", proc)
+        assert proc.poll() is None, "the daemon must survive a source outage"
+
+        # ... and recovers by itself: bars keep coming after the outage.
+        _wait(lambda: status()["bars"] >= bars_before + 5, 60, "bars after the outage", proc)
+        metrics = _get(f"{base}/metrics")[1]
+        assert "tradingd_bars_processed_total" in metrics
+        assert 'tradingd_orders_total{status="filled"}' in metrics
+
+        # The market stops filling; once the daemon has processed a bar after that, it has
+        # seen every fill the broker made (they are pushed over the stream as they happen).
+        market_closed.set()
+        seen = status()["bars"]
+        _wait(lambda: status()["bars"] > seen + 1, 30, "a bar after the last fill", proc)
+
+        # State-changing endpoints need the token.
+        req = urllib.request.Request(f"{base}/pause", method="POST")
+        with pytest.raises(urllib.error.HTTPError) as denied:
+            urllib.request.urlopen(req, timeout=5)
+        assert denied.value.code == 401
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        err.close()
+    log = (tmp_path / "stderr.log").read_text()
+    assert proc.returncode == 0, log[-3000:]
+    assert alpaca.secret_key not in log and TOKEN not in log
+
+    # What it did is stored in PostgreSQL: every fill the broker reported, and the equity.
+    import asyncpg
+
+    async def rows():
+        conn = await asyncpg.connect(pg_url)
+        try:
+            fills = await conn.fetch("select * from fills where run_id = $1", run_id)
+            equity = await conn.fetch("select * from equity where run_id = $1", run_id)
+            return fills, equity
+        finally:
+            await conn.close()
+
+    import asyncio
+
+    fills, equity = asyncio.run(rows())
+    filled_at_broker = {o.client_order_id for o in alpaca.orders.values() if o.filled_qty > 0}
+    assert filled_at_broker and {f["client_order_id"] for f in fills} == filled_at_broker
+    assert {f["symbol"] for f in fills} <= set(SYMBOLS) - {"NOPE"}
+    assert len(equity) >= 10
