@@ -1,19 +1,38 @@
-# tradingd runtime image: inference and replay only (no TensorFlow / scikit-learn).
-FROM python:3.11-slim
+# tradingd runtime image, in two stages: the first builds wheels of the package and its
+# runtime dependencies; the second installs only those (inference and replay: onnxruntime,
+# no TensorFlow, no scikit-learn, no compilers) and runs as an unprivileged user.
+#
+#   docker build -t tradingd .
+#   docker compose up            (TimescaleDB, Redis and the daemon; see docker-compose.yml)
 
-ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1
-RUN useradd --create-home --uid 10001 tradingd
-WORKDIR /opt/tradingd
-
+FROM python:3.11-slim AS build
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY daemon ./daemon
 COPY plugins ./plugins
-COPY config ./config
 COPY models ./models
-RUN pip install . && mkdir -p var && chown -R tradingd:tradingd var
+# No extras: the `train` extra (TensorFlow, scikit-learn) never enters the runtime image.
+RUN pip wheel --wheel-dir /wheels .
 
-USER tradingd
+FROM python:3.11-slim AS runtime
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1
+COPY --from=build /wheels /wheels
+RUN pip install --no-index --find-links=/wheels tradingd \
+    && rm -rf /wheels \
+    && python -c "import importlib.util as u, sys; bad = [m for m in ('tensorflow', 'keras', 'sklearn') if u.find_spec(m)]; sys.exit(f'training libraries in the runtime image: {bad}' if bad else 0)"
+RUN useradd --system --uid 10001 --create-home --home-dir /opt/tradingd tradingd
+WORKDIR /opt/tradingd
+COPY config ./config
+RUN mkdir -p var && chown tradingd:tradingd var
+USER 10001
+VOLUME ["/opt/tradingd/var"]
+EXPOSE 8080
+# /health answers 200 while the event loop runs (503 when it is stalled).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
+    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=4).status == 200 else 1)"]
 # Logs are JSON lines on stderr; SIGTERM is a clean stop.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["tradingd"]
-CMD ["run", "-c", "config/default.toml", "-c", "config/paper.toml"]
+CMD ["run", "-c", "config/default.toml", "-c", "config/paper.toml", "-c", "config/docker.toml"]
