@@ -470,6 +470,7 @@ def build_engine(
         history_bars=config.features.history_bars,
         trade_from=trade_from,
         warmup=warmup,
+        live_metrics=mode == "live",
     )
 
 
@@ -545,8 +546,45 @@ def health_inputs(engine: Engine) -> tuple[list[Any], Callable[[], dict[str, Any
             return CheckResult(False, f"last bar {last} older than expected {expected}", data)
 
         checks.append(Check("last_bar", last_bar))
-    for name, part in (("feed", engine.feed), ("broker", engine.broker)):
-        part_status = getattr(part, "status", None)
-        if callable(part_status):
-            checks.append(status_check(name, part_status))
+    feed_status = getattr(engine.feed, "status", None)
+    if callable(feed_status):
+        checks.append(status_check("feed", feed_status))
+    broker_status = getattr(engine.broker, "status", None)
+    if callable(broker_status):
+
+        def broker() -> CheckResult:
+            st = dict(broker_status())
+            ok = bool(st.get("started", True) and st.get("connected", True))
+            detail = f"{st.get('broker', 'broker')}: " + (
+                f"connected, updates by {st.get('mode', '?')}" if ok else "not connected"
+            )
+            return CheckResult(ok, detail, st)
+
+        checks.append(Check("broker", broker))
+
+    def cache() -> CheckResult:
+        # The cache is optional (the engine goes on without it), but an operator who
+        # configured Redis wants to know it is gone.
+        if engine.cache_error is None:
+            return CheckResult(True, "cache ok")
+        return CheckResult(False, f"cache unavailable: {engine.cache_error}")
+
+    def models() -> CheckResult:
+        # Model cards were verified at start-up (a bad card stops it); report what is loaded.
+        loaded = {
+            plugin.name: {
+                "version": getattr(plugin, "version", None),
+                "path": getattr(plugin, "model_path", None),
+            }
+            for plugin, _ in engine.pipeline.signals
+            if getattr(plugin, "version", None) is not None
+        }
+        return CheckResult(True, f"{len(loaded)} model(s) loaded", loaded)
+
+    def database() -> CheckResult:
+        # A failed write ends the run today (durable spooling is the restart-safety work),
+        # so a running engine has a working store; report what it is.
+        return CheckResult(True, f"store {type(engine.store).__name__} writing")
+
+    checks += [Check("cache", cache), Check("model", models), Check("database", database)]
     return checks, status, None

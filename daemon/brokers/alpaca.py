@@ -369,6 +369,9 @@ class AlpacaBroker:
     `keys` is `(key id, secret key)`, normally `alpaca_keys_from_env()`. `symbols`, when
     given, limits the orders adopted at start-up to the engine's universe."""
 
+    # Counts tradingd_orders by status itself (from Alpaca's answers and stream events).
+    reports_order_metrics = True
+
     def __init__(
         self,
         config: AlpacaBrokerConfig,

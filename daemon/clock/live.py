@@ -335,6 +335,14 @@ class LiveClock:
         self._exchange = ExchangeCalendar(self._calendar_name, self._interval, end=end)
         log.info("clock.live.calendar_extended", last_session=str(self._exchange.last_session))
 
+    @property
+    def backlog(self) -> int:
+        """Real time: bars released but not yet handed to the engine. More than zero after a
+        stall or suspend means the bar being handed over is not the newest one, so the engine
+        catches up on it without trading (a stale bar). Accelerated runs pace themselves and
+        report 0: every bar of a replay through the live path trades, as in a backtest."""
+        return 0 if self.accelerated else len(self._pending)
+
     def _exhausted(self) -> bool:
         return self.accelerated and self._next >= len(self._calendar) and not self._pending
 

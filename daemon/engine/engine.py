@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import structlog
 
+from .. import metrics
 from ..core.errors import PluginFault, RetryableError
 from ..core.ports import (
     AuditSink,
@@ -38,7 +39,7 @@ from ..core.ports import (
     Store,
 )
 from ..core.types import CrossSection, Fill, Order, RiskVerdict, RunInfo
-from .accounting import RejectionRecord, RiskRecord
+from .accounting import RejectionRecord, RiskRecord, rule_of
 from .history import HistoryBuffer
 from .planner import OrderPlanner
 from .portfolio import Portfolio
@@ -131,6 +132,7 @@ class Engine:
         history_bars: int = 2,
         trade_from: datetime | None = None,
         warmup: Callable[[], AsyncIterator[CrossSection]] | None = None,
+        live_metrics: bool = False,
     ) -> None:
         self.run = run
         self.clock = clock
@@ -178,6 +180,12 @@ class Engine:
         self.rejections = RejectionRecord()
         self.broker_failures = 0
         self.bars_unavailable = 0
+        self.cache_error: str | None = None
+        self.last_flush_at: datetime | None = None
+        # Prometheus metrics per bar (the live daemon); replay skips them: they cost time
+        # per bar and nobody scrapes a backtest.
+        self._live_metrics = live_metrics
+        self._count_orders = live_metrics and not getattr(broker, "reports_order_metrics", False)
         # Liveness for the health server, set by the composition root (not a constructor
         # argument): busy=True when a bar starts, busy=False while waiting for the next.
         self.on_heartbeat: Callable[..., None] = _no_heartbeat
@@ -225,7 +233,13 @@ class Engine:
                     log.warning("bar.unavailable", time=t, error=str(exc))
                     bar = None
                 if bar is not None:
-                    await self.step(bar)
+                    if getattr(self.clock, "backlog", 0) > 0:
+                        # A newer bar has closed already (the daemon was stalled or down):
+                        # bring features up to date on this one, trade only the newest.
+                        log.info("bar.catch_up", time=t, newer=self.clock.backlog)  # type: ignore[attr-defined]
+                        await self.step(bar, trade=False)
+                    else:
+                        await self.step(bar)
                 self.on_heartbeat()
                 if self._stop_requested:
                     break
@@ -352,6 +366,8 @@ class Engine:
         no order, no record); None decides by the run's start (`trade_from`)."""
         pf = self.portfolio
         run_id = self.run.run_id
+        m = self._live_metrics
+        t_start = t0 = _time.perf_counter() if m else 0.0
         split_cols = pf.apply_splits(bar.split)
         if split_cols:
             self._splits += len(split_cols)
@@ -379,10 +395,17 @@ class Engine:
             self.store.record_orders(run_id, update.orders)
             self.audit.orders(update.orders)
             self.rejections.on_orders(update.orders, "fill")
+            if self._count_orders:
+                for o in update.orders:
+                    metrics.ORDERS.labels(status=str(o.status)).inc()
+        if m:
+            t0 = self._lap("broker_updates", t0)
 
         valid = ~np.isnan(bar.close)
         equity = pf.mark_to_market(bar.close, valid)
         features, ready = self._features(bar, valid)
+        if m:
+            t0 = self._lap("features", t0)
         ctx = BarContext(
             time=bar.time,
             index=self._seen - 1,
@@ -414,17 +437,28 @@ class Engine:
             # nothing is sized, checked, ordered or recorded.
             self._observe(ctx)
             self._warmup_bars += 1
+            if m:
+                metrics.BARS_PROCESSED.inc()
             if self._on_bar is not None:
                 self._on_bar(self._seen, bar.time)
             return
         score = self._score(ctx)
         if self._required:
             score = np.where(ready, score, np.nan)  # warm-up never reaches a decision
+        if m:
+            t0 = self._lap("signals", t0)
         targets = self._size(score, ctx)
+        if m:
+            t0 = self._lap("sizing", t0)
         targets, verdicts = self._risk(targets, ctx)
         if verdicts:
             self._verdicts += len(verdicts)
+            if m:
+                for v in verdicts:
+                    metrics.RISK_VERDICTS.labels(plugin=v.plugin, rule=rule_of(v)).inc()
         self.risk_record.on_bar(bar.time, verdicts)
+        if m:
+            t0 = self._lap("risk", t0)
 
         plan = self.planner.plan(targets, ctx, self.broker.open_orders())
         try:
@@ -439,6 +473,9 @@ class Engine:
                 self.store.record_orders(run_id, acked)
                 self.audit.orders(acked)
                 self.rejections.on_orders(acked, "submit")
+                if self._count_orders:
+                    for o in acked:
+                        metrics.ORDERS.labels(status=str(o.status)).inc()
         except RetryableError as exc:
             # The broker is unreachable or its answer unknown: this bar's orders are not
             # sent (or not known to be). The next bar plans again from the broker's state;
@@ -446,6 +483,8 @@ class Engine:
             self.broker_failures += 1
             log.error("broker.unavailable", time=bar.time, error=str(exc), orders=len(plan.orders))
 
+        if m:
+            t0 = self._lap("orders", t0)
         gross, net = pf.exposure()
         self.store.record_signals(
             run_id, bar.time, self.symbols, score, targets, self._signal_source()
@@ -456,6 +495,15 @@ class Engine:
         self.store.record_equity(run_id, bar.time, pf.cash, equity, gross, net)
         await self.store.maybe_flush()
         self.audit.flush()
+        if m:
+            self._lap("store", t0)
+            self._lap("total", t_start)
+            metrics.BARS_PROCESSED.inc()
+            metrics.EQUITY.set(equity)
+            metrics.CASH.set(pf.cash)
+            peak = pf.peak_equity
+            metrics.DRAWDOWN.set(1.0 - equity / peak if peak > 0 else 0.0)
+            metrics.LAST_BAR_TIME.set(bar.time.timestamp())
         self._times.append(bar.time)
         self._equity.append(equity)
         self._gross.append(gross)
@@ -463,6 +511,12 @@ class Engine:
         await self._publish()
         if self._on_bar is not None:
             self._on_bar(self._seen, bar.time)
+
+    @staticmethod
+    def _lap(stage: str, since: float) -> float:
+        now = _time.perf_counter()
+        metrics.STAGE_SECONDS.labels(stage=stage).observe(now - since)
+        return now
 
     def _plugins(self) -> list[Any]:
         p = self.pipeline
@@ -581,9 +635,19 @@ class Engine:
             "open_orders": len(self.broker.open_orders()),
             "updated_at": datetime.now().astimezone().isoformat(),
         }
-        await self.cache.set(
-            f"{self.run.run_id}:state", json.dumps(state).encode(), self._cache_ttl
-        )
+        try:
+            await self.cache.set(
+                f"{self.run.run_id}:state", json.dumps(state).encode(), self._cache_ttl
+            )
+        except RetryableError as exc:
+            # The cache is a convenience: an outage is reported (/ready), never fatal.
+            if self.cache_error is None:
+                log.warning("cache.unavailable", error=str(exc))
+            self.cache_error = str(exc)
+            return
+        if self.cache_error is not None:
+            log.info("cache.recovered")
+        self.cache_error = None
 
 
 def _check_array(

@@ -171,7 +171,8 @@ format = "json"
         # Readiness names what is wrong: the unknown symbol has no data.
         code, body = _get(f"{base}/ready")
         ready = json.loads(body)
-        assert code == 503 and "feed" in ready["failing"], body
+        assert code == 503 and ready["failing"] == ["feed"], body
+        assert ready["checks"]["broker"]["ok"] and ready["checks"]["last_bar"]["ok"]
         assert "NOPE" in json.dumps(ready["checks"]["feed"])
 
         # The source goes down for several bars: the daemon stays up and says so.
@@ -189,9 +190,18 @@ format = "json"
 
         # ... and recovers by itself: bars keep coming after the outage.
         _wait(lambda: status()["bars"] >= bars_before + 5, 60, "bars after the outage", proc)
-        metrics = _get(f"{base}/metrics")[1]
-        assert "tradingd_bars_processed_total" in metrics
-        assert 'tradingd_orders_total{status="filled"}' in metrics
+        from prometheus_client.parser import text_string_to_metric_families
+
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(_get(f"{base}/metrics")[1])
+            for s in family.samples
+        }
+        assert samples[("tradingd_bars_processed_total", ())] > 5
+        assert samples[("tradingd_stage_seconds_count", (("stage", "total"),))] > 5
+        assert samples[("tradingd_orders_total", (("status", "filled"),))] > 0
+        assert samples[("tradingd_source_calls_total", (("source", "yahoo"),))] > 5
+        assert samples[("tradingd_equity", ())] > 0
 
         # The market stops filling; once the daemon has processed a bar after that, it has
         # seen every fill the broker made (they are pushed over the stream as they happen).
