@@ -1,0 +1,146 @@
+"""What can be checked of the deployment without Docker or a running systemd: the unit file
+passes `systemd-analyze verify` with the installed entry point, docker-compose.yml parses and
+maps the specification's variables onto the daemon's settings, the Dockerfile's runtime stage
+is non-root with a HEALTHCHECK on /health, and the runtime requirements never reach the
+training libraries."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+UNIT = ROOT / "systemd" / "tradingd.service"
+
+
+def _unit_settings() -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {}
+    for line in UNIT.read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "[")) and "=" in line:
+            key, value = line.split("=", 1)
+            out.setdefault(key, []).append(value)
+    return out
+
+
+def test_unit_is_a_notify_service_with_watchdog_restart_limits_and_hardening():
+    u = _unit_settings()
+    assert u["Type"] == ["notify"] and u["NotifyAccess"] == ["main"]
+    assert int(u["WatchdogSec"][0]) > 0
+    assert u["Restart"] == ["on-failure"]
+    assert int(u["StartLimitBurst"][0]) > 0 and int(u["StartLimitIntervalSec"][0]) > 0
+    assert u["User"] == ["tradingd"] and u["NoNewPrivileges"] == ["true"]
+    assert u["ProtectSystem"] == ["strict"] and u["EnvironmentFile"] == ["/etc/tradingd/env"]
+    assert u["KillSignal"] == ["SIGTERM"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not here")
+def test_unit_passes_systemd_analyze_verify(tmp_path):
+    exe = shutil.which("tradingd")
+    if exe is None:
+        pytest.skip("the tradingd entry point is not on PATH")
+    # The unit names the install location of the install note; verify it with this one.
+    text = UNIT.read_text().replace("/opt/tradingd/venv/bin/tradingd", exe)
+    unit = tmp_path / "tradingd.service"
+    unit.write_text(text)
+    r = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    problems = [
+        line
+        for line in (r.stdout + r.stderr).splitlines()
+        if "tradingd.service" in line and "EnvironmentFile" not in line
+    ]
+    assert r.returncode == 0 or not problems, r.stdout + r.stderr
+    assert not problems, problems
+
+
+def test_compose_runs_timescaledb_redis_and_the_daemon_with_the_spec_variables():
+    yaml = pytest.importorskip("yaml")
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert "timescale/timescaledb" in services["timescaledb"]["image"]
+    assert services["redis"]["image"].startswith("redis")
+    daemon = services["tradingd"]
+    env = daemon["environment"]
+    spec = "DB_HOST DB_PORT DB_NAME DB_USER DB_PASSWORD REDIS_HOST REDIS_PORT ALPHA_VANTAGE_API_KEY"
+    for var in [*spec.split(), "APCA_API_KEY_ID", "APCA_API_SECRET_KEY"]:
+        assert var in env, var
+    assert env["DB_HOST"] == "timescaledb" and env["REDIS_HOST"] == "redis"
+    assert all(p.startswith("127.0.0.1:") for p in daemon["ports"])  # loopback on the host
+    assert daemon["depends_on"]["timescaledb"]["condition"] == "service_healthy"
+
+
+def test_the_spec_variables_become_the_daemons_storage_and_cache_urls():
+    from tradingd.config import load_config
+    from tradingd.secrets import mask_url
+
+    env = {
+        "DB_HOST": "timescaledb",
+        "DB_PORT": "5432",
+        "DB_NAME": "tradingd",
+        "DB_USER": "trader",
+        "DB_PASSWORD": "p@ss:w/rd",
+        "REDIS_HOST": "redis",
+        "REDIS_PORT": "6379",
+    }
+    cfg = load_config([ROOT / "config/default.toml", ROOT / "config/docker.toml"], env=env)
+    assert cfg.storage.url == "postgresql://trader:p%40ss%3Aw%2Frd@timescaledb:5432/tradingd"
+    assert cfg.cache.url == "redis://redis:6379/0"
+    assert "p%40ss" not in mask_url(cfg.storage.url)
+    assert "p%40ss" not in cfg.to_public_json() and "p@ss" not in cfg.to_public_json()
+    # DATABASE_URL, when given, wins.
+    both = load_config(
+        [ROOT / "config/default.toml"], env={**env, "DATABASE_URL": "sqlite:///x.db"}
+    )
+    assert both.storage.url == "sqlite:///x.db"
+
+
+def test_dockerfile_runtime_stage_is_non_root_without_training_libraries():
+    text = (ROOT / "Dockerfile").read_text()
+    stages = re.findall(r"^FROM\s+\S+\s+AS\s+(\w+)", text, flags=re.M | re.I)
+    assert stages == ["build", "runtime"]
+    runtime = text[text.index("AS runtime") :]
+    user = re.findall(r"^USER\s+(\S+)", runtime, flags=re.M)
+    assert user and user[-1] not in ("root", "0")
+    assert re.search(r"^HEALTHCHECK .*\n?.*?/health", runtime, flags=re.M)
+    assert "[train]" not in runtime and ".[dev" not in runtime
+
+
+def _requirement_names(dist: str, extras: frozenset[str] = frozenset()) -> set[str]:
+    names = set()
+    for req in metadata.requires(dist) or []:
+        name = re.split(r"[\s;\[<>=!~(]", req, maxsplit=1)[0].lower().replace("_", "-")
+        marker = req.split(";", 1)[1] if ";" in req else ""
+        extra = re.search(r"extra\s*==\s*['\"]([^'\"]+)['\"]", marker)
+        if extra and extra.group(1) not in extras:
+            continue
+        names.add(name)
+    return names
+
+
+def test_runtime_requirements_never_reach_tensorflow_or_scikit_learn():
+    """Walk the installed dependency graph from tradingd without extras (what the runtime
+    image installs): no training library may be in it."""
+    seen: set[str] = set()
+    todo = ["tradingd"]
+    while todo:
+        dist = todo.pop()
+        if dist in seen:
+            continue
+        seen.add(dist)
+        try:
+            todo.extend(_requirement_names(dist) - seen)
+        except metadata.PackageNotFoundError:
+            continue  # not installed here: a platform-conditional dependency
+    forbidden = {"tensorflow", "tensorflow-cpu", "keras", "scikit-learn", "torch"}
+    assert not (seen & forbidden), sorted(seen & forbidden)
+    assert {"onnxruntime", "aiohttp", "alpaca-py"} <= seen  # the walk did reach the deps
+    assert {"tensorflow-cpu", "scikit-learn"} <= _requirement_names(
+        "tradingd", frozenset({"train"})
+    )
