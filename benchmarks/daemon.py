@@ -1,0 +1,303 @@
+"""The live daemon: bar-to-orders latency on 500 symbols, and resident memory over a soak.
+
+    python benchmarks/daemon.py latency [--symbols 500 --bars 40]
+    python benchmarks/daemon.py soak [--bars 2500 --symbols 100]
+
+**latency**: the real live path in this process (`build_engine(config, "live")`): market data
+from a loopback server that answers like Yahoo's chart API, orders to a loopback server that
+answers like Alpaca (REST and the trade-updates stream, driven by alpaca-py), the
+`ml_ensemble` signal with the shipped ONNX model and the default risk plugins, the
+accelerated calendar clock. For each bar it measures, from the moment the clock releases the
+bar (the bar's close, in accelerated time):
+- `vendor`: the time the feed spends getting the bar from the data server (500 symbol
+  requests through the resilient client: the vendor's own response time, reported apart);
+- `bar_to_orders`: from release to the last order acknowledged by the broker, minus `vendor`:
+  features, the model, signals, sizing, risk, planning and submitting.
+It prints p50/p99 over the bars (after the warm-up) and the engine's own stage histogram.
+
+**soak**: the recorded-live path (the demo's) with the health server, over `--bars`
+accelerated bars of the shared S&P 500 file (or the bundled data when it is absent); the
+resident set size is sampled every 100 bars; growth is measured from the end of the warm-up
+(the first 10% of the bars) to the end.
+
+Numbers go to benchmarks/RESULTS.md with the machine they were measured on.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+SHARED = ROOT.parent / "shared" / "data" / "sp500_daily_1999_2018.parquet"
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def pct(values: list[float], q: float) -> float:
+    s = sorted(values)
+    if not s:
+        return float("nan")
+    k = min(len(s) - 1, max(0, round(q / 100 * (len(s) - 1))))
+    return s[k]
+
+
+def machine() -> dict[str, str]:
+    rev = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    return {
+        "platform": platform.platform(),
+        "cpus": str(os.cpu_count()),
+        "python": platform.python_version(),
+        "date": date.today().isoformat(),
+        "git": rev,
+        "load": " ".join(f"{x:.2f}" for x in os.getloadavg()),
+    }
+
+
+# ----------------------------------------------------------------------------- latency
+
+
+async def latency(args: argparse.Namespace) -> dict[str, object]:
+    from fakes import BarBook
+    from fakes.alpaca_trading_server import AlpacaTradingFake
+    from fakes.yahoo_server import YahooFake
+
+    from tradingd.app import build_engine
+    from tradingd.config import load_config
+
+    book = BarBook()
+    yahoo = YahooFake(book)
+    alpaca = AlpacaTradingFake(cash=10_000_000.0)
+    yahoo_url = yahoo.start_in_thread()
+    alpaca.start_in_thread()
+    symbols = [f"S{i:03d}" for i in range(args.symbols)]
+    tmp = Path(tempfile.mkdtemp(prefix="tradingd-bench-"))
+    cfg = tmp / "bench.toml"
+    cfg.write_text(f"""
+[run]
+name = "bench"
+start = "2024-01-02"
+end = "2024-03-01"
+output_dir = "{tmp / "runs"}"
+[data]
+symbols = {json.dumps(symbols)}
+[feed]
+source = "yahoo"
+[feed.yahoo]
+base_url = "{yahoo_url}"
+[feed.yahoo.call]
+max_concurrency = {args.concurrency}
+[broker]
+kind = "alpaca"
+[broker.alpaca]
+base_url = "{alpaca.url}"
+stream_url = "{alpaca.stream_url}"
+[[signals]]
+name = "ml_ensemble"
+params = {{ cache_dir = "" }}
+[sizing]
+name = "equal_weight"
+params = {{ max_positions = 20, gross_exposure = 0.9 }}
+[live]
+bars_per_second = {args.rate}
+warmup_bars = 200
+[storage]
+url = "sqlite:///{tmp / "bench.db"}"
+[health]
+enabled = false
+[log]
+audit_dir = "{tmp / "audit"}"
+level = "warning"
+""")
+    import threading
+
+    from tradingd.logs import configure_logging
+
+    configure_logging("warning", "console")
+    stop = threading.Event()
+
+    def pump() -> None:
+        """The market: open orders fill at the book's price, as a paper account would."""
+
+        def fill_open() -> None:
+            for o in list(alpaca.orders.values()):
+                if o.is_open:
+                    alpaca.set_price(o.symbol, book.value(o.symbol, book.now))
+
+        while not stop.wait(0.2):
+            alpaca.call(fill_open)
+
+    threading.Thread(target=pump, daemon=True).start()
+    os.environ["APCA_API_KEY_ID"] = alpaca.key_id
+    os.environ["APCA_API_SECRET_KEY"] = alpaca.secret_key
+    config = load_config([ROOT / "config/default.toml", cfg], env=os.environ)
+    engine = build_engine(config, "live")
+
+    marks: dict[str, float] = {}
+    rows: list[tuple[float, float]] = []  # (vendor, bar_to_orders)
+    feed_bars = engine.feed.bars
+    submit = engine.broker.submit
+    step = engine.step
+
+    async def timed_bars(t):  # type: ignore[no-untyped-def]
+        marks["release"] = time.perf_counter()
+        marks.pop("submitted", None)
+        out = await feed_bars(t)
+        marks["vendor"] = time.perf_counter() - marks["release"]
+        return out
+
+    async def timed_submit(orders):  # type: ignore[no-untyped-def]
+        acked = await submit(orders)
+        marks["submitted"] = time.perf_counter()
+        return acked
+
+    async def timed_step(bar, trade=None):  # type: ignore[no-untyped-def]
+        await step(bar, trade)
+        if trade is False or "release" not in marks:
+            return
+        end = marks.get("submitted", time.perf_counter())
+        rows.append((marks["vendor"], end - marks["release"] - marks["vendor"]))
+        marks.pop("release", None)
+
+    engine.feed.bars = timed_bars  # type: ignore[method-assign]
+    engine.broker.submit = timed_submit  # type: ignore[method-assign]
+    engine.step = timed_step  # type: ignore[method-assign]
+
+    started = time.perf_counter()
+    result = await engine.run_until_done()
+    wall = time.perf_counter() - started
+    stop.set()
+    yahoo.stop_thread()
+    alpaca.stop_thread()
+    live = rows[2:]  # the first bars load onnxruntime's arenas
+    vendor = [v for v, _ in live]
+    b2o = [x for _, x in live]
+    return {
+        "symbols": args.symbols,
+        "bars": len(live),
+        "orders": result.orders,
+        "fills": result.fills,
+        "bar_to_orders_p50_ms": 1000 * pct(b2o, 50),
+        "bar_to_orders_p99_ms": 1000 * pct(b2o, 99),
+        "bar_to_orders_max_ms": 1000 * max(b2o) if b2o else float("nan"),
+        "vendor_p50_ms": 1000 * pct(vendor, 50),
+        "vendor_p99_ms": 1000 * pct(vendor, 99),
+        "wall_s": wall,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    }
+
+
+# ----------------------------------------------------------------------------- soak
+
+
+async def soak(args: argparse.Namespace) -> dict[str, object]:
+    from tradingd.app import build_engine
+    from tradingd.config import load_config
+    from tradingd.health.server import HealthServer
+
+    tmp = Path(tempfile.mkdtemp(prefix="tradingd-soak-"))
+    data = (
+        f'source = "parquet"\npath = "{SHARED}"\nlayout = "long"\nmax_symbols = {args.symbols}'
+        if SHARED.exists()
+        else 'source = "bundled"'
+    )
+    cfg = tmp / "soak.toml"
+    cfg.write_text(f"""
+[run]
+name = "soak"
+output_dir = "{tmp / "runs"}"
+[data]
+{data}
+[live]
+bars_per_second = {args.rate}
+[storage]
+url = "sqlite:///{tmp / "soak.db"}"
+[health]
+port = 0
+[log]
+audit_dir = "{tmp / "audit"}"
+audit_max_bytes = 2000000
+audit_backups = 2
+level = "warning"
+""")
+    config = load_config([ROOT / "config/default.toml", cfg], env={})
+    from tradingd.app import load_data
+    from tradingd.logs import configure_logging
+
+    configure_logging("warning", "console")
+
+    panel = load_data(config)
+    n = min(args.bars, len(panel.times))
+    first = str(panel.times[-n])[:10]
+    panel = panel.select(start=first)
+    engine = build_engine(config, "live", panel=panel)
+    server = HealthServer(config.health, [], lambda: {"bars": engine.bars_processed})
+    await server.start()
+    samples: list[tuple[int, float]] = []
+    original = engine.step
+
+    async def sampled(bar, trade=None):  # type: ignore[no-untyped-def]
+        await original(bar, trade)
+        if engine.bars_processed % 100 == 0:
+            samples.append((engine.bars_processed, rss_mb()))
+
+    engine.step = sampled  # type: ignore[method-assign]
+    started = time.perf_counter()
+    result = await engine.run_until_done()
+    wall = time.perf_counter() - started
+    await server.stop()
+    warm = [r for b, r in samples if b >= n // 10]
+    audit_files = sorted(p.name for p in (tmp / "audit").iterdir())
+    return {
+        "symbols": len(panel.symbols),
+        "bars": result.bars,
+        "wall_s": wall,
+        "rss_after_warmup_mb": warm[0] if warm else float("nan"),
+        "rss_end_mb": warm[-1] if warm else float("nan"),
+        "rss_growth_pct": 100 * (warm[-1] / warm[0] - 1) if len(warm) > 1 else float("nan"),
+        "rss_min_mb": min(warm) if warm else float("nan"),
+        "rss_max_mb": max(warm) if warm else float("nan"),
+        "audit_files": audit_files,
+        "tasks_left": len([t for t in asyncio.all_tasks() if not t.done()]) - 1,
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="what", required=True)
+    lat = sub.add_parser("latency")
+    lat.add_argument("--symbols", type=int, default=500)
+    lat.add_argument("--rate", type=float, default=0.5, help="accelerated bars per second")
+    lat.add_argument("--concurrency", type=int, default=16, help="requests in flight")
+    sk = sub.add_parser("soak")
+    sk.add_argument("--bars", type=int, default=2500)
+    sk.add_argument("--symbols", type=int, default=100)
+    sk.add_argument("--rate", type=float, default=200.0)
+    args = ap.parse_args()
+    out = asyncio.run(latency(args) if args.what == "latency" else soak(args))
+    out["machine"] = machine()
+    print(json.dumps(out, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
