@@ -231,13 +231,18 @@ format = "json"
         try:
             fills = await conn.fetch("select * from fills where run_id = $1", run_id)
             equity = await conn.fetch("select * from equity where run_id = $1", run_id)
-            return fills, equity
+            first = await conn.fetchval(
+                "select min(created_at) from orders where run_id = $1", run_id
+            )
+            return fills, equity, first
         finally:
             await conn.close()
 
     import asyncio
 
-    fills, equity = asyncio.run(rows())
+    fills, equity, first_order = asyncio.run(rows())
+    # Warmed up on the feed's history: the first live bar (the first session of 2024) trades.
+    assert first_order.date().isoformat() == "2024-01-02"
     filled_at_broker = {o.client_order_id for o in alpaca.orders.values() if o.filled_qty > 0}
     assert filled_at_broker and {f["client_order_id"] for f in fills} == filled_at_broker
     assert {f["symbol"] for f in fills} <= set(SYMBOLS) - {"NOPE"}

@@ -1,0 +1,57 @@
+"""Start-up of a live run on a vendor feed: which history warms it up and which bars it trades."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from tradingd.app import plan_live
+from tradingd.clock.calendar import ExchangeCalendar
+from tradingd.config import Config, ConfigError, LiveConfig, RunConfig
+
+
+def d(y: int, m: int, day: int) -> datetime:
+    return datetime(y, m, day, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def xnys() -> ExchangeCalendar:
+    return ExchangeCalendar("XNYS", "1d", start="2024-01-01", end="2025-01-31")
+
+
+def test_real_time_warms_up_through_the_bar_before_the_last_closed_one(xnys):
+    """Started on Saturday 30 November 2024: the last closed bar is Friday's half day (29th);
+    the warm-up ends on the 27th (the 28th is Thanksgiving) and the clock releases the 29th
+    at once, so the current bar is traded and nothing before it."""
+    config = Config(live=LiveConfig(warmup_bars=3))
+    plan = plan_live(config, xnys, datetime(2024, 11, 30, 12, tzinfo=UTC))
+    assert plan.calendar is None
+    assert (plan.warm_from, plan.warm_until) == (d(2024, 11, 25), d(2024, 11, 27))
+    assert len(xnys.bars_between(plan.warm_from, plan.warm_until)) == 3
+
+
+def test_before_the_close_the_last_closed_bar_is_the_previous_session(xnys):
+    # Monday 2 December 2024, 15:00 New York (20:00 UTC): today's bar has not closed yet.
+    plan = plan_live(
+        Config(live=LiveConfig(warmup_bars=2)), xnys, datetime(2024, 12, 2, 20, tzinfo=UTC)
+    )
+    assert plan.warm_until == d(2024, 11, 27)  # the bar before Friday the 29th
+
+
+def test_accelerated_replays_the_run_window_after_warming_up_before_it(xnys):
+    config = Config(
+        run=RunConfig(start="2024-11-25", end="2024-12-03"),
+        live=LiveConfig(bars_per_second=10.0, warmup_bars=2),
+    )
+    plan = plan_live(config, xnys, datetime(2025, 1, 15, tzinfo=UTC))
+    assert plan.calendar == [
+        d(2024, 11, 25), d(2024, 11, 26), d(2024, 11, 27), d(2024, 11, 29),
+        d(2024, 12, 2), d(2024, 12, 3),
+    ]  # fmt: skip
+    assert (plan.warm_from, plan.warm_until) == (d(2024, 11, 21), d(2024, 11, 22))
+
+
+def test_accelerated_needs_a_start(xnys):
+    with pytest.raises(ConfigError, match=r"run\.start"):
+        plan_live(Config(live=LiveConfig(bars_per_second=5.0)), xnys, d(2024, 12, 2))
