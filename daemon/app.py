@@ -497,10 +497,42 @@ async def import_bars(config: Config, chunk: int = 250) -> int:
     return panel.n_bars
 
 
-def health_inputs(engine: Engine) -> tuple[list[Any], Callable[[], dict[str, Any]], None]:
+class EngineControls:
+    """`POST /pause`, `/resume`, `/flatten` (token-protected by the health server): pause
+    stops new orders from the next bar on (open orders stay with the broker); resume trades
+    again; flatten plans every target at zero on the next bar, then stays paused until
+    resumed, so a flattened book is not rebuilt behind the operator's back."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def _answer(self, action: str, before: str) -> dict[str, Any]:
+        after = self.engine.trading_state
+        log.warning("control." + action, before=before, after=after)
+        return {"action": action, "before": before, "state": after}
+
+    async def pause(self) -> dict[str, Any]:
+        before = self.engine.trading_state
+        if before == "active":
+            self.engine.trading_state = "paused"
+        return self._answer("pause", before)
+
+    async def resume(self) -> dict[str, Any]:
+        before = self.engine.trading_state
+        self.engine.trading_state = "active"
+        return self._answer("resume", before)
+
+    async def flatten(self) -> dict[str, Any]:
+        before = self.engine.trading_state
+        self.engine.trading_state = "flattening"
+        return self._answer("flatten", before)
+
+
+def health_inputs(
+    engine: Engine,
+) -> tuple[list[Any], Callable[[], dict[str, Any]], EngineControls]:
     """What the health server reads: checks, a status source, controls (kept state only; see
-    `tradingd.health`). Controls are None until the order gate (ACTIVE / REDUCING / HALTED)
-    exists, so `POST /pause|/resume|/flatten` answer 501 (403 without a token)."""
+    `tradingd.health`)."""
     from .health import Check, CheckResult, status_check
 
     def status() -> dict[str, Any]:
@@ -531,6 +563,7 @@ def health_inputs(engine: Engine) -> tuple[list[Any], Callable[[], dict[str, Any
             "last_bar_time": engine.last_bar_time,
             "bars": engine.bars_processed,
             "model_version": engine.signal_source,
+            "trading_state": engine.trading_state,
         }
 
     checks: list[Any] = []
@@ -587,4 +620,4 @@ def health_inputs(engine: Engine) -> tuple[list[Any], Callable[[], dict[str, Any
         return CheckResult(True, f"store {type(engine.store).__name__} writing")
 
     checks += [Check("cache", cache), Check("model", models), Check("database", database)]
-    return checks, status, None
+    return checks, status, EngineControls(engine)

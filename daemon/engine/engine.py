@@ -104,6 +104,15 @@ class Pipeline:
         return names
 
 
+@dataclass(frozen=True)
+class _EmptyPlan:
+    orders: tuple[Order, ...] = ()
+    cancel: tuple[str, ...] = ()
+
+
+_NO_PLAN = _EmptyPlan()
+
+
 def _no_heartbeat(*, busy: bool = False) -> None:
     return None
 
@@ -180,6 +189,9 @@ class Engine:
         self.rejections = RejectionRecord()
         self.broker_failures = 0
         self.bars_unavailable = 0
+        # Operator controls (POST /pause, /resume, /flatten): active | paused | flattening.
+        # Kept in memory; surviving restarts is the restart-safety work's kill switch.
+        self.trading_state = "active"
         self.cache_error: str | None = None
         self.last_flush_at: datetime | None = None
         # Prometheus metrics per bar (the live daemon); replay skips them: they cost time
@@ -460,7 +472,16 @@ class Engine:
         if m:
             t0 = self._lap("risk", t0)
 
-        plan = self.planner.plan(targets, ctx, self.broker.open_orders())
+        paused = False
+        if self.trading_state == "flattening":
+            # An operator's flatten: every target is zero on this bar; exits go through the
+            # planner like any rebalance (and take their protective legs with them).
+            targets = np.zeros_like(targets)
+            self.trading_state = "paused"
+            log.warning("control.flatten_planned", time=bar.time)
+        elif self.trading_state == "paused":
+            paused = True  # an operator's pause: no new orders; open ones stay at the broker
+        plan = _NO_PLAN if paused else self.planner.plan(targets, ctx, self.broker.open_orders())
         try:
             for cid in plan.cancel:
                 cancelled = await self.broker.cancel(cid, "rebalance: position closed or cut")

@@ -101,7 +101,7 @@ def test_daemon_trades_live_against_vendor_and_broker_servers(fakes, pg_url, red
 name = "e2e"
 run_id = "{run_id}"
 start = "2024-01-02"
-end = "2024-05-31"
+end = "2024-08-30"
 output_dir = "{tmp_path / "runs"}"
 [data]
 symbols = {json.dumps(SYMBOLS)}
@@ -203,17 +203,37 @@ format = "json"
         assert samples[("tradingd_source_calls_total", (("source", "yahoo"),))] > 5
         assert samples[("tradingd_equity", ())] > 0
 
+        # Operator controls, with the token: pause stops new orders, flatten sells
+        # everything (and stays paused), resume trades again.
+        def post(path: str, token: str | None = TOKEN) -> tuple[int, dict]:
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            req = urllib.request.Request(f"{base}{path}", method="POST", headers=headers)
+            try:
+                with urllib.request.urlopen(req, timeout=10) as r:
+                    return r.status, json.loads(r.read())
+            except urllib.error.HTTPError as e:
+                return e.code, {}
+
+        assert post("/pause", token=None)[0] == 401
+        assert post("/pause", token="wrong-token-0123456789")[0] == 401
+        code, answer = post("/pause")
+        assert code == 200 and status()["trading_state"] == "paused", answer
+        posted = len(alpaca.posted_orders())
+        seen = status()["bars"]
+        _wait(lambda: status()["bars"] >= seen + 3, 30, "bars while paused", proc)
+        assert len(alpaca.posted_orders()) == posted  # nothing new was sent
+        assert post("/flatten")[0] == 200
+        _wait(lambda: not status()["positions"], 30, "a flat book after /flatten", proc)
+        assert status()["trading_state"] == "paused"
+        assert post("/resume")[0] == 200 and status()["trading_state"] == "active"
+        _wait(lambda: status()["positions"], 30, "positions again after /resume", proc)
+
         # The market stops filling; once the daemon has processed a bar after that, it has
         # seen every fill the broker made (they are pushed over the stream as they happen).
         market_closed.set()
         seen = status()["bars"]
         _wait(lambda: status()["bars"] > seen + 1, 30, "a bar after the last fill", proc)
 
-        # State-changing endpoints need the token.
-        req = urllib.request.Request(f"{base}/pause", method="POST")
-        with pytest.raises(urllib.error.HTTPError) as denied:
-            urllib.request.urlopen(req, timeout=5)
-        assert denied.value.code == 401
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
