@@ -5,7 +5,8 @@
 
 **latency**: the real live path in this process (`build_engine(config, "live")`): market data
 from a loopback server that answers like Yahoo's chart API, orders to a loopback server that
-answers like Alpaca (REST and the trade-updates stream, driven by alpaca-py), the
+answers like Alpaca (REST and the trade-updates stream, driven by alpaca-py), both in a
+separate process (as real vendors are: they do not share the daemon's CPU time or GIL), the
 `ml_ensemble` signal with the shipped ONNX model and the default risk plugins, the
 accelerated calendar clock. For each bar it measures, from the moment the clock releases the
 bar (the bar's close, in accelerated time):
@@ -76,19 +77,59 @@ def machine() -> dict[str, str]:
 # ----------------------------------------------------------------------------- latency
 
 
-async def latency(args: argparse.Namespace) -> dict[str, object]:
+def serve_fakes() -> int:
+    """The loopback Yahoo and Alpaca servers and the market that fills orders, in a process
+    of their own (like the real vendors: they must not share the daemon's CPU time and GIL).
+    Prints their addresses as one JSON line; runs until standard input closes."""
+    import threading
+
     from fakes import BarBook
     from fakes.alpaca_trading_server import AlpacaTradingFake
     from fakes.yahoo_server import YahooFake
 
-    from tradingd.app import build_engine
-    from tradingd.config import load_config
-
     book = BarBook()
     yahoo = YahooFake(book)
     alpaca = AlpacaTradingFake(cash=10_000_000.0)
-    yahoo_url = yahoo.start_in_thread()
-    alpaca.start_in_thread()
+    urls = {
+        "yahoo": yahoo.start_in_thread(),
+        "alpaca": alpaca.start_in_thread(),
+        "stream": alpaca.stream_url,
+        "key": alpaca.key_id,
+        "secret": alpaca.secret_key,
+    }
+    stop = threading.Event()
+
+    def pump() -> None:
+        def fill_open() -> None:
+            for o in list(alpaca.orders.values()):
+                if o.is_open:
+                    alpaca.set_price(o.symbol, book.value(o.symbol, book.now))
+
+        while not stop.wait(0.2):
+            alpaca.call(fill_open)
+
+    threading.Thread(target=pump, daemon=True).start()
+    print(json.dumps(urls), flush=True)
+    sys.stdin.read()  # until the parent closes it
+    stop.set()
+    yahoo.stop_thread()
+    alpaca.stop_thread()
+    return 0
+
+
+async def latency(args: argparse.Namespace) -> dict[str, object]:
+    from tradingd.app import build_engine
+    from tradingd.config import load_config
+
+    fakes = subprocess.Popen(
+        [sys.executable, __file__, "fakes"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert fakes.stdout is not None
+    urls = json.loads(fakes.stdout.readline())
+    yahoo_url = urls["yahoo"]
     symbols = [f"S{i:03d}" for i in range(args.symbols)]
     tmp = Path(tempfile.mkdtemp(prefix="tradingd-bench-"))
     cfg = tmp / "bench.toml"
@@ -109,8 +150,8 @@ max_concurrency = {args.concurrency}
 [broker]
 kind = "alpaca"
 [broker.alpaca]
-base_url = "{alpaca.url}"
-stream_url = "{alpaca.stream_url}"
+base_url = "{urls["alpaca"]}"
+stream_url = "{urls["stream"]}"
 [[signals]]
 name = "ml_ensemble"
 params = {{ cache_dir = "" }}
@@ -128,27 +169,11 @@ enabled = false
 audit_dir = "{tmp / "audit"}"
 level = "warning"
 """)
-    import threading
-
     from tradingd.logs import configure_logging
 
     configure_logging("warning", "console")
-    stop = threading.Event()
-
-    def pump() -> None:
-        """The market: open orders fill at the book's price, as a paper account would."""
-
-        def fill_open() -> None:
-            for o in list(alpaca.orders.values()):
-                if o.is_open:
-                    alpaca.set_price(o.symbol, book.value(o.symbol, book.now))
-
-        while not stop.wait(0.2):
-            alpaca.call(fill_open)
-
-    threading.Thread(target=pump, daemon=True).start()
-    os.environ["APCA_API_KEY_ID"] = alpaca.key_id
-    os.environ["APCA_API_SECRET_KEY"] = alpaca.secret_key
+    os.environ["APCA_API_KEY_ID"] = urls["key"]
+    os.environ["APCA_API_SECRET_KEY"] = urls["secret"]
     config = load_config([ROOT / "config/default.toml", cfg], env=os.environ)
     engine = build_engine(config, "live")
 
@@ -185,9 +210,9 @@ level = "warning"
     started = time.perf_counter()
     result = await engine.run_until_done()
     wall = time.perf_counter() - started
-    stop.set()
-    yahoo.stop_thread()
-    alpaca.stop_thread()
+    assert fakes.stdin is not None
+    fakes.stdin.close()
+    fakes.wait(timeout=30)
     live = rows[2:]  # the first bars load onnxruntime's arenas
     vendor = [v for v, _ in live]
     b2o = [x for _, x in live]
@@ -288,11 +313,14 @@ def main() -> int:
     lat.add_argument("--symbols", type=int, default=500)
     lat.add_argument("--rate", type=float, default=0.5, help="accelerated bars per second")
     lat.add_argument("--concurrency", type=int, default=16, help="requests in flight")
+    sub.add_parser("fakes", help="(internal) serve the loopback vendor servers")
     sk = sub.add_parser("soak")
     sk.add_argument("--bars", type=int, default=2500)
     sk.add_argument("--symbols", type=int, default=100)
     sk.add_argument("--rate", type=float, default=200.0)
     args = ap.parse_args()
+    if args.what == "fakes":
+        return serve_fakes()
     out = asyncio.run(latency(args) if args.what == "latency" else soak(args))
     out["machine"] = machine()
     print(json.dumps(out, indent=2, default=str))
