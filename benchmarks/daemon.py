@@ -89,7 +89,8 @@ def serve_fakes() -> int:
 
     book = BarBook()
     yahoo = YahooFake(book)
-    alpaca = AlpacaTradingFake(cash=10_000_000.0)
+    limit = int(os.environ.get("BENCH_ALPACA_RATE_LIMIT", "200"))  # per minute, as Alpaca
+    alpaca = AlpacaTradingFake(cash=10_000_000.0, rate_limit=limit)
     urls = {
         "yahoo": yahoo.start_in_thread(),
         "alpaca": alpaca.start_in_thread(),
@@ -123,6 +124,7 @@ async def latency(args: argparse.Namespace) -> dict[str, object]:
 
     fakes = subprocess.Popen(
         [sys.executable, __file__, "fakes"],
+        env={**os.environ, "BENCH_ALPACA_RATE_LIMIT": str(args.broker_rate_limit)},
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -224,6 +226,9 @@ level = "warning"
         "bar_to_orders_p50_ms": 1000 * pct(b2o, 50),
         "bar_to_orders_p99_ms": 1000 * pct(b2o, 99),
         "bar_to_orders_max_ms": 1000 * max(b2o) if b2o else float("nan"),
+        "bar_to_orders_p95_ms": 1000 * pct(b2o, 95),
+        "bar_to_orders_largest_ms": [round(1000 * x, 1) for x in sorted(b2o)[-5:]],
+        "bars_over_250ms": sum(1 for x in b2o if x > 0.25),
         "vendor_p50_ms": 1000 * pct(vendor, 50),
         "vendor_p99_ms": 1000 * pct(vendor, 99),
         "wall_s": wall,
@@ -313,6 +318,12 @@ def main() -> int:
     lat.add_argument("--symbols", type=int, default=500)
     lat.add_argument("--rate", type=float, default=0.5, help="accelerated bars per second")
     lat.add_argument("--concurrency", type=int, default=16, help="requests in flight")
+    lat.add_argument(
+        "--broker-rate-limit",
+        type=int,
+        default=200,
+        help="requests per minute the loopback Alpaca allows (200, as Alpaca)",
+    )
     sub.add_parser("fakes", help="(internal) serve the loopback vendor servers")
     sk = sub.add_parser("soak")
     sk.add_argument("--bars", type=int, default=2500)
