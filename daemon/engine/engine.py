@@ -11,6 +11,7 @@ universe as arrays; only orders and fills, a handful per bar, are Python objects
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time as _time
 from collections import deque
@@ -320,14 +321,35 @@ class Engine:
             return
         n = 0
         first: datetime | None = None
-        async for bar in self._warmup():
-            self.on_heartbeat(busy=True)
-            await self.step(bar, trade=False)
-            first = first or bar.time
-            n += 1
-            if self._stop_requested:
+        delay = 1.0
+        while True:
+            try:
+                async for bar in self._warmup():
+                    self.on_heartbeat(busy=True)
+                    await self.step(bar, trade=False)
+                    first = first or bar.time
+                    n += 1
+                    if self._stop_requested:
+                        break
                 break
+            except RetryableError as exc:
+                if n:  # bars were processed: a retry would process them twice
+                    raise
+                # The source is down at start-up: keep trying (with backoff, /health alive,
+                # /ready naming the source) rather than exit and be restarted in a loop.
+                log.warning("warmup.retry", error=str(exc), retry_in_s=delay)
+                if await self._sleep_unless_stopped(delay):
+                    return
+                delay = min(delay * 2, 60.0)
         log.info("engine.warmed_up", bars=n, first=first, last=self._last_time)
+
+    async def _sleep_unless_stopped(self, seconds: float) -> bool:
+        """Wait, waking early on a stop request; True when a stop was requested."""
+        deadline = _time.monotonic() + seconds
+        while not self._stop_requested and _time.monotonic() < deadline:
+            self.on_heartbeat()
+            await asyncio.sleep(min(0.2, max(0.0, deadline - _time.monotonic())))
+        return self._stop_requested
 
     def result(self) -> EngineResult:
         return EngineResult(

@@ -253,3 +253,41 @@ async def test_ml_warmup_by_observe_gives_the_scores_of_a_full_run(engine_config
     assert any(np.isfinite(v) and v != 0 for v in late.values())  # the model had a view
     for k, v in full.items():
         assert late[k] == pytest.approx(v, abs=1e-12, nan_ok=True), k
+
+
+async def test_live_warmup_retries_a_source_that_is_down_at_start(engine_config, tmp_path):
+    """A data source down at start-up: the daemon keeps retrying its warm-up (with backoff)
+    instead of exiting, then warms up and trades once the source answers."""
+    from tradingd.app import build_engine
+    from tradingd.config import LiveConfig
+    from tradingd.core.errors import RetryableError
+
+    panel = make_panel(n_bars=120, split_at=None)
+    config = dataclasses.replace(
+        engine_config,
+        live=LiveConfig(bars_per_second=400.0),
+        run=dataclasses.replace(engine_config.run, start=panel.datetimes()[60].date().isoformat()),
+    )
+    engine = build_engine(config, "live", panel=panel)
+    real = engine._warmup
+    failures = [2]
+    waits: list[float] = []
+
+    async def flaky():
+        if failures[0] > 0:
+            failures[0] -= 1
+            raise RetryableError("yahoo: no symbol could be fetched (kinds: http_5xx)")
+        async for bar in real():
+            yield bar
+
+    async def no_wait(seconds: float) -> bool:
+        waits.append(seconds)
+        return False
+
+    engine._warmup = flaky
+    engine._sleep_unless_stopped = no_wait
+    with capture_logs() as logs:
+        result = await engine.run_until_done()
+    assert waits == [1.0, 2.0]  # exponential backoff between attempts
+    assert sum(e["event"] == "warmup.retry" for e in logs) == 2
+    assert result.warmup_bars == 60 and result.bars == 60 and result.orders > 0
