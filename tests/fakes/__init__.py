@@ -298,7 +298,65 @@ class Recorded:
 # ----------------------------------------------------------------------------- servers
 
 
-class FakeServer:
+class LoopThread:
+    """Running a loopback server on an event loop of its own in a daemon thread, for tests
+    whose client runs on another loop or synchronously (a daemon process test, alpaca-py).
+    The class provides async `start()` / `stop()` and sets `_thread`, `_loop` to None."""
+
+    _thread: threading.Thread | None
+    _loop: asyncio.AbstractEventLoop | None
+    url: str
+
+    async def start(self) -> Any:  # pragma: no cover - provided by the server class
+        raise NotImplementedError
+
+    async def stop(self) -> None:  # pragma: no cover - provided by the server class
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Any:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def start_in_thread(self) -> str:
+        """Run on a private event loop in a daemon thread; returns the base URL."""
+        ready = threading.Event()
+
+        def run() -> None:
+            loop = asyncio.new_event_loop()
+            self._loop = loop
+            loop.run_until_complete(self.start())
+            ready.set()
+            loop.run_forever()
+            loop.run_until_complete(self.stop())
+            loop.close()
+
+        self._thread = threading.Thread(target=run, name=type(self).__name__, daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        return self.url
+
+    def stop_thread(self) -> None:
+        if self._loop is not None and self._thread is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(10)
+            self._thread = None
+            self._loop = None
+
+    def call(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run an admin method on the server's own loop (after `start_in_thread`)."""
+        if self._loop is None:
+            return fn(*args, **kwargs)
+
+        async def run() -> Any:
+            out = fn(*args, **kwargs)
+            return await out if asyncio.iscoroutine(out) else out
+
+        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
+
+
+class FakeServer(LoopThread):
     """Base of the fakes: lifecycle, request log, concurrency count and generic faults.
 
     Subclasses add routes in `routes()` and render vendor-specific faults in
@@ -389,37 +447,6 @@ class FakeServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    async def __aenter__(self) -> Any:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def start_in_thread(self) -> str:
-        """Run on a private event loop in a daemon thread; returns the base URL."""
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            loop.run_until_complete(self.start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self.stop())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name=type(self).__name__, daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self.url
-
-    def stop_thread(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._thread = None
-            self._loop = None
 
 
 def truncated(text: str) -> str:

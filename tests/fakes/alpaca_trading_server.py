@@ -101,13 +101,14 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from aiohttp import WSMsgType, web
+
+from . import LoopThread
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(os.environ.get("TRADINGD_SHARED_FIXTURES", ROOT.parent / "shared" / "fixtures"))
@@ -262,7 +263,7 @@ class _Conn:
     listening: bool = False
 
 
-class AlpacaTradingFake:
+class AlpacaTradingFake(LoopThread):
     """See the module docstring."""
 
     def __init__(
@@ -358,48 +359,6 @@ class AlpacaTradingFake:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-    async def __aenter__(self) -> AlpacaTradingFake:
-        return await self.start()
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
-
-    def start_in_thread(self) -> str:
-        """Run on a private event loop in a daemon thread; returns the base URL."""
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            loop.run_until_complete(self.start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self.stop())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="AlpacaTradingFake", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self.url
-
-    def stop_thread(self) -> None:
-        if self._loop is not None and self._thread is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-            self._thread.join(10)
-            self._thread = None
-            self._loop = None
-
-    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Run an admin method on the fake's own loop (after `start_in_thread`)."""
-        if self._loop is None:
-            return fn(*args, **kwargs)
-
-        async def run() -> Any:
-            out = fn(*args, **kwargs)
-            return await out if asyncio.iscoroutine(out) else out
-
-        return asyncio.run_coroutine_threadsafe(run(), self._loop).result(10)
 
     # ------------------------------------------------------------------------- admin: market
 
