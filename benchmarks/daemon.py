@@ -81,7 +81,6 @@ def serve_fakes() -> int:
     """The loopback Yahoo and Alpaca servers and the market that fills orders, in a process
     of their own (like the real vendors: they must not share the daemon's CPU time and GIL).
     Prints their addresses as one JSON line; runs until standard input closes."""
-    import threading
 
     from fakes import BarBook
     from fakes.alpaca_trading_server import AlpacaTradingFake
@@ -98,18 +97,7 @@ def serve_fakes() -> int:
         "key": alpaca.key_id,
         "secret": alpaca.secret_key,
     }
-    stop = threading.Event()
-
-    def pump() -> None:
-        def fill_open() -> None:
-            for o in list(alpaca.orders.values()):
-                if o.is_open:
-                    alpaca.set_price(o.symbol, book.value(o.symbol, book.now))
-
-        while not stop.wait(0.2):
-            alpaca.call(fill_open)
-
-    threading.Thread(target=pump, daemon=True).start()
+    stop = alpaca.fill_open_orders_every(lambda sym: book.value(sym, book.now), 0.2)
     print(json.dumps(urls), flush=True)
     sys.stdin.read()  # until the parent closes it
     stop.set()

@@ -101,6 +101,7 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -359,6 +360,27 @@ class AlpacaTradingFake(LoopThread):
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+
+    def fill_open_orders_every(
+        self, price_of: Callable[[str], float], interval_s: float
+    ) -> threading.Event:
+        """A market for a daemon test or benchmark: every `interval_s`, each open order is
+        matched at `price_of(symbol)` (a market order fills as a paper account fills it), so
+        fills come back over the stream. Runs in a daemon thread (after `start_in_thread`);
+        setting the returned event stops it."""
+        stop = threading.Event()
+
+        def fill_open() -> None:
+            for o in list(self.orders.values()):
+                if o.is_open:
+                    self.set_price(o.symbol, price_of(o.symbol))
+
+        def pump() -> None:
+            while not stop.wait(interval_s):
+                self.call(fill_open)
+
+        threading.Thread(target=pump, name="AlpacaMarket", daemon=True).start()
+        return stop
 
     # ------------------------------------------------------------------------- admin: market
 

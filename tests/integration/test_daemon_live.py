@@ -14,7 +14,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -66,27 +65,12 @@ def fakes():
     alpaca = AlpacaTradingFake(cash=100_000.0)
     yahoo_url = yahoo.start_in_thread()
     alpaca.start_in_thread()
-    stop = threading.Event()
-
-    def pump() -> None:
-        """The market: every open order fills at the book's price (as a paper account fills
-        a market order), so fills come back over the stream."""
-
-        def fill_open() -> None:
-            for o in list(alpaca.orders.values()):
-                if o.is_open:
-                    alpaca.set_price(o.symbol, book.value(o.symbol, book.now))
-
-        while not stop.wait(0.1):
-            alpaca.call(fill_open)
-
-    t = threading.Thread(target=pump, daemon=True)
-    t.start()
+    # The market: every open order fills at the book's price.
+    stop = alpaca.fill_open_orders_every(lambda sym: book.value(sym, book.now), 0.1)
     try:
         yield book, yahoo, yahoo_url, alpaca, stop
     finally:
         stop.set()
-        t.join(timeout=5)
         yahoo.stop_thread()
         alpaca.stop_thread()
 
