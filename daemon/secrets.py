@@ -142,3 +142,20 @@ def _secrets_of(url: str) -> list[str]:
             out.append(value)
     # Longest first, so a secret containing a shorter one is replaced whole.
     return sorted((s for s in out if len(s) >= 3), key=len, reverse=True)
+
+
+# URLs inside free text (an exception message quoting a DSN), and `password=...`-style pairs
+# (libpq keyword DSNs, "token: abc" in a vendor's error), masked in every string shown.
+_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"'<>]+")
+_SECRET_PAIR = re.compile(
+    r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|apikey)(\s*[=:]\s*)(?!\*\*\*)"
+    r"([^\s&,;\"'<>]+)"
+)
+
+
+def mask_text(text: str) -> str:
+    """`text` with the credentials of every embedded URL and every `password=...` pair
+    masked: for free text such as an exception message (a whole-URL string is masked by
+    `redact` already)."""
+    text = _URL_IN_TEXT.sub(lambda m: mask_url(m.group(0)), text)
+    return _SECRET_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)

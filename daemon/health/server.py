@@ -33,7 +33,6 @@ import enum
 import hmac
 import json
 import math
-import re
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -49,7 +48,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import metrics
 from ..core.errors import TradingdError
-from ..secrets import MASK, mask_url, redact
+from ..secrets import mask_text, redact
 from . import (
     TOKEN_ENV,
     Check,
@@ -71,25 +70,10 @@ _MIN_TOKEN_LEN = 16
 # Deeper structures are cut (a status source returning a cyclic structure must not crash).
 _MAX_DEPTH = 32
 
-# URLs inside free text (an exception message quoting a DSN), and `password=...`-style pairs
-# (libpq keyword DSNs, "token: abc" in a vendor's error), masked in every string shown.
-_URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"'<>]+")
-_SECRET_PAIR = re.compile(
-    r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|apikey)(\s*[=:]\s*)(?!\*\*\*)"
-    r"([^\s&,;\"'<>]+)"
-)
-
 
 class HealthServerError(TradingdError):
     """The health server could not listen: choose another `health.port` / `health.host`, or
     stop the process that holds it (another tradingd?)."""
-
-
-def mask_text(text: str) -> str:
-    """`text` with the credentials of every embedded URL and every `password=...` pair
-    masked (a whole-URL string is masked by `redact` already)."""
-    text = _URL_IN_TEXT.sub(lambda m: mask_url(m.group(0)), text)
-    return _SECRET_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
 
 
 def to_plain(obj: Any, _depth: int = 0) -> Any:
