@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..core.errors import ConfigError
 from ..core.ports import Cache
-from ..storage.buffered import redact_url
+from ..secrets import mask_url
 
 VALID = "'' or memory:// (in-process), redis://host:port/db, rediss://host:port/db"
 
@@ -20,4 +20,4 @@ def open_cache(url: str | None, prefix: str = "tradingd:") -> Cache:
         from .redis import RedisCache
 
         return RedisCache(url, prefix=prefix)
-    raise ConfigError(f"cache URL {redact_url(url)!r} has an unsupported scheme; valid: {VALID}")
+    raise ConfigError(f"cache URL {mask_url(url)!r} has an unsupported scheme; valid: {VALID}")

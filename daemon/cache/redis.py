@@ -14,7 +14,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..core.errors import RetryableError
-from ..storage.buffered import redact_url
+from ..secrets import mask_url
 
 log = structlog.get_logger(__name__)
 
@@ -37,7 +37,7 @@ class RedisCache:
 
     @property
     def safe_url(self) -> str:
-        return redact_url(self.url)
+        return mask_url(self.url)
 
     def _fail(self, op: str, e: BaseException) -> RetryableError:
         return RetryableError(f"Redis {op} at {self.safe_url} failed: {type(e).__name__}: {e}")

@@ -40,14 +40,6 @@ SIGNAL_MODES = ("decisions", "all", "none")
 Row = tuple[Any, ...]
 
 
-def redact_url(url: str) -> str:
-    """The URL with any credential masked, safe for logs and error messages (the one helper:
-    `tradingd.secrets.mask_url`)."""
-    from ..secrets import mask_url
-
-    return mask_url(url)
-
-
 def _plain(o: Any) -> Any:
     if isinstance(o, float):
         return o if math.isfinite(o) else None

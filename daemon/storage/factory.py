@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..core.errors import ConfigError
 from ..core.ports import Store
-from .buffered import redact_url
+from ..secrets import mask_url
 
 VALID_SCHEMES = (
     "sqlite:///path.db (relative), sqlite:////abs/path.db, sqlite:///:memory:, "
@@ -52,5 +52,5 @@ def open_store(
             flush_interval_s=flush_interval_s,
         )
     raise ConfigError(
-        f"DATABASE_URL {redact_url(url)!r} has an unsupported scheme; valid: {VALID_SCHEMES}"
+        f"DATABASE_URL {mask_url(url)!r} has an unsupported scheme; valid: {VALID_SCHEMES}"
     )

@@ -12,7 +12,8 @@ import asyncpg
 import structlog
 
 from ..core.errors import ConfigError, StorageError
-from .buffered import BufferedStore, Row, redact_url
+from ..secrets import mask_url
+from .buffered import BufferedStore, Row
 from .schema import TABLES, Dialect, Table, create_table_sql, insert_sql
 
 log = structlog.get_logger(__name__)
@@ -56,7 +57,7 @@ class PostgresStore(BufferedStore):
 
     @property
     def safe_url(self) -> str:
-        return redact_url(self.url)
+        return mask_url(self.url)
 
     async def start(self) -> None:
         if self._pool is not None:
