@@ -74,6 +74,13 @@ SOURCE_LATENCY = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
     registry=REGISTRY,
 )
+RATE_LIMIT_WAIT = Histogram(
+    "tradingd_source_rate_limit_wait_seconds",
+    "Time calls waited for an outside system's request budget (kept below its limit)",
+    ["source"],
+    buckets=(0.001, 0.01, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+    registry=REGISTRY,
+)
 CACHE_REQUESTS = Counter(
     "tradingd_cache_requests",
     "Response-cache lookups by result (hit, miss, error)",

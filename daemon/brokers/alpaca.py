@@ -8,7 +8,10 @@ How it works:
   timeout, so the event loop never blocks. alpaca-py has no request timeout of its own; the
   client gets a session with one (`request_timeout_s`). Retries (`max_attempts`, exponential
   backoff with jitter, tenacity) cover timeouts, broken connections, 429 and 5xx; alpaca-py
-  itself already retries 429 and 504 three times (3 s apart) inside one attempt. Responses
+  itself already retries 429 and 504 three times (3 s apart) inside one attempt. Every call
+  first waits for the account's request budget (`rate_limit_per_minute`, Alpaca's 200/min),
+  so a busy rebalance is paced instead of meeting 429s and alpaca-py's fixed sleeps. A batch
+  of orders goes out in waves of one side, sells first, `max_in_flight` at a time. Responses
   are taken as raw JSON (`raw_data=True`) and mapped in `alpaca_mapping`, so a status or field
   Alpaca adds later cannot make a whole answer fail to parse.
 * **Order and fill updates** come from the trade-updates websocket: alpaca-py's
@@ -99,8 +102,25 @@ from tenacity import (
 )
 
 from ..core.errors import ConfigError, RetryableError
-from ..core.types import BrokerUpdate, CrossSection, Fill, Leg, Order, OrderStatus, OrderType
-from ..metrics import ORDERS, SOURCE_CALLS, SOURCE_ERRORS, SOURCE_LATENCY, SOURCE_UP
+from ..core.types import (
+    BrokerUpdate,
+    CrossSection,
+    Fill,
+    Leg,
+    Order,
+    OrderStatus,
+    OrderType,
+    Side,
+)
+from ..metrics import (
+    ORDERS,
+    RATE_LIMIT_WAIT,
+    SOURCE_CALLS,
+    SOURCE_ERRORS,
+    SOURCE_LATENCY,
+    SOURCE_UP,
+)
+from ..ratelimit import window_limiter
 from ..secrets import mask_url
 from .alpaca_mapping import (
     EPS,
@@ -198,6 +218,19 @@ class AlpacaBrokerConfig:
     event_queue_size: int = 10_000
     # Closed orders remembered for duplicate detection and late updates.
     closed_history: int = 10_000
+    # Alpaca allows 200 requests per minute per account and answers 429 beyond that, which
+    # alpaca-py meets with fixed 3 s sleeps (and then a rejected order). Every REST call
+    # waits here for its turn instead: a leaky bucket of `rate_limit_burst` that drains so
+    # that no 60-s window ever holds more than `rate_limit_per_minute` requests
+    # (burst + drain over 60 s = the limit). 0 = no client-side limit.
+    rate_limit_per_minute: int = 200
+    rate_limit_burst: int = 20
+    # The window the limit counts in (Alpaca: a minute); shorter only to test the pacing.
+    rate_limit_period_s: float = 60.0
+    # Orders of one batch sent at once (each is one REST call in a worker thread). Exits go
+    # before entries: a batch is sent in waves of one side, sells first, so the buying power
+    # that sells free is there when the buys arrive.
+    max_in_flight: int = 4
 
     def __post_init__(self) -> None:
         for name in ("base_url", "stream_url"):
@@ -221,6 +254,7 @@ class AlpacaBrokerConfig:
             "poll_interval_s",
             "cancel_confirm_timeout_s",
             "stream_ping_timeout_s",
+            "rate_limit_period_s",
         ):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
@@ -234,7 +268,18 @@ class AlpacaBrokerConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        for name in ("max_attempts", "event_queue_size", "closed_history"):
+        for name in ("rate_limit_per_minute", "rate_limit_burst"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {value!r}")
+        if self.rate_limit_per_minute > 1 and not 0 < self.rate_limit_burst < (
+            self.rate_limit_per_minute
+        ):
+            raise ValueError(
+                "rate_limit_burst must be > 0 and below rate_limit_per_minute "
+                f"({self.rate_limit_per_minute}), got {self.rate_limit_burst}"
+            )
+        for name in ("max_attempts", "event_queue_size", "closed_history", "max_in_flight"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -413,6 +458,15 @@ class AlpacaBroker:
         self._wake = asyncio.Event()
         self._changed = asyncio.Event()
         self._poll_lock = asyncio.Lock()
+        self._limiter = (
+            window_limiter(
+                config.rate_limit_per_minute, config.rate_limit_period_s, config.rate_limit_burst
+            )
+            if config.rate_limit_per_minute
+            else None
+        )
+        # Seconds REST calls spent waiting for the request budget (benchmarks read it).
+        self.rate_limit_wait_s = 0.0
         self._ws_logger = logging.getLogger(WS_LOGGER)
         self._log_filter = _RedactingFilter(self._scrub)
 
@@ -590,6 +644,7 @@ class AlpacaBroker:
         self._require_client()
         self._drain()
         results: dict[str, Order] = {}
+        units: list[Unit] = []
         for item in plan_submission(orders):
             if isinstance(item, LocalRejection):
                 cid = item.order.client_order_id
@@ -599,12 +654,31 @@ class AlpacaBroker:
                     if known is not None
                     else self._reject(item.order, item.reason)
                 )
-                continue
-            try:
-                results.update(await self._submit_unit(item))
-            except RetryableError as e:
+            else:
+                units.append(item)
+        # Waves of one side, sells first (they free buying power); within a wave up to
+        # `max_in_flight` requests at once. A failure with an unknown outcome ends the batch
+        # after the wave in flight has been answered, so nothing sent is left unrecorded.
+        gate = asyncio.Semaphore(self._config.max_in_flight)
+
+        async def send(unit: Unit) -> dict[str, Order]:
+            async with gate:
+                return await self._submit_unit(unit)
+
+        for side in (Side.SELL, Side.BUY):
+            wave = [u for u in units if u.primary.side is side]
+            outcomes = await asyncio.gather(*(send(u) for u in wave), return_exceptions=True)
+            failed: RetryableError | None = None
+            for outcome in outcomes:
+                if isinstance(outcome, RetryableError):
+                    failed = failed or outcome
+                elif isinstance(outcome, BaseException):
+                    raise outcome
+                else:
+                    results.update(outcome)
+            if failed is not None:
                 raise RetryableError(
-                    f"{e}; {len(results)} order(s) of the batch were acknowledged before; "
+                    f"{failed}; {len(results)} order(s) of the batch were acknowledged; "
                     "resubmitting the same orders is safe (duplicate client_order_ids return "
                     "the existing orders)"
                 ) from None
@@ -1506,6 +1580,12 @@ class AlpacaBroker:
     async def _call_once(
         self, op: str, fn: Callable[..., T], *args: Any, uncertain: str | None = None
     ) -> T:
+        if self._limiter is not None:
+            queued = time.perf_counter()
+            await self._limiter.acquire()
+            waited = time.perf_counter() - queued
+            self.rate_limit_wait_s += waited
+            RATE_LIMIT_WAIT.labels(source=SOURCE).observe(waited)
         SOURCE_CALLS.labels(source=SOURCE).inc()
         started = time.perf_counter()
         try:

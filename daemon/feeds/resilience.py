@@ -16,7 +16,8 @@ source's client:
   it). Only failures that say the *source* is unwell count (the retryable kinds); a 404 for an
   unknown symbol is the source working. While open, calls fail at once with kind
   `circuit_open`, so a dead vendor costs nothing per bar. The clock is injectable.
-- **budgets**: `per_minute` through aiolimiter's `AsyncLimiter` (waits for capacity, i.e. keeps
+- **budgets**: `per_minute` through an aiolimiter bucket that never admits more than the budget
+  in any 60-s window (`tradingd.ratelimit.window_limiter`; waits for capacity, i.e. keeps
   the pace), `per_day` through `DailyBudget` (a count per UTC day; exceeding it is an immediate
   error of kind `budget` naming the budget and when it resets: waiting hours would look like a
   hang).
@@ -59,6 +60,7 @@ from tenacity import (
 
 from ..core.errors import ConfigError, RetryableError, TradingdError
 from ..metrics import SOURCE_CALLS, SOURCE_ERRORS, SOURCE_LATENCY, SOURCE_UP
+from ..ratelimit import window_limiter
 
 log = structlog.get_logger(__name__)
 
@@ -488,7 +490,7 @@ class ResilientCaller:
         )
         self.budget = DailyBudget(source, self.config.per_day, self._wall)
         self._limiter: AsyncLimiter | None = (
-            AsyncLimiter(self.config.per_minute, 60.0) if self.config.per_minute else None
+            window_limiter(self.config.per_minute) if self.config.per_minute else None
         )
         self._semaphore: asyncio.Semaphore | None = None
         self._verdict: asyncio.Event | None = None  # set when a half-open probe ends

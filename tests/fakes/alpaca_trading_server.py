@@ -27,8 +27,8 @@ The fake market
   * `set_position(symbol, qty, avg_entry_price)`; `cash` (attribute).
   * Constructor: `cash` (default: the recorded paper account's cash), `recorded_positions`
     (start with the recorded AAPL/SPY/TSLA positions), `allow_short` (default False: selling
-    what is not held answers 403 "account is not allowed to short"), `rate_limit` (per
-    minute, 200), `quiet_oco_cancel` (do not announce the stop-loss cancelled when a
+    what is not held answers 403 "account is not allowed to short"), `rate_limit` (requests
+    in any `rate_window_s`, a sliding window: 200 per 60 s; `throttled` counts its 429s), `quiet_oco_cancel` (do not announce the stop-loss cancelled when a
     take-profit fills, as alpaca-py issue #198 reports of Alpaca), key id and secret.
 
 Orders (`POST /v2/orders`)
@@ -277,6 +277,7 @@ class AlpacaTradingFake(LoopThread):
         allow_short: bool = False,
         rate_limit: int = 200,
         quiet_oco_cancel: bool = False,
+        rate_window_s: float = 60.0,
     ) -> None:
         self.key_id = key_id
         self.secret_key = secret_key
@@ -287,6 +288,8 @@ class AlpacaTradingFake(LoopThread):
         self.cash = float(cash if cash is not None else self._account_fixture["cash"])
         self.allow_short = allow_short
         self.rate_limit = rate_limit
+        self.rate_window_s = rate_window_s
+        self.throttled = 0  # requests answered 429 for the rate limit
         self.quiet_oco_cancel = quiet_oco_cancel
         self.market_open = True
         self.prices: dict[str, float] = {}
@@ -309,8 +312,9 @@ class AlpacaTradingFake(LoopThread):
         self._order_failures: deque[tuple[int, Any]] = deque()
         self._http_faults: deque[tuple[int, str, str]] = deque()
         self._delays: deque[float] = deque()
-        self._window_start = time.time()
-        self._window_count = 0
+        # Request times in the last rate window (sliding: the strictest reading of "200
+        # requests per minute").
+        self._recent: deque[float] = deque()
         self._last_time = datetime.now(UTC)
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None
@@ -620,14 +624,20 @@ class AlpacaTradingFake(LoopThread):
 
     # ------------------------------------------------------------------------- HTTP plumbing
 
-    def _rate_headers(self) -> dict[str, str]:
-        now = time.time()
-        if now - self._window_start >= 60:
-            self._window_start, self._window_count = now, 0
+    def _count_request(self) -> int:
+        """Requests in the sliding window, this one included."""
+        now = time.monotonic()
+        self._recent.append(now)
+        while self._recent and self._recent[0] <= now - self.rate_window_s:
+            self._recent.popleft()
+        return len(self._recent)
+
+    def _rate_headers(self, count: int) -> dict[str, str]:
+        reset = time.time() + (self.rate_window_s - (time.monotonic() - self._recent[0]))
         return {
             "X-RateLimit-Limit": str(self.rate_limit),
-            "X-RateLimit-Remaining": str(max(0, self.rate_limit - self._window_count)),
-            "X-RateLimit-Reset": str(int(self._window_start + 60)),
+            "X-RateLimit-Remaining": str(max(0, self.rate_limit - count)),
+            "X-RateLimit-Reset": str(int(reset)),
         }
 
     @web.middleware
@@ -645,8 +655,8 @@ class AlpacaTradingFake(LoopThread):
         self.requests.append(
             RecordedRequest(request.method, request.path, dict(request.query), body, auth)
         )
-        self._window_count += 1
-        headers = self._rate_headers()
+        count = self._count_request()
+        headers = self._rate_headers(count)
         key = request.headers.get("APCA-API-KEY-ID")
         secret = request.headers.get("APCA-API-SECRET-KEY")
         if not key or not secret:
@@ -659,7 +669,8 @@ class AlpacaTradingFake(LoopThread):
             status, text, kind = self._http_faults.popleft()
             content = "application/json" if kind == "json" else "text/html"
             response = web.Response(status=status, text=text, content_type=content)
-        elif self._window_count > self.rate_limit:
+        elif count > self.rate_limit:
+            self.throttled += 1
             response = web.json_response(
                 {"code": 42910000, "message": "rate limit exceeded"}, status=429
             )

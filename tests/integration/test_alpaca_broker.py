@@ -947,3 +947,56 @@ def test_the_fake_runs_in_a_thread_for_a_synchronous_client():
         assert [p["qty"] for p in client.get_all_positions()] == ["3"]
     finally:
         fake.stop_thread()
+
+
+# ----------------------------------------------------------------------------- pacing
+
+
+async def test_a_batch_larger_than_the_request_budget_is_paced_not_throttled():
+    """30 orders against a budget of 10 requests per 0.5 s (Alpaca: 200 per minute): the
+    broker waits for its budget, so the server never answers 429 and every order is placed.
+    The same batch without the client-side budget is throttled (the server's limit is real)."""
+    need_fixtures()
+    orders = [order(sym, 1, tag=f"o{k}") for k in range(10) for sym in SYMS]
+    for budget in (10, 0):
+        fake = AlpacaTradingFake(cash=1e7, rate_limit=10, rate_window_s=0.5)
+        await fake.start()
+        try:
+            for sym in SYMS:
+                fake.set_price(sym, 100.0, match=False)
+            async with running(
+                fake,
+                rate_limit_per_minute=budget,
+                rate_limit_burst=2,
+                rate_limit_period_s=0.5,
+                max_attempts=1,
+            ) as broker:
+                acks = await broker.submit(orders)
+                waited = broker.rate_limit_wait_s
+        finally:
+            await fake.stop()
+        placed = sum(a.status is not OrderStatus.REJECTED for a in acks)
+        if budget:
+            assert fake.throttled == 0
+            assert placed == len(orders)
+            assert waited > 0
+        else:
+            assert fake.throttled > 0
+
+
+async def test_sells_go_before_buys_in_a_batch(fake):
+    fake.set_price("AAPL", 100.0, match=False)
+    fake.set_price("SPY", 100.0, match=False)
+    fake.set_position("AAPL", 100, 90.0)
+    orders = [
+        order("SPY", 5, tag="b1"),
+        order("AAPL", -5, tag="s1"),
+        order("SPY", 3, tag="b2"),
+        order("AAPL", -2, tag="s2"),
+    ]
+    async with running(fake, max_in_flight=4) as broker:
+        acks = await broker.submit(orders)
+    # Answers in the caller's order; requests: every sell before any buy.
+    assert [a.client_order_id for a in acks] == [o.client_order_id for o in orders]
+    sides = [b["side"] for b in fake.posted_orders()]
+    assert sorted(sides, key=lambda s: s != "sell") == sides and sides.count("sell") == 2
