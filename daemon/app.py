@@ -471,6 +471,7 @@ def build_engine(
         trade_from=trade_from,
         warmup=warmup,
         live_metrics=mode == "live",
+        durable=mode == "live",
     )
 
 

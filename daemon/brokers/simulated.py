@@ -38,6 +38,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 import structlog
 
@@ -51,6 +52,8 @@ from ..core.types import (
     OrderStatus,
     OrderType,
     Side,
+    order_from_dict,
+    order_to_dict,
 )
 
 log = structlog.get_logger(__name__)
@@ -170,6 +173,38 @@ class SimulatedBroker:
         """The current state of an open or recently closed order, None if unknown."""
         found = self._open.get(client_order_id) or self._closed.get(client_order_id)
         return found.snapshot() if found is not None else None
+
+    # ------------------------------------------------------------------------- durable state
+
+    def state(self) -> dict[str, Any]:
+        """The open book (this broker is its own source of truth), for a live checkpoint.
+        Closed orders are not kept: ids carry their bar time, so none is ever resent."""
+        return {
+            "seq": self._seq,
+            "now": self._now.isoformat() if self._now is not None else None,
+            "open": [order_to_dict(o) for o in self._open.values()],
+            "eligible_at": dict(self._eligible_at),
+            "triggered": sorted(self._triggered),
+            "children": {k: list(v) for k, v in self._children.items()},
+            "oco": {k: list(v) for k, v in self._oco.items()},
+            "fill_count": dict(self._fill_count),
+            "pending": [order_to_dict(o) for o in self._pending.values()],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._seq = int(state["seq"])
+        self._now = datetime.fromisoformat(state["now"]) if state["now"] else None
+        self._open = {}
+        for d in state["open"]:
+            o = order_from_dict(d)
+            self._open[o.client_order_id] = o
+        self._eligible_at = {k: int(v) for k, v in state["eligible_at"].items()}
+        self._triggered = set(state["triggered"])
+        self._children = {k: list(v) for k, v in state["children"].items()}
+        self._oco = {k: list(v) for k, v in state["oco"].items()}
+        self._fill_count = {k: int(v) for k, v in state["fill_count"].items()}
+        pending = [order_from_dict(d) for d in state["pending"]]
+        self._pending = {o.client_order_id: self._open.get(o.client_order_id, o) for o in pending}
 
     # ------------------------------------------------------------------------- commands
 

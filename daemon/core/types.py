@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from typing import Any
 
 import numpy as np
 
@@ -145,6 +146,70 @@ class Order:
             self.bars_open,
             self.trail_anchor,
         )
+
+
+def _iso(t: datetime | None) -> str | None:
+    return t.isoformat() if t is not None else None
+
+
+def _opt(x: float | None) -> float | None:
+    return None if x is None or (isinstance(x, float) and math.isnan(x)) else float(x)
+
+
+def order_to_dict(o: Order) -> dict[str, object]:
+    """Every field of an order as JSON values (checkpoints: an open order must come back
+    exactly as it was, its fill-in-progress state included)."""
+    return {
+        "client_order_id": o.client_order_id,
+        "symbol": o.symbol,
+        "side": str(o.side),
+        "quantity": o.quantity,
+        "created_at": _iso(o.created_at),
+        "type": str(o.type),
+        "limit_price": _opt(o.limit_price),
+        "stop_price": _opt(o.stop_price),
+        "trail_pct": _opt(o.trail_pct),
+        "leg": str(o.leg),
+        "parent_id": o.parent_id,
+        "oco_group": o.oco_group,
+        "status": str(o.status),
+        "filled_quantity": o.filled_quantity,
+        "avg_fill_price": _opt(o.avg_fill_price),
+        "reason": o.reason,
+        "updated_at": _iso(o.updated_at),
+        "bars_open": o.bars_open,
+        "trail_anchor": _opt(o.trail_anchor),
+    }
+
+
+def order_from_dict(d: dict[str, Any]) -> Order:
+    def when(v: Any) -> datetime | None:
+        return datetime.fromisoformat(v) if v is not None else None
+
+    created = when(d["created_at"])
+    assert created is not None, "an order always has created_at"
+    avg = d.get("avg_fill_price")
+    return Order(
+        client_order_id=d["client_order_id"],
+        symbol=d["symbol"],
+        side=Side(d["side"]),
+        quantity=float(d["quantity"]),
+        created_at=created,
+        type=OrderType(d["type"]),
+        limit_price=d.get("limit_price"),
+        stop_price=d.get("stop_price"),
+        trail_pct=d.get("trail_pct"),
+        leg=Leg(d["leg"]),
+        parent_id=d.get("parent_id"),
+        oco_group=d.get("oco_group"),
+        status=OrderStatus(d["status"]),
+        filled_quantity=float(d["filled_quantity"]),
+        avg_fill_price=math.nan if avg is None else float(avg),
+        reason=d.get("reason") or "",
+        updated_at=when(d.get("updated_at")),
+        bars_open=int(d.get("bars_open") or 0),
+        trail_anchor=d.get("trail_anchor"),
+    )
 
 
 @dataclass(frozen=True, slots=True)

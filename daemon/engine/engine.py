@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import structlog
 
-from .. import metrics
+from .. import faults, metrics
 from ..core.errors import PluginFault, RetryableError
 from ..core.ports import (
     AuditSink,
@@ -39,13 +39,48 @@ from ..core.ports import (
     SizingPlugin,
     Store,
 )
-from ..core.types import CrossSection, Fill, Order, RiskVerdict, RunInfo
+from ..core.types import (
+    CrossSection,
+    Fill,
+    Leg,
+    Order,
+    OrderStatus,
+    OrderType,
+    RiskVerdict,
+    RunInfo,
+    Side,
+    order_from_dict,
+    order_to_dict,
+)
 from .accounting import RejectionRecord, RiskRecord, rule_of
 from .history import HistoryBuffer
 from .planner import OrderPlanner
 from .portfolio import Portfolio
 
 log = structlog.get_logger(__name__)
+
+CHECKPOINT_FORMAT = "tradingd-checkpoint/1"
+
+
+def _order_of(row: dict[str, Any]) -> Order:
+    """An order as the store returns it (an intent stored before it was sent)."""
+    return Order(
+        client_order_id=row["client_order_id"],
+        symbol=row["symbol"],
+        side=Side(row["side"]),
+        quantity=float(row["quantity"]),
+        created_at=row["created_at"],
+        type=OrderType(row["type"]),
+        limit_price=row["limit_price"],
+        stop_price=row["stop_price"],
+        trail_pct=row["trail_pct"],
+        leg=Leg(row["leg"]),
+        parent_id=row["parent_id"],
+        oco_group=row["oco_group"],
+        status=OrderStatus(row["status"]),
+        filled_quantity=float(row["filled_quantity"] or 0.0),
+        reason=row["reason"] or "",
+    )
 
 
 class NullAudit:
@@ -143,6 +178,7 @@ class Engine:
         trade_from: datetime | None = None,
         warmup: Callable[[], AsyncIterator[CrossSection]] | None = None,
         live_metrics: bool = False,
+        durable: bool = False,
     ) -> None:
         self.run = run
         self.clock = clock
@@ -199,6 +235,14 @@ class Engine:
         # per bar and nobody scrapes a backtest.
         self._live_metrics = live_metrics
         self._count_orders = live_metrics and not getattr(broker, "reports_order_metrics", False)
+        # A live run continues after a restart (store.resume_run): a checkpoint after every
+        # bar, order intents stored before they are sent. Replays start afresh (begin_run).
+        self._durable = durable
+        # Bars up to this time were decided by an earlier process of this run: they only
+        # bring features and signal windows up to date (no fill, split, order or record).
+        self._restored_through: datetime | None = None
+        self._last_targets: np.ndarray | None = None
+        self.resumed_from: datetime | None = None
         # Liveness for the health server, set by the composition root (not a constructor
         # argument): busy=True when a bar starts, busy=False while waiting for the next.
         self.on_heartbeat: Callable[..., None] = _no_heartbeat
@@ -219,8 +263,13 @@ class Engine:
             for part in parts:
                 await part.start()
                 started.append(part)
-            await self.store.begin_run(self.run)
             structlog.contextvars.bind_contextvars(run_id=self.run.run_id)
+            if self._durable:
+                resume = await self.store.resume_run(self.run)  # type: ignore[attr-defined]
+                if resume is not None:
+                    await self._resume(resume)
+            else:
+                await self.store.begin_run(self.run)
             log.info(
                 "engine.start",
                 mode=self.run.mode,
@@ -290,6 +339,76 @@ class Engine:
                     except Exception:  # a plugin's cleanup must not hide the run's outcome
                         log.exception("plugin.close_failed", plugin=plugin.name)
             structlog.contextvars.unbind_contextvars("run_id")
+
+    async def _resume(self, resume: Any) -> None:
+        """Continue a stored live run from its checkpoint: the book, the simulated broker's
+        open orders, the plugins' own state (kill switches), the operator's pause. The bars up
+        to the checkpoint are replayed for features only; a bar after it that was cut short
+        is decided again, with the same order ids, so what reached the broker is not doubled."""
+        self._restored_through = resume.bar_time
+        self.resumed_from = resume.bar_time
+        st = resume.state
+        if st is not None:
+            if st.get("format") != CHECKPOINT_FORMAT:
+                raise ValueError(
+                    f"checkpoint of run {self.run.run_id} has format {st.get('format')!r}, "
+                    f"this build reads {CHECKPOINT_FORMAT}: finish that run with the build "
+                    "that wrote it, or start a new run (another run.name)"
+                )
+            self.portfolio.restore(st["portfolio"])
+            restore = getattr(self.broker, "restore", None)
+            if st.get("broker") is not None and restore is not None:
+                restore(st["broker"])
+            saved = st.get("plugins", {})
+            for plugin in self._plugins():
+                fn = getattr(plugin, "restore", None)
+                if fn is not None and plugin.name in saved:
+                    fn(saved[plugin.name])
+            self.trading_state = st.get("trading_state", "active")
+            self._bars = int(st.get("bars", 0))
+            self._orders = int(st.get("orders", 0))
+            self._verdicts = int(st.get("verdicts", 0))
+            if st.get("targets") is not None:
+                self._last_targets = np.asarray(st["targets"], dtype=np.float64)
+        resume_broker = getattr(self.broker, "resume", None)
+        if resume_broker is not None:
+            known = [order_from_dict(d) for d in (st or {}).get("open_orders", [])]
+            await resume_broker(known, [_order_of(r) for r in resume.unconfirmed])
+        pf = self.portfolio
+        log.info(
+            "run.resumed",
+            after=resume.bar_time,
+            equity=pf.equity,
+            cash=pf.cash,
+            positions=int(np.count_nonzero(pf.quantity)),
+            open_orders=len(self.broker.open_orders()),
+            trading_state=self.trading_state,
+            unconfirmed_intents=len(resume.unconfirmed),
+        )
+
+    def _checkpoint(self, t: datetime) -> None:
+        """Everything a restarted process needs to continue after bar `t` (see _resume)."""
+        state: dict[str, Any] = {
+            "format": CHECKPOINT_FORMAT,
+            "portfolio": self.portfolio.state(),
+            "trading_state": self.trading_state,
+            "bars": self._bars,
+            "orders": self._orders,
+            "verdicts": self._verdicts,
+            "targets": self._last_targets.tolist() if self._last_targets is not None else None,
+        }
+        broker_state = getattr(self.broker, "state", None)
+        if broker_state is not None:
+            state["broker"] = broker_state()
+        else:  # the broker keeps its own book: remember what was open, to reconcile
+            state["open_orders"] = [order_to_dict(o) for o in self.broker.open_orders()]
+        plugins = {}
+        for plugin in self._plugins():
+            fn = getattr(plugin, "state", None)
+            if fn is not None and callable(fn):
+                plugins[plugin.name] = fn()
+        state["plugins"] = plugins
+        self.store.record_checkpoint(self.run.run_id, t, state)  # type: ignore[attr-defined]
 
     async def _book_late_updates(self) -> None:
         """A live broker executes between bars: fills that arrived after the last bar are
@@ -401,6 +520,9 @@ class Engine:
         pf = self.portfolio
         run_id = self.run.run_id
         m = self._live_metrics
+        if self._restored_through is not None and bar.time <= self._restored_through:
+            self._replay_restored(bar)
+            return
         t_start = t0 = _time.perf_counter() if m else 0.0
         split_cols = pf.apply_splits(bar.split)
         if split_cols:
@@ -423,6 +545,7 @@ class Engine:
         if update.fills:
             for fill in update.fills:
                 pf.apply_fill(fill)
+            faults.reached("fill")
             self.store.record_fills(run_id, update.fills)
             self.audit.fills(update.fills)
         if update.orders:
@@ -471,6 +594,9 @@ class Engine:
             # nothing is sized, checked, ordered or recorded.
             self._observe(ctx)
             self._warmup_bars += 1
+            if self._durable:
+                self._checkpoint(bar.time)
+                await self.store.maybe_flush()
             if m:
                 metrics.BARS_PROCESSED.inc()
             if self._on_bar is not None:
@@ -511,7 +637,14 @@ class Engine:
                     self.store.record_orders(run_id, [cancelled])
                     self.audit.orders([cancelled])
             if plan.orders:
+                if self._durable:
+                    # The intent is stored before it is sent: after a crash, the restarted
+                    # process knows these ids may be at the broker (see _resume).
+                    self.store.record_orders(run_id, plan.orders)
+                    await self.store.flush()
+                    faults.reached("intent")
                 acked = await self.broker.submit(plan.orders)
+                faults.reached("sent")
                 self._orders += len(acked)
                 self.store.record_orders(run_id, acked)
                 self.audit.orders(acked)
@@ -536,6 +669,10 @@ class Engine:
             run_id, bar.time, self.symbols, pf.quantity, pf.avg_price, ctx.mark
         )
         self.store.record_equity(run_id, bar.time, pf.cash, equity, gross, net)
+        self._last_targets = targets
+        self._bars += 1
+        if self._durable:
+            self._checkpoint(bar.time)
         await self.store.maybe_flush()
         self.audit.flush()
         if m:
@@ -550,10 +687,33 @@ class Engine:
         self._times.append(bar.time)
         self._equity.append(equity)
         self._gross.append(gross)
-        self._bars += 1
         await self._publish()
         if self._on_bar is not None:
             self._on_bar(self._seen, bar.time)
+
+    def _replay_restored(self, bar: CrossSection) -> None:
+        """A bar an earlier process of this run completed: history, features and the signal
+        plugins' windows catch up; the book, the broker and the store do not see it again."""
+        self.history.push(bar)
+        self._seen += 1
+        self._last_time = bar.time
+        valid = ~np.isnan(bar.close)
+        features, ready = self._features(bar, valid)
+        ctx = BarContext(
+            time=bar.time,
+            index=self._seen - 1,
+            symbols=self.symbols,
+            bar=bar,
+            mark=self.portfolio.mark,
+            tradable=valid,
+            history=self.history,
+            features=features,
+            portfolio=self.portfolio.view(),
+            ready=ready,
+        )
+        if self._first_ready is None and (not self._required or ready.any()):
+            self._first_ready = bar.time
+        self._observe(ctx)
 
     @staticmethod
     def _lap(stage: str, since: float) -> float:

@@ -8,6 +8,7 @@ Costs are accumulated from the fills themselves, so the ledger can be checked ag
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -95,6 +96,45 @@ class Portfolio:
         if self.equity > self.peak_equity:
             self.peak_equity = self.equity
         return self.equity
+
+    # durable state -------------------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        """Everything the book is, as JSON values, for a live run's checkpoint."""
+        return {
+            "symbols": list(self.symbols),
+            "cash": self._cash,
+            "quantity": self.quantity.tolist(),
+            "avg_price": self.avg_price.tolist(),
+            "realized_pnl": self.realized_pnl.tolist(),
+            "mark": self._mark.tolist(),
+            "has_mark": self.has_mark.tolist(),
+            "commission_paid": self.commission_paid,
+            "slippage_paid": self.slippage_paid,
+            "dividends_received": self.dividends_received,
+            "fill_count": self.fill_count,
+            "equity": self.equity,
+            "peak_equity": self.peak_equity,
+            "prev_equity": self.prev_equity,
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """The book of a checkpoint (same universe, in the same order: else refused)."""
+        if list(state["symbols"]) != list(self.symbols):
+            raise ValueError(
+                "the checkpoint's universe differs from this run's: a run's symbols are part "
+                "of its identity (run id), so this checkpoint belongs to another run"
+            )
+        self._cash = float(state["cash"])
+        for name in ("quantity", "avg_price", "realized_pnl", "_mark"):
+            getattr(self, name)[:] = np.asarray(state[name.lstrip("_")], dtype=np.float64)
+        self.has_mark[:] = np.asarray(state["has_mark"], dtype=bool)
+        self.commission_paid = float(state["commission_paid"])
+        self.slippage_paid = float(state["slippage_paid"])
+        self.dividends_received = float(state["dividends_received"])
+        self.fill_count = int(state["fill_count"])
+        self.equity = float(state["equity"])
+        self.peak_equity = float(state["peak_equity"])
+        self.prev_equity = float(state["prev_equity"])
 
     # views ---------------------------------------------------------------------------------
     @property

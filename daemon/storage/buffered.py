@@ -25,19 +25,33 @@ from ..core.errors import ConfigError
 from ..core.types import CrossSection, Fill, Order, RunInfo
 from .schema import (
     BUFFERED,
+    RESUME_TIME,
     RUN_TABLES,
     TABLES,
     Dialect,
     Table,
+    delete_after_sql,
     delete_run_sql,
     end_run_sql,
     insert_sql,
+    reopen_run_sql,
     select_bars_sql,
     select_run_sql,
 )
 
 SIGNAL_MODES = ("decisions", "all", "none")
 Row = tuple[Any, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumePoint:
+    """Where a live run that was stored before continues: the state after its last completed
+    bar (None: it stopped before completing one) and the order intents stored after that bar,
+    which may have reached the broker before the process died."""
+
+    bar_time: datetime | None
+    state: dict[str, Any] | None
+    unconfirmed: tuple[dict[str, Any], ...] = ()
 
 
 def _plain(o: Any) -> Any:
@@ -100,6 +114,7 @@ class BufferedStore(ABC):
         self._fills: list[Row] = []
         self._positions: list[Row] = []
         self._equity: list[Row] = []
+        self._checkpoints: list[Row] = []
         self._buffers: dict[str, list[Row]] = {
             "signals": self._signals,
             "orders": self._orders,
@@ -107,6 +122,7 @@ class BufferedStore(ABC):
             "fills": self._fills,
             "positions": self._positions,
             "equity": self._equity,
+            "checkpoints": self._checkpoints,
         }
         assert tuple(self._buffers) == BUFFERED
         self._flush_lock = asyncio.Lock()
@@ -173,6 +189,53 @@ class BufferedStore(ABC):
         stmts.append((insert_sql(TABLES["runs"], d), row))
         async with self._flush_lock:  # one transaction at a time on the connection
             await self._execute(stmts)
+
+    async def resume_run(self, run: RunInfo) -> ResumePoint | None:
+        """A live run continues where it stopped: None (and a new run row) when this run id
+        was never stored; else its last checkpoint, after the rows of any later, interrupted
+        bar are removed (that bar is processed again) and the run is marked running again.
+        Nothing of the run is deleted up to its checkpoint."""
+        self._last_targets.pop(run.run_id, None)
+        self._last_quantity.pop(run.run_id, None)
+        await self.flush()
+        d = self.dialect
+        if not await self._query(select_run_sql(TABLES["runs"], d), (run.run_id,)):
+            await self.begin_run(run)
+            return None
+        found = await self.fetch("checkpoints", run.run_id)
+        bar_time = found[-1]["bar_time"] if found else None
+        state = found[-1]["state"] if found else None
+        after = bar_time if bar_time is not None else datetime(1, 1, 1, tzinfo=UTC)
+        unconfirmed = tuple(
+            o for o in await self.fetch("orders", run.run_id) if o["created_at"] > after
+        )
+        enc = self._encode_time(after)
+        stmts: list[tuple[str, Sequence[Any]]] = [
+            (delete_after_sql(TABLES[name], column, d), (run.run_id, enc))
+            for name, column in RESUME_TIME.items()
+        ]
+        stmts.append((reopen_run_sql(d), (run.run_id,)))
+        async with self._flush_lock:
+            await self._execute(stmts)
+        if state is not None:
+            # Rows are written on change: continue from the checkpoint's book and decisions.
+            book = state.get("portfolio", {})
+            if "quantity" in book:
+                self._last_quantity[run.run_id] = np.asarray(book["quantity"], dtype=np.float64)
+            if state.get("targets") is not None:
+                self._last_targets[run.run_id] = np.asarray(state["targets"], dtype=np.float64)
+        return ResumePoint(bar_time, state, unconfirmed)
+
+    def record_checkpoint(self, run_id: str, bar_time: datetime, state: Mapping[str, Any]) -> None:
+        """The run's state after `bar_time`, written with that bar's rows (latest wins)."""
+        # Only the latest per run is written: keep one row per run, encode it at the flush.
+        now = self._encode_time(datetime.now(UTC))
+        row = (run_id, self._encode_time(bar_time), state, now)
+        for k, r in enumerate(self._checkpoints):
+            if r[0] == run_id:
+                self._checkpoints[k] = row
+                return
+        self._checkpoints.append(row)
 
     async def end_run(self, run_id: str, summary: Mapping[str, Any]) -> None:
         await self.flush()
@@ -407,8 +470,14 @@ class BufferedStore(ABC):
                 # Only an order's latest state survives the upsert: write that one only
                 # (order_events keeps every state).
                 taken["orders"] = list({(r[0], r[1]): r for r in taken["orders"]}.values())
+            write = dict(taken)
+            if "checkpoints" in taken:
+                taken["checkpoints"] = list({r[0]: r for r in taken["checkpoints"]}.values())
+                write["checkpoints"] = [
+                    (r[0], r[1], to_json(r[2]), r[3]) for r in taken["checkpoints"]
+                ]
             try:
-                await self._write_batches(taken)
+                await self._write_batches(write)
             except BaseException:
                 for name, rows in taken.items():
                     self._buffers[name][:0] = rows

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import asyncpg
 import structlog
 
+from .. import faults
 from ..core.errors import ConfigError, StorageError
 from ..secrets import mask_url
 from .buffered import BufferedStore, Row
@@ -176,6 +177,7 @@ class PostgresStore(BufferedStore):
                         )
                     else:
                         await self._upsert(conn, table, rows)
+                faults.reached("flush")
         except _ERRORS as e:
             raise StorageError(
                 f"write to PostgreSQL at {self.safe_url} failed: {type(e).__name__}: {e}"

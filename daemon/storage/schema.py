@@ -229,11 +229,38 @@ EQUITY = Table(
     hypertable_time="time",
 )
 
+# A live run's state after its last completed bar (cash, positions, open orders, plugin
+# state): one row per run, replaced at every bar, written in the same transaction as that
+# bar's rows, so the store never holds a bar's rows without the state they lead to.
+CHECKPOINTS = Table(
+    "checkpoints",
+    (
+        _c("run_id", "text", True),
+        _c("bar_time", "time", True),
+        _c("state", "json"),
+        _c("written_at", "time"),
+    ),
+    primary_key=("run_id",),
+    on_conflict="update",
+    order_by=("bar_time",),
+)
+
 TABLES: dict[str, Table] = {
-    t.name: t for t in (RUNS, BARS, SIGNALS, ORDERS, ORDER_EVENTS, FILLS, POSITIONS, EQUITY)
+    t.name: t
+    for t in (RUNS, BARS, SIGNALS, ORDERS, ORDER_EVENTS, FILLS, POSITIONS, EQUITY, CHECKPOINTS)
 }
 # Tables filled through the record_* buffers, in flush order.
-BUFFERED = ("signals", "orders", "order_events", "fills", "positions", "equity")
+BUFFERED = ("signals", "orders", "order_events", "fills", "positions", "equity", "checkpoints")
+# The time column of each run table's rows: a resumed run drops what came after its
+# checkpoint (the interrupted bar is processed again, deterministically).
+RESUME_TIME = {
+    "signals": "time",
+    "orders": "created_at",
+    "order_events": "time",
+    "fills": "time",
+    "positions": "time",
+    "equity": "time",
+}
 RUN_TABLES = tuple(t.name for t in TABLES.values() if t.run_scoped)
 
 
@@ -305,6 +332,17 @@ def select_bars_sql(dialect: Dialect, by_symbol: bool) -> str:
 
 def delete_run_sql(table: Table, dialect: Dialect) -> str:
     return f"DELETE FROM {table.name} WHERE run_id = {param(dialect)}"
+
+
+def delete_after_sql(table: Table, column: str, dialect: Dialect) -> str:
+    return (
+        f"DELETE FROM {table.name} WHERE run_id = {param(dialect, 1)} "
+        f"AND {column} > {param(dialect, 2)}"
+    )
+
+
+def reopen_run_sql(dialect: Dialect) -> str:
+    return f"UPDATE runs SET ended_at = NULL, summary = NULL WHERE run_id = {param(dialect)}"
 
 
 def end_run_sql(dialect: Dialect) -> str:

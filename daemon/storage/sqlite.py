@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 import aiosqlite
 import structlog
 
+from .. import faults
 from ..core.errors import StorageError
 from .buffered import BufferedStore, Row
 from .schema import TABLES, Dialect, create_table_sql, insert_sql
@@ -105,6 +106,7 @@ class SqliteStore(BufferedStore):
                         await db.executemany(sql, args)
                     else:
                         await db.execute(sql, args)
+                faults.reached("flush")
             except BaseException:
                 await db.execute("ROLLBACK")
                 raise

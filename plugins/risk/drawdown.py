@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import structlog
@@ -105,6 +105,17 @@ class DrawdownGuard:
         self._halted_bars = None
         self._peak = None
         self._rebase_next = True
+
+    def state(self) -> dict[str, Any]:
+        """The kill switch survives a restart (the engine keeps this in its checkpoint): a
+        halted guard stays halted until a deliberate reset."""
+        return {"peak": self._peak, "rebase_next": self._rebase_next, "halted": self._halted_bars}
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self._peak = None if state.get("peak") is None else float(state["peak"])
+        self._rebase_next = bool(state.get("rebase_next", False))
+        halted = state.get("halted")
+        self._halted_bars = None if halted is None else int(halted)
 
     def required_features(self) -> tuple[str, ...]:
         return ()

@@ -13,6 +13,7 @@ import pytest
 
 from tradingd.core.errors import ConfigError, StorageError
 from tradingd.core.types import CrossSection, Fill, Order, OrderStatus, OrderType, RunInfo, Side
+from tradingd.storage.schema import TABLES
 from tradingd.storage.factory import open_store
 from tradingd.storage.postgres import STAGE_THRESHOLD, PostgresStore
 
@@ -257,7 +258,7 @@ async def test_start_is_idempotent_on_an_existing_schema(pg) -> None:
     tables = await conn.fetchval(
         "SELECT count(*) FROM information_schema.tables WHERE table_schema = $1", schema
     )
-    assert tables == 8
+    assert tables == len(TABLES)
 
 
 async def test_begin_run_again_replaces_the_runs_rows(store: PostgresStore, pg) -> None:
