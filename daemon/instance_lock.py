@@ -1,0 +1,611 @@
+"""One daemon per store and account: a second tradingd on the same pair refuses to start.
+
+Two daemons writing the same append-only tables would double every order, fill and equity
+row, and two daemons trading one broker account would double every order. So the daemon takes
+this lock before it opens the store, and holds it for its whole life.
+
+The lock identity is (store, account). `account` is a string the caller derives, for example
+`account_for("alpaca", key_id)` or `"simulated:<run name>"`; it is only ever stored, logged
+and shown as a hash, so a key that slips into it does not leak.
+
+Two kinds, both freed by the operating system or the database when the holder dies, even by
+SIGKILL, so a crash can never leave a stuck lock:
+
+* PostgreSQL (`postgresql://`, `postgres://`): a session-level `pg_try_advisory_lock(bigint)`
+  on a dedicated connection kept open for the daemon's lifetime; the key is a stable 64-bit
+  hash of "tradingd" and the account (advisory locks are per database, so the database is part
+  of the identity). The server frees the lock when the session ends. The holder's pid, host and
+  start time go into the table `tradingd_instance` only so a refusal can name the holder; the
+  advisory lock, not the table, is the truth (a row left by a crashed holder is overwritten).
+  The session asks the server for TCP keepalives, so a holder whose machine vanished without
+  closing its connection loses the lock within about a minute, not after the OS default of
+  hours.
+* SQLite (`sqlite:///path`) and stores that are not shared (`sqlite:///:memory:`): a lock file
+  held with `flock(LOCK_EX | LOCK_NB)` on a descriptor kept open for the process lifetime; the
+  kernel releases it when the process dies. The file is `<db path>.<hash>.lock` next to the
+  database, or `tradingd-<hash>.lock` in `lock_dir` (default for an in-memory store: the
+  system temporary folder). The holder's pid, host and start time are written into the file
+  for the refusal message; a file left by a killed process is not locked and does not block.
+
+Losing the lock while running. A PostgreSQL lock lives exactly as long as its connection: a
+restarted database, a network cut or `pg_terminate_backend` frees it. Call `check()`
+periodically (every heartbeat, say). It returns True while the lock is held without a break.
+It returns False when the lock was lost since the previous call, after trying once to take it
+again; `held` then says whether that worked. The rule for the caller:
+
+* `check()` True: carry on.
+* `check()` False and `held` True: the lock was re-acquired, nobody else holds it now; log it
+  and carry on.
+* `check()` False and `held` False: another daemon took over (`last_error` is an
+  `AnotherDaemonRunning` naming it), or the database cannot be reached to prove otherwise.
+  Stop trading: the caller must not send orders or write records without the lock.
+
+A lock file cannot be lost while its descriptor is open; its `check()` only notices the file
+being deleted or replaced underneath it (which would let a second daemon lock a new file) and
+then follows the same rule.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import re
+import socket
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import structlog
+
+from .core.errors import ConfigError, StorageError
+from .secrets import mask_url, scrub
+from .storage.factory import sqlite_path
+
+log = structlog.get_logger(__name__)
+
+NAMESPACE = "tradingd"
+TABLE = "tradingd_instance"
+MEMORY = ":memory:"
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
+# Serialises the creation of the holder table by several processes (any fixed key, distinct
+# from the store's own DDL key and from every instance key with overwhelming probability).
+_DDL_KEY = int.from_bytes(
+    hashlib.sha256(b"tradingd instance table ddl").digest()[:8], "big", signed=True
+)
+# InternalClientError: what asyncpg raises on a connection whose server ended the session
+# unasked (pg_terminate_backend, a server restart) before it noticed the socket closing.
+_PG_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    asyncio.TimeoutError,
+)
+# Server-side TCP keepalive of the lock session: a holder whose host died without closing the
+# connection is noticed (and its lock freed) after about idle + interval * count seconds.
+_KEEPALIVE = {
+    "tcp_keepalives_idle": "30",
+    "tcp_keepalives_interval": "10",
+    "tcp_keepalives_count": "3",
+}
+
+
+class AnotherDaemonRunning(ConfigError):
+    """Another tradingd holds the lock for this store and account: stop it, or point this one
+    at another store or account."""
+
+    def __init__(self, message: str, *, holder: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.holder = dict(holder or {})
+
+
+def account_for(kind: str, identity: str) -> str:
+    """An account string for `acquire_instance_lock` that never contains `identity` in clear:
+    `account_for("alpaca", key_id)` -> `"alpaca:<16 hex digits>"`."""
+    return f"{kind}:{_digest(identity)}"
+
+
+def account_hash(account: str) -> str:
+    """How an account is shown in logs, messages, the lock file and the holder table."""
+    return _digest(account)
+
+
+def _digest(text: str, n: int = 16) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:n]
+
+
+def advisory_key(account: str, schema: str | None = None) -> int:
+    """The signed 64-bit PostgreSQL advisory lock key of `account`: stable across processes,
+    machines and Python versions (sha256, not `hash()`)."""
+    parts = [NAMESPACE, *([schema] if schema else []), account]
+    raw = hashlib.sha256("\0".join(parts).encode("utf-8")).digest()[:8]
+    return int.from_bytes(raw, "big", signed=True)
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _holder_text(holder: dict[str, Any]) -> str:
+    if holder.get("pid") is None:
+        extra = holder.get("unknown") or "its pid and host are not recorded yet"
+        return f"another tradingd ({extra})"
+    return (
+        f"another tradingd (pid {holder['pid']} on host {holder.get('host') or '?'}, "
+        f"since {holder.get('started_at') or '?'})"
+    )
+
+
+def _refusal(holder: dict[str, Any], store: str, account: str, where: str) -> AnotherDaemonRunning:
+    return AnotherDaemonRunning(
+        f"{_holder_text(holder)} holds the lock for this store and account "
+        f"(store {store}, account {account_hash(account)}, {where}); "
+        "stop it or point this one at another store/account",
+        holder=holder,
+    )
+
+
+class InstanceLock:
+    """A held instance lock. `release()` is idempotent; `async with` releases on exit."""
+
+    kind = "none"
+
+    def __init__(self, store: str, account: str) -> None:
+        self.store = store  # shown form: masked URL or file path, never a secret
+        self.account = account_hash(account)
+        self.pid = os.getpid()
+        self.host = socket.gethostname()
+        self.started_at = _now()
+        self.released = False
+        self.held = False
+        self.lost_count = 0
+        self.last_error: Exception | None = None
+        self._account = account
+
+    async def check(self) -> bool:
+        """True while the lock is held without a break; see the module docstring."""
+        raise NotImplementedError
+
+    async def release(self) -> None:
+        """Give the lock up (idempotent); after it, `check()` is False."""
+        raise NotImplementedError
+
+    async def _take(self) -> None:
+        raise NotImplementedError
+
+    def _where(self) -> str:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Holder information for logs and /health: no secrets (masked URL, hashed account)."""
+        return {
+            "kind": self.kind,
+            "store": self.store,
+            "account": self.account,
+            "lock": self._where(),
+            "pid": self.pid,
+            "host": self.host,
+            "started_at": self.started_at,
+            "held": self.held,
+            "lost_count": self.lost_count,
+        }
+
+    def _holder_record(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "host": self.host,
+            "started_at": self.started_at,
+            "account": self.account,
+        }
+
+    async def __aenter__(self) -> InstanceLock:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.release()
+
+    def _lost(self, reason: str) -> None:
+        self.held = False
+        self.lost_count += 1
+        log.warning("instance_lock.lost", reason=reason, **self.describe())
+
+    def _reacquire_result(self, error: Exception | None) -> bool:
+        """check()'s answer after a loss: always False; logs whether re-acquiring worked."""
+        self.last_error = error
+        if error is None:
+            log.warning("instance_lock.reacquired", **self.describe())
+        else:
+            log.error(
+                "instance_lock.not_reacquired",
+                error=str(error),
+                action="stop trading: another daemon may hold the lock",
+                **self.describe(),
+            )
+        return False
+
+
+# PostgreSQL -------------------------------------------------------------------------------
+
+
+class PostgresInstanceLock(InstanceLock):
+    kind = "postgresql"
+
+    def __init__(
+        self,
+        url: str,
+        account: str,
+        *,
+        schema: str | None,
+        connect_timeout: float,
+        command_timeout: float,
+    ) -> None:
+        super().__init__(mask_url(url), account)
+        if schema is not None and not _IDENT.match(schema):
+            raise ConfigError(
+                f"instance lock: schema {schema!r} is not a valid identifier "
+                "(letters, digits and _, not starting with a digit)"
+            )
+        self.key = advisory_key(account, schema)
+        self.schema = schema
+        self._url = url
+        self._connect_timeout = connect_timeout
+        self._command_timeout = command_timeout
+        self._conn: asyncpg.Connection | None = None
+        self._op = asyncio.Lock()
+
+    def _where(self) -> str:
+        return f"PostgreSQL advisory lock {self.key}"
+
+    @property
+    def _table(self) -> str:
+        return f'"{self.schema}".{TABLE}' if self.schema else TABLE
+
+    @property
+    def _classid_objid(self) -> tuple[int, int]:
+        unsigned = self.key & 0xFFFF_FFFF_FFFF_FFFF
+        return unsigned >> 32, unsigned & 0xFFFF_FFFF
+
+    def _storage_error(self, what: str, e: BaseException) -> StorageError:
+        detail = scrub(f"{type(e).__name__}: {e}", self._url)
+        return StorageError(f"{what} PostgreSQL at {self.store}: {detail}")
+
+    async def _connect(self) -> asyncpg.Connection:
+        try:
+            return await asyncpg.connect(
+                self._url,
+                timeout=self._connect_timeout,
+                command_timeout=self._command_timeout,
+                server_settings={"application_name": "tradingd instance lock", **_KEEPALIVE},
+            )
+        except _PG_ERRORS as e:
+            raise self._storage_error("instance lock: cannot connect to", e) from e
+
+    async def _take(self) -> None:
+        """Connect, try the advisory lock, record the holder; raises AnotherDaemonRunning or
+        StorageError. On success `_conn` is the session that holds the lock."""
+        conn = await self._connect()
+        try:
+            got = await conn.fetchval("SELECT pg_try_advisory_lock($1::bigint)", self.key)
+            if not got:
+                try:
+                    holder = await self._holder(conn)
+                except _PG_ERRORS as e:  # naming the holder is a courtesy, the refusal is not
+                    holder = {"unknown": f"cannot read who: {type(e).__name__}"}
+                raise _refusal(holder, self.store, self._account, self._where())
+            await self._record(conn)
+        except AnotherDaemonRunning:
+            await self._close(conn)
+            raise
+        except _PG_ERRORS as e:
+            conn.terminate()
+            raise self._storage_error("instance lock: failed on", e) from e
+        except BaseException:
+            conn.terminate()
+            raise
+        self._conn = conn
+        self.held = True
+
+    async def _record(self, conn: asyncpg.Connection) -> None:
+        async with conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1::bigint)", _DDL_KEY)
+            if self.schema:
+                await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {self._table} ("
+                "lock_key bigint PRIMARY KEY, account text NOT NULL, pid integer NOT NULL, "
+                "host text NOT NULL, started_at text NOT NULL, backend_pid integer NOT NULL, "
+                "acquired_at timestamptz NOT NULL DEFAULT now())"
+            )
+            await conn.execute(
+                f"INSERT INTO {self._table} "
+                "(lock_key, account, pid, host, started_at, backend_pid, acquired_at) "
+                "VALUES ($1, $2, $3, $4, $5, pg_backend_pid(), now()) "
+                "ON CONFLICT (lock_key) DO UPDATE SET account = EXCLUDED.account, "
+                "pid = EXCLUDED.pid, host = EXCLUDED.host, started_at = EXCLUDED.started_at, "
+                "backend_pid = EXCLUDED.backend_pid, acquired_at = EXCLUDED.acquired_at",
+                self.key,
+                self.account,
+                self.pid,
+                self.host,
+                self.started_at,
+            )
+
+    async def _holder(self, conn: asyncpg.Connection) -> dict[str, Any]:
+        """Who holds the key: the PostgreSQL session from pg_locks (the truth), and the
+        tradingd process from the table when its row belongs to that session."""
+        classid, objid = self._classid_objid
+        backend = await conn.fetchval(
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
+            "AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 1 "
+            "LIMIT 1",
+            classid,
+            objid,
+        )
+        holder: dict[str, Any] = {"backend_pid": backend}
+        try:
+            row = await conn.fetchrow(
+                f"SELECT pid, host, started_at, backend_pid FROM {self._table} WHERE lock_key = $1",
+                self.key,
+            )
+        except (asyncpg.UndefinedTableError, asyncpg.InvalidSchemaNameError):
+            row = None
+        if row is not None and (backend is None or row["backend_pid"] == backend):
+            holder.update(pid=row["pid"], host=row["host"], started_at=row["started_at"])
+        else:
+            holder["unknown"] = (
+                f"PostgreSQL session {backend}; its pid and host are not recorded yet"
+                if backend is not None
+                else "its pid and host are not recorded"
+            )
+        return holder
+
+    async def _still_held(self, conn: asyncpg.Connection) -> bool:
+        classid, objid = self._classid_objid
+        n = await conn.fetchval(
+            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted "
+            "AND pid = pg_backend_pid() AND classid = $1::bigint::oid "
+            "AND objid = $2::bigint::oid AND objsubid = 1",
+            classid,
+            objid,
+        )
+        return bool(n)
+
+    async def check(self) -> bool:
+        async with self._op:
+            if self.released:
+                return False
+            if self.held and self._conn is not None and not self._conn.is_closed():
+                try:
+                    if await self._still_held(self._conn):
+                        return True
+                    reason = "the session no longer holds the advisory lock"
+                except Exception as e:  # any failure: the lock cannot be shown to be held
+                    reason = scrub(f"lock connection lost: {type(e).__name__}: {e}", self._url)
+                self._lost(reason)
+            elif self.held:
+                self._lost("lock connection closed")
+            if self._conn is not None:
+                self._conn.terminate()
+                self._conn = None
+            try:
+                await self._take()
+            except (AnotherDaemonRunning, StorageError) as e:
+                return self._reacquire_result(e)
+            return self._reacquire_result(None)
+
+    async def release(self) -> None:
+        async with self._op:
+            if self.released:
+                return
+            self.released = True
+            conn, self._conn = self._conn, None
+            was_held, self.held = self.held, False
+            if conn is None:
+                return
+            if was_held and not conn.is_closed():
+                try:
+                    await conn.execute(
+                        f"DELETE FROM {self._table} "
+                        "WHERE lock_key = $1 AND backend_pid = pg_backend_pid()",
+                        self.key,
+                    )
+                    await conn.fetchval("SELECT pg_advisory_unlock($1::bigint)", self.key)
+                except _PG_ERRORS as e:
+                    log.warning("instance_lock.release_failed", error=scrub(str(e), self._url))
+            await self._close(conn)
+            log.info("instance_lock.released", **self.describe())
+
+    async def _close(self, conn: asyncpg.Connection) -> None:
+        try:
+            await asyncio.wait_for(conn.close(), self._connect_timeout)
+        except _PG_ERRORS:
+            conn.terminate()
+        except asyncio.CancelledError:
+            conn.terminate()
+            raise
+
+
+# Lock file --------------------------------------------------------------------------------
+
+
+class FileInstanceLock(InstanceLock):
+    kind = "file"
+
+    def __init__(self, store: str, account: str, path: Path) -> None:
+        super().__init__(store, account)
+        self.path = path
+        self._fd: int | None = None
+
+    def _where(self) -> str:
+        return f"lock file {self.path}"
+
+    async def _take(self) -> None:
+        """Open and lock the file, write the holder; raises AnotherDaemonRunning or
+        StorageError. Local file calls that never wait (LOCK_NB), so no thread is needed."""
+        for _ in range(3):
+            fd = self._open_and_lock()
+            # Locked a file someone deleted or replaced after we opened it: lock the new one.
+            if self._same_file(fd):
+                break
+            os.close(fd)
+        else:
+            raise StorageError(f"instance lock: {self.path} keeps being replaced; cannot lock it")
+        try:
+            data = json.dumps(self._holder_record()).encode() + b"\n"
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, data, 0)
+        except OSError as e:
+            os.close(fd)
+            raise StorageError(f"instance lock: cannot write lock file {self.path}: {e}") from e
+        self._fd = fd
+        self.held = True
+
+    def _open_and_lock(self) -> int:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise StorageError(f"instance lock: cannot open lock file {self.path}: {e}") from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise _refusal(
+                    self._read_holder(), self.store, self._account, self._where()
+                ) from None
+            raise StorageError(f"instance lock: cannot lock {self.path}: {e}") from e
+        return fd
+
+    def _read_holder(self) -> dict[str, Any]:
+        try:
+            text = self.path.read_text(encoding="utf-8", errors="replace")
+            holder = json.loads(text)
+            if isinstance(holder, dict) and holder.get("pid") is not None:
+                return holder
+        except (OSError, ValueError):
+            pass
+        return {"unknown": "its pid and host are not written to the lock file yet"}
+
+    def _same_file(self, fd: int) -> bool:
+        """Whether `fd` is still the file at `path` (not deleted or replaced since)."""
+        try:
+            a, b = os.fstat(fd), os.stat(self.path)
+        except OSError:
+            return False
+        return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+    async def check(self) -> bool:
+        if self.released:
+            return False
+        if self.held and self._fd is not None and self._same_file(self._fd):
+            return True
+        if self.held:
+            self._lost("lock file deleted or replaced")
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        try:
+            await self._take()
+        except (AnotherDaemonRunning, StorageError) as e:
+            return self._reacquire_result(e)
+        return self._reacquire_result(None)
+
+    async def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        fd, self._fd = self._fd, None
+        self.held = False
+        if fd is None:
+            return
+        # Never unlink the file: another process may already wait on this inode, and an
+        # unlinked-then-recreated file would let two processes hold "the" lock at once.
+        with contextlib.suppress(OSError):
+            if self._same_file(fd):
+                os.ftruncate(fd, 0)
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+        log.info("instance_lock.released", **self.describe())
+
+
+def lock_file_path(store_url: str, account: str, lock_dir: str | Path | None = None) -> Path:
+    """Where the lock file of a SQLite store and account lives."""
+    db = sqlite_path(store_url.strip())
+    if db == MEMORY:
+        identity = MEMORY  # not shared: only the account can collide
+        base = Path(lock_dir) if lock_dir is not None else Path(tempfile.gettempdir())
+        return base.expanduser() / f"tradingd-{_digest(identity + chr(0) + account)}.lock"
+    resolved = Path(db).expanduser().resolve()
+    name = _digest(str(resolved) + "\0" + account)
+    if lock_dir is not None:
+        return Path(lock_dir).expanduser() / f"tradingd-{name}.lock"
+    return resolved.with_name(f"{resolved.name}.{name}.lock")
+
+
+# Entry point ------------------------------------------------------------------------------
+
+
+async def acquire_instance_lock(
+    store_url: str,
+    account: str,
+    *,
+    lock_dir: str | Path | None = None,
+    schema: str | None = None,
+    wait_s: float = 0.0,
+    connect_timeout: float = 10.0,
+    command_timeout: float = 10.0,
+) -> InstanceLock:
+    """Take the lock for (`store_url`, `account`) or raise.
+
+    Raises `AnotherDaemonRunning` when another process holds it (after retrying for up to
+    `wait_s` seconds, for a holder that is just exiting), `StorageError` when the database or
+    the lock file cannot be reached (connection attempts time out after `connect_timeout`),
+    and `ConfigError` for a URL of no known kind. `schema` (PostgreSQL only) makes the lock
+    per schema and keeps the holder table there; `lock_dir` applies to SQLite only."""
+    if not account:
+        raise ConfigError("instance lock: the account is empty (derive it from the broker account)")
+    url = (store_url or "").strip()
+    lower = url.lower()
+    lock: InstanceLock
+    if lower.startswith(("postgresql://", "postgres://")):
+        lock = PostgresInstanceLock(
+            url,
+            account,
+            schema=schema,
+            connect_timeout=connect_timeout,
+            command_timeout=command_timeout,
+        )
+    elif lower.startswith("sqlite:///"):
+        lock = FileInstanceLock(_sqlite_shown(url), account, lock_file_path(url, account, lock_dir))
+    else:
+        raise ConfigError(
+            f"instance lock: store URL {mask_url(url)!r} has an unsupported scheme; "
+            "valid: sqlite:///path.db, sqlite:///:memory:, postgresql://..., postgres://..."
+        )
+    deadline = time.monotonic() + max(0.0, wait_s)
+    while True:
+        try:
+            await lock._take()
+            break
+        except AnotherDaemonRunning:
+            if time.monotonic() >= deadline:
+                raise
+        await asyncio.sleep(0.1)
+    log.info("instance_lock.acquired", **lock.describe())
+    return lock
+
+
+def _sqlite_shown(url: str) -> str:
+    db = sqlite_path(url)
+    return db if db == MEMORY else str(Path(db).expanduser().resolve())

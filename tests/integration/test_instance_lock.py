@@ -1,0 +1,345 @@
+"""One daemon per store and account (tradingd.instance_lock), across real processes.
+
+Each lock is held by a small Python subprocess driven through stdin, so the tests see what a
+second daemon sees: a refusal naming the holder's pid, and no stuck lock after SIGKILL. Every
+test uses its own random account, so parallel runs never collide on the shared database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tradingd.core.errors import ConfigError, StorageError
+from tradingd.instance_lock import (
+    AnotherDaemonRunning,
+    FileInstanceLock,
+    PostgresInstanceLock,
+    account_for,
+    acquire_instance_lock,
+    advisory_key,
+)
+
+# The holder: takes the lock, says so, holds it until "release" (or EOF) on stdin.
+HOLDER = r"""
+import asyncio, os, sys
+import structlog
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+from tradingd.instance_lock import AnotherDaemonRunning, acquire_instance_lock
+
+async def main():
+    url, account, lock_dir = sys.argv[1], sys.argv[2], sys.argv[3] or None
+    try:
+        lock = await acquire_instance_lock(url, account, lock_dir=lock_dir)
+    except AnotherDaemonRunning as e:
+        print("REFUSED", e, flush=True)
+        return
+    print("LOCKED", os.getpid(), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await lock.release()
+    print("RELEASED", flush=True)
+
+asyncio.run(main())
+"""
+
+TIMEOUT = 10
+
+
+class Holder:
+    """A subprocess holding (or failing to hold) the lock for `url` and `account`."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, first_line: str) -> None:
+        self.proc = proc
+        self.first_line = first_line
+
+    @classmethod
+    async def start(cls, url: str, account: str, lock_dir: Path | None = None) -> Holder:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-c",
+            HOLDER,
+            url,
+            account,
+            str(lock_dir or ""),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), TIMEOUT)).decode().strip()
+        if not line:
+            err = await proc.stderr.read() if proc.stderr else b""
+            pytest.fail(f"holder printed nothing; stderr: {err.decode()[-2000:]}")
+        return cls(proc, line)
+
+    @property
+    def locked(self) -> bool:
+        return self.first_line.startswith("LOCKED")
+
+    async def release(self) -> None:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(b"release\n")
+        await self.proc.stdin.drain()
+        line = await asyncio.wait_for(self.proc.stdout.readline(), TIMEOUT)
+        assert line.decode().startswith("RELEASED")
+        await asyncio.wait_for(self.proc.wait(), TIMEOUT)
+
+    async def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGKILL)
+        await asyncio.wait_for(self.proc.wait(), TIMEOUT)
+
+
+@pytest.fixture
+async def holders():
+    """Started holders; any still running at the end are killed (never left behind)."""
+    started: list[Holder] = []
+
+    async def start(url: str, account: str, lock_dir: Path | None = None) -> Holder:
+        h = await Holder.start(url, account, lock_dir)
+        started.append(h)
+        return h
+
+    yield start
+    for h in started:
+        await h.kill()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store_url(request, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'var' / 'store.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+def new_account() -> str:
+    return f"test:{uuid.uuid4().hex}"
+
+
+def with_password(url: str, password: str) -> str:
+    scheme, rest = url.split("://", 1)
+    userinfo, host = rest.split("@", 1)
+    return f"{scheme}://{userinfo.split(':', 1)[0]}:{password}@{host}"
+
+
+# Both backends -----------------------------------------------------------------------------
+
+
+async def test_second_daemon_refused_until_the_holder_is_killed(store_url, holders):
+    account = new_account()
+    holder = await holders(store_url, account)
+    assert holder.locked, holder.first_line
+    pid = holder.proc.pid
+
+    with pytest.raises(AnotherDaemonRunning) as refused:
+        await acquire_instance_lock(store_url, account)
+    msg = str(refused.value)
+    assert f"pid {pid} on host " in msg
+    assert "stop it or point this one at another store/account" in msg
+    assert account not in msg  # the account is shown only hashed
+    assert refused.value.holder["pid"] == pid
+
+    # A third process is refused too, and is told who holds the lock.
+    other = await holders(store_url, account)
+    assert other.first_line.startswith("REFUSED") and f"pid {pid} " in other.first_line
+
+    await holder.kill()  # SIGKILL: no chance to release anything
+    # The kernel (flock) or the server (session end) frees the lock; wait_s only covers the
+    # moment PostgreSQL takes to end the dead client's session.
+    lock = await acquire_instance_lock(store_url, account, wait_s=5)
+    try:
+        assert lock.held and lock.describe()["pid"] == os.getpid()
+        assert await lock.check()
+    finally:
+        await lock.release()
+
+
+async def test_different_accounts_on_one_store_do_not_conflict(store_url, holders):
+    a, b = new_account(), new_account()
+    holder = await holders(store_url, a)
+    assert holder.locked
+    lock_b = await acquire_instance_lock(store_url, b)
+    try:
+        assert lock_b.held
+        with pytest.raises(AnotherDaemonRunning):
+            await acquire_instance_lock(store_url, a)
+    finally:
+        await lock_b.release()
+    await holder.release()
+
+
+async def test_release_then_reacquire_in_one_process(store_url):
+    account = new_account()
+    lock = await acquire_instance_lock(store_url, account)
+    # The same process asking again is a second daemon too (another session / descriptor).
+    with pytest.raises(AnotherDaemonRunning, match=rf"pid {os.getpid()} "):
+        await acquire_instance_lock(store_url, account)
+    await lock.release()
+    await lock.release()  # idempotent
+    assert not lock.held and not await lock.check()
+
+    async with await acquire_instance_lock(store_url, account) as again:
+        assert again.held
+        info = again.describe()
+        assert info["held"] and info["account"] != account and account not in str(info)
+    assert not again.held
+    # Released by the context manager: a fresh acquire works.
+    await (await acquire_instance_lock(store_url, account)).release()
+
+
+# PostgreSQL ----------------------------------------------------------------------------------
+
+
+async def lock_backend(conn: asyncpg.Connection, account: str) -> int | None:
+    key = advisory_key(account) & 0xFFFF_FFFF_FFFF_FFFF
+    return await conn.fetchval(
+        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
+        "AND classid = $1::bigint::oid AND objid = $2::bigint::oid AND objsubid = 1",
+        key >> 32,
+        key & 0xFFFF_FFFF,
+    )
+
+
+async def terminate(admin: asyncpg.Connection, account: str) -> int:
+    """End the session holding `account`'s lock, and wait until the server has freed it
+    (pg_terminate_backend only signals the backend)."""
+    backend = await lock_backend(admin, account)
+    assert backend is not None
+    assert await admin.fetchval("SELECT pg_terminate_backend($1)", backend)
+    async with asyncio.timeout(TIMEOUT):
+        while await lock_backend(admin, account) == backend:
+            await asyncio.sleep(0.02)
+    return backend
+
+
+async def test_pg_check_notices_a_lost_connection_and_reacquires(pg_url, holders):
+    account = new_account()
+    lock = await acquire_instance_lock(pg_url, account)
+    assert isinstance(lock, PostgresInstanceLock)
+    admin = await asyncpg.connect(pg_url, timeout=5)
+    try:
+        assert await lock.check()
+
+        # The lock's session dies and nobody else wants the lock: lost, then taken back.
+        backend = await terminate(admin, account)
+        assert await lock.check() is False
+        assert lock.held and lock.lost_count == 1 and lock.last_error is None
+        assert await lock.check() is True
+        assert await lock_backend(admin, account) not in (None, backend)
+
+        # The session dies and another daemon takes the lock first: not re-acquired, and the
+        # error names the new holder, so the caller stops trading.
+        await terminate(admin, account)
+        other = await holders(pg_url, account)
+        assert other.locked, other.first_line
+        assert await lock.check() is False
+        assert not lock.held and lock.lost_count == 2
+        assert isinstance(lock.last_error, AnotherDaemonRunning)
+        assert f"pid {other.proc.pid} " in str(lock.last_error)
+
+        # Once the other daemon is gone, the next check takes the lock again.
+        await other.release()
+        assert await lock.check() is False
+        assert lock.held
+        assert await lock.check() is True
+    finally:
+        await admin.close()
+        await lock.release()
+
+
+async def test_pg_password_never_appears_in_messages(pg_url, holders):
+    account = new_account()
+    password = f"pw-{uuid.uuid4().hex}"
+    holder = await holders(pg_url, account)
+    assert holder.locked
+
+    secret_url = with_password(pg_url, password)  # trust auth: the password is ignored
+    with pytest.raises(AnotherDaemonRunning) as refused:
+        await acquire_instance_lock(secret_url, account)
+    assert password not in str(refused.value) and password not in repr(refused.value)
+    assert ":***@" in str(refused.value)
+
+    # A failed login quotes the URL masked as well.
+    with pytest.raises(StorageError) as failed:
+        await acquire_instance_lock(
+            "postgresql://u:s3cr3t-instance@127.0.0.1:5432/test", account, connect_timeout=5
+        )
+    assert "s3cr3t-instance" not in str(failed.value)
+    await holder.release()
+
+
+async def test_pg_unreachable_server_fails_within_the_timeout():
+    # A TEST-NET address that never answers (or is unroutable here): the attempt ends by the
+    # connect timeout, with the URL masked.
+    with pytest.raises(StorageError, match=r"u:\*\*\*@192\.0\.2\.1") as failed:
+        await asyncio.wait_for(
+            acquire_instance_lock(
+                "postgresql://u:hidden-pw@192.0.2.1:5432/test", new_account(), connect_timeout=0.5
+            ),
+            TIMEOUT,
+        )
+    assert "hidden-pw" not in str(failed.value)
+
+
+# Lock files ----------------------------------------------------------------------------------
+
+
+async def test_stale_lock_file_of_a_killed_process_does_not_block(tmp_path, holders):
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    account = new_account()
+    holder = await holders(url, account)
+    assert holder.locked
+    lock_files = list(tmp_path.glob("store.db.*.lock"))
+    assert len(lock_files) == 1
+    assert f'"pid": {holder.proc.pid}' in lock_files[0].read_text()
+    await holder.kill()
+    assert lock_files[0].exists()  # the file stays behind, with the dead holder's pid
+
+    lock = await acquire_instance_lock(url, account)  # no wait: the kernel freed it at exit
+    try:
+        assert f'"pid": {os.getpid()}' in lock_files[0].read_text()
+    finally:
+        await lock.release()
+
+
+async def test_lock_file_deleted_underneath_is_noticed(tmp_path):
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    lock = await acquire_instance_lock(url, new_account())
+    assert isinstance(lock, FileInstanceLock)
+    try:
+        assert await lock.check()
+        lock.path.unlink()  # a second daemon could now lock a new file at this path
+        assert await lock.check() is False
+        assert lock.held and lock.path.exists() and lock.lost_count == 1
+        assert await lock.check() is True
+    finally:
+        await lock.release()
+
+
+async def test_memory_store_locks_the_account_in_lock_dir(tmp_path, holders):
+    account = new_account()
+    holder = await holders("sqlite:///:memory:", account, tmp_path)
+    assert holder.locked
+    with pytest.raises(AnotherDaemonRunning, match=rf"pid {holder.proc.pid} "):
+        await acquire_instance_lock("sqlite:///:memory:", account, lock_dir=tmp_path)
+    other = await acquire_instance_lock("sqlite:///:memory:", new_account(), lock_dir=tmp_path)
+    await other.release()
+    await holder.release()
+
+
+async def test_account_for_hides_the_key_and_bad_urls_are_config_errors():
+    key_id = "PKTESTKEYID1234567890"
+    account = account_for("alpaca", key_id)
+    assert account.startswith("alpaca:") and key_id not in account
+    assert account == account_for("alpaca", key_id)  # stable
+    with pytest.raises(ConfigError, match="unsupported scheme"):
+        await acquire_instance_lock("mysql://u:pw@h/db", "a")
+    with pytest.raises(ConfigError, match="account is empty"):
+        await acquire_instance_lock("sqlite:///:memory:", "")
