@@ -1,5 +1,7 @@
 """Redis cache (redis.asyncio). Failures are RetryableError: the caller backs off and retries
-or falls back to fetching the data itself."""
+or falls back to fetching the data itself. `ResilientCache` (cache/resilient.py, what
+`open_cache` gives for a redis:// URL) is this cache with an in-process fallback that never
+raises."""
 
 from __future__ import annotations
 
@@ -11,14 +13,29 @@ import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
 from ..core.errors import RetryableError
 from ..secrets import mask_url
+from .reconnect import describe
 
 log = structlog.get_logger(__name__)
 
-_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError, asyncio.TimeoutError)
+# Every failure of a call: the connection (refused, reset, timed out) and the server's
+# refusals (OOM, MISCONF, READONLY, LOADING, NOAUTH ...): the cache is never worth a crash.
+ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
+
+
+def redis_client(url: str, socket_timeout: float, connect_timeout: float) -> aioredis.Redis:
+    """A client that fails fast: one immediate retry on a broken connection (a stale pooled
+    connection after a server restart), none on a timeout (a hung server would double it);
+    backing off is the caller's job (redis-py's default retries 3 times with backoff)."""
+    return aioredis.from_url(
+        url,
+        socket_timeout=socket_timeout,
+        socket_connect_timeout=connect_timeout,
+        retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
+    )
 
 
 class RedisCache:
@@ -40,24 +57,23 @@ class RedisCache:
         return mask_url(self.url)
 
     def _fail(self, op: str, e: BaseException) -> RetryableError:
-        return RetryableError(f"Redis {op} at {self.safe_url} failed: {type(e).__name__}: {e}")
+        return RetryableError(f"Redis {op} at {self.safe_url} failed: {describe(e, self.url)}")
+
+    async def _open(self) -> aioredis.Redis:
+        """A new client whose server answered PING (within the connect timeout)."""
+        client = redis_client(self.url, self.socket_timeout, self.connect_timeout)
+        try:
+            async with asyncio.timeout(self.connect_timeout + self.socket_timeout):
+                await client.ping()
+        except ERRORS as e:
+            await client.aclose()
+            raise self._fail("connect", e) from e
+        return client
 
     async def start(self) -> None:
         if self._client is not None:
             return
-        client = aioredis.from_url(
-            self.url,
-            socket_timeout=self.socket_timeout,
-            socket_connect_timeout=self.connect_timeout,
-            # One immediate retry (a stale pooled connection); backoff is the caller's job.
-            retry=Retry(NoBackoff(), 1),
-        )
-        try:
-            await client.ping()
-        except _ERRORS as e:
-            await client.aclose()
-            raise self._fail("connect", e) from e
-        self._client = client
+        self._client = await self._open()
         log.info("cache.redis.started", url=self.safe_url, prefix=self.prefix)
 
     async def stop(self) -> None:
@@ -71,23 +87,32 @@ class RedisCache:
         return self._client
 
     async def get(self, key: str) -> bytes | None:
-        client = self._get_client()
+        return await self._get(self._get_client(), key)
+
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        await self._set(self._get_client(), key, value, ttl_s)
+
+    async def _get(self, client: aioredis.Redis, key: str) -> bytes | None:
+        """GET on `client`, never longer than the socket timeout; RetryableError on failure."""
         try:
-            value = await client.get(self.prefix + key)
-        except _ERRORS as e:
+            async with asyncio.timeout(self.socket_timeout):
+                value = await client.get(self.prefix + key)
+        except ERRORS as e:
             raise self._fail("GET", e) from e
         return value.encode() if isinstance(value, str) else value
 
-    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
-        client = self._get_client()
+    async def _set(
+        self, client: aioredis.Redis, key: str, value: bytes, ttl_s: float | None
+    ) -> None:
         try:
-            if ttl_s is None:
-                await client.set(self.prefix + key, value)
-                return
-            ms = math.ceil(ttl_s * 1000)
-            if ms <= 0:
-                await client.delete(self.prefix + key)  # already expired
-            else:
-                await client.set(self.prefix + key, value, px=ms)
-        except _ERRORS as e:
+            async with asyncio.timeout(self.socket_timeout):
+                if ttl_s is None:
+                    await client.set(self.prefix + key, value)
+                    return
+                ms = math.ceil(ttl_s * 1000)
+                if ms <= 0:
+                    await client.delete(self.prefix + key)  # already expired
+                else:
+                    await client.set(self.prefix + key, value, px=ms)
+        except ERRORS as e:
             raise self._fail("SET", e) from e

@@ -13,11 +13,14 @@ the window's dates, so a later window never reuses it. Expiry: `ttl_s` (3600 s b
 `cache.expiry_s` of the configuration), which also bounds how long a vendor's late correction
 of a closed bar can stay unseen.
 
-Redis failures never fail a data call: `get`/`set` fall back to the in-process `MemoryCache`
-(at most 2,000 entries of at most 1 MB each, with TTL), count the failure in
-CACHE_REQUESTS{result="error"}, and try Redis again after `retry_after_s`. A Redis that was
-down at start is connected later the same way. Without a primary (no REDIS_URL) the in-process
-cache is the cache.
+Redis failures never fail a data call. `from_url` builds the primary with `open_cache`, a
+`ResilientCache`: it falls back to its own in-process `MemoryCache` (at most 2,000 entries of
+at most 1 MB each, with TTL) while Redis is down, reconnects in the background with backoff and
+jitter, and never raises; `status()` then says which backend answers. A primary that raises
+(a plain `RedisCache`, a test double) is handled here the same way: `get`/`set` fall back to
+this object's `MemoryCache`, count the failure in CACHE_REQUESTS{result="error"}, and try the
+primary again after `retry_after_s`; a primary that was down at start is connected later the
+same way. Without a primary (no REDIS_URL) the in-process cache is the cache.
 """
 
 from __future__ import annotations
@@ -92,12 +95,25 @@ class ResponseCache:
         from ..cache.factory import open_cache
 
         url = (url or "").strip()
-        primary = None if url in ("", "memory://") else open_cache(url)
+        primary = None
+        if url not in ("", "memory://"):
+            primary = open_cache(
+                url,
+                name="responses",
+                fallback_max_entries=2_000,
+                max_fallback_value_bytes=kw.get("max_fallback_value_bytes", 1_000_000),
+            )
         return cls(primary, **kw)
 
     @property
     def using_primary(self) -> bool:
-        return self.primary is not None and self._down_until is None
+        """Answers come from the primary (for a ResilientCache: Redis is up, not its
+        in-process fallback)."""
+        return (
+            self.primary is not None
+            and self._down_until is None
+            and bool(getattr(self.primary, "available", True))
+        )
 
     async def start(self) -> None:
         await self.fallback.start()
@@ -179,7 +195,7 @@ class ResponseCache:
             await self.fallback.set(key, value, ttl)
 
     def status(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "backend": "primary" if self.using_primary else "memory",
             "primary_configured": self.primary is not None,
             "hits": self.hits,
@@ -187,3 +203,7 @@ class ResponseCache:
             "errors": self.errors,
             "ttl_s": self.ttl_s,
         }
+        primary_status = getattr(self.primary, "status", None)
+        if callable(primary_status):
+            out["primary"] = primary_status()
+        return out

@@ -1,0 +1,168 @@
+"""The Redis cache the daemon uses: Redis when it answers, the process when it does not.
+
+Redis is only a cache, so its outage must never stop the daemon (before this, a Redis that
+was down at start-up ended the run with exit 2, and a refusal such as OOM or MISCONF was not
+caught at all). `ResilientCache`:
+
+- starts whether or not Redis answers (one connect attempt, bounded by the connect timeout);
+  when it does not, it logs `cache.redis.down` and serves from the in-process fallback;
+- never raises from `get`/`set`: a failed call marks Redis down (one `cache.redis.down` log
+  per outage, not per call) and is answered from the fallback, a bounded `MemoryCache`;
+- while Redis is down no caller touches it: a background task reconnects with exponential
+  backoff and jitter (probing with PING and a short-lived SET, so a server that answers but
+  refuses writes stays "down"), and the next call after it succeeds uses Redis again
+  (`cache.redis.recovered`, once);
+- a caller never waits longer than the socket timeout (the first failing call of an outage;
+  later calls go to memory at once);
+- at recovery the fallback is emptied: entries written during the outage are not copied to
+  Redis (a later miss refetches; the cache never answers with a value older than Redis's).
+
+`available`, `reason` and `status()` are for /ready.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+
+from ..core.errors import RetryableError
+from .memory import MemoryCache
+from .reconnect import Reconnector
+from .redis import RedisCache
+
+log = structlog.get_logger(__name__)
+
+PROBE_KEY = "__probe__"
+
+
+class ResilientCache(RedisCache):
+    def __init__(
+        self,
+        url: str,
+        socket_timeout: float = 2.0,
+        connect_timeout: float = 2.0,
+        prefix: str = "tradingd:",
+        *,
+        fallback: MemoryCache | None = None,
+        fallback_max_entries: int = 10_000,
+        max_fallback_value_bytes: int = 1_000_000,
+        backoff_base_s: float = 0.5,
+        backoff_max_s: float = 30.0,
+        name: str = "cache",
+        rng: Callable[[], float] = random.random,
+    ) -> None:
+        super().__init__(url, socket_timeout, connect_timeout, prefix)
+        self.name = name
+        self.fallback = fallback or MemoryCache(
+            max_entries=fallback_max_entries, max_value_bytes=max_fallback_value_bytes
+        )
+        self._link = Reconnector(
+            self._reconnect,
+            event="cache.redis",
+            url=url,
+            backoff_base_s=backoff_base_s,
+            backoff_max_s=backoff_max_s,
+            rng=rng,
+            on_recovered=self.fallback.clear,
+            cache=name,
+        )
+        self._started = False
+
+    # state ---------------------------------------------------------------------------------
+    @property
+    def available(self) -> bool:
+        """True while calls go to Redis."""
+        return self._started and self._link.available
+
+    @property
+    def reason(self) -> str | None:
+        """Why Redis is not used (None while it is)."""
+        return None if self.available else self._link.reason
+
+    def status(self) -> dict[str, Any]:
+        """For /ready (`health.status_check` reads `ok` and `detail`)."""
+        st = self._link.status()
+        up = self.available
+        if up:
+            detail = f"redis {st['url']} ok"
+        else:
+            since = f" since {st['down_since']}" if st["down_since"] else ""
+            detail = f"redis {st['url']} unavailable{since} ({self.reason}); serving from memory"
+        return {
+            "ok": up,
+            "detail": detail,
+            "backend": "redis" if up else "memory",
+            **st,
+            "available": up,
+            "reason": self.reason,
+            "reconnecting": self._link.reconnecting,
+            "fallback_entries": len(self.fallback),
+        }
+
+    # lifecycle -----------------------------------------------------------------------------
+    async def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self._link.open()
+        await self.fallback.start()
+        try:
+            self._client = await self._open()
+        except RetryableError as exc:
+            self._link.mark_down("connect", exc.__cause__ or exc)
+            return
+        self._link.mark_up()
+        log.info("cache.redis.started", url=self.safe_url, prefix=self.prefix, cache=self.name)
+
+    async def stop(self) -> None:
+        self._started = False
+        await self._link.stop()
+        await super().stop()
+        await self.fallback.stop()
+
+    async def _reconnect(self) -> None:
+        old, self._client = self._client, None
+        if old is not None:
+            await old.aclose()
+        client = await self._open()
+        try:
+            # A server that answers PING but refuses writes (OOM, MISCONF, a read-only
+            # replica) is not back: the first SET would mark it down again at once.
+            await self._set(client, PROBE_KEY, b"1", 1.0)
+        except RetryableError:
+            await client.aclose()
+            raise
+        self._client = client
+
+    def _failed(self, client: aioredis.Redis, op: str, exc: RetryableError) -> None:
+        # A call that was in flight on a client the reconnect has replaced since is stale,
+        # not a new outage.
+        if client is self._client:
+            self._link.mark_down(op, exc.__cause__ or exc)
+
+    def _redis(self) -> aioredis.Redis | None:
+        return self._client if self._started and self._link.available else None
+
+    # the Cache protocol --------------------------------------------------------------------
+    async def get(self, key: str) -> bytes | None:
+        client = self._redis()
+        if client is not None:
+            try:
+                return await self._get(client, key)
+            except RetryableError as exc:
+                self._failed(client, "GET", exc)
+        return await self.fallback.get(key)
+
+    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        client = self._redis()
+        if client is not None:
+            try:
+                await self._set(client, key, value, ttl_s)
+                return
+            except RetryableError as exc:
+                self._failed(client, "SET", exc)
+        await self.fallback.set(key, value, ttl_s)
