@@ -449,7 +449,15 @@ def build_engine(
         initial_capital=config.run.initial_capital,
     )
     lg = config.log
-    return Engine(
+    if vendor:
+        # A stale-data gate counts the calendar's bars, so a bar the feed never delivered
+        # still ages a symbol's data.
+        for risk in pipeline.risks:
+            use_calendar = getattr(risk, "use_calendar", None)
+            exchange = getattr(swaps.clock, "exchange", None)
+            if use_calendar is not None and exchange is not None:
+                use_calendar(exchange)
+    engine = Engine(
         run=run,
         clock=swaps.clock,
         feed=swaps.feed,
@@ -472,7 +480,39 @@ def build_engine(
         warmup=warmup,
         live_metrics=mode == "live",
         durable=mode == "live",
+        publisher=_publisher(config, run_id) if mode == "live" else None,
     )
+    if mode == "live":
+        engine.lock = _instance_lock(config, engine)
+    return engine
+
+
+def _publisher(config: Config, run_id: str) -> Any:
+    """Bars, signals, orders and fills on Redis channels `tradingd:<run>:*` for other
+    processes; none without a Redis cache."""
+    if not config.cache.url or config.cache.url.strip() == "memory://":
+        return None
+    from .publisher import open_publisher
+
+    return open_publisher(config.cache.url, run_id)
+
+
+def _instance_lock(config: Config, engine: Engine) -> Any:
+    """One daemon per store and broker account: the Alpaca account (by key id and endpoint,
+    hashed) or, for the simulated broker, the run. Losing the lock stops the engine."""
+    from .instance_lock import InstanceLockService, account_for
+
+    key_id = getattr(engine.broker, "_key_id", None)
+    if key_id:
+        account = account_for("alpaca", f"{key_id}@{config.broker.alpaca.base_url}")
+    else:
+        account = f"simulated:{engine.run.run_id}"
+
+    def lost(reason: str) -> None:
+        log.error("run.stopping", reason=f"instance lock lost: {reason}")
+        engine.request_stop()
+
+    return InstanceLockService(config.storage.url, account, on_lost=lost)
 
 
 async def import_bars(config: Config, chunk: int = 250) -> int:
@@ -599,9 +639,22 @@ def health_inputs(
     def cache() -> CheckResult:
         # The cache is optional (the engine goes on without it), but an operator who
         # configured Redis wants to know it is gone.
+        cache_status = getattr(engine.cache, "status", None)
+        if callable(cache_status):
+            st = dict(cache_status())
+            return CheckResult(bool(st.get("ok", True)), str(st.get("detail", "cache")), st)
         if engine.cache_error is None:
             return CheckResult(True, "cache ok")
         return CheckResult(False, f"cache unavailable: {engine.cache_error}")
+
+    for part, name in ((engine.publisher, "publisher"), (engine.lock, "instance_lock")):
+        part_status = getattr(part, "status", None)
+        if callable(part_status):
+            checks.append(status_check(name, part_status))
+    for risk in engine.pipeline.risks:
+        risk_status = getattr(risk, "status", None)
+        if callable(risk_status):  # e.g. stale_data: symbols blocked for stale data
+            checks.append(status_check(risk.name, risk_status))
 
     def models() -> CheckResult:
         # Model cards were verified at start-up (a bad card stops it); report what is loaded.

@@ -58,6 +58,7 @@ import re
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -609,3 +610,66 @@ async def acquire_instance_lock(
 def _sqlite_shown(url: str) -> str:
     db = sqlite_path(url)
     return db if db == MEMORY else str(Path(db).expanduser().resolve())
+
+
+class InstanceLockService:
+    """The lock as one of the engine's parts: taken first at start (before the store opens),
+    released last at stop, and checked every `check_interval_s` in between. When it is lost
+    to another daemon (or cannot be proven held), `on_lost` is called once: the daemon stops
+    trading rather than run beside another one."""
+
+    def __init__(
+        self,
+        store_url: str,
+        account: str,
+        *,
+        lock_dir: str | Path | None = None,
+        wait_s: float = 5.0,
+        check_interval_s: float = 30.0,
+        on_lost: Callable[[str], None] | None = None,
+    ) -> None:
+        self.store_url = store_url
+        self.account = account
+        self.lock_dir = lock_dir
+        self.wait_s = wait_s
+        self.check_interval_s = check_interval_s
+        self.on_lost = on_lost
+        self.lock: InstanceLock | None = None
+        self.lost: str | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self.lock = await acquire_instance_lock(
+            self.store_url, self.account, lock_dir=self.lock_dir, wait_s=self.wait_s
+        )
+        self._task = asyncio.create_task(self._watch(), name="instance-lock-check")
+
+    async def _watch(self) -> None:
+        assert self.lock is not None
+        while True:
+            await asyncio.sleep(self.check_interval_s)
+            if await self.lock.check():
+                continue
+            if self.lock.held:
+                log.warning("instance_lock.reacquired", **self.lock.describe())
+                continue
+            self.lost = str(self.lock.last_error or "lock lost")
+            log.error("instance_lock.lost", error=self.lost, **self.lock.describe())
+            if self.on_lost is not None:
+                self.on_lost(self.lost)
+            return
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+            self._task = None
+        if self.lock is not None:
+            await self.lock.release()
+
+    def status(self) -> dict[str, Any]:
+        info = self.lock.describe() if self.lock is not None else {}
+        ok = self.lock is not None and self.lost is None
+        detail = "held" if ok else (self.lost or "not taken")
+        return {"ok": ok, "detail": detail, **info}

@@ -216,11 +216,18 @@ async def _check_postgres(url: str, timeout_s: float) -> None:
         await conn.close(timeout=timeout_s)
 
 
+def _refused(exc: BaseException) -> bool:
+    """A connection refused (nothing listens) as opposed to a server that answered wrongly."""
+    text = str(exc).lower()
+    return "refused" in text or "error 111" in text or "errno 111" in text
+
+
 async def _check_redis(url: str, timeout_s: float) -> None:
     url = url.strip()
     if url.lower() in ("", "memory://"):
         return
     import redis.asyncio as aioredis
+    from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import ResponseError
 
     key = f"cache.url (REDIS_URL) = {mask_url(url)!r}"
@@ -236,12 +243,22 @@ async def _check_redis(url: str, timeout_s: float) -> None:
                 "0..15 unless the server's `databases` setting allows more"
             ) from None
         raise ConfigError(f"{key}: Redis refused: {scrub(str(exc), url)}") from None
-    except TimeoutError:
-        raise ConfigError(
-            f"{key}: no Redis answered within {timeout_s:g} s; check host and port, and that "
-            "a Redis server (not another service) listens there"
-        ) from None
-    except Exception as exc:  # connection refused, protocol garbage, authentication, ...
+    except (TimeoutError, RedisConnectionError, ConnectionRefusedError) as exc:
+        if isinstance(exc, RedisConnectionError) and not _refused(exc):
+            raise ConfigError(
+                f"{key}: cannot talk to Redis: {type(exc).__name__}: {scrub(str(exc), url)}; "
+                "check host and port, and that a Redis server (not another service) listens "
+                "there"
+            ) from None
+        # Nobody answers (Redis is down or restarting): Redis is only a cache, and the
+        # daemon serves from the process until it is back. Said now, not an error.
+        log.warning(
+            "preflight.redis_unreachable",
+            url=mask_url(url),
+            error=scrub(f"{type(exc).__name__}: {exc}", url),
+            effect="the cache falls back to the process and reconnects in the background",
+        )
+    except Exception as exc:  # protocol garbage, authentication, ...
         raise ConfigError(
             f"{key}: cannot talk to Redis: {type(exc).__name__}: {scrub(str(exc), url)}; "
             "check host and port, and that a Redis server (not another service) listens there"

@@ -52,6 +52,7 @@ from ..core.types import (
     order_from_dict,
     order_to_dict,
 )
+from ..publisher import bars_payload, fills_payload, orders_payload, signals_payload
 from .accounting import RejectionRecord, RiskRecord, rule_of
 from .history import HistoryBuffer
 from .planner import OrderPlanner
@@ -179,6 +180,8 @@ class Engine:
         warmup: Callable[[], AsyncIterator[CrossSection]] | None = None,
         live_metrics: bool = False,
         durable: bool = False,
+        publisher: Any = None,
+        lock: Any = None,
     ) -> None:
         self.run = run
         self.clock = clock
@@ -190,6 +193,10 @@ class Engine:
         self.planner = planner
         self.portfolio = portfolio
         self.audit: AuditSink = audit or NullAudit()
+        # Bars, signals, orders and fills for other processes (Redis pub/sub; live only).
+        self.publisher = publisher
+        # One daemon per store and account (tradingd.instance_lock): taken before the store.
+        self.lock = lock
         self.symbols = run.symbols
         self.features = features
         missing = pipeline.required_features() - set(features.names)
@@ -257,7 +264,11 @@ class Engine:
 
     async def run_until_done(self) -> EngineResult:
         # The clock starts last, after the warm-up: connect, warm up, then trade.
-        parts = (self.store, self.cache, self.feed, self.broker)
+        parts = tuple(
+            p
+            for p in (self.lock, self.store, self.cache, self.publisher, self.feed, self.broker)
+            if p is not None
+        )
         started: list[Any] = []
         try:
             for part in parts:
@@ -548,9 +559,11 @@ class Engine:
             faults.reached("fill")
             self.store.record_fills(run_id, update.fills)
             self.audit.fills(update.fills)
+            self._publish_items("fills", update.fills, bar.time)
         if update.orders:
             self.store.record_orders(run_id, update.orders)
             self.audit.orders(update.orders)
+            self._publish_items("orders", update.orders, bar.time)
             self.rejections.on_orders(update.orders, "fill")
             if self._count_orders:
                 for o in update.orders:
@@ -602,6 +615,8 @@ class Engine:
             if self._on_bar is not None:
                 self._on_bar(self._seen, bar.time)
             return
+        if self.publisher is not None:
+            self.publisher.publish("bars", bars_payload(bar, self.symbols))
         score = self._score(ctx)
         if self._required:
             score = np.where(ready, score, np.nan)  # warm-up never reaches a decision
@@ -636,6 +651,7 @@ class Engine:
                 if cancelled is not None:
                     self.store.record_orders(run_id, [cancelled])
                     self.audit.orders([cancelled])
+                    self._publish_items("orders", [cancelled], bar.time)
             if plan.orders:
                 if self._durable:
                     # The intent is stored before it is sent: after a crash, the restarted
@@ -648,6 +664,7 @@ class Engine:
                 self._orders += len(acked)
                 self.store.record_orders(run_id, acked)
                 self.audit.orders(acked)
+                self._publish_items("orders", acked, bar.time)
                 self.rejections.on_orders(acked, "submit")
                 if self._count_orders:
                     for o in acked:
@@ -665,6 +682,11 @@ class Engine:
         self.store.record_signals(
             run_id, bar.time, self.symbols, score, targets, self._signal_source()
         )
+        if self.publisher is not None:
+            self.publisher.publish(
+                "signals",
+                signals_payload(bar.time, self.symbols, score, targets, self._signal_source()),
+            )
         self.store.record_positions(
             run_id, bar.time, self.symbols, pf.quantity, pf.avg_price, ctx.mark
         )
@@ -714,6 +736,11 @@ class Engine:
         if self._first_ready is None and (not self._required or ready.any()):
             self._first_ready = bar.time
         self._observe(ctx)
+
+    def _publish_items(self, kind: str, items: Sequence[Any], t: datetime) -> None:
+        if self.publisher is not None and items:
+            payload = fills_payload(items, t) if kind == "fills" else orders_payload(items, t)
+            self.publisher.publish(kind, payload)
 
     @staticmethod
     def _lap(stage: str, since: float) -> float:
@@ -838,6 +865,8 @@ class Engine:
             "open_orders": len(self.broker.open_orders()),
             "updated_at": datetime.now().astimezone().isoformat(),
         }
+        if self.publisher is not None:
+            self.publisher.publish("state", state)
         try:
             await self.cache.set(
                 f"{self.run.run_id}:state", json.dumps(state).encode(), self._cache_ttl

@@ -450,3 +450,20 @@ def test_backtest_with_a_bad_redis_stops_before_the_replay(tmp_path, redis_url):
     assert "tradingd: error: cache.url (REDIS_URL)" in r.stderr and "99" in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cli.db").exists()
+
+
+def test_redis_down_at_start_is_a_warning_not_an_error(tmp_path):
+    """Redis is a cache: a daemon (re)started while it is down runs from the process cache
+    (issue 9), so preflight says so instead of refusing to start."""
+    import socket
+
+    from structlog.testing import capture_logs
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    url = f"redis://:{SECRET}@127.0.0.1:{port}/0"
+    with capture_logs() as logs:
+        asyncio.run(check_services(_services(tmp_path, cache=url), timeout_s=1.0))
+    warned = [e for e in logs if e["event"] == "preflight.redis_unreachable"]
+    assert len(warned) == 1 and SECRET not in str(warned[0])

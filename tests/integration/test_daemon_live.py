@@ -131,6 +131,11 @@ format = "json"
         "TRADINGD_HEALTH_TOKEN": TOKEN,
     }
     env.pop("TRADINGD_REQUIRE_SERVICES", None)
+    # Another process subscribes to the daemon's channels (bars, signals, orders, fills).
+    import redis as redis_sync
+
+    subscriber = redis_sync.Redis.from_url(redis_url).pubsub()
+    subscriber.psubscribe(f"tradingd:{run_id}:*")
     err = (tmp_path / "stderr.log").open("w")
     proc = subprocess.Popen(
         [sys.executable, "-m", "tradingd", "run", "-c", str(ROOT / "config/default.toml"),
@@ -150,6 +155,21 @@ format = "json"
 
         s = _wait(traded, 90, "positions at the broker after several live bars", proc)
         assert set(s["positions"]) <= set(SYMBOLS) - {"NOPE"}
+
+        published: dict[str, list[dict]] = {}
+
+        def received_every_kind() -> bool:
+            while (msg := subscriber.get_message(timeout=0.05)) is not None:
+                if msg["type"] == "pmessage":
+                    kind = msg["channel"].decode().rsplit(":", 1)[1]
+                    published.setdefault(kind, []).append(json.loads(msg["data"]))
+            return {"bars", "signals", "orders", "fills", "state"} <= published.keys()
+
+        _wait(received_every_kind, 30, "bars, signals, orders, fills on Redis channels", proc)
+        fill = published["fills"][0]
+        assert fill["run_id"] == run_id and fill["data"]["fills"][0]["symbol"] in SYMBOLS
+        assert set(published["bars"][-1]["data"]["bars"]) <= set(SYMBOLS)
+        subscriber.close()
         assert s["equity"] > 0 and s["last_bar_time"].startswith("2024-")
 
         # Readiness names what is wrong: the unknown symbol has no data.

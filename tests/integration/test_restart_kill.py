@@ -65,3 +65,38 @@ def test_a_finished_live_run_restarted_continues_instead_of_starting_over(tmp_pa
     run_to_completion(cfg)
     assert differences(first, stored(tmp_path / "again.db")) == []
     assert rows and rows_kept(tmp_path / "again.db", rows) == []
+
+
+def test_a_second_daemon_on_the_same_store_and_account_refuses_to_start(tmp_path: Path):
+    """Two daemons on one store would double every append-only row: the second one stops at
+    start-up, naming the holder; once the first is gone (even killed) a new one starts."""
+    import signal
+
+    from restart_harness import start_daemon
+
+    cfg = write_config(tmp_path, "twice", start="2016-01-01", end="2017-12-31", rate=20.0)
+    first = start_daemon(cfg)
+    try:
+        assert first.stderr is not None
+        for line in first.stderr:  # wait until it holds the lock (bounded by the run itself)
+            if b"instance_lock.acquired" in line:
+                break
+        second = start_daemon(cfg)
+        _, err = second.communicate(timeout=120)
+        assert second.returncode == 2
+        text = err.decode()
+        assert "another tradingd" in text and f"pid {first.pid}" in text
+        assert "Traceback" not in text
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait(timeout=30)
+    third = start_daemon(cfg)
+    try:
+        assert third.stderr is not None
+        for line in third.stderr:
+            if b"instance_lock.acquired" in line:
+                break
+        assert third.poll() is None, "the lock of a killed daemon must not stay stuck"
+    finally:
+        third.send_signal(signal.SIGKILL)
+        third.wait(timeout=30)

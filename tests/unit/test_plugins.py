@@ -18,6 +18,7 @@ BUILTINS = {
     "max_open_positions": "risk",
     "max_gross_exposure": "risk",
     "drawdown_guard": "risk",
+    "stale_data": "risk",
 }
 
 
