@@ -41,7 +41,7 @@ log = structlog.get_logger(__name__)
 
 MODES = ("backtest", "live")
 # Config sections that do not change what a run decides (see run_id_for).
-_OPERATIONAL = frozenset({"health", "log", "cache"})
+_OPERATIONAL = frozenset({"health", "log", "cache", "alerts"})
 
 
 def run_id_for(config: Config, mode: str) -> str:
@@ -484,7 +484,21 @@ def build_engine(
     )
     if mode == "live":
         engine.lock = _instance_lock(config, engine)
+        _alerting(config, engine)
     return engine
+
+
+def _alerting(config: Config, engine: Engine) -> None:
+    """Alerts of the live daemon (tradingd.alert_rules decides, tradingd.alerts delivers to
+    the configured webhooks; without targets they are only logged)."""
+    from .alert_rules import AlertRules
+    from .alerts import Alerter
+
+    alerter = Alerter(config.alerts, run=engine.run.run_id)
+    engine.alerter = alerter  # type: ignore[attr-defined]
+    engine.extra_parts.append(alerter)
+    rules = AlertRules(alerter, engine, timezone=config.data.timezone)
+    engine.after_bar.append(rules.after_bar)
 
 
 def _publisher(config: Config, run_id: str) -> Any:
@@ -576,6 +590,8 @@ def health_inputs(
     `tradingd.health`)."""
     from .health import Check, CheckResult, status_check
 
+    alerter = getattr(engine, "alerter", None)
+
     def status() -> dict[str, Any]:
         p = engine.portfolio
         return {
@@ -605,6 +621,8 @@ def health_inputs(
             "bars": engine.bars_processed,
             "model_version": engine.signal_source,
             "trading_state": engine.trading_state,
+            "resumed_from": engine.resumed_from,
+            "alerts": alerter.status() if alerter is not None else None,
         }
 
     checks: list[Any] = []

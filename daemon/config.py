@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
+from .alerts import AlertsConfig
 from .core.errors import ConfigError
 from .features.catalog import FEATURE_SETS
 from .features.indicators import IndicatorConfig
@@ -561,6 +562,8 @@ class Config:
     feed: FeedConfig = field(default_factory=FeedConfig)
     health: HealthConfig = field(default_factory=HealthConfig)
     log: LogConfig = field(default_factory=LogConfig)
+    # Webhooks for the live daemon's alerts (tradingd.alerts): URLs are secrets.
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
 
     def __post_init__(self) -> None:
         if not self.signals:
@@ -601,8 +604,12 @@ class Config:
         return json.dumps(self.to_dict(), sort_keys=True, default=str)
 
     def to_public_dict(self) -> dict[str, Any]:
-        """`to_dict()` with credentials masked (see `secrets.redact`): safe to show and keep."""
-        return redact(self.to_dict())
+        """`to_dict()` with credentials masked (see `secrets.redact`): safe to show and keep.
+        Webhook URLs carry their token in the path, which URL masking does not see: the
+        alerts section is shown as its own `public()` form."""
+        out = redact(self.to_dict())
+        out["alerts"] = self.alerts.public()
+        return out
 
     def to_public_json(self) -> str:
         """The masked configuration as canonical JSON: what is stored with a run and hashed

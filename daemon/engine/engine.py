@@ -255,6 +255,10 @@ class Engine:
         self.on_heartbeat: Callable[..., None] = _no_heartbeat
         # Called once the run is warmed up and its clock started (systemd READY=1).
         self.on_ready: Callable[[], None] = lambda: None
+        # Called after every trading bar with its time and risk verdicts (alert rules).
+        self.after_bar: list[Callable[[datetime, list[RiskVerdict]], None]] = []
+        # Started and stopped with the engine's parts (the alerter: tradingd.alerts).
+        self.extra_parts: list[Any] = []
 
     # lifecycle -----------------------------------------------------------------------------
     def request_stop(self) -> None:
@@ -266,7 +270,15 @@ class Engine:
         # The clock starts last, after the warm-up: connect, warm up, then trade.
         parts = tuple(
             p
-            for p in (self.lock, self.store, self.cache, self.publisher, self.feed, self.broker)
+            for p in (
+                self.lock,
+                *self.extra_parts,
+                self.store,
+                self.cache,
+                self.publisher,
+                self.feed,
+                self.broker,
+            )
             if p is not None
         )
         started: list[Any] = []
@@ -710,6 +722,8 @@ class Engine:
         self._equity.append(equity)
         self._gross.append(gross)
         await self._publish()
+        for hook in self.after_bar:
+            hook(bar.time, verdicts)
         if self._on_bar is not None:
             self._on_bar(self._seen, bar.time)
 

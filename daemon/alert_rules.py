@@ -1,0 +1,171 @@
+"""What the live daemon alerts on, read from the engine after every bar.
+
+`tradingd.alerts.Alerter` delivers (deduplicated, rate-limited); this module decides. Stateful
+conditions fire once when they start and once when they clear (the alerter keeps the state):
+- `kill_switch`: a risk plugin that can halt (`halted`) is halted: critical;
+- `stale_data`: the stale-data gate blocks symbols or the whole feed;
+- `source_down`: the market-data source's status is not ok (circuit open, errors);
+- `broker_down`: the broker is not connected;
+- `repeated_errors`: `repeated_after` bars in a row without a bar from the feed, or with the
+  broker unreachable when orders were due.
+Events (one per key within the alerter's dedup window):
+- `risk_limit`: a risk verdict that halts, flattens or scales the book (rule named);
+- `daily_summary`: at the first bar of a new exchange day, the previous day's close.
+Reconciliation differences are sent by the code that finds them (`event(RECONCILIATION...)`).
+"""
+
+from __future__ import annotations
+
+from datetime import date, datetime
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import structlog
+
+from .alerts import (
+    BROKER_DOWN,
+    CRITICAL,
+    DAILY_SUMMARY,
+    INFO,
+    KILL_SWITCH,
+    REPEATED_ERRORS,
+    RISK_LIMIT,
+    SOURCE_DOWN,
+    STALE_DATA,
+    WARNING,
+)
+
+log = structlog.get_logger(__name__)
+
+_BOOK_ACTIONS = frozenset({"halt", "flatten", "scale"})
+
+
+class AlertRules:
+    def __init__(
+        self,
+        alerter: Any,
+        engine: Any,
+        *,
+        timezone: str = "America/New_York",
+        repeated_after: int = 3,
+    ) -> None:
+        self.alerter = alerter
+        self.engine = engine
+        self.tz = ZoneInfo(timezone)
+        self.repeated_after = repeated_after
+        self._day: date | None = None
+        self._day_close: dict[str, Any] | None = None
+        self._unavailable_seen = 0
+        self._broker_failures_seen = 0
+        self._bad_bars = 0
+
+    def after_bar(self, t: datetime, verdicts: list[Any]) -> None:
+        """Called by the engine after each trading bar (never raises: alerting must not stop
+        trading)."""
+        try:
+            self._evaluate(t, verdicts)
+        except Exception:  # pragma: no cover - a bug here is logged, trading goes on
+            log.exception("alerts.rules_failed")
+
+    def _evaluate(self, t: datetime, verdicts: list[Any]) -> None:
+        a, e = self.alerter, self.engine
+        for plugin in e.pipeline.risks:
+            halted = getattr(plugin, "halted", None)
+            if isinstance(halted, bool):
+                a.condition(
+                    KILL_SWITCH,
+                    plugin.name,
+                    halted,
+                    title=f"{plugin.name}: trading halted",
+                    text="New entries are blocked until a deliberate reset "
+                    "(tradingd reset-halt or POST /reset-halt).",
+                    severity=CRITICAL,
+                    fields={"equity": round(e.portfolio.equity, 2), "bar": t.isoformat()},
+                )
+            stale = getattr(plugin, "stale_symbols", None)
+            if callable(stale):
+                symbols = stale()
+                feed = bool(getattr(plugin, "feed_stale", False))
+                a.condition(
+                    STALE_DATA,
+                    plugin.name,
+                    feed or bool(symbols),
+                    title="stale market data" + (": the whole feed" if feed else ""),
+                    text=getattr(plugin, "feed_reason", "")
+                    if feed
+                    else ", ".join(f"{s} ({r})" for s, r in list(symbols.items())[:10]),
+                    severity=WARNING,
+                    fields={"symbols": len(symbols)},
+                )
+        for v in verdicts:
+            if v.action in _BOOK_ACTIONS:
+                rule = v.rule or v.plugin
+                a.event(
+                    RISK_LIMIT,
+                    f"{v.plugin}/{rule}",
+                    title=f"risk limit {v.plugin}/{rule}: {v.action}",
+                    text=v.reason,
+                    severity=WARNING,
+                )
+        feed_status = getattr(e.feed, "status", None)
+        if callable(feed_status):
+            st = feed_status()
+            ok = bool(st.get("ok", True)) if isinstance(st, dict) else True
+            a.condition(
+                SOURCE_DOWN,
+                "feed",
+                not ok,
+                title="market-data source unwell",
+                text=str(st.get("detail", "")) if isinstance(st, dict) else "",
+                severity=WARNING,
+            )
+        broker_status = getattr(e.broker, "status", None)
+        if callable(broker_status):
+            st = dict(broker_status())
+            up = bool(st.get("started", True) and st.get("connected", True))
+            a.condition(
+                BROKER_DOWN,
+                "broker",
+                not up,
+                title="broker not connected",
+                text=str(st.get("last_error") or ""),
+                severity=CRITICAL,
+            )
+        self._repeated(e)
+        self._daily(t)
+
+    def _repeated(self, e: Any) -> None:
+        new_errors = (e.bars_unavailable - self._unavailable_seen) + (
+            e.broker_failures - self._broker_failures_seen
+        )
+        self._unavailable_seen, self._broker_failures_seen = e.bars_unavailable, e.broker_failures
+        self._bad_bars = self._bad_bars + 1 if new_errors else 0
+        self.alerter.condition(
+            REPEATED_ERRORS,
+            "bars",
+            self._bad_bars >= self.repeated_after,
+            title=f"errors on {self._bad_bars} bars in a row",
+            text=f"bars unavailable: {e.bars_unavailable}, broker failures: {e.broker_failures}",
+            severity=WARNING,
+        )
+
+    def _daily(self, t: datetime) -> None:
+        day = t.astimezone(self.tz).date()
+        pf = self.engine.portfolio
+        if self._day is not None and day != self._day and self._day_close is not None:
+            self.alerter.event(
+                DAILY_SUMMARY,
+                self._day.isoformat(),
+                title=f"daily summary {self._day.isoformat()}",
+                text=f"equity {self._day_close['equity']:.2f}",
+                severity=INFO,
+                fields=self._day_close,
+            )
+        self._day = day
+        self._day_close = {
+            "equity": round(pf.equity, 2),
+            "cash": round(pf.cash, 2),
+            "positions": int((pf.quantity != 0).sum()),
+            "drawdown": round(1 - pf.equity / pf.peak_equity, 4) if pf.peak_equity > 0 else 0.0,
+            "trading_state": self.engine.trading_state,
+        }

@@ -1,0 +1,132 @@
+"""What the live daemon alerts on (tradingd.alert_rules), and that webhook URLs stay secret in
+the configuration an operator sees and the run id."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+
+from tradingd.alert_rules import AlertRules
+from tradingd.alerts import DAILY_SUMMARY, KILL_SWITCH, REPEATED_ERRORS, RISK_LIMIT, STALE_DATA
+from tradingd.app import run_id_for
+from tradingd.config import load_config
+from tradingd.core.types import RiskVerdict
+
+TOKEN = "T0KEN-abcdef-0123456789"
+
+
+@dataclass
+class Recorder:
+    conditions: list[tuple[str, str, bool]] = field(default_factory=list)
+    events: list[tuple[str, str]] = field(default_factory=list)
+
+    def condition(self, kind: str, key: str, failing: bool, **_: Any) -> None:
+        self.conditions.append((kind, key, failing))
+
+    def event(self, kind: str, key: str, **_: Any) -> None:
+        self.events.append((kind, key))
+
+    def last(self, kind: str) -> bool | None:
+        found = [f for k, _, f in self.conditions if k == kind]
+        return found[-1] if found else None
+
+
+class Guard:
+    name = "drawdown_guard"
+    halted = False
+
+
+class Stale:
+    name = "stale_data"
+    feed_stale = False
+    feed_reason = ""
+
+    def __init__(self) -> None:
+        self.blocked: dict[str, str] = {}
+
+    def stale_symbols(self) -> dict[str, str]:
+        return dict(self.blocked)
+
+
+def engine(*risks: Any) -> SimpleNamespace:
+    return SimpleNamespace(
+        pipeline=SimpleNamespace(risks=list(risks)),
+        portfolio=SimpleNamespace(
+            equity=100.0, cash=50.0, peak_equity=120.0, quantity=np.array([1.0, 0.0])
+        ),
+        feed=SimpleNamespace(),
+        broker=SimpleNamespace(),
+        bars_unavailable=0,
+        broker_failures=0,
+        trading_state="active",
+    )
+
+
+T0 = datetime(2024, 3, 4, 21, 0, tzinfo=UTC)
+
+
+def test_kill_switch_and_stale_data_are_conditions_that_follow_the_plugins():
+    guard, stale = Guard(), Stale()
+    rec = Recorder()
+    rules = AlertRules(rec, engine(guard, stale))
+    rules.after_bar(T0, [])
+    assert rec.last(KILL_SWITCH) is False and rec.last(STALE_DATA) is False
+    guard.halted = True
+    stale.blocked = {"AAPL": "no bar for 3 bars"}
+    rules.after_bar(T0 + timedelta(days=1), [])
+    assert rec.last(KILL_SWITCH) is True and rec.last(STALE_DATA) is True
+    guard.halted, stale.blocked = False, {}
+    rules.after_bar(T0 + timedelta(days=2), [])
+    assert rec.last(KILL_SWITCH) is False and rec.last(STALE_DATA) is False
+
+
+def test_book_level_risk_verdicts_are_events_named_by_rule():
+    rec = Recorder()
+    rules = AlertRules(rec, engine())
+    clip = RiskVerdict("max_position", "AAPL", "clip", "too big")
+    halt = RiskVerdict("drawdown_guard", None, "halt", "drawdown 21%", rule="max_drawdown")
+    rules.after_bar(T0, [clip, halt])
+    assert rec.events.count((RISK_LIMIT, "drawdown_guard/max_drawdown")) == 1
+    assert not [e for e in rec.events if e[1].startswith("max_position")]
+
+
+def test_repeated_errors_need_several_bars_in_a_row_and_clear():
+    rec = Recorder()
+    e = engine()
+    rules = AlertRules(rec, e, repeated_after=3)
+    for _ in range(2):
+        e.bars_unavailable += 1
+        rules.after_bar(T0, [])
+    assert rec.last(REPEATED_ERRORS) is False
+    e.broker_failures += 1
+    rules.after_bar(T0, [])
+    assert rec.last(REPEATED_ERRORS) is True
+    rules.after_bar(T0, [])  # a clean bar
+    assert rec.last(REPEATED_ERRORS) is False
+
+
+def test_a_daily_summary_when_the_exchange_day_changes():
+    rec = Recorder()
+    rules = AlertRules(rec, engine())
+    rules.after_bar(datetime(2024, 3, 4, 15, 0, tzinfo=UTC), [])
+    rules.after_bar(datetime(2024, 3, 4, 20, 0, tzinfo=UTC), [])  # same New York day
+    assert not [e for e in rec.events if e[0] == DAILY_SUMMARY]
+    rules.after_bar(datetime(2024, 3, 5, 15, 0, tzinfo=UTC), [])
+    assert rec.events == [(DAILY_SUMMARY, "2024-03-04")]
+
+
+def test_webhook_urls_never_show_in_the_public_config_nor_change_the_run_id(tmp_path):
+    cfg = tmp_path / "alerts.toml"
+    cfg.write_text(f"""
+[[alerts.targets]]
+url = "https://hooks.slack.com/services/T000/B000/{TOKEN}"
+format = "slack"
+""")
+    with_alerts = load_config([cfg], env={})
+    assert with_alerts.alerts.targets[0].url.endswith(TOKEN)
+    assert TOKEN not in with_alerts.to_public_json()
+    assert run_id_for(with_alerts, "live") == run_id_for(load_config([], env={}), "live")
