@@ -582,6 +582,21 @@ class EngineControls:
         self.engine.trading_state = "flattening"
         return self._answer("flatten", before)
 
+    async def reset_halt(self) -> dict[str, Any]:
+        """The deliberate reset of every halted kill switch (risk plugins with `halted` and
+        `reset()`); the next bar's checkpoint makes it durable."""
+        return reset_halts(self.engine.pipeline.risks)
+
+
+def reset_halts(risks: Any) -> dict[str, Any]:
+    reset = []
+    for plugin in risks:
+        if getattr(plugin, "halted", False) is True and callable(getattr(plugin, "reset", None)):
+            plugin.reset()
+            reset.append(plugin.name)
+    log.warning("control.reset_halt", reset=reset)
+    return {"action": "reset-halt", "reset": reset}
+
 
 def health_inputs(
     engine: Engine,

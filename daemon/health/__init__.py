@@ -202,6 +202,10 @@ class Controls(Protocol):
 
     async def flatten(self) -> Mapping[str, Any]: ...
 
+    async def reset_halt(self) -> Mapping[str, Any]:
+        """`POST /reset-halt`: the deliberate reset a halted kill switch waits for."""
+        ...
+
 
 __all__ = [
     "TOKEN_ENV",

@@ -4,7 +4,8 @@
     GET  /ready    every readiness check passes (200), or 503 naming each failing check
     GET  /metrics  tradingd's Prometheus registry in the text format
     GET  /status   equity, cash, positions, open orders, last bar, model version, uptime
-    POST /pause, /resume, /flatten   need `Authorization: Bearer <TRADINGD_HEALTH_TOKEN>`
+    POST /pause, /resume, /flatten, /reset-halt
+                   need `Authorization: Bearer <TRADINGD_HEALTH_TOKEN>`
 
 Health is a view, not a place of work: every answer is built from state the daemon already
 keeps (checks, a status source, metrics updated where the work happens). Nothing here calls a
@@ -64,7 +65,7 @@ log = structlog.get_logger("tradingd.health")
 
 # The readiness check the server adds itself: the event loop is not stalled.
 LOOP_CHECK = "loop"
-CONTROL_ACTIONS = ("pause", "resume", "flatten")
+CONTROL_ACTIONS = ("pause", "resume", "flatten", "reset-halt")
 # Shorter tokens are accepted (the operator chose them) but logged as a warning.
 _MIN_TOKEN_LEN = 16
 # Deeper structures are cut (a status source returning a cyclic structure must not crash).
@@ -512,7 +513,7 @@ class HealthServer:
         async with self._control_lock:
             log.info("health.control", action=action, remote=request.remote)
             try:
-                result = await getattr(self._controls, action)()
+                result = await getattr(self._controls, action.replace("-", "_"))()
             except Exception as exc:
                 log.error(
                     "health.control_failed",

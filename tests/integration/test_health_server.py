@@ -67,6 +67,9 @@ class RecordingControls:
     async def flatten(self) -> dict[str, Any]:
         return await self._act("flatten")
 
+    async def reset_halt(self) -> dict[str, Any]:
+        return await self._act("reset-halt")
+
 
 def ok(detail: str = "fine") -> Callable[[], CheckResult]:
     return lambda: CheckResult(True, detail)
@@ -377,7 +380,7 @@ async def test_status_without_source_and_with_a_failing_source(serve, http):
 # --------------------------------------------------------------------------------- controls
 
 
-@pytest.mark.parametrize("action", ["pause", "resume", "flatten"])
+@pytest.mark.parametrize("action", ["pause", "resume", "flatten", "reset-halt"])
 async def test_controls_need_the_bearer_token(serve, http, action):
     controls = RecordingControls()
     server = await serve(controls=controls, token=TOKEN)

@@ -100,3 +100,37 @@ def test_a_second_daemon_on_the_same_store_and_account_refuses_to_start(tmp_path
     finally:
         third.send_signal(signal.SIGKILL)
         third.wait(timeout=30)
+
+
+async def test_a_halted_kill_switch_survives_a_restart_until_a_deliberate_reset(tmp_path: Path):
+    """The drawdown guard's halt is in the checkpoint: a restarted daemon is still halted (it
+    does not trade again by itself), and POST /reset-halt (EngineControls) lifts it."""
+    from restart_harness import ROOT
+
+    from tradingd.app import EngineControls, build_engine
+    from tradingd.config import load_config
+
+    cfg = write_config(tmp_path, "halt", start="2017-01-01", end="2017-02-28", rate=500.0)
+    extra = tmp_path / "halt-guard.toml"
+    extra.write_text("""
+[[risk]]
+name = "drawdown_guard"
+params = { max_drawdown_pct = 0.2, recovery = "halt" }
+""")
+    config = load_config([ROOT / "config/default.toml", cfg, extra], env={})
+
+    def guard_of(engine):
+        (guard,) = [r for r in engine.pipeline.risks if r.name == "drawdown_guard"]
+        return guard
+
+    first = build_engine(config, "live")
+    guard_of(first)._halted_bars = 0  # as if the drawdown limit had been breached
+    await first.run_until_done()
+    assert guard_of(first).halted
+
+    second = build_engine(config, "live")
+    await second.run_until_done()  # resumes after the last bar: nothing left to trade
+    assert second.resumed_from is not None
+    assert guard_of(second).halted, "a restart must not lift the kill switch"
+    answer = await EngineControls(second).reset_halt()
+    assert answer["reset"] == ["drawdown_guard"] and not guard_of(second).halted
