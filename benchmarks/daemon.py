@@ -101,6 +101,7 @@ def serve_fakes() -> int:
     print(json.dumps(urls), flush=True)
     sys.stdin.read()  # until the parent closes it
     stop.set()
+    print(json.dumps({"throttled_429": alpaca.throttled}), flush=True)
     yahoo.stop_thread()
     alpaca.stop_thread()
     return 0
@@ -142,6 +143,7 @@ kind = "alpaca"
 [broker.alpaca]
 base_url = "{urls["alpaca"]}"
 stream_url = "{urls["stream"]}"
+rate_limit_per_minute = {0 if args.broker_rate_limit >= 100_000 else args.broker_rate_limit}
 [[signals]]
 name = "ml_ensemble"
 params = {{ cache_dir = "" }}
@@ -168,13 +170,14 @@ level = "warning"
     engine = build_engine(config, "live")
 
     marks: dict[str, float] = {}
-    rows: list[tuple[float, float]] = []  # (vendor, bar_to_orders)
+    rows: list[tuple[float, float, float]] = []  # (vendor, bar_to_orders, budget wait)
     feed_bars = engine.feed.bars
     submit = engine.broker.submit
     step = engine.step
 
     async def timed_bars(t):  # type: ignore[no-untyped-def]
         marks["release"] = time.perf_counter()
+        marks["waited"] = engine.broker.rate_limit_wait_s
         marks.pop("submitted", None)
         out = await feed_bars(t)
         marks["vendor"] = time.perf_counter() - marks["release"]
@@ -190,7 +193,8 @@ level = "warning"
         if trade is False or "release" not in marks:
             return
         end = marks.get("submitted", time.perf_counter())
-        rows.append((marks["vendor"], end - marks["release"] - marks["vendor"]))
+        waited = engine.broker.rate_limit_wait_s - marks["waited"]
+        rows.append((marks["vendor"], end - marks["release"] - marks["vendor"], waited))
         marks.pop("release", None)
 
     engine.feed.bars = timed_bars  # type: ignore[method-assign]
@@ -202,10 +206,12 @@ level = "warning"
     wall = time.perf_counter() - started
     assert fakes.stdin is not None
     fakes.stdin.close()
+    throttled = json.loads(fakes.stdout.readline())["throttled_429"]
     fakes.wait(timeout=30)
     live = rows[2:]  # the first bars load onnxruntime's arenas
-    vendor = [v for v, _ in live]
-    b2o = [x for _, x in live]
+    vendor = [v for v, _, _ in live]
+    b2o = [x for _, x, _ in live]
+    waits = [w for _, _, w in live]
     return {
         "symbols": args.symbols,
         "bars": len(live),
@@ -217,6 +223,10 @@ level = "warning"
         "bar_to_orders_p95_ms": 1000 * pct(b2o, 95),
         "bar_to_orders_largest_ms": [round(1000 * x, 1) for x in sorted(b2o)[-5:]],
         "bars_over_250ms": sum(1 for x in b2o if x > 0.25),
+        "bars_paced": sum(1 for w in waits if w > 0.001),
+        "budget_wait_total_s": sum(waits),
+        "budget_wait_max_bar_s": max(waits) if waits else float("nan"),
+        "throttled_429": throttled,
         "vendor_p50_ms": 1000 * pct(vendor, 50),
         "vendor_p99_ms": 1000 * pct(vendor, 99),
         "wall_s": wall,
@@ -310,7 +320,8 @@ def main() -> int:
         "--broker-rate-limit",
         type=int,
         default=200,
-        help="requests per minute the loopback Alpaca allows (200, as Alpaca)",
+        help="requests per minute the loopback Alpaca allows (200, as Alpaca) and the "
+        "broker's own budget (>= 100000: no limit on either side)",
     )
     sub.add_parser("fakes", help="(internal) serve the loopback vendor servers")
     sk = sub.add_parser("soak")

@@ -207,9 +207,28 @@ class AlpacaConfig:
     exit_time_in_force: str = "gtc"
     bracket_time_in_force: str = "gtc"
     extended_hours: bool = False
+    # Alpaca allows 200 requests per minute per account: calls wait for their turn rather
+    # than meet 429s (0 = no client-side limit); burst = calls that go at once from rest.
+    rate_limit_per_minute: int = 200
+    rate_limit_burst: int = 20
+    max_in_flight: int = 4  # orders of one batch sent at once (sells first, then buys)
 
     def __post_init__(self) -> None:
         _finite(self, "broker.alpaca")
+        _require(
+            self.rate_limit_per_minute >= 0,
+            "broker.alpaca.rate_limit_per_minute",
+            self.rate_limit_per_minute,
+            ">= 0 (0 = no limit)",
+        )
+        if self.rate_limit_per_minute > 1:
+            _require(
+                0 < self.rate_limit_burst < self.rate_limit_per_minute,
+                "broker.alpaca.rate_limit_burst",
+                self.rate_limit_burst,
+                f"> 0 and below rate_limit_per_minute ({self.rate_limit_per_minute})",
+            )
+        _require(self.max_in_flight >= 1, "broker.alpaca.max_in_flight", self.max_in_flight, ">= 1")
         for name in ("poll_interval_s", "request_timeout_s", "call_timeout_s"):
             _require(getattr(self, name) > 0, f"broker.alpaca.{name}", getattr(self, name), "> 0")
         _require(self.max_attempts >= 1, "broker.alpaca.max_attempts", self.max_attempts, ">= 1")
