@@ -437,11 +437,17 @@ def build_engine(
         swaps = choose_swaps(config, mode, panel, portfolio, names)
         trade_from = trade_start(config, panel)
         warmup = recorded_warmup(panel, swaps.feed, trade_from) if mode == "live" else None
+    st = config.storage
     store = open_store(
-        config.storage.url,
-        batch_size=config.storage.batch_size,
-        signals=config.storage.signals,
-        flush_interval_s=config.storage.flush_interval_s,
+        st.url,
+        batch_size=st.batch_size,
+        signals=st.signals,
+        flush_interval_s=st.flush_interval_s,
+        # A backtest must not "finish" with rows still in a spool: only live runs spool.
+        spool=mode == "live",
+        spool_dir=st.spool_dir or None,
+        spool_max_bytes=st.spool_max_bytes,
+        start_retry_s=st.start_retry_s if mode == "live" else 0.0,
     )
     run = RunInfo(
         run_id=run_id,
@@ -535,7 +541,7 @@ def _instance_lock(config: Config, engine: Engine) -> Any:
 async def import_bars(config: Config, chunk: int = 250) -> int:
     """Write the configured data source's bars into the store (idempotent upserts)."""
     panel = load_data(config)
-    store = open_store(config.storage.url, batch_size=config.storage.batch_size)
+    store = open_store(config.storage.url, batch_size=config.storage.batch_size, spool=False)
     await store.start()
     try:
         times = panel.datetimes()
@@ -705,8 +711,12 @@ def health_inputs(
         return CheckResult(True, f"{len(loaded)} model(s) loaded", loaded)
 
     def database() -> CheckResult:
-        # A failed write ends the run today (durable spooling is the restart-safety work),
-        # so a running engine has a working store; report what it is.
+        # A PostgreSQL store reports a database outage (writes spooled, degraded); SQLite
+        # writes to a local file and has nothing to report.
+        store_status = getattr(engine.store, "status", None)
+        if callable(store_status):
+            st = dict(store_status())
+            return CheckResult(bool(st.get("ok", True)), str(st.get("detail", "store")), st)
         return CheckResult(True, f"store {type(engine.store).__name__} writing")
 
     checks += [Check("cache", cache), Check("model", models), Check("database", database)]

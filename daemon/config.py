@@ -369,9 +369,20 @@ class StorageConfig:
     # daemon's records reach the database within seconds, not when a batch fills.
     flush_interval_s: float = 1.0
     signals: str = "decisions"  # decisions | all | none
+    # A live run on PostgreSQL keeps trading through a database outage: writes go to a local,
+    # fsync'ed spool (at most spool_max_bytes; "" = var/spool/<database>) and are written
+    # exactly once when the database is back. start_retry_s: how long a live start waits for
+    # a database that is down (then exits; systemd restarts it).
+    spool_dir: str = ""
+    spool_max_bytes: int = 268_435_456
+    start_retry_s: float = 60.0
 
     def __post_init__(self) -> None:
         _finite(self, "storage")
+        _require(
+            self.spool_max_bytes >= 4096, "storage.spool_max_bytes", self.spool_max_bytes, ">= 4096"
+        )
+        _require(self.start_retry_s >= 0, "storage.start_retry_s", self.start_retry_s, ">= 0")
         _check_storage_url(self.url)
         _choice("storage.signals", self.signals, ("decisions", "all", "none"))
         _require(self.batch_size > 0, "storage.batch_size", self.batch_size, "> 0")

@@ -5,24 +5,40 @@ lists and never touch the database. `maybe_flush` (called by the engine every ba
 buffers once any of them has reached `batch_size` rows, so memory stays bounded; `flush`
 writes everything. A dialect subclass only implements the batch writes, a transaction of
 statements, a query, and how times travel to and from its database.
+
+A dialect that can lose its database while the daemon runs (PostgreSQL) also implements
+`_write_batch` and turns on the spool (`_configure_spool`): a batch the database cannot take
+because it is unreachable (`DatabaseUnavailable`, not a refused statement) is appended to a
+durable local spool (storage/spool.py) and the write returns; while anything is spooled every
+new batch goes to the spool too (the order is kept), the store reports itself degraded
+(`status()`), and a background task replays the spool with backoff when the database answers
+again, each batch in one transaction with its `spool_applied` marker, so none is written twice.
+A spool left by a process that died is replayed at `start()`, before anything else.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
+import os
+import random
 import time
+import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, date, datetime
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
+import structlog
 
-from ..core.errors import ConfigError
+from ..core.errors import ConfigError, StorageError
 from ..core.types import CrossSection, Fill, Order, RunInfo
+from ..secrets import mask_text
 from .schema import (
     BUFFERED,
     RESUME_TIME,
@@ -38,6 +54,9 @@ from .schema import (
     select_bars_sql,
     select_run_sql,
 )
+from .spool import DEFAULT_MAX_BYTES, Orphan, Spool, SpoolBatch, claim_orphans
+
+log = structlog.get_logger(__name__)
 
 SIGNAL_MODES = ("decisions", "all", "none")
 Row = tuple[Any, ...]
@@ -84,6 +103,32 @@ def _f(x: Any) -> float | None:
     return None if x is None else float(x)
 
 
+class DatabaseUnavailable(StorageError):
+    """The database did not answer: connection refused, lost or timed out, server shutting
+    down or starting up. The same write may succeed later. A statement the database refused
+    (constraint, SQL or type error) is a plain StorageError."""
+
+
+# Named statements a batch may carry besides rows (spooled by name, not as SQL text).
+OPS: dict[str, Callable[[Dialect], str]] = {"end_run": end_run_sql}
+
+
+class Backoff:
+    """base, 2*base, 4*base ... capped at max_s, each scaled by a random factor in [0.5, 1]."""
+
+    def __init__(
+        self, base_s: float, max_s: float, rng: Callable[[], float] = random.random
+    ) -> None:
+        if not 0 < base_s <= max_s:
+            raise ConfigError(f"storage retry needs 0 < base <= max seconds, got {base_s}, {max_s}")
+        self.base_s, self.max_s, self._rng, self.attempts = base_s, max_s, rng, 0
+
+    def next(self) -> float:
+        exp = min(self.max_s, self.base_s * 2 ** min(self.attempts, 32))
+        self.attempts += 1
+        return exp * (0.5 + 0.5 * self._rng())
+
+
 class BufferedStore(ABC):
     """Implements the `Store` protocol on top of a few dialect-specific primitives."""
 
@@ -126,6 +171,28 @@ class BufferedStore(ABC):
         }
         assert tuple(self._buffers) == BUFFERED
         self._flush_lock = asyncio.Lock()
+        # Spooling (off unless the dialect calls _configure_spool).
+        self._spool: Spool | None = None
+        self.spool_target = ""
+        # One writer per store instance; its batches are numbered in the order they are made.
+        self.writer = f"{time.time_ns() // 1_000_000:013d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._seq = 0
+        self.retry_base_s = 0.5
+        self.retry_max_s = 30.0
+        self.start_retry_s = 0.0
+        self._down_at: float | None = None
+        self.down_since: datetime | None = None
+        self.last_error: str | None = None
+        self.outages = 0
+        self.replay_attempts = 0
+        self.replayed_batches = 0
+        self.skipped_batches = 0
+        self._replay_task: asyncio.Task[None] | None = None
+        self._replay_error: BaseException | None = None
+        self._closing = False
+        # Test hook: called right after a replayed batch committed, before the spool learns
+        # it is written (to simulate a crash there).
+        self._after_replay_commit: Callable[[SpoolBatch], None] | None = None
 
     # ------------------------------------------------------------------ dialect primitives
 
@@ -157,13 +224,378 @@ class BufferedStore(ABC):
     async def _query(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
         """Rows of a SELECT. Raises StorageError."""
 
+    async def _write_batch(self, batch: SpoolBatch, check_applied: bool) -> bool:
+        """Spooling dialects: write the batch's rows and ops and upsert its writer's
+        `spool_applied` row to `batch.seq`, in one transaction. With `check_applied`, a batch
+        whose seq is not above the writer's `last_seq` is skipped (False). Raises
+        DatabaseUnavailable when the database did not answer, StorageError otherwise."""
+        raise NotImplementedError(f"{type(self).__name__} does not spool")
+
+    def _where(self) -> str:
+        """The database, for messages (credentials masked)."""
+        return type(self).__name__
+
+    # ------------------------------------------------------------------ spool
+
+    def _configure_spool(
+        self,
+        directory: str | Path,
+        target: str,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        retry_base_s: float = 0.5,
+        retry_max_s: float = 30.0,
+        start_retry_s: float = 0.0,
+    ) -> None:
+        """Turn spooling on (see the module docstring). `target` names the database in the
+        spool's header: a spool directory shared by two databases never replays one's batches
+        into the other."""
+        Backoff(retry_base_s, retry_max_s)  # validates
+        if not math.isfinite(start_retry_s) or start_retry_s < 0:
+            raise ConfigError(f"storage start_retry_s must be >= 0 seconds, got {start_retry_s!r}")
+        try:
+            self._spool = Spool(
+                Path(directory).expanduser().absolute(), self.writer, target, max_bytes
+            )
+        except ValueError as e:
+            raise ConfigError(f"storage.spool_max_bytes: {e}") from e
+        self.spool_target = target
+        self.retry_base_s = retry_base_s
+        self.retry_max_s = retry_max_s
+        self.start_retry_s = start_retry_s
+
+    @property
+    def spool_dir(self) -> Path | None:
+        return self._spool.directory if self._spool is not None else None
+
+    @property
+    def degraded(self) -> bool:
+        """Writing to the spool instead of the database."""
+        sp = self._spool
+        return self._down_at is not None or (sp is not None and sp.pending_batches > 0)
+
+    def status(self) -> dict[str, Any]:
+        """For /ready (`health.status_check` reads `ok` and `detail`): ok while every write
+        reaches the database; degraded (ok=False) while batches are spooled; failed when the
+        spool cannot be replayed (a refused statement) or is full."""
+        sp = self._spool
+        where = self._where()
+        st: dict[str, Any] = {
+            "ok": True,
+            "state": "ok",
+            "database": where,
+            "spooling": sp is not None,
+            "spool_path": str(sp.path) if sp is not None else None,
+            "spooled_batches": sp.pending_batches if sp is not None else 0,
+            "spooled_bytes": sp.pending_bytes if sp is not None else 0,
+            "spool_max_bytes": sp.max_bytes if sp is not None else None,
+            "oldest_spooled_at": None,
+            "down_since": self.down_since.isoformat() if self.down_since else None,
+            "last_error": self.last_error,
+            "outages": self.outages,
+            "replay_attempts": self.replay_attempts,
+            "replayed_batches": self.replayed_batches,
+            "pending_rows": sum(len(b) for b in self._buffers.values()),
+        }
+        if sp is not None and sp.oldest is not None:
+            st["oldest_spooled_at"] = datetime.fromtimestamp(sp.oldest, UTC).isoformat()
+        if self._replay_error is not None:
+            st.update(ok=False, state="failed")
+            st["detail"] = (
+                f"database {where}: replaying the spool failed, the operator must act: "
+                f"{self._describe(self._replay_error)}"
+            )
+        elif self.degraded:
+            assert sp is not None
+            since = f" since {st['down_since']}" if st["down_since"] else ""
+            st.update(ok=False, state="degraded")
+            st["detail"] = (
+                f"database {where} unreachable{since} ({self.last_error}); "
+                f"{sp.pending_batches} batches ({sp.pending_bytes} bytes, oldest "
+                f"{st['oldest_spooled_at']}) spooled to {sp.path}, max {sp.max_bytes} bytes; "
+                "retrying"
+            )
+        else:
+            st["detail"] = f"database {where} writing"
+        return st
+
+    def _describe(self, exc: BaseException) -> str:
+        return mask_text(f"{type(exc).__name__}: {exc}")
+
+    def _mark_down(self, exc: BaseException) -> None:
+        self.last_error = self._describe(exc)
+        if self._down_at is None:
+            self.outages += 1
+            self._down_at = time.monotonic()
+            self.down_since = datetime.now(UTC)
+            log.warning(
+                "storage.database.down",
+                database=self._where(),
+                error=self.last_error,
+                spool=str(self._spool.path) if self._spool is not None else None,
+                hint="writes go to the local spool and are replayed when the database is back",
+            )
+
+    def _mark_up(self) -> None:
+        if self._down_at is not None:
+            log.info(
+                "storage.database.recovered",
+                database=self._where(),
+                down_for_s=round(time.monotonic() - self._down_at, 3),
+                replay_attempts=self.replay_attempts,
+                replayed_batches=self.replayed_batches,
+            )
+        self._down_at = None
+        self.down_since = None
+        self.last_error = None
+
+    def _replay_failed(self) -> StorageError:
+        sp = self._spool
+        assert sp is not None and self._replay_error is not None
+        return StorageError(
+            f"replaying the storage spool {sp.path} into {self._where()} failed: "
+            f"{self._describe(self._replay_error)}; {sp.pending_batches} batches stay in the "
+            "spool (nothing was dropped): fix the cause, then restart (the spool is replayed "
+            "at start)"
+        )
+
+    async def _commit(
+        self, tables: Mapping[str, list[Row]], ops: Sequence[tuple[str, tuple[Any, ...]]] = ()
+    ) -> None:
+        """Write one batch, or spool it when the database is unreachable. The caller holds
+        `_flush_lock`. Raises StorageError (nothing written, nothing spooled)."""
+        sp = self._spool
+        if sp is None:
+            if tables:
+                await self._write_batches(tables)
+            if ops:
+                await self._execute([(OPS[name](self.dialect), args) for name, args in ops])
+            return
+        if self._replay_error is not None:
+            raise self._replay_failed()
+        self._seq += 1
+        batch = SpoolBatch(self.writer, self._seq, time.time(), dict(tables), tuple(ops))
+        if sp.pending_batches == 0:
+            try:
+                await self._write_batch(batch, check_applied=False)
+                if self._down_at is not None:
+                    self._mark_up()
+                return
+            except DatabaseUnavailable as e:
+                # Nothing committed, or (the connection lost at COMMIT) the commit's outcome
+                # unknown: the spool's replay skips the batch if its marker is in.
+                self._mark_down(e)
+        # Spooled batches go first: this one waits behind them. Synchronous from here on, so
+        # a cancellation cannot separate "in the spool" from "taken out of the buffers".
+        size = sp.append(batch)
+        log.debug("storage.spool.appended", batch=batch.id, rows=batch.rows, bytes=size)
+        self._ensure_replaying()
+
+    def _ensure_replaying(self) -> None:
+        if self._closing or self._replay_error is not None:
+            return
+        if self._replay_task is None or self._replay_task.done():
+            self._replay_task = asyncio.get_running_loop().create_task(
+                self._replay_loop(), name="storage.spool.replay"
+            )
+
+    async def _replay_loop(self) -> None:
+        sp = self._spool
+        assert sp is not None
+        backoff = Backoff(self.retry_base_s, self.retry_max_s)
+        while sp.pending_batches and not self._closing:
+            await asyncio.sleep(backoff.next())
+            self.replay_attempts += 1
+            try:
+                await self.replay_spool()
+            except DatabaseUnavailable as e:
+                self.last_error = self._describe(e)
+                log.debug("storage.spool.replay_retry", error=self.last_error)
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                # Not an outage: retrying would fail the same way. The next flush raises it.
+                log.error(
+                    "storage.spool.replay_failed",
+                    spool=str(sp.path),
+                    database=self._where(),
+                    error=self._describe(e),
+                    batches=sp.pending_batches,
+                )
+                return
+
+    async def replay_spool(self) -> int:
+        """Write every spooled batch, oldest first, each in its own transaction (new batches
+        spooled meanwhile included), then empty the spool: the number written (batches
+        already in the database are skipped). Raises DatabaseUnavailable when the database
+        still does not answer."""
+        sp = self._spool
+        if sp is None:
+            return 0
+        written = skipped = 0
+        t0 = time.monotonic()
+        try:
+            while True:
+                async with self._flush_lock:  # one batch at a time: flushes interleave in order
+                    batch = sp.next_pending()
+                    if batch is None:
+                        sp.reset()
+                        break
+                    applied = await self._write_batch(batch, check_applied=True)
+                    if self._after_replay_commit is not None:
+                        self._after_replay_commit(batch)
+                    sp.mark_applied()
+                    if applied:
+                        written += 1
+                    else:
+                        skipped += 1
+        except (DatabaseUnavailable, asyncio.CancelledError):
+            raise
+        except Exception as e:
+            # Not an outage: retrying would fail the same way. Writes raise it from now on.
+            self._replay_error = e
+            raise
+        finally:
+            self.replayed_batches += written
+            self.skipped_batches += skipped
+        if written or skipped:
+            log.info(
+                "storage.spool.replayed",
+                spool=str(sp.path),
+                batches=written,
+                already_written=skipped,
+                seconds=round(time.monotonic() - t0, 3),
+            )
+        self._replay_error = None
+        self._mark_up()
+        return written
+
+    async def _replay_orphans(self) -> None:
+        """Write the spools of processes that died (oldest first), then delete them."""
+        sp = self._spool
+        if sp is None:
+            return
+        try:
+            orphans: list[Orphan] = claim_orphans(sp.directory)
+        except OSError as e:
+            raise StorageError(
+                f"cannot read the storage spool directory {sp.directory}: {type(e).__name__}: {e}"
+            ) from e
+        try:
+            for orphan in orphans:
+                if orphan.target != sp.target:
+                    log.warning(
+                        "storage.spool.other_database",
+                        path=str(orphan.path),
+                        spool_target=orphan.target,
+                        database=sp.target,
+                        hint="this spool belongs to another database: left alone",
+                    )
+                    orphan.release()
+                    continue
+                written = skipped = 0
+                for batch in orphan.batches():
+                    try:
+                        async with self._flush_lock:
+                            applied = await self._write_batch(batch, check_applied=True)
+                    except DatabaseUnavailable:
+                        raise  # start() retries
+                    except StorageError as e:
+                        raise StorageError(
+                            f"replaying the storage spool {orphan.path}, left by a process "
+                            f"that died, failed at batch {batch.id}: {e}. Fix the cause and "
+                            "start again; or move the file aside to start without it (its "
+                            "rows are then not in the database)"
+                        ) from e
+                    if self._after_replay_commit is not None:
+                        self._after_replay_commit(batch)
+                    written += applied
+                    skipped += not applied
+                orphan.remove()
+                self.replayed_batches += written
+                self.skipped_batches += skipped
+                log.info(
+                    "storage.spool.orphan_replayed",
+                    path=str(orphan.path),
+                    batches=written,
+                    already_written=skipped,
+                )
+        finally:
+            for orphan in orphans:
+                orphan.release()
+
+    async def _open_with_retry(self, connect: Callable[[], Awaitable[None]]) -> None:
+        """`connect()` (which raises DatabaseUnavailable while the database does not answer),
+        then replay orphaned spools; retried with backoff for up to `start_retry_s`."""
+        self._closing = False
+        deadline = time.monotonic() + self.start_retry_s
+        backoff = Backoff(self.retry_base_s, self.retry_max_s)
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                await connect()
+                await self._replay_orphans()
+                return
+            except DatabaseUnavailable as e:
+                delay = backoff.next()
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    if attempts == 1:
+                        raise
+                    raise DatabaseUnavailable(
+                        f"{e} (gave up after {attempts} attempts in "
+                        f"{self.start_retry_s:g} s, storage.start_retry_s)"
+                    ) from e
+                log.warning(
+                    "storage.start.retry",
+                    database=self._where(),
+                    attempt=attempts,
+                    error=self._describe(e),
+                    retry_in_s=round(min(delay, remaining), 3),
+                )
+                await asyncio.sleep(min(delay, remaining))
+
+    async def _stop_spool(self) -> None:
+        self._closing = True
+        task, self._replay_task = self._replay_task, None
+        if task is not None and not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._spool is not None:
+            self._spool.close()
+
     # ------------------------------------------------------------------ lifecycle
 
     async def stop(self) -> None:
+        """Write what is buffered (to the spool if the database is down), try once more to
+        write the spool, then close; a spool still not written stays on disk for the next
+        start."""
         try:
+            sp = self._spool
+            if sp is not None and sp.pending_batches:
+                # Spooled batches first (the database may be back): new rows go after them.
+                try:
+                    await self.replay_spool()
+                except StorageError as e:
+                    log.warning(
+                        "storage.stop.spool_not_written",
+                        spool=str(sp.path),
+                        batches=sp.pending_batches,
+                        error=self._describe(e),
+                    )
             await self.flush()
         finally:
-            await self._close()
+            try:
+                await self._stop_spool()
+            finally:
+                await self._close()
+
+    async def _drained(self) -> None:
+        """Before reading or rewriting a run: every spooled batch is in the database."""
+        sp = self._spool
+        if sp is not None and sp.pending_batches:
+            await self.replay_spool()
 
     # ------------------------------------------------------------------ runs and bars
 
@@ -172,6 +604,7 @@ class BufferedStore(ABC):
         self._last_targets.pop(run.run_id, None)
         self._last_quantity.pop(run.run_id, None)
         await self.flush()
+        await self._drained()
         d = self.dialect
         stmts: list[tuple[str, Sequence[Any]]] = [
             (delete_run_sql(TABLES[name], d), (run.run_id,)) for name in RUN_TABLES
@@ -198,6 +631,7 @@ class BufferedStore(ABC):
         self._last_targets.pop(run.run_id, None)
         self._last_quantity.pop(run.run_id, None)
         await self.flush()
+        await self._drained()
         d = self.dialect
         if not await self._query(select_run_sql(TABLES["runs"], d), (run.run_id,)):
             await self.begin_run(run)
@@ -241,7 +675,7 @@ class BufferedStore(ABC):
         await self.flush()
         ended = self._encode_time(datetime.now(UTC))
         async with self._flush_lock:
-            await self._execute([(end_run_sql(self.dialect), (to_json(summary), ended, run_id))])
+            await self._commit({}, [("end_run", (to_json(summary), ended, run_id))])
 
     async def write_bars(self, symbols: Sequence[str], bars: Sequence[CrossSection]) -> None:
         """Upsert the bars of symbols with a bar (finite close), in batches; re-writing the
@@ -260,11 +694,11 @@ class BufferedStore(ABC):
                 rows.append((symbols[i], t, o, h, lo, c, v, s, dv))
             if len(rows) >= self.batch_size:
                 async with self._flush_lock:
-                    await self._write_batches({"bars": rows})
+                    await self._commit({"bars": rows})
                 rows = []
         if rows:
             async with self._flush_lock:
-                await self._write_batches({"bars": rows})
+                await self._commit({"bars": rows})
 
     # ------------------------------------------------------------------ hot path
 
@@ -455,8 +889,9 @@ class BufferedStore(ABC):
         await self._flush_now()
 
     async def _flush_now(self) -> None:
-        """Write every buffer in one transaction. On failure the rows go back to the front of
-        their buffers (nothing was committed) and the StorageError propagates."""
+        """Write every buffer in one transaction (or spool it: see `_commit`). On failure the
+        rows go back to the front of their buffers (nothing was committed or spooled) and the
+        StorageError propagates."""
         async with self._flush_lock:
             self._last_flush = time.monotonic()
             taken: dict[str, list[Row]] = {}
@@ -477,7 +912,7 @@ class BufferedStore(ABC):
                     (r[0], r[1], to_json(r[2]), r[3]) for r in taken["checkpoints"]
                 ]
             try:
-                await self._write_batches(write)
+                await self._commit(write)
             except BaseException:
                 for name, rows in taken.items():
                     self._buffers[name][:0] = rows

@@ -5,6 +5,7 @@ from __future__ import annotations
 from ..core.errors import ConfigError
 from ..core.ports import Store
 from ..secrets import mask_url
+from .spool import DEFAULT_MAX_BYTES
 
 VALID_SCHEMES = (
     "sqlite:///path.db (relative), sqlite:////abs/path.db, sqlite:///:memory:, "
@@ -27,9 +28,17 @@ def open_store(
     schema: str | None = None,
     signals: str = "decisions",
     flush_interval_s: float = 1.0,
+    *,
+    spool: bool = True,
+    spool_dir: str | None = None,
+    spool_max_bytes: int = DEFAULT_MAX_BYTES,
+    start_retry_s: float = 0.0,
 ) -> Store:
     """A not-yet-started store for `url`. `schema` applies to PostgreSQL only (SQLite has
-    one namespace per file and ignores it)."""
+    one namespace per file and ignores it), and so do the spool settings (`spool`: keep
+    running through a database outage by spooling writes to `spool_dir`, at most
+    `spool_max_bytes`; `start_retry_s`: how long `start()` waits for a server that is down).
+    See storage/postgres.py."""
     url = (url or "").strip()
     lower = url.lower()
     if lower.startswith("sqlite:///"):
@@ -50,6 +59,10 @@ def open_store(
             schema=schema,
             signals=signals,
             flush_interval_s=flush_interval_s,
+            spool=spool,
+            spool_dir=spool_dir or None,
+            spool_max_bytes=spool_max_bytes,
+            start_retry_s=start_retry_s,
         )
     raise ConfigError(
         f"DATABASE_URL {mask_url(url)!r} has an unsupported scheme; valid: {VALID_SCHEMES}"

@@ -1,4 +1,8 @@
-"""PostgreSQL store (asyncpg), with TimescaleDB hypertables when the extension exists."""
+"""PostgreSQL store (asyncpg), with TimescaleDB hypertables when the extension exists.
+
+A PostgreSQL outage does not end the daemon: while the server does not answer, batches go to
+a durable local spool and are written when it is back (see storage/buffered.py and
+storage/spool.py). `start()` waits up to `start_retry_s` for a server that is down."""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import asyncio
 import re
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import asyncpg
 import structlog
@@ -14,8 +20,9 @@ import structlog
 from .. import faults
 from ..core.errors import ConfigError, StorageError
 from ..secrets import mask_url
-from .buffered import BufferedStore, Row
-from .schema import TABLES, Dialect, Table, create_table_sql, insert_sql
+from .buffered import OPS, BufferedStore, DatabaseUnavailable, Row
+from .schema import TABLES, Dialect, Table, applied_seq_sql, create_table_sql, insert_sql
+from .spool import DEFAULT_MAX_BYTES, SpoolBatch, safe_name
 
 log = structlog.get_logger(__name__)
 
@@ -27,6 +34,41 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _DDL_LOCK_KEY = 0x7472_6164_696E_6764 & 0x7FFF_FFFF_FFFF_FFFF
 
 _ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+# SQLSTATEs of a server that is going away or not there yet: admin_shutdown, crash_shutdown,
+# cannot_connect_now (starting up or in recovery), too_many_connections. Class 08 (connection
+# exceptions) is matched by prefix.
+_UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+def unavailable(e: BaseException) -> bool:
+    """The server did not answer (retry later), as opposed to refusing a statement."""
+    if isinstance(e, OSError | asyncio.TimeoutError):
+        return True  # refused, reset, unreachable host, DNS, timeouts (TimeoutError is OSError)
+    if isinstance(e, asyncpg.PostgresError):
+        state = str(getattr(e, "sqlstate", "") or "")
+        return state.startswith("08") or state in _UNAVAILABLE_STATES
+    if isinstance(e, asyncpg.InterfaceError):
+        # The connection went away under a call ("connection is closed", "the underlying
+        # connection is closed"); not "pool is closed" (this store was stopped) or API misuse.
+        return "connection is closed" in str(e) or "connection was closed" in str(e)
+    return False
+
+
+def spool_target(url: str, schema: str | None) -> str:
+    """The database a spool belongs to, without credentials: host, port, database, schema."""
+    try:
+        u = urlsplit(url)
+        host, port = u.hostname or "localhost", u.port or 5432
+        db = u.path.lstrip("/") or (u.username or "postgres")
+    except ValueError:
+        return f"postgres:{mask_url(url)}#{schema or 'public'}"
+    return f"postgres://{host}:{port}/{db}#{schema or 'public'}"
+
+
+def default_spool_dir(url: str, schema: str | None) -> Path:
+    """`var/spool/<host>_<port>_<database>_<schema>` under the working directory."""
+    target = spool_target(url, schema)
+    return Path("var") / "spool" / safe_name(target.removeprefix("postgres://"))
 
 
 class PostgresStore(BufferedStore):
@@ -41,12 +83,33 @@ class PostgresStore(BufferedStore):
         command_timeout: float = 60.0,
         connect_timeout: float = 10.0,
         flush_interval_s: float = 1.0,
+        *,
+        spool: bool = True,
+        spool_dir: str | Path | None = None,
+        spool_max_bytes: int = DEFAULT_MAX_BYTES,
+        retry_base_s: float = 0.5,
+        retry_max_s: float = 30.0,
+        start_retry_s: float = 0.0,
     ) -> None:
+        """`spool`: keep writing to a local spool while the server is unreachable (off: an
+        outage raises StorageError, as a backtest or a bulk load wants). `spool_dir`: where
+        (default `var/spool/<host>_<port>_<db>_<schema>`); `spool_max_bytes` its bound.
+        `retry_base_s`/`retry_max_s`: the replay's backoff. `start_retry_s`: how long
+        `start()` keeps trying a server that is down (0: one attempt)."""
         super().__init__(batch_size=batch_size, signals=signals, flush_interval_s=flush_interval_s)
         if schema is not None and not _IDENT.match(schema):
             raise ConfigError(
                 f"storage schema {schema!r} is not a valid identifier "
                 "(letters, digits and _, not starting with a digit)"
+            )
+        if spool:
+            self._configure_spool(
+                spool_dir if spool_dir is not None else default_spool_dir(url, schema),
+                spool_target(url, schema),
+                max_bytes=spool_max_bytes,
+                retry_base_s=retry_base_s,
+                retry_max_s=retry_max_s,
+                start_retry_s=start_retry_s,
             )
         self.url = url
         self.schema = schema
@@ -55,34 +118,57 @@ class PostgresStore(BufferedStore):
         self.timescaledb = False
         self._pool: asyncpg.Pool | None = None
         self._insert = {name: insert_sql(t, "postgres") for name, t in TABLES.items()}
+        self._ops = {name: sql("postgres") for name, sql in OPS.items()}
+        self._applied_sql = applied_seq_sql("postgres")
 
     @property
     def safe_url(self) -> str:
         return mask_url(self.url)
 
+    def _where(self) -> str:
+        return f"PostgreSQL at {self.safe_url}"
+
+    def _error(self, what: str, e: BaseException) -> StorageError:
+        cls = DatabaseUnavailable if unavailable(e) else StorageError
+        return cls(f"{what} PostgreSQL at {self.safe_url} failed: {type(e).__name__}: {e}")
+
     async def start(self) -> None:
+        """Connect and create the schema, then write any spool a dead process left behind,
+        before anything else (so `resume_run` sees the latest checkpoint). Retries with
+        backoff for up to `start_retry_s` while the server does not answer; then raises
+        StorageError naming the URL (password masked)."""
+        if self._pool is not None:
+            return
+        await self._open_with_retry(self._connect)
+
+    async def _connect(self) -> None:
         if self._pool is not None:
             return
         settings = {"search_path": f'"{self.schema}", public'} if self.schema else {}
         try:
             pool = await asyncpg.create_pool(
                 self.url,
-                min_size=1,
+                # No connection floor: while the server is down, asyncpg would keep
+                # reconnecting (and logging a traceback per attempt) in the background; the
+                # store's own replay task probes it instead.
+                min_size=0,
                 max_size=4,
                 timeout=self.connect_timeout,
                 command_timeout=self.command_timeout,
                 server_settings=settings,
             )
         except _ERRORS as e:
-            raise StorageError(
+            cls = DatabaseUnavailable if unavailable(e) else StorageError
+            raise cls(
                 f"cannot connect to PostgreSQL at {self.safe_url}: {type(e).__name__}: {e}"
             ) from e
         try:
             async with pool.acquire() as conn, conn.transaction():
                 await self._create_schema(conn)
         except _ERRORS as e:
-            await pool.close()
-            raise StorageError(
+            pool.terminate()
+            cls = DatabaseUnavailable if unavailable(e) else StorageError
+            raise cls(
                 f"cannot create schema in PostgreSQL at {self.safe_url}: {type(e).__name__}: {e}"
             ) from e
         except BaseException:
@@ -128,7 +214,11 @@ class PostgresStore(BufferedStore):
     async def _close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            await pool.close()
+            try:
+                # A graceful close waits for the server: not for a hung one.
+                await asyncio.wait_for(pool.close(), self.connect_timeout)
+            except _ERRORS:
+                pool.terminate()
 
     def _get_pool(self) -> asyncpg.Pool:
         if self._pool is None:
@@ -165,23 +255,46 @@ class PostgresStore(BufferedStore):
             f"ON CONFLICT {conflict}"
         )
 
+    async def _write_tables(
+        self, conn: asyncpg.Connection, batches: Mapping[str, Sequence[Row]]
+    ) -> None:
+        for name, rows in batches.items():
+            if not rows:
+                continue
+            table = TABLES[name]
+            rows = rows if isinstance(rows, list) else list(rows)
+            if table.on_conflict is None:
+                await conn.copy_records_to_table(name, records=rows, columns=table.insert_columns)
+            else:
+                await self._upsert(conn, table, rows)
+
     async def _write_batches(self, batches: Mapping[str, list[Row]]) -> None:
         pool = self._get_pool()
         try:
             async with pool.acquire() as conn, conn.transaction():
-                for name, rows in batches.items():
-                    table = TABLES[name]
-                    if table.on_conflict is None:
-                        await conn.copy_records_to_table(
-                            name, records=rows, columns=table.insert_columns
-                        )
-                    else:
-                        await self._upsert(conn, table, rows)
+                await self._write_tables(conn, batches)
                 faults.reached("flush")
         except _ERRORS as e:
-            raise StorageError(
-                f"write to PostgreSQL at {self.safe_url} failed: {type(e).__name__}: {e}"
-            ) from e
+            raise self._error("write to", e) from e
+
+    async def _write_batch(self, batch: SpoolBatch, check_applied: bool) -> bool:
+        pool = self._get_pool()
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                if check_applied:
+                    last = await conn.fetchval(self._applied_sql, batch.writer)
+                    if last is not None and last >= batch.seq:
+                        return False
+                await self._write_tables(conn, batch.tables)
+                for name, args in batch.ops:
+                    await conn.execute(self._ops[name], *args)
+                await conn.execute(
+                    self._insert["spool_applied"], batch.writer, batch.seq, datetime.now(UTC)
+                )
+                faults.reached("flush")
+        except _ERRORS as e:
+            raise self._error("write to", e) from e
+        return True
 
     async def _execute(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         pool = self._get_pool()
@@ -190,9 +303,7 @@ class PostgresStore(BufferedStore):
                 for sql, args in statements:
                     await conn.execute(sql, *args)
         except _ERRORS as e:
-            raise StorageError(
-                f"write to PostgreSQL at {self.safe_url} failed: {type(e).__name__}: {e}"
-            ) from e
+            raise self._error("write to", e) from e
 
     async def _query(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
         pool = self._get_pool()
@@ -200,6 +311,4 @@ class PostgresStore(BufferedStore):
             async with pool.acquire() as conn:
                 return [tuple(r) for r in await conn.fetch(sql, *args)]
         except _ERRORS as e:
-            raise StorageError(
-                f"query on PostgreSQL at {self.safe_url} failed: {type(e).__name__}: {e}"
-            ) from e
+            raise self._error("query on", e) from e

@@ -10,6 +10,7 @@ statements of both dialects are generated from it. Column kinds:
 - ``time``: TIMESTAMPTZ in PostgreSQL; ISO-8601 UTC text in SQLite (fixed width, so text
   order is time order).
 - ``json``: JSONB in PostgreSQL, TEXT in SQLite; the store encodes and decodes it.
+- ``int``: a 64-bit integer (BIGINT / INTEGER).
 - ``serial``: an insertion counter used to order rows that share a time. PostgreSQL gets an
   identity column; SQLite uses its implicit ``rowid`` (the column is not declared there).
 
@@ -22,12 +23,13 @@ from dataclasses import dataclass
 from typing import Literal
 
 Dialect = Literal["sqlite", "postgres"]
-Kind = Literal["text", "float", "time", "json", "serial"]
+Kind = Literal["text", "float", "time", "json", "int", "serial"]
 
 _TYPES: dict[Dialect, dict[Kind, str]] = {
-    "sqlite": {"text": "TEXT", "float": "REAL", "time": "TEXT", "json": "TEXT"},
+    "sqlite": {"text": "TEXT", "float": "REAL", "time": "TEXT", "json": "TEXT", "int": "INTEGER"},
     "postgres": {
         "text": "TEXT",
+        "int": "BIGINT",
         "float": "DOUBLE PRECISION",
         "time": "TIMESTAMPTZ",
         "json": "JSONB",
@@ -245,9 +247,39 @@ CHECKPOINTS = Table(
     order_by=("bar_time",),
 )
 
+# Exactly-once replay of a store's spool (storage/spool.py): every batch a spooling store
+# writes carries (writer, seq), a sequence number per store instance that grows with each
+# batch, and upserts this row in the same transaction. A writer's batches reach the database
+# in sequence order, so a spooled batch whose seq is <= last_seq is already in (a crash after
+# the commit and before the spool was emptied, or a commit whose answer was lost) and is
+# skipped. One row per store instance that ever wrote.
+SPOOL_APPLIED = Table(
+    "spool_applied",
+    (
+        _c("writer", "text", True),
+        _c("last_seq", "int", True),
+        _c("applied_at", "time"),
+    ),
+    primary_key=("writer",),
+    on_conflict="update",
+    order_by=("writer",),
+    run_scoped=False,
+)
+
 TABLES: dict[str, Table] = {
     t.name: t
-    for t in (RUNS, BARS, SIGNALS, ORDERS, ORDER_EVENTS, FILLS, POSITIONS, EQUITY, CHECKPOINTS)
+    for t in (
+        RUNS,
+        BARS,
+        SIGNALS,
+        ORDERS,
+        ORDER_EVENTS,
+        FILLS,
+        POSITIONS,
+        EQUITY,
+        CHECKPOINTS,
+        SPOOL_APPLIED,
+    )
 }
 # Tables filled through the record_* buffers, in flush order.
 BUFFERED = ("signals", "orders", "order_events", "fills", "positions", "equity", "checkpoints")
@@ -351,3 +383,9 @@ def end_run_sql(dialect: Dialect) -> str:
         f"UPDATE runs SET summary = {p(dialect, 1)}, ended_at = {p(dialect, 2)} "
         f"WHERE run_id = {p(dialect, 3)}"
     )
+
+
+def applied_seq_sql(dialect: Dialect) -> str:
+    """The last batch of a writer that is in the database (locked until the commit)."""
+    lock = " FOR UPDATE" if dialect == "postgres" else ""
+    return f"SELECT last_seq FROM spool_applied WHERE writer = {param(dialect)}{lock}"

@@ -73,6 +73,9 @@ class SqliteStore(BufferedStore):
             db, self._db = self._db, None
             await db.close()
 
+    def _where(self) -> str:
+        return f"SQLite database {self.path}"
+
     def _conn(self) -> aiosqlite.Connection:
         if self._db is None:
             raise StorageError(f"SQLite store {self.path} is not started (call start())")

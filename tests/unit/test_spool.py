@@ -1,0 +1,583 @@
+"""The store's durable spool (tradingd.storage.spool) and the buffered store's outage logic.
+
+The file format, its checksum (a record torn by a crash mid-append is ignored with a warning;
+a bad record with good ones after it is corruption), the bound, the order, and, with a fake
+database that can be taken down, the store's degraded mode: flush() returns once a batch is
+fsynced to the spool, the spool is replayed with backoff in order and exactly once, a refused
+statement is an error and never spooled. The real PostgreSQL outage is
+tests/integration/test_postgres_outage.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import time
+import zlib
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from tradingd.core.errors import ConfigError, StorageError
+from tradingd.core.types import Order, RunInfo, Side
+from tradingd.storage import spool as spool_mod
+from tradingd.storage.buffered import Backoff, BufferedStore, DatabaseUnavailable
+from tradingd.storage.postgres import PostgresStore, default_spool_dir, spool_target, unavailable
+from tradingd.storage.spool import (
+    Spool,
+    SpoolBatch,
+    SpoolCorrupt,
+    SpoolFull,
+    claim_orphans,
+    decode_line,
+    encode_line,
+    safe_name,
+)
+
+T0 = datetime(2024, 3, 1, 21, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+def batch(seq: int, writer: str = "w1", **tables: list[tuple[Any, ...]]) -> SpoolBatch:
+    return SpoolBatch(writer, seq, 1_700_000_000.0 + seq, tables or {"equity": [("r", seq)]})
+
+
+def read_lines(path: Path) -> list[bytes]:
+    return path.read_bytes().splitlines(keepends=True)
+
+
+# ---------------------------------------------------------------------------------- format
+
+
+def test_values_round_trip_with_tagged_times_and_non_finite_floats(tmp_path: Path) -> None:
+    rows = [
+        (
+            "r1",
+            T0,
+            datetime(2024, 3, 1, 16, 0, tzinfo=UTC).astimezone(),  # another offset
+            1.5,
+            math.nan,
+            math.inf,
+            -math.inf,
+            None,
+            7,
+            True,
+            'text with\nnewline, é, "quotes" and {"$dt": 1}',
+            '{"bar":3,"portfolio":{"quantity":[1.0,2.0]}}',  # a checkpoint's JSON state
+        )
+    ]
+    sp = Spool(tmp_path, "w1", "fake://db")
+    b = SpoolBatch("w1", 1, 1.25, {"checkpoints": rows}, (("end_run", ("{}", T0, "r1")),))
+    sp.append(b)
+    got = sp.next_pending()
+    assert got is not None and got.id == "w1:1" and got.created == 1.25
+    [row] = got.tables["checkpoints"]
+    want = rows[0]
+    assert len(row) == len(want)
+    for a, w in zip(row, want, strict=True):
+        if isinstance(w, float) and math.isnan(w):
+            assert isinstance(a, float) and math.isnan(a)
+        else:
+            assert a == w and type(a) is type(w)
+    assert row[2].utcoffset() == want[2].utcoffset()  # the offset itself survives
+    assert got.ops == (("end_run", ("{}", T0, "r1")),)
+
+
+def test_file_is_a_header_then_one_checksummed_json_line_per_batch(tmp_path: Path) -> None:
+    sp = Spool(tmp_path / "d", "w1", "fake://db")
+    assert not (tmp_path / "d").exists()  # nothing on disk until the first spooled batch
+    for i in (1, 2, 3):
+        sp.append(batch(i))
+    lines = read_lines(sp.path)
+    assert len(lines) == 4
+    for line in lines:
+        crc, _, body = line.rstrip(b"\n").partition(b" ")
+        assert int(crc, 16) == zlib.crc32(body)
+        json.loads(body)
+    header = json.loads(lines[0].split(b" ", 1)[1])
+    assert header["kind"] == "spool" and header["writer"] == "w1"
+    assert header["target"] == "fake://db" and header["v"] == 1
+    assert [json.loads(x.split(b" ", 1)[1])["seq"] for x in lines[1:]] == [1, 2, 3]
+    assert sp.pending_batches == 3 and sp.pending_bytes == sum(map(len, lines[1:]))
+    assert sp.oldest == 1_700_000_001.0
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["w1.spool"]  # no temp file left
+
+
+def test_every_append_is_fsynced_before_it_returns(tmp_path: Path, monkeypatch) -> None:
+    synced: list[int] = []
+    real = os.fdatasync
+
+    def fdatasync(fd: int) -> None:
+        synced.append(os.fstat(fd).st_size)
+        real(fd)
+
+    monkeypatch.setattr(spool_mod.os, "fdatasync", fdatasync)
+    sp = Spool(tmp_path, "w1", "fake://db")
+    for i in (1, 2):
+        sp.append(batch(i))
+        assert synced[-1] == sp.path.stat().st_size  # synced with this batch in the file
+    assert len(synced) == 2
+
+
+def test_batches_come_back_in_order_and_the_spool_empties(tmp_path: Path) -> None:
+    sp = Spool(tmp_path, "w1", "fake://db")
+    for i in range(1, 6):
+        sp.append(batch(i))
+    seen = []
+    while (b := sp.next_pending()) is not None:
+        seen.append(b.seq)
+        sp.mark_applied()
+        if b.seq == 2:
+            sp.append(batch(6))  # appended while replaying: comes after the others
+    assert seen == [1, 2, 3, 4, 5, 6]
+    assert sp.pending_batches == 0 and sp.pending_bytes == 0
+    sp.reset()
+    assert len(read_lines(sp.path)) == 1  # the header only
+    sp.append(batch(7))
+    assert sp.next_pending().seq == 7  # type: ignore[union-attr]
+    sp.mark_applied()
+    sp.reset()
+    sp.close()
+    assert not sp.path.exists()  # nothing left to write: removed
+
+
+def test_a_spool_with_batches_left_stays_for_the_next_start(tmp_path: Path) -> None:
+    sp = Spool(tmp_path, "w1", "fake://db")
+    sp.append(batch(1))
+    with capture_logs() as logs:
+        sp.close()
+    assert sp.path.exists() and sp.pending_batches == 0
+    assert [e["event"] for e in logs] == ["storage.spool.left"]
+    [orphan] = claim_orphans(tmp_path)
+    assert [b.seq for b in orphan.batches()] == [1]
+    orphan.remove()
+    assert not sp.path.exists()
+
+
+def test_a_torn_last_record_is_ignored_with_a_warning(tmp_path: Path) -> None:
+    """A crash in the middle of an append leaves part of a line: its flush never returned."""
+    sp = Spool(tmp_path, "w1", "fake://db")
+    for i in (1, 2):
+        sp.append(batch(i))
+    sp.close()
+    torn = encode_line(spool_mod.encode_batch(batch(3)))
+    with sp.path.open("ab") as f:
+        f.write(torn[: len(torn) // 2])
+    with capture_logs() as logs:
+        [orphan] = claim_orphans(tmp_path)
+        assert [b.seq for b in orphan.batches()] == [1, 2]
+    orphan.release()
+    [warning] = [e for e in logs if e["event"] == "storage.spool.torn_record_ignored"]
+    assert warning["log_level"] == "warning" and warning["path"] == str(sp.path)
+
+
+def test_a_last_record_failing_its_checksum_is_ignored_with_a_warning(tmp_path: Path) -> None:
+    sp = Spool(tmp_path, "w1", "fake://db")
+    for i in (1, 2):
+        sp.append(batch(i))
+    sp.close()
+    data = bytearray(sp.path.read_bytes())
+    data[-5] ^= 0x01  # a flipped bit in the last record's JSON (complete line)
+    sp.path.write_bytes(bytes(data))
+    with capture_logs() as logs:
+        [orphan] = claim_orphans(tmp_path)
+        assert [b.seq for b in orphan.batches()] == [1]
+    orphan.release()
+    assert [e["event"] for e in logs] == ["storage.spool.torn_record_ignored"]
+
+
+def test_a_bad_record_before_good_ones_is_corruption(tmp_path: Path) -> None:
+    sp = Spool(tmp_path, "w1", "fake://db")
+    for i in (1, 2, 3):
+        sp.append(batch(i))
+    sp.close()
+    lines = read_lines(sp.path)
+    offset = len(lines[0]) + len(lines[1])
+    lines[2] = lines[2].replace(b'"seq":2', b'"seq":9')
+    sp.path.write_bytes(b"".join(lines))
+    [orphan] = claim_orphans(tmp_path)
+    with pytest.raises(SpoolCorrupt) as e:
+        list(orphan.batches())
+    orphan.release()
+    assert str(sp.path) in str(e.value) and f"byte {offset}" in str(e.value)
+
+
+def test_decode_line_rejects_what_is_not_a_whole_record() -> None:
+    line = encode_line({"kind": "batch", "seq": 1})
+    assert decode_line(line) == {"kind": "batch", "seq": 1}
+    assert decode_line(line[:-1]) is None  # no newline
+    assert decode_line(b"zzzzzzzz {}\n") is None
+    assert decode_line(b"\n") is None
+    assert b"\n" not in encode_line({"s": "a\nb"})[:-1]
+
+
+def test_the_bound_raises_naming_the_path_and_size_and_writes_nothing(tmp_path: Path) -> None:
+    sp = Spool(tmp_path, "w1", "fake://db", max_bytes=4096)
+    big = batch(1, equity=[("r", "x" * 600)])
+    n = 0
+    with pytest.raises(SpoolFull) as e:
+        while True:
+            sp.append(SpoolBatch("w1", n + 1, 0.0, big.tables))
+            n += 1
+    assert n >= 4 and sp.pending_batches == n
+    size = sp.path.stat().st_size
+    assert size <= 4096 and size == sp.size
+    msg = str(e.value)
+    assert str(sp.path) in msg and "storage.spool_max_bytes=4096" in msg and "fake://db" in msg
+    assert isinstance(e.value, StorageError)
+    with pytest.raises(ValueError):
+        Spool(tmp_path, "w2", "fake://db", max_bytes=10)
+
+
+def test_a_spool_held_by_a_live_writer_is_not_an_orphan(tmp_path: Path) -> None:
+    live = Spool(tmp_path, "1-live", "fake://db")
+    live.append(batch(1, "1-live"))
+    dead = Spool(tmp_path, "0-dead", "fake://db")
+    dead.append(batch(1, "0-dead"))
+    dead.close()
+    (tmp_path / ".0-x.123.tmp").write_bytes(b"")  # a crash while creating: not a spool
+    (tmp_path / "2-empty.spool").write_bytes(b"")  # nothing was ever appended
+    with capture_logs() as logs:
+        orphans = claim_orphans(tmp_path)
+    assert [o.path.name for o in orphans] == ["0-dead.spool"]
+    assert orphans[0].header["writer"] == "0-dead" and orphans[0].target == "fake://db"
+    assert {e["event"] for e in logs} == {"storage.spool.in_use", "storage.spool.empty_removed"}
+    assert not (tmp_path / "2-empty.spool").exists()
+    assert not (tmp_path / ".0-x.123.tmp").exists()
+    for o in orphans:
+        o.release()
+    live.close()
+
+
+def test_names_and_targets_carry_no_credentials() -> None:
+    url = "postgresql://user:pw-secret@db.example:6543/trading"
+    assert spool_target(url, "s1") == "postgres://db.example:6543/trading#s1"
+    d = default_spool_dir(url, None)
+    assert d == Path("var/spool/db.example_6543_trading_public")
+    assert "pw-secret" not in str(d)
+    assert safe_name("../../etc/x y") == "etc_x_y"
+    store = PostgresStore(url, spool_dir="/tmp/x", spool_max_bytes=1 << 20)
+    assert store.spool_dir == Path("/tmp/x") and store.status()["spool_max_bytes"] == 1 << 20
+    assert "pw-secret" not in str(store.status())
+    assert PostgresStore(url, spool=False).status()["spooling"] is False
+    with pytest.raises(ConfigError):
+        PostgresStore(url, spool_max_bytes=1)
+    with pytest.raises(ConfigError):
+        PostgresStore(url, retry_base_s=0)
+
+
+def test_outage_errors_are_told_from_refused_statements() -> None:
+    import asyncpg
+
+    assert unavailable(ConnectionRefusedError(111, "refused"))
+    assert unavailable(TimeoutError())
+    assert unavailable(asyncpg.exceptions.ConnectionDoesNotExistError("closed"))
+    assert unavailable(asyncpg.exceptions.AdminShutdownError("terminating"))
+    assert unavailable(asyncpg.exceptions.CannotConnectNowError("starting up"))
+    assert unavailable(asyncpg.InterfaceError("connection is closed"))
+    assert not unavailable(asyncpg.exceptions.NotNullViolationError("null"))
+    assert not unavailable(asyncpg.exceptions.UndefinedTableError("no table"))
+    assert not unavailable(asyncpg.InterfaceError("pool is closed"))
+    assert not unavailable(ValueError("bad"))
+
+
+def test_backoff_grows_with_jitter_up_to_the_cap() -> None:
+    b = Backoff(0.5, 4.0, rng=lambda: 1.0)
+    assert [b.next() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    low = Backoff(0.5, 4.0, rng=lambda: 0.0)
+    assert [low.next() for _ in range(3)] == [0.25, 0.5, 1.0]
+
+
+# ---------------------------------------------------------------------------------- store
+
+
+class FakeDb:
+    def __init__(self) -> None:
+        self.up = True
+        self.refuse: str | None = None
+        self.rows: dict[str, list[tuple[Any, ...]]] = {}
+        self.ops: list[tuple[str, tuple[Any, ...]]] = []
+        self.applied: dict[str, int] = {}
+        self.attempts = 0
+
+
+class FakeStore(BufferedStore):
+    """A spooling store over an in-memory database that can be taken down."""
+
+    dialect = "postgres"
+
+    def __init__(self, db: FakeDb, spool_dir: Path, **kw: Any) -> None:
+        super().__init__(batch_size=1000, flush_interval_s=3600.0)
+        self.db = db
+        self._configure_spool(
+            spool_dir, "fake://db", **{"retry_base_s": 0.005, "retry_max_s": 0.02, **kw}
+        )
+
+    async def start(self) -> None:
+        await self._open_with_retry(self._connect)
+
+    async def _connect(self) -> None:
+        if not self.db.up:
+            raise DatabaseUnavailable("cannot connect to fake://u:***@db: refused")
+
+    async def _close(self) -> None:
+        pass
+
+    def _encode_time(self, t: datetime) -> datetime:
+        return t
+
+    def _decode_time(self, v: Any) -> datetime:
+        return v
+
+    async def _write_batches(self, batches: Any) -> None:
+        raise AssertionError("a spooling store writes through _write_batch")
+
+    async def _execute(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        if not self.db.up:
+            raise DatabaseUnavailable("fake://db down")
+
+    async def _query(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
+        return []
+
+    async def _write_batch(self, batch: SpoolBatch, check_applied: bool) -> bool:
+        self.db.attempts += 1
+        await asyncio.sleep(0)
+        if not self.db.up:
+            raise DatabaseUnavailable("write to fake://u:***@db failed: connection refused")
+        if self.db.refuse:
+            raise StorageError(self.db.refuse)
+        if check_applied and self.db.applied.get(batch.writer, 0) >= batch.seq:
+            return False
+        for name, rows in batch.tables.items():
+            self.db.rows.setdefault(name, []).extend(tuple(r) for r in rows)
+        self.db.ops.extend(batch.ops)
+        self.db.applied[batch.writer] = batch.seq
+        return True
+
+
+async def wait_until(predicate: Callable[[], object], what: str, timeout_s: float = 5.0):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.002)
+
+
+def equity_times(db: FakeDb) -> list[datetime]:
+    return [r[1] for r in db.rows.get("equity", [])]
+
+
+async def test_flush_spools_while_down_and_replays_in_order_exactly_once(tmp_path: Path):
+    db = FakeDb()
+    store = FakeStore(db, tmp_path / "spool")
+    await store.start()
+    try:
+        for i in range(3):
+            store.record_equity("r1", T0 + i * DAY, 1.0, float(i), 0.0, 0.0)
+            await store.flush()
+        db.up = False
+        intent = Order("r1|o", "AAA", Side.BUY, 5.0, T0 + 3 * DAY)
+        for i in range(3, 8):
+            store.record_equity("r1", T0 + i * DAY, 1.0, float(i), 0.0, math.nan)
+            if i == 5:
+                store.record_orders("r1", [intent])
+            await store.flush()  # returns: the batch is in the spool
+            # ... and the spool file holds it now, before any replay.
+            assert len(read_lines(store._spool.path)) == 1 + (i - 2)  # type: ignore[union-attr]
+        st = store.status()
+        assert st["ok"] is False and st["state"] == "degraded"
+        assert st["spooled_batches"] == 5 and st["spooled_bytes"] > 0
+        assert st["oldest_spooled_at"] and st["down_since"] and "refused" in st["last_error"]
+        assert str(store._spool.path) in st["detail"]  # type: ignore[union-attr]
+        await wait_until(lambda: store.replay_attempts >= 3, "retries while down")
+        assert store.status()["spooled_batches"] == 5  # nothing written, nothing dropped
+        db.up = True
+        await wait_until(lambda: store.status()["ok"], "the replay")
+        for i in range(8, 10):
+            store.record_equity("r1", T0 + i * DAY, 1.0, float(i), 0.0, 0.0)
+            await store.flush()
+    finally:
+        await store.stop()
+    assert equity_times(db) == [T0 + i * DAY for i in range(10)]
+    assert [r[1] for r in db.rows["orders"]] == ["r1|o"]
+    assert math.isnan(db.rows["equity"][4][5])
+    assert db.applied == {store.writer: 10}
+    assert list((tmp_path / "spool").iterdir()) == []
+
+
+async def test_new_rows_wait_behind_spooled_ones(tmp_path: Path) -> None:
+    """While anything is spooled, a new batch goes to the spool too, even if the database
+    answers again: the order of the rows is kept."""
+    db = FakeDb()
+    store = FakeStore(db, tmp_path, retry_base_s=30.0, retry_max_s=60.0)  # no replay here
+    await store.start()
+    try:
+        db.up = False
+        store.record_equity("r1", T0, 1.0, 0.0, 0.0, 0.0)
+        await store.flush()
+        db.up = True
+        store.record_equity("r1", T0 + DAY, 1.0, 1.0, 0.0, 0.0)
+        await store.flush()
+        assert equity_times(db) == [] and store.status()["spooled_batches"] == 2
+        assert await store.replay_spool() == 2
+        assert equity_times(db) == [T0, T0 + DAY] and store.status()["ok"]
+    finally:
+        await store.stop()
+
+
+async def test_a_crash_after_a_replayed_commit_does_not_write_it_twice(tmp_path: Path):
+    db = FakeDb()
+    store = FakeStore(db, tmp_path, retry_base_s=30.0, retry_max_s=60.0)
+    await store.start()
+    db.up = False
+    for i in range(4):
+        store.record_equity("r1", T0 + i * DAY, 1.0, float(i), 0.0, 0.0)
+        await store.flush()
+    db.up = True
+
+    def crash(b: SpoolBatch) -> None:
+        if b.seq == 2:
+            raise RuntimeError("killed between commit and truncation")
+
+    store._after_replay_commit = crash
+    with pytest.raises(RuntimeError):
+        await store.replay_spool()
+    assert equity_times(db) == [T0, T0 + DAY]
+    # The same process retries: the committed batch is skipped by its marker.
+    store._after_replay_commit = None
+    assert await store.replay_spool() == 2
+    assert store.skipped_batches == 1
+    await store.stop()
+    assert equity_times(db) == [T0 + i * DAY for i in range(4)]
+
+
+async def test_a_dead_process_spool_is_replayed_at_start_before_anything_else(tmp_path: Path):
+    db = FakeDb()
+    dead = FakeStore(db, tmp_path)
+    await dead.start()
+    db.up = False
+    for i in range(3):
+        dead.record_equity("r1", T0 + i * DAY, 1.0, float(i), 0.0, 0.0)
+        await dead.flush()
+    await dead._stop_spool()  # "SIGKILL": no flush, no replay; the file stays
+
+    # Down at start: retried for start_retry_s, then an error naming the database.
+    again = FakeStore(db, tmp_path, start_retry_s=0.05)
+    with pytest.raises(DatabaseUnavailable, match=r"gave up after \d+ attempts"):
+        await again.start()
+    db.up = True
+    again = FakeStore(db, tmp_path)
+    with capture_logs() as logs:
+        await again.start()
+    assert equity_times(db) == [T0, T0 + DAY, T0 + 2 * DAY]
+    assert [e["batches"] for e in logs if e["event"] == "storage.spool.orphan_replayed"] == [3]
+    assert list(tmp_path.glob("*.spool")) == []
+    await again.stop()
+
+
+async def test_a_spool_of_another_database_is_left_alone(tmp_path: Path) -> None:
+    other = Spool(tmp_path, "0-other", "fake://another-db")
+    other.append(batch(1, "0-other"))
+    other.close()
+    db = FakeDb()
+    store = FakeStore(db, tmp_path)
+    with capture_logs() as logs:
+        await store.start()
+    await store.stop()
+    assert db.rows == {} and (tmp_path / "0-other.spool").exists()
+    assert "storage.spool.other_database" in [e["event"] for e in logs]
+
+
+async def test_a_refused_statement_is_raised_and_never_spooled(tmp_path: Path) -> None:
+    db = FakeDb()
+    store = FakeStore(db, tmp_path)
+    await store.start()
+    db.refuse = "write to fake failed: NotNullViolationError"
+    store.record_equity("r1", T0, 1.0, 0.0, 0.0, 0.0)
+    with pytest.raises(StorageError, match="NotNullViolation") as e:
+        await store.flush()
+    assert not isinstance(e.value, DatabaseUnavailable)
+    assert store.pending()["equity"] == 1 and store.status()["ok"]
+    assert list(tmp_path.iterdir()) == []
+    db.refuse = None
+    await store.stop()
+    assert equity_times(db) == [T0]
+
+
+async def test_a_refused_replay_fails_loudly_and_keeps_the_spool(tmp_path: Path) -> None:
+    db = FakeDb()
+    store = FakeStore(db, tmp_path)
+    await store.start()
+    db.up = False
+    store.record_equity("r1", T0, 1.0, 0.0, 0.0, 0.0)
+    await store.flush()
+    db.refuse = "write to fake failed: UndefinedColumnError"
+    db.up = True
+    await wait_until(lambda: store.status()["state"] == "failed", "the replay to fail")
+    st = store.status()
+    assert st["ok"] is False and "UndefinedColumnError" in st["detail"]
+    assert st["spooled_batches"] == 1
+    store.record_equity("r1", T0 + DAY, 1.0, 1.0, 0.0, 0.0)
+    with pytest.raises(StorageError, match="replaying the storage spool") as e:
+        await store.flush()
+    assert str(store._spool.path) in str(e.value)  # type: ignore[union-attr]
+    assert store.pending()["equity"] == 1
+    db.refuse = None  # the operator fixed it: a replay (here by stop) writes everything
+    await store.stop()
+    assert equity_times(db) == [T0, T0 + DAY]
+
+
+async def test_a_full_spool_raises_and_keeps_the_rows_in_memory(tmp_path: Path) -> None:
+    db = FakeDb()
+    store = FakeStore(db, tmp_path, max_bytes=4096, retry_base_s=30.0, retry_max_s=60.0)
+    await store.start()
+    db.up = False
+    n = 0
+    with pytest.raises(StorageError, match="spool_max_bytes=4096") as e:
+        while True:
+            store.record_equity("r1", T0 + n * DAY, 1.0, float(n), 0.0, 0.0)
+            store.record_checkpoint("r1", T0 + n * DAY, {"bar": n, "pad": "x" * 300})
+            await store.flush()
+            n += 1
+    assert str(store._spool.path) in str(e.value)  # type: ignore[union-attr]
+    assert store.pending()["equity"] == 1 and store.pending()["checkpoints"] == 1
+    assert store.status()["spooled_batches"] == n
+    db.up = True
+    await store.replay_spool()
+    await store.flush()  # the kept rows go after the spooled ones
+    await store.stop()
+    assert equity_times(db) == [T0 + i * DAY for i in range(n + 1)]
+    assert [json.loads(r[2])["bar"] for r in db.rows["checkpoints"]] == list(range(n + 1))
+
+
+async def test_end_run_and_a_resumed_run_wait_for_the_spool(tmp_path: Path) -> None:
+    db = FakeDb()
+    store = FakeStore(db, tmp_path, retry_base_s=30.0, retry_max_s=60.0)
+    await store.start()
+    db.up = False
+    store.record_equity("r1", T0, 1.0, 0.0, 0.0, 0.0)
+    await store.end_run("r1", {"bars": 1})  # spooled, with the run's end
+    assert store.status()["spooled_batches"] == 2
+    with pytest.raises(DatabaseUnavailable):
+        await store.begin_run(RunInfo("r2", "live", T0, "{}", ("A",), 1.0))
+    db.up = True
+    await store.begin_run(RunInfo("r2", "live", T0, "{}", ("A",), 1.0))
+    assert store.status()["spooled_batches"] == 0 and equity_times(db) == [T0]
+    assert [name for name, _ in db.ops] == ["end_run"]
+    await store.stop()
+
+
+async def test_a_store_that_never_spools_leaves_no_file(tmp_path: Path) -> None:
+    db = FakeDb()
+    store = FakeStore(db, tmp_path / "spool")
+    await store.start()
+    store.record_equity("r1", T0, 1.0, 0.0, 0.0, 0.0)
+    await store.flush()
+    await store.stop()
+    assert not (tmp_path / "spool").exists()
