@@ -494,6 +494,10 @@ def build_engine(
     if mode == "live":
         engine.lock = _instance_lock(config, engine)
         _alerting(config, engine)
+        # Every live bar's inputs and decisions, for `tradingd replay-check`.
+        engine.on_decision = lambda t, source, record: store.record_decision(  # type: ignore[attr-defined]
+            run_id, t, source, record
+        )
     return engine
 
 

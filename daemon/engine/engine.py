@@ -54,6 +54,7 @@ from ..core.types import (
 )
 from ..publisher import bars_payload, fills_payload, orders_payload, signals_payload
 from .accounting import RejectionRecord, RiskRecord, rule_of
+from .decisions import decision_record
 from .history import HistoryBuffer
 from .planner import OrderPlanner
 from .portfolio import Portfolio
@@ -250,11 +251,14 @@ class Engine:
         self._restored_through: datetime | None = None
         self._last_targets: np.ndarray | None = None
         self.resumed_from: datetime | None = None
+        self._first_bar: datetime | None = None  # the first bar this process processed
         # Liveness for the health server, set by the composition root (not a constructor
         # argument): busy=True when a bar starts, busy=False while waiting for the next.
         self.on_heartbeat: Callable[..., None] = _no_heartbeat
         # Called once the run is warmed up and its clock started (systemd READY=1).
         self.on_ready: Callable[[], None] = lambda: None
+        # Called with each trading bar's decision record (live: stored for replay-check).
+        self.on_decision: Callable[[datetime, str, dict[str, Any]], None] | None = None
         # Called after every trading bar with its time and risk verdicts (alert rules).
         self.after_bar: list[Callable[[datetime, list[RiskVerdict]], None]] = []
         # Started and stopped with the engine's parts (the alerter: tradingd.alerts).
@@ -543,6 +547,8 @@ class Engine:
         pf = self.portfolio
         run_id = self.run.run_id
         m = self._live_metrics
+        if self._first_bar is None:
+            self._first_bar = bar.time
         if self._restored_through is not None and bar.time <= self._restored_through:
             self._replay_restored(bar)
             return
@@ -690,6 +696,15 @@ class Engine:
 
         if m:
             t0 = self._lap("orders", t0)
+        if self.on_decision is not None:
+            record = decision_record(
+                self.symbols, self._required, features, ready, score, targets, plan.orders
+            )
+            # Where this process's features started (a restart warms up again) and whether
+            # the book follows the simulation (a replay can then compare every decision).
+            record["first_bar"] = self._first_bar.isoformat() if self._first_bar else None
+            record["broker"] = "simulated" if hasattr(self.broker, "state") else "external"
+            self.on_decision(bar.time, self._signal_source(), record)
         gross, net = pf.exposure()
         self.store.record_signals(
             run_id, bar.time, self.symbols, score, targets, self._signal_source()

@@ -160,6 +160,7 @@ class BufferedStore(ABC):
         self._positions: list[Row] = []
         self._equity: list[Row] = []
         self._checkpoints: list[Row] = []
+        self._decisions: list[Row] = []
         self._buffers: dict[str, list[Row]] = {
             "signals": self._signals,
             "orders": self._orders,
@@ -168,6 +169,7 @@ class BufferedStore(ABC):
             "positions": self._positions,
             "equity": self._equity,
             "checkpoints": self._checkpoints,
+            "decisions": self._decisions,
         }
         assert tuple(self._buffers) == BUFFERED
         self._flush_lock = asyncio.Lock()
@@ -671,6 +673,12 @@ class BufferedStore(ABC):
                 return
         self._checkpoints.append(row)
 
+    def record_decision(
+        self, run_id: str, time: datetime, source: str, record: Mapping[str, Any]
+    ) -> None:
+        """What a live bar decided and from what (see schema.DECISIONS)."""
+        self._decisions.append((run_id, self._encode_time(time), source, to_json(record)))
+
     async def end_run(self, run_id: str, summary: Mapping[str, Any]) -> None:
         await self.flush()
         ended = self._encode_time(datetime.now(UTC))
@@ -905,6 +913,8 @@ class BufferedStore(ABC):
                 # Only an order's latest state survives the upsert: write that one only
                 # (order_events keeps every state).
                 taken["orders"] = list({(r[0], r[1]): r for r in taken["orders"]}.values())
+            if "decisions" in taken:
+                taken["decisions"] = list({(r[0], r[1]): r for r in taken["decisions"]}.values())
             write = dict(taken)
             if "checkpoints" in taken:
                 taken["checkpoints"] = list({r[0]: r for r in taken["checkpoints"]}.values())

@@ -247,6 +247,23 @@ CHECKPOINTS = Table(
     order_by=("bar_time",),
 )
 
+# What each live bar decided and from what (replay-check, `tradingd replay-check RUN`): the
+# features of the symbols that were ready (float32, base64), the signal scores, the target
+# weights after risk and the order intents, with the model versions. One row per bar; a bar
+# decided again after a crash replaces its row.
+DECISIONS = Table(
+    "decisions",
+    (
+        _c("run_id", "text", True),
+        _c("time", "time", True),
+        _c("source", "text"),
+        _c("record", "json"),
+    ),
+    primary_key=("run_id", "time"),
+    on_conflict="update",
+    order_by=("time",),
+)
+
 # Exactly-once replay of a store's spool (storage/spool.py): every batch a spooling store
 # writes carries (writer, seq), a sequence number per store instance that grows with each
 # batch, and upserts this row in the same transaction. A writer's batches reach the database
@@ -278,11 +295,21 @@ TABLES: dict[str, Table] = {
         POSITIONS,
         EQUITY,
         CHECKPOINTS,
+        DECISIONS,
         SPOOL_APPLIED,
     )
 }
 # Tables filled through the record_* buffers, in flush order.
-BUFFERED = ("signals", "orders", "order_events", "fills", "positions", "equity", "checkpoints")
+BUFFERED = (
+    "signals",
+    "orders",
+    "order_events",
+    "fills",
+    "positions",
+    "equity",
+    "checkpoints",
+    "decisions",
+)
 # The time column of each run table's rows: a resumed run drops what came after its
 # checkpoint (the interrupted bar is processed again, deterministically).
 RESUME_TIME = {
@@ -292,6 +319,7 @@ RESUME_TIME = {
     "fills": "time",
     "positions": "time",
     "equity": "time",
+    "decisions": "time",
 }
 RUN_TABLES = tuple(t.name for t in TABLES.values() if t.run_scoped)
 

@@ -1,0 +1,178 @@
+"""`tradingd replay-check RUN`: replay a live run's stored bars through the backtest path and
+report every bar where features, model outputs or decisions differ from what the live run
+stored (see engine/decisions.py).
+
+How: the run's stored configuration (its public form, operational sections dropped) is
+rebuilt with the live run id (so order ids compare), the bars the live run recorded are read
+back from the store for its universe, and a backtest engine runs over them with trading
+starting at the live run's first decision, its decisions collected instead of stored. Each
+live decision is then compared with the replay's for the same bar.
+
+What compares: for a run on the simulated broker, everything (features, scores, targets,
+intents): replay and live fill the same way. With a real broker, fills differ from the
+simulation, so targets and intents are compared only until the first live fill differs from
+the replay's... which the replay cannot know: for such runs the report compares features and
+model outputs, and lists decision differences separately as expected (`decisions_comparable`).
+A live process that restarted warmed up again from another first bar; its bars compare
+features and scores only, on a replay that starts where that process started.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import structlog
+
+from .config import Config, build
+from .core.errors import ConfigError
+from .engine.decisions import compare
+from .feeds.panel import FIELDS, Panel
+from .storage.factory import open_store
+
+log = structlog.get_logger(__name__)
+
+_DROP = ("health", "log", "cache", "alerts", "storage")
+
+
+@dataclass
+class BarDifference:
+    time: datetime
+    differences: list[str]
+
+
+@dataclass
+class ReplayReport:
+    run_id: str
+    bars_compared: int = 0
+    bars_missing_in_replay: list[datetime] = field(default_factory=list)
+    differing: list[BarDifference] = field(default_factory=list)
+    decisions_comparable: bool = True
+    segments: int = 1
+
+    @property
+    def ok(self) -> bool:
+        return not self.differing and not self.bars_missing_in_replay
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "run_id": self.run_id,
+            "ok": self.ok,
+            "bars_compared": self.bars_compared,
+            "segments": self.segments,
+            "decisions_comparable": self.decisions_comparable,
+            "bars_missing_in_replay": [t.isoformat() for t in self.bars_missing_in_replay],
+            "differing_bars": [
+                {"time": d.time.isoformat(), "differences": d.differences} for d in self.differing
+            ],
+        }
+
+
+def _panel(rows: Sequence[dict[str, Any]], symbols: tuple[str, ...], since: datetime) -> Panel:
+    df = pd.DataFrame([r for r in rows if r["symbol"] in set(symbols) and r["time"] >= since])
+    if df.empty:
+        raise ConfigError("replay-check: the store holds no bars of this run's universe")
+    times = np.sort(df["time"].unique())
+    ti = np.searchsorted(times, df["time"].to_numpy())
+    index = {s: i for i, s in enumerate(symbols)}
+    si = df["symbol"].map(index).to_numpy()
+    arrays = {}
+    for f in FIELDS:
+        fill = 1.0 if f == "split" else (0.0 if f == "dividend" else np.nan)
+        arr = np.full((len(times), len(symbols)), fill, dtype=np.float64)
+        arr[ti, si] = df[f].to_numpy(dtype=np.float64)
+        arrays[f] = arr
+    naive = pd.DatetimeIndex(times).tz_convert("UTC").tz_localize(None)
+    return Panel(times=naive.to_numpy(dtype="datetime64[ns]"), symbols=symbols, **arrays)
+
+
+def replay_config(stored: dict[str, Any], run_id: str, start: datetime, audit_dir: str) -> Config:
+    data = {k: v for k, v in stored.items() if k not in _DROP}
+    data["run"] = {**data.get("run", {}), "run_id": run_id, "start": start.isoformat(), "end": ""}
+    data["feed"] = {**data.get("feed", {}), "source": "recorded"}
+    data["log"] = {"audit_dir": audit_dir}
+    data["storage"] = {"url": "sqlite:///:memory:"}
+    return build(Config, data, "")
+
+
+async def _replay(config: Config, panel: Panel) -> dict[datetime, dict[str, Any]]:
+    from .app import build_engine
+
+    got: dict[datetime, dict[str, Any]] = {}
+    engine = build_engine(config, "backtest", panel=panel)
+    engine.on_decision = lambda t, _source, record: got.__setitem__(t, record)
+    await engine.run_until_done()
+    return got
+
+
+async def replay_check(
+    config: Config, run_id: str, overrides: dict[str, Any] | None = None
+) -> ReplayReport:
+    """Compare the live run `run_id` in the store of `config` with its replay. `overrides`
+    (a nested mapping, e.g. {"orders": {"rebalance_band": 0.05}}) changes the replayed
+    configuration: what would have differed, and from which bar."""
+    store = open_store(config.storage.url, spool=False)
+    await store.start()
+    try:
+        runs = await store.fetch("runs", run_id)
+        if not runs:
+            raise ConfigError(f"replay-check: no run {run_id!r} in {config.storage.url!r}")
+        run = runs[0]
+        if run["mode"] != "live":
+            raise ConfigError(f"replay-check: run {run_id!r} is a {run['mode']} run, not live")
+        decisions = await store.fetch("decisions", run_id)
+        bars = await store.fetch_bars()
+    finally:
+        await store.stop()
+    report = ReplayReport(run_id)
+    if not decisions:
+        return report
+    stored_config = json.loads(run["config_json"])
+    for section, values in (overrides or {}).items():
+        stored_config[section] = {**stored_config.get(section, {}), **values}
+    symbols = tuple(run["symbols"])
+    broker_kind = stored_config.get("broker", {}).get("kind", "auto")
+    # With a real broker the fills (and so the book behind each decision) are the broker's.
+    report.decisions_comparable = broker_kind == "simulated" or not any(
+        d["record"].get("broker") == "external" for d in decisions
+    )
+    segments: dict[str, list[dict[str, Any]]] = {}
+    for d in decisions:
+        segments.setdefault(d["record"].get("first_bar", ""), []).append(d)
+    report.segments = len(segments)
+    with tempfile.TemporaryDirectory(prefix="tradingd-replay-check-") as audit:
+        for k, (first_bar, rows) in enumerate(sorted(segments.items())):
+            since = pd.Timestamp(first_bar).to_pydatetime() if first_bar else bars[0]["time"]
+            panel = _panel(bars, symbols, since)
+            cfg = replay_config(stored_config, run_id, rows[0]["time"], audit)
+            replayed = await _replay(cfg, panel)
+            whole = k == 0 and report.decisions_comparable
+            for d in rows:
+                t = d["time"]
+                other = replayed.get(t)
+                if other is None:
+                    report.bars_missing_in_replay.append(t)
+                    continue
+                report.bars_compared += 1
+                diff = compare(d["record"], other)
+                if not whole:
+                    diff = [x for x in diff if x.startswith(("features", "scores"))]
+                if diff:
+                    report.differing.append(BarDifference(t, diff))
+    log.info(
+        "replay_check.done",
+        run_id=run_id,
+        bars=report.bars_compared,
+        differing=len(report.differing),
+        segments=report.segments,
+    )
+    return report
+
+
+__all__ = ["ReplayReport", "replay_check", "replay_config"]
