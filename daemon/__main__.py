@@ -1,31 +1,67 @@
 """The `tradingd` command: backtest | run | train | fetch | features | plugins | config.
 
-Only this module calls `asyncio.run`; SIGTERM and SIGINT are turned into a clean stop of the
-engine (finish the bar, flush the store) through `loop.add_signal_handler`.
+Only this module calls `asyncio.run`.
 
 Every command that takes a configuration validates it the same way before doing any work
 (`preflight.check_config`), and the commands that use the database or Redis check that they
 answer (`preflight.check_services`): a mistake is reported in seconds, as
-`tradingd: error: ...` with exit code 2, never as a traceback after a replay.
+`tradingd: error: ...` with exit code 2, never as a traceback after a replay. Ctrl-C in any
+command prints `tradingd: interrupted` (exit 130), never a traceback.
+
+Signals of `tradingd run` (the daemon), handled from the moment the command line is parsed,
+before the configuration, the data or any model is loaded:
+
+* SIGTERM, SIGINT: a clean stop, exit code 0. While trading, the current bar is finished,
+  the store flushed and every connection closed. During start-up, the step under way
+  (checking the configuration and plugins, loading data, loading plugins and models) is
+  finished, then nothing more is started; a step that only waits (checking that the
+  database and Redis answer) is abandoned; connecting and warming up stop at the next bar.
+  The last log line, `tradingd.exit`, says where it stopped ("stopped during start-up:
+  loading data"). A second signal while stopping logs `tradingd.already_stopping`; a third
+  exits at once, without finishing the bar or flushing, with exit code 128 + the signal
+  number (130 for SIGINT, 143 for SIGTERM), the code a shell reports for a killed process.
+* SIGHUP: the same configuration files (and the environment) are read again; what is safe to
+  change in a running daemon (log level, risk limits, alert targets) is applied, everything
+  else is logged as "not reloaded: restart needed" (see `tradingd.reload`), and an invalid
+  configuration is rejected with the running one kept. A SIGHUP during start-up is applied
+  once the engine is built.
+
+Heavy modules (pandas, the engine) are imported only after the signal handlers are in place,
+so that a signal during the imports is already a clean stop (only the interpreter's own
+start-up, before `main` runs, is not covered).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
+import os
 import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import structlog
-
-from .config import Config, load_config
 from .core.errors import TradingdError
 from .secrets import mask_url
 
-log = structlog.get_logger("tradingd.cli")
+if TYPE_CHECKING:
+    from .config import Config
+    from .engine.engine import Engine
+
+
+class _Log:
+    """structlog's logger, imported on first use (structlog takes ~0.2 s to import)."""
+
+    def __getattr__(self, name: str) -> Any:
+        import structlog
+
+        return getattr(structlog.get_logger("tradingd.cli"), name)
+
+
+log: Any = _Log()
 
 DEFAULT_CONFIG = Path("config/default.toml")
 # Trained models go under var/ (like runs and audit logs), never into the installed package
@@ -37,10 +73,16 @@ DEFAULT_RETRAIN_ROOT = "var/models"
 _OUTPUT_ARG = {"backtest": "output", "train": "out", "retrain": "root"}
 
 
-def _config(paths: Sequence[str]) -> Config:
+def _config_paths(paths: Sequence[str]) -> list[str]:
     if not paths and DEFAULT_CONFIG.exists():
-        paths = [str(DEFAULT_CONFIG)]
-    return load_config(paths)
+        return [str(DEFAULT_CONFIG)]
+    return list(paths)
+
+
+def _config(paths: Sequence[str]) -> Config:
+    from .config import load_config
+
+    return load_config(_config_paths(paths))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -122,61 +164,79 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The program (`argv` None: the process exits when this returns, so signals that
+    arrive after the command finished are ignored rather than turning its exit code into a
+    kill), or an embedded call with explicit `argv` (tests), which gets its signal handlers
+    back as they were."""
     args = _parser().parse_args(argv)
+    exiting = argv is None
     try:
-        if args.command == "plugins":
-            return _plugins()
-        if args.command == "health":
-            return _health(args)
-        from .preflight import check_config, check_services, check_train_extra
-
-        if args.command in ("train", "retrain"):
-            check_train_extra()  # before anything is loaded: say what to install
-        config = _config(args.config)
-        from .logs import configure_logging
-
-        configure_logging(config.log.level, config.log.format)
-        arg = _OUTPUT_ARG.get(args.command)
-        output = getattr(args, arg) if arg else None
-        check_config(config, args.command, output_dir=output)
-        if args.command in ("backtest", "run", "fetch"):
-            asyncio.run(check_services(config))
-        if args.command == "features":
-            from .features.catalog import Catalog, feature_set_id, resolve_set
-
-            f = config.features
-            names = resolve_set(f.set, f.extra)
-            cat = Catalog(f.indicators, f.cross_sectional)
-            for n in names:
-                cat.node(n)  # every name must parse
-            fsid = feature_set_id(f.set, names, f.indicators, f.cross_sectional)
-            print(
-                json.dumps(
-                    {"set": fsid.name, "version": fsid.version, "features": list(fsid.features)},
-                    indent=2,
-                )
-            )
-            return 0
-        if args.command == "config":
-            print(json.dumps(config.to_public_dict(), indent=2, default=str))
-            return 0
-        if args.command == "backtest":
-            return _backtest(config, args)
         if args.command == "run":
-            return asyncio.run(_run(config))
-        if args.command == "train":
-            return _train(config, args)
-        if args.command == "retrain":
-            return _retrain(config, args)
-        if args.command == "fetch":
-            from .app import import_bars
-
-            stored = asyncio.run(import_bars(config))
-            print(f"stored {stored} bars in {mask_url(config.storage.url)}")
-            return 0
+            return _run_command(args, restore=not exiting)
+        return _command(args)
     except TradingdError as exc:
         print(f"tradingd: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("tradingd: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        if exiting:
+            # At finalization Python resets its own handlers to the default actions (a kill
+            # for SIGTERM and SIGHUP, KeyboardInterrupt for SIGINT), but keeps SIG_IGN.
+            for sig in _HANDLED if args.command == "run" else (signal.SIGINT,):
+                signal.signal(sig, signal.SIG_IGN)
+
+
+def _command(args: argparse.Namespace) -> int:
+    if args.command == "plugins":
+        return _plugins()
+    if args.command == "health":
+        return _health(args)
+    from .preflight import check_config, check_services, check_train_extra
+
+    if args.command in ("train", "retrain"):
+        check_train_extra()  # before anything is loaded: say what to install
+    config = _config(args.config)
+    from .logs import configure_logging
+
+    configure_logging(config.log.level, config.log.format)
+    arg = _OUTPUT_ARG.get(args.command)
+    output = getattr(args, arg) if arg else None
+    check_config(config, args.command, output_dir=output)
+    if args.command in ("backtest", "fetch"):
+        asyncio.run(check_services(config))
+    if args.command == "features":
+        from .features.catalog import Catalog, feature_set_id, resolve_set
+
+        f = config.features
+        names = resolve_set(f.set, f.extra)
+        cat = Catalog(f.indicators, f.cross_sectional)
+        for n in names:
+            cat.node(n)  # every name must parse
+        fsid = feature_set_id(f.set, names, f.indicators, f.cross_sectional)
+        print(
+            json.dumps(
+                {"set": fsid.name, "version": fsid.version, "features": list(fsid.features)},
+                indent=2,
+            )
+        )
+        return 0
+    if args.command == "config":
+        print(json.dumps(config.to_public_dict(), indent=2, default=str))
+        return 0
+    if args.command == "backtest":
+        return _backtest(config, args)
+    if args.command == "train":
+        return _train(config, args)
+    if args.command == "retrain":
+        return _retrain(config, args)
+    if args.command == "fetch":
+        from .app import import_bars
+
+        stored = asyncio.run(import_bars(config))
+        print(f"stored {stored} bars in {mask_url(config.storage.url)}")
+        return 0
     return 1
 
 
@@ -266,16 +326,307 @@ def _backtest(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _run(config: Config) -> int:
-    from .app import build_engine, health_inputs
+# ----------------------------------------------------------------------------- tradingd run
+
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_HANDLED = (*_STOP_SIGNALS, signal.SIGHUP)
+_FORCE_AFTER = 3  # the third stop signal exits at once (exit code 128 + signal number)
+
+
+class _StartupStopped(Exception):
+    """A stop was requested during start-up: nothing more is started."""
+
+
+class _Daemon:
+    """The signals of `tradingd run`, and how far start-up has come (module docstring).
+
+    Before the event loop runs (and after it stopped), plain Python signal handlers only
+    record a signal: one that logged could deadlock on the log's lock, which the interrupted
+    code may hold. What they recorded is logged at the next step. While the loop runs,
+    `loop.add_signal_handler` calls `on_signal` from the loop, where logging is safe.
+    """
+
+    def __init__(self, paths: list[str]) -> None:
+        self.paths = paths  # re-read on SIGHUP
+        self.config: Config | None = None  # the running configuration
+        self.engine: Engine | None = None
+        self.phase = "loading configuration"
+        self.ready = False  # warmed up and trading (the clock started)
+        self.stop_signal: str | None = None
+        self.stops = 0
+        self.reload_pending = False
+        self._recorded: list[tuple[int, str]] = []  # (signal, phase) seen without a loop
+        self._logged_stops = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stopping: asyncio.Event | None = None
+        self._previous: dict[int, Any] = {}
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop_signal is not None
+
+    # -- handlers --------------------------------------------------------------------------
+
+    def install_plain(self) -> None:
+        for sig in _HANDLED:
+            self._previous.setdefault(sig, signal.getsignal(sig))
+            signal.signal(sig, self._plain)
+
+    def restore(self) -> None:
+        """The handlers from before `install_plain`."""
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+    def _plain(self, signum: int, frame: Any) -> None:
+        self._recorded.append((signum, self.phase))
+        if signum == signal.SIGHUP:
+            self.reload_pending = True
+            return
+        self.stops += 1
+        if self.stop_signal is None:
+            self.stop_signal = signal.Signals(signum).name
+        if self.stops >= _FORCE_AFTER:
+            self._force(signum, in_handler=True)
+
+    def attach(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._stopping = asyncio.Event()
+        if self.stopping:
+            self._stopping.set()
+        for sig in _HANDLED:
+            loop.add_signal_handler(sig, self.on_signal, sig)
+        self.flush_recorded()
+
+    def detach(self) -> None:
+        """Back to the plain handlers before the loop closes: closing it would restore the
+        default actions (SIGTERM and SIGHUP kill, SIGINT raises KeyboardInterrupt)."""
+        loop, self._loop = self._loop, None
+        if loop is None:
+            return
+        for sig in _HANDLED:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, self._plain)
+
+    def on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            self.reload(name)
+            return
+        self.stops += 1
+        if self.stops >= _FORCE_AFTER:
+            self._force(signum, in_handler=False)
+        if self.stop_signal is None:
+            self.stop_signal = name
+            if self._stopping is not None:
+                self._stopping.set()
+            if self.engine is not None:
+                self.engine.request_stop()
+        self._log_stop(name, self.phase)
+
+    def _log_stop(self, name: str, phase: str) -> None:
+        self._logged_stops += 1
+        if self._logged_stops == 1:
+            log.info(
+                "tradingd.stop_requested",
+                signal=name,
+                phase=phase,
+                detail="finishing the current bar, then flush and close"
+                if self.ready
+                else "start-up stops after its current step",
+            )
+        else:
+            log.warning(
+                "tradingd.already_stopping",
+                signal=name,
+                phase=phase,
+                detail="the stop is under way; one more stop signal exits at once, without "
+                "finishing the bar or flushing"
+                if self._logged_stops == _FORCE_AFTER - 1
+                else "the stop is under way",
+            )
+
+    def flush_recorded(self) -> None:
+        """Log what the plain handlers recorded (logging must be configured)."""
+        recorded, self._recorded = self._recorded, []
+        for signum, phase in recorded:
+            name = signal.Signals(signum).name
+            if signum == signal.SIGHUP and (self.stopping or phase == "exiting"):
+                self.reload_pending = False
+                log.info("config.reload_ignored", signal=name, detail="the daemon is stopping")
+            elif signum == signal.SIGHUP:
+                log.info(
+                    "config.reload_deferred",
+                    signal=name,
+                    phase=phase,
+                    detail="the configuration is reloaded once the engine is built",
+                )
+            else:
+                self._log_stop(name, phase)
+        if self.stopping and self._stopping is not None:
+            self._stopping.set()
+
+    def _force(self, signum: int, *, in_handler: bool) -> None:
+        name = signal.Signals(signum).name
+        code = 128 + signum
+        if in_handler:  # no logging from a plain handler (see the class docstring)
+            os.write(2, f"tradingd: {name} x{self.stops}: forced exit ({code})\n".encode())
+        else:
+            log.error(
+                "tradingd.forced_exit",
+                signal=name,
+                signals=self.stops,
+                phase=self.phase,
+                exit_code=code,
+                detail="stop signal received three times: exiting at once, without finishing "
+                "the bar or flushing",
+            )
+            sys.stderr.flush()
+        os._exit(code)
+
+    def reload(self, name: str = "SIGHUP") -> None:
+        if self.stopping:
+            log.info("config.reload_ignored", signal=name, detail="the daemon is stopping")
+            return
+        if self.engine is None or self.config is None:
+            self.reload_pending = True
+            log.info(
+                "config.reload_deferred",
+                signal=name,
+                phase=self.phase,
+                detail="the configuration is reloaded once the engine is built",
+            )
+            return
+        self.reload_pending = False
+        from .reload import log_report, reload_from_files
+
+        try:
+            report = reload_from_files(self.engine, self.config, self.paths)
+        except Exception:  # a reload must never take the daemon down
+            log.exception("config.reload_failed", signal=name, files=self.paths)
+            return
+        log_report(report, signal=name, files=self.paths)
+        if report.ok and report.config is not None:
+            self.config = report.config
+
+    # -- start-up steps --------------------------------------------------------------------
+
+    def enter(self, phase: str) -> None:
+        """A start-up step begins; raises _StartupStopped when a stop was requested."""
+        self.flush_recorded()
+        if self.stopping:
+            raise _StartupStopped
+        self.phase = phase
+        log.info("startup.phase", phase=phase)
+
+    async def in_thread(self, phase: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """A synchronous step (loading data, models): run in a thread so that the loop sees
+        signals meanwhile. A stop lets the step finish (it cannot be interrupted safely)
+        and then stops start-up."""
+        self.enter(phase)
+        result = await asyncio.to_thread(fn, *args, **kwargs)
+        if self.stopping:
+            raise _StartupStopped
+        return result
+
+    async def abandonable(self, phase: str, fn: Any, *args: Any) -> Any:
+        """An asynchronous step that only waits (service checks): a stop abandons it."""
+        self.enter(phase)
+        assert self._stopping is not None
+        task = asyncio.ensure_future(fn(*args))
+        stop = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for pending in (stop, task):
+                if not pending.done():
+                    pending.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await pending
+        if task.cancelled() or self.stopping:
+            raise _StartupStopped
+        return task.result()
+
+    def exit_line(self, result: Any = None) -> int:
+        """The last log line: where and why the daemon stopped. Always exit code 0."""
+        fields: dict[str, Any] = {}
+        if result is not None:
+            fields.update(bars=result.bars, stopped_early=result.stopped_early)
+        if self.stopping and not self.ready:
+            reason = f"stopped during start-up: {self.phase}"
+        elif self.stopping:
+            reason = f"stopped by {self.stop_signal}"
+        elif result is not None and result.stopped_early:
+            reason = "stopped by the engine (see the lines before)"  # e.g. instance lock lost
+        else:
+            reason = "run finished"  # an accelerated clock released its last bar
+        log.info("tradingd.exit", reason=reason, signal=self.stop_signal, **fields)
+        return 0
+
+
+def _run_command(args: argparse.Namespace, *, restore: bool = True) -> int:
+    daemon = _Daemon(_config_paths(args.config))
+    daemon.install_plain()  # first: from here on a signal is a clean stop
+    logging_ready = False
+    try:
+        from .config import load_config  # imports pandas: seconds on a cold start
+        from .logs import configure_logging
+
+        config = load_config(daemon.paths)
+        configure_logging(config.log.level, config.log.format)
+        logging_ready = True
+        daemon.config = config
+        daemon.flush_recorded()
+        if daemon.stopping:
+            return daemon.exit_line()
+        return asyncio.run(_run(config, daemon))
+    except TradingdError as exc:
+        print(f"tradingd: error: {exc}", file=sys.stderr)
+        return 2
+    except Exception:
+        if not logging_ready:
+            raise
+        log.exception("tradingd.failed", phase=daemon.phase)
+        return 1
+    finally:
+        if logging_ready:
+            daemon.phase = "exiting"
+            daemon.flush_recorded()
+        if restore:  # an embedded call; a process that exits now ignores them (main)
+            daemon.restore()
+
+
+async def _run(config: Config, daemon: _Daemon) -> int:
+    daemon.attach(asyncio.get_running_loop())
+    try:
+        return await _serve(config, daemon)
+    except _StartupStopped:
+        return daemon.exit_line()
+    finally:
+        daemon.detach()
+
+
+async def _serve(config: Config, daemon: _Daemon) -> int:
+    from .preflight import check_config, check_services
+
+    await daemon.in_thread("checking configuration and plugins", check_config, config, "run")
+    await daemon.abandonable("checking services", check_services, config)
+
+    from .app import build_engine, health_inputs, load_data
     from .health import token_from_env
     from .health.server import HealthServer
     from .watchdog import SystemdNotifier
 
-    engine = build_engine(config, "live")
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, engine.request_stop)
+    panel = None
+    if config.feed.source == "recorded":  # a vendor feed fetches its history at warm-up
+        panel = await daemon.in_thread("loading data", load_data, config)
+    daemon.enter("loading plugins and models")
+    engine = await asyncio.to_thread(build_engine, config, "live", panel=panel)
+    daemon.engine = engine  # from here on a stop signal reaches the engine
+    if daemon.stopping:
+        _close_unstarted(engine)
+        raise _StartupStopped
+    if daemon.reload_pending:
+        daemon.reload()
     checks, status, controls = health_inputs(engine)
     notifier = SystemdNotifier()
     server = (
@@ -285,24 +636,51 @@ async def _run(config: Config) -> int:
     )
 
     def heartbeat(*, busy: bool = False) -> None:
+        if busy and not daemon.ready:
+            daemon.phase = "warm-up"
         if server is not None:
             server.heartbeat(busy=busy)
         notifier.pet()
 
+    def ready() -> None:
+        daemon.ready = True
+        daemon.phase = "trading"
+        notifier.ready()
+
     engine.on_heartbeat = heartbeat
-    engine.on_ready = notifier.ready
-    if server is not None:
-        await server.start()  # before the engine: /health answers during start-up and warm-up
-    await notifier.start()
+    engine.on_ready = ready
+    ran = False
     try:
+        if server is not None:
+            await server.start()  # before the engine: /health answers during start-up
+        await notifier.start()
+        if daemon.stopping:
+            raise _StartupStopped
+        daemon.phase = "connecting"
+        log.info("startup.phase", phase=daemon.phase)
+        ran = True  # the engine closes what it holds itself
         result = await engine.run_until_done()
     finally:
+        if not ran:
+            _close_unstarted(engine)
         notifier.stopping()
         await notifier.stop()
         if server is not None:
             await server.stop()
-    log.info("tradingd.exit", bars=result.bars, stopped_early=result.stopped_early)
-    return 0
+    return daemon.exit_line(result)
+
+
+def _close_unstarted(engine: Engine) -> None:
+    """What a built engine holds before it runs (nothing is connected yet)."""
+    engine.audit.close()
+    p = engine.pipeline
+    for plugin in [s for s, _ in p.signals] + [p.sizing, *p.risks]:
+        close = getattr(plugin, "close", None)
+        if close is not None:
+            try:
+                close()
+            except Exception:  # cleanup must reach every plugin
+                log.exception("plugin.close_failed", plugin=getattr(plugin, "name", "?"))
 
 
 if __name__ == "__main__":

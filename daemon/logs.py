@@ -1,4 +1,16 @@
-"""structlog set-up: JSON lines for services, readable console output on a terminal."""
+"""structlog set-up: JSON lines for services, readable console output on a terminal.
+
+Everything that logs ends up in the same stream in the same format: tradingd's own structlog
+loggers, and the standard-library loggers of the libraries it uses (APScheduler, asyncio,
+aiohttp, websockets, `warnings`), which go through structlog's `ProcessorFormatter`. In JSON
+mode every record is one JSON object on one line, an exception included (its traceback is the
+`exception` string of that object), never a multi-line traceback in plain text.
+
+Library loggers are kept at WARNING whatever `log.level` says (their INFO and DEBUG lines are
+per request or per scheduler firing: noise at 20 bars a second), and APScheduler's loggers are
+set to WARNING explicitly, so a misfire or a failed job is seen but a firing is not.
+`set_level` changes the level of a running process (SIGHUP).
+"""
 
 from __future__ import annotations
 
@@ -17,12 +29,26 @@ _LEVELS = {
     "error": logging.ERROR,
 }
 
+# Standard-library loggers set deliberately (not inherited from the root logger).
+LIBRARY_LEVELS = {
+    # "Running job ...", "Job ... executed successfully" at INFO on every firing; "Run time of
+    # job ... was missed", "Execution of job ... skipped" and job errors at WARNING/ERROR.
+    "apscheduler": logging.WARNING,
+    "apscheduler.scheduler": logging.WARNING,
+    "apscheduler.executors.default": logging.WARNING,
+    # One INFO line per HTTP request to the health server (scrapes every few seconds).
+    "aiohttp.access": logging.WARNING,
+}
+
+_current: dict[str, str] = {}
+
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     )
+    stream: Any = _StderrBesideProgressBars()  # a TextIO as far as writers care
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -34,9 +60,61 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
-        logger_factory=structlog.WriteLoggerFactory(file=_StderrBesideProgressBars()),
+        logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
+    _route_stdlib(level, renderer, stream)
+    _current.update(level=level, format=fmt)
+
+
+def set_level(level: str) -> None:
+    """Change the level of every logger of a running process (the format stays)."""
+    if level not in _LEVELS:
+        raise ValueError(f"log level {level!r} is invalid; valid: {', '.join(_LEVELS)}")
+    configure_logging(level, _current.get("format", "auto"))
+
+
+def current_level() -> str | None:
+    """The level set by the last `configure_logging` (None before the first)."""
+    return _current.get("level")
+
+
+class _OwnHandler(logging.StreamHandler):
+    """The handler this module puts on the root logger (replaced on every reconfiguration,
+    without touching handlers others added, e.g. pytest's)."""
+
+
+def _route_stdlib(level: str, renderer: Any, stream: Any) -> None:
+    formatter = structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[
+            structlog.contextvars.merge_contextvars,
+            structlog.stdlib.add_log_level,
+            structlog.stdlib.add_logger_name,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _strip_event,
+        ],
+        processors=[
+            structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+            structlog.processors.StackInfoRenderer(),
+            structlog.processors.format_exc_info,
+            _iso_datetimes,
+            renderer,
+        ],
+    )
+    handler = _OwnHandler(stream)
+    handler.setFormatter(formatter)
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if isinstance(h, _OwnHandler)]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    wanted = _LEVELS[level]
+    # Libraries: warnings and errors only (as before, when Python's last-resort handler
+    # printed them as plain text); tradingd's own standard-library loggers follow log.level.
+    root.setLevel(max(wanted, logging.WARNING))
+    logging.getLogger("tradingd").setLevel(wanted)
+    for name, lib_level in LIBRARY_LEVELS.items():
+        logging.getLogger(name).setLevel(max(lib_level, wanted))
+    logging.captureWarnings(True)  # warnings.warn(...) as log records, not stderr text
 
 
 class _StderrBesideProgressBars:
@@ -55,6 +133,13 @@ class _StderrBesideProgressBars:
 
     def flush(self) -> None:
         sys.stderr.flush()
+
+
+def _strip_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """Library messages may end in a newline (a formatted warning does)."""
+    if isinstance(event.get("event"), str):
+        event["event"] = event["event"].rstrip()
+    return event
 
 
 def _iso_datetimes(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -77,6 +77,20 @@ def _wall_clock() -> datetime:
     return datetime.now(UTC)
 
 
+async def _job_tasks_done(sched: AsyncIOScheduler, timeout_s: float = 1.0) -> None:
+    """Wait (bounded) for the firings the scheduler's executors have started as tasks."""
+    for _ in range(3):  # a firing handed over in this loop iteration runs in the next one
+        pending = [
+            f
+            for executor in getattr(sched, "_executors", {}).values()
+            for f in getattr(executor, "_pending_futures", ())
+            if not f.done()
+        ]
+        if not pending:
+            return
+        await asyncio.wait(pending, timeout=timeout_s)
+
+
 class LiveClock:
     """Yields bar labels (UTC) as they become available; see the module docstring.
 
@@ -245,10 +259,27 @@ class LiveClock:
         )
 
     async def stop(self) -> None:
+        """Stop releasing bars and shut the scheduler down without an error line.
+
+        APScheduler defers both a firing and its own shutdown to the loop
+        (`call_soon_threadsafe`): a firing processed just before the shutdown creates a job
+        task that the shutdown cancels before it ran, and APScheduler logs that as "Error
+        running job" with a `CancelledError` traceback (as it does for a job task still
+        pending when `asyncio.run` cancels what is left). So: the jobs are removed first (a
+        firing still queued finds nothing to run), the job tasks already created finish (a
+        release never waits), then the scheduler shuts down, and the loop runs once more so
+        that the deferred shutdown has happened when this returns."""
         self.request_stop()
-        if self._scheduler is not None:
-            self._scheduler.shutdown(wait=False)
-            self._scheduler = None
+        sched, self._scheduler = self._scheduler, None
+        if sched is None:
+            return
+        try:
+            sched.remove_all_jobs()
+            await _job_tasks_done(sched)
+        finally:
+            if sched.running:
+                sched.shutdown(wait=False)
+            await asyncio.sleep(0)
 
     def request_stop(self) -> None:
         self._stopped = True

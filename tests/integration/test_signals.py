@@ -1,0 +1,480 @@
+"""Signals of the live daemon, as a process: SIGTERM and SIGINT stop it cleanly with exit code
+0 at any moment (during start-up too), never with a traceback; SIGHUP reloads what is safe to
+change and says what needs a restart; an invalid configuration on SIGHUP is refused and the
+daemon keeps running. Then `tradingd.reload` without signals, the routing of standard-library
+log records (APScheduler) into the JSON log, and the live clock's quiet shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import structlog
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT_S = 60
+
+RISK = """
+[[risk]]
+name = "max_position"
+params = {{ max_position_pct = {max_position} }}
+[[risk]]
+name = "max_open_positions"
+params = {{ max_open_positions = 10 }}
+[[risk]]
+name = "max_gross_exposure"
+params = {{ max_gross_exposure = 1.0 }}
+[[risk]]
+name = "drawdown_guard"
+params = {{ max_drawdown_pct = 0.20, daily_loss_limit_pct = 0.05 }}
+"""
+
+
+def _config_text(tmp_path: Path, *, bars_per_second: float = 20.0, extra: str = "") -> str:
+    """The demo (bundled bars through the live path), writing only under tmp_path."""
+    return f"""
+[run]
+name = "signals"
+start = "2017-01-01"
+output_dir = "{tmp_path / "runs"}"
+[live]
+bars_per_second = {bars_per_second}
+[storage]
+url = "sqlite:///{tmp_path / "daemon.db"}"
+[health]
+port = 0
+[log]
+format = "json"
+audit_dir = "{tmp_path / "audit"}"
+{extra}
+"""
+
+
+class Daemon:
+    """`tradingd run` in a subprocess, its standard error in a file read as JSON lines."""
+
+    def __init__(self, tmp_path: Path, config: Path) -> None:
+        self.err_path = tmp_path / "stderr.log"
+        self.out_path = tmp_path / "stdout.log"
+        env = {**os.environ}
+        for name in ("DATABASE_URL", "REDIS_URL", "TRADINGD_LOG__LEVEL", "TRADINGD_LOG__FORMAT"):
+            env.pop(name, None)
+        with self.err_path.open("w") as err, self.out_path.open("w") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tradingd", "run", "-c", str(config)],
+                cwd=tmp_path,
+                env=env,
+                stdout=out,
+                stderr=err,
+            )
+
+    def lines(self) -> list[dict]:
+        out = []
+        for line in self.err_path.read_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                out.append({"event": "<not json>", "text": line})
+        return out
+
+    def events(self, event: str) -> list[dict]:
+        return [r for r in self.lines() if r.get("event") == event]
+
+    def wait_for(self, event: str, count: int = 1, **fields: object) -> dict:
+        """The `count`-th line of `event` (with `fields`), waiting at most TIMEOUT_S."""
+        deadline = time.monotonic() + TIMEOUT_S
+        while time.monotonic() < deadline:
+            found = [r for r in self.events(event) if all(r.get(k) == v for k, v in fields.items())]
+            if len(found) >= count:
+                return found[count - 1]
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        raise AssertionError(
+            f"no {event} {fields} (exit code {self.proc.poll()}); log:\n"
+            + self.err_path.read_text()[-3000:]
+        )
+
+    def signal(self, sig: int) -> None:
+        self.proc.send_signal(sig)
+
+    def wait(self) -> int:
+        try:
+            return self.proc.wait(timeout=TIMEOUT_S)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+
+    def assert_clean_output(self) -> None:
+        """No traceback anywhere; every line of standard error is one JSON object."""
+        err, out = self.err_path.read_text(), self.out_path.read_text()
+        assert "Traceback" not in err and "Traceback" not in out, err[-3000:]
+        bad = [r["text"] for r in self.lines() if r["event"] == "<not json>"]
+        assert not bad, bad
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    started: list[Daemon] = []
+
+    def start(config: Path) -> Daemon:
+        d = Daemon(tmp_path, config)
+        started.append(d)
+        return d
+
+    yield start
+    for d in started:
+        if d.proc.poll() is None:
+            d.proc.kill()
+            d.proc.wait()
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "daemon.toml"
+    path.write_text(text)
+    return path
+
+
+# ----------------------------------------------------------------------------- processes
+
+
+def test_sigterm_during_startup_exits_0_and_a_second_signal_only_logs(tmp_path, daemon):
+    d = daemon(_write(tmp_path, _config_text(tmp_path)))
+    d.wait_for("startup.phase", phase="loading data")
+    d.signal(signal.SIGTERM)
+    d.wait_for("tradingd.stop_requested")
+    d.signal(signal.SIGINT)  # while stopping: logged, not a traceback, not a kill
+    assert d.wait() == 0, d.err_path.read_text()[-3000:]
+    d.assert_clean_output()
+    stop = d.wait_for("tradingd.stop_requested")
+    assert stop["signal"] == "SIGTERM"
+    assert d.wait_for("tradingd.already_stopping")["signal"] == "SIGINT"
+    exit_line = d.events("tradingd.exit")
+    assert len(exit_line) == 1
+    assert exit_line[0]["reason"].startswith("stopped during start-up: "), exit_line
+    assert exit_line[0]["reason"] == f"stopped during start-up: {stop['phase']}"
+    # Start-up stopped where it was: the engine never connected, warmed up or traded.
+    assert not d.events("engine.start") and not d.events("clock.live.start")
+
+
+def test_third_stop_signal_forces_an_exit_with_a_nonzero_code(tmp_path, daemon):
+    d = daemon(_write(tmp_path, _config_text(tmp_path)))
+    d.wait_for("startup.phase", phase="loading data")
+    # One at a time: the kernel merges a signal into the same one still pending.
+    d.signal(signal.SIGTERM)
+    d.wait_for("tradingd.stop_requested")
+    d.signal(signal.SIGINT)
+    d.wait_for("tradingd.already_stopping")
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 128 + signal.SIGTERM
+    d.assert_clean_output()
+    forced = d.wait_for("tradingd.forced_exit")
+    assert forced["exit_code"] == 128 + signal.SIGTERM and forced["signals"] == 3
+
+
+def test_sigint_while_trading_finishes_the_bar_and_exits_0(tmp_path, daemon):
+    d = daemon(_write(tmp_path, _config_text(tmp_path)))
+    d.wait_for("clock.live.start")
+    d.signal(signal.SIGINT)
+    assert d.wait() == 0, d.err_path.read_text()[-3000:]
+    d.assert_clean_output()
+    assert d.wait_for("tradingd.stop_requested")["phase"] == "trading"
+    assert d.wait_for("engine.stop")["stopped_early"] is True
+    exit_line = d.wait_for("tradingd.exit")
+    assert exit_line["reason"] == "stopped by SIGINT" and exit_line["stopped_early"] is True
+    assert not d.events("tradingd.already_stopping")
+
+
+def test_sighup_applies_limits_and_level_reports_the_rest_and_refuses_invalid(tmp_path, daemon):
+    base = _config_text(tmp_path, bars_per_second=5.0)
+    path = _write(tmp_path, base + RISK.format(max_position=0.05))
+    d = daemon(path)
+    d.wait_for("clock.live.start")
+
+    # A risk limit and the log level (applied), and the universe (restart needed).
+    changed = base.replace('format = "json"', 'format = "json"\nlevel = "debug"')
+    changed += RISK.format(max_position=0.04) + '\n[data]\nsymbols = ["SP500"]\n'
+    path.write_text(changed)
+    d.signal(signal.SIGHUP)
+    applied = d.wait_for("config.reloaded")
+    assert applied["applied"] == ["risk[0].params.max_position_pct", "log.level"]
+    assert applied["changes"]["risk[0].params.max_position_pct"] == [0.05, 0.04]
+    assert applied["changes"]["log.level"] == ["info", "debug"]
+    rest = d.wait_for("config.not_reloaded")
+    assert rest["keys"] == ["data.symbols"] and rest["detail"] == "not reloaded: restart needed"
+
+    # An invalid configuration is refused as a whole; the daemon keeps running on the old one.
+    path.write_text(changed.replace("max_position_pct = 0.04", "max_position_pct = 3.0"))
+    d.signal(signal.SIGHUP)
+    rejected = d.wait_for("config.reload_rejected")
+    assert "risk[0].params" in rejected["error"] and "max_position_pct" in rejected["error"]
+    path.write_text("[run\nbroken toml")
+    d.signal(signal.SIGHUP)
+    assert "not valid TOML" in d.wait_for("config.reload_rejected", 2)["error"]
+    assert d.proc.poll() is None
+
+    # The running configuration is the applied one: the same file again changes nothing
+    # more, only the universe still needs the restart.
+    path.write_text(changed)
+    d.signal(signal.SIGHUP)
+    assert d.wait_for("config.not_reloaded", 2)["keys"] == ["data.symbols"]
+    assert len(d.events("config.reloaded")) == 1
+
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0, d.err_path.read_text()[-3000:]
+    d.assert_clean_output()
+    assert d.wait_for("tradingd.exit")["reason"] == "stopped by SIGTERM"
+
+
+def test_sighup_during_startup_is_applied_once_the_engine_is_built(tmp_path, daemon):
+    """SIGHUP's default action would kill the process: during start-up it is remembered."""
+    d = daemon(_write(tmp_path, _config_text(tmp_path, bars_per_second=5.0)))
+    d.wait_for("startup.phase", phase="loading data")
+    d.signal(signal.SIGHUP)
+    assert d.wait_for("config.reload_deferred")["phase"] == "loading data"
+    d.wait_for("config.reload_unchanged")  # nothing changed in the file meanwhile
+    d.wait_for("clock.live.start")
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0, d.err_path.read_text()[-3000:]
+    d.assert_clean_output()
+
+
+def test_an_embedded_run_gives_the_signal_handlers_back(tmp_path):
+    from tradingd.__main__ import main
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[costs]\ncommission_pct = 5.0\n")
+    signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+    before = {s: signal.getsignal(s) for s in signals}
+    assert main(["run", "-c", str(bad)]) == 2
+    assert {s: signal.getsignal(s) for s in signals} == before
+
+
+# ----------------------------------------------------------------------------- reload unit
+
+
+@pytest.fixture
+def running():
+    """A running pipeline as `reload_config` sees it (an engine's pipeline and symbols)."""
+    from tradingd.app import build_pipeline
+    from tradingd.config import load_config
+
+    config = load_config([], env={})
+    symbols = ("AAA", "BBB")
+    engine = SimpleNamespace(pipeline=build_pipeline(config, symbols), symbols=symbols)
+    return engine, config
+
+
+@pytest.fixture
+def restore_logging():
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for h in list(root.handlers):
+        if h not in handlers:
+            root.removeHandler(h)
+    root.setLevel(level)
+    logging.captureWarnings(False)
+    structlog.reset_defaults()
+
+
+def _with_risk(config, index, **params):
+    risk = list(config.risk)
+    risk[index] = replace(risk[index], params={**risk[index].params, **params})
+    return replace(config, risk=tuple(risk))
+
+
+def test_reload_replaces_a_risk_limit_and_keeps_the_plugin_state(running, restore_logging):
+    from tradingd.logs import configure_logging, current_level
+    from tradingd.reload import reload_config
+
+    engine, old = running
+    configure_logging("info", "json")
+    guard = engine.pipeline.risks[3]
+    assert guard.name == "drawdown_guard"
+    guard._peak, guard._halted_bars = 123_456.0, 4  # state of a running guard
+    new = _with_risk(old, 3, max_drawdown_pct=0.1)
+    new = _with_risk(new, 0, max_position_pct=0.02)
+    new = replace(new, log=replace(new.log, level="warning"))
+
+    report = reload_config(engine, old, new)
+
+    assert report.ok and report.not_reloaded == []
+    assert report.applied == [
+        "risk[0].params.max_position_pct",
+        "risk[3].params.max_drawdown_pct",
+        "log.level",
+    ]
+    assert report.changes["risk[3].params.max_drawdown_pct"] == [0.2, 0.1]
+    assert engine.pipeline.risks[0].config.max_position_pct == 0.02
+    assert guard.config.max_drawdown_pct == 0.1 and guard.config.daily_loss_limit_pct == 0.05
+    assert (guard._peak, guard._halted_bars) == (123_456.0, 4)  # the same instance, its state
+    assert current_level() == "warning"
+    assert report.config is not None and report.config.risk == new.risk
+    assert report.config.log.level == "warning"
+
+
+def test_reload_rejects_an_invalid_limit_and_applies_nothing(running, restore_logging):
+    from tradingd.logs import configure_logging, current_level
+    from tradingd.reload import reload_config
+
+    engine, old = running
+    configure_logging("info", "json")
+    before = engine.pipeline.risks[0].config
+    for bad in ({"max_position_pct": 2.0}, {"max_postion_pct": 0.1}):
+        new = replace(_with_risk(old, 0, **bad), log=replace(old.log, level="debug"))
+        if "max_postion_pct" in bad:  # a typo: an unknown key, not a silent default
+            risk = list(new.risk)
+            risk[0] = replace(risk[0], params=bad)
+            new = replace(new, risk=tuple(risk))
+        report = reload_config(engine, old, new)
+        assert not report.ok and "risk[0].params" in (report.error or "")
+        assert report.applied == [] and report.config is old
+        assert engine.pipeline.risks[0].config is before
+        assert current_level() == "info"
+
+
+def test_reload_reports_what_needs_a_restart(running):
+    from tradingd.config import PluginSpec
+    from tradingd.reload import reload_config
+
+    engine, old = running
+    new = replace(
+        old,
+        data=replace(old.data, symbols=("AAA",)),
+        storage=replace(old.storage, url="sqlite:///elsewhere.db"),
+        sizing=replace(old.sizing, params={**old.sizing.params, "max_positions": 3}),
+        risk=(*old.risk, PluginSpec("max_position", params={"max_position_pct": 0.01})),
+    )
+    report = reload_config(engine, old, new)
+    assert report.ok and report.applied == []
+    assert report.not_reloaded == [
+        "data.symbols",
+        "sizing.params.max_positions",
+        "risk",
+        "storage.url",
+    ]
+    assert any("added, removed or reordered" in n for n in report.notes)
+    assert report.config is old  # nothing applied: the running configuration is unchanged
+
+    # Only key names are reported, never values (a storage URL may hold a password).
+    secret = replace(old, storage=replace(old.storage, url="postgresql://u:hunter2@db/x"))
+    report = reload_config(engine, old, secret)
+    assert report.not_reloaded == ["storage.url"]
+    assert "hunter2" not in json.dumps(report.not_reloaded + report.notes)
+
+
+def test_reload_refuses_an_unknown_plugin_even_where_a_restart_is_needed(running):
+    from tradingd.reload import reload_config
+
+    engine, old = running
+    new = replace(old, sizing=replace(old.sizing, name="no_such_sizing"))
+    report = reload_config(engine, old, new)
+    assert not report.ok and "no_such_sizing" in (report.error or "")
+
+
+def test_reload_alerts_through_the_alerter_or_reports_them(running):
+    from tradingd.alerts import AlertsConfig, AlertTarget
+    from tradingd.reload import reload_config
+
+    engine, old = running
+    if not hasattr(old, "alerts"):
+        pytest.skip("no [alerts] section in this configuration")
+    target = AlertTarget(url="https://hooks.example.com/services/T0/B0/xyz", format="json")
+    new = replace(old, alerts=AlertsConfig(targets=(target,)))
+
+    report = reload_config(engine, old, new)  # the engine has no alerter
+    assert report.ok and report.not_reloaded == ["alerts"]
+    assert any("alerter" in n for n in report.notes)
+
+    calls = []
+    alerter = SimpleNamespace(reconfigure=calls.append)
+    report = reload_config(engine, old, new, alerter=alerter)
+    assert report.ok and report.applied == ["alerts"] and calls == [new.alerts]
+
+    def refuse(config):
+        raise ValueError("target unreachable")
+
+    riskier = _with_risk(new, 0, max_position_pct=0.01)
+    report = reload_config(engine, old, riskier, alerter=SimpleNamespace(reconfigure=refuse))
+    assert not report.ok and "target unreachable" in (report.error or "")
+    assert engine.pipeline.risks[0].config.max_position_pct == 0.05  # nothing applied
+
+
+def test_reload_from_files_rejects_a_file_that_does_not_load(running, tmp_path):
+    from tradingd.reload import reload_from_files
+
+    engine, old = running
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[costs]\ncommission_pct = 5.0\n")
+    report = reload_from_files(engine, old, [bad], env={})
+    assert not report.ok and "costs.commission_pct" in (report.error or "")
+    report = reload_from_files(engine, old, [tmp_path / "missing.toml"], env={})
+    assert not report.ok and "not found" in (report.error or "")
+    good = tmp_path / "good.toml"
+    good.write_text("[log]\nlevel = 'info'\n")
+    report = reload_from_files(engine, old, [good], env={})
+    assert report.ok and report.applied == [] and report.not_reloaded == []
+
+
+# ----------------------------------------------------------------------------- logs, clock
+
+
+def test_library_records_are_json_lines_with_their_traceback_inside(capsys, restore_logging):
+    from tradingd.logs import configure_logging
+
+    configure_logging("debug", "json")
+    sched = logging.getLogger("apscheduler.executors.default")
+    sched.info('Running job "bar-close"')  # per firing: below APScheduler's deliberate level
+    try:
+        raise asyncio.CancelledError
+    except asyncio.CancelledError as exc:
+        sched.error("Error running job %s", "bar-close", exc_info=exc)
+    logging.getLogger("asyncio").warning("Executing %s took %.3f seconds", "<Task>", 0.25)
+    err = capsys.readouterr().err
+    lines = err.splitlines()
+    assert len(lines) == 2, err
+    first, second = (json.loads(line) for line in lines)
+    assert first["event"] == "Error running job bar-close" and first["level"] == "error"
+    assert first["logger"] == "apscheduler.executors.default"
+    assert "Traceback" in first["exception"] and "CancelledError" in first["exception"]
+    assert first["timestamp"].endswith("Z")
+    assert second["logger"] == "asyncio" and second["level"] == "warning"
+
+
+def test_live_clock_stops_without_a_scheduler_error(caplog):
+    """A firing due when the clock stops: APScheduler defers both the firing and its own
+    shutdown to the loop, so the firing's job task was created and then cancelled by the
+    shutdown before it ran, logged as "Error running job" with a CancelledError traceback."""
+    from datetime import UTC, datetime, timedelta
+
+    from tradingd.clock.live import LiveClock
+    from tradingd.config import LiveConfig
+
+    calendar = [datetime(2020, 1, 1, tzinfo=UTC) + timedelta(days=i) for i in range(1000)]
+
+    async def run() -> None:
+        clock = LiveClock(LiveConfig(bars_per_second=1000.0), calendar)
+        await clock.start()
+        sched = clock._scheduler
+        assert sched is not None
+        time.sleep(0.01)  # a firing is due ...
+        sched.wakeup()  # ... and its processing queued on the loop (as its timer does)
+        await clock.stop()
+        await asyncio.sleep(0.01)
+
+    caplog.set_level(logging.WARNING, logger="apscheduler")
+    for _ in range(20):
+        asyncio.run(run())
+    assert not [r for r in caplog.records if r.name.startswith("apscheduler")], caplog.text
