@@ -148,6 +148,22 @@ def _parser() -> argparse.ArgumentParser:
     cf = sub.add_parser("config", help="print the effective configuration as JSON")
     common(cf)
 
+    rc = sub.add_parser(
+        "replay-check",
+        help="replay a live run's stored bars through the backtest path and report every bar "
+        "whose features, model outputs or decisions differ (exit 0 none, 1 some)",
+    )
+    common(rc)
+    rc.add_argument("run_id", help="the live run's id (see /status or the runs table)")
+    rc.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    rh = sub.add_parser(
+        "reset-halt",
+        help="lift a halted kill switch in a stopped live run's checkpoint "
+        "(a running daemon: POST /reset-halt)",
+    )
+    common(rh)
+    rh.add_argument("run_id", help="the live run's id")
+
     he = sub.add_parser(
         "health",
         help="ask a running daemon whether it is alive and ready "
@@ -231,6 +247,33 @@ def _command(args: argparse.Namespace) -> int:
         return _train(config, args)
     if args.command == "retrain":
         return _retrain(config, args)
+    if args.command == "replay-check":
+        from .replay_check import replay_check
+
+        report = asyncio.run(replay_check(config, args.run_id))
+        out = report.to_dict()
+        if args.json:
+            print(json.dumps(out, indent=2, default=str))
+        else:
+            print(
+                f"run {report.run_id}: {report.bars_compared} bar(s) compared, "
+                f"{len(report.differing)} differ, {len(report.bars_missing_in_replay)} "
+                "missing in the replay"
+                + (
+                    ""
+                    if report.decisions_comparable
+                    else " (external broker: features and "
+                    "model outputs compared; decisions only as far as the book agrees)"
+                )
+            )
+            for d in report.differing[:50]:
+                print(f"  {d.time.isoformat()}: " + "; ".join(d.differences))
+        return 0 if report.ok else 1
+    if args.command == "reset-halt":
+        from .stored_run import reset_halt
+
+        print(json.dumps(asyncio.run(reset_halt(config, args.run_id)), indent=2))
+        return 0
     if args.command == "fetch":
         from .app import import_bars
 

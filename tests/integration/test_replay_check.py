@@ -61,3 +61,35 @@ async def test_a_correct_build_replays_a_live_run_identically_and_finds_a_change
     (bad,) = tampered.differing
     assert bad.time == datetime.fromisoformat(t)
     assert bad.differences[0].startswith(f"features: {rec['ready'][0]} {rec['names'][0]} = ")
+
+
+def test_replay_check_and_reset_halt_from_the_command_line(tmp_path: Path):
+    import subprocess
+    import sys
+
+    cfg = write_config(tmp_path, "cli", start="2017-01-01", end="2017-03-31", rate=300.0)
+    run_to_completion(cfg)
+    base = [sys.executable, "-m", "tradingd"]
+    conf = ["-c", str(ROOT / "config/default.toml"), "-c", str(cfg)]
+    ok = subprocess.run(
+        [*base, "replay-check", *conf, "killtest", "--json"], capture_output=True, text=True
+    )
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    report = json.loads(ok.stdout)
+    assert report["ok"] and report["bars_compared"] > 40
+
+    # A halted kill switch in the stored checkpoint is lifted by reset-halt (no daemon runs).
+    con = sqlite3.connect(tmp_path / "cli.db")
+    (text,) = con.execute("SELECT state FROM checkpoints").fetchone()
+    state = json.loads(text)
+    state["plugins"]["drawdown_guard"]["halted"] = 3
+    con.execute("UPDATE checkpoints SET state = ?", (json.dumps(state),))
+    con.commit()
+    reset = subprocess.run([*base, "reset-halt", *conf, "killtest"], capture_output=True, text=True)
+    assert reset.returncode == 0, reset.stderr[-2000:]
+    assert json.loads(reset.stdout)["reset"] == ["drawdown_guard"]
+    (text,) = con.execute("SELECT state FROM checkpoints").fetchone()
+    con.close()
+    assert json.loads(text)["plugins"]["drawdown_guard"]["halted"] is None
+    missing = subprocess.run([*base, "reset-halt", *conf, "nope"], capture_output=True, text=True)
+    assert missing.returncode == 2 and "no checkpoint" in missing.stderr
