@@ -128,7 +128,7 @@ async def latency(args: argparse.Namespace) -> dict[str, object]:
 [run]
 name = "bench"
 start = "2024-01-02"
-end = "2024-03-01"
+end = "{args.end}"
 output_dir = "{tmp / "runs"}"
 [data]
 symbols = {json.dumps(symbols)}
@@ -315,6 +315,9 @@ def main() -> int:
     lat = sub.add_parser("latency")
     lat.add_argument("--symbols", type=int, default=500)
     lat.add_argument("--rate", type=float, default=0.5, help="accelerated bars per second")
+    lat.add_argument(
+        "--end", default="2024-03-01", help="last day (from 2024-01-02: 40 bars; 2024-04-26: 80)"
+    )
     lat.add_argument("--concurrency", type=int, default=16, help="requests in flight")
     lat.add_argument(
         "--broker-rate-limit",
