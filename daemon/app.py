@@ -477,7 +477,15 @@ def build_engine(
         features=swaps.features,
         planner=OrderPlanner(config.orders, run_id, symbols),
         portfolio=portfolio,
-        audit=AuditLog(lg.audit_dir, run_id, lg.audit_max_bytes, lg.audit_backups),
+        # Live: the audit lines of a bar are written before its checkpoint can commit, so a
+        # crash never leaves the store ahead of the audit (see AuditLog.truncate_after).
+        audit=AuditLog(
+            lg.audit_dir,
+            run_id,
+            lg.audit_max_bytes,
+            lg.audit_backups,
+            flush_interval_s=0.0 if mode == "live" else 1.0,
+        ),
         curve_maxlen=None if mode == "backtest" else 100_000,
         publish_interval_s=config.cache.publish_interval_s,
         cache_ttl_s=config.cache.expiry_s,

@@ -15,6 +15,7 @@ import os
 import time
 from collections.abc import Sequence
 from dataclasses import fields
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -127,11 +128,72 @@ class AuditLog:
         else:
             self.path.unlink()
 
+    def session(self, **info: Any) -> None:
+        """Mark a process session (pid, start, where a resumed run continued from): a reader
+        sees where each process's records begin."""
+        row = {"event": "session", "pid": os.getpid(), **info}
+        self._lines.append(
+            _ENCODER.encode(_null_non_finite({k: _plain(v) for k, v in row.items()}))
+        )
+        self.flush(force=True)
+
+    def truncate_after(self, t: datetime | None) -> int:
+        """Drop the records of bars after `t` that an earlier process wrote before it died:
+        the store drops the same rows (`resume_run`) and the resumed run writes them again,
+        so the audit never holds a record twice and agrees with the store. Only the current
+        file is read (a rotation happens at most once per bar, between bars). Returns the
+        number of lines dropped."""
+        self.flush(force=True)
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+        if not self.path.exists():
+            return 0
+        kept: list[str] = []
+        dropped = 0
+        with self.path.open(encoding="utf-8") as fh:
+            for line in fh:
+                when = _record_time(line)
+                if when is _TORN or (isinstance(when, datetime) and (t is None or when > t)):
+                    dropped += 1
+                else:
+                    kept.append(line if line.endswith("\n") else line + "\n")
+        if dropped:
+            tmp = self.path.with_name(self.path.name + ".tmp")
+            tmp.write_text("".join(kept), encoding="utf-8")
+            os.replace(tmp, self.path)
+        return dropped
+
     def close(self) -> None:
         self.flush(force=True)
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+
+def _plain(v: Any) -> Any:
+    return v.isoformat() if isinstance(v, datetime) else v
+
+
+_TORN = object()
+
+
+def _record_time(line: str) -> Any:
+    """The bar time of an order or fill line; None for a session line; `_TORN` for a line
+    that is not JSON (the last line of a process killed while writing it)."""
+    try:
+        row = json.loads(line)
+    except ValueError:
+        return _TORN
+    if not isinstance(row, dict):
+        return None
+    text = {"order": row.get("updated_at") or row.get("created_at"), "fill": row.get("time")}.get(
+        str(row.get("event"))
+    )
+    try:
+        return datetime.fromisoformat(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
 
 
 def _safe(name: str) -> str:

@@ -219,6 +219,26 @@ def stored(db: Path) -> dict[str, Any]:
         con.close()
 
 
+def audit_records(directory: Path) -> tuple[list[dict[str, Any]], int]:
+    """The order and fill records of a run's audit files, oldest file first, and the number
+    of session markers (one per process)."""
+    import json
+
+    files = sorted(
+        directory.glob("*.jsonl*"),
+        key=lambda p: -int(p.suffix[1:]) if p.suffix[1:].isdigit() else 0,
+    )
+    records, sessions = [], 0
+    for f in files:
+        for line in f.read_text().splitlines():
+            row = json.loads(line)
+            if row["event"] == "session":
+                sessions += 1
+            else:
+                records.append(row)
+    return records, sessions
+
+
 def differences(reference: dict[str, Any], other: dict[str, Any]) -> list[str]:
     """Each table whose rows differ, with the first differing row of each side."""
     out = []

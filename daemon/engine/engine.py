@@ -17,7 +17,7 @@ import time as _time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -295,6 +295,13 @@ class Engine:
                 resume = await self.store.resume_run(self.run)  # type: ignore[attr-defined]
                 if resume is not None:
                     await self._resume(resume)
+                session = getattr(self.audit, "session", None)
+                if session is not None:
+                    session(
+                        started_at=datetime.now(UTC),
+                        resumed_from=self.resumed_from,
+                        resumed=resume is not None,
+                    )
             else:
                 await self.store.begin_run(self.run)
             log.info(
@@ -374,6 +381,11 @@ class Engine:
         is decided again, with the same order ids, so what reached the broker is not doubled."""
         self._restored_through = resume.bar_time
         self.resumed_from = resume.bar_time
+        truncate = getattr(self.audit, "truncate_after", None)
+        if truncate is not None:
+            dropped = truncate(resume.bar_time)
+            if dropped:
+                log.info("audit.truncated", after=resume.bar_time, records=dropped)
         st = resume.state
         if st is not None:
             if st.get("format") != CHECKPOINT_FORMAT:

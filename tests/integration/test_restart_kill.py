@@ -14,6 +14,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from restart_harness import (
+    audit_records,
     checkpointed_rows,
     differences,
     kill_cycles,
@@ -43,6 +44,12 @@ def test_killed_and_restarted_daemon_stores_what_an_uninterrupted_one_does(tmp_p
     # the same rows (same row ids) at the end, not deleted and written again.
     assert report.kept, "no kill happened after a checkpoint: the test proves nothing"
     assert rows_kept(tmp_path / "killed.db", report.kept) == []
+    # The audit trail agrees: the same order and fill records in the same order, none twice,
+    # and a session marker per process that got as far as opening the run.
+    ref_audit, ref_sessions = audit_records(tmp_path / "reference-audit")
+    got_audit, sessions = audit_records(tmp_path / "killed-audit")
+    assert got_audit == ref_audit
+    assert ref_sessions == 1 and 1 < sessions <= report.cycles + 1
     # No client order id was ever used for two orders (the broker's duplicate check held).
     con = sqlite3.connect(tmp_path / "killed.db")
     dup = con.execute(
