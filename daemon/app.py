@@ -497,6 +497,7 @@ def build_engine(
         warmup=warmup,
         live_metrics=mode == "live",
         durable=mode == "live",
+        reconcile_interval_s=config.live.reconcile_interval_s,
         publisher=_publisher(config, run_id) if mode == "live" else None,
     )
     if mode == "live":
@@ -701,6 +702,20 @@ def health_inputs(
             return CheckResult(True, "cache ok")
         return CheckResult(False, f"cache unavailable: {engine.cache_error}")
 
+    if callable(getattr(engine.broker, "positions", None)):
+
+        def reconciliation() -> CheckResult:
+            data = {
+                "blocked": dict(engine.reconcile_blocked),
+                "last": engine.last_reconciled_at,
+                "error": engine.reconcile_error,
+            }
+            if engine.reconcile_blocked:
+                syms = ", ".join(sorted(engine.reconcile_blocked))
+                return CheckResult(False, f"positions differ from the broker's: {syms}", data)
+            return CheckResult(True, f"book agrees with the broker (at {data['last']})", data)
+
+        checks.append(Check("reconciliation", reconciliation))
     for part, name in ((engine.publisher, "publisher"), (engine.lock, "instance_lock")):
         part_status = getattr(part, "status", None)
         if callable(part_status):

@@ -434,8 +434,16 @@ class LiveConfig:
     # Bars of history fetched at start so every feature and model input is ready at the
     # first live bar (the default model needs a 60-bar window of features that need ~35).
     warmup_bars: int = 300
+    # The book against the broker's positions (Alpaca): at start and this often.
+    reconcile_interval_s: float = 300.0
 
     def __post_init__(self) -> None:
+        _require(
+            self.reconcile_interval_s > 0,
+            "live.reconcile_interval_s",
+            self.reconcile_interval_s,
+            "> 0 seconds",
+        )
         _finite(self, "live")
         _choice("live.bar", self.bar, LIVE_BARS)
         _require(

@@ -12,6 +12,7 @@ universe as arrays; only orders and fills, a handful per bar, are Python objects
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time as _time
 from collections import deque
@@ -183,6 +184,7 @@ class Engine:
         durable: bool = False,
         publisher: Any = None,
         lock: Any = None,
+        reconcile_interval_s: float = 300.0,
     ) -> None:
         self.run = run
         self.clock = clock
@@ -252,6 +254,14 @@ class Engine:
         self._last_targets: np.ndarray | None = None
         self.resumed_from: datetime | None = None
         self._first_bar: datetime | None = None  # the first bar this process processed
+        # Book against the broker's positions (a broker with `positions()`): at start and
+        # every reconcile_interval_s. A difference nothing explains blocks trading in the
+        # symbol (symbol -> why) until a later reconciliation finds them equal again.
+        self.reconcile_interval_s = reconcile_interval_s
+        self.reconcile_blocked: dict[str, str] = {}
+        self.last_reconciled_at: datetime | None = None
+        self.reconcile_error: str | None = None
+        self._bar_lock: asyncio.Lock | None = None
         # Liveness for the health server, set by the composition root (not a constructor
         # argument): busy=True when a bar starts, busy=False while waiting for the next.
         self.on_heartbeat: Callable[..., None] = _no_heartbeat
@@ -312,6 +322,11 @@ class Engine:
                 features=list(self.features.names),
             )
             await self._warm_up()
+            self._bar_lock = asyncio.Lock()
+            reconciler = None
+            if not self._stop_requested and callable(getattr(self.broker, "positions", None)):
+                await self._reconcile()
+                reconciler = asyncio.create_task(self._reconcile_every(), name="reconcile")
             if not self._stop_requested:
                 await self.clock.start()
                 started.append(self.clock)
@@ -329,16 +344,21 @@ class Engine:
                     log.warning("bar.unavailable", time=t, error=str(exc))
                     bar = None
                 if bar is not None:
-                    if getattr(self.clock, "backlog", 0) > 0:
-                        # A newer bar has closed already (the daemon was stalled or down):
-                        # bring features up to date on this one, trade only the newest.
-                        log.info("bar.catch_up", time=t, newer=self.clock.backlog)  # type: ignore[attr-defined]
-                        await self.step(bar, trade=False)
-                    else:
-                        await self.step(bar)
+                    async with self._bar_lock:
+                        if getattr(self.clock, "backlog", 0) > 0:
+                            # A newer bar has closed already (the daemon was stalled or
+                            # down): bring features up to date on it, trade only the newest.
+                            log.info("bar.catch_up", time=t, newer=self.clock.backlog)  # type: ignore[attr-defined]
+                            await self.step(bar, trade=False)
+                        else:
+                            await self.step(bar)
                 self.on_heartbeat()
                 if self._stop_requested:
                     break
+            if reconciler is not None:
+                reconciler.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await reconciler
             await self._book_late_updates()
             if self._splits:
                 log.info("corporate.splits_applied", splits=self._splits)
@@ -448,6 +468,61 @@ class Engine:
                 plugins[plugin.name] = fn()
         state["plugins"] = plugins
         self.store.record_checkpoint(self.run.run_id, t, state)  # type: ignore[attr-defined]
+
+    async def _reconcile_every(self) -> None:
+        while True:
+            await asyncio.sleep(self.reconcile_interval_s)
+            await self._reconcile()
+
+    async def _reconcile(self) -> None:
+        """Compare the book with the broker's positions, after booking what the broker has
+        reported and the engine has not yet (those are not differences). Rules:
+        - equal (within 1e-6 of a share): nothing; a symbol blocked earlier is released;
+        - the broker holds a quantity the book does not (a position never ordered by this
+          run, a fill missed, a trade by hand): trading in the symbol stops, it shows in
+          /ready and is alerted, never adopted or overwritten silently;
+        - the broker unreachable: tried again at the next round (logged once per failure).
+        Symbols outside the universe are not this run's and are not compared."""
+        assert self._bar_lock is not None
+        async with self._bar_lock:
+            try:
+                await self._book_late_updates()
+                held = await self.broker.positions()  # type: ignore[attr-defined]
+            except RetryableError as exc:
+                self.reconcile_error = str(exc)
+                log.warning("reconcile.unavailable", error=str(exc))
+                return
+            self.reconcile_error = None
+            pf = self.portfolio
+            blocked: dict[str, str] = {}
+            for i, sym in enumerate(self.symbols):
+                book = float(pf.quantity[i])
+                broker = float(held.get(sym, 0.0))
+                if abs(book - broker) > 1e-6 * max(1.0, abs(book), abs(broker)):
+                    why = f"broker holds {broker:g}, the book {book:g}"
+                    blocked[sym] = why
+                    if sym not in self.reconcile_blocked:
+                        log.error(
+                            "reconcile.difference",
+                            symbol=sym,
+                            broker=broker,
+                            book=book,
+                            rule="unexplained: trading in the symbol stops until they agree",
+                        )
+                        alerter = getattr(self, "alerter", None)
+                        if alerter is not None:
+                            alerter.event(
+                                "reconciliation",
+                                sym,
+                                title=f"position difference in {sym}",
+                                text=why + "; trading in it stops until they agree",
+                                severity="critical",
+                            )
+            for sym in set(self.reconcile_blocked) - set(blocked):
+                log.info("reconcile.resolved", symbol=sym)
+            self.reconcile_blocked = blocked
+            self.last_reconciled_at = datetime.now(UTC)
+            log.info("reconcile.done", symbols=len(self.symbols), blocked=sorted(blocked))
 
     async def _book_late_updates(self) -> None:
         """A live broker executes between bars: fills that arrived after the last bar are
@@ -661,6 +736,8 @@ class Engine:
             if m:
                 for v in verdicts:
                     metrics.RISK_VERDICTS.labels(plugin=v.plugin, rule=rule_of(v)).inc()
+        if self.reconcile_blocked:
+            targets, verdicts = self._hold_unreconciled(targets, ctx, verdicts)
         self.risk_record.on_bar(bar.time, verdicts)
         if m:
             t0 = self._lap("risk", t0)
@@ -753,6 +830,32 @@ class Engine:
             hook(bar.time, verdicts)
         if self._on_bar is not None:
             self._on_bar(self._seen, bar.time)
+
+    def _hold_unreconciled(
+        self, targets: np.ndarray, ctx: BarContext, verdicts: list[RiskVerdict]
+    ) -> tuple[np.ndarray, list[RiskVerdict]]:
+        """No trade in a symbol whose position differs from the broker's: its target is its
+        current weight."""
+        targets = targets.copy()
+        index = {s: i for i, s in enumerate(self.symbols)}
+        weights = ctx.portfolio.weights
+        for sym, why in self.reconcile_blocked.items():
+            i = index[sym]
+            if targets[i] != weights[i]:
+                verdicts = [
+                    *verdicts,
+                    RiskVerdict(
+                        "reconciliation",
+                        sym,
+                        "reject",
+                        f"position differs from the broker's ({why})",
+                        float(targets[i]),
+                        float(weights[i]),
+                        rule="unreconciled_position",
+                    ),
+                ]
+                targets[i] = weights[i]
+        return targets, verdicts
 
     def _replay_restored(self, bar: CrossSection) -> None:
         """A bar an earlier process of this run completed: history, features and the signal

@@ -1,0 +1,74 @@
+"""Reconciliation of the book with the broker's positions (issue 9, point 3): a position the
+run never ordered stops trading in that symbol and shows in /ready; it is never adopted or
+overwritten; when the two agree again the symbol trades again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from restart_harness import ROOT, write_config
+
+from tradingd.app import build_engine, health_inputs
+from tradingd.config import load_config
+
+
+async def test_an_unexplained_broker_position_blocks_the_symbol_until_it_agrees(tmp_path: Path):
+    cfg = write_config(tmp_path, "recon", start="2016-01-01", end="2016-12-31", rate=500.0)
+    config = load_config([ROOT / "config/default.toml", cfg], env={})
+    engine = build_engine(config, "live")
+    stray = {"SP500": 7.0}  # at the broker, never ordered by this run
+    ready_while_blocked: list[bool] = []
+
+    async def positions() -> dict[str, float]:
+        book = {s: float(q) for s, q in zip(engine.symbols, engine.portfolio.quantity, strict=True)}
+        for sym, extra in stray.items():
+            book[sym] = book.get(sym, 0.0) + extra
+        return book
+
+    engine.broker.positions = positions  # type: ignore[attr-defined]
+    engine.reconcile_interval_s = 0.05
+    checks, _status, _controls = health_inputs(engine)
+    (recon,) = [c for c in checks if c.name == "reconciliation"]
+
+    original_step = engine.step
+
+    async def step(bar, trade=None):  # type: ignore[no-untyped-def]
+        await original_step(bar, trade)
+        if engine.bars_processed == 60:
+            ready_while_blocked.append(recon.probe().ok)
+        if engine.bars_processed == 120:
+            stray.clear()  # the operator closed the stray position at the broker
+
+    engine.step = step  # type: ignore[method-assign]
+    result = await engine.run_until_done()
+
+    assert ready_while_blocked == [False]
+    assert result.verdicts_by_rule.get("reconciliation/unreconciled_position", 0) > 0
+    orders = await _orders(tmp_path / "recon.db")
+    first_order_times = sorted(t for t, sym in orders if sym == "SP500")
+    # Nothing in SP500 while it was blocked (the first 120 bars); orders in it afterwards.
+    assert first_order_times, "SP500 must trade again once the books agree"
+    assert all(t >= _bar_time(tmp_path / "recon.db", 120) for t in first_order_times)
+    assert engine.reconcile_blocked == {} and recon.probe().ok
+
+
+async def _orders(db: Path) -> list[tuple[str, str]]:
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        return con.execute("SELECT created_at, symbol FROM orders").fetchall()
+    finally:
+        con.close()
+
+
+def _bar_time(db: Path, n: int) -> str:
+    import sqlite3
+
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(
+            "SELECT time FROM equity ORDER BY time LIMIT 1 OFFSET ?", (n - 1,)
+        ).fetchone()[0]
+    finally:
+        con.close()
