@@ -438,12 +438,6 @@ class LiveConfig:
     reconcile_interval_s: float = 300.0
 
     def __post_init__(self) -> None:
-        _require(
-            self.reconcile_interval_s > 0,
-            "live.reconcile_interval_s",
-            self.reconcile_interval_s,
-            "> 0 seconds",
-        )
         _finite(self, "live")
         _choice("live.bar", self.bar, LIVE_BARS)
         _require(
@@ -461,6 +455,12 @@ class LiveConfig:
         )
         _require(self.heartbeat_s > 0, "live.heartbeat_s", self.heartbeat_s, "> 0 seconds")
         _require(self.warmup_bars >= 0, "live.warmup_bars", self.warmup_bars, ">= 0")
+        _require(
+            self.reconcile_interval_s > 0,
+            "live.reconcile_interval_s",
+            self.reconcile_interval_s,
+            "> 0 seconds",
+        )
 
 
 def _check_source_calls(source: str, call: Mapping[str, Any]) -> None:
