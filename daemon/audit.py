@@ -90,11 +90,16 @@ class AuditLog:
             row["updated_at"] = _iso(o.updated_at)
             self._lines.append(enc(_null_non_finite(row)))
 
-    def fills(self, fills: Sequence[Fill]) -> None:
+    def fills(self, fills: Sequence[Fill], booked_at: datetime | None = None) -> None:
+        """`booked_at`: the bar at which the engine booked them (live), kept with each line
+        so a resumed run drops exactly the fills its store drops."""
         enc = _ENCODER.encode
+        booked = _iso(booked_at)
         for f in fills:
             row = {"event": "fill"} | {n: getattr(f, n) for n in _FILL_FIELDS}
             row["time"] = _iso(f.time)
+            if booked is not None:
+                row["booked_at"] = booked
             self._lines.append(enc(_null_non_finite(row)))
 
     def flush(self, force: bool = False) -> None:
@@ -187,9 +192,10 @@ def _record_time(line: str) -> Any:
         return _TORN
     if not isinstance(row, dict):
         return None
-    text = {"order": row.get("updated_at") or row.get("created_at"), "fill": row.get("time")}.get(
-        str(row.get("event"))
-    )
+    text = {
+        "order": row.get("updated_at") or row.get("created_at"),
+        "fill": row.get("booked_at") or row.get("time"),
+    }.get(str(row.get("event")))
     try:
         return datetime.fromisoformat(text) if isinstance(text, str) else None
     except ValueError:

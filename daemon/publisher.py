@@ -406,8 +406,8 @@ class PublishingAudit:
         if orders:
             self.publisher.publish("orders", orders_payload(orders))
 
-    def fills(self, fills: Sequence[Fill]) -> None:
-        self.audit.fills(fills)
+    def fills(self, fills: Sequence[Fill], booked_at: datetime | None = None) -> None:
+        self.audit.fills(fills, booked_at)
         if fills:
             self.publisher.publish("fills", fills_payload(fills))
 

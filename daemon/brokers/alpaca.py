@@ -47,6 +47,16 @@ How it works:
 * **Start-up**: `start` checks the keys, then follows the orders open at Alpaca for the
   universe (`adopt_open_orders`), so exits placed before a restart are in `open_orders()`;
   they are not reported as changes.
+* **Restart** (`resume`, called by the engine after `start` when it continues a run from a
+  checkpoint): the orders open at the checkpoint are followed from the fills the book holds
+  and the intents stored after it from nothing filled, so what Alpaca executed meanwhile is
+  reported once; open orders of the universe the run knows nothing of are adopted as they
+  stand, with a warning. The rules are in `resume`'s docstring; each difference is logged
+  as `alpaca.reconcile.<rule>`.
+* **The engine's view**: `open_orders()` shows each order as the engine has booked it (the
+  fills handed over by `updates()`, an order closed meanwhile still working until its fills
+  and final state are handed over), so the planner and the checkpoint never count an
+  execution the book does not have yet.
 
 Errors:
 
@@ -395,10 +405,22 @@ class _Tracked:
     parent: str | None = None
     children: list[str] = field(default_factory=list)
     cancel_reason: str | None = None
+    # The status the engine last received for this order (an ack, `updates`, `cancel`,
+    # adoption); None before it received any. See `open_orders`.
+    told: OrderStatus | None = None
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _is_intent(o: Order) -> bool:
+    """An order the engine decided: its id names the bar it was created at and its symbol
+    (`run|YYYYmmddTHHMMSS|symbol|leg`, `tradingd.core.types.client_order_id`)."""
+    head, _, rest = o.client_order_id.rpartition("|")
+    head, _, symbol = head.rpartition("|")
+    _, _, stamp = head.rpartition("|")
+    return bool(rest) and symbol == o.symbol and stamp == f"{o.created_at:%Y%m%dT%H%M%S}"
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -493,6 +515,11 @@ class AlpacaBroker:
         self._last_poll_at: datetime | None = None
         self._stream_changes = 0
         self._unknown_updates = 0
+        # Alpaca orders (root client ids) adopted by `start`, until `resume` has sorted them.
+        self._adopted_roots: dict[str, None] = {}
+        # Open orders at Alpaca that a resumed run neither knew nor had intended (`resume`).
+        self._unknown_orders = 0
+        self._resumed = False
 
     def __repr__(self) -> str:
         stream = "up" if self._stream_up else "down"
@@ -574,8 +601,48 @@ class AlpacaBroker:
         return self._client
 
     def open_orders(self) -> list[Order]:
+        """The orders working for the engine, as the engine has booked them.
+
+        Alpaca executes between bars and this broker learns of it at once (stream, polls),
+        but the engine books a fill only when `updates`/`on_bar` hands it over. Until then an
+        order is shown as the engine knows it: `filled_quantity` (and the average price) is
+        what was handed over, and an order that closed meanwhile (filled, cancelled) is still
+        listed, working, until its fills and final state have been handed over. So the
+        planner never sees a position change that the book does not have yet (no second
+        order for shares already bought), and a checkpoint taken from this list holds
+        exactly the fills its book holds: what a restarted process must report again."""
         self._drain()
-        return [t.order.snapshot() for t in self._open.values()]
+        unbooked: dict[str, tuple[float, float]] = {}
+        for f in self._pending_fills:
+            q, v = unbooked.get(f.client_order_id, (0.0, 0.0))
+            unbooked[f.client_order_id] = (q + f.quantity, v + f.quantity * f.price)
+        out = [self._as_booked(t, unbooked.get(cid)) for cid, t in self._open.items()]
+        for cid in dict.fromkeys([*unbooked, *self._pending_orders]):
+            t = self._closed.get(cid) if cid not in self._open else None
+            if t is None:
+                continue
+            if cid in unbooked or (t.told is not None and t.told.is_open):
+                out.append(self._as_booked(t, unbooked.get(cid)))
+        return out
+
+    def _as_booked(self, t: _Tracked, unbooked: tuple[float, float] | None) -> Order:
+        o = t.order.snapshot()
+        if unbooked is not None:
+            qty, value = unbooked
+            booked = o.filled_quantity - qty
+            if booked <= EPS * max(1.0, o.filled_quantity):
+                o.filled_quantity, o.avg_fill_price = 0.0, math.nan
+            else:
+                total = o.avg_fill_price * o.filled_quantity
+                o.avg_fill_price = (total - value) / booked if math.isfinite(total) else math.nan
+                o.filled_quantity = booked
+        if not o.status.is_open:
+            told = t.told if t.told is not None and t.told.is_open else None
+            o.status = told or OrderStatus.NEW
+            o.reason = ""
+        if o.status in (OrderStatus.NEW, OrderStatus.PARTIALLY_FILLED):
+            o.status = OrderStatus.PARTIALLY_FILLED if o.filled_quantity > EPS else OrderStatus.NEW
+        return o
 
     def order(self, client_order_id: str) -> Order | None:
         """The current state of an open or recently closed order, None if unknown."""
@@ -600,6 +667,8 @@ class AlpacaBroker:
             "last_error": self._last_error,
             "last_error_at": _iso(self._last_error_at),
             "unknown_updates": self._unknown_updates,
+            "unknown_orders": self._unknown_orders,
+            "resumed": self._resumed,
         }
 
     async def snapshot(self) -> AccountSnapshot:
@@ -638,6 +707,295 @@ class AlpacaBroker:
             taken_at=_now(),
         )
 
+    async def positions(self) -> dict[str, float]:
+        """Alpaca's positions (GET /v2/positions): symbol -> signed quantity (shorts
+        negative), for reconciling the book. Raises RetryableError when that fails."""
+        client = self._require_client()
+        try:
+            rows = await self._call("get_positions", client.get_all_positions)
+        except APIError as e:
+            raise RetryableError(
+                f"Alpaca at {self._endpoint}: reading positions failed: "
+                f"{self._scrub(error_info(e).reason)}"
+            ) from None
+        except _Unreachable as e:
+            raise self._unreachable("reading positions", e) from None
+        found = positions_from_alpaca(
+            [r for r in rows if isinstance(r, Mapping)] if isinstance(rows, list) else []
+        )
+        return {symbol: qty for symbol, (qty, _) in found.items()}
+
+    # ------------------------------------------------------------------------- restart
+
+    async def resume(self, known_open: Sequence[Order], unconfirmed: Sequence[Order]) -> None:
+        """Continue after a restart from the engine's checkpoint (after `start`, before the
+        first bar). Nothing executed at Alpaca is lost or reported twice:
+
+        * `known_open`, the orders open at the checkpoint with the fills the book holds
+          (`filled_quantity`): each is followed from that quantity. Orders still open were
+          adopted by `start`; the others are looked up by client id (legs included). What
+          they executed beyond it (between the checkpoint and the crash, or while the
+          daemon was down) is reported as one fill by the next `updates()`, with the id an
+          uninterrupted process would have given its last execution (`<id>#<cumulative
+          qty>`), and a state that changed (filled, cancelled, expired, a leg released) as
+          an order update. Rule `executed_since_checkpoint` / `state_changed`. Known but
+          unknown to Alpaca (404): closed here as cancelled and reported
+          (`known_missing`). Alpaca reporting less filled than the book holds: the book's
+          quantity is kept as the baseline (`broker_behind_book`: nothing is taken back).
+        * `unconfirmed`, the intents stored after the checkpoint: each is looked up. At
+          Alpaca: followed from nothing filled (the book holds none of its executions),
+          so all of them are reported as fills, and its state as an order update (the
+          store dropped its rows); a resubmit of the id returns it without a request
+          (`placed_before_crash`). Not at Alpaca: it never got there; a later submit of
+          the id is a first send, so a 422 duplicate answer to it can only be this
+          process's own earlier attempt, followed from nothing filled (`never_sent`).
+          An entry whose id does not name the bar it was created at is not an intent but
+          a row the engine stored from this broker's reports (an adopted order, at
+          Alpaca's time): it is not followed from nothing filled (`not_an_intent`).
+        * Orders open at Alpaca for the universe that are neither (placed by hand, or by
+          another run): kept as `start` adopted them, as they stand (working, listed by
+          `open_orders`, so the planner sees them and leaves their symbol alone while an
+          entry works; only their later executions are reported, and booked), with one
+          `alpaca.reconcile.unknown_order` warning each, counted in
+          `status()["unknown_orders"]` (`adopted_as_it_stands`).
+
+        Every difference is logged as `alpaca.reconcile.<rule>`. Calls go through the
+        request budget, timeouts and retries of every call; failing to reach Alpaca raises
+        RetryableError before anything is changed, so calling `resume` again (after a
+        backoff) is safe; once it has succeeded it must not be called again (the fills it
+        reported would be reported twice): a second call raises RuntimeError."""
+        self._require_client()
+        if self._resumed:
+            raise RuntimeError("AlpacaBroker.resume() was called twice")
+        self._drain()
+        known = {o.client_order_id: o for o in known_open}
+        unsent: dict[str, Order] = {}
+        for o in unconfirmed:
+            if o.client_order_id in known:
+                continue
+            if not _is_intent(o):
+                # A row the engine stored from an update of this broker (an adopted order,
+                # whose time is Alpaca's), not an intent: following it from nothing filled
+                # would report again what was booked, or what it did before it was adopted.
+                log.warning(
+                    "alpaca.reconcile.not_an_intent",
+                    client_order_id=o.client_order_id,
+                    rule="not followed from nothing filled; an open one is adopted as it stands",
+                )
+                continue
+            unsent[o.client_order_id] = o
+        engine: dict[str, Order] = {**unsent, **known}
+        groups: dict[str, list[Order]] = {}
+        for o in engine.values():
+            groups.setdefault(self._root_of(o, engine), []).append(o)
+        # Look up, by client id, every Alpaca order of which a member is not followed yet.
+        found: dict[str, Mapping[str, Any] | None] = {}
+        for root, members in groups.items():
+            followed = (self._get(m.client_order_id) for m in members)
+            if not all(t is not None and t.alpaca_id is not None for t in followed):
+                found[root] = await self._existing(root, strict=True)
+        # No await from here on: the stream's updates wait in the queue (or, for orders not
+        # followed yet, among the orphans) and are applied after the new baselines.
+        stats = {"fills": 0, "changed": 0, "placed": 0, "not_sent": 0, "missing": 0}
+        for root, raw in found.items():
+            members = groups[root]
+            if raw is not None:
+                self._adopt(raw, self._leg_ids(root, members))
+                continue
+            for m in members:
+                cid = m.client_order_id
+                if cid in unsent:
+                    self._attempted.add(cid)
+                    stats["not_sent"] += 1
+                    log.info(
+                        "alpaca.reconcile.never_sent",
+                        client_order_id=cid,
+                        rule="a later submit of this id is a first send",
+                    )
+                elif self._get(cid) is None:
+                    self._missing(m)
+                    stats["missing"] += 1
+        settle: list[_Tracked] = []
+        for cid, e in engine.items():
+            t = self._get(cid)
+            if t is None or (cid in unsent and t.alpaca_id is None):
+                continue
+            outcome = self._rebase(t, e, unconfirmed=cid in unsent)
+            for key in outcome:
+                stats[key] += 1
+            if "fills" in outcome:
+                settle.append(t)
+        for t in settle:
+            self._settle_group(t, True)
+        for cid in engine:
+            t = self._get(cid)
+            if t is not None and t.alpaca_id is not None:
+                self._replay(t.alpaca_id)
+        unknown = 0
+        for root in self._adopted_roots:
+            if root in groups or root in engine:
+                continue
+            t = self._get(root)
+            if t is None:
+                continue
+            members = [t, *(c for cid in t.children if (c := self._get(cid)) is not None)]
+            if any(m.order.client_order_id in engine for m in members):
+                continue
+            unknown += 1
+            log.warning(
+                "alpaca.reconcile.unknown_order",
+                client_order_id=root,
+                symbol=t.order.symbol,
+                side=str(t.order.side),
+                quantity=t.order.quantity,
+                filled=t.order.filled_quantity,
+                status=str(t.order.status),
+                legs=len(t.children),
+                rule="adopted_as_it_stands: followed and listed as working; only executions "
+                "after now are reported",
+            )
+        self._adopted_roots.clear()
+        self._unknown_orders += unknown
+        self._resumed = True
+        log.info(
+            "alpaca.resumed",
+            known_open=len(known),
+            unconfirmed=len(unsent),
+            looked_up=len(found),
+            fills=stats["fills"],
+            changed=stats["changed"],
+            placed_before_crash=stats["placed"],
+            never_sent=stats["not_sent"],
+            known_missing=stats["missing"],
+            unknown_orders=unknown,
+        )
+
+    @staticmethod
+    def _root_of(o: Order, engine: Mapping[str, Order]) -> str:
+        """The client id of the Alpaca order that carries `o`: a bracket leg's entry, an
+        OCO pair's limit (Alpaca's `oco` order is the take-profit with the stop as its
+        leg), else its own."""
+        if o.parent_id is not None:
+            return o.parent_id
+        if o.oco_group is not None and o.type is not OrderType.LIMIT:
+            for m in engine.values():
+                if (
+                    m.oco_group == o.oco_group
+                    and m.parent_id is None
+                    and m.type is OrderType.LIMIT
+                    and m.client_order_id != o.client_order_id
+                ):
+                    return m.client_order_id
+            derived = leg_client_order_id(o.client_order_id, Leg.TAKE_PROFIT)
+            if derived is not None:
+                return derived
+        return o.client_order_id
+
+    @staticmethod
+    def _leg_ids(root: str, members: Sequence[Order]) -> dict[Leg, str]:
+        """The engine's ids of an Alpaca order's legs, by role."""
+        out: dict[Leg, str] = {}
+        for m in members:
+            if m.client_order_id != root:
+                role = Leg.TAKE_PROFIT if m.type is OrderType.LIMIT else Leg.STOP_LOSS
+                out.setdefault(role, m.client_order_id)
+        return out
+
+    def _rebase(self, t: _Tracked, e: Order, *, unconfirmed: bool) -> list[str]:
+        """Follow `t` (as Alpaca has it now) from what the engine booked of it (`e`'s
+        filled quantity; nothing for an unconfirmed intent): the executions beyond become
+        one fill, a different state an order update. Returns what it found."""
+        cid = e.client_order_id
+        order = t.order
+        # Fills and changes derived since `start` were reckoned from the adoption's
+        # baseline ("as it stands"): they are replaced by the ones from the engine's.
+        self._pending_fills = [f for f in self._pending_fills if f.client_order_id != cid]
+        current, current_avg, status = order.filled_quantity, order.avg_fill_price, order.status
+        # The engine's description (ids, times, legs, groups); quantity and state: Alpaca's.
+        order.created_at = e.created_at
+        order.leg = e.leg
+        order.parent_id = e.parent_id
+        order.oco_group = e.oco_group
+        order.trail_pct = e.trail_pct if e.trail_pct is not None else order.trail_pct
+        order.limit_price = e.limit_price if e.limit_price is not None else order.limit_price
+        order.stop_price = e.stop_price if e.stop_price is not None else order.stop_price
+        order.bars_open = e.bars_open
+        booked = 0.0 if unconfirmed else max(e.filled_quantity, 0.0)
+        order.filled_quantity = booked
+        order.avg_fill_price = e.avg_fill_price if booked > EPS else math.nan
+        outcome: list[str] = []
+        tolerance = EPS * max(1.0, current, booked)
+        if current - booked > tolerance:
+            fill = self._fill(
+                order,
+                {"filled_avg_price": current_avg},
+                None,
+                current,
+                (order.updated_at or _now()),
+            )
+            if fill is not None:
+                outcome.append("fills")
+                log.info(
+                    "alpaca.reconcile.executed_since_checkpoint",
+                    client_order_id=cid,
+                    booked=booked,
+                    filled_at_alpaca=current,
+                    fill_id=fill.fill_id,
+                    quantity=fill.quantity,
+                    price=fill.price,
+                    rule="reported as one fill by the next update"
+                    + (" (unconfirmed intent: from nothing filled)" if unconfirmed else ""),
+                )
+        elif booked - current > tolerance:
+            log.warning(
+                "alpaca.reconcile.broker_behind_book",
+                client_order_id=cid,
+                booked=booked,
+                filled_at_alpaca=current,
+                rule="the book's quantity stays the baseline; nothing is taken back",
+            )
+        if unconfirmed:
+            outcome.append("placed")
+            log.info(
+                "alpaca.reconcile.placed_before_crash",
+                client_order_id=cid,
+                status=str(status),
+                filled_at_alpaca=current,
+                rule="followed from nothing filled; a resubmit returns this order",
+            )
+        elif status is not e.status:
+            log.info(
+                "alpaca.reconcile.state_changed",
+                client_order_id=cid,
+                at_checkpoint=str(e.status),
+                at_alpaca=str(status),
+                rule="reported as an order update",
+            )
+        if unconfirmed or status is not e.status or outcome:
+            outcome.append("changed")
+            t.told = None if unconfirmed else e.status
+            order.updated_at = order.updated_at or _now()
+            self._on_change(t, report=True)
+        else:
+            t.told = e.status
+        return outcome
+
+    def _missing(self, e: Order) -> None:
+        """An order open at the checkpoint that Alpaca does not know (404)."""
+        reason = "alpaca: order not found after restart (HTTP 404)"
+        order = e.snapshot()
+        order.status = OrderStatus.CANCELLED
+        order.reason = reason
+        order.updated_at = _now()
+        t = _Tracked(order=order, told=e.status)
+        self._remember_closed(t)
+        self._pending_orders[order.client_order_id] = None
+        log.warning(
+            "alpaca.reconcile.known_missing",
+            client_order_id=order.client_order_id,
+            rule="closed here as cancelled and reported; its booked fills stand",
+        )
+
     # ------------------------------------------------------------------------- commands
 
     async def submit(self, orders: Sequence[Order]) -> list[Order]:
@@ -649,6 +1007,8 @@ class AlpacaBroker:
             if isinstance(item, LocalRejection):
                 cid = item.order.client_order_id
                 known = self._get(cid)
+                if known is not None:
+                    known.told = known.order.status
                 results[cid] = (
                     known.order.snapshot()
                     if known is not None
@@ -691,6 +1051,7 @@ class AlpacaBroker:
         if t is None:
             return None
         if not t.order.status.is_open:
+            t.told = t.order.status
             return t.order.snapshot()
         t.cancel_reason = reason or "cancelled"
         if t.alpaca_id is None:
@@ -740,6 +1101,7 @@ class AlpacaBroker:
                 status=str(t.order.status),
                 waited_s=self._config.cancel_confirm_timeout_s,
             )
+        t.told = t.order.status
         return t.order.snapshot()
 
     async def on_bar(self, bar: CrossSection) -> BrokerUpdate:
@@ -754,7 +1116,12 @@ class AlpacaBroker:
             await self._poll_quietly()
         fills, self._pending_fills = self._pending_fills, []
         changed, self._pending_orders = list(self._pending_orders), {}
-        orders = [t.order.snapshot() for cid in changed if (t := self._get(cid)) is not None]
+        orders = []
+        for cid in changed:
+            t = self._get(cid)
+            if t is not None:
+                t.told = t.order.status
+                orders.append(t.order.snapshot())
         return BrokerUpdate(fills=fills, orders=orders)
 
     async def poll(self) -> None:
@@ -803,6 +1170,8 @@ class AlpacaBroker:
             out = {}
             for m in members:
                 t = self._get(m.client_order_id)
+                if t is not None:
+                    t.told = t.order.status
                 out[m.client_order_id] = (
                     t.order.snapshot()
                     if t is not None
@@ -871,8 +1240,11 @@ class AlpacaBroker:
             )
         return self._track_unit(unit, raw, fresh=True)
 
-    async def _existing(self, client_order_id: str) -> Mapping[str, Any] | None:
-        """Alpaca's order with this client id (legs included), None if it has none."""
+    async def _existing(
+        self, client_order_id: str, *, strict: bool = False
+    ) -> Mapping[str, Any] | None:
+        """Alpaca's order with this client id (legs included), None if it has none.
+        `strict`: only a 404 means none; any other refusal raises RetryableError."""
         client = self._require_client()
         try:
             raw = await self._call(
@@ -892,7 +1264,7 @@ class AlpacaBroker:
                 )
         except APIError as e:
             info = error_info(e)
-            if info.retryable:
+            if info.retryable or (strict and info.status != 404):
                 raise RetryableError(
                     f"Alpaca at {self._endpoint}: lookup of {client_order_id} failed: "
                     f"{self._scrub(info.reason)}"
@@ -941,6 +1313,7 @@ class AlpacaBroker:
             followed = self._get(m.client_order_id)
             if followed is not None:
                 ORDERS.labels(status=str(followed.order.status)).inc()
+                followed.told = followed.order.status
                 acks[m.client_order_id] = followed.order.snapshot()
         return acks
 
@@ -994,7 +1367,7 @@ class AlpacaBroker:
         order.filled_quantity = 0.0
         order.avg_fill_price = math.nan
         order.updated_at = _now()
-        self._remember_closed(_Tracked(order=order))
+        self._remember_closed(_Tracked(order=order, told=OrderStatus.REJECTED))
         ORDERS.labels(status=str(OrderStatus.REJECTED)).inc()
         log.warning(
             "alpaca.order.rejected",
@@ -1456,19 +1829,24 @@ class AlpacaBroker:
         for raw in rows:
             if self._symbols is not None and raw.get("symbol") not in self._symbols:
                 continue
-            self._adopt(raw)
+            root = self._adopt(raw)
+            if root is not None:
+                self._adopted_roots[root] = None
 
-    def _adopt(self, raw: Mapping[str, Any]) -> None:
-        """Follow an order found open at Alpaca, with its legs, as it stands (no fills are
-        reported for what it executed before)."""
+    def _adopt(
+        self, raw: Mapping[str, Any], leg_ids: Mapping[Leg, str] | None = None
+    ) -> str | None:
+        """Follow an order found at Alpaca, with its legs, as it stands (no fills are
+        reported for what it executed before). Returns the client id it is followed by."""
         group = str(raw.get("order_class") or "")
         group = group if group in ("bracket", "oto", "oco") else ""
         base: _Tracked | None = None
-        for order, part in self._orders_of(raw):
+        for order, part in self._orders_of(raw, leg_ids):
             known = self._get(order.client_order_id)
             if known is not None:
                 base = known if part is raw else base
                 continue
+            self._forget_alpaca_id(str(part.get("id") or ""))
             t = _Tracked(order=order, group=group)
             self._link(t, part)
             t.remote_updated = parse_time(part.get("updated_at"))
@@ -1480,14 +1858,26 @@ class AlpacaBroker:
                 order.status = self._status_for(
                     t, str(part.get("status") or ""), order.filled_quantity
                 )
+            t.told = order.status
             if order.status.is_open:
                 self._open[order.client_order_id] = t
             else:
                 self._remember_closed(t)
+        return base.order.client_order_id if base is not None else None
 
-    def _orders_of(self, raw: Mapping[str, Any]) -> list[tuple[Order, Mapping[str, Any]]]:
-        """Engine orders for an Alpaca order and its legs (ids of legs derived from the
-        parent's, see `leg_client_order_id`)."""
+    def _forget_alpaca_id(self, aid: str) -> None:
+        """Stop following an order under the name it had (an Alpaca order about to be
+        followed under the engine's name for it)."""
+        cid = self._by_alpaca_id.pop(aid, None) if aid else None
+        if cid is not None:
+            self._open.pop(cid, None)
+            self._closed.pop(cid, None)
+
+    def _orders_of(
+        self, raw: Mapping[str, Any], leg_ids: Mapping[Leg, str] | None = None
+    ) -> list[tuple[Order, Mapping[str, Any]]]:
+        """Engine orders for an Alpaca order and its legs (ids of legs from `leg_ids` by
+        role, else derived from the parent's, see `leg_client_order_id`)."""
         group = str(raw.get("order_class") or "")
         base = order_from_alpaca(raw)
         if group == "oco":
@@ -1497,7 +1887,7 @@ class AlpacaBroker:
             if not isinstance(leg, Mapping):
                 continue
             role = leg_role(leg)
-            cid = leg_client_order_id(base.client_order_id, role)
+            cid = (leg_ids or {}).get(role) or leg_client_order_id(base.client_order_id, role)
             leg_order = order_from_alpaca(
                 leg,
                 client_order_id=cid,

@@ -18,7 +18,7 @@ import time as _time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -57,7 +57,7 @@ from ..publisher import bars_payload, fills_payload, orders_payload, signals_pay
 from .accounting import RejectionRecord, RiskRecord, rule_of
 from .decisions import decision_record
 from .history import HistoryBuffer
-from .planner import OrderPlanner
+from .planner import OrderPlanner, Plan
 from .portfolio import Portfolio
 
 log = structlog.get_logger(__name__)
@@ -86,13 +86,34 @@ def _order_of(row: dict[str, Any]) -> Order:
     )
 
 
+def _interrupted_plan(
+    state: dict[str, Any] | None, intents: list[Order]
+) -> tuple[datetime, list[str], list[Order]] | None:
+    """The plan of the bar after the checkpoint as a killed process stored it: its cancels
+    (the checkpoint's `intent`) and its orders (the intents of that bar)."""
+    intent = (state or {}).get("intent")
+    if intent is not None:
+        at = datetime.fromisoformat(intent["time"])
+    elif intents:
+        at = min(o.created_at for o in intents)
+    else:
+        return None
+    orders = []
+    for o in intents:
+        if o.created_at == at:
+            o.status = OrderStatus.HELD if o.parent_id is not None else OrderStatus.NEW
+            o.filled_quantity, o.reason = 0.0, ""
+            orders.append(o)
+    return at, list(intent["cancel"]) if intent is not None else [], orders
+
+
 class NullAudit:
     """For embedded uses (tests, notebooks) that want no audit files."""
 
     def orders(self, orders: Sequence[Order]) -> None:
         return None
 
-    def fills(self, fills: Sequence[Fill]) -> None:
+    def fills(self, fills: Sequence[Fill], booked_at: datetime | None = None) -> None:
         return None
 
     def flush(self) -> None:
@@ -253,6 +274,13 @@ class Engine:
         self._restored_through: datetime | None = None
         self._last_targets: np.ndarray | None = None
         self.resumed_from: datetime | None = None
+        # The last checkpoint (bar time, state), written or resumed from: fills booked
+        # between bars are stored just after it; an intent re-records it with the cancels
+        # of the bar being carried out.
+        self._last_checkpoint: tuple[datetime, dict[str, Any]] | None = None
+        # After a resume on a broker that keeps its own book: the interrupted bar's stored
+        # plan (time, cancels, orders), carried out as it was decided (see step).
+        self._interrupted: tuple[datetime, list[str], list[Order]] | None = None
         self._first_bar: datetime | None = None  # the first bar this process processed
         # Book against the broker's positions (a broker with `positions()`): at start and
         # every reconcile_interval_s. A difference nothing explains blocks trading in the
@@ -429,10 +457,19 @@ class Engine:
             self._verdicts = int(st.get("verdicts", 0))
             if st.get("targets") is not None:
                 self._last_targets = np.asarray(st["targets"], dtype=np.float64)
+        if resume.bar_time is not None and st is not None:
+            self._last_checkpoint = (resume.bar_time, st)
         resume_broker = getattr(self.broker, "resume", None)
         if resume_broker is not None:
             known = [order_from_dict(d) for d in (st or {}).get("open_orders", [])]
-            await resume_broker(known, [_order_of(r) for r in resume.unconfirmed])
+            # This run's intents only (the store also holds orders the broker reported).
+            own = f"{self.run.run_id}|"
+            intents = [
+                _order_of(r) for r in resume.unconfirmed if r["client_order_id"].startswith(own)
+            ]
+            await resume_broker(known, intents)
+            if getattr(self.broker, "state", None) is None:
+                self._interrupted = _interrupted_plan(st, intents)
         pf = self.portfolio
         log.info(
             "run.resumed",
@@ -467,6 +504,7 @@ class Engine:
             if fn is not None and callable(fn):
                 plugins[plugin.name] = fn()
         state["plugins"] = plugins
+        self._last_checkpoint = (t, state)
         self.store.record_checkpoint(self.run.run_id, t, state)  # type: ignore[attr-defined]
 
     async def _reconcile_every(self) -> None:
@@ -488,6 +526,11 @@ class Engine:
             try:
                 await self._book_late_updates()
                 held = await self.broker.positions()  # type: ignore[attr-defined]
+                if await self._book_late_updates():
+                    # A fill arrived while the positions were read: they may or may not
+                    # include it. Compare at the next round, not on a moving picture.
+                    log.info("reconcile.deferred", reason="fills arrived during the check")
+                    return
             except RetryableError as exc:
                 self.reconcile_error = str(exc)
                 log.warning("reconcile.unavailable", error=str(exc))
@@ -524,22 +567,27 @@ class Engine:
             self.last_reconciled_at = datetime.now(UTC)
             log.info("reconcile.done", symbols=len(self.symbols), blocked=sorted(blocked))
 
-    async def _book_late_updates(self) -> None:
+    async def _book_late_updates(self) -> int:
         """A live broker executes between bars: fills that arrived after the last bar are
-        booked and stored before the run stops (a broker without `updates()` has none)."""
+        booked and stored (before the run stops, before a reconciliation); a broker without
+        `updates()` has none. Returns the number of fills booked."""
         updates = getattr(self.broker, "updates", None)
         if updates is None or self._seen == 0:
-            return
+            return 0
         update = await updates()
         for fill in update.fills:
             self.portfolio.apply_fill(fill)
         if update.fills:
-            self.store.record_fills(self.run.run_id, update.fills)
-            self.audit.fills(update.fills)
+            # Booked after the last checkpoint, in the book from the next one on.
+            after = self._last_checkpoint
+            booked_at = after[0] + timedelta(microseconds=1) if after is not None else None
+            self.store.record_fills(self.run.run_id, update.fills, booked_at)
+            self.audit.fills(update.fills, booked_at)
             log.info("broker.late_fills", fills=len(update.fills))
         if update.orders:
             self.store.record_orders(self.run.run_id, update.orders)
             self.audit.orders(update.orders)
+        return len(update.fills)
 
     async def _clock_times(self) -> AsyncIterator[datetime]:
         if self._stop_requested:
@@ -662,8 +710,11 @@ class Engine:
             for fill in update.fills:
                 pf.apply_fill(fill)
             faults.reached("fill")
-            self.store.record_fills(run_id, update.fills)
-            self.audit.fills(update.fills)
+            # With the bar that booked them (not only the broker's execution time): a
+            # resumed run drops the fills booked after its checkpoint, and exactly those are
+            # missing from the checkpoint's book.
+            self.store.record_fills(run_id, update.fills, bar.time)
+            self.audit.fills(update.fills, bar.time)
             self._publish_items("fills", update.fills, bar.time)
         if update.orders:
             self.store.record_orders(run_id, update.orders)
@@ -752,7 +803,28 @@ class Engine:
         elif self.trading_state == "paused":
             paused = True  # an operator's pause: no new orders; open ones stay at the broker
         plan = _NO_PLAN if paused else self.planner.plan(targets, ctx, self.broker.open_orders())
+        interrupted, self._interrupted = self._interrupted, None
+        if interrupted is not None and interrupted[0] == bar.time and not paused:
+            # The bar a killed process was carrying out, as it decided it (from the same
+            # checkpoint): deciding again would see the broker after its cancels and fills.
+            plan = Plan(orders=interrupted[2], cancel=interrupted[1])  # type: ignore[assignment]
+            log.info(
+                "resume.interrupted_plan",
+                time=bar.time,
+                cancels=len(interrupted[1]),
+                orders=len(interrupted[2]),
+            )
         try:
+            if self._durable and (plan.orders or plan.cancel):
+                # The intent, cancels included, is stored before any of it reaches the
+                # broker: after a crash, the restarted process carries it out (see _resume).
+                self.store.record_orders(run_id, plan.orders)
+                if plan.cancel and self._last_checkpoint is not None:
+                    at, state = self._last_checkpoint
+                    intent = {"time": bar.time.isoformat(), "cancel": list(plan.cancel)}
+                    self.store.record_checkpoint(run_id, at, {**state, "intent": intent})  # type: ignore[attr-defined]
+                await self.store.flush()
+                faults.reached("intent")
             for cid in plan.cancel:
                 cancelled = await self.broker.cancel(cid, "rebalance: position closed or cut")
                 if cancelled is not None:
@@ -760,12 +832,6 @@ class Engine:
                     self.audit.orders([cancelled])
                     self._publish_items("orders", [cancelled], bar.time)
             if plan.orders:
-                if self._durable:
-                    # The intent is stored before it is sent: after a crash, the restarted
-                    # process knows these ids may be at the broker (see _resume).
-                    self.store.record_orders(run_id, plan.orders)
-                    await self.store.flush()
-                    faults.reached("intent")
                 acked = await self.broker.submit(plan.orders)
                 faults.reached("sent")
                 self._orders += len(acked)

@@ -781,8 +781,12 @@ class BufferedStore(ABC):
                 )
             )
 
-    def record_fills(self, run_id: str, fills: Sequence[Fill]) -> None:
+    def record_fills(
+        self, run_id: str, fills: Sequence[Fill], booked_at: datetime | None = None
+    ) -> None:
+        """`booked_at`: the bar at which the engine booked them (default: their own time)."""
         enc = self._encode_time
+        booked = enc(booked_at) if booked_at is not None else None
         for f in fills:
             self._fills.append(
                 (
@@ -797,6 +801,7 @@ class BufferedStore(ABC):
                     float(f.slippage),
                     float(f.reference_price),
                     enc(f.time),
+                    booked if booked is not None else enc(f.time),
                 )
             )
 

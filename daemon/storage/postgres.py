@@ -21,7 +21,15 @@ from .. import faults
 from ..core.errors import ConfigError, StorageError
 from ..secrets import mask_url
 from .buffered import OPS, BufferedStore, DatabaseUnavailable, Row
-from .schema import TABLES, Dialect, Table, applied_seq_sql, create_table_sql, insert_sql
+from .schema import (
+    TABLES,
+    Dialect,
+    Table,
+    add_column_sql,
+    applied_seq_sql,
+    create_table_sql,
+    insert_sql,
+)
 from .spool import DEFAULT_MAX_BYTES, SpoolBatch, safe_name
 
 log = structlog.get_logger(__name__)
@@ -201,6 +209,19 @@ class PostgresStore(BufferedStore):
         for table in TABLES.values():
             for stmt in create_table_sql(table, "postgres"):
                 await conn.execute(stmt)
+            # A database made by an earlier build: add the columns declared since.
+            have = {
+                r["column_name"]
+                for r in await conn.fetch(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_schema = current_schema() AND table_name = $1",
+                    table.name,
+                )
+            }
+            for column in table.insert_columns:
+                if column not in have:
+                    await conn.execute(add_column_sql(table, column, "postgres"))
+                    log.info("storage.column_added", table=table.name, column=column)
         if self.timescaledb:
             for table in TABLES.values():
                 if table.hypertable_time:

@@ -194,6 +194,10 @@ FILLS = Table(
         _c("slippage", "float"),
         _c("reference_price", "float"),
         _c("time", "time", True),
+        # The bar at which the engine booked the fill (live: a fill executes between bars and
+        # is booked at the next one). A resumed run drops the fills booked after its
+        # checkpoint: exactly those are missing from the checkpoint's book.
+        _c("booked_at", "time"),
     ),
     primary_key=("run_id", "fill_id"),
     on_conflict="ignore",
@@ -314,9 +318,8 @@ BUFFERED = (
 # checkpoint (the interrupted bar is processed again, deterministically).
 RESUME_TIME = {
     "signals": "time",
-    "orders": "created_at",
     "order_events": "time",
-    "fills": "time",
+    "fills": "booked_at",
     "positions": "time",
     "equity": "time",
     "decisions": "time",
@@ -333,6 +336,15 @@ def _placeholders(dialect: Dialect, n: int) -> str:
 def param(dialect: Dialect, i: int = 1) -> str:
     """The i-th (1-based) bind parameter."""
     return "?" if dialect == "sqlite" else f"${i}"
+
+
+def add_column_sql(table: Table, column: str, dialect: Dialect) -> str:
+    """The statement that adds a column a later build declared to an existing table (only
+    nullable columns are ever added, so existing rows stay valid with NULL there)."""
+    c = next(c for c in table.columns if c.name == column)
+    if c.not_null:
+        raise ValueError(f"{table.name}.{column} is NOT NULL: it cannot be added to old rows")
+    return f"ALTER TABLE {table.name} ADD COLUMN {column} {_TYPES[dialect][c.kind]}"
 
 
 def create_table_sql(table: Table, dialect: Dialect) -> list[str]:

@@ -14,7 +14,7 @@ import structlog
 from .. import faults
 from ..core.errors import StorageError
 from .buffered import BufferedStore, Row
-from .schema import TABLES, Dialect, create_table_sql, insert_sql
+from .schema import TABLES, Dialect, add_column_sql, create_table_sql, insert_sql
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +61,13 @@ class SqliteStore(BufferedStore):
             for table in TABLES.values():
                 for stmt in create_table_sql(table, "sqlite"):
                     await db.execute(stmt)
+                # A database made by an earlier build: add the columns declared since.
+                async with db.execute(f"PRAGMA table_info({table.name})") as cur:
+                    have = {row[1] for row in await cur.fetchall()}
+                for column in table.insert_columns:
+                    if column not in have:
+                        await db.execute(add_column_sql(table, column, "sqlite"))
+                        log.info("storage.column_added", table=table.name, column=column)
             await db.execute("COMMIT")
         except sqlite3.Error as e:
             await db.close()

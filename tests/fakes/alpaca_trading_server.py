@@ -28,8 +28,15 @@ The fake market
   * Constructor: `cash` (default: the recorded paper account's cash), `recorded_positions`
     (start with the recorded AAPL/SPY/TSLA positions), `allow_short` (default False: selling
     what is not held answers 403 "account is not allowed to short"), `rate_limit` (requests
-    in any `rate_window_s`, a sliding window: 200 per 60 s; `throttled` counts its 429s), `quiet_oco_cancel` (do not announce the stop-loss cancelled when a
-    take-profit fills, as alpaca-py issue #198 reports of Alpaca), key id and secret.
+    in any `rate_window_s`, a sliding window: 200 per 60 s; `throttled` counts its 429s),
+    `quiet_oco_cancel` (do not announce the stop-loss cancelled when a take-profit fills, as
+    alpaca-py issue #198 reports of Alpaca), key id and secret.
+  * `fill_on_submit(order) -> price | None` (constructor or attribute; default None): a
+    deterministic market for daemon tests. A new market order (the entry of a bracket
+    included) is executed in full at the price it returns before the POST is answered, so
+    the answer already says `filled` (the stream then announces the fill); None leaves the
+    order working. Other open orders are not matched and `prices` is not changed, so nothing
+    else executes at a time that depends on the process's timing.
 
 Orders (`POST /v2/orders`)
   * Every `client_order_id` ever used is remembered (`used_client_order_ids`), cancelled
@@ -278,6 +285,7 @@ class AlpacaTradingFake(LoopThread):
         rate_limit: int = 200,
         quiet_oco_cancel: bool = False,
         rate_window_s: float = 60.0,
+        fill_on_submit: Callable[[FakeOrder], float | None] | None = None,
     ) -> None:
         self.key_id = key_id
         self.secret_key = secret_key
@@ -291,6 +299,7 @@ class AlpacaTradingFake(LoopThread):
         self.rate_window_s = rate_window_s
         self.throttled = 0  # requests answered 429 for the rate limit
         self.quiet_oco_cancel = quiet_oco_cancel
+        self.fill_on_submit = fill_on_submit
         self.market_open = True
         self.prices: dict[str, float] = {}
         self.assets: dict[str, dict[str, bool]] = {}
@@ -717,6 +726,10 @@ class AlpacaTradingFake(LoopThread):
         if rejection is not None:
             return rejection
         parent = self._create(body)
+        if self.fill_on_submit is not None and parent.type == "market":
+            price = self.fill_on_submit(parent)
+            if price is not None:
+                self._execute(parent, parent.remaining, float(price))
         return web.json_response(self._json(parent, nested=True))
 
     def _validate(self, body: dict[str, Any]) -> web.Response | None:

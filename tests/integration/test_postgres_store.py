@@ -157,6 +157,7 @@ async def test_round_trip_every_table(store: PostgresStore, pg) -> None:
             "slippage": 0.25,
             "reference_price": 101.0,
             "time": T0 + DAY,
+            "booked_at": T0 + DAY,  # recorded without a booking bar: the fill's own time
         }
     ]
     assert await store.fetch("positions", "r1") == [

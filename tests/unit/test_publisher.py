@@ -181,7 +181,7 @@ def test_publishing_audit_tees_orders_and_fills() -> None:
         def orders(self, orders) -> None:
             self.calls.append(("orders", len(orders)))
 
-        def fills(self, fills) -> None:
+        def fills(self, fills, booked_at=None) -> None:
             self.calls.append(("fills", len(fills)))
 
         def flush(self) -> None:

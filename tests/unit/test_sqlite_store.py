@@ -196,6 +196,7 @@ async def test_round_trip_every_table(store: SqliteStore, db_path: Path) -> None
             "slippage": 0.25,
             "reference_price": 101.0,
             "time": T0 + DAY,
+            "booked_at": T0 + DAY,  # recorded without a booking bar: the fill's own time
         }
     ]
     assert await store.fetch("positions", "r1") == [
@@ -643,3 +644,32 @@ async def test_bar_writes_wait_for_a_background_flush(db_path: Path) -> None:
         await store.stop()
     assert count(db_path, "equity") == 1
     assert count(db_path, "bars") == 3
+
+
+async def test_a_database_from_an_earlier_build_gets_the_new_columns(db_path: Path) -> None:
+    """`fills.booked_at` came with restart safety: a store file made before it is upgraded at
+    start (the column added, old rows NULL there) instead of failing at the first fill."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(db_path)
+    con.execute(
+        "CREATE TABLE fills (run_id TEXT NOT NULL, fill_id TEXT NOT NULL, client_order_id TEXT"
+        " NOT NULL, symbol TEXT NOT NULL, side TEXT NOT NULL, quantity REAL, price REAL,"
+        " commission REAL, slippage REAL, reference_price REAL, time TEXT NOT NULL,"
+        " PRIMARY KEY (run_id, fill_id))"
+    )
+    con.execute(
+        "INSERT INTO fills VALUES ('old', 'f0', 'c0', 'AAA', 'buy', 1, 10, 0, 0, 10,"
+        " '2020-01-02T21:00:00.000000+00:00')"
+    )
+    con.commit()
+    con.close()
+    store = SqliteStore(str(db_path))
+    await store.start()
+    try:
+        fill = Fill("f1", "c1", "AAA", Side.BUY, 2.0, 11.0, 0.0, 0.0, T0, 11.0)
+        store.record_fills("new", [fill], T0 + DAY)
+        await store.flush()
+        assert (await store.fetch("fills", "new"))[0]["booked_at"] == T0 + DAY
+        assert (await store.fetch("fills", "old"))[0]["booked_at"] is None
+    finally:
+        await store.stop()
