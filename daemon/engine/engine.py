@@ -467,7 +467,18 @@ class Engine:
             intents = [
                 _order_of(r) for r in resume.unconfirmed if r["client_order_id"].startswith(own)
             ]
-            await resume_broker(known, intents)
+            delay = 1.0
+            while True:
+                try:
+                    await resume_broker(known, intents)
+                    break
+                except RetryableError as exc:
+                    # The broker is unreachable at start: nothing is traded before the book
+                    # and the broker agree, so wait (with backoff, /health alive) and retry.
+                    log.warning("resume.broker_retry", error=str(exc), retry_in_s=delay)
+                    if await self._sleep_unless_stopped(delay):
+                        return
+                    delay = min(delay * 2, 60.0)
             if getattr(self.broker, "state", None) is None:
                 self._interrupted = _interrupted_plan(st, intents)
         pf = self.portfolio
