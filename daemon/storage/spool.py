@@ -176,7 +176,9 @@ def iter_records(path: Path, fd: int, start: int = 0) -> Iterator[tuple[dict[str
     `start`. A bad last line is a torn append: logged and ignored. A bad line with data after
     it raises SpoolCorrupt."""
     size = os.fstat(fd).st_size
-    with os.fdopen(os.dup(fd), "rb", buffering=1 << 16) as f:
+    # A file description of its own (not a dup of `fd`, which would share the appender's
+    # offset: reading ahead would move where the next append writes, over pending batches).
+    with open(f"/proc/self/fd/{fd}", "rb", buffering=1 << 16) as f:
         f.seek(start)
         offset = start
         while offset < size:

@@ -147,6 +147,24 @@ def test_batches_come_back_in_order_and_the_spool_empties(tmp_path: Path) -> Non
     assert not sp.path.exists()  # nothing left to write: removed
 
 
+def test_replaying_past_the_read_ahead_never_overwrites_pending_batches(tmp_path: Path) -> None:
+    """Found by the fault soak: the reader shared the appender's file offset (a dup'ed
+    descriptor), so reading a batch (64 KiB read-ahead) moved where the next append wrote,
+    over batches still pending; the spool then failed as corrupt and rows were lost."""
+    sp = Spool(tmp_path, "w1", "fake://db")
+    big = [("r", i, "x" * 200) for i in range(100)]  # ~25 kB per batch
+    for i in range(1, 9):
+        sp.append(batch(i, equity=big))
+    seen = []
+    while (b := sp.next_pending()) is not None:
+        seen.append(b.seq)
+        sp.mark_applied()
+        if b.seq <= 2:
+            sp.append(batch(100 + b.seq, equity=big))  # a new bar's rows, during the replay
+    assert seen == [1, 2, 3, 4, 5, 6, 7, 8, 101, 102]
+    sp.close()
+
+
 def test_a_spool_with_batches_left_stays_for_the_next_start(tmp_path: Path) -> None:
     sp = Spool(tmp_path, "w1", "fake://db")
     sp.append(batch(1))
