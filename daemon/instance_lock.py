@@ -647,13 +647,24 @@ class InstanceLockService:
     async def _watch(self) -> None:
         assert self.lock is not None
         while True:
-            await asyncio.sleep(self.check_interval_s)
-            if await self.lock.check():
+            # Unproven (the database unreachable): look again soon, not a whole interval.
+            await asyncio.sleep(
+                min(self.check_interval_s, 5.0) if self.lost else self.check_interval_s
+            )
+            if await self.lock.check() and self.lost is None:
                 continue
             if self.lock.held:
-                log.warning("instance_lock.reacquired", **self.lock.describe())
+                if self.lost is not None:
+                    log.warning("instance_lock.reacquired", **self.lock.describe())
+                self.lost = None
                 continue
             self.lost = str(self.lock.last_error or "lock lost")
+            if not isinstance(self.lock.last_error, AnotherDaemonRunning):
+                # The database is unreachable (an outage the store rides out with its
+                # spool): the lock is unproven, not taken by another daemon. /ready says so;
+                # the daemon stops only when another daemon holds the lock.
+                log.warning("instance_lock.unproven", error=self.lost, **self.lock.describe())
+                continue
             log.error("instance_lock.lost", error=self.lost, **self.lock.describe())
             if self.on_lost is not None:
                 self.on_lost(self.lost)

@@ -343,3 +343,45 @@ async def test_account_for_hides_the_key_and_bad_urls_are_config_errors():
         await acquire_instance_lock("mysql://u:pw@h/db", "a")
     with pytest.raises(ConfigError, match="account is empty"):
         await acquire_instance_lock("sqlite:///:memory:", "")
+
+
+async def test_the_service_stops_the_daemon_only_when_another_daemon_holds_the_lock():
+    """Found by the fault soak: a database outage made the lock check fail and the daemon
+    stop, although the store rides out the outage with its spool. Unreachable = unproven
+    (shown in /ready, checked again soon); only another holder stops the daemon."""
+    import asyncio
+
+    from tradingd.core.errors import StorageError
+    from tradingd.instance_lock import AnotherDaemonRunning, InstanceLockService
+
+    class FakeLock:
+        def __init__(self, outcomes):
+            self.outcomes = list(outcomes)
+            self.held = True
+            self.last_error = None
+
+        async def check(self):
+            ok, error = self.outcomes.pop(0) if self.outcomes else (True, None)
+            self.held, self.last_error = ok, error
+            return ok
+
+        def describe(self):
+            return {}
+
+    lost: list[str] = []
+    down = StorageError("PostgreSQL at postgresql://u:***@h/db unreachable")
+    service = InstanceLockService(
+        "sqlite:///x.db", "acct", check_interval_s=0.01, on_lost=lost.append
+    )
+    service.lock = FakeLock([(False, down), (False, down), (True, None)])  # type: ignore[assignment]
+    task = asyncio.create_task(service._watch())
+    for _ in range(500):
+        if not service.lock.outcomes and service.lost is None:  # type: ignore[attr-defined]
+            break
+        if service.lost is not None:
+            assert service.status()["ok"] is False
+        await asyncio.sleep(0.01)
+    assert lost == [] and service.lost is None and not task.done()
+    service.lock = FakeLock([(False, AnotherDaemonRunning("another tradingd (pid 7) holds it"))])  # type: ignore[assignment]
+    await asyncio.wait_for(task, 5)
+    assert lost and "pid 7" in lost[0]
