@@ -500,7 +500,8 @@ class AlpacaBroker:
         )
         # Ids whose POST by this process had an attempt with an unknown outcome (timeout,
         # broken connection, 5xx): a later 422 duplicate may be that attempt's order.
-        self._attempted: set[str] = set()
+        # Bounded (closed_history): an id whose every attempt failed is never resent.
+        self._attempted: OrderedDict[str, None] = OrderedDict()
         self._pending_fills: list[Fill] = []
         self._pending_orders: dict[str, None] = {}
         self._verify: set[str] = set()
@@ -805,7 +806,7 @@ class AlpacaBroker:
             for m in members:
                 cid = m.client_order_id
                 if cid in unsent:
-                    self._attempted.add(cid)
+                    self._attempt(cid)
                     stats["not_sent"] += 1
                     log.info(
                         "alpaca.reconcile.never_sent",
@@ -1283,7 +1284,7 @@ class AlpacaBroker:
         reported. Otherwise (a resend after a restart) the order is taken as it stands: what
         it filled before belongs to the account's reconciled positions."""
         primary = unit.primary
-        self._attempted.discard(primary.client_order_id)
+        self._attempted.pop(primary.client_order_id, None)
         group = "" if unit.kind == "simple" else unit.kind
         legs = [leg for leg in raw.get("legs") or [] if isinstance(leg, Mapping)]
         base = self._register(primary, raw if not fresh else None, group=group)
@@ -1990,23 +1991,23 @@ class AlpacaBroker:
                 op, kind, self._scrub(info.reason), up=not info.retryable and status != 401
             )
             if uncertain is not None and status >= 500:
-                self._attempted.add(uncertain)
+                self._attempt(uncertain)
             raise
         except (TimeoutError, requests.Timeout):
             if uncertain is not None:
-                self._attempted.add(uncertain)
+                self._attempt(uncertain)
             detail = f"{op} timed out"
             self._failed(op, "timeout", detail, up=False)
             raise _Unreachable("timeout", detail) from None
         except requests.RequestException as e:
             if uncertain is not None:
-                self._attempted.add(uncertain)
+                self._attempt(uncertain)
             detail = self._scrub(f"{op}: {type(e).__name__}: {e}")
             self._failed(op, "connection", detail, up=False)
             raise _Unreachable("connection", detail) from None
         except ValueError as e:
             if uncertain is not None:
-                self._attempted.add(uncertain)
+                self._attempt(uncertain)
             detail = self._scrub(f"{op}: unreadable answer: {type(e).__name__}: {e}")
             self._failed(op, "malformed", detail, up=False)
             raise _Unreachable("malformed", detail) from None
@@ -2015,6 +2016,12 @@ class AlpacaBroker:
         SOURCE_UP.labels(source=SOURCE).set(1)
         self._connected = True
         return result
+
+    def _attempt(self, client_order_id: str) -> None:
+        self._attempted[client_order_id] = None
+        self._attempted.move_to_end(client_order_id)
+        while len(self._attempted) > self._config.closed_history:
+            self._attempted.popitem(last=False)
 
     def _failed(self, op: str, kind: str, detail: str, *, up: bool) -> None:
         SOURCE_ERRORS.labels(source=SOURCE, kind=kind).inc()
