@@ -13,6 +13,11 @@ arrays, epoch seconds (daily bars stamped at the 09:30 open), split-adjusted pri
 for every bar before a split that has happened by `book.now`, `events` keyed by epoch strings,
 and the session in progress as Yahoo shows it (stamped `regularMarketTime`; intraday: volume 0
 and O=H=L=C). Symbols given to `serve_recorded` get the recorded body instead, for any request.
+
+`split_query_events_only=True` (default False) answers a request for split events alone
+(`events=split`, the client's look-up of later splits) with the events and no bars: an
+accelerated replay of years-old windows would otherwise render years of bars per request,
+a cost the real-time daemon never has (benchmarks/soak_faults.py).
 """
 
 from __future__ import annotations
@@ -84,10 +89,16 @@ def _envelope(code: str, description: str) -> str:
 
 
 class YahooFake(FakeServer):
-    def __init__(self, book: BarBook | None = None, throttle_after: int = 0) -> None:
+    def __init__(
+        self,
+        book: BarBook | None = None,
+        throttle_after: int = 0,
+        split_query_events_only: bool = False,
+    ) -> None:
         super().__init__(book)
         self.recorded: dict[str, str] = {}
         self.throttle_after = throttle_after  # 0 = never throttle by count
+        self.split_query_events_only = split_query_events_only
 
     def serve_recorded(self, symbol: str, fixture: str) -> None:
         """Answer every request for `symbol` with the recorded body of `yahoo/<fixture>`."""
@@ -169,7 +180,9 @@ class YahooFake(FakeServer):
         fault: str | None,
     ) -> dict[str, Any]:
         book = self.book
-        if interval == "1d":
+        if fault == "empty" or (self.split_query_events_only and q.get("events") == "split"):
+            bars = []
+        elif interval == "1d":
             bars = [
                 b
                 for b in book.daily(symbol, first.astimezone(NY).date(), last.astimezone(NY).date())
@@ -178,8 +191,6 @@ class YahooFake(FakeServer):
         else:
             minutes = 60 if interval == "1h" else int(interval.rstrip("m"))
             bars = book.intraday(symbol, minutes, first, last)
-        if fault == "empty":
-            bars = []
         stamps, o, h, lo, c, v = [], [], [], [], [], []
         now = book.now
         rmt = int(now.timestamp())
