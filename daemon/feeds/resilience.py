@@ -529,7 +529,10 @@ class ResilientCaller:
         SOURCE_ERRORS.labels(source=self.source, kind=err.kind).inc()
         if err.retryable or err.kind == "circuit_open":
             SOURCE_UP.labels(source=self.source).set(0)
-        log.warning(
+        # A call an open breaker refuses is counted but logged at debug: the breaker's
+        # opening and closing are logged, and a warning per refused call was most of a
+        # long outage's log (found by the fault soak).
+        (log.debug if err.kind == "circuit_open" else log.warning)(
             "source.call.failed",
             source=self.source,
             what=self.redact(what),

@@ -156,10 +156,12 @@ async def test_breaker_opens_after_n_failures_and_half_opens_after_reset_time():
     assert c.breaker.state == CircuitBreaker.OPEN
     assert failing.calls == 3
 
-    # Open: calls fail at once, the source is not called, the engine sees a RetryableError.
-    with pytest.raises(SourceUnavailable) as info:
+    # Open: calls fail at once, the source is not called, the engine sees a RetryableError;
+    # counted, but no warning per refused call (the breaker's transitions are logged).
+    with capture_logs() as logs, pytest.raises(SourceUnavailable) as info:
         await c.call(failing)
     assert info.value.kind == "circuit_open"
+    assert not [e for e in logs if e["event"] == "source.call.failed" and e["log_level"] != "debug"]
     assert failing.calls == 3
     st = c.status()
     assert st["circuit"] == "open" and st["ok"] is False and st["consecutive_failures"] == 3
