@@ -26,16 +26,25 @@ log = structlog.get_logger(__name__)
 ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 
 
+MAX_CONNECTIONS = 16
+
+
 def redis_client(url: str, socket_timeout: float, connect_timeout: float) -> aioredis.Redis:
     """A client that fails fast: one immediate retry on a broken connection (a stale pooled
     connection after a server restart), none on a timeout (a hung server would double it);
     backing off is the caller's job (redis-py's default retries 3 times with backoff)."""
-    return aioredis.from_url(
+    # A bounded pool: callers that ask at once (a vendor client looking up 500 symbols'
+    # cached answers) wait for a connection instead of opening one each (the fault soak saw
+    # one socket per symbol).
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
+        max_connections=MAX_CONNECTIONS,
+        timeout=socket_timeout,
         socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout,
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
+    return aioredis.Redis.from_pool(pool)
 
 
 class RedisCache:

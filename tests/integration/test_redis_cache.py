@@ -90,3 +90,18 @@ async def test_failure_after_start_is_retryable() -> None:
             await broken.set("k", b"v", ttl_s=5)
     finally:
         await broken.stop()
+
+
+async def test_many_concurrent_calls_share_a_bounded_pool_of_connections(cache) -> None:
+    """A vendor client looks up hundreds of symbols' cached answers at once: they wait for
+    one of a few connections instead of opening one each (the fault soak saw one per
+    symbol)."""
+    import asyncio
+
+    from tradingd.cache.redis import MAX_CONNECTIONS
+
+    c, _prefix = cache
+    await asyncio.gather(*(c.get(f"k{i}") for i in range(300)))
+    pool = c._client.connection_pool
+    opened = len(pool._available_connections) + len(pool._in_use_connections)
+    assert 1 <= opened <= MAX_CONNECTIONS
