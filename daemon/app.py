@@ -498,6 +498,8 @@ def build_engine(
         live_metrics=mode == "live",
         durable=mode == "live",
         reconcile_interval_s=config.live.reconcile_interval_s,
+        retry_attempts=config.orders.retry_attempts if mode == "live" else 0,
+        retry_delay_s=config.orders.retry_delay_s,
         publisher=_publisher(config, run_id) if mode == "live" else None,
     )
     if mode == "live":

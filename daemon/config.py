@@ -282,9 +282,18 @@ class OrdersConfig:
     brackets: bool = False
     take_profit_pct: float = 0.04  # specification: 4% from entry
     stop_loss_pct: float = 0.02  # specification: 2% from entry
+    # Live: an order the broker refused for a transient reason (request budget spent, buying
+    # power held by the batch's own sells) is tried again within the bar under the next
+    # attempt number, after retry_delay_s, doubling each time. Replays never retry.
+    retry_attempts: int = 2
+    retry_delay_s: float = 5.0
 
     def __post_init__(self) -> None:
         _finite(self, "orders")
+        _require(
+            0 <= self.retry_attempts <= 10, "orders.retry_attempts", self.retry_attempts, "0..10"
+        )
+        _require(self.retry_delay_s >= 0, "orders.retry_delay_s", self.retry_delay_s, ">= 0")
         _require(
             0 <= self.rebalance_band < 1,
             "orders.rebalance_band",

@@ -121,6 +121,7 @@ from ..core.types import (
     OrderStatus,
     OrderType,
     Side,
+    parse_client_order_id,
 )
 from ..metrics import (
     ORDERS,
@@ -416,11 +417,9 @@ def _now() -> datetime:
 
 def _is_intent(o: Order) -> bool:
     """An order the engine decided: its id names the bar it was created at and its symbol
-    (`run|YYYYmmddTHHMMSS|symbol|leg`, `tradingd.core.types.client_order_id`)."""
-    head, _, rest = o.client_order_id.rpartition("|")
-    head, _, symbol = head.rpartition("|")
-    _, _, stamp = head.rpartition("|")
-    return bool(rest) and symbol == o.symbol and stamp == f"{o.created_at:%Y%m%dT%H%M%S}"
+    (`run|YYYYmmddTHHMMSS|symbol|leg|attempt`, `tradingd.core.types.client_order_id`)."""
+    p = parse_client_order_id(o.client_order_id)
+    return p is not None and p.symbol == o.symbol and p.stamp == f"{o.created_at:%Y%m%dT%H%M%S}"
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -502,6 +501,9 @@ class AlpacaBroker:
         # broken connection, 5xx): a later 422 duplicate may be that attempt's order.
         # Bounded (closed_history): an id whose every attempt failed is never resent.
         self._attempted: OrderedDict[str, None] = OrderedDict()
+        # Ids refused for a reason a later attempt may not meet (ErrorInfo.transient_refusal):
+        # the engine may retry those decisions under the next attempt number. Bounded.
+        self._transient: OrderedDict[str, None] = OrderedDict()
         self._pending_fills: list[Fill] = []
         self._pending_orders: dict[str, None] = {}
         self._verify: set[str] = set()
@@ -1230,6 +1232,11 @@ class AlpacaBroker:
                     f"({self._scrub(info.reason)}); its outcome is unknown"
                 ) from None
             reason = self._scrub(info.reason)
+            if info.transient_refusal:
+                for m in members:
+                    self._transient[m.client_order_id] = None
+                while len(self._transient) > self._config.closed_history:
+                    self._transient.popitem(last=False)
             return {m.client_order_id: self._reject(m, reason) for m in members}
         except _Unreachable as e:
             raise self._unreachable(
@@ -1360,6 +1367,11 @@ class AlpacaBroker:
             or parse_time(raw.get("created_at"))
         )
         self._by_alpaca_id[aid] = t.order.client_order_id
+
+    def retryable_rejection(self, order: Order) -> bool:
+        """Whether a rejection of this process's was transient (budget, buying power or
+        shares held by the batch's own orders), so the same decision may be tried again."""
+        return order.client_order_id in self._transient
 
     def _reject(self, incoming: Order, reason: str) -> Order:
         order = incoming.snapshot()

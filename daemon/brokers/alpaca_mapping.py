@@ -47,7 +47,16 @@ from alpaca.trading.requests import (
 )
 
 from ..core.errors import ConfigError
-from ..core.types import Fill, Leg, Order, OrderStatus, OrderType, Side
+from ..core.types import (
+    Fill,
+    Leg,
+    Order,
+    OrderStatus,
+    OrderType,
+    Side,
+    parse_client_order_id,
+    with_leg,
+)
 
 PAPER_BASE_URL = "https://paper-api.alpaca.markets"
 # Hosts of Alpaca's live (real money) trading API: this adapter is for paper accounts only.
@@ -177,6 +186,16 @@ class ErrorInfo:
     @property
     def retryable(self) -> bool:
         return self.status is not None and (self.status == 429 or self.status >= 500)
+
+    @property
+    def transient_refusal(self) -> bool:
+        """A refused order that the same decision may well get through a little later: the
+        request budget ran out (429 after every retry), or buying power / shares were still
+        held by orders of the same batch (the sells of a rebalance not yet filled)."""
+        text = self.message.lower()
+        return self.status == 429 or (
+            self.status == 403 and ("buying power" in text or "insufficient qty" in text)
+        )
 
 
 def error_info(error: BaseException, status: int | None = None) -> ErrorInfo:
@@ -487,10 +506,11 @@ def leg_role(raw: Mapping[str, Any]) -> Leg:
 
 
 def leg_from_client_order_id(cid: str) -> Leg:
-    """The role encoded in a tradingd id (`run|time|symbol|leg`, re-placed exits `tp.r`);
-    ENTRY for ids tradingd did not make (an order placed by hand blocks its symbol like a
-    working entry would)."""
-    tag = cid.rsplit("|", 1)[-1].split(".", 1)[0] if "|" in cid else ""
+    """The role encoded in a tradingd id (`run|time|symbol|leg|attempt`, re-placed exits
+    `tp.r`); ENTRY for ids tradingd did not make (an order placed by hand blocks its symbol
+    like a working entry would)."""
+    p = parse_client_order_id(cid)
+    tag = p.tag.split(".", 1)[0] if p is not None else ""
     for leg in Leg:
         if tag == leg.value:
             return leg
@@ -499,17 +519,17 @@ def leg_from_client_order_id(cid: str) -> Leg:
 
 def leg_client_order_id(parent_cid: str, role: Leg) -> str | None:
     """The tradingd id of a leg from its parent's id, for orders found at Alpaca after a
-    restart (Alpaca names legs itself). A bracket entry `…|entry` has legs `…|tp`/`…|sl`, the
-    way `bracket_orders` names them; an OCO parent `…|tp.r` has the leg `…|sl.r`, as
-    `resized_exits` does. None when the parent's id is not one of tradingd's."""
-    if "|" not in parent_cid:
+    restart (Alpaca names legs itself). A bracket entry `…|entry|n` has legs `…|tp|n` and
+    `…|sl|n`, the way `bracket_orders` names them; an OCO parent `…|tp.r|n` has the leg
+    `…|sl.r|n`, as `resized_exits` does. None when the parent's id is not one of tradingd's."""
+    p = parse_client_order_id(parent_cid)
+    if p is None:
         return None
-    head, tag = parent_cid.rsplit("|", 1)
-    if tag == Leg.ENTRY.value:
-        return f"{head}|{role.value}"
+    if p.tag == Leg.ENTRY.value:
+        return with_leg(parent_cid, role.value)
     for own in (Leg.TAKE_PROFIT, Leg.STOP_LOSS):
-        if tag.startswith(own.value) and own is not role:
-            return f"{head}|{role.value}{tag[len(own.value) :]}"
+        if p.tag.startswith(own.value) and own is not role:
+            return with_leg(parent_cid, f"{role.value}{p.tag[len(own.value) :]}")
     return None
 
 

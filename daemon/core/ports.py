@@ -162,6 +162,11 @@ class PortfolioView:
     weights: np.ndarray  # (N,) signed position value / equity
     peak_equity: float
     day_start_equity: float  # equity at the previous bar's close
+    # (N,) average entry price of the open position (0 when flat) and cumulative realized
+    # P&L net of commissions per symbol: enough for a plugin to learn from its own closed
+    # trades (Kelly sizing) without a second book of its own. None in hand-built test views.
+    avg_price: np.ndarray | None = None
+    realized_pnl: np.ndarray | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,6 +192,11 @@ class BarContext:
 class RiskDecision:
     targets: np.ndarray
     verdicts: tuple[RiskVerdict, ...] = ()
+
+
+# Any plugin may also define `history_bars() -> int`: the raw bars it reads from ctx.history
+# (a return window for correlation or VaR, a GARCH fit). The engine keeps the largest of these
+# and `features.history_bars`, so a plugin never finds its window silently cut short.
 
 
 @runtime_checkable

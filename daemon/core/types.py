@@ -76,14 +76,66 @@ class CrossSection:
         return ~np.isnan(self.close)
 
 
-def client_order_id(run_id: str, bar_time: datetime, symbol: str, leg: Leg | str) -> str:
-    """Deterministic id: the same decision always maps to the same id, so a resubmission
-    after a crash or restart is recognised as a duplicate by the broker, not doubled.
-    Alpaca limits the id to 128 characters."""
-    cid = f"{run_id}|{bar_time:%Y%m%dT%H%M%S}|{symbol}|{leg}"
+def client_order_id(
+    run_id: str, bar_time: datetime, symbol: str, leg: Leg | str, attempt: int = 1
+) -> str:
+    """Deterministic id `run|YYYYmmddTHHMMSS|symbol|leg|attempt`: the same decision always
+    maps to the same id, so a resubmission after a crash or restart is recognised as a
+    duplicate by the broker, not doubled. The attempt number exists because Alpaca refuses
+    an id it has seen, even after a cancel or a rejection: a deliberate retry of the same
+    decision takes the next number (`next_attempt`). Alpaca limits the id to 128 characters."""
+    if attempt < 1:
+        raise ValueError(f"attempt must be >= 1, got {attempt}")
+    cid = f"{run_id}|{bar_time:%Y%m%dT%H%M%S}|{symbol}|{leg}|{attempt}"
     if len(cid) > 128:
         raise ValueError(f"client_order_id longer than 128 characters: {cid!r}; shorten run_id")
     return cid
+
+
+@dataclass(frozen=True, slots=True)
+class OrderId:
+    """The parts of a tradingd client order id."""
+
+    run_id: str
+    stamp: str  # the deciding bar, YYYYmmddTHHMMSS
+    symbol: str
+    tag: str  # the leg, with a re-placement suffix ("tp.r")
+    attempt: int
+
+    @property
+    def head(self) -> str:
+        """Everything before the leg: `run|stamp|symbol`."""
+        return f"{self.run_id}|{self.stamp}|{self.symbol}"
+
+
+def parse_client_order_id(cid: str) -> OrderId | None:
+    """The parts of a tradingd id; None for ids tradingd did not make (orders placed by
+    hand). Ids of earlier versions have no attempt field and read as attempt 1."""
+    parts = cid.split("|")
+    attempt = 1
+    if len(parts) >= 5 and parts[-1].isdigit():
+        attempt = int(parts[-1])
+        parts = parts[:-1]
+    if len(parts) < 4 or not all(parts[-3:]) or attempt < 1:
+        return None
+    return OrderId("|".join(parts[:-3]), parts[-3], parts[-2], parts[-1], attempt)
+
+
+def with_leg(cid: str, tag: str) -> str | None:
+    """The id of another leg of the same decision and attempt (`…|entry|2` -> `…|tp|2`)."""
+    p = parse_client_order_id(cid)
+    return None if p is None else f"{p.head}|{tag}|{p.attempt}"
+
+
+def next_attempt(cid: str) -> str:
+    """The id of a deliberate retry of the same decision: the attempt number plus one."""
+    p = parse_client_order_id(cid)
+    if p is None:
+        raise ValueError(f"not a tradingd client_order_id: {cid!r}")
+    new = f"{p.head}|{p.tag}|{p.attempt + 1}"
+    if len(new) > 128:
+        raise ValueError(f"client_order_id longer than 128 characters: {new!r}; shorten run_id")
+    return new
 
 
 @dataclass(slots=True)

@@ -50,8 +50,10 @@ from ..core.types import (
     RiskVerdict,
     RunInfo,
     Side,
+    next_attempt,
     order_from_dict,
     order_to_dict,
+    parse_client_order_id,
 )
 from ..publisher import bars_payload, fills_payload, orders_payload, signals_payload
 from .accounting import RejectionRecord, RiskRecord, rule_of
@@ -98,9 +100,20 @@ def _interrupted_plan(
         at = min(o.created_at for o in intents)
     else:
         return None
+    # Of a decision tried more than once (a deliberate retry), only the last attempt is
+    # carried out: an earlier one might get through now as well, and double it.
+    latest: dict[tuple[str, str], int] = {}
+    for o in intents:
+        p = parse_client_order_id(o.client_order_id)
+        if p is not None and o.created_at == at:
+            key = (p.head, p.tag)
+            latest[key] = max(latest.get(key, 0), p.attempt)
     orders = []
     for o in intents:
         if o.created_at == at:
+            p = parse_client_order_id(o.client_order_id)
+            if p is not None and p.attempt < latest[(p.head, p.tag)]:
+                continue
             o.status = OrderStatus.HELD if o.parent_id is not None else OrderStatus.NEW
             o.filled_quantity, o.reason = 0.0, ""
             orders.append(o)
@@ -163,6 +176,13 @@ class Pipeline:
             names.update(r.required_features())
         return names
 
+    def history_bars(self) -> int:
+        """The longest raw-bar window any plugin reads from ctx.history (0 if none says)."""
+        plugins = [p for p, _ in self.signals] + [self.sizing, *self.risks]
+        return max(
+            (int(p.history_bars()) for p in plugins if hasattr(p, "history_bars")), default=0
+        )
+
 
 @dataclass(frozen=True)
 class _EmptyPlan:
@@ -206,6 +226,8 @@ class Engine:
         publisher: Any = None,
         lock: Any = None,
         reconcile_interval_s: float = 300.0,
+        retry_attempts: int = 0,
+        retry_delay_s: float = 5.0,
     ) -> None:
         self.run = run
         self.clock = clock
@@ -223,11 +245,14 @@ class Engine:
         self.lock = lock
         self.symbols = run.symbols
         self.features = features
+        # Deliberate retries of transiently refused orders (orders.retry_attempts, live).
+        self.retry_attempts = retry_attempts
+        self.retry_delay_s = retry_delay_s
         missing = pipeline.required_features() - set(features.names)
         if missing:
             raise ValueError(f"feature source lacks {sorted(missing)} that plugins require")
         self._required = tuple(sorted(pipeline.required_features()))
-        self.history = HistoryBuffer(len(self.symbols), history_bars)
+        self.history = HistoryBuffer(len(self.symbols), max(history_bars, pipeline.history_bars()))
         self._times: deque[datetime] = deque(maxlen=curve_maxlen)
         self._equity: deque[float] = deque(maxlen=curve_maxlen)
         self._gross: deque[float] = deque(maxlen=curve_maxlen)
@@ -421,6 +446,56 @@ class Engine:
                     except Exception:  # a plugin's cleanup must not hide the run's outcome
                         log.exception("plugin.close_failed", plugin=plugin.name)
             structlog.contextvars.unbind_contextvars("run_id")
+
+    def _book_acked(self, acked: list[Order], t: datetime) -> None:
+        self._orders += len(acked)
+        self.store.record_orders(self.run.run_id, acked)
+        self.audit.orders(acked)
+        self._publish_items("orders", acked, t)
+        self.rejections.on_orders(acked, "submit")
+        if self._count_orders:
+            for o in acked:
+                metrics.ORDERS.labels(status=str(o.status)).inc()
+
+    async def _retry_refused(self, acked: list[Order], t: datetime) -> None:
+        """Deliberate retries, within the bar, of orders the broker refused for a transient
+        reason (it says which: a spent request budget, buying power still held by the
+        batch's own sells). Each retry is the same decision under the next attempt number,
+        because Alpaca never accepts an id twice, stored as an intent before it is sent like
+        any order; a bracket is retried whole. The simulated broker has no such refusals."""
+        transient = getattr(self.broker, "retryable_rejection", None)
+        for attempt in range(self.retry_attempts):
+            if transient is None:
+                return
+            refused = [o for o in acked if o.status is OrderStatus.REJECTED and transient(o)]
+            if not refused:
+                return
+            delay = self.retry_delay_s * 2**attempt
+            log.warning(
+                "orders.retry",
+                time=t,
+                orders=[o.client_order_id for o in refused],
+                attempt=attempt + 2,
+                in_s=delay,
+            )
+            await asyncio.sleep(delay)
+            renamed = {o.client_order_id: next_attempt(o.client_order_id) for o in refused}
+            retry = []
+            for o in refused:
+                again = o.snapshot()
+                again.client_order_id = renamed[o.client_order_id]
+                again.parent_id = renamed.get(o.parent_id or "", o.parent_id)
+                again.oco_group = renamed.get(o.oco_group or "", o.oco_group)
+                again.status = OrderStatus.HELD if again.parent_id else OrderStatus.NEW
+                again.reason, again.filled_quantity, again.updated_at = "", 0.0, None
+                retry.append(again)
+            if self._durable:
+                self.store.record_orders(self.run.run_id, retry)
+                await self.store.flush()
+                faults.reached("intent")
+            acked = await self.broker.submit(retry)
+            faults.reached("sent")
+            self._book_acked(acked, t)
 
     async def _resume(self, resume: Any) -> None:
         """Continue a stored live run from its checkpoint: the book, the simulated broker's
@@ -845,14 +920,8 @@ class Engine:
             if plan.orders:
                 acked = await self.broker.submit(plan.orders)
                 faults.reached("sent")
-                self._orders += len(acked)
-                self.store.record_orders(run_id, acked)
-                self.audit.orders(acked)
-                self._publish_items("orders", acked, bar.time)
-                self.rejections.on_orders(acked, "submit")
-                if self._count_orders:
-                    for o in acked:
-                        metrics.ORDERS.labels(status=str(o.status)).inc()
+                self._book_acked(acked, bar.time)
+                await self._retry_refused(acked, bar.time)
         except RetryableError as exc:
             # The broker is unreachable or its answer unknown: this bar's orders are not
             # sent (or not known to be). The next bar plans again from the broker's state;

@@ -164,4 +164,6 @@ class Portfolio:
             weights=weights,
             peak_equity=self.peak_equity,
             day_start_equity=self.prev_equity,
+            avg_price=self.avg_price.copy(),
+            realized_pnl=self.realized_pnl.copy(),
         )

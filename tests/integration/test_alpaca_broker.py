@@ -541,6 +541,9 @@ async def test_every_alpaca_rejection_becomes_a_rejected_order_with_the_reason(
     assert fake.orders_with_client_id(incoming.client_order_id) == []
     assert broker.order(incoming.client_order_id).status is OrderStatus.REJECTED
     assert broker.open_orders() == []
+    # Refusals a later attempt may not meet are retryable (the engine's next attempt).
+    transient = {"insufficient_buying_power", "insufficient_qty", "rate_limited_429"}
+    assert broker.retryable_rejection(ack) is (case in transient)
     # The same id again: the same answer, without asking Alpaca again.
     sent = len(fake.posted_orders())
     [again] = await broker.submit([incoming])

@@ -116,7 +116,7 @@ async def test_max_position_holds_with_brackets_on(engine_config):
         weights = pf.view().weights
         every_bar.append(float(weights.max()))
         for f in bar_fills:
-            if f.client_order_id.endswith("|entry"):  # a rebalance, not an exit
+            if f.client_order_id.endswith("|entry|1"):  # a rebalance, not an exit
                 j = engine.symbols.index(f.symbol)
                 after_rebalance.append((f.symbol, float(weights[j])))
         working = engine.broker.open_orders()
@@ -142,7 +142,7 @@ async def test_max_position_holds_with_brackets_on(engine_config):
     cuts = [
         f
         for f in rows["fills"]
-        if f["symbol"] == "T0" and f["side"] == "sell" and f["client_order_id"].endswith("|entry")
+        if f["symbol"] == "T0" and f["side"] == "sell" and f["client_order_id"].endswith("|entry|1")
     ]
     assert len(cuts) >= 3
     assert len(after_rebalance) > len(cuts)

@@ -108,7 +108,7 @@ class Market:
 
     def price(self, order: FakeOrder) -> float | None:
         parts = order.client_order_id.split("|")
-        if len(parts) != 4 or parts[1] not in self._row:
+        if len(parts) != 5 or parts[1] not in self._row:
             return None
         return round(float(self._close[self._row[parts[1]], self._col[order.symbol]]), 2)
 
@@ -220,12 +220,16 @@ def at_alpaca(fake: AlpacaTradingFake) -> AtAlpaca:
             if not o.client_order_id.startswith(f"{RUN_ID}|"):
                 continue
             orders[o.client_order_id] = _describe(o)
-            head, tag = o.client_order_id.rsplit("|", 1)
+            head, tag, attempt = o.client_order_id.rsplit("|", 2)
             for leg_id in o.leg_ids:
                 leg = fake.orders[leg_id]
                 role = "tp" if leg.type == "limit" else "sl"
                 # The engine's names for Alpaca's legs (alpaca_mapping.leg_client_order_id).
-                name = f"{head}|{role}" if tag == "entry" else f"{head}|{role}{tag[2:]}"
+                name = (
+                    f"{head}|{role}|{attempt}"
+                    if tag == "entry"
+                    else f"{head}|{role}{tag[2:]}|{attempt}"
+                )
                 orders[name] = _describe(leg)
         return AtAlpaca(
             orders=orders,

@@ -52,7 +52,7 @@ def test_whole_shares_toward_target_and_band():
     plan = p.plan(np.array([0.25, 0.105, 0.005]), ctx([33.0, 10.0, 50.0], [0, 100, 0]), [])
     assert [(o.symbol, o.side, o.quantity) for o in plan.orders] == [("A", Side.BUY, 75.0)]
     o = plan.orders[0]
-    assert o.client_order_id == f"r|{T:%Y%m%dT%H%M%S}|A|entry"
+    assert o.client_order_id == f"r|{T:%Y%m%dT%H%M%S}|A|entry|1"
     assert o.type is OrderType.MARKET
 
 
@@ -328,7 +328,7 @@ class Desk:
 
     def fills_of(self, sym):
         return [
-            (f.client_order_id.rsplit("|", 1)[1], f.side, f.quantity)
+            (f.client_order_id.split("|")[3], f.side, f.quantity)
             for f in self.fills
             if f.symbol == sym
         ]

@@ -1,0 +1,100 @@
+"""Deliberate retries under the next attempt number (issue 9, point 2).
+
+Alpaca refuses a client_order_id it has seen, even after a rejection, so the engine retries a
+decision that was refused for a transient reason (buying power still held by the batch's own
+sells, the request budget spent) under `…|attempt+1`, and never sends an attempt twice. The
+live engine runs in this process against the loopback Alpaca (tests/fakes), whose first order
+POST answers 403 "insufficient buying power"."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from fakes.alpaca_trading_server import AlpacaTradingFake, need_fixtures
+
+from tradingd.app import build_engine
+from tradingd.config import load_config
+from tradingd.core.types import parse_client_order_id
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _config(tmp_path: Path, fake: AlpacaTradingFake, retry_attempts: int) -> Path:
+    cfg = tmp_path / "retry.toml"
+    cfg.write_text(f"""
+[run]
+run_id = "retry"
+start = "2016-06-01"
+end = "2016-07-15"
+initial_capital = 1000000.0
+[live]
+bars_per_second = 500.0
+[orders]
+retry_attempts = {retry_attempts}
+retry_delay_s = 0.0
+[broker]
+kind = "alpaca"
+[broker.alpaca]
+base_url = "{fake.url}"
+stream_url = "{fake.stream_url}"
+poll_interval_s = 0.05
+[storage]
+url = "sqlite:///{tmp_path / "retry.db"}"
+[health]
+enabled = false
+[log]
+audit_dir = "{tmp_path / "audit"}"
+""")
+    return cfg
+
+
+async def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, retry_attempts: int):
+    need_fixtures()
+    fake = AlpacaTradingFake(cash=1_000_000.0, fill_on_submit=lambda o: 100.0)
+    fake.start_in_thread()
+    try:
+        monkeypatch.setenv("APCA_API_KEY_ID", fake.key_id)
+        monkeypatch.setenv("APCA_API_SECRET_KEY", fake.secret_key)
+        fake.fail_next_order("insufficient_buying_power")
+        config = load_config(
+            [ROOT / "config/default.toml", _config(tmp_path, fake, retry_attempts)]
+        )
+        engine = build_engine(config, "live")
+        await engine.run_until_done()
+        at_alpaca = sorted(fake.used_client_order_ids)
+        posts = [r["client_order_id"] for r in fake.posted_orders()]
+    finally:
+        fake.stop_thread()
+    con = sqlite3.connect(tmp_path / "retry.db")
+    try:
+        stored = dict(con.execute("SELECT client_order_id, status FROM orders").fetchall())
+        fills = [r[0] for r in con.execute("SELECT client_order_id FROM fills").fetchall()]
+    finally:
+        con.close()
+    return posts, at_alpaca, stored, fills
+
+
+async def test_a_transient_refusal_is_retried_under_the_next_attempt(tmp_path, monkeypatch):
+    posts, at_alpaca, stored, fills = await _run(tmp_path, monkeypatch, retry_attempts=2)
+
+    first = posts[0]
+    p = parse_client_order_id(first)
+    assert p is not None and p.attempt == 1
+    retry = f"{p.head}|{p.tag}|2"
+    assert stored[first] == "rejected"
+    assert posts.index(retry) == 1  # the same decision again, at once, before anything else
+    assert retry in at_alpaca and first not in at_alpaca
+    assert retry in fills  # the retry traded
+    assert len(posts) == len(set(posts))  # no attempt was sent twice
+    assert all(parse_client_order_id(c).attempt == 1 for c in posts if c not in (first, retry))  # type: ignore[union-attr]
+
+
+async def test_without_retries_the_refused_decision_stays_rejected(tmp_path, monkeypatch):
+    posts, at_alpaca, stored, fills = await _run(tmp_path, monkeypatch, retry_attempts=0)
+
+    first = posts[0]
+    assert stored[first] == "rejected"
+    assert all(parse_client_order_id(c).attempt == 1 for c in posts)  # type: ignore[union-attr]
+    assert first not in at_alpaca and first not in fills
