@@ -1037,6 +1037,59 @@ class Alerter:
             return
         target.wake.set()
 
+    # -------------------------------------------------------------- reconfiguration
+
+    def reconfigure(self, config: AlertsConfig) -> None:
+        """Take new alert settings and targets (SIGHUP, `tradingd.reload`) without losing
+        what is in flight. A target whose settings are unchanged keeps its queue, worker and
+        counters; a removed target's queued alerts are counted as dropped and logged; an
+        added target starts delivering at once when the alerter is running. Open conditions
+        and dedup windows are kept, so a reload never re-sends a firing alert. Call it on the
+        event loop's thread."""
+        old = {t.config: t for t in self._targets}
+        kept: list[_Target] = []
+        for i, target in enumerate(config.targets):
+            t = old.pop(target, None) or _Target(i, target)
+            t.index = i
+            kept.append(t)
+        removed = list(old.values())
+        rate_changed = (config.rate_per_minute, self._rate_period_s) != (
+            self.config.rate_per_minute,
+            self._rate_period_s,
+        )
+        self.config = config
+        # Old URLs stay masked too: an alert already rendered may still name one in an error.
+        self._urls = tuple(dict.fromkeys((*self._urls, *(t.url for t in config.targets))))
+        dropped = 0
+        for t in removed:
+            if t.task is not None:
+                t.task.cancel()
+                t.task = None
+            dropped += len(t.queue)
+            t.dropped += len(t.queue)
+            t.queue.clear()
+        self.dropped += dropped
+        self._targets = kept
+        started = self._loop is not None and not self._stopped
+        if started and kept:
+            if self._session is None:
+                self._session = aiohttp.ClientSession()
+                self._own_session = True
+            for t in kept:
+                if t.limiter is None or rate_changed:
+                    t.limiter = AsyncLimiter(self.config.rate_per_minute, self._rate_period_s)
+                if t.task is None:
+                    t.task = asyncio.create_task(self._worker(t), name=f"alerts-{t.index}")
+                    if t.queue:
+                        t.wake.set()
+            self._running = True
+        log.info(
+            "alerts.reconfigured",
+            targets=[t.label for t in kept],
+            removed=[target_label(t.index, t.config) for t in removed],
+            dropped=dropped,
+        )
+
     # -------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:

@@ -645,3 +645,55 @@ def test_direct_construction_validates_too():
     assert isinstance(cfg.targets, tuple) and isinstance(cfg.targets[0], AlertTarget)
     with pytest.raises(ConfigError, match="format"):
         AlertTarget(url="https://x/y", format="teams")
+
+
+# ----------------------------------------------------------------------------- reconfigure
+
+
+async def test_reconfigure_swaps_targets_without_resending_or_losing_alerts(receiver):
+    """SIGHUP's path (tradingd.reload -> Alerter.reconfigure): a kept target keeps its
+    worker, a new one delivers at once, a removed one gets nothing more; an open condition is
+    neither re-sent nor forgotten, so its recovery still goes out, once, to the new set."""
+    first, second = receiver.url + PATH, receiver.url + "/second/" + TOKEN
+    async with alerter(first) as a:
+        a.condition(SOURCE_DOWN, "yahoo", True, "yahoo down")
+        assert await a.flush(5)
+        kept = a._targets[0]
+        with capture_logs() as logs:
+            a.reconfigure(
+                AlertsConfig(
+                    targets=(AlertTarget(url=second, format="slack"),),
+                    timeout_s=2.0,
+                    rate_per_minute=1000.0,
+                    run_name="paper-1",
+                )
+            )
+        assert a._targets[0] is not kept and kept.task is None  # the old one is stopped
+        a.condition(SOURCE_DOWN, "yahoo", True, "yahoo still down")  # no new alert
+        a.condition(SOURCE_DOWN, "yahoo", False, "yahoo back")
+        assert await a.flush(5)
+        assert [b["state"] for b in receiver.delivered(PATH)] == ["firing"]
+        slack = receiver.delivered("/second/" + TOKEN)
+        assert len(slack) == 1 and "yahoo back" in json.dumps(slack[0])
+        (event,) = [e for e in logs if e["event"] == "alerts.reconfigured"]
+        host = receiver.url.split("//", 1)[1]
+        assert event["targets"] == [f"#0 slack {host}"] and event["dropped"] == 0
+        assert event["removed"] == [f"#0 json {host}"]
+        no_secret(event)
+
+
+async def test_reconfigure_keeps_an_unchanged_target_and_can_enable_alerting(receiver):
+    url = receiver.url + PATH
+    a = Alerter(AlertsConfig(run_name="paper-1"), sleep=Sleeps())  # started with no target
+    await a.start()
+    try:
+        a.reconfigure(config(url))
+        assert len(a._targets) == 1 and a._targets[0].task is not None
+        worker = a._targets[0].task
+        a.reconfigure(config(url, repeat_after_s=5.0))  # other settings only
+        assert a._targets[0].task is worker  # the same target: its worker goes on
+        a.event("kill_switch", "run", "halted")
+        assert await a.flush(5)
+        assert [b["kind"] for b in receiver.delivered(PATH)] == ["kill_switch"]
+    finally:
+        await a.stop()
