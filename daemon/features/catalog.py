@@ -407,6 +407,50 @@ class Catalog:
         if m and 2 <= int(m.group(1)) < int(m.group(2)):
             short, long_ = self.node(f"ret_std_{m.group(1)}"), self.node(f"ret_std_{m.group(2)}")
             return self._point(name, [short, long_], lambda s, lg: _sdiv(s, lg, 1.0))
+        # -- mean-reversion factors (the multi-factor signal's), from the nodes above ----------
+        m = re.fullmatch(r"rsi_div_(\d+)_(\d+)", name)
+        if m and int(m.group(1)) >= 1 and int(m.group(2)) >= 1:
+            # RSI divergence against price over n bars: the change of RSI minus the change of
+            # close, each in units of its own standard deviation over the same n + 1 bars (so
+            # the two are comparable and the result is scale-free). Positive: RSI has held up
+            # better than price (bullish divergence); negative: price rose without RSI.
+            p, n = int(m.group(1)), int(m.group(2))
+            rsi, cl = self.node(f"rsi_{p}"), close()
+            parts = [
+                rsi,
+                self._win(f"lag_{n}_rsi_{p}", rsi, "lag", n + 1),
+                self._win(f"@std{n + 1}(rsi_{p})", rsi, "std", n + 1),
+                cl,
+                self._win(f"lag_{n}_close", cl, "lag", n + 1),
+                self._win(f"@std{n + 1}(close)", cl, "std", n + 1),
+            ]
+            return self._point(
+                name,
+                parts,
+                lambda r, r0, rs, x, x0, xs: _sdiv(r - r0, rs, 0.0) - _sdiv(x - x0, xs, 0.0),
+            )
+        m = re.fullmatch(r"rsi_obos_(\d+)_(\d+)_(\d+)", name)
+        if m:
+            # Oversold / overbought: how far RSI is beyond its thresholds (RSI points out of
+            # 100), as a fraction of the room beyond them: (lo - rsi) / lo below `lo` (up to
+            # +1 at RSI 0), -(rsi - hi) / (100 - hi) above `hi` (down to -1), 0 in between.
+            p, lo, hi = (int(g) for g in m.groups())
+            if p < 1 or not 0 < lo < hi < 100:
+                return None
+            a, b = lo / 100.0, hi / 100.0
+            return self._point(
+                name,
+                [self.node(f"rsi_{p}")],
+                lambda r: np.maximum(a - r, 0.0) / a - np.maximum(r - b, 0.0) / (1.0 - b),
+            )
+        if name == "bb_reversion":
+            # Distance outside the Bollinger bands in band widths: positive below the lower
+            # band, negative above the upper band, 0 inside (then bb_position says where).
+            return self._point(
+                name,
+                [self.node("bb_position")],
+                lambda pos: np.maximum(-pos, 0.0) - np.maximum(pos - 1.0, 0.0),
+            )
         m = re.fullmatch(r"lag_(\d+)_(.+)", name)
         if m:
             k = int(m.group(1))
