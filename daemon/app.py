@@ -550,7 +550,13 @@ def _instance_lock(config: Config, engine: Engine) -> Any:
         log.error("run.stopping", reason=f"instance lock lost: {reason}")
         engine.request_stop()
 
-    return InstanceLockService(config.storage.url, account, on_lost=lost)
+    return InstanceLockService(
+        config.storage.url,
+        account,
+        on_lost=lost,
+        # A database that is down at start is waited for, as the store waits for it.
+        unreachable_wait_s=config.storage.start_retry_s,
+    )
 
 
 async def import_bars(config: Config, chunk: int = 250) -> int:

@@ -564,6 +564,7 @@ async def acquire_instance_lock(
     lock_dir: str | Path | None = None,
     schema: str | None = None,
     wait_s: float = 0.0,
+    unreachable_wait_s: float = 0.0,
     connect_timeout: float = 10.0,
     command_timeout: float = 10.0,
 ) -> InstanceLock:
@@ -571,7 +572,9 @@ async def acquire_instance_lock(
 
     Raises `AnotherDaemonRunning` when another process holds it (after retrying for up to
     `wait_s` seconds, for a holder that is just exiting), `StorageError` when the database or
-    the lock file cannot be reached (connection attempts time out after `connect_timeout`),
+    the lock file cannot be reached (connection attempts time out after `connect_timeout`;
+    a database that is down is tried again, with backoff, for up to `unreachable_wait_s`:
+    the daemon's start waits for its database as the store does, `storage.start_retry_s`),
     and `ConfigError` for a URL of no known kind. `schema` (PostgreSQL only) makes the lock
     per schema and keeps the holder table there; `lock_dir` applies to SQLite only."""
     if not account:
@@ -595,6 +598,8 @@ async def acquire_instance_lock(
             "valid: sqlite:///path.db, sqlite:///:memory:, postgresql://..., postgres://..."
         )
     deadline = time.monotonic() + max(0.0, wait_s)
+    down_deadline = time.monotonic() + max(0.0, unreachable_wait_s)
+    delay = 0.5
     while True:
         try:
             await lock._take()
@@ -602,7 +607,19 @@ async def acquire_instance_lock(
         except AnotherDaemonRunning:
             if time.monotonic() >= deadline:
                 raise
-        await asyncio.sleep(0.1)
+            await asyncio.sleep(0.1)
+        except StorageError as e:
+            left = down_deadline - time.monotonic()
+            if left <= 0:
+                raise
+            log.warning(
+                "instance_lock.waiting_for_database",
+                error=str(e),
+                retry_in_s=round(min(delay, left), 2),
+                gives_up_in_s=round(left, 1),
+            )
+            await asyncio.sleep(min(delay, left))
+            delay = min(delay * 2, 10.0)
     log.info("instance_lock.acquired", **lock.describe())
     return lock
 
@@ -625,6 +642,7 @@ class InstanceLockService:
         *,
         lock_dir: str | Path | None = None,
         wait_s: float = 5.0,
+        unreachable_wait_s: float = 0.0,
         check_interval_s: float = 30.0,
         on_lost: Callable[[str], None] | None = None,
     ) -> None:
@@ -632,6 +650,7 @@ class InstanceLockService:
         self.account = account
         self.lock_dir = lock_dir
         self.wait_s = wait_s
+        self.unreachable_wait_s = unreachable_wait_s
         self.check_interval_s = check_interval_s
         self.on_lost = on_lost
         self.lock: InstanceLock | None = None
@@ -640,7 +659,11 @@ class InstanceLockService:
 
     async def start(self) -> None:
         self.lock = await acquire_instance_lock(
-            self.store_url, self.account, lock_dir=self.lock_dir, wait_s=self.wait_s
+            self.store_url,
+            self.account,
+            lock_dir=self.lock_dir,
+            wait_s=self.wait_s,
+            unreachable_wait_s=self.unreachable_wait_s,
         )
         self._task = asyncio.create_task(self._watch(), name="instance-lock-check")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import sys
 import uuid
 from pathlib import Path
@@ -286,6 +287,72 @@ async def test_pg_unreachable_server_fails_within_the_timeout():
             TIMEOUT,
         )
     assert "hidden-pw" not in str(failed.value)
+
+
+async def test_start_waits_for_a_database_that_is_down_then_takes_the_lock(pg_url):
+    """A daemon started while its database is down waits for it (storage.start_retry_s), as
+    the store does, instead of exiting: here the "database" is a port where nothing listens
+    until a forwarder to the real PostgreSQL opens on it after the first failed attempt."""
+    from urllib.parse import urlsplit
+
+    from structlog.testing import capture_logs
+
+    real = urlsplit(pg_url)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = pg_url.replace(f"{real.hostname}:{real.port}", f"127.0.0.1:{port}")
+
+    async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_r, up_w = await asyncio.open_connection(real.hostname, real.port)
+        await asyncio.gather(pipe(reader, up_w), pipe(up_r, writer), return_exceptions=True)
+
+    with capture_logs() as logs:
+        taking = asyncio.create_task(
+            acquire_instance_lock(url, new_account(), unreachable_wait_s=30, connect_timeout=2)
+        )
+
+        async def first_failure() -> None:
+            while not any(e["event"] == "instance_lock.waiting_for_database" for e in logs):
+                assert not taking.done(), taking.exception()
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(first_failure(), TIMEOUT)
+        server = await asyncio.start_server(forward, "127.0.0.1", port)
+        try:
+            lock = await asyncio.wait_for(taking, TIMEOUT)
+            assert lock.held
+            await lock.release()
+        finally:
+            server.close()
+    waits = [e for e in logs if e["event"] == "instance_lock.waiting_for_database"]
+    assert waits and all(e["gives_up_in_s"] <= 30 for e in waits)
+
+
+async def test_start_gives_up_on_a_database_that_stays_down():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(StorageError):
+        await asyncio.wait_for(
+            acquire_instance_lock(
+                f"postgresql://u:pw@127.0.0.1:{port}/test",
+                new_account(),
+                unreachable_wait_s=1.0,
+                connect_timeout=0.5,
+            ),
+            TIMEOUT,
+        )
+    assert asyncio.get_running_loop().time() - started >= 1.0  # it did wait
 
 
 # Lock files ----------------------------------------------------------------------------------
