@@ -49,7 +49,24 @@ _UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
 
 
 def unavailable(e: BaseException) -> bool:
-    """The server did not answer (retry later), as opposed to refusing a statement."""
+    """The server did not answer (retry later), as opposed to refusing a statement.
+
+    The error raised may hide the one that happened: a server that stops during a COPY makes
+    the transaction's ROLLBACK fail with "another operation is in progress" while the COPY's
+    own "connection lost" is the exception's context. So the whole chain is looked at, and
+    that InterfaceError (never API misuse here: a connection is used by one call at a time)
+    counts as the connection having broken mid-exchange (found by the fault soak)."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if _unavailable_one(cur):
+            return True
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _unavailable_one(e: BaseException) -> bool:
     if isinstance(e, OSError | asyncio.TimeoutError):
         return True  # refused, reset, unreachable host, DNS, timeouts (TimeoutError is OSError)
     if isinstance(e, asyncpg.PostgresError):
@@ -58,7 +75,12 @@ def unavailable(e: BaseException) -> bool:
     if isinstance(e, asyncpg.InterfaceError):
         # The connection went away under a call ("connection is closed", "the underlying
         # connection is closed"); not "pool is closed" (this store was stopped) or API misuse.
-        return "connection is closed" in str(e) or "connection was closed" in str(e)
+        text = str(e)
+        return (
+            "connection is closed" in text
+            or "connection was closed" in text
+            or "another operation is in progress" in text
+        )
     return False
 
 

@@ -305,6 +305,33 @@ def test_outage_errors_are_told_from_refused_statements() -> None:
     assert not unavailable(ValueError("bad"))
 
 
+def test_a_failed_rollback_after_a_lost_connection_is_an_outage():
+    """The fault soak's crash: PostgreSQL stopped during a COPY, and the transaction's
+    ROLLBACK raised "another operation is in progress" with the lost connection as context;
+    that ended the daemon as a refused statement instead of spooling."""
+    import asyncpg
+
+    try:
+        try:
+            raise asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed")
+        except asyncpg.exceptions.ConnectionDoesNotExistError:
+            raise asyncpg.InterfaceError(
+                "cannot perform operation: another operation is in progress"
+            ) from None
+    except asyncpg.InterfaceError as e:
+        hidden = e
+    assert hidden.__context__ is not None and hidden.__suppress_context__
+    assert unavailable(hidden)
+    # A refused statement stays a refusal, whatever it was raised from.
+    try:
+        try:
+            raise ValueError("bad row")
+        except ValueError:
+            raise asyncpg.exceptions.NotNullViolationError("null") from None
+    except asyncpg.PostgresError as e:
+        assert not unavailable(e)
+
+
 def test_backoff_grows_with_jitter_up_to_the_cap() -> None:
     b = Backoff(0.5, 4.0, rng=lambda: 1.0)
     assert [b.next() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
