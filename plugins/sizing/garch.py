@@ -1,0 +1,205 @@
+"""GARCH(1,1) volatility, as pure functions: a fit with the `arch` package, the one-step
+recursion that carries a fit forward bar by bar, and the RiskMetrics EWMA fallback.
+
+Units: everything here is in decimal returns (0.01 = 1%) and their variances. `arch` is
+fitted on percentage returns (returns x 100, the scale its optimiser is tuned for) and the
+parameters are converted back: mu / 100, omega / 100**2; alpha and beta have no unit.
+
+The conditional variance sigma2 always means the forecast for the *next* bar, known after
+the last return seen:
+
+    sigma2[t+1] = omega + alpha * (r[t] - mu)**2 + beta * sigma2[t]
+
+`garch_forecast` is one step of that for any number of series at once; `garch_filter` runs it
+over a window. EWMA (RiskMetrics 1996, lambda 0.94 for daily data) is the same recursion with
+omega = 0, alpha = 1 - lambda, beta = lambda and mu = 0, so a universe where some symbols have
+a GARCH fit and others the fallback is updated by one array expression.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from arch import arch_model
+
+#: RiskMetrics' decay for daily returns: the documented fallback estimator.
+EWMA_LAMBDA = 0.94
+#: Fewest returns `garch_fit` accepts (three parameters and a variance level need data;
+#: below a year of daily bars a GARCH fit is mostly noise).
+MIN_FIT_OBS = 100
+MEANS = ("constant", "zero")
+#: A fit with alpha + beta this close to 1 is on the optimiser's stationarity boundary
+#: (arch constrains alpha + beta <= 1, and lands on either side of 1 by rounding): treated as
+#: non-stationary, so that the same data never flips between accepted and rejected.
+STATIONARITY_TOL = 1e-6
+
+
+@dataclass(frozen=True)
+class GarchParams:
+    """A GARCH(1,1) fit in decimal-return units. `sigma2` is the one-step-ahead conditional
+    variance after the last return of the fitted sample (arch's `forecast(horizon=1)`)."""
+
+    mu: float
+    omega: float
+    alpha: float
+    beta: float
+    sigma2: float
+    nobs: int
+
+    @property
+    def persistence(self) -> float:
+        return self.alpha + self.beta
+
+    @property
+    def unconditional_variance(self) -> float:
+        p = self.persistence
+        return self.omega / (1.0 - p) if p < 1.0 else math.inf
+
+
+def try_garch_fit(
+    returns: np.ndarray,
+    *,
+    mean: str = "constant",
+    starting: GarchParams | None = None,
+    min_obs: int = MIN_FIT_OBS,
+) -> tuple[GarchParams | None, str]:
+    """Fit GARCH(1,1) with normal errors to one series of decimal returns (NaN dropped).
+
+    Returns (params, "") or (None, reason): too few returns, an exception inside `arch`, an
+    optimiser that did not converge (`convergence_flag` != 0), a non-stationary fit
+    (alpha + beta >= 1, within STATIONARITY_TOL) or non-finite values. `starting` (a
+    previous fit of the same series) warm-starts the optimiser; `arch` ignores it when it
+    violates the constraints."""
+    if mean not in MEANS:
+        raise ValueError(f"mean must be one of {', '.join(MEANS)}, got {mean!r}")
+    r = np.asarray(returns, dtype=np.float64)
+    r = r[np.isfinite(r)]
+    if r.size < max(min_obs, 10):
+        return None, f"too few returns ({r.size} < {max(min_obs, 10)})"
+    if not np.any(r != r[0]):
+        return None, "constant returns (no variance to model)"
+    x = r * 100.0
+    sv = None
+    if starting is not None:
+        vol = [starting.omega * 1e4, starting.alpha, starting.beta]
+        sv = np.array(([starting.mu * 100.0] if mean == "constant" else []) + vol)
+    try:
+        model = arch_model(
+            x, mean="Constant" if mean == "constant" else "Zero", vol="GARCH", p=1, q=1,
+            dist="normal", rescale=False,
+        )  # fmt: skip
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            res = model.fit(disp="off", show_warning=False, starting_values=sv)
+    except Exception as exc:  # arch raises a variety of errors on degenerate data
+        return None, f"fit error: {type(exc).__name__}: {exc}"
+    if res.convergence_flag != 0:
+        msg = getattr(res.optimization_result, "message", "")
+        return None, f"did not converge (flag {res.convergence_flag}: {msg})"
+    p = res.params
+    mu = float(p["mu"]) if mean == "constant" else 0.0
+    omega, alpha, beta = float(p["omega"]), float(p["alpha[1]"]), float(p["beta[1]"])
+    if not all(math.isfinite(v) for v in (mu, omega, alpha, beta)):
+        return None, "non-finite parameters"
+    if alpha + beta >= 1.0 - STATIONARITY_TOL:
+        return None, f"non-stationary fit (alpha + beta = {alpha + beta:.9f}, not < 1)"
+    # The one-step forecast, from the last residual and conditional variance of the sample:
+    # exactly what res.forecast(horizon=1) computes, without building its DataFrame.
+    resid = float(x[-1]) - mu
+    s2 = omega + alpha * resid * resid + beta * float(res.conditional_volatility[-1]) ** 2
+    if not (math.isfinite(s2) and s2 > 0.0 and omega > 0.0):
+        return None, f"invalid variance (omega {omega!r}, forecast {s2!r})"
+    return GarchParams(mu / 100.0, omega / 1e4, alpha, beta, s2 / 1e4, int(r.size)), ""
+
+
+def garch_fit(
+    returns: np.ndarray,
+    *,
+    mean: str = "constant",
+    starting: GarchParams | None = None,
+    min_obs: int = MIN_FIT_OBS,
+) -> GarchParams | None:
+    """`try_garch_fit` without the reason: the params, or None when the fit is not usable."""
+    return try_garch_fit(returns, mean=mean, starting=starting, min_obs=min_obs)[0]
+
+
+def garch_forecast(
+    omega: np.ndarray | float,
+    alpha: np.ndarray | float,
+    beta: np.ndarray | float,
+    sigma2: np.ndarray | float,
+    eps: np.ndarray | float,
+) -> np.ndarray:
+    """One step of the GARCH(1,1) recursion for any number of series at once:
+    omega + alpha * eps**2 + beta * sigma2, where eps = r - mu is the newest residual and
+    sigma2 the variance that was forecast for it. A NaN residual (no bar) keeps sigma2."""
+    eps = np.asarray(eps, dtype=np.float64)
+    sigma2 = np.asarray(sigma2, dtype=np.float64)
+    nxt = omega + alpha * eps * eps + beta * sigma2
+    return np.where(np.isnan(eps), sigma2, nxt)
+
+
+def garch_filter(
+    returns: np.ndarray,
+    mu: np.ndarray | float,
+    omega: np.ndarray | float,
+    alpha: np.ndarray | float,
+    beta: np.ndarray | float,
+    sigma2: np.ndarray | float | None = None,
+) -> np.ndarray:
+    """Run the recursion over `returns` ((T,) or (T, N), oldest first; NaN rows skipped per
+    series) from `sigma2` (default: the mean squared residual of the window, a backcast) and
+    return the one-step-ahead variance after the last row, shape () or (N,)."""
+    r = np.asarray(returns, dtype=np.float64)
+    eps = r - np.asarray(mu, dtype=np.float64)
+    if sigma2 is None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
+            sigma2 = np.nanmean(eps * eps, axis=0)
+    s2 = np.asarray(sigma2, dtype=np.float64)
+    for row in eps:
+        s2 = garch_forecast(omega, alpha, beta, s2, row)
+    return s2
+
+
+def ewma_variance(returns: np.ndarray, lam: float = EWMA_LAMBDA) -> np.ndarray:
+    """RiskMetrics variance forecast after the last row: sigma2 <- lam * sigma2 + (1 - lam) *
+    r**2 (zero mean), seeded with the mean square of the window. NaN where a series has no
+    return at all."""
+    if not 0.0 < lam < 1.0:
+        raise ValueError(f"lambda must be in (0, 1), got {lam}")
+    return garch_filter(returns, 0.0, 0.0, 1.0 - lam, lam)
+
+
+def garch_volatility(
+    returns: np.ndarray,
+    *,
+    periods_per_year: float = 252.0,
+    mean: str = "constant",
+    lam: float = EWMA_LAMBDA,
+    min_obs: int = MIN_FIT_OBS,
+) -> float:
+    """Annualised one-step-ahead volatility of one return series: GARCH(1,1) when the fit is
+    usable, else the EWMA forecast (NaN for fewer than two returns). For facades."""
+    r = np.asarray(returns, dtype=np.float64)
+    r = r[np.isfinite(r)]
+    params = garch_fit(r, mean=mean, min_obs=min_obs)
+    if params is not None:
+        s2 = params.sigma2
+    elif r.size >= 2:
+        s2 = float(ewma_variance(r, lam))
+    else:
+        return math.nan
+    return math.sqrt(s2 * periods_per_year)
+
+
+def log_returns(close: np.ndarray) -> np.ndarray:
+    """Log returns of a (T, ...) price window, oldest first: (T-1, ...); NaN where either
+    price is missing or not positive."""
+    c = np.asarray(close, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        lc = np.log(np.where(c > 0, c, np.nan))
+    return np.diff(lc, axis=0)

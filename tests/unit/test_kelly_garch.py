@@ -1,0 +1,749 @@
+"""Kelly x GARCH sizing: the Kelly fraction and its inputs from closed trades, the GARCH fit and
+its recursion against `arch`'s own forecast, the fallback, the volatility scalar, monthly
+rebalancing, restart safety and the sizing invariants."""
+
+from __future__ import annotations
+
+import json
+import math
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from arch import arch_model
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
+import tradingd_plugins.sizing.garch as garch_mod
+from tradingd.core.ports import BarContext, PortfolioView, SizingPlugin
+from tradingd.core.types import CrossSection
+from tradingd.engine.history import HistoryBuffer
+from tradingd_plugins.sizing.garch import (
+    ewma_variance,
+    garch_filter,
+    garch_fit,
+    garch_forecast,
+    garch_volatility,
+    log_returns,
+    try_garch_fit,
+)
+from tradingd_plugins.sizing.kelly_garch import (
+    KellyGarch,
+    KellyGarchConfig,
+    kelly_fraction,
+    target_weights,
+    trade_stats,
+    vol_scalar,
+)
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def garch_paths(n_bars, n_symbols, seed=0, omega=2e-6, alpha=0.08, beta=0.9, scale=None):
+    """Simulated GARCH(1,1) log returns, (n_bars, n_symbols)."""
+    rng = np.random.default_rng(seed)
+    s2 = np.full(n_symbols, omega / (1 - alpha - beta))
+    if scale is not None:
+        s2 = s2 * np.asarray(scale) ** 2
+    om = omega if scale is None else omega * np.asarray(scale) ** 2
+    out = np.empty((n_bars, n_symbols))
+    for t in range(n_bars):
+        out[t] = np.sqrt(s2) * rng.standard_normal(n_symbols)
+        s2 = om + alpha * out[t] ** 2 + beta * s2
+    return out
+
+
+class Market:
+    """Bars pushed one at a time into a HistoryBuffer, and the BarContext of the newest."""
+
+    def __init__(self, close, capacity=None, start="2021-01-04", symbols=None):
+        self.close = np.asarray(close, dtype=float)
+        n = self.close.shape[1]
+        self.symbols = symbols or tuple(f"S{i}" for i in range(n))
+        self.times = pd.bdate_range(start, periods=len(self.close), tz="UTC").to_pydatetime()
+        self.history = HistoryBuffer(n, capacity or len(self.close))
+        self.t = -1
+        self.bar = None
+
+    def push(self, k=1):
+        for _ in range(k):
+            self.t += 1
+            c = self.close[self.t]
+            n = len(c)
+            self.bar = CrossSection(
+                self.times[self.t], c, c, c, c, np.ones(n), np.ones(n), np.zeros(n)
+            )
+            self.history.push(self.bar)
+        return self
+
+    def ctx(self, quantity=None, avg_price=None, realized=None, weights=None, equity=1e5):
+        n = len(self.symbols)
+        z = np.zeros(n)
+        return BarContext(
+            time=self.bar.time,
+            index=self.t,
+            symbols=self.symbols,
+            bar=self.bar,
+            mark=self.bar.close,
+            tradable=~np.isnan(self.bar.close),
+            history=self.history,
+            features={},
+            portfolio=PortfolioView(
+                cash=equity,
+                equity=equity,
+                quantity=z if quantity is None else np.asarray(quantity, float),
+                weights=z if weights is None else np.asarray(weights, float),
+                peak_equity=equity,
+                day_start_equity=equity,
+                avg_price=z if avg_price is None else np.asarray(avg_price, float),
+                realized_pnl=z if realized is None else np.asarray(realized, float),
+            ),
+        )
+
+
+def prices(returns, p0=100.0):
+    r = np.asarray(returns, dtype=float)
+    return p0 * np.exp(np.vstack([np.zeros((1, r.shape[1])), np.cumsum(r, axis=0)]))
+
+
+def flat_ctx(symbols, time, quantity, avg_price, realized, equity=1e5):
+    """A context for Kelly tests (no history needed with volatility = "none")."""
+    n = len(symbols)
+    c = np.full(n, 100.0)
+    bar = CrossSection(time, c, c, c, c, np.ones(n), np.ones(n), np.zeros(n))
+    return BarContext(
+        time=time,
+        index=0,
+        symbols=symbols,
+        bar=bar,
+        mark=c,
+        tradable=np.ones(n, bool),
+        history=HistoryBuffer(n, 2),
+        features={},
+        portfolio=PortfolioView(
+            cash=equity,
+            equity=equity,
+            quantity=np.asarray(quantity, float),
+            weights=np.zeros(n),
+            peak_equity=equity,
+            day_start_equity=equity,
+            avg_price=np.asarray(avg_price, float),
+            realized_pnl=np.asarray(realized, float),
+        ),
+    )
+
+
+T0 = pd.Timestamp("2021-03-01", tz="UTC").to_pydatetime()
+
+# ----------------------------------------------------------------------------- Kelly
+
+
+def test_kelly_fraction_matches_hand_computation():
+    assert kelly_fraction(0.55, 1.5) == pytest.approx(0.55 - 0.45 / 1.5)  # the prior: 0.25
+    assert kelly_fraction(0.55, 1.5) == pytest.approx(0.25)
+    assert kelly_fraction(0.6, 2.0) == pytest.approx(0.4)
+    assert kelly_fraction(0.5, 1.0) == pytest.approx(0.0)
+    assert kelly_fraction(0.4, 1.0) == pytest.approx(-0.2)  # no edge: negative
+    assert kelly_fraction(0.7, math.inf) == 0.7  # no losing trade
+    assert kelly_fraction(1.0, 3.0) == 1.0
+    assert kelly_fraction(0.3, 0.0) == -math.inf  # no winning trade
+    for bad in ((1.2, 1.0), (-0.1, 1.0), (0.5, -1.0), (0.5, math.nan)):
+        with pytest.raises(ValueError):
+            kelly_fraction(*bad)
+
+
+def test_trade_stats_by_hand():
+    w, r = trade_stats([0.1, -0.05, 0.2, -0.1, 0.0])
+    assert w == pytest.approx(2 / 5)  # the flat trade counts, but is no win
+    assert r == pytest.approx(((0.1 + 0.2) / 2) / ((0.05 + 0.1) / 2))
+    assert trade_stats([0.1, 0.2]) == (1.0, math.inf)
+    assert trade_stats([-0.1, -0.2]) == (0.0, 0.0)
+    with pytest.raises(ValueError):
+        trade_stats([])
+
+
+def test_prior_before_min_trades_and_the_estimate_after():
+    cfg = KellyGarchConfig(volatility="none", min_trades=3, kelly_window=10, max_position=1.0)
+    p = KellyGarch(cfg, ("A", "B"))
+    score = np.array([0.8, np.nan])
+    # (quantity, avg_price, realized P&L) of A per bar; B stays flat.
+    path = [
+        (0, 0, 0.0),  # first sight
+        (10, 100, -1.0),  # open: 10 @ 100, commission 1 (base = 0 before the open)
+        (0, 0, 98.0),  # close +100 gross, commission 1: trade P&L 98 on cost 1000
+        (20, 50, 97.0),  # open 20 @ 50 (base 98)
+        (0, 0, 46.0),  # close: P&L 46 - 98 = -52 on cost 1000
+        (5, 200, 45.0),  # open 5 @ 200 (base 46)
+        (10, 210, 44.0),  # add 5 @ 220: avg 210, cost now 2100 (the largest seen)
+        (0, 0, 243.0),  # close 10 @ 230: P&L 243 - 46 = 197 on cost 2100
+    ]
+    prior_w = 0.25 * 0.5 * 0.8
+    for k, (q, avg, rp) in enumerate(path):
+        ctx = flat_ctx(("A", "B"), T0, [q, 0], [avg, 0], [rp, 0])
+        w = p.size(score, ctx)
+        if k < len(path) - 1:
+            assert p.kelly_inputs == (0.55, 1.5, "prior"), k
+            assert w[0] == pytest.approx(prior_w), k
+        assert w[1] == 0.0
+    np.testing.assert_allclose(p.trades, [0.098, -0.052, 197 / 2100])
+    win, ratio, source = p.kelly_inputs
+    assert source == "trades"
+    assert win == pytest.approx(2 / 3)
+    assert ratio == pytest.approx(((0.098 + 197 / 2100) / 2) / 0.052)
+    f = win - (1 - win) / ratio
+    assert 0 < f < cfg.max_kelly
+    assert p.kelly == pytest.approx(f)
+    assert w[0] == pytest.approx(f * 0.5 * 0.8)
+
+
+def test_trades_are_a_rolling_window_and_the_estimate_is_clamped():
+    cfg = KellyGarchConfig(volatility="none", min_trades=2, kelly_window=3, max_position=1.0)
+    p = KellyGarch(cfg, ("A",))
+    rp = 0.0
+    p.size(np.array([0.5]), flat_ctx(("A",), T0, [0], [0], [rp]))
+    for pnl in (-50.0, -50.0, 10.0, 20.0, 30.0):  # two losers, then three winners
+        p.size(np.array([0.5]), flat_ctx(("A",), T0, [10], [100], [rp]))
+        rp += pnl
+        w = p.size(np.array([0.5]), flat_ctx(("A",), T0, [0], [0], [rp]))
+    np.testing.assert_allclose(p.trades, [0.01, 0.02, 0.03])  # the losers left the window
+    assert p.kelly_inputs[:2] == (1.0, math.inf)
+    assert p.kelly == cfg.max_kelly  # f = 1 clamped
+    assert w[0] == pytest.approx(cfg.max_kelly * 0.5 * 0.5)
+    # Losers only: no edge, no position.
+    q = KellyGarch(cfg, ("A",))
+    rp = 0.0
+    q.size(np.array([0.5]), flat_ctx(("A",), T0, [0], [0], [rp]))
+    for _ in range(2):
+        q.size(np.array([0.5]), flat_ctx(("A",), T0, [10], [100], [rp]))
+        rp -= 5.0
+        w = q.size(np.array([0.5]), flat_ctx(("A",), T0, [0], [0], [rp]))
+    assert q.kelly == 0.0 and w[0] == 0.0
+
+
+def test_flip_and_a_round_trip_between_two_bars_are_trades():
+    cfg = KellyGarchConfig(volatility="none", max_position=1.0, allow_short=True)
+    p = KellyGarch(cfg, ("A",))
+    s = np.array([0.8])
+    w0 = p.size(s, flat_ctx(("A",), T0, [0], [0], [0.0], equity=1e5))
+    assert w0[0] == pytest.approx(0.1)
+    path = [
+        (0, 0, -30.0),  # bought and stopped out before the next bar: -30 on 0.1 x 1e5
+        (10, 100, -31.0),  # open long (base -30)
+        (-10, 90, -133.0),  # flip at 90: long closes with -133 - (-30); short opens (base -133)
+        (0, 0, -34.0),  # short covered at 80: -34 - (-133) = 99 on 10 x 90
+    ]
+    for q, avg, rp in path:
+        p.size(s, flat_ctx(("A",), T0, [q], [avg], [rp]))
+    np.testing.assert_allclose(p.trades, [-30 / 10_000, -103 / 1000, 99 / 900])
+
+
+def test_a_view_without_pnl_keeps_the_prior():
+    p = KellyGarch(KellyGarchConfig(volatility="none", min_trades=0), ("A",))
+    ctx = flat_ctx(("A",), T0, [0], [0], [0.0])
+    pf = ctx.portfolio
+    bare = BarContext(
+        time=ctx.time,
+        index=0,
+        symbols=ctx.symbols,
+        bar=ctx.bar,
+        mark=ctx.mark,
+        tradable=ctx.tradable,
+        history=ctx.history,
+        features={},
+        portfolio=PortfolioView(pf.cash, pf.equity, pf.quantity, pf.weights, 1e5, 1e5),
+    )
+    assert p.size(np.array([1.0]), bare)[0] == pytest.approx(0.05)  # capped
+    assert p.trades == ()
+
+
+# ----------------------------------------------------------------------------- GARCH
+
+
+def test_garch_fit_forecast_equals_arch_forecast():
+    r = garch_paths(600, 1, seed=3)[:, 0]
+    params = garch_fit(r)
+    assert params is not None and params.nobs == 600
+    res = arch_model(r * 100, mean="Constant", vol="GARCH", p=1, q=1, dist="normal").fit(disp="off")
+    np.testing.assert_allclose(
+        [params.mu * 100, params.omega * 1e4, params.alpha, params.beta],
+        res.params.values,
+        rtol=1e-10,
+    )
+    arch_next = res.forecast(horizon=1, reindex=False).variance.values[-1, 0] / 1e4
+    assert params.sigma2 == pytest.approx(arch_next, rel=1e-10)
+    assert 0 < params.persistence < 1
+    assert params.unconditional_variance == pytest.approx(
+        params.omega / (1 - params.alpha - params.beta)
+    )
+    vol = garch_volatility(r)
+    assert vol == pytest.approx(math.sqrt(params.sigma2 * 252))
+
+
+def test_recursion_between_fits_matches_arch_forecast_on_the_same_params():
+    r = garch_paths(700, 1, seed=5)[:, 0]
+    params = garch_fit(r[:500])
+    assert params is not None
+    s2 = params.sigma2
+    for x in r[500:650]:
+        s2 = garch_forecast(params.omega, params.alpha, params.beta, s2, x - params.mu)
+    fixed = arch_model(r[:650] * 100, mean="Constant", vol="GARCH", p=1, q=1).fix(
+        [params.mu * 100, params.omega * 1e4, params.alpha, params.beta]
+    )
+    expected = fixed.forecast(horizon=1, reindex=False).variance.values[-1, 0] / 1e4
+    assert float(s2) == pytest.approx(expected, rel=1e-9)
+    # The vectorised filter from the fit's forecast gives the same.
+    s2f = garch_filter(
+        r[500:650, None], params.mu, params.omega, params.alpha, params.beta, params.sigma2
+    )
+    assert float(s2f[0]) == pytest.approx(expected, rel=1e-9)
+
+
+def test_plugin_recursion_matches_arch_forecast_including_skipped_bars():
+    n_sym, window = 3, 400
+    rets = garch_paths(480, n_sym, seed=11, alpha=0.12, beta=0.8, scale=[1.0, 1.5, 2.5])
+    close = prices(rets)  # 481 bars
+    cfg = KellyGarchConfig(garch_window=window, min_fit_obs=200)
+    p = KellyGarch(cfg, tuple(f"S{i}" for i in range(n_sym)))
+    m = Market(close, capacity=window + 1)
+    m.push(window + 1)  # bar index 400: the window holds returns 0..399
+    p.size(np.full(n_sym, 0.5), m.ctx())
+    assert p.methods == {"S0": "garch", "S1": "garch", "S2": "garch"}
+    first, direct = (
+        p.garch_params("S2"),
+        garch_fit(log_returns(close[: window + 1, 2]), min_obs=200),
+    )
+    assert (first.mu, first.omega, first.alpha, first.beta, first.sigma2) == (
+        direct.mu,
+        direct.omega,
+        direct.alpha,
+        direct.beta,
+        direct.sigma2,
+    )
+    # No view from here on: out of the (active) fit scope, so no refit, only the recursion.
+    for step in (1, 1, 3, 1, 20):  # 3 and 20: bars the plugin did not size (warm-up, catch-up)
+        m.push(step)
+        p.size(np.full(n_sym, np.nan), m.ctx())
+    assert p.fits == n_sym
+    seen = m.t  # returns 0 .. seen-1 are in the variance
+    for i in range(n_sym):
+        gp = p.garch_params(f"S{i}")
+        r = log_returns(close[: seen + 1, i])
+        fixed = arch_model(r * 100, mean="Constant", vol="GARCH", p=1, q=1).fix(
+            [gp.mu * 100, gp.omega * 1e4, gp.alpha, gp.beta]
+        )
+        expected = fixed.forecast(horizon=1, reindex=False).variance.values[-1, 0] / 1e4
+        assert p.forecast_variance[i] == pytest.approx(expected, rel=1e-9)
+
+
+def test_refits_are_staggered_across_bars():
+    n_sym = 10
+    close = prices(garch_paths(330, n_sym, seed=2))
+    cfg = KellyGarchConfig(
+        garch_window=300, min_fit_obs=200, refit_bars=5, fit_scope="all", initial_fit=False
+    )
+    p = KellyGarch(cfg, tuple(f"S{i}" for i in range(n_sym)))
+    m = Market(close, capacity=301).push(301)
+    per_bar = []
+    for _ in range(10):
+        before = p.fits
+        p.size(np.full(n_sym, 0.5), m.ctx())
+        per_bar.append(p.fits - before)
+        m.push()
+    assert per_bar == [2] * 10  # 10 symbols / 5 bars, never all at once
+    assert p.fits == 20
+
+
+def test_active_scope_fits_only_symbols_that_could_hold_a_position():
+    n_sym = 4
+    close = prices(garch_paths(260, n_sym, seed=4))
+    cfg = KellyGarchConfig(garch_window=250, min_fit_obs=200)
+    p = KellyGarch(cfg, tuple(f"S{i}" for i in range(n_sym)))
+    m = Market(close, capacity=251).push(251)
+    score = np.array([0.5, -0.5, np.nan, 0.0])
+    p.size(score, m.ctx(quantity=[0, 0, 0, 5], avg_price=[0, 0, 0, 100]))
+    # S0 long candidate, S3 held; S1 (short, not allowed), S2 (no view) stay on EWMA.
+    assert p.methods == {"S0": "garch", "S1": "ewma", "S2": "ewma", "S3": "garch"}
+    assert np.isfinite(p.forecast_variance).all()
+
+
+class _FakeModel:
+    def __init__(self, outcome):
+        self.outcome = outcome
+
+    def fit(self, **kw):
+        if isinstance(self.outcome, Exception):
+            raise self.outcome
+        return self.outcome
+
+
+def _fake_arch(outcome):
+    return lambda *a, **k: _FakeModel(outcome)
+
+
+def _fake_result(flag=0, mu=0.01, omega=0.02, alpha=0.1, beta=0.85):
+    return SimpleNamespace(
+        convergence_flag=flag,
+        optimization_result=SimpleNamespace(message="Iteration limit reached"),
+        params={"mu": mu, "omega": omega, "alpha[1]": alpha, "beta[1]": beta},
+        conditional_volatility=np.ones(600),
+    )
+
+
+@pytest.mark.parametrize(
+    ("outcome", "reason"),
+    [
+        (RuntimeError("singular matrix"), "fit error: RuntimeError: singular matrix"),
+        (_fake_result(flag=9), "did not converge (flag 9: Iteration limit reached)"),
+        (_fake_result(alpha=0.3, beta=0.7), "non-stationary fit"),
+        (_fake_result(omega=float("nan")), "non-finite parameters"),
+    ],
+)
+def test_failed_fit_falls_back_to_ewma_and_is_logged(monkeypatch, outcome, reason):
+    rets = garch_paths(300, 2, seed=8)
+    m = Market(prices(rets), capacity=301).push(301)
+    p = KellyGarch(KellyGarchConfig(garch_window=300, min_fit_obs=200), ("AAA", "BBB"))
+    monkeypatch.setattr(garch_mod, "arch_model", _fake_arch(outcome))
+    with capture_logs() as logs:
+        w = p.size(np.array([0.6, np.nan]), m.ctx())
+    falls = [e for e in logs if e["event"] == "sizing.garch_fallback"]
+    assert len(falls) == 1
+    assert falls[0]["symbol"] == "AAA" and falls[0]["log_level"] == "warning"
+    assert falls[0]["reason"].startswith(reason)
+    assert falls[0]["fallback"] == "ewma(lambda=0.94)"
+    assert p.methods["AAA"] == "ewma" and p.fallbacks == 1
+    expected = ewma_variance(rets[:, 0], 0.94)
+    assert p.forecast_variance[0] == pytest.approx(float(expected), rel=1e-12)
+    assert 0 < w[0] <= 0.05  # still sized, on the fallback's volatility
+
+
+def test_try_garch_fit_reasons_without_arch():
+    assert try_garch_fit(np.full(300, 0.01))[1] == "constant returns (no variance to model)"
+    assert try_garch_fit(np.full(5, 0.01))[1].startswith("too few returns")
+    assert garch_fit(np.r_[np.nan, np.nan]) is None
+    with pytest.raises(ValueError):
+        try_garch_fit(np.ones(300), mean="ar1")
+
+
+def test_ewma_is_riskmetrics():
+    r = np.array([0.01, -0.02, 0.015, 0.0, -0.01])
+    s2 = np.mean(r**2)
+    for x in r:
+        s2 = 0.94 * s2 + 0.06 * x * x
+    assert float(ewma_variance(r)) == pytest.approx(s2)
+    with pytest.raises(ValueError):
+        ewma_variance(r, 1.0)
+    np.testing.assert_allclose(log_returns(np.array([[100.0], [110.0]]))[0], np.log(1.1))
+
+
+# ----------------------------------------------------------------------------- volatility scalar
+
+
+def test_vol_scalar_halves_the_weight_when_forecast_vol_doubles():
+    cfg = KellyGarchConfig(max_position=1.0, min_vol_scalar=0.01, max_vol_scalar=100.0)
+    s2 = np.array([1e-4, 4e-4])  # daily vol 1% and 2%
+    w = target_weights(np.array([0.5, 0.5]), s2, 0.25, cfg)
+    assert w[1] == pytest.approx(w[0] / 2)
+    assert w[0] == pytest.approx(0.25 * 0.5 * 0.5 * 0.15 / (0.01 * math.sqrt(252)))
+    np.testing.assert_allclose(vol_scalar(s2, cfg), 0.15 / (np.sqrt(s2 * 252)))
+    # Clipped at the configured range, NaN without a variance.
+    tight = KellyGarchConfig()
+    np.testing.assert_allclose(vol_scalar(np.array([1e-9, 1.0]), tight), [2.0, 0.1])
+    assert np.isnan(vol_scalar(np.array([np.nan, 0.0]), tight)).all()
+
+
+@pytest.mark.parametrize("volatility", ["ewma", "garch"])
+def test_plugin_weight_halves_for_a_series_with_twice_the_volatility(volatility):
+    r = garch_paths(400, 1, seed=21)[:, 0]
+    rets = np.column_stack([r, 2 * r])
+    cfg = KellyGarchConfig(
+        volatility=volatility,
+        garch_window=400,
+        min_fit_obs=200,
+        max_position=1.0,
+        min_vol_scalar=0.001,
+        max_vol_scalar=1000.0,
+        garch_mean="zero",
+    )
+    p = KellyGarch(cfg, ("ONE", "TWO"))
+    m = Market(prices(rets), capacity=401).push(401)
+    w = p.size(np.array([0.5, 0.5]), m.ctx())
+    assert set(p.methods.values()) == {volatility}
+    v = p.forecast_variance
+    # EWMA is exactly scale-equivariant; the GARCH optimiser to its tolerance.
+    rel = 1e-12 if volatility == "ewma" else 2e-3
+    assert v[1] == pytest.approx(4 * v[0], rel=rel)
+    assert w[1] == pytest.approx(w[0] / 2, rel=rel)
+
+
+def test_volatility_none_drops_the_scalar_and_unknown_variance_means_no_position():
+    cfg = KellyGarchConfig(volatility="none", max_position=1.0)
+    p = KellyGarch(cfg, ("A",))
+    assert p.size(np.array([0.4]), flat_ctx(("A",), T0, [0], [0], [0]))[0] == pytest.approx(
+        0.25 * 0.5 * 0.4
+    )
+    # Too few returns for any variance: no position.
+    m = Market(prices(garch_paths(10, 1)), capacity=501).push(11)
+    q = KellyGarch(KellyGarchConfig(), ("A",))
+    assert q.size(np.array([0.9]), m.ctx())[0] == 0.0
+    assert np.isnan(q.forecast_variance[0])
+
+
+def test_a_symbol_listed_late_gets_a_variance_once_it_has_enough_returns():
+    rets = garch_paths(80, 2, seed=1)
+    close = prices(rets)
+    close[:50, 1] = np.nan  # lists at bar 50
+    cfg = KellyGarchConfig(garch_window=60, min_fit_obs=50, min_vol_obs=20)
+    p = KellyGarch(cfg, ("OLD", "NEW"))
+    m = Market(close, capacity=61).push(61)
+    p.size(np.array([0.5, 0.5]), m.ctx())
+    assert np.isnan(p.forecast_variance[1])
+    for _ in range(10):
+        m.push()
+        w = p.size(np.array([0.5, 0.5]), m.ctx())
+    assert np.isfinite(p.forecast_variance[1]) and w[1] > 0  # 20 returns since listing
+
+
+# ----------------------------------------------------------------------------- monthly
+
+
+def test_monthly_rebalance_holds_targets_but_exits_at_once():
+    syms = ("A", "B", "C", "D")
+    cfg = KellyGarchConfig(volatility="none", rebalance="monthly", max_position=1.0)
+    p = KellyGarch(cfg, syms)
+    days = pd.to_datetime(["2021-01-27", "2021-01-28", "2021-01-29", "2021-02-01"], utc=True)
+    f = 0.25 * 0.5
+
+    def ctx(i, quantity):
+        c = flat_ctx(syms, days[i].to_pydatetime(), quantity, np.full(4, 100.0), np.zeros(4))
+        return c
+
+    w0 = p.size(np.array([0.8, 0.4, -0.5, 0.8]), ctx(0, [0, 0, 0, 0]))
+    np.testing.assert_allclose(w0, [f * 0.8, f * 0.4, 0, f * 0.8])  # first bar: rebalance
+    # Mid-month: A keeps its target (not the fresh 0.6 one), B's score no longer passes:
+    # exit; C may not enter until February; D was never filled (or stopped out): stays flat.
+    w1 = p.size(np.array([0.6, 0.0, 0.9, 0.8]), ctx(1, [10, 5, 0, 0]))
+    np.testing.assert_allclose(w1, [f * 0.8, 0, 0, 0])
+    # A's score turns against the position: exit at once.
+    w2 = p.size(np.array([-0.3, 0.9, 0.9, 0.8]), ctx(2, [10, 0, 0, 0]))
+    np.testing.assert_allclose(w2, [0, 0, 0, 0])
+    # The first bar of February: fresh targets for all.
+    w3 = p.size(np.array([0.5, 0.9, 0.9, 0.8]), ctx(3, [0, 0, 0, 0]))
+    np.testing.assert_allclose(w3, [f * 0.5, f * 0.9, f * 0.9, f * 0.8])
+
+
+def test_untradable_symbols_keep_their_weight():
+    p = KellyGarch(KellyGarchConfig(volatility="none"), ("A", "B"))
+    c = flat_ctx(("A", "B"), T0, [0, 0], [0, 0], [0, 0])
+    c = BarContext(
+        time=c.time,
+        index=0,
+        symbols=c.symbols,
+        bar=c.bar,
+        mark=c.mark,
+        tradable=np.array([True, False]),
+        history=c.history,
+        features={},
+        portfolio=PortfolioView(1e5, 1e5, np.array([0, 3.0]), np.array([0, 0.02]), 1e5, 1e5),
+    )
+    np.testing.assert_allclose(p.size(np.array([0.2, np.nan]), c), [0.25 * 0.5 * 0.2, 0.02])
+
+
+# ----------------------------------------------------------------------------- restart safety
+
+
+def _bars_with_trades(m, bars, seed=0):
+    """(score, ctx) of `bars` new bars, with a book that opens and closes positions."""
+    rng = np.random.default_rng(seed)
+    n = len(m.symbols)
+    q = np.zeros(n)
+    avg = np.zeros(n)
+    rp = np.zeros(n)
+    for _ in range(bars):
+        m.push()
+        score = np.where(rng.random(n) < 0.1, np.nan, rng.uniform(-1, 1, n))
+        yield score, m.ctx(quantity=q, avg_price=avg, realized=rp)
+        # The next bar's book: flip positions on randomly, book some P&L.
+        flip = rng.random(n) < 0.3
+        closing = flip & (q != 0)
+        rp = rp + np.where(closing, rng.normal(20, 50, n), 0.0)
+        q = np.where(flip, np.where(q != 0, 0.0, 10.0), q)
+        avg = np.where(q != 0, np.where(avg > 0, avg, m.close[m.t]), 0.0)
+
+
+def test_state_restore_round_trip_sizes_identically():
+    n_sym = 6
+    close = prices(garch_paths(300, n_sym, seed=13, scale=np.linspace(0.8, 2.0, n_sym)))
+    cfg = KellyGarchConfig(
+        garch_window=150, min_fit_obs=120, refit_bars=4, min_trades=5, allow_short=True
+    )
+    syms = tuple(f"S{i}" for i in range(n_sym))
+    a = KellyGarch(cfg, syms)
+    m = Market(close, capacity=151).push(200)
+    gen = _bars_with_trades(m, 60, seed=1)
+    for score, ctx in gen:
+        a.size(score, ctx)
+        if m.t == 240:
+            break
+    assert len(a.trades) >= cfg.min_trades  # the Kelly estimate is in use
+    assert "garch" in a.methods.values()
+    saved = json.loads(json.dumps(a.state(), allow_nan=False))  # strict JSON
+    b = KellyGarch(cfg, syms)
+    b.restore(saved)
+    sized = 0
+    for _ in range(8):  # the next bars, with refits among them
+        score, ctx = next(gen)
+        wa, wb = a.size(score, ctx), b.size(score, ctx)
+        np.testing.assert_array_equal(wa, wb)
+        sized += np.count_nonzero(wa)
+    assert sized > 0
+    np.testing.assert_array_equal(a.forecast_variance, b.forecast_variance)
+    assert json.dumps(a.state(), allow_nan=False) == json.dumps(b.state(), allow_nan=False)
+
+
+def test_restart_after_missed_bars_catches_up_exactly():
+    n_sym = 3
+    close = prices(garch_paths(260, n_sym, seed=17))
+    cfg = KellyGarchConfig(garch_window=200, min_fit_obs=150, refit_bars=50, fit_scope="all")
+    a = KellyGarch(cfg, ("A", "B", "C"))
+    m = Market(close, capacity=201).push(210)
+    score = np.full(n_sym, 0.5)
+    a.size(score, m.ctx())
+    b = KellyGarch(cfg, ("A", "B", "C"))
+    b.restore(json.loads(json.dumps(a.state())))
+    m.push(4)  # bars the restarted process only warmed up on
+    a.size(score, m.ctx())  # in-process: 4 bars of recursion
+    with capture_logs() as logs:
+        b.size(score, m.ctx())  # restarted: finds its last bar 4 rows back
+    assert not any(e["event"] == "sizing.variance_resync" for e in logs)
+    np.testing.assert_array_equal(b.forecast_variance, a.forecast_variance)
+
+
+def test_restart_beyond_the_window_refilters_the_variance():
+    n_sym = 3
+    close = prices(garch_paths(600, n_sym, seed=17, alpha=0.1, beta=0.8))
+    cfg = KellyGarchConfig(garch_window=200, min_fit_obs=150)
+    a = KellyGarch(cfg, ("A", "B", "C"))
+    m = Market(close, capacity=201).push(210)
+    a.size(np.full(n_sym, 0.5), m.ctx())
+    b = KellyGarch(cfg, ("A", "B", "C"))
+    b.restore(json.loads(json.dumps(a.state())))
+    no_view = np.full(n_sym, np.nan)  # out of the fit scope: no refit, only the recursion
+    for _ in range(300):  # longer than the window: the restarted process's last bar is gone
+        m.push()
+        a.size(no_view, m.ctx())
+    with capture_logs() as logs:
+        b.size(no_view, m.ctx())
+    assert any(e["event"] == "sizing.variance_resync" for e in logs)
+    # Same parameters, filtered from the window's start: the start is forgotten (beta^200).
+    np.testing.assert_allclose(b.forecast_variance, a.forecast_variance, rtol=1e-6)
+
+
+def test_restore_rejects_another_universe_and_versions():
+    p = KellyGarch(KellyGarchConfig(), ("A", "B"))
+    st_ = p.state()
+    with pytest.raises(ValueError, match="2 symbols"):
+        KellyGarch(KellyGarchConfig(), ("A",)).restore(st_)
+    with pytest.raises(ValueError, match="version"):
+        p.restore({**st_, "version": 99})
+    # A state saved before any bar was sized (a warm-up checkpoint) restores to a fresh start.
+    q = KellyGarch(KellyGarchConfig(volatility="none"), ("A", "B"))
+    q.restore(json.loads(json.dumps(st_)))
+    assert q.size(np.array([0.4, np.nan]), flat_ctx(("A", "B"), T0, [0, 0], [0, 0], [0, 0]))[
+        0
+    ] == pytest.approx(0.05)
+
+
+# ----------------------------------------------------------------------------- invariants
+
+
+_PROPERTY_MARKET = Market(prices(garch_paths(40, 6, seed=99, scale=[0.5, 1, 1, 2, 3, 8])), 31)
+_PROPERTY_MARKET.push(40)
+
+scores = st.lists(
+    st.one_of(st.floats(-1, 1, allow_nan=False), st.just(float("nan"))), min_size=6, max_size=6
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    score=scores,
+    min_score=st.floats(0, 0.9),
+    allow_short=st.booleans(),
+    cap=st.floats(0.001, 0.3),
+    multiplier=st.floats(0.05, 1.0),
+    volatility=st.sampled_from(["ewma", "none"]),
+)
+def test_weights_are_capped_zero_without_a_view_and_never_short_unless_allowed(
+    score, min_score, allow_short, cap, multiplier, volatility
+):
+    cfg = KellyGarchConfig(
+        volatility=volatility,
+        garch_window=30,
+        min_vol_obs=20,
+        min_fit_obs=20,
+        min_score=min_score,
+        allow_short=allow_short,
+        max_position=cap,
+        kelly_multiplier=multiplier,
+    )
+    p = KellyGarch(cfg, _PROPERTY_MARKET.symbols)
+    s = np.array(score)
+    w = p.size(s, _PROPERTY_MARKET.ctx())
+    assert w.shape == s.shape and np.isfinite(w).all()
+    assert (np.abs(w) <= cap + 1e-15).all()
+    no_view = np.isnan(s) | (np.abs(s) <= min_score)
+    assert (w[no_view] == 0).all()
+    if not allow_short:
+        assert (w >= 0).all()
+    assert (np.sign(w[w != 0]) == np.sign(s[w != 0])).all()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    score=scores,
+    sigma2=st.lists(st.one_of(st.floats(0, 1.0), st.just(float("nan"))), min_size=6, max_size=6),
+    kelly=st.floats(-5, 5),
+    min_score=st.floats(0, 0.9),
+    allow_short=st.booleans(),
+    cap=st.floats(0.001, 1.0),
+)
+def test_target_weights_invariants(score, sigma2, kelly, min_score, allow_short, cap):
+    cfg = KellyGarchConfig(min_score=min_score, allow_short=allow_short, max_position=cap)
+    s = np.array(score)
+    w = target_weights(s, np.array(sigma2), kelly, cfg)
+    assert np.isfinite(w).all() and (np.abs(w) <= cap).all()
+    assert (w[np.isnan(s) | (np.abs(s) <= min_score) | ~(np.array(sigma2) > 0)] == 0).all()
+    if not allow_short:
+        assert (w >= 0).all()
+    if kelly <= 0:
+        assert (w == 0).all()
+
+
+# ----------------------------------------------------------------------------- plumbing
+
+
+def test_protocol_history_and_config_validation():
+    p = KellyGarch(KellyGarchConfig(garch_window=300), ("A",))
+    assert isinstance(p, SizingPlugin)
+    assert p.history_bars() == 301
+    assert p.required_features() == ()
+    for bad in (
+        {"rebalance": "weekly"},
+        {"volatility": "gjr"},
+        {"fit_scope": "some"},
+        {"garch_mean": "ar"},
+        {"min_trades": 200, "kelly_window": 100},
+        {"max_position": 0.0},
+        {"min_vol_scalar": 2.0, "max_vol_scalar": 1.0},
+        {"refit_bars": 0},
+        {"refit_bars": True},
+        {"ewma_lambda": 1.0},
+        {"kelly_multiplier": 1.5},
+        {"prior_win_rate": 1.5},
+        {"min_fit_obs": 600},
+        {"min_vol_obs": 600},
+    ):
+        with pytest.raises(ValueError):
+            KellyGarchConfig(**bad)
