@@ -13,19 +13,12 @@ TRADINGD_REQUIRE_SERVICES=1.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
-import os
-import shlex
-import shutil
 import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -33,6 +26,7 @@ from typing import Any
 import asyncpg
 import numpy as np
 import pytest
+from private_servers import PgServer, private_postgres, wait_until
 from structlog.testing import capture_logs
 
 from tradingd.core.errors import StorageError
@@ -41,7 +35,6 @@ from tradingd.storage.buffered import DatabaseUnavailable
 from tradingd.storage.postgres import PostgresStore
 from tradingd.storage.schema import RUN_TABLES
 
-PG_BIN = Path(os.environ.get("TRADINGD_PG_BIN", "/usr/lib/postgresql/15/bin"))
 PASSWORD = "s3cret-outage"  # trust auth ignores it; it must never show in a message
 T0 = datetime(2024, 3, 1, 21, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -51,128 +44,10 @@ RUN_ID = "live-outage"
 FAST: dict[str, Any] = {"retry_base_s": 0.02, "retry_max_s": 0.2, "connect_timeout": 3.0}
 
 
-def _require(msg: str) -> None:
-    if os.environ.get("TRADINGD_REQUIRE_SERVICES") == "1":
-        pytest.fail(f"{msg}, and TRADINGD_REQUIRE_SERVICES=1 forbids skipping")
-    pytest.skip(msg)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _as_server_user() -> list[str]:
-    """initdb and postgres refuse to run as root: run them as `postgres` then."""
-    if os.geteuid() != 0:
-        return []
-    runuser = shutil.which("runuser")
-    if runuser is None:
-        _require("running as root without runuser: cannot start a private PostgreSQL")
-    try:
-        import pwd
-
-        pwd.getpwnam("postgres")
-    except KeyError:
-        _require("running as root and there is no 'postgres' user to run PostgreSQL as")
-    return [str(runuser), "-u", "postgres", "--"]
-
-
-class PgServer:
-    """A private PostgreSQL cluster, stopped and started at will on one port."""
-
-    def __init__(self, root: Path, prefix: list[str]) -> None:
-        self.root = root
-        self.data = root / "data"
-        self.log = root / "server.log"
-        self.prefix = prefix
-        self.port = _free_port()
-
-    def _run(self, *args: str, timeout: float = 60.0) -> None:
-        done = subprocess.run(
-            [*self.prefix, *args], capture_output=True, text=True, timeout=timeout, check=False
-        )
-        if done.returncode != 0:
-            tail = self.log.read_text()[-2000:] if self.log.exists() else ""
-            raise RuntimeError(f"{args[0]} failed: {done.stdout}{done.stderr}\n{tail}")
-
-    def init(self) -> None:
-        self._run(
-            str(PG_BIN / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres",
-            "--no-sync", "-E", "UTF8", "--no-instructions",
-        )  # fmt: skip
-
-    @property
-    def url(self) -> str:
-        return f"postgresql://postgres:{PASSWORD}@127.0.0.1:{self.port}/postgres"
-
-    def start(self) -> None:
-        opts = (
-            f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.root} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
-        )
-        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.log),
-                  "-o", opts, "-w", "-t", "30", "start")  # fmt: skip
-
-    def stop(self) -> None:
-        self._run(str(PG_BIN / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "-t", "30",
-                  "stop")  # fmt: skip
-
-    def running(self) -> bool:
-        return (self.data / "postmaster.pid").exists()
-
-    def watch(self) -> subprocess.Popen[bytes]:
-        """A watchdog that stops the server and removes its directory once this test process
-        is gone, also when it is killed (no teardown then)."""
-        stop = " ".join(
-            shlex.quote(a)
-            for a in (*self.prefix, str(PG_BIN / "pg_ctl"), "-D", str(self.data),
-                      "-m", "immediate", "stop")
-        )  # fmt: skip
-        root = shlex.quote(str(self.root))
-        # A pg_ctl the dead process had started may still be running: repeat until gone.
-        script = (
-            f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 0.5; done; "
-            f"for i in 1 2 3 4 5 6 7 8 9 10; do {stop} >/dev/null 2>&1; rm -rf {root}; "
-            f"[ -e {root} ] || break; sleep 1; done"
-        )
-        return subprocess.Popen(
-            ["sh", "-c", script],
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-
-
 @pytest.fixture(scope="module")
 def pg_cluster():
-    if not (PG_BIN / "initdb").exists() or not (PG_BIN / "pg_ctl").exists():
-        _require(f"PostgreSQL binaries not found in {PG_BIN} (TRADINGD_PG_BIN)")
-    prefix = _as_server_user()
-    root = Path(tempfile.mkdtemp(prefix="tradingd-pg-"))
-    if prefix:
-        shutil.chown(root, "postgres")
-    server = PgServer(root, prefix)
-    watchdog = server.watch()
-    try:
-        server.init()
-        server.start()
-    except (RuntimeError, OSError, subprocess.TimeoutExpired) as e:
-        shutil.rmtree(root, ignore_errors=True)
-        watchdog.kill()
-        watchdog.wait()
-        _require(f"cannot run a private PostgreSQL: {e}")
-    try:
+    with private_postgres(PASSWORD) as server:
         yield server
-    finally:
-        if server.running():
-            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-                server.stop()
-        shutil.rmtree(root, ignore_errors=True)
-        watchdog.kill()
-        watchdog.wait()
 
 
 @pytest.fixture
@@ -183,17 +58,6 @@ def server(pg_cluster: PgServer):
     yield pg_cluster
     if not pg_cluster.running():
         pg_cluster.start()
-
-
-async def wait_until(predicate: Callable[[], object], what: str, timeout_s: float = 15.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 # ---------------------------------------------------------------------------------- workload
@@ -436,7 +300,7 @@ async def test_a_killed_process_spool_is_replayed_at_the_next_start(
 # parent has stopped the server (every flush spooled), reports, then waits to be killed.
 CHILD = f"""
 import asyncio, sys
-sys.path.insert(0, {str(Path(__file__).parent)!r})
+sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]
 import test_postgres_outage as w
 from tradingd.storage.postgres import PostgresStore
 

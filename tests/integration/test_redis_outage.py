@@ -8,22 +8,16 @@ Without a redis-server binary the tests skip, unless TRADINGD_REQUIRE_SERVICES=1
 
 from __future__ import annotations
 
-import asyncio
 import json
 import math
-import os
-import shutil
-import signal
-import socket
-import subprocess
 import time
 import uuid
-from collections.abc import Callable
 from datetime import UTC, datetime
 
 import numpy as np
 import pytest
 import redis.asyncio as aioredis
+from private_servers import private_redis, wait_until
 from structlog.testing import capture_logs
 
 from tradingd.cache.factory import open_cache
@@ -41,90 +35,10 @@ from tradingd.publisher import (
 FAST = {"backoff_base_s": 0.02, "backoff_max_s": 0.2, "socket_timeout": 0.5, "connect_timeout": 0.5}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _pings(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as s:
-            s.sendall(b"PING\r\n")
-            return s.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
-
-
-class RedisServer:
-    """A throw-away redis-server on one port, stopped and started at will."""
-
-    def __init__(self, directory: str) -> None:
-        self.port = _free_port()
-        self.dir = directory
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self, timeout_s: float = 10.0) -> None:
-        assert self.proc is None
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", self.dir],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + timeout_s
-        while not _pings(self.port):
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"redis-server on port {self.port} exited: {self.proc.returncode}"
-                )
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"redis-server on port {self.port} did not answer PING")
-            time.sleep(0.01)
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            self.proc = None
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGCONT)
-
-
 @pytest.fixture
 def server(tmp_path):
-    if shutil.which("redis-server") is None:
-        msg = "redis-server is not installed"
-        if os.environ.get("TRADINGD_REQUIRE_SERVICES") == "1":
-            pytest.fail(f"{msg}, and TRADINGD_REQUIRE_SERVICES=1 forbids skipping")
-        pytest.skip(msg)
-    s = RedisServer(str(tmp_path))
-    try:
+    with private_redis(tmp_path) as s:
         yield s
-    finally:
-        if s.proc is not None:
-            s.resume()  # a paused server would not die of SIGKILL any later
-        s.kill()
-
-
-async def wait_until(predicate: Callable[[], object], what: str, timeout_s: float = 10.0):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        await asyncio.sleep(0.01)
 
 
 def events(logs: list[dict], name: str) -> list[dict]:
