@@ -409,10 +409,20 @@ class _Tracked:
     # The status the engine last received for this order (an ack, `updates`, `cancel`,
     # adoption); None before it received any. See `open_orders`.
     told: OrderStatus | None = None
+    # The status last counted in tradingd_orders: an order's state change is counted once,
+    # whether the ack or a stream event replayed before it saw it first.
+    counted: OrderStatus | None = None
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _count(t: _Tracked) -> None:
+    """Count a state change of a followed order in tradingd_orders, once per state."""
+    if t.counted is not t.order.status:
+        t.counted = t.order.status
+        ORDERS.labels(status=str(t.order.status)).inc()
 
 
 def _is_intent(o: Order) -> bool:
@@ -1320,7 +1330,7 @@ class AlpacaBroker:
         for m in unit.members:
             followed = self._get(m.client_order_id)
             if followed is not None:
-                ORDERS.labels(status=str(followed.order.status)).inc()
+                _count(followed)
                 followed.told = followed.order.status
                 acks[m.client_order_id] = followed.order.snapshot()
         return acks
@@ -1380,8 +1390,9 @@ class AlpacaBroker:
         order.filled_quantity = 0.0
         order.avg_fill_price = math.nan
         order.updated_at = _now()
-        self._remember_closed(_Tracked(order=order, told=OrderStatus.REJECTED))
-        ORDERS.labels(status=str(OrderStatus.REJECTED)).inc()
+        rejected = _Tracked(order=order, told=OrderStatus.REJECTED)
+        _count(rejected)
+        self._remember_closed(rejected)
         log.warning(
             "alpaca.order.rejected",
             client_order_id=order.client_order_id,
@@ -1570,7 +1581,7 @@ class AlpacaBroker:
         cid = t.order.client_order_id
         if report:
             self._pending_orders[cid] = None
-            ORDERS.labels(status=str(t.order.status)).inc()
+            _count(t)
         if not t.order.status.is_open and cid in self._open:
             del self._open[cid]
             self._remember_closed(t)

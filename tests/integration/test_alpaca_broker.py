@@ -1003,3 +1003,19 @@ async def test_sells_go_before_buys_in_a_batch(fake):
     assert [a.client_order_id for a in acks] == [o.client_order_id for o in orders]
     sides = [b["side"] for b in fake.posted_orders()]
     assert sorted(sides, key=lambda s: s != "sell") == sides and sides.count("sell") == 2
+
+
+async def test_an_order_state_is_counted_once_when_the_stream_tells_it_before_the_ack(fake):
+    """The fault soak counted more `tradingd_orders{status="filled"}` than fills: an order
+    filled at once had its fill replayed from the stream (which told it before the POST's
+    answer) and counted, then counted again by the ack."""
+    from tradingd.metrics import ORDERS
+
+    fake.fill_on_submit = lambda o: 100.0
+    async with running(fake) as broker:
+        await fake.wait_listening()
+        before = ORDERS.labels(status="filled")._value.get()
+        fake.delay_next(0.3)  # the answer leaves after the stream's fill event
+        [ack] = await broker.submit([order("AAPL", 3)])
+        assert ack.status is OrderStatus.FILLED
+        assert ORDERS.labels(status="filled")._value.get() == before + 1
