@@ -27,6 +27,7 @@ from .core.ports import Broker, Clock, FeatureSource, Feed
 from .core.types import CrossSection, RunInfo
 from .engine.engine import Engine, Pipeline
 from .engine.planner import OrderPlanner
+from .engine.planner import required_features as planner_features
 from .engine.plugins import load_plugin
 from .engine.portfolio import Portfolio
 from .features.catalog import Catalog, feature_set_id, verify_feature_set
@@ -119,7 +120,9 @@ class Swaps:
 
 
 def feature_names(config: Config, pipeline: Pipeline) -> tuple[str, ...]:
-    return tuple(sorted(pipeline.required_features() | set(config.features.extra)))
+    # The order planner's too (an ATR stop needs the ATR): see OrderPlanner.required_features.
+    planner = planner_features(config.orders)
+    return tuple(sorted(pipeline.required_features() | set(planner) | set(config.features.extra)))
 
 
 def verify_model_features(config: Config, pipeline: Pipeline) -> None:

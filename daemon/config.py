@@ -278,10 +278,25 @@ class OrdersConfig:
     rebalance_band: float = 0.01
     min_trade_value: float = 100.0
     fractional: bool = False
-    # Attach take-profit / stop-loss legs (one cancels the other) to new entries.
+    # Protect every new position with a stop-loss and a take-profit (see the
+    # engine/planner.py docstring for the orders each mode gives, per broker).
     brackets: bool = False
-    take_profit_pct: float = 0.04  # specification: 4% from entry
+    # Stop-loss (specification: 2% from entry, 2 x ATR, or trailing):
+    #   "pct": a stop at entry -/+ stop_loss_pct;
+    #   "atr": a stop at entry -/+ atr_multiple x ATR(atr_period) of the deciding bar;
+    #   "trailing": a trailing stop stop_loss_pct below the best price since it was placed.
+    stop_mode: str = "pct"
     stop_loss_pct: float = 0.02  # specification: 2% from entry
+    atr_multiple: float = 2.0  # specification: 2 x ATR
+    atr_period: int = 14  # specification: ATR over 14 bars
+    # Take-profit (specification: 4% from entry, 2:1 reward to risk, or trailing):
+    #   "pct": a limit at entry +/- take_profit_pct;
+    #   "reward_risk": a limit reward_risk times the stop's distance from entry;
+    #   "trailing": no price target: the stop trails the best price (at the stop's
+    #   distance), so it locks gains in as the price runs and is the position's exit.
+    take_profit_mode: str = "pct"
+    take_profit_pct: float = 0.04  # specification: 4% from entry
+    reward_risk: float = 2.0  # specification: 2:1
     # Live: an order the broker refused for a transient reason (request budget spent, buying
     # power held by the batch's own sells) is tried again within the bar under the next
     # attempt number, after retry_delay_s, doubling each time. Replays never retry.
@@ -313,6 +328,52 @@ class OrdersConfig:
             self.stop_loss_pct,
             "a fraction in (0, 1) (0.02 = 2% from entry)",
         )
+        _choice("orders.stop_mode", self.stop_mode, ("pct", "atr", "trailing"))
+        _choice(
+            "orders.take_profit_mode", self.take_profit_mode, ("pct", "reward_risk", "trailing")
+        )
+        _require(
+            0 < self.atr_multiple <= 20,
+            "orders.atr_multiple",
+            self.atr_multiple,
+            "a number in (0, 20] (2.0 = a stop 2 x ATR from entry)",
+        )
+        _require(
+            isinstance(self.atr_period, int)
+            and not isinstance(self.atr_period, bool)
+            and 1 <= self.atr_period <= 500,
+            "orders.atr_period",
+            self.atr_period,
+            "a whole number of bars in 1..500",
+        )
+        _require(
+            0 < self.reward_risk <= 100,
+            "orders.reward_risk",
+            self.reward_risk,
+            "a number in (0, 100] (2.0 = a take-profit twice as far as the stop)",
+        )
+        if self.take_profit_mode == "reward_risk" and self.stop_mode != "atr":
+            # A short's take-profit sits reward_risk x stop_loss_pct below entry: above zero.
+            _require(
+                self.reward_risk * self.stop_loss_pct < 1,
+                "orders.reward_risk",
+                self.reward_risk,
+                f"below 1 / stop_loss_pct = {1 / self.stop_loss_pct:g} (a short's "
+                "take-profit would be at or below a price of 0)",
+            )
+        for key, value in (
+            ("stop_mode", self.stop_mode),
+            ("take_profit_mode", self.take_profit_mode),
+        ):
+            # Modes only shape the exits of brackets: without them they would silently do
+            # nothing, and a position the operator believes protected would not be.
+            _require(
+                self.brackets or value == "pct",
+                f"orders.{key}",
+                value,
+                '"pct" unless orders.brackets = true (the modes shape the protective exits '
+                "that brackets place)",
+            )
 
 
 @dataclass(frozen=True)

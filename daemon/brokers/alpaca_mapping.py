@@ -47,6 +47,7 @@ from alpaca.trading.requests import (
 )
 
 from ..core.errors import ConfigError
+from ..core.orders import PROTECT_SUFFIX
 from ..core.types import (
     Fill,
     Leg,
@@ -295,7 +296,9 @@ def plan_submission(orders: Sequence[Order]) -> list[Unit | LocalRejection]:
       stop-loss a stop or stop-limit on the other side for the same quantity; otherwise the
       whole bracket is refused (an entry without its protection is never sent).
     * Two stand-alone orders of one `oco_group` become one Alpaca `oco` order (a limit plus a
-      stop or stop-limit, same side and quantity); a group Alpaca cannot express is refused.
+      stop or stop-limit, same side and quantity); a group Alpaca cannot express is refused,
+      except a limit with a trailing stop: the trailing stop goes alone (it is the
+      protection) and only the limit is refused.
     * Everything else is a simple order. An id repeated within the batch is planned once.
     """
     by_id: dict[str, Order] = {}
@@ -372,6 +375,28 @@ def _oco(members: list[Order]) -> list[Unit | LocalRejection]:
     limits = [m for m in members if m.type is OrderType.LIMIT]
     stops = [m for m in members if m.type in _STOPS]
     first = members[0]
+    trailing = [m for m in members if m.type is OrderType.TRAILING_STOP]
+    if (
+        len(members) == 2
+        and len(limits) == 1
+        and len(trailing) == 1
+        and limits[0].side is trailing[0].side
+        and limits[0].symbol == trailing[0].symbol
+    ):
+        # A take-profit beside a trailing stop (the planner's exits for a trailing stop with
+        # a fixed take-profit). Alpaca's oco is a limit and a stop, never a trailing stop,
+        # and two separate orders cannot both hold the same shares: the trailing stop, the
+        # protection, is placed alone; the take-profit is refused, saying why.
+        return [
+            Unit("simple", trailing[0]),
+            LocalRejection(
+                limits[0],
+                f"take-profit of OCO group {first.oco_group} not placed: Alpaca cannot hold a "
+                "take-profit beside a trailing stop on the same shares (its oco order is a "
+                "limit and a stop); the trailing stop protects the position alone (on Alpaca, "
+                'pair a trailing stop with orders.take_profit_mode = "trailing")',
+            ),
+        ]
     ok = (
         len(members) == 2
         and len(limits) == 1
@@ -521,9 +546,11 @@ def leg_client_order_id(parent_cid: str, role: Leg) -> str | None:
     """The tradingd id of a leg from its parent's id, for orders found at Alpaca after a
     restart (Alpaca names legs itself). A bracket entry `…|entry|n` has legs `…|tp|n` and
     `…|sl|n`, the way `bracket_orders` names them; an OCO parent `…|tp.r|n` has the leg
-    `…|sl.r|n`, as `resized_exits` does. None when the parent's id is not one of tradingd's."""
+    `…|sl.r|n`, as `resized_exits` does. None when the parent's id is not one of tradingd's,
+    and for `protective_exits` ids (`…|sl.p|n`): their stop is a trailing stop, which is
+    never part of an Alpaca order with legs, so it has no partner to name."""
     p = parse_client_order_id(parent_cid)
-    if p is None:
+    if p is None or p.tag.endswith(PROTECT_SUFFIX):
         return None
     if p.tag == Leg.ENTRY.value:
         return with_leg(parent_cid, role.value)

@@ -17,6 +17,9 @@ from .types import Leg, Order, OrderStatus, OrderType, Side, client_order_id
 # Suffix of the leg part of a re-placed exit's id ("tp.r"): the bracket legs decided at the
 # same bar time keep the plain "tp"/"sl", so the two can never collide.
 RESIZED_SUFFIX = ".r"
+# Suffix of the exits placed for shares already held ("sl.p", "tp.p"; see `protective_exits`),
+# distinct from a bracket's legs and from re-placed exits decided at the same bar time.
+PROTECT_SUFFIX = ".p"
 
 
 def _side_and_quantity(signed_qty: float) -> tuple[Side, float]:
@@ -149,4 +152,63 @@ def resized_exits(
         group = out[0].client_order_id
         for o in out:
             o.oco_group = group
+    return out
+
+
+def protective_exits(
+    run_id: str,
+    bar_time: datetime,
+    symbol: str,
+    held_qty: float,
+    *,
+    trail_pct: float,
+    take_profit_price: float | None = None,
+) -> list[Order]:
+    """Stand-alone exits for `held_qty` shares already held (signed: positive protects a
+    long, so the exits sell): a trailing stop `trail_pct` from the best price since it
+    became active and, with `take_profit_price`, a take-profit limit, the two in one OCO
+    group named after the first (the limit, as Alpaca names an `oco` order after it).
+
+    They have no parent (their shares are bought already) and work at once. This is how a
+    position is protected when its stop cannot be a bracket leg: Alpaca takes no trailing
+    stop as a leg, so the entry goes alone and these follow once it has filled. Ids come
+    from `bar_time` with the `PROTECT_SUFFIX`, so a rebuilt decision maps to the same ids."""
+    side, qty = _side_and_quantity(held_qty)
+    if not (math.isfinite(trail_pct) and 0 < trail_pct < 1):
+        raise ValueError(f"trail_pct must be in (0, 1), got {trail_pct!r}")
+    exit_side = Side.SELL if side is Side.BUY else Side.BUY
+    out: list[Order] = []
+    if take_profit_price is not None:
+        tp = _positive_price("take_profit_price", take_profit_price)
+        out.append(
+            Order(
+                client_order_id=client_order_id(
+                    run_id, bar_time, symbol, f"{Leg.TAKE_PROFIT}{PROTECT_SUFFIX}"
+                ),
+                symbol=symbol,
+                side=exit_side,
+                quantity=qty,
+                created_at=bar_time,
+                type=OrderType.LIMIT,
+                limit_price=tp,
+                leg=Leg.TAKE_PROFIT,
+            )
+        )
+    out.append(
+        Order(
+            client_order_id=client_order_id(
+                run_id, bar_time, symbol, f"{Leg.STOP_LOSS}{PROTECT_SUFFIX}"
+            ),
+            symbol=symbol,
+            side=exit_side,
+            quantity=qty,
+            created_at=bar_time,
+            type=OrderType.TRAILING_STOP,
+            trail_pct=float(trail_pct),
+            leg=Leg.STOP_LOSS,
+        )
+    )
+    if len(out) > 1:
+        for o in out:
+            o.oco_group = out[0].client_order_id
     return out

@@ -248,10 +248,15 @@ class Engine:
         # Deliberate retries of transiently refused orders (orders.retry_attempts, live).
         self.retry_attempts = retry_attempts
         self.retry_delay_s = retry_delay_s
-        missing = pipeline.required_features() - set(features.names)
+        # The planner's features (an ATR stop's ATR) count like the plugins': a symbol is
+        # ready only when its exits can be priced too.
+        needed = pipeline.required_features() | set(planner.required_features())
+        missing = needed - set(features.names)
         if missing:
-            raise ValueError(f"feature source lacks {sorted(missing)} that plugins require")
-        self._required = tuple(sorted(pipeline.required_features()))
+            raise ValueError(
+                f"feature source lacks {sorted(missing)} that plugins or the order planner require"
+            )
+        self._required = tuple(sorted(needed))
         self.history = HistoryBuffer(len(self.symbols), max(history_bars, pipeline.history_bars()))
         self._times: deque[datetime] = deque(maxlen=curve_maxlen)
         self._equity: deque[float] = deque(maxlen=curve_maxlen)

@@ -8,6 +8,40 @@ Protective exits (bracket legs, and the stand-alone exits that replace them) pro
 shares they protect to the broker, so no other order can sell those shares: neither the
 simulated broker nor Alpaca accepts a sale of shares that working exits hold. A cut of a
 protected position therefore has to move its exits first; see `OrderPlanner`.
+
+Protective exits by mode (`[orders]`, with `brackets = true`). `entry` is the decision bar's
+close (the price the entry is sized at), `d` the stop's distance from it:
+
+* stop_mode "pct": d = entry x stop_loss_pct. "atr": d = atr_multiple x ATR(atr_period), the
+  feature `atr_<period>` at the decision bar (the planner asks the engine for it:
+  `required_features`). "trailing": a trailing stop stop_loss_pct from the best price seen.
+* take_profit_mode "pct": a limit at entry x (1 +/- take_profit_pct). "reward_risk": a limit
+  reward_risk x d beyond entry (for a trailing stop, d = entry x stop_loss_pct, where it
+  starts). "trailing": there is no price target. The stop trails the best price since it
+  was placed, at the stop's distance (stop_loss_pct; for "atr", atr_multiple x ATR over the
+  close of the bar that places it), so it only ever moves in the position's favour: it
+  limits the loss at first and locks the gain in as the price runs, and the position is
+  closed when the price falls back that far from its best. "pct" and "atr" stops therefore
+  become trailing stops under it, and with stop_mode "trailing" it is the same order.
+
+Which orders that gives, the same with every broker (a replay places exactly the orders a
+live run would, so what it shows is what the live account can hold):
+
+* A fixed stop with a fixed take-profit (stop "pct" or "atr", take-profit "pct" or
+  "reward_risk"): a bracket, market entry + take-profit limit + stop (one cancels the
+  other), held until the entry fills and then protecting what it filled. Alpaca takes it as
+  one `bracket` order; the simulated broker works the legs from the entry's bar.
+* A trailing stop (stop "trailing", or take-profit "trailing"): Alpaca takes no trailing stop
+  as a bracket leg (nor in an OTO or OCO order), so the entry goes alone, and once it has
+  filled the next decision finds the held shares without exits and protects them with a
+  stand-alone trailing stop (`protective_exits`), which then works between bars. With a
+  fixed take-profit too (stop "trailing", take-profit "pct" or "reward_risk") the take-profit
+  is a limit in one OCO group with the trailing stop, priced from the position's average
+  entry price. The entry's own bar is not protected (the stop is placed at its close).
+  Alpaca cannot hold that pair either (a trailing stop cannot be in its `oco`, and a
+  stand-alone take-profit would hold the shares the stop needs): there the trailing stop is
+  placed and the take-profit refused with that reason (see `alpaca_mapping`), so on Alpaca
+  use take_profit_mode "trailing" with a trailing stop.
 """
 
 from __future__ import annotations
@@ -17,14 +51,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import structlog
 
 from ..config import OrdersConfig
-from ..core.orders import bracket_orders, market_order, resized_exits
+from ..core.orders import bracket_orders, market_order, protective_exits, resized_exits
 from ..core.ports import BarContext
 from ..core.types import Leg, Order, OrderStatus, Side
 
+log = structlog.get_logger(__name__)
+
 # Quantities are floats (fractional shares, split ratios): compare with a tolerance.
 _EPS = 1e-9
+
+
+def required_features(config: OrdersConfig) -> tuple[str, ...]:
+    """The features the planner reads from `ctx.features`: the ATR of an "atr" stop. The
+    composition root computes them with the plugins' (`app.feature_names`) and the engine
+    counts them in a symbol's readiness, so no position opens before its stop can be set."""
+    if config.brackets and config.stop_mode == "atr":
+        return (f"atr_{config.atr_period}",)
+    return ()
 
 
 @dataclass(frozen=True)
@@ -72,6 +118,16 @@ class OrderPlanner:
     on the wrong side of it, are cancelled; exits promising more than the position are cut
     back the same way. A symbol with a working entry is left alone: its legs are held, and
     its fills are not known yet.
+
+    With a trailing stop (see the module docstring) an entry has no legs: once it has filled,
+    the shares held without exits (the whole new position, or the shares an increase added)
+    get stand-alone exits of their own (`protective_exits`), a lot like any other, so the
+    rules above apply to them unchanged. A cut re-places a trailing stop like any exit; the
+    re-placed stop trails from where it is placed (no broker takes a starting high).
+
+    Prices that cannot make valid exits (no ATR for the symbol at the bar, a take-profit at
+    or below 0) open nothing: a position is never opened without the exits configured for
+    it; each such case is logged (`planner.entry_not_protected`).
     """
 
     def __init__(self, config: OrdersConfig, run_id: str, symbols: tuple[str, ...]) -> None:
@@ -79,6 +135,16 @@ class OrderPlanner:
         self.run_id = run_id
         self.symbols = symbols
         self._index = {s: i for i, s in enumerate(symbols)}
+        atr = required_features(config)
+        self._atr = atr[0] if atr else None
+        # The stop is a trailing stop: entries go alone, held shares get stand-alone exits.
+        self._trailing = config.brackets and "trailing" in (
+            config.stop_mode,
+            config.take_profit_mode,
+        )
+
+    def required_features(self) -> tuple[str, ...]:
+        return required_features(self.config)
 
     def plan(self, targets: np.ndarray, ctx: BarContext, open_orders: Sequence[Order]) -> Plan:
         cfg = self.config
@@ -111,7 +177,11 @@ class OrderPlanner:
 
         orders: list[Order] = []
         cancel: list[str] = []
-        for i in sorted(trade.keys() | exits_by_symbol.keys()):
+        protect: set[int] = set()
+        if self._trailing:
+            # Held shares without exits (an entry filled since the last bar) are protected.
+            protect = set(np.flatnonzero((held != 0) & ctx.tradable & ~busy).tolist())
+        for i in sorted(trade.keys() | exits_by_symbol.keys() | protect):
             if busy[i]:
                 continue
             sym = self.symbols[i]
@@ -120,22 +190,116 @@ class OrderPlanner:
             if cfg.brackets and h != 0 and (h + d) * h < 0:
                 d = -h  # a flip: close now, open the other side later with its own bracket
             exits = exits_by_symbol.get(i, [])
+            kept = self._keep(h, d)
+            covered = 0.0
             if exits:
-                kept = self._keep(h, d)
-                replaced, cancelled = self._fit_exits(exits, h, kept, ctx)
+                replaced, cancelled, covered = self._fit_exits(exits, h, kept, ctx)
                 orders.extend(replaced)
                 cancel.extend(cancelled)
+            if i in protect and kept - covered > _EPS * max(1.0, kept):
+                orders.extend(self._protect(i, math.copysign(kept - covered, h), ctx))
             if d == 0:
                 continue
-            if cfg.brackets and abs(h + d) > abs(h):
-                p = float(price[i])
-                long = d > 0
-                tp = p * (1 + cfg.take_profit_pct) if long else p * (1 - cfg.take_profit_pct)
-                sl = p * (1 - cfg.stop_loss_pct) if long else p * (1 + cfg.stop_loss_pct)
-                orders.extend(bracket_orders(self.run_id, ctx.time, sym, d, _tick(tp), _tick(sl)))
+            if cfg.brackets and abs(h + d) > abs(h) and not self._trailing:
+                orders.extend(self._bracket(i, d, ctx))
             else:
+                # With a trailing stop the entry goes alone: its shares get their exits on
+                # the first bar after it has filled (see `_protect`).
                 orders.append(market_order(self.run_id, ctx.time, sym, d, Leg.ENTRY))
         return Plan(orders, cancel)
+
+    def _bracket(self, i: int, d: float, ctx: BarContext) -> list[Order]:
+        """A bracket for `d` new shares of symbol `i`, priced from the decision bar's close
+        (see the module docstring); [] (logged) when no valid exits can be priced."""
+        cfg = self.config
+        sym = self.symbols[i]
+        p = float(ctx.bar.close[i])
+        long = d > 0
+        s = cfg.stop_loss_pct
+        if self._atr is None:
+            sl = p * (1 - s) if long else p * (1 + s)
+            # reward_risk: the stop is s x entry away, the take-profit reward_risk times that.
+            t = cfg.take_profit_pct if cfg.take_profit_mode == "pct" else cfg.reward_risk * s
+            tp = p * (1 + t) if long else p * (1 - t)
+        else:
+            atr = self._feature(ctx, self._atr, i)
+            if not atr > 0:
+                return self._unprotected(sym, f"no {self._atr} for the symbol at this bar")
+            dist = cfg.atr_multiple * atr
+            sl = p - dist if long else p + dist
+            if cfg.take_profit_mode == "pct":
+                t = cfg.take_profit_pct
+                tp = p * (1 + t) if long else p * (1 - t)
+            else:
+                tp = p + cfg.reward_risk * dist if long else p - cfg.reward_risk * dist
+        tp, sl = _tick(tp), _tick(sl)
+        if not (tp > 0 and sl > 0 and (tp > sl if long else tp < sl)):
+            return self._unprotected(
+                sym, f"exits priced at take-profit {tp:g} and stop {sl:g} from {p:g}"
+            )
+        return bracket_orders(self.run_id, ctx.time, sym, d, tp, sl)
+
+    def _protect(self, i: int, held: float, ctx: BarContext) -> list[Order]:
+        """Stand-alone exits for `held` shares of symbol `i` that have none (signed like the
+        position): a trailing stop, and the take-profit when one is fixed, priced from the
+        position's average entry price (the decision bar's close if the book has none)."""
+        cfg = self.config
+        sym = self.symbols[i]
+        p = float(ctx.bar.close[i])
+        if self._atr is None:
+            trail = cfg.stop_loss_pct
+        else:
+            atr = self._feature(ctx, self._atr, i)
+            # Alpaca takes the trailing distance in percent with two decimals.
+            trail = round(cfg.atr_multiple * atr / p, 4) if atr > 0 and p > 0 else math.nan
+            if not 0 < trail < 1:
+                return self._unprotected(
+                    sym, f"trailing distance {trail:g} from {self._atr} is not in (0, 1)", held
+                )
+        tp: float | None = None
+        if cfg.take_profit_mode != "trailing":
+            avg = ctx.portfolio.avg_price
+            entry = float(avg[i]) if avg is not None else math.nan
+            entry = entry if math.isfinite(entry) and entry > 0 else p
+            # reward_risk: the trailing stop starts stop_loss_pct from entry.
+            pct = cfg.take_profit_mode == "pct"
+            t = cfg.take_profit_pct if pct else cfg.reward_risk * cfg.stop_loss_pct
+            tp = _tick(entry * (1 + t) if held > 0 else entry * (1 - t))
+            if not tp > 0:
+                return self._unprotected(sym, f"take-profit at {tp:g} from {entry:g}", held)
+        return protective_exits(
+            self.run_id, ctx.time, sym, held, trail_pct=trail, take_profit_price=tp
+        )
+
+    def _feature(self, ctx: BarContext, name: str, i: int) -> float:
+        values = ctx.features.get(name)
+        if values is None:
+            raise ValueError(
+                f"orders.stop_mode = {self.config.stop_mode!r} needs the feature {name!r}, "
+                "which the engine did not compute: include OrderPlanner.required_features() "
+                "in the engine's features"
+            )
+        v = float(values[i])
+        return v if math.isfinite(v) else math.nan
+
+    @staticmethod
+    def _unprotected(symbol: str, reason: str, held: float | None = None) -> list[Order]:
+        if held is None:
+            log.warning(
+                "planner.entry_not_protected",
+                symbol=symbol,
+                reason=reason,
+                rule="no entry without its exits: the position is not opened",
+            )
+        else:
+            log.warning(
+                "planner.exits_not_placed",
+                symbol=symbol,
+                held=held,
+                reason=reason,
+                rule="tried again at the next bar",
+            )
+        return []
 
     @staticmethod
     def _keep(h: float, d: float) -> float:
@@ -147,9 +311,10 @@ class OrderPlanner:
 
     def _fit_exits(
         self, exits: list[Order], h: float, kept: float, ctx: BarContext
-    ) -> tuple[list[Order], list[str]]:
+    ) -> tuple[list[Order], list[str], float]:
         """Cancels and replacements so the exits protect at most `kept` shares (newest lots
-        give way first); exits that cannot belong to the position are cancelled."""
+        give way first); exits that cannot belong to the position are cancelled. Also
+        returns the shares the exits protect afterwards."""
         exit_side = Side.SELL if h > 0 else Side.BUY if h < 0 else None
         cancel = [
             o.client_order_id
@@ -157,7 +322,7 @@ class OrderPlanner:
             if o.status is not OrderStatus.HELD and (o.side is not exit_side or kept <= 0)
         ]
         if kept <= 0:
-            return [], cancel
+            return [], cancel, 0.0
         lots: dict[str, list[Order]] = {}
         for o in exits:
             if o.side is exit_side and o.status is not OrderStatus.HELD:
@@ -175,7 +340,7 @@ class OrderPlanner:
             if rest > _EPS * max(1.0, size):  # only the oldest lot touched can be left in part
                 replacements = resized_exits(self.run_id, ctx.time, members, rest)
             excess -= size
-        return replacements, cancel
+        return replacements, cancel, min(sum(sizes), kept)
 
 
 def _tick(price: float) -> float:

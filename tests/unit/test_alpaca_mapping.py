@@ -31,7 +31,7 @@ from tradingd.brokers.alpaca_mapping import (
     trail_percent,
 )
 from tradingd.core.errors import ConfigError
-from tradingd.core.orders import bracket_orders, market_order
+from tradingd.core.orders import bracket_orders, market_order, protective_exits
 from tradingd.core.types import Leg, Order, OrderStatus, OrderType, Side, client_order_id
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -156,6 +156,31 @@ def test_an_oco_group_of_a_limit_and_a_stop_is_one_alpaca_oco_order():
     assert all(isinstance(x, LocalRejection) for x in plan_submission(two_limits))
 
 
+def test_a_take_profit_beside_a_trailing_stop_sends_the_stop_alone_and_refuses_the_limit():
+    tp, stop = protective_exits("run", T0, "AAPL", 10, trail_pct=0.02, take_profit_price=110.0)
+    assert tp.oco_group == stop.oco_group == tp.client_order_id
+    out = plan_submission([tp, stop])
+    units = [x for x in out if isinstance(x, Unit)]
+    refused = [x for x in out if isinstance(x, LocalRejection)]
+    assert [(u.kind, u.primary) for u in units] == [("simple", stop)]
+    assert [r.order for r in refused] == [tp]
+    assert "trailing stop" in refused[0].reason
+    assert body(units[0]) == {
+        "symbol": "AAPL",
+        "qty": 10.0,
+        "side": "sell",
+        "type": "trailing_stop",
+        "time_in_force": "gtc",
+        "client_order_id": stop.client_order_id,
+        "trail_percent": 2.0,
+    }
+    # Alone (take_profit_mode = "trailing"), the trailing stop is a plain simple order.
+    [alone] = protective_exits("run", T0, "AAPL", -10, trail_pct=0.05)
+    assert alone.side is Side.BUY and alone.oco_group is None
+    [unit] = plan_submission([alone])
+    assert isinstance(unit, Unit) and unit.kind == "simple"
+
+
 def test_an_id_repeated_in_a_batch_is_planned_once():
     a = market_order("run", T0, "AAPL", 5)
     assert len(plan_submission([a, a.snapshot()])) == 1
@@ -232,6 +257,10 @@ def test_leg_ids_are_derived_from_the_parent_as_tradingd_names_them():
     tp_r = client_order_id("run", T0, "AAPL", "tp.r")
     assert leg_client_order_id(tp_r, Leg.STOP_LOSS) == client_order_id("run", T0, "AAPL", "sl.r")
     assert leg_client_order_id("5680c4bc-9ac1-4a12-a44c-df427ba53032", Leg.STOP_LOSS) is None
+    # A protective trailing stop is never part of an Alpaca order with legs: no partner.
+    sl_p = client_order_id("run", T0, "AAPL", "sl.p")
+    assert leg_client_order_id(sl_p, Leg.TAKE_PROFIT) is None
+    assert leg_from_client_order_id(sl_p) is Leg.STOP_LOSS
     assert leg_from_client_order_id(tp_r) is Leg.TAKE_PROFIT
     assert leg_from_client_order_id(sl.client_order_id) is Leg.STOP_LOSS
     assert leg_from_client_order_id("manual-order") is Leg.ENTRY

@@ -149,6 +149,37 @@ BAD_VALUES = [
     ("[features.indicators]\nbb_nbdev = nan", "features.indicators.bb_nbdev", "nan", "finite"),
     ("[orders]\ntake_profit_pct = 4.0", "orders.take_profit_pct", "4.0", "0.04 = 4%"),
     ("[orders]\nrebalance_band = 1.5", "orders.rebalance_band", "1.5", "[0, 1)"),
+    # Protective exit modes (issue 10, point 4).
+    (
+        '[orders]\nbrackets = true\nstop_mode = "chandelier"',
+        "orders.stop_mode",
+        "'chandelier'",
+        "pct, atr, trailing",
+    ),
+    (
+        '[orders]\nbrackets = true\ntake_profit_mode = "rr"',
+        "orders.take_profit_mode",
+        "'rr'",
+        "pct, reward_risk, trailing",
+    ),
+    ('[orders]\nstop_mode = "atr"', "orders.stop_mode", "'atr'", "orders.brackets = true"),
+    (
+        '[orders]\ntake_profit_mode = "trailing"',
+        "orders.take_profit_mode",
+        "'trailing'",
+        "orders.brackets = true",
+    ),
+    ("[orders]\natr_multiple = 0.0", "orders.atr_multiple", "0.0", "(0, 20]"),
+    ("[orders]\natr_multiple = -2.0", "orders.atr_multiple", "-2.0", "(0, 20]"),
+    ("[orders]\natr_period = 0", "orders.atr_period", "0", "1..500"),
+    ("[orders]\natr_period = 14.5", "orders.atr_period", "14.5", "int"),
+    ("[orders]\nreward_risk = 0.0", "orders.reward_risk", "0.0", "(0, 100]"),
+    (
+        '[orders]\nbrackets = true\ntake_profit_mode = "reward_risk"\nreward_risk = 60.0',
+        "orders.reward_risk",
+        "60.0",
+        "below 1 / stop_loss_pct = 50",
+    ),
     ("[log]\naudit_backups = -1", "log.audit_backups", "-1", ">= 0"),
     ("[log]\naudit_max_bytes = 10", "log.audit_max_bytes", "10", ">= 1024"),
     ('[run]\nname = "a/b"', "run.name", "'a/b'", "path separators"),
@@ -192,6 +223,11 @@ def test_bad_value_names_key_value_and_rule(tmp_path, toml, key, value, allowed)
         "[costs]\ncommission_pct = 0.0999\nslippage_pct = 0.0",
         "[data]\nmax_symbols = 0",
         '[data]\nrepair = ["all"]',
+        '[orders]\nbrackets = true\nstop_mode = "atr"\natr_period = 1\n'
+        'take_profit_mode = "trailing"',
+        '[orders]\nbrackets = true\nstop_mode = "trailing"\ntake_profit_mode = "reward_risk"',
+        '[orders]\nbrackets = true\nstop_mode = "atr"\ntake_profit_mode = "reward_risk"\n'
+        "reward_risk = 100.0",
     ],
 )
 def test_edge_values_that_are_allowed(tmp_path, toml):

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -8,14 +9,15 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from tradingd.brokers.simulated import SimulatedBroker, SimulatedBrokerConfig
 from tradingd.config import OrdersConfig
-from tradingd.core.orders import bracket_orders, market_order
+from tradingd.core.orders import bracket_orders, market_order, protective_exits
 from tradingd.core.ports import BarContext, PortfolioView
 from tradingd.core.types import CrossSection, Leg, OrderStatus, OrderType, Side
 from tradingd.engine.history import HistoryBuffer
-from tradingd.engine.planner import OrderPlanner
+from tradingd.engine.planner import OrderPlanner, Plan
 from tradingd.engine.portfolio import Portfolio
 
 SYMS = ("A", "B", "C")
@@ -272,8 +274,9 @@ class Desk:
         self.fills = []
         self.seen = []  # every order state the broker reported or acknowledged
 
-    async def bar(self, prices, shares=None, weights=None, volume=1e6):
-        """prices: {symbol: (open, high, low, close)}; targets in shares or in weights."""
+    async def bar(self, prices, shares=None, weights=None, volume=1e6, features=None):
+        """prices: {symbol: (open, high, low, close)}; targets in shares or in weights;
+        features: {name: (N,) values at this bar} (the engine's ctx.features)."""
         n = len(self.symbols)
         self.t += timedelta(days=1)
         arr = {k: np.full(n, np.nan) for k in ("open", "high", "low", "close")}
@@ -307,7 +310,7 @@ class Desk:
             self.pf.mark,
             valid,
             HistoryBuffer(n, 2),
-            {},
+            features or {},
             self.pf.view(),
         )
         plan = self.planner.plan(np.asarray(weights, float), ctx, self.broker.open_orders())
@@ -460,5 +463,362 @@ def test_brackets_never_oversell_and_always_cover_the_position(case, band, parti
             for sym in ("A", "B"):
                 if sym not in busy:  # no rebalance working: every share has its exits
                     assert reserved(working, sym) == pytest.approx(d.pf.quantity_of(sym)), sym
+
+    asyncio.run(run())
+
+
+# ----------------------------------------------------------------------------- exit modes
+# `[orders] stop_mode` / `take_profit_mode` (see the planner's module docstring). Prices are
+# worked out by hand from the decision bar's close (50 for A, 20 for B) and, for "atr", the
+# feature at that bar.
+
+
+def mode(**kw):
+    base = {"brackets": True, "rebalance_band": 0.0, "min_trade_value": 0.0}
+    return OrdersConfig(**{**base, **kw})
+
+
+def ctx_at(close, quantity, *, features=None, avg=None, equity=10_000.0):
+    c = ctx(close, quantity, equity)
+    view = dataclasses.replace(
+        c.portfolio, avg_price=None if avg is None else np.asarray(avg, float)
+    )
+    return dataclasses.replace(c, features=features or {}, portfolio=view)
+
+
+def exits_of(plan, sym):
+    return {o.leg: o for o in plan.orders if o.symbol == sym and o.leg is not Leg.ENTRY}
+
+
+def test_pct_stop_with_reward_risk_take_profit_long_and_short():
+    p = OrderPlanner(
+        mode(stop_loss_pct=0.03, take_profit_mode="reward_risk", reward_risk=2.5), "r", SYMS
+    )
+    # A long 40 at 50: stop 3% below = 48.5; take-profit 2.5 x 1.5 above = 53.75.
+    # B short 100 at 20: stop 3% above = 20.6; take-profit 2.5 x 0.6 below = 18.5.
+    plan = p.plan(np.array([0.2, -0.2, 0.0]), ctx_at([50.0, 20.0, 10.0], [0, 0, 0]), [])
+    a, b = exits_of(plan, "A"), exits_of(plan, "B")
+    assert (a[Leg.STOP_LOSS].stop_price, a[Leg.TAKE_PROFIT].limit_price) == (48.5, 53.75)
+    assert (b[Leg.STOP_LOSS].stop_price, b[Leg.TAKE_PROFIT].limit_price) == (20.6, 18.5)
+    assert b[Leg.STOP_LOSS].side is Side.BUY and b[Leg.STOP_LOSS].quantity == 100.0
+    assert all(o.type is OrderType.STOP for o in (a[Leg.STOP_LOSS], b[Leg.STOP_LOSS]))
+
+
+def test_atr_stop_uses_the_feature_at_the_decision_bar():
+    atr = {"atr_14": np.array([1.3, 0.45, 0.0])}
+    p = OrderPlanner(mode(stop_mode="atr", atr_multiple=2.0), "r", SYMS)
+    assert p.required_features() == ("atr_14",)
+    plan = p.plan(
+        np.array([0.2, -0.2, 0.0]), ctx_at([50.0, 20.0, 10.0], [0, 0, 0], features=atr), []
+    )
+    a, b = exits_of(plan, "A"), exits_of(plan, "B")
+    # A: 50 - 2 x 1.3 = 47.4; the take-profit stays 4% (take_profit_mode "pct") = 52.
+    assert (a[Leg.STOP_LOSS].stop_price, a[Leg.TAKE_PROFIT].limit_price) == (47.4, 52.0)
+    # B short: 20 + 2 x 0.45 = 20.9; take-profit 4% below = 19.2.
+    assert (b[Leg.STOP_LOSS].stop_price, b[Leg.TAKE_PROFIT].limit_price) == (20.9, 19.2)
+    # The same close with another ATR gives another stop: the value is read at the bar.
+    wider = {"atr_14": np.array([2.0, 0.45, 0.0])}
+    plan = p.plan(
+        np.array([0.2, 0.0, 0.0]), ctx_at([50.0, 20.0, 10.0], [0, 0, 0], features=wider), []
+    )
+    assert exits_of(plan, "A")[Leg.STOP_LOSS].stop_price == 46.0
+
+
+def test_atr_stop_with_reward_risk_and_another_period():
+    p = OrderPlanner(
+        mode(
+            stop_mode="atr",
+            atr_multiple=1.5,
+            atr_period=10,
+            take_profit_mode="reward_risk",
+            reward_risk=2.0,
+        ),
+        "r",
+        SYMS,
+    )
+    assert p.required_features() == ("atr_10",)
+    feats = {"atr_10": np.array([1.2, 0.0, 0.0])}
+    plan = p.plan(
+        np.array([0.2, 0.0, 0.0]), ctx_at([50.0, 20.0, 10.0], [0, 0, 0], features=feats), []
+    )
+    a = exits_of(plan, "A")
+    # d = 1.5 x 1.2 = 1.8: stop 48.2, take-profit 50 + 2 x 1.8 = 53.6.
+    assert (a[Leg.STOP_LOSS].stop_price, a[Leg.TAKE_PROFIT].limit_price) == (48.2, 53.6)
+
+
+def test_no_atr_for_a_symbol_opens_nothing_there_and_says_so():
+    p = OrderPlanner(mode(stop_mode="atr"), "r", SYMS)
+    feats = {"atr_14": np.array([0.0, 0.5, 0.0])}  # the engine's 0.0 for "not ready"
+    with capture_logs() as logs:
+        plan = p.plan(
+            np.array([0.2, 0.2, 0.0]), ctx_at([50.0, 20.0, 10.0], [0, 0, 0], features=feats), []
+        )
+    assert {o.symbol for o in plan.orders} == {"B"}
+    assert [e["symbol"] for e in logs if e["event"] == "planner.entry_not_protected"] == ["A"]
+    # Without the feature at all the planner cannot work: a clear error, not a silent stop.
+    with pytest.raises(ValueError, match="atr_14"):
+        p.plan(np.array([0.2, 0.0, 0.0]), ctx_at([50.0, 20.0, 10.0], [0, 0, 0]), [])
+
+
+def test_required_features_only_for_an_atr_stop_and_known_to_the_catalog():
+    from tradingd.features.catalog import Catalog
+
+    assert OrderPlanner(OrdersConfig(), "r", SYMS).required_features() == ()
+    assert OrderPlanner(mode(stop_mode="trailing"), "r", SYMS).required_features() == ()
+    assert OrderPlanner(mode(stop_mode="atr", atr_period=21), "r", SYMS).required_features() == (
+        "atr_21",
+    )
+    Catalog().node("atr_21")  # a name the engine's feature catalog computes
+
+
+@pytest.mark.parametrize("tp_mode", ["trailing", "pct", "reward_risk"])
+def test_trailing_stop_entry_goes_alone_and_the_filled_shares_get_a_standalone_trailing_stop(
+    tp_mode,
+):
+    p = OrderPlanner(
+        mode(stop_mode="trailing", stop_loss_pct=0.05, take_profit_mode=tp_mode), "r", SYMS
+    )
+    plan = p.plan(np.array([0.2, 0.0, 0.0]), ctx_at([50.0, 20.0, 10.0], [0, 0, 0]), [])
+    # No legs at all: Alpaca takes no trailing stop as a bracket leg.
+    assert [(o.leg, o.type, o.parent_id) for o in plan.orders] == [
+        (Leg.ENTRY, OrderType.MARKET, None)
+    ]
+    entry = plan.orders[0]
+    # While the entry works nothing else is planned for A.
+    assert (
+        p.plan(np.array([0.2, 0.0, 0.0]), ctx_at([50.0, 20.0, 10.0], [0, 0, 0]), [entry]).orders
+        == []
+    )
+    # Filled at 50.5 on average: the 40 shares get their exits.
+    state = ctx_at([50.0, 20.0, 10.0], [40, 0, 0], avg=[50.5, 0, 0])
+    plan = p.plan(np.array([0.2, 0.0, 0.0]), state, [])
+    ex = exits_of(plan, "A")
+    stop = ex[Leg.STOP_LOSS]
+    assert (stop.type, stop.side, stop.quantity, stop.trail_pct) == (
+        OrderType.TRAILING_STOP,
+        Side.SELL,
+        40.0,
+        0.05,
+    )
+    assert stop.parent_id is None and stop.status is OrderStatus.NEW
+    assert stop.client_order_id == f"r|{T:%Y%m%dT%H%M%S}|A|sl.p|1"
+    if tp_mode == "trailing":
+        assert set(ex) == {Leg.STOP_LOSS} and stop.oco_group is None
+    else:
+        take = ex[Leg.TAKE_PROFIT]
+        # From the average entry 50.5: 4% -> 52.52; 2:1 on the 5% trail -> 10% -> 55.55.
+        assert take.limit_price == {"pct": 52.52, "reward_risk": 55.55}[tp_mode]
+        assert (take.type, take.side, take.quantity) == (OrderType.LIMIT, Side.SELL, 40.0)
+        assert take.oco_group == stop.oco_group == take.client_order_id
+    assert [o.leg for o in plan.orders if o.symbol == "A"].count(Leg.ENTRY) == 0
+    # Deterministic ids, and once protected nothing more is placed.
+    assert [o.client_order_id for o in p.plan(np.array([0.2, 0.0, 0.0]), state, []).orders] == [
+        o.client_order_id for o in plan.orders
+    ]
+    for o in plan.orders:
+        o.status = OrderStatus.NEW
+    assert p.plan(np.array([0.2, 0.0, 0.0]), state, plan.orders) == Plan([], [])
+
+
+def test_trailing_take_profit_turns_pct_and_atr_stops_into_trailing_stops():
+    pct = OrderPlanner(mode(stop_loss_pct=0.03, take_profit_mode="trailing"), "r", SYMS)
+    plan = pct.plan(np.array([0.2, 0.0, 0.0]), ctx_at([50.0, 20.0, 10.0], [40, 0, 0]), [])
+    [stop] = plan.orders
+    assert (stop.type, stop.trail_pct, stop.quantity) == (OrderType.TRAILING_STOP, 0.03, 40.0)
+    atr = OrderPlanner(
+        mode(stop_mode="atr", atr_multiple=2.0, take_profit_mode="trailing"), "r", SYMS
+    )
+    feats = {"atr_14": np.array([1.3, 0.0, 0.0])}
+    # 40 held at 52 is 20.8% of equity: the target, so only the exits are planned.
+    plan = atr.plan(
+        np.array([0.208, 0.0, 0.0]), ctx_at([52.0, 20.0, 10.0], [40, 0, 0], features=feats), []
+    )
+    [stop] = plan.orders
+    # 2 x 1.3 / 52 = 5% of the close of the bar that places it.
+    assert (stop.type, stop.trail_pct) == (OrderType.TRAILING_STOP, 0.05)
+
+
+def test_short_with_a_trailing_stop_is_protected_by_a_buy():
+    p = OrderPlanner(mode(stop_mode="trailing", take_profit_mode="pct"), "r", SYMS)
+    plan = p.plan(
+        np.array([0.0, -0.2, 0.0]), ctx_at([50.0, 20.0, 10.0], [0, -100, 0], avg=[0, 20.0, 0]), []
+    )
+    ex = exits_of(plan, "B")
+    assert ex[Leg.STOP_LOSS].side is Side.BUY and ex[Leg.STOP_LOSS].trail_pct == 0.02
+    assert ex[Leg.TAKE_PROFIT].limit_price == 19.2  # 4% below the 20 entry
+
+
+def test_trailing_mode_increase_protects_the_bare_shares_and_buys_more_alone():
+    p = OrderPlanner(mode(stop_mode="trailing", take_profit_mode="trailing"), "r", SYMS)
+    old = protective_exits("r", T - timedelta(days=5), "A", 100, trail_pct=0.02)
+    for o in old:
+        o.status = OrderStatus.NEW
+    # 150 held (50 bought since the old stop), target 200 at 50.
+    plan = p.plan(np.array([1.0, 0.0, 0.0]), ctx_at([50.0, 20.0, 10.0], [150, 0, 0]), old)
+    assert plan.cancel == []  # the old stop keeps trailing from its own high
+    assert sorted((o.leg, o.type, o.quantity) for o in plan.orders) == [
+        (Leg.ENTRY, OrderType.MARKET, 50.0),
+        (Leg.STOP_LOSS, OrderType.TRAILING_STOP, 50.0),
+    ]
+
+
+def test_trailing_mode_cut_replaces_the_trailing_stop_for_the_rest():
+    p = OrderPlanner(mode(stop_mode="trailing", stop_loss_pct=0.04), "r", SYMS)
+    old = protective_exits("r", T - timedelta(days=5), "A", 100, trail_pct=0.04)
+    for o in old:
+        o.status = OrderStatus.NEW
+    plan = p.plan(np.array([0.3, 0.0, 0.0]), ctx_at([50.0, 20.0, 10.0], [100, 0, 0]), old)
+    assert plan.cancel == [old[0].client_order_id]
+    stop, cut = plan.orders
+    assert (stop.type, stop.trail_pct, stop.quantity, stop.leg) == (
+        OrderType.TRAILING_STOP,
+        0.04,
+        60.0,
+        Leg.STOP_LOSS,
+    )
+    assert stop.client_order_id.endswith("|A|sl.r|1")
+    assert (cut.leg, cut.side, cut.quantity) == (Leg.ENTRY, Side.SELL, 40.0)
+    # A full exit cancels it and sells everything, nothing re-placed.
+    plan = p.plan(np.zeros(3), ctx_at([50.0, 20.0, 10.0], [100, 0, 0]), old)
+    assert plan.cancel == [old[0].client_order_id]
+    assert [(o.leg, o.quantity) for o in plan.orders] == [(Leg.ENTRY, 100.0)]
+
+
+def test_pct_pct_prices_are_todays_exactly():
+    # The defaults, spelled out: the same prices as before the modes existed.
+    p = OrderPlanner(mode(stop_mode="pct", take_profit_mode="pct"), "r", SYMS)
+    closes = [33.37, 101.11, 7.77]
+    plan = p.plan(np.array([0.2, 0.2, 0.2]), ctx_at(closes, [0, 0, 0], equity=100_000.0), [])
+    for sym, c in zip(SYMS, closes, strict=True):
+        ex = exits_of(plan, sym)
+        assert ex[Leg.TAKE_PROFIT].limit_price == round(c * (1 + 0.04), 2)
+        assert ex[Leg.STOP_LOSS].stop_price == round(c * (1 - 0.02), 2)
+
+
+# ------------------------------------------------------ exit modes with the simulated broker
+# Each kind of exit fires between bars exactly as the simulated broker defines it: a stop the
+# open gaps through fills at the open, one touched inside the bar at the stop (both with
+# slippage); a take-profit limit at its limit; a trailing stop sits stop_loss_pct below the
+# highest high of the bars before (from the open of its first bar) and follows the high.
+
+SLIP = SimulatedBrokerConfig().slippage_pct
+NO_SLIP = SimulatedBrokerConfig(slippage_pct=0.0, max_volume_participation=0.0, order_ttl_bars=0)
+ATR = {"atr_14": np.array([2.5, 1.0, 1.0])}
+
+
+async def test_atr_bracket_stop_gapped_through_fills_at_the_open():
+    d = Desk(mode(stop_mode="atr", atr_multiple=2.0, take_profit_mode="reward_risk"))
+    plan, _ = await d.bar({"A": flat(100.0)}, {"A": 100}, features=ATR)
+    ex = exits_of(plan, "A")
+    # 100 - 2 x 2.5 = 95; 100 + 2 x 5 = 110.
+    assert (ex[Leg.STOP_LOSS].stop_price, ex[Leg.TAKE_PROFIT].limit_price) == (95.0, 110.0)
+    await d.bar({"A": flat(100.0)}, {"A": 100}, features=ATR)  # entry fills
+    assert d.protected("A") == 100
+    await d.bar({"A": (96.0, 97.0, 95.5, 96.0)}, {"A": 100}, features=ATR)  # above 95: nothing
+    assert d.pf.quantity_of("A") == 100
+    await d.bar({"A": gap(92.0, 90.0)}, {}, features=ATR)  # opens through the stop
+    assert d.fills_of("A")[-1] == ("sl", Side.SELL, 100.0)
+    assert d.fills[-1].price == pytest.approx(92.0 * (1 - SLIP))
+    assert d.pf.quantity_of("A") == 0 and d.broker.open_orders() == []
+
+
+async def test_reward_risk_take_profit_fills_at_its_limit_inside_the_bar():
+    d = Desk(mode(stop_loss_pct=0.05, take_profit_mode="reward_risk", reward_risk=2.0), NO_SLIP)
+    await d.bar({"A": flat(100.0)}, {"A": 100})  # stop 95, take-profit 100 x (1 + 2 x 5%)
+    await d.bar({"A": flat(100.0)}, {"A": 100})
+    await d.bar({"A": (101.0, 111.0, 100.0, 109.0)}, {})
+    assert d.fills_of("A")[-1] == ("tp", Side.SELL, 100.0)
+    assert d.fills[-1].price == 110.0
+    assert d.broker.open_orders() == []  # the stop went with it (one cancels the other)
+
+
+async def test_trailing_stop_follows_the_high_and_fires_where_it_trails():
+    d = Desk(mode(stop_mode="trailing", take_profit_mode="trailing", stop_loss_pct=0.05))
+    plan, _ = await d.bar({"A": flat(100.0)}, {"A": 100})
+    assert [o.leg for o in plan.orders] == [Leg.ENTRY]
+    plan, _ = await d.bar({"A": flat(100.0)}, {"A": 100})  # filled: now the trailing stop
+    [stop] = plan.orders
+    assert (stop.type, stop.trail_pct, stop.quantity) == (OrderType.TRAILING_STOP, 0.05, 100)
+    assert d.protected("A") == 100
+    # From the open of its first bar (100: stop 95) it follows the high: 110, then 112.
+    await d.bar({"A": (100.0, 110.0, 99.0, 108.0)}, {"A": 100})
+    await d.bar({"A": (108.0, 112.0, 107.0, 111.0)}, {"A": 100})  # stop 104.5: not reached
+    assert d.pf.quantity_of("A") == 100
+    [working] = d.broker.open_orders()
+    assert working.trail_anchor == 112.0
+    await d.bar({"A": (110.0, 110.0, 106.0, 107.0)}, {})  # 112 x 0.95 = 106.4
+    assert d.fills_of("A") == [("entry", Side.BUY, 100.0), ("sl.p", Side.SELL, 100.0)]
+    assert d.fills[-1].price == pytest.approx(106.4 * (1 - SLIP))
+    assert d.pf.quantity_of("A") == 0
+
+
+async def test_trailing_stop_gapped_through_fills_at_the_open():
+    d = Desk(mode(stop_mode="trailing", take_profit_mode="trailing", stop_loss_pct=0.05))
+    await d.bar({"A": flat(100.0)}, {"A": 100})
+    await d.bar({"A": flat(100.0)}, {"A": 100})
+    await d.bar({"A": (100.0, 110.0, 99.0, 108.0)}, {"A": 100})  # trails at 104.5 now
+    await d.bar({"A": gap(101.0, 99.0)}, {})
+    assert d.fills_of("A")[-1] == ("sl.p", Side.SELL, 100.0)
+    assert d.fills[-1].price == pytest.approx(101.0 * (1 - SLIP))
+
+
+async def test_take_profit_beside_a_trailing_stop_fills_and_cancels_the_stop():
+    d = Desk(mode(stop_mode="trailing", stop_loss_pct=0.05, take_profit_pct=0.1), NO_SLIP)
+    await d.bar({"A": flat(100.0)}, {"A": 100})
+    plan, _ = await d.bar({"A": flat(100.0)}, {"A": 100})  # filled at 100 exactly
+    ex = exits_of(plan, "A")
+    assert ex[Leg.TAKE_PROFIT].limit_price == 110.0  # 10% above the average entry
+    assert d.protected("A") == 100  # one OCO group: the shares are promised once
+    # The trailing stop (101 x 0.95 at first) is not reached; the high passes 110.
+    await d.bar({"A": (101.0, 111.0, 100.0, 109.0)}, {})
+    assert d.fills_of("A")[-1] == ("tp.p", Side.SELL, 100.0)
+    assert d.fills[-1].price == 110.0
+    assert d.broker.open_orders() == []
+    [stop] = [o for o in d.seen if o.client_order_id == ex[Leg.STOP_LOSS].client_order_id][-1:]
+    assert stop.status is OrderStatus.CANCELLED and "OCO" in stop.reason
+
+
+async def test_trailing_stop_beside_a_take_profit_fires_first_on_the_way_down():
+    d = Desk(mode(stop_mode="trailing", stop_loss_pct=0.05, take_profit_pct=0.1), NO_SLIP)
+    await d.bar({"A": flat(100.0)}, {"A": 100})
+    await d.bar({"A": flat(100.0)}, {"A": 100})
+    await d.bar({"A": (100.0, 106.0, 100.0, 105.0)}, {"A": 100})  # trails 5% below 106
+    await d.bar({"A": (104.0, 104.0, 100.0, 101.0)}, {})
+    assert d.fills_of("A")[-1] == ("sl.p", Side.SELL, 100.0)
+    assert d.fills[-1].price == pytest.approx(106.0 * 0.95)
+    assert d.broker.open_orders() == []
+
+
+EXIT_MODES = [
+    {"stop_mode": "atr", "take_profit_mode": "pct"},
+    {"stop_mode": "atr", "take_profit_mode": "reward_risk"},
+    {"stop_mode": "pct", "take_profit_mode": "reward_risk"},
+    {"stop_mode": "trailing", "take_profit_mode": "trailing"},
+    {"stop_mode": "trailing", "take_profit_mode": "pct"},
+    {"stop_mode": "atr", "take_profit_mode": "trailing"},
+]
+
+
+@pytest.mark.parametrize(
+    "modes", EXIT_MODES, ids=lambda m: f"{m['stop_mode']}-{m['take_profit_mode']}"
+)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(paths(), st.sampled_from([0.0, 0.05]), st.sampled_from([0.0, 0.001]))
+def test_every_exit_mode_never_oversells_and_covers_the_position(modes, case, band, participation):
+    bars, targets = case
+    orders = mode(stop_loss_pct=0.04, take_profit_pct=0.06, rebalance_band=band, **modes)
+    broker = SimulatedBrokerConfig(max_volume_participation=participation, order_ttl_bars=0)
+    feats = {"atr_14": np.array([3.0, 1.2, 1.0])}
+
+    async def run():
+        d = Desk(orders, broker)
+        for row, w in zip(bars, targets, strict=True):
+            await d.bar(row, weights=w, volume=200_000.0, features=feats)
+            working = d.broker.open_orders()
+            busy = {o.symbol for o in working if o.leg is Leg.ENTRY}
+            for sym in ("A", "B"):
+                if sym not in busy:  # after each decision every share held has its exits
+                    assert reserved(working, sym) == pytest.approx(d.pf.quantity_of(sym)), sym
+            assert not any(o.parent_id and o.type is OrderType.TRAILING_STOP for o in d.seen)
 
     asyncio.run(run())
