@@ -232,7 +232,7 @@ class OrderPlanner:
                 tp = p * (1 + t) if long else p * (1 - t)
             else:
                 tp = p + cfg.reward_risk * dist if long else p - cfg.reward_risk * dist
-        tp, sl = _tick(tp), _tick(sl)
+        tp, sl = round_price(tp), round_price(sl)
         if not (tp > 0 and sl > 0 and (tp > sl if long else tp < sl)):
             return self._unprotected(
                 sym, f"exits priced at take-profit {tp:g} and stop {sl:g} from {p:g}"
@@ -264,7 +264,7 @@ class OrderPlanner:
             # reward_risk: the trailing stop starts stop_loss_pct from entry.
             pct = cfg.take_profit_mode == "pct"
             t = cfg.take_profit_pct if pct else cfg.reward_risk * cfg.stop_loss_pct
-            tp = _tick(entry * (1 + t) if held > 0 else entry * (1 - t))
+            tp = round_price(entry * (1 + t) if held > 0 else entry * (1 - t))
             if not tp > 0:
                 return self._unprotected(sym, f"take-profit at {tp:g} from {entry:g}", held)
         return protective_exits(
@@ -343,6 +343,6 @@ class OrderPlanner:
         return replacements, cancel, min(sum(sizes), kept)
 
 
-def _tick(price: float) -> float:
+def round_price(price: float) -> float:
     """US equities above $1 trade in whole cents; sub-penny prices are rejected by brokers."""
     return round(price, 2) if price >= 1 else round(price, 4) if math.isfinite(price) else price

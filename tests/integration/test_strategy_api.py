@@ -1,0 +1,483 @@
+"""The specification's Strategy and Backtesting APIs (tradingd.strategy_api) are facades: the
+same numbers as the plugins, the planner and `tradingd backtest` they front."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+from plugin_context import bar_context, make_context
+
+from tradingd.app import load_data, run_id_for
+from tradingd.backtest import run_backtest
+from tradingd.brokers.simulated import SimulatedBroker
+from tradingd.config import Config, build, load_config
+from tradingd.core.errors import DataError
+from tradingd.core.orders import bracket_orders
+from tradingd.core.types import Leg
+from tradingd.engine.engine import Engine
+from tradingd.engine.planner import OrderPlanner
+from tradingd.feeds.loaders import load_frame
+from tradingd.inference import onnx
+from tradingd.strategy_api import (
+    BacktestEngine,
+    EnsemblePredictor,
+    PositionSizer,
+    RiskManager,
+    SignalGenerator,
+    panel_from_frames,
+)
+from tradingd_plugins.risk.limits import (
+    MaxOpenPositions,
+    MaxOpenPositionsConfig,
+    MaxPosition,
+    MaxPositionConfig,
+)
+from tradingd_plugins.signals.ml_ensemble import default_model_dir
+from tradingd_plugins.signals.multi_factor import MultiFactor, MultiFactorConfig
+from tradingd_plugins.sizing.garch import garch_volatility, log_returns
+from tradingd_plugins.sizing.kelly_garch import kelly_fraction, target_weights
+
+ROOT = Path(__file__).resolve().parents[2]
+START, END = "2017-01-01", "2017-12-31"  # a year of trading after 18 years of warm-up
+SPEC_SIGNALS = ["ml_ensemble", "multi_factor"]
+
+
+def bundled_frames() -> dict[str, pd.DataFrame]:
+    """The default data source, as a notebook user gets it: one OHLCV frame per symbol."""
+    frame = load_frame("bundled")
+    return {s: g.drop(columns="symbol").set_index("time") for s, g in frame.groupby("symbol")}
+
+
+@pytest.fixture
+def in_tmp(tmp_path, monkeypatch):
+    # The ML plugin finds var/models/current and keeps its prediction cache under the cwd.
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def spec_objects():
+    return SignalGenerator(), PositionSizer(), RiskManager(), EnsemblePredictor()
+
+
+# ----------------------------------------------------------------------------- (1) backtest
+
+
+def equivalent_config(tmp_path: Path) -> Config:
+    """What a `tradingd backtest` user writes for the specification's strategy: the default
+    config plus an overlay (strategy sections only where the defaults are something else)."""
+    base = Config()
+    overlay = f"""
+[run]
+start = "{START}"
+end = "{END}"
+[costs]
+commission_pct = 0.001
+slippage_pct = 0.0005
+[storage]
+url = "sqlite:///:memory:"
+[log]
+audit_dir = "{tmp_path / "audit"}"
+"""
+    if [s.name for s in base.signals] != SPEC_SIGNALS:
+        overlay += """
+[[signals]]
+name = "ml_ensemble"
+weight = 0.6
+[[signals]]
+name = "multi_factor"
+weight = 0.4
+"""
+    if base.sizing.name != "kelly_garch":
+        overlay += '[sizing]\nname = "kelly_garch"\nparams = {}\n'
+    path = tmp_path / "overlay.toml"
+    path.write_text(overlay)
+    return load_config([ROOT / "config" / "default.toml", path], env={})
+
+
+async def test_run_backtest_equals_tradingd_backtest_on_the_bundled_data(in_tmp):
+    config = equivalent_config(in_tmp)
+    engine = BacktestEngine(initial_capital=100000.0, commission=0.001, slippage=0.0005)
+    objects = spec_objects()
+
+    # The facade's configuration is the one a CLI user writes (the audit folder aside).
+    built = engine.config_for(*objects, start=START, end=END)
+    public = {k: v for k, v in built.to_public_dict().items() if k != "log"}
+    assert public == {k: v for k, v in config.to_public_dict().items() if k != "log"}
+    assert run_id_for(built, "backtest") == run_id_for(config, "backtest")
+
+    # Called from inside a running event loop, as in a notebook: the run goes to a thread.
+    out = engine.run_backtest(bundled_frames(), *objects, start=START, end=END)
+    ref = await run_backtest(config, output_dir=in_tmp / "ref")  # what `tradingd backtest` runs
+
+    assert out["run_id"] == ref.run_id
+    assert out["metrics"]["models"][0]["plugin"] == "ml_ensemble"
+    assert len(out["fills"]) > 10  # the strategy trades
+    assert out["final_equity"] == pytest.approx(ref.result.equity[-1], rel=1e-12)
+    curve = out["equity_curve"]
+    assert list(curve.index) == list(pd.DatetimeIndex(ref.result.times))
+    np.testing.assert_allclose(curve.to_numpy(), ref.result.equity, rtol=1e-12)
+    pd.testing.assert_frame_equal(out["fills"], pd.DataFrame(ref.fills), rtol=1e-12)
+    pd.testing.assert_frame_equal(out["orders"], pd.DataFrame(ref.orders), rtol=1e-12)
+    assert out["trades"] is out["fills"]
+    assert set(out["metrics"]) == set(ref.summary)
+    for key, value in ref.summary.items():
+        got = out["metrics"][key]
+        if isinstance(value, float):
+            assert got == pytest.approx(value, rel=1e-9, nan_ok=True), key
+        else:
+            assert got == value, key
+    assert out["output_dir"] is None  # nothing written without an output folder
+
+
+def test_frames_make_the_panel_the_loaders_make(in_tmp):
+    config = equivalent_config(in_tmp)
+    ours = panel_from_frames(bundled_frames(), config, end=END)
+    theirs = load_data(config)
+    assert ours.symbols == theirs.symbols == ("NASDAQ", "SP500")
+    np.testing.assert_array_equal(ours.times, theirs.times)
+    for field in ("open", "high", "low", "close", "volume", "split", "dividend"):
+        np.testing.assert_array_equal(getattr(ours, field), getattr(theirs, field))
+    # A yfinance-style frame (capitalised columns, an unnamed DatetimeIndex) is accepted too.
+    raw = bundled_frames()["SP500"][["open", "high", "low", "close", "volume"]]
+    raw = raw.rename(columns=str.capitalize).rename_axis(None)
+    alt = panel_from_frames({"SP500": raw}, config, end=END)
+    np.testing.assert_array_equal(alt.close[:, 0], theirs.close[:, 1])
+
+
+def test_facade_objects_follow_the_built_in_defaults():
+    base = Config()
+    sg, ps, rm, _ = spec_objects()
+    # The specification's limits are the defaults' (a drift in either is caught here).
+    assert rm.plugin_specs(base.risk)[: len(base.risk)] == base.risk
+    assert rm.orders == base.orders
+    assert ps.config.kelly_multiplier == 0.5 and ps.config.target_vol == 0.15
+    if base.sizing.name == "kelly_garch":
+        assert ps.plugin_spec(base.sizing) == base.sizing
+    if [s.name for s in base.signals] != SPEC_SIGNALS:
+        pytest.skip(f"default signals are {[s.name for s in base.signals]}, not {SPEC_SIGNALS}")
+    assert sg.plugin_specs(base.signals) == base.signals
+    built = BacktestEngine().config_for(*spec_objects())
+    assert (built.signals, built.sizing, built.risk, built.orders) == (
+        base.signals,
+        base.sizing,
+        base.risk,
+        base.orders,
+    )
+
+
+def test_config_for_maps_every_facade_parameter():
+    sg = SignalGenerator(
+        0.6,
+        ml_weight=0.7,
+        factor_weight=0.3,
+        factor_weights={"rsi": 0.5, "atr": 0.25, "bollinger_reversion": 0.25},
+    )
+    ps = PositionSizer(kelly_fraction=0.25, target_volatility=0.10, refit_bars=5)
+    rm = RiskManager(0.04, 0.15, 0.03, 0.06, max_open_positions=8, brackets=True)
+    config = BacktestEngine(50_000.0, 0.002, 0.001).config_for(sg, ps, rm, start=START, end=END)
+    assert (config.run.initial_capital, config.run.start, config.run.end) == (50_000.0, START, END)
+    assert (config.costs.commission_pct, config.costs.slippage_pct) == (0.002, 0.001)
+    ml, mf = config.signals
+    assert (ml.name, ml.weight, ml.params["threshold"]) == ("ml_ensemble", 0.7, 0.6)
+    assert (mf.name, mf.weight) == ("multi_factor", 0.3)
+    effective = build(MultiFactorConfig, mf.params, "params").effective_weights()
+    assert effective == pytest.approx({"rsi": 0.5, "atr": 0.25, "bollinger_reversion": 0.25})
+    assert config.sizing.name == "kelly_garch"
+    assert {
+        k: config.sizing.params[k] for k in ("kelly_multiplier", "target_vol", "refit_bars")
+    } == {
+        "kelly_multiplier": 0.25,
+        "target_vol": 0.10,
+        "refit_bars": 5,
+    }
+    risk = {s.name: dict(s.params) for s in config.risk}
+    assert risk["max_position"]["max_position_pct"] == 0.04
+    assert risk["max_open_positions"]["max_open_positions"] == 8
+    assert risk["drawdown_guard"]["max_drawdown_pct"] == 0.15
+    o = config.orders
+    assert (o.stop_loss_pct, o.take_profit_pct, o.brackets) == (0.03, 0.06, True)
+    assert config.storage.url == "sqlite:///:memory:"
+    # None keeps the default configuration's part as it is.
+    plain = BacktestEngine().config_for()
+    assert (plain.signals, plain.sizing, plain.risk) == (
+        Config().signals,
+        Config().sizing,
+        Config().risk,
+    )
+
+
+# ----------------------------------------------------------------------------- (2) signals
+
+
+def test_generate_ml_signal_is_the_ensemble_rule():
+    sg = SignalGenerator()
+    assert sg.generate_ml_signal(0.01, 0.60) == (1, 0.60)
+    assert sg.generate_ml_signal(-0.01, 0.55) == (-1, 0.55)  # at the threshold: a signal
+    assert sg.generate_ml_signal(0.01, 0.549) == (0, 0.549)
+    assert sg.generate_ml_signal(0.0, 0.90) == (0, 0.90)
+    # Against the predictor the ml_ensemble plugin uses.
+    ep = EnsemblePredictor()
+    pred = np.array([-0.02, -0.004, -0.001, 0.0, 0.0012, 0.003, 0.015])
+    signal, conf = ep.generate_signal(pred, 0.55)
+    for p, s, c in zip(pred, signal, conf, strict=True):
+        assert sg.generate_ml_signal(p, c) == (int(s), c)
+
+
+def test_multi_factor_score_is_the_weighted_sum_and_the_plugin_score():
+    sg = SignalGenerator()
+    # The specification's sum, by hand.
+    assert sg.generate_multi_factor_score(
+        pd.Series({"rsi": 0.5, "atr": -1.0, "x": 9.0}), {"rsi": 0.4, "atr": 0.1}
+    ) == pytest.approx(0.1)
+    # With the plugin's normalised factors and default weights: the plugin's sum before tanh.
+    rng = np.random.default_rng(3)
+    symbols = [f"S{i}" for i in range(7)]
+    plugin = MultiFactor(MultiFactorConfig(), tuple(symbols))
+    cols = plugin.required_features()
+    feats = pd.DataFrame(rng.normal(0.0, 1.0, (7, len(cols))), index=symbols, columns=cols)
+    z = sg.factor_scores(feats)
+    raw = np.array([sg.generate_multi_factor_score(z.loc[s]) for s in symbols])
+    expected = plugin.score(bar_context(symbols, {c: feats[c].to_numpy() for c in cols}))
+    np.testing.assert_allclose(np.tanh(raw / MultiFactorConfig().scale), expected, rtol=1e-12)
+    np.testing.assert_allclose(sg.multi_factor_scores(feats).to_numpy(), expected, rtol=1e-12)
+
+
+def test_combine_signals_is_the_engines_weighted_mean():
+    sg = SignalGenerator()  # 0.6 / 0.4
+    action, score = sg.combine_signals(1, 0.7, 0.5)
+    assert (action, score) == (1, pytest.approx(0.6 * 0.7 + 0.4 * 0.5))
+    assert sg.combine_signals(0, 0.5, -0.3) == (-1, pytest.approx(-0.12))
+    assert sg.combine_signals(-1, 0.8, 0.0) == (-1, pytest.approx(-0.48))
+    assert sg.combine_signals(None, None, 0.25) == (1, 0.25)  # no ML view: the factor alone
+    assert sg.combine_signals(0, 0.6, 0.0) == (0, 0.0)  # hold
+    # Against Engine._score with ml_ensemble (signal x confidence) and multi_factor plugins.
+    ep = EnsemblePredictor()
+    pred = np.array([0.012, -0.006, 0.0005, np.nan, -0.02, 0.004])
+    factor = np.array([-0.3, 0.2, 0.9, 0.4, np.nan, -0.05])
+    signal, conf = ep.generate_signal(np.nan_to_num(pred), 0.55)
+    ml_scores = np.where(np.isnan(pred), np.nan, signal * conf)
+    for weights in ((0.6, 0.4), (2.0, 1.0)):
+        sg = SignalGenerator(ml_weight=weights[0], factor_weight=weights[1])
+        plugins = [
+            (SimpleNamespace(name="ml_ensemble", score=lambda ctx: ml_scores), weights[0]),
+            (SimpleNamespace(name="multi_factor", score=lambda ctx: factor), weights[1]),
+        ]
+        fake = SimpleNamespace(
+            symbols=tuple("ABCDEF"),
+            pipeline=SimpleNamespace(signals=plugins),
+            _call=Engine._call,
+        )
+        engine_score = Engine._score(fake, SimpleNamespace(time=None))
+        for i in range(6):
+            no_view = np.isnan(pred[i])
+            ml = (None, None) if no_view else sg.generate_ml_signal(pred[i], conf[i])
+            action, score = sg.combine_signals(*ml, factor[i])
+            assert score == engine_score[i] or (math.isnan(score) and np.isnan(engine_score[i]))
+            assert action == int(np.sign(np.nan_to_num(engine_score[i])))
+
+
+def test_ensemble_predictor_is_the_engines():
+    ep = EnsemblePredictor()
+    card = onnx.ModelCard.load(default_model_dir()).data["ensemble"]
+    assert isinstance(ep, onnx.EnsemblePredictor)
+    assert ep.weights == card["weights"] and ep.residual_std == card["residual_std"]
+    combined = ep.combine_predictions(
+        {"cnn_lstm": np.array([0.01]), "random_forest": np.array([0.02])}
+    )
+    np.testing.assert_allclose(combined, [0.6 * 0.01 + 0.4 * 0.02])
+    signal, conf = ep.generate_signal(combined, 0.55)
+    assert signal[0] == 1.0 and conf[0] == pytest.approx(
+        0.5 * (1 + math.erf(0.014 / card["residual_std"] / math.sqrt(2)))
+    )
+
+
+# ----------------------------------------------------------------------------- (2) sizing
+
+
+def test_position_sizer_is_the_kelly_garch_rule():
+    ps = PositionSizer()
+    assert ps.calculate_kelly_criterion(0.55, 1.5) == pytest.approx(0.25)
+    assert ps.calculate_kelly_criterion(0.55, 1.5) == kelly_fraction(0.55, 1.5)
+    assert ps.calculate_kelly_criterion(0.4, 1.0) == pytest.approx(-0.2)  # no edge: unclamped
+    # Prior Kelly 0.25 x half Kelly x confidence 0.6 x (15% / 25%) = 4.5% of 100,000.
+    shares, capital = ps.get_position_size(0.6, 0.25, 100_000.0, 50.0)
+    assert (shares, capital) == (90.0, pytest.approx(4_500.0))
+    w = target_weights(np.array([0.6]), np.array([0.25**2 / 252]), 0.25, ps.config)[0]
+    assert capital == pytest.approx(w * 100_000.0, rel=1e-12)
+    # Scalar clipped to 2, weight capped at max_position 5%; whole shares.
+    assert ps.get_position_size(1.0, 0.05, 100_000.0, 33.0) == (151.0, pytest.approx(5_000.0))
+    assert ps.get_position_size(-0.8, 0.2, 100_000.0, 50.0) == (0.0, 0.0)  # long-only
+    assert ps.get_position_size(0.8, float("nan"), 100_000.0, 50.0) == (0.0, 0.0)
+    # Own trade statistics instead of the prior: 0.6 - 0.4 / 2 = 0.4 (x 0.5 x 0.2 x 1 = 4%).
+    _, capital = ps.get_position_size(
+        0.2, 0.15, 100_000.0, 50.0, win_rate=0.6, avg_win_loss_ratio=2.0
+    )
+    assert capital == pytest.approx(100_000.0 * 0.4 * 0.5 * 0.2 * 1.0)
+
+
+def test_garch_volatility_is_arch_s_one_step_forecast():
+    from arch import arch_model
+
+    close = bundled_frames()["SP500"]["close"].to_numpy()
+    r = log_returns(close)[-500:]
+    ps = PositionSizer()
+    vol = ps.calculate_garch_volatility(r)
+    res = arch_model(r * 100, mean="Constant", vol="GARCH", p=1, q=1, rescale=False).fit(disp="off")
+    by_arch = math.sqrt(res.forecast(horizon=1).variance.iloc[-1, 0] / 1e4 * 252)
+    assert vol == pytest.approx(by_arch, rel=1e-6)
+    assert vol == garch_volatility(r, min_obs=ps.config.min_fit_obs)
+    # The plugin's window: only the last garch_window returns count.
+    assert ps.calculate_garch_volatility(log_returns(close)) == pytest.approx(vol, rel=1e-12)
+    assert math.isnan(ps.calculate_garch_volatility(r[:10]))  # below min_vol_obs: unknown
+
+
+# ----------------------------------------------------------------------------- (2) risk
+
+
+@pytest.mark.parametrize("side, sign", [("long", 1.0), ("short", -1.0)])
+def test_stop_and_take_profit_are_the_planners_bracket_prices(side, sign):
+    rm = RiskManager()
+    entry = 123.457
+    sl = rm.calculate_stop_loss_price(entry, side)
+    tp = rm.calculate_take_profit_price(entry, side)
+    hand = {"long": (120.99, 128.40), "short": (125.93, 118.52)}  # 2% / 4%, whole cents
+    assert (sl, tp) == hand[side]
+    planner = OrderPlanner(dataclasses.replace(rm.orders, brackets=True), "r", ("A",))
+    ctx = make_context(["A"], np.array([[entry]]), equity=100_000.0)
+    plan = planner.plan(np.array([sign * 0.05]), ctx, [])
+    legs = {o.leg: o for o in plan.orders}
+    assert legs[Leg.STOP_LOSS].stop_price == sl
+    assert legs[Leg.TAKE_PROFIT].limit_price == tp
+    qty = legs[Leg.ENTRY].quantity * sign
+    assert [o.stop_price or o.limit_price for o in bracket_orders("r", ctx.time, "A", qty, tp, sl)][
+        1:
+    ] == [tp, sl]
+    assert rm.calculate_stop_loss_price(entry, side.upper()) == sl
+    buy_side = {"long": "buy", "short": "sell"}[side]
+    assert rm.calculate_take_profit_price(entry, buy_side) == tp
+
+
+def test_validate_new_trade_uses_the_limit_plugins():
+    rm = RiskManager()
+    assert rm.validate_new_trade("AAPL", "buy", 40, 100.0, 100_000.0, 3) == (True, "ok")
+    ok, reason = rm.validate_new_trade("AAPL", "long", 60, 100.0, 100_000.0, 3)
+    ctx = make_context(["AAPL"], equity=100_000.0)
+    plugin = MaxPosition(MaxPositionConfig(0.05), ("AAPL",))
+    assert (ok, reason) == (False, plugin.check(np.array([0.06]), ctx).verdicts[0].reason)
+    assert reason == "target 0.0600 exceeds max position 0.0500"
+    assert rm.validate_new_trade("AAPL", "short", 60, 100.0, 100_000.0, 0)[0] is False
+    assert rm.validate_new_trade("AAPL", "buy", 40, 100.0, 100_000.0, 9) == (True, "ok")
+    ok, reason = rm.validate_new_trade("AAPL", "buy", 40, 100.0, 100_000.0, 10)
+    syms = [*"ABCDEFGHIJ", "AAPL"]
+    ctx = make_context(syms, quantity=[1.0] * 10 + [0.0])
+    plugin = MaxOpenPositions(MaxOpenPositionsConfig(10), tuple(syms))
+    verdicts = plugin.check(np.r_[np.full(10, 0.01), 0.04], ctx).verdicts
+    assert (ok, reason) == (False, verdicts[0].reason) == (False, "max open positions 10 reached")
+    assert RiskManager(max_open_positions=12).validate_new_trade("X", "buy", 1, 10.0, 1e5, 10)[0]
+
+
+def test_exit_conditions_follow_the_simulated_broker():
+    rm = RiskManager()
+    assert rm.check_position_exit_conditions(97.9, 100.0, "long")[0] is True
+    assert "stop-loss" in rm.check_position_exit_conditions(98.0, 100.0, "long")[1]
+    assert "take-profit" in rm.check_position_exit_conditions(104.0, 100.0, "long")[1]
+    assert rm.check_position_exit_conditions(101.0, 100.0, "long")[0] is False
+    assert "stop-loss" in rm.check_position_exit_conditions(102.5, 100.0, "short")[1]
+    assert "take-profit" in rm.check_position_exit_conditions(95.0, 100.0, "sell")[1]
+    assert rm.check_position_exit_conditions(99.0, 100.0, "short")[0] is False
+    # The broker's triggers on a bar at that price (open = high = low).
+    broker = SimpleNamespace(_slipped=lambda price, buy: price)
+    for side, buy in (("long", False), ("short", True)):
+        sl = rm.calculate_stop_loss_price(100.0, side)
+        tp = rm.calculate_take_profit_price(100.0, side)
+        for p in np.linspace(94.0, 106.0, 121):
+            stop = SimulatedBroker._stop_hit(broker, sl, buy, p, p, p) is not None
+            limit = SimulatedBroker._limit_hit(tp, buy, p, p, p) is not None
+            exit_, reason = rm.check_position_exit_conditions(p, 100.0, side)
+            assert exit_ == (stop or limit)
+            assert reason.startswith("stop-loss") == stop
+            assert reason.startswith("take-profit") == limit
+
+
+# ----------------------------------------------------------------------------- (3) errors
+
+
+def test_bad_inputs_are_clear_errors():
+    rm = RiskManager()
+    with pytest.raises(ValueError, match=r"'hold'.*valid: long, buy, short, sell"):
+        rm.calculate_stop_loss_price(100.0, "hold")
+    with pytest.raises(ValueError, match="'hold'"):
+        rm.check_position_exit_conditions(100.0, 100.0, "hold")
+    with pytest.raises(ValueError, match=r"entry_price.*-5"):
+        rm.calculate_take_profit_price(-5.0, "long")
+    with pytest.raises(ValueError, match=r"price .*-100"):
+        rm.validate_new_trade("AAPL", "buy", 10, -100.0, 100_000.0, 0)
+    with pytest.raises(ValueError, match="open_positions_count"):
+        rm.validate_new_trade("AAPL", "buy", 10, 100.0, 100_000.0, -1)
+    with pytest.raises(ValueError, match="price"):
+        PositionSizer().get_position_size(0.6, 0.2, 100_000.0, -1.0)
+    with pytest.raises(ValueError, match="max_position_size_pct"):
+        RiskManager(max_position_size_pct=1.5)
+    with pytest.raises(ValueError, match="kelly_multiplier"):
+        PositionSizer(kelly_fraction=2.0)
+    with pytest.raises(ValueError, match=r"unknown key.*bogus.*valid keys"):
+        PositionSizer(bogus=1)
+    with pytest.raises(ValueError, match="ml_weight"):
+        SignalGenerator(ml_weight=0.0)
+    with pytest.raises(ValueError, match="confidence_threshold"):
+        SignalGenerator(confidence_threshold=0.4)
+    with pytest.raises(ValueError, match=r"unknown factor.*'nope'"):
+        SignalGenerator(factor_weights={"nope": 1.0})
+    with pytest.raises(ValueError, match="ml_signal"):
+        SignalGenerator().combine_signals(2, 0.6, 0.1)
+    with pytest.raises(KeyError, match="'macd'"):
+        SignalGenerator().generate_multi_factor_score(pd.Series({"rsi": 0.1}), {"macd": 1.0})
+    with pytest.raises(ValueError, match="initial_capital"):
+        BacktestEngine(initial_capital=-1.0)
+    with pytest.raises(ValueError, match="commission"):
+        BacktestEngine(commission=5.0)
+    with pytest.raises(ValueError, match="model card"):
+        BacktestEngine().config_for(
+            SignalGenerator(),
+            ensemble_predictor=EnsemblePredictor({"cnn_lstm": 0.5, "random_forest": 0.5}),
+        )
+
+
+def test_bad_frames_are_data_errors_naming_symbol_and_row():
+    frames = bundled_frames()
+    engine = BacktestEngine()
+    with pytest.raises(DataError, match=r"missing required column.*\['close'\].*symbol=SP500"):
+        engine.run_backtest({**frames, "SP500": frames["SP500"].drop(columns="close")})
+    bad = frames["NASDAQ"].copy()
+    bad.loc[pd.Timestamp("2005-03-01"), "low"] = -1.0
+    with pytest.raises(DataError, match=r"symbol=NASDAQ, row=2005-03-01"):
+        engine.run_backtest({"NASDAQ": bad})
+    with pytest.raises(TypeError, match=r"data\['SP500'\] must be a pandas DataFrame"):
+        engine.run_backtest({"SP500": frames["SP500"].to_numpy()})
+    with pytest.raises(ValueError, match="non-empty dict"):
+        engine.run_backtest({})
+    with pytest.raises(DataError, match=r"no rows.*symbol=SP500"):
+        engine.run_backtest({"SP500": frames["SP500"].iloc[:0]})
+
+
+def test_output_dir_gets_the_runs_record_and_nothing_else_is_written(in_tmp):
+    import json
+
+    out = BacktestEngine().run_backtest(
+        bundled_frames(), start="2017-10-01", end="2017-12-31", output_dir=in_tmp / "record"
+    )
+    record = in_tmp / "record"
+    for name in ("equity.csv", "orders.csv", "fills.csv", "config.json", "summary.json"):
+        assert (record / name).exists(), name
+    summary = json.loads((record / "summary.json").read_text())
+    assert summary["run_id"] == out["run_id"]
+    assert summary["final_equity"] == pytest.approx(out["final_equity"], rel=1e-12)
+    assert out["output_dir"] == record
+    assert not (in_tmp / "var" / "tradingd.db").exists()  # the store was in memory
+    assert not (in_tmp / "var" / "runs").exists()
