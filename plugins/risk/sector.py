@@ -76,10 +76,10 @@ class SectorExposureConfig:
     unknown: str = "own"
 
     def __post_init__(self) -> None:
-        if not isinstance(self.sectors_csv, str) or not self.sectors_csv.strip():
+        if not isinstance(self.sectors_csv, str):
             raise ValueError(
-                "sectors_csv is required: a CSV file with symbol and sector columns "
-                "(for the S&P 500: ../shared/data/sp500_sectors.csv)"
+                "sectors_csv must be the path of a CSV file with symbol and sector columns "
+                "(for the S&P 500: ../shared/data/sp500_sectors.csv), or empty for none"
             )
         if not (
             isinstance(self.max_sector_pct, int | float)
@@ -167,8 +167,16 @@ class SectorExposure:
         self.config = config
         self.symbols = symbols
         self.name = "sector_exposure"
-        self.path = Path(config.sectors_csv).expanduser()
-        mapping = load_sector_map(self.path)
+        # No map (the default configuration's index series have no sector): every symbol is
+        # its own sector, so the rule caps single names only; said once at start.
+        self.path = Path(config.sectors_csv).expanduser() if config.sectors_csv.strip() else None
+        mapping = load_sector_map(self.path) if self.path is not None else {}
+        if self.path is None:
+            log.warning(
+                "risk.sector_map_missing",
+                plugin=self.name,
+                detail="sectors_csv is empty: every symbol counts as its own sector",
+            )
         names: list[str] = []
         index: dict[str, int] = {}
         ids = np.empty(len(symbols), dtype=np.intp)
@@ -189,7 +197,7 @@ class SectorExposure:
         log.info(
             "risk.sector_map",
             plugin=self.name,
-            file=str(self.path),
+            file=str(self.path) if self.path is not None else None,
             symbols=len(symbols) - len(unmapped),
             sectors=len({mapping[s.upper()] for s in symbols if s.upper() in mapping}),
             unmapped=len(unmapped),
@@ -198,7 +206,7 @@ class SectorExposure:
             log.warning(
                 "risk.sector_unmapped",
                 plugin=self.name,
-                file=str(self.path),
+                file=str(self.path) if self.path is not None else None,
                 count=len(unmapped),
                 symbols=unmapped[:LOG_SYMBOLS],
                 rule=(
@@ -243,6 +251,8 @@ class SectorExposure:
                 before = np.cumsum(parts) - parts
                 allowed[order] = kept[order] + np.clip(cap - held_total - before, 0.0, parts)
                 how = f"new exposure cut to the remaining {cap - held_total:.4f}"
+            # Float noise in kept + new must neither grow a target nor change it unseen.
+            allowed[idx] = np.minimum(allowed[idx], size[idx])
             reason = (
                 f"sector {self.sector_names[s]!r} gross exposure {gross[s]:.4f} above limit "
                 f"{cap:.4f} ({how})"
@@ -258,5 +268,5 @@ class SectorExposure:
                 verdicts.append(
                     RiskVerdict(self.name, self.symbols[i], action, reason, float(t[i]), out_i)
                 )
-        out = np.sign(t) * allowed
+        out = np.where(allowed < size, np.sign(t) * allowed, t)
         return RiskDecision(out, tuple(verdicts))

@@ -183,9 +183,21 @@ def test_sector_csv_errors_name_file_and_line(tmp_path):
     assert load_sector_map(ok) == {"A": "Tech", "B": "Energy"}
 
 
+def test_float_noise_in_a_held_increase_changes_nothing_unseen(prop_csv):
+    """Found by the property test: a held short increased within the sector's room came back
+    1e-17 larger than asked, changed without a verdict."""
+    p = sector_plugin(prop_csv, PROP_SYMS, max_sector_pct=0.2)
+    t = np.array([-0.109, 0.0, 0.25] + [0.0] * 7)
+    w = np.array([-0.039] + [0.0] * 9)
+    ctx = make_context(PROP_SYMS, weights=w)
+    d = p.check(t, ctx)
+    assert d.targets[0] == t[0]
+    assert [v.symbol for v in d.verdicts] == [PROP_SYMS[2]]
+
+
 def test_sector_config_errors_through_the_plugin_loader(tmp_path):
-    with pytest.raises(ValueError, match="sectors_csv is required"):
-        SectorExposureConfig()
+    with pytest.raises(ValueError, match="sectors_csv must be the path"):
+        SectorExposureConfig(sectors_csv=3)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="max_sector_pct"):
         SectorExposureConfig(sectors_csv="x.csv", max_sector_pct=1.5)
     spec = PluginSpec("sector_exposure", params={"sectors_csv": str(tmp_path / "gone.csv")})
@@ -737,3 +749,18 @@ def test_500_symbols_each_rule_acts_on_a_full_book(tmp_path, held_share):
         d = p.check(t, ctx)
         assert d.verdicts  # each rule acted on this book
         assert np.all(np.abs(d.targets) <= np.abs(t) + 1e-12)
+
+
+def test_without_a_sector_map_every_symbol_is_its_own_sector():
+    from structlog.testing import capture_logs
+
+    syms = ("A", "B", "C")
+    with capture_logs() as logs:
+        p = SectorExposure(SectorExposureConfig(max_sector_pct=0.2), syms)
+    warned = [e["event"] for e in logs if e["log_level"] == "warning"]
+    assert warned == ["risk.sector_map_missing", "risk.sector_unmapped"]
+    assert p.sector_names == ("unknown:A", "unknown:B", "unknown:C")
+    ctx = make_context(syms, closes_from_returns(np.zeros((3, 3))))
+    d = p.check(np.array([0.3, 0.1, -0.25]), ctx)
+    np.testing.assert_allclose(d.targets, [0.2, 0.1, -0.2])  # each name capped alone
+    assert {v.symbol for v in d.verdicts} == {"A", "C"}
