@@ -2084,6 +2084,9 @@ def known_caps(engine: Any, args: argparse.Namespace) -> dict[str, Any]:
         "rejections._seen": 100_000,
         "risk_record.periods": MAX_PERIODS,
         "publisher._queue": engine.publisher.max_queue if engine.publisher else None,
+        # The store's row buffers: written (and emptied) at storage.batch_size rows, at
+        # every flush interval and every bar's checkpoint.
+        "store._signals": f"storage.batch_size ({engine.store.batch_size}) rows",
     }
 
 
