@@ -96,6 +96,9 @@ params = {{ max_positions = {top}, gross_exposure = {gross} }}
 name = "max_position"
 params = {{ max_position_pct = {max_position} }}
 
+[orders]
+brackets = false   # the backtrader strategy has no protective exits
+
 [storage]
 url = "{storage_url}"
 

@@ -280,7 +280,7 @@ class OrdersConfig:
     fractional: bool = False
     # Protect every new position with a stop-loss and a take-profit (see the
     # engine/planner.py docstring for the orders each mode gives, per broker).
-    brackets: bool = False
+    brackets: bool = True
     # Stop-loss (specification: 2% from entry, 2 x ATR, or trailing):
     #   "pct": a stop at entry -/+ stop_loss_pct;
     #   "atr": a stop at entry -/+ atr_multiple x ATR(atr_period) of the deciding bar;
@@ -392,7 +392,7 @@ class PluginSpec:
 
 
 def _default_signals() -> tuple[PluginSpec, ...]:
-    return (PluginSpec("momentum", 1.0, {"lookback": 126}),)
+    return (PluginSpec("ml_ensemble", 0.6), PluginSpec("multi_factor", 0.4))
 
 
 def _default_risk() -> tuple[PluginSpec, ...]:
@@ -400,8 +400,14 @@ def _default_risk() -> tuple[PluginSpec, ...]:
         PluginSpec("max_position", params={"max_position_pct": 0.05}),
         PluginSpec("max_open_positions", params={"max_open_positions": 10}),
         PluginSpec("max_gross_exposure", params={"max_gross_exposure": 1.0}),
+        PluginSpec("sector_exposure", params={"max_sector_pct": 0.20, "sectors_csv": ""}),
+        PluginSpec("correlation_limit", params={"max_correlation": 0.7, "window": 60}),
         PluginSpec(
             "drawdown_guard", params={"max_drawdown_pct": 0.20, "daily_loss_limit_pct": 0.05}
+        ),
+        # Last: the one limit a later cut could break (dropping a hedge can raise VaR).
+        PluginSpec(
+            "portfolio_var", params={"max_var_pct": 0.02, "confidence": 0.95, "window": 250}
         ),
     )
 
@@ -659,7 +665,8 @@ class Config:
     signals: tuple[PluginSpec, ...] = field(default_factory=_default_signals)
     sizing: PluginSpec = field(
         default_factory=lambda: PluginSpec(
-            "equal_weight", params={"max_positions": 10, "gross_exposure": 0.5}
+            "kelly_garch",
+            params={"kelly_multiplier": 0.5, "target_vol": 0.15, "max_position": 0.05},
         )
     )
     risk: tuple[PluginSpec, ...] = field(default_factory=_default_risk)

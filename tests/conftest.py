@@ -139,6 +139,8 @@ params = {{ max_positions = 3, gross_exposure = 0.9 }}
 [[risk]]
 name = "max_position"
 params = {{ max_position_pct = 0.3 }}
+[orders]
+brackets = false
 [storage]
 url = "sqlite:///{tmp_path / "store.db"}"
 [log]

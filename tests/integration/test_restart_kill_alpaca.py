@@ -74,6 +74,20 @@ bars_per_second = {WINDOW["rate"]}
 brackets = true
 rebalance_band = 0.002
 min_trade_value = 500.0
+# The restart machinery, not the strategy, is under test: a cheap strategy keeps each run
+# short (the default's model, GARCH fits and VaR would multiply the cycles' time).
+[[signals]]
+name = "momentum"
+params = {{ lookback = 126 }}
+[sizing]
+name = "equal_weight"
+params = {{ max_positions = 10, gross_exposure = 0.5 }}
+[[risk]]
+name = "max_position"
+params = {{ max_position_pct = 0.05 }}
+[[risk]]
+name = "drawdown_guard"
+params = {{ max_drawdown_pct = 0.20, daily_loss_limit_pct = 0.05 }}
 [broker]
 kind = "alpaca"
 [broker.alpaca]

@@ -28,6 +28,7 @@ slippage_pct = 0.0
 max_volume_participation = 0.0
 [orders]
 rebalance_band = 0.5
+brackets = false
 [[signals]]
 name = "momentum"
 params = {{ lookback = 1 }}

@@ -162,9 +162,14 @@ BAD_VALUES = [
         "'rr'",
         "pct, reward_risk, trailing",
     ),
-    ('[orders]\nstop_mode = "atr"', "orders.stop_mode", "'atr'", "orders.brackets = true"),
     (
-        '[orders]\ntake_profit_mode = "trailing"',
+        '[orders]\nbrackets = false\nstop_mode = "atr"',
+        "orders.stop_mode",
+        "'atr'",
+        "orders.brackets = true",
+    ),
+    (
+        '[orders]\nbrackets = false\ntake_profit_mode = "trailing"',
         "orders.take_profit_mode",
         "'trailing'",
         "orders.brackets = true",

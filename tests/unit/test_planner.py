@@ -49,7 +49,7 @@ def ctx(close, quantity, equity=10_000.0, tradable=(True, True, True)):
 
 
 def test_whole_shares_toward_target_and_band():
-    p = OrderPlanner(OrdersConfig(rebalance_band=0.01, min_trade_value=100.0), "r", SYMS)
+    p = OrderPlanner(OrdersConfig(rebalance_band=0.01, min_trade_value=100.0, brackets=False), "r", SYMS)
     # A: 0 -> 25% of 10,000 at 33 = 75.75 -> 75 shares; B: at 10% already (band); C: too small
     plan = p.plan(np.array([0.25, 0.105, 0.005]), ctx([33.0, 10.0, 50.0], [0, 100, 0]), [])
     assert [(o.symbol, o.side, o.quantity) for o in plan.orders] == [("A", Side.BUY, 75.0)]
@@ -59,7 +59,7 @@ def test_whole_shares_toward_target_and_band():
 
 
 def test_closing_sells_exactly_what_is_held_and_cancels_its_legs():
-    p = OrderPlanner(OrdersConfig(), "r", SYMS)
+    p = OrderPlanner(OrdersConfig(brackets=False), "r", SYMS)
     leg = market_order("r", T, "B", -7, Leg.STOP_LOSS)
     plan = p.plan(np.array([0.0, 0.0, 0.0]), ctx([10.0, 10.0, 10.0], [0, 7, 0]), [leg])
     assert [(o.symbol, o.side, o.quantity) for o in plan.orders] == [("B", Side.SELL, 7.0)]
@@ -67,7 +67,7 @@ def test_closing_sells_exactly_what_is_held_and_cancels_its_legs():
 
 
 def test_symbols_with_a_working_order_or_no_bar_are_skipped():
-    p = OrderPlanner(OrdersConfig(), "r", SYMS)
+    p = OrderPlanner(OrdersConfig(brackets=False), "r", SYMS)
     working = market_order("r", T, "A", 10, Leg.ENTRY)
     plan = p.plan(
         np.array([0.3, 0.3, 0.3]),
@@ -95,7 +95,7 @@ def test_brackets_on_new_positions_and_on_added_shares():
 
 
 def test_fractional_shares_when_enabled():
-    p = OrderPlanner(OrdersConfig(fractional=True), "r", SYMS)
+    p = OrderPlanner(OrdersConfig(fractional=True, brackets=False), "r", SYMS)
     plan = p.plan(np.array([0.25, 0.0, 0.0]), ctx([33.0, 10.0, 10.0], [0, 0, 0]), [])
     assert plan.orders[0].quantity == 2500.0 / 33.0
 
