@@ -114,6 +114,11 @@ class KellyGarchConfig:
     max_kelly: float = 0.5
     kelly_window: int = 100
     min_trades: int = 20
+    # Closed trades older than this many sized bars leave the window (0 = never). Without it a
+    # record that drives f to 0 is absorbing: no position opens, so no trade ever closes to
+    # change the estimate, and the strategy stays off for good (found by the research runs,
+    # docs/RESEARCH.md). With it, a year without trades brings back the prior.
+    kelly_max_age_bars: int = 252
     prior_win_rate: float = 0.55
     prior_win_loss_ratio: float = 1.5
     # Positions.
@@ -160,6 +165,7 @@ class KellyGarchConfig:
         for name, low in (
             ("kelly_window", 1),
             ("min_trades", 0),
+            ("kelly_max_age_bars", 0),
             ("garch_window", 20),
             ("min_fit_obs", 20),
             ("min_vol_obs", 2),
@@ -274,6 +280,7 @@ class KellyGarch:
         self._targets: np.ndarray | None = None
         self._equity: float | None = None
         self._trades: deque[float] = deque(maxlen=config.kelly_window)
+        self._trade_bars: deque[int] = deque(maxlen=config.kelly_window)  # when each closed
         self._kelly_source = "prior"
         # Open-trade tracker: None until the first portfolio with realized P&L is seen.
         self._book: dict[str, np.ndarray] | None = None
@@ -307,6 +314,7 @@ class KellyGarch:
         pf = ctx.portfolio
         score = np.asarray(score, dtype=np.float64)
         self._track_trades(pf)
+        self._expire_trades()
         w, r, source = self.kelly_inputs
         if source != self._kelly_source:
             log.info(
@@ -374,6 +382,12 @@ class KellyGarch:
         return self._params_at(self.symbols.index(symbol))
 
     # -- closed trades ----------------------------------------------------------------------
+    def _expire_trades(self) -> None:
+        age = self.config.kelly_max_age_bars
+        while age and self._trade_bars and self._bars - self._trade_bars[0] > age:
+            self._trade_bars.popleft()
+            self._trades.popleft()
+
     def _track_trades(self, pf: PortfolioView) -> None:
         if pf.realized_pnl is None or pf.avg_price is None:
             return  # a hand-built view without P&L: the prior stays in use
@@ -406,6 +420,7 @@ class KellyGarch:
                 pnl = rp[i] - prp[i]
             if basis > 0 and math.isfinite(basis) and math.isfinite(pnl):
                 self._trades.append(float(pnl / basis))
+                self._trade_bars.append(self._bars)
         opened = (q != 0) & changed
         base = np.where(opened, np.where(was_open, rp, prp), b["open_base"])
         entry = np.where(opened, cost, np.fmax(b["entry_cost"], cost))
@@ -598,6 +613,7 @@ class KellyGarch:
             "targets": _enc(self._targets),
             "equity": self._equity,
             "trades": list(self._trades),
+            "trade_bars": list(self._trade_bars),
             "book": None if b is None else {k: _enc(v) for k, v in b.items()},
             "mu": _enc(self._mu),
             "omega": _enc(self._omega),
@@ -622,6 +638,9 @@ class KellyGarch:
         eq = state.get("equity")
         self._equity = None if eq is None else float(eq)
         self._trades = deque((float(x) for x in state["trades"]), maxlen=self.config.kelly_window)
+        # State written before trades had ages: count them as closed at the checkpoint.
+        bars = state.get("trade_bars") or [self._bars] * len(self._trades)
+        self._trade_bars = deque((int(b) for b in bars), maxlen=self.config.kelly_window)
         book = state.get("book")
         self._book = None if book is None else {k: _dec(v) for k, v in book.items()}  # type: ignore[misc]
         for name in ("mu", "omega", "alpha", "beta", "sigma2"):

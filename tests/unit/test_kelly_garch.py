@@ -4,6 +4,7 @@ rebalancing, restart safety and the sizing invariants."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from types import SimpleNamespace
@@ -220,6 +221,40 @@ def test_trades_are_a_rolling_window_and_the_estimate_is_clamped():
         rp -= 5.0
         w = q.size(np.array([0.5]), flat_ctx(("A",), T0, [0], [0], [rp]))
     assert q.kelly == 0.0 and w[0] == 0.0
+
+
+def test_a_record_with_no_edge_expires_and_the_prior_comes_back():
+    """Found by the research runs: with f = 0 no position opens, so no trade closes to change
+    the estimate, and the strategy stayed off for the rest of the run. Trades older than
+    kelly_max_age_bars leave the window; the prior then sizes again (and survives a restart)."""
+    cfg = KellyGarchConfig(
+        volatility="none", min_trades=2, kelly_window=5, max_position=1.0, kelly_max_age_bars=10
+    )
+    p = KellyGarch(cfg, ("A",))
+    rp = 0.0
+    p.size(np.array([0.5]), flat_ctx(("A",), T0, [0], [0], [rp]))
+    for _ in range(2):  # two losers: no edge
+        p.size(np.array([0.5]), flat_ctx(("A",), T0, [10], [100], [rp]))
+        rp -= 5.0
+        w = p.size(np.array([0.5]), flat_ctx(("A",), T0, [0], [0], [rp]))
+    assert p.kelly == 0.0 and w[0] == 0.0
+    flat = flat_ctx(("A",), T0, [0], [0], [rp])
+    for _ in range(7):  # the losers are 1 and 3 bars old here; 8 and 10 after the loop
+        w = p.size(np.array([0.5]), flat)
+    assert p.kelly_inputs[2] == "trades" and w[0] == 0.0  # still within the age limit
+    state = json.loads(json.dumps(p.state()))
+    w = p.size(np.array([0.5]), flat)
+    w = p.size(np.array([0.5]), flat)  # the first loser is now 11 bars old: gone
+    assert p.trades == (pytest.approx(-0.005),) and p.kelly_inputs[2] == "prior"
+    assert w[0] == pytest.approx(0.25 * 0.5 * 0.5)
+    r = KellyGarch(cfg, ("A",))
+    r.restore(state)
+    r.size(np.array([0.5]), flat)
+    assert r.size(np.array([0.5]), flat)[0] == pytest.approx(w[0])  # the same after a restart
+    never = KellyGarch(dataclasses.replace(cfg, kelly_max_age_bars=0), ("A",))
+    never.restore(state)
+    for _ in range(30):
+        assert never.size(np.array([0.5]), flat)[0] == 0.0  # 0 = the record never expires
 
 
 def test_flip_and_a_round_trip_between_two_bars_are_trades():
