@@ -4,6 +4,7 @@ engine's own `HistoryBuffer`, and a portfolio of given weights.
     from plugin_context import bar_context, closes_from_returns, make_context
 
 `bar_context(symbols, features)` is the short form for plugins that read features only.
+`AlwaysLong` is a signal plugin for engine tests (pass it as `plugins={"always_long": ...}`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,28 @@ from tradingd.core.types import CrossSection
 from tradingd.engine.history import HistoryBuffer
 
 T0 = datetime(2021, 3, 1, tzinfo=UTC)
+
+
+@dataclasses.dataclass(frozen=True)
+class AlwaysLongConfig:
+    pass
+
+
+class AlwaysLong:
+    """Wants every symbol long, every bar (re-enters after an exit): whatever holds it back
+    is sizing, risk or the protective exits under test."""
+
+    kind = "signal"
+    Config = AlwaysLongConfig
+
+    def __init__(self, config: AlwaysLongConfig, symbols: tuple[str, ...]) -> None:
+        self.name = "always_long"
+
+    def required_features(self) -> tuple[str, ...]:
+        return ()
+
+    def score(self, ctx: BarContext) -> np.ndarray:
+        return np.ones(len(ctx.symbols))
 
 
 def closes_from_returns(returns: np.ndarray, start: float = 100.0) -> np.ndarray:

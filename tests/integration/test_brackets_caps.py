@@ -13,33 +13,13 @@ import dataclasses
 
 import numpy as np
 from conftest import run_engine
+from plugin_context import AlwaysLong
 
 from tradingd.config import OrdersConfig, PluginSpec
 from tradingd.feeds.panel import Panel
 
 CAP = 0.10
 BAND = 0.01
-
-
-@dataclasses.dataclass(frozen=True)
-class AlwaysLongConfig:
-    pass
-
-
-class AlwaysLong:
-    """Wants every symbol it can trade: equal weight then puts each target above the cap."""
-
-    kind = "signal"
-    Config = AlwaysLongConfig
-
-    def __init__(self, config, symbols):
-        self.name = "always_long"
-
-    def required_features(self):
-        return ()
-
-    def score(self, ctx):
-        return np.ones(len(ctx.symbols))
 
 
 def trending_panel(n_bars: int = 160, seed: int = 11) -> Panel:

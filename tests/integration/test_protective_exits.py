@@ -24,6 +24,7 @@ import pytest
 import talib
 from conftest import run_engine
 from fakes.alpaca_trading_server import AlpacaTradingFake, need_fixtures
+from plugin_context import AlwaysLong
 from structlog.testing import capture_logs
 
 from tradingd.brokers.alpaca import AlpacaBroker, AlpacaBrokerConfig
@@ -36,27 +37,6 @@ from tradingd.engine.portfolio import Portfolio
 from tradingd.feeds.panel import Panel
 
 # ----------------------------------------------------------------------------- replay
-
-
-@dataclasses.dataclass(frozen=True)
-class AlwaysLongConfig:
-    pass
-
-
-class AlwaysLong:
-    """Wants every symbol it can trade, every bar (re-enters after an exit)."""
-
-    kind = "signal"
-    Config = AlwaysLongConfig
-
-    def __init__(self, config, symbols):
-        self.name = "always_long"
-
-    def required_features(self):
-        return ()
-
-    def score(self, ctx):
-        return np.ones(len(ctx.symbols))
 
 
 def panel_of(rows: dict[str, list[tuple[float, float, float, float]]]) -> Panel:
