@@ -197,3 +197,17 @@ class _StubEntryPoint:
 
     def load(self):
         return self._cls
+
+
+@pytest.fixture
+async def fake():
+    """The loopback Alpaca trading server (tests/fakes), on this test's event loop."""
+    from fakes.alpaca_trading_server import AlpacaTradingFake, need_fixtures
+
+    need_fixtures()
+    server = AlpacaTradingFake()
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()

@@ -146,17 +146,6 @@ async def running(
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[AlpacaTradingFake]:
-    need_fixtures()
-    server = AlpacaTradingFake()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
-
-
-@pytest.fixture
 async def broker(fake: AlpacaTradingFake) -> AsyncIterator[AlpacaBroker]:
     async with running(fake) as b:
         yield b

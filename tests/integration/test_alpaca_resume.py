@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fakes.alpaca_trading_server import AlpacaTradingFake, need_fixtures
+from fakes.alpaca_trading_server import AlpacaTradingFake
 from structlog.testing import capture_logs
 
 from tradingd.brokers.alpaca import AlpacaBroker, AlpacaBrokerConfig
@@ -137,17 +137,6 @@ async def running(fake: AlpacaTradingFake, **overrides: Any) -> AsyncIterator[Al
         yield broker
     finally:
         await broker.stop()
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[AlpacaTradingFake]:
-    need_fixtures()
-    server = AlpacaTradingFake()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 def checkpoint(broker: AlpacaBroker) -> list[Order]:

@@ -23,7 +23,7 @@ import pandas as pd
 import pytest
 import talib
 from conftest import run_engine
-from fakes.alpaca_trading_server import AlpacaTradingFake, need_fixtures
+from fakes.alpaca_trading_server import AlpacaTradingFake
 from plugin_context import AlwaysLong
 from structlog.testing import capture_logs
 
@@ -180,17 +180,6 @@ RUN = "pex"
 SYMS = ("AAPL", "SPY", "TSLA")
 T0 = datetime(2024, 1, 2, 21, 0, tzinfo=UTC)
 _EMPTY = np.array([], dtype=float)
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[AlpacaTradingFake]:
-    need_fixtures()
-    server = AlpacaTradingFake()
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.stop()
 
 
 @asynccontextmanager
