@@ -102,21 +102,18 @@ def _interrupted_plan(
         return None
     # Of a decision tried more than once (a deliberate retry), only the last attempt is
     # carried out: an earlier one might get through now as well, and double it.
+    of_bar = [(o, parse_client_order_id(o.client_order_id)) for o in intents if o.created_at == at]
     latest: dict[tuple[str, str], int] = {}
-    for o in intents:
-        p = parse_client_order_id(o.client_order_id)
-        if p is not None and o.created_at == at:
-            key = (p.head, p.tag)
-            latest[key] = max(latest.get(key, 0), p.attempt)
+    for _, p in of_bar:
+        if p is not None:
+            latest[(p.head, p.tag)] = max(latest.get((p.head, p.tag), 0), p.attempt)
     orders = []
-    for o in intents:
-        if o.created_at == at:
-            p = parse_client_order_id(o.client_order_id)
-            if p is not None and p.attempt < latest[(p.head, p.tag)]:
-                continue
-            o.status = OrderStatus.HELD if o.parent_id is not None else OrderStatus.NEW
-            o.filled_quantity, o.reason = 0.0, ""
-            orders.append(o)
+    for o, p in of_bar:
+        if p is not None and p.attempt < latest[(p.head, p.tag)]:
+            continue
+        o.status = OrderStatus.HELD if o.parent_id is not None else OrderStatus.NEW
+        o.filled_quantity, o.reason = 0.0, ""
+        orders.append(o)
     return at, list(intent["cancel"]) if intent is not None else [], orders
 
 
