@@ -1244,9 +1244,7 @@ class AlpacaBroker:
             reason = self._scrub(info.reason)
             if info.transient_refusal:
                 for m in members:
-                    self._transient[m.client_order_id] = None
-                while len(self._transient) > self._config.closed_history:
-                    self._transient.popitem(last=False)
+                    self._remember(self._transient, m.client_order_id)
             return {m.client_order_id: self._reject(m, reason) for m in members}
         except _Unreachable as e:
             raise self._unreachable(
@@ -2041,10 +2039,14 @@ class AlpacaBroker:
         return result
 
     def _attempt(self, client_order_id: str) -> None:
-        self._attempted[client_order_id] = None
-        self._attempted.move_to_end(client_order_id)
-        while len(self._attempted) > self._config.closed_history:
-            self._attempted.popitem(last=False)
+        self._remember(self._attempted, client_order_id)
+
+    def _remember(self, ids: OrderedDict[str, None], client_order_id: str) -> None:
+        """Add an id to one of the bounded id sets (the newest `closed_history` are kept)."""
+        ids[client_order_id] = None
+        ids.move_to_end(client_order_id)
+        while len(ids) > self._config.closed_history:
+            ids.popitem(last=False)
 
     def _failed(self, op: str, kind: str, detail: str, *, up: bool) -> None:
         SOURCE_ERRORS.labels(source=SOURCE, kind=kind).inc()
