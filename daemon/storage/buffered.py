@@ -446,19 +446,20 @@ class BufferedStore(ABC):
                     if self._after_replay_commit is not None:
                         self._after_replay_commit(batch)
                     sp.mark_applied()
+                    # Counted per batch, under the lock: a flush waiting for the lock can run
+                    # after the last batch and log the recovery before this loop ends.
                     if applied:
                         written += 1
+                        self.replayed_batches += 1
                     else:
                         skipped += 1
+                        self.skipped_batches += 1
         except (DatabaseUnavailable, asyncio.CancelledError):
             raise
         except Exception as e:
             # Not an outage: retrying would fail the same way. Writes raise it from now on.
             self._replay_error = e
             raise
-        finally:
-            self.replayed_batches += written
-            self.skipped_batches += skipped
         if written or skipped:
             log.info(
                 "storage.spool.replayed",

@@ -476,6 +476,40 @@ async def test_new_rows_wait_behind_spooled_ones(tmp_path: Path) -> None:
         await store.stop()
 
 
+async def test_a_flush_that_slips_in_after_the_last_replayed_batch_reports_the_replay(
+    tmp_path: Path,
+) -> None:
+    """The replay takes the flush lock per batch, so a waiting flush can run between the last
+    replayed batch and the replay's end: it then writes directly and logs the recovery. The
+    recovery must count the batches already replayed (it once logged 0, found by the daemon
+    outage test)."""
+    db = FakeDb()
+    store = FakeStore(db, tmp_path, retry_base_s=30.0, retry_max_s=60.0)  # replay by hand
+    await store.start()
+    flushes: list[asyncio.Task[None]] = []
+    try:
+        db.up = False
+        for i in range(3):
+            store.record_equity("r1", T0 + i * DAY, 1.0, float(i), 0.0, 0.0)
+            await store.flush()
+        db.up = True
+
+        def queue_a_flush(b: SpoolBatch) -> None:
+            if b.seq == 2:  # a flush now waits for the lock while the last batch is written
+                store.record_equity("r1", T0 + 3 * DAY, 1.0, 3.0, 0.0, 0.0)
+                flushes.append(asyncio.get_running_loop().create_task(store.flush()))
+
+        store._after_replay_commit = queue_a_flush
+        with capture_logs() as logs:
+            assert await store.replay_spool() == 3
+            await asyncio.gather(*flushes)
+    finally:
+        await store.stop()
+    assert flushes and equity_times(db) == [T0 + i * DAY for i in range(4)]
+    [recovered] = [e for e in logs if e["event"] == "storage.database.recovered"]
+    assert recovered["replayed_batches"] == 3, recovered
+
+
 async def test_a_crash_after_a_replayed_commit_does_not_write_it_twice(tmp_path: Path):
     db = FakeDb()
     store = FakeStore(db, tmp_path, retry_base_s=30.0, retry_max_s=60.0)
