@@ -42,6 +42,19 @@ first bar sized, every symbol in scope with `min_fit_obs` returns is fitted at o
 fits, the one-step variance of the whole universe is carried forward as arrays by the GARCH
 recursion sigma2 = omega + alpha x (r - mu)^2 + beta x sigma2, with each bar's return.
 
+Where fits run (`garch_fits.py`): with `fit_lag_bars = 1` (the default) the fits asked for at
+a bar, on the returns up to that bar, apply from the next bar sized, so they run between bars:
+in a child process (`fit_executor = "process"`, the default: the other core, while the engine
+goes on with the next bar's features and model), a thread, or inline. The bar that asks still
+sizes on the previous parameters (its variance is the recursion's); from the next bar on, the
+state is bit for bit what applying the fit at once (`fit_lag_bars = 0`, inline only) gives.
+Live, this keeps the fits out of a bar's path to its orders; the checkpoint after the bar
+waits for them and stores their outcomes, so a restart applies them at the next bar as the
+uninterrupted process would. The first bar sized therefore uses EWMA for everyone. A lost
+worker (killed, out of memory) is logged (`sizing.garch_worker_lost`) and its fits are done
+inline. Fit outcomes are cached by their exact inputs (returns, warm start, mean, min_obs) in
+`fit_cache_dir` between runs: a rerun of the same replay fits nothing.
+
 A fit that raises, does not converge (`convergence_flag` != 0) or is not stationary
 (alpha + beta >= 1, or within 1e-6 of 1: arch's constraint boundary, where real index data
 often lands) falls back to RiskMetrics EWMA (lambda 0.94: the industry's documented
@@ -76,7 +89,6 @@ No lookahead: only ctx.history (bars up to the current one) and the portfolio ar
 from __future__ import annotations
 
 import math
-import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -94,8 +106,8 @@ from .garch import (
     garch_filter,
     garch_forecast,
     log_returns,
-    try_garch_fit,
 )
+from .garch_fits import EXECUTORS, FitCache, FitRunner, Pending, submit
 
 log = structlog.get_logger(__name__)
 
@@ -104,6 +116,9 @@ VOLATILITY = ("garch", "ewma", "none")
 FIT_SCOPES = ("active", "all")
 MEANS = ("constant", "zero")
 _NONE, _EWMA, _GARCH = 0, 1, 2  # how a symbol's variance is estimated
+#: A fit waited for: (symbol index, (mu, omega, alpha, beta, sigma2, nobs) or None, the
+#: reason it failed, the EWMA fallback variance when it failed).
+Resolved = tuple[int, tuple[float, float, float, float, float, int] | None, str, float]
 STATE_VERSION = 1
 
 
@@ -140,6 +155,12 @@ class KellyGarchConfig:
     fit_scope: str = "active"  # active (could hold a position) | all
     initial_fit: bool = True  # fit every symbol in scope on the first bar sized
     ewma_lambda: float = EWMA_LAMBDA
+    # Fits asked for at a bar apply from the next bar sized (1), so they run between bars and
+    # never in a bar's path to its orders; 0 applies them on the bar itself (fitted inline).
+    fit_lag_bars: int = 1
+    fit_executor: str = "process"  # inline | thread | process (where lagged fits run)
+    fit_cache_dir: str = "var/cache/garch"  # fit outcomes kept between runs ("" = none)
+    fit_cache_size: int = 500_000  # entries (~200 bytes each in memory)
 
     def __post_init__(self) -> None:
         for name, choices in (
@@ -147,6 +168,7 @@ class KellyGarchConfig:
             ("volatility", VOLATILITY),
             ("fit_scope", FIT_SCOPES),
             ("garch_mean", MEANS),
+            ("fit_executor", EXECUTORS),
         ):
             v = getattr(self, name)
             if v not in choices:
@@ -170,10 +192,18 @@ class KellyGarchConfig:
             ("min_fit_obs", 20),
             ("min_vol_obs", 2),
             ("refit_bars", 1),
+            ("fit_cache_size", 0),
         ):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
+        if self.fit_lag_bars not in (0, 1) or isinstance(self.fit_lag_bars, bool):
+            raise ValueError(f"fit_lag_bars must be 0 or 1, got {self.fit_lag_bars!r}")
+        if self.fit_lag_bars == 0 and self.fit_executor != "inline":
+            raise ValueError(
+                'fit_lag_bars = 0 fits on the bar itself: fit_executor must be "inline", got '
+                f"{self.fit_executor!r}"
+            )
         if self.min_trades > self.kelly_window:
             raise ValueError(
                 f"min_trades ({self.min_trades}) must not exceed kelly_window "
@@ -297,9 +327,16 @@ class KellyGarch:
         # bar), so every bar since is applied once.
         self._seen_len: int | None = None
         self._last_close: np.ndarray | None = None
-        self.last_fit_seconds = 0.0
         self.fits = 0
         self.fallbacks = 0
+        self._cache = FitCache(
+            config.fit_cache_dir if config.volatility == "garch" else "", config.fit_cache_size
+        )
+        # Fits asked for at the last bar sized (fit_lag_bars = 1), applied at the next one.
+        self._pending: Pending | None = None
+        self._runner = FitRunner(config.fit_executor)
+        self._resolved: list[Resolved] | None = None  # waited for (or from a checkpoint)
+        self._initial = False
 
     # -- protocol ---------------------------------------------------------------------------
     def required_features(self) -> tuple[str, ...]:
@@ -451,19 +488,15 @@ class KellyGarch:
     def _update_variance(self, score: np.ndarray, ctx: BarContext) -> None:
         c = self.config
         n = len(self.symbols)
-        fitted = np.zeros(n, dtype=bool)
-        if self._bars == 0 or self._last_close is None:
+        # Fits asked for at the last bar sized: their variance is the forecast after that bar,
+        # so they go in before this bar's returns are applied.
+        self._apply_pending()
+        first = self._bars == 0 or self._last_close is None
+        ask = np.zeros(n, dtype=bool)
+        if first:
             self._init_ewma(ctx, np.ones(n, dtype=bool))
             if c.volatility == "garch" and c.initial_fit:
-                t0 = time.perf_counter()
-                fitted = self._fit(ctx, self._in_scope(score, ctx))
-                log.info(
-                    "sizing.garch_initial_fit",
-                    plugin=self.name,
-                    symbols=int(fitted.sum()),
-                    fallbacks=int(fitted.sum() - (self._method[fitted] == _GARCH).sum()),
-                    seconds=round(time.perf_counter() - t0, 3),
-                )
+                ask = self._in_scope(score, ctx)
         else:
             self._catch_up(ctx)
             # Symbols without a variance yet (listed late) start on EWMA once they can.
@@ -471,10 +504,12 @@ class KellyGarch:
             if missing.any():
                 self._init_ewma(ctx, missing)
         if c.volatility == "garch":
-            due = (self._bars % c.refit_bars == self._phase) & ~fitted
-            due &= self._in_scope(score, ctx)
-            if due.any():
-                self._fit(ctx, due)
+            due = (self._bars % c.refit_bars == self._phase) & self._in_scope(score, ctx)
+            ask |= due
+            if ask.any():
+                self._request(ctx, ask, initial=first)
+                if c.fit_lag_bars == 0:
+                    self._apply_pending()
         self._seen_len = ctx.history.length
         self._last_close = ctx.history.window("close", 1)[0].copy()
 
@@ -546,36 +581,65 @@ class KellyGarch:
         idx = np.flatnonzero(hit)
         return int(idx[0]) + 1 if idx.size else None
 
-    def _fit(self, ctx: BarContext, cols: np.ndarray) -> np.ndarray:
-        """Fit GARCH(1,1) for `cols` with enough returns (warm-started from their last fit);
-        EWMA on failure. Returns the symbols fitted (or fallen back)."""
+    def _request(self, ctx: BarContext, cols: np.ndarray, initial: bool) -> None:
+        """Ask for GARCH(1,1) fits of `cols` with enough returns, warm-started from their last
+        fit, on the returns up to this bar (see garch_fits: cached, or sent to the runner)."""
         c = self.config
-        done = np.zeros(len(self.symbols), dtype=bool)
         idx = np.flatnonzero(cols)
-        if idx.size == 0:
-            return done
         window = self._returns(ctx, c.garch_window, cols)
-        t0 = time.perf_counter()
+        take, jobs = [], []
         for j, i in enumerate(idx.tolist()):
             r = window[:, j]
             r = r[np.isfinite(r)]
             if r.size < c.min_fit_obs:
                 continue  # too young for a fit: stays on EWMA (not a failure)
-            start = self._params_at(i)
-            params, why = try_garch_fit(r, mean=c.garch_mean, starting=start, min_obs=c.min_fit_obs)
-            if params is None and start is not None:
-                # A warm start can stall on the alpha + beta = 1 boundary: try once cold.
-                params, why = try_garch_fit(r, mean=c.garch_mean, min_obs=c.min_fit_obs)
+            p = self._params_at(i)
+            start = None if p is None else (p.mu, p.omega, p.alpha, p.beta)
+            take.append(i)
+            jobs.append((r, c.garch_mean, start, c.min_fit_obs))
+        if not jobs:
+            return
+        self._pending = submit(
+            jobs, self._cache, self._runner, np.asarray(take, dtype=np.int64), initial
+        )
+
+    def _resolve(self) -> list[Resolved] | None:
+        """The pending fits' outcomes (waiting for the runner), remembered in the cache; a
+        failure carries its EWMA fallback variance."""
+        if self._resolved is not None:
+            return self._resolved
+        pending = self._pending
+        if pending is None:
+            return None
+        outcomes = pending.result()
+        lam = self.config.ewma_lambda
+        out: list[Resolved] = []
+        for i, key, job, (params, why) in zip(
+            pending.idx.tolist(), pending.keys, pending.jobs, outcomes, strict=True
+        ):
+            self._cache.put(key, (params, why))
+            s2 = math.nan if params is not None else float(ewma_variance(job[0], lam))
+            out.append((i, params, why, s2))
+        self._resolved = out
+        self._initial = pending.initial
+        self._pending = None
+        return out
+
+    def _apply_pending(self) -> None:
+        resolved = self._resolve()
+        if resolved is None:
+            return
+        lam = self.config.ewma_lambda
+        failed = 0
+        for i, params, why, s2 in resolved:
             self.fits += 1
-            done[i] = True
             if params is not None:
-                self._mu[i], self._omega[i] = params.mu, params.omega
-                self._alpha[i], self._beta[i] = params.alpha, params.beta
-                self._sigma2[i] = params.sigma2
+                mu, omega, alpha, beta, sigma2, _ = params
+                self._mu[i], self._omega[i], self._alpha[i], self._beta[i] = mu, omega, alpha, beta
+                self._sigma2[i] = sigma2
                 self._method[i] = _GARCH
                 continue
-            self.fallbacks += 1
-            lam = c.ewma_lambda
+            failed += 1
             log.warning(
                 "sizing.garch_fallback",
                 plugin=self.name,
@@ -584,10 +648,26 @@ class KellyGarch:
                 fallback=f"ewma(lambda={lam})",
             )
             self._mu[i], self._omega[i], self._alpha[i], self._beta[i] = 0.0, 0.0, 1 - lam, lam
-            self._sigma2[i] = float(ewma_variance(r, lam))
+            self._sigma2[i] = s2
             self._method[i] = _EWMA
-        self.last_fit_seconds = time.perf_counter() - t0
-        return done
+        self.fallbacks += failed
+        if self._initial:
+            log.info(
+                "sizing.garch_initial_fit",
+                plugin=self.name,
+                symbols=len(resolved),
+                fallbacks=failed,
+                lag_bars=self.config.fit_lag_bars,
+            )
+        self._resolved = None
+        self._initial = False
+
+    def close(self) -> None:
+        """Called by the engine at the end of a run: keep the fit outcomes for the next run."""
+        if self._pending is not None:
+            self._resolve()  # in the cache too
+        self._runner.close()
+        self._cache.save()
 
     def _params_at(self, i: int) -> GarchParams | None:
         if self._method[i] != _GARCH:
@@ -603,8 +683,20 @@ class KellyGarch:
 
     # -- durable state ----------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
-        """Everything that decides the next bar's targets, as JSON values (NaN as null)."""
+        """Everything that decides the next bar's targets, as JSON values (NaN as null).
+        Fits still running are waited for (the live checkpoint comes after the bar's orders):
+        a restarted process applies them at the next bar, as this one would."""
         b = self._book
+        resolved = self._resolve()
+        pending = None
+        if resolved is not None:
+            pending = {
+                "initial": self._initial,
+                "fits": [
+                    [i, None if p is None else list(p), why, None if math.isnan(s2) else s2]
+                    for i, p, why, s2 in resolved
+                ],
+            }
         return {
             "version": STATE_VERSION,
             "symbols": len(self.symbols),
@@ -622,6 +714,7 @@ class KellyGarch:
             "sigma2": _enc(self._sigma2),
             "method": self._method.tolist(),
             "last_close": _enc(self._last_close),
+            "pending_fits": pending,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -648,6 +741,20 @@ class KellyGarch:
         self._method = np.asarray(state["method"], dtype=np.int8)
         self._last_close = _dec(state.get("last_close"))
         self._seen_len = None  # another process: its history buffer has its own count
+        pending = state.get("pending_fits")  # absent in checkpoints of earlier versions
+        self._pending = None
+        self._resolved, self._initial = None, False
+        if pending is not None:
+            self._initial = bool(pending["initial"])
+            self._resolved = [
+                (
+                    int(i),
+                    None if p is None else (*map(float, p[:5]), int(p[5])),
+                    str(why),
+                    math.nan if s2 is None else float(s2),
+                )
+                for i, p, why, s2 in pending["fits"]
+            ]  # type: ignore[misc]
         self._kelly_source = self.kelly_inputs[2]
 
 

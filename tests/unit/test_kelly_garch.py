@@ -42,6 +42,14 @@ from tradingd_plugins.sizing.kelly_garch import (
 # ----------------------------------------------------------------------------- helpers
 
 
+def Cfg(**kw):
+    """The config with fits applied on the bar they are asked for (lag 0, inline) and no
+    cache between runs: what most tests here check. The lagged runner has its own tests."""
+    return KellyGarchConfig(
+        **{"fit_lag_bars": 0, "fit_executor": "inline", "fit_cache_dir": "", **kw}
+    )
+
+
 def garch_paths(n_bars, n_symbols, seed=0, omega=2e-6, alpha=0.08, beta=0.9, scale=None):
     """Simulated GARCH(1,1) log returns, (n_bars, n_symbols)."""
     rng = np.random.default_rng(seed)
@@ -166,7 +174,7 @@ def test_trade_stats_by_hand():
 
 
 def test_prior_before_min_trades_and_the_estimate_after():
-    cfg = KellyGarchConfig(volatility="none", min_trades=3, kelly_window=10, max_position=1.0)
+    cfg = Cfg(volatility="none", min_trades=3, kelly_window=10, max_position=1.0)
     p = KellyGarch(cfg, ("A", "B"))
     score = np.array([0.8, np.nan])
     # (quantity, avg_price, realized P&L) of A per bar; B stays flat.
@@ -200,7 +208,7 @@ def test_prior_before_min_trades_and_the_estimate_after():
 
 
 def test_trades_are_a_rolling_window_and_the_estimate_is_clamped():
-    cfg = KellyGarchConfig(volatility="none", min_trades=2, kelly_window=3, max_position=1.0)
+    cfg = Cfg(volatility="none", min_trades=2, kelly_window=3, max_position=1.0)
     p = KellyGarch(cfg, ("A",))
     rp = 0.0
     p.size(np.array([0.5]), flat_ctx(("A",), T0, [0], [0], [rp]))
@@ -227,7 +235,7 @@ def test_a_record_with_no_edge_expires_and_the_prior_comes_back():
     """Found by the research runs: with f = 0 no position opens, so no trade closes to change
     the estimate, and the strategy stayed off for the rest of the run. Trades older than
     kelly_max_age_bars leave the window; the prior then sizes again (and survives a restart)."""
-    cfg = KellyGarchConfig(
+    cfg = Cfg(
         volatility="none", min_trades=2, kelly_window=5, max_position=1.0, kelly_max_age_bars=10
     )
     p = KellyGarch(cfg, ("A",))
@@ -258,7 +266,7 @@ def test_a_record_with_no_edge_expires_and_the_prior_comes_back():
 
 
 def test_flip_and_a_round_trip_between_two_bars_are_trades():
-    cfg = KellyGarchConfig(volatility="none", max_position=1.0, allow_short=True)
+    cfg = Cfg(volatility="none", max_position=1.0, allow_short=True)
     p = KellyGarch(cfg, ("A",))
     s = np.array([0.8])
     w0 = p.size(s, flat_ctx(("A",), T0, [0], [0], [0.0], equity=1e5))
@@ -275,7 +283,7 @@ def test_flip_and_a_round_trip_between_two_bars_are_trades():
 
 
 def test_a_view_without_pnl_keeps_the_prior():
-    p = KellyGarch(KellyGarchConfig(volatility="none", min_trades=0), ("A",))
+    p = KellyGarch(Cfg(volatility="none", min_trades=0), ("A",))
     ctx = flat_ctx(("A",), T0, [0], [0], [0.0])
     pf = ctx.portfolio
     bare = BarContext(
@@ -339,7 +347,7 @@ def test_plugin_recursion_matches_arch_forecast_including_skipped_bars():
     n_sym, window = 3, 400
     rets = garch_paths(480, n_sym, seed=11, alpha=0.12, beta=0.8, scale=[1.0, 1.5, 2.5])
     close = prices(rets)  # 481 bars
-    cfg = KellyGarchConfig(garch_window=window, min_fit_obs=200)
+    cfg = Cfg(garch_window=window, min_fit_obs=200)
     p = KellyGarch(cfg, tuple(f"S{i}" for i in range(n_sym)))
     m = Market(close, capacity=window + 1)
     m.push(window + 1)  # bar index 400: the window holds returns 0..399
@@ -375,9 +383,7 @@ def test_plugin_recursion_matches_arch_forecast_including_skipped_bars():
 def test_refits_are_staggered_across_bars():
     n_sym = 10
     close = prices(garch_paths(330, n_sym, seed=2))
-    cfg = KellyGarchConfig(
-        garch_window=300, min_fit_obs=200, refit_bars=5, fit_scope="all", initial_fit=False
-    )
+    cfg = Cfg(garch_window=300, min_fit_obs=200, refit_bars=5, fit_scope="all", initial_fit=False)
     p = KellyGarch(cfg, tuple(f"S{i}" for i in range(n_sym)))
     m = Market(close, capacity=301).push(301)
     per_bar = []
@@ -393,7 +399,7 @@ def test_refits_are_staggered_across_bars():
 def test_active_scope_fits_only_symbols_that_could_hold_a_position():
     n_sym = 4
     close = prices(garch_paths(260, n_sym, seed=4))
-    cfg = KellyGarchConfig(garch_window=250, min_fit_obs=200)
+    cfg = Cfg(garch_window=250, min_fit_obs=200)
     p = KellyGarch(cfg, tuple(f"S{i}" for i in range(n_sym)))
     m = Market(close, capacity=251).push(251)
     score = np.array([0.5, -0.5, np.nan, 0.0])
@@ -438,7 +444,7 @@ def _fake_result(flag=0, mu=0.01, omega=0.02, alpha=0.1, beta=0.85):
 def test_failed_fit_falls_back_to_ewma_and_is_logged(monkeypatch, outcome, reason):
     rets = garch_paths(300, 2, seed=8)
     m = Market(prices(rets), capacity=301).push(301)
-    p = KellyGarch(KellyGarchConfig(garch_window=300, min_fit_obs=200), ("AAA", "BBB"))
+    p = KellyGarch(Cfg(garch_window=300, min_fit_obs=200), ("AAA", "BBB"))
     monkeypatch.setattr(garch_mod, "arch_model", _fake_arch(outcome))
     with capture_logs() as logs:
         w = p.size(np.array([0.6, np.nan]), m.ctx())
@@ -476,14 +482,14 @@ def test_ewma_is_riskmetrics():
 
 
 def test_vol_scalar_halves_the_weight_when_forecast_vol_doubles():
-    cfg = KellyGarchConfig(max_position=1.0, min_vol_scalar=0.01, max_vol_scalar=100.0)
+    cfg = Cfg(max_position=1.0, min_vol_scalar=0.01, max_vol_scalar=100.0)
     s2 = np.array([1e-4, 4e-4])  # daily vol 1% and 2%
     w = target_weights(np.array([0.5, 0.5]), s2, 0.25, cfg)
     assert w[1] == pytest.approx(w[0] / 2)
     assert w[0] == pytest.approx(0.25 * 0.5 * 0.5 * 0.15 / (0.01 * math.sqrt(252)))
     np.testing.assert_allclose(vol_scalar(s2, cfg), 0.15 / (np.sqrt(s2 * 252)))
     # Clipped at the configured range, NaN without a variance.
-    tight = KellyGarchConfig()
+    tight = Cfg()
     np.testing.assert_allclose(vol_scalar(np.array([1e-9, 1.0]), tight), [2.0, 0.1])
     assert np.isnan(vol_scalar(np.array([np.nan, 0.0]), tight)).all()
 
@@ -492,7 +498,7 @@ def test_vol_scalar_halves_the_weight_when_forecast_vol_doubles():
 def test_plugin_weight_halves_for_a_series_with_twice_the_volatility(volatility):
     r = garch_paths(400, 1, seed=21)[:, 0]
     rets = np.column_stack([r, 2 * r])
-    cfg = KellyGarchConfig(
+    cfg = Cfg(
         volatility=volatility,
         garch_window=400,
         min_fit_obs=200,
@@ -513,14 +519,14 @@ def test_plugin_weight_halves_for_a_series_with_twice_the_volatility(volatility)
 
 
 def test_volatility_none_drops_the_scalar_and_unknown_variance_means_no_position():
-    cfg = KellyGarchConfig(volatility="none", max_position=1.0)
+    cfg = Cfg(volatility="none", max_position=1.0)
     p = KellyGarch(cfg, ("A",))
     assert p.size(np.array([0.4]), flat_ctx(("A",), T0, [0], [0], [0]))[0] == pytest.approx(
         0.25 * 0.5 * 0.4
     )
     # Too few returns for any variance: no position.
     m = Market(prices(garch_paths(10, 1)), capacity=501).push(11)
-    q = KellyGarch(KellyGarchConfig(), ("A",))
+    q = KellyGarch(Cfg(), ("A",))
     assert q.size(np.array([0.9]), m.ctx())[0] == 0.0
     assert np.isnan(q.forecast_variance[0])
 
@@ -529,7 +535,7 @@ def test_a_symbol_listed_late_gets_a_variance_once_it_has_enough_returns():
     rets = garch_paths(80, 2, seed=1)
     close = prices(rets)
     close[:50, 1] = np.nan  # lists at bar 50
-    cfg = KellyGarchConfig(garch_window=60, min_fit_obs=50, min_vol_obs=20)
+    cfg = Cfg(garch_window=60, min_fit_obs=50, min_vol_obs=20)
     p = KellyGarch(cfg, ("OLD", "NEW"))
     m = Market(close, capacity=61).push(61)
     p.size(np.array([0.5, 0.5]), m.ctx())
@@ -545,7 +551,7 @@ def test_a_symbol_listed_late_gets_a_variance_once_it_has_enough_returns():
 
 def test_monthly_rebalance_holds_targets_but_exits_at_once():
     syms = ("A", "B", "C", "D")
-    cfg = KellyGarchConfig(volatility="none", rebalance="monthly", max_position=1.0)
+    cfg = Cfg(volatility="none", rebalance="monthly", max_position=1.0)
     p = KellyGarch(cfg, syms)
     days = pd.to_datetime(["2021-01-27", "2021-01-28", "2021-01-29", "2021-02-01"], utc=True)
     f = 0.25 * 0.5
@@ -569,7 +575,7 @@ def test_monthly_rebalance_holds_targets_but_exits_at_once():
 
 
 def test_untradable_symbols_keep_their_weight():
-    p = KellyGarch(KellyGarchConfig(volatility="none"), ("A", "B"))
+    p = KellyGarch(Cfg(volatility="none"), ("A", "B"))
     c = flat_ctx(("A", "B"), T0, [0, 0], [0, 0], [0, 0])
     c = BarContext(
         time=c.time,
@@ -607,11 +613,13 @@ def _bars_with_trades(m, bars, seed=0):
         avg = np.where(q != 0, np.where(avg > 0, avg, m.close[m.t]), 0.0)
 
 
-def test_state_restore_round_trip_sizes_identically():
+@pytest.mark.parametrize("lagged", [False, True], ids=["same-bar fits", "fits in flight"])
+def test_state_restore_round_trip_sizes_identically(lagged):
     n_sym = 6
     close = prices(garch_paths(300, n_sym, seed=13, scale=np.linspace(0.8, 2.0, n_sym)))
-    cfg = KellyGarchConfig(
-        garch_window=150, min_fit_obs=120, refit_bars=4, min_trades=5, allow_short=True
+    lag = {"fit_lag_bars": 1, "fit_executor": "thread"} if lagged else {}
+    cfg = Cfg(
+        garch_window=150, min_fit_obs=120, refit_bars=4, min_trades=5, allow_short=True, **lag
     )
     syms = tuple(f"S{i}" for i in range(n_sym))
     a = KellyGarch(cfg, syms)
@@ -624,6 +632,8 @@ def test_state_restore_round_trip_sizes_identically():
     assert len(a.trades) >= cfg.min_trades  # the Kelly estimate is in use
     assert "garch" in a.methods.values()
     saved = json.loads(json.dumps(a.state(), allow_nan=False))  # strict JSON
+    # Lagged: the checkpoint holds the fits asked for at its bar, to apply at the next one.
+    assert bool(saved["pending_fits"]) is lagged
     b = KellyGarch(cfg, syms)
     b.restore(saved)
     sized = 0
@@ -640,7 +650,7 @@ def test_state_restore_round_trip_sizes_identically():
 def test_restart_after_missed_bars_catches_up_exactly():
     n_sym = 3
     close = prices(garch_paths(260, n_sym, seed=17))
-    cfg = KellyGarchConfig(garch_window=200, min_fit_obs=150, refit_bars=50, fit_scope="all")
+    cfg = Cfg(garch_window=200, min_fit_obs=150, refit_bars=50, fit_scope="all")
     a = KellyGarch(cfg, ("A", "B", "C"))
     m = Market(close, capacity=201).push(210)
     score = np.full(n_sym, 0.5)
@@ -658,7 +668,7 @@ def test_restart_after_missed_bars_catches_up_exactly():
 def test_restart_beyond_the_window_refilters_the_variance():
     n_sym = 3
     close = prices(garch_paths(600, n_sym, seed=17, alpha=0.1, beta=0.8))
-    cfg = KellyGarchConfig(garch_window=200, min_fit_obs=150)
+    cfg = Cfg(garch_window=200, min_fit_obs=150)
     a = KellyGarch(cfg, ("A", "B", "C"))
     m = Market(close, capacity=201).push(210)
     a.size(np.full(n_sym, 0.5), m.ctx())
@@ -676,14 +686,14 @@ def test_restart_beyond_the_window_refilters_the_variance():
 
 
 def test_restore_rejects_another_universe_and_versions():
-    p = KellyGarch(KellyGarchConfig(), ("A", "B"))
+    p = KellyGarch(Cfg(), ("A", "B"))
     st_ = p.state()
     with pytest.raises(ValueError, match="2 symbols"):
-        KellyGarch(KellyGarchConfig(), ("A",)).restore(st_)
+        KellyGarch(Cfg(), ("A",)).restore(st_)
     with pytest.raises(ValueError, match="version"):
         p.restore({**st_, "version": 99})
     # A state saved before any bar was sized (a warm-up checkpoint) restores to a fresh start.
-    q = KellyGarch(KellyGarchConfig(volatility="none"), ("A", "B"))
+    q = KellyGarch(Cfg(volatility="none"), ("A", "B"))
     q.restore(json.loads(json.dumps(st_)))
     assert q.size(np.array([0.4, np.nan]), flat_ctx(("A", "B"), T0, [0, 0], [0, 0], [0, 0]))[
         0
@@ -713,7 +723,7 @@ scores = st.lists(
 def test_weights_are_capped_zero_without_a_view_and_never_short_unless_allowed(
     score, min_score, allow_short, cap, multiplier, volatility
 ):
-    cfg = KellyGarchConfig(
+    cfg = Cfg(
         volatility=volatility,
         garch_window=30,
         min_vol_obs=20,
@@ -745,7 +755,7 @@ def test_weights_are_capped_zero_without_a_view_and_never_short_unless_allowed(
     cap=st.floats(0.001, 1.0),
 )
 def test_target_weights_invariants(score, sigma2, kelly, min_score, allow_short, cap):
-    cfg = KellyGarchConfig(min_score=min_score, allow_short=allow_short, max_position=cap)
+    cfg = Cfg(min_score=min_score, allow_short=allow_short, max_position=cap)
     s = np.array(score)
     w = target_weights(s, np.array(sigma2), kelly, cfg)
     assert np.isfinite(w).all() and (np.abs(w) <= cap).all()
@@ -760,7 +770,7 @@ def test_target_weights_invariants(score, sigma2, kelly, min_score, allow_short,
 
 
 def test_protocol_history_and_config_validation():
-    p = KellyGarch(KellyGarchConfig(garch_window=300), ("A",))
+    p = KellyGarch(Cfg(garch_window=300), ("A",))
     assert isinstance(p, SizingPlugin)
     assert p.history_bars() == 301
     assert p.required_features() == ()
@@ -782,3 +792,167 @@ def test_protocol_history_and_config_validation():
     ):
         with pytest.raises(ValueError):
             KellyGarchConfig(**bad)
+
+
+# ------------------------------------------------------- lagged fits, their runner and cache
+
+
+def _run(cfg, close, n_bars, symbols=None, score=0.5):
+    """Size `n_bars` bars after the first 301; the weights and variances of each bar."""
+    n = close.shape[1]
+    p = KellyGarch(cfg, symbols or tuple(f"S{i}" for i in range(n)))
+    m = Market(close, capacity=301).push(301)
+    out = []
+    for _ in range(n_bars):
+        w = p.size(np.full(n, score), m.ctx())
+        out.append((w, p.forecast_variance.copy(), p._bars - 1))
+        m.push()
+    return p, out
+
+
+@pytest.mark.parametrize("executor", ["inline", "thread", "process"])
+def test_lagged_fits_equal_same_bar_fits_from_the_next_bar_wherever_they_run(executor):
+    """A fit asked for at bar t applies from t+1; from then on the state is the same as when
+    it applied at t (same window, same warm start), bit for bit, whichever runner fitted it."""
+    close = prices(garch_paths(330, 2, seed=21, alpha=0.1, beta=0.85, scale=[1.0, 2.0]))
+    kw = {"garch_window": 300, "min_fit_obs": 200, "refit_bars": 5, "fit_scope": "all"}
+    _, now = _run(Cfg(**kw), close, 22)
+    lagged, later = _run(Cfg(**kw, fit_lag_bars=1, fit_executor=executor), close, 22)
+    compared = differed = 0
+    for (w0, v0, k), (w1, v1, _) in zip(now, later, strict=True):
+        if k % 5 in (2, 3, 4):  # S0 refits on bars 0, 5, ..; S1 on 1, 6, ..: none due here
+            np.testing.assert_array_equal(v1, v0)
+            np.testing.assert_array_equal(w1, w0)
+            compared += 1
+        elif k % 5 == 0:  # S0's fit: applied now at lag 0, from the next bar at lag 1
+            differed += v1[0] != v0[0]
+    assert compared == 12 and differed == 5
+    assert lagged.fits == 2 + 8  # the initial fit of both, then 4 refits each (the 22nd bar's
+    # requests are still in flight)
+
+
+def test_a_rerun_fits_nothing_and_a_changed_price_fits_again(tmp_path, monkeypatch):
+    import tradingd_plugins.sizing.garch_fits as fits_mod
+
+    fitted = []
+    real = fits_mod.fit_many
+    monkeypatch.setattr(fits_mod, "fit_many", lambda jobs: fitted.append(len(jobs)) or real(jobs))
+    close = prices(garch_paths(330, 3, seed=5))
+    cfg = Cfg(
+        garch_window=300, min_fit_obs=200, refit_bars=4, fit_scope="all",
+        fit_lag_bars=1, fit_cache_dir=str(tmp_path),
+    )  # fmt: skip
+    first, a = _run(cfg, close, 12)
+    first.close()  # the engine's end of run: the outcomes go to the file
+    assert sum(fitted) == first.fits == 11  # 3 initial, then one a bar on 8 of 11 bars
+    assert (tmp_path / "garch-fits.json").exists()
+    fitted.clear()
+    rerun, b = _run(cfg, close, 12)
+    assert fitted == [] and rerun._cache.hits == rerun.fits  # nothing fitted again
+    for (w0, v0, _), (w1, v1, _) in zip(a, b, strict=True):
+        np.testing.assert_array_equal(w1, w0)
+        np.testing.assert_array_equal(v1, v0)
+    changed = close.copy()
+    changed[305, 1] *= 1.01  # one price of S1 inside later windows
+    _run(cfg, changed, 12)
+    assert sum(fitted) > 0  # S1's windows from bar 305 on are new keys
+
+
+def test_an_unreadable_fit_cache_is_ignored_with_a_warning(tmp_path):
+    (tmp_path / "garch-fits.json").write_text('{"format": "tradingd-garch-fits/1", "entries": [[')
+    close = prices(garch_paths(305, 2, seed=6))
+    cfg = Cfg(garch_window=300, min_fit_obs=200, fit_lag_bars=1, fit_cache_dir=str(tmp_path))
+    with capture_logs() as logs:
+        p, _ = _run(cfg, close, 3)
+    [warn] = [e for e in logs if e["event"] == "garch_cache.unreadable"]
+    assert str(tmp_path) in warn["path"] and warn["log_level"] == "warning"
+    assert p.methods == {"S0": "garch", "S1": "garch"}  # fitted as if there were no cache
+    p.close()
+    assert json.loads((tmp_path / "garch-fits.json").read_text())["entries"]  # rewritten
+
+
+def test_the_fit_cache_stays_within_its_bound_keeping_what_this_run_used(tmp_path):
+    from tradingd_plugins.sizing.garch_fits import FitCache
+
+    c = FitCache(str(tmp_path), 3)
+    for k in (b"a", b"b", b"c"):
+        c.put(k, (None, k.decode()))
+    c.save()
+    d = FitCache(str(tmp_path), 3)
+    assert d.get(b"b") == (None, "b")  # used by this run
+    d.put(b"x", (None, "x"))
+    d.put(b"y", (None, "y"))
+    assert len(d) == 3  # memory bounded: old unused entries went first
+    d.save()
+    e = FitCache(str(tmp_path), 3)
+    assert {k for k in (b"a", b"b", b"c", b"x", b"y") if e.get(k)} == {b"b", b"x", b"y"}
+
+
+def test_a_killed_worker_process_is_replaced_by_fitting_inline():
+    close = prices(garch_paths(305, 2, seed=7))
+    cfg = Cfg(garch_window=300, min_fit_obs=200, fit_lag_bars=1, fit_executor="process")
+    p = KellyGarch(cfg, ("S0", "S1"))
+    m = Market(close, capacity=301).push(301)
+    try:
+        p.size(np.full(2, 0.5), m.ctx())  # the initial fits go to the worker
+        worker = p._runner._worker
+        worker.proc.kill()
+        worker.proc.wait()
+        m.push()
+        with capture_logs() as logs:
+            p.size(np.full(2, 0.5), m.ctx())
+        [lost] = [e for e in logs if e["event"] == "sizing.garch_worker_lost"]
+        assert lost["action"] == "fitting inline" and str(worker.proc.pid) in lost["error"]
+        assert p.methods == {"S0": "garch", "S1": "garch"} and p.fits == 2
+        # This bar's request (S1's slot) went to a new worker.
+        assert p._runner._worker is not None and p._runner._worker is not worker
+    finally:
+        p.close()
+
+
+def test_the_worker_process_ends_with_its_parent_even_a_killed_one(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, signal, numpy as np\n"
+        "from tradingd_plugins.sizing.garch_fits import FitRunner\n"
+        "r = FitRunner('process')\n"
+        "r300 = np.random.default_rng(1).normal(0, 0.01, 300)\n"
+        "reply = r.submit([(r300, 'constant', None, 200)])\n"
+        "assert reply.result()[0][0] is not None\n"  # a real fit came back
+        "print(r._worker.proc.pid, flush=True)\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert out.returncode == -9, out.stderr
+    pid = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 30
+    while _alive(pid):
+        assert time.monotonic() < deadline, f"worker {pid} outlived its killed parent"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        ({"fit_lag_bars": 2}, "fit_lag_bars must be 0 or 1"),
+        ({"fit_lag_bars": 0, "fit_executor": "process"}, 'fit_executor must be "inline"'),
+        ({"fit_executor": "gpu"}, "fit_executor must be one of inline, thread, process"),
+        ({"fit_cache_size": -1}, "fit_cache_size must be an integer >= 0"),
+    ],
+)
+def test_fit_runner_config_is_checked(bad, message):
+    with pytest.raises(ValueError, match=message):
+        KellyGarchConfig(**bad)

@@ -1,0 +1,307 @@
+"""Where GARCH fits run and what they are remembered by: a cache of fit outcomes keyed by their
+inputs, and a runner that fits off the bar's path (a worker process by default).
+
+Why: an `arch` fit costs 5-60 ms and a 500-symbol universe refits ~25 symbols a bar. Inline,
+that is most of a live bar's latency and most of a replay's time. Two remedies, neither of
+which changes a single number:
+- The runner: fits asked for at one bar are applied from the next (`fit_lag_bars = 1`), so they
+  can run between bars, in a worker process (`fit_executor = "process"`, the other core) or a
+  thread. Where a fit runs does not change its result: the same inputs, the same code.
+- The cache: a fit's outcome is a pure function of its inputs (the returns, the mean model,
+  the warm start, `min_obs`), so it is keyed by a BLAKE2b-128 hash of exactly those and kept
+  between runs in `fit_cache_dir`. A rerun of a replay then fits nothing; a changed price,
+  window or warm start is a different key. An unreadable cache file is ignored with a warning.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import pickle
+import struct
+import subprocess
+import sys
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import BinaryIO
+
+import numpy as np
+import structlog
+
+from .garch import GarchParams, try_garch_fit
+
+log = structlog.get_logger(__name__)
+
+EXECUTORS = ("inline", "thread", "process")
+CACHE_FORMAT = "tradingd-garch-fits/1"
+CACHE_FILE = "garch-fits.json"
+
+#: A fit's inputs: the returns (finite, decimal), the mean model, the warm start (mu, omega,
+#: alpha, beta) or None, and the fewest returns accepted.
+Start = tuple[float, float, float, float]
+FitJob = tuple[np.ndarray, str, Start | None, int]
+#: A fit's outcome: (mu, omega, alpha, beta, sigma2, nobs) or None, and the reason when None.
+FitOutcome = tuple[tuple[float, float, float, float, float, int] | None, str]
+
+
+def fit_one(returns: np.ndarray, mean: str, start: Start | None, min_obs: int) -> FitOutcome:
+    """Warm-started fit; a failed warm start is retried once from arch's own starting values
+    (a warm start can stall on the alpha + beta = 1 boundary)."""
+    warm = None if start is None else GarchParams(*start, sigma2=0.0, nobs=0)
+    params, why = try_garch_fit(returns, mean=mean, starting=warm, min_obs=min_obs)
+    if params is None and warm is not None:
+        params, why = try_garch_fit(returns, mean=mean, min_obs=min_obs)
+    if params is None:
+        return None, why
+    return (params.mu, params.omega, params.alpha, params.beta, params.sigma2, params.nobs), ""
+
+
+def fit_many(jobs: Sequence[FitJob]) -> list[FitOutcome]:
+    """Every job in order (the unit of work sent to a worker)."""
+    return [fit_one(*job) for job in jobs]
+
+
+def fit_key(job: FitJob) -> bytes:
+    returns, mean, start, min_obs = job
+    h = hashlib.blake2b(digest_size=16, person=b"tradingd-garch1")
+    h.update(f"{mean}|{min_obs}|".encode())
+    h.update(b"cold" if start is None else struct.pack("<4d", *start))
+    h.update(np.ascontiguousarray(returns, dtype=np.float64).tobytes())
+    return h.digest()
+
+
+class FitCache:
+    """Fit outcomes by `fit_key`, in memory and (optionally) in one JSON file between runs.
+    At most `size` entries are saved: those used by this process first."""
+
+    def __init__(self, directory: str, size: int) -> None:
+        self.path = Path(directory) / CACHE_FILE if directory else None
+        self.size = size
+        self._old: dict[bytes, FitOutcome] = {}
+        self._used: dict[bytes, FitOutcome] = {}
+        self.hits = 0
+        self._load()
+
+    def __len__(self) -> int:
+        return len(self._used) + len(self._old)
+
+    def get(self, key: bytes) -> FitOutcome | None:
+        hit = self._used.get(key)
+        if hit is None:
+            hit = self._old.pop(key, None)
+            if hit is None:
+                return None
+            self._used[key] = hit
+        self.hits += 1
+        return hit
+
+    def put(self, key: bytes, outcome: FitOutcome) -> None:
+        self._used[key] = outcome
+        self._old.pop(key, None)
+        # Memory stays bounded by `size` too: the oldest unused entries go first.
+        while len(self) > self.size and self._old:
+            self._old.pop(next(iter(self._old)))
+        while len(self._used) > self.size:
+            self._used.pop(next(iter(self._used)))
+
+    def _load(self) -> None:
+        if self.path is None or not self.size or not self.path.exists():
+            return
+        try:
+            data = json.loads(self.path.read_text())
+            if not (isinstance(data, dict) and data.get("format") == CACHE_FORMAT):
+                log.warning("garch_cache.ignored", path=str(self.path), reason="another format")
+                return
+            entries = {
+                bytes.fromhex(k): (None if p is None else (*map(float, p[:5]), int(p[5])), str(w))
+                for k, p, w in data["entries"][: self.size]
+            }
+        except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
+            log.warning("garch_cache.unreadable", path=str(self.path), error=str(exc))
+            return
+        self._old = entries  # type: ignore[assignment]
+        log.info("garch_cache.loaded", path=str(self.path), entries=len(entries))
+
+    def save(self) -> None:
+        if self.path is None or not self.size or not self._used:
+            return
+        merged = list(self._used.items()) + list(self._old.items())
+        entries = [[k.hex(), None if p is None else list(p), w] for k, (p, w) in merged]
+        data = {"format": CACHE_FORMAT, "entries": entries[: self.size]}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.path)
+
+
+class WorkerLost(Exception):
+    """The fit worker process ended or stopped answering (killed, out of memory)."""
+
+
+class _Reply:
+    """The worker's answer to one request, read when it is wanted."""
+
+    def __init__(self, worker: FitWorker) -> None:
+        self.worker = worker
+
+    def result(self) -> list[FitOutcome]:
+        return self.worker.read()
+
+
+class FitWorker:
+    """A child process (`python -m tradingd_plugins.sizing.garch_worker`) that fits what it
+    is sent, one request at a time: length-prefixed pickles over its stdin and stdout.
+
+    Not multiprocessing: its spawn and forkserver modes run the parent's main script again in
+    the child (a user's script without a main guard would start its backtest twice), and fork
+    copies a daemon's threads' locks. The child ends when its stdin closes, so it cannot
+    outlive the daemon, even one killed with SIGKILL."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tradingd_plugins.sizing.garch_worker"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            close_fds=True,
+        )
+
+    def send(self, jobs: list[FitJob]) -> _Reply:
+        try:
+            write_frame(self.proc.stdin, jobs)  # type: ignore[arg-type]
+        except (BrokenPipeError, OSError) as exc:
+            raise WorkerLost(f"the GARCH fit worker (pid {self.proc.pid}) is gone: {exc}") from exc
+        return _Reply(self)
+
+    def read(self) -> list[FitOutcome]:
+        try:
+            out = read_frame(self.proc.stdout)  # type: ignore[arg-type]
+        except (EOFError, OSError, pickle.UnpicklingError) as exc:
+            code = self.proc.poll()
+            raise WorkerLost(
+                f"the GARCH fit worker (pid {self.proc.pid}) ended (exit code {code}): {exc}"
+            ) from exc
+        return out  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            with contextlib.suppress(OSError):
+                self.proc.stdin.close()  # type: ignore[union-attr]
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        with contextlib.suppress(OSError):
+            self.proc.stdout.close()  # type: ignore[union-attr]
+
+
+def write_frame(stream: BinaryIO, obj: object) -> None:
+    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    stream.write(struct.pack("<Q", len(data)))
+    stream.write(data)
+    stream.flush()
+
+
+def read_frame(stream: BinaryIO) -> object:
+    head = stream.read(8)
+    if len(head) < 8:
+        raise EOFError("end of stream")
+    (size,) = struct.unpack("<Q", head)
+    data = stream.read(size)
+    if len(data) < size:
+        raise EOFError("end of stream inside a frame")
+    return pickle.loads(data)  # our own child's answer
+
+
+class FitRunner:
+    """Runs fits where the config says: `inline` (now, in this thread), `thread` (one worker
+    thread) or `process` (one child process, started on first use). One per plugin, so one
+    request is in flight at a time and answers come back in order."""
+
+    def __init__(self, kind: str) -> None:
+        if kind not in EXECUTORS:
+            raise ValueError(f"fit_executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
+        self.kind = kind
+        self._pool: ThreadPoolExecutor | None = None
+        self._worker: FitWorker | None = None
+
+    def submit(self, jobs: list[FitJob]) -> Future[list[FitOutcome]] | _Reply:
+        if self.kind == "thread":
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="garch-fit")
+            return self._pool.submit(fit_many, jobs)
+        if self.kind == "process":
+            try:
+                if self._worker is None:
+                    self._worker = FitWorker()
+                return self._worker.send(jobs)
+            except (WorkerLost, OSError) as exc:
+                self.lost(exc)
+        done: Future[list[FitOutcome]] = Future()
+        done.set_result(fit_many(jobs))
+        return done
+
+    def lost(self, exc: BaseException) -> None:
+        log.error("sizing.garch_worker_lost", error=str(exc), action="fitting inline")
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None  # the next request starts a new one
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        if self._worker is not None:
+            self._worker.close()
+            self._worker = None
+
+
+class Pending:
+    """Fits asked for at one bar: the symbols, the cached outcomes, and the rest on their way."""
+
+    def __init__(
+        self,
+        idx: np.ndarray,
+        keys: list[bytes],
+        jobs: list[FitJob],
+        outcomes: list[FitOutcome | None],
+        reply: Future[list[FitOutcome]] | _Reply | None,
+        runner: FitRunner,
+        initial: bool,
+    ) -> None:
+        self.idx = idx
+        self.keys = keys
+        self.jobs = jobs
+        self.outcomes = outcomes
+        self.reply = reply
+        self.runner = runner
+        self.initial = initial
+
+    def result(self) -> list[FitOutcome]:
+        """Every outcome in order; waits for the runner. A worker that died is replaced by
+        fitting here (logged), so a lost worker costs time, never a fit."""
+        if self.reply is not None:
+            missing = [j for j, o in zip(self.jobs, self.outcomes, strict=True) if o is None]
+            try:
+                fresh = self.reply.result()
+            except WorkerLost as exc:
+                self.runner.lost(exc)
+                fresh = fit_many(missing)
+            it = iter(fresh)
+            self.outcomes = [o if o is not None else next(it) for o in self.outcomes]
+            self.reply = None
+        return self.outcomes  # type: ignore[return-value]
+
+
+def submit(
+    jobs: list[FitJob], cache: FitCache, runner: FitRunner, idx: np.ndarray, initial: bool
+) -> Pending:
+    """Look every job up in the cache and send the misses, in one batch, to the runner."""
+    keys = [fit_key(j) for j in jobs]
+    outcomes = [cache.get(k) for k in keys]
+    todo = [j for j, o in zip(jobs, outcomes, strict=True) if o is None]
+    reply = runner.submit(todo) if todo else None
+    return Pending(idx, keys, jobs, outcomes, reply, runner, initial)
