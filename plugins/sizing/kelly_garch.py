@@ -335,6 +335,10 @@ class KellyGarch:
         # Fits asked for at the last bar sized (fit_lag_bars = 1), applied at the next one.
         self._pending: Pending | None = None
         self._runner = FitRunner(config.fit_executor)
+        if config.volatility == "garch":
+            # A worker process takes ~2 s to import arch: started now, it is ready by the time
+            # the warm-up and the first bar are done (the first fits would wait for it).
+            self._runner.start()
         self._resolved: list[Resolved] | None = None  # waited for (or from a checkpoint)
         self._initial = False
 
