@@ -11,12 +11,37 @@ plugin exposes `model_path` (the resolved directory) and `version` for the run's
 
 Prediction cache: the models' inputs depend on more than (symbol, bar time): cross-sectional
 features on the universe, recursive indicators on where the data starts. So a prediction is
-keyed by a hash of exactly what the models see, the float32 (window, features) array of that
-symbol, salted with the model version and the ensemble weights (BLAKE2b, 128 bits). A
-different universe, data start or model can never be served another run's prediction, and a
-rerun of the same bars still skips onnxruntime. Predictions are kept in memory (at most
-`cache_size`) and in `cache_dir` between runs, one file per model version (the newest
-`cache_versions` files are kept); an unreadable file is ignored with a warning.
+keyed by exactly what the models see, the float32 (window, features) array of that symbol,
+salted with the model version and the ensemble weights. A different universe, data start or
+model can never be served another run's prediction, and a rerun of the same bars still skips
+onnxruntime.
+
+The key is cheap to keep up to date (`WindowKeys`): each new feature row of a symbol is hashed
+once (BLAKE2b, 192 bits, one call per symbol per bar), and a window's key is a fixed linear
+combination of its rows' digests, modulo the prime p = 2^61 - 1, in three independent lanes:
+key = salt + sum_j 2^(j mod 60) * digest_(j div 60)(row j), j = 0 for the oldest row, where
+digest_b is the b-th 192 bits of the row's digest (a window longer than 60 rows uses one set
+per block of 60 rows). Sliding the window by one bar is then a subtraction, a rotation and an
+addition per lane: no pass over the window's 1,200 values per bar. Two different windows
+(or salts) get the same key only by chance: they differ at some position j, whose row R enters
+the two sums with coefficients that are different sums of distinct powers 2^i (i < 60), so
+different integers below 2^60, so different modulo p; the difference of the keys is then that
+nonzero coefficient times R's digest plus a term independent of it, zero with probability at
+most 9/2^64 per lane (BLAKE2b taken as a random function; a 64-bit digest word reduced
+modulo p), and the three lanes use independent digest words. The key is the three lanes (183
+bits): two distinct inputs share it with probability below 2^-182, and a cache of 3,000,000
+entries (4.5e12 pairs) holds a collision with probability below 10^-42, so a wrong prediction
+is never served in practice.
+
+Predictions are held in memory (at most `cache_size` entries, 36 bytes each, plus an index of
+1-2 bytes: 3,000,000 = 110 MB, a full replay of 500 symbols x 20 years) as arrays sorted by
+key, looked up for the whole bar at once; the predictions new since the last merge wait in a
+small dict. Each entry carries when it was last used, so when the bound is reached the entries
+used least recently go first (this run's before any other). They are kept in `cache_dir`
+between runs, one `.npz` file per model version (written atomically when the run added
+predictions; the newest `cache_versions` files are kept). A file that is unreadable, of
+another format (or of the previous JSON format, `<version>.json`: never read, and removed when
+that version's `.npz` is written) is ignored with a warning.
 """
 
 from __future__ import annotations
@@ -24,12 +49,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import structlog
@@ -40,7 +64,130 @@ from tradingd.inference.onnx import PUBLISHED_MODEL_DIR, EnsemblePredictor, Mode
 
 log = structlog.get_logger(__name__)
 
-CACHE_FORMAT = "tradingd-prediction-cache/2"
+CACHE_FORMAT = "tradingd-prediction-cache/3"
+
+# Window keys (see the module docstring): arithmetic modulo the Mersenne prime 2^61 - 1 on
+# uint64 arrays, where multiplying by 2^k is a rotation of 61 bits.
+_P = np.uint64((1 << 61) - 1)
+_BLOCK = 60  # rows per block: the sums of distinct powers 2^0 .. 2^59 are distinct below _P
+_LANES = 3  # 61-bit lanes per key (183 bits)
+
+
+def _mod(x: np.ndarray) -> np.ndarray:
+    """Any uint64 values -> their residues modulo _P, in [0, _P)."""
+    y = (x & _P) + (x >> np.uint64(61))  # 2^61 = 1 (mod _P); y <= _P + 7
+    return np.where(y >= _P, y - _P, y)
+
+
+def _add(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return _mod(x + y)
+
+
+def _sub(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+    return _mod(x + (_P - y))
+
+
+def _times_pow2(x: np.ndarray, k: np.ndarray | np.uint64) -> np.ndarray:
+    """x * 2^k mod _P for residues x and 0 <= k < 61: a rotation of their 61 bits."""
+    k = np.asarray(k, dtype=np.uint64)
+    return ((x << k) | (x >> (np.uint64(61) - k))) & _P
+
+
+def _half(x: np.ndarray) -> np.ndarray:
+    """x / 2 mod _P (x * 2^60) for residues x: a rotation the other way."""
+    return (x >> np.uint64(1)) | ((x & np.uint64(1)) << np.uint64(60))
+
+
+def window_blocks(window: int) -> list[tuple[int, int]]:
+    """The blocks of a window, oldest first, as (lag of the block's newest row behind the
+    window's newest, rows in the block): a block has its own digest words."""
+    out = []
+    for start in range(0, window, _BLOCK):
+        length = min(_BLOCK, window - start)
+        out.append((window - start - length, length))
+    return out
+
+
+def row_digests(rows: np.ndarray, blocks: int) -> np.ndarray:
+    """(K, features) float32 rows -> (K, blocks, _LANES) residues: BLAKE2b of each row's bytes,
+    one call per row (per 8 words), each 64-bit word reduced modulo _P."""
+    rows = np.ascontiguousarray(rows, dtype=np.float32)
+    data = cast(list[bytes], rows.view(np.dtype((np.void, rows.shape[1] * 4))).ravel().tolist())
+    words = blocks * _LANES
+    parts = []
+    for c, start in enumerate(range(0, words, 8)):
+        size = 8 * min(8, words - start)
+        base = hashlib.blake2b(digest_size=size, person=b"tradingd-row%04d" % c)
+        out = []
+        for r in data:  # (copying a state is cheaper than the constructor's keywords)
+            h = base.copy()
+            h.update(r)
+            out.append(h.digest())
+        parts.append(np.frombuffer(b"".join(out), dtype="<u8").reshape(len(data), size // 8))
+    w = parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+    return _mod(w.astype(np.uint64)).reshape(len(data), blocks, _LANES)
+
+
+def window_keys(digests: np.ndarray, salt: np.ndarray) -> np.ndarray:
+    """Keys of whole windows from their rows' digests (B, window, blocks, _LANES), oldest row
+    first: salt + sum_j 2^(j mod 60) digest[j, j div 60], per lane. (B, _LANES) uint64.
+
+    The reference that `WindowKeys` keeps up to date one row at a time."""
+    b, w = digests.shape[:2]
+    acc = np.broadcast_to(salt, (b, _LANES)).copy()
+    for j in range(w):
+        acc = _add(acc, _times_pow2(digests[:, j, j // _BLOCK], np.uint64(j % _BLOCK)))
+    return acc
+
+
+class WindowKeys:
+    """The key of each symbol's window of its last `window` rows, updated in O(1) per row:
+    per block, drop the oldest row's term, halve (every term's power of two goes down by one)
+    and add the new row's term at the top power. A `reset` symbol starts its window again."""
+
+    def __init__(self, n_symbols: int, window: int) -> None:
+        self.window = window
+        self.blocks = window_blocks(window)
+        m = len(self.blocks)
+        # the digests of each symbol's last window + 1 rows (a block's row leaving the window
+        # is window rows behind the new one), in a ring indexed by the symbol's row count
+        self._ring = np.zeros((window + 1, n_symbols, m, _LANES), dtype=np.uint64)
+        self._rows = np.zeros(n_symbols, dtype=np.int64)  # rows ever pushed
+        self.held = np.zeros(n_symbols, dtype=np.int64)  # rows since the last reset
+        self._sums = np.zeros((n_symbols, m, _LANES), dtype=np.uint64)  # per block, no salt
+
+    def reset(self, mask: np.ndarray) -> None:
+        self.held[mask] = 0
+        self._sums[mask] = 0
+
+    def push(self, idx: np.ndarray, rows: np.ndarray) -> None:
+        """The new row (features,) of each symbol of `idx`, float32 as the models see it."""
+        size = self.window + 1
+        t = self._rows[idx]
+        self._rows[idx] = t + 1
+        self._ring[t % size, idx] = row_digests(rows, len(self.blocks))
+        held = self.held[idx] + 1  # rows of the window so far, this one included
+        self.held[idx] = held
+        for k, (lag, length) in enumerate(self.blocks):
+            live = held > lag  # the block has rows
+            i, tl, before = idx[live], t[live], np.minimum(held[live] - 1 - lag, length)
+            if i.size == 0:
+                continue
+            enter = self._ring[(tl - lag) % size, i, k]
+            s = self._sums[i, k]
+            full = before == length
+            if full.any():  # the block slides: its oldest row leaves
+                leave = self._ring[(tl - lag - length) % size, i, k]
+                s = np.where(full[:, None], _half(_sub(s, leave)), s)
+            top = np.where(full, length - 1, before).astype(np.uint64)[:, None]
+            self._sums[i, k] = _add(s, _times_pow2(enter, top))
+
+    def keys(self, idx: np.ndarray, salt: np.ndarray) -> np.ndarray:
+        """(len(idx), _LANES) keys of symbols whose window is full (held >= window)."""
+        acc = np.broadcast_to(salt, (len(idx), _LANES)).copy()
+        for k in range(len(self.blocks)):
+            acc = _add(acc, self._sums[idx, k])
+        return acc
 
 
 def default_model_dir() -> Path:
@@ -76,12 +223,13 @@ def locate_model(model_dir: str, cwd: str | Path | None = None) -> tuple[Path, s
     return default_model_dir(), f"model_dir is empty and there is no {published}: shipped model"
 
 
-def cache_salt(version: str, weights: Mapping[str, float]) -> Any:
-    """A BLAKE2b state holding everything besides the window that the cached value depends on:
-    the model version (models, scaler, feature-set version) and the ensemble weights."""
-    h = hashlib.blake2b(digest_size=16)
+def cache_salt(version: str, weights: Mapping[str, float]) -> np.ndarray:
+    """Everything besides the window that the cached value depends on, the model version
+    (models, scaler, feature-set version) and the ensemble weights, as one residue per lane:
+    added to every window's key."""
+    h = hashlib.blake2b(digest_size=8 * _LANES, person=b"tradingd-salt")
     h.update(json.dumps([CACHE_FORMAT, version, sorted(weights.items())]).encode())
-    return h
+    return _mod(np.frombuffer(h.digest(), dtype="<u8").astype(np.uint64))
 
 
 @dataclass(frozen=True)
@@ -89,7 +237,9 @@ class MlEnsembleConfig:
     # empty: var/models/current when it exists (see locate_model), else the shipped model
     model_dir: str = ""
     threshold: float = 0.0  # 0: the card's confidence threshold (0.55)
-    cache_size: int = 200_000
+    # Predictions kept, in memory and in the file (~37 bytes each: 110 MB at the default, which
+    # holds a replay of 500 symbols x 20 years; a live daemon adds ~500 a day).
+    cache_size: int = 3_000_000
     threads: int = 0  # onnxruntime intra-op threads; 0 = one per core
     # Predictions are kept here across runs, one file per model version ("" = in memory only).
     cache_dir: str = "var/cache/predictions"
@@ -104,9 +254,32 @@ class MlEnsembleConfig:
             raise ValueError(f"cache_versions must be >= 1, got {self.cache_versions}")
 
 
+# New predictions wait in a dict until there are this many, then join the sorted arrays.
+_YOUNG_MAX = 1 << 16
+_STAMP_MAX = (1 << 32) - 2  # uint32 stamps; the file's are renumbered 0, 1, ... at each save
+
+
+def _key_bytes(keys: np.ndarray) -> list[bytes]:
+    raw = np.ascontiguousarray(keys, dtype="<u8").tobytes()
+    n = 8 * _LANES
+    return [raw[i : i + n] for i in range(0, len(raw), n)]
+
+
 class MlEnsemble:
     kind: ClassVar[str] = "signal"
     Config = MlEnsembleConfig
+
+    # the prediction store (see _reset_store)
+    _k0: np.ndarray
+    _k1: np.ndarray
+    _k2: np.ndarray
+    _val: np.ndarray
+    _stamp: np.ndarray
+    _starts: np.ndarray
+    _shift: np.uint64
+    _cache: dict[bytes, list[Any]]
+    _clock: int
+    _dirty: bool
 
     def __init__(self, config: MlEnsembleConfig, symbols: tuple[str, ...]) -> None:
         self.config = config
@@ -130,15 +303,19 @@ class MlEnsemble:
         self._pos = np.full(n, -1, dtype=np.int64)
         self._filled = np.zeros(n, dtype=np.int64)
         self._back = np.arange(self.window - 1, -1, -1)[:, None]
+        self._keys = WindowKeys(n, self.window)
         self._salt = cache_salt(self.version, self.predictor.weights)
-        # (model version, BLAKE2b of version + weights + window) -> ensemble prediction
-        self._cache: OrderedDict[tuple[str, bytes], float] = OrderedDict()
         self.model_calls = 0
         self.cache_hits = 0
         self._load_cache()
 
     def required_features(self) -> tuple[str, ...]:
         return self.features
+
+    @property
+    def cache_entries(self) -> int:
+        """Predictions held in memory (never more than cache_size)."""
+        return len(self._k0) + len(self._cache)
 
     def _maybe_reload(self) -> None:
         """A model root's `current` link may have been switched by `tradingd retrain`: load
@@ -169,37 +346,19 @@ class MlEnsemble:
         self._load_cache()
         log.info("model.reloaded", version=self.version, path=str(target))
 
-    def cache_keys(self, windows: np.ndarray) -> list[tuple[str, bytes]]:
-        """One key per window of `windows` (B, window, features): what the models would see."""
+    def cache_keys(self, windows: np.ndarray) -> np.ndarray:
+        """(B, 3) uint64: the key of each window of `windows` (B, window, features), what the
+        models would see (float32), under this model version and these weights."""
         x = np.ascontiguousarray(windows, dtype=np.float32)
-        keys = []
-        for w in x:
-            h = self._salt.copy()
-            h.update(w)
-            keys.append((self.version, h.digest()))
-        return keys
+        b, w, f = x.shape
+        m = len(window_blocks(w))
+        return window_keys(row_digests(x.reshape(b * w, f), m).reshape(b, w, m, _LANES), self._salt)
 
     def predict(self, windows: np.ndarray) -> np.ndarray:
         """Ensemble predictions for `windows` (B, window, features), unscaled float32: from the
         cache when the same input was seen, else one batched call per model."""
-        keys = self.cache_keys(windows)
-        pred = np.empty(len(keys))
-        todo = []
-        for k, key in enumerate(keys):
-            hit = self._cache.get(key)
-            if hit is None:
-                todo.append(k)
-            else:
-                pred[k] = hit
-                self._cache.move_to_end(key)
-        self.cache_hits += len(keys) - len(todo)
-        if todo:
-            ens = self.predictor.combine_predictions(self.pair.predict(windows[todo]))
-            self.model_calls += 1
-            pred[todo] = ens
-            for k, v in zip(todo, ens.tolist(), strict=True):
-                self._remember(keys[k], v)
-        return pred
+        x = np.ascontiguousarray(windows, dtype=np.float32)
+        return self._predict(self.cache_keys(x), lambda todo: x[todo])
 
     def observe(self, ctx: BarContext) -> None:
         """A warm-up bar (before the run trades): fill the windows, predict nothing. The
@@ -214,78 +373,256 @@ class MlEnsemble:
         out = np.full(len(self.symbols), np.nan)
         if full.size == 0:
             return out
-        t_idx = (self._pos[full][None, :] - self._back) % self.window  # (window, B) oldest first
-        windows = np.ascontiguousarray(self._buf[t_idx, full[None, :]].transpose(1, 0, 2))
-        signal, conf = self.predictor.generate_signal(self.predict(windows), self.threshold)
+        pred = self._predict(
+            self._keys.keys(full, self._salt), lambda todo: self._windows(full[todo])
+        )
+        signal, conf = self.predictor.generate_signal(pred, self.threshold)
         out[full] = signal * conf
         return out
 
+    def _windows(self, idx: np.ndarray) -> np.ndarray:
+        """(len(idx), window, features) float32: the full windows of these symbols."""
+        t_idx = (self._pos[idx][None, :] - self._back) % self.window  # (window, B) oldest first
+        return np.ascontiguousarray(self._buf[t_idx, idx[None, :]].transpose(1, 0, 2))
+
     def _push(self, ctx: BarContext) -> np.ndarray:
         ready = ctx.ready if ctx.ready is not None else ctx.tradable
+        # A symbol that misses readiness starts its window again: windows are consecutive bars.
+        self._filled[~ready] = 0
+        self._keys.reset(~ready)
         idx = np.flatnonzero(ready)
         if idx.size:
             row = np.stack([ctx.features[f][idx] for f in self.features], axis=-1)
+            row = row.astype(np.float32)  # what the models see
             p = (self._pos[idx] + 1) % self.window
             self._pos[idx] = p
             self._buf[p, idx] = row
             self._filled[idx] += 1
-        # A symbol that misses readiness starts its window again: windows are consecutive bars.
-        self._filled[~ready] = 0
+            self._keys.push(idx, row)
         return ready
+
+    # -- the store: sorted arrays (loaded, or merged) + the dict of new predictions ----------
+
+    def _predict(self, keys: np.ndarray, windows: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        """Predictions for these keys: from the cache, else from the models for
+        `windows(misses)`, in one batched call per model."""
+        self._clock += 1
+        pred, todo = self._lookup(keys)
+        self.cache_hits += len(keys) - len(todo)
+        if todo.size:
+            ens = self.predictor.combine_predictions(self.pair.predict(windows(todo)))
+            self.model_calls += 1
+            pred[todo] = ens
+            self._insert(keys[todo], ens)
+        return pred
+
+    def _lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(values, indices of the keys not found); marks what was found as used now."""
+        pred = np.empty(len(keys))
+        found = np.zeros(len(keys), dtype=bool)
+        n = len(self._k0)
+        if n:
+            q0 = keys[:, 0]
+            # = np.searchsorted(self._k0, q0), from the bucket of q0's top bits (2-4 entries)
+            b = (q0 >> self._shift).astype(np.intp)
+            left, end = self._starts[b].astype(np.intp), self._starts[b + 1].astype(np.intp)
+            a = np.flatnonzero(left < end)
+            while a.size:
+                a = a[self._k0[left[a]] < q0[a]]
+                left[a] += 1
+                a = a[left[a] < end[a]]
+            at = np.minimum(left, n - 1)
+            same0 = self._k0[at] == q0
+            found = same0 & (self._k1[at] == keys[:, 1]) & (self._k2[at] == keys[:, 2])
+            for q in np.flatnonzero(same0 & ~found):  # other entries share the first lane
+                lo = int(left[q])
+                hi = int(np.searchsorted(self._k0, q0[q], side="right"))
+                match = (self._k1[lo:hi] == keys[q, 1]) & (self._k2[lo:hi] == keys[q, 2])
+                if match.any():
+                    at[q] = left[q] + np.argmax(match)
+                    found[q] = True
+            at = at[found]
+            pred[found] = self._val[at]
+            self._stamp[at] = self._clock
+        todo = np.flatnonzero(~found)
+        if todo.size and self._cache:
+            still = []
+            for i, key in zip(todo.tolist(), _key_bytes(keys[todo]), strict=True):
+                entry = self._cache.get(key)
+                if entry is None:
+                    still.append(i)
+                else:
+                    pred[i] = entry[0]
+                    entry[1] = self._clock
+            todo = np.asarray(still, dtype=np.int64)
+        return pred, todo
+
+    def _insert(self, keys: np.ndarray, values: np.ndarray) -> None:
+        if not self.config.cache_size:
+            return
+        for key, v in zip(_key_bytes(keys), values.tolist(), strict=True):
+            self._cache[key] = [v, self._clock]
+        self._dirty = True
+        if len(self._cache) >= _YOUNG_MAX or self.cache_entries > self.config.cache_size:
+            self._merge()
+
+    def _merge(self) -> None:
+        """The new predictions into the sorted arrays, then the bound: beyond cache_size, the
+        entries used least recently go (down to some headroom, so that a full cache does not
+        merge at every bar)."""
+        changed = bool(self._cache)
+        if self._cache:
+            n = len(self._cache)
+            keys = np.frombuffer(b"".join(self._cache), dtype="<u8").reshape(n, _LANES)
+            keys = keys.astype(np.uint64)
+            vals = np.fromiter((e[0] for e in self._cache.values()), dtype=np.float64, count=n)
+            stamps = np.fromiter((e[1] for e in self._cache.values()), dtype=np.uint32, count=n)
+            self._cache.clear()
+            order = np.argsort(keys[:, 0], kind="stable")
+            keys, vals, stamps = keys[order], vals[order], stamps[order]
+            at = np.searchsorted(self._k0, keys[:, 0])
+            self._k0 = np.insert(self._k0, at, keys[:, 0])
+            self._k1 = np.insert(self._k1, at, keys[:, 1])
+            self._k2 = np.insert(self._k2, at, keys[:, 2])
+            self._val = np.insert(self._val, at, vals)
+            self._stamp = np.insert(self._stamp, at, stamps)
+        limit = self.config.cache_size
+        n = len(self._k0)
+        if n > limit:
+            keep = limit - min(limit // 16, _YOUNG_MAX)
+            mask = np.zeros(n, dtype=bool)
+            if keep:
+                mask[np.argpartition(self._stamp, n - keep)[n - keep :]] = True
+            self._k0, self._k1, self._k2 = self._k0[mask], self._k1[mask], self._k2[mask]
+            self._val, self._stamp = self._val[mask], self._stamp[mask]
+            self._dirty = changed = True
+        if changed:
+            self._reindex()
+
+    def _reindex(self) -> None:
+        """Where each bucket of first lanes (by their top bits, 2-4 entries a bucket) starts in
+        the sorted arrays: 1-2 bytes an entry, and a bar's lookups skip the binary search."""
+        bits = max(len(self._k0).bit_length() - 2, 0)
+        self._shift = np.uint64(61 - bits)
+        counts = np.bincount((self._k0 >> self._shift).astype(np.intp), minlength=1 << bits)
+        starts = np.zeros(len(counts) + 1, dtype=np.uint32)
+        np.cumsum(counts, out=starts[1:])
+        self._starts = starts
+
+    def _reset_store(self) -> None:
+        self._k0 = self._k1 = self._k2 = np.empty(0, dtype=np.uint64)  # sorted by _k0
+        self._val = np.empty(0, dtype=np.float64)
+        self._stamp = np.empty(0, dtype=np.uint32)  # when each entry was last used
+        # predictions new since the last merge: key (24 bytes) -> [value, stamp]
+        self._cache = {}
+        self._clock = 0  # advanced once per batch looked up
+        self._dirty = False  # entries added or evicted since the load
+        self._reindex()
 
     def _cache_file(self) -> Path | None:
         return (
-            Path(self.config.cache_dir) / f"{self.version}.json" if self.config.cache_dir else None
+            Path(self.config.cache_dir) / f"{self.version}.npz" if self.config.cache_dir else None
         )
 
     def _load_cache(self) -> None:
+        self._reset_store()
         path = self._cache_file()
-        if path is None or not self.config.cache_size or not path.exists():
+        if path is None or not self.config.cache_size:
+            return
+        legacy = path.with_suffix(".json")
+        if legacy.exists():
+            log.warning(
+                "prediction_cache.ignored",
+                path=str(legacy),
+                reason="the previous (JSON) format: not read, removed at the next save",
+            )
+        if not path.exists():
             return
         try:
-            data = json.loads(path.read_text())
-            if not (
-                isinstance(data, dict)
-                and data.get("format") == CACHE_FORMAT
-                and data.get("model_version") == self.version
-            ):
-                # e.g. a file from before predictions were keyed by their inputs: never reused
-                log.info("prediction_cache.ignored", path=str(path), reason="another format")
-                return
-            rows = [
-                ((self.version, bytes.fromhex(k)), float(v))
-                for k, v in data["entries"][-self.config.cache_size :]
-            ]
-        except (OSError, ValueError, TypeError, KeyError) as exc:  # never worth failing for
-            log.warning("prediction_cache.unreadable", path=str(path), error=str(exc))
+            with np.load(path, allow_pickle=False) as z:
+                header = json.loads(z["header"].tobytes())
+                if not (
+                    isinstance(header, dict)
+                    and header.get("format") == CACHE_FORMAT
+                    and header.get("model_version") == self.version
+                ):
+                    log.warning(
+                        "prediction_cache.ignored",
+                        path=str(path),
+                        reason="another format or model version",
+                    )
+                    return
+                arrays = [z[k] for k in ("k0", "k1", "k2", "value", "stamp")]
+            clock = header["clock"]
+            _check_arrays(arrays, clock)
+        except Exception as exc:  # a cache is never worth failing a run for
+            log.warning("prediction_cache.unreadable", path=str(path), error=repr(exc))
             return
-        self._cache.update(rows)
-        while len(self._cache) > self.config.cache_size:  # e.g. another version's, on reload
-            self._cache.popitem(last=False)
-        log.info("prediction_cache.loaded", path=str(path), entries=len(self._cache))
+        self._k0, self._k1, self._k2, self._val, self._stamp = arrays
+        self._clock = clock
+        self._reindex()
+        self._merge()  # the bound, if cache_size is now smaller than the file
+        log.info("prediction_cache.loaded", path=str(path), entries=self.cache_entries)
 
     def close(self) -> None:
         """Called by the engine at the end of a run: keep this version's predictions."""
         self._save_cache()
 
     def _save_cache(self) -> None:
+        """Written only when entries were added or evicted: a warm rerun writes nothing (the
+        entries' last use then stays that of the run that wrote them)."""
         path = self._cache_file()
-        if path is None or not self._cache:
+        if path is None or not self._dirty:
             return
-        entries = [(d.hex(), v) for (ver, d), v in self._cache.items() if ver == self.version]
-        data = {"format": CACHE_FORMAT, "model_version": self.version, "entries": entries}
+        self._merge()
+        # renumber the stamps 0, 1, ... in order: they never overflow across runs
+        ranks = np.unique(self._stamp, return_inverse=True)[1].reshape(-1).astype(np.uint32)
+        self._stamp, self._clock = ranks, int(ranks.max()) + 1 if len(ranks) else 0
+        header = {"format": CACHE_FORMAT, "model_version": self.version, "clock": self._clock}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "wb") as fh:
+                np.savez(
+                    fh,
+                    header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+                    k0=self._k0,
+                    k1=self._k1,
+                    k2=self._k2,
+                    value=self._val,
+                    stamp=self._stamp,
+                )
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        self._dirty = False
+        path.with_suffix(".json").unlink(missing_ok=True)  # this version's, previous format
         # One file per model version: weekly retraining must not grow the folder forever.
-        newest = sorted(path.parent.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in newest[self.config.cache_versions :]:
+        # (Files of the previous format, *.json, count and go the same way.)
+        kept = [p for p in path.parent.iterdir() if p.suffix in (".npz", ".json")]
+        kept.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in kept[self.config.cache_versions :]:
             if old != path:
                 old.unlink(missing_ok=True)
 
-    def _remember(self, key: tuple[str, bytes], value: float) -> None:
-        self._cache[key] = value
-        self._cache.move_to_end(key)
-        while len(self._cache) > self.config.cache_size:
-            self._cache.popitem(last=False)
+
+def _check_arrays(arrays: list[np.ndarray], clock: object) -> None:
+    """What `_load_cache` relies on, or ValueError."""
+    k0, k1, k2, _, stamp = arrays
+    kinds = [(a.dtype, a.ndim) for a in arrays]
+    if kinds != [(np.dtype(np.uint64), 1)] * 3 + [
+        (np.dtype(np.float64), 1),
+        (np.dtype(np.uint32), 1),
+    ]:
+        raise ValueError(f"unexpected arrays {kinds}")
+    if len({len(a) for a in arrays}) != 1:
+        raise ValueError("arrays of different lengths")
+    if not isinstance(clock, int) or not 0 <= clock <= _STAMP_MAX:
+        raise ValueError(f"bad clock {clock!r}")
+    if len(k0) and (
+        (k0[1:] < k0[:-1]).any()
+        or max(k0.max(), k1.max(), k2.max()) >= _P
+        or int(stamp.max()) >= clock
+    ):
+        raise ValueError("keys not sorted, not residues, or stamps past the clock")

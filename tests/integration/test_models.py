@@ -338,8 +338,9 @@ def test_prediction_cache_keeps_a_bounded_number_of_versions(tiny_model, tmp_pat
     out, _ = tiny_model
     cache = tmp_path / "cache"
     cache.mkdir()
-    for k in range(4):  # files left by earlier model versions, oldest first
-        f = cache / f"old{k}.json"
+    # files left by earlier model versions, oldest first (.json: the previous format)
+    for k, name in enumerate(("old0.npz", "old1.json", "old2.npz", "old3.json")):
+        f = cache / name
         f.write_text("[]")
         os.utime(f, (1_000_000 + k, 1_000_000 + k))
     plugin = MlEnsemble(
@@ -349,11 +350,11 @@ def test_prediction_cache_keeps_a_bounded_number_of_versions(tiny_model, tmp_pat
     window = np.zeros((1, plugin.window, len(plugin.features)), dtype=np.float32)
     pred = plugin.predict(window)
     plugin.close()
-    kept = sorted(p.name for p in cache.glob("*.json"))
-    assert kept == sorted([f"{plugin.version}.json", "old3.json", "old2.json"])
+    kept = sorted(p.name for p in cache.iterdir())
+    assert kept == sorted([f"{plugin.version}.npz", "old3.json", "old2.npz"])
     again = MlEnsemble(
         MlEnsembleConfig(model_dir=str(out), cache_dir=str(cache)), ("NASDAQ", "SP500")
     )
-    assert len(again._cache) == 1
+    assert again.cache_entries == 1
     np.testing.assert_array_equal(again.predict(window), pred)
     assert again.model_calls == 0

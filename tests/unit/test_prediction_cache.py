@@ -8,20 +8,38 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
 from conftest import make_panel
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
 from structlog.testing import capture_logs
 
+import tradingd_plugins.signals.ml_ensemble as ml
 from tradingd.app import build_engine
 from tradingd.config import PluginSpec, load_config
 from tradingd.core.ports import BarContext
 from tradingd.feeds.panel import FIELDS, Panel
-from tradingd_plugins.signals.ml_ensemble import CACHE_FORMAT, MlEnsemble, MlEnsembleConfig
+from tradingd.inference.onnx import EnsemblePredictor, ModelCard
+from tradingd_plugins.signals.ml_ensemble import (
+    CACHE_FORMAT,
+    MlEnsemble,
+    MlEnsembleConfig,
+    WindowKeys,
+    cache_salt,
+    row_digests,
+    window_blocks,
+    window_keys,
+)
 
 T0 = datetime(2020, 1, 1, tzinfo=UTC)
+W = 60  # the shipped model's window
 
 
 def plugin(symbols=("A", "B"), cache_dir="", **kw):
@@ -33,18 +51,23 @@ def inputs(n_bars, n_symbols, seed=0):
     return np.random.default_rng(seed).normal(size=(n_bars, n_symbols, 20)).astype(np.float32)
 
 
-def feed(p, x, start=T0):
-    """Score every bar of x (bars, symbols, features); returns (bars, symbols) scores."""
+def feed(p, x, start=T0, ready=None):
+    """Score every bar of x (bars, symbols, features); returns (bars, symbols) scores.
+    ready: (bars, symbols) bool, default all ready."""
     n = len(p.symbols)
-    ready = np.ones(n, bool)
     out = []
     for i, row in enumerate(x):
-        feats = {f: row[:, k] for k, f in enumerate(p.features)}
+        r = np.ones(n, bool) if ready is None else ready[i]
+        feats = {f: row[:, k].astype(np.float64) for k, f in enumerate(p.features)}
         ctx = BarContext(
-            start + timedelta(days=i), i, p.symbols, None, None, ready, None, feats, None, ready
+            start + timedelta(days=i), i, p.symbols, None, None, r, None, feats, None, r
         )  # type: ignore[arg-type]
         out.append(p.score(ctx))
     return np.array(out)
+
+
+def cache_file(tmp_path, p):
+    return tmp_path / f"{p.version}.npz"
 
 
 def test_a_hit_returns_exactly_what_inference_returns(tmp_path):
@@ -64,22 +87,53 @@ def test_a_hit_returns_exactly_what_inference_returns(tmp_path):
     assert q.model_calls == 0 and q.cache_hits == 3
 
 
+def test_a_rerun_over_the_same_bars_calls_no_model_and_scores_the_same(tmp_path):
+    x = inputs(W + 25, 5, seed=11)
+    ready = np.ones(x.shape[:2], bool)
+    ready[W + 5, 1] = False  # B restarts its window
+    ready[:10, 3] = False  # D starts late
+    first = plugin(symbols=tuple("ABCDE"), cache_dir=tmp_path)
+    s1 = feed(first, x, ready=ready)
+    assert first.model_calls > 0 and first.cache_hits == 0
+    first.close()
+    again = plugin(symbols=tuple("ABCDE"), cache_dir=tmp_path)
+    s2 = feed(again, x, ready=ready)
+    assert again.model_calls == 0
+    assert again.cache_hits == np.isfinite(s1).sum() == np.isfinite(s2).sum() > 0
+    np.testing.assert_array_equal(s1, s2)
+
+
 def test_another_input_at_the_same_symbol_and_time_is_never_served_from_the_cache(tmp_path):
-    w = 60
-    x1 = inputs(w + 2, 2, seed=1)
+    x1 = inputs(W + 2, 2, seed=1)
     first = plugin(cache_dir=tmp_path)
     s1 = feed(first, x1)
     first.close()
     # Symbol A's inputs differ (say its cross-sectional rank in another universe); B's do not.
     x2 = x1.copy()
-    x2[:, 0] = inputs(w + 2, 1, seed=2)[:, 0]
+    x2[:, 0] = inputs(W + 2, 1, seed=2)[:, 0]
     second = plugin(cache_dir=tmp_path)
     s2 = feed(second, x2)
     fresh = feed(plugin(), x2)
     np.testing.assert_array_equal(s2, fresh)
-    assert not np.array_equal(s2[w - 1 :, 0], s1[w - 1 :, 0])  # the old key would have hit
+    assert not np.array_equal(s2[W - 1 :, 0], s1[W - 1 :, 0])  # the old key would have hit
     np.testing.assert_array_equal(s2[:, 1], s1[:, 1])
     assert second.model_calls == 3 and second.cache_hits == 3  # only B's windows were cached
+
+
+def test_one_changed_feature_value_misses_exactly_the_windows_that_hold_it(tmp_path):
+    x = inputs(W + 9, 3, seed=5)
+    first = plugin(symbols=tuple("ABC"), cache_dir=tmp_path)
+    feed(first, x)
+    first.close()
+    y = x.copy()
+    bar = 5  # in the windows ending at bars W-1 .. W+4 (6 of the 10 scored bars)
+    y[bar, 1, 7] = np.nextafter(y[bar, 1, 7], np.float32(np.inf))  # one ulp, one feature
+    second = plugin(symbols=tuple("ABC"), cache_dir=tmp_path)
+    s = feed(second, y)
+    np.testing.assert_array_equal(s, feed(plugin(symbols=tuple("ABC")), y))
+    # the 6 windows of B holding that value were predicted (one model call per bar), the
+    # other 24 windows came from the cache
+    assert second.model_calls == 6 and second.cache_hits == 3 * 10 - 6
 
 
 def test_the_same_input_under_another_symbol_and_time_is_a_hit(tmp_path):
@@ -93,46 +147,252 @@ def test_the_same_input_under_another_symbol_and_time_is_a_hit(tmp_path):
     np.testing.assert_array_equal(s2, s1[:, ::-1])
 
 
-def test_old_format_or_corrupt_files_are_never_used(tmp_path):
+def test_another_model_version_or_other_weights_never_hit(tmp_path, monkeypatch):
+    w = inputs(2, 60, seed=6)
+    first = plugin(cache_dir=tmp_path)
+    first.predict(w)
+    first.close()
+    same = plugin(cache_dir=tmp_path)
+    same.predict(w)
+    assert same.model_calls == 0 and same.cache_hits == 2
+    # Other weights, same version (the same file is read): every key differs.
+    weights = {"cnn_lstm": 0.5, "random_forest": 0.5}
+    monkeypatch.setattr(ml, "EnsemblePredictor", lambda _w, r: EnsemblePredictor(weights, r))
+    reweighted = plugin(cache_dir=tmp_path)
+    assert reweighted.cache_entries == 2
+    got = reweighted.predict(w)
+    assert reweighted.model_calls == 1 and reweighted.cache_hits == 0
+    np.testing.assert_array_equal(
+        got, reweighted.predictor.combine_predictions(reweighted.pair.predict(w))
+    )
+    monkeypatch.undo()
+    # Another version: another file, and another salt were it given this one's file.
+    monkeypatch.setattr(ModelCard, "version", property(lambda self: "another-version"))
+    other = plugin(cache_dir=tmp_path)
+    assert other.cache_entries == 0
+    other.predict(w)
+    assert other.model_calls == 1 and other.cache_hits == 0
+    weights0 = first.predictor.weights
+    k = first.cache_keys(w)
+    for salt in (cache_salt("another-version", weights0), cache_salt(first.version, weights)):
+        first._salt = salt
+        assert not (first.cache_keys(w) == k).all(axis=1).any()
+
+
+def test_keys_in_score_are_the_keys_of_the_windows_the_model_sees(tmp_path):
+    x = inputs(W + 30, 4, seed=7)
+    ready = np.ones(x.shape[:2], bool)
+    ready[W + 3, 0] = False  # A restarts: its next full window is bars W+4 .. 2W+3
+    ready[10, 2] = False
+    for n_bars in (W, W + 3, W + 10, W + 30):  # stop at various bars, compare
+        q = plugin(symbols=tuple("ABCD"))
+        feed(q, x[:n_bars], ready=ready[:n_bars])
+        full = np.flatnonzero(q._filled >= W)
+        assert q._keys.held.tolist() == q._filled.tolist()
+        if full.size:
+            np.testing.assert_array_equal(
+                q._keys.keys(full, q._salt), q.cache_keys(q._windows(full))
+            )
+            # and the window is the symbol's last W rows, oldest first
+            for j, s in enumerate(full):
+                np.testing.assert_array_equal(q._windows(full)[j], x[n_bars - W : n_bars, s])
+
+
+def test_a_window_that_restarts_is_keyed_by_its_own_rows():
+    x = inputs(2 * W + 5, 2, seed=8)
+    ready = np.ones(x.shape[:2], bool)
+    gap = W + 2
+    ready[gap, 0] = False  # A misses a bar
+    p = plugin()
+    s = feed(p, x, ready=ready)
+    # A: scored up to the gap, then not until W ready bars after it
+    assert np.isfinite(s[W - 1 : gap, 0]).all() and np.isnan(s[gap : gap + W, 0]).all()
+    assert np.isfinite(s[gap + W :, 0]).all()
+    # its first window after the gap is bars gap+1 .. gap+W: the key of exactly those rows
+    q = plugin()
+    feed(q, x[: gap + W + 1], ready=ready[: gap + W + 1])
+    key = q._keys.keys(np.array([0]), q._salt)
+    np.testing.assert_array_equal(key, q.cache_keys(x[gap + 1 : gap + W + 1, 0][None]))
+    # which is also what a symbol that never missed a bar has for the same rows
+    r = plugin()
+    feed(r, x[gap + 1 : gap + W + 1])
+    np.testing.assert_array_equal(r._keys.keys(np.array([0]), r._salt), key)
+
+
+def test_old_format_or_corrupt_files_are_ignored_with_a_warning(tmp_path):
     x = inputs(61, 2, seed=4)
     expected = feed(plugin(), x)
-    version = plugin().version
-    path = tmp_path / f"{version}.json"
-    times = [(T0 + timedelta(days=i)).isoformat() for i in range(61)]
-    old = [[s, t, 0.123] for s in ("A", "B") for t in times]  # keyed by (symbol, time)
-    bad_entries = {"format": CACHE_FORMAT, "model_version": version, "entries": [["zz", 1.0]]}
-    for content, event in (
-        (json.dumps(old), "prediction_cache.ignored"),
-        ("{not json", "prediction_cache.unreadable"),
-        (json.dumps(bad_entries), "prediction_cache.unreadable"),
-        (json.dumps({**bad_entries, "entries": 5}), "prediction_cache.unreadable"),
-        (json.dumps({**bad_entries, "entries": [[1]]}), "prediction_cache.unreadable"),
-    ):
-        path.write_text(content)
-        with capture_logs() as logs:
-            p = plugin(cache_dir=tmp_path)
-        assert event in [e["event"] for e in logs], content[:40]
-        assert not p._cache
-        np.testing.assert_array_equal(feed(p, x), expected)
-        assert p.model_calls == 2
-
-
-def test_the_cache_is_bounded_and_keeps_the_most_recently_used(tmp_path):
-    p = plugin(cache_dir=tmp_path, cache_size=2)
-    w = inputs(3, 60, seed=5)
-    for k in range(3):
-        p.predict(w[k : k + 1])
-    p.predict(w[1:2])  # w1 used again: w2 is now the least recently used
-    p.predict(w[0:1])  # recomputed (evicted), which evicts w2
-    assert p.model_calls == 4 and len(p._cache) == 2
+    good_dir = tmp_path / "good"
+    p = plugin(cache_dir=good_dir)
+    feed(p, x)
     p.close()
-    data = json.loads((tmp_path / f"{p.version}.json").read_text())
-    assert data["format"] == CACHE_FORMAT and len(data["entries"]) == 2
-    q = plugin(cache_dir=tmp_path, cache_size=2)
-    q.predict(w[[0, 1]])
+    good = cache_file(good_dir, p)
+    with np.load(good) as z:
+        arrays = {k: z[k] for k in z.files}
+    header = json.loads(arrays["header"].tobytes())
+    assert header["format"] == CACHE_FORMAT and len(arrays["k0"]) == 4
+
+    def npz(**changes):
+        def write(path):
+            a = {k: v for k, v in {**arrays, **changes}.items() if v is not None}
+            with open(path, "wb") as fh:
+                np.savez(fh, **a)
+
+        return write
+
+    def pickled(path):
+        with open(path, "wb") as fh:
+            np.save(fh, np.array([{}]), allow_pickle=True)
+
+    def hdr(**h):
+        return np.frombuffer(json.dumps({**header, **h}).encode(), np.uint8)
+
+    raw = good.read_bytes()
+    flipped = bytearray(raw)
+    flipped[len(raw) // 2] ^= 0xFF
+    cases = {
+        "not a zip": lambda path: path.write_bytes(b"garbage"),
+        "truncated": lambda path: path.write_bytes(raw[: len(raw) // 2]),
+        "a flipped byte": lambda path: path.write_bytes(bytes(flipped)),
+        "pickled": pickled,
+        "another format": npz(header=hdr(format="tradingd-prediction-cache/2")),
+        "another version": npz(header=hdr(model_version="x")),
+        "a header that is no JSON": npz(header=np.frombuffer(b"{x", np.uint8)),
+        "no clock": npz(header=hdr(clock=None)),
+        "unsorted": npz(k0=arrays["k0"][::-1].copy()),
+        "not residues": npz(k1=arrays["k1"] | np.uint64(1 << 63)),
+        "float32 values": npz(value=arrays["value"].astype(np.float32)),
+        "lengths differ": npz(value=arrays["value"][:-1]),
+        "stamps past the clock": npz(stamp=arrays["stamp"] + np.uint32(header["clock"])),
+        "an array missing": npz(stamp=None),
+    }
+    for what, write in cases.items():
+        d = tmp_path / what.replace(" ", "_")
+        d.mkdir()
+        write(cache_file(d, p))
+        with capture_logs() as logs:
+            q = plugin(cache_dir=d)
+        events = [(e["event"], e["log_level"]) for e in logs if "prediction_cache" in e["event"]]
+        assert events in (
+            [("prediction_cache.unreadable", "warning")],
+            [("prediction_cache.ignored", "warning")],
+        ), what
+        assert q.cache_entries == 0, what
+        np.testing.assert_array_equal(feed(q, x), expected)
+        assert q.model_calls == 2, what
+        q.close()  # replaced by a good file
+        assert plugin(cache_dir=d).cache_entries == 4, what
+    # A cache file of the previous format (JSON): never read, said so, removed at the next save.
+    d = tmp_path / "legacy"
+    d.mkdir()
+    legacy = d / f"{p.version}.json"
+    legacy.write_text(json.dumps({"format": "tradingd-prediction-cache/2", "entries": []}))
+    with capture_logs() as logs:
+        q = plugin(cache_dir=d)
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["prediction_cache.ignored"]
+    feed(q, x)
+    q.close()
+    assert not legacy.exists() and cache_file(d, q).exists()
+
+
+def test_the_bound_holds_and_entries_used_in_this_run_are_kept_first(tmp_path):
+    w = inputs(6, 60, seed=9)
+    first = plugin(cache_dir=tmp_path, cache_size=4)
+    for k in range(4):  # w0 (the least recently used) .. w3
+        first.predict(w[k : k + 1])
+    first.close()
+    second = plugin(cache_dir=tmp_path, cache_size=4)
+    assert second.cache_entries == 4
+    second.predict(w[0:1])  # the oldest in the file, used again
+    assert second.model_calls == 0
+    for k in (4, 5):
+        second.predict(w[k : k + 1])
+        assert second.cache_entries <= 4
+    second.close()
+    with np.load(cache_file(tmp_path, second)) as z:
+        assert len(z["k0"]) == 4
+    # kept: w0 (used), w4, w5 (new) and w3 (the most recently used of the others)
+    third = plugin(cache_dir=tmp_path, cache_size=4)
+    third.predict(w[[0, 3, 4, 5]])
+    assert third.model_calls == 0
+    third.predict(w[1:3])
+    assert third.model_calls == 1 and third.cache_hits == 4
+    assert third.cache_entries == 4
+    # more new predictions in one batch than the cache holds: the bound still holds
+    fourth = plugin(cache_dir=tmp_path, cache_size=2)
+    assert fourth.cache_entries == 2  # a file bigger than cache_size is cut when loaded
+    fourth.predict(inputs(5, 60, seed=10))
+    assert fourth.cache_entries == 2
+    fourth.close()
+    with np.load(cache_file(tmp_path, fourth)) as z:
+        assert len(z["k0"]) == 2
+
+
+def test_many_merges_keep_every_prediction_findable_and_the_bound(tmp_path, monkeypatch):
+    monkeypatch.setattr(ml, "_YOUNG_MAX", 8)  # merge the dict of new entries often
+    w = inputs(60, 60, seed=12)
+    p = plugin(cache_dir=tmp_path, cache_size=40)
+    direct = []
+    for k in range(0, 60, 5):
+        direct.extend(p.predict(w[k : k + 5]))
+        assert p.cache_entries <= 40
+        assert len(p._cache) < 8
+        assert (p._k0[1:] >= p._k0[:-1]).all()
+    direct = np.array(direct)
+    calls = p.model_calls
+    # the 35 most recent are still there (eviction leaves headroom: 40 - 40 // 16 = 38)
+    np.testing.assert_array_equal(p.predict(w[25:]), direct[25:])
+    assert p.model_calls == calls
+    p.close()
+    q = plugin(cache_dir=tmp_path, cache_size=40)
+    np.testing.assert_array_equal(q.predict(w[25:]), direct[25:])
     assert q.model_calls == 0
-    q.predict(w[2:3])
-    assert q.model_calls == 1
+
+
+def test_keys_sharing_the_first_lane_are_told_apart():
+    p = plugin()
+    p._k0 = np.array([1, 5, 5, 5, 9], dtype=np.uint64)
+    p._k1 = np.array([0, 3, 2, 1, 0], dtype=np.uint64)
+    p._k2 = np.array([0, 7, 7, 7, 0], dtype=np.uint64)
+    p._val = np.arange(5, dtype=np.float64)
+    p._stamp = np.zeros(5, dtype=np.uint32)
+    p._reindex()
+    q = np.array([[5, 1, 7], [5, 2, 7], [5, 3, 7], [5, 4, 7], [5, 2, 6], [9, 0, 0], [10, 0, 0]])
+    pred, todo = p._lookup(q.astype(np.uint64))
+    assert todo.tolist() == [3, 4, 6]
+    assert pred[[0, 1, 2, 5]].tolist() == [3.0, 2.0, 1.0, 4.0]
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 1000, 5000])
+def test_a_bar_finds_exactly_the_entries_present(n):
+    rng = np.random.default_rng(n)
+    p = plugin()
+    keys = rng.integers(0, (1 << 61) - 1, size=(n, 3), dtype=np.uint64)
+    keys[n // 2 :: 7, 0] = keys[n // 2, 0]  # some share the first lane
+    keys[: n // 3, 0] >>= np.uint64(40)  # crowded buckets at the bottom
+    order = np.argsort(keys[:, 0], kind="stable")
+    p._k0, p._k1, p._k2 = (keys[order, i].copy() for i in range(3))
+    p._val = np.arange(n, dtype=np.float64)
+    p._stamp = np.zeros(n, dtype=np.uint32)
+    p._reindex()
+    absent = rng.integers(0, (1 << 61) - 1, size=(n, 3), dtype=np.uint64)
+    other_lanes = keys.copy()
+    other_lanes[:, 1 + np.arange(n) % 2] ^= np.uint64(1)
+    edges = np.array([[0, 0, 0], [(1 << 61) - 2] * 3], dtype=np.uint64)
+    q = np.concatenate([keys[order], absent, other_lanes, edges])
+    p._clock = 7
+    pred, todo = p._lookup(q)
+    assert todo.tolist() == list(range(n, len(q)))
+    assert pred[:n].tolist() == list(range(n))
+    assert (p._stamp == 7).all()
+
+
+def test_no_cache():
+    p = plugin(cache_size=0)
+    w = inputs(2, 60, seed=13)
+    p.predict(w)
+    p.predict(w)
+    assert p.model_calls == 2 and p.cache_entries == 0
 
 
 def test_bad_cache_settings():
@@ -140,6 +400,120 @@ def test_bad_cache_settings():
         MlEnsembleConfig(cache_size=-1)
     with pytest.raises(ValueError, match="cache_versions"):
         MlEnsembleConfig(cache_versions=0)
+    # the default holds a replay of 500 symbols x 20 years of daily bars
+    assert MlEnsembleConfig().cache_size >= 500 * 20 * 252
+
+
+def test_a_warm_rerun_does_not_rewrite_the_file(tmp_path):
+    x = inputs(61, 2, seed=14)
+    p = plugin(cache_dir=tmp_path)
+    feed(p, x)
+    p.close()
+    path = cache_file(tmp_path, p)
+    os.utime(path, (1_000_000, 1_000_000))
+    q = plugin(cache_dir=tmp_path)
+    feed(q, x)
+    q.close()
+    assert q.model_calls == 0 and path.stat().st_mtime == 1_000_000
+
+
+# -- the keys: equal exactly when the windows are ---------------------------------------------
+
+VALUES = st.sampled_from([0.0, 1.0, -1.0, 2.5])  # a small alphabet: rows repeat
+SALT = cache_salt("v", {"cnn_lstm": 0.6, "random_forest": 0.4})
+SALT2 = cache_salt("v", {"cnn_lstm": 0.5, "random_forest": 0.5})
+
+
+def keys_of(windows, salt):
+    b, w, f = windows.shape
+    m = len(window_blocks(w))
+    return window_keys(row_digests(windows.reshape(b * w, f), m).reshape(b, w, m, 3), salt)
+
+
+@st.composite
+def window_pairs(draw):
+    """Two windows (window, features) float32: the second the first, or a near variant."""
+    w = draw(st.sampled_from([1, 2, 3, 4, 7, 59, 60, 61, 62, 120, 121, 125]))
+    f = draw(st.integers(1, 2))
+    a = draw(arrays(np.float32, (w, f), elements=VALUES))
+    b = a.copy()
+    how = draw(st.sampled_from(["same", "swap", "change", "roll", "reverse", "other"]))
+    i, j = draw(st.integers(0, w - 1)), draw(st.integers(0, w - 1))
+    if how == "swap":
+        b[[i, j]] = b[[j, i]]
+    elif how == "change":
+        b[i, j % f] = draw(VALUES)
+    elif how == "roll":
+        b = np.roll(b, draw(st.integers(1, 3)), axis=0)
+    elif how == "reverse":
+        b = b[::-1].copy()
+    elif how == "other":
+        b = draw(arrays(np.float32, (w, f), elements=VALUES))
+    return a, b
+
+
+@settings(max_examples=300, deadline=None)
+@given(window_pairs())
+def test_keys_are_equal_exactly_when_the_windows_are(pair):
+    a, b = pair
+    ka, kb = keys_of(np.stack([a, b]), SALT)
+    assert np.array_equal(ka, kb) == (a.tobytes() == b.tobytes())
+    assert ka.dtype == np.uint64 and (ka < (1 << 61) - 1).all()
+    assert not np.array_equal(keys_of(a[None], SALT2)[0], ka)  # other weights: another key
+
+
+def test_rows_trading_places_anywhere_in_a_long_window_change_its_key():
+    w = 125  # three blocks
+    base = np.arange(w, dtype=np.float32)[:, None]
+    windows = [base]
+    for i in range(w):
+        for j in (i + 1, i + 59, i + 60, i + 61, i + 120):
+            if j < w:
+                b = base.copy()
+                b[[i, j]] = b[[j, i]]
+                windows.append(b)
+    keys = keys_of(np.stack(windows), SALT)
+    assert len({k.tobytes() for k in keys}) == len(windows)
+
+
+def test_keys_do_not_depend_on_the_process():
+    code = (
+        "import numpy as np; from tradingd_plugins.signals.ml_ensemble import *; "
+        "x = np.arange(120, dtype=np.float32).reshape(1, 60, 2); "
+        "s = cache_salt('v', {'cnn_lstm': 0.6, 'random_forest': 0.4}); "
+        "print(window_keys(row_digests(x.reshape(60, 2), 1).reshape(1, 60, 1, 3), s).tolist())"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    x = np.arange(120, dtype=np.float32).reshape(1, 60, 2)
+    assert json.loads(out.stdout) == keys_of(x, SALT).tolist()
+
+
+@st.composite
+def row_streams(draw):
+    w = draw(st.sampled_from([1, 2, 3, 5, 59, 60, 61, 121]))
+    n_bars = draw(st.integers(w, w + 25))
+    rows = draw(arrays(np.float32, (n_bars, 2, 1), elements=VALUES))
+    ready = draw(arrays(bool, (n_bars, 2), elements=st.sampled_from([True, True, True, False])))
+    return w, rows, ready
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(row_streams())
+def test_keys_kept_up_to_date_row_by_row_are_the_keys_of_the_windows(stream):
+    w, rows, ready = stream
+    keys = WindowKeys(2, w)
+    since = [[], []]  # each symbol's rows since it was last not ready
+    for t in range(len(rows)):
+        keys.reset(~ready[t])
+        idx = np.flatnonzero(ready[t])
+        keys.push(idx, rows[t, idx])
+        for s in range(2):
+            since[s] = [*since[s], rows[t, s]] if ready[t, s] else []
+        assert keys.held.tolist() == [len(r) for r in since]
+        full = np.flatnonzero(keys.held >= w)
+        if full.size:
+            windows = np.stack([np.stack(since[s][-w:]) for s in full])
+            np.testing.assert_array_equal(keys.keys(full, SALT), keys_of(windows, SALT))
 
 
 # A whole run: a 2-symbol backtest after a 6-symbol one in the same cache folder must give what
