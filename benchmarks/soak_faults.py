@@ -2133,7 +2133,7 @@ def parse_args() -> argparse.Namespace:
         "--ml-cache-size",
         type=int,
         default=-1,
-        help="ml_ensemble's in-memory prediction cache (-1: the plugin's default, 200,000)",
+        help="ml_ensemble's in-memory prediction cache (-1: the plugin's default, 3,000,000)",
     )
     ap.add_argument(
         "--closed-history",
