@@ -73,6 +73,7 @@ from tradingd_plugins.signals.multi_factor import GROUPS, MultiFactor, MultiFact
 from tradingd_plugins.sizing.garch import ewma_variance, garch_volatility
 from tradingd_plugins.sizing.kelly_garch import KellyGarchConfig, kelly_fraction, target_weights
 
+from .analysis.performance import PerformanceAnalyzer
 from .config import Config, PluginSpec, build
 from .core.errors import ConfigError, DataError
 from .core.ports import BarContext, PortfolioView
@@ -88,6 +89,7 @@ from .storage.schema import TABLES
 __all__ = [
     "BacktestEngine",
     "EnsemblePredictor",
+    "PerformanceAnalyzer",
     "PositionSizer",
     "RiskManager",
     "SignalGenerator",
