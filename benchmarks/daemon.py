@@ -121,8 +121,9 @@ name = "equal_weight"
 params = { max_positions = 20, gross_exposure = 0.9 }
 """,
     # The default strategy of config/default.toml (ML 0.6 + factors 0.4, Kelly x GARCH with
-    # its fits between bars, the whole risk chain); only the prediction cache is off, since a
-    # live bar is always new. Needs warm-up >= 501 bars for GARCH fits to happen at all.
+    # its fits between bars, the whole risk chain); only the prediction and GARCH fit caches
+    # are off, since a live bar is always new (a rerun would otherwise find the last run's
+    # fits). Needs warm-up >= 501 bars for GARCH fits to happen at all.
     "default": """
 [[signals]]
 name = "ml_ensemble"
@@ -131,6 +132,9 @@ params = { cache_dir = "" }
 [[signals]]
 name = "multi_factor"
 weight = 0.4
+[sizing]
+name = "kelly_garch"
+params = { kelly_multiplier = 0.5, target_vol = 0.15, max_position = 0.05, fit_cache_dir = "" }
 """,
 }
 
