@@ -197,6 +197,9 @@ class RiskDecision:
 # Any plugin may also define `history_bars() -> int`: the raw bars it reads from ctx.history
 # (a return window for correlation or VaR, a GARCH fit). The engine keeps the largest of these
 # and `features.history_bars`, so a plugin never finds its window silently cut short.
+# A plugin with work in flight between bars (kelly_garch's GARCH fits) may define
+# `async settle() -> None`: a live engine awaits it before each checkpoint (before `state()`),
+# so the wait happens without blocking the event loop (streams, health, alerts go on).
 
 
 @runtime_checkable

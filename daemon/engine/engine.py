@@ -958,6 +958,7 @@ class Engine:
         self._last_targets = targets
         self._bars += 1
         if self._durable:
+            await self._settle_plugins()
             self._checkpoint(bar.time)
         await self.store.maybe_flush()
         self.audit.flush()
@@ -1039,6 +1040,14 @@ class Engine:
         now = _time.perf_counter()
         metrics.STAGE_SECONDS.labels(stage=stage).observe(now - since)
         return now
+
+    async def _settle_plugins(self) -> None:
+        """Let plugins finish work in flight before their state is checkpointed, awaiting
+        it: a plugin's `state()` would otherwise block the event loop while it waits."""
+        for plugin in self._plugins():
+            settle = getattr(plugin, "settle", None)
+            if settle is not None and callable(settle):
+                await settle()
 
     def _plugins(self) -> list[Any]:
         p = self.pipeline

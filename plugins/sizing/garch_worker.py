@@ -4,6 +4,8 @@ answers each with its outcomes on stdout, and exits when stdin closes (its paren
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
 import sys
 
@@ -16,6 +18,11 @@ def main() -> int:
     # our stdin; we end there, so a signal here would only lose that fit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # Fits are asked for in a bar's sizing and run while the engine checks risk and sends the
+    # orders: at the lowest priority they take only CPU that the engine (and, on a small
+    # machine, everything else the daemon talks to) leaves idle, never its bar's latency.
+    with contextlib.suppress(OSError):
+        os.nice(19)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing else may write into the answer stream
     while True:

@@ -88,6 +88,7 @@ No lookahead: only ctx.history (bars up to the current one) and the portfolio ar
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections import deque
 from collections.abc import Sequence
@@ -665,6 +666,13 @@ class KellyGarch:
             )
         self._resolved = None
         self._initial = False
+
+    async def settle(self) -> None:
+        """Wait for fits in flight in a thread: a live engine awaits this before `state()`,
+        so the event loop (the broker's stream, the health server) is not blocked meanwhile."""
+        pending = self._pending
+        if pending is not None and pending.reply is not None:
+            await asyncio.to_thread(pending.result)
 
     def close(self) -> None:
         """Called by the engine at the end of a run: keep the fit outcomes for the next run."""

@@ -956,3 +956,58 @@ def _alive(pid: int) -> bool:
 def test_fit_runner_config_is_checked(bad, message):
     with pytest.raises(ValueError, match=message):
         KellyGarchConfig(**bad)
+
+
+def test_the_worker_process_fits_at_the_lowest_priority():
+    """Fits run while the engine checks risk and sends orders: they must not take its CPU."""
+    import os
+
+    from tradingd_plugins.sizing.garch_fits import FitRunner
+
+    r = FitRunner("process")
+    try:
+        r300 = np.random.default_rng(2).normal(0, 0.01, 300)
+        [(params, why)] = r.submit([(r300, "constant", None, 200)]).result()
+        assert params is not None, why  # answered: the worker is past its start-up
+        with open(f"/proc/{r._worker.proc.pid}/stat") as f:
+            nice = int(f.read().rsplit(")", 1)[1].split()[16])
+        assert nice == 19 or nice > os.nice(0), nice
+    finally:
+        r.close()
+    assert r._worker is None
+
+
+async def test_settle_waits_for_fits_in_flight_without_blocking_the_event_loop(monkeypatch):
+    import asyncio
+    import threading
+
+    import tradingd_plugins.sizing.garch_fits as fits_mod
+
+    release = threading.Event()
+    real = fits_mod.fit_many
+
+    def slow(jobs):
+        assert release.wait(30), "the test never released the fit"
+        return real(jobs)
+
+    monkeypatch.setattr(fits_mod, "fit_many", slow)
+    close = prices(garch_paths(305, 2, seed=9))
+    cfg = Cfg(garch_window=300, min_fit_obs=200, fit_lag_bars=1, fit_executor="thread")
+    p = KellyGarch(cfg, ("S0", "S1"))
+    m = Market(close, capacity=301).push(301)
+    try:
+        p.size(np.full(2, 0.5), m.ctx())  # the initial fits, now blocked in the thread
+        settling = asyncio.ensure_future(p.settle())
+        ticks = 0
+        while ticks < 5:  # the loop runs other tasks while the fits are in flight
+            await asyncio.sleep(0)
+            ticks += 1
+        assert not settling.done() and p._pending.reply is not None
+        release.set()
+        await asyncio.wait_for(settling, 30)
+        assert p._pending.reply is None  # state() will not wait
+        saved = p.state()
+        assert [f[0] for f in saved["pending_fits"]["fits"]] == [0, 1]
+    finally:
+        release.set()
+        p.close()
