@@ -251,6 +251,10 @@ level = "warning"
         "bar_to_orders_max_ms": 1000 * max(b2o) if b2o else float("nan"),
         "bar_to_orders_p95_ms": 1000 * pct(b2o, 95),
         "bar_to_orders_largest_ms": [round(1000 * x, 1) for x in sorted(b2o)[-5:]],
+        # (timed bar number, ms) of the five slowest: where in the run the tail sits
+        "slowest_bars": sorted(
+            ((i, round(1000 * x, 1)) for i, x in enumerate(b2o)), key=lambda r: -r[1]
+        )[:5],
         "bars_over_250ms": sum(1 for x in b2o if x > 0.25),
         "bars_paced": sum(1 for w in waits if w > 0.001),
         "budget_wait_total_s": sum(waits),
