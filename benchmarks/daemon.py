@@ -14,8 +14,9 @@ version), the accelerated calendar clock. For each bar it measures, from the mom
 releases the bar (the bar's close, in accelerated time):
 - `vendor`: the time the feed spends getting the bar from the data server (500 symbol
   requests through the resilient client: the vendor's own response time, reported apart);
-- `bar_to_orders`: from release to the last order acknowledged by the broker, minus `vendor`:
-  features, the model, signals, sizing, risk, planning and submitting.
+- `bar_to_orders`: from release to the last order acknowledged by the broker (on a bar without
+  orders: to the end of the engine's orders stage), minus `vendor`: features, the model,
+  signals, sizing, risk, planning and submitting.
 It prints p50/p99 over the bars (after the warm-up) and the engine's own stage histogram.
 
 **soak**: the recorded-live path (the demo's) with the health server, over `--bars`
@@ -206,6 +207,7 @@ level = "warning"
         marks["release"] = time.perf_counter()
         marks["waited"] = engine.broker.rate_limit_wait_s
         marks.pop("submitted", None)
+        marks.pop("decided", None)
         out = await feed_bars(t)
         marks["vendor"] = time.perf_counter() - marks["release"]
         return out
@@ -219,7 +221,11 @@ level = "warning"
         await step(bar, trade)
         if trade is False or "release" not in marks:
             return
-        end = marks.get("submitted", time.perf_counter())
+        # The last order acknowledged; on a bar without orders, the end of the orders stage
+        # (the decision that there are none). Never the end of the step: the store stage
+        # after the orders (writes, the checkpoint waiting for GARCH fits) is not the path
+        # to the orders. Until 2026-12-02 a bar without orders counted up to the step's end.
+        end = marks.get("submitted") or marks.get("decided") or time.perf_counter()
         waited = engine.broker.rate_limit_wait_s - marks["waited"]
         rows.append((marks["vendor"], end - marks["release"] - marks["vendor"], waited))
         marks.pop("release", None)
@@ -227,6 +233,15 @@ level = "warning"
     engine.feed.bars = timed_bars  # type: ignore[method-assign]
     engine.broker.submit = timed_submit  # type: ignore[method-assign]
     engine.step = timed_step  # type: ignore[method-assign]
+    lap = engine._lap
+
+    def timed_lap(stage: str, since: float) -> float:
+        now = lap(stage, since)
+        if stage == "orders":
+            marks["decided"] = now
+        return now
+
+    engine._lap = timed_lap  # type: ignore[method-assign]
 
     started = time.perf_counter()
     result = await engine.run_until_done()
