@@ -228,14 +228,6 @@ class FitRunner:
         self._pool: ThreadPoolExecutor | None = None
         self._worker: FitWorker | None = None
 
-    def start(self) -> None:
-        """Start the worker process now (if this runner has one) rather than on first use."""
-        if self.kind == "process" and self._worker is None:
-            try:
-                self._worker = FitWorker()
-            except OSError as exc:
-                self.lost(exc)
-
     def submit(self, jobs: list[FitJob]) -> Future[list[FitOutcome]] | _Reply:
         if self.kind == "thread":
             if self._pool is None:

@@ -90,6 +90,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -335,11 +336,11 @@ class KellyGarch:
         )
         # Fits asked for at the last bar sized (fit_lag_bars = 1), applied at the next one.
         self._pending: Pending | None = None
+        # The worker process starts with the first fits (a plugin built only to be checked,
+        # as preflight does, never starts one) and ends with close() or, for a plugin dropped
+        # without it, when the plugin is collected.
         self._runner = FitRunner(config.fit_executor)
-        if config.volatility == "garch":
-            # A worker process takes ~2 s to import arch: started now, it is ready by the time
-            # the warm-up and the first bar are done (the first fits would wait for it).
-            self._runner.start()
+        weakref.finalize(self, self._runner.close)
         self._resolved: list[Resolved] | None = None  # waited for (or from a checkpoint)
         self._initial = False
 

@@ -1011,3 +1011,26 @@ async def test_settle_waits_for_fits_in_flight_without_blocking_the_event_loop(m
     finally:
         release.set()
         p.close()
+
+
+def test_a_worker_starts_with_the_first_fits_and_ends_with_a_dropped_plugin():
+    """Plugins built only to be checked (preflight, config validation) start no process, and
+    a plugin dropped without close() does not leave one behind."""
+    import gc
+    import time
+
+    close = prices(garch_paths(305, 2, seed=10))
+    cfg = Cfg(garch_window=300, min_fit_obs=200, fit_lag_bars=1, fit_executor="process")
+    p = KellyGarch(cfg, ("S0", "S1"))
+    assert p._runner._worker is None
+    m = Market(close, capacity=301).push(301)
+    p.size(np.full(2, 0.5), m.ctx())
+    proc = p._runner._worker.proc
+    assert proc.poll() is None
+    del p
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, "the worker outlived its plugin"
+        time.sleep(0.05)
+    assert proc.returncode == 0  # it ended on its own, at the end of its input
