@@ -23,6 +23,7 @@ import pickle
 import struct
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -167,15 +168,40 @@ class FitWorker:
             stdout=subprocess.PIPE,
             close_fds=True,
         )
+        self._writer: threading.Thread | None = None
+        self._write_error: BaseException | None = None
 
     def send(self, jobs: list[FitJob]) -> _Reply:
-        try:
-            write_frame(self.proc.stdin, jobs)  # type: ignore[arg-type]
-        except (BrokenPipeError, OSError) as exc:
-            raise WorkerLost(f"the GARCH fit worker (pid {self.proc.pid}) is gone: {exc}") from exc
+        """Hand the request to a writer thread and return at once: a request is larger than
+        the pipe's buffer (500 symbols x 500 returns is 2 MB), and a worker still importing
+        arch (~2 s after it starts) would otherwise stall the bar that asks."""
+        if self.proc.poll() is not None:
+            raise WorkerLost(f"the GARCH fit worker (pid {self.proc.pid}) is gone")
+        data = pickle.dumps(jobs, protocol=pickle.HIGHEST_PROTOCOL)
+        self._write_error = None
+        self._writer = threading.Thread(
+            target=self._write, args=(data,), name="garch-fit-send", daemon=True
+        )
+        self._writer.start()
         return _Reply(self)
 
+    def _write(self, data: bytes) -> None:
+        stream = self.proc.stdin
+        try:
+            stream.write(struct.pack("<Q", len(data)))  # type: ignore[union-attr]
+            stream.write(data)  # type: ignore[union-attr]
+            stream.flush()  # type: ignore[union-attr]
+        except Exception as exc:  # the worker died, or close() closed the pipe meanwhile
+            self._write_error = exc
+
     def read(self) -> list[FitOutcome]:
+        if self._writer is not None:
+            self._writer.join()
+            self._writer = None
+            if self._write_error is not None:
+                raise WorkerLost(
+                    f"the GARCH fit worker (pid {self.proc.pid}) is gone: {self._write_error}"
+                )
         try:
             out = read_frame(self.proc.stdout)  # type: ignore[arg-type]
         except (EOFError, OSError, pickle.UnpicklingError) as exc:
@@ -194,6 +220,8 @@ class FitWorker:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        if self._writer is not None:
+            self._writer.join(timeout=5)  # ends: the pipe is closed and the worker is gone
         with contextlib.suppress(OSError):
             self.proc.stdout.close()  # type: ignore[union-attr]
 

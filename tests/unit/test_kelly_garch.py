@@ -1034,3 +1034,28 @@ def test_a_worker_starts_with_the_first_fits_and_ends_with_a_dropped_plugin():
         assert time.monotonic() < deadline, "the worker outlived its plugin"
         time.sleep(0.05)
     assert proc.returncode == 0  # it ended on its own, at the end of its input
+
+
+def test_sending_a_request_never_waits_for_the_worker_to_read_it():
+    """A request (2 MB for 500 symbols) is larger than a pipe's buffer: sending it must not
+    stall the bar while the worker is still starting (here: a process that never reads)."""
+    import subprocess
+    import sys
+
+    from tradingd_plugins.sizing.garch_fits import FitWorker, WorkerLost
+
+    w = FitWorker.__new__(FitWorker)
+    w.proc = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    w._writer, w._write_error = None, None
+    jobs = [(np.full(500, float(i)), "constant", None, 200) for i in range(500)]  # ~2 MB
+    reply = w.send(jobs)  # returns although nothing reads the pipe
+    assert w._writer.is_alive()  # still writing: the pipe is full
+    w.proc.kill()
+    w.proc.wait()
+    with pytest.raises(WorkerLost, match="is gone"):
+        reply.result()
+    w.close()
