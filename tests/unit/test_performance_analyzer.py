@@ -37,6 +37,14 @@ import empyrical as ep
 import numpy as np
 import pandas as pd
 import pytest
+from empyrical_reference import (
+    PPY,
+    REL,
+    RF,
+    assert_close,
+    assert_matches_empyrical,
+    close,
+)
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy import stats
@@ -48,22 +56,7 @@ from tradingd.core.errors import ConfigError
 from tradingd.core.types import Fill, RunInfo, Side
 from tradingd.feeds.loaders import load_frame
 
-REL, ABS = 1e-10, 1e-12
-PPY = 252
-RF = 0.02
-RF_BAR = (1 + RF) ** (1 / PPY) - 1
 NO_BENCH = PerformanceConfig(benchmark="")
-
-
-def close(a: float, b: float) -> bool:
-    if math.isnan(a) or math.isnan(b):
-        return math.isnan(a) and math.isnan(b)
-    return math.isclose(a, b, rel_tol=REL, abs_tol=ABS)
-
-
-def assert_close(ours: dict, ref: dict) -> None:
-    bad = {k: (ours[k], v) for k, v in ref.items() if not close(float(ours[k]), float(v))}
-    assert not bad, bad
 
 
 def no_inf(d: dict) -> None:
@@ -97,43 +90,6 @@ def index_run(closes: pd.DataFrame, symbol: str, start: str, end: str, capital: 
     return {"equity_curve": equity, "initial_capital": capital}, returns
 
 
-def empyrical_reference(r: pd.Series, b: pd.Series | None, rf_bar: float = RF_BAR) -> dict:
-    """What empyrical (and scipy, where empyrical has no function) says, in our signs."""
-    mu, sd = float(r.mean()), float(r.std(ddof=1))
-    q = stats.norm.ppf(0.05, mu, sd)
-    ref = {
-        "total_return": ep.cum_returns_final(r),
-        "annual_return": ep.annual_return(r, annualization=PPY),
-        "annual_volatility": ep.annual_volatility(r, annualization=PPY),
-        "sharpe": ep.sharpe_ratio(r, risk_free=rf_bar, annualization=PPY),
-        "sortino": ep.sortino_ratio(r, required_return=rf_bar, annualization=PPY),
-        "downside_deviation": ep.downside_risk(r, required_return=rf_bar, annualization=PPY),
-        "max_drawdown": -ep.max_drawdown(r),  # empyrical: negative
-        "calmar": ep.calmar_ratio(r, annualization=PPY),
-        "var_historical": -ep.value_at_risk(r, cutoff=0.05),  # empyrical: a return
-        "cvar_historical": -ep.conditional_value_at_risk(r, cutoff=0.05),
-        "var_parametric": -q,
-        "cvar_parametric": -stats.norm.expect(
-            lambda x: x, loc=mu, scale=sd, ub=q, conditional=True
-        ),
-    }
-    if b is not None:
-        ref.update(
-            {
-                "beta": ep.beta(r, b, risk_free=rf_bar),
-                "alpha": ep.alpha(r, b, risk_free=rf_bar, annualization=PPY),
-                "tracking_error": ep.annual_volatility(r - b, annualization=PPY),
-                "information_ratio": ep.excess_sharpe(r, b) * math.sqrt(PPY),  # per bar
-                "correlation": stats.pearsonr(r, b)[0],
-                "benchmark_total_return": ep.cum_returns_final(b),
-                "benchmark_annual_return": ep.annual_return(b, annualization=PPY),
-                "excess_return": ep.annual_return(r, annualization=PPY)
-                - ep.annual_return(b, annualization=PPY),
-            }
-        )
-    return ref
-
-
 def merged(out: dict) -> dict:
     return {**out["performance"], **out["risk"]}
 
@@ -148,10 +104,7 @@ def test_every_metric_matches_empyrical_on_a_real_index_curve(closes, sp500_leve
     assert not b.isna().any()
     assert out["performance"]["benchmark_bars"] == len(r) == 2264
     m = merged(out)
-    ref = empyrical_reference(r, b)
-    # scipy integrates the normal CVaR numerically: its own error is ~1e-12 relative.
-    assert m["cvar_parametric"] == pytest.approx(ref.pop("cvar_parametric"), rel=1e-9)
-    assert_close(m, ref)
+    assert_matches_empyrical(m, r, b)
     assert m["excess_return_risk_free"] == pytest.approx(m["annual_return"] - RF, rel=REL)
 
 
@@ -181,10 +134,7 @@ def test_random_walk_matches_empyrical_for_several_risk_free_rates(rf):
     )
     rs = pd.Series(r, index=times[1:])
     bs = pd.Series(bench_r, index=times[1:])
-    ref = empyrical_reference(rs, bs, rf_bar=(1 + rf) ** (1 / PPY) - 1)
-    m = merged(out)
-    assert m["cvar_parametric"] == pytest.approx(ref.pop("cvar_parametric"), rel=1e-9)
-    assert_close(m, ref)
+    assert_matches_empyrical(merged(out), rs, bs, rf_bar=(1 + rf) ** (1 / PPY) - 1)
 
 
 def test_pure_functions_match_empyrical_with_other_periods_per_year():
