@@ -27,7 +27,7 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, cast
 
 import numpy as np
 import structlog
@@ -45,7 +45,17 @@ CACHE_FILE = "garch-fits.json"
 Start = tuple[float, float, float, float]
 FitJob = tuple[np.ndarray, str, Start | None, int]
 #: A fit's outcome: (mu, omega, alpha, beta, sigma2, nobs) or None, and the reason when None.
-FitOutcome = tuple[tuple[float, float, float, float, float, int] | None, str]
+FitParams = tuple[float, float, float, float, float, int]
+FitOutcome = tuple[FitParams | None, str]
+
+
+def params_to_json(p: FitParams | None) -> list[float] | None:
+    return None if p is None else list(p)
+
+
+def params_from_json(p: Sequence[float] | None) -> FitParams | None:
+    """A fit's parameters as written by `params_to_json` (a cache file, a checkpoint)."""
+    return None if p is None else (*map(float, p[:5]), int(p[5]))  # type: ignore[return-value]
 
 
 def fit_one(returns: np.ndarray, mean: str, start: Start | None, min_obs: int) -> FitOutcome:
@@ -117,20 +127,20 @@ class FitCache:
                 log.warning("garch_cache.ignored", path=str(self.path), reason="another format")
                 return
             entries = {
-                bytes.fromhex(k): (None if p is None else (*map(float, p[:5]), int(p[5])), str(w))
+                bytes.fromhex(k): (params_from_json(p), str(w))
                 for k, p, w in data["entries"][: self.size]
             }
         except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
             log.warning("garch_cache.unreadable", path=str(self.path), error=str(exc))
             return
-        self._old = entries  # type: ignore[assignment]
+        self._old = entries
         log.info("garch_cache.loaded", path=str(self.path), entries=len(entries))
 
     def save(self) -> None:
         if self.path is None or not self.size or not self._used:
             return
         merged = list(self._used.items()) + list(self._old.items())
-        entries = [[k.hex(), None if p is None else list(p), w] for k, (p, w) in merged]
+        entries = [[k.hex(), params_to_json(p), w] for k, (p, w) in merged]
         data = {"format": CACHE_FORMAT, "entries": entries[: self.size]}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -186,11 +196,8 @@ class FitWorker:
         return _Reply(self)
 
     def _write(self, data: bytes) -> None:
-        stream = self.proc.stdin
         try:
-            stream.write(struct.pack("<Q", len(data)))  # type: ignore[union-attr]
-            stream.write(data)  # type: ignore[union-attr]
-            stream.flush()  # type: ignore[union-attr]
+            write_bytes(self.proc.stdin, data)  # type: ignore[arg-type]
         except Exception as exc:  # the worker died, or close() closed the pipe meanwhile
             self._write_error = exc
 
@@ -209,7 +216,7 @@ class FitWorker:
             raise WorkerLost(
                 f"the GARCH fit worker (pid {self.proc.pid}) ended (exit code {code}): {exc}"
             ) from exc
-        return out  # type: ignore[no-any-return]
+        return cast(list[FitOutcome], out)  # the worker answers fit_many's list
 
     def close(self) -> None:
         if self.proc.poll() is None:
@@ -227,7 +234,11 @@ class FitWorker:
 
 
 def write_frame(stream: BinaryIO, obj: object) -> None:
-    data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+    write_bytes(stream, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def write_bytes(stream: BinaryIO, data: bytes) -> None:
+    """One frame: the length, then the (pickled) bytes."""
     stream.write(struct.pack("<Q", len(data)))
     stream.write(data)
     stream.flush()

@@ -109,7 +109,16 @@ from .garch import (
     garch_forecast,
     log_returns,
 )
-from .garch_fits import EXECUTORS, FitCache, FitRunner, Pending, submit
+from .garch_fits import (
+    EXECUTORS,
+    FitCache,
+    FitParams,
+    FitRunner,
+    Pending,
+    params_from_json,
+    params_to_json,
+    submit,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -120,7 +129,7 @@ MEANS = ("constant", "zero")
 _NONE, _EWMA, _GARCH = 0, 1, 2  # how a symbol's variance is estimated
 #: A fit waited for: (symbol index, (mu, omega, alpha, beta, sigma2, nobs) or None, the
 #: reason it failed, the EWMA fallback variance when it failed).
-Resolved = tuple[int, tuple[float, float, float, float, float, int] | None, str, float]
+Resolved = tuple[int, FitParams | None, str, float]
 STATE_VERSION = 1
 
 
@@ -706,7 +715,7 @@ class KellyGarch:
             pending = {
                 "initial": self._initial,
                 "fits": [
-                    [i, None if p is None else list(p), why, None if math.isnan(s2) else s2]
+                    [i, params_to_json(p), why, None if math.isnan(s2) else s2]
                     for i, p, why, s2 in resolved
                 ],
             }
@@ -760,14 +769,9 @@ class KellyGarch:
         if pending is not None:
             self._initial = bool(pending["initial"])
             self._resolved = [
-                (
-                    int(i),
-                    None if p is None else (*map(float, p[:5]), int(p[5])),
-                    str(why),
-                    math.nan if s2 is None else float(s2),
-                )
+                (int(i), params_from_json(p), str(why), math.nan if s2 is None else float(s2))
                 for i, p, why, s2 in pending["fits"]
-            ]  # type: ignore[misc]
+            ]
         self._kelly_source = self.kelly_inputs[2]
 
 
