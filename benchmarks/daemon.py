@@ -141,6 +141,7 @@ params = { kelly_multiplier = 0.5, target_vol = 0.15, max_position = 0.05, fit_c
 
 
 async def latency(args: argparse.Namespace) -> dict[str, object]:
+    from tradingd import metrics
     from tradingd.app import build_engine
     from tradingd.config import load_config
 
@@ -257,7 +258,8 @@ level = "warning"
     return {
         "symbols": args.symbols,
         "strategy": args.strategy,
-        "stages_ms_per_bar": stage_means(),
+        # The engine's own stage histogram (live records it): mean ms per bar of each stage.
+        "stages_ms_per_bar": {k: round(v, 2) for k, v in metrics.stage_means_ms().items()},
         "bars": len(live),
         "orders": result.orders,
         "fills": result.fills,
@@ -280,18 +282,6 @@ level = "warning"
         "wall_s": wall,
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
-
-
-def stage_means() -> dict[str, float]:
-    """The engine's own stage histogram (live records it): mean ms per bar of each stage."""
-    from tradingd import metrics
-
-    out: dict[str, float] = {}
-    for metric in metrics.STAGE_SECONDS.collect():
-        sums = {s.labels["stage"]: s.value for s in metric.samples if s.name.endswith("_sum")}
-        counts = {s.labels["stage"]: s.value for s in metric.samples if s.name.endswith("_count")}
-        out = {k: round(1000 * sums[k] / counts[k], 2) for k in sorted(sums) if counts.get(k)}
-    return out
 
 
 # ----------------------------------------------------------------------------- soak

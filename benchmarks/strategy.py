@@ -99,11 +99,7 @@ signals = "none"
     t0 = time.perf_counter()
     outcome = asyncio.run(run_backtest(config, panel=panel))
     replay_s = time.perf_counter() - t0
-    stages = {}
-    for metric in metrics.STAGE_SECONDS.collect():
-        sums = {s.labels["stage"]: s.value for s in metric.samples if s.name.endswith("_sum")}
-        counts = {s.labels["stage"]: s.value for s in metric.samples if s.name.endswith("_count")}
-        stages = {k: 1000 * sums[k] / counts[k] for k in sums if counts.get(k)}
+    stages = metrics.stage_means_ms()
     s = outcome.summary
     return {
         "symbols": len(panel.symbols),

@@ -36,6 +36,19 @@ STAGE_SECONDS = Histogram(
     buckets=_STAGE_BUCKETS,
     registry=REGISTRY,
 )
+
+
+def stage_means_ms() -> dict[str, float]:
+    """Mean milliseconds per bar of each stage recorded so far in STAGE_SECONDS (sum / count):
+    what the benchmarks print."""
+    out: dict[str, float] = {}
+    for metric in STAGE_SECONDS.collect():
+        sums = {s.labels["stage"]: s.value for s in metric.samples if s.name.endswith("_sum")}
+        counts = {s.labels["stage"]: s.value for s in metric.samples if s.name.endswith("_count")}
+        out = {k: 1000 * sums[k] / counts[k] for k in sorted(sums) if counts.get(k)}
+    return out
+
+
 ORDERS = Counter("tradingd_orders", "Order state changes by status", ["status"], registry=REGISTRY)
 RISK_VERDICTS = Counter(
     "tradingd_risk_verdicts",
