@@ -38,6 +38,20 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "sp500_daily_1999_2018.parquet"
 
 
+def _children_cpu_s() -> float:
+    """CPU seconds of this process's live children (Linux /proc; 0 elsewhere)."""
+    total = 0.0
+    tick = os.sysconf("SC_CLK_TCK")
+    for children in Path("/proc/self/task").glob("*/children"):
+        for pid in children.read_text().split():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 def child(args: argparse.Namespace) -> dict:
     import asyncio
     import resource
@@ -76,7 +90,14 @@ signals = "none"
         },
     )
     signals = tuple(
-        dataclasses.replace(s, params={**s.params, "cache_dir": args.cache_dir})
+        dataclasses.replace(
+            s,
+            params={
+                **s.params,
+                "cache_dir": args.cache_dir,
+                **({"threads": args.ml_threads} if args.ml_threads >= 0 else {}),
+            },
+        )
         if s.name == "ml_ensemble"
         else s
         for s in config.signals
@@ -101,6 +122,7 @@ signals = "none"
     replay_s = time.perf_counter() - t0
     stages = metrics.stage_means_ms()
     s = outcome.summary
+    own = resource.getrusage(resource.RUSAGE_SELF)
     return {
         "symbols": len(panel.symbols),
         "bars": len(panel.times),
@@ -110,6 +132,10 @@ signals = "none"
         "bar_events_per_s": round(panel.n_bars / replay_s),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "stage_ms_per_bar": {k: round(v, 2) for k, v in sorted(stages.items())},
+        # Where the CPU went: this process (engine, model inference) and its children still
+        # running (the GARCH fit worker), user + system seconds.
+        "cpu_s": round(own.ru_utime + own.ru_stime, 1),
+        "children_cpu_s": round(_children_cpu_s(), 1),
         "fills": s.get("fills"),
         "final_equity": round(float(s.get("final_equity", 0.0)), 2),
         "verdicts_by_rule": s.get("risk_verdicts_by_rule"),
@@ -122,6 +148,9 @@ def main() -> None:
     p.add_argument("--start", default="1999-01-01")
     p.add_argument("--end", default="2018-12-31")
     p.add_argument("--refit-bars", type=int, default=63, help="kelly_garch refit cadence")
+    p.add_argument(
+        "--ml-threads", type=int, default=-1, help="ml_ensemble threads (-1 = the config's)"
+    )
     p.add_argument("--runs", type=int, default=2, help="first run, then warm reruns")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--workdir", default="", help=argparse.SUPPRESS)
@@ -139,7 +168,7 @@ def main() -> None:
             cmd = [
                 sys.executable, __file__, "--child", "--workdir", tmp, "--cache-dir", str(cache),
                 "--symbols", str(args.symbols), "--start", args.start, "--end", args.end,
-                "--refit-bars", str(args.refit_bars),
+                "--refit-bars", str(args.refit_bars), "--ml-threads", str(args.ml_threads),
             ]  # fmt: skip
             out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
             if out.returncode != 0:

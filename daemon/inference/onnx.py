@@ -90,6 +90,9 @@ class OnnxModel:
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = threads  # 0: onnxruntime's default, one per core
         opts.inter_op_num_threads = 1
+        # Idle pool threads sleep instead of spinning: between a bar's batched calls a
+        # spinning thread holds a core that the GARCH fit worker or the event loop needs.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name

@@ -240,7 +240,11 @@ class MlEnsembleConfig:
     # Predictions kept, in memory and in the file (~37 bytes each: 110 MB at the default, which
     # holds a replay of 500 symbols x 20 years; a live daemon adds ~500 a day).
     cache_size: int = 3_000_000
-    threads: int = 0  # onnxruntime intra-op threads; 0 = one per core
+    # onnxruntime intra-op threads (0 = one per core). One: the CNN+BiLSTM's recurrence
+    # barely gains from a second thread (40 ms per 500 windows on one, 36 ms on two, idle),
+    # and on a 2-core machine the second core is the GARCH fit worker's; measured with the
+    # worker busy, two threads used 3x the CPU for the same bars (benchmarks/RESULTS.md).
+    threads: int = 1
     # Predictions are kept here across runs, one file per model version ("" = in memory only).
     cache_dir: str = "var/cache/predictions"
     cache_versions: int = 5  # prediction files kept (newest first); older versions' are removed
