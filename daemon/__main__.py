@@ -1,4 +1,4 @@
-"""The `tradingd` command: backtest | run | train | fetch | features | plugins | config.
+"""The `tradingd` command: backtest | report | run | train | fetch | features | plugins | config.
 
 Only this module calls `asyncio.run`.
 
@@ -104,6 +104,29 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     bt.add_argument("--output", help="output folder (default: <run.output_dir>/<run_id>)")
     bt.add_argument("--no-progress", action="store_true", help="no progress bar")
+    bt.add_argument(
+        "--report",
+        action="store_true",
+        help="also write report.html and report.json into the run's folder (see tradingd report)",
+    )
+
+    rp = sub.add_parser(
+        "report",
+        help="write a run's report: one self-contained HTML file (charts and every metric) "
+        "and a JSON file with every number",
+    )
+    common(rp)
+    rp.add_argument(
+        "run",
+        help="a run id under the configured run.output_dir (var/runs), or a run folder's path",
+    )
+    rp.add_argument("--output", help="folder for report.html and report.json (default: the run's)")
+    rp.add_argument(
+        "--analysis-config",
+        help="TOML with an [analysis] table (risk-free rate, benchmark, VaR level) and a "
+        "[report] table (rolling window, histogram bins, title); docs/REPORTS.md",
+    )
+    rp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     run = sub.add_parser("run", help="run the live paper-trading loop")
     common(run)
@@ -209,6 +232,8 @@ def _command(args: argparse.Namespace) -> int:
         return _plugins()
     if args.command == "health":
         return _health(args)
+    if args.command == "report":
+        return _report(args)
     from .preflight import check_config, check_services, check_train_extra
 
     if args.command in ("train", "retrain"):
@@ -366,7 +391,68 @@ def _backtest(config: Config, args: argparse.Namespace) -> int:
     else:
         print(format_summary(outcome.summary))
         print(f"\nrun {outcome.run_id}: equity, orders, fills and config in {outcome.output_dir}")
+    if args.report:
+        from .analysis.report import write_report
+
+        files = write_report(outcome.output_dir, progress=progress)
+        # With --json, stdout stays one JSON object: the report's paths go to stderr.
+        print(_report_line(files), file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    """Reads the configuration only for run.output_dir and logging: loads no plugins and
+    checks no services (a finished run's record is all a report needs)."""
+    from .analysis.performance import PerformanceAnalyzer, PerformanceConfig
+    from .analysis.report import ReportConfig, resolve_run, write_report
+    from .logs import configure_logging
+
+    config = _config(args.config)
+    configure_logging(config.log.level, config.log.format)
+    analysis, report = PerformanceConfig(), ReportConfig()
+    if args.analysis_config:
+        import tomllib
+
+        try:
+            data = tomllib.loads(Path(args.analysis_config).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise TradingdError(f"analysis config {args.analysis_config}: {exc}") from None
+        unknown = sorted(set(data) - {"analysis", "report"})
+        if unknown:
+            raise TradingdError(
+                f"analysis config {args.analysis_config}: unknown table(s) "
+                f"{', '.join(unknown)}; valid tables: analysis, report"
+            )
+        analysis = PerformanceConfig.from_mapping(data.get("analysis", {}))
+        report = ReportConfig.from_mapping(data.get("report", {}))
+    try:
+        folder = resolve_run(args.run, config.run.output_dir)
+    except ValueError as exc:
+        raise TradingdError(str(exc)) from None
+    if args.output:
+        from .preflight import check_writable_dir
+
+        check_writable_dir(args.output, "--output")
+    progress = sys.stderr.isatty() and not args.no_progress
+    try:
+        files = write_report(
+            folder,
+            args.output,
+            analyzer=PerformanceAnalyzer(analysis),
+            config=report,
+            progress=progress,
+        )
+    except ValueError as exc:  # a record the analysis cannot read
+        raise TradingdError(f"run {args.run}: {exc}") from None
+    print(_report_line(files))
+    return 0
+
+
+def _report_line(files: Any) -> str:
+    return (
+        f"report: {files.html} ({files.html_bytes / 1e6:.1f} MB), "
+        f"numbers: {files.json} ({files.json_bytes / 1e3:.0f} kB)"
+    )
 
 
 # ----------------------------------------------------------------------------- tradingd run

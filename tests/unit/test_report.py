@@ -1,0 +1,501 @@
+"""The run report (`tradingd.analysis.report`): every number it shows against an independent
+computation, the HTML and JSON files, extra sections, secrets, and the `tradingd report` /
+`tradingd backtest --report` commands.
+
+The run is real: `tradingd backtest` (in-process) on the bundled S&P 500 and NASDAQ index
+series, momentum, 2016-2018 (754 bars, about 60 round trips, risk verdicts), written to a
+record folder as the command writes it. Its returns are recomputed here from equity.csv.
+
+Independent references: empyrical-reloaded for monthly and yearly returns
+(`aggregate_returns`), the rolling Sharpe ratio (`roll_sharpe_ratio`), the maximum drawdown
+and the historical VaR; the S&P 500 closes shipped with `arch` for the benchmark line; plain
+counting for the histograms. Tolerance: relative 1e-10 (both sides are float64 formulas in a
+different order). The browser rendering is tests/integration/test_report_browser.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import re
+from pathlib import Path
+
+import empyrical as ep
+import numpy as np
+import pandas as pd
+import pytest
+import structlog
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tradingd.analysis.performance import PerformanceAnalyzer, PerformanceConfig, per_bar_rate
+from tradingd.analysis.report import (
+    REPORT_FORMAT,
+    ReportConfig,
+    build_report,
+    monthly_returns,
+    resolve_run,
+    rolling_sharpe,
+    write_report,
+)
+from tradingd.analysis.report_charts import CHART_IDS
+from tradingd.core.errors import ConfigError
+
+REL = 1e-10
+RF_BAR = per_bar_rate(0.02)
+
+
+def write_config(tmp: Path, extra: str = "") -> Path:
+    p = tmp / "report.toml"
+    p.write_text(f"""
+[run]
+run_id = "report-unit"
+start = "2016-01-01"
+end = "2018-12-31"
+output_dir = "{tmp / "runs"}"
+[orders]
+brackets = false
+[[signals]]
+name = "momentum"
+params = {{ lookback = 20 }}
+[sizing]
+name = "equal_weight"
+params = {{ max_positions = 2, gross_exposure = 0.95 }}
+[[risk]]
+name = "max_position"
+params = {{ max_position_pct = 0.5 }}
+[storage]
+url = "sqlite:///{tmp / "s.db"}"
+[log]
+audit_dir = "{tmp / "audit"}"
+[health]
+port = 0
+{extra}
+""")
+    return p
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    from tradingd.backtest import run_backtest
+    from tradingd.config import load_config
+
+    tmp = tmp_path_factory.mktemp("report_unit")
+    config = load_config([write_config(tmp)], env={})
+    out = tmp / "runs" / "report-unit"
+    asyncio.run(run_backtest(config, output_dir=out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def report(run_dir):
+    return build_report(run_dir)
+
+
+@pytest.fixture(scope="module")
+def returns(run_dir) -> pd.Series:
+    """Per-bar returns recomputed from equity.csv, the first against the initial capital."""
+    eq = pd.read_csv(run_dir / "equity.csv")
+    capital = json.loads((run_dir / "summary.json").read_text())["initial_capital"]
+    e = eq["equity"].to_numpy(float)
+    idx = pd.DatetimeIndex(pd.to_datetime(eq["time"], utc=True)).tz_localize(None)
+    return pd.Series(e / np.concatenate(([capital], e[:-1])) - 1.0, index=idx)
+
+
+def close(a, b, rel=REL):
+    return a == pytest.approx(b, rel=rel, abs=1e-12, nan_ok=True)
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+def test_the_run_is_a_real_one(report):
+    a = report.data["analysis"]
+    assert a["performance"]["bars"] == 754
+    assert a["performance"]["round_trips"] > 20
+    assert a["summary"]["risk_verdicts"] > 0
+    assert a["benchmark"]["bars"] == 754  # the bundled S&P 500 covers every bar
+
+
+def test_metrics_are_the_analyzers(run_dir, report):
+    ref = PerformanceAnalyzer().analyze_performance(run_dir)
+    a = report.data["analysis"]
+    for part in ("performance", "risk"):
+        assert set(a[part]) == set(ref[part])
+        for key, value in ref[part].items():
+            got = a[part][key]
+            assert (got is None) if math.isnan(value) else got == value, key
+
+
+def test_monthly_and_yearly_returns_match_empyrical(report, returns):
+    m = report.data["monthly_returns"]
+    monthly = ep.aggregate_returns(returns, "monthly")
+    got = {
+        (y, mo): v
+        for y, row in zip(m["years"], m["values"], strict=True)
+        for mo, v in zip(m["months"], row, strict=True)
+        if v is not None
+    }
+    assert set(got) == set(monthly.index)
+    for key, value in monthly.items():
+        assert close(got[key], value), key
+    yearly = ep.aggregate_returns(returns, "yearly")
+    assert m["years"] == list(yearly.index)
+    for total, value in zip(m["year_total"], yearly, strict=True):
+        assert close(total, value)
+    # Compounding the months gives the run's total return.
+    growth = np.prod([1 + v for v in got.values()])
+    assert close(growth - 1, report.data["analysis"]["performance"]["total_return"])
+
+
+def test_rolling_sharpe_matches_empyrical(report, returns):
+    window = report.data["report_config"]["rolling_window"]
+    got = np.array(report.data["series"]["rolling_sharpe"], dtype=float)
+    assert np.isnan(got[: window - 1]).all()
+    ref = ep.roll_sharpe_ratio(returns, window, risk_free=RF_BAR)
+    assert len(ref) == len(returns) - window + 1
+    for g, r in zip(got[window - 1 :], ref, strict=True):
+        assert close(g, r, rel=1e-9)
+    # The last window is the Sharpe ratio of the last `window` bars.
+    assert close(got[-1], ep.sharpe_ratio(returns.iloc[-window:], risk_free=RF_BAR), rel=1e-9)
+
+
+def test_drawdown_series_and_var(report, returns):
+    s = report.data["series"]
+    wealth = np.concatenate(([1.0], np.cumprod(1 + returns.to_numpy())))
+    ref = 1 - wealth / np.maximum.accumulate(wealth)
+    assert np.allclose(s["drawdown"], ref[1:], rtol=0, atol=1e-12)
+    assert close(max(s["drawdown"]), -ep.max_drawdown(returns))
+    dist = report.data["return_distribution"]
+    assert close(dist["var_historical"], -ep.value_at_risk(returns, 0.05))
+    # The VaR lines are drawn at -VaR.
+    traces = report.figures["chart-distribution"]["data"]
+    hist_line = next(t for t in traces if "historical" in t.get("name", ""))
+    assert hist_line["x"] == [-dist["var_historical"]] * 2
+
+
+def test_benchmark_line_is_the_sp500_rebased_to_the_initial_capital(report, returns):
+    from arch.data import sp500
+
+    close_px = sp500.load()["Close"]
+    base = close_px[close_px.index < returns.index[0]].iloc[-1]
+    ref = 100_000.0 * close_px.reindex(returns.index) / base
+    got = report.data["series"]["benchmark_equity"]
+    assert np.allclose(got, ref.to_numpy(), rtol=1e-12)
+    perf = report.data["analysis"]["performance"]
+    assert close(got[-1] / 100_000.0 - 1, perf["benchmark_total_return"])
+
+
+def test_histograms_count_every_value_once(report, returns):
+    dist = report.data["return_distribution"]
+    edges, counts = dist["bin_edges"], dist["counts"]
+    assert len(edges) == len(counts) + 1 == report.data["report_config"]["return_bins"] + 1
+    r = returns.to_numpy()
+    for i, c in enumerate(counts):
+        last = i == len(counts) - 1
+        inside = (r >= edges[i]) & ((r <= edges[i + 1]) if last else (r < edges[i + 1]))
+        assert int(inside.sum()) == c, i
+    trades = report.data["trades"]
+    pnls = np.array(trades["round_trip_pnls"])
+    perf = report.data["analysis"]["performance"]
+    assert len(pnls) == perf["round_trips"] == sum(trades["counts"])
+    assert close(float(np.mean(pnls > 0)), perf["win_rate"])
+    assert close(float(np.mean(pnls[pnls < 0])), perf["avg_loss"])
+
+
+def test_exposure_and_verdicts_come_from_the_record(report, run_dir):
+    eq = pd.read_csv(run_dir / "equity.csv")
+    assert report.data["series"]["gross_exposure"] == list(eq["gross_exposure"])
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert report.data["risk_rules"]["verdicts_by_rule"] == summary["risk_verdicts_by_rule"]
+    bars = report.figures["chart-verdicts"]["data"][0]
+    assert dict(zip(bars["y"], bars["x"], strict=True)) == summary["risk_verdicts_by_rule"]
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(st.floats(-0.2, 0.2, allow_nan=False), min_size=2, max_size=60),
+    st.integers(2, 30),
+    st.floats(0.01, 100),
+)
+def test_rolling_sharpe_is_scale_free_and_windowed(r, window, scale):
+    """Scaling the returns (no risk-free rate) changes no rolling Sharpe ratio, and each value
+    is the Sharpe ratio of its own window."""
+    a = rolling_sharpe(r, window)
+    b = rolling_sharpe(np.array(r) * scale, window)
+    assert np.allclose(a, b, rtol=1e-7, atol=1e-9, equal_nan=True)
+    assert np.isnan(a[: window - 1]).all()
+    for i in range(window - 1, len(r)):
+        w = np.array(r[i - window + 1 : i + 1])
+        sd = np.std(w, ddof=1)
+        if sd > 1e-9:
+            assert a[i] == pytest.approx(np.mean(w) / sd * math.sqrt(252), rel=1e-7)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.floats(-0.5, 0.5, allow_nan=False), min_size=1, max_size=200))
+def test_months_compound_to_the_total(r):
+    times = pd.bdate_range("2019-12-20", periods=len(r), tz="UTC")
+    table = monthly_returns(times, r)
+    months = table.to_numpy()[np.isfinite(table.to_numpy())]
+    assert months.size == len({(t.year, t.month) for t in times})
+    assert np.prod(1 + months) == pytest.approx(np.prod(1 + np.array(r)), rel=1e-9)
+
+
+# ----------------------------------------------------------------------------- files
+
+
+def test_json_has_every_number_and_no_nan(report):
+    text = report.to_json()
+    data = json.loads(text)  # allow_nan=False when written: NaN is null
+    assert "NaN" not in text and "Infinity" not in text
+    assert data["format"] == REPORT_FORMAT
+    assert data["run_id"] == "report-unit"
+    n = data["analysis"]["performance"]["bars"]
+    for key, values in data["series"].items():
+        assert len(values) == n, key
+    assert set(CHART_IDS) == set(report.figures)
+
+
+def test_html_is_self_contained_and_shows_every_metric(report):
+    page = report.to_html()
+    # Opens offline: no external script, stylesheet, image or font.
+    assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=", page)
+    assert "@import" not in page and "url(http" not in page
+    assert page.count("Plotly.newPlot") == 1 and "window.reportReady" in page
+    assert len(page) > 3_000_000  # plotly.js is inline
+    for cid in CHART_IDS:
+        assert page.count(f'id="{cid}"') == 1, cid
+    a = report.data["analysis"]
+    for key in [*a["performance"], *a["risk"], *a["drawdown"]]:
+        assert f"<th>{key}</th>" in page, key
+    assert "<th>costs.commission_pct</th>" in page  # the run's configuration
+    assert "<th>signals[0].name</th>" in page
+    assert "max_position/max_position" in page  # the verdicts table
+
+
+def test_write_report_puts_both_files_in_the_run_folder(run_dir, tmp_path):
+    files = write_report(run_dir, tmp_path / "out")
+    assert files.html == tmp_path / "out" / "report.html" and files.html_bytes > 3_000_000
+    assert json.loads(files.json.read_text())["run_id"] == "report-unit"
+    by_id = write_report("report-unit", tmp_path / "by_id", runs_root=run_dir.parent)
+    assert by_id.json_bytes > 10_000
+
+
+def test_progress_bar_only_when_asked(run_dir, tmp_path, capsys):
+    write_report(run_dir, tmp_path / "a", progress=True)
+    assert "report: writing" in capsys.readouterr().err
+    write_report(run_dir, tmp_path / "b", progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_run_config_never_shows_a_secret(run_dir, tmp_path):
+    folder = tmp_path / "run"
+    folder.mkdir()
+    for name in ("equity.csv", "fills.csv", "summary.json"):
+        (folder / name).write_bytes((run_dir / name).read_bytes())
+    # A record written by hand (or by an older version) with credentials in clear.
+    (folder / "config.json").write_text(
+        json.dumps(
+            {
+                "storage": {"url": "postgresql://trader:hunter2@db:5432/tradingd"},
+                "broker": {"alpaca": {"api_secret": "sk-live-abc"}},
+            }
+        )
+    )
+    files = write_report(folder)
+    for text in (files.html.read_text(), files.json.read_text()):
+        assert "hunter2" not in text and "sk-live-abc" not in text
+        assert "postgresql://trader:***@db:5432/tradingd" in text
+
+
+def test_stored_config_snapshot_is_already_masked(tmp_path):
+    """What `tradingd backtest` stores (config.json) is masked before the report sees it."""
+    from tradingd.config import load_config
+
+    config = load_config(
+        [write_config(tmp_path)], env={"DATABASE_URL": "postgresql://u:hunter2@h:5432/db"}
+    )
+    assert "hunter2" not in json.dumps(config.to_public_dict(), default=str)
+
+
+# ----------------------------------------------------------------------------- sections
+
+
+def test_extra_sections_render_as_tables_and_go_to_the_json(run_dir):
+    sections = {
+        "Statistical tests": {
+            "sharpe_t_test": {"statistic": 1.5, "p_value": 0.13, "significant": False},
+            "jarque_bera": {"statistic": 812.0, "p_value": np.float64(1e-12)},
+            "trials": 3,
+        },
+        "Monte Carlo": {
+            "paths": 1000,
+            "seed": 7,
+            "final_return": {"p05": -0.1, "p95": float("nan"), "by_block": {"a": 1}},
+            "folds": [{"fold": 1, "sharpe": 0.5}, {"fold": 2, "sharpe": -0.2}],
+            "quantiles": [0.05, 0.5, 0.95],
+        },
+    }
+    report = build_report(run_dir, sections=sections)
+    data = json.loads(report.to_json())["sections"]
+    assert data["Monte Carlo"]["final_return"]["p95"] is None  # NaN is null
+    assert data["Statistical tests"]["jarque_bera"]["p_value"] == 1e-12
+    page = report.to_html()
+    stats = page.split("<h2>Statistical tests</h2>")[1].split("<h2>")[0]
+    # Flat mappings: one grid, a row per test, a column per field.
+    assert "<th>sharpe_t_test</th>" in stats and "<th>p_value</th>" in stats
+    assert stats.count("<th>p_value</th>") == 1
+    assert "<th>trials</th>" in stats
+    mc = page.split("<h2>Monte Carlo</h2>")[1].split("<h2>")[0]
+    assert "<h3>folds</h3>" in mc and "<th>sharpe</th>" in mc
+    assert "<th>final_return.by_block.a</th>" in mc  # nested: dotted keys
+    assert "0.05, 0.5, 0.95" in mc
+
+
+@pytest.mark.parametrize(
+    ("sections", "message"),
+    [
+        ({"Tests": [1, 2]}, "section 'Tests' must be a mapping"),
+        ({"": {"a": 1}}, "non-empty string"),
+        ({"Tests": {"a": object()}}, r"sections\['Tests'\]\['a'\]: a object is not JSON"),
+        ([("Tests", {})], "sections must be a mapping"),
+    ],
+)
+def test_bad_sections_are_value_errors_naming_them(run_dir, sections, message):
+    with pytest.raises(ValueError, match=message):
+        build_report(run_dir, sections=sections)
+
+
+# ----------------------------------------------------------------------------- edge cases
+
+
+def test_a_run_without_trades_benchmark_or_full_window_still_reports():
+    times = pd.bdate_range("2030-01-01", periods=40, tz="UTC")
+    results = {
+        "equity_curve": pd.Series(np.linspace(100_000, 101_000, 40), index=times),
+        "initial_capital": 100_000.0,
+    }
+    report = build_report(results, analyzer=PerformanceAnalyzer(PerformanceConfig(benchmark="")))
+    d = json.loads(report.to_json())
+    assert d["analysis"]["performance"]["round_trips"] == 0
+    assert d["analysis"]["performance"]["win_rate"] is None
+    assert all(v is None for v in d["series"]["rolling_sharpe"])  # 40 bars < 126
+    assert d["run_config"] is None and d["risk_rules"]["verdicts_by_rule"] is None
+
+    def note(cid):
+        return [a["text"] for a in report.figures[cid]["layout"].get("annotations", [])]
+
+    assert note("chart-trades") == ["no finished round trip"]
+    assert note("chart-equity") == ["no benchmark for these dates"]
+    assert "the run is shorter than the 126-bar window" in note("chart-rolling-sharpe")
+    assert note("chart-verdicts") == ["the run record has no risk verdict counts"]
+    assert "the run record has no config.json" in report.to_html()
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="no bars"):
+        build_report({"equity_curve": pd.Series([], dtype=float), "initial_capital": 1.0})
+    with pytest.raises(ValueError, match="initial_capital"):
+        build_report({"equity_curve": pd.Series([1.0], index=pd.DatetimeIndex(["2020-01-02"]))})
+    with pytest.raises(ValueError, match="output is required"):
+        write_report({"equity_curve": pd.Series([1.0]), "initial_capital": 1.0})
+
+
+def test_resolve_run(run_dir, tmp_path):
+    assert resolve_run("report-unit", run_dir.parent) == run_dir
+    assert resolve_run(run_dir, tmp_path) == run_dir
+    with pytest.raises(ValueError, match=r"run 'nope' not found: no run folder .*nope"):
+        resolve_run("nope", run_dir.parent)
+    with pytest.raises(ValueError, match=r"is not a run record: it has no equity\.csv"):
+        resolve_run(tmp_path, tmp_path)
+
+
+def test_report_config():
+    assert ReportConfig.from_mapping({}) == ReportConfig()
+    assert ReportConfig.from_mapping({"rolling_window": 63}).rolling_window == 63
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) report.window"):
+        ReportConfig.from_mapping({"window": 63})
+    with pytest.raises(ConfigError, match=r"report\.rolling_window must be >= 2"):
+        ReportConfig(rolling_window=1)
+    with pytest.raises(ConfigError, match=r"report\.return_bins must be an integer"):
+        ReportConfig(return_bins=True)
+    with pytest.raises(ConfigError, match=r"report\.trade_bins"):
+        ReportConfig.from_mapping({"trade_bins": "many"})
+
+
+# ----------------------------------------------------------------------------- the commands
+
+
+@pytest.fixture
+def cli(monkeypatch, tmp_path, capsys):
+    """`main(argv)` in-process from a fresh working directory: (exit code, stdout, stderr)."""
+    from tradingd.__main__ import main
+
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    saved = structlog.get_config()
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        code = main(list(argv))
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    yield run
+    structlog.configure(**saved)
+
+
+def test_report_command(cli, run_dir, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[run]\noutput_dir = "{run_dir.parent}"\n')
+    code, out, err = cli("report", "report-unit", "-c", str(cfg), "--output", str(tmp_path / "o"))
+    assert code == 0, err
+    assert out.startswith(f"report: {tmp_path / 'o' / 'report.html'} (") and " MB), " in out
+    assert (tmp_path / "o" / "report.json").exists()
+    assert "report:" not in err  # no progress bar when stderr is not a terminal
+    # A path works too, and a report config changes what is drawn.
+    (tmp_path / "a.toml").write_text(
+        '[analysis]\nrisk_free_rate = 0.0\nbenchmark = ""\n[report]\nrolling_window = 21\n'
+    )
+    code, out, err = cli(
+        "report", str(run_dir), "-c", str(cfg), "--output", str(tmp_path / "p"),
+        "--analysis-config", str(tmp_path / "a.toml"),
+    )  # fmt: skip
+    assert code == 0, err
+    d = json.loads((tmp_path / "p" / "report.json").read_text())
+    assert d["report_config"]["rolling_window"] == 21
+    assert d["analysis"]["config"]["risk_free_rate"] == 0.0
+    assert d["analysis"]["benchmark"]["bars"] == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope"], "tradingd: error: run 'nope' not found: no run folder"),
+        (["{tmp}"], "is not a run record: it has no equity.csv"),
+        (["report-unit", "--analysis-config", "{tmp}/bad.toml"], "analysis.risk_free_rate"),
+        (["report-unit", "--analysis-config", "{tmp}/extra.toml"], "unknown table(s) risk"),
+        (["report-unit", "--analysis-config", "{tmp}/missing.toml"], "analysis config"),
+    ],
+)
+def test_report_command_errors(cli, run_dir, tmp_path, args, message):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[run]\noutput_dir = "{run_dir.parent}"\n')
+    (tmp_path / "bad.toml").write_text('[analysis]\nrisk_free_rate = "high"\n')
+    (tmp_path / "extra.toml").write_text("[risk]\nx = 1\n")
+    code, _, err = cli("report", *[a.format(tmp=tmp_path) for a in args], "-c", str(cfg))
+    assert code == 2
+    assert message in err and "Traceback" not in err
+    assert err.startswith("tradingd: error: ")
+
+
+def test_backtest_report_keeps_json_stdout(cli, tmp_path):
+    code, out, err = cli("backtest", "-c", str(write_config(tmp_path)), "--report", "--json")
+    assert code == 0, err
+    summary = json.loads(out)  # one JSON object: the report's paths went to stderr
+    folder = tmp_path / "runs" / "report-unit"
+    assert f"report: {folder / 'report.html'}" in err
+    data = json.loads((folder / "report.json").read_text())
+    assert data["analysis"]["summary"]["final_equity"] == summary["final_equity"]
