@@ -153,6 +153,16 @@ class ModelPair:
         if self.mean.shape != (n_feat,) or self.scale.shape != (n_feat,):
             raise ConfigError(f"{d}: the card's scaler does not have {n_feat} features")
 
+    def warm_up(self, batch: int) -> None:
+        """One call of each model on a batch of this size, output discarded. onnxruntime
+        sizes its memory arena and prepares its kernels on the first call of a shape; done
+        at load, that cost is not paid by the first live bar (the warm-up bars before it only
+        fill windows and call no model)."""
+        if batch <= 0:
+            return
+        n_feat = len(self.card.feature_set.features)
+        self.predict(np.broadcast_to(self.mean, (batch, self.card.window, n_feat)))
+
     def predict(self, windows: np.ndarray) -> dict[str, np.ndarray]:
         """windows: (B, window, features), unscaled; one batched call per model."""
         x = ((windows - self.mean) / self.scale).astype(np.float32)

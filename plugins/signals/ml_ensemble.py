@@ -293,6 +293,7 @@ class MlEnsemble:
         self._loaded_from = self._dir.resolve()
         self.model_path = str(self._loaded_from)  # what this run loaded, for its summary
         self.pair = ModelPair(self._dir, config.threads)
+        self.pair.warm_up(len(symbols))
         card = self.pair.card
         ens = card.data["ensemble"]
         self.predictor = EnsemblePredictor(ens["weights"], ens["residual_std"])
@@ -330,6 +331,7 @@ class MlEnsemble:
         self._loaded_from = target
         try:
             pair = ModelPair(self._dir, self.config.threads)
+            pair.warm_up(len(self.symbols))
         except Exception as exc:  # keep trading on the model that works
             log.error("model.reload_failed", path=str(target), error=str(exc))
             return

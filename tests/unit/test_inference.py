@@ -44,3 +44,34 @@ def test_missing_or_broken_card(tmp_path):
     (tmp_path / "card.json").write_text('{"window": 60}')
     with pytest.raises(ConfigError, match="lacks 'feature_set'"):
         ModelCard.load(tmp_path)
+
+
+def test_the_ensemble_plugin_warms_each_model_up_at_load_with_a_batch_of_its_universe(
+    monkeypatch,
+):
+    """The first live bar must not pay onnxruntime's first call of a shape: the plugin runs
+    each model once at load on a batch as wide as its universe, and the warm-up does not
+    change what the models answer afterwards."""
+    from tradingd.inference import onnx
+    from tradingd_plugins.signals.ml_ensemble import MlEnsemble, MlEnsembleConfig
+
+    calls: list[tuple[str, tuple[int, ...]]] = []
+    original = onnx.OnnxModel.run
+
+    def run(self, x):  # type: ignore[no-untyped-def]
+        calls.append((self.input_name, tuple(x.shape)))
+        return original(self, x)
+
+    monkeypatch.setattr(onnx.OnnxModel, "run", run)
+    symbols = tuple(f"S{i}" for i in range(37))
+    plugin = MlEnsemble(MlEnsembleConfig(cache_dir="", cache_size=0), symbols)
+    window, n_feat = plugin.window, len(plugin.features)
+    assert sorted(shape for _, shape in calls) == sorted(
+        [(37, window, n_feat), (37, window * n_feat)]
+    )
+    assert plugin.model_calls == 0
+    x = np.random.default_rng(3).normal(size=(5, window, n_feat)).astype(np.float32)
+    cold = onnx.ModelPair(plugin._dir, 1).predict(x)
+    warm = plugin.pair.predict(x)
+    for name in cold:
+        np.testing.assert_array_equal(cold[name], warm[name])
