@@ -73,7 +73,10 @@ from tradingd_plugins.signals.multi_factor import GROUPS, MultiFactor, MultiFact
 from tradingd_plugins.sizing.garch import ewma_variance, garch_volatility
 from tradingd_plugins.sizing.kelly_garch import KellyGarchConfig, kelly_fraction, target_weights
 
+from .analysis.attribution import AttributionAnalyzer
+from .analysis.montecarlo import MonteCarloConfig, MonteCarloSimulator
 from .analysis.performance import PerformanceAnalyzer
+from .analysis.validation import StatisticalValidator, ValidationConfig
 from .config import Config, PluginSpec, build
 from .core.errors import ConfigError, DataError
 from .core.ports import BarContext, PortfolioView
@@ -87,12 +90,17 @@ from .inference.onnx import ModelCard
 from .storage.schema import TABLES
 
 __all__ = [
+    "AttributionAnalyzer",
     "BacktestEngine",
     "EnsemblePredictor",
+    "MonteCarloConfig",
+    "MonteCarloSimulator",
     "PerformanceAnalyzer",
     "PositionSizer",
     "RiskManager",
     "SignalGenerator",
+    "StatisticalValidator",
+    "ValidationConfig",
     "panel_from_frames",
     "trade_side",
 ]
