@@ -45,7 +45,9 @@ import pandas as pd
 
 from ..core.errors import ConfigError
 from .metrics import closed_trades
-from .performance import RunRecord, per_bar_rate, round_trip_pnls, run_record, simple_returns
+from .return_metrics import per_bar_rate, simple_returns
+from .run_records import RunRecord, run_record
+from .trade_metrics import round_trip_pnls
 
 __all__ = [
     "DEFAULT_METHODS",

@@ -1,0 +1,101 @@
+"""The benchmark of a run: its level series (a configured symbol of a data source, made a
+total-return index the way the engine books a holding) and its per-bar returns on the run's
+own bars. Loading and aligning data, kept apart from the pure metric functions
+(`return_metrics`) that take the aligned returns; shared by `PerformanceAnalyzer` and the
+attribution.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from .performance import PerformanceConfig
+
+__all__ = ["BENCHMARK_SOURCES", "align_benchmark", "benchmark_levels", "load_benchmark"]
+
+BENCHMARK_SOURCES = ("bundled", "csv", "parquet")
+# The benchmark level before a run's first bar (its first return's base) may be at most this
+# many calendar days older than the first bar (a long weekend and a holiday), as the loaders'
+# default `data.max_gap_days`: anything older is not that bar's previous session.
+_MAX_BASE_GAP_DAYS = 7
+_NAN = math.nan
+
+
+def _session_dates(times: Any) -> pd.DatetimeIndex:
+    """Each time's calendar date in its own zone (daily bars are stamped at midnight)."""
+    idx = pd.DatetimeIndex(pd.to_datetime(times))
+    if idx.tz is not None:
+        idx = idx.tz_localize(None)
+    return idx.normalize()
+
+
+def _utc(idx: pd.DatetimeIndex) -> pd.DatetimeIndex:
+    return idx.tz_localize("UTC") if idx.tz is None else idx.tz_convert("UTC")
+
+
+def benchmark_levels(frame: pd.DataFrame) -> pd.Series:
+    """A total-return level series from a validated OHLCV table of one symbol (time, close,
+    optional split and dividend), as the engine books a holding: split first, then the
+    dividend per post-split share."""
+    f = frame.sort_values("time")
+    close = f["close"].to_numpy(dtype=float)
+    split = f["split"].to_numpy(dtype=float) if "split" in f else np.ones_like(close)
+    div = f["dividend"].to_numpy(dtype=float) if "dividend" in f else np.zeros_like(close)
+    growth = np.ones_like(close)
+    growth[1:] = split[1:] * (close[1:] + div[1:]) / close[:-1]
+    levels = close[0] * np.cumprod(growth) if close.size else close
+    return pd.Series(levels, index=pd.DatetimeIndex(f["time"]), name="benchmark")
+
+
+def align_benchmark(times: Any, levels: pd.Series) -> np.ndarray:
+    """The benchmark's return on each of the run's bars (NaN where unknown).
+
+    The level at a bar is the benchmark's on the same date; the first bar's base is the
+    benchmark's last level before that date if it is at most a week older. Intraday runs
+    (several bars a day) match on the exact time instead."""
+    bar_idx = pd.DatetimeIndex(pd.to_datetime(times))
+    n = len(bar_idx)
+    if n == 0 or levels is None or len(levels) == 0:
+        return np.full(n, np.nan)
+    lv = pd.Series(np.asarray(levels, dtype=float), index=pd.DatetimeIndex(levels.index))
+    bar_dates = _session_dates(bar_idx)
+    daily = bar_dates.is_unique
+    if daily:
+        keys = bar_dates
+        lv.index = _session_dates(lv.index)
+    else:  # intraday: exact times, compared in UTC (naive times are taken as UTC)
+        keys = _utc(bar_idx)
+        lv.index = _utc(lv.index)
+    lv = lv[~lv.index.duplicated(keep="last")].sort_index()
+    lv = lv[np.isfinite(lv.to_numpy()) & (lv.to_numpy() > 0)]
+    at = lv.reindex(keys).to_numpy(dtype=float)
+    before = lv[lv.index < keys[0]]
+    base = _NAN
+    if len(before):
+        gap = keys[0] - before.index[-1]
+        if not daily or gap <= pd.Timedelta(days=_MAX_BASE_GAP_DAYS):
+            base = float(before.iloc[-1])
+    prev = np.concatenate(([base], at[:-1]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return at / prev - 1.0
+
+
+def load_benchmark(config: PerformanceConfig) -> pd.Series | None:
+    """The configured benchmark's total-return levels (None when `benchmark` is "")."""
+    if not config.benchmark:
+        return None
+    from ..feeds.loaders import load_frame
+
+    frame = load_frame(
+        config.benchmark_source,
+        config.benchmark_path or None,
+        symbols=[config.benchmark],
+    )
+    if "symbol" in frame:
+        frame = frame[frame["symbol"] == config.benchmark]
+    return benchmark_levels(frame)

@@ -1,0 +1,215 @@
+"""A run as the analysis reads it: `RunRecord`, and `run_record`, which normalises every
+shape a run comes in (the engine's dict or `BacktestOutcome`, a run record folder, rows read
+back from a store) into one. The one place that knows those shapes, so the analyzers,
+the Monte Carlo and the reports take any of them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..core.types import Fill, Side
+from .return_metrics import _arr
+
+__all__ = ["RunRecord", "run_record", "stored_run_results"]
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """A run as the analysis needs it, whatever it came from."""
+
+    times: pd.DatetimeIndex
+    equity: np.ndarray
+    initial_capital: float
+    gross_exposure: np.ndarray | None = None
+    fills: tuple[Fill, ...] = ()
+    run_id: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _num(row: Mapping[str, Any], key: str, default: float) -> float:
+    value = row.get(key)
+    return default if value is None else float(value)
+
+
+def _fill(row: Mapping[str, Any]) -> Fill:
+    """A fill from a stored row (the `fills` table's columns; costs default to 0)."""
+    t = row.get("time")
+    time = pd.Timestamp(t).to_pydatetime() if t is not None else datetime.min
+    return Fill(
+        fill_id=str(row.get("fill_id", "")),
+        client_order_id=str(row.get("client_order_id", "")),
+        symbol=str(row["symbol"]),
+        side=Side(str(row["side"]).lower()),
+        quantity=float(row["quantity"]),
+        price=float(row["price"]),
+        commission=_num(row, "commission", 0.0),
+        slippage=_num(row, "slippage", 0.0),
+        time=time,
+        reference_price=_num(row, "reference_price", math.nan),
+    )
+
+
+def _fills(fills: Any) -> tuple[Fill, ...]:
+    if fills is None:
+        return ()
+    if isinstance(fills, pd.DataFrame):
+        rows: Iterable[Any] = fills.to_dict("records")
+    else:
+        rows = fills
+    return tuple(f if isinstance(f, Fill) else _fill(f) for f in rows)
+
+
+def _curve(equity: Any, times: Any) -> tuple[pd.DatetimeIndex, np.ndarray]:
+    if isinstance(equity, pd.Series):
+        return pd.DatetimeIndex(pd.to_datetime(equity.index)), equity.to_numpy(dtype=float)
+    e = _arr(equity)
+    if times is None:
+        raise ValueError("an equity curve without times needs `times` (or pass a pd.Series)")
+    return pd.DatetimeIndex(pd.to_datetime(times)), e
+
+
+def _record(
+    equity: Any,
+    times: Any,
+    initial_capital: Any,
+    gross_exposure: Any = None,
+    fills: Any = None,
+    run_id: str = "",
+    extra: Mapping[str, Any] | None = None,
+) -> RunRecord:
+    idx, e = _curve(equity, times)
+    if len(idx) != e.size:
+        raise ValueError(f"equity ({e.size}) and times ({len(idx)}) differ in length")
+    if initial_capital is None:
+        raise ValueError("the run's initial_capital is missing (the equity before the first bar)")
+    cap = float(initial_capital)
+    if not (math.isfinite(cap) and cap > 0):
+        raise ValueError(f"initial_capital must be positive, got {initial_capital!r}")
+    if not np.all(np.isfinite(e)):
+        raise ValueError("equity contains NaN or inf")
+    gx = None
+    if gross_exposure is not None:
+        gx = (
+            gross_exposure.to_numpy(dtype=float)
+            if isinstance(gross_exposure, pd.Series)
+            else _arr(gross_exposure)
+        )
+        if gx.size != e.size:
+            raise ValueError(f"gross_exposure ({gx.size}) and equity ({e.size}) differ in length")
+    return RunRecord(idx, e, cap, gx, _fills(fills), run_id, dict(extra or {}))
+
+
+def _from_directory(path: Path) -> RunRecord:
+    """A run's record folder as `tradingd backtest` writes it."""
+    eq_file = path / "equity.csv"
+    if not eq_file.exists():
+        raise ValueError(f"{path} is not a run record: it has no equity.csv")
+    eq = pd.read_csv(eq_file)
+    times = pd.to_datetime(eq["time"], utc=True, format="ISO8601")
+    capital = None
+    summary: dict[str, Any] = {}
+    if (path / "summary.json").exists():
+        summary = json.loads((path / "summary.json").read_text())
+        capital = summary.get("initial_capital")
+    if capital is None and (path / "config.json").exists():
+        capital = (
+            json.loads((path / "config.json").read_text()).get("run", {}).get("initial_capital")
+        )
+    fills_file = path / "fills.csv"
+    fills = None
+    if fills_file.exists() and fills_file.stat().st_size > 0:
+        fills = pd.read_csv(fills_file)
+        if len(fills):
+            fills["time"] = pd.to_datetime(fills["time"], utc=True, format="ISO8601")
+    gx = eq.get("gross_exposure")
+    return _record(
+        eq["equity"].to_numpy(dtype=float),
+        times,
+        capital,
+        None if gx is None else gx.to_numpy(dtype=float),
+        fills,
+        str(summary.get("run_id", "")),
+        {"metrics": summary} if summary else None,
+    )
+
+
+def run_record(backtest_results: Any) -> RunRecord:
+    """Normalise what a backtest returns: the `BacktestEngine.run_backtest` dict (or any
+    mapping with `equity_curve` as a pd.Series, or an array plus `times`, and
+    `initial_capital`; optional `gross_exposure` and `fills`), the engine's
+    `BacktestOutcome`, a run record folder (str or Path), or a `stored_run_results` dict."""
+    if isinstance(backtest_results, RunRecord):
+        return backtest_results
+    if isinstance(backtest_results, str | Path):
+        return _from_directory(Path(backtest_results))
+    if isinstance(backtest_results, Mapping):
+        d = backtest_results
+        if "equity_curve" not in d:
+            raise ValueError(
+                "backtest results need an 'equity_curve' (keys given: "
+                f"{', '.join(map(str, d)) or 'none'})"
+            )
+        metrics = d.get("metrics") or {}
+        capital = d.get("initial_capital", metrics.get("initial_capital"))
+        return _record(
+            d["equity_curve"],
+            d.get("times"),
+            capital,
+            d.get("gross_exposure"),
+            d.get("fills", d.get("trades")),
+            str(d.get("run_id", "")),
+            {"metrics": metrics} if metrics else None,
+        )
+    result = getattr(backtest_results, "result", None)
+    summary = getattr(backtest_results, "summary", None)
+    if result is not None and isinstance(summary, Mapping):  # backtest.BacktestOutcome
+        return _record(
+            result.equity,
+            result.times,
+            summary.get("initial_capital"),
+            result.gross_exposure,
+            backtest_results.fills,
+            str(getattr(backtest_results, "run_id", "")),
+            {"metrics": dict(summary)},
+        )
+    raise TypeError(
+        "backtest results must be the dict BacktestEngine.run_backtest returns, a "
+        f"BacktestOutcome or a run record folder, got {type(backtest_results).__name__}"
+    )
+
+
+async def stored_run_results(store: Any, run_id: str) -> dict[str, Any]:
+    """A run read back from a started store (its `runs`, `equity` and `fills` rows), in the
+    shape `BacktestEngine.run_backtest` returns, for `PerformanceAnalyzer`."""
+    runs = await store.fetch("runs", run_id)
+    if not runs:
+        raise ValueError(f"run {run_id!r} is not in this store")
+    run = runs[-1]
+    equity = await store.fetch("equity", run_id)
+    fills = await store.fetch("fills", run_id)
+    times = pd.DatetimeIndex([r["time"] for r in equity], name="time")
+    return {
+        "run_id": run_id,
+        "equity_curve": pd.Series(
+            [float(r["equity"]) for r in equity], index=times, name="equity", dtype=float
+        ),
+        "gross_exposure": pd.Series(
+            [float(r["gross_exposure"]) for r in equity],
+            index=times,
+            name="gross_exposure",
+            dtype=float,
+        ),
+        "fills": pd.DataFrame(fills),
+        "initial_capital": float(run["initial_capital"]),
+        "metrics": run.get("summary") or {},
+    }

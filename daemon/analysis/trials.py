@@ -1,0 +1,149 @@
+"""How many strategy variants were tried, from the run records: a configuration's identity
+as a variant (`config_hash`) and the count of distinct ones with the spread of their Sharpe
+ratios (`count_trials`), which the deflated Sharpe ratio needs. Reads run folders, so it is
+apart from the pure tests.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .return_metrics import per_bar_rate, simple_returns
+from .run_records import run_record
+from .stat_common import _clean
+
+__all__ = ["DEFAULT_IGNORED_CONFIG", "TrialCount", "config_hash", "count_trials"]
+
+_NAN = math.nan
+
+# Parts of a run's config.json that do not make it another strategy variant: where it is
+# written, its name, the database, caches, logs, alerts, health port and live-only settings.
+DEFAULT_IGNORED_CONFIG: tuple[str, ...] = (
+    "run.name",
+    "run.run_id",
+    "run.output_dir",
+    "storage",
+    "cache",
+    "log",
+    "alerts",
+    "health",
+    "live",
+)
+
+
+def _drop(tree: dict[str, Any], dotted: str) -> None:
+    parts = dotted.split(".")
+    node: Any = tree
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return
+    if isinstance(node, dict):
+        node.pop(parts[-1], None)
+
+
+def config_hash(config: Mapping[str, Any], ignore: Iterable[str] = DEFAULT_IGNORED_CONFIG) -> str:
+    """A run configuration's identity as a strategy variant: sha256 of its canonical JSON
+    without the `ignore`d keys (dotted paths) that do not change what the run decides."""
+    tree = json.loads(json.dumps(dict(config), sort_keys=True, default=str))
+    for key in ignore:
+        _drop(tree, key)
+    text = json.dumps(tree, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class TrialCount:
+    """The strategy variants the run records show: distinct configurations, each with the
+    annualised Sharpe ratio of its first run (sorted by folder name) that has an equity
+    curve."""
+
+    root: str
+    runs: int
+    configs: Mapping[str, tuple[str, ...]]
+    sharpe_ratios: Mapping[str, float]
+
+    @property
+    def trials(self) -> int:
+        return len(self.configs)
+
+    @property
+    def sharpe_variance(self) -> float:
+        """Sample variance (ddof = 1) of the variants' annualised Sharpe ratios (NaN for
+        fewer than two)."""
+        s = np.array([v for v in self.sharpe_ratios.values() if math.isfinite(v)])
+        return float(np.var(s, ddof=1)) if s.size >= 2 else _NAN
+
+    def as_dict(self) -> dict[str, Any]:
+        return _clean(
+            {
+                "root": self.root,
+                "runs": self.runs,
+                "trials": self.trials,
+                "sharpe_variance": self.sharpe_variance,
+                "configs": {k: list(v) for k, v in self.configs.items()},
+                "sharpe_ratios": dict(self.sharpe_ratios),
+            }
+        )
+
+
+def count_trials(
+    runs_root: str | Path,
+    *,
+    risk_free_rate: float = 0.02,
+    periods_per_year: float = 252.0,
+    ignore: Iterable[str] = DEFAULT_IGNORED_CONFIG,
+) -> TrialCount:
+    """Count the strategy variants tried from the run folders under `runs_root` (as
+    `tradingd backtest` writes them: `<root>/<run_id>/config.json`, `equity.csv`,
+    `summary.json`). Folders with the same `config_hash` are reruns of one variant; a folder
+    without config.json counts as its own variant (by its run id)."""
+    root = Path(runs_root)
+    if not root.is_dir():
+        raise ValueError(f"runs root {str(root)!r} is not a folder")
+    ignore = tuple(ignore)
+    configs: dict[str, list[str]] = {}
+    runs = 0
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        cfg_file = folder / "config.json"
+        if cfg_file.exists():
+            try:
+                cfg = json.loads(cfg_file.read_text())
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{cfg_file} is not valid JSON: {exc}") from None
+            if not isinstance(cfg, dict):
+                raise ValueError(f"{cfg_file} is not a configuration table")
+            key = config_hash(cfg, ignore)
+        elif (folder / "summary.json").exists() or (folder / "equity.csv").exists():
+            key = "run:" + folder.name
+        else:
+            continue  # not a run record
+        runs += 1
+        configs.setdefault(key, []).append(folder.name)
+    rf_bar = per_bar_rate(risk_free_rate, periods_per_year)
+    sharpes: dict[str, float] = {}
+    for key, folders in configs.items():
+        for name in folders:
+            if not (root / name / "equity.csv").exists():
+                continue
+            try:
+                rec = run_record(root / name)
+            except ValueError:
+                continue
+            r = simple_returns(rec.equity, rec.initial_capital)
+            if r.size >= 3 and np.all(np.isfinite(r)):
+                x = r - rf_bar
+                sd = float(np.std(x, ddof=1))
+                sharpes[key] = (
+                    float(np.mean(x)) / sd * math.sqrt(periods_per_year) if sd > 0 else _NAN
+                )
+            break
+    return TrialCount(str(root), runs, {k: tuple(v) for k, v in configs.items()}, sharpes)
