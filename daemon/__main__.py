@@ -109,6 +109,10 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also write report.html and report.json into the run's folder (see tradingd report)",
     )
+    bt.add_argument("--analysis-config", help="with --report: as for tradingd report")
+    bt.add_argument(
+        "--no-validation", action="store_true", help="with --report: no statistical tests"
+    )
 
     rp = sub.add_parser(
         "report",
@@ -125,6 +129,17 @@ def _parser() -> argparse.ArgumentParser:
         "--analysis-config",
         help="TOML with an [analysis] table (risk-free rate, benchmark, VaR level) and a "
         "[report] table (rolling window, histogram bins, title); docs/REPORTS.md",
+    )
+    rp.add_argument(
+        "--attribution",
+        action="store_true",
+        help="add the return attribution by component: replays the run with the -c "
+        "configuration (it must be the run's; the replay is checked against the record)",
+    )
+    rp.add_argument(
+        "--no-validation",
+        action="store_true",
+        help="leave out the statistical tests and the Monte Carlo",
     )
     rp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -385,6 +400,7 @@ def _backtest(config: Config, args: argparse.Namespace) -> int:
     from .backtest import _jsonable, run_backtest
 
     progress = sys.stderr.isatty() and not args.no_progress
+    tables = _analysis_tables(args.analysis_config) if args.report else {}
     outcome = asyncio.run(run_backtest(config, output_dir=args.output, progress=progress))
     if args.json:
         print(json.dumps(_jsonable(outcome.summary)))
@@ -392,39 +408,107 @@ def _backtest(config: Config, args: argparse.Namespace) -> int:
         print(format_summary(outcome.summary))
         print(f"\nrun {outcome.run_id}: equity, orders, fills and config in {outcome.output_dir}")
     if args.report:
-        from .analysis.report import write_report
-
-        files = write_report(outcome.output_dir, progress=progress)
+        files = _write_report(
+            Path(outcome.output_dir),
+            None,
+            tables,
+            progress=progress,
+            validate=not args.no_validation,
+        )
         # With --json, stdout stays one JSON object: the report's paths go to stderr.
         print(_report_line(files), file=sys.stderr if args.json else sys.stdout)
     return 0
 
 
+_ANALYSIS_TABLES = ("analysis", "report", "validation", "attribution")
+
+
+def _analysis_tables(path: str | None) -> dict[str, Any]:
+    """The configurations in `--analysis-config` (docs/REPORTS.md), each table checked by its
+    component's `from_mapping`, before any replay: a typo is reported in seconds."""
+    from .analysis.attribution import AttributionConfig
+    from .analysis.performance import PerformanceConfig
+    from .analysis.report import ReportConfig
+    from .analysis.validation import ValidationConfig
+
+    data: dict[str, Any] = {}
+    if path:
+        import tomllib
+
+        try:
+            data = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise TradingdError(f"analysis config {path}: {exc}") from None
+        unknown = sorted(set(data) - set(_ANALYSIS_TABLES))
+        if unknown:
+            raise TradingdError(
+                f"analysis config {path}: unknown table(s) {', '.join(unknown)}; valid "
+                f"tables: {', '.join(_ANALYSIS_TABLES)}"
+            )
+    return {
+        "analysis": PerformanceConfig.from_mapping(data.get("analysis", {}), "analysis"),
+        "report": ReportConfig.from_mapping(data.get("report", {}), "report"),
+        "validation": ValidationConfig.from_mapping(data.get("validation", {}), "validation"),
+        "attribution": AttributionConfig.from_mapping(data.get("attribution", {}), "attribution"),
+    }
+
+
+def _write_report(
+    folder: Path,
+    output: str | None,
+    tables: dict[str, Any],
+    *,
+    progress: bool,
+    validate: bool = True,
+    attribution_config: Config | None = None,
+) -> Any:
+    """The report of a run folder, with the validator's tests and Monte Carlo (unless
+    `validate` is off) and, given the run's configuration, the return attribution (a replay
+    of the run, checked against its record)."""
+    from .analysis.performance import PerformanceAnalyzer
+    from .analysis.report import write_report
+    from .analysis.report_sections import attribution_sections, validation_sections
+
+    sections: dict[str, Any] = {}
+    try:
+        if validate:
+            from .analysis.validation import StatisticalValidator
+
+            validator = StatisticalValidator(tables["validation"])
+            sections.update(validation_sections(validator.validate_performance(folder)))
+        if attribution_config is not None:
+            from .analysis.attribution import attribute_run
+
+            attribution = asyncio.run(
+                attribute_run(
+                    attribution_config,
+                    record=folder,
+                    config=tables["attribution"],
+                    progress=progress,
+                )
+            )
+            sections.update(attribution_sections(attribution))
+        return write_report(
+            folder,
+            output,
+            analyzer=PerformanceAnalyzer(tables["analysis"]),
+            config=tables["report"],
+            sections=sections,
+            progress=progress,
+        )
+    except ValueError as exc:  # a record the analysis cannot read, a replay that differs
+        raise TradingdError(f"run {folder}: {exc}") from None
+
+
 def _report(args: argparse.Namespace) -> int:
-    """Reads the configuration only for run.output_dir and logging: loads no plugins and
-    checks no services (a finished run's record is all a report needs)."""
-    from .analysis.performance import PerformanceAnalyzer, PerformanceConfig
-    from .analysis.report import ReportConfig, resolve_run, write_report
+    """Reads the configuration for run.output_dir and logging; loads no plugins and checks
+    no services unless `--attribution` asks for a replay of the run."""
+    from .analysis.report import resolve_run
     from .logs import configure_logging
 
     config = _config(args.config)
     configure_logging(config.log.level, config.log.format)
-    analysis, report = PerformanceConfig(), ReportConfig()
-    if args.analysis_config:
-        import tomllib
-
-        try:
-            data = tomllib.loads(Path(args.analysis_config).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
-            raise TradingdError(f"analysis config {args.analysis_config}: {exc}") from None
-        unknown = sorted(set(data) - {"analysis", "report"})
-        if unknown:
-            raise TradingdError(
-                f"analysis config {args.analysis_config}: unknown table(s) "
-                f"{', '.join(unknown)}; valid tables: analysis, report"
-            )
-        analysis = PerformanceConfig.from_mapping(data.get("analysis", {}))
-        report = ReportConfig.from_mapping(data.get("report", {}))
+    tables = _analysis_tables(args.analysis_config)
     try:
         folder = resolve_run(args.run, config.run.output_dir)
     except ValueError as exc:
@@ -433,17 +517,19 @@ def _report(args: argparse.Namespace) -> int:
         from .preflight import check_writable_dir
 
         check_writable_dir(args.output, "--output")
+    if args.attribution:
+        from .preflight import check_config
+
+        check_config(config, "backtest", output_dir=args.output)
     progress = sys.stderr.isatty() and not args.no_progress
-    try:
-        files = write_report(
-            folder,
-            args.output,
-            analyzer=PerformanceAnalyzer(analysis),
-            config=report,
-            progress=progress,
-        )
-    except ValueError as exc:  # a record the analysis cannot read
-        raise TradingdError(f"run {args.run}: {exc}") from None
+    files = _write_report(
+        folder,
+        args.output,
+        tables,
+        progress=progress,
+        validate=not args.no_validation,
+        attribution_config=config if args.attribution else None,
+    )
     print(_report_line(files))
     return 0
 

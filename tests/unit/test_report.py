@@ -499,3 +499,90 @@ def test_backtest_report_keeps_json_stdout(cli, tmp_path):
     assert f"report: {folder / 'report.html'}" in err
     data = json.loads((folder / "report.json").read_text())
     assert data["analysis"]["summary"]["final_equity"] == summary["final_equity"]
+
+
+# ------------------------------------------------------------- the standard extra sections
+
+
+def test_report_command_adds_the_validators_tests_and_monte_carlo(cli, run_dir, tmp_path):
+    from tradingd.analysis.validation import StatisticalValidator, ValidationConfig
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[run]\noutput_dir = "{run_dir.parent}"\n')
+    (tmp_path / "a.toml").write_text("[validation]\npaths = 200\nseed = 5\n")
+    code, _, err = cli(
+        "report", "report-unit", "-c", str(cfg), "--output", str(tmp_path / "o"),
+        "--analysis-config", str(tmp_path / "a.toml"),
+    )  # fmt: skip
+    assert code == 0, err
+    d = json.loads((tmp_path / "o" / "report.json").read_text())
+    expected = StatisticalValidator(ValidationConfig(paths=200, seed=5)).validate_performance(
+        run_dir
+    )
+    tests = d["sections"]["Statistical tests"]
+    assert set(tests) == set(expected["tests"])
+    for name, row in expected["tests"].items():
+        assert tests[name]["reject"] == row["reject"]
+        assert close(tests[name]["p_value"], row["p_value"])
+    verdict = d["sections"]["Statistical validation"]
+    assert verdict["significant"] == expected["significant"]
+    assert verdict["Monte Carlo paths per method"] == 200
+    mc = d["sections"]["Monte Carlo"]
+    assert close(
+        mc["stationary: max_drawdown"]["p95"],
+        expected["monte_carlo"]["methods"]["stationary"]["max_drawdown"]["p95"],
+    )
+    html_text = (tmp_path / "o" / "report.html").read_text()
+    assert "Statistical tests" in html_text and "Opdyke (2007)" in html_text
+    # --no-validation leaves them out.
+    code, _, err = cli(
+        "report", "report-unit", "-c", str(cfg), "--output", str(tmp_path / "n"),
+        "--no-validation",
+    )  # fmt: skip
+    assert code == 0, err
+    assert json.loads((tmp_path / "n" / "report.json").read_text())["sections"] == {}
+
+
+def test_report_attribution_replays_the_run_and_its_lines_add_up(cli, run_dir, tmp_path):
+    config = run_dir.parent.parent / "report.toml"  # the configuration the run was made with
+    code, _, err = cli(
+        "report", str(run_dir), "-c", str(config), "--output", str(tmp_path / "o"),
+        "--no-validation",
+    )  # fmt: skip
+    assert code == 0, err
+    code, _, err = cli(
+        "report", str(run_dir), "-c", str(config), "--output", str(tmp_path / "o"),
+        "--no-validation", "--attribution",
+    )  # fmt: skip
+    assert code == 0, err
+    d = json.loads((tmp_path / "o" / "report.json").read_text())
+    lines = d["sections"]["Attribution: return by component"]
+    eq = pd.read_csv(run_dir / "equity.csv")["equity"].to_numpy(float)
+    capital = json.loads((run_dir / "summary.json").read_text())["initial_capital"]
+    parts = sum(row["return"] for name, row in lines.items() if name != "total")
+    assert parts == pytest.approx(eq[-1] / capital - 1.0, abs=1e-9)
+    assert "momentum" in " ".join(lines)
+
+
+def test_report_attribution_refuses_a_configuration_that_is_not_the_runs(
+    cli, run_dir, tmp_path
+):
+    other = write_config(tmp_path, "")
+    other.write_text(other.read_text().replace("lookback = 20", "lookback = 30"))
+    code, _, err = cli(
+        "report", str(run_dir), "-c", str(other), "--output", str(tmp_path / "o"),
+        "--no-validation", "--attribution",
+    )  # fmt: skip
+    assert code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # the replay's log lines come first
+    assert last.startswith("tradingd: error: run ") and "not the same run" in last
+
+
+def test_backtest_report_checks_the_analysis_config_before_the_replay(cli, tmp_path):
+    (tmp_path / "bad.toml").write_text("[validation]\npaths = -3\n")
+    code, out, err = cli(
+        "backtest", "-c", str(write_config(tmp_path)), "--report",
+        "--analysis-config", str(tmp_path / "bad.toml"),
+    )  # fmt: skip
+    assert code == 2 and "validation.paths" in err
+    assert not (tmp_path / "runs" / "report-unit").exists()  # nothing was replayed
