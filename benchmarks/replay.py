@@ -1,132 +1,113 @@
-"""Replay throughput of tradingd against backtrader (and a plain Python loop) on real data.
+"""Replay throughput of tradingd against a plain Python loop, backtrader and vectorbt.
 
-Replays the first `--symbols` symbols (sorted) of the shared S&P 500 daily file
-(`../shared/data/sp500_daily_1999_2018.parquet`, 496 symbols, about 2.1 million bars) through
-the tradingd engine with the simple plugin strategy:
+Every engine runs the same strategy on the same symbols (the first N of the shared S&P 500
+daily file, `../shared/data/sp500_daily_1999_2018.parquet`, sorted by name), each run in its
+own fresh Python process (`benchmarks/replay_engines.py`), so that no engine's imports,
+caches or JIT compilation help another's, and runs of different engines are interleaved:
 
     signal  momentum, lookback 126      (tanh of the 126-bar return; only its sign matters here)
     sizing  equal_weight, top 10, gross 0.5
     risk    max_position 0.05           (no drawdown guard, no position-count or gross limits)
-    costs   0.1% commission, 0.05% slippage, fill at the next bar's open
+    orders  rebalance band 1%, minimum trade 100 (the order planner's defaults)
+    costs   0.1% commission, 0.05% slippage, fill at the next bar's open; capital 100,000
 
-and reports bar-events per second: existing bars (symbol x time with a close, `Panel.n_bars`)
-divided by the wall time of `engine.run_until_done()` only. Data loading is timed separately.
+Rows, per width (number of symbols):
 
-The same strategy is written for backtrader (`pip install ".[bench]"`) and run on the first
-`--bt-symbols` symbols; its rate is bars fed / wall time of `cerebro.run()` only. The ratio
-of the two rates is printed, both measured in the same run of this script. tradingd is also
-run on exactly the backtrader universe ("same universe" row) so that the per-bar cost can be
-compared at equal width, and its orders/equity can be set next to backtrader's.
+    tradingd backtest   as users run it: tradingd.backtest.run_backtest, SQLite file store and
+                        JSON audit log on (config/default.toml's [storage], in a temp dir)
+    tradingd engine     the engine alone: sqlite:///:memory: store, audit log off
+    plain loop          a per-bar, per-symbol Python loop of the same strategy over lists
+    backtrader          the same rule as a backtrader Strategy (`pip install ".[bench]"`)
+    vectorbt            the same rule as a vectorbt order function (numba): first run in a
+                        fresh process (numba compilation included) and warm (second run)
 
-    python benchmarks/replay.py                       # default: 3 repeats, ~1-2 minutes
-    python benchmarks/replay.py --repeats 5 --plain --json
-    python benchmarks/replay.py --store memory --bt-symbols 363   # all full-history symbols
-    python benchmarks/replay.py --profile             # + a cProfile of one tradingd run
+The rate is bar-events per second: bars that exist (symbol x day with a close, the same
+count for every engine) divided by the engine's timed span (printed with the table: for
+tradingd it includes the batch feature step, also printed on its own). Loading the data is
+timed apart and is in no rate. Ratios are of median rates in the same invocation.
 
-Results are printed (a table, machine information and, with --json, one JSON object); they
-are recorded by hand in benchmarks/RESULTS.md.
+    python benchmarks/replay.py                           # 100 and 496 symbols, 3 repeats
+    python benchmarks/replay.py --symbols 20 --repeats 1  # a quick check (~1 minute)
+    python benchmarks/replay.py --engines tradingd,plain --json
+    python benchmarks/replay.py --profile                 # + cProfile of a tradingd backtest
+
+Results are recorded by hand in benchmarks/RESULTS.md, with the machine printed at the end.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import cProfile
-import gc
-import io
 import json
 import math
 import os
 import platform
-import pstats
-import resource
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-REPO = Path(__file__).resolve().parents[1]
+# This process only starts the runs and prints: it imports no pandas, pyarrow or tradingd
+# and loads no data, so it stays small (a child's ru_maxrss can start from its parent's).
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+CHILD = HERE / "replay_engines.py"
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "sp500_daily_1999_2018.parquet"
 
-# The strategy, shared by every implementation below.
-LOOKBACK = 126
-TOP_N = 10
-GROSS = 0.5
-MAX_POSITION = 0.05
-COMMISSION = 0.001
-SLIPPAGE = 0.0005
-INITIAL_CAPITAL = 100_000.0
-# tradingd's order planner defaults (orders.rebalance_band, orders.min_trade_value); the
-# backtrader and plain-loop versions apply the same rule so all three trade alike.
-REBALANCE_BAND = 0.01
-MIN_TRADE_VALUE = 100.0
+ENGINES = ("tradingd", "engine", "plain", "backtrader", "vectorbt")
 
-CONFIG_TEMPLATE = """\
-[run]
-name = "bench-replay"
-run_id = "{run_id}"
-initial_capital = {capital}
+# (row key, label, engine, field of the child's result that is the timed span)
+ROWS = (
+    ("tradingd", "tradingd backtest (sqlite file, audit on)", "tradingd", "timed_s"),
+    ("engine", "tradingd engine (memory store, audit off)", "engine", "timed_s"),
+    ("plain", "plain Python loop", "plain", "timed_s"),
+    ("backtrader", "backtrader", "backtrader", "timed_s"),
+    ("vbt_first", "vectorbt, first run", "vectorbt", "first_s"),
+    ("vbt_warm", "vectorbt, warm", "vectorbt", "warm_s"),
+)
+LABEL = {key: label for key, label, _, _ in ROWS}
 
-[data]
-source = "parquet"
-path = "{data}"
-layout = "long"
+SPANS = """\
+timed spans (bar-events / span = the rate; data loading is in none of them):
+  tradingd backtest  build_engine (batch features + setup) + engine.run_until_done (bar loop,
+                     broker, portfolio, SQLite writes and their final flush, audit log, the
+                     orders/fills read back for the report); "post" = summary metrics and the
+                     run's CSV/JSON files, after the replay: printed, in no rate
+  tradingd engine    the same spans, sqlite:///:memory:, audit log off (NullAudit)
+  features s         tradingd's batch feature step alone (compute_batch inside build_engine);
+                     "replay-only /s" = bar-events / engine.run_until_done alone
+  plain loop         split factors + the momentum matrix (numpy) + numpy -> lists + the loop
+  backtrader         cerebro.run() (its indicators are computed inside); building the feeds
+                     and the Cerebro is setup, in no rate
+  vectorbt           split-adjusted prices + momentum (numpy) + Portfolio.from_order_func;
+                     first run: in a fresh process with an empty numba cache (compilation
+                     included; importing vectorbt is printed apart); warm: the same again in
+                     that process"""
 
-[costs]
-commission_pct = {commission}
-slippage_pct = {slippage}
-
-[[signals]]
-name = "momentum"
-weight = 1.0
-params = {{ lookback = {lookback} }}
-
-[sizing]
-name = "equal_weight"
-params = {{ max_positions = {top}, gross_exposure = {gross} }}
-
-[[risk]]
-name = "max_position"
-params = {{ max_position_pct = {max_position} }}
-
-[orders]
-brackets = false   # the backtrader strategy has no protective exits
-
-[storage]
-url = "{storage_url}"
-
-[log]
-level = "{log_level}"
-audit_dir = "{audit_dir}"
-"""
+DIFFERENCES = """\
+how the implementations differ (same rule, same symbols, same days):
+  all                   momentum over the symbol's own last 126 bars (a day without a bar does
+                        not count), except backtrader: 126 rows of its padded, filled feed
+  tradingd, plain loop  raw prices; splits applied to positions (and to orders not yet filled)
+                        and dividends credited to cash on their day; whole shares; fills in
+                        symbol order, cash may dip; tradingd alone caps a fill at 10% of the
+                        bar's volume (the rest fills on later bars), as users run it
+  backtrader            split-adjusted prices (it applies no splits), no dividends; before its
+                        listing a symbol is padded with its first open (counted in its
+                        "bars fed", never ranked or traded), a missing bar forward-filled
+                        (not ranked or traded that day, but a pending order fills on it)
+  vectorbt              split-adjusted prices, no dividends; whole shares of adjusted prices;
+                        sells before buys within a bar; a buy larger than the cash is cut to
+                        what the cash buys (allow_partial)
+  so backtrader's and vectorbt's final equity is lower than tradingd's by the dividends, and
+  their share counts differ by rounding at splits"""
 
 
-# ----------------------------------------------------------------------------- helpers
-
-
-def rss_mb() -> float:
-    """Peak resident set size of this process so far (ru_maxrss: KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
-
-
-def current_rss_mb() -> float | None:
-    """Resident set size right now (Linux only), after a garbage collection."""
-    gc.collect()
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return None
+# ----------------------------------------------------------------------------- machine
 
 
 def cpu_model() -> str:
@@ -137,6 +118,16 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
+
+
+def mem_total_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return round(int(line.split()[1]) / 1024**2, 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def git_revision() -> str:
@@ -160,500 +151,416 @@ def git_revision() -> str:
         return "unknown"
 
 
+def loadavg() -> list[float] | None:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
+
+
 def machine_info() -> dict[str, Any]:
-    info: dict[str, Any] = {
+    return {
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "platform": platform.platform(),
         "cpu": cpu_model(),
         "logical_cpus": os.cpu_count(),
+        "memory_gib": mem_total_gib(),
         "python": platform.python_version(),
-        "numpy": np.__version__,
         "git": git_revision(),
     }
-    try:
-        load1, load5, _ = os.getloadavg()
-        info["loadavg_1m_5m"] = [round(load1, 2), round(load5, 2)]
-    except OSError:
-        pass
-    return info
 
 
-def fmt_rate(r: float | None) -> str:
-    return "-" if r is None or not math.isfinite(r) else f"{r:,.0f}"
-
-
-@dataclass
-class Measurement:
-    """One implementation's timed runs."""
-
-    name: str
-    bars: int  # bar-events per run
-    seconds: list[float] = field(default_factory=list)
-    orders: int = 0
-    fills: int = 0
-    final_equity: float = float("nan")
-    setup_seconds: float = 0.0
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def median_s(self) -> float:
-        return statistics.median(self.seconds)
-
-    @property
-    def rates(self) -> list[float]:
-        return [self.bars / s for s in self.seconds]
-
-    @property
-    def median_rate(self) -> float:
-        return self.bars / self.median_s
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "bar_events": self.bars,
-            "seconds": [round(s, 4) for s in self.seconds],
-            "median_seconds": round(self.median_s, 4),
-            "rates": [round(r) for r in self.rates],
-            "median_rate": round(self.median_rate),
-            "orders": self.orders,
-            "fills": self.fills,
-            "final_equity": None
-            if not math.isfinite(self.final_equity)
-            else round(self.final_equity, 2),
-            "setup_seconds": round(self.setup_seconds, 3),
-            "notes": self.notes,
-        }
+# ----------------------------------------------------------------------------- children
 
 
 def say(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-# ----------------------------------------------------------------------------- data
-
-
-def load_data(path: Path, n_symbols: int) -> tuple[Any, float]:
-    from tradingd.feeds.loaders import load_panel
-
+def child(spec: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """One engine run in a fresh interpreter; its progress goes to our stderr."""
+    load = loadavg()
     t0 = time.perf_counter()
-    panel = load_panel("parquet", str(path), layout="long")
-    if n_symbols < len(panel.symbols):
-        panel = panel.select(symbols=panel.symbols[:n_symbols])
-    return panel, time.perf_counter() - t0
-
-
-def split_factors(split: np.ndarray) -> np.ndarray:
-    """Per (t, symbol): product of the split coefficients strictly after t, so that
-    raw / factor is the split-adjusted price (as the history buffer sees it at the end)."""
-    after = np.cumprod(split[::-1], axis=0)[::-1]  # product over u >= t
-    return after / split
-
-
-# ----------------------------------------------------------------------------- tradingd
-
-
-def write_config(workdir: Path, data: Path, store: str, log_level: str) -> Path:
-    url = "sqlite:///:memory:" if store == "memory" else f"sqlite:///{workdir / 'bench.db'}"
-    text = CONFIG_TEMPLATE.format(
-        run_id=f"bench-{workdir.name}",
-        capital=INITIAL_CAPITAL,
-        data=data.as_posix(),
-        commission=COMMISSION,
-        slippage=SLIPPAGE,
-        lookback=LOOKBACK,
-        top=TOP_N,
-        gross=GROSS,
-        max_position=MAX_POSITION,
-        storage_url=url,
-        log_level=log_level,
-        audit_dir=(workdir / "audit").as_posix(),
+    proc = subprocess.run(
+        [sys.executable, str(CHILD), json.dumps(spec)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=REPO,
     )
-    path = workdir / "bench.toml"
-    path.write_text(text)
-    return path
+    wall = time.perf_counter() - t0
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(proc.stdout.splitlines()[-5:])
+        return {"error": f"exit {proc.returncode}; stdout tail: {tail}", "wall_s": wall}
+    out: dict[str, Any] = json.loads(lines[-1][len("RESULT ") :])
+    out["wall_s"] = wall
+    out["loadavg_before"] = load
+    return out
 
 
-def tradingd_once(
-    panel: Any,
-    data: Path,
-    store: str,
-    log_level: str,
-    profiler: cProfile.Profile | None = None,
-) -> tuple[float, Any]:
-    """Build a fresh engine (fresh temp dir, store and audit log) and time run_until_done()."""
-    from tradingd.app import build_engine
-    from tradingd.config import load_config
-
-    with tempfile.TemporaryDirectory(prefix="tradingd-bench-") as tmp:
-        cfg_path = write_config(Path(tmp), data, store, log_level)
-        # env={}: DATABASE_URL / REDIS_URL / TRADINGD_* of the shell must not change the run.
-        config = load_config([cfg_path], env={})
-        engine = build_engine(config, "backtest", panel=panel)
-        gc.collect()
-        if profiler is not None:
-            profiler.enable()
-        t0 = time.perf_counter()
-        result = asyncio.run(engine.run_until_done())
-        elapsed = time.perf_counter() - t0
-        if profiler is not None:
-            profiler.disable()
-    return elapsed, result
+def run_engine(engine: str, symbols: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    spec = {
+        "engine": engine,
+        "data": str(args.data),
+        "symbols": symbols,
+        "log_level": args.log_level,
+    }
+    if engine != "vectorbt" or args.vbt_numba_cache == "disk":
+        return child(spec)
+    # An empty numba cache: the first run compiles vectorbt's functions as well as ours.
+    cache = tempfile.mkdtemp(prefix="bench-numba-")
+    try:
+        return child(spec, env={**os.environ, "NUMBA_CACHE_DIR": cache})
+    finally:
+        shutil.rmtree(cache, ignore_errors=True)
 
 
-def bench_tradingd(
-    name: str, panel: Any, data: Path, store: str, repeats: int, log_level: str
-) -> Measurement:
-    m = Measurement(name, panel.n_bars)
-    for k in range(repeats):
-        elapsed, result = tradingd_once(panel, data, store, log_level)
-        m.seconds.append(elapsed)
-        m.orders, m.fills = result.orders, result.fills
-        m.final_equity = result.equity[-1] if result.equity else float("nan")
-        say(
-            f"  {name} run {k + 1}/{repeats}: {elapsed:.2f} s, "
-            f"{panel.n_bars / elapsed:,.0f} bar-events/s, {result.orders} orders, "
-            f"{result.fills} fills"
+def progress(width: int, rep: int, args: argparse.Namespace, engine: str, r: dict[str, Any]) -> str:
+    head = f"  [{width} symbols, run {rep + 1}/{args.repeats}] {engine}:"
+    if "error" in r:
+        return f"{head} FAILED {r['error']}"
+    if "skipped" in r:
+        return f"{head} skipped: {r['skipped']}"
+    if engine == "vectorbt":
+        return (
+            f"{head} first {r['first_s']:.2f} s, warm {r['warm_s']:.3f} s "
+            f"(import {r['import_s']:.1f} s; process {r['wall_s']:.1f} s)"
         )
-    return m
-
-
-def profile_tradingd(panel: Any, data: Path, store: str, log_level: str, top: int) -> str:
-    prof = cProfile.Profile()
-    elapsed, _ = tradingd_once(panel, data, store, log_level, profiler=prof)
-    out = io.StringIO()
-    out.write(
-        f"cProfile of one tradingd run ({elapsed:.2f} s under the profiler), "
-        f"top {top} by cumulative time:\n"
+    extra = ""
+    if engine in ("tradingd", "engine"):
+        extra = f" (features {r['features_s']:.2f} s, replay {r['replay_s']:.2f} s)"
+    return (
+        f"{head} {r['timed_s']:.2f} s{extra}, {r['bars'] / r['timed_s']:,.0f} bar-events/s, "
+        f"{r['orders']} orders; process {r['wall_s']:.1f} s"
     )
-    stats = pstats.Stats(prof, stream=out)
-    stats.sort_stats("cumulative").print_stats(top)
-    out.write(f"the same run, top {top} by own time (tottime):\n")
-    stats.sort_stats("tottime").print_stats(top)
-    return out.getvalue()
 
 
-# ----------------------------------------------------------------------------- backtrader
+# ----------------------------------------------------------------------------- summary
 
 
-def backtrader_universe(panel: Any, k: int, align: str) -> tuple[tuple[str, ...], str]:
-    complete = ~np.isnan(panel.close).any(axis=0)
-    if align == "restrict":
-        chosen = tuple(s for s, ok in zip(panel.symbols, complete, strict=True) if ok)[:k]
-        skipped = (
-            [s for s, ok in zip(panel.symbols, complete, strict=True) if not ok and s < chosen[-1]]
-            if chosen
-            else []
+def median(xs: list[Any]) -> float | None:
+    xs = [x for x in xs if x is not None and math.isfinite(x)]
+    return statistics.median(xs) if xs else None
+
+
+def summarize(width: int, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+    """Median spans and rates per row, their ratios to the plain loop and to backtrader."""
+    rows: dict[str, dict[str, Any]] = {}
+    notes: list[str] = []
+    for key, _label, engine, field in ROWS:
+        ok = [r for r in runs.get(engine, []) if "error" not in r and "skipped" not in r]
+        bad = [r for r in runs.get(engine, []) if "error" in r or "skipped" in r]
+        for r in bad[:1]:
+            notes.append(f"{LABEL[key]}: {r.get('skipped') or r.get('error')}")
+        if not ok:
+            continue
+        bars = ok[0]["bars"]
+        spans = [r[field] for r in ok]
+        med = median(spans)
+        row: dict[str, Any] = {
+            "label": LABEL[key],
+            "bars": bars,
+            "runs": len(ok),
+            "timed_s": spans,
+            "median_s": med,
+            "rate": bars / med if med else None,
+            "rates": [bars / s for s in spans],
+            "process_s": median([r["wall_s"] for r in ok]),
+            "load_s": median([r.get("load_s") for r in ok]),
+            "peak_rss_mb": median([r.get("peak_rss_mb") for r in ok]),
+            "orders": ok[0].get("orders"),
+            "fills": ok[0].get("fills"),
+            "final_equity": ok[0].get("final_equity"),
+            "loadavg_before": [r.get("loadavg_before") for r in ok],
+        }
+        if engine in ("tradingd", "engine"):
+            for f in ("features_s", "setup_s", "replay_s", "post_s"):
+                row[f] = median([r[f] for r in ok])
+            row["replay_rate"] = bars / row["replay_s"]
+            row["rate_without_features"] = bars / (row["median_s"] - row["features_s"])
+            row["data_bytes"] = ok[0]["data_bytes"]
+            for f in ("rss_start_mb", "rss_after_load_mb", "peak_rss_load_mb", "peak_rss_run_mb"):
+                row[f] = median([r[f] for r in ok])
+            row["peak_reset"] = all(r["peak_reset"] for r in ok)
+            after = row["rss_after_load_mb"]
+            row["replay_growth_mb"] = None if after is None else row["peak_rss_run_mb"] - after
+            row["peak_over_data"] = row["peak_rss_run_mb"] * 2**20 / row["data_bytes"]
+            row["store_bytes"] = ok[0]["store_bytes"]
+            row["audit_bytes"] = ok[0]["audit_bytes"]
+        if engine == "plain":
+            row["prep_s"] = median([r["prep_s"] for r in ok])
+            row["loop_s"] = median([r["loop_s"] for r in ok])
+        if engine == "backtrader":
+            row["bars_fed"] = ok[0]["bars_fed"]
+            row["setup_s"] = median([r["setup_s"] for r in ok])
+            row["version"] = ok[0]["version"]
+        if engine == "vectorbt":
+            row["import_s"] = median([r["import_s"] for r in ok])
+            row["version"] = ok[0]["version"]
+            row["warm_same_trades"] = all(r["warm_same_trades"] for r in ok)
+        rows[key] = row
+    for key, row in rows.items():
+        for ref, name in (("plain", "x_plain"), ("backtrader", "x_backtrader")):
+            base = rows.get(ref)
+            row[name] = row["rate"] / base["rate"] if base and row["rate"] else None
+        if key in ("tradingd", "engine") and rows.get("backtrader"):
+            row["x_backtrader_replay_only"] = row["replay_rate"] / rows["backtrader"]["rate"]
+        if key in ("tradingd", "engine") and rows.get("plain"):
+            row["x_plain_replay_only"] = row["replay_rate"] / rows["plain"]["rate"]
+    days = next((r["days"] for rs in runs.values() for r in rs if "days" in r), None)
+    return {
+        "symbols": width,
+        "days": days,
+        "bar_events": next(iter(rows.values()))["bars"] if rows else None,
+        "rows": rows,
+        "trade_check": trade_check(rows),
+        "notes": notes,
+    }
+
+
+def trade_check(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Orders and final equity of each engine against the plain loop's (same symbols)."""
+    base = rows.get("plain")
+    out: dict[str, Any] = {}
+    for key, row in rows.items():
+        if key == "vbt_warm":
+            continue
+        entry = {
+            "orders": row["orders"],
+            "fills": row["fills"],
+            "final_equity": row["final_equity"],
+        }
+        if base and base["orders"] and row["final_equity"] is not None:
+            entry["orders_vs_plain_pct"] = 100.0 * (row["orders"] / base["orders"] - 1.0)
+            entry["equity_vs_plain_pct"] = 100.0 * (
+                row["final_equity"] / base["final_equity"] - 1.0
+            )
+        out[key] = entry
+    td, eng = rows.get("tradingd"), rows.get("engine")
+    if td and base:
+        # The plain loop is the same rule on the same raw data: it must trade exactly alike.
+        out["tradingd_matches_plain"] = (
+            td["orders"] == base["orders"]
+            and td["fills"] == base["fills"]
+            and abs(td["final_equity"] / base["final_equity"] - 1.0) < 1e-9
         )
-        how = (
-            f"restricted to the first {len(chosen)} symbols with a bar on every one of the "
-            f"{len(panel.times)} days (skipped {len(skipped)} late-listing/gapped symbols "
-            "before them)"
+    if td and eng:
+        out["tradingd_configs_identical"] = (
+            td["orders"] == eng["orders"]
+            and td["fills"] == eng["fills"]
+            and td["final_equity"] == eng["final_equity"]
         )
-    else:
-        chosen = panel.symbols[:k]
-        how = (
-            f"first {len(chosen)} symbols; before listing each is padded with its first bar "
-            "(flat prices, zero volume), gaps forward-filled; padded bars are counted as fed"
-        )
-    return chosen, how
-
-
-def backtrader_frames(panel: Any, symbols: tuple[str, ...], align: str) -> list[Any]:
-    """Split-adjusted OHLCV frames (backtrader does not apply splits itself; tradingd does,
-    so the raw prices would make the two strategies differ at every split)."""
-    import pandas as pd
-
-    sub = panel.select(symbols=symbols)
-    factor = split_factors(sub.split)
-    index = pd.DatetimeIndex(sub.times)  # naive UTC midnight; backtrader wants naive
-    frames = []
-    for j, _ in enumerate(sub.symbols):
-        cols = {f: getattr(sub, f)[:, j] / factor[:, j] for f in ("open", "high", "low", "close")}
-        cols["volume"] = sub.volume[:, j] * factor[:, j]
-        df = pd.DataFrame(cols, index=index)
-        if align == "pad":
-            df = df.ffill()
-            first = df["close"].first_valid_index()
-            pre = df.index < first
-            for f in ("open", "high", "low", "close"):
-                df.loc[pre, f] = df.loc[first, "open"]
-            df.loc[pre, "volume"] = 0.0
-            df["volume"] = df["volume"].fillna(0.0)
-        else:
-            df = df.dropna()
-        df["openinterest"] = 0.0
-        frames.append(df)
-    return frames
-
-
-def make_bt_strategy() -> type:
-    import backtrader as bt
-
-    class Momentum(bt.Strategy):
-        """Same rule as tradingd's plugins + order planner: each day rank close/close[-126]-1,
-        hold the (at most) top 10 with positive momentum at 5% of equity, whole shares,
-        trade only when the weight is off by more than the band (or the position is closed)."""
-
-        params = (
-            ("lookback", LOOKBACK),
-            ("top", TOP_N),
-            ("weight", MAX_POSITION),
-            ("band", REBALANCE_BAND),
-            ("min_trade", MIN_TRADE_VALUE),
-        )
-
-        def __init__(self) -> None:
-            self.mom = [bt.ind.RateOfChange(d.close, period=self.p.lookback) for d in self.datas]
-            self.orders_placed = 0
-            self.fills = 0
-
-        def notify_order(self, order: Any) -> None:
-            if order.status == order.Completed:
-                self.fills += 1
-
-        def next(self) -> None:
-            scored = [(m[0], i) for i, m in enumerate(self.mom) if m[0] > 0.0]
-            scored.sort(key=lambda x: -x[0])  # stable: ties go to universe order, as tradingd
-            top = {i for _, i in scored[: self.p.top]}
-            equity = self.broker.getvalue()
-            band, weight, min_trade = self.p.band, self.p.weight, self.p.min_trade
-            for i, d in enumerate(self.datas):
-                held = self.getposition(d).size
-                if i not in top and not held:
-                    continue
-                price = d.close[0]
-                target = weight if i in top else 0.0
-                delta = math.trunc(target * equity / price) - held
-                if not delta:
-                    continue
-                closing = target == 0.0 and held != 0
-                off = abs(target - held * price / equity) > band
-                if closing or (off and abs(delta * price) >= min_trade):
-                    if closing:
-                        delta = -held
-                    if delta > 0:
-                        self.buy(data=d, size=delta)
-                    else:
-                        self.sell(data=d, size=-delta)
-                    self.orders_placed += 1
-
-    return Momentum
-
-
-def bench_backtrader(panel: Any, k: int, align: str) -> tuple[Measurement, tuple[str, ...]]:
-    import backtrader as bt
-
-    t0 = time.perf_counter()
-    symbols, how = backtrader_universe(panel, k, align)
-    frames = backtrader_frames(panel, symbols, align)
-    cerebro = bt.Cerebro(stdstats=False)
-    for sym, df in zip(symbols, frames, strict=True):
-        cerebro.adddata(bt.feeds.PandasData(dataname=df), name=sym)
-    cerebro.broker.setcash(INITIAL_CAPITAL)
-    cerebro.broker.setcommission(commission=COMMISSION)
-    cerebro.broker.set_slippage_perc(SLIPPAGE)
-    cerebro.addstrategy(make_bt_strategy())
-    setup = time.perf_counter() - t0
-    fed = sum(len(df) for df in frames)
-    m = Measurement("backtrader", fed, setup_seconds=setup)
-    m.notes.append(how)
-    m.notes.append(
-        "prices split-adjusted (not dividend-adjusted); cheat-on-open off; "
-        "slippage via set_slippage_perc (slip_match caps at high/low)"
-    )
-    gc.collect()
-    t1 = time.perf_counter()
-    strategies = cerebro.run()
-    m.seconds.append(time.perf_counter() - t1)
-    strat = strategies[0]
-    m.orders, m.fills = strat.orders_placed, strat.fills
-    m.final_equity = cerebro.broker.getvalue()
-    say(
-        f"  backtrader: {m.seconds[0]:.2f} s, {m.median_rate:,.0f} bar-events/s, "
-        f"{m.orders} orders, {m.fills} fills"
-    )
-    return m, symbols
-
-
-# ----------------------------------------------------------------------------- plain loop
-
-
-def plain_loop(panel: Any) -> tuple[float, int, int, float]:
-    """The bare strategy as a per-bar, per-symbol Python loop over lists: splits, dividends,
-    fills at the open with costs, marking, momentum, ranking, band-limited rebalancing.
-    No order objects, no store, no audit, no checks: a floor for what pure Python costs."""
-    factor = split_factors(panel.split)
-    with np.errstate(invalid="ignore"):
-        adj = (panel.close / factor).tolist()
-    opens, closes = panel.open.tolist(), panel.close.tolist()
-    splits, divs = panel.split.tolist(), panel.dividend.tolist()
-    n = len(panel.symbols)
-    gc.collect()
-
-    t0 = time.perf_counter()
-    cash = INITIAL_CAPITAL
-    qty = [0.0] * n
-    mark = [0.0] * n
-    pending = [0.0] * n
-    orders = fills = 0
-    equity = cash
-    for t in range(len(closes)):
-        o_row, c_row, s_row, d_row = opens[t], closes[t], splits[t], divs[t]
-        a_row = adj[t]
-        a_lag = adj[t - LOOKBACK] if t >= LOOKBACK else None
-        positive = []
-        for j in range(n):
-            c = c_row[j]
-            if c != c:  # no bar
-                continue
-            q = qty[j]
-            if q:
-                s = s_row[j]
-                if s != 1.0:
-                    q *= s
-                    qty[j] = q
-                cash += q * d_row[j]
-            p = pending[j]
-            if p:
-                px = o_row[j] * (1.0 + SLIPPAGE if p > 0 else 1.0 - SLIPPAGE)
-                cash -= p * px + abs(p * px) * COMMISSION
-                qty[j] = q = q + p
-                pending[j] = 0.0
-                fills += 1
-            mark[j] = c
-            if a_lag is not None:
-                m = a_row[j] / a_lag[j] - 1.0
-                if m > 0.0:  # False for NaN
-                    positive.append((m, j))
-        equity = cash + sum(qty[j] * mark[j] for j in range(n) if qty[j])
-        positive.sort(key=lambda x: -x[0])
-        top = {j for _, j in positive[:TOP_N]}
-        for j in top | {j for j in range(n) if qty[j]}:
-            c = c_row[j]
-            if c != c:
-                continue
-            held = qty[j]
-            target = MAX_POSITION if j in top else 0.0
-            delta = math.trunc(target * equity / c) - held
-            if not delta:
-                continue
-            closing = target == 0.0 and held != 0.0
-            if closing or (
-                abs(target - held * c / equity) > REBALANCE_BAND
-                and abs(delta * c) >= MIN_TRADE_VALUE
-            ):
-                pending[j] = -held if closing else delta
-                orders += 1
-    return time.perf_counter() - t0, orders, fills, equity
-
-
-def bench_plain(panel: Any, repeats: int) -> Measurement:
-    m = Measurement("plain Python loop", panel.n_bars)
-    m.notes.append("no order objects, store, audit log or checks; a floor for pure Python")
-    for k in range(repeats):
-        elapsed, orders, fills, equity = plain_loop(panel)
-        m.seconds.append(elapsed)
-        m.orders, m.fills, m.final_equity = orders, fills, equity
-        say(
-            f"  plain loop run {k + 1}/{repeats}: {elapsed:.2f} s, "
-            f"{panel.n_bars / elapsed:,.0f} bar-events/s"
-        )
-    return m
+    return out
 
 
 # ----------------------------------------------------------------------------- report
 
 
+def fmt(x: float | None, spec: str = ",.0f", suffix: str = "") -> str:
+    return "-" if x is None or not math.isfinite(x) else f"{x:{spec}}{suffix}"
+
+
 def table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    right = [False] + [True] * (len(header) - 1)
 
     def line(r: list[str]) -> str:
-        return "  ".join(
-            c.rjust(w) if ra else c.ljust(w) for c, w, ra in zip(r, widths, right, strict=True)
-        )
+        cells = [
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        ]
+        return "  ".join(cells)
 
-    sep = "  ".join("-" * w for w in widths)
-    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+    return "\n".join([line(header), "  ".join("-" * w for w in widths), *map(line, rows)])
 
 
-def report(results: dict[str, Any], measurements: list[Measurement]) -> str:
-    out = io.StringIO()
-    w = out.write
-    w("\n== tradingd replay benchmark ==\n")
-    w(f"data: {results['data']}\n")
-    w(
-        f"universe: {results['symbols']} symbols, {results['days']} days, "
-        f"{results['bar_events']:,} bar-events (symbol x day with a close); "
-        f"loaded in {results['load_seconds']:.2f} s (not in any rate)\n"
-    )
-    w(
-        f"strategy: momentum {LOOKBACK} > 0, top {TOP_N}, {MAX_POSITION:.0%} each "
-        f"(equal_weight gross {GROSS} clipped by max_position {MAX_POSITION}), rebalance daily "
-        f"with band {REBALANCE_BAND} / min trade {MIN_TRADE_VALUE:.0f}, commission "
-        f"{COMMISSION:.2%}, slippage {SLIPPAGE:.2%}, fill at next open, capital "
-        f"{INITIAL_CAPITAL:,.0f}\n"
-    )
-    w(
-        f"tradingd store: {results['store']}; timed: engine.run_until_done() only; "
-        f"repeats: {results['repeats']}\n\n"
-    )
-    header = [
-        "implementation",
-        "bar-events",
-        "median s",
-        "median bar-events/s",
-        "all runs (/s)",
-        "orders",
-        "fills",
-        "final equity",
+def report_width(w: dict[str, Any]) -> str:
+    rows = w["rows"]
+    out = [
+        f"\n== {w['symbols']} symbols: {w['days']} days, {fmt(w['bar_events'])} bar-events "
+        "(symbol x day with a close; the numerator of every rate) =="
     ]
-    rows = []
-    for m in measurements:
-        rows.append(
+    speed = []
+    for row in rows.values():
+        speed.append(
             [
-                m.name,
-                f"{m.bars:,}",
-                f"{m.median_s:.2f}",
-                fmt_rate(m.median_rate),
-                " ".join(fmt_rate(r) for r in m.rates),
-                f"{m.orders:,}",
-                f"{m.fills:,}",
-                "-" if not math.isfinite(m.final_equity) else f"{m.final_equity:,.0f}",
+                row["label"],
+                fmt(row["rate"]),
+                fmt(row["median_s"], ".3f"),
+                fmt(row.get("features_s"), ".3f"),
+                fmt(row.get("replay_s"), ".3f"),
+                fmt(row.get("replay_rate")),
+                fmt(row["x_plain"], ".2f", "x"),
+                fmt(row["x_backtrader"], ".1f", "x"),
+                fmt(row["process_s"], ".1f"),
+                " ".join(fmt(r) for r in row["rates"]),
             ]
         )
-    w(table(rows, header) + "\n\n")
-    for m in measurements:
-        for note in m.notes:
-            w(f"  {m.name}: {note}\n")
-    ratios = results["ratios"]
-    w("\n")
-    for key, label in (
-        ("tradingd_vs_backtrader", "tradingd (full universe) / backtrader rate"),
-        (
-            "tradingd_same_universe_vs_backtrader",
-            "tradingd (backtrader's universe) / backtrader rate",
-        ),
-        ("tradingd_vs_plain", "tradingd (full universe) / plain loop rate"),
-    ):
-        if ratios.get(key) is not None:
-            w(f"{label}: {ratios[key]:.2f}x\n")
-    rss = results["rss_mb"]
-    w(
-        f"peak RSS (ru_maxrss, whole process, includes the loaded data): after data load "
-        f"{rss['after_load']:.0f} MB; after the tradingd runs {rss['after_tradingd']:.0f} MB; "
-        f"at the end {rss['end']:.0f} MB\n"
+    header = [
+        "engine",
+        "bar-events/s",
+        "wall s",
+        "features s",
+        "replay s",
+        "replay-only /s",
+        "vs plain",
+        "vs backtrader",
+        "process s",
+        "each run (/s)",
+    ]
+    out.append(table(speed, header))
+    out.append(
+        "  (median of the runs; wall s = the timed span; process s = the child process from "
+        "start to exit, including Python start-up, imports and loading the data)"
     )
-    cur = results["current_rss_mb"]
-    if cur["after_load"] is not None and cur["after_tradingd"] is not None:
-        w(
-            f"current RSS (VmRSS): after data load {cur['after_load']:.0f} MB; after the tradingd "
-            f"runs {cur['after_tradingd']:.0f} MB\n"
+    extra = []
+    if "tradingd" in rows:
+        r = rows["tradingd"]
+        extra.append(
+            f"  tradingd backtest: setup {r['setup_s']:.3f} s besides the features; after the "
+            f"replay, summary + output files {r['post_s']:.3f} s; store file "
+            f"{r['store_bytes'] / 2**20:.1f} MB, audit log {r['audit_bytes'] / 2**20:.1f} MB"
         )
-    w("\nmachine:\n")
-    for k, v in results["machine"].items():
-        w(f"  {k}: {v}\n")
-    return out.getvalue()
+    if "plain" in rows:
+        r = rows["plain"]
+        extra.append(f"  plain loop: preparation {r['prep_s']:.3f} s + loop {r['loop_s']:.3f} s")
+    if "backtrader" in rows:
+        r = rows["backtrader"]
+        extra.append(
+            f"  backtrader {r['version']}: {fmt(r['bars_fed'])} bars fed (padded), "
+            f"{fmt(r['bars_fed'] / r['median_s'])} bars fed/s; setup {r['setup_s']:.2f} s"
+        )
+    if "vbt_first" in rows:
+        r = rows["vbt_first"]
+        extra.append(
+            f"  vectorbt {r['version']}: import {r['import_s']:.1f} s (in no rate); warm run "
+            f"trades as the first: {rows['vbt_warm']['warm_same_trades']}"
+        )
+    out.extend(extra)
+    for note in w["notes"]:
+        out.append(f"  not run: {note}")
+
+    mem = []
+    for key in ("tradingd", "engine"):
+        if key not in rows:
+            continue
+        r = rows[key]
+        mem.append(
+            [
+                r["label"],
+                fmt(r["data_bytes"] / 2**20, ".1f"),
+                fmt(r["rss_start_mb"], ".0f"),
+                fmt(r["rss_after_load_mb"], ".0f"),
+                fmt(r["peak_rss_run_mb"], ".0f"),
+                fmt(r["replay_growth_mb"], "+.0f"),
+                fmt(r["peak_over_data"], ".2f", "x"),
+            ]
+        )
+    if mem:
+        out.append("")
+        out.append(
+            table(
+                mem,
+                [
+                    "memory (MB)",
+                    "loaded data",
+                    "RSS before load",
+                    "RSS after load",
+                    "peak RSS, replay",
+                    "peak - after load",
+                    "peak / data",
+                ],
+            )
+        )
+        reset = all(rows[k]["peak_reset"] for k in ("tradingd", "engine") if k in rows)
+        out.append(
+            "  (loaded data: the panel's arrays, nbytes; peak RSS: getrusage ru_maxrss in the "
+            "child, "
+            + (
+                "reset after loading, so it covers build_engine + the replay (+ post)"
+                if reset
+                else "NOT reset after loading (no /proc/self/clear_refs): the whole process"
+            )
+            + "; target of issue 12: peak / data <= 1.5)"
+        )
+
+    tc = w["trade_check"]
+    trades = []
+    for key, e in tc.items():
+        if not isinstance(e, dict):
+            continue
+        trades.append(
+            [
+                LABEL[key].replace(", first run", ""),
+                fmt(e["orders"]),
+                fmt(e["fills"]),
+                fmt(e["final_equity"], ",.2f"),
+                fmt(e.get("orders_vs_plain_pct"), "+.2f", "%"),
+                fmt(e.get("equity_vs_plain_pct"), "+.2f", "%"),
+            ]
+        )
+    if trades:
+        out.append("")
+        out.append(
+            table(
+                trades,
+                ["do they trade alike?", "orders", "fills", "final equity", "orders", "equity"],
+            )
+        )
+        out.append("  (last two columns: against the plain loop)")
+        if "tradingd_matches_plain" in tc:
+            out.append(
+                "  tradingd backtest and the plain loop: "
+                + (
+                    "the same orders, fills and final equity (to 1e-9)"
+                    if tc["tradingd_matches_plain"]
+                    else (
+                        "differ: tradingd fills at most 10% of a bar's volume per order "
+                        "(broker.max_volume_participation, on by default), the plain loop "
+                        "fills whole orders"
+                        + (
+                            "; tradingd has more fills than orders, so the cap split some"
+                            if (tc["tradingd"]["fills"] or 0) > (tc["tradingd"]["orders"] or 0)
+                            else " (no order was split, so look elsewhere: check!)"
+                        )
+                    )
+                )
+            )
+        if "tradingd_configs_identical" in tc:
+            same = tc["tradingd_configs_identical"]
+            out.append(
+                "  tradingd backtest and tradingd engine: "
+                + ("identical orders, fills and final equity" if same else "DIFFER (check!)")
+            )
+    return "\n".join(out)
+
+
+def headline(widths: list[dict[str, Any]]) -> str:
+    out = ["\n== headline (same symbols, same run, medians) =="]
+    for w in widths:
+        r = w["rows"]
+        td = r.get("tradingd")
+        if not td:
+            continue
+        parts = [f"{w['symbols']} symbols: tradingd backtest {fmt(td['rate'])} bar-events/s"]
+        if td.get("x_backtrader") is not None:
+            parts.append(
+                f"{td['x_backtrader']:.1f}x backtrader ({td['x_backtrader_replay_only']:.1f}x "
+                "replay only)"
+            )
+        if td.get("x_plain") is not None:
+            parts.append(
+                f"{td['x_plain']:.2f}x the plain loop "
+                f"({td['x_plain_replay_only']:.2f}x replay only)"
+            )
+        if r.get("vbt_first"):
+            parts.append(
+                f"{td['rate'] / r['vbt_first']['rate']:.2f}x vectorbt first run, "
+                f"{td['rate'] / r['vbt_warm']['rate']:.3f}x warm"
+            )
+        parts.append(f"peak RSS {td['peak_over_data']:.1f}x the loaded data")
+        out.append("  " + "; ".join(parts))
+    return "\n".join(out)
 
 
 # ----------------------------------------------------------------------------- main
@@ -663,176 +570,146 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument(
-        "--data",
-        type=Path,
-        default=DEFAULT_DATA,
-        help="the long-layout parquet file (default: %(default)s)",
-    )
+    p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="default: %(default)s")
     p.add_argument(
         "--symbols",
+        default="100,496",
+        help="widths, comma-separated: each runs the first N symbols, sorted (default: "
+        "%(default)s; the file has 496)",
+    )
+    p.add_argument(
+        "--repeats", type=int, default=3, help="runs per engine and width (default: %(default)s)"
+    )
+    p.add_argument(
+        "--bt-repeats",
         type=int,
-        default=500,
-        help="replay the first N symbols, sorted (default: %(default)s)",
+        default=None,
+        help="backtrader runs per width (default: --repeats; ~2.5 min each at 496 symbols)",
     )
     p.add_argument(
-        "--repeats",
-        type=int,
-        default=3,
-        help="timed tradingd runs; the median is reported (default: %(default)s)",
+        "--engines",
+        default=",".join(ENGINES),
+        help=f"comma-separated subset of {','.join(ENGINES)} (default: all)",
     )
     p.add_argument(
-        "--store",
-        choices=("sqlite", "memory"),
-        default="sqlite",
-        help="sqlite: a file in a temp dir; memory: sqlite:///:memory:",
-    )
-    p.add_argument(
-        "--bt-symbols",
-        type=int,
-        default=100,
-        help="symbols for the backtrader run; 0 skips it (default: %(default)s)",
-    )
-    p.add_argument(
-        "--bt-align",
-        choices=("restrict", "pad"),
-        default="restrict",
-        help="late-listing symbols: restrict to symbols with a bar on every day, "
-        "or pad them before listing (default: %(default)s)",
-    )
-    p.add_argument(
-        "--no-same-universe",
-        action="store_true",
-        help="skip the tradingd run on backtrader's universe",
-    )
-    p.add_argument(
-        "--plain", action="store_true", help="also time a plain Python loop of the bare strategy"
+        "--vbt-numba-cache",
+        choices=("fresh", "disk"),
+        default="fresh",
+        help="fresh: an empty NUMBA_CACHE_DIR per vectorbt process, so the first run compiles "
+        "everything (as on a new machine); disk: numba's own on-disk cache (as a user's "
+        "later sessions) (default: %(default)s)",
     )
     p.add_argument(
         "--profile",
         action="store_true",
-        help="also run tradingd once under cProfile and print the top entries",
+        help="also run one tradingd backtest (widest width) under cProfile and print the top",
     )
     p.add_argument("--profile-top", type=int, default=15)
     p.add_argument(
         "--log-level",
         choices=("debug", "info", "warning", "error"),
         default="warning",
-        help="tradingd log level during the runs",
+        help="tradingd log level in the runs",
     )
-    p.add_argument("--json", action="store_true", help="also print the results as JSON")
+    p.add_argument("--json", action="store_true", help="also print one JSON object at the end")
     args = p.parse_args(argv)
-    if args.repeats < 1 or args.symbols < 1 or args.bt_symbols < 0:
-        p.error("--repeats and --symbols must be >= 1, --bt-symbols >= 0")
+    try:
+        args.widths = [int(x) for x in args.symbols.split(",") if x.strip()]
+    except ValueError:
+        p.error("--symbols takes comma-separated integers, e.g. 100,496")
+    args.engine_list = [e.strip() for e in args.engines.split(",") if e.strip()]
+    unknown = sorted(set(args.engine_list) - set(ENGINES))
+    if unknown:
+        p.error(f"unknown engine(s) {unknown}; choose from {','.join(ENGINES)}")
+    if args.bt_repeats is None:
+        args.bt_repeats = args.repeats
+    if args.repeats < 1 or args.bt_repeats < 0 or not args.widths or min(args.widths) < 1:
+        p.error("--repeats and widths must be >= 1, --bt-repeats >= 0")
+    args.data = args.data.expanduser().resolve()
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    data = args.data.expanduser().resolve()
-    if not data.is_file():
-        print(
-            f"replay benchmark: data file not found: {data}\n"
+    if not args.data.is_file():
+        say(
+            f"replay benchmark: data file not found: {args.data}\n"
             "It is the shared S&P 500 daily file (../shared/data/sp500_daily_1999_2018.parquet "
-            "next to the repository); pass another with --data PATH.",
-            file=sys.stderr,
+            "next to the repository); pass another with --data PATH."
         )
         return 2
-    if args.bt_symbols:
-        try:
-            import backtrader  # noqa: F401
-        except ImportError:
-            print(
-                "replay benchmark: backtrader is not installed; install the bench extra "
-                '(pip install ".[bench]") or pass --bt-symbols 0.',
-                file=sys.stderr,
-            )
-            return 2
+    started = time.perf_counter()
+    load_start = loadavg()
+    listing = child({"engine": "symbols", "data": str(args.data)})
+    if "error" in listing:
+        say(f"replay benchmark: cannot list the symbols: {listing['error']}")
+        return 2
+    all_symbols: list[str] = listing["symbols"]
+    say(f"{args.data.name}: {len(all_symbols)} symbols")
 
-    from tradingd.logs import configure_logging
-
-    configure_logging(args.log_level, "json")
-
-    say(f"loading {data} ...")
-    panel, load_s = load_data(data, args.symbols)
-    rss_load, cur_load = rss_mb(), current_rss_mb()
-    say(
-        f"  {len(panel.symbols)} symbols x {len(panel.times)} days, {panel.n_bars:,} bars "
-        f"in {load_s:.2f} s"
-    )
-
-    measurements: list[Measurement] = []
-    store_desc = "sqlite:///:memory:" if args.store == "memory" else "sqlite file in a temp dir"
-    say(f"tradingd, {args.repeats} run(s), store {store_desc} ...")
-    td = bench_tradingd("tradingd", panel, data, args.store, args.repeats, args.log_level)
-    measurements.append(td)
-    rss_td, cur_td = rss_mb(), current_rss_mb()
-
-    bt_m: Measurement | None = None
-    same: Measurement | None = None
-    if args.bt_symbols:
-        say(f"backtrader, {args.bt_symbols} symbols ({args.bt_align}) ...")
-        bt_m, bt_symbols = bench_backtrader(panel, args.bt_symbols, args.bt_align)
-        if not args.no_same_universe:
-            sub = panel.select(symbols=bt_symbols)
-            say(f"tradingd on backtrader's {len(bt_symbols)} symbols ...")
-            same = bench_tradingd(
-                f"tradingd, {len(bt_symbols)} symbols",
-                sub,
-                data,
-                args.store,
-                args.repeats,
-                args.log_level,
-            )
-            same.notes.append(
-                "tradingd on exactly backtrader's universe (raw prices, splits "
-                "applied by the engine, dividends credited)"
-            )
-            measurements.append(same)
-        measurements.append(bt_m)
-
-    plain: Measurement | None = None
-    if args.plain:
-        say("plain Python loop ...")
-        plain = bench_plain(panel, args.repeats)
-        measurements.append(plain)
-
+    widths = []
     profile_text = ""
+    for width in args.widths:
+        symbols = all_symbols[:width]
+        if len(symbols) < width:
+            say(f"  only {len(symbols)} symbols in the file: width {width} runs {len(symbols)}")
+        runs: dict[str, list[dict[str, Any]]] = {e: [] for e in args.engine_list}
+        say(f"{len(symbols)} symbols ...")
+        for rep in range(args.repeats):
+            for engine in args.engine_list:
+                if engine == "backtrader" and rep >= args.bt_repeats:
+                    continue
+                if rep > 0 and runs[engine] and "skipped" in runs[engine][0]:
+                    continue
+                r = run_engine(engine, symbols, args)
+                runs[engine].append(r)
+                say(progress(len(symbols), rep, args, engine, r))
+        widths.append(summarize(len(symbols), runs))
     if args.profile:
-        say("tradingd under cProfile ...")
-        profile_text = profile_tradingd(panel, data, args.store, args.log_level, args.profile_top)
-
-    def ratio(a: Measurement | None, b: Measurement | None) -> float | None:
-        return a.median_rate / b.median_rate if a and b else None
-
-    results: dict[str, Any] = {
-        "data": str(data),
-        "symbols": len(panel.symbols),
-        "days": len(panel.times),
-        "bar_events": panel.n_bars,
-        "load_seconds": round(load_s, 3),
-        "store": store_desc,
-        "repeats": args.repeats,
-        "measurements": [m.to_dict() for m in measurements],
-        "ratios": {
-            "tradingd_vs_backtrader": ratio(td, bt_m),
-            "tradingd_same_universe_vs_backtrader": ratio(same, bt_m),
-            "tradingd_vs_plain": ratio(td, plain),
-        },
-        "rss_mb": {"after_load": rss_load, "after_tradingd": rss_td, "end": rss_mb()},
-        "current_rss_mb": {"after_load": cur_load, "after_tradingd": cur_td},
-        "machine": machine_info(),
-    }
-    print(report(results, measurements))
-    if profile_text:
-        print(profile_text)
-    if args.json:
-        results["ratios"] = {
-            k: None if v is None else round(v, 3) for k, v in results["ratios"].items()
+        say("tradingd backtest under cProfile ...")
+        spec = {
+            "engine": "tradingd",
+            "data": str(args.data),
+            "symbols": all_symbols[: max(args.widths)],
+            "log_level": args.log_level,
+            "profile": True,
+            "profile_top": args.profile_top,
         }
-        for key in ("rss_mb", "current_rss_mb"):
-            results[key] = {k: None if v is None else round(v, 1) for k, v in results[key].items()}
-        print(json.dumps(results, indent=2))
+        profile_text = child(spec).get("profile", "profile run failed")
+
+    results = {
+        "benchmark": "replay",
+        "data": str(args.data),
+        "repeats": args.repeats,
+        "bt_repeats": args.bt_repeats,
+        "engines": args.engine_list,
+        "vbt_numba_cache": args.vbt_numba_cache,
+        "widths": widths,
+        "elapsed_s": time.perf_counter() - started,
+        "machine": {**machine_info(), "loadavg_start": load_start, "loadavg_end": loadavg()},
+    }
+    print(
+        "== tradingd replay benchmark ==\n"
+        f"data: {args.data}; each engine run in its own process; {args.repeats} run(s) per "
+        f"engine and width (backtrader {args.bt_repeats})\n"
+        "strategy: momentum 126 > 0, top 10 at 5% each (equal_weight gross 0.5 clipped by "
+        "max_position 0.05), rebalance band 1%, minimum trade 100, commission 0.1%, slippage "
+        "0.05%, fill at the next open, capital 100,000"
+    )
+    print(SPANS)
+    for w in widths:
+        print(report_width(w))
+    print(headline(widths))
+    print()
+    print(DIFFERENCES)
+    print("\nmachine:")
+    for k, v in results["machine"].items():
+        print(f"  {k}: {v}")
+    print(f"  benchmark wall time: {results['elapsed_s']:.0f} s")
+    if profile_text:
+        print("\n" + profile_text)
+    if args.json:
+        print(json.dumps(results, indent=2, default=str))
     return 0
 
 
