@@ -1,4 +1,5 @@
-"""The `tradingd` command: backtest | report | run | train | fetch | features | plugins | config.
+"""The `tradingd` command: backtest | report | walkforward | run | train | fetch | features |
+plugins | config.
 
 Only this module calls `asyncio.run`.
 
@@ -113,6 +114,16 @@ def _parser() -> argparse.ArgumentParser:
     bt.add_argument(
         "--no-validation", action="store_true", help="with --report: no statistical tests"
     )
+
+    wf = sub.add_parser(
+        "walkforward",
+        help="walk-forward analysis: retrain and refit per fold, trade out of sample, stitch "
+        "the test windows (docs/WALKFORWARD.md)",
+    )
+    common(wf)
+    from .analysis.walkforward_cli import add_arguments as walkforward_arguments
+
+    walkforward_arguments(wf)
 
     rp = sub.add_parser(
         "report",
@@ -243,6 +254,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _command(args: argparse.Namespace) -> int:
+    if args.command == "walkforward":
+        # Before any config is loaded: it splits its own [walkforward] table out of the -c
+        # files, which the strategy's configuration would reject.
+        from .analysis.walkforward_cli import run as walkforward
+
+        return walkforward(args)
     if args.command == "plugins":
         return _plugins()
     if args.command == "health":

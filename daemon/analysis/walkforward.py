@@ -1,0 +1,330 @@
+"""The specification's WalkForwardAnalyzer: retrain and replay fold after fold, stitch the
+out-of-sample windows into one equity curve, report parameter stability and performance
+decay (docs/WALKFORWARD.md).
+
+    from tradingd.analysis.walkforward import WalkForwardAnalyzer, WalkForwardConfig
+
+    wf = WalkForwardAnalyzer(config, WalkForwardConfig(train=252, test=63, step=21), workers=2)
+    results = wf.run()                       # loads the configured data
+    wf.write(results, "var/walkforward/x")   # JSON + CSV tables
+
+Folds are independent tasks (`walkforward_run.run_fold`), run by `parallel.run_tasks`: in
+worker processes, or on Ray with `ray_address`. `workers=0` runs them in this process.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..config import Config
+from ..feeds.panel import FIELDS, Panel
+from .parallel import run_tasks
+from .performance import PerformanceAnalyzer, PerformanceConfig
+from .walkforward_folds import (
+    Fold,
+    WalkForwardConfig,
+    WalkForwardError,
+    bar_label,
+    make_folds,
+)
+from .walkforward_run import FoldTask, json_values, rows, run_fold, thread_env, uses_ml
+from .walkforward_tables import (
+    decay,
+    fold_curve,
+    fold_metrics,
+    garch_frame,
+    importance_frame,
+    stability,
+    stitch,
+)
+
+__all__ = ["WalkForwardAnalyzer", "WalkForwardConfig", "WalkForwardError", "thread_env"]
+
+FORMAT = "tradingd-walkforward/1"
+
+
+def feature_warmup(config: Config, panel: Panel, probe: int = 1000) -> int | None:
+    """Bars a symbol needs before every feature of the model's set has a value, measured on
+    the first `probe` bars of the symbols that trade on each of them (the most any of them
+    needed). Measured, because the catalogue's bound (`catalog.warmup`) is an upper bound at
+    best. None when no symbol trades on every probed bar or none gets every feature."""
+    from ..features.catalog import Catalog, resolve_set
+    from ..features.engineer import compute_batch
+
+    f = config.features
+    head = rows(panel, 0, min(probe, len(panel.times)) - 1)
+    full = ~np.isnan(head.close).any(axis=0)
+    if not full.any():
+        return None
+    symbols = tuple(s for s, ok in zip(head.symbols, full, strict=True) if ok)
+    sub = Panel(head.times, symbols, *(getattr(head, k)[:, full] for k in FIELDS))
+    names = resolve_set(f.set)
+    feats = compute_batch(sub, names, Catalog(f.indicators, f.cross_sectional))
+    ready = np.ones(sub.close.shape, dtype=bool)
+    for v in feats.values():
+        ready &= np.isfinite(v)
+    cols = int(sub.close.shape[1])
+    first = [int(np.argmax(ready[:, j])) for j in range(cols) if ready[:, j].any()]
+    return max(first) if first else None
+
+
+class WalkForwardAnalyzer:
+    """Walk-forward analysis of `config`'s strategy over its data (`run.start`..`run.end`
+    bound the out-of-sample period; earlier bars are training and lookback)."""
+
+    def __init__(
+        self,
+        config: Config,
+        wf: WalkForwardConfig | None = None,
+        *,
+        performance: PerformanceConfig | None = None,
+        workers: int | None = 1,
+        ray_address: str | None = None,
+        progress: bool = False,
+    ) -> None:
+        self.config = config
+        self.wf = wf or WalkForwardConfig()
+        self.performance = performance or PerformanceConfig()
+        self.workers = workers
+        self.ray_address = ray_address
+        self.progress = progress
+
+    # -- the schedule ----------------------------------------------------------------------
+    def retrain(self) -> bool:
+        """Whether each fold retrains the model pair (walkforward.retrain)."""
+        mode = self.wf.retrain
+        if mode == "always" and not uses_ml(self.config):
+            raise WalkForwardError(
+                'walkforward.retrain = "always" but no signal is ml_ensemble: nothing to retrain'
+            )
+        return mode != "never" and uses_ml(self.config)
+
+    def folds(self, panel: Panel) -> list[Fold]:
+        return make_folds(panel.times, self.wf, self.config.run.start, self.config.run.end)
+
+    def model_lookback(self, panel: Panel) -> int:
+        """Bars before a training window that the model's slice starts at: the feature
+        set's warm-up plus the input window less one, so that the first complete input
+        window ends where the training window starts; at most `lookback_bars`."""
+        warm = feature_warmup(self.config, panel)
+        if warm is None:
+            return self.wf.lookback_bars
+        return min(self.wf.lookback_bars, warm + self.wf.model_config().time_steps - 1)
+
+    def tasks(self, panel: Panel) -> list[FoldTask]:
+        from ..app import run_id_for
+
+        retrain = self.retrain()
+        back = self.model_lookback(panel) if retrain else 0
+        prefix = run_id_for(self.config, "walkforward")
+        out = []
+        for fold in self.folds(panel):
+            model_lo = max(0, fold.train_start - back)
+            lo = min(fold.lo, model_lo)
+            out.append(
+                FoldTask(
+                    config=self.config,
+                    wf=self.wf,
+                    fold=fold,
+                    panel=rows(panel, lo, fold.test_end),
+                    offset=lo,
+                    model_lo=model_lo,
+                    retrain=retrain,
+                    run_prefix=prefix,
+                )
+            )
+        return out
+
+    # -- running ---------------------------------------------------------------------------
+    def run(self, panel: Panel | None = None) -> dict[str, Any]:
+        """Every fold, then the stitched curve, stability and decay (see `assemble`)."""
+        if panel is None:
+            from ..app import load_data
+
+            panel = load_data(self.config)
+        tasks = self.tasks(panel)
+        t0 = time.perf_counter()
+        results = run_tasks(
+            run_fold,
+            tasks,
+            workers=self.workers,
+            ray_address=self.ray_address,
+            progress=self.progress,
+            desc="walk-forward folds",
+            env=thread_env(self.wf.threads),
+        )
+        wall = time.perf_counter() - t0
+        out = self.assemble(results, panel)
+        out["timing"] = {
+            "wall_s": round(wall, 3),
+            "workers": self.workers,
+            "ray_address": self.ray_address,
+            "folds": len(results),
+            "fold_s_sum": round(sum(r["timing"]["total_s"] for r in results), 3),
+            "train_s_sum": round(sum(r["timing"]["train_s"] for r in results), 3),
+            "replay_s_sum": round(sum(r["timing"]["replay_s"] for r in results), 3),
+        }
+        return out
+
+    def assemble(self, results: Sequence[Mapping[str, Any]], panel: Panel) -> dict[str, Any]:
+        """The walk-forward's results from its folds' (a JSON-ready dict; NaN where a number
+        cannot be computed)."""
+        from ..app import run_id_for
+
+        perf = self.performance
+        cap = float(self.config.run.initial_capital)
+        folds = []
+        for r in results:
+            f = {**r, "initial_capital": cap}
+            f["metrics"] = fold_metrics(f, perf)
+            folds.append(f)
+        curve = stitch(folds, cap)
+        analysis = PerformanceAnalyzer(perf).analyze_performance(
+            {
+                "equity_curve": curve["equity"],
+                "gross_exposure": curve["gross_exposure"],
+                "initial_capital": cap,
+            }
+        )
+        return {
+            "format": FORMAT,
+            "run_id": run_id_for(self.config, "walkforward"),
+            "config": {
+                "walkforward": self.wf.to_dict(),
+                "performance": asdict(perf),
+                "tradingd": self.config.to_public_dict(),
+            },
+            "data": {
+                "symbols": list(panel.symbols),
+                "bars": len(panel.times),
+                "first": bar_label(panel.times[0]),
+                "last": bar_label(panel.times[-1]),
+            },
+            "retrained": any(f.get("model") for f in folds),
+            "folds": folds,
+            "stitched": {
+                "first": bar_label(curve.index[0]),
+                "last": bar_label(curve.index[-1]),
+                "bars": len(curve),
+                "time": [bar_label(t) for t in curve.index],
+                "equity": curve["equity"].tolist(),
+                "fold": curve["fold"].tolist(),
+                "horizon": curve["horizon"].tolist(),
+                "gross_exposure": curve["gross_exposure"].tolist(),
+                "analysis": analysis,
+            },
+            "stability": stability(folds, perf),
+            "decay": decay(folds, self.wf.step, perf),
+        }
+
+    # -- output ----------------------------------------------------------------------------
+    def write(self, results: Mapping[str, Any], out_dir: str | Path) -> Path:
+        return write_outputs(results, out_dir)
+
+
+_FOLD_DETAIL = ("equity", "state_at_train_end", "params", "model")
+
+
+def write_outputs(results: Mapping[str, Any], out_dir: str | Path) -> Path:
+    """The results as files (strict JSON: NaN is null):
+
+    walkforward.json      everything but the per-fold detail (below), stitched curve included
+    folds.json            each fold in full: equity, fitted state, parameters, model card
+    equity.csv            the stitched out-of-sample curve (time, equity, return, fold, ...)
+    fold_equity.csv       every fold's traded bars, in-sample and test
+    folds.csv             per-fold dates and in-sample / out-of-sample metrics
+    stability.csv         per-fold parameters; stability_summary.csv: their stability
+    garch_params.csv      per fold and symbol; feature_importance.csv: per fold and feature
+    decay.csv             returns by bars since the training end
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    folds = results["folds"]
+    lean = dict(results)
+    lean["folds"] = [
+        {k: v for k, v in f.items() if k not in _FOLD_DETAIL}
+        | {"model_version": (f.get("model") or {}).get("model_version")}
+        for f in folds
+    ]
+    _json(out / "walkforward.json", lean)
+    _json(out / "folds.json", folds)
+    s = results["stitched"]
+    pd.DataFrame(
+        {
+            "time": s["time"],
+            "equity": s["equity"],
+            "fold": s["fold"],
+            "horizon": s["horizon"],
+            "gross_exposure": s["gross_exposure"],
+        }
+    ).to_csv(out / "equity.csv", index=False)
+    curves = []
+    for f in folds:
+        c = fold_curve(f)
+        c.insert(0, "fold", int(f["fold"]))
+        c.index = [bar_label(t) for t in c.index]
+        curves.append(c)
+    pd.concat(curves).rename_axis("time").to_csv(out / "fold_equity.csv")
+    _rows_csv(out / "folds.csv", [_fold_row(f) for f in folds])
+    st = results["stability"]
+    _rows_csv(out / "stability.csv", st["table"])
+    _rows_csv(
+        out / "stability_summary.csv", [{"parameter": k, **v} for k, v in st["summary"].items()]
+    )
+    g = [garch_frame(f).assign(fold=int(f["fold"])) for f in folds]
+    g = [x for x in g if len(x)]
+    if g:
+        pd.concat(g, ignore_index=True).to_csv(out / "garch_params.csv", index=False)
+    imp = importance_frame(folds)
+    if len(imp):
+        imp.rename_axis("fold").to_csv(out / "feature_importance.csv")
+    _rows_csv(out / "decay.csv", results["decay"]["by_horizon"]["buckets"])
+    return out
+
+
+def _fold_row(f: Mapping[str, Any]) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        k: f[k]
+        for k in ("fold", "train_start", "train_end", "test_start", "test_end", "stitch_end")
+    }
+    for seg in ("in_sample", "test"):
+        for k, v in f["metrics"][seg].items():
+            row[f"{seg}_{k}"] = v
+    row["walk_forward_efficiency"] = f["metrics"]["walk_forward_efficiency"]
+    row["test_fills"] = f["fills"]["test"]
+    row["test_costs"] = f["fills"]["test_costs"]
+    row["model_version"] = (f.get("model") or {}).get("model_version", "")
+    row.update({k: v for k, v in f["timing"].items() if k.endswith("_s")})
+    return row
+
+
+def _json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(json_values(data), indent=1, allow_nan=False, default=str) + "\n")
+
+
+def _rows_csv(path: Path, rows_: Sequence[Mapping[str, Any]]) -> None:
+    with path.open("w", newline="") as fh:
+        if not rows_:
+            return
+        keys: list[str] = []
+        for r in rows_:
+            keys += [k for k in r if k not in keys]
+        w = csv.DictWriter(fh, fieldnames=keys)
+        w.writeheader()
+        for r in rows_:
+            w.writerow({k: _cell(r.get(k)) for k in keys})
+
+
+def _cell(v: Any) -> Any:
+    if isinstance(v, float | np.floating) and not np.isfinite(v):
+        return ""
+    return v

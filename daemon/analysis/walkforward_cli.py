@@ -1,0 +1,226 @@
+"""`tradingd walkforward -c CONFIG ... [--train 252 --test 63 --step 21 --workers N
+--ray-address ADDR --out DIR]`: a walk-forward analysis from a configuration.
+
+The `-c` files are tradingd's configuration, as for `tradingd backtest`, plus optionally a
+file whose only table is `[walkforward]` (with `[walkforward.model]`: ModelConfig overrides,
+e.g. a tiny model for a quick look): see config/walkforward.toml. tradingd's own loader does
+not know that table, so such a file must hold nothing else. Command-line options override
+the file. `run.start` / `run.end` bound the out-of-sample period.
+
+Writes the stitched out-of-sample equity curve, per-fold results and the stability and decay
+tables to `--out` (default `<run.output_dir>/<name>-walkforward-<hash>`), prints a summary,
+and shows a progress bar over the folds on a terminal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import hashlib
+import importlib.util
+import json
+import sys
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .walkforward_folds import RETRAIN, WARMUPS, WalkForwardConfig, WalkForwardError
+
+DEFAULT_CONFIG = Path("config/default.toml")
+SECTION = "walkforward"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command's options (`-c/--config` is tradingd's common option, added by the CLI)."""
+    a = parser.add_argument
+    a("--train", type=int, help="bars each fold fits on (default 252)")
+    a("--test", type=int, help="bars each fold trades out of sample (default 63)")
+    a("--step", type=int, help="bars between folds (default 21; at most --test)")
+    a("--lookback", type=int, help="warm-up bars before each training window (default 252)")
+    a("--folds", type=int, help="run only the first K folds (0: all)")
+    a("--warmup", choices=WARMUPS, help="trade the training window first (train) or not (none)")
+    a("--retrain", choices=RETRAIN, help="retrain the ml_ensemble model in each fold (auto)")
+    a("--epochs", type=int, help="maximum training epochs of each fold's model")
+    a("--threads", type=int, help="threads per fold of TensorFlow, BLAS, onnxruntime (1)")
+    a("--workers", type=int, help="local worker processes (default: one per CPU; 0: in this one)")
+    a("--ray-address", help='run the folds on Ray: "auto", "ray://host:10001" or "local"')
+    a("--out", help="output folder (default: <run.output_dir>/<name>-walkforward-<hash>)")
+    a("--json", action="store_true", help="print the summary as one JSON object")
+    a("--no-progress", action="store_true", help="no progress bar")
+
+
+def split_config_files(paths: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
+    """(tradingd's config files, the merged [walkforward] table of the others)."""
+    engine: list[str] = []
+    table: dict[str, Any] = {}
+    for p in paths:
+        data = _read(Path(p))
+        if SECTION not in data:
+            engine.append(str(p))
+            continue
+        others = sorted(k for k in data if k != SECTION)
+        if others:
+            raise WalkForwardError(
+                f"config file {p}: a file with [{SECTION}] must hold nothing else (tradingd's "
+                f"configuration does not know that table); move {', '.join(others)} to "
+                "another -c file"
+            )
+        if not isinstance(data[SECTION], Mapping):
+            raise WalkForwardError(f"config file {p}: {SECTION} must be a table")
+        _merge(table, data[SECTION])
+    if not engine and DEFAULT_CONFIG.exists():
+        engine = [str(DEFAULT_CONFIG)]
+    return engine, table
+
+
+def walkforward_config(table: Mapping[str, Any], args: argparse.Namespace) -> WalkForwardConfig:
+    """The file's [walkforward] table with the command line's overrides."""
+    wf = WalkForwardConfig.from_mapping(table)
+    over: dict[str, Any] = {}
+    for arg, key in (
+        ("train", "train"),
+        ("test", "test"),
+        ("step", "step"),
+        ("lookback", "lookback_bars"),
+        ("folds", "max_folds"),
+        ("warmup", "warmup"),
+        ("retrain", "retrain"),
+        ("threads", "threads"),
+    ):
+        v = getattr(args, arg, None)
+        if v is not None:
+            over[key] = v
+    if getattr(args, "epochs", None) is not None:
+        over["model"] = {**wf.model, "epochs": args.epochs}
+    if not over:
+        return wf
+    out = dataclasses.replace(wf, **over)
+    if "model" in over:
+        out.model_config()
+    return out
+
+
+def default_out(config: Any, wf: WalkForwardConfig) -> Path:
+    from ..app import run_id_for
+
+    digest = hashlib.sha256(json.dumps(wf.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    return Path(config.run.output_dir) / f"{run_id_for(config, 'walkforward')}-{digest}"
+
+
+def run(args: argparse.Namespace) -> int:
+    """The command: configuration, checks, the analysis, its files and a summary."""
+    from ..config import load_config
+    from ..logs import configure_logging
+    from ..preflight import check_config, check_train_extra, check_writable_dir
+    from .walkforward import WalkForwardAnalyzer, write_outputs
+
+    engine_paths, table = split_config_files(list(getattr(args, "config", None) or []))
+    config = load_config(engine_paths)
+    configure_logging(config.log.level, config.log.format)
+    wf = walkforward_config(table, args)
+    if args.ray_address and importlib.util.find_spec("ray") is None:
+        raise WalkForwardError(
+            f"--ray-address {args.ray_address!r} needs Ray, which is not installed: "
+            "pip install 'ray[default]'"
+        )
+    if args.workers is not None and args.workers < 0:
+        raise WalkForwardError(f"--workers must be >= 0, got {args.workers}")
+    out = Path(args.out) if args.out else default_out(config, wf)
+    check_config(config, "walkforward")
+    check_writable_dir(out, "--out")
+    analyzer = WalkForwardAnalyzer(
+        config,
+        wf,
+        workers=args.workers,
+        ray_address=args.ray_address,
+        progress=sys.stderr.isatty() and not args.no_progress,
+    )
+    if analyzer.retrain():
+        check_train_extra()
+    try:
+        results = analyzer.run()
+    except ConnectionError as exc:  # Ray: no cluster at the address
+        raise WalkForwardError(f"--ray-address {args.ray_address!r}: {exc}") from None
+    write_outputs(results, out)
+    summary = summarize(results, out)
+    if args.json:
+        from .walkforward_run import json_values
+
+        print(json.dumps(json_values(summary)))
+    else:
+        print(format_summary(summary))
+    return 0
+
+
+def summarize(results: Mapping[str, Any], out: Path) -> dict[str, Any]:
+    """The numbers a person looks at first."""
+    s = results["stitched"]
+    perf = s["analysis"]["performance"]
+    risk = s["analysis"]["risk"]
+    d = results["decay"]
+    wf = results["config"]["walkforward"]
+    return {
+        "folds": len(results["folds"]),
+        "train": wf["train"],
+        "test": wf["test"],
+        "step": wf["step"],
+        "retrained": results["retrained"],
+        "out_of_sample": {"first": s["first"], "last": s["last"], "bars": s["bars"]},
+        "total_return": perf["total_return"],
+        "annual_return": perf["annual_return"],
+        "sharpe": perf["sharpe"],
+        "max_drawdown": risk["max_drawdown"],
+        "sharpe_trend_per_fold": d["by_fold"]["sharpe_trend"]["slope"],
+        "sharpe_trend_p": d["by_fold"]["sharpe_trend"]["p_value"],
+        "sharpe_by_horizon": {
+            f"{b['from_bar']}-{b['to_bar']}": b["sharpe"] for b in d["by_horizon"]["buckets"]
+        },
+        "median_walk_forward_efficiency": d["in_vs_out"]["median_walk_forward_efficiency"],
+        "wall_s": results.get("timing", {}).get("wall_s"),
+        "output_dir": str(out),
+    }
+
+
+def format_summary(s: Mapping[str, Any]) -> str:
+    oos = s["out_of_sample"]
+    horizon = ", ".join(f"{k}: {_num(v)}" for k, v in s["sharpe_by_horizon"].items())
+    return "\n".join(
+        [
+            f"walk-forward: {s['folds']} folds (train {s['train']}, test {s['test']}, "
+            f"step {s['step']} bars), model retrained in each fold: "
+            f"{'yes' if s['retrained'] else 'no'}",
+            f"out of sample {oos['first']} .. {oos['last']} ({oos['bars']} bars): total return "
+            f"{_pct(s['total_return'])}, annual {_pct(s['annual_return'])}, Sharpe "
+            f"{_num(s['sharpe'])}, max drawdown {_pct(s['max_drawdown'])}",
+            f"decay: out-of-sample Sharpe {_num(s['sharpe_trend_per_fold'], 4)} per fold "
+            f"(p = {_num(s['sharpe_trend_p'], 3)}); Sharpe by bars since training: {horizon}",
+            f"median walk-forward efficiency {_num(s['median_walk_forward_efficiency'])}",
+            f"results in {s['output_dir']} ({s['wall_s']} s)",
+        ]
+    )
+
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None or v != v else f"{100 * v:.2f}%"
+
+
+def _num(v: Any, digits: int = 2) -> str:
+    return "n/a" if v is None or v != v else f"{v:.{digits}f}"
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise WalkForwardError(f"config file not found: {path}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise WalkForwardError(f"config file {path} cannot be read as TOML: {exc}") from None
+
+
+def _merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
+    for k, v in new.items():
+        if isinstance(v, Mapping) and isinstance(into.get(k), Mapping):
+            _merge(into[k], v)
+        else:
+            into[k] = dict(v) if isinstance(v, Mapping) else v

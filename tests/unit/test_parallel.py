@@ -1,0 +1,170 @@
+"""run_tasks: order, errors and worker environment in this process, in local processes and
+on a local Ray instance; and the same walk-forward (tiny model, retrained in each fold) gives
+equal results serially, in two local processes and on Ray. Ray tests skip without Ray."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from test_walkforward import tiny_config, tiny_panel, tiny_wf
+
+from tradingd.analysis.parallel import WORKER_ENV, in_worker, run_tasks
+from tradingd.analysis.walkforward import WalkForwardAnalyzer
+from tradingd.analysis.walkforward_run import json_values
+
+# Tasks of very different sizes, so that they finish out of order in a pool.
+SIZES = [3000, 10, 2500, 1, 2000, 5, 1500, 0]
+EXPECTED = [math.factorial(n) for n in SIZES]
+
+
+@pytest.fixture(scope="module")
+def ray_session():
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'ray[default]')")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_results_come_back_in_task_order(workers):
+    assert run_tasks(math.factorial, SIZES, workers=workers) == EXPECTED
+
+
+def test_results_on_ray_come_back_in_task_order(ray_session):
+    assert run_tasks(math.factorial, SIZES, ray_address="auto") == EXPECTED
+
+
+@pytest.mark.parametrize("where", [{"workers": 0}, {"workers": 2}, {"ray_address": "auto"}])
+def test_a_failing_task_raises_its_error(where, request):
+    if "ray_address" in where:
+        request.getfixturevalue("ray_session")
+    with pytest.raises(ValueError, match="math domain error"):
+        run_tasks(math.sqrt, [4.0, -1.0, 9.0], **where)
+
+
+@pytest.mark.parametrize("where", [{"workers": 2}, {"ray_address": "auto"}])
+def test_workers_get_the_environment(where, request):
+    if "ray_address" in where:
+        request.getfixturevalue("ray_session")
+    keys = ["TRADINGD_TEST_THREADS", WORKER_ENV, "OMP_NUM_THREADS"]
+    env = {"TRADINGD_TEST_THREADS": "3", "OMP_NUM_THREADS": "3"}
+    assert run_tasks(os.getenv, keys, env=env, **where) == ["3", "1", "3"]
+    assert not in_worker()  # the caller's process is not a worker
+    assert os.getenv("TRADINGD_TEST_THREADS") is None
+
+
+def test_no_task_no_worker():
+    assert run_tasks(math.factorial, [], workers=4) == []
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"workers": -1}, "workers must be an integer >= 0"),
+        ({"workers": 1.5}, "workers must be an integer"),
+        ({"ray_address": ""}, "ray_address must be a non-empty string"),
+        ({"env": {"A": 1}}, "env must map strings to strings"),
+    ],
+)
+def test_bad_arguments_are_value_errors(kw, match):
+    with pytest.raises(ValueError, match=match):
+        run_tasks(math.factorial, [1], **kw)
+    with pytest.raises(ValueError, match="fn must be callable"):
+        run_tasks(None, [1])  # type: ignore[arg-type]
+
+
+def _comparable(results: dict) -> str:
+    """Everything a walk-forward computed, without the timing (where and how long)."""
+    out = {k: v for k, v in results.items() if k != "timing"}
+    out["folds"] = [{k: v for k, v in f.items() if k != "timing"} for f in results["folds"]]
+    return json.dumps(json_values(out), sort_keys=True)
+
+
+def test_walkforward_results_do_not_depend_on_where_folds_ran(ray_session):
+    """The same two-fold walk-forward serially (one worker process), in two local processes
+    and on Ray, all at once: equal models' signals, fitted states (Kelly, GARCH), curves,
+    stability and decay tables. One thread per fold everywhere (walkforward.threads = 1);
+    the shipped model, so no TensorFlow starts here: that a retrained model does not depend
+    on where it was trained is shown by test_walkforward's lookahead pair (one fold trained
+    in a local process, the other on Ray)."""
+    panel = tiny_panel()
+    wf = tiny_wf(threads=1, retrain="never")
+    config = tiny_config()
+    where = {"serial": {"workers": 1}, "processes": {"workers": 2}, "ray": {"ray_address": "auto"}}
+    # The three at once (they share the two cores: the results must not care).
+    with ThreadPoolExecutor(3) as pool:
+        futures = {
+            name: pool.submit(WalkForwardAnalyzer(config, wf, **kw).run, panel)
+            for name, kw in where.items()
+        }
+        runs = {name: f.result() for name, f in futures.items()}
+    serial = runs["serial"]
+    assert len(serial["folds"]) == 2 and not serial["retrained"]
+    garch = [v for f in serial["folds"] for v in f["params"]["garch"].values()]
+    assert any(v["method"] == "garch" for v in garch)  # BLAS-sensitive fits are in the comparison
+    pids = {r["folds"][0]["timing"]["pid"] for r in runs.values()}
+    assert os.getpid() not in pids and len(pids) == 3  # three different worker processes
+    for name in ("processes", "ray"):
+        assert _comparable(runs[name]) == _comparable(serial), name
+
+
+def test_sweep_runs_every_grid_point_with_its_values(tmp_path):
+    from tradingd.analysis.parallel import grid_points, sweep
+    from tradingd.config import PluginSpec
+
+    config = tiny_config(signals=(PluginSpec("multi_factor"),))
+    config = dataclasses.replace(  # a quick strategy: EWMA volatility, one risk rule
+        config,
+        sizing=dataclasses.replace(
+            config.sizing, params={**config.sizing.params, "volatility": "ewma"}
+        ),
+        risk=(PluginSpec("max_position", params={"max_position_pct": 0.05}),),
+    )
+    grid = {"sizing.params.kelly_multiplier": [0.25, 0.5], "costs.commission_pct": [0.0, 0.002]}
+    assert grid_points(grid) == [
+        {"sizing.params.kelly_multiplier": 0.25, "costs.commission_pct": 0.0},
+        {"sizing.params.kelly_multiplier": 0.25, "costs.commission_pct": 0.002},
+        {"sizing.params.kelly_multiplier": 0.5, "costs.commission_pct": 0.0},
+        {"sizing.params.kelly_multiplier": 0.5, "costs.commission_pct": 0.002},
+    ]
+    panel = tiny_panel()
+    inline = sweep(config, grid, panel=panel, workers=0, out_dir=str(tmp_path))
+    # two of the points again, in two worker processes: the same summaries
+    pooled = sweep(config, {**grid, "costs.commission_pct": [0.002]}, panel=panel, workers=2)
+    assert [r["values"] for r in inline] == grid_points(grid)
+    assert len({r["run_id"] for r in inline}) == 4  # one run id per variant
+    for a, b in zip(inline[1::2], pooled, strict=True):
+        assert a["values"] == b["values"] and a["run_id"] == b["run_id"]
+        assert json.dumps(a["summary"], sort_keys=True) == json.dumps(b["summary"], sort_keys=True)
+    for a in inline:
+        saved = json.loads((tmp_path / a["run_id"] / "config.json").read_text())
+        assert (
+            saved["sizing"]["params"]["kelly_multiplier"]
+            == a["values"]["sizing.params.kelly_multiplier"]
+        )
+        assert saved["costs"]["commission_pct"] == a["values"]["costs.commission_pct"]
+    s = {tuple(r["values"].values()): r["summary"] for r in inline}
+    assert s[(0.25, 0.0)]["commission_paid"] == 0.0 < s[(0.25, 0.002)]["commission_paid"]
+    assert s[(0.25, 0.0)]["exposure"] < s[(0.5, 0.0)]["exposure"]  # half the Kelly bet
+
+
+@pytest.mark.parametrize(
+    ("grid", "match"),
+    [
+        ({}, "non-empty mapping"),
+        ({"costs.commission_pct": []}, "non-empty list"),
+        ({"costs.commision_pct": [0.1]}, "unknown key.*costs.commision_pct"),
+        ({"signals[7].weight": [1.0]}, r"signals\[7\] does not exist"),
+        ({"costs.commission_pct": ["x"]}, "must be a number"),
+    ],
+)
+def test_bad_grids_are_value_errors(grid, match):
+    from tradingd.analysis.parallel import sweep
+
+    with pytest.raises(ValueError, match=match):
+        sweep(tiny_config(), grid, panel=tiny_panel(), workers=0)

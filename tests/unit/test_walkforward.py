@@ -1,0 +1,532 @@
+"""WalkForwardAnalyzer: the fold schedule, stitching, per-fold metrics, stability and decay
+tables (checked against hand formulas, numpy/pandas and empyrical), and the no-lookahead
+property of a fold (its model and fitted state do not change when the bars after its
+training end are altered; they do when a training bar is)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from concurrent.futures import ThreadPoolExecutor
+
+import empyrical as ep
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_panel
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tradingd.analysis import walkforward_cli as cli
+from tradingd.analysis.parallel import run_tasks
+from tradingd.analysis.performance import PerformanceConfig, per_bar_rate
+from tradingd.analysis.walkforward import WalkForwardAnalyzer, write_outputs
+from tradingd.analysis.walkforward_folds import (
+    WalkForwardConfig,
+    WalkForwardError,
+    make_folds,
+)
+from tradingd.analysis.walkforward_run import json_values, run_fold
+from tradingd.analysis.walkforward_tables import (
+    decay,
+    fold_metrics,
+    garch_frame,
+    series_stability,
+    stitch,
+)
+from tradingd.config import PluginSpec, load_config
+from tradingd.feeds.panel import Panel
+
+PERF = PerformanceConfig(benchmark="")
+TINY_MODEL = {
+    "time_steps": 5,
+    "cnn_filters": 4,
+    "lstm_units": 4,
+    "epochs": 1,
+    "rf_n_estimators": 5,
+    "rf_max_depth": 3,
+}
+
+
+def tiny_config(signals: tuple[PluginSpec, ...] | None = None):
+    """The default strategy with a GARCH that can fit on a few hundred synthetic bars, fitted
+    inline (no fit worker process), and the Kelly prior kept (min_trades 100; the closed
+    trades are still collected) so that positions open on these random walks."""
+    c = load_config([], env={})
+    sizing = PluginSpec(
+        "kelly_garch",
+        params={
+            "garch_window": 100,
+            "min_fit_obs": 60,
+            "refit_bars": 10,
+            "fit_executor": "inline",
+            "fit_cache_dir": "",
+            "kelly_window": 100,
+            "min_trades": 100,
+        },
+    )
+    return dataclasses.replace(c, sizing=sizing, signals=signals or c.signals)
+
+
+def tiny_wf(**kw) -> WalkForwardConfig:
+    base = {
+        "train": 100,
+        "test": 20,
+        "step": 10,
+        "lookback_bars": 150,
+        "max_folds": 2,
+        "threads": 0,
+        "model": TINY_MODEL,
+    }
+    return WalkForwardConfig(**{**base, **kw})
+
+
+def tiny_panel(n_bars: int = 280) -> Panel:
+    return make_panel(n_symbols=6, n_bars=n_bars, seed=11)
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+def test_default_settings_are_the_specifications():
+    c = WalkForwardConfig()
+    assert (c.train, c.test, c.step) == (252, 63, 21)
+
+
+def test_schedule_by_hand():
+    times = pd.bdate_range("2020-01-01", periods=400).to_numpy()
+    folds = make_folds(times, WalkForwardConfig(train=100, test=30, step=10, lookback_bars=50))
+    # first test bar after lookback + train = 150 bars; full test windows up to bar 399
+    assert [f.test_start for f in folds] == list(range(150, 371, 10))
+    f0, last = folds[0], folds[-1]
+    assert (f0.lo, f0.train_start, f0.train_end, f0.test_end, f0.stitch_end) == (
+        0,
+        50,
+        149,
+        179,
+        159,
+    )
+    assert (last.test_start, last.test_end, last.stitch_end) == (370, 399, 399)
+
+
+@given(
+    n=st.integers(min_value=40, max_value=600),
+    lookback=st.integers(min_value=0, max_value=60),
+    train=st.integers(min_value=2, max_value=120),
+    test=st.integers(min_value=1, max_value=90),
+    step_frac=st.floats(min_value=0.01, max_value=1.0),
+    max_folds=st.integers(min_value=0, max_value=5),
+)
+@settings(max_examples=200, deadline=None)
+def test_every_stitched_bar_is_traded_by_exactly_one_fold_trained_before_it(
+    n, lookback, train, test, step_frac, max_folds
+):
+    step = max(1, min(test, int(test * step_frac)))
+    cfg = WalkForwardConfig(
+        train=train, test=test, step=step, lookback_bars=lookback, max_folds=max_folds
+    )
+    times = pd.bdate_range("2000-01-03", periods=n).to_numpy()
+    if n < lookback + train + test:
+        with pytest.raises(WalkForwardError, match="too few bars"):
+            make_folds(times, cfg)
+        return
+    folds = make_folds(times, cfg)
+    owner: dict[int, int] = {}
+    for f in folds:
+        assert f.lo == f.train_start - lookback >= 0  # the full lookback is there
+        assert f.train_end - f.train_start + 1 == train
+        assert f.test_start == f.train_end + 1 and f.test_end - f.test_start + 1 == test
+        assert f.test_end < n
+        for b in range(f.test_start, f.stitch_end + 1):
+            assert b not in owner  # exactly one fold
+            owner[b] = f.index
+    bars = sorted(owner)
+    assert bars == list(range(folds[0].test_start, folds[-1].test_end + 1))  # no gap
+    if not max_folds:  # every full test window that fits
+        assert folds[-1].test_end + step >= n
+    for b, k in owner.items():
+        assert folds[k].train_end < b  # trained strictly before the bar it trades
+        # the newest fold whose test window holds b
+        assert all(not (f.test_start <= b <= f.test_end) for f in folds[k + 1 :])
+
+
+def test_schedule_respects_run_start_and_end():
+    times = pd.bdate_range("2020-01-01", periods=500).to_numpy()
+    cfg = WalkForwardConfig(train=100, test=20, step=10, lookback_bars=20)
+    folds = make_folds(times, cfg, start="2020-09-01", end="2021-06-30")
+    t = pd.DatetimeIndex(times)
+    assert t[folds[0].test_start] == pd.Timestamp("2020-09-01")
+    assert t[folds[-1].test_end] <= pd.Timestamp("2021-06-30")
+    assert t[folds[-1].test_end + cfg.step] > pd.Timestamp("2021-06-30")
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"step": 70}, "step .* must not exceed"),
+        ({"train": 1}, "train must be an integer >= 2"),
+        ({"test": 0}, "test must be an integer >= 1"),
+        ({"lookback_bars": -1}, "lookback_bars"),
+        ({"warmup": "both"}, "warmup = 'both' is invalid"),
+        ({"retrain": "sometimes"}, "retrain"),
+        ({"threads": 1.5}, "threads"),
+        ({"max_folds": True}, "max_folds"),
+    ],
+)
+def test_bad_settings_are_value_errors_naming_the_key(kw, match):
+    with pytest.raises(ValueError, match=match):
+        WalkForwardConfig(**kw)
+
+
+def test_from_mapping_checks_keys_types_and_model_fields():
+    assert WalkForwardConfig.from_mapping({"train": 10, "test": 5, "step": 5}).train == 10
+    with pytest.raises(ValueError, match=r"unknown key.*walkforward\.trian"):
+        WalkForwardConfig.from_mapping({"trian": 10})
+    with pytest.raises(ValueError, match=r"walkforward\.test must be an integer"):
+        WalkForwardConfig.from_mapping({"test": "63"})
+    with pytest.raises(ValueError, match=r"walkforward\.model\.epoch"):
+        WalkForwardConfig.from_mapping({"model": {"epoch": 2}})
+    with pytest.raises(ValueError, match="epochs must be >= 1"):
+        WalkForwardConfig.from_mapping({"model": {"epochs": 0}})
+
+
+# ----------------------------------------------------------------------------- tables
+
+
+def fake_fold(k: int, times: list[str], equity: list[float], train_end: str, stitch_end: str):
+    return {
+        "fold": k,
+        "initial_capital": 100.0,
+        "train_end": train_end,
+        "stitch_end": stitch_end,
+        "equity": {"time": times, "equity": equity, "gross_exposure": [0.5] * len(times)},
+    }
+
+
+def test_stitch_by_hand():
+    d = [f"2021-01-{i:02d}" for i in range(4, 12)]
+    # fold 0 trades d0..d5 (in sample d0, d1), stitched d2..d3; fold 1 trades d2..d7,
+    # stitched d4..d7 (its whole test window: the last fold)
+    f0 = fake_fold(0, d[:6], [101, 102, 100, 105, 106, 90], d[1], d[3])
+    f1 = fake_fold(1, d[2:], [99, 98, 99, 110, 121, 121], d[3], d[7])
+    s = stitch([f0, f1], 1000.0)
+    r = [100 / 102 - 1, 105 / 100 - 1, 99 / 98 - 1, 110 / 99 - 1, 121 / 110 - 1, 0.0]
+    assert list(s.index.strftime("%Y-%m-%d")) == d[2:]
+    np.testing.assert_allclose(s["return"], r, rtol=1e-14)
+    np.testing.assert_allclose(s["equity"], 1000.0 * np.cumprod(1 + np.array(r)), rtol=1e-14)
+    assert list(s["fold"]) == [0, 0, 1, 1, 1, 1]
+    assert list(s["horizon"]) == [1, 2, 1, 2, 3, 4]  # bars since the fold's training end
+
+
+def test_stitch_refuses_overlapping_segments():
+    d = [f"2021-01-{i:02d}" for i in range(4, 10)]
+    f0 = fake_fold(0, d[:4], [101, 102, 100, 105], d[0], d[3])
+    f1 = fake_fold(1, d[1:], [99, 98, 99, 110, 121], d[1], d[5])
+    with pytest.raises(ValueError, match="overlap"):
+        stitch([f0, f1], 100.0)
+
+
+def test_fold_metrics_against_empyrical():
+    rng = np.random.default_rng(5)
+    e = 100 * np.cumprod(1 + rng.normal(0.001, 0.01, 120))
+    times = [d.strftime("%Y-%m-%d") for d in pd.bdate_range("2021-01-04", periods=120)]
+    f = fake_fold(0, times, list(e), times[79], times[89])
+    perf = PerformanceConfig(risk_free_rate=0.03, benchmark="")
+    m = fold_metrics(f, perf)
+    r_in = pd.Series(e[:80]).pct_change().to_numpy(copy=True)
+    r_in[0] = e[0] / 100 - 1
+    r_out = e[80:] / e[79:-1] - 1  # the test window starts from the training end's equity
+    rf = per_bar_rate(0.03)
+    assert m["test"]["bars"] == 40 and m["in_sample"]["bars"] == 80
+    assert m["test"]["sharpe"] == pytest.approx(ep.sharpe_ratio(r_out, risk_free=rf), rel=1e-10)
+    assert m["in_sample"]["sharpe"] == pytest.approx(ep.sharpe_ratio(r_in, risk_free=rf), rel=1e-10)
+    assert m["test"]["total_return"] == pytest.approx(e[-1] / e[79] - 1, rel=1e-12)
+    assert m["test"]["max_drawdown"] == pytest.approx(-ep.max_drawdown(r_out), rel=1e-10)
+    a_in, a_out = ep.annual_return(r_in), ep.annual_return(r_out)
+    want = a_out / a_in if a_in > 0 else math.nan
+    assert m["walk_forward_efficiency"] == pytest.approx(want, rel=1e-10, nan_ok=True)
+
+
+def test_decay_by_fold_and_by_horizon_against_hand_computation():
+    rng = np.random.default_rng(9)
+    step, test = 5, 15
+    folds = []
+    for k in range(6):
+        times = [d.strftime("%Y-%m-%d") for d in pd.bdate_range("2021-01-04", periods=40)]
+        # in sample 25 bars, test 15 bars whose drift falls with the fold index
+        r = np.concatenate(
+            [rng.normal(0.001, 0.01, 25), rng.normal(0.002 - 0.0006 * k, 0.01, test)]
+        )
+        f = fake_fold(k, times, list(100 * np.cumprod(1 + r)), times[24], times[24 + step])
+        f["metrics"] = fold_metrics(f, PERF)
+        f["_r"] = r
+        folds.append(f)
+    d = decay(folds, step, PERF)
+    sharpe = np.array([f["metrics"]["test"]["sharpe"] for f in folds])
+    slope, intercept = np.polyfit(np.arange(6.0), sharpe, 1)  # independent OLS
+    got = d["by_fold"]["sharpe_trend"]
+    assert got["slope"] == pytest.approx(slope, rel=1e-9)
+    assert got["intercept"] == pytest.approx(intercept, rel=1e-9)
+    assert got["spearman_rho"] == pytest.approx(
+        pd.Series(np.arange(6.0)).corr(pd.Series(sharpe), method="spearman"), rel=1e-12
+    )
+    pooled = np.array([f["_r"][25:] for f in folds])  # (fold, horizon 1..15)
+    rf = per_bar_rate(PERF.risk_free_rate)
+    for b in d["by_horizon"]["buckets"]:
+        block = pooled[:, b["from_bar"] - 1 : b["to_bar"]].ravel()
+        assert b["n"] == block.size == 6 * step
+        assert b["mean_return"] == pytest.approx(block.mean(), rel=1e-10)
+        assert b["sharpe"] == pytest.approx(ep.sharpe_ratio(block, risk_free=rf), rel=1e-9)
+    assert [b["from_bar"] for b in d["by_horizon"]["buckets"]] == [1, 6, 11]
+    h = np.tile(np.arange(1.0, 16.0), 6)
+    assert d["by_horizon"]["return_trend"]["slope"] == pytest.approx(
+        np.polyfit(h, pooled.ravel(), 1)[0], rel=1e-9
+    )
+
+
+@given(st.lists(st.floats(min_value=-5, max_value=5, allow_nan=False), min_size=0, max_size=30))
+@settings(max_examples=100, deadline=None)
+def test_series_stability_against_pandas(values):
+    s = series_stability(values)
+    x = pd.Series(values, dtype=float)
+    assert s["n"] == len(values)
+    if len(values) >= 2:
+        assert s["std"] == pytest.approx(x.std(ddof=1), rel=1e-9, abs=1e-12)
+        assert s["mean"] == pytest.approx(x.mean(), rel=1e-9, abs=1e-12)
+    else:
+        assert math.isnan(s["std"])
+    if len(values) >= 3 and x.iloc[:-1].nunique() > 1 and x.iloc[1:].nunique() > 1:
+        assert s["lag1_autocorrelation"] == pytest.approx(x.autocorr(1), rel=1e-7, abs=1e-9)
+    if len(values) >= 3 and x.nunique() > 1:
+        want = pd.Series(np.arange(len(values)), dtype=float).corr(x, method="spearman")
+        assert s["trend_spearman_rho"] == pytest.approx(want, rel=1e-9, abs=1e-12)
+
+
+def test_garch_frame_persistence_and_long_run_volatility():
+    fold = {
+        "params": {
+            "garch": {
+                "A": {"method": "garch", "mu": 0.0, "omega": 2e-6, "alpha": 0.08, "beta": 0.9},
+                "B": {"method": "ewma", "mu": 0.0, "omega": 0.0, "alpha": 0.06, "beta": 0.94},
+            }
+        }
+    }
+    g = garch_frame(fold).set_index("symbol")
+    assert g.loc["A", "persistence"] == pytest.approx(0.98)
+    assert g.loc["A", "long_run_vol"] == pytest.approx(math.sqrt(2e-6 / 0.02 * 252))
+    assert math.isnan(g.loc["B", "long_run_vol"])  # EWMA has no long-run level
+
+
+# ----------------------------------------------------------------------------- folds
+
+
+def same(a, b) -> bool:
+    """Equal as plain data, NaN equal to NaN (as the JSON files write them: null)."""
+    return json.dumps(json_values(a), sort_keys=True) == json.dumps(json_values(b), sort_keys=True)
+
+
+def alter_after(panel: Panel, last: int, seed: int = 3) -> Panel:
+    """Bars after index `last` replaced by another random walk (prices and volume)."""
+    rng = np.random.default_rng(seed)
+    f = np.exp(np.cumsum(rng.normal(0, 0.03, panel.close.shape), axis=0))
+    f[: last + 1] = 1.0
+    vol = panel.volume.copy()
+    vol[last + 1 :] *= rng.uniform(0.2, 3.0, vol[last + 1 :].shape)
+    return dataclasses.replace(
+        panel,
+        open=panel.open * f,
+        high=panel.high * f,
+        low=panel.low * f,
+        close=panel.close * f,
+        volume=vol,
+    )
+
+
+@pytest.fixture(scope="module")
+def lookahead_runs():
+    """Fold 0 retrained on the panel (in a local worker process) and on the panel altered
+    after the training end (on a local Ray instance when Ray is installed, else in another
+    local worker), at the same time, one thread each. Equal fitted state then shows both
+    that nothing after the training end reaches a fold and that the retrained model does
+    not depend on where it was trained."""
+    pytest.importorskip("tensorflow", reason="the train extra (TensorFlow) is not installed")
+    panel = tiny_panel()
+    wf = WalkForwardAnalyzer(tiny_config(), tiny_wf(max_folds=1, threads=1), workers=0)
+    task = wf.tasks(panel)[0]
+    later = wf.tasks(alter_after(panel, task.fold.train_end))[0]
+    try:
+        import ray
+    except ImportError:
+        return task, *run_tasks(run_fold, [task, later], workers=2)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            here = pool.submit(run_tasks, run_fold, [task], workers=1)
+            there = pool.submit(run_tasks, run_fold, [later], ray_address="auto")
+            return task, here.result()[0], there.result()[0]
+    finally:
+        ray.shutdown()
+
+
+def test_a_fold_sees_nothing_after_its_training_end(lookahead_runs):
+    _, base, later = lookahead_runs
+    assert base["train_end"] == later["train_end"]
+    # the model: same training data, same network, same validation metrics
+    assert base["model"] is not None
+    assert same(later["model"], base["model"])
+    # every fitted state at the training end (Kelly trades, GARCH fits, drawdown guard, book)
+    assert same(later["state_at_train_end"], base["state_at_train_end"])
+    assert same(later["params"], base["params"])
+    assert base["params"]["kelly"]["source"] in ("prior", "trades")
+    assert "garch" in {v["method"] for v in base["params"]["garch"].values()}
+    # the in-sample replay is the same bar for bar; the test window is not
+    n_in = base["equity"]["time"].index(base["train_end"]) + 1
+    assert later["equity"]["equity"][:n_in] == base["equity"]["equity"][:n_in]
+    assert later["equity"]["equity"][n_in:] != base["equity"]["equity"][n_in:]
+    assert max(base["equity"]["gross_exposure"][n_in:]) > 0  # it traded out of sample
+    assert base["timing"]["pid"] != later["timing"]["pid"]  # two processes
+
+
+def test_the_lookahead_check_would_see_a_change_before_the_training_end():
+    """The same comparison notices one training bar changed (without the model: the
+    shipped one, so that no TensorFlow is needed here)."""
+    panel = tiny_panel()
+    wf = WalkForwardAnalyzer(tiny_config(), tiny_wf(max_folds=1, retrain="never"), workers=0)
+    task = wf.tasks(panel)[0]
+    bump = panel.close.copy()
+    bump[task.fold.train_end - 40] *= 1.05
+    changed = dataclasses.replace(panel, close=bump, high=np.fmax(panel.high, bump))
+    base, earlier = run_fold(task), run_fold(wf.tasks(changed)[0])
+    assert base["model"] is None  # not retrained
+    assert not same(earlier["state_at_train_end"], base["state_at_train_end"])
+    later = run_fold(wf.tasks(alter_after(panel, task.fold.train_end))[0])
+    assert same(later["state_at_train_end"], base["state_at_train_end"])
+
+
+def test_the_model_is_trained_on_bars_up_to_the_training_end_only(lookahead_runs):
+    _, base, _ = lookahead_runs
+    m = base["model"]
+    assert m["data_range"][1] == base["train_end"]
+    assert m["validation_range"][1] < base["train_end"]  # the last label is the training end
+    # its first complete input window ends at (or just before) the training window's start
+    assert m["train_range"][0] <= base["train_start"]
+
+
+# ----------------------------------------------------------------------------- end to end
+
+
+def test_cli_end_to_end_without_a_model(tmp_path, capsys):
+    """The command on a strategy without ML (nothing to retrain), in this process: files,
+    strict JSON, and a stitched curve that is the product of the folds' segments."""
+    wf_file = tmp_path / "wf.toml"
+    wf_file.write_text("[walkforward]\ntrain = 100\ntest = 20\nstep = 10\nlookback_bars = 150\n")
+    panel = tiny_panel(290)  # three folds
+    config = tiny_config(signals=(PluginSpec("multi_factor"),))
+    args = type("A", (), {})()
+    for k, v in {
+        "train": None,
+        "test": None,
+        "step": None,
+        "lookback": None,
+        "folds": 3,
+        "warmup": None,
+        "retrain": None,
+        "epochs": None,
+        "threads": 0,
+    }.items():
+        setattr(args, k, v)
+    engine_files, table = cli.split_config_files([str(wf_file)])
+    assert engine_files == ["config/default.toml"] or not engine_files  # default when present
+    wf = cli.walkforward_config(table, args)
+    assert (wf.train, wf.test, wf.step, wf.max_folds, wf.threads) == (100, 20, 10, 3, 0)
+    analyzer = WalkForwardAnalyzer(config, wf, workers=0, performance=PERF)
+    assert not analyzer.retrain()
+    res = analyzer.run(panel)
+    out = write_outputs(res, tmp_path / "out")
+    names = {p.name for p in out.iterdir()}
+    assert {"walkforward.json", "folds.json", "equity.csv", "folds.csv", "decay.csv"} <= names
+    assert {"stability.csv", "stability_summary.csv", "garch_params.csv"} <= names
+
+    def no_nan(x):
+        raise AssertionError(f"{x} in strict JSON")
+
+    doc = json.loads((out / "walkforward.json").read_text(), parse_constant=no_nan)
+    assert len(doc["folds"]) == 3 and doc["retrained"] is False
+    eq = pd.read_csv(out / "equity.csv")
+    assert len(eq) == 10 + 10 + 20 == res["stitched"]["bars"]
+    seg = 1.0
+    for f in res["folds"]:
+        c = pd.Series(f["equity"]["equity"], index=f["equity"]["time"])
+        start = c.index.get_loc(f["train_end"])
+        seg *= c[f["stitch_end"]] / c.iloc[start]
+    assert eq["equity"].iloc[-1] / config.run.initial_capital == pytest.approx(seg, rel=1e-12)
+    perf = doc["stitched"]["analysis"]["performance"]
+    assert perf["total_return"] == pytest.approx(seg - 1, rel=1e-9)
+    print(cli.format_summary(cli.summarize(res, out)))
+    assert "walk-forward: 3 folds" in capsys.readouterr().out
+
+
+def test_a_file_with_walkforward_holds_nothing_else(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[walkforward]\ntrain = 10\n[run]\nname = 'x'\n")
+    with pytest.raises(ValueError, match=r"must hold nothing else.*run"):
+        cli.split_config_files([str(bad)])
+    a, b = tmp_path / "a.toml", tmp_path / "b.toml"
+    a.write_text("[walkforward]\ntrain = 10\n[walkforward.model]\nepochs = 2\nlstm_units = 4\n")
+    b.write_text("[walkforward.model]\nepochs = 3\n")
+    _, table = cli.split_config_files([str(a), str(b)])
+    assert table == {"train": 10, "model": {"epochs": 3, "lstm_units": 4}}  # later wins
+
+
+def test_warmup_none_trades_only_the_test_window():
+    panel = tiny_panel()
+    wf = WalkForwardAnalyzer(
+        tiny_config(), tiny_wf(max_folds=1, retrain="never", warmup="none"), workers=0
+    )
+    r = run_fold(wf.tasks(panel)[0])
+    assert r["equity"]["time"][0] == r["test_start"]  # nothing traded before the test window
+    assert len(r["equity"]["time"]) == 20
+    k = r["params"]["kelly"]  # the state at the training end: nothing sized yet
+    assert (k["source"], k["trades"]) == ("prior", 0)
+    m = fold_metrics({**r, "initial_capital": 100_000.0}, PERF)
+    assert m["in_sample"]["bars"] == 0 and math.isnan(m["in_sample"]["sharpe"])
+    assert m["test"]["bars"] == 20 and math.isnan(m["walk_forward_efficiency"])
+
+
+def test_the_command_runs_from_config_files(tmp_path, capsys):
+    """`tradingd walkforward` through the `tradingd` command: tradingd's config files plus a
+    [walkforward] file, options over both, files written, a JSON summary printed."""
+
+    strategy = tmp_path / "strategy.toml"
+    strategy.write_text(
+        '[run]\nstart = "2012-01-03"\nend = "2012-12-31"\n'
+        '[[signals]]\nname = "multi_factor"\n'
+        '[sizing]\nname = "kelly_garch"\nparams = { fit_executor = "inline", fit_cache_dir = "" }\n'
+        '[log]\naudit_dir = "' + str(tmp_path / "audit") + '"\n'
+    )
+    wf_file = tmp_path / "wf.toml"
+    wf_file.write_text("[walkforward]\ntest = 42\nstep = 21\nthreads = 0\n")
+    import structlog
+
+    from tradingd.__main__ import main
+
+    saved = structlog.get_config()
+    out = tmp_path / "out"
+    argv = ["-c", "config/default.toml", "-c", str(strategy), "-c", str(wf_file)]
+    try:
+        code = main(
+            ["walkforward", *argv, "--folds", "2", "--workers", "0", "--out", str(out), "--json"]
+        )
+        assert code == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["folds"] == 2 and summary["test"] == 42 and summary["retrained"] is False
+        oos = summary["out_of_sample"]
+        assert oos["first"] == "2012-01-03" and oos["bars"] == 21 + 42  # first step + last test
+        assert (out / "walkforward.json").exists() and (out / "equity.csv").exists()
+        # A bad setting is the CLI's error line and exit code 2, not a traceback.
+        assert main(["walkforward", *argv, "--step", "50", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "tradingd: error:" in err and "step (50) must not exceed" in err
+    finally:
+        structlog.configure(**saved)
