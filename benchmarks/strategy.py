@@ -52,6 +52,14 @@ def _children_cpu_s() -> float:
     return total
 
 
+def _reaped_children_cpu_s() -> float:
+    """CPU seconds of children that have ended (the fit worker, closed with the engine)."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
 def child(args: argparse.Namespace) -> dict:
     import asyncio
     import resource
@@ -132,10 +140,10 @@ signals = "none"
         "bar_events_per_s": round(panel.n_bars / replay_s),
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "stage_ms_per_bar": {k: round(v, 2) for k, v in sorted(stages.items())},
-        # Where the CPU went: this process (engine, model inference) and its children still
-        # running (the GARCH fit worker), user + system seconds.
+        # Where the CPU went: this process (engine, model inference) and its children (the
+        # GARCH fit worker), user + system seconds.
         "cpu_s": round(own.ru_utime + own.ru_stime, 1),
-        "children_cpu_s": round(_children_cpu_s(), 1),
+        "children_cpu_s": round(_children_cpu_s() + _reaped_children_cpu_s(), 1),
         "fills": s.get("fills"),
         "final_equity": round(float(s.get("final_equity", 0.0)), 2),
         "verdicts_by_rule": s.get("risk_verdicts_by_rule"),

@@ -323,3 +323,23 @@ def sweep(
         desc="sweep",
         env=env,
     )
+
+
+def task_map(
+    *,
+    workers: int | None = None,
+    ray_address: str | None = None,
+    progress: bool = False,
+    desc: str = "tasks",
+) -> Callable[[Callable[[T], R], Iterable[T]], list[R]]:
+    """A `map`-shaped callable over `run_tasks`, for the analyses that take a `map_fn`
+    (Monte Carlo chunks, the validator's bootstrap): `simulate(x, cfg, map_fn=task_map(
+    workers=2))` runs the chunks in two local processes, `task_map(ray_address="auto")` on
+    Ray. The chunks are seeded by their index, so the results are the same wherever they run."""
+
+    def mapper(fn: Callable[[T], R], tasks: Iterable[T]) -> list[R]:
+        return run_tasks(
+            fn, tasks, workers=workers, ray_address=ray_address, progress=progress, desc=desc
+        )
+
+    return mapper

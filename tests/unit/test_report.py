@@ -586,3 +586,21 @@ def test_backtest_report_checks_the_analysis_config_before_the_replay(cli, tmp_p
     )  # fmt: skip
     assert code == 2 and "validation.paths" in err
     assert not (tmp_path / "runs" / "report-unit").exists()  # nothing was replayed
+
+
+def test_report_monte_carlo_in_worker_processes_is_the_same(cli, run_dir, tmp_path):
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[run]\noutput_dir = "{run_dir.parent}"\n')
+    (tmp_path / "a.toml").write_text("[validation]\npaths = 300\nchunk_size = 100\n")
+    sections = []
+    for out, extra in (("one", []), ("two", ["--workers", "2"])):
+        code, _, err = cli(
+            "report", "report-unit", "-c", str(cfg), "--output", str(tmp_path / out),
+            "--analysis-config", str(tmp_path / "a.toml"), *extra,
+        )  # fmt: skip
+        assert code == 0, err
+        sections.append(json.loads((tmp_path / out / "report.json").read_text())["sections"])
+    assert sections[0]["Monte Carlo"] == sections[1]["Monte Carlo"]
+    assert sections[0]["Statistical tests"] == sections[1]["Statistical tests"]
+    code, _, err = cli("report", "report-unit", "-c", str(cfg), "--workers", "-1")
+    assert code == 2 and "--workers must be >= 0" in err
