@@ -199,13 +199,30 @@ level = "warning"
     engine = build_engine(config, "live")
 
     marks: dict[str, float] = {}
-    rows: list[tuple[float, float, float]] = []  # (vendor, bar_to_orders, budget wait)
+    rows: list[tuple[float, float, float, float]] = []  # (vendor, bar_to_orders, wait, gc)
+    # Garbage-collector pauses: their total inside each timed bar, and every long one.
+    import gc
+
+    gc_state = {"t0": 0.0, "in_bar": 0.0}
+    gc_long: list[tuple[int, float]] = []
+
+    def gc_probe(phase: str, info: dict) -> None:
+        if phase == "start":
+            gc_state["t0"] = time.perf_counter()
+            return
+        took = time.perf_counter() - gc_state["t0"]
+        gc_state["in_bar"] += took
+        if took > 0.02:
+            gc_long.append((int(info["generation"]), round(1000 * took, 1)))
+
+    gc.callbacks.append(gc_probe)
     feed_bars = engine.feed.bars
     submit = engine.broker.submit
     step = engine.step
 
     async def timed_bars(t):  # type: ignore[no-untyped-def]
         marks["release"] = time.perf_counter()
+        gc_state["in_bar"] = 0.0
         marks["waited"] = engine.broker.rate_limit_wait_s
         marks.pop("submitted", None)
         marks.pop("decided", None)
@@ -228,7 +245,9 @@ level = "warning"
         # to the orders. Until 2026-12-02 a bar without orders counted up to the step's end.
         end = marks.get("submitted") or marks.get("decided") or time.perf_counter()
         waited = engine.broker.rate_limit_wait_s - marks["waited"]
-        rows.append((marks["vendor"], end - marks["release"] - marks["vendor"], waited))
+        rows.append(
+            (marks["vendor"], end - marks["release"] - marks["vendor"], waited, gc_state["in_bar"])
+        )
         marks.pop("release", None)
 
     engine.feed.bars = timed_bars  # type: ignore[method-assign]
@@ -245,16 +264,20 @@ level = "warning"
     engine._lap = timed_lap  # type: ignore[method-assign]
 
     started = time.perf_counter()
-    result = await engine.run_until_done()
+    try:
+        result = await engine.run_until_done()
+    finally:
+        gc.callbacks.remove(gc_probe)
     wall = time.perf_counter() - started
     assert fakes.stdin is not None
     fakes.stdin.close()
     throttled = json.loads(fakes.stdout.readline())["throttled_429"]
     fakes.wait(timeout=30)
     live = rows[2:]  # the first bars load onnxruntime's arenas
-    vendor = [v for v, _, _ in live]
-    b2o = [x for _, x, _ in live]
-    waits = [w for _, _, w in live]
+    vendor = [v for v, _, _, _ in live]
+    b2o = [x for _, x, _, _ in live]
+    waits = [w for _, _, w, _ in live]
+    gcs = [g for _, _, _, g in live]
     return {
         "symbols": args.symbols,
         "strategy": args.strategy,
@@ -272,6 +295,12 @@ level = "warning"
         "slowest_bars": sorted(
             ((i, round(1000 * x, 1)) for i, x in enumerate(b2o)), key=lambda r: -r[1]
         )[:5],
+        # Garbage collection inside each of the five slowest bars (ms, same order), and every
+        # collection over 20 ms in the run as (generation, ms).
+        "gc_ms_in_slowest_bars": [
+            round(1000 * gcs[i], 1) for i, _ in sorted(enumerate(b2o), key=lambda r: -r[1])[:5]
+        ],
+        "gc_pauses_over_20ms": gc_long,
         "bars_over_250ms": sum(1 for x in b2o if x > 0.25),
         "bars_paced": sum(1 for w in waits if w > 0.001),
         "budget_wait_total_s": sum(waits),

@@ -291,3 +291,35 @@ async def test_live_warmup_retries_a_source_that_is_down_at_start(engine_config,
     assert waits == [1.0, 2.0]  # exponential backoff between attempts
     assert sum(e["event"] == "warmup.retry" for e in logs) == 2
     assert result.warmup_bars == 60 and result.bars == 60 and result.orders > 0
+
+
+async def test_a_live_engine_freezes_its_start_up_objects_and_unfreezes_them_at_stop(
+    engine_config,
+):
+    """After the warm-up a live engine moves what start-up built out of the collector's
+    generations (a full collection walked them all: 200-300 ms pauses in the bar path), and
+    gives them back at stop; a replay leaves the collector alone."""
+    import gc
+
+    from tradingd.app import build_engine
+    from tradingd.config import LiveConfig
+
+    panel = make_panel(n_bars=90, split_at=None)
+    config = dataclasses.replace(
+        engine_config,
+        live=LiveConfig(bars_per_second=400.0),
+        run=dataclasses.replace(engine_config.run, start=panel.datetimes()[60].date().isoformat()),
+    )
+    assert gc.get_freeze_count() == 0
+    seen: dict[str, int] = {}
+    live = build_engine(config, "live", panel=panel)
+    live.on_ready = lambda: seen.setdefault("live", gc.get_freeze_count())
+    result = await live.run_until_done()
+    assert result.bars == 30
+    assert seen["live"] > 10_000  # the engine, its plugins and data: frozen while trading
+    assert gc.get_freeze_count() == 0  # unfrozen at stop
+
+    replay = build_engine(engine_config, "backtest", panel=panel)
+    replay.on_ready = lambda: seen.setdefault("replay", gc.get_freeze_count())
+    await replay.run_until_done()
+    assert seen.get("replay", 0) == 0
