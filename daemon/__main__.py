@@ -722,7 +722,19 @@ class _Daemon:
         name = signal.Signals(signum).name
         code = 128 + signum
         if in_handler:  # no logging from a plain handler (see the class docstring)
-            os.write(2, f"tradingd: {name} x{self.stops}: forced exit ({code})\n".encode())
+            # The same event as the logger's, as one JSON line written directly: outside the
+            # event loop (start-up steps) the third signal arrives here, and a plain-text line
+            # would be the only non-JSON line of the log.
+            line = {
+                "event": "tradingd.forced_exit",
+                "level": "error",
+                "signal": name,
+                "signals": self.stops,
+                "phase": self.phase,
+                "exit_code": code,
+                "detail": "stop signal received three times: exiting at once",
+            }
+            os.write(2, (json.dumps(line) + "\n").encode())
         else:
             log.error(
                 "tradingd.forced_exit",
