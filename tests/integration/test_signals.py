@@ -169,15 +169,28 @@ def test_sigterm_during_startup_exits_0_and_a_second_signal_only_logs(tmp_path, 
 
 
 def test_third_stop_signal_forces_an_exit_with_a_nonzero_code(tmp_path, daemon):
-    d = daemon(_write(tmp_path, _config_text(tmp_path)))
-    d.wait_for("startup.phase", phase="loading data")
-    # One at a time: the kernel merges a signal into the same one still pending.
-    d.signal(signal.SIGTERM)
-    d.wait_for("tradingd.stop_requested")
-    d.signal(signal.SIGINT)
-    d.wait_for("tradingd.already_stopping")
-    d.signal(signal.SIGTERM)
-    assert d.wait() == 128 + signal.SIGTERM
+    # The first signal stops start-up after its current step, so the daemon may finish that
+    # step and exit 0 before the third signal arrives (seen in CI): that attempt proves
+    # nothing and is made again; a forced exit must be seen within three attempts.
+    code = 0
+    for _attempt in range(3):
+        d = daemon(_write(tmp_path, _config_text(tmp_path)))
+        d.wait_for("startup.phase", phase="loading data")
+        # One at a time: the kernel merges a signal into the same one still pending.
+        d.signal(signal.SIGTERM)
+        d.wait_for("tradingd.stop_requested")
+        d.signal(signal.SIGINT)
+        d.wait_for("tradingd.already_stopping")
+        if d.proc.poll() is not None:
+            assert d.wait() == 0
+            continue
+        d.signal(signal.SIGTERM)
+        code = d.wait()
+        if code == 0:  # the clean stop won the race with the third signal
+            d.assert_clean_output()
+            continue
+        break
+    assert code == 128 + signal.SIGTERM
     d.assert_clean_output()
     forced = d.wait_for("tradingd.forced_exit")
     assert forced["exit_code"] == 128 + signal.SIGTERM and forced["signals"] == 3
