@@ -179,21 +179,21 @@ def test_third_stop_signal_forces_an_exit_with_a_nonzero_code(tmp_path, daemon):
         # One at a time: the kernel merges a signal into the same one still pending.
         d.signal(signal.SIGTERM)
         d.wait_for("tradingd.stop_requested")
+        # The second and third back to back (two different signals are never merged), so
+        # the clean stop has almost no time to finish between them.
         d.signal(signal.SIGINT)
-        d.wait_for("tradingd.already_stopping")
-        if d.proc.poll() is not None:
-            assert d.wait() == 0
-            continue
         d.signal(signal.SIGTERM)
         code = d.wait()
         if code == 0:  # the clean stop won the race with the third signal
             d.assert_clean_output()
             continue
         break
-    assert code == 128 + signal.SIGTERM
+    # Whichever of the two pending signals is handled last is the third: 128 + its number.
+    assert code in (128 + signal.SIGINT, 128 + signal.SIGTERM)
     d.assert_clean_output()
+    d.wait_for("tradingd.already_stopping")
     forced = d.wait_for("tradingd.forced_exit")
-    assert forced["exit_code"] == 128 + signal.SIGTERM and forced["signals"] == 3
+    assert forced["exit_code"] == code and forced["signals"] == 3
 
 
 def test_sigint_while_trading_finishes_the_bar_and_exits_0(tmp_path, daemon):
