@@ -52,20 +52,10 @@ from tradingd.analysis import validation as va
 
 REPO = Path(__file__).resolve().parent.parent
 DATA = REPO.parent / "shared" / "data" / "sp500_daily_1999_2018.parquet"
-CHEAP = (
-    "sharpe_ratio",
-    "sharpe_ratio_t",
-    "mean_return",
-    "mean_return_hac",
-    "jarque_bera",
-    "ljung_box",
-    "ljung_box_squared",
-    "autocorrelation_robust",
-    "var_kupiec",
-    "var_christoffersen",
-    "probabilistic_sharpe",
-)
+# The simulated tests (1,000 simulations or paths each) run on fewer strategies; the deflated
+# Sharpe ratio needs several trials, which one strategy is not.
 EXPENSIVE = ("expected_shortfall", "drawdown")
+CHEAP = tuple(t for t in va.TESTS if t not in EXPENSIVE and t != "deflated_sharpe")
 SETUPS = {
     "normal": {"rule": "momentum", "positions": "long_short", "source": "normal"},
     "long_flat": {"rule": "momentum", "positions": "long_flat", "source": "normal"},
