@@ -94,6 +94,7 @@ signals = "none"
         params={
             **config.sizing.params,
             "refit_bars": args.refit_bars,
+            **({"fit_lag_bars": args.fit_lag_bars} if args.fit_lag_bars >= 0 else {}),
             "fit_cache_dir": str(Path(args.cache_dir).parent / "garch"),
         },
     )
@@ -159,6 +160,9 @@ def main() -> None:
     p.add_argument(
         "--ml-threads", type=int, default=-1, help="ml_ensemble threads (-1 = the config's)"
     )
+    p.add_argument(
+        "--fit-lag-bars", type=int, default=-1, help="kelly_garch fit_lag_bars (-1 = the config's)"
+    )
     p.add_argument("--runs", type=int, default=2, help="first run, then warm reruns")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--workdir", default="", help=argparse.SUPPRESS)
@@ -177,6 +181,7 @@ def main() -> None:
                 sys.executable, __file__, "--child", "--workdir", tmp, "--cache-dir", str(cache),
                 "--symbols", str(args.symbols), "--start", args.start, "--end", args.end,
                 "--refit-bars", str(args.refit_bars), "--ml-threads", str(args.ml_threads),
+                "--fit-lag-bars", str(args.fit_lag_bars),
             ]  # fmt: skip
             out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
             if out.returncode != 0:

@@ -23,7 +23,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from arch import arch_model
+from arch.univariate import GARCH, ConstantMean, Normal, ZeroMean
 
 #: RiskMetrics' decay for daily returns: the documented fallback estimator.
 EWMA_LAMBDA = 0.94
@@ -35,6 +35,32 @@ MEANS = ("constant", "zero")
 #: (arch constrains alpha + beta <= 1, and lands on either side of 1 by rounding): treated as
 #: non-stationary, so that the same data never flips between accepted and rejected.
 STATIONARITY_TOL = 1e-6
+
+
+class _WarmGARCH(GARCH):
+    """arch's GARCH(1,1) whose `starting_values()` is the warm start, instead of arch's
+    search of a 64-point grid of likelihoods (about 40% of a warm-started fit's time).
+
+    Why this changes no number: when `fit()` is given starting values, arch uses the grid's
+    winner only to standardise the residuals for the error distribution's own starting
+    values and bounds, and the normal distribution has neither; the optimiser starts from
+    the values given. A test fits many series both ways and compares the parameters exactly.
+    Only used with a warm start and normal errors."""
+
+    def __init__(self, warm: np.ndarray) -> None:
+        super().__init__(p=1, o=0, q=1)
+        self._warm = np.array(warm, dtype=np.float64)
+
+    def starting_values(self, resids: np.ndarray) -> np.ndarray:
+        return self._warm.copy()
+
+
+def _model(x: np.ndarray, mean: str, warm_vol: np.ndarray | None) -> ConstantMean | ZeroMean:
+    """`arch_model(x, mean=..., vol="GARCH", p=1, q=1, dist="normal", rescale=False)`, with
+    the grid search skipped when there is a warm start."""
+    vol = GARCH(p=1, o=0, q=1) if warm_vol is None else _WarmGARCH(warm_vol)
+    cls = ConstantMean if mean == "constant" else ZeroMean
+    return cls(x, volatility=vol, distribution=Normal(), rescale=False)
 
 
 @dataclass(frozen=True)
@@ -82,15 +108,12 @@ def try_garch_fit(
     if not np.any(r != r[0]):
         return None, "constant returns (no variance to model)"
     x = r * 100.0
-    sv = None
+    sv = warm_vol = None
     if starting is not None:
-        vol = [starting.omega * 1e4, starting.alpha, starting.beta]
-        sv = np.array(([starting.mu * 100.0] if mean == "constant" else []) + vol)
+        warm_vol = np.array([starting.omega * 1e4, starting.alpha, starting.beta])
+        sv = np.concatenate([[starting.mu * 100.0] if mean == "constant" else [], warm_vol])
     try:
-        model = arch_model(
-            x, mean="Constant" if mean == "constant" else "Zero", vol="GARCH", p=1, q=1,
-            dist="normal", rescale=False,
-        )  # fmt: skip
+        model = _model(x, mean, warm_vol)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             res = model.fit(disp="off", show_warning=False, starting_values=sv)

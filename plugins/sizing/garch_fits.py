@@ -4,9 +4,12 @@ inputs, and a runner that fits off the bar's path (a worker process by default).
 Why: an `arch` fit costs 5-60 ms and a 500-symbol universe refits ~25 symbols a bar. Inline,
 that is most of a live bar's latency and most of a replay's time. Two remedies, neither of
 which changes a single number:
-- The runner: fits asked for at one bar are applied from the next (`fit_lag_bars = 1`), so they
-  can run between bars, in a worker process (`fit_executor = "process"`, the other core) or a
-  thread. Where a fit runs does not change its result: the same inputs, the same code.
+- The runner: fits asked for at one bar are applied from the next (`fit_lag_bars = 1`) or a
+  few bars later (a replay's fits come in bursts; a deeper lag lets the worker absorb them
+  while the engine goes on), so they can run between bars, in a worker process
+  (`fit_executor = "process"`, the other core) or a thread. Where a fit runs does not change
+  its result: the same inputs, the same code. (The lag itself changes which parameters size
+  the bars in between: see kelly_garch.)
 - The cache: a fit's outcome is a pure function of its inputs (the returns, the mean model,
   the warm start, `min_obs`), so it is keyed by a BLAKE2b-128 hash of exactly those and kept
   between runs in `fit_cache_dir`. A rerun of a replay then fits nothing; a changed price,
@@ -20,6 +23,7 @@ import hashlib
 import json
 import os
 import pickle
+import queue
 import struct
 import subprocess
 import sys
@@ -153,65 +157,76 @@ class WorkerLost(Exception):
 
 
 class _Reply:
-    """The worker's answer to one request, read when it is wanted."""
+    """The worker's answer to one request, read when it is wanted. The request itself waits
+    in the worker's send queue until the writer thread has written it (`written`)."""
 
-    def __init__(self, worker: FitWorker) -> None:
+    def __init__(self, worker: FitWorker, data: bytes) -> None:
         self.worker = worker
+        self.data = data
+        self.written = threading.Event()
+        self.error: BaseException | None = None
 
     def result(self) -> list[FitOutcome]:
-        return self.worker.read()
+        return self.worker.read(self)
 
 
 class FitWorker:
     """A child process (`python -m tradingd_plugins.sizing.garch_worker`) that fits what it
-    is sent, one request at a time: length-prefixed pickles over its stdin and stdout.
+    is sent, one request at a time and in order: length-prefixed pickles over its stdin and
+    stdout. Several requests may be in flight (`fit_lag_bars` > 1); their answers are read
+    in the order they were sent.
 
     Not multiprocessing: its spawn and forkserver modes run the parent's main script again in
     the child (a user's script without a main guard would start its backtest twice), and fork
     copies a daemon's threads' locks. The child ends when its stdin closes, so it cannot
     outlive the daemon, even one killed with SIGKILL."""
 
-    def __init__(self) -> None:
+    def __init__(self, argv: Sequence[str] | None = None) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tradingd_plugins.sizing.garch_worker"],
+            list(argv or [sys.executable, "-m", "tradingd_plugins.sizing.garch_worker"]),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,
         )
+        # Requests are written by one thread, in order (a second writer would interleave
+        # frames); the queue holds at most fit_lag_bars requests, as many as are in flight.
+        self._outbox: queue.SimpleQueue[_Reply | None] = queue.SimpleQueue()
         self._writer: threading.Thread | None = None
-        self._write_error: BaseException | None = None
 
     def send(self, jobs: list[FitJob]) -> _Reply:
-        """Hand the request to a writer thread and return at once: a request is larger than
-        the pipe's buffer (500 symbols x 500 returns is 2 MB), and a worker still importing
-        arch (~2 s after it starts) would otherwise stall the bar that asks."""
+        """Queue the request for the writer thread and return at once: a request is larger
+        than the pipe's buffer (500 symbols x 500 returns is 2 MB), and a worker still
+        importing arch (~2 s after it starts) or busy with an earlier request would otherwise
+        stall the bar that asks."""
         if self.proc.poll() is not None:
             raise WorkerLost(f"the GARCH fit worker (pid {self.proc.pid}) is gone")
-        data = pickle.dumps(jobs, protocol=pickle.HIGHEST_PROTOCOL)
-        self._write_error = None
-        self._writer = threading.Thread(
-            target=self._write, args=(data,), name="garch-fit-send", daemon=True
-        )
-        self._writer.start()
-        return _Reply(self)
+        reply = _Reply(self, pickle.dumps(jobs, protocol=pickle.HIGHEST_PROTOCOL))
+        self._outbox.put(reply)
+        if self._writer is None:
+            self._writer = threading.Thread(target=self._write, name="garch-fit-send", daemon=True)
+            self._writer.start()
+        return reply
 
-    def _write(self, data: bytes) -> None:
-        try:
-            write_bytes(self.proc.stdin, data)  # type: ignore[arg-type]
-        except Exception as exc:  # the worker died, or close() closed the pipe meanwhile
-            self._write_error = exc
+    def _write(self) -> None:
+        while (reply := self._outbox.get()) is not None:
+            try:
+                write_bytes(self.proc.stdin, reply.data)  # type: ignore[arg-type]
+            except Exception as exc:  # the worker died, or close() closed the pipe meanwhile
+                reply.error = exc
+            finally:
+                reply.data = b""
+                reply.written.set()
 
-    def read(self) -> list[FitOutcome]:
-        if self._writer is not None:
-            self._writer.join()
-            self._writer = None
-            if self._write_error is not None:
-                raise WorkerLost(
-                    f"the GARCH fit worker (pid {self.proc.pid}) is gone: {self._write_error}"
-                )
+    def read(self, reply: _Reply) -> list[FitOutcome]:
+        """The answer to `reply`'s request; the caller reads answers in the order it sent."""
+        reply.written.wait()
+        if reply.error is not None:
+            raise WorkerLost(f"the GARCH fit worker (pid {self.proc.pid}) is gone: {reply.error}")
         try:
             out = read_frame(self.proc.stdout)  # type: ignore[arg-type]
-        except (EOFError, OSError, pickle.UnpicklingError) as exc:
+        except (EOFError, OSError, ValueError, pickle.UnpicklingError) as exc:
+            # (ValueError: the pipe was closed here because an earlier request found the
+            # worker gone)
             code = self.proc.poll()
             raise WorkerLost(
                 f"the GARCH fit worker (pid {self.proc.pid}) ended (exit code {code}): {exc}"
@@ -219,6 +234,7 @@ class FitWorker:
         return cast(list[FitOutcome], out)  # the worker answers fit_many's list
 
     def close(self) -> None:
+        self._outbox.put(None)  # the writer ends after what is queued (or at a broken pipe)
         if self.proc.poll() is None:
             with contextlib.suppress(OSError):
                 self.proc.stdin.close()  # type: ignore[union-attr]
@@ -257,8 +273,9 @@ def read_frame(stream: BinaryIO) -> object:
 
 class FitRunner:
     """Runs fits where the config says: `inline` (now, in this thread), `thread` (one worker
-    thread) or `process` (one child process, started on first use). One per plugin, so one
-    request is in flight at a time and answers come back in order."""
+    thread) or `process` (one child process, started on first use). One per plugin: requests
+    are fitted one after another, and their answers come back in the order they were asked
+    for (`fit_lag_bars` of them may be in flight)."""
 
     def __init__(self, kind: str) -> None:
         if kind not in EXECUTORS:
@@ -283,8 +300,14 @@ class FitRunner:
         done.set_result(fit_many(jobs))
         return done
 
-    def lost(self, exc: BaseException) -> None:
+    def lost(self, exc: BaseException, worker: FitWorker | None = None) -> None:
+        """`worker` (the one a failed request went to) is closed unless it was replaced
+        already: requests in flight to a worker that died fail one after another, and the
+        worker started since must not be closed for them."""
         log.error("sizing.garch_worker_lost", error=str(exc), action="fitting inline")
+        if worker is not None and worker is not self._worker:
+            worker.close()
+            return
         if self._worker is not None:
             self._worker.close()
             self._worker = None  # the next request starts a new one
@@ -327,7 +350,7 @@ class Pending:
             try:
                 fresh = self.reply.result()
             except WorkerLost as exc:
-                self.runner.lost(exc)
+                self.runner.lost(exc, getattr(self.reply, "worker", None))
                 fresh = fit_many(missing)
             it = iter(fresh)
             self.outcomes = [o if o is not None else next(it) for o in self.outcomes]

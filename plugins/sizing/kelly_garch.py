@@ -50,7 +50,16 @@ sizes on the previous parameters (its variance is the recursion's); from the nex
 state is bit for bit what applying the fit at once (`fit_lag_bars = 0`, inline only) gives.
 Live, this keeps the fits out of a bar's path to its orders; the checkpoint after the bar
 waits for them and stores their outcomes, so a restart applies them at the next bar as the
-uninterrupted process would. The first bar sized therefore uses EWMA for everyone. A lost
+uninterrupted process would. The first bar sized therefore uses EWMA for everyone.
+
+A replay's fits come in bursts (a bar where many symbols enter the scope), and at lag 1 the
+engine waits for every burst. `fit_lag_bars = L` > 1 applies a fit L bars after it was asked
+for: its parameters, and its variance carried forward by the recursion over the L - 1 bars
+in between, so from then on the state is again what applying it at once gives (bit for bit;
+up to rounding when a split falls inside the lag, as history is split-adjusted). The bars in
+between size on the previous parameters, whose variance is still updated by every return.
+Up to L requests are in flight; a symbol whose fit is still on its way is not asked for
+again (its slot comes round again in `refit_bars`). `config/backtest.toml` uses L = 3. A lost
 worker (killed, out of memory) is logged (`sizing.garch_worker_lost`) and its fits are done
 inline. Fit outcomes are cached by their exact inputs (returns, warm start, mean, min_obs) in
 `fit_cache_dir` between runs: a rerun of the same replay fits nothing.
@@ -131,6 +140,21 @@ _NONE, _EWMA, _GARCH = 0, 1, 2  # how a symbol's variance is estimated
 #: reason it failed, the EWMA fallback variance when it failed).
 Resolved = tuple[int, FitParams | None, str, float]
 STATE_VERSION = 1
+#: More would only delay parameters: at 3 the worker already absorbs a replay's bursts.
+MAX_FIT_LAG = 10
+
+
+@dataclass
+class _Batch:
+    """Fits asked for at one bar, from the request until they are applied."""
+
+    asked_at: int  # the plugin's count of bars sized when they were asked for
+    initial: bool
+    pending: Pending | None  # on its way (None once resolved, or restored from a checkpoint)
+    resolved: list[Resolved] | None = None
+    # History rows the variance has moved on by since the request (None: re-filtered over
+    # the window meanwhile, or unknown): replayed with the new parameters when applied.
+    rows_after: int | None = 0
 
 
 @dataclass(frozen=True)
@@ -166,8 +190,9 @@ class KellyGarchConfig:
     fit_scope: str = "active"  # active (could hold a position) | all
     initial_fit: bool = True  # fit every symbol in scope on the first bar sized
     ewma_lambda: float = EWMA_LAMBDA
-    # Fits asked for at a bar apply from the next bar sized (1), so they run between bars and
-    # never in a bar's path to its orders; 0 applies them on the bar itself (fitted inline).
+    # Fits asked for at a bar apply from the next bar sized (1) or L bars later, so they run
+    # between bars and never in a bar's path to its orders; 0 applies them on the bar itself
+    # (fitted inline).
     fit_lag_bars: int = 1
     fit_executor: str = "process"  # inline | thread | process (where lagged fits run)
     fit_cache_dir: str = "var/cache/garch"  # fit outcomes kept between runs ("" = none)
@@ -208,8 +233,9 @@ class KellyGarchConfig:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {v!r}")
-        if self.fit_lag_bars not in (0, 1) or isinstance(self.fit_lag_bars, bool):
-            raise ValueError(f"fit_lag_bars must be 0 or 1, got {self.fit_lag_bars!r}")
+        lag = self.fit_lag_bars
+        if isinstance(lag, bool) or not isinstance(lag, int) or not 0 <= lag <= MAX_FIT_LAG:
+            raise ValueError(f"fit_lag_bars must be an integer 0-{MAX_FIT_LAG}, got {lag!r}")
         if self.fit_lag_bars == 0 and self.fit_executor != "inline":
             raise ValueError(
                 'fit_lag_bars = 0 fits on the bar itself: fit_executor must be "inline", got '
@@ -343,15 +369,13 @@ class KellyGarch:
         self._cache = FitCache(
             config.fit_cache_dir if config.volatility == "garch" else "", config.fit_cache_size
         )
-        # Fits asked for at the last bar sized (fit_lag_bars = 1), applied at the next one.
-        self._pending: Pending | None = None
+        # Fits asked for and not yet applied, oldest first (at most fit_lag_bars batches).
+        self._flight: deque[_Batch] = deque()
         # The worker process starts with the first fits (a plugin built only to be checked,
         # as preflight does, never starts one) and ends with close() or, for a plugin dropped
         # without it, when the plugin is collected.
         self._runner = FitRunner(config.fit_executor)
         weakref.finalize(self, self._runner.close)
-        self._resolved: list[Resolved] | None = None  # waited for (or from a checkpoint)
-        self._initial = False
 
     # -- protocol ---------------------------------------------------------------------------
     def required_features(self) -> tuple[str, ...]:
@@ -503,17 +527,21 @@ class KellyGarch:
     def _update_variance(self, score: np.ndarray, ctx: BarContext) -> None:
         c = self.config
         n = len(self.symbols)
-        # Fits asked for at the last bar sized: their variance is the forecast after that bar,
-        # so they go in before this bar's returns are applied.
-        self._apply_pending()
+        # Fits asked for fit_lag_bars ago: their variance is the forecast after the bar that
+        # asked (carried forward to the last bar), so they go in before this bar's returns.
         first = self._bars == 0 or self._last_close is None
+        since = None if first else self._rows_since(ctx)
+        self._apply_due(ctx, since)
         ask = np.zeros(n, dtype=bool)
         if first:
             self._init_ewma(ctx, np.ones(n, dtype=bool))
             if c.volatility == "garch" and c.initial_fit:
                 ask = self._in_scope(score, ctx)
         else:
-            self._catch_up(ctx)
+            moved = self._catch_up(ctx, since)
+            for batch in self._flight:
+                if batch.rows_after is not None:
+                    batch.rows_after = None if moved is None else batch.rows_after + moved
             # Symbols without a variance yet (listed late) start on EWMA once they can.
             missing = np.isnan(self._sigma2) & ctx.tradable
             if missing.any():
@@ -521,10 +549,12 @@ class KellyGarch:
         if c.volatility == "garch":
             due = (self._bars % c.refit_bars == self._phase) & self._in_scope(score, ctx)
             ask |= due
+            for batch in self._flight:  # still on its way: not asked for twice
+                ask[self._batch_idx(batch)] = False
             if ask.any():
                 self._request(ctx, ask, initial=first)
                 if c.fit_lag_bars == 0:
-                    self._apply_pending()
+                    self._apply_due(ctx, 0)
         self._seen_len = ctx.history.length
         self._last_close = ctx.history.window("close", 1)[0].copy()
 
@@ -551,18 +581,23 @@ class KellyGarch:
         self._alpha[sel], self._beta[sel] = 1.0 - lam, lam
         self._method[sel] = _EWMA
 
-    def _catch_up(self, ctx: BarContext) -> None:
-        """Apply every bar since the last one sized to the variance, by the recursion."""
-        length = ctx.history.length
-        k = length - self._seen_len if self._seen_len is not None else self._bars_since(ctx)
+    def _rows_since(self, ctx: BarContext) -> int | None:
+        """History rows since the last bar sized (None: not within the window, or unknown)."""
+        if self._seen_len is not None:
+            return ctx.history.length - self._seen_len
+        return self._bars_since(ctx)
+
+    def _catch_up(self, ctx: BarContext, k: int | None) -> int | None:
+        """Apply the `k` bars since the last one sized to the variance, by the recursion. The
+        number of history rows applied; None when the variance was re-filtered instead."""
         if k is not None and k <= 0:
-            return
+            return 0
         if k is not None and k <= self.config.garch_window:
             s2 = self._sigma2
             for r in self._returns(ctx, k):
                 s2 = garch_forecast(self._omega, self._alpha, self._beta, s2, r - self._mu)
             self._sigma2 = s2
-            return
+            return k
         # More bars missed than the window holds, or how many is unknown: re-filter every
         # variance over the window.
         known = self._method != _NONE
@@ -576,6 +611,7 @@ class KellyGarch:
                 self._beta[known],
             )
         log.info("sizing.variance_resync", plugin=self.name, bars=int(window.shape[0]))
+        return None
 
     def _bars_since(self, ctx: BarContext) -> int | None:
         """After a restart: how many bars back the last bar this plugin sized is, found by its
@@ -614,18 +650,22 @@ class KellyGarch:
             jobs.append((r, c.garch_mean, start, c.min_fit_obs))
         if not jobs:
             return
-        self._pending = submit(
-            jobs, self._cache, self._runner, np.asarray(take, dtype=np.int64), initial
-        )
+        pending = submit(jobs, self._cache, self._runner, np.asarray(take, dtype=np.int64), initial)
+        self._flight.append(_Batch(self._bars, initial, pending))
 
-    def _resolve(self) -> list[Resolved] | None:
-        """The pending fits' outcomes (waiting for the runner), remembered in the cache; a
-        failure carries its EWMA fallback variance."""
-        if self._resolved is not None:
-            return self._resolved
-        pending = self._pending
-        if pending is None:
-            return None
+    @staticmethod
+    def _batch_idx(batch: _Batch) -> list[int]:
+        if batch.pending is not None:
+            return batch.pending.idx.tolist()
+        return [r[0] for r in batch.resolved or ()]
+
+    def _resolve(self, batch: _Batch) -> list[Resolved]:
+        """A batch's outcomes (waiting for the runner), remembered in the cache; a failure
+        carries its EWMA fallback variance."""
+        if batch.resolved is not None:
+            return batch.resolved
+        pending = batch.pending
+        assert pending is not None  # a batch is either on its way or resolved
         outcomes = pending.result()
         lam = self.config.ewma_lambda
         out: list[Resolved] = []
@@ -635,15 +675,18 @@ class KellyGarch:
             self._cache.put(key, (params, why))
             s2 = math.nan if params is not None else float(ewma_variance(job[0], lam))
             out.append((i, params, why, s2))
-        self._resolved = out
-        self._initial = pending.initial
-        self._pending = None
+        batch.resolved, batch.pending = out, None
         return out
 
-    def _apply_pending(self) -> None:
-        resolved = self._resolve()
-        if resolved is None:
-            return
+    def _apply_due(self, ctx: BarContext, since: int | None) -> None:
+        """Apply, oldest first, every batch asked for fit_lag_bars or more bars sized ago.
+        `since`: history rows from the last bar sized to this one (None: unknown)."""
+        lag = self.config.fit_lag_bars
+        while self._flight and self._flight[0].asked_at + lag <= self._bars:
+            self._apply(self._flight.popleft(), ctx, since)
+
+    def _apply(self, batch: _Batch, ctx: BarContext, since: int | None) -> None:
+        resolved = self._resolve(batch)
         lam = self.config.ewma_lambda
         failed = 0
         for i, params, why, s2 in resolved:
@@ -665,8 +708,9 @@ class KellyGarch:
             self._mu[i], self._omega[i], self._alpha[i], self._beta[i] = 0.0, 0.0, 1 - lam, lam
             self._sigma2[i] = s2
             self._method[i] = _EWMA
+        self._carry_forward(batch, [r[0] for r in resolved], ctx, since)
         self.fallbacks += failed
-        if self._initial:
+        if batch.initial:
             log.info(
                 "sizing.garch_initial_fit",
                 plugin=self.name,
@@ -674,20 +718,44 @@ class KellyGarch:
                 fallbacks=failed,
                 lag_bars=self.config.fit_lag_bars,
             )
-        self._resolved = None
-        self._initial = False
+
+    def _carry_forward(
+        self, batch: _Batch, idx: list[int], ctx: BarContext, since: int | None
+    ) -> None:
+        """The fits' variances are forecasts after the bar that asked; the variance has moved
+        on since by `rows_after` rows, up to the last bar sized (`since` rows before this
+        one): apply those with the new parameters, as the recursion would have had the fits
+        applied at once. (`since` None: this bar re-filters every variance anyway.)"""
+        k = batch.rows_after
+        if k == 0 or not idx or since is None:
+            return
+        cols = np.zeros(len(self.symbols), dtype=bool)
+        cols[idx] = True
+        at = np.flatnonzero(cols)
+        mu, om, al, be = self._mu[at], self._omega[at], self._alpha[at], self._beta[at]
+        if k is not None and k + since < ctx.history.length:
+            rows = self._returns(ctx, k + since, cols)[:k]  # the k rows up to the last bar sized
+            s2 = self._sigma2[at]
+            for r in rows:
+                s2 = garch_forecast(om, al, be, s2, r - mu)
+            self._sigma2[at] = s2
+            return
+        # Re-filtered meanwhile (a restart far behind): filter these too, up to the last bar
+        # sized, as the re-filter did for the others.
+        window = self._returns(ctx, self.config.garch_window + since, cols)
+        self._sigma2[at] = garch_filter(window[: window.shape[0] - since], mu, om, al, be)
 
     async def settle(self) -> None:
         """Wait for fits in flight in a thread: a live engine awaits this before `state()`,
         so the event loop (the broker's stream, the health server) is not blocked meanwhile."""
-        pending = self._pending
-        if pending is not None and pending.reply is not None:
-            await asyncio.to_thread(pending.result)
+        for batch in list(self._flight):
+            if batch.pending is not None and batch.pending.reply is not None:
+                await asyncio.to_thread(batch.pending.result)
 
     def close(self) -> None:
         """Called by the engine at the end of a run: keep the fit outcomes for the next run."""
-        if self._pending is not None:
-            self._resolve()  # in the cache too
+        for batch in self._flight:
+            self._resolve(batch)  # in the cache too
         self._runner.close()
         self._cache.save()
 
@@ -709,16 +777,18 @@ class KellyGarch:
         Fits still running are waited for (the live checkpoint comes after the bar's orders):
         a restarted process applies them at the next bar, as this one would."""
         b = self._book
-        resolved = self._resolve()
-        pending = None
-        if resolved is not None:
-            pending = {
-                "initial": self._initial,
+        pending = [
+            {
+                "asked_at": batch.asked_at,
+                "initial": batch.initial,
+                "rows_after": batch.rows_after,
                 "fits": [
                     [i, params_to_json(p), why, None if math.isnan(s2) else s2]
-                    for i, p, why, s2 in resolved
+                    for i, p, why, s2 in self._resolve(batch)
                 ],
             }
+            for batch in self._flight
+        ]
         return {
             "version": STATE_VERSION,
             "symbols": len(self.symbols),
@@ -736,7 +806,7 @@ class KellyGarch:
             "sigma2": _enc(self._sigma2),
             "method": self._method.tolist(),
             "last_close": _enc(self._last_close),
-            "pending_fits": pending,
+            "pending_fits": pending or None,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -764,14 +834,21 @@ class KellyGarch:
         self._last_close = _dec(state.get("last_close"))
         self._seen_len = None  # another process: its history buffer has its own count
         pending = state.get("pending_fits")  # absent in checkpoints of earlier versions
-        self._pending = None
-        self._resolved, self._initial = None, False
-        if pending is not None:
-            self._initial = bool(pending["initial"])
-            self._resolved = [
-                (int(i), params_from_json(p), str(why), math.nan if s2 is None else float(s2))
-                for i, p, why, s2 in pending["fits"]
-            ]
+        if isinstance(pending, dict):  # one batch, asked for at the bar checkpointed (lag 1)
+            pending = [{**pending, "asked_at": self._bars - 1, "rows_after": 0}]
+        self._flight = deque(
+            _Batch(
+                asked_at=int(batch["asked_at"]),
+                initial=bool(batch["initial"]),
+                pending=None,
+                resolved=[
+                    (int(i), params_from_json(p), str(why), math.nan if s2 is None else float(s2))
+                    for i, p, why, s2 in batch["fits"]
+                ],
+                rows_after=None if batch["rows_after"] is None else int(batch["rows_after"]),
+            )
+            for batch in pending or ()
+        )
         self._kelly_source = self.kelly_inputs[2]
 
 

@@ -419,6 +419,58 @@ class _FakeModel:
         return self.outcome
 
 
+def _arch_fit(r, mean, start):
+    """The fit as arch documents it: arch_model(...).fit(starting_values=...)."""
+    import warnings
+
+    sv = None
+    if start is not None:
+        sv = np.array(([start.mu * 100] if mean == "constant" else []) + [
+            start.omega * 1e4, start.alpha, start.beta
+        ])  # fmt: skip
+    model = arch_model(
+        r * 100, mean="Constant" if mean == "constant" else "Zero", vol="GARCH", p=1, q=1,
+        dist="normal", rescale=False,
+    )  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        res = model.fit(disp="off", show_warning=False, starting_values=sv)
+    return res
+
+
+@pytest.mark.parametrize("mean", ["constant", "zero"])
+def test_warm_started_fits_equal_arch_model_fits_bit_for_bit(mean):
+    """The warm start skips arch's grid of starting values (garch._WarmGARCH): the optimiser
+    must take exactly the path arch_model's fit takes with the same starting values."""
+    paths = garch_paths(900, 6, seed=31, alpha=0.09, beta=0.88, scale=np.linspace(0.5, 3, 6))
+    compared = 0
+    for j in range(paths.shape[1]):
+        r = paths[:, j]
+        first, why = try_garch_fit(r[:500], mean=mean)
+        assert first is not None, why
+        starts = [
+            None,
+            first,  # the usual warm start: the previous window's fit
+            dataclasses.replace(first, alpha=0.6, beta=0.6),  # outside arch's constraints
+        ]
+        for start in starts:
+            for end in (520, 700, 900):
+                ours, why = try_garch_fit(r[end - 500 : end], mean=mean, starting=start)
+                ref = _arch_fit(r[end - 500 : end], mean, start)
+                assert ours is not None, why
+                # (in try_garch_fit's units: arch's percentages converted back the same way)
+                got = [ours.mu, ours.omega, ours.alpha, ours.beta]
+                want = [
+                    float(ref.params["mu"]) / 100.0 if mean == "constant" else 0.0,
+                    float(ref.params["omega"]) / 1e4,
+                    float(ref.params["alpha[1]"]),
+                    float(ref.params["beta[1]"]),
+                ]
+                assert [x.hex() for x in got] == [x.hex() for x in want], (j, end, start)
+                compared += 1
+    assert compared == 6 * 3 * 3
+
+
 def _fake_arch(outcome):
     return lambda *a, **k: _FakeModel(outcome)
 
@@ -445,7 +497,7 @@ def test_failed_fit_falls_back_to_ewma_and_is_logged(monkeypatch, outcome, reaso
     rets = garch_paths(300, 2, seed=8)
     m = Market(prices(rets), capacity=301).push(301)
     p = KellyGarch(Cfg(garch_window=300, min_fit_obs=200), ("AAA", "BBB"))
-    monkeypatch.setattr(garch_mod, "arch_model", _fake_arch(outcome))
+    monkeypatch.setattr(garch_mod, "_model", _fake_arch(outcome))
     with capture_logs() as logs:
         w = p.size(np.array([0.6, np.nan]), m.ctx())
     falls = [e for e in logs if e["event"] == "sizing.garch_fallback"]
@@ -613,13 +665,15 @@ def _bars_with_trades(m, bars, seed=0):
         avg = np.where(q != 0, np.where(avg > 0, avg, m.close[m.t]), 0.0)
 
 
-@pytest.mark.parametrize("lagged", [False, True], ids=["same-bar fits", "fits in flight"])
-def test_state_restore_round_trip_sizes_identically(lagged):
+@pytest.mark.parametrize(
+    "lag", [0, 1, 3], ids=["same-bar fits", "fits in flight", "three bars of fits in flight"]
+)
+def test_state_restore_round_trip_sizes_identically(lag):
     n_sym = 6
     close = prices(garch_paths(300, n_sym, seed=13, scale=np.linspace(0.8, 2.0, n_sym)))
-    lag = {"fit_lag_bars": 1, "fit_executor": "thread"} if lagged else {}
+    lagged = {"fit_lag_bars": lag, "fit_executor": "thread"} if lag else {}
     cfg = Cfg(
-        garch_window=150, min_fit_obs=120, refit_bars=4, min_trades=5, allow_short=True, **lag
+        garch_window=150, min_fit_obs=120, refit_bars=4, min_trades=5, allow_short=True, **lagged
     )
     syms = tuple(f"S{i}" for i in range(n_sym))
     a = KellyGarch(cfg, syms)
@@ -632,8 +686,8 @@ def test_state_restore_round_trip_sizes_identically(lagged):
     assert len(a.trades) >= cfg.min_trades  # the Kelly estimate is in use
     assert "garch" in a.methods.values()
     saved = json.loads(json.dumps(a.state(), allow_nan=False))  # strict JSON
-    # Lagged: the checkpoint holds the fits asked for at its bar, to apply at the next one.
-    assert bool(saved["pending_fits"]) is lagged
+    # Lagged: the checkpoint holds the fits asked for and not yet applied.
+    assert len(saved["pending_fits"] or ()) == (lag > 0) + (lag == 3) * 2
     b = KellyGarch(cfg, syms)
     b.restore(saved)
     sized = 0
@@ -645,6 +699,33 @@ def test_state_restore_round_trip_sizes_identically(lagged):
     assert sized > 0
     np.testing.assert_array_equal(a.forecast_variance, b.forecast_variance)
     assert json.dumps(a.state(), allow_nan=False) == json.dumps(b.state(), allow_nan=False)
+
+
+def test_a_checkpoint_with_fits_in_flight_in_the_earlier_format_restores():
+    """Checkpoints written before fit_lag_bars could exceed 1 held one batch as a dict (asked
+    for at the checkpoint's bar): they restore as that batch."""
+    close = prices(garch_paths(330, 3, seed=29))
+    cfg = Cfg(
+        garch_window=300, min_fit_obs=200, refit_bars=3, fit_scope="all",
+        fit_lag_bars=1, fit_executor="thread",
+    )  # fmt: skip
+    a = KellyGarch(cfg, ("S0", "S1", "S2"))
+    m = Market(close, capacity=301).push(301)
+    a.size(np.full(3, 0.5), m.ctx())
+    m.push()
+    a.size(np.full(3, 0.5), m.ctx())  # S1's refit is in flight
+    saved = json.loads(json.dumps(a.state()))
+    [batch] = saved["pending_fits"]
+    old = {**saved, "pending_fits": {"initial": batch["initial"], "fits": batch["fits"]}}
+    b = KellyGarch(cfg, ("S0", "S1", "S2"))
+    b.restore(old)
+    m.push()
+    wa, wb = a.size(np.full(3, 0.5), m.ctx()), b.size(np.full(3, 0.5), m.ctx())
+    np.testing.assert_array_equal(wa, wb)
+    np.testing.assert_array_equal(a.forecast_variance, b.forecast_variance)
+    assert a.fits == 4 and b.fits == 1  # b applied the one restored batch (S1)
+    a.close()
+    b.close()
 
 
 def test_restart_after_missed_bars_catches_up_exactly():
@@ -831,6 +912,65 @@ def test_lagged_fits_equal_same_bar_fits_from_the_next_bar_wherever_they_run(exe
     # requests are still in flight)
 
 
+@pytest.mark.parametrize("executor", ["inline", "thread", "process"])
+def test_fits_lagged_three_bars_equal_same_bar_fits_once_applied(executor):
+    """At fit_lag_bars = 3 a fit asked for at bar t applies at t+3, its variance carried over
+    the bars between with the new parameters: from t+3 on, the state is bit for bit the one
+    of applying it at t; before, the bars size on the previous parameters."""
+    close = prices(garch_paths(335, 3, seed=23, alpha=0.1, beta=0.85, scale=[1.0, 1.5, 2.0]))
+    kw = {
+        "garch_window": 300,
+        "min_fit_obs": 200,
+        "refit_bars": 5,
+        "fit_scope": "all",
+        "initial_fit": False,
+    }
+    now_p, now = _run(Cfg(**kw), close, 30)
+    lagged, later = _run(Cfg(**kw, fit_lag_bars=3, fit_executor=executor), close, 30)
+    equal = differed = 0
+    for (w0, v0, k), (w1, v1, _) in zip(now, later, strict=True):
+        for i in range(3):  # symbol i refits on the bars where k % 5 == i
+            if k >= i and (k - i) % 5 < 3:  # asked for within the last 3 bars: not applied
+                differed += v1[i] != v0[i]
+                continue
+            assert v1[i] == v0[i] and w1[i] == w0[i], (k, i)
+            equal += 1
+    # 3 symbols x 30 bars: 18 bars each inside a lag window (where every variance differed,
+    # so the comparison above is not vacuous), the other 36 bit for bit equal.
+    assert equal == 36 and differed == 54
+    # Applied: the requests of bars 0-26 (those of bars 27-29 are in flight at the end).
+    assert lagged.fits == 17 and now_p.fits == 18
+    lagged.close()
+
+
+def test_a_killed_worker_with_several_requests_in_flight_loses_no_fit():
+    close = prices(garch_paths(310, 3, seed=27))
+    cfg = Cfg(
+        garch_window=300, min_fit_obs=200, refit_bars=3, fit_scope="all", initial_fit=False,
+        fit_lag_bars=3, fit_executor="process",
+    )  # fmt: skip
+    p = KellyGarch(cfg, ("S0", "S1", "S2"))
+    m = Market(close, capacity=301).push(301)
+    try:
+        p.size(np.full(3, 0.5), m.ctx())  # S0's fit goes to the worker
+        m.push()
+        p.size(np.full(3, 0.5), m.ctx())  # S1's too: two requests in flight
+        first = p._runner._worker
+        first.proc.kill()
+        first.proc.wait()
+        with capture_logs() as logs:
+            for _ in range(4):  # S2's request finds the worker gone; bars 3-5 apply all three
+                m.push()
+                p.size(np.full(3, 0.5), m.ctx())
+        assert p.fits == 3 and p.methods == {"S0": "garch", "S1": "garch", "S2": "garch"}
+        assert any(e["event"] == "sizing.garch_worker_lost" for e in logs)
+        # S0 asked again at bar 3 (its first fit applied just before): a new, live worker.
+        second = p._runner._worker
+        assert second is not None and second is not first and second.proc.poll() is None
+    finally:
+        p.close()
+
+
 def test_a_rerun_fits_nothing_and_a_changed_price_fits_again(tmp_path, monkeypatch):
     import tradingd_plugins.sizing.garch_fits as fits_mod
 
@@ -947,7 +1087,9 @@ def _alive(pid: int) -> bool:
 @pytest.mark.parametrize(
     ("bad", "message"),
     [
-        ({"fit_lag_bars": 2}, "fit_lag_bars must be 0 or 1"),
+        ({"fit_lag_bars": 11}, "fit_lag_bars must be an integer 0-10"),
+        ({"fit_lag_bars": -1}, "fit_lag_bars must be an integer 0-10"),
+        ({"fit_lag_bars": 2.0}, "fit_lag_bars must be an integer 0-10"),
         ({"fit_lag_bars": 0, "fit_executor": "process"}, 'fit_executor must be "inline"'),
         ({"fit_executor": "gpu"}, "fit_executor must be one of inline, thread, process"),
         ({"fit_cache_size": -1}, "fit_cache_size must be an integer >= 0"),
@@ -1002,12 +1144,12 @@ async def test_settle_waits_for_fits_in_flight_without_blocking_the_event_loop(m
         while ticks < 5:  # the loop runs other tasks while the fits are in flight
             await asyncio.sleep(0)
             ticks += 1
-        assert not settling.done() and p._pending.reply is not None
+        assert not settling.done() and p._flight[0].pending.reply is not None
         release.set()
         await asyncio.wait_for(settling, 30)
-        assert p._pending.reply is None  # state() will not wait
+        assert p._flight[0].pending.reply is None  # state() will not wait
         saved = p.state()
-        assert [f[0] for f in saved["pending_fits"]["fits"]] == [0, 1]
+        assert [f[0] for f in saved["pending_fits"][0]["fits"]] == [0, 1]
     finally:
         release.set()
         p.close()
@@ -1039,23 +1181,21 @@ def test_a_worker_starts_with_the_first_fits_and_ends_with_a_dropped_plugin():
 def test_sending_a_request_never_waits_for_the_worker_to_read_it():
     """A request (2 MB for 500 symbols) is larger than a pipe's buffer: sending it must not
     stall the bar while the worker is still starting (here: a process that never reads)."""
-    import subprocess
     import sys
 
     from tradingd_plugins.sizing.garch_fits import FitWorker, WorkerLost
 
-    w = FitWorker.__new__(FitWorker)
-    w.proc = subprocess.Popen(
-        [sys.executable, "-c", "import time; time.sleep(60)"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-    )
-    w._writer, w._write_error = None, None
+    w = FitWorker([sys.executable, "-c", "import time; time.sleep(60)"])
     jobs = [(np.full(500, float(i)), "constant", None, 200) for i in range(500)]  # ~2 MB
     reply = w.send(jobs)  # returns although nothing reads the pipe
-    assert w._writer.is_alive()  # still writing: the pipe is full
+    second = w.send(jobs[:1])  # queued behind the first (fit_lag_bars > 1)
+    assert w._writer.is_alive() and not reply.written.is_set()  # still writing: pipe full
     w.proc.kill()
     w.proc.wait()
     with pytest.raises(WorkerLost, match="is gone"):
         reply.result()
+    with pytest.raises(WorkerLost):
+        second.result()
+    w.close()
+    assert not w._writer.is_alive()
     w.close()
