@@ -63,6 +63,7 @@ log = structlog.get_logger(__name__)
 _EPS = 1e-9
 _STOP_TYPES = frozenset({OrderType.STOP, OrderType.STOP_LIMIT, OrderType.TRAILING_STOP})
 DEFAULT_CLOSED_HISTORY = 10_000
+_NUMBER = (int, float)  # isinstance with a prebuilt tuple: `int | float` is rebuilt per call
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,10 +250,18 @@ class SimulatedBroker:
         self._apply_splits(bar, state)
         candidates = list(self._open.values())
         # Sells first, so that their proceeds can pay for this bar's buys.
-        for side in (Side.SELL, Side.BUY):
-            for order in self._matching_order(candidates, side, bar):
-                if self._is_active(order):
-                    self._match(order, bar, state)
+        if any(o.oco_group is not None for o in candidates):
+            for side in (Side.SELL, Side.BUY):
+                for order in self._matching_order(candidates, side, bar):
+                    if self._is_active(order):
+                        self._match(order, bar, state)
+        else:
+            # No OCO group (plain rebalancing orders, the usual bar): `_matching_order`
+            # would yield each side in submission order; without its generator per side.
+            for side in (Side.SELL, Side.BUY):
+                for order in candidates:
+                    if order.side is side and self._is_active(order):
+                        self._match(order, bar, state)
         self._age(candidates, state)
         return BrokerUpdate(
             fills=state.fills, orders=[o.snapshot() for o in state.changed.values()]
@@ -281,7 +290,7 @@ class SimulatedBroker:
 
     def _validate(self, order: Order) -> str:
         qty = order.quantity
-        if not (isinstance(qty, int | float) and math.isfinite(qty) and qty > 0):
+        if not (isinstance(qty, _NUMBER) and math.isfinite(qty) and qty > 0):
             return f"quantity must be a positive number, got {qty!r}"
         if order.symbol not in self._index:
             return f"unknown symbol {order.symbol!r}"

@@ -7,9 +7,18 @@ is fixed at start-up whatever the length of the run.
 Raw prices jump at a split; features over a window that straddles the split must not. When a
 bar carries a split coefficient s for a symbol, the rows already in the buffer are divided by s
 (volume multiplied), which uses only what is known at that bar: no lookahead.
+
+Writing is deferred until a window is read: `push` keeps the bar (at most `capacity` of
+them: an older one would be overwritten before anyone could see it), and `window` first
+writes the kept bars in order, with the same arithmetic in the same order as writing each
+at its push. Most strategies read no raw history (their features are computed in batch),
+and for them a replay then copies no row at all. A pushed bar's arrays must therefore not
+change afterwards: feeds build new arrays for every bar (a Panel row is a read-only view).
 """
 
 from __future__ import annotations
+
+from collections import deque
 
 import numpy as np
 
@@ -27,6 +36,8 @@ class HistoryBuffer:
         self._buf = {f: np.full((2 * capacity, n_symbols), np.nan) for f in FIELDS}
         self._pos = capacity - 1
         self._len = 0
+        # Bars pushed and not written yet, oldest first (see the module docstring).
+        self._pending: deque[CrossSection] = deque(maxlen=capacity)
 
     @property
     def capacity(self) -> int:
@@ -37,6 +48,19 @@ class HistoryBuffer:
         return self._len
 
     def push(self, bar: CrossSection) -> None:
+        self._pending.append(bar)
+        self._len += 1
+
+    def window(self, field: str, n: int) -> np.ndarray:
+        if n > self._cap or n < 1:
+            raise ValueError(f"window of {n} bars requested; buffer holds 1..{self._cap}")
+        pending = self._pending
+        while pending:
+            self._write(pending.popleft())
+        end = self._pos + self._cap + 1
+        return self._buf[field][end - n : end]
+
+    def _write(self, bar: CrossSection) -> None:
         split = bar.split
         if (split != 1.0).any():
             cols = np.flatnonzero(split != 1.0)
@@ -54,10 +78,3 @@ class HistoryBuffer:
             buf[p] = row
             buf[q] = row
         self._pos = p
-        self._len += 1
-
-    def window(self, field: str, n: int) -> np.ndarray:
-        if n > self._cap or n < 1:
-            raise ValueError(f"window of {n} bars requested; buffer holds 1..{self._cap}")
-        end = self._pos + self._cap + 1
-        return self._buf[field][end - n : end]

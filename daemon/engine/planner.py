@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import numpy as np
@@ -151,38 +152,28 @@ class OrderPlanner:
         equity = ctx.portfolio.equity
         if not equity > 0:
             return Plan([], [])
-        busy = np.zeros(len(self.symbols), dtype=bool)
+        busy: set[int] = set()  # a working entry: wait for it instead of stacking another
         exits_by_symbol: dict[int, list[Order]] = {}
         for o in open_orders:
             i = self._index[o.symbol]
             if o.leg is Leg.ENTRY:
-                busy[i] = True  # wait for the working order instead of stacking another
+                busy.add(i)
             else:
                 exits_by_symbol.setdefault(i, []).append(o)
 
-        price = ctx.bar.close
         held = ctx.portfolio.quantity
-        with np.errstate(invalid="ignore", divide="ignore"):
-            raw_qty = targets * equity / price
-            target_qty = raw_qty if cfg.fractional else np.trunc(raw_qty)
-            delta = target_qty - held
-            current_w = held * price / equity
-            closing = (targets == 0) & (held != 0)
-            wanted = (
-                (np.abs(targets - current_w) > cfg.rebalance_band)
-                & (np.abs(delta * price) >= cfg.min_trade_value)
-            ) | closing
-        candidates = np.flatnonzero(wanted & ctx.tradable & ~busy & (delta != 0))
-        trade = {i: float(-held[i] if closing[i] else delta[i]) for i in candidates.tolist()}
+        trade = rebalance_trades(cfg, targets, ctx, busy, equity)
+        if not trade and not exits_by_symbol and not self._trailing:
+            return Plan([], [])  # the usual bar: no target moved beyond the band, no exits
 
         orders: list[Order] = []
         cancel: list[str] = []
         protect: set[int] = set()
         if self._trailing:
             # Held shares without exits (an entry filled since the last bar) are protected.
-            protect = set(np.flatnonzero((held != 0) & ctx.tradable & ~busy).tolist())
+            protect = set(((held != 0) & ctx.tradable).nonzero()[0].tolist()) - busy
         for i in sorted(trade.keys() | exits_by_symbol.keys() | protect):
-            if busy[i]:
+            if i in busy:
                 continue
             sym = self.symbols[i]
             h = float(held[i])
@@ -341,6 +332,107 @@ class OrderPlanner:
                 replacements = resized_exits(self.run_id, ctx.time, members, rest)
             excess -= size
         return replacements, cancel, min(sum(sizes), kept)
+
+
+def rebalance_trades(
+    cfg: OrdersConfig, targets: np.ndarray, ctx: BarContext, busy: AbstractSet[int], equity: float
+) -> dict[int, float]:
+    """Symbol index -> signed shares to trade toward its target: the rule of
+    `rebalance_trades_full`, evaluated only where it can trade, with bit-identical results.
+
+    A symbol with no target and no position never trades: its delta is 0 (or NaN without a
+    price) and its weight is off by 0 (or NaN), so neither the band nor the closing rule
+    holds. That leaves a dozen of hundreds of symbols on a typical bar, few enough that
+    plain float arithmetic on them beats numpy (a microsecond or more per call, whatever
+    the length). Python floats are IEEE doubles like float64 and each step is the same
+    single operation, so the results are the same bits; other dtypes (float32 arithmetic
+    differs) and values Python cannot take the same way (a price of 0, inf or NaN: division
+    by zero, truncation of inf) go through numpy on the same subset."""
+    held = ctx.portfolio.quantity
+    # One ufunc: a float is true when nonzero (NaN included), as `!= 0` tests it.
+    active = np.logical_or(targets, held).nonzero()[0]
+    if not active.size:
+        return {}
+    price = ctx.bar.close
+    index = active.tolist()
+    free = ctx.tradable[active].tolist()
+    if busy:
+        free = [ok and i not in busy for i, ok in zip(index, free, strict=True)]
+    if not (targets.dtype == held.dtype == price.dtype == np.float64 and math.isfinite(equity)):
+        return _band_rule(
+            cfg, active, targets[active], held[active], price[active], np.array(free), equity
+        )
+    band, min_trade, fractional = cfg.rebalance_band, cfg.min_trade_value, cfg.fractional
+    out: dict[int, float] = {}
+    rows = zip(
+        index,
+        targets[active].tolist(),
+        held[active].tolist(),
+        price[active].tolist(),
+        free,
+        strict=True,
+    )
+    for i, t, h, p, ok in rows:
+        if not ok:
+            continue
+        raw = t * equity / p if p != 0 else math.nan
+        if not (math.isfinite(raw) and math.isfinite(h)):
+            # No price, a price of 0 or inf, an overflow: numpy's answer, which plain
+            # floats would not give (division by zero, truncation of inf raise).
+            one = np.array([i])
+            out.update(_band_rule(cfg, one, targets[one], held[one], price[one], [True], equity))
+            continue
+        delta = (raw if fractional else float(math.trunc(raw))) - h
+        closing = t == 0 and h != 0
+        if delta != 0 and (
+            closing or (abs(t - h * p / equity) > band and abs(delta * p) >= min_trade)
+        ):
+            out[i] = -h if closing else delta
+    return out
+
+
+def rebalance_trades_full(
+    cfg: OrdersConfig, targets: np.ndarray, ctx: BarContext, busy: AbstractSet[int], equity: float
+) -> dict[int, float]:
+    """The rule over every symbol (the definition `rebalance_trades` must equal): trade the
+    whole-share difference to the target when the weight is off by more than the band and
+    the trade is worth at least `min_trade_value`, or close a position whose target is 0;
+    only symbols with a bar and no working entry."""
+    n = len(targets)
+    working = np.zeros(n, dtype=bool)
+    working[list(busy)] = True
+    return _band_rule(
+        cfg,
+        np.arange(n),
+        targets,
+        ctx.portfolio.quantity,
+        ctx.bar.close,
+        ctx.tradable & ~working,
+        equity,
+    )
+
+
+def _band_rule(
+    cfg: OrdersConfig,
+    index: np.ndarray,
+    targets: np.ndarray,
+    held: np.ndarray,
+    price: np.ndarray,
+    free: np.ndarray | list[bool],
+    equity: float,
+) -> dict[int, float]:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        raw_qty = targets * equity / price
+        target_qty = raw_qty if cfg.fractional else np.trunc(raw_qty)
+        delta = target_qty - held
+        current_w = held * price / equity
+        closing = (targets == 0) & (held != 0)
+        wanted = (
+            (np.abs(targets - current_w) > cfg.rebalance_band)
+            & (np.abs(delta * price) >= cfg.min_trade_value)
+        ) | closing
+    picked = (wanted & free & (delta != 0)).nonzero()[0].tolist()
+    return {int(index[k]): float(-held[k] if closing[k] else delta[k]) for k in picked}
 
 
 def round_price(price: float) -> float:

@@ -48,7 +48,7 @@ class Portfolio:
     # events --------------------------------------------------------------------------------
     def apply_splits(self, split: np.ndarray) -> list[int]:
         """A k-for-1 split multiplies shares by k and divides prices by k; value is unchanged."""
-        cols = np.flatnonzero(split != 1.0)
+        cols = (split != 1.0).nonzero()[0]  # every bar: nonzero() skips flatnonzero's wrapper
         if cols.size:
             s = split[cols]
             self.quantity[cols] *= s

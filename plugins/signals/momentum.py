@@ -37,6 +37,7 @@ class Momentum:
     def __init__(self, config: MomentumConfig, symbols: tuple[str, ...]) -> None:
         self.config = config
         self.name = "momentum"
+        self._name = self._feature()  # read on every bar: built once (the config is frozen)
 
     def _feature(self) -> str:
         c = self.config
@@ -45,7 +46,7 @@ class Momentum:
         return f"lag_{c.skip}_{ret}" if c.skip else ret
 
     def required_features(self) -> tuple[str, ...]:
-        return (self._feature(),)
+        return (self._name,)
 
     def score(self, ctx: BarContext) -> np.ndarray:
-        return np.tanh(ctx.features[self._feature()] / self.config.scale)
+        return np.tanh(ctx.features[self._name] / self.config.scale)
