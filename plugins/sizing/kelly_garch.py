@@ -142,6 +142,8 @@ Resolved = tuple[int, FitParams | None, str, float]
 STATE_VERSION = 1
 #: More would only delay parameters: at 3 the worker already absorbs a replay's bursts.
 MAX_FIT_LAG = 10
+#: Symbols named (with their reasons) in one fallback log line; the count names them all.
+MAX_LOGGED_FALLBACKS = 20
 
 
 @dataclass
@@ -688,7 +690,7 @@ class KellyGarch:
     def _apply(self, batch: _Batch, ctx: BarContext, since: int | None) -> None:
         resolved = self._resolve(batch)
         lam = self.config.ewma_lambda
-        failed = 0
+        failed: dict[str, str] = {}
         for i, params, why, s2 in resolved:
             self.fits += 1
             if params is not None:
@@ -697,19 +699,25 @@ class KellyGarch:
                 self._sigma2[i] = sigma2
                 self._method[i] = _GARCH
                 continue
-            failed += 1
-            log.warning(
-                "sizing.garch_fallback",
-                plugin=self.name,
-                symbol=self.symbols[i],
-                reason=why,
-                fallback=f"ewma(lambda={lam})",
-            )
+            failed[self.symbols[i]] = why
             self._mu[i], self._omega[i], self._alpha[i], self._beta[i] = 0.0, 0.0, 1 - lam, lam
             self._sigma2[i] = s2
             self._method[i] = _EWMA
+        if failed:
+            # One line per batch, not per symbol: on 2008-2010 most fits land on
+            # alpha + beta = 1, and a walk-forward logged thousands of these.
+            first, reason = next(iter(failed.items()))
+            log.warning(
+                "sizing.garch_fallback",
+                plugin=self.name,
+                symbol=first,
+                reason=reason,
+                symbols=len(failed),
+                others=dict(list(failed.items())[1:MAX_LOGGED_FALLBACKS]),
+                fallback=f"ewma(lambda={lam})",
+            )
         self._carry_forward(batch, [r[0] for r in resolved], ctx, since)
-        self.fallbacks += failed
+        self.fallbacks += len(failed)
         if batch.initial:
             log.info(
                 "sizing.garch_initial_fit",

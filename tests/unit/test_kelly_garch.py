@@ -511,6 +511,21 @@ def test_failed_fit_falls_back_to_ewma_and_is_logged(monkeypatch, outcome, reaso
     assert 0 < w[0] <= 0.05  # still sized, on the fallback's volatility
 
 
+def test_fallbacks_of_one_batch_are_one_log_line_naming_them(monkeypatch):
+    rets = garch_paths(300, 30, seed=8)
+    m = Market(prices(rets), capacity=301).push(301)
+    symbols = tuple(f"S{i:02d}" for i in range(30))
+    p = KellyGarch(Cfg(garch_window=300, min_fit_obs=200, fit_scope="all"), symbols)
+    monkeypatch.setattr(garch_mod, "_model", _fake_arch(_fake_result(alpha=0.3, beta=0.7)))
+    with capture_logs() as logs:
+        p.size(np.full(30, 0.5), m.ctx())
+    [line] = [e for e in logs if e["event"] == "sizing.garch_fallback"]
+    assert line["symbols"] == 30 and p.fallbacks == 30
+    named = {line["symbol"], *line["others"]}
+    assert len(named) == 20 and named <= set(symbols)  # bounded, the count says the rest
+    assert all(r.startswith("non-stationary fit") for r in line["others"].values())
+
+
 def test_try_garch_fit_reasons_without_arch():
     assert try_garch_fit(np.full(300, 0.01))[1] == "constant returns (no variance to model)"
     assert try_garch_fit(np.full(5, 0.01))[1].startswith("too few returns")
