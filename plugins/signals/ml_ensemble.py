@@ -223,12 +223,14 @@ def locate_model(model_dir: str, cwd: str | Path | None = None) -> tuple[Path, s
     return default_model_dir(), f"model_dir is empty and there is no {published}: shipped model"
 
 
-def cache_salt(version: str, weights: Mapping[str, float]) -> np.ndarray:
+def cache_salt(version: str, weights: Mapping[str, float], threads: int = 1) -> np.ndarray:
     """Everything besides the window that the cached value depends on, the model version
-    (models, scaler, feature-set version) and the ensemble weights, as one residue per lane:
-    added to every window's key."""
+    (models, scaler, feature-set version), the ensemble weights and onnxruntime's thread
+    count (its multi-threaded LSTM rounds differently in the last bits, enough to flip a
+    decision at the threshold: a rerun must not mix them), as one residue per lane: added to
+    every window's key."""
     h = hashlib.blake2b(digest_size=8 * _LANES, person=b"tradingd-salt")
-    h.update(json.dumps([CACHE_FORMAT, version, sorted(weights.items())]).encode())
+    h.update(json.dumps([CACHE_FORMAT, version, sorted(weights.items()), threads]).encode())
     return _mod(np.frombuffer(h.digest(), dtype="<u8").astype(np.uint64))
 
 
@@ -309,7 +311,7 @@ class MlEnsemble:
         self._filled = np.zeros(n, dtype=np.int64)
         self._back = np.arange(self.window - 1, -1, -1)[:, None]
         self._keys = WindowKeys(n, self.window)
-        self._salt = cache_salt(self.version, self.predictor.weights)
+        self._salt = cache_salt(self.version, self.predictor.weights, self.config.threads)
         self.model_calls = 0
         self.cache_hits = 0
         self._load_cache()
@@ -348,7 +350,7 @@ class MlEnsemble:
         self.predictor = EnsemblePredictor(ens["weights"], ens["residual_std"])
         self.version = pair.card.version
         self.model_path = str(target)
-        self._salt = cache_salt(self.version, self.predictor.weights)
+        self._salt = cache_salt(self.version, self.predictor.weights, self.config.threads)
         self._load_cache()
         log.info("model.reloaded", version=self.version, path=str(target))
 

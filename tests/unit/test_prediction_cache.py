@@ -179,6 +179,22 @@ def test_another_model_version_or_other_weights_never_hit(tmp_path, monkeypatch)
         assert not (first.cache_keys(w) == k).all(axis=1).any()
 
 
+def test_a_cache_written_with_other_onnxruntime_threads_is_not_served(tmp_path):
+    """Two threads round the LSTM differently in the last bits: a one-thread rerun must
+    predict again, not take the two-thread run's values (which could flip decisions)."""
+    w = inputs(2, 60, seed=8)
+    two = plugin(cache_dir=tmp_path, threads=2)
+    two.predict(w)
+    two.close()
+    one = plugin(cache_dir=tmp_path, threads=1)
+    assert one.cache_entries == 2  # the same file (same model version) was read
+    one.predict(w)
+    assert one.model_calls == 1 and one.cache_hits == 0
+    again = plugin(cache_dir=tmp_path, threads=2)
+    again.predict(w)
+    assert again.model_calls == 0 and again.cache_hits == 2
+
+
 def test_keys_in_score_are_the_keys_of_the_windows_the_model_sees(tmp_path):
     x = inputs(W + 30, 4, seed=7)
     ready = np.ones(x.shape[:2], bool)
