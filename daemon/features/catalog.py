@@ -491,12 +491,21 @@ def warmup(node: Node) -> int:
         return warmup(node.deps[0]) + node.length - 1
     if isinstance(node, IndicatorNode):
         p = node.params
-        return {
-            "macd": (p[1] - 1 + p[2] - 1) if p else 33,
-            "stoch": sum(p) - 2 if p else 17,
-            "adx": 2 * p[0] - 1 if p else 27,
-            "bbands": p[0] - 1 if p else 19,
-            "trange": 1,
-            "obv": 0,
-        }.get(node.kind, p[0] if p else 0)
+        # (a match, not a dict of every kind's formula: those index parameters that
+        # one-parameter indicators such as RSI do not have)
+        match node.kind:
+            case "macd":
+                return (p[1] - 1 + p[2] - 1) if p else 33
+            case "stoch":
+                return sum(p) - 2 if p else 17
+            case "adx":
+                return 2 * p[0] - 1 if p else 27
+            case "bbands":
+                return p[0] - 1 if p else 19
+            case "trange":
+                return 1
+            case "obv":
+                return 0
+            case _:
+                return int(p[0]) if p else 0
     return max((warmup(d) for d in node.deps), default=0)

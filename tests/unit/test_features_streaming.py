@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 
 from tradingd.core.types import CrossSection
-from tradingd.features.catalog import FEATURE_SETS, Catalog
+from tradingd.features.catalog import FEATURE_SETS, Catalog, warmup
 from tradingd.features.engineer import StreamingFeatures, compute_batch
 from tradingd.feeds.panel import Panel
 
@@ -118,3 +118,27 @@ def test_streaming_never_sees_the_next_bar():
     garbage = CrossSection(times[201], *(np.full(5, 1e9),) * 5, np.ones(5), np.zeros(5))
     sf.update(garbage)  # later bars do not rewrite what was returned for bar 200
     np.testing.assert_allclose(at_200["rsi_14"], batch["rsi_14"][200], equal_nan=True)
+
+
+def test_warmup_bounds_the_bars_before_each_feature_has_a_value():
+    """catalog.warmup(node) is an upper bound of the leading bars without a value (exact for
+    windows); it raised IndexError for one-parameter indicators such as RSI."""
+    p = universe()
+    names = (
+        *FEATURE_SETS["default_v1"],
+        *EXTRA,
+        "rsi_div_14_14",
+        "rsi_obos_14_30_70",
+        "bb_reversion",
+        "vol_regime_20_120",
+    )
+    batch = compute_batch(p, names)
+    cat = Catalog()
+    checked = 0
+    for n in names:
+        bound = warmup(cat.node(n))
+        first = int(np.flatnonzero(np.isfinite(batch[n][:, 1]))[0])  # a plain symbol
+        assert first <= bound, f"{n}: a value at bar {first}, warm-up said {bound}"
+        checked += 1
+    assert warmup(cat.node("rsi_14")) == 14 and warmup(cat.node("sma_10")) == 9
+    assert checked == len(names)
