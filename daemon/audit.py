@@ -1,10 +1,26 @@
 """The audit trail: every order state and every fill as one JSON line, in rotating files.
 
 Separate from the operational log so that it survives log-level changes and can be kept under
-its own retention. Lines are buffered and written at the end of a bar once `flush_interval_s`
-has passed since the last write (so a live daemon writes every bar, a fast replay about once a
-second) or when `max_lines` are waiting; files rotate at a size limit and only `backups` old
-files are kept, so a daemon running for months uses bounded disk.
+its own retention. Records are kept as the tuples of their field values (one C call per order
+or fill on the engine's path) and written at the end of a bar once `flush_interval_s` has
+passed since the last write, when `max_lines` are waiting, or when forced; files rotate at a
+size limit and only `backups` old files are kept, so a daemon running for months uses bounded
+disk.
+
+Where the JSON is made and written depends on the run:
+
+- a replay (`flush_interval_s > 0`, the default `background`): a writer process
+  (storage/child.py) gets each batch of tuples, encodes it a column at a time and appends it
+  to the file while the engine computes the next bars (a thread would not help: encoding is
+  Python work, and Python runs one thread at a time). At most `max_pending` batches wait for
+  it; then `flush` waits for the oldest (back-pressure). A write that failed there raises at
+  the next `flush` or at `close`.
+- a live run (`flush_interval_s = 0`): every `flush` encodes and writes its lines before it
+  returns, so a bar's lines are in the file before the store can commit that bar's checkpoint
+  (the engine flushes the audit first): a crash never leaves the store ahead of the audit.
+
+`flush(force=True)`, `session`, `truncate_after` and `close` always return with every line
+recorded so far written to the file (after the writer's batches, in order).
 """
 
 from __future__ import annotations
@@ -16,16 +32,22 @@ import time
 from collections.abc import Sequence
 from dataclasses import fields
 from datetime import datetime
+from itertools import islice
+from operator import attrgetter
 from pathlib import Path
 from typing import Any, TextIO
 
 from .core.types import Fill, Order
+from .storage.child import ChildWriter
 
-# Orders and fills hold only scalars, string enums and datetimes, so a flat dict of their
-# fields is the whole record; dataclasses.asdict would deep-copy every value.
+# Orders and fills hold only scalars, string enums and datetimes, so the tuple of their
+# fields is the whole record (and a snapshot: every value is immutable).
 _ORDER_FIELDS = tuple(f.name for f in fields(Order))
 _FILL_FIELDS = tuple(f.name for f in fields(Fill))
-
+_ORDER_VALUES = attrgetter(*_ORDER_FIELDS)
+_FILL_VALUES = attrgetter(*_FILL_FIELDS)
+_ORDER_TIMES = frozenset(("created_at", "updated_at"))
+_FILL_TIMES = frozenset(("time",))
 
 _ISO: dict[Any, str] = {}
 
@@ -47,6 +69,10 @@ def _iso(t: Any) -> str | None:
 # not JSON (jq and most parsers reject it), so a value that slips through is a loud bug here
 # rather than an unreadable line; `_null_non_finite` turns the known ones into null first.
 _ENCODER = json.JSONEncoder(check_circular=False, default=str, allow_nan=False)
+_ESCAPE: Any = getattr(json.encoder, "c_encode_basestring_ascii", None) or (
+    json.encoder.py_encode_basestring_ascii
+)
+_INF = math.inf
 
 
 def _null_non_finite(row: dict[str, Any]) -> dict[str, Any]:
@@ -55,6 +81,163 @@ def _null_non_finite(row: dict[str, Any]) -> dict[str, Any]:
         if v.__class__ is float and not math.isfinite(v):
             row[k] = None
     return row
+
+
+def _value(v: Any) -> str:
+    """One field as `_ENCODER` writes it (same text), non-finite floats as null."""
+    c = v.__class__
+    if c is float:
+        return float.__repr__(v) if v == v and v != _INF and v != -_INF else "null"
+    if c is str:
+        return _ESCAPE(v)
+    if v is None:
+        return "null"
+    if c is int:
+        return int.__repr__(v)
+    if isinstance(v, str):  # the string enums (Side, OrderStatus, ...)
+        return _ESCAPE(v)
+    return _ENCODER.encode(None if isinstance(v, float) and not math.isfinite(v) else v)
+
+
+def _column(col: Sequence[Any]) -> list[str]:
+    """The JSON text of every value of one field, as `_value` gives it, with C loops (map)
+    for the usual cases: all text, all floats, all integers, all string enums, all None."""
+    types = set(map(type, col))
+    if types <= _STR:
+        return list(map(_ESCAPE, col))
+    if types <= _FLOAT:
+        out = list(map(float.__repr__, col))
+        if not all(map(math.isfinite, col)):
+            out = [r if math.isfinite(v) else "null" for r, v in zip(out, col, strict=True)]
+        return out
+    if types <= _NONE:
+        return ["null"] * len(col)
+    if types <= _INT:
+        return list(map(int.__repr__, col))
+    if all(issubclass(t, str) for t in types):
+        return list(map(_ESCAPE, col))
+    return list(map(_value, col))
+
+
+def _time_column(col: Sequence[Any]) -> list[str]:
+    """ISO-8601 text of each time (null for None), each distinct time formatted once."""
+    memo = {}
+    for t in set(col):
+        iso = _iso(t)
+        memo[t] = "null" if iso is None else '"' + iso + '"'
+    return list(map(memo.__getitem__, col))
+
+
+_STR: frozenset[type] = frozenset((str,))
+_NONE: frozenset[type] = frozenset((type(None),))
+_FLOAT: frozenset[type] = frozenset((float,))
+_INT: frozenset[type] = frozenset((int,))
+
+
+class _Lines:
+    """JSON lines of records given as tuples of field values: the keys in field order, as
+    `{"event": event, **fields}` through `_ENCODER` gives them (times as ISO-8601 text, non-
+    finite floats as null). Encoded a column at a time: a batch's orders (or fills) together,
+    which costs a fraction of encoding each record as a dict."""
+
+    def __init__(self, event: str, names: tuple[str, ...], times: frozenset[str]) -> None:
+        fields_ = ", ".join(f'"{n}": %s' for n in names)
+        self._template = f'{{"event": "{event}", {fields_}%s}}'
+        self._timed = tuple(n in times for n in names)
+
+    def __call__(self, records: Sequence[Sequence[Any]], extras: Sequence[str]) -> list[str]:
+        """`extras[k]`: text appended inside record k's object (", \"booked_at\": ...")."""
+        if not records:
+            return []
+        cols = zip(*records, strict=True)
+        text = [
+            _time_column(c) if timed else _column(c)
+            for c, timed in zip(cols, self._timed, strict=True)
+        ]
+        return list(map(self._template.__mod__, zip(*text, extras, strict=True)))
+
+
+_order_lines = _Lines("order", _ORDER_FIELDS, _ORDER_TIMES)
+_fill_lines = _Lines("fill", _FILL_FIELDS, _FILL_TIMES)
+
+# A batch item: (kind, payload, booked_at text or None)
+_ORDERS, _FILLS, _LINE = 0, 1, 2
+
+
+def _encode(batch: Sequence[tuple[int, Any, str | None]]) -> str:
+    """The batch's lines in record order; its orders and its fills are each encoded together."""
+    orders = [v for kind, payload, _ in batch if kind == _ORDERS for v in payload]
+    fills = [v for kind, payload, _ in batch if kind == _FILLS for v in payload]
+    extras = [
+        "" if booked is None else f', "booked_at": "{booked}"'
+        for kind, payload, booked in batch
+        if kind == _FILLS
+        for _ in payload
+    ]
+    order_text = iter(_order_lines(orders, [""] * len(orders)))
+    fill_text = iter(_fill_lines(fills, extras))
+    out: list[str] = []
+    for kind, payload, _ in batch:
+        if kind == _ORDERS:
+            out += islice(order_text, len(payload))
+        elif kind == _FILLS:
+            out += islice(fill_text, len(payload))
+        else:
+            out.append(payload)
+    return "\n".join(out) + "\n"
+
+
+class _Sink:
+    """The audit file: appended to, rotated at `max_bytes`, `backups` old files kept."""
+
+    def __init__(self, path: Path, max_bytes: int, backups: int) -> None:
+        self.path, self.max_bytes, self.backups = path, max_bytes, backups
+        self._fh: TextIO | None = None
+
+    def write(self, text: str) -> None:
+        if self._fh is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fh = self.path.open("a", encoding="utf-8")
+        fh = self._fh
+        fh.write(text)
+        fh.flush()
+        if fh.tell() >= self.max_bytes:
+            self._rotate()
+
+    def close(self) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
+
+    def _rotate(self) -> None:
+        self.close()
+        for i in range(self.backups - 1, 0, -1):
+            src = self.path.with_suffix(f".jsonl.{i}")
+            if src.exists():
+                os.replace(src, self.path.with_suffix(f".jsonl.{i + 1}"))
+        if self.backups > 0:
+            os.replace(self.path, self.path.with_suffix(".jsonl.1"))
+        else:
+            self.path.unlink()
+
+
+# Jobs of the writer process (storage/child.py), run there.
+
+
+def child_open(state: dict[str, Any], args: tuple[str, int, int]) -> None:
+    path, max_bytes, backups = args
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # a folder that cannot be: now
+    sink = state["audit"] = _Sink(Path(path), max_bytes, backups)
+    state.setdefault("_closers", []).append(sink.close)
+
+
+def child_lines(state: dict[str, Any], batch: Sequence[tuple[int, Any, str | None]]) -> None:
+    state["audit"].write(_encode(batch))
+
+
+def child_release(state: dict[str, Any], _: Any) -> None:
+    """Close the file (reopened at the next write): the parent is about to rewrite it."""
+    state["audit"].close()
 
 
 class AuditLog:
@@ -66,80 +249,81 @@ class AuditLog:
         backups: int = 10,
         flush_interval_s: float = 1.0,
         max_lines: int = 10_000,
+        *,
+        background: bool | None = None,
+        max_pending: int = 2,
     ) -> None:
+        """`background`: encode and write in a writer process (default: when
+        `flush_interval_s > 0`, i.e. not live); `max_pending`: batches it may hold."""
         self.path = Path(directory) / f"{_safe(run_id)}.jsonl"
         self.max_bytes = max_bytes
         self.backups = backups
         self.flush_interval_s = flush_interval_s
         self.max_lines = max_lines
-        self._lines: list[str] = []
-        self._fh: TextIO | None = None
+        self.background = flush_interval_s > 0 if background is None else background
+        self.max_pending = max(1, max_pending)
+        self._batch: list[tuple[int, Any, str | None]] = []
+        self._waiting = 0  # lines in `_batch`
         self._last_write = -float("inf")
-
-    def _open(self) -> TextIO:
-        if self._fh is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fh = self.path.open("a", encoding="utf-8")
-        return self._fh
+        self._sink = _Sink(self.path, max_bytes, backups)  # written here: live, truncate
+        self._writer: ChildWriter | None = None
+        self._writer_ready = False
 
     def orders(self, orders: Sequence[Order]) -> None:
-        enc = _ENCODER.encode
-        for o in orders:
-            row = {"event": "order"} | {n: getattr(o, n) for n in _ORDER_FIELDS}
-            row["created_at"] = _iso(o.created_at)
-            row["updated_at"] = _iso(o.updated_at)
-            self._lines.append(enc(_null_non_finite(row)))
+        if orders:
+            self._batch.append((_ORDERS, [_ORDER_VALUES(o) for o in orders], None))
+            self._waiting += len(orders)
 
     def fills(self, fills: Sequence[Fill], booked_at: datetime | None = None) -> None:
         """`booked_at`: the bar at which the engine booked them (live), kept with each line
         so a resumed run drops exactly the fills its store drops."""
-        enc = _ENCODER.encode
-        booked = _iso(booked_at)
-        for f in fills:
-            row = {"event": "fill"} | {n: getattr(f, n) for n in _FILL_FIELDS}
-            row["time"] = _iso(f.time)
-            if booked is not None:
-                row["booked_at"] = booked
-            self._lines.append(enc(_null_non_finite(row)))
+        if fills:
+            self._batch.append((_FILLS, [_FILL_VALUES(f) for f in fills], _iso(booked_at)))
+            self._waiting += len(fills)
 
     def flush(self, force: bool = False) -> None:
-        if not self._lines:
+        if self._writer is not None:
+            self._writer.reap()  # a batch that failed there raises here, at the next bar
+        if not self._batch and not (force and self._writer is not None):
             return
         now = time.monotonic()
         if (
             not force
-            and len(self._lines) < self.max_lines
+            and self._waiting < self.max_lines
             and now - self._last_write < self.flush_interval_s
         ):
             return
         self._last_write = now
-        fh = self._open()
-        fh.write("\n".join(self._lines) + "\n")
-        fh.flush()
-        self._lines.clear()
-        if fh.tell() >= self.max_bytes:
-            self._rotate()
-
-    def _rotate(self) -> None:
-        assert self._fh is not None
-        self._fh.close()
-        self._fh = None
-        for i in range(self.backups - 1, 0, -1):
-            src = self.path.with_suffix(f".jsonl.{i}")
-            if src.exists():
-                os.replace(src, self.path.with_suffix(f".jsonl.{i + 1}"))
-        if self.backups > 0:
-            os.replace(self.path, self.path.with_suffix(".jsonl.1"))
-        else:
-            self.path.unlink()
+        batch, self._batch, self._waiting = self._batch, [], 0
+        if self.background and self._writer is None:
+            # Started at the first write, it imports while the replay goes on.
+            self._writer = ChildWriter(f"audit {self.path}", self.max_pending)
+            self._writer.send(
+                "tradingd.audit:child_open", (str(self.path), self.max_bytes, self.backups)
+            )
+        writer = self._writer
+        if writer is not None and not self._writer_ready:
+            writer.reap()
+            if writer.pending == 0:  # started and answered: from now on it appends
+                self._writer_ready = True
+                self._sink.close()
+        if writer is None or not self._writer_ready:
+            # Live, or a replay whose writer process is still starting: written here.
+            if batch:
+                self._sink.write(_encode(batch))
+            return
+        if batch:
+            writer.send("tradingd.audit:child_lines", batch)
+        if force:
+            writer.sync()
 
     def session(self, **info: Any) -> None:
         """Mark a process session (pid, start, where a resumed run continued from): a reader
         sees where each process's records begin."""
         row = {"event": "session", "pid": os.getpid(), **info}
-        self._lines.append(
-            _ENCODER.encode(_null_non_finite({k: _plain(v) for k, v in row.items()}))
-        )
+        line = _ENCODER.encode(_null_non_finite({k: _plain(v) for k, v in row.items()}))
+        self._batch.append((_LINE, line, None))
+        self._waiting += 1
         self.flush(force=True)
 
     def truncate_after(self, t: datetime | None) -> int:
@@ -149,9 +333,10 @@ class AuditLog:
         file is read (a rotation happens at most once per bar, between bars). Returns the
         number of lines dropped."""
         self.flush(force=True)
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        if self._writer is not None and self._writer_ready:
+            self._writer.send("tradingd.audit:child_release", None)
+            self._writer.sync()
+        self._sink.close()
         if not self.path.exists():
             return 0
         kept: list[str] = []
@@ -170,10 +355,15 @@ class AuditLog:
         return dropped
 
     def close(self) -> None:
-        self.flush(force=True)
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        try:
+            self.flush(force=True)
+        finally:
+            writer, self._writer = self._writer, None
+            try:
+                if writer is not None:
+                    writer.close(sync=self._writer_ready)  # one never used is not waited for
+            finally:
+                self._sink.close()
 
 
 def _plain(v: Any) -> Any:

@@ -22,7 +22,7 @@ from .engine.engine import Engine, EngineResult
 from .feeds.panel import Panel
 
 
-@dataclass
+@dataclass(repr=False)
 class BacktestOutcome:
     run_id: str
     summary: dict[str, Any]
@@ -30,6 +30,16 @@ class BacktestOutcome:
     result: EngineResult
     orders: list[dict[str, Any]]
     fills: list[dict[str, Any]]
+
+    def __repr__(self) -> str:
+        # Short: `asyncio.run(run_backtest(...))` formats its task, result included, when it
+        # restores the SIGINT handler (Python 3.11's signal module builds an error message
+        # from the handler's repr): the generated repr of every order, fill and bar of the
+        # run took 0.17 s at 100 symbols, after the run.
+        return (
+            f"BacktestOutcome(run_id={self.run_id!r}, output_dir={str(self.output_dir)!r}, "
+            f"bars={self.result.bars}, orders={len(self.orders)}, fills={len(self.fills)})"
+        )
 
 
 async def run_backtest(

@@ -6,7 +6,7 @@ clocks, feeds, brokers, stores and caches. Plugins see a `BarContext`, never the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Protocol, runtime_checkable
@@ -88,7 +88,14 @@ class Store(Service, Protocol):
         scores: np.ndarray,
         targets: np.ndarray,
         source: str = "",
-    ) -> None: ...
+        *,
+        ordered: Collection[str] = (),
+        weights: np.ndarray | None = None,
+    ) -> None:
+        """A decision row where the plan orders a symbol (`ordered`) or its target moved,
+        not where the target holds the symbol at its current weight (`weights`)."""
+        ...
+
     def record_orders(self, run_id: str, orders: Sequence[Order]) -> None: ...
     def record_fills(
         self, run_id: str, fills: Sequence[Fill], booked_at: datetime | None = None

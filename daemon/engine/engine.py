@@ -963,8 +963,17 @@ class Engine:
             record["broker"] = "simulated" if hasattr(self.broker, "state") else "external"
             self.on_decision(bar.time, self._signal_source(), record)
         gross, net = pf.exposure()
+        # A decision row where the plan orders a symbol or its target moved, not where a
+        # plugin holds it at its (drifting) current weight (see BufferedStore.record_signals).
         self.store.record_signals(
-            run_id, bar.time, self.symbols, score, targets, self._signal_source()
+            run_id,
+            bar.time,
+            self.symbols,
+            score,
+            targets,
+            self._signal_source(),
+            ordered=[o.symbol for o in plan.orders] if plan.orders else (),
+            weights=ctx.portfolio.weights,
         )
         if self.publisher is not None:
             self.publisher.publish(
@@ -980,8 +989,11 @@ class Engine:
         if self._durable:
             await self._settle_plugins()
             self._checkpoint(bar.time)
-        await self.store.maybe_flush()
+        # The audit first: a live audit log writes the bar's lines before this returns, and
+        # the store's writer may commit the bar's checkpoint as soon as maybe_flush hands it
+        # over, so a crash never leaves the store ahead of the audit (AuditLog.truncate_after).
         self.audit.flush()
+        await self.store.maybe_flush()
         if m:
             self._lap("store", t0)
             self._lap("total", t_start)

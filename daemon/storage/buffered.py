@@ -1,10 +1,15 @@
 """The buffering shared by every store.
 
-`record_*` calls run on the engine's hot path: they append ready-to-write tuples to plain
-lists and never touch the database. `maybe_flush` (called by the engine every bar) writes all
-buffers once any of them has reached `batch_size` rows, so memory stays bounded; `flush`
-writes everything. A dialect subclass only implements the batch writes, a transaction of
-statements, a query, and how times travel to and from its database.
+`record_*` calls run on the engine's hot path: they keep what changed in columnar chunks
+(storage/rows.py: per bar the indices and values of the symbols with a row, per order or fill
+the tuple of its fields) and never touch the database; rows are made where they are written.
+Rows record what changed, not what stayed: positions when a quantity changes, signals when a
+decision changes (`record_signals`), equity once per bar. `maybe_flush` (called by the engine
+every bar) starts a write of all buffers once any of them has reached `batch_size` rows or
+`flush_interval_s` has passed, so memory stays bounded; `flush` writes everything. A dialect
+subclass only implements the batch writes, a transaction of statements, a query, and how
+times travel to and from its database (and may write in the background its own way:
+SqliteStore).
 
 A dialect that can lose its database while the daemon runs (PostgreSQL) also implements
 `_write_batch` and turns on the spool (`_configure_spool`): a batch the database cannot take
@@ -28,7 +33,7 @@ import random
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -39,8 +44,8 @@ import structlog
 from ..core.errors import ConfigError, StorageError
 from ..core.types import CrossSection, Fill, Order, RunInfo
 from ..secrets import mask_text
+from .rows import BUFFERS, FILL_VALUES, ORDER_VALUES, Row, chunk_rows, to_rows
 from .schema import (
-    BUFFERED,
     RESUME_TIME,
     RUN_TABLES,
     TABLES,
@@ -59,7 +64,6 @@ from .spool import DEFAULT_MAX_BYTES, Orphan, Spool, SpoolBatch, claim_orphans
 log = structlog.get_logger(__name__)
 
 SIGNAL_MODES = ("decisions", "all", "none")
-Row = tuple[Any, ...]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,10 +101,6 @@ def to_json(obj: Any) -> str:
     """Strict JSON (PostgreSQL's JSONB refuses NaN): non-finite floats become null, numpy
     values become Python values, datetimes ISO-8601 text."""
     return json.dumps(_plain(obj), separators=(",", ":"), allow_nan=False)
-
-
-def _f(x: Any) -> float | None:
-    return None if x is None else float(x)
 
 
 class DatabaseUnavailable(StorageError):
@@ -153,25 +153,28 @@ class BufferedStore(ABC):
         # Last recorded target weights and quantities per run: rows are written on change.
         self._last_targets: dict[str, np.ndarray] = {}
         self._last_quantity: dict[str, np.ndarray] = {}
-        self._signals: list[Row] = []
-        self._orders: list[Row] = []
-        self._order_events: list[Row] = []
-        self._fills: list[Row] = []
-        self._positions: list[Row] = []
-        self._equity: list[Row] = []
-        self._checkpoints: list[Row] = []
-        self._decisions: list[Row] = []
-        self._buffers: dict[str, list[Row]] = {
+        # symbol -> index of the universe a run records (the `symbols` it passes), per run.
+        self._symbol_index: dict[str, tuple[Sequence[str], dict[str, int]]] = {}
+        # Columnar buffers (storage/rows.py): chunks, turned into rows where they are written.
+        self._signals: list[Any] = []
+        self._orders: list[Any] = []
+        self._fills: list[Any] = []
+        self._positions: list[Any] = []
+        self._equity: list[Any] = []
+        self._checkpoints: list[Any] = []
+        self._decisions: list[Any] = []
+        self._buffers: dict[str, list[Any]] = {
             "signals": self._signals,
             "orders": self._orders,
-            "order_events": self._order_events,
             "fills": self._fills,
             "positions": self._positions,
             "equity": self._equity,
             "checkpoints": self._checkpoints,
             "decisions": self._decisions,
         }
-        assert tuple(self._buffers) == BUFFERED
+        assert tuple(self._buffers) == BUFFERS
+        # Rows buffered per buffer, kept as the chunks arrive (maybe_flush reads it every bar).
+        self._counts: dict[str, int] = dict.fromkeys(BUFFERS, 0)
         self._flush_lock = asyncio.Lock()
         # Spooling (off unless the dialect calls _configure_spool).
         self._spool: Spool | None = None
@@ -296,7 +299,7 @@ class BufferedStore(ABC):
             "outages": self.outages,
             "replay_attempts": self.replay_attempts,
             "replayed_batches": self.replayed_batches,
-            "pending_rows": sum(len(b) for b in self._buffers.values()),
+            "pending_rows": sum(self._counts.values()),
         }
         if sp is not None and sp.oldest is not None:
             st["oldest_spooled_at"] = datetime.fromtimestamp(sp.oldest, UTC).isoformat()
@@ -655,30 +658,44 @@ class BufferedStore(ABC):
         async with self._flush_lock:
             await self._execute(stmts)
         if state is not None:
-            # Rows are written on change: continue from the checkpoint's book and decisions.
+            # Rows are written on change: continue from the checkpoint's book and from the
+            # decisions in force (the last recorded target of each symbol, which a hold does
+            # not change: not the checkpoint's targets), as the run would have without a stop.
             book = state.get("portfolio", {})
             if "quantity" in book:
                 self._last_quantity[run.run_id] = np.asarray(book["quantity"], dtype=np.float64)
-            if state.get("targets") is not None:
-                self._last_targets[run.run_id] = np.asarray(state["targets"], dtype=np.float64)
+            self._last_targets[run.run_id] = await self._targets_in_force(run)
         return ResumePoint(bar_time, state, unconfirmed)
+
+    async def _targets_in_force(self, run: RunInfo) -> np.ndarray:
+        """Per symbol of the run, its last recorded target weight (0 without one)."""
+        index = {s: i for i, s in enumerate(run.symbols)}
+        out = np.zeros(len(run.symbols), dtype=np.float64)
+        for r in await self.fetch("signals", run.run_id):  # time order
+            i = index.get(r["symbol"])
+            w = r["target_weight"]
+            if i is not None and not math.isnan(w):
+                out[i] = w
+        return out
 
     def record_checkpoint(self, run_id: str, bar_time: datetime, state: Mapping[str, Any]) -> None:
         """The run's state after `bar_time`, written with that bar's rows (latest wins)."""
-        # Only the latest per run is written: keep one row per run, encode it at the flush.
-        now = self._encode_time(datetime.now(UTC))
-        row = (run_id, self._encode_time(bar_time), state, now)
+        # Encoded here, on the engine's thread: the state holds plugin values that may change
+        # at the next bar, while the write may happen on another thread. One row per run.
+        row = (run_id, bar_time, to_json(state), datetime.now(UTC))
         for k, r in enumerate(self._checkpoints):
             if r[0] == run_id:
                 self._checkpoints[k] = row
                 return
         self._checkpoints.append(row)
+        self._counts["checkpoints"] += 1
 
     def record_decision(
         self, run_id: str, time: datetime, source: str, record: Mapping[str, Any]
     ) -> None:
         """What a live bar decided and from what (see schema.DECISIONS)."""
-        self._decisions.append((run_id, self._encode_time(time), source, to_json(record)))
+        self._decisions.append((run_id, time, source, to_json(record)))
+        self._counts["decisions"] += 1
 
     async def end_run(self, run_id: str, summary: Mapping[str, Any]) -> None:
         await self.flush()
@@ -711,6 +728,13 @@ class BufferedStore(ABC):
 
     # ------------------------------------------------------------------ hot path
 
+    def _indices(self, run_id: str, symbols: Sequence[str], names: Iterable[str]) -> list[int]:
+        cached = self._symbol_index.get(run_id)
+        if cached is None or cached[0] is not symbols:
+            cached = self._symbol_index[run_id] = (symbols, {s: i for i, s in enumerate(symbols)})
+        index = cached[1]
+        return [index[s] for s in names]
+
     def record_signals(
         self,
         run_id: str,
@@ -719,10 +743,20 @@ class BufferedStore(ABC):
         scores: np.ndarray,
         targets: np.ndarray,
         source: str = "",
+        *,
+        ordered: Collection[str] = (),
+        weights: np.ndarray | None = None,
     ) -> None:
-        """Mode "decisions": a row whenever a symbol's target weight changes (to zero
-        included), so the table is the history of decisions, not a copy of every bar;
-        "all": also every finite score at every bar; "none": nothing."""
+        """Mode "decisions": a row for each symbol whose decision changed, so the table is the
+        history of decisions, not a copy of every bar. A symbol has a row when the bar's plan
+        orders it (`ordered`: the symbols of the plan's orders), or when its target differs
+        from the last one recorded for it, unless the target is a hold: equal to the symbol's
+        current weight (`weights`, the book's weights the plugins saw), which is how sizing
+        and risk plugins say "keep what you have" (no bar, a drawdown block, stale data) and
+        which drifts with the price every bar. A hold that takes the target to or from zero
+        still has a row. The last recorded target stays in force until the symbol's next
+        row (see README, "Reading a run back"). "all": also every finite score at every bar;
+        "none": nothing. Targets that are not finite have no row."""
         mode = self.signals_mode
         if mode == "none":
             return
@@ -730,81 +764,35 @@ class BufferedStore(ABC):
         if last is None or last.shape != targets.shape:
             last = self._last_targets[run_id] = np.zeros_like(targets, dtype=np.float64)
         finite = np.isfinite(targets)
-        changed = finite & (targets != last)
-        mask = changed if mode == "decisions" else changed | np.isfinite(scores)
+        mask = finite & (targets != last)
+        if weights is not None and mask.any():
+            # A hold is no decision, unless it crosses zero (a position appears or ends).
+            mask &= (targets != weights) | ((targets == 0.0) != (last == 0.0))
+        if ordered:
+            mask[self._indices(run_id, symbols, ordered)] = True
+            mask &= finite
+        if mode == "all":
+            mask |= np.isfinite(scores)
         idx = np.flatnonzero(mask)
         if idx.size == 0:
             return
-        np.copyto(last, targets, where=changed)
-        t = self._encode_time(time)
-        append = self._signals.append
-        for i, s, w in zip(idx.tolist(), scores[idx].tolist(), targets[idx].tolist(), strict=True):
-            append((run_id, t, symbols[i], s, w, source))
+        np.copyto(last, targets, where=mask & finite)
+        self._signals.append((run_id, time, symbols, idx, (scores[idx], targets[idx]), (source,)))
+        self._counts["signals"] += idx.size
 
     def record_orders(self, run_id: str, orders: Sequence[Order]) -> None:
         """Upsert each order's current state and append it to the order's event history."""
-        enc = self._encode_time
-        for o in orders:
-            created = enc(o.created_at)
-            updated = enc(o.updated_at) if o.updated_at is not None else None
-            status = str(o.status)
-            filled = float(o.filled_quantity)
-            self._orders.append(
-                (
-                    run_id,
-                    o.client_order_id,
-                    o.symbol,
-                    str(o.side),
-                    str(o.type),
-                    float(o.quantity),
-                    _f(o.limit_price),
-                    _f(o.stop_price),
-                    _f(o.trail_pct),
-                    str(o.leg),
-                    o.parent_id,
-                    o.oco_group,
-                    status,
-                    filled,
-                    float(o.avg_fill_price),
-                    o.reason,
-                    created,
-                    updated,
-                )
-            )
-            self._order_events.append(
-                (
-                    run_id,
-                    o.client_order_id,
-                    status,
-                    filled,
-                    o.reason,
-                    updated if updated is not None else created,
-                )
-            )
+        if orders:
+            self._orders.append((run_id, [ORDER_VALUES(o) for o in orders]))
+            self._counts["orders"] += len(orders)
 
     def record_fills(
         self, run_id: str, fills: Sequence[Fill], booked_at: datetime | None = None
     ) -> None:
         """`booked_at`: the bar at which the engine booked them (default: their own time)."""
-        enc = self._encode_time
-        booked = enc(booked_at) if booked_at is not None else None
-        for f in fills:
-            self._fills.append(
-                (
-                    run_id,
-                    f.fill_id,
-                    f.client_order_id,
-                    f.symbol,
-                    str(f.side),
-                    float(f.quantity),
-                    float(f.price),
-                    float(f.commission),
-                    float(f.slippage),
-                    float(f.reference_price),
-                    enc(f.time),
-                    booked if booked is not None else enc(f.time),
-                )
-            )
+        if fills:
+            self._fills.append((run_id, booked_at, [FILL_VALUES(f) for f in fills]))
+            self._counts["fills"] += len(fills)
 
     def record_positions(
         self,
@@ -816,26 +804,22 @@ class BufferedStore(ABC):
         mark: np.ndarray,
     ) -> None:
         """A row whenever a symbol's quantity changes (a close is a row with quantity 0):
-        the position history, from which the holding at any time is the last row before it.
-        Equity and exposure per bar are in the equity table."""
+        the position history, from which the holding at any time is the last row at or
+        before it. Equity and exposure per bar are in the equity table."""
         last = self._last_quantity.get(run_id)
         if last is None or last.shape != quantity.shape:
             last = self._last_quantity[run_id] = np.zeros_like(quantity, dtype=np.float64)
-        changed = np.isfinite(quantity) & (quantity != last)
+        changed = quantity != last
+        if not changed.any():
+            return
+        changed &= np.isfinite(quantity)
         idx = np.flatnonzero(changed)
         if idx.size == 0:
             return
         np.copyto(last, quantity, where=changed)
-        t = self._encode_time(time)
-        append = self._positions.append
-        for i, q, a, m in zip(
-            idx.tolist(),
-            quantity[idx].tolist(),
-            avg_price[idx].tolist(),
-            mark[idx].tolist(),
-            strict=True,
-        ):
-            append((run_id, t, symbols[i], q, a, m))
+        cols = (quantity[idx], avg_price[idx], mark[idx])
+        self._positions.append((run_id, time, symbols, idx, cols, ()))
+        self._counts["positions"] += idx.size
 
     def record_equity(
         self,
@@ -846,61 +830,99 @@ class BufferedStore(ABC):
         gross_exposure: float,
         net_exposure: float,
     ) -> None:
-        self._equity.append(
-            (
-                run_id,
-                self._encode_time(time),
-                float(cash),
-                float(equity),
-                float(gross_exposure),
-                float(net_exposure),
-            )
-        )
+        self._equity.append((run_id, time, cash, equity, gross_exposure, net_exposure))
+        self._counts["equity"] += 1
 
     # ------------------------------------------------------------------ flushing
 
     def pending(self) -> dict[str, int]:
         """Buffered row counts per table (for metrics and tests)."""
-        return {name: len(buf) for name, buf in self._buffers.items()}
+        n = {name: sum(chunk_rows(name, c) for c in buf) for name, buf in self._buffers.items()}
+        return {
+            "signals": n["signals"],
+            "orders": n["orders"],
+            "order_events": n["orders"],
+            "fills": n["fills"],
+            "positions": n["positions"],
+            "equity": n["equity"],
+            "checkpoints": n["checkpoints"],
+            "decisions": n["decisions"],
+        }
+
+    def _due(self) -> bool:
+        bs = self.batch_size
+        c = self._counts
+        return (
+            c["positions"] >= bs
+            or c["signals"] >= bs
+            or c["equity"] >= bs
+            or c["orders"] >= bs
+            or c["fills"] >= bs
+            or time.monotonic() - self._last_flush >= self.flush_interval_s
+        )
+
+    def _take(self) -> dict[str, list[Any]]:
+        """Every buffer's chunks (the buffers are left empty); {} when nothing is buffered."""
+        taken: dict[str, list[Any]] = {}
+        for name, buf in self._buffers.items():
+            if buf:
+                taken[name] = buf[:]
+                buf.clear()
+        self._counts = dict.fromkeys(BUFFERS, 0)
+        return taken
+
+    def _put_back(self, taken: Mapping[str, list[Any]]) -> None:
+        """Chunks of a write that failed go back in front of what was recorded since, so the
+        next write has them, in order."""
+        for name, chunks in taken.items():
+            self._buffers[name][:0] = chunks
+            self._counts[name] += sum(chunk_rows(name, c) for c in chunks)
+
+    def _rows(self, taken: Mapping[str, list[Any]]) -> dict[str, list[Row]]:
+        return to_rows(taken, self._encode_time)
 
     async def maybe_flush(self) -> None:
-        """Start a write in the background when a buffer is full or the interval has passed.
-        A live engine then waits for its next bar while the database works; a replay, which
-        never suspends on its own, lets the write run at the next check (measured faster than
-        yielding to the loop every bar). At most one write is in flight, so memory stays
-        within two batches; a failed write raises here, at the next bar, or at flush/stop."""
+        """Start a write in the background when a buffer is full or the interval has passed;
+        cheap otherwise. A write that failed in the background raises here (at the next bar),
+        or at flush/settle/stop, with its rows back in the buffers. See `_write_behind`."""
+        await self._reap()
+        if self._due():
+            self._last_flush = time.monotonic()
+            await self._write_behind()
+
+    async def settle(self) -> None:
+        """Wait for the writes in flight, if any (does not start a new one)."""
+        await self._wait_behind()
+
+    async def flush(self) -> None:
+        """Write everything buffered, after the writes already in flight: committed when it
+        returns."""
+        await self._wait_behind()
+        await self._flush_now()
+
+    # How the background writes run. This default (PostgreSQL: asyncpg belongs to the event
+    # loop) is an asyncio task: a live engine waits for its next bar while the database
+    # works; a replay, which never suspends on its own, lets the write run at the next check.
+    # At most one write is in flight, so memory stays within two batches. SqliteStore
+    # overrides these with a writer process (replays) or thread (live), which need no help
+    # from the event loop.
+
+    async def _reap(self) -> None:
         bg = self._background
         if bg is not None and bg.done():
             self._background = None
             bg.result()
-        bs = self.batch_size
-        if (
-            len(self._positions) >= bs
-            or len(self._signals) >= bs
-            or len(self._equity) >= bs
-            or len(self._orders) >= bs
-            or len(self._order_events) >= bs
-            or len(self._fills) >= bs
-            or time.monotonic() - self._last_flush >= self.flush_interval_s
-        ):
-            if self._background is not None:
-                bg, self._background = self._background, None
-                await bg
-            self._last_flush = time.monotonic()
-            self._background = asyncio.create_task(self._flush_now())
 
-    async def settle(self) -> None:
-        """Wait for the write in flight, if any (does not start a new one)."""
+    async def _write_behind(self) -> None:
         if self._background is not None:
             bg, self._background = self._background, None
             await bg
+        self._background = asyncio.create_task(self._flush_now())
 
-    async def flush(self) -> None:
-        """Write everything buffered, after any write already in flight."""
+    async def _wait_behind(self) -> None:
         if self._background is not None:
             bg, self._background = self._background, None
             await bg
-        await self._flush_now()
 
     async def _flush_now(self) -> None:
         """Write every buffer in one transaction (or spool it: see `_commit`). On failure the
@@ -908,30 +930,13 @@ class BufferedStore(ABC):
         StorageError propagates."""
         async with self._flush_lock:
             self._last_flush = time.monotonic()
-            taken: dict[str, list[Row]] = {}
-            for name, buf in self._buffers.items():
-                if buf:
-                    taken[name] = buf[:]
-                    buf.clear()
+            taken = self._take()
             if not taken:
                 return
-            if "orders" in taken:
-                # Only an order's latest state survives the upsert: write that one only
-                # (order_events keeps every state).
-                taken["orders"] = list({(r[0], r[1]): r for r in taken["orders"]}.values())
-            if "decisions" in taken:
-                taken["decisions"] = list({(r[0], r[1]): r for r in taken["decisions"]}.values())
-            write = dict(taken)
-            if "checkpoints" in taken:
-                taken["checkpoints"] = list({r[0]: r for r in taken["checkpoints"]}.values())
-                write["checkpoints"] = [
-                    (r[0], r[1], to_json(r[2]), r[3]) for r in taken["checkpoints"]
-                ]
             try:
-                await self._commit(write)
+                await self._commit(self._rows(taken))
             except BaseException:
-                for name, rows in taken.items():
-                    self._buffers[name][:0] = rows
+                self._put_back(taken)
                 raise
 
     # ------------------------------------------------------------------ reading back
@@ -962,11 +967,18 @@ class BufferedStore(ABC):
         floats = table.columns_of("float", optional=False)
         optional = table.columns_of("float", optional=True)
         out = []
+        # A run's rows share a few thousand bar times: each is decoded once.
+        decoded: dict[Any, datetime] = {}
+        decode = self._decode_time
         for r in rows:
             d = dict(zip(cols, r, strict=True))
             for c in times:
-                if d[c] is not None:
-                    d[c] = self._decode_time(d[c])
+                v = d[c]
+                if v is not None:
+                    t = decoded.get(v)
+                    if t is None:
+                        t = decoded[v] = decode(v)
+                    d[c] = t
             for c in jsons:
                 if d[c] is not None:
                     d[c] = json.loads(d[c])

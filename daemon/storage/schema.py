@@ -363,11 +363,17 @@ def create_table_sql(table: Table, dialect: Dialect) -> list[str]:
     return stmts
 
 
-def insert_sql(table: Table, dialect: Dialect) -> str:
+def insert_sql(table: Table, dialect: Dialect, rows: int = 1) -> str:
+    """The insert (upsert) of one row, or with SQLite of `rows` rows in one VALUES list
+    (their values flattened in row order)."""
     cols = table.insert_columns
-    sql = (
-        f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES ({_placeholders(dialect, len(cols))})"
-    )
+    if rows == 1:
+        values = f"({_placeholders(dialect, len(cols))})"
+    elif dialect == "sqlite":
+        values = ", ".join([f"({_placeholders(dialect, len(cols))})"] * rows)
+    else:
+        raise ValueError(f"multi-row inserts are built for SQLite only, not {dialect}")
+    sql = f"INSERT INTO {table.name} ({', '.join(cols)}) VALUES {values}"
     if table.on_conflict == "ignore":
         sql += f" ON CONFLICT ({', '.join(table.primary_key)}) DO NOTHING"
     elif table.on_conflict == "update":

@@ -1,24 +1,157 @@
-"""The embedded default store: one SQLite file through one aiosqlite connection."""
+"""The embedded default store: one SQLite file, one connection, owned by a writer thread.
+
+Every database call of the store runs on its writer thread (storage/writer.py), in the order
+it was made, so the event loop never waits on SQLite. The engine's records are written behind
+its back, in batches (`maybe_flush` hands one over and returns), in one of two ways:
+
+- a replay on a file (`begin_run` of a run that is not live): a writer process
+  (storage/child.py) gets each batch as a few arrays and tuples (storage/rows.py `pack`),
+  makes the rows and writes them with a connection of its own while the engine computes
+  the next bars. Not a thread: making rows is Python work, and a thread would take turns
+  with the engine for Python's interpreter lock (measured slower than writing inline). The
+  process is started by `begin_run` and takes batches once it has answered; until then the
+  thread writes them and the engine waits (a short replay never waits for the process). A
+  batch that fails raises at the engine's next bar and the replay ends with that error.
+- a live run (and `:memory:`): the writer thread makes the rows and writes them. In memory
+  the engine waits for each batch at once (nothing to overlap). A batch that fails raises at
+  the engine's next `maybe_flush`, `settle`, `flush` or `stop`, with its rows (and those of
+  any batch handed over after it, which the thread then does not write, to keep the order)
+  back in the buffers.
+
+Either way at most `max_in_flight` batches are handed over and not yet written; then
+`maybe_flush` waits for the oldest (back-pressure: memory stays within `max_in_flight + 1`
+batches). `flush()` returns when everything recorded before it is committed: this is what a
+live run's durability rests on (order intents stored before they are sent, a bar's checkpoint
+in the same transaction as its rows), unchanged by the writers. What differs between a
+replay and a live run is where rows are made and how often the engine waits: a replay waits
+at its end (and when the writer falls `max_in_flight` batches behind); a live run waits at
+each `flush()` it asks for. A live run never uses the writer process: a process killed with
+SIGKILL must not leave a writer behind that commits while its restart resumes.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
-from collections.abc import Mapping, Sequence
+import time
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from datetime import UTC, datetime
+from itertools import chain
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
-import aiosqlite
 import structlog
 
 from .. import faults
-from ..core.errors import StorageError
-from .buffered import BufferedStore, Row
+from ..core.errors import ConfigError, StorageError
+from ..core.types import RunInfo
+from .buffered import BufferedStore, ResumePoint, Row
+from .child import ChildWriter
+from .rows import pack, to_rows
 from .schema import TABLES, Dialect, add_column_sql, create_table_sql, insert_sql
+from .writer import WriterThread
 
 log = structlog.get_logger(__name__)
 
 MEMORY = ":memory:"
+# Rows per INSERT statement at most (a power of two): 512 rows of the widest table (orders,
+# 18 columns) bind 9,216 values, below SQLite's default limit of 32,766.
+MULTI_ROWS = 512
+T = TypeVar("T")
+
+
+class _Skipped(Exception):
+    """A batch handed over after one that failed: not written (the order is kept)."""
+
+
+_ISO: dict[datetime, str] = {}
+
+
+def iso_utc(t: datetime) -> str:
+    """A time as stored: fixed-width ISO-8601 UTC text (naive means UTC). Every row of a bar
+    carries the same time: each is formatted once (the memo is bounded)."""
+    s = _ISO.get(t)
+    if s is None:
+        u = t
+        if u.tzinfo is not UTC:
+            u = u.replace(tzinfo=UTC) if u.tzinfo is None else u.astimezone(UTC)
+        s = u.isoformat(timespec="microseconds")
+        if len(_ISO) >= 4096:
+            _ISO.clear()
+        _ISO[t] = s
+    return s
+
+
+def transaction(
+    db: sqlite3.Connection, statements: Sequence[tuple[str, Sequence[Any]]], where: str
+) -> None:
+    """Statements in one transaction."""
+    try:
+        db.execute("BEGIN")
+        try:
+            for sql, args in statements:
+                db.execute(sql, args)
+            faults.reached("flush")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    except (sqlite3.Error, ValueError) as e:
+        raise StorageError(f"write to SQLite database {where} failed: {e}") from e
+
+
+def write_rows(
+    db: sqlite3.Connection,
+    batches: Mapping[str, Sequence[Row]],
+    statements: dict[tuple[str, int], str],
+    where: str,
+) -> None:
+    """Rows of several tables in one transaction, as INSERT statements of up to MULTI_ROWS
+    rows each (one VALUES list), not one statement per row: SQLite inserts hundreds of rows
+    per call, at a third less CPU than executemany. The sizes are powers of two, so that a
+    few cached statements (`statements`) serve every batch."""
+    work: list[tuple[str, list[Any]]] = []
+    for name, rows in batches.items():
+        k, n = 0, len(rows)
+        while k < n:
+            size = MULTI_ROWS
+            while size > n - k:
+                size //= 2
+            sql = statements.get((name, size))
+            if sql is None:
+                sql = statements[(name, size)] = insert_sql(TABLES[name], "sqlite", size)
+            work.append((sql, list(chain.from_iterable(rows[k : k + size]))))
+            k += size
+    transaction(db, work, where)
+
+
+def connect(path: str) -> sqlite3.Connection:
+    """A connection as the store uses it: autocommit (explicit transactions), WAL on a file,
+    waiting up to a minute for a lock another connection holds."""
+    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60.0)
+    if path != MEMORY:
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+    return db
+
+
+# Jobs of the writer process (storage/child.py), run there.
+
+
+def child_open(state: dict[str, Any], path: str) -> None:
+    try:
+        db = connect(path)
+    except sqlite3.Error as e:
+        raise StorageError(f"cannot open SQLite database {path}: {e}") from e
+    state["sqlite"] = (db, path, {})
+    state.setdefault("_closers", []).append(db.close)
+
+
+def child_rows(state: dict[str, Any], taken: Mapping[str, Any]) -> None:
+    db, path, statements = state["sqlite"]
+    write_rows(db, to_rows(taken, iso_utc), statements, path)
 
 
 class SqliteStore(BufferedStore):
@@ -34,108 +167,246 @@ class SqliteStore(BufferedStore):
         batch_size: int = 5000,
         signals: str = "decisions",
         flush_interval_s: float = 1.0,
+        max_in_flight: int = 2,
+        *,
+        process: bool = True,
     ) -> None:
+        """`process`: write a replay's batches in a writer process (see the module
+        docstring); off, the writer thread writes them."""
         super().__init__(batch_size=batch_size, signals=signals, flush_interval_s=flush_interval_s)
+        if not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise ConfigError(f"SQLite store max_in_flight must be >= 1, got {max_in_flight!r}")
         self.path = str(path) if str(path) == MEMORY else str(Path(path).expanduser())
-        self._db: aiosqlite.Connection | None = None
-        self._iso: dict[datetime, str] = {}
-        self._insert = {name: insert_sql(t, "sqlite") for name, t in TABLES.items()}
+        self.max_in_flight = max_in_flight
+        self.process = process
+        self._writer: WriterThread | None = None
+        self._child: ChildWriter | None = None
+        self._child_ready = False
+        self._db: sqlite3.Connection | None = None  # used on the writer thread only
+        self._statements: dict[tuple[str, int], str] = {}
+        # Batches handed to the writer thread, oldest first, with their chunks (put back if
+        # the batch fails).
+        self._in_flight: deque[tuple[Future[None], dict[str, list[Any]]]] = deque()
+        # Set on the writer thread when a batch fails; the batches after it are skipped until
+        # the engine has taken them all back.
+        self._batch_failed = False
+
+    # ------------------------------------------------------------------ connection
 
     async def start(self) -> None:
-        if self._db is not None:
+        if self._writer is not None:
             return
+        writer = WriterThread("tradingd-sqlite-writer", max_jobs=self.max_in_flight + 8)
+        try:
+            mode = await asyncio.wrap_future(writer.submit(self._open))
+        except BaseException:
+            writer.close()
+            raise
+        self._writer = writer
+        log.info("storage.sqlite.started", path=self.path, journal_mode=mode)
+
+    def _open(self) -> str:
+        """On the writer thread: connect, create or upgrade the schema; the journal mode."""
         try:
             if self.path != MEMORY:
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-            db = await aiosqlite.connect(self.path, isolation_level=None)
+            db = connect(self.path)
         except (OSError, sqlite3.Error) as e:
             raise StorageError(f"cannot open SQLite database {self.path}: {e}") from e
         try:
-            mode = "memory"
-            if self.path != MEMORY:
-                async with db.execute("PRAGMA journal_mode=WAL") as cur:
-                    row = await cur.fetchone()
-                    mode = row[0] if row else "?"
-                await db.execute("PRAGMA synchronous=NORMAL")
-            await db.execute("BEGIN")
+            row = db.execute("PRAGMA journal_mode").fetchone()
+            mode = row[0] if row else "?"
+            db.execute("BEGIN")
             for table in TABLES.values():
                 for stmt in create_table_sql(table, "sqlite"):
-                    await db.execute(stmt)
+                    db.execute(stmt)
                 # A database made by an earlier build: add the columns declared since.
-                async with db.execute(f"PRAGMA table_info({table.name})") as cur:
-                    have = {row[1] for row in await cur.fetchall()}
+                have = {row[1] for row in db.execute(f"PRAGMA table_info({table.name})")}
                 for column in table.insert_columns:
                     if column not in have:
-                        await db.execute(add_column_sql(table, column, "sqlite"))
+                        db.execute(add_column_sql(table, column, "sqlite"))
                         log.info("storage.column_added", table=table.name, column=column)
-            await db.execute("COMMIT")
+            db.execute("COMMIT")
         except sqlite3.Error as e:
-            await db.close()
+            db.close()
             raise StorageError(f"cannot create schema in SQLite database {self.path}: {e}") from e
         self._db = db
-        log.info("storage.sqlite.started", path=self.path, journal_mode=mode)
+        return mode
 
     async def _close(self) -> None:
-        if self._db is not None:
-            db, self._db = self._db, None
-            await db.close()
+        try:
+            self._stop_child()
+        finally:
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                try:
+                    await asyncio.wrap_future(writer.submit(self._close_db))
+                finally:
+                    writer.close()
+
+    def _close_db(self) -> None:
+        db, self._db = self._db, None
+        if db is not None:
+            db.close()
 
     def _where(self) -> str:
         return f"SQLite database {self.path}"
 
-    def _conn(self) -> aiosqlite.Connection:
-        if self._db is None:
+    def _thread(self) -> WriterThread:
+        if self._writer is None:
             raise StorageError(f"SQLite store {self.path} is not started (call start())")
-        return self._db
+        return self._writer
+
+    async def _call(self, fn: Callable[[], T]) -> T:
+        """Run `fn` on the writer thread, after everything handed to it (and to the writer
+        process) before."""
+        thread = self._thread()
+        child = self._child
+        if child is not None and self._child_ready:  # (else it was sent nothing)
+            child.sync()
+        # Shielded: a cancelled caller must not cancel a job the thread may be running.
+        return await asyncio.shield(asyncio.wrap_future(thread.submit(fn)))
 
     def _encode_time(self, t: datetime) -> str:
-        # Every row of a bar carries the same time: formatting it once per bar instead of
-        # once per row matters in a multi-million-row replay. The memo is bounded.
-        s = self._iso.get(t)
-        if s is None:
-            u = t
-            if u.tzinfo is not UTC:
-                u = u.replace(tzinfo=UTC) if u.tzinfo is None else u.astimezone(UTC)
-            s = u.isoformat(timespec="microseconds")
-            if len(self._iso) >= 4096:
-                self._iso.clear()
-            self._iso[t] = s
-        return s
+        return iso_utc(t)
 
     def _decode_time(self, v: Any) -> datetime:
         return datetime.fromisoformat(v).astimezone(UTC)
 
-    async def _transaction(self, work: Sequence[tuple[str, Any, bool]]) -> None:
-        """(sql, args, many) items in one transaction."""
+    # ------------------------------------------------------------------ on the writer thread
+
+    def _conn(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise StorageError(f"SQLite store {self.path} is closed")
+        return self._db
+
+    def _write_rows(self, batches: Mapping[str, list[Row]]) -> None:
+        write_rows(self._conn(), batches, self._statements, self.path)
+
+    def _write_chunks(self, taken: dict[str, list[Any]]) -> None:
+        """One batch of recorded chunks: rows made and written in one transaction."""
+        if self._batch_failed:
+            raise _Skipped()
+        try:
+            self._write_rows(self._rows(taken))
+        except BaseException:
+            self._batch_failed = True
+            raise
+
+    def _select(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
         db = self._conn()
         try:
-            await db.execute("BEGIN")
-            try:
-                for sql, args, many in work:
-                    if many:
-                        await db.executemany(sql, args)
-                    else:
-                        await db.execute(sql, args)
-                faults.reached("flush")
-            except BaseException:
-                await db.execute("ROLLBACK")
-                raise
-            await db.execute("COMMIT")
-        except (sqlite3.Error, ValueError) as e:
-            raise StorageError(f"write to SQLite database {self.path} failed: {e}") from e
-
-    async def _write_batches(self, batches: Mapping[str, list[Row]]) -> None:
-        await self._transaction(
-            [(self._insert[name], rows, True) for name, rows in batches.items()]
-        )
-
-    async def _execute(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
-        await self._transaction([(sql, args, False) for sql, args in statements])
-
-    async def _query(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
-        db = self._conn()
-        try:
-            async with db.execute(sql, args) as cur:
-                return list(await cur.fetchall())
+            return list(db.execute(sql, args).fetchall())
         except sqlite3.Error as e:
             raise StorageError(f"query on SQLite database {self.path} failed: {e}") from e
+
+    # ------------------------------------------------------------------ dialect primitives
+
+    async def _write_batches(self, batches: Mapping[str, list[Row]]) -> None:
+        await self._call(lambda: self._write_rows(batches))
+
+    async def _execute(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        await self._call(lambda: transaction(self._conn(), statements, self.path))
+
+    async def _query(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
+        return await self._call(lambda: self._select(sql, args))
+
+    # ------------------------------------------------------------------ write-behind
+
+    def _hand_over(self, taken: dict[str, list[Any]]) -> None:
+        fut = self._thread().submit(lambda: self._write_chunks(taken))
+        self._in_flight.append((fut, taken))
+
+    async def _wait_oldest(self) -> None:
+        fut, _ = self._in_flight[0]
+        try:
+            await asyncio.shield(asyncio.wrap_future(fut))
+        except Exception:
+            await self._take_back()
+            raise
+        self._in_flight.popleft()
+
+    async def _take_back(self) -> None:
+        """The oldest batch in flight failed: wait for the ones after it (the thread skips
+        them), put every one back in order and let the thread write again."""
+        batches = list(self._in_flight)
+        self._in_flight.clear()
+        for fut, _ in batches[1:]:
+            try:
+                await asyncio.shield(asyncio.wrap_future(fut))
+            except _Skipped:
+                pass
+            except Exception as exc:  # not expected: the thread skips after a failure
+                log.error("storage.sqlite.batch_failed", path=self.path, error=str(exc))
+        for _, taken in reversed(batches):
+            self._put_back(taken)
+        self._batch_failed = False
+
+    async def _reap(self) -> None:
+        if self._child is not None:
+            self._child.reap()
+        while self._in_flight and self._in_flight[0][0].done():
+            await self._wait_oldest()
+
+    async def _write_behind(self) -> None:
+        child = self._ready_child()
+        if child is not None:
+            taken = self._take()
+            if taken:
+                child.send("tradingd.storage.sqlite:child_rows", pack(taken))
+            return
+        # Room first, then take: a failed batch puts its rows back in front of the buffers.
+        while len(self._in_flight) >= self.max_in_flight:
+            await self._wait_oldest()
+        taken = self._take()
+        if taken:
+            self._hand_over(taken)
+            if self.path == MEMORY or self._child is not None:
+                # Nothing to overlap (in memory), or a replay whose writer process is still
+                # starting: the engine waits, as if it wrote the batch itself.
+                await self._wait_thread()
+
+    def _ready_child(self) -> ChildWriter | None:
+        """The writer process, once it has answered its first job (started and connected):
+        until then, rows are written by the thread, so a replay never waits for the process
+        to start."""
+        child = self._child
+        if child is not None and not self._child_ready:
+            child.reap()
+            self._child_ready = child.pending == 0
+        return child if self._child_ready else None
+
+    async def _wait_behind(self) -> None:
+        await self._wait_thread()
+        if self._child is not None and self._child_ready:  # (else it was sent nothing)
+            self._child.sync()
+
+    async def _wait_thread(self) -> None:
+        while self._in_flight:
+            await self._wait_oldest()
+
+    # ------------------------------------------------------------------ runs
+
+    async def begin_run(self, run: RunInfo) -> None:
+        await super().begin_run(run)
+        if self.process and run.mode != "live" and self.path != MEMORY and self._child is None:
+            # Started now, it imports and connects while the engine warms up.
+            self._child = ChildWriter(f"SQLite {self.path}", self.max_in_flight)
+            self._child.send("tradingd.storage.sqlite:child_open", self.path)
+            self._child_ready = False
+
+    async def resume_run(self, run: RunInfo) -> ResumePoint | None:
+        await self.flush()
+        self._stop_child()  # a live run writes on the thread (see the module docstring)
+        return await super().resume_run(run)
+
+    def _stop_child(self) -> None:
+        child, self._child = self._child, None
+        ready, self._child_ready = self._child_ready, False
+        if child is not None:
+            child.close(sync=ready)  # one that never took a batch is not waited for
+
+    async def _flush_now(self) -> None:
+        self._last_flush = time.monotonic()
+        await self._write_behind()
+        await self._wait_behind()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import sqlite3
+import threading
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -429,14 +431,16 @@ async def test_rows_are_written_once_the_flush_interval_has_passed(
         await store.stop()
 
 
-async def test_failed_flush_keeps_rows_buffered(store: SqliteStore, monkeypatch) -> None:
+async def test_failed_flush_keeps_rows_buffered(db_path: Path, monkeypatch) -> None:
+    store = SqliteStore(db_path, process=False)  # the writer thread's contract
+    await store.start()
     await store.begin_run(run_info())
     store.record_equity("r1", T0, 1.0, 1.0, 0.0, 0.0)
 
-    async def broken(batches):
+    def broken(batches):
         raise StorageError("disk full")
 
-    monkeypatch.setattr(store, "_write_batches", broken)
+    monkeypatch.setattr(store, "_write_rows", broken)  # on the writer thread
     with pytest.raises(StorageError, match="disk full"):
         await store.flush()
     store.record_equity("r1", T0 + DAY, 2.0, 2.0, 0.0, 0.0)
@@ -444,6 +448,7 @@ async def test_failed_flush_keeps_rows_buffered(store: SqliteStore, monkeypatch)
     monkeypatch.undo()
     await store.flush()
     assert [r["cash"] for r in await store.fetch("equity", "r1")] == [1.0, 2.0]
+    await store.stop()
 
 
 @pytest.mark.parametrize(
@@ -602,21 +607,30 @@ async def test_use_before_start_is_a_storage_error(db_path: Path) -> None:
 
 
 async def test_background_write_overlaps_and_a_failure_surfaces(db_path: Path, monkeypatch) -> None:
-    store = SqliteStore(db_path, batch_size=1, flush_interval_s=3600.0)
+    store = SqliteStore(db_path, batch_size=1, flush_interval_s=3600.0, process=False)
     await store.start()
+    gate = threading.Event()
+    write = store._write_rows
+
+    def held(batches):  # the writer thread waits for the test
+        assert gate.wait(10)
+        write(batches)
+
     try:
         await store.begin_run(run_info())
+        monkeypatch.setattr(store, "_write_rows", held)
         store.record_equity("r1", T0, 1.0, 1.0, 0.0, 0.0)
         await store.maybe_flush()
         # maybe_flush returned before the write happened: it runs while the engine goes on.
-        assert count(db_path, "equity") == 0
+        assert count(db_path, "equity") == 0 and store.pending()["equity"] == 0
+        gate.set()
         await store.settle()
         assert count(db_path, "equity") == 1
 
-        async def broken(taken):
+        def broken(batches):
             raise StorageError("disk full")
 
-        monkeypatch.setattr(store, "_write_batches", broken)
+        monkeypatch.setattr(store, "_write_rows", broken)
         store.record_equity("r1", T0 + DAY, 2.0, 2.0, 0.0, 0.0)
         await store.maybe_flush()
         with pytest.raises(StorageError, match="disk full"):
@@ -626,6 +640,83 @@ async def test_background_write_overlaps_and_a_failure_surfaces(db_path: Path, m
     finally:
         await store.stop()
     assert count(db_path, "equity") == 2
+
+
+async def test_a_failed_batch_takes_the_later_ones_back_in_order(
+    db_path: Path, monkeypatch
+) -> None:
+    """Batches handed to the writer after one that failed are not written (the table would
+    have a hole), and all of them come back, in order, in front of the newer rows: the next
+    flush writes every row once."""
+    store = SqliteStore(
+        db_path, batch_size=1, flush_interval_s=3600.0, max_in_flight=3, process=False
+    )
+    await store.start()
+    gate = threading.Event()
+    write = store._write_rows
+    calls = []
+
+    def first_fails(batches):
+        calls.append(batches)
+        assert gate.wait(10)
+        if len(calls) == 1:
+            raise StorageError("disk full")
+        write(batches)
+
+    try:
+        await store.begin_run(run_info())
+        monkeypatch.setattr(store, "_write_rows", first_fails)
+        for k in range(3):  # three batches in flight, the first will fail
+            store.record_equity("r1", T0 + k * DAY, float(k), 1.0, 0.0, 0.0)
+            await store.maybe_flush()
+        store.record_equity("r1", T0 + 3 * DAY, 3.0, 1.0, 0.0, 0.0)  # still buffered
+        gate.set()
+        with pytest.raises(StorageError, match="disk full"):
+            await store.settle()
+        assert len(calls) == 1  # the two after it were skipped, not written
+        assert store.pending()["equity"] == 4
+        monkeypatch.undo()
+        await store.flush()
+        assert [r["cash"] for r in await store.fetch("equity", "r1")] == [0.0, 1.0, 2.0, 3.0]
+    finally:
+        await store.stop()
+
+
+async def test_back_pressure_bounds_the_batches_in_flight(db_path: Path, monkeypatch) -> None:
+    """While the writer is behind, the engine waits at maybe_flush once `max_in_flight`
+    batches are handed over: never more than that many batches are held for the writer."""
+    store = SqliteStore(
+        db_path, batch_size=1, flush_interval_s=3600.0, max_in_flight=2, process=False
+    )
+    await store.start()
+    gate = threading.Event()
+    write = store._write_rows
+
+    def held(batches):
+        assert gate.wait(10)
+        write(batches)
+
+    try:
+        await store.begin_run(run_info())
+        monkeypatch.setattr(store, "_write_rows", held)
+        for k in range(2):
+            store.record_equity("r1", T0 + k * DAY, float(k), 1.0, 0.0, 0.0)
+            await store.maybe_flush()
+        assert len(store._in_flight) == 2
+        store.record_equity("r1", T0 + 2 * DAY, 2.0, 1.0, 0.0, 0.0)
+        third = asyncio.ensure_future(store.maybe_flush())
+        for _ in range(3):
+            await asyncio.sleep(0)  # let it run: it cannot finish while the writer is held
+        assert not third.done()  # blocked: the writer holds two batches already
+        assert store.pending()["equity"] == 1 and len(store._in_flight) == 2
+        gate.set()
+        await third
+        assert len(store._in_flight) <= 2
+        await store.flush()
+        assert count(db_path, "equity") == 3
+    finally:
+        gate.set()
+        await store.stop()
 
 
 async def test_bar_writes_wait_for_a_background_flush(db_path: Path) -> None:

@@ -83,7 +83,9 @@ def test_audit_writes_at_most_once_per_interval_unless_forced(tmp_path, monkeypa
 
     now = [100.0]
     monkeypatch.setattr(audit.time, "monotonic", lambda: now[0])
-    a = AuditLog(tmp_path, "r", flush_interval_s=1.0, max_lines=3)
+    # Written by the caller (background=False), so the file shows each decision at once;
+    # the writer thread follows the same rule (tests/unit/test_audit.py).
+    a = AuditLog(tmp_path, "r", flush_interval_s=1.0, max_lines=3, background=False)
     f = Fill("f1", "c", "A", Side.SELL, 2.0, 10.0, 0.02, 0.005, T, 10.005)
     a.fills([f])
     a.flush()  # first write: a live daemon's bar reaches the file at once

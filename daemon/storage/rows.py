@@ -1,0 +1,283 @@
+"""What the `record_*` calls keep, and how it becomes database rows.
+
+The engine calls `record_*` on every bar; the database wants one tuple per row with text
+times and plain floats. Building those tuples is most of what persistence costs in Python, so
+the engine's side only keeps the bar's values in the cheapest form that cannot change under
+it: per bar, the indices of the symbols that have a row and copies of their values (one small
+array per column), and per order or fill the tuple of its field values (`attrgetter`, one C
+call; enums, floats and datetimes are immutable, so the tuple is a snapshot even if the order
+object changes later). `to_rows` turns a batch of those into row tuples later, where the
+writing happens (the SQLite store's writer thread; PostgreSQL's flush).
+
+A chunk never holds a reference to a mutable engine array: every array in it is a copy made by
+fancy indexing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from operator import attrgetter
+from typing import Any
+
+import numpy as np
+
+Row = tuple[Any, ...]
+EncodeTime = Callable[[datetime], Any]
+
+# The buffers the record_* calls fill, in write order. `orders` feeds two tables: the order's
+# latest state (`orders`) and its lifecycle history (`order_events`).
+BUFFERS = ("signals", "orders", "fills", "positions", "equity", "checkpoints", "decisions")
+
+ORDER_VALUES = attrgetter(
+    "client_order_id",
+    "symbol",
+    "side",
+    "type",
+    "quantity",
+    "limit_price",
+    "stop_price",
+    "trail_pct",
+    "leg",
+    "parent_id",
+    "oco_group",
+    "status",
+    "filled_quantity",
+    "avg_fill_price",
+    "reason",
+    "created_at",
+    "updated_at",
+)
+FILL_VALUES = attrgetter(
+    "fill_id",
+    "client_order_id",
+    "symbol",
+    "side",
+    "quantity",
+    "price",
+    "commission",
+    "slippage",
+    "reference_price",
+    "time",
+)
+
+
+def _optional(col: Sequence[Any]) -> list[float | None]:
+    return [None if x is None else float(x) for x in col]
+
+
+def _times(col: Sequence[Any], enc: EncodeTime) -> list[Any]:
+    """`enc` of every time of a column (None stays None), each distinct time encoded once:
+    a batch holds a few hundred bars and thousands of rows."""
+    memo = {t: None if t is None else enc(t) for t in set(col)}
+    return list(map(memo.__getitem__, col))
+
+
+# Rows are built with numpy and with zip and map over columns (C loops), not a Python loop per
+# row or per bar: this is most of what writing costs in Python.
+
+
+@dataclass(frozen=True, slots=True)
+class Packed:
+    """A batch of signals or positions chunks as a few arrays (cheap to pickle for a writer
+    process): per chunk its run id, time, row count and tail; all rows' symbol indices and
+    column values concatenated. `names` is set instead of `universe` when the chunks index
+    different universes."""
+
+    runs: list[str]
+    times: list[datetime]
+    counts: list[int]
+    tails: list[tuple[Any, ...]]
+    universe: Sequence[str] | None
+    names: list[str] | None
+    idx: np.ndarray
+    cols: list[np.ndarray]
+
+
+def pack_blocks(chunks: Sequence[tuple[Any, ...]]) -> Packed:
+    """Signals and positions chunks `(run_id, time, symbols, idx, cols, tail)` (`cols`:
+    arrays aligned with `idx`; `tail`, signals' source, the same for every row of a chunk)."""
+    universe = chunks[0][2]
+    same = all(c[2] is universe for c in chunks)
+    return Packed(
+        runs=[c[0] for c in chunks],
+        times=[c[1] for c in chunks],
+        counts=[c[3].size for c in chunks],
+        tails=[c[5] for c in chunks],
+        universe=universe if same else None,
+        names=None if same else [c[2][i] for c in chunks for i in c[3].tolist()],
+        idx=np.concatenate([c[3] for c in chunks]),
+        cols=[np.concatenate([c[4][j] for c in chunks]) for j in range(len(chunks[0][4]))],
+    )
+
+
+def block_rows(blocks: Packed | Sequence[tuple[Any, ...]], enc: EncodeTime) -> list[Row]:
+    """Rows `(run_id, time, symbol, *(c[k] for c in cols), *tail)` of signals or positions
+    chunks (or of their `Packed` form)."""
+    p = blocks if isinstance(blocks, Packed) else pack_blocks(blocks)
+    if p.universe is not None:
+        names = np.asarray(p.universe, dtype=object)[p.idx].tolist()
+    else:
+        names = p.names or []
+    tails = [_spread([t[j] for t in p.tails], p.counts) for j in range(len(p.tails[0]))]
+    return list(
+        zip(
+            _spread(p.runs, p.counts),
+            _times(_spread(p.times, p.counts), enc),
+            names,
+            *(c.tolist() for c in p.cols),
+            *tails,
+            strict=True,
+        )
+    )
+
+
+def _spread(values: Sequence[Any], counts: Sequence[int]) -> list[Any]:
+    """Each value repeated as many times as its count."""
+    out: list[Any] = []
+    for v, n in zip(values, counts, strict=True):
+        out += [v] * n
+    return out
+
+
+def pack(taken: Mapping[str, Any]) -> dict[str, Any]:
+    """`taken` with its signals and positions chunks packed (see `Packed`)."""
+    out = dict(taken)
+    for name in ("signals", "positions"):
+        if out.get(name):
+            out[name] = pack_blocks(out[name])
+    return out
+
+
+def order_rows(
+    chunks: Sequence[tuple[str, list[tuple[Any, ...]]]], enc: EncodeTime
+) -> tuple[list[Row], list[Row]]:
+    """(orders rows, order_events rows). Only an order's latest state survives the upsert, so
+    only that one is written (order_events keeps every state)."""
+    run_ids = _spread([c[0] for c in chunks], [len(c[1]) for c in chunks])
+    values = [v for _, vs in chunks for v in vs]
+    (cid, sym, side, typ, qty, lp, sp, tp, leg, parent, oco, status, filled, avg, reason) = (
+        cols := list(zip(*values, strict=True))
+    )[:15]
+    created = _times(cols[15], enc)
+    updated = _times(cols[16], enc)
+    st = list(map(str, status))
+    fq = list(map(float, filled))
+    rows = zip(
+        run_ids,
+        cid,
+        sym,
+        map(str, side),
+        map(str, typ),
+        map(float, qty),
+        _optional(lp),
+        _optional(sp),
+        _optional(tp),
+        map(str, leg),
+        parent,
+        oco,
+        st,
+        fq,
+        map(float, avg),
+        reason,
+        created,
+        updated,
+        strict=True,
+    )
+    latest = {(r[0], r[1]): r for r in rows}
+    when = [c if u is None else u for c, u in zip(created, updated, strict=True)]
+    return list(latest.values()), list(zip(run_ids, cid, st, fq, reason, when, strict=True))
+
+
+def fill_rows(
+    chunks: Sequence[tuple[str, Any, list[tuple[Any, ...]]]], enc: EncodeTime
+) -> list[Row]:
+    """`booked_at` None: the fill's own time."""
+    counts = [len(c[2]) for c in chunks]
+    run_ids = _spread([c[0] for c in chunks], counts)
+    values = [v for _, _, vs in chunks for v in vs]
+    fid, cid, sym, side, qty, price, comm, slip, ref, t = zip(*values, strict=True)
+    times = _times(t, enc)
+    booked = _times(_spread([c[1] for c in chunks], counts), enc)
+    booked = [te if b is None else b for te, b in zip(times, booked, strict=True)]
+    return list(
+        zip(
+            run_ids,
+            fid,
+            cid,
+            sym,
+            map(str, side),
+            map(float, qty),
+            map(float, price),
+            map(float, comm),
+            map(float, slip),
+            map(float, ref),
+            times,
+            booked,
+            strict=True,
+        )
+    )
+
+
+def to_rows(taken: Mapping[str, list[Any]], enc: EncodeTime) -> dict[str, list[Row]]:
+    """The rows of every table of a batch of buffers (see `BUFFERS`), in the tables'
+    `insert_columns` order; tables without rows are left out."""
+    out: dict[str, list[Row]] = {}
+    if taken.get("signals"):
+        out["signals"] = block_rows(taken["signals"], enc)
+    if taken.get("orders"):
+        out["orders"], out["order_events"] = order_rows(taken["orders"], enc)
+    if taken.get("fills"):
+        out["fills"] = fill_rows(taken["fills"], enc)
+    if taken.get("positions"):
+        out["positions"] = block_rows(taken["positions"], enc)
+    if taken.get("equity"):
+        run_ids, times, cash, equity, gross, net = zip(*taken["equity"], strict=True)
+        out["equity"] = list(
+            zip(
+                run_ids,
+                _times(times, enc),
+                map(float, cash),
+                map(float, equity),
+                map(float, gross),
+                map(float, net),
+                strict=True,
+            )
+        )
+    if taken.get("checkpoints"):
+        # One per run, the latest; the state is JSON already (encoded when it was recorded,
+        # on the engine's thread: a plugin's state may change at the next bar).
+        latest = {r[0]: r for r in taken["checkpoints"]}
+        out["checkpoints"] = [
+            (run_id, enc(t), state, enc(written)) for run_id, t, state, written in latest.values()
+        ]
+    if taken.get("decisions"):
+        latest_d = {(r[0], r[1]): r for r in taken["decisions"]}  # a bar decided again wins
+        out["decisions"] = [
+            (run_id, enc(t), source, record) for run_id, t, source, record in latest_d.values()
+        ]
+    return out
+
+
+def chunk_rows(name: str, chunk: Any) -> int:
+    """How many rows a chunk of buffer `name` holds (order chunks: per table)."""
+    if name in ("signals", "positions"):
+        return int(chunk[3].size)
+    if name == "orders":
+        return len(chunk[1])
+    if name == "fills":
+        return len(chunk[2])
+    return 1
+
+
+def block(
+    run_id: str,
+    t: datetime,
+    symbols: Sequence[str],
+    idx: np.ndarray,
+    cols: tuple[np.ndarray, ...],
+    tail: tuple[Any, ...] = (),
+) -> tuple[Any, ...]:
+    """A signals/positions chunk (see `block_rows`); `cols` must be copies."""
+    return (run_id, t, symbols, idx, cols, tail)

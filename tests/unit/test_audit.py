@@ -1,0 +1,228 @@
+"""AuditLog off the engine's path: the line encoder gives the JSON the dict encoder gave, the
+writer thread writes in order and boundedly, failures surface, live flushes are on disk."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import tradingd.audit as audit
+from tradingd.audit import AuditLog
+from tradingd.core.errors import StorageError
+from tradingd.core.types import Fill, Leg, Order, OrderStatus, OrderType, Side
+
+T = datetime(2020, 1, 2, tzinfo=UTC)
+
+
+def reference_line(event: str, obj: object, booked: datetime | None = None) -> str:
+    """How the audit encoded a record before the line encoder: a dict through JSONEncoder."""
+    row = {"event": event} | {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}  # type: ignore[arg-type]
+    for k, v in row.items():
+        if isinstance(v, datetime):
+            row[k] = v.isoformat()
+        elif v.__class__ is float and not math.isfinite(v):
+            row[k] = None
+    if booked is not None:
+        row["booked_at"] = booked.isoformat()
+    return json.JSONEncoder(check_circular=False, default=str, allow_nan=False).encode(row)
+
+
+floats = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(10**6), 10**6).map(float)
+texts = st.text(max_size=12)  # any unicode: quotes, backslashes, control characters, emoji
+times = st.datetimes(
+    min_value=datetime(1990, 1, 1), max_value=datetime(2040, 1, 1), timezones=st.just(UTC)
+)
+
+
+@st.composite
+def orders(draw: st.DrawFn) -> Order:
+    return Order(
+        client_order_id=draw(texts),
+        symbol=draw(texts),
+        side=draw(st.sampled_from(Side)),
+        quantity=draw(floats),
+        created_at=draw(times),
+        type=draw(st.sampled_from(OrderType)),
+        limit_price=draw(st.none() | floats),
+        stop_price=draw(st.none() | floats),
+        trail_pct=draw(st.none() | floats),
+        leg=draw(st.sampled_from(Leg)),
+        parent_id=draw(st.none() | texts),
+        oco_group=draw(st.none() | texts),
+        status=draw(st.sampled_from(OrderStatus)),
+        filled_quantity=draw(floats),
+        avg_fill_price=draw(floats),
+        reason=draw(texts),
+        updated_at=draw(st.none() | times),
+        bars_open=draw(st.integers(0, 10**6)),
+        trail_anchor=draw(st.none() | floats),
+    )
+
+
+@st.composite
+def fills(draw: st.DrawFn) -> Fill:
+    return Fill(
+        draw(texts),
+        draw(texts),
+        draw(texts),
+        draw(st.sampled_from(Side)),
+        draw(floats),
+        draw(floats),
+        draw(floats),
+        draw(floats),
+        draw(times),
+        draw(floats),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    batch=st.lists(
+        st.tuples(st.sampled_from(("order", "fill")), orders(), fills(), st.none() | times),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_line_encoder_writes_what_the_dict_encoder_wrote(batch):
+    """Byte for byte, in record order: readers of the audit (jq, truncate_after, the restart
+    tests) see the lines the per-record dict encoder wrote, with a batch's orders and fills
+    each encoded a column at a time (columns that mix types, NaN, None, any text)."""
+    items, expected = [], []
+    for kind, order_, fill, booked in batch:
+        if kind == "order":
+            items.append((audit._ORDERS, [audit._ORDER_VALUES(order_)], None))
+            expected.append(reference_line("order", order_))
+        else:
+            items.append((audit._FILLS, [audit._FILL_VALUES(fill)], audit._iso(booked)))
+            expected.append(reference_line("fill", fill, booked))
+    got = audit._encode(items).splitlines()
+    assert got == expected
+    for line in got:  # strict JSON: no NaN or Infinity tokens
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
+
+
+def test_numpy_floats_are_written_as_numbers_and_nan_as_null():
+    import numpy as np
+
+    nan = np.float64("nan")
+    o = Order("c", "A", Side.BUY, np.float64(3.5), T, avg_fill_price=nan)  # type: ignore[arg-type]
+    [line] = audit._encode([(audit._ORDERS, [audit._ORDER_VALUES(o)], None)]).splitlines()
+    row = json.loads(line)
+    assert row["quantity"] == 3.5 and row["avg_fill_price"] is None
+
+
+def start_writer(a: AuditLog) -> None:
+    """Start the writer process and wait until it has answered (it then takes batches)."""
+    a.orders([order(-1)])
+    a.flush(force=True)
+    a._writer.sync()
+    a.orders([order(-2)])
+    a.flush(force=True)
+    assert a._writer_ready
+
+
+def order(i: int) -> Order:
+    return Order(f"r|{i}", "A", Side.BUY, 1.0 + i, T + timedelta(days=i))
+
+
+def records(path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()]
+
+
+def test_a_replay_encodes_and_writes_in_the_writer_process_in_order(tmp_path, monkeypatch):
+    def not_here(batch):
+        raise AssertionError("encoded in the engine's process")
+
+    a = AuditLog(tmp_path, "r", flush_interval_s=1.0, max_lines=2)
+    assert a.background
+    start_writer(a)
+    monkeypatch.setattr(audit, "_encode", not_here)  # the parent's copy only
+    for i in range(8):
+        a.orders([order(i)])
+        a.flush()  # the first bar, then every second one hands a batch over (max_lines)
+        assert a._writer is not None and a._writer.pending <= a.max_pending  # bounded
+    assert a._writer._proc.pid != os.getpid()
+    a.close()  # the rest, and the process's batches, are on disk
+    assert [r["client_order_id"] for r in records(tmp_path / "r.jsonl")] == [
+        f"r|{i}"
+        for i in range(-1, -3, -1)  # written by start_writer
+    ] + [f"r|{i}" for i in range(8)]
+
+
+def test_force_waits_for_the_writer_and_is_on_disk(tmp_path):
+    a = AuditLog(tmp_path, "r", flush_interval_s=1.0, max_lines=1)
+    start_writer(a)
+    a.orders([order(0)])
+    a.flush()  # handed to the writer process
+    a.orders([order(1)])
+    a.flush(force=True)
+    assert [r["client_order_id"] for r in records(tmp_path / "r.jsonl")][2:] == ["r|0", "r|1"]
+    a.close()
+
+
+def test_a_live_flush_is_on_disk_when_it_returns_without_a_writer(tmp_path):
+    a = AuditLog(tmp_path, "r", flush_interval_s=0.0)
+    assert not a.background
+    for i in range(3):
+        a.orders([order(i)])
+        a.flush()
+        assert len(records(tmp_path / "r.jsonl")) == i + 1
+    assert a._writer is None
+    a.close()
+
+
+def test_a_failed_write_in_the_writer_raises_at_the_next_flush(tmp_path, monkeypatch):
+    a = AuditLog(tmp_path, "r", flush_interval_s=1.0, max_lines=1)
+    start_writer(a)
+    monkeypatch.setattr(a, "path", tmp_path / "gone" / "r.jsonl")
+    a._writer.send("tradingd.audit:child_release", None)
+    (tmp_path / "r.jsonl").unlink()
+    (tmp_path / "r.jsonl").mkdir()  # the writer cannot append to a folder
+    a.orders([order(0)])
+    a.flush()  # handed over
+    assert a._writer._in.poll(30)  # an answer arrived
+    a._writer._answer(block=False)  # (the release's)
+    assert a._writer._in.poll(30)
+    a.orders([order(1)])
+    with pytest.raises(StorageError, match="IsADirectoryError"):
+        a.flush()  # the next bar
+    with pytest.raises(StorageError):
+        a.close()
+
+
+def test_truncate_after_sees_the_writers_lines(tmp_path):
+    a = AuditLog(tmp_path, "r", flush_interval_s=1.0, max_lines=1)
+    for i in range(4):
+        a.orders([order(i)])
+        a.flush()
+    assert a.truncate_after(T + timedelta(days=1)) == 2
+    a.close()
+    assert [r["client_order_id"] for r in records(tmp_path / "r.jsonl")] == ["r|0", "r|1"]
+
+
+def test_lines_are_written_here_while_the_writer_starts(tmp_path, monkeypatch):
+    """The engine never waits for the writer process to start: until it has answered, a
+    batch is encoded and written here; then the process appends, in order."""
+    from tradingd.storage.child import ChildWriter
+
+    a = AuditLog(tmp_path, "r", flush_interval_s=1.0, max_lines=1)
+    monkeypatch.setattr(ChildWriter, "reap", lambda self: None)  # still starting
+    a.orders([order(0)])
+    a.flush()
+    assert a._writer is not None and not a._writer_ready
+    assert len(records(tmp_path / "r.jsonl")) == 1  # written here, at once
+    monkeypatch.undo()
+    a._writer.sync()
+    for i in (1, 2):
+        a.orders([order(i)])
+        a.flush()
+    assert a._writer_ready
+    a.close()
+    assert [r["client_order_id"] for r in records(tmp_path / "r.jsonl")] == ["r|0", "r|1", "r|2"]

@@ -1,0 +1,193 @@
+"""A replay's SQLite writes in a writer process (storage/child.py): written there, bounded,
+failures surface at the engine's next call, the child never outlives its parent, live runs
+stay on the thread."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tradingd.storage.sqlite as sqlite_mod
+from tradingd.core.errors import StorageError
+from tradingd.core.types import Fill, Order, RunInfo, Side
+from tradingd.storage.child import ChildWriter
+from tradingd.storage.sqlite import SqliteStore, write_rows
+
+T0 = datetime(2020, 1, 2, 21, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+SYMS = ("AAA", "BBB", "CCC")
+
+
+def run_info(mode: str = "backtest") -> RunInfo:
+    return RunInfo("r1", mode, T0, "{}", SYMS, 100_000.0)
+
+
+def count(path: Path, table: str) -> int:
+    with sqlite3.connect(path) as db:
+        return db.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
+
+
+def record_bar(store: SqliteStore, k: int) -> None:
+    t = T0 + k * DAY
+    q = np.array([float(k), 0.0, 2.0 * k])
+    store.record_positions("r1", t, SYMS, q, np.ones(3), np.ones(3))
+    store.record_signals("r1", t, SYMS, np.ones(3), q / 100, "m", ordered=["AAA"])
+    store.record_equity("r1", t, 1.0 + k, 2.0, 0.1, 0.1)
+    o = Order(f"r1|{k}", "AAA", Side.BUY, 1.0, t)
+    store.record_orders("r1", [o])
+    store.record_fills("r1", [Fill(f"f{k}", o.client_order_id, "AAA", Side.BUY, 1, 9, 0, 0, t)])
+
+
+async def test_a_replay_on_a_file_is_written_by_the_writer_process(tmp_path, monkeypatch):
+    def not_here(*a, **k):
+        raise AssertionError("rows were written in the engine's process")
+
+    store = SqliteStore(tmp_path / "s.db", batch_size=4, flush_interval_s=3600.0)
+    await store.start()
+    try:
+        await store.begin_run(run_info())
+        child = store._child
+        assert child is not None and child._proc.pid != os.getpid()
+        child.sync()  # started and connected: it takes the batches from now on
+        monkeypatch.setattr(sqlite_mod, "write_rows", not_here)  # the parent's copy only
+        for k in range(10):
+            record_bar(store, k)
+            await store.maybe_flush()
+            assert child.pending <= store.max_in_flight  # bounded hand-over
+        await store.flush()
+        assert count(tmp_path / "s.db", "equity") == 10
+        assert [r["cash"] for r in await store.fetch("equity", "r1")] == [
+            1.0 + k for k in range(10)
+        ]
+        assert len(await store.fetch("order_events", "r1")) == 10
+        assert len(await store.fetch("fills", "r1")) == 10
+        # the same rows as the thread writes (the thread's path is the reference)
+        monkeypatch.setattr(sqlite_mod, "write_rows", write_rows)
+        ref = SqliteStore(tmp_path / "ref.db", batch_size=4, process=False)
+        await ref.start()
+        await ref.begin_run(run_info())
+        for k in range(10):
+            record_bar(ref, k)
+        await ref.flush()
+        for table in ("signals", "positions", "orders", "order_events", "fills", "equity"):
+            assert await store.fetch(table, "r1") == await ref.fetch(table, "r1"), table
+        await ref.stop()
+    finally:
+        await store.stop()
+    assert child.wait(timeout=30) == 0  # ended with the store
+
+
+async def test_a_failed_write_in_the_process_raises_at_the_next_bar(tmp_path):
+    store = SqliteStore(tmp_path / "s.db", batch_size=1, flush_interval_s=3600.0)
+    await store.start()
+    try:
+        await store.begin_run(run_info())
+        store._child.sync()  # started: it takes the batches
+        store.record_equity(None, T0, 1.0, 1.0, 0.0, 0.0)  # type: ignore[arg-type]  # NOT NULL
+        await store.maybe_flush()  # handed over
+        store.record_equity("r1", T0 + DAY, 1.0, 1.0, 0.0, 0.0)
+        with pytest.raises(StorageError) as e:
+            await store.flush()
+        assert "NOT NULL" in str(e.value) and str(tmp_path / "s.db") in str(e.value)
+    finally:
+        with pytest.raises(StorageError):
+            await store.stop()  # still failed: the replay ends with the error
+    assert count(tmp_path / "s.db", "equity") == 0
+
+
+async def test_a_live_run_writes_on_the_thread_not_in_a_process(tmp_path):
+    store = SqliteStore(tmp_path / "s.db", batch_size=1)
+    await store.start()
+    try:
+        await store.begin_run(run_info("backtest"))
+        assert store._child is not None
+        await store.resume_run(run_info("live"))  # a live run on the same store
+        assert store._child is None
+        record_bar(store, 0)
+        await store.flush()
+        assert count(tmp_path / "s.db", "equity") == 1
+    finally:
+        await store.stop()
+
+
+async def test_a_replay_writes_on_the_thread_until_its_process_has_started(tmp_path, monkeypatch):
+    """The engine never waits for the writer process to start: batches go through the
+    thread (the engine waiting for each, as inline) until the process has answered."""
+    store = SqliteStore(tmp_path / "s.db", batch_size=1, flush_interval_s=3600.0)
+    await store.start()
+    try:
+        await store.begin_run(run_info())
+        child = store._child
+        assert child is not None and child.pending == 1  # its start, not answered yet
+        monkeypatch.setattr(ChildWriter, "reap", lambda self: None)  # still starting
+        record_bar(store, 0)
+        await store.maybe_flush()
+        assert count(tmp_path / "s.db", "equity") == 1  # written by the thread, at once
+        assert not store._child_ready and child.pending == 1
+        monkeypatch.undo()
+        record_bar(store, 1)
+        await store.maybe_flush()  # the answer is read: the process takes over
+        await store.flush()
+        assert store._child_ready and count(tmp_path / "s.db", "equity") == 2
+    finally:
+        await store.stop()
+
+
+async def test_memory_and_live_stores_start_no_process(tmp_path):
+    for store, mode in (
+        (SqliteStore(":memory:", batch_size=1), "backtest"),
+        (SqliteStore(tmp_path / "t.db", batch_size=1, process=False), "backtest"),
+        (SqliteStore(tmp_path / "l.db", batch_size=1), "live"),
+    ):
+        await store.start()
+        try:
+            if mode == "live":
+                await store.resume_run(run_info(mode))
+            else:
+                await store.begin_run(run_info(mode))
+            record_bar(store, 0)
+            await store.flush()
+            assert store._child is None
+            assert len(await store.fetch("equity", "r1")) == 1
+        finally:
+            await store.stop()
+
+
+def job_fails_on(state, payload):
+    path, value = payload
+    with open(path, "a") as fh:
+        fh.write(value + "\n")
+    if value == "bad":
+        raise ValueError("refused")
+
+
+def test_the_child_skips_every_job_after_a_failure_and_says_why(tmp_path):
+    done = tmp_path / "done.txt"
+    child = ChildWriter("test", max_in_flight=2)
+    try:
+        for value in ("ok", "bad", "after", "later"):
+            try:
+                child.send("test_store_process:job_fails_on", (str(done), value))
+            except StorageError:
+                break  # the failure was read while waiting for room: raised at once
+        with pytest.raises(StorageError, match="writer process test: ValueError: refused"):
+            child.sync()
+    finally:
+        with pytest.raises(StorageError, match="refused"):
+            child.close()  # the error stays: every later call says it
+    assert child.wait(timeout=30) == 0
+    assert done.read_text().split() == ["ok", "bad"]  # nothing ran after the failure
+
+
+def test_the_child_ends_when_its_parent_is_gone():
+    """A parent killed with SIGKILL closes its end of the pipe: the child sees the end of
+    its input and exits, it does not keep writing behind a restart."""
+    child = ChildWriter("test")
+    child._out.close()  # what the kernel does to a killed parent's descriptors
+    assert child.wait(timeout=30) == 0
+    child._in.close()
