@@ -130,6 +130,7 @@ async def test_a_replay_writes_on_the_thread_until_its_process_has_started(tmp_p
         assert count(tmp_path / "s.db", "equity") == 1  # written by the thread, at once
         assert not store._child_ready and child.pending == 1
         monkeypatch.undo()
+        assert child._in.poll(60)  # the process has started and answered (not yet read)
         record_bar(store, 1)
         await store.maybe_flush()  # the answer is read: the process takes over
         await store.flush()
