@@ -330,7 +330,8 @@ def snapshot(engine: Any) -> dict[str, Any]:
 def sizing_params(plugin: Any, state: Mapping[str, Any] | None) -> dict[str, Any]:
     """Kelly inputs and per-symbol GARCH(1,1) parameters of a Kelly x GARCH sizing plugin
     ({} for another). The GARCH parameters come from its checkpoint state, with the fits
-    asked for at this bar (on returns up to it) applied, as the next bar will apply them."""
+    asked for up to this bar (on returns up to it) and still in flight applied, as the
+    next bars (fit_lag_bars) will apply them."""
     out: dict[str, Any] = {}
     if hasattr(plugin, "kelly_inputs"):
         w, r, source = plugin.kelly_inputs
@@ -348,7 +349,12 @@ def sizing_params(plugin: Any, state: Mapping[str, Any] | None) -> dict[str, Any
     n = len(plugin.symbols)
     arr = {k: [_num(x) for x in state[k]] for k in ("mu", "omega", "alpha", "beta")}
     method = list(state["method"])
-    for i, p_json, _why, _s2 in (state.get("pending_fits") or {}).get("fits", []):
+    pending = state.get("pending_fits") or []
+    if isinstance(pending, dict):  # a checkpoint of before fit_lag_bars > 1: one batch
+        pending = [pending]
+    # Every batch in flight, in the order asked: a later fit of a symbol replaces an earlier.
+    fits = [fit for batch in pending for fit in batch.get("fits", [])]
+    for i, p_json, _why, _s2 in fits:
         fit = params_from_json(p_json)
         if fit is None:
             method[i] = 1  # failed: the EWMA fallback

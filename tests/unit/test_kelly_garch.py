@@ -1214,3 +1214,33 @@ def test_sending_a_request_never_waits_for_the_worker_to_read_it():
     w.close()
     assert not w._writer.is_alive()
     w.close()
+
+
+@pytest.mark.parametrize(("lag", "refit", "bars"), [(1, 2, 20), (3, 4, 19)])
+def test_walkforward_parameters_at_a_bar_include_the_fits_still_in_flight(lag, refit, bars):
+    """The walk-forward's fitted-parameter table at a training end applies every batch of
+    fits still in flight (asked for on returns up to that bar, in the order asked), so it
+    equals the parameters of fits applied on the bar they were asked for (bit for bit when
+    a symbol's refits are further apart than the lag: the same warm start)."""
+    from tradingd.analysis.walkforward_run import sizing_params
+
+    close = prices(garch_paths(335, 3, seed=29, alpha=0.1, beta=0.85, scale=[1.0, 1.5, 2.0]))
+    kw = {
+        "garch_window": 300,
+        "min_fit_obs": 200,
+        "refit_bars": refit,
+        "fit_scope": "all",
+        "initial_fit": False,
+    }
+    now_p, _ = _run(Cfg(**kw), close, bars)
+    lagged, _ = _run(Cfg(**kw, fit_lag_bars=lag, fit_executor="thread"), close, bars)
+    state = lagged.state()
+    # one batch (one symbol's refit) asked on each of the last `lag` bars, none applied yet
+    assert len(state["pending_fits"]) == lag
+    got = sizing_params(lagged, state)["garch"]
+    want = sizing_params(now_p, now_p.state())["garch"]
+    assert got == want
+    # and not vacuously: without the batches in flight the table is an older one
+    older = sizing_params(lagged, {**state, "pending_fits": None})["garch"]
+    assert older != want
+    lagged.close()
