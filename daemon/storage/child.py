@@ -165,20 +165,27 @@ def main(read_fd: int, write_fd: int) -> None:
                 break
             seq, job, payload = msg
             if failed:
-                outbox.send(("error", seq, "skipped: an earlier job failed"))
-                continue
-            try:
-                fn = jobs.get(job)
-                if fn is None:
-                    module, _, name = job.partition(":")
-                    fn = jobs[job] = getattr(importlib.import_module(module), name)
-                fn(state, payload)
-            except BaseException as e:
-                failed = True
-                outbox.send(("error", seq, f"{type(e).__name__}: {e}"))
+                answer: tuple[Any, ...] = ("error", seq, "skipped: an earlier job failed")
             else:
-                outbox.send(("done", seq))
+                try:
+                    fn = jobs.get(job)
+                    if fn is None:
+                        module, _, name = job.partition(":")
+                        fn = jobs[job] = getattr(importlib.import_module(module), name)
+                    fn(state, payload)
+                except BaseException as e:
+                    failed = True
+                    answer = ("error", seq, f"{type(e).__name__}: {e}")
+                else:
+                    answer = ("done", seq)
             del msg, payload
+            try:
+                outbox.send(answer)
+            except OSError:
+                # The parent stopped listening (a replay that ended before this job was
+                # answered closes without waiting, or the parent died): nothing is left to
+                # tell, and no traceback belongs on the user's terminal.
+                break
     finally:
         for close in state.pop("_closers", []):
             with contextlib.suppress(Exception):

@@ -192,3 +192,23 @@ def test_the_child_ends_when_its_parent_is_gone():
     child._out.close()  # what the kernel does to a killed parent's descriptors
     assert child.wait(timeout=30) == 0
     child._in.close()
+
+
+def job_waits_for_fifo(state, path: str) -> None:
+    with open(path) as fh:  # blocks until the test opens the FIFO for writing
+        fh.read()
+
+
+def test_a_child_whose_parent_stopped_listening_exits_quietly(tmp_path, capfd):
+    """A replay that ends before its writer process answered closes it without waiting
+    (`close(sync=False)`): the child's late answer meets a closed pipe. It exits cleanly,
+    with no traceback on the terminal the user ran the backtest in."""
+    fifo = tmp_path / "gate"
+    os.mkfifo(fifo)
+    child = ChildWriter("test")
+    child.send("test_store_process:job_waits_for_fifo", str(fifo))
+    child.close(sync=False)
+    with open(fifo, "w") as fh:  # let the job finish: its answer has nowhere to go
+        fh.write("go")
+    assert child.wait(timeout=30) == 0
+    assert "Traceback" not in capfd.readouterr().err
