@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -86,10 +87,18 @@ def client_order_id(
     decision takes the next number (`next_attempt`). Alpaca limits the id to 128 characters."""
     if attempt < 1:
         raise ValueError(f"attempt must be >= 1, got {attempt}")
-    cid = f"{run_id}|{bar_time:%Y%m%dT%H%M%S}|{symbol}|{leg}|{attempt}"
+    cid = f"{run_id}|{_stamp(bar_time, bar_time.utcoffset())}|{symbol}|{str.__str__(leg)}|{attempt}"
     if len(cid) > 128:
         raise ValueError(f"client_order_id longer than 128 characters: {cid!r}; shorten run_id")
     return cid
+
+
+@lru_cache(maxsize=16)
+def _stamp(bar_time: datetime, offset: Any) -> str:
+    # A bar's orders share its time: strftime once per bar, not once per order (replays).
+    # The offset is in the key: equal instants in two time zones are equal datetimes, but
+    # their wall-clock stamps differ.
+    return f"{bar_time:%Y%m%dT%H%M%S}"
 
 
 @dataclass(frozen=True, slots=True)

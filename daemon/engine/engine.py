@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import math
 import time as _time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -1127,7 +1128,7 @@ class Engine:
         for plugin, _ in signals:
             s = self._call(plugin, "score", plugin.score, ctx)
             s = _check_array(plugin, "score", s, n, ctx.time, allow_nan=True)
-            if np.nanmax(np.abs(s), initial=0.0) > 1.0 + 1e-12:
+            if np.fmax.reduce(np.abs(s), initial=0.0) > 1.0 + 1e-12:  # NaN ignored
                 raise PluginFault(
                     plugin.name,
                     "score",
@@ -1218,13 +1219,22 @@ class Engine:
 def _check_array(
     plugin: Any, stage: str, arr: Any, n: int, t: datetime, *, allow_nan: bool
 ) -> np.ndarray:
-    name = getattr(plugin, "name", type(plugin).__name__)
-    a = np.asarray(arr, dtype=np.float64)
+    a = arr if type(arr) is np.ndarray and arr.dtype == np.float64 else None
+    if a is None:
+        a = np.asarray(arr, dtype=np.float64)
     if a.shape != (n,):
-        raise PluginFault(name, stage, t, ValueError(f"returned shape {a.shape}, expected ({n},)"))
+        raise PluginFault(
+            _name(plugin), stage, t, ValueError(f"returned shape {a.shape}, expected ({n},)")
+        )
+    if math.isfinite(a.sum()):
+        return a  # no NaN and no inf: one pass over the array, the common case
     if np.isinf(a).any():
-        raise PluginFault(name, stage, t, ValueError("returned an infinite value"))
+        raise PluginFault(_name(plugin), stage, t, ValueError("returned an infinite value"))
     if not allow_nan and np.isnan(a).any():
         # A NaN target means "no view": hold no position rather than guess.
         a = np.nan_to_num(a, nan=0.0)
     return a
+
+
+def _name(plugin: Any) -> str:
+    return getattr(plugin, "name", type(plugin).__name__)

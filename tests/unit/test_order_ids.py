@@ -102,3 +102,17 @@ def test_an_interrupted_plan_carries_out_only_the_last_attempt_of_a_decision():
     assert sorted(o.client_order_id for o in orders) == sorted(
         [retried.client_order_id, other.client_order_id]
     )
+
+
+def test_the_stamp_is_the_wall_clock_of_the_given_time_zone_even_after_an_equal_instant():
+    """Equal instants in two zones are equal (and equally hashed) datetimes; the id's stamp
+    is each one's own wall clock, whichever was formatted first (the stamp is memoised)."""
+    from zoneinfo import ZoneInfo
+
+    utc = datetime(2024, 3, 8, 21, 0, tzinfo=UTC)
+    ny = utc.astimezone(ZoneInfo("America/New_York"))
+    assert ny == utc
+    assert client_order_id("run", utc, "AAPL", Leg.ENTRY) == "run|20240308T210000|AAPL|entry|1"
+    assert client_order_id("run", ny, "AAPL", Leg.ENTRY) == "run|20240308T160000|AAPL|entry|1"
+    naive = datetime(2024, 3, 8, 21, 0)
+    assert client_order_id("run", naive, "AAPL", "tp.r", 2) == "run|20240308T210000|AAPL|tp.r|2"
