@@ -13,9 +13,9 @@ import pytest
 
 from tradingd.core.errors import ConfigError, StorageError
 from tradingd.core.types import CrossSection, Fill, Order, OrderStatus, OrderType, RunInfo, Side
-from tradingd.storage.schema import TABLES
 from tradingd.storage.factory import open_store
 from tradingd.storage.postgres import STAGE_THRESHOLD, PostgresStore
+from tradingd.storage.schema import TABLES
 
 T0 = datetime(2020, 1, 2, 21, 0, tzinfo=UTC)
 DAY = timedelta(days=1)

@@ -39,7 +39,9 @@ def test_round_trip_across_a_split_is_scored_by_its_real_profit():
         initial_capital=1e4,
         gross_exposure=np.zeros(4),
     )
-    assert s["round_trips"] == s["closing_fills"] == 1 and s["win_rate"] == 1.0  # 70 x (95 - 92.14) > 0
+    assert (
+        s["round_trips"] == s["closing_fills"] == 1 and s["win_rate"] == 1.0
+    )  # 70 x (95 - 92.14) > 0
 
 
 def test_jsonable_turns_nan_into_null_and_numpy_into_python():

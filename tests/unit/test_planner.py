@@ -49,7 +49,9 @@ def ctx(close, quantity, equity=10_000.0, tradable=(True, True, True)):
 
 
 def test_whole_shares_toward_target_and_band():
-    p = OrderPlanner(OrdersConfig(rebalance_band=0.01, min_trade_value=100.0, brackets=False), "r", SYMS)
+    p = OrderPlanner(
+        OrdersConfig(rebalance_band=0.01, min_trade_value=100.0, brackets=False), "r", SYMS
+    )
     # A: 0 -> 25% of 10,000 at 33 = 75.75 -> 75 shares; B: at 10% already (band); C: too small
     plan = p.plan(np.array([0.25, 0.105, 0.005]), ctx([33.0, 10.0, 50.0], [0, 100, 0]), [])
     assert [(o.symbol, o.side, o.quantity) for o in plan.orders] == [("A", Side.BUY, 75.0)]

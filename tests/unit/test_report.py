@@ -564,9 +564,7 @@ def test_report_attribution_replays_the_run_and_its_lines_add_up(cli, run_dir, t
     assert "momentum" in " ".join(lines)
 
 
-def test_report_attribution_refuses_a_configuration_that_is_not_the_runs(
-    cli, run_dir, tmp_path
-):
+def test_report_attribution_refuses_a_configuration_that_is_not_the_runs(cli, run_dir, tmp_path):
     other = write_config(tmp_path, "")
     other.write_text(other.read_text().replace("lookback = 20", "lookback = 30"))
     code, _, err = cli(
@@ -580,7 +578,7 @@ def test_report_attribution_refuses_a_configuration_that_is_not_the_runs(
 
 def test_backtest_report_checks_the_analysis_config_before_the_replay(cli, tmp_path):
     (tmp_path / "bad.toml").write_text("[validation]\npaths = -3\n")
-    code, out, err = cli(
+    code, _out, err = cli(
         "backtest", "-c", str(write_config(tmp_path)), "--report",
         "--analysis-config", str(tmp_path / "bad.toml"),
     )  # fmt: skip
