@@ -69,7 +69,9 @@ A fit that raises, does not converge (`convergence_flag` != 0) or is not station
 often lands) falls back to RiskMetrics EWMA (lambda 0.94: the industry's documented
 daily estimator, and the same recursion with omega = 0, alpha = 0.06, beta = 0.94), logged as a
 warning `sizing.garch_fallback` with the symbol and reason (a failed warm-started fit is first
-retried once from arch's own starting values); it is tried again on its next slot.
+retried once from arch's own starting values); it is tried again on its next slot. A symbol
+whose previous fit had failed too is not warned about again (debug, counted in `again`) until a
+fit of it has succeeded; the run's totals are logged at its end (`sizing.garch_fallback_summary`).
 Symbols with fewer than `min_fit_obs` returns (new listings) also use EWMA until they have
 enough. `volatility = "ewma"` uses EWMA for all, `"none"` drops the scalar (research: the
 strategy with and without it).
@@ -368,6 +370,8 @@ class KellyGarch:
         self._last_close: np.ndarray | None = None
         self.fits = 0
         self.fallbacks = 0
+        # Symbols whose latest fit fell back: a repeat is not news (logged at debug).
+        self._fallen: set[int] = set()
         self._cache = FitCache(
             config.fit_cache_dir if config.volatility == "garch" else "", config.fit_cache_size
         )
@@ -691,6 +695,7 @@ class KellyGarch:
         resolved = self._resolve(batch)
         lam = self.config.ewma_lambda
         failed: dict[str, str] = {}
+        news: dict[str, str] = {}  # failed, and the symbol's previous fit had not
         for i, params, why, s2 in resolved:
             self.fits += 1
             if params is not None:
@@ -698,22 +703,30 @@ class KellyGarch:
                 self._mu[i], self._omega[i], self._alpha[i], self._beta[i] = mu, omega, alpha, beta
                 self._sigma2[i] = sigma2
                 self._method[i] = _GARCH
+                self._fallen.discard(i)
                 continue
             failed[self.symbols[i]] = why
+            if i not in self._fallen:
+                self._fallen.add(i)
+                news[self.symbols[i]] = why
             self._mu[i], self._omega[i], self._alpha[i], self._beta[i] = 0.0, 0.0, 1 - lam, lam
             self._sigma2[i] = s2
             self._method[i] = _EWMA
         if failed:
-            # One line per batch, not per symbol: on 2008-2010 most fits land on
-            # alpha + beta = 1, and a walk-forward logged thousands of these.
-            first, reason = next(iter(failed.items()))
-            log.warning(
+            # One line per batch, not per symbol, and a warning only for symbols whose
+            # previous fit had not failed: on 2008-2010 most fits land on alpha + beta = 1,
+            # and a walk-forward logged thousands of warnings repeating the same symbols.
+            # The repeats are at debug; close() logs the run's count.
+            shown = news or failed
+            first, reason = next(iter(shown.items()))
+            (log.warning if news else log.debug)(
                 "sizing.garch_fallback",
                 plugin=self.name,
                 symbol=first,
                 reason=reason,
-                symbols=len(failed),
-                others=dict(list(failed.items())[1:MAX_LOGGED_FALLBACKS]),
+                symbols=len(shown),
+                again=len(failed) - len(news),
+                others=dict(list(shown.items())[1:MAX_LOGGED_FALLBACKS]),
                 fallback=f"ewma(lambda={lam})",
             )
         self._carry_forward(batch, [r[0] for r in resolved], ctx, since)
@@ -766,6 +779,14 @@ class KellyGarch:
             self._resolve(batch)  # in the cache too
         self._runner.close()
         self._cache.save()
+        if self.fallbacks:
+            log.info(
+                "sizing.garch_fallback_summary",
+                plugin=self.name,
+                fits=self.fits,
+                fallbacks=self.fallbacks,
+                on_fallback_now=len(self._fallen),
+            )
 
     def _params_at(self, i: int) -> GarchParams | None:
         if self._method[i] != _GARCH:

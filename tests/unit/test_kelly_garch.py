@@ -526,6 +526,31 @@ def test_fallbacks_of_one_batch_are_one_log_line_naming_them(monkeypatch):
     assert all(r.startswith("non-stationary fit") for r in line["others"].values())
 
 
+def test_a_symbol_falling_back_again_is_not_warned_about_again(monkeypatch):
+    """A warning when a symbol's fit falls back after one that had not (or on its first);
+    repeats are debug lines that count them (`again`), until a fit of it succeeds; the end
+    of the run logs the totals."""
+    rets = garch_paths(310, 4, seed=8)
+    m = Market(prices(rets), capacity=301).push(301)
+    p = KellyGarch(
+        Cfg(garch_window=300, min_fit_obs=200, fit_scope="all", refit_bars=1),
+        ("S0", "S1", "S2", "S3"),
+    )
+    bad, good = _fake_result(alpha=0.3, beta=0.7), _fake_result()
+    with capture_logs() as logs:
+        for outcome in (bad, bad, bad, good, bad):  # every symbol refits on every bar
+            monkeypatch.setattr(garch_mod, "_model", _fake_arch(outcome))
+            p.size(np.full(4, 0.5), m.ctx())
+            m.push()
+        p.close()
+    falls = [e for e in logs if e["event"] == "sizing.garch_fallback"]
+    assert [e["log_level"] for e in falls] == ["warning", "debug", "debug", "warning"]
+    assert [(e["symbols"], e["again"]) for e in falls] == [(4, 0), (4, 4), (4, 4), (4, 0)]
+    assert p.fallbacks == 16 and p.fits == 20
+    [summary] = [e for e in logs if e["event"] == "sizing.garch_fallback_summary"]
+    assert (summary["fits"], summary["fallbacks"], summary["on_fallback_now"]) == (20, 16, 4)
+
+
 def test_try_garch_fit_reasons_without_arch():
     assert try_garch_fit(np.full(300, 0.01))[1] == "constant returns (no variance to model)"
     assert try_garch_fit(np.full(5, 0.01))[1].startswith("too few returns")
