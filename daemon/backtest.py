@@ -173,10 +173,24 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
     with path.open("w", newline="") as fh:
         if not rows:
             return
-        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        w.writeheader()
+        fields = list(rows[0])
+        w = csv.writer(fh)
+        w.writerow(fields)
+        # Rows as lists and each time formatted once (a bar's orders share it): a DictWriter
+        # with a dict per row was most of the time spent after a long replay.
+        iso: dict[tuple[datetime, Any], str] = {}
+
+        def cell(v: Any) -> Any:
+            if isinstance(v, datetime):
+                key = (v, v.tzinfo)  # equal instants in two zones print differently
+                text = iso.get(key)
+                if text is None:
+                    text = iso[key] = v.isoformat()
+                return text
+            return v
+
         for r in rows:
-            w.writerow({k: (v.isoformat() if isinstance(v, datetime) else v) for k, v in r.items()})
+            w.writerow([cell(r.get(k, "")) for k in fields])
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

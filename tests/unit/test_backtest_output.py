@@ -47,3 +47,29 @@ def test_round_trip_across_a_split_is_scored_by_its_real_profit():
 def test_jsonable_turns_nan_into_null_and_numpy_into_python():
     out = _jsonable({"a": float("nan"), "b": np.int64(3), "c": datetime(2020, 1, 1, tzinfo=UTC)})
     assert out == {"a": None, "b": 3, "c": "2020-01-01T00:00:00+00:00"}
+
+
+def test_order_and_fill_csv_rows_are_what_a_dict_writer_writes(tmp_path):
+    """orders.csv / fills.csv: one header, the fields in the first row's order, times as
+    ISO 8601 in their own zone (equal instants in two zones stay distinct), None empty."""
+    import csv
+    from zoneinfo import ZoneInfo
+
+    from tradingd.backtest import _write_rows
+
+    t = datetime(2024, 3, 8, 21, 0, tzinfo=UTC)
+    rows = [
+        {"id": "a", "time": t, "qty": 1.5, "note": None},
+        {"id": "b", "time": t.astimezone(ZoneInfo("America/New_York")), "qty": -2.0, "note": "x,y"},
+        {"id": "c", "time": t, "qty": 0.1 + 0.2, "note": 'q"q'},
+    ]
+    _write_rows(tmp_path / "fast.csv", rows)
+    with (tmp_path / "ref.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: v.isoformat() if isinstance(v, datetime) else v for k, v in r.items()})
+    assert (tmp_path / "fast.csv").read_text() == (tmp_path / "ref.csv").read_text()
+    assert "2024-03-08T16:00:00-05:00" in (tmp_path / "fast.csv").read_text()
+    _write_rows(tmp_path / "empty.csv", [])
+    assert (tmp_path / "empty.csv").read_text() == ""
