@@ -135,7 +135,7 @@ class NullAudit:
         return None
 
 
-@dataclass
+@dataclass(repr=False)
 class EngineResult:
     run_id: str
     bars: int
@@ -156,6 +156,17 @@ class EngineResult:
     warmup_bars: int = 0
     # First bar at which at least one symbol had every feature its plugins need.
     first_ready: datetime | None = None
+
+    def __repr__(self) -> str:
+        # Short: asyncio.run formats the finished task (and so this result) when it puts
+        # back the SIGINT handler; the generated repr printed every bar's equity (tens of
+        # milliseconds at the end of each long replay).
+        last = f"{self.equity[-1]:.2f}" if self.equity else "none"
+        return (
+            f"EngineResult(run_id={self.run_id!r}, bars={self.bars}, fills={self.fills}, "
+            f"orders={self.orders}, verdicts={self.verdicts}, final_equity={last}, "
+            f"stopped_early={self.stopped_early})"
+        )
 
 
 @dataclass

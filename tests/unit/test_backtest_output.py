@@ -73,3 +73,16 @@ def test_order_and_fill_csv_rows_are_what_a_dict_writer_writes(tmp_path):
     assert "2024-03-08T16:00:00-05:00" in (tmp_path / "fast.csv").read_text()
     _write_rows(tmp_path / "empty.csv", [])
     assert (tmp_path / "empty.csv").read_text() == ""
+
+
+def test_an_engine_result_prints_short_whatever_the_run_length():
+    """asyncio.run formats the finished task, result included, when it restores the SIGINT
+    handler: the repr must not print every bar's equity."""
+    from tradingd.engine.engine import EngineResult
+
+    n = 100_000
+    times = list(pd.date_range("2000-01-03", periods=n, freq="min", tz="UTC"))
+    r = EngineResult("r1", n, times, [1e5 + i for i in range(n)], [0.5] * n, 7, 9, 2)
+    text = repr(r)
+    assert len(text) < 300
+    assert "run_id='r1'" in text and "bars=100000" in text and "final_equity=199999.00" in text
