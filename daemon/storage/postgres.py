@@ -41,7 +41,16 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # Serialises concurrent schema creation by several processes.
 _DDL_LOCK_KEY = 0x7472_6164_696E_6764 & 0x7FFF_FFFF_FFFF_FFFF
 
-_ERRORS = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError, asyncio.TimeoutError)
+_ERRORS = (
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+    # Not an InterfaceError: "cannot switch to state N; another operation (M) is in
+    # progress" from a pooled connection whose server went away mid-exchange (CI, an
+    # outage test); uncaught, it ended the daemon instead of spooling.
+    asyncpg.InternalClientError,
+    OSError,
+    asyncio.TimeoutError,
+)
 # SQLSTATEs of a server that is going away or not there yet: admin_shutdown, crash_shutdown,
 # cannot_connect_now (starting up or in recovery), too_many_connections. Class 08 (connection
 # exceptions) is matched by prefix.
@@ -72,6 +81,8 @@ def _unavailable_one(e: BaseException) -> bool:
     if isinstance(e, asyncpg.PostgresError):
         state = str(getattr(e, "sqlstate", "") or "")
         return state.startswith("08") or state in _UNAVAILABLE_STATES
+    if isinstance(e, asyncpg.InternalClientError):
+        return "another operation" in str(e)
     if isinstance(e, asyncpg.InterfaceError):
         # The connection went away under a call ("connection is closed", "the underlying
         # connection is closed"); not "pool is closed" (this store was stopped) or API misuse.

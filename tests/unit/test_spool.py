@@ -660,3 +660,45 @@ async def test_a_store_that_never_spools_leaves_no_file(tmp_path: Path) -> None:
     await store.flush()
     await store.stop()
     assert not (tmp_path / "spool").exists()
+
+
+def test_a_connection_caught_mid_exchange_by_an_outage_is_an_outage():
+    """CI's outage test ended the daemon: a pooled connection whose server had gone away
+    raised asyncpg's InternalClientError ("cannot switch to state 15; another operation (2)
+    is in progress", not an InterfaceError) from BEGIN. It is an outage, and the store
+    raises DatabaseUnavailable (the daemon spools) rather than letting it escape."""
+    import asyncio
+    import contextlib
+
+    import asyncpg
+
+    from tradingd.storage.buffered import DatabaseUnavailable
+    from tradingd.storage.postgres import PostgresStore
+
+    err = asyncpg.InternalClientError(
+        "cannot switch to state 15; another operation (2) is in progress"
+    )
+    assert unavailable(err)
+    assert not unavailable(asyncpg.InternalClientError("unexpected message type"))
+
+    class Conn:
+        def transaction(self):
+            @contextlib.asynccontextmanager
+            async def tx():
+                raise err
+                yield
+
+            return tx()
+
+    class Pool:
+        def acquire(self):
+            @contextlib.asynccontextmanager
+            async def conn():
+                yield Conn()
+
+            return conn()
+
+    store = PostgresStore("postgresql://127.0.0.1:5432/test")
+    store._get_pool = lambda: Pool()
+    with pytest.raises(DatabaseUnavailable):
+        asyncio.run(store._write_batches({}))
