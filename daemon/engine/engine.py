@@ -1230,9 +1230,7 @@ class Engine:
 def _check_array(
     plugin: Any, stage: str, arr: Any, n: int, t: datetime, *, allow_nan: bool
 ) -> np.ndarray:
-    a = arr if type(arr) is np.ndarray and arr.dtype == np.float64 else None
-    if a is None:
-        a = np.asarray(arr, dtype=np.float64)
+    a = np.asarray(arr, dtype=np.float64)  # the same array when it is one already
     if a.shape != (n,):
         raise PluginFault(
             _name(plugin), stage, t, ValueError(f"returned shape {a.shape}, expected ({n},)")
