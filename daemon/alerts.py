@@ -69,10 +69,9 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import structlog
 from aiolimiter import AsyncLimiter
 from tenacity import (
@@ -85,6 +84,9 @@ from tenacity import (
 
 from .core.errors import ConfigError
 from .secrets import MASK, mask_text
+
+if TYPE_CHECKING:
+    import aiohttp  # imported where it is used: config.py imports this module
 
 log = structlog.get_logger(__name__)
 
@@ -1073,6 +1075,8 @@ class Alerter:
         started = self._loop is not None and not self._stopped
         if started and kept:
             if self._session is None:
+                import aiohttp  # with the first target: the config module imports this one
+
                 self._session = aiohttp.ClientSession()
                 self._own_session = True
             for t in kept:
@@ -1103,6 +1107,8 @@ class Alerter:
             log.info("alerts.disabled", reason="no [[alerts.targets]] configured")
             return
         if self._session is None:
+            import aiohttp
+
             self._session = aiohttp.ClientSession()
             self._own_session = True
         for t in self._targets:
@@ -1271,6 +1277,8 @@ class Alerter:
 
     async def _post(self, target: _Target, body: bytes) -> None:
         """One attempt: rate limit, POST with a timeout; raises DeliveryError on failure."""
+        import aiohttp
+
         assert self._session is not None and target.limiter is not None
         await target.limiter.acquire()
         url = target.config.url

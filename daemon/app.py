@@ -19,7 +19,6 @@ import structlog
 from .audit import AuditLog
 from .brokers.simulated import SimulatedBroker, SimulatedBrokerConfig
 from .cache.factory import open_cache
-from .clock.live import LiveClock
 from .clock.replay import ReplayClock
 from .config import Config
 from .core.errors import ConfigError
@@ -166,6 +165,8 @@ def choose_swaps(
     live_times = [t for t in live_feed.times if start is None or t >= start]
     calendar = live_times if config.live.bars_per_second > 0 else None
     streaming = StreamingFeatureSource(len(panel.symbols), names, catalog)
+    from .clock.live import LiveClock  # APScheduler: not for a backtest
+
     clock = LiveClock(config.live, calendar, heartbeat_s=config.live.heartbeat_s)
     return Swaps(clock, live_feed, broker, streaming)
 
@@ -379,6 +380,8 @@ def vendor_swaps(
         calendar=exchange,
         owned=(cache,),
     )
+    from .clock.live import LiveClock  # APScheduler: not for a backtest
+
     clock = LiveClock(
         live,
         plan.calendar,
@@ -675,6 +678,8 @@ def health_inputs(
 
     checks: list[Any] = []
     clock = engine.clock
+    from .clock.live import LiveClock  # APScheduler: not for a backtest
+
     if isinstance(clock, LiveClock):
 
         def last_bar() -> CheckResult:

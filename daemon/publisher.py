@@ -35,18 +35,22 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from datetime import UTC, datetime
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
-import redis.asyncio as aioredis
 import structlog
 
 from .cache.reconnect import Reconnector, describe
-from .cache.redis import ERRORS, redis_client
 from .core.errors import ConfigError
 from .core.types import CrossSection, Fill, Order
 from .secrets import mask_url
 from .storage.buffered import _plain, to_json
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+# redis (and the OpenTelemetry it imports) is loaded by the first RedisPublisher, not with
+# this module: the engine imports the payload helpers below for every run, backtests too.
 
 log = structlog.get_logger(__name__)
 
@@ -262,6 +266,8 @@ class RedisPublisher:
 
     # the background side -------------------------------------------------------------------
     async def _open(self) -> aioredis.Redis:
+        from .cache.redis import redis_client
+
         client = redis_client(self.url, self.socket_timeout, self.connect_timeout)
         try:
             async with asyncio.timeout(self.connect_timeout + self.socket_timeout):
@@ -278,6 +284,8 @@ class RedisPublisher:
         self._client = await self._open()
 
     async def _run(self) -> None:
+        from .cache.redis import ERRORS
+
         while True:
             await self._wake.wait()
             self._wake.clear()

@@ -44,9 +44,8 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import aiohttp
 import structlog
 from aiolimiter import AsyncLimiter
 from tenacity import (
@@ -61,6 +60,9 @@ from tenacity import (
 from ..core.errors import ConfigError, RetryableError, TradingdError
 from ..metrics import SOURCE_CALLS, SOURCE_ERRORS, SOURCE_LATENCY, SOURCE_UP
 from ..ratelimit import window_limiter
+
+if TYPE_CHECKING:
+    import aiohttp  # imported where used: config.py imports this module for SourceConfig
 
 log = structlog.get_logger(__name__)
 
@@ -230,6 +232,8 @@ def _parse_retry_after(value: str | None) -> float | None:
 def classify(exc: BaseException, source: str, secrets: Iterable[str] = ()) -> SourceError | None:
     """The SourceError for an exception raised while calling `source`, or None when it is not
     a source failure (a bug of ours, a cancellation): those propagate unchanged."""
+    import aiohttp
+
     if isinstance(exc, SourceError):
         return exc
     if isinstance(exc, (TimeoutError, aiohttp.ServerTimeoutError)):
@@ -512,6 +516,8 @@ class ResilientCaller:
 
     def client_timeout(self) -> aiohttp.ClientTimeout:
         """The aiohttp timeout of one attempt."""
+        import aiohttp
+
         return aiohttp.ClientTimeout(total=self.config.timeout_s)
 
     def _sem(self) -> asyncio.Semaphore:
