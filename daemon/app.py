@@ -11,6 +11,7 @@ import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -32,8 +33,8 @@ from .engine.portfolio import Portfolio
 from .features.catalog import Catalog, feature_set_id, verify_feature_set
 from .features.source import BatchFeatureSource, StreamingFeatureSource
 from .feeds.history import HistoryFeed, RecordedLiveFeed
-from .feeds.loaders import load_panel
 from .feeds.panel import Panel
+from .feeds.panel_cache import cached_load_panel, default_cache_dir
 from .secrets import mask_url
 from .storage.factory import open_store
 
@@ -60,10 +61,15 @@ def load_data(config: Config) -> Panel:
     """The configured bars up to `run.end`. History before `run.start` is kept: it warms up
     features, model windows and signals, and trading starts at `run.start` (see
     `trade_start`). Data after `run.end` is never loaded, so it cannot leak into a run."""
-    d = config.data
-    panel = load_panel(
-        d.source,
-        d.path or None,
+    d, c = config.data, config.cache
+    cache_dir = None
+    if c.data:
+        cache_dir = Path(c.data_dir).expanduser() if c.data_dir else default_cache_dir()
+    panel = cached_load_panel(
+        cache_dir,
+        int(c.data_max_mb * 1_000_000),
+        source=d.source,
+        path=d.path or None,
         layout=d.layout,
         symbols=d.symbols or None,
         start=None,

@@ -477,10 +477,17 @@ class CacheConfig:
     # Publish the engine's state at most this often (wall-clock seconds), so a fast replay
     # does not turn into a Redis benchmark.
     publish_interval_s: float = 1.0
+    # The validated data of csv/parquet sources, kept on disk so a rerun on unchanged files
+    # skips reading and checking them (feeds/panel_cache.py); "" = $XDG_CACHE_HOME or
+    # ~/.cache, under tradingd/panels. Least recently used entries go beyond data_max_mb.
+    data: bool = True
+    data_dir: str = ""
+    data_max_mb: float = 2048.0
 
     def __post_init__(self) -> None:
         _finite(self, "cache")
         _check_cache_url(self.url)
+        _require(self.data_max_mb >= 0, "cache.data_max_mb", self.data_max_mb, ">= 0 MB")
         _require(self.expiry_s > 0, "cache.expiry_s", self.expiry_s, "> 0 seconds")
         _require(
             self.publish_interval_s >= 0,

@@ -255,11 +255,14 @@ def load_frame(
     max_spike: float = DEFAULT_MAX_SPIKE,
     max_volume: float = DEFAULT_MAX_VOLUME,
     timezone: str = DEFAULT_TIMEZONE,
+    summary: RepairSummary | None = None,
 ) -> pd.DataFrame:
     """The validated long table (time, symbol, open, high, low, close, volume, split, dividend).
 
     `max_spike` and `max_volume` are the plausibility thresholds of validate.py (0 disables
-    one); `timezone` is the exchange's, for times written with a UTC offset.
+    one); `timezone` is the exchange's, for times written with a UTC offset. `summary`
+    receives the load's repair counts (logged here all the same): the panel cache keeps them
+    to say them again when it serves the load from disk.
     """
     _choice("source", source, SOURCES)
     _choice("layout", layout, LAYOUTS)
@@ -267,7 +270,7 @@ def load_frame(
     check_limits(max_spike=max_spike, max_volume=max_volume, timezone=timezone)
     if symbols is not None and isinstance(symbols, str):
         symbols = [symbols]
-    summary = RepairSummary()
+    summary = RepairSummary() if summary is None else summary
     opts: dict[str, Any] = {
         "repair": repair,
         "max_gap_days": max_gap_days,
@@ -314,8 +317,10 @@ def load_panel(
     max_spike: float = DEFAULT_MAX_SPIKE,
     max_volume: float = DEFAULT_MAX_VOLUME,
     timezone: str = DEFAULT_TIMEZONE,
+    summary: RepairSummary | None = None,
 ) -> Panel:
-    """Bars of `source` as a Panel: symbols sorted, times the union of all bar times."""
+    """Bars of `source` as a Panel: symbols sorted, times the union of all bar times.
+    `summary`: as for `load_frame`."""
     frame = load_frame(
         source,
         path,
@@ -328,6 +333,7 @@ def load_panel(
         max_spike=max_spike,
         max_volume=max_volume,
         timezone=timezone,
+        summary=summary,
     )
     panel = Panel.from_long(frame)
     del frame  # the long table is garbage from here: give its memory back before the run

@@ -51,6 +51,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from fractions import Fraction
+from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
@@ -142,13 +143,14 @@ class RepairSummary:
         self.rows[what] += rows
         self.symbols[what] += 1
 
-    def log(self, source: str) -> None:
+    def log(self, source: str, **extra: Any) -> None:
         if self.rows:
             log.info(
                 "data.repairs",
                 source=source,
                 rows=dict(sorted(self.rows.items())),
                 symbols=dict(sorted(self.symbols.items())),
+                **extra,
             )
 
 
