@@ -8,8 +8,11 @@ with a reason, unless TRADINGD_REQUIRE_SERVICES=1 (as CI sets), where they fail 
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
+import shutil
 import socket
+import tempfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -18,6 +21,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("TRADINGD_SHARED_DATA", ROOT.parent / "shared" / "data"))
 SP500_PARQUET = SHARED_DATA / "sp500_daily_1999_2018.parquet"
+
+# The validated-data cache (cache.data, on by default) writes under $XDG_CACHE_HOME: the tests,
+# and the CLI processes they start, use a folder of their own, not the user's ~/.cache.
+_CACHE_HOME = tempfile.mkdtemp(prefix="tradingd-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _CACHE_HOME
+atexit.register(shutil.rmtree, _CACHE_HOME, ignore_errors=True)
 
 PG_URL = os.environ.get("TRADINGD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TRADINGD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
