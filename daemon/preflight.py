@@ -26,8 +26,10 @@ from .secrets import mask_url, scrub
 log = structlog.get_logger(__name__)
 
 # Plugins are instantiated once to validate their parameters; the universe is not known
-# before the data is loaded, so they get the configured symbols or this stand-in.
-PLACEHOLDER_SYMBOLS = ("PREFLIGHT",)
+# before the data is loaded, so they get the configured symbols or none. Not a stand-in name:
+# plugins check the symbols they are given (sector_exposure warned that "PREFLIGHT" has no
+# sector, on every new user's first backtest).
+PLACEHOLDER_SYMBOLS: tuple[str, ...] = ()
 
 # What each command writes, so that e.g. `tradingd config` never fails on a folder it would
 # not touch: "output" = run.output_dir (or --output), "audit" = log.audit_dir, "store" = the
