@@ -168,6 +168,9 @@ class SimulatedBroker:
     # ------------------------------------------------------------------------- queries
 
     def open_orders(self) -> list[Order]:
+        # Called every bar by the planner; most bars of a replay have nothing open.
+        if not self._open:
+            return []
         return [o.snapshot() for o in self._open.values()]
 
     def order(self, client_order_id: str) -> Order | None:
@@ -244,13 +247,20 @@ class SimulatedBroker:
             pending, self._pending = self._pending, {}
             return BrokerUpdate(orders=[o.snapshot() for o in pending.values()])
 
-        state = _BarState(time=bar.time, cash=float(self._account.cash))
-        state.changed.update(self._pending)
-        self._pending = {}
+        # The pending changes come first in the report, as they happened first; the dict
+        # itself becomes this bar's record of changes (a fresh one takes its place).
+        changed, self._pending = self._pending, {}
+        state = _BarState(bar.time, float(self._account.cash), {}, [], changed)
         self._apply_splits(bar, state)
-        candidates = list(self._open.values())
+        open_ = self._open
+        candidates = list(open_.values())
+        has_oco = False
+        for order in candidates:
+            if order.oco_group is not None:
+                has_oco = True
+                break
         # Sells first, so that their proceeds can pay for this bar's buys.
-        if any(o.oco_group is not None for o in candidates):
+        if has_oco:
             for side in (Side.SELL, Side.BUY):
                 for order in self._matching_order(candidates, side, bar):
                     if self._is_active(order):
@@ -258,25 +268,49 @@ class SimulatedBroker:
         else:
             # No OCO group (plain rebalancing orders, the usual bar): `_matching_order`
             # would yield each side in submission order; without its generator per side.
+            # `_is_active`, inlined (the order may have been closed earlier in this bar).
+            eligible = self._eligible_at
+            seq = self._seq
+            held = OrderStatus.HELD
             for side in (Side.SELL, Side.BUY):
                 for order in candidates:
-                    if order.side is side and self._is_active(order):
+                    if (
+                        order.side is side
+                        and open_.get(order.client_order_id) is order
+                        and order.status is not held
+                        and eligible[order.client_order_id] <= seq
+                    ):
                         self._match(order, bar, state)
         self._age(candidates, state)
-        return BrokerUpdate(
-            fills=state.fills, orders=[o.snapshot() for o in state.changed.values()]
-        )
+        return BrokerUpdate(state.fills, [o.snapshot() for o in changed.values()])
 
     # ------------------------------------------------------------------------- submission
 
     def _accept(self, incoming: Order) -> Order:
-        order = incoming.snapshot()
-        order.status = OrderStatus.NEW
-        order.filled_quantity = 0.0
-        order.avg_fill_price = math.nan
-        order.reason = ""
-        order.bars_open = 0
-        order.updated_at = order.created_at
+        # A copy (the caller keeps its object) with the lifecycle fields reset, built in one
+        # call rather than a snapshot and six assignments; every other field is copied.
+        created_at = incoming.created_at
+        order = Order(
+            incoming.client_order_id,
+            incoming.symbol,
+            incoming.side,
+            incoming.quantity,
+            created_at,
+            incoming.type,
+            incoming.limit_price,
+            incoming.stop_price,
+            incoming.trail_pct,
+            incoming.leg,
+            incoming.parent_id,
+            incoming.oco_group,
+            OrderStatus.NEW,
+            0.0,
+            math.nan,
+            "",
+            created_at,
+            0,
+            incoming.trail_anchor,
+        )
         reason = self._validate(order)
         if reason:
             order.status = OrderStatus.REJECTED
@@ -295,14 +329,17 @@ class SimulatedBroker:
         if order.symbol not in self._index:
             return f"unknown symbol {order.symbol!r}"
         kind = order.type
-        if kind in (OrderType.LIMIT, OrderType.STOP_LIMIT) and not _positive(order.limit_price):
-            return f"{kind} order requires a positive limit_price, got {order.limit_price!r}"
-        if kind in (OrderType.STOP, OrderType.STOP_LIMIT) and not _positive(order.stop_price):
-            return f"{kind} order requires a positive stop_price, got {order.stop_price!r}"
-        if kind is OrderType.TRAILING_STOP:
-            trail = order.trail_pct
-            if trail is None or not (math.isfinite(trail) and 0 < trail < 1):
-                return f"trailing_stop order requires trail_pct in (0, 1), got {trail!r}"
+        # The price checks cannot apply to the MARKET member itself (any other value of
+        # `type`, an equal plain string included, still goes through them all).
+        if kind is not OrderType.MARKET:
+            if kind in (OrderType.LIMIT, OrderType.STOP_LIMIT) and not _positive(order.limit_price):
+                return f"{kind} order requires a positive limit_price, got {order.limit_price!r}"
+            if kind in (OrderType.STOP, OrderType.STOP_LIMIT) and not _positive(order.stop_price):
+                return f"{kind} order requires a positive stop_price, got {order.stop_price!r}"
+            if kind is OrderType.TRAILING_STOP:
+                trail = order.trail_pct
+                if trail is None or not (math.isfinite(trail) and 0 < trail < 1):
+                    return f"trailing_stop order requires trail_pct in (0, 1), got {trail!r}"
         # Bracket legs only ever close what their parent opened; they are checked at fill.
         # A stand-alone exit in an OCO group (a take-profit + stop-loss pair re-placed for
         # what is left of a cut position) sells the same shares as its siblings: it may
@@ -378,8 +415,9 @@ class SimulatedBroker:
     def _apply_splits(self, bar: CrossSection, state: _BarState) -> None:
         """Orders are in pre-split shares and prices; the bar is post-split."""
         splits = bar.split
+        index = self._index
         for order in self._open.values():
-            s = float(splits[self._index[order.symbol]])
+            s = float(splits[index[order.symbol]])
             if s == 1.0 or not (math.isfinite(s) and s > 0):
                 continue
             order.quantity *= s
@@ -444,8 +482,14 @@ class SimulatedBroker:
         """Time in force. Only entry orders expire: bracket legs and stand-alone exits
         protect a position and stay until filled or cancelled."""
         ttl = self._config.order_ttl_bars
+        open_ = self._open
+        eligible = self._eligible_at
+        seq = self._seq
+        held = OrderStatus.HELD
         for order in candidates:
-            if not self._is_active(order):
+            cid = order.client_order_id
+            # `_is_active`, inlined: most candidates were closed by their fill this bar.
+            if open_.get(cid) is not order or order.status is held or eligible[cid] > seq:
                 continue
             order.bars_open += 1
             if ttl and order.leg is Leg.ENTRY and order.bars_open >= ttl:
@@ -478,17 +522,24 @@ class SimulatedBroker:
             return
         if activated_at is not None:
             open_ = activated_at
-        hit = self._trigger(order, open_, high, low, activated_at is None)
-        if hit is None:
-            return
-        price, reference = hit
+        side = order.side
+        buy = side is Side.BUY
+        if order.type is OrderType.MARKET:
+            # `_trigger` of a market order, inlined: at the open (or activation), slipped.
+            price = open_ * (1 + self._cost) if buy else open_ * (1 - self._cost)
+            reference = open_
+        else:
+            hit = self._trigger(order, open_, high, low, activated_at is None)
+            if hit is None:
+                return
+            price, reference = hit
         qty = self._fillable(order, volume)
         if qty <= _EPS:
             return
 
         symbol = order.symbol
-        buy = order.side is Side.BUY
-        if not buy and not self._config.allow_short:
+        cfg = self._config
+        if not buy and not cfg.allow_short:
             position = self._position(symbol, state)
             if qty > position + _EPS:
                 self._fail(
@@ -498,7 +549,6 @@ class SimulatedBroker:
                     state,
                 )
                 return
-        cfg = self._config
         commission = max(cfg.min_commission, cfg.commission_pct * qty * price)
         if buy:
             cost = qty * price + commission
@@ -520,18 +570,21 @@ class SimulatedBroker:
         cid = order.client_order_id
         n = self._fill_count.get(cid, 0) + 1
         self._fill_count[cid] = n
+        time = state.time
+        # Positional (fill_id, client_order_id, symbol, side, quantity, price, commission,
+        # slippage, time, reference_price): keywords cost a frozen dataclass a third more.
         state.fills.append(
             Fill(
-                fill_id=f"{cid}#{n}",
-                client_order_id=cid,
-                symbol=symbol,
-                side=order.side,
-                quantity=qty,
-                price=price,
-                commission=commission,
-                slippage=abs(price - reference) * qty,
-                time=state.time,
-                reference_price=reference,
+                f"{cid}#{n}",
+                cid,
+                symbol,
+                side,
+                qty,
+                price,
+                commission,
+                abs(price - reference) * qty,
+                time,
+                reference,
             )
         )
         before = order.filled_quantity
@@ -539,7 +592,7 @@ class SimulatedBroker:
         order.avg_fill_price = (
             price if before <= 0 else (order.avg_fill_price * before + price * qty) / (before + qty)
         )
-        order.updated_at = state.time
+        order.updated_at = time
         state.changed[cid] = order
 
         # One exit executing (even partly) means the position is being closed by it; a
@@ -555,7 +608,7 @@ class SimulatedBroker:
                         state.changed,
                     )
 
-        if order.remaining <= _EPS * max(1.0, order.quantity):
+        if order.quantity - order.filled_quantity <= _EPS * max(1.0, order.quantity):
             order.filled_quantity = order.quantity
             for leg in self._close(order, OrderStatus.FILLED, "", state.changed):
                 if leg.leg is Leg.STOP_LOSS:
@@ -688,23 +741,32 @@ class SimulatedBroker:
         cid = order.client_order_id
         order.status = status
         order.reason = reason
-        if self._now is not None:
-            order.updated_at = self._now
+        now = self._now
+        if now is not None:
+            order.updated_at = now
         changed[cid] = order
         del self._open[cid]
         self._eligible_at.pop(cid, None)
-        self._triggered.discard(cid)
+        if self._triggered:
+            self._triggered.discard(cid)
         self._fill_count.pop(cid, None)
-        if order.oco_group is not None:
-            members = self._oco.get(order.oco_group)
+        group = order.oco_group
+        if group is not None:
+            members = self._oco.get(group)
             if members is not None:
                 if cid in members:
                     members.remove(cid)
                 if not members:
-                    del self._oco[order.oco_group]
-        self._remember_closed(order)
+                    del self._oco[group]
+        # `_remember_closed`, inlined.
+        closed = self._closed
+        closed[cid] = order
+        if len(closed) > self._closed_history:
+            closed.popitem(last=False)
 
         activated: list[Order] = []
+        if not self._children:
+            return activated
         for leg_id in self._children.pop(cid, ()):
             leg = self._open.get(leg_id)
             if leg is None or leg.status is not OrderStatus.HELD:

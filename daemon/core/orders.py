@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from datetime import datetime
+from math import isfinite
 
 from .types import Leg, Order, OrderStatus, OrderType, Side, client_order_id
 
@@ -21,12 +22,16 @@ RESIZED_SUFFIX = ".r"
 # distinct from a bracket's legs and from re-placed exits decided at the same bar time.
 PROTECT_SUFFIX = ".p"
 
+_MARKET = OrderType.MARKET
+_BUY = Side.BUY
+_SELL = Side.SELL
+
 
 def _side_and_quantity(signed_qty: float) -> tuple[Side, float]:
     # Zero has no side: a caller asking for it has a bug upstream, better to fail loudly.
-    if not math.isfinite(signed_qty) or signed_qty == 0:
+    if not isfinite(signed_qty) or signed_qty == 0:
         raise ValueError(f"signed_qty must be a finite non-zero number, got {signed_qty!r}")
-    return (Side.BUY if signed_qty > 0 else Side.SELL), abs(float(signed_qty))
+    return (_BUY if signed_qty > 0 else _SELL), abs(float(signed_qty))
 
 
 def _positive_price(name: str, value: float) -> float:
@@ -40,14 +45,21 @@ def market_order(
 ) -> Order:
     """A market order for `signed_qty` shares (positive buys, negative sells)."""
     side, qty = _side_and_quantity(signed_qty)
+    # Positional: the planner builds one per traded symbol per bar, and keyword arguments
+    # cost this 19-field dataclass's __init__ about three times as much. The order is
+    # client_order_id, symbol, side, quantity, created_at, type, limit_price, stop_price,
+    # trail_pct, leg (tests/unit/test_order_fast_paths.py checks it against keywords).
     return Order(
-        client_order_id=client_order_id(run_id, bar_time, symbol, leg),
-        symbol=symbol,
-        side=side,
-        quantity=qty,
-        created_at=bar_time,
-        type=OrderType.MARKET,
-        leg=leg,
+        client_order_id(run_id, bar_time, symbol, leg),
+        symbol,
+        side,
+        qty,
+        bar_time,
+        _MARKET,
+        None,
+        None,
+        None,
+        leg,
     )
 
 
