@@ -192,6 +192,15 @@ def _bundled(symbols: Sequence[str] | None) -> list[tuple[pd.DataFrame, str, str
     return out
 
 
+def data_files(directory: Path, source: str) -> list[Path]:
+    """The files of `source`'s kind in a per-symbol directory, sorted (what a load reads
+    from, and what the panel cache fingerprints)."""
+    suffixes = _SUFFIXES[source]
+    return sorted(
+        p for p in directory.iterdir() if p.is_file() and p.name.lower().endswith(suffixes)
+    )
+
+
 def _files(
     path: Path, source: str, layout: str, symbols: Sequence[str] | None
 ) -> list[tuple[pd.DataFrame, str, str | None, int | None]]:
@@ -202,9 +211,7 @@ def _files(
                 f"data layout 'long' needs a file, but {str(path)!r} is a directory; "
                 "use layout 'per_symbol' or 'auto'"
             )
-        files = sorted(
-            p for p in path.iterdir() if p.is_file() and p.name.lower().endswith(_SUFFIXES[source])
-        )
+        files = data_files(path, source)
         by_symbol = {_stem(p, source): p for p in files}
         if not by_symbol:
             raise DataError(

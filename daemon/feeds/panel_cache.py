@@ -91,35 +91,30 @@ def cached_load_panel(
     None or `max_bytes` <= 0 turns the cache off. The bundled series are never cached: they are
     tiny, and their files live inside a package the key does not look at.
     """
-    params: dict[str, Any] = {
+    args: dict[str, Any] = {
         "source": source,
         "path": path,
         "layout": layout,
-        "symbols": [symbols] if isinstance(symbols, str) else _list(symbols),
+        "symbols": symbols,
         "start": start,
         "end": end,
-        "repair": [repair] if isinstance(repair, str) else _list(repair),
+        "repair": repair,
         "max_gap_days": max_gap_days,
         "max_spike": max_spike,
         "max_volume": max_volume,
         "timezone": timezone,
     }
+    # In the key as JSON lists (a lone string is one symbol or repair, as the loader reads it).
+    params = {
+        **args,
+        "symbols": [symbols] if isinstance(symbols, str) else _list(symbols),
+        "repair": [repair] if isinstance(repair, str) else _list(repair),
+    }
     if load is None:
-        load = functools.partial(
-            load_panel,
-            source,
-            path,
-            layout=layout,
-            symbols=symbols,
-            start=start,
-            end=end,
-            repair=repair,
-            max_gap_days=max_gap_days,
-            max_spike=max_spike,
-            max_volume=max_volume,
-            timezone=timezone,
-        )
-        load = _with_summary(load)
+
+        def load(summary: RepairSummary) -> Panel:
+            return load_panel(**args, summary=summary)
+
     if cache_dir is None or max_bytes <= 0 or source == "bundled":
         return load(RepairSummary())
     inputs = _input_files(source, path)
@@ -167,17 +162,11 @@ def _input_files(source: str, path: str | None) -> list[dict[str, Any]] | None:
     touched file is a miss. For a directory, every data file in it (as loaders.`_files` picks
     them, before choosing symbols: an added file can shadow another with the same symbol).
     None when there is nothing to stat (no path, a missing path, an unknown source)."""
-    suffixes = loaders._SUFFIXES.get(source)
-    if suffixes is None or not path:
+    if source not in loaders._SUFFIXES or not path:
         return None
     try:
         root = Path(path).resolve()
-        if root.is_dir():
-            files = sorted(
-                p for p in root.iterdir() if p.is_file() and p.name.lower().endswith(suffixes)
-            )
-        else:
-            files = [root]
+        files = loaders.data_files(root, source) if root.is_dir() else [root]
         out = []
         for f in files:
             st = f.stat()
@@ -206,10 +195,6 @@ def _library_versions() -> dict[str, str]:
 
 
 # --- the load's repairs ---------------------------------------------------------------------
-
-
-def _with_summary(load: Callable[..., Panel]) -> Callable[[RepairSummary], Panel]:
-    return lambda summary: load(summary=summary)
 
 
 def _summary_of(counts: dict[str, Any]) -> RepairSummary:
