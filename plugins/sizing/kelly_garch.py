@@ -71,7 +71,8 @@ daily estimator, and the same recursion with omega = 0, alpha = 0.06, beta = 0.9
 warning `sizing.garch_fallback` with the symbol and reason (a failed warm-started fit is first
 retried once from arch's own starting values); it is tried again on its next slot. A symbol
 whose previous fit had failed too is not warned about again (debug, counted in `again`) until a
-fit of it has succeeded; the run's totals are logged at its end (`sizing.garch_fallback_summary`).
+fit of it has succeeded, also across a restart (the checkpoint keeps them); the run's totals
+are logged at its end (`sizing.garch_fallback_summary`).
 Symbols with fewer than `min_fit_obs` returns (new listings) also use EWMA until they have
 enough. `volatility = "ewma"` uses EWMA for all, `"none"` drops the scalar (research: the
 strategy with and without it).
@@ -836,6 +837,9 @@ class KellyGarch:
             "method": self._method.tolist(),
             "last_close": _enc(self._last_close),
             "pending_fits": pending or None,
+            # Symbols already warned about (on the fallback since their last good fit): a
+            # restarted process repeats at debug, as this one would.
+            "fallen": sorted(self._fallen),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -861,6 +865,8 @@ class KellyGarch:
             setattr(self, f"_{name}", _dec(state[name]))
         self._method = np.asarray(state["method"], dtype=np.int8)
         self._last_close = _dec(state.get("last_close"))
+        # Absent in earlier checkpoints: their symbols are warned about once more.
+        self._fallen = {int(i) for i in state.get("fallen") or ()}
         self._seen_len = None  # another process: its history buffer has its own count
         pending = state.get("pending_fits")  # absent in checkpoints of earlier versions
         if isinstance(pending, dict):  # one batch, asked for at the bar checkpointed (lag 1)

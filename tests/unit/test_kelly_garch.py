@@ -551,6 +551,31 @@ def test_a_symbol_falling_back_again_is_not_warned_about_again(monkeypatch):
     assert (summary["fits"], summary["fallbacks"], summary["on_fallback_now"]) == (20, 16, 4)
 
 
+def test_a_restart_does_not_warn_again_about_symbols_already_on_the_fallback(monkeypatch):
+    """The "warned until a fit succeeds" memory is part of the checkpoint: a restarted
+    process that sees the same symbol fall back again logs it at debug, as one process
+    would; a checkpoint written before it existed restores as "none warned yet"."""
+    rets = garch_paths(310, 2, seed=8)
+    m = Market(prices(rets), capacity=301).push(301)
+    cfg = Cfg(garch_window=300, min_fit_obs=200, fit_scope="all", refit_bars=1)
+    bad = _fake_arch(_fake_result(alpha=0.3, beta=0.7))
+    monkeypatch.setattr(garch_mod, "_model", bad)
+    first = KellyGarch(cfg, ("S0", "S1"))
+    first.size(np.full(2, 0.5), m.ctx())
+    m.push()
+    state = json.loads(json.dumps(first.state()))
+    old = {k: v for k, v in state.items() if k != "fallen"}
+    levels = []
+    for saved in (state, old):
+        again = KellyGarch(cfg, ("S0", "S1"))
+        again.restore(saved)
+        with capture_logs() as logs:
+            again.size(np.full(2, 0.5), m.ctx())
+        [line] = [e for e in logs if e["event"] == "sizing.garch_fallback"]
+        levels.append((line["log_level"], line["again"]))
+    assert levels == [("debug", 2), ("warning", 0)]
+
+
 def test_try_garch_fit_reasons_without_arch():
     assert try_garch_fit(np.full(300, 0.01))[1] == "constant returns (no variance to model)"
     assert try_garch_fit(np.full(5, 0.01))[1].startswith("too few returns")
