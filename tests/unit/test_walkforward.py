@@ -303,6 +303,16 @@ def test_series_stability_against_pandas(values):
         assert s["trend_spearman_rho"] == pytest.approx(want, rel=1e-9, abs=1e-12)
 
 
+@pytest.mark.filterwarnings("error")
+@pytest.mark.parametrize("values", [[1e-200, 0.0, 1e-200, 0.0], [0.0, 5e-324, 0.0, 5e-324, 0.0]])
+def test_series_stability_of_values_too_close_to_correlate_is_nan_without_warnings(values):
+    """Deviations that underflow to 0 give no autocorrelation: NaN, and no numpy
+    RuntimeWarning from inside np.corrcoef (the hypothesis test above found such series)."""
+    s = series_stability(values)
+    assert math.isnan(s["lag1_autocorrelation"])
+    assert s["n"] == len(values)
+
+
 def test_garch_frame_persistence_and_long_run_volatility():
     fold = {
         "params": {
