@@ -267,19 +267,11 @@ class SimulatedBroker:
                         self._match(order, bar, state)
         else:
             # No OCO group (plain rebalancing orders, the usual bar): `_matching_order`
-            # would yield each side in submission order; without its generator per side.
-            # `_is_active`, inlined (the order may have been closed earlier in this bar).
-            eligible = self._eligible_at
-            seq = self._seq
-            held = OrderStatus.HELD
+            # would yield each side in submission order; without its generator per side
+            # (an order may have been closed earlier in this bar: `_is_active`).
             for side in (Side.SELL, Side.BUY):
                 for order in candidates:
-                    if (
-                        order.side is side
-                        and open_.get(order.client_order_id) is order
-                        and order.status is not held
-                        and eligible[order.client_order_id] <= seq
-                    ):
+                    if order.side is side and self._is_active(order):
                         self._match(order, bar, state)
         self._age(candidates, state)
         return BrokerUpdate(state.fills, [o.snapshot() for o in changed.values()])
@@ -482,14 +474,8 @@ class SimulatedBroker:
         """Time in force. Only entry orders expire: bracket legs and stand-alone exits
         protect a position and stay until filled or cancelled."""
         ttl = self._config.order_ttl_bars
-        open_ = self._open
-        eligible = self._eligible_at
-        seq = self._seq
-        held = OrderStatus.HELD
         for order in candidates:
-            cid = order.client_order_id
-            # `_is_active`, inlined: most candidates were closed by their fill this bar.
-            if open_.get(cid) is not order or order.status is held or eligible[cid] > seq:
+            if not self._is_active(order):  # most were closed by their fill this bar
                 continue
             order.bars_open += 1
             if ttl and order.leg is Leg.ENTRY and order.bars_open >= ttl:
