@@ -276,8 +276,6 @@ def _command(args: argparse.Namespace) -> int:
         return _report(args)
     from .preflight import check_config, check_services, check_train_extra
 
-    if args.command in ("train", "retrain"):
-        check_train_extra()  # before anything is loaded: say what to install
     config = _config(args.config)
     from .logs import configure_logging
 
@@ -285,6 +283,10 @@ def _command(args: argparse.Namespace) -> int:
     arg = _OUTPUT_ARG.get(args.command)
     output = getattr(args, arg) if arg else None
     check_config(config, args.command, output_dir=output)
+    if args.command in ("train", "retrain"):
+        # After the configuration (its errors do not depend on what is installed, as in
+        # `tradingd walkforward`), before any data is loaded: say what to install.
+        check_train_extra()
     if args.command in ("backtest", "fetch"):
         asyncio.run(check_services(config))
     if args.command == "features":
