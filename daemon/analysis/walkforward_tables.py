@@ -287,13 +287,11 @@ def series_stability(x: Any, index: Any = None) -> dict[str, Any]:
     out["max"] = float(np.max(v)) if v.size else _NAN
     ac = _NAN
     if v.size >= 3 and np.ptp(v[:-1]) > 0 and np.ptp(v[1:]) > 0:
-        # Values this close together (1e-200 apart) have a deviation that underflows to 0:
-        # no correlation to report (NaN), rather than a RuntimeWarning and a clipped +-1.
-        with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
-            a, b = v[:-1] - v[:-1].mean(), v[1:] - v[1:].mean()
-            scale = math.sqrt(float(a @ a)) * math.sqrt(float(b @ b))
-            if scale > 0 and math.isfinite(scale):
-                ac = float(np.corrcoef(v[:-1], v[1:])[0, 1])
+        # A correlation does not depend on the scale of either series: each divided by its
+        # largest magnitude first, values 1e-200 apart (whose deviations would underflow to
+        # 0 inside np.corrcoef: a RuntimeWarning and a clipped +-1) correlate like any others.
+        a, b = v[:-1], v[1:]
+        ac = float(np.corrcoef(a / np.max(np.abs(a)), b / np.max(np.abs(b)))[0, 1])
     out["lag1_autocorrelation"] = ac
     rho = p = _NAN
     if v.size >= 3 and np.ptp(v) > 0 and np.ptp(i) > 0:
