@@ -3,7 +3,7 @@
 A researcher reruns backtests many times a day on the same file; reading, validating and
 pivoting it costs seconds and most of the run's peak memory each time, and gives the same
 result every time. An entry is only ever reused when nothing that decides the result can have
-changed: the key covers every load parameter, each input file's size and modification time,
+changed: the key covers every load parameter, each input file's size, times and inode,
 the source text of the code that loads and validates (loaders.py, validate.py, panel.py) and
 the versions of the libraries that parse the files. Anything else (a fix in validate.py, a
 rewritten file, a different `end`) is a miss and a fresh load.
@@ -158,9 +158,10 @@ def _list(values: Sequence[str] | None) -> list[str] | None:
 
 
 def _input_files(source: str, path: str | None) -> list[dict[str, Any]] | None:
-    """Every file the load could read, by resolved name, size and mtime: a rewritten or
-    touched file is a miss. For a directory, every data file in it (as loaders.`_files` picks
-    them, before choosing symbols: an added file can shadow another with the same symbol).
+    """Every file the load could read, by resolved name, size, mtime, ctime and inode: a
+    rewritten, replaced or touched file is a miss. For a directory, every data file in it
+    (as loaders.`_files` picks them, before choosing symbols: an added file can shadow
+    another with the same symbol).
     None when there is nothing to stat (no path, a missing path, an unknown source)."""
     if source not in loaders._SUFFIXES or not path:
         return None
@@ -170,7 +171,18 @@ def _input_files(source: str, path: str | None) -> list[dict[str, Any]] | None:
         out = []
         for f in files:
             st = f.stat()
-            out.append({"path": str(f), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+            # ctime and inode too: `cp -p`, `rsync -t` and tar restore a new file's mtime (of
+            # the same size, a stale hit), but not its ctime, and a renamed-in copy is a new
+            # inode; a chmod or a move of the folder only costs a fresh load.
+            out.append(
+                {
+                    "path": str(f),
+                    "size": st.st_size,
+                    "mtime_ns": st.st_mtime_ns,
+                    "ctime_ns": st.st_ctime_ns,
+                    "inode": st.st_ino,
+                }
+            )
     except OSError:
         return None
     return out

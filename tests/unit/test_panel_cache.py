@@ -153,6 +153,28 @@ def test_touched_file_is_a_miss(csv_file: Path, cache: Path) -> None:
     assert load.calls == 2
 
 
+@pytest.mark.parametrize("how", ["in_place", "renamed_in"])
+def test_same_size_content_with_the_old_mtime_is_a_miss(csv_file: Path, cache: Path, how) -> None:
+    """What `cp -p`, `rsync -t` or a tar extraction leave: other bytes, the same size, the
+    old modification time. Not a stale hit: the ctime (and, renamed in, the inode) differ."""
+    _, load = cached(cache, **params(csv_file))
+    before = csv_file.stat()
+    text = csv_file.read_text()
+    changed = text.replace(",100,1", ",101,1", 1)
+    assert changed != text and len(changed) == len(text)
+    target = csv_file if how == "in_place" else csv_file.with_suffix(".new")
+    target.write_text(changed)
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    if how == "renamed_in":
+        os.replace(target, csv_file)
+    after = csv_file.stat()
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    assert after.st_ctime_ns != before.st_ctime_ns or after.st_ino != before.st_ino
+    got = cached_load_panel(cache, BIG, load, **params(csv_file))
+    assert load.calls == 2
+    assert_same_panel(got, load_panel(**params(csv_file)))
+
+
 @pytest.mark.parametrize(
     "change",
     [
