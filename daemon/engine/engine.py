@@ -267,6 +267,12 @@ class Engine:
                 f"feature source lacks {sorted(missing)} that plugins or the order planner require"
             )
         self._required = tuple(sorted(needed))
+        # A batch source cleans its whole history once (see BatchFeatureSource.prepare); a
+        # streaming one is checked bar by bar in _features.
+        prepare = getattr(features, "prepare", None)
+        self._ready_at: Callable[[CrossSection], np.ndarray | None] | None = (
+            prepare(self._required) if callable(prepare) else None
+        )
         self.history = HistoryBuffer(len(self.symbols), max(history_bars, pipeline.history_bars()))
         self._times: deque[datetime] = deque(maxlen=curve_maxlen)
         self._equity: deque[float] = deque(maxlen=curve_maxlen)
@@ -927,7 +933,7 @@ class Engine:
         if interrupted is not None and interrupted[0] == bar.time and not paused:
             # The bar a killed process was carrying out, as it decided it (from the same
             # checkpoint): deciding again would see the broker after its cancels and fills.
-            plan = Plan(orders=interrupted[2], cancel=interrupted[1])  # type: ignore[assignment]
+            plan = Plan(orders=interrupted[2], cancel=interrupted[1])
             log.info(
                 "resume.interrupted_plan",
                 time=bar.time,
@@ -1112,6 +1118,9 @@ class Engine:
         """Feature values for the plugins: finite everywhere (NaN and inf never reach a
         plugin), with `ready` saying which symbols have every required feature."""
         raw = self.features.at(bar)
+        if self._ready_at is not None:
+            row = self._ready_at(bar)
+            return dict(raw), (valid & row if row is not None else valid.copy())
         ready = valid.copy()
         out: dict[str, np.ndarray] = {}
         for name, v in raw.items():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from datetime import datetime
 
 import numpy as np
@@ -20,6 +20,8 @@ class BatchFeatureSource:
         self._names = tuple(dict.fromkeys(names))
         self._values = compute_batch(panel, self._names, catalog) if self._names else {}
         self._row: dict[datetime, int] = {t: i for i, t in enumerate(panel.datetimes())}
+        self._prepared: tuple[frozenset[str], Callable[[CrossSection], np.ndarray | None]] | None
+        self._prepared = None
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -28,6 +30,40 @@ class BatchFeatureSource:
     def at(self, bar: CrossSection) -> Mapping[str, np.ndarray]:
         i = self._row[bar.time]
         return {n: v[i] for n, v in self._values.items()}
+
+    def prepare(self, required: Collection[str]) -> Callable[[CrossSection], np.ndarray | None]:
+        """Do once for the whole history what the engine would do at every bar: NaN and
+        inf become 0 in place (plugins never see them), and the returned function gives a
+        bar's row of where every `required` feature was finite (None when none is
+        required). `at` returns the cleaned rows from then on.
+
+        Why: the per-bar check costs a few array passes per feature (about 3 us each), a
+        fixed cost of every bar of every replay; with the ML ensemble's 20 features it was
+        a third of the engine's own time. Nothing else reads the raw values."""
+        key = frozenset(required)
+        if self._prepared is not None:
+            if self._prepared[0] != key:
+                # The raw values are gone: readiness for another set cannot be computed.
+                raise RuntimeError(
+                    "BatchFeatureSource.prepare: already prepared for "
+                    f"{sorted(self._prepared[0])}, asked for {sorted(key)}"
+                )
+            return self._prepared[1]
+        ready: np.ndarray | None = None
+        for name, v in self._values.items():
+            finite = np.isfinite(v)
+            if name in required:
+                ready = finite if ready is None else np.logical_and(ready, finite, out=ready)
+            if not finite.all():
+                v[~finite] = 0.0
+        row = self._row
+        mask = ready
+
+        def ready_at(bar: CrossSection) -> np.ndarray | None:
+            return None if mask is None else mask[row[bar.time]]
+
+        self._prepared = (key, ready_at)
+        return ready_at
 
 
 class StreamingFeatureSource:

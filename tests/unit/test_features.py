@@ -327,3 +327,35 @@ def test_verify_feature_set_names_the_mismatch():
     other = feature_set_id("default_v1", DEFAULT, IndicatorConfig(rsi=9), "rank")
     with pytest.raises(ConfigError, match=r"version .* differ"):
         verify_feature_set(a, other, "model x")
+
+
+def test_batch_source_prepare_cleans_once_and_keeps_readiness():
+    """A replay cleans the whole history before the first bar (BatchFeatureSource.prepare):
+    each bar then gets 0 where a value was NaN or inf, and `ready` where every required
+    feature was finite, as the engine's per-bar check gives them."""
+    from tradingd.features.catalog import Catalog as Cat
+    from tradingd.features.source import BatchFeatureSource
+
+    rng = np.random.default_rng(5)
+    close = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, size=(80, 3)), axis=0))
+    close[30:35, 1] = np.nan  # a gap: NaN features after it until the windows refill
+    panel = panel_from(close)
+    names = ("ret_1", "rsi_14")
+    raw = compute_batch(panel, names, Cat())
+    src = BatchFeatureSource(panel, names, Cat())
+    ready_at = src.prepare(("rsi_14",))
+    assert src.prepare(("rsi_14",)) is ready_at  # the same set again: the same answer
+    with pytest.raises(RuntimeError, match="already prepared"):
+        src.prepare(("ret_1",))  # the raw values are gone: refused, not wrong
+    times = panel.datetimes()
+    for bar_i, t in enumerate(times):
+        bar = panel.row(bar_i, t)
+        got = src.at(bar)
+        for n in names:
+            finite = np.isfinite(raw[n][bar_i])
+            assert (got[n][~finite] == 0.0).all()
+            np.testing.assert_array_equal(got[n][finite], raw[n][bar_i][finite])
+        np.testing.assert_array_equal(ready_at(bar), np.isfinite(raw["rsi_14"][bar_i]))
+    first, last = panel.row(0, times[0]), panel.row(79, times[79])
+    assert not ready_at(first).any() and ready_at(last).all()
+    assert BatchFeatureSource(panel, names, Cat()).prepare(())(last) is None
