@@ -108,14 +108,14 @@ def compare(live: Mapping[str, Any], replay: Mapping[str, Any]) -> list[str]:
                 out.append(f"{kind}: {sym} = {x!r} live vs {y!r} replay")
                 break
     if live["intents"] != replay["intents"]:
-        a = [tuple(i) for i in live["intents"]]
-        b = [tuple(i) for i in replay["intents"]]
-        first = next((p for p in zip(a, b, strict=False) if p[0] != p[1]), None)
+        ia = [tuple(i) for i in live["intents"]]
+        ib = [tuple(i) for i in replay["intents"]]
+        first = next((p for p in zip(ia, ib, strict=False) if p[0] != p[1]), None)
         if first is None:
-            extra = a[len(b) :] or b[len(a) :]
-            side = "live" if len(a) > len(b) else "replay"
+            extra = ia[len(ib) :] or ib[len(ia) :]
+            side = "live" if len(ia) > len(ib) else "replay"
             out.append(
-                f"intents: {len(a)} live vs {len(b)} replay; first only in {side}: {extra[0]}"
+                f"intents: {len(ia)} live vs {len(ib)} replay; first only in {side}: {extra[0]}"
             )
         else:
             out.append(f"intents: {first[0]} live vs {first[1]} replay")
