@@ -427,3 +427,62 @@ def test_repairs_are_summarised_in_one_info_line(tmp_path: Path) -> None:
     with capture_logs() as logs:  # nothing repaired, nothing said
         load_frame("csv", str(tmp_path), symbols=["AAA"], end="2020-01-07")
     assert logs == []
+
+
+def _spike_rule(close: list[float], price: float, i: int, split: list[float], k: float) -> bool:
+    """The documented rule for one price of row i of one symbol, row by row: compared with
+    the previous and next closes (the next two for the first row, the previous two for the
+    last), each brought into row i's share basis through the splits between them."""
+    n = len(close)
+    if n < 3:
+        return False
+
+    def basis(j: int) -> float:  # close j in row i's share basis
+        c = close[j]
+        for m in range(j + 1, i + 1):  # splits after j up to i divide earlier prices
+            c /= split[m]
+        for m in range(i + 1, j + 1):  # splits after i up to j: later prices multiplied back
+            c *= split[m]
+        return c
+
+    refs = [i + 1, i + 2] if i == 0 else [i - 1, i - 2] if i == n - 1 else [i - 1, i + 1]
+    ratios = [price / basis(j) for j in refs]
+    return min(ratios) > k or max(ratios) < 1.0 / k
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.floats(5, 50),  # close
+            st.sampled_from([1.0, 1.0, 1.0, 2.0, 0.5]),  # split coefficient
+            st.sampled_from([1.0, 1.0, 1.0, 30.0, 1 / 30]),  # a spike factor on the open
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    st.integers(1, 3),
+)
+def test_spike_flags_follow_the_rule_row_by_row(rows, n_symbols) -> None:
+    """The vectorised check (one column at a time since 2026-12-03, to bound the load's
+    memory) flags exactly the prices the per-row rule flags, over several symbols with
+    splits, for each price column."""
+    from tradingd.feeds.validate import _spikes
+
+    k = 10.0
+    records = []
+    for s in range(n_symbols):
+        for d, (c, sp, f) in enumerate(rows):
+            c2 = c * (1 + 0.01 * s)
+            records.append((s, d, c2 * f, c2 * 1.01, c2 * 0.99, c2, sp))
+    frame = pd.DataFrame(
+        records, columns=["_code", "day", "open", "high", "low", "close", "split"]
+    )
+    outlier, _ = _spikes(frame, k)
+    for s in range(n_symbols):
+        part = frame[frame["_code"] == s]
+        close, split = part["close"].tolist(), part["split"].tolist()
+        for i, (_, row) in enumerate(part.iterrows()):
+            for col_k, col in enumerate(("open", "high", "low", "close")):
+                expect = _spike_rule(close, row[col], i, split, k)
+                assert outlier[row.name, col_k] == expect, (s, i, col)
