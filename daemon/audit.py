@@ -53,14 +53,17 @@ _ISO: dict[Any, str] = {}
 
 
 def _iso(t: Any) -> str | None:
-    """The same few bar times recur in every line of a bar: format each once (bounded)."""
+    """The same few bar times recur in every line of a bar: format each once (bounded).
+    The time zone is in the key: equal instants in two zones are equal datetimes, but each
+    is written as it was given (unlike the store, the audit log keeps the zone)."""
     if t is None:
         return None
-    s = _ISO.get(t)
+    key = (t, t.tzinfo)
+    s = _ISO.get(key)
     if s is None:
         if len(_ISO) >= 4096:
             _ISO.clear()
-        s = _ISO[t] = t.isoformat()
+        s = _ISO[key] = t.isoformat()
     return s
 
 
@@ -121,11 +124,16 @@ def _column(col: Sequence[Any]) -> list[str]:
 
 def _time_column(col: Sequence[Any]) -> list[str]:
     """ISO-8601 text of each time (null for None), each distinct time formatted once."""
-    memo = {}
-    for t in set(col):
-        iso = _iso(t)
-        memo[t] = "null" if iso is None else '"' + iso + '"'
-    return list(map(memo.__getitem__, col))
+    memo: dict[Any, str] = {}
+    out = []
+    for t in col:
+        key = None if t is None else (t, t.tzinfo)  # the zone too: see `_iso`
+        text = memo.get(key)
+        if text is None:
+            iso = _iso(t)
+            text = memo[key] = "null" if iso is None else '"' + iso + '"'
+        out.append(text)
+    return out
 
 
 _STR: frozenset[type] = frozenset((str,))

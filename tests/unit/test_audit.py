@@ -225,3 +225,21 @@ def test_lines_are_written_here_while_the_writer_starts(tmp_path, monkeypatch):
     assert a._writer_ready
     a.close()
     assert [r["client_order_id"] for r in records(tmp_path / "r.jsonl")] == ["r|0", "r|1", "r|2"]
+
+
+def test_equal_instants_in_two_zones_are_each_written_as_given():
+    """Equal datetimes in two time zones (a bar time in the exchange's zone, a broker's time
+    in UTC) are one dict key; the audit's time memos kept the first one's text for both."""
+    from zoneinfo import ZoneInfo
+
+    utc = datetime(2024, 1, 2, 21, 0, tzinfo=UTC)
+    ny = utc.astimezone(ZoneInfo("America/New_York"))
+    assert utc == ny and utc.isoformat() != ny.isoformat()
+    assert audit._iso(utc) == "2024-01-02T21:00:00+00:00"
+    assert audit._iso(ny) == "2024-01-02T16:00:00-05:00"
+    assert audit._time_column([utc, ny, None, utc]) == [
+        '"2024-01-02T21:00:00+00:00"',
+        '"2024-01-02T16:00:00-05:00"',
+        "null",
+        '"2024-01-02T21:00:00+00:00"',
+    ]
