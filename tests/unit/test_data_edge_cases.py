@@ -475,9 +475,7 @@ def test_spike_flags_follow_the_rule_row_by_row(rows, n_symbols) -> None:
         for d, (c, sp, f) in enumerate(rows):
             c2 = c * (1 + 0.01 * s)
             records.append((s, d, c2 * f, c2 * 1.01, c2 * 0.99, c2, sp))
-    frame = pd.DataFrame(
-        records, columns=["_code", "day", "open", "high", "low", "close", "split"]
-    )
+    frame = pd.DataFrame(records, columns=["_code", "day", "open", "high", "low", "close", "split"])
     outlier, _ = _spikes(frame, k)
     for s in range(n_symbols):
         part = frame[frame["_code"] == s]
@@ -486,3 +484,38 @@ def test_spike_flags_follow_the_rule_row_by_row(rows, n_symbols) -> None:
             for col_k, col in enumerate(("open", "high", "low", "close")):
                 expect = _spike_rule(close, row[col], i, split, k)
                 assert outlier[row.name, col_k] == expect, (s, i, col)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3),  # symbol
+            st.integers(0, 3),  # date
+            st.sampled_from([0, 9, 16, None]),  # hour of the bar (None: a missing time)
+        ),
+        max_size=25,
+    )
+)
+def test_daily_detection_matches_a_table_of_distinct_times(rows) -> None:
+    """`interval = "auto"` calls a table daily when no symbol has two distinct times on one
+    date (a repeated time is a duplicate, not intraday data). The integer sort gives what
+    the same question asked of a pandas table of (symbol, date, time) gives."""
+    from tradingd.feeds.validate import _two_times_a_day
+
+    names = np.array([f"S{s}" for s, _, _ in rows], dtype=object)
+    t = np.array(
+        [
+            np.datetime64("NaT", "ns")
+            if h is None
+            else np.datetime64("2024-03-01", "ns") + np.timedelta64(d, "D") + np.timedelta64(h, "h")
+            for _, d, h in rows
+        ],
+        dtype="datetime64[ns]",
+    )
+    present = ~np.isnat(t)
+    table = pd.DataFrame(
+        {"s": names[present], "d": t[present].astype("datetime64[D]"), "t": t[present]}
+    )
+    expect = bool(table.drop_duplicates().duplicated(["s", "d"]).any())
+    assert _two_times_a_day(pd.factorize(names)[0], t) is expect
