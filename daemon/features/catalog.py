@@ -119,14 +119,20 @@ def cross_section(values: np.ndarray, method: str) -> np.ndarray:
     x = values[ok]
     if method == "rank":
         order = np.argsort(x, kind="stable")
+        xs = x[order]
+        position = np.arange(m, dtype=float)
+        # Ties share their average rank. The sort already groups them (no np.unique, which
+        # sorted again: most of this function's cost, run for each factor at every bar by
+        # multi_factor); the stable sort keeps a group's members in the same order, so the
+        # sums are the same as summing by original position.
+        start = np.empty(m, dtype=bool)
+        start[0] = True
+        np.not_equal(xs[1:], xs[:-1], out=start[1:])
+        if not start.all():
+            group = np.cumsum(start) - 1
+            position = (np.bincount(group, weights=position) / np.bincount(group))[group]
         ranks = np.empty(m)
-        ranks[order] = np.arange(m, dtype=float)
-        # average ranks over ties
-        uniq, inv = np.unique(x, return_inverse=True)
-        if uniq.size < m:
-            sums = np.bincount(inv, weights=ranks)
-            counts = np.bincount(inv)
-            ranks = (sums / counts)[inv]
+        ranks[order] = position
         out[ok] = 2.0 * ranks / (m - 1) - 1.0
         return out
     mean = x.mean()

@@ -170,6 +170,31 @@ def test_indicator_features_are_talib_scaled():
     )
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from([np.nan, np.inf, -3.0, -0.0, 0.0, 0.5, 1.0, 2.0, 7.25])
+        | st.floats(-1e6, 1e6),
+        max_size=30,
+    )
+)
+def test_cross_sectional_rank_is_the_average_rank_of_ties(values):
+    """The rank of each finite value among the finite ones (ties share their average rank,
+    -0.0 ties with 0.0), mapped to [-1, 1]: scipy's rankdata, an independent implementation;
+    fewer than two finite values: NaN everywhere."""
+    from scipy.stats import rankdata
+
+    v = np.array(values, dtype=float)
+    got = cross_section(v, "rank")
+    ok = np.isfinite(v)
+    assert np.isnan(got[~ok]).all()
+    if ok.sum() < 2:
+        assert np.isnan(got).all()
+        return
+    expect = 2.0 * (rankdata(v[ok], method="average") - 1.0) / (ok.sum() - 1) - 1.0
+    np.testing.assert_allclose(got[ok], expect, rtol=0, atol=1e-12)
+
+
 def test_cross_sectional_rank_and_zscore():
     v = np.array([3.0, np.nan, 1.0, 2.0, 2.0])
     np.testing.assert_allclose(cross_section(v, "rank"), [1.0, np.nan, -1.0, 0.0, 0.0])
