@@ -141,6 +141,45 @@ def cross_section(values: np.ndarray, method: str) -> np.ndarray:
     return out
 
 
+def cross_section_rows(values: np.ndarray, method: str) -> np.ndarray:
+    """`cross_section` of each row of a (K, N) matrix, the same numbers bit for bit. Rows
+    that all lack values in the same places (several factors of one universe, as
+    multi_factor scores them at every bar) are ranked together in one set of array calls
+    instead of one set per row; anything else (and z-scores) goes row by row."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim != 2:
+        raise ValueError(f"cross_section_rows needs a (K, N) matrix, got shape {values.shape}")
+    k = values.shape[0]
+    finite = np.isfinite(values)
+    if method != "rank" or k < 2 or not (finite == finite[0]).all():
+        out = np.empty(values.shape)
+        for r in range(k):
+            out[r] = cross_section(values[r], method)
+        return out
+    out = np.full(values.shape, np.nan)
+    ok = np.flatnonzero(finite[0])
+    m = ok.size
+    if m < 2:
+        return out
+    x = values[:, ok]
+    order = np.argsort(x, axis=1, kind="stable")
+    xs = np.take_along_axis(x, order, axis=1)
+    position = np.broadcast_to(np.arange(m, dtype=float), (k, m))
+    # As in cross_section, ties from the sort; a row's first value always starts a group,
+    # so the groups of the flattened rows never span two rows.
+    start = np.empty((k, m), dtype=bool)
+    start[:, 0] = True
+    np.not_equal(xs[:, 1:], xs[:, :-1], out=start[:, 1:])
+    if not start.all():
+        group = np.cumsum(start.ravel()) - 1
+        flat = position.ravel()
+        position = ((np.bincount(group, weights=flat) / np.bincount(group))[group]).reshape(k, m)
+    ranks = np.empty((k, m))
+    np.put_along_axis(ranks, order, position, axis=1)
+    out[:, ok] = 2.0 * ranks / (m - 1) - 1.0
+    return out
+
+
 def _sdiv(a: np.ndarray, b: np.ndarray, default: float) -> np.ndarray:
     """a / b, with `default` where b is exactly zero (and a is known); NaN stays NaN."""
     with np.errstate(invalid="ignore", divide="ignore"):

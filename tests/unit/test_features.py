@@ -195,6 +195,32 @@ def test_cross_sectional_rank_is_the_average_rank_of_ties(values):
     np.testing.assert_allclose(got[ok], expect, rtol=0, atol=1e-12)
 
 
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 5),
+    st.lists(st.booleans(), min_size=1, max_size=12),
+    st.data(),
+    st.sampled_from(["rank", "zscore"]),
+    st.booleans(),
+)
+def test_cross_section_rows_is_cross_section_of_each_row(k, present, data, method, shared):
+    """The whole matrix at once gives each row's cross_section bit for bit: rows sharing
+    their missing values (ranked together) or not (row by row), ties included."""
+    from tradingd.features.catalog import cross_section_rows
+
+    n = len(present)
+    value = st.sampled_from([-1.0, -0.0, 0.0, 0.25, 3.0]) | st.floats(-1e3, 1e3)
+    rows = []
+    for _ in range(k):
+        row = np.array(data.draw(st.lists(value, min_size=n, max_size=n)), dtype=float)
+        mask = present if shared else data.draw(st.lists(st.booleans(), min_size=n, max_size=n))
+        row[~np.array(mask)] = np.nan
+        rows.append(row)
+    matrix = np.stack(rows)
+    expect = np.stack([cross_section(r, method) for r in matrix])
+    np.testing.assert_array_equal(cross_section_rows(matrix, method), expect)
+
+
 def test_cross_sectional_rank_and_zscore():
     v = np.array([3.0, np.nan, 1.0, 2.0, 2.0])
     np.testing.assert_allclose(cross_section(v, "rank"), [1.0, np.nan, -1.0, 0.0, 0.0])
