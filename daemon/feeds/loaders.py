@@ -342,6 +342,10 @@ def load_panel(
         timezone=timezone,
         summary=summary,
     )
+    # The checks' intermediates are garbage now, but glibc keeps freed heap memory until
+    # asked: trimmed here, the panel's arrays reuse it instead of adding to the load's peak
+    # (-60 MB for the S&P 500 file).
+    _release_memory()
     panel = Panel.from_long(frame)
     del frame  # the long table is garbage from here: give its memory back before the run
     _release_memory()
