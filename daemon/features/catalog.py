@@ -166,7 +166,8 @@ def cross_section_rows(values: np.ndarray, method: str) -> np.ndarray:
     xs = np.take_along_axis(x, order, axis=1)
     position = np.broadcast_to(np.arange(m, dtype=float), (k, m))
     # As in cross_section, ties from the sort; a row's first value always starts a group,
-    # so the groups of the flattened rows never span two rows.
+    # so the groups of the flattened rows never span two rows. (cross_section keeps its own
+    # 1-D copy of these lines: through this 2-D form one row measured 1.8x slower.)
     start = np.empty((k, m), dtype=bool)
     start[:, 0] = True
     np.not_equal(xs[:, 1:], xs[:, :-1], out=start[:, 1:])

@@ -57,10 +57,9 @@ class BatchFeatureSource:
             if not finite.all():
                 v[~finite] = 0.0
         row = self._row
-        mask = ready
 
         def ready_at(bar: CrossSection) -> np.ndarray | None:
-            return None if mask is None else mask[row[bar.time]]
+            return None if ready is None else ready[row[bar.time]]
 
         self._prepared = (key, ready_at)
         return ready_at
