@@ -233,8 +233,10 @@ class _Sink:
 
 
 def child_open(state: dict[str, Any], args: tuple[str, int, int]) -> None:
+    # Touches nothing on disk: a writer closed before it answered is not waited for, and
+    # a folder made here then could reappear after its owner removed it (the parent makes
+    # it, and a folder that cannot be fails there, at the first flush).
     path, max_bytes, backups = args
-    Path(path).parent.mkdir(parents=True, exist_ok=True)  # a folder that cannot be: now
     sink = state["audit"] = _Sink(Path(path), max_bytes, backups)
     state.setdefault("_closers", []).append(sink.close)
 
@@ -305,6 +307,7 @@ class AuditLog:
         batch, self._batch, self._waiting = self._batch, [], 0
         if self.background and self._writer is None:
             # Started at the first write, it imports while the replay goes on.
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = ChildWriter(f"audit {self.path}", self.max_pending)
             self._writer.send(
                 "tradingd.audit:child_open", (str(self.path), self.max_bytes, self.backups)

@@ -127,10 +127,16 @@ def write_rows(
     transaction(db, work, where)
 
 
-def connect(path: str) -> sqlite3.Connection:
+def connect(path: str, create: bool = True) -> sqlite3.Connection:
     """A connection as the store uses it: autocommit (explicit transactions), WAL on a file,
-    waiting up to a minute for a lock another connection holds."""
-    db = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=60.0)
+    waiting up to a minute for a lock another connection holds. `create=False`: open an
+    existing file only."""
+    target, uri = path, False
+    if not create and path != MEMORY:
+        target, uri = Path(path).absolute().as_uri() + "?mode=rw", True
+    db = sqlite3.connect(
+        target, isolation_level=None, check_same_thread=False, timeout=60.0, uri=uri
+    )
     if path != MEMORY:
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
@@ -141,8 +147,10 @@ def connect(path: str) -> sqlite3.Connection:
 
 
 def child_open(state: dict[str, Any], path: str) -> None:
+    # The store's thread made the file. A process closed before it answered is not waited
+    # for: opening without creating, it cannot make a file its owner has since removed.
     try:
-        db = connect(path)
+        db = connect(path, create=False)
     except sqlite3.Error as e:
         raise StorageError(f"cannot open SQLite database {path}: {e}") from e
     state["sqlite"] = (db, path, {})

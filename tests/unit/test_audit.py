@@ -227,6 +227,37 @@ def test_lines_are_written_here_while_the_writer_starts(tmp_path, monkeypatch):
     assert [r["client_order_id"] for r in records(tmp_path / "r.jsonl")] == ["r|0", "r|1", "r|2"]
 
 
+def test_the_writer_process_makes_nothing_on_disk_before_it_writes(tmp_path):
+    """A writer closed before it answered is not waited for: had its open job made the
+    folder, the folder could reappear after its owner removed it (CI: a replay's scratch
+    `TemporaryDirectory` failed to clean up, "Directory not empty")."""
+    state: dict = {}
+    audit.child_open(state, (str(tmp_path / "later" / "r.jsonl"), 1000, 1))
+    assert not (tmp_path / "later").exists()
+    audit.child_lines(state, [(audit._ORDERS, [audit._ORDER_VALUES(order(0))], None)])
+    assert len(records(tmp_path / "later" / "r.jsonl")) == 1  # made when written
+    for close in state["_closers"]:
+        close()
+
+
+def test_a_folder_removed_after_close_stays_removed(tmp_path, monkeypatch):
+    import shutil
+
+    from tradingd.storage.child import ChildWriter
+
+    scratch = tmp_path / "scratch"
+    a = AuditLog(scratch / "audit", "r", flush_interval_s=1.0, max_lines=1)
+    monkeypatch.setattr(ChildWriter, "reap", lambda self: None)  # still starting
+    a.orders([order(0)])
+    a.flush()  # written here; the process was sent its open job
+    writer = a._writer
+    assert writer is not None and not a._writer_ready
+    a.close()  # not waited for: it never wrote a line
+    shutil.rmtree(scratch)
+    assert writer.wait(timeout=60) == 0
+    assert not scratch.exists()
+
+
 def test_equal_instants_in_two_zones_are_each_written_as_given():
     """Equal datetimes in two time zones (a bar time in the exchange's zone, a broker's time
     in UTC) are one dict key; the audit's time memos kept the first one's text for both."""

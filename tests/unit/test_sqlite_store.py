@@ -764,3 +764,23 @@ async def test_a_database_from_an_earlier_build_gets_the_new_columns(db_path: Pa
         assert (await store.fetch("fills", "old"))[0]["booked_at"] is None
     finally:
         await store.stop()
+
+
+def test_the_writer_process_opens_the_file_the_thread_made_and_never_creates_one(
+    tmp_path: Path,
+) -> None:
+    """A writer process closed before it answered is not waited for: opening by creating,
+    it could make a database file again in a folder its owner was removing."""
+    from tradingd.storage.sqlite import child_open, connect
+
+    gone = tmp_path / "removed.sqlite"
+    with pytest.raises(StorageError, match=r"removed\.sqlite"):
+        child_open({}, str(gone))
+    assert list(tmp_path.iterdir()) == []
+    made = tmp_path / "made by the thread.sqlite"  # a path that needs quoting in a URI
+    connect(str(made)).close()
+    state: dict = {}
+    child_open(state, str(made))
+    db = state["sqlite"][0]
+    assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    db.close()
