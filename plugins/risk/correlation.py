@@ -176,9 +176,13 @@ class CorrelationLimit:
         staying = held & ((t != 0) | ~np.asarray(ctx.tradable, dtype=bool))
         if not entries.size:
             return RiskDecision(targets)
-        r = daily_returns(ctx.history, c.window)
-        n_valid = (~np.isnan(r)).sum(axis=0)
         existing = np.flatnonzero(staying)
+        # Returns of the symbols checked only (a dozen of hundreds), columns in universe
+        # order; `at` maps a symbol to its column.
+        needed = np.union1d(existing, entries)
+        r = daily_returns(ctx.history, c.window, needed)
+        n_valid = np.zeros(t.size, dtype=np.int64)
+        n_valid[needed] = (~np.isnan(r)).sum(axis=0)
         thin = n_valid[existing] < c.min_overlap
         existing, unmeasured = existing[~thin], existing[thin]
         self._note_unmeasured(set(unmeasured.tolist()), set(existing.tolist()), n_valid)
@@ -196,7 +200,8 @@ class CorrelationLimit:
         cand = cand[np.lexsort((cand, -np.abs(t[cand])))]
         if cand.size:
             others = np.concatenate([existing, cand])
-            corr, common = pairwise_correlation(r, cand, others)
+            at = np.searchsorted(needed, np.concatenate([cand, others]))
+            corr, common = pairwise_correlation(r, at[: cand.size], at[cand.size :])
             eff = np.abs(corr) if c.absolute else corr * np.outer(sign[cand], sign[others])
             unknown = common < c.min_overlap  # counts as too high
             over = unknown | (eff > limit)

@@ -91,9 +91,12 @@ def tail_index(n: int, alpha: float) -> int:
     return max(math.ceil(n * alpha - 1e-9), 1) - 1
 
 
-def daily_returns(history: HistoryView, window: int) -> np.ndarray:
-    """(window, N) simple close-to-close returns; NaN where either close is missing or <= 0."""
+def daily_returns(history: HistoryView, window: int, cols: np.ndarray | None = None) -> np.ndarray:
+    """(window, N) simple close-to-close returns; NaN where either close is missing or <= 0.
+    `cols`: only those symbols' columns, (window, len(cols)), the same values."""
     close = history.window("close", window + 1)
+    if cols is not None:
+        close = close[:, cols]
     prev, cur = close[:-1], close[1:]
     with np.errstate(invalid="ignore", divide="ignore"):
         r = cur / prev - 1.0
@@ -102,27 +105,56 @@ def daily_returns(history: HistoryView, window: int) -> np.ndarray:
 
 
 class _Scenarios:
-    """The scenario returns of one bar, with missing values filled per the module's rules."""
+    """The scenario returns of one bar, with missing values filled per the module's rules.
 
-    def __init__(self, returns: np.ndarray, alpha: float, min_history: int) -> None:
-        valid = ~np.isnan(returns)
+    Returns are computed for the columns asked for only (`filled`: the symbols with a
+    target, a dozen of hundreds); which days are scenarios and how many returns each symbol
+    has need the whole universe, but only whether each return exists (both closes > 0), not
+    its value. The universe's returns themselves are computed only when a held symbol
+    without enough history needs the day's worst return. Closes are finite (validated where
+    bars enter), so a return exists exactly when both closes are > 0."""
+
+    def __init__(self, history: HistoryView, window: int, alpha: float, min_history: int) -> None:
+        self._history, self._window = history, window
+        close = history.window("close", window + 1)
+        pos = close > 0  # False for NaN
+        valid = pos[:-1] & pos[1:]
         days = valid.any(axis=1)
-        self.returns = returns[days]
-        self.valid = valid[days]
-        self.n_days = int(days.sum())
-        self.n_valid = self.valid.sum(axis=0)
+        self._days = days if not days.all() else None
+        self.valid = valid[days] if self._days is not None else valid
+        self.n_days = int(self.valid.shape[0])
         self.alpha = alpha
         self.min_history = min_history
+        self._n_valid: np.ndarray | None = None
+        self._all: np.ndarray | None = None
         self._day_lo: np.ndarray | None = None
         self._day_hi: np.ndarray | None = None
+
+    @property
+    def n_valid(self) -> np.ndarray:
+        """Returns per symbol in the window, (N,)."""
+        if self._n_valid is None:
+            self._n_valid = self.valid.sum(axis=0)
+        return self._n_valid
+
+    def returns(self, cols: np.ndarray | None = None) -> np.ndarray:
+        """(n_days, len(cols)) returns of the scenario days (every symbol without `cols`)."""
+        if cols is None:
+            if self._all is None:
+                self._all = self._rows(daily_returns(self._history, self._window))
+            return self._all
+        return self._rows(daily_returns(self._history, self._window, cols))
+
+    def _rows(self, r: np.ndarray) -> np.ndarray:
+        return r[self._days] if self._days is not None else r
 
     def filled(self, cols: np.ndarray, side: np.ndarray) -> np.ndarray:
         """(n_days, len(cols)) returns of `cols`, missing values filled adversely to `side`
         (+1 long, -1 short)."""
-        r = self.returns[:, cols]
+        r = self.returns(cols)
         v = self.valid[:, cols]
         if v.all():
-            return r.copy()
+            return r
         n = self.n_valid[cols]
         # Own k-th worst (long) and k-th best (short) returns; NaN sorts last, so the valid
         # values of a column come first, ascending.
@@ -146,12 +178,12 @@ class _Scenarios:
 
     def _day_low(self) -> np.ndarray:
         if self._day_lo is None:
-            self._day_lo = np.nanmin(self.returns, axis=1)
+            self._day_lo = np.nanmin(self.returns(), axis=1)
         return self._day_lo
 
     def _day_high(self) -> np.ndarray:
         if self._day_hi is None:
-            self._day_hi = np.nanmax(self.returns, axis=1)
+            self._day_hi = np.nanmax(self.returns(), axis=1)
         return self._day_hi
 
 
@@ -188,9 +220,7 @@ class PortfolioVar:
         return self._var(pnl, sc.n_days)
 
     def _scenarios(self, ctx: BarContext) -> _Scenarios:
-        return _Scenarios(
-            daily_returns(ctx.history, self.config.window), self.alpha, self.config.min_history
-        )
+        return _Scenarios(ctx.history, self.config.window, self.alpha, self.config.min_history)
 
     @staticmethod
     def _pnl(sc: _Scenarios, cols: np.ndarray, w: np.ndarray) -> np.ndarray:

@@ -506,6 +506,37 @@ def test_var_property_output_within_limit(data, scale, limit):
         assert var == pytest.approx(limit, abs=1e-9)  # scaled exactly to the limit
 
 
+@PROPERTY
+@given(data=st.data())
+def test_var_scenarios_of_the_columns_asked_are_those_of_the_whole_universe(data):
+    """The scenarios are built from the returns of the symbols with a target only (the
+    universe's returns only when a day's worst is needed): the same days, counts and filled
+    returns, bit for bit, as taken from the whole universe's returns."""
+    from tradingd_plugins.risk.var import _Scenarios, daily_returns
+
+    closes = data.draw(market(2, 8, 20, 60))
+    closes[closes > 0] *= data.draw(st.sampled_from([1.0, -1.0]))  # all or none priced
+    n = closes.shape[1]
+    window, min_history = data.draw(st.integers(5, 45)), data.draw(st.integers(2, 5))
+    ctx = make_context(tuple(f"S{i}" for i in range(n)), closes, capacity=window + 1)
+    full = daily_returns(ctx.history, window)
+    valid = ~np.isnan(full)
+    days = valid.any(axis=1)
+    sc = _Scenarios(ctx.history, window, 0.05, min_history)
+    assert sc.n_days == int(days.sum())
+    np.testing.assert_array_equal(sc.n_valid, valid[days].sum(axis=0))
+    cols = np.array(sorted(data.draw(st.sets(st.integers(0, n - 1), min_size=1))))
+    side = np.array(
+        data.draw(st.lists(st.sampled_from([-1.0, 1.0]), min_size=cols.size, max_size=cols.size))
+    )
+    np.testing.assert_array_equal(sc.returns(cols), full[days][:, cols])
+    ref = _Scenarios(ctx.history, window, 0.05, min_history)
+    # The same rules applied to the whole universe's returns and their NaNs:
+    ref.valid, ref._n_valid, ref.n_days = valid[days], valid[days].sum(axis=0), int(days.sum())
+    ref.returns = lambda c=None: full[days] if c is None else full[days][:, c]
+    np.testing.assert_array_equal(sc.filled(cols, side), ref.filled(cols, side))
+
+
 # ============================================================================ correlation
 
 
