@@ -64,10 +64,13 @@ class RiskRecord:
 
     def on_bar(self, time: datetime, verdicts: Sequence[RiskVerdict]) -> None:
         seen: set[tuple[str, str]] = set()
+        # One logger for the bar: through the module's proxy each call binds a new one (~5
+        # us), and a replay meets tens of thousands of verdicts (one per rejected entry).
+        debug = log.bind().debug if verdicts else None
         for v in verdicts:
             rule = rule_of(v)
             self.counts[f"{v.plugin}/{rule}"] += 1
-            log.debug(
+            debug(
                 "risk.verdict",
                 plugin=v.plugin,
                 rule=rule,
