@@ -183,6 +183,15 @@ def garch_filter(
             warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns stay NaN
             sigma2 = np.nanmean(eps * eps, axis=0)
     s2 = np.asarray(sigma2, dtype=np.float64)
+    if eps.ndim == 1 and s2.ndim == 0 and np.ndim(omega) == np.ndim(alpha) == np.ndim(beta) == 0:
+        # One series (an EWMA fallback, a fit's variance): the same recursion on Python
+        # floats, which are IEEE doubles like float64, each step the same operations in the
+        # same order (the same bits), ~50x faster than a numpy call per step.
+        o, a, b, v = float(omega), float(alpha), float(beta), float(s2)
+        for e in eps.tolist():
+            if e == e:  # a NaN residual (no bar) keeps the variance
+                v = o + a * e * e + b * v
+        return np.asarray(v)
     for row in eps:
         s2 = garch_forecast(omega, alpha, beta, s2, row)
     return s2

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -593,6 +594,33 @@ def test_ewma_is_riskmetrics():
     with pytest.raises(ValueError):
         ewma_variance(r, 1.0)
     np.testing.assert_allclose(log_returns(np.array([[100.0], [110.0]]))[0], np.log(1.1))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    r=st.lists(
+        st.floats(-0.5, 0.5, allow_subnormal=False) | st.just(math.nan), min_size=1, max_size=600
+    ),
+    mu=st.floats(-0.01, 0.01),
+    omega=st.floats(0, 1e-4),
+    alpha=st.floats(0, 0.3),
+    beta=st.floats(0, 0.95),
+    start=st.none() | st.floats(1e-6, 1e-2),
+)
+def test_one_series_is_filtered_as_a_column_of_many(r, mu, omega, alpha, beta, start):
+    """One series takes a loop on Python floats; a column of a (T, N) window the numpy
+    recursion: the same variance, bit for bit (NaN residuals keep it, an all-NaN series has
+    none)."""
+    one = np.array(r)
+    got = garch_filter(one, mu, omega, alpha, beta, start)
+    if start is None:  # the backcast of one series (a column's sums in another order)
+        with np.errstate(invalid="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            start = np.nanmean((one - mu) * (one - mu))
+    many = np.column_stack([one, np.linspace(-0.02, 0.02, one.size)])
+    ref = garch_filter(many, np.array([mu, 0.0]), omega, alpha, beta, np.array([start, 1e-4]))
+    assert got.shape == ()
+    np.testing.assert_array_equal(got, ref[0])
 
 
 # ----------------------------------------------------------------------------- volatility scalar
