@@ -18,12 +18,17 @@ a GARCH fit and others the fallback is updated by one array expression.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-from arch.univariate import GARCH, ConstantMean, Normal, ZeroMean
+
+# `arch` is imported where a fit is made: importing it takes 1.5-2 s (scipy.stats, its
+# numba-or-Python recursions), and a replay whose fits come from the fit cache, or run in the
+# worker process, never fits in the engine's process.
 
 #: RiskMetrics' decay for daily returns: the documented fallback estimator.
 EWMA_LAMBDA = 0.94
@@ -37,28 +42,36 @@ MEANS = ("constant", "zero")
 STATIONARITY_TOL = 1e-6
 
 
-class _WarmGARCH(GARCH):
-    """arch's GARCH(1,1) whose `starting_values()` is the warm start, instead of arch's
-    search of a 64-point grid of likelihoods (about 40% of a warm-started fit's time).
+@functools.cache
+def _warm_garch() -> type:
+    from arch.univariate import GARCH
 
-    Why this changes no number: when `fit()` is given starting values, arch uses the grid's
-    winner only to standardise the residuals for the error distribution's own starting
-    values and bounds, and the normal distribution has neither; the optimiser starts from
-    the values given. A test fits many series both ways and compares the parameters exactly.
-    Only used with a warm start and normal errors."""
+    class _WarmGARCH(GARCH):
+        """arch's GARCH(1,1) whose `starting_values()` is the warm start, instead of arch's
+        search of a 64-point grid of likelihoods (about 40% of a warm-started fit's time).
 
-    def __init__(self, warm: np.ndarray) -> None:
-        super().__init__(p=1, o=0, q=1)
-        self._warm = np.array(warm, dtype=np.float64)
+        Why this changes no number: when `fit()` is given starting values, arch uses the
+        grid's winner only to standardise the residuals for the error distribution's own
+        starting values and bounds, and the normal distribution has neither; the optimiser
+        starts from the values given. A test fits many series both ways and compares the
+        parameters exactly. Only used with a warm start and normal errors."""
 
-    def starting_values(self, resids: np.ndarray) -> np.ndarray:
-        return self._warm.copy()
+        def __init__(self, warm: np.ndarray) -> None:
+            super().__init__(p=1, o=0, q=1)
+            self._warm = np.array(warm, dtype=np.float64)
+
+        def starting_values(self, resids: np.ndarray) -> np.ndarray:
+            return self._warm.copy()
+
+    return _WarmGARCH
 
 
-def _model(x: np.ndarray, mean: str, warm_vol: np.ndarray | None) -> ConstantMean | ZeroMean:
+def _model(x: np.ndarray, mean: str, warm_vol: np.ndarray | None) -> Any:
     """`arch_model(x, mean=..., vol="GARCH", p=1, q=1, dist="normal", rescale=False)`, with
     the grid search skipped when there is a warm start."""
-    vol = GARCH(p=1, o=0, q=1) if warm_vol is None else _WarmGARCH(warm_vol)
+    from arch.univariate import GARCH, ConstantMean, Normal, ZeroMean
+
+    vol = GARCH(p=1, o=0, q=1) if warm_vol is None else _warm_garch()(warm_vol)
     cls = ConstantMean if mean == "constant" else ZeroMean
     return cls(x, volatility=vol, distribution=Normal(), rescale=False)
 

@@ -441,7 +441,7 @@ def _arch_fit(r, mean, start):
 
 @pytest.mark.parametrize("mean", ["constant", "zero"])
 def test_warm_started_fits_equal_arch_model_fits_bit_for_bit(mean):
-    """The warm start skips arch's grid of starting values (garch._WarmGARCH): the optimiser
+    """The warm start skips arch's grid of starting values (garch._warm_garch): the optimiser
     must take exactly the path arch_model's fit takes with the same starting values."""
     paths = garch_paths(900, 6, seed=31, alpha=0.09, beta=0.88, scale=np.linspace(0.5, 3, 6))
     compared = 0
