@@ -1322,3 +1322,23 @@ def test_walkforward_parameters_at_a_bar_include_the_fits_still_in_flight(lag, r
     older = sizing_params(lagged, {**state, "pending_fits": None})["garch"]
     assert older != want
     lagged.close()
+
+
+def test_the_plugin_imports_arch_only_to_fit():
+    """Importing arch takes seconds; an engine whose fits come from the cache or the worker
+    process never needs it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "import tradingd_plugins.sizing.kelly_garch\n"
+        "assert 'arch' not in sys.modules, 'arch imported with the plugin'\n"
+        "from tradingd_plugins.sizing.garch import try_garch_fit\n"
+        "import numpy as np\n"
+        "r = np.random.default_rng(0).normal(0, 0.01, 300)\n"
+        "try_garch_fit(r)\n"
+        "assert 'arch' in sys.modules\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
