@@ -85,6 +85,9 @@ brackets = false   # the other implementations have no protective exits
 [storage]
 url = "{storage_url}"   # everything else in [storage] as in config/default.toml
 
+[cache]
+features = false   # the feature step is timed on its own: computed in every run
+
 [log]
 level = "{log_level}"
 audit_dir = "{audit_dir}"

@@ -7,9 +7,11 @@ validating the data, and writing the run's outputs. This script runs the real co
 strategy of replay.py (momentum top 10, equal weight, max_position; SQLite file store and
 audit log on) and prints, per width:
 
-    first run   the validated-data cache empty (cache.data_dir is a new temporary folder)
-    rerun       the same command again, the cache warm (median of --reruns runs)
-    uncached    the same command with cache.data = false (median of --reruns runs)
+    first run   the validated-data and feature caches empty (cache.data_dir and
+                cache.features_dir are new temporary folders)
+    rerun       the same command again, the caches warm (median of --reruns runs)
+    uncached    the same command with cache.data = false and cache.features = false
+                (median of --reruns runs)
 
 each as wall seconds and the process's peak RSS (MB, from wait4's ru_maxrss), plus the bare
 import of the command's module (`python -c "import tradingd.__main__, tradingd.backtest"`).
@@ -94,9 +96,12 @@ def main(argv: list[str] | None = None) -> int:
             folder.mkdir()
             cfg = replay_engines.write_config(folder, spec, "sqlite")
             cache = cfg.parent / "cache.toml"
-            cache.write_text(f'[cache]\ndata_dir = "{(folder / "panels").as_posix()}"\n')
+            cache.write_text(
+                f'[cache]\ndata_dir = "{(folder / "panels").as_posix()}"\n'
+                f'features = true\nfeatures_dir = "{(folder / "features").as_posix()}"\n'
+            )
             off = cfg.parent / "nocache.toml"
-            off.write_text("[cache]\ndata = false\n")
+            off.write_text("[cache]\ndata = false\nfeatures = false\n")
 
             def command(extra: Path, n: int, cfg: Path = cfg, folder: Path = folder) -> list[str]:
                 out = folder / f"out{n}"

@@ -86,6 +86,8 @@ end = "{args.end}"
 [storage]
 url = "sqlite:///:memory:"
 signals = "none"
+[cache]
+features_dir = "{(Path(args.cache_dir).parent / "features").as_posix()}"
 """)
     config = load_config([ROOT / "config/default.toml", ROOT / "config/backtest.toml", overlay])
     # The benchmark's knobs, applied to the plugin specs (the TOML lists replace, not merge).

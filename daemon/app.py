@@ -30,6 +30,8 @@ from .engine.planner import OrderPlanner
 from .engine.planner import required_features as planner_features
 from .engine.plugins import load_plugin
 from .engine.portfolio import Portfolio
+from .features.batch_cache import FeatureCache
+from .features.batch_cache import default_cache_dir as features_cache_dir
 from .features.catalog import Catalog, feature_set_id, verify_feature_set
 from .features.source import BatchFeatureSource, StreamingFeatureSource
 from .feeds.history import HistoryFeed, RecordedLiveFeed
@@ -163,7 +165,12 @@ def choose_swaps(
     catalog = make_catalog(config)
     if mode == "backtest":
         feed = HistoryFeed(panel)
-        features = BatchFeatureSource(panel, names, catalog)
+        c = config.cache
+        cache = None
+        if c.features and c.features_max_mb > 0:
+            where = Path(c.features_dir).expanduser() if c.features_dir else features_cache_dir()
+            cache = FeatureCache(where, int(c.features_max_mb * 1_000_000))
+        features = BatchFeatureSource(panel, names, catalog, cache=cache)
         return Swaps(ReplayClock(feed.times), feed, broker, features)
     live_feed = RecordedLiveFeed(panel)
     # Bars before the start warm up at once (Engine warmup); the clock paces the rest.

@@ -483,11 +483,20 @@ class CacheConfig:
     data: bool = True
     data_dir: str = ""
     data_max_mb: float = 2048.0
+    # A backtest's prepared features, kept on disk so a rerun on the same data and features
+    # skips computing them (features/batch_cache.py); "" = beside the data cache, under
+    # tradingd/features. The S&P 500 file with the default strategy's 24 features: ~480 MB.
+    features: bool = True
+    features_dir: str = ""
+    features_max_mb: float = 2048.0
 
     def __post_init__(self) -> None:
         _finite(self, "cache")
         _check_cache_url(self.url)
         _require(self.data_max_mb >= 0, "cache.data_max_mb", self.data_max_mb, ">= 0 MB")
+        _require(
+            self.features_max_mb >= 0, "cache.features_max_mb", self.features_max_mb, ">= 0 MB"
+        )
         _require(self.expiry_s > 0, "cache.expiry_s", self.expiry_s, "> 0 seconds")
         _require(
             self.publish_interval_s >= 0,

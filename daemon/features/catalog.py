@@ -279,6 +279,13 @@ class Catalog:
         self.cross_method = cross_method
         self._nodes: dict[str, Node] = {}
         self._custom: dict[str, tuple[tuple[str, ...], Callable[..., np.ndarray]]] = {}
+        self._user_defined = False  # register() or window() was called
+
+    @property
+    def user_defined(self) -> bool:
+        """Whether features defined at run time exist (their meaning is not in this package's
+        code, so a cache of computed features cannot key them)."""
+        return self._user_defined
 
     def register(self, name: str, deps: Sequence[str], fn: Callable[..., np.ndarray]) -> Node:
         """A custom point-wise feature of other features' current values. Only current and
@@ -288,6 +295,7 @@ class Catalog:
         if name in self._nodes or self._builtin(name) is not None:
             raise ConfigError(f"feature {name!r} already exists")
         self._custom[name] = (tuple(deps), fn)
+        self._user_defined = True
         return self.node(name)
 
     def window(self, name: str, source: str, op: str, length: int, lag: int = 0) -> Node:
@@ -307,6 +315,7 @@ class Catalog:
             src = self._win(f"lag_{lag}_{source}", src, "lag", lag + 1)
         node = self._win(name, src, op, length)
         self._nodes[name] = node
+        self._user_defined = True
         return node
 
     def node(self, name: str) -> Node:

@@ -327,7 +327,9 @@ def _too_large(entry: Path, size: int, max_bytes: int) -> None:
     )
 
 
-def _evict(directory: Path, *, keep: Path, max_bytes: int) -> None:
+def _evict(
+    directory: Path, *, keep: Path, max_bytes: int, event: str = "data", suffix: str = ENTRY_SUFFIX
+) -> None:
     """Delete the least recently used entries until the directory's entries fit `max_bytes`
     (the entry just stored is kept: it alone fits). Stale temporary files of killed writers
     are deleted too; files that are not this cache's are never touched."""
@@ -336,7 +338,7 @@ def _evict(directory: Path, *, keep: Path, max_bytes: int) -> None:
     try:
         listing = list(directory.iterdir())
     except OSError as exc:
-        log.warning("data.cache_unwritable", path=str(directory), error=f"{exc}")
+        log.warning(f"{event}.cache_unwritable", path=str(directory), error=f"{exc}")
         return
     for p in listing:
         try:
@@ -348,7 +350,7 @@ def _evict(directory: Path, *, keep: Path, max_bytes: int) -> None:
                 with contextlib.suppress(OSError):
                     p.unlink()
             continue
-        if _is_entry(p):
+        if _is_entry(p, suffix):
             entries.append((st.st_mtime, st.st_size, p))
     total = sum(size for _, size, _ in entries)
     for _mtime, size, p in sorted(entries, key=lambda e: e[0]):
@@ -361,12 +363,12 @@ def _evict(directory: Path, *, keep: Path, max_bytes: int) -> None:
         except FileNotFoundError:
             pass
         except OSError as exc:
-            log.warning("data.cache_unwritable", path=str(p), error=f"{exc}")
+            log.warning(f"{event}.cache_unwritable", path=str(p), error=f"{exc}")
             return
         total -= size
-        log.debug("data.cache_evicted", path=str(p), bytes=size)
+        log.debug(f"{event}.cache_evicted", path=str(p), bytes=size)
 
 
-def _is_entry(p: Path) -> bool:
-    stem = p.name[: -len(ENTRY_SUFFIX)] if p.name.endswith(ENTRY_SUFFIX) else ""
+def _is_entry(p: Path, suffix: str = ENTRY_SUFFIX) -> bool:
+    stem = p.name[: -len(suffix)] if p.name.endswith(suffix) else ""
     return len(stem) == 64 and all(c in "0123456789abcdef" for c in stem)
