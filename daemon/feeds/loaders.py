@@ -110,7 +110,9 @@ def _read(
             raw = pd.read_csv(path, skip_blank_lines=False)
             return _drop_blank_lines(raw, path), CSV_FIRST_LINE
         columns, filters = _parquet_selection(path, symbols)
-        raw = pd.read_parquet(path, columns=columns, filters=filters)
+        raw = _read_parquet_rows(path, columns, filters) if columns and filters else None
+        if raw is None:
+            raw = pd.read_parquet(path, columns=columns, filters=filters)
         _release_arrow_memory()
         return raw, None
     except (OSError, ValueError) as exc:
@@ -140,6 +142,40 @@ def _parquet_selection(
         if pa.types.is_string(kind) or pa.types.is_large_string(kind):
             filters = [(str(sym_col), "in", sorted(set(symbols)))]
     return columns, filters
+
+
+def _read_parquet_rows(
+    path: Path, columns: list[str], filters: list[tuple[str, str, list[str]]]
+) -> pd.DataFrame | None:
+    """`pd.read_parquet(path, columns=columns, filters=filters)` (one "in" filter on a
+    string column), read batch by batch and filtered as it goes: pyarrow's filtered read
+    holds whole columns before it filters (a 406 MB peak for 100 of the S&P 500 file's 496
+    symbols, a 26 MB panel; 273-287 MB this way). The table is converted by pandas' own
+    function, as `read_parquet` converts it. None where the two could differ: an index
+    stored as columns (pandas adds those columns to the read), or pandas' function not where
+    this pandas version had it; the caller then reads with `pd.read_parquet`."""
+    try:
+        from pandas.io._util import arrow_table_to_pandas
+    except ImportError:
+        return None
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    ((col, _, values),) = filters
+    pf = pq.ParquetFile(path)
+    schema = pf.schema_arrow
+    meta = schema.pandas_metadata or {}
+    if any(not isinstance(c, dict) for c in meta.get("index_columns", [])):
+        return None
+    wanted = pa.array(values, type=schema.field(col).type)
+    keep = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)
+    parts = []
+    for batch in pf.iter_batches(batch_size=65_536, columns=columns):
+        parts.append(batch.select(columns).filter(pc.is_in(batch.column(col), value_set=wanted)))
+    table = pa.Table.from_batches(parts, schema=keep)
+    del parts
+    return arrow_table_to_pandas(table)
 
 
 def _release_arrow_memory() -> None:

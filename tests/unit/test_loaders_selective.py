@@ -33,16 +33,16 @@ def long_frame(symbols: list[Any], n_days: int = 6) -> pd.DataFrame:
 
 @pytest.fixture
 def spy(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
-    """Each pandas.read_parquet call of the loader: its columns and the rows it returned."""
+    """Each file read of the loader (`_read`): the columns and the rows it returned."""
     calls: list[dict[str, Any]] = []
-    real = pd.read_parquet
+    real = loaders._read
 
-    def read(path: Any, **kw: Any) -> pd.DataFrame:
-        out = real(path, **kw)
-        calls.append({"columns": list(out.columns), "rows": len(out), **kw})
+    def read(path: Any, source: str, symbols: Any = None) -> Any:
+        out = real(path, source, symbols)
+        calls.append({"columns": list(out[0].columns), "rows": len(out[0])})
         return out
 
-    monkeypatch.setattr(loaders.pd, "read_parquet", read)
+    monkeypatch.setattr(loaders, "_read", read)
     return calls
 
 
@@ -102,6 +102,53 @@ def test_date_index_is_still_read(tmp_path: Path) -> None:
     p = load_panel("parquet", str(path))
     assert p.symbols == ("AAA",)
     assert len(p.times) == 6
+
+
+def _files(tmp_path: Path) -> dict[str, Path]:
+    """Long tables as different writers leave them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = long_frame(SYMBOLS)
+    out = {}
+    out["pandas"] = tmp_path / "pandas.parquet"
+    frame.to_parquet(out["pandas"])
+    out["shuffled rows, zoned times"] = tmp_path / "zoned.parquet"
+    zoned = frame.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    zoned["date"] = zoned["date"].dt.tz_localize("America/New_York")
+    zoned.to_parquet(out["shuffled rows, zoned times"])
+    out["pyarrow, no pandas metadata"] = tmp_path / "arrow.parquet"
+    table = pa.Table.from_pandas(frame, preserve_index=False).replace_schema_metadata(None)
+    pq.write_table(table, out["pyarrow, no pandas metadata"], row_group_size=5)
+    out["row groups of 7"] = tmp_path / "groups.parquet"
+    frame.to_parquet(out["row groups of 7"], row_group_size=7)
+    return out
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["pandas", "shuffled rows, zoned times", "pyarrow, no pandas metadata", "row groups of 7"],
+)
+@pytest.mark.parametrize("wanted", [["CCC", "AAA"], ["BBB"], ["ZZZ"], SYMBOLS])
+def test_the_batchwise_read_is_pandas_read(tmp_path: Path, kind: str, wanted: list[str]) -> None:
+    """Filtered batch by batch (less memory), the same DataFrame as pd.read_parquet's
+    filtered read: columns, dtypes, index, row order."""
+    path = _files(tmp_path)[kind]
+    columns, filters = loaders._parquet_selection(path, wanted)
+    assert columns and filters
+    got = loaders._read_parquet_rows(path, columns, filters)
+    assert got is not None
+    pd.testing.assert_frame_equal(got, pd.read_parquet(path, columns=columns, filters=filters))
+
+
+def test_an_index_stored_as_columns_is_left_to_pandas(tmp_path: Path) -> None:
+    path = tmp_path / "indexed.parquet"
+    long_frame(SYMBOLS).set_index("date").to_parquet(path)
+    columns, filters = loaders._parquet_selection(path, ["AAA"])
+    assert filters is not None
+    assert loaders._read_parquet_rows(path, columns or [], filters) is None
+    p = load_panel("parquet", str(path), symbols=["AAA"])  # pandas' read, as before
+    assert p.symbols == ("AAA",) and len(p.times) == 6
 
 
 @settings(max_examples=60, deadline=None)
