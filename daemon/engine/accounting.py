@@ -10,6 +10,7 @@ single targets are routine and stay at debug level, counted here.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -27,6 +28,12 @@ RESTRICTING = frozenset({"halt", "flatten", "scale"})
 # A run that restricts on and off for decades keeps its first periods in full and counts
 # the rest, so the record stays bounded.
 MAX_PERIODS = 1000
+
+
+def _debug_of(logger: Any) -> Any:
+    """The logger's debug method, or None when its level filters debug lines out."""
+    enabled = getattr(logger, "is_enabled_for", None)
+    return logger.debug if enabled is None or enabled(logging.DEBUG) else None
 
 
 def rule_of(v: RiskVerdict) -> str:
@@ -64,22 +71,24 @@ class RiskRecord:
 
     def on_bar(self, time: datetime, verdicts: Sequence[RiskVerdict]) -> None:
         seen: set[tuple[str, str]] = set()
-        # One logger for the bar: through the module's proxy each call binds a new one (~5
-        # us), and a replay meets tens of thousands of verdicts (one per rejected entry).
-        debug = log.bind().debug if verdicts else None
+        # One logger for the bar, and none when debug lines are filtered out: through the
+        # module's proxy each call binds a new one (~5 us), and a replay meets hundreds of
+        # thousands of verdicts (one per rejected entry).
+        debug = _debug_of(log.bind()) if verdicts else None
         for v in verdicts:
             rule = rule_of(v)
             self.counts[f"{v.plugin}/{rule}"] += 1
-            debug(
-                "risk.verdict",
-                plugin=v.plugin,
-                rule=rule,
-                symbol=v.symbol,
-                action=v.action,
-                reason=v.reason,
-                requested=v.requested,
-                allowed=v.allowed,
-            )
+            if debug is not None:
+                debug(
+                    "risk.verdict",
+                    plugin=v.plugin,
+                    rule=rule,
+                    symbol=v.symbol,
+                    action=v.action,
+                    reason=v.reason,
+                    requested=v.requested,
+                    allowed=v.allowed,
+                )
             if v.action not in RESTRICTING:
                 continue
             key = (v.plugin, rule)

@@ -43,3 +43,24 @@ def test_each_verdict_is_counted_and_logged_and_a_restriction_opens_and_lifts():
         ("risk.restriction_lifted", "warning"),
     ]
     assert [(p.rule, p.bars) for p in rec.periods] == [("max_drawdown", 1)]
+
+
+def test_at_info_level_no_verdict_line_is_made_and_every_verdict_is_counted():
+    import logging
+
+    import structlog
+
+    before = structlog.get_config()
+    try:
+        structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))
+        rec = RiskRecord()
+        rejects = [
+            RiskVerdict("max_position", f"S{i}", "clip", "too big", 0.2, 0.1) for i in range(5)
+        ]
+        with capture_logs() as logs:
+            rec.on_bar(T, rejects)
+            rec.on_bar(T + timedelta(days=1), rejects[:2])
+        assert logs == []
+        assert rec.counts == {"max_position/max_position": 7}
+    finally:
+        structlog.configure(**before)
