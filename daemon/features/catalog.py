@@ -118,13 +118,14 @@ def cross_section(values: np.ndarray, method: str) -> np.ndarray:
         return out
     x = values[ok]
     if method == "rank":
-        order = np.argsort(x, kind="stable")
+        order = np.argsort(x)
         xs = x[order]
         position = np.arange(m, dtype=float)
         # Ties share their average rank. The sort already groups them (no np.unique, which
         # sorted again: most of this function's cost, run for each factor at every bar by
-        # multi_factor); the stable sort keeps a group's members in the same order, so the
-        # sums are the same as summing by original position.
+        # multi_factor). A group's positions are the same consecutive numbers whichever
+        # order its members come in, so their mean is too: no stable sort needed (numpy's
+        # default sort is the vectorised one, 44 against 66 us for multi_factor's 11 x 496).
         start = np.empty(m, dtype=bool)
         start[0] = True
         np.not_equal(xs[1:], xs[:-1], out=start[1:])
@@ -162,7 +163,7 @@ def cross_section_rows(values: np.ndarray, method: str) -> np.ndarray:
     if m < 2:
         return out
     x = values[:, ok]
-    order = np.argsort(x, axis=1, kind="stable")
+    order = np.argsort(x, axis=1)  # (not stable: see cross_section)
     xs = np.take_along_axis(x, order, axis=1)
     position = np.broadcast_to(np.arange(m, dtype=float), (k, m))
     # As in cross_section, ties from the sort; a row's first value always starts a group,

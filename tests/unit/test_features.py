@@ -197,6 +197,29 @@ def test_cross_sectional_rank_is_the_average_rank_of_ties(values):
 
 @settings(max_examples=200, deadline=None)
 @given(
+    st.lists(
+        st.sampled_from([np.nan, -1.0, -0.0, 0.0, 0.25, 3.0]) | st.floats(-1e3, 1e3),
+        min_size=2,
+        max_size=40,
+    ),
+    st.randoms(use_true_random=False),
+)
+def test_cross_sectional_rank_does_not_depend_on_the_symbols_order(values, rnd):
+    """Ranks follow their values bit for bit when the symbols are reordered, ties included:
+    the order the sort leaves tied values in cannot matter (why it need not be stable)."""
+    from tradingd.features.catalog import cross_section_rows
+
+    v = np.array(values, dtype=float)
+    perm = np.array(rnd.sample(range(v.size), v.size))
+    np.testing.assert_array_equal(cross_section(v[perm], "rank"), cross_section(v, "rank")[perm])
+    m = np.stack([v, v[::-1]])
+    np.testing.assert_array_equal(
+        cross_section_rows(m[:, perm], "rank"), cross_section_rows(m, "rank")[:, perm]
+    )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
     st.integers(1, 5),
     st.lists(st.booleans(), min_size=1, max_size=12),
     st.data(),
