@@ -7,9 +7,9 @@ takes 3-4 s of every such run and gives the same arrays every time. An entry is 
 when nothing that decides the values can have changed: the key covers the Panel's content (a
 BLAKE2b digest of its times, symbols and every field), the feature names, the catalog's
 indicator periods and cross-sectional method, the source text of every module of this
-package (how features are computed) and the versions of numpy and TA-Lib. Features defined at
-run time (`Catalog.register`, `Catalog.window`) have their meaning outside that code: such a
-catalog is never cached.
+package (how features are computed) and the versions of numpy, the TA-Lib wrapper and its C
+library. Features defined at run time (`Catalog.register`, `Catalog.window`) have their
+meaning outside that code: such a catalog is never cached.
 
 What is kept is what `BatchFeatureSource.prepare` makes of the features, the form a replay
 reads: the values with 0 where they were not finite, and where they were finite (one bit per
@@ -206,4 +206,9 @@ def _code_fingerprint() -> dict[str, str]:
 def _library_versions() -> dict[str, str]:
     import talib
 
-    return {"numpy": np.__version__, "talib": str(getattr(talib, "__version__", "?"))}
+    # The wrapper's version and the C library's it was built with (they can differ).
+    return {
+        "numpy": np.__version__,
+        "talib": str(getattr(talib, "__version__", "?")),
+        "ta-lib": str(getattr(talib, "__ta_version__", "?")),
+    }
