@@ -5,6 +5,8 @@ oversized or unwritable cache never changes a result or fails a run."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 
 import numpy as np
 import pandas as pd
@@ -163,6 +165,11 @@ def test_the_cache_is_bounded_least_recently_used_first(tmp_path):
         BatchFeatureSource(panel(seed=seed), NAMES, Catalog(), cache=cache).prepare(())
     one = max(f.stat().st_size for f in tmp_path.glob("*.npy"))
     small = FeatureCache(tmp_path, int(one * 2.5))
+    # Written long ago, seed 1 first (file times tick coarsely: set them, not wait).
+    now = time.time()
+    for seed, age in ((1, 200), (2, 100)):
+        entry = tmp_path / f"{small.key(panel(seed=seed), NAMES, Catalog())}.npy"
+        os.utime(entry, (now - age, now - age))
     BatchFeatureSource(panel(seed=1), NAMES, Catalog(), cache=small)  # a hit: seed 1 is fresh
     BatchFeatureSource(panel(seed=3), NAMES, Catalog(), cache=small).prepare(())
     kept = {f.stem for f in tmp_path.glob("*.npy")}
