@@ -19,11 +19,13 @@ instead of reading it: pages are read where the replay reads them, nothing is co
 Reading 383 MB into fresh memory took 1.2 s on the VMs measured, and mapping the raw values
 and cleaning them there copied nearly every page (every row has a symbol not yet listed).
 
-Written to a temporary name and renamed into place (a process that has an entry mapped keeps
-its copy when another replaces or evicts it), bounded by `max_bytes` (least recently used
+Keep the folder on a local disk: a process that has an entry mapped keeps its copy when
+another process on the machine replaces or evicts it, which a network file system does not
+promise; and the key covers the CPU's features, which numpy's results can depend on. Written
+to a temporary name and renamed into place, bounded by `max_bytes` (least recently used
 first), with the data cache's rules (`feeds/panel_cache.py`): a damaged entry is deleted and
-the features computed again, an unwritable directory is a warning, and the cache never makes
-a run fail.
+the features computed again, an entry that cannot be read now (permissions, descriptors) is
+left alone, an unwritable directory is a warning, and the cache never makes a run fail.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import hashlib
 import io
 import json
 import os
+import platform
 import secrets
 import time
 from collections.abc import Mapping, Sequence
@@ -68,7 +71,10 @@ class FeatureCache:
 
     def key(self, panel: Panel, names: Sequence[str], catalog: Catalog) -> str | None:
         """The hex SHA-256 naming the entry of these features (None: not cacheable)."""
-        if self.max_bytes <= 0 or not names or catalog.user_defined:
+        if self.max_bytes <= 0 or not names or catalog.user_defined or type(catalog) is not Catalog:
+            return None  # (a subclass may compute features this package's code does not)
+        code = _code_fingerprint()
+        if not code:  # shipped without its sources: a change to them could not be seen
             return None
         decisive = {
             "format": CACHE_FORMAT,
@@ -76,8 +82,9 @@ class FeatureCache:
             "names": list(names),
             "indicators": repr(catalog.ind),
             "cross_method": catalog.cross_method,
-            "code": _code_fingerprint(),
+            "code": code,
             "libraries": _library_versions(),
+            "cpu": _cpu(),
         }
         text = json.dumps(decisive, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
@@ -88,26 +95,35 @@ class FeatureCache:
         """({name: (T, N) cleaned values}, (features, T, ceil(N / 8)) packed finite bits), both
         mapped from the entry, or None on a miss. A damaged entry is reported and deleted."""
         entry = self._entry(key)
-        if not entry.exists():
-            return None
         started = time.perf_counter()
         f, (t, n) = len(names), shape
         try:
+            st = entry.stat()
+        except OSError:  # no entry, or a folder this user cannot enter: a miss
+            return None
+        try:
             values = np.load(entry, mmap_mode="c", allow_pickle=False)
-            if values.dtype != np.float64 or values.shape != (f, t, n):
+            if (
+                values.dtype != np.float64
+                or values.shape != (f, t, n)
+                or not values.flags.c_contiguous
+            ):
                 raise ValueError(f"entry holds {values.dtype} {values.shape}, not {(f, t, n)}")
             bits_at = values.offset + values.nbytes
             nb = (n + 7) // 8
-            size = entry.stat().st_size
-            if size != bits_at + f * t * nb:
-                raise ValueError(f"entry is {size} bytes, not {bits_at + f * t * nb}")
+            if st.st_size != bits_at + f * t * nb:
+                raise ValueError(f"entry is {st.st_size} bytes, not {bits_at + f * t * nb}")
             bits = np.memmap(entry, dtype=np.uint8, mode="r", offset=bits_at, shape=(f, t, nb))
-        except Exception as exc:  # any damage at all is a miss
+        except OSError as exc:  # cannot be read now (permissions, descriptors, memory): kept
+            log.warning("features.cache_unavailable", path=str(entry), error=f"{exc}")
+            return None
+        except Exception as exc:  # the file itself is wrong (truncated, foreign): replaced
             log.warning(
                 "features.cache_unreadable", path=str(entry), error=f"{type(exc).__name__}: {exc}"
             )
             with contextlib.suppress(OSError):
-                entry.unlink()
+                if entry.stat().st_ino == st.st_ino:  # not one another process just wrote
+                    entry.unlink()
             return None
         with contextlib.suppress(OSError):  # a read-only cache still serves hits
             os.utime(entry)
@@ -200,6 +216,22 @@ def _code_fingerprint() -> dict[str, str]:
     """Every module of this package: a change to how any feature is computed must miss."""
     here = Path(__file__).parent
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(here.glob("*.py"))}
+
+
+@functools.cache
+def _cpu() -> dict[str, object]:
+    """numpy picks code paths by CPU (its vectorised log1p, say, differs in the last bits with
+    and without AVX-512): an entry made on another machine, or with other
+    NPY_*_CPU_FEATURES settings, is another key."""
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # not where numpy 2 keeps it
+        features = {"unknown": True}
+    return {
+        "machine": platform.machine(),
+        "features": sorted(k for k, v in features.items() if v),
+        "env": {k: v for k, v in sorted(os.environ.items()) if k.startswith("NPY_")},
+    }
 
 
 @functools.cache

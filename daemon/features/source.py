@@ -53,8 +53,8 @@ class BatchFeatureSource:
         i = self._row[bar.time]
         bits = self._finite_bits
         if bits is not None and self._prepared is None:
-            # Not prepared, from the cache: NaN where a value was not finite, as computed
-            # (an inf comes back as NaN).
+            # Not prepared, from the cache: NaN where a value was not finite (an inf comes
+            # back as NaN, a NaN without its sign). The engine always prepares first.
             n = self._n
             return {
                 name: np.where(np.unpackbits(bits[k, i], count=n).view(bool), v[i], np.nan)

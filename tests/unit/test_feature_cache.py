@@ -63,8 +63,8 @@ def assert_same_rows(a, b):
     assert len(a) == len(b)
     for (fa, ra), (fb, rb) in zip(a, b, strict=True):
         assert fa.keys() == fb.keys()
-        for k in fa:
-            np.testing.assert_array_equal(fa[k], fb[k])
+        for k in fa:  # the same bits (a NaN's sign and payload, -0.0 against 0.0)
+            np.testing.assert_array_equal(fa[k].view(np.uint64), fb[k].view(np.uint64))
         np.testing.assert_array_equal(ra, rb)
 
 
@@ -134,7 +134,7 @@ def test_features_defined_at_run_time_are_never_cached(tmp_path, counted):
     assert len(counted) == 2 and not list(tmp_path.iterdir())
 
 
-@pytest.mark.parametrize("damage", ["truncated", "garbage", "other shape"])
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "other shape", "fortran order"])
 def test_a_damaged_entry_is_deleted_and_the_features_computed(tmp_path, counted, damage):
     p = panel()
     cache = FeatureCache(tmp_path, BIG)
@@ -146,8 +146,14 @@ def test_a_damaged_entry_is_deleted_and_the_features_computed(tmp_path, counted,
         entry.write_bytes(data[: len(data) - 100])
     elif damage == "garbage":
         entry.write_bytes(b"not an array" * 10)
-    else:
+    elif damage == "other shape":
         np.save(entry, np.zeros((len(NAMES), 3, 3)))
+    else:  # the right shape and size, the values in another order
+        values = np.load(entry, mmap_mode="r")
+        with open(entry, "r+b") as fh:
+            np.lib.format.write_array_header_1_0(
+                fh, {"descr": "<f8", "fortran_order": True, "shape": values.shape}
+            )
     with capture_logs() as logs:
         src = BatchFeatureSource(p, NAMES, Catalog(), cache=cache)
     assert [e["event"] for e in logs] == ["features.cache_unreadable"]
@@ -191,3 +197,46 @@ def test_an_unwritable_cache_is_a_warning_and_the_run_goes_on(tmp_path):
         got = rows(src, p)
     assert [e["event"] for e in logs] == ["features.cache_unwritable"]
     assert_same_rows(got, rows(BatchFeatureSource(p, NAMES, Catalog()), p))
+
+
+def test_an_entry_that_cannot_be_read_now_is_kept(tmp_path, monkeypatch):
+    """Out of descriptors, say: a miss for this run, not a damaged entry to delete."""
+    import tradingd.features.batch_cache as bc
+
+    p = panel()
+    cache = FeatureCache(tmp_path, BIG)
+    BatchFeatureSource(p, NAMES, Catalog(), cache=cache).prepare(())
+    (entry,) = tmp_path.glob("*.npy")
+
+    def no_descriptors(*a, **k):
+        raise OSError(24, "Too many open files")
+
+    monkeypatch.setattr(bc.np, "load", no_descriptors)
+    with capture_logs() as logs:
+        src = BatchFeatureSource(p, NAMES, Catalog(), cache=cache)
+    assert [e["event"] for e in logs] == ["features.cache_unavailable"]
+    assert entry.exists()
+    monkeypatch.undo()
+    assert_same_rows(rows(src, p), rows(BatchFeatureSource(p, NAMES, Catalog()), p))
+
+
+def test_the_cpu_numpy_runs_on_and_catalog_subclasses_are_in_the_key(tmp_path, monkeypatch):
+    """numpy's results can depend on the CPU features it uses (NPY_DISABLE_CPU_FEATURES
+    changes them); a Catalog subclass may compute what this package's code does not."""
+    import tradingd.features.batch_cache as bc
+
+    cache = FeatureCache(tmp_path, BIG)
+    key = cache.key(panel(), NAMES, Catalog())
+    monkeypatch.setenv("NPY_DISABLE_CPU_FEATURES", "AVX512F")
+    bc._cpu.cache_clear()
+    try:
+        assert cache.key(panel(), NAMES, Catalog()) not in (None, key)
+    finally:
+        monkeypatch.undo()
+        bc._cpu.cache_clear()
+    assert cache.key(panel(), NAMES, Catalog()) == key
+
+    class Mine(Catalog):
+        pass
+
+    assert cache.key(panel(), NAMES, Mine()) is None
