@@ -42,6 +42,10 @@ MEANS = ("constant", "zero")
 STATIONARITY_TOL = 1e-6
 
 
+def _import_arch() -> None:
+    import arch.univariate  # noqa: F401
+
+
 @functools.cache
 def _warm_garch() -> type:
     from arch.univariate import GARCH
@@ -125,6 +129,7 @@ def try_garch_fit(
     if starting is not None:
         warm_vol = np.array([starting.omega * 1e4, starting.alpha, starting.beta])
         sv = np.concatenate([[starting.mu * 100.0] if mean == "constant" else [], warm_vol])
+    _import_arch()  # outside the try: a missing or broken arch is an error, not a failed fit
     try:
         model = _model(x, mean, warm_vol)
         with warnings.catch_warnings():

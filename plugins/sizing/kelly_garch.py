@@ -101,6 +101,7 @@ No lookahead: only ctx.history (bars up to the current one) and the portfolio ar
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import math
 import weakref
 from collections import deque
@@ -342,6 +343,12 @@ class KellyGarch:
     Config = KellyGarchConfig
 
     def __init__(self, config: KellyGarchConfig, symbols: tuple[str, ...]) -> None:
+        if importlib.util.find_spec("arch") is None:
+            # Imported only where a fit is made (seconds of imports): checked here so that a
+            # missing package stops the run at start-up, not as fit errors and EWMA fallbacks.
+            raise ImportError(
+                "kelly_garch needs the 'arch' package for its GARCH fits: pip install arch"
+            )
         self.config = config
         self.name = "kelly_garch"
         self.symbols = tuple(symbols)

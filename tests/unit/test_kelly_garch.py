@@ -1342,3 +1342,29 @@ def test_the_plugin_imports_arch_only_to_fit():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
+
+
+def test_without_arch_the_plugin_stops_at_start_up_and_fits_raise(monkeypatch):
+    """arch is imported where a fit is made: a missing package must still stop the run at
+    start-up, and a broken one raise at the fit, never pass as a failed fit (an EWMA
+    fallback that would change the sizing silently)."""
+    import builtins
+    import importlib.util
+
+    real_find, real_import = importlib.util.find_spec, builtins.__import__
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda n, *a: None if n == "arch" else real_find(n, *a)
+    )
+    with pytest.raises(ImportError, match="pip install arch"):
+        KellyGarch(KellyGarchConfig(), ("A", "B"))
+    monkeypatch.undo()
+
+    def broken(name, *a, **k):
+        if name.startswith("arch"):
+            raise ImportError("arch is broken")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", broken)
+    r = np.random.default_rng(1).normal(0, 0.01, 300)
+    with pytest.raises(ImportError, match="arch is broken"):
+        try_garch_fit(r)
