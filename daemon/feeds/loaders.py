@@ -152,8 +152,9 @@ def _read_parquet_rows(
     holds whole columns before it filters (a 406 MB peak for 100 of the S&P 500 file's 496
     symbols, a 26 MB panel; 273-287 MB this way). The table is converted by pandas' own
     function, as `read_parquet` converts it. None where the two could differ: an index
-    stored as columns (pandas adds those columns to the read), or pandas' function not where
-    this pandas version had it; the caller then reads with `pd.read_parquet`."""
+    stored as columns (pandas adds those columns to the read), duplicated column names (its
+    error), or pandas' function not where this pandas version had it; the caller then reads
+    with `pd.read_parquet`."""
     try:
         from pandas.io._util import arrow_table_to_pandas
     except ImportError:
@@ -167,6 +168,8 @@ def _read_parquet_rows(
     schema = pf.schema_arrow
     meta = schema.pandas_metadata or {}
     if any(not isinstance(c, dict) for c in meta.get("index_columns", [])):
+        return None
+    if len(set(schema.names)) != len(schema.names):  # pandas' read names the duplicate
         return None
     wanted = pa.array(values, type=schema.field(col).type)
     keep = pa.schema([schema.field(c) for c in columns], metadata=schema.metadata)

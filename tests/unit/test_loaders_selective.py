@@ -180,3 +180,17 @@ def test_from_long_places_each_symbol_like_sorted_searchsorted(names: list[str],
     ti = np.searchsorted(p.times, df["time"].to_numpy())
     for k, f in enumerate(FIELDS):
         np.testing.assert_array_equal(getattr(p, f)[ti, si], np.arange(len(rows)) + k)
+
+
+def test_duplicated_columns_are_a_data_error_naming_them(tmp_path: Path) -> None:
+    """The batchwise read leaves such a file to pandas' read, whose error names the column."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = long_frame(SYMBOLS)
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    table = table.append_column("close", pa.array(frame["close"] * 2))
+    path = tmp_path / "dup.parquet"
+    pq.write_table(table, path)
+    with pytest.raises(DataError, match="close"):
+        load_panel("parquet", str(path), symbols=["AAA"])
