@@ -173,6 +173,12 @@ class FeatureCache:
                     fh.write(_bytes(values[name], np.float64, (t, n), name))
                 for name in names:
                     fh.write(_bytes(bits[name], np.uint8, (t, nb), name))
+                # On disk before it gets its name: after a crash some file systems show a
+                # renamed file at its full size with zeros where the data was not written yet,
+                # which would read as features of 0 that are never ready (a backtest without
+                # a trade, silently). The size check catches a short file, not that.
+                fh.flush()
+                os.fsync(fh.fileno())
             os.replace(tmp, entry)
         except (OSError, ValueError) as exc:
             with contextlib.suppress(OSError):
