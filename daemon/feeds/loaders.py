@@ -134,7 +134,7 @@ def _parquet_selection(
     schema = pq.read_schema(path)
     mapping = canonical_columns(schema.names)
     found = set(mapping.values())
-    columns = list(mapping) if found >= {"time", *PRICE_COLUMNS, "volume"} else None
+    columns = [str(c) for c in mapping] if found >= {"time", *PRICE_COLUMNS, "volume"} else None
     filters = None
     sym_col = next((c for c, canon in mapping.items() if canon == "symbol"), None)
     if columns is not None and sym_col is not None and symbols:
@@ -266,8 +266,8 @@ def _files(
     if not path.exists():
         raise DataError(f"{source} path does not exist", source=str(path))
     # A long table is read for the requested symbols only; a per-symbol file is one symbol.
-    wanted = symbols if source == "parquet" and layout != "per_symbol" else None
-    raw, first_line = _read(path, source, wanted)
+    subset = symbols if source == "parquet" and layout != "per_symbol" else None
+    raw, first_line = _read(path, source, subset)
     sym_col = find_column(raw, "symbol")
     if layout == "per_symbol" or (layout == "auto" and sym_col is None):
         stem = _stem(path, source)
@@ -277,7 +277,7 @@ def _files(
         col = raw[sym_col].astype(str)
         available = col.unique().tolist()
         present = set(available)
-        if wanted and any(s not in present for s in symbols):
+        if subset and any(s not in present for s in symbols):
             available = _symbols_in(path, sym_col)  # read by symbol: name the whole file's
         if not available:
             _not_empty(raw, path, None)  # a header-only file
