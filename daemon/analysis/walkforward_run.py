@@ -259,7 +259,9 @@ def fold_config(
 ) -> Config:
     """The fold's copy of the configuration: its run window and id, its model, and a store,
     audit log and prediction cache of its own (folds never share a file), no Redis, no GARCH
-    fit cache."""
+    fit cache, no feature cache (each fold's window would be an entry of its own: hundreds
+    of folds would write gigabytes through the cache's bound, evicting a researcher's
+    backtests, and a rerun would find none of them left)."""
 
     def ml(spec: PluginSpec) -> PluginSpec:
         if spec.name != ML_PLUGIN:
@@ -282,7 +284,7 @@ def fold_config(
         sizing=sizing,
         run=dataclasses.replace(config.run, run_id=run_id, start=start, end=end),
         storage=dataclasses.replace(config.storage, url="sqlite:///:memory:", signals="none"),
-        cache=dataclasses.replace(config.cache, url=""),
+        cache=dataclasses.replace(config.cache, url="", features=False),
         log=dataclasses.replace(config.log, audit_dir=str(tmp / "audit")),
         signals=tuple(ml(s) for s in config.signals),
     )

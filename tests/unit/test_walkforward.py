@@ -486,6 +486,21 @@ def test_cli_end_to_end_without_a_model(tmp_path, capsys):
     assert "walk-forward: 3 folds" in capsys.readouterr().out
 
 
+def test_folds_write_no_feature_cache_entries(tmp_path):
+    """Each fold replays its own window: as cache entries they would churn the feature cache
+    (hundreds of folds) and evict the researcher's backtests."""
+
+    features = tmp_path / "features"
+    config = tiny_config(signals=(PluginSpec("multi_factor"),))
+    config = dataclasses.replace(
+        config, cache=dataclasses.replace(config.cache, features=True, features_dir=str(features))
+    )
+    wf = WalkForwardConfig(train=100, test=20, step=10, lookback_bars=150, max_folds=2)
+    res = WalkForwardAnalyzer(config, wf, workers=0, performance=PERF).run(tiny_panel(290))
+    assert len(res["folds"]) == 2
+    assert not features.exists() or not any(features.iterdir())
+
+
 def test_a_file_with_walkforward_holds_nothing_else(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text("[walkforward]\ntrain = 10\n[run]\nname = 'x'\n")
