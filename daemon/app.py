@@ -167,7 +167,7 @@ def choose_swaps(
         feed = HistoryFeed(panel)
         c = config.cache
         cache = None
-        if c.features and c.features_max_mb > 0:
+        if c.features:  # (features_max_mb = 0: FeatureCache keys nothing, no cache)
             where = Path(c.features_dir).expanduser() if c.features_dir else features_cache_dir()
             cache = FeatureCache(where, int(c.features_max_mb * 1_000_000))
         features = BatchFeatureSource(panel, names, catalog, cache=cache)

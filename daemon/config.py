@@ -485,7 +485,7 @@ class CacheConfig:
     data_max_mb: float = 2048.0
     # A backtest's prepared features, kept on disk so a rerun on the same data and features
     # skips computing them (features/batch_cache.py); "" = beside the data cache, under
-    # tradingd/features. The S&P 500 file with the default strategy's 24 features: ~480 MB.
+    # tradingd/features. The S&P 500 file with the default strategy's 24 features: ~470 MB.
     features: bool = True
     features_dir: str = ""
     features_max_mb: float = 2048.0

@@ -46,7 +46,7 @@ import numpy as np
 import structlog
 
 from ..feeds.panel import FIELDS, Panel
-from ..feeds.panel_cache import _evict
+from ..feeds.panel_cache import _evict, _too_large, cache_root
 from .catalog import Catalog
 
 log = structlog.get_logger(__name__)
@@ -59,9 +59,7 @@ _TMP_SUFFIX = ".tmp"
 
 def default_cache_dir() -> Path:
     """Beside the data cache: `$XDG_CACHE_HOME` (or ~/.cache)/tradingd/features."""
-    base = os.environ.get("XDG_CACHE_HOME")
-    root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
-    return root / "tradingd" / "features"
+    return cache_root() / "features"
 
 
 class FeatureCache:
@@ -155,13 +153,7 @@ class FeatureCache:
         np.lib.format.write_array_header_1_0(head, header)
         size = len(head.getvalue()) + f * t * (n * 8 + nb)  # the file's size
         if size > self.max_bytes:
-            log.info(
-                "features.cache_skipped",
-                path=str(entry),
-                reason="entry larger than the cache's max_bytes",
-                bytes=size,
-                max_bytes=self.max_bytes,
-            )
+            _too_large(entry, size, self.max_bytes, event="features")
             return
         tmp = self.directory / f".{key}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
         try:

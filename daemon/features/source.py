@@ -88,19 +88,18 @@ class BatchFeatureSource:
                     finite = np.unpackbits(self._finite_bits[k], axis=1, count=self._n)
                     ready = finite.view(bool) if ready is None else ready & finite.view(bool)
         else:
-            keep = self._cache is not None and self._key is not None
+            cache, cache_key = self._cache, self._key
             bits: dict[str, np.ndarray] = {}
             for name, v in self._values.items():
                 finite = np.isfinite(v)
-                if keep:
+                if cache_key is not None:
                     bits[name] = np.packbits(finite, axis=1)
                 if name in required:
                     ready = finite if ready is None else np.logical_and(ready, finite, out=ready)
                 if not finite.all():
                     v[~finite] = 0.0
-            if keep:
-                assert self._cache is not None and self._key is not None
-                self._cache.store(self._key, self._names, self._values, bits)
+            if cache is not None and cache_key is not None:
+                cache.store(cache_key, self._names, self._values, bits)
         row = self._row
 
         def ready_at(bar: CrossSection) -> np.ndarray | None:

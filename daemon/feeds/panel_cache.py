@@ -57,12 +57,17 @@ _TMP_SUFFIX = ".tmp"
 _STALE_TMP_S = 3600.0
 
 
-def default_cache_dir() -> Path:
-    """Where entries live unless configured: the user's XDG cache, since entries are
-    disposable and per user (never next to the data, which may be shared or read-only)."""
+def cache_root() -> Path:
+    """The user's XDG cache folder for tradingd: entries are disposable and per user (never
+    next to the data, which may be shared or read-only)."""
     base = os.environ.get("XDG_CACHE_HOME")
     root = Path(base) if base and os.path.isabs(base) else Path.home() / ".cache"
-    return root / "tradingd" / "panels"
+    return root / "tradingd"
+
+
+def default_cache_dir() -> Path:
+    """Where entries live unless configured: `cache_root()`/panels."""
+    return cache_root() / "panels"
 
 
 def cached_load_panel(
@@ -317,9 +322,9 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def _too_large(entry: Path, size: int, max_bytes: int) -> None:
+def _too_large(entry: Path, size: int, max_bytes: int, event: str = "data") -> None:
     log.info(
-        "data.cache_skipped",
+        f"{event}.cache_skipped",
         path=str(entry),
         reason="entry larger than the cache's max_bytes",
         bytes=size,
