@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import gc
 import json
-import math
 import time as _time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -823,7 +822,7 @@ class Engine:
                 time=bar.time,
                 symbols={self.symbols[i]: float(bar.split[i]) for i in split_cols},
             )
-        if bar.dividend.any():
+        if np.count_nonzero(bar.dividend):  # as .any() (NaN counts), at a fifth of its cost
             pf.apply_dividends(bar.dividend)
         self.history.push(bar)
         if self._record_bars:
@@ -853,7 +852,7 @@ class Engine:
         if m:
             t0 = self._lap("broker_updates", t0)
 
-        valid = ~np.isnan(bar.close)
+        valid = bar.close == bar.close  # ~isnan in one ufunc: NaN alone is unequal to itself
         equity = pf.mark_to_market(bar.close, valid)
         features, ready = self._features(bar, valid)
         if m:
@@ -1148,7 +1147,7 @@ class Engine:
         for plugin, _ in signals:
             s = self._call(plugin, "score", plugin.score, ctx)
             s = _check_array(plugin, "score", s, n, ctx.time, allow_nan=True)
-            if np.fmax.reduce(np.abs(s), initial=0.0) > 1.0 + 1e-12:  # NaN ignored
+            if np.count_nonzero(np.abs(s) > 1.0 + 1e-12):  # NaN compares False: ignored
                 raise PluginFault(
                     plugin.name,
                     "score",
@@ -1244,8 +1243,8 @@ def _check_array(
         raise PluginFault(
             _name(plugin), stage, t, ValueError(f"returned shape {a.shape}, expected ({n},)")
         )
-    if math.isfinite(a.sum()):
-        return a  # no NaN and no inf: one pass over the array, the common case
+    if np.count_nonzero(np.isfinite(a)) == n:
+        return a  # no NaN and no inf, the common case: two cheap calls (a.sum() costs more)
     if np.isinf(a).any():
         raise PluginFault(_name(plugin), stage, t, ValueError("returned an infinite value"))
     if not allow_nan and np.isnan(a).any():

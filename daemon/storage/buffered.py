@@ -66,6 +66,10 @@ log = structlog.get_logger(__name__)
 SIGNAL_MODES = ("decisions", "all", "none")
 
 
+# At most this many targets changed since the last recorded ones: `_decisions_few`.
+_FEW = 32
+
+
 @dataclasses.dataclass(frozen=True)
 class ResumePoint:
     """Where a live run that was stored before continues: the state after its last completed
@@ -763,22 +767,69 @@ class BufferedStore(ABC):
         last = self._last_targets.get(run_id)
         if last is None or last.shape != targets.shape:
             last = self._last_targets[run_id] = np.zeros_like(targets, dtype=np.float64)
-        finite = np.isfinite(targets)
-        mask = finite & (targets != last)
-        if weights is not None and mask.any():
-            # A hold is no decision, unless it crosses zero (a position appears or ends).
-            mask &= (targets != weights) | ((targets == 0.0) != (last == 0.0))
-        if ordered:
-            mask[self._indices(run_id, symbols, ordered)] = True
-            mask &= finite
-        if mode == "all":
-            mask |= np.isfinite(scores)
-        idx = np.flatnonzero(mask)
-        if idx.size == 0:
+        idx: np.ndarray | None = None
+        if mode == "decisions":
+            idx = self._decisions_few(run_id, symbols, targets, last, ordered, weights)
+        if idx is None:
+            finite = np.isfinite(targets)
+            mask = finite & (targets != last)
+            if weights is not None and np.count_nonzero(mask):
+                # A hold is no decision, unless it crosses zero (a position appears or ends).
+                mask &= (targets != weights) | ((targets == 0.0) != (last == 0.0))
+            if ordered:
+                mask[self._indices(run_id, symbols, ordered)] = True
+                mask &= finite
+            if mode == "all":
+                mask |= np.isfinite(scores)
+            idx = mask.nonzero()[0]
+            if idx.size == 0:
+                return
+            np.copyto(last, targets, where=mask & finite)
+        elif idx.size == 0:
             return
-        np.copyto(last, targets, where=mask & finite)
+        else:
+            last[idx] = targets[idx]
         self._signals.append((run_id, time, symbols, idx, (scores[idx], targets[idx]), (source,)))
         self._counts["signals"] += idx.size
+
+    def _decisions_few(
+        self,
+        run_id: str,
+        symbols: Sequence[str],
+        targets: np.ndarray,
+        last: np.ndarray,
+        ordered: Collection[str],
+        weights: np.ndarray | None,
+    ) -> np.ndarray | None:
+        """The rows of mode "decisions" (the rule of `record_signals`, whose numpy form is
+        the definition) when few targets differ from the last recorded ones, as on nearly
+        every bar: the held symbols, whose holds drift, and the few that trade. A dozen
+        Python float comparisons cost less than the dozen array operations of the full
+        form (each about a microsecond whatever the width), with the same outcome: Python
+        floats compare as float64 does. None when there are too many (the full form)."""
+        changed = (targets != last).nonzero()[0]  # NaN differs from everything: included
+        if changed.size > _FEW:
+            return None
+        rows: set[int] = set()
+        if changed.size:
+            cand = changed.tolist()
+            new = targets[changed].tolist()
+            old = last[changed].tolist()
+            held = weights[changed].tolist() if weights is not None else None
+            isfinite = math.isfinite
+            for k, i in enumerate(cand):
+                t = new[k]
+                if not isfinite(t):
+                    continue
+                # A hold is no decision, unless it crosses zero (a position appears or ends).
+                if held is not None and t == held[k] and (t == 0.0) == (old[k] == 0.0):
+                    continue
+                rows.add(i)
+        if ordered:
+            for i in self._indices(run_id, symbols, ordered):
+                if math.isfinite(targets[i]):
+                    rows.add(i)
+        return np.array(sorted(rows), dtype=np.intp)
 
     def record_orders(self, run_id: str, orders: Sequence[Order]) -> None:
         """Upsert each order's current state and append it to the order's event history."""
@@ -810,10 +861,10 @@ class BufferedStore(ABC):
         if last is None or last.shape != quantity.shape:
             last = self._last_quantity[run_id] = np.zeros_like(quantity, dtype=np.float64)
         changed = quantity != last
-        if not changed.any():
+        if not np.count_nonzero(changed):  # as .any(), at a fifth of its cost (every bar)
             return
         changed &= np.isfinite(quantity)
-        idx = np.flatnonzero(changed)
+        idx = changed.nonzero()[0]
         if idx.size == 0:
             return
         np.copyto(last, quantity, where=changed)

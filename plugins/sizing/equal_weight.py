@@ -55,7 +55,8 @@ class EqualWeight:
         else:
             shorts = longs[:0]
         # Untradable symbols keep their current weight: no order can be placed for them now.
-        targets = np.where(tradable, 0.0, ctx.portfolio.weights)
+        targets = np.array(ctx.portfolio.weights, dtype=np.float64)  # a copy of its own
+        targets[tradable] = 0.0
         k = len(longs) + len(shorts)
         if k:
             w = c.gross_exposure / max(k, 1)
@@ -64,12 +65,22 @@ class EqualWeight:
         return targets
 
 
+# Up to this many candidates, `_top_of` sorts them all: measured faster than the partition
+# below ~250 of them (about 2 us less at 50), slower above.
+_SORT_ALL = 160
+
+
 def _top_of(idx: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
     """The k of `idx` with the largest `values` (finite or inf, never NaN), ties broken by
     universe order."""
     if idx.size <= k:
         return idx
     v = values[idx]
+    if v.size <= _SORT_ALL:
+        # Few candidates: one stable sort of them all costs less than the partition and
+        # the calls around it, and gives the same k (the stable order breaks ties by
+        # universe order either way).
+        return idx[np.argsort(-v, kind="stable")[:k]]
     # Partition first (O(n)), then order only the candidates: everything tied with the k-th
     # value is kept so that the stable sort below breaks ties by universe order.
     kth = np.partition(v, v.size - k)[v.size - k]

@@ -178,3 +178,74 @@ def test_decisions_are_complete_minimal_and_survive_a_restart(bars, cut) -> None
 
     with tempfile.TemporaryDirectory() as d:
         asyncio.run(main(Path(d)))
+
+
+def _rule(last: np.ndarray, tgt: np.ndarray, cur: np.ndarray | None, ordered: list[int]):
+    """The decision rule in array form (the definition the store's per-symbol path for a
+    few changed targets must equal): rows where the target is finite and changed and not a
+    hold (unless it crosses zero), plus every ordered symbol with a finite target."""
+    finite = np.isfinite(tgt)
+    mask = finite & (tgt != last)
+    if cur is not None:
+        mask &= (tgt != cur) | ((tgt == 0.0) != (last == 0.0))
+    mask[ordered] = True
+    mask &= finite
+    last[mask] = tgt[mask]
+    return mask.nonzero()[0]
+
+
+VALUES = [0.0, -0.0, 0.05, 0.1, -0.05, float("nan"), float("inf"), float("-inf"), 1e-300]
+
+
+@st.composite
+def wide_bar(draw, n: int):
+    """A bar over n symbols: each target a hold (equal to its weight), or one of a few
+    values shared with the weights, so holds, zero crossings, NaN and inf all occur; and
+    sometimes a bar where most targets move (the array path: more than `_FEW` changed)."""
+    cur = np.array([draw(st.sampled_from(VALUES)) for _ in range(n)])
+    kinds = draw(st.lists(st.sampled_from(["hold", "value"]), min_size=n, max_size=n))
+    tgt = np.array(
+        [
+            cur[i] if kind == "hold" else draw(st.sampled_from(VALUES))
+            for i, kind in enumerate(kinds)
+        ]
+    )
+    ordered = draw(st.lists(st.integers(0, n - 1), max_size=5))
+    with_weights = draw(st.booleans())
+    return tgt, (cur if with_weights else None), ordered
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), n=st.sampled_from([3, 40, 80]), length=st.integers(1, 8))
+def test_the_rows_are_the_array_rule_bar_for_bar_on_either_path(
+    data, n, length, tmp_path_factory
+) -> None:
+    """Bit for bit (indices, scores, targets) with the array rule on every bar, at widths where
+    a bar changes a few targets (the per-symbol path) or many (the array path)."""
+    syms = tuple(f"S{i:03d}" for i in range(n))
+    store = SqliteStore(tmp_path_factory.mktemp("sig") / "s.db")
+    last = np.zeros(n)
+    for k in range(length):
+        tgt, cur, ordered = data.draw(wide_bar(n))
+        scores = np.linspace(-1, 1, n)
+        store.record_signals(
+            "r1",
+            T0 + k * DAY,
+            syms,
+            scores,
+            tgt,
+            "m",
+            ordered=[syms[i] for i in ordered],
+            weights=cur,
+        )
+        want = _rule(last, tgt, cur, ordered)
+        chunk = store._signals[-1] if store._signals else None
+        if want.size == 0:
+            assert chunk is None or chunk[1] != T0 + k * DAY
+            continue
+        assert chunk is not None and chunk[1] == T0 + k * DAY
+        idx, (s, t) = chunk[3], chunk[4]
+        assert idx.tolist() == want.tolist()
+        assert s.tobytes() == scores[want].tobytes()
+        assert t.tobytes() == tgt[want].tobytes()
+    assert store._last_targets["r1"].tobytes() == last.tobytes()
