@@ -337,7 +337,13 @@ def test_daemon_rides_out_postgres_and_redis_outages_and_loses_or_doubles_nothin
     errors = [e for e in d.records() if e.get("level") in ("error", "critical")]
     assert errors == [] and "Traceback" not in d.log_path.read_text(), errors
     replayed = d.events("storage.spool.replayed")
-    assert replayed and all(e["already_written"] == 0 for e in replayed), replayed
+    # At most one batch is found already written at replay: the one write in flight when
+    # the server stopped, whose commit can reach PostgreSQL while the client sees only the
+    # lost connection (the store has at most one write in flight). It was spooled and then
+    # skipped by its batch id: the idempotent path, no loss or double (checked below row by
+    # row). It happened in 1 of 7 full runs; more than one would be a replay that re-sends
+    # what it had seen committed.
+    assert replayed and sum(e["already_written"] for e in replayed) <= 1, replayed
     [recovered] = d.events("storage.database.recovered")
     assert recovered["replay_attempts"] >= 1
     assert recovered["replayed_batches"] == sum(e["batches"] for e in replayed)
