@@ -337,12 +337,13 @@ def test_daemon_rides_out_postgres_and_redis_outages_and_loses_or_doubles_nothin
     errors = [e for e in d.records() if e.get("level") in ("error", "critical")]
     assert errors == [] and "Traceback" not in d.log_path.read_text(), errors
     replayed = d.events("storage.spool.replayed")
-    # At most one batch is found already written at replay: the one write in flight when
-    # the server stopped, whose commit can reach PostgreSQL while the client sees only the
-    # lost connection (the store has at most one write in flight). It was spooled and then
-    # skipped by its batch id: the idempotent path, no loss or double (checked below row by
-    # row). It happened in 1 of 7 full runs; more than one would be a replay that re-sends
-    # what it had seen committed.
+    # At most one batch is found already written at replay: with one outage and a clean
+    # restart (as here), the one write in flight when the server stopped, whose commit can
+    # reach PostgreSQL while the client sees only the lost connection (one writer, one
+    # transaction at a time, and after the first failure every batch goes to the spool). It
+    # was spooled and then skipped by its batch id: the idempotent path, no loss or double
+    # (checked below row by row). It happened in 1 of 7 full runs. A second outage, or a
+    # replay cut off at its commit, could legitimately add one more each; neither occurs here.
     assert replayed and sum(e["already_written"] for e in replayed) <= 1, replayed
     [recovered] = d.events("storage.database.recovered")
     assert recovered["replay_attempts"] >= 1
