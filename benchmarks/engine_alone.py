@@ -15,6 +15,8 @@ runs in fresh processes alternately on it and on the working tree (--pairs times
 --runs runs per process), so a change in the shared machine's speed hits both; it prints
 every run, the medians and their ratio. Each run prints its fills and final equity: equal
 fills and equity in every run are part of the result (the same trades, only faster).
+--no-trades sets equal_weight's min_score above any score: the bars' cost without orders,
+positions or fills (features, signals, sizing, risk, an empty plan, the diffs, the loop).
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def discard_writes(store: Any) -> None:
     store.flush = flush
 
 
-def run(data: Path, n: int, runs: int) -> list[dict[str, Any]]:
+def run(data: Path, n: int, runs: int, no_trades: bool) -> list[dict[str, Any]]:
     sys.path.insert(0, str(HERE))
     import replay_engines as bench
 
@@ -95,6 +97,12 @@ def run(data: Path, n: int, runs: int) -> list[dict[str, Any]]:
             path.write_text(
                 "\n".join(ln for ln in text.splitlines() if not ln.startswith("features ="))
             )
+        if no_trades:
+            # Scores lie in [-1, 1]: no symbol reaches min_score 2, nothing is ever ordered.
+            text = path.read_text()
+            marker = "gross_exposure = 0.5 }"
+            assert marker in text, "replay_engines' sizing line changed"
+            path.write_text(text.replace(marker, "gross_exposure = 0.5, min_score = 2.0 }"))
         config = load_config([path], env={})
         panel = load_data(config)
         bars = len(panel.times)
@@ -146,6 +154,7 @@ def against(commit: str, args: argparse.Namespace) -> int:
                         env["PYTHONPATH"] = path
                     cmd = [sys.executable, __file__, "--data", str(args.data)]
                     cmd += ["--symbols", str(args.symbols), "--runs", str(args.runs), "--json"]
+                    cmd += ["--no-trades"] if args.no_trades else []
                     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
                     if done.returncode:
                         print(done.stderr[-2000:], file=sys.stderr)
@@ -185,13 +194,18 @@ def main() -> int:
     p.add_argument("--against", metavar="COMMIT", help="alternate with this commit")
     p.add_argument("--pairs", type=int, default=3, help="processes each, with --against")
     p.add_argument("--json", action="store_true", help="one JSON list on the last line")
+    p.add_argument(
+        "--no-trades",
+        action="store_true",
+        help="equal_weight min_score 2 (no score reaches it): a bar's cost without orders",
+    )
     args = p.parse_args()
     if not args.data.exists():
         print(f"no data file at {args.data} (needs ../shared beside the repo)", file=sys.stderr)
         return 2
     if args.against:
         return against(args.against, args)
-    results = run(args.data, args.symbols, args.runs)
+    results = run(args.data, args.symbols, args.runs, args.no_trades)
     if args.json:
         print(json.dumps(results))
     else:
