@@ -37,7 +37,6 @@ import io
 import json
 import os
 import platform
-import secrets
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -46,7 +45,7 @@ import numpy as np
 import structlog
 
 from ..feeds.panel import FIELDS, Panel
-from ..feeds.panel_cache import _evict, _too_large, cache_root
+from ..feeds.panel_cache import _evict, _tmp_path, _too_large, cache_root
 from .catalog import Catalog
 
 log = structlog.get_logger(__name__)
@@ -54,7 +53,6 @@ log = structlog.get_logger(__name__)
 # Bump when the entry layout or the meaning of a key changes: old entries then never match.
 CACHE_FORMAT = 1
 ENTRY_SUFFIX = ".npy"
-_TMP_SUFFIX = ".tmp"
 
 
 def default_cache_dir() -> Path:
@@ -155,7 +153,7 @@ class FeatureCache:
         if size > self.max_bytes:
             _too_large(entry, size, self.max_bytes, event="features")
             return
-        tmp = self.directory / f".{key}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
+        tmp = _tmp_path(self.directory, key)
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as fh:

@@ -288,7 +288,7 @@ def _store(
         _too_large(entry, sum(a.nbytes for a in arrays.values()), max_bytes)
         return
     directory = entry.parent
-    tmp = directory / f".{key}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
+    tmp = _tmp_path(directory, key)
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
@@ -320,6 +320,12 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return str(value)
+
+
+def _tmp_path(directory: Path, key: str) -> Path:
+    """Where an entry is written before its rename: a name of this writer's own, which
+    `_evict` recognises (and deletes when a killed writer left it behind)."""
+    return directory / f".{key}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}"
 
 
 def _too_large(entry: Path, size: int, max_bytes: int, event: str = "data") -> None:
