@@ -13,6 +13,7 @@ from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import numpy as np
 
+from .frozen import fast_init
 from .types import BrokerUpdate, CrossSection, Fill, Order, RiskVerdict, RunInfo
 
 # ----------------------------------------------------------------------------- lifecycle
@@ -161,6 +162,7 @@ class HistoryView(Protocol):
         ...
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class PortfolioView:
     cash: float
@@ -176,6 +178,7 @@ class PortfolioView:
     realized_pnl: np.ndarray | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class BarContext:
     """Everything a plugin may use at bar t. Built once per bar, shared by all plugins."""
@@ -195,6 +198,7 @@ class BarContext:
     ready: np.ndarray | None = None
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RiskDecision:
     targets: np.ndarray

@@ -16,6 +16,8 @@ from typing import Any
 
 import numpy as np
 
+from .frozen import fast_init
+
 
 class Side(StrEnum):
     BUY = "buy"
@@ -57,6 +59,7 @@ class Leg(StrEnum):
     EXIT = "exit"  # a stand-alone protective or closing order
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class CrossSection:
     """All bars of the universe at one bar time. Arrays have one slot per universe symbol."""
@@ -288,6 +291,7 @@ def order_from_dict(d: dict[str, Any]) -> Order:
     )
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class Fill:
     """One execution. `price` includes slippage and half-spread; commission is separate."""
@@ -313,6 +317,7 @@ class Fill:
         return self.quantity * self.price
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class RiskVerdict:
     """A risk decision about one symbol (or the whole book when symbol is None).
@@ -330,6 +335,7 @@ class RiskVerdict:
     rule: str = ""
 
 
+@fast_init
 @dataclass(frozen=True, slots=True)
 class BrokerUpdate:
     """What a broker reports for one bar: executions and orders whose status changed."""

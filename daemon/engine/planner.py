@@ -55,6 +55,7 @@ import numpy as np
 import structlog
 
 from ..config import OrdersConfig
+from ..core.frozen import fast_init
 from ..core.orders import bracket_orders, market_order, protective_exits, resized_exits
 from ..core.ports import BarContext
 from ..core.types import Leg, Order, OrderStatus, Side
@@ -74,7 +75,8 @@ def required_features(config: OrdersConfig) -> tuple[str, ...]:
     return ()
 
 
-@dataclass(frozen=True)
+@fast_init
+@dataclass(frozen=True, slots=True)
 class Plan:
     orders: list[Order]
     # Open protective exits to cancel before `orders` are submitted: their position is

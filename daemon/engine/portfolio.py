@@ -29,6 +29,9 @@ class Portfolio:
         # Last known close; 0 until a symbol's first bar (has_mark says which are real).
         self._mark = np.zeros(n)
         self.has_mark = np.zeros(n, dtype=bool)
+        # Every symbol has had a bar (has_mark only grows, until a restore): `mark` is then a
+        # plain copy, not a where() over the flags, on every later bar.
+        self._all_marked = False
         self.commission_paid = 0.0
         self.slippage_paid = 0.0
         self.dividends_received = 0.0
@@ -128,6 +131,7 @@ class Portfolio:
         for name in ("quantity", "avg_price", "realized_pnl", "_mark"):
             getattr(self, name)[:] = np.asarray(state[name.lstrip("_")], dtype=np.float64)
         self.has_mark[:] = np.asarray(state["has_mark"], dtype=bool)
+        self._all_marked = False
         self.commission_paid = float(state["commission_paid"])
         self.slippage_paid = float(state["slippage_paid"])
         self.dividends_received = float(state["dividends_received"])
@@ -140,7 +144,11 @@ class Portfolio:
     @property
     def mark(self) -> np.ndarray:
         """Last close per symbol, NaN before a symbol's first bar."""
-        return np.where(self.has_mark, self._mark, np.nan)
+        if not self._all_marked:
+            if np.count_nonzero(self.has_mark) < self.has_mark.size:
+                return np.where(self.has_mark, self._mark, np.nan)
+            self._all_marked = True
+        return self._mark.copy()
 
     def position_values(self) -> np.ndarray:
         return self.quantity * self._mark
@@ -157,13 +165,15 @@ class Portfolio:
     def view(self) -> PortfolioView:
         eq = self.equity
         weights = self.position_values() / eq if eq > 0 else np.zeros_like(self.quantity)
+        # Positional, in field order (cash, equity, quantity, weights, peak_equity,
+        # day_start_equity, avg_price, realized_pnl): built every bar.
         return PortfolioView(
-            cash=self._cash,
-            equity=eq,
-            quantity=self.quantity.copy(),
-            weights=weights,
-            peak_equity=self.peak_equity,
-            day_start_equity=self.prev_equity,
-            avg_price=self.avg_price.copy(),
-            realized_pnl=self.realized_pnl.copy(),
+            self._cash,
+            eq,
+            self.quantity.copy(),
+            weights,
+            self.peak_equity,
+            self.prev_equity,
+            self.avg_price.copy(),
+            self.realized_pnl.copy(),
         )

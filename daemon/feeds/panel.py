@@ -52,15 +52,17 @@ class Panel:
         return [ts.to_pydatetime() for ts in pd.DatetimeIndex(self.times, tz=UTC)]
 
     def row(self, i: int, time: datetime) -> CrossSection:
+        # Positional, in field order (time, open, high, low, close, volume, split, dividend):
+        # a replay builds one per bar.
         return CrossSection(
-            time=time,
-            open=self.open[i],
-            high=self.high[i],
-            low=self.low[i],
-            close=self.close[i],
-            volume=self.volume[i],
-            split=self.split[i],
-            dividend=self.dividend[i],
+            time,
+            self.open[i],
+            self.high[i],
+            self.low[i],
+            self.close[i],
+            self.volume[i],
+            self.split[i],
+            self.dividend[i],
         )
 
     def select(

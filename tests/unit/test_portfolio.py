@@ -99,3 +99,36 @@ def test_ledger_invariants(trades):
     marks = np.array([100.0, 200.0])
     eq = pf.mark_to_market(marks, np.array([True, True]))
     assert eq == pytest.approx(pf.cash + float(pf.quantity @ marks))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.one_of(st.none(), st.floats(0.01, 1e4)), min_size=3, max_size=3),
+        min_size=1,
+        max_size=12,
+    ),
+    st.integers(0, 12),
+)
+def test_mark_is_the_last_close_and_nan_before_the_first(bars, restore_at):
+    """`mark` against the last close seen per symbol, kept here in plain Python, before and
+    after every symbol has had a bar (where it becomes a copy, not a where()), and after a
+    restore to an earlier book, where symbols can be without a mark again."""
+    pf = Portfolio(("A", "B", "C"), 1_000.0)
+    last = [None, None, None]
+    saved = None
+    for k, row in enumerate(bars):
+        close = np.array([np.nan if c is None else c for c in row])
+        pf.mark_to_market(close, close == close)
+        last = [c if c is not None else prev for c, prev in zip(row, last, strict=True)]
+        if k == restore_at // 2:
+            saved = (pf.state(), list(last))
+        got = pf.mark
+        want = [np.nan if c is None else c for c in last]
+        np.testing.assert_array_equal(got, want)
+        got[:] = -1.0  # a copy: the caller's to change
+        np.testing.assert_array_equal(pf.mark, want)
+        if k == restore_at and saved is not None:
+            pf.restore(saved[0])
+            last = saved[1]
+            np.testing.assert_array_equal(pf.mark, [np.nan if c is None else c for c in last])
