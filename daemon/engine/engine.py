@@ -419,14 +419,13 @@ class Engine:
                     log.warning("bar.unavailable", time=t, error=str(exc))
                     bar = None
                 if bar is not None:
-                    async with self._bar_lock:
-                        if getattr(self.clock, "backlog", 0) > 0:
-                            # A newer bar has closed already (the daemon was stalled or
-                            # down): bring features up to date on it, trade only the newest.
-                            log.info("bar.catch_up", time=t, newer=self.clock.backlog)  # type: ignore[attr-defined]
-                            await self.step(bar, trade=False)
-                        else:
-                            await self.step(bar)
+                    if reconciler is None:
+                        # Nothing else takes the bar lock (it keeps the reconciler's book
+                        # checks between bars): a replay spares its five calls every bar.
+                        await self.step(bar, self._catch_up(t))
+                    else:
+                        async with self._bar_lock:
+                            await self.step(bar, self._catch_up(t))
                 self.on_heartbeat()
                 if self._stop_requested:
                     break
@@ -699,6 +698,16 @@ class Engine:
             self.audit.orders(update.orders)
         return len(update.fills)
 
+    def _catch_up(self, t: datetime) -> bool | None:
+        """False (a step that does not trade) when a newer bar has closed already: the
+        daemon was stalled or down, so this bar only brings the features up to date and
+        the newest one trades. None otherwise: the step decides by the run's start."""
+        newer = getattr(self.clock, "backlog", 0)
+        if newer > 0:
+            log.info("bar.catch_up", time=t, newer=newer)
+            return False
+        return None
+
     async def _clock_times(self) -> AsyncIterator[datetime]:
         if self._stop_requested:
             return
@@ -857,17 +866,19 @@ class Engine:
         features, ready = self._features(bar, valid)
         if m:
             t0 = self._lap("features", t0)
+        # Positional, in field order (time, index, symbols, bar, mark, tradable, history,
+        # features, portfolio, ready): keywords cost its constructor a third more, every bar.
         ctx = BarContext(
-            time=bar.time,
-            index=self._seen - 1,
-            symbols=self.symbols,
-            bar=bar,
-            mark=pf.mark,
-            tradable=valid,
-            history=self.history,
-            features=features,
-            portfolio=pf.view(),
-            ready=ready,
+            bar.time,
+            self._seen - 1,
+            self.symbols,
+            bar,
+            pf.mark,
+            valid,
+            self.history,
+            features,
+            pf.view(),
+            ready,
         )
         if self._first_ready is None and (not self._required or ready.any()):
             self._first_ready = bar.time
@@ -899,7 +910,7 @@ class Engine:
         if self.publisher is not None:
             self.publisher.publish("bars", bars_payload(bar, self.symbols))
         score = self._score(ctx)
-        if self._required:
+        if self._required and np.count_nonzero(ready) < ready.size:
             score = np.where(ready, score, np.nan)  # warm-up never reaches a decision
         if m:
             t0 = self._lap("signals", t0)
@@ -960,7 +971,8 @@ class Engine:
                 acked = await self.broker.submit(plan.orders)
                 faults.reached("sent")
                 self._book_acked(acked, bar.time)
-                await self._retry_refused(acked, bar.time)
+                if getattr(self.broker, "retryable_rejection", None) is not None:
+                    await self._retry_refused(acked, bar.time)
         except RetryableError as exc:
             # The broker is unreachable or its answer unknown: this bar's orders are not
             # sent (or not known to be). The next bar plans again from the broker's state;
@@ -1146,8 +1158,12 @@ class Engine:
         scores = []
         for plugin, _ in signals:
             s = self._call(plugin, "score", plugin.score, ctx)
+            s = np.asarray(s, dtype=np.float64)  # the same array when it is one already
+            if s.shape == (n,) and np.count_nonzero(np.abs(s) <= _SCORE_LIMIT) == n:
+                scores.append(s)  # all finite and in range (NaN and inf fail <=): one check
+                continue
             s = _check_array(plugin, "score", s, n, ctx.time, allow_nan=True)
-            if np.count_nonzero(np.abs(s) > 1.0 + 1e-12):  # NaN compares False: ignored
+            if np.count_nonzero(np.abs(s) > _SCORE_LIMIT):  # NaN compares False: ignored
                 raise PluginFault(
                     plugin.name,
                     "score",
@@ -1233,6 +1249,10 @@ class Engine:
         if self.cache_error is not None:
             log.info("cache.recovered")
         self.cache_error = None
+
+
+# Scores lie in [-1, 1]; the margin forgives a plugin's rounding (tanh, a mean of weights).
+_SCORE_LIMIT = 1.0 + 1e-12
 
 
 def _check_array(

@@ -785,11 +785,13 @@ class BufferedStore(ABC):
             if idx.size == 0:
                 return
             np.copyto(last, targets, where=mask & finite)
+            chosen = targets[idx]
         elif idx.size == 0:
             return
         else:
-            last[idx] = targets[idx]
-        self._signals.append((run_id, time, symbols, idx, (scores[idx], targets[idx]), (source,)))
+            chosen = targets[idx]  # a copy (fancy indexing): the row's own, and last's
+            last[idx] = chosen
+        self._signals.append((run_id, time, symbols, idx, (scores[idx], chosen), (source,)))
         self._counts["signals"] += idx.size
 
     def _decisions_few(

@@ -61,7 +61,8 @@ class EqualWeight:
         if k:
             w = c.gross_exposure / max(k, 1)
             targets[longs] = w
-            targets[shorts] = -w
+            if len(shorts):  # an empty fancy assignment still costs half a microsecond
+                targets[shorts] = -w
         return targets
 
 

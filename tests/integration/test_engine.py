@@ -215,3 +215,41 @@ async def test_signals_combine_as_weighted_mean_and_bad_plugins_fault(
     engine.pipeline.signals = [(Const("short", np.zeros(n - 1)), 1.0)]
     with pytest.raises(PluginFault, match=r"'short' failed in score.*shape"):
         engine._score(ctx)
+
+
+async def test_a_bar_with_a_newer_one_waiting_only_catches_up(engine_config, synthetic_panel):
+    """The clock's backlog (bars that closed while the daemon was stalled or down) makes a
+    bar a catch-up step: features and history move, nothing is decided or ordered there.
+    Without a reconciler the engine steps without its bar lock; the rule is the same."""
+    from tradingd.app import build_engine
+    from tradingd.clock.replay import ReplayClock
+
+    async def replay(backlog_at):
+        rows = {}
+
+        async def collect(engine):
+            rows["orders"] = await engine.store.fetch("orders", engine.run.run_id)
+
+        engine = build_engine(engine_config, "backtest", panel=synthetic_panel, before_stop=collect)
+        times = list(engine.clock._times)
+
+        class BacklogClock(ReplayClock):
+            async def __aiter__(self):
+                async for t in super().__aiter__():
+                    self.backlog = 1 if t in backlog_at else 0
+                    yield t
+
+        engine.clock = BacklogClock(times)
+        result = await engine.run_until_done()
+        return times, result, rows["orders"]
+
+    times, reference, ref_orders = await replay(set())
+    ordered_at = sorted({o["created_at"] for o in ref_orders})
+    assert len(ordered_at) >= 4
+    skip = set(ordered_at[1:3])  # bars that traded in the reference run
+    skipped = {t for t in times if t.isoformat() in skip or t in skip}
+    assert len(skipped) == 2
+    _, result, orders = await replay(skipped)
+    assert result.bars == reference.bars - 2
+    assert result.warmup_bars == reference.warmup_bars + 2
+    assert not {o["created_at"] for o in orders} & skip

@@ -1,0 +1,82 @@
+"""The engine's check of a signal plugin's scores takes one comparison when every score is a
+finite number in [-1, 1], and the full checks otherwise: either way it accepts, refuses and
+returns exactly what the rule says. The rule, written out here: the scores are converted to
+float64, must have one value per symbol, no infinity, and every non-NaN value within
+[-1, 1] (with a 1e-12 margin); NaN means "no view" and is kept."""
+
+from __future__ import annotations
+
+import re
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tradingd.core.errors import PluginFault
+from tradingd.engine.engine import Engine
+
+N = 6
+_EDGES = [0.0, -0.0, 1.0, -1.0, 1.0 + 1e-12, 1.0 + 3e-12, -(1.0 + 3e-12), 0.5, np.nan, np.inf]
+_EDGES += [-np.inf, 1e-300, np.nextafter(1.0 + 1e-12, 2.0), 1.5, -7.0]
+
+
+def _rule(values: object) -> np.ndarray | str:
+    """The scores the engine should go on with, or the fault it should raise."""
+    a = np.asarray(values, dtype=np.float64)
+    if a.shape != (N,):
+        return "shape"
+    if np.isinf(a).any():
+        return "infinite"
+    if (np.abs(a[~np.isnan(a)]) > 1.0 + 1e-12).any():
+        return r"\[-1, 1\]"
+    return a
+
+
+class _Plugin:
+    kind = "signal"
+    name = "p"
+
+    def __init__(self, values: object) -> None:
+        self.values = values
+
+    def score(self, ctx: object) -> object:
+        return self.values
+
+
+def _score(values: object) -> np.ndarray:
+    engine = Engine.__new__(Engine)  # only what _score reads
+    engine.symbols = tuple(f"S{i}" for i in range(N))
+    engine.pipeline = SimpleNamespace(signals=[(_Plugin(values), 1.0)])
+    return engine._score(SimpleNamespace(time="t"))
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.one_of(st.sampled_from(_EDGES), st.floats(-1.0, 1.0), st.floats(allow_nan=True)),
+        min_size=N - 1,
+        max_size=N + 1,
+    ),
+    st.sampled_from(["float64", "float32", "list"]),
+)
+def test_scores_are_accepted_and_refused_by_the_rule(values: list[float], kind: str) -> None:
+    with np.errstate(over="ignore"):  # a float32 cast of a large float is inf: a case too
+        given_values: object = values if kind == "list" else np.array(values, dtype=kind)
+    expected = _rule(given_values)
+    if isinstance(expected, str):
+        with pytest.raises(PluginFault, match=f"'p' failed in score.*{expected}"):
+            _score(given_values)
+        return
+    got = _score(given_values)
+    assert got.dtype == np.float64 and got.shape == (N,)
+    np.testing.assert_array_equal(got, expected)  # NaN where NaN, the same values elsewhere
+    assert np.array_equal(np.signbit(got), np.signbit(expected))
+
+
+def test_a_score_just_past_the_margin_is_refused_and_one_at_it_is_not() -> None:
+    at = np.full(N, 1.0 + 1e-12)
+    assert np.array_equal(_score(at), at)
+    with pytest.raises(PluginFault, match=re.escape("[-1, 1]")):
+        _score(np.full(N, np.nextafter(1.0 + 1e-12, 2.0)))
