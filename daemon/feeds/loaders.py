@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
+import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -217,18 +219,39 @@ def _not_empty(raw: pd.DataFrame, path: Path, symbol: str | None) -> pd.DataFram
 
 
 def _bundled(symbols: Sequence[str] | None) -> list[tuple[pd.DataFrame, str, str]]:
-    from arch.data import nasdaq, sp500
-
-    loaders = {"NASDAQ": nasdaq.load, "SP500": sp500.load}
     _check_symbols(symbols, BUNDLED_SYMBOLS, "bundled")
     wanted = BUNDLED_SYMBOLS if symbols is None else tuple(dict.fromkeys(symbols))
     out = []
     for sym in wanted:
-        raw = loaders[sym]()
+        raw = _bundled_frame(sym.lower())
         # Raw OHLC and volume; "Adj Close" is not used (split=1, dividend=0 by default).
         frame = raw[["Open", "High", "Low", "Close", "Volume"]].rename_axis("time").reset_index()
         out.append((frame, f"bundled:arch.data.{sym.lower()}", sym))
     return out
+
+
+def _bundled_frame(name: str) -> pd.DataFrame:
+    """What `arch.data.<name>.load()` returns, without importing `arch`: its import (the
+    models, scipy, numba when installed) takes 1-1.7 s, most of the default backtest's
+    start-up, and a replay of the bundled series needs none of it (GARCH fits import it where
+    they run). The file is read by arch's own reader, `arch/data/utility.py` (it imports
+    only pandas), loaded from arch's folder as a module of its own. Wherever arch keeps
+    either elsewhere (another version), its loader is imported and used, as before."""
+    spec = importlib.util.find_spec("arch")  # finds the package without running it
+    folders = list(spec.submodule_search_locations or ()) if spec is not None else []
+    data = Path(folders[0]) / "data" if folders else None
+    if data is not None and (data / name / f"{name}.csv.gz").is_file():
+        reader = importlib.util.spec_from_file_location(
+            "tradingd_arch_data_utility", data / "utility.py"
+        )
+        if reader is not None and reader.loader is not None:
+            utility = importlib.util.module_from_spec(reader)
+            reader.loader.exec_module(utility)
+            # load_file(file_base, filename) reads filename beside file_base, as
+            # arch.data.<name>.load() calls it with its own __file__.
+            return utility.load_file(str(data / name / "__init__.py"), f"{name}.csv.gz")
+    module = importlib.import_module(f"arch.data.{name}")
+    return module.load()
 
 
 def data_files(directory: Path, source: str) -> list[Path]:

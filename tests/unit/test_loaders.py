@@ -209,6 +209,28 @@ def test_bundled_source() -> None:
         load_panel("bundled", symbols=["DJIA"])
 
 
+@pytest.mark.parametrize("name", ["nasdaq", "sp500"])
+def test_bundled_series_are_arch_s_own_load_without_importing_arch(name, monkeypatch) -> None:
+    """The same frame as `arch.data.<name>.load()`, read without running arch's import (which
+    takes 1-1.7 s); and the same through arch's loader when arch is not where we look."""
+    import importlib
+    import subprocess
+    import sys
+
+    from tradingd.feeds import loaders
+
+    expected = importlib.import_module(f"arch.data.{name}").load()
+    pd.testing.assert_frame_equal(loaders._bundled_frame(name), expected)
+    monkeypatch.setattr(loaders.importlib.util, "find_spec", lambda name: None)
+    pd.testing.assert_frame_equal(loaders._bundled_frame(name), expected)
+    code = (
+        "import sys; from tradingd.feeds.loaders import load_panel; load_panel('bundled');"
+        "print(sorted(m for m in sys.modules if m == 'arch' or m.startswith('arch.')))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
 # --- configuration errors ---------------------------------------------------------------------
 
 
