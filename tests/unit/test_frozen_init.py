@@ -5,9 +5,11 @@ uses it, against a twin class built by `dataclasses` from the same fields."""
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
-from dataclasses import dataclass, field
+import pickle
+from dataclasses import InitVar, dataclass, field
 
 import pytest
 from hypothesis import given, settings
@@ -98,7 +100,25 @@ def test_wrong_calls_fail_as_they_did(cls: type) -> None:
     if required:
         with pytest.raises(TypeError):
             cls()
-    assert list(inspect.signature(cls).parameters) == [f.name for f in fields]
+    # Introspection as before: names, kinds, defaults ("<factory>" shown), annotations.
+    shown = [(p.name, p.kind, repr(p.default)) for p in inspect.signature(cls).parameters.values()]
+    twin_shown = [
+        (p.name, p.kind, repr(p.default)) for p in inspect.signature(twin).parameters.values()
+    ]
+    assert shown == twin_shown
+    assert set(cls.__init__.__annotations__) == {f.name for f in fields} | {"return"}
+
+
+@pytest.mark.parametrize("cls", FAST, ids=lambda c: c.__name__)
+def test_pickle_copy_replace_eq_and_hash_as_dataclasses_give_them(cls: type) -> None:
+    fields = dataclasses.fields(cls)
+    values = list(range(10, 10 + len(fields)))  # hashable, picklable, distinct
+    x = cls(*values)
+    assert _values(pickle.loads(pickle.dumps(x))) == values
+    assert pickle.loads(pickle.dumps(x)) == x and copy.copy(x) == x and copy.deepcopy(x) == x
+    y = dataclasses.replace(x, **{fields[-1].name: -1})
+    assert _values(y) == [*values[:-1], -1] and type(y) is cls
+    assert hash(x) == hash(tuple(values)) == hash(_twin(cls)(*values))
 
 
 def test_it_refuses_what_it_cannot_build_the_same() -> None:
@@ -121,6 +141,15 @@ def test_it_refuses_what_it_cannot_build_the_same() -> None:
     class KeywordOnly:
         a: int
 
-    for cls in (NoSlots, NotFrozen, PostInit, KeywordOnly):
+    @dataclass(frozen=True, slots=True)
+    class WithInitVar:
+        a: int
+        b: InitVar[int] = 0
+
+    @dataclass(frozen=True, slots=True)
+    class OwnName:
+        _fi_FACTORY: int = 0
+
+    for cls in (NoSlots, NotFrozen, PostInit, KeywordOnly, WithInitVar, OwnName):
         with pytest.raises(TypeError, match="fast_init"):
             fast_init(cls)
