@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import structlog
 
 from ..core.errors import ConfigError, DataError
 from .panel import Panel
@@ -47,6 +48,8 @@ from .validate import (
 
 SOURCES = ("bundled", "csv", "parquet")
 LAYOUTS = ("auto", "long", "per_symbol")
+log = structlog.get_logger(__name__)
+
 BUNDLED_SYMBOLS = ("NASDAQ", "SP500")
 _SUFFIXES = {"csv": (".csv",), "parquet": (".parquet", ".pq")}
 CSV_FIRST_LINE = 2  # the header is line 1
@@ -245,11 +248,17 @@ def _bundled_frame(name: str) -> pd.DataFrame:
             "tradingd_arch_data_utility", data / "utility.py"
         )
         if reader is not None and reader.loader is not None:
-            utility = importlib.util.module_from_spec(reader)
-            reader.loader.exec_module(utility)
-            # load_file(file_base, filename) reads filename beside file_base, as
-            # arch.data.<name>.load() calls it with its own __file__.
-            return utility.load_file(str(data / name / "__init__.py"), f"{name}.csv.gz")
+            try:
+                utility = importlib.util.module_from_spec(reader)
+                reader.loader.exec_module(utility)
+                # load_file(file_base, filename) reads filename beside file_base, as
+                # arch.data.<name>.load() calls it with its own __file__.
+                frame = utility.load_file(str(data / name / "__init__.py"), f"{name}.csv.gz")
+            except Exception as exc:  # another arch's reader: its own loader, below
+                log.info("data.bundled_reader_fallback", name=name, error=str(exc))
+            else:
+                if isinstance(frame, pd.DataFrame):
+                    return frame
     module = importlib.import_module(f"arch.data.{name}")
     return module.load()
 

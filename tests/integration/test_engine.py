@@ -217,10 +217,14 @@ async def test_signals_combine_as_weighted_mean_and_bad_plugins_fault(
         engine._score(ctx)
 
 
-async def test_a_bar_with_a_newer_one_waiting_only_catches_up(engine_config, synthetic_panel):
+@pytest.mark.parametrize("reconciled", [False, True], ids=["no reconciler", "reconciler"])
+async def test_a_bar_with_a_newer_one_waiting_only_catches_up(
+    engine_config, synthetic_panel, reconciled
+):
     """The clock's backlog (bars that closed while the daemon was stalled or down) makes a
     bar a catch-up step: features and history move, nothing is decided or ordered there.
-    Without a reconciler the engine steps without its bar lock; the rule is the same."""
+    Without a reconciler the engine steps without its bar lock, with one (a broker that
+    reports positions) under it; the rule is the same, and so are the runs."""
     from tradingd.app import build_engine
     from tradingd.clock.replay import ReplayClock
 
@@ -240,7 +244,16 @@ async def test_a_bar_with_a_newer_one_waiting_only_catches_up(engine_config, syn
                     yield t
 
         engine.clock = BacklogClock(times)
+        if reconciled:
+
+            async def positions():  # the book's own: the reconciler finds no difference
+                pf = engine.portfolio
+                return {s: float(q) for s, q in zip(pf.symbols, pf.quantity, strict=True)}
+
+            engine.broker.positions = positions
         result = await engine.run_until_done()
+        assert (engine.last_reconciled_at is not None) == reconciled
+        assert not engine.reconcile_blocked
         return times, result, rows["orders"]
 
     times, reference, ref_orders = await replay(set())

@@ -210,10 +210,14 @@ def test_bundled_source() -> None:
 
 
 @pytest.mark.parametrize("name", ["nasdaq", "sp500"])
-def test_bundled_series_are_arch_s_own_load_without_importing_arch(name, monkeypatch) -> None:
+def test_bundled_series_are_arch_s_own_load_without_importing_arch(
+    name, monkeypatch, tmp_path
+) -> None:
     """The same frame as `arch.data.<name>.load()`, read without running arch's import (which
-    takes 1-1.7 s); and the same through arch's loader when arch is not where we look."""
+    takes 1-1.7 s); and the same through arch's loader when arch is not where we look or its
+    reader is not what we expect."""
     import importlib
+    import importlib.util
     import subprocess
     import sys
 
@@ -221,6 +225,12 @@ def test_bundled_series_are_arch_s_own_load_without_importing_arch(name, monkeyp
 
     expected = importlib.import_module(f"arch.data.{name}").load()
     pd.testing.assert_frame_equal(loaders._bundled_frame(name), expected)
+    broken = tmp_path / "utility.py"
+    broken.write_text("raise ImportError('a reader that needs the rest of arch')\n")
+    real = importlib.util.spec_from_file_location
+    with monkeypatch.context() as m:
+        m.setattr(loaders.importlib.util, "spec_from_file_location", lambda n, p: real(n, broken))
+        pd.testing.assert_frame_equal(loaders._bundled_frame(name), expected)
     monkeypatch.setattr(loaders.importlib.util, "find_spec", lambda name: None)
     pd.testing.assert_frame_equal(loaders._bundled_frame(name), expected)
     code = (
