@@ -51,6 +51,7 @@ import structlog
 from tradingd.core.ports import BarContext, RiskDecision
 from tradingd.core.types import RiskVerdict
 
+from .finite import nan_to_zero
 from .var import daily_returns
 
 log = structlog.get_logger(__name__)
@@ -169,8 +170,8 @@ class CorrelationLimit:
     def check(self, targets: np.ndarray, ctx: BarContext) -> RiskDecision:
         c = self.config
         limit = c.max_correlation
-        t = np.nan_to_num(np.asarray(targets, dtype=np.float64), nan=0.0)
-        quantity = np.nan_to_num(np.asarray(ctx.portfolio.quantity, dtype=np.float64))
+        t = nan_to_zero(targets)
+        quantity = nan_to_zero(ctx.portfolio.quantity)
         held = quantity != 0
         entries = np.flatnonzero(~held & (t != 0))
         staying = held & ((t != 0) | ~np.asarray(ctx.tradable, dtype=bool))

@@ -56,6 +56,8 @@ import structlog
 from tradingd.core.ports import BarContext, RiskDecision
 from tradingd.core.types import RiskVerdict
 
+from .finite import nan_to_zero
+
 log = structlog.get_logger(__name__)
 
 UNKNOWN_RULES = ("own", "pool")
@@ -225,13 +227,13 @@ class SectorExposure:
 
     def check(self, targets: np.ndarray, ctx: BarContext) -> RiskDecision:
         cap = self.config.max_sector_pct
-        t = np.nan_to_num(np.asarray(targets, dtype=np.float64), nan=0.0)
+        t = nan_to_zero(targets)
         size = np.abs(t)
         gross = np.bincount(self.sector_id, weights=size, minlength=len(self.sector_names))
         over = np.flatnonzero(gross > cap + 1e-12)
         if not over.size:
             return RiskDecision(targets)
-        current = np.nan_to_num(np.asarray(ctx.portfolio.weights, dtype=np.float64), nan=0.0)
+        current = nan_to_zero(ctx.portfolio.weights)
         same_side = (ctx.portfolio.quantity != 0) & (t * current > 0)
         kept = np.where(same_side, np.minimum(size, np.abs(current)), 0.0)
         new = size - kept

@@ -62,6 +62,8 @@ import structlog
 from tradingd.core.ports import BarContext, RiskDecision
 from tradingd.core.types import RiskVerdict
 
+from .finite import nan_to_zero
+
 log = structlog.get_logger(__name__)
 
 RULE = "stale_data"
@@ -248,7 +250,7 @@ class StaleData:
     @staticmethod
     def _current_weights(ctx: BarContext) -> np.ndarray:
         pf = ctx.portfolio
-        fallback = np.nan_to_num(np.asarray(pf.weights, dtype=np.float64))
+        fallback = nan_to_zero(pf.weights)
         if not (pf.equity > 0 and math.isfinite(pf.equity)):
             return fallback
         with np.errstate(invalid="ignore"):

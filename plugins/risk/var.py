@@ -53,6 +53,8 @@ import numpy as np
 from tradingd.core.ports import BarContext, HistoryView, RiskDecision
 from tradingd.core.types import RiskVerdict
 
+from .finite import nan_to_zero
+
 SCALE_MODES = ("new", "all")
 _BISECT_STEPS = 60
 
@@ -214,7 +216,7 @@ class PortfolioVar:
         sc = self._scenarios(ctx)
         if sc.n_days < self.config.min_history:
             return math.nan
-        w = np.nan_to_num(np.asarray(weights, dtype=np.float64), nan=0.0)
+        w = nan_to_zero(weights)
         cols = np.flatnonzero(w)
         pnl = self._pnl(sc, cols, w[cols])
         return self._var(pnl, sc.n_days)
@@ -235,14 +237,14 @@ class PortfolioVar:
     def check(self, targets: np.ndarray, ctx: BarContext) -> RiskDecision:
         c = self.config
         limit = c.max_var_pct
-        t = np.nan_to_num(np.asarray(targets, dtype=np.float64), nan=0.0)
+        t = nan_to_zero(targets)
         self.last_var = self.last_var_after = math.nan
         cols = np.flatnonzero(t)
         if not cols.size:
             self.last_var = self.last_var_after = 0.0
             return RiskDecision(targets)
         sc = self._scenarios(ctx)
-        current = np.nan_to_num(np.asarray(ctx.portfolio.weights, dtype=np.float64), nan=0.0)
+        current = nan_to_zero(ctx.portfolio.weights)
         same_side = (ctx.portfolio.quantity != 0) & (t * current > 0)
         kept = np.where(same_side, np.sign(t) * np.minimum(np.abs(t), np.abs(current)), 0.0)
         new = t - kept
