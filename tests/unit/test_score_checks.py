@@ -80,3 +80,23 @@ def test_a_score_just_past_the_margin_is_refused_and_one_at_it_is_not() -> None:
     assert np.array_equal(_score(at), at)
     with pytest.raises(PluginFault, match=re.escape("[-1, 1]")):
         _score(np.full(N, np.nextafter(1.0 + 1e-12, 2.0)))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.one_of(st.sampled_from(_EDGES), st.floats(allow_nan=True)), min_size=N, max_size=N)
+)
+def test_targets_with_nan_hold_nothing_and_inf_is_refused(values: list[float]) -> None:
+    """Sizing and risk outputs (allow_nan=False): NaN becomes 0 (no view, no position), inf
+    is a fault, everything else passes unchanged."""
+    from tradingd.engine.engine import _check_array
+
+    a = np.array(values)
+    if np.isinf(a).any():
+        with pytest.raises(PluginFault, match="infinite"):
+            _check_array(_Plugin(a), "size", a, N, "t", allow_nan=False)  # type: ignore[arg-type]
+        return
+    got = _check_array(_Plugin(a), "size", a, N, "t", allow_nan=False)  # type: ignore[arg-type]
+    expected = np.where(np.isnan(a), 0.0, a)
+    np.testing.assert_array_equal(got, expected)
+    assert np.array_equal(np.signbit(got), np.signbit(expected))
