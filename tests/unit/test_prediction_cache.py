@@ -530,7 +530,34 @@ def test_keys_kept_up_to_date_row_by_row_are_the_keys_of_the_windows(stream, pat
         full = np.flatnonzero(keys.held >= w)
         if full.size:
             windows = np.stack([np.stack(since[s][-w:]) for s in full])
-            np.testing.assert_array_equal(keys.keys(full, SALT), keys_of(windows, SALT))
+            got = keys.keys(full, SALT)
+            assert got.dtype == np.uint64  # the store shifts and sorts keys as uint64
+            np.testing.assert_array_equal(got, keys_of(windows, SALT))
+
+
+def test_the_python_int_arithmetic_is_the_uint64_arithmetic_on_every_edge():
+    """The few-symbol path's modular arithmetic against the numpy form on the values where
+    they could part: 0, P - 1, P (which _mod must map to 0), P + 7, 2^61, 2^63, 2^64 - 1."""
+    from tradingd_plugins.signals import ml_ensemble as ml
+
+    p = (1 << 61) - 1
+    edges = [0, 1, 2, p - 1, p, p + 7, 1 << 61, 1 << 63, (1 << 64) - 1, 3 * p]
+    rng = np.random.default_rng(3)
+    values = edges + rng.integers(0, 1 << 63, 200, dtype=np.uint64).tolist()
+    arr = np.array(values, dtype=np.uint64)
+    assert ml._mod(arr).tolist() == [ml._mod_int(v) for v in values]
+    residues = [ml._mod_int(v) for v in values]
+    r = np.array(residues, dtype=np.uint64)
+    assert ml._half(r).tolist() == [ml._half_int(v) for v in residues]
+    for k in range(61):
+        assert ml._times_pow2(r, np.uint64(k)).tolist() == [
+            ml._times_pow2_int(v, k) for v in residues
+        ]
+    pairs = list(zip(residues, reversed(residues), strict=True))
+    x = np.array([a for a, _ in pairs], dtype=np.uint64)
+    y = np.array([b for _, b in pairs], dtype=np.uint64)
+    assert ml._add(x, y).tolist() == [ml._mod_int(a + b) for a, b in pairs]
+    assert ml._sub(x, y).tolist() == [ml._mod_int(a + (p - b)) for a, b in pairs]
 
 
 # A whole run: a 2-symbol backtest after a 6-symbol one in the same cache folder must give what
