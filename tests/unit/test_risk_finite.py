@@ -35,3 +35,9 @@ def test_the_same_as_nan_to_num(values: np.ndarray, as_list: bool) -> None:
     assert np.array_equal(np.signbit(got), np.signbit(expected))
     if isinstance(given_values, np.ndarray):
         assert not np.shares_memory(got, given_values)  # the caller may write into it
+
+
+def test_a_single_value_gives_what_nan_to_num_gives() -> None:
+    for value in (1.5, -0.0, np.nan, np.inf):
+        got, expected = nan_to_zero(value), np.nan_to_num(np.asarray(value, np.float64), nan=0.0)
+        assert type(got) is type(expected) and np.array_equal(got, expected)
