@@ -480,16 +480,16 @@ class Engine:
             for o in acked:
                 metrics.ORDERS.labels(status=str(o.status)).inc()
 
-    async def _retry_refused(self, acked: list[Order], t: datetime) -> None:
+    async def _retry_refused(
+        self, acked: list[Order], t: datetime, transient: Callable[[Order], bool]
+    ) -> None:
         """Deliberate retries, within the bar, of orders the broker refused for a transient
-        reason (it says which: a spent request budget, buying power still held by the
-        batch's own sells). Each retry is the same decision under the next attempt number,
-        because Alpaca never accepts an id twice, stored as an intent before it is sent like
-        any order; a bracket is retried whole. The simulated broker has no such refusals."""
-        transient = getattr(self.broker, "retryable_rejection", None)
+        reason (it says which, `transient`: a spent request budget, buying power still held
+        by the batch's own sells). Each retry is the same decision under the next attempt
+        number, because Alpaca never accepts an id twice, stored as an intent before it is
+        sent like any order; a bracket is retried whole. The simulated broker has no such
+        refusals (no `retryable_rejection`: the caller does not come here)."""
         for attempt in range(self.retry_attempts):
-            if transient is None:
-                return
             refused = [o for o in acked if o.status is OrderStatus.REJECTED and transient(o)]
             if not refused:
                 return
@@ -971,8 +971,9 @@ class Engine:
                 acked = await self.broker.submit(plan.orders)
                 faults.reached("sent")
                 self._book_acked(acked, bar.time)
-                if getattr(self.broker, "retryable_rejection", None) is not None:
-                    await self._retry_refused(acked, bar.time)
+                transient = getattr(self.broker, "retryable_rejection", None)
+                if transient is not None:
+                    await self._retry_refused(acked, bar.time, transient)
         except RetryableError as exc:
             # The broker is unreachable or its answer unknown: this bar's orders are not
             # sent (or not known to be). The next bar plans again from the broker's state;
