@@ -46,10 +46,10 @@ from .validate import (
     validate_frame,
 )
 
-SOURCES = ("bundled", "csv", "parquet")
-LAYOUTS = ("auto", "long", "per_symbol")
 log = structlog.get_logger(__name__)
 
+SOURCES = ("bundled", "csv", "parquet")
+LAYOUTS = ("auto", "long", "per_symbol")
 BUNDLED_SYMBOLS = ("NASDAQ", "SP500")
 _SUFFIXES = {"csv": (".csv",), "parquet": (".parquet", ".pq")}
 CSV_FIRST_LINE = 2  # the header is line 1
