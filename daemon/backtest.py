@@ -19,6 +19,7 @@ from .app import build_engine, load_data
 from .config import Config
 from .core.types import Fill, Side
 from .engine.engine import Engine, EngineResult
+from .environment import environment
 from .feeds.panel import Panel
 
 
@@ -167,6 +168,9 @@ def write_outputs(
     # Masked: credentials in URLs never reach a run's record.
     (out / "config.json").write_text(json.dumps(config.to_public_dict(), indent=2, default=str))
     (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
+    # What else the numbers depend on (package versions, the CPU features numpy dispatches
+    # to): another machine can give other fills from the same commit, data and config.
+    (out / "environment.json").write_text(json.dumps(environment(), indent=2))
 
 
 def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:

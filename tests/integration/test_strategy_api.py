@@ -473,9 +473,19 @@ def test_output_dir_gets_the_runs_record_and_nothing_else_is_written(in_tmp):
         bundled_frames(), start="2017-10-01", end="2017-12-31", output_dir=in_tmp / "record"
     )
     record = in_tmp / "record"
-    for name in ("equity.csv", "orders.csv", "fills.csv", "config.json", "summary.json"):
+    for name in (
+        "equity.csv",
+        "orders.csv",
+        "fills.csv",
+        "config.json",
+        "summary.json",
+        "environment.json",
+    ):
         assert (record / name).exists(), name
     summary = json.loads((record / "summary.json").read_text())
+    env = json.loads((record / "environment.json").read_text())
+    assert env["packages"]["numpy"] == np.__version__
+    assert env["packages"]["pandas"] == pd.__version__
     assert summary["run_id"] == out["run_id"]
     assert summary["final_equity"] == pytest.approx(out["final_equity"], rel=1e-12)
     assert out["output_dir"] == record

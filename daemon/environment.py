@@ -1,0 +1,142 @@
+"""What a run's numbers depend on besides its code, data and config: the packages' versions,
+the CPU features numpy and the BLAS dispatch to, and the variables that change that dispatch.
+
+Why a run records it: the same commit, data and config give other fills on another machine.
+numpy picks its loops for exp, log and other functions by the CPU's SIMD features (AVX-512
+against AVX2), and OpenBLAS its kernels; those differ in the last bits, and a ranking
+strategy turns a last-bit difference in one score into another order, then another path
+(benchmarks/RESULTS.md: 1,870 against 2,234 fills for the S&P 500 run on one machine, with
+numpy's AVX-512 loops on and off). A user comparing two runs needs to see that the machines
+differed before suspecting the code.
+
+Reading it costs milliseconds: package metadata is read, not imported (numpy and
+threadpoolctl are already imported by a backtest).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+# The distributions whose arithmetic reaches a run's numbers (features, model inference,
+# GARCH fits, the engine), by their names on the package index.
+PACKAGES = (
+    "tradingd",
+    "numpy",
+    "pandas",
+    "pyarrow",
+    "scipy",
+    "TA-Lib",
+    "arch",
+    "onnxruntime",
+    "scikit-learn",
+    "statsmodels",
+    "tensorflow",
+)
+
+# Variables that change which loops or kernels run (none of them holds a secret).
+DISPATCH_VARIABLES = (
+    "NPY_DISABLE_CPU_FEATURES",
+    "NPY_ENABLE_CPU_FEATURES",
+    "OPENBLAS_CORETYPE",
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "MKL_CBWR",
+)
+
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """Installed version of each distribution; None where it is not installed."""
+    out: dict[str, str | None] = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    return out
+
+
+def numpy_simd() -> dict[str, list[str]]:
+    """The SIMD extensions numpy's loops were built for (baseline) and found at run time,
+    as `numpy.show_runtime()` lists them; empty lists where numpy does not tell."""
+    try:
+        from numpy._core._multiarray_umath import (
+            __cpu_baseline__,
+            __cpu_dispatch__,
+            __cpu_features__,
+        )
+    except ImportError:  # a numpy that keeps these elsewhere: recorded as unknown
+        return {"baseline": [], "found": []}
+    found = [f for f in __cpu_dispatch__ if __cpu_features__.get(f)]
+    return {"baseline": list(__cpu_baseline__), "found": found}
+
+
+def blas() -> list[dict[str, Any]]:
+    """The BLAS and OpenMP libraries loaded in this process, with the kernel architecture
+    each chose (threadpoolctl, the same reading `numpy.show_runtime()` prints)."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    keep = ("internal_api", "version", "architecture", "num_threads", "threading_layer")
+    return [{k: lib.get(k) for k in keep if k in lib} for lib in threadpool_info()]
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def source_revision(path: Path | None = None) -> dict[str, Any] | None:
+    """The git commit of tradingd's source tree and whether it has uncommitted changes;
+    None for an installed copy outside a checkout (or without git)."""
+    where = path or Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(
+            ["git", "-C", str(where), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+        if head.returncode:
+            return None
+        status = subprocess.run(
+            ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {
+        "commit": head.stdout.strip(),
+        "uncommitted_changes": bool(status.stdout.strip()) if status.returncode == 0 else None,
+    }
+
+
+def environment() -> dict[str, Any]:
+    """Everything above, for a run's `environment.json` and the benchmarks' results."""
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "logical_cpus": os.cpu_count(),
+        "packages": package_versions(),
+        "numpy_simd": numpy_simd(),
+        "blas": blas(),
+        "dispatch_variables": {k: os.environ[k] for k in DISPATCH_VARIABLES if k in os.environ},
+        "source": source_revision(),
+    }

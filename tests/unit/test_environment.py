@@ -1,0 +1,90 @@
+"""A run's environment record: what it says must be what this process runs with."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tradingd.environment import (
+    DISPATCH_VARIABLES,
+    environment,
+    numpy_simd,
+    package_versions,
+    source_revision,
+)
+
+
+def test_package_versions_are_the_imported_ones_and_none_when_absent():
+    got = package_versions(("numpy", "pandas", "no-such-distribution-tradingd"))
+    assert got == {
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "no-such-distribution-tradingd": None,
+    }
+
+
+def _simd_in_child(env: dict[str, str]) -> dict[str, list[str]]:
+    code = (
+        "import json; from tradingd.environment import numpy_simd; print(json.dumps(numpy_simd()))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    return json.loads(done.stdout)
+
+
+def test_numpy_simd_lists_what_numpy_dispatches_to_and_sees_it_switched_off():
+    simd = numpy_simd()
+    if not simd["found"]:
+        pytest.skip("this CPU offers numpy no dispatchable extension beyond its baseline")
+    # numpy refuses to disable a baseline feature, and disabling one disables those implied
+    # by it: switch off the newest found one, which nothing found later depends on.
+    newest = simd["found"][-1]
+    off = _simd_in_child({"NPY_DISABLE_CPU_FEATURES": newest})
+    assert newest in simd["found"] and newest not in off["found"]
+    assert off["baseline"] == simd["baseline"]
+    assert _simd_in_child({}) == simd
+
+
+def test_dispatch_variables_are_recorded_and_nothing_else_from_the_environment(monkeypatch):
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    monkeypatch.delenv("NPY_DISABLE_CPU_FEATURES", raising=False)
+    monkeypatch.setenv("ALPACA_SECRET_KEY", "do-not-record-me")
+    env = environment()
+    assert env["dispatch_variables"]["OPENBLAS_CORETYPE"] == "Haswell"
+    assert "NPY_DISABLE_CPU_FEATURES" not in env["dispatch_variables"]
+    assert set(env["dispatch_variables"]) <= set(DISPATCH_VARIABLES)
+    assert "do-not-record-me" not in json.dumps(env)
+
+
+def _git(cwd, *args):
+    subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True, timeout=30)
+
+
+def test_source_revision_names_the_commit_and_uncommitted_changes(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "a.py").write_text("x = 1\n")
+    _git(repo, "add", "a.py")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    head = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert source_revision(repo) == {"commit": head, "uncommitted_changes": False}
+    (repo / "a.py").write_text("x = 2\n")
+    assert source_revision(repo) == {"commit": head, "uncommitted_changes": True}
+    outside = tmp_path / "not-a-checkout"
+    outside.mkdir()
+    assert source_revision(outside) is None
