@@ -167,7 +167,22 @@ def machine_info() -> dict[str, Any]:
         "memory_gib": mem_total_gib(),
         "python": platform.python_version(),
         "git": git_revision(),
+        "environment": run_environment(),
     }
+
+
+def run_environment() -> dict[str, Any] | None:
+    """tradingd's `environment.json` as a run in a child would write it (package versions,
+    numpy's SIMD loops: they change the strategy run's fills between machines). Read in a
+    child: this process imports neither numpy nor tradingd."""
+    code = "import json; from tradingd.environment import environment as e; print(json.dumps(e()))"
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return json.loads(done.stdout) if done.returncode == 0 else None
 
 
 # ----------------------------------------------------------------------------- children

@@ -120,6 +120,7 @@ features_dir = "{(Path(args.cache_dir).parent / "features").as_posix()}"
 
     # The engine times its stages when asked (live does); the replay asks here.
     from tradingd.engine import engine as engine_mod
+    from tradingd.environment import environment
 
     original = engine_mod.Engine.__init__
 
@@ -150,6 +151,9 @@ features_dir = "{(Path(args.cache_dir).parent / "features").as_posix()}"
         "fills": s.get("fills"),
         "final_equity": round(float(s.get("final_equity", 0.0)), 2),
         "verdicts_by_rule": s.get("risk_verdicts_by_rule"),
+        # Fills and equity depend on numpy's SIMD loops and the packages (RESULTS.md, "Why:
+        # the S&P 500 run depends on the CPU's SIMD features"): what this run had.
+        "environment": environment(),
     }
 
 
