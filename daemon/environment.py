@@ -100,25 +100,28 @@ def cpu_model() -> str:
 
 def source_revision(path: Path | None = None) -> dict[str, Any] | None:
     """The git commit of tradingd's source tree and whether it has uncommitted changes;
-    None for an installed copy outside a checkout (or without git)."""
+    None for an installed copy that is not tracked by a checkout (or without git)."""
     where = path or Path(__file__).resolve().parent
-    try:
-        head = subprocess.run(
-            ["git", "-C", str(where), "rev-parse", "HEAD"],
+
+    def git(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["git", "-C", str(where), *args],
             capture_output=True,
             text=True,
             timeout=5,
             check=False,
         )
+
+    try:
+        # Tracked files here, or the folder is not the checkout's source: an installed copy
+        # in a virtualenv inside some other project's checkout would name that project's
+        # commit.
+        if git("ls-files", "--error-unmatch", ".").returncode:
+            return None
+        head = git("rev-parse", "HEAD")
         if head.returncode:
             return None
-        status = subprocess.run(
-            ["git", "-C", str(where), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
+        status = git("status", "--porcelain", "--untracked-files=no")
     except (OSError, subprocess.SubprocessError):
         return None
     return {

@@ -88,3 +88,9 @@ def test_source_revision_names_the_commit_and_uncommitted_changes(tmp_path):
     outside = tmp_path / "not-a-checkout"
     outside.mkdir()
     assert source_revision(outside) is None
+    # An installed copy in an untracked folder of some checkout (a virtualenv inside a
+    # project) is not that checkout's source: no commit is named.
+    venv = repo / ".venv" / "site-packages" / "tradingd"
+    venv.mkdir(parents=True)
+    (venv / "environment.py").write_text("")
+    assert source_revision(venv) is None
