@@ -1121,6 +1121,73 @@ def test_the_fit_cache_stays_within_its_bound_keeping_what_this_run_used(tmp_pat
     assert {k for k in (b"a", b"b", b"c", b"x", b"y") if e.get(k)} == {b"b", b"x", b"y"}
 
 
+def _file_keys(path):
+    return [bytes.fromhex(k) for k, _, _ in json.loads(path.read_text())["entries"]]
+
+
+def test_a_rerun_that_fits_nothing_leaves_the_fit_cache_file_as_it_is(tmp_path):
+    import os
+
+    from tradingd_plugins.sizing.garch_fits import CACHE_FILE, FitCache
+
+    path = tmp_path / CACHE_FILE
+    c = FitCache(str(tmp_path), 5)
+    for k in (b"a", b"b", b"c"):
+        c.put(k, ((0.0, 1e-6, 0.1, 0.8, 1e-4, 300), ""))
+    c.save()
+    written = os.stat(path)
+    rerun = FitCache(str(tmp_path), 5)
+    for k in (b"a", b"b"):  # the same fits asked for in the same order (and c not at all)
+        got = rerun.get(k)
+        assert got is not None
+        rerun.put(k, got)  # as the plugin does with every outcome, those read here too
+    rerun.save()
+    kept = os.stat(path)
+    assert (kept.st_ino, kept.st_mtime_ns) == (written.st_ino, written.st_mtime_ns)
+    # Used in another order: rewritten, this run's entries first.
+    other = FitCache(str(tmp_path), 5)
+    other.get(b"c")
+    other.save()
+    assert _file_keys(path) == [b"c", b"a", b"b"]
+    assert os.stat(path).st_ino != kept.st_ino
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    first=st.lists(st.sampled_from(b"abcdef"), max_size=8),
+    ops=st.lists(st.tuples(st.booleans(), st.sampled_from(b"abcdefgh")), max_size=10),
+    size=st.integers(1, 6),
+    resize=st.integers(1, 6),
+)
+def test_the_fit_cache_file_is_what_an_unconditional_save_would_write(
+    tmp_path_factory, first, ops, size, resize
+):
+    """Skipping the write must never leave another file than writing would: after any
+    sequence of gets and puts, the file holds this run's entries first, then the rest."""
+    from tradingd_plugins.sizing.garch_fits import CACHE_FILE, FitCache
+
+    folder = tmp_path_factory.mktemp("fits")
+    c = FitCache(str(folder), size)
+    for k in first:
+        c.put(bytes([k]), (None, chr(k)))
+    c.save()
+    d = FitCache(str(folder), resize)  # a run with another bound reads the same file
+    for put, k in ops:
+        key = bytes([k])
+        if put:  # the outcome it has (a cache hit put back), or another one
+            d.put(key, (None, chr(k) if k % 2 else "refit"))
+        else:
+            d.get(key)
+    expected = (list(d._used) + list(d._old))[:resize]
+    d.save()
+    if d._used:
+        assert _file_keys(folder / CACHE_FILE) == expected
+    e = FitCache(str(folder), resize)
+    assert [e.get(k) for k in expected] == [d._used.get(k) or d._old.get(k) for k in expected]
+
+
 def test_a_killed_worker_process_is_replaced_by_fitting_inline():
     close = prices(garch_paths(305, 2, seed=7))
     cfg = Cfg(garch_window=300, min_fit_obs=200, fit_lag_bars=1, fit_executor="process")
