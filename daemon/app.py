@@ -28,7 +28,7 @@ from .core.types import CrossSection, RunInfo
 from .engine.engine import Engine, Pipeline
 from .engine.planner import OrderPlanner
 from .engine.planner import required_features as planner_features
-from .engine.plugins import load_plugin
+from .engine.plugins import available, load_plugin
 from .engine.portfolio import Portfolio
 from .features.batch_cache import FeatureCache
 from .features.batch_cache import default_cache_dir as features_cache_dir
@@ -106,12 +106,17 @@ def trade_start(config: Config, panel: Panel) -> datetime | None:
 def build_pipeline(config: Config, symbols: tuple[str, ...]) -> Pipeline:
     if not config.signals:
         raise ConfigError("signals: at least one signal plugin must be configured")
+    # The installed plugins, read once for the pipeline (each read scans every installed
+    # distribution's entry points: ~27 ms, ten times for the default strategy).
+    eps = available()
     signals = [
-        (load_plugin(spec, "signal", symbols, f"signals[{i}]"), spec.weight)
+        (load_plugin(spec, "signal", symbols, f"signals[{i}]", eps), spec.weight)
         for i, spec in enumerate(config.signals)
     ]
-    sizing = load_plugin(config.sizing, "sizing", symbols, "sizing")
-    risks = [load_plugin(spec, "risk", symbols, f"risk[{i}]") for i, spec in enumerate(config.risk)]
+    sizing = load_plugin(config.sizing, "sizing", symbols, "sizing", eps)
+    risks = [
+        load_plugin(spec, "risk", symbols, f"risk[{i}]", eps) for i, spec in enumerate(config.risk)
+    ]
     return Pipeline(signals=signals, sizing=sizing, risks=risks)
 
 

@@ -91,13 +91,14 @@ def load_pipeline(config: Config) -> Any:
     `tradingd.app.build_pipeline` does (same loader, same key names in errors). An
     unexpected exception from a plugin's constructor becomes a PluginError naming the key."""
     from .engine.engine import Pipeline
-    from .engine.plugins import load_plugin
+    from .engine.plugins import available, load_plugin
 
     symbols = tuple(config.data.symbols) or PLACEHOLDER_SYMBOLS
+    eps = available()  # read once, as build_pipeline does
 
     def load(spec: PluginSpec, kind: str, where: str) -> Any:
         try:
-            return load_plugin(spec, kind, symbols, where)
+            return load_plugin(spec, kind, symbols, where, eps)
         except TradingdError:
             raise
         except Exception as exc:

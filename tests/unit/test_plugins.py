@@ -73,3 +73,28 @@ def test_plugin_that_fails_to_import_is_an_error_naming_it():
     broken = EntryPoint("broken", "no_such_module_xyz:Thing", "tradingd.plugins")
     with pytest.raises(PluginError, match=r"'broken'.*no_such_module_xyz.*failed to import"):
         load_plugin(PluginSpec("broken"), "signal", SYMS, "signals[0]", registry={"broken": broken})
+
+
+def test_a_pipeline_reads_the_installed_plugins_once(monkeypatch):
+    """Each read scans every installed distribution (~27 ms): a pipeline of ten plugins,
+    built twice per command (the checks, then the engine), read them twenty times."""
+    import tradingd.engine.plugins as plugins_mod
+    from tradingd.app import build_pipeline
+    from tradingd.config import load_config
+    from tradingd.preflight import load_pipeline
+
+    reads = []
+    real = plugins_mod.entry_points
+
+    def counting(**kw):
+        reads.append(kw)
+        return real(**kw)
+
+    monkeypatch.setattr(plugins_mod, "entry_points", counting)
+    config = load_config([], env={})
+    assert len(config.risk) + len(config.signals) + 1 > 2  # several plugins to load
+    load_pipeline(config)
+    assert len(reads) == 1
+    pipeline = build_pipeline(config, ("SP500", "NASDAQ"))
+    assert len(reads) == 2
+    assert len(pipeline.risks) == len(config.risk)
