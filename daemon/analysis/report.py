@@ -139,6 +139,13 @@ def rolling_sharpe(
     if r.size < window:
         return out
     w = np.lib.stride_tricks.sliding_window_view(r, window)
+    # Each window divided by its largest magnitude first: the ratio is the same, and returns
+    # of 1e-160 no longer square to zero (or to a subnormal), which made tiny windows NaN or
+    # off by a third depending on their scale.
+    top = np.abs(w).max(axis=1)
+    with np.errstate(invalid="ignore"):
+        top = np.where(top > 0, top, 1.0)[:, None]
+        w = w / top
     mean = w.mean(axis=1)
     sd = w.std(axis=1, ddof=1)
     with np.errstate(divide="ignore", invalid="ignore"):
