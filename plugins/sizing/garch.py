@@ -46,11 +46,54 @@ def _import_arch() -> None:
     import arch.univariate  # noqa: F401
 
 
-@functools.cache
-def _warm_garch() -> type:
-    from arch.univariate import GARCH
+# Logarithms and powers here go through the C library, not numpy's loops: numpy picks its
+# loop for log, exp and power by the CPU's SIMD features, and its AVX-512 log differs from
+# the AVX2 one in the last bit for some prices (np.log(40.4)). A GARCH fit or a variance
+# one ULP apart then sizes a position a few shares apart, and a ranking strategy's whole path
+# changes: the S&P 500 backtest gave 1,870 fills on an AVX-512 machine and 2,234 with numpy's
+# AVX-512 loops off (benchmarks/RESULTS.md). The C library's log is the same whatever numpy
+# dispatches to; `scipy.special.xlogy(1, x)` is that log, vectorised.
+_LOG_2PI = math.log(2.0 * math.pi)
 
-    class _WarmGARCH(GARCH):
+
+@functools.cache
+def _xlogy() -> Any:
+    from scipy.special import xlogy  # ~0.2 s to import: only where a log is taken
+
+    return xlogy
+
+
+def libm_log(x: np.ndarray) -> np.ndarray:
+    """`np.log(x)` computed by the C library's `log` (math.log's): the same bits on every
+    CPU, where numpy's own loop depends on the SIMD features it finds."""
+    return np.asarray(_xlogy()(1.0, np.asarray(x, dtype=np.float64)), dtype=np.float64)
+
+
+@functools.cache
+def _libm_classes() -> tuple[type, type, type]:
+    """arch's GARCH and normal distribution with the two numpy calls of a fit that depend on
+    the CPU replaced by the C library's: the backcast's weights 0.94 ** k (numpy's power)
+    and the likelihood's log(sigma2). Everything else is arch's own code; a test fits many
+    series with numpy's SIMD loops on and off and compares the parameters exactly."""
+    from arch.univariate import GARCH, Normal
+
+    class _LibmGARCH(GARCH):
+        def backcast(self, resids: Any) -> float:
+            # arch's GARCH.backcast, with Python's float power (the C library's pow).
+            tau = min(75, resids.shape[0])
+            w = np.array([0.94**k for k in range(tau)])
+            w = w / sum(w)
+            return float(np.sum((resids[:tau] ** 2.0) * w))
+
+    class _LibmNormal(Normal):
+        def loglikelihood(
+            self, parameters: Any, resids: Any, sigma2: Any, individual: bool = False
+        ) -> Any:
+            # arch's Normal.loglikelihood, with the C library's log.
+            lls = -0.5 * (_LOG_2PI + libm_log(sigma2) + resids**2.0 / sigma2)
+            return lls if individual else np.sum(lls)
+
+    class _WarmGARCH(_LibmGARCH):
         """arch's GARCH(1,1) whose `starting_values()` is the warm start, instead of arch's
         search of a 64-point grid of likelihoods (about 40% of a warm-started fit's time).
 
@@ -67,17 +110,19 @@ def _warm_garch() -> type:
         def starting_values(self, resids: np.ndarray) -> np.ndarray:
             return self._warm.copy()
 
-    return _WarmGARCH
+    return _LibmGARCH, _LibmNormal, _WarmGARCH
 
 
 def _model(x: np.ndarray, mean: str, warm_vol: np.ndarray | None) -> Any:
     """`arch_model(x, mean=..., vol="GARCH", p=1, q=1, dist="normal", rescale=False)`, with
-    the grid search skipped when there is a warm start."""
-    from arch.univariate import GARCH, ConstantMean, Normal, ZeroMean
+    the grid search skipped when there is a warm start, and the C library's log and power
+    (see `_libm_classes`)."""
+    from arch.univariate import ConstantMean, ZeroMean
 
-    vol = GARCH(p=1, o=0, q=1) if warm_vol is None else _warm_garch()(warm_vol)
+    garch, normal, warm = _libm_classes()
+    vol = garch(p=1, o=0, q=1) if warm_vol is None else warm(warm_vol)
     cls = ConstantMean if mean == "constant" else ZeroMean
-    return cls(x, volatility=vol, distribution=Normal(), rescale=False)
+    return cls(x, volatility=vol, distribution=normal(), rescale=False)
 
 
 @dataclass(frozen=True)
@@ -251,5 +296,5 @@ def log_returns(close: np.ndarray) -> np.ndarray:
     price is missing or not positive."""
     c = np.asarray(close, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        lc = np.log(np.where(c > 0, c, np.nan))
+        lc = libm_log(np.where(c > 0, c, np.nan))  # not np.log: the same bits on every CPU
     return np.diff(lc, axis=0)

@@ -41,7 +41,9 @@ from .garch import GarchParams, try_garch_fit
 log = structlog.get_logger(__name__)
 
 EXECUTORS = ("inline", "thread", "process")
-CACHE_FORMAT = "tradingd-garch-fits/1"
+# /2: fits made with the C library's log and power (garch._libm_classes); a /1 file's fits
+# came from numpy's, which differ by CPU, and are not reused.
+CACHE_FORMAT = "tradingd-garch-fits/2"
 CACHE_FILE = "garch-fits.json"
 
 #: A fit's inputs: the returns (finite, decimal), the mean model, the warm start (mu, omega,

@@ -1,0 +1,152 @@
+"""GARCH sizing gives the same bits whatever SIMD loops numpy picks on this CPU.
+
+numpy's AVX-512 log differs from its AVX2 log in the last bit for some prices (40.4 is one),
+and a GARCH fit one ULP apart sized an S&P 500 backtest differently from the second half on
+(1,870 fills against 2,234). The log returns and the two CPU-dependent calls inside arch's
+fit (the backcast's 0.94 ** k and the likelihood's log) use the C library instead."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
+from tradingd.environment import numpy_simd
+from tradingd_plugins.sizing import garch as garch_mod
+from tradingd_plugins.sizing.garch import libm_log, log_returns, try_garch_fit
+
+positive = st.floats(1e-300, 1e300, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(positive, min_size=1, max_size=40))
+@example([40.4, 40.4, 40.4, 40.4, 40.4, 40.4, 40.4, 40.4, 40.4, 40.4, 40.4, 40.4, 40.4, 40.4])
+def test_libm_log_is_the_c_librarys_log_bit_for_bit(xs):
+    got = libm_log(np.array(xs))
+    assert got.dtype == np.float64
+    assert [v.hex() for v in got.tolist()] == [math.log(x).hex() for x in xs]
+
+
+def test_log_returns_are_the_differences_of_the_c_librarys_logs():
+    close = np.array([[40.4, 10.0], [41.0, np.nan], [40.4, 0.0], [39.9, -1.0], [40.4, 12.5]])
+    got = log_returns(close)
+    ref = np.array(
+        [[math.log(x) if x == x and x > 0 else math.nan for x in row] for row in close.tolist()]
+    )
+    want = ref[1:] - ref[:-1]
+    assert got.shape == (4, 2)
+    assert np.array_equal(np.isnan(got), np.isnan(want))
+    ok = ~np.isnan(want)
+    assert [v.hex() for v in got[ok].tolist()] == [v.hex() for v in want[ok].tolist()]
+
+
+def test_the_fits_backcast_and_likelihood_use_the_c_library():
+    from arch.univariate import GARCH, Normal
+
+    garch_cls, normal_cls, warm_cls = garch_mod._libm_classes()
+    assert issubclass(warm_cls, garch_cls) and issubclass(garch_cls, GARCH)
+    assert issubclass(normal_cls, Normal)
+    rng = np.random.default_rng(5)
+    resids = rng.standard_normal(120) * 1.3
+    for n in (3, 75, 120):
+        tau = min(75, n)
+        w = [math.pow(0.94, k) for k in range(tau)]
+        total = sum(w)
+        want = float(np.sum((resids[:tau] ** 2.0) * (np.array(w) / total)))
+        assert garch_cls(p=1, o=0, q=1).backcast(resids[:n]).hex() == want.hex()
+    sigma2 = rng.uniform(0.2, 5.0, 200)
+    r = rng.standard_normal(200)
+    lls = normal_cls().loglikelihood([], r, sigma2, individual=True)
+    want = [
+        -0.5 * (math.log(2 * math.pi) + math.log(s) + x**2.0 / s)
+        for x, s in zip(r.tolist(), sigma2.tolist(), strict=True)
+    ]
+    assert [v.hex() for v in lls.tolist()] == [v.hex() for v in want]
+    assert normal_cls().loglikelihood([], r, sigma2) == np.sum(lls)
+
+
+_FIT_SCRIPT = """
+import json, math, sys
+import numpy as np
+from tradingd_plugins.sizing.garch import GarchParams, try_garch_fit
+rng = np.random.default_rng(11)
+out = []
+for j in range(int(sys.argv[1])):
+    n = 600
+    a, b = 0.04 + 0.1 * rng.random(), 0.75 + 0.2 * rng.random()
+    b = min(b, 0.97 - a)
+    s2, r = 1e-4, np.empty(n)
+    for t in range(n):
+        r[t] = np.sqrt(s2) * rng.standard_normal()
+        s2 = 2e-6 + a * r[t] ** 2 + b * s2
+    # 40-ish prices whose logs differ by the CPU's loops: returns through log_returns
+    # (math.exp: numpy's exp depends on the CPU's loops too, and the inputs must not)
+    close = np.array([40.4 * math.exp(v) for v in np.cumsum(np.concatenate([[0.0], r]))])
+    from tradingd_plugins.sizing.garch import log_returns
+    x = log_returns(close)
+    cold, why = try_garch_fit(x[:500])
+    warm, why2 = try_garch_fit(x[100:], starting=cold)
+    out.append([None if p is None else [float(v).hex() for v in (p.mu, p.omega, p.alpha,
+                p.beta, p.sigma2)] for p in (cold, warm)] + [why, why2])
+print(json.dumps(out))
+"""
+
+
+def _fits(env: dict[str, str], n: int) -> list:
+    done = subprocess.run(
+        [sys.executable, "-c", _FIT_SCRIPT, str(n)],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_fits_are_the_same_bits_with_numpys_simd_loops_on_and_off():
+    found = numpy_simd()["found"]
+    if not found:
+        pytest.skip("numpy dispatches to nothing beyond its baseline on this CPU")
+    n = 40
+    on = _fits({}, n)
+    off = _fits({"NPY_DISABLE_CPU_FEATURES": " ".join(found)}, n)
+    assert sum(1 for row in on if row[0] is not None) >= n // 2  # most series fit
+    assert on == off
+
+
+def test_a_fit_cache_of_the_numpy_era_is_not_reused(tmp_path):
+    from tradingd_plugins.sizing.garch_fits import CACHE_FILE, FitCache
+
+    (tmp_path / CACHE_FILE).write_text(
+        json.dumps({"format": "tradingd-garch-fits/1", "entries": [["00", None, "old"]]})
+    )
+    cache = FitCache(str(tmp_path), 10)
+    with capture_logs() as logs:
+        assert cache.get(bytes.fromhex("00")) is None
+    assert [e["event"] for e in logs] == ["garch_cache.ignored"]
+
+
+def test_a_warm_fit_still_converges_to_arch_quality():
+    """The C library's log moves a fit by rounding only: the likelihood at our optimum is
+    arch's own (with numpy's log) to 1e-9 relative."""
+    from arch import arch_model
+
+    rng = np.random.default_rng(3)
+    r = rng.standard_normal(600) * 0.01
+    params, why = try_garch_fit(r)
+    if params is None:
+        pytest.skip(f"no usable fit on this sample: {why}")
+    model = arch_model(r * 100, mean="Constant", vol="GARCH", p=1, q=1, dist="normal")
+    res = model.fit(disp="off")
+    ours = [params.mu * 100, params.omega * 1e4, params.alpha, params.beta]
+    assert model.fix(ours).loglikelihood == pytest.approx(res.loglikelihood, rel=1e-9)
+    np.testing.assert_allclose(ours, res.params.values, rtol=1e-4)
