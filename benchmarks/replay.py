@@ -182,7 +182,12 @@ def run_environment() -> dict[str, Any] | None:
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return json.loads(done.stdout) if done.returncode == 0 else None
+    if done.returncode:
+        return None
+    try:
+        return json.loads(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
 
 
 # ----------------------------------------------------------------------------- children

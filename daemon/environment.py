@@ -22,6 +22,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import structlog
+
+log = structlog.get_logger(__name__)
+
 # The distributions whose arithmetic reaches a run's numbers (features, model inference,
 # GARCH fits, the engine), by their names on the package index.
 PACKAGES = (
@@ -83,7 +87,7 @@ def blas() -> list[dict[str, Any]]:
         from threadpoolctl import threadpool_info
     except ImportError:
         return []
-    keep = ("internal_api", "version", "architecture", "num_threads", "threading_layer")
+    keep = ("user_api", "internal_api", "version", "architecture", "num_threads", "threading_layer")
     return [{k: lib.get(k) for k in keep if k in lib} for lib in threadpool_info()]
 
 
@@ -103,13 +107,19 @@ def source_revision(path: Path | None = None) -> dict[str, Any] | None:
     None for an installed copy that is not tracked by a checkout (or without git)."""
     where = path or Path(__file__).resolve().parent
 
+    # Not a repository named by the caller's environment (a run started from a git hook).
+    env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
+
     def git(*args: str) -> subprocess.CompletedProcess[str]:
+        # --no-optional-locks: `git status` must not take the index lock (or rewrite the
+        # index) under a user's commit in the same checkout.
         return subprocess.run(
-            ["git", "-C", str(where), *args],
+            ["git", "--no-optional-locks", "-C", str(where), *args],
             capture_output=True,
             text=True,
             timeout=5,
             check=False,
+            env=env,
         )
 
     try:
@@ -131,15 +141,26 @@ def source_revision(path: Path | None = None) -> dict[str, Any] | None:
 
 
 def environment() -> dict[str, Any]:
-    """Everything above, for a run's `environment.json` and the benchmarks' results."""
-    return {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "packages": package_versions(),
-        "numpy_simd": numpy_simd(),
-        "blas": blas(),
-        "dispatch_variables": {k: os.environ[k] for k in DISPATCH_VARIABLES if k in os.environ},
-        "source": source_revision(),
+    """Everything above, for a run's `environment.json` and the benchmarks' results. A part
+    that cannot be read is recorded as its error (logged), never a lost run record."""
+    parts: dict[str, Any] = {
+        "python": platform.python_version,
+        "platform": platform.platform,
+        "cpu": cpu_model,
+        "logical_cpus": os.cpu_count,
+        "packages": package_versions,
+        "numpy_simd": numpy_simd,
+        "blas": blas,
+        "dispatch_variables": lambda: {
+            k: os.environ[k] for k in DISPATCH_VARIABLES if k in os.environ
+        },
+        "source": source_revision,
     }
+    out: dict[str, Any] = {}
+    for key, read in parts.items():
+        try:
+            out[key] = read()
+        except Exception as exc:  # a record of the machine is never worth a failed run
+            log.warning("environment.unreadable", part=key, error=repr(exc))
+            out[key] = {"error": repr(exc)}
+    return out

@@ -91,10 +91,16 @@ def load_pipeline(config: Config) -> Any:
     `tradingd.app.build_pipeline` does (same loader, same key names in errors). An
     unexpected exception from a plugin's constructor becomes a PluginError naming the key."""
     from .engine.engine import Pipeline
-    from .engine.plugins import available, load_plugin
+    from .engine.plugins import GROUP, available, load_plugin
 
     symbols = tuple(config.data.symbols) or PLACEHOLDER_SYMBOLS
-    eps = available()  # read once, as build_pipeline does
+    try:
+        eps = available()  # read once, as build_pipeline does
+    except Exception as exc:  # a broken installed distribution's metadata
+        raise PluginError(
+            f"the installed plugins (entry points {GROUP!r}) could not be read: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
 
     def load(spec: PluginSpec, kind: str, where: str) -> Any:
         try:

@@ -52,7 +52,8 @@ def _import_arch() -> None:
 # one ULP apart then sizes a position a few shares apart, and a ranking strategy's whole path
 # changes: the S&P 500 backtest gave 1,870 fills on an AVX-512 machine and 2,234 with numpy's
 # AVX-512 loops off (benchmarks/RESULTS.md). The C library's log is the same whatever numpy
-# dispatches to; `scipy.special.xlogy(1, x)` is that log, vectorised.
+# dispatches to; `scipy.special.xlogy(1, x)` is that log, vectorised. (OpenBLAS' kernels,
+# chosen by CPU too, still reach a fit through its optimiser: see `_libm_classes`.)
 _LOG_2PI = math.log(2.0 * math.pi)
 
 
@@ -71,19 +72,52 @@ def libm_log(x: np.ndarray) -> np.ndarray:
 
 @functools.cache
 def _libm_classes() -> tuple[type, type, type]:
-    """arch's GARCH and normal distribution with the two numpy calls of a fit that depend on
-    the CPU replaced by the C library's: the backcast's weights 0.94 ** k (numpy's power)
-    and the likelihood's log(sigma2). Everything else is arch's own code; a test fits many
-    series with numpy's SIMD loops on and off and compares the parameters exactly."""
+    """arch's GARCH and normal distribution with the numpy calls of a fit that depend on
+    numpy's SIMD loops replaced by the C library's: the EWMA weights 0.94 ** k (numpy's
+    power) of the backcast and of the variance bounds, and the likelihood's log(sigma2), also
+    in the grid of a cold fit's starting values. Everything else is arch's own code; a test
+    fits many series with numpy's SIMD loops on and off and compares the parameters exactly.
+    Not covered: the BLAS under the optimiser, whose kernels also differ by CPU (the fit
+    cache records them: `garch_fits.blas_kind`)."""
     from arch.univariate import GARCH, Normal
+    from arch.univariate.volatility import ewma_recursion
+    from arch.utility.array import to_array_1d
+
+    def ewma_weights(tau: int) -> np.ndarray:
+        # arch's 0.94 ** np.arange(tau) / its sum, with Python's float power (the C library's
+        # pow); numpy's power differs with AVX-512 in 2 of the 75 weights.
+        w = np.array([0.94**k for k in range(tau)])
+        return np.asarray(w / sum(w))
 
     class _LibmGARCH(GARCH):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._normal = _LibmNormal()  # the likelihood of a cold fit's grid of starts
+
         def backcast(self, resids: Any) -> float:
-            # arch's GARCH.backcast, with Python's float power (the C library's pow).
+            # arch's GARCH.backcast, with the weights above.
             tau = min(75, resids.shape[0])
-            w = np.array([0.94**k for k in range(tau)])
-            w = w / sum(w)
-            return float(np.sum((resids[:tau] ** 2.0) * w))
+            w = ewma_weights(tau)
+            return float(np.sum((np.absolute(resids[:tau]) ** self.power) * w))
+
+        def variance_bounds(self, resids: Any, power: float = 2.0) -> Any:
+            # arch's VolatilityProcess.variance_bounds, line for line, with the weights above.
+            nobs = resids.shape[0]
+            tau = min(75, nobs)
+            w = ewma_weights(tau)
+            var_bound = np.zeros(nobs)
+            initial_value = w.dot(resids[:tau] ** 2.0)
+            ewma_recursion(0.94, to_array_1d(resids), var_bound, resids.shape[0], initial_value)
+            var_bounds = np.vstack((var_bound / 1e6, var_bound * 1e6)).T
+            var = float(np.var(resids))
+            min_upper_bound = 1 + float(np.max(resids**2.0))
+            lower_bound, upper_bound = var / 1e8, 1e7 * (1 + float(np.max(resids**2.0)))
+            var_bounds[var_bounds[:, 0] < lower_bound, 0] = lower_bound
+            var_bounds[var_bounds[:, 1] < min_upper_bound, 1] = min_upper_bound
+            var_bounds[var_bounds[:, 1] > upper_bound, 1] = upper_bound
+            if power != 2.0:
+                var_bounds **= power / 2.0
+            return np.ascontiguousarray(var_bounds)
 
     class _LibmNormal(Normal):
         def loglikelihood(

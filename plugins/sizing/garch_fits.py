@@ -90,6 +90,21 @@ def fit_key(job: FitJob) -> bytes:
     return h.digest()
 
 
+def blas_kind() -> str:
+    """The BLAS libraries of this process and the kernels each chose ("openblas/SkylakeX"):
+    a GARCH fit's optimiser goes through them, and their kernels differ by CPU in the last
+    bits (20 of 20 test fits differed between OpenBLAS' Haswell and SkylakeX kernels)."""
+    from tradingd.environment import blas
+
+    # The BLAS only: which OpenMP runtimes are loaded depends on what was imported first.
+    kinds = {
+        f"{b.get('internal_api')}/{b.get('architecture')}"
+        for b in blas()
+        if b.get("user_api") == "blas"
+    }
+    return "+".join(sorted(kinds))
+
+
 class FitCache:
     """Fit outcomes by `fit_key`, in memory and (optionally) in one JSON file between runs.
     At most `size` entries are saved: those used by this process first. The file is read at
@@ -149,6 +164,17 @@ class FitCache:
             if not (isinstance(data, dict) and data.get("format") == CACHE_FORMAT):
                 log.warning("garch_cache.ignored", path=str(self.path), reason="another format")
                 return
+            kind = blas_kind()
+            if data.get("blas") != kind:
+                # A fit depends on the BLAS kernels OpenBLAS chose for this CPU (the
+                # optimiser's steps): a cache made elsewhere (a shared or copied var/) would
+                # mix two kinds of fit in one run.
+                log.warning(
+                    "garch_cache.ignored",
+                    path=str(self.path),
+                    reason=f"fitted with BLAS {data.get('blas')!r}, this process uses {kind!r}",
+                )
+                return
             rows = data["entries"]
             entries = {
                 bytes.fromhex(k): (params_from_json(p), str(w)) for k, p, w in rows[: self.size]
@@ -174,7 +200,7 @@ class FitCache:
                 return
         merged = list(self._used.items()) + list(self._old.items())
         entries = [[k.hex(), params_to_json(p), w] for k, (p, w) in merged]
-        data = {"format": CACHE_FORMAT, "entries": entries[: self.size]}
+        data = {"format": CACHE_FORMAT, "blas": blas_kind(), "entries": entries[: self.size]}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data))

@@ -94,3 +94,37 @@ def test_source_revision_names_the_commit_and_uncommitted_changes(tmp_path):
     venv.mkdir(parents=True)
     (venv / "environment.py").write_text("")
     assert source_revision(venv) is None
+
+
+def test_a_part_that_cannot_be_read_is_recorded_as_its_error(monkeypatch):
+    import tradingd.environment as env_mod
+
+    def broken():
+        raise OSError("no such library")
+
+    monkeypatch.setattr(env_mod, "blas", broken)
+    env = env_mod.environment()
+    assert env["blas"] == {"error": "OSError('no such library')"}
+    assert env["packages"]["numpy"] == np.__version__  # the rest is still read
+
+
+def test_source_revision_is_of_the_folder_not_of_a_git_dir_in_the_environment(
+    tmp_path, monkeypatch
+):
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    heads = {}
+    for repo in (mine, other):
+        repo.mkdir()
+        _git(repo, "init", "-q")
+        (repo / "a.py").write_text(repo.name)
+        _git(repo, "add", "a.py")
+        _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "x")
+        heads[repo] = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+    monkeypatch.setenv("GIT_DIR", str(other / ".git"))
+    monkeypatch.setenv("GIT_WORK_TREE", str(other))
+    assert source_revision(mine) == {"commit": heads[mine], "uncommitted_changes": False}

@@ -54,6 +54,12 @@ def test_the_fits_backcast_and_likelihood_use_the_c_library():
     garch_cls, normal_cls, warm_cls = garch_mod._libm_classes()
     assert issubclass(warm_cls, garch_cls) and issubclass(garch_cls, GARCH)
     assert issubclass(normal_cls, Normal)
+    # Overridden here, not inherited (on a CPU without AVX-512 the values would not tell).
+    assert {"backcast", "variance_bounds"} <= set(garch_cls.__dict__)
+    assert "loglikelihood" in normal_cls.__dict__
+    # A cold fit's grid of starting values is scored with this likelihood too.
+    assert isinstance(garch_cls(p=1, o=0, q=1)._normal, normal_cls)
+    assert isinstance(warm_cls(np.array([0.1, 0.1, 0.8]))._normal, normal_cls)
     rng = np.random.default_rng(5)
     resids = rng.standard_normal(120) * 1.3
     for n in (3, 75, 120):
@@ -62,6 +68,10 @@ def test_the_fits_backcast_and_likelihood_use_the_c_library():
         total = sum(w)
         want = float(np.sum((resids[:tau] ** 2.0) * (np.array(w) / total)))
         assert garch_cls(p=1, o=0, q=1).backcast(resids[:n]).hex() == want.hex()
+        bounds = garch_cls(p=1, o=0, q=1).variance_bounds(resids[:n])
+        arch_bounds = GARCH(p=1, o=0, q=1).variance_bounds(resids[:n])
+        assert bounds.shape == arch_bounds.shape == (n, 2) and bounds.flags.c_contiguous
+        np.testing.assert_allclose(bounds, arch_bounds, rtol=1e-13)  # arch's, up to the weights
     sigma2 = rng.uniform(0.2, 5.0, 200)
     r = rng.standard_normal(200)
     lls = normal_cls().loglikelihood([], r, sigma2, individual=True)
@@ -135,7 +145,7 @@ def test_a_fit_cache_of_the_numpy_era_is_not_reused(tmp_path):
     assert [e["event"] for e in logs] == ["garch_cache.ignored"]
 
 
-def test_a_warm_fit_still_converges_to_arch_quality():
+def test_a_fit_still_converges_to_arch_quality():
     """The C library's log moves a fit by rounding only: the likelihood at our optimum is
     arch's own (with numpy's log) to 1e-9 relative."""
     from arch import arch_model
@@ -150,3 +160,20 @@ def test_a_warm_fit_still_converges_to_arch_quality():
     ours = [params.mu * 100, params.omega * 1e4, params.alpha, params.beta]
     assert model.fix(ours).loglikelihood == pytest.approx(res.loglikelihood, rel=1e-9)
     np.testing.assert_allclose(ours, res.params.values, rtol=1e-4)
+
+
+def test_a_fit_cache_made_with_other_blas_kernels_is_not_reused(tmp_path):
+    from tradingd_plugins.sizing.garch_fits import CACHE_FILE, CACHE_FORMAT, FitCache, blas_kind
+
+    made = FitCache(str(tmp_path), 10)
+    made.put(b"k", (None, "why"))
+    made.save()
+    data = json.loads((tmp_path / CACHE_FILE).read_text())
+    assert data["format"] == CACHE_FORMAT and data["blas"] == blas_kind()
+    assert FitCache(str(tmp_path), 10).get(b"k") == (None, "why")
+    data["blas"] = "openblas/SomeOtherCore"
+    (tmp_path / CACHE_FILE).write_text(json.dumps(data))
+    with capture_logs() as logs:
+        assert FitCache(str(tmp_path), 10).get(b"k") is None
+    [event] = logs
+    assert event["event"] == "garch_cache.ignored" and "SomeOtherCore" in event["reason"]

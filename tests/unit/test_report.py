@@ -220,6 +220,7 @@ def test_exposure_and_verdicts_come_from_the_record(report, run_dir):
     st.floats(0.01, 100),
 )
 @example([0.0, 4.228513706980127e-162], 2, 0.5)  # squares underflow (found by hypothesis)
+@example([0.1, 0.05, 0.0, 1e-162, 2e-162], 2, 0.5)  # each window by its own largest return
 def test_rolling_sharpe_is_scale_free_and_windowed(r, window, scale):
     """Scaling the returns (no risk-free rate) changes no rolling Sharpe ratio, and each value
     is the Sharpe ratio of its own window."""
