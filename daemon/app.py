@@ -25,10 +25,11 @@ from .config import Config
 from .core.errors import ConfigError
 from .core.ports import Broker, Clock, FeatureSource, Feed
 from .core.types import CrossSection, RunInfo
+from .engine import plugins as plugin_registry
 from .engine.engine import Engine, Pipeline
 from .engine.planner import OrderPlanner
 from .engine.planner import required_features as planner_features
-from .engine.plugins import available, load_plugin
+from .engine.plugins import load_plugin
 from .engine.portfolio import Portfolio
 from .features.batch_cache import FeatureCache
 from .features.batch_cache import default_cache_dir as features_cache_dir
@@ -108,7 +109,7 @@ def build_pipeline(config: Config, symbols: tuple[str, ...]) -> Pipeline:
         raise ConfigError("signals: at least one signal plugin must be configured")
     # The installed plugins, read once for the pipeline (each read scans every installed
     # distribution's entry points: ~27 ms, ten times for the default strategy).
-    eps = available()
+    eps = plugin_registry.available()  # looked up at call time: tests register plugins there
     signals = [
         (load_plugin(spec, "signal", symbols, f"signals[{i}]", eps), spec.weight)
         for i, spec in enumerate(config.signals)
