@@ -151,8 +151,8 @@ features_dir = "{(Path(args.cache_dir).parent / "features").as_posix()}"
         "fills": s.get("fills"),
         "final_equity": round(float(s.get("final_equity", 0.0)), 2),
         "verdicts_by_rule": s.get("risk_verdicts_by_rule"),
-        # Fills and equity depend on numpy's SIMD loops and the packages (RESULTS.md, "Why:
-        # the S&P 500 run depends on the CPU's SIMD features"): what this run had.
+        # Fills and equity depend on the CPU's kernels and the packages (RESULTS.md, "Why the
+        # S&P 500 run depended on the CPU, and the fix"): what this run had.
         "environment": environment(),
     }
 
