@@ -62,6 +62,7 @@ log = structlog.get_logger(__name__)
 # turns a complete fill into a partial one or a just-affordable buy into a rejection.
 _EPS = 1e-9
 _STOP_TYPES = frozenset({OrderType.STOP, OrderType.STOP_LIMIT, OrderType.TRAILING_STOP})
+_CLOSED = frozenset({OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED})
 DEFAULT_CLOSED_HISTORY = 10_000
 _NUMBER = (int, float)  # isinstance with a prebuilt tuple: `int | float` is rebuilt per call
 
@@ -274,7 +275,12 @@ class SimulatedBroker:
                     if order.side is side and self._is_active(order):
                         self._match(order, bar, state)
         self._age(candidates, state)
-        return BrokerUpdate(state.fills, [o.snapshot() for o in changed.values()])
+        # An order that ended on this bar is reported as it is, not copied: closed orders
+        # are never changed again (they only answer duplicate and cancel lookups, with
+        # copies), so the caller's object cannot drift. Open ones still change: copies.
+        return BrokerUpdate(
+            state.fills, [o if o.status in _CLOSED else o.snapshot() for o in changed.values()]
+        )
 
     # ------------------------------------------------------------------------- submission
 

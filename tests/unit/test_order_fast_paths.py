@@ -51,6 +51,17 @@ def test_stamp_is_strftime_for_every_year_and_zone(naive: datetime, tz: timezone
     assert client_order_id("r", t, "AAA", Leg.ENTRY).split("|")[1] == f"{t:%Y%m%dT%H%M%S}"
 
 
+def test_ids_follow_each_datetime_object_not_the_last_instant() -> None:
+    """The last stamp is reused for the same datetime object only: the same instant in
+    another zone (an equal datetime) has its own wall-clock stamp, in any order of calls."""
+    utc = datetime(2024, 3, 1, 21, 0, tzinfo=UTC)
+    ny = utc.astimezone(timezone(timedelta(hours=-5)))
+    assert utc == ny
+    for t, stamp in [(utc, "20240301T210000"), (ny, "20240301T160000")] * 2:
+        assert client_order_id("r", t, "AAA", Leg.ENTRY).split("|")[1] == stamp
+        assert client_order_id("r", t, "BBB", Leg.ENTRY) == f"r|{stamp}|BBB|entry|1"
+
+
 def test_stamp_of_a_datetime_subclass_uses_its_own_strftime() -> None:
     class Odd(datetime):
         def strftime(self, fmt: str) -> str:
@@ -272,10 +283,16 @@ def test_fast_paths_give_what_the_general_path_gives(
     fast = SimulatedBroker(cfg, SYMS, fast_acct, closed_history=7)
     slow = GeneralPathBroker(cfg, SYMS, slow_acct, closed_history=7)
 
+    # Every order the fast broker hands out, as it was then: a closed order is reported as
+    # the broker's own object (closed orders never change), an open one as a copy; neither
+    # may change afterwards, whatever later bars, fills, splits and cancels do.
+    reported: list[tuple[Order, str]] = []
+
     async def run() -> None:
         for t in range(data.draw(st.integers(1, 12))):
             bar = data.draw(_bar(t))
             u_fast, u_slow = await fast.on_bar(bar), await slow.on_bar(bar)
+            reported.extend((o, _dump(o)) for o in u_fast.orders)
             assert u_fast.fills == u_slow.fills
             assert [_dump(o) for o in u_fast.orders] == [_dump(o) for o in u_slow.orders]
             fast_acct.apply(u_fast)
@@ -290,10 +307,12 @@ def test_fast_paths_give_what_the_general_path_gives(
             acked_fast = await fast.submit([o.snapshot() for o in placed])
             acked_slow = await slow.submit([o.snapshot() for o in placed])
             assert [_dump(o) for o in acked_fast] == [_dump(o) for o in acked_slow]
+            reported.extend((o, _dump(o)) for o in acked_fast)
         assert fast.state() == slow.state()
         assert fast_acct.cash == slow_acct.cash and fast_acct.positions == slow_acct.positions
 
     asyncio.run(run())
+    assert [_dump(o) for o, _ in reported] == [then for _, then in reported]
 
 
 def test_accept_copies_the_order_and_resets_only_its_lifecycle() -> None:
