@@ -90,10 +90,22 @@ def client_order_id(
     decision takes the next number (`next_attempt`). Alpaca limits the id to 128 characters."""
     if attempt < 1:
         raise ValueError(f"attempt must be >= 1, got {attempt}")
-    cid = f"{run_id}|{_stamp(bar_time, bar_time.utcoffset())}|{symbol}|{str.__str__(leg)}|{attempt}"
+    global _last_stamp
+    last = _last_stamp
+    if last[0] is bar_time:
+        stamp = last[1]  # the same datetime object as the last call: the bar's other orders
+    else:
+        stamp = _stamp(bar_time, bar_time.utcoffset())
+        _last_stamp = (bar_time, stamp)
+    cid = f"{run_id}|{stamp}|{symbol}|{str.__str__(leg)}|{attempt}"
     if len(cid) > 128:
         raise ValueError(f"client_order_id longer than 128 characters: {cid!r}; shorten run_id")
     return cid
+
+
+# (datetime, stamp) of the last call. A datetime is immutable, so the same object has the
+# same stamp; one tuple, swapped whole, so a reader never sees one half of another pair.
+_last_stamp: tuple[datetime | None, str] = (None, "")
 
 
 @lru_cache(maxsize=16)
