@@ -165,8 +165,17 @@ class OrderPlanner:
 
         held = ctx.portfolio.quantity
         trade = rebalance_trades(cfg, targets, ctx, busy, equity)
-        if not trade and not exits_by_symbol and not self._trailing:
-            return Plan([], [])  # the usual bar: no target moved beyond the band, no exits
+        if not exits_by_symbol and not self._trailing:
+            if not trade:
+                return Plan([], [])  # the usual bar: no target moved beyond the band, no exits
+            if not cfg.brackets:
+                # Plain rebalancing (no exits anywhere): the loop below would make exactly
+                # these, a market order per traded symbol in universe order (`trade` has
+                # no working entry and no zero delta: `rebalance_trades`).
+                run_id, t, symbols = self.run_id, ctx.time, self.symbols
+                return Plan(
+                    [market_order(run_id, t, symbols[i], trade[i]) for i in sorted(trade)], []
+                )
 
         orders: list[Order] = []
         cancel: list[str] = []
