@@ -15,6 +15,8 @@ import numpy as np
 from ..core.ports import PortfolioView
 from ..core.types import Fill
 
+_sum = np.add.reduce
+
 
 class Portfolio:
     def __init__(self, symbols: tuple[str, ...], initial_cash: float) -> None:
@@ -39,6 +41,9 @@ class Portfolio:
         self.equity = float(initial_cash)
         self.peak_equity = float(initial_cash)
         self.prev_equity = float(initial_cash)
+        # quantity x mark as `view` computed it, until the book or the marks change: the
+        # bar's `exposure` then sums it instead of multiplying again.
+        self._values: np.ndarray | None = None
 
     # AccountView ---------------------------------------------------------------------------
     @property
@@ -53,6 +58,7 @@ class Portfolio:
         """A k-for-1 split multiplies shares by k and divides prices by k; value is unchanged."""
         cols = (split != 1.0).nonzero()[0]  # every bar: nonzero() skips flatnonzero's wrapper
         if cols.size:
+            self._values = None
             s = split[cols]
             self.quantity[cols] *= s
             self.avg_price[cols] /= s
@@ -68,6 +74,7 @@ class Portfolio:
         return paid
 
     def apply_fill(self, fill: Fill) -> None:
+        self._values = None
         i = self._index[fill.symbol]
         q = fill.signed_quantity
         old = float(self.quantity[i])
@@ -92,8 +99,10 @@ class Portfolio:
         self.fill_count += 1
 
     def mark_to_market(self, close: np.ndarray, valid: np.ndarray) -> float:
+        self._values = None
         np.copyto(self._mark, close, where=valid)
-        self.has_mark |= valid
+        if not self._all_marked:  # once every symbol has had a bar, nothing is left to add
+            self.has_mark |= valid
         self.prev_equity = self.equity
         self.equity = self._cash + float(np.dot(self.quantity, self._mark))
         if self.equity > self.peak_equity:
@@ -128,6 +137,7 @@ class Portfolio:
                 "of its identity (run id), so this checkpoint belongs to another run"
             )
         self._cash = float(state["cash"])
+        self._values = None
         for name in ("quantity", "avg_price", "realized_pnl", "_mark"):
             getattr(self, name)[:] = np.asarray(state[name.lstrip("_")], dtype=np.float64)
         self.has_mark[:] = np.asarray(state["has_mark"], dtype=bool)
@@ -158,13 +168,17 @@ class Portfolio:
 
     def exposure(self) -> tuple[float, float]:
         """Gross and net exposure as fractions of equity."""
-        v = self.position_values()
+        v = self._values
+        if v is None:
+            v = self.position_values()
         eq = self.equity if self.equity > 0 else math.nan
-        return float(np.abs(v).sum()) / eq, float(v.sum()) / eq
+        # add.reduce is what ndarray.sum calls (the same sum), without its Python wrapper.
+        return float(_sum(np.abs(v))) / eq, float(_sum(v)) / eq
 
     def view(self) -> PortfolioView:
         eq = self.equity
-        weights = self.position_values() / eq if eq > 0 else np.zeros_like(self.quantity)
+        v = self._values = self.position_values()
+        weights = v / eq if eq > 0 else np.zeros_like(self.quantity)
         # Positional, in field order (cash, equity, quantity, weights, peak_equity,
         # day_start_equity, avg_price, realized_pnl): built every bar.
         return PortfolioView(

@@ -132,3 +132,42 @@ def test_mark_is_the_last_close_and_nan_before_the_first(bars, restore_at):
             pf.restore(saved[0])
             last = saved[1]
             np.testing.assert_array_equal(pf.mark, [np.nan if c is None else c for c in last])
+
+
+def _exposure_from_scratch(pf: Portfolio) -> tuple[float, float]:
+    v = pf.quantity * np.where(pf.has_mark, pf.mark, 0.0)
+    eq = pf.equity if pf.equity > 0 else float("nan")
+    return float(np.abs(v).sum()) / eq, float(v.sum()) / eq
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["fill", "bar", "split", "view", "exposure"]),
+            st.integers(0, 2),
+            st.floats(1.0, 500.0),
+        ),
+        max_size=30,
+    )
+)
+def test_exposure_after_a_view_follows_every_change_of_the_book(events):
+    """`view` keeps quantity x mark for the bar's `exposure`: a fill, a split or a new mark
+    between the two must not leave a stale sum (the same bits as computed from scratch)."""
+    syms = ("A", "B", "C")
+    pf = Portfolio(syms, 1e6)
+    pf.mark_to_market(np.full(3, 100.0), np.ones(3, dtype=bool))
+    for kind, i, x in events:
+        if kind == "fill":
+            pf.apply_fill(fill(syms[i], Side.BUY if x > 250 else Side.SELL, 10.0, x))
+        elif kind == "bar":
+            close = np.full(3, np.nan)
+            close[i] = x
+            pf.mark_to_market(close, ~np.isnan(close))
+        elif kind == "split":
+            split = np.ones(3)
+            split[i] = 2.0 if x > 250 else 0.5
+            pf.apply_splits(split)
+        elif kind == "view":
+            pf.view()
+        assert pf.exposure() == _exposure_from_scratch(pf)
