@@ -784,3 +784,36 @@ def test_the_writer_process_opens_the_file_the_thread_made_and_never_creates_one
     db = state["sqlite"][0]
     assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     db.close()
+
+
+def test_position_rows_follow_the_rule_on_every_sequence(tmp_path: Path) -> None:
+    """A row for each symbol whose (finite) quantity differs from its last recorded one, with
+    that bar's quantity, average price and mark; a NaN quantity is no row and changes
+    nothing. The rule in whole-width numpy form is the reference for the store's form."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    qty = st.sampled_from([0.0, 0.0, 5.0, -3.0, 7.5, math.nan, math.inf])
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.lists(qty, min_size=3, max_size=3), max_size=12))
+    def check(bars: list[list[float]]) -> None:
+        store = SqliteStore(tmp_path / "p.db")
+        last = np.zeros(3)
+        for k, q in enumerate(bars):
+            quantity = np.array(q)
+            avg, mark = np.arange(3.0) + k, np.arange(3.0) * 10 + k
+            store.record_positions("r1", T0 + k * DAY, SYMS, quantity, avg, mark)
+            changed = (quantity != last) & np.isfinite(quantity)
+            np.copyto(last, quantity, where=changed)
+            idx = changed.nonzero()[0]
+            chunk = store._positions[-1] if store._positions else None
+            if not idx.size:
+                assert chunk is None or chunk[1] != T0 + k * DAY
+                continue
+            assert chunk is not None and chunk[1] == T0 + k * DAY
+            assert chunk[3].tolist() == idx.tolist()
+            got = [c.tolist() for c in chunk[4]]
+            assert got == [quantity[idx].tolist(), avg[idx].tolist(), mark[idx].tolist()]
+
+    check()
