@@ -56,7 +56,7 @@ class EqualWeight:
             shorts = longs[:0]
         # Untradable symbols keep their current weight: no order can be placed for them now.
         targets = np.array(ctx.portfolio.weights, dtype=np.float64)  # a copy of its own
-        targets[tradable] = 0.0
+        np.copyto(targets, 0.0, where=tradable)  # as targets[tradable] = 0, without the gather
         k = len(longs) + len(shorts)
         if k:
             w = c.gross_exposure / max(k, 1)
@@ -73,21 +73,25 @@ _SORT_ALL = 160
 
 def _top_of(idx: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
     """The k of `idx` with the largest `values` (finite or inf, never NaN), ties broken by
-    universe order."""
+    universe order, in no particular order: the caller gives them all the same weight.
+
+    Array methods rather than numpy's functions (`np.argsort` and `np.partition` are Python
+    wrappers around them): this runs on every bar that has candidates."""
     if idx.size <= k:
         return idx
-    v = values[idx]
-    if v.size <= _SORT_ALL:
-        # Few candidates: one stable sort of them all costs less than the partition and
-        # the calls around it, and gives the same k (the stable order breaks ties by
-        # universe order either way).
-        return idx[np.argsort(-v, kind="stable")[:k]]
-    # Partition first (O(n)), then order only the candidates: everything tied with the k-th
-    # value is kept so that the stable sort below breaks ties by universe order.
-    kth = np.partition(v, v.size - k)[v.size - k]
-    cand = (v >= kth).nonzero()[0]
-    order = np.argsort(-v[cand], kind="stable")
-    return idx[cand[order[:k]]]
+    w = -values[idx]  # ascending w is descending value; a stable sort keeps universe order
+    if w.size <= _SORT_ALL:
+        return idx[w.argsort(kind="stable")[:k]]
+    part = w.argpartition(k - 1)
+    kth = w[part[k - 1]]
+    if np.count_nonzero(w <= kth) == k:
+        # Nothing else ties with the k-th value: the k smallest of w are the answer, and
+        # the partition has put exactly them first (the usual case with float scores).
+        return idx[part[:k]]
+    # Ties at the k-th value: all of them are candidates, and the stable sort of the
+    # candidates breaks the ties by universe order.
+    cand = (w <= kth).nonzero()[0]
+    return idx[cand[w[cand].argsort(kind="stable")[:k]]]
 
 
 def _top(values: np.ndarray, k: int) -> np.ndarray:
