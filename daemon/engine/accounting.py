@@ -70,6 +70,8 @@ class RiskRecord:
         self._open: dict[tuple[str, str], Restriction] = {}
 
     def on_bar(self, time: datetime, verdicts: Sequence[RiskVerdict]) -> None:
+        if not verdicts and not self._open:
+            return  # nothing said and nothing in force: the usual bar
         seen: set[tuple[str, str]] = set()
         # One logger for the bar, and none when debug lines are filtered out: through the
         # module's proxy each call binds a new one (~5 us), and a replay meets hundreds of
