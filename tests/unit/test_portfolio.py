@@ -171,3 +171,59 @@ def test_exposure_after_a_view_follows_every_change_of_the_book(events):
         elif kind == "view":
             pf.view()
         assert pf.exposure() == _exposure_from_scratch(pf)
+
+
+def _apply_fill_numpy(pf: Portfolio, f: Fill) -> None:
+    """`apply_fill` as it was written in numpy scalars: the reference for the float form."""
+    i = pf.symbols.index(f.symbol)
+    q = f.signed_quantity
+    old = float(pf.quantity[i])
+    new = old + q
+    pf._cash -= q * f.price + f.commission
+    if old == 0.0 or np.copysign(1.0, old) == np.copysign(1.0, q):
+        pf.avg_price[i] = (pf.avg_price[i] * abs(old) + f.price * abs(q)) / abs(new)
+    else:
+        closed = min(abs(q), abs(old))
+        pf.realized_pnl[i] += closed * (f.price - pf.avg_price[i]) * np.copysign(1.0, old)
+        if abs(q) > abs(old):
+            pf.avg_price[i] = f.price
+        elif abs(new) < 1e-12:
+            pf.avg_price[i] = 0.0
+            new = 0.0
+    pf.realized_pnl[i] -= f.commission
+    pf.quantity[i] = new
+    pf.commission_paid += f.commission
+    pf.slippage_paid += f.slippage
+    pf.fill_count += 1
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["A", "B"]),
+            st.sampled_from([Side.BUY, Side.SELL]),
+            st.one_of(st.floats(0.0, 1e4), st.sampled_from([0.0, 1.0, 3.0, 1e-13, 10.0])),
+            st.floats(0.01, 1e4),
+            st.floats(0.0, 50.0),
+        ),
+        max_size=25,
+    )
+)
+def test_apply_fill_gives_the_bits_of_its_numpy_form(fills):
+    """The book after each fill, bit for bit against the numpy-scalar form: buys, sells,
+    flips, closes to (almost) nothing, fills of no shares into no position (numpy's 0/0)."""
+    a, b = Portfolio(("A", "B"), 1e6), Portfolio(("A", "B"), 1e6)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for sym, side, qty, price, commission in fills:
+            f = fill(sym, side, qty, price, commission=commission, slippage=commission / 3)
+            a.apply_fill(f)
+            _apply_fill_numpy(b, f)
+            for name in ("quantity", "avg_price", "realized_pnl"):
+                assert getattr(a, name).tobytes() == getattr(b, name).tobytes(), name
+            assert (a.cash, a.commission_paid, a.slippage_paid, a.fill_count) == (
+                b.cash,
+                b.commission_paid,
+                b.slippage_paid,
+                b.fill_count,
+            )
