@@ -64,6 +64,7 @@ _EPS = 1e-9
 _STOP_TYPES = frozenset({OrderType.STOP, OrderType.STOP_LIMIT, OrderType.TRAILING_STOP})
 _CLOSED = frozenset({OrderStatus.FILLED, OrderStatus.CANCELLED, OrderStatus.REJECTED})
 DEFAULT_CLOSED_HISTORY = 10_000
+_HELD = OrderStatus.HELD
 _NUMBER = (int, float)  # isinstance with a prebuilt tuple: `int | float` is rebuilt per call
 
 
@@ -270,9 +271,16 @@ class SimulatedBroker:
             # No OCO group (plain rebalancing orders, the usual bar): `_matching_order`
             # would yield each side in submission order; without its generator per side
             # (an order may have been closed earlier in this bar: `_is_active`).
+            # `_is_active`, inlined.
+            eligible, seq = self._eligible_at, self._seq
             for side in (Side.SELL, Side.BUY):
                 for order in candidates:
-                    if order.side is side and self._is_active(order):
+                    if (
+                        order.side is side
+                        and open_.get(order.client_order_id) is order
+                        and order.status is not _HELD
+                        and eligible[order.client_order_id] <= seq
+                    ):
                         self._match(order, bar, state)
         self._age(candidates, state)
         # An order that ended on this bar is reported as it is, not copied: closed orders
@@ -480,8 +488,11 @@ class SimulatedBroker:
         """Time in force. Only entry orders expire: bracket legs and stand-alone exits
         protect a position and stay until filled or cancelled."""
         ttl = self._config.order_ttl_bars
+        open_, eligible, seq = self._open, self._eligible_at, self._seq
         for order in candidates:
-            if not self._is_active(order):  # most were closed by their fill this bar
+            cid = order.client_order_id
+            # `_is_active`, inlined: most were closed by their fill this bar.
+            if open_.get(cid) is not order or order.status is _HELD or eligible[cid] > seq:
                 continue
             order.bars_open += 1
             if ttl and order.leg is Leg.ENTRY and order.bars_open >= ttl:
@@ -525,7 +536,16 @@ class SimulatedBroker:
             if hit is None:
                 return
             price, reference = hit
-        qty = self._fillable(order, volume)
+        # `_fillable`, inlined.
+        remaining = order.quantity - order.filled_quantity
+        participation = self._config.max_volume_participation
+        if participation <= 0:
+            qty = remaining
+        else:
+            cap = participation * volume
+            if float(order.quantity).is_integer():
+                cap = math.floor(cap + 1e-9)
+            qty = min(remaining, cap)
         if qty <= _EPS:
             return
 
@@ -701,6 +721,8 @@ class SimulatedBroker:
         return None
 
     def _fillable(self, order: Order, volume: float) -> float:
+        """The shares `order` can fill on a bar of `volume`: the rule `_match` inlines (its
+        fast-path test checks every fill against this)."""
         participation = self._config.max_volume_participation
         if participation <= 0:
             return order.remaining

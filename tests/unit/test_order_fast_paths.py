@@ -118,7 +118,8 @@ class _Account:
 class GeneralPathBroker(SimulatedBroker):
     """The broker with its fast paths taken out: every bar goes through `_matching_order`
     and `_is_active` (the path for bars with OCO groups), expiry through `_is_active`, and
-    every fill of a market order is checked against `_trigger`, which the fast path skips."""
+    every fill of a market order is checked against `_trigger`, which the fast path skips,
+    and every fill's quantity against `_fillable`, which `_match` inlines."""
 
     _pending: dict[str, Order]  # declared by the base class (for mypy)
 
@@ -169,8 +170,12 @@ class GeneralPathBroker(SimulatedBroker):
             open_ = activated_at if activated_at is not None else float(bar.open[j])
             high, low = float(bar.high[j]), float(bar.low[j])
             expected = self._trigger(order, open_, high, low, activated_at is None)
+        volume = float(bar.volume[self._index[order.symbol]])
+        fillable = self._fillable(order, volume) if volume > 0 else None  # no bar: no fill
         n = len(state.fills)
         super()._match(order, bar, state, activated_at)
+        if len(state.fills) > n:  # `_match` inlines `_fillable`: the same quantity
+            assert state.fills[n].quantity == fillable
         if expected is not None and len(state.fills) > n:
             first = state.fills[n]
             assert first.client_order_id == order.client_order_id
