@@ -104,8 +104,9 @@ def client_order_id(
 
 
 # (datetime, stamp) of the last call. A datetime is immutable, so the same object has the
-# same stamp; one tuple, swapped whole, so a reader never sees one half of another pair.
-_last_stamp: tuple[datetime | None, str] = (None, "")
+# same stamp; one tuple, swapped whole, so a reader never sees one half of another pair. It
+# starts with an object no caller can pass (None would match a bar_time of None).
+_last_stamp: tuple[object, str] = (object(), "")
 
 
 @lru_cache(maxsize=16)

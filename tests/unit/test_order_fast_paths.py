@@ -62,6 +62,23 @@ def test_ids_follow_each_datetime_object_not_the_last_instant() -> None:
         assert client_order_id("r", t, "BBB", Leg.ENTRY) == f"r|{stamp}|BBB|entry|1"
 
 
+def test_an_id_without_a_bar_time_is_refused_even_as_the_first_call() -> None:
+    """A fresh process (the last-stamp cache as at import): None is no bar time, not a match
+    for the cache's empty start."""
+    import subprocess
+    import sys
+
+    code = (
+        "from tradingd.core.types import Leg, client_order_id\n"
+        "try:\n"
+        "    print(client_order_id('r', None, 'AAA', Leg.ENTRY))\n"
+        "except AttributeError:\n"
+        "    print('refused')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "refused"
+
+
 def test_stamp_of_a_datetime_subclass_uses_its_own_strftime() -> None:
     class Odd(datetime):
         def strftime(self, fmt: str) -> str:
