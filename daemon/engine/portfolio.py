@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..core.ports import PortfolioView
-from ..core.types import Fill, Side
+from ..core.types import Fill
 
 _sum = np.add.reduce
 
@@ -41,8 +41,9 @@ class Portfolio:
         self.equity = float(initial_cash)
         self.peak_equity = float(initial_cash)
         self.prev_equity = float(initial_cash)
-        # quantity x mark as `view` computed it, until the book or the marks change: the
-        # bar's `exposure` then sums it instead of multiplying again.
+        # quantity x mark as `view` computed it, until the book or the marks change through
+        # the methods below (each drops it): the bar's `exposure` then sums it instead of
+        # multiplying again. A direct write into `quantity` or the marks would not drop it.
         self._values: np.ndarray | None = None
 
     # AccountView ---------------------------------------------------------------------------
@@ -74,15 +75,17 @@ class Portfolio:
         return paid
 
     def apply_fill(self, fill: Fill) -> None:
-        # In Python floats (`item`), not numpy scalars: the same IEEE operations in the same
-        # order, so the same bits (tested against the numpy form), at a fraction of the cost
-        # of numpy's scalar arithmetic, for every fill of a replay. One exception keeps
-        # numpy's answer: a division by zero (a fill of no shares into no position), which
-        # numpy turns into NaN where Python raises.
+        # In Python floats (`item`), not numpy scalars: for a fill of Python floats (what
+        # every broker here makes), the same IEEE operations in the same order, so the same
+        # bits (tested against the numpy form), at a fraction of the cost of numpy's scalar
+        # arithmetic, on every fill of a replay. A division by zero (a fill of no shares
+        # into no position) keeps numpy's answer (NaN, where Python raises). What differs:
+        # an infinite or overflowing fill no longer draws numpy's RuntimeWarnings, and a
+        # float32 price would be computed in float32 where numpy promoted it.
         self._values = None
         i = self._index[fill.symbol]
         qty = fill.quantity
-        q = qty if fill.side is Side.BUY else -qty  # Fill.signed_quantity
+        q = fill.side.sign * qty  # Fill.signed_quantity
         price, commission = fill.price, fill.commission
         quantity, avg, pnl = self.quantity, self.avg_price, self.realized_pnl
         old = quantity.item(i)

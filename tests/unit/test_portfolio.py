@@ -5,7 +5,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from tradingd.core.types import Fill, Side
@@ -144,12 +144,15 @@ def _exposure_from_scratch(pf: Portfolio) -> tuple[float, float]:
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["fill", "bar", "split", "view", "exposure"]),
+            st.sampled_from(["fill", "bar", "split", "view", "exposure", "save", "restore"]),
             st.integers(0, 2),
             st.floats(1.0, 500.0),
         ),
         max_size=30,
     )
+)
+@example(  # a 3-for-1 split that moves the last bit of quantity x mark (found by search)
+    [("fill", 0, 300.0), ("bar", 0, 2.5077188594297146), ("view", 0, 1.0), ("split", 0, 300.0)]
 )
 def test_exposure_after_a_view_follows_every_change_of_the_book(events):
     """`view` keeps quantity x mark for the bar's `exposure`: a fill, a split or a new mark
@@ -157,6 +160,7 @@ def test_exposure_after_a_view_follows_every_change_of_the_book(events):
     syms = ("A", "B", "C")
     pf = Portfolio(syms, 1e6)
     pf.mark_to_market(np.full(3, 100.0), np.ones(3, dtype=bool))
+    saved = pf.state()
     for kind, i, x in events:
         if kind == "fill":
             pf.apply_fill(fill(syms[i], Side.BUY if x > 250 else Side.SELL, 10.0, x))
@@ -165,11 +169,17 @@ def test_exposure_after_a_view_follows_every_change_of_the_book(events):
             close[i] = x
             pf.mark_to_market(close, ~np.isnan(close))
         elif kind == "split":
+            # 3-for-1 and 1-for-3 too: they change the last bits of quantity x mark (2 and
+            # 0.5 scale exactly, so a stale sum after them could go unnoticed).
             split = np.ones(3)
-            split[i] = 2.0 if x > 250 else 0.5
+            split[i] = 2.0 if x > 375 else 3.0 if x > 250 else 0.5 if x > 125 else 1 / 3
             pf.apply_splits(split)
         elif kind == "view":
             pf.view()
+        elif kind == "save":
+            saved = pf.state()
+        elif kind == "restore":
+            pf.restore(saved)
         assert pf.exposure() == _exposure_from_scratch(pf)
 
 
