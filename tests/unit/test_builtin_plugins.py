@@ -186,6 +186,33 @@ def test_top_k_matches_a_full_stable_sort():
     check()
 
 
+def test_top_k_without_ties_takes_the_partition_and_matches_a_full_sort():
+    """Distinct scores above `_SORT_ALL` candidates: the partition's answer without a tie
+    check (the usual bar of a wide universe), the same members as a full stable sort."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from tradingd_plugins.sizing.equal_weight import _SORT_ALL, _top_of
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.integers(_SORT_ALL + 1, 3 * _SORT_ALL),
+        st.integers(0, 2**32 - 1),
+        st.integers(1, 40),
+    )
+    def check(n, seed, k):
+        rng = np.random.default_rng(seed)
+        v = rng.permutation(n) / n - 0.5  # distinct values
+        idx = np.sort(rng.choice(n, size=rng.integers(_SORT_ALL + 1, n + 1), replace=False))
+        w = -v[idx]
+        kth = np.partition(w, k - 1)[k - 1]
+        assert np.count_nonzero(w <= kth) == k  # the branch under test: no tie at the k-th
+        ranked = sorted(idx.tolist(), key=lambda i: (-v[i], i))
+        assert sorted(_top_of(idx, v, k).tolist()) == sorted(ranked[:k])
+
+    check()
+
+
 def _guard(**kw):
     return DrawdownGuard(
         DrawdownGuardConfig(max_drawdown_pct=0.2, daily_loss_limit_pct=0.5, **kw), SYMS

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tradingd.config import OrdersConfig
 from tradingd.core.orders import bracket_orders, market_order
 from tradingd.core.ports import BarContext, PortfolioView
-from tradingd.core.types import CrossSection, Leg, OrderStatus
+from tradingd.core.types import CrossSection, Leg, OrderStatus, order_to_dict
 from tradingd.engine.history import HistoryBuffer
 from tradingd.engine.planner import OrderPlanner, rebalance_trades, rebalance_trades_full
 
@@ -119,6 +119,11 @@ def test_plan_orders_equal_those_of_the_full_rule(book: tuple, rnd) -> None:
         plan = planner.plan(targets, ctx, working)
     assert [(o.symbol, o.signed_quantity) for o in plan.orders] == [
         (ctx.symbols[i], q) for i, q in sorted(full.items())
+    ]
+    # Whole orders (ids, legs, times, every field): what the general loop builds for them.
+    assert [order_to_dict(o) for o in plan.orders] == [
+        order_to_dict(market_order("r", T, ctx.symbols[i], q, Leg.ENTRY))
+        for i, q in sorted(full.items())
     ]
     assert plan.cancel == []
 
