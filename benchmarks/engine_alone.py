@@ -22,7 +22,8 @@ positions or fills (features, signals, sizing, risk, an empty plan, the diffs, t
 
 --instructions counts instead of timing: each side runs under valgrind's cachegrind (no cache
 simulation, PYTHONHASHSEED=0) once with one replay and once with two, and the difference is
-the instructions of one replay, however busy the machine. Why: on a shared VM the same
+the instructions of one replay (with its build_engine and the collection before it: under 1%
+of it), however busy the machine. Why: on a shared VM the same
 code's wall time moves 10-30% from one minute to the next, more than the cuts it is meant to
 judge. Repeats agreed within 0.6% (this tree) and 4% (ca49224) here: work triggered by the
 clock (the engine's state publish, the store's interval flush) runs more often at valgrind's
