@@ -20,16 +20,15 @@ positions or fills (features, signals, sizing, risk, an empty plan, the diffs, t
 
     python benchmarks/engine_alone.py --against ca49224 --instructions
 
---instructions counts instead of timing: each side runs under valgrind's cachegrind (no cache
-simulation, PYTHONHASHSEED=0) once with one replay and once with two, and the difference is
-the instructions of one replay (with its build_engine and the collection before it: under 1%
-of it), however busy the machine. Why: on a shared VM the same
+--instructions counts instead of timing: each side runs one replay under valgrind's callgrind
+(PYTHONHASHSEED=0) with the counting switched on only around `run_until_done` (through
+callgrind_control), so loading, features and build_engine are left out: the instructions
+of the replay alone, however busy the machine. Why: on a shared VM the same
 code's wall time moves 10-30% from one minute to the next, more than the cuts it is meant to
-judge. Repeats agreed within 0.6% (this tree) and 4% (ca49224) here: work triggered by the
-clock (the engine's state publish, the store's interval flush) runs more often at valgrind's
-pace, and that pace varies. It is a proxy: numpy's memory traffic and cache misses count for
-nothing in it, so the figure of record stays the timed one. Each side takes a few minutes
-(20-50 times slower than native); the four runs go two at a time.
+judge. Repeats can differ by a few percent: work triggered by the clock (the engine's state
+publish, the store's interval flush) runs more often at valgrind's pace, and that pace
+varies. It is a proxy: numpy's memory traffic and cache misses count for nothing in it, so
+the figure of record stays the timed one. The two sides run at once, a minute or two each.
 """
 
 from __future__ import annotations
@@ -92,7 +91,15 @@ def discard_writes(store: Any) -> None:
     store.flush = flush
 
 
-def run(data: Path, n: int, runs: int, no_trades: bool) -> list[dict[str, Any]]:
+def _count(on: bool) -> None:
+    """Switch callgrind's counting for this process (it runs under valgrind)."""
+    cmd = ["callgrind_control", "-i", "on" if on else "off", str(os.getpid())]
+    subprocess.run(cmd, check=True, capture_output=True)
+
+
+def run(
+    data: Path, n: int, runs: int, no_trades: bool, count: bool = False
+) -> list[dict[str, Any]]:
     sys.path.insert(0, str(HERE))
     import replay_engines as bench
 
@@ -127,9 +134,13 @@ def run(data: Path, n: int, runs: int, no_trades: bool) -> list[dict[str, Any]]:
             engine.audit = NullAudit()
             discard_writes(engine.store)
             gc.collect()
+            if count:
+                _count(True)
             t0, c0 = time.perf_counter(), time.process_time()
             result = asyncio.run(engine.run_until_done())
             wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            if count:
+                _count(False)
             out.append(
                 {
                     "symbols": n,
@@ -205,43 +216,39 @@ def against(commit: str, args: argparse.Namespace) -> int:
     return 0
 
 
-def _under_cachegrind(path: str | None, args: argparse.Namespace, runs: int) -> dict[str, Any]:
-    """Instructions of this script with `runs` replays in a fresh process (packages from
-    `path` first when given), and the last replay's fills and final equity."""
+def _under_callgrind(path: str | None, args: argparse.Namespace) -> dict[str, Any]:
+    """Instructions of one replay in a fresh process under callgrind (packages from `path`
+    first when given), and its fills and final equity."""
     env = dict(os.environ, PYTHONHASHSEED="0")
     env.pop("PYTHONPATH", None)
     if path is not None:
         env["PYTHONPATH"] = path
-    cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"]
+    cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null"]
     cmd += [sys.executable, __file__, "--data", str(args.data), "--symbols", str(args.symbols)]
-    cmd += ["--runs", str(runs), "--json"] + (["--no-trades"] if args.no_trades else [])
+    cmd += ["--runs", "1", "--json", "--count-replay"]
+    cmd += ["--no-trades"] if args.no_trades else []
     done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    found = re.search(r"I\s+refs:\s+([\d,]+)", done.stderr)
+    found = re.search(r"Collected\s*:\s*(\d+)", done.stderr)
     if done.returncode or found is None:
-        raise RuntimeError(f"cachegrind run failed ({done.returncode}): {done.stderr[-2000:]}")
+        raise RuntimeError(f"callgrind run failed ({done.returncode}): {done.stderr[-2000:]}")
     last = json.loads(done.stdout.strip().splitlines()[-1])[-1]
-    return {"ir": int(found.group(1).replace(",", "")), "last": last}
+    return {"ir": int(found.group(1)), "last": last}
 
 
 def count_instructions(commit: str, sides: dict[str, str | None], args: argparse.Namespace) -> int:
-    if shutil.which("valgrind") is None:
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("--instructions needs valgrind (apt-get install valgrind)", file=sys.stderr)
         return 2
-    jobs = [(label, runs) for label in sides for runs in (1, 2)]
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {job: pool.submit(_under_cachegrind, sides[job[0]], args, job[1]) for job in jobs}
-        got = {job: f.result() for job, f in futures.items()}
-    per_run = {}
-    for label in sides:
-        one, two = got[(label, 1)], got[(label, 2)]
-        per_run[label] = two["ir"] - one["ir"]
-        r = two["last"]
-        bars = r["bars"]
+        futures = {label: pool.submit(_under_callgrind, p, args) for label, p in sides.items()}
+        got = {label: f.result() for label, f in futures.items()}
+    for label, g in got.items():
+        r = g["last"]
         print(
-            f"{label:>12}: {per_run[label]:,} instructions a replay, "
-            f"{per_run[label] / bars:,.0f} a bar  fills={r['fills']}  equity={r['final_equity']!r}"
+            f"{label:>12}: {g['ir']:,} instructions a replay, {g['ir'] / r['bars']:,.0f} a bar"
+            f"  fills={r['fills']}  equity={r['final_equity']!r}"
         )
-    print(f"ratio (this tree / {commit}): {per_run['this tree'] / per_run[commit]:.3f}")
+    print(f"ratio (this tree / {commit}): {got['this tree']['ir'] / got[commit]['ir']:.3f}")
     same = {(g["last"]["fills"], g["last"]["final_equity"]) for g in got.values()}
     print("same fills and final equity in every run" if len(same) == 1 else f"RUNS DIFFER: {same}")
     return 0
@@ -260,6 +267,7 @@ def main() -> int:
         action="store_true",
         help="with --against: count instructions under valgrind instead of timing",
     )
+    p.add_argument("--count-replay", action="store_true", help=argparse.SUPPRESS)
     p.add_argument(
         "--no-trades",
         action="store_true",
@@ -271,7 +279,7 @@ def main() -> int:
         return 2
     if args.against:
         return against(args.against, args)
-    results = run(args.data, args.symbols, args.runs, args.no_trades)
+    results = run(args.data, args.symbols, args.runs, args.no_trades, args.count_replay)
     if args.json:
         print(json.dumps(results))
     else:
