@@ -536,16 +536,7 @@ class SimulatedBroker:
             if hit is None:
                 return
             price, reference = hit
-        # `_fillable`, inlined.
-        remaining = order.quantity - order.filled_quantity
-        participation = self._config.max_volume_participation
-        if participation <= 0:
-            qty = remaining
-        else:
-            cap = participation * volume
-            if float(order.quantity).is_integer():
-                cap = math.floor(cap + 1e-9)
-            qty = min(remaining, cap)
+        qty = self._fillable(order, volume)
         if qty <= _EPS:
             return
 
@@ -721,8 +712,6 @@ class SimulatedBroker:
         return None
 
     def _fillable(self, order: Order, volume: float) -> float:
-        """The shares `order` can fill on a bar of `volume`: the rule `_match` inlines (its
-        fast-path test checks every fill against this)."""
         participation = self._config.max_volume_participation
         if participation <= 0:
             return order.remaining

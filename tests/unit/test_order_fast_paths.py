@@ -136,7 +136,7 @@ class GeneralPathBroker(SimulatedBroker):
     """The broker with its fast paths taken out: every bar goes through `_matching_order`
     and `_is_active` (the path for bars with OCO groups), expiry through `_is_active`, and
     every fill of a market order is checked against `_trigger`, which the fast path skips,
-    and every fill's quantity against `_fillable`, which `_match` inlines."""
+    and every fill's quantity against `_fillable`."""
 
     _pending: dict[str, Order]  # declared by the base class (for mypy)
 
@@ -191,7 +191,7 @@ class GeneralPathBroker(SimulatedBroker):
         fillable = self._fillable(order, volume) if volume > 0 else None  # no bar: no fill
         n = len(state.fills)
         super()._match(order, bar, state, activated_at)
-        if len(state.fills) > n:  # `_match` inlines `_fillable`: the same quantity
+        if len(state.fills) > n:  # the quantity `_fillable` allows on this bar
             assert state.fills[n].quantity == fillable
         if expected is not None and len(state.fills) > n:
             first = state.fills[n]
