@@ -866,8 +866,8 @@ class BufferedStore(ABC):
         if not idx.size:
             return
         q = quantity[idx]  # a copy (fancy indexing): the row's own
-        if np.count_nonzero(np.isfinite(q)) < idx.size:  # checked on the few, not every symbol
-            finite = np.isfinite(q)
+        finite = np.isfinite(q)  # checked on the few, not on every symbol
+        if np.count_nonzero(finite) < idx.size:
             idx, q = idx[finite], q[finite]
             if not idx.size:
                 return

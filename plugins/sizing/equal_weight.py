@@ -85,14 +85,14 @@ def _top_of(idx: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
     if w.size <= _SORT_ALL:
         return idx[w.argsort(kind="stable")[:k]]
     part = w.argpartition(k - 1)
-    kth = w[part[k - 1]]
-    if np.count_nonzero(w <= kth) == k:
+    within = w <= w[part[k - 1]]  # up to the k-th value, ties with it included
+    if np.count_nonzero(within) == k:
         # Nothing else ties with the k-th value: the k smallest of w are the answer, and
         # the partition has put exactly them first (the usual case with float scores).
         return idx[part[:k]]
     # Ties at the k-th value: all of them are candidates, and the stable sort of the
     # candidates breaks the ties by universe order.
-    cand = (w <= kth).nonzero()[0]
+    cand = within.nonzero()[0]
     return idx[cand[w[cand].argsort(kind="stable")[:k]]]
 
 
