@@ -34,6 +34,9 @@ class Portfolio:
         # Every symbol has had a bar (has_mark only grows, until a restore): `mark` is then a
         # plain copy, not a where() over the flags, on every later bar.
         self._all_marked = False
+        # `mark`'s factor (1 where has_mark, NaN where not) and the has_mark count it is for.
+        self._shown = np.ones(n)
+        self._shown_count = -1
         self.commission_paid = 0.0
         self.slippage_paid = 0.0
         self.dividends_received = 0.0
@@ -155,6 +158,7 @@ class Portfolio:
             getattr(self, name)[:] = np.asarray(state[name.lstrip("_")], dtype=np.float64)
         self.has_mark[:] = np.asarray(state["has_mark"], dtype=bool)
         self._all_marked = False
+        self._shown_count = -1
         self.commission_paid = float(state["commission_paid"])
         self.slippage_paid = float(state["slippage_paid"])
         self.dividends_received = float(state["dividends_received"])
@@ -168,8 +172,17 @@ class Portfolio:
     def mark(self) -> np.ndarray:
         """Last close per symbol, NaN before a symbol's first bar."""
         if not self._all_marked:
-            if np.count_nonzero(self.has_mark) < self.has_mark.size:
-                return np.where(self.has_mark, self._mark, np.nan)
+            n = np.count_nonzero(self.has_mark)
+            if n < self.has_mark.size:
+                # The marks times 1 where a symbol has one and NaN where not: the values of
+                # np.where(has_mark, mark, nan) (x * 1 is x, 0 * NaN is NaN) at a third of
+                # its cost, a bar at a time while symbols are still to list (many of the
+                # 496's early years). has_mark only grows, so its count says when the
+                # factor is stale; restore drops it.
+                if n != self._shown_count:
+                    self._shown = np.where(self.has_mark, 1.0, np.nan)
+                    self._shown_count = n
+                return self._mark * self._shown
             self._all_marked = True
         return self._mark.copy()
 

@@ -84,12 +84,16 @@ def _top_of(idx: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
     w = -values[idx]  # ascending w is descending value; a stable sort keeps universe order
     if w.size <= _SORT_ALL:
         return idx[w.argsort(kind="stable")[:k]]
-    part = w.argpartition(k - 1)
-    within = w <= w[part[k - 1]]  # up to the k-th value, ties with it included
+    # The k-th smallest value by a partition of the values (a copy: w is read below), not
+    # of their indices: numpy's argpartition is several times slower on a few hundred
+    # doubles (2.8 against 2.0 us for the whole of this at 290 candidates).
+    kth = w.copy()
+    kth.partition(k - 1)
+    within = w <= kth[k - 1]  # up to the k-th value, ties with it included
     if np.count_nonzero(within) == k:
-        # Nothing else ties with the k-th value: the k smallest of w are the answer, and
-        # the partition has put exactly them first (the usual case with float scores).
-        return idx[part[:k]]
+        # Nothing else ties with the k-th value: the k smallest of w are the answer (the
+        # usual case with float scores).
+        return idx[within]
     # Ties at the k-th value: all of them are candidates, and the stable sort of the
     # candidates breaks the ties by universe order.
     cand = within.nonzero()[0]
