@@ -162,6 +162,9 @@ def reason_kind(reason: str) -> str:
     return head or reason.strip() or "unspecified"
 
 
+_REJECTED = OrderStatus.REJECTED  # a global: a class attribute of an enum is slow on 3.11
+
+
 class RejectionRecord:
     """Orders the broker refused, at submission or later at fill time (a buy that finds too
     little cash at the next open): each is logged at warning level once and counted."""
@@ -172,7 +175,7 @@ class RejectionRecord:
 
     def on_orders(self, orders: Iterable[Order], stage: str) -> None:
         for o in orders:
-            if o.status is not OrderStatus.REJECTED or o.client_order_id in self._seen:
+            if o.status is not _REJECTED or o.client_order_id in self._seen:
                 continue
             self._seen.add(o.client_order_id)
             if len(self._seen) > 100_000:  # ids only guard against double counting
