@@ -121,6 +121,16 @@ def build_pipeline(config: Config, symbols: tuple[str, ...]) -> Pipeline:
     return Pipeline(signals=signals, sizing=sizing, risks=risks)
 
 
+def pin_models(pipeline: Pipeline) -> None:
+    """A backtest is one model from its first bar to its last: signal plugins that would
+    take up a model published mid-run (`pin_model`, see `core.ports`) keep the one they
+    loaded."""
+    for plugin, _ in pipeline.signals:
+        pin = getattr(plugin, "pin_model", None)
+        if callable(pin):
+            pin()
+
+
 @dataclass(frozen=True)
 class Swaps:
     """The parts that make a run replay or live: clock, feed and broker, and with the feed
@@ -449,6 +459,8 @@ def build_engine(
         symbols = panel.symbols
     run_id = run_id_for(config, mode)
     pipeline = build_pipeline(config, symbols)
+    if mode != "live":
+        pin_models(pipeline)
     portfolio = Portfolio(symbols, config.run.initial_capital)
     verify_model_features(config, pipeline)
     names = feature_names(config, pipeline)

@@ -382,6 +382,8 @@ class MlEnsemble:
         self._back = np.arange(self.window - 1, -1, -1)[:, None]
         self._keys = WindowKeys(n, self.window)
         self._salt = cache_salt(self.version, self.predictor.weights, self.config.threads)
+        # Follow a switched `current` link between bars (a live daemon) until `pin_model`.
+        self._pinned = False
         self.model_calls = 0
         self.cache_hits = 0
         self._load_cache()
@@ -394,11 +396,21 @@ class MlEnsemble:
         """Predictions held in memory (never more than cache_size)."""
         return len(self._k0) + len(self._cache)
 
+    def pin_model(self) -> None:
+        """Keep the model loaded now until the end of the run: what a backtest's engine asks
+        (see `core.ports`). A `tradingd retrain` publishing while a replay runs would
+        otherwise switch it to the new version at its next bar, and the run's decisions and
+        results would come from two models, its summary naming only the last."""
+        self._pinned = True
+
     def _maybe_reload(self) -> None:
         """A model root's `current` link may have been switched by `tradingd retrain`: load
-        the new version between bars. A candidate trained on other features is refused.
-        The directory's identity (one stat) is checked every bar; the path is resolved only
-        when it changed (a resolve stats every component: ~130 us a bar of a replay)."""
+        the new version between bars (not once pinned). A candidate trained on other
+        features is refused. The directory's identity (one stat) is checked every bar; the
+        path is resolved only when it changed (a resolve stats every component: ~130 us a
+        bar of a replay)."""
+        if self._pinned:
+            return
         ident = _identity(self._dir)
         if ident is not None and ident == self._dir_id:
             return

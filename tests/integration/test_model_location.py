@@ -85,3 +85,74 @@ def test_retrain_publishes_under_var_models_by_default():
 
     assert inspect.signature(retrain).parameters["root"].default == "var/models"
     assert PUBLISHED_MODEL_DIR == "var/models/current"
+
+
+def _switch(root: Path, version: str) -> None:
+    """What `tradingd retrain` does on publishing: `current` swapped atomically."""
+    tmp = root / "current.new"
+    os.symlink(os.path.relpath(root / "versions" / version, root), tmp)
+    os.replace(tmp, root / "current")
+
+
+def test_a_backtest_keeps_its_model_when_a_new_one_is_published_mid_run(tmp_path, monkeypatch):
+    """A replay is one model from its first bar to its last: a `tradingd retrain` publishing
+    while it runs must not switch it half-way (its decisions and results would come from two
+    models, and its summary would name only the second). A live daemon still takes the new
+    one up (test_models.py: ..._and_the_plugin_follows)."""
+    import asyncio
+    import dataclasses
+
+    from tradingd.app import build_engine
+    from tradingd.config import PluginSpec, load_config
+    from tradingd.storage.factory import open_store
+
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / DEFAULT_MODEL_ROOT
+    publish(root, "first")
+    second = root / "versions" / "second"
+    shutil.copytree(root / "versions" / "first", second)
+    card = json.loads((second / "card.json").read_text())
+    card["model_version"] = "second"
+    (second / "card.json").write_text(json.dumps(card))
+
+    cfg = load_config([], env={})
+    cfg = dataclasses.replace(
+        cfg,
+        run=dataclasses.replace(cfg.run, start="2017-01-01"),
+        signals=(PluginSpec("ml_ensemble", params={"threshold": 0.5, "cache_dir": ""}),),
+        storage=dataclasses.replace(cfg.storage, url=f"sqlite:///{tmp_path / 's.db'}"),
+        log=dataclasses.replace(cfg.log, audit_dir=str(tmp_path / "audit")),
+    )
+    switched_at = []
+
+    def on_bar(seen: int, t) -> None:
+        if engine.bars_processed == 20 and not switched_at:
+            _switch(root, "second")
+            switched_at.append(t)
+
+    engine = build_engine(cfg, "backtest", on_bar=on_bar)
+    plugin = engine.pipeline.signals[0][0]
+    assert plugin.version == "first"
+    with capture_logs() as logs:
+        result = asyncio.run(engine.run_until_done())
+    assert switched_at and result.bars > 40  # the switch came with bars still to run
+    assert (root / "current").resolve() == second.resolve()
+    assert plugin.version == "first" and "versions/first" in plugin.model_path
+    assert not [e for e in logs if e["event"].startswith("model.reload")]
+
+    async def sources() -> set[str]:
+        store = open_store(cfg.storage.url)
+        await store.start()
+        try:
+            return {r["source"] for r in await store.fetch("signals", engine.run.run_id)}
+        finally:
+            await store.stop()
+
+    assert asyncio.run(sources()) == {"ml_ensemble@first"}
+
+    # The same plugin, not pinned (as a live daemon runs it), takes the switch up.
+    live, _ = load()
+    assert live.version == "second"
+    _switch(root, "first")
+    live._maybe_reload()
+    assert live.version == "first"
