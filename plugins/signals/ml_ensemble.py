@@ -12,9 +12,10 @@ plugin exposes `model_path` (the resolved directory) and `version` for the run's
 Prediction cache: the models' inputs depend on more than (symbol, bar time): cross-sectional
 features on the universe, recursive indicators on where the data starts. So a prediction is
 keyed by exactly what the models see, the float32 (window, features) array of that symbol,
-salted with the model version and the ensemble weights. A different universe, data start or
-model can never be served another run's prediction, and a rerun of the same bars still skips
-onnxruntime.
+salted with the model version, the ensemble weights and the runtime (onnxruntime's threads
+and version, the CPU's vector instruction sets: `runtime_identity`). A different universe, data
+start, model or runtime can never be served another run's prediction, and a rerun of the same
+bars still skips onnxruntime.
 
 The key is cheap to keep up to date (`WindowKeys`): each new feature row of a symbol is hashed
 once (BLAKE2b, 192 bits, one call per symbol per bar), and a window's key is a fixed linear
@@ -49,8 +50,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import platform
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -292,14 +296,53 @@ def locate_model(model_dir: str, cwd: str | Path | None = None) -> tuple[Path, s
     return default_model_dir(), f"model_dir is empty and there is no {published}: shipped model"
 
 
-def cache_salt(version: str, weights: Mapping[str, float], threads: int = 1) -> np.ndarray:
+# The CPU's vector instruction sets, from /proc/cpuinfo's "flags" (x86) or "Features" (Arm).
+_ISA_FLAG = re.compile(r"^(avx|sse|ssse|fma|f16c|amx|asimd|sve|neon)", re.IGNORECASE)
+
+
+@lru_cache(maxsize=1)
+def runtime_identity() -> str:
+    """What besides the model and its inputs decides a prediction's last bits: onnxruntime's
+    version (its kernels change between releases) and the CPU's vector instruction sets (its
+    MLAS kernels choose AVX-512, AVX2 or NEON at run time, and their sums round differently).
+    In the salt, so a cache file carried to another machine, or kept across an onnxruntime
+    upgrade, is predicted again rather than mixed with this runtime's values: a warm rerun
+    must give what a cold one would (the GARCH fit cache was once found mixing two CPUs' fits,
+    RESULTS.md). Linux reads the flags; elsewhere the processor's name stands in."""
+    import onnxruntime
+
+    cpu = cpu_isa() or f"{platform.machine()} {platform.processor()}"
+    return f"onnxruntime {onnxruntime.__version__}; {cpu}"
+
+
+def cpu_isa(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
+    """The vector instruction sets the CPU reports (sorted, space-separated); "" when the
+    file cannot be read or names none."""
+    isa: set[str] = set()
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip().lower() in ("flags", "features"):
+                    isa.update(w.lower() for w in value.split() if _ISA_FLAG.match(w))
+    except OSError:
+        return ""
+    return " ".join(sorted(isa))
+
+
+def cache_salt(
+    version: str, weights: Mapping[str, float], threads: int = 1, runtime: str | None = None
+) -> np.ndarray:
     """Everything besides the window that the cached value depends on, the model version
-    (models, scaler, feature-set version), the ensemble weights and onnxruntime's thread
-    count (its multi-threaded LSTM rounds differently in the last bits, enough to flip a
-    decision at the threshold: a rerun must not mix them), as one residue per lane: added to
-    every window's key."""
+    (models, scaler, feature-set version), the ensemble weights, onnxruntime's thread count
+    (its multi-threaded LSTM rounds differently in the last bits, enough to flip a decision
+    at the threshold: a rerun must not mix them) and the runtime (`runtime_identity`, this
+    process's when None), as one residue per lane: added to every window's key."""
+    runtime = runtime_identity() if runtime is None else runtime
     h = hashlib.blake2b(digest_size=8 * _LANES, person=b"tradingd-salt")
-    h.update(json.dumps([CACHE_FORMAT, version, sorted(weights.items()), threads]).encode())
+    h.update(
+        json.dumps([CACHE_FORMAT, version, sorted(weights.items()), threads, runtime]).encode()
+    )
     return _mod(np.frombuffer(h.digest(), dtype="<u8").astype(np.uint64))
 
 

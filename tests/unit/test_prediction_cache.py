@@ -616,3 +616,44 @@ async def test_a_run_does_not_depend_on_what_ran_before_it_in_the_same_cache(tmp
     assert pa.model_calls == 0 and pa.cache_hits == scored.sum()
     np.testing.assert_array_equal(again, fresh)
     assert again_equity == fresh_equity
+
+
+def test_a_cache_written_by_another_runtime_is_not_served(tmp_path, monkeypatch):
+    """onnxruntime's kernels differ between releases and between CPUs (AVX-512, AVX2, NEON):
+    a cache file kept across an upgrade or carried to another machine must be predicted
+    again, so a warm rerun gives what a cold one would here."""
+    w = inputs(2, 60, seed=9)
+    monkeypatch.setattr(ml, "runtime_identity", lambda: "onnxruntime 1.0; avx2 fma")
+    old = plugin(cache_dir=tmp_path)
+    old.predict(w)
+    old.close()
+    monkeypatch.setattr(ml, "runtime_identity", lambda: "onnxruntime 1.0; avx2 avx512f fma")
+    here = plugin(cache_dir=tmp_path)
+    assert here.cache_entries == 2  # the same file (same model version) was read
+    here.predict(w)
+    assert here.model_calls == 1 and here.cache_hits == 0
+    monkeypatch.setattr(ml, "runtime_identity", lambda: "onnxruntime 1.0; avx2 fma")
+    back = plugin(cache_dir=tmp_path)
+    back.predict(w)
+    assert back.model_calls == 0 and back.cache_hits == 2
+
+
+def test_the_runtime_identity_names_onnxruntime_and_the_cpus_vector_sets(tmp_path):
+    import onnxruntime
+
+    x86 = tmp_path / "x86"
+    x86.write_text(
+        "processor\t: 0\nflags\t\t: fpu vme sse sse2 ssse3 sse4_1 avx avx2 fma avx512f hypervisor\n"
+        "processor\t: 1\nflags\t\t: fpu vme sse sse2 ssse3 sse4_1 avx avx2 fma avx512f hypervisor\n"
+    )
+    arm = tmp_path / "arm"
+    arm.write_text("processor\t: 0\nFeatures\t: fp asimd evtstrm aes sve\n")
+    assert ml.cpu_isa(x86) == "avx avx2 avx512f fma sse sse2 sse4_1 ssse3"
+    assert ml.cpu_isa(arm) == "asimd sve"
+    assert ml.cpu_isa(tmp_path / "missing") == ""
+    assert ml.runtime_identity().startswith(f"onnxruntime {onnxruntime.__version__}; ")
+    salts = {
+        cache_salt("v", {"cnn_lstm": 0.6, "random_forest": 0.4}, 1, r).tobytes()
+        for r in ("onnxruntime 1.0; avx2", "onnxruntime 1.1; avx2", "onnxruntime 1.0; avx512f")
+    }
+    assert len(salts) == 3
