@@ -429,14 +429,24 @@ class MlEnsemble:
         self._pinned = False
         self.model_calls = 0
         self.cache_hits = 0
-        self._load_cache()
+        # The cache file is read at the first prediction, not here: the start-up check
+        # (`preflight.check_config`) builds a plugin only to see that it starts, and the file
+        # of a 500-symbol replay is ~70 MB.
+        self._reset_store()
+        self._cache_read = False
 
     def required_features(self) -> tuple[str, ...]:
         return self.features
 
+    def _read_cache(self) -> None:
+        if not self._cache_read:
+            self._cache_read = True
+            self._load_cache()
+
     @property
     def cache_entries(self) -> int:
         """Predictions held in memory (never more than cache_size)."""
+        self._read_cache()
         return len(self._k0) + len(self._cache)
 
     def pin_model(self) -> None:
@@ -482,7 +492,8 @@ class MlEnsemble:
         self.version = pair.card.version
         self.model_path = str(target)
         self._salt = cache_salt(self.version, self.predictor.weights, self.config.threads)
-        self._load_cache()
+        self._reset_store()
+        self._cache_read = False  # the new version's file, at its first prediction
         log.info("model.reloaded", version=self.version, path=str(target))
 
     def cache_keys(self, windows: np.ndarray) -> np.ndarray:
@@ -545,6 +556,7 @@ class MlEnsemble:
     def _predict(self, keys: np.ndarray, windows: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
         """Predictions for these keys: from the cache, else from the models for
         `windows(misses)`, in one batched call per model."""
+        self._read_cache()
         self._clock += 1
         pred, todo = self._lookup(keys)
         self.cache_hits += len(keys) - len(todo)

@@ -288,12 +288,12 @@ def test_old_format_or_corrupt_files_are_ignored_with_a_warning(tmp_path):
         write(cache_file(d, p))
         with capture_logs() as logs:
             q = plugin(cache_dir=d)
+            assert q.cache_entries == 0, what  # the file is read at its first use
         events = [(e["event"], e["log_level"]) for e in logs if "prediction_cache" in e["event"]]
         assert events in (
             [("prediction_cache.unreadable", "warning")],
             [("prediction_cache.ignored", "warning")],
         ), what
-        assert q.cache_entries == 0, what
         np.testing.assert_array_equal(feed(q, x), expected)
         assert q.model_calls == 2, what
         q.close()  # replaced by a good file
@@ -305,8 +305,8 @@ def test_old_format_or_corrupt_files_are_ignored_with_a_warning(tmp_path):
     legacy.write_text(json.dumps({"format": "tradingd-prediction-cache/2", "entries": []}))
     with capture_logs() as logs:
         q = plugin(cache_dir=d)
+        feed(q, x)
     assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["prediction_cache.ignored"]
-    feed(q, x)
     q.close()
     assert not legacy.exists() and cache_file(d, q).exists()
 
@@ -657,3 +657,22 @@ def test_the_runtime_identity_names_onnxruntime_and_the_cpus_vector_sets(tmp_pat
         for r in ("onnxruntime 1.0; avx2", "onnxruntime 1.1; avx2", "onnxruntime 1.0; avx512f")
     }
     assert len(salts) == 3
+
+
+def test_the_cache_file_is_read_at_the_first_prediction_not_at_start_up(tmp_path):
+    """The start-up check builds each plugin once only to see that it starts: reading a
+    500-symbol replay's ~70 MB file there, and again in the engine's plugin, doubled the
+    cost of a warm rerun's start. The file is read when the plugin first predicts."""
+    w = inputs(3, 60, seed=11)
+    first = plugin(cache_dir=tmp_path)
+    first.predict(w)
+    first.close()
+    with capture_logs() as logs:
+        second = plugin(cache_dir=tmp_path)
+    assert not [e for e in logs if e["event"].startswith("prediction_cache")]
+    second.close()  # never predicted: the file is left as it is, not emptied
+    with capture_logs() as logs:
+        third = plugin(cache_dir=tmp_path)
+        third.predict(w)
+    assert [e["entries"] for e in logs if e["event"] == "prediction_cache.loaded"] == [3]
+    assert third.model_calls == 0 and third.cache_hits == 3
