@@ -57,6 +57,7 @@ from ..core.types import (
     parse_client_order_id,
 )
 from ..publisher import bars_payload, fills_payload, orders_payload, signals_payload
+from . import collector
 from .accounting import RejectionRecord, RiskRecord, rule_of
 from .decisions import decision_record
 from .history import HistoryBuffer
@@ -369,7 +370,7 @@ class Engine:
             if p is not None
         )
         started: list[Any] = []
-        frozen = False
+        frozen = replaying = False
         try:
             for part in parts:
                 await part.start()
@@ -397,6 +398,9 @@ class Engine:
             )
             await self._warm_up()
             frozen = self._freeze_start_up()
+            if self.run.mode != "live":
+                collector.replay_started()  # see engine/collector.py
+                replaying = True
             self._bar_lock = asyncio.Lock()
             reconciler = None
             if not self._stop_requested and callable(getattr(self.broker, "positions", None)):
@@ -455,6 +459,8 @@ class Engine:
         finally:
             if frozen:
                 gc.unfreeze()  # back to the collector: an in-process caller may build more
+            if replaying:
+                collector.replay_ended()
             for part in reversed(started):
                 try:
                     await part.stop()

@@ -17,6 +17,7 @@ from structlog.testing import capture_logs
 from tradingd.analysis.metrics import format_summary
 from tradingd.backtest import _jsonable, run_backtest
 from tradingd.config import PluginSpec, RunConfig
+from tradingd.core.errors import PluginFault
 from tradingd.feeds.panel import Panel
 
 
@@ -298,11 +299,13 @@ async def test_a_live_engine_freezes_its_start_up_objects_and_unfreezes_them_at_
 ):
     """After the warm-up a live engine moves what start-up built out of the collector's
     generations (a full collection walked them all: 200-300 ms pauses in the bar path), and
-    gives them back at stop; a replay leaves the collector alone."""
+    gives them back at stop. A replay freezes too and collects its young objects in larger
+    batches (engine/collector.py); both are undone when it ends, however it ends."""
     import gc
 
     from tradingd.app import build_engine
     from tradingd.config import LiveConfig
+    from tradingd.engine.collector import REPLAY_GEN0
 
     panel = make_panel(n_bars=90, split_at=None)
     config = dataclasses.replace(
@@ -314,12 +317,32 @@ async def test_a_live_engine_freezes_its_start_up_objects_and_unfreezes_them_at_
     seen: dict[str, int] = {}
     live = build_engine(config, "live", panel=panel)
     live.on_ready = lambda: seen.setdefault("live", gc.get_freeze_count())
+    live_thresholds: list[tuple[int, ...]] = []
+    live.after_bar.append(lambda t, v: live_thresholds.append(gc.get_threshold()))
     result = await live.run_until_done()
     assert result.bars == 30
     assert seen["live"] > 10_000  # the engine, its plugins and data: frozen while trading
     assert gc.get_freeze_count() == 0  # unfrozen at stop
 
+    before = gc.get_threshold()
+    assert set(live_thresholds) == {before}  # a live engine keeps the thresholds
+
+    thresholds: list[tuple[int, ...]] = []
     replay = build_engine(engine_config, "backtest", panel=panel)
     replay.on_ready = lambda: seen.setdefault("replay", gc.get_freeze_count())
+    replay.after_bar.append(lambda t, v: thresholds.append(gc.get_threshold()))
     await replay.run_until_done()
-    assert seen.get("replay", 0) == 0
+    assert seen["replay"] > 10_000
+    assert thresholds and set(thresholds) == {(REPLAY_GEN0, *before[1:])}
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
+
+    # A replay that fails (a plugin raises) puts the collector back all the same.
+    failing = build_engine(engine_config, "backtest", panel=panel)
+
+    def boom(ctx):
+        raise RuntimeError("boom")
+
+    failing.pipeline.signals[0][0].score = boom
+    with pytest.raises(PluginFault):
+        await failing.run_until_done()
+    assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
