@@ -5,21 +5,27 @@ A replay allocates orders, fills, row tuples and bar objects by the hundred thou
 rows the store buffers survive until their batch is handed to the writer. With CPython's
 default thresholds (700, 10, 10) that meant about 200 collections in a 496-symbol replay,
 whose full ones walked everything start-up built (data, features, plugins, imported modules):
-80-110 ms of a 1.0-1.3 s replay, and a replay about 10% slower than without them, the
-traversals' cache misses included (benchmarks/RESULTS.md). A whole replay of the benchmark's
-strategy leaves no cyclic garbage at all (`gc.collect()` at its end finds none), so
-collecting rarely costs nothing there.
+80-110 ms of a `tradingd backtest` replay of ~1.3 s, whose replay span went from 1.357 to
+1.266 s without them (benchmarks/RESULTS.md, thirteenth session). The benchmark strategy's
+whole replay leaves no cyclic garbage (`gc.collect()` at its end finds none); the default ML
+strategy leaves about 1.6 objects a bar.
 
 So while a replay runs: `gc.freeze()` moves what exists at its start out of the collected
 generations (freed by reference counting as before; a cycle among them waits for the end of
-the replay), and the youngest generation is collected every `REPLAY_GEN0` net allocations
-instead of 700. What that bounds: cyclic garbage a plugin makes waits for at most that many
-container objects' worth of allocations, not for the end of the run. At the end the
-thresholds are put back and the frozen objects returned to the collector.
+the replay), and the youngest generation is collected every `REPLAY_GEN0` net allocations of
+container objects instead of 700, the older ones at their usual ratios to it. What that
+bounds: cyclic garbage still young is found within `REPLAY_GEN0` allocations; garbage that
+had survived a collection before it became unreachable waits for the next collection of its
+generation (every 10 young ones for the middle one, 500,000 allocations). The trigger counts
+objects, not bytes: a plugin that leaves large arrays in reference cycles every bar would
+hold more of them between collections than before. At the end the thresholds are put back
+and the frozen objects returned to the collector.
 
 Process-wide state: replays that overlap in one process (threads, or engines on one event
-loop) share one such period, from the first one's start to the last one's end. A live daemon
-freezes its own start-up heap instead (`Engine._freeze_start_up`) and keeps the thresholds.
+loop) share one such period, from the first one's start to the last one's end. A freeze that
+exists when it starts (a live engine's `_freeze_start_up`, or the host process's own) is left
+as it is and not undone at the end; the raised threshold does apply to everything running in
+the process meanwhile (a live engine in the same process included).
 """
 
 from __future__ import annotations
@@ -34,15 +40,18 @@ REPLAY_GEN0 = 50_000
 _lock = threading.Lock()
 _active = 0
 _saved: tuple[int, int, int] = (700, 10, 10)
+_froze = False  # this module froze the heap (nothing was frozen when the period began)
 
 
 def replay_started() -> None:
     """A replay begins: the first of overlapping replays freezes and raises the threshold."""
-    global _active, _saved
+    global _active, _saved, _froze
     with _lock:
         if _active == 0:
             _saved = gc.get_threshold()
-            gc.freeze()
+            _froze = gc.get_freeze_count() == 0
+            if _froze:
+                gc.freeze()
             if _saved[0] > 0:  # 0: the owner of this process turned collection off
                 gc.set_threshold(max(REPLAY_GEN0, _saved[0]), *_saved[1:])
         _active += 1
@@ -50,11 +59,13 @@ def replay_started() -> None:
 
 def replay_ended() -> None:
     """A replay ends (however it ends): the last one puts the collector back as it was."""
-    global _active
+    global _active, _froze
     with _lock:
         if _active == 0:
             return
         _active -= 1
         if _active == 0:
             gc.set_threshold(*_saved)
-            gc.unfreeze()
+            if _froze:
+                gc.unfreeze()
+                _froze = False

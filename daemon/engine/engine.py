@@ -726,8 +726,9 @@ class Engine:
         Without it each full collection walked them all: 190-330 ms, about once a bar with
         500 symbols, and when one fell between a bar's release and its orders that bar took
         300+ ms (benchmarks/RESULTS.md). Frozen objects are still freed by reference counting;
-        only cycles among them wait for the unfreeze at stop. Replays keep the collector as
-        it is: a process may run many of them (tests, walk-forward workers)."""
+        only cycles among them wait for the unfreeze at stop. Replays freeze too, without the
+        collection, and collect young objects less often, for as long as they run
+        (`engine/collector.py`)."""
         if self.run.mode != "live":
             return False
         gc.collect()

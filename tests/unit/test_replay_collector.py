@@ -11,8 +11,13 @@ from tradingd.engine import collector
 
 
 @pytest.fixture
-def thresholds():
+def thresholds(monkeypatch):
+    """Each test starts with no replay running and leaves none running (a failure between a
+    start and its end must not make the next test pass without testing anything)."""
     before = gc.get_threshold()
+    assert gc.get_freeze_count() == 0
+    monkeypatch.setattr(collector, "_active", 0)
+    monkeypatch.setattr(collector, "_froze", False)
     yield before
     gc.set_threshold(*before)
     gc.unfreeze()
@@ -58,7 +63,7 @@ def test_cyclic_garbage_made_during_a_replay_is_still_collected(thresholds):
     collector.replay_started()
     try:
         refs = []
-        for _ in range(3 * collector.REPLAY_GEN0):
+        for _ in range(200_000):  # ~5 container objects each: 1,000,000 net allocations
             a, b = Node(), Node()
             a.other, b.other = b, a  # a cycle: reference counting alone never frees it
             refs.append(weakref.ref(a))
@@ -67,3 +72,17 @@ def test_cyclic_garbage_made_during_a_replay_is_still_collected(thresholds):
     finally:
         collector.replay_ended()
     assert alive < len(refs) // 2  # the youngest generation was collected along the way
+
+
+def test_a_freeze_made_before_the_replays_is_left_as_it_is(thresholds):
+    """A live engine (or the host process) that froze its own start-up heap keeps it frozen
+    after a replay in the same process ends."""
+    sentinel = [object()]  # a container frozen by its owner, below
+    gc.freeze()
+    collector.replay_started()
+    assert gc.get_threshold()[0] == max(collector.REPLAY_GEN0, thresholds[0])
+    collector.replay_ended()
+    assert gc.get_threshold() == thresholds
+    # Still frozen: the collected generations do not hold it (an unfreeze would put it back).
+    assert gc.get_freeze_count() > 0
+    assert not any(o is sentinel for o in gc.get_objects())
