@@ -10,6 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from structlog.testing import capture_logs
 
@@ -150,9 +151,46 @@ def test_a_backtest_keeps_its_model_when_a_new_one_is_published_mid_run(tmp_path
 
     assert asyncio.run(sources()) == {"ml_ensemble@first"}
 
-    # The same plugin, not pinned (as a live daemon runs it), takes the switch up.
-    live, _ = load()
-    assert live.version == "second"
+    # A live engine does not pin: its plugin takes a switch up at its next bar.
+    live_cfg = dataclasses.replace(cfg, feed=dataclasses.replace(cfg.feed, source="recorded"))
+    live_engine = build_engine(live_cfg, "live")
+    following = live_engine.pipeline.signals[0][0]
+    assert following.version == "second"
     _switch(root, "first")
-    live._maybe_reload()
-    assert live.version == "first"
+    following._maybe_reload()
+    assert following.version == "first"
+    following.close()
+
+
+def test_a_reloaded_model_reads_its_own_cache_file(tmp_path, monkeypatch):
+    """After a switch the new version's predictions come from its own file (read at its
+    first prediction), and the file keeps them: a reload must not skip the read and then
+    overwrite the file with only this run's entries."""
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / DEFAULT_MODEL_ROOT
+    publish(root, "first")
+    second = root / "versions" / "second"
+    shutil.copytree(root / "versions" / "first", second)
+    card = json.loads((second / "card.json").read_text())
+    card["model_version"] = "second"
+    (second / "card.json").write_text(json.dumps(card))
+    cache = tmp_path / "cache"
+    windows = np.random.default_rng(3).normal(size=(3, 60, 20)).astype(np.float32)
+
+    def plugin() -> MlEnsemble:
+        return MlEnsemble(MlEnsembleConfig(cache_dir=str(cache)), SYMBOLS)
+
+    earlier = plugin()  # a run on "first" leaves its predictions of `windows`
+    earlier.predict(windows)
+    earlier.close()
+    _switch(root, "second")
+    p = plugin()
+    p.predict(windows[:1])  # "second" predicts (another salt) and fills its own file
+    assert p.model_calls == 1
+    _switch(root, "first")
+    p._maybe_reload()
+    assert p.version == "first"
+    p.predict(windows)  # all three from first.npz, read now
+    assert p.model_calls == 1 and p.cache_hits == 3
+    p.close()
+    assert plugin().cache_entries == 3  # first.npz still holds all three

@@ -676,3 +676,21 @@ def test_the_cache_file_is_read_at_the_first_prediction_not_at_start_up(tmp_path
         third.predict(w)
     assert [e["entries"] for e in logs if e["event"] == "prediction_cache.loaded"] == [3]
     assert third.model_calls == 0 and third.cache_hits == 3
+
+
+def test_a_warm_up_bar_reads_the_cache_file_before_the_first_trading_bar(tmp_path):
+    """A live daemon warms up through `observe` (no prediction): the file is read there, not
+    inside its first trading bar."""
+    w = inputs(2, 60, seed=12)
+    first = plugin(cache_dir=tmp_path)
+    first.predict(w)
+    first.close()
+    live = plugin(cache_dir=tmp_path)
+    x = inputs(1, 2, seed=13)
+    feats = {f: x[0][:, k].astype(np.float64) for k, f in enumerate(live.features)}
+    ready = np.ones(2, bool)
+    ctx = BarContext(T0, 0, live.symbols, None, None, ready, None, feats, None, ready)  # type: ignore[arg-type]
+    with capture_logs() as logs:
+        live.observe(ctx)
+    assert [e["entries"] for e in logs if e["event"] == "prediction_cache.loaded"] == [2]
+    assert live.model_calls == 0
