@@ -237,3 +237,15 @@ def test_apply_fill_gives_the_bits_of_its_numpy_form(fills):
                 b.slippage_paid,
                 b.fill_count,
             )
+
+
+def test_mark_after_a_restore_to_other_symbols_with_as_many_marks():
+    """`mark`'s factor is cached by the count of marked symbols; a restore can bring as
+    many marks on other symbols, and must not be shown through the old factor."""
+    pf = Portfolio(("A", "B", "C"), 1_000.0)
+    pf.mark_to_market(np.array([10.0, np.nan, np.nan]), np.array([True, False, False]))
+    np.testing.assert_array_equal(pf.mark, [10.0, np.nan, np.nan])  # the factor for {A}
+    state = pf.state()
+    state["mark"], state["has_mark"] = [0.0, 5.0, 0.0], [False, True, False]
+    pf.restore(state)
+    np.testing.assert_array_equal(pf.mark, [np.nan, 5.0, np.nan])
