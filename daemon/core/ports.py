@@ -212,9 +212,9 @@ class RiskDecision:
 # `async settle() -> None`: a live engine awaits it before each checkpoint (before `state()`),
 # so the wait happens without blocking the event loop (streams, health, alerts go on).
 # A signal plugin that follows a model published while it runs (ml_ensemble and
-# `var/models/current`) may define `pin_model() -> None`: a backtest's engine calls it before
-# the first bar, so one run is one model from start to end; a live daemon does not, and
-# takes up a newly published model at its next bar.
+# `var/models/current`) may define `pin_model() -> None`: the composition root
+# (`app.build_engine`) calls it for a backtest, so one run is one model from start to end; a
+# live daemon's is not pinned, and takes up a newly published model at its next bar.
 
 
 @runtime_checkable

@@ -33,6 +33,10 @@ from __future__ import annotations
 import gc
 import threading
 
+import structlog
+
+log = structlog.get_logger(__name__)
+
 # Net allocations of container objects between two collections of the youngest generation
 # during a replay (CPython's default is 700).
 REPLAY_GEN0 = 50_000
@@ -62,6 +66,9 @@ def replay_ended() -> None:
     global _active, _froze
     with _lock:
         if _active == 0:
+            # Ends outnumber starts: a caller's bug, which would otherwise end another
+            # replay's period early; nothing to undo here.
+            log.warning("gc.replay_end_without_start")
             return
         _active -= 1
         if _active == 0:

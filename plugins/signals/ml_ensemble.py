@@ -12,10 +12,10 @@ plugin exposes `model_path` (the resolved directory) and `version` for the run's
 Prediction cache: the models' inputs depend on more than (symbol, bar time): cross-sectional
 features on the universe, recursive indicators on where the data starts. So a prediction is
 keyed by exactly what the models see, the float32 (window, features) array of that symbol,
-salted with the model version, the ensemble weights and the runtime (onnxruntime's threads
-and version, the CPU's vector instruction sets: `runtime_identity`). A different universe, data
-start, model or runtime can never be served another run's prediction, and a rerun of the same
-bars still skips onnxruntime.
+salted with the model version, the ensemble weights, onnxruntime's thread count and the
+runtime (onnxruntime's version and the CPU's vector instruction sets: `runtime_identity`). A
+different universe, data start, model or runtime can never be served another run's
+prediction, and a rerun of the same bars still skips onnxruntime.
 
 The key is cheap to keep up to date (`WindowKeys`): each new feature row of a symbol is hashed
 once (BLAKE2b, 192 bits, one call per symbol per bar), and a window's key is a fixed linear
@@ -68,7 +68,9 @@ from tradingd.inference.onnx import PUBLISHED_MODEL_DIR, EnsemblePredictor, Mode
 
 log = structlog.get_logger(__name__)
 
-CACHE_FORMAT = "tradingd-prediction-cache/3"
+# /4: the salt names the runtime (`runtime_identity`); a /3 file could no longer hit, so it
+# is ignored and replaced at the next save rather than read in full on every start.
+CACHE_FORMAT = "tradingd-prediction-cache/4"
 
 # Window keys (see the module docstring): arithmetic modulo the Mersenne prime 2^61 - 1 on
 # uint64 arrays, where multiplying by 2^k is a rotation of 61 bits.

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gc
 
 import pytest
+from structlog.testing import capture_logs
 
 from tradingd.engine import collector
 
@@ -36,8 +37,10 @@ def test_overlapping_replays_share_one_period_and_the_last_one_restores(threshol
     assert gc.get_freeze_count() == frozen
     collector.replay_ended()
     assert gc.get_threshold() == (700, 11, 12) and gc.get_freeze_count() == 0
-    collector.replay_ended()  # an end without a start changes nothing
+    with capture_logs() as logs:
+        collector.replay_ended()  # an end without a start changes nothing, and says so
     assert gc.get_threshold() == (700, 11, 12)
+    assert [e["event"] for e in logs] == ["gc.replay_end_without_start"]
 
 
 def test_collection_turned_off_stays_off_and_a_higher_threshold_is_kept(thresholds):
