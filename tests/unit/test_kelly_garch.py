@@ -1369,6 +1369,41 @@ def test_a_worker_starts_with_the_first_fits_and_ends_with_a_dropped_plugin():
     assert proc.returncode == 0  # it ended on its own, at the end of its input
 
 
+def test_a_plugin_dropped_with_a_fit_in_flight_lets_the_worker_answer_it_and_end():
+    """The other case of a dropped plugin: a request asked for and not applied yet. The
+    worker answers it, then finds the end of its input and ends by itself (exit code 0),
+    within close()'s grace: it is not killed."""
+    import asyncio
+    import gc
+    import select
+    import time
+
+    close = prices(garch_paths(310, 2, seed=11))
+    cfg = Cfg(
+        garch_window=300, min_fit_obs=200, fit_lag_bars=1, fit_executor="process", refit_bars=1
+    )
+    p = KellyGarch(cfg, ("S0", "S1"))
+    m = Market(close, capacity=301).push(301)
+    p.size(np.full(2, 0.5), m.ctx())
+    asyncio.run(p.settle())  # the worker is past its imports (see the test above)
+    proc = p._runner._worker.proc
+    m.push()
+    p.size(np.full(2, 0.5), m.ctx())  # refit_bars = 1: both symbols refit, one bar later
+    (batch,) = [b for b in p._flight if b.pending is not None and b.pending.reply is not None]
+    assert batch.pending.reply.written.wait(60)  # sent whole: the worker has it to answer
+    # Its answer is in the pipe, unread by the plugin (at nice 19 the fit itself can take
+    # seconds on a busy machine: close() gives 5 s, which this test is not about).
+    assert select.select([proc.stdout], [], [], 120)[0], "the worker never answered"
+    assert proc.poll() is None
+    del p, batch
+    gc.collect()
+    deadline = time.monotonic() + 30
+    while proc.poll() is None:
+        assert time.monotonic() < deadline, "the worker outlived its plugin"
+        time.sleep(0.05)
+    assert proc.returncode == 0  # answered, then ended at the end of its input: not killed
+
+
 def test_sending_a_request_never_waits_for_the_worker_to_read_it():
     """A request (2 MB for 500 symbols) is larger than a pipe's buffer: sending it must not
     stall the bar while the worker is still starting (here: a process that never reads)."""
