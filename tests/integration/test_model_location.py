@@ -88,6 +88,19 @@ def test_retrain_publishes_under_var_models_by_default():
     assert PUBLISHED_MODEL_DIR == "var/models/current"
 
 
+def publish_two(base: Path) -> tuple[Path, Path]:
+    """Versions "first" (`current`) and "second" (published, not switched to) under base's
+    model root; returns the root and second's folder."""
+    root = base / DEFAULT_MODEL_ROOT
+    publish(root, "first")
+    second = root / "versions" / "second"
+    shutil.copytree(root / "versions" / "first", second)
+    card = json.loads((second / "card.json").read_text())
+    card["model_version"] = "second"
+    (second / "card.json").write_text(json.dumps(card))
+    return root, second
+
+
 def _switch(root: Path, version: str) -> None:
     """What `tradingd retrain` does on publishing: `current` swapped atomically."""
     tmp = root / "current.new"
@@ -108,13 +121,7 @@ def test_a_backtest_keeps_its_model_when_a_new_one_is_published_mid_run(tmp_path
     from tradingd.storage.factory import open_store
 
     monkeypatch.chdir(tmp_path)
-    root = tmp_path / DEFAULT_MODEL_ROOT
-    publish(root, "first")
-    second = root / "versions" / "second"
-    shutil.copytree(root / "versions" / "first", second)
-    card = json.loads((second / "card.json").read_text())
-    card["model_version"] = "second"
-    (second / "card.json").write_text(json.dumps(card))
+    root, second = publish_two(tmp_path)
 
     cfg = load_config([], env={})
     cfg = dataclasses.replace(
@@ -167,13 +174,7 @@ def test_a_reloaded_model_reads_its_own_cache_file(tmp_path, monkeypatch):
     first prediction), and the file keeps them: a reload must not skip the read and then
     overwrite the file with only this run's entries."""
     monkeypatch.chdir(tmp_path)
-    root = tmp_path / DEFAULT_MODEL_ROOT
-    publish(root, "first")
-    second = root / "versions" / "second"
-    shutil.copytree(root / "versions" / "first", second)
-    card = json.loads((second / "card.json").read_text())
-    card["model_version"] = "second"
-    (second / "card.json").write_text(json.dumps(card))
+    root, _ = publish_two(tmp_path)
     cache = tmp_path / "cache"
     windows = np.random.default_rng(3).normal(size=(3, 60, 20)).astype(np.float32)
 
