@@ -181,7 +181,7 @@ class Portfolio:
                 # factor is stale; restore drops it.
                 if n != self._shown_count:
                     self._shown = np.where(self.has_mark, 1.0, np.nan)
-                    self._shown_count = n
+                    self._shown_count = int(n)
                 return self._mark * self._shown
             self._all_marked = True
         return self._mark.copy()
