@@ -431,14 +431,17 @@ class MlEnsemble:
         self._pinned = False
         self.model_calls = 0
         self.cache_hits = 0
-        # The cache file is read at the first warm-up bar or prediction, not here: the
-        # start-up check (`preflight.check_config`) builds a plugin only to see that it
-        # starts, and the file of a 500-symbol replay is ~70 MB.
-        self._reset_store()
-        self._cache_read = False
+        self._defer_cache()
 
     def required_features(self) -> tuple[str, ...]:
         return self.features
+
+    def _defer_cache(self) -> None:
+        """An empty store; this version's file is read at the first warm-up bar or
+        prediction, not now: the start-up check (`preflight.check_config`) builds a plugin
+        only to see that it starts, and the file of a 500-symbol replay is ~70 MB."""
+        self._reset_store()
+        self._cache_read = False
 
     def _read_cache(self) -> None:
         if not self._cache_read:
@@ -494,8 +497,7 @@ class MlEnsemble:
         self.version = pair.card.version
         self.model_path = str(target)
         self._salt = cache_salt(self.version, self.predictor.weights, self.config.threads)
-        self._reset_store()
-        self._cache_read = False  # the new version's file, at its first prediction
+        self._defer_cache()  # the new version's file, at its first prediction
         log.info("model.reloaded", version=self.version, path=str(target))
 
     def cache_keys(self, windows: np.ndarray) -> np.ndarray:
