@@ -51,18 +51,21 @@ def inputs(n_bars, n_symbols, seed=0):
     return np.random.default_rng(seed).normal(size=(n_bars, n_symbols, 20)).astype(np.float32)
 
 
+def context(p, row, t=T0, i=0, ready=None):
+    """The BarContext of one bar whose feature values are row (symbols, features), as the
+    plugin reads it. ready: (symbols,) bool, default all ready."""
+    r = np.ones(len(p.symbols), bool) if ready is None else ready
+    feats = {f: row[:, k].astype(np.float64) for k, f in enumerate(p.features)}
+    return BarContext(t, i, p.symbols, None, None, r, None, feats, None, r)  # type: ignore[arg-type]
+
+
 def feed(p, x, start=T0, ready=None):
     """Score every bar of x (bars, symbols, features); returns (bars, symbols) scores.
     ready: (bars, symbols) bool, default all ready."""
-    n = len(p.symbols)
     out = []
     for i, row in enumerate(x):
-        r = np.ones(n, bool) if ready is None else ready[i]
-        feats = {f: row[:, k].astype(np.float64) for k, f in enumerate(p.features)}
-        ctx = BarContext(
-            start + timedelta(days=i), i, p.symbols, None, None, r, None, feats, None, r
-        )  # type: ignore[arg-type]
-        out.append(p.score(ctx))
+        r = None if ready is None else ready[i]
+        out.append(p.score(context(p, row, start + timedelta(days=i), i, r)))
     return np.array(out)
 
 
@@ -686,11 +689,7 @@ def test_a_warm_up_bar_reads_the_cache_file_before_the_first_trading_bar(tmp_pat
     first.predict(w)
     first.close()
     live = plugin(cache_dir=tmp_path)
-    x = inputs(1, 2, seed=13)
-    feats = {f: x[0][:, k].astype(np.float64) for k, f in enumerate(live.features)}
-    ready = np.ones(2, bool)
-    ctx = BarContext(T0, 0, live.symbols, None, None, ready, None, feats, None, ready)  # type: ignore[arg-type]
     with capture_logs() as logs:
-        live.observe(ctx)
+        live.observe(context(live, inputs(1, 2, seed=13)[0]))
     assert [e["entries"] for e in logs if e["event"] == "prediction_cache.loaded"] == [2]
     assert live.model_calls == 0
