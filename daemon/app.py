@@ -121,14 +121,19 @@ def build_pipeline(config: Config, symbols: tuple[str, ...]) -> Pipeline:
     return Pipeline(signals=signals, sizing=sizing, risks=risks)
 
 
-def pin_models(pipeline: Pipeline) -> None:
+def prepare_for_replay(pipeline: Pipeline) -> None:
     """A backtest is one model from its first bar to its last: signal plugins that would
     take up a model published mid-run (`pin_model`, see `core.ports`) keep the one they
-    loaded."""
+    loaded. And no clock paces it: plugins whose background work it waits for run that work
+    at full priority (`for_replay`)."""
     for plugin, _ in pipeline.signals:
         pin = getattr(plugin, "pin_model", None)
         if callable(pin):
             pin()
+    for plugin in pipeline.plugins():
+        hook = getattr(plugin, "for_replay", None)
+        if callable(hook):
+            hook()
 
 
 @dataclass(frozen=True)
@@ -460,7 +465,7 @@ def build_engine(
     run_id = run_id_for(config, mode)
     pipeline = build_pipeline(config, symbols)
     if mode != "live":
-        pin_models(pipeline)
+        prepare_for_replay(pipeline)
     portfolio = Portfolio(symbols, config.run.initial_capital)
     verify_model_features(config, pipeline)
     names = feature_names(config, pipeline)

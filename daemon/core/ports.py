@@ -215,6 +215,9 @@ class RiskDecision:
 # `var/models/current`) may define `pin_model() -> None`: the composition root
 # (`app.build_engine`) calls it for a backtest, so one run is one model from start to end; a
 # live daemon's is not pinned, and takes up a newly published model at its next bar.
+# Any plugin may define `for_replay() -> None`, called by the same root for a backtest before
+# its first bar: no clock paces a replay, so background work the engine waits for (kelly_garch's
+# fit worker, niced in a live daemon) should run at full priority.
 
 
 @runtime_checkable

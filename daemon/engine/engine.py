@@ -186,11 +186,15 @@ class Pipeline:
             names.update(r.required_features())
         return names
 
+    def plugins(self) -> list[Any]:
+        """Every plugin, in pipeline order: signals, sizing, risks."""
+        return [p for p, _ in self.signals] + [self.sizing, *self.risks]
+
     def history_bars(self) -> int:
         """The longest raw-bar window any plugin reads from ctx.history (0 if none says)."""
-        plugins = [p for p, _ in self.signals] + [self.sizing, *self.risks]
         return max(
-            (int(p.history_bars()) for p in plugins if hasattr(p, "history_bars")), default=0
+            (int(p.history_bars()) for p in self.plugins() if hasattr(p, "history_bars")),
+            default=0,
         )
 
 
@@ -467,7 +471,7 @@ class Engine:
                 except Exception:  # stopping must reach every part
                     log.exception("engine.stop_failed", part=type(part).__name__)
             self.audit.close()
-            for plugin in self._plugins():
+            for plugin in self.pipeline.plugins():
                 close = getattr(plugin, "close", None)
                 if close is not None:
                     try:
@@ -551,7 +555,7 @@ class Engine:
             if st.get("broker") is not None and restore is not None:
                 restore(st["broker"])
             saved = st.get("plugins", {})
-            for plugin in self._plugins():
+            for plugin in self.pipeline.plugins():
                 fn = getattr(plugin, "restore", None)
                 if fn is not None and plugin.name in saved:
                     fn(saved[plugin.name])
@@ -614,7 +618,7 @@ class Engine:
         else:  # the broker keeps its own book: remember what was open, to reconcile
             state["open_orders"] = [order_to_dict(o) for o in self.broker.open_orders()]
         plugins = {}
-        for plugin in self._plugins():
+        for plugin in self.pipeline.plugins():
             fn = getattr(plugin, "state", None)
             if fn is not None and callable(fn):
                 plugins[plugin.name] = fn()
@@ -1113,14 +1117,10 @@ class Engine:
     async def _settle_plugins(self) -> None:
         """Let plugins finish work in flight before their state is checkpointed, awaiting
         it: a plugin's `state()` would otherwise block the event loop while it waits."""
-        for plugin in self._plugins():
+        for plugin in self.pipeline.plugins():
             settle = getattr(plugin, "settle", None)
             if settle is not None and callable(settle):
                 await settle()
-
-    def _plugins(self) -> list[Any]:
-        p = self.pipeline
-        return [s for s, _ in p.signals] + [p.sizing, *p.risks]
 
     def _signal_source(self) -> str:
         """Plugin names, with the model version for model-backed ones (it can change when a

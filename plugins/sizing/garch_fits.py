@@ -41,6 +41,14 @@ from .garch import GarchParams, try_garch_fit
 log = structlog.get_logger(__name__)
 
 EXECUTORS = ("inline", "thread", "process")
+# A live daemon's fit worker runs at the lowest priority: its fits are asked for in a bar's
+# sizing and run while the engine checks risk and sends the orders, and a bar lasts a minute
+# or a day, so they take only CPU the engine (and on a small machine, everything else the
+# daemon talks to) leaves idle, never a bar's latency. A replay's engine waits for every
+# burst of fits before its next bar: there the worker is on the critical path, and at nice
+# 19 any other work on the machine starves it (two CPU hogs on a 2-core machine made a 2 s
+# start-up take 55 s). `KellyGarch.for_replay` sets 0: the engine's own priority.
+LIVE_NICE = 19
 # /2: fits made with the C library's log and power (garch._libm_classes); a /1 file's fits
 # came from numpy's, which differ by CPU, and are not reused.
 CACHE_FORMAT = "tradingd-garch-fits/2"
@@ -236,9 +244,10 @@ class FitWorker:
     copies a daemon's threads' locks. The child ends when its stdin closes, so it cannot
     outlive the daemon, even one killed with SIGKILL."""
 
-    def __init__(self, argv: Sequence[str] | None = None) -> None:
+    def __init__(self, argv: Sequence[str] | None = None, nice: int = LIVE_NICE) -> None:
+        module = [sys.executable, "-m", "tradingd_plugins.sizing.garch_worker"]
         self.proc = subprocess.Popen(
-            list(argv or [sys.executable, "-m", "tradingd_plugins.sizing.garch_worker"]),
+            list(argv or [*module, "--nice", str(nice)]),
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             close_fds=True,
@@ -336,6 +345,8 @@ class FitRunner:
         if kind not in EXECUTORS:
             raise ValueError(f"fit_executor must be one of {', '.join(EXECUTORS)}, got {kind!r}")
         self.kind = kind
+        # The worker process's niceness, added to this process's when it starts: see LIVE_NICE.
+        self.nice = LIVE_NICE
         self._pool: ThreadPoolExecutor | None = None
         self._worker: FitWorker | None = None
 
@@ -347,7 +358,7 @@ class FitRunner:
         if self.kind == "process":
             try:
                 if self._worker is None:
-                    self._worker = FitWorker()
+                    self._worker = FitWorker(nice=self.nice)
                 return self._worker.send(jobs)
             except (WorkerLost, OSError) as exc:
                 self.lost(exc)

@@ -9,20 +9,21 @@ import os
 import signal
 import sys
 
-from tradingd_plugins.sizing.garch_fits import fit_many, read_frame, write_frame
+from tradingd_plugins.sizing.garch_fits import LIVE_NICE, fit_many, read_frame, write_frame
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    # `--nice N` (from `FitWorker`): 19 for a live daemon, 0 for a replay (see LIVE_NICE).
+    nice = int(args[args.index("--nice") + 1]) if "--nice" in args else LIVE_NICE
     # The parent owns the signals: Ctrl-C or SIGTERM to the whole process group (systemd's
     # default) stops the parent, which may still wait for a fit on its way out and then closes
     # our stdin; we end there, so a signal here would only lose that fit.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    # Fits are asked for in a bar's sizing and run while the engine checks risk and sends the
-    # orders: at the lowest priority they take only CPU that the engine (and, on a small
-    # machine, everything else the daemon talks to) leaves idle, never its bar's latency.
-    with contextlib.suppress(OSError):
-        os.nice(19)
+    if nice:
+        with contextlib.suppress(OSError):
+            os.nice(nice)
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing else may write into the answer stream
     while True:

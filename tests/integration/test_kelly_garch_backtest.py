@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from tradingd.app import build_engine
@@ -11,7 +13,7 @@ from tradingd_plugins.sizing.kelly_garch import KellyGarch, target_weights
 CAP = 0.05
 
 
-async def test_backtest_weights_follow_garch_volatility_and_stay_under_the_cap(tmp_path):
+def kelly_garch_config(tmp_path):
     cfg = tmp_path / "kelly_garch.toml"
     cfg.write_text(f"""
 [run]
@@ -35,7 +37,11 @@ url = "sqlite:///{tmp_path / "store.db"}"
 [log]
 audit_dir = "{tmp_path / "audit"}"
 """)
-    config = load_config([cfg], env={})
+    return load_config([cfg], env={})
+
+
+async def test_backtest_weights_follow_garch_volatility_and_stay_under_the_cap(tmp_path):
+    config = kelly_garch_config(tmp_path)
     engine = build_engine(config, "backtest")
     sizing = engine.pipeline.sizing
     assert isinstance(sizing, KellyGarch)
@@ -95,3 +101,21 @@ audit_dir = "{tmp_path / "audit"}"
     # day of drift.
     band = config.orders.rebalance_band
     assert np.abs(weights).max() <= CAP + band + 0.01
+
+
+def test_a_backtest_fits_at_the_engines_priority_and_a_live_daemon_at_the_lowest(tmp_path):
+    """A replay waits for its fits before each next bar: a worker at nice 19 would crawl on a
+    machine busy with anything else. A live daemon's fits have a whole bar: nice 19 there.
+    (test_kelly_garch.py checks that the setting is the worker process's niceness.)"""
+    from tradingd_plugins.sizing.garch_fits import LIVE_NICE
+
+    config = kelly_garch_config(tmp_path)
+    replay = build_engine(config, "backtest").pipeline.sizing
+    assert replay._runner.nice == 0
+    live_config = dataclasses.replace(
+        config, feed=dataclasses.replace(config.feed, source="recorded")
+    )
+    live = build_engine(live_config, "live").pipeline.sizing
+    assert live._runner.nice == LIVE_NICE == 19
+    for plugin in (replay, live):
+        plugin.close()
