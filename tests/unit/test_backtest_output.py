@@ -1,9 +1,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tradingd.analysis.metrics import summarize
 from tradingd.backtest import _jsonable, split_adjusted
@@ -86,3 +89,46 @@ def test_an_engine_result_prints_short_whatever_the_run_length():
     text = repr(r)
     assert len(text) < 300
     assert "run_id='r1'" in text and "bars=100000" in text and "final_equity=199999.00" in text
+
+
+_cell = st.one_of(
+    st.none(),
+    st.floats(allow_nan=False),
+    st.integers(-(10**6), 10**6),
+    st.text(max_size=6),
+    st.datetimes(
+        min_value=datetime(1990, 1, 1),
+        max_value=datetime(2030, 1, 1),
+        timezones=st.sampled_from([UTC, None, ZoneInfo("America/New_York")]),
+    ),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    fields=st.lists(st.sampled_from(["id", "time", "qty", "note", "px"]), unique=True),
+    data=st.data(),
+)
+def test_csv_rows_are_what_a_dict_writer_writes_whatever_the_values(tmp_path_factory, fields, data):
+    """Any mix of values per column (times in several zones or none, None, text, numbers),
+    rows missing a field (written empty) or with fields the first row lacks (left out)."""
+    import csv
+
+    from tradingd.backtest import _write_rows
+
+    first = {k: data.draw(_cell) for k in fields}
+    more = data.draw(
+        st.lists(
+            st.dictionaries(st.sampled_from(["id", "time", "qty", "note", "px", "x"]), _cell),
+            max_size=6,
+        )
+    )
+    rows = [first, *more]
+    tmp = tmp_path_factory.mktemp("csv")
+    _write_rows(tmp / "fast.csv", rows)
+    with (tmp / "ref.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(first), extrasaction="ignore")
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: v.isoformat() if isinstance(v, datetime) else v for k, v in r.items()})
+    assert (tmp / "fast.csv").read_text() == (tmp / "ref.csv").read_text()
