@@ -879,7 +879,7 @@ async def _serve(config: Config, daemon: _Daemon) -> int:
     await daemon.abandonable("checking services", check_services, config)
 
     from .app import build_engine, health_inputs, load_data
-    from .health import token_from_env
+    from .health import Check, CheckResult, token_from_env
     from .health.server import HealthServer
     from .watchdog import SystemdNotifier
 
@@ -895,6 +895,15 @@ async def _serve(config: Config, daemon: _Daemon) -> int:
     if daemon.reload_pending:
         daemon.reload()
     checks, status, controls = health_inputs(engine)
+
+    def trading() -> CheckResult:
+        # Ready means trading, as systemd's READY=1 does: not while the daemon connects,
+        # reconciles or replays its warm-up history (the demo's takes a while).
+        if daemon.ready:
+            return CheckResult(True, "trading")
+        return CheckResult(False, f"not trading yet: {daemon.phase}", {"phase": daemon.phase})
+
+    checks.append(Check("trading", trading))
     notifier = SystemdNotifier()
     server = (
         HealthServer(config.health, checks, status, controls, token_from_env())

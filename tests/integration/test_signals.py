@@ -209,6 +209,41 @@ def test_sigint_while_trading_finishes_the_bar_and_exits_0(tmp_path, daemon):
     assert not d.events("tradingd.already_stopping")
 
 
+def test_ready_is_503_naming_trading_until_the_warm_up_is_done(tmp_path, daemon):
+    """/ready means trading, as systemd's READY=1 does: during start-up and the warm-up
+    replay it answers 503 with the phase, and the first 200 comes after the clock started."""
+    import urllib.error
+    import urllib.request
+
+    d = daemon(_write(tmp_path, _config_text(tmp_path)))
+    url = d.wait_for("health.listening")["url"]
+    answers: list[tuple[int, dict]] = []
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline and d.proc.poll() is None:
+        try:
+            with urllib.request.urlopen(f"{url}/ready", timeout=5) as r:
+                answers.append((r.status, json.loads(r.read())))
+        except urllib.error.HTTPError as e:
+            answers.append((e.code, json.loads(e.read())))
+        if answers[-1][0] == 200:
+            # Ready only once trading: the clock had started before this answer.
+            assert d.events("clock.live.start"), d.err_path.read_text()[-3000:]
+            break
+        time.sleep(0.02)
+    else:
+        raise AssertionError(f"never ready; last answers {answers[-3:]}")
+    waiting = [body for code, body in answers if code == 503]
+    assert waiting, answers[:3]
+    for body in waiting:
+        assert body["failing"] == ["trading"], body
+        check = body["checks"]["trading"]
+        assert check["detail"] == f"not trading yet: {check['data']['phase']}", check
+    assert "warm-up" in {body["checks"]["trading"]["data"]["phase"] for body in waiting}
+    assert answers[-1][1]["checks"]["trading"] == {"ok": True, "detail": "trading"}
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0
+
+
 def test_sighup_applies_limits_and_level_reports_the_rest_and_refuses_invalid(tmp_path, daemon):
     base = _config_text(tmp_path, bars_per_second=5.0)
     path = _write(tmp_path, base + RISK.format(max_position=0.05))
