@@ -182,11 +182,14 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
         w.writerow(fields)
         # Rows as lists and each time formatted once (a bar's orders share it): a DictWriter
         # with a dict per row was most of the time spent after a long replay.
-        iso: dict[tuple[datetime, Any], str] = {}
+        iso: dict[tuple[type, datetime, Any], str] = {}
 
         def cell(v: Any) -> Any:
             if isinstance(v, datetime):
-                key = (v, v.tzinfo)  # equal instants in two zones print differently
+                # Equal datetimes print differently with another offset (the same instant in
+                # two zones, a wall time in the repeated hour of a DST change: `fold`) or
+                # another class (pandas' Timestamp has its own isoformat).
+                key = (type(v), v, v.utcoffset())
                 text = iso.get(key)
                 if text is None:
                     text = iso[key] = v.isoformat()

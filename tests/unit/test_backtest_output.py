@@ -132,3 +132,25 @@ def test_csv_rows_are_what_a_dict_writer_writes_whatever_the_values(tmp_path_fac
         for r in rows:
             w.writerow({k: v.isoformat() if isinstance(v, datetime) else v for k, v in r.items()})
     assert (tmp / "fast.csv").read_text() == (tmp / "ref.csv").read_text()
+
+
+def test_csv_times_keep_their_own_offset_when_equal_datetimes_print_differently(tmp_path):
+    """Equal datetimes can print differently: the same instant in two zones, and the two
+    wall times of the repeated hour of a DST change (`fold`), which compare and hash equal
+    in one zone. Each row's time is written with its own offset."""
+    from tradingd.backtest import _write_rows
+
+    ny = ZoneInfo("America/New_York")
+    first = datetime(2021, 11, 7, 1, 30, tzinfo=ny)  # EDT, -04:00
+    second = first.replace(fold=1)  # the same wall time an hour later, EST, -05:00
+    assert first == second and hash(first) == hash(second)  # what the cache must not merge
+    rows = [{"time": t} for t in (first, second, first.astimezone(UTC), second, first)]
+    _write_rows(tmp_path / "t.csv", rows)
+    assert (tmp_path / "t.csv").read_text().splitlines() == [
+        "time",
+        "2021-11-07T01:30:00-04:00",
+        "2021-11-07T01:30:00-05:00",
+        "2021-11-07T05:30:00+00:00",
+        "2021-11-07T01:30:00-05:00",
+        "2021-11-07T01:30:00-04:00",
+    ]
