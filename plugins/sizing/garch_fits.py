@@ -46,8 +46,9 @@ EXECUTORS = ("inline", "thread", "process")
 # or a day, so they take only CPU the engine (and on a small machine, everything else the
 # daemon talks to) leaves idle, never a bar's latency. A replay's engine waits for every
 # burst of fits before its next bar: there the worker is on the critical path, and at nice
-# 19 any other work on the machine starves it (two CPU hogs on a 2-core machine made a 2 s
-# start-up take 55 s). `KellyGarch.for_replay` sets 0: the engine's own priority.
+# 19 any other work on the machine starves it (with two CPU hogs on a 2-core machine a
+# 3-year replay took 280 s instead of 10: benchmarks/RESULTS.md). `KellyGarch.for_replay`
+# sets 0 instead: the engine's own priority.
 LIVE_NICE = 19
 # /2: fits made with the C library's log and power (garch._libm_classes); a /1 file's fits
 # came from numpy's, which differ by CPU, and are not reused.
@@ -349,6 +350,15 @@ class FitRunner:
         self.nice = LIVE_NICE
         self._pool: ThreadPoolExecutor | None = None
         self._worker: FitWorker | None = None
+
+    def set_nice(self, nice: int) -> None:
+        """The niceness of the worker from now on. A worker already running at another one
+        is ended (after what it was sent) and the next request starts a new one: a process
+        cannot take back the priority it gave up."""
+        if nice != self.nice and self._worker is not None:
+            self._worker.close()
+            self._worker = None
+        self.nice = nice
 
     def submit(self, jobs: list[FitJob]) -> Future[list[FitOutcome]] | _Reply:
         if self.kind == "thread":

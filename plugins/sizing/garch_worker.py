@@ -4,6 +4,7 @@ answers each with its outcomes on stdout, and exits when stdin closes (its paren
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import os
 import signal
@@ -13,9 +14,10 @@ from tradingd_plugins.sizing.garch_fits import LIVE_NICE, fit_many, read_frame, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    # `--nice N` (from `FitWorker`): 19 for a live daemon, 0 for a replay (see LIVE_NICE).
-    nice = int(args[args.index("--nice") + 1]) if "--nice" in args else LIVE_NICE
+    parser = argparse.ArgumentParser(prog="python -m tradingd_plugins.sizing.garch_worker")
+    # From `FitWorker`: 19 for a live daemon, 0 for a replay (see LIVE_NICE).
+    parser.add_argument("--nice", type=int, choices=range(20), default=LIVE_NICE, metavar="0-19")
+    nice = parser.parse_args(argv).nice
     # The parent owns the signals: Ctrl-C or SIGTERM to the whole process group (systemd's
     # default) stops the parent, which may still wait for a fit on its way out and then closes
     # our stdin; we end there, so a signal here would only lose that fit.

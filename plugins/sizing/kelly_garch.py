@@ -56,6 +56,7 @@ A live daemon's worker runs at the lowest priority (nice 19): a bar lasts a minu
 and its fits must not take the engine's CPU. A backtest's runs at the engine's own
 (`for_replay`): its engine waits for the fits, and at nice 19 other work on the machine
 starved them (two CPU hogs on 2 cores: 280 s against 10 s for a 3-year replay).
+
 A replay's fits come in bursts (a bar where many symbols enter the scope), and at lag 1 the
 engine waits for every burst. `fit_lag_bars = L` > 1 applies a fit L bars after it was asked
 for: its parameters, and its variance carried forward by the recursion over the L - 1 bars
@@ -779,9 +780,9 @@ class KellyGarch:
         self._sigma2[at] = garch_filter(window[: window.shape[0] - since], mu, om, al, be)
 
     def for_replay(self) -> None:
-        """A replay waits for every burst of fits: its worker runs at the engine's priority
-        (`garch_fits.LIVE_NICE`). Called before the first bar: the worker starts then."""
-        self._runner.nice = 0
+        """A replay waits for every burst of fits: its worker runs at nice 0, the engine's
+        priority, instead of `garch_fits.LIVE_NICE`."""
+        self._runner.set_nice(0)
 
     async def settle(self) -> None:
         """Wait for fits in flight in a thread: a live engine awaits this before `state()`,

@@ -1311,6 +1311,43 @@ def test_the_worker_process_fits_at_the_priority_it_is_given(replay):
     assert r._worker is None
 
 
+def test_for_replay_replaces_a_worker_already_running_at_the_lowest_priority():
+    """A process cannot take back the priority it gave up: a worker started at nice 19 is
+    ended (after answering what it was sent) and the next fits start one at nice 0."""
+    import os
+
+    plugin = KellyGarch(Cfg(fit_executor="process", fit_lag_bars=1), ("A",))
+    r = plugin._runner
+    r300 = np.random.default_rng(2).normal(0, 0.01, 300)
+
+    def niceness() -> int:
+        [(params, why)] = r.submit([(r300, "constant", None, 200)]).result()
+        assert params is not None, why
+        with open(f"/proc/{r._worker.proc.pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[16])
+
+    try:
+        mine = os.nice(0)
+        assert niceness() == min(19, mine + 19)
+        first = r._worker.proc
+        plugin.for_replay()
+        assert first.wait(timeout=30) == 0  # ended cleanly, not killed
+        assert niceness() == mine
+        assert r._worker.proc is not first
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("argv", [["--nice"], ["--nice", "x"], ["--nice", "20"], ["--nice", "-1"]])
+def test_the_worker_refuses_a_bad_niceness_before_reading_anything(argv, capsys):
+    from tradingd_plugins.sizing.garch_worker import main
+
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    assert "--nice" in capsys.readouterr().err
+
+
 async def test_settle_waits_for_fits_in_flight_without_blocking_the_event_loop(monkeypatch):
     import asyncio
     import threading
