@@ -51,6 +51,7 @@ from .secrets import mask_url
 if TYPE_CHECKING:
     from .config import Config
     from .engine.engine import Engine
+    from .health import CheckResult
 
 
 class _Log:
@@ -879,7 +880,7 @@ async def _serve(config: Config, daemon: _Daemon) -> int:
     await daemon.abandonable("checking services", check_services, config)
 
     from .app import build_engine, health_inputs, load_data
-    from .health import Check, CheckResult, token_from_env
+    from .health import Check, token_from_env
     from .health.server import HealthServer
     from .watchdog import SystemdNotifier
 
@@ -895,15 +896,7 @@ async def _serve(config: Config, daemon: _Daemon) -> int:
     if daemon.reload_pending:
         daemon.reload()
     checks, status, controls = health_inputs(engine)
-
-    def trading() -> CheckResult:
-        # Ready means trading, as systemd's READY=1 does: not while the daemon connects,
-        # reconciles or replays its warm-up history (the demo's takes a while).
-        if daemon.ready:
-            return CheckResult(True, "trading")
-        return CheckResult(False, f"not trading yet: {daemon.phase}", {"phase": daemon.phase})
-
-    checks.append(Check("trading", trading))
+    checks.append(Check("trading", lambda: trading_check(daemon)))
     notifier = SystemdNotifier()
     server = (
         HealthServer(config.health, checks, status, controls, token_from_env())
@@ -946,11 +939,25 @@ async def _serve(config: Config, daemon: _Daemon) -> int:
     return daemon.exit_line(result)
 
 
+def trading_check(daemon: Any) -> CheckResult:
+    """The daemon's `trading` readiness check. Ready means trading, as systemd's READY=1
+    does: not while the daemon starts (it connects, then replays its warm-up history: the
+    demo's takes a while), nor once it is stopping. Both are part of a normal run: logged at
+    info, not as warnings (`expected`)."""
+    from .health import CheckResult
+
+    if daemon.stopping:
+        return CheckResult(False, "stopping", {"phase": "stopping"}, expected=True)
+    if daemon.ready:
+        return CheckResult(True, "trading")
+    phase = daemon.phase
+    return CheckResult(False, f"not trading yet: {phase}", {"phase": phase}, expected=True)
+
+
 def _close_unstarted(engine: Engine) -> None:
     """What a built engine holds before it runs (nothing is connected yet)."""
     engine.audit.close()
-    p = engine.pipeline
-    for plugin in [s for s, _ in p.signals] + [p.sizing, *p.risks]:
+    for plugin in engine.pipeline.plugins():
         close = getattr(plugin, "close", None)
         if close is not None:
             try:

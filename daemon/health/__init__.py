@@ -132,11 +132,14 @@ class HealthConfig:
 class CheckResult:
     """One readiness check's answer. `detail` says what was seen, in words an operator acts on
     ("source yahoo: circuit open since 14:02:11", "last bar 2024-11-27, expected 2024-11-29");
-    `data` is optional machine-readable detail. Both are masked before they are shown."""
+    `data` is optional machine-readable detail. Both are masked before they are shown.
+    `expected`: a failure that is part of normal operation (the daemon still starting), logged
+    at info rather than as a warning when the check starts failing."""
 
     ok: bool
     detail: str = ""
     data: Mapping[str, Any] | None = None
+    expected: bool = False
 
 
 @dataclass(frozen=True)

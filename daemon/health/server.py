@@ -375,7 +375,8 @@ class HealthServer:
             if ready:
                 log.info("health.ready")
             elif self._ready is not None:
-                log.warning("health.not_ready", failing=failing)
+                usual = all(results[name].expected for name in failing)  # e.g. stopping
+                (log.info if usual else log.warning)("health.not_ready", failing=failing)
             self._ready = ready
         checks: dict[str, Any] = {}
         for name, res in results.items():
@@ -401,7 +402,7 @@ class HealthServer:
         if not isinstance(res, CheckResult):
             return CheckResult(False, f"check returned {type(res).__name__}, not a CheckResult")
         try:
-            return CheckResult(bool(res.ok), str(res.detail), res.data)
+            return CheckResult(bool(res.ok), str(res.detail), res.data, bool(res.expected))
         except Exception as exc:  # a result whose ok or detail cannot be read
             return CheckResult(False, f"check result unreadable: {type(exc).__name__}: {exc}")
 
@@ -414,7 +415,9 @@ class HealthServer:
             if before is not None:
                 log.info("health.check_passing", check=name, detail=mask_text(res.detail))
         else:
-            log.warning("health.check_failing", check=name, detail=mask_text(res.detail))
+            (log.info if res.expected else log.warning)(
+                "health.check_failing", check=name, detail=mask_text(res.detail)
+            )
 
     # ----------------------------------------------------------------------------- status
     def status(self) -> tuple[int, dict[str, Any]]:

@@ -645,3 +645,33 @@ async def test_status_check_reads_a_components_status(serve, http):
     assert yahoo["data"]["circuit"] == "open"
     assert body["checks"]["source:alpaca"]["detail"] == "ok"
     assert "no 'ok' key" in body["checks"]["cache"]["detail"]
+
+
+async def test_an_expected_failure_is_logged_at_info_and_others_as_warnings(serve, http):
+    """A daemon still starting (or stopping) is not ready, and says so at info: every start
+    would otherwise log warnings. Any other failing check is a warning, as before."""
+    state = {"trading": False, "redis": True}
+    server = await serve(
+        checks=[
+            Check("trading", lambda: CheckResult(state["trading"], "t", expected=True)),
+            Check("redis", lambda: CheckResult(state["redis"], "r")),
+        ]
+    )
+    with capture_logs() as logs:
+        await get(http, server, "/ready")  # starting: trading fails, expected
+        state["trading"] = True
+        await get(http, server, "/ready")  # ready
+        state["trading"] = False
+        await get(http, server, "/ready")  # stopping: expected again
+        state["trading"], state["redis"] = True, False
+        await get(http, server, "/ready")  # a real failure
+    seen = [(e["event"], e["log_level"], e.get("check")) for e in logs]
+    assert seen == [
+        ("health.check_failing", "info", "trading"),
+        ("health.check_passing", "info", "trading"),
+        ("health.ready", "info", None),
+        ("health.check_failing", "info", "trading"),
+        ("health.not_ready", "info", None),
+        ("health.check_passing", "info", "trading"),
+        ("health.check_failing", "warning", "redis"),
+    ], seen

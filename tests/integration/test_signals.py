@@ -196,22 +196,11 @@ def test_third_stop_signal_forces_an_exit_with_a_nonzero_code(tmp_path, daemon):
     assert forced["exit_code"] == code and forced["signals"] == 3
 
 
-def test_sigint_while_trading_finishes_the_bar_and_exits_0(tmp_path, daemon):
-    d = daemon(_write(tmp_path, _config_text(tmp_path)))
-    d.wait_for("clock.live.start")
-    d.signal(signal.SIGINT)
-    assert d.wait() == 0, d.err_path.read_text()[-3000:]
-    d.assert_clean_output()
-    assert d.wait_for("tradingd.stop_requested")["phase"] == "trading"
-    assert d.wait_for("engine.stop")["stopped_early"] is True
-    exit_line = d.wait_for("tradingd.exit")
-    assert exit_line["reason"] == "stopped by SIGINT" and exit_line["stopped_early"] is True
-    assert not d.events("tradingd.already_stopping")
-
-
-def test_ready_is_503_naming_trading_until_the_warm_up_is_done(tmp_path, daemon):
+def test_ready_is_503_until_trading_then_sigint_finishes_the_bar_and_exits_0(tmp_path, daemon):
     """/ready means trading, as systemd's READY=1 does: during start-up and the warm-up
-    replay it answers 503 with the phase, and the first 200 comes after the clock started."""
+    replay it answers 503 with the phase, and the first 200 comes after the clock started.
+    Then SIGINT while trading: the bar is finished and the daemon exits 0. (One daemon for
+    both: its warm-up takes ~20 s.)"""
     import urllib.error
     import urllib.request
 
@@ -225,6 +214,8 @@ def test_ready_is_503_naming_trading_until_the_warm_up_is_done(tmp_path, daemon)
                 answers.append((r.status, json.loads(r.read())))
         except urllib.error.HTTPError as e:
             answers.append((e.code, json.loads(e.read())))
+        except (urllib.error.URLError, TimeoutError) as e:
+            raise AssertionError(f"/ready: {e}; log:\n{d.err_path.read_text()[-3000:]}") from e
         if answers[-1][0] == 200:
             # Ready only once trading: the clock had started before this answer.
             assert d.events("clock.live.start"), d.err_path.read_text()[-3000:]
@@ -240,8 +231,39 @@ def test_ready_is_503_naming_trading_until_the_warm_up_is_done(tmp_path, daemon)
         assert check["detail"] == f"not trading yet: {check['data']['phase']}", check
     assert "warm-up" in {body["checks"]["trading"]["data"]["phase"] for body in waiting}
     assert answers[-1][1]["checks"]["trading"] == {"ok": True, "detail": "trading"}
-    d.signal(signal.SIGTERM)
-    assert d.wait() == 0
+    # A normal start is no warning: the check's failures were expected.
+    assert not [r for r in d.lines() if r.get("level") == "warning" and "health" in r["event"]]
+
+    d.signal(signal.SIGINT)
+    assert d.wait() == 0, d.err_path.read_text()[-3000:]
+    d.assert_clean_output()
+    assert d.wait_for("tradingd.stop_requested")["phase"] == "trading"
+    assert d.wait_for("engine.stop")["stopped_early"] is True
+    exit_line = d.wait_for("tradingd.exit")
+    assert exit_line["reason"] == "stopped by SIGINT" and exit_line["stopped_early"] is True
+    assert not d.events("tradingd.already_stopping")
+
+
+def test_the_trading_check_names_the_phase_and_a_stop():
+    from tradingd.__main__ import trading_check
+
+    d = SimpleNamespace(stopping=False, ready=False, phase="connecting")
+    seen = []
+    for change in (
+        {},
+        {"phase": "warm-up"},
+        {"ready": True, "phase": "trading"},
+        {"stopping": True},
+    ):
+        vars(d).update(change)
+        r = trading_check(d)
+        seen.append((r.ok, r.detail, r.expected, (r.data or {}).get("phase")))
+    assert seen == [
+        (False, "not trading yet: connecting", True, "connecting"),
+        (False, "not trading yet: warm-up", True, "warm-up"),
+        (True, "trading", False, None),
+        (False, "stopping", True, "stopping"),
+    ]
 
 
 def test_sighup_applies_limits_and_level_reports_the_rest_and_refuses_invalid(tmp_path, daemon):
