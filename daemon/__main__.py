@@ -1,5 +1,6 @@
-"""The `tradingd` command: backtest | report | walkforward | run | train | fetch | features |
-plugins | config.
+"""tradingd: a paper-trading daemon and replay backtester, one engine for both.
+
+The `tradingd` command and its subcommands (`tradingd --help` lists them).
 
 Only this module calls `asyncio.run`.
 

@@ -470,3 +470,13 @@ def test_redis_down_at_start_is_a_warning_not_an_error(tmp_path):
         asyncio.run(check_services(_services(tmp_path, cache=url), timeout_s=1.0))
     warned = [e for e in logs if e["event"] == "preflight.redis_unreachable"]
     assert len(warned) == 1 and SECRET not in str(warned[0])
+
+
+def test_help_says_what_tradingd_is(capsys):
+    """The first line of --help is a whole sentence: it was a list of some of the commands,
+    cut off mid-way ("... fetch | features |")."""
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "tradingd: a paper-trading daemon and replay backtester, one engine for both.\n" in out
