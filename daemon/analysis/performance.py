@@ -368,12 +368,17 @@ class PerformanceAnalyzer:
             "last": _iso(bench_times[-1]) if nb else None,
         }
         if has_benchmark and nb < n:
-            log.warning(
+            # A run that starts on the benchmark's first day has no benchmark return for
+            # its first bar (no earlier level to compare with): every run on the bundled
+            # data does. Only other bars missing are news.
+            first_only = nb == n - 1 and not both[0] and not np.isfinite(b[0])
+            (log.info if first_only else log.warning)(
                 "analysis.benchmark_partial",
                 bars=n,
                 benchmark_bars=nb,
                 benchmark=benchmark_info["name"],
-                detail="benchmark-relative metrics use only the bars both series have",
+                detail="benchmark-relative metrics use only the bars both series have"
+                + ("; the first bar has no earlier benchmark level" if first_only else ""),
             )
         clean = {
             "performance": {k: _clean(v) for k, v in performance.items()},

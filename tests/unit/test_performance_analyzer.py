@@ -700,3 +700,33 @@ def test_never_inf_never_an_exception_and_cvar_beyond_var(curve, initial):
         assert m["cvar_historical"] >= m["var_historical"] - 1e-12 * abs(m["var_historical"])
     if not math.isnan(m["var_parametric"]):
         assert m["cvar_parametric"] >= m["var_parametric"]
+
+
+@pytest.mark.parametrize(
+    ("bench_from", "hole", "level"),
+    [
+        (0, None, "info"),  # the benchmark starts with the run: no base for its first bar
+        (0, 300, "warning"),  # ... and a bar in the middle has no level
+        (1, None, "warning"),  # the benchmark starts a bar late
+    ],
+)
+def test_a_missing_first_benchmark_return_is_no_warning_other_gaps_are(bench_from, hole, level):
+    from structlog.testing import capture_logs
+
+    rng = np.random.default_rng(5)
+    n = 500
+    times = pd.bdate_range("2012-01-02", periods=n)
+    bench = pd.Series(100 * np.cumprod(1 + rng.normal(0, 0.01, n)), index=times)
+    bench = bench.iloc[bench_from:]
+    if hole is not None:
+        bench = bench.drop(times[hole])
+    equity = pd.Series(5e4 * np.cumprod(1 + rng.normal(0, 0.01, n)), index=times)
+    with capture_logs() as logs:
+        out = PerformanceAnalyzer(benchmark=bench).analyze_performance(
+            {"equity_curve": equity, "initial_capital": 5e4}
+        )
+    [partial] = [e for e in logs if e["event"] == "analysis.benchmark_partial"]
+    assert partial["log_level"] == level, partial
+    missing = 1 + bench_from + (2 if hole is not None else 0)  # a hole loses two returns
+    assert partial["benchmark_bars"] == n - missing and partial["bars"] == n
+    assert out["benchmark"]["bars"] == n - missing
