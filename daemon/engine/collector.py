@@ -1,5 +1,6 @@
-"""The garbage collector during a replay: the start-up heap frozen, young objects collected
-in larger batches.
+"""The garbage collector during a replay (the start-up heap frozen, young objects collected
+in larger batches) and during a live run (the start-up heap frozen): one owner of the
+process's freeze.
 
 A replay allocates orders, fills, row tuples and bar objects by the hundred thousand, and the
 rows the store buffers survive until their batch is handed to the writer. With CPython's
@@ -23,9 +24,17 @@ and the frozen objects returned to the collector.
 
 Process-wide state: replays that overlap in one process (threads, or engines on one event
 loop) share one such period, from the first one's start to the last one's end. A freeze that
-exists when it starts (a live engine's `_freeze_start_up`, or the host process's own) is left
+exists when it starts (a live engine's, `live_started`, or the host process's own) is left
 as it is and not undone at the end; the raised threshold does apply to everything running in
 the process meanwhile (a live engine in the same process included).
+
+Live (`live_started`): after its warm-up a live engine collects and freezes what start-up
+built (data, models, history, caches: millions of objects that live as long as the daemon).
+Without it each full collection walked them all: 190-330 ms, about once a bar with 500
+symbols, and when one fell between a bar's release and its orders that bar took 300+ ms
+(benchmarks/RESULTS.md). The thresholds are kept. Whoever froze first unfreezes: a live
+engine that found a freeze leaves it at its stop, and one whose freeze a running replay
+shares hands it over to that replay period, whose end unfreezes.
 """
 
 from __future__ import annotations
@@ -76,3 +85,28 @@ def replay_ended() -> None:
             if _froze:
                 gc.unfreeze()
                 _froze = False
+
+
+def live_started() -> bool:
+    """A live engine has warmed up: collect, then freeze everything (frozen objects are still
+    freed by reference counting; only cycles among them wait for the unfreeze). True when
+    this call made the process's freeze: pass it to `live_ended`."""
+    with _lock:
+        owner = gc.get_freeze_count() == 0
+        gc.collect()
+        gc.freeze()
+        log.info("engine.gc_frozen", objects=gc.get_freeze_count())
+        return owner
+
+
+def live_ended(owner: bool) -> None:
+    """A live engine stops: it unfreezes the heap if it froze it, unless a replay is running
+    in the process, whose period then owns the freeze (its last end unfreezes)."""
+    global _froze
+    with _lock:
+        if not owner:
+            return
+        if _active:
+            _froze = True
+        else:
+            gc.unfreeze()  # back to the collector: an in-process caller may build more

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import time as _time
 from collections import deque
@@ -374,7 +373,7 @@ class Engine:
             if p is not None
         )
         started: list[Any] = []
-        frozen = replaying = False
+        live = froze = replaying = False
         try:
             for part in parts:
                 await part.start()
@@ -401,9 +400,11 @@ class Engine:
                 features=list(self.features.names),
             )
             await self._warm_up()
-            frozen = self._freeze_start_up()
-            if self.run.mode != "live":
-                collector.replay_started()  # see engine/collector.py
+            # The start-up heap out of the collector's generations (engine/collector.py).
+            if self.run.mode == "live":
+                live, froze = True, collector.live_started()
+            else:
+                collector.replay_started()
                 replaying = True
             self._bar_lock = asyncio.Lock()
             reconciler = None
@@ -461,8 +462,8 @@ class Engine:
             )
             return result
         finally:
-            if frozen:
-                gc.unfreeze()  # back to the collector: an in-process caller may build more
+            if live:
+                collector.live_ended(froze)
             if replaying:
                 collector.replay_ended()
             for part in reversed(started):
@@ -723,22 +724,6 @@ class Engine:
             return
         async for t in self.clock:
             yield t
-
-    def _freeze_start_up(self) -> bool:
-        """Live: move what start-up built (data, models, history, caches: millions of
-        objects that live as long as the daemon) out of the garbage collector's generations.
-        Without it each full collection walked them all: 190-330 ms, about once a bar with
-        500 symbols, and when one fell between a bar's release and its orders that bar took
-        300+ ms (benchmarks/RESULTS.md). Frozen objects are still freed by reference counting;
-        only cycles among them wait for the unfreeze at stop. Replays freeze too, without the
-        collection, and collect young objects less often, for as long as they run
-        (`engine/collector.py`)."""
-        if self.run.mode != "live":
-            return False
-        gc.collect()
-        gc.freeze()
-        log.info("engine.gc_frozen", objects=gc.get_freeze_count())
-        return True
 
     async def _warm_up(self) -> None:
         """History before the first live bar, processed at once (not paced by the clock):

@@ -346,3 +346,31 @@ async def test_a_live_engine_freezes_its_start_up_objects_and_unfreezes_them_at_
     with pytest.raises(PluginFault):
         await failing.run_until_done()
     assert gc.get_freeze_count() == 0 and gc.get_threshold() == before
+
+
+async def test_a_live_engine_leaves_a_freeze_it_did_not_make(engine_config, monkeypatch):
+    """A replay running in the same process froze the heap: the live engine's stop must not
+    unfreeze it under the replay (nor may the replay's end be the one that fails to)."""
+    import gc
+
+    from tradingd.app import build_engine
+    from tradingd.config import LiveConfig
+    from tradingd.engine import collector
+
+    monkeypatch.setattr(collector, "_active", 0)
+    monkeypatch.setattr(collector, "_froze", False)
+    panel = make_panel(n_bars=90, split_at=None)
+    config = dataclasses.replace(
+        engine_config,
+        live=LiveConfig(bars_per_second=400.0),
+        run=dataclasses.replace(engine_config.run, start=panel.datetimes()[60].date().isoformat()),
+    )
+    assert gc.get_freeze_count() == 0
+    collector.replay_started()  # a replay in this process, still running
+    try:
+        live = build_engine(config, "live", panel=panel)
+        assert (await live.run_until_done()).bars == 30
+        assert gc.get_freeze_count() > 0  # the replay's freeze, kept
+    finally:
+        collector.replay_ended()
+    assert gc.get_freeze_count() == 0  # its end unfroze it

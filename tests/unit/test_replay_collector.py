@@ -89,3 +89,45 @@ def test_a_freeze_made_before_the_replays_is_left_as_it_is(thresholds):
     # Still frozen: the collected generations do not hold it (an unfreeze would put it back).
     assert gc.get_freeze_count() > 0
     assert not any(o is sentinel for o in gc.get_objects())
+
+
+def test_a_live_engine_unfreezes_only_a_freeze_it_made(thresholds):
+    """Whoever froze first unfreezes: a freeze found at a live start (the host's) is left at
+    its stop, and the live engine's own is undone at its stop."""
+    gc.set_threshold(700, 11, 12)
+    assert collector.live_started() is True  # nothing was frozen: its own
+    assert gc.get_freeze_count() > 0 and gc.get_threshold() == (700, 11, 12)  # kept
+    collector.live_ended(True)
+    assert gc.get_freeze_count() == 0
+
+    gc.freeze()  # the host process's own freeze
+    host = gc.get_freeze_count()
+    assert collector.live_started() is False
+    collector.live_ended(False)
+    assert gc.get_freeze_count() >= host > 0  # left as it was found
+
+
+def test_a_live_freeze_shared_with_a_replay_ends_with_the_last_of_them(thresholds):
+    # Live first: the replay finds its freeze; the live engine stops first and hands the
+    # freeze over to the replay period, whose end unfreezes.
+    owner = collector.live_started()
+    collector.replay_started()
+    collector.live_ended(owner)
+    assert gc.get_freeze_count() > 0  # the replay still runs
+    collector.replay_ended()
+    assert gc.get_freeze_count() == 0
+    # Replay first: the live engine finds the replay's freeze and leaves it to the replay.
+    collector.replay_started()
+    owner = collector.live_started()
+    assert owner is False
+    collector.live_ended(owner)
+    assert gc.get_freeze_count() > 0
+    collector.replay_ended()
+    assert gc.get_freeze_count() == 0
+    # Both end in the other order: the live engine, last, unfreezes its own.
+    owner = collector.live_started()
+    collector.replay_started()
+    collector.replay_ended()
+    assert gc.get_freeze_count() > 0  # the live engine's, still running
+    collector.live_ended(owner)
+    assert gc.get_freeze_count() == 0
