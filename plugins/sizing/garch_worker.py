@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
             jobs = read_frame(stdin)
         except EOFError:
             return 0
-        write_frame(stdout, fit_many(jobs))  # type: ignore[arg-type]
+        write_frame(stdout, fit_many(jobs))
 
 
 if __name__ == "__main__":
