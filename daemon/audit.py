@@ -337,17 +337,39 @@ class AuditLog:
         self._waiting += 1
         self.flush(force=True)
 
+    def begin_run(self) -> int:
+        """A replay starts afresh, as the store does (`begin_run` deletes a run id's earlier
+        rows): the records an earlier run with this run id left go too, rotated files
+        included, so the audit log holds this run's records once and agrees with the store.
+        A rerun of a backtest used to append a whole second copy. Returns the number of
+        files removed."""
+        self._release()
+        removed = 0
+        backups = (self.path.with_suffix(f".jsonl.{i}") for i in range(1, self.backups + 1))
+        for path in (self.path, *backups):
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                continue
+            removed += 1
+        return removed
+
+    def _release(self) -> None:
+        """Every record so far on disk and the file closed, here and in the writer process
+        (it reopens it at its next write): the caller is about to rewrite or remove it."""
+        self.flush(force=True)
+        if self._writer is not None and self._writer_ready:
+            self._writer.send("tradingd.audit:child_release", None)
+            self._writer.sync()
+        self._sink.close()
+
     def truncate_after(self, t: datetime | None) -> int:
         """Drop the records of bars after `t` that an earlier process wrote before it died:
         the store drops the same rows (`resume_run`) and the resumed run writes them again,
         so the audit never holds a record twice and agrees with the store. Only the current
         file is read (a rotation happens at most once per bar, between bars). Returns the
         number of lines dropped."""
-        self.flush(force=True)
-        if self._writer is not None and self._writer_ready:
-            self._writer.send("tradingd.audit:child_release", None)
-            self._writer.sync()
-        self._sink.close()
+        self._release()
         if not self.path.exists():
             return 0
         kept: list[str] = []

@@ -316,7 +316,8 @@ class Engine:
         self._live_metrics = live_metrics
         self._count_orders = live_metrics and not getattr(broker, "reports_order_metrics", False)
         # A live run continues after a restart (store.resume_run): a checkpoint after every
-        # bar, order intents stored before they are sent. Replays start afresh (begin_run).
+        # bar, order intents stored before they are sent. Replays start afresh (begin_run:
+        # the store's rows and the audit log of an earlier run with this run id go).
         self._durable = durable
         # Bars up to this time were decided by an earlier process of this run: they only
         # bring features and signal windows up to date (no fill, split, order or record).
@@ -392,6 +393,9 @@ class Engine:
                     )
             else:
                 await self.store.begin_run(self.run)
+                begin = getattr(self.audit, "begin_run", None)
+                if begin is not None and (removed := begin()):
+                    log.info("audit.earlier_run_removed", run_id=self.run.run_id, files=removed)
             log.info(
                 "engine.start",
                 mode=self.run.mode,

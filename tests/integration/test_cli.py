@@ -99,6 +99,25 @@ def test_backtest_json_and_outputs(tmp_path):
     ]
     assert {a["fill_id"] for a in audit if a["event"] == "fill"} == {f["fill_id"] for f in fills}
 
+    # A rerun of the same run replaces it everywhere: the store's rows and the audit log
+    # hold this run's records once (the audit log used to append a second copy).
+    again = tradingd(
+        ["backtest", "-c", str(ROOT / "config/default.toml"), "-c", str(cfg), "--json"],
+        cwd=tmp_path,
+    )
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["fills"] == summary["fills"]
+    audit = [
+        json.loads(x)
+        for f in (tmp_path / "audit").glob("*.jsonl*")
+        for x in f.read_text().splitlines()
+    ]
+    audited = sorted(a["fill_id"] for a in audit if a["event"] == "fill")
+    assert audited == sorted(f["fill_id"] for f in fills)  # each once
+    with sqlite3.connect(tmp_path / "cli.db") as db:
+        [(stored,)] = db.execute("SELECT count(*) FROM fills").fetchall()
+    assert stored == summary["fills"]
+
 
 def test_text_summary(tmp_path):
     r = tradingd(["backtest", "-c", str(small_config(tmp_path)), "--no-progress"], cwd=tmp_path)

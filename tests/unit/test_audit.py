@@ -274,3 +274,30 @@ def test_equal_instants_in_two_zones_are_each_written_as_given():
         "null",
         '"2024-01-02T21:00:00+00:00"',
     ]
+
+
+def test_begin_run_removes_an_earlier_runs_files_and_the_writer_starts_a_new_one(tmp_path):
+    """A replay starts afresh, as the store does: the earlier run's file and its rotated
+    backups go, other runs' files stay, and what this run writes after is all there is."""
+    earlier = AuditLog(tmp_path, "r", flush_interval_s=1.0, max_lines=1, max_bytes=200)
+    for i in range(6):  # a few hundred bytes a line: rotated on the way
+        earlier.orders([order(i)])
+        earlier.flush(force=True)
+    earlier.close()
+    other = AuditLog(tmp_path, "other", flush_interval_s=0.0)
+    other.orders([order(9)])
+    other.close()
+    assert (tmp_path / "r.jsonl.1").exists()
+    before = sorted(p.name for p in tmp_path.iterdir())
+
+    a = AuditLog(tmp_path, "r", flush_interval_s=1.0, max_lines=1)
+    assert a.begin_run() == len([n for n in before if n.startswith("r.jsonl")])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["other.jsonl"]
+    start_writer(a)  # the writer process has the (new) file open: begin_run again
+    a.orders([order(5)])
+    a.flush(force=True)
+    assert a.begin_run() == 1
+    a.orders([order(7)])
+    a.close()
+    assert [r["client_order_id"] for r in records(tmp_path / "r.jsonl")] == ["r|7"]
+    assert a.begin_run() == 1 and AuditLog(tmp_path, "new").begin_run() == 0
