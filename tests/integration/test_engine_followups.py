@@ -294,6 +294,19 @@ async def test_live_warmup_retries_a_source_that_is_down_at_start(engine_config,
     assert result.warmup_bars == 60 and result.bars == 60 and result.orders > 0
 
 
+def live_run(engine_config):
+    """90 bars through a live engine at 400 a second: 60 of warm-up, 30 traded."""
+    from tradingd.config import LiveConfig
+
+    panel = make_panel(n_bars=90, split_at=None)
+    start = panel.datetimes()[60].date().isoformat()
+    return panel, dataclasses.replace(
+        engine_config,
+        live=LiveConfig(bars_per_second=400.0),
+        run=dataclasses.replace(engine_config.run, start=start),
+    )
+
+
 async def test_a_live_engine_freezes_its_start_up_objects_and_unfreezes_them_at_stop(
     engine_config,
 ):
@@ -304,15 +317,9 @@ async def test_a_live_engine_freezes_its_start_up_objects_and_unfreezes_them_at_
     import gc
 
     from tradingd.app import build_engine
-    from tradingd.config import LiveConfig
     from tradingd.engine.collector import REPLAY_GEN0
 
-    panel = make_panel(n_bars=90, split_at=None)
-    config = dataclasses.replace(
-        engine_config,
-        live=LiveConfig(bars_per_second=400.0),
-        run=dataclasses.replace(engine_config.run, start=panel.datetimes()[60].date().isoformat()),
-    )
+    panel, config = live_run(engine_config)
     assert gc.get_freeze_count() == 0
     seen: dict[str, int] = {}
     live = build_engine(config, "live", panel=panel)
@@ -354,17 +361,11 @@ async def test_a_live_engine_leaves_a_freeze_it_did_not_make(engine_config, monk
     import gc
 
     from tradingd.app import build_engine
-    from tradingd.config import LiveConfig
     from tradingd.engine import collector
 
     monkeypatch.setattr(collector, "_active", 0)
     monkeypatch.setattr(collector, "_froze", False)
-    panel = make_panel(n_bars=90, split_at=None)
-    config = dataclasses.replace(
-        engine_config,
-        live=LiveConfig(bars_per_second=400.0),
-        run=dataclasses.replace(engine_config.run, start=panel.datetimes()[60].date().isoformat()),
-    )
+    panel, config = live_run(engine_config)
     assert gc.get_freeze_count() == 0
     collector.replay_started()  # a replay in this process, still running
     try:
