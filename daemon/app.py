@@ -126,14 +126,11 @@ def prepare_for_replay(pipeline: Pipeline) -> None:
     take up a model published mid-run (`pin_model`, see `core.ports`) keep the one they
     loaded. And no clock paces it: plugins whose background work it waits for run that work
     at full priority (`for_replay`)."""
-    for plugin, _ in pipeline.signals:
-        pin = getattr(plugin, "pin_model", None)
-        if callable(pin):
-            pin()
     for plugin in pipeline.plugins():
-        hook = getattr(plugin, "for_replay", None)
-        if callable(hook):
-            hook()
+        for name in ("pin_model", "for_replay"):
+            hook = getattr(plugin, name, None)
+            if callable(hook):
+                hook()
 
 
 @dataclass(frozen=True)

@@ -371,7 +371,7 @@ class PerformanceAnalyzer:
             # A run that starts on the benchmark's first day has no benchmark return for
             # its first bar (no earlier level to compare with): every run on the bundled
             # data does. Only other bars missing are news.
-            first_only = nb == n - 1 and not both[0] and not np.isfinite(b[0])
+            first_only = nb == n - 1 and not np.isfinite(b[0])
             (log.info if first_only else log.warning)(
                 "analysis.benchmark_partial",
                 bars=n,

@@ -316,9 +316,8 @@ def snapshot(engine: Any) -> dict[str, Any]:
     """The state fitted up to this bar: every plugin's checkpoint state, the book, the Kelly
     inputs and the GARCH parameters by symbol."""
     p = engine.pipeline
-    plugins = [s for s, _ in p.signals] + [p.sizing, *p.risks]
     states = {}
-    for plugin in plugins:
+    for plugin in p.plugins():
         state = getattr(plugin, "state", None)
         if callable(state):
             states[plugin.name] = json_values(state())
