@@ -35,7 +35,7 @@ from .catalog import (
     topological,
     window_op,
 )
-from .indicators import talib_outputs
+from .indicators import INPUTS, talib_outputs
 
 # ----------------------------------------------------------------------------- batch
 
@@ -63,6 +63,7 @@ def compute_batch(
     out: dict[str, np.ndarray] = {
         n.name: np.full((t_len, n_sym), np.nan, dtype=dtype) for n in order if n.name in keep
     }
+    fields = bar_fields(per_symbol)
     for j in range(n_sym):
         rows = np.flatnonzero(~np.isnan(panel.close[:, j]))
         if rows.size == 0:
@@ -78,12 +79,11 @@ def compute_batch(
                 continue
             g = splits_after(split[:hi, None])[:, 0]
             r = rows[:hi]
+            # Only the fields the nodes read (a momentum needs the close alone): each is a
+            # gather down one column of the panel and a division, per stretch.
             bars = {
-                "open": panel.open[r, j] / g,
-                "high": panel.high[r, j] / g,
-                "low": panel.low[r, j] / g,
-                "close": panel.close[r, j] / g,
-                "volume": panel.volume[r, j] * g,
+                f: panel.volume[r, j] * g if f == "volume" else getattr(panel, f)[r, j] / g
+                for f in fields
             }
             values: dict[str, np.ndarray] = {}
             cache: dict[tuple[str, tuple[object, ...]], dict[str, np.ndarray]] = {}
@@ -100,6 +100,21 @@ def compute_batch(
     return {n.name: out[n.name] for n in wanted}
 
 
+_BAR_FIELDS = ("open", "high", "low", "close", "volume")  # talib_outputs' argument order
+_UNREAD = np.empty(0)
+
+
+def bar_fields(nodes: Sequence[Node]) -> tuple[str, ...]:
+    """The bar fields that evaluating `nodes` reads, in `_BAR_FIELDS` order."""
+    read: set[str] = set()
+    for node in nodes:
+        if isinstance(node, BarNode):
+            read.add(node.field_name)
+        elif isinstance(node, IndicatorNode):
+            read.update(INPUTS[node.kind])
+    return tuple(f for f in _BAR_FIELDS if f in read)
+
+
 def _batch_node(
     node: Node,
     values: Mapping[str, np.ndarray],
@@ -111,14 +126,9 @@ def _batch_node(
     if isinstance(node, IndicatorNode):
         key = (node.kind, node.params)
         if key not in cache:
+            # A field the kind does not read is not built (`bar_fields`): an empty array.
             cache[key] = talib_outputs(
-                node.kind,
-                node.params,
-                bars["open"],
-                bars["high"],
-                bars["low"],
-                bars["close"],
-                bars["volume"],
+                node.kind, node.params, *(bars.get(f, _UNREAD) for f in _BAR_FIELDS)
             )
         return cache[key][node.output]
     if isinstance(node, PointNode):

@@ -47,6 +47,26 @@ class IndicatorConfig:
             )
 
 
+# The bar fields each indicator kind reads (of open, high, low, close, volume), so a batch
+# evaluation builds only those: a split-adjusted copy of a field costs as much as many an
+# indicator. The fields not listed reach `talib_outputs` as empty arrays: a field missing here
+# fails loudly, never as values (TA-Lib refuses inputs of different lengths, and an empty lone
+# input gives empty outputs, which the batch cannot store in a symbol's rows).
+INPUTS: dict[str, tuple[str, ...]] = {
+    "rsi": ("close",),
+    "roc": ("close",),
+    "volume_roc": ("volume",),
+    "macd": ("close",),
+    "stoch": ("high", "low", "close"),
+    "adx": ("high", "low", "close"),
+    "bbands": ("close",),
+    "atr": ("high", "low", "close"),
+    "trange": ("high", "low", "close"),
+    "obv": ("close", "volume"),
+    "mfi": ("high", "low", "close", "volume"),
+}
+
+
 def talib_outputs(
     kind: str,
     params: tuple[Any, ...],
