@@ -543,12 +543,73 @@ def build_engine(
     )
     if mode == "live":
         engine.lock = _instance_lock(config, engine)
+    else:
+        engine.lock = _replay_lock(config, run_id)
+    if mode == "live":
         _alerting(config, engine)
         # Every live bar's inputs and decisions, for `tradingd replay-check`.
         engine.on_decision = lambda t, source, record: store.record_decision(  # type: ignore[attr-defined]
             run_id, t, source, record
         )
     return engine
+
+
+def _replay_lock(config: Config, run_id: str) -> Any:
+    """One replay of a run id at a time on a store. A replay starts by deleting its run id's
+    rows and audit log (begin_run), so a second one started meanwhile would erase the
+    first's record and then interleave its rows with it (a rerun in another terminal, a
+    sweep script that fixed run.run_id). With a memory store nothing is shared but the
+    audit log: the lock is per audit folder too, so replays with logs of their own (a
+    sweep's points, walk-forward folds) never meet. The lock files live in the system's
+    temporary folder (one empty file per store and run id, never unlinked: see
+    instance_lock), not beside the database."""
+    import tempfile
+
+    from .instance_lock import MEMORY
+    from .storage.factory import sqlite_path
+
+    account = f"replay:{run_id}"
+    url = config.storage.url
+    if url.strip().lower().startswith("sqlite:///") and sqlite_path(url.strip()) == MEMORY:
+        account += "@" + str(Path(config.log.audit_dir).expanduser().resolve())
+    return ReplayLock(run_id, url, account, Path(tempfile.gettempdir()) / "tradingd-locks")
+
+
+class ReplayLock:
+    """The replay's part of the engine that holds `_replay_lock`'s lock for the run."""
+
+    def __init__(self, run_id: str, store_url: str, account: str, lock_dir: Path) -> None:
+        self.run_id = run_id
+        self.store_url = store_url
+        self.account = account
+        self.lock_dir = lock_dir
+        self.lock: Any = None
+
+    async def start(self) -> None:
+        from .instance_lock import AnotherDaemonRunning, acquire_instance_lock
+
+        try:
+            self.lock = await acquire_instance_lock(
+                self.store_url, self.account, lock_dir=self.lock_dir
+            )
+        except AnotherDaemonRunning as exc:
+            h = exc.holder
+            who = (
+                f"pid {h['pid']} on host {h.get('host') or '?'}, since "
+                f"{h.get('started_at') or '?'}"
+                if h.get("pid") is not None
+                else "a process that has not written its pid yet"
+            )
+            raise ConfigError(
+                f"run {self.run_id!r} is being replayed already ({who}) with this store: a "
+                "replay starts by deleting its run id's rows, so the two would erase and mix "
+                "each other's record; wait for it to end, or give this run another "
+                "run.run_id (an empty one derives its own from the config)"
+            ) from None
+
+    async def stop(self) -> None:
+        if self.lock is not None:
+            await self.lock.release()
 
 
 def _alerting(config: Config, engine: Engine) -> None:

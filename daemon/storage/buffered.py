@@ -616,6 +616,17 @@ class BufferedStore(ABC):
         await self.flush()
         await self._drained()
         d = self.dialect
+        if run.mode != "live":
+            stored = await self._query(select_run_sql(TABLES["runs"], d), (run.run_id,))
+            if stored and stored[0][1] == "live":
+                # A live run's record is its restart point (checkpoints, order intents):
+                # a replay that reuses its id must not wipe it.
+                raise ConfigError(
+                    f"run {run.run_id!r} in {self._where()} is a live run's record: a "
+                    f"{run.mode} starts by deleting its run id's rows, which would erase that "
+                    "run's orders, fills and checkpoints; give this run another run.run_id "
+                    "(an empty one derives its own from the config)"
+                )
         stmts: list[tuple[str, Sequence[Any]]] = [
             (delete_run_sql(TABLES[name], d), (run.run_id,)) for name in RUN_TABLES
         ]

@@ -303,7 +303,8 @@ def live_run(engine_config):
     return panel, dataclasses.replace(
         engine_config,
         live=LiveConfig(bars_per_second=400.0),
-        run=dataclasses.replace(engine_config.run, start=start),
+        # Its own run id: a replay of engine_config's may not erase a live run's record.
+        run=dataclasses.replace(engine_config.run, start=start, run_id="test-live"),
     )
 
 

@@ -1,0 +1,132 @@
+"""A replay never erases or mixes another run's record.
+
+A replay starts by deleting its run id's rows and audit log (begin_run). Two replays of one
+run id at once on one store would erase and interleave each other's record, and a replay
+that reuses a live run's id would erase the live run's orders, fills and checkpoints (its
+restart point)."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_panel
+from tradingd.core.errors import ConfigError
+from tradingd.core.types import RunInfo
+
+
+def _replay(config, panel, on_bar=None):
+    from tradingd.app import build_engine
+
+    return build_engine(config, "backtest", panel=panel, on_bar=on_bar)
+
+
+async def _fills(config, run_id: str) -> int:
+    from tradingd.storage.factory import open_store
+
+    store = open_store(config.storage.url, spool=False)
+    await store.start()
+    try:
+        return len(await store.fetch("fills", run_id))
+    finally:
+        await store.stop()
+
+
+async def _second_while_first_runs(first, second):
+    """Runs `second` while `first` is held inside its tenth bar (its broker awaits an event
+    there); returns (first's result, the ConfigError `second` raised or None)."""
+    held, go_on = asyncio.Event(), asyncio.Event()
+    on_bar = first.broker.on_bar
+    seen = {"bars": 0}
+
+    async def held_on_bar(bar):
+        seen["bars"] += 1
+        if seen["bars"] == 10:
+            held.set()
+            await go_on.wait()
+        return await on_bar(bar)
+
+    first.broker.on_bar = held_on_bar
+    task = asyncio.create_task(first.run_until_done())
+    await asyncio.wait_for(held.wait(), 60)
+    error = None
+    try:
+        await second.run_until_done()
+    except ConfigError as exc:
+        error = exc
+    finally:
+        go_on.set()
+    return await asyncio.wait_for(task, 120), error
+
+
+async def test_a_second_replay_of_a_run_id_on_the_same_store_is_refused(engine_config):
+    panel = make_panel(n_bars=200)
+    solo = await _replay(engine_config, panel).run_until_done()
+    assert solo.fills > 0
+
+    first, second = _replay(engine_config, panel), _replay(engine_config, panel)
+    result, error = await _second_while_first_runs(first, second)
+    assert error is not None
+    message = str(error)
+    assert "'test-run'" in message and "run.run_id" in message and "pid " in message
+    # The first replay's record is whole: nothing erased or added by the second.
+    assert result.fills == solo.fills
+    assert await _fills(engine_config, "test-run") == solo.fills
+    # Once it has ended, the same run id replays again (the lock was released).
+    again = await _replay(engine_config, panel).run_until_done()
+    assert again.fills == solo.fills
+
+
+async def test_replays_with_memory_stores_meet_only_through_a_shared_audit_log(
+    engine_config, tmp_path
+):
+    """A memory store shares nothing: replays of one run id with audit logs of their own
+    (a sweep's points, walk-forward folds) run side by side; with one audit folder they
+    would write one file, and the second is refused."""
+    panel = make_panel(n_bars=200)
+
+    def memory(audit: Path):
+        return dataclasses.replace(
+            engine_config,
+            storage=dataclasses.replace(engine_config.storage, url="sqlite:///:memory:"),
+            log=dataclasses.replace(engine_config.log, audit_dir=str(audit)),
+        )
+
+    a, b = memory(tmp_path / "a"), memory(tmp_path / "b")
+    _, error = await _second_while_first_runs(_replay(a, panel), _replay(b, panel))
+    assert error is None
+    _, error = await _second_while_first_runs(_replay(a, panel), _replay(a, panel))
+    assert error is not None and "'test-run'" in str(error)
+
+
+async def test_a_replay_refuses_to_erase_a_live_runs_record(tmp_path):
+    from tradingd.storage.factory import open_store
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    store = open_store(url, spool=False)
+    await store.start()
+    try:
+
+        def run(mode: str) -> RunInfo:
+            return RunInfo("paper-1", mode, datetime.now(UTC), "{}", ("A", "B"), 100_000.0)
+
+        assert await store.resume_run(run("live")) is None  # a new live run: its run row
+        store.record_checkpoint("paper-1", datetime(2024, 1, 2, tzinfo=UTC), {"k": 1})
+        await store.flush()
+        with pytest.raises(ConfigError, match=r"'paper-1'.*live run's record.*run\.run_id"):
+            await store.begin_run(run("backtest"))
+        # Nothing was deleted: the live run's checkpoint is still its restart point.
+        assert len(await store.fetch("checkpoints", "paper-1")) == 1
+        assert (await store.fetch("runs", "paper-1"))[0]["mode"] == "live"
+        # A backtest's own record is still replaced by its rerun, as before.
+        now = datetime.now(UTC)
+        await store.begin_run(RunInfo("bt-1", "backtest", now, "{}", ("A",), 1.0))
+        await store.begin_run(RunInfo("bt-1", "backtest", now, "{}", ("A",), 2.0))
+        runs = await store.fetch("runs", "bt-1")
+        assert len(runs) == 1 and runs[0]["initial_capital"] == 2.0
+    finally:
+        await store.stop()
