@@ -558,27 +558,33 @@ def _replay_lock(config: Config, run_id: str) -> Any:
     """One replay of a run id at a time on a store. A replay starts by deleting its run id's
     rows and audit log (begin_run), so a second one started meanwhile would erase the
     first's record and then interleave its rows with it (a rerun in another terminal, a
-    sweep script that fixed run.run_id). With a memory store nothing is shared but the
-    audit log: the lock is per audit folder too, so replays with logs of their own (a
-    sweep's points, walk-forward folds) never meet. The lock files live in the system's
-    temporary folder (one empty file per store and run id, never unlinked: see
-    instance_lock), not beside the database."""
-    import tempfile
+    sweep script that fixed run.run_id).
 
+    The lock files (one empty file per run id, never unlinked: see instance_lock) live
+    beside what already grows by one entry per run id: a SQLite file's in `<db>.locks/`
+    (the database keeps each run's rows), a memory store's in the audit folder (beside
+    each run's audit log; nothing else is shared then, so replays with audit logs of their
+    own, such as a sweep's points or walk-forward folds, never meet, and their temporary
+    folders take the files with them). PostgreSQL: an advisory lock, no file."""
     from .instance_lock import MEMORY
     from .storage.factory import sqlite_path
 
-    account = f"replay:{run_id}"
-    url = config.storage.url
-    if url.strip().lower().startswith("sqlite:///") and sqlite_path(url.strip()) == MEMORY:
-        account += "@" + str(Path(config.log.audit_dir).expanduser().resolve())
-    return ReplayLock(run_id, url, account, Path(tempfile.gettempdir()) / "tradingd-locks")
+    url = config.storage.url.strip()
+    lock_dir: Path | None = None
+    if url.lower().startswith("sqlite:///"):
+        db = sqlite_path(url)
+        if db == MEMORY:
+            lock_dir = Path(config.log.audit_dir).expanduser()
+        else:
+            path = Path(db).expanduser().resolve()
+            lock_dir = path.with_name(f"{path.name}.locks")
+    return ReplayLock(run_id, config.storage.url, f"replay:{run_id}", lock_dir)
 
 
 class ReplayLock:
     """The replay's part of the engine that holds `_replay_lock`'s lock for the run."""
 
-    def __init__(self, run_id: str, store_url: str, account: str, lock_dir: Path) -> None:
+    def __init__(self, run_id: str, store_url: str, account: str, lock_dir: Path | None) -> None:
         self.run_id = run_id
         self.store_url = store_url
         self.account = account
@@ -595,8 +601,7 @@ class ReplayLock:
         except AnotherDaemonRunning as exc:
             h = exc.holder
             who = (
-                f"pid {h['pid']} on host {h.get('host') or '?'}, since "
-                f"{h.get('started_at') or '?'}"
+                f"pid {h['pid']} on host {h.get('host') or '?'}, since {h.get('started_at') or '?'}"
                 if h.get("pid") is not None
                 else "a process that has not written its pid yet"
             )

@@ -654,9 +654,19 @@ class BufferedStore(ABC):
         await self.flush()
         await self._drained()
         d = self.dialect
-        if not await self._query(select_run_sql(TABLES["runs"], d), (run.run_id,)):
+        stored = await self._query(select_run_sql(TABLES["runs"], d), (run.run_id,))
+        if not stored:
             await self.begin_run(run)
             return None
+        if stored[0][1] != run.mode:
+            # A backtest's record has no checkpoint: continuing it, every order it placed
+            # would look like an intent stored just before a crash (to look up at the
+            # broker), and the live rows would mix with the backtest's.
+            raise ConfigError(
+                f"run {run.run_id!r} in {self._where()} is a {stored[0][1]}'s record, not a "
+                f"{run.mode} run's: a {run.mode} run cannot continue it; give this run another "
+                "run.run_id (an empty one derives its own from the config)"
+            )
         found = await self.fetch("checkpoints", run.run_id)
         bar_time = found[-1]["bar_time"] if found else None
         state = found[-1]["state"] if found else None

@@ -79,6 +79,9 @@ async def test_a_second_replay_of_a_run_id_on_the_same_store_is_refused(engine_c
     # Once it has ended, the same run id replays again (the lock was released).
     again = await _replay(engine_config, panel).run_until_done()
     assert again.fills == solo.fills
+    # Its lock file sits beside the database, one for the run id, whatever the reruns.
+    db = Path(engine_config.storage.url.removeprefix("sqlite:///"))
+    assert len(list(db.with_name(f"{db.name}.locks").glob("*.lock"))) == 1
 
 
 async def test_replays_with_memory_stores_meet_only_through_a_shared_audit_log(
@@ -101,6 +104,8 @@ async def test_replays_with_memory_stores_meet_only_through_a_shared_audit_log(
     assert error is None
     _, error = await _second_while_first_runs(_replay(a, panel), _replay(a, panel))
     assert error is not None and "'test-run'" in str(error)
+    # The lock files are in the audit folders, which a sweep's temporary folders remove.
+    assert [len(list((tmp_path / d).glob("*.lock"))) for d in "ab"] == [1, 1]
 
 
 async def test_a_replay_refuses_to_erase_a_live_runs_record(tmp_path):
@@ -128,5 +133,28 @@ async def test_a_replay_refuses_to_erase_a_live_runs_record(tmp_path):
         await store.begin_run(RunInfo("bt-1", "backtest", now, "{}", ("A",), 2.0))
         runs = await store.fetch("runs", "bt-1")
         assert len(runs) == 1 and runs[0]["initial_capital"] == 2.0
+    finally:
+        await store.stop()
+
+
+async def test_a_live_run_refuses_to_continue_a_backtests_record(tmp_path):
+    """Without a checkpoint every order of the backtest would count as an intent stored
+    before a crash, to be looked up at the broker on start."""
+    from tradingd.core.types import Order, Side
+    from tradingd.storage.factory import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'store.db'}", spool=False)
+    await store.start()
+    try:
+        now = datetime.now(UTC)
+        await store.begin_run(RunInfo("shared", "backtest", now, "{}", ("A",), 1.0))
+        store.record_orders(
+            "shared", [Order("shared|20240102T000000|A|entry|1", "A", Side.BUY, 5.0, now)]
+        )
+        await store.flush()
+        with pytest.raises(ConfigError, match=r"'shared'.*backtest's record.*run\.run_id"):
+            await store.resume_run(RunInfo("shared", "live", now, "{}", ("A",), 1.0))
+        assert len(await store.fetch("orders", "shared")) == 1
+        assert (await store.fetch("runs", "shared"))[0]["mode"] == "backtest"
     finally:
         await store.stop()
