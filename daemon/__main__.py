@@ -950,7 +950,13 @@ def trading_check(daemon: Any) -> CheckResult:
     if daemon.stopping:
         return CheckResult(False, "stopping", {"phase": "stopping"}, expected=True)
     if daemon.ready:
-        return CheckResult(True, "trading")
+        engine = getattr(daemon, "engine", None)
+        behind = engine.catching_up_to if engine is not None else None
+        if behind is None:
+            return CheckResult(True, "trading")
+        # A resumed demo replays the bars its checkpoint already holds before it trades.
+        data = {"phase": "catching up", "through": behind.isoformat()}
+        return CheckResult(False, "not trading yet: catching up", data, expected=True)
     phase = daemon.phase
     return CheckResult(False, f"not trading yet: {phase}", {"phase": phase}, expected=True)
 

@@ -795,6 +795,17 @@ class Engine:
         return self._bars
 
     @property
+    def catching_up_to(self) -> datetime | None:
+        """The checkpoint a resumed run is still replaying its completed bars up to (for
+        features only: `_replay_restored`), None once it is past it or when nothing was
+        restored. A demo's recorded feed does that after the clock started; a live feed's
+        missed bars are warm-up history instead, before it."""
+        through = self._restored_through
+        if through is None or (self._last_time is not None and self._last_time >= through):
+            return None
+        return through
+
+    @property
     def signal_source(self) -> str:
         """Signal plugins with their model versions (e.g. "ml_ensemble@2024.11")."""
         return self._signal_source()

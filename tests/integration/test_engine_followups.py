@@ -376,3 +376,29 @@ async def test_a_live_engine_leaves_a_freeze_it_did_not_make(engine_config, monk
     finally:
         collector.replay_ended()
     assert gc.get_freeze_count() == 0  # its end unfroze it
+
+
+async def test_a_resumed_engine_is_catching_up_until_past_its_checkpoint(engine_config):
+    """`catching_up_to` (the daemon's /ready) names the checkpoint while the bars an earlier
+    process completed are replayed for features, and is None from the checkpoint's bar on."""
+    from tradingd.app import build_engine
+
+    panel = make_panel(n_bars=60, split_at=None)
+    engine = build_engine(engine_config, "backtest", panel=panel)
+    through = panel.datetimes()[20]
+    assert engine.catching_up_to is None  # nothing restored
+    engine._restored_through = through
+    seen = []
+    replay_restored = engine._replay_restored
+
+    def recorded(bar):
+        replay_restored(bar)
+        seen.append((bar.time, engine.catching_up_to))
+
+    engine._replay_restored = recorded
+    engine._on_bar = lambda i, t: seen.append((t, engine.catching_up_to))
+    await engine.run_until_done()
+    times = [t for t, _ in seen]
+    assert times == sorted(times) and len(times) == 60
+    assert all((behind == through) == (t < through) for t, behind in seen), seen[18:23]
+    assert all(behind in (None, through) for _, behind in seen)

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -247,23 +248,32 @@ def test_ready_is_503_until_trading_then_sigint_finishes_the_bar_and_exits_0(tmp
 def test_the_trading_check_names_the_phase_and_a_stop():
     from tradingd.__main__ import trading_check
 
-    d = SimpleNamespace(stopping=False, ready=False, phase="connecting")
+    engine = SimpleNamespace(catching_up_to=None)
+    d = SimpleNamespace(stopping=False, ready=False, phase="connecting", engine=engine)
+    checkpoint = datetime(2020, 1, 3, tzinfo=UTC)
     seen = []
     for change in (
         {},
         {"phase": "warm-up"},
-        {"ready": True, "phase": "trading"},
+        # A resumed demo replays its completed bars after the clock started.
+        {"ready": True, "phase": "trading", "behind": checkpoint},
+        {"behind": None},
         {"stopping": True},
     ):
+        engine.catching_up_to = change.pop("behind", engine.catching_up_to)
         vars(d).update(change)
         r = trading_check(d)
         seen.append((r.ok, r.detail, r.expected, (r.data or {}).get("phase")))
     assert seen == [
         (False, "not trading yet: connecting", True, "connecting"),
         (False, "not trading yet: warm-up", True, "warm-up"),
+        (False, "not trading yet: catching up", True, "catching up"),
         (True, "trading", False, None),
         (False, "stopping", True, "stopping"),
     ]
+    engine.catching_up_to = checkpoint
+    vars(d).update(stopping=False)
+    assert trading_check(d).data == {"phase": "catching up", "through": checkpoint.isoformat()}
 
 
 def test_sighup_applies_limits_and_level_reports_the_rest_and_refuses_invalid(tmp_path, daemon):
