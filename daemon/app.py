@@ -555,66 +555,85 @@ def build_engine(
 
 
 def _replay_lock(config: Config, run_id: str) -> Any:
-    """One replay of a run id at a time on a store. A replay starts by deleting its run id's
-    rows and audit log (begin_run), so a second one started meanwhile would erase the
-    first's record and then interleave its rows with it (a rerun in another terminal, a
-    sweep script that fixed run.run_id).
+    """One replay of a run id at a time per store and per audit folder. A replay starts by
+    deleting its run id's rows and audit log (begin_run), so a second one started meanwhile
+    would erase the first's record and then interleave its records with it (a rerun in
+    another terminal, a sweep script that fixed run.run_id).
 
     The lock files (one empty file per run id, never unlinked: see instance_lock) live
-    beside what already grows by one entry per run id: a SQLite file's in `<db>.locks/`
-    (the database keeps each run's rows), a memory store's in the audit folder (beside
-    each run's audit log; nothing else is shared then, so replays with audit logs of their
-    own, such as a sweep's points or walk-forward folds, never meet, and their temporary
-    folders take the files with them). PostgreSQL: an advisory lock, no file."""
+    beside what already grows by one entry per run id: the audit folder (beside each run's
+    audit log), and for a SQLite file `<db>.locks/` (the database keeps each run's rows);
+    PostgreSQL takes an advisory lock. A memory store shares nothing: replays with audit
+    folders of their own (a sweep's points, walk-forward folds) never meet, and their
+    temporary folders take the files with them."""
     from .instance_lock import MEMORY
     from .storage.factory import sqlite_path
 
+    audit_dir = Path(config.log.audit_dir).expanduser()
     url = config.storage.url.strip()
-    lock_dir: Path | None = None
+    locks: list[tuple[str, str, Path | None]] = []
     if url.lower().startswith("sqlite:///"):
         db = sqlite_path(url)
-        if db == MEMORY:
-            lock_dir = Path(config.log.audit_dir).expanduser()
-        else:
+        if db != MEMORY:
             path = Path(db).expanduser().resolve()
-            lock_dir = path.with_name(f"{path.name}.locks")
-    return ReplayLock(run_id, config.storage.url, f"replay:{run_id}", lock_dir)
+            locks.append((f"the store {path}", url, path.with_name(f"{path.name}.locks")))
+    else:
+        locks.append(("the store", url, None))
+    locks.append((f"the audit folder {audit_dir}", f"sqlite:///{MEMORY}", audit_dir))
+    return ReplayLock(run_id, bool(config.run.run_id), locks)
 
 
 class ReplayLock:
-    """The replay's part of the engine that holds `_replay_lock`'s lock for the run."""
+    """The replay's part of the engine that holds `_replay_lock`'s locks for the run. The
+    engine releases it after everything else (the audit log's last lines included)."""
 
-    def __init__(self, run_id: str, store_url: str, account: str, lock_dir: Path | None) -> None:
+    def __init__(
+        self, run_id: str, fixed_id: bool, locks: list[tuple[str, str, Path | None]]
+    ) -> None:
         self.run_id = run_id
-        self.store_url = store_url
-        self.account = account
-        self.lock_dir = lock_dir
-        self.lock: Any = None
+        self.fixed_id = fixed_id  # run.run_id was set, not derived from the config
+        self.locks = locks  # (what it guards, store URL, lock folder)
+        self.held: list[Any] = []
 
     async def start(self) -> None:
         from .instance_lock import AnotherDaemonRunning, acquire_instance_lock
 
         try:
-            self.lock = await acquire_instance_lock(
-                self.store_url, self.account, lock_dir=self.lock_dir
-            )
-        except AnotherDaemonRunning as exc:
-            h = exc.holder
+            for what, url, lock_dir in self.locks:
+                try:
+                    lock = await acquire_instance_lock(
+                        url, f"replay:{self.run_id}", lock_dir=lock_dir
+                    )
+                except AnotherDaemonRunning as exc:
+                    raise ConfigError(self._refusal(what, exc.holder)) from None
+                self.held.append(lock)
+        except BaseException:
+            await self.stop()
+            raise
+
+    def _refusal(self, what: str, h: dict[str, Any]) -> str:
+        if h.get("pid") is not None:
             who = (
                 f"pid {h['pid']} on host {h.get('host') or '?'}, since {h.get('started_at') or '?'}"
-                if h.get("pid") is not None
-                else "a process that has not written its pid yet"
             )
-            raise ConfigError(
-                f"run {self.run_id!r} is being replayed already ({who}) with this store: a "
-                "replay starts by deleting its run id's rows, so the two would erase and mix "
-                "each other's record; wait for it to end, or give this run another "
-                "run.run_id (an empty one derives its own from the config)"
-            ) from None
+        else:
+            who = str(h.get("unknown") or "a process that has not written its pid yet")
+        advice = (
+            "set run.run_id to another name for this run"
+            if self.fixed_id
+            else "the same configuration derives the same run id: set run.run_id to a name of "
+            "its own for this run"
+        )
+        return (
+            f"run {self.run_id!r} is being replayed already ({who}) with {what}: a replay "
+            "starts by deleting its run id's records, so the two would erase and mix each "
+            f"other's; wait for it to end, or {advice}"
+        )
 
     async def stop(self) -> None:
-        if self.lock is not None:
-            await self.lock.release()
+        held, self.held = self.held, []
+        for lock in reversed(held):
+            await lock.release()
 
 
 def _alerting(config: Config, engine: Engine) -> None:

@@ -37,6 +37,7 @@ from operator import attrgetter
 from pathlib import Path
 from typing import Any, TextIO
 
+from .core.errors import ConfigError
 from .core.types import Fill, Order
 from .storage.child import ChildWriter
 
@@ -266,6 +267,7 @@ class AuditLog:
         """`background`: encode and write in a writer process (default: when
         `flush_interval_s > 0`, i.e. not live); `max_pending`: batches it may hold."""
         self.path = Path(directory) / f"{_safe(run_id)}.jsonl"
+        self._live_mark = self.path.with_name(self.path.name + ".live")
         self.max_bytes = max_bytes
         self.backups = backups
         self.flush_interval_s = flush_interval_s
@@ -331,6 +333,10 @@ class AuditLog:
     def session(self, **info: Any) -> None:
         """Mark a process session (pid, start, where a resumed run continued from): a reader
         sees where each process's records begin."""
+        # Marks the log as a live run's, whose records a replay must never delete (begin_run),
+        # whatever store each uses: the file alone cannot say (it rotates).
+        self._live_mark.parent.mkdir(parents=True, exist_ok=True)
+        self._live_mark.touch()
         row = {"event": "session", "pid": os.getpid(), **info}
         line = _ENCODER.encode(_null_non_finite({k: _plain(v) for k, v in row.items()}))
         self._batch.append((_LINE, line, None))
@@ -342,7 +348,13 @@ class AuditLog:
         rows): the records an earlier run with this run id left go too, rotated files
         included, so the audit log holds this run's records once and agrees with the store.
         A rerun of a backtest used to append a whole second copy. Returns the number of
-        files removed."""
+        files removed. Refuses (ConfigError) when a live run writes this log."""
+        if self._live_mark.exists():
+            raise ConfigError(
+                f"the audit log {self.path} is a live run's ({self._live_mark} marks it): a "
+                "replay starts by deleting its run id's audit log; set run.run_id to a name "
+                "of its own for this run, or another log.audit_dir"
+            )
         self._release()
         removed = 0
         backups = (self.path.with_suffix(f".jsonl.{i}") for i in range(1, self.backups + 1))

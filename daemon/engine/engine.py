@@ -470,20 +470,32 @@ class Engine:
                 collector.live_ended(froze)
             if replaying:
                 collector.replay_ended()
+            # The lock last, after the audit log's last lines: the next holder may delete
+            # or rewrite what it guards (a replay's begin_run).
+            lock = self.lock if self.lock in started else None
             for part in reversed(started):
+                if part is lock:
+                    continue
                 try:
                     await part.stop()
                 except Exception:  # stopping must reach every part
                     log.exception("engine.stop_failed", part=type(part).__name__)
-            self.audit.close()
-            for plugin in self.pipeline.plugins():
-                close = getattr(plugin, "close", None)
-                if close is not None:
+            try:
+                self.audit.close()
+                for plugin in self.pipeline.plugins():
+                    close = getattr(plugin, "close", None)
+                    if close is not None:
+                        try:
+                            close()
+                        except Exception:  # a plugin's cleanup must not hide the outcome
+                            log.exception("plugin.close_failed", plugin=plugin.name)
+            finally:
+                if lock is not None:
                     try:
-                        close()
-                    except Exception:  # a plugin's cleanup must not hide the run's outcome
-                        log.exception("plugin.close_failed", plugin=plugin.name)
-            structlog.contextvars.unbind_contextvars("run_id")
+                        await lock.stop()
+                    except Exception:
+                        log.exception("engine.stop_failed", part=type(lock).__name__)
+                structlog.contextvars.unbind_contextvars("run_id")
 
     def _book_acked(self, acked: list[Order], t: datetime) -> None:
         self._orders += len(acked)

@@ -111,7 +111,8 @@ def bar_fields(nodes: Sequence[Node]) -> tuple[str, ...]:
         if isinstance(node, BarNode):
             read.add(node.field_name)
         elif isinstance(node, IndicatorNode):
-            read.update(INPUTS[node.kind])
+            # An unknown kind reads everything: talib_outputs names it ("unknown indicator").
+            read.update(INPUTS.get(node.kind, _BAR_FIELDS))
     return tuple(f for f in _BAR_FIELDS if f in read)
 
 

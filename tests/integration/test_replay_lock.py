@@ -158,3 +158,55 @@ async def test_a_live_run_refuses_to_continue_a_backtests_record(tmp_path):
         assert (await store.fetch("runs", "shared"))[0]["mode"] == "backtest"
     finally:
         await store.stop()
+
+
+async def test_replays_on_two_stores_still_meet_in_one_audit_folder(engine_config, tmp_path):
+    """The audit log `<audit_dir>/<run_id>.jsonl` is shared whatever the store."""
+    panel = make_panel(n_bars=200)
+    other = dataclasses.replace(
+        engine_config,
+        storage=dataclasses.replace(
+            engine_config.storage, url=f"sqlite:///{tmp_path / 'other.db'}"
+        ),
+    )
+    _, error = await _second_while_first_runs(_replay(engine_config, panel), _replay(other, panel))
+    assert error is not None and "audit folder" in str(error)
+
+
+async def test_the_lock_is_released_after_the_audit_logs_last_lines(engine_config):
+    """The next holder may delete the audit log (begin_run): the first run's writes to it
+    must be over by then."""
+    engine = _replay(engine_config, make_panel(n_bars=200))
+    events: list[str] = []
+    close, stop = engine.audit.close, engine.lock.stop
+
+    def audit_close():
+        events.append("audit closed")
+        close()
+
+    async def lock_stop():
+        events.append("lock released")
+        await stop()
+
+    engine.audit.close, engine.lock.stop = audit_close, lock_stop
+    await engine.run_until_done()
+    assert events == ["audit closed", "lock released"]
+
+
+async def test_a_replay_never_deletes_a_live_runs_audit_log(engine_config, tmp_path):
+    """Even on another store: a live run marks its audit log, and a replay of its run id
+    refuses instead of deleting it (and then writing into it beside the daemon)."""
+    from tradingd.audit import AuditLog
+
+    audit_dir = Path(engine_config.log.audit_dir)
+    live = AuditLog(audit_dir, "test-run", flush_interval_s=0.0)
+    live.session(started_at=datetime.now(UTC))
+    live.close()
+    before = (audit_dir / "test-run.jsonl").read_text()
+    memory = dataclasses.replace(
+        engine_config,
+        storage=dataclasses.replace(engine_config.storage, url="sqlite:///:memory:"),
+    )
+    with pytest.raises(ConfigError, match=r"audit log .*test-run\.jsonl is a live run's"):
+        await _replay(memory, make_panel(n_bars=200)).run_until_done()
+    assert (audit_dir / "test-run.jsonl").read_text() == before

@@ -4,6 +4,7 @@ stay on the thread."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sqlite3
 from datetime import UTC, datetime, timedelta
@@ -106,7 +107,8 @@ async def test_a_live_run_writes_on_the_thread_not_in_a_process(tmp_path):
     try:
         await store.begin_run(run_info("backtest"))
         assert store._child is not None
-        await store.resume_run(run_info("live"))  # a live run on the same store
+        # A live run (of its own run id: it may not continue a backtest's record).
+        await store.resume_run(dataclasses.replace(run_info("live"), run_id="r2"))
         assert store._child is None
         record_bar(store, 0)
         await store.flush()
