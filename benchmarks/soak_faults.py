@@ -1469,7 +1469,11 @@ async def soak(args: argparse.Namespace, infra: Infra, out: dict[str, Any]) -> N
             for name, obj in roots.items():
                 sizes.update(container_sizes(obj, name))
             audit = (
-                {k: v for k, v in dir_files(infra.work / "audit").items() if ".jsonl" in k}
+                {
+                    k: v
+                    for k, v in dir_files(infra.work / "audit").items()
+                    if ".jsonl" in k and not k.endswith(".live")
+                }
                 if (infra.work / "audit").exists()
                 else {}
             )

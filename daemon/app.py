@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 import structlog
 
-from .audit import AuditLog
+from .audit import AuditLog, audit_path
 from .brokers.simulated import SimulatedBroker, SimulatedBrokerConfig
 from .cache.factory import open_cache
 from .clock.replay import ReplayClock
@@ -571,15 +571,18 @@ def _replay_lock(config: Config, run_id: str) -> Any:
 
     audit_dir = Path(config.log.audit_dir).expanduser()
     url = config.storage.url.strip()
-    locks: list[tuple[str, str, Path | None]] = []
+    # (what it guards, store URL, lock folder, the name it locks)
+    locks: list[tuple[str, str, Path | None, str]] = []
     if url.lower().startswith("sqlite:///"):
         db = sqlite_path(url)
         if db != MEMORY:
             path = Path(db).expanduser().resolve()
-            locks.append((f"the store {path}", url, path.with_name(f"{path.name}.locks")))
+            locks.append((f"the store {path}", url, path.with_name(f"{path.name}.locks"), run_id))
     else:
-        locks.append(("the store", url, None))
-    locks.append((f"the audit folder {audit_dir}", f"sqlite:///{MEMORY}", audit_dir))
+        locks.append(("the store", url, None, run_id))
+    # By the audit file's name: two run ids can share one ("a+b" and "a_b").
+    log_name = audit_path(audit_dir, run_id).name
+    locks.append((f"the audit folder {audit_dir}", f"sqlite:///{MEMORY}", audit_dir, log_name))
     return ReplayLock(run_id, bool(config.run.run_id), locks)
 
 
@@ -588,22 +591,20 @@ class ReplayLock:
     engine releases it after everything else (the audit log's last lines included)."""
 
     def __init__(
-        self, run_id: str, fixed_id: bool, locks: list[tuple[str, str, Path | None]]
+        self, run_id: str, fixed_id: bool, locks: list[tuple[str, str, Path | None, str]]
     ) -> None:
         self.run_id = run_id
         self.fixed_id = fixed_id  # run.run_id was set, not derived from the config
-        self.locks = locks  # (what it guards, store URL, lock folder)
+        self.locks = locks  # (what it guards, store URL, lock folder, the name it locks)
         self.held: list[Any] = []
 
     async def start(self) -> None:
         from .instance_lock import AnotherDaemonRunning, acquire_instance_lock
 
         try:
-            for what, url, lock_dir in self.locks:
+            for what, url, lock_dir, name in self.locks:
                 try:
-                    lock = await acquire_instance_lock(
-                        url, f"replay:{self.run_id}", lock_dir=lock_dir
-                    )
+                    lock = await acquire_instance_lock(url, f"replay:{name}", lock_dir=lock_dir)
                 except AnotherDaemonRunning as exc:
                     raise ConfigError(self._refusal(what, exc.holder)) from None
                 self.held.append(lock)

@@ -266,7 +266,7 @@ class AuditLog:
     ) -> None:
         """`background`: encode and write in a writer process (default: when
         `flush_interval_s > 0`, i.e. not live); `max_pending`: batches it may hold."""
-        self.path = Path(directory) / f"{_safe(run_id)}.jsonl"
+        self.path = audit_path(directory, run_id)
         self._live_mark = self.path.with_name(self.path.name + ".live")
         self.max_bytes = max_bytes
         self.backups = backups
@@ -349,12 +349,7 @@ class AuditLog:
         included, so the audit log holds this run's records once and agrees with the store.
         A rerun of a backtest used to append a whole second copy. Returns the number of
         files removed. Refuses (ConfigError) when a live run writes this log."""
-        if self._live_mark.exists():
-            raise ConfigError(
-                f"the audit log {self.path} is a live run's ({self._live_mark} marks it): a "
-                "replay starts by deleting its run id's audit log; set run.run_id to a name "
-                "of its own for this run, or another log.audit_dir"
-            )
+        self.check_replayable()
         self._release()
         removed = 0
         backups = (self.path.with_suffix(f".jsonl.{i}") for i in range(1, self.backups + 1))
@@ -365,6 +360,17 @@ class AuditLog:
                 continue
             removed += 1
         return removed
+
+    def check_replayable(self) -> None:
+        """ConfigError when a live run writes this log (`session` marked it): a replay must
+        not delete it. The engine asks before the store deletes the run id's rows, so a
+        refused replay leaves the store as it was."""
+        if self._live_mark.exists():
+            raise ConfigError(
+                f"the audit log {self.path} is a live run's ({self._live_mark} marks it): a "
+                "replay starts by deleting its run id's audit log; set run.run_id to a name "
+                "of its own for this run, or another log.audit_dir"
+            )
 
     def _release(self) -> None:
         """Every record so far on disk and the file closed, here and in the writer process
@@ -435,6 +441,11 @@ def _record_time(line: str) -> Any:
         return datetime.fromisoformat(text) if isinstance(text, str) else None
     except ValueError:
         return None
+
+
+def audit_path(directory: str | Path, run_id: str) -> Path:
+    """The audit log of a run id (two run ids may share one: "a+b" and "a_b")."""
+    return Path(directory) / f"{_safe(run_id)}.jsonl"
 
 
 def _safe(name: str) -> str:

@@ -392,6 +392,10 @@ class Engine:
                         resumed=resume is not None,
                     )
             else:
+                # Before the store deletes anything: a refused replay leaves it as it was.
+                replayable = getattr(self.audit, "check_replayable", None)
+                if replayable is not None:
+                    replayable()
                 await self.store.begin_run(self.run)
                 begin = getattr(self.audit, "begin_run", None)
                 if begin is not None and (removed := begin()):
@@ -473,14 +477,14 @@ class Engine:
             # The lock last, after the audit log's last lines: the next holder may delete
             # or rewrite what it guards (a replay's begin_run).
             lock = self.lock if self.lock in started else None
-            for part in reversed(started):
-                if part is lock:
-                    continue
-                try:
-                    await part.stop()
-                except Exception:  # stopping must reach every part
-                    log.exception("engine.stop_failed", part=type(part).__name__)
             try:
+                for part in reversed(started):
+                    if part is lock:
+                        continue
+                    try:
+                        await part.stop()
+                    except Exception:  # stopping must reach every part
+                        log.exception("engine.stop_failed", part=type(part).__name__)
                 self.audit.close()
                 for plugin in self.pipeline.plugins():
                     close = getattr(plugin, "close", None)
@@ -490,12 +494,13 @@ class Engine:
                         except Exception:  # a plugin's cleanup must not hide the outcome
                             log.exception("plugin.close_failed", plugin=plugin.name)
             finally:
-                if lock is not None:
-                    try:
+                try:
+                    if lock is not None:
                         await lock.stop()
-                    except Exception:
-                        log.exception("engine.stop_failed", part=type(lock).__name__)
-                structlog.contextvars.unbind_contextvars("run_id")
+                except Exception:
+                    log.exception("engine.stop_failed", part=type(lock).__name__)
+                finally:
+                    structlog.contextvars.unbind_contextvars("run_id")
 
     def _book_acked(self, acked: list[Order], t: datetime) -> None:
         self._orders += len(acked)

@@ -171,6 +171,24 @@ async def test_replays_on_two_stores_still_meet_in_one_audit_folder(engine_confi
     )
     _, error = await _second_while_first_runs(_replay(engine_config, panel), _replay(other, panel))
     assert error is not None and "audit folder" in str(error)
+    # The refused replay released the store lock it had taken before the audit folder's.
+    assert (await _replay(other, panel).run_until_done()).fills > 0
+
+
+async def test_run_ids_that_share_an_audit_file_share_its_lock(engine_config, tmp_path):
+    """ "a/b" and "a_b" write one audit file (its name makes them safe alike)."""
+    panel = make_panel(n_bars=200)
+
+    def memory(run_id: str):
+        return dataclasses.replace(
+            engine_config,
+            storage=dataclasses.replace(engine_config.storage, url="sqlite:///:memory:"),
+            run=dataclasses.replace(engine_config.run, run_id=run_id),
+        )
+
+    first, second = _replay(memory("a+b"), panel), _replay(memory("a_b"), panel)
+    _, error = await _second_while_first_runs(first, second)
+    assert error is not None and "'a_b'" in str(error)
 
 
 async def test_the_lock_is_released_after_the_audit_logs_last_lines(engine_config):
@@ -210,3 +228,15 @@ async def test_a_replay_never_deletes_a_live_runs_audit_log(engine_config, tmp_p
     with pytest.raises(ConfigError, match=r"audit log .*test-run\.jsonl is a live run's"):
         await _replay(memory, make_panel(n_bars=200)).run_until_done()
     assert (audit_dir / "test-run.jsonl").read_text() == before
+
+
+async def test_a_refused_replay_leaves_the_store_as_it_was(engine_config):
+    """The live mark is checked before the store deletes the run id's rows."""
+    panel = make_panel(n_bars=200)
+    done = await _replay(engine_config, panel).run_until_done()
+    assert done.fills > 0
+    audit_dir = Path(engine_config.log.audit_dir)
+    (audit_dir / "test-run.jsonl.live").touch()  # a live run of this id writes this log
+    with pytest.raises(ConfigError, match="live run's"):
+        await _replay(engine_config, panel).run_until_done()
+    assert await _fills(engine_config, "test-run") == done.fills
