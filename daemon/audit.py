@@ -56,10 +56,12 @@ _ISO: dict[Any, str] = {}
 def _iso(t: Any) -> str | None:
     """The same few bar times recur in every line of a bar: format each once (bounded).
     The time zone is in the key: equal instants in two zones are equal datetimes, but each
-    is written as it was given (unlike the store, the audit log keeps the zone)."""
+    is written as it was given (unlike the store, the audit log keeps the zone). So are the
+    class (a pandas Timestamp writes itself otherwise) and `fold`: the two wall times of a
+    DST change's repeated hour compare and hash equal, but their offsets differ."""
     if t is None:
         return None
-    key = (t, t.tzinfo)
+    key = (type(t), t, t.tzinfo, t.fold)
     s = _ISO.get(key)
     if s is None:
         if len(_ISO) >= 4096:

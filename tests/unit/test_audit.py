@@ -276,6 +276,28 @@ def test_equal_instants_in_two_zones_are_each_written_as_given():
     ]
 
 
+@pytest.mark.parametrize("first_fold", [0, 1])
+def test_the_two_wall_times_of_a_dst_fall_back_keep_their_own_offsets(first_fold):
+    """01:30 happens twice in New York on 2021-11-07 (EDT, then EST): the two compare and
+    hash equal, and the memo wrote the second with the first one's offset."""
+    from zoneinfo import ZoneInfo
+
+    import pandas as pd
+
+    audit._ISO.clear()
+    ny = ZoneInfo("America/New_York")
+    first = datetime(2021, 11, 7, 1, 30, tzinfo=ny, fold=first_fold)
+    second = first.replace(fold=1 - first_fold)
+    assert first == second and hash(first) == hash(second)
+    offset = {0: "-04:00", 1: "-05:00"}
+    for t in (first, second, first):
+        assert audit._iso(t) == f"2021-11-07T01:30:00{offset[t.fold]}"
+    # A pandas Timestamp equal to a datetime writes itself as pandas does.
+    stamp = pd.Timestamp("2024-01-02 21:00:00.000001", tz="UTC")
+    assert audit._iso(stamp.to_pydatetime()) == "2024-01-02T21:00:00.000001+00:00"
+    assert audit._iso(stamp) == stamp.isoformat()
+
+
 def test_begin_run_removes_an_earlier_runs_files_and_the_writer_starts_a_new_one(tmp_path):
     """A replay starts afresh, as the store does: the earlier run's file and its rotated
     backups go, other runs' files stay, and what this run writes after is all there is."""
