@@ -543,8 +543,9 @@ def build_engine(
     )
     if mode == "live":
         engine.lock = _instance_lock(config, engine)
+        engine.extra_parts.append(_run_lock(config, run_id))  # taken before the store
     else:
-        engine.lock = _replay_lock(config, run_id)
+        engine.lock = _run_lock(config, run_id)
     if mode == "live":
         _alerting(config, engine)
         # Every live bar's inputs and decisions, for `tradingd replay-check`.
@@ -554,11 +555,13 @@ def build_engine(
     return engine
 
 
-def _replay_lock(config: Config, run_id: str) -> Any:
-    """One replay of a run id at a time per store and per audit folder. A replay starts by
+def _run_lock(config: Config, run_id: str) -> Any:
+    """One engine of a run id at a time per store and per audit folder. A replay starts by
     deleting its run id's rows and audit log (begin_run), so a second one started meanwhile
     would erase the first's record and then interleave its records with it (a rerun in
-    another terminal, a sweep script that fixed run.run_id).
+    another terminal, a sweep script that fixed run.run_id); a live run continues its run
+    id's record, which a replay started at the same moment could erase between its check
+    and its delete (begin_run refuses a live run's record it sees).
 
     The lock files (one empty file per run id, never unlinked: see instance_lock) live
     beside what already grows by one entry per run id: the audit folder (beside each run's
@@ -583,12 +586,12 @@ def _replay_lock(config: Config, run_id: str) -> Any:
     # By the audit file's name: two run ids can share one ("a+b" and "a_b").
     log_name = audit_path(audit_dir, run_id).name
     locks.append((f"the audit folder {audit_dir}", f"sqlite:///{MEMORY}", audit_dir, log_name))
-    return ReplayLock(run_id, bool(config.run.run_id), locks)
+    return RunLock(run_id, bool(config.run.run_id), locks)
 
 
-class ReplayLock:
-    """The replay's part of the engine that holds `_replay_lock`'s locks for the run. The
-    engine releases it after everything else (the audit log's last lines included)."""
+class RunLock:
+    """The engine's part that holds `_run_lock`'s locks for the run. A replay's engine
+    releases it after everything else (the audit log's last lines included)."""
 
     def __init__(
         self, run_id: str, fixed_id: bool, locks: list[tuple[str, str, Path | None, str]]
@@ -626,9 +629,9 @@ class ReplayLock:
             "its own for this run"
         )
         return (
-            f"run {self.run_id!r} is being replayed already ({who}) with {what}: a replay "
-            "starts by deleting its run id's records, so the two would erase and mix each "
-            f"other's; wait for it to end, or {advice}"
+            f"run {self.run_id!r} is in use by another tradingd ({who}) with {what}: a "
+            "replay starts by deleting its run id's records and a live run continues them, "
+            f"so the two would erase and mix each other's; wait for it to end, or {advice}"
         )
 
     async def stop(self) -> None:

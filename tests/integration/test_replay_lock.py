@@ -240,3 +240,21 @@ async def test_a_refused_replay_leaves_the_store_as_it_was(engine_config):
     with pytest.raises(ConfigError, match="live run's"):
         await _replay(engine_config, panel).run_until_done()
     assert await _fills(engine_config, "test-run") == done.fills
+
+
+async def test_a_live_run_holds_its_run_id_against_replays(engine_config):
+    """Not only its record once written (begin_run refuses that): from its start, so a
+    replay started at the same moment cannot erase the record between its check and its
+    delete."""
+    from tests.integration.test_engine_followups import live_run
+    from tradingd.app import build_engine
+
+    panel, config = live_run(engine_config)
+    live = build_engine(config, "live", panel=panel)
+    replay_config = dataclasses.replace(
+        engine_config, run=dataclasses.replace(engine_config.run, run_id=config.run.run_id)
+    )
+    result, error = await _second_while_first_runs(live, _replay(replay_config, panel))
+    assert error is not None and "in use by another tradingd" in str(error)
+    assert f"'{config.run.run_id}'" in str(error)
+    assert result.bars == 30  # the live run went on to its end
