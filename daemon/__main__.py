@@ -963,14 +963,7 @@ def trading_check(daemon: Any) -> CheckResult:
 
 def _close_unstarted(engine: Engine) -> None:
     """What a built engine holds before it runs (nothing is connected yet)."""
-    engine.audit.close()
-    for plugin in engine.pipeline.plugins():
-        close = getattr(plugin, "close", None)
-        if close is not None:
-            try:
-                close()
-            except Exception:  # cleanup must reach every plugin
-                log.exception("plugin.close_failed", plugin=getattr(plugin, "name", "?"))
+    engine.close_held()
 
 
 if __name__ == "__main__":

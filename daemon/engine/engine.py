@@ -485,14 +485,7 @@ class Engine:
                         await part.stop()
                     except Exception:  # stopping must reach every part
                         log.exception("engine.stop_failed", part=type(part).__name__)
-                self.audit.close()
-                for plugin in self.pipeline.plugins():
-                    close = getattr(plugin, "close", None)
-                    if close is not None:
-                        try:
-                            close()
-                        except Exception:  # a plugin's cleanup must not hide the outcome
-                            log.exception("plugin.close_failed", plugin=plugin.name)
+                self.close_held()
             finally:
                 try:
                     if lock is not None:
@@ -501,6 +494,18 @@ class Engine:
                     log.exception("engine.stop_failed", part=type(lock).__name__)
                 finally:
                     structlog.contextvars.unbind_contextvars("run_id")
+
+    def close_held(self) -> None:
+        """The audit log and what the plugins hold (worker processes, files): at the end of
+        a run, or for an engine that was built and never run."""
+        self.audit.close()
+        for plugin in self.pipeline.plugins():
+            close = getattr(plugin, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # cleanup must reach every plugin, and not hide the outcome
+                    log.exception("plugin.close_failed", plugin=getattr(plugin, "name", "?"))
 
     def _book_acked(self, acked: list[Order], t: datetime) -> None:
         self._orders += len(acked)
