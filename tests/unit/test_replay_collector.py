@@ -30,11 +30,14 @@ def test_overlapping_replays_share_one_period_and_the_last_one_restores(threshol
     collector.replay_started()
     frozen = gc.get_freeze_count()
     assert frozen >= len(keep) and gc.get_threshold() == (collector.REPLAY_GEN0, 11, 12)
+    fresh = [[] for _ in range(1000)]  # tracked objects that a second freeze would take in
     collector.replay_started()  # a second replay while the first runs: nothing saved again
     assert gc.get_threshold() == (collector.REPLAY_GEN0, 11, 12)
     collector.replay_ended()  # the first ends: the second still runs
     assert gc.get_threshold() == (collector.REPLAY_GEN0, 11, 12)
-    assert gc.get_freeze_count() == frozen
+    # Neither frozen again (the fresh lists would join) nor unfrozen (0). Not "== frozen":
+    # a frozen object may die meanwhile, freed by another thread (CI saw 23 of 674,105 go).
+    assert frozen // 2 < gc.get_freeze_count() < frozen + len(fresh)
     collector.replay_ended()
     assert gc.get_threshold() == (700, 11, 12) and gc.get_freeze_count() == 0
     with capture_logs() as logs:
@@ -104,7 +107,8 @@ def test_a_live_engine_unfreezes_only_a_freeze_it_made(thresholds):
     host = gc.get_freeze_count()
     assert collector.live_started() is False
     collector.live_ended(False)
-    assert gc.get_freeze_count() >= host > 0  # left as it was found
+    # Left as it was found: not unfrozen (0). A frozen object may die meanwhile (see above).
+    assert gc.get_freeze_count() > host // 2 > 0
 
 
 def test_a_live_freeze_shared_with_a_replay_ends_with_the_last_of_them(thresholds):
