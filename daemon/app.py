@@ -541,12 +541,11 @@ def build_engine(
         retry_delay_s=config.orders.retry_delay_s,
         publisher=_publisher(config, run_id) if mode == "live" else None,
     )
-    if mode == "live":
+    if mode != "live":
+        engine.lock = _run_lock(config, run_id)
+    else:
         engine.lock = _instance_lock(config, engine)
         engine.extra_parts.append(_run_lock(config, run_id))  # taken before the store
-    else:
-        engine.lock = _run_lock(config, run_id)
-    if mode == "live":
         _alerting(config, engine)
         # Every live bar's inputs and decisions, for `tradingd replay-check`.
         engine.on_decision = lambda t, source, record: store.record_decision(  # type: ignore[attr-defined]
