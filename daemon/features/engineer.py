@@ -35,7 +35,7 @@ from .catalog import (
     topological,
     window_op,
 )
-from .indicators import INPUTS, talib_outputs
+from .indicators import BAR_FIELDS, INPUTS, talib_outputs
 
 # ----------------------------------------------------------------------------- batch
 
@@ -100,20 +100,19 @@ def compute_batch(
     return {n.name: out[n.name] for n in wanted}
 
 
-_BAR_FIELDS = ("open", "high", "low", "close", "volume")  # talib_outputs' argument order
 _UNREAD = np.empty(0)
 
 
 def bar_fields(nodes: Sequence[Node]) -> tuple[str, ...]:
-    """The bar fields that evaluating `nodes` reads, in `_BAR_FIELDS` order."""
+    """The bar fields that evaluating `nodes` reads, in `BAR_FIELDS` order."""
     read: set[str] = set()
     for node in nodes:
         if isinstance(node, BarNode):
             read.add(node.field_name)
         elif isinstance(node, IndicatorNode):
             # An unknown kind reads everything: talib_outputs names it ("unknown indicator").
-            read.update(INPUTS.get(node.kind, _BAR_FIELDS))
-    return tuple(f for f in _BAR_FIELDS if f in read)
+            read.update(INPUTS.get(node.kind, BAR_FIELDS))
+    return tuple(f for f in BAR_FIELDS if f in read)
 
 
 def _batch_node(
@@ -129,7 +128,7 @@ def _batch_node(
         if key not in cache:
             # A field the kind does not read is not built (`bar_fields`): an empty array.
             cache[key] = talib_outputs(
-                node.kind, node.params, *(bars.get(f, _UNREAD) for f in _BAR_FIELDS)
+                node.kind, node.params, *(bars.get(f, _UNREAD) for f in BAR_FIELDS)
             )
         return cache[key][node.output]
     if isinstance(node, PointNode):

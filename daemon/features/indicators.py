@@ -47,11 +47,14 @@ class IndicatorConfig:
             )
 
 
-# The bar fields each indicator kind reads (of open, high, low, close, volume), so a batch
-# evaluation builds only those: a split-adjusted copy of a field costs as much as many an
-# indicator. The fields not listed reach `talib_outputs` as empty arrays: a field missing here
-# fails loudly, never as values (TA-Lib refuses inputs of different lengths, and an empty lone
-# input gives empty outputs, which the batch cannot store in a symbol's rows).
+# A bar's fields in `talib_outputs`' argument order (and the columns `IndicatorEngine` reads).
+BAR_FIELDS = ("open", "high", "low", "close", "volume")
+
+# The bar fields each indicator kind reads (of BAR_FIELDS), so a batch evaluation builds only
+# those: a split-adjusted copy of a field costs as much as many an indicator. The fields not
+# listed reach `talib_outputs` as empty arrays: a field missing here fails loudly, never as
+# values (TA-Lib refuses inputs of different lengths, and an empty lone input gives empty
+# outputs, which the batch cannot store in a symbol's rows).
 INPUTS: dict[str, tuple[str, ...]] = {
     "rsi": ("close",),
     "roc": ("close",),
@@ -121,9 +124,6 @@ def talib_outputs(
     raise KeyError(f"unknown indicator {kind!r}")
 
 
-_COLUMNS = ("open", "high", "low", "close", "volume")
-
-
 class IndicatorEngine:
     """The specification's API: indicator columns added to one symbol's OHLCV DataFrame.
 
@@ -135,10 +135,10 @@ class IndicatorEngine:
 
     def _arrays(self, df: pd.DataFrame) -> dict[str, np.ndarray]:
         cols = {c.lower(): c for c in df.columns}
-        missing = [c for c in _COLUMNS if c not in cols]
+        missing = [c for c in BAR_FIELDS if c not in cols]
         if missing:
             raise DataError(f"indicator input lacks column(s) {missing}; has {list(df.columns)}")
-        out = {c: df[cols[c]].to_numpy(dtype=np.float64) for c in _COLUMNS}
+        out = {c: df[cols[c]].to_numpy(dtype=np.float64) for c in BAR_FIELDS}
         bad = [c for c, a in out.items() if np.isnan(a).any()]
         if bad:
             row = int(np.flatnonzero(np.isnan(out[bad[0]]))[0])
