@@ -614,13 +614,9 @@ class RunLock:
             await self.stop()
             raise
 
-    def _refusal(self, what: str, h: dict[str, Any]) -> str:
-        if h.get("pid") is not None:
-            who = (
-                f"pid {h['pid']} on host {h.get('host') or '?'}, since {h.get('started_at') or '?'}"
-            )
-        else:
-            who = str(h.get("unknown") or "a process that has not written its pid yet")
+    def _refusal(self, what: str, holder: dict[str, Any]) -> str:
+        from .instance_lock import holder_text
+
         advice = (
             "set run.run_id to another name for this run"
             if self.fixed_id
@@ -628,7 +624,7 @@ class RunLock:
             "its own for this run"
         )
         return (
-            f"run {self.run_id!r} is in use by another tradingd ({who}) with {what}: a "
+            f"run {self.run_id!r} is in use by {holder_text(holder)} with {what}: a "
             "replay starts by deleting its run id's records and a live run continues them, "
             f"so the two would erase and mix each other's; wait for it to end, or {advice}"
         )

@@ -135,7 +135,8 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def _holder_text(holder: dict[str, Any]) -> str:
+def holder_text(holder: dict[str, Any]) -> str:
+    """Who holds a lock, for messages: 'another tradingd (pid ... on host ..., since ...)'."""
     if holder.get("pid") is None:
         extra = holder.get("unknown") or "its pid and host are not recorded yet"
         return f"another tradingd ({extra})"
@@ -147,7 +148,7 @@ def _holder_text(holder: dict[str, Any]) -> str:
 
 def _refusal(holder: dict[str, Any], store: str, account: str, where: str) -> AnotherDaemonRunning:
     return AnotherDaemonRunning(
-        f"{_holder_text(holder)} holds the lock for this store and account "
+        f"{holder_text(holder)} holds the lock for this store and account "
         f"(store {store}, account {account_hash(account)}, {where}); "
         "stop it or point this one at another store/account",
         holder=holder,
