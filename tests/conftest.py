@@ -124,6 +124,22 @@ def make_panel(n_symbols: int = 8, n_bars: int = 300, seed: int = 7, split_at: i
     )
 
 
+def live_run(engine_config):
+    """90 bars through a live engine at 400 a second: 60 of warm-up, 30 traded."""
+    import dataclasses
+
+    from tradingd.config import LiveConfig
+
+    panel = make_panel(n_bars=90, split_at=None)
+    start = panel.datetimes()[60].date().isoformat()
+    return panel, dataclasses.replace(
+        engine_config,
+        live=LiveConfig(bars_per_second=400.0),
+        # Its own run id: a replay of engine_config's may not erase a live run's record.
+        run=dataclasses.replace(engine_config.run, start=start, run_id="test-live"),
+    )
+
+
 @pytest.fixture
 def synthetic_panel():
     return make_panel()

@@ -11,7 +11,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import _StubEntryPoint, make_panel
+from conftest import _StubEntryPoint, live_run, make_panel
 from structlog.testing import capture_logs
 
 from tradingd.analysis.metrics import format_summary
@@ -292,20 +292,6 @@ async def test_live_warmup_retries_a_source_that_is_down_at_start(engine_config,
     assert waits == [1.0, 2.0]  # exponential backoff between attempts
     assert sum(e["event"] == "warmup.retry" for e in logs) == 2
     assert result.warmup_bars == 60 and result.bars == 60 and result.orders > 0
-
-
-def live_run(engine_config):
-    """90 bars through a live engine at 400 a second: 60 of warm-up, 30 traded."""
-    from tradingd.config import LiveConfig
-
-    panel = make_panel(n_bars=90, split_at=None)
-    start = panel.datetimes()[60].date().isoformat()
-    return panel, dataclasses.replace(
-        engine_config,
-        live=LiveConfig(bars_per_second=400.0),
-        # Its own run id: a replay of engine_config's may not erase a live run's record.
-        run=dataclasses.replace(engine_config.run, start=start, run_id="test-live"),
-    )
 
 
 async def test_a_live_engine_freezes_its_start_up_objects_and_unfreezes_them_at_stop(

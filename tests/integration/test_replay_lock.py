@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from conftest import make_panel
+from conftest import live_run, make_panel
 
 from tradingd.core.errors import ConfigError
 from tradingd.core.types import RunInfo
@@ -247,17 +247,8 @@ async def test_a_live_run_holds_its_run_id_against_replays(engine_config):
     replay started at the same moment cannot erase the record between its check and its
     delete."""
     from tradingd.app import build_engine
-    from tradingd.config import LiveConfig
 
-    # 90 bars through a live engine at 400 a second: 60 of warm-up, 30 traded.
-    panel = make_panel(n_bars=90, split_at=None)
-    config = dataclasses.replace(
-        engine_config,
-        live=LiveConfig(bars_per_second=400.0),
-        run=dataclasses.replace(
-            engine_config.run, start=panel.datetimes()[60].date().isoformat(), run_id="test-live"
-        ),
-    )
+    panel, config = live_run(engine_config)
     live = build_engine(config, "live", panel=panel)
     replay_config = dataclasses.replace(
         engine_config, run=dataclasses.replace(engine_config.run, run_id=config.run.run_id)
