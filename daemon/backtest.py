@@ -116,16 +116,24 @@ def _models(engine: Engine) -> dict[str, Any]:
 def split_adjusted(fills: list[Fill], panel: Panel) -> list[Fill]:
     """Fills restated in end-of-run shares, so that a round trip across a split (bought at
     645, sold at 95 after a 7-for-1) is scored by its real profit, not as an 85% loss."""
-    if not fills or not (panel.split != 1.0).any():
+    if not fills:
         return fills
-    # after[k, j] = product of split coefficients strictly after row k
-    after = np.cumprod(panel.split[::-1], axis=0)[::-1]
-    after = np.vstack([after[1:], np.ones((1, after.shape[1]))])
+    # Only the symbols that have a split (NaN counts: != 1) can be restated; elsewhere every
+    # factor is exactly 1. Gathered into a contiguous copy: the reversed cumulative product
+    # over the whole panel (a strided view, every symbol) took ~0.1 s at 496 symbols x 19
+    # years, after every backtest. Each column's product runs in the same order: same bits.
+    cols = (panel.split != 1.0).any(axis=0).nonzero()[0]
+    if not cols.size:
+        return fills
+    # after[k, c] = product of the split coefficients strictly after row k, column cols[c]
+    after = np.ones((len(panel.times), cols.size))
+    after[:-1] = np.cumprod(panel.split[:0:-1, cols], axis=0)[::-1]
     row = {t: k for k, t in enumerate(panel.datetimes())}
-    col = {s: j for j, s in enumerate(panel.symbols)}
+    col = {panel.symbols[j]: c for c, j in enumerate(cols.tolist())}
     out = []
     for f in fills:
-        g = float(after[row[f.time], col[f.symbol]])
+        c = col.get(f.symbol)
+        g = 1.0 if c is None else float(after[row[f.time], c])
         if g != 1.0:
             f = dataclasses.replace(
                 f, quantity=f.quantity * g, price=f.price / g, reference_price=f.reference_price / g
@@ -135,18 +143,24 @@ def split_adjusted(fills: list[Fill], panel: Panel) -> list[Fill]:
 
 
 def _fill_from_row(r: dict[str, Any]) -> Fill:
+    side = r["side"]
+    # Positional, and the side from a dict: Side(value) goes through EnumType.__call__, and
+    # this runs for every fill of a run after it (Side(...) raises for an unknown side).
     return Fill(
-        fill_id=r["fill_id"],
-        client_order_id=r["client_order_id"],
-        symbol=r["symbol"],
-        side=Side(r["side"]),
-        quantity=float(r["quantity"]),
-        price=float(r["price"]),
-        commission=float(r["commission"]),
-        slippage=float(r["slippage"]),
-        time=r["time"],
-        reference_price=float(r["reference_price"]),
+        r["fill_id"],
+        r["client_order_id"],
+        r["symbol"],
+        _SIDE_OF.get(side) or Side(side),
+        float(r["quantity"]),
+        float(r["price"]),
+        float(r["commission"]),
+        float(r["slippage"]),
+        r["time"],
+        float(r["reference_price"]),
     )
+
+
+_SIDE_OF = {s.value: s for s in Side}
 
 
 def write_outputs(
@@ -180,8 +194,10 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
         fields = list(rows[0])
         w = csv.writer(fh)
         w.writerow(fields)
-        # Rows as lists and each time formatted once (a bar's orders share it): a DictWriter
-        # with a dict per row was most of the time spent after a long replay.
+        # Column by column, each time formatted once (a bar's orders share it), and only the
+        # columns that hold times go through `cell`: a DictWriter with a dict per row, and
+        # then a call per value, were most of the time spent after a long replay (0.15 s for
+        # the 21,000 orders and fills of a 496-symbol run).
         iso: dict[tuple[type, datetime, Any], str] = {}
 
         def cell(v: Any) -> Any:
@@ -196,8 +212,14 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
                 return text
             return v
 
-        for r in rows:
-            w.writerow([cell(r.get(k, "")) for k in fields])
+        columns = []
+        for k in fields:
+            column = [r.get(k, "") for r in rows]
+            if any(issubclass(t, datetime) for t in set(map(type, column))):
+                column = list(map(cell, column))
+            columns.append(column)
+        # (No fields: a row is still an empty line, as a DictWriter writes it.)
+        w.writerows(zip(*columns, strict=True) if columns else [()] * len(rows))
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:

@@ -154,3 +154,76 @@ def test_csv_times_keep_their_own_offset_when_equal_datetimes_print_differently(
         "2021-11-07T01:30:00-05:00",
         "2021-11-07T01:30:00-04:00",
     ]
+
+
+def _split_adjusted_whole_panel(fills: list[Fill], panel: Panel) -> list[Fill]:
+    """The definition (how split_adjusted was first written): the reversed cumulative
+    product of every symbol's split coefficients, over the whole panel."""
+    import dataclasses
+
+    if not fills or not (panel.split != 1.0).any():
+        return fills
+    after = np.cumprod(panel.split[::-1], axis=0)[::-1]
+    after = np.vstack([after[1:], np.ones((1, after.shape[1]))])
+    row = {t: k for k, t in enumerate(panel.datetimes())}
+    col = {s: j for j, s in enumerate(panel.symbols)}
+    out = []
+    for f in fills:
+        g = float(after[row[f.time], col[f.symbol]])
+        if g != 1.0:
+            f = dataclasses.replace(
+                f, quantity=f.quantity * g, price=f.price / g, reference_price=f.reference_price / g
+            )
+        out.append(f)
+    return out
+
+
+_split = st.one_of(
+    st.just(1.0), st.just(1.0), st.sampled_from([2.0, 3.0, 0.5, 7.0, 1.5, 0.1]), st.just(np.nan)
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data(), days=st.integers(1, 12), width=st.integers(1, 5))
+def test_split_adjusted_fills_are_the_whole_panel_definition_to_the_bit(data, days, width):
+    """split_adjusted works on the split symbols only; the fills it restates must be those
+    of the product over the whole panel, bit for bit (NaN splits, no splits, the last day)."""
+    split = np.array(
+        data.draw(
+            st.lists(st.lists(_split, min_size=width, max_size=width), min_size=days, max_size=days)
+        )
+    )
+    times = pd.bdate_range("2014-06-05", periods=days).to_numpy(dtype="datetime64[ns]")
+    symbols = tuple(f"S{j}" for j in range(width))
+    close = np.full((days, width), 10.0)
+    panel = Panel(times, symbols, close, close, close, close, np.ones_like(close), split, close * 0)
+    t = panel.datetimes()
+    fills = [
+        Fill(f"f{k}#1", f"f{k}", symbols[j], Side.BUY, q, p, 0.5, 0.1, t[d], p * 0.999)
+        for k, (d, j, q, p) in enumerate(
+            data.draw(
+                st.lists(
+                    st.tuples(
+                        st.integers(0, days - 1),
+                        st.integers(0, width - 1),
+                        st.floats(1, 1e4),
+                        st.floats(0.01, 1e4),
+                    ),
+                    max_size=8,
+                )
+            )
+        )
+    ]
+    got = split_adjusted(fills, panel)
+    want = _split_adjusted_whole_panel(fills, panel)
+    assert len(got) == len(want)
+    for g, w in zip(got, want, strict=True):
+        for name in ("quantity", "price", "reference_price"):
+            a, b = getattr(g, name), getattr(w, name)
+            assert (a == b and np.copysign(1, a) == np.copysign(1, b)) or (a != a and b != b)
+        assert (g.fill_id, g.time, g.symbol, g.commission) == (
+            w.fill_id,
+            w.time,
+            w.symbol,
+            w.commission,
+        )
