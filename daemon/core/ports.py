@@ -217,7 +217,7 @@ class RiskDecision:
 # live daemon's is not pinned, and takes up a newly published model at its next bar.
 # Any plugin may define `for_replay() -> None`, called by the same root for a backtest before
 # its first bar: no clock paces a replay, so background work the engine waits for (kelly_garch's
-# fit worker, niced in a live daemon) should run at full priority.
+# fit worker) should run at full priority.
 
 
 @runtime_checkable

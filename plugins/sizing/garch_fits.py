@@ -41,15 +41,18 @@ from .garch import GarchParams, try_garch_fit
 log = structlog.get_logger(__name__)
 
 EXECUTORS = ("inline", "thread", "process")
-# A live daemon's fit worker runs at the lowest priority: its fits are asked for in a bar's
-# sizing and run while the engine checks risk and sends the orders, and a bar lasts a minute
-# or a day, so they take only CPU the engine (and on a small machine, everything else the
-# daemon talks to) leaves idle, never a bar's latency. A replay's engine waits for every
-# burst of fits before its next bar: there the worker is on the critical path, and at nice
-# 19 any other work on the machine starves it (with two CPU hogs on a 2-core machine a
-# 3-year replay took 280 s instead of 10: benchmarks/RESULTS.md). `KellyGarch.for_replay`
-# sets 0 instead: the engine's own priority.
-LIVE_NICE = 19
+# A live daemon's fit worker runs at the daemon's own priority (added to the daemon's: an
+# operator who wants the whole daemon lower sets systemd's Nice=). It ran at nice 19 until
+# 2026-12-04, on the reasoning that a bar's fits run while the engine sends its orders and
+# should take only idle CPU. But the engine's bar ends by waiting for them (`settle`, before
+# the checkpoint), and its next bar waits for that: whenever other work filled the machine's
+# cores, a nice-19 worker starved and held the daemon's bars back (the demo daemon managed 1
+# bar in 11 s instead of 20 a second beside a backtest and the test suite), as it had starved
+# replays (two CPU hogs on 2 cores: a 3-year replay in 280 s instead of 10,
+# benchmarks/RESULTS.md). The engine, which sleeps between bars, still gets a core promptly
+# beside a busy worker. `FitRunner.set_nice` and the worker's --nice stay for a deliberate
+# choice; `KellyGarch.for_replay` sets 0 too.
+LIVE_NICE = 0
 # /2: fits made with the C library's log and power (garch._libm_classes); a /1 file's fits
 # came from numpy's, which differ by CPU, and are not reused.
 CACHE_FORMAT = "tradingd-garch-fits/2"

@@ -52,10 +52,11 @@ Live, this keeps the fits out of a bar's path to its orders; the checkpoint afte
 waits for them and stores their outcomes, so a restart applies them at the next bar as the
 uninterrupted process would. The first bar sized therefore uses EWMA for everyone.
 
-A live daemon's worker runs at the lowest priority (nice 19): a bar lasts a minute or a day,
-and its fits must not take the engine's CPU. A backtest's runs at the engine's own
-(`for_replay`): its engine waits for the fits, and at nice 19 other work on the machine
-starved them (two CPU hogs on 2 cores: 280 s against 10 s for a 3-year replay).
+The worker runs at the engine's own priority, live and in a backtest: the engine waits for
+the fits (a live bar's checkpoint, a replay's next bar), and at the lowest priority (nice 19,
+a live daemon's until 2026-12-04) other work on the machine starved them (two CPU hogs on 2
+cores: 280 s against 10 s for a 3-year replay; a demo daemon at 1 bar in 11 s): see
+`garch_fits.LIVE_NICE`.
 
 A replay's fits come in bursts (a bar where many symbols enter the scope), and at lag 1 the
 engine waits for every burst. `fit_lag_bars = L` > 1 applies a fit L bars after it was asked
@@ -781,7 +782,8 @@ class KellyGarch:
 
     def for_replay(self) -> None:
         """A replay waits for every burst of fits: its worker runs at nice 0, the engine's
-        priority, instead of `garch_fits.LIVE_NICE`."""
+        priority (as `garch_fits.LIVE_NICE` now is; a worker started at another niceness is
+        replaced)."""
         self._runner.set_nice(0)
 
     async def settle(self) -> None:

@@ -103,10 +103,11 @@ async def test_backtest_weights_follow_garch_volatility_and_stay_under_the_cap(t
     assert np.abs(weights).max() <= CAP + band + 0.01
 
 
-def test_a_backtest_fits_at_the_engines_priority_and_a_live_daemon_at_the_lowest(tmp_path):
-    """A replay waits for its fits before each next bar: a worker at nice 19 would crawl on a
-    machine busy with anything else. A live daemon's fits have a whole bar: nice 19 there.
-    (test_kelly_garch.py checks that the setting is the worker process's niceness.)"""
+def test_a_backtest_and_a_live_daemon_fit_at_the_engines_priority(tmp_path):
+    """A replay waits for its fits before each next bar, a live daemon before each bar's
+    checkpoint (and so its next bar): a worker at nice 19 crawls on a machine busy with
+    anything else. (test_kelly_garch.py checks that the setting is the worker process's
+    niceness.)"""
     from tradingd_plugins.sizing.garch_fits import LIVE_NICE
 
     config = kelly_garch_config(tmp_path)
@@ -116,6 +117,6 @@ def test_a_backtest_fits_at_the_engines_priority_and_a_live_daemon_at_the_lowest
         config, feed=dataclasses.replace(config.feed, source="recorded")
     )
     live = build_engine(live_config, "live").pipeline.sizing
-    assert live._runner.nice == LIVE_NICE == 19
+    assert live._runner.nice == LIVE_NICE == 0
     for plugin in (replay, live):
         plugin.close()
