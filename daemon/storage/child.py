@@ -26,6 +26,7 @@ import contextlib
 import fcntl
 import importlib
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -70,6 +71,12 @@ class ChildWriter:
             fcntl.fcntl(to_child_w, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
         self._out = Connection(to_child_w, readable=False)
         self._in = Connection(from_child_r, writable=False)
+        # Whether an answer (or the child's end) is waiting, by one poll(2): the engine asks
+        # at every bar while a batch is out, and Connection.poll builds a selector for each
+        # question (2.1 us against 0.2 here, twice a bar: the store's writer and the audit's).
+        self._answers = select.poll()
+        self._answers.register(from_child_r, select.POLLIN)
+        self._answers_fd = from_child_r
         self._seq = 0
         self._answered = 0
         self._error: str | None = None
@@ -93,7 +100,7 @@ class ChildWriter:
 
     def reap(self) -> None:
         """Read the answers that arrived (without waiting); raise a job's error."""
-        while self.pending and self._in.poll():
+        while self.pending and self._readable():
             self._answer(block=False)
         self._raise()
 
@@ -115,6 +122,8 @@ class ChildWriter:
             with contextlib.suppress(OSError):
                 self._out.send(("close",))
             self._out.close()
+            with contextlib.suppress(KeyError, ValueError):
+                self._answers.unregister(self._answers_fd)  # before the number is reused
             self._in.close()
             # Reaped when it exits, without the caller waiting for it.
             threading.Thread(target=self._proc.wait, name=f"reap {self.name}", daemon=True).start()
@@ -123,8 +132,15 @@ class ChildWriter:
         """The child's exit code, once it has ended."""
         return self._proc.wait(timeout)
 
+    def _readable(self) -> bool:
+        """An answer is waiting, or the child has ended (POLLHUP, reported unasked): what
+        Connection.poll(0) answers, without its selector."""
+        if self._in.closed:
+            raise StorageError(f"writer process {self.name}: closed")
+        return bool(self._answers.poll(0))
+
     def _answer(self, block: bool) -> None:
-        if not block and not self._in.poll():
+        if not block and not self._readable():
             return
         try:
             msg = self._in.recv()

@@ -214,3 +214,32 @@ def test_a_child_whose_parent_stopped_listening_exits_quietly(tmp_path, capfd):
         fh.write("go")
     assert child.wait(timeout=30) == 0
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_reap_takes_an_answer_once_it_is_there_and_never_waits_for_one(tmp_path):
+    """reap (every bar while a batch is out) reads what has arrived and returns at once when
+    nothing has; a child that died raises there, naming the writer and its exit code."""
+    import select
+    import signal
+
+    fifo = tmp_path / "gate"
+    os.mkfifo(fifo)
+    child = ChildWriter("test")
+    try:
+        child.send("test_store_process:job_waits_for_fifo", str(fifo))
+        child.reap()  # the job is blocked on the FIFO: no answer, and reap does not wait
+        assert child.pending == 1
+        with open(fifo, "w") as fh:
+            fh.write("go")
+        # Waiting on the pipe itself (an event, not a sleep) until the answer is readable.
+        assert select.select([child._in.fileno()], [], [], 30)[0]
+        child.reap()
+        assert child.pending == 0
+        child.send("test_store_process:job_waits_for_fifo", str(fifo))
+        child._proc.send_signal(signal.SIGKILL)
+        assert child.wait(timeout=30) == -signal.SIGKILL
+        with pytest.raises(StorageError, match=r"writer process test ended \(exit code -9\)"):
+            child.reap()
+    finally:
+        child._out.close()
+        child._in.close()
