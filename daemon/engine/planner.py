@@ -369,7 +369,11 @@ def rebalance_trades(
     free = ctx.tradable[active].tolist()
     if busy:
         free = [ok and i not in busy for i, ok in zip(index, free, strict=True)]
-    if not (targets.dtype == held.dtype == price.dtype == np.float64 and math.isfinite(equity)):
+    if not (
+        targets.dtype == held.dtype == price.dtype == np.float64
+        and math.isfinite(equity)
+        and equity != 0
+    ):
         return _band_rule(
             cfg, active, targets[active], held[active], price[active], np.array(free), equity
         )
@@ -385,6 +389,11 @@ def rebalance_trades(
     )
     for i, t, h, p, ok in rows:
         if not ok:
+            continue
+        if t != 0 and not abs(t - h * p / equity) > band:
+            # Not closing and within the band (a NaN weight compares False, as in numpy):
+            # no trade, whatever the rest of the rule gives. Most held symbols of a bar stop
+            # here, before their share count is worked out.
             continue
         raw = t * equity / p if p != 0 else math.nan
         if not (math.isfinite(raw) and math.isfinite(h)):
