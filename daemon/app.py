@@ -524,6 +524,9 @@ def build_engine(
             lg.audit_max_bytes,
             lg.audit_backups,
             flush_interval_s=0.0 if mode == "live" else 1.0,
+            # A replay's audit lines are made in the store's writer process when it has one:
+            # one process beside the engine, not two (ChildWriter.share).
+            share_writer=getattr(store, "writer_process", None),
         ),
         curve_maxlen=None if mode == "backtest" else 100_000,
         publish_interval_s=config.cache.publish_interval_s,

@@ -29,7 +29,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import fields
 from datetime import datetime
 from itertools import islice
@@ -265,9 +265,12 @@ class AuditLog:
         *,
         background: bool | None = None,
         max_pending: int = 2,
+        share_writer: Callable[[], ChildWriter | None] | None = None,
     ) -> None:
         """`background`: encode and write in a writer process (default: when
-        `flush_interval_s > 0`, i.e. not live); `max_pending`: batches it may hold."""
+        `flush_interval_s > 0`, i.e. not live); `max_pending`: batches it may hold;
+        `share_writer`: gives a writer process to share (the store's, see
+        `ChildWriter.share`), or None for one of this log's own."""
         self.path = audit_path(directory, run_id)
         self._live_mark = self.path.with_name(self.path.name + ".live")
         self.max_bytes = max_bytes
@@ -282,6 +285,7 @@ class AuditLog:
         self._sink = _Sink(self.path, max_bytes, backups)  # written here: live, truncate
         self._writer: ChildWriter | None = None
         self._writer_ready = False
+        self._share_writer = share_writer
 
     def orders(self, orders: Sequence[Order]) -> None:
         if orders:
@@ -312,14 +316,20 @@ class AuditLog:
         if self.background and self._writer is None:
             # Started at the first write, it imports while the replay goes on.
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = ChildWriter(f"audit {self.path}", self.max_pending)
+            shared = self._share_writer() if self._share_writer is not None else None
+            name = f"audit {self.path}"
+            self._writer = (
+                shared.share(name, self.max_pending)
+                if shared is not None
+                else ChildWriter(name, self.max_pending)
+            )
             self._writer.send(
                 "tradingd.audit:child_open", (str(self.path), self.max_bytes, self.backups)
             )
         writer = self._writer
         if writer is not None and not self._writer_ready:
             writer.reap()
-            if writer.pending == 0:  # started and answered: from now on it appends
+            if writer.started:  # past its start-up: from now on it appends (after the open)
                 self._writer_ready = True
                 self._sink.close()
         if writer is None or not self._writer_ready:

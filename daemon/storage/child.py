@@ -80,6 +80,25 @@ class ChildWriter:
         self._seq = 0
         self._answered = 0
         self._error: str | None = None
+        self._users = 1  # see `share`
+
+    @property
+    def started(self) -> bool:
+        """The process has answered a job: it is past its start-up (the interpreter, the
+        imports, its first job)."""
+        return self._answered > 0
+
+    def share(self, name: str, max_in_flight: int) -> ChildWriter:
+        """This process for one more user (its jobs queue behind the others', in order),
+        until every user has closed it. A replay's store and audit log share one: on a
+        2-core machine the engine and two writer processes (each with its own interpreter
+        and imports) took turns on the cores, and the engine lost about a tenth of its time
+        to them (benchmarks/RESULTS.md). A job that fails makes the process skip every
+        later job, whoever sent it: each user's next call raises, naming every user."""
+        self._users += 1
+        self.name = f"{self.name} and {name}"
+        self.max_in_flight += max_in_flight
+        return self
 
     @property
     def pending(self) -> int:
@@ -114,7 +133,14 @@ class ChildWriter:
         """Wait for the jobs sent (unless `sync` is off: nothing depends on them), then tell
         the child to end. Raises a job's error (the child is ended all the same). Does not
         wait for the child to exit (it only closes what it opened, after everything is
-        written: tens of milliseconds at the end of every replay otherwise); `wait()` does."""
+        written: tens of milliseconds at the end of every replay otherwise); `wait()` does.
+        A shared process (`share`) ends when its last user closes it; until then, closing
+        only waits (with `sync`) for the jobs sent so far."""
+        if self._users > 1:
+            self._users -= 1
+            if sync and self._proc.poll() is None:
+                self.sync()
+            return
         try:
             if sync and self._proc.poll() is None:
                 self.sync()

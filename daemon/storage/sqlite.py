@@ -12,6 +12,8 @@ its back, in batches (`maybe_flush` hands one over and returns), in one of two w
   process is started by `begin_run` and takes batches once it has answered; until then the
   thread writes them and the engine waits (a short replay never waits for the process). A
   batch that fails raises at the engine's next bar and the replay ends with that error.
+  The replay's audit log makes its lines in the same process (`writer_process`,
+  `ChildWriter.share`): beside the engine one writer, not two, on a 2-core machine.
 - a live run (and `:memory:`): the writer thread makes the rows and writes them. In memory
   the engine waits for each batch at once (nothing to overlap). A batch that fails raises at
   the engine's next `maybe_flush`, `settle`, `flush` or `stop`, with its rows (and those of
@@ -381,8 +383,13 @@ class SqliteStore(BufferedStore):
         child = self._child
         if child is not None and not self._child_ready:
             child.reap()
-            self._child_ready = child.pending == 0
+            self._child_ready = child.started
         return child if self._child_ready else None
+
+    def writer_process(self) -> ChildWriter | None:
+        """The replay's writer process, for the audit log to share (`ChildWriter.share`);
+        None when this store has none (in memory, live, or `process` off)."""
+        return self._child
 
     async def _wait_behind(self) -> None:
         await self._wait_thread()

@@ -243,3 +243,79 @@ def test_reap_takes_an_answer_once_it_is_there_and_never_waits_for_one(tmp_path)
     finally:
         child._out.close()
         child._in.close()
+
+
+def job_appends(state, args) -> None:
+    path, value = args
+    with open(path, "a") as fh:
+        fh.write(f"{value}\n")
+
+
+def test_a_shared_process_runs_every_users_jobs_in_order_and_ends_with_its_last_user(tmp_path):
+    out = tmp_path / "out.txt"
+    first = ChildWriter("first", max_in_flight=1)
+    second = first.share("second", 2)
+    assert second is first and first.max_in_flight == 3
+    for k in range(6):
+        (first if k % 2 else second).send("test_store_process:job_appends", (str(out), k))
+    first.close()  # one user done: the jobs sent are written, the process stays for the other
+    assert first._proc.poll() is None
+    assert out.read_text().split() == [str(k) for k in range(6)]
+    second.send("test_store_process:job_appends", (str(out), 6))
+    second.close()
+    assert first.wait(timeout=30) == 0  # ended with its last user
+    assert out.read_text().split() == [str(k) for k in range(7)]
+
+
+def test_a_failed_job_in_a_shared_process_raises_for_every_user_naming_both(tmp_path):
+    done = tmp_path / "done.txt"
+    store = ChildWriter("SQLite s.db")
+    audit = store.share("audit r.jsonl", 2)
+    audit.send("test_store_process:job_fails_on", (str(done), "bad"))
+    with pytest.raises(StorageError, match=r"SQLite s\.db and audit r\.jsonl: ValueError: refused"):
+        audit.sync()
+    with pytest.raises(StorageError, match="refused"):
+        store.send("test_store_process:job_fails_on", (str(done), "ok"))
+    with pytest.raises(StorageError, match="refused"):
+        store.close()
+    with pytest.raises(StorageError, match="refused"):
+        audit.close()
+    assert store.wait(timeout=30) == 0
+
+
+async def test_a_replays_store_and_audit_log_share_one_writer_process(tmp_path, monkeypatch):
+    """The audit log takes the store's writer process (app.build_engine wires it): its
+    lines and the store's rows are all written there, and the process ends after the last
+    of the two closes, whichever order they close in (the engine stops the store first)."""
+    import json
+
+    from tradingd.audit import AuditLog
+
+    started: list[ChildWriter] = []
+    real_init = ChildWriter.__init__
+
+    def counted(self, *a, **k):
+        real_init(self, *a, **k)
+        started.append(self)
+
+    monkeypatch.setattr(ChildWriter, "__init__", counted)
+    store = SqliteStore(tmp_path / "s.db", batch_size=4, flush_interval_s=3600.0)
+    await store.start()
+    log = AuditLog(tmp_path / "audit", "r1", max_lines=3, share_writer=store.writer_process)
+    try:
+        await store.begin_run(run_info())
+        store._child.sync()  # started: from now on both hand their batches over
+        for k in range(10):
+            record_bar(store, k)
+            log.orders([Order(f"r1|{k}", "AAA", Side.BUY, 1.0, T0 + k * DAY)])
+            await store.maybe_flush()
+            log.flush()
+        assert log._writer is store._child and log._writer_ready
+    finally:
+        await store.stop()
+        log.close()
+    assert len(started) == 1  # one process, not one each
+    assert started[0].wait(timeout=30) == 0
+    lines = [json.loads(x) for x in (tmp_path / "audit" / "r1.jsonl").read_text().splitlines()]
+    assert [r["client_order_id"] for r in lines] == [f"r1|{k}" for k in range(10)]
+    assert count(tmp_path / "s.db", "equity") == 10
