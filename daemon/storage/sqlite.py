@@ -40,128 +40,27 @@ from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future
 from datetime import UTC, datetime
-from itertools import chain
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import structlog
 
-from .. import faults
 from ..core.errors import ConfigError, StorageError
 from ..core.types import RunInfo
 from .buffered import BufferedStore, ResumePoint, Row
 from .child import ChildWriter
-from .rows import pack, to_rows
-from .schema import TABLES, Dialect, add_column_sql, create_table_sql, insert_sql
+from .rows import pack
+from .schema import TABLES, Dialect, add_column_sql, create_table_sql
+from .sqlite_file import MEMORY, connect, iso_utc, transaction, write_rows
 from .writer import WriterThread
 
 log = structlog.get_logger(__name__)
 
-MEMORY = ":memory:"
-# Rows per INSERT statement at most (a power of two): 512 rows of the widest table (orders,
-# 18 columns) bind 9,216 values, below SQLite's default limit of 32,766.
-MULTI_ROWS = 512
 T = TypeVar("T")
 
 
 class _Skipped(Exception):
     """A batch handed over after one that failed: not written (the order is kept)."""
-
-
-_ISO: dict[datetime, str] = {}
-
-
-def iso_utc(t: datetime) -> str:
-    """A time as stored: fixed-width ISO-8601 UTC text (naive means UTC). Every row of a bar
-    carries the same time: each is formatted once (the memo is bounded)."""
-    s = _ISO.get(t)
-    if s is None:
-        u = t
-        if u.tzinfo is not UTC:
-            u = u.replace(tzinfo=UTC) if u.tzinfo is None else u.astimezone(UTC)
-        s = u.isoformat(timespec="microseconds")
-        if len(_ISO) >= 4096:
-            _ISO.clear()
-        _ISO[t] = s
-    return s
-
-
-def transaction(
-    db: sqlite3.Connection, statements: Sequence[tuple[str, Sequence[Any]]], where: str
-) -> None:
-    """Statements in one transaction."""
-    try:
-        db.execute("BEGIN")
-        try:
-            for sql, args in statements:
-                db.execute(sql, args)
-            faults.reached("flush")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        db.execute("COMMIT")
-    except (sqlite3.Error, ValueError) as e:
-        raise StorageError(f"write to SQLite database {where} failed: {e}") from e
-
-
-def write_rows(
-    db: sqlite3.Connection,
-    batches: Mapping[str, Sequence[Row]],
-    statements: dict[tuple[str, int], str],
-    where: str,
-) -> None:
-    """Rows of several tables in one transaction, as INSERT statements of up to MULTI_ROWS
-    rows each (one VALUES list), not one statement per row: SQLite inserts hundreds of rows
-    per call, at a third less CPU than executemany. The sizes are powers of two, so that a
-    few cached statements (`statements`) serve every batch."""
-    work: list[tuple[str, list[Any]]] = []
-    for name, rows in batches.items():
-        k, n = 0, len(rows)
-        while k < n:
-            size = MULTI_ROWS
-            while size > n - k:
-                size //= 2
-            sql = statements.get((name, size))
-            if sql is None:
-                sql = statements[(name, size)] = insert_sql(TABLES[name], "sqlite", size)
-            work.append((sql, list(chain.from_iterable(rows[k : k + size]))))
-            k += size
-    transaction(db, work, where)
-
-
-def connect(path: str, create: bool = True) -> sqlite3.Connection:
-    """A connection as the store uses it: autocommit (explicit transactions), WAL on a file,
-    waiting up to a minute for a lock another connection holds. `create=False`: open an
-    existing file only."""
-    target, uri = path, False
-    if not create and path != MEMORY:
-        target, uri = Path(path).absolute().as_uri() + "?mode=rw", True
-    db = sqlite3.connect(
-        target, isolation_level=None, check_same_thread=False, timeout=60.0, uri=uri
-    )
-    if path != MEMORY:
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-    return db
-
-
-# Jobs of the writer process (storage/child.py), run there.
-
-
-def child_open(state: dict[str, Any], path: str) -> None:
-    # The store's thread made the file. A process closed before it answered is not waited
-    # for: opening without creating, it cannot make a file its owner has since removed.
-    try:
-        db = connect(path, create=False)
-    except sqlite3.Error as e:
-        raise StorageError(f"cannot open SQLite database {path}: {e}") from e
-    state["sqlite"] = (db, path, {})
-    state.setdefault("_closers", []).append(db.close)
-
-
-def child_rows(state: dict[str, Any], taken: Mapping[str, Any]) -> None:
-    db, path, statements = state["sqlite"]
-    write_rows(db, to_rows(taken, iso_utc), statements, path)
 
 
 class SqliteStore(BufferedStore):
@@ -363,7 +262,7 @@ class SqliteStore(BufferedStore):
         if child is not None:
             taken = self._take()
             if taken:
-                child.send("tradingd.storage.sqlite:child_rows", pack(taken))
+                child.send("tradingd.storage.sqlite_file:child_rows", pack(taken))
             return
         # Room first, then take: a failed batch puts its rows back in front of the buffers.
         while len(self._in_flight) >= self.max_in_flight:
@@ -407,7 +306,7 @@ class SqliteStore(BufferedStore):
         if self.process and run.mode != "live" and self.path != MEMORY and self._child is None:
             # Started now, it imports and connects while the engine warms up.
             self._child = ChildWriter(f"SQLite {self.path}", self.max_in_flight)
-            self._child.send("tradingd.storage.sqlite:child_open", self.path)
+            self._child.send("tradingd.storage.sqlite_file:child_open", self.path)
             self._child_ready = False
 
     async def resume_run(self, run: RunInfo) -> ResumePoint | None:

@@ -771,7 +771,7 @@ def test_the_writer_process_opens_the_file_the_thread_made_and_never_creates_one
 ) -> None:
     """A writer process closed before it answered is not waited for: opening by creating,
     it could make a database file again in a folder its owner was removing."""
-    from tradingd.storage.sqlite import child_open, connect
+    from tradingd.storage.sqlite_file import child_open, connect
 
     gone = tmp_path / "removed.sqlite"
     with pytest.raises(StorageError, match=r"removed\.sqlite"):
