@@ -1058,29 +1058,24 @@ class BufferedStore(ABC):
                 "database's table differs from this version's schema"
             )
         out: list[Any] = list(columns)
-        # A run's rows share a few thousand bar times: each is decoded once.
-        decoded: dict[Any, datetime] = {}
-        decode = self._decode_time
-
-        def time_of(v: Any) -> datetime | None:
-            if v is None:
-                return None
-            t = decoded.get(v)
-            if t is None:
-                t = decoded[v] = decode(v)
-            return t
-
         nan = math.nan
         times, jsons = table.columns_of("time"), table.columns_of("json")
         floats = table.columns_of("float", optional=False)
         optional = table.columns_of("float", optional=True)
         for k, name in enumerate(cols):
+            column = columns[k]
             if name in times:
-                out[k] = list(map(time_of, columns[k]))
+                # A run's rows share a few thousand bar times: each is decoded once.
+                decode = self._decode_time
+                decoded = {v: decode(v) for v in set(column) if v is not None}
+                out[k] = list(map(decoded.get, column))  # None stays None
             elif name in jsons:
-                out[k] = [None if v is None else json.loads(v) for v in columns[k]]
+                out[k] = [None if v is None else json.loads(v) for v in column]
             elif name in floats:
-                out[k] = [nan if v is None else float(v) for v in columns[k]]
+                if None in column:
+                    out[k] = [nan if v is None else float(v) for v in column]
+                else:
+                    out[k] = list(map(float, column))
             elif name in optional:
-                out[k] = list(map(_optional_float, columns[k]))
+                out[k] = list(map(_optional_float, column))
         return [dict(zip(cols, values, strict=True)) for values in zip(*out, strict=True)]
