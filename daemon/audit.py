@@ -12,9 +12,12 @@ Where the JSON is made and written depends on the run:
 - a replay (`flush_interval_s > 0`, the default `background`): a writer process
   (storage/child.py) gets each batch of tuples, encodes it a column at a time and appends it
   to the file while the engine computes the next bars (a thread would not help: encoding is
-  Python work, and Python runs one thread at a time). At most `max_pending` batches wait for
-  it; then `flush` waits for the oldest (back-pressure). A write that failed there raises at
-  the next `flush` or at `close`.
+  Python work, and Python runs one thread at a time). That process is the store's when it has
+  one (`share_writer`: an SQLite file's replay), else one of this log's own. At most
+  `max_pending` batches of this log wait there (the store's share besides, in a shared one);
+  then `flush` waits for the oldest (back-pressure). A write that failed there raises at the
+  next `flush` or at `close`; in a shared process, so does a write of the store that failed,
+  and the other's later batches are not written.
 - a live run (`flush_interval_s = 0`): every `flush` encodes and writes its lines before it
   returns, so a bar's lines are in the file before the store can commit that bar's checkpoint
   (the engine flushes the audit first): a crash never leaves the store ahead of the audit.
@@ -245,7 +248,13 @@ def child_open(state: dict[str, Any], args: tuple[str, int, int]) -> None:
 
 
 def child_lines(state: dict[str, Any], batch: Sequence[tuple[int, Any, str | None]]) -> None:
-    state["audit"].write(_encode(batch))
+    sink = state["audit"]
+    try:
+        sink.write(_encode(batch))
+    except OSError as e:
+        # A write error names no file (ENOSPC on an open file): this one, since the process
+        # may be shared with the store's writes (ChildWriter.share).
+        raise OSError(e.errno, f"cannot write the audit log {sink.path}: {e.strerror}") from e
 
 
 def child_release(state: dict[str, Any], _: Any) -> None:
@@ -424,7 +433,8 @@ class AuditLog:
             writer, self._writer = self._writer, None
             try:
                 if writer is not None:
-                    writer.close(sync=self._writer_ready)  # one never used is not waited for
+                    # One never used is not waited for; a shared one ends this log's share.
+                    writer.close(sync=self._writer_ready, user=f"audit {self.path}")
             finally:
                 self._sink.close()
 

@@ -44,8 +44,9 @@ class ChildWriter:
     def __init__(self, name: str, max_in_flight: int = 2) -> None:
         if max_in_flight < 1:
             raise ValueError(f"writer process {name}: max_in_flight must be >= 1")
-        self.name = name
-        self.max_in_flight = max_in_flight
+        # Its users (`share`), each with its share of the jobs in flight: the first is the
+        # one that started it.
+        self._users: list[tuple[str, int]] = [(name, max_in_flight)]
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         code = (
@@ -73,14 +74,23 @@ class ChildWriter:
         self._in = Connection(from_child_r, writable=False)
         # Whether an answer (or the child's end) is waiting, by one poll(2): the engine asks
         # at every bar while a batch is out, and Connection.poll builds a selector for each
-        # question (2.1 us against 0.2 here, twice a bar: the store's writer and the audit's).
+        # question (2.1 us against 0.2 here, at each of its users' calls).
         self._answers = select.poll()
         self._answers.register(from_child_r, select.POLLIN)
         self._answers_fd = from_child_r
         self._seq = 0
         self._answered = 0
         self._error: str | None = None
-        self._users = 1  # see `share`
+
+    @property
+    def name(self) -> str:
+        """Its users' names, for messages."""
+        return " and ".join(name for name, _ in self._users)
+
+    @property
+    def max_in_flight(self) -> int:
+        """Jobs sent and not answered at most: the sum of its users' shares."""
+        return sum(n for _, n in self._users)
 
     @property
     def started(self) -> bool:
@@ -93,11 +103,14 @@ class ChildWriter:
         until every user has closed it. A replay's store and audit log share one: on a
         2-core machine the engine and two writer processes (each with its own interpreter
         and imports) took turns on the cores, and the engine lost about a tenth of its time
-        to them (benchmarks/RESULTS.md). A job that fails makes the process skip every
-        later job, whoever sent it: each user's next call raises, naming every user."""
-        self._users += 1
-        self.name = f"{self.name} and {name}"
-        self.max_in_flight += max_in_flight
+        to them (benchmarks/RESULTS.md). Its jobs in flight are the sum of the users' shares
+        (the same bound on memory as two processes). A job that fails makes the process skip
+        every later job, whoever sent it: each user's next call raises with the failed job's
+        error (which names its file), and the other user's later rows are not written (the
+        replay ends with that error). `close(user=name)` ends this user's share."""
+        if max_in_flight < 1:
+            raise ValueError(f"writer process {name}: max_in_flight must be >= 1")
+        self._users.append((name, max_in_flight))
         return self
 
     @property
@@ -129,15 +142,17 @@ class ChildWriter:
             self._answer(block=True)
         self._raise()
 
-    def close(self, sync: bool = True) -> None:
+    def close(self, sync: bool = True, user: str | None = None) -> None:
         """Wait for the jobs sent (unless `sync` is off: nothing depends on them), then tell
         the child to end. Raises a job's error (the child is ended all the same). Does not
         wait for the child to exit (it only closes what it opened, after everything is
         written: tens of milliseconds at the end of every replay otherwise); `wait()` does.
         A shared process (`share`) ends when its last user closes it; until then, closing
-        only waits (with `sync`) for the jobs sent so far."""
-        if self._users > 1:
-            self._users -= 1
+        ends the share of `user` (by the name it was shared under; None: the one that started
+        it) and waits (with `sync`) for the jobs sent so far."""
+        if len(self._users) > 1:
+            names = [name for name, _ in self._users]
+            del self._users[names.index(user) if user in names else 0]
             if sync and self._proc.poll() is None:
                 self.sync()
             return

@@ -20,8 +20,9 @@ its back, in batches (`maybe_flush` hands one over and returns), in one of two w
   any batch handed over after it, which the thread then does not write, to keep the order)
   back in the buffers.
 
-Either way at most `max_in_flight` batches are handed over and not yet written; then
-`maybe_flush` waits for the oldest (back-pressure: memory stays within `max_in_flight + 1`
+Either way at most `max_in_flight` batches are handed over and not yet written (in a
+process shared with the audit log, the sum of the two shares: see `ChildWriter.share`); then
+`maybe_flush` waits for the oldest (back-pressure: memory stays within that many + 1
 batches). `flush()` returns when everything recorded before it is committed: this is what a
 live run's durability rests on (order intents stored before they are sent, a bar's checkpoint
 in the same transaction as its rows), unchanged by the writers. What differs between a

@@ -283,7 +283,10 @@ def test_a_failed_job_in_a_shared_process_raises_for_every_user_naming_both(tmp_
     assert store.wait(timeout=30) == 0
 
 
-async def test_a_replays_store_and_audit_log_share_one_writer_process(tmp_path, monkeypatch):
+@pytest.mark.parametrize("store_first", [True, False])
+async def test_a_replays_store_and_audit_log_share_one_writer_process(
+    tmp_path, monkeypatch, store_first
+):
     """The audit log takes the store's writer process (app.build_engine wires it): its
     lines and the store's rows are all written there, and the process ends after the last
     of the two closes, whichever order they close in (the engine stops the store first)."""
@@ -311,11 +314,71 @@ async def test_a_replays_store_and_audit_log_share_one_writer_process(tmp_path, 
             await store.maybe_flush()
             log.flush()
         assert log._writer is store._child and log._writer_ready
+        assert store._child.max_in_flight == store.max_in_flight + log.max_pending
     finally:
-        await store.stop()
-        log.close()
+        if store_first:
+            await store.stop()
+            log.close()
+        else:
+            log.close()
+            assert started[0]._proc.poll() is None  # still the store's
+            await store.stop()
     assert len(started) == 1  # one process, not one each
     assert started[0].wait(timeout=30) == 0
     lines = [json.loads(x) for x in (tmp_path / "audit" / "r1.jsonl").read_text().splitlines()]
     assert [r["client_order_id"] for r in lines] == [f"r1|{k}" for k in range(10)]
     assert count(tmp_path / "s.db", "equity") == 10
+
+
+async def test_a_store_reused_for_runs_gives_each_audit_log_a_share_and_takes_it_back(tmp_path):
+    """begin_run again without a stop keeps the store's process: each run's audit log takes a
+    share and gives it back at its close, so the bound and the name do not grow run by run."""
+    from tradingd.audit import AuditLog
+
+    store = SqliteStore(tmp_path / "s.db", batch_size=4, flush_interval_s=3600.0)
+    await store.start()
+    try:
+        await store.begin_run(run_info())
+        child = store._child
+        child.sync()
+        for k in range(3):
+            log = AuditLog(tmp_path / "audit", f"run{k}", share_writer=store.writer_process)
+            log.orders([Order(f"run{k}|0", "AAA", Side.BUY, 1.0, T0)])
+            log.flush(force=True)
+            assert log._writer is child and child.name.endswith(f"run{k}.jsonl")
+            log.close()
+            assert store._child is child and child._proc.poll() is None
+            assert (child.name, child.max_in_flight) == (f"SQLite {store.path}", 2)
+    finally:
+        await store.stop()
+    assert child.wait(timeout=30) == 0
+
+
+async def test_an_audit_write_that_fails_in_a_shared_process_names_the_audit_log(tmp_path):
+    """A full disk under the audit log: the replay's next call raises, naming the audit log
+    (a write error names no file of its own), through the store's calls too."""
+    from tradingd.audit import AuditLog
+
+    store = SqliteStore(tmp_path / "s.db", batch_size=1, flush_interval_s=3600.0)
+    await store.start()
+    log = AuditLog(tmp_path / "audit", "r1", max_lines=1, share_writer=store.writer_process)
+    (tmp_path / "audit").mkdir()
+    os.symlink("/dev/full", tmp_path / "audit" / "r1.jsonl")
+    try:
+        await store.begin_run(run_info())
+        store._child.sync()
+        log.orders([Order("r1|0", "AAA", Side.BUY, 1.0, T0)])
+        log.flush()
+        assert log._writer is store._child
+        with pytest.raises(StorageError) as e:
+            store._child.sync()
+        assert f"cannot write the audit log {tmp_path / 'audit' / 'r1.jsonl'}" in str(e.value)
+        assert "No space left on device" in str(e.value)
+        record_bar(store, 0)
+        with pytest.raises(StorageError, match="cannot write the audit log"):
+            await store.maybe_flush()
+    finally:
+        with pytest.raises(StorageError):
+            await store.stop()
+        with pytest.raises(StorageError):
+            log.close()
