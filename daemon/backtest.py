@@ -130,10 +130,18 @@ def split_adjusted(fills: list[Fill], panel: Panel) -> list[Fill]:
     after[:-1] = np.cumprod(panel.split[:0:-1, cols], axis=0)[::-1]
     row = {t: k for k, t in enumerate(panel.datetimes())}
     col = {panel.symbols[j]: c for c, j in enumerate(cols.tolist())}
+    universe = set(panel.symbols)
     out = []
     for f in fills:
+        k = row.get(f.time)
+        if k is None or f.symbol not in universe:
+            # A fill the panel has no bar or column for: not this run's, never restated.
+            raise ValueError(
+                f"fill {f.fill_id}: {f.symbol} at {f.time} is not in the run's data "
+                f"({len(panel.symbols)} symbols, {len(row)} bars)"
+            )
         c = col.get(f.symbol)
-        g = 1.0 if c is None else float(after[row[f.time], c])
+        g = 1.0 if c is None else float(after[k, c])
         if g != 1.0:
             f = dataclasses.replace(
                 f, quantity=f.quantity * g, price=f.price / g, reference_price=f.reference_price / g

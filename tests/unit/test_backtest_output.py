@@ -5,6 +5,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -227,3 +228,19 @@ def test_split_adjusted_fills_are_the_whole_panel_definition_to_the_bit(data, da
             w.symbol,
             w.commission,
         )
+
+
+def test_split_adjusted_refuses_a_fill_the_panel_has_no_bar_or_symbol_for():
+    times = pd.bdate_range("2014-06-05", periods=3).to_numpy(dtype="datetime64[ns]")
+    close = np.array([[10.0, 5.0], [10.0, 5.0], [5.0, 5.0]])
+    split = np.array([[1.0, 1.0], [1.0, 1.0], [2.0, 1.0]])
+    panel = Panel(times, ("A", "B"), close, close, close, close, close, split, close * 0)
+    t = panel.datetimes()
+    ok = Fill("a#1", "a", "B", Side.BUY, 1, 5.0, 0.0, 0.0, t[0], 5.0)
+    assert split_adjusted([ok], panel) == [ok]
+    for bad in (
+        Fill("x#1", "x", "C", Side.BUY, 1, 5.0, 0.0, 0.0, t[0], 5.0),  # no such symbol
+        Fill("y#1", "y", "B", Side.BUY, 1, 5.0, 0.0, 0.0, t[0] - (t[1] - t[0]), 5.0),  # no bar
+    ):
+        with pytest.raises(ValueError, match=f"fill {bad.fill_id}: {bad.symbol} at"):
+            split_adjusted([bad], panel)
