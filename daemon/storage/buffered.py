@@ -1051,12 +1051,13 @@ class BufferedStore(ABC):
         cols = table.insert_columns
         if not rows:
             return []
-        columns = list(zip(*rows, strict=True))
-        if len(columns) != len(cols):
+        widths = sorted({len(r) for r in rows})
+        if widths != [len(cols)]:
             raise StorageError(
-                f"{table.name}: rows of {len(columns)} columns, expected {len(cols)}: the "
-                "database's table differs from this version's schema"
+                f"{table.name}: rows of {' and '.join(map(str, widths))} columns, expected "
+                f"{len(cols)}: the database's table differs from this version's schema"
             )
+        columns = list(zip(*rows, strict=True))
         out: list[Any] = list(columns)
         nan = math.nan
         times, jsons = table.columns_of("time"), table.columns_of("json")

@@ -88,3 +88,5 @@ def test_decode_names_the_table_when_its_rows_have_other_columns() -> None:
     store = SqliteStore(":memory:")
     with pytest.raises(StorageError, match="fills: rows of 2 columns, expected"):
         store._decode(table, [("a", "b"), ("c", "d")])
+    with pytest.raises(StorageError, match="fills: rows of 1 and 2 columns, expected"):
+        store._decode(table, [("a", "b"), ("c",)])
