@@ -15,7 +15,7 @@ from tradingd_plugins.sizing.garch_fits import LIVE_NICE, fit_many, read_frame, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tradingd_plugins.sizing.garch_worker")
-    # From `FitWorker`: 19 for a live daemon, 0 for a replay (see LIVE_NICE).
+    # From `FitWorker`: 0 unless set otherwise (`FitRunner.set_nice`; see LIVE_NICE).
     parser.add_argument("--nice", type=int, choices=range(20), default=LIVE_NICE, metavar="0-19")
     nice = parser.parse_args(argv).nice
     # The parent owns the signals: Ctrl-C or SIGTERM to the whole process group (systemd's

@@ -1427,8 +1427,8 @@ def test_a_plugin_dropped_with_a_fit_in_flight_lets_the_worker_answer_it_and_end
     p.size(np.full(2, 0.5), m.ctx())  # refit_bars = 1: both symbols refit, one bar later
     (batch,) = [b for b in p._flight if b.pending is not None and b.pending.reply is not None]
     assert batch.pending.reply.written.wait(60)  # sent whole: the worker has it to answer
-    # Its answer is in the pipe, unread by the plugin (at nice 19 the fit itself can take
-    # seconds on a busy machine: close() gives 5 s, which this test is not about).
+    # Its answer is in the pipe, unread by the plugin (on a busy machine the fit itself can
+    # take seconds: close() gives 5 s, which this test is not about).
     assert select.select([proc.stdout], [], [], 120)[0], "the worker never answered"
     assert proc.poll() is None
     del p, batch
