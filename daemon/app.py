@@ -12,9 +12,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import pandas as pd
 import structlog
 
 from .audit import AuditLog, audit_path
@@ -23,6 +22,7 @@ from .cache.factory import open_cache
 from .clock.replay import ReplayClock
 from .config import Config
 from .core.errors import ConfigError
+from .core.lazy import LazyModule
 from .core.ports import Broker, Clock, FeatureSource, Feed
 from .core.types import CrossSection, RunInfo
 from .engine import plugins as plugin_registry
@@ -40,6 +40,11 @@ from .feeds.panel import Panel
 from .feeds.panel_cache import cached_load_panel, default_cache_dir
 from .secrets import mask_url
 from .storage.factory import open_store
+
+if TYPE_CHECKING:
+    import pandas as pd
+else:  # imported at its first use (core/lazy.py): a backtest from the panel cache needs none
+    pd = LazyModule("pandas")
 
 log = structlog.get_logger(__name__)
 
@@ -93,9 +98,7 @@ def trade_start(config: Config, panel: Panel) -> datetime | None:
     zone are UTC, like the stored bar times."""
     if not config.run.start:
         return None
-    ts = pd.Timestamp(config.run.start)
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    start = ts.to_pydatetime()
+    start = _utc(config.run.start)
     if len(panel.times) and start > panel.datetimes()[-1]:
         raise ConfigError(
             f"run.start = {config.run.start!r} is after the last bar of the data "
@@ -383,9 +386,16 @@ def _bars_before(exchange: Any, t: datetime, n: int) -> list[datetime]:
 
 
 def _utc(text: str) -> datetime:
-    ts = pd.Timestamp(text)
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-    return ts.to_pydatetime()
+    """A configured time (run.start, run.end) in UTC; one without an offset is UTC. Config
+    checks these are ISO 8601, which the standard library parses (pandas' parser, imported
+    only then, takes any other text as before)."""
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError:
+        ts = pd.Timestamp(text)
+        ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+        return ts.to_pydatetime()
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def vendor_swaps(

@@ -46,7 +46,7 @@ import structlog
 
 from ..feeds.panel import FIELDS, Panel
 from ..feeds.panel_cache import _evict, _tmp_path, _too_large, cache_root
-from .catalog import Catalog
+from .catalog import Catalog, IndicatorNode, topological
 
 log = structlog.get_logger(__name__)
 
@@ -79,7 +79,7 @@ class FeatureCache:
             "indicators": repr(catalog.ind),
             "cross_method": catalog.cross_method,
             "code": code,
-            "libraries": _library_versions(),
+            "libraries": _library_versions(_uses_talib(catalog, names)),
             "cpu": _cpu(),
         }
         text = json.dumps(decisive, sort_keys=True)
@@ -230,8 +230,19 @@ def _cpu() -> dict[str, object]:
     }
 
 
+def _uses_talib(catalog: Catalog, names: Sequence[str]) -> bool:
+    """Whether computing these features calls TA-Lib (an indicator among them or their
+    inputs): only then does its version decide their values."""
+    nodes = topological([catalog.node(n) for n in names])
+    return any(isinstance(n, IndicatorNode) for n in nodes)
+
+
 @functools.cache
-def _library_versions() -> dict[str, str]:
+def _library_versions(talib_too: bool = True) -> dict[str, str]:
+    if not talib_too:
+        # Importing TA-Lib (and the pandas it imports) would cost a load from the cache
+        # 0.2 s, for features it does not compute (core/lazy.py).
+        return {"numpy": np.__version__}
     import talib
 
     # The wrapper's version and the C library's it was built with (they can differ).

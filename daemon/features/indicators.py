@@ -11,13 +11,20 @@ Periods come from `IndicatorConfig` (the specification's defaults).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
-import talib
 
 from ..core.errors import DataError
+from ..core.lazy import LazyModule
+
+if TYPE_CHECKING:
+    import pandas as pd  # in annotations only: the caller's frames
+    import talib
+else:
+    # Imported at the first indicator computed (core/lazy.py): TA-Lib's own import imports
+    # pandas, which a strategy without TA-Lib indicators never needs.
+    talib = LazyModule("talib")
 
 
 @dataclass(frozen=True)

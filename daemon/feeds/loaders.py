@@ -24,13 +24,13 @@ import importlib.util
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pandas as pd
 import structlog
 
 from ..core.errors import ConfigError, DataError
+from ..core.lazy import LazyModule
 from .panel import Panel
 from .validate import (
     DEFAULT_MAX_GAP_DAYS,
@@ -45,6 +45,11 @@ from .validate import (
     parse_repairs,
     validate_frame,
 )
+
+if TYPE_CHECKING:
+    import pandas as pd
+else:  # imported at its first use (core/lazy.py): a backtest from the panel cache needs none
+    pd = LazyModule("pandas")
 
 log = structlog.get_logger(__name__)
 

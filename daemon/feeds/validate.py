@@ -51,14 +51,19 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from fractions import Fraction
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
-import pandas as pd
 import structlog
 
 from ..core.errors import ConfigError, DataError
+from ..core.lazy import LazyModule
+
+if TYPE_CHECKING:
+    import pandas as pd
+else:  # imported at its first use (core/lazy.py): a backtest from the panel cache needs none
+    pd = LazyModule("pandas")
 
 log = structlog.get_logger(__name__)
 
