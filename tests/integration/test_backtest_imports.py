@@ -23,43 +23,59 @@ print(json.dumps({"code": code, "loaded": sorted(m for m in %r if m in sys.modul
 """
 
 
-def test_backtest_leaves_live_clients_unimported(tmp_path: Path) -> None:
+def _momentum_config(tmp_path: Path, run_and_data: str, extra: str = "") -> Path:
+    """A momentum top-k backtest on a file store, with the given [run] and [data] tables."""
     cfg = tmp_path / "bt.toml"
-    cfg.write_text(f"""
-[run]
-start = "2017-06-01"
-end = "2017-09-30"
-output_dir = "{(tmp_path / "runs").as_posix()}"
-[data]
-source = "bundled"
+    cfg.write_text(f"""{run_and_data}
 [[signals]]
 name = "momentum"
 weight = 1.0
 params = {{ lookback = 20 }}
 [sizing]
 name = "equal_weight"
-params = {{ max_positions = 3, gross_exposure = 0.5 }}
+params = {{ max_positions = 2, gross_exposure = 0.5 }}
 [[risk]]
 name = "max_position"
-params = {{ max_position_pct = 0.2 }}
+params = {{ max_position_pct = 0.3 }}
 [storage]
 url = "sqlite:///{(tmp_path / "bt.db").as_posix()}"
 [log]
 level = "warning"
 audit_dir = "{(tmp_path / "audit").as_posix()}"
-""")
+{extra}""")
+    return cfg
+
+
+def _backtest(cfg: Path, modules: tuple[str, ...]) -> tuple[dict, dict]:
+    """(summary, {"code", "loaded"}) of `tradingd backtest` in a fresh interpreter."""
     proc = subprocess.run(
-        [sys.executable, "-c", SCRIPT % (LIVE_ONLY,), str(cfg)],
+        [sys.executable, "-c", SCRIPT % (modules,), str(cfg)],
         capture_output=True,
         text=True,
         timeout=300,
-        cwd=tmp_path,
+        cwd=cfg.parent,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
-    answer = json.loads(proc.stdout.strip().splitlines()[-1])
+    lines = proc.stdout.strip().splitlines()
+    answer = json.loads(lines[-1])
     assert answer["code"] == 0, proc.stderr[-2000:]
+    return json.loads(lines[-2]), answer
+
+
+def test_backtest_leaves_live_clients_unimported(tmp_path: Path) -> None:
+    cfg = _momentum_config(
+        tmp_path,
+        f"""
+[run]
+start = "2017-06-01"
+end = "2017-09-30"
+output_dir = "{(tmp_path / "runs").as_posix()}"
+[data]
+source = "bundled"
+""",
+    )
+    summary, answer = _backtest(cfg, LIVE_ONLY)
     # The run traded: the test is about a real backtest, not an import of the CLI alone.
-    summary = json.loads(proc.stdout.strip().splitlines()[-2])
     assert summary["orders"] > 0
     assert answer["loaded"] == []
 
@@ -98,8 +114,9 @@ def test_a_backtest_from_the_panel_cache_imports_neither_pandas_nor_talib(tmp_pa
     needs pandas; the rerun, in a fresh interpreter, must not load it, and decides the
     same."""
     _bars_csv(tmp_path / "bars.csv")
-    cfg = tmp_path / "bt.toml"
-    cfg.write_text(f"""
+    cfg = _momentum_config(
+        tmp_path,
+        f"""
 [run]
 start = "2016-06-01"
 end = "2017-02-28T16:00:00-05:00"
@@ -108,39 +125,15 @@ output_dir = "{(tmp_path / "runs").as_posix()}"
 source = "csv"
 path = "{(tmp_path / "bars.csv").as_posix()}"
 layout = "long"
-[[signals]]
-name = "momentum"
-weight = 1.0
-params = {{ lookback = 20 }}
-[sizing]
-name = "equal_weight"
-params = {{ max_positions = 2, gross_exposure = 0.5 }}
-[[risk]]
-name = "max_position"
-params = {{ max_position_pct = 0.3 }}
-[storage]
-url = "sqlite:///{(tmp_path / "bt.db").as_posix()}"
+""",
+        f"""
 [cache]
 data_dir = "{(tmp_path / "panels").as_posix()}"
 features_dir = "{(tmp_path / "features").as_posix()}"
-[log]
-level = "warning"
-audit_dir = "{(tmp_path / "audit").as_posix()}"
-""")
-    answers = []
-    for _ in range(2):
-        proc = subprocess.run(
-            [sys.executable, "-c", SCRIPT % (HEAVY,), str(cfg)],
-            capture_output=True,
-            text=True,
-            timeout=300,
-            cwd=tmp_path,
-        )
-        assert proc.returncode == 0, proc.stderr[-2000:]
-        lines = proc.stdout.strip().splitlines()
-        answers.append((json.loads(lines[-2]), json.loads(lines[-1])))
+""",
+    )
+    answers = [_backtest(cfg, HEAVY) for _ in range(2)]
     (first, first_loaded), (rerun, rerun_loaded) = answers
-    assert first_loaded["code"] == rerun_loaded["code"] == 0
     assert "pandas" in first_loaded["loaded"]  # it read the CSV file: the check can fail
     assert list((tmp_path / "panels").iterdir())  # and the rerun had a cache entry to use
     assert rerun_loaded["loaded"] == []
