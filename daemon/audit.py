@@ -257,6 +257,17 @@ def child_lines(state: dict[str, Any], batch: Sequence[tuple[int, Any, str | Non
         raise OSError(e.errno, f"cannot write the audit log {sink.path}: {e.strerror}") from e
 
 
+def child_close(state: dict[str, Any], _: Any) -> None:
+    """This log is done with a process it shares (with the store): its file is closed and
+    forgotten there, so a store reused for run after run holds no file of an earlier one."""
+    sink = state.pop("audit", None)
+    if sink is not None:
+        sink.close()
+        closers = state.get("_closers", [])
+        if sink.close in closers:
+            closers.remove(sink.close)
+
+
 def child_release(state: dict[str, Any], _: Any) -> None:
     """Close the file (reopened at the next write): the parent is about to rewrite it."""
     state["audit"].close()
@@ -295,6 +306,8 @@ class AuditLog:
         self._writer: ChildWriter | None = None
         self._writer_ready = False
         self._share_writer = share_writer
+        self._shared = False  # the writer process is the store's (see flush)
+        self._writer_user = ""  # the name this log has in it
 
     def orders(self, orders: Sequence[Order]) -> None:
         if orders:
@@ -327,6 +340,8 @@ class AuditLog:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             shared = self._share_writer() if self._share_writer is not None else None
             name = f"audit {self.path}"
+            self._shared = shared is not None
+            self._writer_user = name
             self._writer = (
                 shared.share(name, self.max_pending)
                 if shared is not None
@@ -433,8 +448,14 @@ class AuditLog:
             writer, self._writer = self._writer, None
             try:
                 if writer is not None:
-                    # One never used is not waited for; a shared one ends this log's share.
-                    writer.close(sync=self._writer_ready, user=f"audit {self.path}")
+                    try:
+                        if self._shared and self._writer_ready:
+                            # The store's process lives on: this log's file closes there.
+                            writer.send("tradingd.audit:child_close", None)
+                    finally:
+                        # One never used is not waited for; a shared one ends this log's
+                        # share.
+                        writer.close(sync=self._writer_ready, user=self._writer_user)
             finally:
                 self._sink.close()
 

@@ -150,9 +150,11 @@ class ChildWriter:
         A shared process (`share`) ends when its last user closes it; until then, closing
         ends the share of `user` (by the name it was shared under; None: the one that started
         it) and waits (with `sync`) for the jobs sent so far."""
+        names = [name for name, _ in self._users]
+        if user is not None and user not in names:
+            raise ValueError(f"writer process {self.name}: no user named {user!r}")
         if len(self._users) > 1:
-            names = [name for name, _ in self._users]
-            del self._users[names.index(user) if user in names else 0]
+            del self._users[names.index(user) if user is not None else 0]
             if sync and self._proc.poll() is None:
                 self.sync()
             return

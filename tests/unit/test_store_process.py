@@ -330,6 +330,13 @@ async def test_a_replays_store_and_audit_log_share_one_writer_process(
     assert count(tmp_path / "s.db", "equity") == 10
 
 
+def _fds(child: ChildWriter) -> list[str]:
+    try:
+        return os.listdir(f"/proc/{child._proc.pid}/fd")
+    except FileNotFoundError:  # not Linux
+        pytest.skip("needs /proc")
+
+
 async def test_a_store_reused_for_runs_gives_each_audit_log_a_share_and_takes_it_back(tmp_path):
     """begin_run again without a stop keeps the store's process: each run's audit log takes a
     share and gives it back at its close, so the bound and the name do not grow run by run."""
@@ -349,6 +356,11 @@ async def test_a_store_reused_for_runs_gives_each_audit_log_a_share_and_takes_it
             log.close()
             assert store._child is child and child._proc.poll() is None
             assert (child.name, child.max_in_flight) == (f"SQLite {store.path}", 2)
+            # and its file is closed in the process too: no run's log is held open there
+            held = [os.readlink(f"/proc/{child._proc.pid}/fd/{fd}") for fd in _fds(child)]
+            assert not [f for f in held if f.endswith(".jsonl")], held
+        with pytest.raises(ValueError, match="no user named 'audit nowhere'"):
+            child.close(user="audit nowhere")
     finally:
         await store.stop()
     assert child.wait(timeout=30) == 0
