@@ -19,6 +19,10 @@ class LazyModule:
         self._name = name
 
     def __getattr__(self, attr: str) -> Any:
+        if attr.startswith("__") or attr == "_name":
+            # Protocol lookups (copy, pickle) and an instance not initialised: not the
+            # module's (reading `_name` here would recurse).
+            raise AttributeError(attr)
         # After the first call importlib answers from sys.modules (a dict lookup); these
         # modules' uses are per file or per call, never per bar.
         return getattr(importlib.import_module(self._name), attr)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -18,6 +18,9 @@ else:  # imported at its first use (core/lazy.py): a backtest from the panel cac
 
 PRICE_FIELDS = ("open", "high", "low", "close")
 FIELDS = (*PRICE_FIELDS, "volume", "split", "dividend")
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,9 @@ class Panel:
         micros = self.times.astype("datetime64[us]")
         if not np.array_equal(micros, self.times):
             return pd.DatetimeIndex(self.times, tz=UTC).to_pydatetime().tolist()
-        return [t.replace(tzinfo=UTC) for t in micros.tolist()]
+        # The epoch plus each count of microseconds: exact, and half the cost of a naive
+        # datetime per time given its zone.
+        return [_EPOCH + timedelta(microseconds=u) for u in micros.view("int64").tolist()]
 
     def row(self, i: int, time: datetime) -> CrossSection:
         # Positional, in field order (time, open, high, low, close, volume, split, dividend):

@@ -25,10 +25,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import importlib
 import importlib.metadata
 import json
 import os
 import secrets
+import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -208,11 +210,19 @@ def _library_versions() -> dict[str, str]:
     """pandas and pyarrow decide how times and numbers are parsed; an upgrade may change it.
     Their installed versions, read from the package metadata: importing them (0.2 s) only to
     ask would cost every load from the cache what it saves (core/lazy.py)."""
-    return {
-        "numpy": np.__version__,
-        "pandas": importlib.metadata.version("pandas"),
-        "pyarrow": importlib.metadata.version("pyarrow"),
-    }
+    return {"numpy": np.__version__, "pandas": _version("pandas"), "pyarrow": _version("pyarrow")}
+
+
+def _version(name: str) -> str:
+    """The version of the package `name` as imported when it already is; else its installed
+    metadata; else (no metadata: a source tree on the path, a frozen build) by importing it."""
+    module = sys.modules.get(name)
+    if module is None:
+        try:
+            return importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            module = importlib.import_module(name)
+    return str(module.__version__)
 
 
 # --- the load's repairs ---------------------------------------------------------------------
