@@ -1051,13 +1051,16 @@ class BufferedStore(ABC):
         cols = table.insert_columns
         if not rows:
             return []
-        widths = sorted({len(r) for r in rows})
-        if widths != [len(cols)]:
+        try:
+            columns = list(zip(*rows, strict=True))
+        except ValueError:  # rows of several widths (zip checks them as it goes)
+            columns = []
+        if len(columns) != len(cols):
+            widths = sorted({len(r) for r in rows})  # only to say what is wrong
             raise StorageError(
                 f"{table.name}: rows of {' and '.join(map(str, widths))} columns, expected "
                 f"{len(cols)}: the database's table differs from this version's schema"
             )
-        columns = list(zip(*rows, strict=True))
         out: list[Any] = list(columns)
         nan = math.nan
         times, jsons = table.columns_of("time"), table.columns_of("json")
