@@ -27,11 +27,8 @@ import argparse
 import asyncio
 import gc
 import json
-import os
-import re
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -138,20 +135,19 @@ def run(args: argparse.Namespace) -> list[dict[str, float]]:
 
 
 def count(args: argparse.Namespace) -> int:
-    cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null"]
-    cmd += [sys.executable, __file__, "--data", str(args.data), "--symbols", str(args.symbols)]
-    cmd += ["--runs", "1", "--json", "--count-loop"]
-    cmd += ["--no-audit"] if args.no_audit else []
-    cmd += ["--discard"] if args.discard else []
-    done = subprocess.run(
-        cmd, env=dict(os.environ, PYTHONHASHSEED="0"), capture_output=True, text=True
-    )
-    found = re.search(r"Collected\s*:\s*(\d+)", done.stderr)
-    if done.returncode or found is None:
-        print(done.stderr[-2000:], file=sys.stderr)
-        return done.returncode or 1
-    r = json.loads(done.stdout.strip().splitlines()[-1])[-1]
-    ir = int(found.group(1))
+    sys.path.insert(0, str(HERE))
+    from engine_alone import callgrind
+
+    argv = [__file__, "--data", str(args.data), "--symbols", str(args.symbols)]
+    argv += ["--runs", "1", "--json", "--count-loop"]
+    argv += ["--no-audit"] if args.no_audit else []
+    argv += ["--discard"] if args.discard else []
+    try:
+        got = callgrind(argv)
+    except RuntimeError as e:
+        print(e, file=sys.stderr)
+        return 1
+    ir, r = got["ir"], got["last"]
     print(f"bar loop: {ir:,} instructions, {ir / r['bars']:,.0f} a bar  fills={r['fills']}")
     return 0
 

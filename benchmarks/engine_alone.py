@@ -216,23 +216,31 @@ def against(commit: str, args: argparse.Namespace) -> int:
     return 0
 
 
-def _under_callgrind(path: str | None, args: argparse.Namespace) -> dict[str, Any]:
-    """Instructions of one replay in a fresh process under callgrind (packages from `path`
-    first when given), and its fills and final equity."""
-    env = dict(os.environ, PYTHONHASHSEED="0")
-    env.pop("PYTHONPATH", None)
-    if path is not None:
-        env["PYTHONPATH"] = path
+def callgrind(argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Instructions a benchmark script counted in a fresh process under callgrind (it
+    switches the counting on and off itself, `_count`; PYTHONHASHSEED=0), and the last
+    record of the JSON list it printed last (`argv` must ask it for --json)."""
+    env = dict(os.environ if env is None else env, PYTHONHASHSEED="0")
     cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no", "--callgrind-out-file=/dev/null"]
-    cmd += [sys.executable, __file__, "--data", str(args.data), "--symbols", str(args.symbols)]
-    cmd += ["--runs", "1", "--json", "--count-replay"]
-    cmd += ["--no-trades"] if args.no_trades else []
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    done = subprocess.run([*cmd, sys.executable, *argv], env=env, capture_output=True, text=True)
     found = re.search(r"Collected\s*:\s*(\d+)", done.stderr)
     if done.returncode or found is None:
         raise RuntimeError(f"callgrind run failed ({done.returncode}): {done.stderr[-2000:]}")
     last = json.loads(done.stdout.strip().splitlines()[-1])[-1]
     return {"ir": int(found.group(1)), "last": last}
+
+
+def _under_callgrind(path: str | None, args: argparse.Namespace) -> dict[str, Any]:
+    """Instructions of one replay in a fresh process under callgrind (packages from `path`
+    first when given), and its fills and final equity."""
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    if path is not None:
+        env["PYTHONPATH"] = path
+    argv = [__file__, "--data", str(args.data), "--symbols", str(args.symbols)]
+    argv += ["--runs", "1", "--json", "--count-replay"]
+    argv += ["--no-trades"] if args.no_trades else []
+    return callgrind(argv, env)
 
 
 def count_instructions(commit: str, sides: dict[str, str | None], args: argparse.Namespace) -> int:
