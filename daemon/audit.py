@@ -15,7 +15,10 @@ Where the JSON is made and written depends on the run:
   Python work, and Python runs one thread at a time). That process is the store's when it has
   one (`share_writer`: an SQLite file's replay), else one of this log's own. At most
   `max_pending` batches of this log wait there (the store's share besides, in a shared one);
-  then `flush` waits for the oldest (back-pressure). A write that failed there raises at the
+  then `flush` waits for the oldest (back-pressure). In the store's process the lines go
+  out with the store's writes, in the same message (`ChildWriter.add_rider`): the records
+  are the store's own tuples (the engine passes them), so they are pickled once; on their
+  own only when `max_lines` wait. A write that failed there raises at the
   next `flush` or at `close`; in a shared process, so does a write of the store that failed,
   and the other's later batches are not written.
 - a live run (`flush_interval_s = 0`): every `flush` encodes and writes its lines before it
@@ -33,23 +36,23 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import fields
 from datetime import datetime
 from itertools import islice
-from operator import attrgetter
 from pathlib import Path
 from typing import Any, TextIO
 
 from .core.errors import ConfigError
 from .core.types import Fill, Order
 from .storage.child import ChildWriter
+from .storage.rows import FILL_FIELDS, FILL_VALUES, ORDER_FIELDS, ORDER_VALUES, Record
 
 # Orders and fills hold only scalars, string enums and datetimes, so the tuple of their
-# fields is the whole record (and a snapshot: every value is immutable).
-_ORDER_FIELDS = tuple(f.name for f in fields(Order))
-_FILL_FIELDS = tuple(f.name for f in fields(Fill))
-_ORDER_VALUES = attrgetter(*_ORDER_FIELDS)
-_FILL_VALUES = attrgetter(*_FILL_FIELDS)
+# fields is the whole record (and a snapshot: every value is immutable). The store keeps the
+# same tuples (storage/rows.py): the engine passes the store's to this log.
+_ORDER_FIELDS = ORDER_FIELDS
+_FILL_FIELDS = FILL_FIELDS
+_ORDER_VALUES = ORDER_VALUES
+_FILL_VALUES = FILL_VALUES
 _ORDER_TIMES = frozenset(("created_at", "updated_at"))
 _FILL_TIMES = frozenset(("time",))
 
@@ -308,23 +311,47 @@ class AuditLog:
         self._share_writer = share_writer
         self._shared = False  # the writer process is the store's (see flush)
         self._writer_user = ""  # the name this log has in it
+        self._riding = False  # its lines go out with the store's writes (see flush)
 
-    def orders(self, orders: Sequence[Order]) -> None:
+    def orders(self, orders: Sequence[Order], records: Sequence[Record] | None = None) -> None:
+        """`records`: the store's tuples of these orders (`_ORDER_VALUES` of each), kept as
+        they are instead of made again (they are snapshots: every value is immutable)."""
         if orders:
-            self._batch.append((_ORDERS, [_ORDER_VALUES(o) for o in orders], None))
+            if records is None or len(records) != len(orders):
+                records = [_ORDER_VALUES(o) for o in orders]
+            self._batch.append((_ORDERS, records, None))
             self._waiting += len(orders)
 
-    def fills(self, fills: Sequence[Fill], booked_at: datetime | None = None) -> None:
+    def fills(
+        self,
+        fills: Sequence[Fill],
+        booked_at: datetime | None = None,
+        records: Sequence[Record] | None = None,
+    ) -> None:
         """`booked_at`: the bar at which the engine booked them (live), kept with each line
-        so a resumed run drops exactly the fills its store drops."""
+        so a resumed run drops exactly the fills its store drops. `records`: as `orders`."""
         if fills:
-            self._batch.append((_FILLS, [_FILL_VALUES(f) for f in fills], _iso(booked_at)))
+            if records is None or len(records) != len(fills):
+                records = [_FILL_VALUES(f) for f in fills]
+            self._batch.append((_FILLS, records, _iso(booked_at)))
             self._waiting += len(fills)
 
     def flush(self, force: bool = False) -> None:
-        if self._writer is not None:
-            self._writer.reap()  # a batch that failed there raises here, at the next bar
-        if not self._batch and not (force and self._writer is not None):
+        writer = self._writer
+        if writer is not None:
+            writer.reap()  # a batch that failed there raises here, at the next bar
+            self._check_ready(writer)
+            if self._riding:
+                # The store's next write takes the lines along (`_ride`); they go on their
+                # own when forced, or when too many wait (memory stays bounded).
+                if force or self._waiting >= self.max_lines:
+                    job = self._ride()
+                    if job is not None:
+                        writer.send(*job)
+                    if force:
+                        writer.sync()
+                return
+        if not self._batch and not (force and writer is not None):
             return
         now = time.monotonic()
         if (
@@ -335,27 +362,20 @@ class AuditLog:
             return
         self._last_write = now
         batch, self._batch, self._waiting = self._batch, [], 0
-        if self.background and self._writer is None:
+        if self.background and writer is None:
             # Started at the first write, it imports while the replay goes on.
             self.path.parent.mkdir(parents=True, exist_ok=True)
             shared = self._share_writer() if self._share_writer is not None else None
             name = f"audit {self.path}"
             self._shared = shared is not None
             self._writer_user = name
-            self._writer = (
+            writer = self._writer = (
                 shared.share(name, self.max_pending)
                 if shared is not None
                 else ChildWriter(name, self.max_pending)
             )
-            self._writer.send(
-                "tradingd.audit:child_open", (str(self.path), self.max_bytes, self.backups)
-            )
-        writer = self._writer
-        if writer is not None and not self._writer_ready:
-            writer.reap()
-            if writer.started:  # past its start-up: from now on it appends (after the open)
-                self._writer_ready = True
-                self._sink.close()
+            writer.send("tradingd.audit:child_open", (str(self.path), self.max_bytes, self.backups))
+            self._check_ready(writer)
         if writer is None or not self._writer_ready:
             # Live, or a replay whose writer process is still starting: written here.
             if batch:
@@ -365,6 +385,29 @@ class AuditLog:
             writer.send("tradingd.audit:child_lines", batch)
         if force:
             writer.sync()
+
+    def _check_ready(self, writer: ChildWriter) -> None:
+        """Once the writer process is past its start-up, it appends (after the open): the
+        file is closed here. In the store's process, this log's lines then go out with the
+        store's rows, in one message, so the records both keep (the same tuples) are
+        pickled once (ChildWriter.add_rider)."""
+        if self._writer_ready:
+            return
+        writer.reap()
+        if writer.started:
+            self._writer_ready = True
+            self._sink.close()
+            if self._shared:
+                writer.add_rider(self._ride)
+                self._riding = True
+
+    def _ride(self) -> tuple[str, Any] | None:
+        """This log's waiting lines as a job for the writer process, taken (see `flush`)."""
+        if not self._batch:
+            return None
+        batch, self._batch, self._waiting = self._batch, [], 0
+        self._last_write = time.monotonic()
+        return ("tradingd.audit:child_lines", batch)
 
     def session(self, **info: Any) -> None:
         """Mark a process session (pid, start, where a resumed run continued from): a reader
@@ -448,6 +491,9 @@ class AuditLog:
             writer, self._writer = self._writer, None
             try:
                 if writer is not None:
+                    if self._riding:
+                        writer.remove_rider(self._ride)
+                        self._riding = False
                     try:
                         if self._shared and self._writer_ready:
                             # The store's process lives on: this log's file closes there.

@@ -409,13 +409,15 @@ class PublishingAudit:
         self.audit = audit
         self.publisher = publisher
 
-    def orders(self, orders: Sequence[Order]) -> None:
-        self.audit.orders(orders)
+    def orders(self, orders: Sequence[Order], records: Any = None) -> None:
+        self.audit.orders(orders, records)
         if orders:
             self.publisher.publish("orders", orders_payload(orders))
 
-    def fills(self, fills: Sequence[Fill], booked_at: datetime | None = None) -> None:
-        self.audit.fills(fills, booked_at)
+    def fills(
+        self, fills: Sequence[Fill], booked_at: datetime | None = None, records: Any = None
+    ) -> None:
+        self.audit.fills(fills, booked_at, records)
         if fills:
             self.publisher.publish("fills", fills_payload(fills))
 

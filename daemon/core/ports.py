@@ -97,10 +97,16 @@ class Store(Service, Protocol):
         not where the target holds the symbol at its current weight (`weights`)."""
         ...
 
-    def record_orders(self, run_id: str, orders: Sequence[Order]) -> None: ...
+    def record_orders(
+        self, run_id: str, orders: Sequence[Order]
+    ) -> Sequence[tuple[Any, ...]] | None:
+        """The records kept, if the store keeps them as `storage.rows.ORDER_VALUES` tuples
+        (the engine passes them on to `AuditSink.orders`), else None."""
+        ...
+
     def record_fills(
         self, run_id: str, fills: Sequence[Fill], booked_at: datetime | None = None
-    ) -> None: ...
+    ) -> Sequence[tuple[Any, ...]] | None: ...
     def record_positions(
         self,
         run_id: str,
@@ -134,8 +140,20 @@ class Store(Service, Protocol):
 class AuditSink(Protocol):
     """Where every order state and fill is also written, apart from the operational log."""
 
-    def orders(self, orders: Sequence[Order]) -> None: ...
-    def fills(self, fills: Sequence[Fill], booked_at: datetime | None = None) -> None: ...
+    def orders(
+        self, orders: Sequence[Order], records: Sequence[tuple[Any, ...]] | None = None
+    ) -> None:
+        """`records`: the store's records of these orders (`Store.record_orders`), which
+        an audit log may keep instead of making its own: the same objects, pickled once
+        when both go to one writer process."""
+        ...
+
+    def fills(
+        self,
+        fills: Sequence[Fill],
+        booked_at: datetime | None = None,
+        records: Sequence[tuple[Any, ...]] | None = None,
+    ) -> None: ...
     def flush(self) -> None: ...
     def close(self) -> None: ...
 

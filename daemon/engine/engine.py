@@ -121,10 +121,12 @@ def _interrupted_plan(
 class NullAudit:
     """For embedded uses (tests, notebooks) that want no audit files."""
 
-    def orders(self, orders: Sequence[Order]) -> None:
+    def orders(self, orders: Sequence[Order], records: Any = None) -> None:
         return None
 
-    def fills(self, fills: Sequence[Fill], booked_at: datetime | None = None) -> None:
+    def fills(
+        self, fills: Sequence[Fill], booked_at: datetime | None = None, records: Any = None
+    ) -> None:
         return None
 
     def flush(self) -> None:
@@ -509,8 +511,7 @@ class Engine:
 
     def _book_acked(self, acked: list[Order], t: datetime) -> None:
         self._orders += len(acked)
-        self.store.record_orders(self.run.run_id, acked)
-        self.audit.orders(acked)
+        self.audit.orders(acked, self.store.record_orders(self.run.run_id, acked))
         self._publish_items("orders", acked, t)
         self.rejections.on_orders(acked, "submit")
         if self._count_orders:
@@ -727,12 +728,13 @@ class Engine:
             # Booked after the last checkpoint, in the book from the next one on.
             after = self._last_checkpoint
             booked_at = after[0] + timedelta(microseconds=1) if after is not None else None
-            self.store.record_fills(self.run.run_id, update.fills, booked_at)
-            self.audit.fills(update.fills, booked_at)
+            kept = self.store.record_fills(self.run.run_id, update.fills, booked_at)
+            self.audit.fills(update.fills, booked_at, kept)
             log.info("broker.late_fills", fills=len(update.fills))
         if update.orders:
-            self.store.record_orders(self.run.run_id, update.orders)
-            self.audit.orders(update.orders)
+            self.audit.orders(
+                update.orders, self.store.record_orders(self.run.run_id, update.orders)
+            )
         return len(update.fills)
 
     def _catch_up(self, t: datetime) -> bool | None:
@@ -880,12 +882,11 @@ class Engine:
             # With the bar that booked them (not only the broker's execution time): a
             # resumed run drops the fills booked after its checkpoint, and exactly those are
             # missing from the checkpoint's book.
-            self.store.record_fills(run_id, update.fills, bar.time)
-            self.audit.fills(update.fills, bar.time)
+            kept = self.store.record_fills(run_id, update.fills, bar.time)
+            self.audit.fills(update.fills, bar.time, kept)
             self._publish_items("fills", update.fills, bar.time)
         if update.orders:
-            self.store.record_orders(run_id, update.orders)
-            self.audit.orders(update.orders)
+            self.audit.orders(update.orders, self.store.record_orders(run_id, update.orders))
             self._publish_items("orders", update.orders, bar.time)
             self.rejections.on_orders(update.orders, "fill")
             if self._count_orders:
@@ -997,9 +998,9 @@ class Engine:
             for cid in plan.cancel:
                 cancelled = await self.broker.cancel(cid, "rebalance: position closed or cut")
                 if cancelled is not None:
-                    self.store.record_orders(run_id, [cancelled])
-                    self.audit.orders([cancelled])
-                    self._publish_items("orders", [cancelled], bar.time)
+                    one = [cancelled]
+                    self.audit.orders(one, self.store.record_orders(run_id, one))
+                    self._publish_items("orders", one, bar.time)
             if plan.orders:
                 acked = await self.broker.submit(plan.orders)
                 faults.reached("sent")

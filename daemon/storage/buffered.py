@@ -44,7 +44,7 @@ import structlog
 from ..core.errors import ConfigError, StorageError
 from ..core.types import CrossSection, Fill, Order, RunInfo
 from ..secrets import mask_text
-from .rows import BUFFERS, FILL_VALUES, ORDER_VALUES, Row, chunk_rows, to_rows
+from .rows import BUFFERS, FILL_VALUES, ORDER_VALUES, Record, Row, chunk_rows, to_rows
 from .schema import (
     RESUME_TIME,
     RUN_TABLES,
@@ -862,19 +862,28 @@ class BufferedStore(ABC):
                     rows.add(i)
         return np.array(sorted(rows), dtype=np.intp)
 
-    def record_orders(self, run_id: str, orders: Sequence[Order]) -> None:
-        """Upsert each order's current state and append it to the order's event history."""
-        if orders:
-            self._orders.append((run_id, [ORDER_VALUES(o) for o in orders]))
-            self._counts["orders"] += len(orders)
+    def record_orders(self, run_id: str, orders: Sequence[Order]) -> list[Record] | None:
+        """Upsert each order's current state and append it to the order's event history.
+        Returns the records kept (one tuple per order, `rows.ORDER_VALUES`), which the
+        engine hands to the audit log: see `AuditSink.orders`."""
+        if not orders:
+            return None
+        records = [ORDER_VALUES(o) for o in orders]
+        self._orders.append((run_id, records))
+        self._counts["orders"] += len(orders)
+        return records
 
     def record_fills(
         self, run_id: str, fills: Sequence[Fill], booked_at: datetime | None = None
-    ) -> None:
-        """`booked_at`: the bar at which the engine booked them (default: their own time)."""
-        if fills:
-            self._fills.append((run_id, booked_at, [FILL_VALUES(f) for f in fills]))
-            self._counts["fills"] += len(fills)
+    ) -> list[Record] | None:
+        """`booked_at`: the bar at which the engine booked them (default: their own time).
+        Returns the records kept, as `record_orders` does."""
+        if not fills:
+            return None
+        records = [FILL_VALUES(f) for f in fills]
+        self._fills.append((run_id, booked_at, records))
+        self._counts["fills"] += len(fills)
+        return records
 
     def record_positions(
         self,

@@ -18,6 +18,12 @@ and so does the end of its input (the parent died): it never outlives its parent
 The parent bounds the jobs in flight (`max_in_flight`): `send` waits for the oldest answer
 when that many are unanswered (back-pressure; the pipe itself holds at most its OS buffer).
 An error raises at the parent's next `send`, `reap`, `sync` or `close`.
+
+Riders (`add_rider`): a user of a shared process can have its jobs go out with the other
+user's, in the same message: `(seq, (job, ...), (payload, ...))`, run in that order and
+answered once. One pickling of both payloads writes an object they share once (pickle's
+memo): the audit log's records are the store's own tuples (storage/rows.py), so a replay's
+orders and fills cross the pipe once, not twice.
 """
 
 from __future__ import annotations
@@ -81,6 +87,7 @@ class ChildWriter:
         self._seq = 0
         self._answered = 0
         self._error: str | None = None
+        self._riders: list[Callable[[], tuple[str, Any] | None]] = []
 
     @property
     def name(self) -> str:
@@ -118,15 +125,37 @@ class ChildWriter:
         """Jobs sent and not answered yet."""
         return self._seq - self._answered
 
+    def add_rider(self, take: Callable[[], tuple[str, Any] | None]) -> None:
+        """`take()` is asked at every `send` for a job `(job, payload)` (or None) to go out
+        first, in the same message (see the module docstring). Its user keeps what waits
+        for it bounded and sends it on its own when it must be written (a forced flush,
+        too much waiting); it calls `remove_rider` when done."""
+        self._riders.append(take)
+
+    def remove_rider(self, take: Callable[[], tuple[str, Any] | None]) -> None:
+        if take in self._riders:
+            self._riders.remove(take)
+
     def send(self, job: str, payload: Any) -> None:
-        """Hand `job` over; waits while `max_in_flight` jobs are unanswered."""
+        """Hand `job` over (after its riders' jobs); waits while `max_in_flight` jobs are
+        unanswered."""
         self._raise()
         while self.pending >= self.max_in_flight:
             self._answer(block=True)
             self._raise()
+        self._post([*self._ride(), (job, payload)])
+
+    def _ride(self) -> list[tuple[str, Any]]:
+        return [j for take in self._riders if (j := take()) is not None]
+
+    def _post(self, jobs: list[tuple[str, Any]]) -> None:
         self._seq += 1
+        if len(jobs) == 1:
+            msg: tuple[Any, ...] = (self._seq, *jobs[0])
+        else:
+            msg = (self._seq, tuple(j for j, _ in jobs), tuple(p for _, p in jobs))
         try:
-            self._out.send((self._seq, job, payload))
+            self._out.send(msg)
         except OSError as e:  # the child is gone
             raise self._gone(e) from e
 
@@ -137,7 +166,9 @@ class ChildWriter:
         self._raise()
 
     def sync(self) -> None:
-        """Wait until every job sent is done; raise a job's error."""
+        """Wait until every job sent is done; raise a job's error. Riders' jobs that wait
+        are not sent: they go with the next `send` (a rider's user sends its own when it
+        needs them written)."""
         while self.pending:
             self._answer(block=True)
         self._raise()
@@ -223,21 +254,25 @@ def main(read_fd: int, write_fd: int) -> None:
             if msg[0] == "close":
                 break
             seq, job, payload = msg
+            # A message of several jobs (riders first): run in order, answered once.
+            batch = list(zip(job, payload, strict=True)) if type(job) is tuple else [(job, payload)]
+            del msg, job, payload
             if failed:
                 answer: tuple[Any, ...] = ("error", seq, "skipped: an earlier job failed")
             else:
                 try:
-                    fn = jobs.get(job)
-                    if fn is None:
-                        module, _, name = job.partition(":")
-                        fn = jobs[job] = getattr(importlib.import_module(module), name)
-                    fn(state, payload)
+                    for name in _names(batch):
+                        fn = jobs.get(name)
+                        if fn is None:
+                            module, _, attr = name.partition(":")
+                            fn = jobs[name] = getattr(importlib.import_module(module), attr)
+                        fn(state, batch.pop(0)[1])
                 except BaseException as e:
                     failed = True
                     answer = ("error", seq, f"{type(e).__name__}: {e}")
                 else:
                     answer = ("done", seq)
-            del msg, payload
+            del batch
             try:
                 outbox.send(answer)
             except OSError:
@@ -249,3 +284,9 @@ def main(read_fd: int, write_fd: int) -> None:
         for close in state.pop("_closers", []):
             with contextlib.suppress(Exception):
                 close()
+
+
+def _names(batch: list[tuple[str, Any]]) -> list[str]:
+    """The jobs' names, taken before the jobs run: each payload is let go once its job has
+    run (`batch.pop`), so a message's memory does not outlive its jobs."""
+    return [name for name, _ in batch]

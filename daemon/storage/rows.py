@@ -16,21 +16,40 @@ fancy indexing.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from operator import attrgetter
 from typing import Any
 
 import numpy as np
 
+from ..core.types import Fill, Order
+
 Row = tuple[Any, ...]
+# An order state or a fill: every field's value, in the dataclass's order (ORDER_VALUES).
+Record = tuple[Any, ...]
 EncodeTime = Callable[[datetime], Any]
 
 # The buffers the record_* calls fill, in write order. `orders` feeds two tables: the order's
 # latest state (`orders`) and its lifecycle history (`order_events`).
 BUFFERS = ("signals", "orders", "fills", "positions", "equity", "checkpoints", "decisions")
 
-ORDER_VALUES = attrgetter(
+# The record of an order state or a fill: the tuple of all its fields, in the dataclass's
+# order (`fields(Order)`, `fields(Fill)`). The audit log's lines are made of the same tuples:
+# the engine hands the store's records to the audit log (`AuditSink.orders(..., records)`),
+# so an order state is made into a tuple once, and pickled once when the store and the audit
+# log share a writer process (`ChildWriter.add_rider`).
+ORDER_FIELDS = tuple(f.name for f in fields(Order))
+FILL_FIELDS = tuple(f.name for f in fields(Fill))
+ORDER_VALUES = attrgetter(*ORDER_FIELDS)
+FILL_VALUES = attrgetter(*FILL_FIELDS)
+_O = {n: k for k, n in enumerate(ORDER_FIELDS)}
+_F = {n: k for k, n in enumerate(FILL_FIELDS)}
+
+
+# The fields the orders table takes, in its column order (after run_id; created_at and
+# updated_at follow), and the fills table's (after run_id; booked_at follows).
+ORDER_ROW = (
     "client_order_id",
     "symbol",
     "side",
@@ -46,10 +65,8 @@ ORDER_VALUES = attrgetter(
     "filled_quantity",
     "avg_fill_price",
     "reason",
-    "created_at",
-    "updated_at",
 )
-FILL_VALUES = attrgetter(
+FILL_ROW = (
     "fill_id",
     "client_order_id",
     "symbol",
@@ -157,11 +174,12 @@ def order_rows(
     only that one is written (order_events keeps every state)."""
     run_ids = _spread([c[0] for c in chunks], [len(c[1]) for c in chunks])
     values = [v for _, vs in chunks for v in vs]
-    (cid, sym, side, typ, qty, lp, sp, tp, leg, parent, oco, status, filled, avg, reason) = (
-        cols := list(zip(*values, strict=True))
-    )[:15]
-    created = _times(cols[15], enc)
-    updated = _times(cols[16], enc)
+    cols = list(zip(*values, strict=True))
+    cid, sym, side, typ, qty = (cols[_O[n]] for n in ORDER_ROW[:5])
+    lp, sp, tp, leg, parent, oco = (cols[_O[n]] for n in ORDER_ROW[5:11])
+    status, filled, avg, reason = (cols[_O[n]] for n in ORDER_ROW[11:15])
+    created = _times(cols[_O["created_at"]], enc)
+    updated = _times(cols[_O["updated_at"]], enc)
     st = list(map(str, status))
     fq = list(map(float, filled))
     rows = zip(
@@ -197,7 +215,8 @@ def fill_rows(
     counts = [len(c[2]) for c in chunks]
     run_ids = _spread([c[0] for c in chunks], counts)
     values = [v for _, _, vs in chunks for v in vs]
-    fid, cid, sym, side, qty, price, comm, slip, ref, t = zip(*values, strict=True)
+    cols = list(zip(*values, strict=True))
+    fid, cid, sym, side, qty, price, comm, slip, ref, t = (cols[_F[n]] for n in FILL_ROW)
     times = _times(t, enc)
     booked = _times(_spread([c[1] for c in chunks], counts), enc)
     booked = [te if b is None else b for te, b in zip(times, booked, strict=True)]

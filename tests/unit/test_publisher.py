@@ -178,11 +178,11 @@ def test_publishing_audit_tees_orders_and_fills() -> None:
         def __init__(self) -> None:
             self.calls: list[tuple] = []
 
-        def orders(self, orders) -> None:
-            self.calls.append(("orders", len(orders)))
+        def orders(self, orders, records=None) -> None:
+            self.calls.append(("orders", len(orders), records))
 
-        def fills(self, fills, booked_at=None) -> None:
-            self.calls.append(("fills", len(fills)))
+        def fills(self, fills, booked_at=None, records=None) -> None:
+            self.calls.append(("fills", len(fills), records))
 
         def flush(self) -> None:
             self.calls.append(("flush",))
@@ -200,12 +200,19 @@ def test_publishing_audit_tees_orders_and_fills() -> None:
     sink, rec = Sink(), Recorder()
     audit = PublishingAudit(sink, rec)
     order = Order("cid", "AAA", Side.BUY, 1.0, T0)
-    audit.orders([order])
+    kept = [("the store's record",)]  # passed on as they are (AuditSink.orders)
+    audit.orders([order], kept)
     audit.orders([])
-    audit.fills([Fill("f", "cid", "AAA", Side.BUY, 1.0, 2.0, 0.0, 0.0, T0)])
+    audit.fills([Fill("f", "cid", "AAA", Side.BUY, 1.0, 2.0, 0.0, 0.0, T0)], T0, kept)
     audit.flush()
     audit.close()
-    assert sink.calls == [("orders", 1), ("orders", 0), ("fills", 1), ("flush",), ("close",)]
+    assert sink.calls == [
+        ("orders", 1, kept),
+        ("orders", 0, None),
+        ("fills", 1, kept),
+        ("flush",),
+        ("close",),
+    ]
     assert [k for k, _ in rec.sent] == ["orders", "fills"]
     assert rec.sent[0][1]["orders"][0]["client_order_id"] == "cid"
 

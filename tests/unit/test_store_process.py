@@ -394,3 +394,141 @@ async def test_an_audit_write_that_fails_in_a_shared_process_names_the_audit_log
             await store.stop()
         with pytest.raises(StorageError):
             log.close()
+
+
+def job_keeps(state, payload) -> None:
+    state.setdefault("kept", []).append(payload)
+
+
+def job_is_kept(state, args) -> None:
+    """Writes whether `payload` is (the same object as) one a `job_keeps` kept."""
+    path, payload = args
+    with open(path, "a") as fh:
+        fh.write(f"{any(payload is k for k in state.get('kept', []))}\n")
+
+
+def test_a_riders_job_goes_in_the_next_send_and_shares_its_objects(tmp_path):
+    """A rider's job goes out with the next send, in one message (one answer), run first:
+    an object both payloads hold arrives as one object (one pickling), where two messages
+    carry two copies."""
+    out = tmp_path / "out.txt"
+    child = ChildWriter("test", max_in_flight=1)
+    shared = [("order", 1.0), ("fill", 2.0)]
+    waiting = [("test_store_process:job_keeps", shared)]
+    asked: list[str] = []
+
+    def take():
+        asked.append("asked")
+        return waiting.pop() if waiting else None
+
+    try:
+        child.send("test_store_process:job_keeps", shared)  # no rider yet: its own message
+        child.send("test_store_process:job_is_kept", (str(out), shared))
+        child.sync()
+        child.add_rider(take)
+        child.sync()
+        assert asked == []  # sync sends no rider's job
+        child.send("test_store_process:job_is_kept", (str(out), shared))
+        assert child.pending <= 1  # the rider's job and this one: one message
+        child.sync()
+        child.remove_rider(take)
+        child.send("test_store_process:job_is_kept", (str(out), shared))
+        child.sync()
+        assert asked == ["asked"]
+    finally:
+        child.close()
+    assert child.wait(timeout=30) == 0
+    # apart, together, apart again (the rider removed): only together is it one object
+    assert out.read_text().split() == ["False", "True", "False"]
+
+
+def test_a_riders_failed_job_skips_the_job_it_rode_with(tmp_path):
+    done = tmp_path / "done.txt"
+    child = ChildWriter("test", max_in_flight=2)
+    waiting = [("test_store_process:job_fails_on", (str(done), "bad"))]
+    child.add_rider(lambda: waiting.pop() if waiting else None)
+    child.send("test_store_process:job_fails_on", (str(done), "rode"))
+    with pytest.raises(StorageError, match="writer process test: ValueError: refused"):
+        child.sync()
+    with pytest.raises(StorageError, match="refused"):
+        child.close()
+    assert child.wait(timeout=30) == 0
+    assert done.read_text().split() == ["bad"]
+
+
+async def _audit_lines(tmp_path: Path, shared: bool, max_lines: int) -> list[str]:
+    """The audit file of one sequence of bars: orders and fills recorded in the store and
+    handed on to the audit log as the engine does (the store's records), with the audit
+    log in the store's writer process (`shared`) or written in this process (live)."""
+    from tradingd.audit import AuditLog
+
+    store = SqliteStore(tmp_path / "s.db", batch_size=7, flush_interval_s=3600.0)
+    await store.start()
+    log = AuditLog(
+        tmp_path / "audit",
+        "r1",
+        max_lines=max_lines,
+        flush_interval_s=3600.0 if shared else 0.0,
+        share_writer=store.writer_process if shared else None,
+    )
+    try:
+        await store.begin_run(run_info())
+        store._child.sync()
+        for k in range(12):
+            t = T0 + k * DAY
+            o = Order(f"r1|{k}", "AAA", Side.BUY, 1.0 + k, t, reason=f"bar {k}")
+            fills = [
+                Fill(f"f{k}.{j}", o.client_order_id, "AAA", Side.BUY, 1.0, 9.5 + k, 0.1, 0.0, t)
+                for j in range(k % 3)
+            ]
+            if fills:
+                log.fills(fills, t, store.record_fills("r1", fills, t))
+            log.orders([o], store.record_orders("r1", [o]))
+            store.record_equity("r1", t, 1.0 + k, 2.0, 0.1, 0.1)
+            log.flush()
+            await store.maybe_flush()
+        if shared:
+            assert log._riding and log._writer is store._child
+    finally:
+        await store.stop()
+        log.close()
+    assert count(tmp_path / "s.db", "fills") == sum(k % 3 for k in range(12))
+    return (tmp_path / "audit" / "r1.jsonl").read_text().splitlines()
+
+
+@pytest.mark.parametrize("max_lines", [2, 10_000])
+async def test_audit_lines_riding_with_the_stores_writes_are_those_written_alone(
+    tmp_path, max_lines
+):
+    """Riding with the store's writes (and on their own when max_lines wait) changes when
+    the lines are written, never what or in which order."""
+    alone = await _audit_lines(tmp_path / "alone", shared=False, max_lines=max_lines)
+    riding = await _audit_lines(tmp_path / "riding", shared=True, max_lines=max_lines)
+    assert len(alone) == 12 + sum(k % 3 for k in range(12))
+    assert riding == alone
+
+
+async def test_riding_audit_lines_go_on_their_own_when_max_lines_wait(tmp_path):
+    """A store that writes nothing for a long time: the audit log's waiting lines stay
+    within max_lines (sent on their own), not held until the store's next write."""
+    from tradingd.audit import AuditLog
+
+    store = SqliteStore(tmp_path / "s.db", batch_size=10_000, flush_interval_s=3600.0)
+    await store.start()
+    log = AuditLog(tmp_path / "audit", "r1", max_lines=3, share_writer=store.writer_process)
+    try:
+        await store.begin_run(run_info())
+        store._child.sync()
+        for k in range(10):
+            log.orders([Order(f"r1|{k}", "AAA", Side.BUY, 1.0, T0 + k * DAY)])
+            log.flush()
+            assert log._waiting < 3
+            await store.maybe_flush()
+        assert log._riding
+        store._child.sync()
+        written = (tmp_path / "audit" / "r1.jsonl").read_text().splitlines()
+        assert len(written) >= 10 - 2  # all but what waits (fewer than max_lines)
+    finally:
+        await store.stop()
+        log.close()
+    assert len((tmp_path / "audit" / "r1.jsonl").read_text().splitlines()) == 10
