@@ -100,7 +100,7 @@ def test_line_encoder_writes_what_the_dict_encoder_wrote(batch):
             items.append((audit._ORDERS, [audit._ORDER_VALUES(order_)], None))
             expected.append(reference_line("order", order_))
         else:
-            items.append((audit._FILLS, [audit._FILL_VALUES(fill)], audit._iso(booked)))
+            items.append((audit._FILLS, [audit._FILL_VALUES(fill)], booked))
             expected.append(reference_line("fill", fill, booked))
     got = audit._encode(items).splitlines()
     assert got == expected
