@@ -25,6 +25,7 @@ import numpy as np
 import structlog
 
 from .. import faults, metrics
+from ..core.arrays import count_nonzero, where
 from ..core.errors import PluginFault, RetryableError
 from ..core.ports import (
     AuditSink,
@@ -866,7 +867,7 @@ class Engine:
                 time=bar.time,
                 symbols={self.symbols[i]: float(bar.split[i]) for i in split_cols},
             )
-        if np.count_nonzero(bar.dividend):  # as .any() (NaN counts), at a fifth of its cost
+        if count_nonzero(bar.dividend):  # as .any() (NaN counts), at a fifth of its cost
             pf.apply_dividends(bar.dividend)
         self.history.push(bar)
         if self._record_bars:
@@ -944,8 +945,8 @@ class Engine:
         if self.publisher is not None:
             self.publisher.publish("bars", bars_payload(bar, self.symbols))
         score = self._score(ctx)
-        if self._required and np.count_nonzero(ready) < ready.size:
-            score = np.where(ready, score, np.nan)  # warm-up never reaches a decision
+        if self._required and count_nonzero(ready) < ready.size:
+            score = where(ready, score, np.nan)  # warm-up never reaches a decision
         if m:
             t0 = self._lap("signals", t0)
         targets = self._size(score, ctx)
@@ -1190,11 +1191,11 @@ class Engine:
         for plugin, _ in signals:
             s = self._call(plugin, "score", plugin.score, ctx)
             s = np.asarray(s, dtype=np.float64)  # the same array when it is one already
-            if s.shape == (n,) and np.count_nonzero(np.abs(s) <= _SCORE_LIMIT) == n:
+            if s.shape == (n,) and count_nonzero(np.abs(s) <= _SCORE_LIMIT) == n:
                 scores.append(s)  # all finite and in range (NaN and inf fail <=): one check
                 continue
             s = _check_array(plugin, "score", s, n, ctx.time, allow_nan=True)
-            if np.count_nonzero(np.abs(s) > _SCORE_LIMIT):  # NaN compares False: ignored
+            if count_nonzero(np.abs(s) > _SCORE_LIMIT):  # NaN compares False: ignored
                 raise PluginFault(
                     plugin.name,
                     "score",
@@ -1294,9 +1295,9 @@ def _check_array(
         raise PluginFault(
             _name(plugin), stage, t, ValueError(f"returned shape {a.shape}, expected ({n},)")
         )
-    if np.count_nonzero(np.isfinite(a)) == n:
+    if count_nonzero(np.isfinite(a)) == n:
         return a  # no NaN and no inf, the common case: two cheap calls (a.sum() costs more)
-    if np.count_nonzero(np.isinf(a)):  # as .any(), at a fifth of its cost
+    if count_nonzero(np.isinf(a)):  # as .any(), at a fifth of its cost
         raise PluginFault(_name(plugin), stage, t, ValueError("returned an infinite value"))
     if not allow_nan:
         # Not all finite and no inf: a NaN. A NaN target means "no view": hold no position

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.arrays import copyto, count_nonzero, dot
 from ..core.ports import PortfolioView
 from ..core.types import Fill
 
@@ -71,7 +72,7 @@ class Portfolio:
 
     def apply_dividends(self, dividend: np.ndarray) -> float:
         """Cash dividends on the ex-date go to holders of the previous close (shorts pay)."""
-        paid = float(np.dot(self.quantity, dividend))
+        paid = float(dot(self.quantity, dividend))
         if paid:
             self._cash += paid
             self.dividends_received += paid
@@ -116,11 +117,11 @@ class Portfolio:
 
     def mark_to_market(self, close: np.ndarray, valid: np.ndarray) -> float:
         self._values = None
-        np.copyto(self._mark, close, where=valid)
+        copyto(self._mark, close, where=valid)
         if not self._all_marked:  # once every symbol has had a bar, nothing is left to add
             self.has_mark |= valid
         self.prev_equity = self.equity
-        self.equity = self._cash + float(np.dot(self.quantity, self._mark))
+        self.equity = self._cash + float(dot(self.quantity, self._mark))
         if self.equity > self.peak_equity:
             self.peak_equity = self.equity
         return self.equity
@@ -172,7 +173,7 @@ class Portfolio:
     def mark(self) -> np.ndarray:
         """Last close per symbol, NaN before a symbol's first bar."""
         if not self._all_marked:
-            n = np.count_nonzero(self.has_mark)
+            n = count_nonzero(self.has_mark)
             if n < self.has_mark.size:
                 # The marks times 1 where a symbol has one and NaN where not: the values of
                 # np.where(has_mark, mark, nan) (x * 1 is x, 0 * NaN is NaN) at a third of

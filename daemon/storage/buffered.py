@@ -41,6 +41,7 @@ from typing import Any, ClassVar
 import numpy as np
 import structlog
 
+from ..core.arrays import copyto, count_nonzero
 from ..core.errors import ConfigError, StorageError
 from ..core.types import CrossSection, Fill, Order, RunInfo
 from ..secrets import mask_text
@@ -802,7 +803,7 @@ class BufferedStore(ABC):
         if idx is None:
             finite = np.isfinite(targets)
             mask = finite & (targets != last)
-            if weights is not None and np.count_nonzero(mask):
+            if weights is not None and count_nonzero(mask):
                 # A hold is no decision, unless it crosses zero (a position appears or ends).
                 mask &= (targets != weights) | ((targets == 0.0) != (last == 0.0))
             if ordered:
@@ -813,7 +814,7 @@ class BufferedStore(ABC):
             idx = mask.nonzero()[0]
             if idx.size == 0:
                 return
-            np.copyto(last, targets, where=mask & finite)
+            copyto(last, targets, where=mask & finite)
             chosen = targets[idx]
         elif idx.size == 0:
             return
@@ -905,7 +906,7 @@ class BufferedStore(ABC):
             return
         q = quantity[idx]  # a copy (fancy indexing): the row's own
         finite = np.isfinite(q)  # checked on the few, not on every symbol
-        if np.count_nonzero(finite) < idx.size:
+        if count_nonzero(finite) < idx.size:
             idx, q = idx[finite], q[finite]
             if not idx.size:
                 return

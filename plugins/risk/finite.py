@@ -15,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
+from tradingd.core.arrays import count_nonzero
+
 
 def nan_to_zero(values: Any) -> np.ndarray:
     """`np.nan_to_num(np.asarray(values, dtype=np.float64), nan=0.0)`, faster when finite."""
     a = np.asarray(values, dtype=np.float64)
-    if a.ndim and np.count_nonzero(np.isfinite(a)) == a.size:
+    if a.ndim and count_nonzero(np.isfinite(a)) == a.size:
         return a.copy()
     return np.nan_to_num(a, nan=0.0)  # (a 0-d input: nan_to_num's scalar, as before)

@@ -11,6 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from tradingd.core.arrays import copyto, count_nonzero
 from tradingd.core.ports import BarContext
 
 
@@ -56,7 +57,7 @@ class EqualWeight:
             shorts = longs[:0]
         # Untradable symbols keep their current weight: no order can be placed for them now.
         targets = np.array(ctx.portfolio.weights, dtype=np.float64)  # a copy of its own
-        np.copyto(targets, 0.0, where=tradable)  # as targets[tradable] = 0, without the gather
+        copyto(targets, 0.0, where=tradable)  # as targets[tradable] = 0, without the gather
         k = len(longs) + len(shorts)
         if k:
             w = c.gross_exposure / max(k, 1)
@@ -90,7 +91,7 @@ def _top_of(idx: np.ndarray, values: np.ndarray, k: int) -> np.ndarray:
     kth = w.copy()
     kth.partition(k - 1)
     within = w <= kth[k - 1]  # up to the k-th value, ties with it included
-    if np.count_nonzero(within) == k:
+    if count_nonzero(within) == k:
         # Nothing else ties with the k-th value: the k smallest of w are the answer (the
         # usual case with float scores).
         return idx[within]

@@ -1,0 +1,43 @@
+"""numpy's C entry points for the array calls the engine makes on every bar.
+
+`np.count_nonzero(a)` is a Python function behind numpy's dispatch decorator; with no axis it
+calls the C `count_nonzero` of numpy's multiarray module, and that call is all the work: the
+wrapper is about 160 of its 250 ns on a 496-symbol row (numpy 2.4). `np.copyto`, `np.dot` and
+`np.where` are C functions behind the `__array_function__` dispatch, which calls a Python
+dispatcher first: 150-200 ns of each call. A replay bar makes a dozen of these calls on the
+engine's own arrays (plain ndarrays, which never override `__array_function__`), 2% of its
+instructions (issue 12). Arrays a plugin hands over keep numpy's public functions.
+
+The C functions are not public API, so they are looked up where numpy 2 and numpy 1.26 keep
+them, and numpy's public function stands in where one is missing: the same answers either way
+(tests/unit/test_arrays.py)."""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+
+def _c_function(name: str) -> Callable[..., Any]:
+    for module in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):
+        try:
+            fn = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            continue
+        if callable(fn):
+            return fn
+    public: Callable[..., Any] = getattr(np, name)
+    return public
+
+
+count_nonzero: Callable[[Any], int] = _c_function("count_nonzero")
+"""Nonzero (and NaN) elements of the whole array, as `np.count_nonzero(a)` (no axis)."""
+copyto: Callable[..., None] = _c_function("copyto")
+"""`np.copyto` (`where=` included) for ndarrays."""
+dot: Callable[[Any, Any], Any] = _c_function("dot")
+"""`np.dot` for ndarrays."""
+where: Callable[[Any, Any, Any], np.ndarray] = _c_function("where")
+"""`np.where(condition, x, y)` for ndarrays."""
