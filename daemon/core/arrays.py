@@ -2,11 +2,11 @@
 
 `np.count_nonzero(a)` is a Python function behind numpy's dispatch decorator; with no axis it
 calls the C `count_nonzero` of numpy's multiarray module, and that call is all the work: the
-wrapper is about 160 of its 250 ns on a 496-symbol row (numpy 2.4). `np.copyto`, `np.dot` and
-`np.where` are C functions behind the `__array_function__` dispatch, which calls a Python
-dispatcher first: 150-200 ns of each call. A replay bar makes a dozen of these calls on the
-engine's own arrays (plain ndarrays, which never override `__array_function__`), 2% of its
-instructions (issue 12). Arrays a plugin hands over keep numpy's public functions.
+wrapper is about 160 of its 250 ns on a 496-symbol row (numpy 2.4). `np.copyto`, `np.dot`,
+`np.where` and `np.putmask` are C functions behind the `__array_function__` dispatch, which
+calls a Python dispatcher first: 150-200 ns of each call. A replay bar makes a dozen of these
+calls on the engine's own arrays (plain ndarrays, which never override `__array_function__`),
+2% of its instructions (issue 12). Arrays a plugin hands over keep numpy's public functions.
 
 The C functions are not public API, so they are looked up where numpy 2 and numpy 1.26 keep
 them, and numpy's public function stands in where one is missing: the same answers either way
@@ -41,3 +41,6 @@ dot: Callable[[Any, Any], Any] = _c_function("dot")
 """`np.dot` for ndarrays."""
 where: Callable[[Any, Any, Any], np.ndarray] = _c_function("where")
 """`np.where(condition, x, y)` for ndarrays."""
+putmask: Callable[[Any, Any, Any], None] = _c_function("putmask")
+"""`np.putmask(a, mask, values)`: values of the same shape, where mask (a third less than
+`copyto(..., where=)` on a 496-symbol row: numpy's masked copy goes element by element)."""

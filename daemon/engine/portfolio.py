@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.arrays import copyto, count_nonzero, dot
+from ..core.arrays import count_nonzero, dot, putmask
 from ..core.ports import PortfolioView
 from ..core.types import Fill
 
@@ -117,7 +117,7 @@ class Portfolio:
 
     def mark_to_market(self, close: np.ndarray, valid: np.ndarray) -> float:
         self._values = None
-        copyto(self._mark, close, where=valid)
+        putmask(self._mark, valid, close)  # as copyto(mark, close, where=valid)
         if not self._all_marked:  # once every symbol has had a bar, nothing is left to add
             self.has_mark |= valid
         self.prev_equity = self.equity

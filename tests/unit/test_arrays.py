@@ -31,7 +31,7 @@ def test_count_nonzero_counts_nan_and_takes_lists(xs):
 def test_they_are_numpys_c_functions_not_the_python_wrappers():
     # The point of the module (issue 12): where numpy has it, the wrapper is skipped.
     assert arrays.count_nonzero is not np.count_nonzero
-    for fn in (arrays.count_nonzero, arrays.copyto, arrays.dot, arrays.where):
+    for fn in (arrays.count_nonzero, arrays.copyto, arrays.dot, arrays.where, arrays.putmask):
         assert type(fn).__name__ == "builtin_function_or_method"
         assert not hasattr(fn, "_implementation")  # np.copyto & co. are dispatchers around it
 
@@ -54,3 +54,14 @@ def test_copyto_dot_and_where_are_numpys(data):
     np.testing.assert_array_equal(arrays.where(mask, a, np.nan), np.where(mask, a, np.nan))
     with np.errstate(all="ignore"):  # NaN and overflow are part of the draw
         assert np.array_equal(arrays.dot(a, b), np.dot(a, b), equal_nan=True)
+
+
+@given(st.data())
+def test_putmask_is_copyto_where(data):
+    a = data.draw(rows)
+    mark = data.draw(hnp.arrays(np.float64, a.shape, elements=st.floats(allow_nan=True)))
+    valid = a == a
+    got, want = mark.copy(), mark.copy()
+    arrays.putmask(got, valid, a)
+    np.copyto(want, a, where=valid)
+    np.testing.assert_array_equal(got, want)
