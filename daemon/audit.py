@@ -53,6 +53,7 @@ _ORDER_FIELDS = ORDER_FIELDS
 _FILL_FIELDS = FILL_FIELDS
 _ORDER_VALUES = ORDER_VALUES
 _FILL_VALUES = FILL_VALUES
+_ORDER_WIDTH, _FILL_WIDTH = len(_ORDER_FIELDS), len(_FILL_FIELDS)
 _ORDER_TIMES = frozenset(("created_at", "updated_at"))
 _FILL_TIMES = frozenset(("time",))
 
@@ -183,7 +184,7 @@ _fill_lines = _Lines("fill", _FILL_FIELDS, _FILL_TIMES)
 _ORDERS, _FILLS, _LINE = 0, 1, 2
 
 
-def _encode(batch: Sequence[tuple[int, Any, str | None]]) -> str:
+def _encode(batch: Sequence[tuple[int, Any, Any]]) -> str:
     """The batch's lines in record order; its orders and its fills are each encoded together."""
     orders = [v for kind, payload, _ in batch if kind == _ORDERS for v in payload]
     fills = [v for kind, payload, _ in batch if kind == _FILLS for v in payload]
@@ -252,7 +253,7 @@ def child_open(state: dict[str, Any], args: tuple[str, int, int]) -> None:
     state.setdefault("_closers", []).append(sink.close)
 
 
-def child_lines(state: dict[str, Any], batch: Sequence[tuple[int, Any, str | None]]) -> None:
+def child_lines(state: dict[str, Any], batch: Sequence[tuple[int, Any, Any]]) -> None:
     sink = state["audit"]
     try:
         sink.write(_encode(batch))
@@ -304,7 +305,7 @@ class AuditLog:
         self.max_lines = max_lines
         self.background = flush_interval_s > 0 if background is None else background
         self.max_pending = max(1, max_pending)
-        self._batch: list[tuple[int, Any, str | None]] = []
+        self._batch: list[tuple[int, Any, Any]] = []
         self._waiting = 0  # lines in `_batch`
         self._last_write = -float("inf")
         self._sink = _Sink(self.path, max_bytes, backups)  # written here: live, truncate
@@ -319,8 +320,8 @@ class AuditLog:
         """`records`: the store's tuples of these orders (`_ORDER_VALUES` of each), kept as
         they are instead of made again (they are snapshots: every value is immutable)."""
         if orders:
-            if records is None or len(records) != len(orders):
-                records = [_ORDER_VALUES(o) for o in orders]
+            if records is None or len(records) != len(orders) or len(records[0]) != _ORDER_WIDTH:
+                records = [_ORDER_VALUES(o) for o in orders]  # not the store's: made here
             self._batch.append((_ORDERS, records, None))
             self._waiting += len(orders)
 
@@ -333,7 +334,7 @@ class AuditLog:
         """`booked_at`: the bar at which the engine booked them (live), kept with each line
         so a resumed run drops exactly the fills its store drops. `records`: as `orders`."""
         if fills:
-            if records is None or len(records) != len(fills):
+            if records is None or len(records) != len(fills) or len(records[0]) != _FILL_WIDTH:
                 records = [_FILL_VALUES(f) for f in fills]
             self._batch.append((_FILLS, records, booked_at))
             self._waiting += len(fills)

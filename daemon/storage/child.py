@@ -149,15 +149,18 @@ class ChildWriter:
         return [j for take in self._riders if (j := take()) is not None]
 
     def _post(self, jobs: list[tuple[str, Any]]) -> None:
-        self._seq += 1
+        seq = self._seq + 1
         if len(jobs) == 1:
-            msg: tuple[Any, ...] = (self._seq, *jobs[0])
+            msg: tuple[Any, ...] = (seq, *jobs[0])
         else:
-            msg = (self._seq, tuple(j for j, _ in jobs), tuple(p for _, p in jobs))
+            msg = (seq, tuple(j for j, _ in jobs), tuple(p for _, p in jobs))
         try:
             self._out.send(msg)
         except OSError as e:  # the child is gone
             raise self._gone(e) from e
+        # Counted once sent: a payload that cannot be pickled raises above, before anything
+        # is written, and must not leave `sync` waiting for an answer that never comes.
+        self._seq = seq
 
     def reap(self) -> None:
         """Read the answers that arrived (without waiting); raise a job's error."""

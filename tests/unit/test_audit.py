@@ -326,13 +326,25 @@ def test_begin_run_removes_an_earlier_runs_files_and_the_writer_starts_a_new_one
 
 
 async def test_a_replays_audit_log_keeps_the_stores_records_and_writes_each_once(
-    engine_config, synthetic_panel
+    engine_config, synthetic_panel, monkeypatch
 ):
     """The engine hands the store's records to the audit log (the same tuples: made once,
     pickled once in the shared writer process), and the file has a line for each order
     state and fill the store holds: no record lost or written twice on the way."""
     from tradingd.app import build_engine
+    from tradingd.storage.child import ChildWriter
 
+    # The writer process is ready at its first question (a short run may end before it
+    # starts otherwise), so the shared path is the one taken; every message is seen.
+    started = ChildWriter.started
+    messages: list[tuple[str, ...]] = []
+    post = ChildWriter._post
+    monkeypatch.setattr(ChildWriter, "started", property(lambda w: (w.sync(), started.fget(w))[1]))
+    monkeypatch.setattr(
+        ChildWriter,
+        "_post",
+        lambda w, jobs: (messages.append(tuple(j for j, _ in jobs)), post(w, jobs))[1],
+    )
     engine = build_engine(engine_config, "backtest", panel=synthetic_panel)
     log, store = engine.audit, engine.store
     calls = {"orders": 0, "fills": 0}
@@ -358,8 +370,24 @@ async def test_a_replays_audit_log_keeps_the_stores_records_and_writes_each_once
     engine._before_stop = collect
     await engine.run_until_done()
     assert calls["orders"] > 10 and calls["fills"] > 10
+    rows_ = "tradingd.storage.sqlite_file:child_rows"
+    lines_ = "tradingd.audit:child_lines"
+    assert (lines_, rows_) in messages  # the audit lines rode with the store's rows
+    assert not [m for m in messages if m.count(lines_) > 1]
     lines = [json.loads(x) for x in log.path.read_text().splitlines()]
     assert len([r for r in lines if r["event"] == "order"]) == len(rows["order_events"])
     assert sorted(r["fill_id"] for r in lines if r["event"] == "fill") == sorted(
         r["fill_id"] for r in rows["fills"]
     )
+
+
+def test_records_that_are_not_the_order_fields_are_not_written_as_them(tmp_path):
+    """A store whose records have another layout (not storage.rows.ORDER_VALUES): the audit
+    log makes its own, rather than writing values under the wrong keys."""
+    log = AuditLog(tmp_path, "r1", flush_interval_s=0.0)
+    o = Order("r1|0", "AAA", Side.BUY, 2.0, T)
+    log.orders([o], [("r1|0", "AAA")])  # as long as the orders, another width
+    log.flush(force=True)
+    log.close()
+    (line,) = (tmp_path / "r1.jsonl").read_text().splitlines()
+    assert line == reference_line("order", o)

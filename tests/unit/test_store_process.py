@@ -428,8 +428,7 @@ def test_a_riders_job_goes_in_the_next_send_and_shares_its_objects(tmp_path):
         child.add_rider(take)
         child.sync()
         assert asked == []  # sync sends no rider's job
-        child.send("test_store_process:job_is_kept", (str(out), shared))
-        assert child.pending <= 1  # the rider's job and this one: one message
+        child.send("test_store_process:job_is_kept", (str(out), shared))  # with the rider's
         child.sync()
         child.remove_rider(take)
         child.send("test_store_process:job_is_kept", (str(out), shared))
@@ -532,3 +531,24 @@ async def test_riding_audit_lines_go_on_their_own_when_max_lines_wait(tmp_path):
         await store.stop()
         log.close()
     assert len((tmp_path / "audit" / "r1.jsonl").read_text().splitlines()) == 10
+
+
+def test_a_payload_that_cannot_be_pickled_raises_and_leaves_no_job_to_wait_for(tmp_path):
+    """Nothing was sent: sync and close return (they used to wait for its answer forever)."""
+    import threading
+
+    out = tmp_path / "out.txt"
+    child = ChildWriter("test")
+    with pytest.raises(Exception, match="pickle"):
+        child.send("test_store_process:job_appends", (str(out), lambda: 0))
+    done = threading.Event()
+
+    def finish():
+        child.send("test_store_process:job_appends", (str(out), "after"))
+        child.close()
+        done.set()
+
+    threading.Thread(target=finish, daemon=True).start()
+    assert done.wait(timeout=30), "close waited for an answer to a job never sent"
+    assert child.wait(timeout=30) == 0
+    assert out.read_text().split() == ["after"]
