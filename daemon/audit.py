@@ -44,15 +44,15 @@ from typing import Any, TextIO
 from .core.errors import ConfigError
 from .core.types import Fill, Order
 from .storage.child import ChildWriter
-from .storage.rows import FILL_FIELDS, FILL_VALUES, ORDER_FIELDS, ORDER_VALUES, Record
+from .storage.rows import FILL_FIELDS as _FILL_FIELDS
+from .storage.rows import FILL_VALUES as _FILL_VALUES
+from .storage.rows import ORDER_FIELDS as _ORDER_FIELDS
+from .storage.rows import ORDER_VALUES as _ORDER_VALUES
+from .storage.rows import Record
 
 # Orders and fills hold only scalars, string enums and datetimes, so the tuple of their
 # fields is the whole record (and a snapshot: every value is immutable). The store keeps the
 # same tuples (storage/rows.py): the engine passes the store's to this log.
-_ORDER_FIELDS = ORDER_FIELDS
-_FILL_FIELDS = FILL_FIELDS
-_ORDER_VALUES = ORDER_VALUES
-_FILL_VALUES = FILL_VALUES
 _ORDER_WIDTH, _FILL_WIDTH = len(_ORDER_FIELDS), len(_FILL_FIELDS)
 _ORDER_TIMES = frozenset(("created_at", "updated_at"))
 _FILL_TIMES = frozenset(("time",))

@@ -264,18 +264,19 @@ def main(read_fd: int, write_fd: int) -> None:
                 answer: tuple[Any, ...] = ("error", seq, "skipped: an earlier job failed")
             else:
                 try:
-                    for name in _names(batch):
+                    for name, data in batch:
                         fn = jobs.get(name)
                         if fn is None:
                             module, _, attr = name.partition(":")
                             fn = jobs[name] = getattr(importlib.import_module(module), attr)
-                        fn(state, batch.pop(0)[1])
+                        fn(state, data)
                 except BaseException as e:
                     failed = True
                     answer = ("error", seq, f"{type(e).__name__}: {e}")
                 else:
                     answer = ("done", seq)
             del batch
+            data = None  # the last payload goes too, before the next message is waited for
             try:
                 outbox.send(answer)
             except OSError:
@@ -287,9 +288,3 @@ def main(read_fd: int, write_fd: int) -> None:
         for close in state.pop("_closers", []):
             with contextlib.suppress(Exception):
                 close()
-
-
-def _names(batch: list[tuple[str, Any]]) -> list[str]:
-    """The jobs' names, taken before the jobs run: each payload is let go once its job has
-    run (`batch.pop`), so a message's memory does not outlive its jobs."""
-    return [name for name, _ in batch]

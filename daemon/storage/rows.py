@@ -175,9 +175,9 @@ def order_rows(
     run_ids = _spread([c[0] for c in chunks], [len(c[1]) for c in chunks])
     values = [v for _, vs in chunks for v in vs]
     cols = list(zip(*values, strict=True))
-    cid, sym, side, typ, qty = (cols[_O[n]] for n in ORDER_ROW[:5])
-    lp, sp, tp, leg, parent, oco = (cols[_O[n]] for n in ORDER_ROW[5:11])
-    status, filled, avg, reason = (cols[_O[n]] for n in ORDER_ROW[11:15])
+    (cid, sym, side, typ, qty, lp, sp, tp, leg, parent, oco, status, filled, avg, reason) = (
+        cols[_O[n]] for n in ORDER_ROW
+    )
     created = _times(cols[_O["created_at"]], enc)
     updated = _times(cols[_O["updated_at"]], enc)
     st = list(map(str, status))
