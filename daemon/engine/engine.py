@@ -867,8 +867,9 @@ class Engine:
                 time=bar.time,
                 symbols={self.symbols[i]: float(bar.split[i]) for i in split_cols},
             )
-        if count_nonzero(bar.dividend):  # as .any() (NaN counts), at a fifth of its cost
-            pf.apply_dividends(bar.dividend)
+        # Without a check for any dividend first: the product is all the check costs (nine in
+        # ten of the 496 symbols' bars have a dividend somewhere).
+        pf.apply_dividends(bar.dividend)
         self.history.push(bar)
         if self._record_bars:
             await self.store.write_bars(self.symbols, [bar])

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from tradingd.core.arrays import count_nonzero
 from tradingd.core.ports import BarContext, RiskDecision
 from tradingd.core.types import RiskVerdict
 
@@ -36,10 +37,11 @@ class MaxPosition:
 
     def check(self, targets: np.ndarray, ctx: BarContext) -> RiskDecision:
         cap = self.config.max_position_pct
-        # Every bar: nonzero() rather than flatnonzero's slower wrapper (same indices).
-        over = (np.abs(np.asarray(targets)) > cap + 1e-12).ravel().nonzero()[0]
-        if not over.size:
+        over = np.abs(np.asarray(targets)) > cap + 1e-12
+        if not count_nonzero(over):
+            # Every bar, and nearly always nothing to clip: a count is a fifth of nonzero().
             return RiskDecision(targets)
+        over = over.ravel().nonzero()[0]
         out = np.clip(targets, -cap, cap)
         verdicts = tuple(
             RiskVerdict(

@@ -49,4 +49,5 @@ class Momentum:
         return (self._name,)
 
     def score(self, ctx: BarContext) -> np.ndarray:
-        return np.tanh(ctx.features[self._name] / self.config.scale)
+        # tanh into the quotient's own array (a new one): one array made a bar, not two.
+        return np.tanh(x := ctx.features[self._name] / self.config.scale, out=x)

@@ -183,6 +183,48 @@ def test_exposure_after_a_view_follows_every_change_of_the_book(events):
         assert pf.exposure() == _exposure_from_scratch(pf)
 
 
+@settings(max_examples=150, deadline=None)
+@given(st.integers(1, 1200), st.integers(0, 2**32 - 1), st.booleans())
+def test_exposure_of_a_wide_book_is_numpys_two_sums(n, seed, shorts):
+    """Both sums come from one reduction over two rows: the same pairwise sum per row as
+    numpy's own, bit for bit, at every width (pairwise summation starts at 8 values)."""
+    rng = np.random.default_rng(seed)
+    syms = tuple(f"S{i}" for i in range(n))
+    pf = Portfolio(syms, 1e12)  # equity stays positive with shorts
+    q = np.trunc(rng.uniform(-1000 if shorts else 0, 1000, n)) * (rng.random(n) < 0.3)
+    pf.quantity[:] = q
+    close = rng.uniform(0.2, 3000.0, n)
+    pf.mark_to_market(close, rng.random(n) < 0.9)
+    expected = _exposure_from_scratch(pf)
+    assert pf.exposure() == expected  # without a view: multiplied here
+    pf.view()
+    assert pf.exposure() == expected  # the view's values
+
+
+def test_a_bar_without_dividends_leaves_cash_alone_even_in_a_nan_book():
+    """The dividend product runs on every bar: with no dividend anywhere it pays nothing,
+    also when a broken book (NaN shares) makes the product NaN; a NaN dividend still
+    counts as one, as it did when the engine checked for dividends first."""
+    pf = Portfolio(("A", "B"), 1_000.0)
+    pf.apply_fill(fill("A", Side.BUY, 10, 10.0))
+    assert pf.apply_dividends(np.zeros(2)) == 0.0
+    pf.quantity[1] = np.nan
+    assert pf.apply_dividends(np.zeros(2)) == 0.0
+    assert pf.cash == 900.0 and pf.dividends_received == 0.0
+    assert np.isnan(pf.apply_dividends(np.array([0.5, 0.0])))
+    assert np.isnan(pf.cash)
+
+
+def test_a_bar_without_splits_changes_nothing():
+    pf = Portfolio(("A", "B"), 1_000.0)
+    pf.apply_fill(fill("A", Side.BUY, 10, 10.0))
+    pf.mark_to_market(np.array([11.0, 12.0]), np.ones(2, dtype=bool))
+    before = pf.state()
+    assert pf.apply_splits(np.ones(2)) == []
+    assert pf.state() == before
+    assert pf.apply_splits(np.array([1.0, np.nan])) == [1]  # NaN is not 1: as before
+
+
 def _apply_fill_numpy(pf: Portfolio, f: Fill) -> None:
     """`apply_fill` as it was written in numpy scalars: the reference for the float form."""
     i = pf.symbols.index(f.symbol)
