@@ -45,7 +45,7 @@ from ..core.arrays import copyto, count_nonzero
 from ..core.errors import ConfigError, StorageError
 from ..core.types import CrossSection, Fill, Order, RunInfo
 from ..secrets import mask_text
-from .rows import BUFFERS, FILL_VALUES, ORDER_VALUES, Record, Row, chunk_rows, to_rows
+from .rows import BUFFERS, FILL_RECORDS, ORDER_RECORDS, Record, Row, chunk_rows, to_rows
 from .schema import (
     RESUME_TIME,
     RUN_TABLES,
@@ -869,7 +869,7 @@ class BufferedStore(ABC):
         engine hands to the audit log: see `AuditSink.orders`."""
         if not orders:
             return None
-        records = [ORDER_VALUES(o) for o in orders]
+        records = ORDER_RECORDS(orders)
         self._orders.append((run_id, records))
         self._counts["orders"] += len(orders)
         return records
@@ -881,7 +881,7 @@ class BufferedStore(ABC):
         Returns the records kept, as `record_orders` does."""
         if not fills:
             return None
-        records = [FILL_VALUES(f) for f in fills]
+        records = FILL_RECORDS(fills)
         self._fills.append((run_id, booked_at, records))
         self._counts["fills"] += len(fills)
         return records
