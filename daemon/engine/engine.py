@@ -25,7 +25,7 @@ import numpy as np
 import structlog
 
 from .. import faults, metrics
-from ..core.arrays import count_nonzero, where
+from ..core.arrays import count_nonzero, scalar, where
 from ..core.errors import PluginFault, RetryableError
 from ..core.ports import (
     AuditSink,
@@ -947,7 +947,7 @@ class Engine:
             self.publisher.publish("bars", bars_payload(bar, self.symbols))
         score = self._score(ctx)
         if self._required and count_nonzero(ready) < ready.size:
-            score = where(ready, score, np.nan)  # warm-up never reaches a decision
+            score = where(ready, score, _NAN)  # warm-up never reaches a decision
         if m:
             t0 = self._lap("signals", t0)
         targets = self._size(score, ctx)
@@ -1283,6 +1283,9 @@ class Engine:
             log.info("cache.recovered")
         self.cache_error = None
 
+
+# Where a symbol is not ready: the scores are float64 here (`_score`), so a 0-d operand.
+_NAN = scalar(np.nan)
 
 # Scores lie in [-1, 1]; the margin forgives a plugin's rounding (tanh, a mean of weights).
 _SCORE_LIMIT = 1.0 + 1e-12

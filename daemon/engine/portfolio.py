@@ -12,11 +12,13 @@ from typing import Any
 
 import numpy as np
 
-from ..core.arrays import count_nonzero, dot, putmask
+from ..core.arrays import count_nonzero, dot, putmask, scalar
 from ..core.ports import PortfolioView
 from ..core.types import Fill
 
 _sum = np.add.reduce
+# Compared for equality: 1 is exact in every float type, so any dtype compares the same.
+_ONE = scalar(1.0)
 absolute, multiply = np.absolute, np.multiply
 
 
@@ -65,7 +67,7 @@ class Portfolio:
     # events --------------------------------------------------------------------------------
     def apply_splits(self, split: np.ndarray) -> list[int]:
         """A k-for-1 split multiplies shares by k and divides prices by k; value is unchanged."""
-        changed = split != 1.0
+        changed = split != _ONE
         if not count_nonzero(changed):
             # The usual bar (11 in 12 of the 496 symbols' bars have no split): a count is a
             # fifth of nonzero() and its list.

@@ -12,6 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 
+from tradingd.core.arrays import F64, scalar
 from tradingd.core.ports import BarContext
 
 
@@ -38,6 +39,7 @@ class Momentum:
         self.config = config
         self.name = "momentum"
         self._name = self._feature()  # read on every bar: built once (the config is frozen)
+        self._scale = scalar(config.scale)  # for float64 features (core/arrays.scalar)
 
     def _feature(self) -> str:
         c = self.config
@@ -49,5 +51,7 @@ class Momentum:
         return (self._name,)
 
     def score(self, ctx: BarContext) -> np.ndarray:
+        f = ctx.features[self._name]
+        x = f / (self._scale if f.dtype is F64 else self.config.scale)
         # tanh into the quotient's own array (a new one): one array made a bar, not two.
-        return np.tanh(x := ctx.features[self._name] / self.config.scale, out=x)
+        return np.tanh(x, out=x)

@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from tradingd.core.arrays import count_nonzero, where
+from tradingd.core.arrays import F64, count_nonzero, scalar, where
 from tradingd.core.ports import BarContext
 
 
@@ -36,6 +36,8 @@ class EqualWeight:
     def __init__(self, config: EqualWeightConfig, symbols: tuple[str, ...]) -> None:
         self.config = config
         self.name = "equal_weight"
+        # The score bounds as 0-d operands, for float64 scores (core/arrays.scalar).
+        self._above, self._below = scalar(config.min_score), scalar(-config.min_score)
 
     def required_features(self) -> tuple[str, ...]:
         return ()
@@ -48,17 +50,18 @@ class EqualWeight:
         # without a bar) is never a candidate.
         score = np.asarray(score)
         tradable = np.asarray(ctx.tradable, dtype=bool)
-        longs = _top_of((tradable & (score > c.min_score)).nonzero()[0], score, c.max_positions)
+        f64 = score.dtype is F64
+        above = self._above if f64 else c.min_score
+        longs = _top_of((tradable & (score > above)).nonzero()[0], score, c.max_positions)
         if c.allow_short:
-            shorts = _top_of(
-                (tradable & (score < -c.min_score)).nonzero()[0], -score, c.max_positions
-            )
+            below = self._below if f64 else -c.min_score
+            shorts = _top_of((tradable & (score < below)).nonzero()[0], -score, c.max_positions)
         else:
             shorts = longs[:0]
         # Untradable symbols keep their current weight: no order can be placed for them now.
         # A new array: 0 where tradable, the current weight elsewhere (one call; a copy of
         # the weights and a masked fill of zeros cost a third more).
-        targets = where(tradable, 0.0, np.asarray(ctx.portfolio.weights, dtype=np.float64))
+        targets = where(tradable, _ZERO, np.asarray(ctx.portfolio.weights, dtype=np.float64))
         k = len(longs) + len(shorts)
         if k:
             w = c.gross_exposure / max(k, 1)
@@ -67,6 +70,8 @@ class EqualWeight:
                 targets[shorts] = -w
         return targets
 
+
+_ZERO = scalar(0.0)  # beside float64 weights: the same array as with 0.0
 
 # Up to this many candidates, `_top_of` sorts them all: one stable sort costs less than the
 # partition and its tie check for a few dozen (about 1-2 us less at 12-100, random scores),

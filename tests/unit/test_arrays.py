@@ -65,3 +65,29 @@ def test_putmask_is_copyto_where(data):
     arrays.putmask(got, valid, a)
     np.copyto(want, a, where=valid)
     np.testing.assert_array_equal(got, want)
+
+
+@given(rows, st.floats(allow_nan=True, width=64))
+def test_a_0d_operand_answers_as_the_python_float_for_float64_rows(a, c):
+    """`scalar(c)` stands in for `c` beside a float64 row: the same comparisons and the same
+    quotients, bit for bit (NaN where numpy gives NaN)."""
+    s = arrays.scalar(c)
+    assert s.shape == () and s.dtype == np.float64 and not s.flags.writeable
+    assert (a > s).tolist() == (a > c).tolist()
+    assert (a != s).tolist() == (a != c).tolist()
+    with np.errstate(all="ignore"):
+        assert (a / s).tobytes() == (a / c).tobytes()
+    assert arrays.where(a > 0, a, s).tobytes() == arrays.where(a > 0, a, c).tobytes()
+
+
+def test_a_0d_operand_is_not_a_python_float_beside_float32():
+    """Why the plugins check for float64 first (NEP 50): beside a float32 row a Python float
+    takes float32, a 0-d float64 array makes it float64, and 0.1 compares otherwise."""
+    row = np.array([0.1], dtype=np.float32)
+    assert not (row > 0.1)[0]
+    assert (row > arrays.scalar(0.1))[0]
+    assert (row / arrays.scalar(0.2)).dtype == np.float64 != (row / 0.2).dtype
+    # Equality with 1 is exact in every float type: the split check needs no dtype check.
+    for dt in (np.float16, np.float32, np.float64, np.int64):
+        r = np.array([1, 2, 0], dtype=dt)
+        assert (r != arrays.scalar(1.0)).tolist() == (r != 1.0).tolist() == [False, True, True]

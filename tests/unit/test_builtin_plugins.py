@@ -117,6 +117,30 @@ def test_max_position_clips_with_verdicts():
     ]
 
 
+def test_plugins_keep_float32_rows_in_float32():
+    """Float64 rows get the plugins' 0-d constants; any other row keeps numpy's own rule for
+    a Python float (the constant takes the row's type): a float32 score of 0.1 is not above
+    a min_score of 0.1, a float32 target of 0.05 is within a 0.05 cap, and a float32 return
+    gives a float32 score."""
+    f32 = np.float32
+    ew = EqualWeight(EqualWeightConfig(max_positions=2, gross_exposure=0.5, min_score=0.1), SYMS)
+    t = ew.size(np.array([0.1, 0.3, 0.0, 0.0], dtype=f32), ctx())
+    np.testing.assert_array_equal(t, [0.0, 0.5, 0.0, 0.0])
+    ew = EqualWeight(
+        EqualWeightConfig(max_positions=1, gross_exposure=1.0, min_score=0.1, allow_short=True),
+        SYMS,
+    )
+    t = ew.size(np.array([0.0, -0.1, 0.0, 0.0], dtype=f32), ctx())
+    np.testing.assert_array_equal(t, [0.0, 0.0, 0.0, 0.0])
+    d = MaxPosition(MaxPositionConfig(0.05), SYMS).check(np.full(4, 0.05, dtype=f32), ctx())
+    assert d.verdicts == ()
+    m = Momentum(MomentumConfig(lookback=5, scale=0.2), SYMS)
+    ret = np.array([0.1, -0.3, 0.0, 0.7], dtype=f32)
+    s = m.score(ctx(features={"return_5": ret}))
+    assert s.dtype == f32
+    assert s.tobytes() == np.tanh(ret / 0.2).tobytes()
+
+
 def test_max_open_positions_prefers_held_then_larger():
     r = MaxOpenPositions(MaxOpenPositionsConfig(2), SYMS)
     d = r.check(np.array([0.1, 0.3, 0.2, 0.05]), ctx(quantity=[0, 0, 0, 5]))
