@@ -100,3 +100,48 @@ def test_targets_with_nan_hold_nothing_and_inf_is_refused(values: list[float]) -
     expected = np.where(np.isnan(a), 0.0, a)
     np.testing.assert_array_equal(got, expected)
     assert np.array_equal(np.signbit(got), np.signbit(expected))
+
+
+class _Raising:
+    kind = "any"
+    name = "r"
+
+    def __init__(self, exc: Exception) -> None:
+        self.exc = exc
+
+    def score(self, ctx: object) -> object:
+        raise self.exc
+
+    def size(self, score: object, ctx: object) -> object:
+        raise self.exc
+
+    def check(self, targets: object, ctx: object) -> object:
+        raise self.exc
+
+
+@pytest.mark.parametrize("stage", ["score", "size", "check"])
+def test_a_plugins_exception_becomes_a_fault_naming_it_and_a_fault_goes_on_unchanged(stage):
+    """The per-bar plugin calls have the plugin boundary inline: an exception becomes a
+    PluginFault with the plugin, the stage and the bar, caused by the exception; a
+    PluginFault the plugin raised (from a nested engine) is raised as it is."""
+    engine = Engine.__new__(Engine)
+    engine.symbols = tuple(f"S{i}" for i in range(N))
+    ctx = SimpleNamespace(time="t")
+
+    def run(plugin: _Raising) -> None:
+        engine.pipeline = SimpleNamespace(signals=[(plugin, 1.0)], sizing=plugin, risks=[plugin])
+        if stage == "score":
+            engine._score(ctx)
+        elif stage == "size":
+            engine._size(np.zeros(N), ctx)
+        else:
+            engine._risk(np.zeros(N), ctx)
+
+    boom = KeyError("boom")
+    with pytest.raises(PluginFault, match=f"'r' failed in {stage}") as caught:
+        run(_Raising(boom))
+    assert caught.value.__cause__ is boom
+    inner = PluginFault("inner", "score", "t", ValueError("x"))
+    with pytest.raises(PluginFault) as caught:
+        run(_Raising(inner))
+    assert caught.value is inner and inner.__cause__ is None
