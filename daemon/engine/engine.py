@@ -427,7 +427,8 @@ class Engine:
                 started.append(self.clock)
                 self.on_ready()
             self.on_heartbeat()
-            async for t in self._clock_times():
+            # The clock's own iterator (not a generator around it): one async step a bar.
+            async for t in _no_times() if self._stop_requested else self.clock:
                 # Twice a bar: a replay's no-op is not called (a call costs what a bar's
                 # dozen attribute reads do).
                 if self.on_heartbeat is not _no_heartbeat:
@@ -753,12 +754,6 @@ class Engine:
             return False
         return None
 
-    async def _clock_times(self) -> AsyncIterator[datetime]:
-        if self._stop_requested:
-            return
-        async for t in self.clock:
-            yield t
-
     async def _warm_up(self) -> None:
         """History before the first live bar, processed at once (not paced by the clock):
         features, history and stateful signals come up to date; nothing is traded."""
@@ -1079,7 +1074,8 @@ class Engine:
         self._times.append(bar.time)
         self._equity.append(equity)
         self._gross.append(gross)
-        await self._publish()
+        if not _time.monotonic() - self._last_publish < self._publish_interval:
+            await self._publish()  # due: checked here, without a coroutine on the other bars
         for hook in self.after_bar:
             hook(bar.time, verdicts)
         if self._on_bar is not None:
@@ -1311,6 +1307,12 @@ _NAN = scalar(np.nan)
 # Scores lie in [-1, 1]; the margin forgives a plugin's rounding (tanh, a mean of weights).
 _SCORE_LIMIT = 1.0 + 1e-12
 _SCORE_BOUND = scalar(_SCORE_LIMIT)  # beside float64 scores (core/arrays.scalar)
+
+
+async def _no_times() -> AsyncIterator[datetime]:
+    """No bar: the clock is not iterated when a stop came before it started."""
+    return
+    yield
 
 
 def _fault(plugin: Any, stage: str, ctx: BarContext, exc: Exception) -> PluginFault:

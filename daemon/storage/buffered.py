@@ -901,9 +901,10 @@ class BufferedStore(ABC):
         last = self._last_quantity.get(run_id)
         if last is None or last.shape != quantity.shape:
             last = self._last_quantity[run_id] = np.zeros_like(quantity, dtype=np.float64)
-        idx = (quantity != last).nonzero()[0]  # NaN differs from everything: included
-        if not idx.size:
+        changed = quantity != last  # NaN differs from everything: included
+        if not count_nonzero(changed):  # a bar without fills: a count, not nonzero()
             return
+        idx = changed.nonzero()[0]
         q = quantity[idx]  # a copy (fancy indexing): the row's own
         finite = np.isfinite(q)  # checked on the few, not on every symbol
         if count_nonzero(finite) < idx.size:

@@ -217,6 +217,33 @@ async def test_signals_combine_as_weighted_mean_and_bad_plugins_fault(
         engine._score(ctx)
 
 
+async def test_a_stop_before_the_start_steps_no_bar_and_never_iterates_the_clock(
+    engine_config, synthetic_panel
+):
+    """A stop that came before the clock started (SIGTERM during the warm-up): the engine
+    still starts and stops every part, but asks the clock for no bar; without the stop the
+    same engine replays every one."""
+    from tradingd.app import build_engine
+    from tradingd.clock.replay import ReplayClock
+
+    asked: list[int] = []
+
+    class CountingClock(ReplayClock):
+        async def __aiter__(self):
+            asked.append(1)
+            async for t in super().__aiter__():
+                yield t
+
+    for stop in (True, False):
+        asked.clear()
+        engine = build_engine(engine_config, "backtest", panel=synthetic_panel)
+        engine.clock = CountingClock(list(engine.clock._times))
+        if stop:
+            engine.request_stop()
+        result = await engine.run_until_done()
+        assert (result.bars, asked) == ((0, []) if stop else (len(synthetic_panel.times), [1]))
+
+
 @pytest.mark.parametrize("reconciled", [False, True], ids=["no reconciler", "reconciler"])
 async def test_a_bar_with_a_newer_one_waiting_only_catches_up(
     engine_config, synthetic_panel, reconciled
