@@ -31,14 +31,19 @@ class MaxPosition:
         self.config = config
         self.symbols = symbols
         self.name = "max_position"
-        # The bound as a 0-d operand, for float64 targets (core/arrays.scalar).
-        self._bound = scalar(config.max_position_pct + 1e-12)
+        # The bound as a 0-d operand for float64 targets (core/arrays.scalar), made for the
+        # config in force: a reload replaces `config` whole (reload._swap_config).
+        self._bound_for: MaxPositionConfig | None = None
+        self._bound = scalar(np.nan)
 
     def required_features(self) -> tuple[str, ...]:
         return ()
 
     def check(self, targets: np.ndarray, ctx: BarContext) -> RiskDecision:
-        cap = self.config.max_position_pct
+        c = self.config
+        if c is not self._bound_for:
+            self._bound_for, self._bound = c, scalar(c.max_position_pct + 1e-12)
+        cap = c.max_position_pct
         size = np.abs(np.asarray(targets))
         over = size > (self._bound if size.dtype is F64 else cap + 1e-12)
         if not count_nonzero(over):

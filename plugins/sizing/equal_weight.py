@@ -36,14 +36,19 @@ class EqualWeight:
     def __init__(self, config: EqualWeightConfig, symbols: tuple[str, ...]) -> None:
         self.config = config
         self.name = "equal_weight"
-        # The score bounds as 0-d operands, for float64 scores (core/arrays.scalar).
-        self._above, self._below = scalar(config.min_score), scalar(-config.min_score)
+        # The score bounds as 0-d operands for float64 scores (core/arrays.scalar), made for
+        # the config in force (a reload would replace `config` whole).
+        self._bounds_for: EqualWeightConfig | None = None
+        self._above = self._below = _ZERO
 
     def required_features(self) -> tuple[str, ...]:
         return ()
 
     def size(self, score: np.ndarray, ctx: BarContext) -> np.ndarray:
         c = self.config
+        if c is not self._bounds_for:
+            self._bounds_for = c
+            self._above, self._below = scalar(c.min_score), scalar(-c.min_score)
         # Called on every bar, where each array operation costs about a microsecond whatever
         # the width: few of them (no masked copies of the scores; nonzero() rather than the
         # slower flatnonzero wrapper). NaN compares False: a symbol without a score (or

@@ -297,3 +297,30 @@ def test_drawdown_scale_shrinks_instead_of_blocking():
 def test_drawdown_guard_rejects_bad_recovery_settings(params):
     with pytest.raises(ValueError, match=next(iter(params))):
         DrawdownGuardConfig(**params)
+
+
+def test_a_replaced_config_takes_effect_at_the_next_call():
+    """A reload replaces a plugin's config whole (reload._swap_config): the 0-d constants the
+    plugins keep for float64 rows follow it, so a tightened limit is enforced at once."""
+    from tradingd.reload import _swap_config
+
+    r = MaxPosition(MaxPositionConfig(0.10), SYMS)
+    assert r.check(np.array([0.08, 0.02, 0.0, 0.0]), ctx()).verdicts == ()
+    _swap_config(r, MaxPositionConfig(0.05))()
+    d = r.check(np.array([0.08, 0.02, 0.0, 0.0]), ctx())
+    np.testing.assert_array_equal(d.targets, [0.05, 0.02, 0.0, 0.0])
+    assert [(v.symbol, v.allowed) for v in d.verdicts] == [("A", 0.05)]
+    _swap_config(r, MaxPositionConfig(0.10))()
+    assert r.check(np.array([0.08, 0.02, 0.0, 0.0]), ctx()).verdicts == ()
+
+    ew = EqualWeight(EqualWeightConfig(max_positions=2, gross_exposure=0.5), SYMS)
+    score = np.array([0.9, 0.2, 0.5, -0.8])
+    np.testing.assert_allclose(ew.size(score, ctx()), [0.25, 0.0, 0.25, 0.0])
+    ew.config = EqualWeightConfig(max_positions=2, gross_exposure=0.5, min_score=0.6)
+    np.testing.assert_allclose(ew.size(score, ctx()), [0.5, 0.0, 0.0, 0.0])
+
+    m = Momentum(MomentumConfig(lookback=5, scale=0.2), SYMS)
+    ret = np.array([0.1, -0.3, 0.0, 0.5])
+    m.score(ctx(features={"return_5": ret}))
+    m.config = MomentumConfig(lookback=5, scale=1.0)
+    assert m.score(ctx(features={"return_5": ret})).tobytes() == np.tanh(ret / 1.0).tobytes()
