@@ -45,9 +45,9 @@ from .core.errors import ConfigError
 from .core.types import Fill, Order
 from .storage.child import ChildWriter
 from .storage.rows import FILL_FIELDS as _FILL_FIELDS
-from .storage.rows import FILL_VALUES as _FILL_VALUES
+from .storage.rows import FILL_RECORDS as _FILL_RECORDS
 from .storage.rows import ORDER_FIELDS as _ORDER_FIELDS
-from .storage.rows import ORDER_VALUES as _ORDER_VALUES
+from .storage.rows import ORDER_RECORDS as _ORDER_RECORDS
 from .storage.rows import Record
 
 # Orders and fills hold only scalars, string enums and datetimes, so the tuple of their
@@ -317,11 +317,11 @@ class AuditLog:
         self._riding = False  # its lines go out with the store's writes (see flush)
 
     def orders(self, orders: Sequence[Order], records: Sequence[Record] | None = None) -> None:
-        """`records`: the store's tuples of these orders (`_ORDER_VALUES` of each), kept as
+        """`records`: the store's tuples of these orders (`_ORDER_RECORDS`), kept as
         they are instead of made again (they are snapshots: every value is immutable)."""
         if orders:
             if records is None or len(records) != len(orders) or len(records[0]) != _ORDER_WIDTH:
-                records = [_ORDER_VALUES(o) for o in orders]  # not the store's: made here
+                records = _ORDER_RECORDS(orders)  # not the store's: made here
             self._batch.append((_ORDERS, records, None))
             self._waiting += len(orders)
 
@@ -335,7 +335,7 @@ class AuditLog:
         so a resumed run drops exactly the fills its store drops. `records`: as `orders`."""
         if fills:
             if records is None or len(records) != len(fills) or len(records[0]) != _FILL_WIDTH:
-                records = [_FILL_VALUES(f) for f in fills]
+                records = _FILL_RECORDS(fills)
             self._batch.append((_FILLS, records, booked_at))
             self._waiting += len(fills)
 

@@ -7,7 +7,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from tradingd.core.arrays import F64, count_nonzero, scalar
+from tradingd.core.arrays import count_nonzero
 from tradingd.core.ports import BarContext, RiskDecision
 from tradingd.core.types import RiskVerdict
 
@@ -31,21 +31,13 @@ class MaxPosition:
         self.config = config
         self.symbols = symbols
         self.name = "max_position"
-        # The bound as a 0-d operand for float64 targets (core/arrays.scalar), made for the
-        # config in force: a reload replaces `config` whole (reload._swap_config).
-        self._bound_for: MaxPositionConfig | None = None
-        self._bound = scalar(np.nan)
 
     def required_features(self) -> tuple[str, ...]:
         return ()
 
     def check(self, targets: np.ndarray, ctx: BarContext) -> RiskDecision:
-        c = self.config
-        if c is not self._bound_for:
-            self._bound_for, self._bound = c, scalar(c.max_position_pct + 1e-12)
-        cap = c.max_position_pct
-        size = np.abs(np.asarray(targets))
-        over = size > (self._bound if size.dtype is F64 else cap + 1e-12)
+        cap = self.config.max_position_pct
+        over = np.abs(np.asarray(targets)) > cap + 1e-12
         if not count_nonzero(over):
             # Every bar, and nearly always nothing to clip: a count is a fifth of nonzero().
             return RiskDecision(targets)

@@ -12,7 +12,6 @@ from typing import ClassVar
 
 import numpy as np
 
-from tradingd.core.arrays import F64, scalar
 from tradingd.core.ports import BarContext
 
 
@@ -39,10 +38,6 @@ class Momentum:
         self.config = config
         self.name = "momentum"
         self._name = self._feature()  # read on every bar: built once (the config is frozen)
-        # The scale as a 0-d operand for float64 features (core/arrays.scalar), made for the
-        # config in force (a reload would replace `config` whole).
-        self._scale_for: MomentumConfig | None = None
-        self._scale = scalar(1.0)
 
     def _feature(self) -> str:
         c = self.config
@@ -54,10 +49,6 @@ class Momentum:
         return (self._name,)
 
     def score(self, ctx: BarContext) -> np.ndarray:
-        c = self.config
-        if c is not self._scale_for:
-            self._scale_for, self._scale = c, scalar(c.scale)
-        f = ctx.features[self._name]
-        x = f / (self._scale if f.dtype is F64 else c.scale)
+        x = ctx.features[self._name] / self.config.scale
         # tanh into the quotient's own array (a new one): one array made a bar, not two.
         return np.tanh(x, out=x)

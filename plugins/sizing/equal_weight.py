@@ -11,7 +11,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from tradingd.core.arrays import F64, count_nonzero, scalar, where
+from tradingd.core.arrays import count_nonzero, scalar, where
 from tradingd.core.ports import BarContext
 
 
@@ -36,31 +36,23 @@ class EqualWeight:
     def __init__(self, config: EqualWeightConfig, symbols: tuple[str, ...]) -> None:
         self.config = config
         self.name = "equal_weight"
-        # The score bounds as 0-d operands for float64 scores (core/arrays.scalar), made for
-        # the config in force (a reload would replace `config` whole).
-        self._bounds_for: EqualWeightConfig | None = None
-        self._above = self._below = _ZERO
 
     def required_features(self) -> tuple[str, ...]:
         return ()
 
     def size(self, score: np.ndarray, ctx: BarContext) -> np.ndarray:
         c = self.config
-        if c is not self._bounds_for:
-            self._bounds_for = c
-            self._above, self._below = scalar(c.min_score), scalar(-c.min_score)
         # Called on every bar, where each array operation costs about a microsecond whatever
         # the width: few of them (no masked copies of the scores; nonzero() rather than the
         # slower flatnonzero wrapper). NaN compares False: a symbol without a score (or
         # without a bar) is never a candidate.
         score = np.asarray(score)
         tradable = np.asarray(ctx.tradable, dtype=bool)
-        f64 = score.dtype is F64
-        above = self._above if f64 else c.min_score
-        longs = _top_of((tradable & (score > above)).nonzero()[0], score, c.max_positions)
+        longs = _top_of((tradable & (score > c.min_score)).nonzero()[0], score, c.max_positions)
         if c.allow_short:
-            below = self._below if f64 else -c.min_score
-            shorts = _top_of((tradable & (score < below)).nonzero()[0], -score, c.max_positions)
+            shorts = _top_of(
+                (tradable & (score < -c.min_score)).nonzero()[0], -score, c.max_positions
+            )
         else:
             shorts = longs[:0]
         # Untradable symbols keep their current weight: no order can be placed for them now.

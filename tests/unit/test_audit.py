@@ -97,10 +97,10 @@ def test_line_encoder_writes_what_the_dict_encoder_wrote(batch):
     items, expected = [], []
     for kind, order_, fill, booked in batch:
         if kind == "order":
-            items.append((audit._ORDERS, [audit._ORDER_VALUES(order_)], None))
+            items.append((audit._ORDERS, audit._ORDER_RECORDS([order_]), None))
             expected.append(reference_line("order", order_))
         else:
-            items.append((audit._FILLS, [audit._FILL_VALUES(fill)], booked))
+            items.append((audit._FILLS, audit._FILL_RECORDS([fill]), booked))
             expected.append(reference_line("fill", fill, booked))
     got = audit._encode(items).splitlines()
     assert got == expected
@@ -113,7 +113,7 @@ def test_numpy_floats_are_written_as_numbers_and_nan_as_null():
 
     nan = np.float64("nan")
     o = Order("c", "A", Side.BUY, np.float64(3.5), T, avg_fill_price=nan)  # type: ignore[arg-type]
-    [line] = audit._encode([(audit._ORDERS, [audit._ORDER_VALUES(o)], None)]).splitlines()
+    [line] = audit._encode([(audit._ORDERS, audit._ORDER_RECORDS([o]), None)]).splitlines()
     row = json.loads(line)
     assert row["quantity"] == 3.5 and row["avg_fill_price"] is None
 
@@ -234,7 +234,7 @@ def test_the_writer_process_makes_nothing_on_disk_before_it_writes(tmp_path):
     state: dict = {}
     audit.child_open(state, (str(tmp_path / "later" / "r.jsonl"), 1000, 1))
     assert not (tmp_path / "later").exists()
-    audit.child_lines(state, [(audit._ORDERS, [audit._ORDER_VALUES(order(0))], None)])
+    audit.child_lines(state, [(audit._ORDERS, audit._ORDER_RECORDS([order(0)]), None)])
     assert len(records(tmp_path / "later" / "r.jsonl")) == 1  # made when written
     for close in state["_closers"]:
         close()

@@ -118,10 +118,10 @@ def test_max_position_clips_with_verdicts():
 
 
 def test_plugins_keep_float32_rows_in_float32():
-    """Float64 rows get the plugins' 0-d constants; any other row keeps numpy's own rule for
-    a Python float (the constant takes the row's type): a float32 score of 0.1 is not above
-    a min_score of 0.1, a float32 target of 0.05 is within a 0.05 cap, and a float32 return
-    gives a float32 score."""
+    """The plugins compare and divide by their config's Python floats, which take a row's
+    type (NEP 50), not by 0-d float64 operands (core/arrays.scalar), which would not: a
+    float32 score of 0.1 is not above a min_score of 0.1, a float32 target of 0.05 is within
+    a 0.05 cap, and a float32 return gives a float32 score."""
     f32 = np.float32
     ew = EqualWeight(EqualWeightConfig(max_positions=2, gross_exposure=0.5, min_score=0.1), SYMS)
     t = ew.size(np.array([0.1, 0.3, 0.0, 0.0], dtype=f32), ctx())
@@ -300,8 +300,9 @@ def test_drawdown_guard_rejects_bad_recovery_settings(params):
 
 
 def test_a_replaced_config_takes_effect_at_the_next_call():
-    """A reload replaces a plugin's config whole (reload._swap_config): the 0-d constants the
-    plugins keep for float64 rows follow it, so a tightened limit is enforced at once."""
+    """A reload replaces a plugin's config whole (reload._swap_config): the next call
+    uses it, so a tightened limit is enforced at once (nothing derived from the config is
+    kept from before)."""
     from tradingd.reload import _swap_config
 
     r = MaxPosition(MaxPositionConfig(0.10), SYMS)
