@@ -454,6 +454,11 @@ class Engine:
                     self.on_heartbeat()
                 if self._stop_requested:
                     break
+            # Nothing reads features after the last bar: a replay's whole histories go before
+            # its report is read back (BatchFeatureSource.release).
+            release = getattr(self.features, "release", None)
+            if release is not None:
+                release()
             if reconciler is not None:
                 reconciler.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -37,6 +37,8 @@ class BatchFeatureSource:
         # From the cache: values already cleaned, and the packed bits of where they were
         # finite (feature, T, ceil(N / 8)).
         self._finite_bits: np.ndarray | None = None
+        self._ready: np.ndarray | None = None
+        self._released = False
         loaded = None
         if cache is not None and self._key is not None:
             loaded = cache.load(self._key, self._names, panel.close.shape)
@@ -50,7 +52,10 @@ class BatchFeatureSource:
         return self._names
 
     def at(self, bar: CrossSection) -> Mapping[str, np.ndarray]:
-        i = self._row[bar.time]
+        try:
+            i = self._row[bar.time]
+        except KeyError:
+            raise self._no_row(bar.time) from None
         bits = self._finite_bits
         if bits is not None and self._prepared is None:
             # Not prepared, from the cache: NaN where a value was not finite (an inf comes
@@ -100,13 +105,36 @@ class BatchFeatureSource:
                     v[~finite] = 0.0
             if cache is not None and cache_key is not None:
                 cache.store(cache_key, self._names, self._values, bits)
-        row = self._row
+        self._ready = ready
 
         def ready_at(bar: CrossSection) -> np.ndarray | None:
-            return None if ready is None else ready[row[bar.time]]
+            try:
+                i = self._row[bar.time]
+            except KeyError:
+                raise self._no_row(bar.time) from None
+            return None if self._ready is None else self._ready[i]
 
         self._prepared = (key, ready_at)
         return ready_at
+
+    def release(self) -> None:
+        """Drop the whole histories once the replay has read its last bar. They are a (days
+        x symbols) matrix per feature, 20 MB for one feature at 496 symbols x 19 years, and
+        what follows the last bar (reading the run's orders and fills back for its report)
+        is when a backtest's memory peaks. A bar asked for afterwards is an error."""
+        self._values = {}
+        self._finite_bits = None
+        self._ready = None
+        self._row = {}
+        self._released = True
+
+    def _no_row(self, t: datetime) -> Exception:
+        if self._released:
+            return RuntimeError(
+                f"batch features asked for {t} after release(): they were dropped at the end "
+                "of the replay"
+            )
+        return KeyError(f"batch features have no bar at {t} (their data's bars only)")
 
 
 class StreamingFeatureSource:

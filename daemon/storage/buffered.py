@@ -69,6 +69,8 @@ SIGNAL_MODES = ("decisions", "all", "none")
 
 # At most this many targets changed since the last recorded ones: `_decisions_few`.
 _FEW = 32
+# Rows decoded at a time when a run's rows are read back (BufferedStore._decode).
+_DECODE_ROWS = 2048
 
 
 @dataclasses.dataclass(frozen=True)
@@ -1047,21 +1049,45 @@ class BufferedStore(ABC):
             raise ValueError(f"cannot fetch table {table!r}; valid: {valid}")
         t = TABLES[table]
         rows = await self._query(select_run_sql(t, self.dialect), (run_id,))
-        return self._decode(t, rows)
+        return self._decode_taking(t, rows)
 
     async def fetch_bars(self, symbol: str | None = None) -> list[dict[str, Any]]:
         """Stored bars (of one symbol, or all), ordered by time then symbol."""
         sql = select_bars_sql(self.dialect, by_symbol=symbol is not None)
         rows = await self._query(sql, (symbol,) if symbol is not None else ())
-        return self._decode(TABLES["bars"], rows)
+        return self._decode_taking(TABLES["bars"], rows)
 
-    def _decode(self, table: Table, rows: list[Sequence[Any]]) -> list[dict[str, Any]]:
-        # Column by column (a comprehension per column, a dict per row at the end) rather
-        # than a loop over each row's columns: a backtest's report reads every order and
-        # fill back (21,000 rows at 496 symbols) inside the timed replay.
-        cols = table.insert_columns
+    def _decode(self, table: Table, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+        """Rows as `fetch` returns them: a dict per row, times, JSON and floats decoded."""
+        return self._decode_part(table, rows, {})
+
+    def _decode_taking(self, table: Table, rows: list[Sequence[Any]]) -> list[dict[str, Any]]:
+        """`_decode(rows)`, emptying `rows` as it goes.
+
+        In parts from the end, each part's rows dropped once decoded: a backtest's report
+        reads every order and fill back (21,000 rows at 496 symbols) right after its last
+        bar, and the rows as the driver returns them (a tuple and an object per column)
+        were, beside the dicts made of them, the largest thing in a replay's memory at its
+        peak. A time's text is decoded once for all parts."""
+        times: dict[Any, datetime] = {}
+        parts = []
+        while rows:
+            part = rows[-_DECODE_ROWS:]
+            del rows[-_DECODE_ROWS:]
+            parts.append(self._decode_part(table, part, times))
+        out: list[dict[str, Any]] = parts.pop() if parts else []
+        while parts:
+            out += parts.pop()
+        return out
+
+    def _decode_part(
+        self, table: Table, rows: Sequence[Sequence[Any]], times: dict[Any, datetime]
+    ) -> list[dict[str, Any]]:
         if not rows:
             return []
+        # Column by column (a comprehension per column, a dict per row at the end) rather
+        # than a loop over each row's columns: the report's read is inside the timed replay.
+        cols = table.insert_columns
         try:
             columns = list(zip(*rows, strict=True))
         except ValueError:  # rows of several widths (zip checks them as it goes)
@@ -1074,16 +1100,18 @@ class BufferedStore(ABC):
             )
         out: list[Any] = list(columns)
         nan = math.nan
-        times, jsons = table.columns_of("time"), table.columns_of("json")
+        time_cols, jsons = table.columns_of("time"), table.columns_of("json")
         floats = table.columns_of("float", optional=False)
         optional = table.columns_of("float", optional=True)
         for k, name in enumerate(cols):
             column = columns[k]
-            if name in times:
+            if name in time_cols:
                 # A run's rows share a few thousand bar times: each is decoded once.
                 decode = self._decode_time
-                decoded = {v: decode(v) for v in set(column) if v is not None}
-                out[k] = list(map(decoded.get, column))  # None stays None
+                for v in set(column).difference(times):
+                    if v is not None:
+                        times[v] = decode(v)
+                out[k] = list(map(times.get, column))  # None stays None
             elif name in jsons:
                 out[k] = [None if v is None else json.loads(v) for v in column]
             elif name in floats:

@@ -64,6 +64,10 @@ async def test_replay_and_live_clock_give_identical_orders(
     # The live path keeps the bars it received; the replay does not rewrite stored history.
     assert len(live_rows["bars"]) == synthetic_panel.n_bars
     assert bt_rows["bars"] == []
+    # The replay's whole feature histories went after its last bar, before the read-back.
+    last = synthetic_panel.row(0, synthetic_panel.datetimes()[0])
+    with pytest.raises(RuntimeError, match="after release"):
+        bt_engine.features.at(last)
 
 
 async def test_no_lookahead_decisions_do_not_change_when_the_future_is_cut(

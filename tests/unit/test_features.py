@@ -433,3 +433,33 @@ def test_batch_source_prepare_cleans_once_and_keeps_readiness():
     first, last = panel.row(0, times[0]), panel.row(79, times[79])
     assert not ready_at(first).any() and ready_at(last).all()
     assert BatchFeatureSource(panel, names, Cat()).prepare(())(last) is None
+
+
+def test_batch_source_release_drops_the_histories_and_refuses_later_bars():
+    """After a replay's last bar the engine releases the whole histories (they were the
+    largest thing left when the report is read back): the arrays are freed, and a bar asked
+    for afterwards is an error that says why, not an empty row."""
+    import gc
+    import weakref
+
+    from tradingd.features.catalog import Catalog as Cat
+    from tradingd.features.source import BatchFeatureSource
+
+    rng = np.random.default_rng(6)
+    panel = panel_from(100 * np.exp(np.cumsum(rng.normal(0, 0.01, size=(40, 2)), axis=0)))
+    src = BatchFeatureSource(panel, ("ret_1", "rsi_14"), Cat())
+    ready_at = src.prepare(("rsi_14",))
+    times = panel.datetimes()
+    bar = panel.row(30, times[30])
+    values = weakref.ref(src.at(bar)["rsi_14"].base)
+    ready = weakref.ref(ready_at(bar).base)
+    stranger = panel.row(0, times[0] - (times[1] - times[0]))
+    with pytest.raises(KeyError, match="no bar at"):
+        src.at(stranger)
+    src.release()
+    gc.collect()
+    assert values() is None and ready() is None
+    assert src.names == ("ret_1", "rsi_14")
+    for call in (src.at, ready_at):
+        with pytest.raises(RuntimeError, match=r"after release\(\)"):
+            call(bar)
