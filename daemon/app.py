@@ -23,7 +23,7 @@ from .clock.replay import ReplayClock
 from .config import Config
 from .core.errors import ConfigError
 from .core.lazy import LazyModule
-from .core.ports import Broker, Clock, FeatureSource, Feed
+from .core.ports import Broker, Clock, FeatureSource, Feed, Store
 from .core.types import CrossSection, RunInfo
 from .engine import plugins as plugin_registry
 from .engine.engine import Engine, Pipeline
@@ -470,6 +470,44 @@ def build_engine(
         panel = panel if panel is not None else load_data(config)
         symbols = panel.symbols
     run_id = run_id_for(config, mode)
+    st = config.storage
+    store = open_store(
+        st.url,
+        batch_size=st.batch_size,
+        signals=st.signals,
+        flush_interval_s=st.flush_interval_s,
+        # A backtest must not "finish" with rows still in a spool: only live runs spool.
+        spool=mode == "live",
+        spool_dir=st.spool_dir or None,
+        spool_max_bytes=st.spool_max_bytes,
+        start_retry_s=st.start_retry_s if mode == "live" else 0.0,
+    )
+    # A replay's writer process starts first: it imports while the models load and the
+    # features are computed (SqliteStore.prestart).
+    prestart = getattr(store, "prestart", None) if mode != "live" else None
+    if prestart is not None:
+        prestart()
+    try:
+        return _assemble(config, mode, store, run_id, symbols, panel, on_bar, before_stop)
+    except BaseException:
+        close = getattr(store, "close_unstarted", None)
+        if close is not None:
+            close()
+        raise
+
+
+def _assemble(
+    config: Config,
+    mode: str,
+    store: Store,
+    run_id: str,
+    symbols: tuple[str, ...],
+    panel: Panel | None,
+    on_bar: Callable[[int, datetime], None] | None,
+    before_stop: Callable[[Engine], Awaitable[None]] | None,
+) -> Engine:
+    """build_engine's parts around its store."""
+    vendor = mode == "live" and config.feed.source != "recorded"
     pipeline = build_pipeline(config, symbols)
     if mode != "live":
         prepare_for_replay(pipeline)
@@ -486,18 +524,6 @@ def build_engine(
         swaps = choose_swaps(config, mode, panel, portfolio, names)
         trade_from = trade_start(config, panel)
         warmup = recorded_warmup(panel, swaps.feed, trade_from) if mode == "live" else None
-    st = config.storage
-    store = open_store(
-        st.url,
-        batch_size=st.batch_size,
-        signals=st.signals,
-        flush_interval_s=st.flush_interval_s,
-        # A backtest must not "finish" with rows still in a spool: only live runs spool.
-        spool=mode == "live",
-        spool_dir=st.spool_dir or None,
-        spool_max_bytes=st.spool_max_bytes,
-        start_retry_s=st.start_retry_s if mode == "live" else 0.0,
-    )
     run = RunInfo(
         run_id=run_id,
         mode=mode,

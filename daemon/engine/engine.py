@@ -512,6 +512,11 @@ class Engine:
         """The audit log and what the plugins hold (worker processes, files): at the end of
         a run, or for an engine that was built and never run."""
         self.audit.close()
+        # A replay store's writer process, started with the engine (SqliteStore.prestart),
+        # when the store itself never started.
+        close_unstarted = getattr(self.store, "close_unstarted", None)
+        if close_unstarted is not None:
+            close_unstarted()
         for plugin in self.pipeline.plugins():
             close = getattr(plugin, "close", None)
             if close is not None:

@@ -106,6 +106,11 @@ def connect(path: str, create: bool = True) -> sqlite3.Connection:
 # Jobs of the writer process (storage/child.py), run there.
 
 
+def child_import(state: dict[str, Any], payload: None) -> None:
+    """Nothing: a prestarted writer process's first job, so that it imports this module (and
+    numpy) while the engine is being built (SqliteStore.prestart)."""
+
+
 def child_open(state: dict[str, Any], path: str) -> None:
     # The store's thread made the file. A process closed before it answered is not waited
     # for: opening without creating, it cannot make a file its owner has since removed.
