@@ -44,6 +44,20 @@ def record_bar(store: SqliteStore, k: int) -> None:
     store.record_fills("r1", [Fill(f"f{k}", o.client_order_id, "AAA", Side.BUY, 1, 9, 0, 0, t)])
 
 
+@pytest.fixture
+def started(monkeypatch) -> list[ChildWriter]:
+    """Every writer process started during the test, in order."""
+    out: list[ChildWriter] = []
+    real_init = ChildWriter.__init__
+
+    def counted(self, *a, **k):
+        real_init(self, *a, **k)
+        out.append(self)
+
+    monkeypatch.setattr(ChildWriter, "__init__", counted)
+    return out
+
+
 async def test_a_replay_on_a_file_is_written_by_the_writer_process(tmp_path, monkeypatch):
     def not_here(*a, **k):
         raise AssertionError("rows were written in the engine's process")
@@ -200,7 +214,7 @@ async def test_a_prestarted_process_ends_when_its_store_never_runs_or_runs_live(
 
 
 def test_build_engine_prestarts_a_replays_process_and_ends_it_if_never_run(
-    tmp_path, monkeypatch, engine_config, synthetic_panel
+    tmp_path, monkeypatch, engine_config, synthetic_panel, started
 ):
     """The engine's writer process starts with build_engine (replay, SQLite file), and an
     engine that is built and never run, or whose building fails after the store, leaves
@@ -208,14 +222,6 @@ def test_build_engine_prestarts_a_replays_process_and_ends_it_if_never_run(
     import tradingd.app as app_mod
     from tradingd.config import StorageConfig
 
-    started: list[ChildWriter] = []
-    real_init = ChildWriter.__init__
-
-    def counted(self, *a, **k):
-        real_init(self, *a, **k)
-        started.append(self)
-
-    monkeypatch.setattr(ChildWriter, "__init__", counted)
     config = dataclasses.replace(
         engine_config, storage=StorageConfig(url=f"sqlite:///{tmp_path / 'b.db'}")
     )
@@ -377,7 +383,7 @@ def test_a_failed_job_in_a_shared_process_raises_for_every_user_naming_both(tmp_
 
 @pytest.mark.parametrize("store_first", [True, False])
 async def test_a_replays_store_and_audit_log_share_one_writer_process(
-    tmp_path, monkeypatch, store_first
+    tmp_path, store_first, started
 ):
     """The audit log takes the store's writer process (app.build_engine wires it): its
     lines and the store's rows are all written there, and the process ends after the last
@@ -386,14 +392,6 @@ async def test_a_replays_store_and_audit_log_share_one_writer_process(
 
     from tradingd.audit import AuditLog
 
-    started: list[ChildWriter] = []
-    real_init = ChildWriter.__init__
-
-    def counted(self, *a, **k):
-        real_init(self, *a, **k)
-        started.append(self)
-
-    monkeypatch.setattr(ChildWriter, "__init__", counted)
     store = SqliteStore(tmp_path / "s.db", batch_size=4, flush_interval_s=3600.0)
     await store.start()
     log = AuditLog(tmp_path / "audit", "r1", max_lines=3, share_writer=store.writer_process)
