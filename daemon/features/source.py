@@ -78,6 +78,8 @@ class BatchFeatureSource:
         symbols, measured), a fixed cost of every bar of every replay: ~60 us a bar for the
         default strategy's 20 features. Nothing else reads the raw values."""
         key = frozenset(required)
+        if self._released:
+            raise self._no_row(None)
         if self._prepared is not None:
             if self._prepared[0] != key:
                 # The raw values are gone: readiness for another set cannot be computed.
@@ -128,10 +130,11 @@ class BatchFeatureSource:
         self._row = {}
         self._released = True
 
-    def _no_row(self, t: datetime) -> Exception:
+    def _no_row(self, t: datetime | None) -> Exception:
         if self._released:
+            what = "to prepare" if t is None else f"for {t}"
             return RuntimeError(
-                f"batch features asked for {t} after release(): they were dropped at the end "
+                f"batch features asked {what} after release(): they were dropped at the end "
                 "of the replay"
             )
         return KeyError(f"batch features have no bar at {t} (their data's bars only)")

@@ -69,7 +69,7 @@ SIGNAL_MODES = ("decisions", "all", "none")
 
 # At most this many targets changed since the last recorded ones: `_decisions_few`.
 _FEW = 32
-# Rows decoded at a time when a run's rows are read back (BufferedStore._decode).
+# Rows decoded at a time when a run's rows are read back (BufferedStore._decode_taking).
 _DECODE_ROWS = 2048
 
 

@@ -9,8 +9,10 @@ its back, in batches (`maybe_flush` hands one over and returns), in one of two w
   makes the rows and writes them with a connection of its own while the engine computes
   the next bars. Not a thread: making rows is Python work, and a thread would take turns
   with the engine for Python's interpreter lock (measured slower than writing inline). The
-  process is started by `begin_run` and takes batches once it has answered; until then the
-  thread writes them and the engine waits (a short replay never waits for the process). A
+  process is started when the engine is built (`prestart`, so that its imports run beside
+  the feature step) or else by `begin_run`, connected by `begin_run`, and takes batches once
+  it has answered a job; until then the thread writes them and the engine waits (a short
+  replay never waits for the process). A
   batch that fails raises at the engine's next bar and the replay ends with that error.
   The replay's audit log makes its lines in the same process (`writer_process`,
   `ChildWriter.share`): beside the engine one writer, not two, on a 2-core machine.
@@ -278,7 +280,8 @@ class SqliteStore(BufferedStore):
                 await self._wait_thread()
 
     def _ready_child(self) -> ChildWriter | None:
-        """The writer process, once it has answered its first job (started and connected):
+        """The writer process, once it has answered its first job (past its start-up; its
+        connection, `child_open`, is a job sent before any batch, and jobs run in order):
         until then, rows are written by the thread, so a replay never waits for the process
         to start."""
         child = self._child

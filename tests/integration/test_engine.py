@@ -64,10 +64,10 @@ async def test_replay_and_live_clock_give_identical_orders(
     # The live path keeps the bars it received; the replay does not rewrite stored history.
     assert len(live_rows["bars"]) == synthetic_panel.n_bars
     assert bt_rows["bars"] == []
-    # The replay's whole feature histories went after its last bar, before the read-back.
-    last = synthetic_panel.row(0, synthetic_panel.datetimes()[0])
+    # The replay's whole feature histories are gone after the run.
+    first = synthetic_panel.row(0, synthetic_panel.datetimes()[0])
     with pytest.raises(RuntimeError, match="after release"):
-        bt_engine.features.at(last)
+        bt_engine.features.at(first)
 
 
 async def test_no_lookahead_decisions_do_not_change_when_the_future_is_cut(
@@ -297,3 +297,27 @@ async def test_a_bar_with_a_newer_one_waiting_only_catches_up(
     assert result.bars == reference.bars - 2
     assert result.warmup_bars == reference.warmup_bars + 2
     assert not {o["created_at"] for o in orders} & skip
+
+
+async def test_a_replay_releases_its_feature_histories_before_its_report_is_read_back(
+    engine_config, synthetic_panel
+):
+    """The whole histories are the largest thing a replay holds after its last bar, and the
+    report's read-back (before_stop) is when its memory peaks: they are gone by then, and
+    the run's decisions had them (orders were made)."""
+    from tradingd.app import build_engine
+
+    seen = {}
+
+    async def collect(engine):
+        first = synthetic_panel.row(0, synthetic_panel.datetimes()[0])
+        try:
+            engine.features.at(first)
+        except RuntimeError as exc:
+            seen["error"] = str(exc)
+        seen["orders"] = len(await engine.store.fetch("orders", engine.run.run_id))
+
+    engine = build_engine(engine_config, "backtest", panel=synthetic_panel, before_stop=collect)
+    await engine.run_until_done()
+    assert "after release()" in seen.get("error", "")
+    assert seen["orders"] > 10

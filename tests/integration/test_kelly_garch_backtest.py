@@ -111,12 +111,16 @@ def test_a_backtest_and_a_live_daemon_fit_at_the_engines_priority(tmp_path):
     from tradingd_plugins.sizing.garch_fits import LIVE_NICE
 
     config = kelly_garch_config(tmp_path)
-    replay = build_engine(config, "backtest").pipeline.sizing
-    assert replay._runner.nice == 0
+    replay_engine = build_engine(config, "backtest")
+    try:
+        assert replay_engine.pipeline.sizing._runner.nice == 0
+    finally:
+        replay_engine.close_held()  # built, never run: its writer process and fit worker
     live_config = dataclasses.replace(
         config, feed=dataclasses.replace(config.feed, source="recorded")
     )
-    live = build_engine(live_config, "live").pipeline.sizing
-    assert live._runner.nice == LIVE_NICE == 0
-    for plugin in (replay, live):
-        plugin.close()
+    live_engine = build_engine(live_config, "live")
+    try:
+        assert live_engine.pipeline.sizing._runner.nice == LIVE_NICE == 0
+    finally:
+        live_engine.close_held()

@@ -463,3 +463,31 @@ def test_batch_source_release_drops_the_histories_and_refuses_later_bars():
     for call in (src.at, ready_at):
         with pytest.raises(RuntimeError, match=r"after release\(\)"):
             call(bar)
+    with pytest.raises(RuntimeError, match=r"to prepare after release\(\)"):
+        src.prepare(("ret_1",))
+
+
+def test_a_batch_source_read_from_its_cache_releases_its_histories_too(tmp_path):
+    """From the feature cache, the whole histories are the cached values and the packed
+    bits of where they were finite: release drops both."""
+    import gc
+    import weakref
+
+    from tradingd.features.batch_cache import FeatureCache
+    from tradingd.features.catalog import Catalog as Cat
+    from tradingd.features.source import BatchFeatureSource
+
+    rng = np.random.default_rng(7)
+    panel = panel_from(100 * np.exp(np.cumsum(rng.normal(0, 0.01, size=(40, 2)), axis=0)))
+    cache = FeatureCache(tmp_path, 1 << 30)
+    BatchFeatureSource(panel, ("rsi_14",), Cat(), cache=cache).prepare(("rsi_14",))
+    src = BatchFeatureSource(panel, ("rsi_14",), Cat(), cache=cache)
+    assert src._finite_bits is not None  # read from the cache, not computed
+    bits = weakref.ref(src._finite_bits)
+    ready_at = src.prepare(("rsi_14",))
+    bar = panel.row(30, panel.datetimes()[30])
+    values = weakref.ref(src.at(bar)["rsi_14"].base)
+    assert ready_at(bar).all()
+    src.release()
+    gc.collect()
+    assert values() is None and bits() is None
