@@ -1336,6 +1336,43 @@ def test_for_replay_replaces_a_worker_already_running_at_the_lowest_priority():
         r.close()
 
 
+def test_the_worker_ends_without_tearing_its_interpreter_down():
+    """The worker exits at once when its stdin closes (every answer is flushed by then):
+    the interpreter's teardown of numpy, SciPy and arch took about 0.5 s of a core, and a
+    worker at nice 19 on a busy machine did not get that within FitWorker.close's 5 s and
+    was killed (a CI run, under load, saw -9). Measured in CPU time used after the last
+    answer, which does not depend on how busy the machine is."""
+    import os
+    import subprocess
+    import sys
+
+    from tradingd_plugins.sizing.garch_fits import read_frame, write_frame
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tradingd_plugins.sizing.garch_worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        r300 = np.random.default_rng(2).normal(0, 0.01, 300)
+        write_frame(proc.stdin, [(r300, "constant", None, 200)])
+        [(params, why)] = read_frame(proc.stdout)
+        assert params is not None, why  # past its imports and a fit
+        with open(f"/proc/{proc.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        before = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        proc.stdin.close()
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+    assert proc.returncode == 0
+    assert usage.ru_utime + usage.ru_stime - before < 0.15
+
+
 @pytest.mark.parametrize("argv", [["--nice"], ["--nice", "x"], ["--nice", "20"], ["--nice", "-1"]])
 def test_the_worker_refuses_a_bad_niceness_before_reading_anything(argv, capsys):
     from tradingd_plugins.sizing.garch_worker import main
