@@ -314,9 +314,7 @@ class SqliteStore(BufferedStore):
         and waited for them. `begin_run` connects it; a store that never begins a run closes
         it with `close_unstarted` (or when stopped)."""
         if self.process and self.path != MEMORY and self._child is None:
-            self._child = ChildWriter(f"SQLite {self.path}", self.max_in_flight)
-            self._child.send("tradingd.storage.sqlite_file:child_import", None)
-            self._child_ready = False
+            self._start_child("tradingd.storage.sqlite_file:child_import", None)
             self._prestarted = True
 
     def close_unstarted(self) -> None:
@@ -328,15 +326,22 @@ class SqliteStore(BufferedStore):
     async def begin_run(self, run: RunInfo) -> None:
         await super().begin_run(run)
         prestarted, self._prestarted = self._prestarted, False
-        if not (self.process and run.mode != "live" and self.path != MEMORY):
-            if prestarted:
-                self._stop_child()  # a live run writes on the thread
-        elif self._child is None or prestarted:
-            if self._child is None:
-                # Started now, it imports and connects while the engine warms up.
-                self._child = ChildWriter(f"SQLite {self.path}", self.max_in_flight)
-            self._child.send("tradingd.storage.sqlite_file:child_open", self.path)
+        child = self._child
+        if prestarted and run.mode == "live":
+            self._stop_child()  # a live run writes on the thread
+        elif prestarted and child is not None:
+            child.send("tradingd.storage.sqlite_file:child_open", self.path)
             self._child_ready = False
+        elif self.process and run.mode != "live" and self.path != MEMORY and child is None:
+            # Started now, it imports and connects while the engine warms up.
+            self._start_child("tradingd.storage.sqlite_file:child_open", self.path)
+
+    def _start_child(self, job: str, payload: Any) -> None:
+        """The replay's writer process, with its first job (it is ready once that is
+        answered: `_ready_child`)."""
+        self._child = ChildWriter(f"SQLite {self.path}", self.max_in_flight)
+        self._child.send(job, payload)
+        self._child_ready = False
 
     async def resume_run(self, run: RunInfo) -> ResumePoint | None:
         await self.flush()
