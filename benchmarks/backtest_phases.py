@@ -2,8 +2,11 @@
 
 Runs the replay benchmark's strategy (replay_engines.py) through `run_backtest`, as the
 command does, and times its phases: build_engine (features and setup), the bar loop (from
-run_until_done's start to the last bar), the wait for the last writes, reading the orders
-and fills back for the report, the rest of the stop, and what follows (summary and output
+run_until_done's start to the last bar), handing the last rows to the writer (hand_over),
+making the report's orders and fills (report_rows: from the store's records while the
+writer commits, or, in earlier versions, the wait for the last writes and the read-back),
+the rest (end: waiting for the writes, end_run and the stop), the headline span of
+replay.py (span: build to the end of run_until_done) and what follows (summary and output
 files). It also reports the engine process's CPU time in the bar loop and the CPU time of the
 writer process (the children reaped during the run). Switches take parts away, to see what
 each costs:
@@ -69,9 +72,12 @@ def _one(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, float]:
             if args.discard:
                 engine_alone.discard_writes(engine.store)
             at["build1"] = time.perf_counter()
+            # The report's hook: after_last_bar (while the last writes run), or before_stop
+            # in versions before it (after them).
+            hook = "_after_last_bar" if getattr(engine, "_after_last_bar", None) else "_before_stop"
             on_bar, before_stop, run_until_done = (
                 engine._on_bar,
-                engine._before_stop,
+                getattr(engine, hook),
                 engine.run_until_done,
             )
 
@@ -97,7 +103,8 @@ def _one(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, float]:
                 finally:
                     at["run1"] = time.perf_counter()
 
-            engine._on_bar, engine._before_stop = last_bar, timed_before_stop
+            engine._on_bar = last_bar
+            setattr(engine, hook, timed_before_stop)
             engine.run_until_done = timed_run
             return engine
 
@@ -111,9 +118,10 @@ def _one(args: argparse.Namespace, spec: dict[str, Any]) -> dict[str, float]:
             "build_s": at["build1"] - at["build0"],
             "loop_s": at["loop1"] - at["loop0"],
             "loop_cpu_s": at["cpu1"] - at["cpu0"],
-            "last_writes_s": at["read0"] - at["loop1"],
-            "read_back_s": at["read1"] - at["read0"],
-            "stop_s": at["run1"] - at["read1"],
+            "hand_over_s": at["read0"] - at["loop1"],
+            "report_rows_s": at["read1"] - at["read0"],
+            "end_s": at["run1"] - at["read1"],
+            "span_s": at["run1"] - at["build0"],
             "after_s": t1 - at["run1"],
             "total_s": t1 - t0,
             "writer_cpu_s": _children_cpu() - children,

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
 
@@ -462,7 +462,10 @@ def build_engine(
     panel: Panel | None = None,
     on_bar: Callable[[int, datetime], None] | None = None,
     before_stop: Callable[[Engine], Awaitable[None]] | None = None,
+    after_last_bar: Callable[[Engine], Awaitable[None]] | None = None,
 ) -> Engine:
+    """The engine of `config` for `mode` ("live", or a replay: "backtest"). `on_bar`,
+    `before_stop` and `after_last_bar` are the Engine's hooks (see its parameters)."""
     vendor = mode == "live" and config.feed.source != "recorded"
     if vendor:
         symbols = tuple(sorted(dict.fromkeys(config.data.symbols)))
@@ -488,12 +491,19 @@ def build_engine(
     if prestart is not None:
         prestart()
     try:
-        return _assemble(config, mode, store, run_id, symbols, panel, on_bar, before_stop)
+        hooks = _Hooks(on_bar, before_stop, after_last_bar)
+        return _assemble(config, mode, store, run_id, symbols, panel, hooks)
     except BaseException:
         close = getattr(store, "close_unstarted", None)
         if close is not None:
             close()
         raise
+
+
+class _Hooks(NamedTuple):
+    on_bar: Callable[[int, datetime], None] | None
+    before_stop: Callable[[Engine], Awaitable[None]] | None
+    after_last_bar: Callable[[Engine], Awaitable[None]] | None
 
 
 def _assemble(
@@ -503,8 +513,7 @@ def _assemble(
     run_id: str,
     symbols: tuple[str, ...],
     panel: Panel | None,
-    on_bar: Callable[[int, datetime], None] | None,
-    before_stop: Callable[[Engine], Awaitable[None]] | None,
+    hooks: _Hooks,
 ) -> Engine:
     """build_engine's parts around its store."""
     vendor = mode == "live" and config.feed.source != "recorded"
@@ -567,8 +576,9 @@ def _assemble(
         curve_maxlen=None if mode == "backtest" else 100_000,
         publish_interval_s=config.cache.publish_interval_s,
         cache_ttl_s=config.cache.expiry_s,
-        on_bar=on_bar,
-        before_stop=before_stop,
+        on_bar=hooks.on_bar,
+        before_stop=hooks.before_stop,
+        after_last_bar=hooks.after_last_bar,
         record_bars=mode == "live",
         history_bars=config.features.history_bars,
         trade_from=trade_from,

@@ -57,12 +57,15 @@ async def run_backtest(
     rows: dict[str, list[dict[str, Any]]] = {}
 
     async def collect(engine: Engine) -> None:
+        # The report's orders and fills: made from the store's records while the writer
+        # commits the last batch (or, where the store cannot, read back after it).
         for table in ("orders", "fills"):
-            rows[table] = await engine.store.fetch(table, engine.run.run_id)
+            rows[table] = await engine.store.recorded(table, engine.run.run_id)
 
     engine = build_engine(
-        config, "backtest", panel=panel, on_bar=lambda i, t: bar.update(1), before_stop=collect
+        config, "backtest", panel=panel, on_bar=lambda i, t: bar.update(1), after_last_bar=collect
     )
+    engine.store.keep_records()
     try:
         result = await engine.run_until_done()
     finally:

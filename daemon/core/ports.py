@@ -132,8 +132,22 @@ class Store(Service, Protocol):
 
     async def flush(self) -> None: ...
 
+    async def write_behind(self) -> None:
+        """Start writing everything buffered; `flush` waits for it."""
+        ...
+
     async def fetch(self, table: str, run_id: str) -> list[dict[str, Any]]:
         """Rows of one run from `orders`, `fills`, `equity`, `positions` or `signals`."""
+        ...
+
+    def keep_records(self, tables: Collection[str] = ("orders", "fills")) -> bool:
+        """Keep the run's order states and fills (a replay's, for its report) for
+        `recorded`; False if this store cannot."""
+        ...
+
+    async def recorded(self, table: str, run_id: str) -> list[dict[str, Any]]:
+        """`fetch(table, run_id)` as it reads once the writes commit: for kept records
+        (`keep_records`) made without waiting for them, otherwise after a flush."""
         ...
 
 

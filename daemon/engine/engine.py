@@ -232,6 +232,10 @@ class Engine:
         publish_interval_s: float = 1.0,
         cache_ttl_s: float = 3600.0,
         on_bar: Callable[[int, datetime], None] | None = None,
+        # Called after the last bar while its rows are written (it may use
+        # `Store.recorded`; `fetch` would not see them yet)...
+        after_last_bar: Callable[[Engine], Awaitable[None]] | None = None,
+        # ... and once every row is written (it may read the store back).
         before_stop: Callable[[Engine], Awaitable[None]] | None = None,
         record_bars: bool = False,
         history_bars: int = 2,
@@ -290,6 +294,7 @@ class Engine:
         self._cache_ttl = cache_ttl_s
         self._last_publish = -float("inf")
         self._on_bar = on_bar
+        self._after_last_bar = after_last_bar
         self._before_stop = before_stop
         # Live bars exist nowhere else once the vendor's window has moved on: keep them.
         self._record_bars = record_bars
@@ -469,6 +474,12 @@ class Engine:
             self.risk_record.finish(self._last_time)
             self._warn_if_never_ready()
             result = self.result()
+            if self._after_last_bar is not None:
+                # The last rows go to the writer first, and the hook runs while they are
+                # written: a backtest's report is made from the store's records meanwhile
+                # (Store.recorded), not read back after them.
+                await self.store.write_behind()
+                await self._after_last_bar(self)
             await self.store.end_run(self.run.run_id, {"bars": result.bars})
             await self._publish(force=True)
             await self.store.flush()

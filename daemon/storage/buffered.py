@@ -35,6 +35,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -45,7 +46,19 @@ from ..core.arrays import copyto, count_nonzero
 from ..core.errors import ConfigError, StorageError
 from ..core.types import CrossSection, Fill, Order, RunInfo
 from ..secrets import mask_text
-from .rows import BUFFERS, FILL_RECORDS, ORDER_RECORDS, Record, Row, chunk_rows, to_rows
+from .rows import (
+    BUFFERS,
+    FILL_FIELDS,
+    FILL_RECORDS,
+    ORDER_FIELDS,
+    ORDER_RECORDS,
+    Record,
+    Row,
+    chunk_rows,
+    fill_columns,
+    order_columns,
+    to_rows,
+)
 from .schema import (
     RESUME_TIME,
     RUN_TABLES,
@@ -188,6 +201,9 @@ class BufferedStore(ABC):
             "decisions": self._decisions,
         }
         assert tuple(self._buffers) == BUFFERS
+        # Every order state and fill recorded, kept for a backtest's report (`keep_records`).
+        self._kept_orders: list[Any] | None = None
+        self._kept_fills: list[Any] | None = None
         # Rows buffered per buffer, kept as the chunks arrive (maybe_flush reads it every bar).
         self._counts: dict[str, int] = dict.fromkeys(BUFFERS, 0)
         self._flush_lock = asyncio.Lock()
@@ -872,8 +888,11 @@ class BufferedStore(ABC):
         if not orders:
             return None
         records = ORDER_RECORDS(orders)
-        self._orders.append((run_id, records))
+        chunk = (run_id, records)
+        self._orders.append(chunk)
         self._counts["orders"] += len(orders)
+        if self._kept_orders is not None:
+            self._kept_orders.append(chunk)
         return records
 
     def record_fills(
@@ -884,8 +903,11 @@ class BufferedStore(ABC):
         if not fills:
             return None
         records = FILL_RECORDS(fills)
-        self._fills.append((run_id, booked_at, records))
+        chunk = (run_id, booked_at, records)
+        self._fills.append(chunk)
         self._counts["fills"] += len(fills)
+        if self._kept_fills is not None:
+            self._kept_fills.append(chunk)
         return records
 
     def record_positions(
@@ -997,6 +1019,15 @@ class BufferedStore(ABC):
         await self._wait_behind()
         await self._flush_now()
 
+    async def write_behind(self) -> None:
+        """Start writing everything buffered and return without waiting for it (as
+        `maybe_flush` does when a buffer is full): `flush`, `settle` or `stop` wait. The
+        engine calls it after its last bar, so that a backtest's report is made while the
+        last batch is written."""
+        await self._reap()
+        self._last_flush = time.monotonic()
+        await self._write_behind()
+
     # How the background writes run. This default (PostgreSQL: asyncpg belongs to the event
     # loop) is an asyncio task: a live engine waits for its next bar while the database
     # works; a replay, which never suspends on its own, lets the write run at the next check.
@@ -1057,11 +1088,159 @@ class BufferedStore(ABC):
         rows = await self._query(sql, (symbol,) if symbol is not None else ())
         return self._decode_taking(TABLES["bars"], rows)
 
+    # ------------------------------------------------------------------ a backtest's report
+
+    def keep_records(self, tables: Collection[str] = ("orders", "fills")) -> bool:
+        """Keep every order state (`orders` in `tables`) and fill (`fills`) recorded from now
+        on, for `recorded`; call it before the run begins. False (nothing kept) where
+        `recorded` could not make exactly the rows `fetch` reads: PostgreSQL orders text by
+        the database's collation.
+
+        Why: a backtest's report reads every order and fill of its run. Read back, they are
+        read after the writer's last batch commits (0.1-0.2 s after the last bar at 496
+        symbols) and then decoded, while the writer waits; made from the records, they are
+        made while it writes. The records are held for the whole run (about 10 MB at 496
+        symbols over 19 years), which a live run must not do: it never calls this."""
+        unknown = set(tables) - {"orders", "fills"}
+        if unknown:
+            raise ValueError(f"records are kept for orders and fills, not {sorted(unknown)}")
+        if self.dialect != "sqlite":
+            return False
+        if "orders" in tables and self._kept_orders is None:
+            self._kept_orders = []
+        if "fills" in tables and self._kept_fills is None:
+            self._kept_fills = []
+        return True
+
+    async def recorded(self, table: str, run_id: str) -> list[dict[str, Any]]:
+        """What `fetch(table, run_id)` returns once every write has committed. For orders
+        and fills kept since `keep_records`, made from the records without waiting for the
+        writes (and the records given up); otherwise the writes are waited for and the rows
+        read back. The run's rows in the database must all come from the kept records (a
+        replay starts by deleting its run id's rows).
+
+        The same rows, made the way the writer makes them: its column makers (`rows.py`),
+        the table's conflict rule (an order's latest state, at its first insertion; a
+        fill's first row), its ORDER BY, what SQLite does to a value on the way in and out
+        (-0.0 comes back as 0.0, NaN as NULL; text is text), then `fetch`'s decoding. A
+        value this cannot reproduce (a text column holding something other than text) is
+        read back instead, with a warning."""
+        kept = None
+        if table == "orders":
+            kept, self._kept_orders = self._kept_orders, None
+        elif table == "fills":
+            kept, self._kept_fills = self._kept_fills, None
+        if kept is None:
+            await self.flush()
+            return await self.fetch(table, run_id)
+        t = TABLES[table]
+        chunks = [c for c in kept if c[0] == run_id]
+        kept.clear()
+        enc, dec = self._encode_time, self._decode_time
+        read: dict[Any, datetime] = {}
+
+        def as_read(when: datetime) -> datetime:
+            # A time as `fetch` returns it: stored, then read back (once per distinct time).
+            got = read.get(when)
+            if got is None:
+                if type(when) is datetime and when.tzinfo is UTC and not when.fold:
+                    got = when  # (what SQLite's text gives back: the same datetime)
+                else:
+                    got = dec(enc(when))
+                read[when] = got
+            return got
+
+        if table == "orders":
+            # The upsert keeps an order's latest state where its first state was inserted;
+            # so does a dict (of one run's states: its client order ids are unique).
+            cid = ORDER_FIELDS.index("client_order_id")
+            latest = {r[cid]: r for _, records in chunks for r in records}
+            del chunks
+            columns = order_columns([(run_id, list(latest.values()))], as_read)
+            del latest
+        else:
+            # ON CONFLICT DO NOTHING: a fill id's first row wins.
+            fid = FILL_FIELDS.index("fill_id")
+            ids = [r[fid] for _, _, records in chunks for r in records]
+            if len(set(ids)) != len(ids):
+                seen: set[Any] = set()
+                kept_first = []
+                for run, booked, records in chunks:
+                    first = []
+                    for r in records:
+                        if r[fid] not in seen:
+                            seen.add(r[fid])
+                            first.append(r)
+                    kept_first.append((run, booked, first))
+                chunks = kept_first
+            columns = fill_columns(chunks, as_read)
+            del chunks, ids
+        if not columns[0]:
+            return []
+        self._in_order(t, columns)
+        if not self._as_stored(t, columns):
+            log.warning("storage.recorded.read_back", table=table, run_id=run_id)
+            await self.flush()
+            return await self.fetch(table, run_id)
+        decoded = {v: v for v in read.values()}  # (times need no decoding)
+        return self._decode_columns(t, columns, decoded)
+
+    @staticmethod
+    def _as_stored(table: Table, columns: list[Any]) -> bool:
+        """`columns` (of rows in the table's insert order) as SQLite gives them back (see
+        `recorded`), in place; False when a value would not come back as it went in."""
+        kinds = [table.kind_of(name) for name in table.insert_columns]
+        for k, kind in enumerate(kinds):
+            column = columns[k]
+            if kind == "float":
+                # SQLite stores NaN as NULL (decoded as `fetch` decodes it: NaN, or None in
+                # an optional column), and a REAL that is a whole number as an integer:
+                # -0.0 comes back as 0.0. Adding 0.0 changes -0.0 and no other float.
+                if None in column:
+                    columns[k] = [None if v is None or v != v else v + 0.0 for v in column]
+                else:
+                    a = np.array(column, dtype=np.float64) + 0.0
+                    columns[k] = a.tolist()
+                    if np.isnan(a).any():
+                        columns[k] = [None if v != v else v for v in columns[k]]
+            elif kind == "text":
+                types = set(map(type, column))
+                if not types <= {str, type(None)}:
+                    if not all(issubclass(c, str) or c is type(None) for c in types):
+                        return False
+                    columns[k] = [v if v is None else str.__str__(v) for v in column]
+            elif kind not in ("time", "serial"):  # (times are read back already)
+                return False
+        return True
+
+    @staticmethod
+    def _in_order(table: Table, columns: list[Any]) -> None:
+        """`columns` (of rows in insertion order) put in the table's ORDER BY as SQLite
+        applies it, in place: text by code point (its BINARY collation), NULL first, a
+        serial column as insertion order (ties keep their order: the sort is stable)."""
+        names = table.insert_columns
+        keys = [names.index(n) for n in table.order_by if table.kind_of(n) != "serial"]
+        n = len(columns[0])
+        if not keys or n < 2:
+            return
+        key_columns = [columns[k] for k in keys]
+        if any(None in c for c in key_columns):
+            by: list[Any] = [
+                tuple(x for v in row for x in (v is not None, v))
+                for row in zip(*key_columns, strict=True)
+            ]
+        else:
+            by = list(zip(*key_columns, strict=True)) if len(keys) > 1 else key_columns[0]
+        order = sorted(range(n), key=by.__getitem__)
+        if order != list(range(n)):
+            pick = itemgetter(*order)
+            columns[:] = [list(pick(c)) for c in columns]
+
     def _decode(self, table: Table, rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
         """Rows as `fetch` returns them: a dict per row, times, JSON and floats decoded."""
         return self._decode_part(table, rows, {})
 
-    def _decode_taking(self, table: Table, rows: list[Sequence[Any]]) -> list[dict[str, Any]]:
+    def _decode_taking(self, table: Table, rows: list[Any]) -> list[dict[str, Any]]:
         """`_decode(rows)`, emptying `rows` as it goes.
 
         In parts from the end, each part's rows dropped once decoded: a backtest's report
@@ -1098,6 +1277,13 @@ class BufferedStore(ABC):
                 f"{table.name}: rows of {' and '.join(map(str, widths))} columns, expected "
                 f"{len(cols)}: the database's table differs from this version's schema"
             )
+        return self._decode_columns(table, columns, times)
+
+    def _decode_columns(
+        self, table: Table, columns: Sequence[Sequence[Any]], times: dict[Any, datetime]
+    ) -> list[dict[str, Any]]:
+        """`_decode_part` of rows given as their columns."""
+        cols = table.insert_columns
         out: list[Any] = list(columns)
         nan = math.nan
         time_cols, jsons = table.columns_of("time"), table.columns_of("json")

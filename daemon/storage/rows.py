@@ -188,76 +188,85 @@ def pack(taken: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def order_columns(
+    chunks: Sequence[tuple[str, list[tuple[Any, ...]]]], enc: EncodeTime
+) -> list[Sequence[Any]]:
+    """The orders table's columns (its `insert_columns`, run_id first) of every order state
+    in `chunks`, as the writer stores them: the writer (`order_rows`) and a backtest's
+    report (`BufferedStore.recorded`) make them here, so that both hold the same values."""
+    run_ids = _spread([c[0] for c in chunks], [len(c[1]) for c in chunks])
+    values = [v for _, vs in chunks for v in vs]
+    cols = list(zip(*values, strict=True)) or [()] * len(ORDER_FIELDS)
+    (cid, sym, side, typ, qty, lp, sp, tp, leg, parent, oco, status, filled, avg, reason) = (
+        cols[_O[n]] for n in ORDER_ROW
+    )
+    return [
+        run_ids,
+        cid,
+        sym,
+        list(map(str, side)),
+        list(map(str, typ)),
+        list(map(float, qty)),
+        _optional(lp),
+        _optional(sp),
+        _optional(tp),
+        list(map(str, leg)),
+        parent,
+        oco,
+        list(map(str, status)),
+        list(map(float, filled)),
+        list(map(float, avg)),
+        reason,
+        _times(cols[_O["created_at"]], enc),
+        _times(cols[_O["updated_at"]], enc),
+    ]
+
+
 def order_rows(
     chunks: Sequence[tuple[str, list[tuple[Any, ...]]]], enc: EncodeTime
 ) -> tuple[list[Row], list[Row]]:
     """(orders rows, order_events rows). Only an order's latest state survives the upsert, so
     only that one is written (order_events keeps every state)."""
-    run_ids = _spread([c[0] for c in chunks], [len(c[1]) for c in chunks])
-    values = [v for _, vs in chunks for v in vs]
-    cols = list(zip(*values, strict=True))
-    (cid, sym, side, typ, qty, lp, sp, tp, leg, parent, oco, status, filled, avg, reason) = (
-        cols[_O[n]] for n in ORDER_ROW
-    )
-    created = _times(cols[_O["created_at"]], enc)
-    updated = _times(cols[_O["updated_at"]], enc)
-    st = list(map(str, status))
-    fq = list(map(float, filled))
-    rows = zip(
-        run_ids,
-        cid,
-        sym,
-        map(str, side),
-        map(str, typ),
-        map(float, qty),
-        _optional(lp),
-        _optional(sp),
-        _optional(tp),
-        map(str, leg),
-        parent,
-        oco,
-        st,
-        fq,
-        map(float, avg),
-        reason,
-        created,
-        updated,
-        strict=True,
-    )
-    latest = {(r[0], r[1]): r for r in rows}
+    cols = order_columns(chunks, enc)
+    latest = {(r[0], r[1]): r for r in zip(*cols, strict=True)}
+    run_ids, cid, st, fq, reason, created, updated = (cols[k] for k in (0, 1, 12, 13, 15, 16, 17))
     when = [c if u is None else u for c, u in zip(created, updated, strict=True)]
     return list(latest.values()), list(zip(run_ids, cid, st, fq, reason, when, strict=True))
+
+
+def fill_columns(
+    chunks: Sequence[tuple[str, Any, list[tuple[Any, ...]]]], enc: EncodeTime
+) -> list[Sequence[Any]]:
+    """The fills table's columns (its `insert_columns`: run_id first, no seq), as
+    `order_columns` makes the orders'. `booked_at` None: the fill's own time."""
+    counts = [len(c[2]) for c in chunks]
+    run_ids = _spread([c[0] for c in chunks], counts)
+    values = [v for _, _, vs in chunks for v in vs]
+    cols = list(zip(*values, strict=True)) or [()] * len(FILL_FIELDS)
+    fid, cid, sym, side, qty, price, comm, slip, ref, t = (cols[_F[n]] for n in FILL_ROW)
+    times = _times(t, enc)
+    booked = _times(_spread([c[1] for c in chunks], counts), enc)
+    booked = [te if b is None else b for te, b in zip(times, booked, strict=True)]
+    return [
+        run_ids,
+        fid,
+        cid,
+        sym,
+        list(map(str, side)),
+        list(map(float, qty)),
+        list(map(float, price)),
+        list(map(float, comm)),
+        list(map(float, slip)),
+        list(map(float, ref)),
+        times,
+        booked,
+    ]
 
 
 def fill_rows(
     chunks: Sequence[tuple[str, Any, list[tuple[Any, ...]]]], enc: EncodeTime
 ) -> list[Row]:
-    """`booked_at` None: the fill's own time."""
-    counts = [len(c[2]) for c in chunks]
-    run_ids = _spread([c[0] for c in chunks], counts)
-    values = [v for _, _, vs in chunks for v in vs]
-    cols = list(zip(*values, strict=True))
-    fid, cid, sym, side, qty, price, comm, slip, ref, t = (cols[_F[n]] for n in FILL_ROW)
-    times = _times(t, enc)
-    booked = _times(_spread([c[1] for c in chunks], counts), enc)
-    booked = [te if b is None else b for te, b in zip(times, booked, strict=True)]
-    return list(
-        zip(
-            run_ids,
-            fid,
-            cid,
-            sym,
-            map(str, side),
-            map(float, qty),
-            map(float, price),
-            map(float, comm),
-            map(float, slip),
-            map(float, ref),
-            times,
-            booked,
-            strict=True,
-        )
-    )
+    return list(zip(*fill_columns(chunks, enc), strict=True))
 
 
 def to_rows(taken: Mapping[str, list[Any]], enc: EncodeTime) -> dict[str, list[Row]]:

@@ -303,8 +303,8 @@ async def test_a_replay_releases_its_feature_histories_before_its_report_is_read
     engine_config, synthetic_panel
 ):
     """The whole histories are the largest thing a replay holds after its last bar, and the
-    report's read-back (before_stop) is when its memory peaks: they are gone by then, and
-    the run's decisions had them (orders were made)."""
+    report's rows (after_last_bar, as run_backtest makes them) are when its memory peaks:
+    they are gone by then, and the run's decisions had them (orders were made)."""
     from tradingd.app import build_engine
 
     seen = {}
@@ -315,9 +315,10 @@ async def test_a_replay_releases_its_feature_histories_before_its_report_is_read
             engine.features.at(first)
         except RuntimeError as exc:
             seen["error"] = str(exc)
-        seen["orders"] = len(await engine.store.fetch("orders", engine.run.run_id))
+        seen["orders"] = len(await engine.store.recorded("orders", engine.run.run_id))
 
-    engine = build_engine(engine_config, "backtest", panel=synthetic_panel, before_stop=collect)
+    engine = build_engine(engine_config, "backtest", panel=synthetic_panel, after_last_bar=collect)
+    assert engine.store.keep_records()
     await engine.run_until_done()
     assert "after release()" in seen.get("error", "")
     assert seen["orders"] > 10

@@ -1,0 +1,246 @@
+"""`Store.recorded`: a backtest's orders and fills made from the store's records while the
+writer commits its last batch must be exactly what `fetch` reads once it has: the same rows,
+values, types and order, whatever the states, times and floats were."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from structlog.testing import capture_logs
+
+from tradingd.core.types import Fill, Order, OrderStatus, OrderType, RunInfo, Side
+from tradingd.storage.postgres import PostgresStore
+from tradingd.storage.sqlite import SqliteStore
+
+T0 = datetime(2021, 3, 1, 21, 0, tzinfo=UTC)
+RUN = "r1"
+
+
+def _run(run_id: str = RUN) -> RunInfo:
+    return RunInfo(run_id, "backtest", T0, "{}", ("AAA", "BBB"), 100_000.0)
+
+
+def _same_rows(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
+    """Equal rows, value by value: the same type, NaN where NaN, the sign of a zero."""
+    assert len(got) == len(want)
+    for k, (g, w) in enumerate(zip(got, want, strict=True)):
+        assert list(g) == list(w), k
+        for name in g:
+            a, b = g[name], w[name]
+            assert type(a) is type(b), (k, name, a, b)
+            if isinstance(a, float):
+                if math.isnan(b):
+                    assert math.isnan(a), (k, name, a, b)
+                else:
+                    assert a == b and math.copysign(1.0, a) == math.copysign(1.0, b), (k, name)
+            else:
+                assert a == b, (k, name, a, b)
+
+
+# Times of every kind an order or fill may carry: UTC, another offset, naive (UTC), and a
+# pandas Timestamp with nanoseconds (stored to the microsecond), several of them equal.
+_TIMES = [
+    T0,
+    T0 + timedelta(hours=1),
+    (T0 + timedelta(hours=1)).astimezone(timezone(timedelta(hours=-5))),
+    (T0 + timedelta(days=1)).replace(tzinfo=None),
+    pd.Timestamp(T0 + timedelta(days=1)) + pd.Timedelta(nanoseconds=700),
+    pd.Timestamp(T0 + timedelta(days=1)) + pd.Timedelta(nanoseconds=300),
+    T0 + timedelta(days=2, microseconds=1),
+]
+_FLOATS = st.sampled_from([0.0, -0.0, 1.5, -2.25, 1e300, math.inf, math.nan, 7.0, 1e-310])
+_OPTIONAL = st.one_of(st.none(), _FLOATS)
+_TEXT = st.sampled_from(["", "done", "risk: max_position", "é", "a\x00b"])
+
+
+@st.composite
+def _order_state(draw: st.DrawFn) -> tuple[int, dict[str, Any]]:
+    return draw(st.integers(0, 5)), {
+        "symbol": draw(st.sampled_from(["AAA", "BBB", np.str_("CCC")])),
+        "side": draw(st.sampled_from(list(Side))),
+        "quantity": draw(_FLOATS),
+        "created_at": draw(st.sampled_from(_TIMES)),
+        "type": draw(st.sampled_from(list(OrderType))),
+        "limit_price": draw(_OPTIONAL),
+        "stop_price": draw(_OPTIONAL),
+        "status": draw(st.sampled_from(list(OrderStatus))),
+        "filled_quantity": draw(_FLOATS),
+        "avg_fill_price": draw(_FLOATS),
+        "reason": draw(_TEXT),
+        "updated_at": draw(st.one_of(st.none(), st.sampled_from(_TIMES))),
+    }
+
+
+@st.composite
+def _fill(draw: st.DrawFn) -> tuple[Fill, datetime | None]:
+    fill = Fill(
+        f"f{draw(st.integers(0, 6))}",  # repeated ids: the first row stays
+        f"o{draw(st.integers(0, 5))}",
+        draw(st.sampled_from(["AAA", "BBB"])),
+        draw(st.sampled_from(list(Side))),
+        draw(_FLOATS),
+        draw(_FLOATS),
+        draw(_FLOATS),
+        draw(_FLOATS),
+        draw(st.sampled_from(_TIMES)),
+        draw(_FLOATS),
+    )
+    return fill, draw(st.one_of(st.none(), st.sampled_from(_TIMES)))
+
+
+_BATCH = st.tuples(
+    st.lists(_order_state(), max_size=6), st.lists(_fill(), max_size=5), st.booleans()
+)
+
+
+async def _recorded_and_fetched(
+    batches: list[Any], store: SqliteStore
+) -> tuple[dict[str, list], dict[str, list]]:
+    await store.start()
+    try:
+        await store.begin_run(_run())
+        assert store.keep_records()
+        orders: dict[int, Order] = {}
+        for states, fills, flush in batches:
+            for k, values in states:
+                # An order's later state changes the same object, as the engine's do.
+                o = orders.setdefault(
+                    k, Order(f"o{k}", values["symbol"], values["side"], 1.0, values["created_at"])
+                )
+                for name, v in values.items():
+                    if name != "created_at" or o.status is OrderStatus.NEW:
+                        setattr(o, name, v)
+                store.record_orders(RUN, [o])
+            for fill, booked in fills:
+                store.record_fills(RUN, [fill], booked)
+            if flush:
+                await store.write_behind()
+        await store.write_behind()  # as the engine does after its last bar
+        made = {t: await store.recorded(t, RUN) for t in ("orders", "fills")}
+        await store.flush()
+        read = {t: await store.fetch(t, RUN) for t in ("orders", "fills")}
+        return made, read
+    finally:
+        await store.stop()
+
+
+@settings(max_examples=60, deadline=None)
+@given(batches=st.lists(_BATCH, min_size=1, max_size=4))
+def test_recorded_rows_are_the_rows_fetch_reads(batches: list[Any], tmp_path_factory) -> None:
+    path = tmp_path_factory.mktemp("rec") / "store.db"
+    made, read = asyncio.run(_recorded_and_fetched(batches, SqliteStore(path)))
+    for table in ("orders", "fills"):
+        _same_rows(made[table], read[table])
+
+
+def test_the_cases_the_property_covers_occur() -> None:
+    """The edge cases above, in one fixed sequence: a state in a later batch, ties of
+    created_at broken by id, a repeated fill id, -0.0, NaN and a naive time."""
+    d = {
+        "symbol": "AAA",
+        "side": Side.SELL,
+        "quantity": -0.0,
+        "type": OrderType.LIMIT,
+        "limit_price": math.nan,
+        "stop_price": None,
+        "status": OrderStatus.NEW,
+        "filled_quantity": 0.0,
+        "avg_fill_price": math.nan,
+        "reason": "",
+        "updated_at": None,
+    }
+    batches = [
+        ([(3, {**d, "created_at": T0}), (1, {**d, "created_at": T0.replace(tzinfo=None)})], [], 1),
+        (
+            [(3, {**d, "created_at": T0, "status": OrderStatus.FILLED, "updated_at": _TIMES[2]})],
+            [
+                (Fill("f1", "o3", "AAA", Side.SELL, 2.0, 10.0, 0.0, -0.0, T0), None),
+                (Fill("f1", "o3", "AAA", Side.SELL, 9.0, 10.0, 0.0, 0.0, T0), T0),
+            ],
+            0,
+        ),
+    ]
+    made, read = asyncio.run(_recorded_and_fetched(batches, SqliteStore(":memory:")))
+    _same_rows(made["orders"], read["orders"])
+    _same_rows(made["fills"], read["fills"])
+    assert [o["client_order_id"] for o in made["orders"]] == ["o1", "o3"]  # same created_at
+    assert made["orders"][1]["status"] == "filled"
+    first = made["orders"][0]
+    assert first["limit_price"] is None and math.isnan(first["avg_fill_price"])
+    assert math.copysign(1.0, first["quantity"]) == 1.0  # SQLite's 0.0
+    assert [f["quantity"] for f in made["fills"]] == [2.0]
+
+
+def test_a_value_sqlite_would_change_is_read_back_with_a_warning(tmp_path: Path) -> None:
+    """A text column holding a number (SQLite stores it as text) cannot be made from the
+    record: the rows are read back once written, and the log says so."""
+    d = {"symbol": "AAA", "side": Side.BUY, "quantity": 1.0, "created_at": T0, "reason": 7}
+    with capture_logs() as logs:
+        made, read = asyncio.run(
+            _recorded_and_fetched([([(0, d)], [], 0)], SqliteStore(tmp_path / "s.db"))
+        )
+    assert made["orders"] == read["orders"] and read["orders"][0]["reason"] == "7"
+    assert [e["table"] for e in logs if e["event"] == "storage.recorded.read_back"] == ["orders"]
+
+
+def test_without_kept_records_the_rows_are_read_back_once_written(tmp_path: Path) -> None:
+    async def go() -> tuple[list, list]:
+        store = SqliteStore(tmp_path / "s.db", batch_size=100_000, flush_interval_s=3600)
+        await store.start()
+        try:
+            await store.begin_run(_run())
+            store.record_orders(RUN, [Order("o1", "AAA", Side.BUY, 3.0, T0)])
+            made = await store.recorded("orders", RUN)  # nothing kept: flushed, read back
+            return made, await store.fetch("orders", RUN)
+        finally:
+            await store.stop()
+
+    made, read = asyncio.run(go())
+    assert len(made) == 1 and made == read
+
+
+def test_keep_records_is_refused_where_the_database_orders_text_itself() -> None:
+    store = PostgresStore("postgresql://127.0.0.1:1/none")
+    assert store.keep_records() is False
+    with pytest.raises(ValueError, match="equity"):
+        SqliteStore(":memory:").keep_records(("orders", "equity"))
+
+
+async def test_a_backtest_makes_its_report_without_reading_it_back(
+    engine_config, monkeypatch, tmp_path: Path
+) -> None:
+    """run_backtest's orders and fills come from the records (nothing is fetched), and they
+    are what the database holds once the run has ended."""
+    from conftest import make_panel
+
+    from tradingd.backtest import run_backtest
+
+    fetched: list[str] = []
+    real_fetch = SqliteStore.fetch
+
+    async def spy(self: SqliteStore, table: str, run_id: str) -> list[dict[str, Any]]:
+        fetched.append(table)
+        return await real_fetch(self, table, run_id)
+
+    monkeypatch.setattr(SqliteStore, "fetch", spy)
+    out = await run_backtest(engine_config, panel=make_panel(), output_dir=tmp_path / "out")
+    monkeypatch.undo()
+    assert not {"orders", "fills"} & set(fetched)
+    store = SqliteStore(tmp_path / "store.db")
+    await store.start()
+    try:
+        read = {t: await store.fetch(t, out.run_id) for t in ("orders", "fills")}
+    finally:
+        await store.stop()
+    assert len(read["orders"]) > 10 and len(read["fills"]) > 10
+    _same_rows(out.orders, read["orders"])
+    _same_rows(out.fills, read["fills"])
