@@ -89,6 +89,7 @@ def discard_writes(store: Any) -> None:
 
     store.maybe_flush = maybe_flush
     store.flush = flush
+    store.write_behind = flush  # (the engine's hand-over after its last bar)
 
 
 def _count(on: bool) -> None:

@@ -75,8 +75,9 @@ SPANS = """\
 timed spans (bar-events / span = the rate; data loading is in none of them):
   tradingd backtest  build_engine (batch features + setup) + engine.run_until_done (bar loop,
                      broker, portfolio, SQLite writes and their final flush, audit log, the
-                     orders/fills read back for the report); "post" = summary metrics and the
-                     run's CSV/JSON files, after the replay: printed, in no rate
+                     report's orders/fills, made while the last writes run); "post" = summary
+                     metrics and the run's CSV/JSON files, after the replay: printed, in no
+                     rate
   tradingd engine    the same spans, sqlite:///:memory:, audit log off (NullAudit)
   features s         tradingd's batch feature step alone (compute_batch inside build_engine);
                      "replay-only /s" = bar-events / engine.run_until_done alone

@@ -302,11 +302,9 @@ async def _replay(
             box["snapshot"] = snapshot(box["engine"])
 
     async def collect(engine: Any) -> None:
-        # Made from the store's records while its last rows are written (Store.recorded).
-        box["fills"] = await engine.store.recorded("fills", engine.run.run_id)
+        box["fills"] = await engine.store.fetch("fills", engine.run.run_id)
 
-    engine = build_engine(config, "backtest", panel=panel, on_bar=on_bar, after_last_bar=collect)
-    engine.store.keep_records(("fills",))
+    engine = build_engine(config, "backtest", panel=panel, on_bar=on_bar, before_stop=collect)
     box["engine"] = engine
     result = await engine.run_until_done()
     if "snapshot" not in box:  # every panel time is a bar of the replay

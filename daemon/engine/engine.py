@@ -474,13 +474,16 @@ class Engine:
             self.risk_record.finish(self._last_time)
             self._warn_if_never_ready()
             result = self.result()
-            if self._after_last_bar is not None:
-                # The last rows go to the writer first, and the hook runs while they are
-                # written: a backtest's report is made from the store's records meanwhile
-                # (Store.recorded), not read back after them.
-                await self.store.write_behind()
-                await self._after_last_bar(self)
-            await self.store.end_run(self.run.run_id, {"bars": result.bars})
+            try:
+                if self._after_last_bar is not None:
+                    # The last rows go to the writer first, and the hook runs while they
+                    # are written: a backtest's report is made from the store's records
+                    # meanwhile (Store.recorded), not read back after them.
+                    await self.store.write_behind()
+                    await self._after_last_bar(self)
+            finally:
+                # Every bar ran: the run's record ends even if its report failed.
+                await self.store.end_run(self.run.run_id, {"bars": result.bars})
             await self._publish(force=True)
             await self.store.flush()
             if self._before_stop is not None:

@@ -204,6 +204,8 @@ class BufferedStore(ABC):
         # Every order state and fill recorded, kept for a backtest's report (`keep_records`).
         self._kept_orders: list[Any] | None = None
         self._kept_fills: list[Any] | None = None
+        # The run whose records are kept: the one begun after keep_records.
+        self._kept_run: str | None = None
         # Rows buffered per buffer, kept as the chunks arrive (maybe_flush reads it every bar).
         self._counts: dict[str, int] = dict.fromkeys(BUFFERS, 0)
         self._flush_lock = asyncio.Lock()
@@ -640,6 +642,7 @@ class BufferedStore(ABC):
         """Record the run; a run_id seen before has its earlier rows deleted first."""
         self._last_targets.pop(run.run_id, None)
         self._last_quantity.pop(run.run_id, None)
+        self._keep_for(run)
         await self.flush()
         await self._drained()
         d = self.dialect
@@ -678,6 +681,7 @@ class BufferedStore(ABC):
         Nothing of the run is deleted up to its checkpoint."""
         self._last_targets.pop(run.run_id, None)
         self._last_quantity.pop(run.run_id, None)
+        self._keep_for(run)
         await self.flush()
         await self._drained()
         d = self.dialect
@@ -1112,6 +1116,21 @@ class BufferedStore(ABC):
             self._kept_fills = []
         return True
 
+    def _keep_for(self, run: RunInfo) -> None:
+        """A run begins: the records kept are its own from here (its earlier rows are
+        deleted); a live run keeps none (it runs for months)."""
+        if self._kept_orders is None and self._kept_fills is None:
+            return
+        if run.mode == "live":
+            raise RuntimeError(
+                "keep_records() is for a replay's report: a live run would keep every order "
+                "and fill in memory for as long as it runs"
+            )
+        for kept in (self._kept_orders, self._kept_fills):
+            if kept is not None:
+                kept.clear()
+        self._kept_run = run.run_id
+
     async def recorded(self, table: str, run_id: str) -> list[dict[str, Any]]:
         """What `fetch(table, run_id)` returns once every write has committed. For orders
         and fills kept since `keep_records`, made from the records without waiting for the
@@ -1130,7 +1149,8 @@ class BufferedStore(ABC):
             kept, self._kept_orders = self._kept_orders, None
         elif table == "fills":
             kept, self._kept_fills = self._kept_fills, None
-        if kept is None:
+        if kept is None or run_id != self._kept_run:
+            # Not kept, or not from this run's start (keep_records after begin_run).
             await self.flush()
             return await self.fetch(table, run_id)
         t = TABLES[table]
@@ -1138,16 +1158,22 @@ class BufferedStore(ABC):
         kept.clear()
         enc, dec = self._encode_time, self._decode_time
         read: dict[Any, datetime] = {}
+        decoded: dict[datetime, datetime] = {}  # what as_read gave: needs no decoding
 
         def as_read(when: datetime) -> datetime:
-            # A time as `fetch` returns it: stored, then read back (once per distinct time).
+            # A time as `fetch` returns it: stored, then read back (once per distinct UTC
+            # or naive time; in another zone, equal times can be other instants: a DST fold).
+            tz = when.tzinfo
+            if tz is not None and tz is not UTC:
+                other = dec(enc(when))
+                return decoded.setdefault(other, other)
             got = read.get(when)
             if got is None:
-                if type(when) is datetime and when.tzinfo is UTC and not when.fold:
+                if type(when) is datetime and tz is UTC and not when.fold:
                     got = when  # (what SQLite's text gives back: the same datetime)
                 else:
                     got = dec(enc(when))
-                read[when] = got
+                read[when] = decoded[got] = got
             return got
 
         if table == "orders":
@@ -1177,12 +1203,11 @@ class BufferedStore(ABC):
             del chunks, ids
         if not columns[0]:
             return []
-        self._in_order(t, columns)
         if not self._as_stored(t, columns):
             log.warning("storage.recorded.read_back", table=table, run_id=run_id)
             await self.flush()
             return await self.fetch(table, run_id)
-        decoded = {v: v for v in read.values()}  # (times need no decoding)
+        self._in_order(t, columns)  # (on the values as stored: plain text, no -0.0)
         return self._decode_columns(t, columns, decoded)
 
     @staticmethod

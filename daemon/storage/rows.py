@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -107,8 +107,13 @@ def _optional(col: Sequence[Any]) -> list[float | None]:
 
 def _times(col: Sequence[Any], enc: EncodeTime) -> list[Any]:
     """`enc` of every time of a column (None stays None), each distinct time encoded once:
-    a batch holds a few hundred bars and thousands of rows."""
-    memo = {t: None if t is None else enc(t) for t in set(col)}
+    a batch holds a few hundred bars and thousands of rows. Times in a zone other than UTC
+    are encoded one by one: there, equal times can be different instants (the repeated hour
+    of a DST change: `fold` is not compared), which one memo entry would merge."""
+    distinct = set(col)
+    if any(t is not None and t.tzinfo is not None and t.tzinfo is not UTC for t in distinct):
+        return [None if t is None else enc(t) for t in col]
+    memo = {t: None if t is None else enc(t) for t in distinct}
     return list(map(memo.__getitem__, col))
 
 

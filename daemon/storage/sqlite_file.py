@@ -31,12 +31,15 @@ _ISO: dict[datetime, str] = {}
 
 def iso_utc(t: datetime) -> str:
     """A time as stored: fixed-width ISO-8601 UTC text (naive means UTC). Every row of a bar
-    carries the same time: each is formatted once (the memo is bounded)."""
+    carries the same time: each is formatted once (the memo is bounded). Not a time in
+    another zone: equal ones there can be different instants (a DST change's repeated hour
+    differs only in `fold`, which equality ignores)."""
+    tz = t.tzinfo
+    if tz is not None and tz is not UTC:
+        return t.astimezone(UTC).isoformat(timespec="microseconds")
     s = _ISO.get(t)
     if s is None:
-        u = t
-        if u.tzinfo is not UTC:
-            u = u.replace(tzinfo=UTC) if u.tzinfo is None else u.astimezone(UTC)
+        u = t if tz is UTC else t.replace(tzinfo=UTC)
         s = u.isoformat(timespec="microseconds")
         if len(_ISO) >= 4096:
             _ISO.clear()

@@ -9,6 +9,7 @@ import math
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import pandas as pd
@@ -30,14 +31,17 @@ def _run(run_id: str = RUN) -> RunInfo:
 
 
 def _same_rows(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
-    """Equal rows, value by value: the same type, NaN where NaN, the sign of a zero."""
+    """Equal rows, value by value: the same type, NaN where NaN, the sign of a zero, a
+    time's zone, offset and fold."""
     assert len(got) == len(want)
     for k, (g, w) in enumerate(zip(got, want, strict=True)):
         assert list(g) == list(w), k
         for name in g:
             a, b = g[name], w[name]
             assert type(a) is type(b), (k, name, a, b)
-            if isinstance(a, float):
+            if isinstance(a, datetime):
+                assert (a.isoformat(), a.tzinfo, a.fold) == (b.isoformat(), b.tzinfo, b.fold)
+            elif isinstance(a, float):
                 if math.isnan(b):
                     assert math.isnan(a), (k, name, a, b)
                 else:
@@ -46,9 +50,14 @@ def _same_rows(got: list[dict[str, Any]], want: list[dict[str, Any]]) -> None:
                 assert a == b, (k, name, a, b)
 
 
-# Times of every kind an order or fill may carry: UTC, another offset, naive (UTC), and a
-# pandas Timestamp with nanoseconds (stored to the microsecond), several of them equal.
+# Times of every kind an order or fill may carry: UTC, another offset, naive (UTC), a
+# pandas Timestamp with nanoseconds (stored to the microsecond), the two instants of a DST
+# change's repeated hour (equal in Python: `fold` is not compared), several of them equal.
+_NY = ZoneInfo("America/New_York")
 _TIMES = [
+    datetime(2021, 11, 7, 1, 30, tzinfo=_NY),
+    datetime(2021, 11, 7, 1, 30, fold=1, tzinfo=_NY),
+    datetime(2021, 11, 7, 5, 30, tzinfo=UTC),
     T0,
     T0 + timedelta(hours=1),
     (T0 + timedelta(hours=1)).astimezone(timezone(timedelta(hours=-5))),
@@ -62,9 +71,13 @@ _OPTIONAL = st.one_of(st.none(), _FLOATS)
 _TEXT = st.sampled_from(["", "done", "risk: max_position", "é", "a\x00b"])
 
 
+# Order ids sort by code point, as SQLite's text does: "Z" < "a" < "o" < "é".
+_IDS = ["o0", "o1", "é2", "Z3", "a4", "o10"]
+
+
 @st.composite
 def _order_state(draw: st.DrawFn) -> tuple[int, dict[str, Any]]:
-    return draw(st.integers(0, 5)), {
+    return draw(st.integers(0, len(_IDS) - 1)), {
         "symbol": draw(st.sampled_from(["AAA", "BBB", np.str_("CCC")])),
         "side": draw(st.sampled_from(list(Side))),
         "quantity": draw(_FLOATS),
@@ -84,7 +97,7 @@ def _order_state(draw: st.DrawFn) -> tuple[int, dict[str, Any]]:
 def _fill(draw: st.DrawFn) -> tuple[Fill, datetime | None]:
     fill = Fill(
         f"f{draw(st.integers(0, 6))}",  # repeated ids: the first row stays
-        f"o{draw(st.integers(0, 5))}",
+        draw(st.sampled_from(_IDS)),
         draw(st.sampled_from(["AAA", "BBB"])),
         draw(st.sampled_from(list(Side))),
         draw(_FLOATS),
@@ -107,14 +120,21 @@ async def _recorded_and_fetched(
 ) -> tuple[dict[str, list], dict[str, list]]:
     await store.start()
     try:
+        assert store.keep_records()  # before the run begins, as run_backtest does
         await store.begin_run(_run())
-        assert store.keep_records()
+        if store.writer_process() is not None:
+            # Past its start-up (`sync` waits for its jobs): the batches go to the writer
+            # process, as a backtest's do after its first bars.
+            store.writer_process().sync()
         orders: dict[int, Order] = {}
+        other = Order("x9", "AAA", Side.BUY, 5.0, T0)  # another run's: never in r1's rows
+        store.record_orders("r0", [other])
+        store.record_fills("r0", [Fill("f0", "x9", "AAA", Side.BUY, 5.0, 1.0, 0.0, 0.0, T0)])
         for states, fills, flush in batches:
             for k, values in states:
                 # An order's later state changes the same object, as the engine's do.
                 o = orders.setdefault(
-                    k, Order(f"o{k}", values["symbol"], values["side"], 1.0, values["created_at"])
+                    k, Order(_IDS[k], values["symbol"], values["side"], 1.0, values["created_at"])
                 )
                 for name, v in values.items():
                     if name != "created_at" or o.status is OrderStatus.NEW:
@@ -161,7 +181,7 @@ def test_the_cases_the_property_covers_occur() -> None:
     batches = [
         ([(3, {**d, "created_at": T0}), (1, {**d, "created_at": T0.replace(tzinfo=None)})], [], 1),
         (
-            [(3, {**d, "created_at": T0, "status": OrderStatus.FILLED, "updated_at": _TIMES[2]})],
+            [(3, {**d, "created_at": T0, "status": OrderStatus.FILLED, "updated_at": _TIMES[1]})],
             [
                 (Fill("f1", "o3", "AAA", Side.SELL, 2.0, 10.0, 0.0, -0.0, T0), None),
                 (Fill("f1", "o3", "AAA", Side.SELL, 9.0, 10.0, 0.0, 0.0, T0), T0),
@@ -172,12 +192,88 @@ def test_the_cases_the_property_covers_occur() -> None:
     made, read = asyncio.run(_recorded_and_fetched(batches, SqliteStore(":memory:")))
     _same_rows(made["orders"], read["orders"])
     _same_rows(made["fills"], read["fills"])
-    assert [o["client_order_id"] for o in made["orders"]] == ["o1", "o3"]  # same created_at
-    assert made["orders"][1]["status"] == "filled"
-    first = made["orders"][0]
+    # The same created_at (naive means UTC): by id, in code point order ("Z" < "o").
+    assert [o["client_order_id"] for o in made["orders"]] == ["Z3", "o1"]
+    assert [o["status"] for o in made["orders"]] == ["filled", "new"]
+    first = made["orders"][1]
     assert first["limit_price"] is None and math.isnan(first["avg_fill_price"])
     assert math.copysign(1.0, first["quantity"]) == 1.0  # SQLite's 0.0
+    assert made["orders"][0]["updated_at"] == datetime(2021, 11, 7, 6, 30, tzinfo=UTC)  # fold=1
     assert [f["quantity"] for f in made["fills"]] == [2.0]
+
+
+def test_a_dst_fold_is_stored_as_its_own_instant(tmp_path: Path) -> None:
+    """01:30 in New York on 2021-11-07 happens twice (05:30 and 06:30 UTC). The two compare
+    and hash equal in Python, so one memo entry for both stored the second as the first."""
+    first = datetime(2021, 11, 7, 1, 30, tzinfo=_NY)
+    second = first.replace(fold=1)
+    d = {"symbol": "AAA", "side": Side.BUY, "quantity": 1.0, "created_at": first}
+    batches = [([(0, {**d, "updated_at": first}), (1, {**d, "updated_at": second})], [], 0)]
+    made, read = asyncio.run(_recorded_and_fetched(batches, SqliteStore(tmp_path / "s.db")))
+    assert [o["updated_at"].hour for o in read["orders"]] == [5, 6]
+    _same_rows(made["orders"], read["orders"])
+
+
+def _fill(fill_id: str, quantity: float) -> Fill:
+    return Fill(fill_id, "o1", "AAA", Side.BUY, quantity, 10.0, 0.0, 0.0, T0)
+
+
+async def _ends(store: SqliteStore, run_id: str = RUN) -> tuple[list, list]:
+    await store.write_behind()
+    made = await store.recorded("fills", run_id)
+    await store.flush()
+    return made, await store.fetch("fills", run_id)
+
+
+def test_a_rerun_of_a_run_id_keeps_only_its_own_records(tmp_path: Path) -> None:
+    async def go() -> tuple[list, list]:
+        store = SqliteStore(tmp_path / "s.db")
+        await store.start()
+        try:
+            assert store.keep_records()
+            await store.begin_run(_run())
+            store.record_fills(RUN, [_fill("f1", 1.0)])
+            await store.begin_run(_run())  # again: its rows deleted, the fill id free
+            store.record_fills(RUN, [_fill("f1", 2.0)])
+            return await _ends(store)
+        finally:
+            await store.stop()
+
+    made, read = asyncio.run(go())
+    assert [f["quantity"] for f in made] == [2.0] and made == read
+
+
+def test_records_kept_after_the_run_began_are_not_used(tmp_path: Path) -> None:
+    async def go() -> tuple[list, list]:
+        store = SqliteStore(tmp_path / "s.db")
+        await store.start()
+        try:
+            await store.begin_run(_run())
+            store.record_fills(RUN, [_fill("f1", 1.0)])
+            assert store.keep_records(("fills",))  # too late for f1: read back instead
+            store.record_fills(RUN, [_fill("f2", 2.0)])
+            return await _ends(store)
+        finally:
+            await store.stop()
+
+    made, read = asyncio.run(go())
+    assert [f["fill_id"] for f in made] == ["f1", "f2"] and made == read
+
+
+def test_a_live_run_keeps_no_records(tmp_path: Path) -> None:
+    async def go() -> None:
+        store = SqliteStore(tmp_path / "s.db")
+        await store.start()
+        try:
+            store.keep_records()
+            with pytest.raises(RuntimeError, match="live run"):
+                await store.begin_run(RunInfo("live1", "live", T0, "{}", ("AAA",), 1.0))
+            with pytest.raises(RuntimeError, match="live run"):
+                await store.resume_run(RunInfo("live1", "live", T0, "{}", ("AAA",), 1.0))
+        finally:
+            await store.stop()
+
+    asyncio.run(go())
 
 
 def test_a_value_sqlite_would_change_is_read_back_with_a_warning(tmp_path: Path) -> None:
@@ -244,3 +340,25 @@ async def test_a_backtest_makes_its_report_without_reading_it_back(
     assert len(read["orders"]) > 10 and len(read["fills"]) > 10
     _same_rows(out.orders, read["orders"])
     _same_rows(out.fills, read["fills"])
+
+
+async def test_a_failed_report_still_ends_the_runs_record(engine_config, tmp_path: Path) -> None:
+    """Every bar ran: the run's record is ended (ended_at, the summary) even when the
+    after_last_bar hook fails, and the error reaches the caller."""
+    from conftest import make_panel
+
+    from tradingd.app import build_engine
+
+    async def fail(engine: Any) -> None:
+        raise ValueError("the report failed")
+
+    engine = build_engine(engine_config, "backtest", panel=make_panel(), after_last_bar=fail)
+    with pytest.raises(ValueError, match="the report failed"):
+        await engine.run_until_done()
+    store = SqliteStore(tmp_path / "store.db")
+    await store.start()
+    try:
+        [run] = await store.fetch("runs", engine.run.run_id)
+    finally:
+        await store.stop()
+    assert run["ended_at"] is not None and run["summary"]["bars"] > 100
