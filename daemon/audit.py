@@ -137,7 +137,7 @@ def _time_column(col: Sequence[Any]) -> list[str]:
     memo: dict[Any, str] = {}
     out = []
     for t in col:
-        key = None if t is None else (t, t.tzinfo)  # the zone too: see `_iso`
+        key = None if t is None else (t, t.tzinfo, t.fold)  # the zone and fold: see `_iso`
         text = memo.get(key)
         if text is None:
             iso = _iso(t)

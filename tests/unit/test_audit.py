@@ -292,6 +292,10 @@ def test_the_two_wall_times_of_a_dst_fall_back_keep_their_own_offsets(first_fold
     offset = {0: "-04:00", 1: "-05:00"}
     for t in (first, second, first):
         assert audit._iso(t) == f"2021-11-07T01:30:00{offset[t.fold]}"
+    # The column's own memo too (a line's times: `_time_column`).
+    assert audit._time_column([first, second, first]) == [
+        f'"2021-11-07T01:30:00{offset[t.fold]}"' for t in (first, second, first)
+    ]
     # A pandas Timestamp equal to a datetime writes itself as pandas does.
     stamp = pd.Timestamp("2024-01-02 21:00:00.000001", tz="UTC")
     assert audit._iso(stamp.to_pydatetime()) == "2024-01-02T21:00:00.000001+00:00"
