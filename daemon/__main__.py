@@ -8,7 +8,7 @@ Every command that takes a configuration validates it the same way before doing 
 (`preflight.check_config`), and the commands that use the database or Redis check that they
 answer (`preflight.check_services`): a mistake is reported in seconds, as
 `tradingd: error: ...` with exit code 2, never as a traceback after a replay. Ctrl-C in any
-command prints `tradingd: interrupted` (exit 130), never a traceback.
+other command prints `tradingd: interrupted` (exit 130), never a traceback.
 
 Signals of `tradingd run` (the daemon), handled from the moment the command line is parsed,
 before the configuration, the data or any model is loaded:
@@ -28,6 +28,13 @@ before the configuration, the data or any model is loaded:
   configuration is rejected with the running one kept. A SIGHUP during start-up is applied
   once the engine is built.
 
+Signals of `tradingd backtest`: SIGTERM and SIGINT during the replay finish the bar under way
+(during loading or the engine's build, that step), end the run's record marked stopped_early
+and exit with 128 + the signal number, with no report (`tradingd: backtest stopped by ...`);
+a second one exits at once. Plain handlers, not the event loop's: the replay does not yield to
+the loop between bars, so a loop's handler (asyncio.run's own for SIGINT) would only run after
+the last bar.
+
 Heavy modules (pandas, the engine) are imported only after the signal handlers are in place,
 so that a signal during the imports is already a clean stop (only the interpreter's own
 start-up, before `main` runs, is not covered).
@@ -42,9 +49,9 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from .core.errors import TradingdError
 from .secrets import mask_url
@@ -426,11 +433,19 @@ def _plugins() -> int:
 
 def _backtest(config: Config, args: argparse.Namespace) -> int:
     from .analysis.metrics import format_summary
-    from .backtest import _jsonable, run_backtest
+    from .backtest import BacktestStopped, StopRequest, _jsonable, run_backtest
 
     progress = sys.stderr.isatty() and not args.no_progress
     tables = _analysis_tables(args.analysis_config) if args.report else {}
-    outcome = asyncio.run(run_backtest(config, output_dir=args.output, progress=progress))
+    stop = StopRequest()
+    try:
+        with _backtest_signals(stop):
+            outcome = asyncio.run(
+                run_backtest(config, output_dir=args.output, progress=progress, stop=stop)
+            )
+    except BacktestStopped as stopped:
+        print(f"tradingd: {stopped}", file=sys.stderr)
+        return 128 + signal.Signals[stopped.reason].value
     if args.json:
         print(json.dumps(_jsonable(outcome.summary)))
     else:
@@ -447,6 +462,45 @@ def _backtest(config: Config, args: argparse.Namespace) -> int:
         # With --json, stdout stays one JSON object: the report's paths go to stderr.
         print(_report_line(files), file=sys.stderr if args.json else sys.stdout)
     return 0
+
+
+@contextlib.contextmanager
+def _backtest_signals(stop: Any) -> Iterator[None]:
+    """SIGINT and SIGTERM during a backtest's replay (module docstring): the first stops it
+    after the current bar, the second exits at once. Plain handlers, not the event loop's:
+    the replay does not yield to the loop between bars."""
+
+    def handler(signum: int, frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if stop.reason is not None:
+            _exit_at_once(signum, "backtest: stop signal received twice: exiting at once")
+        stop.request(name)
+
+    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
+    for sig in _STOP_SIGNALS:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
+def _exit_at_once(signum: int, detail: str, **fields: Any) -> NoReturn:
+    """Exit code 128 + the signal number, without finishing anything, after one JSON line
+    written directly (no logging from a plain signal handler: the interrupted code may hold
+    the log's lock)."""
+    code = 128 + signum
+    line = {
+        "event": "tradingd.forced_exit",
+        "level": "error",
+        "signal": signal.Signals(signum).name,
+        **fields,
+        "exit_code": code,
+        "detail": detail,
+    }
+    os.write(2, (json.dumps(line) + "\n").encode())
+    os._exit(code)
 
 
 _ANALYSIS_TABLES = ("analysis", "report", "validation", "attribution")
@@ -729,27 +783,22 @@ class _Daemon:
             # The same event as the logger's, as one JSON line written directly: outside the
             # event loop (start-up steps) the third signal arrives here, and a plain-text line
             # would be the only non-JSON line of the log.
-            line = {
-                "event": "tradingd.forced_exit",
-                "level": "error",
-                "signal": name,
-                "signals": self.stops,
-                "phase": self.phase,
-                "exit_code": code,
-                "detail": "stop signal received three times: exiting at once",
-            }
-            os.write(2, (json.dumps(line) + "\n").encode())
-        else:
-            log.error(
-                "tradingd.forced_exit",
-                signal=name,
+            _exit_at_once(
+                signum,
+                "stop signal received three times: exiting at once",
                 signals=self.stops,
                 phase=self.phase,
-                exit_code=code,
-                detail="stop signal received three times: exiting at once, without finishing "
-                "the bar or flushing",
             )
-            sys.stderr.flush()
+        log.error(
+            "tradingd.forced_exit",
+            signal=name,
+            signals=self.stops,
+            phase=self.phase,
+            exit_code=code,
+            detail="stop signal received three times: exiting at once, without finishing "
+            "the bar or flushing",
+        )
+        sys.stderr.flush()
         os._exit(code)
 
     def reload(self, name: str = "SIGHUP") -> None:

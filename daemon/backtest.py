@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import structlog
 from tqdm import tqdm
 
 from .analysis.metrics import summarize
@@ -21,6 +22,62 @@ from .core.types import Fill, Side
 from .engine.engine import Engine, EngineResult
 from .environment import environment
 from .feeds.panel import Panel
+
+log = structlog.get_logger(__name__)
+
+
+class StopRequest:
+    """A stop asked of a running backtest from outside it (the command's SIGINT and SIGTERM
+    handlers). Set from a plain signal handler: the replay does not yield to the event loop
+    between bars, so a loop's signal handler would only run after the last one. It only
+    sets flags, which is safe at any bytecode boundary."""
+
+    def __init__(self) -> None:
+        self.reason: str | None = None
+        self._engine: Engine | None = None
+
+    def request(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        if self._engine is not None:
+            self._engine.request_stop()
+
+    def attach(self, engine: Engine) -> None:
+        """From here on a request stops `engine` after its current bar (at once if one came
+        before)."""
+        self._engine = engine
+        if self.reason is not None:
+            engine.request_stop()
+
+    def detach(self) -> None:
+        self._engine = None
+
+
+class BacktestStopped(Exception):
+    """A backtest stopped before its last bar on request: it reports nothing (a partial
+    replay's summary would read like the whole one's)."""
+
+    def __init__(
+        self, reason: str, run_id: str | None, bars: int, of: int, through: datetime | None
+    ) -> None:
+        self.reason, self.run_id, self.bars, self.of, self.through = (
+            reason,
+            run_id,
+            bars,
+            of,
+            through,
+        )
+        where = (
+            f"after {bars:,} of {of:,} bars (through {through.isoformat()})"
+            if through is not None
+            else "before its first bar"
+        )
+        kept = (
+            f"; the store keeps run {run_id}'s rows up to there, marked stopped_early"
+            if run_id is not None and through is not None
+            else ""
+        )
+        super().__init__(f"backtest stopped by {reason} {where}: no report written{kept}")
 
 
 @dataclass(repr=False)
@@ -49,8 +106,14 @@ async def run_backtest(
     panel: Panel | None = None,
     output_dir: str | Path | None = None,
     progress: bool = False,
+    stop: StopRequest | None = None,
 ) -> BacktestOutcome:
+    """`stop`: a request from outside (signals) ends the replay after its current bar and
+    raises BacktestStopped; one made while data is loaded or the engine built lets that step
+    finish, then nothing more starts."""
     panel = panel if panel is not None else load_data(config)
+    if stop is not None and stop.reason is not None:
+        raise BacktestStopped(stop.reason, None, 0, len(panel.times), None)
     bar = tqdm(
         total=len(panel.times), unit="bar", disable=not progress, file=sys.stderr, mininterval=0.5
     )
@@ -66,10 +129,33 @@ async def run_backtest(
         config, "backtest", panel=panel, on_bar=lambda i, t: bar.update(1), after_last_bar=collect
     )
     engine.store.keep_records()
+    if stop is not None:
+        if stop.reason is not None:
+            bar.close()
+            engine.close_held()  # built, never run: its writer process
+            raise BacktestStopped(stop.reason, None, 0, len(panel.times), None)
+        stop.attach(engine)
     try:
         result = await engine.run_until_done()
     finally:
         bar.close()
+        if stop is not None:
+            stop.detach()
+    if stop is not None and stop.reason is not None and result.stopped_early:
+        seen = result.warmup_bars + result.bars
+        stopped = BacktestStopped(
+            stop.reason, result.run_id, seen, len(panel.times), engine.last_bar_time
+        )
+        log.warning(
+            "backtest.stopped",
+            run_id=result.run_id,
+            signal=stop.reason,
+            bars=seen,
+            of=len(panel.times),
+            through=engine.last_bar_time,
+            detail=str(stopped),
+        )
+        raise stopped
     fills = split_adjusted([_fill_from_row(r) for r in rows.get("fills", [])], panel)
     summary = summarize(
         np.asarray(result.equity, dtype=float),

@@ -482,8 +482,11 @@ class Engine:
                     await self.store.write_behind()
                     await self._after_last_bar(self)
             finally:
-                # Every bar ran: the run's record ends even if its report failed.
-                await self.store.end_run(self.run.run_id, {"bars": result.bars})
+                # The loop is over: the run's record ends even if its report failed.
+                ended: dict[str, Any] = {"bars": result.bars}
+                if result.stopped_early:
+                    ended["stopped_early"] = True  # a signal's stop, or the lock lost
+                await self.store.end_run(self.run.run_id, ended)
             await self._publish(force=True)
             await self.store.flush()
             if self._before_stop is not None:

@@ -1,0 +1,223 @@
+"""`tradingd backtest` stopped by a signal, as a process: SIGTERM or SIGINT stops the replay
+after the bar it arrived in (not minutes later at its end, and not as a kill that leaves the
+run's record open), exits with 128 + the signal number, writes no report and ends the run's
+record marked stopped_early; a second signal exits at once.
+
+The signal comes from a plugin inside the replay (os.kill of its own process at its n-th
+scored bar): the test knows the bar it arrived in without timing anything."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import multiprocessing
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+PLUGIN = textwrap.dedent("""
+    import os
+    import signal
+    from dataclasses import dataclass, field
+
+    import numpy as np
+
+    @dataclass(frozen=True)
+    class SignalAtConfig:
+        at: int = 5
+        signals: tuple = ("SIGTERM",)
+
+    class SignalAt:
+        '''Wants the first symbol; at its `at`-th scored bar, sends `signals` to its own
+        process, one after the other.'''
+        kind = "signal"
+        Config = SignalAtConfig
+
+        def __init__(self, config, symbols):
+            self.config = config
+            self.name = "signal_at"
+            self.scored = 0
+
+        def required_features(self):
+            return ()
+
+        def observe(self, ctx):
+            pass  # warm-up bars are not counted
+
+        def score(self, ctx):
+            self.scored += 1
+            if self.scored == self.config.at:
+                for name in self.config.signals:
+                    os.kill(os.getpid(), getattr(signal, name))
+            s = np.full(len(ctx.symbols), np.nan)
+            s[0] = 1.0
+            return s
+""")
+
+
+def _site(tmp_path: Path) -> Path:
+    """The plugin as an installed distribution (a dist-info folder on PYTHONPATH)."""
+    site = tmp_path / "site"
+    dist = site / "signal_at-0.0.1.dist-info"
+    dist.mkdir(parents=True)
+    (site / "signal_at.py").write_text(PLUGIN)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: signal_at\nVersion: 0.0.1\n")
+    (dist / "entry_points.txt").write_text("[tradingd.plugins]\nsignal_at = signal_at:SignalAt\n")
+    return site
+
+
+def _config(tmp_path: Path, at: int, signals: tuple[str, ...]) -> Path:
+    p = tmp_path / "small.toml"
+    names = ", ".join(f'"{s}"' for s in signals)
+    p.write_text(f"""
+[run]
+start = "2016-01-01"
+end = "2018-12-31"
+output_dir = "{tmp_path / "runs"}"
+[storage]
+url = "sqlite:///{tmp_path / "bt.db"}"
+[log]
+format = "json"
+audit_dir = "{tmp_path / "audit"}"
+[health]
+port = 0
+[[signals]]
+name = "signal_at"
+params = {{ at = {at}, signals = [{names}] }}
+""")
+    return p
+
+
+def _backtest(tmp_path: Path, at: int, signals: tuple[str, ...]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(_site(tmp_path))}
+    for name in ("DATABASE_URL", "REDIS_URL", "TRADINGD_LOG__LEVEL", "TRADINGD_LOG__FORMAT"):
+        env.pop(name, None)
+    cfg = _config(tmp_path, at, signals)
+    return subprocess.run(
+        [sys.executable, "-m", "tradingd", "backtest", "-c", str(cfg), "--no-progress"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+
+
+def _json_lines(text: str) -> list[dict]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
+def test_a_signal_stops_the_replay_after_its_bar(tmp_path, name):
+    at = 7
+    r = _backtest(tmp_path, at, (name,))
+    assert r.returncode == 128 + getattr(signal, name), r.stderr[-3000:]
+    assert f"tradingd: backtest stopped by {name} after" in r.stderr
+    assert "no report written" in r.stderr and "Traceback" not in r.stderr
+    stopped = [e for e in _json_lines(r.stderr) if e.get("event") == "backtest.stopped"]
+    assert len(stopped) == 1 and stopped[0]["signal"] == name
+    assert not (tmp_path / "runs").exists()  # no report, not even a partial one
+    assert r.stdout == ""  # no summary
+    with sqlite3.connect(tmp_path / "bt.db") as c:
+        (ended, summary), *more = c.execute("select ended_at, summary from runs").fetchall()
+        equity = c.execute("select count(*) from equity").fetchone()[0]
+    assert not more
+    assert ended is not None
+    # The bar the signal arrived in was finished, and no other bar began.
+    assert json.loads(summary) == {"bars": at, "stopped_early": True}
+    assert equity == at
+    assert at <= stopped[0]["bars"] < stopped[0]["of"]  # warm-up + traded bars, of all
+
+
+def test_a_second_signal_exits_at_once(tmp_path):
+    r = _backtest(tmp_path, 3, ("SIGINT", "SIGINT"))
+    assert r.returncode == 130, r.stderr[-3000:]
+    forced = [e for e in _json_lines(r.stderr) if e.get("event") == "tradingd.forced_exit"]
+    assert len(forced) == 1 and forced[0]["signal"] == "SIGINT" and forced[0]["exit_code"] == 130
+    assert "backtest stopped" not in r.stderr  # nothing was finished
+    assert not (tmp_path / "runs").exists()
+
+
+def _small(tmp_path: Path):
+    from tradingd.config import load_config
+
+    p = tmp_path / "in.toml"
+    p.write_text(f"""
+[run]
+start = "2016-01-01"
+end = "2016-06-30"
+output_dir = "{tmp_path / "runs"}"
+[storage]
+url = "sqlite:///{tmp_path / "in.db"}"
+[log]
+audit_dir = "{tmp_path / "audit"}"
+""")
+    return load_config([p], env={})
+
+
+def test_a_stop_before_the_replay_starts_nothing(tmp_path):
+    """A request while the data loads or the engine is built: that step finishes, then
+    nothing more starts (no run in the store, no writer process left behind)."""
+    from tradingd import backtest as bt
+
+    config = _small(tmp_path)
+    stop = bt.StopRequest()
+    stop.request("SIGTERM")
+    with pytest.raises(bt.BacktestStopped, match="before its first bar") as early:
+        asyncio.run(bt.run_backtest(config, stop=stop))
+    assert early.value.bars == 0 and early.value.run_id is None
+
+    built = []
+    real_build = bt.build_engine
+
+    def build_then_signal(*a, **k):
+        engine = real_build(*a, **k)
+        built.append(engine)
+        stop2.request("SIGINT")  # arrives while the engine is built
+        return engine
+
+    stop2 = bt.StopRequest()
+    bt.build_engine = build_then_signal
+    try:
+        with pytest.raises(bt.BacktestStopped, match="stopped by SIGINT before its first bar"):
+            asyncio.run(bt.run_backtest(config, stop=stop2))
+    finally:
+        bt.build_engine = real_build
+    assert len(built) == 1
+    assert not multiprocessing.active_children()  # the built engine's writer was closed
+    assert not (tmp_path / "runs").exists()
+    db = tmp_path / "in.db"
+    if db.exists():
+        with sqlite3.connect(db) as c:
+            assert c.execute("select count(*) from runs").fetchone()[0] == 0
+
+
+def test_a_stop_request_reaches_an_engine_attached_later():
+    from tradingd.backtest import StopRequest
+
+    class Engine:
+        stops = 0
+
+        def request_stop(self):
+            self.stops += 1
+
+    stop, engine = StopRequest(), Engine()
+    stop.request("SIGTERM")
+    stop.request("SIGINT")  # the first reason is kept
+    stop.attach(engine)
+    assert stop.reason == "SIGTERM" and engine.stops == 1
+    stop.request("SIGINT")
+    assert engine.stops == 2
+    stop.detach()
+    stop.request("SIGINT")
+    assert engine.stops == 2
