@@ -77,14 +77,18 @@ def compute_batch(
         for lo, hi in zip(starts, ends, strict=True):
             if lo == hi:
                 continue
-            g = splits_after(split[:hi, None])[:, 0]
             r = rows[:hi]
             # Only the fields the nodes read (a momentum needs the close alone): each is a
             # gather down one column of the panel and a division, per stretch.
-            bars = {
-                f: panel.volume[r, j] * g if f == "volume" else getattr(panel, f)[r, j] / g
-                for f in fields
-            }
+            if len(starts) == 1:
+                # No split: every factor is 1 (x / 1.0 is x), nothing to adjust.
+                bars = {f: getattr(panel, f)[r, j] for f in fields}
+            else:
+                g = splits_after(split[:hi, None])[:, 0]
+                bars = {
+                    f: panel.volume[r, j] * g if f == "volume" else getattr(panel, f)[r, j] / g
+                    for f in fields
+                }
             values: dict[str, np.ndarray] = {}
             cache: dict[tuple[str, tuple[object, ...]], dict[str, np.ndarray]] = {}
             for node in per_symbol:
@@ -101,6 +105,25 @@ def compute_batch(
 
 
 _UNREAD = np.empty(0)
+_ENDS_OPS = frozenset({"ratio", "lag"})  # window_op's ops that read w[0] and w[-1] alone
+
+
+class _Ends:
+    """`sliding_window_view(src, length).T` as far as w[0] and w[-1] go, which is all that
+    window_op reads for `_ENDS_OPS`: the same arrays, so the same arithmetic and bits."""
+
+    __slots__ = ("_first", "_last")
+
+    def __init__(self, src: np.ndarray, length: int) -> None:
+        self._first = src[: src.size - length + 1]
+        self._last = src[length - 1 :]
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        if i == 0:
+            return self._first
+        if i == -1:
+            return self._last
+        raise IndexError(f"only the first and last values of a window are kept, not {i}")
 
 
 def bar_fields(nodes: Sequence[Node]) -> tuple[str, ...]:
@@ -137,9 +160,15 @@ def _batch_node(
     if isinstance(node, WindowNode):
         src = values[node.deps[0].name]
         res = np.full(src.shape, np.nan)
-        if src.size >= node.length:
-            w = sliding_window_view(src, node.length).T  # (length, T - length + 1)
-            res[node.length - 1 :] = window_op(node.op, w)
+        length = node.length
+        if src.size >= length:
+            if node.op in _ENDS_OPS:
+                # Only the windows' first and last values: two slices, not the windows'
+                # view (its construction cost more than the arithmetic, per stretch).
+                res[length - 1 :] = window_op(node.op, _Ends(src, length))
+            else:
+                w = sliding_window_view(src, length).T  # (length, T - length + 1)
+                res[length - 1 :] = window_op(node.op, w)
         return res
     raise TypeError(f"cannot evaluate {type(node).__name__} per symbol")
 
