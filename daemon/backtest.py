@@ -6,6 +6,7 @@ import csv
 import json
 import sys
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -22,6 +23,7 @@ from .core.types import Fill, Side
 from .engine.engine import Engine, EngineResult
 from .environment import environment
 from .feeds.panel import Panel
+from .storage.records import Records
 
 log = structlog.get_logger(__name__)
 
@@ -86,8 +88,10 @@ class BacktestOutcome:
     summary: dict[str, Any]
     output_dir: Path
     result: EngineResult
-    orders: list[dict[str, Any]]
-    fills: list[dict[str, Any]]
+    # Every order's final state and every fill, as `Store.fetch` reads them: a Sequence of
+    # dicts (`Records` when made from the store's records: a row's dict is made when read).
+    orders: Sequence[dict[str, Any]]
+    fills: Sequence[dict[str, Any]]
 
     def __repr__(self) -> str:
         # Short: `asyncio.run(run_backtest(...))` formats its task, result included, when it
@@ -117,7 +121,7 @@ async def run_backtest(
     bar = tqdm(
         total=len(panel.times), unit="bar", disable=not progress, file=sys.stderr, mininterval=0.5
     )
-    rows: dict[str, list[dict[str, Any]]] = {}
+    rows: dict[str, Sequence[dict[str, Any]]] = {}
 
     async def collect(engine: Engine) -> None:
         # The report's orders and fills: made from the store's records while the writer
@@ -156,7 +160,7 @@ async def run_backtest(
             detail=str(stopped),
         )
         raise stopped
-    fills = split_adjusted([_fill_from_row(r) for r in rows.get("fills", [])], panel)
+    fills = split_adjusted(_fills_of(rows.get("fills", [])), panel)
     summary = summarize(
         np.asarray(result.equity, dtype=float),
         result.times,
@@ -261,21 +265,52 @@ def split_adjusted(fills: list[Fill], panel: Panel) -> list[Fill]:
     return out
 
 
-def _fill_from_row(r: dict[str, Any]) -> Fill:
-    side = r["side"]
+_FILL_COLUMNS = (
+    "fill_id",
+    "client_order_id",
+    "symbol",
+    "side",
+    "quantity",
+    "price",
+    "commission",
+    "slippage",
+    "time",
+    "reference_price",
+)
+
+
+def _fills_of(rows: Sequence[dict[str, Any]]) -> list[Fill]:
+    """The fills table's rows as Fill objects: read by column (Records), or row by row."""
+    if isinstance(rows, Records):
+        return [_fill(*values) for values in zip(*map(rows.column, _FILL_COLUMNS), strict=True)]
+    return [_fill(*(r[k] for k in _FILL_COLUMNS)) for r in rows]
+
+
+def _fill(
+    fill_id: str,
+    client_order_id: str,
+    symbol: str,
+    side: str,
+    quantity: float,
+    price: float,
+    commission: float,
+    slippage: float,
+    time: datetime,
+    reference_price: float,
+) -> Fill:
     # Positional, and the side from a dict: Side(value) goes through EnumType.__call__, and
     # this runs for every fill of a run after it (Side(...) raises for an unknown side).
     return Fill(
-        r["fill_id"],
-        r["client_order_id"],
-        r["symbol"],
+        fill_id,
+        client_order_id,
+        symbol,
         _SIDE_OF.get(side) or Side(side),
-        float(r["quantity"]),
-        float(r["price"]),
-        float(r["commission"]),
-        float(r["slippage"]),
-        r["time"],
-        float(r["reference_price"]),
+        float(quantity),
+        float(price),
+        float(commission),
+        float(slippage),
+        time,
+        float(reference_price),
     )
 
 
@@ -287,8 +322,8 @@ def write_outputs(
     config: Config,
     result: EngineResult,
     summary: dict[str, Any],
-    orders: list[dict[str, Any]],
-    fills: list[dict[str, Any]],
+    orders: Sequence[dict[str, Any]],
+    fills: Sequence[dict[str, Any]],
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     with (out / "equity.csv").open("w", newline="") as fh:
@@ -306,13 +341,13 @@ def write_outputs(
     (out / "environment.json").write_text(json.dumps(environment(), indent=2))
 
 
-def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
+def _write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     with path.open("w", newline="") as fh:
         if not rows:
             return
-        fields = list(rows[0])
+        table = Records.of_dicts(rows)
         w = csv.writer(fh)
-        w.writerow(fields)
+        w.writerow(table.names)
         # Column by column, each time formatted once (a bar's orders share it), and only the
         # columns that hold times go through `cell`: a DictWriter with a dict per row, and
         # then a call per value, were most of the time spent after a long replay (0.15 s for
@@ -332,8 +367,7 @@ def _write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
             return v
 
         columns = []
-        for k in fields:
-            column = [r.get(k, "") for r in rows]
+        for column in table.columns:
             if any(issubclass(t, datetime) for t in set(map(type, column))):
                 column = list(map(cell, column))
             columns.append(column)

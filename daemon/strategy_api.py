@@ -939,7 +939,7 @@ def _with_predictor(
     return tuple(out)
 
 
-def _frame(table: str, rows: list[dict[str, Any]]) -> pd.DataFrame:
+def _frame(table: str, rows: Sequence[dict[str, Any]]) -> pd.DataFrame:
     if rows:
-        return pd.DataFrame(rows)
+        return pd.DataFrame(list(rows))  # (dicts, as from a read back: the same dtypes)
     return pd.DataFrame(columns=list(TABLES[table].insert_columns))

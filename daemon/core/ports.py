@@ -145,7 +145,7 @@ class Store(Service, Protocol):
         `recorded`; False if this store cannot."""
         ...
 
-    async def recorded(self, table: str, run_id: str) -> list[dict[str, Any]]:
+    async def recorded(self, table: str, run_id: str) -> Sequence[dict[str, Any]]:
         """`fetch(table, run_id)` as it reads once the writes commit: for kept records
         (`keep_records`) made without waiting for them, otherwise after a flush."""
         ...

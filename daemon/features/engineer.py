@@ -165,7 +165,7 @@ def _batch_node(
             if node.op in _ENDS_OPS:
                 # Only the windows' first and last values: two slices, not the windows'
                 # view (its construction cost more than the arithmetic, per stretch).
-                res[length - 1 :] = window_op(node.op, _Ends(src, length))
+                res[length - 1 :] = window_op(node.op, _Ends(src, length))  # type: ignore[arg-type]
             else:
                 w = sliding_window_view(src, length).T  # (length, T - length + 1)
                 res[length - 1 :] = window_op(node.op, w)

@@ -46,6 +46,7 @@ from ..core.arrays import copyto, count_nonzero
 from ..core.errors import ConfigError, StorageError
 from ..core.types import CrossSection, Fill, Order, RunInfo
 from ..secrets import mask_text
+from .records import Records
 from .rows import (
     BUFFERS,
     FILL_FIELDS,
@@ -1131,7 +1132,7 @@ class BufferedStore(ABC):
                 kept.clear()
         self._kept_run = run.run_id
 
-    async def recorded(self, table: str, run_id: str) -> list[dict[str, Any]]:
+    async def recorded(self, table: str, run_id: str) -> Sequence[dict[str, Any]]:
         """What `fetch(table, run_id)` returns once every write has committed. For orders
         and fills kept since `keep_records`, made from the records without waiting for the
         writes (and the records given up); otherwise the writes are waited for and the rows
@@ -1143,7 +1144,8 @@ class BufferedStore(ABC):
         fill's first row), its ORDER BY, what SQLite does to a value on the way in and out
         (-0.0 comes back as 0.0, NaN as NULL; text is text), then `fetch`'s decoding. A
         value this cannot reproduce (a text column holding something other than text) is
-        read back instead, with a warning."""
+        read back instead, with a warning. Made from the records, the rows are `Records`
+        (columns, a dict per row only when a row is read)."""
         kept = None
         if table == "orders":
             kept, self._kept_orders = self._kept_orders, None
@@ -1208,7 +1210,8 @@ class BufferedStore(ABC):
             await self.flush()
             return await self.fetch(table, run_id)
         self._in_order(t, columns)  # (on the values as stored: plain text, no -0.0)
-        return self._decode_columns(t, columns, decoded)
+        # As columns: the report reads them so (Records).
+        return Records(t.insert_columns, self._decoded(t, columns, decoded))
 
     @staticmethod
     def _as_stored(table: Table, columns: list[Any]) -> bool:
@@ -1308,6 +1311,14 @@ class BufferedStore(ABC):
         self, table: Table, columns: Sequence[Sequence[Any]], times: dict[Any, datetime]
     ) -> list[dict[str, Any]]:
         """`_decode_part` of rows given as their columns."""
+        decoded = self._decoded(table, columns, times)
+        cols = table.insert_columns
+        return [dict(zip(cols, values, strict=True)) for values in zip(*decoded, strict=True)]
+
+    def _decoded(
+        self, table: Table, columns: Sequence[Sequence[Any]], times: dict[Any, datetime]
+    ) -> list[Any]:
+        """The columns as `fetch` decodes their values: times, JSON, floats."""
         cols = table.insert_columns
         out: list[Any] = list(columns)
         nan = math.nan
@@ -1332,4 +1343,4 @@ class BufferedStore(ABC):
                     out[k] = list(map(float, column))
             elif name in optional:
                 out[k] = list(map(_optional_float, column))
-        return [dict(zip(cols, values, strict=True)) for values in zip(*out, strict=True)]
+        return out
