@@ -228,7 +228,7 @@ def split_adjusted(fills: list[Fill], panel: Panel) -> list[Fill]:
     ):
         # after[i] = the product of the coefficients of events i, i+1, ..., the last first
         events[panel.symbols[j]] = (r.tolist(), np.cumprod(v[::-1])[::-1].tolist())
-    row = {t: k for k, t in enumerate(panel.datetimes())}
+    row = panel.time_rows()
     universe = set(panel.symbols)
     out = []
     for f in fills:

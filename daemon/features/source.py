@@ -28,7 +28,7 @@ class BatchFeatureSource:
         """`cache`: where a run on the same data and features left them prepared (they are
         then read from there, see `batch_cache`), and where `prepare` leaves them."""
         self._names = tuple(dict.fromkeys(names))
-        self._row: dict[datetime, int] = {t: i for i, t in enumerate(panel.datetimes())}
+        self._row: dict[datetime, int] = panel.time_rows()
         self._n = len(panel.symbols)
         self._prepared: tuple[frozenset[str], Callable[[CrossSection], np.ndarray | None]] | None
         self._prepared = None

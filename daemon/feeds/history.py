@@ -18,7 +18,7 @@ class HistoryFeed:
     def __init__(self, panel: Panel) -> None:
         self.panel = panel
         self._times = panel.datetimes()
-        self._row = {t: i for i, t in enumerate(self._times)}
+        self._row = panel.time_rows()
 
     @property
     def symbols(self) -> tuple[str, ...]:

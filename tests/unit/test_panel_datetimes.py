@@ -58,3 +58,35 @@ def test_datetimes_before_1970_and_with_nanoseconds_are_what_pandas_gives(ns, na
         got = panel.datetimes()
     assert got == expected
     assert all(type(t) is datetime and t.tzinfo is UTC for t in got)
+
+
+def test_the_conversion_is_made_once_and_each_caller_gets_its_own_list() -> None:
+    """A backtest's set-up asks for the times five times: one conversion serves them all, and
+    a caller that changes its list changes nobody else's; the rows by time are one shared
+    mapping. A pickled panel (a parallel sweep's worker) carries neither."""
+    import pickle
+
+    stored = np.array(["2020-01-02", "2020-01-03", "2020-01-06"], dtype="datetime64[ns]")
+    empty = np.zeros((3, 1))
+    panel = Panel(stored, ("A",), *(empty for _ in FIELDS))
+    calls = []
+    real = Panel._datetimes
+
+    def counted(self):
+        calls.append(1)
+        return real(self)
+
+    Panel._datetimes = counted
+    try:
+        first = panel.datetimes()
+        first.append("changed")
+        second = panel.datetimes()
+        rows = panel.time_rows()
+        copy = pickle.loads(pickle.dumps(panel))
+        assert "_datetimes" not in copy.__dict__ and "_time_rows" not in copy.__dict__
+        assert copy.datetimes() == second
+    finally:
+        Panel._datetimes = real
+    assert len(calls) == 2  # the panel's one conversion, and the copy's own
+    assert second == [datetime(2020, 1, d, tzinfo=UTC) for d in (2, 3, 6)]
+    assert rows == {t: i for i, t in enumerate(second)} and panel.time_rows() is rows
