@@ -442,8 +442,11 @@ class StorageConfig:
     url: str = "sqlite:///var/tradingd.db"
     batch_size: int = 5000
     # Buffered rows are written at the latest this long after the previous write, so a live
-    # daemon's records reach the database within seconds, not when a batch fills.
-    flush_interval_s: float = 1.0
+    # daemon's records reach the database within seconds, not when a batch fills; and a
+    # replay's writer works beside the engine on small batches, so the run's end waits only
+    # for the last one (at 1.0 s, the writer still had up to a second's rows to write after
+    # the last bar: a 496-symbol replay waited 0.04 s for them, 0.004-0.016 s at 0.1 s).
+    flush_interval_s: float = 0.1
     signals: str = "decisions"  # decisions | all | none
     # A live run on PostgreSQL keeps trading through a database outage: writes go to a local,
     # fsync'ed spool (at most spool_max_bytes; "" = var/spool/<database>) and are written

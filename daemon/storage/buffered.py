@@ -164,7 +164,7 @@ class BufferedStore(ABC):
     dialect: ClassVar[Dialect]
 
     def __init__(
-        self, batch_size: int = 5000, signals: str = "decisions", flush_interval_s: float = 1.0
+        self, batch_size: int = 5000, signals: str = "decisions", flush_interval_s: float = 0.1
     ) -> None:
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ConfigError(f"storage batch_size must be a positive integer, got {batch_size!r}")

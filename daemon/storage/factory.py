@@ -27,7 +27,7 @@ def open_store(
     batch_size: int = 5000,
     schema: str | None = None,
     signals: str = "decisions",
-    flush_interval_s: float = 1.0,
+    flush_interval_s: float = 0.1,
     *,
     spool: bool = True,
     spool_dir: str | None = None,

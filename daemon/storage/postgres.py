@@ -123,7 +123,7 @@ class PostgresStore(BufferedStore):
         signals: str = "decisions",
         command_timeout: float = 60.0,
         connect_timeout: float = 10.0,
-        flush_interval_s: float = 1.0,
+        flush_interval_s: float = 0.1,
         *,
         spool: bool = True,
         spool_dir: str | Path | None = None,

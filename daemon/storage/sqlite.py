@@ -78,7 +78,7 @@ class SqliteStore(BufferedStore):
         path: str | Path,
         batch_size: int = 5000,
         signals: str = "decisions",
-        flush_interval_s: float = 1.0,
+        flush_interval_s: float = 0.1,
         max_in_flight: int = 2,
         *,
         process: bool = True,
