@@ -7,8 +7,9 @@ Only this module calls `asyncio.run`.
 Every command that takes a configuration validates it the same way before doing any work
 (`preflight.check_config`), and the commands that use the database or Redis check that they
 answer (`preflight.check_services`): a mistake is reported in seconds, as
-`tradingd: error: ...` with exit code 2, never as a traceback after a replay. Ctrl-C in any
-other command prints `tradingd: interrupted` (exit 130), never a traceback.
+`tradingd: error: ...` with exit code 2, never as a traceback after a replay. Ctrl-C in a
+command (outside a backtest's replay and the daemon, below) prints `tradingd: interrupted`
+(exit 130), never a traceback.
 
 Signals of `tradingd run` (the daemon), handled from the moment the command line is parsed,
 before the configuration, the data or any model is loaded:
@@ -31,9 +32,11 @@ before the configuration, the data or any model is loaded:
 Signals of `tradingd backtest`: SIGTERM and SIGINT during the replay finish the bar under way
 (during loading or the engine's build, that step), end the run's record marked stopped_early
 and exit with 128 + the signal number, with no report (`tradingd: backtest stopped by ...`);
-a second one exits at once. Plain handlers, not the event loop's: the replay does not yield to
-the loop between bars, so a loop's handler (asyncio.run's own for SIGINT) would only run after
-the last bar.
+a second one exits at once. Once the replay is over, while its report is written, either
+signal interrupts it (`tradingd: interrupted`, 128 + the signal number). Plain handlers, not
+the event loop's: the replay does not yield to the loop between bars, so a loop's handler
+(asyncio.run's own for SIGINT) would only run after the last bar. The writer process runs in
+a process group of its own and ignores both: it ends when the command closes its input.
 
 Heavy modules (pandas, the engine) are imported only after the signal handlers are in place,
 so that a signal during the imports is already a clean stop (only the interpreter's own
@@ -259,9 +262,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except TradingdError as exc:
         print(f"tradingd: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("tradingd: interrupted", file=sys.stderr)
-        return 130
+        return 128 + getattr(exc, "signum", signal.SIGINT)
     finally:
         if exiting:
             # At finalization Python resets its own handlers to the default actions (a kill
@@ -445,7 +448,7 @@ def _backtest(config: Config, args: argparse.Namespace) -> int:
             )
     except BacktestStopped as stopped:
         print(f"tradingd: {stopped}", file=sys.stderr)
-        return 128 + signal.Signals[stopped.reason].value
+        return 128 + signal.Signals[stopped.signal].value if stopped.signal else 1
     if args.json:
         print(json.dumps(_jsonable(outcome.summary)))
     else:
@@ -464,6 +467,15 @@ def _backtest(config: Config, args: argparse.Namespace) -> int:
     return 0
 
 
+class _Interrupted(KeyboardInterrupt):
+    """A stop signal where a command cannot stop cleanly: `tradingd: interrupted`, with exit
+    code 128 + the signal number."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
 @contextlib.contextmanager
 def _backtest_signals(stop: Any) -> Iterator[None]:
     """SIGINT and SIGTERM during a backtest's replay (module docstring): the first stops it
@@ -471,10 +483,13 @@ def _backtest_signals(stop: Any) -> Iterator[None]:
     the replay does not yield to the loop between bars."""
 
     def handler(signum: int, frame: Any) -> None:
-        name = signal.Signals(signum).name
+        if stop.over:
+            # The replay is over (its report is being written): an interruption, as in
+            # any other command, not a stop that would go unnoticed.
+            raise _Interrupted(signum)
         if stop.reason is not None:
             _exit_at_once(signum, "backtest: stop signal received twice: exiting at once")
-        stop.request(name)
+        stop.request(signal.Signals(signum).name)
 
     previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
     for sig in _STOP_SIGNALS:

@@ -32,10 +32,12 @@ class StopRequest:
     """A stop asked of a running backtest from outside it (the command's SIGINT and SIGTERM
     handlers). Set from a plain signal handler: the replay does not yield to the event loop
     between bars, so a loop's signal handler would only run after the last one. It only
-    sets flags, which is safe at any bytecode boundary."""
+    sets flags, which is safe at any bytecode boundary. Once the replay is over (`over`),
+    a signal is the handler's to deal with (an interruption, as in any other command)."""
 
     def __init__(self) -> None:
         self.reason: str | None = None
+        self.over = False
         self._engine: Engine | None = None
 
     def request(self, reason: str) -> None:
@@ -52,23 +54,32 @@ class StopRequest:
             engine.request_stop()
 
     def detach(self) -> None:
+        """The replay is over: a request can stop nothing any more."""
         self._engine = None
+        self.over = True
 
 
 class BacktestStopped(Exception):
-    """A backtest stopped before its last bar on request: it reports nothing (a partial
-    replay's summary would read like the whole one's)."""
+    """A backtest stopped before its last bar: it reports nothing (a partial replay's
+    summary would read like the whole one's). `signal`: the signal's name, or None when the
+    engine stopped on its own (its instance lock lost: see the log lines before)."""
 
     def __init__(
-        self, reason: str, run_id: str | None, bars: int, of: int, through: datetime | None
+        self,
+        signal: str | None,
+        run_id: str | None,
+        bars: int,
+        of: int,
+        through: datetime | None,
     ) -> None:
-        self.reason, self.run_id, self.bars, self.of, self.through = (
-            reason,
+        self.signal, self.run_id, self.bars, self.of, self.through = (
+            signal,
             run_id,
             bars,
             of,
             through,
         )
+        by = f"by {signal}" if signal else "by the engine (see the log lines before)"
         where = (
             f"after {bars:,} of {of:,} bars (through {through.isoformat()})"
             if through is not None
@@ -79,7 +90,7 @@ class BacktestStopped(Exception):
             if run_id is not None and through is not None
             else ""
         )
-        super().__init__(f"backtest stopped by {reason} {where}: no report written{kept}")
+        super().__init__(f"backtest stopped {by} {where}: no report written{kept}")
 
 
 @dataclass(repr=False)
@@ -145,15 +156,16 @@ async def run_backtest(
         bar.close()
         if stop is not None:
             stop.detach()
-    if stop is not None and stop.reason is not None and result.stopped_early:
+    if result.stopped_early:
         seen = result.warmup_bars + result.bars
+        signal = stop.reason if stop is not None else None
         stopped = BacktestStopped(
-            stop.reason, result.run_id, seen, len(panel.times), engine.last_bar_time
+            signal, result.run_id, seen, len(panel.times), engine.last_bar_time
         )
         log.warning(
             "backtest.stopped",
             run_id=result.run_id,
-            signal=stop.reason,
+            signal=signal,
             bars=seen,
             of=len(panel.times),
             through=engine.last_bar_time,

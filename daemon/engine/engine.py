@@ -400,6 +400,11 @@ class Engine:
                         resumed=resume is not None,
                     )
             else:
+                if self._stop_requested:
+                    # Stopped while its parts started (a backtest's signal): the run's record
+                    # and an earlier run's of this id are left as they were.
+                    log.info("engine.stopped_before_start", run_id=self.run.run_id)
+                    return self.result()
                 # Before the store deletes anything: a refused replay leaves it as it was.
                 replayable = getattr(self.audit, "check_replayable", None)
                 if replayable is not None:
@@ -484,8 +489,10 @@ class Engine:
             finally:
                 # The loop is over: the run's record ends even if its report failed.
                 ended: dict[str, Any] = {"bars": result.bars}
-                if result.stopped_early:
-                    ended["stopped_early"] = True  # a signal's stop, or the lock lost
+                if result.stopped_early and self.run.mode != "live":
+                    # A replay that did not reach its last bar (a signal, the lock lost);
+                    # every live run ends by being stopped.
+                    ended["stopped_early"] = True
                 await self.store.end_run(self.run.run_id, ended)
             await self._publish(force=True)
             await self.store.flush()

@@ -81,8 +81,8 @@ def compute_batch(
             # Only the fields the nodes read (a momentum needs the close alone): each is a
             # gather down one column of the panel and a division, per stretch.
             if len(starts) == 1:
-                # No split: every factor is 1 (x / 1.0 is x), nothing to adjust.
-                bars = {f: getattr(panel, f)[r, j] for f in fields}
+                # No split: every factor is 1 (x / 1.0 is x, in float64), nothing to adjust.
+                bars = {f: getattr(panel, f)[r, j].astype(np.float64, copy=False) for f in fields}
             else:
                 g = splits_after(split[:hi, None])[:, 0]
                 bars = {

@@ -65,6 +65,10 @@ class ChildWriter:
                 pass_fds=(to_child_r, from_child_w),
                 stdin=subprocess.DEVNULL,
                 close_fds=True,
+                # Its own process group: a Ctrl-C at the terminal or a SIGTERM to the
+                # command's group reaches the parent alone, which decides when writing ends
+                # (even before the child has set its own handlers).
+                process_group=0,
             )
         except OSError as e:
             for fd in (to_child_r, to_child_w, from_child_r, from_child_w):
@@ -241,8 +245,11 @@ class ChildWriter:
 
 def main(read_fd: int, write_fd: int) -> None:
     """The child: run jobs until `close` or the end of the input (see the module docstring)."""
-    # A Ctrl-C reaches the whole process group: the parent decides when writing ends.
+    # The parent decides when writing ends (a stop signal is a clean stop there, which
+    # still needs this process): a signal sent to every process of a service (systemd's
+    # stop signals its whole control group) is ignored; the end of the input ends it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     inbox = Connection(read_fd, writable=False)
     outbox = Connection(write_fd, readable=False)
     state: dict[str, Any] = {}

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import multiprocessing
 import os
 import signal
 import sqlite3
@@ -32,6 +31,7 @@ PLUGIN = textwrap.dedent("""
     class SignalAtConfig:
         at: int = 5
         signals: tuple = ("SIGTERM",)
+        group: bool = False  # to the whole process group (a terminal's Ctrl-C, systemd)
 
     class SignalAt:
         '''Wants the first symbol; at its `at`-th scored bar, sends `signals` to its own
@@ -54,7 +54,10 @@ PLUGIN = textwrap.dedent("""
             self.scored += 1
             if self.scored == self.config.at:
                 for name in self.config.signals:
-                    os.kill(os.getpid(), getattr(signal, name))
+                    if self.config.group:
+                        os.killpg(os.getpgrp(), getattr(signal, name))
+                    else:
+                        os.kill(os.getpid(), getattr(signal, name))
             s = np.full(len(ctx.symbols), np.nan)
             s[0] = 1.0
             return s
@@ -72,7 +75,7 @@ def _site(tmp_path: Path) -> Path:
     return site
 
 
-def _config(tmp_path: Path, at: int, signals: tuple[str, ...]) -> Path:
+def _config(tmp_path: Path, at: int, signals: tuple[str, ...], group: bool = False) -> Path:
     p = tmp_path / "small.toml"
     names = ", ".join(f'"{s}"' for s in signals)
     p.write_text(f"""
@@ -89,16 +92,18 @@ audit_dir = "{tmp_path / "audit"}"
 port = 0
 [[signals]]
 name = "signal_at"
-params = {{ at = {at}, signals = [{names}] }}
+params = {{ at = {at}, signals = [{names}], group = {str(group).lower()} }}
 """)
     return p
 
 
-def _backtest(tmp_path: Path, at: int, signals: tuple[str, ...]) -> subprocess.CompletedProcess:
+def _backtest(
+    tmp_path: Path, at: int, signals: tuple[str, ...], group: bool = False
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(_site(tmp_path))}
     for name in ("DATABASE_URL", "REDIS_URL", "TRADINGD_LOG__LEVEL", "TRADINGD_LOG__FORMAT"):
         env.pop(name, None)
-    cfg = _config(tmp_path, at, signals)
+    cfg = _config(tmp_path, at, signals, group)
     return subprocess.run(
         [sys.executable, "-m", "tradingd", "backtest", "-c", str(cfg), "--no-progress"],
         cwd=tmp_path,
@@ -106,6 +111,7 @@ def _backtest(tmp_path: Path, at: int, signals: tuple[str, ...]) -> subprocess.C
         capture_output=True,
         text=True,
         timeout=240,
+        start_new_session=True,  # a process group of its own: the plugin may signal all of it
     )
 
 
@@ -117,10 +123,14 @@ def _json_lines(text: str) -> list[dict]:
     return out
 
 
-@pytest.mark.parametrize("name", ["SIGTERM", "SIGINT"])
-def test_a_signal_stops_the_replay_after_its_bar(tmp_path, name):
+@pytest.mark.parametrize(
+    ("name", "group"), [("SIGTERM", False), ("SIGINT", False), ("SIGTERM", True), ("SIGINT", True)]
+)
+def test_a_signal_stops_the_replay_after_its_bar(tmp_path, name, group):
+    """To the process alone, or to its whole group (a terminal's Ctrl-C; systemd's stop):
+    the writer process must outlive the signal, or the stop fails as a write error."""
     at = 7
-    r = _backtest(tmp_path, at, (name,))
+    r = _backtest(tmp_path, at, (name,), group)
     assert r.returncode == 128 + getattr(signal, name), r.stderr[-3000:]
     assert f"tradingd: backtest stopped by {name} after" in r.stderr
     assert "no report written" in r.stderr and "Traceback" not in r.stderr
@@ -167,7 +177,7 @@ audit_dir = "{tmp_path / "audit"}"
 
 def test_a_stop_before_the_replay_starts_nothing(tmp_path):
     """A request while the data loads or the engine is built: that step finishes, then
-    nothing more starts (no run in the store, no writer process left behind)."""
+    nothing more starts (no run in the store, the built engine's writer process ended)."""
     from tradingd import backtest as bt
 
     config = _small(tmp_path)
@@ -177,12 +187,12 @@ def test_a_stop_before_the_replay_starts_nothing(tmp_path):
         asyncio.run(bt.run_backtest(config, stop=stop))
     assert early.value.bars == 0 and early.value.run_id is None
 
-    built = []
+    writers = []
     real_build = bt.build_engine
 
     def build_then_signal(*a, **k):
         engine = real_build(*a, **k)
-        built.append(engine)
+        writers.append(engine.store.writer_process())
         stop2.request("SIGINT")  # arrives while the engine is built
         return engine
 
@@ -193,13 +203,103 @@ def test_a_stop_before_the_replay_starts_nothing(tmp_path):
             asyncio.run(bt.run_backtest(config, stop=stop2))
     finally:
         bt.build_engine = real_build
-    assert len(built) == 1
-    assert not multiprocessing.active_children()  # the built engine's writer was closed
+    assert len(writers) == 1 and writers[0] is not None  # a file store prestarts one
+    assert writers[0].wait(timeout=30) == 0  # told to end, and ended
     assert not (tmp_path / "runs").exists()
     db = tmp_path / "in.db"
     if db.exists():
         with sqlite3.connect(db) as c:
             assert c.execute("select count(*) from runs").fetchone()[0] == 0
+
+
+def test_a_stop_while_the_engine_starts_leaves_the_earlier_run(tmp_path):
+    """Between the request reaching the engine and the run's start (its parts starting):
+    the earlier run of the same run id keeps its rows (a rerun's start deletes them)."""
+    from tradingd import backtest as bt
+
+    config = _small(tmp_path)
+    done = asyncio.run(bt.run_backtest(config, output_dir=tmp_path / "first"))
+    db = tmp_path / "in.db"
+
+    def stored():
+        with sqlite3.connect(db) as c:
+            return (
+                c.execute("select run_id, ended_at, summary from runs").fetchall(),
+                c.execute("select count(*) from equity").fetchone()[0],
+            )
+
+    before = stored()
+    assert before[1] == done.result.bars > 0
+    stop = bt.StopRequest()
+    real_build = bt.build_engine
+
+    def build(*a, **k):
+        engine = real_build(*a, **k)
+        start = engine.store.start
+
+        async def start_then_signal():
+            await start()
+            stop.request("SIGTERM")  # the engine is attached: it is asked to stop
+
+        engine.store.start = start_then_signal
+        return engine
+
+    bt.build_engine = build
+    try:
+        with pytest.raises(bt.BacktestStopped, match="SIGTERM before its first bar"):
+            asyncio.run(bt.run_backtest(config, output_dir=tmp_path / "second", stop=stop))
+    finally:
+        bt.build_engine = real_build
+    assert stored() == before
+    assert not (tmp_path / "second").exists()
+
+
+def test_an_engine_that_stops_on_its_own_reports_nothing(tmp_path):
+    """A replay that ends before its last bar without a signal (its instance lock lost)
+    is no more a whole run than a signalled one: no report, an error naming the engine."""
+    from tradingd import backtest as bt
+
+    config = _small(tmp_path)
+    real_build = bt.build_engine
+
+    def build(*a, **k):
+        engine = real_build(*a, **k)
+        step = engine.step
+
+        async def step_then_stop(bar, trade=None):
+            await step(bar, trade)
+            if engine.bars_processed == 3:
+                engine.request_stop()
+
+        engine.step = step_then_stop
+        return engine
+
+    bt.build_engine = build
+    try:
+        with pytest.raises(bt.BacktestStopped, match="stopped by the engine") as stopped:
+            asyncio.run(bt.run_backtest(config, output_dir=tmp_path / "out"))
+    finally:
+        bt.build_engine = real_build
+    assert stopped.value.signal is None and stopped.value.through is not None
+    assert not (tmp_path / "out").exists()
+
+
+def test_after_the_replay_a_signal_interrupts(tmp_path):
+    """Once the replay is over (its report being written) a stop request would go
+    unnoticed: the signal interrupts instead (`tradingd: interrupted`, 128 + its number);
+    the handlers from before come back."""
+    from tradingd import __main__ as cli
+    from tradingd.backtest import StopRequest
+
+    before = signal.getsignal(signal.SIGTERM)
+    stop = StopRequest()
+    stop.detach()
+    with pytest.raises(cli._Interrupted) as got, cli._backtest_signals(stop):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # (the handler runs between these bytecodes)
+            pass
+    assert got.value.signum == signal.SIGTERM and stop.reason is None
+    assert signal.getsignal(signal.SIGTERM) is before
 
 
 def test_a_stop_request_reaches_an_engine_attached_later():
