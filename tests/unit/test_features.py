@@ -491,3 +491,32 @@ def test_a_batch_source_read_from_its_cache_releases_its_histories_too(tmp_path)
     src.release()
     gc.collect()
     assert values() is None and bits() is None
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.integers(1, 21), st.integers(0, 2**32 - 1))
+def test_a_symbols_features_do_not_depend_on_its_neighbours(n, seed):
+    """Per-symbol features of a wide panel equal those of each symbol's own one-column panel,
+    bit for bit: compute_batch works through the symbols in blocks (transposed), so a symbol
+    on a block's edge, one with no bar at all, or one with splits must come out as alone."""
+    rng = np.random.default_rng(seed)
+    t = 80
+    close = np.exp(np.cumsum(rng.normal(0, 0.02, (t, n)), axis=0)) * 40
+    close[rng.random((t, n)) < 0.05] = np.nan
+    if n > 2:
+        close[:, rng.integers(n)] = np.nan  # a symbol without any bar
+    volume = rng.integers(1_000, 90_000, (t, n)).astype(float)
+    volume[np.isnan(close)] = np.nan
+    split = np.ones((t, n))
+    hit = rng.random((t, n)) < 0.02
+    split[hit] = rng.choice([2.0, 3.0, 0.5], hit.sum())
+    times = np.arange(t).astype("datetime64[D]").astype("datetime64[ns]")
+    fields = (close * 1.001, close * 1.01, close * 0.99, close, volume, split, np.zeros((t, n)))
+    wide = Panel(times, tuple(f"S{j}" for j in range(n)), *fields)
+    names = ["return_1", "return_10", "sma_5", "volatility_10", "rsi_14", "obv", "lag_2_return_3"]
+    got = compute_batch(wide, names)
+    for j in range(n):
+        alone = Panel(times, (f"S{j}",), *(f[:, j : j + 1] for f in fields))
+        own = compute_batch(alone, names)
+        for name in names:
+            assert got[name][:, j].tobytes() == own[name][:, 0].tobytes(), (name, j)
