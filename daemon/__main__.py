@@ -279,7 +279,10 @@ def _command(args: argparse.Namespace) -> int:
         # files, which the strategy's configuration would reject.
         from .analysis.walkforward_cli import run as walkforward
 
-        return walkforward(args)
+        # SIGTERM as Ctrl-C: an interruption that ends the folds' worker processes too
+        # (analysis/parallel.py), where the default action left them training, orphaned.
+        with _interrupt_on(signal.SIGTERM):
+            return walkforward(args)
     if args.command == "plugins":
         return _plugins()
     if args.command == "health":
@@ -474,6 +477,24 @@ class _Interrupted(KeyboardInterrupt):
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
+
+
+@contextlib.contextmanager
+def _interrupt_on(*signals: int) -> Iterator[None]:
+    """`signals` raise `_Interrupted` (as SIGINT raises KeyboardInterrupt) while this runs;
+    the handlers from before come back after."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise _Interrupted(signum)
+
+    previous = {sig: signal.getsignal(sig) for sig in signals}
+    for sig in signals:
+        signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
 @contextlib.contextmanager

@@ -134,9 +134,25 @@ def _in_processes(
         if failed:
             raise failed[0].exception()  # type: ignore[misc]
         return [f.result() for f in futures]
+    except KeyboardInterrupt:
+        # Ctrl-C (or the command's SIGTERM): the running tasks are abandoned, not waited
+        # for. A walk-forward fold trains a model for minutes inside TensorFlow, which
+        # does not see the signal until its call returns: waiting made Ctrl-C look ignored.
+        _terminate(pool)
+        raise
     finally:
-        # On an error or Ctrl-C: drop the queued tasks; running ones end with their task.
+        # On an error: drop the queued tasks; running ones end with their task.
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _terminate(pool: ProcessPoolExecutor) -> None:
+    """End the pool's worker processes now (`ProcessPoolExecutor.terminate_workers` of
+    Python 3.14, which 3.11 lacks: its processes by the same private attribute)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # (shutdown clears it)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
 
 
 def _call(fn: Callable[[T], R], item: T) -> R:

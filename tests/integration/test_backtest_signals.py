@@ -321,3 +321,32 @@ def test_a_stop_request_reaches_an_engine_attached_later():
     stop.detach()
     stop.request("SIGINT")
     assert engine.stops == 2
+
+
+def test_walkforward_takes_sigterm_as_an_interruption(monkeypatch, capsys):
+    """`tradingd walkforward`: SIGTERM interrupts as Ctrl-C does (its folds' worker
+    processes are then ended: tests/unit/test_parallel.py), instead of killing the command
+    and leaving them training; exit code 128 + the signal, `tradingd: interrupted`."""
+    from tradingd import __main__ as cli
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(cli._Interrupted) as got, cli._interrupt_on(signal.SIGTERM):
+        os.kill(os.getpid(), signal.SIGTERM)
+        for _ in range(1000):  # (the handler runs between these bytecodes)
+            pass
+    assert got.value.signum == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is before
+
+    seen = []
+
+    def walkforward(args):
+        seen.append(signal.getsignal(signal.SIGTERM))
+        raise cli._Interrupted(signal.SIGTERM)
+
+    import tradingd.analysis.walkforward_cli as wf
+
+    monkeypatch.setattr(wf, "run", walkforward)
+    assert cli.main(["walkforward"]) == 128 + signal.SIGTERM
+    assert "tradingd: interrupted" in capsys.readouterr().err
+    assert seen and seen[0] is not before  # the command ran under the handler
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -8,7 +8,10 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 from test_walkforward import tiny_config, tiny_panel, tiny_wf
@@ -190,3 +193,42 @@ def test_monte_carlo_paths_do_not_depend_on_where_they_ran(where, request):
     )
     other_seed = simulate(r, MonteCarloConfig(paths=600, seed=4, chunk_size=100))
     assert other_seed["methods"]["iid"] != serial["methods"]["iid"]  # the comparison can fail
+
+
+def _start_then_work(path: str) -> None:
+    """A long task (a walk-forward fold's training): says it started, then works on."""
+    Path(path).write_text("started")
+    time.sleep(120)
+
+
+def test_ctrl_c_abandons_the_running_tasks(tmp_path, monkeypatch):
+    """Ctrl-C while tasks run: their workers are ended, not waited for (a fold's training
+    runs for minutes inside TensorFlow, which sees no signal until its call returns), and the
+    interruption goes on up. Before, the command sat until every running task had ended."""
+    from tradingd.analysis import parallel
+
+    started = tmp_path / "started"
+    pools: list = []
+    processes: list = []
+
+    class Pool(parallel.ProcessPoolExecutor):
+        def __init__(self, *a, **k):
+            super().__init__(*a, **k)
+            pools.append(self)
+
+    real_wait = parallel.wait
+
+    def wait_then_interrupt(pending, return_when):
+        while not started.exists():  # the task is running (polled, with a bounded wait)
+            real_wait(pending, timeout=0.05, return_when=return_when)
+        processes.extend(pools[0]._processes.values())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(parallel, "ProcessPoolExecutor", Pool)
+    monkeypatch.setattr(parallel, "wait", wait_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_tasks(_start_then_work, [str(started)], workers=1)
+    assert processes
+    for process in processes:
+        process.join(timeout=30)
+        assert process.exitcode == -signal.SIGTERM  # ended, not finished
