@@ -7,9 +7,10 @@ Only this module calls `asyncio.run`.
 Every command that takes a configuration validates it the same way before doing any work
 (`preflight.check_config`), and the commands that use the database or Redis check that they
 answer (`preflight.check_services`): a mistake is reported in seconds, as
-`tradingd: error: ...` with exit code 2, never as a traceback after a replay. Ctrl-C in a
-command (outside a backtest's replay and the daemon, below) prints `tradingd: interrupted`
-(exit 130), never a traceback.
+`tradingd: error: ...` with exit code 2, never as a traceback after a replay. Ctrl-C or
+SIGTERM in a command (outside a backtest's replay and the daemon, below) prints
+`tradingd: interrupted` (exit 130 or 143), never a traceback; the worker processes of a
+walk-forward or of a report's Monte Carlo are ended with it.
 
 Signals of `tradingd run` (the daemon), handled from the moment the command line is parsed,
 before the configuration, the data or any model is loaded:
@@ -258,7 +259,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "run":
             return _run_command(args, restore=not exiting)
-        return _command(args)
+        # SIGTERM as Ctrl-C in every other command (a backtest's replay has its own, below):
+        # `tradingd: interrupted`, and the worker processes of a walk-forward or a report's
+        # Monte Carlo are ended (analysis/parallel.py) rather than left running.
+        with _interrupt_on(signal.SIGTERM):
+            return _command(args)
     except TradingdError as exc:
         print(f"tradingd: error: {exc}", file=sys.stderr)
         return 2
@@ -279,10 +284,7 @@ def _command(args: argparse.Namespace) -> int:
         # files, which the strategy's configuration would reject.
         from .analysis.walkforward_cli import run as walkforward
 
-        # SIGTERM as Ctrl-C: an interruption that ends the folds' worker processes too
-        # (analysis/parallel.py), where the default action left them training, orphaned.
-        with _interrupt_on(signal.SIGTERM):
-            return walkforward(args)
+        return walkforward(args)
     if args.command == "plugins":
         return _plugins()
     if args.command == "health":

@@ -80,17 +80,20 @@ class BacktestStopped(Exception):
             through,
         )
         by = f"by {signal}" if signal else "by the engine (see the log lines before)"
-        where = (
-            f"after {bars:,} of {of:,} bars (through {through.isoformat()})"
-            if through is not None
-            else "before its first bar"
-        )
-        kept = (
-            f"; the store keeps run {run_id}'s rows up to there, marked stopped_early"
-            if run_id is not None and through is not None
-            else ""
-        )
+        complete = through is not None and bars == of
+        if complete:
+            # The signal came after the last bar, before the report (the run ended whole).
+            where, kept = "after its last bar", f"; the store holds run {run_id} whole"
+        elif through is not None:
+            where = f"after {bars:,} of {of:,} bars (through {through.isoformat()})"
+            kept = f"; the store keeps run {run_id}'s rows up to there, marked stopped_early"
+        else:
+            where, kept = "before its first bar", ""
         super().__init__(f"backtest stopped {by} {where}: no report written{kept}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Raised in a sweep's or walk-forward's worker process too: rebuilt from its fields.
+        return (type(self), (self.signal, self.run_id, self.bars, self.of, self.through))
 
 
 @dataclass(repr=False)
@@ -156,9 +159,11 @@ async def run_backtest(
         bar.close()
         if stop is not None:
             stop.detach()
-    if result.stopped_early:
+    signal = stop.reason if stop is not None else None
+    if result.stopped_early or signal is not None:
+        # (A signal can also arrive after the last bar, while the run's end is written: the
+        # run is whole then, but the command was asked to stop, and reports nothing.)
         seen = result.warmup_bars + result.bars
-        signal = stop.reason if stop is not None else None
         stopped = BacktestStopped(
             signal, result.run_id, seen, len(panel.times), engine.last_bar_time
         )

@@ -22,8 +22,9 @@ and `fn` must not depend on where it runs for "the same results wherever they ra
 `env` sets environment variables in each worker process before any task runs (e.g. thread
 counts of numerical libraries, which must be equal everywhere for equal results: TensorFlow's
 sums depend on its intra-op thread count). `in_worker()` tells a task it runs in such a
-worker. A task that raises stops the run: the others are cancelled where possible and the
-first error (in task order among those finished) is raised.
+worker. A task that raises stops the run: the others are cancelled (local workers are ended,
+Ray's tasks cancelled as Ray cancels them) and the first error (in task order among those
+finished) is raised. Ctrl-C does the same.
 
 `sweep(config, grid)` runs one backtest per point of a parameter grid through `run_tasks`.
 """
@@ -34,6 +35,7 @@ import itertools
 import multiprocessing
 import os
 import re
+import signal
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
@@ -114,6 +116,9 @@ def _check_env(env: Mapping[str, str] | None) -> dict[str, str]:
 
 def _set_env(env: dict[str, str]) -> None:
     os.environ.update(env)
+    # A terminal's Ctrl-C reaches the whole process group: the parent decides, and ends
+    # the workers itself (`_terminate`), without each printing its own traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _in_processes(
@@ -133,26 +138,27 @@ def _in_processes(
         failed = [f for f in futures if f.done() and f.exception() is not None]
         if failed:
             raise failed[0].exception()  # type: ignore[misc]
-        return [f.result() for f in futures]
-    except KeyboardInterrupt:
-        # Ctrl-C (or the command's SIGTERM): the running tasks are abandoned, not waited
-        # for. A walk-forward fold trains a model for minutes inside TensorFlow, which
-        # does not see the signal until its call returns: waiting made Ctrl-C look ignored.
+        results = [f.result() for f in futures]
+    except BaseException:
+        # A task's error, Ctrl-C or the command's SIGTERM: what the other tasks would give
+        # is discarded, so their workers are ended, not waited for. A walk-forward fold
+        # trains for minutes inside TensorFlow, which sees no signal until its call
+        # returns: waiting made Ctrl-C look ignored, and a signal during that wait (in a
+        # `finally`) left the pool's threads and workers waiting on each other for good.
         _terminate(pool)
         raise
-    finally:
-        # On an error: drop the queued tasks; running ones end with their task.
-        pool.shutdown(wait=True, cancel_futures=True)
+    pool.shutdown(wait=True)
+    return results
 
 
 def _terminate(pool: ProcessPoolExecutor) -> None:
     """End the pool's worker processes now (`ProcessPoolExecutor.terminate_workers` of
     Python 3.14, which 3.11 lacks: its processes by the same private attribute)."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # (shutdown clears it)
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
+    for process in list((getattr(pool, "_processes", None) or {}).values()):
         if process.is_alive():
             process.terminate()
+    # The pool's manager thread sees them end, reaps them and stops: a short wait.
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _call(fn: Callable[[T], R], item: T) -> R:

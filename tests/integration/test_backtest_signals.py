@@ -350,3 +350,42 @@ def test_walkforward_takes_sigterm_as_an_interruption(monkeypatch, capsys):
     assert "tradingd: interrupted" in capsys.readouterr().err
     assert seen and seen[0] is not before  # the command ran under the handler
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_signal_after_the_last_bar_still_stops_the_command(tmp_path):
+    """The signal lands after the last bar, while the run's end is written: the run is
+    whole in the store, and the command, asked to stop, writes no report (before, the
+    request went unseen and the report was written, exit 0)."""
+    import pickle
+
+    from tradingd import backtest as bt
+
+    config = _small(tmp_path)
+    stop = bt.StopRequest()
+    real_build = bt.build_engine
+
+    def build(*a, **k):
+        engine = real_build(*a, **k)
+        write_behind = engine.store.write_behind
+
+        async def last_writes_then_signal():
+            stop.request("SIGINT")  # after the last bar: nothing is left to stop
+            await write_behind()
+
+        engine.store.write_behind = last_writes_then_signal
+        return engine
+
+    bt.build_engine = build
+    try:
+        with pytest.raises(bt.BacktestStopped, match="by SIGINT after its last bar") as got:
+            asyncio.run(bt.run_backtest(config, output_dir=tmp_path / "out", stop=stop))
+    finally:
+        bt.build_engine = real_build
+    assert got.value.bars == got.value.of and "holds run" in str(got.value)
+    assert not (tmp_path / "out").exists()
+    with sqlite3.connect(tmp_path / "in.db") as c:
+        (ended, summary), *_ = c.execute("select ended_at, summary from runs").fetchall()
+    assert ended is not None and "stopped_early" not in json.loads(summary)
+    # Raised in a sweep's worker process too: it crosses a pipe as itself.
+    again = pickle.loads(pickle.dumps(got.value))
+    assert type(again) is bt.BacktestStopped and str(again) == str(got.value)

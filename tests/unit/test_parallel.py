@@ -232,3 +232,37 @@ def test_ctrl_c_abandons_the_running_tasks(tmp_path, monkeypatch):
     for process in processes:
         process.join(timeout=30)
         assert process.exitcode == -signal.SIGTERM  # ended, not finished
+
+
+def _fail_once_the_other_runs(paths: tuple[str, str]) -> None:
+    """Task 0 fails once task 1 has started; task 1 works on (a fold in training)."""
+    mine, other = paths
+    if mine == "fail":
+        while not Path(other).exists():  # the other task is running (polled)
+            time.sleep(0.01)
+        raise ValueError("task 0 failed")
+    _start_then_work(mine)
+
+
+def test_a_failing_task_ends_the_running_ones(tmp_path, monkeypatch):
+    """A task's error stops the run: the other running task's worker is ended, not waited
+    for (its result would be discarded). Before, the error waited for it, and a Ctrl-C
+    during that wait left the pool's threads and workers waiting on each other for good."""
+    from tradingd.analysis import parallel
+
+    started = str(tmp_path / "started")
+    processes: list = []
+    real_terminate = parallel._terminate
+
+    def terminate(pool):
+        processes.extend(pool._processes.values())
+        real_terminate(pool)
+
+    monkeypatch.setattr(parallel, "_terminate", terminate)
+    with pytest.raises(ValueError, match="task 0 failed"):
+        run_tasks(_fail_once_the_other_runs, [("fail", started), (started, "")], workers=2)
+    assert processes
+    for process in processes:
+        process.join(timeout=30)
+        assert process.exitcode is not None
+    assert any(p.exitcode == -signal.SIGTERM for p in processes)  # the one still working
