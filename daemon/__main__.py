@@ -483,12 +483,18 @@ class _Interrupted(KeyboardInterrupt):
 
 @contextlib.contextmanager
 def _interrupt_on(*signals: int) -> Iterator[None]:
-    """`signals` raise `_Interrupted` (as SIGINT raises KeyboardInterrupt) while this runs;
-    the handlers from before come back after."""
+    """`signals` raise `_Interrupted` (as SIGINT raises KeyboardInterrupt) while this runs."""
 
     def handler(signum: int, frame: Any) -> None:
         raise _Interrupted(signum)
 
+    with _handled(signals, handler):
+        yield
+
+
+@contextlib.contextmanager
+def _handled(signals: Sequence[int], handler: Any) -> Iterator[None]:
+    """`handler` for `signals` while this runs; the handlers from before come back after."""
     previous = {sig: signal.getsignal(sig) for sig in signals}
     for sig in signals:
         signal.signal(sig, handler)
@@ -514,14 +520,8 @@ def _backtest_signals(stop: Any) -> Iterator[None]:
             _exit_at_once(signum, "backtest: stop signal received twice: exiting at once")
         stop.request(signal.Signals(signum).name)
 
-    previous = {sig: signal.getsignal(sig) for sig in _STOP_SIGNALS}
-    for sig in _STOP_SIGNALS:
-        signal.signal(sig, handler)
-    try:
+    with _handled(_STOP_SIGNALS, handler):
         yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old if old is not None else signal.SIG_DFL)
 
 
 def _exit_at_once(signum: int, detail: str, **fields: Any) -> NoReturn:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import sys
 from bisect import bisect_right
@@ -282,18 +283,8 @@ def split_adjusted(fills: list[Fill], panel: Panel) -> list[Fill]:
     return out
 
 
-_FILL_COLUMNS = (
-    "fill_id",
-    "client_order_id",
-    "symbol",
-    "side",
-    "quantity",
-    "price",
-    "commission",
-    "slippage",
-    "time",
-    "reference_price",
-)
+# The fills table's columns that make a Fill, in its fields' (and `_fill`'s) order.
+_FILL_COLUMNS = tuple(f.name for f in dataclasses.fields(Fill))
 
 
 def _fills_of(rows: Sequence[dict[str, Any]]) -> list[Fill]:
