@@ -288,10 +288,12 @@ _FILL_COLUMNS = tuple(f.name for f in dataclasses.fields(Fill))
 
 
 def _fills_of(rows: Sequence[dict[str, Any]]) -> list[Fill]:
-    """The fills table's rows as Fill objects: read by column (Records), or row by row."""
-    if isinstance(rows, Records):
-        return [_fill(*values) for values in zip(*map(rows.column, _FILL_COLUMNS), strict=True)]
-    return [_fill(*(r[k] for k in _FILL_COLUMNS)) for r in rows]
+    """The fills table's rows as Fill objects, read by column (dicts read back are made
+    columns first, as `_write_rows` does)."""
+    if not rows:
+        return []
+    table = Records.of_dicts(rows)
+    return [_fill(*values) for values in zip(*map(table.column, _FILL_COLUMNS), strict=True)]
 
 
 def _fill(

@@ -97,6 +97,12 @@ def test_the_report_reads_records_as_it_reads_dicts(tmp_path):
     by_column, by_row = _fills_of(rec), _fills_of(rows)
     assert len(by_column) == 7
     assert [repr(f) for f in by_column] == [repr(f) for f in by_row]  # (NaN: repr, not ==)
+    # Each Fill holds its row's values, field by field (the side as its enum).
+    for fill, row in zip(by_row, rows, strict=True):
+        made = {f: getattr(fill, f) for f in row if hasattr(fill, f)}
+        assert made.keys() == set(row) - {"run_id"}
+        assert repr(made) == repr({f: (fill.side if f == "side" else row[f]) for f in made})
+        assert fill.side.value == row["side"]
     _write_rows(tmp_path / "columns.csv", rec)
     _write_rows(tmp_path / "dicts.csv", rows)
     # The reference: a csv row per dict, times in ISO form (what a DictWriter wrote before).
