@@ -179,17 +179,17 @@ async def run_backtest(
         )
         raise stopped
     fills = split_adjusted(_fills_of(rows.get("fills", [])), panel)
-    summary = summarize(
+    metrics = summarize(
         np.asarray(result.equity, dtype=float),
         result.times,
         fills,
         initial_capital=config.run.initial_capital,
         gross_exposure=np.asarray(result.gross_exposure, dtype=float),
     )
-    summary = {
+    summary: dict[str, Any] = {
         "run_id": result.run_id,
         "symbols": len(panel.symbols),
-        **summary,
+        **metrics,
         "warmup_bars": result.warmup_bars,
         "orders": result.orders,
         "rejections": sum(result.rejections.values()),

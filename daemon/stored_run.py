@@ -60,7 +60,7 @@ async def reset_halt(config: Config, run_id: str) -> dict[str, Any]:
                     saved.update({"halted": None, "peak": None, "rebase_next": True})
                     reset.append(name)
             if reset:
-                store.record_checkpoint(run_id, bar_time, state)  # type: ignore[attr-defined]
+                store.record_checkpoint(run_id, bar_time, state)
                 await store.flush()
             log.warning("control.reset_halt", run_id=run_id, reset=reset, stored=True)
             return {"run_id": run_id, "reset": reset, "checkpoint": bar_time.isoformat()}

@@ -13,6 +13,7 @@ import contextlib
 import os
 import time
 from collections.abc import Mapping
+from typing import Any
 
 import structlog
 
@@ -26,7 +27,7 @@ class SystemdNotifier:
         usec = env.get("WATCHDOG_USEC", "")
         # Pet at a quarter of the watchdog interval (systemd's own recommendation is half).
         self.interval_s = int(usec) / 4e6 if usec.isdigit() and int(usec) > 0 else 0.0
-        self._notifier: object | None = None
+        self._notifier: Any = None  # sdnotify.SystemdNotifier, imported when first used
         self._task: asyncio.Task[None] | None = None
         self._last_pet = -float("inf")
         self.sent: list[str] = []  # the last messages, for tests and /status (bounded)
@@ -38,7 +39,7 @@ class SystemdNotifier:
             import sdnotify
 
             self._notifier = sdnotify.SystemdNotifier()
-        self._notifier.notify(message)  # type: ignore[attr-defined]
+        self._notifier.notify(message)
         self.sent.append(message)
         del self.sent[:-16]
 

@@ -365,7 +365,9 @@ def simulate_chunk(task: MonteCarloTask) -> ChunkResult:
         bs = (
             IIDBootstrap(x, seed=rng)
             if task.method == "iid"
-            else StationaryBootstrap(task.block_length, x, seed=rng)
+            # A mean block length need not be whole: arch types it int, but uses only 1/it
+            # (the geometric probability of a new block).
+            else StationaryBootstrap(task.block_length, x, seed=rng)  # type: ignore[arg-type]
         )
         draws = np.empty((task.paths, x.size))
         for i, (pos, _) in enumerate(bs.bootstrap(task.paths)):

@@ -851,8 +851,8 @@ class AlpacaBroker:
             t = self._get(root)
             if t is None:
                 continue
-            members = [t, *(c for cid in t.children if (c := self._get(cid)) is not None)]
-            if any(m.order.client_order_id in engine for m in members):
+            tracked = [t, *(c for cid in t.children if (c := self._get(cid)) is not None)]
+            if any(m.order.client_order_id in engine for m in tracked):
                 continue
             unknown += 1
             log.warning(

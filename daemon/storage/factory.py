@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ..core.errors import ConfigError
-from ..core.ports import Store
 from ..secrets import mask_url
 from .spool import DEFAULT_MAX_BYTES
+
+if TYPE_CHECKING:
+    from .buffered import BufferedStore
 
 VALID_SCHEMES = (
     "sqlite:///path.db (relative), sqlite:////abs/path.db, sqlite:///:memory:, "
@@ -33,7 +37,7 @@ def open_store(
     spool_dir: str | None = None,
     spool_max_bytes: int = DEFAULT_MAX_BYTES,
     start_retry_s: float = 0.0,
-) -> Store:
+) -> BufferedStore:
     """A not-yet-started store for `url`. `schema` applies to PostgreSQL only (SQLite has
     one namespace per file and ignores it), and so do the spool settings (`spool`: keep
     running through a database outage by spooling writes to `spool_dir`, at most
