@@ -49,11 +49,13 @@ Passing None for a facade object keeps that part of the default configuration as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
+import logging
 import math
 import tempfile
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -830,7 +832,8 @@ class BacktestEngine:
         engine_result. Bars before `start` warm up features and models without trading
         (run.start); bars after `end` are not used (None: the base configuration's window).
         Works inside a running event loop (a notebook): the run then goes to a worker
-        thread. `run_backtest_async` awaits it."""
+        thread. `run_backtest_async` awaits it. Logs warnings and errors only, unless
+        structlog was configured before the call (`tradingd.logs.configure_logging`)."""
         coro = self.run_backtest_async(
             data,
             signal_generator,
@@ -876,11 +879,19 @@ class BacktestEngine:
     ) -> dict[str, Any]:
         from .backtest import run_backtest
 
-        config = self.config_for(
-            signal_generator, position_sizer, risk_manager, ensemble_predictor, start=start, end=end
-        )
-        panel = panel_from_frames(data, config, end=config.run.end or None)
-        with tempfile.TemporaryDirectory(prefix="tradingd-backtest-") as tmp:
+        with (
+            _warnings_only_unless_configured(),
+            tempfile.TemporaryDirectory(prefix="tradingd-backtest-") as tmp,
+        ):
+            config = self.config_for(
+                signal_generator,
+                position_sizer,
+                risk_manager,
+                ensemble_predictor,
+                start=start,
+                end=end,
+            )
+            panel = panel_from_frames(data, config, end=config.run.end or None)
             out = Path(output_dir) if output_dir is not None else Path(tmp) / "run"
             audit = (out if output_dir is not None else Path(tmp)) / "audit"
             # The audit log is operational (not part of the run id): beside the record.
@@ -907,6 +918,23 @@ class BacktestEngine:
             "output_dir": Path(output_dir) if output_dir is not None else None,
             "engine_result": result,
         }
+
+
+@contextlib.contextmanager
+def _warnings_only_unless_configured() -> Iterator[None]:
+    """structlog left unconfigured prints every line of every level: a notebook cell would
+    get a debug line per split and per risk verdict (thousands for an S&P 500 run). So a run
+    here logs warnings and errors only, unless the host configured structlog itself (e.g.
+    `tradingd.logs.configure_logging("info")` first), and structlog is left unconfigured
+    again afterwards. Only the level: the standard library's logging is not touched."""
+    if structlog.is_configured():
+        yield
+        return
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    try:
+        yield
+    finally:
+        structlog.reset_defaults()
 
 
 def _with_predictor(

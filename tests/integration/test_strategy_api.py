@@ -491,3 +491,47 @@ def test_output_dir_gets_the_runs_record_and_nothing_else_is_written(in_tmp):
     assert out["output_dir"] == record
     assert not (in_tmp / "var" / "tradingd.db").exists()  # the store was in memory
     assert not (in_tmp / "var" / "runs").exists()
+
+
+_NOTEBOOK = """
+import sys, structlog
+if sys.argv[1] == "configured":
+    # The host's own choice: every level, to stderr.
+    structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+from tradingd.feeds.loaders import load_frame
+from tradingd.strategy_api import BacktestEngine
+frame = load_frame("bundled")
+data = {s: g.drop(columns="symbol").set_index("time") for s, g in frame.groupby("symbol")}
+out = BacktestEngine().run_backtest(data, start="2017-10-01", end="2017-12-31")
+print("RESULT", len(out["fills"]), structlog.is_configured())
+"""
+
+
+@pytest.mark.parametrize("host", ["unconfigured", "configured"])
+def test_a_notebook_run_logs_warnings_only_unless_the_host_configured_logging(in_tmp, host):
+    """structlog unconfigured prints every level: a notebook cell got a debug line per split
+    and per risk verdict. A facade run keeps to warnings unless the host chose otherwise."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _NOTEBOOK, host],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=in_tmp,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout + proc.stderr
+    result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert len(result) == 1, out[-2000:]
+    _, fills, configured = result[0].split()
+    assert int(fills) > 0
+    levels = {level for level in ("debug", "info") if f"[{level}" in out or f"level={level}" in out}
+    if host == "unconfigured":
+        assert levels == set(), out[-2000:]
+        assert "[warning" in out  # the two index series have no sector: still said
+        assert configured == "False"  # left unconfigured, as found
+    else:
+        assert levels == {"debug", "info"}, out[-2000:]
+        assert configured == "True"
