@@ -148,6 +148,8 @@ async def run_backtest(
         config, "backtest", panel=panel, on_bar=lambda i, t: bar.update(1), after_last_bar=collect
     )
     engine.store.keep_records()
+    out = Path(output_dir or Path(config.run.output_dir) / engine.run.run_id)
+    engine.after_begin.append(lambda: remove_earlier_record(out, engine.run.run_id))
     if stop is not None:
         if stop.reason is not None:
             bar.close()
@@ -203,7 +205,6 @@ async def run_backtest(
     }
     if result.restrictions_not_listed:
         summary["trading_restricted_not_listed"] = result.restrictions_not_listed
-    out = Path(output_dir or Path(config.run.output_dir) / result.run_id)
     write_outputs(out, config, result, summary, rows.get("orders", []), rows.get("fills", []))
     return BacktestOutcome(
         result.run_id, summary, out, result, rows.get("orders", []), rows.get("fills", [])
@@ -325,6 +326,35 @@ def _fill(
 
 
 _SIDE_OF = {s.value: s for s in Side}
+
+
+# What a run's folder holds: `write_outputs`'s files and `tradingd report`'s.
+RECORD_FILES = (
+    "equity.csv",
+    "orders.csv",
+    "fills.csv",
+    "config.json",
+    "summary.json",
+    "environment.json",
+    "report.html",
+    "report.json",
+)
+
+
+def remove_earlier_record(out: Path, run_id: str) -> list[str]:
+    """A rerun's store and audit log have just dropped the run id's earlier record: its
+    files in the output folder go too. Else a rerun stopped early (or failed) left the
+    earlier run's whole record there, which the store no longer holds, and a rerun without
+    --report left the earlier run's report beside its own files. Other files stay."""
+    removed = []
+    for name in RECORD_FILES:
+        path = out / name
+        if path.is_file():
+            path.unlink()
+            removed.append(name)
+    if removed:
+        log.info("backtest.earlier_record_removed", run_id=run_id, folder=str(out), files=removed)
+    return removed
 
 
 def write_outputs(

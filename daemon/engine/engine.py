@@ -357,6 +357,9 @@ class Engine:
         self.on_decision: Callable[[datetime, str, dict[str, Any]], None] | None = None
         # Called after every trading bar with its time and risk verdicts (alert rules).
         self.after_bar: list[Callable[[datetime, list[RiskVerdict]], None]] = []
+        # A replay's, once its store and audit log have dropped the run id's earlier record
+        # (a backtest drops its earlier output files then).
+        self.after_begin: list[Callable[[], object]] = []
         # Started and stopped with the engine's parts (the alerter: tradingd.alerts).
         self.extra_parts: list[Any] = []
 
@@ -413,6 +416,8 @@ class Engine:
                 begin = getattr(self.audit, "begin_run", None)
                 if begin is not None and (removed := begin()):
                     log.info("audit.earlier_run_removed", run_id=self.run.run_id, files=removed)
+                for hook in self.after_begin:
+                    hook()
             log.info(
                 "engine.start",
                 mode=self.run.mode,

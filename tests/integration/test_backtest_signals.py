@@ -254,6 +254,71 @@ def test_a_stop_while_the_engine_starts_leaves_the_earlier_run(tmp_path):
     assert not (tmp_path / "second").exists()
 
 
+def test_a_reruns_folder_loses_the_earlier_record_when_the_store_does(tmp_path):
+    """The run's folder follows its store: a rerun's start drops the earlier run's rows and
+    audit log, and now its files too (a rerun stopped early left the earlier, whole record
+    there, which the store no longer held; one without --report left the earlier report
+    beside its own files). A rerun stopped before it began leaves both as they were; files
+    that are not a record's stay."""
+    from tradingd import backtest as bt
+
+    config = _small(tmp_path)
+    out = tmp_path / "record"
+    first = asyncio.run(bt.run_backtest(config, output_dir=out))
+    for name in ("report.html", "report.json"):
+        (out / name).write_text("the first run's report")
+    (out / "notes.txt").write_text("mine")
+    record = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert set(record) == {*bt.RECORD_FILES, "notes.txt"}
+
+    def rerun(stop_when):
+        stop = bt.StopRequest()
+        real_build = bt.build_engine
+
+        def build(*a, **k):
+            engine = real_build(*a, **k)
+            stop_when(engine, stop)
+            return engine
+
+        bt.build_engine = build
+        try:
+            with pytest.raises(bt.BacktestStopped) as stopped:
+                asyncio.run(bt.run_backtest(config, output_dir=out, stop=stop))
+        finally:
+            bt.build_engine = real_build
+        return stopped.value
+
+    def before_it_begins(engine, stop):
+        start = engine.store.start
+
+        async def start_then_signal():
+            await start()
+            stop.request("SIGTERM")
+
+        engine.store.start = start_then_signal
+
+    assert rerun(before_it_begins).bars == 0
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == record
+
+    def after_three_bars(engine, stop):
+        engine.after_bar.append(
+            lambda t, verdicts: stop.request("SIGINT") if engine.bars_processed >= 3 else None
+        )
+
+    assert rerun(after_three_bars).run_id == first.run_id
+    with sqlite3.connect(tmp_path / "in.db") as c:
+        assert c.execute("select count(*) from equity").fetchone()[0] == 3  # of 125
+    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+
+    (out / "report.html").write_text("an earlier report")
+    again = asyncio.run(bt.run_backtest(config, output_dir=out))
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [*(n for n in bt.RECORD_FILES if not n.startswith("report.")), "notes.txt"]
+    )
+    assert (out / "summary.json").read_bytes() == record["summary.json"]
+    assert again.result.bars == first.result.bars
+
+
 def test_an_engine_that_stops_on_its_own_reports_nothing(tmp_path):
     """A replay that ends before its last bar without a signal (its instance lock lost)
     is no more a whole run than a signalled one: no report, an error naming the engine."""
