@@ -43,6 +43,8 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
+from ..core.errors import ConfigError
+
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -182,10 +184,17 @@ def _on_ray(
         ) from None
     started = False
     if not ray.is_initialized():
-        if address == "local":
-            ray.init(num_cpus=workers or None, include_dashboard=False)
-        else:
-            ray.init(address=address)
+        try:
+            if address == "local":
+                ray.init(num_cpus=workers or None, include_dashboard=False)
+            else:
+                ray.init(address=address)
+        except Exception as exc:  # a malformed address (ValueError), no cluster there, ...
+            raise ConfigError(
+                f"ray_address {address!r} (--ray-address): Ray cannot connect: {exc}; give "
+                "ray://<host>:10001 for a cluster's client port, auto for a cluster this "
+                "machine belongs to, or local"
+            ) from None
         started = True
     try:
         # Ray sets OMP_NUM_THREADS=1 in its workers unless told otherwise: the env given here

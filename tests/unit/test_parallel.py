@@ -38,6 +38,14 @@ def test_results_come_back_in_task_order(workers):
     assert run_tasks(math.factorial, SIZES, workers=workers) == EXPECTED
 
 
+def test_an_address_ray_cannot_use_is_a_config_error_naming_it():
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'ray[default]')")
+    from tradingd.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=r"ray_address 'bogus' \(--ray-address\): Ray cannot"):
+        run_tasks(math.factorial, SIZES, ray_address="bogus")
+
+
 def test_results_on_ray_come_back_in_task_order(ray_session):
     assert run_tasks(math.factorial, SIZES, ray_address="auto") == EXPECTED
 

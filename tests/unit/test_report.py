@@ -497,6 +497,16 @@ def test_report_command_errors(cli, run_dir, tmp_path, args, message):
     assert err.startswith("tradingd: error: ")
 
 
+def test_report_command_names_a_ray_address_it_cannot_use(cli, run_dir, tmp_path):
+    """Before: a traceback (no cluster there), or an error blaming the run's folder."""
+    pytest.importorskip("ray", reason="Ray is not installed (pip install 'ray[default]')")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[run]\noutput_dir = "{run_dir.parent}"\n')
+    code, _, err = cli("report", "report-unit", "-c", str(cfg), "--ray-address", "bogus")
+    assert code == 2 and "Traceback" not in err
+    assert err.startswith("tradingd: error: ray_address 'bogus' (--ray-address): "), err
+
+
 def test_backtest_report_keeps_json_stdout(cli, tmp_path):
     code, out, err = cli("backtest", "-c", str(write_config(tmp_path)), "--report", "--json")
     assert code == 0, err
