@@ -33,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
             jobs = read_frame(stdin)
         except EOFError:
             return 0
-        write_frame(stdout, fit_many(jobs))
+        try:
+            write_frame(stdout, fit_many(jobs))
+        except BrokenPipeError:
+            # The parent is gone (a walk-forward fold's process ended by Ctrl-C): nobody
+            # to answer, nothing to report.
+            return 0
 
 
 if __name__ == "__main__":

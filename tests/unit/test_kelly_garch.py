@@ -1373,6 +1373,30 @@ def test_the_worker_ends_without_tearing_its_interpreter_down():
     assert usage.ru_utime + usage.ru_stime - before < 0.15
 
 
+def test_the_worker_ends_quietly_when_its_parent_is_gone_before_the_answer():
+    """A walk-forward fold's process ended by Ctrl-C leaves its worker fitting: its answer
+    meets a closed pipe. That printed a BrokenPipeError traceback after `tradingd:
+    interrupted`."""
+    import subprocess
+    import sys
+
+    from tradingd_plugins.sizing.garch_fits import write_frame
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tradingd_plugins.sizing.garch_worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    proc.stdout.close()  # the parent gone: no reader of the answer, before the job is sent
+    r300 = np.random.default_rng(2).normal(0, 0.01, 300)
+    write_frame(proc.stdin, [(r300, "constant", None, 200)])
+    proc.stdin.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
 @pytest.mark.parametrize("argv", [["--nice"], ["--nice", "x"], ["--nice", "20"], ["--nice", "-1"]])
 def test_the_worker_refuses_a_bad_niceness_before_reading_anything(argv, capsys):
     from tradingd_plugins.sizing.garch_worker import main
