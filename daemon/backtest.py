@@ -72,13 +72,15 @@ class BacktestStopped(Exception):
         bars: int,
         of: int,
         through: datetime | None,
+        warmup: int = 0,
     ) -> None:
-        self.signal, self.run_id, self.bars, self.of, self.through = (
+        self.signal, self.run_id, self.bars, self.of, self.through, self.warmup = (
             signal,
             run_id,
             bars,
             of,
             through,
+            warmup,
         )
         by = f"by {signal}" if signal else "by the engine (see the log lines before)"
         complete = through is not None and bars == of
@@ -86,7 +88,10 @@ class BacktestStopped(Exception):
             # The signal came after the last bar, before the report (the run ended whole).
             where, kept = "after its last bar", f"; the store holds run {run_id} whole"
         elif through is not None:
-            where = f"after {bars:,} of {of:,} bars (through {through.isoformat()})"
+            # The bars count the warm-up before run.start, which the summary's `bars` of a
+            # finished run does not: both said, or the two read as different runs.
+            split = f": {warmup:,} warm-up, {bars - warmup:,} traded" if warmup else ""
+            where = f"after {bars:,} of {of:,} bars{split} (through {through.isoformat()})"
             kept = f"; the store keeps run {run_id}'s rows up to there, marked stopped_early"
         else:
             where, kept = "before its first bar", ""
@@ -94,7 +99,10 @@ class BacktestStopped(Exception):
 
     def __reduce__(self) -> tuple[Any, ...]:
         # Raised in a sweep's or walk-forward's worker process too: rebuilt from its fields.
-        return (type(self), (self.signal, self.run_id, self.bars, self.of, self.through))
+        return (
+            type(self),
+            (self.signal, self.run_id, self.bars, self.of, self.through, self.warmup),
+        )
 
 
 @dataclass(repr=False)
@@ -168,7 +176,7 @@ async def run_backtest(
         # run is whole then, but the command was asked to stop, and reports nothing.)
         seen = result.warmup_bars + result.bars
         stopped = BacktestStopped(
-            signal, result.run_id, seen, len(panel.times), engine.last_bar_time
+            signal, result.run_id, seen, len(panel.times), engine.last_bar_time, result.warmup_bars
         )
         log.warning(
             "backtest.stopped",

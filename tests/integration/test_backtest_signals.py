@@ -305,7 +305,16 @@ def test_a_reruns_folder_loses_the_earlier_record_when_the_store_does(tmp_path):
             lambda t, verdicts: stop.request("SIGINT") if engine.bars_processed >= 3 else None
         )
 
-    assert rerun(after_three_bars).run_id == first.run_id
+    stopped = rerun(after_three_bars)
+    assert stopped.run_id == first.run_id
+    # Its bars count the warm-up before run.start (the summary's do not): both are said.
+    assert stopped.warmup > 0 and stopped.bars == stopped.warmup + 3
+    said = f"after {stopped.bars:,} of {stopped.of:,} bars: {stopped.warmup:,} warm-up, 3 traded"
+    assert said in str(stopped)
+    import pickle
+
+    again = pickle.loads(pickle.dumps(stopped))
+    assert (again.warmup, str(again)) == (stopped.warmup, str(stopped))
     with sqlite3.connect(tmp_path / "in.db") as c:
         assert c.execute("select count(*) from equity").fetchone()[0] == 3  # of 125
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
