@@ -758,7 +758,8 @@ class EngineControls:
     """`POST /pause`, `/resume`, `/flatten` (token-protected by the health server): pause
     stops new orders from the next bar on (open orders stay with the broker); resume trades
     again; flatten plans every target at zero on the next bar, then stays paused until
-    resumed, so a flattened book is not rebuilt behind the operator's back."""
+    resumed, so a flattened book is not rebuilt behind the operator's back. Each is in the
+    run's stored checkpoint when it answers (a restart keeps it)."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -771,17 +772,17 @@ class EngineControls:
     async def pause(self) -> dict[str, Any]:
         before = self.engine.trading_state
         if before == "active":
-            self.engine.trading_state = "paused"
+            await self.engine.set_trading_state("paused")
         return self._answer("pause", before)
 
     async def resume(self) -> dict[str, Any]:
         before = self.engine.trading_state
-        self.engine.trading_state = "active"
+        await self.engine.set_trading_state("active")
         return self._answer("resume", before)
 
     async def flatten(self) -> dict[str, Any]:
         before = self.engine.trading_state
-        self.engine.trading_state = "flattening"
+        await self.engine.set_trading_state("flattening")
         return self._answer("flatten", before)
 
     async def reset_halt(self) -> dict[str, Any]:

@@ -364,6 +364,23 @@ class Engine:
         self.extra_parts: list[Any] = []
 
     # lifecycle -----------------------------------------------------------------------------
+    async def set_trading_state(self, state: str) -> None:
+        """An operator's pause, resume or flatten, stored at once: between bars, the last
+        checkpoint again with the new state. Kept only in memory until the next bar's
+        checkpoint, a pause was lost by a restart before that bar (hours, with daily bars),
+        and the restarted daemon traded."""
+        if self._bar_lock is None:  # not trading yet: the first checkpoint takes it
+            self.trading_state = state
+            return
+        async with self._bar_lock:
+            self.trading_state = state
+            if self._durable and self._last_checkpoint is not None:
+                t, saved = self._last_checkpoint
+                saved = {**saved, "trading_state": state}
+                self._last_checkpoint = (t, saved)
+                self.store.record_checkpoint(self.run.run_id, t, saved)  # type: ignore[attr-defined]
+                await self.store.flush()
+
     def request_stop(self) -> None:
         """Finish the current bar, then stop cleanly (SIGTERM lands here)."""
         self._stop_requested = True
@@ -458,9 +475,10 @@ class Engine:
                     log.warning("bar.unavailable", time=t, error=str(exc))
                     bar = None
                 if bar is not None:
-                    if reconciler is None:
+                    if reconciler is None and not self._durable:
                         # Nothing else takes the bar lock (it keeps the reconciler's book
-                        # checks between bars): a replay spares its five calls every bar.
+                        # checks and an operator's controls between bars): a replay spares
+                        # its five calls every bar.
                         await self.step(bar, self._catch_up(t))
                     else:
                         async with self._bar_lock:

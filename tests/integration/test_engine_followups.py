@@ -4,6 +4,7 @@ window too short to ever trade."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from dataclasses import dataclass
 from typing import ClassVar
@@ -388,3 +389,46 @@ async def test_a_resumed_engine_is_catching_up_until_past_its_checkpoint(engine_
     assert times == sorted(times) and len(times) == 60
     assert all((behind == through) == (t < through) for t, behind in seen), seen[18:23]
     assert all(behind in (None, through) for _, behind in seen)
+
+
+@pytest.mark.parametrize(("action", "state"), [("pause", "paused"), ("flatten", "flattening")])
+async def test_an_operators_control_is_in_the_stored_checkpoint_when_it_answers(
+    engine_config, tmp_path, action, state
+):
+    """Kept in memory until the next bar's checkpoint, a pause was lost by a restart (even a
+    clean SIGTERM) before that bar, hours with daily bars, and the restarted daemon traded:
+    the control rewrites the last checkpoint with its state before it answers."""
+    import json
+    import sqlite3
+    from datetime import datetime
+
+    from tradingd.app import EngineControls, build_engine
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    controls = EngineControls(engine)
+    seen: list[tuple[dict, str, bool]] = []
+
+    async def control_then_read():
+        answer = await getattr(controls, action)()
+        # Read at once (no await: no bar runs in between), from another connection.
+        with sqlite3.connect(tmp_path / "store.db") as db:
+            bar_time, stored = db.execute(
+                "select bar_time, state from checkpoints where run_id = ?", ("test-live",)
+            ).fetchone()
+        last = engine._last_checkpoint[0]
+        seen.append(
+            (answer, json.loads(stored)["trading_state"], datetime.fromisoformat(bar_time) == last)
+        )
+        engine.request_stop()
+
+    def after(t, verdicts):
+        if engine._bars == 5:
+            asyncio.get_running_loop().create_task(control_then_read())
+
+    engine.after_bar.append(after)
+    await engine.run_until_done()
+    [(answer, stored_state, of_the_last_bar)] = seen
+    assert answer["state"] == state
+    assert stored_state == state
+    assert of_the_last_bar  # the last bar's checkpoint, rewritten
