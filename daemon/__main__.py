@@ -54,6 +54,7 @@ import os
 import signal
 import sys
 from collections.abc import Iterator, Sequence
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -965,7 +966,7 @@ async def _serve(config: Config, daemon: _Daemon) -> int:
     from .preflight import check_config, check_services
 
     await daemon.in_thread("checking configuration and plugins", check_config, config, "run")
-    await daemon.abandonable("checking services", check_services, config)
+    await daemon.abandonable("checking services", partial(check_services, live=True), config)
 
     from .app import build_engine, health_inputs, load_data
     from .health import Check, token_from_env

@@ -195,29 +195,49 @@ def _importable(module: str) -> bool:
         return False
 
 
-async def check_services(config: Config, timeout_s: float = DEFAULT_SERVICE_TIMEOUT_S) -> None:
+async def check_services(
+    config: Config, timeout_s: float = DEFAULT_SERVICE_TIMEOUT_S, *, live: bool = False
+) -> None:
     """The configured PostgreSQL and Redis answer, each within `timeout_s`: a wrong port, a
     missing database or a Redis database index the server does not have is reported now,
-    not at the first write or publish."""
-    await _check_postgres(config.storage.url, timeout_s)
+    not at the first write or publish. `live`: a PostgreSQL that cannot be reached (connection
+    refused, host unreachable) is waited for by the store's start, for
+    `storage.start_retry_s` (a database restarting beside the daemon, systemd starting both),
+    so it is logged here, not an error; a server that answers and refuses stays an error."""
+    wait_s = config.storage.start_retry_s if live else 0.0
+    await _check_postgres(config.storage.url, timeout_s, wait_s)
     await _check_redis(config.cache.url, timeout_s)
 
 
-async def _check_postgres(url: str, timeout_s: float) -> None:
+async def _check_postgres(url: str, timeout_s: float, wait_s: float = 0.0) -> None:
     url = url.strip()
     if not url.lower().startswith(("postgresql://", "postgres://")):
         return
     import asyncpg
 
+    from .storage.postgres import unavailable
+
     key = f"storage.url (DATABASE_URL) = {mask_url(url)!r}"
     try:
         conn = await asyncio.wait_for(asyncpg.connect(url, timeout=timeout_s), timeout_s + 1)
-    except TimeoutError:
-        raise ConfigError(
-            f"{key}: no PostgreSQL answered within {timeout_s:g} s; check host and port, and "
-            "that a PostgreSQL server (not another service) listens there"
-        ) from None
-    except Exception as exc:  # any failure to connect is reported the same way
+    except Exception as exc:
+        # Refused or unreachable: a server restarting, or not up yet. No answer in time is
+        # not waited for: something listens there, and it is not a PostgreSQL.
+        if wait_s > 0 and not isinstance(exc, TimeoutError) and unavailable(exc):
+            log.warning(
+                "preflight.database_unavailable",
+                url=mask_url(url),
+                error=f"{type(exc).__name__}: {scrub(str(exc), url)}",
+                waits_s=wait_s,
+                detail="the store's start waits storage.start_retry_s for it",
+            )
+            return
+        if isinstance(exc, TimeoutError):
+            raise ConfigError(
+                f"{key}: no PostgreSQL answered within {timeout_s:g} s; check host and port, "
+                "and that a PostgreSQL server (not another service) listens there"
+            ) from None
+        # Any other failure to connect is reported the same way.
         raise ConfigError(
             f"{key}: cannot connect to PostgreSQL: {type(exc).__name__}: {scrub(str(exc), url)}"
         ) from None

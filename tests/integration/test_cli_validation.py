@@ -442,6 +442,31 @@ def test_postgres_database_that_does_not_exist(tmp_path, pg_url):
     assert "tradingd_no_such_db" in str(e.value)
 
 
+def test_a_live_start_leaves_an_unreachable_postgres_to_the_stores_wait(tmp_path, pg_url):
+    """`tradingd run` waits storage.start_retry_s for a database that is down (README); its
+    preflight check exited at once (0.7 s), so under systemd a database restarting beside
+    the daemon failed the unit. A server that answers and refuses stays an error at once."""
+    import socket
+
+    from structlog.testing import capture_logs
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    down = f"postgresql://u:{SECRET}@127.0.0.1:{port}/test"
+    config = _services(tmp_path, storage=down)
+    with capture_logs() as logs:
+        asyncio.run(check_services(config, live=True))
+    [event] = [e for e in logs if e["event"] == "preflight.database_unavailable"]
+    assert event["waits_s"] == config.storage.start_retry_s > 0
+    assert SECRET not in str(event)
+    with pytest.raises(ConfigError, match="cannot connect to PostgreSQL"):
+        asyncio.run(check_services(config))  # a backtest does not wait
+    missing = pg_url.rsplit("/", 1)[0] + "/tradingd_no_such_db"
+    with pytest.raises(ConfigError, match="tradingd_no_such_db"):
+        asyncio.run(check_services(_services(tmp_path, storage=missing), live=True))
+
+
 def test_backtest_with_a_bad_redis_stops_before_the_replay(tmp_path, redis_url):
     host, port = _host_port(redis_url)
     r = tradingd(
