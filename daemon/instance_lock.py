@@ -37,8 +37,11 @@ again; `held` then says whether that worked. The rule for the caller:
 * `check()` False and `held` True: the lock was re-acquired, nobody else holds it now; log it
   and carry on.
 * `check()` False and `held` False: another daemon took over (`last_error` is an
-  `AnotherDaemonRunning` naming it), or the database cannot be reached to prove otherwise.
-  Stop trading: the caller must not send orders or write records without the lock.
+  `AnotherDaemonRunning` naming it): stop trading. Or the database cannot be reached to
+  prove either way (any other `last_error`): the lock is unproven. The daemon's
+  `InstanceLockService` then carries on (the store rides out the outage with its spool, and
+  no other daemon can take the lock from a database it cannot reach either), shows it in
+  /ready and checks again within 5 s.
 
 A lock file cannot be lost while its descriptor is open; its `check()` only notices the file
 being deleted or replaced underneath it (which would let a second daemon lock a new file) and
@@ -220,17 +223,12 @@ class InstanceLock:
         log.warning("instance_lock.lost", reason=reason, **self.describe())
 
     def _reacquire_result(self, error: Exception | None) -> bool:
-        """check()'s answer after a loss: always False; logs whether re-acquiring worked."""
+        """check()'s answer after a loss: always False, with `last_error` set. Logged by the
+        caller, which knows what it does about it (InstanceLockService: carries on while the
+        database cannot be reached, stops when another daemon holds the lock). Logged here
+        too, it said "stop trading" every 5 s of a database outage the daemon traded
+        through, and "reacquired" twice."""
         self.last_error = error
-        if error is None:
-            log.warning("instance_lock.reacquired", **self.describe())
-        else:
-            log.error(
-                "instance_lock.not_reacquired",
-                error=str(error),
-                action="stop trading: another daemon may hold the lock",
-                **self.describe(),
-            )
         return False
 
 

@@ -452,3 +452,19 @@ async def test_the_service_stops_the_daemon_only_when_another_daemon_holds_the_l
     service.lock = FakeLock([(False, AnotherDaemonRunning("another tradingd (pid 7) holds it"))])  # type: ignore[assignment]
     await asyncio.wait_for(task, 5)
     assert lost and "pid 7" in lost[0]
+
+
+def test_an_unreachable_database_is_not_logged_as_a_reason_to_stop_trading():
+    """The lock logged "not_reacquired ... stop trading" at error level every 5 s of a
+    database outage the daemon traded through, and "reacquired" twice: the service (above)
+    says what it does; the lock only answers."""
+    from structlog.testing import capture_logs
+
+    from tradingd.core.errors import StorageError
+    from tradingd.instance_lock import AnotherDaemonRunning, InstanceLock
+
+    lock = InstanceLock("sqlite:///x.db", "acct")
+    with capture_logs() as logs:
+        for error in (StorageError("unreachable"), AnotherDaemonRunning("pid 7"), None):
+            assert lock._reacquire_result(error) is False and lock.last_error is error
+    assert logs == []
