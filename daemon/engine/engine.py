@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import time as _time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -364,6 +365,26 @@ class Engine:
         self.extra_parts: list[Any] = []
 
     # lifecycle -----------------------------------------------------------------------------
+    async def _warn_if_not_continuing(self) -> None:
+        """A new live run beside live runs of the same name under other ids: the config
+        changed in a part that defines the run (its id hashes all but [health], [log],
+        [cache] and [alerts]), so this start begins afresh (a simulated account's cash from
+        the start) instead of continuing. Said once, loudly: it looked like a restart."""
+        m = re.fullmatch(r"(.+-live-)[0-9a-f]{10}", self.run.run_id)
+        named = getattr(self.store, "live_runs_named", None)
+        if m is None or named is None:
+            return
+        others = [r for r in await named(m.group(1)) if r != self.run.run_id]
+        if others:
+            log.warning(
+                "run.not_continued",
+                run_id=self.run.run_id,
+                earlier=others,
+                hint="the configuration differs from theirs in a part that defines the run, "
+                "so this is a new run, not a restart of theirs; to continue one of them, "
+                "start with the configuration it ran with, or set run.run_id to its id",
+            )
+
     async def set_trading_state(self, state: str) -> None:
         """An operator's pause, resume or flatten, stored at once: between bars, the last
         checkpoint again with the new state. Kept only in memory until the next bar's
@@ -412,6 +433,8 @@ class Engine:
                 resume = await self.store.resume_run(self.run)  # type: ignore[attr-defined]
                 if resume is not None:
                     await self._resume(resume)
+                else:
+                    await self._warn_if_not_continuing()
                 session = getattr(self.audit, "session", None)
                 if session is not None:
                     session(

@@ -70,6 +70,7 @@ from .schema import (
     delete_run_sql,
     end_run_sql,
     insert_sql,
+    param,
     reopen_run_sql,
     select_bars_sql,
     select_run_sql,
@@ -680,6 +681,15 @@ class BufferedStore(ABC):
         )
         stmts.append((insert_sql(TABLES["runs"], d), row))
         return stmts
+
+    async def live_runs_named(self, prefix: str) -> list[str]:
+        """The ids of the live runs in this store that start with `prefix`, in order."""
+        pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        sql = (
+            f"SELECT run_id FROM {TABLES['runs'].name} WHERE mode = 'live' AND run_id LIKE "
+            f"{param(self.dialect)} ESCAPE '\\' ORDER BY run_id"
+        )
+        return [str(r[0]) for r in await self._query(sql, (pattern,))]
 
     async def resume_run(self, run: RunInfo) -> ResumePoint | None:
         """A live run continues where it stopped: None (and a new run row) when this run id

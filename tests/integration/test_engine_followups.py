@@ -432,3 +432,32 @@ async def test_an_operators_control_is_in_the_stored_checkpoint_when_it_answers(
     assert answer["state"] == state
     assert stored_state == state
     assert of_the_last_bar  # the last bar's checkpoint, rewritten
+
+
+async def test_a_live_start_that_does_not_continue_the_earlier_live_run_says_so(engine_config):
+    """An operator changed a risk limit (applied by SIGHUP) and later restarted: the config's
+    hash made a new run id, and the daemon began afresh (the simulated account's cash from
+    the start) with nothing said. A restart of the same config continues silently."""
+    from structlog.testing import capture_logs
+
+    from tradingd.app import build_engine, run_id_for
+
+    panel, config = live_run(engine_config)
+    config = dataclasses.replace(config, run=dataclasses.replace(config.run, run_id=""))
+    first = build_engine(config, "live", panel=panel)
+    await first.run_until_done()
+
+    with capture_logs() as logs:
+        await build_engine(config, "live", panel=panel).run_until_done()  # a restart
+    assert not [e for e in logs if e["event"] == "run.not_continued"]
+
+    [risk] = config.risk
+    changed = dataclasses.replace(
+        config,
+        risk=[dataclasses.replace(risk, params={**risk.params, "max_position_pct": 0.2})],
+    )
+    assert run_id_for(changed, "live") != first.run.run_id
+    with capture_logs() as logs:
+        await build_engine(changed, "live", panel=panel).run_until_done()
+    [said] = [e for e in logs if e["event"] == "run.not_continued"]
+    assert said["log_level"] == "warning" and said["earlier"] == [first.run.run_id]
