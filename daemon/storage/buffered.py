@@ -642,13 +642,6 @@ class BufferedStore(ABC):
 
     async def begin_run(self, run: RunInfo) -> None:
         """Record the run; a run_id seen before has its earlier rows deleted first."""
-        stmts = await self._begin_statements(run)
-        async with self._flush_lock:  # one transaction at a time on the connection
-            await self._execute(stmts)
-
-    async def _begin_statements(self, run: RunInfo) -> list[tuple[str, Sequence[Any]]]:
-        """`begin_run`'s checks, done; its statements (the deletes of the run id's earlier
-        rows, the run's row), to run in one transaction before any row of the run."""
         self._last_targets.pop(run.run_id, None)
         self._last_quantity.pop(run.run_id, None)
         self._keep_for(run)
@@ -680,7 +673,8 @@ class BufferedStore(ABC):
             None,
         )
         stmts.append((insert_sql(TABLES["runs"], d), row))
-        return stmts
+        async with self._flush_lock:  # one transaction at a time on the connection
+            await self._execute(stmts)
 
     async def live_runs_named(self, prefix: str) -> list[str]:
         """The ids of the live runs in this store that start with `prefix`, in order."""

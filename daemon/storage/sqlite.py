@@ -10,11 +10,9 @@ its back, in batches (`maybe_flush` hands one over and returns), in one of two w
   the next bars. Not a thread: making rows is Python work, and a thread would take turns
   with the engine for Python's interpreter lock (measured slower than writing inline). The
   process is started when the engine is built (`prestart`, so that its imports run beside
-  the feature step) or else by `begin_run`, connected by `begin_run`. Started by
-  `begin_run`, it takes batches once it has answered a job; until then the thread writes
-  them and the engine waits (a short replay never waits for the process). Prestarted, it
-  takes every batch, and first `begin_run`'s own statements: a rerun's deletes of its run
-  id's earlier rows run there while the first bars go by. A
+  the feature step) or else by `begin_run`, connected by `begin_run`, and takes batches once
+  it has answered a job; until then the thread writes them and the engine waits (a short
+  replay never waits for the process). A
   batch that fails raises at the engine's next bar and the replay ends with that error.
   The replay's audit log makes its lines in the same process (`writer_process`,
   `ChildWriter.share`): beside the engine one writer, not two, on a 2-core machine.
@@ -326,21 +324,9 @@ class SqliteStore(BufferedStore):
             self._stop_child()
 
     async def begin_run(self, run: RunInfo) -> None:
+        await super().begin_run(run)
         prestarted, self._prestarted = self._prestarted, False
         child = self._child
-        if prestarted and child is not None and run.mode != "live":
-            # A rerun's deletes of its earlier rows (0.1-0.2 s at 496 symbols) run in the
-            # writer process while the first bars go by. Jobs run in order there, so every
-            # batch of the run is written after them; a failed delete makes the process
-            # skip every later batch, and the engine's next write raises. So every batch
-            # goes to the process (ready), also while it still imports (a rerun whose
-            # features come from the cache begins within 0.1 s): the thread must not write
-            # a row before the deletes. A batch waits at most for the rest of its start-up.
-            stmts = await self._begin_statements(run)
-            child.send("tradingd.storage.sqlite_file:child_begin", (self.path, stmts))
-            self._child_ready = True
-            return
-        await super().begin_run(run)
         if prestarted and run.mode == "live":
             self._stop_child()  # a live run writes on the thread
         elif prestarted and child is not None:

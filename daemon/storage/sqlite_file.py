@@ -125,16 +125,6 @@ def child_open(state: dict[str, Any], path: str) -> None:
     state.setdefault("_closers", []).append(db.close)
 
 
-def child_begin(
-    state: dict[str, Any], payload: tuple[str, Sequence[tuple[str, Sequence[Any]]]]
-) -> None:
-    """`child_open`, then a replay's `begin_run` statements (the deletes of its run id's
-    earlier rows, its run row) in one transaction, before any batch of the run."""
-    path, statements = payload
-    child_open(state, path)
-    transaction(state["sqlite"][0], statements, path)
-
-
 def child_rows(state: dict[str, Any], taken: Mapping[str, Any]) -> None:
     db, path, statements = state["sqlite"]
     write_rows(db, to_rows(taken, iso_utc), statements, path)

@@ -4,7 +4,6 @@ stay on the thread."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import os
 import sqlite3
@@ -186,72 +185,6 @@ async def test_a_prestarted_process_is_past_its_imports_and_takes_the_first_batc
     finally:
         await store.stop()
     assert child.wait(timeout=30) == 0
-
-
-async def _prestarted(path: Path) -> SqliteStore:
-    store = SqliteStore(path, batch_size=1, flush_interval_s=3600.0)
-    store.prestart()
-    assert store._child is not None
-    store._child.sync()  # past its imports, as by the end of build_engine's feature step
-    await store.start()
-    return store
-
-
-async def test_a_rerun_deletes_its_earlier_rows_in_the_process_not_before_its_first_bar(
-    tmp_path,
-):
-    """A rerun's deletes of its run id's earlier rows (0.1-0.2 s at 496 symbols) are the
-    writer process's first job, while the first bars go by: begin_run does not wait for
-    them. Shown with the database's write lock held elsewhere: begin_run returns, the
-    process waits for the lock, and every row of the rerun is kept, none of the first."""
-    path = tmp_path / "s.db"
-    first = await _prestarted(path)
-    try:
-        await first.begin_run(run_info())
-        for k in range(3):
-            record_bar(first, k)
-        await first.flush()
-    finally:
-        await first.stop()
-    assert count(path, "equity") == 3
-
-    rerun = await _prestarted(path)
-    blocker = sqlite3.connect(path, timeout=60.0, isolation_level=None)
-    try:
-        blocker.execute("BEGIN IMMEDIATE")  # holds the write lock
-        # Before: begin_run deleted on the store's thread and waited there for the lock.
-        await asyncio.wait_for(rerun.begin_run(run_info()), timeout=30)
-        record_bar(rerun, 10)
-        await rerun.maybe_flush()  # a batch behind the deletes, not written by this process
-        blocker.execute("COMMIT")
-        record_bar(rerun, 11)
-        await rerun.flush()
-    finally:
-        blocker.close()
-        await rerun.stop()
-    with sqlite3.connect(path) as db:
-        times = [r[0] for r in db.execute("SELECT time FROM equity ORDER BY time")]
-        runs = db.execute("SELECT run_id, mode FROM runs").fetchall()
-    assert [t[:10] for t in times] == [str((T0 + k * DAY).date()) for k in (10, 11)]
-    assert runs == [("r1", "backtest")]
-    assert count(path, "fills") == 2
-
-
-async def test_a_rerun_whose_deletes_fail_in_the_process_raises_and_writes_nothing(tmp_path):
-    path = tmp_path / "s.db"
-    store = await _prestarted(path)
-    try:
-        with sqlite3.connect(path) as db:
-            db.execute("DROP TABLE signals")  # the process's delete of its rows fails
-        await store.begin_run(run_info())
-        record_bar(store, 0)
-        with pytest.raises(StorageError) as e:
-            await store.flush()
-        assert "signals" in str(e.value) and str(path) in str(e.value)
-    finally:
-        with pytest.raises(StorageError):
-            await store.stop()  # still failed: the replay ends with the error
-    assert count(path, "equity") == 0 and count(path, "runs") == 0
 
 
 async def test_a_prestarted_process_ends_when_its_store_never_runs_or_runs_live(tmp_path):
