@@ -351,9 +351,16 @@ RECORD_FILES = (
 
 def remove_earlier_record(out: Path, run_id: str) -> list[str]:
     """A rerun's store and audit log have just dropped the run id's earlier record: its
-    files in the output folder go too. Else a rerun stopped early (or failed) left the
-    earlier run's whole record there, which the store no longer holds, and a rerun without
-    --report left the earlier run's report beside its own files. Other files stay."""
+    files in the output folder go too, when the folder holds that run id's record (its
+    summary.json names it; an --output folder may hold another run's). Else a rerun stopped
+    early (or failed) left the earlier run's whole record there, which the store no longer
+    held. Other files stay."""
+    try:
+        earlier = json.loads((out / "summary.json").read_text()).get("run_id")
+    except (OSError, ValueError, AttributeError):
+        return []  # no record of a run here (or not one tradingd can read)
+    if earlier != run_id:
+        return []
     removed = []
     for name in RECORD_FILES:
         path = out / name
@@ -374,6 +381,10 @@ def write_outputs(
     fills: Sequence[dict[str, Any]],
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
+    # The folder's record is this run's now: a report of the one it replaces (another run
+    # id's, in an --output folder) would sit beside it as if it were this run's.
+    for stale in ("report.html", "report.json"):
+        (out / stale).unlink(missing_ok=True)
     with (out / "equity.csv").open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["time", "equity", "gross_exposure"])

@@ -328,6 +328,47 @@ def test_a_reruns_folder_loses_the_earlier_record_when_the_store_does(tmp_path):
     assert again.result.bars == first.result.bars
 
 
+def test_a_run_into_a_folder_holding_another_runs_record_leaves_it_until_it_finishes(
+    tmp_path,
+):
+    """An --output folder is not tied to a run id: a run stopped midway must not remove
+    another run's record from it (the store still holds that one whole); a run that
+    finishes replaces the folder's record, and the other run's report with it."""
+    import dataclasses
+
+    from tradingd import backtest as bt
+
+    config = _small(tmp_path)
+    out = tmp_path / "shared"
+    other = asyncio.run(bt.run_backtest(config, output_dir=out))
+    (out / "report.html").write_text("the other run's report")
+    record = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    mine = dataclasses.replace(config, run=dataclasses.replace(config.run, end="2016-05-31"))
+    stop = bt.StopRequest()
+    real_build = bt.build_engine
+
+    def build(*a, **k):
+        engine = real_build(*a, **k)
+        engine.after_bar.append(
+            lambda t, verdicts: stop.request("SIGINT") if engine.bars_processed >= 3 else None
+        )
+        return engine
+
+    bt.build_engine = build
+    try:
+        with pytest.raises(bt.BacktestStopped) as stopped:
+            asyncio.run(bt.run_backtest(mine, output_dir=out, stop=stop))
+    finally:
+        bt.build_engine = real_build
+    assert stopped.value.run_id != other.run_id
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == record
+
+    done = asyncio.run(bt.run_backtest(mine, output_dir=out))
+    assert json.loads((out / "summary.json").read_text())["run_id"] == done.run_id
+    assert not (out / "report.html").exists()
+
+
 def test_an_engine_that_stops_on_its_own_reports_nothing(tmp_path):
     """A replay that ends before its last bar without a signal (its instance lock lost)
     is no more a whole run than a signalled one: no report, an error naming the engine."""
