@@ -318,6 +318,9 @@ class Engine:
         # Operator controls (POST /pause, /resume, /flatten): active | paused | flattening.
         # Kept in memory; surviving restarts is the restart-safety work's kill switch.
         self.trading_state = "active"
+        # An operator's control made before the engine traded (while it starts): it wins
+        # over the state a resumed checkpoint brings.
+        self._operator_state: str | None = None
         self.cache_error: str | None = None
         self.last_flush_at: datetime | None = None
         # Prometheus metrics per bar (the live daemon); replay skips them: they cost time
@@ -390,8 +393,10 @@ class Engine:
         checkpoint again with the new state. Kept only in memory until the next bar's
         checkpoint, a pause was lost by a restart before that bar (hours, with daily bars),
         and the restarted daemon traded."""
-        if self._bar_lock is None:  # not trading yet: the first checkpoint takes it
-            self.trading_state = state
+        if self._bar_lock is None:
+            # Starting: it wins over a resumed checkpoint's state (_resume), and the first
+            # bar's checkpoint stores it.
+            self.trading_state = self._operator_state = state
             return
         async with self._bar_lock:
             self.trading_state = state
@@ -675,6 +680,13 @@ class Engine:
                 if fn is not None and plugin.name in saved:
                     fn(saved[plugin.name])
             self.trading_state = st.get("trading_state", "active")
+            if self._operator_state is not None:
+                log.info(
+                    "control.kept_over_checkpoint",
+                    state=self._operator_state,
+                    checkpoint_state=self.trading_state,
+                )
+                self.trading_state = self._operator_state
             self._bars = int(st.get("bars", 0))
             self._orders = int(st.get("orders", 0))
             self._verdicts = int(st.get("verdicts", 0))

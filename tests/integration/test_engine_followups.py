@@ -461,3 +461,27 @@ async def test_a_live_start_that_does_not_continue_the_earlier_live_run_says_so(
         await build_engine(changed, "live", panel=panel).run_until_done()
     [said] = [e for e in logs if e["event"] == "run.not_continued"]
     assert said["log_level"] == "warning" and said["earlier"] == [first.run.run_id]
+
+
+async def test_a_control_made_while_the_daemon_starts_wins_over_the_resumed_checkpoint(
+    engine_config,
+):
+    """The health server answers while the store and lock start: a pause then set only the
+    state in memory, which the resumed checkpoint's "active" overwrote, and the daemon
+    traded after answering "paused"."""
+    from tradingd.app import EngineControls, build_engine
+
+    panel, config = live_run(engine_config)
+    first = build_engine(config, "live", panel=panel)
+    first.after_bar.append(lambda t, v: first.request_stop() if first._bars == 5 else None)
+    await first.run_until_done()
+
+    restarted = build_engine(config, "live", panel=panel)
+    answer = await EngineControls(restarted).pause()  # before run_until_done: starting
+    assert answer["state"] == "paused"
+    states: list[str] = []
+    restarted.after_bar.append(lambda t, v: states.append(restarted.trading_state))
+    result = await restarted.run_until_done()
+    assert restarted.resumed_from is not None
+    assert states and set(states) == {"paused"}
+    assert result.orders == first.result().orders  # nothing ordered after the pause
