@@ -673,10 +673,12 @@ class InstanceLockService:
             await asyncio.sleep(
                 min(self.check_interval_s, 5.0) if self.lost else self.check_interval_s
             )
-            if await self.lock.check() and self.lost is None:
+            ok = await self.lock.check()
+            if ok and self.lost is None:
                 continue
             if self.lock.held:
-                if self.lost is not None:
+                # After an outage, or lost and taken again within this check.
+                if self.lost is not None or not ok:
                     log.warning("instance_lock.reacquired", **self.lock.describe())
                 self.lost = None
                 continue

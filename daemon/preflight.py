@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import importlib.util
 import tempfile
 from pathlib import Path
@@ -215,15 +216,14 @@ async def _check_postgres(url: str, timeout_s: float, wait_s: float = 0.0) -> No
         return
     import asyncpg
 
-    from .storage.postgres import unavailable
-
     key = f"storage.url (DATABASE_URL) = {mask_url(url)!r}"
     try:
         conn = await asyncio.wait_for(asyncpg.connect(url, timeout=timeout_s), timeout_s + 1)
     except Exception as exc:
-        # Refused or unreachable: a server restarting, or not up yet. No answer in time is
-        # not waited for: something listens there, and it is not a PostgreSQL.
-        if wait_s > 0 and not isinstance(exc, TimeoutError) and unavailable(exc):
+        # Refused, or a server still starting: restarting, or not up yet. Anything else (no
+        # answer in time, a service that is not a PostgreSQL, TLS, an unknown host) is a
+        # mistake to report now, not to wait out.
+        if wait_s > 0 and _not_up_yet(exc):
             log.warning(
                 "preflight.database_unavailable",
                 url=mask_url(url),
@@ -243,6 +243,18 @@ async def _check_postgres(url: str, timeout_s: float, wait_s: float = 0.0) -> No
         ) from None
     with contextlib.suppress(Exception):
         await conn.close(timeout=timeout_s)
+
+
+def _not_up_yet(exc: BaseException) -> bool:
+    """Nothing listens yet (connection refused, host or network unreachable) or PostgreSQL
+    says it is starting up or shutting down (SQLSTATE 57P03, cannot_connect_now)."""
+    if isinstance(exc, OSError) and exc.errno in (
+        errno.ECONNREFUSED,
+        errno.EHOSTUNREACH,
+        errno.ENETUNREACH,
+    ):
+        return True
+    return str(getattr(exc, "sqlstate", "") or "") == "57P03"
 
 
 def _refused(exc: BaseException) -> bool:

@@ -190,6 +190,10 @@ def _on_ray(
             else:
                 ray.init(address=address)
         except Exception as exc:  # a malformed address (ValueError), no cluster there, ...
+            if address == "local":
+                raise ConfigError(
+                    f"ray_address 'local' (--ray-address): Ray could not start here: {exc}"
+                ) from None
             raise ConfigError(
                 f"ray_address {address!r} (--ray-address): Ray cannot connect: {exc}; give "
                 "ray://<host>:10001 for a cluster's client port, auto for a cluster this "

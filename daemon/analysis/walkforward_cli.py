@@ -138,7 +138,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if analyzer.retrain():
         check_train_extra()
-    results = analyzer.run()  # (an address Ray cannot reach: a ConfigError naming it)
+    try:
+        results = analyzer.run()  # (an address Ray cannot reach: a ConfigError naming it)
+    except ConnectionError as exc:  # Ray: the cluster lost during the run
+        raise WalkForwardError(f"--ray-address {args.ray_address!r}: {exc}") from None
     write_outputs(results, out)
     summary = summarize(results, out)
     if args.json:

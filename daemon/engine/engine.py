@@ -377,7 +377,10 @@ class Engine:
         named = getattr(self.store, "live_runs_named", None)
         if m is None or named is None:
             return
-        others = [r for r in await named(m.group(1)) if r != self.run.run_id]
+        # LIKE in SQLite ignores case, and the prefix also matches longer names that start
+        # with it ("demo-live-x-live-..."): only `<this name>-live-<hash>` counts.
+        shape = re.compile(re.escape(m.group(1)) + r"[0-9a-f]{10}")
+        others = [r for r in await named(m.group(1)) if r != self.run.run_id and shape.fullmatch(r)]
         if others:
             log.warning(
                 "run.not_continued",

@@ -442,7 +442,9 @@ def test_postgres_database_that_does_not_exist(tmp_path, pg_url):
     assert "tradingd_no_such_db" in str(e.value)
 
 
-def test_a_live_start_leaves_an_unreachable_postgres_to_the_stores_wait(tmp_path, pg_url):
+def test_a_live_start_leaves_an_unreachable_postgres_to_the_stores_wait(
+    tmp_path, pg_url, redis_url
+):
     """`tradingd run` waits storage.start_retry_s for a database that is down (README); its
     preflight check exited at once (0.7 s), so under systemd a database restarting beside
     the daemon failed the unit. A server that answers and refuses stays an error at once."""
@@ -465,6 +467,14 @@ def test_a_live_start_leaves_an_unreachable_postgres_to_the_stores_wait(tmp_path
     missing = pg_url.rsplit("/", 1)[0] + "/tradingd_no_such_db"
     with pytest.raises(ConfigError, match="tradingd_no_such_db"):
         asyncio.run(check_services(_services(tmp_path, storage=missing), live=True))
+    # Something that is not a PostgreSQL listens there, or no such host: said at once.
+    host, redis_port = _host_port(redis_url)
+    for wrong in (
+        f"postgresql://u@{host}:{redis_port}/db",
+        "postgresql://u@no-such-host.invalid/db",
+    ):
+        with pytest.raises(ConfigError, match=r"storage\.url"):
+            asyncio.run(check_services(_services(tmp_path, storage=wrong), 2.0, live=True))
 
 
 def test_backtest_with_a_bad_redis_stops_before_the_replay(tmp_path, redis_url):

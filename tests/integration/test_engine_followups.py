@@ -451,6 +451,21 @@ async def test_a_live_start_that_does_not_continue_the_earlier_live_run_says_so(
         await build_engine(config, "live", panel=panel).run_until_done()  # a restart
     assert not [e for e in logs if e["event"] == "run.not_continued"]
 
+    # Not runs of this name: another case (SQLite's LIKE ignores it) and a longer name.
+    from datetime import UTC, datetime
+
+    from tradingd.core.types import RunInfo
+    from tradingd.storage.factory import open_store
+
+    store = open_store(config.storage.url)
+    await store.start()
+    try:
+        name = first.run.run_id.split("-live-")[0]
+        for rid in (f"{name.upper()}-live-0123456789", f"{name}-live-x-live-0123456789"):
+            await store.resume_run(RunInfo(rid, "live", datetime.now(UTC), "{}", ("A",), 1.0))
+    finally:
+        await store.stop()
+
     [risk] = config.risk
     changed = dataclasses.replace(
         config,

@@ -468,3 +468,34 @@ def test_an_unreachable_database_is_not_logged_as_a_reason_to_stop_trading():
         for error in (StorageError("unreachable"), AnotherDaemonRunning("pid 7"), None):
             assert lock._reacquire_result(error) is False and lock.last_error is error
     assert logs == []
+
+
+async def test_a_lock_lost_and_taken_again_within_one_check_is_said_to_be_reacquired():
+    """The lock used to log this itself; the service must, or the operator sees "lost" with
+    no follow-up."""
+    import asyncio
+
+    from structlog.testing import capture_logs
+
+    from tradingd.instance_lock import InstanceLockService
+
+    class Relocked:
+        held, last_error = True, None
+
+        async def check(self):
+            return False  # lost since the last check, and held again now
+
+        def describe(self):
+            return {}
+
+    service = InstanceLockService("sqlite:///x.db", "acct", check_interval_s=0.01)
+    service.lock = Relocked()  # type: ignore[assignment]
+    with capture_logs() as logs:
+        task = asyncio.create_task(service._watch())
+        for _ in range(500):
+            if any(e["event"] == "instance_lock.reacquired" for e in logs):
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+    assert any(e["event"] == "instance_lock.reacquired" for e in logs)
+    assert service.lost is None
