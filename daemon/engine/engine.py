@@ -316,7 +316,7 @@ class Engine:
         self.broker_failures = 0
         self.bars_unavailable = 0
         # Operator controls (POST /pause, /resume, /flatten): active | paused | flattening.
-        # Kept in memory; surviving restarts is the restart-safety work's kill switch.
+        # In every checkpoint, and stored when a control answers (set_trading_state).
         self.trading_state = "active"
         # An operator's control made before the engine traded (while it starts): it wins
         # over the state a resumed checkpoint brings.

@@ -212,6 +212,44 @@ def test_a_stop_before_the_replay_starts_nothing(tmp_path):
             assert c.execute("select count(*) from runs").fetchone()[0] == 0
 
 
+def _stopped_run(config, out, stop_when):
+    """run_backtest into `out`, its engine handed to `stop_when(engine, stop)` as built, to
+    arrange the stop; the BacktestStopped it raises."""
+    from tradingd import backtest as bt
+
+    stop = bt.StopRequest()
+    real_build = bt.build_engine
+
+    def build(*a, **k):
+        engine = real_build(*a, **k)
+        stop_when(engine, stop)
+        return engine
+
+    bt.build_engine = build
+    try:
+        with pytest.raises(bt.BacktestStopped) as stopped:
+            asyncio.run(bt.run_backtest(config, output_dir=out, stop=stop))
+    finally:
+        bt.build_engine = real_build
+    return stopped.value
+
+
+def _once_the_store_starts(engine, stop):
+    start = engine.store.start
+
+    async def start_then_signal():
+        await start()
+        stop.request("SIGTERM")  # the engine is attached: it is asked to stop
+
+    engine.store.start = start_then_signal
+
+
+def _after_three_bars(engine, stop):
+    engine.after_bar.append(
+        lambda t, verdicts: stop.request("SIGINT") if engine.bars_processed >= 3 else None
+    )
+
+
 def test_a_stop_while_the_engine_starts_leaves_the_earlier_run(tmp_path):
     """Between the request reaching the engine and the run's start (its parts starting):
     the earlier run of the same run id keeps its rows (a rerun's start deletes them)."""
@@ -230,26 +268,8 @@ def test_a_stop_while_the_engine_starts_leaves_the_earlier_run(tmp_path):
 
     before = stored()
     assert before[1] == done.result.bars > 0
-    stop = bt.StopRequest()
-    real_build = bt.build_engine
-
-    def build(*a, **k):
-        engine = real_build(*a, **k)
-        start = engine.store.start
-
-        async def start_then_signal():
-            await start()
-            stop.request("SIGTERM")  # the engine is attached: it is asked to stop
-
-        engine.store.start = start_then_signal
-        return engine
-
-    bt.build_engine = build
-    try:
-        with pytest.raises(bt.BacktestStopped, match="SIGTERM before its first bar"):
-            asyncio.run(bt.run_backtest(config, output_dir=tmp_path / "second", stop=stop))
-    finally:
-        bt.build_engine = real_build
+    stopped = _stopped_run(config, tmp_path / "second", _once_the_store_starts)
+    assert "SIGTERM before its first bar" in str(stopped)
     assert stored() == before
     assert not (tmp_path / "second").exists()
 
@@ -271,41 +291,10 @@ def test_a_reruns_folder_loses_the_earlier_record_when_the_store_does(tmp_path):
     record = {p.name: p.read_bytes() for p in out.iterdir()}
     assert set(record) == {*bt.RECORD_FILES, "notes.txt"}
 
-    def rerun(stop_when):
-        stop = bt.StopRequest()
-        real_build = bt.build_engine
-
-        def build(*a, **k):
-            engine = real_build(*a, **k)
-            stop_when(engine, stop)
-            return engine
-
-        bt.build_engine = build
-        try:
-            with pytest.raises(bt.BacktestStopped) as stopped:
-                asyncio.run(bt.run_backtest(config, output_dir=out, stop=stop))
-        finally:
-            bt.build_engine = real_build
-        return stopped.value
-
-    def before_it_begins(engine, stop):
-        start = engine.store.start
-
-        async def start_then_signal():
-            await start()
-            stop.request("SIGTERM")
-
-        engine.store.start = start_then_signal
-
-    assert rerun(before_it_begins).bars == 0
+    assert _stopped_run(config, out, _once_the_store_starts).bars == 0
     assert {p.name: p.read_bytes() for p in out.iterdir()} == record
 
-    def after_three_bars(engine, stop):
-        engine.after_bar.append(
-            lambda t, verdicts: stop.request("SIGINT") if engine.bars_processed >= 3 else None
-        )
-
-    stopped = rerun(after_three_bars)
+    stopped = _stopped_run(config, out, _after_three_bars)
     assert stopped.run_id == first.run_id
     # Its bars count the warm-up before run.start (the summary's do not): both are said.
     assert stopped.warmup > 0 and stopped.bars == stopped.warmup + 3
@@ -345,23 +334,7 @@ def test_a_run_into_a_folder_holding_another_runs_record_leaves_it_until_it_fini
     record = {p.name: p.read_bytes() for p in out.iterdir()}
 
     mine = dataclasses.replace(config, run=dataclasses.replace(config.run, end="2016-05-31"))
-    stop = bt.StopRequest()
-    real_build = bt.build_engine
-
-    def build(*a, **k):
-        engine = real_build(*a, **k)
-        engine.after_bar.append(
-            lambda t, verdicts: stop.request("SIGINT") if engine.bars_processed >= 3 else None
-        )
-        return engine
-
-    bt.build_engine = build
-    try:
-        with pytest.raises(bt.BacktestStopped) as stopped:
-            asyncio.run(bt.run_backtest(mine, output_dir=out, stop=stop))
-    finally:
-        bt.build_engine = real_build
-    assert stopped.value.run_id != other.run_id
+    assert _stopped_run(mine, out, _after_three_bars).run_id != other.run_id
     assert {p.name: p.read_bytes() for p in out.iterdir()} == record
 
     done = asyncio.run(bt.run_backtest(mine, output_dir=out))
