@@ -6,6 +6,7 @@ parts chosen here (clock, feed, broker). Nothing else in tradingd branches on th
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -63,6 +64,27 @@ def run_id_for(config: Config, mode: str) -> str:
     digest = hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()
     digest = digest[:10]
     return f"{config.run.name}-{mode}-{digest}"
+
+
+async def continuing_config(config: Config) -> Config:
+    """`config` for a live start: with `run.run_id` set to the stored live run it continues
+    when that is not the one its id derives (a risk limit applied by SIGHUP since, a new
+    setting at its default: see run_continuation), else as it is. Reads the runs of the
+    configured store and closes it again."""
+    if config.run.run_id:
+        return config
+    from .run_continuation import continued_run_id
+
+    st = config.storage
+    store = open_store(st.url, spool=False, start_retry_s=st.start_retry_s)
+    await store.start()
+    try:
+        chosen = await continued_run_id(config, run_id_for(config, "live"), store)
+    finally:
+        await store.stop()
+    if chosen is None:
+        return config
+    return dataclasses.replace(config, run=dataclasses.replace(config.run, run_id=chosen))
 
 
 def load_data(config: Config) -> Panel:

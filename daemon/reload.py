@@ -307,7 +307,7 @@ def changed_keys(old: Config, new: Config) -> list[str]:
     """The keys whose values differ, as dotted paths (`data.symbols`, `risk[0].params.x`).
     A list of tables (plugins) of the same length is compared entry by entry, any other
     list as one value."""
-    a, b = _flatten(old.to_dict()), _flatten(new.to_dict())
+    a, b = flatten(old.to_dict()), flatten(new.to_dict())
     keys = [*a, *(k for k in b if k not in a)]
     changed = [k for k in keys if a.get(k, _NO) != b.get(k, _NO)]
     # A plugin list that grew or shrank is one change ("risk"), not one per shifted entry.
@@ -324,11 +324,11 @@ def changed_keys(old: Config, new: Config) -> list[str]:
 _NO = object()
 
 
-def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     if isinstance(value, Mapping) and value:
         for k, v in value.items():
-            out.update(_flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
     elif (
         isinstance(value, list)
         and value
@@ -336,7 +336,7 @@ def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
         and _is_plugin_list(prefix)
     ):
         for i, v in enumerate(value):
-            out.update(_flatten(v, f"{prefix}[{i}]"))
+            out.update(flatten(v, f"{prefix}[{i}]"))
         out[f"{prefix}#len"] = len(value)  # a list that grew or shrank is a change of its own
     else:
         out[prefix] = value
@@ -352,7 +352,7 @@ def _under(key: str, section: str) -> bool:
 
 
 def _changed_params(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
-    fa, fb = _flatten(dict(a)), _flatten(dict(b))
+    fa, fb = flatten(dict(a)), flatten(dict(b))
     keys = [*fa, *(k for k in fb if k not in fa)]
     return [k for k in keys if fa.get(k, _NO) != fb.get(k, _NO) and k]
 

@@ -370,9 +370,10 @@ class Engine:
     # lifecycle -----------------------------------------------------------------------------
     async def _warn_if_not_continuing(self) -> None:
         """A new live run beside live runs of the same name under other ids: the config
-        changed in a part that defines the run (its id hashes all but [health], [log],
-        [cache] and [alerts]), so this start begins afresh (a simulated account's cash from
-        the start) instead of continuing. Said once, loudly: it looked like a restart."""
+        changed in a part that defines the run (`tradingd run` continues a stored run whose
+        config differs only in other parts: run_continuation), so this start begins afresh
+        (a simulated account's cash from the start) instead of continuing. Said once,
+        loudly: it looked like a restart."""
         m = re.fullmatch(r"(.+-live-)[0-9a-f]{10}", self.run.run_id)
         named = getattr(self.store, "live_runs_named", None)
         if m is None or named is None:

@@ -678,12 +678,18 @@ class BufferedStore(ABC):
 
     async def live_runs_named(self, prefix: str) -> list[str]:
         """The ids of the live runs in this store that start with `prefix`, in order."""
+        return sorted(run_id for run_id, _ in await self.live_run_configs(prefix))
+
+    async def live_run_configs(self, prefix: str) -> list[tuple[str, str | None]]:
+        """(run id, stored public configuration) of the live runs whose id starts with
+        `prefix`, oldest first: what `run_continuation` compares a live start with."""
         pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
         sql = (
-            f"SELECT run_id FROM {TABLES['runs'].name} WHERE mode = 'live' AND run_id LIKE "
-            f"{param(self.dialect)} ESCAPE '\\' ORDER BY run_id"
+            f"SELECT run_id, config_json FROM {TABLES['runs'].name} WHERE mode = 'live' AND "
+            f"run_id LIKE {param(self.dialect)} ESCAPE '\\' ORDER BY started_at, run_id"
         )
-        return [str(r[0]) for r in await self._query(sql, (pattern,))]
+        rows = await self._query(sql, (pattern,))
+        return [(str(r[0]), None if r[1] is None else str(r[1])) for r in rows]
 
     async def resume_run(self, run: RunInfo) -> ResumePoint | None:
         """A live run continues where it stopped: None (and a new run row) when this run id

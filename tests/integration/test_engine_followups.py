@@ -478,6 +478,54 @@ async def test_a_live_start_that_does_not_continue_the_earlier_live_run_says_so(
     assert said["log_level"] == "warning" and said["earlier"] == [first.run.run_id]
 
 
+async def test_a_live_start_with_only_a_changed_risk_limit_continues_the_stored_run(engine_config):
+    """A risk limit applied by SIGHUP and a later restart from the same file: the file's
+    hash names another run, and the daemon began afresh (the simulated cash from the start,
+    a pause lost). It continues the stored run under its id now, and says so; a change in
+    what defines the run (a signal's parameter) still makes a new run."""
+    from structlog.testing import capture_logs
+
+    from tradingd.app import build_engine, continuing_config, run_id_for
+
+    panel, config = live_run(engine_config)
+    config = dataclasses.replace(config, run=dataclasses.replace(config.run, run_id=""))
+    first = build_engine(config, "live", panel=panel)
+    first.after_bar.append(lambda t, v: first.request_stop() if first._bars == 5 else None)
+    await first.run_until_done()
+    assert first.result().orders  # it traded: there is an account to continue
+
+    [risk] = config.risk
+    changed = dataclasses.replace(
+        config,
+        risk=[dataclasses.replace(risk, params={**risk.params, "max_position_pct": 0.2})],
+        live=dataclasses.replace(config.live, reconcile_interval_s=60.0),
+    )
+    assert run_id_for(changed, "live") != first.run.run_id
+    with capture_logs() as logs:
+        running = await continuing_config(changed)
+        assert running.run.run_id == first.run.run_id
+        restarted = build_engine(running, "live", panel=panel)
+        await restarted.run_until_done()
+    assert restarted.resumed_from is not None
+    [said] = [e for e in logs if e["event"] == "run.continued"]
+    assert said["run_id"] == first.run.run_id
+    assert said["instead_of"] == run_id_for(changed, "live")
+    assert sorted(said["differing"]) == [
+        "live.reconcile_interval_s",
+        "risk[0].params.max_position_pct",
+    ]
+    assert not [e for e in logs if e["event"] == "run.not_continued"]
+    assert restarted.pipeline.risks[0].config.max_position_pct == 0.2  # the new limit applies
+
+    [signal] = config.signals
+    other = dataclasses.replace(
+        changed, signals=(dataclasses.replace(signal, params={"lookback": 30}),)
+    )
+    with capture_logs() as logs:
+        assert await continuing_config(other) is other
+    assert not [e for e in logs if e["event"] == "run.continued"]
+
+
 async def test_a_control_made_while_the_daemon_starts_wins_over_the_resumed_checkpoint(
     engine_config,
 ):

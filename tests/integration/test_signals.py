@@ -317,6 +317,33 @@ def test_sighup_applies_limits_and_level_reports_the_rest_and_refuses_invalid(tm
     assert d.wait_for("tradingd.exit")["reason"] == "stopped by SIGTERM"
 
 
+def test_a_restart_after_a_sighup_limit_continues_the_run(tmp_path, daemon):
+    """The operator's way: a limit changed in the file and applied by SIGHUP, then a restart
+    (a reboot, a deploy). The file now hashes to another run id; the daemon began a new run,
+    its simulated account from the start. It continues the run it was running."""
+    base = _config_text(tmp_path, bars_per_second=20.0)
+    path = _write(tmp_path, base + RISK.format(max_position=0.05))
+    d = daemon(path)
+    run_id = d.wait_for("engine.start")["run_id"]
+    d.wait_for("alert.event")  # a bar was traded and checkpointed
+    path.write_text(base + RISK.format(max_position=0.04))
+    d.signal(signal.SIGHUP)
+    assert d.wait_for("config.reloaded")["applied"] == ["risk[0].params.max_position_pct"]
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0, d.err_path.read_text()[-3000:]
+
+    again = daemon(path)
+    said = again.wait_for("run.continued")
+    assert said["run_id"] == run_id and said["instead_of"] != run_id
+    assert said["differing"] == ["risk[0].params.max_position_pct"]
+    assert again.wait_for("engine.start")["run_id"] == run_id
+    assert again.wait_for("run.resumed")["run_id"] == run_id
+    again.signal(signal.SIGTERM)
+    assert again.wait() == 0, again.err_path.read_text()[-3000:]
+    again.assert_clean_output()
+    assert not again.events("run.not_continued")
+
+
 def test_sighup_during_startup_is_applied_once_the_engine_is_built(tmp_path, daemon):
     """SIGHUP's default action would kill the process: during start-up it is remembered."""
     d = daemon(_write(tmp_path, _config_text(tmp_path, bars_per_second=5.0)))
