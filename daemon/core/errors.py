@@ -57,3 +57,20 @@ class FatalError(TradingdError):
 
 class StorageError(TradingdError):
     """The store is unreachable or rejected a write: check DATABASE_URL and the database."""
+
+
+class EngineStoppedError(TradingdError):
+    """The engine has stopped trading (the daemon is stopping or has stopped): an operator's
+    control can neither take effect nor be stored. Send it again once the daemon runs."""
+
+
+class ControlNotStoredError(TradingdError):
+    """An operator's control is in effect in this process, but the store failed to keep it:
+    a restart before the store recovers would lose it. Fix the store, then send it again."""
+
+    def __init__(self, state: str, cause: BaseException) -> None:
+        super().__init__(
+            f"trading state {state!r} is in effect, but storing it failed "
+            f"({type(cause).__name__}: {cause}); send the control again once the store works"
+        )
+        self.state = state

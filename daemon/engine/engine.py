@@ -27,7 +27,12 @@ import structlog
 
 from .. import faults, metrics
 from ..core.arrays import count_nonzero, scalar, where
-from ..core.errors import PluginFault, RetryableError
+from ..core.errors import (
+    ControlNotStoredError,
+    EngineStoppedError,
+    PluginFault,
+    RetryableError,
+)
 from ..core.ports import (
     AuditSink,
     BarContext,
@@ -352,6 +357,9 @@ class Engine:
         self.last_reconciled_at: datetime | None = None
         self.reconcile_error: str | None = None
         self._bar_lock: asyncio.Lock | None = None
+        # Set as the parts stop: a control then answers that the engine stopped (the store
+        # that would keep it is going).
+        self._controls_closed = False
         # Liveness for the health server, set by the composition root (not a constructor
         # argument): busy=True when a bar starts, busy=False while waiting for the next.
         self.on_heartbeat: Callable[..., None] = _no_heartbeat
@@ -397,19 +405,33 @@ class Engine:
         checkpoint again with the new state. Kept only in memory until the next bar's
         checkpoint, a pause was lost by a restart before that bar (hours, with daily bars),
         and the restarted daemon traded."""
+        if self._controls_closed:
+            raise EngineStoppedError(
+                f"the engine of run {self.run.run_id} has stopped: trading state {state!r} "
+                "was not set; send the control again once the daemon runs"
+            )
         if self._bar_lock is None:
             # Starting: it wins over a resumed checkpoint's state (_resume), and the first
             # bar's checkpoint stores it.
             self.trading_state = self._operator_state = state
             return
         async with self._bar_lock:
+            if self._controls_closed:  # closed while this waited for the bar
+                raise EngineStoppedError(
+                    f"the engine of run {self.run.run_id} has stopped: trading state "
+                    f"{state!r} was not set; send the control again once the daemon runs"
+                )
             self.trading_state = state
             if self._durable and self._last_checkpoint is not None:
                 t, saved = self._last_checkpoint
                 saved = {**saved, "trading_state": state}
                 self._last_checkpoint = (t, saved)
                 self.store.record_checkpoint(self.run.run_id, t, saved)  # type: ignore[attr-defined]
-                await self.store.flush()
+                try:
+                    await self.store.flush()
+                except Exception as exc:
+                    # In effect here (the next bar's checkpoint carries it too), not stored.
+                    raise ControlNotStoredError(state, exc) from exc
 
     def request_stop(self) -> None:
         """Finish the current bar, then stop cleanly (SIGTERM lands here)."""
@@ -433,6 +455,7 @@ class Engine:
         )
         started: list[Any] = []
         live = froze = replaying = False
+        reconciler: asyncio.Task[None] | None = None
         try:
             for part in parts:
                 await part.start()
@@ -482,7 +505,6 @@ class Engine:
                 collector.replay_started()
                 replaying = True
             self._bar_lock = asyncio.Lock()
-            reconciler = None
             if not self._stop_requested and callable(getattr(self.broker, "positions", None)):
                 await self._reconcile()
                 reconciler = asyncio.create_task(self._reconcile_every(), name="reconcile")
@@ -562,6 +584,13 @@ class Engine:
             )
             return result
         finally:
+            if reconciler is not None and not reconciler.done():  # the loop failed
+                reconciler.cancel()
+                await asyncio.gather(reconciler, return_exceptions=True)
+            if self._bar_lock is not None:
+                async with self._bar_lock:  # a control storing its state finishes first
+                    self._controls_closed = True
+            self._controls_closed = True
             if live:
                 collector.live_ended(froze)
             if replaying:

@@ -478,6 +478,78 @@ async def test_a_live_start_that_does_not_continue_the_earlier_live_run_says_so(
     assert said["log_level"] == "warning" and said["earlier"] == [first.run.run_id]
 
 
+async def test_a_control_after_the_engine_stopped_is_refused_and_changes_nothing(engine_config):
+    """After the loop ended the store is gone: a pause answered 500 ("not started") from
+    deep inside the store, and the state had already changed in memory."""
+    from tradingd.app import EngineControls, build_engine
+    from tradingd.core.errors import EngineStoppedError
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    engine.after_bar.append(lambda t, v: engine.request_stop() if engine._bars == 3 else None)
+    await engine.run_until_done()
+    with pytest.raises(EngineStoppedError, match="has stopped"):
+        await EngineControls(engine).pause()
+    assert engine.trading_state == "active"
+
+
+async def test_a_live_loop_that_fails_leaves_no_reconciler_running(engine_config):
+    """Only a loop that ended cancelled its periodic reconciliation: after a failure the
+    task went on calling a stopped broker every interval."""
+    from tradingd.app import build_engine
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+
+    async def positions() -> dict[str, float]:  # a broker that reports its book reconciles
+        return dict(zip(engine.symbols, map(float, engine.portfolio.quantity), strict=True))
+
+    engine.broker.positions = positions  # type: ignore[attr-defined]
+
+    def fail(t, verdicts):
+        if engine._bars == 3:
+            raise RuntimeError("a bar's hook failed")
+
+    engine.after_bar.append(fail)
+    with pytest.raises(RuntimeError, match="hook failed"):
+        await engine.run_until_done()
+    assert not [t for t in asyncio.all_tasks() if t.get_name() == "reconcile" and not t.done()]
+
+
+async def test_a_control_the_store_fails_to_keep_says_so_and_stays_in_effect(engine_config):
+    from tradingd.app import EngineControls, build_engine
+    from tradingd.core.errors import ControlNotStoredError, StorageError
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    raised: list[BaseException] = []
+
+    async def pause_with_a_failing_flush():
+        flush = engine.store.flush
+
+        async def failing() -> None:
+            raise StorageError("disk full")
+
+        engine.store.flush = failing
+        try:
+            await EngineControls(engine).pause()
+        except ControlNotStoredError as exc:
+            raised.append(exc)
+        finally:
+            engine.store.flush = flush
+        engine.request_stop()
+
+    def after(t, verdicts):
+        if engine._bars == 5:
+            asyncio.get_running_loop().create_task(pause_with_a_failing_flush())
+
+    engine.after_bar.append(after)
+    await engine.run_until_done()
+    [exc] = raised
+    assert exc.state == "paused" and "disk full" in str(exc)
+    assert engine.trading_state == "paused"  # in effect: the next checkpoint carries it
+
+
 async def test_a_live_start_with_only_a_changed_risk_limit_continues_the_stored_run(engine_config):
     """A risk limit applied by SIGHUP and a later restart from the same file: the file's
     hash names another run, and the daemon began afresh (the simulated cash from the start,

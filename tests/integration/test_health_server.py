@@ -21,7 +21,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from tradingd import metrics
-from tradingd.core.errors import ConfigError
+from tradingd.core.errors import ConfigError, StorageError
 from tradingd.health import (
     TOKEN_ENV,
     Check,
@@ -48,14 +48,17 @@ class FakeClock:
 
 
 class RecordingControls:
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, raises: BaseException | None = None) -> None:
         self.calls: list[str] = []
         self.fail = fail
+        self.raises = raises
 
     async def _act(self, action: str) -> dict[str, Any]:
         self.calls.append(action)
         if self.fail:
             raise RuntimeError(f"broker refused: {PG}")
+        if self.raises is not None:
+            raise self.raises
         return {"action": action, "orders_cancelled": 2}
 
     async def pause(self) -> dict[str, Any]:
@@ -428,6 +431,28 @@ async def test_a_failing_control_answers_500_masked(serve, http):
     assert SECRET not in json.dumps(body)
     assert SECRET not in repr(logs)
     assert [e["event"] for e in logs if e["log_level"] == "error"] == ["health.control_failed"]
+
+
+async def test_a_control_after_the_engine_stopped_answers_409_and_one_not_stored_503(serve, http):
+    """Both answered 500, as if the server had failed: a stopped engine is the operator's
+    to know (send it again once the daemon runs), and a state in effect but not stored says
+    so (a restart before the store recovers loses it)."""
+    from tradingd.core.errors import ControlNotStoredError, EngineStoppedError
+
+    stopped = EngineStoppedError("the engine of run r has stopped")
+    server = await serve(controls=RecordingControls(raises=stopped), token=TOKEN)
+    with capture_logs() as logs:
+        code, body, _ = await post(http, server, "/pause", f"Bearer {TOKEN}")
+    assert code == 409
+    assert body == {"action": "pause", "ok": False, "error": "the engine of run r has stopped"}
+    assert not [e for e in logs if e["log_level"] == "error"]
+
+    lost = ControlNotStoredError("paused", StorageError(f"write failed on {PG}"))
+    server = await serve(controls=RecordingControls(raises=lost), token=TOKEN)
+    code, body, _ = await post(http, server, "/pause", f"Bearer {TOKEN}")
+    assert code == 503
+    assert body["ok"] is False and body["stored"] is False and body["state"] == "paused"
+    assert "is in effect" in body["error"] and SECRET not in json.dumps(body)
 
 
 async def test_no_controls_configured_answers_501(serve, http):
