@@ -862,6 +862,7 @@ def health_inputs(
             "model_version": engine.signal_source,
             "trading_state": engine.trading_state,
             "resumed_from": engine.resumed_from,
+            "catching_up_to": engine.catching_up_to,
             "alerts": alerter.status() if alerter is not None else None,
         }
 

@@ -937,8 +937,13 @@ class Engine:
 
     @property
     def last_bar_time(self) -> datetime | None:
-        """The time of the last bar processed (None before the first)."""
-        return self._last_time
+        """The time of the last bar the run processed (None before the first). A resumed
+        run's checkpoint counts while the bars up to it are replayed for features: /status
+        showed the replay's bar times, going back from what it showed before the restart."""
+        t, through = self._last_time, self._restored_through
+        if through is not None and (t is None or t < through):
+            return through
+        return t
 
     @property
     def bars_processed(self) -> int:

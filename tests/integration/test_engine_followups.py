@@ -493,6 +493,37 @@ async def test_a_control_after_the_engine_stopped_is_refused_and_changes_nothing
     assert engine.trading_state == "active"
 
 
+async def test_status_last_bar_time_never_goes_back_while_a_restart_catches_up(engine_config):
+    """A resumed demo replays its completed bars for features after the clock starts:
+    /status showed their times, weeks before what it showed before the restart."""
+    from tradingd.app import build_engine, health_inputs
+
+    panel, config = live_run(engine_config)
+    first = build_engine(config, "live", panel=panel)
+    first.after_bar.append(lambda t, v: first.request_stop() if first._bars == 10 else None)
+    await first.run_until_done()
+
+    restarted = build_engine(config, "live", panel=panel)
+    _checks, status, _controls = health_inputs(restarted)
+    seen: list[tuple] = []
+    step = restarted.step
+
+    async def observed(bar, trade=None):  # type: ignore[no-untyped-def]
+        await step(bar, trade)
+        st = status()
+        seen.append((st["last_bar_time"], st["catching_up_to"]))
+
+    restarted.step = observed  # type: ignore[method-assign]
+    await restarted.run_until_done()
+    checkpoint = restarted.resumed_from
+    assert checkpoint == first.last_bar_time
+    caught_up = [c for _, c in seen if c is not None]
+    assert caught_up and set(caught_up) == {checkpoint}  # it did catch up, through there
+    times = [t for t, _ in seen]
+    assert all(t >= checkpoint for t in times)
+    assert times == sorted(times) and times[-1] > checkpoint and seen[-1][1] is None
+
+
 async def test_a_live_loop_that_fails_leaves_no_reconciler_running(engine_config):
     """Only a loop that ended cancelled its periodic reconciliation: after a failure the
     task went on calling a stopped broker every interval."""
