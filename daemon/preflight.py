@@ -82,6 +82,13 @@ def check_config(config: Config, command: str, *, output_dir: str | Path | None 
         elif what == "store":
             db = _sqlite_file(config.storage.url)
             if db is not None:
+                if db.is_dir():
+                    # SQLite's own words ("unable to open database file") came later, after
+                    # the instance lock had made `<folder>.locks/` beside it.
+                    raise ConfigError(
+                        f"storage.url (DATABASE_URL) names the folder {db}, not a database "
+                        "file: name a file in it, e.g. sqlite:///" + (db / "tradingd.db").as_posix()
+                    )
                 check_writable_dir(db.parent, "storage.url (DATABASE_URL) folder")
         elif what == "out" and output_dir is not None:
             check_writable_dir(output_dir, "--out" if command == "train" else "--root")

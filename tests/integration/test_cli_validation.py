@@ -306,6 +306,22 @@ def test_unwritable_sqlite_folder_stops_fetch(cli, tmp_path, bad_dir, monkeypatc
     assert code == 2 and "storage.url (DATABASE_URL) folder" in err
 
 
+@pytest.mark.parametrize("command", ["backtest", "run", "fetch"])
+def test_a_sqlite_url_naming_a_folder_is_refused_before_anything_is_made(
+    cli, tmp_path, monkeypatch, command
+):
+    """SQLite said "unable to open database file" only after the instance lock had made
+    `<folder>.locks/` beside it."""
+    folder = tmp_path / "db"
+    folder.mkdir()
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{folder}")
+    code, _, err = cli(command, "-c", str(write_config(tmp_path)))
+    assert code == 2
+    assert f"storage.url (DATABASE_URL) names the folder {folder}, not a database file" in err
+    assert f"sqlite:///{folder}/tradingd.db" in err
+    assert not (tmp_path / "db.locks").exists()
+
+
 def test_config_command_does_not_check_folders_it_never_writes(cli, tmp_path, bad_dir):
     cfg = write_config(tmp_path)
     text = cfg.read_text().replace(str(tmp_path / "runs"), str(bad_dir))
