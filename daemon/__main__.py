@@ -968,19 +968,20 @@ async def _serve(config: Config, daemon: _Daemon) -> int:
     await daemon.in_thread("checking configuration and plugins", check_config, config, "run")
     await daemon.abandonable("checking services", partial(check_services, live=True), config)
 
-    from .app import build_engine, continuing_config, health_inputs, load_data
+    from .app import build_engine, continued_live_run, health_inputs, load_data
     from .health import Check, token_from_env
     from .health.server import HealthServer
     from .watchdog import SystemdNotifier
 
-    # The run this start continues (daemon.config stays the files' configuration: a SIGHUP
-    # compares against that).
-    running = await daemon.abandonable("finding the run to continue", continuing_config, config)
+    # A stored run this start continues under its own id (run_continuation).
+    continued = await daemon.abandonable("finding the run to continue", continued_live_run, config)
     panel = None
     if config.feed.source == "recorded":  # a vendor feed fetches its history at warm-up
         panel = await daemon.in_thread("loading data", load_data, config)
     daemon.enter("loading plugins and models")
-    engine = await asyncio.to_thread(build_engine, running, "live", panel=panel)
+    engine = await asyncio.to_thread(
+        partial(build_engine, config, "live", panel=panel, run_id=continued)
+    )
     daemon.engine = engine  # from here on a stop signal reaches the engine
     if daemon.stopping:
         _close_unstarted(engine)

@@ -6,7 +6,6 @@ parts chosen here (clock, feed, broker). Nothing else in tradingd branches on th
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -66,25 +65,23 @@ def run_id_for(config: Config, mode: str) -> str:
     return f"{config.run.name}-{mode}-{digest}"
 
 
-async def continuing_config(config: Config) -> Config:
-    """`config` for a live start: with `run.run_id` set to the stored live run it continues
-    when that is not the one its id derives (a risk limit applied by SIGHUP since, a new
-    setting at its default: see run_continuation), else as it is. Reads the runs of the
-    configured store and closes it again."""
+async def continued_live_run(config: Config) -> str | None:
+    """The id of the stored live run this live start continues when it is not the one the
+    configuration derives (a risk limit applied by SIGHUP since, a new setting at its
+    default: see run_continuation); None to run under the derived id (or `run.run_id`).
+    Reads the runs of the configured store, waiting `storage.start_retry_s` for a
+    PostgreSQL that is down, as the daemon's own start does; the store is closed again."""
     if config.run.run_id:
-        return config
+        return None
     from .run_continuation import continued_run_id
 
     st = config.storage
     store = open_store(st.url, spool=False, start_retry_s=st.start_retry_s)
     await store.start()
     try:
-        chosen = await continued_run_id(config, run_id_for(config, "live"), store)
+        return await continued_run_id(config, run_id_for(config, "live"), store)
     finally:
         await store.stop()
-    if chosen is None:
-        return config
-    return dataclasses.replace(config, run=dataclasses.replace(config.run, run_id=chosen))
 
 
 def load_data(config: Config) -> Panel:
@@ -485,16 +482,19 @@ def build_engine(
     on_bar: Callable[[int, datetime], None] | None = None,
     before_stop: Callable[[Engine], Awaitable[None]] | None = None,
     after_last_bar: Callable[[Engine], Awaitable[None]] | None = None,
+    run_id: str | None = None,
 ) -> Engine:
     """The engine of `config` for `mode` ("live", or a replay: "backtest"). `on_bar`,
-    `before_stop` and `after_last_bar` are the Engine's hooks (see its parameters)."""
+    `before_stop` and `after_last_bar` are the Engine's hooks (see its parameters); `run_id`
+    the id to run under instead of `run_id_for`'s (a live start that continues a stored run:
+    `continued_live_run`)."""
     vendor = mode == "live" and config.feed.source != "recorded"
     if vendor:
         symbols = tuple(sorted(dict.fromkeys(config.data.symbols)))
     else:
         panel = panel if panel is not None else load_data(config)
         symbols = panel.symbols
-    run_id = run_id_for(config, mode)
+    run_id = run_id or run_id_for(config, mode)
     st = config.storage
     store = open_store(
         st.url,

@@ -5,22 +5,24 @@ configuration continues the same run: its simulated account, its operator's paus
 kill switches, its order ids. But a SIGHUP applies new risk limits to the running run, and
 the next restart then derived another id from the same file and began afresh: the
 simulated cash from the start, a pause lost, trading resumed. An upgrade that adds a setting
-(at its default) did the same to every deployed run. So when no run of the derived id is
-stored, a start looks for a stored live run of the same name whose configuration differs from
-this one only in settings that do not define a run (below), and continues the most recent
-such run under its own id, saying so (`run.continued`, with the keys that differ).
+(at its default) did the same to every deployed run. So a start looks at the stored live runs
+of the same name whose configuration differs from this one only in settings that do not
+define a run (below), and continues the one of them that was active last (its checkpoint
+written last) under its own id, saying so (`run.continued`, with the keys that differ) when
+that is not the id its configuration derives.
 
 What does not define a live run:
 * the sections that never did (`health`, `log`, `cache`, `alerts`: see `app.run_id_for`)
   and `storage` (the run is looked up in this store; how it is written is not what it is);
 * a risk plugin's `params` (not its name or place in the chain): SIGHUP applies them to the
   running run, so a restart must not part them from it;
-* where the run's files go, pacing and timeouts (`OPERATIONAL_KEYS`);
+* where the run's files go, pacing and timeouts (`OPERATIONAL_KEYS`; a demo's
+  `live.bars_per_second` while it stays above 0);
 * a setting the stored configuration does not have (written by an earlier build) whose value
   here is the default.
 
 Everything else (symbols, data, costs, plugins and their order, models, features, the
-broker's account and fill rules, initial capital, the live bar and calendar) still makes a
+broker's base URL and fill rules, initial capital, the live bar and calendar) still makes a
 new run, which `Engine._warn_if_not_continuing` announces. `run.run_id` set explicitly is
 used as it is.
 """
@@ -49,7 +51,6 @@ OPERATIONAL_KEYS = frozenset(
         "live.heartbeat_s",
         "live.reconcile_interval_s",
         "live.delay_s",
-        "live.bars_per_second",
         "orders.retry_attempts",
         "orders.retry_delay_s",
         "broker.alpaca.stream_url",
@@ -82,6 +83,18 @@ def defines_the_run(key: str) -> bool:
     return not (_RISK_PARAMS.fullmatch(key) or _FEED_CALL.fullmatch(key))
 
 
+def _paced(value: Any) -> bool:
+    return isinstance(value, int | float) and value > 0
+
+
+def _change_defines_the_run(key: str, old: Any, new: Any) -> bool:
+    if key == "live.bars_per_second":
+        # Pacing while both replay recorded bars (> 0); from or to 0 the clock changes
+        # between the real one and a replay of run.start..run.end, which ends the run.
+        return _paced(old) != _paced(new)
+    return defines_the_run(key)
+
+
 def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[bool, list[str]]:
     """(whether `current` continues the run stored with `stored`, the keys that differ).
     Both are public configurations as stored (`Config.to_public_json`, parsed)."""
@@ -95,10 +108,13 @@ def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[
         old, new = a.get(k, missing), b.get(k, missing)
         if old == new:
             continue
-        if old is missing and k in defaults and new == defaults[k]:
-            continue  # a setting this build added, at its default
+        # A setting this build added, at its default. Not a plugin's params: the user
+        # writes those, and the default config's plugin in that place may be another.
+        added = old is missing and ".params" not in k and k in defaults
+        if added and new == defaults[k]:
+            continue
         differ.append(k)
-        if defines_the_run(k):
+        if _change_defines_the_run(k, old, new):
             continues = False
     return continues, differ
 
@@ -106,13 +122,17 @@ def differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[
 def choose(
     config: Config, derived: str, stored: Sequence[StoredLiveRun]
 ) -> tuple[str | None, list[str]]:
-    """The id of the stored run (of `stored`, oldest first) that this start continues
-    instead of `derived`, and the keys in which its configuration differs; (None, []) when
-    the derived run is stored (a plain restart) or none fits (a new run)."""
-    if any(r.run_id == derived for r in stored):
-        return None, []
+    """The id of the stored run that this start continues instead of `derived`, and the
+    keys in which its configuration differs: of the runs in `stored` (the least recently
+    active first) that fit, the one active last, which is what the daemon was running.
+    (None, []) when that is the derived run itself (a plain restart) or none fits (a new
+    run). The derived run does not win by its id alone: an operator who went back from a
+    run begun by a changed file (before runs were continued) to the earlier one, through
+    `run.run_id` or the earlier file, keeps the earlier one."""
     current = json.loads(config.to_public_json())
-    for r in reversed(stored):  # the most recent first
+    for r in reversed(stored):  # the most recently active first
+        if r.run_id == derived:
+            return None, []  # its config hashes as this one: it fits
         if not r.config_json:
             continue
         try:

@@ -289,9 +289,7 @@ class BufferedStore(ABC):
         """Turn spooling on (see the module docstring). `target` names the database in the
         spool's header: a spool directory shared by two databases never replays one's batches
         into the other."""
-        Backoff(retry_base_s, retry_max_s)  # validates
-        if not math.isfinite(start_retry_s) or start_retry_s < 0:
-            raise ConfigError(f"storage start_retry_s must be >= 0 seconds, got {start_retry_s!r}")
+        self._configure_retry(retry_base_s, retry_max_s, start_retry_s)
         try:
             self._spool = Spool(
                 Path(directory).expanduser().absolute(), self.writer, target, max_bytes
@@ -299,6 +297,15 @@ class BufferedStore(ABC):
         except ValueError as e:
             raise ConfigError(f"storage.spool_max_bytes: {e}") from e
         self.spool_target = target
+
+    def _configure_retry(
+        self, retry_base_s: float, retry_max_s: float, start_retry_s: float
+    ) -> None:
+        """How long `start()` waits for a database that is down, and its backoff: with or
+        without a spool."""
+        Backoff(retry_base_s, retry_max_s)  # validates
+        if not math.isfinite(start_retry_s) or start_retry_s < 0:
+            raise ConfigError(f"storage start_retry_s must be >= 0 seconds, got {start_retry_s!r}")
         self.retry_base_s = retry_base_s
         self.retry_max_s = retry_max_s
         self.start_retry_s = start_retry_s
@@ -682,11 +689,17 @@ class BufferedStore(ABC):
 
     async def live_run_configs(self, prefix: str) -> list[tuple[str, str | None]]:
         """(run id, stored public configuration) of the live runs whose id starts with
-        `prefix`, oldest first: what `run_continuation` compares a live start with."""
+        `prefix`, the least recently active first: what `run_continuation` compares a live
+        start with."""
         pattern = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        # By last activity (a continued run's start time stays its first): the checkpoint
+        # written last, else the start.
+        runs, checkpoints = TABLES["runs"].name, TABLES["checkpoints"].name
         sql = (
-            f"SELECT run_id, config_json FROM {TABLES['runs'].name} WHERE mode = 'live' AND "
-            f"run_id LIKE {param(self.dialect)} ESCAPE '\\' ORDER BY started_at, run_id"
+            f"SELECT r.run_id, r.config_json FROM {runs} r LEFT JOIN {checkpoints} c "
+            f"ON c.run_id = r.run_id WHERE r.mode = 'live' AND r.run_id LIKE "
+            f"{param(self.dialect)} ESCAPE '\\' "
+            "ORDER BY COALESCE(c.written_at, r.started_at), r.run_id"
         )
         rows = await self._query(sql, (pattern,))
         return [(str(r[0]), None if r[1] is None else str(r[1])) for r in rows]

@@ -152,6 +152,8 @@ class PostgresStore(BufferedStore):
                 retry_max_s=retry_max_s,
                 start_retry_s=start_retry_s,
             )
+        else:  # the start still waits (a live start's lookup: app.continued_live_run)
+            self._configure_retry(retry_base_s, retry_max_s, start_retry_s)
         self.url = url
         self.schema = schema
         self.command_timeout = command_timeout

@@ -588,7 +588,7 @@ async def test_a_live_start_with_only_a_changed_risk_limit_continues_the_stored_
     what defines the run (a signal's parameter) still makes a new run."""
     from structlog.testing import capture_logs
 
-    from tradingd.app import build_engine, continuing_config, run_id_for
+    from tradingd.app import build_engine, continued_live_run, run_id_for
 
     panel, config = live_run(engine_config)
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, run_id=""))
@@ -605,9 +605,9 @@ async def test_a_live_start_with_only_a_changed_risk_limit_continues_the_stored_
     )
     assert run_id_for(changed, "live") != first.run.run_id
     with capture_logs() as logs:
-        running = await continuing_config(changed)
-        assert running.run.run_id == first.run.run_id
-        restarted = build_engine(running, "live", panel=panel)
+        continued = await continued_live_run(changed)
+        assert continued == first.run.run_id
+        restarted = build_engine(changed, "live", panel=panel, run_id=continued)
         await restarted.run_until_done()
     assert restarted.resumed_from is not None
     [said] = [e for e in logs if e["event"] == "run.continued"]
@@ -625,7 +625,7 @@ async def test_a_live_start_with_only_a_changed_risk_limit_continues_the_stored_
         changed, signals=(dataclasses.replace(signal, params={"lookback": 30}),)
     )
     with capture_logs() as logs:
-        assert await continuing_config(other) is other
+        assert await continued_live_run(other) is None
     assert not [e for e in logs if e["event"] == "run.continued"]
 
 

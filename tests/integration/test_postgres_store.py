@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import numpy as np
 import pytest
+from run_lookup import check_live_run_configs
 
 from tradingd.core.errors import ConfigError, StorageError
 from tradingd.core.types import CrossSection, Fill, Order, OrderStatus, OrderType, RunInfo, Side
@@ -286,24 +287,10 @@ async def test_begin_run_again_replaces_the_runs_rows(store: PostgresStore, pg) 
     assert [f["price"] for f in await store.fetch("fills", "r1")] == [3.0]
 
 
-async def test_live_run_configs_are_the_live_runs_of_a_name_oldest_first(
+async def test_live_run_configs_are_the_live_runs_of_a_name_by_last_activity(
     store: PostgresStore,
 ) -> None:
-    """What a live start compares its configuration with (run_continuation): only live
-    runs, only ids that start with the prefix (its `_` is not a wildcard), by start time."""
-    runs = [
-        RunInfo("a_b-live-2", "live", T0 + DAY, '{"n": 2}', SYMS, 1.0),
-        RunInfo("a_b-live-1", "live", T0, '{"n": 1}', SYMS, 1.0),
-        RunInfo("a_b-backtest-1", "backtest", T0, '{"n": 3}', SYMS, 1.0),
-        RunInfo("axb-live-1", "live", T0, '{"n": 4}', SYMS, 1.0),
-    ]
-    for run in runs:
-        await store.begin_run(run)
-    assert await store.live_run_configs("a_b-live-") == [
-        ("a_b-live-1", '{"n": 1}'),
-        ("a_b-live-2", '{"n": 2}'),
-    ]
-    assert await store.live_runs_named("a_b-live-") == ["a_b-live-1", "a_b-live-2"]
+    await check_live_run_configs(store)
 
 
 async def test_order_upsert_keeps_latest_state_and_events_keep_history(

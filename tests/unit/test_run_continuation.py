@@ -85,14 +85,17 @@ def test_a_setting_an_earlier_build_did_not_have_counts_only_at_its_default(
     assert differences(stored, _public(costly)) == (False, ["costs.min_commission"])
 
 
-def test_choose_prefers_the_derived_run_then_the_latest_that_fits(config: Config) -> None:
+def test_choose_takes_the_fitting_run_active_last(config: Config) -> None:
+    """Least recently active first in `stored`. The derived run wins only when it was the
+    one active last: an operator who went back from a run a changed file had begun to the
+    earlier run keeps the earlier one."""
     changed = _with_risk_param(config, 0, max_position_pct=0.01)
     public = config.to_public_json()
     data = dataclasses.replace(config.data, symbols=("A",))
     other_symbols = dataclasses.replace(config, data=data)
     stored = [
         StoredLiveRun("n-live-0000000001", public),
-        StoredLiveRun("n-live-0000000002", public),  # the most recent that fits
+        StoredLiveRun("n-live-0000000002", public),  # the fitting run active last
         StoredLiveRun("n-live-0000000003", other_symbols.to_public_json()),
         StoredLiveRun("n-live-0000000004", None),
         StoredLiveRun("n-live-0000000005", "{not json"),
@@ -102,6 +105,68 @@ def test_choose_prefers_the_derived_run_then_the_latest_that_fits(config: Config
         "n-live-0000000002",
         ["risk[0].params.max_position_pct"],
     )
-    # The derived run is stored: a plain restart of it, whatever else fits.
-    assert choose(changed, "n-live-0000000001", stored) == (None, [])
+    # The derived run, active last of those that fit: a plain restart of it.
+    derived = StoredLiveRun("n-live-ffffffffff", changed.to_public_json())
+    assert choose(changed, derived.run_id, [*stored, derived]) == (None, [])
+    # The derived run, abandoned for an earlier one since: the earlier one goes on.
+    assert choose(changed, derived.run_id, [derived, *stored])[0] == "n-live-0000000002"
     assert choose(changed, "n-live-ffffffffff", stored[2:]) == (None, [])
+
+
+def test_a_demos_pace_is_not_the_run_but_turning_the_replay_on_or_off_is(config: Config) -> None:
+    def paced(rate: float) -> dict:
+        return _public(
+            dataclasses.replace(config, live=dataclasses.replace(config.live, bars_per_second=rate))
+        )
+
+    assert differences(paced(20.0), paced(5.0)) == (True, ["live.bars_per_second"])
+    assert differences(paced(0.0), paced(5.0))[0] is False  # the real clock -> a replay
+    assert differences(paced(5.0), paced(0.0))[0] is False
+
+
+def test_a_plugins_params_never_count_as_a_setting_added_at_its_default(config: Config) -> None:
+    """The default config's plugin in that place may be another plugin: a parameter of the
+    same name and value there says nothing about this one's."""
+    stored = _public(config)
+    current = _public(config)
+    sizing_params = current["sizing"]["params"]
+    assert sizing_params, "the default sizing plugin has params"
+    key, value = next(iter(sizing_params.items()))
+    del stored["sizing"]["params"][key]
+    ok, differ = differences(stored, current)
+    assert not ok and differ == [f"sizing.params.{key}"]
+    assert value == current["sizing"]["params"][key]
+
+
+async def test_sqlite_lists_the_live_runs_of_a_name_by_last_activity(tmp_path) -> None:
+    from run_lookup import check_live_run_configs
+
+    from tradingd.storage.factory import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'runs.db'}")
+    await store.start()
+    try:
+        await check_live_run_configs(store)
+    finally:
+        await store.stop()
+
+
+async def test_the_lookup_waits_for_a_postgresql_that_is_down_as_the_start_does(
+    config: Config,
+) -> None:
+    """The lookup's store did not spool, and only a spooling PostgresStore waited
+    `storage.start_retry_s`: a live start exited 2 at once where it had waited for a
+    database restarting beside it (under systemd, the unit failed)."""
+    from structlog.testing import capture_logs
+
+    from tradingd.app import continued_live_run
+    from tradingd.core.errors import StorageError
+
+    storage = dataclasses.replace(
+        config.storage, url="postgresql://u:pw@127.0.0.1:1/db", start_retry_s=0.6
+    )
+    down = dataclasses.replace(config, storage=storage)
+    with capture_logs() as logs, pytest.raises(StorageError, match="gave up after") as err:
+        await continued_live_run(down)
+    assert [e for e in logs if e["event"] == "storage.start.retry"]
+    assert "pw" not in str(err.value)
