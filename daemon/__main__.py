@@ -1009,7 +1009,14 @@ async def _serve(config: Config, daemon: _Daemon) -> int:
         daemon.phase = "trading"
         notifier.ready()
 
+    def phase(name: str) -> None:
+        # Named while a source that is down is retried too: a stop then said "connecting".
+        if not daemon.ready and daemon.phase != name:
+            daemon.phase = name
+            log.info("startup.phase", phase=name)
+
     engine.on_heartbeat = heartbeat
+    engine.on_phase = phase
     engine.on_ready = ready
     ran = False
     try:

@@ -365,6 +365,9 @@ class Engine:
         self.on_heartbeat: Callable[..., None] = _no_heartbeat
         # Called once the run is warmed up and its clock started (systemd READY=1).
         self.on_ready: Callable[[], None] = lambda: None
+        # Called as the start-up enters a step the operator should see named ("warm-up",
+        # also while it retries a source that is down).
+        self.on_phase: Callable[[str], None] = lambda phase: None
         # Called with each trading bar's decision record (live: stored for replay-check).
         self.on_decision: Callable[[datetime, str, dict[str, Any]], None] | None = None
         # Called after every trading bar with its time and risk verdicts (alert rules).
@@ -884,6 +887,7 @@ class Engine:
         features, history and stateful signals come up to date; nothing is traded."""
         if self._warmup is None:
             return
+        self.on_phase("warm-up")
         n = 0
         first: datetime | None = None
         delay = 1.0

@@ -344,6 +344,38 @@ def test_a_restart_after_a_sighup_limit_continues_the_run(tmp_path, daemon):
     assert not again.events("run.not_continued")
 
 
+def test_a_stop_while_the_warm_up_retries_a_source_that_is_down_names_the_warm_up(tmp_path, daemon):
+    """With Yahoo down the daemon retries its history (with backoff); a stop meanwhile said
+    "stopped during start-up: connecting", a phase it had left."""
+    text = f"""
+[run]
+name = "offline"
+output_dir = "{tmp_path / "runs"}"
+[data]
+symbols = ["AAPL", "MSFT"]
+[feed]
+source = "yahoo"
+[feed.yahoo]
+base_url = "http://127.0.0.1:1"
+[broker]
+kind = "simulated"
+[storage]
+url = "sqlite:///{tmp_path / "daemon.db"}"
+[health]
+port = 0
+[log]
+format = "json"
+audit_dir = "{tmp_path / "audit"}"
+"""
+    d = daemon(_write(tmp_path, text))
+    d.wait_for("warmup.retry")
+    assert d.wait_for("startup.phase", phase="warm-up")
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0, d.err_path.read_text()[-3000:]
+    d.assert_clean_output()
+    assert d.wait_for("tradingd.exit")["reason"] == "stopped during start-up: warm-up"
+
+
 def test_sighup_during_startup_is_applied_once_the_engine_is_built(tmp_path, daemon):
     """SIGHUP's default action would kill the process: during start-up it is remembered."""
     d = daemon(_write(tmp_path, _config_text(tmp_path, bars_per_second=5.0)))
