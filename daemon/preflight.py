@@ -171,8 +171,9 @@ def check_writable_dir(path: str | Path, key: str) -> Path:
     except OSError as exc:
         where = "" if target == p else f" (its nearest existing folder {target})"
         raise ConfigError(
-            f"{key} = {str(path)!r} is invalid: not writable{where}: "
-            f"{exc.strerror or exc}; must be a folder this user can create or write to"
+            f"{key} = {str(path)!r} is invalid: not writable{where}: a file could not be "
+            f"created there ({exc.strerror or exc}); must be a folder this user can create or "
+            "write to"
         ) from None
     return p
 
