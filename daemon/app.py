@@ -21,7 +21,7 @@ from .brokers.simulated import SimulatedBroker, SimulatedBrokerConfig
 from .cache.factory import open_cache
 from .clock.replay import ReplayClock
 from .config import Config
-from .core.errors import ConfigError
+from .core.errors import ConfigError, ControlRefusedError, EngineStoppedError
 from .core.lazy import LazyModule
 from .core.ports import Broker, Clock, FeatureSource, Feed, Store
 from .core.types import CrossSection, RunInfo
@@ -793,8 +793,11 @@ class EngineControls:
 
     async def pause(self) -> dict[str, Any]:
         before = self.engine.trading_state
-        if before == "active":
-            await self.engine.set_trading_state("paused")
+        # A pause while flattening lets the flattening finish (it pauses after). Paused
+        # already, it is stored again: the operator may be re-sending one whose store
+        # failed (503), which lived in memory only.
+        state = "flattening" if before == "flattening" else "paused"
+        await self.engine.set_trading_state(state)
         return self._answer("pause", before)
 
     async def resume(self) -> dict[str, Any]:
@@ -810,6 +813,19 @@ class EngineControls:
     async def reset_halt(self) -> dict[str, Any]:
         """The deliberate reset of every halted kill switch (risk plugins with `halted` and
         `reset()`); the next bar's checkpoint makes it durable."""
+        run_id = self.engine.run.run_id
+        if self.engine.controls_closed:
+            raise EngineStoppedError(
+                f"the engine of run {run_id} has stopped: no kill switch was reset; use "
+                "`tradingd reset-halt` while no daemon runs, or send it again once the daemon "
+                "runs"
+            )
+        if not self.engine.trading_started:
+            # The resumed checkpoint's kill switches would overwrite a reset made now.
+            raise ControlRefusedError(
+                f"the engine of run {run_id} is starting: no kill switch was reset; send it "
+                "again once it trades (GET /ready answers 200)"
+            )
         return reset_halts(self.engine.pipeline.risks)
 
 

@@ -82,7 +82,7 @@ def check_config(config: Config, command: str, *, output_dir: str | Path | None 
         elif what == "store":
             db = _sqlite_file(config.storage.url)
             if db is not None:
-                if db.is_dir():
+                if db.is_dir() or _names_a_folder(config.storage.url):
                     # SQLite's own words ("unable to open database file") came later, after
                     # the instance lock had made `<folder>.locks/` beside it.
                     raise ConfigError(
@@ -183,7 +183,14 @@ def _sqlite_file(url: str) -> Path | None:
     if not url.lower().startswith("sqlite:///"):
         return None
     path = url[len("sqlite:///") :].split("?", 1)[0]
-    return None if path == ":memory:" else Path(path)
+    # `~` as the store and its locks expand it (SqliteStore).
+    return None if path == ":memory:" else Path(path).expanduser()
+
+
+def _names_a_folder(url: str) -> bool:
+    """`sqlite:////data/db/`: a path ending in a separator is a folder, even one not made
+    yet (SQLite would make a database file of that name)."""
+    return url.strip().split("?", 1)[0].endswith(("/", "\\"))
 
 
 def check_train_extra() -> None:

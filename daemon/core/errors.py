@@ -59,7 +59,12 @@ class StorageError(TradingdError):
     """The store is unreachable or rejected a write: check DATABASE_URL and the database."""
 
 
-class EngineStoppedError(TradingdError):
+class ControlRefusedError(TradingdError):
+    """An operator's control cannot act now (the daemon is starting or has stopped): nothing
+    was changed. Send it again when the message says."""
+
+
+class EngineStoppedError(ControlRefusedError):
     """The engine has stopped trading (the daemon is stopping or has stopped): an operator's
     control can neither take effect nor be stored. Send it again once the daemon runs."""
 

@@ -12,7 +12,6 @@ universe as arrays; only orders and fills, a handful per bar, are Python objects
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import re
 import time as _time
@@ -409,32 +408,50 @@ class Engine:
         checkpoint, a pause was lost by a restart before that bar (hours, with daily bars),
         and the restarted daemon traded."""
         if self._controls_closed:
-            raise EngineStoppedError(
-                f"the engine of run {self.run.run_id} has stopped: trading state {state!r} "
-                "was not set; send the control again once the daemon runs"
-            )
+            raise self._stopped_error(state)
         if self._bar_lock is None:
-            # Starting: it wins over a resumed checkpoint's state (_resume), and the first
-            # bar's checkpoint stores it.
+            # Starting: it wins over a resumed checkpoint's state (_resume stores it), and
+            # once the checkpoint is resumed (the warm-up: minutes, with a source that is
+            # down) it is stored at once, as between bars.
             self.trading_state = self._operator_state = state
+            await self._store_trading_state(state)
             return
         async with self._bar_lock:
             if self._controls_closed:  # closed while this waited for the bar
-                raise EngineStoppedError(
-                    f"the engine of run {self.run.run_id} has stopped: trading state "
-                    f"{state!r} was not set; send the control again once the daemon runs"
-                )
+                raise self._stopped_error(state)
             self.trading_state = state
-            if self._durable and self._last_checkpoint is not None:
-                t, saved = self._last_checkpoint
-                saved = {**saved, "trading_state": state}
-                self._last_checkpoint = (t, saved)
-                self.store.record_checkpoint(self.run.run_id, t, saved)  # type: ignore[attr-defined]
-                try:
-                    await self.store.flush()
-                except Exception as exc:
-                    # In effect here (the next bar's checkpoint carries it too), not stored.
-                    raise ControlNotStoredError(state, exc) from exc
+            await self._store_trading_state(state)
+
+    def _stopped_error(self, state: str) -> EngineStoppedError:
+        return EngineStoppedError(
+            f"the engine of run {self.run.run_id} has stopped: trading state {state!r} was "
+            "not set; send the control again once the daemon runs"
+        )
+
+    @property
+    def controls_closed(self) -> bool:
+        """The engine stopped: an operator's control now neither acts nor is stored."""
+        return self._controls_closed
+
+    @property
+    def trading_started(self) -> bool:
+        """Past the start-up (resume and warm-up): bars are being decided."""
+        return self._bar_lock is not None
+
+    async def _store_trading_state(self, state: str) -> None:
+        """The last checkpoint again with `state` (nothing before a run's first checkpoint:
+        that bar's checkpoint carries it)."""
+        if not self._durable or self._last_checkpoint is None:
+            return
+        t, saved = self._last_checkpoint
+        saved = {**saved, "trading_state": state}
+        self._last_checkpoint = (t, saved)
+        self.store.record_checkpoint(self.run.run_id, t, saved)  # type: ignore[attr-defined]
+        try:
+            await self.store.flush()
+        except Exception as exc:
+            # In effect here (the next bar's checkpoint carries it too), not stored.
+            raise ControlNotStoredError(state, exc) from exc
 
     def request_stop(self) -> None:
         """Finish the current bar, then stop cleanly (SIGTERM lands here)."""
@@ -551,8 +568,7 @@ class Engine:
                 release()
             if reconciler is not None:
                 reconciler.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await reconciler
+                await asyncio.gather(reconciler, return_exceptions=True)
             await self._book_late_updates()
             if self._splits:
                 log.info("corporate.splits_applied", splits=self._splits)
@@ -730,6 +746,15 @@ class Engine:
                 self._last_targets = np.asarray(st["targets"], dtype=np.float64)
         if resume.bar_time is not None and st is not None:
             self._last_checkpoint = (resume.bar_time, st)
+            if self._operator_state is not None:
+                # Answered while the daemon started: stored now, not at the first bar (a
+                # stop before it lost the pause, and the next start traded).
+                try:
+                    await self._store_trading_state(self._operator_state)
+                except ControlNotStoredError as exc:
+                    log.warning("control.not_stored", error=str(exc))
+            if self._live_metrics:
+                metrics.LAST_BAR_TIME.set(resume.bar_time.timestamp())
         resume_broker = getattr(self.broker, "resume", None)
         if resume_broker is not None:
             known = [order_from_dict(d) for d in (st or {}).get("open_orders", [])]
@@ -792,7 +817,14 @@ class Engine:
     async def _reconcile_every(self) -> None:
         while True:
             await asyncio.sleep(self.reconcile_interval_s)
-            await self._reconcile()
+            try:
+                await self._reconcile()
+            except Exception as exc:
+                # Not the broker being away (that is RetryableError, handled inside): a bug
+                # or an answer nobody expected. The task ended without a word, /ready kept
+                # the last good round, and the stop raised it (skipping the run's end).
+                self.reconcile_error = f"{type(exc).__name__}: {exc}"
+                log.exception("reconcile.failed", retry_in_s=self.reconcile_interval_s)
 
     async def _reconcile(self) -> None:
         """Compare the book with the broker's positions, after booking what the broker has

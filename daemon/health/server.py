@@ -48,7 +48,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import metrics
-from ..core.errors import ControlNotStoredError, EngineStoppedError, TradingdError
+from ..core.errors import ControlNotStoredError, ControlRefusedError, TradingdError
 from ..secrets import mask_text, redact
 from . import (
     TOKEN_ENV,
@@ -517,10 +517,10 @@ class HealthServer:
             log.info("health.control", action=action, remote=request.remote)
             try:
                 result = await getattr(self._controls, action.replace("-", "_"))()
-            except (EngineStoppedError, ControlNotStoredError) as exc:
-                # Not a fault of this server: the engine stopped (409), or the state is in
-                # effect but the store did not keep it (503: send it again later).
-                stopped = isinstance(exc, EngineStoppedError)
+            except (ControlRefusedError, ControlNotStoredError) as exc:
+                # Not a fault of this server: the engine is starting or stopped (409), or the
+                # state is in effect but the store did not keep it (503: send it again later).
+                stopped = isinstance(exc, ControlRefusedError)
                 log.warning(
                     "health.control_refused" if stopped else "health.control_not_stored",
                     action=action,

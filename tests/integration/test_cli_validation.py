@@ -322,6 +322,24 @@ def test_a_sqlite_url_naming_a_folder_is_refused_before_anything_is_made(
     assert not (tmp_path / "db.locks").exists()
 
 
+def test_a_sqlite_url_naming_a_folder_by_home_or_a_final_slash_is_refused(
+    cli, tmp_path, monkeypatch
+):
+    """`~` is expanded by the store and its locks, so the check must expand it too; a path
+    ending in a slash is a folder even before it exists (SQLite made a file of that name)."""
+    home = tmp_path / "home"
+    (home / "db").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("DATABASE_URL", "sqlite:///~/db")
+    code, _, err = cli("backtest", "-c", str(write_config(tmp_path)))
+    assert code == 2 and f"names the folder {home / 'db'}, not a database file" in err
+    assert not (home / "db.locks").exists()
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{tmp_path}/not-yet/")
+    code, _, err = cli("backtest", "-c", str(write_config(tmp_path)))
+    assert code == 2 and f"names the folder {tmp_path / 'not-yet'}" in err
+    assert not (tmp_path / "not-yet").exists()
+
+
 def test_config_command_does_not_check_folders_it_never_writes(cli, tmp_path, bad_dir):
     cfg = write_config(tmp_path)
     text = cfg.read_text().replace(str(tmp_path / "runs"), str(bad_dir))

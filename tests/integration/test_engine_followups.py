@@ -547,13 +547,31 @@ async def test_a_live_loop_that_fails_leaves_no_reconciler_running(engine_config
     assert not [t for t in asyncio.all_tasks() if t.get_name() == "reconcile" and not t.done()]
 
 
-async def test_a_control_the_store_fails_to_keep_says_so_and_stays_in_effect(engine_config):
+def _stored_trading_state(db, run_id: str = "test-live") -> str:
+    """The trading state in the run's stored checkpoint, read by another connection."""
+    import json
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        (state,) = con.execute(
+            "select state from checkpoints where run_id = ?", (run_id,)
+        ).fetchone()
+    return json.loads(state)["trading_state"]
+
+
+async def test_a_control_the_store_fails_to_keep_says_so_and_stays_in_effect(
+    engine_config, tmp_path
+):
+    """And the pause sent again, as the 503 says, is stored: it answered 200 without storing
+    anything (the state was already "paused" in memory), and a crash before the next bar's
+    checkpoint (hours, with daily bars) lost it."""
     from tradingd.app import EngineControls, build_engine
     from tradingd.core.errors import ControlNotStoredError, StorageError
 
     panel, config = live_run(engine_config)
     engine = build_engine(config, "live", panel=panel)
     raised: list[BaseException] = []
+    stored_after_resend: list[str] = []
 
     async def pause_with_a_failing_flush():
         flush = engine.store.flush
@@ -568,6 +586,9 @@ async def test_a_control_the_store_fails_to_keep_says_so_and_stays_in_effect(eng
             raised.append(exc)
         finally:
             engine.store.flush = flush
+        answer = await EngineControls(engine).pause()  # sent again
+        assert answer["before"] == "paused"
+        stored_after_resend.append(_stored_trading_state(tmp_path / "store.db"))
         engine.request_stop()
 
     def after(t, verdicts):
@@ -579,6 +600,107 @@ async def test_a_control_the_store_fails_to_keep_says_so_and_stays_in_effect(eng
     [exc] = raised
     assert exc.state == "paused" and "disk full" in str(exc)
     assert engine.trading_state == "paused"  # in effect: the next checkpoint carries it
+    assert stored_after_resend == ["paused"]
+
+
+async def test_a_control_answered_while_the_daemon_starts_is_stored_before_the_first_bar(
+    engine_config, tmp_path
+):
+    """During the warm-up (minutes, with a source that is down) and before it, a control
+    lived in memory until the first bar's checkpoint: a stop before that bar lost it, and the
+    next start traded."""
+    from tradingd import metrics
+    from tradingd.app import EngineControls, build_engine
+
+    panel, config = live_run(engine_config)
+    first = build_engine(config, "live", panel=panel)
+    first.after_bar.append(lambda t, v: first.request_stop() if first._bars == 3 else None)
+    await first.run_until_done()
+    checkpoint = first.last_bar_time
+    db = tmp_path / "store.db"
+
+    # Before the start: the resumed checkpoint is rewritten at once, with the pause.
+    restarted = build_engine(config, "live", panel=panel)
+    await EngineControls(restarted).pause()
+    real_warmup = restarted._warmup
+    seen: list[tuple[str, float]] = []
+
+    async def warmup_then_stop():
+        seen.append((_stored_trading_state(db), metrics.LAST_BAR_TIME._value.get()))
+        restarted.request_stop()  # before any bar
+        async for bar in real_warmup():
+            yield bar
+
+    restarted._warmup = warmup_then_stop
+    await restarted.run_until_done()
+    assert seen == [("paused", checkpoint.timestamp())]
+
+    # During the warm-up: stored when answered.
+    again = build_engine(config, "live", panel=panel)
+    real_warmup = again._warmup
+    during: list[str] = []
+
+    async def resume_during_warmup():
+        await EngineControls(again).resume()
+        during.append(_stored_trading_state(db))
+        again.request_stop()
+        async for bar in real_warmup():
+            yield bar
+
+    again._warmup = resume_during_warmup
+    await again.run_until_done()
+    assert during == ["active"]
+
+
+async def test_reset_halt_after_the_engine_stopped_is_refused(engine_config):
+    from tradingd.app import EngineControls, build_engine
+    from tradingd.core.errors import EngineStoppedError
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    engine.after_bar.append(lambda t, v: engine.request_stop() if engine._bars == 2 else None)
+    await engine.run_until_done()
+    with pytest.raises(EngineStoppedError, match="no kill switch was reset"):
+        await EngineControls(engine).reset_halt()
+    with pytest.raises(EngineStoppedError):
+        await EngineControls(engine).flatten()
+
+
+async def test_a_reconciliation_that_fails_unexpectedly_is_logged_and_retried(engine_config):
+    """Only RetryableError was caught: any other error ended the reconciling task without a
+    word (/ready kept the last good round), and the stop raised it, skipping the run's end."""
+    from structlog.testing import capture_logs
+
+    from tradingd.app import build_engine
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    calls: list[int] = []
+
+    async def positions() -> dict[str, float]:
+        calls.append(engine._bars)
+        if len(calls) == 2:  # the first periodic round (the first is the start's)
+            raise KeyError("qty")  # an answer without the field the code reads
+        return dict(zip(engine.symbols, map(float, engine.portfolio.quantity), strict=True))
+
+    engine.broker.positions = positions  # type: ignore[attr-defined]
+    engine.reconcile_interval_s = 0.0
+    ended: list[str] = []
+    end_run = engine.store.end_run
+
+    async def recorded_end(run_id, summary):  # type: ignore[no-untyped-def]
+        ended.append(run_id)
+        await end_run(run_id, summary)
+
+    engine.store.end_run = recorded_end  # type: ignore[method-assign]
+    engine.after_bar.append(lambda t, v: engine.request_stop() if len(calls) >= 4 else None)
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    [failed] = [e for e in logs if e["event"] == "reconcile.failed"]
+    assert failed["log_level"] == "error"
+    assert len(calls) >= 4  # it went on after the failure
+    assert ended == ["test-live"]
+    assert engine.reconcile_error is None  # the later rounds succeeded
 
 
 async def test_a_live_start_with_only_a_changed_risk_limit_continues_the_stored_run(engine_config):

@@ -11,6 +11,8 @@ import sqlite3
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from restart_harness import (
@@ -111,11 +113,13 @@ def test_a_second_daemon_on_the_same_store_and_account_refuses_to_start(tmp_path
 
 async def test_a_halted_kill_switch_survives_a_restart_until_a_deliberate_reset(tmp_path: Path):
     """The drawdown guard's halt is in the checkpoint: a restarted daemon is still halted (it
-    does not trade again by itself), and POST /reset-halt (EngineControls) lifts it."""
+    does not trade again by itself), and POST /reset-halt (EngineControls) lifts it once it
+    runs its bars (while it starts the resumed checkpoint would overwrite it: refused)."""
     from restart_harness import ROOT
 
     from tradingd.app import EngineControls, build_engine
     from tradingd.config import load_config
+    from tradingd.core.errors import ControlRefusedError
 
     cfg = write_config(tmp_path, "halt", start="2017-01-01", end="2017-02-28", rate=500.0)
     extra = tmp_path / "halt-guard.toml"
@@ -136,8 +140,22 @@ params = { max_drawdown_pct = 0.2, recovery = "halt" }
     assert guard_of(first).halted
 
     second = build_engine(config, "live")
-    await second.run_until_done()  # resumes after the last bar: nothing left to trade
+    # While it starts, a reset would be overwritten by the resumed checkpoint: refused.
+    with pytest.raises(ControlRefusedError, match="is starting"):
+        await EngineControls(second).reset_halt()
+    lifted: list[bool] = []
+    real_step = second.step
+
+    async def step(bar, trade=None):  # type: ignore[no-untyped-def]
+        if not second.trading_started:  # a warm-up bar
+            return await real_step(bar, trade)
+        assert guard_of(second).halted, "a restart must not lift the kill switch"
+        answer = await EngineControls(second).reset_halt()
+        lifted.append(answer["reset"] == ["drawdown_guard"] and not guard_of(second).halted)
+        second.step = real_step  # type: ignore[method-assign]
+        await real_step(bar, trade)
+
+    second.step = step  # type: ignore[method-assign]
+    await second.run_until_done()
     assert second.resumed_from is not None
-    assert guard_of(second).halted, "a restart must not lift the kill switch"
-    answer = await EngineControls(second).reset_halt()
-    assert answer["reset"] == ["drawdown_guard"] and not guard_of(second).halted
+    assert lifted == [True]
