@@ -62,6 +62,7 @@ OPERATIONAL_KEYS = frozenset(
         "broker.alpaca.rate_limit_per_minute",
         "broker.alpaca.rate_limit_burst",
         "broker.alpaca.max_in_flight",
+        "feed.alpaca.max_symbols_per_request",
     }
 )
 _RISK_PARAMS = re.compile(r"risk\[\d+\]\.params(\..*)?")

@@ -47,6 +47,8 @@ def _with_risk_param(config: Config, i: int, **params: object) -> Config:
         ("feed.yahoo.base_url", True),
         ("feed.source", True),
         ("broker.alpaca.request_timeout_s", False),
+        ("feed.alpaca.max_symbols_per_request", False),
+        ("live.warmup_bars", True),
         ("broker.alpaca.base_url", True),
         ("broker.max_volume_participation", True),
         ("costs.commission_pct", True),
