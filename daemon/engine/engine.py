@@ -1442,7 +1442,9 @@ class Engine:
         state = {
             "run_id": self.run.run_id,
             "mode": self.run.mode,
-            "bar_time": self._times[-1].isoformat() if self._times else None,
+            # As /status: a restart's checkpoint until a later bar (its own traded bars
+            # alone said null after a restart that stopped before trading).
+            "bar_time": last.isoformat() if (last := self.last_bar_time) is not None else None,
             "bars": self._bars,
             "equity": pf.equity,
             "cash": pf.cash,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -632,8 +633,19 @@ async def test_a_control_answered_while_the_daemon_starts_is_stored_before_the_f
             yield bar
 
     restarted._warmup = warmup_then_stop
+    published: list[dict] = []
+    cache_set = restarted.cache.set
+
+    async def recorded_set(key, value, ttl_s=None):  # type: ignore[no-untyped-def]
+        if key.endswith(":state"):
+            published.append(json.loads(value))
+        await cache_set(key, value, ttl_s)
+
+    restarted.cache.set = recorded_set  # type: ignore[method-assign]
     await restarted.run_until_done()
     assert seen == [("paused", checkpoint.timestamp())]
+    # The state other processes read (Redis) says the checkpoint too, as /status does.
+    assert published and published[-1]["bar_time"] == checkpoint.isoformat()
 
     # During the warm-up: stored when answered.
     again = build_engine(config, "live", panel=panel)
