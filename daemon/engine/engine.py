@@ -453,6 +453,42 @@ class Engine:
             # In effect here (the next bar's checkpoint carries it too), not stored.
             raise ControlNotStoredError(state, exc) from exc
 
+    async def _cancel_then_check(self, plan: Plan | _EmptyPlan, t: datetime) -> Plan:
+        """The plan's cancels; then its orders, less those in a symbol where an order being
+        cancelled had filled meanwhile (a live broker executes between the plan and the
+        cancel: a protective stop hit). The plan counted on those shares: its sale, sent
+        anyway, sold them a second time, a short sale in a long-only run. Such orders are
+        recorded as cancelled, not sent; the next bar plans from the book again."""
+        run_id = self.run.run_id
+        known = {o.client_order_id: o.filled_quantity for o in self.broker.open_orders()}
+        moved: set[str] = set()
+        for cid in plan.cancel:
+            cancelled = await self.broker.cancel(cid, "rebalance: position closed or cut")
+            if cancelled is not None:
+                one = [cancelled]
+                self.audit.orders(one, self.store.record_orders(run_id, one))
+                self._publish_items("orders", one, t)
+                if cancelled.filled_quantity > known.get(cid, 0.0) + 1e-9:
+                    moved.add(cancelled.symbol)
+        if not moved:
+            return Plan(orders=list(plan.orders), cancel=list(plan.cancel))
+        dropped = [o for o in plan.orders if o.symbol in moved]
+        for o in dropped:
+            o.status = OrderStatus.CANCELLED
+            o.reason = "not sent: an order being cancelled in this symbol had filled"
+            o.updated_at = t
+        if dropped:
+            self.audit.orders(dropped, self.store.record_orders(run_id, dropped))
+            log.warning(
+                "plan.dropped_after_fill",
+                time=t,
+                symbols=sorted(moved),
+                orders=[o.client_order_id for o in dropped],
+            )
+        return Plan(
+            orders=[o for o in plan.orders if o.symbol not in moved], cancel=list(plan.cancel)
+        )
+
     def request_stop(self) -> None:
         """Finish the current bar, then stop cleanly (SIGTERM lands here)."""
         self._stop_requested = True
@@ -902,6 +938,10 @@ class Engine:
             self.audit.orders(
                 update.orders, self.store.record_orders(self.run.run_id, update.orders)
             )
+        if update.fills or update.orders:
+            # To the writer now, not at the next bar (a day away, with daily bars).
+            self.audit.flush()
+            await self.store.write_behind()
         return len(update.fills)
 
     def _catch_up(self, t: datetime) -> bool | None:
@@ -1165,12 +1205,8 @@ class Engine:
                     self.store.record_checkpoint(run_id, at, {**state, "intent": intent})  # type: ignore[attr-defined]
                 await self.store.flush()
                 faults.reached("intent")
-            for cid in plan.cancel:
-                cancelled = await self.broker.cancel(cid, "rebalance: position closed or cut")
-                if cancelled is not None:
-                    one = [cancelled]
-                    self.audit.orders(one, self.store.record_orders(run_id, one))
-                    self._publish_items("orders", one, bar.time)
+            if plan.cancel:
+                plan = await self._cancel_then_check(plan, bar.time)
             if plan.orders:
                 acked = await self.broker.submit(plan.orders)
                 faults.reached("sent")
@@ -1227,7 +1263,13 @@ class Engine:
         # the store's writer may commit the bar's checkpoint as soon as maybe_flush hands it
         # over, so a crash never leaves the store ahead of the audit (AuditLog.truncate_after).
         self.audit.flush()
-        await self.store.maybe_flush()
+        if self._durable:
+            # A live bar's rows and checkpoint go to the writer now, whatever the interval:
+            # the next bar may be a day away, and a write of the bar's order intents within
+            # the interval left them in memory until then (a crash lost them).
+            await self.store.write_behind()
+        else:
+            await self.store.maybe_flush()
         if m:
             self._lap("store", t0)
             self._lap("total", t_start)

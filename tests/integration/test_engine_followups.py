@@ -8,6 +8,7 @@ import asyncio
 import dataclasses
 import json
 from dataclasses import dataclass
+from datetime import datetime
 from typing import ClassVar
 
 import numpy as np
@@ -662,6 +663,95 @@ async def test_a_control_answered_while_the_daemon_starts_is_stored_before_the_f
     again._warmup = resume_during_warmup
     await again.run_until_done()
     assert during == ["active"]
+
+
+async def test_a_live_bar_is_handed_to_the_writer_when_it_ends_whatever_the_interval(
+    engine_config, tmp_path
+):
+    """The store wrote when its interval (0.1 s) had passed since its last write. A bar with
+    orders writes their intents mid-bar, so its end found the interval not passed, and its
+    rows and checkpoint stayed in memory until the next bar: a day later with daily bars,
+    lost to a crash meanwhile."""
+    import sqlite3
+
+    from tradingd.app import build_engine
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    engine.store.flush_interval_s = 3600.0  # daily bars: the interval never passes
+    stored: list[tuple[str, str, int]] = []
+    real_step = engine.step
+
+    async def step(bar, trade=None):  # type: ignore[no-untyped-def]
+        await real_step(bar, trade)
+        if not engine.trading_started:
+            return
+        await engine.store.settle()  # the writes in flight, nothing more
+        with sqlite3.connect(tmp_path / "store.db") as con:
+            (checkpoint,) = con.execute(
+                "select bar_time from checkpoints where run_id = 'test-live'"
+            ).fetchone()
+            (equity_rows,) = con.execute(
+                "select count(*) from equity where run_id = 'test-live'"
+            ).fetchone()
+        stored.append((bar.time.isoformat(), checkpoint, equity_rows))
+        if len(stored) == 5:
+            engine.request_stop()
+
+    engine.step = step  # type: ignore[method-assign]
+    await engine.run_until_done()
+    assert engine.result().orders  # bars with orders among them
+    assert [(t, n) for t, _, n in stored] == [(t, i + 1) for i, (t, _, _) in enumerate(stored)]
+    assert all(datetime.fromisoformat(c) == datetime.fromisoformat(t) for t, c, _ in stored)
+
+
+async def test_a_sale_planned_on_shares_a_cancelled_stop_had_sold_is_not_sent(
+    engine_config, tmp_path
+):
+    """Closing a position cancels its protective exits, then sells. A live broker can fill
+    the stop in between: the cancel comes back filled, and the sale, sent anyway, sold the
+    shares a second time (a short sale in a long-only run)."""
+    import copy
+    import sqlite3
+
+    from tradingd.app import build_engine
+    from tradingd.core.types import OrderStatus
+
+    panel, config = live_run(engine_config)
+    config = dataclasses.replace(config, orders=dataclasses.replace(config.orders, brackets=True))
+    engine = build_engine(config, "live", panel=panel)
+    broker = engine.broker
+    real_cancel, real_submit = broker.cancel, broker.submit
+    filled_at_cancel: list[tuple] = []
+    sent: list[tuple] = []
+
+    async def cancel(cid, reason=""):  # type: ignore[no-untyped-def]
+        order = await real_cancel(cid, reason)
+        if order is not None and not filled_at_cancel:
+            # As the broker answers when the stop filled before the cancel reached it.
+            order = copy.copy(order)
+            order.status, order.filled_quantity = OrderStatus.FILLED, order.quantity
+            filled_at_cancel.append((engine._bars, order.symbol))
+        return order
+
+    async def submit(orders):  # type: ignore[no-untyped-def]
+        sent.extend((engine._bars, o.symbol, o.client_order_id) for o in orders)
+        return await real_submit(orders)
+
+    broker.cancel, broker.submit = cancel, submit
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    [(bar, symbol)] = filled_at_cancel
+    assert not [s for s in sent if s[:2] == (bar, symbol)]
+    [warned] = [e for e in logs if e["event"] == "plan.dropped_after_fill"]
+    assert warned["symbols"] == [symbol] and warned["orders"]
+    with sqlite3.connect(tmp_path / "store.db") as con:
+        rows = con.execute(
+            "select status, reason from orders where client_order_id in "
+            f"({','.join('?' * len(warned['orders']))})",
+            warned["orders"],
+        ).fetchall()
+    assert rows and all(st == "cancelled" and r.startswith("not sent") for st, r in rows)
 
 
 async def test_reset_halt_after_the_engine_stopped_is_refused(engine_config):
