@@ -234,12 +234,8 @@ class AlpacaConfig:
         _require(self.max_attempts >= 1, "broker.alpaca.max_attempts", self.max_attempts, ">= 1")
         for name in ("time_in_force", "exit_time_in_force", "bracket_time_in_force"):
             _choice(f"broker.alpaca.{name}", getattr(self, name), ("day", "gtc"))
-        _require(
-            self.base_url.startswith(("http://", "https://")),
-            "broker.alpaca.base_url",
-            self.base_url,
-            "an http(s) URL",
-        )
+        _check_url("broker.alpaca.base_url", self.base_url, ("http", "https"))
+        _check_url("broker.alpaca.stream_url", self.stream_url, ("ws", "wss"), allow_empty=True)
 
 
 @dataclass(frozen=True)
@@ -577,6 +573,7 @@ class YahooFeedConfig:
     call: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check_url("feed.yahoo.base_url", self.base_url, ("http", "https"))
         _check_source_calls("yahoo", self.call)
 
 
@@ -591,6 +588,7 @@ class AlphaVantageFeedConfig:
     call: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check_url("feed.alphavantage.base_url", self.base_url, ("http", "https"))
         _choice("feed.alphavantage.datatype", self.datatype, ("json", "csv"))
         _check_source_calls("alphavantage", self.call)
 
@@ -605,6 +603,7 @@ class AlpacaFeedConfig:
     call: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        _check_url("feed.alpaca.base_url", self.base_url, ("http", "https"), allow_empty=True)
         _choice("feed.alpaca.feed", self.feed, ("iex", "sip", "otc", "boats"))
         _require(
             self.max_symbols_per_request >= 1,
@@ -975,6 +974,22 @@ def _join(where: str, key: str) -> str:
 def _require(ok: bool, key: str, value: Any, rule: str) -> None:
     if not ok:
         raise ConfigError(f"{key} = {value!r} is invalid: must be {rule}")
+
+
+def _check_url(
+    key: str, value: str, schemes: tuple[str, ...], *, allow_empty: bool = False
+) -> None:
+    """A service URL: checked here, not found out by the first call (a bad feed URL was a
+    traceback per symbol and a warm-up retried forever; a bad stream URL a crash, exit 1)."""
+    if allow_empty and value == "":
+        return
+    parts = urlsplit(value)
+    if parts.scheme.lower() not in schemes or not parts.hostname:
+        raise ConfigError(
+            f"{key} = {mask_url(value)!r} is invalid: must be a {'/'.join(schemes)} URL with a "
+            f"host, e.g. {schemes[-1]}://example.com"
+            + (' (or "" for the default)' if allow_empty else "")
+        )
 
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -384,3 +384,30 @@ def test_nested_environment_override(tmp_path):
     assert c.features.indicators.rsi == 10
     msg = error(tmp_path, env={"TRADINGD_RUN__NAME__X": "1"})
     assert_names(msg, "run.name", "must be a string")
+
+
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ('[feed.yahoo]\nbase_url = "not a url"', "feed.yahoo.base_url"),
+        ('[feed.alphavantage]\nbase_url = "www.alphavantage.co"', "feed.alphavantage.base_url"),
+        ('[feed.alpaca]\nbase_url = "https://"', "feed.alpaca.base_url"),
+        ('[broker.alpaca]\nstream_url = "not-a-url"', "broker.alpaca.stream_url"),
+        ('[broker.alpaca]\nstream_url = "https://stream.example"', "broker.alpaca.stream_url"),
+        ('[broker.alpaca]\nbase_url = "ftp://paper-api.example"', "broker.alpaca.base_url"),
+    ],
+)
+def test_service_urls_are_checked_at_load(tmp_path, toml, key):
+    """Only broker.alpaca.base_url was: a bad feed URL made a traceback per symbol and a
+    warm-up retried forever, a bad stream URL a crash with exit 1, both at `tradingd run`."""
+    msg = error(tmp_path, toml + "\n")
+    assert_names(msg, key, "URL with a host")
+
+
+def test_service_urls_that_are_fine(tmp_path):
+    config = load(
+        tmp_path,
+        '[feed.alpaca]\nbase_url = ""\n[broker.alpaca]\nstream_url = "ws://127.0.0.1:9/stream"\n'
+        '[feed.yahoo]\nbase_url = "http://127.0.0.1:8080"',
+    )
+    assert config.broker.alpaca.stream_url == "ws://127.0.0.1:9/stream"
