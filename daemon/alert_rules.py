@@ -16,7 +16,7 @@ Reconciliation differences are sent by the code that finds them (`event(RECONCIL
 
 from __future__ import annotations
 
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -48,10 +48,14 @@ class AlertRules:
         *,
         timezone: str = "America/New_York",
         repeated_after: int = 3,
+        daily_bars: bool = False,
     ) -> None:
         self.alerter = alerter
         self.engine = engine
         self.tz = ZoneInfo(timezone)
+        # A daily bar's time is its session's date at 00:00 UTC (a label, as stored), which
+        # New York time puts on the evening before: "daily summary" of a Sunday.
+        self.daily_bars = daily_bars
         self.repeated_after = repeated_after
         self._day: date | None = None
         self._day_close: dict[str, Any] | None = None
@@ -150,7 +154,7 @@ class AlertRules:
         )
 
     def _daily(self, t: datetime) -> None:
-        day = t.astimezone(self.tz).date()
+        day = t.astimezone(UTC).date() if self.daily_bars else t.astimezone(self.tz).date()
         pf = self.engine.portfolio
         if self._day is not None and day != self._day and self._day_close is not None:
             self.alerter.event(

@@ -715,7 +715,9 @@ def _alerting(config: Config, engine: Engine) -> None:
     alerter = Alerter(config.alerts, run=engine.run.run_id)
     engine.alerter = alerter  # type: ignore[attr-defined]
     engine.extra_parts.append(alerter)
-    rules = AlertRules(alerter, engine, timezone=config.data.timezone)
+    rules = AlertRules(
+        alerter, engine, timezone=config.data.timezone, daily_bars=config.live.bar == "1d"
+    )
     engine.after_bar.append(rules.after_bar)
 
 

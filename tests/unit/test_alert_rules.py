@@ -119,6 +119,16 @@ def test_a_daily_summary_when_the_exchange_day_changes():
     assert rec.events == [(DAILY_SUMMARY, "2024-03-04")]
 
 
+def test_a_daily_summary_of_daily_bars_is_labelled_with_their_session_date():
+    """A daily bar's time is its session's date at 00:00 UTC: in New York that is the
+    evening before, and Monday's summary was labelled with Sunday's date."""
+    rec = Recorder()
+    rules = AlertRules(rec, engine(), daily_bars=True)
+    rules.after_bar(datetime(2025, 6, 9, tzinfo=UTC), [])  # Monday's session
+    rules.after_bar(datetime(2025, 6, 10, tzinfo=UTC), [])
+    assert rec.events == [(DAILY_SUMMARY, "2025-06-09")]
+
+
 def test_webhook_urls_never_show_in_the_public_config_nor_change_the_run_id(tmp_path):
     cfg = tmp_path / "alerts.toml"
     cfg.write_text(f"""
