@@ -402,6 +402,35 @@ class Engine:
                 "start with the configuration it ran with, or set run.run_id to its id",
             )
 
+    def _warn_of_foreign_orders(self) -> None:
+        """A new live run that finds orders open at the broker in its universe (placed by
+        hand, or by another program): the broker follows them, and the planner places no
+        entry in a symbol with a working one, so the run never traded those symbols, and
+        only the broker's start-up line counted them. (A resumed run's broker sorts the
+        orders it adopted from its own: `resume`.)"""
+        universe = set(self.symbols)
+        foreign = [o for o in self.broker.open_orders() if o.symbol in universe]
+        if not foreign:
+            return
+        symbols = sorted({o.symbol for o in foreign})
+        log.warning(
+            "broker.foreign_open_orders",
+            symbols=symbols,
+            orders=[o.client_order_id for o in foreign][:20],
+            rule="no new entries in these symbols while the orders are open: cancel them at "
+            "the broker, or let them fill",
+        )
+        alerter = getattr(self, "alerter", None)
+        if alerter is not None:
+            alerter.event(
+                "reconciliation",
+                "foreign-orders",
+                title="orders open at the broker that this run did not place: "
+                + ", ".join(symbols),
+                text="no new entries in these symbols while they are open",
+                severity="warning",
+            )
+
     async def set_trading_state(self, state: str) -> None:
         """An operator's pause, resume or flatten, stored at once: between bars, the last
         checkpoint again with the new state. Kept only in memory until the next bar's
@@ -523,6 +552,7 @@ class Engine:
                     await self._resume(resume)
                 else:
                     await self._warn_if_not_continuing()
+                    self._warn_of_foreign_orders()
                 session = getattr(self.audit, "session", None)
                 if session is not None:
                     session(

@@ -754,6 +754,33 @@ async def test_a_sale_planned_on_shares_a_cancelled_stop_had_sold_is_not_sent(
     assert rows and all(st == "cancelled" and r.startswith("not sent") for st, r in rows)
 
 
+async def test_a_new_live_run_warns_of_orders_open_at_the_broker_in_its_universe(engine_config):
+    """An order placed by hand at the broker is adopted and followed; the planner places no
+    entry in a symbol with a working order, so the run never traded that symbol, and only
+    the broker's start-up count said anything."""
+    from tradingd.app import build_engine
+    from tradingd.core.types import Order, Side
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    by_hand = Order("manual-1", engine.symbols[1], Side.BUY, 5.0, panel.datetimes()[0])
+    outside = Order("manual-2", "NOT_IN_UNIVERSE", Side.BUY, 5.0, panel.datetimes()[0])
+    real_open = engine.broker.open_orders
+    calls = [0]
+
+    def open_orders():  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return [by_hand, outside, *real_open()] if calls[0] == 1 else real_open()
+
+    engine.broker.open_orders = open_orders  # type: ignore[method-assign]
+    engine.after_bar.append(lambda t, v: engine.request_stop())
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    [warned] = [e for e in logs if e["event"] == "broker.foreign_open_orders"]
+    assert warned["symbols"] == [engine.symbols[1]] and warned["orders"] == ["manual-1"]
+    assert warned["log_level"] == "warning"
+
+
 async def test_reset_halt_after_the_engine_stopped_is_refused(engine_config):
     from tradingd.app import EngineControls, build_engine
     from tradingd.core.errors import EngineStoppedError
