@@ -402,6 +402,27 @@ class Engine:
                 "start with the configuration it ran with, or set run.run_id to its id",
             )
 
+    async def _start_part(self, part: Any) -> bool:
+        """Start one part; a live one that cannot reach its service yet (RetryableError: the
+        broker down or refusing for now) is tried again with backoff, /health alive and a
+        stop honoured, as the warm-up retries its data source. It exited with code 2, the
+        code of a configuration error, and systemd's start limit could then leave the
+        service failed after a short outage. False: stopped while retrying."""
+        delay = 1.0
+        while True:
+            try:
+                await part.start()
+                return True
+            except RetryableError as exc:
+                if self.run.mode != "live":
+                    raise
+                log.warning(
+                    "startup.retry", part=type(part).__name__, error=str(exc), retry_in_s=delay
+                )
+                if await self._sleep_unless_stopped(delay):
+                    return False
+                delay = min(delay * 2, 60.0)
+
     def _warn_of_foreign_orders(self) -> None:
         """A new live run that finds orders open at the broker in its universe (placed by
         hand, or by another program): the broker follows them, and the planner places no
@@ -543,7 +564,9 @@ class Engine:
         reconciler: asyncio.Task[None] | None = None
         try:
             for part in parts:
-                await part.start()
+                if not await self._start_part(part):
+                    log.info("engine.stopped_before_start", run_id=self.run.run_id)
+                    return self.result()
                 started.append(part)
             structlog.contextvars.bind_contextvars(run_id=self.run.run_id)
             if self._durable:

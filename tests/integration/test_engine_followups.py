@@ -781,6 +781,53 @@ async def test_a_new_live_run_warns_of_orders_open_at_the_broker_in_its_universe
     assert warned["log_level"] == "warning"
 
 
+async def test_a_live_broker_unreachable_at_start_is_retried_not_fatal(engine_config):
+    """Alpaca unreachable while the daemon starts raised out of the engine: exit code 2, as
+    for a configuration error, where a data source down at start is retried. Retried with
+    backoff now; a stop meanwhile ends the start cleanly."""
+    from tradingd.app import build_engine
+    from tradingd.core.errors import RetryableError
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    real_start = engine.broker.start
+    failures = [2]
+    waits: list[float] = []
+
+    async def flaky_start():
+        if failures[0] > 0:
+            failures[0] -= 1
+            raise RetryableError("Alpaca trading API at http://127.0.0.1:1 unreachable")
+        await real_start()
+
+    async def no_wait(seconds: float) -> bool:
+        waits.append(seconds)
+        return False
+
+    engine.broker.start = flaky_start  # type: ignore[method-assign]
+    engine._sleep_unless_stopped = no_wait  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        result = await engine.run_until_done()
+    assert waits == [1.0, 2.0]
+    assert [e["part"] for e in logs if e["event"] == "startup.retry"] == ["SimulatedBroker"] * 2
+    assert result.bars == 30 and result.orders > 0
+
+    stopped = build_engine(config, "live", panel=panel)
+
+    async def down():
+        raise RetryableError("unreachable")
+
+    async def stop_while_waiting(seconds: float) -> bool:
+        stopped.request_stop()
+        return True
+
+    stopped.broker.start = down  # type: ignore[method-assign]
+    stopped._sleep_unless_stopped = stop_while_waiting  # type: ignore[method-assign]
+    result = await stopped.run_until_done()
+    assert result.bars == 0
+    assert stopped.lock.lock is not None and not stopped.lock.lock.held  # released again
+
+
 async def test_reset_halt_after_the_engine_stopped_is_refused(engine_config):
     from tradingd.app import EngineControls, build_engine
     from tradingd.core.errors import EngineStoppedError
