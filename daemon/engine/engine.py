@@ -359,6 +359,9 @@ class Engine:
         # Set as the parts stop: a control then answers that the engine stopped (the store
         # that would keep it is going).
         self._controls_closed = False
+        # Set by request_stop for what waits on something else than bars (the warm-up's
+        # history fetch); made in the loop when first needed.
+        self._stop_event: asyncio.Event | None = None
         # Liveness for the health server, set by the composition root (not a constructor
         # argument): busy=True when a bar starts, busy=False while waiting for the next.
         self.on_heartbeat: Callable[..., None] = _no_heartbeat
@@ -543,6 +546,8 @@ class Engine:
         """Finish the current bar, then stop cleanly (SIGTERM lands here)."""
         self._stop_requested = True
         self.clock.request_stop()
+        if self._stop_event is not None:
+            self._stop_event.set()  # a warm-up waiting on its source
 
     async def run_until_done(self) -> EngineResult:
         # The clock starts last, after the warm-up: connect, warm up, then trade.
@@ -1018,13 +1023,19 @@ class Engine:
         delay = 1.0
         while True:
             try:
-                async for bar in self._warmup():
-                    self.on_heartbeat(busy=True)
-                    await self.step(bar, trade=False)
-                    first = first or bar.time
-                    n += 1
-                    if self._stop_requested:
-                        break
+                bars = self._warmup().__aiter__()
+                try:
+                    while (bar := await self._next_unless_stopped(bars)) is not None:
+                        self.on_heartbeat(busy=True)
+                        await self.step(bar, trade=False)
+                        first = first or bar.time
+                        n += 1
+                        if self._stop_requested:
+                            break
+                finally:
+                    close = getattr(bars, "aclose", None)
+                    if close is not None:
+                        await close()
                 break
             except RetryableError as exc:
                 if n:  # bars were processed: a retry would process them twice
@@ -1036,6 +1047,26 @@ class Engine:
                     return
                 delay = min(delay * 2, 60.0)
         log.info("engine.warmed_up", bars=n, first=first, last=self._last_time)
+
+    async def _next_unless_stopped(self, bars: AsyncIterator[CrossSection]) -> CrossSection | None:
+        """The next warm-up bar, or None at the end or on a stop request. A vendor's history
+        is fetched before its first bar (a minute and more under Alpha Vantage's 5 calls a
+        minute): a SIGTERM waited for all of it, beyond systemd's stop timeout."""
+        if self._stop_requested:
+            return None
+        stop = self._stop_event = self._stop_event or asyncio.Event()
+        nxt = asyncio.ensure_future(_anext_or_none(bars))
+        waiter = asyncio.ensure_future(stop.wait())
+        try:
+            await asyncio.wait({nxt, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            if not nxt.done():
+                nxt.cancel()
+                await asyncio.gather(nxt, return_exceptions=True)
+        if nxt.cancelled():
+            return None
+        return nxt.result()
 
     async def _sleep_unless_stopped(self, seconds: float) -> bool:
         """Wait, waking early on a stop request; True when a stop was requested."""
@@ -1570,6 +1601,13 @@ _NAN = scalar(np.nan)
 # Scores lie in [-1, 1]; the margin forgives a plugin's rounding (tanh, a mean of weights).
 _SCORE_LIMIT = 1.0 + 1e-12
 _SCORE_BOUND = scalar(_SCORE_LIMIT)  # beside float64 scores (core/arrays.scalar)
+
+
+async def _anext_or_none(bars: AsyncIterator[CrossSection]) -> CrossSection | None:
+    try:
+        return await anext(bars)
+    except StopAsyncIteration:
+        return None
 
 
 async def _no_times() -> AsyncIterator[datetime]:

@@ -828,6 +828,37 @@ async def test_a_live_broker_unreachable_at_start_is_retried_not_fatal(engine_co
     assert stopped.lock.lock is not None and not stopped.lock.lock.held  # released again
 
 
+async def test_a_stop_during_the_warm_ups_history_fetch_ends_it_at_once(engine_config):
+    """A vendor's history is fetched before its first warm-up bar (minutes under Alpha
+    Vantage's 5 calls a minute); a stop was seen only after it, past systemd's stop timeout
+    (86 s seen)."""
+    from tradingd.app import build_engine
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    fetching = asyncio.Event()
+    cancelled: list[bool] = []
+
+    async def slow_history():
+        fetching.set()
+        try:
+            await asyncio.Event().wait()  # the vendor, still answering
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        yield  # pragma: no cover
+
+    async def stop_once_fetching():
+        await fetching.wait()
+        engine.request_stop()
+
+    engine._warmup = slow_history
+    stopper = asyncio.create_task(stop_once_fetching())
+    result = await asyncio.wait_for(engine.run_until_done(), timeout=30)
+    await stopper
+    assert cancelled == [True] and result.bars == 0 and result.warmup_bars == 0
+
+
 async def test_reset_halt_after_the_engine_stopped_is_refused(engine_config):
     from tradingd.app import EngineControls, build_engine
     from tradingd.core.errors import EngineStoppedError
