@@ -1,4 +1,6 @@
-"""What the live daemon alerts on, read from the engine after every bar.
+"""What the live daemon alerts on, read from the engine after every bar (and the data
+source's and the broker's conditions also every `alerts.check_interval_s` between bars:
+`AlertTicker`).
 
 `tradingd.alerts.Alerter` delivers (deduplicated, rate-limited); this module decides. Stateful
 conditions fire once when they start and once when they clear (the alerter keeps the state):
@@ -16,6 +18,7 @@ Reconciliation differences are sent by the code that finds them (`event(RECONCIL
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, date, datetime
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -71,6 +74,15 @@ class AlertRules:
         except Exception:  # pragma: no cover - a bug here is logged, trading goes on
             log.exception("alerts.rules_failed")
 
+    def between_bars(self) -> None:
+        """The conditions that change while no bar comes (the data source, the broker):
+        checked every `alerts.check_interval_s` as well (`AlertTicker`). With daily bars the
+        broker going down on a Saturday alerted on Monday evening. Never raises."""
+        try:
+            self._services()
+        except Exception:  # pragma: no cover - a bug here is logged, trading goes on
+            log.exception("alerts.rules_failed")
+
     def _evaluate(self, t: datetime, verdicts: list[Any]) -> None:
         a, e = self.alerter, self.engine
         for plugin in e.pipeline.risks:
@@ -111,6 +123,12 @@ class AlertRules:
                     text=v.reason,
                     severity=WARNING,
                 )
+        self._services()
+        self._repeated(e)
+        self._daily(t)
+
+    def _services(self) -> None:
+        a, e = self.alerter, self.engine
         feed_status = getattr(e.feed, "status", None)
         if callable(feed_status):
             st = feed_status()
@@ -135,8 +153,6 @@ class AlertRules:
                 text=str(st.get("last_error") or ""),
                 severity=CRITICAL,
             )
-        self._repeated(e)
-        self._daily(t)
 
     def _repeated(self, e: Any) -> None:
         new_errors = (e.bars_unavailable - self._unavailable_seen) + (
@@ -173,3 +189,27 @@ class AlertRules:
             "drawdown": round(1 - pf.equity / pf.peak_equity, 4) if pf.peak_equity > 0 else 0.0,
             "trading_state": self.engine.trading_state,
         }
+
+
+class AlertTicker:
+    """An engine part: `AlertRules.between_bars` every `interval_s` while the engine runs."""
+
+    def __init__(self, rules: AlertRules, interval_s: float) -> None:
+        self.rules = rules
+        self.interval_s = interval_s
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        if self.interval_s > 0 and self._task is None:
+            self._task = asyncio.create_task(self._tick(), name="alert-ticker")
+
+    async def stop(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            self.rules.between_bars()

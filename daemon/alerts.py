@@ -302,6 +302,9 @@ class AlertsConfig:
     dedup_window_s: float = 600.0  # one event per (kind, key) within this long; 0 = no dedup
     queue_size: int = 1000  # per target; when full the oldest alert is dropped
     drain_timeout_s: float = 10.0  # how long stop() may deliver what is queued
+    # How often the source and broker conditions are also checked between bars (daily bars
+    # are a day apart); 0 = only after bars.
+    check_interval_s: float = 30.0
     run_name: str = ""  # shown in every alert ("run" of the JSON body)
 
     def __post_init__(self) -> None:
@@ -329,6 +332,7 @@ class AlertsConfig:
             ("backoff_s", ""),
             ("backoff_max_s", ""),
             ("repeat_after_s", " (0 = never remind)"),
+            ("check_interval_s", " (0 = only after bars)"),
             ("dedup_window_s", " (0 = no deduplication)"),
         ):
             if not (_is_number(getattr(self, name)) and getattr(self, name) >= 0):

@@ -709,7 +709,7 @@ class RunLock:
 def _alerting(config: Config, engine: Engine) -> None:
     """Alerts of the live daemon (tradingd.alert_rules decides, tradingd.alerts delivers to
     the configured webhooks; without targets they are only logged)."""
-    from .alert_rules import AlertRules
+    from .alert_rules import AlertRules, AlertTicker
     from .alerts import Alerter
 
     alerter = Alerter(config.alerts, run=engine.run.run_id)
@@ -719,6 +719,7 @@ def _alerting(config: Config, engine: Engine) -> None:
         alerter, engine, timezone=config.data.timezone, daily_bars=config.live.bar == "1d"
     )
     engine.after_bar.append(rules.after_bar)
+    engine.extra_parts.append(AlertTicker(rules, config.alerts.check_interval_s))
 
 
 def _publisher(config: Config, run_id: str) -> Any:

@@ -140,3 +140,37 @@ format = "slack"
     assert with_alerts.alerts.targets[0].url.endswith(TOKEN)
     assert TOKEN not in with_alerts.to_public_json()
     assert run_id_for(with_alerts, "live") == run_id_for(load_config([], env={}), "live")
+
+
+async def test_the_broker_going_down_between_bars_alerts_without_a_bar():
+    """Conditions were read only after a bar: with daily bars a broker outage on a Saturday
+    alerted on Monday evening."""
+    import asyncio
+
+    from tradingd.alert_rules import AlertTicker
+    from tradingd.alerts import BROKER_DOWN
+
+    down = asyncio.Event()
+
+    class Watching(Recorder):
+        def condition(self, kind: str, key: str, failing: bool, **kw: Any) -> None:
+            super().condition(kind, key, failing, **kw)
+            if kind == BROKER_DOWN and failing:
+                down.set()
+
+    rec = Watching()
+    e = engine()
+    state = {"started": True, "connected": True}
+    e.broker = SimpleNamespace(status=lambda: dict(state))
+    ticker = AlertTicker(AlertRules(rec, e), interval_s=0.01)
+    await ticker.start()
+    try:
+        state["connected"] = False  # no bar comes
+        await asyncio.wait_for(down.wait(), timeout=10)
+    finally:
+        await ticker.stop()
+    assert rec.last(BROKER_DOWN) is True
+    assert not rec.events  # no bar: no daily summary, no risk events
+    off = AlertTicker(AlertRules(rec, e), interval_s=0)  # 0: only after bars
+    await off.start()
+    assert off._task is None
