@@ -171,6 +171,7 @@ SOURCE = "alpaca_trading"
 # alpaca-py's websocket frames are logged here (at DEBUG they include the authentication
 # message): never below INFO, and scrubbed of the keys anyway.
 WS_LOGGER = "tradingd.brokers.alpaca.websocket"
+STREAM_LOGGER = "alpaca.trading.stream"  # alpaca-py's trade stream
 _ORDER_PAGE = 500  # Alpaca's maximum page size for GET /v2/orders
 _ORPHAN_LIMIT = 1000  # updates kept for order ids not (yet) known
 
@@ -345,6 +346,41 @@ class _RedactingFilter(logging.Filter):
         return True
 
 
+class _RepeatLimit(logging.Filter):
+    """alpaca-py's trade stream logs a traceback at error level at every failed reconnect
+    (every 1-30 s while the stream is down or its keys are refused): the first record of a
+    kind goes through; the same again within `window_s` is counted, not logged, and the next
+    one let through says how many were not. The broker's own status and /ready carry the
+    state meanwhile."""
+
+    def __init__(self, window_s: float = 300.0, clock: Callable[[], float] = time.monotonic):
+        super().__init__()
+        self.window_s = window_s
+        self._clock = clock
+        self._last: dict[str, float] = {}
+        self._dropped: dict[str, int] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = f"{record.levelno}:{str(record.msg)[:60]}"
+        now = self._clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.window_s:
+            self._dropped[key] = self._dropped.get(key, 0) + 1
+            return False
+        if len(self._last) >= 256:  # bounded: a daemon runs for months
+            self._last.clear()
+            self._dropped.clear()
+        self._last[key] = now
+        n = self._dropped.pop(key, 0)
+        if n:
+            record.msg = (
+                f"{record.getMessage()} ({n} more like it in the last {self.window_s:g} s "
+                "not logged)"
+            )
+            record.args = ()
+        return True
+
+
 class _TimeoutSession(requests.Session):
     """alpaca-py's session, with a timeout on every request (it sets none)."""
 
@@ -500,6 +536,7 @@ class AlpacaBroker:
         self.rate_limit_wait_s = 0.0
         self._ws_logger = logging.getLogger(WS_LOGGER)
         self._log_filter = _RedactingFilter(self._scrub)
+        self._stream_repeats = _RepeatLimit()
 
         self._open: dict[str, _Tracked] = {}
         self._closed: OrderedDict[str, _Tracked] = OrderedDict()
@@ -602,6 +639,7 @@ class AlpacaBroker:
         self._tasks = []
         self._stream_up = False
         self._ws_logger.removeFilter(self._log_filter)
+        logging.getLogger(STREAM_LOGGER).removeFilter(self._stream_repeats)
         self._close_client()
         self._started = False
         log.info("alpaca.stopped", endpoint=self._endpoint)
@@ -1738,6 +1776,7 @@ class AlpacaBroker:
         if self._ws_logger.getEffectiveLevel() < logging.INFO:
             self._ws_logger.setLevel(logging.INFO)
         self._ws_logger.addFilter(self._log_filter)
+        logging.getLogger(STREAM_LOGGER).addFilter(self._stream_repeats)
         stream = _TradeStream(
             self._key_id,
             self._secret,
@@ -1781,6 +1820,7 @@ class AlpacaBroker:
     def _restart_stream(self) -> None:
         if self._started and not self._stopping:
             self._ws_logger.removeFilter(self._log_filter)
+            logging.getLogger(STREAM_LOGGER).removeFilter(self._stream_repeats)
             self._start_stream()
 
     def _on_stream_state(self, up: bool) -> None:
