@@ -8,7 +8,7 @@ import asyncio
 import dataclasses
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import ClassVar
 
 import numpy as np
@@ -703,6 +703,48 @@ async def test_a_live_bar_is_handed_to_the_writer_when_it_ends_whatever_the_inte
     assert engine.result().orders  # bars with orders among them
     assert [(t, n) for t, _, n in stored] == [(t, i + 1) for i, (t, _, _) in enumerate(stored)]
     assert all(datetime.fromisoformat(c) == datetime.fromisoformat(t) for t, c, _ in stored)
+
+
+async def test_fills_booked_between_bars_are_handed_to_the_writer_at_once(engine_config, tmp_path):
+    """A live broker's fills that arrive between bars are booked by the reconciliation (or
+    the stop); their rows waited in memory for the next bar, a day later with daily bars."""
+    import sqlite3
+    from types import SimpleNamespace
+
+    from tradingd.app import build_engine
+    from tradingd.core.types import Fill, Side
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    engine.store.flush_interval_s = 3600.0  # daily bars: the interval never passes
+    late = Fill("late-1", "elsewhere|x", engine.symbols[0], Side.BUY, 1.0, 10.0, 0.0, 0.0, T_LATE)
+    pending = [late]
+
+    async def updates():  # type: ignore[no-untyped-def]
+        fills, pending[:] = list(pending), []
+        return SimpleNamespace(fills=fills, orders=[])
+
+    engine.broker.updates = updates  # type: ignore[attr-defined]
+    stored: list[int] = []
+
+    async def between_bars():
+        assert await engine._book_late_updates() == 1
+        await engine.store.settle()  # the writes in flight, nothing more
+        with sqlite3.connect(tmp_path / "store.db") as con:
+            (n,) = con.execute("select count(*) from fills where fill_id = 'late-1'").fetchone()
+        stored.append(n)
+        engine.request_stop()
+
+    def after(t, v):  # type: ignore[no-untyped-def]
+        if engine._bars == 3:
+            asyncio.get_running_loop().create_task(between_bars())
+
+    engine.after_bar.append(after)
+    await engine.run_until_done()
+    assert stored == [1]
+
+
+T_LATE = datetime(2020, 4, 1, 15, 0, tzinfo=UTC)
 
 
 async def test_a_sale_planned_on_shares_a_cancelled_stop_had_sold_is_not_sent(
