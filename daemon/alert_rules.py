@@ -192,15 +192,23 @@ class AlertRules:
 
 
 class AlertTicker:
-    """An engine part: `AlertRules.between_bars` every `interval_s` while the engine runs."""
+    """An engine part: `AlertRules.between_bars` every `alerts.check_interval_s` (read from
+    the alerter's settings at each tick, so a SIGHUP that changes it applies) while the
+    engine trades: not while it starts (a broker not tried yet is not down) nor once it
+    stops (a broker stopped on purpose is not down either)."""
 
-    def __init__(self, rules: AlertRules, interval_s: float) -> None:
+    IDLE_S = 30.0  # how often a setting of 0 (only after bars) is looked at again
+
+    def __init__(self, rules: AlertRules, alerter: Any) -> None:
         self.rules = rules
-        self.interval_s = interval_s
+        self.alerter = alerter
         self._task: asyncio.Task[None] | None = None
 
+    def interval_s(self) -> float:
+        return float(getattr(self.alerter.config, "check_interval_s", 0.0))
+
     async def start(self) -> None:
-        if self.interval_s > 0 and self._task is None:
+        if self._task is None:
             self._task = asyncio.create_task(self._tick(), name="alert-ticker")
 
     async def stop(self) -> None:
@@ -209,7 +217,17 @@ class AlertTicker:
             task.cancel()
             await asyncio.gather(task, return_exceptions=True)
 
+    def check(self) -> bool:
+        """One tick: the conditions evaluated, when they should be (True then)."""
+        engine = self.rules.engine
+        trading = getattr(engine, "trading_started", True)
+        if self.interval_s() > 0 and trading and not getattr(engine, "controls_closed", False):
+            self.rules.between_bars()
+            return True
+        return False
+
     async def _tick(self) -> None:
         while True:
-            await asyncio.sleep(self.interval_s)
-            self.rules.between_bars()
+            interval = self.interval_s()
+            await asyncio.sleep(interval if interval > 0 else self.IDLE_S)
+            self.check()

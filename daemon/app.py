@@ -719,7 +719,7 @@ def _alerting(config: Config, engine: Engine) -> None:
         alerter, engine, timezone=config.data.timezone, daily_bars=config.live.bar == "1d"
     )
     engine.after_bar.append(rules.after_bar)
-    engine.extra_parts.append(AlertTicker(rules, config.alerts.check_interval_s))
+    engine.extra_parts.append(AlertTicker(rules, alerter))
 
 
 def _publisher(config: Config, run_id: str) -> Any:

@@ -405,6 +405,24 @@ class Engine:
                 "start with the configuration it ran with, or set run.run_id to its id",
             )
 
+    async def _keep_operator_state(self) -> None:
+        """A control answered while a part's start was retried (the broker down), then a
+        stop before the run was resumed: the run's stored checkpoint takes the state, as
+        `_resume` would have stored it. Else the next start came back active and traded."""
+        state = self._operator_state
+        fetch = getattr(self.store, "fetch", None)
+        if state is None or not self._durable or fetch is None:
+            return
+        try:
+            rows = await fetch("checkpoints", self.run.run_id)
+            if not rows:
+                return  # a new run: nothing to resume, its first bar stores the state
+            saved = {**rows[-1]["state"], "trading_state": state}
+            self.store.record_checkpoint(self.run.run_id, rows[-1]["bar_time"], saved)  # type: ignore[attr-defined]
+            await self.store.flush()
+        except Exception as exc:
+            log.error("control.not_stored", state=state, error=str(exc))
+
     async def _start_part(self, part: Any) -> bool:
         """Start one part; a live one that cannot reach its service yet (RetryableError: the
         broker down or refusing for now) is tried again with backoff, /health alive and a
@@ -521,7 +539,10 @@ class Engine:
                 one = [cancelled]
                 self.audit.orders(one, self.store.record_orders(run_id, one))
                 self._publish_items("orders", one, t)
-                if cancelled.filled_quantity > known.get(cid, 0.0) + 1e-9:
+                # Only an order open when the plan was made: a resumed plan's cancel of one
+                # closed before the restart returns its old fills, booked long ago.
+                was = known.get(cid)
+                if was is not None and cancelled.filled_quantity > was + 1e-9:
                     moved.add(cancelled.symbol)
         if not moved:
             return Plan(orders=list(plan.orders), cancel=list(plan.cancel))
@@ -571,6 +592,8 @@ class Engine:
             for part in parts:
                 if not await self._start_part(part):
                     log.info("engine.stopped_before_start", run_id=self.run.run_id)
+                    if self.store in started:
+                        await self._keep_operator_state()
                     return self.result()
                 started.append(part)
             structlog.contextvars.bind_contextvars(run_id=self.run.run_id)

@@ -901,6 +901,91 @@ async def test_a_stop_during_the_warm_ups_history_fetch_ends_it_at_once(engine_c
     assert cancelled == [True] and result.bars == 0 and result.warmup_bars == 0
 
 
+async def test_a_pause_while_the_broker_start_is_retried_survives_a_stop_then(
+    engine_config, tmp_path
+):
+    """Before the run is resumed a control lives in memory (`_resume` stores it). With the
+    broker's start retried (an outage) and a stop then, the run was never resumed: the pause
+    answered 200 was lost, and the next start traded."""
+    from tradingd.app import EngineControls, build_engine
+    from tradingd.core.errors import RetryableError
+
+    panel, config = live_run(engine_config)
+    first = build_engine(config, "live", panel=panel)
+    first.after_bar.append(lambda t, v: first.request_stop() if first._bars == 3 else None)
+    await first.run_until_done()
+    assert _stored_trading_state(tmp_path / "store.db") == "active"
+
+    restarted = build_engine(config, "live", panel=panel)
+
+    async def down():
+        raise RetryableError("Alpaca trading API unreachable")
+
+    async def pause_then_stop(seconds: float) -> bool:
+        answer = await EngineControls(restarted).pause()
+        assert answer["state"] == "paused"
+        restarted.request_stop()
+        return True
+
+    restarted.broker.start = down  # type: ignore[method-assign]
+    restarted._sleep_unless_stopped = pause_then_stop  # type: ignore[method-assign]
+    await restarted.run_until_done()
+    assert _stored_trading_state(tmp_path / "store.db") == "paused"
+
+
+async def test_a_cancel_of_an_order_closed_before_the_plan_does_not_drop_the_plan(
+    engine_config,
+):
+    """A resumed plan cancels orders that may have closed before the restart: their fills
+    were booked long ago. Only an order open when the plan was made counts (its fills then
+    are new to the plan)."""
+    import copy
+
+    from tradingd.app import build_engine
+    from tradingd.core.types import OrderStatus
+
+    panel, config = live_run(engine_config)
+    config = dataclasses.replace(config, orders=dataclasses.replace(config.orders, brackets=True))
+    engine = build_engine(config, "live", panel=panel)
+    broker = engine.broker
+    real_cancel, real_submit, real_open = broker.cancel, broker.submit, broker.open_orders
+    cancelled: list[tuple] = []
+    sent: list[tuple] = []
+    hide = [False]
+
+    def open_orders():  # type: ignore[no-untyped-def]
+        return [] if hide[0] else real_open()
+
+    real_check = engine._cancel_then_check
+
+    async def check(plan, t):  # type: ignore[no-untyped-def]
+        hide[0] = True  # as after a restart: the cancelled orders are closed already
+        try:
+            return await real_check(plan, t)
+        finally:
+            hide[0] = False
+
+    async def cancel(cid, reason=""):  # type: ignore[no-untyped-def]
+        order = await real_cancel(cid, reason)
+        if order is not None and not cancelled:
+            order = copy.copy(order)
+            order.status, order.filled_quantity = OrderStatus.FILLED, order.quantity
+            cancelled.append((engine._bars, order.symbol))
+        return order
+
+    async def submit(orders):  # type: ignore[no-untyped-def]
+        sent.extend((engine._bars, o.symbol) for o in orders)
+        return await real_submit(orders)
+
+    broker.cancel, broker.submit, broker.open_orders = cancel, submit, open_orders
+    engine._cancel_then_check = check  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    [(bar, symbol)] = cancelled
+    assert (bar, symbol) in sent  # the plan's sale went out
+    assert not [e for e in logs if e["event"] == "plan.dropped_after_fill"]
+
+
 async def test_reset_halt_after_the_engine_stopped_is_refused(engine_config):
     from tradingd.app import EngineControls, build_engine
     from tradingd.core.errors import EngineStoppedError

@@ -142,35 +142,60 @@ format = "slack"
     assert run_id_for(with_alerts, "live") == run_id_for(load_config([], env={}), "live")
 
 
-async def test_the_broker_going_down_between_bars_alerts_without_a_bar():
+def test_between_bars_the_broker_and_source_are_checked_only_while_trading():
     """Conditions were read only after a bar: with daily bars a broker outage on a Saturday
-    alerted on Monday evening."""
+    alerted on Monday evening. Not while the engine starts or once it stops (a broker not
+    tried yet, or stopped on purpose, is not down), and the interval is read at each tick
+    (a SIGHUP may change it; 0 = only after bars)."""
+    from tradingd.alert_rules import AlertTicker
+    from tradingd.alerts import BROKER_DOWN
+
+    rec = Recorder()
+    rec.config = SimpleNamespace(check_interval_s=30.0)  # type: ignore[attr-defined]
+    e = engine()
+    state = {"started": False, "connected": False}  # not started yet
+    e.broker = SimpleNamespace(status=lambda: dict(state))
+    e.trading_started, e.controls_closed = False, False
+    ticker = AlertTicker(AlertRules(rec, e), rec)
+    assert not ticker.check() and rec.last(BROKER_DOWN) is None  # starting
+    e.trading_started = True
+    state.update(started=True, connected=False)  # down, and no bar comes
+    assert ticker.check() and rec.last(BROKER_DOWN) is True
+    state.update(connected=True)
+    assert ticker.check() and rec.last(BROKER_DOWN) is False
+    rec.config = SimpleNamespace(check_interval_s=0.0)  # type: ignore[attr-defined]
+    assert not ticker.check()  # only after bars now
+    rec.config = SimpleNamespace(check_interval_s=30.0)  # type: ignore[attr-defined]
+    e.controls_closed = True  # stopping: the broker stops on purpose
+    state.update(started=False)
+    n = len(rec.conditions)
+    assert not ticker.check() and len(rec.conditions) == n
+    assert not rec.events  # no bar: no daily summary, no risk events
+
+
+async def test_the_ticker_runs_on_its_own_between_bars():
     import asyncio
 
     from tradingd.alert_rules import AlertTicker
     from tradingd.alerts import BROKER_DOWN
 
-    down = asyncio.Event()
+    checked = asyncio.Event()
 
     class Watching(Recorder):
+        config = SimpleNamespace(check_interval_s=0.01)
+
         def condition(self, kind: str, key: str, failing: bool, **kw: Any) -> None:
             super().condition(kind, key, failing, **kw)
             if kind == BROKER_DOWN and failing:
-                down.set()
+                checked.set()
 
     rec = Watching()
     e = engine()
-    state = {"started": True, "connected": True}
-    e.broker = SimpleNamespace(status=lambda: dict(state))
-    ticker = AlertTicker(AlertRules(rec, e), interval_s=0.01)
+    e.broker = SimpleNamespace(status=lambda: {"started": True, "connected": False})
+    ticker = AlertTicker(AlertRules(rec, e), rec)
     await ticker.start()
     try:
-        state["connected"] = False  # no bar comes
-        await asyncio.wait_for(down.wait(), timeout=10)
+        await asyncio.wait_for(checked.wait(), timeout=10)
     finally:
         await ticker.stop()
     assert rec.last(BROKER_DOWN) is True
-    assert not rec.events  # no bar: no daily summary, no risk events
-    off = AlertTicker(AlertRules(rec, e), interval_s=0)  # 0: only after bars
-    await off.start()
-    assert off._task is None
