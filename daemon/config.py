@@ -983,8 +983,13 @@ def _check_url(
     traceback per symbol and a warm-up retried forever; a bad stream URL a crash, exit 1)."""
     if allow_empty and value == "":
         return
-    parts = urlsplit(value)
-    if parts.scheme.lower() not in schemes or not parts.hostname:
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number
+        fine = parts.scheme.lower() in schemes and bool(parts.hostname)
+    except ValueError:  # "http://[::1" (an unclosed IPv6 host), "http://host:notaport"
+        fine = False
+    if not fine:
         raise ConfigError(
             f"{key} = {mask_url(value)!r} is invalid: must be a {'/'.join(schemes)} URL with a "
             f"host, e.g. {schemes[-1]}://example.com"

@@ -1069,7 +1069,10 @@ class Engine:
                 if await self._sleep_unless_stopped(delay):
                     return
                 delay = min(delay * 2, 60.0)
-        log.info("engine.warmed_up", bars=n, first=first, last=self._last_time)
+        if self._stop_requested:
+            log.info("engine.warm_up_stopped", bars=n, first=first, last=self._last_time)
+        else:
+            log.info("engine.warmed_up", bars=n, first=first, last=self._last_time)
 
     async def _next_unless_stopped(self, bars: AsyncIterator[CrossSection]) -> CrossSection | None:
         """The next warm-up bar, or None at the end or on a stop request. A vendor's history

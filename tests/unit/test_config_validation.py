@@ -395,6 +395,8 @@ def test_nested_environment_override(tmp_path):
         ('[broker.alpaca]\nstream_url = "not-a-url"', "broker.alpaca.stream_url"),
         ('[broker.alpaca]\nstream_url = "https://stream.example"', "broker.alpaca.stream_url"),
         ('[broker.alpaca]\nbase_url = "ftp://paper-api.example"', "broker.alpaca.base_url"),
+        ('[feed.yahoo]\nbase_url = "http://127.0.0.1:notaport"', "feed.yahoo.base_url"),
+        ('[feed.yahoo]\nbase_url = "http://[::1"', "feed.yahoo.base_url"),
     ],
 )
 def test_service_urls_are_checked_at_load(tmp_path, toml, key):
