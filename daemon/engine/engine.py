@@ -553,6 +553,7 @@ class Engine:
             o.updated_at = t
         if dropped:
             self.audit.orders(dropped, self.store.record_orders(run_id, dropped))
+            self._publish_items("orders", dropped, t)
             log.warning(
                 "plan.dropped_after_fill",
                 time=t,
