@@ -524,6 +524,42 @@ class Engine:
             # In effect here (the next bar's checkpoint carries it too), not stored.
             raise ControlNotStoredError(state, exc) from exc
 
+    def _plannable_orders(self) -> Sequence[Order]:
+        """The broker's open orders the planner may act on: all of a simulated broker's
+        (they are this run's); of a live account's, this run's own and every working
+        entry. Another run's protective exits on the same account were cancelled by the
+        planner as exits of a position this run does not hold, leaving that run's shares
+        unprotected; another run's entry still keeps new entries out of its symbol."""
+        orders = self.broker.open_orders()
+        if getattr(self.broker, "state", None) is not None:
+            return orders
+        own = f"{self.run.run_id}|"
+        return [o for o in orders if o.client_order_id.startswith(own) or o.leg is Leg.ENTRY]
+
+    def _flatten_orders(self, held: np.ndarray) -> tuple[list[Order], list[str], bool]:
+        """For a flattening bar: the open orders the planner sees, and the working entries
+        of this run that would add to a position (or open one), to be cancelled with the
+        plan, and whether another order of this run still works. The planner skips a
+        symbol with a working entry (it waits for it), so a flatten left such a position
+        held and went on to "paused": it closes it now. A closing order still working is
+        left to fill; the state stays "flattening" until nothing is held and nothing of
+        this run works."""
+        orders = list(self._plannable_orders())
+        own = f"{self.run.run_id}|"
+        index = {s: i for i, s in enumerate(self.symbols)}
+        adding: list[str] = []
+        for o in orders:
+            i = index.get(o.symbol)
+            if o.leg is not Leg.ENTRY or i is None or not o.client_order_id.startswith(own):
+                continue
+            h = float(held[i])
+            if (o.side is Side.BUY and h >= 0) or (o.side is Side.SELL and h <= 0):
+                adding.append(o.client_order_id)
+        cancelled = set(adding)
+        kept = [o for o in orders if o.client_order_id not in cancelled]
+        working = any(o.client_order_id.startswith(own) for o in kept)
+        return kept, adding, working
+
     async def _cancel_then_check(self, plan: Plan | _EmptyPlan, t: datetime) -> Plan:
         """The plan's cancels; then its orders, less those in a symbol where an order being
         cancelled had filled meanwhile (a live broker executes between the plan and the
@@ -1285,15 +1321,26 @@ class Engine:
             t0 = self._lap("risk", t0)
 
         paused = False
+        adding: list[str] = []
+        open_orders: Sequence[Order] = ()
         if self.trading_state == "flattening":
-            # An operator's flatten: every target is zero on this bar; exits go through the
-            # planner like any rebalance (and take their protective legs with them).
+            # An operator's flatten: every target is zero; exits go through the planner like
+            # any rebalance (and take their protective legs with them).
             targets = np.zeros_like(targets)
-            self.trading_state = "paused"
-            log.warning("control.flatten_planned", time=bar.time)
+            open_orders, adding, working = self._flatten_orders(pf.quantity)
+            if not adding and not working and not pf.quantity.any():
+                self.trading_state = "paused"
+                log.warning("control.flattened", time=bar.time)
+                paused = True
+            else:
+                log.warning("control.flatten_planned", time=bar.time, cancel_entries=adding)
         elif self.trading_state == "paused":
             paused = True  # an operator's pause: no new orders; open ones stay at the broker
-        plan = _NO_PLAN if paused else self.planner.plan(targets, ctx, self.broker.open_orders())
+        else:
+            open_orders = self._plannable_orders()
+        plan = _NO_PLAN if paused else self.planner.plan(targets, ctx, open_orders)
+        if adding:
+            plan = Plan(orders=list(plan.orders), cancel=[*adding, *plan.cancel])
         interrupted, self._interrupted = self._interrupted, None
         if interrupted is not None and interrupted[0] == bar.time and not paused:
             # The bar a killed process was carrying out, as it decided it (from the same

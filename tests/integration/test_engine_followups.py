@@ -986,6 +986,93 @@ async def test_a_cancel_of_an_order_closed_before_the_plan_does_not_drop_the_pla
     assert not [e for e in logs if e["event"] == "plan.dropped_after_fill"]
 
 
+async def test_a_flatten_closes_a_position_whose_entry_order_still_works(engine_config):
+    """The planner skips a symbol with a working entry (it waits for it): a flatten left
+    that position held, went on to "paused" after one bar, and the position stayed, with its
+    buy order still working. The adding entry is cancelled and the position sold; the state
+    stays "flattening" until nothing is held or working, then "paused"."""
+    from tradingd.app import EngineControls, build_engine
+    from tradingd.core.types import Order, Side
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    broker = engine.broker
+    real_open, real_cancel, real_submit = broker.open_orders, broker.cancel, broker.submit
+    injected: list[Order] = []
+    cancelled: list[str] = []
+    sold: list[tuple[int, str]] = []
+    states: list[str] = []
+
+    def open_orders():  # type: ignore[no-untyped-def]
+        return [*injected, *real_open()]
+
+    async def cancel(cid, reason=""):  # type: ignore[no-untyped-def]
+        cancelled.append(cid)
+        if any(o.client_order_id == cid for o in injected):
+            injected.clear()  # the broker cancels it
+            return None
+        return await real_cancel(cid, reason)
+
+    async def submit(orders):  # type: ignore[no-untyped-def]
+        sold.extend((engine._bars, o.symbol) for o in orders if o.side is Side.SELL)
+        return await real_submit(orders)
+
+    broker.open_orders, broker.cancel, broker.submit = open_orders, cancel, submit
+    flatten_at: list[tuple[int, str]] = []
+
+    def after(t, v):  # type: ignore[no-untyped-def]
+        states.append(engine.trading_state)
+        held = [s for s, q in zip(engine.symbols, engine.portfolio.quantity, strict=True) if q]
+        if not flatten_at and held:
+            # A buy still working at the broker in a held symbol, then the flatten.
+            symbol = held[0]
+            flatten_at.append((engine._bars, symbol))
+            injected.append(
+                Order(
+                    f"{engine.run.run_id}|20990101T000000|{symbol}|entry|1",
+                    symbol,
+                    Side.BUY,
+                    3.0,
+                    t,
+                )
+            )
+            asyncio.get_running_loop().create_task(EngineControls(engine).flatten())
+
+    engine.after_bar.append(after)
+    await engine.run_until_done()
+    [(bar, symbol)] = flatten_at
+    assert cancelled and cancelled[0].endswith(f"|{symbol}|entry|1")
+    assert (bar, symbol) in sold  # sold on the flatten bar (the next), not skipped
+    assert not engine.portfolio.quantity.any()
+    assert states[bar] == "flattening" and states[-1] == "paused"
+
+
+def test_the_planner_sees_another_runs_entries_but_not_its_protective_exits(engine_config):
+    """Two runs on one Alpaca account (a new run after a signal's parameter changed): the
+    new run's planner took the old run's stop and take-profit for exits of a position it
+    does not hold and cancelled them, leaving the old run's shares unprotected."""
+    from types import SimpleNamespace
+
+    from tradingd.app import build_engine
+    from tradingd.core.types import Leg, Order, Side
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    t = panel.datetimes()[0]
+    own = engine.run.run_id
+    orders = [
+        Order(f"{own}|x|S00|sl|1", "S00", Side.SELL, 1.0, t, leg=Leg.STOP_LOSS),
+        Order("older-run-live-0123456789|x|S01|sl|1", "S01", Side.SELL, 1.0, t, leg=Leg.STOP_LOSS),
+        Order(
+            "older-run-live-0123456789|x|S02|tp|1", "S02", Side.SELL, 1.0, t, leg=Leg.TAKE_PROFIT
+        ),
+        Order("by-hand-1", "S03", Side.BUY, 1.0, t),
+    ]
+    engine.broker = SimpleNamespace(open_orders=lambda: orders)  # a live account's broker
+    seen = [o.client_order_id for o in engine._plannable_orders()]
+    assert seen == [f"{own}|x|S00|sl|1", "by-hand-1"]
+
+
 async def test_reset_halt_after_the_engine_stopped_is_refused(engine_config):
     from tradingd.app import EngineControls, build_engine
     from tradingd.core.errors import EngineStoppedError
