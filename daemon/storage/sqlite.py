@@ -231,13 +231,19 @@ class SqliteStore(BufferedStore):
         self._in_flight.append((fut, taken))
 
     async def _wait_oldest(self) -> None:
-        fut, _ = self._in_flight[0]
+        # Two coroutines may wait for the same batch (a live engine's bar and an operator's
+        # control flushing while the warm-up runs, or fills booked between bars): the first
+        # to wake takes it off; the other found the queue empty (IndexError) or took the
+        # next batch off unwritten.
+        entry = self._in_flight[0]
         try:
-            await asyncio.shield(asyncio.wrap_future(fut))
+            await asyncio.shield(asyncio.wrap_future(entry[0]))
         except Exception:
-            await self._take_back()
+            if self._in_flight and self._in_flight[0] is entry:
+                await self._take_back()
             raise
-        self._in_flight.popleft()
+        if self._in_flight and self._in_flight[0] is entry:
+            self._in_flight.popleft()
 
     async def _take_back(self) -> None:
         """The oldest batch in flight failed: wait for the ones after it (the thread skips

@@ -817,3 +817,24 @@ def test_position_rows_follow_the_rule_on_every_sequence(tmp_path: Path) -> None
             assert got == [quantity[idx].tolist(), avg[idx].tolist(), mark[idx].tolist()]
 
     check()
+
+
+async def test_two_waiters_on_one_batch_in_flight(db_path: Path) -> None:
+    """A live bar's flush and an operator's control (or fills booked between bars) may wait
+    for the same batch: the second to wake popped an empty queue (IndexError) or the next
+    batch, unwritten."""
+    store = SqliteStore(str(db_path), batch_size=1000, flush_interval_s=3600.0)
+    await store.start()
+    try:
+        await store.begin_run(RunInfo("r1", "live", T0, "{}", SYMS, 1.0))
+        store.record_equity("r1", T0, 1.0, 1.0, 0.0, 0.0)
+        await store.write_behind()  # one batch in flight, on the writer thread
+        await asyncio.gather(store.flush(), store.settle(), store.flush())
+        store.record_equity("r1", T0 + timedelta(days=1), 2.0, 2.0, 0.0, 0.0)
+        await store.write_behind()
+        store.record_equity("r1", T0 + timedelta(days=2), 3.0, 3.0, 0.0, 0.0)
+        await store.write_behind()  # two in flight
+        await asyncio.gather(store.settle(), store.flush())
+        assert [r["cash"] for r in await store.fetch("equity", "r1")] == [1.0, 2.0, 3.0]
+    finally:
+        await store.stop()
