@@ -417,9 +417,8 @@ class Engine:
             rows = await fetch("checkpoints", self.run.run_id)
             if not rows:
                 return  # a new run: nothing to resume, its first bar stores the state
-            saved = {**rows[-1]["state"], "trading_state": state}
-            self.store.record_checkpoint(self.run.run_id, rows[-1]["bar_time"], saved)  # type: ignore[attr-defined]
-            await self.store.flush()
+            self._last_checkpoint = (rows[-1]["bar_time"], rows[-1]["state"])
+            await self._store_trading_state(state)
         except Exception as exc:
             log.error("control.not_stored", state=state, error=str(exc))
 
@@ -533,8 +532,12 @@ class Engine:
         orders = self.broker.open_orders()
         if getattr(self.broker, "state", None) is not None:
             return orders
-        own = f"{self.run.run_id}|"
-        return [o for o in orders if o.client_order_id.startswith(own) or o.leg is Leg.ENTRY]
+        return [o for o in orders if self._is_own(o.client_order_id) or o.leg is Leg.ENTRY]
+
+    def _is_own(self, client_order_id: str) -> bool:
+        """An order id this run made (`run|bar time|symbol|leg|attempt`): a live account
+        also holds other runs' orders and orders placed by hand."""
+        return client_order_id.startswith(f"{self.run.run_id}|")
 
     def _flatten_orders(self, held: np.ndarray) -> tuple[list[Order], list[str], bool]:
         """For a flattening bar: the open orders the planner sees, and the working entries
@@ -545,19 +548,18 @@ class Engine:
         left to fill; the state stays "flattening" until nothing is held and nothing of
         this run works."""
         orders = list(self._plannable_orders())
-        own = f"{self.run.run_id}|"
         index = {s: i for i, s in enumerate(self.symbols)}
         adding: list[str] = []
         for o in orders:
             i = index.get(o.symbol)
-            if o.leg is not Leg.ENTRY or i is None or not o.client_order_id.startswith(own):
+            if o.leg is not Leg.ENTRY or i is None or not self._is_own(o.client_order_id):
                 continue
             h = float(held[i])
             if (o.side is Side.BUY and h >= 0) or (o.side is Side.SELL and h <= 0):
                 adding.append(o.client_order_id)
         cancelled = set(adding)
         kept = [o for o in orders if o.client_order_id not in cancelled]
-        working = any(o.client_order_id.startswith(own) for o in kept)
+        working = any(self._is_own(o.client_order_id) for o in kept)
         return kept, adding, working
 
     async def _cancel_then_check(self, plan: Plan | _EmptyPlan, t: datetime) -> Plan:
@@ -913,9 +915,8 @@ class Engine:
         if resume_broker is not None:
             known = [order_from_dict(d) for d in (st or {}).get("open_orders", [])]
             # This run's intents only (the store also holds orders the broker reported).
-            own = f"{self.run.run_id}|"
             intents = [
-                _order_of(r) for r in resume.unconfirmed if r["client_order_id"].startswith(own)
+                _order_of(r) for r in resume.unconfirmed if self._is_own(r["client_order_id"])
             ]
             delay = 1.0
             while True:

@@ -747,21 +747,14 @@ async def test_fills_booked_between_bars_are_handed_to_the_writer_at_once(engine
 T_LATE = datetime(2020, 4, 1, 15, 0, tzinfo=UTC)
 
 
-async def test_a_sale_planned_on_shares_a_cancelled_stop_had_sold_is_not_sent(
-    engine_config, tmp_path
-):
-    """Closing a position cancels its protective exits, then sells. A live broker can fill
-    the stop in between: the cancel comes back filled, and the sale, sent anyway, sold the
-    shares a second time (a short sale in a long-only run)."""
+def _first_cancel_comes_back_filled(engine) -> tuple[list[tuple], list[tuple]]:  # type: ignore[no-untyped-def]
+    """The engine's broker answers its first cancel (of an open order) as a live broker does
+    when the order filled before the cancel reached it. Returns the (bar, symbol) of that
+    cancel and the (bar, symbol) of every order submitted, both filled in as the run goes."""
     import copy
-    import sqlite3
 
-    from tradingd.app import build_engine
     from tradingd.core.types import OrderStatus
 
-    panel, config = live_run(engine_config)
-    config = dataclasses.replace(config, orders=dataclasses.replace(config.orders, brackets=True))
-    engine = build_engine(config, "live", panel=panel)
     broker = engine.broker
     real_cancel, real_submit = broker.cancel, broker.submit
     filled_at_cancel: list[tuple] = []
@@ -770,21 +763,37 @@ async def test_a_sale_planned_on_shares_a_cancelled_stop_had_sold_is_not_sent(
     async def cancel(cid, reason=""):  # type: ignore[no-untyped-def]
         order = await real_cancel(cid, reason)
         if order is not None and not filled_at_cancel:
-            # As the broker answers when the stop filled before the cancel reached it.
             order = copy.copy(order)
             order.status, order.filled_quantity = OrderStatus.FILLED, order.quantity
             filled_at_cancel.append((engine._bars, order.symbol))
         return order
 
     async def submit(orders):  # type: ignore[no-untyped-def]
-        sent.extend((engine._bars, o.symbol, o.client_order_id) for o in orders)
+        sent.extend((engine._bars, o.symbol) for o in orders)
         return await real_submit(orders)
 
     broker.cancel, broker.submit = cancel, submit
+    return filled_at_cancel, sent
+
+
+async def test_a_sale_planned_on_shares_a_cancelled_stop_had_sold_is_not_sent(
+    engine_config, tmp_path
+):
+    """Closing a position cancels its protective exits, then sells. A live broker can fill
+    the stop in between: the cancel comes back filled, and the sale, sent anyway, sold the
+    shares a second time (a short sale in a long-only run)."""
+    import sqlite3
+
+    from tradingd.app import build_engine
+
+    panel, config = live_run(engine_config)
+    config = dataclasses.replace(config, orders=dataclasses.replace(config.orders, brackets=True))
+    engine = build_engine(config, "live", panel=panel)
+    filled_at_cancel, sent = _first_cancel_comes_back_filled(engine)
     with capture_logs() as logs:
         await engine.run_until_done()
     [(bar, symbol)] = filled_at_cancel
-    assert not [s for s in sent if s[:2] == (bar, symbol)]
+    assert (bar, symbol) not in sent
     [warned] = [e for e in logs if e["event"] == "plan.dropped_after_fill"]
     assert warned["symbols"] == [symbol] and warned["orders"]
     with sqlite3.connect(tmp_path / "store.db") as con:
@@ -939,18 +948,13 @@ async def test_a_cancel_of_an_order_closed_before_the_plan_does_not_drop_the_pla
     """A resumed plan cancels orders that may have closed before the restart: their fills
     were booked long ago. Only an order open when the plan was made counts (its fills then
     are new to the plan)."""
-    import copy
-
     from tradingd.app import build_engine
-    from tradingd.core.types import OrderStatus
 
     panel, config = live_run(engine_config)
     config = dataclasses.replace(config, orders=dataclasses.replace(config.orders, brackets=True))
     engine = build_engine(config, "live", panel=panel)
-    broker = engine.broker
-    real_cancel, real_submit, real_open = broker.cancel, broker.submit, broker.open_orders
-    cancelled: list[tuple] = []
-    sent: list[tuple] = []
+    cancelled, sent = _first_cancel_comes_back_filled(engine)
+    real_open = engine.broker.open_orders
     hide = [False]
 
     def open_orders():  # type: ignore[no-untyped-def]
@@ -965,19 +969,7 @@ async def test_a_cancel_of_an_order_closed_before_the_plan_does_not_drop_the_pla
         finally:
             hide[0] = False
 
-    async def cancel(cid, reason=""):  # type: ignore[no-untyped-def]
-        order = await real_cancel(cid, reason)
-        if order is not None and not cancelled:
-            order = copy.copy(order)
-            order.status, order.filled_quantity = OrderStatus.FILLED, order.quantity
-            cancelled.append((engine._bars, order.symbol))
-        return order
-
-    async def submit(orders):  # type: ignore[no-untyped-def]
-        sent.extend((engine._bars, o.symbol) for o in orders)
-        return await real_submit(orders)
-
-    broker.cancel, broker.submit, broker.open_orders = cancel, submit, open_orders
+    engine.broker.open_orders = open_orders
     engine._cancel_then_check = check  # type: ignore[method-assign]
     with capture_logs() as logs:
         await engine.run_until_done()
