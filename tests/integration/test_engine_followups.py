@@ -991,7 +991,7 @@ async def test_a_flatten_closes_a_position_whose_entry_order_still_works(engine_
     broker = engine.broker
     real_open, real_cancel, real_submit = broker.open_orders, broker.cancel, broker.submit
     injected: list[Order] = []
-    cancelled: list[str] = []
+    cancelled: list[tuple[int, str]] = []
     sold: list[tuple[int, str]] = []
     states: list[str] = []
 
@@ -999,7 +999,7 @@ async def test_a_flatten_closes_a_position_whose_entry_order_still_works(engine_
         return [*injected, *real_open()]
 
     async def cancel(cid, reason=""):  # type: ignore[no-untyped-def]
-        cancelled.append(cid)
+        cancelled.append((engine._bars, cid))
         if any(o.client_order_id == cid for o in injected):
             injected.clear()  # the broker cancels it
             return None
@@ -1032,9 +1032,12 @@ async def test_a_flatten_closes_a_position_whose_entry_order_still_works(engine_
 
     engine.after_bar.append(after)
     await engine.run_until_done()
-    [(bar, symbol)] = flatten_at
-    assert cancelled and cancelled[0].endswith(f"|{symbol}|entry|1")
-    assert (bar, symbol) in sold  # sold on the flatten bar (the next), not skipped
+    [(asked, symbol)] = flatten_at
+    # The flatten bar: the first after the control, which lands between bars (the next one,
+    # or a later one when the accelerated clock's next bar takes the lock first).
+    bar, cid = cancelled[0]
+    assert bar >= asked and cid.endswith(f"|{symbol}|entry|1")
+    assert (bar, symbol) in sold  # sold on the flatten bar, not skipped
     assert not engine.portfolio.quantity.any()
     assert states[bar] == "flattening" and states[-1] == "paused"
 
