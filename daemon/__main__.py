@@ -963,16 +963,50 @@ async def _run(config: Config, daemon: _Daemon) -> int:
 
 
 async def _serve(config: Config, daemon: _Daemon) -> int:
-    from .preflight import check_config, check_services
+    from .preflight import check_config
 
     await daemon.in_thread("checking configuration and plugins", check_config, config, "run")
-    await daemon.abandonable("checking services", partial(check_services, live=True), config)
 
-    from .app import build_engine, continued_live_run, health_inputs, load_data
     from .health import Check, token_from_env
     from .health.server import HealthServer
     from .watchdog import SystemdNotifier
 
+    # Listening from here on: a start that waits for PostgreSQL (storage.start_retry_s) or
+    # loads large models answers /health and names its phase in /ready and /status, rather
+    # than refusing connections like a dead process. The engine's checks, status and
+    # controls replace the start-up ones once it is built.
+    trading = Check("trading", lambda: trading_check(daemon))
+    server = (
+        HealthServer(
+            config.health,
+            [trading],
+            lambda: starting_status(daemon),
+            _StartingControls(daemon),
+            token_from_env(),
+        )
+        if config.health.enabled
+        else None
+    )
+    notifier = SystemdNotifier()
+    try:
+        if server is not None:
+            await server.start()
+        await notifier.start()
+        return await _start_and_run(config, daemon, server, notifier, trading)
+    finally:
+        notifier.stopping()
+        await notifier.stop()
+        if server is not None:
+            await server.stop()
+
+
+async def _start_and_run(
+    config: Config, daemon: _Daemon, server: Any, notifier: Any, trading: Any
+) -> int:
+    from .app import build_engine, continued_live_run, health_inputs, load_data
+    from .preflight import check_services
+
+    await daemon.abandonable("checking services", partial(check_services, live=True), config)
     # A stored run this start continues under its own id (run_continuation).
     continued = await daemon.abandonable("finding the run to continue", continued_live_run, config)
     panel = None
@@ -989,13 +1023,9 @@ async def _serve(config: Config, daemon: _Daemon) -> int:
     if daemon.reload_pending:
         daemon.reload()
     checks, status, controls = health_inputs(engine)
-    checks.append(Check("trading", lambda: trading_check(daemon)))
-    notifier = SystemdNotifier()
-    server = (
-        HealthServer(config.health, checks, status, controls, token_from_env())
-        if config.health.enabled
-        else None
-    )
+    checks.append(trading)
+    if server is not None:
+        server.replace_inputs(checks, status, controls)
 
     def heartbeat(*, busy: bool = False) -> None:
         if busy and not daemon.ready:
@@ -1020,9 +1050,6 @@ async def _serve(config: Config, daemon: _Daemon) -> int:
     engine.on_ready = ready
     ran = False
     try:
-        if server is not None:
-            await server.start()  # before the engine: /health answers during start-up
-        await notifier.start()
         if daemon.stopping:
             raise _StartupStopped
         daemon.phase = "connecting"
@@ -1032,11 +1059,47 @@ async def _serve(config: Config, daemon: _Daemon) -> int:
     finally:
         if not ran:
             _close_unstarted(engine)
-        notifier.stopping()
-        await notifier.stop()
-        if server is not None:
-            await server.stop()
     return daemon.exit_line(result)
+
+
+def starting_status(daemon: Any) -> dict[str, Any]:
+    """`GET /status` before the engine is built: the start-up phase, and the engine's keys
+    (a dashboard reads the same fields throughout), unknown until a run is chosen."""
+    unknown = ("run_id", "mode", "equity", "cash", "drawdown", "positions", "open_orders")
+    later = ("last_bar_time", "model_version", "trading_state", "resumed_from")
+    return {
+        **dict.fromkeys(unknown + later + ("catching_up_to", "alerts")),
+        "bars": 0,
+        "phase": daemon.phase,
+    }
+
+
+class _StartingControls:
+    """The controls before the engine is built: refused (409), changing nothing. A control
+    taken now could not be stored (the run is not chosen yet) and would be lost."""
+
+    def __init__(self, daemon: Any) -> None:
+        self._daemon = daemon
+
+    def _refuse(self) -> NoReturn:
+        from .core.errors import ControlRefusedError
+
+        raise ControlRefusedError(
+            f"the daemon is starting ({self._daemon.phase}): controls are taken once its "
+            "plugins and models are loaded; send it again then (GET /ready names the phase)"
+        )
+
+    async def pause(self) -> dict[str, Any]:
+        self._refuse()
+
+    async def resume(self) -> dict[str, Any]:
+        self._refuse()
+
+    async def flatten(self) -> dict[str, Any]:
+        self._refuse()
+
+    async def reset_halt(self) -> dict[str, Any]:
+        self._refuse()
 
 
 def trading_check(daemon: Any) -> CheckResult:

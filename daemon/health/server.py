@@ -173,15 +173,9 @@ class HealthServer:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.config = config
-        self._checks: tuple[Check, ...] = tuple(checks)
-        names = [c.name for c in self._checks]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
-            raise ValueError(f"readiness check names must be unique; repeated: {dupes}")
-        if LOOP_CHECK in names:
-            raise ValueError(f"readiness check name {LOOP_CHECK!r} is the server's own")
-        self._status = status
-        self._controls = controls
+        self._checks: tuple[Check, ...] = ()
+        self._status: StatusSource | None = None
+        self._controls: Controls | None = None
         token = (token or "").strip()
         self._token: bytes | None = token.encode("utf-8") if token else None
         self._clock = clock
@@ -200,6 +194,27 @@ class HealthServer:
         self._check_ok: dict[str, bool] = {}
         self._ready: bool | None = None
         self._control_lock = asyncio.Lock()  # binds to a loop only when first contended
+        self.replace_inputs(checks, status, controls)
+
+    def replace_inputs(
+        self,
+        checks: Iterable[Check] = (),
+        status: StatusSource | None = None,
+        controls: Controls | None = None,
+    ) -> None:
+        """What the server reads from now on. The daemon listens while it starts, with a
+        start-up check, status and controls, and hands over the engine's once it is built.
+        Liveness, uptime and the listener carry on."""
+        checks = tuple(checks)
+        names = [c.name for c in checks]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"readiness check names must be unique; repeated: {dupes}")
+        if LOOP_CHECK in names:
+            raise ValueError(f"readiness check name {LOOP_CHECK!r} is the server's own")
+        self._checks, self._status, self._controls = checks, status, controls
+        if self._runner is not None:
+            log.info("health.checks", checks=names)
 
     # ----------------------------------------------------------------------------- lifecycle
     @property

@@ -526,6 +526,22 @@ async def test_status_last_bar_time_never_goes_back_while_a_restart_catches_up(e
     assert times == sorted(times) and times[-1] > checkpoint and seen[-1][1] is None
 
 
+def test_the_start_up_status_has_the_engines_keys(engine_config):
+    """/status answers while the daemon starts, before an engine exists: a dashboard that
+    reads `bars` or `equity` finds the key (unknown: null), not a missing field."""
+    from types import SimpleNamespace
+
+    from tradingd.__main__ import starting_status
+    from tradingd.app import build_engine, health_inputs
+
+    panel, config = live_run(engine_config)
+    _checks, status, _controls = health_inputs(build_engine(config, "live", panel=panel))
+    starting = starting_status(SimpleNamespace(phase="checking services"))
+    assert set(status()) <= set(starting), set(status()) - set(starting)
+    assert starting["phase"] == "checking services" and starting["bars"] == 0
+    assert all(starting[k] is None for k in ("run_id", "equity", "positions", "trading_state"))
+
+
 async def test_a_live_loop_that_fails_leaves_no_reconciler_running(engine_config):
     """Only a loop that ended cancelled its periodic reconciliation: after a failure the
     task went on calling a stopped broker every interval."""

@@ -245,6 +245,59 @@ def test_ready_is_503_until_trading_then_sigint_finishes_the_bar_and_exits_0(tmp
     assert not d.events("tradingd.already_stopping")
 
 
+def test_health_answers_while_the_start_waits_for_postgresql(tmp_path, daemon, monkeypatch):
+    """A live start waits storage.start_retry_s for a PostgreSQL that is not up yet (systemd
+    starting both). Meanwhile /health answers (the process is alive), /ready and /status name
+    the phase, a control is refused with 409 (there is no run to keep it for yet), and a
+    SIGTERM stops the start at once. Before, nothing listened until the engine was built: a
+    probe saw a dead process for up to a minute."""
+    import socket
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:  # a port nothing listens on: connection refused
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = "t" * 24
+    monkeypatch.setenv("TRADINGD_HEALTH_TOKEN", token)
+    text = _config_text(tmp_path).replace(
+        f'url = "sqlite:///{tmp_path / "daemon.db"}"',
+        f'url = "postgresql://127.0.0.1:{port}/test"\nstart_retry_s = 300',
+    )
+    assert f"127.0.0.1:{port}" in text
+    d = daemon(_write(tmp_path, text))
+    url = d.wait_for("health.listening")["url"]
+    d.wait_for("startup.phase", phase="finding the run to continue")
+
+    def get(path: str, method: str = "GET", headers: dict | None = None) -> tuple[int, dict]:
+        request = urllib.request.Request(f"{url}{path}", method=method, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, timeout=5) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as e:
+            return e.code, json.loads(e.read())
+
+    code, body = get("/health")
+    assert code == 200 and body["alive"] is True and not body["problems"], body
+    code, body = get("/ready")
+    assert code == 503 and body["failing"] == ["trading"], body
+    phase = "finding the run to continue"
+    assert body["checks"]["trading"]["detail"] == f"not trading yet: {phase}", body
+    code, body = get("/status")
+    assert code == 200 and body["phase"] == phase and body["run_id"] is None, body
+    code, body = get("/pause", "POST", {"Authorization": f"Bearer {token}"})
+    assert code == 409 and body["ok"] is False and "starting" in body["error"], body
+    code, _ = get("/pause", "POST")  # the token is still required
+    assert code == 401
+
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0, d.err_path.read_text()[-3000:]
+    d.assert_clean_output()
+    assert d.wait_for("tradingd.exit")["reason"] == f"stopped during start-up: {phase}"
+    assert d.events("health.stopped"), "the listener is closed on the way out"
+    assert token not in d.err_path.read_text()
+
+
 def test_the_trading_check_names_the_phase_and_a_stop():
     from tradingd.__main__ import trading_check
 
