@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import structlog
@@ -96,11 +96,17 @@ def _unavailable_one(e: BaseException) -> bool:
 
 
 def spool_target(url: str, schema: str | None) -> str:
-    """The database a spool belongs to, without credentials: host, port, database, schema."""
+    """The database a spool belongs to, without credentials: host, port, database, schema.
+    Without `storage.schema`, the schema is the first of the URL's `?search_path=` (asyncpg
+    passes it to the server): two daemons on two schemas of one database must not share a
+    spool, whose replay would write one's rows into the other's tables."""
     try:
         u = urlsplit(url)
         host, port = u.hostname or "localhost", u.port or 5432
         db = u.path.lstrip("/") or (u.username or "postgres")
+        if schema is None:
+            path = parse_qs(u.query).get("search_path", [""])[-1]
+            schema = path.split(",")[0].strip().strip('"') or None
     except ValueError:
         return f"postgres:{mask_url(url)}#{schema or 'public'}"
     return f"postgres://{host}:{port}/{db}#{schema or 'public'}"

@@ -279,6 +279,12 @@ def test_names_and_targets_carry_no_credentials() -> None:
     d = default_spool_dir(url, None)
     assert d == Path("var/spool/db.example_6543_trading_public")
     assert "pw-secret" not in str(d)
+    # The schema chosen in the URL names the spool too (it was always `public`): two
+    # daemons on two schemas of one database would have shared one spool.
+    on_s2 = f"{url}?search_path=s2,public"
+    assert spool_target(on_s2, None) == "postgres://db.example:6543/trading#s2"
+    assert default_spool_dir(on_s2, None) == Path("var/spool/db.example_6543_trading_s2")
+    assert spool_target(on_s2, "s1").endswith("#s1")  # storage.schema wins
     assert safe_name("../../etc/x y") == "etc_x_y"
     store = PostgresStore(url, spool_dir="/tmp/x", spool_max_bytes=1 << 20)
     assert store.spool_dir == Path("/tmp/x") and store.status()["spool_max_bytes"] == 1 << 20
