@@ -173,21 +173,28 @@ def protective_exits(
     symbol: str,
     held_qty: float,
     *,
-    trail_pct: float,
+    trail_pct: float | None = None,
+    stop_price: float | None = None,
     take_profit_price: float | None = None,
 ) -> list[Order]:
     """Stand-alone exits for `held_qty` shares already held (signed: positive protects a
     long, so the exits sell): a trailing stop `trail_pct` from the best price since it
-    became active and, with `take_profit_price`, a take-profit limit, the two in one OCO
-    group named after the first (the limit, as Alpaca names an `oco` order after it).
+    became active, or a stop at `stop_price` (exactly one of the two), and, with
+    `take_profit_price`, a take-profit limit, in one OCO group named after the first (the
+    limit, as Alpaca names an `oco` order after it).
 
     They have no parent (their shares are bought already) and work at once. This is how a
     position is protected when its stop cannot be a bracket leg: Alpaca takes no trailing
-    stop as a leg, so the entry goes alone and these follow once it has filled. Ids come
+    stop as a leg, so the entry goes alone and these follow once it has filled. A fixed stop
+    protects shares whose bracket legs are gone (expired or cancelled at the broker). Ids come
     from `bar_time` with the `PROTECT_SUFFIX`, so a rebuilt decision maps to the same ids."""
     side, qty = _side_and_quantity(held_qty)
-    if not (math.isfinite(trail_pct) and 0 < trail_pct < 1):
+    if (trail_pct is None) == (stop_price is None):
+        raise ValueError("protective_exits needs exactly one of trail_pct and stop_price")
+    if trail_pct is not None and not (math.isfinite(trail_pct) and 0 < trail_pct < 1):
         raise ValueError(f"trail_pct must be in (0, 1), got {trail_pct!r}")
+    if stop_price is not None:
+        stop_price = _positive_price("stop_price", stop_price)
     exit_side = Side.SELL if side is Side.BUY else Side.BUY
     out: list[Order] = []
     if take_profit_price is not None:
@@ -215,8 +222,9 @@ def protective_exits(
             side=exit_side,
             quantity=qty,
             created_at=bar_time,
-            type=OrderType.TRAILING_STOP,
-            trail_pct=float(trail_pct),
+            type=OrderType.TRAILING_STOP if trail_pct is not None else OrderType.STOP,
+            trail_pct=float(trail_pct) if trail_pct is not None else None,
+            stop_price=stop_price,
             leg=Leg.STOP_LOSS,
         )
     )

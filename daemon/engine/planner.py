@@ -165,7 +165,7 @@ class OrderPlanner:
 
         held = ctx.portfolio.quantity
         trade = rebalance_trades(cfg, targets, ctx, busy, equity)
-        if not exits_by_symbol and not self._trailing:
+        if not exits_by_symbol and not self._trailing and not (cfg.brackets and held.any()):
             if not trade:
                 return Plan([], [])  # the usual bar: no target moved beyond the band, no exits
             if not cfg.brackets:
@@ -180,8 +180,10 @@ class OrderPlanner:
         orders: list[Order] = []
         cancel: list[str] = []
         protect: set[int] = set()
-        if self._trailing:
-            # Held shares without exits (an entry filled since the last bar) are protected.
+        if cfg.brackets:
+            # Held shares without exits are protected: with a trailing stop, an entry filled
+            # since the last bar; with fixed exits, shares whose bracket legs are gone (a GTC
+            # order expired at the broker, a leg cancelled there, a re-placed exit not sent).
             protect = set(((held != 0) & ctx.tradable).nonzero()[0].tolist()) - busy
         for i in sorted(trade.keys() | exits_by_symbol.keys() | protect):
             if i in busy:
@@ -245,6 +247,8 @@ class OrderPlanner:
         """Stand-alone exits for `held` shares of symbol `i` that have none (signed like the
         position): a trailing stop, and the take-profit when one is fixed, priced from the
         position's average entry price (the decision bar's close if the book has none)."""
+        if not self._trailing:
+            return self._protect_fixed(i, held, ctx)
         cfg = self.config
         sym = self.symbols[i]
         p = float(ctx.bar.close[i])
@@ -271,6 +275,66 @@ class OrderPlanner:
                 return self._unprotected(sym, f"take-profit at {tp:g} from {entry:g}", held)
         return protective_exits(
             self.run_id, ctx.time, sym, held, trail_pct=trail, take_profit_price=tp
+        )
+
+    def _protect_fixed(self, i: int, held: float, ctx: BarContext) -> list[Order]:
+        """A fixed stop and take-profit (one OCO pair) for `held` shares whose exits are gone,
+        at the prices a bracket bought at the position's average entry would have had (for
+        "atr", the deciding bar's ATR: the entry's is not kept). Where the close has already
+        crossed the stop (the shares were bare when it fell there), both are priced from the
+        close instead, as a new entry's would be, and logged: a stop on the wrong side of
+        the price is refused by a broker or executes at once, and neither is a decision
+        the configuration made."""
+        cfg = self.config
+        sym = self.symbols[i]
+        p = float(ctx.bar.close[i])
+        avg = ctx.portfolio.avg_price
+        entry = float(avg[i]) if avg is not None else math.nan
+        entry = entry if math.isfinite(entry) and entry > 0 else p
+        long = held > 0
+        sign = 1.0 if long else -1.0
+        if self._atr is None:
+            s = cfg.stop_loss_pct
+
+            def dist(base: float) -> float:
+                return base * s
+
+        else:
+            atr = self._feature(ctx, self._atr, i)
+            if not atr > 0:
+                return self._unprotected(sym, f"no {self._atr} for the symbol at this bar", held)
+
+            def dist(base: float) -> float:
+                return cfg.atr_multiple * atr
+
+        def prices(base: float) -> tuple[float, float]:
+            d = dist(base)
+            pct = cfg.take_profit_mode == "pct"
+            t = base * cfg.take_profit_pct if pct else cfg.reward_risk * d
+            return round_price(base + sign * t), round_price(base - sign * d)
+
+        tp, sl = prices(entry)
+        if not p > 0 or (sl >= p if long else sl <= p):
+            crossed = sl
+            tp, sl = prices(p)
+            log.warning(
+                "planner.exits_rebased",
+                symbol=sym,
+                held=held,
+                entry=entry,
+                close=p,
+                stop_from_entry=crossed,
+                stop=sl,
+                take_profit=tp,
+                reason="the shares had no exits and the close is beyond the entry's stop",
+            )
+        if not (tp > 0 and sl > 0 and (tp > sl if long else tp < sl)):
+            return self._unprotected(
+                sym, f"exits priced at take-profit {tp:g} and stop {sl:g} from {p:g}", held
+            )
+        log.warning("planner.exits_restored", symbol=sym, held=held, take_profit=tp, stop=sl)
+        return protective_exits(
+            self.run_id, ctx.time, sym, held, stop_price=sl, take_profit_price=tp
         )
 
     def _feature(self, ctx: BarContext, name: str, i: int) -> float:

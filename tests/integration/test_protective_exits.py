@@ -382,3 +382,33 @@ async def test_alpaca_fixed_atr_stop_and_take_profit_stay_one_bracket(fake):
         # The legs protect the position: nothing more is placed.
         assert await desk.decide([0.1, 0.0, 0.0], features=feats) == []
         assert len(fake.posted_orders()) == 1
+
+
+async def test_alpaca_bracket_legs_that_expired_are_replaced_by_an_oco(fake):
+    """A GTC leg does not live for ever at Alpaca (it expires; an operator may cancel it in
+    the dashboard). The shares then had no exits for the rest of the run, with fixed
+    brackets: nothing placed any again. The next decision now protects them with an `oco`
+    at the prices the bracket had (from the average entry), and only once."""
+    fake.set_price("AAPL", 100.0, match=False)
+    orders = dataclasses.replace(
+        TRAILING, stop_mode="pct", take_profit_mode="pct", take_profit_pct=0.04
+    )
+    async with alpaca(fake) as broker:
+        desk = AlpacaDesk(broker, orders)
+        entry, _tp, _sl = await desk.decide([0.1, 0.0, 0.0])
+        fake.fill(entry.client_order_id, price=100.0)
+        await desk.pump(lambda: desk.pf.quantity_of("AAPL") == 10)
+        await until(lambda: {o.leg for o in broker.open_orders()} >= {Leg.TAKE_PROFIT})
+        assert await desk.decide([0.1, 0.0, 0.0]) == []  # covered: nothing placed
+        for leg_id in fake.order(entry.client_order_id).leg_ids:  # Alpaca's ids of the legs
+            fake.expire(leg_id)
+        await desk.pump(lambda: not broker.open_orders())
+        acks = await desk.decide([0.1, 0.0, 0.0])
+        assert sorted(a.leg for a in acks) == [Leg.STOP_LOSS, Leg.TAKE_PROFIT]
+        body = fake.posted_orders()[-1]
+        assert body["order_class"] == "oco" and float(body["qty"]) == 10
+        assert float(body["take_profit"]["limit_price"]) == 104.0  # the bracket's: 100 x 1.04
+        assert float(body["stop_loss"]["stop_price"]) == 98.0  # and 100 x 0.98
+        await until(lambda: len(broker.open_orders()) == 2)
+        assert await desk.decide([0.1, 0.0, 0.0]) == []  # protected again: once
+        assert len(fake.posted_orders()) == 2

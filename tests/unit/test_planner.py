@@ -192,7 +192,12 @@ def test_cut_sells_unprotected_shares_before_touching_any_leg():
     legs = active_legs("A", 70, 60.0, 45.0, days_ago=10)  # 30 of the 100 have no exits
     plan = p.plan(np.array([0.4, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [100, 0, 0]), legs)
     assert plan.cancel == []
-    assert [(o.leg, o.side, o.quantity) for o in plan.orders] == [(Leg.ENTRY, Side.SELL, 20.0)]
+    # 20 of the 30 bare shares are sold; the 10 that stay bare get exits of their own.
+    assert sorted((o.leg, o.side, o.quantity) for o in plan.orders) == [
+        (Leg.ENTRY, Side.SELL, 20.0),
+        (Leg.STOP_LOSS, Side.SELL, 10.0),
+        (Leg.TAKE_PROFIT, Side.SELL, 10.0),
+    ]
     plan = p.plan(np.array([0.25, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [100, 0, 0]), legs)
     assert len(plan.cancel) == 2
     assert sorted((o.leg, o.quantity) for o in plan.orders) == [
@@ -824,3 +829,51 @@ def test_every_exit_mode_never_oversells_and_covers_the_position(modes, case, ba
             assert not any(o.parent_id and o.type is OrderType.TRAILING_STOP for o in d.seen)
 
     asyncio.run(run())
+
+
+def test_fixed_exits_are_restored_for_held_shares_whose_legs_are_gone():
+    """With fixed brackets nothing protected shares whose legs were gone (a GTC order
+    expired at the broker, a leg cancelled there, a re-placed exit not sent): they stayed
+    bare for the rest of the run. Now they get a stop and a take-profit in one OCO group,
+    priced from the average entry as their bracket was; shares still covered are left."""
+    p = OrderPlanner(BRACKETS, "r", SYMS)
+    # A: 100 held at 50 with no exits; B: 40 held, covered by its bracket; no target moves.
+    legs = active_legs("B", 40, 12.0, 9.0, days_ago=3)
+    state = ctx_at([55.0, 10.0, 10.0], [100, 40, 0], avg=[50.0, 10.0, 0.0])
+    weights = state.portfolio.weights
+    plan = p.plan(weights.copy(), state, legs)
+    assert plan.cancel == []
+    exits = by_leg(plan.orders)
+    assert set(exits) == {Leg.STOP_LOSS, Leg.TAKE_PROFIT} and len(plan.orders) == 2
+    tp, sl = exits[Leg.TAKE_PROFIT], exits[Leg.STOP_LOSS]
+    assert {tp.symbol, sl.symbol} == {"A"} and tp.quantity == sl.quantity == 100.0
+    assert tp.side is sl.side is Side.SELL
+    assert (tp.type, tp.limit_price) == (OrderType.LIMIT, 52.0)  # 50 x 1.04
+    assert (sl.type, sl.stop_price) == (OrderType.STOP, 49.0)  # 50 x 0.98
+    assert tp.oco_group == sl.oco_group == tp.client_order_id and tp.parent_id is None
+    # Once placed (working), the shares are covered: nothing more the next bar.
+    tp.status = sl.status = OrderStatus.NEW
+    assert p.plan(weights.copy(), state, [*legs, tp, sl]).orders == []
+    # Nothing held, nothing to protect: the usual empty plan.
+    empty = ctx_at([55.0, 10.0, 10.0], [0, 0, 0])
+    assert p.plan(np.zeros(3), empty, []).orders == []
+
+
+def test_restored_exits_are_priced_from_the_close_once_it_is_beyond_the_entrys_stop():
+    """Bare shares that fell through their entry's stop: a stop there would be on the wrong
+    side of the price (refused, or executed at once). They are protected from the close,
+    as a new entry would be, and the rebasing is logged."""
+    p = OrderPlanner(BRACKETS, "r", SYMS)
+    state = ctx_at([45.0, 10.0, 10.0], [100, 0, 0], avg=[50.0, 0.0, 0.0])
+    with capture_logs() as logs:
+        plan = p.plan(state.portfolio.weights.copy(), state, [])
+    exits = by_leg(plan.orders)
+    assert exits[Leg.STOP_LOSS].stop_price == 44.1  # 45 x 0.98, below the close
+    assert exits[Leg.TAKE_PROFIT].limit_price == 46.8  # 45 x 1.04
+    rebased = [e for e in logs if e["event"] == "planner.exits_rebased"]
+    assert rebased and rebased[0]["stop_from_entry"] == 49.0 and rebased[0]["close"] == 45.0
+    # A short's stop is above: bare short shares at 56 with an entry at 50 (stop 51).
+    state = ctx_at([56.0, 10.0, 10.0], [-100, 0, 0], avg=[50.0, 0.0, 0.0])
+    exits = by_leg(p.plan(state.portfolio.weights.copy(), state, []).orders)
+    assert exits[Leg.STOP_LOSS].side is Side.BUY and exits[Leg.STOP_LOSS].stop_price > 56.0
+    assert exits[Leg.TAKE_PROFIT].limit_price < 56.0

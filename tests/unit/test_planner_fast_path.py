@@ -171,8 +171,13 @@ def test_exits_of_a_closed_position_are_cancelled_on_a_quiet_bar() -> None:
     for leg in legs:
         leg.status = OrderStatus.NEW
     plan = OrderPlanner(OrdersConfig(brackets=True), "r", ctx.symbols).plan(targets, ctx, legs)
-    assert plan.orders == []
     assert sorted(plan.cancel) == sorted(o.client_order_id for o in legs)
+    # The book's other positions have no exits at all: each gets a stop and a take-profit
+    # for what it holds (fixed brackets re-protect bare shares), and nothing trades.
+    held_bare = {ctx.symbols[i]: q for i, q in enumerate(held.tolist()) if q}
+    assert {o.leg for o in plan.orders} == {Leg.STOP_LOSS, Leg.TAKE_PROFIT}
+    assert sorted(o.symbol for o in plan.orders) == sorted(2 * list(held_bare))
+    assert all(o.quantity == held_bare[o.symbol] for o in plan.orders)
 
 
 def test_a_due_protective_stop_is_placed_on_a_quiet_bar() -> None:
