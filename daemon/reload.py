@@ -9,7 +9,10 @@ which applies what can change under a running engine without a restart and repor
   unchanged. The new params are parsed into the plugin's own `Config` class and checked by
   building a throw-away instance (exactly what start-up would reject is rejected), then the
   running plugin's `config` attribute is replaced (or its `reconfigure(config)` called, if it
-  has one): its state (a drawdown guard's peak and halt, say) is kept;
+  has one): its state (a drawdown guard's peak and halt, say) is kept. A plugin that derives
+  anything from its config when it is built (a sector map, a quantile) must offer
+  `reconfigure`. New params that read more history than the engine keeps (its buffer is
+  sized at start) are not applied: restart needed;
 * alert targets (`[alerts]`): through the running alerter's `reconfigure(config)`, when the
   daemon has an alerter that offers it (otherwise reported as not reloaded).
 
@@ -185,6 +188,8 @@ def _stage_risk(
         )
         return False
     symbols = tuple(getattr(engine, "symbols", ()))
+    history = getattr(engine, "history", None)
+    capacity = getattr(history, "capacity", None)
     specs = list(old.risk)
     for i, (o, n) in enumerate(zip(old.risk, new.risk, strict=True)):
         if o.params == n.params:
@@ -192,7 +197,18 @@ def _stage_risk(
         plugin = risks[i]
         where = f"risk[{i}].params"
         config = _plugin_config(type(plugin), n, where)
-        _validate_instance(type(plugin), config, symbols, where)
+        bars = _validate_instance(type(plugin), config, symbols, where)
+        if capacity is not None and bars > capacity:
+            # The history buffer is sized at start for the longest window any plugin reads:
+            # applied, the plugin's next check would ask for more and stop the daemon.
+            report.not_reloaded.extend(
+                f"{where}.{key}" for key in _changed_params(o.params, n.params)
+            )
+            report.notes.append(
+                f"risk[{i}] ({n.name}): its new params read {bars} bars of history and the "
+                f"running engine keeps {capacity}; nothing of it was applied (restart needed)"
+            )
+            continue
         for key in _changed_params(o.params, n.params):
             path = f"{where}.{key}"
             report.applied.append(path)
@@ -252,15 +268,20 @@ def _plugin_config(cls: type, spec: PluginSpec, where: str) -> Any:
     return build(config_cls, spec.params, where)
 
 
-def _validate_instance(cls: type, config: Any, symbols: tuple[str, ...], where: str) -> None:
-    """What start-up would refuse (the plugin's constructor checks) is refused here."""
+def _validate_instance(cls: type, config: Any, symbols: tuple[str, ...], where: str) -> int:
+    """What start-up would refuse (the plugin's constructor checks) is refused here. Returns
+    the bars of history the instance reads (`history_bars()`, 0 when it says nothing)."""
     try:
         instance = cls(config, symbols)
     except (ValueError, TypeError, ConfigError) as exc:
         raise ConfigError(f"{where}: {exc}") from None
-    close = getattr(instance, "close", None)
-    if callable(close):
-        close()
+    try:
+        reads = getattr(instance, "history_bars", None)
+        return int(reads()) if callable(reads) else 0
+    finally:
+        close = getattr(instance, "close", None)
+        if callable(close):
+            close()
 
 
 def _check_plugins(old: Config, new: Config) -> None:

@@ -219,6 +219,14 @@ class SectorExposure:
                 limit=config.max_sector_pct,
             )
 
+    def reconfigure(self, config: SectorExposureConfig) -> None:
+        """A SIGHUP's new params: the sector map is read again (another `sectors_csv`, or
+        another rule for `unknown`); the plugin keeps no other state."""
+        fresh = type(self)(config, self.symbols)
+        self.config, self.path = fresh.config, fresh.path
+        self.sector_names, self.sector_id = fresh.sector_names, fresh.sector_id
+        self.unmapped, self._members = fresh.unmapped, fresh._members
+
     def required_features(self) -> tuple[str, ...]:
         return ()
 

@@ -205,6 +205,11 @@ class PortfolioVar:
         self.last_var = math.nan
         self.last_var_after = math.nan
 
+    def reconfigure(self, config: PortfolioVarConfig) -> None:
+        """A SIGHUP's new limits: the quantile is derived from the confidence."""
+        self.config = config
+        self.alpha = 1.0 - config.confidence
+
     def required_features(self) -> tuple[str, ...]:
         return ()
 

@@ -538,6 +538,81 @@ def test_reload_rejects_an_invalid_limit_and_applies_nothing(running, restore_lo
         assert current_level() == "info"
 
 
+def test_reload_does_not_apply_a_window_longer_than_the_engine_keeps(running):
+    """The history buffer is sized at start: a SIGHUP raising portfolio_var's window was
+    applied, and its next check asked for more bars than kept and stopped the daemon."""
+    from tradingd.config import PluginSpec
+    from tradingd.engine.history import HistoryBuffer
+    from tradingd.reload import reload_config
+
+    engine, old = running
+    symbols = engine.symbols
+    old = replace(
+        old, risk=(PluginSpec("portfolio_var", params={"window": 60, "min_history": 20}),)
+    )
+    from tradingd.app import build_pipeline
+
+    pipeline = build_pipeline(old, symbols)
+    engine = SimpleNamespace(
+        pipeline=pipeline, symbols=symbols, history=HistoryBuffer(2, pipeline.history_bars())
+    )
+    var = pipeline.risks[0]
+    kept = engine.history.capacity  # the longest window of any plugin (a signal's, here)
+    window = kept + 10
+    longer = replace(
+        old, risk=(PluginSpec("portfolio_var", params={"window": window, "min_history": 20}),)
+    )
+    report = reload_config(engine, old, longer)
+    assert report.ok and report.applied == []
+    assert report.not_reloaded == ["risk[0].params.window"]
+    assert f"{window + 1} bars" in report.notes[-1] and f"keeps {kept}" in report.notes[-1]
+    assert var.config.window == 60 and report.config.risk == old.risk
+    # A shorter window fits: applied.
+    shorter = replace(
+        old, risk=(PluginSpec("portfolio_var", params={"window": 40, "min_history": 20}),)
+    )
+    report = reload_config(engine, old, shorter)
+    assert report.applied == ["risk[0].params.window"] and var.config.window == 40
+
+
+def test_reload_recomputes_what_a_risk_plugin_derived_from_its_config(running, tmp_path):
+    """Logged as applied, yet in force only in part: the VaR quantile and the sector map are
+    derived from the params when the plugin is built, and a reload only swapped `config`."""
+    from tradingd.app import build_pipeline
+    from tradingd.config import PluginSpec
+    from tradingd.reload import reload_config
+
+    engine, old = running
+    symbols = engine.symbols
+    sectors = tmp_path / "sectors.csv"
+    sectors.write_text("symbol,sector\nAAA,Energy\nBBB,Energy\n")
+    old = replace(
+        old,
+        risk=(
+            PluginSpec("portfolio_var", params={"confidence": 0.95}),
+            PluginSpec("sector_exposure", params={"max_sector_pct": 0.5}),
+        ),
+    )
+    pipeline = build_pipeline(old, symbols)
+    engine = SimpleNamespace(pipeline=pipeline, symbols=symbols)
+    var, sector = pipeline.risks
+    assert sector.sector_names == ("unknown:AAA", "unknown:BBB")  # no map: its own sector
+    new = replace(
+        old,
+        risk=(
+            PluginSpec("portfolio_var", params={"confidence": 0.99}),
+            PluginSpec(
+                "sector_exposure", params={"max_sector_pct": 0.5, "sectors_csv": str(sectors)}
+            ),
+        ),
+    )
+    report = reload_config(engine, old, new)
+    assert report.ok and len(report.applied) == 2
+    assert var.alpha == pytest.approx(0.01)
+    assert sector.sector_names == ("Energy",) and sector.sector_id.tolist() == [0, 0]
+    assert pipeline.risks == [var, sector]  # the same instances
+
+
 def test_reload_reports_what_needs_a_restart(running):
     from tradingd.config import PluginSpec
     from tradingd.reload import reload_config
