@@ -205,6 +205,19 @@ class Pipeline:
         )
 
 
+def _state_keys(plugins: Sequence[Any]) -> list[tuple[str, Any]]:
+    """Each plugin's key in a checkpoint's `plugins`: its name, and `name#2`, `name#3` for
+    later instances of the same plugin (two drawdown guards with their own limits). Keyed by
+    name alone, the second overwrote the first: a halted guard came back unhalted after a
+    restart. The first instance keeps the plain name, as checkpoints written before had it."""
+    seen: dict[str, int] = {}
+    out = []
+    for plugin in plugins:
+        n = seen[plugin.name] = seen.get(plugin.name, 0) + 1
+        out.append((plugin.name if n == 1 else f"{plugin.name}#{n}", plugin))
+    return out
+
+
 @dataclass(frozen=True)
 class _EmptyPlan:
     orders: tuple[Order, ...] = ()
@@ -883,10 +896,10 @@ class Engine:
             if st.get("broker") is not None and restore is not None:
                 restore(st["broker"])
             saved = st.get("plugins", {})
-            for plugin in self.pipeline.plugins():
+            for key, plugin in _state_keys(self.pipeline.plugins()):
                 fn = getattr(plugin, "restore", None)
-                if fn is not None and plugin.name in saved:
-                    fn(saved[plugin.name])
+                if fn is not None and key in saved:
+                    fn(saved[key])
             self.trading_state = st.get("trading_state", "active")
             if self._operator_state is not None:
                 log.info(
@@ -961,10 +974,10 @@ class Engine:
         else:  # the broker keeps its own book: remember what was open, to reconcile
             state["open_orders"] = [order_to_dict(o) for o in self.broker.open_orders()]
         plugins = {}
-        for plugin in self.pipeline.plugins():
+        for key, plugin in _state_keys(self.pipeline.plugins()):
             fn = getattr(plugin, "state", None)
             if fn is not None and callable(fn):
-                plugins[plugin.name] = fn()
+                plugins[key] = fn()
         state["plugins"] = plugins
         self._last_checkpoint = (t, state)
         self.store.record_checkpoint(self.run.run_id, t, state)  # type: ignore[attr-defined]

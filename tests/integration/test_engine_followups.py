@@ -1205,3 +1205,39 @@ async def test_a_control_made_while_the_daemon_starts_wins_over_the_resumed_chec
     assert restarted.resumed_from is not None
     assert states and set(states) == {"paused"}
     assert result.orders == first.result().orders  # nothing ordered after the pause
+
+
+async def test_two_instances_of_a_plugin_keep_their_own_state_across_a_restart(engine_config):
+    """Two drawdown guards (a tight one that halts until reset, a loose one): the checkpoint
+    kept plugin state by name, so the second overwrote the first, and after a restart the
+    halted guard came back unhalted and new entries went in."""
+    import dataclasses
+
+    from tradingd.app import build_engine
+    from tradingd.config import PluginSpec
+
+    panel, config = live_run(engine_config)
+    guards = (
+        PluginSpec("drawdown_guard", params={"max_drawdown_pct": 0.5, "recovery": "halt"}),
+        PluginSpec("drawdown_guard", params={"max_drawdown_pct": 0.6}),
+    )
+    config = dataclasses.replace(config, risk=guards)
+    first = build_engine(config, "live", panel=panel)
+    tight, loose = first.pipeline.risks
+
+    def halt_then_stop(t, v):  # type: ignore[no-untyped-def]
+        if first._bars == 3:
+            tight._halted_bars = 0  # as a breach does; the checkpoint after bar 4 keeps it
+        if first._bars == 5:
+            first.request_stop()
+
+    first.after_bar.append(halt_then_stop)
+    await first.run_until_done()
+    assert tight._halted_bars is not None and loose._halted_bars is None
+
+    restarted = build_engine(config, "live", panel=panel)
+    restarted.after_bar.append(lambda t, v: restarted.request_stop())
+    await restarted.run_until_done()
+    again_tight, again_loose = restarted.pipeline.risks
+    assert again_tight._halted_bars is not None, "the halted guard stays halted"
+    assert again_loose._halted_bars is None
