@@ -610,6 +610,7 @@ def _assemble(
         reconcile_interval_s=config.live.reconcile_interval_s,
         retry_attempts=config.orders.retry_attempts if mode == "live" else 0,
         retry_delay_s=config.orders.retry_delay_s,
+        long_only=not config.broker.allow_short,
         publisher=_publisher(config, run_id) if mode == "live" else None,
     )
     if mode != "live":

@@ -266,8 +266,11 @@ class Engine:
         reconcile_interval_s: float = 300.0,
         retry_attempts: int = 0,
         retry_delay_s: float = 5.0,
+        long_only: bool = False,
     ) -> None:
         self.run = run
+        # broker.allow_short = false: a negative target becomes 0 (see _no_shorts).
+        self.long_only = long_only
         self.clock = clock
         self.feed = feed
         self.broker = broker
@@ -1575,11 +1578,13 @@ class Engine:
         for plugin, _ in signals:
             try:  # inline `_call`: a frame less for every plugin call of every bar
                 s = plugin.score(ctx)
+                # The same array when it is one already; text or a mapping fails here, as
+                # the plugin's fault.
+                s = np.asarray(s, dtype=np.float64)
             except PluginFault:
                 raise
             except Exception as exc:
                 raise _fault(plugin, "score", ctx, exc) from exc
-            s = np.asarray(s, dtype=np.float64)  # the same array when it is one already
             if s.shape == (n,) and count_nonzero(np.abs(s) <= _SCORE_BOUND) == n:
                 scores.append(s)  # all finite and in range (NaN and inf fail <=): one check
                 continue
@@ -1611,7 +1616,21 @@ class Engine:
             raise
         except Exception as exc:
             raise _fault(p, "size", ctx, exc) from exc
-        return _check_array(p, "size", t, len(self.symbols), ctx.time, allow_nan=False)
+        t = _check_array(
+            p, "size", t, len(self.symbols), ctx.time, allow_nan=False, symbols=self.symbols
+        )
+        if self.long_only and count_nonzero(t < 0):
+            t = self._no_shorts(p, t, ctx.time)
+        return t
+
+    def _no_shorts(self, plugin: Any, t: np.ndarray, when: datetime) -> np.ndarray:
+        """A negative target where the broker may not short (`broker.allow_short = false`)
+        is a target of zero: close the long, do not open a short. Sent as it was, the sale
+        asked for more shares than held and was refused whole, so the long was not closed
+        either. Logged (a deliberate repair), as `engine.targets_repaired`."""
+        short = t < 0
+        _repaired(plugin, "size", when, "short_target", short, self.symbols)
+        return np.where(short, 0.0, t)
 
     def _risk(self, targets: np.ndarray, ctx: BarContext) -> tuple[np.ndarray, list[RiskVerdict]]:
         verdicts: list[RiskVerdict] = []
@@ -1630,9 +1649,24 @@ class Engine:
                     TypeError(f"returned {type(decision).__name__}, not RiskDecision"),
                 )
             targets = _check_array(
-                r, "check", decision.targets, len(self.symbols), ctx.time, allow_nan=False
+                r,
+                "check",
+                decision.targets,
+                len(self.symbols),
+                ctx.time,
+                allow_nan=False,
+                symbols=self.symbols,
             )
-            verdicts.extend(decision.verdicts)
+            if decision.verdicts:
+                bad = [v for v in decision.verdicts if not isinstance(v, RiskVerdict)]
+                if bad:
+                    raise PluginFault(
+                        r.name,
+                        "check",
+                        ctx.time,
+                        TypeError(f"a verdict is {type(bad[0]).__name__}, not RiskVerdict"),
+                    )
+                verdicts.extend(decision.verdicts)
         return targets, verdicts
 
     @staticmethod
@@ -1710,9 +1744,19 @@ def _fault(plugin: Any, stage: str, ctx: BarContext, exc: Exception) -> PluginFa
 
 
 def _check_array(
-    plugin: Any, stage: str, arr: Any, n: int, t: datetime, *, allow_nan: bool
+    plugin: Any,
+    stage: str,
+    arr: Any,
+    n: int,
+    t: datetime,
+    *,
+    allow_nan: bool,
+    symbols: Sequence[str] | None = None,
 ) -> np.ndarray:
-    a = np.asarray(arr, dtype=np.float64)  # the same array when it is one already
+    try:
+        a = np.asarray(arr, dtype=np.float64)  # the same array when it is one already
+    except (TypeError, ValueError) as exc:  # text, a mapping, ragged lists
+        raise PluginFault(_name(plugin), stage, t, exc) from exc
     if a.shape != (n,):
         raise PluginFault(
             _name(plugin), stage, t, ValueError(f"returned shape {a.shape}, expected ({n},)")
@@ -1723,9 +1767,46 @@ def _check_array(
         raise PluginFault(_name(plugin), stage, t, ValueError("returned an infinite value"))
     if not allow_nan:
         # Not all finite and no inf: a NaN. A NaN target means "no view": hold no position
-        # rather than guess.
-        a = np.nan_to_num(a, nan=0.0)
+        # rather than guess. Logged: a plugin returning NaN for held symbols sells them.
+        nan = np.isnan(a)
+        _repaired(plugin, stage, t, "nan_target", nan, symbols)
+        a = np.where(nan, 0.0, a)
     return a
+
+
+# How often each (plugin, stage, kind) repair was made in this process; logged at the 1st,
+# 10th, 100th, ... so a plugin that does it every bar is heard without a line per bar.
+_REPAIRS: dict[tuple[str, str, str], int] = {}
+_REPAIR_RULES = {
+    "nan_target": "a NaN target is 0: no position in the symbol (a held one is sold)",
+    "short_target": "broker.allow_short is false: a negative target is 0 (the long is closed, "
+    "no short opened)",
+}
+
+
+def _repaired(
+    plugin: Any,
+    stage: str,
+    t: datetime,
+    kind: str,
+    mask: np.ndarray,
+    symbols: Sequence[str] | None,
+) -> None:
+    key = (_name(plugin), stage, kind)
+    n = _REPAIRS[key] = _REPAIRS.get(key, 0) + 1
+    if str(n).rstrip("0") == "1":  # the 1st, 10th, 100th, ...
+        where = np.flatnonzero(mask)
+        log.warning(
+            "engine.targets_repaired",
+            plugin=key[0],
+            stage=stage,
+            time=t,
+            kind=kind,
+            symbols=[symbols[i] for i in where[:10].tolist()] if symbols else where[:10].tolist(),
+            count=int(where.size),
+            times_so_far=n,
+            rule=_REPAIR_RULES[kind],
+        )
 
 
 def _name(plugin: Any) -> str:

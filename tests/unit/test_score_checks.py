@@ -145,3 +145,98 @@ def test_a_plugins_exception_becomes_a_fault_naming_it_and_a_fault_goes_on_uncha
     with pytest.raises(PluginFault) as caught:
         run(_Raising(inner))
     assert caught.value is inner and inner.__cause__ is None
+
+
+class _Returning:
+    kind = "any"
+    name = "q"
+
+    def __init__(self, value: object) -> None:
+        self.value = value
+
+    def score(self, ctx: object) -> object:
+        return self.value
+
+    def size(self, score: object, ctx: object) -> object:
+        return self.value
+
+    def check(self, targets: object, ctx: object) -> object:
+        return self.value
+
+
+def _engine(plugin: object, *, long_only: bool = False) -> Engine:
+    engine = Engine.__new__(Engine)
+    engine.symbols = tuple(f"S{i}" for i in range(N))
+    engine.long_only = long_only
+    engine.pipeline = SimpleNamespace(signals=[(plugin, 1.0)], sizing=plugin, risks=[plugin])
+    return engine
+
+
+@pytest.mark.parametrize("stage", ["score", "size", "check"])
+@pytest.mark.parametrize("value", ["abc", {"S0": 1.0}, [[1.0], [1.0, 2.0]]])
+def test_output_that_is_not_numbers_is_the_plugins_fault(stage, value):
+    """Text, a mapping or ragged lists ended in a bare traceback (exit 1) that did not name
+    the plugin: the conversion to numbers was outside the plugin boundary."""
+    from tradingd.core.ports import RiskDecision
+
+    engine = _engine(_Returning(RiskDecision(value) if stage == "check" else value))
+    ctx = SimpleNamespace(time="t")
+    with pytest.raises(PluginFault, match=f"'q' failed in {stage}"):
+        if stage == "score":
+            engine._score(ctx)
+        elif stage == "size":
+            engine._size(np.zeros(N), ctx)
+        else:
+            engine._risk(np.zeros(N), ctx)
+
+
+def test_a_verdict_that_is_not_a_risk_verdict_is_the_plugins_fault():
+    from tradingd.core.ports import RiskDecision
+
+    engine = _engine(_Returning(RiskDecision(np.zeros(N), ["clipped S0"])))
+    with pytest.raises(PluginFault, match=r"'q' failed in check.*str, not RiskVerdict"):
+        engine._risk(np.zeros(N), SimpleNamespace(time="t"))
+
+
+def test_nan_targets_are_a_logged_repair_heard_without_a_line_per_bar():
+    """NaN from sizing became 0 with no log line: a plugin returning NaN for held symbols
+    sold them every bar, silently. Logged at the 1st, 10th, 100th time."""
+    from structlog.testing import capture_logs
+
+    from tradingd.engine import engine as engine_module
+
+    engine_module._REPAIRS.clear()
+    plugin = _Returning(np.array([0.1, np.nan, 0.2, np.nan, 0.0, 0.0]))
+    plugin.name = "nan_sizer"
+    engine = _engine(plugin)
+    with capture_logs() as logs:
+        for _ in range(12):
+            got = engine._size(np.zeros(N), SimpleNamespace(time="t"))
+    np.testing.assert_array_equal(got, [0.1, 0.0, 0.2, 0.0, 0.0, 0.0])
+    lines = [e for e in logs if e["event"] == "engine.targets_repaired"]
+    assert [e["times_so_far"] for e in lines] == [1, 10]
+    assert lines[0]["plugin"] == "nan_sizer" and lines[0]["kind"] == "nan_target"
+    assert lines[0]["symbols"] == ["S1", "S3"] and lines[0]["count"] == 2
+
+
+@pytest.mark.parametrize("long_only", [True, False])
+def test_a_negative_target_is_zero_where_the_broker_may_not_short(long_only):
+    """broker.allow_short = false with a sizing that goes short: the planner sent a sale of
+    the long plus the short, which the broker refused whole, so the long was not closed
+    either. A long-only engine makes the target 0 (logged); one that may short keeps it."""
+    from structlog.testing import capture_logs
+
+    from tradingd.engine import engine as engine_module
+
+    engine_module._REPAIRS.clear()
+    targets = np.array([0.2, -0.1, 0.0, -0.3, 0.1, 0.0])
+    engine = _engine(_Returning(targets.copy()), long_only=long_only)
+    with capture_logs() as logs:
+        got = engine._size(np.zeros(N), SimpleNamespace(time="t"))
+    repaired = [e for e in logs if e["event"] == "engine.targets_repaired"]
+    if long_only:
+        np.testing.assert_array_equal(got, [0.2, 0.0, 0.0, 0.0, 0.1, 0.0])
+        assert repaired[0]["kind"] == "short_target" and repaired[0]["symbols"] == ["S1", "S3"]
+    else:
+        np.testing.assert_array_equal(got, targets)
+        assert not repaired
