@@ -946,10 +946,15 @@ def _parse_scalar(raw: str) -> Any:
         return raw
 
 
-def _deep_merge(into: dict[str, Any], new: Mapping[str, Any]) -> None:
+def _deep_merge(into: dict[str, Any], new: Mapping[str, Any], where: str = "") -> None:
     for k, v in new.items():
         if isinstance(v, Mapping) and isinstance(into.get(k), dict) and k != "params":
-            _deep_merge(into[k], v)
+            if where == "" and k == "sizing" and "name" in v and v["name"] != into[k].get("name"):
+                # Another sizing plugin: the previous one's params (and weight) are not its.
+                # Merged key by key they were kept, refused as unknown keys the user never
+                # wrote, or applied silently where the new plugin has a key of that name.
+                into[k] = {}
+            _deep_merge(into[k], v, _join(where, k))
         else:
             into[k] = v
 

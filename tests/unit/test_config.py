@@ -105,3 +105,21 @@ def test_missing_and_invalid_file(tmp_path):
 def test_config_is_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         Config().costs.commission_pct = 1.0  # type: ignore[misc]
+
+
+def test_an_overlay_naming_another_sizing_plugin_drops_the_previous_ones_params(tmp_path):
+    """`[sizing] name = "equal_weight"` over the default's kelly_garch kept kelly_garch's
+    params: refused as unknown keys the user never wrote (or, where the new plugin has a key
+    of that name, applied silently). The same plugin named again still merges its params."""
+    swap = tmp_path / "swap.toml"
+    swap.write_text('[sizing]\nname = "equal_weight"\n')
+    c = load_config([ROOT / "config" / "default.toml", swap], env={})
+    assert c.sizing.name == "equal_weight" and c.sizing.params == {}
+    same = tmp_path / "same.toml"
+    same.write_text('[sizing]\nname = "kelly_garch"\nweight = 1.0\n')
+    c = load_config([ROOT / "config" / "default.toml", same], env={})
+    assert c.sizing.params["kelly_multiplier"] == 0.5  # kept: the same plugin
+    only_params = tmp_path / "params.toml"
+    only_params.write_text("[sizing.params]\ntarget_vol = 0.1\n")
+    c = load_config([ROOT / "config" / "default.toml", only_params], env={})
+    assert c.sizing.name == "kelly_garch" and c.sizing.params == {"target_vol": 0.1}
