@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 from bisect import bisect_right
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -115,6 +115,9 @@ class BacktestOutcome:
     # dicts (`Records` when made from the store's records: a row's dict is made when read).
     orders: Sequence[dict[str, Any]]
     fills: Sequence[dict[str, Any]]
+    # The run's split events (symbol: [(time, coefficient)], oldest first): the fills are in
+    # the shares of their day, and an analysis restates them with these (`split_events`).
+    splits: Mapping[str, list[tuple[datetime, float]]] = dataclasses.field(default_factory=dict)
 
     def __repr__(self) -> str:
         # Short: `asyncio.run(run_backtest(...))` formats its task, result included, when it
@@ -213,10 +216,25 @@ async def run_backtest(
     }
     if result.restrictions_not_listed:
         summary["trading_restricted_not_listed"] = result.restrictions_not_listed
-    write_outputs(out, config, result, summary, rows.get("orders", []), rows.get("fills", []))
-    return BacktestOutcome(
-        result.run_id, summary, out, result, rows.get("orders", []), rows.get("fills", [])
+    splits = split_events(panel)
+    write_outputs(
+        out, config, result, summary, rows.get("orders", []), rows.get("fills", []), splits
     )
+    return BacktestOutcome(
+        result.run_id, summary, out, result, rows.get("orders", []), rows.get("fills", []), splits
+    )
+
+
+def split_events(panel: Panel) -> dict[str, list[tuple[datetime, float]]]:
+    """Each symbol's split events in the run's data (time, coefficient), oldest first: what
+    an analysis of the run's fills needs to restate them (`split_adjusted` does it from the
+    panel; a run's record folder keeps them in splits.csv)."""
+    js, ks = np.nonzero((panel.split != 1.0).T)  # by symbol, then by row
+    times = panel.datetimes()
+    out: dict[str, list[tuple[datetime, float]]] = {}
+    for j, k in zip(js.tolist(), ks.tolist(), strict=True):
+        out.setdefault(panel.symbols[j], []).append((times[k], float(panel.split[k, j])))
+    return out
 
 
 def _models(engine: Engine) -> dict[str, Any]:
@@ -341,6 +359,7 @@ RECORD_FILES = (
     "equity.csv",
     "orders.csv",
     "fills.csv",
+    "splits.csv",
     "config.json",
     "summary.json",
     "environment.json",
@@ -379,6 +398,7 @@ def write_outputs(
     summary: dict[str, Any],
     orders: Sequence[dict[str, Any]],
     fills: Sequence[dict[str, Any]],
+    splits: Mapping[str, list[tuple[datetime, float]]] | None = None,
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     # The folder's record is this run's now: a report of the one it replaces (another run
@@ -392,6 +412,14 @@ def write_outputs(
             w.writerow([t.isoformat(), repr(e), repr(g)])
     _write_rows(out / "orders.csv", orders)
     _write_rows(out / "fills.csv", fills)
+    # The fills are in the shares of their day: an analysis of the folder (`tradingd report`,
+    # the Monte Carlo's trade order) restates them with the run's splits, as the summary is.
+    with (out / "splits.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["symbol", "time", "split"])
+        for sym, events in sorted((splits or {}).items()):
+            for t, coef in events:
+                w.writerow([sym, t.isoformat(), repr(coef)])
     # Masked: credentials in URLs never reach a run's record.
     (out / "config.json").write_text(json.dumps(config.to_public_dict(), indent=2, default=str))
     (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))

@@ -910,6 +910,8 @@ class BacktestEngine:
             ),
             "fills": fills,
             "trades": fills,
+            # The fills are in the shares of their day; the analysis restates them with these.
+            "splits": outcome.splits,
             "orders": _frame("orders", outcome.orders),
             "metrics": outcome.summary,
             "final_equity": float(result.equity[-1]) if result.equity else self.initial_capital,

@@ -6,8 +6,10 @@ the Monte Carlo and the reports take any of them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -16,11 +18,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import structlog
 
 from ..core.types import Fill, Side
 from .return_metrics import _arr
 
-__all__ = ["RunRecord", "run_record", "stored_run_results"]
+__all__ = ["RunRecord", "restate_for_splits", "run_record", "stored_run_results"]
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,38 @@ def _curve(equity: Any, times: Any) -> tuple[pd.DatetimeIndex, np.ndarray]:
     return pd.DatetimeIndex(pd.to_datetime(times)), e
 
 
+def restate_for_splits(
+    fills: tuple[Fill, ...], splits: Mapping[str, Iterable[tuple[Any, float]]] | None
+) -> tuple[Fill, ...]:
+    """Fills restated in end-of-run shares with the run's split events (symbol: [(time,
+    coefficient)]): a round trip across a 2-for-1 bought at 100 and sold at 55 is a 10%
+    gain, not a 45% loss. A fill at or after an event's bar is already in its shares (the
+    engine applies a split before the bar's fills). The same restatement as the summary's
+    (`backtest.split_adjusted`), from the events instead of the panel."""
+    if not fills or not splits:
+        return fills
+    events: dict[str, tuple[list[pd.Timestamp], list[float]]] = {}
+    for sym, evs in splits.items():
+        ordered = sorted((pd.Timestamp(t), float(c)) for t, c in evs)
+        after = np.cumprod([c for _, c in ordered][::-1])[::-1].tolist()
+        events[sym] = ([t for t, _ in ordered], after)
+    out = []
+    for f in fills:
+        ev = events.get(f.symbol)
+        if ev is not None:
+            i = bisect_right(ev[0], pd.Timestamp(f.time))  # the first event after the fill
+            if i < len(ev[1]) and ev[1][i] != 1.0:
+                g = ev[1][i]
+                f = dataclasses.replace(
+                    f,
+                    quantity=f.quantity * g,
+                    price=f.price / g,
+                    reference_price=f.reference_price / g,
+                )
+        out.append(f)
+    return tuple(out)
+
+
 def _record(
     equity: Any,
     times: Any,
@@ -86,6 +123,7 @@ def _record(
     fills: Any = None,
     run_id: str = "",
     extra: Mapping[str, Any] | None = None,
+    splits: Mapping[str, Iterable[tuple[Any, float]]] | None = None,
 ) -> RunRecord:
     idx, e = _curve(equity, times)
     if len(idx) != e.size:
@@ -106,7 +144,24 @@ def _record(
         )
         if gx.size != e.size:
             raise ValueError(f"gross_exposure ({gx.size}) and equity ({e.size}) differ in length")
-    return RunRecord(idx, e, cap, gx, _fills(fills), run_id, dict(extra or {}))
+    restated = restate_for_splits(_fills(fills), splits)
+    return RunRecord(idx, e, cap, gx, restated, run_id, dict(extra or {}))
+
+
+def _read_splits(path: Path) -> dict[str, list[tuple[Any, float]]] | None:
+    """A record folder's splits.csv (None: the folder has none, written before it was)."""
+    file = path / "splits.csv"
+    if not file.exists():
+        return None
+    try:
+        rows = pd.read_csv(file)
+        out: dict[str, list[tuple[Any, float]]] = {}
+        times = pd.to_datetime(rows["time"], utc=True, format="ISO8601")
+        for sym, t, c in zip(rows["symbol"], times, rows["split"], strict=True):
+            out.setdefault(str(sym), []).append((t, float(c)))
+    except (ValueError, KeyError, pd.errors.ParserError) as exc:
+        raise ValueError(f"{file} cannot be read as the run's split events: {exc}") from None
+    return out
 
 
 def _from_directory(path: Path) -> RunRecord:
@@ -132,6 +187,15 @@ def _from_directory(path: Path) -> RunRecord:
         if len(fills):
             fills["time"] = pd.to_datetime(fills["time"], utc=True, format="ISO8601")
     gx = eq.get("gross_exposure")
+    splits = _read_splits(path)
+    if splits is None and fills is not None and len(fills):
+        log.warning(
+            "analysis.fills_not_restated",
+            folder=str(path),
+            detail="the record has no splits.csv (written by tradingd backtest since "
+            "2026-12-05): a round trip across a split is scored in the shares of its day; "
+            "run the backtest again for a record that has it",
+        )
     return _record(
         eq["equity"].to_numpy(dtype=float),
         times,
@@ -140,6 +204,7 @@ def _from_directory(path: Path) -> RunRecord:
         fills,
         str(summary.get("run_id", "")),
         {"metrics": summary} if summary else None,
+        splits,
     )
 
 
@@ -169,6 +234,7 @@ def run_record(backtest_results: Any) -> RunRecord:
             d.get("fills", d.get("trades")),
             str(d.get("run_id", "")),
             {"metrics": metrics} if metrics else None,
+            d.get("splits"),
         )
     result = getattr(backtest_results, "result", None)
     summary = getattr(backtest_results, "summary", None)
@@ -181,6 +247,7 @@ def run_record(backtest_results: Any) -> RunRecord:
             backtest_results.fills,
             str(getattr(backtest_results, "run_id", "")),
             {"metrics": dict(summary)},
+            getattr(backtest_results, "splits", None),
         )
     raise TypeError(
         "backtest results must be the dict BacktestEngine.run_backtest returns, a "

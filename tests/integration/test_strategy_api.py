@@ -477,6 +477,7 @@ def test_output_dir_gets_the_runs_record_and_nothing_else_is_written(in_tmp):
         "equity.csv",
         "orders.csv",
         "fills.csv",
+        "splits.csv",
         "config.json",
         "summary.json",
         "environment.json",

@@ -1,0 +1,81 @@
+"""The analysis of a run (`tradingd report`, the analyzer, the Monte Carlo's trade order)
+scores round trips in end-of-run shares, as the run's summary does: a position held across
+a split is not a crash at the split. The fills are written in the shares of their day; the
+record folder keeps the run's split events (splits.csv) to restate them with."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+
+import pandas as pd
+from conftest import make_panel
+
+from tradingd.analysis.performance import PerformanceAnalyzer
+from tradingd.analysis.run_records import run_record
+from tradingd.backtest import run_backtest
+
+
+def test_the_analysis_scores_round_trips_across_a_split_as_the_summary_does(engine_config):
+    panel = make_panel()  # one 4-for-1 split at bar 150
+    outcome = asyncio.run(run_backtest(engine_config, panel=panel))
+    (j,) = {int(c) for c in (panel.split != 1.0).nonzero()[1]}
+    symbol = panel.symbols[j]
+    # The position is held across the split: its fills on both sides are in different shares.
+    fills = [f for f in outcome.fills if f["symbol"] == symbol]
+    split_time = panel.datetimes()[150]
+    assert any(f["time"] < split_time for f in fills) and any(f["time"] > split_time for f in fills)
+
+    with (outcome.output_dir / "splits.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [(r["symbol"], float(r["split"])) for r in rows] == [(symbol, 4.0)]
+
+    # The analyzer's trade statistics are its own (per round trip; the summary's win rate is
+    # per closing trade), but the round trips are the summary's, split or not.
+    analyzer = PerformanceAnalyzer(benchmark=pd.Series(dtype=float))
+    for source in (outcome, outcome.output_dir):
+        perf = analyzer.calculate_performance_metrics(source)
+        assert perf["round_trips"] == outcome.summary["round_trips"], source
+    # Restated: the split symbol's quantities are in end-of-run shares (4x before the split).
+    rec = run_record(outcome.output_dir)
+    before = [f for f in rec.fills if f.symbol == symbol and f.time < split_time]
+    raw = [f for f in fills if f["time"] < split_time]
+    assert [f.quantity for f in before] == [4.0 * r["quantity"] for r in raw]
+
+
+def test_a_round_trip_across_a_split_is_one_trade_at_its_real_profit(tmp_path):
+    """Bought 100 at 100, a 2-for-1, sold 200 at 55: a 1,000 gain in one round trip.
+    Unrestated, the analysis scored the sale of 100 of the 200 against a price of 100 (a
+    loss) and the rest as a new short: the report's trade statistics and the trade-order
+    Monte Carlo's P&L were wrong."""
+    from datetime import UTC, datetime
+
+    times = pd.DatetimeIndex(
+        [datetime(2020, 1, d, 21, tzinfo=UTC) for d in (2, 3, 6, 7)], name="time"
+    )
+    equity = pd.Series([100_000.0, 100_000.0, 100_500.0, 101_000.0], index=times)
+
+    def fill(i: int, side: str, qty: float, price: float) -> dict:
+        return {
+            "fill_id": f"f{i}",
+            "client_order_id": f"o{i}",
+            "symbol": "AAA",
+            "side": side,
+            "quantity": qty,
+            "price": price,
+            "commission": 0.0,
+            "slippage": 0.0,
+            "time": times[i],
+            "reference_price": price,
+        }
+
+    fills = [fill(1, "buy", 100.0, 100.0), fill(3, "sell", 200.0, 55.0)]
+    run = {"equity_curve": equity, "initial_capital": 100_000.0, "fills": fills}
+    analyzer = PerformanceAnalyzer(benchmark=pd.Series(dtype=float))
+    unrestated = analyzer.calculate_performance_metrics(dict(run))
+    assert unrestated["avg_win"] != 1_000.0  # scored in the shares of the day: a loss
+    run["splits"] = {"AAA": [(times[2], 2.0)]}
+    perf = analyzer.calculate_performance_metrics(run)
+    assert perf["round_trips"] == 1 and perf["avg_win"] == 1_000.0
+    rec = run_record(run)
+    assert [(f.quantity, f.price) for f in rec.fills] == [(200.0, 50.0), (200.0, 55.0)]
