@@ -366,7 +366,8 @@ def load_frame(
     }
     if source == "bundled":
         frames = [
-            validate_frame(raw, source=name, symbol=sym, **opts)
+            # Index series: no splits or dividends to carry.
+            validate_frame(raw, source=name, symbol=sym, corporate_actions=False, **opts)
             for raw, name, sym in _bundled(symbols)
         ]
         where = "bundled"

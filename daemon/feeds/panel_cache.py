@@ -143,7 +143,12 @@ def cached_load_panel(
     started = time.perf_counter()
     summary = RepairSummary()
     result = load(summary)  # never wrapped: a DataError of the load is the caller's to see
-    repairs = {"rows": dict(summary.rows), "symbols": dict(summary.symbols)}
+    repairs = {
+        "rows": dict(summary.rows),
+        "symbols": dict(summary.symbols),
+        # The suspect values' warnings are repeated on a cache hit, like the repairs.
+        "suspects": {k: [n, ex] for k, (n, ex) in summary.suspects.items()},
+    }
     _store(entry, key, result, repairs, max_bytes, time.perf_counter() - started)
     return result
 
@@ -232,6 +237,8 @@ def _summary_of(counts: dict[str, Any]) -> RepairSummary:
     summary = RepairSummary()
     summary.rows.update({str(k): int(v) for k, v in counts.get("rows", {}).items()})
     summary.symbols.update({str(k): int(v) for k, v in counts.get("symbols", {}).items()})
+    for kind, (n, examples) in counts.get("suspects", {}).items():
+        summary.suspects[str(kind)] = (int(n), list(examples))
     return summary
 
 

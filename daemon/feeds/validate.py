@@ -76,6 +76,9 @@ DEFAULT_MAX_GAP_DAYS = 7.0
 DEFAULT_MAX_SPIKE = 10.0  # 0 disables the check
 DEFAULT_MAX_VOLUME = 1e12  # shares per bar; 0 disables the check
 DEFAULT_TIMEZONE = "America/New_York"
+# Beyond these a corporate action is logged as suspect (`data.suspect`), not refused.
+SUSPECT_SPLIT_RATIO = 4.0
+SUSPECT_DIVIDEND_FRACTION = 0.5
 SPLIT_SNAP_TOLERANCE = 1e-4
 SPLIT_SNAP_MAX_DENOMINATOR = 1000
 _LOG_SAMPLE = 5
@@ -143,10 +146,18 @@ class RepairSummary:
     def __init__(self) -> None:
         self.rows: Counter[str] = Counter()
         self.symbols: Counter[str] = Counter()
+        # Values that pass the checks but are implausible (see `_suspect_actions`): kind ->
+        # (count, the first few examples). Not repaired: logged, one warning per kind.
+        self.suspects: dict[str, tuple[int, list[dict[str, Any]]]] = {}
 
     def add(self, what: str, rows: int) -> None:
         self.rows[what] += rows
         self.symbols[what] += 1
+
+    def suspect(self, kind: str, examples: list[dict[str, Any]], count: int = 0) -> None:
+        """`count` rows of `kind` (at least one per example), with some examples."""
+        n, kept = self.suspects.get(kind, (0, []))
+        self.suspects[kind] = (n + max(count, len(examples)), (kept + examples)[: 2 * _LOG_SAMPLE])
 
     def log(self, source: str, **extra: Any) -> None:
         if self.rows:
@@ -157,6 +168,70 @@ class RepairSummary:
                 symbols=dict(sorted(self.symbols.items())),
                 **extra,
             )
+        for kind, (n, examples) in sorted(self.suspects.items()):
+            log.warning(
+                "data.suspect",
+                source=source,
+                kind=kind,
+                count=n,
+                examples=examples,
+                rule=_SUSPECT_RULES[kind],
+            )
+
+
+# What each `data.suspect` kind means and what the load did about it (nothing: the values
+# are booked as given, and the operator decides).
+_SUSPECT_RULES = {
+    "no_corporate_actions": "the file has no split and/or dividend column: none are booked, "
+    "so its prices are taken as adjusted; raw prices of a stock that split would book the "
+    "split as a crash (add the columns)",
+    "split_without_price_move": f"a split coefficient the prices do not show: the previous "
+    f"close over the bar's open, per the split, is beyond {SUSPECT_SPLIT_RATIO:g}x either way "
+    "(a 2-for-1 halves the price); booked as given: check the coefficient",
+    "large_dividend": f"a dividend of at least {SUSPECT_DIVIDEND_FRACTION:.0%} of the previous "
+    "close; booked as given: check it (a special dividend, or a wrong unit)",
+}
+
+
+def _suspect_actions(frame: pd.DataFrame, ctx: _Ctx) -> None:
+    """Corporate actions that pass the checks (a positive split, a non-negative dividend)
+    but that the prices contradict: a split of 100 with no price move multiplies a position
+    by 100, a dividend of 1e6 a thousand times the account. Real data has oddities too (the
+    S&P 500 set: split ratios between 0.5x and 3.3x of the price move, a few dividends
+    above the price), so these are warnings, counted for the load, not errors."""
+    split = frame["split"].to_numpy()
+    dividend = frame["dividend"].to_numpy()
+    events = (split != 1.0) | (dividend > 0)
+    if not events.any():
+        return
+    codes = frame["_code"].to_numpy()
+    prev = _shift(frame["close"].to_numpy(), codes, 1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = prev / (frame["open"].to_numpy() * split)
+        frac = dividend / prev
+    odd_split = (split != 1.0) & np.isfinite(ratio)
+    odd_split &= (ratio > SUSPECT_SPLIT_RATIO) | (ratio < 1.0 / SUSPECT_SPLIT_RATIO)
+    big_div = (dividend > 0) & np.isfinite(frac) & (frac >= SUSPECT_DIVIDEND_FRACTION)
+    times = frame["time"].to_numpy()
+    symbols = frame["symbol"].to_numpy()
+    for kind, mask, value in (
+        ("split_without_price_move", odd_split, split),
+        ("large_dividend", big_div, dividend),
+    ):
+        rows = np.flatnonzero(mask)
+        if rows.size:
+            examples = [
+                {
+                    "source": ctx.source,
+                    "symbol": str(symbols[i]),
+                    "time": _fmt_time(times[i]),
+                    "value": float(value[i]),
+                    "previous_close": float(prev[i]),
+                    "open": float(frame["open"].iat[int(i)]),
+                }
+                for i in rows[:_LOG_SAMPLE]
+            ]
+            ctx.summary.suspect(kind, examples, int(rows.size))
 
 
 def _normalise_name(col: object) -> str:
@@ -458,6 +533,7 @@ def _normalise(
     end: str | None,
     tz: str,
     interval: str = "auto",
+    corporate_actions: bool = True,
 ) -> pd.DataFrame:
     """Canonical columns and types, filtered by date, stably sorted by symbol."""
     if find_column(df, "time") is None and isinstance(df.index, pd.DatetimeIndex):
@@ -495,11 +571,17 @@ def _normalise(
     out["time"], daily = _label_bars(wall, utc, out["symbol"], tz, interval, ctx, out)
     for name in (*PRICE_COLUMNS, "volume"):
         out[name] = pd.to_numeric(src[name], errors="coerce").astype("float64")
+    absent = [name for name in ("split", "dividend") if name not in src]
     for name, default in (("split", 1.0), ("dividend", 0.0)):
         if name in src:
             out[name] = pd.to_numeric(src[name], errors="coerce").astype("float64")
         else:
             out[name] = default
+    if absent and corporate_actions and len(out):
+        ctx.summary.suspect(
+            "no_corporate_actions",
+            [{"source": ctx.source, "symbol": symbol, "missing_columns": absent}],
+        )
 
     if start is not None or end is not None:
         t = out["time"].to_numpy()
@@ -818,6 +900,7 @@ def validate_frame(
     first_line: int | None = None,
     summary: RepairSummary | None = None,
     interval: str = "auto",
+    corporate_actions: bool = True,
 ) -> pd.DataFrame:
     """Check (and, where enabled, repair) bars; return the clean long table.
 
@@ -827,7 +910,9 @@ def validate_frame(
     timestamps. `start`/`end` (inclusive dates) drop out-of-range rows before checking.
     `max_spike`/`max_volume` are the plausibility thresholds (0 disables), `timezone` the
     exchange's. `interval` is "1d", "intraday" or "auto" (see `_label_bars`). Repairs are
-    counted in `summary`; without one, this call logs its own.
+    counted in `summary`; without one, this call logs its own. `corporate_actions`: the
+    data should carry split and dividend columns (raw prices of stocks); False for index
+    series, which have none.
     """
     if interval not in INTERVALS:
         raise ConfigError(
@@ -839,11 +924,19 @@ def validate_frame(
     summary = RepairSummary() if summary is None else summary
     ctx = _Ctx(source, first_line, summary)
     frame = _normalise(
-        df, ctx=ctx, symbol=symbol, start=start, end=end, tz=timezone, interval=interval
+        df,
+        ctx=ctx,
+        symbol=symbol,
+        start=start,
+        end=end,
+        tz=timezone,
+        interval=interval,
+        corporate_actions=corporate_actions,
     )
     frame = _check_values(frame, ctx, repairs, max_volume)
     frame = _check_time(frame, ctx, repairs, max_gap_days)
     frame = _snap_splits(frame, ctx)
+    _suspect_actions(frame, ctx)
     frame = _check_spikes(frame, ctx, repairs, max_spike)
     if own:
         summary.log(source)

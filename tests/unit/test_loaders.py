@@ -570,3 +570,58 @@ def test_order_and_duplicates_property(case: tuple[pd.DataFrame, list[int]]) -> 
     else:
         with pytest.raises(DataError, match=r"earlier than the row before|repeating"):
             validate_frame(df, **check, repair=())
+
+
+# --- corporate actions the prices contradict ---------------------------------------------------
+
+ACTIONS = "date,open,high,low,close,volume,split,dividend"
+
+
+def _suspects(logs: list[dict]) -> dict[str, dict]:
+    return {e["kind"]: e for e in logs if e["event"] == "data.suspect"}
+
+
+def test_corporate_actions_the_prices_contradict_are_logged(tmp_path: Path) -> None:
+    """A split of 100 with no price move, a dividend of a million, a file without the
+    split and dividend columns: accepted silently before, and a backtest booked a 100-fold
+    position or a thousand-fold account (or a 2-for-1 split as a 50% crash)."""
+    d = tmp_path / "bars"
+    d.mkdir()
+    write_csv(
+        d / "GOOD.csv",  # a real 2-for-1: the price halves with the coefficient, and a dividend
+        ["2020-01-02,100,101,99,100,1000,1,0", "2020-01-03,50,51,49,50,2000,2,0.5"],
+        header=ACTIONS,
+    )
+    write_csv(
+        d / "BOGUS.csv",
+        [
+            "2019-12-30,100,101,99,100,1000,1,0",
+            "2019-12-31,100,101,99,100,1000,1,0",
+            "2020-01-02,100,101,99,100,1000,1,0",
+            "2020-01-03,100,101,99,100,1000,100,0",  # no price move
+            "2020-01-06,100,101,99,100,1000,1,1000000",
+            "2020-01-07,100,101,99,100,1000,1,0",
+        ],
+        header=ACTIONS,
+    )
+    with capture_logs() as logs:
+        load_panel("csv", path=str(d), layout="per_symbol")
+    found = _suspects(logs)
+    assert set(found) == {"split_without_price_move", "large_dividend"}
+    split = found["split_without_price_move"]
+    assert split["count"] == 1 and split["examples"][0]["symbol"] == "BOGUS"
+    assert split["examples"][0]["time"] == "2020-01-03" and split["examples"][0]["value"] == 100
+    assert found["large_dividend"]["examples"][0]["time"] == "2020-01-06"
+    assert all(e["log_level"] == "warning" for e in found.values())
+
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    write_csv(bare / "RAW.csv", GOOD)
+    with capture_logs() as logs:
+        load_panel("csv", path=str(bare), layout="per_symbol")
+    (missing,) = _suspects(logs).values()
+    assert missing["kind"] == "no_corporate_actions"
+    assert missing["examples"][0]["missing_columns"] == ["split", "dividend"]
+    with capture_logs() as logs:
+        load_panel("bundled")  # index series: no corporate actions to carry, no warning
+    assert not _suspects(logs)

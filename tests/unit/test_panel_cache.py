@@ -418,6 +418,10 @@ def test_repairs_are_logged_again_on_a_hit(tmp_path: Path, cache: Path) -> None:
     (again,) = events(hit_logs, "data.repairs")
     assert again.pop("cached") is True
     assert again == original  # same event, level and fields
+    # So is a suspect value's warning (this file has no dividend column).
+    (suspect,) = events(miss_logs, "data.suspect")
+    assert suspect["kind"] == "no_corporate_actions" and suspect["log_level"] == "warning"
+    assert events(hit_logs, "data.suspect") == [suspect]
 
     # The per-symbol detail is the first load's, at debug level: not said again.
     (detail,) = events(miss_logs, "data.repair")
@@ -436,10 +440,12 @@ def test_repairs_are_logged_again_on_a_hit(tmp_path: Path, cache: Path) -> None:
     assert not events(hit_logs, "data.cache_stored")
 
 
-def test_clean_data_replays_nothing(csv_file: Path, cache: Path) -> None:
-    cached(cache, **params(csv_file))
+def test_clean_data_replays_nothing(tmp_path: Path, cache: Path) -> None:
+    # Clean: nothing repaired, and split and dividend columns (none is a suspect value).
+    clean = write_csv(tmp_path / "clean.csv", [f"{r},0" for r in ROWS], f"{HEADER},dividend")
+    cached(cache, **params(clean))
     with capture_logs() as logs:
-        cached(cache, **params(csv_file))
+        cached(cache, **params(clean))
     assert [e["event"] for e in logs] == ["data.cache_hit"]
 
 
