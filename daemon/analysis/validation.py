@@ -53,6 +53,7 @@ from .montecarlo import (
     MonteCarloConfig,
     MonteCarloInput,
     _is_returns,
+    _returns_array,
     monte_carlo_input,
     simulate_with_paths,
 )
@@ -313,7 +314,7 @@ class StatisticalValidator:
         rf = c.risk_free_rate if risk_free_rate is None else float(risk_free_rate)
         rf_bar = per_bar_rate(rf, c.periods_per_year)
         out = sharpe_ratio_test(
-            _finite(returns),
+            _returns_array(returns),
             rf_bar,
             hac_lags=c.hac_lags,
             alternative=c.alternative,
@@ -327,7 +328,7 @@ class StatisticalValidator:
         c = self.config
         return _clean(
             mean_return_test(
-                _finite(returns),
+                _returns_array(returns),
                 alternative=c.alternative,
                 alpha=c.alpha,
                 hac_lags=c.hac_lags,
@@ -381,7 +382,9 @@ class StatisticalValidator:
         (default: the configured count, else 1); `bootstrap`: per-method path statistics
         already simulated (else the drawdown test simulates its own)."""
         c = self.config
-        r = _finite(returns)
+        # Given returns must be finite and above -1 (VALIDATION.md); a run's own returns
+        # (`run`) are NaN after its equity reached zero, and its statistics NaN with them.
+        r = _finite(returns) if run is not None else _returns_array(returns)
         names = tuple(names)
         unknown = [n for n in names if n not in TESTS]
         if unknown:

@@ -559,6 +559,16 @@ def test_bad_input_is_a_value_error():
         v.validate_performance([0.01, float("nan"), 0.0])
     with pytest.raises(ValueError, match="n_bootstrap"):
         v.bootstrap_analysis([0.01, 0.02, 0.0], n_bootstrap=0)
+    # The single tests too (they answered a NaN p-value, or a normal-looking result for a
+    # return below -1), as the documentation says.
+    r = list(np.random.default_rng(1).normal(0.001, 0.01, 60))
+    for bad, word in ((float("nan"), "NaN or inf"), (float("inf"), "NaN or inf"), (-1.5, "-1")):
+        with pytest.raises(ValueError, match=word):
+            v.test_sharpe_ratio_significance([*r, bad])
+        with pytest.raises(ValueError, match=word):
+            v.test_mean_return_significance([*r, bad])
+        with pytest.raises(ValueError, match=word):
+            v.run_tests([*r, bad], ["jarque_bera"])
 
 
 def test_too_short_runs_give_nan_not_errors():
