@@ -135,6 +135,15 @@ def _record(
         raise ValueError(f"initial_capital must be positive, got {initial_capital!r}")
     if not np.all(np.isfinite(e)):
         raise ValueError("equity contains NaN or inf")
+    if not (idx.is_monotonic_increasing and idx.is_unique):
+        # A curve out of order reads as another run (its "start" after its "end", a total
+        # return of the wrong sign): an edited or damaged record, refused.
+        steps = np.flatnonzero(np.diff(idx.asi8) <= 0)
+        at = int(steps[0]) + 1 if steps.size else 0
+        raise ValueError(
+            f"equity times must increase bar by bar; row {at} ({idx[at]}) is not after the "
+            f"one before ({idx[at - 1] if at else 'none'})"
+        )
     gx = None
     if gross_exposure is not None:
         gx = (
@@ -164,6 +173,16 @@ def _read_splits(path: Path) -> dict[str, list[tuple[Any, float]]] | None:
     return out
 
 
+def _json_file(file: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(file.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{file} cannot be read as JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{file} holds {type(data).__name__}, not a JSON object")
+    return data
+
+
 def _from_directory(path: Path) -> RunRecord:
     """A run's record folder as `tradingd backtest` writes it."""
     eq_file = path / "equity.csv"
@@ -174,14 +193,18 @@ def _from_directory(path: Path) -> RunRecord:
     capital = None
     summary: dict[str, Any] = {}
     if (path / "summary.json").exists():
-        summary = json.loads((path / "summary.json").read_text())
+        summary = _json_file(path / "summary.json")
         capital = summary.get("initial_capital")
     if capital is None and (path / "config.json").exists():
-        capital = (
-            json.loads((path / "config.json").read_text()).get("run", {}).get("initial_capital")
-        )
+        capital = _json_file(path / "config.json").get("run", {}).get("initial_capital")
     fills_file = path / "fills.csv"
     fills = None
+    if not fills_file.exists() and summary.get("fills"):
+        # "No trades" would be a wrong answer: the costs and round trips would read 0.
+        raise ValueError(
+            f"{path} has no fills.csv, but its summary.json counts {summary['fills']} fills: "
+            "the record is incomplete (run the backtest again)"
+        )
     if fills_file.exists() and fills_file.stat().st_size > 0:
         fills = pd.read_csv(fills_file)
         if len(fills):

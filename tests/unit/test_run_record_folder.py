@@ -1,0 +1,66 @@
+"""A run's record folder read by the analysis (`tradingd report`, the analyzer): a damaged
+or edited folder is refused naming what is wrong, never analysed into wrong numbers."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tradingd.analysis.run_records import run_record
+
+
+def _folder(tmp_path: Path, *, fills: bool = True) -> Path:
+    out = tmp_path / "rec"
+    out.mkdir(parents=True)
+    t0 = datetime(2020, 1, 2, tzinfo=UTC)
+    lines = ["time,equity,gross_exposure"]
+    for i, e in enumerate((100_000.0, 101_000.0, 99_000.0, 102_000.0)):
+        lines.append(f"{(t0 + timedelta(days=i)).isoformat()},{e},0.5")
+    (out / "equity.csv").write_text("\n".join(lines) + "\n")
+    summary = {"run_id": "r", "initial_capital": 100_000.0, "fills": 2 if fills else 0}
+    (out / "summary.json").write_text(json.dumps(summary))
+    if fills:
+        (out / "fills.csv").write_text(
+            "fill_id,client_order_id,symbol,side,quantity,price,commission,slippage,time\n"
+            f"f1,o1,AAA,buy,10,100,1,0,{(t0 + timedelta(days=1)).isoformat()}\n"
+            f"f2,o2,AAA,sell,10,110,1,0,{(t0 + timedelta(days=3)).isoformat()}\n"
+        )
+    (out / "splits.csv").write_text("symbol,time,split\n")
+    return out
+
+
+def test_a_good_folder_reads(tmp_path: Path) -> None:
+    rec = run_record(_folder(tmp_path))
+    assert rec.equity.tolist() == [100_000.0, 101_000.0, 99_000.0, 102_000.0]
+    assert len(rec.fills) == 2 and rec.initial_capital == 100_000.0
+
+
+def test_equity_rows_out_of_order_are_refused(tmp_path: Path) -> None:
+    """Sorted backwards, the report said a total return of 0 from 2008-12-31 to 2005-01-03."""
+    out = _folder(tmp_path)
+    header, *rows = (out / "equity.csv").read_text().splitlines()
+    (out / "equity.csv").write_text("\n".join([header, *reversed(rows)]) + "\n")
+    with pytest.raises(ValueError, match=r"equity times must increase.*row 1"):
+        run_record(out)
+    (out / "equity.csv").write_text("\n".join([header, rows[0], rows[0], *rows[1:]]) + "\n")
+    with pytest.raises(ValueError, match="row 1"):  # a bar twice
+        run_record(out)
+
+
+def test_a_missing_fills_file_the_summary_counts_is_refused(tmp_path: Path) -> None:
+    """It read as 'no trades': costs 0 and 0 round trips beside a summary of 17,400 in costs."""
+    out = _folder(tmp_path)
+    (out / "fills.csv").unlink()
+    with pytest.raises(ValueError, match=r"no fills.csv, but its summary.json counts 2 fills"):
+        run_record(out)
+    assert run_record(_folder(tmp_path / "none", fills=False)).fills == ()  # none to have
+
+
+def test_an_unreadable_summary_names_the_file(tmp_path: Path) -> None:
+    out = _folder(tmp_path)
+    (out / "summary.json").write_text("")
+    with pytest.raises(ValueError, match=r"summary.json cannot be read as JSON"):
+        run_record(out)
