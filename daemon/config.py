@@ -754,12 +754,14 @@ class Config:
 
 
 def load_config(
-    paths: typing.Sequence[str | Path] = (), env: Mapping[str, str] | None = None
+    paths: typing.Sequence[str | Path | Mapping[str, Any]] = (),
+    env: Mapping[str, str] | None = None,
 ) -> Config:
-    """Merge TOML files in order (later wins), then environment overrides, then validate."""
+    """Merge TOML files in order (later wins), then environment overrides, then validate.
+    An item may be a table already read from a file (one that can be read only once)."""
     merged: dict[str, Any] = {}
     for p in paths:
-        _deep_merge(merged, _read_toml(Path(p)))
+        _deep_merge(merged, p if isinstance(p, Mapping) else _read_toml(Path(p)))
     _apply_env(merged, os.environ if env is None else env)
     return build(Config, merged, "")
 

@@ -50,14 +50,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--no-progress", action="store_true", help="no progress bar")
 
 
-def split_config_files(paths: Sequence[str]) -> tuple[list[str], dict[str, Any]]:
-    """(tradingd's config files, the merged [walkforward] table of the others)."""
-    engine: list[str] = []
+def split_config_files(paths: Sequence[str]) -> tuple[list[str | dict[str, Any]], dict[str, Any]]:
+    """(tradingd's config files, the merged [walkforward] table of the others). A file that
+    is not a regular file (`-c <(...)`, a pipe: it can be read once) is given as the table
+    read from it, which `load_config` takes as it is; read again, it was empty, and the
+    walk-forward ran with the other files alone."""
+    engine: list[str | dict[str, Any]] = []
     table: dict[str, Any] = {}
     for p in paths:
         data = _read(Path(p))
         if SECTION not in data:
-            engine.append(str(p))
+            engine.append(str(p) if Path(p).is_file() else data)
             continue
         others = sorted(k for k in data if k != SECTION)
         if others:

@@ -513,6 +513,30 @@ def test_a_file_with_walkforward_holds_nothing_else(tmp_path):
     assert table == {"train": 10, "model": {"epochs": 3, "lstm_units": 4}}  # later wins
 
 
+def test_a_config_file_that_can_be_read_once_counts(tmp_path):
+    """`-c <(printf ...)`: the walk-forward read the pipe to look for [walkforward], then
+    load_config read it again, empty, and the run used the other files alone."""
+    import os
+    import threading
+
+    from tradingd.config import load_config
+
+    fifo = tmp_path / "pipe.toml"
+    os.mkfifo(fifo)
+
+    def write() -> None:
+        with open(fifo, "w") as fh:  # blocks until the reader opens it; written once
+            fh.write('[run]\nstart = "2018-06-01"\nend = "2018-12-31"\n')
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    engine, table = cli.split_config_files([str(fifo)])
+    writer.join(timeout=10)
+    assert table == {} and engine == [{"run": {"start": "2018-06-01", "end": "2018-12-31"}}]
+    config = load_config(engine, env={})
+    assert (config.run.start, config.run.end) == ("2018-06-01", "2018-12-31")
+
+
 def test_warmup_none_trades_only_the_test_window():
     panel = tiny_panel()
     wf = WalkForwardAnalyzer(
