@@ -119,9 +119,17 @@ def trade_start(config: Config, panel: Panel) -> datetime | None:
         return None
     start = _utc(config.run.start)
     if len(panel.times) and start > panel.datetimes()[-1]:
+        last = f"{panel.datetimes()[-1]:%Y-%m-%d}"
+        if config.run.end:
+            # The data was loaded up to run.end: its last bar is not the data's end.
+            raise ConfigError(
+                f"no bar between run.start = {config.run.start!r} and run.end = "
+                f"{config.run.end!r} (the last bar up to run.end is {last}: a holiday or "
+                "weekend window?): nothing to trade"
+            )
         raise ConfigError(
             f"run.start = {config.run.start!r} is after the last bar of the data "
-            f"({panel.datetimes()[-1]:%Y-%m-%d}): nothing to trade"
+            f"({last}): nothing to trade"
         )
     return start
 

@@ -413,3 +413,22 @@ def test_service_urls_that_are_fine(tmp_path):
         '[feed.yahoo]\nbase_url = "http://127.0.0.1:8080"',
     )
     assert config.broker.alpaca.stream_url == "ws://127.0.0.1:9/stream"
+
+
+def test_a_run_window_without_a_bar_says_so_not_that_the_data_ends():
+    """start = end = Christmas: the data (loaded up to run.end) ended the day before, and the
+    error said run.start was after the last bar of the data, which runs for years more."""
+    import dataclasses
+
+    from conftest import make_panel
+
+    from tradingd.app import trade_start
+    from tradingd.config import Config
+
+    panel = make_panel(n_bars=30, split_at=None)  # business days, 2020-01-01 to 02-11
+    run = dataclasses.replace(Config().run, start="2020-02-15", end="2020-02-16")
+    with pytest.raises(ConfigError, match=r"no bar between run.start = '2020-02-15' and run.end"):
+        trade_start(dataclasses.replace(Config(), run=run), panel)
+    run = dataclasses.replace(run, end="")
+    with pytest.raises(ConfigError, match=r"after the last bar of the data \(2020-02-11\)"):
+        trade_start(dataclasses.replace(Config(), run=run), panel)
