@@ -1274,6 +1274,11 @@ class Engine:
         features, ready = self._features(bar, valid)
         if m:
             t0 = self._lap("features", t0)
+        # What the plugins get is read-only (bar, history, features, book): the planner and
+        # later plugins read the same arrays (a plugin clearing `tradable` stopped all orders).
+        valid.flags.writeable = False
+        mark = pf.mark
+        mark.flags.writeable = False
         # Positional, in field order (time, index, symbols, bar, mark, tradable, history,
         # features, portfolio, ready): keywords cost its constructor a third more, every bar.
         ctx = BarContext(
@@ -1281,7 +1286,7 @@ class Engine:
             self._seen - 1,
             self.symbols,
             bar,
-            pf.mark,
+            mark,
             valid,
             self.history,
             features,
@@ -1322,7 +1327,10 @@ class Engine:
             score = where(ready, score, _NAN)  # warm-up never reaches a decision
         if m:
             t0 = self._lap("signals", t0)
-        targets = self._size(score, ctx)
+        # A view the sizing cannot write through: the score is stored and published after it.
+        shown = score.view()
+        shown.flags.writeable = False
+        targets = self._size(shown, ctx)
         if m:
             t0 = self._lap("sizing", t0)
         targets, verdicts = self._risk(targets, ctx)
@@ -1557,7 +1565,10 @@ class Engine:
             finite = np.isfinite(v)
             if name in self._required:
                 ready &= finite
-            out[name] = v if finite.all() else np.where(finite, v, 0.0)
+            # A view when it is the source's own array (a streaming feature's state).
+            v = v.view() if finite.all() else np.where(finite, v, 0.0)
+            v.flags.writeable = False
+            out[name] = v
         return out, ready
 
     def _observe(self, ctx: BarContext) -> None:

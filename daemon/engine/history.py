@@ -58,7 +58,11 @@ class HistoryBuffer:
         while pending:
             self._write(pending.popleft())
         end = self._pos + self._cap + 1
-        return self._buf[field][end - n : end]
+        # Read-only: a plugin writing into its window changed the buffer, so every later
+        # window (its own at the next bar, other plugins') read the changed prices.
+        w = self._buf[field][end - n : end]
+        w.flags.writeable = False
+        return w
 
     def _write(self, bar: CrossSection) -> None:
         split = bar.split

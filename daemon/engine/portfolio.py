@@ -225,13 +225,15 @@ class Portfolio:
         weights = v / eq if eq > 0 else np.zeros_like(self.quantity)
         # Positional, in field order (cash, equity, quantity, weights, peak_equity,
         # day_start_equity, avg_price, realized_pnl): built every bar.
-        return PortfolioView(
-            self._cash,
-            eq,
+        quantity, avg, realized = (
             self.quantity.copy(),
-            weights,
-            self.peak_equity,
-            self.prev_equity,
             self.avg_price.copy(),
             self.realized_pnl.copy(),
+        )
+        # Read-only copies: the planner reads the same view after the plugins (a plugin that
+        # wrote 1,000 into `quantity` had the planner sell 1,000 shares a bar, refused).
+        for a in (quantity, weights, avg, realized):
+            a.flags.writeable = False
+        return PortfolioView(
+            self._cash, eq, quantity, weights, self.peak_equity, self.prev_equity, avg, realized
         )

@@ -108,6 +108,12 @@ class BatchFeatureSource:
             if cache is not None and cache_key is not None:
                 cache.store(cache_key, self._names, self._values, bits)
         self._ready = ready
+        # Read-only from here on: each bar's rows go to the plugins, and a plugin writing into
+        # one changed every later plugin's, and later bars', values.
+        for v in self._values.values():
+            v.flags.writeable = False
+        if ready is not None:
+            ready.flags.writeable = False
 
         def ready_at(bar: CrossSection) -> np.ndarray | None:
             try:

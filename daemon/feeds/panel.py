@@ -23,6 +23,13 @@ FIELDS = (*PRICE_FIELDS, "volume", "split", "dividend")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+def _read_only(a: np.ndarray) -> np.ndarray:
+    """A view of `a` that cannot be written through (`a` itself stays as it is)."""
+    v = a.view()
+    v.flags.writeable = False
+    return v
+
+
 @dataclass(frozen=True)
 class Panel:
     """Bars of a fixed universe on a common time index.
@@ -94,17 +101,13 @@ class Panel:
 
     def row(self, i: int, time: datetime) -> CrossSection:
         # Positional, in field order (time, open, high, low, close, volume, split, dividend):
-        # a replay builds one per bar.
-        return CrossSection(
-            time,
-            self.open[i],
-            self.high[i],
-            self.low[i],
-            self.close[i],
-            self.volume[i],
-            self.split[i],
-            self.dividend[i],
-        )
+        # a replay builds one per bar. Rows of read-only views: a bar goes to the plugins,
+        # and one writing into it changed the data of every later plugin, fill and run.
+        ro = self.__dict__.get("_read_only")
+        if ro is None:
+            ro = self.__dict__["_read_only"] = tuple(_read_only(getattr(self, f)) for f in FIELDS)
+        o, h, lo, c, v, sp, d = ro
+        return CrossSection(time, o[i], h[i], lo[i], c[i], v[i], sp[i], d[i])
 
     def select(
         self,

@@ -1241,3 +1241,40 @@ async def test_two_instances_of_a_plugin_keep_their_own_state_across_a_restart(e
     again_tight, again_loose = restarted.pipeline.risks
     assert again_tight._halted_bars is not None, "the halted guard stays halted"
     assert again_loose._halted_bars is None
+
+
+async def test_what_the_plugins_get_is_read_only(engine_config, synthetic_panel):
+    """A plugin writing into its inputs changed what the planner and every later plugin read
+    (quantity: the planner sold 1,000 shares a bar; tradable: no order at all), the data of
+    later bars and runs (the bar's prices, the history window, the feature rows), or the
+    stored score. Each input is now read-only: such a write is the plugin's error (named),
+    and the arrays the engine keeps are unchanged."""
+    from tradingd.app import build_engine
+
+    engine = build_engine(engine_config, "backtest", panel=synthetic_panel)
+    sizing = engine.pipeline.sizing
+    size = sizing.size
+    seen: list[dict[str, bool]] = []
+
+    def spying(score, ctx):  # type: ignore[no-untyped-def]
+        arrays = {
+            "score": score,
+            "close": ctx.bar.close,
+            "mark": ctx.mark,
+            "tradable": ctx.tradable,
+            "quantity": ctx.portfolio.quantity,
+            "weights": ctx.portfolio.weights,
+            "history": ctx.history.window("close", 2),
+            **{f"feature {k}": v for k, v in ctx.features.items()},
+        }
+        seen.append({k: bool(a.flags.writeable) for k, a in arrays.items()})
+        return size(score, ctx)
+
+    sizing.size = spying  # type: ignore[method-assign]
+    await engine.run_until_done()
+    assert seen and len(seen) == engine._bars
+    assert any(k.startswith("feature ") for k in seen[-1])
+    writable = {k for bar in seen for k, w in bar.items() if w}
+    assert not writable, writable
+    # The engine's own arrays are not frozen by it: the panel is the caller's.
+    assert synthetic_panel.close.flags.writeable
