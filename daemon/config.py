@@ -830,12 +830,35 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
         non_none = [a for a in args if a is not type(None)]
         if value is None:
             return None
-        return _coerce(non_none[0], value, where)
-    if origin is tuple:
+        # The first type that takes the value (an `int | str` takes "abc"; it was held to
+        # the first type alone, and refused).
+        errors = []
+        for a in non_none:
+            try:
+                return _coerce(a, value, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        if len(errors) == 1:
+            raise ConfigError(errors[0])
+        raise ConfigError(f"{where} = {value!r} fits none of its types: " + "; ".join(errors))
+    if origin is typing.Literal:
+        # Compared with its type too: `Literal[1]` does not take True, nor "1".
+        if any(value == a and type(value) is type(a) for a in args):
+            return value
+        choices = ", ".join(repr(a) for a in args)
+        raise ConfigError(f"{where} = {value!r} is invalid; valid choices: {choices}")
+    if origin in (tuple, list):
         if not isinstance(value, list | tuple):
             raise ConfigError(f"{where} must be a list, got {value!r}")
-        item = args[0] if args else Any
-        return tuple(_coerce(item, v, f"{where}[{i}]") for i, v in enumerate(value))
+        if origin is tuple and len(args) > 1 and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{where} must be a list of {len(args)}, got {value!r}")
+            items = list(args)
+        else:
+            items = [args[0] if args else Any] * len(value)
+        pairs = enumerate(zip(items, value, strict=True))
+        out = [_coerce(t, v, f"{where}[{i}]") for i, (t, v) in pairs]
+        return tuple(out) if origin is tuple else out
     if origin in (Mapping, dict) or tp is Mapping:
         if not isinstance(value, Mapping):
             raise ConfigError(f"{where} must be a table, got {value!r}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from datetime import date
+from typing import Literal
 
 import pytest
 
@@ -432,3 +433,34 @@ def test_a_run_window_without_a_bar_says_so_not_that_the_data_ends():
     run = dataclasses.replace(run, end="")
     with pytest.raises(ConfigError, match=r"after the last bar of the data \(2020-02-11\)"):
         trade_start(dataclasses.replace(Config(), run=run), panel)
+
+
+def test_plugin_param_types_literal_list_and_unions_are_checked():
+    """A third-party plugin's Config: `Literal` took any value, `list[str]` took numbers or
+    a string, and `int | str` refused "abc" (only its first type was tried)."""
+    import dataclasses
+
+    from tradingd.config import build
+
+    @dataclasses.dataclass(frozen=True)
+    class Params:
+        mode: Literal["fast", "slow"] = "fast"
+        names: list[str] = dataclasses.field(default_factory=list)
+        pair: tuple[int, str] = (1, "a")
+        key: int | str = 0
+        limit: float | None = None
+
+    ok = build(Params, {"mode": "slow", "names": ["a", "b"], "pair": [2, "b"], "key": "abc"}, "p")
+    assert (ok.mode, ok.names, ok.pair, ok.key) == ("slow", ["a", "b"], (2, "b"), "abc")
+    assert build(Params, {"key": 7, "limit": 1}, "p").key == 7
+    for bad, match in (
+        ({"mode": "medium"}, r"p.mode = 'medium' is invalid; valid choices: 'fast', 'slow'"),
+        ({"names": [1, 2]}, r"p.names\[0\] must be a string"),
+        ({"names": "abc"}, r"p.names must be a list"),
+        ({"pair": [1, 2]}, r"p.pair\[1\] must be a string"),
+        ({"pair": [1]}, r"p.pair must be a list of 2"),
+        ({"key": 1.5}, r"p.key = 1.5 fits none of its types"),
+        ({"limit": "x"}, r"p.limit must be a number"),
+    ):
+        with pytest.raises(ConfigError, match=match):
+            build(Params, bad, "p")
