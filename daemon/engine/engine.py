@@ -269,8 +269,12 @@ class Engine:
         long_only: bool = False,
     ) -> None:
         self.run = run
-        # broker.allow_short = false: a negative target becomes 0 (see _no_shorts).
+        # broker.allow_short = false: a negative target becomes 0 (see _no_shorts). Checked
+        # only where the sizing may go short: one whose config says allow_short = false
+        # (the built-ins' default) never does, and the check is a microsecond every bar.
         self.long_only = long_only
+        sizing_config = getattr(pipeline.sizing, "config", None)
+        self._may_short = long_only and getattr(sizing_config, "allow_short", True) is not False
         self.clock = clock
         self.feed = feed
         self.broker = broker
@@ -1276,9 +1280,9 @@ class Engine:
             t0 = self._lap("features", t0)
         # What the plugins get is read-only (bar, history, features, book): the planner and
         # later plugins read the same arrays (a plugin clearing `tradable` stopped all orders).
-        valid.flags.writeable = False
+        valid.setflags(write=False)  # (a third cheaper than through `.flags`)
         mark = pf.mark
-        mark.flags.writeable = False
+        mark.setflags(write=False)
         # Positional, in field order (time, index, symbols, bar, mark, tradable, history,
         # features, portfolio, ready): keywords cost its constructor a third more, every bar.
         ctx = BarContext(
@@ -1329,7 +1333,7 @@ class Engine:
             t0 = self._lap("signals", t0)
         # A view the sizing cannot write through: the score is stored and published after it.
         shown = score.view()
-        shown.flags.writeable = False
+        shown.setflags(write=False)
         targets = self._size(shown, ctx)
         if m:
             t0 = self._lap("sizing", t0)
@@ -1567,7 +1571,7 @@ class Engine:
                 ready &= finite
             # A view when it is the source's own array (a streaming feature's state).
             v = v.view() if finite.all() else np.where(finite, v, 0.0)
-            v.flags.writeable = False
+            v.setflags(write=False)
             out[name] = v
         return out, ready
 
@@ -1630,7 +1634,7 @@ class Engine:
         t = _check_array(
             p, "size", t, len(self.symbols), ctx.time, allow_nan=False, symbols=self.symbols
         )
-        if self.long_only and count_nonzero(t < 0):
+        if self._may_short and count_nonzero(t < 0):
             t = self._no_shorts(p, t, ctx.time)
         return t
 

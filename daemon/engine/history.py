@@ -61,7 +61,7 @@ class HistoryBuffer:
         # Read-only: a plugin writing into its window changed the buffer, so every later
         # window (its own at the next bar, other plugins') read the changed prices.
         w = self._buf[field][end - n : end]
-        w.flags.writeable = False
+        w.setflags(write=False)
         return w
 
     def _write(self, bar: CrossSection) -> None:

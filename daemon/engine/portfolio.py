@@ -232,8 +232,10 @@ class Portfolio:
         )
         # Read-only copies: the planner reads the same view after the plugins (a plugin that
         # wrote 1,000 into `quantity` had the planner sell 1,000 shares a bar, refused).
-        for a in (quantity, weights, avg, realized):
-            a.flags.writeable = False
+        quantity.setflags(write=False)
+        weights.setflags(write=False)
+        avg.setflags(write=False)
+        realized.setflags(write=False)
         return PortfolioView(
             self._cash, eq, quantity, weights, self.peak_equity, self.prev_equity, avg, realized
         )

@@ -1278,3 +1278,32 @@ async def test_what_the_plugins_get_is_read_only(engine_config, synthetic_panel)
     assert not writable, writable
     # The engine's own arrays are not frozen by it: the panel is the caller's.
     assert synthetic_panel.close.flags.writeable
+
+
+async def test_a_sizing_that_shorts_in_a_long_only_run_closes_longs_instead(
+    engine_config, synthetic_panel
+):
+    """equal_weight with allow_short = true and the broker's default allow_short = false (the
+    configuration is accepted): a long whose target turned negative got a sale of the long
+    plus the short, refused whole every bar, so the long was held on."""
+    import dataclasses
+
+    from structlog.testing import capture_logs
+
+    from tradingd.app import build_engine
+    from tradingd.config import PluginSpec
+
+    sizing = PluginSpec(
+        "equal_weight", params={"max_positions": 3, "gross_exposure": 0.9, "allow_short": True}
+    )
+    config = dataclasses.replace(engine_config, sizing=sizing)
+    assert config.broker.allow_short is False
+    engine = build_engine(config, "backtest", panel=synthetic_panel)
+    lowest: list[float] = []
+    engine.after_bar.append(lambda t, v: lowest.append(float(engine.portfolio.quantity.min())))
+    with capture_logs() as logs:
+        result = await engine.run_until_done()
+    repaired = [e for e in logs if e["event"] == "engine.targets_repaired"]
+    assert repaired and repaired[0]["kind"] == "short_target"
+    assert min(lowest) >= 0  # never short
+    assert result.rejections == {}, result.rejections  # no sale refused for want of shares

@@ -167,7 +167,7 @@ class _Returning:
 def _engine(plugin: object, *, long_only: bool = False) -> Engine:
     engine = Engine.__new__(Engine)
     engine.symbols = tuple(f"S{i}" for i in range(N))
-    engine.long_only = long_only
+    engine.long_only = engine._may_short = long_only  # a plugin without allow_short
     engine.pipeline = SimpleNamespace(signals=[(plugin, 1.0)], sizing=plugin, risks=[plugin])
     return engine
 
