@@ -955,14 +955,16 @@ def _run_command(args: argparse.Namespace, *, restore: bool = True) -> int:
 async def _run(config: Config, daemon: _Daemon) -> int:
     daemon.attach(asyncio.get_running_loop())
     try:
-        return await _serve(config, daemon)
+        # The exit line once everything is closed (the health server's stop logs too): it is
+        # the last line, as the operator reads it.
+        return daemon.exit_line(await _serve(config, daemon))
     except _StartupStopped:
         return daemon.exit_line()
     finally:
         daemon.detach()
 
 
-async def _serve(config: Config, daemon: _Daemon) -> int:
+async def _serve(config: Config, daemon: _Daemon) -> Any:
     from .preflight import check_config
 
     await daemon.in_thread("checking configuration and plugins", check_config, config, "run")
@@ -1002,7 +1004,8 @@ async def _serve(config: Config, daemon: _Daemon) -> int:
 
 async def _start_and_run(
     config: Config, daemon: _Daemon, server: Any, notifier: Any, trading: Any
-) -> int:
+) -> Any:
+    """The run's EngineResult (the caller logs the exit line once all is closed)."""
     from .app import build_engine, continued_live_run, health_inputs, load_data
     from .preflight import check_services
 
@@ -1055,11 +1058,10 @@ async def _start_and_run(
         daemon.phase = "connecting"
         log.info("startup.phase", phase=daemon.phase)
         ran = True  # the engine closes what it holds itself
-        result = await engine.run_until_done()
+        return await engine.run_until_done()
     finally:
         if not ran:
             _close_unstarted(engine)
-    return daemon.exit_line(result)
 
 
 def starting_status(daemon: Any) -> dict[str, Any]:

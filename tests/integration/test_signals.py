@@ -242,6 +242,7 @@ def test_ready_is_503_until_trading_then_sigint_finishes_the_bar_and_exits_0(tmp
     assert d.wait_for("engine.stop")["stopped_early"] is True
     exit_line = d.wait_for("tradingd.exit")
     assert exit_line["reason"] == "stopped by SIGINT" and exit_line["stopped_early"] is True
+    assert d.lines()[-1] == exit_line, "the exit line is the last, after the listener's stop"
     assert not d.events("tradingd.already_stopping")
 
 
@@ -295,6 +296,7 @@ def test_health_answers_while_the_start_waits_for_postgresql(tmp_path, daemon, m
     d.assert_clean_output()
     assert d.wait_for("tradingd.exit")["reason"] == f"stopped during start-up: {phase}"
     assert d.events("health.stopped"), "the listener is closed on the way out"
+    assert d.lines()[-1]["event"] == "tradingd.exit", "the exit line is the last"
     assert token not in d.err_path.read_text()
 
 
