@@ -40,6 +40,33 @@ def test_unit_is_a_notify_service_with_watchdog_restart_limits_and_hardening():
 
 
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not here")
+def test_the_units_syscall_filter_allows_what_the_daemon_calls():
+    """`~@privileged @resources` denied mbind, which numpy's OpenBLAS calls as it loads, and
+    setpriority (the GARCH worker's os.nice): systemd killed every start with SIGSYS before
+    a log line, and the unit ended failed after five tries. A denied call fails with EPERM."""
+    u = _unit_settings()
+    denied: set[str] = set()
+    for value in u["SystemCallFilter"]:
+        if not value.startswith("~"):
+            continue
+        for item in value[1:].split():
+            if not item.startswith("@"):
+                denied.add(item)
+                continue
+            r = subprocess.run(
+                ["systemd-analyze", "syscall-filter", item],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert r.returncode == 0, r.stderr
+            denied |= {ln.strip() for ln in r.stdout.splitlines()[1:] if ln.strip()[:1].isalpha()}
+    assert denied, "the unit denies something (@privileged)"
+    assert not denied & {"mbind", "setpriority", "sched_setaffinity", "set_mempolicy"}
+    assert u["SystemCallErrorNumber"] == ["EPERM"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not here")
 def test_unit_passes_systemd_analyze_verify(tmp_path):
     exe = shutil.which("tradingd")
     if exe is None:
