@@ -205,6 +205,10 @@ class Pipeline:
         )
 
 
+# Missed live bars remembered for the next release (a year of daily bars).
+_MISSED_BARS_KEPT = 260
+
+
 def _state_keys(plugins: Sequence[Any]) -> list[tuple[str, Any]]:
     """Each plugin's key in a checkpoint's `plugins`: its name, and `name#2`, `name#3` for
     later instances of the same plugin (two drawdown guards with their own limits). Keyed by
@@ -647,6 +651,9 @@ class Engine:
         started: list[Any] = []
         live = froze = replaying = False
         reconciler: asyncio.Task[None] | None = None
+        # Live bars the source did not deliver at their release, fetched again before the
+        # next bar that arrives (bounded: a source down for weeks loses the oldest).
+        missed: deque[datetime] = deque(maxlen=_MISSED_BARS_KEPT)
         try:
             for part in parts:
                 if not await self._start_part(part):
@@ -715,15 +722,20 @@ class Engine:
                 # dozen attribute reads do).
                 if self.on_heartbeat is not _no_heartbeat:
                     self.on_heartbeat(busy=True)
+                if missed:
+                    await self._recover_missed(missed)  # older first: fetched in time order
                 try:
                     bar = await self.feed.bars(t)
                 except RetryableError as exc:
                     # No bar from the source (down, throttled, circuit open): nothing is
                     # decided on a bar the daemon does not have. The feed reports it in
-                    # /ready and /metrics; the next release tries again.
+                    # /ready and /metrics; the next release fetches it again first.
                     self.bars_unavailable += 1
-                    log.warning("bar.unavailable", time=t, error=str(exc))
+                    log.warning("bar.unavailable", time=t, error=str(exc), retry="next bar")
                     bar = None
+                    if len(missed) == missed.maxlen:
+                        log.warning("bar.lost", time=missed[0], reason="too many missed")
+                    missed.append(t)
                 if bar is not None:
                     if reconciler is None and not self._durable:
                         # Nothing else takes the bar lock (it keeps the reconciler's book
@@ -731,6 +743,8 @@ class Engine:
                         # its five calls every bar.
                         await self.step(bar, self._catch_up(t))
                     else:
+                        while missed:  # still not delivered, and a newer bar is here
+                            log.warning("bar.lost", time=missed.popleft(), newer=t)
                         async with self._bar_lock:
                             await self.step(bar, self._catch_up(t))
                 if self.on_heartbeat is not _no_heartbeat:
@@ -1055,6 +1069,27 @@ class Engine:
             self.reconcile_blocked = blocked
             self.last_reconciled_at = datetime.now(UTC)
             log.info("reconcile.done", symbols=len(self.symbols), blocked=sorted(blocked))
+
+    async def _recover_missed(self, missed: deque[datetime]) -> None:
+        """The bars the source failed to deliver at their release, before the bar that has
+        now arrived: fetched again and stepped as catch-up bars (features, history, model
+        windows and the stored bars complete; nothing traded on a past bar). Before, each
+        was lost for good: the live features were computed across the hole, unlike a
+        backtest of the same data. Stops at the first that still fails (kept for the next
+        release); one still missing when a newer bar arrives is logged as lost."""
+        assert self._bar_lock is not None
+        while missed:
+            t = missed[0]
+            try:
+                bar = await self.feed.bars(t)
+            except RetryableError:
+                return  # still down: kept, tried again before the next release's bar
+            missed.popleft()
+            if bar is None:
+                continue
+            log.info("bar.recovered", time=t)
+            async with self._bar_lock:
+                await self.step(bar, False)
 
     async def _book_late_updates(self) -> int:
         """A live broker executes between bars: fills that arrived after the last bar are

@@ -1307,3 +1307,43 @@ async def test_a_sizing_that_shorts_in_a_long_only_run_closes_longs_instead(
     assert repaired and repaired[0]["kind"] == "short_target"
     assert min(lowest) >= 0  # never short
     assert result.rejections == {}, result.rejections  # no sale refused for want of shares
+
+
+async def test_a_bar_the_source_failed_to_deliver_is_fetched_before_the_next(engine_config):
+    """A few seconds of vendor errors at a bar's release lost that bar for good (the next
+    release fetched only its own): the day was not traded, and the features and model
+    windows were computed across the hole. It is now fetched again before the next bar
+    and stepped as a catch-up bar; the next bar trades as usual."""
+    from tradingd.app import build_engine
+    from tradingd.core.errors import RetryableError
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    times = panel.datetimes()
+    down = {times[70], times[71]}  # two releases in a row fail, once each
+    bars = engine.feed.bars
+
+    async def flaky(t):  # type: ignore[no-untyped-def]
+        if t in down:
+            down.discard(t)
+            raise RetryableError("yahoo: no symbol could be fetched (kinds: http_5xx)")
+        return await bars(t)
+
+    engine.feed.bars = flaky  # type: ignore[method-assign]
+    stepped: list[tuple[datetime, bool | None]] = []
+    step = engine.step
+
+    async def recording(bar, trade=None):  # type: ignore[no-untyped-def]
+        stepped.append((bar.time, trade))
+        await step(bar, trade)
+
+    engine.step = recording  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    seen = [t for t, _ in stepped if t >= times[60]]
+    assert seen == times[60:], "every bar, in order, none lost"
+    assert dict(stepped)[times[70]] is False and dict(stepped)[times[71]] is False
+    assert dict(stepped)[times[72]] is not False  # the bar that arrived trades
+    recovered = [e["time"] for e in logs if e["event"] == "bar.recovered"]
+    assert recovered == [times[70], times[71]]
+    assert engine.bars_unavailable == 2
