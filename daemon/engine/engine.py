@@ -651,6 +651,7 @@ class Engine:
         started: list[Any] = []
         live = froze = replaying = False
         reconciler: asyncio.Task[None] | None = None
+        refresher: asyncio.Task[None] | None = None
         # Live bars the source did not deliver at their release, fetched again before the
         # next bar that arrives (bounded: a source down for weeks loses the oldest).
         missed: deque[datetime] = deque(maxlen=_MISSED_BARS_KEPT)
@@ -677,6 +678,7 @@ class Engine:
                         resumed_from=self.resumed_from,
                         resumed=resume is not None,
                     )
+                await self._publish(force=True)  # the state from the start, not the first bar
             else:
                 if self._stop_requested:
                     # Stopped while its parts started (a backtest's signal): the run's record
@@ -711,6 +713,8 @@ class Engine:
             if not self._stop_requested and callable(getattr(self.broker, "positions", None)):
                 await self._reconcile()
                 reconciler = asyncio.create_task(self._reconcile_every(), name="reconcile")
+            if not self._stop_requested and self._durable:
+                refresher = asyncio.create_task(self._refresh_state_every(), name="state")
             if not self._stop_requested:
                 await self.clock.start()
                 started.append(self.clock)
@@ -756,9 +760,10 @@ class Engine:
             release = getattr(self.features, "release", None)
             if release is not None:
                 release()
-            if reconciler is not None:
-                reconciler.cancel()
-                await asyncio.gather(reconciler, return_exceptions=True)
+            for task in (reconciler, refresher):
+                if task is not None:
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             await self._book_late_updates()
             if self._splits:
                 log.info("corporate.splits_applied", splits=self._splits)
@@ -793,9 +798,10 @@ class Engine:
             )
             return result
         finally:
-            if reconciler is not None and not reconciler.done():  # the loop failed
-                reconciler.cancel()
-                await asyncio.gather(reconciler, return_exceptions=True)
+            for task in (reconciler, refresher):
+                if task is not None and not task.done():  # the loop failed
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
             if self._bar_lock is not None:
                 async with self._bar_lock:  # a control storing its state finishes first
                     self._controls_closed = True
@@ -945,6 +951,7 @@ class Engine:
                     log.warning("control.not_stored", error=str(exc))
             if self._live_metrics:
                 metrics.LAST_BAR_TIME.set(resume.bar_time.timestamp())
+                self._money_metrics()  # 0 until the next bar, a weekend away, before
         resume_broker = getattr(self.broker, "resume", None)
         if resume_broker is not None:
             known = [order_from_dict(d) for d in (st or {}).get("open_orders", [])]
@@ -1116,7 +1123,36 @@ class Engine:
             # To the writer now, not at the next bar (a day away, with daily bars).
             self.audit.flush()
             await self.store.write_behind()
+            # And to the operator: /status, /metrics, the published fills, orders and state
+            # showed the book of the last bar until the next one (64 hours over a weekend).
+            if update.fills:
+                self.portfolio.revalue()
+                self._money_metrics()
+            t = self.last_bar_time or datetime.now(UTC)
+            self._publish_items("fills", update.fills, t)
+            self._publish_items("orders", update.orders, t)
+            await self._publish(force=True)
         return len(update.fills)
+
+    def _money_metrics(self) -> None:
+        """tradingd_equity, _cash and _drawdown from the book (live)."""
+        if not self._live_metrics:
+            return
+        pf = self.portfolio
+        metrics.EQUITY.set(pf.equity)
+        metrics.CASH.set(pf.cash)
+        peak = pf.peak_equity
+        metrics.DRAWDOWN.set(1.0 - pf.equity / peak if peak > 0 else 0.0)
+
+    async def _refresh_state_every(self) -> None:
+        """The published state between bars: its cache key expires after cache.expiry_s
+        (an hour), and with daily bars it was written once a day, so the key was gone
+        most of the time (and after a Redis restart until the next bar)."""
+        assert self._bar_lock is not None
+        while True:
+            await asyncio.sleep(max(1.0, self._cache_ttl / 3))
+            async with self._bar_lock:
+                await self._publish(force=True)
 
     def _catch_up(self, t: datetime) -> bool | None:
         """False (a step that does not trade) when a newer bar has closed already: the
@@ -1496,10 +1532,7 @@ class Engine:
             self._lap("store", t0)
             self._lap("total", t_start)
             metrics.BARS_PROCESSED.inc()
-            metrics.EQUITY.set(equity)
-            metrics.CASH.set(pf.cash)
-            peak = pf.peak_equity
-            metrics.DRAWDOWN.set(1.0 - equity / peak if peak > 0 else 0.0)
+            self._money_metrics()
             metrics.LAST_BAR_TIME.set(bar.time.timestamp())
         self._times.append(bar.time)
         self._equity.append(equity)

@@ -140,6 +140,15 @@ class Portfolio:
             self.peak_equity = self.equity
         return self.equity
 
+    def revalue(self) -> float:
+        """Equity at the last marks, after fills booked between bars (a live broker's exits
+        and next-open entries): cash and quantities moved, the marks did not."""
+        self._values = None
+        self.equity = self._cash + float(dot(self.quantity, self._mark))
+        if self.equity > self.peak_equity:
+            self.peak_equity = self.equity
+        return self.equity
+
     # durable state -------------------------------------------------------------------------
     def state(self) -> dict[str, Any]:
         """Everything the book is, as JSON values, for a live run's checkpoint."""

@@ -760,6 +760,144 @@ async def test_fills_booked_between_bars_are_handed_to_the_writer_at_once(engine
     assert stored == [1]
 
 
+async def test_fills_booked_between_bars_reach_status_metrics_and_subscribers(engine_config):
+    """With daily bars nearly every fill arrives between bars. Booked there, it was in the
+    store but not published, /status kept the last bar's equity beside the new cash, and
+    /metrics kept the old equity and cash (0 after a restart) until the next bar."""
+    from types import SimpleNamespace
+
+    from tradingd import metrics
+    from tradingd.app import build_engine
+    from tradingd.core.types import Fill, Side
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    published: list[tuple[str, dict]] = []
+    engine.publisher = SimpleNamespace(
+        publish=lambda kind, payload: published.append((kind, payload)),
+        start=_nothing,
+        stop=_nothing,
+        status=lambda: {},
+    )
+    pending: list = []
+
+    async def updates():  # type: ignore[no-untyped-def]
+        fills, pending[:] = list(pending), []
+        return SimpleNamespace(fills=fills, orders=[])
+
+    engine.broker.updates = updates  # type: ignore[attr-defined]
+    seen: dict = {}
+
+    async def between_bars():
+        pf = engine.portfolio
+        sym = engine.symbols[0]
+        price = float(pf.mark[0]) * 0.9  # bought below the mark: equity moves
+        pending.append(Fill("late-2", "x|y", sym, Side.BUY, 5.0, price, 1.0, 0.0, T_LATE))
+        before = len(published)
+        assert await engine._book_late_updates() == 1
+        seen["equity"] = pf.equity
+        seen["expected"] = pf.cash + float(np.nansum(pf.quantity * pf.mark))
+        seen["gauge"] = (metrics.EQUITY._value.get(), metrics.CASH._value.get())
+        seen["kinds"] = [k for k, _ in published[before:]]
+        seen["state"] = [p for k, p in published[before:] if k == "state"]
+        engine.request_stop()
+
+    def after(t, v):  # type: ignore[no-untyped-def]
+        if engine._bars == 3:
+            asyncio.get_running_loop().create_task(between_bars())
+
+    engine.after_bar.append(after)
+    await engine.run_until_done()
+    assert seen["equity"] == pytest.approx(seen["expected"], rel=1e-12)
+    assert seen["gauge"] == (pytest.approx(seen["equity"]), pytest.approx(engine.portfolio.cash))
+    assert "fills" in seen["kinds"] and "state" in seen["kinds"]
+    assert seen["state"][-1]["equity"] == pytest.approx(seen["equity"])
+
+
+async def test_the_published_state_is_there_from_the_start_and_between_bars(
+    engine_config, monkeypatch
+):
+    """The state key (`<run_id>:state`, expiring after cache.expiry_s) was written only after
+    a bar: with daily bars it was gone about 23 hours a day, and after a restart until the
+    next bar. It is written at start and refreshed every third of its expiry."""
+    from tradingd.app import build_engine
+    from tradingd.engine import engine as engine_module
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    first_bar: list = []
+    states_before: list[int] = []
+    writes: list[str] = []
+    cache_set = engine.cache.set
+
+    async def recording_set(key, value, ttl=None):  # type: ignore[no-untyped-def]
+        if key.endswith(":state"):
+            writes.append(key)
+        return await cache_set(key, value, ttl)
+
+    engine.cache.set = recording_set  # type: ignore[method-assign]
+
+    step = engine.step
+
+    async def counting_step(bar, trade=None):  # type: ignore[no-untyped-def]
+        if not first_bar:
+            first_bar.append(bar.time)
+            states_before.append(len(writes))
+        await step(bar, trade)
+        if engine._bars == 2:
+            engine.request_stop()
+
+    engine.step = counting_step  # type: ignore[method-assign]
+    await engine.run_until_done()
+    assert states_before[0] >= 1, "written before the first bar (warm-up included)"
+
+    # The refresher: a publish every cache_ttl / 3, under the bar lock.
+    waits: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        waits.append(seconds)
+        if len(waits) > 3:
+            raise asyncio.CancelledError
+
+    monkeypatch.setattr(engine_module.asyncio, "sleep", fake_sleep)
+    engine._bar_lock = asyncio.Lock()
+    before = len(writes)
+    with pytest.raises(asyncio.CancelledError):
+        await engine._refresh_state_every()
+    assert waits == [engine._cache_ttl / 3] * 4 and len(writes) - before == 3
+
+
+async def test_a_restart_shows_the_resumed_books_equity_in_metrics_at_once(engine_config):
+    """/metrics said equity 0 and cash 0 after every restart until the next bar (a weekend
+    away with daily bars): an equity or drawdown alert on them fired falsely."""
+    from tradingd import metrics
+    from tradingd.app import build_engine
+
+    panel, config = live_run(engine_config)
+    first = build_engine(config, "live", panel=panel)
+    first.after_bar.append(lambda t, v: first.request_stop() if first._bars == 5 else None)
+    await first.run_until_done()
+    metrics.EQUITY.set(0.0)
+    metrics.CASH.set(0.0)  # a new process
+    restarted = build_engine(config, "live", panel=panel)
+    seen: list[tuple[float, float]] = []
+    step = restarted.step
+
+    async def first_step(bar, trade=None):  # type: ignore[no-untyped-def]
+        if not seen:
+            seen.append((metrics.EQUITY._value.get(), metrics.CASH._value.get()))
+            restarted.request_stop()
+        await step(bar, trade)
+
+    restarted.step = first_step  # type: ignore[method-assign]
+    await restarted.run_until_done()
+    assert seen == [(pytest.approx(first.portfolio.equity), pytest.approx(first.portfolio.cash))]
+
+
+async def _nothing() -> None:
+    return None
+
+
 T_LATE = datetime(2020, 4, 1, 15, 0, tzinfo=UTC)
 
 
