@@ -938,6 +938,11 @@ def _run_command(args: argparse.Namespace, *, restore: bool = True) -> int:
         return asyncio.run(_run(config, daemon))
     except TradingdError as exc:
         print(f"tradingd: error: {exc}", file=sys.stderr)
+        if logging_ready:  # the last line says where and why, as on every other exit
+            from .secrets import mask_text
+
+            reason = mask_text(f"error: {exc}")
+            log.error("tradingd.exit", reason=reason, phase=daemon.phase, exit_code=2)
         return 2
     except Exception:
         if not logging_ready:

@@ -6,6 +6,7 @@ parts chosen here (clock, feed, broker). Nothing else in tradingd branches on th
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -74,14 +75,28 @@ async def continued_live_run(config: Config) -> str | None:
     if config.run.run_id:
         return None
     from .run_continuation import continued_run_id
+    from .storage.buffered import DatabaseUnavailable
 
     st = config.storage
-    store = open_store(st.url, spool=False, start_retry_s=st.start_retry_s)
-    await store.start()
-    try:
-        return await continued_run_id(config, run_id_for(config, "live"), store)
-    finally:
-        await store.stop()
+    delay = 1.0
+    while True:
+        store = open_store(st.url, spool=False, start_retry_s=st.start_retry_s)
+        try:
+            await store.start()
+        except DatabaseUnavailable as exc:
+            # Still down after start_retry_s: waited for like the engine's own start (a stop
+            # abandons the wait), not an exit that systemd's start limit turns into a failed
+            # unit.
+            log.warning(
+                "startup.retry", part="store (run lookup)", error=str(exc), retry_in_s=delay
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+            continue
+        try:
+            return await continued_run_id(config, run_id_for(config, "live"), store)
+        finally:
+            await store.stop()
 
 
 def load_data(config: Config) -> Panel:

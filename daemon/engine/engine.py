@@ -452,12 +452,17 @@ class Engine:
         stop honoured, as the warm-up retries its data source. It exited with code 2, the
         code of a configuration error, and systemd's start limit could then leave the
         service failed after a short outage. False: stopped while retrying."""
+        from ..storage.buffered import DatabaseUnavailable
+
         delay = 1.0
         while True:
             try:
                 await part.start()
                 return True
-            except RetryableError as exc:
+            except (RetryableError, DatabaseUnavailable) as exc:
+                # DatabaseUnavailable: PostgreSQL still down after storage.start_retry_s. It
+                # exited 2, and a reboot or a database maintenance of some minutes left the
+                # unit failed by systemd's start limit; a running daemon spools instead.
                 if self.run.mode != "live":
                     raise
                 log.warning(

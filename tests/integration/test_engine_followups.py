@@ -1485,3 +1485,61 @@ async def test_a_bar_the_source_failed_to_deliver_is_fetched_before_the_next(eng
     recovered = [e["time"] for e in logs if e["event"] == "bar.recovered"]
     assert recovered == [times[70], times[71]]
     assert engine.bars_unavailable == 2
+
+
+async def test_a_database_down_at_a_live_start_is_waited_for_not_an_exit(
+    engine_config, monkeypatch
+):
+    """PostgreSQL still down after storage.start_retry_s: the daemon exited 2, and a reboot
+    or a maintenance of a few minutes left the systemd unit failed by its start limit. The
+    store's start and the run lookup are now retried with backoff, as the broker's is."""
+    from tradingd import app
+    from tradingd.app import build_engine
+    from tradingd.storage.buffered import DatabaseUnavailable
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    attempts: list[int] = []
+
+    class Store:
+        async def start(self) -> None:
+            attempts.append(1)
+            if len(attempts) < 3:
+                raise DatabaseUnavailable("connection refused (gave up after 8 attempts)")
+
+    waits: list[float] = []
+
+    async def no_wait(seconds: float) -> bool:
+        waits.append(seconds)
+        return False
+
+    engine._sleep_unless_stopped = no_wait  # type: ignore[method-assign]
+    assert await engine._start_part(Store()) is True
+    assert len(attempts) == 3 and waits == [1.0, 2.0]
+
+    # The run lookup before the engine is built waits the same way.
+    looked: list[int] = []
+
+    class LookupStore(Store):
+        async def start(self) -> None:
+            looked.append(1)
+            if len(looked) < 2:
+                raise DatabaseUnavailable("connection refused")
+
+        async def stop(self) -> None:
+            return None
+
+    async def found(config, derived, store):  # type: ignore[no-untyped-def]
+        return "the-run"
+
+    slept: list[float] = []
+
+    async def fake_sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(app, "open_store", lambda *a, **k: LookupStore())
+    monkeypatch.setattr("tradingd.run_continuation.continued_run_id", found)
+    monkeypatch.setattr(app.asyncio, "sleep", fake_sleep)
+    config = dataclasses.replace(config, run=dataclasses.replace(config.run, run_id=""))
+    assert await app.continued_live_run(config) == "the-run"
+    assert len(looked) == 2 and slept == [1.0]

@@ -748,3 +748,16 @@ def test_live_clock_stops_without_a_scheduler_error(caplog):
     for _ in range(20):
         asyncio.run(run())
     assert not [r for r in caplog.records if r.name.startswith("apscheduler")], caplog.text
+
+
+def test_an_error_exit_ends_with_the_exit_line_too(tmp_path, daemon):
+    """Exit 2 (a configuration or service error found at start) printed the error and left
+    no `tradingd.exit` line: a log reader could not tell where and why it stopped."""
+    text = _config_text(tmp_path).replace(
+        f'url = "sqlite:///{tmp_path / "daemon.db"}"', f'url = "sqlite:///{tmp_path}"'
+    )
+    d = daemon(_write(tmp_path, text))
+    assert d.wait() == 2
+    last = d.lines()[-1]
+    assert last["event"] == "tradingd.exit" and last["exit_code"] == 2, last
+    assert "folder" in last["reason"] and last["phase"], last
