@@ -123,3 +123,18 @@ def test_an_overlay_naming_another_sizing_plugin_drops_the_previous_ones_params(
     only_params.write_text("[sizing.params]\ntarget_vol = 0.1\n")
     c = load_config([ROOT / "config" / "default.toml", only_params], env={})
     assert c.sizing.name == "kelly_garch" and c.sizing.params == {"target_vol": 0.1}
+
+
+def test_onnxruntime_telemetry_is_off_unless_the_operator_says_otherwise():
+    """onnxruntime's Linux telemetry looked up and called mobile.events.data.microsoft.com
+    from the demo (seen with strace); its opt-out must be set before it starts."""
+    import subprocess
+    import sys
+
+    code = "import os, tradingd; print(os.environ.get('ORT_DISABLE_TELEMETRY'))"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "ORT_DISABLE_TELEMETRY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "1", out.stderr
+    env["ORT_DISABLE_TELEMETRY"] = "0"  # the operator's choice stands
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "0", out.stderr
