@@ -8,6 +8,8 @@ conditions fire once when they start and once when they clear (the alerter keeps
 - `stale_data`: the stale-data gate blocks symbols or the whole feed;
 - `source_down`: the market-data source's status is not ok (circuit open, errors);
 - `broker_down`: the broker is not connected;
+- `database_down`: the store spools its writes (database unreachable: warning) or cannot
+  replay its spool, or the spool is full (critical: the operator must act);
 - `repeated_errors`: `repeated_after` bars in a row without a bar from the feed, or with the
   broker unreachable when orders were due.
 Events (one per key within the alerter's dedup window):
@@ -29,6 +31,7 @@ from .alerts import (
     BROKER_DOWN,
     CRITICAL,
     DAILY_SUMMARY,
+    DATABASE_DOWN,
     INFO,
     KILL_SWITCH,
     REPEATED_ERRORS,
@@ -153,6 +156,22 @@ class AlertRules:
                 text=str(st.get("last_error") or ""),
                 severity=CRITICAL,
             )
+        store_status = getattr(getattr(e, "store", None), "status", None)
+        if callable(store_status):
+            # Writes spooled while the database is down: nothing lost yet, but a restart on
+            # another machine, or a full spool, would. /ready said so; no alert did.
+            st = store_status()
+            if isinstance(st, dict) and "ok" in st:
+                a.condition(
+                    DATABASE_DOWN,
+                    "store",
+                    not st["ok"],
+                    title="database unreachable: writes spooled"
+                    if st.get("state") == "degraded"
+                    else "database writes failing",
+                    text=str(st.get("detail", "")),
+                    severity=WARNING if st.get("state") == "degraded" else CRITICAL,
+                )
 
     def _repeated(self, e: Any) -> None:
         new_errors = (e.bars_unavailable - self._unavailable_seen) + (

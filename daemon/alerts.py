@@ -1,8 +1,9 @@
 """Alerts to webhooks: one alert when something breaks, one when it recovers, never thousands.
 
 What is alerted (the kinds, constants below): the kill switch, risk-limit breaches, stale
-data, a data source or the broker down, repeated errors, reconciliation differences and the
-daily summary. Where to: any number of webhook targets, each in one of three body formats:
+data, a data source, the broker or the database down, repeated errors, reconciliation
+differences and the daily summary. Where to: any number of webhook targets, each in one of
+three body formats:
 
 - `json`: a generic body for any receiver (a script, an alert manager, a chat bridge):
   `{"source": "tradingd", "run", "kind", "key", "severity", "state", "title", "text",
@@ -97,6 +98,7 @@ RISK_LIMIT = "risk_limit"
 STALE_DATA = "stale_data"
 SOURCE_DOWN = "source_down"
 BROKER_DOWN = "broker_down"
+DATABASE_DOWN = "database_down"
 REPEATED_ERRORS = "repeated_errors"
 RECONCILIATION = "reconciliation"
 DAILY_SUMMARY = "daily_summary"
@@ -106,6 +108,7 @@ KINDS = (
     STALE_DATA,
     SOURCE_DOWN,
     BROKER_DOWN,
+    DATABASE_DOWN,
     REPEATED_ERRORS,
     RECONCILIATION,
     DAILY_SUMMARY,

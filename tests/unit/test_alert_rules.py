@@ -199,3 +199,32 @@ async def test_the_ticker_runs_on_its_own_between_bars():
     finally:
         await ticker.stop()
     assert rec.last(BROKER_DOWN) is True
+
+
+def test_a_database_that_is_down_is_alerted_and_a_failed_spool_is_critical():
+    """The store spooling its writes (the database down) showed in /ready only: no alert
+    kind existed for it. Degraded is a warning, a spool that cannot be replayed critical."""
+    from tradingd.alerts import CRITICAL, DATABASE_DOWN, WARNING
+
+    seen: list[tuple[bool, str]] = []
+
+    class Severity(Recorder):
+        def condition(self, kind: str, key: str, failing: bool, **kw: Any) -> None:
+            super().condition(kind, key, failing, **kw)
+            if kind == DATABASE_DOWN:
+                seen.append((failing, kw["severity"]))
+
+    rec = Severity()
+    e = engine()
+    status = {"ok": True, "state": "ok", "detail": "database writing"}
+    e.store = SimpleNamespace(status=lambda: dict(status))
+    rules = AlertRules(rec, e)
+    rules.after_bar(T0, [])
+    status.update(ok=False, state="degraded", detail="database unreachable; 3 batches spooled")
+    rules.between_bars()
+    status.update(state="failed", detail="replaying the spool failed")
+    rules.after_bar(T0 + timedelta(days=1), [])
+    status.update(ok=True, state="ok")
+    rules.after_bar(T0 + timedelta(days=2), [])
+    assert [f for f, _ in seen] == [False, True, True, False]
+    assert seen[1][1] == WARNING and seen[2][1] == CRITICAL
