@@ -38,6 +38,7 @@ from .validate import (
     DEFAULT_MAX_VOLUME,
     DEFAULT_TIMEZONE,
     PRICE_COLUMNS,
+    SUSPECT_RULES,
     RepairSummary,
     canonical_columns,
     check_limits,
@@ -426,4 +427,40 @@ def load_panel(
     panel = Panel.from_long(frame)
     del frame  # the long table is garbage from here: give its memory back before the run
     _release_memory()
+    _ends_early(panel, summary)
     return panel
+
+
+# A symbol whose bars stop more than this many of the panel's bars before its end is said.
+ENDS_EARLY_BARS = 5
+
+
+def _ends_early(panel: Panel, summary: RepairSummary | None) -> None:
+    """Symbols whose data ends before the others' (a delisting, a merger, a file cut short):
+    a position held then stays in the book at its last close until the run ends, and cannot
+    be sold. Logged as `data.suspect` (kept in the load's summary, so a cached load says it
+    again); the run goes on as the data says."""
+    valid = ~np.isnan(panel.close)
+    if not valid.size:
+        return
+    n = valid.shape[0]
+    last = n - 1 - np.argmax(valid[::-1], axis=0)  # each column's last bar
+    after = np.where(valid.any(axis=0), n - 1 - last, 0)
+    cols = np.flatnonzero(after > ENDS_EARLY_BARS)
+    if not cols.size:
+        return
+    times = panel.times
+    examples = [
+        {
+            "symbol": panel.symbols[j],
+            "last_bar": str(times[last[j]])[:10],
+            "bars_after": int(after[j]),
+        }
+        for j in cols[:10].tolist()
+    ]
+    kind = "ends_early"
+    log.warning(
+        "data.suspect", kind=kind, count=int(cols.size), examples=examples, rule=SUSPECT_RULES[kind]
+    )
+    if summary is not None:
+        summary.suspect(kind, examples, int(cols.size))

@@ -175,13 +175,13 @@ class RepairSummary:
                 kind=kind,
                 count=n,
                 examples=examples,
-                rule=_SUSPECT_RULES[kind],
+                rule=SUSPECT_RULES[kind],
             )
 
 
 # What each `data.suspect` kind means and what the load did about it (nothing: the values
 # are booked as given, and the operator decides).
-_SUSPECT_RULES = {
+SUSPECT_RULES = {
     "no_corporate_actions": "the file has no split and/or dividend column: none are booked, "
     "so its prices are taken as adjusted; raw prices of a stock that split would book the "
     "split as a crash (add the columns)",
@@ -190,6 +190,8 @@ _SUSPECT_RULES = {
     "(a 2-for-1 halves the price); booked as given: check the coefficient",
     "large_dividend": f"a dividend of at least {SUSPECT_DIVIDEND_FRACTION:.0%} of the previous "
     "close; booked as given: check it (a special dividend, or a wrong unit)",
+    "ends_early": "the symbol's bars stop before the others' (a delisting, a merger, a file cut "
+    "short): a position held then stays in the book at its last close and cannot be sold",
 }
 
 

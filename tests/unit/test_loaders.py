@@ -625,3 +625,23 @@ def test_corporate_actions_the_prices_contradict_are_logged(tmp_path: Path) -> N
     with capture_logs() as logs:
         load_panel("bundled")  # index series: no corporate actions to carry, no warning
     assert not _suspects(logs)
+
+
+def test_a_symbol_whose_data_ends_before_the_others_is_said(tmp_path: Path) -> None:
+    """KO's bars stopping in May while the others ran to December: a position held stayed in
+    the book at its last price to the end, unsellable, and nothing said so."""
+    d = tmp_path / "bars"
+    d.mkdir()
+    days = pd.bdate_range("2020-01-01", periods=20)
+    full = [f"{t:%Y-%m-%d},10,11,9,10,100,1,0" for t in days]
+    write_csv(d / "AAA.csv", full, header=ACTIONS)
+    write_csv(d / "KO.csv", full[:8], header=ACTIONS)  # 12 bars before the end
+    write_csv(d / "BBB.csv", full[:-3], header=ACTIONS)  # 3 before: a few missing, not said
+    with capture_logs() as logs:
+        p = load_panel("csv", path=str(d), layout="per_symbol")
+    assert p.symbols == ("AAA", "BBB", "KO")
+    (said,) = [e for e in logs if e["event"] == "data.suspect"]
+    assert said["kind"] == "ends_early" and said["count"] == 1 and said["log_level"] == "warning"
+    assert said["examples"] == [
+        {"symbol": "KO", "last_bar": f"{days[7]:%Y-%m-%d}", "bars_after": 12}
+    ]
