@@ -137,13 +137,19 @@ def _check_features(config: Config, pipeline: Any) -> None:
     from .features.catalog import resolve_set
 
     f = config.features
-    names = (*resolve_set(f.set, f.extra), *sorted(pipeline.required_features()))
+    owners = pipeline.feature_owners()
+    names = (*resolve_set(f.set, f.extra), *sorted(owners))
     catalog = make_catalog(config)
     for name in names:
         try:
             catalog.node(name)
         except ConfigError as exc:
-            where = f"features.extra[{f.extra.index(name)}]" if name in f.extra else "feature"
+            if name in f.extra:
+                where = f"features.extra[{f.extra.index(name)}]"
+            elif name in owners:
+                where = f"plugin {owners[name]!r} asks for the feature"
+            else:
+                where = "feature"
             raise ConfigError(f"{where} = {name!r}: {exc}") from None
     verify_model_features(config, pipeline)
 

@@ -27,6 +27,7 @@ import structlog
 from .. import faults, metrics
 from ..core.arrays import count_nonzero, scalar, where
 from ..core.errors import (
+    ConfigError,
     ControlNotStoredError,
     EngineStoppedError,
     PluginFault,
@@ -185,13 +186,24 @@ class Pipeline:
     risks: list[RiskPlugin] = field(default_factory=list)
 
     def required_features(self) -> set[str]:
-        names: set[str] = set()
-        for p, _ in self.signals:
-            names.update(p.required_features())
-        names.update(self.sizing.required_features())
-        for r in self.risks:
-            names.update(r.required_features())
-        return names
+        return set(self.feature_owners())
+
+    def feature_owners(self) -> dict[str, str]:
+        """Each feature a plugin asks for, and the first plugin that asks (to name it in an
+        error). A plugin's answer must be feature names: a plain string ("ret_1") was read
+        letter by letter and refused as the unknown feature '1', naming no plugin."""
+        owners: dict[str, str] = {}
+        for p in self.plugins():
+            asked = p.required_features()
+            name = getattr(p, "name", type(p).__name__)
+            if isinstance(asked, str | bytes) or not all(isinstance(n, str) for n in asked):
+                raise ConfigError(
+                    f"plugin {name!r}: required_features() must return feature names (a "
+                    f"tuple of str, e.g. ('ret_1',)), got {asked!r}"
+                )
+            for n in asked:
+                owners.setdefault(n, name)
+        return owners
 
     def plugins(self) -> list[Any]:
         """Every plugin, in pipeline order: signals, sizing, risks."""

@@ -240,3 +240,35 @@ def test_a_negative_target_is_zero_where_the_broker_may_not_short(long_only):
     else:
         np.testing.assert_array_equal(got, targets)
         assert not repaired
+
+
+def test_feature_requests_name_the_plugin_that_made_them():
+    """`required_features()` returning "ret_1" (not a tuple) was read letter by letter and
+    refused as the unknown feature '1'; an unknown feature's error named no plugin."""
+    from tradingd.config import Config
+    from tradingd.core.errors import ConfigError
+    from tradingd.engine.engine import Pipeline
+    from tradingd.preflight import _check_features
+
+    class Asking:
+        kind = "signal"
+
+        def __init__(self, name: str, asked: object) -> None:
+            self.name, self.asked = name, asked
+
+        def required_features(self) -> object:
+            return self.asked
+
+    sizing = Asking("sizer", ())
+    text = Pipeline(signals=[(Asking("texty", "ret_1"), 1.0)], sizing=sizing, risks=[])
+    with pytest.raises(ConfigError, match=r"plugin 'texty': required_features\(\) must return"):
+        text.required_features()
+    odd = Pipeline(
+        signals=[(Asking("odd", ("no_such_feature_xyz",)), 1.0)], sizing=sizing, risks=[]
+    )
+    with pytest.raises(
+        ConfigError, match=r"plugin 'odd' asks for the feature = 'no_such_feature_xyz'"
+    ):
+        _check_features(Config(), odd)
+    fine = Pipeline(signals=[(Asking("fine", ("ret_1",)), 1.0)], sizing=sizing, risks=[])
+    assert fine.feature_owners() == {"ret_1": "fine"}
