@@ -48,6 +48,9 @@ class Portfolio:
         self.equity = float(initial_cash)
         self.peak_equity = float(initial_cash)
         self.prev_equity = float(initial_cash)
+        # The equity at the last bar's close: the next bar's `prev_equity` (the daily loss is
+        # measured from it), which a revaluation between bars must not move.
+        self._close_equity = float(initial_cash)
         # quantity x mark as `view` computed it, until the book or the marks change through
         # the methods below (each drops it): the bar's `exposure` then sums it instead of
         # multiplying again. A direct write into `quantity` or the marks would not drop it.
@@ -134,8 +137,8 @@ class Portfolio:
         putmask(self._mark, valid, close)  # as copyto(mark, close, where=valid)
         if not self._all_marked:  # once every symbol has had a bar, nothing is left to add
             self.has_mark |= valid
-        self.prev_equity = self.equity
-        self.equity = self._cash + float(dot(self.quantity, self._mark))
+        self.prev_equity = self._close_equity
+        self.equity = self._close_equity = self._cash + float(dot(self.quantity, self._mark))
         if self.equity > self.peak_equity:
             self.peak_equity = self.equity
         return self.equity
@@ -144,9 +147,9 @@ class Portfolio:
         """Equity at the last marks, after fills booked between bars (a live broker's exits
         and next-open entries): cash and quantities moved, the marks did not."""
         self._values = None
+        # Not the close's equity (`prev_equity` of the next bar: a loss realised between bars
+        # counts in that bar's daily loss, as in a backtest) nor the peak (stale marks).
         self.equity = self._cash + float(dot(self.quantity, self._mark))
-        if self.equity > self.peak_equity:
-            self.peak_equity = self.equity
         return self.equity
 
     # durable state -------------------------------------------------------------------------
@@ -187,7 +190,7 @@ class Portfolio:
         self.slippage_paid = float(state["slippage_paid"])
         self.dividends_received = float(state["dividends_received"])
         self.fill_count = int(state["fill_count"])
-        self.equity = float(state["equity"])
+        self.equity = self._close_equity = float(state["equity"])
         self.peak_equity = float(state["peak_equity"])
         self.prev_equity = float(state["prev_equity"])
 

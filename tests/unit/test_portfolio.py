@@ -291,3 +291,19 @@ def test_mark_after_a_restore_to_other_symbols_with_as_many_marks():
     state["mark"], state["has_mark"] = [0.0, 5.0, 0.0], [False, True, False]
     pf.restore(state)
     np.testing.assert_array_equal(pf.mark, [np.nan, 5.0, np.nan])
+
+
+def test_a_revaluation_between_bars_leaves_the_next_bars_daily_loss_whole():
+    """A stop filled between bars at 90 on a mark of 100 (a live broker): revalued for
+    /status, the equity was then taken as the next bar's previous close, and the loss left
+    out of the drawdown guard's daily loss limit (a backtest counts it)."""
+    t = datetime(2024, 1, 2, tzinfo=UTC)
+    pf = Portfolio(("A",), 10_000.0)
+    pf.apply_fill(Fill("f1", "o1", "A", Side.BUY, 50.0, 100.0, 0.0, 0.0, t))
+    close = pf.mark_to_market(np.array([100.0]), np.array([True]))
+    assert close == 10_000.0
+    pf.apply_fill(Fill("f2", "o2", "A", Side.SELL, 50.0, 90.0, 0.0, 0.0, t))
+    assert pf.revalue() == 9_500.0 and pf.peak_equity == 10_000.0
+    pf.mark_to_market(np.array([91.0]), np.array([True]))
+    assert pf.prev_equity == 10_000.0  # the last close, before the fill
+    assert pf.equity == 9_500.0 and (pf.prev_equity - pf.equity) / pf.prev_equity == 0.05
