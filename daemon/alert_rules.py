@@ -9,7 +9,7 @@ conditions fire once when they start and once when they clear (the alerter keeps
 - `source_down`: the market-data source's status is not ok (circuit open, errors);
 - `broker_down`: the broker is not connected;
 - `database_down`: the store spools its writes (database unreachable: warning) or cannot
-  replay its spool, or the spool is full (critical: the operator must act);
+  replay its spool (critical: the operator must act; a full spool stops the run);
 - `repeated_errors`: `repeated_after` bars in a row without a bar from the feed, or with the
   broker unreachable when orders were due.
 Events (one per key within the alerter's dedup window):

@@ -16,10 +16,10 @@ import json
 import re
 import time as _time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import structlog
@@ -217,6 +217,8 @@ class Pipeline:
         )
 
 
+_T = TypeVar("_T")
+
 # Missed live bars remembered for the next release (a year of daily bars).
 _MISSED_BARS_KEPT = 260
 
@@ -286,11 +288,12 @@ class Engine:
     ) -> None:
         self.run = run
         # broker.allow_short = false: a negative target becomes 0 (see _no_shorts). Checked
-        # only where the sizing may go short: one whose config says allow_short = false
-        # (the built-ins' default) never does, and the check is a microsecond every bar.
-        self.long_only = long_only
-        sizing_config = getattr(pipeline.sizing, "config", None)
-        self._may_short = long_only and getattr(sizing_config, "allow_short", True) is not False
+        # only where the sizing may go short: a built-in whose config says allow_short =
+        # false (their default) never does, and the check is a microsecond every bar.
+        self._decide_long_only(pipeline, long_only)
+        # Targets repaired per (plugin, stage, kind), to log the 1st, 10th, 100th (this
+        # engine's: a walk-forward fold's first repair is said too).
+        self._repairs: dict[tuple[str, str, str], int] = {}
         self.clock = clock
         self.feed = feed
         self.broker = broker
@@ -469,8 +472,10 @@ class Engine:
         delay = 1.0
         while True:
             try:
-                await part.start()
-                return True
+                # A stop abandons a start that waits (the store retries a database that is
+                # down for storage.start_retry_s on each attempt: past the unit's stop timeout).
+                started, _ = await self._unless_stopped(part.start())
+                return started
             except (RetryableError, DatabaseUnavailable) as exc:
                 # DatabaseUnavailable: PostgreSQL still down after storage.start_retry_s. It
                 # exited 2, and a reboot or a database maintenance of some minutes left the
@@ -745,6 +750,8 @@ class Engine:
                     self.on_heartbeat(busy=True)
                 if missed:
                     await self._recover_missed(missed)  # older first: fetched in time order
+                    if self._stop_requested:
+                        break
                 try:
                     bar = await self.feed.bars(t)
                 except RetryableError as exc:
@@ -942,6 +949,11 @@ class Engine:
             saved = st.get("plugins", {})
             for key, plugin in _state_keys(self.pipeline.plugins()):
                 fn = getattr(plugin, "restore", None)
+                base = key.split("#")[0]
+                if key not in saved and base in saved and f"{base}#2" not in saved:
+                    # A checkpoint from before instances had keys of their own: its one
+                    # entry (the last instance's) went to every instance, as it did then.
+                    key = base
                 if fn is not None and key in saved:
                     fn(saved[key])
             self.trading_state = st.get("trading_state", "active")
@@ -1102,16 +1114,19 @@ class Engine:
         backtest of the same data. Stops at the first that still fails (kept for the next
         release); one still missing when a newer bar arrives is logged as lost."""
         assert self._bar_lock is not None
-        while missed:
+        while missed and not self._stop_requested:
             t = missed[0]
             try:
-                bar = await self.feed.bars(t)
+                done, bar = await self._unless_stopped(self.feed.bars(t))
             except RetryableError:
                 return  # still down: kept, tried again before the next release's bar
+            if not done:
+                return  # a stop: the bar is not fetched, nor those after it
             missed.popleft()
             if bar is None:
                 continue
             log.info("bar.recovered", time=t)
+            self.on_heartbeat(busy=True)  # each a bar's work: /health sees it going on
             async with self._bar_lock:
                 await self.step(bar, False)
 
@@ -1168,8 +1183,11 @@ class Engine:
         assert self._bar_lock is not None
         while True:
             await asyncio.sleep(max(1.0, self._cache_ttl / 3))
-            async with self._bar_lock:
-                await self._publish(force=True)
+            try:
+                async with self._bar_lock:
+                    await self._publish(force=True)
+            except Exception:  # a bug or an unexpected answer: said, and tried again
+                log.exception("state.refresh_failed")
 
     def _catch_up(self, t: datetime) -> bool | None:
         """False (a step that does not trade) when a newer bar has closed already: the
@@ -1224,21 +1242,31 @@ class Engine:
         """The next warm-up bar, or None at the end or on a stop request. A vendor's history
         is fetched before its first bar (a minute and more under Alpha Vantage's 5 calls a
         minute): a SIGTERM waited for all of it, beyond systemd's stop timeout."""
+        done, bar = await self._unless_stopped(_anext_or_none(bars))
+        return bar if done else None
+
+    async def _unless_stopped(self, aw: Coroutine[Any, Any, _T]) -> tuple[bool, _T | None]:
+        """(True, what `aw` returns), or (False, None) when a stop request came first: `aw`
+        is then cancelled. Its exception is raised. For waits a SIGTERM must not sit out (a
+        vendor's history, a database that is down at start)."""
         if self._stop_requested:
-            return None
+            close = getattr(aw, "close", None)
+            if close is not None:
+                close()  # never started: no "was never awaited" warning
+            return False, None
         stop = self._stop_event = self._stop_event or asyncio.Event()
-        nxt = asyncio.ensure_future(_anext_or_none(bars))
+        task = asyncio.ensure_future(aw)
         waiter = asyncio.ensure_future(stop.wait())
         try:
-            await asyncio.wait({nxt, waiter}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             waiter.cancel()
-            if not nxt.done():
-                nxt.cancel()
-                await asyncio.gather(nxt, return_exceptions=True)
-        if nxt.cancelled():
-            return None
-        return nxt.result()
+            if not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+        if task.cancelled():
+            return False, None
+        return True, task.result()
 
     async def _sleep_unless_stopped(self, seconds: float) -> bool:
         """Wait, waking early on a stop request; True when a stop was requested."""
@@ -1595,6 +1623,7 @@ class Engine:
         self._last_time = bar.time
         valid = ~np.isnan(bar.close)
         features, ready = self._features(bar, valid)
+        valid.setflags(write=False)
         ctx = BarContext(
             time=bar.time,
             index=self._seen - 1,
@@ -1708,6 +1737,13 @@ class Engine:
         with np.errstate(invalid="ignore", divide="ignore"):
             return np.where(den > 0, num / den, np.nan)
 
+    def _decide_long_only(self, pipeline: Pipeline, long_only: bool) -> None:
+        self.long_only = long_only
+        sizing_config = getattr(pipeline.sizing, "config", None)
+        built_in = type(pipeline.sizing).__module__.startswith("tradingd_plugins.")
+        says_long = built_in and getattr(sizing_config, "allow_short", True) is False
+        self._may_short = long_only and not says_long
+
     def _size(self, score: np.ndarray, ctx: BarContext) -> np.ndarray:
         p = self.pipeline.sizing
         try:
@@ -1717,7 +1753,14 @@ class Engine:
         except Exception as exc:
             raise _fault(p, "size", ctx, exc) from exc
         t = _check_array(
-            p, "size", t, len(self.symbols), ctx.time, allow_nan=False, symbols=self.symbols
+            p,
+            "size",
+            t,
+            len(self.symbols),
+            ctx.time,
+            allow_nan=False,
+            symbols=self.symbols,
+            repairs=self._repairs,
         )
         if self._may_short and count_nonzero(t < 0):
             t = self._no_shorts(p, t, ctx.time)
@@ -1729,7 +1772,7 @@ class Engine:
         asked for more shares than held and was refused whole, so the long was not closed
         either. Logged (a deliberate repair), as `engine.targets_repaired`."""
         short = t < 0
-        _repaired(plugin, "size", when, "short_target", short, self.symbols)
+        _repaired(plugin, "size", when, "short_target", short, self.symbols, self._repairs)
         return np.where(short, 0.0, t)
 
     def _risk(self, targets: np.ndarray, ctx: BarContext) -> tuple[np.ndarray, list[RiskVerdict]]:
@@ -1756,6 +1799,7 @@ class Engine:
                 ctx.time,
                 allow_nan=False,
                 symbols=self.symbols,
+                repairs=self._repairs,
             )
             if decision.verdicts:
                 bad = [v for v in decision.verdicts if not isinstance(v, RiskVerdict)]
@@ -1852,6 +1896,7 @@ def _check_array(
     *,
     allow_nan: bool,
     symbols: Sequence[str] | None = None,
+    repairs: dict[tuple[str, str, str], int] | None = None,
 ) -> np.ndarray:
     try:
         a = np.asarray(arr, dtype=np.float64)  # the same array when it is one already
@@ -1869,13 +1914,14 @@ def _check_array(
         # Not all finite and no inf: a NaN. A NaN target means "no view": hold no position
         # rather than guess. Logged: a plugin returning NaN for held symbols sells them.
         nan = np.isnan(a)
-        _repaired(plugin, stage, t, "nan_target", nan, symbols)
+        _repaired(plugin, stage, t, "nan_target", nan, symbols, repairs)
         a = np.where(nan, 0.0, a)
     return a
 
 
-# How often each (plugin, stage, kind) repair was made in this process; logged at the 1st,
-# 10th, 100th, ... so a plugin that does it every bar is heard without a line per bar.
+# How often each (plugin, stage, kind) repair was made, for calls without an engine's own
+# count; logged at the 1st, 10th, 100th, ... so a plugin that does it every bar is heard
+# without a line per bar.
 _REPAIRS: dict[tuple[str, str, str], int] = {}
 _REPAIR_RULES = {
     "nan_target": "a NaN target is 0: no position in the symbol (a held one is sold)",
@@ -1891,9 +1937,11 @@ def _repaired(
     kind: str,
     mask: np.ndarray,
     symbols: Sequence[str] | None,
+    repairs: dict[tuple[str, str, str], int] | None = None,
 ) -> None:
+    counts = _REPAIRS if repairs is None else repairs  # an engine's own, else this process's
     key = (_name(plugin), stage, kind)
-    n = _REPAIRS[key] = _REPAIRS.get(key, 0) + 1
+    n = counts[key] = counts.get(key, 0) + 1
     if str(n).rstrip("0") == "1":  # the 1st, 10th, 100th, ...
         where = np.flatnonzero(mask)
         log.warning(

@@ -84,8 +84,9 @@ class Panel:
         return rows
 
     def __getstate__(self) -> dict[str, object]:
-        # Without what datetimes() and time_rows() made: remade where the copy is read.
-        return {k: v for k, v in self.__dict__.items() if k not in ("_datetimes", "_time_rows")}
+        # Without what datetimes(), time_rows() and row() made: remade where the copy is read.
+        made = ("_datetimes", "_time_rows", "_read_only")  # (pickled, a view is a copy)
+        return {k: v for k, v in self.__dict__.items() if k not in made}
 
     def _datetimes(self) -> list[datetime]:
         """One conversion of the whole index (5x faster than a Timestamp at a time), by

@@ -601,6 +601,9 @@ class VendorFeed:
         cols = np.searchsorted(np.array(self._symbols, dtype=object), at["symbol"].to_numpy())
         for name, arr in arrays.items():
             arr[cols] = at[name].to_numpy(dtype=np.float64)
+            # Read-only, as a replay's bars: the history keeps the bar, and a plugin writing
+            # into it would change every later window.
+            arr.setflags(write=False)
         self.last_bar = t
         return CrossSection(time=t, **arrays)
 

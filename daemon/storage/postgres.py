@@ -118,6 +118,30 @@ def default_spool_dir(url: str, schema: str | None) -> Path:
     return Path("var") / "spool" / safe_name(target.removeprefix("postgres://"))
 
 
+def _say_legacy_spool(url: str) -> None:
+    """Before 2026-12-05 a URL's `?search_path=` schema was not part of the spool's name (it
+    said `public`): spool files a daemon of that build left there are not this one's to
+    replay (their header names `public`). Said at start, with what to do, not left silent."""
+    target = spool_target(url, None)
+    if target.endswith("#public"):
+        return
+    legacy = default_spool_dir(url.split("?", 1)[0], None)
+    try:
+        files = sorted(p.name for p in legacy.glob("*.spool"))
+    except OSError:
+        return
+    if files:
+        log.warning(
+            "storage.spool.legacy_folder",
+            folder=str(legacy),
+            files=files[:10],
+            database=target,
+            hint="spooled by an earlier build of tradingd for this database: start that build "
+            "once (it replays them), or keep the files for the operator; they are not replayed "
+            "here",
+        )
+
+
 class PostgresStore(BufferedStore):
     dialect: ClassVar[Dialect] = "postgres"
 
@@ -149,6 +173,8 @@ class PostgresStore(BufferedStore):
                 f"storage schema {schema!r} is not a valid identifier "
                 "(letters, digits and _, not starting with a digit)"
             )
+        if spool and spool_dir is None and schema is None:
+            _say_legacy_spool(url)
         if spool:
             self._configure_spool(
                 spool_dir if spool_dir is not None else default_spool_dir(url, schema),

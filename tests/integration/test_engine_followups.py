@@ -1543,3 +1543,102 @@ async def test_a_database_down_at_a_live_start_is_waited_for_not_an_exit(
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, run_id=""))
     assert await app.continued_live_run(config) == "the-run"
     assert len(looked) == 2 and slept == [1.0]
+
+
+async def test_a_stop_during_the_recovery_of_missed_bars_is_honoured(engine_config):
+    """Ten releases in a row failed, then a stop came while the first was fetched again: the
+    other nine were still fetched and stepped, then the current bar fetched and traded."""
+    from tradingd.app import build_engine
+    from tradingd.core.errors import RetryableError
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    times = panel.datetimes()
+    down = set(times[70:80])
+    bars = engine.feed.bars
+    refetched: list = []
+
+    async def flaky(t):  # type: ignore[no-untyped-def]
+        if t in down:
+            down.discard(t)
+            raise RetryableError("source down")
+        if t < times[80] and t >= times[70]:
+            refetched.append(t)
+            engine.request_stop()  # SIGTERM while the first missed bar is fetched again
+        return await bars(t)
+
+    engine.feed.bars = flaky  # type: ignore[method-assign]
+    stepped: list = []
+    step = engine.step
+
+    async def recording(bar, trade=None):  # type: ignore[no-untyped-def]
+        stepped.append(bar.time)
+        await step(bar, trade)
+
+    engine.step = recording  # type: ignore[method-assign]
+    await engine.run_until_done()
+    assert refetched == [times[70]]
+    assert not [t for t in stepped if t > times[70]], "nothing after the stop"
+
+
+async def test_a_stop_abandons_a_part_start_that_waits(engine_config):
+    """The store retries a database that is down for storage.start_retry_s on every attempt
+    (60 s), with no stop check: a SIGTERM then waited past systemd's 60 s stop timeout."""
+    from tradingd.app import build_engine
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    cancelled: list[bool] = []
+
+    class Slow:
+        async def start(self) -> None:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancelled.append(True)
+                raise
+
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.05, engine.request_stop)
+    started = await asyncio.wait_for(engine._start_part(Slow()), 10)
+    assert started is False and cancelled == [True]
+
+
+async def test_a_checkpoint_from_before_per_instance_keys_restores_as_it_did(engine_config):
+    """Checkpoints written before `name#2` existed hold one entry per name (the last
+    instance's, as the dict was overwritten): every instance gets it, as before the upgrade,
+    not the first alone with the second fresh."""
+    from tradingd.app import build_engine
+
+    panel, config = live_run(engine_config)
+    guards = (
+        PluginSpec("drawdown_guard", params={"max_drawdown_pct": 0.5, "recovery": "halt"}),
+        PluginSpec("drawdown_guard", params={"max_drawdown_pct": 0.6, "recovery": "halt"}),
+    )
+    config = dataclasses.replace(config, risk=guards)
+    first = build_engine(config, "live", panel=panel)
+    _tight, loose = first.pipeline.risks
+
+    def halt_then_stop(t, v):  # type: ignore[no-untyped-def]
+        if first._bars == 3:
+            loose._halted_bars = 0  # the last instance's state is the one old builds kept
+        if first._bars == 5:
+            first.request_stop()
+
+    first.after_bar.append(halt_then_stop)
+    # As an old build wrote it: one key per name.
+    checkpoint = first._checkpoint
+
+    def old_format(t):  # type: ignore[no-untyped-def]
+        checkpoint(t)
+        at, state = first._last_checkpoint
+        plugins = state["plugins"]
+        plugins["drawdown_guard"] = plugins.pop("drawdown_guard#2")
+        first.store.record_checkpoint(first.run.run_id, at, state)
+
+    first._checkpoint = old_format  # type: ignore[method-assign]
+    await first.run_until_done()
+    restarted = build_engine(config, "live", panel=panel)
+    restarted.after_bar.append(lambda t, v: restarted.request_stop())
+    await restarted.run_until_done()
+    assert all(g._halted_bars is not None for g in restarted.pipeline.risks)

@@ -150,6 +150,8 @@ async def test_every_source_serves_what_stored_data_holds(kind):
             i = list(stored.times).index(np.datetime64("2024-03-04"))
             np.testing.assert_allclose(bar.close, stored.close[i], rtol=1e-6)
             assert bar.split.tolist() == [4.0, 1.0, 1.0]
+            # Read-only, as a replay's: a plugin writing into the bar changed the history.
+            assert not any(getattr(bar, f).flags.writeable for f in ("close", "open", "split"))
             bar = await feed.bars(utc(2024, 3, 5))
             assert bar.dividend == pytest.approx([0.0, 0.5, 0.0], abs=1e-4)
             assert feed.status()["ok"] is True and feed.status()["failed"] == {}

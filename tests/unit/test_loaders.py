@@ -645,3 +645,19 @@ def test_a_symbol_whose_data_ends_before_the_others_is_said(tmp_path: Path) -> N
     assert said["examples"] == [
         {"symbol": "KO", "last_bar": f"{days[7]:%Y-%m-%d}", "bars_after": 12}
     ]
+
+
+def test_a_panels_read_only_rows_are_not_pickled_twice() -> None:
+    """The read-only views `row()` makes were pickled with the panel (a copy each: twice the
+    bytes) when it went to a worker process."""
+    import pickle
+
+    from conftest import make_panel
+
+    panel = make_panel(n_bars=50, split_at=None)
+    before = len(pickle.dumps(panel))
+    row = panel.row(3, panel.datetimes()[3])
+    assert not row.close.flags.writeable
+    assert len(pickle.dumps(panel)) == before
+    copy = pickle.loads(pickle.dumps(panel))
+    assert np.array_equal(copy.row(3, panel.datetimes()[3]).close, row.close, equal_nan=True)

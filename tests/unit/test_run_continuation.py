@@ -158,17 +158,33 @@ async def test_the_lookup_waits_for_a_postgresql_that_is_down_as_the_start_does(
 ) -> None:
     """The lookup's store did not spool, and only a spooling PostgresStore waited
     `storage.start_retry_s`: a live start exited 2 at once where it had waited for a
-    database restarting beside it (under systemd, the unit failed)."""
+    database restarting beside it (under systemd, the unit failed). Each attempt waits
+    `start_retry_s`; then the lookup tries again with backoff, until the database answers
+    or a stop abandons it (it is not an exit either)."""
+    import asyncio
+
     from structlog.testing import capture_logs
 
     from tradingd.app import continued_live_run
-    from tradingd.core.errors import StorageError
 
     storage = dataclasses.replace(
-        config.storage, url="postgresql://u:pw@127.0.0.1:1/db", start_retry_s=0.6
+        config.storage, url="postgresql://u:pw@127.0.0.1:1/db", start_retry_s=0.3
     )
     down = dataclasses.replace(config, storage=storage)
-    with capture_logs() as logs, pytest.raises(StorageError, match="gave up after") as err:
-        await continued_live_run(down)
+    with capture_logs() as logs:
+        lookup = asyncio.create_task(continued_live_run(down))
+
+        async def retried() -> None:
+            while not [e for e in logs if e["event"] == "startup.retry"]:
+                assert not lookup.done(), lookup.exception()
+                await asyncio.sleep(0.01)
+
+        await asyncio.wait_for(retried(), 30)
+        assert not lookup.done()
+        lookup.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await lookup
     assert [e for e in logs if e["event"] == "storage.start.retry"]
-    assert "pw" not in str(err.value)
+    (retry,) = [e for e in logs if e["event"] == "startup.retry"]
+    assert retry["part"] == "store (run lookup)" and "gave up after" in retry["error"]
+    assert all("pw@" not in str(e) for e in logs)

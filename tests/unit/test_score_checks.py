@@ -168,6 +168,7 @@ def _engine(plugin: object, *, long_only: bool = False) -> Engine:
     engine = Engine.__new__(Engine)
     engine.symbols = tuple(f"S{i}" for i in range(N))
     engine.long_only = engine._may_short = long_only  # a plugin without allow_short
+    engine._repairs = {}
     engine.pipeline = SimpleNamespace(signals=[(plugin, 1.0)], sizing=plugin, risks=[plugin])
     return engine
 
@@ -203,9 +204,6 @@ def test_nan_targets_are_a_logged_repair_heard_without_a_line_per_bar():
     sold them every bar, silently. Logged at the 1st, 10th, 100th time."""
     from structlog.testing import capture_logs
 
-    from tradingd.engine import engine as engine_module
-
-    engine_module._REPAIRS.clear()
     plugin = _Returning(np.array([0.1, np.nan, 0.2, np.nan, 0.0, 0.0]))
     plugin.name = "nan_sizer"
     engine = _engine(plugin)
@@ -217,6 +215,10 @@ def test_nan_targets_are_a_logged_repair_heard_without_a_line_per_bar():
     assert [e["times_so_far"] for e in lines] == [1, 10]
     assert lines[0]["plugin"] == "nan_sizer" and lines[0]["kind"] == "nan_target"
     assert lines[0]["symbols"] == ["S1", "S3"] and lines[0]["count"] == 2
+    # Counted per engine: another one (a walk-forward's next fold) says its first too.
+    with capture_logs() as logs:
+        _engine(plugin)._size(np.zeros(N), SimpleNamespace(time="t"))
+    assert [e["times_so_far"] for e in logs if e["event"] == "engine.targets_repaired"] == [1]
 
 
 @pytest.mark.parametrize("long_only", [True, False])
@@ -226,9 +228,6 @@ def test_a_negative_target_is_zero_where_the_broker_may_not_short(long_only):
     either. A long-only engine makes the target 0 (logged); one that may short keeps it."""
     from structlog.testing import capture_logs
 
-    from tradingd.engine import engine as engine_module
-
-    engine_module._REPAIRS.clear()
     targets = np.array([0.2, -0.1, 0.0, -0.3, 0.1, 0.0])
     engine = _engine(_Returning(targets.copy()), long_only=long_only)
     with capture_logs() as logs:
@@ -272,3 +271,29 @@ def test_feature_requests_name_the_plugin_that_made_them():
         _check_features(Config(), odd)
     fine = Pipeline(signals=[(Asking("fine", ("ret_1",)), 1.0)], sizing=sizing, risks=[])
     assert fine.feature_owners() == {"ret_1": "fine"}
+
+
+def test_a_third_party_sizing_that_says_it_never_shorts_is_still_checked():
+    """Only a built-in's `allow_short = false` is taken at its word (the check costs a
+    microsecond a bar): a third-party sizing with that field that returns a negative target
+    would send sale plus short, refused whole, and the long never closed."""
+    import dataclasses as dc
+
+    from tradingd.engine.engine import Pipeline
+
+    @dc.dataclass(frozen=True)
+    class Cfg:
+        allow_short: bool = False
+
+    class ThirdParty:
+        name, config = "mine", Cfg()
+
+    class BuiltIn:
+        name, config = "equal_weight", Cfg()
+
+    BuiltIn.__module__ = "tradingd_plugins.sizing.equal_weight"
+    for sizing, may_short in ((ThirdParty(), True), (BuiltIn(), False)):
+        engine = Engine.__new__(Engine)
+        pipeline = Pipeline(signals=[], sizing=sizing, risks=[])
+        Engine._decide_long_only(engine, pipeline, True)
+        assert engine._may_short is may_short, sizing

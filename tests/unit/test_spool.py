@@ -708,3 +708,24 @@ def test_a_connection_caught_mid_exchange_by_an_outage_is_an_outage():
     store._get_pool = lambda: Pool()
     with pytest.raises(DatabaseUnavailable):
         asyncio.run(store._write_batches({}))
+
+
+def test_spools_left_under_the_old_name_of_a_search_path_schema_are_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The schema chosen by `?search_path=` now names the spool; an earlier build named it
+    `public`, and what it spooled there would have been stranded without a word."""
+    from structlog.testing import capture_logs
+
+    monkeypatch.chdir(tmp_path)
+    url = "postgresql://user:pw-secret@db.example:6543/trading"
+    old = tmp_path / "var" / "spool" / "db.example_6543_trading_public"
+    old.mkdir(parents=True)
+    (old / "1-host.123.spool").write_text("")
+    with capture_logs() as logs:
+        PostgresStore(f"{url}?search_path=s2")
+    (said,) = [e for e in logs if e["event"] == "storage.spool.legacy_folder"]
+    assert said["files"] == ["1-host.123.spool"] and "pw-secret" not in str(said)
+    with capture_logs() as logs:
+        PostgresStore(url)  # the public schema's own spool: nothing to say
+    assert not [e for e in logs if e["event"] == "storage.spool.legacy_folder"]
