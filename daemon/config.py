@@ -711,6 +711,13 @@ class Config:
             )
         for where, spec in self._plugins():
             _finite_params(f"{where}.params", spec.params)
+            if not where.startswith("signals") and spec.weight != 1.0:
+                # Only signals are weighted (their scores' mean): a weight on the sizing or a
+                # risk rule was accepted and ignored, as if it did something.
+                raise ConfigError(
+                    f"{where}.weight = {spec.weight!r}: only [[signals]] have a weight (their "
+                    "scores' weighted mean); remove it here"
+                )
         if not self.risk and not self.run.allow_no_risk:
             raise ConfigError(
                 "risk = [] configures no risk rule at all; trading without limits must be "

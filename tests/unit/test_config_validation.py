@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from datetime import date
 from typing import Literal
 
@@ -464,3 +465,17 @@ def test_plugin_param_types_literal_list_and_unions_are_checked():
     ):
         with pytest.raises(ConfigError, match=match):
             build(Params, bad, "p")
+
+
+@pytest.mark.parametrize(
+    "section", ['[sizing]\nname = "equal_weight"', '[[risk]]\nname = "max_position"']
+)
+def test_a_weight_outside_signals_is_refused_not_ignored(tmp_path, section):
+    """`weight` on [sizing] or [[risk]] (even -3) was accepted and did nothing."""
+    p = tmp_path / "w.toml"
+    p.write_text(f"{section}\nweight = -3.0\n")
+    where = "sizing" if "sizing" in section else "risk[0]"
+    with pytest.raises(
+        ConfigError, match=rf"{re.escape(where)}.weight = -3.0: only \[\[signals\]\]"
+    ):
+        load_config([p], env={})
