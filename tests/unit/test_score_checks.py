@@ -102,66 +102,36 @@ def test_targets_with_nan_hold_nothing_and_inf_is_refused(values: list[float]) -
     assert np.array_equal(np.signbit(got), np.signbit(expected))
 
 
-class _Raising:
-    kind = "any"
-    name = "r"
+class _Stub:
+    """A plugin of every kind whose every call raises `outcome` (an exception) or returns
+    it."""
 
-    def __init__(self, exc: Exception) -> None:
-        self.exc = exc
+    kind = "any"
+
+    def __init__(self, outcome: object, name: str) -> None:
+        self.outcome, self.name = outcome, name
+
+    def _answer(self) -> object:
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
 
     def score(self, ctx: object) -> object:
-        raise self.exc
+        return self._answer()
 
     def size(self, score: object, ctx: object) -> object:
-        raise self.exc
+        return self._answer()
 
     def check(self, targets: object, ctx: object) -> object:
-        raise self.exc
+        return self._answer()
 
 
-@pytest.mark.parametrize("stage", ["score", "size", "check"])
-def test_a_plugins_exception_becomes_a_fault_naming_it_and_a_fault_goes_on_unchanged(stage):
-    """The per-bar plugin calls have the plugin boundary inline: an exception becomes a
-    PluginFault with the plugin, the stage and the bar, caused by the exception; a
-    PluginFault the plugin raised (from a nested engine) is raised as it is."""
-    engine = Engine.__new__(Engine)
-    engine.symbols = tuple(f"S{i}" for i in range(N))
-    ctx = SimpleNamespace(time="t")
-
-    def run(plugin: _Raising) -> None:
-        engine.pipeline = SimpleNamespace(signals=[(plugin, 1.0)], sizing=plugin, risks=[plugin])
-        if stage == "score":
-            engine._score(ctx)
-        elif stage == "size":
-            engine._size(np.zeros(N), ctx)
-        else:
-            engine._risk(np.zeros(N), ctx)
-
-    boom = KeyError("boom")
-    with pytest.raises(PluginFault, match=f"'r' failed in {stage}") as caught:
-        run(_Raising(boom))
-    assert caught.value.__cause__ is boom
-    inner = PluginFault("inner", "score", "t", ValueError("x"))
-    with pytest.raises(PluginFault) as caught:
-        run(_Raising(inner))
-    assert caught.value is inner and inner.__cause__ is None
+def _raising(exc: Exception) -> _Stub:
+    return _Stub(exc, "r")
 
 
-class _Returning:
-    kind = "any"
-    name = "q"
-
-    def __init__(self, value: object) -> None:
-        self.value = value
-
-    def score(self, ctx: object) -> object:
-        return self.value
-
-    def size(self, score: object, ctx: object) -> object:
-        return self.value
-
-    def check(self, targets: object, ctx: object) -> object:
-        return self.value
+def _returning(value: object) -> _Stub:
+    return _Stub(value, "q")
 
 
 def _engine(plugin: object, *, long_only: bool = False) -> Engine:
@@ -173,6 +143,31 @@ def _engine(plugin: object, *, long_only: bool = False) -> Engine:
     return engine
 
 
+def _run_stage(engine: Engine, stage: str, ctx: object) -> object:
+    """The engine's call of the plugins at `stage`: score, size or check."""
+    if stage == "score":
+        return engine._score(ctx)  # type: ignore[arg-type]
+    if stage == "size":
+        return engine._size(np.zeros(N), ctx)  # type: ignore[arg-type]
+    return engine._risk(np.zeros(N), ctx)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("stage", ["score", "size", "check"])
+def test_a_plugins_exception_becomes_a_fault_naming_it_and_a_fault_goes_on_unchanged(stage):
+    """The per-bar plugin calls have the plugin boundary inline: an exception becomes a
+    PluginFault with the plugin, the stage and the bar, caused by the exception; a
+    PluginFault the plugin raised (from a nested engine) is raised as it is."""
+    ctx = SimpleNamespace(time="t")
+    boom = KeyError("boom")
+    with pytest.raises(PluginFault, match=f"'r' failed in {stage}") as caught:
+        _run_stage(_engine(_raising(boom)), stage, ctx)
+    assert caught.value.__cause__ is boom
+    inner = PluginFault("inner", "score", "t", ValueError("x"))
+    with pytest.raises(PluginFault) as caught:
+        _run_stage(_engine(_raising(inner)), stage, ctx)
+    assert caught.value is inner and inner.__cause__ is None
+
+
 @pytest.mark.parametrize("stage", ["score", "size", "check"])
 @pytest.mark.parametrize("value", ["abc", {"S0": 1.0}, [[1.0], [1.0, 2.0]]])
 def test_output_that_is_not_numbers_is_the_plugins_fault(stage, value):
@@ -180,21 +175,15 @@ def test_output_that_is_not_numbers_is_the_plugins_fault(stage, value):
     the plugin: the conversion to numbers was outside the plugin boundary."""
     from tradingd.core.ports import RiskDecision
 
-    engine = _engine(_Returning(RiskDecision(value) if stage == "check" else value))
-    ctx = SimpleNamespace(time="t")
+    engine = _engine(_returning(RiskDecision(value) if stage == "check" else value))
     with pytest.raises(PluginFault, match=f"'q' failed in {stage}"):
-        if stage == "score":
-            engine._score(ctx)
-        elif stage == "size":
-            engine._size(np.zeros(N), ctx)
-        else:
-            engine._risk(np.zeros(N), ctx)
+        _run_stage(engine, stage, SimpleNamespace(time="t"))
 
 
 def test_a_verdict_that_is_not_a_risk_verdict_is_the_plugins_fault():
     from tradingd.core.ports import RiskDecision
 
-    engine = _engine(_Returning(RiskDecision(np.zeros(N), ["clipped S0"])))
+    engine = _engine(_returning(RiskDecision(np.zeros(N), ["clipped S0"])))
     with pytest.raises(PluginFault, match=r"'q' failed in check.*str, not RiskVerdict"):
         engine._risk(np.zeros(N), SimpleNamespace(time="t"))
 
@@ -204,7 +193,7 @@ def test_nan_targets_are_a_logged_repair_heard_without_a_line_per_bar():
     sold them every bar, silently. Logged at the 1st, 10th, 100th time."""
     from structlog.testing import capture_logs
 
-    plugin = _Returning(np.array([0.1, np.nan, 0.2, np.nan, 0.0, 0.0]))
+    plugin = _returning(np.array([0.1, np.nan, 0.2, np.nan, 0.0, 0.0]))
     plugin.name = "nan_sizer"
     engine = _engine(plugin)
     with capture_logs() as logs:
@@ -229,7 +218,7 @@ def test_a_negative_target_is_zero_where_the_broker_may_not_short(long_only):
     from structlog.testing import capture_logs
 
     targets = np.array([0.2, -0.1, 0.0, -0.3, 0.1, 0.0])
-    engine = _engine(_Returning(targets.copy()), long_only=long_only)
+    engine = _engine(_returning(targets.copy()), long_only=long_only)
     with capture_logs() as logs:
         got = engine._size(np.zeros(N), SimpleNamespace(time="t"))
     repaired = [e for e in logs if e["event"] == "engine.targets_repaired"]
