@@ -725,7 +725,6 @@ async def test_fills_booked_between_bars_are_handed_to_the_writer_at_once(engine
     """A live broker's fills that arrive between bars are booked by the reconciliation (or
     the stop); their rows waited in memory for the next bar, a day later with daily bars."""
     import sqlite3
-    from types import SimpleNamespace
 
     from tradingd.app import build_engine
     from tradingd.core.types import Fill, Side
@@ -734,13 +733,6 @@ async def test_fills_booked_between_bars_are_handed_to_the_writer_at_once(engine
     engine = build_engine(config, "live", panel=panel)
     engine.store.flush_interval_s = 3600.0  # daily bars: the interval never passes
     late = Fill("late-1", "elsewhere|x", engine.symbols[0], Side.BUY, 1.0, 10.0, 0.0, 0.0, T_LATE)
-    pending = [late]
-
-    async def updates():  # type: ignore[no-untyped-def]
-        fills, pending[:] = list(pending), []
-        return SimpleNamespace(fills=fills, orders=[])
-
-    engine.broker.updates = updates  # type: ignore[attr-defined]
     stored: list[int] = []
 
     async def between_bars():
@@ -751,13 +743,26 @@ async def test_fills_booked_between_bars_are_handed_to_the_writer_at_once(engine
         stored.append(n)
         engine.request_stop()
 
-    def after(t, v):  # type: ignore[no-untyped-def]
-        if engine._bars == 3:
-            asyncio.get_running_loop().create_task(between_bars())
-
-    engine.after_bar.append(after)
+    _late_fills(engine, [late], between_bars)
     await engine.run_until_done()
     assert stored == [1]
+
+
+def _late_fills(engine, pending: list, between) -> None:  # type: ignore[no-untyped-def]
+    """The broker's `updates()` answers the fills in `pending` once (a live broker's fills
+    between bars), and `between()` runs between bars 3 and 4, as a reconciliation does."""
+    from types import SimpleNamespace
+
+    async def updates():  # type: ignore[no-untyped-def]
+        fills, pending[:] = list(pending), []
+        return SimpleNamespace(fills=fills, orders=[])
+
+    def after(t, v):  # type: ignore[no-untyped-def]
+        if engine._bars == 3:
+            asyncio.get_running_loop().create_task(between())
+
+    engine.broker.updates = updates  # type: ignore[attr-defined]
+    engine.after_bar.append(after)
 
 
 async def test_fills_booked_between_bars_reach_status_metrics_and_subscribers(engine_config):
@@ -780,12 +785,6 @@ async def test_fills_booked_between_bars_reach_status_metrics_and_subscribers(en
         status=lambda: {},
     )
     pending: list = []
-
-    async def updates():  # type: ignore[no-untyped-def]
-        fills, pending[:] = list(pending), []
-        return SimpleNamespace(fills=fills, orders=[])
-
-    engine.broker.updates = updates  # type: ignore[attr-defined]
     seen: dict = {}
 
     async def between_bars():
@@ -802,11 +801,7 @@ async def test_fills_booked_between_bars_reach_status_metrics_and_subscribers(en
         seen["state"] = [p for k, p in published[before:] if k == "state"]
         engine.request_stop()
 
-    def after(t, v):  # type: ignore[no-untyped-def]
-        if engine._bars == 3:
-            asyncio.get_running_loop().create_task(between_bars())
-
-    engine.after_bar.append(after)
+    _late_fills(engine, pending, between_bars)
     await engine.run_until_done()
     assert seen["equity"] == pytest.approx(seen["expected"], rel=1e-12)
     assert seen["gauge"] == (pytest.approx(seen["equity"]), pytest.approx(engine.portfolio.cash))
