@@ -6,7 +6,6 @@ import csv
 import dataclasses
 import json
 import sys
-from bisect import bisect_right
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -18,6 +17,7 @@ import structlog
 from tqdm import tqdm
 
 from .analysis.metrics import summarize
+from .analysis.splits import restate_for_splits
 from .app import build_engine, load_data
 from .config import Config
 from .core.types import Fill, Side
@@ -253,61 +253,23 @@ def _models(engine: Engine) -> dict[str, Any]:
 
 def split_adjusted(fills: list[Fill], panel: Panel) -> list[Fill]:
     """Fills restated in end-of-run shares, so that a round trip across a split (bought at
-    645, sold at 95 after a 7-for-1) is scored by its real profit, not as an 85% loss."""
+    645, sold at 95 after a 7-for-1) is scored by its real profit, not as an 85% loss
+    (`run_records.restate_for_splits`, with the panel's split events)."""
     if not fills:
         return fills
-    # Only a coefficient that is not 1 (NaN counts) can change a product: multiplying by
-    # exactly 1.0 leaves every float as it is, NaN and infinities included. So a symbol's
-    # factor after row k is the product of its own split events after k, taken from the last
-    # event back as the reversed cumulative product over the whole panel takes them: the
-    # same bits, without that product's (days x split symbols) arrays, 30 MB at 496 symbols
-    # x 19 years, made after every backtest when the run's memory is at its peak.
-    js, ks = np.nonzero((panel.split != 1.0).T)  # by symbol, then by row
-    if not js.size:
+    events = split_events(panel)
+    if not events:
         return fills
-    coef = panel.split[ks, js]
-    starts = np.flatnonzero(np.diff(js)) + 1
-    events: dict[str, tuple[list[int], list[float]]] = {}
-    for j, r, v in zip(
-        js[np.r_[0, starts]].tolist(), np.split(ks, starts), np.split(coef, starts), strict=True
-    ):
-        # after[i] = the product of the coefficients of events i, i+1, ..., the last first
-        events[panel.symbols[j]] = (r.tolist(), np.cumprod(v[::-1])[::-1].tolist())
     row = panel.time_rows()
     universe = set(panel.symbols)
-    out = []
     for f in fills:
-        k = row.get(f.time)
-        if k is None or f.symbol not in universe:
+        if f.time not in row or f.symbol not in universe:
             # A fill the panel has no bar or column for: not this run's, never restated.
             raise ValueError(
                 f"fill {f.fill_id}: {f.symbol} at {f.time} is not in the run's data "
                 f"({len(panel.symbols)} symbols, {len(row)} bars)"
             )
-        g = 1.0
-        ev = events.get(f.symbol)
-        if ev is not None:
-            i = bisect_right(ev[0], k)  # the first event after the fill's row
-            if i < len(ev[1]):
-                g = ev[1][i]
-        if g != 1.0:
-            # Positional, in field order (fill_id, client_order_id, symbol, side, quantity,
-            # price, commission, slippage, time, reference_price): dataclasses.replace costs
-            # three times as much (2.0 against 0.66 us), for thousands of fills after a replay.
-            f = Fill(
-                f.fill_id,
-                f.client_order_id,
-                f.symbol,
-                f.side,
-                f.quantity * g,
-                f.price / g,
-                f.commission,
-                f.slippage,
-                f.time,
-                f.reference_price / g,
-            )
-        out.append(f)
-    return out
+    return list(restate_for_splits(fills, events))
 
 
 # The fills table's columns that make a Fill, in its fields' (and `_fill`'s) order.

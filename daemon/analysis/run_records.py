@@ -6,10 +6,8 @@ the Monte Carlo and the reports take any of them.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-from bisect import bisect_right
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -22,6 +20,7 @@ import structlog
 
 from ..core.types import Fill, Side
 from .return_metrics import _arr
+from .splits import restate_for_splits
 
 __all__ = ["RunRecord", "restate_for_splits", "run_record", "stored_run_results"]
 
@@ -83,38 +82,6 @@ def _curve(equity: Any, times: Any) -> tuple[pd.DatetimeIndex, np.ndarray]:
     return pd.DatetimeIndex(pd.to_datetime(times)), e
 
 
-def restate_for_splits(
-    fills: tuple[Fill, ...], splits: Mapping[str, Iterable[tuple[Any, float]]] | None
-) -> tuple[Fill, ...]:
-    """Fills restated in end-of-run shares with the run's split events (symbol: [(time,
-    coefficient)]): a round trip across a 2-for-1 bought at 100 and sold at 55 is a 10%
-    gain, not a 45% loss. A fill at or after an event's bar is already in its shares (the
-    engine applies a split before the bar's fills). The same restatement as the summary's
-    (`backtest.split_adjusted`), from the events instead of the panel."""
-    if not fills or not splits:
-        return fills
-    events: dict[str, tuple[list[pd.Timestamp], list[float]]] = {}
-    for sym, evs in splits.items():
-        ordered = sorted((pd.Timestamp(t), float(c)) for t, c in evs)
-        after = np.cumprod([c for _, c in ordered][::-1])[::-1].tolist()
-        events[sym] = ([t for t, _ in ordered], after)
-    out = []
-    for f in fills:
-        ev = events.get(f.symbol)
-        if ev is not None:
-            i = bisect_right(ev[0], pd.Timestamp(f.time))  # the first event after the fill
-            if i < len(ev[1]) and ev[1][i] != 1.0:
-                g = ev[1][i]
-                f = dataclasses.replace(
-                    f,
-                    quantity=f.quantity * g,
-                    price=f.price / g,
-                    reference_price=f.reference_price / g,
-                )
-        out.append(f)
-    return tuple(out)
-
-
 def _record(
     equity: Any,
     times: Any,
@@ -153,7 +120,7 @@ def _record(
         )
         if gx.size != e.size:
             raise ValueError(f"gross_exposure ({gx.size}) and equity ({e.size}) differ in length")
-    restated = restate_for_splits(_fills(fills), splits)
+    restated = tuple(restate_for_splits(_fills(fills), splits))
     return RunRecord(idx, e, cap, gx, restated, run_id, dict(extra or {}))
 
 
