@@ -1919,10 +1919,6 @@ def _check_array(
     return a
 
 
-# How often each (plugin, stage, kind) repair was made, for calls without an engine's own
-# count; logged at the 1st, 10th, 100th, ... so a plugin that does it every bar is heard
-# without a line per bar.
-_REPAIRS: dict[tuple[str, str, str], int] = {}
 _REPAIR_RULES = {
     "nan_target": "a NaN target is 0: no position in the symbol (a held one is sold)",
     "short_target": "broker.allow_short is false: a negative target is 0 (the long is closed, "
@@ -1939,7 +1935,9 @@ def _repaired(
     symbols: Sequence[str] | None,
     repairs: dict[tuple[str, str, str], int] | None = None,
 ) -> None:
-    counts = _REPAIRS if repairs is None else repairs  # an engine's own, else this process's
+    # An engine's counts per (plugin, stage, kind): logged at the 1st, 10th, 100th, ... so a
+    # plugin that does it every bar is heard without a line per bar. Without: this call's.
+    counts: dict[tuple[str, str, str], int] = {} if repairs is None else repairs
     key = (_name(plugin), stage, kind)
     n = counts[key] = counts.get(key, 0) + 1
     if str(n).rstrip("0") == "1":  # the 1st, 10th, 100th, ...
