@@ -1706,10 +1706,12 @@ class Engine:
         scores = []
         for plugin, _ in signals:
             try:  # inline `_call`: a frame less for every plugin call of every bar
-                s = plugin.score(ctx)
+                given = plugin.score(ctx)
                 # The same array when it is one already; text or a mapping fails here, as
                 # the plugin's fault.
-                s = np.asarray(s, dtype=np.float64)
+                s = np.asarray(given, dtype=np.float64)
+                if s is not given:
+                    _refuse_complex(given)
             except PluginFault:
                 raise
             except Exception as exc:
@@ -1900,7 +1902,9 @@ def _check_array(
 ) -> np.ndarray:
     try:
         a = np.asarray(arr, dtype=np.float64)  # the same array when it is one already
-    except (TypeError, ValueError) as exc:  # text, a mapping, ragged lists
+        if a is not arr:
+            _refuse_complex(arr)
+    except (TypeError, ValueError) as exc:  # text, a mapping, ragged lists, complex numbers
         raise PluginFault(_name(plugin), stage, t, exc) from exc
     if a.shape != (n,):
         raise PluginFault(
@@ -1917,6 +1921,15 @@ def _check_array(
         _repaired(plugin, stage, t, "nan_target", nan, symbols, repairs)
         a = np.where(nan, 0.0, a)
     return a
+
+
+def _refuse_complex(given: Any) -> None:
+    """Complex numbers are not scores or weights. numpy's conversion keeps the real part
+    with only a ComplexWarning, so a plugin's complex arithmetic would trade on half its
+    answer. Checked only where the output was not float64 already (the common case costs an
+    identity test)."""
+    if np.iscomplexobj(given):
+        raise TypeError(f"returned complex numbers ({np.asarray(given).dtype}), not real ones")
 
 
 _REPAIR_RULES = {

@@ -180,6 +180,23 @@ def test_output_that_is_not_numbers_is_the_plugins_fault(stage, value):
         _run_stage(engine, stage, SimpleNamespace(time="t"))
 
 
+@pytest.mark.parametrize("stage", ["score", "size", "check"])
+def test_complex_output_is_the_plugins_fault_not_its_real_part(stage):
+    """numpy's conversion keeps the real part of complex numbers with only a warning: a
+    plugin's complex arithmetic (a root of a negative variance, say) was traded on as if its
+    answer were real."""
+    import warnings
+
+    from tradingd.core.ports import RiskDecision
+
+    value = np.full(N, 0.1 + 0.5j)
+    engine = _engine(_returning(RiskDecision(value) if stage == "check" else value))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the conversion's own ComplexWarning, whichever way
+        with pytest.raises(PluginFault, match=f"'q' failed in {stage}.*complex"):
+            _run_stage(engine, stage, SimpleNamespace(time="t"))
+
+
 def test_a_verdict_that_is_not_a_risk_verdict_is_the_plugins_fault():
     from tradingd.core.ports import RiskDecision
 
