@@ -255,6 +255,7 @@ async def stored_run_results(store: Any, run_id: str) -> dict[str, Any]:
     equity = await store.fetch("equity", run_id)
     fills = await store.fetch("fills", run_id)
     times = pd.DatetimeIndex([r["time"] for r in equity], name="time")
+    splits = await _stored_splits(store, run_id, fills, equity[-1]["time"] if equity else None)
     return {
         "run_id": run_id,
         "equity_curve": pd.Series(
@@ -269,4 +270,42 @@ async def stored_run_results(store: Any, run_id: str) -> dict[str, Any]:
         "fills": pd.DataFrame(fills),
         "initial_capital": float(run["initial_capital"]),
         "metrics": run.get("summary") or {},
+        "splits": splits,
     }
+
+
+async def _stored_splits(
+    store: Any, run_id: str, fills: list[dict[str, Any]], end: Any
+) -> dict[str, list[tuple[Any, float]]]:
+    """The split events of the run's traded symbols up to its last bar, from the store's
+    `bars` (a live run writes every bar it trades on), so a round trip across a split is
+    scored in one kind of share, as a record folder's `splits.csv` does for a backtest.
+    A traded symbol the store holds no bar of (a backtest writes none) stays unrestated,
+    with the warning a folder without splits.csv gets."""
+    splits: dict[str, list[tuple[Any, float]]] = {}
+    if not fills or end is None:
+        return splits
+    missing = []
+    for symbol in sorted({str(f["symbol"]) for f in fills}):
+        bars = await store.fetch_bars(symbol)
+        if not bars:
+            missing.append(symbol)
+            continue
+        events = [
+            (b["time"], float(c))
+            for b in bars
+            if (c := b["split"]) is not None and math.isfinite(c) and c != 1.0 and b["time"] <= end
+        ]
+        if events:
+            splits[symbol] = events
+    if missing:
+        log.warning(
+            "analysis.fills_not_restated",
+            run_id=run_id,
+            symbols=missing[:10],
+            count=len(missing),
+            detail="the store holds no bars of these traded symbols (a backtest writes none; "
+            "its record folder's splits.csv has the events): a round trip across a split "
+            "is scored in the shares of its day",
+        )
+    return splits

@@ -79,3 +79,54 @@ def test_a_round_trip_across_a_split_is_one_trade_at_its_real_profit(tmp_path):
     assert perf["round_trips"] == 1 and perf["avg_win"] == 1_000.0
     rec = run_record(run)
     assert [(f.quantity, f.price) for f in rec.fills] == [(200.0, 50.0), (200.0, 55.0)]
+
+
+def test_a_run_read_back_from_a_store_with_its_bars_is_restated_and_one_without_is_warned(
+    engine_config,
+):
+    """`stored_run_results` (a run read back from the store, as a live run's analysis is)
+    kept no split events: a round trip across a split was scored in the shares of its day
+    with no word of it. A live run writes the bars it trades on; the split events come from
+    them. A store without the traded symbols' bars (a backtest writes none) says so."""
+    from structlog.testing import capture_logs
+
+    from tradingd.analysis.run_records import stored_run_results
+    from tradingd.storage.factory import open_store
+
+    panel = make_panel()  # one 4-for-1 split at bar 150, held across by the run
+    outcome = asyncio.run(run_backtest(engine_config, panel=panel))
+    (j,) = {int(c) for c in (panel.split != 1.0).nonzero()[1]}
+    symbol, split_time = panel.symbols[j], panel.datetimes()[150]
+    url = engine_config.storage.url
+
+    async def read_back(with_bars: bool) -> dict:
+        store = open_store(url, spool=False)
+        await store.start()
+        try:
+            if with_bars:
+                times = panel.datetimes()
+                await store.write_bars(
+                    panel.symbols, [panel.row(i, times[i]) for i in range(len(times))]
+                )
+            return await stored_run_results(store, outcome.run_id)
+        finally:
+            await store.stop()
+
+    analyzer = PerformanceAnalyzer(benchmark=pd.Series(dtype=float))
+    with capture_logs() as logs:
+        bare = asyncio.run(read_back(with_bars=False))
+    warned = [e for e in logs if e["event"] == "analysis.fills_not_restated"]
+    assert len(warned) == 1 and symbol in warned[0]["symbols"]
+    assert bare["splits"] == {}
+
+    with capture_logs() as logs:
+        stored = asyncio.run(read_back(with_bars=True))
+    assert not [e for e in logs if e["event"] == "analysis.fills_not_restated"]
+    assert [(t, c) for t, c in stored["splits"][symbol]] == [(split_time, 4.0)]
+    assert set(stored["splits"]) == {symbol}
+    perf = analyzer.calculate_performance_metrics(stored)
+    assert perf["round_trips"] == outcome.summary["round_trips"]
+    # The same fills as the record folder's restatement, read from the store.
+    folder = [(f.symbol, f.time, f.quantity, f.price) for f in run_record(outcome.output_dir).fills]
+    read = [(f.symbol, f.time, f.quantity, f.price) for f in run_record(stored).fills]
+    assert sorted(read) == sorted(folder)
