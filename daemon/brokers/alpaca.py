@@ -1997,6 +1997,15 @@ class AlpacaBroker:
             client._session = _TimeoutSession(self._config.request_timeout_s)
         else:  # a future alpaca-py: the overall call timeout still applies
             log.warning("alpaca.no_request_timeout")
+        # alpaca-py retries 429 and 504 itself. A 504 is a proxy that gave up, maybe after
+        # Alpaca placed the order: its retry of a POST then meets 422 "client_order_id must be
+        # unique", the only answer this broker would see, and the order would be taken as
+        # one another process placed, its fills never booked. Only 429 (not processed) is
+        # left to alpaca-py; a 504 comes here, where a POST's outcome is known to be unknown.
+        if getattr(client, "_retry_codes", None) is not None:
+            client._retry_codes = [429]
+        else:  # a future alpaca-py
+            log.warning("alpaca.sdk_retries_unknown")
         return client
 
     def _close_client(self) -> None:

@@ -79,7 +79,8 @@ Admin API for tests (plain methods; call them on the server's event loop)
     status and body. `throttle(n)`: the next n requests answer 429. `gateway_timeout(n)`: the
     next n answer 504 (a text body, as a proxy would). `server_error(n, status=500)`.
     `delay_next(seconds, n=1)`: the next n requests are processed, then answered late (a
-    client timeout after the order was placed).
+    client timeout after the order was placed). `gateway_timeout_after(n=1)`: the next n
+    requests are processed, then answered 504 (a proxy that gave up after Alpaca acted).
   * Stream: `await drop_stream(refuse=True)` closes every websocket and refuses new ones
     (HTTP 503) until `allow_stream()`; `await wait_listening(n=1, timeout=5.0)`;
     `listening` (count of subscribed connections).
@@ -321,6 +322,7 @@ class AlpacaTradingFake(LoopThread):
         self._order_failures: deque[tuple[int, Any]] = deque()
         self._http_faults: deque[tuple[int, str, str]] = deque()
         self._delays: deque[float] = deque()
+        self._late_gateway_timeouts = 0
         # Request times in the last rate window (sliding: the strictest reading of "200
         # requests per minute").
         self._recent: deque[float] = deque()
@@ -518,6 +520,9 @@ class AlpacaTradingFake(LoopThread):
             body = json.dumps({"code": status * 100000, "message": "internal server error"})
             self._http_faults.append((status, body, "json"))
 
+    def gateway_timeout_after(self, n: int = 1) -> None:
+        self._late_gateway_timeouts += n
+
     def delay_next(self, seconds: float, n: int = 1) -> None:
         self._delays.extend([seconds] * n)
 
@@ -687,6 +692,13 @@ class AlpacaTradingFake(LoopThread):
             response = await handler(request)
             if self._delays:
                 await asyncio.sleep(self._delays.popleft())
+            if self._late_gateway_timeouts:
+                self._late_gateway_timeouts -= 1
+                response = web.Response(
+                    status=504,
+                    text="<html><body>504 Gateway Time-out</body></html>",
+                    content_type="text/html",
+                )
         response.headers.update(headers)
         return response
 

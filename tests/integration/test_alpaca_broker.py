@@ -624,6 +624,23 @@ async def test_a_post_whose_answer_was_lost_is_retried_without_a_second_order(fa
         assert len(updates.fills) == 1
 
 
+async def test_a_post_answered_504_after_alpaca_placed_it_reports_its_fill(fake):
+    """alpaca-py retried a 504 itself; its retry met 422 "client_order_id must be unique",
+    the only answer the broker saw, so it never knew its own POST might have placed the
+    order: it took the order as it stood, its fill as the baseline. The fill was never
+    booked (Alpaca held 10 shares, the book none)."""
+    fake.fill_on_submit = lambda o: 100.0
+    async with running(fake) as broker:
+        buy = order("AAPL", 10)
+        fake.gateway_timeout_after(1)  # placed and filled, then the proxy answers 504
+        [ack] = await broker.submit([buy])
+        assert ack.client_order_id == buy.client_order_id
+        assert len(fake.orders_with_client_id(buy.client_order_id)) == 1
+        updates = Updates(broker)
+        await updates.until(lambda u: u.filled(buy.client_order_id) >= 10)
+        assert [(f.quantity, f.price) for f in updates.fills] == [(10.0, 100.0)]
+
+
 async def test_429_and_server_errors_are_retried(fake, broker):
     before = SOURCE_ERRORS.labels(source="alpaca_trading", kind="http_429")._value.get()
     fake.throttle(2)  # alpaca-py retries these itself
@@ -632,7 +649,7 @@ async def test_429_and_server_errors_are_retried(fake, broker):
     [b] = await broker.submit([order("AAPL", 1, tag="r2")])
     fake.server_error(1, status=500)
     [c] = await broker.submit([order("AAPL", 1, tag="r3")])
-    fake.gateway_timeout(1)  # a one-off 504 (a text page), retried by alpaca-py
+    fake.gateway_timeout(1)  # a one-off 504 (a text page), retried by the broker itself
     [d] = await broker.submit([order("AAPL", 1, tag="r4")])
     assert [x.status for x in (a, b, c, d)] == [OrderStatus.NEW] * 4
     assert len(fake.posted_orders()) == 3 + 6 + 2 + 2
