@@ -305,6 +305,7 @@ def _alpaca_or(simulated: Broker, config: Config, symbols: tuple[str, ...]) -> B
             stream_url=a.stream_url or None,
             stream_enabled=a.stream_enabled,
             poll_interval_s=a.poll_interval_s,
+            open_orders_check_s=a.open_orders_check_s,
             request_timeout_s=a.request_timeout_s,
             call_timeout_s=a.call_timeout_s,
             max_attempts=a.max_attempts,

@@ -200,6 +200,9 @@ class AlpacaConfig:
     stream_url: str = ""  # "" = derived from base_url (wss://host/stream)
     stream_enabled: bool = True
     poll_interval_s: float = 5.0
+    # Open orders are polled this often while the stream is up too: a trade update lost on a
+    # live connection is made up by it (0 = never).
+    open_orders_check_s: float = 300.0
     request_timeout_s: float = 10.0
     call_timeout_s: float = 30.0
     max_attempts: int = 3
@@ -229,6 +232,12 @@ class AlpacaConfig:
                 f"> 0 and below rate_limit_per_minute ({self.rate_limit_per_minute})",
             )
         _require(self.max_in_flight >= 1, "broker.alpaca.max_in_flight", self.max_in_flight, ">= 1")
+        _require(
+            self.open_orders_check_s >= 0,
+            "broker.alpaca.open_orders_check_s",
+            self.open_orders_check_s,
+            ">= 0 (0 = never)",
+        )
         for name in ("poll_interval_s", "request_timeout_s", "call_timeout_s"):
             _require(getattr(self, name) > 0, f"broker.alpaca.{name}", getattr(self, name), "> 0")
         _require(self.max_attempts >= 1, "broker.alpaca.max_attempts", self.max_attempts, ">= 1")

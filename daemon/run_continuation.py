@@ -56,6 +56,7 @@ OPERATIONAL_KEYS = frozenset(
         "broker.alpaca.stream_url",
         "broker.alpaca.stream_enabled",
         "broker.alpaca.poll_interval_s",
+        "broker.alpaca.open_orders_check_s",
         "broker.alpaca.request_timeout_s",
         "broker.alpaca.call_timeout_s",
         "broker.alpaca.max_attempts",

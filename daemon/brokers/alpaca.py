@@ -8,7 +8,8 @@ How it works:
   timeout, so the event loop never blocks. alpaca-py has no request timeout of its own; the
   client gets a session with one (`request_timeout_s`). Retries (`max_attempts`, exponential
   backoff with jitter, tenacity) cover timeouts, broken connections, 429 and 5xx; alpaca-py
-  itself already retries 429 and 504 three times (3 s apart) inside one attempt. Every call
+  itself retries 429 three times (3 s apart) inside one attempt, and no longer 504 (see
+  `_make_client`: a 504 may come after Alpaca placed the order). Every call
   first waits for the account's request budget (`rate_limit_per_minute`, Alpaca's 200/min),
   so a busy rebalance is paced instead of meeting 429s and alpaca-py's fixed sleeps. A batch
   of orders goes out in waves of one side, sells first, `max_in_flight` at a time. Responses
@@ -18,7 +19,10 @@ How it works:
   `TradingStream._run_forever()` runs as a task on our loop and hands every message to a
   bounded queue. While the stream is not listening (down, reconnecting, refused) the broker
   polls `GET /v2/orders` every `poll_interval_s` and at every bar; when the stream is back,
-  one catch-up poll recovers whatever happened in the gap. Polls and events update the same
+  one catch-up poll recovers whatever happened in the gap. While it is listening the open
+  orders are still polled every `open_orders_check_s`: Alpaca's stream has been reported to
+  lose a trade update on a live connection, and nothing else would bring that fill back.
+  Polls and events update the same
   state and fills are derived from Alpaca's cumulative `filled_qty`, so a fill seen twice
   (stream and poll, a repeated event) is reported once, and a missed event is made up by
   the next cumulative figure: nothing is lost or doubled, partial fills included.
@@ -199,10 +203,13 @@ class AlpacaBrokerConfig:
     stream_enabled: bool = True
     # Per HTTP request (connect and read) inside alpaca-py.
     request_timeout_s: float = 10.0
-    # Per call from the event loop, including alpaca-py's own 429/504 retries (3 x 3 s).
+    # Per call from the event loop, including alpaca-py's own 429 retries (3 x 3 s).
     call_timeout_s: float = 30.0
     # Order polling while the stream is down, and checks of OCO siblings.
     poll_interval_s: float = 5.0
+    # Open orders polled this often while the stream is up too: a trade update the stream
+    # lost on a live connection (reported of Alpaca) is otherwise never made up. 0 = never.
+    open_orders_check_s: float = 300.0
     # Attempts per call for timeouts, connection errors, 429 and 5xx (1 = no retry).
     max_attempts: int = 3
     backoff_initial_s: float = 0.5
@@ -274,6 +281,7 @@ class AlpacaBrokerConfig:
         for name in (
             "backoff_initial_s",
             "backoff_max_s",
+            "open_orders_check_s",
             "stream_reconnect_min_s",
             "stream_reconnect_max_s",
         ):
@@ -563,6 +571,7 @@ class AlpacaBroker:
         self._last_error: str | None = None
         self._last_error_at: datetime | None = None
         self._last_poll_at: datetime | None = None
+        self._last_poll_mono = time.monotonic()
         self._stream_changes = 0
         self._unknown_updates = 0
         # Alpaca orders (root client ids) adopted by `start`, until `resume` has sorted them.
@@ -1203,6 +1212,7 @@ class AlpacaBroker:
                 raise self._unreachable("order poll", e) from None
             self._verify &= self._open.keys()
             self._last_poll_at = _now()
+            self._last_poll_mono = time.monotonic()
 
     # ------------------------------------------------------------------------- submission
 
@@ -1734,7 +1744,9 @@ class AlpacaBroker:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._config.poll_interval_s)
             self._wake.clear()
-            if self._stream_up and not self._poll_requested and not self._verify:
+            every = self._config.open_orders_check_s
+            due = every > 0 and time.monotonic() - self._last_poll_mono >= every
+            if self._stream_up and not self._poll_requested and not self._verify and not due:
                 continue
             self._poll_requested = False
             if self._open:

@@ -72,7 +72,9 @@ Admin API for tests (plain methods; call them on the server's event loop)
   * `reject(ref)`, `expire(ref)`, `cancel_order(ref)`: close an order as Alpaca would, with
     the stream event.
   * `push(ref, event, **fields)`: announce an order's current state with any event name;
-    `resend(n=1)`: send the last n events again (duplicate delivery).
+    `resend(n=1)`: send the last n events again (duplicate delivery); `lose_fill_events(n=1)`:
+    the next n fill or partial_fill events are not delivered, the connection staying up (a
+    lost frame, as reported of Alpaca's stream).
   * `fail_next_order(kind_or_status, body=None)`: the next POST /v2/orders answers with a
     canned rejection: one of `REJECTIONS` (`wash_trade`, `pdt`, `market_closed`,
     `insufficient_buying_power`, `insufficient_qty`, `not_allowed_to_short`, ...) or a
@@ -323,6 +325,7 @@ class AlpacaTradingFake(LoopThread):
         self._http_faults: deque[tuple[int, str, str]] = deque()
         self._delays: deque[float] = deque()
         self._late_gateway_timeouts = 0
+        self._lost_fill_events = 0
         # Request times in the last rate window (sliding: the strictest reading of "200
         # requests per minute").
         self._recent: deque[float] = deque()
@@ -1283,7 +1286,14 @@ class AlpacaTradingFake(LoopThread):
         self.events.append(message)
         self._broadcast(message)
 
+    def lose_fill_events(self, n: int = 1) -> None:
+        self._lost_fill_events += n
+
     def _broadcast(self, message: dict[str, Any]) -> None:
+        event = (message.get("data") or {}).get("event")
+        if self._lost_fill_events and event in ("fill", "partial_fill"):
+            self._lost_fill_events -= 1
+            return
         payload = json.dumps(message).encode()
         for conn in self._conns:
             if conn.listening:

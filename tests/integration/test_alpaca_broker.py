@@ -419,6 +419,24 @@ async def test_fills_arrive_by_polling_while_the_stream_is_down_and_never_twice(
     assert len({f.fill_id for f in updates.fills}) == 3
 
 
+async def test_a_fill_event_lost_on_a_live_stream_is_made_up_by_the_open_order_check(fake):
+    """With the stream up the broker never polled: a fill event lost on the connection (a
+    GTC stop that executed) left the order working and the shares in the book for good."""
+    fake.set_price("AAPL", 100.0, match=False)
+    fake.set_position("AAPL", 10, 90.0)
+    async with running(fake, open_orders_check_s=0.2) as broker:
+        stop = order("AAPL", -10, OrderType.STOP, tag="sl", leg=Leg.STOP_LOSS, stop=95.0)
+        await broker.submit([stop])
+        fake.lose_fill_events(1)
+        fake.set_price("AAPL", 94.0)  # the stop executes at Alpaca; its event is lost
+        assert fake.order(stop.client_order_id).status == "filled"
+        assert broker.status()["stream"] == "up"
+        updates = Updates(broker)
+        await updates.until(lambda u: u.filled(stop.client_order_id) >= 10)
+        assert [(f.quantity, f.price) for f in updates.fills] == [(10.0, 94.0)]
+        assert broker.open_orders() == []
+
+
 async def test_an_update_that_beats_the_order_answer_is_kept_until_the_order_is_known(fake, broker):
     buy = order("AAPL", 5, OrderType.LIMIT, limit=100.0)
     fake.delay_next(0.3)  # processed at once, answered late
