@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
+from zoneinfo import ZoneInfo
 
 import structlog
 
@@ -566,7 +567,9 @@ def _assemble(
     pipeline = build_pipeline(config, symbols)
     if mode != "live":
         prepare_for_replay(pipeline)
-    portfolio = Portfolio(symbols, config.run.initial_capital)
+    portfolio = Portfolio(
+        symbols, config.run.initial_capital, session_tz=session_zone(config, mode)
+    )
     verify_model_features(config, pipeline)
     names = feature_names(config, pipeline)
     warmup: Callable[[], AsyncIterator[CrossSection]] | None
@@ -779,6 +782,13 @@ def _instance_lock(config: Config, engine: Engine) -> Any:
         # A database that is down at start is waited for, as the store waits for it.
         unreachable_wait_s=config.storage.start_retry_s,
     )
+
+
+def session_zone(config: Config, mode: str) -> ZoneInfo | None:
+    """Where a session's bars are several (intraday live bars), the exchange's time zone
+    (data.timezone, as the alert rules' days): the day's loss then counts from the previous
+    session's last close, not the previous bar's. None: every bar is a session."""
+    return ZoneInfo(config.data.timezone) if mode == "live" and config.live.bar != "1d" else None
 
 
 async def import_bars(config: Config, chunk: int = 250) -> int:

@@ -202,7 +202,8 @@ class PortfolioView:
     quantity: np.ndarray  # (N,) signed shares
     weights: np.ndarray  # (N,) signed position value / equity
     peak_equity: float
-    day_start_equity: float  # equity at the previous bar's close
+    # Equity at the previous session's last close (daily bars: the previous bar's close).
+    day_start_equity: float
     # (N,) average entry price of the open position (0 when flat) and cumulative realized
     # P&L net of commissions per symbol: enough for a plugin to learn from its own closed
     # trades (Kelly sizing) without a second book of its own. None in hand-built test views.

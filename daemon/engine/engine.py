@@ -1390,7 +1390,7 @@ class Engine:
             t0 = self._lap("broker_updates", t0)
 
         valid = bar.close == bar.close  # ~isnan in one ufunc: NaN alone is unequal to itself
-        equity = pf.mark_to_market(bar.close, valid)
+        equity = pf.mark_to_market(bar.close, valid, bar.time)
         features, ready = self._features(bar, valid)
         if m:
             t0 = self._lap("features", t0)

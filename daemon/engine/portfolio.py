@@ -8,6 +8,7 @@ Costs are accumulated from the fills themselves, so the ledger can be checked ag
 from __future__ import annotations
 
 import math
+from datetime import date, datetime, tzinfo
 from typing import Any
 
 import numpy as np
@@ -23,8 +24,16 @@ absolute, multiply = np.absolute, np.multiply
 
 
 class Portfolio:
-    def __init__(self, symbols: tuple[str, ...], initial_cash: float) -> None:
+    def __init__(
+        self, symbols: tuple[str, ...], initial_cash: float, session_tz: tzinfo | None = None
+    ) -> None:
+        """`session_tz`: intraday bars, the exchange's time zone: the day's loss is measured
+        from the last close of the previous session (the bar time's date there), not from
+        the previous bar's. None: each bar is a session (daily bars)."""
         n = len(symbols)
+        self._session_tz = session_tz
+        # The session date of the last bar marked (intraday bars only).
+        self._day: date | None = None
         self.symbols = symbols
         self._index = {s: i for i, s in enumerate(symbols)}
         self.initial_cash = initial_cash
@@ -47,9 +56,11 @@ class Portfolio:
         self.fill_count = 0
         self.equity = float(initial_cash)
         self.peak_equity = float(initial_cash)
+        # The equity the day's loss is measured from (`PortfolioView.day_start_equity`): the
+        # last close of the previous session.
         self.prev_equity = float(initial_cash)
-        # The equity at the last bar's close: the next bar's `prev_equity` (the daily loss is
-        # measured from it), which a revaluation between bars must not move.
+        # The equity at the last bar's close: the next session's `prev_equity`, which a
+        # revaluation between bars must not move.
         self._close_equity = float(initial_cash)
         # quantity x mark as `view` computed it, until the book or the marks change through
         # the methods below (each drops it): the bar's `exposure` then sums it instead of
@@ -132,12 +143,22 @@ class Portfolio:
         self.slippage_paid += fill.slippage
         self.fill_count += 1
 
-    def mark_to_market(self, close: np.ndarray, valid: np.ndarray) -> float:
+    def mark_to_market(
+        self, close: np.ndarray, valid: np.ndarray, time: datetime | None = None
+    ) -> float:
         self._values = None
         putmask(self._mark, valid, close)  # as copyto(mark, close, where=valid)
         if not self._all_marked:  # once every symbol has had a bar, nothing is left to add
             self.has_mark |= valid
-        self.prev_equity = self._close_equity
+        if self._session_tz is None or time is None:
+            self.prev_equity = self._close_equity
+        else:
+            # Intraday: a new session's first bar takes the last close as its day start;
+            # the session's later bars keep it (else the daily loss limit was a per-bar one).
+            day = time.astimezone(self._session_tz).date()
+            if day != self._day:
+                self.prev_equity = self._close_equity
+                self._day = day
         self.equity = self._close_equity = self._cash + float(dot(self.quantity, self._mark))
         if self.equity > self.peak_equity:
             self.peak_equity = self.equity
@@ -170,6 +191,7 @@ class Portfolio:
             "equity": self.equity,
             "peak_equity": self.peak_equity,
             "prev_equity": self.prev_equity,
+            "session_day": None if self._day is None else self._day.isoformat(),
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -193,6 +215,8 @@ class Portfolio:
         self.equity = self._close_equity = float(state["equity"])
         self.peak_equity = float(state["peak_equity"])
         self.prev_equity = float(state["prev_equity"])
+        day = state.get("session_day")  # absent from checkpoints written before it was kept
+        self._day = None if day is None else date.fromisoformat(day)
 
     # views ---------------------------------------------------------------------------------
     @property

@@ -307,3 +307,74 @@ def test_a_revaluation_between_bars_leaves_the_next_bars_daily_loss_whole():
     pf.mark_to_market(np.array([91.0]), np.array([True]))
     assert pf.prev_equity == 10_000.0  # the last close, before the fill
     assert pf.equity == 9_500.0 and (pf.prev_equity - pf.equity) / pf.prev_equity == 0.05
+
+
+def test_intraday_bars_measure_the_days_loss_from_the_previous_sessions_close():
+    """With live.bar = "5m" the day's start was the previous *bar's* close: a session that
+    fell 0.5% a bar for 13 bars (6%) never passed drawdown_guard's 5% daily loss limit."""
+    from datetime import UTC, datetime, timedelta
+    from zoneinfo import ZoneInfo
+
+    from tradingd.core.ports import BarContext
+    from tradingd.core.types import Fill, Side
+    from tradingd_plugins.risk.drawdown import DrawdownGuard, DrawdownGuardConfig
+
+    syms = ("SPY",)
+    ny = ZoneInfo("America/New_York")
+    pf = Portfolio(syms, 100_000.0, session_tz=ny)
+    guard = DrawdownGuard(
+        DrawdownGuardConfig(max_drawdown_pct=0.5, daily_loss_limit_pct=0.05), syms
+    )
+    day1 = datetime(2015, 1, 2, 15, 55, tzinfo=ny).astimezone(UTC)  # the last bar of a session
+    pf.apply_fill(Fill("f1", "o1", "SPY", Side.BUY, 1000.0, 100.0, 0.0, 0.0, day1, 100.0))
+    pf.mark_to_market(np.array([100.0]), np.array([True]), day1)
+    open2 = datetime(2015, 1, 5, 9, 35, tzinfo=ny).astimezone(UTC)
+    price, fired, starts = 100.0, [], set()
+    for k in range(13):
+        price *= 0.995
+        t = open2 + timedelta(minutes=5 * k)
+        pf.mark_to_market(np.array([price]), np.array([True]), t)
+        view = pf.view()
+        starts.add(view.day_start_equity)
+        ctx = BarContext(
+            time=t, index=k, symbols=syms, bar=None, mark=np.array([price]),
+            tradable=np.array([True]), history=None, features={}, portfolio=view,
+            ready=np.array([True]),
+        )  # fmt: skip
+        fired.append(
+            any(v.rule == "daily_loss_limit" for v in guard.check(np.ones(1), ctx).verdicts)
+        )
+    assert starts == {100_000.0}  # the previous session's last close, all session long
+    loss = [1 - 100.0 * 0.995 ** (k + 1) / 100.0 for k in range(13)]  # the session's loss so far
+    assert fired == [x > 0.05 for x in loss] and fired[-1]
+
+    # A checkpoint keeps the session: a restart mid-session does not reset the day's start.
+    again = Portfolio(syms, 100_000.0, session_tz=ny)
+    again.restore(pf.state())
+    t = open2 + timedelta(minutes=5 * 13)
+    again.mark_to_market(np.array([price]), np.array([True]), t)
+    assert again.view().day_start_equity == 100_000.0
+    # The next session starts from this one's last close.
+    again.mark_to_market(np.array([price]), np.array([True]), t + timedelta(days=1))
+    assert again.view().day_start_equity == pytest.approx(1000.0 * price)
+    # Daily bars (no session zone): each bar's start is the previous bar's close, as before.
+    daily = Portfolio(syms, 100_000.0)
+    daily.apply_fill(Fill("f1", "o1", "SPY", Side.BUY, 1000.0, 100.0, 0.0, 0.0, day1, 100.0))
+    daily.mark_to_market(np.array([100.0]), np.array([True]), day1)
+    daily.mark_to_market(np.array([99.0]), np.array([True]), open2)
+    daily.mark_to_market(np.array([98.0]), np.array([True]), open2 + timedelta(minutes=5))
+    assert daily.view().day_start_equity == pytest.approx(99_000.0)
+
+
+def test_only_intraday_live_runs_count_the_day_from_the_previous_session():
+    from zoneinfo import ZoneInfo
+
+    from tradingd.app import session_zone
+    from tradingd.config import load_config
+
+    def bar(value: str):
+        return load_config([{"live": {"bar": value}}], env={})
+
+    assert session_zone(bar("5m"), "live") == ZoneInfo("America/New_York")
+    assert session_zone(bar("1d"), "live") is None
+    assert session_zone(bar("5m"), "backtest") is None
