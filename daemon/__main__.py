@@ -937,10 +937,10 @@ def _run_command(args: argparse.Namespace, *, restore: bool = True) -> int:
             return daemon.exit_line()
         return asyncio.run(_run(config, daemon))
     except TradingdError as exc:
-        print(f"tradingd: error: {exc}", file=sys.stderr)
-        if logging_ready:  # the last line says where and why, as on every other exit
-            from .secrets import mask_text
+        from .secrets import mask_text
 
+        print(f"tradingd: error: {mask_text(str(exc))}", file=sys.stderr)
+        if logging_ready:  # the last line says where and why, as on every other exit
             reason = mask_text(f"error: {exc}")
             log.error("tradingd.exit", reason=reason, phase=daemon.phase, exit_code=2)
         return 2

@@ -1149,8 +1149,16 @@ def _check_ports(key: str, url: str) -> None:
         else:
             port = host.rpartition(":")[2] if ":" in host else ""
         if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+            shown = mask_url(url)
+            if f":{port}" in shown:
+                raise ConfigError(
+                    f"{key} = {shown!r} is invalid: port {port!r} must be a number in 1..65535"
+                )
+            # Not a port the masked URL shows: the start of a password with an unencoded "/"
+            # (urllib ends the host there), which must not be quoted.
             raise ConfigError(
-                f"{key} = {mask_url(url)!r} is invalid: port {port!r} must be a number in 1..65535"
+                f"{key} = {shown!r} is invalid: its port must be a number in 1..65535 (a "
+                "password with '/', '?', '#' or '@' must be percent-encoded)"
             )
 
 

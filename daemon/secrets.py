@@ -49,6 +49,20 @@ def _mask_query(query: str) -> str:
     return "&".join(parts)
 
 
+def _split_userinfo(rest: str) -> tuple[str | None, str]:
+    """`user:password` and the rest of a URL after `scheme://`, where the password may hold
+    an unencoded `/`, `?`, `#` or `@` (generated passwords do): the user information ends
+    at the last `@`, when what comes before it starts as `user:` (no `/`, `?`, `#` in the
+    user). Otherwise None: the URL is split at its first `/`, `?`, `#` as usual."""
+    at = rest.rfind("@")
+    if at < 0:
+        return None, rest
+    user, colon, _ = rest[:at].partition(":")
+    if not colon or any(c in user for c in "/?#"):
+        return None, rest
+    return rest[:at], rest[at + 1 :]
+
+
 def mask_url(url: str) -> str:
     """`url` with its credentials replaced by `***`; anything that is not a URL unchanged.
 
@@ -61,6 +75,9 @@ def mask_url(url: str) -> str:
     if m is None:
         return url
     head, rest = url[: m.end()], url[m.end() :]
+    userinfo, rest = _split_userinfo(rest) if m.group(2) else (None, rest)
+    if userinfo is not None:
+        return head + _mask_userinfo(userinfo) + "@" + mask_url(head + rest)[len(head) :]
     fragment = ""
     if "#" in rest:
         rest, fragment = rest.split("#", 1)
@@ -125,17 +142,19 @@ def _secrets_of(url: str) -> list[str]:
     m = _SCHEME.match(url)
     if m is None:
         return out
-    rest = url[m.end() :].split("#", 1)[0]
+    userinfo, rest = _split_userinfo(url[m.end() :]) if m.group(2) else (None, url[m.end() :])
+    rest = rest.split("#", 1)[0]
     rest, _, query = rest.partition("?")
-    if m.group(2):
+    if m.group(2) and userinfo is None:
         authority = rest.split("/", 1)[0]
         if "@" in authority:
             userinfo = authority.rpartition("@")[0]
-            user, colon, password = userinfo.partition(":")
-            if colon and password:
-                out.append(password)
-            if _token_like(user):
-                out.append(user)
+    if userinfo is not None:
+        user, colon, password = userinfo.partition(":")
+        if colon and password:
+            out.append(password)
+        if _token_like(user):
+            out.append(user)
     for item in query.split("&"):
         name, eq, value = item.partition("=")
         if eq and value and name.strip().lower() in SECRET_QUERY_PARAMS:

@@ -36,6 +36,16 @@ SECRET = "s3cret"
         # A user name that is really an access token.
         ("https://ghp_s3cretABCDEF0123456789@github.com/o/r", "https://***@github.com/o/r"),
         ("unix://:s3cret@/run/redis.sock?db=1", "unix://:***@/run/redis.sock?db=1"),
+        # Generated passwords with an unencoded "/", "?", "#" or "@": the URL was split at
+        # the first of them, the "@" then lay in the path, query or fragment, and nothing
+        # was masked.
+        ("postgresql://u:s3/cret@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("redis://:s3#cret@h:6379/0", "redis://:***@h:6379/0"),
+        (
+            "postgresql://u:s3?c/r#e@t@h/db?sslmode=require",
+            "postgresql://u:***@h/db?sslmode=require",
+        ),
+        ("https://h/x?token=s3cret&email=a@b.example", "https://h/x?token=***&email=a@b.example"),
     ],
 )
 def test_mask_url_hides_credentials(url, masked):
@@ -83,6 +93,29 @@ def test_scrub_removes_the_password_from_a_library_message():
     assert (
         scrub(msg, url)
         == "could not connect to postgresql://u:***@h:5432/db: password *** rejected"
+    )
+
+
+@pytest.mark.parametrize("url", ["postgresql://u:s3cret/x@h:5432/db", "redis://:s3cret#x@h:6379/0"])
+def test_a_password_with_a_slash_or_hash_is_not_shown_by_the_config_error(url):
+    """urllib reads `s3cret` as the port of host `u` (or of an empty host): the error
+    quoted it, and the whole URL, in clear."""
+    from tradingd.core.errors import ConfigError
+
+    key = "storage" if url.startswith("postgresql") else "cache"
+    with pytest.raises(ConfigError) as caught:
+        load_config([{key: {"url": url}}], env={})
+    assert SECRET not in str(caught.value)
+    assert "percent-encoded" in str(caught.value)
+
+
+def test_scrub_and_mask_text_remove_a_password_with_a_slash():
+    from tradingd.secrets import mask_text
+
+    url = "postgresql://u:s3cret/x@h:5432/db"
+    assert SECRET not in scrub(f"could not connect to {url} (password s3cret/x)", url)
+    assert mask_text(f"error: storage.url = {url} is bad") == (
+        "error: storage.url = postgresql://u:***@h:5432/db is bad"
     )
 
 
