@@ -82,6 +82,11 @@ class HealthConfig:
       said it started a bar (`heartbeat(busy=True)`) and has not beaten since for longer than
       this (the loop runs, but the engine awaits something that never ends). Set it above the
       longest legitimate bar, data download and retries included.
+    - `max_connections`: connections served at once; more are closed as soon as they are
+      accepted. Each holds a file descriptor: without a cap, idle connections from any local
+      user took all of the process's, and the daemon died of "too many open files".
+    - `idle_timeout_s`: a connection that has not sent a whole request for this long (a
+      client that sends its headers slowly, or an idle keep-alive) is closed.
     """
 
     enabled: bool = True
@@ -90,8 +95,28 @@ class HealthConfig:
     tick_interval_s: float = 1.0
     stall_after_s: float = 30.0
     busy_stall_after_s: float = 0.0
+    max_connections: int = 64
+    idle_timeout_s: float = 10.0
 
     def __post_init__(self) -> None:
+        if (
+            isinstance(self.max_connections, bool)
+            or not isinstance(self.max_connections, int)
+            or self.max_connections < 1
+        ):
+            raise ConfigError(
+                f"health.max_connections = {self.max_connections!r} is invalid: must be an "
+                "integer >= 1"
+            )
+        if not (
+            isinstance(self.idle_timeout_s, int | float)
+            and math.isfinite(self.idle_timeout_s)
+            and self.idle_timeout_s > 0
+        ):
+            raise ConfigError(
+                f"health.idle_timeout_s = {self.idle_timeout_s!r} is invalid: must be a "
+                "finite number of seconds > 0"
+            )
         for name in ("tick_interval_s", "stall_after_s", "busy_stall_after_s"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value):

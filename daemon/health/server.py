@@ -72,6 +72,33 @@ _MIN_TOKEN_LEN = 16
 _MAX_DEPTH = 32
 
 
+class _Refused(asyncio.Protocol):
+    """A connection over `health.max_connections`: closed as soon as it is accepted, so it
+    holds no file descriptor."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if isinstance(transport, asyncio.Transport):
+            transport.abort()
+        else:  # pragma: no cover - a TCP server's transports are Transports
+            transport.close()
+
+
+class _Capped:
+    """aiohttp's protocol factory, serving at most `limit` connections at once (its handlers
+    register themselves in `server.connections`); one over the limit gets `_Refused`."""
+
+    def __init__(self, server: web.Server, limit: int) -> None:
+        self.server, self.limit, self.refused = server, limit, 0
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        if len(self.server.connections) >= self.limit:
+            self.refused += 1
+            if self.refused in (1, 10, 100, 1000) or self.refused % 10_000 == 0:
+                log.warning("health.connections_refused", limit=self.limit, so_far=self.refused)
+            return _Refused()
+        return self.server()
+
+
 class HealthServerError(TradingdError):
     """The health server could not listen: choose another `health.port` / `health.host`, or
     stop the process that holds it (another tradingd?)."""
@@ -182,6 +209,8 @@ class HealthServer:
         self._created_wall = time.time()
         self._started_at: float | None = None  # process start, wall seconds
         self._runner: web.AppRunner | None = None
+        self._listener: asyncio.AbstractServer | None = None
+        self._factory: _Capped | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._port: int | None = None
         # Liveness: when the loop last ran (ticker or engine heartbeat), in `clock` seconds.
@@ -237,11 +266,21 @@ class HealthServer:
             raise RuntimeError("HealthServer.start() called twice")
         self._started_at = self._process_start()
         self._tick()
-        runner = web.AppRunner(self._app(), access_log=None, handle_signals=False)
+        # aiohttp closes a connection that has not sent a whole request within its keep-alive
+        # timeout (an hour by default): a client sending headers slowly held it that long.
+        runner = web.AppRunner(
+            self._app(),
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=self.config.idle_timeout_s,
+        )
         await runner.setup()
-        site = web.TCPSite(runner, self.config.host, self.config.port)
+        assert runner.server is not None
+        self._factory = _Capped(runner.server, self.config.max_connections)
         try:
-            await site.start()
+            listener = await asyncio.get_running_loop().create_server(
+                self._factory, self.config.host, self.config.port, reuse_address=True
+            )
         except OSError as exc:
             await runner.cleanup()
             raise HealthServerError(
@@ -249,9 +288,9 @@ class HealthServer:
                 f"{exc.strerror or exc}; set health.port (or health.host), or stop the "
                 "process holding that port (another tradingd?)"
             ) from None
-        self._runner = runner
-        addresses = runner.addresses
-        self._port = int(addresses[0][1]) if addresses else self.config.port
+        self._runner, self._listener = runner, listener
+        sockets = listener.sockets
+        self._port = int(sockets[0].getsockname()[1]) if sockets else self.config.port
         self._ticker = asyncio.create_task(self._tick_forever(), name="tradingd-health-ticker")
         log.info(
             "health.listening",
@@ -281,6 +320,9 @@ class HealthServer:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            listener.close()  # no new connections; runner.cleanup() ends the open ones
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
@@ -469,7 +511,10 @@ class HealthServer:
 
     # ----------------------------------------------------------------------------- HTTP
     def _app(self) -> web.Application:
-        app = web.Application(middlewares=[_errors_as_json])
+        middlewares = [_errors_as_json]
+        if is_loopback(self.config.host):
+            middlewares.insert(0, _loopback_host_only)
+        app = web.Application(middlewares=middlewares)
         app.router.add_get("/health", self._get_health)
         app.router.add_get("/ready", self._get_ready)
         app.router.add_get("/metrics", self._get_metrics)
@@ -559,6 +604,25 @@ class HealthServer:
         shown = public(result if isinstance(result, Mapping) else {"result": result})
         log.info("health.control_done", action=action, result=shown)
         return _json({"action": action, "ok": True, "result": shown})
+
+
+@web.middleware
+async def _loopback_host_only(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """A server bound to loopback answers only requests addressed to loopback. A web page
+    in a browser on this machine could otherwise read /status and /metrics through DNS
+    rebinding (its own host name resolved to 127.0.0.1): the Host header then names it."""
+    host = (request.host or "").strip().lower()
+    if host.startswith("["):  # [::1]:8080
+        name = host[1 : host.find("]")] if "]" in host else host
+    elif host.count(":") == 1:  # 127.0.0.1:8080, localhost:8080
+        name = host.partition(":")[0]
+    else:  # no port
+        name = host
+    if not is_loopback(name):
+        return _json({"error": "this server answers requests to 127.0.0.1, ::1 or localhost"}, 421)
+    return await handler(request)
 
 
 @web.middleware

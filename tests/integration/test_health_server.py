@@ -133,10 +133,88 @@ async def test_binds_loopback_by_default_and_reports_the_free_port(serve, http):
     server = await serve()
     assert server.port and server.port > 0
     assert server.url == f"http://127.0.0.1:{server.port}"
-    assert server._runner is not None
-    assert [a[0] for a in server._runner.addresses] == ["127.0.0.1"]
+    assert server._listener is not None
+    assert [s.getsockname()[0] for s in server._listener.sockets] == ["127.0.0.1"]
     code, body = await get(http, server, "/health")
     assert code == 200 and body["alive"] is True
+
+
+async def _closed_by_server(reader: asyncio.StreamReader, timeout: float = 5.0) -> bool:
+    """The server closed the connection (EOF or reset) within `timeout`."""
+    try:
+        return await asyncio.wait_for(reader.read(), timeout) == b""
+    except (ConnectionResetError, BrokenPipeError):
+        return True
+    except TimeoutError:
+        return False
+
+
+async def test_connections_beyond_the_cap_are_closed_at_once_and_the_server_still_answers(
+    serve, http
+):
+    """Idle connections from any local user took every file descriptor of the process: the
+    daemon died of "too many open files", and asyncio logged a traceback per refused
+    accept. Over `max_connections` a connection is closed as soon as it is accepted."""
+    server = await serve(cfg(max_connections=4))
+    held = []
+    for _ in range(4):  # headers started, never finished
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        await writer.drain()
+        held.append((reader, writer))
+    await until(lambda: len(server._runner.server.connections) == 4)
+    with capture_logs() as logs:
+        extra = [await asyncio.open_connection("127.0.0.1", server.port) for _ in range(6)]
+        assert all([await _closed_by_server(r) for r, _ in extra])
+    assert len(server._runner.server.connections) == 4
+    refused = [e for e in logs if e["event"] == "health.connections_refused"]
+    assert [e["so_far"] for e in refused] == [1]  # heard, without a line per connection
+    for _, w in held + extra:
+        w.close()
+    await until(lambda: not server._runner.server.connections, timeout=5.0)
+    code, body = await get(http, server, "/health")
+    assert code == 200 and body["alive"] is True
+
+
+async def test_a_connection_that_never_finishes_its_request_is_closed_after_the_idle_timeout(
+    serve,
+):
+    """aiohttp's keep-alive timeout (an hour by default) was the only limit: a client that
+    sent its headers slowly held its connection that long."""
+    server = await serve(cfg(idle_timeout_s=0.3))
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET /health HTTP/1.1\r\n")
+    await writer.drain()
+    assert await _closed_by_server(reader, timeout=5.0)
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("host", "code"),
+    [
+        ("attacker.example", 421),
+        ("attacker.example:8080", 421),
+        ("10.0.0.5:8080", 421),
+        ("127.0.0.1:8080", 200),
+        ("localhost:8080", 200),
+        ("localhost", 200),
+        ("[::1]:8080", 200),
+    ],
+)
+async def test_a_loopback_server_answers_only_requests_addressed_to_loopback(
+    serve, http, host, code
+):
+    """Any Host header was accepted: a web page open on this machine could read /status and
+    /metrics by DNS rebinding (its name resolved to 127.0.0.1, its Host header its own)."""
+    server = await serve()
+    async with http.get(f"{server.url}/status", headers={"Host": host}) as r:
+        assert r.status == code
+
+
+async def test_a_server_on_every_interface_takes_any_host_name(serve, http):
+    server = await serve(cfg(host="0.0.0.0"))
+    async with http.get(f"{server.url}/health", headers={"Host": "tradingd.internal"}) as r:
+        assert r.status == 200
 
 
 async def test_non_loopback_host_is_allowed_but_warned(serve, http):
