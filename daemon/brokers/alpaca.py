@@ -456,6 +456,9 @@ class _Tracked:
     # The status last counted in tradingd_orders: an order's state change is counted once,
     # whether the ack or a stream event replayed before it saw it first.
     counted: OrderStatus | None = None
+    # Its POST's outcome is unknown (a timeout or 5xx after every attempt): it may be at
+    # Alpaca. Followed under its client id until a lookup finds it or finds none.
+    unconfirmed: bool = False
 
 
 def _now() -> datetime:
@@ -556,6 +559,8 @@ class AlpacaBroker:
         # broken connection, 5xx): a later 422 duplicate may be that attempt's order.
         # Bounded (closed_history): an id whose every attempt failed is never resent.
         self._attempted: OrderedDict[str, None] = OrderedDict()
+        # Client ids of orders followed with an unknown outcome (see _follow_unconfirmed).
+        self._unconfirmed: set[str] = set()
         # Ids refused for a reason a later attempt may not meet (ErrorInfo.transient_refusal):
         # the engine may retry those decisions under the next attempt number. Bounded.
         self._transient: OrderedDict[str, None] = OrderedDict()
@@ -1114,6 +1119,11 @@ class AlpacaBroker:
             t.told = t.order.status
             return t.order.snapshot()
         t.cancel_reason = reason or "cancelled"
+        if t.unconfirmed:
+            await self._resolve_unconfirmed(t)  # it may be at Alpaca: cancel it there
+            if not t.order.status.is_open:
+                t.told = t.order.status
+                return t.order.snapshot()
         if t.alpaca_id is None:
             # Alpaca never named this leg to us; nothing to cancel there by id.
             self._close_locally(t, OrderStatus.CANCELLED, t.cancel_reason)
@@ -1172,7 +1182,7 @@ class AlpacaBroker:
         engine asks once more when it stops, so fills that came after the last bar are
         booked and stored, not left at the broker only."""
         self._drain()
-        if self._open and not self._stream_up:
+        if (self._open and not self._stream_up) or self._unconfirmed:
             await self._poll_quietly()
         fills, self._pending_fills = self._pending_fills, []
         changed, self._pending_orders = list(self._pending_orders), {}
@@ -1191,6 +1201,12 @@ class AlpacaBroker:
         client = self._require_client()
         async with self._poll_lock:
             self._drain()
+            for cid in list(self._unconfirmed):
+                t = self._get(cid)
+                if t is None or not t.unconfirmed:
+                    self._unconfirmed.discard(cid)
+                    continue
+                await self._resolve_unconfirmed(t)  # RetryableError while Alpaca is away
             tracked = [t for t in self._open.values() if t.alpaca_id is not None]
             seen: set[str] = set()
             try:
@@ -1285,6 +1301,7 @@ class AlpacaBroker:
                     fresh = primary.client_order_id in self._attempted
                     return self._track_unit(unit, existing, fresh=fresh)
             if info.status is not None and info.status >= 500:
+                self._follow_unconfirmed(unit)
                 raise RetryableError(
                     f"Alpaca at {self._endpoint} failed to answer an order "
                     f"({self._scrub(info.reason)}); its outcome is unknown"
@@ -1295,14 +1312,66 @@ class AlpacaBroker:
                     self._remember(self._transient, m.client_order_id)
             return {m.client_order_id: self._reject(m, reason) for m in members}
         except _Unreachable as e:
+            self._follow_unconfirmed(unit)
             raise self._unreachable(
                 f"submit {primary.client_order_id} (outcome unknown)", e
             ) from None
         if not isinstance(raw, Mapping) or not raw.get("id"):
+            self._follow_unconfirmed(unit)
             raise RetryableError(
                 f"Alpaca at {self._endpoint} answered an order without an id; outcome unknown"
             )
         return self._track_unit(unit, raw, fresh=True)
+
+    def _follow_unconfirmed(self, unit: Unit) -> None:
+        """An order whose POST may have reached Alpaca (its answer never came): followed
+        under its client id, so its stream events are taken (not parked for good), it is
+        listed by `open_orders` (the next bar's plan waits for it instead of sending the
+        same decision again under a new id: two orders at Alpaca), and the next poll looks it
+        up (`_resolve_unconfirmed`). Reported from nothing filled: this process placed it."""
+        if self._get(unit.primary.client_order_id) is not None:
+            return
+        group = "" if unit.kind == "simple" else unit.kind
+        base = self._register(unit.primary, None, group=group)
+        base.unconfirmed = True
+        for member in unit.members[1:]:
+            self._register(member, None, group=group, parent=base)
+        self._unconfirmed.add(unit.primary.client_order_id)
+        log.warning(
+            "alpaca.order.unconfirmed",
+            client_order_id=unit.primary.client_order_id,
+            rule="its POST's outcome is unknown: followed by client id and looked up at "
+            "the next poll; not sent again",
+        )
+
+    async def _resolve_unconfirmed(self, t: _Tracked) -> None:
+        """Look up an order whose POST's outcome was unknown: found, it is followed as any
+        other (its fills so far reported); not at Alpaca, it was never placed and is closed
+        (cancelled, with the reason), so the next bar may decide again. Raises
+        RetryableError while Alpaca cannot answer."""
+        cid = t.order.client_order_id
+        raw = await self._existing(cid, strict=True)
+        self._unconfirmed.discard(cid)
+        t.unconfirmed = False
+        if raw is None:
+            log.warning("alpaca.order.not_placed", client_order_id=cid)
+            self._close_locally(
+                t,
+                OrderStatus.CANCELLED,
+                "not placed: its POST's outcome was unknown and Alpaca has no order with "
+                "this client id",
+            )
+            for child_id in list(t.children):
+                child = self._get(child_id)
+                if child is not None and child.order.status.is_open:
+                    self._close_locally(child, OrderStatus.CANCELLED, t.order.reason)
+            return
+        log.info("alpaca.order.found", client_order_id=cid, status=str(raw.get("status")))
+        self._link(t, raw)
+        self._apply(raw, report=True)
+        for member in (t, *(self._get(c) for c in t.children)):
+            if member is not None and member.alpaca_id is not None:
+                self._replay(member.alpaca_id)
 
     async def _existing(
         self, client_order_id: str, *, strict: bool = False
@@ -1746,7 +1815,8 @@ class AlpacaBroker:
             self._wake.clear()
             every = self._config.open_orders_check_s
             due = every > 0 and time.monotonic() - self._last_poll_mono >= every
-            if self._stream_up and not self._poll_requested and not self._verify and not due:
+            idle = not self._poll_requested and not self._verify and not self._unconfirmed
+            if self._stream_up and idle and not due:
                 continue
             self._poll_requested = False
             if self._open:

@@ -1519,8 +1519,9 @@ class Engine:
                     await self._retry_refused(acked, bar.time, transient)
         except RetryableError as exc:
             # The broker is unreachable or its answer unknown: this bar's orders are not
-            # sent (or not known to be). The next bar plans again from the broker's state;
-            # deterministic client order ids make a resend of a sent order a duplicate.
+            # sent (or not known to be). The next bar plans again from the broker's state,
+            # in which an order whose outcome is unknown is still working until the broker
+            # has looked it up (AlpacaBroker._follow_unconfirmed): never sent twice.
             self.broker_failures += 1
             log.error("broker.unavailable", time=bar.time, error=str(exc), orders=len(plan.orders))
 

@@ -659,6 +659,42 @@ async def test_a_post_answered_504_after_alpaca_placed_it_reports_its_fill(fake)
         assert [(f.quantity, f.price) for f in updates.fills] == [(10.0, 100.0)]
 
 
+async def test_an_order_whose_outcome_stayed_unknown_is_followed_not_sent_twice(fake):
+    """The POST was placed at Alpaca but its answer was lost, and the retries met 503:
+    submit raised "outcome unknown" and forgot the order. Its fill was parked as an update
+    of an unknown order, never booked, and the next bar decided again from an unchanged book
+    under a new client id: two orders at Alpaca, twice the target held."""
+    fake.fill_on_submit = lambda o: 100.0
+    async with running(fake, request_timeout_s=0.3) as broker:
+        buy = order("AAPL", 10)
+        fake.delay_next(1.0)  # placed and filled; the answer comes after the client gave up
+        fake.server_error(2, status=503)  # the broker's own retries
+        with capture_logs() as logs, pytest.raises(RetryableError, match=r"outcome (is )?unknown"):
+            await broker.submit([buy])
+        assert "alpaca.order.unconfirmed" in [e["event"] for e in logs]
+        # What the next bar's plan sees: the order working, so it does not decide again.
+        assert [o.client_order_id for o in broker.open_orders()] == [buy.client_order_id]
+        updates = Updates(broker)
+        await updates.until(lambda u: u.filled(buy.client_order_id) >= 10)
+        assert [(f.quantity, f.price) for f in updates.fills] == [(10.0, 100.0)]
+        assert updates.last(buy.client_order_id).status is OrderStatus.FILLED
+        assert len(fake.orders) == 1 and fake.positions()[0]["qty"] == "10"
+
+
+async def test_an_order_whose_outcome_stayed_unknown_and_that_alpaca_never_got_is_closed(fake):
+    async with running(fake) as broker:
+        buy = order("AAPL", 10, OrderType.LIMIT, limit=100.0)
+        fake.server_error(3, status=503)  # every attempt refused: nothing placed
+        with pytest.raises(RetryableError, match="outcome is unknown"):
+            await broker.submit([buy])
+        assert [o.client_order_id for o in broker.open_orders()] == [buy.client_order_id]
+        updates = Updates(broker)
+        await updates.until(lambda u: u.last(buy.client_order_id) is not None)
+        closed = updates.last(buy.client_order_id)
+        assert closed.status is OrderStatus.CANCELLED and "not placed" in closed.reason
+        assert updates.fills == [] and broker.open_orders() == [] and fake.orders == {}
+
+
 async def test_429_and_server_errors_are_retried(fake, broker):
     before = SOURCE_ERRORS.labels(source="alpaca_trading", kind="http_429")._value.get()
     fake.throttle(2)  # alpaca-py retries these itself
