@@ -150,19 +150,36 @@ def trade_start(config: Config, panel: Panel) -> datetime | None:
     return start
 
 
-def build_pipeline(config: Config, symbols: tuple[str, ...]) -> Pipeline:
+# Regular-session bars of each intraday bar length (390 minutes; a 60m session is 6 full bars
+# and the half hour from 15:30).
+_BARS_PER_SESSION = {"1m": 390, "5m": 78, "15m": 26, "30m": 13, "60m": 7}
+
+
+def run_defaults(config: Config, mode: str) -> dict[str, Any]:
+    """What the run knows better than a plugin's defaults. Intraday live bars: a plugin that
+    annualises per-bar figures (`periods_per_year`, kelly_garch's volatility) counts 252
+    sessions of bars, not 252 bars: with the daily 252 a 5-minute bar's volatility was read
+    as a day's, and every position sized at the cap. Set in a plugin's params, it stays."""
+    if mode != "live" or config.live.bar == "1d":
+        return {}
+    return {"periods_per_year": 252.0 * _BARS_PER_SESSION[config.live.bar]}
+
+
+def build_pipeline(config: Config, symbols: tuple[str, ...], mode: str = "backtest") -> Pipeline:
     if not config.signals:
         raise ConfigError("signals: at least one signal plugin must be configured")
     # The installed plugins, read once for the pipeline (each read scans every installed
     # distribution's entry points: ~27 ms, ten times for the default strategy).
     eps = plugin_registry.available()  # looked up at call time: tests register plugins there
+    defaults = run_defaults(config, mode)
     signals = [
-        (load_plugin(spec, "signal", symbols, f"signals[{i}]", eps), spec.weight)
+        (load_plugin(spec, "signal", symbols, f"signals[{i}]", eps, defaults), spec.weight)
         for i, spec in enumerate(config.signals)
     ]
-    sizing = load_plugin(config.sizing, "sizing", symbols, "sizing", eps)
+    sizing = load_plugin(config.sizing, "sizing", symbols, "sizing", eps, defaults)
     risks = [
-        load_plugin(spec, "risk", symbols, f"risk[{i}]", eps) for i, spec in enumerate(config.risk)
+        load_plugin(spec, "risk", symbols, f"risk[{i}]", eps, defaults)
+        for i, spec in enumerate(config.risk)
     ]
     return Pipeline(signals=signals, sizing=sizing, risks=risks)
 
@@ -564,7 +581,7 @@ def _assemble(
 ) -> Engine:
     """build_engine's parts around its store."""
     vendor = mode == "live" and config.feed.source != "recorded"
-    pipeline = build_pipeline(config, symbols)
+    pipeline = build_pipeline(config, symbols, mode)
     if mode != "live":
         prepare_for_replay(pipeline)
     portfolio = Portfolio(

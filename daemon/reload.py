@@ -40,6 +40,7 @@ import structlog
 
 from .config import Config, PluginSpec, build, load_config
 from .core.errors import ConfigError, TradingdError
+from .engine.plugins import RUN_KEYS
 
 log = structlog.get_logger(__name__)
 
@@ -196,7 +197,7 @@ def _stage_risk(
             continue
         plugin = risks[i]
         where = f"risk[{i}].params"
-        config = _plugin_config(type(plugin), n, where)
+        config = _plugin_config(type(plugin), n, where, running=getattr(plugin, "config", None))
         bars = _validate_instance(type(plugin), config, symbols, where)
         if capacity is not None and bars > capacity:
             # The history buffer is sized at start for the longest window any plugin reads:
@@ -261,11 +262,17 @@ def _swap_config(plugin: Any, config: Any) -> Callable[[], None]:
 # ----------------------------------------------------------------------------- checks
 
 
-def _plugin_config(cls: type, spec: PluginSpec, where: str) -> Any:
+def _plugin_config(cls: type, spec: PluginSpec, where: str, running: Any = None) -> Any:
+    """The new params' config; a value the run gave the plugin (`engine.plugins.RUN_KEYS`,
+    such as an intraday `periods_per_year`) stays unless the new params set it."""
     config_cls = getattr(cls, "Config", None)
     if config_cls is None:
         raise ConfigError(f"{where}: plugin {spec.name!r} has no Config class")
-    return build(config_cls, spec.params, where)
+    params = dict(spec.params)
+    for key in RUN_KEYS:
+        if key not in params and running is not None and hasattr(running, key):
+            params[key] = getattr(running, key)
+    return build(config_cls, params, where)
 
 
 def _validate_instance(cls: type, config: Any, symbols: tuple[str, ...], where: str) -> int:

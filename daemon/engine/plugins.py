@@ -7,15 +7,22 @@ A plugin is a class with `kind` ("signal", "sizing" or "risk"), a frozen `Config
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
+
+import structlog
 
 from ..config import ConfigError, PluginSpec, build
 from ..core.errors import PluginError
 
+log = structlog.get_logger(__name__)
+
 GROUP = "tradingd.plugins"
+# Plugin params the run may set where the config does not (`load_plugin`'s run_defaults).
+RUN_KEYS = frozenset({"periods_per_year"})
 KINDS = ("signal", "sizing", "risk")
 
 
@@ -35,7 +42,11 @@ def load_plugin(
     symbols: tuple[str, ...],
     where: str,
     registry: Mapping[str, EntryPoint] | None = None,
+    run_defaults: Mapping[str, Any] | None = None,
 ) -> Any:
+    """The configured plugin, built. `run_defaults`: values the run knows better than a
+    plugin's own defaults (`periods_per_year` of intraday bars), given to a plugin whose
+    `Config` has that field and whose params do not set it."""
     eps = available() if registry is None else registry
     ep = eps.get(spec.name)
     if ep is None:
@@ -59,7 +70,13 @@ def load_plugin(
     config_cls = getattr(cls, "Config", None)
     if config_cls is None:
         raise PluginError(f"plugin {spec.name!r} ({ep.value}) has no Config class")
-    config = build(config_cls, spec.params, f"{where}.params")
+    params = dict(spec.params)
+    fields = {f.name for f in dataclasses.fields(config_cls)} if is_dataclass(config_cls) else set()
+    for key, value in (run_defaults or {}).items():
+        if key in RUN_KEYS and key in fields and key not in params:
+            params[key] = value
+            log.info("plugin.run_default", plugin=spec.name, where=where, key=key, value=value)
+    config = build(config_cls, params, f"{where}.params")
     try:
         return cls(config, symbols)
     except (ValueError, TypeError) as exc:

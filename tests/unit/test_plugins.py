@@ -98,3 +98,39 @@ def test_a_pipeline_reads_the_installed_plugins_once(monkeypatch):
     pipeline = build_pipeline(config, ("SP500", "NASDAQ"))
     assert len(reads) == 2
     assert len(pipeline.risks) == len(config.risk)
+
+
+def test_intraday_live_bars_annualise_per_bar_figures_with_their_own_count():
+    """kelly_garch annualised a bar's variance with 252 whatever live.bar was: on 5-minute
+    bars a 20%-volatility stock read as a 2.3% one, and every position was sized at the
+    cap. A live run on intraday bars gives plugins 252 sessions of bars, unless their
+    params say otherwise; a backtest (daily bars) keeps 252."""
+    import numpy as np
+
+    from tradingd.app import build_pipeline
+    from tradingd.config import load_config
+    from tradingd.engine.plugins import RUN_KEYS
+    from tradingd.reload import _plugin_config
+    from tradingd_plugins.sizing.kelly_garch import vol_scalar
+
+    def pipeline(bar: str, mode: str, **params):
+        sizing = {"name": "kelly_garch", "params": {"fit_cache_dir": "", **params}}
+        config = load_config([{"live": {"bar": bar}, "sizing": sizing}], env={})
+        return build_pipeline(config, ("AAA", "BBB"), mode)
+
+    five = pipeline("5m", "live").sizing.config
+    assert five.periods_per_year == 252 * 78
+    assert pipeline("60m", "live").sizing.config.periods_per_year == 252 * 7
+    assert pipeline("1d", "live").sizing.config.periods_per_year == 252
+    assert pipeline("5m", "backtest").sizing.config.periods_per_year == 252
+    assert pipeline("5m", "live", periods_per_year=1000.0).sizing.config.periods_per_year == 1000
+    # A 20%-volatility stock on 5-minute bars is scaled as one (target 15%: 0.75).
+    var_5m = 0.20**2 / 252 / 78
+    assert vol_scalar(np.array([var_5m]), five)[0] == pytest.approx(
+        five.target_vol / 0.20, rel=1e-9
+    )
+    # A SIGHUP's new params keep the run's value unless they set one.
+    assert "periods_per_year" in RUN_KEYS
+    spec = PluginSpec("kelly_garch", params={"fit_cache_dir": "", "max_kelly": 0.4})
+    again = _plugin_config(type(pipeline("5m", "live").sizing), spec, "sizing", running=five)
+    assert again.periods_per_year == 252 * 78 and again.max_kelly == 0.4
