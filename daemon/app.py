@@ -964,6 +964,8 @@ def health_inputs(
             detail = f"{st.get('broker', 'broker')}: " + (
                 f"connected, updates by {st.get('mode', '?')}" if ok else "not connected"
             )
+            if st.get("blocked"):
+                ok, detail = False, f"{st.get('broker', 'broker')}: may not trade ({st['blocked']})"
             return CheckResult(ok, detail, st)
 
         checks.append(Check("broker", broker))

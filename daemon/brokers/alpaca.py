@@ -208,7 +208,8 @@ class AlpacaBrokerConfig:
     # Order polling while the stream is down, and checks of OCO siblings.
     poll_interval_s: float = 5.0
     # Open orders polled this often while the stream is up too: a trade update the stream
-    # lost on a live connection (reported of Alpaca) is otherwise never made up. 0 = never.
+    # lost on a live connection (reported of Alpaca) is otherwise never made up. The
+    # account's status and blocks are read again as often. 0 = never.
     open_orders_check_s: float = 300.0
     # Attempts per call for timeouts, connection errors, 429 and 5xx (1 = no retry).
     max_attempts: int = 3
@@ -577,6 +578,8 @@ class AlpacaBroker:
         self._last_error_at: datetime | None = None
         self._last_poll_at: datetime | None = None
         self._last_poll_mono = time.monotonic()
+        self._account_blocked: str | None = None
+        self._last_account_mono = time.monotonic()
         self._stream_changes = 0
         self._unknown_updates = 0
         # Alpaca orders (root client ids) adopted by `start`, until `resume` has sorted them.
@@ -600,7 +603,7 @@ class AlpacaBroker:
         self._client = self._make_client()
         try:
             try:
-                await self._call("get_account", self._client.get_account)
+                account = await self._call("get_account", self._client.get_account)
             except APIError as e:
                 info = error_info(e)
                 if info.status in (401, 403):
@@ -614,6 +617,7 @@ class AlpacaBroker:
                 ) from None
             except _Unreachable as e:
                 raise self._unreachable("start", e) from None
+            self._check_account(account)
             if self._config.adopt_open_orders:
                 await self._adopt_open_orders()
         except BaseException:
@@ -714,6 +718,42 @@ class AlpacaBroker:
         t = self._get(client_order_id)
         return t.order.snapshot() if t is not None else None
 
+    def _check_account(self, account: Any) -> None:
+        """Whether the account may trade (GET /v2/account's status and blocks): a closed,
+        blocked or suspended account started as a healthy broker before, and every order
+        was then refused bar after bar with nothing else to say why. Logged (an error once
+        per change), and the broker's readiness check fails until it may trade again."""
+        if not isinstance(account, Mapping):
+            return
+        why = []
+        status = str(account.get("status") or "").upper()
+        if status and status != "ACTIVE":
+            why.append(f"account status {status}")
+        for flag in ("account_blocked", "trading_blocked", "trade_suspended_by_user"):
+            if account.get(flag) is True:
+                why.append(flag)
+        blocked = ", ".join(why) or None
+        if blocked != self._account_blocked:
+            if blocked:
+                log.error(
+                    "alpaca.account_blocked",
+                    reason=blocked,
+                    rule="Alpaca refuses this account's orders; trading resumes when it may",
+                )
+            elif self._account_blocked:
+                log.info("alpaca.account_unblocked")
+        self._account_blocked = blocked
+        self._last_account_mono = time.monotonic()
+
+    async def _recheck_account(self) -> None:
+        try:
+            account = await self._call("get_account", self._require_client().get_account)
+        except (APIError, _Unreachable) as e:
+            log.warning("alpaca.account_check_failed", error=self._scrub(e))
+            self._last_account_mono = time.monotonic()
+            return
+        self._check_account(account)
+
     def status(self) -> dict[str, Any]:
         """For /ready and diagnostics. Never contains keys."""
         stream = (
@@ -724,6 +764,8 @@ class AlpacaBroker:
             "endpoint": self._endpoint,
             "started": self._started,
             "connected": self._connected,
+            # Why the account may not trade (status, blocks), None when it may.
+            "blocked": self._account_blocked,
             "stream": stream,
             "mode": "stream" if self._stream_up else "polling",
             "stream_changes": self._stream_changes,
@@ -1814,6 +1856,8 @@ class AlpacaBroker:
                 await asyncio.wait_for(self._wake.wait(), timeout=self._config.poll_interval_s)
             self._wake.clear()
             every = self._config.open_orders_check_s
+            if every > 0 and time.monotonic() - self._last_account_mono >= every:
+                await self._recheck_account()  # a block set or lifted while running
             due = every > 0 and time.monotonic() - self._last_poll_mono >= every
             idle = not self._poll_requested and not self._verify and not self._unconfirmed
             if self._stream_up and idle and not due:

@@ -80,6 +80,7 @@ Admin API for tests (plain methods; call them on the server's event loop)
     `insufficient_buying_power`, `insufficient_qty`, `not_allowed_to_short`, ...) or a
     status and body. `throttle(n)`: the next n requests answer 429. `gateway_timeout(n)`: the
     next n answer 504 (a text body, as a proxy would). `server_error(n, status=500)`.
+    `set_account(**fields)`: fields of the account answer (`trading_blocked`, `status`).
     `delay_next(seconds, n=1)`: the next n requests are processed, then answered late (a
     client timeout after the order was placed). `gateway_timeout_after(n=1)`: the next n
     requests are processed, then answered 504 (a proxy that gave up after Alpaca acted).
@@ -581,6 +582,11 @@ class AlpacaTradingFake(LoopThread):
             else:
                 short += value
         return long, short
+
+    def set_account(self, **fields: Any) -> None:
+        """Fields of GET /v2/account from now on (e.g. `trading_blocked=True`,
+        `status="ACCOUNT_CLOSED"`); cash and the values derived from the book stay the fake's."""
+        self._account_fixture.update(fields)
 
     def account(self) -> dict[str, Any]:
         body = copy.deepcopy(self._account_fixture)

@@ -695,6 +695,23 @@ async def test_an_order_whose_outcome_stayed_unknown_and_that_alpaca_never_got_i
         assert updates.fills == [] and broker.open_orders() == [] and fake.orders == {}
 
 
+async def test_an_account_that_may_not_trade_fails_readiness_until_it_may(fake):
+    """A closed or blocked account started as a healthy broker: every order was refused,
+    bar after bar, and nothing said why."""
+    fake.set_account(trading_blocked=True)
+    with capture_logs() as logs:
+        async with running(fake, open_orders_check_s=0.1) as broker:
+            assert broker.status()["blocked"] == "trading_blocked"
+            assert [e["reason"] for e in logs if e["event"] == "alpaca.account_blocked"] == [
+                "trading_blocked"
+            ]
+            fake.set_account(trading_blocked=False, status="ACCOUNT_CLOSED")
+            await eventually(lambda: broker.status()["blocked"] == "account status ACCOUNT_CLOSED")
+            fake.set_account(status="ACTIVE")
+            await eventually(lambda: broker.status()["blocked"] is None)
+    assert "alpaca.account_unblocked" in [e["event"] for e in logs]
+
+
 async def test_429_and_server_errors_are_retried(fake, broker):
     before = SOURCE_ERRORS.labels(source="alpaca_trading", kind="http_429")._value.get()
     fake.throttle(2)  # alpaca-py retries these itself

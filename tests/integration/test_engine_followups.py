@@ -1637,3 +1637,20 @@ async def test_a_checkpoint_from_before_per_instance_keys_restores_as_it_did(eng
     restarted.after_bar.append(lambda t, v: restarted.request_stop())
     await restarted.run_until_done()
     assert all(g._halted_bars is not None for g in restarted.pipeline.risks)
+
+
+def test_the_broker_check_fails_while_the_account_may_not_trade(engine_config):
+    """A broker connected to an account that may not trade (closed, blocked) passed the
+    readiness check: /ready said ready while every order was refused."""
+    from tradingd.app import build_engine, health_inputs
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    state = {"broker": "alpaca", "started": True, "connected": True, "mode": "stream"}
+    engine.broker.status = lambda: dict(state)  # type: ignore[attr-defined]
+    checks, _status, _controls = health_inputs(engine)
+    (check,) = [c for c in checks if c.name == "broker"]
+    assert check.probe().ok
+    state["blocked"] = "trading_blocked"
+    result = check.probe()
+    assert not result.ok and "trading_blocked" in result.detail
