@@ -562,6 +562,9 @@ class AlpacaBroker:
         self._attempted: OrderedDict[str, None] = OrderedDict()
         # Client ids of orders followed with an unknown outcome (see _follow_unconfirmed).
         self._unconfirmed: set[str] = set()
+        # Alpaca ids of orders that replaced ours, to be read and followed (bounded): the
+        # client id each replaced.
+        self._replacements: OrderedDict[str, str] = OrderedDict()
         # Ids refused for a reason a later attempt may not meet (ErrorInfo.transient_refusal):
         # the engine may retry those decisions under the next attempt number. Bounded.
         self._transient: OrderedDict[str, None] = OrderedDict()
@@ -1224,7 +1227,7 @@ class AlpacaBroker:
         engine asks once more when it stops, so fills that came after the last bar are
         booked and stored, not left at the broker only."""
         self._drain()
-        if (self._open and not self._stream_up) or self._unconfirmed:
+        if (self._open and not self._stream_up) or self._unconfirmed or self._replacements:
             await self._poll_quietly()
         fills, self._pending_fills = self._pending_fills, []
         changed, self._pending_orders = list(self._pending_orders), {}
@@ -1243,6 +1246,8 @@ class AlpacaBroker:
         client = self._require_client()
         async with self._poll_lock:
             self._drain()
+            for aid in list(self._replacements):
+                await self._follow_replacement(client, aid)
             for cid in list(self._unconfirmed):
                 t = self._get(cid)
                 if t is None or not t.unconfirmed:
@@ -1413,6 +1418,56 @@ class AlpacaBroker:
         self._apply(raw, report=True)
         for member in (t, *(self._get(c) for c in t.children)):
             if member is not None and member.alpaca_id is not None:
+                self._replay(member.alpaca_id)
+
+    async def _follow_replacement(self, client: TradingClient, aid: str) -> None:
+        """Follow the order that replaced one of ours at Alpaca (an operator's edit), from
+        nothing filled: its fills are this run's. Before, it was unknown: its events were
+        parked, its fills never booked, and the symbol's position differed from the book.
+        Raises RetryableError while Alpaca cannot answer."""
+        try:
+            raw = await self._call(
+                "get_order", client.get_order_by_id, aid, GetOrderByIdRequest(nested=True)
+            )
+        except APIError as e:
+            if error_info(e).status != 404:
+                raise RetryableError(
+                    f"Alpaca at {self._endpoint}: reading replacement order {aid} failed: "
+                    f"{self._scrub(error_info(e).reason)}"
+                ) from None
+            raw = None
+        except _Unreachable as e:
+            raise self._unreachable(f"reading replacement order {aid}", e) from None
+        replaced = self._replacements.pop(aid, None)
+        if not isinstance(raw, Mapping) or aid in self._by_alpaca_id:
+            if raw is None:
+                log.warning("alpaca.order.replacement_not_found", alpaca_id=aid, replaced=replaced)
+            return
+        group = str(raw.get("order_class") or "")
+        group = group if group in ("bracket", "oto", "oco") else ""
+        base: _Tracked | None = None
+        followed = []
+        for order, part in self._orders_of(raw):
+            if self._get(order.client_order_id) is not None:
+                continue
+            t = self._register(order, None, group=group, parent=base)
+            self._link(t, part)
+            followed.append(t)
+            if base is None:
+                base = t
+        if base is None:
+            return
+        for t in followed:  # the engine hears of the new order (and counts it) at once
+            self._on_change(t, report=True)
+        log.warning(
+            "alpaca.order.replaced",
+            client_order_id=replaced,
+            by=base.order.client_order_id,
+            rule="edited at Alpaca: the replacement is followed as this run's order",
+        )
+        self._apply(raw, report=True)
+        for member in followed:
+            if member.alpaca_id is not None:
                 self._replay(member.alpaca_id)
 
     async def _existing(
@@ -1610,6 +1665,15 @@ class AlpacaBroker:
                 order.status = status
                 order.reason = "" if status.is_open else self._reason_for(t, status_text, raw)
                 changed = True
+                by = str(raw.get("replaced_by") or "") if status_text == "replaced" else ""
+                if by and by not in self._by_alpaca_id:
+                    # Edited at Alpaca (PATCH, the web UI): the replacement is a new order
+                    # with a new client id, followed once the next poll has read it.
+                    self._replacements[by] = order.client_order_id
+                    while len(self._replacements) > self._config.closed_history:
+                        self._replacements.popitem(last=False)
+                    self._poll_requested = True
+                    self._wake.set()
             if remote is not None:
                 t.remote_updated = remote
             if changed:
@@ -1859,7 +1923,9 @@ class AlpacaBroker:
             if every > 0 and time.monotonic() - self._last_account_mono >= every:
                 await self._recheck_account()  # a block set or lifted while running
             due = every > 0 and time.monotonic() - self._last_poll_mono >= every
-            idle = not self._poll_requested and not self._verify and not self._unconfirmed
+            idle = not (
+                self._poll_requested or self._verify or self._unconfirmed or self._replacements
+            )
             if self._stream_up and idle and not due:
                 continue
             self._poll_requested = False

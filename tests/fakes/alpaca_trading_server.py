@@ -81,6 +81,8 @@ Admin API for tests (plain methods; call them on the server's event loop)
     status and body. `throttle(n)`: the next n requests answer 429. `gateway_timeout(n)`: the
     next n answer 504 (a text body, as a proxy would). `server_error(n, status=500)`.
     `set_account(**fields)`: fields of the account answer (`trading_blocked`, `status`).
+    `replace(ref, **changes)`: an operator's edit in Alpaca's web UI (PATCH): a new order
+    replaces an open simple order, which closes as `replaced` (`replaced_by` names it).
     `delay_next(seconds, n=1)`: the next n requests are processed, then answered late (a
     client timeout after the order was placed). `gateway_timeout_after(n=1)`: the next n
     requests are processed, then answered 504 (a proxy that gave up after Alpaca acted).
@@ -243,6 +245,8 @@ class FakeOrder:
     expired_at: datetime | None = None
     failed_at: datetime | None = None
     replaced_at: datetime | None = None
+    replaced_by: str | None = None
+    replaces: str | None = None
     parent_id: str | None = None
     leg_ids: list[str] = field(default_factory=list)
     hwm: float | None = None
@@ -582,6 +586,30 @@ class AlpacaTradingFake(LoopThread):
             else:
                 short += value
         return long, short
+
+    def replace(self, ref: str, **changes: Any) -> FakeOrder:
+        """PATCH /v2/orders/{id} as an operator's edit in Alpaca's web UI: a new order with
+        the changes (qty, limit_price, stop_price, time_in_force; a new client id unless one
+        is given) replaces an open simple order, which closes as `replaced` naming it."""
+        old = self.order(ref)
+        if old is None or not old.is_open or old.leg_ids or old.parent_id or old.filled_qty:
+            raise ValueError(f"the fake replaces open, unfilled simple orders only: {ref}")
+        body: dict[str, Any] = {
+            "symbol": old.symbol,
+            "qty": old.qty,
+            "side": old.side,
+            "type": old.type,
+            "time_in_force": old.time_in_force,
+            "limit_price": old.limit_price,
+            "stop_price": old.stop_price,
+        }
+        body.update(changes)
+        new = self._create(body)
+        new.replaces = old.id
+        now = self._now()
+        old.status, old.replaced_by, old.replaced_at, old.updated_at = "replaced", new.id, now, now
+        self._event("replaced", old)
+        return new
 
     def set_account(self, **fields: Any) -> None:
         """Fields of GET /v2/account from now on (e.g. `trading_blocked=True`,
@@ -1251,6 +1279,8 @@ class AlpacaTradingFake(LoopThread):
                 "canceled_at": _ts(o.canceled_at),
                 "failed_at": _ts(o.failed_at),
                 "replaced_at": _ts(o.replaced_at),
+                "replaced_by": o.replaced_by,
+                "replaces": o.replaces,
                 "asset_id": o.asset_id,
                 "symbol": o.symbol,
                 "notional": None,

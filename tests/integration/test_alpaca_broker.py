@@ -712,6 +712,30 @@ async def test_an_account_that_may_not_trade_fails_readiness_until_it_may(fake):
     assert "alpaca.account_unblocked" in [e["event"] for e in logs]
 
 
+async def test_an_order_replaced_at_alpaca_is_followed_and_its_fill_booked(fake, broker):
+    """An operator edited the daemon's limit order in Alpaca's web UI: Alpaca closed it as
+    `replaced` and placed a new order under a new client id. The broker closed ours and
+    parked the replacement's events as an unknown order's: its fill was never booked, and
+    the book and Alpaca held different positions."""
+    fake.set_price("AAPL", 100.0, match=False)
+    buy = order("AAPL", 10, OrderType.LIMIT, limit=95.0)
+    await broker.submit([buy])
+    with capture_logs() as logs:
+        new = fake.replace(buy.client_order_id, limit_price=99.0)
+        updates = Updates(broker)
+        await updates.until(
+            lambda u: any(o.client_order_id == new.client_order_id for o in u.orders)
+        )
+    assert "alpaca.order.replaced" in [e["event"] for e in logs]
+    old = updates.last(buy.client_order_id)
+    assert old.status is OrderStatus.CANCELLED and new.id in old.reason
+    assert [o.client_order_id for o in broker.open_orders()] == [new.client_order_id]
+    fake.set_price("AAPL", 98.5)  # the replacement fills
+    await updates.until(lambda u: u.filled(new.client_order_id) >= 10)
+    assert [(f.symbol, f.quantity) for f in updates.fills] == [("AAPL", 10.0)]
+    assert updates.filled(buy.client_order_id) == 0 and broker.open_orders() == []
+
+
 async def test_429_and_server_errors_are_retried(fake, broker):
     before = SOURCE_ERRORS.labels(source="alpaca_trading", kind="http_429")._value.get()
     fake.throttle(2)  # alpaca-py retries these itself
