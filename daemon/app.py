@@ -340,8 +340,10 @@ def _alpaca_or(simulated: Broker, config: Config, symbols: tuple[str, ...]) -> B
     )
 
 
-def vendor_source(config: Config, cache: Any) -> Any:
-    """The configured market-data client (feed.source), with its resilience settings."""
+def vendor_source(config: Config, cache: Any, session: Any = None) -> Any:
+    """The configured market-data client (feed.source), with its resilience settings.
+    `session`: when daily bars close (`feeds.vendor.Session`); give it the exchange's
+    calendar, or a half day's bar (13:00 close) is held back by the client until 16:00."""
     from .feeds.resilience import SourceConfig
     from .feeds.vendor import Session, Validation
 
@@ -352,7 +354,7 @@ def vendor_source(config: Config, cache: Any) -> Any:
         max_gap_days=float(d.max_gap_days),
         extra={"max_spike": d.max_spike, "max_volume": d.max_volume, "timezone": d.timezone},
     )
-    session = Session(timezone=d.timezone)
+    session = session if session is not None else Session(timezone=d.timezone)
     if f.source == "yahoo":
         from .feeds.yahoo import YahooClient
 
@@ -472,13 +474,18 @@ def vendor_swaps(
     daily = exchange if live.bar == "1d" else ExchangeCalendar(live.calendar, "1d")
     plan = plan_live(config, exchange, datetime.now(UTC))
     cache = ResponseCache.from_url(config.cache.url or None, ttl_s=config.cache.expiry_s)
-    source = vendor_source(config, cache)
+    # One session for the feed and its client: the client holds back a daily bar until its
+    # session's close, which on a half day is 13:00 (the calendar's), not 16:00. Without the
+    # calendar the Alpaca and Alpha Vantage clients refused a half day's bar until 16:00,
+    # and the day went untraded (caught up the next session).
+    session = Session(timezone=exchange.tz.key, calendar=daily)
+    source = vendor_source(config, cache, session)
     feed = VendorFeed(
         source,
         symbols,
         live.bar,
         lookback_bars=config.feed.lookback_bars,
-        session=Session(timezone=exchange.tz.key, calendar=daily),
+        session=session,
         calendar=exchange,
         owned=(cache,),
     )

@@ -535,3 +535,23 @@ async def test_calendar_gives_holidays_and_half_day_closes():
         finally:
             await feed.stop()
     assert feed.status()["detail"] == "ok"
+
+
+@pytest.mark.parametrize("kind", ["alpaca", "alphavantage", "yahoo"])
+def test_the_daemons_client_knows_the_half_days_its_feed_knows(kind, monkeypatch):
+    """vendor_swaps gave the feed the exchange calendar's sessions but built the client with
+    a 16:00 close: the Alpaca and Alpha Vantage clients held a half day's bar (13:00 close)
+    back until 16:00, so the day's bar was 'late' at its release and went untraded."""
+    from tradingd.app import vendor_swaps
+    from tradingd.config import load_config
+
+    monkeypatch.setenv("APCA_API_KEY_ID", "kid-123456")
+    monkeypatch.setenv("APCA_API_SECRET_KEY", "secret-123456")
+    monkeypatch.setenv("ALPHA_VANTAGE_API_KEY", "avkey123456")
+    config = load_config(
+        [{"feed": {"source": kind}, "data": {"symbols": ["AAA"]}, "live": {"bar": "1d"}}]
+    )
+    swaps, _ = vendor_swaps(config, ("AAA",), broker=None, names=())  # type: ignore[arg-type]
+    session = swaps.feed.source.session
+    assert session.close_of(date(2024, 11, 29)) == utc(2024, 11, 29, 18)  # 13:00 New York
+    assert session.close_of(date(2024, 11, 27)) == utc(2024, 11, 27, 21)
