@@ -141,9 +141,15 @@ def bars_to_long(
 
 
 def _close_of(adjusted: pd.DataFrame, raw: pd.DataFrame) -> np.ndarray:
-    """The adjusted close of each row of `raw` (NaN where the adjusted table has none)."""
+    """The adjusted close of each row of `raw` (NaN where the adjusted table has none).
+
+    A bar Alpaca repeats (in either table) is not a reason to fail the request: the merge
+    refused it, and with it every symbol of the request (up to 100) for as long as the
+    repeat stayed in the window. The adjusted table's last copy is taken; a repeated raw
+    bar stays, for validation to refuse or repair for its own symbol only."""
     key = ["symbol", "time"]
-    merged = raw[key].merge(adjusted[[*key, "close"]], on=key, how="left", validate="1:1")
+    adjusted = adjusted[[*key, "close"]].drop_duplicates(key, keep="last")
+    merged = raw[key].merge(adjusted, on=key, how="left", validate="m:1")
     return merged["close"].to_numpy(dtype=np.float64)
 
 

@@ -555,3 +555,34 @@ def test_the_daemons_client_knows_the_half_days_its_feed_knows(kind, monkeypatch
     session = swaps.feed.source.session
     assert session.close_of(date(2024, 11, 29)) == utc(2024, 11, 29, 18)  # 13:00 New York
     assert session.close_of(date(2024, 11, 27)) == utc(2024, 11, 27, 21)
+
+
+@pytest.mark.parametrize("where", ["raw", "split", "all"])
+async def test_a_bar_alpaca_repeats_fails_its_own_symbol_not_the_requests(where):
+    """One symbol's bar answered twice failed the merge that derives splits and dividends:
+    every symbol of the request (up to 100) was 'malformed' while the repeat stayed in the
+    window, about a week."""
+
+    class Repeating(AlpacaDataFake):
+        def _bars(self, sym, minutes, start, end, adjustment):  # type: ignore[no-untyped-def]
+            out = super()._bars(sym, minutes, start, end, adjustment)
+            if sym == "BBB" and adjustment == where and out:
+                out = [*out, dict(out[-1])]  # the newest bar repeated
+            return out
+
+    book = make_book()
+    book.now = utc(2024, 3, 6, 21, 5)
+    async with Repeating(book, key_id="kid-123456", secret="secret-123456") as fake:
+        source = source_for("alpaca", fake)
+        feed = await started(VendorFeed(source, SYMBOLS, clock=lambda: book.now))
+        try:
+            bar = await feed.bars(utc(2024, 3, 6))
+            failed = feed.status()["failed"]
+        finally:
+            await feed.stop()
+    served = dict(zip(SYMBOLS, bar.valid.tolist(), strict=True))
+    others = [s for s in SYMBOLS if s != "BBB"]
+    assert all(served[s] for s in others) and not set(others) & set(failed)
+    # A repeated raw bar is refused for its own symbol (no repair configured); a repeat in
+    # an adjusted series costs nothing.
+    assert served["BBB"] is (where != "raw") and ("BBB" in failed) is (where == "raw")
