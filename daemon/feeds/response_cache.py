@@ -25,10 +25,12 @@ same way. Without a primary (no REDIS_URL) the in-process cache is the cache.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
 from typing import Any
 
 import structlog
@@ -40,6 +42,23 @@ from ..metrics import CACHE_REQUESTS
 from .resilience import redact
 
 log = structlog.get_logger(__name__)
+
+# Set by `fresh_reads`: every get misses (tasks started within inherit it).
+_FRESH: ContextVar[bool] = ContextVar("tradingd_fresh_reads", default=False)
+
+
+@contextlib.contextmanager
+def fresh_reads() -> Iterator[None]:
+    """Within, every read misses and the vendor is asked again; answers are still stored.
+    For a window whose answer lacked a bar that should be in it: a vendor that posts a bar
+    seconds late had its answer without the bar cached for `ttl_s`, and every retry of the
+    bar read that answer back (the bar was lost)."""
+    token = _FRESH.set(True)
+    try:
+        yield
+    finally:
+        _FRESH.reset(token)
+
 
 DEFAULT_TTL_S = 3600.0
 
@@ -166,6 +185,10 @@ class ResponseCache:
 
     async def get(self, key: str) -> bytes | None:
         value: bytes | None = None
+        if _FRESH.get():
+            self.misses += 1
+            CACHE_REQUESTS.labels(result="miss").inc()
+            return None
         if await self._primary_ready():
             assert self.primary is not None
             try:

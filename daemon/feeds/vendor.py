@@ -31,7 +31,9 @@ one file: the clients import this module; this module never imports a client.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
+from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -46,6 +48,7 @@ from ..core.errors import ConfigError, DataError, FatalError, RetryableError
 from ..core.types import CrossSection
 from .panel import Panel
 from .resilience import ResilientCaller, SourceError, make_error
+from .response_cache import fresh_reads
 from .validate import OUTPUT_COLUMNS, validate_frame
 
 log = structlog.get_logger(__name__)
@@ -487,6 +490,8 @@ class VendorFeed:
         self.session = session or getattr(source, "session", None) or Session()
         self.calendar = calendar
         self._failed: dict[str, dict[str, Any]] = {}
+        # Bars whose answer lacked them (late at the vendor): fetched again past the cache.
+        self._late: deque[datetime] = deque(maxlen=64)
         self.last_bar: datetime | None = None
         self.last_fetch_at: datetime | None = None
 
@@ -534,6 +539,32 @@ class VendorFeed:
                 kinds=sorted({e.kind for e in result.errors.values()}),
             )
 
+    def _note_missing(
+        self, t: datetime, at: pd.DataFrame, result: FetchResult, now: datetime
+    ) -> None:
+        """Symbols the answer had no bar t for, though it had for others and no error named
+        them: served as NaN (no bar), as a halt would be, but not silently. They were not
+        in `status()` (the README says a symbol the source cannot deliver shows in /ready),
+        and nothing was logged, while the history went on without their bar."""
+        have = set(at["symbol"].tolist())
+        missing = [s for s in self._symbols if s not in have and s not in result.errors]
+        for s in missing:
+            self._failed[s] = {
+                "kind": "missing_bar",
+                "message": f"the answer had no bar {t.isoformat()} for it",
+                "since": self._failed.get(s, {}).get("since", now.isoformat()),
+            }
+        if missing:
+            log.warning(
+                "feed.bar_missing",
+                source=self.source.name,
+                time=t,
+                symbols=missing[:10],
+                count=len(missing),
+                of=len(self._symbols),
+                rule="served as no bar (NaN) for these symbols; a halt looks the same",
+            )
+
     def _raise_if_all_failed(self, result: FetchResult, what: str) -> None:
         if len(result.errors) < len(self._symbols):
             return
@@ -572,19 +603,28 @@ class VendorFeed:
                 f"{self.source.name}: bar {t.isoformat()} closes at {close.isoformat()}, "
                 f"not yet closed at {now.isoformat()}"
             )
-        result = await self.source.fetch(
-            self._symbols, self.interval, self._window_start(t), t, now=now
-        )
+        # A bar this feed found missing before: the answer without it is in the cache (a
+        # closed window's answer is kept for cache.expiry_s), so ask the vendor again.
+        late = t in self._late
+        with fresh_reads() if late else contextlib.nullcontext():
+            result = await self.source.fetch(
+                self._symbols, self.interval, self._window_start(t), t, now=now
+            )
         self._note(result, now)
         self._raise_if_all_failed(result, f"bar {t.isoformat()}")
         at = result.frame[result.frame["time"] == naive_utc(t)]
         if at.empty:
             if self._expects_bar(t):
+                if not late:
+                    self._late.append(t)
                 raise RetryableError(
                     f"{self.source.name}: no bar yet for session {t.isoformat()} "
                     f"({len(result.errors)} symbol(s) failed)"
                 )
             return None
+        if late:
+            self._late.remove(t)
+        self._note_missing(t, at, result, now)
         n = len(self._symbols)
         arrays = {
             name: np.full(n, fill)

@@ -244,9 +244,10 @@ async def test_429_malformed_and_empty_are_survived(yahoo):
         assert (await feed.bars(utc(2024, 3, 4))).valid.all()
         yahoo.faults.malformed_next(1)
         assert (await feed.bars(utc(2024, 3, 5))).valid.all()
-        yahoo.faults.empty_next(1)  # one symbol's answer has no bars
+        yahoo.faults.empty_next(1)  # one symbol's answer has no bars: survived, and said
         bar = await feed.bars(utc(2024, 3, 6))
-        assert bar.valid.sum() == 2 and feed.status()["failed"] == {}
+        failed = feed.status()["failed"]
+        assert bar.valid.sum() == 2 and [v["kind"] for v in failed.values()] == ["missing_bar"]
     finally:
         await feed.stop()
 
@@ -586,3 +587,63 @@ async def test_a_bar_alpaca_repeats_fails_its_own_symbol_not_the_requests(where)
     # A repeated raw bar is refused for its own symbol (no repair configured); a repeat in
     # an adjusted series costs nothing.
     assert served["BBB"] is (where != "raw") and ("BBB" in failed) is (where == "raw")
+
+
+class _Withholding(BarBook):
+    """A vendor that has not posted some symbols' bars of a day yet."""
+
+    held: dict[str, date]
+
+    def daily(self, symbol: str, first: date, last: date):  # type: ignore[no-untyped-def]
+        cut = self.held.get(symbol)
+        return [b for b in super().daily(symbol, first, last) if cut is None or b.day < cut]
+
+
+@pytest.mark.parametrize("kind", ["yahoo", "alphavantage", "alpaca"])
+async def test_a_bar_the_vendor_posts_late_is_asked_for_again_not_read_from_the_cache(kind):
+    """The answer without the bar was cached (its window had closed) for cache.expiry_s:
+    every retry of the bar read it back, and the bar was lost (bar.lost at the next bar)."""
+    book = _Withholding(now=utc(2024, 3, 6, 21, 5))
+    book.held = {s: date(2024, 3, 6) for s in SYMBOLS}
+    async with fake_for(kind, book) as fake:
+        feed = VendorFeed(
+            source_for(kind, fake), SYMBOLS, clock=lambda: book.now, calendar=StubCalendar()
+        )
+        await feed.start()
+        try:
+            with pytest.raises(RetryableError, match="no bar yet"):
+                await feed.bars(utc(2024, 3, 6))
+            book.held = {}  # posted now
+            book.now = utc(2024, 3, 6, 21, 10)
+            bar = await feed.bars(utc(2024, 3, 6))
+            assert bar is not None and bar.valid.all()
+            asked = fake.count
+            again = await feed.bars(utc(2024, 3, 6))  # found: read from the cache again
+            assert again is not None and fake.count == asked
+        finally:
+            await feed.stop()
+
+
+async def test_a_symbol_the_answer_has_no_bar_for_is_reported_not_silently_nan():
+    """Served as NaN with nothing said: /ready was ok, no warning, and the history went on
+    without its bar."""
+    book = _Withholding(now=utc(2024, 3, 6, 21, 5))
+    book.held = {"BBB": date(2024, 3, 6)}
+    async with fake_for("alpaca", book) as fake:
+        feed = await started(
+            VendorFeed(source_for("alpaca", fake), SYMBOLS, clock=lambda: book.now)
+        )
+        try:
+            with capture_logs() as logs:
+                bar = await feed.bars(utc(2024, 3, 6))
+            assert bar.valid.tolist() == [True, False, True]
+            missing = [e for e in logs if e["event"] == "feed.bar_missing"]
+            assert [e["symbols"] for e in missing] == [["BBB"]]
+            status = feed.status()
+            assert not status["ok"] and status["failed"]["BBB"]["kind"] == "missing_bar"
+            book.held = {}
+            book.now = utc(2024, 3, 7, 21, 5)
+            assert (await feed.bars(utc(2024, 3, 7))).valid.all()
+            assert feed.status()["failed"] == {}
+        finally:
+            await feed.stop()
