@@ -47,8 +47,12 @@ def validation_sections(validation: Mapping[str, Any]) -> dict[str, Any]:
     trials = validation.get("trials") or {}
     mc = validation.get("monte_carlo") or {}
     verdict = {
-        "headline test": validation.get("headline"),
+        "verdict from": validation.get("verdict_test", validation.get("headline")),
         "significant": validation.get("significant"),
+        "headline test": validation.get("headline"),
+        "headline test alone (before the trial count)": validation.get(
+            "significant_before_trials", validation.get("significant")
+        ),
         "significance level (alpha)": validation.get("alpha"),
         "strategy variants tried (trials)": trials.get("trials"),
         "trials counted from": trials.get("source"),

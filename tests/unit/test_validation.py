@@ -613,3 +613,21 @@ def test_null_strategies_have_no_edge_and_trade():
     assert np.all(ls != 0)
     with pytest.raises(ValueError, match="rule"):
         va.null_strategy_returns(5, 10, rule="astrology")
+
+
+def test_the_verdict_accounts_for_the_variants_tried():
+    """The best of 50 no-edge variants was reported `significant: True` beside "strategy
+    variants tried (trials): 50": the verdict was the headline Sharpe test alone, which
+    rejects by selection (docs/VALIDATION.md's selection-bias table)."""
+    rng = np.random.default_rng(4)  # the best's z is 2.42: a typical best of 50 (E ~ 2.25)
+    variants = rng.normal(0.0, 0.01, size=(50, 504))
+    sharpe = variants.mean(axis=1) / variants.std(axis=1, ddof=1)
+    best = variants[int(np.argmax(sharpe))]
+    v = quick()
+    one = v.validate_performance(best, trials=1)
+    assert one["verdict_test"] == "sharpe_ratio" and one["significant"] is True
+    assert one["significant"] == one["tests"]["sharpe_ratio"]["reject"]
+    many = v.validate_performance(best, trials=50)
+    assert many["significant_before_trials"] is True  # selection alone passes the naive test
+    assert many["verdict_test"] == "deflated_sharpe"
+    assert many["significant"] == many["tests"]["deflated_sharpe"]["reject"] is False
