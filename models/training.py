@@ -150,7 +150,9 @@ def train(
         },
     }
     card["model_version"] = version = fingerprint(out, card)
-    card["model_version_basis"] = "outputs of both models on a fixed probe input + scaling"
+    card["model_version_basis"] = (
+        "outputs of both models (one onnxruntime thread) on a fixed probe input + scaling"
+    )
     (out / "card.json").write_text(json.dumps(card, indent=2, default=float) + "\n")
     log(
         f"trained in {card['training']['seconds']} s, peak RSS "

@@ -107,9 +107,18 @@ def fingerprint(directory: str | Path, card_data: Mapping[str, Any]) -> str:
     """A model version that names what the models compute, not how the files were written:
     ONNX exporters name their constants differently on every run, so two exports of the same
     weights differ byte for byte. The outputs of both models on a fixed probe input, together
-    with the scaling and the feature-set version, do not."""
+    with the scaling and the feature-set version, do not.
+
+    The sessions run on one thread: onnxruntime's default is one intra-op thread per core, and
+    the forest's and the LSTM's sums round differently split across threads, so the same model
+    had another version on a machine with another number of cores. Outputs are hashed unrounded:
+    rounding would not make the last bit agree across CPUs (a value near a rounding boundary
+    still flips) and could give two different models one version, and with it one cache file."""
     import onnxruntime as ort
 
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
     d = Path(directory)
     fs = card_data["feature_set"]
     window, n_feat = int(card_data["window"]), len(fs["features"])
@@ -122,7 +131,7 @@ def fingerprint(directory: str | Path, card_data: Mapping[str, Any]) -> str:
     )
     for m in MODELS:
         sess = ort.InferenceSession(
-            str(d / card_data["files"][m]["path"]), providers=["CPUExecutionProvider"]
+            str(d / card_data["files"][m]["path"]), opts, providers=["CPUExecutionProvider"]
         )
         x = probe if m == "cnn_lstm" else probe.reshape(len(probe), -1)
         out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
