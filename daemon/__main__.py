@@ -394,7 +394,9 @@ def _train(config: Config, args: argparse.Namespace) -> int:
         except (OSError, tomllib.TOMLDecodeError) as exc:
             raise TradingdError(f"model config {args.model_config}: {exc}") from None
         mc = build(ModelConfig, data, "model")
-    if args.epochs:
+    if args.epochs is not None:
+        if args.epochs < 1:  # 0 was taken for "not given" and trained the configured epochs
+            raise TradingdError(f"--epochs must be >= 1, got {args.epochs}")
         mc = dataclasses.replace(mc, epochs=args.epochs)
     train(config, load_data(config), args.out, mc, log=lambda m: print(m, file=sys.stderr))
     print(f"model pair and card written to {Path(args.out).resolve()}")

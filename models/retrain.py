@@ -20,12 +20,14 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from numbers import Integral
 from pathlib import Path
 from typing import Any
 
 import structlog
 
 from tradingd.config import Config
+from tradingd.core.errors import ConfigError
 from tradingd.feeds.panel import FIELDS, Panel
 from tradingd.inference.onnx import DEFAULT_MODEL_ROOT
 
@@ -42,6 +44,27 @@ class RetrainPolicy:
     # The ensemble's validation MSE may exceed the zero forecast's by at most this factor.
     max_mse_ratio: float = 1.05
     keep: int = 5
+
+    def __post_init__(self) -> None:
+        """Refused here, as `tradingd retrain` options: a window of 0 bars slices the whole
+        history (`times[-0:]`), a negative one all but its first bars, and a floor outside
+        these ranges, or NaN, lets every model through or none, without a word."""
+        w = self.window_bars
+        if isinstance(w, bool) or not isinstance(w, Integral) or w < 1:
+            raise ConfigError(
+                f"retrain window_bars (--window-bars) must be a whole number >= 1 "
+                f"(the latest bars to train on), got {w!r}"
+            )
+        if not 0 <= self.min_directional_accuracy <= 1:
+            raise ConfigError(
+                "retrain min_directional_accuracy (--min-directional-accuracy) must be in "
+                f"[0, 1] (a share of the validation windows), got {self.min_directional_accuracy!r}"
+            )
+        if not self.max_mse_ratio > 0:
+            raise ConfigError(
+                "retrain max_mse_ratio (--max-mse-ratio) must be > 0 (the ensemble's validation "
+                f"MSE over the zero forecast's), got {self.max_mse_ratio!r}"
+            )
 
 
 @dataclass(frozen=True)

@@ -419,6 +419,70 @@ def test_train_checks_out_folder_and_reports_where_it_wrote(cli, tmp_path, monke
     assert str(tmp_path / DEFAULT_TRAIN_OUT) in out
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "rule"),
+    [
+        ("--window-bars", "0", "--window-bars) must be a whole number >= 1"),
+        ("--window-bars", "-1500", "--window-bars) must be a whole number >= 1"),
+        ("--min-directional-accuracy", "1.5", "--min-directional-accuracy) must be in [0, 1]"),
+        ("--min-directional-accuracy", "-0.1", "--min-directional-accuracy) must be in [0, 1]"),
+        ("--min-directional-accuracy", "nan", "--min-directional-accuracy) must be in [0, 1]"),
+        ("--max-mse-ratio", "0", "--max-mse-ratio) must be > 0"),
+        ("--max-mse-ratio", "-1", "--max-mse-ratio) must be > 0"),
+        ("--max-mse-ratio", "nan", "--max-mse-ratio) must be > 0"),
+    ],
+)
+def test_retrain_options_out_of_range_stop_before_the_data(
+    cli, tmp_path, monkeypatch, option, value, rule
+):
+    """--window-bars 0 trained on the whole history (times[-0:]), a negative window on all but
+    its first bars, and the floors took any number: refused, naming the option and the rule,
+    before the data is loaded (the load_data tripwire)."""
+    from tradingd import preflight
+
+    monkeypatch.setattr(preflight, "_importable", lambda module: True)
+    code, out, err = cli("retrain", "-c", str(write_config(tmp_path)), option, value)
+    assert code == 2 and out == ""
+    assert "tradingd: error: retrain " in err and rule in err and f"got {value}" in err
+
+
+def test_retrain_options_in_range_reach_the_retraining(cli, tmp_path, monkeypatch):
+    import tradingd_models.retrain as retraining
+
+    import tradingd.app
+    from tradingd import preflight
+
+    monkeypatch.setattr(preflight, "_importable", lambda module: True)
+    monkeypatch.setattr(tradingd.app, "load_data", lambda config: "panel")
+    policies = []
+
+    def retrain(config, panel, root, policy):  # type: ignore[no-untyped-def]
+        policies.append(policy)
+        return retraining.RetrainOutcome(True, "v1", "ok", {})
+
+    monkeypatch.setattr(retraining, "retrain", retrain)
+    cfg = str(write_config(tmp_path))
+    edges = ("--window-bars", "1", "--min-directional-accuracy", "0", "--max-mse-ratio", "1e9")
+    assert cli("retrain", "-c", cfg, *edges)[0] == 0
+    assert cli("retrain", "-c", cfg, "--min-directional-accuracy", "1")[0] == 0
+    assert [(p.window_bars, p.min_directional_accuracy, p.max_mse_ratio) for p in policies] == [
+        (1, 0.0, 1e9),
+        (1260, 1.0, 1.05),
+    ]
+
+
+@pytest.mark.parametrize("epochs", ["0", "-3"])
+def test_train_refuses_epochs_below_one(cli, tmp_path, monkeypatch, epochs):
+    """--epochs 0 was taken for "not given" and the configured 50 epochs were trained; a
+    negative count ended in ModelConfig's ValueError, a traceback."""
+    from tradingd import preflight
+
+    monkeypatch.setattr(preflight, "_importable", lambda module: True)
+    code, out, err = cli("train", "-c", str(write_config(tmp_path)), "--epochs", epochs)
+    assert (code, out) == (2, "")
+    assert f"tradingd: error: --epochs must be >= 1, got {epochs}" in err
+
+
 # ----------------------------------------------------------------------------- services
 
 
