@@ -26,12 +26,10 @@ from tradingd.config import Config
 from tradingd.features.catalog import Catalog, feature_set_id, resolve_set
 from tradingd.features.engineer import compute_batch, prepare_ml_data
 from tradingd.feeds.panel import Panel
-from tradingd.inference.onnx import fingerprint
+from tradingd.inference.onnx import CARD_FORMAT, fingerprint
 
 from .config import ModelConfig
 from .evaluate import baselines, metrics
-
-CARD_FORMAT = "tradingd-model-card/1"
 
 
 def data_hash(panel: Panel) -> str:

@@ -18,10 +18,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -29,6 +31,7 @@ from ..core.errors import ConfigError
 from ..features.catalog import FeatureSetId
 
 CARD = "card.json"
+CARD_FORMAT = "tradingd-model-card/1"
 MODELS = ("cnn_lstm", "random_forest")
 
 # Where `tradingd retrain` publishes by default (relative to the working directory, never
@@ -58,9 +61,7 @@ class ModelCard:
             ) from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"model card {p} is not valid JSON: {e}") from None
-        for key in ("feature_set", "window", "scaler", "files", "ensemble"):
-            if key not in data:
-                raise ConfigError(f"model card {p} lacks {key!r}")
+        _check_card(p, data)
         return cls(p, data)
 
     @property
@@ -75,6 +76,95 @@ class ModelCard:
     @property
     def version(self) -> str:
         return str(self.data["model_version"])
+
+
+def _check_card(p: Path, data: Any) -> None:
+    """Every key the daemon reads from a card, with its type and range, checked at load: a
+    damaged or hand-edited card is named with its file and key. A missing nested key was a
+    KeyError ('mean') reported as the plugin's params failing, and ensemble weights that do
+    not sum to 1 were blamed on the plugin's params."""
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"model card {p} is not a JSON object")
+    for key in ("feature_set", "window", "scaler", "files", "ensemble", "format"):
+        _card_field(p, data, key)
+    if data["format"] != CARD_FORMAT:
+        _bad_card(
+            p,
+            "format",
+            f"is not {CARD_FORMAT!r}, the card format this tradingd reads",
+            data["format"],
+        )
+    version = _card_field(p, data, "model_version")
+    if not isinstance(version, str) or version in ("", ".", "..") or "/" in version:
+        _bad_card(
+            p, "model_version", "must be a name (it names the prediction cache file)", version
+        )
+    for key in ("feature_set.name", "feature_set.version"):
+        v = _card_field(p, data, key)
+        if not isinstance(v, str):
+            _bad_card(p, key, "must be a string", v)
+    features = _card_field(p, data, "feature_set.features")
+    if (
+        not isinstance(features, list)
+        or not features
+        or not all(isinstance(f, str) for f in features)
+    ):
+        _bad_card(p, "feature_set.features", "must be a list of feature names", features)
+    window = _card_field(p, data, "window")
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+        _bad_card(p, "window", "must be a whole number of bars >= 1", window)
+    for key in ("scaler.mean", "scaler.scale"):
+        v = _card_field(p, data, key)
+        if not isinstance(v, list) or not all(_finite(x) for x in v):
+            _bad_card(p, key, "must be a list of finite numbers", v)
+        if len(v) != len(features):
+            raise ConfigError(
+                f"model card {p}: {key!r} has {len(v)} values, not one for each of the "
+                f"{len(features)} features"
+            )
+    if not all(x > 0 for x in data["scaler"]["scale"]):
+        _bad_card(p, "scaler.scale", "must be > 0 (standard deviations)", data["scaler"]["scale"])
+    for m in MODELS:
+        path = _card_field(p, data, f"files.{m}.path")
+        if not isinstance(path, str) or not path:
+            _bad_card(p, f"files.{m}.path", "must name the ONNX file", path)
+        sha = _card_field(p, data, f"files.{m}.sha256")
+        if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{64}", sha):
+            _bad_card(p, f"files.{m}.sha256", "must be a SHA-256 in hex", sha)
+    weights = _card_field(p, data, "ensemble.weights")
+    if not isinstance(weights, Mapping) or set(weights) != set(MODELS):
+        _bad_card(
+            p, "ensemble.weights", f"must give a weight to each of {', '.join(MODELS)}", weights
+        )
+    if not all(_finite(w) for w in weights.values()) or abs(sum(weights.values()) - 1.0) > 1e-9:
+        _bad_card(p, "ensemble.weights", "must be finite numbers that sum to 1", weights)
+    resid = _card_field(p, data, "ensemble.residual_std")
+    if not _finite(resid) or not resid > 0:
+        _bad_card(p, "ensemble.residual_std", "must be a finite number > 0", resid)
+    threshold = _card_field(p, data, "ensemble.threshold")
+    if not _finite(threshold) or not 0.5 <= threshold < 1:
+        _bad_card(p, "ensemble.threshold", "must be in [0.5, 1)", threshold)
+
+
+def _card_field(p: Path, data: Mapping[str, Any], key: str) -> Any:
+    """The value at a dotted key of the card, every level above it a JSON object."""
+    value: Any = data
+    parts = key.split(".")
+    for i, part in enumerate(parts):
+        if i and not isinstance(value, Mapping):
+            _bad_card(p, ".".join(parts[:i]), "must be a JSON object", value)
+        if part not in value:
+            raise ConfigError(f"model card {p} lacks {'.'.join(parts[: i + 1])!r}")
+        value = value[part]
+    return value
+
+
+def _bad_card(p: Path, key: str, rule: str, value: Any) -> NoReturn:
+    raise ConfigError(f"model card {p}: {key!r} {rule}, got {reprlib.repr(value)}")
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 class OnnxModel:
@@ -159,8 +249,6 @@ class ModelPair:
                 f"{d}: the CNN+LSTM input {cnn_shape} does not match the card's "
                 f"window x features ({self.card.window}, {n_feat})"
             )
-        if self.mean.shape != (n_feat,) or self.scale.shape != (n_feat,):
-            raise ConfigError(f"{d}: the card's scaler does not have {n_feat} features")
 
     def warm_up(self, batch: int) -> None:
         """One call of each model on a batch of this size, output discarded. onnxruntime

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -44,6 +46,104 @@ def test_missing_or_broken_card(tmp_path):
     (tmp_path / "card.json").write_text('{"window": 60}')
     with pytest.raises(ConfigError, match="lacks 'feature_set'"):
         ModelCard.load(tmp_path)
+
+
+def _pop(*keys):  # type: ignore[no-untyped-def]
+    def edit(card):  # type: ignore[no-untyped-def]
+        for k in keys[:-1]:
+            card = card[k]
+        del card[keys[-1]]
+
+    return edit
+
+
+def _set(*keys, value):  # type: ignore[no-untyped-def]
+    def edit(card):  # type: ignore[no-untyped-def]
+        for k in keys[:-1]:
+            card = card[k]
+        card[keys[-1]] = value
+
+    return edit
+
+
+DAMAGED_CARDS = [
+    (_pop("format"), "lacks 'format'"),
+    (_set("format", value="tradingd-model-card/2"), "'format' is not 'tradingd-model-card/1'"),
+    (_pop("model_version"), "lacks 'model_version'"),
+    (_set("model_version", value="../elsewhere"), "'model_version' must be a name"),
+    (_pop("feature_set", "version"), "lacks 'feature_set.version'"),
+    (_set("window", value="60"), "'window' must be a whole number of bars >= 1"),
+    (_set("scaler", value=[]), "'scaler' must be a JSON object"),
+    (_pop("scaler", "mean"), "lacks 'scaler.mean'"),
+    (_pop("scaler", "scale"), "lacks 'scaler.scale'"),
+    (_set("scaler", "mean", value=[0.0] * 19), "'scaler.mean' has 19 values, not one for each"),
+    (_set("scaler", "scale", value=[0.0] * 20), "'scaler.scale' must be > 0"),
+    (_set("scaler", "mean", value=[None] * 20), "'scaler.mean' must be a list of finite numbers"),
+    (_pop("files", "random_forest"), "lacks 'files.random_forest'"),
+    (_pop("files", "cnn_lstm", "path"), "lacks 'files.cnn_lstm.path'"),
+    (_pop("files", "cnn_lstm", "sha256"), "lacks 'files.cnn_lstm.sha256'"),
+    (_set("files", "cnn_lstm", "sha256", value=12), "'files.cnn_lstm.sha256' must be a SHA-256"),
+    (_pop("ensemble", "weights"), "lacks 'ensemble.weights'"),
+    (_pop("ensemble", "residual_std"), "lacks 'ensemble.residual_std'"),
+    (_pop("ensemble", "threshold"), "lacks 'ensemble.threshold'"),
+    (
+        _set("ensemble", "weights", value={"cnn_lstm": 0.7, "random_forest": 0.4}),
+        "'ensemble.weights' must be finite numbers that sum to 1",
+    ),
+    (
+        _set("ensemble", "weights", value={"cnn_lstm": 1.0}),
+        "'ensemble.weights' must give a weight to each of cnn_lstm, random_forest",
+    ),
+    (_set("ensemble", "residual_std", value=0.0), "'ensemble.residual_std' must be a finite"),
+    (_set("ensemble", "threshold", value="0.55"), "'ensemble.threshold' must be in [0.5, 1)"),
+]
+
+
+def _damaged_copy(tmp_path, edit):  # type: ignore[no-untyped-def]
+    from tradingd_plugins.signals.ml_ensemble import default_model_dir
+
+    d = tmp_path / "model"
+    shutil.copytree(default_model_dir(), d)
+    card = json.loads((d / "card.json").read_text())
+    edit(card)
+    (d / "card.json").write_text(json.dumps(card))
+    return d
+
+
+@pytest.mark.parametrize(("edit", "message"), DAMAGED_CARDS)
+def test_a_damaged_card_is_named_with_its_file_and_key(tmp_path, edit, message):
+    """Nested keys were read unchecked: a card without scaler.mean was a KeyError ('mean')
+    at the first use, reported as the plugin's params failing to start."""
+    d = _damaged_copy(tmp_path, edit)
+    with pytest.raises(ConfigError) as exc:
+        ModelCard.load(d)
+    assert str(exc.value).startswith(f"model card {d / 'card.json'}")
+    assert message in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_pop("scaler", "mean"), "lacks 'scaler.mean'"),
+        (
+            _set("ensemble", "weights", value={"cnn_lstm": 0.7, "random_forest": 0.4}),
+            "'ensemble.weights' must be finite numbers that sum to 1",
+        ),
+    ],
+)
+def test_the_start_up_check_blames_a_damaged_card_not_the_params(tmp_path, edit, message):
+    """What `tradingd backtest` printed: 'signals[0].name = 'ml_ensemble': the plugin failed
+    to start with its params: KeyError: 'mean'', and weights that do not sum to 1 as
+    'signals[0].params: ensemble weights must sum to 1'."""
+    from tradingd.config import load_config
+    from tradingd.preflight import load_pipeline
+
+    d = _damaged_copy(tmp_path, edit)
+    signal = {"name": "ml_ensemble", "params": {"model_dir": str(d), "cache_dir": ""}}
+    config = load_config([{"signals": [signal]}], env={})
+    with pytest.raises(ConfigError) as exc:
+        load_pipeline(config)
+    assert str(exc.value).startswith(f"model card {d / 'card.json'}") and message in str(exc.value)
 
 
 def test_the_ensemble_plugin_warms_each_model_up_at_load_with_a_batch_of_its_universe(
