@@ -171,7 +171,12 @@ class OnnxModel:
     def __init__(self, path: Path, expected_sha256: str, threads: int = 0) -> None:
         import onnxruntime as ort
 
-        got = sha256_file(path)
+        try:
+            got = sha256_file(path)
+        except FileNotFoundError:
+            raise ConfigError(
+                f"model file {path}, named by its card, is missing: re-copy the model"
+            ) from None
         if got != expected_sha256:
             raise ConfigError(
                 f"model file {path} does not match its card (sha256 {got[:12]} "
@@ -183,7 +188,13 @@ class OnnxModel:
         # Idle pool threads sleep instead of spinning: between a bar's batched calls a
         # spinning thread holds a core that the GARCH fit worker or the event loop needs.
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime's errors derive from Exception only
+            raise ConfigError(
+                f"model file {path} matches its card but onnxruntime {ort.__version__} cannot "
+                f"load it ({type(exc).__name__}: {exc}): re-export the model"
+            ) from None
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name
         self.input_shape = tuple(inp.shape)

@@ -146,6 +146,25 @@ def test_the_start_up_check_blames_a_damaged_card_not_the_params(tmp_path, edit,
     assert str(exc.value).startswith(f"model card {d / 'card.json'}") and message in str(exc.value)
 
 
+def test_a_missing_or_unloadable_model_file_is_named(tmp_path):
+    """Reported as the plugin's params failing to start: 'FileNotFoundError: [Errno 2] ...'
+    for a file the card names and the folder lacks, 'InvalidProtobuf: ...' for a truncated
+    file whose hash the card was given."""
+    from tradingd.inference.onnx import ModelPair, sha256_file
+
+    d = _damaged_copy(tmp_path, lambda card: None)
+    (d / "random_forest.onnx").unlink()
+    with pytest.raises(ConfigError, match=r"random_forest.onnx, named by its card, is missing"):
+        ModelPair(d)
+    d = _damaged_copy(tmp_path / "truncated", lambda card: None)
+    (d / "cnn_lstm.onnx").write_bytes((d / "cnn_lstm.onnx").read_bytes()[:5000])
+    card = json.loads((d / "card.json").read_text())
+    card["files"]["cnn_lstm"]["sha256"] = sha256_file(d / "cnn_lstm.onnx")
+    (d / "card.json").write_text(json.dumps(card))
+    with pytest.raises(ConfigError, match=r"cnn_lstm.onnx matches its card but onnxruntime"):
+        ModelPair(d)
+
+
 def test_the_ensemble_plugin_warms_each_model_up_at_load_with_a_batch_of_its_universe(
     monkeypatch,
 ):
