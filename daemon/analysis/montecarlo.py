@@ -284,10 +284,30 @@ def trade_path_statistics(pnls: np.ndarray, initial_capital: float) -> dict[str,
     return {"final_return": final, "sharpe": sharpe, "max_drawdown": mdd}
 
 
-def _describe(values: np.ndarray) -> dict[str, float]:
+# The largest share of paths whose statistic is undefined (a constant path's Sharpe ratio)
+# that a summary may leave out: below the 5th percentile's share, so where they would lie
+# cannot move the percentiles reported much. Above it the summary is NaN.
+MAX_UNDEFINED_SHARE = 0.05
+
+
+def defined(values: np.ndarray) -> np.ndarray | None:
+    """The finite values of a statistic over the paths, or None when too many are undefined
+    to summarise (`MAX_UNDEFINED_SHARE`). One constant path of a mostly flat strategy made
+    its whole Sharpe summary and confidence interval NaN before."""
     v = np.asarray(values, dtype=float)
-    if v.size == 0 or not np.all(np.isfinite(v)):
-        return {k: _NAN for k in ("mean", "std", "p5", "p50", "p95")}
+    ok = np.isfinite(v)
+    if v.size == 0 or (v.size - int(ok.sum())) > MAX_UNDEFINED_SHARE * v.size:
+        return None
+    return v if ok.all() else v[ok]
+
+
+def _describe(values: np.ndarray) -> dict[str, float]:
+    v = defined(values)
+    undefined = int(np.size(values) - np.isfinite(np.asarray(values, dtype=float)).sum())
+    if v is None or v.size == 0:
+        out = {k: _NAN for k in ("mean", "std", "p5", "p50", "p95")}
+        out["undefined_paths"] = undefined
+        return out
     p5, p50, p95 = np.percentile(v, [5.0, 50.0, 95.0])
     return {
         "mean": float(np.mean(v)),
@@ -295,14 +315,21 @@ def _describe(values: np.ndarray) -> dict[str, float]:
         "p5": float(p5),
         "p50": float(p50),
         "p95": float(p95),
+        "undefined_paths": undefined,
     }
 
 
 def _rank(observed: float, values: np.ndarray) -> float:
-    """Share of paths at or below the observed value (NaN when undefined)."""
-    if not math.isfinite(observed) or values.size == 0 or not np.all(np.isfinite(values)):
+    """Share of paths at or below the observed value (NaN when undefined). NaN too for a
+    statistic the method cannot change (a permutation's final return and Sharpe ratio, a
+    trade-order shuffle's final return): its paths differ only by rounding, and a rank of
+    0.36 read as a result."""
+    v = defined(values) if math.isfinite(observed) else None
+    if v is None or v.size == 0:
         return _NAN
-    return float(np.mean(values <= observed))
+    if float(np.ptp(v)) <= 1e-9 * max(1.0, abs(observed)):
+        return _NAN
+    return float(np.mean(v <= observed))
 
 
 def summarize_paths(

@@ -54,6 +54,7 @@ from .montecarlo import (
     MonteCarloInput,
     _is_returns,
     _returns_array,
+    defined,
     monte_carlo_input,
     simulate_with_paths,
 )
@@ -357,10 +358,10 @@ class StatisticalValidator:
             raise ValueError(f"n_bootstrap must be >= 1, got {n_bootstrap}")
         cfg = dataclasses.replace(c.monte_carlo(("iid", "stationary")), paths=paths)
         summary, values = simulate_with_paths(_finite(returns), cfg, map_fn=map_fn)
-        s = values["stationary"]["sharpe"]
+        s = defined(values["stationary"]["sharpe"])  # the constant paths' are undefined
         ci = (
             [float(v) for v in np.percentile(s, [50 * c.alpha, 100 - 50 * c.alpha])]
-            if np.all(np.isfinite(s))
+            if s is not None and s.size
             else [_NAN, _NAN]
         )
         return _clean(

@@ -316,3 +316,53 @@ def test_invariants_hold_for_any_returns(r, seed):
         assert -1.0 <= fr["p5"] <= fr["p50"] <= fr["p95"]
         for key in ("final_return", "sharpe", "max_drawdown"):
             assert not any(isinstance(v, float) and math.isinf(v) for v in d[key].values())
+
+
+def test_a_few_constant_paths_leave_the_sharpe_summary_and_interval_defined():
+    """A strategy flat most days (6 trading days of 250): one bootstrap path of only zeros
+    has no Sharpe ratio, and that one path made the whole stationary Sharpe summary and the
+    validator's confidence interval NaN. They are summarised over the defined paths, with
+    the count of the others; too many undefined (over 5%) and the summary is NaN."""
+    from tradingd.analysis.validation import StatisticalValidator, ValidationConfig
+
+    rng = np.random.default_rng(5)
+    r = np.zeros(250)
+    r[rng.choice(250, 6, replace=False)] = rng.normal(0.01, 0.02, 6)
+    cfg = MonteCarloConfig(paths=1000, risk_free_rate=0.0, methods=("iid", "stationary"))
+    summary, values = mc.simulate_with_paths(r, cfg)
+    sharpe = values["stationary"]["sharpe"]
+    undefined = int(np.isnan(sharpe).sum())
+    assert 0 < undefined <= 50  # the case: a few constant paths
+    row = summary["methods"]["stationary"]["sharpe"]
+    assert row["undefined_paths"] == undefined
+    finite = sharpe[np.isfinite(sharpe)]
+    assert row["p5"] == pytest.approx(np.percentile(finite, 5.0))
+    assert row["p95"] == pytest.approx(np.percentile(finite, 95.0))
+    out = StatisticalValidator(ValidationConfig(risk_free_rate=0.0, paths=1000)).bootstrap_analysis(
+        r
+    )
+    lo, hi = out["sharpe_confidence_interval"]
+    assert math.isfinite(lo) and math.isfinite(hi) and lo < hi
+    # Mostly undefined: no summary.
+    assert math.isnan(mc._describe(np.array([np.nan] * 10 + [1.0] * 90))["p5"])
+
+
+def test_a_statistic_the_method_cannot_change_has_no_rank():
+    """A permutation keeps the final return and the Sharpe ratio, a trade-order shuffle the
+    final return: their paths differ by rounding only, and ranks of 0.36 or 1.0 were
+    reported beside them as if they meant something."""
+    rng = np.random.default_rng(1)
+    pnl, r = rng.normal(50, 400, 80), rng.normal(0.0003, 0.01, 300)
+    inp = mc.monte_carlo_input(r, trade_pnls=pnl, initial_capital=1e5)
+    cfg = MonteCarloConfig(paths=300, methods=("trade_order", "permutation"), risk_free_rate=0.0)
+    summary, _ = mc.simulate_with_paths(inp, cfg)
+    ranks = {
+        (m, k): summary["methods"][m][k]["observed_rank"]
+        for m in ("trade_order", "permutation")
+        for k in ("final_return", "sharpe", "max_drawdown")
+    }
+    assert math.isnan(ranks["permutation", "final_return"])
+    assert math.isnan(ranks["permutation", "sharpe"])
+    assert math.isnan(ranks["trade_order", "final_return"])
+    assert 0.0 <= ranks["permutation", "max_drawdown"] <= 1.0
+    assert 0.0 <= ranks["trade_order", "max_drawdown"] <= 1.0
