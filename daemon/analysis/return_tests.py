@@ -62,7 +62,7 @@ def mean_return_test(
     hac_var = float(_long_run_covariance(r, lags)[0, 0]) / n
     hac_se = math.sqrt(hac_var) if hac_var > 0 else _NAN
     hac_z = mean / hac_se if hac_se > 0 else _NAN
-    hac_p = _p_value(hac_z, alternative)
+    hac_p = _p_value(hac_z, alternative, df=n - 1)  # t(n - 1): see sharpe_ratio_test
     p = float(res.pvalue)
     return {
         "null": null,

@@ -91,9 +91,13 @@ def sharpe_ratio_test(
     lags = _lags(n, hac_lags)
     se = sharpe_standard_error(x, lags)
     z = sr / se if se > 0 else _NAN
-    p = _p_value(z, alternative)
+    # Referred to t(n - 1), not the normal: the Newey-West variance is biased down in short
+    # samples, and against the normal the test rejected a true null 14% of the time at 5
+    # bars and 7% at 60 (nominal 5%); t(n - 1) is the plain t-test's reference, and the two
+    # agree for long runs.
+    p = _p_value(z, alternative, df=n - 1)
     tt = stats.ttest_1samp(x, 0.0, alternative=alternative)
-    q = float(stats.norm.ppf(1.0 - alpha / 2.0))
+    q = float(stats.t.ppf(1.0 - alpha / 2.0, n - 1))
     ann = math.sqrt(periods_per_year)
     ci = [(sr - q * se) * ann, (sr + q * se) * ann] if math.isfinite(se) else [_NAN, _NAN]
     return {

@@ -77,14 +77,16 @@ def _varies(x: np.ndarray) -> bool:
     return _dispersion(float(np.mean(x)), float(np.std(x)))
 
 
-def _p_value(z: float, alternative: str) -> float:
+def _p_value(z: float, alternative: str, df: float | None = None) -> float:
+    """The p-value of `z` under the normal, or Student's t with `df` degrees of freedom."""
     if not math.isfinite(z):
         return _NAN
+    dist = stats.norm if df is None else stats.t(df)
     if alternative == "greater":
-        return float(stats.norm.sf(z))
+        return float(dist.sf(z))
     if alternative == "less":
-        return float(stats.norm.cdf(z))
-    return float(2.0 * stats.norm.sf(abs(z)))
+        return float(dist.cdf(z))
+    return float(2.0 * dist.sf(abs(z)))
 
 
 def _reject(p: float, alpha: float) -> bool:
