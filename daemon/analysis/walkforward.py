@@ -222,7 +222,7 @@ class WalkForwardAnalyzer:
                 "gross_exposure": curve["gross_exposure"].tolist(),
                 "analysis": analysis,
             },
-            "stability": stability(folds, perf),
+            "stability": stability(folds, perf, self.wf.step),
             "decay": decay(folds, self.wf.step, perf),
         }
 

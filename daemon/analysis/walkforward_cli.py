@@ -176,6 +176,7 @@ def summarize(results: Mapping[str, Any], out: Path) -> dict[str, Any]:
         "max_drawdown": risk["max_drawdown"],
         "sharpe_trend_per_fold": d["by_fold"]["sharpe_trend"]["slope"],
         "sharpe_trend_p": d["by_fold"]["sharpe_trend"]["p_value"],
+        "sharpe_trend_independent_folds": d["by_fold"]["sharpe_trend"].get("n_independent"),
         "sharpe_by_horizon": {
             f"{b['from_bar']}-{b['to_bar']}": b["sharpe"] for b in d["by_horizon"]["buckets"]
         },
@@ -197,7 +198,9 @@ def format_summary(s: Mapping[str, Any]) -> str:
             f"{_pct(s['total_return'])}, annual {_pct(s['annual_return'])}, Sharpe "
             f"{_num(s['sharpe'])}, max drawdown {_pct(s['max_drawdown'])}",
             f"decay: out-of-sample Sharpe {_num(s['sharpe_trend_per_fold'], 4)} per fold "
-            f"(p = {_num(s['sharpe_trend_p'], 3)}); Sharpe by bars since training: {horizon}",
+            f"(p = {_num(s['sharpe_trend_p'], 3)} over "
+            f"{s.get('sharpe_trend_independent_folds', '?')} folds with separate test "
+            f"windows); Sharpe by bars since training: {horizon}",
             f"median walk-forward efficiency {_num(s['median_walk_forward_efficiency'])}",
             f"results in {s['output_dir']} ({s['wall_s']} s)",
         ]
