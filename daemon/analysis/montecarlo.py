@@ -8,8 +8,8 @@ drawdown is luck of the order the days (or trades) came in. Three resamplings an
   destroys any serial dependence;
 * ``stationary``: the stationary block bootstrap of Politis & Romano (1994), blocks of
   geometric length with mean ``block_length`` (automatic: Politis & White 2004, corrected by
-  Patton, Politis & White 2009), which keeps volatility clustering and short-range
-  autocorrelation, and so gives honest drawdown tails;
+  Patton, Politis & White 2009, the larger of the returns' and their squares'), which keeps
+  volatility clustering and short-range autocorrelation, and so gives honest drawdown tails;
 * ``trade_order``: the round trips' PnLs (money) in a random order added to the initial
   capital. Their sum, hence the final return, is the same on every path; the drawdown is
   what the order decides.
@@ -411,17 +411,31 @@ def simulate_chunk(task: MonteCarloTask) -> ChunkResult:
 
 
 def automatic_block_length(returns: Any) -> float:
-    """The stationary bootstrap's mean block length by Politis & White (2004) with the
-    correction of Patton, Politis & White (2009), as `arch.bootstrap.optimal_block_length`
-    computes it; at least 1 bar (white noise gives less)."""
+    """The stationary bootstrap's mean block length: the larger of Politis & White's (2004)
+    choice (with the correction of Patton, Politis & White 2009, as
+    `arch.bootstrap.optimal_block_length` computes it) for the returns and for their
+    squares; at least 1 bar.
+
+    Why the squares: Politis & White choose the block for the variance of the sample mean,
+    which only the returns' own autocorrelation matters to. Daily equity returns are close
+    to uncorrelated but cluster in volatility, so on the S&P 500's last 1,260 days the
+    returns alone gave 1.0 bar (the IID bootstrap: lag-1 autocorrelation of squared returns
+    0.29 in the data, 0.00 on the paths), where the squares give 46. Drawdowns are what
+    clustering decides, and the method is here to keep it."""
     from arch.bootstrap import optimal_block_length
 
     r = np.asarray(returns, dtype=float)
     if r.size < 10 or not np.all(np.isfinite(r)) or float(np.std(r)) == 0.0:
         return 1.0
-    with np.errstate(divide="ignore", invalid="ignore"):  # near-constant series
-        value = float(optimal_block_length(r)["stationary"].iloc[0])
-    return max(1.0, value) if math.isfinite(value) else 1.0
+    best = 1.0
+    for series in (r, r * r):
+        if float(np.std(series)) == 0.0:
+            continue
+        with np.errstate(divide="ignore", invalid="ignore"):  # near-constant series
+            value = float(optimal_block_length(series)["stationary"].iloc[0])
+        if math.isfinite(value):
+            best = max(best, value)
+    return best
 
 
 def plan_chunks(data: MonteCarloInput, config: MonteCarloConfig) -> list[MonteCarloTask]:

@@ -366,3 +366,29 @@ def test_a_statistic_the_method_cannot_change_has_no_rank():
     assert math.isnan(ranks["trade_order", "final_return"])
     assert 0.0 <= ranks["permutation", "max_drawdown"] <= 1.0
     assert 0.0 <= ranks["trade_order", "max_drawdown"] <= 1.0
+
+
+def test_the_automatic_block_keeps_volatility_clustering():
+    """Politis & White's block is chosen for the mean, which returns without autocorrelation
+    give 1 bar: the 'stationary' bootstrap was then the IID one and dropped the clustering
+    that decides drawdowns (the docs promised it kept it). The squares' block counts too."""
+    rng = np.random.default_rng(3)
+    n, omega, alpha, beta = 1260, 2e-6, 0.10, 0.88  # GARCH(1,1): uncorrelated, clustered
+    r, var = np.empty(n), omega / (1 - alpha - beta)
+    for t in range(n):
+        r[t] = np.sqrt(var) * rng.standard_normal()
+        var = omega + alpha * r[t] ** 2 + beta * var
+    levels_only = float(optimal_block_length(r)["stationary"].iloc[0])
+    block = mc.automatic_block_length(r)
+    assert levels_only < 3 and block > 10
+    assert block == pytest.approx(float(optimal_block_length(r * r)["stationary"].iloc[0]))
+
+    def lag1(x: np.ndarray) -> float:
+        s = x * x
+        return float(np.corrcoef(s[:-1], s[1:])[0, 1])
+
+    cfg = MonteCarloConfig(paths=200, methods=("stationary",), risk_free_rate=0.0)
+    bs = StationaryBootstrap(block, r, seed=np.random.default_rng(9))
+    kept = np.mean([lag1(data[0][0]) for data in bs.bootstrap(200)])
+    assert kept > 0.5 * lag1(r)  # the paths keep most of the clustering
+    assert mc.plan_chunks(mc.monte_carlo_input(r), cfg)[0].block_length == block
