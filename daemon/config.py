@@ -732,6 +732,15 @@ class Config:
                 "risk = [] configures no risk rule at all; trading without limits must be "
                 "deliberate: add [[risk]] plugins, or set [run] allow_no_risk = true"
             )
+        if self.feed.source == "alpaca" and self.live.bar == "60m":
+            # Alpaca's 1Hour bars start on the clock hour (09:00, 10:00 New York); the
+            # exchange calendar's 60m bars on the session open (09:30, 10:30): no label would
+            # ever match, and every hourly bar would be "late", then lost.
+            raise ConfigError(
+                'live.bar = "60m" with feed.source = "alpaca": Alpaca\'s hourly bars start on '
+                "the clock hour, the calendar's on the 09:30 open, so none would match; use "
+                '"30m" with Alpaca, or feed.source = "yahoo" for 60m bars'
+            )
         if self.feed.source != "recorded" and not self.data.symbols:
             raise ConfigError(
                 f"feed.source = {self.feed.source!r} needs the universe in data.symbols "

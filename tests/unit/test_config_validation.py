@@ -479,3 +479,16 @@ def test_a_weight_outside_signals_is_refused_not_ignored(tmp_path, section):
         ConfigError, match=rf"{re.escape(where)}.weight = -3.0: only \[\[signals\]\]"
     ):
         load_config([p], env={})
+
+
+def test_hourly_bars_from_alpaca_are_refused_with_the_way_out():
+    """Alpaca's 1Hour bars start on the clock hour and the calendar's 60m bars on the 09:30
+    open: the combination was accepted, and every hourly bar was late, then lost."""
+    from tradingd.config import load_config
+
+    base = {"feed": {"source": "alpaca"}, "data": {"symbols": ["AAA"]}}
+    with pytest.raises(ConfigError, match=r'live.bar = "60m" with feed.source = "alpaca".*"30m"'):
+        load_config([{**base, "live": {"bar": "60m"}}], env={})
+    assert load_config([{**base, "live": {"bar": "30m"}}], env={}).live.bar == "30m"
+    yahoo = {"feed": {"source": "yahoo"}, "data": {"symbols": ["AAA"]}, "live": {"bar": "60m"}}
+    assert load_config([yahoo], env={}).live.bar == "60m"
