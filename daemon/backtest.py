@@ -8,7 +8,7 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -212,7 +212,7 @@ async def run_backtest(
         "trading_restricted_bars": sum(p["bars"] for p in result.restrictions),
         "trading_restricted": result.restrictions,
         "dividends_received": engine.portfolio.dividends_received,
-        **_models(engine),
+        **_models(engine, result.times),
     }
     if result.restrictions_not_listed:
         summary["trading_restricted_not_listed"] = result.restrictions_not_listed
@@ -237,18 +237,61 @@ def split_events(panel: Panel) -> dict[str, list[tuple[datetime, float]]]:
     return out
 
 
-def _models(engine: Engine) -> dict[str, Any]:
+def _models(engine: Engine, times: Sequence[datetime] = ()) -> dict[str, Any]:
     """Which model a run used, by version and by the path it was loaded from, so a user can
-    tell the shipped pair from a retrained one."""
+    tell the shipped pair from a retrained one; and the traded bars that lie in the model's
+    own training or validation period (`in_sample`, logged as `backtest.in_sample`).
+
+    Why: a backtest over dates the model was fitted or early-stopped on is in-sample and
+    proves nothing, and nothing said so: `tradingd train` fits up to run.end, and a model
+    that `tradingd retrain` published on recent data was taken up by a backtest of earlier
+    years without a word."""
     out: dict[str, Any] = {}
     for plugin, _ in engine.pipeline.signals:
         version = getattr(plugin, "version", None)
         path = getattr(plugin, "model_path", None)
-        if version is not None or path is not None:
-            out.setdefault("models", []).append(
-                {"plugin": plugin.name, "version": version, "path": path}
-            )
+        if version is None and path is None:
+            continue
+        entry: dict[str, Any] = {"plugin": plugin.name, "version": version, "path": path}
+        card = getattr(getattr(plugin, "pair", None), "card", None)
+        fitted = _fitted_span(getattr(card, "data", None))
+        if fitted is not None:
+            entry["fitted_on"] = [d.isoformat() for d in fitted]
+            inside = [t for t in times if fitted[0] <= t.date() <= fitted[1]]
+            if inside:
+                entry["in_sample"] = {
+                    "first": inside[0].isoformat(),
+                    "last": inside[-1].isoformat(),
+                    "bars": len(inside),
+                    "of": len(times),
+                }
+                log.warning(
+                    "backtest.in_sample",
+                    plugin=plugin.name,
+                    version=version,
+                    fitted_on=entry["fitted_on"],
+                    bars=len(inside),
+                    of=len(times),
+                    rule="these bars are in the model's training or validation period: its "
+                    "results there are in-sample (test after the model's last date)",
+                )
+        out.setdefault("models", []).append(entry)
     return out
+
+
+def _fitted_span(card: Any) -> tuple[date, date] | None:
+    """The first training date and the last validation date of a model card (None when the
+    card does not say)."""
+    if not isinstance(card, Mapping):
+        return None
+    try:
+        first = date.fromisoformat(str(card["train_range"][0])[:10])
+        last = date.fromisoformat(
+            str((card.get("validation_range") or card["train_range"])[1])[:10]
+        )
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    return first, last
 
 
 def split_adjusted(fills: list[Fill], panel: Panel) -> list[Fill]:

@@ -244,3 +244,38 @@ def test_split_adjusted_refuses_a_fill_the_panel_has_no_bar_or_symbol_for():
     ):
         with pytest.raises(ValueError, match=f"fill {bad.fill_id}: {bad.symbol} at"):
             split_adjusted([bad], panel)
+
+
+def test_a_backtest_over_the_models_own_period_says_it_is_in_sample():
+    """A backtest over dates the model was trained or validated on ran without a word: the
+    summary named the model's version only, so `tradingd train` (fitted up to run.end) then
+    a backtest of the same years read like an out-of-sample result."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from structlog.testing import capture_logs
+
+    from tradingd.backtest import _models
+
+    card = SimpleNamespace(
+        data={
+            "train_range": ["2005-01-03", "2005-12-30"],
+            "validation_range": ["2006-01-03", "2006-06-30"],
+        }
+    )
+    plugin = SimpleNamespace(
+        name="ml_ensemble", version="abc", model_path="m", pair=SimpleNamespace(card=card)
+    )
+    engine = SimpleNamespace(pipeline=SimpleNamespace(signals=[(plugin, 1.0)]))
+    days = [datetime(2006, 6, d, tzinfo=UTC) for d in (28, 29, 30)]
+    days += [datetime(2006, 7, d, tzinfo=UTC) for d in (3, 5)]
+    with capture_logs() as logs:
+        (entry,) = _models(engine, days)["models"]
+    assert entry["fitted_on"] == ["2005-01-03", "2006-06-30"]
+    assert entry["in_sample"] == {
+        "first": days[0].isoformat(), "last": days[2].isoformat(), "bars": 3, "of": 5
+    }  # fmt: skip
+    assert [e["bars"] for e in logs if e["event"] == "backtest.in_sample"] == [3]
+    with capture_logs() as logs:
+        (after,) = _models(engine, days[3:])["models"]
+    assert "in_sample" not in after and not [e for e in logs if e["event"] == "backtest.in_sample"]
