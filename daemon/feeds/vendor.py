@@ -49,7 +49,7 @@ from ..core.types import CrossSection
 from .panel import Panel
 from .resilience import ResilientCaller, SourceError, make_error
 from .response_cache import fresh_reads
-from .validate import OUTPUT_COLUMNS, validate_frame
+from .validate import OUTPUT_COLUMNS, _fmt_time, validate_frame
 
 log = structlog.get_logger(__name__)
 
@@ -327,17 +327,53 @@ def combine(
     if not frames:
         return FetchResult(empty_long(), errors)
     table = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+    dropped: dict[str, int] = {}
     while not table.empty:
         try:
             frame = validate_bars(table, source=source, validation=validation, interval=interval)
             return FetchResult(frame, errors)
         except DataError as exc:
             bad = exc.symbol if exc.symbol in set(table["symbol"]) else None
+            older = _older_row(table, bad, exc.row) if bad is not None else None
+            if bad is not None and older is not None and dropped.get(bad, 0) < MAX_DROPPED_ROWS:
+                # A bad bar behind the newest: the window is context, and the vendor's
+                # data is not the operator's to fix. Refusing the symbol refused every good
+                # newer bar for the whole lookback (and a whole warm-up) over one glitch.
+                dropped[bad] = dropped.get(bad, 0) + 1
+                log.warning(
+                    "feed.row_dropped",
+                    source=source,
+                    symbol=bad,
+                    row=exc.row,
+                    reason=str(exc)[:300],
+                    rule="a bad bar older than the symbol's newest is dropped (a gap); "
+                    "a bad newest bar refuses the symbol",
+                )
+                table = table.drop(index=older)
+                continue
             failed = [bad] if bad is not None else sorted(set(table["symbol"]))
             for s in failed:
                 errors[s] = make_error(source, "invalid_data", str(exc)[:500], symbol=s)
             table = table[~table["symbol"].isin(failed)]
     return FetchResult(empty_long(), errors)
+
+
+# Bad older bars one answer may drop per symbol before the symbol is refused instead.
+MAX_DROPPED_ROWS = 5
+
+
+def _older_row(table: pd.DataFrame, symbol: str, row: object) -> pd.Index | None:
+    """The index of `symbol`'s rows at the time a DataError names (`row`: the bar's time as
+    validation labels it), when that is not the symbol's newest bar; else None."""
+    if not isinstance(row, str):
+        return None
+    mine = table[table["symbol"] == symbol]
+    times = pd.to_datetime(mine["time"], errors="coerce")
+    if times.isna().all():
+        return None
+    labels = times.map(_fmt_time)
+    hit = mine.index[(labels == row).to_numpy() & (times < times.max()).to_numpy()]
+    return hit if len(hit) else None
 
 
 async def validated(

@@ -647,3 +647,45 @@ async def test_a_symbol_the_answer_has_no_bar_for_is_reported_not_silently_nan()
             assert feed.status()["failed"] == {}
         finally:
             await feed.stop()
+
+
+class _Glitch(BarBook):
+    """One bar of BBB with high < low (a vendor glitch) on `bad`."""
+
+    bad: date
+
+    def daily(self, symbol: str, first: date, last: date):  # type: ignore[no-untyped-def]
+        out = super().daily(symbol, first, last)
+        for b in out:
+            if symbol == "BBB" and b.day == self.bad:
+                b.high, b.low = b.low, b.high
+        return out
+
+
+async def test_one_bad_older_bar_is_dropped_not_the_symbol_for_the_whole_lookback():
+    """Strict validation (no feed.repair) refused the whole symbol for any bad row of the
+    window: one glitch three sessions back refused every good newer bar of it until the bad
+    one left the lookback, and its whole warm-up. A bad newest bar still refuses it."""
+    book = _Glitch(now=utc(2024, 3, 6, 21, 5))
+    book.bad = date(2024, 3, 1)
+    async with fake_for("yahoo", book) as fake:
+        feed = await started(VendorFeed(source_for("yahoo", fake), SYMBOLS, clock=lambda: book.now))
+        try:
+            with capture_logs() as logs:
+                bar = await feed.bars(utc(2024, 3, 6))
+                history = await feed.history(utc(2024, 2, 1), utc(2024, 3, 6))
+            assert bar.valid.all() and feed.status()["failed"] == {}
+            dropped = [e for e in logs if e["event"] == "feed.row_dropped"]
+            assert dropped and {(e["symbol"], e["row"]) for e in dropped} == {("BBB", "2024-03-01")}
+            j = SYMBOLS.index("BBB")
+            days = [d.date() for d in history.datetimes()]
+            valid = ~np.isnan(history.close[:, j])
+            assert not valid[days.index(date(2024, 3, 1))]  # the one bad bar is a gap
+            assert valid.sum() == len(days) - 1
+            book.bad = date(2024, 3, 7)  # the newest bar is the bad one: the symbol is refused
+            book.now = utc(2024, 3, 7, 21, 5)
+            bar = await feed.bars(utc(2024, 3, 7))
+            assert bar.valid.tolist() == [True, False, True]
+            assert feed.status()["failed"]["BBB"]["kind"] == "invalid_data"
+        finally:
+            await feed.stop()
