@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -213,15 +213,21 @@ def feature_names(config: Config, pipeline: Pipeline) -> tuple[str, ...]:
     return tuple(sorted(pipeline.required_features() | set(planner) | set(config.features.extra)))
 
 
-def verify_model_features(config: Config, pipeline: Pipeline) -> None:
+def verify_model_features(
+    config: Config, pipeline: Pipeline, symbols: Sequence[str] | None = None
+) -> None:
     """A plugin that was trained on a feature set (it has `feature_set`) must get exactly
-    those features, computed with the same periods: otherwise start-up stops here."""
+    those features, computed with the same periods: otherwise start-up stops here. With the
+    run's `symbols`, a model with cross-sectional features learned over another universe is
+    warned about (`model.universe_differs`)."""
     f = config.features
     catalog = make_catalog(config)
     for plugin, _ in pipeline.signals:
         expected = getattr(plugin, "feature_set", None)
         if expected is None:
             continue
+        if symbols is not None:
+            _warn_other_universe(plugin, expected.features, symbols)
         for name in expected.features:
             try:
                 catalog.node(name)
@@ -232,6 +238,29 @@ def verify_model_features(config: Config, pipeline: Pipeline) -> None:
                 ) from None
         actual = feature_set_id(expected.name, expected.features, f.indicators, f.cross_sectional)
         verify_feature_set(expected, actual, f"plugin {plugin.name!r}")
+
+
+def _warn_other_universe(plugin: Any, features: Sequence[str], symbols: Sequence[str]) -> None:
+    """A cross-sectional feature (cs_*) means what the universe makes it: over the shipped
+    model's 2 index series a cross-sectional rank is only ever +-1, over 500 stocks it is
+    continuous. The feature set's version does not name the universe, so a model trained on
+    one and run on another started without a word."""
+    cross = [n for n in features if n.startswith("cs_")]
+    card = getattr(getattr(plugin, "pair", None), "card", None)
+    data = getattr(card, "data", None)
+    trained = (data.get("data") or {}).get("symbols") if isinstance(data, Mapping) else None
+    if not cross or not isinstance(trained, list) or set(trained) == set(symbols):
+        return
+    log.warning(
+        "model.universe_differs",
+        plugin=getattr(plugin, "name", type(plugin).__name__),
+        cross_sectional=cross,
+        trained_on=len(trained),
+        trained_examples=sorted(map(str, trained))[:5],
+        run_symbols=len(symbols),
+        rule="cross-sectional features are relative to the universe: learned over another "
+        "one, they mean something else here; train the model on this universe",
+    )
 
 
 def choose_swaps(
@@ -594,7 +623,7 @@ def _assemble(
     portfolio = Portfolio(
         symbols, config.run.initial_capital, session_tz=session_zone(config, mode)
     )
-    verify_model_features(config, pipeline)
+    verify_model_features(config, pipeline, symbols)
     names = feature_names(config, pipeline)
     warmup: Callable[[], AsyncIterator[CrossSection]] | None
     if vendor:

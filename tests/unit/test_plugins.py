@@ -134,3 +134,25 @@ def test_intraday_live_bars_annualise_per_bar_figures_with_their_own_count():
     spec = PluginSpec("kelly_garch", params={"fit_cache_dir": "", "max_kelly": 0.4})
     again = _plugin_config(type(pipeline("5m", "live").sizing), spec, "sizing", running=five)
     assert again.periods_per_year == 252 * 78 and again.max_kelly == 0.4
+
+
+def test_a_model_with_cross_sectional_features_on_another_universe_is_warned():
+    """The shipped model's cs_ret_1 was learned over 2 index series, where a cross-sectional
+    rank is only ever +-1; the README's S&P 500 run gives it 496 stocks, where it is
+    continuous. The feature set's version does not name the universe: it started silently."""
+    from structlog.testing import capture_logs
+
+    from tradingd.app import build_pipeline, verify_model_features
+    from tradingd.config import load_config
+
+    config = load_config([], env={})  # the default strategy: ml_ensemble, the shipped model
+    own = ("NASDAQ", "SP500")
+    pipeline = build_pipeline(config, own)
+    with capture_logs() as logs:
+        verify_model_features(config, pipeline, own)
+    assert not [e for e in logs if e["event"] == "model.universe_differs"]
+    with capture_logs() as logs:
+        verify_model_features(config, pipeline, ("AAPL", "MSFT", "XOM"))
+    (warned,) = [e for e in logs if e["event"] == "model.universe_differs"]
+    assert warned["trained_on"] == 2 and warned["run_symbols"] == 3
+    assert "cs_ret_1" in warned["cross_sectional"]
