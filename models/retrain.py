@@ -16,9 +16,12 @@ exists) picks the new version up at its next bar. Old versions beyond `keep` are
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from numbers import Integral
 from pathlib import Path
@@ -75,6 +78,49 @@ class RetrainOutcome:
     metrics: dict[str, Any]
 
 
+def _current_card(root: Path) -> dict[str, Any] | None:
+    """The card of `root/current` (None when there is none or it cannot be read)."""
+    path = root / "current" / "card.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _model_config_of(card: Mapping[str, Any]) -> ModelConfig | None:
+    """The hyperparameters a card was trained with (its `model_config`), or None."""
+    raw = card.get("model_config")
+    if not isinstance(raw, Mapping):
+        return None
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    values = {k: v for k, v in raw.items() if k in known}
+    if isinstance(values.get("ensemble_weights"), list):
+        values["ensemble_weights"] = tuple(values["ensemble_weights"])
+    try:
+        mc = ModelConfig(**values)
+    except (TypeError, ValueError) as exc:
+        log.warning("model.retrain.current_config_unreadable", error=str(exc))
+        return None
+    log.info("model.retrain.hyperparameters", source="the current model's card")
+    return mc
+
+
+def _same_shape(candidate: Mapping[str, Any], current: Mapping[str, Any]) -> tuple[bool, str]:
+    """A candidate a running daemon can take up: the current model's window and feature
+    set. Another one is not published: the daemon would refuse it (model.reload_refused)
+    and keep its model, while `current` named the new one, and a restart would then change
+    model without a word."""
+    for key in ("window", "feature_set"):
+        if candidate.get(key) != current.get(key):
+            return False, (
+                f"the candidate's {key} ({candidate.get(key)!r}) differs from the current "
+                f"model's ({current.get(key)!r}): a running daemon would refuse it; publish "
+                "into another --root, or remove the current link first"
+            )
+    return True, ""
+
+
 def current_version(root: Path) -> str | None:
     link = root / "current"
     return Path(os.readlink(link)).name if link.is_symlink() else None
@@ -105,6 +151,11 @@ def retrain(
     root = Path(root)
     versions = root / "versions"
     versions.mkdir(parents=True, exist_ok=True)
+    current = _current_card(root)
+    if model_config is None and current is not None:
+        # The current model's hyperparameters, not the specification's defaults: a model
+        # trained with another window was published, and a running daemon refused it.
+        model_config = _model_config_of(current)
     rolling = (
         panel
         if len(panel.times) <= policy.window_bars
@@ -120,6 +171,9 @@ def retrain(
         ok, reason = gate(card, policy)
         version = card["model_version"]
         metrics = card["metrics"]["validation"]
+        if ok and current is not None:
+            ok, why = _same_shape(card, current)
+            reason = why or reason
         if not ok:
             log.warning(
                 "model.retrain.rejected",

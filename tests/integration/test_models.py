@@ -293,6 +293,29 @@ def test_retrain_publishes_only_past_the_floor_and_the_plugin_follows(tmp_path):
     plugin.score(ctx)
     assert plugin.version == second.version
 
+    # Without a model config, the current model's hyperparameters, not the specification's
+    # (the CLI passes none: it trained the default network whatever was running).
+    third = retrain(
+        cfg,
+        panel,
+        root,
+        RetrainPolicy(window_bars=600, min_directional_accuracy=0.0, max_mse_ratio=1e9),
+    )
+    card = json.loads((root / "versions" / third.version / "card.json").read_text())
+    assert card["model_config"]["cnn_filters"] == TINY.cnn_filters  # not the default 64
+    assert card["model_config"]["seed"] == 7  # the current (second) model's
+    # A candidate of another window is not published: a running daemon refuses it
+    # (model.reload_refused) while `current` would name it.
+    other = retrain(
+        cfg,
+        panel,
+        root,
+        RetrainPolicy(window_bars=600, min_directional_accuracy=0.0, max_mse_ratio=1e9),
+        dataclasses.replace(TINY, time_steps=20),
+    )
+    assert not other.published and "window" in other.reason
+    assert current_version(root) == third.version
+
 
 def test_train_twice_gives_the_same_model_version(tiny_model, tmp_path):
     _, card = tiny_model
