@@ -49,18 +49,43 @@ def _mask_query(query: str) -> str:
     return "&".join(parts)
 
 
-def _split_userinfo(rest: str) -> tuple[str | None, str]:
+def _split_userinfo(rest: str, *, loose: bool = False) -> tuple[str | None, str]:
     """`user:password` and the rest of a URL after `scheme://`, where the password may hold
-    an unencoded `/`, `?`, `#` or `@` (generated passwords do): the user information ends
-    at the last `@`, when what comes before it starts as `user:` (no `/`, `?`, `#` in the
-    user). Otherwise None: the URL is split at its first `/`, `?`, `#` as usual."""
+    an unencoded `/`, `?`, `#` or `@` (generated passwords do): the user information then
+    ends at the last `@`. Otherwise None, and the URL is split at its first `/`, `?`, `#`
+    as usual. The last `@` is taken when what precedes it starts as `user:` (no `/`, `?`,
+    `#` in the user), the usual authority has no `@` of its own, and either that authority
+    is not a valid `host[:port]` (`u:pa` before `/ss@h`: a password, not a port) or the `@`
+    lies in the path. An `@` in the query of a valid authority (`?apikey=K3y@2024`) is the
+    query's: read as a password end it would show the key's tail. `loose`: every URL whose
+    last `@` follows `user:` (for `_secrets_of`, which masks both readings)."""
     at = rest.rfind("@")
     if at < 0:
         return None, rest
     user, colon, _ = rest[:at].partition(":")
     if not colon or any(c in user for c in "/?#"):
         return None, rest
+    if loose:
+        return rest[:at], rest[at + 1 :]
+    ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
+    cut = min(ends, default=len(rest))
+    if "@" in rest[:cut]:
+        return None, rest  # the usual reading: the last @ of the authority ends the user
+    query = [i for i in (rest.find(c) for c in "?#") if i >= 0]
+    in_query = bool(query) and min(query) < at
+    if _host_port(rest[:cut]) and in_query:
+        return None, rest
     return rest[:at], rest[at + 1 :]
+
+
+def _host_port(authority: str) -> bool:
+    """A plausible `host[:port]` (port digits, host without spaces), IPv6 in brackets."""
+    host, colon, port = (
+        authority.rpartition(":") if not authority.endswith("]") else (authority, "", "")
+    )
+    if not colon:
+        host, port = authority, ""
+    return bool(host) and (port == "" or port.isdigit()) and not any(c.isspace() for c in host)
 
 
 def mask_url(url: str) -> str:
@@ -142,23 +167,30 @@ def _secrets_of(url: str) -> list[str]:
     m = _SCHEME.match(url)
     if m is None:
         return out
-    userinfo, rest = _split_userinfo(url[m.end() :]) if m.group(2) else (None, url[m.end() :])
-    rest = rest.split("#", 1)[0]
-    rest, _, query = rest.partition("?")
-    if m.group(2) and userinfo is None:
-        authority = rest.split("/", 1)[0]
-        if "@" in authority:
-            userinfo = authority.rpartition("@")[0]
-    if userinfo is not None:
-        user, colon, password = userinfo.partition(":")
-        if colon and password:
-            out.append(password)
-        if _token_like(user):
-            out.append(user)
-    for item in query.split("&"):
-        name, eq, value = item.partition("=")
-        if eq and value and name.strip().lower() in SECRET_QUERY_PARAMS:
-            out.append(value)
+    whole = url[m.end() :]
+    # Both readings of an ambiguous URL (see _split_userinfo): each one's secrets masked.
+    readings: list[tuple[str | None, str]] = [(None, whole)]
+    if m.group(2):
+        loose, after = _split_userinfo(whole, loose=True)
+        if loose is not None:
+            readings.append((loose, after))
+    for userinfo, rest in readings:
+        rest = rest.split("#", 1)[0]
+        rest, _, query = rest.partition("?")
+        if m.group(2) and userinfo is None:
+            authority = rest.split("/", 1)[0]
+            if "@" in authority:
+                userinfo = authority.rpartition("@")[0]
+        if userinfo is not None:
+            user, colon, password = userinfo.partition(":")
+            if colon and password:
+                out.append(password)
+            if _token_like(user):
+                out.append(user)
+        for item in query.split("&"):
+            name, eq, value = item.partition("=")
+            if eq and value and name.strip().lower() in SECRET_QUERY_PARAMS:
+                out.append(value)
     # Longest first, so a secret containing a shorter one is replaced whole.
     return sorted((s for s in out if len(s) >= 3), key=len, reverse=True)
 

@@ -46,6 +46,10 @@ SECRET = "s3cret"
             "postgresql://u:***@h/db?sslmode=require",
         ),
         ("https://h/x?token=s3cret&email=a@b.example", "https://h/x?token=***&email=a@b.example"),
+        # An @ in a secret query value of a host:port URL is the query's: read as the end
+        # of a password it showed the value's tail ("https://host:***@2024").
+        ("https://host:8443/p?apikey=s3cret@2024", "https://host:8443/p?apikey=***"),
+        ("http://localhost:9000/feed?token=s3cret@x", "http://localhost:9000/feed?token=***"),
     ],
 )
 def test_mask_url_hides_credentials(url, masked):
@@ -107,6 +111,11 @@ def test_a_password_with_a_slash_or_hash_is_not_shown_by_the_config_error(url):
         load_config([{key: {"url": url}}], env={})
     assert SECRET not in str(caught.value)
     assert "percent-encoded" in str(caught.value)
+
+
+def test_scrub_removes_a_query_secret_with_an_at_sign():
+    url = "https://data.vendor.example:8443/v1/bars?apikey=s3cret@2024xyz"
+    assert scrub("vendor refused key s3cret@2024xyz (401)", url) == "vendor refused key *** (401)"
 
 
 def test_scrub_and_mask_text_remove_a_password_with_a_slash():
