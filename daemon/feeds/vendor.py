@@ -526,6 +526,8 @@ class VendorFeed:
         self.session = session or getattr(source, "session", None) or Session()
         self.calendar = calendar
         self._failed: dict[str, dict[str, Any]] = {}
+        # Symbols the last bar's answer had no bar for (no error named them): see _note_missing.
+        self._missing: dict[str, dict[str, Any]] = {}
         # Bars whose answer lacked them (late at the vendor): fetched again past the cache.
         self._late: deque[datetime] = deque(maxlen=64)
         self.last_bar: datetime | None = None
@@ -584,12 +586,15 @@ class VendorFeed:
         and nothing was logged, while the history went on without their bar."""
         have = set(at["symbol"].tolist())
         missing = [s for s in self._symbols if s not in have and s not in result.errors]
-        for s in missing:
-            self._failed[s] = {
-                "kind": "missing_bar",
+        # Shown, not failing readiness: a halted or delisted symbol has no bar either, for
+        # days or for good, and /ready would fail all that time (`status()["missing"]`).
+        self._missing = {
+            s: {
                 "message": f"the answer had no bar {t.isoformat()} for it",
-                "since": self._failed.get(s, {}).get("since", now.isoformat()),
+                "since": self._missing.get(s, {}).get("since", now.isoformat()),
             }
+            for s in missing
+        }
         if missing:
             log.warning(
                 "feed.bar_missing",
@@ -706,6 +711,10 @@ class VendorFeed:
             detail = f"{len(failed)} of {len(self._symbols)} symbols failing: {shown}{more}"
         else:
             detail = "ok" if ok else f"circuit {caller.get('circuit')}"
+        if self._missing:
+            names = ", ".join(sorted(self._missing)[:5])
+            more = f" and {len(self._missing) - 5} more" if len(self._missing) > 5 else ""
+            detail += f"; no bar for {len(self._missing)} (halted or late?): {names}{more}"
         return {
             "ok": ok,
             "detail": detail,
@@ -717,5 +726,6 @@ class VendorFeed:
             "last_bar": self.last_bar.isoformat() if self.last_bar else None,
             "last_fetch": self.last_fetch_at.isoformat() if self.last_fetch_at else None,
             "failed": failed,
+            "missing": dict(self._missing),
             "caller": caller,
         }

@@ -246,8 +246,8 @@ async def test_429_malformed_and_empty_are_survived(yahoo):
         assert (await feed.bars(utc(2024, 3, 5))).valid.all()
         yahoo.faults.empty_next(1)  # one symbol's answer has no bars: survived, and said
         bar = await feed.bars(utc(2024, 3, 6))
-        failed = feed.status()["failed"]
-        assert bar.valid.sum() == 2 and [v["kind"] for v in failed.values()] == ["missing_bar"]
+        status = feed.status()
+        assert bar.valid.sum() == 2 and status["failed"] == {} and len(status["missing"]) == 1
     finally:
         await feed.stop()
 
@@ -640,11 +640,13 @@ async def test_a_symbol_the_answer_has_no_bar_for_is_reported_not_silently_nan()
             missing = [e for e in logs if e["event"] == "feed.bar_missing"]
             assert [e["symbols"] for e in missing] == [["BBB"]]
             status = feed.status()
-            assert not status["ok"] and status["failed"]["BBB"]["kind"] == "missing_bar"
+            # Shown in /ready's detail, not failing it: a halted symbol has no bar either.
+            assert status["ok"] and list(status["missing"]) == ["BBB"]
+            assert "no bar for 1" in status["detail"] and "BBB" in status["detail"]
             book.held = {}
             book.now = utc(2024, 3, 7, 21, 5)
             assert (await feed.bars(utc(2024, 3, 7))).valid.all()
-            assert feed.status()["failed"] == {}
+            assert feed.status()["missing"] == {} and feed.status()["detail"] == "ok"
         finally:
             await feed.stop()
 
