@@ -155,23 +155,25 @@ def trade_start(config: Config, panel: Panel) -> datetime | None:
 _BARS_PER_SESSION = {"1m": 390, "5m": 78, "15m": 26, "30m": 13, "60m": 7}
 
 
-def run_defaults(config: Config, mode: str) -> dict[str, Any]:
+def run_defaults(config: Config, bar: str = "1d") -> dict[str, Any]:
     """What the run knows better than a plugin's defaults. Intraday live bars: a plugin that
     annualises per-bar figures (`periods_per_year`, kelly_garch's volatility) counts 252
     sessions of bars, not 252 bars: with the daily 252 a 5-minute bar's volatility was read
     as a day's, and every position sized at the cap. Set in a plugin's params, it stays."""
-    if mode != "live" or config.live.bar == "1d":
+    if bar == "1d":
         return {}
-    return {"periods_per_year": 252.0 * _BARS_PER_SESSION[config.live.bar]}
+    return {"periods_per_year": 252.0 * _BARS_PER_SESSION[bar]}
 
 
-def build_pipeline(config: Config, symbols: tuple[str, ...], mode: str = "backtest") -> Pipeline:
+def build_pipeline(config: Config, symbols: tuple[str, ...], bar: str = "1d") -> Pipeline:
+    """The configured plugins for `symbols`, on bars of length `bar` (the data's: "1d" for a
+    backtest, live.bar for a live run or a replay of one)."""
     if not config.signals:
         raise ConfigError("signals: at least one signal plugin must be configured")
     # The installed plugins, read once for the pipeline (each read scans every installed
     # distribution's entry points: ~27 ms, ten times for the default strategy).
     eps = plugin_registry.available()  # looked up at call time: tests register plugins there
-    defaults = run_defaults(config, mode)
+    defaults = run_defaults(config, bar)
     signals = [
         (load_plugin(spec, "signal", symbols, f"signals[{i}]", eps, defaults), spec.weight)
         for i, spec in enumerate(config.signals)
@@ -561,11 +563,13 @@ def build_engine(
     before_stop: Callable[[Engine], Awaitable[None]] | None = None,
     after_last_bar: Callable[[Engine], Awaitable[None]] | None = None,
     run_id: str | None = None,
+    bar: str | None = None,
 ) -> Engine:
     """The engine of `config` for `mode` ("live", or a replay: "backtest"). `on_bar`,
     `before_stop` and `after_last_bar` are the Engine's hooks (see its parameters); `run_id`
     the id to run under instead of `run_id_for`'s (a live start that continues a stored run:
-    `continued_live_run`)."""
+    `continued_live_run`). `bar`: the data's bar length, when a replay is of a live run's
+    bars (`replay_check`); by default live.bar live, daily in a backtest."""
     vendor = mode == "live" and config.feed.source != "recorded"
     if vendor:
         symbols = tuple(sorted(dict.fromkeys(config.data.symbols)))
@@ -592,7 +596,8 @@ def build_engine(
         prestart()
     try:
         hooks = _Hooks(on_bar, before_stop, after_last_bar)
-        return _assemble(config, mode, store, run_id, symbols, panel, hooks)
+        data_bar = bar or (config.live.bar if mode == "live" else "1d")
+        return _assemble(config, mode, store, run_id, symbols, panel, hooks, data_bar)
     except BaseException:
         close = getattr(store, "close_unstarted", None)
         if close is not None:
@@ -614,15 +619,14 @@ def _assemble(
     symbols: tuple[str, ...],
     panel: Panel | None,
     hooks: _Hooks,
+    bar: str = "1d",
 ) -> Engine:
     """build_engine's parts around its store."""
     vendor = mode == "live" and config.feed.source != "recorded"
-    pipeline = build_pipeline(config, symbols, mode)
+    pipeline = build_pipeline(config, symbols, bar)
     if mode != "live":
         prepare_for_replay(pipeline)
-    portfolio = Portfolio(
-        symbols, config.run.initial_capital, session_tz=session_zone(config, mode)
-    )
+    portfolio = Portfolio(symbols, config.run.initial_capital, session_tz=session_zone(config, bar))
     verify_model_features(config, pipeline, symbols)
     names = feature_names(config, pipeline)
     warmup: Callable[[], AsyncIterator[CrossSection]] | None
@@ -837,11 +841,12 @@ def _instance_lock(config: Config, engine: Engine) -> Any:
     )
 
 
-def session_zone(config: Config, mode: str) -> ZoneInfo | None:
-    """Where a session's bars are several (intraday live bars), the exchange's time zone
-    (data.timezone, as the alert rules' days): the day's loss then counts from the previous
-    session's last close, not the previous bar's. None: every bar is a session."""
-    return ZoneInfo(config.data.timezone) if mode == "live" and config.live.bar != "1d" else None
+def session_zone(config: Config, bar: str = "1d") -> ZoneInfo | None:
+    """Where a session's bars are several (`bar` intraday: a live run's, or a replay of one),
+    the exchange's time zone (data.timezone, as the alert rules' days): the day's loss then
+    counts from the previous session's last close, not the previous bar's. None: every bar
+    is a session."""
+    return ZoneInfo(config.data.timezone) if bar != "1d" else None
 
 
 async def import_bars(config: Config, chunk: int = 250) -> int:

@@ -105,7 +105,9 @@ async def _replay(config: Config, panel: Panel) -> dict[datetime, dict[str, Any]
     from .app import build_engine
 
     got: dict[datetime, dict[str, Any]] = {}
-    engine = build_engine(config, "backtest", panel=panel)
+    # The live run's bar length: its sizing's periods_per_year and its day's start (intraday)
+    # are those of live.bar, not of a daily backtest.
+    engine = build_engine(config, "backtest", panel=panel, bar=config.live.bar)
     engine.on_decision = lambda t, _source, record: got.__setitem__(t, record)
     await engine.run_until_done()
     return got

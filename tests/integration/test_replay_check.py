@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
+import pytest
 from restart_harness import ROOT, run_to_completion, write_config
 
 from tradingd.config import load_config
@@ -93,3 +94,39 @@ def test_replay_check_and_reset_halt_from_the_command_line(tmp_path: Path):
     assert json.loads(text)["plugins"]["drawdown_guard"]["halted"] is None
     missing = subprocess.run([*base, "reset-halt", *conf, "nope"], capture_output=True, text=True)
     assert missing.returncode == 2 and "no checkpoint" in missing.stderr
+
+
+def test_a_replay_of_an_intraday_live_run_sizes_and_counts_days_as_the_run_did(
+    engine_config, monkeypatch
+):
+    """replay-check rebuilt an intraday live run as a daily backtest: kelly_garch's
+    periods_per_year 252 instead of the run's 19,656, and no session day for the daily
+    loss, so every bar's decision differed from the live run's."""
+    import asyncio
+    import dataclasses
+
+    from conftest import make_panel
+
+    from tradingd import replay_check
+    from tradingd.app import build_engine
+
+    config = dataclasses.replace(
+        engine_config,
+        live=dataclasses.replace(engine_config.live, bar="5m"),
+        sizing=dataclasses.replace(
+            engine_config.sizing, name="kelly_garch", params={"fit_cache_dir": ""}
+        ),
+    )
+    built = []
+
+    def capture(*args, **kwargs):  # type: ignore[no-untyped-def]
+        engine = build_engine(*args, **kwargs)
+        built.append(engine)
+        raise RuntimeError("built")
+
+    monkeypatch.setattr("tradingd.app.build_engine", capture)
+    with pytest.raises(RuntimeError, match="built"):
+        asyncio.run(replay_check._replay(config, make_panel()))
+    (engine,) = built
+    assert engine.pipeline.sizing.config.periods_per_year == 252 * 78
+    assert engine.portfolio._session_tz is not None

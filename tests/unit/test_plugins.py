@@ -116,7 +116,8 @@ def test_intraday_live_bars_annualise_per_bar_figures_with_their_own_count():
     def pipeline(bar: str, mode: str, **params):
         sizing = {"name": "kelly_garch", "params": {"fit_cache_dir": "", **params}}
         config = load_config([{"live": {"bar": bar}, "sizing": sizing}], env={})
-        return build_pipeline(config, ("AAA", "BBB"), mode)
+        data_bar = bar if mode == "live" else "1d"  # as build_engine decides it
+        return build_pipeline(config, ("AAA", "BBB"), data_bar)
 
     five = pipeline("5m", "live").sizing.config
     assert five.periods_per_year == 252 * 78

@@ -375,6 +375,6 @@ def test_only_intraday_live_runs_count_the_day_from_the_previous_session():
     def bar(value: str):
         return load_config([{"live": {"bar": value}}], env={})
 
-    assert session_zone(bar("5m"), "live") == ZoneInfo("America/New_York")
-    assert session_zone(bar("1d"), "live") is None
-    assert session_zone(bar("5m"), "backtest") is None
+    assert session_zone(bar("5m"), "5m") == ZoneInfo("America/New_York")
+    assert session_zone(bar("1d"), "1d") is None
+    assert session_zone(bar("5m"), "1d") is None  # a backtest of daily data
