@@ -45,7 +45,7 @@ def mean_return_test(
 ) -> dict[str, Any]:
     """H0: the mean per-bar return is 0 (<= 0 for "greater"). Student's one-sample t-test
     (scipy.stats.ttest_1samp), with the two-sided 1 - alpha confidence interval of the mean,
-    and the same test with a Newey-West standard error (`hac_*`, normal p-value)."""
+    and the same test with a Newey-West standard error (`hac_*`, p-value from t(n - 1))."""
     r = _finite(returns)
     n = int(r.size)
     null = {"greater": "mean return <= 0", "less": "mean return >= 0"}.get(

@@ -275,9 +275,12 @@ class StatisticalValidator:
         map_fn: MapFn | None = None,
     ) -> dict[str, Any]:
         """Every test on a run (anything `run_records.run_record` accepts, or per-bar
-        returns), its Monte Carlo, and the verdict of the headline Sharpe-ratio test.
-        `trials` / `sharpe_variance` (annualised) override the configuration and the run
-        records for the deflated Sharpe ratio."""
+        returns), its Monte Carlo, and the verdict (`significant`): the headline Sharpe-ratio
+        test's with one trial, the deflated Sharpe ratio's with more. `trials` /
+        `sharpe_variance` (annualised) override the configuration and the run records for
+        the deflated Sharpe ratio; without either, the run folders beside the run are
+        counted, unrelated strategies included (conservative: state the count to judge one
+        strategy's sweep alone)."""
         c = self.config
         rec = None
         if isinstance(backtest_results, MonteCarloInput) or _is_returns(backtest_results):

@@ -911,6 +911,7 @@ class AlpacaBroker:
             members = groups[root]
             if raw is not None:
                 self._adopt(raw, self._leg_ids(root, members))
+                self._replaced_while_down(root, raw)
                 continue
             for m in members:
                 cid = m.client_order_id
@@ -979,6 +980,23 @@ class AlpacaBroker:
             known_missing=stats["missing"],
             unknown_orders=unknown,
         )
+
+    def _replaced_while_down(self, root: str, raw: Mapping[str, Any]) -> None:
+        """One of ours replaced at Alpaca while the daemon was down (an operator's edit):
+        its replacement is this run's order, followed from nothing filled at the next poll
+        (`_follow_replacement`). Before, `start` adopted an open replacement as it stands
+        (its fills so far never booked, and warned as another run's), and a filled one was
+        never seen."""
+        by = str(raw.get("replaced_by") or "") if str(raw.get("status")) == "replaced" else ""
+        if not by:
+            return
+        adopted = self._by_alpaca_id.get(by)
+        if adopted is not None:
+            self._adopted_roots.pop(adopted, None)
+            self._forget_alpaca_id(by)
+        self._replacements[by] = root
+        self._poll_requested = True
+        self._wake.set()
 
     @staticmethod
     def _root_of(o: Order, engine: Mapping[str, Order]) -> str:
@@ -1929,7 +1947,7 @@ class AlpacaBroker:
             if self._stream_up and idle and not due:
                 continue
             self._poll_requested = False
-            if self._open:
+            if self._open or self._replacements or self._unconfirmed:
                 await self._poll_quietly()
 
     async def _confirm_closed(self, t: _Tracked) -> None:

@@ -722,6 +722,11 @@ async def test_an_order_replaced_at_alpaca_is_followed_and_its_fill_booked(fake,
     await broker.submit([buy])
     with capture_logs() as logs:
         new = fake.replace(buy.client_order_id, limit_price=99.0)
+        # Followed by the broker's own poller, before any bar asks (ours was the only open
+        # order, and the poller polled only while one was open).
+        await eventually(
+            lambda: new.client_order_id in [o.client_order_id for o in broker.open_orders()]
+        )
         updates = Updates(broker)
         await updates.until(
             lambda u: any(o.client_order_id == new.client_order_id for o in u.orders)

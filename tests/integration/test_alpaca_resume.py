@@ -494,3 +494,27 @@ async def test_positions_are_alpacas_signed_quantities(fake):
     fake.set_position("TSLA", -2, 200.0)
     async with running(fake) as broker:
         assert await broker.positions() == {"AAPL": 7.0, "TSLA": -2.0}
+
+
+@pytest.mark.parametrize("filled", [10.0, 4.0])
+async def test_an_order_replaced_while_down_is_followed_through_its_replacement(fake, filled):
+    """An operator edited the daemon's order in Alpaca's web UI while the daemon was down:
+    an open replacement was adopted as it stood (its fills never booked, warned as another
+    run's order), a filled one was never seen; the book and Alpaca held different
+    positions."""
+    fake.set_price("AAPL", 100.0, match=False)
+    buy = order("AAPL", 10, OrderType.LIMIT, limit=95.0)
+    async with running(fake) as before:
+        await before.submit([buy])
+        known = checkpoint(before)
+    new = fake.replace(buy.client_order_id, limit_price=99.0)
+    fake.fill(new.client_order_id, price=99.0, qty=filled)
+    async with running(fake) as after:
+        with capture_logs() as logs:
+            await after.resume(known, [])
+            booked = Booked(after)
+            await booked.settle(rounds=10)
+    assert booked.filled(new.client_order_id) == filled
+    assert booked.filled(buy.client_order_id) == 0
+    assert "alpaca.order.replaced" in [e["event"] for e in logs]
+    assert "alpaca.reconcile.unknown_order" not in [e["event"] for e in logs]
