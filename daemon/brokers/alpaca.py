@@ -1257,10 +1257,14 @@ class AlpacaBroker:
                 orders.append(t.order.snapshot())
         return BrokerUpdate(fills=fills, orders=orders)
 
-    async def poll(self) -> None:
+    async def poll(self, *, only_open: bool = False) -> None:
         """One reconciliation pass over the open orders (GET /v2/orders status=all from the
-        oldest open order on, then each open order not listed by id). Raises RetryableError
-        when Alpaca cannot be reached; the broker's own polling catches that."""
+        oldest open order on, then each open order not listed by id). `only_open`: the
+        periodic check while the stream is up lists the open orders only (each followed
+        order missing from them is then read by id): status=all from the oldest open order
+        listed the whole account history since a weeks-old GTC stop, every check. Raises
+        RetryableError when Alpaca cannot be reached; the broker's own polling catches
+        that."""
         client = self._require_client()
         async with self._poll_lock:
             self._drain()
@@ -1277,7 +1281,9 @@ class AlpacaBroker:
             try:
                 times = [t.submitted_at for t in tracked if t.submitted_at is not None]
                 if times:
-                    await self._poll_list(client, min(times) - timedelta(seconds=1), seen)
+                    since = min(times) - timedelta(seconds=1)
+                    status = QueryOrderStatus.OPEN if only_open else QueryOrderStatus.ALL
+                    await self._poll_list(client, since, seen, status)
                 for t in tracked:
                     missing = t.alpaca_id not in seen and t.order.status.is_open
                     if missing and not await self._refresh(t):
@@ -1879,13 +1885,19 @@ class AlpacaBroker:
 
     # ------------------------------------------------------------------------- polling
 
-    async def _poll_list(self, client: TradingClient, after: datetime, seen: set[str]) -> None:
+    async def _poll_list(
+        self,
+        client: TradingClient,
+        after: datetime,
+        seen: set[str],
+        status: QueryOrderStatus = QueryOrderStatus.ALL,
+    ) -> None:
         for _ in range(100):  # pages; a bound, not an expectation
             answer: Any = await self._call(
                 "list_orders",
                 client.get_orders,
                 GetOrdersRequest(
-                    status=QueryOrderStatus.ALL,
+                    status=status,
                     after=after,
                     direction=Sort.ASC,
                     nested=True,
@@ -1926,9 +1938,9 @@ class AlpacaBroker:
             self._apply(raw)
         return True
 
-    async def _poll_quietly(self) -> None:
+    async def _poll_quietly(self, *, only_open: bool = False) -> None:
         try:
-            await self.poll()
+            await self.poll(only_open=only_open)
         except Exception as e:  # polling is the fallback: it must not take the engine down
             log.warning("alpaca.poll_failed", error=self._scrub(e))
 
@@ -1948,7 +1960,9 @@ class AlpacaBroker:
                 continue
             self._poll_requested = False
             if self._open or self._replacements or self._unconfirmed:
-                await self._poll_quietly()
+                # With the stream up and nothing asked for, this is the periodic check: the
+                # open orders suffice (a lost fill shows as an order no longer open).
+                await self._poll_quietly(only_open=self._stream_up and idle)
 
     async def _confirm_closed(self, t: _Tracked) -> None:
         """Wait (bounded) until Alpaca confirms a cancel: from the stream, else by asking."""

@@ -435,6 +435,11 @@ async def test_a_fill_event_lost_on_a_live_stream_is_made_up_by_the_open_order_c
         await updates.until(lambda u: u.filled(stop.client_order_id) >= 10)
         assert [(f.quantity, f.price) for f in updates.fills] == [(10.0, 94.0)]
         assert broker.open_orders() == []
+        # The check lists the open orders only (then reads a missing one by id): a listing
+        # of every order since the oldest open one read the account's whole history, every
+        # check, when a GTC stop was weeks old.
+        listed = {r.query.get("status") for r in fake.requests if r.path == "/v2/orders"}
+        assert "all" not in listed
 
 
 async def test_an_update_that_beats_the_order_answer_is_kept_until_the_order_is_known(fake, broker):
