@@ -373,7 +373,16 @@ def _older_row(table: pd.DataFrame, symbol: str, row: object) -> pd.Index | None
         return None
     labels = times.map(_fmt_time)
     hit = mine.index[(labels == row).to_numpy() & (times < times.max()).to_numpy()]
-    return hit if len(hit) else None
+    if not len(hit):
+        return None
+    rows = table.loc[hit]
+    for col, neutral in (("split", 1.0), ("dividend", 0.0)):
+        if (
+            col in rows
+            and not (pd.to_numeric(rows[col], errors="coerce").fillna(neutral) == neutral).all()
+        ):
+            return None  # it carries a corporate action: dropped, the action would be lost
+    return hit
 
 
 async def validated(

@@ -652,14 +652,15 @@ async def test_a_symbol_the_answer_has_no_bar_for_is_reported_not_silently_nan()
 
 
 class _Glitch(BarBook):
-    """One bar of BBB with high < low (a vendor glitch) on `bad`."""
+    """One bar of `symbol` (BBB) with high < low (a vendor glitch) on `bad`."""
 
     bad: date
+    symbol: str = "BBB"
 
     def daily(self, symbol: str, first: date, last: date):  # type: ignore[no-untyped-def]
         out = super().daily(symbol, first, last)
         for b in out:
-            if symbol == "BBB" and b.day == self.bad:
+            if symbol == self.symbol and b.day == self.bad:
                 b.high, b.low = b.low, b.high
         return out
 
@@ -689,5 +690,23 @@ async def test_one_bad_older_bar_is_dropped_not_the_symbol_for_the_whole_lookbac
             bar = await feed.bars(utc(2024, 3, 7))
             assert bar.valid.tolist() == [True, False, True]
             assert feed.status()["failed"]["BBB"]["kind"] == "invalid_data"
+        finally:
+            await feed.stop()
+
+
+async def test_a_bad_older_bar_that_carries_a_split_refuses_the_symbol_not_the_split():
+    """Dropped, the bad row's split would be lost: the history would run across a 4-for-1
+    without it."""
+    book = _Glitch(now=utc(2024, 3, 6, 21, 5))
+    book.add_split("AAA", date(2024, 3, 4), 4.0)
+    book.bad, book.symbol = date(2024, 3, 4), "AAA"
+    async with fake_for("yahoo", book) as fake:
+        feed = await started(VendorFeed(source_for("yahoo", fake), SYMBOLS, clock=lambda: book.now))
+        try:
+            with capture_logs() as logs:
+                bar = await feed.bars(utc(2024, 3, 6))
+            assert bar.valid.tolist() == [False, True, True]
+            assert feed.status()["failed"]["AAA"]["kind"] == "invalid_data"
+            assert not [e for e in logs if e["event"] == "feed.row_dropped"]
         finally:
             await feed.stop()
