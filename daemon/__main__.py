@@ -266,7 +266,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with _interrupt_on(signal.SIGTERM):
             return _command(args)
     except TradingdError as exc:
-        print(f"tradingd: error: {exc}", file=sys.stderr)
+        from .secrets import mask_text
+
+        # Masked as `run`'s: an error may quote a URL or a key=value it was given.
+        print(f"tradingd: error: {mask_text(str(exc))}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as exc:
         print("tradingd: interrupted", file=sys.stderr)

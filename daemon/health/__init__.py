@@ -87,6 +87,8 @@ class HealthConfig:
       user took all of the process's, and the daemon died of "too many open files".
     - `idle_timeout_s`: a connection that has not sent a whole request for this long (a
       client that sends its headers slowly, or an idle keep-alive) is closed.
+    - `allowed_hosts`: host names a loopback server answers besides 127.0.0.1, ::1 and
+      localhost (a reverse proxy on this machine that passes its clients' Host header).
     """
 
     enabled: bool = True
@@ -97,8 +99,15 @@ class HealthConfig:
     busy_stall_after_s: float = 0.0
     max_connections: int = 64
     idle_timeout_s: float = 10.0
+    allowed_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        hosts = self.allowed_hosts
+        if isinstance(hosts, str) or not all(isinstance(h, str) and h.strip() for h in hosts):
+            raise ConfigError(
+                f"health.allowed_hosts = {hosts!r} is invalid: must be a list of host names"
+            )
+        object.__setattr__(self, "allowed_hosts", tuple(h.strip().lower() for h in hosts))
         if (
             isinstance(self.max_connections, bool)
             or not isinstance(self.max_connections, int)

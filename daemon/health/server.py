@@ -513,7 +513,7 @@ class HealthServer:
     def _app(self) -> web.Application:
         middlewares = [_errors_as_json]
         if is_loopback(self.config.host):
-            middlewares.insert(0, _loopback_host_only)
+            middlewares.insert(0, _loopback_host_only(frozenset(self.config.allowed_hosts)))
         app = web.Application(middlewares=middlewares)
         app.router.add_get("/health", self._get_health)
         app.router.add_get("/ready", self._get_ready)
@@ -606,23 +606,34 @@ class HealthServer:
         return _json({"action": action, "ok": True, "result": shown})
 
 
-@web.middleware
-async def _loopback_host_only(
-    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-) -> web.StreamResponse:
-    """A server bound to loopback answers only requests addressed to loopback. A web page
-    in a browser on this machine could otherwise read /status and /metrics through DNS
-    rebinding (its own host name resolved to 127.0.0.1): the Host header then names it."""
-    host = (request.host or "").strip().lower()
-    if host.startswith("["):  # [::1]:8080
-        name = host[1 : host.find("]")] if "]" in host else host
-    elif host.count(":") == 1:  # 127.0.0.1:8080, localhost:8080
-        name = host.partition(":")[0]
-    else:  # no port
-        name = host
-    if not is_loopback(name):
-        return _json({"error": "this server answers requests to 127.0.0.1, ::1 or localhost"}, 421)
-    return await handler(request)
+def _loopback_host_only(allowed: frozenset[str]) -> Any:
+    """A server bound to loopback answers only requests addressed to loopback (or to
+    `health.allowed_hosts`). A web page in a browser on this machine could otherwise read
+    /status and /metrics through DNS rebinding (its own host name resolved to 127.0.0.1):
+    the Host header then names it."""
+
+    @web.middleware
+    async def check(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        host = (request.host or "").strip().lower()
+        if host.startswith("["):  # [::1]:8080
+            name = host[1 : host.find("]")] if "]" in host else host
+        elif host.count(":") == 1:  # 127.0.0.1:8080, localhost:8080
+            name = host.partition(":")[0]
+        else:  # no port
+            name = host
+        if not is_loopback(name) and name not in allowed:
+            return _json(
+                {
+                    "error": "this server answers requests to 127.0.0.1, ::1 or localhost "
+                    "(a proxy's host name: health.allowed_hosts)"
+                },
+                421,
+            )
+        return await handler(request)
+
+    return check
 
 
 @web.middleware

@@ -211,6 +211,17 @@ async def test_a_loopback_server_answers_only_requests_addressed_to_loopback(
         assert r.status == code
 
 
+async def test_a_proxy_host_name_is_answered_when_allowed(serve, http):
+    """A reverse proxy on this machine that passes its clients' Host header got 421 on
+    every path, /health included, with no way to allow it."""
+    server = await serve(cfg(allowed_hosts=["TradingD.example.com"]))
+    for host, code in (("tradingd.example.com", 200), ("other.example.com", 421)):
+        async with http.get(f"{server.url}/health", headers={"Host": host}) as r:
+            assert r.status == code, host
+    with pytest.raises(ConfigError, match="allowed_hosts"):
+        cfg(allowed_hosts="tradingd.example.com")
+
+
 async def test_a_server_on_every_interface_takes_any_host_name(serve, http):
     server = await serve(cfg(host="0.0.0.0"))
     async with http.get(f"{server.url}/health", headers={"Host": "tradingd.internal"}) as r:

@@ -166,3 +166,18 @@ def test_public_json_is_stable_across_password_changes(tmp_path):
     assert a.to_json() != b.to_json()
     assert a.to_public_json() == b.to_public_json()
     assert b.to_public_json() != c.to_public_json()
+
+
+def test_every_commands_error_line_is_masked(monkeypatch, capsys):
+    """Only `tradingd run` masked its error line: another command's error quoting a URL
+    with its password printed it as given."""
+    import tradingd.__main__ as cli
+    from tradingd.core.errors import TradingdError
+
+    def fail(args):  # type: ignore[no-untyped-def]
+        raise TradingdError("cannot reach postgresql://u:s3cret@db.internal:5432/x")
+
+    monkeypatch.setattr(cli, "_command", fail)
+    assert cli.main(["config"]) == 2
+    err = capsys.readouterr().err
+    assert SECRET not in err and "postgresql://u:***@db.internal:5432/x" in err
