@@ -48,7 +48,12 @@ def workers_arg(text: str) -> int:
 
 
 def pytest_command(args: argparse.Namespace, have_xdist: bool) -> list[str]:
-    cmd = [str(ROOT / "tests"), "-q", "-rs", "-p", "no:cacheprovider"]
+    # A test file or folder after `--` is what to run: the whole tests/ folder was added in
+    # front of it, so `-- tests/integration/test_restart_kill.py` ran all 2,000 tests.
+    named = any(
+        not a.startswith("-") and Path(a.split("::", 1)[0]).exists() for a in args.pytest_args
+    )
+    cmd = ([] if named else [str(ROOT / "tests")]) + ["-q", "-rs", "-p", "no:cacheprovider"]
     if args.category != "all":
         cmd += ["-m", args.category]
     if args.workers > 1:

@@ -50,3 +50,13 @@ def _parse(monkeypatch, argv):
     cmd = seen["cmd"]
     workers = int(cmd[cmd.index("-n") + 1]) if "-n" in cmd else 1
     return argparse.Namespace(cov=any(a.startswith("--cov") for a in cmd), workers=workers)
+
+
+def test_a_test_file_after_the_separator_is_what_runs():
+    """`-- tests/integration/test_restart_kill.py` ran the whole suite: tests/ came first."""
+    here = str(tr.ROOT / "tests" / "unit" / "test_test_runner.py")
+    cmd = tr.pytest_command(_args(pytest_args=[here, "-q"]), have_xdist=True)
+    assert str(tr.ROOT / "tests") not in cmd and cmd[-2:] == [here, "-q"]
+    with_node = tr.pytest_command(_args(pytest_args=[here + "::test_x"]), have_xdist=True)
+    assert str(tr.ROOT / "tests") not in with_node
+    assert str(tr.ROOT / "tests") in tr.pytest_command(_args(pytest_args=["-k", "x"]), True)
