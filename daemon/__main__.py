@@ -298,9 +298,11 @@ def _command(args: argparse.Namespace) -> int:
     from .preflight import check_config, check_services, check_train_extra
 
     config = _config(args.config)
+    from .config import log_overlay_notes
     from .logs import configure_logging
 
     configure_logging(config.log.level, config.log.format)
+    log_overlay_notes(config)
     arg = _OUTPUT_ARG.get(args.command)
     output = getattr(args, arg) if arg else None
     check_config(config, args.command, output_dir=output)
@@ -936,6 +938,9 @@ def _run_command(args: argparse.Namespace, *, restore: bool = True) -> int:
         config = load_config(daemon.paths)
         configure_logging(config.log.level, config.log.format)
         logging_ready = True
+        from .config import log_overlay_notes
+
+        log_overlay_notes(config)
         daemon.config = config
         daemon.flush_recorded()
         if daemon.stopping:

@@ -785,10 +785,51 @@ def load_config(
     """Merge TOML files in order (later wins), then environment overrides, then validate.
     An item may be a table already read from a file (one that can be read only once)."""
     merged: dict[str, Any] = {}
+    notes: list[dict[str, Any]] = []
     for p in paths:
-        _deep_merge(merged, p if isinstance(p, Mapping) else _read_toml(Path(p)))
+        table = p if isinstance(p, Mapping) else _read_toml(Path(p))
+        notes += _replaced_lists(merged, table, "a table" if isinstance(p, Mapping) else str(p))
+        _deep_merge(merged, table)
     _apply_env(merged, os.environ if env is None else env)
-    return build(Config, merged, "")
+    config = build(Config, merged, "")
+    object.__setattr__(config, "overlay_notes", tuple(notes))
+    return config
+
+
+def _replaced_lists(
+    merged: Mapping[str, Any], table: Mapping[str, Any], source: str
+) -> list[dict[str, Any]]:
+    """`[[risk]]` and `[[signals]]` of a later file replace the earlier list whole (TOML
+    arrays are not merged): a file that tightens one limit drops every other rule, the
+    drawdown guard included. That is kept (a list is the file's whole answer), but said:
+    `log_overlay_notes` logs each as `config.list_replaced`, naming the file and the
+    plugins dropped."""
+    out = []
+    for key in ("risk", "signals"):
+        old, new = merged.get(key), table.get(key)
+        if not (isinstance(old, list) and isinstance(new, list)):
+            continue
+
+        def names(items: list[Any]) -> list[str]:
+            return [str(i.get("name")) for i in items if isinstance(i, Mapping)]
+
+        dropped = [n for n in names(old) if n not in names(new)]
+        if dropped:
+            out.append({"file": source, "key": key, "dropped": dropped, "now": names(new)})
+    return out
+
+
+def log_overlay_notes(config: Config) -> None:
+    """Log what `load_config` noted while merging (after logging is configured)."""
+    import structlog
+
+    for note in getattr(config, "overlay_notes", ()):
+        structlog.get_logger("tradingd.config").warning(
+            "config.list_replaced",
+            **note,
+            rule=f"[[{note['key']}]] in a later file replaces the whole list; repeat the "
+            "entries to keep",
+        )
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -492,3 +492,25 @@ def test_hourly_bars_from_alpaca_are_refused_with_the_way_out():
     assert load_config([{**base, "live": {"bar": "30m"}}], env={}).live.bar == "30m"
     yahoo = {"feed": {"source": "yahoo"}, "data": {"symbols": ["AAA"]}, "live": {"bar": "60m"}}
     assert load_config([yahoo], env={}).live.bar == "60m"
+
+
+def test_a_later_file_that_lists_risk_rules_says_which_it_dropped(tmp_path):
+    """A file that tightened one limit with a [[risk]] block replaced the whole chain, the
+    drawdown guard included, without a word."""
+    from structlog.testing import capture_logs
+
+    from tradingd.config import load_config, log_overlay_notes
+
+    first = {"risk": [{"name": "max_position"}, {"name": "drawdown_guard"}]}
+    later = tmp_path / "tight.toml"
+    later.write_text('[[risk]]\nname = "max_position"\nparams = { max_position_pct = 0.03 }\n')
+    config = load_config([first, later], env={})
+    assert [r.name for r in config.risk] == ["max_position"]  # TOML's rule: kept
+    with capture_logs() as logs:
+        log_overlay_notes(config)
+    (note,) = [e for e in logs if e["event"] == "config.list_replaced"]
+    assert note["file"] == str(later) and note["key"] == "risk"
+    assert note["dropped"] == ["drawdown_guard"] and note["now"] == ["max_position"]
+    with capture_logs() as logs:
+        log_overlay_notes(load_config([first, {"risk": first["risk"]}], env={}))
+    assert not [e for e in logs if e["event"] == "config.list_replaced"]
