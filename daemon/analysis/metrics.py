@@ -255,8 +255,10 @@ _LABELS: dict[str, tuple[str, str]] = {
     "total_return": ("Total return", "pct"),
     "annual_return": ("Annual return", "pct"),
     "annual_volatility": ("Annual volatility", "pct"),
-    "sharpe": ("Sharpe ratio", "ratio"),
-    "sortino": ("Sortino ratio", "ratio"),
+    # The summary's risk-free rate is 0; the report's analysis takes 2% (performance config):
+    # the same run's two Sharpe ratios can differ in sign, so each says which it is.
+    "sharpe": ("Sharpe ratio (risk-free 0%)", "ratio"),
+    "sortino": ("Sortino ratio (risk-free 0%)", "ratio"),
     "max_drawdown": ("Max drawdown", "pct"),
     "max_drawdown_duration_bars": ("Max drawdown duration (bars)", "int"),
     "calmar": ("Calmar ratio", "ratio"),
