@@ -649,6 +649,20 @@ def _report(args: argparse.Namespace) -> int:
         from .preflight import check_writable_dir
 
         check_writable_dir(args.output, "--output")
+    if args.attribution and not args.config and (folder / "config.json").is_file():
+        # The replay must be the run's: without -c it took the built-in defaults, and
+        # failed with "not the same run (config, data or dates differ)". The run's own
+        # configuration is in its folder (secrets masked: the replay stores in memory).
+        from .config import load_config
+
+        try:
+            config = load_config([json.loads((folder / "config.json").read_text())])
+        except (ValueError, TradingdError) as exc:
+            raise TradingdError(
+                f"{folder / 'config.json'} cannot be read as the run's configuration ({exc}); "
+                "pass it with -c"
+            ) from None
+        log.info("report.config_from_run", file=str(folder / "config.json"))
     if args.attribution:
         from .preflight import check_config
 

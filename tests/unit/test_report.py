@@ -580,6 +580,18 @@ def test_report_attribution_replays_the_run_and_its_lines_add_up(cli, run_dir, t
     assert "momentum" in " ".join(lines)
 
 
+def test_report_attribution_without_a_config_replays_with_the_runs_own(cli, run_dir, tmp_path):
+    """Without -c the replay took the built-in defaults and failed with "not the same run":
+    the run's own configuration is in its folder."""
+    code, _, err = cli(
+        "report", str(run_dir), "--output", str(tmp_path / "o"), "--no-validation",
+        "--attribution",
+    )  # fmt: skip
+    assert code == 0, err
+    lines = json.loads((tmp_path / "o" / "report.json").read_text())["sections"]
+    assert "momentum" in " ".join(lines["Attribution: return by component"])
+
+
 def test_report_attribution_refuses_a_configuration_that_is_not_the_runs(cli, run_dir, tmp_path):
     other = write_config(tmp_path, "")
     other.write_text(other.read_text().replace("lookback = 20", "lookback = 30"))
