@@ -243,8 +243,18 @@ class PostgresStore(BufferedStore):
         except _ERRORS as e:
             pool.terminate()
             cls = DatabaseUnavailable if unavailable(e) else StorageError
+            hint = ""
+            if type(e).__name__ == "InvalidSchemaNameError" and not self.schema:
+                # A ?search_path= naming a schema that does not exist: the server has nowhere
+                # to create the tables, and said only "no schema has been selected".
+                named = spool_target(self.url, None).rpartition("#")[2]
+                hint = (
+                    f"; the schema {named!r} of the URL's ?search_path= does not exist: "
+                    f'create it first (CREATE SCHEMA "{named}")'
+                )
             raise cls(
-                f"cannot create schema in PostgreSQL at {self.safe_url}: {type(e).__name__}: {e}"
+                f"cannot create schema in PostgreSQL at {self.safe_url}: {type(e).__name__}: "
+                f"{e}{hint}"
             ) from e
         except BaseException:
             pool.terminate()
@@ -253,7 +263,8 @@ class PostgresStore(BufferedStore):
         log.info(
             "storage.postgres.started",
             url=self.safe_url,
-            schema=self.schema or "public",
+            # The URL's ?search_path= schema when storage.schema is not set (not "public").
+            schema=self.schema or spool_target(self.url, None).rpartition("#")[2],
             timescaledb=self.timescaledb,
             tables="hypertables for bars and equity" if self.timescaledb else "plain tables",
         )

@@ -422,3 +422,16 @@ async def test_unreachable_database_is_a_storage_error_without_password() -> Non
 def test_schema_must_be_an_identifier() -> None:
     with pytest.raises(ConfigError):
         open_store("postgresql://x/y", schema='bad"; DROP TABLE x; --')
+
+
+async def test_a_search_path_schema_that_does_not_exist_is_named_with_the_fix(pg_url) -> None:
+    """The server said only "no schema has been selected to create in": the schema the URL
+    named was not said, nor that it must be created first."""
+    from tradingd.storage.factory import open_store
+
+    sep = "&" if "?" in pg_url else "?"
+    store = open_store(f"{pg_url}{sep}search_path=tradingd_no_such_schema_xyz", spool=False)
+    with pytest.raises(StorageError) as caught:
+        await store.start()
+    text = str(caught.value)
+    assert "'tradingd_no_such_schema_xyz'" in text and "CREATE SCHEMA" in text
