@@ -1594,3 +1594,17 @@ def test_without_arch_the_plugin_stops_at_start_up_and_fits_raise(monkeypatch):
     r = np.random.default_rng(1).normal(0, 0.01, 300)
     with pytest.raises(ImportError, match="arch is broken"):
         try_garch_fit(r)
+
+
+def test_a_flipping_kelly_source_is_heard_without_a_line_per_flip(monkeypatch):
+    """The source flips each time the closed trades in the window cross min_trades: a
+    quick start logged 159 `sizing.kelly_source` lines of its 180."""
+    cfg = Cfg(volatility="none")
+    p = KellyGarch(cfg, ("A",))
+    flips = iter(["trades", "prior"] * 60)  # 120 changes
+    monkeypatch.setattr(KellyGarch, "kelly_inputs", property(lambda self: (0.55, 1.5, next(flips))))
+    with capture_logs() as logs:
+        for _ in range(120):
+            p.size(np.array([0.5]), flat_ctx(("A",), T0, [0], [0], [0.0]))
+    heard = [e["changes_so_far"] for e in logs if e["event"] == "sizing.kelly_source"]
+    assert heard == [1, 10, 100]
