@@ -59,6 +59,8 @@ from tradingd.core.types import RiskVerdict
 from .finite import nan_to_zero
 
 log = structlog.get_logger(__name__)
+# Plugin names already warned of an empty sectors_csv in this process.
+_WARNED_NO_MAP: set[str] = set()
 
 UNKNOWN_RULES = ("own", "pool")
 # Symbols named in the start-up warning about unmapped symbols (the rest are counted).
@@ -173,7 +175,9 @@ class SectorExposure:
         # its own sector, so the rule caps single names only; said once at start.
         self.path = Path(config.sectors_csv).expanduser() if config.sectors_csv.strip() else None
         mapping = load_sector_map(self.path) if self.path is not None else {}
-        if self.path is None:
+        if self.path is None and self.name not in _WARNED_NO_MAP:
+            # Once a process: the start-up checks build the plugin, then the engine does.
+            _WARNED_NO_MAP.add(self.name)
             log.warning(
                 "risk.sector_map_missing",
                 plugin=self.name,

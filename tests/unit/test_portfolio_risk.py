@@ -782,14 +782,20 @@ def test_500_symbols_each_rule_acts_on_a_full_book(tmp_path, held_share):
         assert np.all(np.abs(d.targets) <= np.abs(t) + 1e-12)
 
 
-def test_without_a_sector_map_every_symbol_is_its_own_sector():
+def test_without_a_sector_map_every_symbol_is_its_own_sector(monkeypatch):
     from structlog.testing import capture_logs
 
+    import tradingd_plugins.risk.sector as sector_mod
+
+    monkeypatch.setattr(sector_mod, "_WARNED_NO_MAP", set())
     syms = ("A", "B", "C")
     with capture_logs() as logs:
         p = SectorExposure(SectorExposureConfig(max_sector_pct=0.2), syms)
+        # Built again (the start-up checks, then the engine): warned once a process.
+        SectorExposure(SectorExposureConfig(max_sector_pct=0.2), syms)
     warned = [e["event"] for e in logs if e["log_level"] == "warning"]
-    assert warned == ["risk.sector_map_missing", "risk.sector_unmapped"]
+    assert warned.count("risk.sector_map_missing") == 1
+    assert warned[:2] == ["risk.sector_map_missing", "risk.sector_unmapped"]
     assert p.sector_names == ("unknown:A", "unknown:B", "unknown:C")
     ctx = make_context(syms, closes_from_returns(np.zeros((3, 3))))
     d = p.check(np.array([0.3, 0.1, -0.25]), ctx)
