@@ -1138,7 +1138,7 @@ def trading_check(daemon: Any) -> CheckResult:
     does: not while the daemon starts (it connects, then replays its warm-up history: the
     demo's takes a while), nor once it is stopping. Both are part of a normal run: logged at
     info, not as warnings (`expected`)."""
-    from .health import CheckResult
+    from .health import CheckResult, waits
 
     if daemon.stopping:
         return CheckResult(False, "stopping", {"phase": "stopping"}, expected=True)
@@ -1151,7 +1151,10 @@ def trading_check(daemon: Any) -> CheckResult:
         data = {"phase": "catching up", "through": behind.isoformat()}
         return CheckResult(False, "not trading yet: catching up", data, expected=True)
     phase = daemon.phase
-    return CheckResult(False, f"not trading yet: {phase}", {"phase": phase}, expected=True)
+    waiting = waits()
+    why = "".join(f"; waiting for the {part}: {error}" for part, error in waiting.items())
+    detail: dict[str, Any] = {"phase": phase, **({"waiting_for": waiting} if waiting else {})}
+    return CheckResult(False, f"not trading yet: {phase}{why}", detail, expected=True)
 
 
 def _close_unstarted(engine: Engine) -> None:

@@ -35,6 +35,24 @@ from ..core.errors import ConfigError
 TOKEN_ENV = "TRADINGD_HEALTH_TOKEN"
 
 
+# What a start waits for, by part ("database": the error of its last attempt), kept by the
+# part that retries, so /ready says why the daemon is not trading yet while it waits: it
+# named only the phase ("finding the run to continue"), the cause was in the log alone.
+_WAITING: dict[str, str] = {}
+
+
+def waiting_for(part: str, why: str | None) -> None:
+    """Note (or, with None, clear) what a start is waiting for."""
+    if why is None:
+        _WAITING.pop(part, None)
+    else:
+        _WAITING[part] = why
+
+
+def waits() -> dict[str, str]:
+    return dict(_WAITING)
+
+
 def token_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     """The control endpoints' bearer token from `TRADINGD_HEALTH_TOKEN`, or None when unset or
     blank (the control endpoints then answer 403)."""

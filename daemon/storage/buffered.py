@@ -45,6 +45,7 @@ import structlog
 from ..core.arrays import copyto, count_nonzero
 from ..core.errors import ConfigError, StorageError
 from ..core.types import CrossSection, Fill, Order, RunInfo
+from ..health import waiting_for
 from ..secrets import mask_text
 from .records import Records
 from .rows import (
@@ -583,8 +584,10 @@ class BufferedStore(ABC):
             try:
                 await connect()
                 await self._replay_orphans()
+                waiting_for("database", None)
                 return
             except DatabaseUnavailable as e:
+                waiting_for("database", f"{self._where()}: {self._describe(e)}")
                 delay = backoff.next()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

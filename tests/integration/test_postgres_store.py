@@ -435,3 +435,28 @@ async def test_a_search_path_schema_that_does_not_exist_is_named_with_the_fix(pg
         await store.start()
     text = str(caught.value)
     assert "'tradingd_no_such_schema_xyz'" in text and "CREATE SCHEMA" in text
+
+
+async def test_ready_says_what_a_start_waits_for_while_the_database_is_down() -> None:
+    """While a live start waited for PostgreSQL, /ready said only "not trading yet: finding
+    the run to continue"; the cause was in the log alone."""
+    from types import SimpleNamespace
+
+    from tradingd.__main__ import trading_check
+    from tradingd.health import waiting_for, waits
+    from tradingd.storage.buffered import DatabaseUnavailable
+    from tradingd.storage.factory import open_store
+
+    store = open_store("postgresql://postgres:hunter2@127.0.0.1:1/test", start_retry_s=0.3)
+    daemon = SimpleNamespace(stopping=False, ready=False, phase="finding the run to continue")
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await store.start()
+        check = trading_check(daemon)
+        assert not check.ok and "waiting for the database" in check.detail
+        assert "127.0.0.1:1" in check.detail and "hunter2" not in check.detail
+        assert "database" in check.data["waiting_for"]
+    finally:
+        waiting_for("database", None)
+    assert waits() == {}
+    assert trading_check(daemon).detail == "not trading yet: finding the run to continue"
