@@ -539,6 +539,10 @@ class VendorFeed:
         self._missing: dict[str, dict[str, Any]] = {}
         # Bars whose answer lacked them (late at the vendor): fetched again past the cache.
         self._late: deque[datetime] = deque(maxlen=64)
+        # The split and dividend served for each symbol at each recent bar (the lookback
+        # span, bounded): a vendor that publishes an action late re-serves the bar with it.
+        self._served: dict[pd.Timestamp, dict[str, tuple[float, float]]] = {}
+        self._revised: set[tuple[str, pd.Timestamp]] = set()
         self.last_bar: datetime | None = None
         self.last_fetch_at: datetime | None = None
 
@@ -585,6 +589,42 @@ class VendorFeed:
                 of=len(self._symbols),
                 kinds=sorted({e.kind for e in result.errors.values()}),
             )
+
+    def _check_revisions(self, t: pd.Timestamp, frame: pd.DataFrame, at: pd.DataFrame) -> None:
+        """A split or dividend that appears on a bar already served (a vendor that publishes
+        an action a day late) is said, once a bar and symbol: the engine applied the bar
+        without it, so the book's shares (a simulated broker's) and the features are wrong
+        from that bar; nothing said so before. Restarting warms up again from the vendor's
+        history, which then has it; the Alpaca book is reconciled from the broker."""
+        older = frame[frame["time"] < t]
+        for sym, when, split, div in zip(
+            older["symbol"], older["time"], older["split"], older["dividend"], strict=True
+        ):
+            served = self._served.get(when, {}).get(sym)
+            if served is None or (sym, when) in self._revised:
+                continue
+            now_split, now_div = float(split), float(div)
+            if abs(now_split - served[0]) > 1e-9 or abs(now_div - served[1]) > 1e-9:
+                self._revised.add((sym, when))
+                log.error(
+                    "data.revised",
+                    source=self.source.name,
+                    symbol=sym,
+                    bar=when.isoformat(),
+                    served={"split": served[0], "dividend": served[1]},
+                    now={"split": now_split, "dividend": now_div},
+                    rule="the vendor changed a corporate action of a bar already traded: the "
+                    "book's shares and the features are wrong from that bar; restart to warm "
+                    "up again from the vendor's history, and check the symbol's position",
+                )
+        self._served[t] = {
+            str(sym): (float(sp), float(dv))
+            for sym, sp, dv in zip(at["symbol"], at["split"], at["dividend"], strict=True)
+        }
+        keep = max(8, self.lookback_bars + 2)
+        for old in sorted(self._served)[:-keep]:
+            del self._served[old]
+        self._revised = {k for k in self._revised if k[1] in self._served}
 
     def _note_missing(
         self, t: datetime, at: pd.DataFrame, result: FetchResult, now: datetime
@@ -675,6 +715,7 @@ class VendorFeed:
         if late:
             self._late.remove(t)
         self._note_missing(t, at, result, now)
+        self._check_revisions(naive_utc(t), result.frame, at)
         n = len(self._symbols)
         arrays = {
             name: np.full(n, fill)

@@ -311,7 +311,12 @@ async def test_feed_state_stays_bounded(yahoo):
             await feed.bars(day.to_pydatetime().replace(tzinfo=UTC))
         assert len(feed._failed) == 0
         assert len(feed.source.cache.fallback) <= feed.source.cache.fallback.max_entries
-        assert len(vars(feed)) < 15  # no per-bar state accumulates on the feed itself
+        # No per-bar state accumulates on the feed itself: its per-bar containers are
+        # bounded (the served actions by the lookback span), whatever the run's length.
+        assert len(feed._served) <= max(8, feed.lookback_bars + 2)
+        assert len(feed._late) == 0 and len(feed._revised) == 0 and len(feed._missing) == 0
+        sizes = {k: len(v) for k, v in vars(feed).items() if isinstance(v, dict | set | list)}
+        assert all(n <= max(8, feed.lookback_bars + 2) for n in sizes.values()), sizes
     finally:
         await feed.stop()
 
@@ -708,5 +713,47 @@ async def test_a_bad_older_bar_that_carries_a_split_refuses_the_symbol_not_the_s
             assert bar.valid.tolist() == [False, True, True]
             assert feed.status()["failed"]["AAA"]["kind"] == "invalid_data"
             assert not [e for e in logs if e["event"] == "feed.row_dropped"]
+        finally:
+            await feed.stop()
+
+
+class _LateSplitBook(BarBook):
+    announced = False
+
+    def split_after(self, symbol: str, day: date) -> float:  # history adjusted once known
+        return super().split_after(symbol, day) if self.announced else 1.0
+
+
+class _LateSplitYahoo(YahooFake):
+    def _events(self, symbol, first, last, wanted):  # type: ignore[no-untyped-def]
+        events = super()._events(symbol, first, last, wanted)
+        if not self.book.announced:
+            events.pop("splits", None)
+        return events
+
+
+async def test_a_split_the_vendor_publishes_a_day_late_is_said():
+    """The ex-date bar was served without its 4-for-1 (a 75% 'crash' in the book); the next
+    window carried the split on that bar, but only the newest bar is handed on, and nothing
+    said that the book and the features were now wrong."""
+    book = _LateSplitBook(now=utc(2024, 3, 5, 21, 5))
+    book.add_split("AAA", date(2024, 3, 5), 4.0)
+    async with _LateSplitYahoo(book) as fake:
+        feed = await started(VendorFeed(source_for("yahoo", fake), SYMBOLS, clock=lambda: book.now))
+        try:
+            with capture_logs() as logs:
+                await feed.bars(utc(2024, 3, 4))
+                ex = await feed.bars(utc(2024, 3, 5))
+                assert ex.split[0] == 1.0  # served without it
+                book.announced = True
+                book.now = utc(2024, 3, 6, 21, 5)
+                await feed.bars(utc(2024, 3, 6))
+                book.now = utc(2024, 3, 7, 21, 5)
+                await feed.bars(utc(2024, 3, 7))  # still in the window: said once
+            revised = [e for e in logs if e["event"] == "data.revised"]
+            assert [(e["symbol"], e["bar"][:10], e["now"]["split"]) for e in revised] == [
+                ("AAA", "2024-03-05", 4.0)
+            ]
+            assert revised[0]["served"]["split"] == 1.0
         finally:
             await feed.stop()
