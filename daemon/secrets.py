@@ -96,13 +96,23 @@ def mask_url(url: str) -> str:
     that end up in error messages."""
     if not isinstance(url, str):
         return url
+    masked = _mask_one_reading(url)
+    # An ambiguous URL (an @ that may end a password or sit in a query: `u:1234?ab@h`, a
+    # password that starts like a port) was masked in one reading and showed the other's
+    # secret in clear: the secrets of both readings go (`_secrets_of`).
+    for secret in _secrets_of(url):
+        masked = masked.replace(secret, MASK)
+    return masked
+
+
+def _mask_one_reading(url: str) -> str:
     m = _SCHEME.match(url)
     if m is None:
         return url
     head, rest = url[: m.end()], url[m.end() :]
     userinfo, rest = _split_userinfo(rest) if m.group(2) else (None, rest)
     if userinfo is not None:
-        return head + _mask_userinfo(userinfo) + "@" + mask_url(head + rest)[len(head) :]
+        return head + _mask_userinfo(userinfo) + "@" + _mask_one_reading(head + rest)[len(head) :]
     fragment = ""
     if "#" in rest:
         rest, fragment = rest.split("#", 1)
@@ -121,6 +131,11 @@ def mask_url(url: str) -> str:
             authority = f"{_mask_userinfo(userinfo)}@{host}"
         rest = authority + path
     return head + rest + query + fragment
+
+
+# What follows the @ that ends a URL's user information: a host, an optional port, then the
+# path, query, fragment or the end.
+_HOST_AFTER = re.compile(r"[A-Za-z0-9.\-\[\]:]*(?:[/?#]|$)")
 
 
 def _secret_key(key: Any) -> bool:
@@ -171,9 +186,15 @@ def _secrets_of(url: str) -> list[str]:
     # Both readings of an ambiguous URL (see _split_userinfo): each one's secrets masked.
     readings: list[tuple[str | None, str]] = [(None, whole)]
     if m.group(2):
-        loose, after = _split_userinfo(whole, loose=True)
-        if loose is not None:
-            readings.append((loose, after))
+        # Every @ that may end a `user:password` (a password with "/" and a query with "@"
+        # has several): each reading's password is masked.
+        user = whole.partition(":")[0]
+        if ":" in whole and not any(c in user for c in "/?#@"):
+            at = whole.find("@")
+            while at >= 0:
+                if _HOST_AFTER.match(whole, at + 1):  # a@b.com&page=2 is a query value's
+                    readings.append((whole[:at], whole[at + 1 :]))
+                at = whole.find("@", at + 1)
     for userinfo, rest in readings:
         rest = rest.split("#", 1)[0]
         rest, _, query = rest.partition("?")

@@ -49,6 +49,11 @@ SECRET = "s3cret"
         # An @ in a secret query value of a host:port URL is the query's: read as the end
         # of a password it showed the value's tail ("https://host:***@2024").
         ("https://host:8443/p?apikey=s3cret@2024", "https://host:8443/p?apikey=***"),
+        # A password that reads like a port and a query: both readings' secrets go.
+        ("postgresql://u:1234?s3cret@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgresql://u:?s3cret@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgresql://u:#s3cret@h:5432/db", "postgresql://u:***@h:5432/db"),
+        ("postgresql://u:12/s3cret@h/db?apikey=s3cret@y", "postgresql://u:***@h/db?apikey=***"),
         ("http://localhost:9000/feed?token=s3cret@x", "http://localhost:9000/feed?token=***"),
     ],
 )
@@ -68,6 +73,7 @@ def test_mask_url_hides_credentials(url, masked):
         "",
         "2016-01-01",
         "x?password=s3cret",  # not a URL: returned unchanged
+        "http://localhost:9000/feed?email=a@b.example&page=2",  # an @ of a query value
     ],
 )
 def test_mask_url_leaves_everything_else(text):
