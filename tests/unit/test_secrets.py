@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tradingd.config import load_config
 from tradingd.secrets import mask_url, redact, scrub
@@ -187,3 +189,22 @@ def test_every_commands_error_line_is_masked(monkeypatch, capsys):
     assert cli.main(["config"]) == 2
     err = capsys.readouterr().err
     assert SECRET not in err and "postgresql://u:***@db.internal:5432/x" in err
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    password=st.text(alphabet="ab9XZ/?#@:%+=&", min_size=3, max_size=12),
+    tail=st.sampled_from(["/db", "/db?sslmode=require", "", "/0?apikey=k3y@x"]),
+)
+def test_no_generated_password_is_shown(password, tail):
+    """Whatever a generated password holds (/, ?, #, @, :), it never shows in the masked URL
+    (unless the rest of the URL holds the same text)."""
+    from tradingd.secrets import mask_text
+
+    url = f"postgresql://trader:{password}@db.internal:5432{tail}"
+    rest = url.replace(password, "", 1)
+    if password in rest:
+        return
+    assert password not in mask_url(url), mask_url(url)
+    assert password not in mask_text(f"error: {url} refused")
+    assert password not in scrub(f"connect to {url}: password {password} rejected", url)
