@@ -460,6 +460,10 @@ class _Tracked:
     # Its POST's outcome is unknown (a timeout or 5xx after every attempt): it may be at
     # Alpaca. Followed under its client id until a lookup finds it or finds none.
     unconfirmed: bool = False
+    # Found at Alpaca and followed as it stood (`_adopt`), not placed by this process.
+    adopted: bool = False
+    # The Alpaca id of the order this one replaced (`replaces`), for an adopted one.
+    replaces: str | None = None
 
 
 def _now() -> datetime:
@@ -952,6 +956,8 @@ class AlpacaBroker:
             tracked = [t, *(c for cid in t.children if (c := self._get(cid)) is not None)]
             if any(m.order.client_order_id in engine for m in tracked):
                 continue
+            if t.replaces is not None and t.replaces in self._replacements:
+                continue  # the next in a chain of edits of ours: followed at the next poll
             unknown += 1
             log.warning(
                 "alpaca.reconcile.unknown_order",
@@ -988,15 +994,24 @@ class AlpacaBroker:
         (its fills so far never booked, and warned as another run's), and a filled one was
         never seen."""
         by = str(raw.get("replaced_by") or "") if str(raw.get("status")) == "replaced" else ""
-        if not by:
+        if not by or (by in self._by_alpaca_id and not self._drop_adoption(by)):
             return
-        adopted = self._by_alpaca_id.get(by)
-        if adopted is not None:
-            self._adopted_roots.pop(adopted, None)
-            self._forget_alpaca_id(by)
         self._replacements[by] = root
         self._poll_requested = True
         self._wake.set()
+
+    def _drop_adoption(self, aid: str) -> bool:
+        """Stop following an order `start` adopted as it stood, because it replaced one of
+        ours (edited at Alpaca while the daemon was down, perhaps more than once): it is
+        followed again as the replacement, from nothing filled. False for an order this
+        process placed or already follows as a replacement."""
+        cid = self._by_alpaca_id.get(aid)
+        t = self._get(cid) if cid is not None else None
+        if t is None or not t.adopted:
+            return False
+        self._adopted_roots.pop(t.order.client_order_id, None)
+        self._forget_alpaca_id(aid)
+        return True
 
     @staticmethod
     def _root_of(o: Order, engine: Mapping[str, Order]) -> str:
@@ -1690,7 +1705,7 @@ class AlpacaBroker:
                 order.reason = "" if status.is_open else self._reason_for(t, status_text, raw)
                 changed = True
                 by = str(raw.get("replaced_by") or "") if status_text == "replaced" else ""
-                if by and by not in self._by_alpaca_id:
+                if by and (by not in self._by_alpaca_id or self._drop_adoption(by)):
                     # Edited at Alpaca (PATCH, the web UI): the replacement is a new order
                     # with a new client id, followed once the next poll has read it.
                     self._replacements[by] = order.client_order_id
@@ -2133,7 +2148,8 @@ class AlpacaBroker:
                 base = known if part is raw else base
                 continue
             self._forget_alpaca_id(str(part.get("id") or ""))
-            t = _Tracked(order=order, group=group)
+            t = _Tracked(order=order, group=group, adopted=True)
+            t.replaces = str(part.get("replaces") or "") or None
             self._link(t, part)
             t.remote_updated = parse_time(part.get("updated_at"))
             if part is raw:

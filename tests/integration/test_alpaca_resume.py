@@ -496,8 +496,11 @@ async def test_positions_are_alpacas_signed_quantities(fake):
         assert await broker.positions() == {"AAPL": 7.0, "TSLA": -2.0}
 
 
+@pytest.mark.parametrize("edits", [1, 2])
 @pytest.mark.parametrize("filled", [10.0, 4.0])
-async def test_an_order_replaced_while_down_is_followed_through_its_replacement(fake, filled):
+async def test_an_order_replaced_while_down_is_followed_through_its_replacement(
+    fake, filled, edits
+):
     """An operator edited the daemon's order in Alpaca's web UI while the daemon was down:
     an open replacement was adopted as it stood (its fills never booked, warned as another
     run's order), a filled one was never seen; the book and Alpaca held different
@@ -507,7 +510,9 @@ async def test_an_order_replaced_while_down_is_followed_through_its_replacement(
     async with running(fake) as before:
         await before.submit([buy])
         known = checkpoint(before)
-    new = fake.replace(buy.client_order_id, limit_price=99.0)
+    new = fake.replace(buy.client_order_id, limit_price=99.0 if edits == 1 else 97.0)
+    if edits == 2:  # edited twice: the chain is followed to its last order
+        new = fake.replace(new.client_order_id, limit_price=99.0)
     fake.fill(new.client_order_id, price=99.0, qty=filled)
     async with running(fake) as after:
         with capture_logs() as logs:
