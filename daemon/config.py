@@ -805,8 +805,12 @@ def _replaced_lists(
     `log_overlay_notes` logs each as `config.list_replaced`, naming the file and the
     plugins dropped."""
     out = []
+    defaults = {"risk": _default_risk, "signals": _default_signals}
     for key in ("risk", "signals"):
         old, new = merged.get(key), table.get(key)
+        if old is None and isinstance(new, list):
+            # The first file to list them replaces the built-in defaults (7 risk rules).
+            old = [{"name": spec.name} for spec in defaults[key]()]
         if not (isinstance(old, list) and isinstance(new, list)):
             continue
 

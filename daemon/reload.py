@@ -110,6 +110,9 @@ def reload_from_files(
     """Re-read `paths` (and the environment) like start-up did, then `reload_config`."""
     try:
         new = load_config(paths, env)
+        from .config import log_overlay_notes
+
+        log_overlay_notes(new)
     except TradingdError as exc:
         return ReloadReport(error=str(exc), config=old)
     return reload_config(engine, old, new, alerter=alerter)

@@ -125,7 +125,15 @@ class HealthConfig:
             raise ConfigError(
                 f"health.allowed_hosts = {hosts!r} is invalid: must be a list of host names"
             )
-        object.__setattr__(self, "allowed_hosts", tuple(h.strip().lower() for h in hosts))
+        names = tuple(h.strip().lower() for h in hosts)
+        with_port = [h for h in names if not h.startswith("[") and h.count(":") == 1]
+        if with_port:
+            # The Host header is compared without its port: "proxy.local:8080" never matched.
+            raise ConfigError(
+                f"health.allowed_hosts = {list(hosts)!r} is invalid: give host names without "
+                f"a port ({with_port[0].partition(':')[0]!r}, not {with_port[0]!r})"
+            )
+        object.__setattr__(self, "allowed_hosts", names)
         if (
             isinstance(self.max_connections, bool)
             or not isinstance(self.max_connections, int)

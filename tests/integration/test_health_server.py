@@ -220,6 +220,8 @@ async def test_a_proxy_host_name_is_answered_when_allowed(serve, http):
             assert r.status == code, host
     with pytest.raises(ConfigError, match="allowed_hosts"):
         cfg(allowed_hosts="tradingd.example.com")
+    with pytest.raises(ConfigError, match="without a port"):
+        cfg(allowed_hosts=["proxy.local:8080"])
 
 
 async def test_a_server_on_every_interface_takes_any_host_name(serve, http):

@@ -508,9 +508,14 @@ def test_a_later_file_that_lists_risk_rules_says_which_it_dropped(tmp_path):
     assert [r.name for r in config.risk] == ["max_position"]  # TOML's rule: kept
     with capture_logs() as logs:
         log_overlay_notes(config)
-    (note,) = [e for e in logs if e["event"] == "config.list_replaced"]
-    assert note["file"] == str(later) and note["key"] == "risk"
+    (note,) = [e for e in logs if e["event"] == "config.list_replaced" and e["file"] == str(later)]
+    assert note["key"] == "risk"
     assert note["dropped"] == ["drawdown_guard"] and note["now"] == ["max_position"]
     with capture_logs() as logs:
         log_overlay_notes(load_config([first, {"risk": first["risk"]}], env={}))
-    assert not [e for e in logs if e["event"] == "config.list_replaced"]
+    assert [e["file"] for e in logs if e["event"] == "config.list_replaced"] == ["a table"]
+    # A single file replaces the built-in chain of 7 rules: said too.
+    with capture_logs() as logs:
+        log_overlay_notes(load_config([later], env={}))
+    (alone,) = [e for e in logs if e["event"] == "config.list_replaced"]
+    assert "drawdown_guard" in alone["dropped"] and alone["now"] == ["max_position"]
