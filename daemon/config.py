@@ -790,8 +790,18 @@ def load_config(
         table = p if isinstance(p, Mapping) else _read_toml(Path(p))
         notes += _replaced_lists(merged, table, "a table" if isinstance(p, Mapping) else str(p))
         _deep_merge(merged, table)
-    _apply_env(merged, os.environ if env is None else env)
-    config = build(Config, merged, "")
+    sources: dict[str, str] = {}
+    _apply_env(merged, os.environ if env is None else env, sources)
+    try:
+        config = build(Config, merged, "")
+    except ConfigError as exc:
+        # A value from the environment: say which variable, not only the key (the key's
+        # files said nothing wrong).
+        text = str(exc)
+        named = [var for key, var in sources.items() if text.startswith(key)]
+        if named and named[0] not in text:
+            raise ConfigError(f"{text} (from the environment variable {named[0]})") from None
+        raise
     object.__setattr__(config, "overlay_notes", tuple(notes))
     return config
 
@@ -959,7 +969,10 @@ def _coerce(tp: Any, value: Any, where: str) -> Any:
     return value
 
 
-def _apply_env(merged: dict[str, Any], env: Mapping[str, str]) -> None:
+def _apply_env(
+    merged: dict[str, Any], env: Mapping[str, str], sources: dict[str, str] | None = None
+) -> None:
+    """Environment overrides into `merged`; `sources`: each overridden key's variable."""
     for key in ("DATABASE_URL", "REDIS_URL"):
         if env.get(key):
             _no_newline(key, env[key])
@@ -996,6 +1009,8 @@ def _apply_env(merged: dict[str, Any], env: Mapping[str, str]) -> None:
                 )
             table = nxt
         table[path[-1]] = _parse_scalar(raw)
+        if sources is not None:
+            sources[".".join(path)] = key
 
 
 def _spec_variables(merged: dict[str, Any], env: Mapping[str, str]) -> None:

@@ -519,3 +519,17 @@ def test_a_later_file_that_lists_risk_rules_says_which_it_dropped(tmp_path):
         log_overlay_notes(load_config([later], env={}))
     (alone,) = [e for e in logs if e["event"] == "config.list_replaced"]
     assert "drawdown_guard" in alone["dropped"] and alone["now"] == ["max_position"]
+
+
+def test_a_bad_value_from_the_environment_names_the_variable():
+    """`costs.commission_pct must be a number` sent the user to config files that said
+    nothing wrong: the value came from TRADINGD_COSTS__COMMISSION_PCT."""
+    from tradingd.config import load_config
+
+    with pytest.raises(
+        ConfigError, match=r"from the environment variable TRADINGD_COSTS__COMMISSION_PCT"
+    ):
+        load_config([], env={"TRADINGD_COSTS__COMMISSION_PCT": "abc"})
+    with pytest.raises(ConfigError) as caught:
+        load_config([{"costs": {"commission_pct": "abc"}}], env={})
+    assert "environment variable" not in str(caught.value)
