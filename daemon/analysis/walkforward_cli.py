@@ -120,10 +120,10 @@ def run(args: argparse.Namespace) -> int:
 
     engine_paths, table = split_config_files(list(getattr(args, "config", None) or []))
     config = load_config(engine_paths)
+    configure_logging(config.log.level, config.log.format)
     from ..config import log_overlay_notes
 
-    log_overlay_notes(config)
-    configure_logging(config.log.level, config.log.format)
+    log_overlay_notes(config)  # after the logging is set up: stdout carries the --json answer
     wf = walkforward_config(table, args)
     if args.ray_address and importlib.util.find_spec("ray") is None:
         raise WalkForwardError(
