@@ -137,11 +137,17 @@ def trade_start(config: Config, panel: Panel) -> datetime | None:
     if len(panel.times) and start > panel.datetimes()[-1]:
         last = f"{panel.datetimes()[-1]:%Y-%m-%d}"
         if config.run.end:
-            # The data was loaded up to run.end: its last bar is not the data's end.
+            # The data was loaded up to run.end: its last bar is not the data's end. A gap of
+            # more than a long weekend before run.start is the data ending, not a holiday.
+            why = (
+                "a holiday or weekend window?"
+                if (start - panel.datetimes()[-1]).days <= 4
+                else "the data ends before run.start"
+            )
             raise ConfigError(
                 f"no bar between run.start = {config.run.start!r} and run.end = "
-                f"{config.run.end!r} (the last bar up to run.end is {last}: a holiday or "
-                "weekend window?): nothing to trade"
+                f"{config.run.end!r} (the last bar up to run.end is {last}: {why}): "
+                "nothing to trade"
             )
         raise ConfigError(
             f"run.start = {config.run.start!r} is after the last bar of the data "

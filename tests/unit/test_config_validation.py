@@ -431,6 +431,11 @@ def test_a_run_window_without_a_bar_says_so_not_that_the_data_ends():
     run = dataclasses.replace(Config().run, start="2020-02-15", end="2020-02-16")
     with pytest.raises(ConfigError, match=r"no bar between run.start = '2020-02-15' and run.end"):
         trade_start(dataclasses.replace(Config(), run=run), panel)
+    # Weeks after the data's last bar: not "a holiday or weekend window?", which sent a new
+    # user looking at the calendar.
+    late = dataclasses.replace(run, start="2020-03-02", end="2020-03-06")
+    with pytest.raises(ConfigError, match=r"2020-02-11: the data ends before run.start"):
+        trade_start(dataclasses.replace(Config(), run=late), panel)
     run = dataclasses.replace(run, end="")
     with pytest.raises(ConfigError, match=r"after the last bar of the data \(2020-02-11\)"):
         trade_start(dataclasses.replace(Config(), run=run), panel)
