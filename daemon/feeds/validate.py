@@ -48,6 +48,7 @@ always an error.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Sequence
 from fractions import Fraction
@@ -278,6 +279,9 @@ def _quote(value: object) -> str:
     return repr(value).replace("{", "{{").replace("}", "}}")
 
 
+_REPAIR_HINT = re.compile(r"enable repair '([a-z_]+)'")
+
+
 class _Ctx:
     """Where rows came from, to name them in errors and logs."""
 
@@ -298,8 +302,16 @@ class _Ctx:
         """A DataError at the earliest input row of `mask`."""
         pos = _first(frame, mask)
         rows = np.flatnonzero(mask)
-        return DataError(
+        # Where a repair is enabled: the messages named the repair, not the key to set.
+        text = _REPAIR_HINT.sub(
+            lambda m: (
+                f'{m.group(0)} (repair = ["{m.group(1)}"] in [data], or in [feed] for a vendor)'
+            ),
             message.format(n=len(rows), pos=pos),
+            count=1,
+        )
+        return DataError(
+            text,
             source=self.source,
             symbol=str(frame["symbol"].iat[pos]),
             row=self.label(frame, pos),

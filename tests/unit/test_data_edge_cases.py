@@ -523,3 +523,15 @@ def test_daily_detection_matches_a_table_of_distinct_times(rows) -> None:
     )
     expect = bool(table.drop_duplicates().duplicated(["s", "d"]).any())
     assert _two_times_a_day(pd.factorize(names)[0], t) is expect
+
+
+def test_a_repair_hint_names_the_key_to_set():
+    """ "enable repair 'nan'" named the repair, not where to enable it."""
+    from tradingd.feeds.validate import validate_frame
+
+    df = pd.DataFrame(
+        {"time": ["2020-01-02", "2020-01-03"], "symbol": ["A", "A"], "open": [1.0, None],
+         "high": [1.0, 1.0], "low": [1.0, 1.0], "close": [1.0, 1.0], "volume": [1.0, 1.0]}
+    )  # fmt: skip
+    with pytest.raises(DataError, match=r'enable repair \'nan\' \(repair = \["nan"\] in \[data\]'):
+        validate_frame(df, source="x.csv", symbol=None)
