@@ -452,12 +452,14 @@ def _backtest(config: Config, args: argparse.Namespace) -> int:
     from .backtest import BacktestStopped, StopRequest, _jsonable, run_backtest
 
     progress = sys.stderr.isatty() and not args.no_progress
+    # Not on a terminal (a file, a CI log): a log line every tenth of the bars instead.
+    replay_progress: bool | str = progress or ("log" if not args.no_progress else False)
     tables = _analysis_tables(args.analysis_config) if args.report else {}
     stop = StopRequest()
     try:
         with _backtest_signals(stop):
             outcome = asyncio.run(
-                run_backtest(config, output_dir=args.output, progress=progress, stop=stop)
+                run_backtest(config, output_dir=args.output, progress=replay_progress, stop=stop)
             )
     except BacktestStopped as stopped:
         print(f"tradingd: {stopped}", file=sys.stderr)

@@ -130,3 +130,19 @@ def test_a_run_read_back_from_a_store_with_its_bars_is_restated_and_one_without_
     folder = [(f.symbol, f.time, f.quantity, f.price) for f in run_record(outcome.output_dir).fills]
     read = [(f.symbol, f.time, f.quantity, f.price) for f in run_record(stored).fills]
     assert sorted(read) == sorted(folder)
+
+
+def test_a_backtest_not_on_a_terminal_logs_its_progress(engine_config):
+    """A run whose stderr went to a file said nothing until its end (11 minutes for the
+    README's S&P 500 replay): "log" progress is a line at every tenth of the bars."""
+    from structlog.testing import capture_logs
+
+    panel = make_panel()
+    with capture_logs() as logs:
+        asyncio.run(run_backtest(engine_config, panel=panel, progress="log"))
+    lines = [e for e in logs if e["event"] == "backtest.progress"]
+    assert [e["percent"] for e in lines][:10] == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100]
+    assert len(lines) <= 11 and lines[-1]["bars"] == lines[-1]["of"] == len(panel.times)
+    with capture_logs() as logs:
+        asyncio.run(run_backtest(engine_config, panel=panel))
+    assert not [e for e in logs if e["event"] == "backtest.progress"]
