@@ -417,7 +417,17 @@ def _retrain(config: Config, args: argparse.Namespace) -> int:
     from .app import load_data
 
     policy = RetrainPolicy(args.window_bars, args.min_directional_accuracy, args.max_mse_ratio)
-    out = retrain(config, load_data(config), args.root, policy)
+    try:
+        out = retrain(config, load_data(config), args.root, policy)
+    except TradingdError:
+        raise  # named already (a config or data error)
+    except ValueError as exc:
+        # Training's own refusals (too few bars for one complete window after the features'
+        # warm-up, say): a traceback before.
+        raise TradingdError(
+            f"retraining failed: {exc} (--window-bars {args.window_bars}: too short for the "
+            "model's window and the features' warm-up?)"
+        ) from None
     print(json.dumps({"published": out.published, "version": out.version, "reason": out.reason}))
     return 0 if out.published else 3
 

@@ -63,6 +63,10 @@ class RetrainPolicy:
                 "retrain min_directional_accuracy (--min-directional-accuracy) must be in "
                 f"[0, 1] (a share of the validation windows), got {self.min_directional_accuracy!r}"
             )
+        if isinstance(self.keep, bool) or not isinstance(self.keep, Integral) or self.keep < 1:
+            raise ConfigError(
+                f"retrain keep must be a whole number >= 1 (versions kept), got {self.keep!r}"
+            )
         if not self.max_mse_ratio > 0:
             raise ConfigError(
                 "retrain max_mse_ratio (--max-mse-ratio) must be > 0 (the ensemble's validation "

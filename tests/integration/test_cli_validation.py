@@ -613,3 +613,32 @@ def test_help_says_what_tradingd_is(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "tradingd: a paper-trading daemon and replay backtester, one engine for both.\n" in out
+
+
+def test_a_retraining_window_too_short_for_the_model_is_an_error_not_a_traceback(
+    cli, tmp_path, monkeypatch
+):
+    """`--window-bars 5` passed the option check and ended in training's ValueError with a
+    traceback ("no complete window ...")."""
+    import tradingd_models.retrain as retraining
+
+    import tradingd.app
+    from tradingd import preflight
+
+    monkeypatch.setattr(preflight, "_importable", lambda module: True)
+    monkeypatch.setattr(tradingd.app, "load_data", lambda config: "panel")
+
+    def retrain(config, panel, root, policy):  # type: ignore[no-untyped-def]
+        raise ValueError("no complete window of 60 bars in 5 bars")
+
+    monkeypatch.setattr(retraining, "retrain", retrain)
+    code, out, err = cli("retrain", "-c", str(write_config(tmp_path)), "--window-bars", "5")
+    assert code == 2 and out == "" and "Traceback" not in err
+    assert "retraining failed: no complete window" in err and "--window-bars 5" in err
+
+
+def test_retrain_keep_is_checked():
+    from tradingd_models.retrain import RetrainPolicy
+
+    with pytest.raises(ConfigError, match="keep"):
+        RetrainPolicy(keep=0)
