@@ -587,7 +587,7 @@ class BufferedStore(ABC):
                 waiting_for("database", None)
                 return
             except DatabaseUnavailable as e:
-                waiting_for("database", f"{self._where()}: {self._describe(e)}")
+                waiting_for("database", self._describe(e))  # (it names the database)
                 delay = backoff.next()
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:

@@ -283,7 +283,10 @@ def test_health_answers_while_the_start_waits_for_postgresql(tmp_path, daemon, m
     code, body = get("/ready")
     assert code == 503 and body["failing"] == ["trading"], body
     phase = "finding the run to continue"
-    assert body["checks"]["trading"]["detail"] == f"not trading yet: {phase}", body
+    detail = body["checks"]["trading"]["detail"]
+    assert detail.startswith(f"not trading yet: {phase}"), body
+    # ... and what it waits for: the database, as its last attempt failed.
+    assert "waiting for the database: " in detail and f"127.0.0.1:{port}" in detail, body
     code, body = get("/status")
     assert code == 200 and body["phase"] == phase and body["run_id"] is None, body
     code, body = get("/pause", "POST", {"Authorization": f"Bearer {token}"})
