@@ -177,6 +177,11 @@ class OnnxModel:
             raise ConfigError(
                 f"model file {path}, named by its card, is missing: re-copy the model"
             ) from None
+        except OSError as exc:  # a folder in its place, no permission to read it
+            raise ConfigError(
+                f"model file {path}, named by its card, cannot be read "
+                f"({type(exc).__name__}: {exc.strerror or exc}): check it and its permissions"
+            ) from None
         if got != expected_sha256:
             raise ConfigError(
                 f"model file {path} does not match its card (sha256 {got[:12]} "
@@ -190,6 +195,8 @@ class OnnxModel:
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except MemoryError:
+            raise  # the machine's, not the model file's
         except Exception as exc:  # onnxruntime's errors derive from Exception only
             raise ConfigError(
                 f"model file {path} matches its card but onnxruntime {ort.__version__} cannot "

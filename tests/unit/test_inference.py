@@ -163,6 +163,13 @@ def test_a_missing_or_unloadable_model_file_is_named(tmp_path):
     (d / "card.json").write_text(json.dumps(card))
     with pytest.raises(ConfigError, match=r"cnn_lstm.onnx matches its card but onnxruntime"):
         ModelPair(d)
+    # A folder where the file should be (or one it may not read): named as the file's, not
+    # as the plugin's params failing (IsADirectoryError before).
+    d = _damaged_copy(tmp_path / "folder", lambda card: None)
+    (d / "random_forest.onnx").unlink()
+    (d / "random_forest.onnx").mkdir()
+    with pytest.raises(ConfigError, match=r"random_forest.onnx, named by its card, cannot be read"):
+        ModelPair(d)
 
 
 def test_the_ensemble_plugin_warms_each_model_up_at_load_with_a_batch_of_its_universe(
