@@ -786,9 +786,12 @@ def load_config(
     An item may be a table already read from a file (one that can be read only once)."""
     merged: dict[str, Any] = {}
     notes: list[dict[str, Any]] = []
+    origins: dict[str, str] = {}  # dotted key -> the file that set it last
     for p in paths:
         table = p if isinstance(p, Mapping) else _read_toml(Path(p))
         notes += _replaced_lists(merged, table, "a table" if isinstance(p, Mapping) else str(p))
+        if not isinstance(p, Mapping):
+            _note_origins(table, str(p), origins)
         _deep_merge(merged, table)
     sources: dict[str, str] = {}
     _apply_env(merged, os.environ if env is None else env, sources)
@@ -801,9 +804,37 @@ def load_config(
         named = [var for key, var in sources.items() if text.startswith(key)]
         if named and named[0] not in text:
             raise ConfigError(f"{text} (from the environment variable {named[0]})") from None
+        # With several -c files, the one that set the key.
+        where = _origin_of(text, origins)
+        if where is not None and len(paths) > 1 and where not in text:
+            raise ConfigError(f"{text} (set in {where})") from None
         raise
     object.__setattr__(config, "overlay_notes", tuple(notes))
     return config
+
+
+def _note_origins(table: Mapping[str, Any], source: str, out: dict[str, str], at: str = "") -> None:
+    for key, value in table.items():
+        dotted = f"{at}.{key}" if at else str(key)
+        out[dotted] = source
+        if isinstance(value, Mapping) and key != "params":
+            _note_origins(value, source, out, dotted)
+
+
+_KEY_IN_ERROR = re.compile(r"^(?:unknown key\(s\) )?([A-Za-z0-9_.\[\]]+)")
+
+
+def _origin_of(text: str, origins: Mapping[str, str]) -> str | None:
+    """The file that set the key an error names (its longest known prefix), or None."""
+    m = _KEY_IN_ERROR.match(text)
+    if m is None:
+        return None
+    parts = re.sub(r"\[\d+\]", "", m.group(1)).split(".")
+    for n in range(len(parts), 0, -1):
+        found = origins.get(".".join(parts[:n]))
+        if found is not None:
+            return found
+    return None
 
 
 def _replaced_lists(

@@ -538,3 +538,17 @@ def test_a_bad_value_from_the_environment_names_the_variable():
     with pytest.raises(ConfigError) as caught:
         load_config([{"costs": {"commission_pct": "abc"}}], env={})
     assert "environment variable" not in str(caught.value)
+
+
+def test_with_several_files_an_error_names_the_file_that_set_the_key(tmp_path):
+    """`unknown key(s) costs.cost` left the user to search every -c file."""
+    from tradingd.config import load_config
+
+    first, second = tmp_path / "a.toml", tmp_path / "b.toml"
+    first.write_text("[costs]\ncommission_pct = 0.001\n")
+    second.write_text("[costs]\ncost = 1\n")
+    with pytest.raises(ConfigError, match=rf"unknown key\(s\) costs.cost.*\(set in {second}\)"):
+        load_config([first, second], env={})
+    second.write_text('[run]\nstart = "someday"\n')
+    with pytest.raises(ConfigError, match=rf"run.start.*\(set in {second}\)"):
+        load_config([first, second], env={})
