@@ -22,6 +22,7 @@ Soft errors are HTTP 200 bodies holding one of the keys `Note`, `Information` or
   Note                      throttled (the legacy 5/min, 500/day text): retried with backoff
   Information               a burst limit ("per second", "sparingly", "per minute") is
                             retried; a daily limit, a premium function or the demo key is not
+                            (the last two are kind `plan`: fatal at the feed, as `auth`)
   Error Message             a bad call, unknown symbol or invalid key: not retried
   {}                        no data for the symbol: kind `not_found`
 All are SourceError of kind `soft_error` (or `not_found`), never bars.
@@ -79,6 +80,7 @@ ENV_KEY = "ALPHA_VANTAGE_API_KEY"
 AV_INTERVALS = {"1m": "1min", "5m": "5min", "15m": "15min", "30m": "30min", "60m": "60min"}
 SOFT_ERROR_KEYS = ("Error Message", "Information", "Note")
 _BURST = re.compile(r"per second|per minute|sparingly|call frequency", re.IGNORECASE)
+_PLAN = re.compile(r"is a premium endpoint|\bdemo\b\W*API key", re.IGNORECASE)
 _COLUMN = re.compile(r"^\s*\d+\.\s*")
 _NAMES = {
     "open": "open",
@@ -109,9 +111,11 @@ def soft_error(obj: Any, symbol: str | None = None) -> SourceError | None:
         if key in obj:
             text = " ".join(str(obj[key]).split())[:300]
             retryable = key == "Note" or (key == "Information" and bool(_BURST.search(text)))
-            return make_error(
-                SOURCE, "soft_error", f"{key}: {text}", symbol=symbol, retryable=retryable
-            )
+            # A premium function or the demo key: no retry and no later bar will answer; the
+            # configuration must change (kind `plan`, fatal at the feed like `auth`). A daily
+            # limit (which also names the premium plans) answers again the next day.
+            kind = "plan" if key == "Information" and _PLAN.search(text) else "soft_error"
+            return make_error(SOURCE, kind, f"{key}: {text}", symbol=symbol, retryable=retryable)
     return None
 
 

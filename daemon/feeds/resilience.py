@@ -80,6 +80,7 @@ KINDS = (
     "not_found",  # unknown symbol
     "malformed",  # a body that cannot be parsed
     "soft_error",  # HTTP 200 carrying an error (Alpha Vantage Note/Information/Error Message)
+    "plan",  # a premium function or a demo key (Alpha Vantage): fix the configuration or key
     "invalid_data",  # bars that fail validation (daemon/feeds/validate.py)
     "circuit_open",  # the breaker stops calls to a failing source
     "budget",  # the daily request budget is used up

@@ -666,6 +666,14 @@ class VendorFeed:
         )
         if kinds == ["auth"]:
             raise FatalError(msg + "; check the credentials of the source")
+        if set(kinds) <= {"auth", "plan"}:
+            # A premium function on a free key, the demo key: retried each bar, and each
+            # warm-up attempt, for good, spending the day's request budget.
+            raise FatalError(
+                msg + "; the source's plan or key does not serve this request (a premium "
+                "function, e.g. feed.alphavantage.adjusted = true on a free key, or the demo "
+                "key): change the configuration or the key"
+            )
         raise RetryableError(msg)
 
     def _close(self, t: datetime) -> datetime | None:

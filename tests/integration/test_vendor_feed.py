@@ -757,3 +757,21 @@ async def test_a_split_the_vendor_publishes_a_day_late_is_said():
             assert revised[0]["served"]["split"] == 1.0
         finally:
             await feed.stop()
+
+
+async def test_a_premium_function_on_a_free_key_stops_the_feed_with_what_to_change():
+    """Alpha Vantage's "This is a premium endpoint" was retried at every bar and at every
+    warm-up attempt, for good, spending the day's request budget: no later answer differs.
+    It is a configuration error, as a refused key is."""
+    book = make_book()
+    async with AlphaVantageFake(book, api_key=AV_KEY) as fake:
+        fake.premium.add("TIME_SERIES_DAILY_ADJUSTED")
+        feed = await started(
+            VendorFeed(source_for("alphavantage", fake), SYMBOLS, clock=lambda: NOW)
+        )
+        try:
+            with pytest.raises(FatalError, match=r"adjusted = true on a free key"):
+                await feed.bars(utc(2024, 3, 6))
+            assert {v["kind"] for v in feed.status()["failed"].values()} == {"plan"}
+        finally:
+            await feed.stop()
