@@ -43,6 +43,13 @@ LIBRARY_LEVELS = {
 _current: dict[str, str] = {}
 
 
+def sparse(count: int) -> bool:
+    """Whether the `count`-th occurrence of something repeated is logged: the 1st, 10th,
+    100th, ..., so a thing that happens every bar is heard, with its count, without a line
+    per bar."""
+    return str(count).rstrip("0") == "1"
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (

@@ -62,6 +62,7 @@ from ..core.types import (
     order_to_dict,
     parse_client_order_id,
 )
+from ..logs import sparse
 from ..publisher import bars_payload, fills_payload, orders_payload, signals_payload
 from . import collector
 from .accounting import RejectionRecord, RiskRecord, rule_of
@@ -1954,7 +1955,7 @@ def _repaired(
     counts: dict[tuple[str, str, str], int] = {} if repairs is None else repairs
     key = (_name(plugin), stage, kind)
     n = counts[key] = counts.get(key, 0) + 1
-    if str(n).rstrip("0") == "1":  # the 1st, 10th, 100th, ...
+    if sparse(n):
         where = np.flatnonzero(mask)
         log.warning(
             "engine.targets_repaired",

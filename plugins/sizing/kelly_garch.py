@@ -119,6 +119,7 @@ import numpy as np
 import structlog
 
 from tradingd.core.ports import BarContext, PortfolioView
+from tradingd.logs import sparse
 
 from .garch import (
     EWMA_LAMBDA,
@@ -418,7 +419,7 @@ class KellyGarch:
             # (trades expire after kelly_max_age_bars): 159 of a quick start's 180 log lines
             # were this. Heard at the 1st, 10th, 100th... change, with the count.
             self._source_changes += 1
-            if str(self._source_changes).rstrip("0") == "1":
+            if sparse(self._source_changes):
                 log.info(
                     "sizing.kelly_source",
                     plugin=self.name,
