@@ -49,7 +49,7 @@ def _mask_query(query: str) -> str:
     return "&".join(parts)
 
 
-def _split_userinfo(rest: str, *, loose: bool = False) -> tuple[str | None, str]:
+def _split_userinfo(rest: str) -> tuple[str | None, str]:
     """`user:password` and the rest of a URL after `scheme://`, where the password may hold
     an unencoded `/`, `?`, `#` or `@` (generated passwords do): the user information then
     ends at the last `@`. Otherwise None, and the URL is split at its first `/`, `?`, `#`
@@ -57,16 +57,14 @@ def _split_userinfo(rest: str, *, loose: bool = False) -> tuple[str | None, str]
     `#` in the user), the usual authority has no `@` of its own, and either that authority
     is not a valid `host[:port]` (`u:pa` before `/ss@h`: a password, not a port) or the `@`
     lies in the path. An `@` in the query of a valid authority (`?apikey=K3y@2024`) is the
-    query's: read as a password end it would show the key's tail. `loose`: every URL whose
-    last `@` follows `user:` (for `_secrets_of`, which masks both readings)."""
+    query's: read as a password end it would show the key's tail. (`_secrets_of` masks the
+    passwords of every reading, whichever this one picks.)"""
     at = rest.rfind("@")
     if at < 0:
         return None, rest
     user, colon, _ = rest[:at].partition(":")
     if not colon or any(c in user for c in "/?#"):
         return None, rest
-    if loose:
-        return rest[:at], rest[at + 1 :]
     ends = [i for i in (rest.find(c) for c in "/?#") if i >= 0]
     cut = min(ends, default=len(rest))
     if "@" in rest[:cut]:
