@@ -248,15 +248,21 @@ def verify_model_features(
         verify_feature_set(expected, actual, f"plugin {plugin.name!r}")
 
 
+def model_card(plugin: Any) -> Mapping[str, Any] | None:
+    """The card (`card.json`'s content) of the model a signal plugin runs, or None for a
+    plugin without one (`ml_ensemble` holds it as `pair.card`)."""
+    data = getattr(getattr(getattr(plugin, "pair", None), "card", None), "data", None)
+    return data if isinstance(data, Mapping) else None
+
+
 def _warn_other_universe(plugin: Any, features: Sequence[str], symbols: Sequence[str]) -> None:
     """A cross-sectional feature (cs_*) means what the universe makes it: over the shipped
     model's 2 index series a cross-sectional rank is only ever +-1, over 500 stocks it is
     continuous. The feature set's version does not name the universe, so a model trained on
     one and run on another started without a word."""
     cross = [n for n in features if n.startswith("cs_")]
-    card = getattr(getattr(plugin, "pair", None), "card", None)
-    data = getattr(card, "data", None)
-    trained = (data.get("data") or {}).get("symbols") if isinstance(data, Mapping) else None
+    card = model_card(plugin)
+    trained = (card.get("data") or {}).get("symbols") if card is not None else None
     if not cross or not isinstance(trained, list) or set(trained) == set(symbols):
         return
     log.warning(

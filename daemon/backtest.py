@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .analysis.metrics import summarize
 from .analysis.splits import restate_for_splits
-from .app import build_engine, load_data
+from .app import build_engine, load_data, model_card
 from .config import Config
 from .core.types import Fill, Side
 from .engine.engine import Engine, EngineResult
@@ -274,8 +274,7 @@ def _models(engine: Engine, times: Sequence[datetime] = ()) -> dict[str, Any]:
         if version is None and path is None:
             continue
         entry: dict[str, Any] = {"plugin": plugin.name, "version": version, "path": path}
-        card = getattr(getattr(plugin, "pair", None), "card", None)
-        fitted = _fitted_span(getattr(card, "data", None))
+        fitted = _fitted_span(model_card(plugin))
         if fitted is not None:
             entry["fitted_on"] = [d.isoformat() for d in fitted]
             inside = [t for t in times if fitted[0] <= t.date() <= fitted[1]]
@@ -300,10 +299,10 @@ def _models(engine: Engine, times: Sequence[datetime] = ()) -> dict[str, Any]:
     return out
 
 
-def _fitted_span(card: Any) -> tuple[date, date] | None:
+def _fitted_span(card: Mapping[str, Any] | None) -> tuple[date, date] | None:
     """The first training date and the last validation date of a model card (None when the
     card does not say)."""
-    if not isinstance(card, Mapping):
+    if card is None:
         return None
     try:
         first = date.fromisoformat(str(card["train_range"][0])[:10])
