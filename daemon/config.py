@@ -845,6 +845,10 @@ def _replaced_lists(
     drawdown guard included. That is kept (a list is the file's whole answer), but said:
     `log_overlay_notes` logs each as `config.list_replaced`, naming the file and the
     plugins dropped."""
+
+    def names(items: list[Any]) -> list[str]:
+        return [str(i.get("name")) for i in items if isinstance(i, Mapping)]
+
     out = []
     defaults = {"risk": _default_risk, "signals": _default_signals}
     for key in ("risk", "signals"):
@@ -854,10 +858,6 @@ def _replaced_lists(
             old = [{"name": spec.name} for spec in defaults[key]()]
         if not (isinstance(old, list) and isinstance(new, list)):
             continue
-
-        def names(items: list[Any]) -> list[str]:
-            return [str(i.get("name")) for i in items if isinstance(i, Mapping)]
-
         dropped = [n for n in names(old) if n not in names(new)]
         if dropped:
             out.append({"file": source, "key": key, "dropped": dropped, "now": names(new)})

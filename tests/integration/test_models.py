@@ -243,13 +243,11 @@ def test_retrain_publishes_only_past_the_floor_and_the_plugin_follows(tmp_path):
     cfg = small_config()
     panel = load_data(cfg)
     root = tmp_path / "models"
-    first = retrain(
-        cfg,
-        panel,
-        root,
-        RetrainPolicy(window_bars=700, min_directional_accuracy=0.0, max_mse_ratio=1e9),
-        TINY,
-    )
+
+    def passing(window: int) -> RetrainPolicy:  # a gate every candidate clears
+        return RetrainPolicy(window_bars=window, min_directional_accuracy=0.0, max_mse_ratio=1e9)
+
+    first = retrain(cfg, panel, root, passing(700), TINY)
     assert first.published and current_version(root) == first.version
     plugin = MlEnsemble(MlEnsembleConfig(model_dir=str(root / "current")), panel.symbols)
     assert plugin.version == first.version
@@ -263,13 +261,7 @@ def test_retrain_publishes_only_past_the_floor_and_the_plugin_follows(tmp_path):
     assert not any(p.name.startswith(".staging") for p in (root / "versions").iterdir())
 
     # A candidate that passes is swapped in, and the plugin loads it at its next bar.
-    second = retrain(
-        cfg,
-        panel,
-        root,
-        RetrainPolicy(window_bars=650, min_directional_accuracy=0.0, max_mse_ratio=1e9),
-        dataclasses.replace(TINY, seed=7),
-    )
+    second = retrain(cfg, panel, root, passing(650), dataclasses.replace(TINY, seed=7))
     assert second.published and current_version(root) == second.version != first.version
     feed = HistoryFeed(panel)
     bar = asyncio.run(feed.bars(feed.times[-1]))
@@ -295,24 +287,13 @@ def test_retrain_publishes_only_past_the_floor_and_the_plugin_follows(tmp_path):
 
     # Without a model config, the current model's hyperparameters, not the specification's
     # (the CLI passes none: it trained the default network whatever was running).
-    third = retrain(
-        cfg,
-        panel,
-        root,
-        RetrainPolicy(window_bars=600, min_directional_accuracy=0.0, max_mse_ratio=1e9),
-    )
+    third = retrain(cfg, panel, root, passing(600))
     card = json.loads((root / "versions" / third.version / "card.json").read_text())
     assert card["model_config"]["cnn_filters"] == TINY.cnn_filters  # not the default 64
     assert card["model_config"]["seed"] == 7  # the current (second) model's
     # A candidate of another window is not published: a running daemon refuses it
     # (model.reload_refused) while `current` would name it.
-    other = retrain(
-        cfg,
-        panel,
-        root,
-        RetrainPolicy(window_bars=600, min_directional_accuracy=0.0, max_mse_ratio=1e9),
-        dataclasses.replace(TINY, time_steps=20),
-    )
+    other = retrain(cfg, panel, root, passing(600), dataclasses.replace(TINY, time_steps=20))
     assert not other.published and "window" in other.reason
     assert current_version(root) == third.version
 
