@@ -457,9 +457,6 @@ class _Tracked:
     # The status last counted in tradingd_orders: an order's state change is counted once,
     # whether the ack or a stream event replayed before it saw it first.
     counted: OrderStatus | None = None
-    # Its POST's outcome is unknown (a timeout or 5xx after every attempt): it may be at
-    # Alpaca. Followed under its client id until a lookup finds it or finds none.
-    unconfirmed: bool = False
     # Found at Alpaca and followed as it stood (`_adopt`), not placed by this process.
     adopted: bool = False
     # The Alpaca id of the order this one replaced (`replaces`), for an adopted one.
@@ -564,7 +561,8 @@ class AlpacaBroker:
         # broken connection, 5xx): a later 422 duplicate may be that attempt's order.
         # Bounded (closed_history): an id whose every attempt failed is never resent.
         self._attempted: OrderedDict[str, None] = OrderedDict()
-        # Client ids of orders followed with an unknown outcome (see _follow_unconfirmed).
+        # Client ids of orders followed with an unknown outcome (see _follow_unconfirmed): its
+        # POST may have reached Alpaca; followed by client id until a lookup finds it or none.
         self._unconfirmed: set[str] = set()
         # Alpaca ids of orders that replaced ours, to be read and followed (bounded): the
         # client id each replaced.
@@ -915,7 +913,7 @@ class AlpacaBroker:
             members = groups[root]
             if raw is not None:
                 self._adopt(raw, self._leg_ids(root, members))
-                self._replaced_while_down(root, raw)
+                self._queue_replacement(raw, root)
                 continue
             for m in members:
                 cid = m.client_order_id
@@ -987,16 +985,18 @@ class AlpacaBroker:
             unknown_orders=unknown,
         )
 
-    def _replaced_while_down(self, root: str, raw: Mapping[str, Any]) -> None:
-        """One of ours replaced at Alpaca while the daemon was down (an operator's edit):
-        its replacement is this run's order, followed from nothing filled at the next poll
-        (`_follow_replacement`). Before, `start` adopted an open replacement as it stands
-        (its fills so far never booked, and warned as another run's), and a filled one was
-        never seen."""
+    def _queue_replacement(self, raw: Mapping[str, Any], replaced: str) -> None:
+        """`raw`, one of ours (client id `replaced`), replaced at Alpaca (an operator's edit
+        in the web UI, PATCH; live, or while the daemon was down): its replacement is a new
+        order with a new client id, this run's, followed from nothing filled once the next
+        poll has read it (`_follow_replacement`). An order `start` adopted as it stood is
+        taken back for it (`_drop_adoption`); one followed already is left as it is."""
         by = str(raw.get("replaced_by") or "") if str(raw.get("status")) == "replaced" else ""
         if not by or (by in self._by_alpaca_id and not self._drop_adoption(by)):
             return
-        self._replacements[by] = root
+        self._replacements[by] = replaced
+        while len(self._replacements) > self._config.closed_history:
+            self._replacements.popitem(last=False)
         self._poll_requested = True
         self._wake.set()
 
@@ -1197,7 +1197,7 @@ class AlpacaBroker:
             t.told = t.order.status
             return t.order.snapshot()
         t.cancel_reason = reason or "cancelled"
-        if t.unconfirmed:
+        if client_order_id in self._unconfirmed:
             await self._resolve_unconfirmed(t)  # it may be at Alpaca: cancel it there
             if not t.order.status.is_open:
                 t.told = t.order.status
@@ -1287,7 +1287,7 @@ class AlpacaBroker:
                 await self._follow_replacement(client, aid)
             for cid in list(self._unconfirmed):
                 t = self._get(cid)
-                if t is None or not t.unconfirmed:
+                if t is None:
                     self._unconfirmed.discard(cid)
                     continue
                 await self._resolve_unconfirmed(t)  # RetryableError while Alpaca is away
@@ -1419,7 +1419,6 @@ class AlpacaBroker:
             return
         group = "" if unit.kind == "simple" else unit.kind
         base = self._register(unit.primary, None, group=group)
-        base.unconfirmed = True
         for member in unit.members[1:]:
             self._register(member, None, group=group, parent=base)
         self._unconfirmed.add(unit.primary.client_order_id)
@@ -1438,7 +1437,6 @@ class AlpacaBroker:
         cid = t.order.client_order_id
         raw = await self._existing(cid, strict=True)
         self._unconfirmed.discard(cid)
-        t.unconfirmed = False
         if raw is None:
             log.warning("alpaca.order.not_placed", client_order_id=cid)
             self._close_locally(
@@ -1704,15 +1702,7 @@ class AlpacaBroker:
                 order.status = status
                 order.reason = "" if status.is_open else self._reason_for(t, status_text, raw)
                 changed = True
-                by = str(raw.get("replaced_by") or "") if status_text == "replaced" else ""
-                if by and (by not in self._by_alpaca_id or self._drop_adoption(by)):
-                    # Edited at Alpaca (PATCH, the web UI): the replacement is a new order
-                    # with a new client id, followed once the next poll has read it.
-                    self._replacements[by] = order.client_order_id
-                    while len(self._replacements) > self._config.closed_history:
-                        self._replacements.popitem(last=False)
-                    self._poll_requested = True
-                    self._wake.set()
+                self._queue_replacement(raw, order.client_order_id)
             if remote is not None:
                 t.remote_updated = remote
             if changed:
