@@ -240,6 +240,9 @@ class PostgresStore(BufferedStore):
         try:
             async with pool.acquire() as conn, conn.transaction():
                 await self._create_schema(conn)
+        except StorageError as e:  # a table of another build (the transaction rolled back)
+            pool.terminate()
+            raise StorageError(f"cannot create schema in PostgreSQL at {self.safe_url}: {e}") from e
         except _ERRORS as e:
             pool.terminate()
             cls = DatabaseUnavailable if unavailable(e) else StorageError
@@ -285,9 +288,10 @@ class PostgresStore(BufferedStore):
             except asyncpg.PostgresError as e:
                 log.warning("storage.postgres.timescaledb_unusable", error=str(e))
         for table in TABLES.values():
-            for stmt in create_table_sql(table, "postgres"):
-                await conn.execute(stmt)
-            # A database made by an earlier build: add the columns declared since.
+            create, *indexes = create_table_sql(table, "postgres")
+            await conn.execute(create)
+            # A database made by an earlier build: add the columns declared since (before the
+            # indexes, which may name them).
             have = {
                 r["column_name"]
                 for r in await conn.fetch(
@@ -300,6 +304,8 @@ class PostgresStore(BufferedStore):
                 if column not in have:
                     await conn.execute(add_column_sql(table, column, "postgres"))
                     log.info("storage.column_added", table=table.name, column=column)
+            for stmt in indexes:
+                await conn.execute(stmt)
         if self.timescaledb:
             for table in TABLES.values():
                 if table.hypertable_time:

@@ -22,6 +22,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from ..core.errors import StorageError
+
 Dialect = Literal["sqlite", "postgres"]
 Kind = Literal["text", "float", "time", "json", "int", "serial"]
 
@@ -343,7 +345,13 @@ def add_column_sql(table: Table, column: str, dialect: Dialect) -> str:
     nullable columns are ever added, so existing rows stay valid with NULL there)."""
     c = next(c for c in table.columns if c.name == column)
     if c.not_null:
-        raise ValueError(f"{table.name}.{column} is NOT NULL: it cannot be added to old rows")
+        # Not a column a later build added (those are nullable): the table was made by
+        # another program or build, and its rows cannot be given a value here.
+        raise StorageError(
+            f"its table {table.name} has no column {column}, which this build requires "
+            "(NOT NULL): the database was made by another program or build; use a new "
+            "database (or another schema) for tradingd"
+        )
     return f"ALTER TABLE {table.name} ADD COLUMN {column} {_TYPES[dialect][c.kind]}"
 
 

@@ -131,16 +131,21 @@ class SqliteStore(BufferedStore):
             mode = row[0] if row else "?"
             db.execute("BEGIN")
             for table in TABLES.values():
-                for stmt in create_table_sql(table, "sqlite"):
-                    db.execute(stmt)
-                # A database made by an earlier build: add the columns declared since.
+                create, *indexes = create_table_sql(table, "sqlite")
+                db.execute(create)
+                # A database made by an earlier build: add the columns declared since (before
+                # the indexes, which may name them).
                 have = {row[1] for row in db.execute(f"PRAGMA table_info({table.name})")}
                 for column in table.insert_columns:
                     if column not in have:
                         db.execute(add_column_sql(table, column, "sqlite"))
                         log.info("storage.column_added", table=table.name, column=column)
+                for stmt in indexes:
+                    db.execute(stmt)
             db.execute("COMMIT")
-        except sqlite3.Error as e:
+        except (sqlite3.Error, StorageError) as e:
+            if db.in_transaction:
+                db.rollback()
             db.close()
             raise StorageError(f"cannot create schema in SQLite database {self.path}: {e}") from e
         self._db = db

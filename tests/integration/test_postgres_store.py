@@ -437,6 +437,27 @@ async def test_a_search_path_schema_that_does_not_exist_is_named_with_the_fix(pg
     assert "'tradingd_no_such_schema_xyz'" in text and "CREATE SCHEMA" in text
 
 
+async def test_a_table_of_another_program_without_a_required_column_is_named(pg) -> None:
+    """A `positions` table without `symbol` in the schema: the start ended in a bare
+    ValueError traceback naming neither the database nor what to do."""
+    url, schema, conn = pg
+    await conn.execute(f'CREATE SCHEMA "{schema}"')
+    await conn.execute(
+        f'CREATE TABLE "{schema}".positions (run_id TEXT NOT NULL, time TIMESTAMPTZ NOT NULL)'
+    )
+    store = PostgresStore(url, schema=schema)
+    with pytest.raises(StorageError) as caught:
+        await store.start()
+    text = str(caught.value)
+    assert "PostgreSQL at" in text and "positions" in text and "symbol" in text
+    assert "new database" in text
+    # The schema statements were rolled back with it: no table of this build was left.
+    tables = await conn.fetch(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema
+    )
+    assert {r["table_name"] for r in tables} == {"positions"}
+
+
 async def test_ready_says_what_a_start_waits_for_while_the_database_is_down() -> None:
     """While a live start waited for PostgreSQL, /ready said only "not trading yet: finding
     the run to continue"; the cause was in the log alone."""

@@ -766,6 +766,32 @@ async def test_a_database_from_an_earlier_build_gets_the_new_columns(db_path: Pa
         await store.stop()
 
 
+async def test_a_table_of_another_program_without_a_required_column_is_named(
+    db_path: Path,
+) -> None:
+    """A `positions` table without `symbol` (another program's, or a much older build's):
+    the start ended in a bare ValueError traceback naming no database, inside a
+    transaction never rolled back."""
+    db_path.parent.mkdir(parents=True, exist_ok=True)
+    con = sqlite3.connect(db_path)
+    con.execute("CREATE TABLE positions (run_id TEXT NOT NULL, time TEXT NOT NULL)")
+    con.commit()
+    con.close()
+    store = SqliteStore(str(db_path))
+    with pytest.raises(StorageError) as caught:
+        await store.start()
+    text = str(caught.value)
+    assert str(db_path) in text and "positions" in text and "symbol" in text
+    assert "new database" in text
+    # Rolled back: nothing of this build's schema was left in the file.
+    con = sqlite3.connect(db_path)
+    try:
+        names = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    finally:
+        con.close()
+    assert names == {"positions"}
+
+
 def test_the_writer_process_opens_the_file_the_thread_made_and_never_creates_one(
     tmp_path: Path,
 ) -> None:
