@@ -35,7 +35,7 @@ from .engine.plugins import load_plugin
 from .engine.portfolio import Portfolio
 from .features.batch_cache import FeatureCache
 from .features.batch_cache import default_cache_dir as features_cache_dir
-from .features.catalog import Catalog, feature_set_id, verify_feature_set
+from .features.catalog import Catalog, feature_set_id, verify_feature_set, warmup
 from .features.source import BatchFeatureSource, StreamingFeatureSource
 from .feeds.history import HistoryFeed, RecordedLiveFeed
 from .feeds.panel import Panel
@@ -452,13 +452,49 @@ class LivePlan:
     calendar: list[datetime] | None  # accelerated: the bars to release; None: real time
 
 
-def plan_live(config: Config, exchange: Any, now: datetime) -> LivePlan:
+def warmup_needed(pipeline: Pipeline, names: Sequence[str], catalog: Catalog) -> tuple[int, str]:
+    """The bars a live start must see before its first traded bar for the pipeline to
+    decide as a backtest with enough history would, and who needs them: the longest raw
+    history a plugin reads (`history_bars()`: kelly_garch's GARCH window, 501 bars by
+    default), or the longest feature warm-up plus a signal's window of them (the ML models'
+    60 bars of features). Without it a vendor warm-up of `live.warmup_bars` (300) fitted the
+    default strategy's GARCH on 293 returns, where the backtest had 500: other fits, other
+    sizes, other orders, from the first live bar."""
+    best, who = 0, ""
+    for plugin in pipeline.plugins():
+        reads = getattr(plugin, "history_bars", None)
+        n = int(reads()) if callable(reads) else 0
+        if n > best:
+            best, who = n, f"{getattr(plugin, 'name', type(plugin).__name__)}'s history"
+    features = max((warmup(catalog.node(n)) + 1 for n in names), default=0)
+    # A signal that keeps a window of feature rows (ml_ensemble's model window).
+    windows = [getattr(p, "window", 1) for p, _ in pipeline.signals]
+    window = max((w for w in windows if isinstance(w, int) and w > 0), default=1)
+    if features + window - 1 > best:
+        best, who = features + window - 1, "the features' warm-up and the signals' windows"
+    return best, who
+
+
+def plan_live(
+    config: Config, exchange: Any, now: datetime, needed: tuple[int, str] = (0, "")
+) -> LivePlan:
     """Real time: warm up through the bar before the last closed one, and trade the last
     closed bar at once (it is the current bar until the next one closes), then each new close.
     Accelerated (bars_per_second > 0): release the calendar's bars from run.start to run.end
-    (or the last closed bar), after warming up on the `warmup_bars` before them."""
+    (or the last closed bar), after warming up on the `warmup_bars` before them, or on what
+    the pipeline needs (`needed`, from `warmup_needed`) when that is more."""
     live = config.live
     n = live.warmup_bars
+    if needed[0] > n:
+        log.info(
+            "warmup.extended",
+            bars=needed[0],
+            configured=n,
+            needed_by=needed[1],
+            rule="live.warmup_bars is less than the pipeline reads: the warm-up fetches what "
+            "it needs, so live decisions match a backtest's",
+        )
+        n = needed[0]
     if live.bars_per_second > 0:
         if not config.run.start:
             raise ConfigError(
@@ -481,14 +517,19 @@ def plan_live(config: Config, exchange: Any, now: datetime) -> LivePlan:
 
 
 def _bars_before(exchange: Any, t: datetime, n: int) -> list[datetime]:
-    """The n bar labels strictly before t on the exchange's calendar."""
+    """The n bar labels strictly before t on the exchange's calendar (fewer only where the
+    calendar has no more). The span is widened until it holds n: an estimate of five
+    sessions a week missed the holidays (300 asked, 294 fetched)."""
     if n <= 0:
         return []
     step = exchange.step or timedelta(days=1)
     per_day = max(1, int(timedelta(hours=6, minutes=30) / step)) if exchange.step else 1
     days = int(n / per_day * 7 / 5) + 10
-    labels = [b for b in exchange.bars_between(t - timedelta(days=days), t) if b < t]
-    return labels[-n:]
+    while True:
+        labels = [b for b in exchange.bars_between(t - timedelta(days=days), t) if b < t]
+        if len(labels) >= n or days > 2 * (n / per_day * 7 / 5) + 400:
+            return labels[-n:]
+        days = int(days * 1.25) + 10
 
 
 def _utc(text: str) -> datetime:
@@ -505,9 +546,14 @@ def _utc(text: str) -> datetime:
 
 
 def vendor_swaps(
-    config: Config, symbols: tuple[str, ...], broker: Broker, names: tuple[str, ...]
+    config: Config,
+    symbols: tuple[str, ...],
+    broker: Broker,
+    names: tuple[str, ...],
+    needed: tuple[int, str] = (0, ""),
 ) -> tuple[Swaps, Callable[[], AsyncIterator[CrossSection]] | None]:
-    """Live on a market-data vendor: the feed, the calendar clock, and the warm-up."""
+    """Live on a market-data vendor: the feed, the calendar clock, and the warm-up (of at
+    least `needed` bars: `warmup_needed`)."""
     from .clock.calendar import ExchangeCalendar
     from .feeds.response_cache import ResponseCache
     from .feeds.vendor import Session, VendorFeed
@@ -515,7 +561,7 @@ def vendor_swaps(
     live = config.live
     exchange = ExchangeCalendar(live.calendar, live.bar)
     daily = exchange if live.bar == "1d" else ExchangeCalendar(live.calendar, "1d")
-    plan = plan_live(config, exchange, datetime.now(UTC))
+    plan = plan_live(config, exchange, datetime.now(UTC), needed)
     cache = ResponseCache.from_url(config.cache.url or None, ttl_s=config.cache.expiry_s)
     # One session for the feed and its client: the client holds back a daily bar until its
     # session's close, which on a half day is 13:00 (the calendar's), not 16:00. Without the
@@ -555,6 +601,15 @@ def vendor_swaps(
                 last=warm_until,
                 bars=len(history.times),
             )
+            if len(history.times) < needed[0]:
+                log.warning(
+                    "warmup.short",
+                    bars=len(history.times),
+                    needed=needed[0],
+                    needed_by=needed[1],
+                    rule="the source returned less history than the pipeline reads: its "
+                    "first live decisions rest on less than a backtest's would",
+                )
             for i, t in enumerate(history.datetimes()):
                 yield history.row(i, t)
 
@@ -644,7 +699,8 @@ def _assemble(
     warmup: Callable[[], AsyncIterator[CrossSection]] | None
     if vendor:
         broker = _alpaca_or(_simulated(config, symbols, portfolio), config, symbols)
-        swaps, warmup = vendor_swaps(config, symbols, broker, names)
+        needed = warmup_needed(pipeline, names, make_catalog(config))
+        swaps, warmup = vendor_swaps(config, symbols, broker, names, needed)
         trade_from = None
     else:
         assert panel is not None

@@ -533,6 +533,8 @@ class LiveConfig:
     heartbeat_s: float = 60.0
     # Bars of history fetched at start so every feature and model input is ready at the
     # first live bar (the default model needs a 60-bar window of features that need ~35).
+    # A vendor warm-up fetches more when a plugin reads a longer history (app.warmup_needed:
+    # kelly_garch's GARCH window), so live decisions match a backtest's.
     warmup_bars: int = 300
     # The book against the broker's positions (Alpaca): at start and this often.
     reconcile_interval_s: float = 300.0

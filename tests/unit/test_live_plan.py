@@ -55,3 +55,47 @@ def test_accelerated_replays_the_run_window_after_warming_up_before_it(xnys):
 def test_accelerated_needs_a_start(xnys):
     with pytest.raises(ConfigError, match=r"run\.start"):
         plan_live(Config(live=LiveConfig(bars_per_second=5.0)), xnys, d(2024, 12, 2))
+
+
+@pytest.fixture(scope="module")
+def xnys_years() -> ExchangeCalendar:
+    return ExchangeCalendar("XNYS", "1d", start="2020-01-01", end="2025-01-31")
+
+
+def test_the_warm_up_holds_the_bars_asked_for_across_holidays(xnys_years):
+    """300 bars asked, 294 fetched: the span was estimated at five sessions a week, and the
+    year's holidays fell outside it."""
+    config = Config(
+        run=RunConfig(start="2024-12-02", end="2024-12-03"),
+        live=LiveConfig(bars_per_second=10.0, warmup_bars=300),
+    )
+    plan = plan_live(config, xnys_years, datetime(2025, 1, 15, tzinfo=UTC))
+    assert plan.warm_from is not None and plan.warm_until is not None
+    assert len(xnys_years.bars_between(plan.warm_from, plan.warm_until)) == 300
+    assert plan.warm_until == d(2024, 11, 29)
+
+
+def test_a_live_warm_up_covers_what_the_default_pipeline_reads(xnys_years):
+    """The default strategy's kelly_garch fits GARCH on the last 500 returns of its history;
+    a vendor warm-up of live.warmup_bars (300) gave it 293 live, against 500 in a backtest
+    of the same span: other fits, other sizes and orders from the first live bar."""
+    from tradingd.app import build_pipeline, feature_names, make_catalog, warmup_needed
+    from tradingd.features.catalog import warmup
+
+    config = Config(
+        run=RunConfig(start="2024-12-02", end="2024-12-03"),
+        live=LiveConfig(bars_per_second=10.0, warmup_bars=300),
+    )
+    symbols = ("AAA", "BBB", "CCC")
+    pipeline = build_pipeline(config, symbols)
+    names = feature_names(config, pipeline)
+    needed = warmup_needed(pipeline, names, make_catalog(config))
+    plan = plan_live(config, xnys_years, datetime(2025, 1, 15, tzinfo=UTC), needed)
+    assert plan.warm_from is not None and plan.warm_until is not None
+    got = len(xnys_years.bars_between(plan.warm_from, plan.warm_until))
+    reads = [p.history_bars() for p in pipeline.plugins() if hasattr(p, "history_bars")]
+    assert got >= max(reads) > config.live.warmup_bars
+    # And every feature has its value, with a model window of them behind the first bar.
+    catalog = make_catalog(config)
+    windows = [getattr(p, "window", 1) for p, _ in pipeline.signals]
+    assert got >= max(warmup(catalog.node(n)) + 1 for n in names) + max(windows) - 1
