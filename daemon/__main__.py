@@ -349,15 +349,22 @@ def _command(args: argparse.Namespace) -> int:
                 f"run {report.run_id}: {report.bars_compared} bar(s) compared, "
                 f"{len(report.differing)} differ, {len(report.bars_missing_in_replay)} "
                 "missing in the replay"
-                + (
-                    ""
-                    if report.decisions_comparable
-                    else " (external broker: features and "
-                    "model outputs compared; decisions only as far as the book agrees)"
-                )
             )
             for d in report.differing[:50]:
                 print(f"  {d.time.isoformat()}: " + "; ".join(d.differences))
+            if report.decisions_compared < report.bars_compared:
+                why = []
+                if not report.decisions_comparable:
+                    why.append("an external broker's book after its first fill")
+                if report.segments > 1:
+                    why.append("the bars after a restart")
+                print(
+                    f"decisions (targets, orders) compared on {report.decisions_compared} of "
+                    f"them; features and model outputs on all ({', '.join(why)}); "
+                    f"{len(report.not_counted)} bar(s) whose decisions differ are not counted:"
+                )
+                for d in report.not_counted[:20]:
+                    print(f"  {d.time.isoformat()}: " + "; ".join(d.differences))
         return 0 if report.ok else 1
     if args.command == "reset-halt":
         from .stored_run import reset_halt

@@ -10,11 +10,14 @@ live decision is then compared with the replay's for the same bar.
 
 What compares: for a run on the simulated broker, everything (features, scores, targets,
 intents): replay and live fill the same way. With a real broker, fills differ from the
-simulation, so targets and intents are compared only until the first live fill differs from
-the replay's... which the replay cannot know: for such runs the report compares features and
-model outputs, and lists decision differences separately as expected (`decisions_comparable`).
-A live process that restarted warmed up again from another first bar; its bars compare
-features and scores only, on a replay that starts where that process started.
+simulation: targets and intents are compared on the bars before the first live fill was
+booked (until then both books are the starting cash), features and model outputs on every
+bar (`decisions_comparable` is False). A live process that restarted warmed up again from
+another first bar; its bars compare features and scores only, on a replay that starts where
+that process started. Decision differences on bars where decisions are not compared are
+not dropped: they are listed apart (`not_counted`), with the count of bars whose decisions
+were compared (`decisions_compared`), so "0 differ" never reads as "the orders matched"
+where they were not compared.
 """
 
 from __future__ import annotations
@@ -55,6 +58,11 @@ class ReplayReport:
     differing: list[BarDifference] = field(default_factory=list)
     decisions_comparable: bool = True
     segments: int = 1
+    # Bars whose targets and intents were compared (the others compare features and scores).
+    decisions_compared: int = 0
+    # Decision differences on bars where decisions are not compared (an external broker's
+    # book after its first fill, a restarted process's bars): shown, not counted.
+    not_counted: list[BarDifference] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -67,6 +75,10 @@ class ReplayReport:
             "bars_compared": self.bars_compared,
             "segments": self.segments,
             "decisions_comparable": self.decisions_comparable,
+            "decisions_compared": self.decisions_compared,
+            "decision_differences_not_counted": [
+                {"time": d.time.isoformat(), "differences": d.differences} for d in self.not_counted
+            ],
             "bars_missing_in_replay": [t.isoformat() for t in self.bars_missing_in_replay],
             "differing_bars": [
                 {"time": d.time.isoformat(), "differences": d.differences} for d in self.differing
@@ -129,6 +141,7 @@ async def replay_check(
         if run["mode"] != "live":
             raise ConfigError(f"replay-check: run {run_id!r} is a {run['mode']} run, not live")
         decisions = await store.fetch("decisions", run_id)
+        fills = await store.fetch("fills", run_id)
         bars = await store.fetch_bars()
     finally:
         await store.stop()
@@ -144,6 +157,10 @@ async def replay_check(
     report.decisions_comparable = broker_kind == "simulated" or not any(
         d["record"].get("broker") == "external" for d in decisions
     )
+    # Until the first live fill was booked, an external broker's book is the starting cash,
+    # as the replay's: decisions compare on the bars before it.
+    booked = [f["booked_at"] or f["time"] for f in fills]
+    first_fill = min(booked) if booked else None
     segments: dict[str, list[dict[str, Any]]] = {}
     for d in decisions:
         segments.setdefault(d["record"].get("first_bar", ""), []).append(d)
@@ -154,7 +171,6 @@ async def replay_check(
             panel = _panel(bars, symbols, since)
             cfg = replay_config(stored_config, run_id, rows[0]["time"], audit)
             replayed = await _replay(cfg, panel)
-            whole = k == 0 and report.decisions_comparable
             for d in rows:
                 t = d["time"]
                 other = replayed.get(t)
@@ -163,7 +179,15 @@ async def replay_check(
                     continue
                 report.bars_compared += 1
                 diff = compare(d["record"], other)
-                if not whole:
+                whole = k == 0 and (
+                    report.decisions_comparable or first_fill is None or t < first_fill
+                )
+                if whole:
+                    report.decisions_compared += 1
+                else:
+                    apart = [x for x in diff if not x.startswith(("features", "scores"))]
+                    if apart:
+                        report.not_counted.append(BarDifference(t, apart))
                     diff = [x for x in diff if x.startswith(("features", "scores"))]
                 if diff:
                     report.differing.append(BarDifference(t, diff))
@@ -173,6 +197,8 @@ async def replay_check(
         bars=report.bars_compared,
         differing=len(report.differing),
         segments=report.segments,
+        decisions_compared=report.decisions_compared,
+        not_counted=len(report.not_counted),
     )
     return report
 

@@ -130,3 +130,45 @@ def test_a_replay_of_an_intraday_live_run_sizes_and_counts_days_as_the_run_did(
     (engine,) = built
     assert engine.pipeline.sizing.config.periods_per_year == 252 * 78
     assert engine.portfolio._session_tz is not None
+
+
+async def test_decisions_not_compared_are_listed_apart_not_dropped(tmp_path: Path):
+    """With an external broker (and after a restart) only features and scores were compared,
+    and every other difference was thrown away: "0 differ" read as "the orders matched".
+    Now decisions compare until the first live fill is booked (both books are the starting
+    cash until then), and later decision differences are listed apart."""
+    cfg = write_config(tmp_path, "live", start="2016-06-01", end="2016-12-30", rate=300.0)
+    run_to_completion(cfg)
+    config = load_config([ROOT / "config/default.toml", cfg], env={})
+    db = tmp_path / "live.db"
+    con = sqlite3.connect(db)
+    try:
+        first_fill = datetime.fromisoformat(
+            con.execute("SELECT min(booked_at) FROM fills WHERE run_id = 'killtest'").fetchone()[0]
+        )
+        rows = con.execute("SELECT time, record FROM decisions ORDER BY time").fetchall()
+        # As a run on Alpaca records it; and one order's quantity changed on the first bar
+        # and on a bar after the first fill.
+        before = next(t for t, _ in rows if datetime.fromisoformat(t) < first_fill)
+        after = [t for t, rec in rows if datetime.fromisoformat(t) > first_fill][5]
+        for t, text in rows:
+            rec = json.loads(text)
+            rec["broker"] = "external"
+            if t in (before, after):
+                rec["intents"] = [*rec["intents"], ["tampered", "buy", 1.0, "market"]]
+            con.execute("UPDATE decisions SET record = ? WHERE time = ?", (json.dumps(rec), t))
+        con.commit()
+    finally:
+        con.close()
+
+    report = await replay_check(config, "killtest")
+    assert not report.decisions_comparable
+    n_before = sum(datetime.fromisoformat(t) < first_fill for t, _ in rows)
+    assert report.decisions_compared == n_before < report.bars_compared
+    # The bar before any fill compares whole: its changed intents are a difference.
+    assert [d.time for d in report.differing] == [datetime.fromisoformat(before)]
+    assert report.differing[0].differences[0].startswith("intents:")
+    # The bar after it is listed apart, with what differed.
+    apart = {d.time: d.differences for d in report.not_counted}
+    assert datetime.fromisoformat(after) in apart
+    assert apart[datetime.fromisoformat(after)][0].startswith("intents:")
