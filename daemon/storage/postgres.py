@@ -95,6 +95,33 @@ def _unavailable_one(e: BaseException) -> bool:
     return False
 
 
+def _float_positions(table: Table) -> tuple[int, ...]:
+    kinds = {c.name: c.kind for c in table.columns}
+    return tuple(i for i, c in enumerate(table.insert_columns) if kinds[c] == "float")
+
+
+_FLOATS: dict[str, tuple[int, ...]] = {}
+
+
+def _nan_as_null(table: Table, rows: list[Row]) -> list[Row]:
+    """NaN written as NULL, as SQLite stores it: the same SQL then gives the same answer on
+    both stores (an unfilled order's avg_fill_price was NULL in SQLite and 'NaN' in
+    PostgreSQL, where `IS NULL` found none and avg() was NaN). Read back through the store,
+    both are NaN (or None in optional columns), as before."""
+    at = _FLOATS.get(table.name)
+    if at is None:
+        at = _FLOATS[table.name] = _float_positions(table)
+    if not at:
+        return rows
+    out = rows
+    for k, r in enumerate(rows):
+        if any(r[i] != r[i] for i in at):  # NaN alone is unequal to itself
+            if out is rows:
+                out = list(rows)
+            out[k] = tuple(None if (i in at and v != v) else v for i, v in enumerate(r))
+    return out
+
+
 def spool_target(url: str, schema: str | None) -> str:
     """The database a spool belongs to, without credentials: host, port, database, schema.
     Without `storage.schema`, the schema is the first of the URL's `?search_path=` (asyncpg
@@ -367,7 +394,7 @@ class PostgresStore(BufferedStore):
             if not rows:
                 continue
             table = TABLES[name]
-            rows = rows if isinstance(rows, list) else list(rows)
+            rows = _nan_as_null(table, rows if isinstance(rows, list) else list(rows))
             if table.on_conflict is None:
                 await conn.copy_records_to_table(name, records=rows, columns=table.insert_columns)
             else:

@@ -293,6 +293,27 @@ async def test_live_run_configs_are_the_live_runs_of_a_name_by_last_activity(
     await check_live_run_configs(store)
 
 
+async def test_nan_is_stored_as_null_as_in_sqlite(store: PostgresStore, pg) -> None:
+    """An unfilled order's avg_fill_price was NULL in SQLite and 'NaN' in PostgreSQL: the
+    same SQL (`IS NULL`, avg()) gave other answers on the two stores."""
+    _, schema, conn = pg
+    await store.begin_run(run_info())
+    many = [Order(f"r1|o{i}", "AAA", Side.BUY, 1.0, T0) for i in range(60)]  # COPY-staged
+    store.record_orders("r1", [Order("r1|x", "BBB", Side.SELL, 100.0, T0), *many])
+    await store.flush()
+    assert math.isnan(many[0].avg_fill_price)
+    nulls = await conn.fetchval(
+        f'SELECT count(*) FROM "{schema}".orders WHERE avg_fill_price IS NULL'
+    )
+    nans = await conn.fetchval(
+        f"SELECT count(*) FROM \"{schema}\".orders WHERE avg_fill_price = 'NaN'"
+    )
+    assert (nulls, nans) == (61, 0)
+    # Read back through the store, as from SQLite: NaN.
+    rows = await store.fetch("orders", "r1")
+    assert len(rows) == 61 and all(math.isnan(r["avg_fill_price"]) for r in rows)
+
+
 async def test_order_upsert_keeps_latest_state_and_events_keep_history(
     store: PostgresStore,
 ) -> None:
