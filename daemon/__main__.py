@@ -58,7 +58,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .core.errors import TradingdError
+from .core.errors import ConfigError, TradingdError
 from .secrets import mask_url
 
 if TYPE_CHECKING:
@@ -664,10 +664,17 @@ def _report(args: argparse.Namespace) -> int:
         folder = resolve_run(args.run, config.run.output_dir)
     except ValueError as exc:
         raise TradingdError(str(exc)) from None
-    if args.output:
-        from .preflight import check_writable_dir
+    from .preflight import check_writable_dir
 
+    if args.output:
         check_writable_dir(args.output, "--output")
+    else:
+        # The report goes into the run's folder: a read-only one (an archive, a mount) failed
+        # with a traceback after the whole report was computed.
+        try:
+            check_writable_dir(folder, "the run folder")
+        except ConfigError as exc:
+            raise TradingdError(f"{exc}; write the report elsewhere with --output FOLDER") from None
     if args.attribution and not args.config and (folder / "config.json").is_file():
         # The replay must be the run's: without -c it took the built-in defaults, and
         # failed with "not the same run (config, data or dates differ)". The run's own

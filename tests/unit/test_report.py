@@ -497,6 +497,45 @@ def test_report_command_errors(cli, run_dir, tmp_path, args, message):
     assert err.startswith("tradingd: error: ")
 
 
+@pytest.fixture
+def read_only_copy(run_dir, tmp_path):
+    """The run folder on a read-only bind mount (root's permission bits would not stop a
+    write); skipped where mounting is not allowed."""
+    import shutil
+    import subprocess
+
+    src, mnt = tmp_path / "ro_src", tmp_path / "ro"
+    shutil.copytree(run_dir, src / run_dir.name)
+    mnt.mkdir()
+    steps = (["mount", "--bind", str(src), str(mnt)], ["mount", "-o", "remount,ro,bind", str(mnt)])
+    for k, step in enumerate(steps):
+        done = subprocess.run(step, capture_output=True, text=True)
+        if done.returncode != 0:
+            if k:
+                subprocess.run(["umount", str(mnt)], capture_output=True)
+            pytest.skip(f"a read-only bind mount is not possible here: {done.stderr.strip()}")
+    try:
+        yield mnt / run_dir.name
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_read_only_run_folder_is_named_before_the_report_is_made(cli, read_only_copy, tmp_path):
+    """Without --output the report goes into the run's folder: a read-only one failed with a
+    traceback (OSError: Read-only file system) after the whole report had been computed."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[run]\noutput_dir = "{read_only_copy.parent}"\n')
+    code, _, err = cli("report", str(read_only_copy), "-c", str(cfg))
+    assert code == 2 and "Traceback" not in err
+    assert str(read_only_copy) in err and "not writable" in err and "--output" in err
+    # With --output it is made elsewhere.
+    code, _, err = cli(
+        "report", str(read_only_copy), "-c", str(cfg), "--output", str(tmp_path / "o")
+    )
+    assert code == 0, err
+    assert (tmp_path / "o" / "report.html").exists()
+
+
 def test_report_command_names_a_ray_address_it_cannot_use(cli, run_dir, tmp_path):
     """Before: a traceback (no cluster there), or an error blaming the run's folder."""
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'ray[default]')")
