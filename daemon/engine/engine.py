@@ -220,6 +220,9 @@ class Pipeline:
 
 _T = TypeVar("_T")
 
+# At a stop, how long the broker's last updates may take (systemd's TimeoutStopSec is 60 s).
+_STOP_UPDATES_S = 15.0
+
 # Missed live bars remembered for the next release (a year of daily bars).
 _MISSED_BARS_KEPT = 260
 
@@ -734,8 +737,10 @@ class Engine:
                 replaying = True
             self._bar_lock = asyncio.Lock()
             if not self._stop_requested and callable(getattr(self.broker, "positions", None)):
-                await self._reconcile()
-                reconciler = asyncio.create_task(self._reconcile_every(), name="reconcile")
+                # A stop while the broker hangs must not wait out its calls' timeouts.
+                await self._unless_stopped(self._reconcile())
+                if not self._stop_requested:
+                    reconciler = asyncio.create_task(self._reconcile_every(), name="reconcile")
             if not self._stop_requested and self._durable:
                 refresher = asyncio.create_task(self._refresh_state_every(), name="state")
             if not self._stop_requested:
@@ -754,7 +759,15 @@ class Engine:
                     if self._stop_requested:
                         break
                 try:
-                    bar = await self.feed.bars(t)
+                    if live:
+                        # A vendor's fetch of a large universe takes minutes at its rate
+                        # limit: a stop does not wait for it (nothing is decided yet; the
+                        # next start's warm-up fetches the bar).
+                        done, bar = await self._unless_stopped(self.feed.bars(t))
+                        if not done:
+                            break
+                    else:
+                        bar = await self.feed.bars(t)
                 except RetryableError as exc:
                     # No bar from the source (down, throttled, circuit open): nothing is
                     # decided on a bar the daemon does not have. The feed reports it in
@@ -789,7 +802,7 @@ class Engine:
                 if task is not None:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
-            await self._book_late_updates()
+            await self._book_final_updates()
             if self._splits:
                 log.info("corporate.splits_applied", splits=self._splits)
             self.risk_record.finish(self._last_time)
@@ -1130,6 +1143,26 @@ class Engine:
             self.on_heartbeat(busy=True)  # each a bar's work: /health sees it going on
             async with self._bar_lock:
                 await self.step(bar, False)
+
+    async def _book_final_updates(self) -> None:
+        """The broker's last updates before the run ends. On a stop request, within
+        `_STOP_UPDATES_S`: a broker that hangs (each of its calls up to its timeout, and
+        retried) kept the stop past systemd's TimeoutStopSec (60 s), which then killed the
+        process without its exit line. What is not booked then, the next start books: its
+        resume reads the broker's orders and fills against the store."""
+        if not self._stop_requested:
+            await self._book_late_updates()
+            return
+        try:
+            async with asyncio.timeout(_STOP_UPDATES_S):
+                await self._book_late_updates()
+        except TimeoutError:
+            log.warning(
+                "engine.stop_updates_unfinished",
+                timeout_s=_STOP_UPDATES_S,
+                rule="the broker did not answer in time: fills it reports later are booked "
+                "by the next start (it reads the broker's orders)",
+            )
 
     async def _book_late_updates(self) -> int:
         """A live broker executes between bars: fills that arrived after the last bar are

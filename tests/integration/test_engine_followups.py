@@ -1059,6 +1059,90 @@ async def test_a_stop_during_the_warm_ups_history_fetch_ends_it_at_once(engine_c
     assert cancelled == [True] and result.bars == 0 and result.warmup_bars == 0
 
 
+async def test_a_stop_during_a_live_bars_fetch_ends_it_at_once(engine_config):
+    """A vendor's fetch of the current bar (minutes for a large universe at Alpha Vantage's
+    5 calls a minute, or a slow answer per symbol) was awaited whole: a stop took 192 s,
+    past systemd's stop timeout (60 s), which kills the process without its exit line."""
+    from tradingd.app import build_engine
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    times = panel.datetimes()
+    bars = engine.feed.bars
+    fetching = asyncio.Event()
+    cancelled: list = []
+
+    async def slow(t):  # type: ignore[no-untyped-def]
+        if t < times[65]:
+            return await bars(t)
+        fetching.set()
+        try:
+            await asyncio.Event().wait()  # the vendor, still answering
+        except asyncio.CancelledError:
+            cancelled.append(t)
+            raise
+
+    engine.feed.bars = slow  # type: ignore[method-assign]
+
+    async def stop_once_fetching():
+        await fetching.wait()
+        engine.request_stop()
+
+    stopper = asyncio.create_task(stop_once_fetching())
+    result = await asyncio.wait_for(engine.run_until_done(), timeout=30)
+    await stopper
+    assert cancelled == [times[65]] and result.stopped_early
+    assert engine.last_bar_time == times[64]  # the bar being fetched was not stepped
+
+
+async def test_a_stop_while_the_broker_hangs_books_what_it_can_within_a_bound(
+    engine_config, monkeypatch
+):
+    """At the stop the engine asks the broker for its last updates; Alpaca hanging (each
+    call up to its timeout, retried) kept the stop for 74 s, past systemd's 60. The start's
+    first reconciliation was awaited the same way."""
+    from tradingd.app import build_engine
+    from tradingd.core.types import BrokerUpdate
+    from tradingd.engine import engine as engine_module
+
+    monkeypatch.setattr(engine_module, "_STOP_UPDATES_S", 0.3, raising=False)
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    hung: list[str] = []
+
+    async def hanging_updates() -> BrokerUpdate:
+        hung.append("updates")
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+    engine.broker.updates = hanging_updates  # type: ignore[attr-defined]
+    engine.after_bar.append(lambda t, v: engine.request_stop() if engine._bars == 3 else None)
+    result = await asyncio.wait_for(engine.run_until_done(), timeout=30)
+    assert result.stopped_early and result.bars == 3 and hung
+
+    # The first reconciliation, while the broker does not answer (another run: the first
+    # one's checkpoint would be continued).
+    other = dataclasses.replace(config, run=dataclasses.replace(config.run, run_id="test-live-2"))
+    engine = build_engine(other, "live", panel=panel)
+    asking = asyncio.Event()
+
+    async def hanging_positions() -> dict:
+        asking.set()
+        await asyncio.Event().wait()
+        return {}
+
+    engine.broker.positions = hanging_positions  # type: ignore[attr-defined]
+
+    async def stop_once_asked():
+        await asking.wait()
+        engine.request_stop()
+
+    stopper = asyncio.create_task(stop_once_asked())
+    result = await asyncio.wait_for(engine.run_until_done(), timeout=30)
+    await stopper
+    assert result.stopped_early and result.bars == 0
+
+
 async def test_a_pause_while_the_broker_start_is_retried_survives_a_stop_then(
     engine_config, tmp_path
 ):
