@@ -250,7 +250,10 @@ async def stored_run_results(store: Any, run_id: str) -> dict[str, Any]:
     shape `BacktestEngine.run_backtest` returns, for `PerformanceAnalyzer`."""
     runs = await store.fetch("runs", run_id)
     if not runs:
-        raise ValueError(f"run {run_id!r} is not in this store")
+        # Named: an SQLite path with a typo is a new, empty database (the store creates it),
+        # and "not in this store" did not say which store was read.
+        where = getattr(store, "safe_url", None) or getattr(store, "path", None) or "this store"
+        raise ValueError(f"run {run_id!r} is not in {where}")
     run = runs[-1]
     equity = await store.fetch("equity", run_id)
     fills = await store.fetch("fills", run_id)

@@ -512,6 +512,26 @@ def test_accepts_the_facade_dict_the_outcome_a_record_folder_and_a_stored_run(tm
         assert got["start"] == want["start"]
 
 
+def test_a_run_missing_from_a_store_names_the_store(tmp_path, run_async):
+    """A mistyped SQLite path is a new, empty database: "run 'r1' is not in this store" did
+    not say which store had been read."""
+    from tradingd.storage.factory import open_store
+
+    path = tmp_path / "typo.db"
+
+    async def read() -> None:
+        store = open_store(f"sqlite:///{path}", spool=False)
+        await store.start()
+        try:
+            await pf.stored_run_results(store, "r1")
+        finally:
+            await store.stop()
+
+    with pytest.raises(ValueError, match=r"run 'r1' is not in ") as caught:
+        run_async(read())
+    assert str(path) in str(caught.value)
+
+
 def test_strategy_api_re_exports_the_analyzer():
     from tradingd import strategy_api
 
