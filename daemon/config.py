@@ -634,7 +634,9 @@ class FeedConfig:
     the live path (demos, tests); a vendor fetches them for `data.symbols`."""
 
     source: str = "recorded"
-    # Bars fetched before each live bar, so a late or missed bar is filled in.
+    # Bars fetched before each live bar: validation sees neighbours, a split on the window is
+    # handled, and a symbol's bar posted late is noticed and stored (feed.bar_late), not
+    # stepped: the bar's decisions were made without it.
     lookback_bars: int = 5
     repair: tuple[str, ...] = ()
     yahoo: YahooFeedConfig = field(default_factory=YahooFeedConfig)

@@ -789,6 +789,7 @@ class Engine:
                             log.warning("bar.lost", time=missed.popleft(), newer=t)
                         async with self._bar_lock:
                             await self.step(bar, self._catch_up(t))
+                        await self._store_late_bars()
                 if self.on_heartbeat is not _no_heartbeat:
                     self.on_heartbeat()
                 if self._stop_requested:
@@ -1143,6 +1144,17 @@ class Engine:
             self.on_heartbeat(busy=True)  # each a bar's work: /health sees it going on
             async with self._bar_lock:
                 await self.step(bar, False)
+
+    async def _store_late_bars(self) -> None:
+        """Bars a vendor posted after their release for some symbols (`feed.bar_late`): not
+        stepped (their bar's decisions are made), but stored, so the stored bars are the
+        vendor's history and replay-check shows what they would have changed."""
+        take = getattr(self.feed, "take_late_bars", None)
+        if take is None or not self._record_bars:
+            return
+        late = take()
+        if late:
+            await self.store.write_bars(self.symbols, late)
 
     async def _book_final_updates(self) -> None:
         """The broker's last updates before the run ends. On a stop request, within

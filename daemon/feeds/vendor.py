@@ -543,6 +543,10 @@ class VendorFeed:
         # span, bounded): a vendor that publishes an action late re-serves the bar with it.
         self._served: dict[pd.Timestamp, dict[str, tuple[float, float]]] = {}
         self._revised: set[tuple[str, pd.Timestamp]] = set()
+        # The symbols each recent bar was served without (missing or failed), and their bars
+        # that a later answer had (late at the vendor): see _check_late.
+        self._holes: dict[pd.Timestamp, set[str]] = {}
+        self._late_rows: list[pd.DataFrame] = []
         self.last_bar: datetime | None = None
         self.last_fetch_at: datetime | None = None
 
@@ -625,6 +629,82 @@ class VendorFeed:
         for old in sorted(self._served)[:-keep]:
             del self._served[old]
         self._revised = {k for k in self._revised if k[1] in self._served}
+
+    def _check_late(self, t: pd.Timestamp, frame: pd.DataFrame, at: pd.DataFrame) -> None:
+        """A symbol's bar that a later answer has, though its bar was served without it (the
+        vendor posted it late, or its fetch failed then): the live run decided that bar
+        without it, its features and fills went on without it, and nothing said so while a
+        backtest of the vendor's history has it. Said (`feed.bar_late`), and kept for the
+        engine to store (`take_late_bars`): the stored bars are the vendor's, and
+        replay-check then shows what the bar would have changed. Not stepped: the bar's
+        decisions are made."""
+        holes = self._holes
+        if holes:
+            older = frame[frame["time"] < t]
+            late = older[
+                [
+                    sym in holes.get(when, ())
+                    for sym, when in zip(older["symbol"], older["time"], strict=True)
+                ]
+            ]
+            if not late.empty:
+                for sym, when in zip(late["symbol"], late["time"], strict=True):
+                    holes[when].discard(sym)
+                self._late_rows.append(late)
+                del self._late_rows[:-64]  # bounded: the engine takes them every bar
+                log.warning(
+                    "feed.bar_late",
+                    source=self.source.name,
+                    bars=[
+                        f"{sym} {when.isoformat()}"
+                        for sym, when in zip(late["symbol"][:10], late["time"][:10], strict=True)
+                    ],
+                    count=len(late),
+                    rule="the answer has a bar its release was served without: the live "
+                    "decisions of that bar went without it; stored, not traded on",
+                )
+        have = set(at["symbol"].tolist())
+        holes[t] = {s for s in self._symbols if s not in have}
+        keep = max(8, self.lookback_bars + 2)
+        for old in sorted(holes)[:-keep]:
+            del holes[old]
+
+    def take_late_bars(self) -> list[CrossSection]:
+        """The late bars `_check_late` found since the last call, one cross-section per bar
+        time (NaN for the symbols that were not late), for the engine to store."""
+        if not self._late_rows:
+            return []
+        rows = pd.concat(self._late_rows, ignore_index=True)
+        self._late_rows = []
+        out = []
+        for when, group in rows.groupby("time", sort=True):
+            arrays = self._arrays(group)
+            out.append(CrossSection(time=as_utc(pd.Timestamp(when).to_pydatetime()), **arrays))
+        return out
+
+    def _arrays(self, at: pd.DataFrame) -> dict[str, np.ndarray]:
+        """The universe's arrays of one bar's rows (NaN, split 1 and dividend 0 where a
+        symbol has no row), read-only."""
+        n = len(self._symbols)
+        arrays = {
+            name: np.full(n, fill)
+            for name, fill in (
+                ("open", np.nan),
+                ("high", np.nan),
+                ("low", np.nan),
+                ("close", np.nan),
+                ("volume", np.nan),
+                ("split", 1.0),
+                ("dividend", 0.0),
+            )
+        }
+        cols = np.searchsorted(np.array(self._symbols, dtype=object), at["symbol"].to_numpy())
+        for name, arr in arrays.items():
+            arr[cols] = at[name].to_numpy(dtype=np.float64)
+            # Read-only, as a replay's bars: the history keeps the bar, and a plugin writing
+            # into it would change every later window.
+            arr.setflags(write=False)
+        return arrays
 
     def _note_missing(
         self, t: datetime, at: pd.DataFrame, result: FetchResult, now: datetime
@@ -724,25 +804,8 @@ class VendorFeed:
             self._late.remove(t)
         self._note_missing(t, at, result, now)
         self._check_revisions(naive_utc(t), result.frame, at)
-        n = len(self._symbols)
-        arrays = {
-            name: np.full(n, fill)
-            for name, fill in (
-                ("open", np.nan),
-                ("high", np.nan),
-                ("low", np.nan),
-                ("close", np.nan),
-                ("volume", np.nan),
-                ("split", 1.0),
-                ("dividend", 0.0),
-            )
-        }
-        cols = np.searchsorted(np.array(self._symbols, dtype=object), at["symbol"].to_numpy())
-        for name, arr in arrays.items():
-            arr[cols] = at[name].to_numpy(dtype=np.float64)
-            # Read-only, as a replay's bars: the history keeps the bar, and a plugin writing
-            # into it would change every later window.
-            arr.setflags(write=False)
+        self._check_late(naive_utc(t), result.frame, at)
+        arrays = self._arrays(at)
         self.last_bar = t
         return CrossSection(time=t, **arrays)
 

@@ -1143,6 +1143,50 @@ async def test_a_stop_while_the_broker_hangs_books_what_it_can_within_a_bound(
     assert result.stopped_early and result.bars == 0
 
 
+async def test_bars_a_vendor_posted_late_are_stored_not_stepped(engine_config):
+    """A symbol's bar the vendor posted after its release (`feed.bar_late`) was in no
+    table: the stored bars lacked it and replay-check replayed the same hole."""
+    from tradingd.app import build_engine
+    from tradingd.core.types import CrossSection
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    times = panel.datetimes()
+    n = len(panel.symbols)
+    late_close = np.full(n, np.nan)
+    late_close[0] = 123.0
+    volume = np.where(late_close > 0, 1e3, np.nan)
+    late = CrossSection(
+        times[62], late_close, late_close, late_close, late_close, volume, np.ones(n), np.zeros(n)
+    )
+    handed: list = [[late]]
+
+    def take() -> list:  # once, after the bar it belongs to was stepped
+        after = engine.last_bar_time is not None and engine.last_bar_time > times[64]
+        return handed.pop() if handed and after else []
+
+    engine.feed.take_late_bars = take  # type: ignore[attr-defined]
+    stepped: list = []
+    step = engine.step
+
+    async def recording(bar, trade=None):  # type: ignore[no-untyped-def]
+        stepped.append(bar.time)
+        await step(bar, trade)
+
+    engine.step = recording  # type: ignore[method-assign]
+    await engine.run_until_done()
+    assert stepped.count(times[62]) == 1  # not stepped again
+    store = engine.store
+    await store.start()
+    try:
+        rows = [r for r in await store.fetch_bars() if r["time"] == times[62]]
+    finally:
+        await store.stop()
+    closes = {r["symbol"]: r["close"] for r in rows}
+    assert closes[panel.symbols[0]] == 123.0
+    assert closes[panel.symbols[1]] == panel.close[62, 1]  # the others as stepped
+
+
 async def test_a_pause_while_the_broker_start_is_retried_survives_a_stop_then(
     engine_config, tmp_path
 ):

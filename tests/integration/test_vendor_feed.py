@@ -656,6 +656,37 @@ async def test_a_symbol_the_answer_has_no_bar_for_is_reported_not_silently_nan()
             await feed.stop()
 
 
+async def test_a_bar_a_later_answer_has_is_said_and_kept_for_the_store():
+    """BBB's 6 March bar, posted late: the 7 March answer had it, and nothing noticed. The
+    live decisions of the 6th went without it, its features and fills too, and the stored
+    bars lacked it, so replay-check replayed the same hole ("0 differ")."""
+    book = _Withholding(now=utc(2024, 3, 6, 21, 5))
+    book.held = {"BBB": date(2024, 3, 6)}
+    async with fake_for("alpaca", book) as fake:
+        feed = await started(
+            VendorFeed(source_for("alpaca", fake), SYMBOLS, clock=lambda: book.now)
+        )
+        try:
+            assert (await feed.bars(utc(2024, 3, 6))).valid.tolist() == [True, False, True]
+            assert feed.take_late_bars() == []
+            book.held = {}
+            book.now = utc(2024, 3, 7, 21, 5)
+            with capture_logs() as logs:
+                assert (await feed.bars(utc(2024, 3, 7))).valid.all()
+            late = [e for e in logs if e["event"] == "feed.bar_late"]
+            assert [e["bars"] for e in late] == [["BBB 2024-03-06T00:00:00"]]
+            (bar,) = feed.take_late_bars()
+            assert bar.time == utc(2024, 3, 6) and bar.valid.tolist() == [False, True, False]
+            reference = await feed.history(utc(2024, 3, 6), utc(2024, 3, 6))
+            assert bar.close[1] == reference.close[0, 1]
+            # Once: the next answer has it too, and it is not late again.
+            book.now = utc(2024, 3, 8, 21, 5)
+            await feed.bars(utc(2024, 3, 8))
+            assert feed.take_late_bars() == []
+        finally:
+            await feed.stop()
+
+
 class _Glitch(BarBook):
     """One bar of `symbol` (BBB) with high < low (a vendor glitch) on `bad`."""
 
