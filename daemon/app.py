@@ -22,7 +22,7 @@ from .audit import AuditLog, audit_path
 from .brokers.simulated import SimulatedBroker, SimulatedBrokerConfig
 from .cache.factory import open_cache
 from .clock.replay import ReplayClock
-from .config import Config
+from .config import Config, name_origin
 from .core.errors import ConfigError, ControlRefusedError, EngineStoppedError
 from .core.lazy import LazyModule
 from .core.ports import Broker, Clock, FeatureSource, Feed, Store
@@ -180,15 +180,19 @@ def build_pipeline(config: Config, symbols: tuple[str, ...], bar: str = "1d") ->
     # distribution's entry points: ~27 ms, ten times for the default strategy).
     eps = plugin_registry.available()  # looked up at call time: tests register plugins there
     defaults = run_defaults(config, bar)
-    signals = [
-        (load_plugin(spec, "signal", symbols, f"signals[{i}]", eps, defaults), spec.weight)
-        for i, spec in enumerate(config.signals)
-    ]
-    sizing = load_plugin(config.sizing, "sizing", symbols, "sizing", eps, defaults)
-    risks = [
-        load_plugin(spec, "risk", symbols, f"risk[{i}]", eps, defaults)
-        for i, spec in enumerate(config.risk)
-    ]
+    try:
+        signals = [
+            (load_plugin(spec, "signal", symbols, f"signals[{i}]", eps, defaults), spec.weight)
+            for i, spec in enumerate(config.signals)
+        ]
+        sizing = load_plugin(config.sizing, "sizing", symbols, "sizing", eps, defaults)
+        risks = [
+            load_plugin(spec, "risk", symbols, f"risk[{i}]", eps, defaults)
+            for i, spec in enumerate(config.risk)
+        ]
+    except ConfigError as exc:
+        name_origin(config, exc)  # "risk[0].params: ... (set in paper.toml)"
+        raise
     return Pipeline(signals=signals, sizing=sizing, risks=risks)
 
 

@@ -814,7 +814,22 @@ def load_config(
             raise ConfigError(f"{text} (set in {where})") from None
         raise
     object.__setattr__(config, "overlay_notes", tuple(notes))
+    # For errors found later, in the plugins' own params (`name_origin`).
+    object.__setattr__(config, "key_origins", origins if len(paths) > 1 else {})
     return config
+
+
+def name_origin(config: Config, exc: ConfigError) -> None:
+    """With several -c files, add the file that set the key an error names to its text
+    (in place, keeping its type): errors of a plugin's params are found when the plugin is
+    built, after load_config, and named only `risk[0].params: ...`."""
+    origins = getattr(config, "key_origins", None)
+    if not origins:
+        return
+    text = str(exc)
+    where = _origin_of(text, origins)
+    if where is not None and where not in text:
+        exc.args = (f"{text} (set in {where})", *exc.args[1:])
 
 
 def _note_origins(table: Mapping[str, Any], source: str, out: dict[str, str], at: str = "") -> None:

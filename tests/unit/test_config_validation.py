@@ -552,3 +552,23 @@ def test_with_several_files_an_error_names_the_file_that_set_the_key(tmp_path):
     second.write_text('[run]\nstart = "someday"\n')
     with pytest.raises(ConfigError, match=rf"run.start.*\(set in {second}\)"):
         load_config([first, second], env={})
+
+
+def test_with_several_files_a_plugin_params_error_names_the_file_too(tmp_path):
+    """A plugin's params are checked when the plugin is built, after the configuration:
+    `risk[0].params: ...` did not say which -c file set them."""
+    from tradingd.app import build_pipeline
+    from tradingd.config import load_config
+
+    first, second = tmp_path / "a.toml", tmp_path / "b.toml"
+    first.write_text("[costs]\ncommission_pct = 0.001\n")
+    second.write_text('[[risk]]\nname = "max_position"\nparams = { max_position_pct = -1 }\n')
+    config = load_config([first, second], env={})
+    with pytest.raises(ConfigError, match=r"risk\[0\]") as caught:
+        build_pipeline(config, ("AAA", "BBB"))
+    assert str(caught.value).endswith(f"(set in {second})")
+    # One file: nothing added (the user knows which).
+    config = load_config([second], env={})
+    with pytest.raises(ConfigError) as caught:
+        build_pipeline(config, ("AAA", "BBB"))
+    assert "set in" not in str(caught.value)
