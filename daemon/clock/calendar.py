@@ -43,8 +43,11 @@ from zoneinfo import ZoneInfo
 import exchange_calendars as xcals
 import numpy as np
 import pandas as pd
+import structlog
 
 from ..core.errors import ConfigError, TradingdError
+
+log = structlog.get_logger(__name__)
 
 __all__ = [
     "INTERVALS",
@@ -115,7 +118,10 @@ class ExchangeCalendar:
     """Bars of one interval on one exchange calendar (`exchange_calendars` names: XNYS, ...).
 
     `start` / `end` bound the sessions built (anything `exchange_calendars.get_calendar`
-    accepts, e.g. "2000-01-01"); None keeps the package's default window.
+    accepts, e.g. "2000-01-01"); None keeps the package's default window, which ends about a
+    year ahead: such a calendar extends itself, in place, when it is asked about a later
+    time (`extend`), so a daemon that runs for more than a year, and every part holding its
+    calendar (clock, feed, session, stale-data gate), go on. One with an `end` does not.
     """
 
     def __init__(
@@ -140,6 +146,8 @@ class ExchangeCalendar:
             ) from None
         self.name = name
         self.interval = interval
+        self._start_arg = start
+        self._extends = end is None
         self.tz: ZoneInfo = ZoneInfo(str(cal.tz))
         self._cal = cal
         step = INTERVALS[interval]
@@ -200,9 +208,30 @@ class ExchangeCalendar:
         """The instants this calendar answers for: first session's first label, last close."""
         return _dt(self._lo), _dt(self._hi)
 
+    def extend(self, through: date) -> bool:
+        """Rebuild the calendar's sessions through `through` (its start kept), in place:
+        every part holding this object sees the longer calendar. False when it already
+        reaches that far."""
+        if through <= self.last_session:
+            return False
+        start = self._start_arg if self._start_arg is not None else self.first_session
+        longer = ExchangeCalendar(self.name, self.interval, start=start, end=through)
+        longer._start_arg, longer._extends = self._start_arg, self._extends
+        self.__dict__.update(longer.__dict__)
+        log.info(
+            "calendar.extended",
+            calendar=self.name,
+            interval=self.interval,
+            last_session=str(self.last_session),
+        )
+        return True
+
     # -- checks -----------------------------------------------------------------------------
 
     def _check(self, ns: int, what: str, t: datetime) -> None:
+        if ns > self._hi and self._extends:
+            # The package's default window ends a year ahead; a daemon outlives it.
+            self.extend((_dt(ns) + timedelta(days=366)).date())
         if not self._lo <= ns <= self._hi:
             lo, hi = self.coverage
             raise CalendarRangeError(
@@ -247,6 +276,8 @@ class ExchangeCalendar:
                     f"day = {day.isoformat()} is not a session label (00:00 UTC); pass a date"
                 )
             day = _dt(ns).date()
+        if day > self.last_session and self._extends:
+            self.extend(day + timedelta(days=366))
         if not self.first_session <= day <= self.last_session:
             raise CalendarRangeError(
                 f"{day} is outside the {self.name} calendar's sessions "

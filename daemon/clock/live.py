@@ -356,15 +356,21 @@ class LiveClock:
         self._next_release = (label, target)
 
     def _extend_calendar(self, now: datetime) -> None:
-        """A daemon outlives the package's default window (one year ahead): rebuild an own
-        calendar when its end is near. An injected calendar is the caller's business."""
-        if not self._own_exchange or now + _HORIZON < self.exchange.coverage[1]:
+        """A daemon outlives the package's default window (one year ahead): extend the
+        calendar when its end is near, before a close must be found past it. An own one is
+        rebuilt; an injected one of the package's window (the daemon's: the feed and the
+        session hold the same object) is extended in place; one built with an end is the
+        caller's business (it ends there)."""
+        if now + _HORIZON < self.exchange.coverage[1]:
             return
-        from .calendar import ExchangeCalendar
-
         end = (now + timedelta(days=366)).date()
-        self._exchange = ExchangeCalendar(self._calendar_name, self._interval, end=end)
-        log.info("clock.live.calendar_extended", last_session=str(self._exchange.last_session))
+        if self._own_exchange:
+            from .calendar import ExchangeCalendar
+
+            self._exchange = ExchangeCalendar(self._calendar_name, self._interval, end=end)
+        elif not (getattr(self.exchange, "_extends", False) and self.exchange.extend(end)):
+            return
+        log.info("clock.live.calendar_extended", last_session=str(self.exchange.last_session))
 
     @property
     def backlog(self) -> int:

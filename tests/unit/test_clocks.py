@@ -290,3 +290,31 @@ def test_real_time_clock_checks_its_calendar_settings():
         LiveClock(LiveConfig(), heartbeat_s=0)
     with pytest.raises(ValueError, match="naive"):
         LiveClock(LiveConfig(), resume_after=datetime(2024, 11, 29))
+
+
+async def test_the_daemons_shared_calendar_is_extended_in_place_before_it_runs_out():
+    """The daemon builds one calendar of the package's window (about a year ahead) and hands
+    it to the clock, the feed and the session: the clock extended only a calendar of its own,
+    so a year after its start the daemon stopped (CalendarRangeError, exit 2)."""
+    shared = ExchangeCalendar("XNYS", "1d")  # the package's window, as app.vendor_swaps
+    end = shared.last_session
+    # A month before the window's end: the clock extends it, in place.
+    now = FakeTime(datetime.combine(end - timedelta(days=20), datetime.min.time(), UTC))
+    clock = LiveClock(LiveConfig(delay_s=300), exchange=shared, now=now)
+    await clock.start()
+    try:
+        assert clock.exchange is shared and shared.last_session >= end + timedelta(days=300)
+    finally:
+        await clock.stop()
+
+
+def test_a_calendar_of_the_packages_window_answers_past_it_and_one_with_an_end_does_not():
+    shared = ExchangeCalendar("XNYS", "1d")
+    first, end = shared.first_session, shared.last_session
+    later = datetime.combine(end + timedelta(days=40), datetime.min.time(), UTC)
+    assert shared.last_closed(later) is not None  # the feed's and the session's questions
+    assert shared.last_session > end and shared.first_session == first
+    assert isinstance(shared.is_session(end + timedelta(days=400)), bool)
+    bounded = ExchangeCalendar("XNYS", "1d", start="2024-01-02", end="2024-12-31")
+    with pytest.raises(CalendarRangeError):
+        bounded.last_closed(datetime(2025, 2, 1, tzinfo=UTC))
