@@ -39,8 +39,9 @@ its recovery, then `--gap-bars` bars of quiet), repeated until the last 5% of th
   `--stream-down-s` (polling, then the stream);
 - Redis killed for `--redis-down-s` then restarted; PostgreSQL stopped (`pg_ctl -m fast`) for
   `--pg-down-s` then started: the spool grows, then drains. The instance lock is checked every
-  `--lock-check-s` and a check that cannot reach the database stops the daemon, so each
-  outage starts right after a check and ends before the next (`--no-pg-align-lock`: any time);
+  `--lock-check-s`; a check that cannot reach the database reports the lock unproven (it no
+  longer stops the daemon). By default each outage starts right after a check and ends before
+  the next, as when that stopped it (`--no-pg-align-lock`: any time);
 - the webhook answers 500s, then 429 with Retry-After.
 
 Samples: every bar the queues (broker events, publisher, alerter, clock backlog, store rows,
@@ -1236,9 +1237,10 @@ class FaultLanes:
         interval = float(self.e.lock.check_interval_s)
         aligned = True
         if self.args.pg_align_lock:
-            # The instance lock is checked every check_interval_s, and a check that cannot
-            # reach the database stops the daemon (see the report): the outage starts right
-            # after a check and ends before the next one.
+            # The instance lock is checked every check_interval_s; a check that cannot reach
+            # the database reports it unproven (instance_lock.unproven). The outage starts
+            # right after a check and ends before the next one (as when such a check stopped
+            # the daemon); --no-pg-align-lock puts it anywhere.
             self.lock_checked.clear()
             aligned = await wait_until(self.lock_checked.is_set, 2 * interval + 10)
         replayed0, outages0 = store.replayed_batches, store.outages
@@ -1405,9 +1407,11 @@ async def soak(args: argparse.Namespace, infra: Infra, out: dict[str, Any]) -> N
         broker._make_client = client
         poll = broker.poll
 
-        async def counted_poll() -> None:
+        async def counted_poll(*args: Any, **kwargs: Any) -> None:
+            # The broker's arguments passed on (only_open=...): a poll that took none raised
+            # TypeError at every call, and the soak's polling fallback never ran.
             stats.polls += 1
-            await poll()
+            await poll(*args, **kwargs)
 
         broker.poll = counted_poll
         engine.lock.check_interval_s = args.lock_check_s
@@ -2168,7 +2172,8 @@ def parse_args() -> argparse.Namespace:
         "--no-pg-align-lock",
         dest="pg_align_lock",
         action="store_false",
-        help="start PostgreSQL outages at any time (a check during one stops the daemon)",
+        help="start PostgreSQL outages at any time (a lock check during one reports the lock "
+        "unproven)",
     )
     ap.add_argument("--sdk-retry-wait-s", type=float, default=0.2, help="alpaca-py's (3 s)")
     ap.add_argument("--audit-max-bytes", type=int, default=1_000_000)
