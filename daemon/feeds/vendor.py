@@ -177,11 +177,17 @@ def label_of(t: datetime, interval: Interval) -> datetime:
 def bar_close(
     label: datetime, interval: Interval, session: Session, timezone: str | None = None
 ) -> datetime:
-    """When the bar labelled `label` closes (aware UTC)."""
+    """When the bar labelled `label` closes (aware UTC). An intraday bar that starts before
+    its session's close ends there at the latest: the 15:30 hour closes at 16:00, and on a
+    half day the 12:30 hour at 13:00, not an hour after its label."""
     label = as_utc(label)
     if interval.daily:
         return session.close_of(label.date(), timezone)
-    return label + interval.delta
+    end = label + interval.delta
+    close = session.close_of(
+        label.astimezone(ZoneInfo(timezone) if timezone else session.tz).date(), timezone
+    )
+    return min(end, close) if label < close else end
 
 
 def last_closed_label(now: datetime, interval: Interval, session: Session) -> datetime:
@@ -231,8 +237,21 @@ def closed_only(
             ends[day] = (closes or {}).get(day) or session.close_of(day, timezone)
         keep = np.array([ends[d] <= now for d in times.date], dtype=bool)
     else:
-        keep = (times + pd.Timedelta(minutes=interval.minutes)) <= naive_utc(now)
-        keep = np.asarray(keep, dtype=bool)
+        # A bar that starts before its session's close ends there at the latest (the 15:30
+        # hour at 16:00): counted as closing an hour after its label, a 60m feed dropped
+        # every session's last bar at its release, and it was caught up untraded the next
+        # morning.
+        ends = (times + pd.Timedelta(minutes=interval.minutes)).to_numpy()
+        zone = ZoneInfo(timezone) if timezone else session.tz
+        days = times.tz_localize("UTC").tz_convert(zone).date
+        close_of = {
+            d: np.datetime64(naive_utc(session.close_of(d, timezone)).to_datetime64(), "ns")
+            for d in pd.unique(days)
+        }
+        close = np.array([close_of[d] for d in days], dtype="datetime64[ns]")
+        labels = times.to_numpy()
+        ends = np.where(labels < close, np.minimum(ends, close), ends)
+        keep = np.asarray(ends <= naive_utc(now).to_datetime64(), dtype=bool)
     return raw[keep]
 
 

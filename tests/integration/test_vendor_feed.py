@@ -687,6 +687,53 @@ async def test_a_bar_a_later_answer_has_is_said_and_kept_for_the_store():
             await feed.stop()
 
 
+async def test_an_hourly_feed_serves_the_sessions_last_bar_at_the_close():
+    """The 15:30 hour closes with the session at 16:00, but the clients counted it as
+    closing at 16:30: at its release it was "not closed yet", and every session's last
+    hour was caught up untraded the next morning."""
+    from tradingd.clock.calendar import ExchangeCalendar
+
+    book = make_book()
+    book.now = utc(2024, 3, 12, 20, 0, 30)  # 16:00:30 New York
+    async with fake_for("yahoo", book) as fake:
+        source = source_for("yahoo", fake)
+        source.session = Session(calendar=ExchangeCalendar("XNYS", "1d"))
+        feed = await started(
+            VendorFeed(
+                source,
+                SYMBOLS,
+                "60m",
+                clock=lambda: book.now,
+                session=source.session,
+                calendar=ExchangeCalendar("XNYS", "60m"),
+            )
+        )
+        try:
+            bar = await feed.bars(utc(2024, 3, 12, 19, 30))
+            assert bar is not None and bar.valid.all()
+        finally:
+            await feed.stop()
+
+
+def test_an_intraday_bar_ends_at_its_sessions_close_on_a_half_day_too():
+    from tradingd.clock.calendar import ExchangeCalendar
+    from tradingd.feeds.vendor import bar_close, closed_only, parse_interval
+
+    session = Session(calendar=ExchangeCalendar("XNYS", "1d"))
+    hour = parse_interval("60m")
+    # 29 November 2024 closes at 13:00 New York (18:00 UTC): the 12:30 hour ends then.
+    assert bar_close(utc(2024, 11, 29, 17, 30), hour, session) == utc(2024, 11, 29, 18, 0)
+    assert bar_close(utc(2024, 11, 29, 16, 30), hour, session) == utc(2024, 11, 29, 17, 30)
+    raw = pd.DataFrame(
+        {"time": pd.to_datetime(["2024-11-29 16:30", "2024-11-29 17:30"]), "close": [1.0, 2.0]}
+    )
+    kept = closed_only(raw, hour, utc(2024, 11, 29, 18, 0, 30), session)
+    assert kept["close"].tolist() == [1.0, 2.0]
+    # An extended-hours bar after the close is not cut short.
+    late = pd.DataFrame({"time": pd.to_datetime(["2024-11-29 18:00"]), "close": [3.0]})
+    assert closed_only(late, hour, utc(2024, 11, 29, 18, 30), session).empty
+
+
 class _Glitch(BarBook):
     """One bar of `symbol` (BBB) with high < low (a vendor glitch) on `bad`."""
 
