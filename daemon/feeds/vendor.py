@@ -590,7 +590,43 @@ class VendorFeed:
             # Calendar days: weekends and holidays hold no bars.
             days = max(1, self.lookback_bars) * 7 // 5 + 4
             return t - timedelta(days=days)
+        if self.calendar is not None:
+            # Bars of the calendar: at a session's first bar the lookback reaches into the
+            # last session (its closing bars, the likeliest to be posted late), not into the
+            # night before it.
+            try:
+                back = self.calendar.bars_between(t - timedelta(days=5), t)
+            except ValueError:
+                back = []
+            if len(back) > self.lookback_bars:
+                return as_utc(back[-1 - self.lookback_bars])
         return t - self.interval.delta * self.lookback_bars
+
+    def _session_bars_only(
+        self, frame: pd.DataFrame, start: datetime, end: datetime
+    ) -> pd.DataFrame:
+        """Intraday rows that are bars of the calendar: Alpaca answers minute timeframes with
+        pre- and post-market bars (from 04:00 to 20:00 New York), which a warm-up stepped and
+        stored, and whose features the first live bars then used, where a backtest and the
+        live bars after have the session's bars only."""
+        if self.interval.daily or self.calendar is None or frame.empty:
+            return frame
+        try:
+            labels = self.calendar.bars_between(as_utc(start), as_utc(end))
+        except ValueError:
+            return frame
+        keep = frame["time"].isin(pd.DatetimeIndex([naive_utc(x) for x in labels]))
+        dropped = int((~keep).sum())
+        if dropped:
+            log.info(
+                "feed.outside_session_dropped",
+                source=self.source.name,
+                rows=dropped,
+                rule="bars outside the calendar's sessions (extended hours) are not traded "
+                "or backtested: left out of the history",
+            )
+            frame = frame[keep.to_numpy()]
+        return frame
 
     def _note(self, result: FetchResult, now: datetime) -> None:
         self.last_fetch_at = now
@@ -837,7 +873,7 @@ class VendorFeed:
         )
         self._note(result, now)
         self._raise_if_all_failed(result, f"history {as_utc(start).isoformat()}..")
-        return panel_of(result.frame, self._symbols)
+        return panel_of(self._session_bars_only(result.frame, start, end), self._symbols)
 
     def status(self) -> dict[str, Any]:
         """For the health server (`health.status_check` reads `ok`, `circuit`, `last_error`

@@ -734,6 +734,69 @@ def test_an_intraday_bar_ends_at_its_sessions_close_on_a_half_day_too():
     assert closed_only(late, hour, utc(2024, 11, 29, 18, 30), session).empty
 
 
+class _HeldIntraday(BarBook):
+    """Intraday bars with one bar of some symbols not posted yet."""
+
+    held: dict[str, datetime]
+
+    def intraday(self, symbol, minutes, first, last):  # type: ignore[no-untyped-def]
+        cut = self.held.get(symbol)
+        return [b for b in super().intraday(symbol, minutes, first, last) if b.start != cut]
+
+
+async def test_a_sessions_last_bar_posted_late_is_noticed_at_the_next_sessions_first():
+    """The lookback counted clock time (5 x 5 minutes): at 09:30 it reached back to 09:05,
+    not to yesterday's 15:55, the closing bar, the likeliest to be posted late."""
+    from tradingd.clock.calendar import ExchangeCalendar
+
+    calendar = ExchangeCalendar("XNYS", "5m")
+    last, first = utc(2024, 3, 12, 19, 55), utc(2024, 3, 13, 13, 30)
+    book = _HeldIntraday(now=calendar.close_of(last) + pd.Timedelta(seconds=30))
+    book.held = {"BBB": last}
+    async with fake_for("yahoo", book) as fake:
+        feed = await started(
+            VendorFeed(
+                source_for("yahoo", fake), SYMBOLS, "5m", clock=lambda: book.now, calendar=calendar
+            )
+        )
+        try:
+            assert (await feed.bars(last)).valid.tolist() == [True, False, True]
+            book.held = {}
+            book.now = calendar.close_of(first) + pd.Timedelta(seconds=30)
+            await feed.bars(first)
+            (bar,) = feed.take_late_bars()
+            assert bar.time == last and bar.valid.tolist() == [False, True, False]
+        finally:
+            await feed.stop()
+
+
+async def test_an_intraday_warm_up_leaves_out_extended_hours_bars(monkeypatch):
+    """Alpaca answers minute timeframes with pre- and post-market bars (04:00-20:00 New
+    York): the warm-up stepped them, and the first live bars' features used them, where a
+    backtest and the live bars after have the session's bars only."""
+    import fakes
+
+    from tradingd.clock.calendar import ExchangeCalendar
+
+    monkeypatch.setattr(fakes, "OPEN", time(4, 0))
+    monkeypatch.setattr(fakes, "CLOSE", time(20, 0))
+    calendar = ExchangeCalendar("XNYS", "5m")
+    book = BarBook(now=utc(2024, 3, 13, 21, 0))
+    async with fake_for("alpaca", book) as fake:
+        feed = await started(
+            VendorFeed(
+                source_for("alpaca", fake), SYMBOLS, "5m", clock=lambda: book.now, calendar=calendar
+            )
+        )
+        try:
+            start, end = utc(2024, 3, 12), utc(2024, 3, 12, 23, 55)
+            panel = await feed.history(start, end)
+            assert list(panel.datetimes()) == calendar.bars_between(start, end)
+            assert len(panel.datetimes()) == 78
+        finally:
+            await feed.stop()
+
+
 class _Glitch(BarBook):
     """One bar of `symbol` (BBB) with high < low (a vendor glitch) on `bad`."""
 
