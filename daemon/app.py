@@ -529,9 +529,13 @@ def _bars_before(exchange: Any, t: datetime, n: int) -> list[datetime]:
     step = exchange.step or timedelta(days=1)
     per_day = max(1, int(timedelta(hours=6, minutes=30) / step)) if exchange.step else 1
     days = int(n / per_day * 7 / 5) + 10
+    first = exchange.coverage[0]
     while True:
-        labels = [b for b in exchange.bars_between(t - timedelta(days=days), t) if b < t]
-        if len(labels) >= n or days > 2 * (n / per_day * 7 / 5) + 400:
+        # Not before the calendar's first bar: a run starting near it gets the bars there
+        # are (warmup.short says so), not a CalendarRangeError.
+        start = max(t - timedelta(days=days), first)
+        labels = [b for b in exchange.bars_between(start, t) if b < t]
+        if len(labels) >= n or start == first or days > 2 * (n / per_day * 7 / 5) + 400:
             return labels[-n:]
         days = int(days * 1.25) + 10
 

@@ -99,3 +99,15 @@ def test_a_live_warm_up_covers_what_the_default_pipeline_reads(xnys_years):
     catalog = make_catalog(config)
     windows = [getattr(p, "window", 1) for p, _ in pipeline.signals]
     assert got >= max(warmup(catalog.node(n)) + 1 for n in names) + max(windows) - 1
+
+
+def test_a_warm_up_near_the_calendars_first_bar_takes_the_bars_there_are():
+    """Widening the span until it held the bars asked for ran past the calendar's first
+    session: an accelerated run starting there ended in CalendarRangeError."""
+    calendar = ExchangeCalendar("XNYS", "1d", start="2024-01-02", end="2025-01-31")
+    config = Config(
+        run=RunConfig(start="2024-03-01", end="2024-03-05"),
+        live=LiveConfig(bars_per_second=10.0, warmup_bars=300),
+    )
+    plan = plan_live(config, calendar, datetime(2025, 1, 15, tzinfo=UTC))
+    assert plan.warm_from == d(2024, 1, 2) and plan.warm_until == d(2024, 2, 29)
