@@ -707,6 +707,23 @@ class VendorFeed:
                     holes[when].discard(sym)
                 self._late_rows.append(late)
                 del self._late_rows[:-64]  # bounded: the engine takes them every bar
+                acts = late[(late["split"] != 1.0) | (late["dividend"] != 0.0)]
+                for sym, when, split, div in zip(
+                    acts["symbol"], acts["time"], acts["split"], acts["dividend"], strict=True
+                ):
+                    # As data.revised: the book never got this split or dividend.
+                    log.error(
+                        "data.late_action",
+                        source=self.source.name,
+                        symbol=sym,
+                        bar=when.isoformat(),
+                        split=float(split),
+                        dividend=float(div),
+                        rule="a bar posted late carries a corporate action the run never "
+                        "applied: the book's shares (a simulated broker's) and the features "
+                        "are wrong from that bar; restart to warm up again from the vendor's "
+                        "history, and check the symbol's position",
+                    )
                 log.warning(
                     "feed.bar_late",
                     source=self.source.name,

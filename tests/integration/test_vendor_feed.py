@@ -734,6 +734,28 @@ def test_an_intraday_bar_ends_at_its_sessions_close_on_a_half_day_too():
     assert closed_only(late, hour, utc(2024, 11, 29, 18, 30), session).empty
 
 
+async def test_a_late_bar_carrying_a_split_is_an_error_naming_the_repair():
+    """A split on a bar posted late was only the late bar's warning ("stored, not traded
+    on"): the book never gets it (shares 4x too few, a -75% return in the features), as a
+    split the vendor publishes late, which is an error with what to do (data.revised)."""
+    book = _Withholding(now=utc(2024, 3, 6, 21, 5))
+    book.add_split("BBB", date(2024, 3, 6), 4.0)
+    book.held = {"BBB": date(2024, 3, 6)}
+    async with fake_for("yahoo", book) as fake:
+        feed = await started(VendorFeed(source_for("yahoo", fake), SYMBOLS, clock=lambda: book.now))
+        try:
+            await feed.bars(utc(2024, 3, 6))
+            book.held = {}
+            book.now = utc(2024, 3, 7, 21, 5)
+            with capture_logs() as logs:
+                await feed.bars(utc(2024, 3, 7))
+            (error,) = [e for e in logs if e["event"] == "data.late_action"]
+            assert error["log_level"] == "error" and error["symbol"] == "BBB"
+            assert error["split"] == 4.0 and "restart" in error["rule"]
+        finally:
+            await feed.stop()
+
+
 class _HeldIntraday(BarBook):
     """Intraday bars with one bar of some symbols not posted yet."""
 
