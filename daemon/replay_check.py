@@ -10,8 +10,9 @@ live decision is then compared with the replay's for the same bar.
 
 What compares: for a run on the simulated broker, everything (features, scores, targets,
 intents): replay and live fill the same way. With a real broker, fills differ from the
-simulation: targets and intents are compared on the bars before the first live fill was
-booked (until then both books are the starting cash), features and model outputs on every
+simulation: targets and intents are compared on the bars before the first fill was booked,
+live or in the replay (until then both books are the starting cash), features and model
+outputs on every
 bar (`decisions_comparable` is False). A live process that restarted warmed up again from
 another first bar; its bars compare features and scores only, on a replay that starts where
 that process started. Decision differences on bars where decisions are not compared are
@@ -113,7 +114,10 @@ def replay_config(stored: dict[str, Any], run_id: str, start: datetime, audit_di
     return build(Config, data, "")
 
 
-async def _replay(config: Config, panel: Panel) -> dict[datetime, dict[str, Any]]:
+async def _replay(
+    config: Config, panel: Panel
+) -> tuple[dict[datetime, dict[str, Any]], datetime | None]:
+    """The replay's decision records by bar, and the bar at which it booked its first fill."""
     from .app import build_engine
 
     got: dict[datetime, dict[str, Any]] = {}
@@ -121,8 +125,17 @@ async def _replay(config: Config, panel: Panel) -> dict[datetime, dict[str, Any]
     # are those of live.bar, not of a daily backtest.
     engine = build_engine(config, "backtest", panel=panel, bar=config.live.bar)
     engine.on_decision = lambda t, _source, record: got.__setitem__(t, record)
+    first_fill: list[datetime] = []
+    record_fills = engine.store.record_fills
+
+    def recording(run_id: str, fills: Any, booked_at: Any = None) -> Any:
+        if fills and booked_at is not None and not first_fill:
+            first_fill.append(booked_at)
+        return record_fills(run_id, fills, booked_at)
+
+    engine.store.record_fills = recording  # type: ignore[method-assign]
     await engine.run_until_done()
-    return got
+    return got, (first_fill[0] if first_fill else None)
 
 
 async def replay_check(
@@ -157,9 +170,17 @@ async def replay_check(
     report.decisions_comparable = broker_kind == "simulated" or not any(
         d["record"].get("broker") == "external" for d in decisions
     )
-    # Until the first live fill was booked, an external broker's book is the starting cash,
-    # as the replay's: decisions compare on the bars before it.
-    booked = [f["booked_at"] or f["time"] for f in fills]
+    # Until the first fill was booked, live or in the replay, an external broker's book is
+    # the starting cash, as the replay's: decisions compare on the bars before it. A fill
+    # without its booking bar (rows of an older build) counts from the bar it executed in.
+    times = sorted(d["time"] for d in decisions)
+    booked = []
+    for f in fills:
+        if f["booked_at"] is not None:
+            booked.append(f["booked_at"])
+        else:
+            at = [t for t in times if t <= f["time"]]
+            booked.append(at[-1] if at else f["time"])
     first_fill = min(booked) if booked else None
     segments: dict[str, list[dict[str, Any]]] = {}
     for d in decisions:
@@ -170,7 +191,8 @@ async def replay_check(
             since = pd.Timestamp(first_bar).to_pydatetime() if first_bar else bars[0]["time"]
             panel = _panel(bars, symbols, since)
             cfg = replay_config(stored_config, run_id, rows[0]["time"], audit)
-            replayed = await _replay(cfg, panel)
+            replayed, replay_fill = await _replay(cfg, panel)
+            until = min((x for x in (first_fill, replay_fill) if x is not None), default=None)
             for d in rows:
                 t = d["time"]
                 other = replayed.get(t)
@@ -179,9 +201,7 @@ async def replay_check(
                     continue
                 report.bars_compared += 1
                 diff = compare(d["record"], other)
-                whole = k == 0 and (
-                    report.decisions_comparable or first_fill is None or t < first_fill
-                )
+                whole = k == 0 and (report.decisions_comparable or until is None or t < until)
                 if whole:
                     report.decisions_compared += 1
                 else:

@@ -172,3 +172,38 @@ async def test_decisions_not_compared_are_listed_apart_not_dropped(tmp_path: Pat
     apart = {d.time: d.differences for d in report.not_counted}
     assert datetime.fromisoformat(after) in apart
     assert apart[datetime.fromisoformat(after)][0].startswith("intents:")
+
+
+async def test_decisions_compare_until_the_replays_first_fill_when_the_live_run_had_none(
+    tmp_path: Path,
+):
+    """Alpaca may reject or leave unfilled the first orders (not shortable, buying power),
+    while the replay's simulated broker fills them: the books differ from the replay's
+    first fill, and counting every bar until the first live fill reported them as
+    differences of the build."""
+    cfg = write_config(tmp_path, "live", start="2016-06-01", end="2016-10-31", rate=300.0)
+    run_to_completion(cfg)
+    config = load_config([ROOT / "config/default.toml", cfg], env={})
+    con = sqlite3.connect(tmp_path / "live.db")
+    try:
+        replay_first = datetime.fromisoformat(
+            con.execute("SELECT min(booked_at) FROM fills WHERE run_id = 'killtest'").fetchone()[0]
+        )
+        con.execute("DELETE FROM fills WHERE run_id = 'killtest'")  # Alpaca filled nothing
+        rows = con.execute("SELECT time, record FROM decisions ORDER BY time").fetchall()
+        after = [t for t, _ in rows if datetime.fromisoformat(t) > replay_first][3]
+        for t, text in rows:
+            rec = json.loads(text)
+            rec["broker"] = "external"
+            if t == after:  # the live book (nothing filled) decided otherwise
+                rec["intents"] = [*rec["intents"], ["other", "buy", 1.0, "market"]]
+            con.execute("UPDATE decisions SET record = ? WHERE time = ?", (json.dumps(rec), t))
+        con.commit()
+    finally:
+        con.close()
+    report = await replay_check(config, "killtest")
+    assert report.ok, report.to_dict()["differing_bars"][:3]
+    assert report.decisions_compared == sum(
+        datetime.fromisoformat(t) < replay_first for t, _ in rows
+    )
+    assert datetime.fromisoformat(after) in {d.time for d in report.not_counted}
