@@ -568,6 +568,17 @@ def vendor_swaps(
 
     live = config.live
     exchange = ExchangeCalendar(live.calendar, live.bar)
+    step = exchange.step
+    if step is not None and live.bars_per_second == 0 and live.delay_s >= step.total_seconds():
+        # The default (300 s) is for daily bars, which vendors post minutes late.
+        log.warning(
+            "live.delay_exceeds_bar",
+            delay_s=live.delay_s,
+            bar=live.bar,
+            rule="each bar is pulled live.delay_s after its close, when the next bar has "
+            "closed too: orders reach the broker a bar or more later than a backtest's "
+            "next-open fill assumes; set live.delay_s to a few seconds for intraday bars",
+        )
     daily = exchange if live.bar == "1d" else ExchangeCalendar(live.calendar, "1d")
     plan = plan_live(config, exchange, datetime.now(UTC), needed)
     cache = ResponseCache.from_url(config.cache.url or None, ttl_s=config.cache.expiry_s)

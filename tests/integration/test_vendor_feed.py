@@ -563,6 +563,27 @@ def test_the_daemons_client_knows_the_half_days_its_feed_knows(kind, monkeypatch
     assert session.close_of(date(2024, 11, 27)) == utc(2024, 11, 27, 21)
 
 
+@pytest.mark.parametrize(
+    ("bar", "delay", "warned"), [("5m", 300.0, True), ("5m", 10.0, False), ("1d", 300.0, False)]
+)
+def test_a_pull_delay_as_long_as_an_intraday_bar_is_warned_about(bar, delay, warned):
+    """The default live.delay_s (300 s, for daily bars that vendors post late) pulled each
+    5-minute bar when the next had closed: orders a bar later than a backtest assumes."""
+    from tradingd.app import vendor_swaps
+    from tradingd.config import load_config
+
+    config = load_config(
+        [{"feed": {"source": "yahoo"}, "data": {"symbols": ["AAA"]},
+          "live": {"bar": bar, "delay_s": delay}}]
+    )  # fmt: skip
+    with capture_logs() as logs:
+        vendor_swaps(config, ("AAA",), broker=None, names=())  # type: ignore[arg-type]
+    said = [e for e in logs if e["event"] == "live.delay_exceeds_bar"]
+    assert bool(said) is warned
+    if warned:
+        assert said[0]["log_level"] == "warning" and "live.delay_s" in said[0]["rule"]
+
+
 @pytest.mark.parametrize("where", ["raw", "split", "all"])
 async def test_a_bar_alpaca_repeats_fails_its_own_symbol_not_the_requests(where):
     """One symbol's bar answered twice failed the merge that derives splits and dividends:
