@@ -19,7 +19,7 @@ from tqdm import tqdm
 
 from .analysis.metrics import summarize
 from .analysis.splits import restate_for_splits
-from .app import build_engine, load_data, model_card
+from .app import build_engine, load_data, model_card, run_defaults
 from .config import Config
 from .core.types import Fill, Side
 from .engine.engine import Engine, EngineResult
@@ -213,12 +213,15 @@ async def run_backtest(
         )
         raise stopped
     fills = split_adjusted(_fills_of(rows.get("fills", [])), panel)
+    # Intraday data: 252 sessions of bars a year (app.bar_of_data), not 252 bars.
+    ppy = run_defaults(config, getattr(engine, "data_bar", "1d")).get("periods_per_year", 252.0)
     metrics = summarize(
         np.asarray(result.equity, dtype=float),
         result.times,
         fills,
         initial_capital=config.run.initial_capital,
         gross_exposure=np.asarray(result.gross_exposure, dtype=float),
+        periods_per_year=ppy,
     )
     summary: dict[str, Any] = {
         "run_id": result.run_id,

@@ -1,0 +1,87 @@
+"""A backtest of intraday bars counts sessions of them, as the live run of the same bars does:
+periods_per_year for the plugins and the summary's annual figures, the day's loss from the
+previous session's close."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_panel
+
+from tradingd.app import bar_of_data, build_engine
+from tradingd.backtest import run_backtest
+from tradingd.core.errors import ConfigError
+from tradingd.feeds.panel import Panel
+
+
+def intraday_panel(minutes: int = 5, sessions: int = 8, n_symbols: int = 4) -> Panel:
+    """78 five-minute bars a session (09:30-16:00 New York in winter: 14:30-21:00 UTC)."""
+    rng = np.random.default_rng(3)
+    days = pd.bdate_range("2024-01-08", periods=sessions)
+    per = 390 // minutes
+    times = np.concatenate(
+        [
+            (
+                d
+                + pd.Timedelta(hours=14, minutes=30)
+                + pd.to_timedelta(np.arange(per) * minutes, "m")
+            ).to_numpy(dtype="datetime64[ns]")
+            for d in days
+        ]
+    )
+    n = len(times)
+    close = 50.0 * np.exp(np.cumsum(rng.normal(0, 0.002, size=(n, n_symbols)), axis=0))
+    open_ = close * np.exp(rng.normal(0, 0.0005, size=close.shape))
+    return Panel(
+        times=times,
+        symbols=tuple(f"S{i}" for i in range(n_symbols)),
+        open=open_,
+        high=np.maximum(open_, close) * 1.001,
+        low=np.minimum(open_, close) * 0.999,
+        close=close,
+        volume=np.full(close.shape, 1e6),
+        split=np.ones_like(close),
+        dividend=np.zeros_like(close),
+    )
+
+
+def test_the_bar_of_a_replays_data_is_found_from_its_times():
+    daily = make_panel(n_bars=300, split_at=None)
+    assert bar_of_data(daily) == "1d"
+    # Sessions labelled at their close in UTC (21:00, 20:00 in summer): still daily bars.
+    closes = pd.DatetimeIndex(daily.times).tz_localize("America/New_York") + pd.Timedelta(hours=16)
+    at_close = dataclasses.replace(
+        daily, times=closes.tz_convert("UTC").tz_localize(None).to_numpy(dtype="datetime64[ns]")
+    )
+    assert bar_of_data(at_close) == "1d"
+    assert bar_of_data(intraday_panel(5)) == "5m"
+    assert bar_of_data(intraday_panel(15)) == "15m"
+    with pytest.raises(ConfigError, match="10 minutes apart"):
+        bar_of_data(intraday_panel(10))
+
+
+async def test_a_backtest_of_five_minute_bars_annualises_and_sizes_by_sessions(
+    engine_config, tmp_path
+):
+    """It ran them as daily bars: the summary annualised with 252 bars a year (a -59% run
+    over two months printed an annual return of -5.9%), and kelly_garch read a bar's
+    volatility as a day's."""
+    panel = intraday_panel(5)
+    config = dataclasses.replace(
+        engine_config, run=dataclasses.replace(engine_config.run, start="", run_id="intra")
+    )
+    engine = build_engine(config, "backtest", panel=panel)
+    try:
+        assert engine.data_bar == "5m"  # type: ignore[attr-defined]
+    finally:
+        engine.close_held()
+    outcome = await run_backtest(config, panel=panel, output_dir=tmp_path / "out")
+    m = outcome.summary
+    bars, total = m["bars"], m["total_return"]
+    # 252 sessions of 78 bars a year: the annual return compounds the run's over its years.
+    assert m["annual_return"] == pytest.approx((1 + total) ** (252 * 78 / bars) - 1, rel=1e-9)
+    assert not math.isclose(m["annual_return"], (1 + total) ** (252 / bars) - 1, rel_tol=1e-3)
