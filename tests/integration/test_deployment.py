@@ -171,3 +171,40 @@ def test_runtime_requirements_never_reach_tensorflow_or_scikit_learn():
     assert {"tensorflow-cpu", "scikit-learn"} <= _requirement_names(
         "tradingd", frozenset({"train"})
     )
+
+
+def _install_note_lines() -> list[str]:
+    text = (ROOT / "systemd" / "README.md").read_text()
+    return [ln.strip() for ln in text.splitlines() if ln.startswith("    ")]
+
+
+def test_the_install_note_makes_each_folder_before_writing_into_it():
+    """`install -m 0600 /dev/null /etc/tradingd/env` failed: nothing had made /etc/tradingd,
+    and the unit's EnvironmentFile (no "-") then kept the daemon from starting."""
+    made: set[str] = set()
+    for line in _install_note_lines():
+        for folder in re.findall(r"(?:install -d(?: -m \d+)?|mkdir -p) (/\S+)", line):
+            made.add(folder)
+        for target in re.findall(r"(/etc/tradingd/\S+)", line):
+            if target.rstrip("/") == "/etc/tradingd":
+                continue
+            assert any(target.startswith(f"{m}/") for m in made), (line, made)
+
+
+def test_the_retrain_unit_runs_in_a_venv_with_the_train_extra_on_a_named_history():
+    """The unit ran the daemon's inference-only venv ("training needs the train extra",
+    exit 2 every week), and on paper.toml, whose symbols the bundled data has not."""
+    unit = (ROOT / "systemd" / "tradingd-retrain.service").read_text()
+    (exec_line,) = [ln for ln in unit.splitlines() if ln.startswith("ExecStart=")]
+    exe = exec_line.split("=", 1)[1].split()[0]
+    venv = exe.rsplit("/bin/", 1)[0]
+    lines = _install_note_lines()
+    assert any(f"venv {venv}" in ln for ln in lines), venv
+    assert any(f"{venv}/bin/pip install" in ln and "[train]" in ln for ln in lines)
+    configs = re.findall(r"-c (\S+)", exec_line)
+    for c in configs:
+        if c.startswith("/"):
+            assert any(c in ln for ln in lines), f"{c} is not made by the install note"
+        else:
+            assert (ROOT / c).is_file(), c
+    assert "PrivateTmp=true" in unit
