@@ -4,6 +4,10 @@
 #
 #   docker build -t tradingd .
 #   docker compose up            (TimescaleDB, Redis and the daemon; see docker-compose.yml)
+#   docker run --stop-timeout 60 ...   (a stop finishes its bar; Docker's default grace is 10 s)
+#
+# The HEALTHCHECK marks a stalled daemon unhealthy; Docker itself restarts only one that exits
+# (an orchestrator's liveness probe on /health, or an autoheal container, restarts the rest).
 
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1

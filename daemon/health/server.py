@@ -304,7 +304,9 @@ class HealthServer:
                 host=self.config.host,
                 port=self._port,
                 hint="the health server is reachable beyond this machine: /status, /ready and "
-                "/metrics need no token; firewall it or set health.host = 127.0.0.1",
+                "/metrics need no token; firewall it or set health.host = 127.0.0.1 (in a "
+                "container, keep 0.0.0.0 and publish the port on the host's loopback: "
+                "-p 127.0.0.1:8080:8080)",
             )
         if self._token is not None and len(self._token) < _MIN_TOKEN_LEN:
             log.warning(

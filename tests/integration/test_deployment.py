@@ -208,3 +208,21 @@ def test_the_retrain_unit_runs_in_a_venv_with_the_train_extra_on_a_named_history
         else:
             assert (ROOT / c).is_file(), c
     assert "PrivateTmp=true" in unit
+
+
+def test_the_compose_secrets_file_is_never_committed_nor_sent_to_a_build():
+    """docker-compose.yml says to put the secrets in .env beside it, but git did not ignore
+    it (`git add -A` committed the keys), and no .dockerignore kept it out of the context."""
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout")
+    ignored = subprocess.run(
+        ["git", "-C", str(ROOT), "check-ignore", "-q", ".env"], capture_output=True
+    )
+    assert ignored.returncode == 0
+    dockerignore = (ROOT / ".dockerignore").read_text().split()
+    assert ".env" in dockerignore and "var/" in dockerignore
+    # What the image copies is not ignored.
+    for line in (ROOT / "Dockerfile").read_text().splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            for src in line.split()[1:-1]:
+                assert src.rstrip("/") + "/" not in dockerignore and src not in dockerignore
