@@ -710,18 +710,18 @@ def bar_of_data(panel: Panel) -> str:
     times = np.asarray(panel.times, dtype="datetime64[ns]")
     if times.size < 2 or not (times.astype("datetime64[D]") != times).any():
         return "1d"
-    gaps = np.diff(times).astype("timedelta64[m]").astype(np.int64)
+    gaps = np.diff(times).astype("timedelta64[s]").astype(np.int64)  # seconds: 30 s is not 0
     gaps = gaps[gaps > 0]
-    within = gaps[gaps < 12 * 60]
+    within = gaps[gaps < 12 * 3600]
     if within.size * 2 <= gaps.size:
         return "1d"  # sessions labelled at another hour (a close), across DST changes too
-    gaps = within
-    values, counts = np.unique(gaps, return_counts=True)
-    minutes = int(values[np.argmax(counts)])
-    found = _MINUTES_BAR.get(minutes)
+    values, counts = np.unique(within, return_counts=True)
+    seconds = int(values[np.argmax(counts)])
+    found = _MINUTES_BAR.get(seconds // 60) if seconds % 60 == 0 else None
     if found is None:
+        apart = f"{seconds // 60} minutes" if seconds % 60 == 0 else f"{seconds} seconds"
         raise ConfigError(
-            f"the data's bars are {minutes} minutes apart (most often): a replay runs daily "
+            f"the data's bars are {apart} apart (most often): a replay runs daily "
             f"bars or {', '.join(_MINUTES_BAR.values())} bars; resample the data to one of them"
         )
     log.info(

@@ -62,6 +62,14 @@ def test_the_bar_of_a_replays_data_is_found_from_its_times():
     assert bar_of_data(intraday_panel(15)) == "15m"
     with pytest.raises(ConfigError, match="10 minutes apart"):
         bar_of_data(intraday_panel(10))
+    # Spacings under a minute, or not whole minutes, are refused too (they were read in whole
+    # minutes: 30 s as 0, so daily; 90 s as 1 minute).
+    for seconds in (30, 90):
+        panel = intraday_panel(5)
+        start = panel.times[0]
+        spaced = start + np.arange(len(panel.times)) * np.timedelta64(seconds, "s")
+        with pytest.raises(ConfigError, match=f"{seconds} seconds apart"):
+            bar_of_data(dataclasses.replace(panel, times=spaced))
 
 
 async def test_a_backtest_of_five_minute_bars_annualises_and_sizes_by_sessions(
