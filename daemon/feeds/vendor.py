@@ -184,9 +184,9 @@ def bar_close(
     if interval.daily:
         return session.close_of(label.date(), timezone)
     end = label + interval.delta
-    close = session.close_of(
-        label.astimezone(ZoneInfo(timezone) if timezone else session.tz).date(), timezone
-    )
+    if timezone not in (None, session.timezone):
+        return end  # another exchange's session: its close is not known here
+    close = session.close_of(label.astimezone(session.tz).date())
     return min(end, close) if label < close else end
 
 
@@ -241,16 +241,18 @@ def closed_only(
         # hour at 16:00): counted as closing an hour after its label, a 60m feed dropped
         # every session's last bar at its release, and it was caught up untraded the next
         # morning.
-        ends = (times + pd.Timedelta(minutes=interval.minutes)).to_numpy()
-        zone = ZoneInfo(timezone) if timezone else session.tz
-        days = times.tz_localize("UTC").tz_convert(zone).date
-        close_of = {
-            d: np.datetime64(naive_utc(session.close_of(d, timezone)).to_datetime64(), "ns")
-            for d in pd.unique(days)
-        }
-        close = np.array([close_of[d] for d in days], dtype="datetime64[ns]")
-        labels = times.to_numpy()
-        ends = np.where(labels < close, np.minimum(ends, close), ends)
+        labels = times.to_numpy(dtype="datetime64[ns]")
+        ends = labels + np.timedelta64(interval.minutes, "m")
+        if timezone in (None, session.timezone):  # another exchange's close is not known
+            # The session day of each row (in the exchange's zone), a close per distinct day.
+            local = times.tz_localize("UTC").tz_convert(session.tz).tz_localize(None)
+            days, at = np.unique(local.to_numpy().astype("datetime64[D]"), return_inverse=True)
+            closes = np.array(
+                [naive_utc(session.close_of(pd.Timestamp(d).date())).to_datetime64() for d in days],
+                dtype="datetime64[ns]",
+            )
+            close = closes[at]
+            ends = np.where(labels < close, np.minimum(ends, close), ends)
         keep = np.asarray(ends <= naive_utc(now).to_datetime64(), dtype=bool)
     return raw[keep]
 
