@@ -751,8 +751,8 @@ def test_an_intraday_bar_ends_at_its_sessions_close_on_a_half_day_too():
     kept = closed_only(raw, hour, utc(2024, 11, 29, 18, 0, 30), session)
     assert kept["close"].tolist() == [1.0, 2.0]
     # A symbol of another exchange's zone: its close is not this session's.
-    london = bar_close(utc(2024, 11, 29, 17, 30), hour, session, "Europe/London")
-    assert london == utc(2024, 11, 29, 18, 30)
+    london = bar_close(utc(2024, 11, 29, 15, 30), hour, session, "Europe/London")
+    assert london == utc(2024, 11, 29, 16, 30)  # not cut at 16:00 London
     # An extended-hours bar after the close is not cut short.
     late = pd.DataFrame({"time": pd.to_datetime(["2024-11-29 18:00"]), "close": [3.0]})
     assert closed_only(late, hour, utc(2024, 11, 29, 18, 30), session).empty
