@@ -226,12 +226,26 @@ class ExchangeCalendar:
         )
         return True
 
+    def _extend_for(self, day: date) -> None:
+        """Extend for a question about `day`, if it is within two years of today: a daemon
+        asks about the next sessions, not a vendor's bogus timestamp (which grew the shared
+        calendar by 175 years, or failed to build past 2262 with another error than the
+        out-of-range one its callers expect). Beyond that the question stays out of range."""
+        if day > datetime.now(UTC).date() + timedelta(days=2 * 366):
+            return
+        try:
+            self.extend(day + timedelta(days=366))
+        except ConfigError as exc:
+            raise CalendarRangeError(
+                f"{day} is past what the {self.name} calendar can build: {exc}"
+            ) from None
+
     # -- checks -----------------------------------------------------------------------------
 
     def _check(self, ns: int, what: str, t: datetime) -> None:
         if ns > self._hi and self._extends:
             # The package's default window ends a year ahead; a daemon outlives it.
-            self.extend((_dt(ns) + timedelta(days=366)).date())
+            self._extend_for(_dt(ns).date())
         if not self._lo <= ns <= self._hi:
             lo, hi = self.coverage
             raise CalendarRangeError(
@@ -277,7 +291,7 @@ class ExchangeCalendar:
                 )
             day = _dt(ns).date()
         if day > self.last_session and self._extends:
-            self.extend(day + timedelta(days=366))
+            self._extend_for(day)
         if not self.first_session <= day <= self.last_session:
             raise CalendarRangeError(
                 f"{day} is outside the {self.name} calendar's sessions "

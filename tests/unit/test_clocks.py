@@ -315,6 +315,10 @@ def test_a_calendar_of_the_packages_window_answers_past_it_and_one_with_an_end_d
     assert shared.last_closed(later) is not None  # the feed's and the session's questions
     assert shared.last_session > end and shared.first_session == first
     assert isinstance(shared.is_session(end + timedelta(days=400)), bool)
+    # A question years ahead (a vendor's bogus timestamp) does not grow it: out of range.
+    with pytest.raises(CalendarRangeError):
+        shared.last_closed(later + timedelta(days=5 * 365))
+    assert shared.last_session < end + timedelta(days=3 * 366)
     bounded = ExchangeCalendar("XNYS", "1d", start="2024-01-02", end="2024-12-31")
     with pytest.raises(CalendarRangeError):
         bounded.last_closed(datetime(2025, 2, 1, tzinfo=UTC))
