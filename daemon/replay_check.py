@@ -23,6 +23,7 @@ where they were not compared.
 
 from __future__ import annotations
 
+import bisect
 import json
 import tempfile
 from collections.abc import Sequence
@@ -178,9 +179,9 @@ async def replay_check(
     for f in fills:
         if f["booked_at"] is not None:
             booked.append(f["booked_at"])
-        else:
-            at = [t for t in times if t <= f["time"]]
-            booked.append(at[-1] if at else f["time"])
+        else:  # the newest bar at or before its execution: the bar that booked it
+            k = bisect.bisect_right(times, f["time"])
+            booked.append(times[k - 1] if k else f["time"])
     first_fill = min(booked) if booked else None
     segments: dict[str, list[dict[str, Any]]] = {}
     for d in decisions:

@@ -164,6 +164,17 @@ async def test_decisions_not_compared_are_listed_apart_not_dropped(tmp_path: Pat
     report = await replay_check(config, "killtest")
     assert not report.decisions_comparable
     n_before = sum(datetime.fromisoformat(t) < first_fill for t, _ in rows)
+    assert report.decisions_compared == n_before
+    # Fills stored without their booking bar (an older build's rows) count from the bar they
+    # executed in: a daily bar is labelled at 00:00 and its fill executes later that day, so
+    # comparing the execution time with labels counted the bar that booked it as before it.
+    con = sqlite3.connect(db)
+    try:
+        con.execute("UPDATE fills SET booked_at = NULL WHERE run_id = 'killtest'")
+        con.commit()
+    finally:
+        con.close()
+    report = await replay_check(config, "killtest")
     assert report.decisions_compared == n_before < report.bars_compared
     # The bar before any fill compares whole: its changed intents are a difference.
     assert [d.time for d in report.differing] == [datetime.fromisoformat(before)]
