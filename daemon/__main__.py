@@ -601,6 +601,29 @@ def _analysis_tables(path: str | None) -> dict[str, Any]:
     }
 
 
+def _annualise_as_the_run(tables: dict[str, Any], folder: Path, path: str | None) -> None:
+    """A run of intraday bars annualised with 252 sessions of them (its summary.json's
+    `periods_per_year`): the report does too, unless the analysis config sets
+    analysis.periods_per_year. With 252 a year of 5-minute bars was read as 78 years."""
+    import dataclasses
+    import tomllib
+
+    try:
+        ppy = json.loads((folder / "summary.json").read_text()).get("periods_per_year")
+    except (OSError, ValueError):
+        return
+    if not isinstance(ppy, int | float) or ppy <= 0:
+        return
+    if path:
+        try:
+            if "periods_per_year" in tomllib.loads(Path(path).read_text()).get("analysis", {}):
+                return
+        except (OSError, tomllib.TOMLDecodeError):
+            return
+    tables["analysis"] = dataclasses.replace(tables["analysis"], periods_per_year=float(ppy))
+    log.info("report.periods_per_year", periods_per_year=ppy, source=str(folder / "summary.json"))
+
+
 def _write_report(
     folder: Path,
     output: str | None,
@@ -664,6 +687,7 @@ def _report(args: argparse.Namespace) -> int:
         folder = resolve_run(args.run, config.run.output_dir)
     except ValueError as exc:
         raise TradingdError(str(exc)) from None
+    _annualise_as_the_run(tables, folder, args.analysis_config)
     from .preflight import check_writable_dir
 
     if args.output:

@@ -240,6 +240,11 @@ async def run_backtest(
     }
     if result.restrictions_not_listed:
         summary["trading_restricted_not_listed"] = result.restrictions_not_listed
+    if ppy != 252.0:
+        # Intraday data: what `tradingd report` annualises with, unless its analysis config
+        # sets analysis.periods_per_year.
+        summary["bar"] = getattr(engine, "data_bar", "1d")
+        summary["periods_per_year"] = ppy
     splits = split_events(panel)
     write_outputs(
         out, config, result, summary, rows.get("orders", []), rows.get("fills", []), splits

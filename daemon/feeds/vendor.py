@@ -242,18 +242,18 @@ def closed_only(
         # every session's last bar at its release, and it was caught up untraded the next
         # morning.
         labels = times.to_numpy(dtype="datetime64[ns]")
-        ends = labels + np.timedelta64(interval.minutes, "m")
+        bar_ends = labels + np.timedelta64(interval.minutes, "m")
         if timezone in (None, session.timezone):  # another exchange's close is not known
             # The session day of each row (in the exchange's zone), a close per distinct day.
             local = times.tz_localize("UTC").tz_convert(session.tz).tz_localize(None)
             days, at = np.unique(local.to_numpy().astype("datetime64[D]"), return_inverse=True)
-            closes = np.array(
+            day_closes = np.array(
                 [naive_utc(session.close_of(pd.Timestamp(d).date())).to_datetime64() for d in days],
                 dtype="datetime64[ns]",
             )
-            close = closes[at]
-            ends = np.where(labels < close, np.minimum(ends, close), ends)
-        keep = np.asarray(ends <= naive_utc(now).to_datetime64(), dtype=bool)
+            close = day_closes[at]
+            bar_ends = np.where(labels < close, np.minimum(bar_ends, close), bar_ends)
+        keep = np.asarray(bar_ends <= naive_utc(now).to_datetime64(), dtype=bool)
     return raw[keep]
 
 

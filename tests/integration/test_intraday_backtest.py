@@ -5,6 +5,7 @@ previous session's close."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -93,3 +94,24 @@ async def test_a_backtest_of_five_minute_bars_annualises_and_sizes_by_sessions(
     # 252 sessions of 78 bars a year: the annual return compounds the run's over its years.
     assert m["annual_return"] == pytest.approx((1 + total) ** (252 * 78 / bars) - 1, rel=1e-9)
     assert not math.isclose(m["annual_return"], (1 + total) ** (252 / bars) - 1, rel_tol=1e-3)
+    assert m["bar"] == "5m" and m["periods_per_year"] == 252 * 78
+
+    # The report of the run annualises the same way (it read 252 bars a year: a year of
+    # 5-minute bars as 78), unless its analysis config says otherwise.
+    from tradingd.__main__ import main
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[run]\noutput_dir = "{tmp_path}"\n')
+    assert (
+        main(["report", str(tmp_path / "out"), "-c", str(cfg), "--output", str(tmp_path / "r")])
+        == 0
+    )
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert report["analysis"]["config"]["periods_per_year"] == 252 * 78
+    assert report["analysis"]["performance"]["annual_return"] == pytest.approx(m["annual_return"])
+    own = tmp_path / "a.toml"
+    own.write_text("[analysis]\nperiods_per_year = 252\n")
+    args = ["report", str(tmp_path / "out"), "-c", str(cfg), "--output", str(tmp_path / "r2")]
+    assert main([*args, "--analysis-config", str(own)]) == 0
+    report = json.loads((tmp_path / "r2" / "report.json").read_text())
+    assert report["analysis"]["config"]["periods_per_year"] == 252
