@@ -41,7 +41,7 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, TextIO
 
-from .core.errors import ConfigError
+from .core.errors import ConfigError, StorageError
 from .core.types import Fill, Order
 from .storage.child import ChildWriter
 from .storage.rows import FILL_FIELDS as _FILL_FIELDS
@@ -382,7 +382,14 @@ class AuditLog:
         if writer is None or not self._writer_ready:
             # Live, or a replay whose writer process is still starting: written here.
             if batch:
-                self._sink.write(_encode(batch))
+                try:
+                    self._sink.write(_encode(batch))
+                except OSError as e:
+                    # A full disk under a live daemon: the operator's error names the file
+                    # (it was a traceback naming none, exit 1, and a restart loop).
+                    raise StorageError(
+                        f"cannot write the audit log {self.path}: {e.strerror or e}"
+                    ) from e
             return
         if batch:
             writer.send("tradingd.audit:child_lines", batch)
@@ -474,17 +481,45 @@ class AuditLog:
             return 0
         kept: list[str] = []
         dropped = 0
-        with self.path.open(encoding="utf-8") as fh:
-            for line in fh:
+        end = 0  # the byte offset after the last kept line
+        tail = True  # every dropped line comes after every kept one
+        pos = 0
+        with self.path.open("rb") as fh:
+            for raw in fh:
+                line = raw.decode("utf-8", errors="replace")
                 when = _record_time(line)
                 if when is _TORN or (isinstance(when, datetime) and (t is None or when > t)):
                     dropped += 1
                 else:
+                    tail = tail and not dropped
                     kept.append(line if line.endswith("\n") else line + "\n")
-        if dropped:
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            tmp.write_text("".join(kept), encoding="utf-8")
-            os.replace(tmp, self.path)
+                    end = pos + len(raw)
+                pos += len(raw)
+        if not dropped:
+            return 0
+        try:
+            if tail:
+                # The usual case (the records of the bars after the checkpoint, a torn last
+                # line): cut in place. A rewrite needed the whole file's size free again,
+                # which a disk that had just filled up did not have.
+                with self.path.open("r+b") as fh:
+                    fh.truncate(end)
+                    if end:
+                        fh.seek(end - 1)
+                        if fh.read(1) != b"\n":
+                            fh.write(b"\n")
+            else:
+                tmp = self.path.with_name(self.path.name + ".tmp")
+                try:
+                    tmp.write_text("".join(kept), encoding="utf-8")
+                    os.replace(tmp, self.path)
+                finally:
+                    tmp.unlink(missing_ok=True)
+        except OSError as e:
+            raise StorageError(
+                f"cannot drop the records after the checkpoint from the audit log {self.path}: "
+                f"{e.strerror or e}"
+            ) from e
         return dropped
 
     def close(self) -> None:

@@ -395,3 +395,46 @@ def test_records_that_are_not_the_order_fields_are_not_written_as_them(tmp_path)
     log.close()
     (line,) = (tmp_path / "r1.jsonl").read_text().splitlines()
     assert line == reference_line("order", o)
+
+
+def test_a_full_disk_under_a_live_audit_log_is_an_error_naming_the_file(tmp_path, monkeypatch):
+    """ENOSPC on the live path (written in the engine's process) was a bare OSError: a
+    traceback naming no file (exit 1), and a restart loop under systemd saying nothing."""
+    import errno
+
+    a = AuditLog(tmp_path, "r", flush_interval_s=0.0)
+
+    def full(self, text):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(audit._Sink, "write", full)
+    a.orders([order(1)])
+    with pytest.raises(StorageError, match="No space left on device") as caught:
+        a.flush(force=True)
+    assert str(tmp_path / "r.jsonl") in str(caught.value)
+
+
+def test_dropping_the_records_after_a_checkpoint_needs_no_free_space(tmp_path, monkeypatch):
+    """The file was rewritten whole through a temporary copy: a restart after a full disk
+    needed the audit file's size free (50 MB by default), failed with a traceback, and left
+    the partial copy filling the disk again. The dropped records are its tail: cut in place."""
+    a = AuditLog(tmp_path, "r", flush_interval_s=0.0)
+    for i in range(4):
+        a.orders([order(i)])
+        a.flush(force=True)
+    a.close()
+    path = tmp_path / "r.jsonl"
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write('{"event": "order", "torn')  # a process killed mid-line
+    from pathlib import Path
+
+    def no_space(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", no_space)
+    b = AuditLog(tmp_path, "r", flush_interval_s=0.0)
+    assert b.truncate_after(T + timedelta(days=1)) == 3  # two bars after it, and the torn line
+    b.close()
+    assert [r["client_order_id"] for r in records(path)] == ["r|0", "r|1"]
+    assert path.read_bytes().endswith(b"\n")
+    assert not list(tmp_path.glob("*.tmp"))
