@@ -737,9 +737,9 @@ class MlEnsemble:
         ranks = np.unique(self._stamp, return_inverse=True)[1].reshape(-1).astype(np.uint32)
         self._stamp, self._clock = ranks, int(ranks.max()) + 1 if len(ranks) else 0
         header = {"format": CACHE_FORMAT, "model_version": self.version, "clock": self._clock}
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)
             with open(tmp, "wb") as fh:
                 np.savez(
                     fh,
@@ -751,18 +751,29 @@ class MlEnsemble:
                     stamp=self._stamp,
                 )
             os.replace(tmp, path)
+            self._dirty = False
+            path.with_suffix(".json").unlink(missing_ok=True)  # this version's, old format
+            # One file per model version: weekly retraining must not grow the folder forever.
+            # (Files of the previous format, *.json, count and go the same way.)
+            kept = [p for p in path.parent.iterdir() if p.suffix in (".npz", ".json")]
+            kept.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+            for old in kept[self.config.cache_versions :]:
+                if old != path:
+                    old.unlink(missing_ok=True)
+        except OSError as exc:
+            # A full or read-only disk: a cache is never worth failing a run for (a model
+            # switch saved the outgoing version's here, inside score(), and the daemon
+            # stopped). Its predictions are computed again.
+            tmp.unlink(missing_ok=True)
+            log.warning(
+                "prediction_cache.unwritable",
+                plugin=self.name,
+                path=str(path),
+                error=f"{type(exc).__name__}: {exc}",
+            )
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
-        self._dirty = False
-        path.with_suffix(".json").unlink(missing_ok=True)  # this version's, previous format
-        # One file per model version: weekly retraining must not grow the folder forever.
-        # (Files of the previous format, *.json, count and go the same way.)
-        kept = [p for p in path.parent.iterdir() if p.suffix in (".npz", ".json")]
-        kept.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-        for old in kept[self.config.cache_versions :]:
-            if old != path:
-                old.unlink(missing_ok=True)
 
 
 def _check_arrays(arrays: list[np.ndarray], clock: object) -> None:

@@ -693,3 +693,26 @@ def test_a_warm_up_bar_reads_the_cache_file_before_the_first_trading_bar(tmp_pat
         live.observe(context(live, inputs(1, 2, seed=13)[0]))
     assert [e["entries"] for e in logs if e["event"] == "prediction_cache.loaded"] == [2]
     assert live.model_calls == 0
+
+
+def test_a_cache_that_cannot_be_written_is_a_warning_not_a_stopped_run(tmp_path, monkeypatch):
+    """A full disk under the cache folder: saving the outgoing model's predictions at a model
+    switch (inside score()) raised, and the daemon stopped ("plugin 'ml_ensemble' failed in
+    score"). The cache is optional: its predictions are computed again."""
+    import errno
+
+    from structlog.testing import capture_logs
+
+    p = plugin(cache_dir=tmp_path)
+    p.predict(inputs(3, 60))
+
+    def full(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    with capture_logs() as logs:
+        p.close()
+    (said,) = [e for e in logs if e["event"] == "prediction_cache.unwritable"]
+    assert said["log_level"] == "warning" and str(tmp_path) in said["path"]
+    assert "No space left" in said["error"]
+    assert list(tmp_path.iterdir()) == []  # no partial file left
