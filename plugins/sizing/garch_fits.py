@@ -213,10 +213,19 @@ class FitCache:
         merged = list(self._used.items()) + list(self._old.items())
         entries = [[k.hex(), params_to_json(p), w] for k, (p, w) in merged]
         data = {"format": CACHE_FORMAT, "blas": blas_kind(), "entries": entries[: self.size]}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_text(json.dumps(data))
+            os.replace(tmp, self.path)
+        except OSError as exc:
+            # A full or read-only disk: the cache is optional (the fits are made again),
+            # and a partial temporary file left per failed run kept its space for good.
+            tmp.unlink(missing_ok=True)
+            log.warning("garch_cache.unwritable", path=str(self.path), error=str(exc))
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
 
 
 class WorkerLost(Exception):
