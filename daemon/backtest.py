@@ -5,13 +5,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import structlog
@@ -21,6 +22,7 @@ from .analysis.metrics import summarize
 from .analysis.splits import restate_for_splits
 from .app import build_engine, load_data, model_card, run_defaults
 from .config import Config
+from .core.errors import TradingdError
 from .core.types import Fill, Side
 from .engine.engine import Engine, EngineResult
 from .environment import environment
@@ -349,7 +351,7 @@ _FILL_COLUMNS = tuple(f.name for f in dataclasses.fields(Fill))
 
 def _fills_of(rows: Sequence[dict[str, Any]]) -> list[Fill]:
     """The fills table's rows as Fill objects, read by column (dicts read back are made
-    columns first, as `_write_rows` does)."""
+    columns first, as `_csv_rows` does)."""
     if not rows:
         return []
     table = Records.of_dicts(rows)
@@ -433,38 +435,76 @@ def write_outputs(
     fills: Sequence[dict[str, Any]],
     splits: Mapping[str, list[tuple[datetime, float]]] | None = None,
 ) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    # The folder's record is this run's now: a report of the one it replaces (another run
-    # id's, in an --output folder) would sit beside it as if it were this run's.
-    for stale in ("report.html", "report.json"):
-        (out / stale).unlink(missing_ok=True)
-    with (out / "equity.csv").open("w", newline="") as fh:
+    """The run's record files. Each is written whole or not at all (a temporary file renamed),
+    summary.json last; a write that fails (a full disk) removes what this call wrote and
+    says so: a cut orders.csv or an empty environment.json beside a summary.json read as a
+    finished record, and `tradingd report` reported it."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        # The folder's record is this run's now: a report of the one it replaces (another
+        # run id's, in an --output folder) would sit beside it as if it were this run's.
+        for stale in ("report.html", "report.json"):
+            (out / stale).unlink(missing_ok=True)
+    except OSError as e:
+        raise TradingdError(f"cannot write the run's record in {out}: {e.strerror or e}") from e
+    written: list[Path] = []
+
+    def put(name: str, write: Callable[[TextIO], object]) -> None:
+        tmp = out / f".{name}.tmp"
+        try:
+            with tmp.open("w", newline="") as fh:
+                write(fh)
+            os.replace(tmp, out / name)
+        finally:
+            tmp.unlink(missing_ok=True)
+        written.append(out / name)
+
+    def equity(fh: TextIO) -> None:
         w = csv.writer(fh)
         w.writerow(["time", "equity", "gross_exposure"])
         for t, e, g in zip(result.times, result.equity, result.gross_exposure, strict=True):
             w.writerow([t.isoformat(), repr(e), repr(g)])
-    _write_rows(out / "orders.csv", orders)
-    _write_rows(out / "fills.csv", fills)
-    # The fills are in the shares of their day: an analysis of the folder (`tradingd report`,
-    # the Monte Carlo's trade order) restates them with the run's splits, as the summary is.
-    with (out / "splits.csv").open("w", newline="") as fh:
+
+    def split_rows(fh: TextIO) -> None:
+        # The fills are in the shares of their day: an analysis of the folder (`tradingd
+        # report`, the Monte Carlo's trade order) restates them with the run's splits.
         w = csv.writer(fh)
         w.writerow(["symbol", "time", "split"])
         for sym, events in sorted((splits or {}).items()):
             for t, coef in events:
                 w.writerow([sym, t.isoformat(), repr(coef)])
-    # Masked: credentials in URLs never reach a run's record.
-    (out / "config.json").write_text(json.dumps(config.to_public_dict(), indent=2, default=str))
-    (out / "summary.json").write_text(json.dumps(_jsonable(summary), indent=2))
-    # What else the numbers depend on (package versions, the CPU features numpy dispatches
-    # to): another machine can give other fills from the same commit, data and config.
-    (out / "environment.json").write_text(json.dumps(environment(), indent=2))
+
+    try:
+        put("equity.csv", equity)
+        put("orders.csv", lambda fh: _csv_rows(fh, orders))
+        put("fills.csv", lambda fh: _csv_rows(fh, fills))
+        put("splits.csv", split_rows)
+        # Masked: credentials in URLs never reach a run's record.
+        put(
+            "config.json",
+            lambda fh: fh.write(json.dumps(config.to_public_dict(), indent=2, default=str)),
+        )
+        # What else the numbers depend on (package versions, the CPU features numpy
+        # dispatches to): another machine can give other fills from the same commit.
+        put("environment.json", lambda fh: fh.write(json.dumps(environment(), indent=2)))
+        put("summary.json", lambda fh: fh.write(json.dumps(_jsonable(summary), indent=2)))
+    except OSError as e:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise TradingdError(
+            f"cannot write the run's record in {out}: {e.strerror or e}; its files were "
+            "removed (an incomplete record would read as a finished one); the store holds the "
+            "run: free space and run it again, or write elsewhere with --output"
+        ) from e
 
 
 def _write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     with path.open("w", newline="") as fh:
-        if not rows:
-            return
+        _csv_rows(fh, rows)
+
+
+def _csv_rows(fh: TextIO, rows: Sequence[dict[str, Any]]) -> None:
+    if rows:
         table = Records.of_dicts(rows)
         w = csv.writer(fh)
         w.writerow(table.names)

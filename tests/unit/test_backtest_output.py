@@ -279,3 +279,33 @@ def test_a_backtest_over_the_models_own_period_says_it_is_in_sample():
     with capture_logs() as logs:
         (after,) = _models(engine, days[3:])["models"]
     assert "in_sample" not in after and not [e for e in logs if e["event"] == "backtest.in_sample"]
+
+
+def test_a_record_that_cannot_be_written_whole_is_removed_and_named(tmp_path, monkeypatch):
+    """A full disk cut orders.csv, or left environment.json empty beside a complete
+    summary.json: the folder read as a finished record (tradingd report reported it), and
+    the error was a traceback (exit 1)."""
+    import dataclasses
+    import errno
+
+    from tradingd import backtest
+    from tradingd.config import Config
+    from tradingd.core.errors import TradingdError
+    from tradingd.engine.engine import EngineResult
+
+    t = datetime(2024, 3, 8, tzinfo=UTC)
+    result = EngineResult("r", 1, [t], [1e5], [0.0], 0, 0, 0)
+    real = backtest.environment
+
+    def full() -> dict:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(backtest, "environment", full)
+    out = tmp_path / "r"
+    with pytest.raises(TradingdError, match="No space left on device") as caught:
+        backtest.write_outputs(out, Config(), result, {"run_id": "r"}, [], [])
+    assert str(out) in str(caught.value) and "--output" in str(caught.value)
+    assert sorted(p.name for p in out.iterdir()) == []  # nothing half there, no temporary file
+    monkeypatch.setattr(backtest, "environment", real)
+    backtest.write_outputs(out, dataclasses.replace(Config()), result, {"run_id": "r"}, [], [])
+    assert (out / "summary.json").exists() and (out / "environment.json").stat().st_size > 0
