@@ -6,7 +6,10 @@ raises."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+import time
+from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 import structlog
@@ -60,6 +63,13 @@ class RedisCache:
         self.socket_timeout = socket_timeout
         self.connect_timeout = connect_timeout
         self._client: aioredis.Redis | None = None
+        # Calls wait for one of the pool's connections here, outside their timeout: 496
+        # symbols' lookups at once waited in the pool inside it, and a busy event loop took
+        # the wait past the 2 s socket timeout, so a healthy Redis was declared down. After
+        # a call fails, those queued behind it fail at once for a timeout's length (a hung
+        # server costs one timeout, not one per 16 queued calls).
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+        self._failed_at: float | None = None
 
     @property
     def safe_url(self) -> str:
@@ -101,27 +111,38 @@ class RedisCache:
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
         await self._set(self._get_client(), key, value, ttl_s)
 
+    @contextlib.asynccontextmanager
+    async def _call(self, op: str) -> AsyncIterator[None]:
+        """One call: a connection slot (waited for without a deadline), then at most the
+        socket timeout for the call itself; RetryableError on failure."""
+        async with self._slots:
+            failed = self._failed_at
+            if failed is not None and time.monotonic() - failed < self.socket_timeout:
+                raise self._fail(op, TimeoutError("a call just before it failed"))
+            try:
+                async with asyncio.timeout(self.socket_timeout):
+                    yield
+            except ERRORS as e:
+                self._failed_at = time.monotonic()
+                raise self._fail(op, e) from e
+            self._failed_at = None
+
     async def _get(self, client: aioredis.Redis, key: str) -> bytes | None:
-        """GET on `client`, never longer than the socket timeout; RetryableError on failure."""
-        try:
-            async with asyncio.timeout(self.socket_timeout):
-                value = await client.get(self.prefix + key)
-        except ERRORS as e:
-            raise self._fail("GET", e) from e
+        """GET on `client`, never longer than the socket timeout once a connection is free;
+        RetryableError on failure."""
+        async with self._call("GET"):
+            value = await client.get(self.prefix + key)
         return value.encode() if isinstance(value, str) else value
 
     async def _set(
         self, client: aioredis.Redis, key: str, value: bytes, ttl_s: float | None
     ) -> None:
-        try:
-            async with asyncio.timeout(self.socket_timeout):
-                if ttl_s is None:
-                    await client.set(self.prefix + key, value)
-                    return
-                ms = math.ceil(ttl_s * 1000)
-                if ms <= 0:
-                    await client.delete(self.prefix + key)  # already expired
-                else:
-                    await client.set(self.prefix + key, value, px=ms)
-        except ERRORS as e:
-            raise self._fail("SET", e) from e
+        async with self._call("SET"):
+            if ttl_s is None:
+                await client.set(self.prefix + key, value)
+                return
+            ms = math.ceil(ttl_s * 1000)
+            if ms <= 0:
+                await client.delete(self.prefix + key)  # already expired
+            else:
+                await client.set(self.prefix + key, value, px=ms)

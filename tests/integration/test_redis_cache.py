@@ -105,3 +105,45 @@ async def test_many_concurrent_calls_share_a_bounded_pool_of_connections(cache) 
     pool = c._client.connection_pool
     opened = len(pool._available_connections) + len(pool._in_use_connections)
     assert 1 <= opened <= MAX_CONNECTIONS
+
+
+class _Pool:
+    """A client whose calls wait for one of 16 connections, then take `call_s` each (or
+    never answer): what redis-py's blocking pool does under 500 lookups at once."""
+
+    def __init__(self, call_s: float | None) -> None:
+        import asyncio
+
+        self.connections = asyncio.Semaphore(16)
+        self.call_s = call_s
+
+    async def get(self, key: str) -> bytes | None:
+        import asyncio
+
+        async with self.connections:
+            if self.call_s is None:
+                await asyncio.Event().wait()  # a hung server
+            await asyncio.sleep(self.call_s)
+        return None
+
+
+async def test_a_wait_for_a_connection_is_not_a_slow_server() -> None:
+    """496 symbols' lookups at once waited for the pool inside the 2 s socket timeout, and a
+    busy loop took the wait past it: a healthy Redis was declared down at 500 symbols."""
+    import asyncio
+
+    c = RedisCache("redis://127.0.0.1:1/0", socket_timeout=0.1)
+    c._client = _Pool(call_s=0.02)  # type: ignore[assignment]
+    got = await asyncio.gather(*(c.get(f"k{i}") for i in range(200)), return_exceptions=True)
+    assert [g for g in got if isinstance(g, BaseException)] == []
+
+
+async def test_a_hung_server_costs_one_timeout_not_one_per_queued_call() -> None:
+    import asyncio
+
+    c = RedisCache("redis://127.0.0.1:1/0", socket_timeout=0.1)
+    c._client = _Pool(call_s=None)  # type: ignore[assignment]
+    t0 = time.monotonic()
+    got = await asyncio.gather(*(c.get(f"k{i}") for i in range(200)), return_exceptions=True)
+    assert all(isinstance(g, RetryableError) for g in got)
+    assert time.monotonic() - t0 < 1.0  # not 200 / 16 x 0.1 s
