@@ -373,26 +373,34 @@ class FitRunner:
         self.nice = nice
 
     def submit(self, jobs: list[FitJob]) -> Future[list[FitOutcome]] | _Reply:
-        if self.kind == "thread":
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="garch-fit")
-            return self._pool.submit(fit_many, jobs)
         if self.kind == "process":
             try:
                 if self._worker is None:
                     self._worker = FitWorker(nice=self.nice)
                 return self._worker.send(jobs)
             except (WorkerLost, OSError) as exc:
-                self.lost(exc)
+                # To the thread, not fitted here: submit runs on the event loop, and 413
+                # fits inline blocked it for 6 s (a worker killed when out of memory). The
+                # next request starts a new worker.
+                self.lost(exc, action="fitting in a thread")
+        if self.kind in ("thread", "process"):
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="garch-fit")
+            return self._pool.submit(fit_many, jobs)
         done: Future[list[FitOutcome]] = Future()
         done.set_result(fit_many(jobs))
         return done
 
-    def lost(self, exc: BaseException, worker: FitWorker | None = None) -> None:
+    def lost(
+        self,
+        exc: BaseException,
+        worker: FitWorker | None = None,
+        action: str = "fitting inline",
+    ) -> None:
         """`worker` (the one a failed request went to) is closed unless it was replaced
         already: requests in flight to a worker that died fail one after another, and the
         worker started since must not be closed for them."""
-        log.error("sizing.garch_worker_lost", error=str(exc), action="fitting inline")
+        log.error("sizing.garch_worker_lost", error=str(exc), action=action)
         if worker is not None and worker is not self._worker:
             worker.close()
             return

@@ -1608,3 +1608,35 @@ def test_a_flipping_kelly_source_is_heard_without_a_line_per_flip(monkeypatch):
             p.size(np.array([0.5]), flat_ctx(("A",), T0, [0], [0], [0.0]))
     heard = [e["changes_so_far"] for e in logs if e["event"] == "sizing.kelly_source"]
     assert heard == [1, 10, 100]
+
+
+def test_fits_the_worker_cannot_take_go_to_a_thread_not_the_event_loop(monkeypatch):
+    """A worker that could not be started or written to (killed when out of memory): its
+    fits were made inline, in submit, which runs on the event loop: 413 fits blocked it for
+    6 s, and /health with it."""
+    import threading
+
+    from tradingd_plugins.sizing import garch_fits
+
+    def cannot_start(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise OSError(12, "Cannot allocate memory")
+
+    where: list[str] = []
+
+    def recording(jobs):  # type: ignore[no-untyped-def]
+        where.append(threading.current_thread().name)
+        return [(None, "recorded")] * len(jobs)
+
+    monkeypatch.setattr(garch_fits, "FitWorker", cannot_start)
+    monkeypatch.setattr(garch_fits, "fit_many", recording)
+    runner = garch_fits.FitRunner("process")
+    try:
+        with capture_logs() as logs:
+            reply = runner.submit([("job",)])  # type: ignore[list-item]
+        assert reply.result() == [(None, "recorded")]
+        assert where and where[0] != threading.current_thread().name
+        assert where[0].startswith("garch-fit")
+        (lost,) = [e for e in logs if e["event"] == "sizing.garch_worker_lost"]
+        assert lost["action"] == "fitting in a thread"
+    finally:
+        runner.close()
