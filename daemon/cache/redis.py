@@ -30,6 +30,8 @@ ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutE
 
 
 MAX_CONNECTIONS = 16
+# How many socket timeouts a call may wait for a free connection (see RedisCache._call).
+_SLOT_WAIT = 5
 
 
 def redis_client(url: str, socket_timeout: float, connect_timeout: float) -> aioredis.Redis:
@@ -87,6 +89,7 @@ class RedisCache:
         except ERRORS as e:
             await client.aclose()
             raise self._fail("connect", e) from e
+        self._failed_at = None  # it answered: the next calls (a reconnect's probe) may try
         return client
 
     async def start(self) -> None:
@@ -113,9 +116,16 @@ class RedisCache:
 
     @contextlib.asynccontextmanager
     async def _call(self, op: str) -> AsyncIterator[None]:
-        """One call: a connection slot (waited for without a deadline), then at most the
-        socket timeout for the call itself; RetryableError on failure."""
-        async with self._slots:
+        """One call: a connection slot (waited for up to five socket timeouts), then at most
+        the socket timeout for the call itself; RetryableError on failure."""
+        try:
+            # A slot is waited for longer than a call, but not for ever (a slow server with
+            # hundreds of calls queued: 500 at 150 ms took 4.7 s).
+            async with asyncio.timeout(_SLOT_WAIT * self.socket_timeout):
+                await self._slots.acquire()
+        except TimeoutError as e:
+            raise self._fail(op, TimeoutError("no connection free in time")) from e
+        try:
             failed = self._failed_at
             if failed is not None and time.monotonic() - failed < self.socket_timeout:
                 raise self._fail(op, TimeoutError("a call just before it failed"))
@@ -126,6 +136,8 @@ class RedisCache:
                 self._failed_at = time.monotonic()
                 raise self._fail(op, e) from e
             self._failed_at = None
+        finally:
+            self._slots.release()
 
     async def _get(self, client: aioredis.Redis, key: str) -> bytes | None:
         """GET on `client`, never longer than the socket timeout once a connection is free;

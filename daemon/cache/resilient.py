@@ -12,8 +12,10 @@ caught at all). `ResilientCache`:
   backoff and jitter (probing with PING and a short-lived SET, so a server that answers but
   refuses writes stays "down"), and the next call after it succeeds uses Redis again
   (`cache.redis.recovered`, once);
-- a caller never waits longer than the socket timeout (the first failing call of an outage;
-  later calls go to memory at once);
+- a call never takes longer than the socket timeout once it has a connection (the first
+  failing calls of an outage; later calls go to memory at once); with hundreds of calls at
+  once (500 symbols' lookups) a call may first wait for one of the 16 connections, up to
+  five socket timeouts (see RedisCache._call);
 - at recovery the fallback is emptied: entries written during the outage are not copied to
   Redis (a later miss refetches; the cache never answers with a value older than Redis's).
 

@@ -147,3 +147,31 @@ async def test_a_hung_server_costs_one_timeout_not_one_per_queued_call() -> None
     got = await asyncio.gather(*(c.get(f"k{i}") for i in range(200)), return_exceptions=True)
     assert all(isinstance(g, RetryableError) for g in got)
     assert time.monotonic() - t0 < 1.0  # not 200 / 16 x 0.1 s
+
+
+async def test_a_reconnect_after_a_failed_call_is_not_refused_by_it(redis_url: str) -> None:
+    """After one failed call every call was refused for a socket timeout, the reconnect's
+    probe too although PING had just answered: a one-off blip kept the cache on memory for
+    seconds, and the backoff grew for nothing."""
+    from tradingd.cache.redis import ERRORS
+
+    c = RedisCache(redis_url, socket_timeout=2.0)
+    await c.start()
+    try:
+        client = c._client
+        real_get = client.get
+
+        async def broken(key):  # type: ignore[no-untyped-def]
+            raise ERRORS[0]("connection reset")
+
+        client.get = broken  # type: ignore[method-assign]
+        with pytest.raises(RetryableError):
+            await c.get("k")
+        client.get = real_get  # type: ignore[method-assign]
+        fresh = await c._open()  # what the reconnect does: a new client that answers PING
+        try:
+            await c._set(fresh, "__probe__", b"1", 1.0)  # not refused
+        finally:
+            await fresh.aclose()
+    finally:
+        await c.stop()
