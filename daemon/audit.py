@@ -31,6 +31,7 @@ recorded so far written to the file (after the writer's batches, in order).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -219,8 +220,17 @@ class _Sink:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = self.path.open("a", encoding="utf-8")
         fh = self._fh
-        fh.write(text)
-        fh.flush()
+        try:
+            fh.write(text)
+            fh.flush()
+        except OSError:
+            # The unwritten text stays in the file's buffer, and closing it later (at the
+            # run's end) failed again, with a bare OSError that replaced this one. Closed
+            # here, its buffer dropped; the next write reopens the file.
+            self._fh = None
+            with contextlib.suppress(OSError):
+                fh.close()
+            raise
         if fh.tell() >= self.max_bytes:
             self._rotate()
 

@@ -438,3 +438,17 @@ def test_dropping_the_records_after_a_checkpoint_needs_no_free_space(tmp_path, m
     assert [r["client_order_id"] for r in records(path)] == ["r|0", "r|1"]
     assert path.read_bytes().endswith(b"\n")
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_live_audit_log_on_a_full_disk_closes_without_a_second_error(tmp_path):
+    """After the failed write the text stayed in the file's buffer; closing the log at the
+    run's end flushed it again and raised a bare OSError, which replaced the StorageError
+    (a traceback naming no file, exit 1)."""
+    if not os.path.exists("/dev/full"):
+        pytest.skip("no /dev/full here")
+    os.symlink("/dev/full", tmp_path / "r.jsonl")
+    a = AuditLog(tmp_path, "r", flush_interval_s=0.0)
+    a.orders([order(1)])
+    with pytest.raises(StorageError, match="No space left on device"):
+        a.flush(force=True)
+    a.close()  # no second error
