@@ -603,8 +603,8 @@ def _analysis_tables(path: str | None) -> dict[str, Any]:
 
 def _annualise_as_the_run(tables: dict[str, Any], folder: Path, path: str | None) -> None:
     """A run of intraday bars annualised with 252 sessions of them (its summary.json's
-    `periods_per_year`): the report does too, unless the analysis config sets
-    analysis.periods_per_year. With 252 a year of 5-minute bars was read as 78 years."""
+    `periods_per_year`): every table of the report does too, unless the analysis config
+    sets its periods_per_year. With 252 a year of 5-minute bars was read as 78 years."""
     import dataclasses
     import tomllib
 
@@ -614,13 +614,20 @@ def _annualise_as_the_run(tables: dict[str, Any], folder: Path, path: str | None
         return
     if not isinstance(ppy, int | float) or ppy <= 0:
         return
+    # Every table that annualises: the performance figures, the validation's per-bar
+    # risk-free rate and tests, the attribution (each unless its own table sets it).
+    given: dict[str, Any] = {}
     if path:
         try:
-            if "periods_per_year" in tomllib.loads(Path(path).read_text()).get("analysis", {}):
-                return
+            given = tomllib.loads(Path(path).read_text())
         except (OSError, tomllib.TOMLDecodeError):
             return
-    tables["analysis"] = dataclasses.replace(tables["analysis"], periods_per_year=float(ppy))
+    for name in ("analysis", "validation", "attribution"):
+        table = tables.get(name)
+        if table is None or "periods_per_year" in given.get(name, {}):
+            continue
+        if hasattr(table, "periods_per_year"):
+            tables[name] = dataclasses.replace(table, periods_per_year=float(ppy))
     log.info("report.periods_per_year", periods_per_year=ppy, source=str(folder / "summary.json"))
 
 

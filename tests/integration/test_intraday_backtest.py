@@ -115,3 +115,22 @@ async def test_a_backtest_of_five_minute_bars_annualises_and_sizes_by_sessions(
     assert main([*args, "--analysis-config", str(own)]) == 0
     report = json.loads((tmp_path / "r2" / "report.json").read_text())
     assert report["analysis"]["config"]["periods_per_year"] == 252
+
+
+def test_every_table_of_the_report_annualises_as_the_run(tmp_path):
+    """Only the performance table took the run's periods_per_year: the validation's per-bar
+    risk-free rate (2% / 252 on every 5-minute bar), its tests and the attribution kept 252."""
+    from tradingd.__main__ import _analysis_tables, _annualise_as_the_run
+
+    (tmp_path / "summary.json").write_text(json.dumps({"periods_per_year": 19656.0}))
+    tables = _analysis_tables(None)
+    _annualise_as_the_run(tables, tmp_path, None)
+    assert {n: tables[n].periods_per_year for n in ("analysis", "validation", "attribution")} == {
+        "analysis": 19656.0, "validation": 19656.0, "attribution": 19656.0
+    }  # fmt: skip
+    own = tmp_path / "a.toml"
+    own.write_text("[validation]\nperiods_per_year = 252\n")
+    tables = _analysis_tables(str(own))
+    _annualise_as_the_run(tables, tmp_path, str(own))
+    assert tables["validation"].periods_per_year == 252
+    assert tables["analysis"].periods_per_year == 19656.0
