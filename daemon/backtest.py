@@ -475,7 +475,6 @@ def write_outputs(
                 w.writerow([sym, t.isoformat(), repr(coef)])
 
     try:
-        put("equity.csv", equity)
         put("orders.csv", lambda fh: _csv_rows(fh, orders))
         put("fills.csv", lambda fh: _csv_rows(fh, fills))
         put("splits.csv", split_rows)
@@ -487,14 +486,19 @@ def write_outputs(
         # What else the numbers depend on (package versions, the CPU features numpy
         # dispatches to): another machine can give other fills from the same commit.
         put("environment.json", lambda fh: fh.write(json.dumps(environment(), indent=2)))
+        # Last two: `tradingd report` takes a folder with equity.csv for a record, so a
+        # process killed between renames leaves none it would read as finished.
+        put("equity.csv", equity)
         put("summary.json", lambda fh: fh.write(json.dumps(_jsonable(summary), indent=2)))
-    except OSError as e:
+    except BaseException as e:
         for path in written:
             path.unlink(missing_ok=True)
+        if not isinstance(e, OSError):
+            raise  # a stop (Ctrl-C) or a bug: the partial record is gone all the same
         raise TradingdError(
             f"cannot write the run's record in {out}: {e.strerror or e}; its files were "
-            "removed (an incomplete record would read as a finished one); the store holds the "
-            "run: free space and run it again, or write elsewhere with --output"
+            "removed (an incomplete record would read as a finished one): free space and run "
+            "it again, or write elsewhere with --output"
         ) from e
 
 

@@ -752,14 +752,6 @@ class MlEnsemble:
                 )
             os.replace(tmp, path)
             self._dirty = False
-            path.with_suffix(".json").unlink(missing_ok=True)  # this version's, old format
-            # One file per model version: weekly retraining must not grow the folder forever.
-            # (Files of the previous format, *.json, count and go the same way.)
-            kept = [p for p in path.parent.iterdir() if p.suffix in (".npz", ".json")]
-            kept.sort(key=lambda p: p.stat().st_mtime, reverse=True)
-            for old in kept[self.config.cache_versions :]:
-                if old != path:
-                    old.unlink(missing_ok=True)
         except OSError as exc:
             # A full or read-only disk: a cache is never worth failing a run for (a model
             # switch saved the outgoing version's here, inside score(), and the daemon
@@ -771,9 +763,21 @@ class MlEnsemble:
                 path=str(path),
                 error=f"{type(exc).__name__}: {exc}",
             )
+            return
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+        try:
+            path.with_suffix(".json").unlink(missing_ok=True)  # this version's, old format
+            # One file per model version: weekly retraining must not grow the folder forever.
+            # (Files of the previous format, *.json, count and go the same way.)
+            kept = [p for p in path.parent.iterdir() if p.suffix in (".npz", ".json")]
+            kept.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+            for old in kept[self.config.cache_versions :]:
+                if old != path:
+                    old.unlink(missing_ok=True)
+        except OSError as exc:  # another process pruning too: the save itself is done
+            log.info("prediction_cache.prune_skipped", path=str(path.parent), error=str(exc))
 
 
 def _check_arrays(arrays: list[np.ndarray], clock: object) -> None:

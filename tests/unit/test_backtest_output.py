@@ -309,3 +309,26 @@ def test_a_record_that_cannot_be_written_whole_is_removed_and_named(tmp_path, mo
     monkeypatch.setattr(backtest, "environment", real)
     backtest.write_outputs(out, dataclasses.replace(Config()), result, {"run_id": "r"}, [], [])
     assert (out / "summary.json").exists() and (out / "environment.json").stat().st_size > 0
+
+
+def test_a_record_interrupted_while_written_leaves_nothing_a_report_would_take(
+    tmp_path, monkeypatch
+):
+    """Ctrl-C (or any error other than a full disk) inside write_outputs skipped the cleanup,
+    and equity.csv, written first, made the folder a record for `tradingd report`: no
+    fills, no summary, read as a run without trades."""
+    from tradingd import backtest
+    from tradingd.config import Config
+    from tradingd.engine.engine import EngineResult
+
+    t = datetime(2024, 3, 8, tzinfo=UTC)
+    result = EngineResult("r", 1, [t], [1e5], [0.0], 0, 0, 0)
+
+    def interrupted() -> dict:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(backtest, "environment", interrupted)
+    out = tmp_path / "r"
+    with pytest.raises(KeyboardInterrupt):
+        backtest.write_outputs(out, Config(), result, {"run_id": "r"}, [], [])
+    assert list(out.iterdir()) == []
