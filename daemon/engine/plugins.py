@@ -50,9 +50,11 @@ def load_plugin(
     eps = available() if registry is None else registry
     ep = eps.get(spec.name)
     if ep is None:
+        # The names of this kind (a misspelled signal was offered sizing and risk plugins).
+        same_kind = sorted(n for n, e in eps.items() if _kind_of(e) == kind)
         raise ConfigError(
-            f"{where}.name = {spec.name!r}: no such plugin; valid choices: "
-            + ", ".join(sorted(n for n in eps))
+            f"{where}.name = {spec.name!r}: no such {kind} plugin; valid choices: "
+            + ", ".join(same_kind)
         )
     try:
         cls = ep.load()
@@ -78,9 +80,39 @@ def load_plugin(
             log.info("plugin.run_default", plugin=spec.name, where=where, key=key, value=value)
     config = build(config_cls, params, f"{where}.params")
     try:
-        return cls(config, symbols)
+        plugin = cls(config, symbols)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where}.params: {exc}") from exc
+    return _checked(plugin, spec.name, kind, ep.value)
+
+
+# What the engine calls on a plugin of each kind (core.ports' protocols).
+_METHODS = {"signal": ("score",), "sizing": ("size",), "risk": ("check",)}
+
+
+def _checked(plugin: Any, name: str, kind: str, where: str) -> Any:
+    """The plugin's contract checked when it is built, not at its first bar: a plugin
+    without `name` ended the first traded bar in an AttributeError traceback (exit 1).
+    A missing `name` is its registered name; a missing method is an error naming it."""
+    if not isinstance(getattr(plugin, "name", None), str):
+        try:
+            plugin.name = name
+        except AttributeError:
+            raise PluginError(
+                f"plugin {name!r} ({where}) has no `name` (str) and none can be set on it: "
+                "give its class a `name` attribute"
+            ) from None
+    missing = [
+        m
+        for m in ("required_features", *_METHODS.get(kind, ()))
+        if not callable(getattr(plugin, m, None))
+    ]
+    if missing:
+        raise PluginError(
+            f"plugin {name!r} ({where}) lacks {', '.join(f'{m}()' for m in missing)}, which a "
+            f"{kind} plugin must have (see tradingd.core.ports)"
+        )
+    return plugin
 
 
 def _kind_of(ep: EntryPoint) -> str | None:

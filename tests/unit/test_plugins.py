@@ -157,3 +157,57 @@ def test_a_model_with_cross_sectional_features_on_another_universe_is_warned():
     (warned,) = [e for e in logs if e["event"] == "model.universe_differs"]
     assert warned["trained_on"] == 2 and warned["run_symbols"] == 3
     assert "cs_ret_1" in warned["cross_sectional"]
+
+
+class _EP:
+    def __init__(self, name: str, cls: type) -> None:
+        self.name, self._cls, self.value = name, cls, f"test:{cls.__name__}"
+
+    def load(self) -> type:
+        return self._cls
+
+
+def _signal_class(**attrs):  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    import numpy as np
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        pass
+
+    def __init__(self, config, symbols):  # type: ignore[no-untyped-def]
+        self.symbols = symbols
+
+    body = {
+        "kind": "signal",
+        "Config": Config,
+        "__init__": __init__,
+        "required_features": lambda self: (),
+        "score": lambda self, ctx: np.zeros(len(self.symbols)),
+        **attrs,
+    }
+    return type("Mine", (), {k: v for k, v in body.items() if v is not None})
+
+
+def test_a_plugin_without_a_name_gets_its_registered_one_when_it_is_built():
+    """A plugin class without `name` passed every check, then ended the first traded bar in
+    an AttributeError traceback (exit 1)."""
+    eps = {"mine": _EP("mine", _signal_class())}
+    plugin = load_plugin(PluginSpec("mine"), "signal", SYMS, "signals[0]", eps)
+    assert plugin.name == "mine"
+
+
+def test_a_plugin_without_a_method_of_its_kind_is_named_when_it_is_built():
+    eps = {"mine": _EP("mine", _signal_class(score=None, required_features=None))}
+    with pytest.raises(PluginError, match=r"'mine' .*lacks required_features\(\), score\(\)"):
+        load_plugin(PluginSpec("mine"), "signal", SYMS, "signals[0]", eps)
+
+
+def test_a_misspelled_plugin_is_offered_the_names_of_its_kind_only():
+    with pytest.raises(ConfigError) as e:
+        load_plugin(PluginSpec("momentun"), "signal", SYMS, "signals[0]")
+    choices = str(e.value).split("valid choices: ", 1)[1]
+    assert (
+        "momentum" in choices and "equal_weight" not in choices and "drawdown_guard" not in choices
+    )
