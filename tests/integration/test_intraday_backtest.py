@@ -98,8 +98,20 @@ async def test_a_backtest_of_five_minute_bars_annualises_and_sizes_by_sessions(
 
     # The report of the run annualises the same way (it read 252 bars a year: a year of
     # 5-minute bars as 78), unless its analysis config says otherwise.
+    import structlog
+
     from tradingd.__main__ import main
 
+    # The command configures logging for the process: put back what the other tests use
+    # (capture_logs cannot see loggers cached under the command's configuration).
+    saved = structlog.get_config()
+    try:
+        _report_annualises(main, tmp_path, m)
+    finally:
+        structlog.configure(**saved)
+
+
+def _report_annualises(main, tmp_path, m) -> None:  # type: ignore[no-untyped-def]
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[run]\noutput_dir = "{tmp_path}"\n')
     assert (
