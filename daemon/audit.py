@@ -483,54 +483,27 @@ class AuditLog:
     def truncate_after(self, t: datetime | None) -> int:
         """Drop the records of bars after `t` that an earlier process wrote before it died:
         the store drops the same rows (`resume_run`) and the resumed run writes them again,
-        so the audit never holds a record twice and agrees with the store. Only the current
-        file is read (a rotation happens at most once per bar, between bars). Returns the
-        number of lines dropped."""
+        so the audit never holds a record twice and agrees with the store. The current file
+        first, then the rotated ones while the newer held nothing kept: a rotation right
+        after a bar past the checkpoint put that bar's records in `.jsonl.1`, where they
+        were kept, and written again by the resumed run. Returns the number of lines
+        dropped."""
         self._release()
-        if not self.path.exists():
-            return 0
-        kept: list[str] = []
-        dropped = 0
-        end = 0  # the byte offset after the last kept line
-        tail = True  # every dropped line comes after every kept one
-        pos = 0
-        with self.path.open("rb") as fh:
-            for raw in fh:
-                line = raw.decode("utf-8", errors="replace")
-                when = _record_time(line)
-                if when is _TORN or (isinstance(when, datetime) and (t is None or when > t)):
-                    dropped += 1
-                else:
-                    tail = tail and not dropped
-                    kept.append(line if line.endswith("\n") else line + "\n")
-                    end = pos + len(raw)
-                pos += len(raw)
-        if not dropped:
-            return 0
-        try:
-            if tail:
-                # The usual case (the records of the bars after the checkpoint, a torn last
-                # line): cut in place. A rewrite needed the whole file's size free again,
-                # which a disk that had just filled up did not have.
-                with self.path.open("r+b") as fh:
-                    fh.truncate(end)
-                    if end:
-                        fh.seek(end - 1)
-                        if fh.read(1) != b"\n":
-                            fh.write(b"\n")
-            else:
-                tmp = self.path.with_name(self.path.name + ".tmp")
-                try:
-                    tmp.write_text("".join(kept), encoding="utf-8")
-                    os.replace(tmp, self.path)
-                finally:
-                    tmp.unlink(missing_ok=True)
-        except OSError as e:
-            raise StorageError(
-                f"cannot drop the records after the checkpoint from the audit log {self.path}: "
-                f"{e.strerror or e}"
-            ) from e
-        return dropped
+        total = 0
+        files = [
+            self.path,
+            *(self.path.with_suffix(f".jsonl.{i}") for i in range(1, self.backups + 1)),
+        ]
+        for path in files:
+            if not path.exists():
+                if path == self.path:
+                    continue  # rotated away just before the process died
+                break
+            dropped, kept = _drop_after(path, t)
+            total += dropped
+            if kept:
+                break  # older files hold older records
+        return total
 
     def close(self) -> None:
         try:
@@ -587,3 +560,50 @@ def audit_path(directory: str | Path, run_id: str) -> Path:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def _drop_after(path: Path, t: datetime | None) -> tuple[int, bool]:
+    """The lines of `path` of bars after `t` (and torn ones) dropped; (dropped, whether any
+    line is kept)."""
+    kept: list[str] = []
+    dropped = 0
+    end = 0  # the byte offset after the last kept line
+    tail = True  # every dropped line comes after every kept one
+    pos = 0
+    with path.open("rb") as fh:
+        for raw in fh:
+            line = raw.decode("utf-8", errors="replace")
+            when = _record_time(line)
+            if when is _TORN or (isinstance(when, datetime) and (t is None or when > t)):
+                dropped += 1
+            else:
+                tail = tail and not dropped
+                kept.append(line if line.endswith("\n") else line + "\n")
+                end = pos + len(raw)
+            pos += len(raw)
+    if not dropped:
+        return 0, bool(kept)
+    try:
+        if tail:
+            # The usual case (the records of the bars after the checkpoint, a torn last
+            # line): cut in place. A rewrite needed the whole file's size free again, which
+            # a disk that had just filled up did not have.
+            with path.open("r+b") as out:
+                out.truncate(end)
+                if end:
+                    out.seek(end - 1)
+                    if out.read(1) != b"\n":
+                        out.write(b"\n")
+        else:
+            tmp = path.with_name(path.name + ".tmp")
+            try:
+                tmp.write_text("".join(kept), encoding="utf-8")
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+    except OSError as e:
+        raise StorageError(
+            f"cannot drop the records after the checkpoint from the audit log {path}: "
+            f"{e.strerror or e}"
+        ) from e
+    return dropped, bool(kept)

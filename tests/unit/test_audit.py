@@ -452,3 +452,25 @@ def test_a_live_audit_log_on_a_full_disk_closes_without_a_second_error(tmp_path)
     with pytest.raises(StorageError, match="No space left on device"):
         a.flush(force=True)
     a.close()  # no second error
+
+
+def test_records_after_the_checkpoint_in_a_rotated_file_are_dropped_too(tmp_path):
+    """The file rotated right after a bar past the checkpoint: that bar's records were in
+    `.jsonl.1`, which was not read, so they were kept, and the resumed run wrote them again."""
+    a = AuditLog(tmp_path, "r", flush_interval_s=0.0, max_bytes=1)  # rotates after each bar
+    for i in range(4):
+        a.orders([order(i)])
+        a.flush(force=True)
+    a.close()
+    files = sorted(p.name for p in tmp_path.glob("r.jsonl*"))
+    assert "r.jsonl.1" in files and "r.jsonl.2" in files
+    b = AuditLog(tmp_path, "r", flush_interval_s=0.0, max_bytes=1)
+    assert b.truncate_after(T + timedelta(days=1)) == 2  # bars 2 and 3, in two rotated files
+    b.close()
+    left = [
+        r["client_order_id"]
+        for name in ("r.jsonl.4", "r.jsonl.3", "r.jsonl.2", "r.jsonl.1", "r.jsonl")
+        if (tmp_path / name).exists()
+        for r in records(tmp_path / name)
+    ]
+    assert left == ["r|0", "r|1"]
