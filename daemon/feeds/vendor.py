@@ -457,6 +457,18 @@ class BarSource(Protocol):
 # ----------------------------------------------------------------------------- the feed
 
 
+# A symbol without a bar: no prices or volume, no split (1), no dividend (0).
+_NO_BAR = (
+    ("open", np.nan),
+    ("high", np.nan),
+    ("low", np.nan),
+    ("close", np.nan),
+    ("volume", np.nan),
+    ("split", 1.0),
+    ("dividend", 0.0),
+)
+
+
 def panel_of(frame: pd.DataFrame, symbols: Sequence[str]) -> Panel:
     """A Panel over exactly `symbols` (in that order) from a validated long table; symbols
     without bars are all-NaN columns."""
@@ -479,15 +491,7 @@ def panel_of(frame: pd.DataFrame, symbols: Sequence[str]) -> Panel:
     index = {s: i for i, s in enumerate(sub.symbols)}
     t = len(sub.times)
     arrays = {}
-    for name, fill in (
-        ("open", np.nan),
-        ("high", np.nan),
-        ("low", np.nan),
-        ("close", np.nan),
-        ("volume", np.nan),
-        ("split", 1.0),
-        ("dividend", 0.0),
-    ):
+    for name, fill in _NO_BAR:
         src = getattr(sub, name)
         arr = np.full((t, len(symbols)), fill)
         for j, s in enumerate(symbols):
@@ -760,18 +764,7 @@ class VendorFeed:
         """The universe's arrays of one bar's rows (NaN, split 1 and dividend 0 where a
         symbol has no row), read-only."""
         n = len(self._symbols)
-        arrays = {
-            name: np.full(n, fill)
-            for name, fill in (
-                ("open", np.nan),
-                ("high", np.nan),
-                ("low", np.nan),
-                ("close", np.nan),
-                ("volume", np.nan),
-                ("split", 1.0),
-                ("dividend", 0.0),
-            )
-        }
+        arrays = {name: np.full(n, fill) for name, fill in _NO_BAR}
         cols = np.searchsorted(np.array(self._symbols, dtype=object), at["symbol"].to_numpy())
         for name, arr in arrays.items():
             arr[cols] = at[name].to_numpy(dtype=np.float64)
