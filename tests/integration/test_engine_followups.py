@@ -54,6 +54,19 @@ def always_long(monkeypatch):
     monkeypatch.setattr(registry, "available", lambda: eps)
 
 
+def _record_steps(engine) -> list:  # type: ignore[no-untyped-def]
+    """(bar time, trade) of every step the engine takes from now on, in order."""
+    stepped: list[tuple[datetime, bool | None]] = []
+    step = engine.step
+
+    async def recording(bar, trade=None):  # type: ignore[no-untyped-def]
+        stepped.append((bar.time, trade))
+        await step(bar, trade)
+
+    engine.step = recording
+    return stepped
+
+
 def _crash_panel(n_bars=160, crash_at=40, crash=0.45) -> Panel:
     """Three symbols that rise, fall `crash` over five bars, then drift up slowly."""
     times = pd.bdate_range("2021-01-04", periods=n_bars).to_numpy(dtype="datetime64[ns]")
@@ -1166,16 +1179,9 @@ async def test_bars_a_vendor_posted_late_are_stored_not_stepped(engine_config):
         return handed.pop() if handed and after else []
 
     engine.feed.take_late_bars = take  # type: ignore[attr-defined]
-    stepped: list = []
-    step = engine.step
-
-    async def recording(bar, trade=None):  # type: ignore[no-untyped-def]
-        stepped.append(bar.time)
-        await step(bar, trade)
-
-    engine.step = recording  # type: ignore[method-assign]
+    stepped = _record_steps(engine)
     await engine.run_until_done()
-    assert stepped.count(times[62]) == 1  # not stepped again
+    assert [t for t, _ in stepped].count(times[62]) == 1  # not stepped again
     store = engine.store
     await store.start()
     try:
@@ -1591,14 +1597,7 @@ async def test_a_bar_the_source_failed_to_deliver_is_fetched_before_the_next(eng
         return await bars(t)
 
     engine.feed.bars = flaky  # type: ignore[method-assign]
-    stepped: list[tuple[datetime, bool | None]] = []
-    step = engine.step
-
-    async def recording(bar, trade=None):  # type: ignore[no-untyped-def]
-        stepped.append((bar.time, trade))
-        await step(bar, trade)
-
-    engine.step = recording  # type: ignore[method-assign]
+    stepped = _record_steps(engine)
     with capture_logs() as logs:
         await engine.run_until_done()
     seen = [t for t, _ in stepped if t >= times[60]]
@@ -1691,17 +1690,10 @@ async def test_a_stop_during_the_recovery_of_missed_bars_is_honoured(engine_conf
         return await bars(t)
 
     engine.feed.bars = flaky  # type: ignore[method-assign]
-    stepped: list = []
-    step = engine.step
-
-    async def recording(bar, trade=None):  # type: ignore[no-untyped-def]
-        stepped.append(bar.time)
-        await step(bar, trade)
-
-    engine.step = recording  # type: ignore[method-assign]
+    stepped = _record_steps(engine)
     await engine.run_until_done()
     assert refetched == [times[70]]
-    assert not [t for t in stepped if t > times[70]], "nothing after the stop"
+    assert not [t for t, _ in stepped if t > times[70]], "nothing after the stop"
 
 
 async def test_a_stop_abandons_a_part_start_that_waits(engine_config):

@@ -27,6 +27,18 @@ def _first_bar_with_intents(db: Path) -> datetime:
     return next(datetime.fromisoformat(t) for t, rec in rows if json.loads(rec)["intents"])
 
 
+def _as_on_an_external_broker(con: sqlite3.Connection, rows: list, changed: dict) -> None:
+    """Every stored decision marked as a run on Alpaca records it, and one intent added at
+    each bar of `changed` (time -> the intent's client order id)."""
+    for t, text in rows:
+        rec = json.loads(text)
+        rec["broker"] = "external"
+        if t in changed:
+            rec["intents"] = [*rec["intents"], [changed[t], "buy", 1.0, "market"]]
+        con.execute("UPDATE decisions SET record = ? WHERE time = ?", (json.dumps(rec), t))
+    con.commit()
+
+
 async def test_a_correct_build_replays_a_live_run_identically_and_finds_a_changed_parameter(
     tmp_path: Path,
 ):
@@ -151,13 +163,7 @@ async def test_decisions_not_compared_are_listed_apart_not_dropped(tmp_path: Pat
         # and on a bar after the first fill.
         before = next(t for t, _ in rows if datetime.fromisoformat(t) < first_fill)
         after = [t for t, rec in rows if datetime.fromisoformat(t) > first_fill][5]
-        for t, text in rows:
-            rec = json.loads(text)
-            rec["broker"] = "external"
-            if t in (before, after):
-                rec["intents"] = [*rec["intents"], ["tampered", "buy", 1.0, "market"]]
-            con.execute("UPDATE decisions SET record = ? WHERE time = ?", (json.dumps(rec), t))
-        con.commit()
+        _as_on_an_external_broker(con, rows, {before: "tampered", after: "tampered"})
     finally:
         con.close()
 
@@ -203,13 +209,8 @@ async def test_decisions_compare_until_the_replays_first_fill_when_the_live_run_
         con.execute("DELETE FROM fills WHERE run_id = 'killtest'")  # Alpaca filled nothing
         rows = con.execute("SELECT time, record FROM decisions ORDER BY time").fetchall()
         after = [t for t, _ in rows if datetime.fromisoformat(t) > replay_first][3]
-        for t, text in rows:
-            rec = json.loads(text)
-            rec["broker"] = "external"
-            if t == after:  # the live book (nothing filled) decided otherwise
-                rec["intents"] = [*rec["intents"], ["other", "buy", 1.0, "market"]]
-            con.execute("UPDATE decisions SET record = ? WHERE time = ?", (json.dumps(rec), t))
-        con.commit()
+        # The live book (nothing filled) decided otherwise at one bar.
+        _as_on_an_external_broker(con, rows, {after: "other"})
     finally:
         con.close()
     report = await replay_check(config, "killtest")

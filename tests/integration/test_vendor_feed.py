@@ -4,6 +4,7 @@ against the loopback vendors: same bars as stored data, faults survived, recover
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, date, datetime, time
 
 import numpy as np
@@ -650,62 +651,60 @@ async def test_a_bar_the_vendor_posts_late_is_asked_for_again_not_read_from_the_
             await feed.stop()
 
 
+@contextlib.asynccontextmanager
+async def _bbb_held(kind: str):  # type: ignore[no-untyped-def]
+    """A started feed on `kind`'s fake whose book has not posted BBB's 6 March bar yet, at
+    16:05 New York that day: (book, feed)."""
+    book = _Withholding(now=utc(2024, 3, 6, 21, 5))
+    book.held = {"BBB": date(2024, 3, 6)}
+    async with fake_for(kind, book) as fake:
+        feed = await started(VendorFeed(source_for(kind, fake), SYMBOLS, clock=lambda: book.now))
+        try:
+            yield book, feed
+        finally:
+            await feed.stop()
+
+
 async def test_a_symbol_the_answer_has_no_bar_for_is_reported_not_silently_nan():
     """Served as NaN with nothing said: /ready was ok, no warning, and the history went on
     without its bar."""
-    book = _Withholding(now=utc(2024, 3, 6, 21, 5))
-    book.held = {"BBB": date(2024, 3, 6)}
-    async with fake_for("alpaca", book) as fake:
-        feed = await started(
-            VendorFeed(source_for("alpaca", fake), SYMBOLS, clock=lambda: book.now)
-        )
-        try:
-            with capture_logs() as logs:
-                bar = await feed.bars(utc(2024, 3, 6))
-            assert bar.valid.tolist() == [True, False, True]
-            missing = [e for e in logs if e["event"] == "feed.bar_missing"]
-            assert [e["symbols"] for e in missing] == [["BBB"]]
-            status = feed.status()
-            # Shown in /ready's detail, not failing it: a halted symbol has no bar either.
-            assert status["ok"] and list(status["missing"]) == ["BBB"]
-            assert "no bar for 1" in status["detail"] and "BBB" in status["detail"]
-            book.held = {}
-            book.now = utc(2024, 3, 7, 21, 5)
-            assert (await feed.bars(utc(2024, 3, 7))).valid.all()
-            assert feed.status()["missing"] == {} and feed.status()["detail"] == "ok"
-        finally:
-            await feed.stop()
+    async with _bbb_held("alpaca") as (book, feed):
+        with capture_logs() as logs:
+            bar = await feed.bars(utc(2024, 3, 6))
+        assert bar.valid.tolist() == [True, False, True]
+        missing = [e for e in logs if e["event"] == "feed.bar_missing"]
+        assert [e["symbols"] for e in missing] == [["BBB"]]
+        status = feed.status()
+        # Shown in /ready's detail, not failing it: a halted symbol has no bar either.
+        assert status["ok"] and list(status["missing"]) == ["BBB"]
+        assert "no bar for 1" in status["detail"] and "BBB" in status["detail"]
+        book.held = {}
+        book.now = utc(2024, 3, 7, 21, 5)
+        assert (await feed.bars(utc(2024, 3, 7))).valid.all()
+        assert feed.status()["missing"] == {} and feed.status()["detail"] == "ok"
 
 
 async def test_a_bar_a_later_answer_has_is_said_and_kept_for_the_store():
     """BBB's 6 March bar, posted late: the 7 March answer had it, and nothing noticed. The
     live decisions of the 6th went without it, its features and fills too, and the stored
     bars lacked it, so replay-check replayed the same hole ("0 differ")."""
-    book = _Withholding(now=utc(2024, 3, 6, 21, 5))
-    book.held = {"BBB": date(2024, 3, 6)}
-    async with fake_for("alpaca", book) as fake:
-        feed = await started(
-            VendorFeed(source_for("alpaca", fake), SYMBOLS, clock=lambda: book.now)
-        )
-        try:
-            assert (await feed.bars(utc(2024, 3, 6))).valid.tolist() == [True, False, True]
-            assert feed.take_late_bars() == []
-            book.held = {}
-            book.now = utc(2024, 3, 7, 21, 5)
-            with capture_logs() as logs:
-                assert (await feed.bars(utc(2024, 3, 7))).valid.all()
-            late = [e for e in logs if e["event"] == "feed.bar_late"]
-            assert [e["bars"] for e in late] == [["BBB 2024-03-06T00:00:00"]]
-            (bar,) = feed.take_late_bars()
-            assert bar.time == utc(2024, 3, 6) and bar.valid.tolist() == [False, True, False]
-            reference = await feed.history(utc(2024, 3, 6), utc(2024, 3, 6))
-            assert bar.close[1] == reference.close[0, 1]
-            # Once: the next answer has it too, and it is not late again.
-            book.now = utc(2024, 3, 8, 21, 5)
-            await feed.bars(utc(2024, 3, 8))
-            assert feed.take_late_bars() == []
-        finally:
-            await feed.stop()
+    async with _bbb_held("alpaca") as (book, feed):
+        assert (await feed.bars(utc(2024, 3, 6))).valid.tolist() == [True, False, True]
+        assert feed.take_late_bars() == []
+        book.held = {}
+        book.now = utc(2024, 3, 7, 21, 5)
+        with capture_logs() as logs:
+            assert (await feed.bars(utc(2024, 3, 7))).valid.all()
+        late = [e for e in logs if e["event"] == "feed.bar_late"]
+        assert [e["bars"] for e in late] == [["BBB 2024-03-06T00:00:00"]]
+        (bar,) = feed.take_late_bars()
+        assert bar.time == utc(2024, 3, 6) and bar.valid.tolist() == [False, True, False]
+        reference = await feed.history(utc(2024, 3, 6), utc(2024, 3, 6))
+        assert bar.close[1] == reference.close[0, 1]
+        # Once: the next answer has it too, and it is not late again.
+        book.now = utc(2024, 3, 8, 21, 5)
+        await feed.bars(utc(2024, 3, 8))
+        assert feed.take_late_bars() == []
 
 
 async def test_an_hourly_feed_serves_the_sessions_last_bar_at_the_close():
@@ -762,22 +761,16 @@ async def test_a_late_bar_carrying_a_split_is_an_error_naming_the_repair():
     """A split on a bar posted late was only the late bar's warning ("stored, not traded
     on"): the book never gets it (shares 4x too few, a -75% return in the features), as a
     split the vendor publishes late, which is an error with what to do (data.revised)."""
-    book = _Withholding(now=utc(2024, 3, 6, 21, 5))
-    book.add_split("BBB", date(2024, 3, 6), 4.0)
-    book.held = {"BBB": date(2024, 3, 6)}
-    async with fake_for("yahoo", book) as fake:
-        feed = await started(VendorFeed(source_for("yahoo", fake), SYMBOLS, clock=lambda: book.now))
-        try:
-            await feed.bars(utc(2024, 3, 6))
-            book.held = {}
-            book.now = utc(2024, 3, 7, 21, 5)
-            with capture_logs() as logs:
-                await feed.bars(utc(2024, 3, 7))
-            (error,) = [e for e in logs if e["event"] == "data.late_action"]
-            assert error["log_level"] == "error" and error["symbol"] == "BBB"
-            assert error["split"] == 4.0 and "restart" in error["rule"]
-        finally:
-            await feed.stop()
+    async with _bbb_held("yahoo") as (book, feed):
+        book.add_split("BBB", date(2024, 3, 6), 4.0)
+        await feed.bars(utc(2024, 3, 6))
+        book.held = {}
+        book.now = utc(2024, 3, 7, 21, 5)
+        with capture_logs() as logs:
+            await feed.bars(utc(2024, 3, 7))
+        (error,) = [e for e in logs if e["event"] == "data.late_action"]
+        assert error["log_level"] == "error" and error["symbol"] == "BBB"
+        assert error["split"] == 4.0 and "restart" in error["rule"]
 
 
 class _HeldIntraday(BarBook):
