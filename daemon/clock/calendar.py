@@ -211,8 +211,8 @@ class ExchangeCalendar:
     def extend(self, through: date) -> bool:
         """Rebuild the calendar's sessions through `through` (its start kept), in place:
         every part holding this object sees the longer calendar. False when it already
-        reaches that far."""
-        if through <= self.last_session:
+        reaches that far, or was built with an `end` (it ends there)."""
+        if not self._extends or through <= self.last_session:
             return False
         start = self._start_arg if self._start_arg is not None else self.first_session
         longer = ExchangeCalendar(self.name, self.interval, start=start, end=through)

@@ -368,8 +368,10 @@ class LiveClock:
             from .calendar import ExchangeCalendar
 
             self._exchange = ExchangeCalendar(self._calendar_name, self._interval, end=end)
-        elif not (getattr(self.exchange, "_extends", False) and self.exchange.extend(end)):
-            return
+        else:
+            extend = getattr(self.exchange, "extend", None)  # duck-typed calendars have none
+            if extend is None or not extend(end):
+                return
         log.info("clock.live.calendar_extended", last_session=str(self.exchange.last_session))
 
     @property
