@@ -100,6 +100,11 @@ def timeframe_of(interval: Interval) -> Any:
     return TimeFrame(interval.minutes, TimeFrameUnit.Minute)
 
 
+def _parse_bars(text: str, interval: Interval, timezone: str) -> pd.DataFrame:
+    """The body decoded and parsed in one call, for a worker thread."""
+    return bars_to_long(json.loads(text), interval, timezone)
+
+
 def bars_to_long(
     bars: Mapping[str, Sequence[Mapping[str, Any]]], interval: Interval, tz: str
 ) -> pd.DataFrame:
@@ -366,7 +371,8 @@ class AlpacaDataClient:
                 entry = {"fetched_at": now.isoformat(), "body": text}
                 await self.cache.set(key, json.dumps(entry).encode())
         try:
-            frame = bars_to_long(json.loads(text), interval, self.session.timezone)
+            # In a worker thread: a warm-up page of 100 symbols x 500 bars is a long parse.
+            frame = await asyncio.to_thread(_parse_bars, text, interval, self.session.timezone)
         except (ValueError, TypeError, AttributeError) as exc:
             raise make_error(SOURCE, "malformed", str(exc)[:300]) from None
         return frame, fetched_at

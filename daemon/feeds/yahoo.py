@@ -34,9 +34,11 @@ off the interval grid) is dropped; a daily one is served only once the session h
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -395,12 +397,17 @@ class YahooClient:
         if self.session.today(now) > end.date():
             later = await self._later_splits(symbol, end, now)
         try:
-            raw = parse_chart(
-                result,
-                interval,
-                now=min(now, fetched_at),
-                session=self.session,
-                later_splits=later,
+            # In a worker thread: about a millisecond a symbol, a second or more of the
+            # event loop's time a bar at 500 symbols (the health server's and the broker's).
+            raw = await asyncio.to_thread(
+                partial(
+                    parse_chart,
+                    result,
+                    interval,
+                    now=min(now, fetched_at),
+                    session=self.session,
+                    later_splits=later,
+                )
             )
         except (ValueError, TypeError, KeyError) as exc:
             raise make_error(SOURCE, "malformed", str(exc)[:300], symbol=symbol) from None

@@ -237,3 +237,25 @@ async def test_fifty_symbols_in_chunks_with_bounded_concurrency(fake, make_clien
     assert set(res.frame["symbol"]) == set(symbols)
     assert fake.count == 30  # 10 chunks x (raw, split, all)
     assert fake.max_in_flight == 2
+
+
+async def test_answers_are_parsed_off_the_event_loop(fake, make_client, monkeypatch):
+    """A warm-up page (100 symbols x 500 bars) is a long parse: not on the loop, which
+    serves the health server and the broker's updates meanwhile."""
+    import threading
+
+    import tradingd.feeds.alpaca_data as alpaca_data
+
+    threads: list[int] = []
+    parse = alpaca_data.bars_to_long
+
+    def recording(*args, **kwargs):
+        threads.append(threading.get_ident())
+        return parse(*args, **kwargs)
+
+    monkeypatch.setattr(alpaca_data, "bars_to_long", recording)
+    client = await make_client()
+    res = await client.fetch(["AAA", "BBB"], "1d", utc(2024, 3, 4), utc(2024, 3, 6))
+    assert set(res.frame["symbol"]) == {"AAA", "BBB"}
+    assert threads
+    assert threading.get_ident() not in threads

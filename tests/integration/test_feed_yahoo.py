@@ -385,3 +385,25 @@ async def test_collector_period_request_uses_range(fake, make_client):
     df = one(res, "AAA")
     assert df["time"].iloc[-1] == pd.Timestamp("2024-03-06")
     assert fake.requests[0].query["range"] == "5d"
+
+
+async def test_answers_are_parsed_off_the_event_loop(fake, make_client, monkeypatch):
+    """At 500 symbols the parse is a second or more of CPU a bar: on the loop it would
+    stall the health server and the broker's updates for that long."""
+    import threading
+
+    import tradingd.feeds.yahoo as yahoo
+
+    threads: list[int] = []
+    parse = yahoo.parse_chart
+
+    def recording(*args, **kwargs):
+        threads.append(threading.get_ident())
+        return parse(*args, **kwargs)
+
+    monkeypatch.setattr(yahoo, "parse_chart", recording)
+    client = await make_client()
+    res = await client.fetch(["AAA", "BBB"], "1d", utc(2024, 3, 4), utc(2024, 3, 6))
+    assert set(res.frame["symbol"]) == {"AAA", "BBB"}
+    assert len(threads) == 2
+    assert threading.get_ident() not in threads
