@@ -534,6 +534,10 @@ def _csv_rows(fh: TextIO, rows: Sequence[dict[str, Any]]) -> None:
         for column in table.columns:
             if any(issubclass(t, datetime) for t in set(map(type, column))):
                 column = list(map(cell, column))
+            elif float in set(map(type, column)):
+                # An undefined value (an unfilled order's average price) is an empty cell,
+                # as None is, not the text "nan".
+                column = ["" if v != v else v for v in column]
             columns.append(column)
         # (No fields: a row is still an empty line, as a DictWriter writes it.)
         w.writerows(zip(*columns, strict=True) if columns else [()] * len(rows))

@@ -79,6 +79,25 @@ def test_order_and_fill_csv_rows_are_what_a_dict_writer_writes(tmp_path):
     assert (tmp_path / "empty.csv").read_text() == ""
 
 
+def test_an_undefined_value_is_an_empty_cell_not_nan(tmp_path):
+    """An unfilled order's average price is NaN in the engine: the CSV leaves the cell empty,
+    as it does for None (limit_price of a market order), so every reader sees one missing."""
+    import csv
+
+    from tradingd.backtest import _write_rows
+
+    rows = [
+        {"id": "a", "avg_fill_price": float("nan"), "limit_price": None, "qty": 2.0},
+        {"id": "b", "avg_fill_price": 101.25, "limit_price": 99.5, "qty": float("nan")},
+    ]
+    _write_rows(tmp_path / "o.csv", rows)
+    text = (tmp_path / "o.csv").read_text()
+    assert "nan" not in text.lower()
+    got = list(csv.DictReader(text.splitlines()))
+    assert got[0] == {"id": "a", "avg_fill_price": "", "limit_price": "", "qty": "2.0"}
+    assert got[1] == {"id": "b", "avg_fill_price": "101.25", "limit_price": "99.5", "qty": ""}
+
+
 def test_an_engine_result_prints_short_whatever_the_run_length():
     """asyncio.run formats the finished task, result included, when it restores the SIGINT
     handler: the repr must not print every bar's equity."""
