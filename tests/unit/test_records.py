@@ -105,12 +105,15 @@ def test_the_report_reads_records_as_it_reads_dicts(tmp_path):
         assert fill.side.value == row["side"]
     _write_rows(tmp_path / "columns.csv", rec)
     _write_rows(tmp_path / "dicts.csv", rows)
-    # The reference: a csv row per dict, times in ISO form (what a DictWriter wrote before).
+    # The reference: a csv row per dict, times in ISO form (what a DictWriter wrote before),
+    # an undefined number an empty cell.
     reference = io.StringIO(newline="")
     w = csv.writer(reference)
     w.writerow(rows[0])
     for r in rows:
-        w.writerow([v.isoformat() if isinstance(v, datetime) else v for v in r.values()])
+        w.writerow(
+            [v.isoformat() if isinstance(v, datetime) else "" if v != v else v for v in r.values()]
+        )
     for name in ("columns.csv", "dicts.csv"):
         with (tmp_path / name).open(newline="") as fh:
             assert fh.read() == reference.getvalue()
