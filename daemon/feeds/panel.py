@@ -24,7 +24,16 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
-    """A view of `a` that cannot be written through (`a` itself stays as it is)."""
+    """A view of `a` that cannot be written through, over an array that cannot be either.
+
+    A view's `.base` is the array that owns the memory: left writeable, a plugin could still
+    write through `ctx.bar.close.base` into every later bar, fill and run. So the owner is
+    made read-only too (the panel's data does not change once it is replayed)."""
+    owner = a
+    while isinstance(owner.base, np.ndarray):
+        owner = owner.base
+    if owner.flags.writeable:
+        owner.flags.writeable = False
     v = a.view()
     v.flags.writeable = False
     return v

@@ -1522,6 +1522,7 @@ async def test_what_the_plugins_get_is_read_only(engine_config, synthetic_panel)
     sizing = engine.pipeline.sizing
     size = sizing.size
     seen: list[dict[str, bool]] = []
+    seen_bases: list[np.ndarray] = []
 
     def spying(score, ctx):  # type: ignore[no-untyped-def]
         arrays = {
@@ -1535,6 +1536,7 @@ async def test_what_the_plugins_get_is_read_only(engine_config, synthetic_panel)
             **{f"feature {k}": v for k, v in ctx.features.items()},
         }
         seen.append({k: bool(a.flags.writeable) for k, a in arrays.items()})
+        seen_bases.extend(a.base for a in (ctx.bar.close, ctx.bar.open) if a.base is not None)
         return size(score, ctx)
 
     sizing.size = spying  # type: ignore[method-assign]
@@ -1543,8 +1545,11 @@ async def test_what_the_plugins_get_is_read_only(engine_config, synthetic_panel)
     assert any(k.startswith("feature ") for k in seen[-1])
     writable = {k for bar in seen for k, w in bar.items() if w}
     assert not writable, writable
-    # The engine's own arrays are not frozen by it: the panel is the caller's.
-    assert synthetic_panel.close.flags.writeable
+    # Nor is the array a view points to (`.base`): writing through it changed every later
+    # bar's prices and fills (a plugin halving the future opens halved the broker's fills).
+    assert seen_bases and not any(b.flags.writeable for b in seen_bases)
+    with pytest.raises(ValueError, match="read-only"):
+        seen_bases[0][-1] *= 0.5
 
 
 async def test_a_sizing_that_shorts_in_a_long_only_run_closes_longs_instead(
