@@ -315,14 +315,15 @@ def choose_swaps(
 
 def recorded_warmup(
     panel: Panel, feed: Feed, start: datetime | None
-) -> Callable[[], AsyncIterator[CrossSection]] | None:
+) -> Callable[[datetime | None], AsyncIterator[CrossSection]] | None:
     """The recorded history before the start, served through the live feed itself, so the
     warm-up takes the same path as live bars."""
     if start is None:
         return None
     before = [t for t in panel.datetimes() if t < start]
 
-    async def bars() -> AsyncIterator[CrossSection]:
+    async def bars(resumed_from: datetime | None = None) -> AsyncIterator[CrossSection]:
+        # (A resumed run's bars after its checkpoint are the clock's: it replays the record.)
         for t in before:
             bar = await feed.bars(t)
             if bar is not None:
@@ -521,6 +522,48 @@ def plan_live(
     return LivePlan(before[0] if before else None, before[-1] if before else None, None)
 
 
+# The most bars a restart steps through to catch up from its checkpoint (a year of daily
+# bars is 252; 50,000 one-minute bars are about four months): beyond, the fetch alone would
+# be hours and gigabytes, and the operator decides (a new run, or the run continued).
+MAX_CATCH_UP_BARS = 50_000
+
+
+def _from_checkpoint(
+    exchange: Any, checkpoint: datetime, warm_from: datetime, warm_until: datetime, n: int
+) -> datetime:
+    """Where a resumed real-time run's warm-up starts: at `warm_from`, or earlier when the
+    daemon was down longer than the warm-up. Every bar after the checkpoint must be stepped
+    (the open orders fill at those bars, their splits and dividends reach the book); a
+    warm-up of the last n bars before now skipped the rest, and an entry decided before a
+    split filled months later at the split price, its stop at the old one firing at once.
+    So it starts n bars before the first bar after the checkpoint."""
+    if checkpoint >= warm_from:
+        return warm_from
+    missed = [b for b in exchange.bars_between(checkpoint, warm_until) if b > checkpoint]
+    if not missed or missed[0] >= warm_from:
+        return warm_from
+    if len(missed) > MAX_CATCH_UP_BARS:
+        raise ConfigError(
+            f"the run's checkpoint is at {checkpoint.isoformat()}, {len(missed)} bars ago "
+            f"(more than {MAX_CATCH_UP_BARS:,} to step through at start): start a new run "
+            "(another run.name)"
+        )
+    before = _bars_before(exchange, missed[0], n)
+    start = before[0] if before else missed[0]
+    log.warning(
+        "warmup.from_checkpoint",
+        checkpoint=checkpoint,
+        first_missed=missed[0],
+        missed_bars=len(missed),
+        first=start,
+        planned_first=warm_from,
+        rule="the daemon was down longer than the warm-up: the bars since the checkpoint are "
+        "stepped untraded (open orders fill, splits and dividends are booked) before the "
+        "first traded bar",
+    )
+    return start
+
+
 def _bars_before(exchange: Any, t: datetime, n: int) -> list[datetime]:
     """The n bar labels strictly before t on the exchange's calendar (fewer only where the
     calendar has no more). The span is widened until it holds n: an estimate of five
@@ -560,7 +603,7 @@ def vendor_swaps(
     broker: Broker,
     names: tuple[str, ...],
     needed: tuple[int, str] = (0, ""),
-) -> tuple[Swaps, Callable[[], AsyncIterator[CrossSection]] | None]:
+) -> tuple[Swaps, Callable[[datetime | None], AsyncIterator[CrossSection]] | None]:
     """Live on a market-data vendor: the feed, the calendar clock, and the warm-up (of at
     least `needed` bars: `warmup_needed`)."""
     from .clock.calendar import ExchangeCalendar
@@ -610,9 +653,13 @@ def vendor_swaps(
     streaming = StreamingFeatureSource(len(symbols), names, make_catalog(config))
     warmup = None
     if plan.warm_from is not None and plan.warm_until is not None:
-        warm_from, warm_until = plan.warm_from, plan.warm_until
+        planned_from, warm_until = plan.warm_from, plan.warm_until
+        n = max(live.warmup_bars, needed[0])
 
-        async def bars() -> AsyncIterator[CrossSection]:
+        async def bars(resumed_from: datetime | None = None) -> AsyncIterator[CrossSection]:
+            warm_from = planned_from
+            if plan.calendar is None and resumed_from is not None:
+                warm_from = _from_checkpoint(exchange, resumed_from, planned_from, warm_until, n)
             history = await feed.history(warm_from, warm_until)
             log.info(
                 "warmup.history",
@@ -757,7 +804,7 @@ def _assemble(
     portfolio = Portfolio(symbols, config.run.initial_capital, session_tz=session_zone(config, bar))
     verify_model_features(config, pipeline, symbols)
     names = feature_names(config, pipeline)
-    warmup: Callable[[], AsyncIterator[CrossSection]] | None
+    warmup: Callable[[datetime | None], AsyncIterator[CrossSection]] | None
     if vendor:
         broker = _alpaca_or(_simulated(config, symbols, portfolio), config, symbols)
         needed = warmup_needed(pipeline, names, make_catalog(config))

@@ -280,7 +280,7 @@ class Engine:
         record_bars: bool = False,
         history_bars: int = 2,
         trade_from: datetime | None = None,
-        warmup: Callable[[], AsyncIterator[CrossSection]] | None = None,
+        warmup: Callable[[datetime | None], AsyncIterator[CrossSection]] | None = None,
         live_metrics: bool = False,
         durable: bool = False,
         publisher: Any = None,
@@ -1256,7 +1256,8 @@ class Engine:
         delay = 1.0
         while True:
             try:
-                bars = self._warmup().__aiter__()
+                # Told the checkpoint it continues: the bars since it must all be stepped.
+                bars = self._warmup(self.resumed_from).__aiter__()
                 try:
                     while (bar := await self._next_unless_stopped(bars)) is not None:
                         self.on_heartbeat(busy=True)

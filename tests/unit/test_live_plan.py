@@ -111,3 +111,48 @@ def test_a_warm_up_near_the_calendars_first_bar_takes_the_bars_there_are():
     )
     plan = plan_live(config, calendar, datetime(2025, 1, 15, tzinfo=UTC))
     assert plan.warm_from == d(2024, 1, 2) and plan.warm_until == d(2024, 2, 29)
+
+
+def test_a_restart_after_a_long_outage_warms_up_from_its_checkpoint(xnys_years):
+    """Down from 31 July to 4 December 2024, a warm-up of the last 20 bars before the
+    restart skipped August to November: the checkpoint's open entry filled months late at a
+    split price, and nothing in between was stepped. The warm-up now reaches back to n bars
+    before the first bar after the checkpoint, so every bar since it is stepped."""
+    from tradingd.app import _from_checkpoint
+
+    config = Config(live=LiveConfig(warmup_bars=20))
+    plan = plan_live(config, xnys_years, datetime(2024, 12, 4, 22, tzinfo=UTC))
+    assert plan.warm_from is not None and plan.warm_until is not None
+    assert plan.warm_from > d(2024, 11, 1)  # the plan alone: the last 20 bars
+    checkpoint = d(2024, 7, 31)
+    start = _from_checkpoint(xnys_years, checkpoint, plan.warm_from, plan.warm_until, 20)
+    bars = xnys_years.bars_between(start, plan.warm_until)
+    # Every session from 1 August (the first after the checkpoint) to the warm-up's end...
+    sessions = xnys_years.bars_between(d(2024, 8, 1), plan.warm_until)
+    assert [b for b in bars if b > checkpoint] == sessions
+    assert sessions[0] == d(2024, 8, 1) and len(sessions) > 80
+    # ...after 20 bars up to the checkpoint, for the features.
+    assert len([b for b in bars if b <= checkpoint]) == 20
+    assert max(b for b in bars if b <= checkpoint) == checkpoint
+
+
+def test_a_restart_within_the_warm_up_keeps_the_planned_warm_up(xnys_years):
+    from tradingd.app import _from_checkpoint
+
+    config = Config(live=LiveConfig(warmup_bars=20))
+    plan = plan_live(config, xnys_years, datetime(2024, 12, 4, 22, tzinfo=UTC))
+    assert plan.warm_from is not None and plan.warm_until is not None
+    for checkpoint in (plan.warm_from, d(2024, 11, 29), plan.warm_until):
+        got = _from_checkpoint(xnys_years, checkpoint, plan.warm_from, plan.warm_until, 20)
+        assert got == plan.warm_from
+
+
+def test_a_checkpoint_too_far_back_to_step_through_is_refused_with_what_to_do():
+    from tradingd import app
+
+    minutes = ExchangeCalendar("XNYS", "1m", start="2024-01-02", end="2025-01-31")
+    config = Config(live=LiveConfig(bar="1m", warmup_bars=30))
+    plan = plan_live(config, minutes, datetime(2024, 12, 4, 22, tzinfo=UTC))
+    assert plan.warm_from is not None and plan.warm_until is not None
+    with pytest.raises(ConfigError, match=r"checkpoint is at 2024-02-01.*run\.name"):
+        app._from_checkpoint(minutes, d(2024, 2, 1), plan.warm_from, plan.warm_until, 30)
