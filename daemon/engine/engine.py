@@ -424,6 +424,39 @@ class Engine:
         self.extra_parts: list[Any] = []
 
     # lifecycle -----------------------------------------------------------------------------
+    async def _check_account_cash(self) -> None:
+        """A new live run books `run.initial_capital` as its cash and sizes every order from
+        it, but a broker that owns an account (Alpaca) holds its own money. With less cash
+        there, a 30,000 account was traded as a 100,000 book: entries sized for money it did
+        not have (rejected for buying power, or bought on margin), and the drawdown guard
+        and /status watched an imaginary book. Refused at start, naming both. More cash is
+        fine: a run may manage part of an account."""
+        snapshot = getattr(self.broker, "snapshot", None)
+        if not callable(snapshot):
+            return
+        try:
+            done, account = await self._unless_stopped(snapshot())
+        except RetryableError as exc:
+            log.warning(
+                "account.not_checked",
+                error=str(exc),
+                rule="the account's cash could not be read: run.initial_capital is taken as "
+                "the run's money unchecked",
+            )
+            return
+        if not done or account is None:
+            return
+        book = float(self.portfolio.cash)
+        cash = float(account.cash)
+        if not cash >= book - 0.005:
+            raise ConfigError(
+                f"the broker's account has {cash:,.2f} {account.currency} in cash (equity "
+                f"{account.equity:,.2f}), less than run.initial_capital = {book:,.2f}: the run "
+                "would size its orders for money the account does not have; set "
+                "run.initial_capital to at most the account's cash"
+            )
+        log.info("account.cash", account_cash=cash, account_equity=account.equity, run_cash=book)
+
     async def _warn_if_not_continuing(self) -> None:
         """A new live run beside live runs of the same name under other ids: the config
         changed in a part that defines the run (`tradingd run` continues a stored run whose
@@ -697,6 +730,7 @@ class Engine:
                 else:
                     await self._warn_if_not_continuing()
                     self._warn_of_foreign_orders()
+                    await self._check_account_cash()
                 session = getattr(self.audit, "session", None)
                 if session is not None:
                     session(
