@@ -11,7 +11,7 @@ from fakes.alpaca_trading_server import AlpacaTradingFake, need_fixtures
 from structlog.testing import capture_logs
 
 from tradingd.app import build_engine
-from tradingd.config import AlpacaConfig, BrokerConfig, LiveConfig
+from tradingd.config import AlpacaConfig, LiveConfig
 from tradingd.core.errors import ConfigError
 
 
