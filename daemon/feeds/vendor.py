@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -166,7 +167,9 @@ def naive_utc(t: datetime) -> pd.Timestamp:
 
 def label_of(t: datetime, interval: Interval) -> datetime:
     """The label of the bar containing `t`: the date at 00:00 UTC for daily bars (taken from
-    `t` as given, in UTC), the start for intraday bars (floored to the interval)."""
+    `t` as given, in UTC), the start for intraday bars on the clock's grid (floored to the
+    interval). That grid is the exchange's only outside its regular session: there the bars
+    start on the open (09:30, 10:30 for 60m bars; see `last_closed_label`)."""
     t = as_utc(t)
     if interval.daily:
         return datetime(t.year, t.month, t.day, tzinfo=UTC)
@@ -190,15 +193,64 @@ def bar_close(
     return min(end, close) if label < close else end
 
 
+# The regular open of a session without an exchange calendar, by the session's zone: the
+# open-aligned grid of its intraday bars. Another zone without a calendar keeps the clock's.
+_REGULAR_OPENS = {"America/New_York": time(9, 30)}
+
+
+@functools.cache
+def _intraday_calendar(name: str, interval: str) -> Any:
+    """One intraday calendar per exchange and interval for the process: built in about 0.1 s,
+    and asked again at every fetch."""
+    from ..clock.calendar import ExchangeCalendar
+
+    return ExchangeCalendar(name, interval)
+
+
+def _last_regular_label(now: datetime, interval: Interval, session: Session) -> datetime | None:
+    """The newest regular-session bar closed at `now`, on the exchange's grid (bars start at
+    the open and the last one is cut at the close), or None where the grid is not known."""
+    name = getattr(session.calendar, "name", None)
+    if isinstance(name, str):
+        try:
+            label: datetime | None = _intraday_calendar(name, interval.name).last_closed(now)
+            return label
+        except (ValueError, ConfigError):  # out of the calendar's range: the fixed open below
+            pass
+    opens = _REGULAR_OPENS.get(session.timezone)
+    if opens is None:
+        return None
+    today = session.today(now)
+    for day in (today, today - timedelta(days=1)):  # before today's first close: yesterday's
+        start = datetime.combine(day, opens, session.tz).astimezone(UTC)
+        close = session.close_of(day)
+        if now >= close:
+            done = -((start - close) // interval.delta)  # every bar, the last cut at the close
+        else:
+            done = (now - start) // interval.delta
+        if done >= 1:
+            return start + (done - 1) * interval.delta
+    return None
+
+
 def last_closed_label(now: datetime, interval: Interval, session: Session) -> datetime:
     """The label of the newest bar closed at `now` (ignoring weekends and holidays: the
-    vendor simply has no bar there)."""
+    vendor simply has no bar there). Intraday, on the exchange's grid during and right after
+    its regular session: 60m bars start at 09:30, not on the clock hour, so the clock's grid
+    lost the newest closed hour (the 19:30 UTC hour at 20:05, the 15:30 New York one closing
+    at 16:00). After the session's close, a later bar on the clock's grid (a vendor's
+    extended hours) counts too."""
     now = as_utc(now)
     if interval.daily:
         today = session.today(now)
         day = today if session.close_of(today) <= now else today - timedelta(days=1)
         return datetime(day.year, day.month, day.day, tzinfo=UTC)
-    return label_of(now, interval) - interval.delta
+    clock_grid = label_of(now, interval) - interval.delta
+    regular = _last_regular_label(now, interval, session)
+    if regular is None:
+        return clock_grid
+    session_close = session.close_of(regular.astimezone(session.tz).date())
+    return clock_grid if clock_grid >= session_close else regular
 
 
 # ----------------------------------------------------------------------------- shaping
