@@ -92,6 +92,21 @@ def check_config(config: Config, command: str, *, output_dir: str | Path | None 
                 check_writable_dir(db.parent, "storage.url (DATABASE_URL) folder")
         elif what == "out" and output_dir is not None:
             check_writable_dir(output_dir, "--out" if command == "train" else "--root")
+    if command == "run":
+        check_live_feed(config)
+
+
+def check_live_feed(config: Config) -> None:
+    """A recorded feed holds only past bars, and the real-time clock (bars_per_second = 0)
+    waits for the next bar to close after now: such a daemon warmed up, then idled for good,
+    /ready answering 503 while its trading check said "trading". The defaults are that
+    combination, right for a backtest, not for `tradingd run`."""
+    if config.feed.source == "recorded" and config.live.bars_per_second == 0:
+        raise ConfigError(
+            "feed.source = 'recorded' replays stored history: set live.bars_per_second > 0 "
+            "(config/demo.toml: 20), or a vendor feed for real time (feed.source = 'yahoo', "
+            "'alphavantage' or 'alpaca', with data.symbols; config/paper.toml)"
+        )
 
 
 def load_pipeline(config: Config) -> Any:

@@ -1,0 +1,77 @@
+"""`tradingd run` refuses a recorded feed on the real-time clock (live.bars_per_second = 0,
+the defaults): it warmed up, then waited for bars after now that stored history never has."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import structlog
+
+from tradingd.__main__ import main
+from tradingd.config import load_config
+from tradingd.core.errors import ConfigError
+from tradingd.preflight import check_config
+
+ROOT = Path(__file__).resolve().parents[2]
+MESSAGE = (
+    "feed.source = 'recorded' replays stored history: set live.bars_per_second > 0 "
+    "(config/demo.toml: 20), or a vendor feed for real time"
+)
+
+
+def small(tmp_path: Path, extra: str = "") -> Path:
+    p = tmp_path / "rt.toml"
+    p.write_text(f"""
+[run]
+name = "rtrecorded"
+start = "2017-01-01"
+[storage]
+url = "sqlite:///{tmp_path / "rt.db"}"
+[health]
+port = 0
+[log]
+audit_dir = "{tmp_path / "audit"}"
+{extra}
+""")
+    return p
+
+
+class Tripwire(Exception):
+    """Raised by a step the check must prevent from ever running."""
+
+
+def test_run_refuses_a_recorded_feed_in_real_time_before_anything_starts(
+    tmp_path, monkeypatch, capsys
+):
+    import tradingd.app
+
+    def trip(*_a, **_k):
+        raise Tripwire("the check let the daemon load its data")
+
+    for name in ("load_data", "import_bars", "build_engine"):
+        monkeypatch.setattr(tradingd.app, name, trip)
+    monkeypatch.chdir(tmp_path)
+    cfg = small(tmp_path)
+    saved = structlog.get_config()  # `tradingd run` configures logging in-process
+    try:
+        code = main(["run", "-c", str(ROOT / "config/default.toml"), "-c", str(cfg)])
+    finally:
+        structlog.configure(**saved)
+    assert code == 2
+    assert MESSAGE in capsys.readouterr().err
+    assert not (tmp_path / "rt.db").exists()  # no store, no lock: refused at the check
+
+
+def test_only_run_is_refused(tmp_path):
+    config = load_config([ROOT / "config/default.toml", small(tmp_path)], env={})
+    check_config(config, "backtest")  # the same defaults are a backtest's
+    with pytest.raises(ConfigError, match=r"set live\.bars_per_second > 0"):
+        check_config(config, "run")
+
+
+@pytest.mark.parametrize("overlay", ["demo.toml", "paper.toml"])
+def test_the_readmes_daemon_commands_pass(overlay, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # their var/ folders are made here, not in the checkout
+    config = load_config([ROOT / "config/default.toml", ROOT / "config" / overlay], env={})
+    check_config(config, "run")
