@@ -573,6 +573,8 @@ class AlpacaBroker:
         self._pending_fills: list[Fill] = []
         self._pending_orders: dict[str, None] = {}
         self._verify: set[str] = set()
+        # Orders with executions Alpaca has not priced yet (`_fill`), logged once each.
+        self._unpriced: set[str] = set()
 
         self._started = False
         self._stopping = False
@@ -1089,6 +1091,14 @@ class AlpacaBroker:
                     rule="reported as one fill by the next update"
                     + (" (unconfirmed intent: from nothing filled)" if unconfirmed else ""),
                 )
+            elif not status.is_open:
+                # Closed at Alpaca with executions it has not priced yet: followed as working
+                # (and polled) until it does, as `_apply` does, or they are never booked.
+                order.status = e.status if e.status.is_open else OrderStatus.NEW
+                status = order.status
+                self._closed.pop(cid, None)
+                self._open[cid] = t
+                self._verify.add(cid)
         elif booked - current > tolerance:
             log.warning(
                 "alpaca.reconcile.broker_behind_book",
@@ -1693,10 +1703,18 @@ class AlpacaBroker:
             if math.isfinite(qty) and qty > 0 and abs(qty - order.quantity) > EPS * max(1.0, qty):
                 order.quantity = qty
                 changed = True
+            unpriced = False
             if math.isfinite(filled) and filled - order.filled_quantity > EPS * max(1.0, filled):
                 fill = self._fill(order, raw, event, filled, when)
                 changed = changed or fill is not None
+                unpriced = fill is None
             status = self._status_for(t, status_text, order.filled_quantity)
+            if unpriced and not status.is_open:
+                # Alpaca has said `filled` (or closed it) before giving the price: closed
+                # here, it would be followed no longer and its executions never booked.
+                # Working until an answer carries the price; polled meanwhile.
+                status = order.status
+                self._verify.add(order.client_order_id)
             reopens = status.is_open and not order.status.is_open  # a late, reordered update
             if status is not order.status and not reopens:
                 order.status = status
@@ -1734,10 +1752,20 @@ class AlpacaBroker:
                 break
             price = fallback if fallback is not None else math.nan
         if not (math.isfinite(price) and price > 0):
-            # No price anywhere: wait for an update that has one rather than book NaN.
+            # No price anywhere: wait for an update that has one rather than book NaN (the
+            # order stays followed, see `_apply`). Logged once: it is polled every few s.
             SOURCE_ERRORS.labels(source=SOURCE, kind="malformed").inc()
-            log.error("alpaca.fill_without_price", client_order_id=order.client_order_id)
+            if order.client_order_id not in self._unpriced:
+                self._unpriced.add(order.client_order_id)
+                log.error(
+                    "alpaca.fill_without_price",
+                    client_order_id=order.client_order_id,
+                    filled=filled,
+                    rule="followed as working until Alpaca gives the price, then booked",
+                )
             return None
+        if self._unpriced:
+            self._unpriced.discard(order.client_order_id)
         fill = make_fill(order, filled, delta, price, when)
         order.filled_quantity = filled
         if math.isfinite(avg):

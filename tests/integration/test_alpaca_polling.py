@@ -1,0 +1,104 @@
+"""The Alpaca broker's polling against the loopback Alpaca (tests/fakes/alpaca_trading_server.py),
+through the real alpaca-py clients: executions Alpaca reports before it prices them, the
+request cost of the periodic open-orders check, and retries that stay inside the awaited call.
+
+No test sleeps for a fixed time: each waits for a condition, with a timeout."""
+
+from __future__ import annotations
+
+from fakes.alpaca_trading_server import AlpacaTradingFake
+from structlog.testing import capture_logs
+from test_alpaca_broker import Updates, eventually, order, running
+from test_alpaca_resume import Booked, checkpoint
+from test_alpaca_resume import order as resume_order
+from test_alpaca_resume import running as resume_running
+
+from tradingd.core.types import OrderStatus, Side
+
+# ----------------------------------------------------------------------------- unpriced fills
+
+
+def _filled_without_price(fake: AlpacaTradingFake, ref: str, qty: float, price: float) -> None:
+    """Alpaca's order says `filled` (and the position is there) but `filled_avg_price` is
+    still null: it has been seen of Alpaca for a moment after an execution."""
+    fo = fake.order(ref)
+    fo.filled_qty, fo.status, fo.filled_avg_price = qty, "filled", None
+    fo.updated_at = fo.filled_at = fake._now()
+    fake.positions_book[fo.symbol] = (qty, price)
+    fake.cash -= qty * price
+
+
+def _price_arrives(fake: AlpacaTradingFake, ref: str, price: float) -> None:
+    fo = fake.order(ref)
+    fo.filled_avg_price, fo.updated_at = price, fake._now()
+
+
+async def test_a_poll_of_a_fill_without_its_price_books_it_once_the_price_comes(fake):
+    fake.set_price("AAPL", 100.0, match=False)
+    async with running(fake, stream_enabled=False) as broker:
+        up = Updates(broker)
+        buy = order("AAPL", 10)
+        cid = buy.client_order_id
+        await broker.submit([buy])
+        _filled_without_price(fake, cid, 10, 100.0)
+        await up.bar()
+        assert up.fills == []
+        # Still followed (and listed as the engine booked it: nothing filled), not closed.
+        assert [(o.client_order_id, o.filled_quantity) for o in broker.open_orders()] == [(cid, 0)]
+
+        _price_arrives(fake, cid, 100.0)
+        await up.until(lambda u: u.filled(cid) > 0)
+        for _ in range(3):
+            await broker.poll()
+            await up.bar()
+        assert [(f.fill_id, f.quantity, f.price) for f in up.fills] == [(f"{cid}#10", 10, 100.0)]
+        assert up.last(cid).status is OrderStatus.FILLED
+        assert broker.open_orders() == []
+
+
+async def test_a_fill_event_without_a_price_is_booked_when_a_poll_finds_it(fake):
+    """The stream's fill says nothing of the price: the broker polls for it, the stream being
+    up (the periodic check alone would come only minutes later)."""
+    fake.set_price("AAPL", 100.0, match=False)
+    async with running(fake) as broker:
+        up = Updates(broker)
+        buy = order("AAPL", 10)
+        cid = buy.client_order_id
+        await broker.submit([buy])
+        _filled_without_price(fake, cid, 10, 101.0)
+        with capture_logs() as logs:
+            fake.push(cid, "fill", qty="10")  # no price
+            await eventually(lambda: any(e["event"] == "alpaca.fill_without_price" for e in logs))
+        await up.bar()
+        assert up.fills == []
+        _price_arrives(fake, cid, 101.0)
+        await up.until(lambda u: u.filled(cid) > 0)
+        await broker.poll()
+        await up.bar()
+        assert [(f.fill_id, f.quantity, f.price) for f in up.fills] == [(f"{cid}#10", 10, 101.0)]
+        assert broker.order(cid).status is OrderStatus.FILLED
+
+
+async def test_a_resumed_order_filled_without_its_price_is_booked_once_priced(fake):
+    fake.set_price("AAPL", 100.0, match=False)
+    buy = resume_order("AAPL", 10)  # a market order: no limit price to fall back on
+    cid = buy.client_order_id
+    async with resume_running(fake) as before:
+        await before.submit([buy])
+        known = checkpoint(before)
+
+    _filled_without_price(fake, cid, 10, 99.0)  # while the daemon is down
+
+    async with resume_running(fake) as after:
+        await after.resume(known, [])
+        booked = Booked(after)
+        await booked.bar()
+        assert booked.fills == []
+        assert [o.client_order_id for o in after.open_orders()] == [cid]
+        _price_arrives(fake, cid, 99.0)
+        await booked.until(lambda b: b.filled(cid) > 0)
+        await booked.settle()
+        assert [(f.fill_id, f.quantity, f.price, f.side) for f in booked.fills] == [
+            (f"{cid}#10", 10, 99.0, Side.BUY)
+        ]
+        assert after.open_orders() == []
