@@ -178,6 +178,9 @@ WS_LOGGER = "tradingd.brokers.alpaca.websocket"
 STREAM_LOGGER = "alpaca.trading.stream"  # alpaca-py's trade stream
 _ORDER_PAGE = 500  # Alpaca's maximum page size for GET /v2/orders
 _ORPHAN_LIMIT = 1000  # updates kept for order ids not (yet) known
+# Followed orders missing from the periodic check's open listing (closed without an event
+# we heard) read by id per check: 20 of Alpaca's 200 requests a minute.
+_REREAD_LIMIT = 20
 
 T = TypeVar("T")
 
@@ -573,6 +576,8 @@ class AlpacaBroker:
         self._pending_fills: list[Fill] = []
         self._pending_orders: dict[str, None] = {}
         self._verify: set[str] = set()
+        # Orders the last periodic check left to read by id (`_bounded_rereads`).
+        self._reread_next: set[str] = set()
         # Orders with executions Alpaca has not priced yet (`_fill`), logged once each.
         self._unpriced: set[str] = set()
 
@@ -1285,9 +1290,10 @@ class AlpacaBroker:
     async def poll(self, *, only_open: bool = False) -> None:
         """One reconciliation pass over the open orders (GET /v2/orders status=all from the
         oldest open order on, then each open order not listed by id). `only_open`: the
-        periodic check while the stream is up lists the open orders only (each followed
-        order missing from them is then read by id): status=all from the oldest open order
-        listed the whole account history since a weeks-old GTC stop, every check. Raises
+        periodic check while the stream is up lists the open orders only, flat (legs as
+        rows of their own), and reads by id the followed orders missing from them, at most
+        `_REREAD_LIMIT` a check: status=all from the oldest open order listed the whole
+        account history since a weeks-old GTC stop, every check. Raises
         RetryableError when Alpaca cannot be reached; the broker's own polling catches
         that."""
         client = self._require_client()
@@ -1307,11 +1313,20 @@ class AlpacaBroker:
                 times = [t.submitted_at for t in tracked if t.submitted_at is not None]
                 if times:
                     since = min(times) - timedelta(seconds=1)
-                    status = QueryOrderStatus.OPEN if only_open else QueryOrderStatus.ALL
-                    await self._poll_list(client, since, seen, status)
-                for t in tracked:
-                    missing = t.alpaca_id not in seen and t.order.status.is_open
-                    if missing and not await self._refresh(t):
+                    if only_open:
+                        # Flat: a filled bracket's working legs are rows of their own. Nested,
+                        # Alpaca lists them under their entry only while it is open, and each
+                        # was read by id: two requests a position, every check.
+                        await self._poll_list(
+                            client, since, seen, QueryOrderStatus.OPEN, nested=False
+                        )
+                    else:
+                        await self._poll_list(client, since, seen, QueryOrderStatus.ALL)
+                missing = [t for t in tracked if t.alpaca_id not in seen]
+                if only_open:
+                    missing = self._bounded_rereads(missing)
+                for t in missing:
+                    if t.order.status.is_open and not await self._refresh(t):
                         self._close_locally(
                             t, OrderStatus.CANCELLED, "alpaca: order not found (HTTP 404)"
                         )
@@ -1918,12 +1933,32 @@ class AlpacaBroker:
 
     # ------------------------------------------------------------------------- polling
 
+    def _bounded_rereads(self, missing: list[_Tracked]) -> list[_Tracked]:
+        """The followed orders the periodic check reads by id, at most `_REREAD_LIMIT`: each
+        is a request of the account's budget. Those left over go first at the next check."""
+        missing = [t for t in missing if t.order.status.is_open]
+        if len(missing) <= _REREAD_LIMIT:
+            self._reread_next.clear()
+            return missing
+        missing.sort(key=lambda t: t.order.client_order_id not in self._reread_next)
+        now, later = missing[:_REREAD_LIMIT], missing[_REREAD_LIMIT:]
+        self._reread_next = {t.order.client_order_id for t in later}
+        log.warning(
+            "alpaca.open_check.capped",
+            missing=len(missing),
+            read=len(now),
+            rule="the others are read by id at the next check",
+        )
+        return now
+
     async def _poll_list(
         self,
         client: TradingClient,
         after: datetime,
         seen: set[str],
         status: QueryOrderStatus = QueryOrderStatus.ALL,
+        *,
+        nested: bool = True,
     ) -> None:
         for _ in range(100):  # pages; a bound, not an expectation
             answer: Any = await self._call(
@@ -1933,7 +1968,7 @@ class AlpacaBroker:
                     status=status,
                     after=after,
                     direction=Sort.ASC,
-                    nested=True,
+                    nested=nested,
                     limit=_ORDER_PAGE,
                 ),
             )

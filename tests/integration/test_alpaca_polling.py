@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from fakes.alpaca_trading_server import AlpacaTradingFake
 from structlog.testing import capture_logs
-from test_alpaca_broker import Updates, eventually, order, running
+from test_alpaca_broker import RUN, T0, Updates, eventually, order, running
 from test_alpaca_resume import Booked, checkpoint
 from test_alpaca_resume import order as resume_order
 from test_alpaca_resume import running as resume_running
 
-from tradingd.core.types import OrderStatus, Side
+from tradingd.core.orders import bracket_orders
+from tradingd.core.types import OrderStatus, OrderType, Side
 
 # ----------------------------------------------------------------------------- unpriced fills
 
@@ -102,3 +103,81 @@ async def test_a_resumed_order_filled_without_its_price_is_booked_once_priced(fa
             (f"{cid}#10", 10, 99.0, Side.BUY)
         ]
         assert after.open_orders() == []
+
+
+# ----------------------------------------------------------------------------- open-orders check
+
+
+def _checked(fake: AlpacaTradingFake, since: int) -> list[tuple[str, str, str | None]]:
+    return [(r.method, r.path, r.query.get("nested")) for r in fake.requests[since:]]
+
+
+async def test_the_open_orders_check_of_filled_brackets_is_one_request(fake):
+    """Nested, Alpaca lists a filled bracket's working legs under nothing (their entry is
+    closed): each was read by id, 2 requests a position every check (201 for 100 brackets,
+    a minute of the account's budget). Flat, they are rows of the one listing."""
+    syms = tuple(f"S{i:02d}" for i in range(30))
+    for s in syms:
+        fake.set_price(s, 100.0, match=False)
+    fake.cash = 1e9
+    async with running(fake, symbols=syms, rate_limit_per_minute=0) as broker:
+        orders = [o for s in syms for o in bracket_orders(RUN, T0, s, 10, 104.0, 98.0)]
+        await broker.submit(orders)
+        for s in syms:
+            fake.match(s)  # the entries fill; their exits work
+        up = Updates(broker)
+        await up.until(lambda u: len(u.fills) == len(syms))
+        assert len(broker.open_orders()) == 2 * len(syms)
+
+        since = len(fake.requests)
+        await broker.poll(only_open=True)
+        assert _checked(fake, since) == [("GET", "/v2/orders", "False")]  # alpaca-py spells it
+        assert len(broker.open_orders()) == 2 * len(syms)
+
+        # A stop-loss executed with its event lost: the next check makes it up from the
+        # listing (and Alpaca's cancel of its take-profit, event lost too) with one read.
+        stop = orders[2].client_order_id
+        [at_alpaca] = [o for o in fake.orders.values() if o.symbol == syms[0] and o.type == "stop"]
+        fake.lose_fill_events(1)
+        fake.set_price(syms[0], 97.0)
+        assert at_alpaca.status == "filled"
+        since = len(fake.requests)
+        await broker.poll(only_open=True)
+        await up.bar()
+        assert up.filled(stop) == 10
+        assert len(broker.open_orders()) == 2 * len(syms) - 2
+        assert len(fake.requests) - since <= 3
+
+
+async def test_the_open_orders_check_reads_a_bounded_number_of_orders_by_id(fake):
+    """Orders closed at Alpaca without an event heard are read by id, at most 20 a check;
+    the rest at the next one, so every fill is still booked."""
+    syms = tuple(f"S{i:02d}" for i in range(25))
+    for s in syms:
+        fake.set_price(s, 100.0, match=False)
+    fake.cash = 1e9
+    async with running(fake, symbols=syms, rate_limit_per_minute=0) as broker:
+        buys = [order(s, 5, OrderType.LIMIT, limit=99.0) for s in syms]
+        await broker.submit(buys)
+        fake.lose_fill_events(len(buys))
+        for s in syms:
+            fake.set_price(s, 98.0)
+        assert all(fake.order(b.client_order_id).status == "filled" for b in buys)
+
+        up = Updates(broker)
+        since = len(fake.requests)
+        await broker.poll(only_open=True)
+        await up.bar()
+        reads = [r for r in fake.requests[since:] if r.path.startswith("/v2/orders/")]
+        assert len(reads) == 20
+        assert len(up.fills) == 20
+
+        since = len(fake.requests)
+        await broker.poll(only_open=True)
+        await up.bar()
+        reads = [r for r in fake.requests[since:] if r.path.startswith("/v2/orders/")]
+        assert len(reads) == 5
+        assert sorted(f.client_order_id for f in up.fills) == sorted(
+            b.client_order_id for b in buys
+        )
+        assert broker.open_orders() == []
