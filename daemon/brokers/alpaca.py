@@ -7,9 +7,10 @@ How it works:
   `TradingClient`, run in a worker thread (`asyncio.to_thread`) under an overall asyncio
   timeout, so the event loop never blocks. alpaca-py has no request timeout of its own; the
   client gets a session with one (`request_timeout_s`). Retries (`max_attempts`, exponential
-  backoff with jitter, tenacity) cover timeouts, broken connections, 429 and 5xx; alpaca-py
-  itself retries 429 three times (3 s apart) inside one attempt, and no longer 504 (see
-  `_make_client`: a 504 may come after Alpaca placed the order). Every call
+  backoff with jitter, tenacity) cover timeouts, broken connections, 429 and 5xx; a 429 gets
+  four tries per attempt and its wait is at least the answer's Retry-After. alpaca-py's own
+  retries are off (see `_make_client`): they ran in the worker thread, which a timed-out
+  call cannot stop, so an order could be placed after the broker had given it up. Every call
   first waits for the account's request budget (`rate_limit_per_minute`, Alpaca's 200/min),
   so a busy rebalance is paced instead of meeting 429s and alpaca-py's fixed sleeps. A batch
   of orders goes out in waves of one side, sells first, `max_in_flight` at a time. Responses
@@ -96,6 +97,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -109,6 +111,7 @@ from alpaca.trading.requests import GetOrderByIdRequest, GetOrdersRequest
 from alpaca.trading.stream import TradingStream
 from tenacity import (
     AsyncRetrying,
+    RetryCallState,
     retry_if_exception,
     stop_after_attempt,
     wait_exponential,
@@ -178,6 +181,7 @@ WS_LOGGER = "tradingd.brokers.alpaca.websocket"
 STREAM_LOGGER = "alpaca.trading.stream"  # alpaca-py's trade stream
 _ORDER_PAGE = 500  # Alpaca's maximum page size for GET /v2/orders
 _ORPHAN_LIMIT = 1000  # updates kept for order ids not (yet) known
+_THROTTLED_TRIES = 4  # a 429's tries per attempt (alpaca-py's own, before they were turned off)
 # Followed orders missing from the periodic check's open listing (closed without an event
 # we heard) read by id per check: 20 of Alpaca's 200 requests a minute.
 _REREAD_LIMIT = 20
@@ -206,7 +210,7 @@ class AlpacaBrokerConfig:
     stream_enabled: bool = True
     # Per HTTP request (connect and read) inside alpaca-py.
     request_timeout_s: float = 10.0
-    # Per call from the event loop, including alpaca-py's own 429 retries (3 x 3 s).
+    # Per HTTP attempt from the event loop (the worker thread's whole call).
     call_timeout_s: float = 30.0
     # Order polling while the stream is down, and checks of OCO siblings.
     poll_interval_s: float = 5.0
@@ -214,7 +218,8 @@ class AlpacaBrokerConfig:
     # lost on a live connection (reported of Alpaca) is otherwise never made up. The
     # account's status and blocks are read again as often. 0 = never.
     open_orders_check_s: float = 300.0
-    # Attempts per call for timeouts, connection errors, 429 and 5xx (1 = no retry).
+    # Attempts per call for timeouts, connection errors and 5xx (1 = no retry); a 429 gets
+    # four times as many (alpaca-py's own retries gave it four tries per attempt).
     max_attempts: int = 3
     backoff_initial_s: float = 0.5
     backoff_max_s: float = 8.0
@@ -241,8 +246,8 @@ class AlpacaBrokerConfig:
     event_queue_size: int = 10_000
     # Closed orders remembered for duplicate detection and late updates.
     closed_history: int = 10_000
-    # Alpaca allows 200 requests per minute per account and answers 429 beyond that, which
-    # alpaca-py meets with fixed 3 s sleeps (and then a rejected order). Every REST call
+    # Alpaca allows 200 requests per minute per account and answers 429 beyond that (retried,
+    # then a rejected order). Every REST call
     # waits here for its turn instead: a leaky bucket of `rate_limit_burst` that drains so
     # that no 60-s window ever holds more than `rate_limit_per_minute` requests
     # (burst + drain over 60 s = the limit). 0 = no client-side limit.
@@ -412,6 +417,22 @@ class _Unreachable(Exception):
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(detail)
         self.kind = kind
+
+
+def _retry_after(error: BaseException | None) -> float | None:
+    """For a 429: the seconds its Retry-After asks for (0 without one); None otherwise."""
+    if not isinstance(error, APIError) or error_info(error).status != 429:
+        return None
+    response = error.response
+    value = str(response.headers.get("Retry-After") or "").strip() if response is not None else ""
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            seconds = (parsedate_to_datetime(value) - _now()).total_seconds()
+        except (TypeError, ValueError, IndexError):
+            return 0.0
+    return max(seconds, 0.0) if math.isfinite(seconds) else 0.0
 
 
 def _is_retryable(error: BaseException) -> bool:
@@ -2290,13 +2311,15 @@ class AlpacaBroker:
             client._session = _TimeoutSession(self._config.request_timeout_s)
         else:  # a future alpaca-py: the overall call timeout still applies
             log.warning("alpaca.no_request_timeout")
-        # alpaca-py retries 429 and 504 itself. A 504 is a proxy that gave up, maybe after
-        # Alpaca placed the order: its retry of a POST then meets 422 "client_order_id must be
-        # unique", the only answer this broker would see, and the order would be taken as
-        # one another process placed, its fills never booked. Only 429 (not processed) is
-        # left to alpaca-py; a 504 comes here, where a POST's outcome is known to be unknown.
-        if getattr(client, "_retry_codes", None) is not None:
-            client._retry_codes = [429]
+        # alpaca-py retries 429 and 504 itself, sleeping in the worker thread: a call that
+        # timed out meanwhile was given up here (an order "not placed") while the thread went
+        # on and placed it. And a 504 may come after Alpaca placed the order: its retry of a
+        # POST met 422 "client_order_id must be unique", and the order was taken as one
+        # another process placed, its fills never booked. So every attempt is `_call`'s,
+        # inside the awaited call. Its constructor takes no 0 for either (falsy is default).
+        if hasattr(client, "_retry") and hasattr(client, "_retry_codes"):
+            client._retry = 0
+            client._retry_codes = []
         else:  # a future alpaca-py
             log.warning("alpaca.sdk_retries_unknown")
         return client
@@ -2319,10 +2342,27 @@ class AlpacaBroker:
         5xx. Raises APIError (any other answer, or the last retryable one) or _Unreachable.
         `uncertain`: a client order id to remember when an attempt's outcome is unknown."""
         cfg = self._config
+        backoff = wait_exponential(multiplier=cfg.backoff_initial_s, max=cfg.backoff_max_s) + (
+            wait_random(0, min(cfg.backoff_initial_s, cfg.backoff_max_s))
+        )
+        attempts = stop_after_attempt(cfg.max_attempts)
+        throttled_attempts = stop_after_attempt(cfg.max_attempts * _THROTTLED_TRIES)
+
+        def last_error(state: RetryCallState) -> BaseException | None:
+            return state.outcome.exception() if state.outcome is not None else None
+
+        def stop(state: RetryCallState) -> bool:
+            throttled = _retry_after(last_error(state)) is not None
+            return (throttled_attempts if throttled else attempts)(state)
+
+        def wait(state: RetryCallState) -> float:
+            hint = _retry_after(last_error(state))
+            base = float(backoff(state))
+            return base if not hint else max(base, min(hint, cfg.call_timeout_s))
+
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(cfg.max_attempts),
-            wait=wait_exponential(multiplier=cfg.backoff_initial_s, max=cfg.backoff_max_s)
-            + wait_random(0, min(cfg.backoff_initial_s, cfg.backoff_max_s)),
+            stop=stop,
+            wait=wait,
             retry=retry_if_exception(_is_retryable),
             reraise=True,
         )

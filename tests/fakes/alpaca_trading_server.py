@@ -78,7 +78,8 @@ Admin API for tests (plain methods; call them on the server's event loop)
   * `fail_next_order(kind_or_status, body=None)`: the next POST /v2/orders answers with a
     canned rejection: one of `REJECTIONS` (`wash_trade`, `pdt`, `market_closed`,
     `insufficient_buying_power`, `insufficient_qty`, `not_allowed_to_short`, ...) or a
-    status and body. `throttle(n)`: the next n requests answer 429. `gateway_timeout(n)`: the
+    status and body. `throttle(n, retry_after=None)`: the next n requests answer 429 (with
+    that Retry-After header, if given). `gateway_timeout(n)`: the
     next n answer 504 (a text body, as a proxy would). `server_error(n, status=500)`.
     `set_account(**fields)`: fields of the account answer (`trading_blocked`, `status`).
     `replace(ref, **changes)`: an operator's edit in Alpaca's web UI (PATCH): a new order
@@ -327,7 +328,7 @@ class AlpacaTradingFake(LoopThread):
         self._conns: set[_Conn] = set()
         self._accept_streams = True
         self._order_failures: deque[tuple[int, Any]] = deque()
-        self._http_faults: deque[tuple[int, str, str]] = deque()
+        self._http_faults: deque[tuple[int, str, str, dict[str, str]]] = deque()
         self._delays: deque[float] = deque()
         self._late_gateway_timeouts = 0
         self._lost_fill_events = 0
@@ -511,22 +512,28 @@ class AlpacaTradingFake(LoopThread):
             status, payload = kind_or_status, body
         self._order_failures.append((status, payload))
 
-    def throttle(self, n: int = 1) -> None:
+    def throttle(self, n: int = 1, retry_after: str | None = None) -> None:
+        headers = {"Retry-After": retry_after} if retry_after is not None else {}
         for _ in range(n):
             self._http_faults.append(
-                (429, json.dumps({"code": 42910000, "message": "rate limit exceeded"}), "json")
+                (
+                    429,
+                    json.dumps({"code": 42910000, "message": "rate limit exceeded"}),
+                    "json",
+                    headers,
+                )
             )
 
     def gateway_timeout(self, n: int = 1) -> None:
         for _ in range(n):
             self._http_faults.append(
-                (504, "<html><body>504 Gateway Time-out</body></html>", "html")
+                (504, "<html><body>504 Gateway Time-out</body></html>", "html", {})
             )
 
     def server_error(self, n: int = 1, status: int = 500) -> None:
         for _ in range(n):
             body = json.dumps({"code": status * 100000, "message": "internal server error"})
-            self._http_faults.append((status, body, "json"))
+            self._http_faults.append((status, body, "json", {}))
 
     def gateway_timeout_after(self, n: int = 1) -> None:
         self._late_gateway_timeouts += n
@@ -717,9 +724,10 @@ class AlpacaTradingFake(LoopThread):
         elif key != self.key_id or secret != self.secret_key:
             response = self._error(401, "401_request_not_authorized.json")
         elif self._http_faults:
-            status, text, kind = self._http_faults.popleft()
+            status, text, kind, extra = self._http_faults.popleft()
             content = "application/json" if kind == "json" else "text/html"
             response = web.Response(status=status, text=text, content_type=content)
+            response.headers.update(extra)
         elif count > self.rate_limit:
             self.throttled += 1
             response = web.json_response(

@@ -133,7 +133,7 @@ async def running(
 ) -> AsyncIterator[AlpacaBroker]:
     broker = AlpacaBroker(config(fake, **overrides), (fake.key_id, fake.secret_key), symbols)
     await broker.start()
-    # Tests only: alpaca-py sleeps 3 s before each of its own 429/504 retries.
+    # alpaca-py's own retries (3 s sleeps) are off; were they on, they would not sleep here.
     client = broker.trading_client
     assert client is not None
     client._retry_wait = 0
@@ -539,7 +539,7 @@ async def test_every_alpaca_rejection_becomes_a_rejected_order_with_the_reason(
     elif setup == "not_fractionable":
         fake.set_asset("AAPL", fractionable=False)
     elif setup == "throttle":
-        fake.throttle(12)  # 4 requests per attempt (alpaca-py's retries) x 3 attempts
+        fake.throttle(12)  # 4 tries per attempt for a 429 x 3 attempts
     elif setup is not None:
         fake.fail_next_order(setup)
     posts = len(fake.posted_orders())
@@ -748,9 +748,9 @@ async def test_an_order_replaced_at_alpaca_is_followed_and_its_fill_booked(fake,
 
 async def test_429_and_server_errors_are_retried(fake, broker):
     before = SOURCE_ERRORS.labels(source="alpaca_trading", kind="http_429")._value.get()
-    fake.throttle(2)  # alpaca-py retries these itself
+    fake.throttle(2)  # a 429 has four tries an attempt
     [a] = await broker.submit([order("AAPL", 1, tag="r1")])
-    fake.throttle(5)  # more than alpaca-py's 3 retries: the broker's own retry follows
+    fake.throttle(5)
     [b] = await broker.submit([order("AAPL", 1, tag="r2")])
     fake.server_error(1, status=500)
     [c] = await broker.submit([order("AAPL", 1, tag="r3")])
@@ -759,7 +759,7 @@ async def test_429_and_server_errors_are_retried(fake, broker):
     assert [x.status for x in (a, b, c, d)] == [OrderStatus.NEW] * 4
     assert len(fake.posted_orders()) == 3 + 6 + 2 + 2
     assert len(fake.orders) == 4
-    assert SOURCE_ERRORS.labels(source="alpaca_trading", kind="http_429")._value.get() == before + 1
+    assert SOURCE_ERRORS.labels(source="alpaca_trading", kind="http_429")._value.get() == before + 7
 
 
 async def test_an_unreachable_broker_raises_retryable_and_on_bar_does_not(fake, broker):

@@ -6,6 +6,8 @@ No test sleeps for a fixed time: each waits for a condition, with a timeout."""
 
 from __future__ import annotations
 
+import time
+
 from fakes.alpaca_trading_server import AlpacaTradingFake
 from structlog.testing import capture_logs
 from test_alpaca_broker import RUN, T0, Updates, eventually, order, running
@@ -181,3 +183,35 @@ async def test_the_open_orders_check_reads_a_bounded_number_of_orders_by_id(fake
             b.client_order_id for b in buys
         )
         assert broker.open_orders() == []
+
+
+# ----------------------------------------------------------------------------- retries
+
+
+async def test_a_429_is_retried_inside_the_awaited_call_not_in_a_thread_left_running(fake):
+    """alpaca-py slept before its own 429 retry in the worker thread: a call that timed out
+    meanwhile was given up here (the order closed as not placed) while the thread went on
+    and placed it. Every attempt is now the broker's, inside the call it awaits."""
+    fake.set_price("AAPL", 100.0, match=False)
+    async with running(fake, call_timeout_s=1.0, max_attempts=1) as broker:
+        broker.trading_client._retry_wait = 2  # alpaca-py's 3 s, scaled down
+        buy = order("AAPL", 10)
+        fake.throttle(1)
+        [ack] = await broker.submit([buy])
+        assert ack.status is OrderStatus.NEW
+        # Both attempts were made before submit returned: nothing is left to place it later.
+        assert [b["client_order_id"] for b in fake.posted_orders()] == [buy.client_order_id] * 2
+        assert len(fake.orders_with_client_id(buy.client_order_id)) == 1
+        assert broker.order(buy.client_order_id).status is OrderStatus.NEW
+
+
+async def test_a_429_waits_at_least_its_retry_after(fake):
+    fake.set_price("AAPL", 100.0, match=False)
+    async with running(fake, backoff_max_s=5.0) as broker:
+        fake.throttle(1, retry_after="1")
+        started = time.monotonic()
+        [ack] = await broker.submit([order("AAPL", 1)])
+        waited = time.monotonic() - started
+    assert ack.status is OrderStatus.NEW
+    assert len(fake.posted_orders()) == 2
+    assert 1.0 <= waited < 4.0
