@@ -251,9 +251,34 @@ async def run_backtest(
     write_outputs(
         out, config, result, summary, rows.get("orders", []), rows.get("fills", []), splits
     )
+    _note_trial(out, config, result)
     return BacktestOutcome(
         result.run_id, summary, out, result, rows.get("orders", []), rows.get("fills", []), splits
     )
+
+
+def _note_trial(out: Path, config: Config, result: EngineResult) -> None:
+    """The run in its runs root's trial ledger (`analysis.trials.record_trial`): the
+    deflated Sharpe ratio counts the variants tried, and a rerun under this run id will
+    replace the folder. A ledger that cannot be written is said, not the backtest's end."""
+    from .analysis.trial_ledger import TRIALS_LEDGER, record_trial
+
+    try:
+        record_trial(
+            out.parent,
+            result.run_id,
+            config.to_public_dict(),
+            result.equity,
+            config.run.initial_capital,
+        )
+    except OSError as e:
+        log.warning(
+            "backtest.trial_not_recorded",
+            file=str(out.parent / TRIALS_LEDGER),
+            error=e.strerror or str(e),
+            rule="the deflated Sharpe ratio's trial count may miss this variant once a rerun "
+            "replaces its folder",
+        )
 
 
 def split_events(panel: Panel) -> dict[str, list[tuple[datetime, float]]]:

@@ -6,7 +6,6 @@ apart from the pure tests.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Iterable, Mapping
@@ -19,45 +18,24 @@ import numpy as np
 from .return_metrics import per_bar_rate, simple_returns
 from .run_records import run_record
 from .stat_common import _clean
-
-__all__ = ["DEFAULT_IGNORED_CONFIG", "TrialCount", "config_hash", "count_trials"]
-
-_NAN = math.nan
-
-# Parts of a run's config.json that do not make it another strategy variant: where it is
-# written, its name, the database, caches, logs, alerts, health port and live-only settings.
-DEFAULT_IGNORED_CONFIG: tuple[str, ...] = (
-    "run.name",
-    "run.run_id",
-    "run.output_dir",
-    "storage",
-    "cache",
-    "log",
-    "alerts",
-    "health",
-    "live",
+from .trial_ledger import (
+    DEFAULT_IGNORED_CONFIG,
+    TRIALS_LEDGER,
+    config_hash,
+    ledger_entries,
+    record_trial,
 )
 
+__all__ = [
+    "DEFAULT_IGNORED_CONFIG",
+    "TRIALS_LEDGER",
+    "TrialCount",
+    "config_hash",
+    "count_trials",
+    "record_trial",
+]
 
-def _drop(tree: dict[str, Any], dotted: str) -> None:
-    parts = dotted.split(".")
-    node: Any = tree
-    for part in parts[:-1]:
-        node = node.get(part) if isinstance(node, dict) else None
-        if node is None:
-            return
-    if isinstance(node, dict):
-        node.pop(parts[-1], None)
-
-
-def config_hash(config: Mapping[str, Any], ignore: Iterable[str] = DEFAULT_IGNORED_CONFIG) -> str:
-    """A run configuration's identity as a strategy variant: sha256 of its canonical JSON
-    without the `ignore`d keys (dotted paths) that do not change what the run decides."""
-    tree = json.loads(json.dumps(dict(config), sort_keys=True, default=str))
-    for key in ignore:
-        _drop(tree, key)
-    text = json.dumps(tree, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
+_NAN = math.nan
 
 
 @dataclass(frozen=True)
@@ -105,7 +83,8 @@ def count_trials(
     """Count the strategy variants tried from the run folders under `runs_root` (as
     `tradingd backtest` writes them: `<root>/<run_id>/config.json`, `equity.csv`,
     `summary.json`). Folders with the same `config_hash` are reruns of one variant; a folder
-    without config.json counts as its own variant (by its run id)."""
+    without config.json counts as its own variant (by its run id). The root's ledger
+    (`record_trial`) adds the variants whose folders a rerun under their run id replaced."""
     root = Path(runs_root)
     if not root.is_dir():
         raise ValueError(f"runs root {str(root)!r} is not a folder")
@@ -130,7 +109,23 @@ def count_trials(
         configs.setdefault(key, []).append(folder.name)
     rf_bar = per_bar_rate(risk_free_rate, periods_per_year)
     sharpes: dict[str, float] = {}
+    default_ignore = ignore == DEFAULT_IGNORED_CONFIG
+    for entry in ledger_entries(root / TRIALS_LEDGER) if default_ignore else []:
+        key = entry["config_hash"]
+        if key in configs:
+            continue  # a folder holds this variant (its Sharpe ratio is read from it)
+        configs[key] = [f"{entry.get('run_id')} (folder replaced by a rerun)"]
+        runs += 1
+        mean, std = entry.get("mean"), entry.get("std")
+        if isinstance(mean, int | float) and isinstance(std, int | float):
+            sharpes[key] = (
+                (float(mean) - rf_bar) / float(std) * math.sqrt(periods_per_year)
+                if std > 0
+                else _NAN
+            )
     for key, folders in configs.items():
+        if key in sharpes:
+            continue
         for name in folders:
             if not (root / name / "equity.csv").exists():
                 continue

@@ -1,0 +1,115 @@
+"""The trial ledger: a line per finished backtest beside the run folders, so the variants a
+rerun under the same run id replaced still count as tried (`trials.count_trials`). Apart
+from `trials`, which reads run folders with pandas: a backtest writes a line at its end,
+and a rerun of one imports neither."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import structlog
+
+from .return_metrics import simple_returns
+
+__all__ = [
+    "DEFAULT_IGNORED_CONFIG",
+    "TRIALS_LEDGER",
+    "config_hash",
+    "ledger_entries",
+    "record_trial",
+]
+
+log = structlog.get_logger(__name__)
+
+# Beside the run folders: a line per finished backtest. A rerun under the same run id
+# replaces its folder, and with it the record that the earlier variant was tried.
+TRIALS_LEDGER = ".trials.jsonl"
+
+# Parts of a run's config.json that do not make it another strategy variant: where it is
+# written, its name, the database, caches, logs, alerts, health port and live-only settings.
+DEFAULT_IGNORED_CONFIG: tuple[str, ...] = (
+    "run.name",
+    "run.run_id",
+    "run.output_dir",
+    "storage",
+    "cache",
+    "log",
+    "alerts",
+    "health",
+    "live",
+)
+
+
+def _drop(tree: dict[str, Any], dotted: str) -> None:
+    parts = dotted.split(".")
+    node: Any = tree
+    for part in parts[:-1]:
+        node = node.get(part) if isinstance(node, dict) else None
+        if node is None:
+            return
+    if isinstance(node, dict):
+        node.pop(parts[-1], None)
+
+
+def config_hash(config: Mapping[str, Any], ignore: Iterable[str] = DEFAULT_IGNORED_CONFIG) -> str:
+    """A run configuration's identity as a strategy variant: sha256 of its canonical JSON
+    without the `ignore`d keys (dotted paths) that do not change what the run decides."""
+    tree = json.loads(json.dumps(dict(config), sort_keys=True, default=str))
+    for key in ignore:
+        _drop(tree, key)
+    text = json.dumps(tree, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def record_trial(
+    runs_root: str | Path,
+    run_id: str,
+    config: Mapping[str, Any],
+    equity: Any,
+    initial_capital: float,
+) -> None:
+    """Note a finished run in `runs_root`'s ledger, for `count_trials`: its variant
+    (`config_hash`) and its per-bar returns' count, mean and standard deviation (a Sharpe
+    ratio at any risk-free rate). Five momentum lookbacks run one after the other under one
+    `run.run_id` left one folder, and the deflated Sharpe counted 1 trial, not 5. A line is
+    added once per run id and variant, so reruns of one configuration do not grow it."""
+    root = Path(runs_root)
+    key = config_hash(config)
+    ledger = root / TRIALS_LEDGER
+    for entry in ledger_entries(ledger):
+        if entry.get("run_id") == run_id and entry.get("config_hash") == key:
+            return
+    r = simple_returns(equity, initial_capital)
+    stats: dict[str, Any] = {"bars": int(r.size), "mean": None, "std": None}
+    if r.size >= 3 and np.all(np.isfinite(r)):
+        stats["mean"], stats["std"] = float(np.mean(r)), float(np.std(r, ddof=1))
+    line = json.dumps({"run_id": run_id, "config_hash": key, **stats}, sort_keys=True)
+    with ledger.open("a", encoding="utf-8") as fh:
+        fh.write(line + "\n")
+
+
+def ledger_entries(path: Path) -> list[dict[str, Any]]:
+    """The ledger's entries; a line that is not an entry (a write cut by a full disk) is
+    skipped, said once."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return []
+    out, bad = [], 0
+    for line in text.splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            entry = None
+        if isinstance(entry, dict) and isinstance(entry.get("config_hash"), str):
+            out.append(entry)
+        elif line.strip():
+            bad += 1
+    if bad:
+        log.warning("trials.ledger_lines_skipped", file=str(path), lines=bad)
+    return out
