@@ -10,9 +10,11 @@ drawdown is luck of the order the days (or trades) came in. Three resamplings an
   geometric length with mean ``block_length`` (automatic: Politis & White 2004, corrected by
   Patton, Politis & White 2009, the larger of the returns' and their squares'), which keeps
   volatility clustering and short-range autocorrelation, and so gives honest drawdown tails;
-* ``trade_order``: the round trips' PnLs (money) in a random order added to the initial
-  capital. Their sum, hence the final return, is the same on every path; the drawdown is
-  what the order decides.
+* ``trade_order``: the round trips' PnLs (money, after their entry and exit commissions) in
+  a random order added to the initial capital, with what no round trip closed (dividends,
+  the positions still open at the end) as one more trade, so that the observed path ends at
+  the run's equity. Their sum, hence the final return, is the same on every path; the
+  drawdown is what the order decides.
 * ``permutation`` (not run by default): the same reshuffling for the daily returns, drawn
   without replacement. Every path ends where the run ended, so it isolates what the order
   of the days did to the drawdown; it is the exact null distribution of the validator's
@@ -44,10 +46,10 @@ import numpy as np
 import pandas as pd
 
 from ..core.errors import ConfigError
-from .metrics import closed_trades
+from ..core.types import Fill
+from .metrics import _FLAT_TOL
 from .return_metrics import per_bar_rate, simple_returns
 from .run_records import RunRecord, run_record
-from .trade_metrics import round_trip_pnls
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -62,6 +64,8 @@ __all__ = [
     "monte_carlo_input",
     "path_statistics",
     "plan_chunks",
+    "round_trip_pnls_after_costs",
+    "run_trade_pnls",
     "simulate",
     "simulate_chunk",
     "simulate_with_paths",
@@ -152,13 +156,22 @@ class MonteCarloConfig:
 
 @dataclass(frozen=True)
 class MonteCarloInput:
-    """What the resamplings need: per-bar simple returns, the round trips' PnLs (money) and
-    the capital they start from (trade paths only)."""
+    """What the resamplings need: per-bar simple returns, the trades' PnLs (money) and the
+    capital they start from (trade paths only).
+
+    `unclosed_pnl` is set (and is the last of `trade_pnls`) when the trades come from a run:
+    the part of its PnL no round trip closed, kept so the trade paths end at the run's
+    equity rather than at a total that leaves out its dividends and open positions."""
 
     returns: np.ndarray
     trade_pnls: np.ndarray
     initial_capital: float = _NAN
     run_id: str = ""
+    unclosed_pnl: float | None = None
+
+    @property
+    def round_trips(self) -> int:
+        return int(self.trade_pnls.size) - (self.unclosed_pnl is not None)
 
 
 def _is_returns(x: Any) -> bool:
@@ -189,6 +202,48 @@ def _returns_array(x: Any, what: str = "returns") -> np.ndarray:
     return r
 
 
+def round_trip_pnls_after_costs(fills: Iterable[Fill]) -> np.ndarray:
+    """The PnL of each finished round trip after all its commissions, entry ones included,
+    in order of the fill that took the position back to flat.
+
+    `trade_metrics.round_trip_pnls` charges only the closing commissions (its trade
+    statistics are the summary's); shuffling those left every trade path short of the run's
+    equity by the entry commissions. A round trip's PnL here is its net cash flow: a fill
+    that flips a position is split pro rata between the trip it ends and the one it opens,
+    as `metrics.closed_trades` splits it."""
+    trips: dict[str, tuple[float, float]] = {}  # symbol -> (signed quantity, net cash so far)
+    out: list[float] = []
+    for f in fills:
+        qty = float(f.quantity)
+        if qty <= 0:
+            continue
+        pos, cash = trips.get(f.symbol, (0.0, 0.0))
+        sign = f.side.sign
+        flow = -sign * f.price * qty - f.commission
+        if pos == 0 or (pos > 0) == (sign > 0):
+            trips[f.symbol] = (pos + sign * qty, cash + flow)
+            continue
+        new_pos = pos + sign * qty
+        flat = abs(new_pos) <= _FLAT_TOL * max(abs(pos), qty)
+        if not flat and (new_pos > 0) == (pos > 0):  # a trim: the trip goes on
+            trips[f.symbol] = (new_pos, cash + flow)
+            continue
+        closing = min(qty, abs(pos)) / qty
+        out.append(cash + flow * closing)
+        trips[f.symbol] = (0.0, 0.0) if flat else (new_pos, flow * (1.0 - closing))
+    return np.asarray(out, dtype=float)
+
+
+def run_trade_pnls(rec: RunRecord) -> tuple[np.ndarray, float]:
+    """The run's round trips after costs and what they leave of its PnL (final equity less
+    initial capital less their sum: dividends, positions open at the end and their costs).
+    NaN rest for a run whose last equity is undefined."""
+    trips = round_trip_pnls_after_costs(rec.fills)
+    final = float(rec.equity[-1]) if len(rec.equity) else float(rec.initial_capital)
+    rest = final - float(rec.initial_capital) - float(np.sum(trips))
+    return trips, rest if math.isfinite(rest) else _NAN
+
+
 def monte_carlo_input(
     data: Any,
     *,
@@ -200,7 +255,12 @@ def monte_carlo_input(
     `performance.run_record` accepts (its equity curve's returns and its round trips).
 
     A run record whose equity went to zero or below has NaN returns from then on; they are
-    kept, and every statistic of that run is NaN rather than an invented number."""
+    kept, and every statistic of that run is NaN rather than an invented number.
+
+    A run's trades are its round trips after all their commissions, then what they leave of
+    its PnL as one last trade (`run_trade_pnls`), unless it is zero to rounding: the trade
+    paths end at the run's final equity, as its `observed` value says. Given `trade_pnls`
+    are taken as they are."""
     if isinstance(data, MonteCarloInput):
         return data
     if _is_returns(data):
@@ -217,10 +277,17 @@ def monte_carlo_input(
         )
     rec = run_record(data)
     r = simple_returns(rec.equity, rec.initial_capital)
-    pnls = round_trip_pnls(closed_trades(rec.fills))
     if trade_pnls is not None:
         pnls = _finite_array(trade_pnls, "trade_pnls")
-    return MonteCarloInput(r, pnls, rec.initial_capital, rec.run_id)
+        return MonteCarloInput(r, pnls, rec.initial_capital, rec.run_id)
+    trips, rest = run_trade_pnls(rec)
+    if not math.isfinite(rest):  # no final equity to end at
+        return MonteCarloInput(r, trips, rec.initial_capital, rec.run_id)
+    scale = max(abs(float(rec.initial_capital)), float(np.sum(np.abs(trips))))
+    if abs(rest) <= 1e-9 * scale:
+        return MonteCarloInput(r, trips, rec.initial_capital, rec.run_id)
+    pnls = np.append(trips, rest)
+    return MonteCarloInput(r, pnls, rec.initial_capital, rec.run_id, unclosed_pnl=rest)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -444,7 +511,7 @@ def plan_chunks(data: MonteCarloInput, config: MonteCarloConfig) -> list[MonteCa
     tasks: list[MonteCarloTask] = []
     for method in config.methods:
         if method == "trade_order":
-            if data.trade_pnls.size == 0:
+            if data.round_trips == 0:  # one lump of unclosed PnL has no order to shuffle
                 continue
             series = data.trade_pnls
         else:
@@ -490,7 +557,7 @@ def combine(results: Iterable[ChunkResult]) -> dict[str, dict[str, np.ndarray]]:
 def _observed(data: MonteCarloInput, config: MonteCarloConfig) -> dict[str, dict[str, float]]:
     r = path_statistics(data.returns[None, :], config.rf_bar, config.periods_per_year)
     out = {"returns": {k: float(v[0]) for k, v in r.items()}}
-    if data.trade_pnls.size:
+    if data.round_trips:
         t = trade_path_statistics(data.trade_pnls[None, :], data.initial_capital)
         out["trade_order"] = {k: float(v[0]) for k, v in t.items()}
     return out
@@ -531,7 +598,8 @@ def simulate_with_paths(
     out: dict[str, Any] = {
         "run_id": inp.run_id,
         "bars": int(inp.returns.size),
-        "round_trips": int(inp.trade_pnls.size),
+        "round_trips": inp.round_trips,
+        "unclosed_pnl": 0.0 if inp.unclosed_pnl is None else inp.unclosed_pnl,
         "paths": cfg.paths,
         "seed": cfg.seed,
         "chunk_size": cfg.chunk_size,

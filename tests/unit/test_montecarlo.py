@@ -254,11 +254,58 @@ def test_a_run_record_gives_its_returns_and_round_trips():
     obs = out["methods"]["iid"]["final_return"]["observed"]
     assert obs == pytest.approx(0.03)
     t = out["methods"]["trade_order"]
-    assert t["final_return"]["mean"] == pytest.approx(10 / 1000)
+    # The round trips make +10; the other +20 of the curve (no fill explains it) is the last
+    # trade, so the trade paths end where the run did
+    assert out["unclosed_pnl"] == pytest.approx(20.0)
+    assert t["final_return"]["mean"] == pytest.approx(0.03)
     assert t["paths"] == 200
     # No round trip: the method is reported as skipped, not as numbers
     bare = MonteCarloSimulator(small()).run({"equity_curve": equity, "initial_capital": 1e3})
     assert bare["methods"]["trade_order"]["paths"] == 0
+
+
+def test_a_flip_splits_its_commission_between_the_two_round_trips():
+    fills = [
+        _fill(0, "A", Side.BUY, 10, 10.0, comm=1.0),
+        _fill(1, "A", Side.SELL, 15, 12.0, comm=1.5),  # closes the long, opens a short of 5
+        _fill(2, "A", Side.BUY, 5, 11.0, comm=0.5),
+    ]
+    # Long: +2 a share on 10, less the entry's 1 and two thirds of the flip's 1.5.
+    # Short: +1 a share on 5, less the other third of 1.5 and the cover's 0.5.
+    np.testing.assert_allclose(mc.round_trip_pnls_after_costs(fills), [18.0, 4.0])
+
+
+def test_the_trade_paths_end_at_the_run_s_equity():
+    """Entry commissions, a dividend and a position still open at the end are the run's PnL
+    too: the trade order's observed final return was the closed trips' alone (+1.5% on the
+    quick start run against its +0.15%) yet was labelled as the run's."""
+    times = pd.date_range("2020-01-02", periods=5, freq="D", tz="UTC")
+    fills = [
+        _fill(0, "A", Side.BUY, 10, 10.0, comm=1.0),
+        _fill(1, "A", Side.SELL, 10, 12.0, comm=1.0),  # +20 less 2 of commissions
+        _fill(2, "B", Side.BUY, 5, 20.0, comm=1.0),  # still held at 22 at the end
+        _fill(3, "C", Side.BUY, 4, 5.0),
+        _fill(3, "C", Side.SELL, 4, 4.0),  # -4
+    ]
+    # 1000 + 18 - 4 - 101 (B's cost) + 110 (B's value) + 2 (a dividend on B) = 1025
+    equity = pd.Series([1000.0, 1010, 1000, 1020, 1025], index=times)
+    results = {"equity_curve": equity, "initial_capital": 1000.0, "fills": fills}
+    out = MonteCarloSimulator(small(methods=("trade_order",))).run(results)
+    assert out["round_trips"] == 2
+    assert out["unclosed_pnl"] == pytest.approx(11.0)  # 110 - 101 + 2
+    t = out["methods"]["trade_order"]["final_return"]
+    assert t["observed"] == pytest.approx(0.025, abs=1e-12)
+    assert t["p5"] == pytest.approx(0.025, abs=1e-12) and t["p95"] == pytest.approx(0.025)
+
+
+def test_a_run_with_no_round_trip_has_no_trade_order_to_shuffle():
+    times = pd.date_range("2020-01-02", periods=3, freq="D", tz="UTC")
+    equity = pd.Series([1000.0, 1005, 1012], index=times)
+    fills = [_fill(0, "B", Side.BUY, 5, 20.0, comm=1.0)]  # bought and held
+    out = MonteCarloSimulator(small()).run(
+        {"equity_curve": equity, "initial_capital": 1e3, "fills": fills}
+    )
+    assert out["round_trips"] == 0 and out["methods"]["trade_order"]["paths"] == 0
 
 
 # ----------------------------------------------------------------------------- output, input
