@@ -265,7 +265,7 @@ def test_decay_by_fold_and_by_horizon_against_hand_computation():
     d = decay(folds, step, PERF)
     sharpe = np.array([f["metrics"]["test"]["sharpe"] for f in folds])
     slope, intercept = np.polyfit(np.arange(6.0), sharpe, 1)  # independent OLS
-    got = d["by_fold"]["sharpe_trend"]
+    got = d["by_fold"]["sharpe_trend"]["all_folds"]
     assert got["slope"] == pytest.approx(slope, rel=1e-9)
     assert got["intercept"] == pytest.approx(intercept, rel=1e-9)
     assert got["spearman_rho"] == pytest.approx(
@@ -630,3 +630,47 @@ def test_fold_trend_p_values_count_only_folds_whose_windows_do_not_overlap():
         assert d["in_vs_out"]["sharpe"]["n_independent"] == 2
         assert math.isnan(d["in_vs_out"]["sharpe"]["p_value"])
     assert rejected / sims < 0.15  # 24% before; about 6% (10 folds) over 400 walk-forwards
+
+
+def test_the_fold_trend_s_slope_stderr_and_p_values_are_of_one_regression():
+    """The slope was over all 8 folds and its stderr and p over every 3rd: the CLI printed
+    one regression's slope with another's p-value."""
+    from tradingd.analysis.walkforward_tables import _regression
+
+    x = np.arange(9.0)
+    y = np.array([0.5, 0.9, 0.1, 0.3, -0.2, 0.8, 0.2, 0.6, -0.4])
+    got = _regression(x, y, every=3)
+    xi, yi = x[::3], y[::3]  # folds 0, 3, 6: 0.5, 0.3, 0.2
+    # Least squares by hand over the three independent folds: x - 3 = -3, 0, 3
+    slope = (-3 * 0.5 + 0 * 0.3 + 3 * 0.2) / 18.0
+    assert got["slope"] == pytest.approx(slope, rel=1e-12)
+    assert got["n_independent"] == 3
+    resid = yi - (yi.mean() + slope * (xi - 3.0))
+    stderr = math.sqrt(float(resid @ resid) / 1.0 / 18.0)  # 1 degree of freedom
+    assert got["slope_stderr"] == pytest.approx(stderr, rel=1e-12)
+    t = slope / stderr  # Student t with 1 df: p = 1 - 2 atan(|t|) / pi
+    assert got["p_value"] == pytest.approx(1.0 - 2.0 * math.atan(abs(t)) / math.pi, rel=1e-9)
+    assert got["all_folds"]["n"] == 9
+
+
+@pytest.mark.parametrize(
+    "n, p",
+    # A perfect rank order: 2 of the n! orders are as extreme (rho = +1 and -1)
+    [(3, 1 / 3), (4, 1 / 12), (5, 1 / 60), (8, 2 / 40320)],
+)
+def test_spearman_p_of_a_perfect_order_is_exact_at_few_folds(n, p):
+    """scipy's t approximation gives p = 0 for any |rho| = 1 (a 3-fold decay 'significant')."""
+    from tradingd.analysis.walkforward_tables import _regression, series_stability
+
+    x = np.arange(n, dtype=float) * 3.0
+    y = -(np.arange(n, dtype=float) ** 2)
+    assert _regression(x, y)["spearman_p"] == pytest.approx(p, rel=1e-12)
+    assert series_stability(y)["trend_p"] == pytest.approx(p, rel=1e-12)
+
+
+def test_spearman_p_at_4_folds_counts_the_orders_as_extreme():
+    """Ranks 1 3 2 4 against 1 2 3 4: rho = 0.8. Of the 24 orders of 4 ranks, rho >= 0.8 for
+    1 2 3 4, 2 1 3 4, 1 3 2 4 and 1 2 4 3 (4 of them) and <= -0.8 for their reverses: 8/24."""
+    from tradingd.analysis.walkforward_tables import spearman_p
+
+    assert spearman_p(np.arange(4.0), np.array([1.0, 3.0, 2.0, 4.0])) == pytest.approx(1 / 3)
