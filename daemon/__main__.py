@@ -53,7 +53,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -569,11 +569,40 @@ def _exit_at_once(signum: int, detail: str, **fields: Any) -> NoReturn:
 
 
 _ANALYSIS_TABLES = ("analysis", "report", "validation", "attribution")
+# What [analysis] sets is the default of the tables that have the same setting (theirs wins):
+# with risk_free_rate = 0 in [analysis] the validation's Sharpe ratio, PSR, DSR and verdict
+# were still at 2%, and benchmark = "NASDAQ" left the attribution's beta on the S&P 500.
+# The benchmark keys go together: one table's symbol with another's file would be neither.
+_SHARED_SETTINGS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "validation": (("risk_free_rate",), ("periods_per_year",), ("var_confidence",)),
+    "attribution": (("periods_per_year",), ("benchmark", "benchmark_source", "benchmark_path")),
+}
+
+
+def _with_shared_settings(data: Mapping[str, Any]) -> dict[str, Any]:
+    """Each table of an analysis config with the [analysis] settings it shares and does not
+    set itself (`_SHARED_SETTINGS`)."""
+    analysis = data.get("analysis", {})
+    out = dict(data)
+    if not isinstance(analysis, Mapping):
+        return out  # PerformanceConfig.from_mapping names the error
+    for name, groups in _SHARED_SETTINGS.items():
+        table = data.get(name, {})
+        if not isinstance(table, Mapping):
+            continue
+        merged = dict(table)
+        for group in groups:
+            if not any(k in table for k in group):
+                merged.update({k: analysis[k] for k in group if k in analysis})
+        out[name] = merged
+    return out
 
 
 def _analysis_tables(path: str | None) -> dict[str, Any]:
     """The configurations in `--analysis-config` (docs/REPORTS.md), each table checked by its
-    component's `from_mapping`, before any replay: a typo is reported in seconds."""
+    component's `from_mapping`, before any replay: a typo is reported in seconds. The
+    [analysis] settings are the other tables' defaults (`_SHARED_SETTINGS`), so every table
+    of one report measures against the same risk-free rate and benchmark."""
     from .analysis.attribution import AttributionConfig
     from .analysis.performance import PerformanceConfig
     from .analysis.report import ReportConfig
@@ -593,6 +622,7 @@ def _analysis_tables(path: str | None) -> dict[str, Any]:
                 f"analysis config {path}: unknown table(s) {', '.join(unknown)}; valid "
                 f"tables: {', '.join(_ANALYSIS_TABLES)}"
             )
+        data = _with_shared_settings(data)
     return {
         "analysis": PerformanceConfig.from_mapping(data.get("analysis", {}), "analysis"),
         "report": ReportConfig.from_mapping(data.get("report", {}), "report"),
@@ -604,7 +634,8 @@ def _analysis_tables(path: str | None) -> dict[str, Any]:
 def _annualise_as_the_run(tables: dict[str, Any], folder: Path, path: str | None) -> None:
     """A run of intraday bars annualised with 252 sessions of them (its summary.json's
     `periods_per_year`): every table of the report does too, unless the analysis config
-    sets its periods_per_year. With 252 a year of 5-minute bars was read as 78 years."""
+    sets its periods_per_year (or [analysis] does, which the others share). With 252 a year
+    of 5-minute bars was read as 78 years."""
     import dataclasses
     import tomllib
 
@@ -624,11 +655,28 @@ def _annualise_as_the_run(tables: dict[str, Any], folder: Path, path: str | None
             return
     for name in ("analysis", "validation", "attribution"):
         table = tables.get(name)
-        if table is None or "periods_per_year" in given.get(name, {}):
+        if table is None or "periods_per_year" in _with_shared_settings(given).get(name, {}):
             continue
         if hasattr(table, "periods_per_year"):
             tables[name] = dataclasses.replace(table, periods_per_year=float(ppy))
     log.info("report.periods_per_year", periods_per_year=ppy, source=str(folder / "summary.json"))
+
+
+_ATTRIBUTION_RISK = "Attribution: systematic and idiosyncratic risk"
+
+
+def _named_benchmark(sections: dict[str, Any], attribution: Mapping[str, Any]) -> dict[str, Any]:
+    """The attribution's beta with the benchmark it is against: the section gave a beta and
+    no name, beside the metrics' beta against another benchmark."""
+    bench = attribution.get("benchmark") or {}
+    risk = sections.get(_ATTRIBUTION_RISK)
+    if isinstance(risk, Mapping):
+        sections[_ATTRIBUTION_RISK] = {
+            "benchmark": str(bench.get("name") or "") or "none",
+            "benchmark_bars": bench.get("bars"),
+            **risk,
+        }
+    return sections
 
 
 def _write_report(
@@ -668,7 +716,7 @@ def _write_report(
                     progress=progress,
                 )
             )
-            sections.update(attribution_sections(attribution))
+            sections.update(_named_benchmark(attribution_sections(attribution), attribution))
         return write_report(
             folder,
             output,

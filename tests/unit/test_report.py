@@ -619,6 +619,47 @@ def test_report_attribution_replays_the_run_and_its_lines_add_up(cli, run_dir, t
     assert "momentum" in " ".join(lines)
 
 
+def test_the_analysis_benchmark_is_the_attribution_s_and_the_section_names_it(
+    cli, run_dir, tmp_path
+):
+    """[analysis] benchmark = "NASDAQ" gave the metrics' beta against the NASDAQ and the
+    attribution's against the S&P 500, in a section that did not say which."""
+    config = run_dir.parent.parent / "report.toml"
+    (tmp_path / "a.toml").write_text('[analysis]\nbenchmark = "NASDAQ"\n')
+    code, _, err = cli(
+        "report", str(run_dir), "-c", str(config), "--output", str(tmp_path / "o"),
+        "--no-validation", "--attribution", "--analysis-config", str(tmp_path / "a.toml"),
+    )  # fmt: skip
+    assert code == 0, err
+    d = json.loads((tmp_path / "o" / "report.json").read_text())
+    risk = d["sections"]["Attribution: systematic and idiosyncratic risk"]
+    assert d["analysis"]["benchmark"]["name"] == risk["benchmark"] == "NASDAQ"
+    assert risk["benchmark_bars"] == d["analysis"]["benchmark"]["bars"] > 0
+    assert close(risk["beta"], d["analysis"]["risk"]["beta"])
+
+
+def test_the_analysis_tables_share_the_analysis_settings_unless_they_set_their_own(tmp_path):
+    from tradingd.__main__ import _analysis_tables, _annualise_as_the_run
+
+    own = tmp_path / "a.toml"
+    own.write_text(
+        "[analysis]\nrisk_free_rate = 0.0\nperiods_per_year = 100\nvar_confidence = 0.99\n"
+        'benchmark = "X"\nbenchmark_source = "csv"\nbenchmark_path = "x.csv"\n'
+        "[validation]\nvar_confidence = 0.9\n"
+        '[attribution]\nbenchmark = "NASDAQ"\n'
+    )
+    tables = _analysis_tables(str(own))
+    v, a = tables["validation"], tables["attribution"]
+    assert (v.risk_free_rate, v.periods_per_year, v.var_confidence) == (0.0, 100, 0.9)
+    # The benchmark keys go together: NASDAQ is the bundled one, not a symbol of x.csv
+    assert (a.benchmark, a.benchmark_source, a.benchmark_path) == ("NASDAQ", "bundled", "")
+    assert a.periods_per_year == 100
+    # The run's own periods_per_year does not replace one [analysis] sets for all of them
+    (tmp_path / "summary.json").write_text(json.dumps({"periods_per_year": 19656.0}))
+    _annualise_as_the_run(tables, tmp_path, str(own))
+    assert {tables[n].periods_per_year for n in ("analysis", "validation", "attribution")} == {100}
+
+
 def test_report_attribution_without_a_config_replays_with_the_runs_own(cli, run_dir, tmp_path):
     """Without -c the replay took the built-in defaults and failed with "not the same run":
     the run's own configuration is in its folder."""
@@ -651,6 +692,32 @@ def test_backtest_report_checks_the_analysis_config_before_the_replay(cli, tmp_p
     )  # fmt: skip
     assert code == 2 and "validation.paths" in err
     assert not (tmp_path / "runs" / "report-unit").exists()  # nothing was replayed
+
+
+def test_the_analysis_risk_free_rate_is_the_validation_s(cli, run_dir, tmp_path):
+    """[analysis] risk_free_rate = 0 gave the metrics' Sharpe ratio at 0% and the validation's
+    tests, Monte Carlo and verdict at the 2% default."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[run]\noutput_dir = "{run_dir.parent}"\n')
+    (tmp_path / "a.toml").write_text(
+        "[analysis]\nrisk_free_rate = 0.0\n[validation]\npaths = 200\n"
+    )
+    code, _, err = cli(
+        "report", "report-unit", "-c", str(cfg), "--output", str(tmp_path / "o"),
+        "--analysis-config", str(tmp_path / "a.toml"),
+    )  # fmt: skip
+    assert code == 0, err
+    d = json.loads((tmp_path / "o" / "report.json").read_text())
+    sharpe = d["analysis"]["performance"]["sharpe"]
+    assert close(d["sections"]["Monte Carlo"]["iid: sharpe"]["observed"], sharpe)
+    # The tests and the verdict are those of a validation told rf = 0 itself
+    from tradingd.analysis.validation import StatisticalValidator, ValidationConfig
+
+    own = ValidationConfig(paths=200, risk_free_rate=0.0)
+    expected = StatisticalValidator(own).validate_performance(run_dir)
+    for name, row in expected["tests"].items():
+        assert close(d["sections"]["Statistical tests"][name]["p_value"], row["p_value"]), name
+    assert d["sections"]["Statistical validation"]["significant"] == expected["significant"]
 
 
 def test_report_monte_carlo_in_worker_processes_is_the_same(cli, run_dir, tmp_path):
