@@ -30,9 +30,12 @@ def historical_var_es(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Each bar's historical VaR and ES forecast (positive losses) from the returns *before*
     it: a rolling window of `window` bars (the first forecast at bar `window`), or with
-    `window` = 0 all earlier bars from bar `min_history`. NaN where there is no forecast.
-    The estimators are return_metrics.var_historical / cvar_historical: the linearly
-    interpolated `tail` quantile, and the mean of the floor((m - 1) tail) + 1 worst of m."""
+    `window` = 0 all earlier bars from bar `min_history`. NaN where there is no forecast,
+    and where the bars it would come from are all the same return: a run that never traded
+    forecast a VaR of 0, never exceeded it, and Kupiec's test rejected it (p = 3e-24) for a
+    risk it never took. The estimators are return_metrics.var_historical /
+    cvar_historical: the linearly interpolated `tail` quantile, and the mean of the
+    floor((m - 1) tail) + 1 worst of m."""
     r = _finite(returns)
     n = r.size
     var = np.full(n, np.nan)
@@ -44,6 +47,9 @@ def historical_var_es(
         var[window:] = -np.percentile(w, 100.0 * tail, axis=1)
         k = int((window - 1) * tail)
         es[window:] = -np.mean(np.partition(w, k, axis=1)[:, : k + 1], axis=1)
+        flat = np.flatnonzero(np.ptp(w, axis=1) == 0) + window
+        var[flat] = np.nan
+        es[flat] = np.nan
         return var, es
     # Expanding: keep the past sorted (one insertion a bar) and read the same estimators off
     # it, instead of sorting the whole history again for every bar.
@@ -52,6 +58,9 @@ def historical_var_es(
         return var, es
     past = sorted(r[:first].tolist())
     for t in range(first, n):
+        if past[0] == past[-1]:  # no dispersion: no forecast
+            bisect.insort(past, float(r[t]))
+            continue
         pos = (t - 1) * tail  # numpy's "linear" percentile position
         lo = math.floor(pos)
         hi = min(lo + 1, t - 1)
@@ -153,12 +162,17 @@ def christoffersen_independence(hits: Any, *, alpha: float = 0.05) -> dict[str, 
     distribution of LR_ind over all orders of the hits (`independence_null_distribution`,
     a permutation test computed in closed form), as a mid-p value (Lancaster 1961),
     P(LR > observed) + P(LR = observed) / 2, since LR takes few values. The chi-squared
-    p-value is reported as `asymptotic_p_value`."""
+    p-value is reported as `asymptotic_p_value`. With no hit, or only hits, there is no
+    order to test: NaN, no rejection."""
     h = np.asarray(hits, dtype=bool)
     null, ref = "VaR exceedances are independent", "Christoffersen (1998); Lancaster (1961)"
     if h.size < 2:
         return _empty_test(null, ref, transitions=[[0, 0], [0, 0]])
     n00, n01, n10, n11 = _transitions(h)
+    if h.all() or not h.any():
+        # Every order of no hit (or of only hits) is the same order: nothing to test, where
+        # the mid-p value of that one point said 0.5
+        return _empty_test(null, ref, transitions=[[n00, n01], [n10, n11]])
     lr = float(_independence_lr(n00, n01, n10, n11))
     asymptotic = float(stats.chi2.sf(lr, 1))
     values, probs = independence_null_distribution(int(h.size), int(h.sum()))

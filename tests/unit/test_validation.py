@@ -649,3 +649,29 @@ def test_the_robust_tests_hold_their_size_in_short_runs():
         nulls = rng.normal(0.0, 0.01, (800, n))
         rate = np.mean([v.run_tests(r, ("sharpe_ratio",))["sharpe_ratio"]["reject"] for r in nulls])
         assert rate < ceiling, (n, rate)
+
+
+@pytest.mark.parametrize("window", [0, 60])
+def test_a_run_that_never_traded_has_no_var_to_backtest(window):
+    """Constant equity forecast a VaR of 0, never exceeded: Kupiec rejected it (p = 3e-24)
+    and Christoffersen's mid-p said 0.5, for a risk the run never took."""
+    cfg = ValidationConfig(var_window=window, var_min_history=60, paths=100, es_simulations=100)
+    out = StatisticalValidator(cfg).validate_performance([0.0] * 300, trials=1)
+    for name in ("var_kupiec", "var_christoffersen"):
+        t = out["tests"][name]
+        assert math.isnan(t["p_value"]) and math.isnan(t["statistic"]) and not t["reject"], name
+
+
+@pytest.mark.parametrize("window", [0, 20])
+def test_var_forecasts_start_when_the_window_has_dispersion(window):
+    r = np.zeros(60)
+    r[40] = -0.01  # the first bar that is not like the others
+    var, _ = va.historical_var_es(r, 0.05, window, 20)
+    assert np.all(np.isnan(var[:41]))  # every window up to bar 40 holds only zeros
+    assert np.all(np.isfinite(var[41:]))  # from bar 41 on the loss is in the window
+
+
+def test_christoffersen_without_a_hit_has_nothing_to_order():
+    for hits in (np.zeros(200, dtype=bool), np.ones(50, dtype=bool)):
+        out = va.christoffersen_independence(hits)
+        assert math.isnan(out["p_value"]) and not out["reject"]
