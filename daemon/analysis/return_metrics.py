@@ -208,8 +208,10 @@ def max_drawdown(equity: Any, initial_capital: float) -> float:
 
 
 def calmar_ratio(annual: float, max_dd: float) -> float:
-    """Annual return / max drawdown; NaN without a drawdown."""
-    return _ratio(annual, max_dd) if max_dd > 0 else _NAN
+    """Annual return / max drawdown; NaN without a drawdown, and for a run ruined (a drawdown
+    of 100% or more: equity at or below zero), whose every ratio is NaN (docs/ANALYSIS.md),
+    not -1 / 1.1."""
+    return _ratio(annual, max_dd) if 0 < max_dd < 1 else _NAN
 
 
 # ----------------------------------------------------------------------------- tail risk
@@ -261,10 +263,15 @@ def cvar_parametric(returns: Any, tail: float = 0.05) -> float:
 
 
 def _pair(returns: Any, benchmark: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The bars where the benchmark is known (it may lack some), or none at all when a return
+    is NaN: the run was ruined (equity <= 0) and every ratio is NaN. The bars after the ruin
+    were dropped before, and the rest gave a beta of 36."""
     r, b = _arr(returns), _arr(benchmark)
     if r.size != b.size:
         raise ValueError(f"returns ({r.size}) and benchmark ({b.size}) differ in length")
-    ok = np.isfinite(r) & np.isfinite(b)
+    if not np.all(np.isfinite(r)):
+        return np.zeros(0), np.zeros(0)
+    ok = np.isfinite(b)
     return r[ok], b[ok]
 
 
