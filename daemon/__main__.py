@@ -640,9 +640,12 @@ def _annualise_as_the_run(tables: dict[str, Any], folder: Path, path: str | None
     import tomllib
 
     try:
-        ppy = json.loads((folder / "summary.json").read_text()).get("periods_per_year")
+        summary = json.loads((folder / "summary.json").read_text())
     except (OSError, ValueError):
         return
+    if not isinstance(summary, dict):
+        return  # not a run's summary: reading the record names the error
+    ppy = summary.get("periods_per_year")
     if not isinstance(ppy, int | float) or ppy <= 0:
         return
     # Every table that annualises: the performance figures, the validation's per-bar

@@ -166,16 +166,23 @@ def _from_directory(path: Path) -> RunRecord:
         capital = _json_file(path / "config.json").get("run", {}).get("initial_capital")
     fills_file = path / "fills.csv"
     fills = None
-    if not fills_file.exists() and summary.get("fills"):
-        # "No trades" would be a wrong answer: the costs and round trips would read 0.
-        raise ValueError(
-            f"{path} has no fills.csv, but its summary.json counts {summary['fills']} fills: "
-            "the record is incomplete (run the backtest again)"
-        )
     if fills_file.exists() and fills_file.stat().st_size > 0:
-        fills = pd.read_csv(fills_file)
+        try:
+            fills = pd.read_csv(fills_file)
+        except (ValueError, pd.errors.ParserError) as exc:
+            raise ValueError(
+                f"{fills_file} cannot be read as the run's fills: {exc} (run the backtest again)"
+            ) from None
         if len(fills):
             fills["time"] = pd.to_datetime(fills["time"], utc=True, format="ISO8601")
+    if (fills is None or not len(fills)) and summary.get("fills"):
+        # "No trades" would be a wrong answer: the costs and round trips would read 0. An
+        # empty or header-only fills.csv said it silently, as a missing one did before.
+        what = "no fills.csv" if not fills_file.exists() else "no fill in its fills.csv"
+        raise ValueError(
+            f"{path} has {what}, but its summary.json counts {summary['fills']} fills: "
+            "the record is incomplete (run the backtest again)"
+        )
     gx = eq.get("gross_exposure")
     splits = _read_splits(path)
     if splits is None and fills is not None and len(fills):

@@ -64,3 +64,38 @@ def test_an_unreadable_summary_names_the_file(tmp_path: Path) -> None:
     (out / "summary.json").write_text("")
     with pytest.raises(ValueError, match=r"summary.json cannot be read as JSON"):
         run_record(out)
+
+
+@pytest.mark.parametrize(
+    "text", ["", "fill_id,client_order_id,symbol,side,quantity,price,commission,slippage,time\n"]
+)
+def test_an_empty_fills_file_the_summary_counts_is_refused(tmp_path: Path, text: str) -> None:
+    """Empty or header-only, it read as 'no trades' beside the summary's 145 round trips."""
+    out = _folder(tmp_path)
+    (out / "fills.csv").write_text(text)
+    with pytest.raises(ValueError, match=r"no fill in its fills.csv, but .* counts 2 fills"):
+        run_record(out)
+    none = _folder(tmp_path / "none", fills=False)
+    (none / "fills.csv").write_text(text)
+    assert run_record(none).fills == ()  # the summary counts none: nothing missing
+
+
+def test_report_of_a_summary_that_is_not_an_object_is_a_named_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`[]` in summary.json was a traceback (exit 1) from `tradingd report`."""
+    import structlog
+
+    from tradingd.__main__ import main
+
+    out = _folder(tmp_path)
+    (out / "summary.json").write_text("[]")
+    monkeypatch.chdir(tmp_path)
+    saved = structlog.get_config()
+    try:
+        code = main(["report", str(out), "--no-validation", "--output", str(tmp_path / "o")])
+    finally:
+        structlog.configure(**saved)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "tradingd: error:" in err and "summary.json holds list, not a JSON object" in err
