@@ -50,6 +50,7 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -444,6 +445,11 @@ def _health(args: argparse.Namespace) -> int:
     services (a daemon's health must be askable when those are broken)."""
     from .health.client import fetch_health, url_for
 
+    if not (math.isfinite(args.timeout) and args.timeout > 0):
+        # 0, a negative or NaN waited forever on a stalled daemon; inf was a traceback
+        raise TradingdError(
+            f"--timeout must be a finite number of seconds > 0 (e.g. 5), got {args.timeout}"
+        )
     url = args.url or url_for(_config(args.config).health)
     code, report = asyncio.run(fetch_health(url, args.timeout))
     print(json.dumps(report, indent=2, sort_keys=True))

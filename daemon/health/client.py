@@ -14,6 +14,7 @@ the exit code is not 0); `status_error` when only `/status` failed.
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Any
 from urllib.parse import urlsplit
@@ -57,7 +58,11 @@ async def fetch_health(
     url: str = DEFAULT_URL, timeout_s: float = DEFAULT_TIMEOUT_S
 ) -> tuple[int, dict[str, Any]]:
     """Query a running daemon; see the module docstring for the exit codes. Never raises for
-    an unreachable or misbehaving server (that is exit code 2 with an `error`)."""
+    an unreachable or misbehaving server (that is exit code 2 with an `error`). A timeout
+    that is not a finite number of seconds > 0 is a ValueError: aiohttp reads 0 or less
+    (and NaN) as no timeout at all, which waits forever on a stalled server."""
+    if not (isinstance(timeout_s, int | float) and math.isfinite(timeout_s) and timeout_s > 0):
+        raise ValueError(f"timeout_s must be a finite number of seconds > 0, got {timeout_s!r}")
     base = url.strip().rstrip("/")
     shown = mask_url(base)
     report: dict[str, Any] = {"url": shown}

@@ -131,3 +131,30 @@ def test_url_for_a_configuration():
     assert url_for(HealthConfig(host="0.0.0.0", port=9100)) == "http://127.0.0.1:9100"
     assert url_for(HealthConfig(host="::", port=9100)) == "http://[::1]:9100"
     assert url_for(HealthConfig(host="::1", port=1)) == "http://[::1]:1"
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_health_refuses_a_timeout_that_is_not_finite_and_positive(value, capsys, monkeypatch):
+    """0, -1 and nan waited forever on a stalled daemon (aiohttp's "no timeout"); inf was an
+    OverflowError traceback with exit 1, the code of a daemon that answers but is not ready."""
+    import structlog
+
+    from tradingd.__main__ import main
+
+    for name in ("DATABASE_URL", "REDIS_URL"):
+        monkeypatch.delenv(name, raising=False)
+    saved = structlog.get_config()
+    url = f"http://127.0.0.1:{closed_port()}"
+    try:
+        code = main(["health", "--url", url, "--timeout", value])
+    finally:
+        structlog.configure(**saved)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "tradingd: error: --timeout must be a finite number of seconds > 0" in err
+
+
+@pytest.mark.parametrize("value", [0.0, -1.0, float("nan"), float("inf")])
+async def test_fetch_health_refuses_a_timeout_that_would_never_end(value):
+    with pytest.raises(ValueError, match="timeout_s must be a finite number of seconds > 0"):
+        await fetch_health("http://127.0.0.1:1", value)
