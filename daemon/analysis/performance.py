@@ -279,7 +279,11 @@ class PerformanceAnalyzer:
 
         levels = self.benchmark()
         b = align_benchmark(rec.times, levels) if levels is not None else np.full(n, np.nan)
-        both = np.isfinite(r) & np.isfinite(b)
+        # A ruined run's returns are NaN from the ruin on (equity <= 0): its bars are kept, so
+        # every ratio against the benchmark is NaN, as ANALYSIS.md says; dropping them left a
+        # beta of 36 from the bars before the ruin.
+        ruined = not np.all(np.isfinite(r))
+        both = np.isfinite(b) & (ruined | np.isfinite(r))
         rb, bb = r[both], b[both]
         nb = int(both.sum())
         bench_annual = annual_return(bb, ppy) if nb else _NAN

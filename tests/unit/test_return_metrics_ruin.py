@@ -48,3 +48,18 @@ def test_the_calmar_ratio_of_a_ruined_run_is_nan():
     analyzer = PerformanceAnalyzer(PerformanceConfig(benchmark=""))
     out = analyzer.analyze_performance({"equity_curve": curve, "initial_capital": 1e5})
     assert math.isnan(out["performance"]["calmar"])
+
+
+def test_the_analyzer_gives_a_ruined_run_no_benchmark_ratio():
+    """Through the analyzer (tradingd report, PerformanceAnalyzer): it left out the bars
+    after the ruin itself, and reported beta 36.4, correlation 0.77, information ratio -6.6
+    on an equity curve from 100,000 to -10,000."""
+    from tradingd.strategy_api import PerformanceAnalyzer
+
+    t = pd.date_range("2015-01-02", periods=5, freq="B")
+    curve = pd.Series([1e5, 5e4, -1e4, 2e4, 3e4], index=t)
+    out = PerformanceAnalyzer().analyze_performance({"equity_curve": curve, "initial_capital": 1e5})
+    for key in ("beta", "correlation", "tracking_error"):
+        assert math.isnan(out["risk"][key]), key
+    for key in ("information_ratio", "alpha", "calmar", "sharpe"):
+        assert math.isnan(out["performance"][key]), key
