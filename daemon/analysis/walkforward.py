@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import structlog
 
 from ..config import Config
 from ..feeds.panel import FIELDS, Panel
@@ -48,6 +49,8 @@ from .walkforward_tables import (
 )
 
 __all__ = ["WalkForwardAnalyzer", "WalkForwardConfig", "WalkForwardError", "thread_env"]
+
+log = structlog.get_logger(__name__)
 
 FORMAT = "tradingd-walkforward/1"
 
@@ -210,6 +213,7 @@ class WalkForwardAnalyzer:
                 "last": bar_label(panel.times[-1]),
             },
             "retrained": any(f.get("model") for f in folds),
+            "model_in_sample": _model_in_sample(folds),
             "folds": folds,
             "stitched": {
                 "first": bar_label(curve.index[0]),
@@ -232,6 +236,36 @@ class WalkForwardAnalyzer:
 
 
 _FOLD_DETAIL = ("equity", "state_at_train_end", "params", "model")
+
+
+def _model_in_sample(folds: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
+    """The test bars that lie in a model's own training or validation period, over all
+    folds (None when none does): they are not out of sample for that model. Said once, as
+    a backtest says it (`backtest.in_sample`)."""
+    bars, of, fitted, where = 0, 0, set(), []
+    for f in folds:
+        for m in f.get("models") or ():
+            inside = m.get("in_sample")
+            if inside:
+                bars += int(inside["bars"])
+                of += int(inside["of"])
+                fitted.add(tuple(m.get("fitted_on") or ()))
+                where.append(f["fold"])
+    if not bars:
+        return None
+    out = {
+        "bars": bars,
+        "of": of,
+        "folds": sorted(set(where)),
+        "fitted_on": [list(span) for span in sorted(fitted)],
+    }
+    log.warning(
+        "walkforward.in_sample",
+        **out,
+        rule="test bars in the model's training or validation period are in-sample for the "
+        "model: retrain in each fold (walkforward.retrain) or test after the model's dates",
+    )
+    return out
 
 
 def write_outputs(results: Mapping[str, Any], out_dir: str | Path) -> Path:

@@ -173,6 +173,7 @@ def summarize(results: Mapping[str, Any], out: Path) -> dict[str, Any]:
         "step": wf["step"],
         "retrained": results["retrained"],
         "out_of_sample": {"first": s["first"], "last": s["last"], "bars": s["bars"]},
+        "model_in_sample": results.get("model_in_sample"),
         "total_return": perf["total_return"],
         "annual_return": perf["annual_return"],
         "sharpe": perf["sharpe"],
@@ -200,6 +201,7 @@ def format_summary(s: Mapping[str, Any]) -> str:
             f"out of sample {oos['first']} .. {oos['last']} ({oos['bars']} bars): total return "
             f"{_pct(s['total_return'])}, annual {_pct(s['annual_return'])}, Sharpe "
             f"{_num(s['sharpe'])}, max drawdown {_pct(s['max_drawdown'])}",
+            *_in_sample_line(s.get("model_in_sample")),
             f"decay: out-of-sample Sharpe {_num(s['sharpe_trend_per_fold'], 4)} per fold "
             f"(p = {_num(s['sharpe_trend_p'], 3)} over "
             f"{s.get('sharpe_trend_independent_folds', '?')} folds with separate test "
@@ -208,6 +210,16 @@ def format_summary(s: Mapping[str, Any]) -> str:
             f"results in {s['output_dir']} ({s['wall_s']} s)",
         ]
     )
+
+
+def _in_sample_line(m: Mapping[str, Any] | None) -> list[str]:
+    if not m:
+        return []
+    spans = ", ".join(" .. ".join(span) for span in m["fitted_on"])
+    return [
+        f"NOT out of sample for the model: {m['bars']} of {m['of']} test bars lie in the "
+        f"period it was fitted on ({spans}); retrain in each fold (walkforward.retrain)"
+    ]
 
 
 def _pct(v: Any) -> str:

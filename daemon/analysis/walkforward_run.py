@@ -26,7 +26,7 @@ import os
 import socket
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -117,6 +117,7 @@ def run_fold(task: FoldTask) -> dict[str, Any]:
         **fold.dates(times, offset=off),
         "train_end_equity": snapshot["equity"],
         "model": model,
+        "models": snapshot.pop("models", []),
         "params": snapshot["params"],
         "state_at_train_end": snapshot["state"],
         "equity": {
@@ -309,7 +310,19 @@ async def _replay(
     result = await engine.run_until_done()
     if "snapshot" not in box:  # every panel time is a bar of the replay
         raise WalkForwardError(f"the replay never reached the training end {train_end}")
+    box["snapshot"]["models"] = _models_in_test(engine, result.times, train_end)
     return result, box["snapshot"], box.get("fills", [])
+
+
+def _models_in_test(engine: Any, times: Sequence[datetime], train_end: datetime) -> list[Any]:
+    """The fold's models, each with the test bars inside its own training or validation
+    period (`in_sample`): a walk-forward that does not retrain replays the configured model,
+    and the shipped one was fitted on 1999-2018, so its "out-of-sample" windows were the
+    model's training data, unsaid."""
+    from ..backtest import _models
+
+    test = [t for t in times if t > train_end]
+    return json_values(_models(engine, test).get("models", []))
 
 
 def snapshot(engine: Any) -> dict[str, Any]:

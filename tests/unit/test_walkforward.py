@@ -674,3 +674,34 @@ def test_spearman_p_at_4_folds_counts_the_orders_as_extreme():
     from tradingd.analysis.walkforward_tables import spearman_p
 
     assert spearman_p(np.arange(4.0), np.array([1.0, 3.0, 2.0, 4.0])) == pytest.approx(1 / 3)
+
+
+def test_test_windows_inside_the_models_own_period_are_said_not_out_of_sample():
+    """retrain = "never" replays the configured model: the shipped one was fitted on
+    1999-2018, and a walk-forward over those years labelled its test windows out of sample
+    without a word (a backtest warns: backtest.in_sample)."""
+    from pathlib import Path
+
+    from structlog.testing import capture_logs
+
+    wf = WalkForwardAnalyzer(
+        tiny_config(), tiny_wf(max_folds=1, retrain="never", warmup="none"), workers=0
+    )
+    late = tiny_panel()  # 2020: after the shipped model's last date
+    early = dataclasses.replace(
+        late,
+        times=pd.bdate_range("2010-01-04", periods=len(late.times)).to_numpy("datetime64[ns]"),
+    )
+    r = run_fold(wf.tasks(early)[0])
+    (m,) = [m for m in r["models"] if m["plugin"] == "ml_ensemble"]
+    assert m["fitted_on"][0] <= "2010-01-04" and m["fitted_on"][1] >= "2011-01-01"
+    assert m["in_sample"]["bars"] == m["in_sample"]["of"] == 20  # every test bar
+    with capture_logs() as logs:
+        out = wf.assemble([r], early)
+    assert out["model_in_sample"]["bars"] == 20 and out["model_in_sample"]["folds"] == [r["fold"]]
+    assert [e["bars"] for e in logs if e["event"] == "walkforward.in_sample"] == [20]
+    text = cli.format_summary(cli.summarize(out, Path("wf-out")))
+    assert "NOT out of sample for the model: 20 of 20 test bars" in text
+    r2 = run_fold(wf.tasks(late)[0])
+    assert all("in_sample" not in m for m in r2["models"])
+    assert wf.assemble([r2], late)["model_in_sample"] is None
