@@ -290,11 +290,11 @@ async def test_live_warmup_retries_a_source_that_is_down_at_start(engine_config,
     failures = [2]
     waits: list[float] = []
 
-    async def flaky():
+    async def flaky(resumed_from=None):
         if failures[0] > 0:
             failures[0] -= 1
             raise RetryableError("yahoo: no symbol could be fetched (kinds: http_5xx)")
-        async for bar in real():
+        async for bar in real(resumed_from):
             yield bar
 
     async def no_wait(seconds: float) -> bool:
@@ -656,10 +656,10 @@ async def test_a_control_answered_while_the_daemon_starts_is_stored_before_the_f
     real_warmup = restarted._warmup
     seen: list[tuple[str, float]] = []
 
-    async def warmup_then_stop():
+    async def warmup_then_stop(resumed_from=None):
         seen.append((_stored_trading_state(db), metrics.LAST_BAR_TIME._value.get()))
         restarted.request_stop()  # before any bar
-        async for bar in real_warmup():
+        async for bar in real_warmup(resumed_from):
             yield bar
 
     restarted._warmup = warmup_then_stop
@@ -682,11 +682,11 @@ async def test_a_control_answered_while_the_daemon_starts_is_stored_before_the_f
     real_warmup = again._warmup
     during: list[str] = []
 
-    async def resume_during_warmup():
+    async def resume_during_warmup(resumed_from=None):
         await EngineControls(again).resume()
         during.append(_stored_trading_state(db))
         again.request_stop()
-        async for bar in real_warmup():
+        async for bar in real_warmup(resumed_from):
             yield bar
 
     again._warmup = resume_during_warmup
@@ -1052,7 +1052,7 @@ async def test_a_stop_during_the_warm_ups_history_fetch_ends_it_at_once(engine_c
     fetching = asyncio.Event()
     cancelled: list[bool] = []
 
-    async def slow_history():
+    async def slow_history(resumed_from=None):
         fetching.set()
         try:
             await asyncio.Event().wait()  # the vendor, still answering
