@@ -194,14 +194,24 @@ class OrderPlanner:
             if cfg.brackets and h != 0 and (h + d) * h < 0:
                 d = -h  # a flip: close now, open the other side later with its own bracket
             exits = exits_by_symbol.get(i, [])
-            kept = self._keep(h, d)
-            covered = 0.0
-            if exits:
-                replaced, cancelled, covered = self._fit_exits(exits, h, kept, ctx)
-                orders.extend(replaced)
-                cancel.extend(cancelled)
-            if i in protect and kept - covered > _EPS * max(1.0, kept):
-                orders.extend(self._protect(i, math.copysign(kept - covered, h), ctx))
+            if cfg.brackets and h != 0 and (h + d) * h > 0 and abs(h + d) > abs(h):
+                # A top-up of a position: its exits go first. Alpaca refuses an order while
+                # an opposite one of the account's works in the symbol ("potential wash
+                # trade detected"): the entry beside the position's take-profit limit was
+                # refused every bar live, while a replay booked it. The added shares get
+                # their bracket as a new position's do; the others are protected again at
+                # the next decision (`protect`, priced from the average entry), so they
+                # have no exits on the bar the entry fills.
+                cancel.extend(o.client_order_id for o in exits if o.status is not OrderStatus.HELD)
+            else:
+                kept = self._keep(h, d)
+                covered = 0.0
+                if exits:
+                    replaced, cancelled, covered = self._fit_exits(exits, h, kept, ctx)
+                    orders.extend(replaced)
+                    cancel.extend(cancelled)
+                if i in protect and kept - covered > _EPS * max(1.0, kept):
+                    orders.extend(self._protect(i, math.copysign(kept - covered, h), ctx))
             if d == 0:
                 continue
             if cfg.brackets and abs(h + d) > abs(h) and not self._trailing:

@@ -133,3 +133,59 @@ async def test_max_position_holds_with_brackets_on(engine_config):
     # The stop-losses still worked: the loser was stopped out at least once.
     stops = [f for f in rows["fills"] if f["symbol"] == "T2" and "|sl" in f["client_order_id"]]
     assert stops
+
+
+async def test_no_entry_goes_out_while_an_opposite_exit_works(engine_config):
+    """Alpaca refuses an order while an opposite order of the account works in the symbol
+    ("potential wash trade detected. use complex orders"): a top-up's market buy beside the
+    position's take-profit limit was refused every bar live, and the replay booked it (7 of
+    24 entries of this run). What the planner sends must be what the live account takes."""
+    panel = trending_panel()
+    config = dataclasses.replace(
+        engine_config,
+        orders=OrdersConfig(
+            rebalance_band=BAND,
+            min_trade_value=100.0,
+            brackets=True,
+            take_profit_pct=0.5,
+            stop_loss_pct=0.3,  # stops far away: positions live long and are topped up
+        ),
+        sizing=PluginSpec("equal_weight", params={"max_positions": 4, "gross_exposure": 0.9}),
+        risk=(PluginSpec("max_position", params={"max_position_pct": CAP}),),
+    )
+    crossing: list[tuple[str, list[str]]] = []
+    top_ups: list[str] = []
+    wrapped: list[bool] = []
+
+    def check(engine, i, t):
+        if wrapped:
+            return
+        submit = engine.broker.submit
+
+        async def checked(orders):
+            working = engine.broker.open_orders()
+            for o in orders:
+                if o.leg.value != "entry":
+                    continue
+                j = engine.symbols.index(o.symbol)
+                if engine.portfolio.quantity[j] * (1 if o.side.value == "buy" else -1) > 0:
+                    top_ups.append(o.client_order_id)
+                against = [
+                    w.client_order_id
+                    for w in working
+                    if w.symbol == o.symbol and w.side != o.side and w.status.value != "held"
+                ]
+                if against:
+                    crossing.append((o.client_order_id, against))
+            return await submit(orders)
+
+        engine.broker.submit = checked
+        wrapped.append(True)
+
+    _, result, rows = await run_engine(
+        config, "backtest", panel, check, plugins={"always_long": AlwaysLong}
+    )
+    assert result.bars == len(panel.times)
+    assert len(top_ups) >= 3  # the run does top up positions that have exits
+    assert crossing == []
+    assert [o for o in rows["orders"] if o["status"] == "rejected"] == []

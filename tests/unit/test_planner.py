@@ -174,17 +174,23 @@ def test_full_exit_of_a_bracketed_position_cancels_every_leg_and_sells_everythin
     ]
 
 
-def test_increase_of_a_bracketed_position_brackets_only_the_added_shares():
+def test_increase_of_a_bracketed_position_cancels_its_exits_and_brackets_the_added_shares():
+    """Alpaca refuses an entry while an opposite order of the account works in the symbol
+    ("potential wash trade detected"): the first 100 shares' take-profit limit stayed, and
+    the top-up was refused every bar live, while a replay booked it."""
     p = OrderPlanner(BRACKETS, "r", SYMS)
     legs = active_legs("A", 100, 60.0, 45.0, days_ago=10)
     plan = p.plan(np.array([0.7, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [100, 0, 0]), legs)
-    assert plan.cancel == []  # the first 100 shares keep their own exits
+    assert sorted(plan.cancel) == sorted(o.client_order_id for o in legs)
     new = by_leg(plan.orders)
+    assert len(plan.orders) == 3  # the added shares' bracket, nothing for the others yet
     assert new[Leg.ENTRY].side is Side.BUY and new[Leg.ENTRY].quantity == 40.0
     # The 40 added shares are bought at about 50: their exits are set from there.
     assert new[Leg.TAKE_PROFIT].limit_price == 52.0 and new[Leg.STOP_LOSS].stop_price == 49.0
     assert new[Leg.TAKE_PROFIT].quantity == new[Leg.STOP_LOSS].quantity == 40.0
     assert new[Leg.STOP_LOSS].parent_id == new[Leg.ENTRY].client_order_id
+    # No order of the plan works against another: its exits are all held by its entry.
+    assert all(o.status is OrderStatus.HELD for o in plan.orders if o.leg is not Leg.ENTRY)
 
 
 def test_cut_sells_unprotected_shares_before_touching_any_leg():
@@ -404,20 +410,22 @@ async def test_full_exit_after_an_increase_cancels_all_legs_so_a_gap_sells_nothi
     assert d.pf.quantity_of("A") == 0 and d.broker.open_orders() == []
 
 
-async def test_increase_protects_the_added_shares_and_both_stops_fire_once():
+async def test_increase_protects_every_share_again_and_each_stop_fires_once():
     d = Desk()
     await d.bar({"A": flat(100.0)}, {"A": 100})  # take-profit 110, stop 95
     await d.bar({"A": flat(100.0)}, {"A": 100})
     plan, _ = await d.bar({"A": flat(104.0)}, {"A": 150})  # +50: take-profit 114.4, stop 98.8
-    assert plan.cancel == []
-    await d.bar({"A": flat(104.0)}, {"A": 150})
+    assert len(plan.cancel) == 2  # the first 100 shares' exits, before the top-up
+    await d.bar({"A": flat(104.0)}, {"A": 150})  # the 50 fill; the 100 get exits again
     assert d.pf.quantity_of("A") == 150 and d.protected("A") == 150
+    await d.bar({"A": flat(104.0)}, {"A": 150})
+    # The 100 are protected from the average entry (about 101.3): a stop at about 96.3.
     await d.bar({"A": gap(97.0, 97.0)}, {"A": 100})  # only the newer stop (98.8) is hit
     assert d.fills_of("A")[-1] == ("sl", Side.SELL, 50.0)
     assert d.pf.quantity_of("A") == 100 and d.protected("A") == 100
     await d.bar({"A": gap(90.0, 85.0)}, {})
-    assert d.fills_of("A")[-1] == ("sl", Side.SELL, 100.0)
-    assert d.pf.quantity_of("A") == 0
+    assert d.fills_of("A")[-1][1:] == (Side.SELL, 100.0)
+    assert d.pf.quantity_of("A") == 0 and d.broker.open_orders() == []
 
 
 # ----------------------------------------------------------------------------- property
@@ -655,17 +663,21 @@ def test_short_with_a_trailing_stop_is_protected_by_a_buy():
     assert ex[Leg.TAKE_PROFIT].limit_price == 19.2  # 4% below the 20 entry
 
 
-def test_trailing_mode_increase_protects_the_bare_shares_and_buys_more_alone():
+def test_trailing_mode_increase_cancels_the_stop_and_buys_more_alone():
     p = OrderPlanner(mode(stop_mode="trailing", take_profit_mode="trailing"), "r", SYMS)
     old = protective_exits("r", T - timedelta(days=5), "A", 100, trail_pct=0.02)
     for o in old:
         o.status = OrderStatus.NEW
-    # 150 held (50 bought since the old stop), target 200 at 50.
+    # 150 held (50 bought since the old stop), target 200 at 50: the old stop (a sell) goes
+    # before the buy; every share is protected at the next decision.
     plan = p.plan(np.array([1.0, 0.0, 0.0]), ctx_at([50.0, 20.0, 10.0], [150, 0, 0]), old)
-    assert plan.cancel == []  # the old stop keeps trailing from its own high
-    assert sorted((o.leg, o.type, o.quantity) for o in plan.orders) == [
-        (Leg.ENTRY, OrderType.MARKET, 50.0),
-        (Leg.STOP_LOSS, OrderType.TRAILING_STOP, 50.0),
+    assert plan.cancel == [o.client_order_id for o in old]
+    assert [(o.leg, o.type, o.side, o.quantity) for o in plan.orders] == [
+        (Leg.ENTRY, OrderType.MARKET, Side.BUY, 50.0)
+    ]
+    after = p.plan(np.array([1.0, 0.0, 0.0]), ctx_at([50.0, 20.0, 10.0], [200, 0, 0]), [])
+    assert [(o.leg, o.type, o.quantity) for o in after.orders] == [
+        (Leg.STOP_LOSS, OrderType.TRAILING_STOP, 200.0)
     ]
 
 
