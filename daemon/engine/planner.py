@@ -27,6 +27,11 @@ close (the price the entry is sized at), `d` the stop's distance from it:
 Which orders that gives, the same with every broker (a replay places exactly the orders a
 live run would, so what it shows is what the live account can hold):
 
+* A top-up of a position (either mode): its exits are cancelled first, because Alpaca refuses
+  an order while an opposite one of the account works in the symbol ("potential wash trade
+  detected"); the added shares get what a new position gets, and the earlier ones are
+  protected again at the next decision (priced from the average entry).
+
 * A fixed stop with a fixed take-profit (stop "pct" or "atr", take-profit "pct" or
   "reward_risk"): a bracket, market entry + take-profit limit + stop (one cancels the
   other), held until the entry fills and then protecting what it filled. Alpaca takes it as
