@@ -150,6 +150,9 @@ class OrderPlanner:
             config.stop_mode,
             config.take_profit_mode,
         )
+        # Symbols topped up since their exits were cancelled: protected again as planned,
+        # not restored after a surprise (a leg that expired at the broker), which is logged.
+        self._topped_up: set[int] = set()
 
     def required_features(self) -> tuple[str, ...]:
         return required_features(self.config)
@@ -169,6 +172,8 @@ class OrderPlanner:
                 exits_by_symbol.setdefault(i, []).append(o)
 
         held = ctx.portfolio.quantity
+        if self._topped_up:
+            self._topped_up = {i for i in self._topped_up if held[i] != 0}
         trade = rebalance_trades(cfg, targets, ctx, busy, equity)
         if not exits_by_symbol and not self._trailing and not (cfg.brackets and held.any()):
             if not trade:
@@ -208,6 +213,7 @@ class OrderPlanner:
                 # the next decision (`protect`, priced from the average entry), so they
                 # have no exits on the bar the entry fills.
                 cancel.extend(o.client_order_id for o in exits if o.status is not OrderStatus.HELD)
+                self._topped_up.add(i)
             else:
                 kept = self._keep(h, d)
                 covered = 0.0
@@ -347,7 +353,11 @@ class OrderPlanner:
             return self._unprotected(
                 sym, f"exits priced at take-profit {tp:g} and stop {sl:g} from {p:g}", held
             )
-        log.warning("planner.exits_restored", symbol=sym, held=held, take_profit=tp, stop=sl)
+        if i in self._topped_up:
+            self._topped_up.discard(i)
+            log.debug("planner.exits_after_top_up", symbol=sym, held=held, take_profit=tp, stop=sl)
+        else:
+            log.warning("planner.exits_restored", symbol=sym, held=held, take_profit=tp, stop=sl)
         return protective_exits(
             self.run_id, ctx.time, sym, held, stop_price=sl, take_profit_price=tp
         )

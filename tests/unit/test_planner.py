@@ -889,3 +889,26 @@ def test_restored_exits_are_priced_from_the_close_once_it_is_beyond_the_entrys_s
     exits = by_leg(p.plan(state.portfolio.weights.copy(), state, []).orders)
     assert exits[Leg.STOP_LOSS].side is Side.BUY and exits[Leg.STOP_LOSS].stop_price > 56.0
     assert exits[Leg.TAKE_PROFIT].limit_price < 56.0
+
+
+def test_exits_after_a_top_up_are_planned_not_a_surprise():
+    """The earlier shares of a topped-up position are protected again at the next decision:
+    that is the plan, logged at debug; exits restored for shares whose legs vanished at the
+    broker stay a warning (planner.exits_restored)."""
+    p = OrderPlanner(BRACKETS, "r", SYMS)
+    legs = active_legs("A", 100, 60.0, 45.0, days_ago=10)
+    top_up = p.plan(np.array([0.7, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [100, 0, 0]), legs)
+    _entry, take, stop = top_up.orders
+    take.status = stop.status = OrderStatus.NEW  # the 40 filled: their legs work
+    with capture_logs() as logs:
+        after = p.plan(
+            np.array([0.7, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [140, 0, 0]), [take, stop]
+        )
+    assert sorted(o.quantity for o in after.orders) == [100.0, 100.0]  # the 100 protected
+    events = [e["event"] for e in logs]
+    assert "planner.exits_after_top_up" in events and "planner.exits_restored" not in events
+    # Legs that vanished at the broker, with no top-up: a warning, as before.
+    bare = OrderPlanner(BRACKETS, "r", SYMS)
+    with capture_logs() as logs:
+        bare.plan(np.array([0.5, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [100, 0, 0]), [])
+    assert [e["log_level"] for e in logs if e["event"] == "planner.exits_restored"] == ["warning"]
