@@ -564,6 +564,10 @@ def _from_checkpoint(
     return start
 
 
+def _share(value: Any) -> str:
+    return f"{value:.1%}" if isinstance(value, int | float) and value == value else "n/a"
+
+
 def _bars_before(exchange: Any, t: datetime, n: int) -> list[datetime]:
     """The n bar labels strictly before t on the exchange's calendar (fewer only where the
     calendar has no more). The span is widened until it holds n: an estimate of five
@@ -1223,16 +1227,29 @@ def health_inputs(
             checks.append(status_check(risk.name, risk_status))
 
     def models() -> CheckResult:
-        # Model cards were verified at start-up (a bad card stops it); report what is loaded.
-        loaded = {
-            plugin.name: {
-                "version": getattr(plugin, "version", None),
-                "path": getattr(plugin, "model_path", None),
-            }
-            for plugin, _ in engine.pipeline.signals
-            if getattr(plugin, "version", None) is not None
-        }
-        return CheckResult(True, f"{len(loaded)} model(s) loaded", loaded)
+        # Model cards were verified at start-up (a bad card stops it); report what is loaded,
+        # and how often its forecasts have got the next bar's direction right since the
+        # start (the specification's "ML model accuracy"; reported, not a readiness test).
+        loaded: dict[str, Any] = {}
+        said = []
+        for plugin, _ in engine.pipeline.signals:
+            version = getattr(plugin, "version", None)
+            if version is None:
+                continue
+            entry = {"version": version, "path": getattr(plugin, "model_path", None)}
+            accuracy = getattr(plugin, "accuracy", None)
+            if callable(accuracy):
+                entry["live"] = live = accuracy()
+                rate = live.get("directional_accuracy")
+                if rate is not None:
+                    said.append(
+                        f"{plugin.name} direction right {rate:.1%} of {live['forecasts']} "
+                        f"forecasts over {live['bars']} bars (validation "
+                        f"{_share(live.get('validation'))})"
+                    )
+            loaded[plugin.name] = entry
+        detail = "; ".join([f"{len(loaded)} model(s) loaded", *said])
+        return CheckResult(True, detail, loaded)
 
     def database() -> CheckResult:
         # A PostgreSQL store reports a database outage (writes spooled, degraded); SQLite

@@ -66,6 +66,8 @@ from tradingd.core.errors import ConfigError
 from tradingd.core.ports import BarContext
 from tradingd.inference.onnx import PUBLISHED_MODEL_DIR, EnsemblePredictor, ModelPair
 
+from .live_accuracy import DirectionalAccuracy
+
 log = structlog.get_logger(__name__)
 
 # /4: the salt names the runtime (`runtime_identity`); a /3 file could no longer hit, so it
@@ -431,6 +433,7 @@ class MlEnsemble:
         self._pinned = False
         self.model_calls = 0
         self.cache_hits = 0
+        self._accuracy = DirectionalAccuracy(n)
         self._defer_cache()
 
     def required_features(self) -> tuple[str, ...]:
@@ -529,13 +532,25 @@ class MlEnsemble:
         full = np.flatnonzero(ready & (self._filled >= self.window))
         out = np.full(len(self.symbols), np.nan)
         if full.size == 0:
+            self._accuracy.update(ctx.bar.close, ctx.bar.split, out)
             return out
         pred = self._predict(
             self._keys.keys(full, self._salt), lambda todo: self._windows(full[todo])
         )
+        forecast = np.full(len(self.symbols), np.nan)
+        forecast[full] = pred
+        self._accuracy.update(ctx.bar.close, ctx.bar.split, forecast)
         signal, conf = self.predictor.generate_signal(pred, self.threshold)
         out[full] = signal * conf
         return out
+
+    def accuracy(self) -> dict[str, Any]:
+        """The forecasts' directional accuracy on the bars traded so far (the last
+        `live_accuracy.DEFAULT_BARS`), beside the model card's on its validation window: for
+        the health server's model check (see `live_accuracy`)."""
+        metrics = (self.pair.card.data.get("metrics") or {}).get("validation") or {}
+        validation = (metrics.get("ensemble") or {}).get("directional_accuracy")
+        return {**self._accuracy.summary(), "validation": validation}
 
     def _windows(self, idx: np.ndarray) -> np.ndarray:
         """(len(idx), window, features) float32: the full windows of these symbols."""

@@ -1779,3 +1779,31 @@ def test_the_broker_check_fails_while_the_account_may_not_trade(engine_config):
     state["blocked"] = "trading_blocked"
     result = check.probe()
     assert not result.ok and "trading_blocked" in result.detail
+
+
+async def test_the_model_check_says_how_often_the_live_forecasts_were_right(engine_config):
+    """The specification's health checks include "Model Performance: ML model accuracy":
+    the model check named the model only. It now reports the forecasts' directional
+    accuracy on the bars traded, beside the card's validation figure."""
+    from tradingd.app import build_engine, health_inputs
+
+    _, config = live_run(engine_config)
+    config = dataclasses.replace(
+        config, signals=(PluginSpec("ml_ensemble", 1.0, {"cache_dir": ""}),)
+    )
+    panel = make_panel(n_symbols=3, n_bars=220, split_at=None)
+    config = dataclasses.replace(
+        config, run=dataclasses.replace(config.run, start=panel.datetimes()[170].isoformat())
+    )
+    engine = build_engine(config, "live", panel=panel)
+    await engine.run_until_done()
+    checks, _status, _controls = health_inputs(engine)
+    (check,) = [c for c in checks if c.name == "model"]
+    result = check.probe()
+    live = result.data["ml_ensemble"]["live"]
+    # 50 traded bars of 3 symbols: the forecasts of the first 49 were scored (a symbol's
+    # flat bar or a zero forecast counts neither way).
+    assert 0 < live["forecasts"] <= 49 * 3 and live["bars"] <= 49
+    assert 0.0 <= live["directional_accuracy"] <= 1.0
+    assert live["validation"] == pytest.approx(0.5185567, abs=1e-6)  # the shipped card's
+    assert result.ok and "ml_ensemble direction right" in result.detail

@@ -1,0 +1,82 @@
+"""The model's live directional accuracy (the specification's "ML model accuracy" health
+check): each bar's forecast against the next bar's split-adjusted close-to-close move."""
+
+from __future__ import annotations
+
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tradingd_plugins.signals.live_accuracy import DirectionalAccuracy
+
+
+def _brute(closes, splits, forecasts, window):
+    """A loop over bars and symbols, from the definition."""
+    per_bar = []
+    for t in range(1, len(closes)):
+        hits = count = 0
+        for j in range(len(closes[t])):
+            f, c0, c1 = forecasts[t - 1][j], closes[t - 1][j], closes[t][j]
+            if np.isnan(f) or np.isnan(c0) or np.isnan(c1) or f == 0:
+                continue
+            move = c1 * splits[t][j] - c0
+            if move == 0:
+                continue
+            count += 1
+            hits += (f > 0) == (move > 0)
+        if count:
+            per_bar.append((hits, count))
+    kept = per_bar[-window:]
+    return sum(h for h, _ in kept), sum(c for _, c in kept), len(kept)
+
+
+_value = st.one_of(st.just(np.nan), st.just(0.0), st.floats(-0.05, 0.05))
+_price = st.one_of(st.just(np.nan), st.sampled_from([10.0, 10.5, 9.5, 20.0, 5.0]))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.integers(1, 4).flatmap(
+        lambda n: st.lists(
+            st.tuples(
+                st.lists(_price, min_size=n, max_size=n),
+                st.lists(st.sampled_from([1.0, 1.0, 2.0, 0.5]), min_size=n, max_size=n),
+                st.lists(_value, min_size=n, max_size=n),
+            ),
+            min_size=1,
+            max_size=12,
+        )
+    ),
+    st.integers(1, 6),
+)
+def test_hits_and_forecasts_are_the_definitions(rows, window):
+    closes = [np.array(r[0]) for r in rows]
+    splits = [np.array(r[1]) for r in rows]
+    forecasts = [np.array(r[2]) for r in rows]
+    acc = DirectionalAccuracy(len(closes[0]), bars=window)
+    for c, s, f in zip(closes, splits, forecasts, strict=True):
+        acc.update(c, s, f)
+    hits, count, bars = _brute(closes, splits, forecasts, window)
+    got = acc.summary()
+    assert (got["forecasts"], got["bars"]) == (count, bars)
+    assert got["directional_accuracy"] == (hits / count if count else None)
+
+
+def test_a_split_is_not_a_fall():
+    """A 2-for-1 split halves the close: the forecast of a rise was right if the holding
+    rose, whatever the raw price did."""
+    acc = DirectionalAccuracy(2)
+    acc.update(np.array([100.0, 100.0]), np.ones(2), np.array([0.01, -0.01]))
+    acc.update(np.array([51.0, 51.0]), np.array([2.0, 2.0]), np.full(2, np.nan))
+    s = acc.summary()
+    assert (s["forecasts"], s["directional_accuracy"]) == (2, 0.5)  # up right, down wrong
+
+
+def test_the_window_is_bounded():
+    acc = DirectionalAccuracy(1, bars=3)
+    for i in range(100):
+        acc.update(np.array([100.0 + i]), np.ones(1), np.array([1.0 if i < 97 else -1.0]))
+    s = acc.summary()
+    # The last three updates scored the forecasts made at 96-98: up, down, down; it rose.
+    assert (s["bars"], s["forecasts"]) == (3, 3)
+    assert s["directional_accuracy"] == 1 / 3
