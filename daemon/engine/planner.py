@@ -52,9 +52,10 @@ live run would, so what it shows is what the live account can hold):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import structlog
@@ -150,9 +151,11 @@ class OrderPlanner:
             config.stop_mode,
             config.take_profit_mode,
         )
-        # Symbols topped up since their exits were cancelled: protected again as planned,
-        # not restored after a surprise (a leg that expired at the broker), which is logged.
-        self._topped_up: set[int] = set()
+        # Symbols topped up since their exits were cancelled, with those exits' prices (the
+        # take-profit, the stop, the trailing distance; a share-weighted mean over lots):
+        # the earlier shares get them back at the next decision (`state` keeps them across
+        # a restart).
+        self._topped_up: dict[int, tuple[float | None, float | None, float | None]] = {}
 
     def required_features(self) -> tuple[str, ...]:
         return required_features(self.config)
@@ -173,7 +176,7 @@ class OrderPlanner:
 
         held = ctx.portfolio.quantity
         if self._topped_up:
-            self._topped_up = {i for i in self._topped_up if held[i] != 0}
+            self._topped_up = {i: v for i, v in self._topped_up.items() if held[i] != 0}
         trade = rebalance_trades(cfg, targets, ctx, busy, equity)
         if not exits_by_symbol and not self._trailing and not (cfg.brackets and held.any()):
             if not trade:
@@ -209,11 +212,12 @@ class OrderPlanner:
                 # an opposite one of the account's works in the symbol ("potential wash
                 # trade detected"): the entry beside the position's take-profit limit was
                 # refused every bar live, while a replay booked it. The added shares get
-                # their bracket as a new position's do; the others are protected again at
-                # the next decision (`protect`, priced from the average entry), so they
-                # have no exits on the bar the entry fills.
-                cancel.extend(o.client_order_id for o in exits if o.status is not OrderStatus.HELD)
-                self._topped_up.add(i)
+                # their bracket as a new position's do; the others get their exits back, at
+                # the same prices, at the next decision (`protect`), so they have none on
+                # the bar the entry fills.
+                working = [o for o in exits if o.status is not OrderStatus.HELD]
+                cancel.extend(o.client_order_id for o in working)
+                self._topped_up[i] = _exit_prices(working)
             else:
                 kept = self._keep(h, d)
                 covered = 0.0
@@ -222,7 +226,12 @@ class OrderPlanner:
                     orders.extend(replaced)
                     cancel.extend(cancelled)
                 if i in protect and kept - covered > _EPS * max(1.0, kept):
-                    orders.extend(self._protect(i, math.copysign(kept - covered, h), ctx))
+                    bare = math.copysign(kept - covered, h)
+                    earlier = self._topped_up.pop(i, None)
+                    if earlier is not None:
+                        orders.extend(self._give_back(i, bare, earlier, ctx))
+                    else:
+                        orders.extend(self._protect(i, bare, ctx))
             if d == 0:
                 continue
             if cfg.brackets and abs(h + d) > abs(h) and not self._trailing:
@@ -298,6 +307,43 @@ class OrderPlanner:
             self.run_id, ctx.time, sym, held, trail_pct=trail, take_profit_price=tp
         )
 
+    def _give_back(
+        self,
+        i: int,
+        held: float,
+        prices: tuple[float | None, float | None, float | None],
+        ctx: BarContext,
+    ) -> list[Order]:
+        """The exits a top-up cancelled, for the shares they protected, at their prices; the
+        average entry's (`_protect`) when they had none, or when the price has gone through
+        their stop meanwhile (`_protect` then prices from the close)."""
+        tp, sl, trail = prices
+        p = float(ctx.bar.close[i])
+        sym = self.symbols[i]
+        if trail is not None:
+            log.debug("planner.exits_after_top_up", symbol=sym, held=held, trail_pct=trail)
+            return protective_exits(
+                self.run_id, ctx.time, sym, held, trail_pct=trail, take_profit_price=tp
+            )
+        crossed = sl is None or not p > 0 or (sl >= p if held > 0 else sl <= p)
+        if crossed or (tp is not None and (tp <= p if held > 0 else tp >= p)):
+            return self._protect(i, held, ctx)
+        log.debug("planner.exits_after_top_up", symbol=sym, held=held, take_profit=tp, stop=sl)
+        return protective_exits(
+            self.run_id, ctx.time, sym, held, stop_price=sl, take_profit_price=tp
+        )
+
+    def state(self) -> dict[str, Any]:
+        """What a restarted run needs to decide as this one would: the exits of topped-up
+        positions still to give back (by symbol)."""
+        return {"topped_up": {self.symbols[i]: list(v) for i, v in self._topped_up.items()}}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        earlier = state.get("topped_up") or {}
+        self._topped_up = {
+            self._index[sym]: (v[0], v[1], v[2]) for sym, v in earlier.items() if sym in self._index
+        }
+
     def _protect_fixed(self, i: int, held: float, ctx: BarContext) -> list[Order]:
         """A fixed stop and take-profit (one OCO pair) for `held` shares whose exits are gone,
         at the prices a bracket bought at the position's average entry would have had (for
@@ -353,11 +399,7 @@ class OrderPlanner:
             return self._unprotected(
                 sym, f"exits priced at take-profit {tp:g} and stop {sl:g} from {p:g}", held
             )
-        if i in self._topped_up:
-            self._topped_up.discard(i)
-            log.debug("planner.exits_after_top_up", symbol=sym, held=held, take_profit=tp, stop=sl)
-        else:
-            log.warning("planner.exits_restored", symbol=sym, held=held, take_profit=tp, stop=sl)
+        log.warning("planner.exits_restored", symbol=sym, held=held, take_profit=tp, stop=sl)
         return protective_exits(
             self.run_id, ctx.time, sym, held, stop_price=sl, take_profit_price=tp
         )
@@ -432,6 +474,27 @@ class OrderPlanner:
                 replacements = resized_exits(self.run_id, ctx.time, members, rest)
             excess -= size
         return replacements, cancel, min(sum(sizes), kept)
+
+
+def _exit_prices(exits: Sequence[Order]) -> tuple[float | None, float | None, float | None]:
+    """(take-profit, stop, trailing distance) of a position's working exits, each the mean
+    over its lots weighted by their shares (None where no lot has one)."""
+
+    def mean(values: list[tuple[float, float]]) -> float | None:
+        total = sum(q for _, q in values)
+        return round_price(sum(v * q for v, q in values) / total) if total > 0 else None
+
+    tps = [(o.limit_price, o.remaining) for o in exits if o.leg is Leg.TAKE_PROFIT]
+    sls = [(o.stop_price, o.remaining) for o in exits if o.leg is Leg.STOP_LOSS]
+    trails = [(o.trail_pct, o.remaining) for o in exits if o.leg is Leg.STOP_LOSS]
+    tp = mean([(v, q) for v, q in tps if v is not None])
+    sl = mean([(v, q) for v, q in sls if v is not None])
+    trail_values = [(v, q) for v, q in trails if v is not None]
+    trail = None
+    if trail_values:
+        total = sum(q for _, q in trail_values)
+        trail = round(sum(v * q for v, q in trail_values) / total, 4) if total > 0 else None
+    return tp, (None if trail is not None else sl), trail
 
 
 def rebalance_trades(

@@ -419,7 +419,13 @@ async def test_increase_protects_every_share_again_and_each_stop_fires_once():
     await d.bar({"A": flat(104.0)}, {"A": 150})  # the 50 fill; the 100 get exits again
     assert d.pf.quantity_of("A") == 150 and d.protected("A") == 150
     await d.bar({"A": flat(104.0)}, {"A": 150})
-    # The 100 are protected from the average entry (about 101.3): a stop at about 96.3.
+    # The 100 have their own exits back, at their prices: take-profit 110, stop 95.
+    back = sorted(
+        (o.leg, o.limit_price or o.stop_price)
+        for o in d.broker.open_orders()
+        if o.quantity == 100 and o.client_order_id.split("|")[3].endswith(".p")
+    )
+    assert back == [(Leg.STOP_LOSS, 95.0), (Leg.TAKE_PROFIT, 110.0)]
     await d.bar({"A": gap(97.0, 97.0)}, {"A": 100})  # only the newer stop (98.8) is hit
     assert d.fills_of("A")[-1] == ("sl", Side.SELL, 50.0)
     assert d.pf.quantity_of("A") == 100 and d.protected("A") == 100
@@ -891,9 +897,11 @@ def test_restored_exits_are_priced_from_the_close_once_it_is_beyond_the_entrys_s
     assert exits[Leg.TAKE_PROFIT].limit_price < 56.0
 
 
-def test_exits_after_a_top_up_are_planned_not_a_surprise():
-    """The earlier shares of a topped-up position are protected again at the next decision:
-    that is the plan, logged at debug; exits restored for shares whose legs vanished at the
+def test_exits_after_a_top_up_are_given_back_at_their_prices():
+    """The earlier shares of a topped-up position get their exits back at the next decision,
+    at the prices they had (re-priced from the average entry, a stop moved up under a rising
+    position stopped it out more: the S&P run's profit factor fell from 0.98 to 0.70). That
+    is the plan, logged at debug; exits restored for shares whose legs vanished at the
     broker stay a warning (planner.exits_restored)."""
     p = OrderPlanner(BRACKETS, "r", SYMS)
     legs = active_legs("A", 100, 60.0, 45.0, days_ago=10)
@@ -904,7 +912,10 @@ def test_exits_after_a_top_up_are_planned_not_a_surprise():
         after = p.plan(
             np.array([0.7, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [140, 0, 0]), [take, stop]
         )
-    assert sorted(o.quantity for o in after.orders) == [100.0, 100.0]  # the 100 protected
+    assert sorted((o.quantity, o.limit_price or o.stop_price) for o in after.orders) == [
+        (100.0, 45.0),
+        (100.0, 60.0),
+    ]  # the 100 protected, at the take-profit and stop they had
     events = [e["event"] for e in logs]
     assert "planner.exits_after_top_up" in events and "planner.exits_restored" not in events
     # Legs that vanished at the broker, with no top-up: a warning, as before.
@@ -912,3 +923,22 @@ def test_exits_after_a_top_up_are_planned_not_a_surprise():
     with capture_logs() as logs:
         bare.plan(np.array([0.5, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [100, 0, 0]), [])
     assert [e["log_level"] for e in logs if e["event"] == "planner.exits_restored"] == ["warning"]
+
+
+def test_exits_to_give_back_survive_a_restart():
+    """A restart between a top-up and the next decision: the checkpoint keeps the exits to
+    give back, so the restarted run places what an uninterrupted one (and a replay) would."""
+    first = OrderPlanner(BRACKETS, "r", SYMS)
+    legs = active_legs("A", 100, 60.0, 45.0, days_ago=10)
+    first.plan(np.array([0.7, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [100, 0, 0]), legs)
+    state = first.state()
+    assert state == {"topped_up": {"A": [60.0, 45.0, None]}}
+    restarted = OrderPlanner(BRACKETS, "r", SYMS)
+    restarted.restore(state)
+    after = ctx([50.0, 10.0, 10.0], [140, 0, 0])
+    want = first.plan(np.array([0.7, 0.0, 0.0]), after, [])
+    got = restarted.plan(np.array([0.7, 0.0, 0.0]), after, [])
+    assert [(o.client_order_id, o.quantity, o.limit_price, o.stop_price) for o in got.orders] == [
+        (o.client_order_id, o.quantity, o.limit_price, o.stop_price) for o in want.orders
+    ]
+    assert sorted(o.limit_price or o.stop_price for o in got.orders) == [45.0, 60.0]
