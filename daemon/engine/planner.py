@@ -29,8 +29,8 @@ live run would, so what it shows is what the live account can hold):
 
 * A top-up of a position (either mode): its exits are cancelled first, because Alpaca refuses
   an order while an opposite one of the account works in the symbol ("potential wash trade
-  detected"); the added shares get what a new position gets, and the earlier ones are
-  protected again at the next decision (priced from the average entry).
+  detected"); the added shares get what a new position gets, and the earlier ones get their
+  exits back, at the same prices, at the next decision (none on the bar the entry fills).
 
 * A fixed stop with a fixed take-profit (stop "pct" or "atr", take-profit "pct" or
   "reward_risk"): a bracket, market entry + take-profit limit + stop (one cancels the
