@@ -207,7 +207,12 @@ class OrderPlanner:
             if cfg.brackets and h != 0 and (h + d) * h < 0:
                 d = -h  # a flip: close now, open the other side later with its own bracket
             exits = exits_by_symbol.get(i, [])
-            if cfg.brackets and h != 0 and (h + d) * h > 0 and abs(h + d) > abs(h):
+            top_up = cfg.brackets and h != 0 and (h + d) * h > 0 and abs(h + d) > abs(h)
+            if top_up and i in self._topped_up:
+                # The last top-up's earlier shares get their exits back first: topped up bar
+                # after bar, a rising position was left without exits for as long.
+                d, top_up = 0.0, False
+            if top_up:
                 # A top-up of a position: its exits go first. Alpaca refuses an order while
                 # an opposite one of the account's works in the symbol ("potential wash
                 # trade detected"): the entry beside the position's take-profit limit was

@@ -942,3 +942,23 @@ def test_exits_to_give_back_survive_a_restart():
         (o.client_order_id, o.quantity, o.limit_price, o.stop_price) for o in want.orders
     ]
     assert sorted(o.limit_price or o.stop_price for o in got.orders) == [45.0, 60.0]
+
+
+def test_a_position_is_not_topped_up_again_before_its_exits_are_back():
+    """Topped up bar after bar, each top-up cancelling the exits the last one gave back, a
+    rising position's earlier shares went unprotected for as many bars. The exits come back
+    first; the next top-up waits a bar."""
+    p = OrderPlanner(BRACKETS, "r", SYMS)
+    legs = active_legs("A", 100, 60.0, 45.0, days_ago=10)
+    p.plan(np.array([0.7, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [100, 0, 0]), legs)
+    # Next bar: 140 held, the target higher still.
+    plan = p.plan(np.array([0.9, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [140, 0, 0]), [])
+    assert plan.cancel == []
+    assert all(o.leg is not Leg.ENTRY for o in plan.orders)  # no buy: the exits come back
+    assert sorted(o.limit_price or o.stop_price for o in plan.orders) == [45.0, 60.0]
+    # The bar after, with the exits working, the top-up goes.
+    for o in plan.orders:
+        o.status = OrderStatus.NEW
+    later = p.plan(np.array([0.9, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [140, 0, 0]), plan.orders)
+    assert [o.side for o in later.orders if o.leg is Leg.ENTRY] == [Side.BUY]
+    assert sorted(later.cancel) == sorted(o.client_order_id for o in plan.orders)
