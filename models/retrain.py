@@ -153,6 +153,7 @@ def retrain(
 ) -> RetrainOutcome:
     policy = policy or RetrainPolicy()
     root = Path(root)
+    _check_current(root)
     versions = root / "versions"
     versions.mkdir(parents=True, exist_ok=True)
     current = _current_card(root)
@@ -201,12 +202,31 @@ def retrain(
             shutil.rmtree(staging, ignore_errors=True)
 
 
+def _check_current(root: Path) -> None:
+    """`root/current` must be the link retrain switches, or absent. A folder there (what
+    `tradingd train --out var/models/current` makes) cannot be replaced by a link in one
+    rename: the publish failed with an IsADirectoryError traceback after the whole
+    training, leaving a stray link, and the weekly timer failed the same way every week."""
+    current = root / "current"
+    if current.exists() and not current.is_symlink():
+        raise ConfigError(
+            f"{current} is a {'folder' if current.is_dir() else 'file'}, not the link "
+            "`tradingd retrain` publishes by switching: move it to "
+            f"{root / 'versions' / '<name>'} and link it (ln -s versions/<name> "
+            f"{current}), or point retrain at another model root"
+        )
+
+
 def _point_current(root: Path, target: Path) -> None:
     tmp = root / f".current-{os.getpid()}"
     if tmp.is_symlink() or tmp.exists():
         tmp.unlink()
     os.symlink(os.path.relpath(target, root), tmp)
-    os.replace(tmp, root / "current")  # atomic: readers see the old or the new, never neither
+    try:
+        os.replace(tmp, root / "current")  # atomic: readers see the old or the new
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _prune(versions: Path, root: Path, keep: int) -> None:
