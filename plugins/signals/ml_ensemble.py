@@ -497,8 +497,13 @@ class MlEnsemble:
         ens = pair.card.data["ensemble"]
         self.pair = pair
         self.predictor = EnsemblePredictor(ens["weights"], ens["residual_std"])
+        # The new card's threshold too (unless the config sets one): the old one stayed, and
+        # the reloaded model traded below its own card's 0.9 where a restart, a backtest or
+        # replay-check of the same model did not.
+        self.threshold = self.config.threshold or float(ens["threshold"])
         self.version = pair.card.version
         self.model_path = str(target)
+        self._accuracy = DirectionalAccuracy(len(self.symbols))  # the new model's own
         self._salt = cache_salt(self.version, self.predictor.weights, self.config.threads)
         self._defer_cache()  # the new version's file, at its first prediction
         log.info("model.reloaded", version=self.version, path=str(target))

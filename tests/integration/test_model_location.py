@@ -195,3 +195,28 @@ def test_a_reloaded_model_reads_its_own_cache_file(tmp_path, monkeypatch):
     assert p.model_calls == 1 and p.cache_hits == 3
     p.close()
     assert plugin().cache_entries == 3  # first.npz still holds all three
+
+
+def test_a_reloaded_model_decides_with_its_own_cards_threshold(tmp_path, monkeypatch):
+    """The threshold came from the first card only: after a switch to a model whose card says
+    0.9, the daemon kept trading its forecasts at 0.55, where a restart, a backtest or a
+    replay-check of that model would not."""
+    monkeypatch.chdir(tmp_path)
+    root, second = publish_two(tmp_path)
+    card = json.loads((second / "card.json").read_text())
+    card["ensemble"]["threshold"] = 0.9
+    (second / "card.json").write_text(json.dumps(card))
+    p = MlEnsemble(MlEnsembleConfig(cache_dir=""), SYMBOLS)
+    first = p.threshold
+    assert first != 0.9
+    _switch(root, "second")
+    p._maybe_reload()
+    assert (p.version, p.threshold) == ("second", 0.9)
+    assert p.threshold == MlEnsemble(MlEnsembleConfig(cache_dir=""), SYMBOLS).threshold
+    # A threshold the config sets stays the config's.
+    pinned = MlEnsemble(MlEnsembleConfig(cache_dir="", threshold=0.6), SYMBOLS)
+    _switch(root, "first")
+    pinned._maybe_reload()
+    assert (pinned.version, pinned.threshold) == ("first", 0.6)
+    p.close()
+    pinned.close()
