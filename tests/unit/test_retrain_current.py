@@ -4,8 +4,8 @@ there is refused before any training."""
 from __future__ import annotations
 
 import pytest
-
 import tradingd_models.retrain as rt
+
 from tradingd.config import Config
 from tradingd.core.errors import ConfigError
 
