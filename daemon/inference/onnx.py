@@ -61,6 +61,19 @@ class ModelCard:
             ) from None
         except json.JSONDecodeError as e:
             raise ConfigError(f"model card {p} is not valid JSON: {e}") from None
+        except OSError as e:
+            # model_dir a file (NotADirectoryError), card.json a folder, unreadable: said as
+            # what to fix, not as the plugin's start failing with the exception's name.
+            where = Path(directory)
+            what = (
+                f"model_dir {where} is not a folder"
+                if where.exists() and not where.is_dir()
+                else f"model card {p} cannot be read ({e.strerror or e})"
+            )
+            raise ConfigError(
+                f"{what}: point the plugin's model_dir at a model's folder (card.json and its "
+                "ONNX files)"
+            ) from None
         _check_card(p, data)
         return cls(p, data)
 

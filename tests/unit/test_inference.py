@@ -146,6 +146,24 @@ def test_the_start_up_check_blames_a_damaged_card_not_the_params(tmp_path, edit,
     assert str(exc.value).startswith(f"model card {d / 'card.json'}") and message in str(exc.value)
 
 
+def test_a_model_dir_that_is_a_file_or_a_card_that_is_a_folder_is_named(tmp_path):
+    """Both ended as 'the plugin failed to start with its params: NotADirectoryError' (or
+    IsADirectoryError), through the start-up check too."""
+    from tradingd.config import load_config
+    from tradingd.preflight import load_pipeline
+
+    a_file = tmp_path / "model.onnx"
+    a_file.write_bytes(b"x")
+    with pytest.raises(ConfigError, match=rf"model_dir {a_file} is not a folder: point"):
+        ModelCard.load(a_file)
+    (tmp_path / "m" / "card.json").mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"model card .*card.json cannot be read"):
+        ModelCard.load(tmp_path / "m")
+    signal = {"name": "ml_ensemble", "params": {"model_dir": str(a_file), "cache_dir": ""}}
+    with pytest.raises(ConfigError, match="is not a folder"):
+        load_pipeline(load_config([{"signals": [signal]}], env={}))
+
+
 def test_a_missing_or_unloadable_model_file_is_named(tmp_path):
     """Reported as the plugin's params failing to start: 'FileNotFoundError: [Errno 2] ...'
     for a file the card names and the folder lacks, 'InvalidProtobuf: ...' for a truncated
