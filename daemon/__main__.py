@@ -351,6 +351,12 @@ def _command(args: argparse.Namespace) -> int:
                 f"{len(report.differing)} differ, {len(report.bars_missing_in_replay)} "
                 "missing in the replay"
             )
+            for live, replay in report.sources_differ.items():
+                print(
+                    f"the live run decided with {live}, the replay with {replay}: replay it "
+                    "with the live run's model (its ml_ensemble model_dir set to "
+                    "var/models/versions/<version>) before reading the differences"
+                )
             for d in report.differing[:50]:
                 print(f"  {d.time.isoformat()}: " + "; ".join(d.differences))
             if report.decisions_compared < report.bars_compared:

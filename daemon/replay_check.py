@@ -65,6 +65,10 @@ class ReplayReport:
     # Decision differences on bars where decisions are not compared (an external broker's
     # book after its first fill, a restarted process's bars): shown, not counted.
     not_counted: list[BarDifference] = field(default_factory=list)
+    # The signal sources (plugins with their model versions) the live run decided with, and
+    # the replay's, where they differ ({live: replay}): a live run that took up a model
+    # `tradingd retrain` published is replayed with today's, and every later bar differs.
+    sources_differ: dict[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -81,6 +85,7 @@ class ReplayReport:
             "decision_differences_not_counted": [
                 {"time": d.time.isoformat(), "differences": d.differences} for d in self.not_counted
             ],
+            "sources_differ": dict(self.sources_differ),
             "bars_missing_in_replay": [t.isoformat() for t in self.bars_missing_in_replay],
             "differing_bars": [
                 {"time": d.time.isoformat(), "differences": d.differences} for d in self.differing
@@ -117,15 +122,16 @@ def replay_config(stored: dict[str, Any], run_id: str, start: datetime, audit_di
 
 async def _replay(
     config: Config, panel: Panel
-) -> tuple[dict[datetime, dict[str, Any]], datetime | None]:
-    """The replay's decision records by bar, and the bar at which it booked its first fill."""
+) -> tuple[dict[datetime, tuple[str, dict[str, Any]]], datetime | None]:
+    """The replay's (signal source, decision record) by bar, and the bar at which it booked
+    its first fill."""
     from .app import build_engine
 
-    got: dict[datetime, dict[str, Any]] = {}
+    got: dict[datetime, tuple[str, dict[str, Any]]] = {}
     # The live run's bar length: its sizing's periods_per_year and its day's start (intraday)
     # are those of live.bar, not of a daily backtest.
     engine = build_engine(config, "backtest", panel=panel, bar=config.live.bar)
-    engine.on_decision = lambda t, _source, record: got.__setitem__(t, record)
+    engine.on_decision = lambda t, source, record: got.__setitem__(t, (source, record))
     first_fill: list[datetime] = []
     record_fills = engine.store.record_fills
 
@@ -196,12 +202,16 @@ async def replay_check(
             until = min((x for x in (first_fill, replay_fill) if x is not None), default=None)
             for d in rows:
                 t = d["time"]
-                other = replayed.get(t)
-                if other is None:
+                got = replayed.get(t)
+                if got is None:
                     report.bars_missing_in_replay.append(t)
                     continue
+                source, other = got
                 report.bars_compared += 1
                 diff = compare(d["record"], other)
+                if d.get("source") and d["source"] != source:
+                    report.sources_differ.setdefault(d["source"], source)
+                    diff.insert(0, f"signals: live {d['source']}, replay {source}")
                 whole = k == 0 and (report.decisions_comparable or until is None or t < until)
                 if whole:
                     report.decisions_compared += 1

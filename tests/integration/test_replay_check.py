@@ -75,6 +75,22 @@ async def test_a_correct_build_replays_a_live_run_identically_and_finds_a_change
     assert bad.time == datetime.fromisoformat(t)
     assert bad.differences[0].startswith(f"features: {rec['ready'][0]} {rec['names'][0]} = ")
 
+    # A live run that took up another model half-way (tradingd retrain published one): the
+    # replay runs today's, and said only that every later bar differed, not why.
+    con = sqlite3.connect(tmp_path / "live.db")
+    (source,) = con.execute("SELECT DISTINCT source FROM decisions").fetchone()
+    assert "ml_ensemble@" in source
+    later = con.execute("SELECT time FROM decisions ORDER BY time LIMIT 1 OFFSET 100").fetchone()
+    con.execute("UPDATE decisions SET source = 'ml_ensemble@0ld' WHERE time >= ?", later)
+    con.commit()
+    con.close()
+    other_model = await replay_check(config, "killtest")
+    assert other_model.sources_differ == {"ml_ensemble@0ld": source}
+    assert not other_model.ok
+    first_other = min(d.time for d in other_model.differing if d.time != bad.time)
+    assert first_other == datetime.fromisoformat(later[0])
+    assert other_model.to_dict()["sources_differ"] == {"ml_ensemble@0ld": source}
+
 
 def test_replay_check_and_reset_halt_from_the_command_line(tmp_path: Path):
     import subprocess
