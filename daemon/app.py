@@ -1089,21 +1089,45 @@ class EngineControls:
 
     async def reset_halt(self) -> dict[str, Any]:
         """The deliberate reset of every halted kill switch (risk plugins with `halted` and
-        `reset()`); the next bar's checkpoint makes it durable."""
+        `reset()`), in the run's stored checkpoint when it answers, as pause and resume are:
+        left to the next bar's checkpoint, a restart before that bar halted the run again.
+        Nothing halted, it is stored again all the same: the operator may be re-sending one
+        whose store failed (503), which lived in memory only."""
         run_id = self.engine.run.run_id
+        stopped = EngineStoppedError(
+            f"the engine of run {run_id} has stopped: no kill switch was reset; use "
+            "`tradingd reset-halt` while no daemon runs, or send it again once the daemon "
+            "runs"
+        )
         if self.engine.controls_closed:
-            raise EngineStoppedError(
-                f"the engine of run {run_id} has stopped: no kill switch was reset; use "
-                "`tradingd reset-halt` while no daemon runs, or send it again once the daemon "
-                "runs"
-            )
+            raise stopped
         if not self.engine.trading_started:
             # The resumed checkpoint's kill switches would overwrite a reset made now.
             raise ControlRefusedError(
                 f"the engine of run {run_id} is starting: no kill switch was reset; send it "
                 "again once it trades (GET /ready answers 200)"
             )
-        return reset_halts(self.engine.pipeline.risks)
+        from .core.errors import ControlNotStoredError
+
+        answer: dict[str, Any] = {}
+
+        def reset() -> None:
+            answer.update(reset_halts(self.engine.pipeline.risks))
+
+        try:
+            await self.engine.change_plugins(reset, stopped)
+        except ControlNotStoredError as exc:
+            # Its message speaks of a trading state: say what was reset, and what a restart
+            # now would do (503, "stored": false, as for pause).
+            cause = exc.__cause__
+            exc.args = (
+                f"the kill switch reset ({', '.join(answer['reset']) or 'none halted now'}) "
+                f"is in effect, but storing it failed ({type(cause).__name__}: {cause}); a "
+                "restart now would halt the run again: send POST /reset-halt again once the "
+                "store works",
+            )
+            raise
+        return answer
 
 
 def reset_halts(risks: Any) -> dict[str, Any]:

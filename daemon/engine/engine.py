@@ -606,6 +606,39 @@ class Engine:
             # In effect here (the next bar's checkpoint carries it too), not stored.
             raise ControlNotStoredError(state, exc) from exc
 
+    async def change_plugins(self, change: Callable[[], _T], stopped: Exception) -> _T:
+        """An operator's change to the plugins' state (POST /reset-halt), made between bars
+        and stored at once, as a trading state is: left to the next bar's checkpoint, a stop
+        before that bar (hours, with daily bars) brought the halt back with its old peak.
+        Raises `stopped` once the engine has stopped (nothing changed), ControlNotStoredError
+        when the store fails (the change is in effect here; the next bar's checkpoint
+        carries it)."""
+        if self._bar_lock is None:
+            # Starting: the checkpoint it resumes would overwrite the change (see trading_started).
+            raise RuntimeError("change_plugins is for an engine that trades (trading_started)")
+        if self._controls_closed:
+            raise stopped
+        async with self._bar_lock:
+            if self._controls_closed:  # closed while this waited for the bar
+                raise stopped
+            result = change()
+            if not self._durable or self._last_checkpoint is None:
+                return result
+            t, saved = self._last_checkpoint
+            plugins = dict(saved.get("plugins") or {})
+            for key, plugin in _state_keys(self.pipeline.plugins()):
+                fn = getattr(plugin, "state", None)
+                if fn is not None and callable(fn):
+                    plugins[key] = fn()
+            saved = {**saved, "plugins": plugins}
+            self._last_checkpoint = (t, saved)
+            self.store.record_checkpoint(self.run.run_id, t, saved)  # type: ignore[attr-defined]
+            try:
+                await self.store.flush()
+            except Exception as exc:
+                raise ControlNotStoredError(self.trading_state, exc) from exc
+        return result
+
     def _plannable_orders(self) -> Sequence[Order]:
         """The broker's open orders the planner may act on: all of a simulated broker's
         (they are this run's); of a live account's, this run's own and every working
