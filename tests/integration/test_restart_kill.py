@@ -6,6 +6,7 @@ full count runs as `python benchmarks/kill_restart.py` (its numbers in benchmark
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import sys
@@ -145,17 +146,23 @@ params = { max_drawdown_pct = 0.2, recovery = "halt" }
         await EngineControls(second).reset_halt()
     lifted: list[bool] = []
     real_step = second.step
+    resets: list[asyncio.Task[None]] = []
+
+    async def reset() -> None:
+        answer = await EngineControls(second).reset_halt()
+        lifted.append(answer["reset"] == ["drawdown_guard"] and not guard_of(second).halted)
 
     async def step(bar, trade=None):  # type: ignore[no-untyped-def]
         if not second.trading_started:  # a warm-up bar
             return await real_step(bar, trade)
         assert guard_of(second).halted, "a restart must not lift the kill switch"
-        answer = await EngineControls(second).reset_halt()
-        lifted.append(answer["reset"] == ["drawdown_guard"] and not guard_of(second).halted)
+        # As the health server sends it: between bars (the control waits for this one).
+        resets.append(asyncio.get_running_loop().create_task(reset()))
         second.step = real_step  # type: ignore[method-assign]
         await real_step(bar, trade)
 
     second.step = step  # type: ignore[method-assign]
     await second.run_until_done()
+    await asyncio.gather(*resets)
     assert second.resumed_from is not None
     assert lifted == [True]
