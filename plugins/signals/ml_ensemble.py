@@ -408,6 +408,14 @@ class MlEnsemble:
         self.name = "ml_ensemble"
         self.symbols = symbols
         self._dir, why = locate_model(config.model_dir)
+        # Started on the shipped pair because nothing was published yet: the first model
+        # `tradingd retrain` publishes (`var/models/current`) is taken up when it appears, as
+        # later ones are; a daemon watching the shipped folder missed it until a restart
+        # switched models without a word.
+        published = Path.cwd() / PUBLISHED_MODEL_DIR
+        self._awaiting: Path | None = (
+            published if not config.model_dir and self._dir == default_model_dir() else None
+        )
         self._dir_id = _identity(self._dir)
         self._loaded_from = self._dir.resolve()
         self.model_path = str(self._loaded_from)  # what this run loaded, for its summary
@@ -472,6 +480,9 @@ class MlEnsemble:
         bar of a replay)."""
         if self._pinned:
             return
+        if self._awaiting is not None and self._awaiting.exists():
+            self._dir, self._awaiting = self._awaiting, None
+            log.info("model.published_found", path=str(self._dir))
         ident = _identity(self._dir)
         if ident is not None and ident == self._dir_id:
             return

@@ -220,3 +220,29 @@ def test_a_reloaded_model_decides_with_its_own_cards_threshold(tmp_path, monkeyp
     assert (pinned.version, pinned.threshold) == ("first", 0.6)
     p.close()
     pinned.close()
+
+
+def test_a_daemon_started_before_the_first_publish_takes_it_up(tmp_path, monkeypatch):
+    """With nothing published at its start the plugin ran the shipped pair and watched the
+    shipped folder: the first model `tradingd retrain` published was never taken up, and the
+    next restart switched models without a word."""
+    monkeypatch.chdir(tmp_path)
+    p = MlEnsemble(MlEnsembleConfig(cache_dir=""), SYMBOLS)
+    pinned = MlEnsemble(MlEnsembleConfig(cache_dir=""), SYMBOLS)
+    pinned.pin_model()  # a replay's
+    assert p.version == SHIPPED_VERSION
+    p._maybe_reload()
+    assert p.version == SHIPPED_VERSION  # nothing published: nothing changes
+    publish(tmp_path / DEFAULT_MODEL_ROOT, "first")
+    with capture_logs() as logs:
+        p._maybe_reload()
+    assert p.version == "first" and "versions/first" in p.model_path
+    assert [e["event"] for e in logs if e["event"].startswith("model.")] == [
+        "model.published_found",
+        "model.reloaded",
+    ]
+    # A replay keeps the model it started with.
+    pinned._maybe_reload()
+    assert pinned.version == SHIPPED_VERSION
+    p.close()
+    pinned.close()
