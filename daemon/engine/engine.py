@@ -1038,9 +1038,6 @@ class Engine:
                     key = base
                 if fn is not None and key in saved:
                     fn(saved[key])
-            planner_restore = getattr(self.planner, "restore", None)
-            if callable(planner_restore):
-                planner_restore(st.get("planner") or {})  # (none before this key existed)
             self.trading_state = st.get("trading_state", "active")
             if self._operator_state is not None:
                 log.info(
@@ -1121,9 +1118,6 @@ class Engine:
             if fn is not None and callable(fn):
                 plugins[key] = fn()
         state["plugins"] = plugins
-        planner_state = getattr(self.planner, "state", None)
-        if callable(planner_state):
-            state["planner"] = planner_state()
         self._last_checkpoint = (t, state)
         self.store.record_checkpoint(self.run.run_id, t, state)  # type: ignore[attr-defined]
 

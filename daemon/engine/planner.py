@@ -27,10 +27,10 @@ close (the price the entry is sized at), `d` the stop's distance from it:
 Which orders that gives, the same with every broker (a replay places exactly the orders a
 live run would, so what it shows is what the live account can hold):
 
-* A top-up of a position (either mode): its exits are cancelled first, because Alpaca refuses
-  an order while an opposite one of the account works in the symbol ("potential wash trade
-  detected"); the added shares get what a new position gets, and the earlier ones get their
-  exits back, at the same prices, at the next decision (none on the bar the entry fills).
+* A held position is not added to (either mode): its exits work, and Alpaca refuses an order
+  while an opposite one of the account works in the symbol ("potential wash trade
+  detected"). It keeps its size until it is cut or closed; a new position gets its full
+  target at entry.
 
 * A fixed stop with a fixed take-profit (stop "pct" or "atr", take-profit "pct" or
   "reward_risk"): a bracket, market entry + take-profit limit + stop (one cancels the
@@ -52,10 +52,9 @@ live run would, so what it shows is what the live account can hold):
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import structlog
@@ -151,11 +150,6 @@ class OrderPlanner:
             config.stop_mode,
             config.take_profit_mode,
         )
-        # Symbols topped up since their exits were cancelled, with those exits' prices (the
-        # take-profit, the stop, the trailing distance; a share-weighted mean over lots):
-        # the earlier shares get them back at the next decision (`state` keeps them across
-        # a restart).
-        self._topped_up: dict[int, tuple[float | None, float | None, float | None]] = {}
 
     def required_features(self) -> tuple[str, ...]:
         return required_features(self.config)
@@ -175,8 +169,6 @@ class OrderPlanner:
                 exits_by_symbol.setdefault(i, []).append(o)
 
         held = ctx.portfolio.quantity
-        if self._topped_up:
-            self._topped_up = {i: v for i, v in self._topped_up.items() if held[i] != 0}
         trade = rebalance_trades(cfg, targets, ctx, busy, equity)
         if not exits_by_symbol and not self._trailing and not (cfg.brackets and held.any()):
             if not trade:
@@ -206,37 +198,23 @@ class OrderPlanner:
             d = trade.get(i, 0.0)
             if cfg.brackets and h != 0 and (h + d) * h < 0:
                 d = -h  # a flip: close now, open the other side later with its own bracket
+            elif cfg.brackets and h != 0 and d * h > 0:
+                # No top-up of a held position: its exits work at the broker (or are placed
+                # now for bare shares), and Alpaca refuses an entry while an opposite order
+                # of the account works in the symbol ("potential wash trade detected"). A
+                # replay booked the top-ups Alpaca refused every bar; cancelling the exits
+                # to add would leave the held shares bare until the entry fills, longer when
+                # it fills in parts or the run is paused. The position keeps its size.
+                d = 0.0
             exits = exits_by_symbol.get(i, [])
-            top_up = cfg.brackets and h != 0 and (h + d) * h > 0 and abs(h + d) > abs(h)
-            if top_up and i in self._topped_up:
-                # The last top-up's earlier shares get their exits back first: topped up bar
-                # after bar, a rising position was left without exits for as long.
-                d, top_up = 0.0, False
-            if top_up:
-                # A top-up of a position: its exits go first. Alpaca refuses an order while
-                # an opposite one of the account's works in the symbol ("potential wash
-                # trade detected"): the entry beside the position's take-profit limit was
-                # refused every bar live, while a replay booked it. The added shares get
-                # their bracket as a new position's do; the others get their exits back, at
-                # the same prices, at the next decision (`protect`), so they have none on
-                # the bar the entry fills.
-                working = [o for o in exits if o.status is not OrderStatus.HELD]
-                cancel.extend(o.client_order_id for o in working)
-                self._topped_up[i] = _exit_prices(working)
-            else:
-                kept = self._keep(h, d)
-                covered = 0.0
-                if exits:
-                    replaced, cancelled, covered = self._fit_exits(exits, h, kept, ctx)
-                    orders.extend(replaced)
-                    cancel.extend(cancelled)
-                if i in protect and kept - covered > _EPS * max(1.0, kept):
-                    bare = math.copysign(kept - covered, h)
-                    earlier = self._topped_up.pop(i, None)
-                    if earlier is not None:
-                        orders.extend(self._give_back(i, bare, earlier, ctx))
-                    else:
-                        orders.extend(self._protect(i, bare, ctx))
+            kept = self._keep(h, d)
+            covered = 0.0
+            if exits:
+                replaced, cancelled, covered = self._fit_exits(exits, h, kept, ctx)
+                orders.extend(replaced)
+                cancel.extend(cancelled)
+            if i in protect and kept - covered > _EPS * max(1.0, kept):
+                orders.extend(self._protect(i, math.copysign(kept - covered, h), ctx))
             if d == 0:
                 continue
             if cfg.brackets and abs(h + d) > abs(h) and not self._trailing:
@@ -311,43 +289,6 @@ class OrderPlanner:
         return protective_exits(
             self.run_id, ctx.time, sym, held, trail_pct=trail, take_profit_price=tp
         )
-
-    def _give_back(
-        self,
-        i: int,
-        held: float,
-        prices: tuple[float | None, float | None, float | None],
-        ctx: BarContext,
-    ) -> list[Order]:
-        """The exits a top-up cancelled, for the shares they protected, at their prices; the
-        average entry's (`_protect`) when they had none, or when the price has gone through
-        their stop meanwhile (`_protect` then prices from the close)."""
-        tp, sl, trail = prices
-        p = float(ctx.bar.close[i])
-        sym = self.symbols[i]
-        if trail is not None:
-            log.debug("planner.exits_after_top_up", symbol=sym, held=held, trail_pct=trail)
-            return protective_exits(
-                self.run_id, ctx.time, sym, held, trail_pct=trail, take_profit_price=tp
-            )
-        crossed = sl is None or not p > 0 or (sl >= p if held > 0 else sl <= p)
-        if crossed or (tp is not None and (tp <= p if held > 0 else tp >= p)):
-            return self._protect(i, held, ctx)
-        log.debug("planner.exits_after_top_up", symbol=sym, held=held, take_profit=tp, stop=sl)
-        return protective_exits(
-            self.run_id, ctx.time, sym, held, stop_price=sl, take_profit_price=tp
-        )
-
-    def state(self) -> dict[str, Any]:
-        """What a restarted run needs to decide as this one would: the exits of topped-up
-        positions still to give back (by symbol)."""
-        return {"topped_up": {self.symbols[i]: list(v) for i, v in self._topped_up.items()}}
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        earlier = state.get("topped_up") or {}
-        self._topped_up = {
-            self._index[sym]: (v[0], v[1], v[2]) for sym, v in earlier.items() if sym in self._index
-        }
 
     def _protect_fixed(self, i: int, held: float, ctx: BarContext) -> list[Order]:
         """A fixed stop and take-profit (one OCO pair) for `held` shares whose exits are gone,
@@ -479,27 +420,6 @@ class OrderPlanner:
                 replacements = resized_exits(self.run_id, ctx.time, members, rest)
             excess -= size
         return replacements, cancel, min(sum(sizes), kept)
-
-
-def _exit_prices(exits: Sequence[Order]) -> tuple[float | None, float | None, float | None]:
-    """(take-profit, stop, trailing distance) of a position's working exits, each the mean
-    over its lots weighted by their shares (None where no lot has one)."""
-
-    def mean(values: list[tuple[float, float]]) -> float | None:
-        total = sum(q for _, q in values)
-        return round_price(sum(v * q for v, q in values) / total) if total > 0 else None
-
-    tps = [(o.limit_price, o.remaining) for o in exits if o.leg is Leg.TAKE_PROFIT]
-    sls = [(o.stop_price, o.remaining) for o in exits if o.leg is Leg.STOP_LOSS]
-    trails = [(o.trail_pct, o.remaining) for o in exits if o.leg is Leg.STOP_LOSS]
-    tp = mean([(v, q) for v, q in tps if v is not None])
-    sl = mean([(v, q) for v, q in sls if v is not None])
-    trail_values = [(v, q) for v, q in trails if v is not None]
-    trail = None
-    if trail_values:
-        total = sum(q for _, q in trail_values)
-        trail = round(sum(v * q for v, q in trail_values) / total, 4) if total > 0 else None
-    return tp, (None if trail is not None else sl), trail
 
 
 def rebalance_trades(

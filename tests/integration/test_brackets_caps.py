@@ -139,7 +139,8 @@ async def test_no_entry_goes_out_while_an_opposite_exit_works(engine_config):
     """Alpaca refuses an order while an opposite order of the account works in the symbol
     ("potential wash trade detected. use complex orders"): a top-up's market buy beside the
     position's take-profit limit was refused every bar live, and the replay booked it (7 of
-    24 entries of this run). What the planner sends must be what the live account takes."""
+    24 entries of this run). What the planner sends must be what the live account takes: no
+    entry beside an opposite exit, and so no top-up of a held position."""
     panel = trending_panel()
     config = dataclasses.replace(
         engine_config,
@@ -186,6 +187,8 @@ async def test_no_entry_goes_out_while_an_opposite_exit_works(engine_config):
         config, "backtest", panel, check, plugins={"always_long": AlwaysLong}
     )
     assert result.bars == len(panel.times)
-    assert len(top_ups) >= 3  # the run does top up positions that have exits
-    assert crossing == []
+    assert top_ups == [] and crossing == []
+    # (Before, this run topped up 7 held positions beside their exits.)
+    entries = [o for o in rows["orders"] if o["leg"] == "entry"]
+    assert len(entries) >= 10
     assert [o for o in rows["orders"] if o["status"] == "rejected"] == []

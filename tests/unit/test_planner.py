@@ -79,21 +79,23 @@ def test_symbols_with_a_working_order_or_no_bar_are_skipped():
     assert [o.symbol for o in plan.orders] == ["C"]
 
 
-def test_brackets_on_new_positions_and_on_added_shares():
+def test_brackets_on_new_positions_and_no_top_up_of_a_held_one():
     p = OrderPlanner(
         OrdersConfig(brackets=True, take_profit_pct=0.04, stop_loss_pct=0.02), "r", SYMS
     )
     plan = p.plan(np.array([0.2, 0.5, 0.0]), ctx([50.0, 20.0, 10.0], [0, 100, 0]), [])
     legs = {(o.symbol, o.leg): o for o in plan.orders}
-    assert set(legs) == {
-        (s, leg) for s in ("A", "B") for leg in (Leg.ENTRY, Leg.TAKE_PROFIT, Leg.STOP_LOSS)
-    }
+    assert {leg for s, leg in legs if s == "A"} == {Leg.ENTRY, Leg.TAKE_PROFIT, Leg.STOP_LOSS}
     assert legs["A", Leg.TAKE_PROFIT].limit_price == 52.0
     assert legs["A", Leg.STOP_LOSS].stop_price == 49.0
     assert legs["A", Leg.TAKE_PROFIT].quantity == legs["A", Leg.ENTRY].quantity == 40.0
-    # B holds 100 and goes to 250: the 150 added get their own exits, from today's price.
-    assert legs["B", Leg.STOP_LOSS].quantity == legs["B", Leg.ENTRY].quantity == 150.0
-    assert legs["B", Leg.STOP_LOSS].stop_price == 19.6
+    # B holds 100 (bare) and its target is 250: its shares get exits, and nothing is added
+    # (Alpaca refuses an entry beside the account's opposite exits: "potential wash trade").
+    b = [o for o in plan.orders if o.symbol == "B"]
+    assert sorted((o.leg, o.side, o.quantity) for o in b) == [
+        (Leg.STOP_LOSS, Side.SELL, 100.0),
+        (Leg.TAKE_PROFIT, Side.SELL, 100.0),
+    ]
 
 
 def test_fractional_shares_when_enabled():
@@ -174,23 +176,23 @@ def test_full_exit_of_a_bracketed_position_cancels_every_leg_and_sells_everythin
     ]
 
 
-def test_increase_of_a_bracketed_position_cancels_its_exits_and_brackets_the_added_shares():
-    """Alpaca refuses an entry while an opposite order of the account works in the symbol
-    ("potential wash trade detected"): the first 100 shares' take-profit limit stayed, and
-    the top-up was refused every bar live, while a replay booked it."""
+def test_a_bracketed_position_is_not_topped_up():
+    """A top-up's market buy beside the position's take-profit limit: Alpaca refuses it
+    ("potential wash trade detected. use complex orders"), every bar, while a replay booked
+    it. Cancelling the exits first would leave the shares bare until the entry fills."""
     p = OrderPlanner(BRACKETS, "r", SYMS)
     legs = active_legs("A", 100, 60.0, 45.0, days_ago=10)
     plan = p.plan(np.array([0.7, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [100, 0, 0]), legs)
-    assert sorted(plan.cancel) == sorted(o.client_order_id for o in legs)
-    new = by_leg(plan.orders)
-    assert len(plan.orders) == 3  # the added shares' bracket, nothing for the others yet
-    assert new[Leg.ENTRY].side is Side.BUY and new[Leg.ENTRY].quantity == 40.0
-    # The 40 added shares are bought at about 50: their exits are set from there.
-    assert new[Leg.TAKE_PROFIT].limit_price == 52.0 and new[Leg.STOP_LOSS].stop_price == 49.0
-    assert new[Leg.TAKE_PROFIT].quantity == new[Leg.STOP_LOSS].quantity == 40.0
-    assert new[Leg.STOP_LOSS].parent_id == new[Leg.ENTRY].client_order_id
-    # No order of the plan works against another: its exits are all held by its entry.
-    assert all(o.status is OrderStatus.HELD for o in plan.orders if o.leg is not Leg.ENTRY)
+    assert plan.orders == [] and plan.cancel == []  # the exits stay; nothing added
+    # A cut of the same position still goes (the exits are resized, as before).
+    cut = p.plan(np.array([0.3, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [100, 0, 0]), legs)
+    assert [(o.leg, o.side, o.quantity) for o in cut.orders if o.leg is Leg.ENTRY] == [
+        (Leg.ENTRY, Side.SELL, 40.0)
+    ]
+    # Without brackets a top-up goes as before.
+    plain = OrderPlanner(dataclasses.replace(BRACKETS, brackets=False), "r", SYMS)
+    more = plain.plan(np.array([0.7, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [100, 0, 0]), [])
+    assert [(o.side, o.quantity) for o in more.orders] == [(Side.BUY, 40.0)]
 
 
 def test_cut_sells_unprotected_shares_before_touching_any_leg():
@@ -390,48 +392,31 @@ async def test_cut_and_stop_executing_on_the_same_bar_sell_the_position_once():
     assert d.pf.quantity_of("A") == 0 and d.broker.open_orders() == []
 
 
-async def test_full_exit_after_an_increase_cancels_all_legs_so_a_gap_sells_nothing_more():
+async def test_a_rising_target_leaves_the_position_and_its_exits_as_they_are():
     d = Desk()
     await d.bar({"A": flat(100.0)}, {"A": 100})
     await d.bar({"A": flat(100.0)}, {"A": 100})
+    plan, _ = await d.bar({"A": flat(104.0)}, {"A": 150})
+    assert plan.orders == [] and plan.cancel == []
     await d.bar({"A": flat(104.0)}, {"A": 150})
-    await d.bar({"A": flat(104.0)}, {"A": 150})
-    assert d.pf.quantity_of("A") == 150 and d.protected("A") == 150
-    # A target worth less than one share is a full exit too.
+    assert d.pf.quantity_of("A") == 100 and d.protected("A") == 100
+    # A target worth less than one share is a full exit.
     plan, _ = await d.bar({"A": flat(100.0)}, weights=[1e-5, 0.0, 0.0])
-    assert len(plan.cancel) == 4
+    assert len(plan.cancel) == 2
     await d.bar({"A": gap(90.0, 80.0)}, {})
     await d.bar({"A": gap(80.0, 70.0)}, {})
-    assert d.fills_of("A") == [
-        ("entry", Side.BUY, 100.0),
-        ("entry", Side.BUY, 50.0),
-        ("entry", Side.SELL, 150.0),
-    ]
+    assert d.fills_of("A") == [("entry", Side.BUY, 100.0), ("entry", Side.SELL, 100.0)]
     assert d.pf.quantity_of("A") == 0 and d.broker.open_orders() == []
 
 
-async def test_increase_protects_every_share_again_and_each_stop_fires_once():
+async def test_the_stop_of_a_position_not_topped_up_fires_once_for_all_of_it():
     d = Desk()
     await d.bar({"A": flat(100.0)}, {"A": 100})  # take-profit 110, stop 95
     await d.bar({"A": flat(100.0)}, {"A": 100})
-    plan, _ = await d.bar({"A": flat(104.0)}, {"A": 150})  # +50: take-profit 114.4, stop 98.8
-    assert len(plan.cancel) == 2  # the first 100 shares' exits, before the top-up
-    await d.bar({"A": flat(104.0)}, {"A": 150})  # the 50 fill; the 100 get exits again
-    assert d.pf.quantity_of("A") == 150 and d.protected("A") == 150
-    await d.bar({"A": flat(104.0)}, {"A": 150})
-    # The 100 have their own exits back, at their prices: take-profit 110, stop 95.
-    back = sorted(
-        (o.leg, o.limit_price or o.stop_price)
-        for o in d.broker.open_orders()
-        if o.quantity == 100 and o.client_order_id.split("|")[3].endswith(".p")
-    )
-    assert back == [(Leg.STOP_LOSS, 95.0), (Leg.TAKE_PROFIT, 110.0)]
-    await d.bar({"A": gap(97.0, 97.0)}, {"A": 100})  # only the newer stop (98.8) is hit
-    assert d.fills_of("A")[-1] == ("sl", Side.SELL, 50.0)
-    assert d.pf.quantity_of("A") == 100 and d.protected("A") == 100
-    await d.bar({"A": gap(90.0, 85.0)}, {})
-    assert d.fills_of("A")[-1][1:] == (Side.SELL, 100.0)
-    assert d.pf.quantity_of("A") == 0 and d.broker.open_orders() == []
+    await d.bar({"A": flat(104.0)}, {"A": 150})  # not added to
+    await d.bar({"A": gap(90.0, 85.0)}, {"A": 150})
+    assert d.fills_of("A") == [("entry", Side.BUY, 100.0), ("sl", Side.SELL, 100.0)]
+    assert d.pf.quantity_of("A") == 0
 
 
 # ----------------------------------------------------------------------------- property
@@ -669,21 +654,17 @@ def test_short_with_a_trailing_stop_is_protected_by_a_buy():
     assert ex[Leg.TAKE_PROFIT].limit_price == 19.2  # 4% below the 20 entry
 
 
-def test_trailing_mode_increase_cancels_the_stop_and_buys_more_alone():
+def test_trailing_mode_protects_the_bare_shares_and_buys_nothing_more():
     p = OrderPlanner(mode(stop_mode="trailing", take_profit_mode="trailing"), "r", SYMS)
     old = protective_exits("r", T - timedelta(days=5), "A", 100, trail_pct=0.02)
     for o in old:
         o.status = OrderStatus.NEW
-    # 150 held (50 bought since the old stop), target 200 at 50: the old stop (a sell) goes
-    # before the buy; every share is protected at the next decision.
+    # 150 held (50 bought since the old stop), target 200 at 50: the bare 50 are protected,
+    # the old stop keeps trailing from its own high, and nothing is bought.
     plan = p.plan(np.array([1.0, 0.0, 0.0]), ctx_at([50.0, 20.0, 10.0], [150, 0, 0]), old)
-    assert plan.cancel == [o.client_order_id for o in old]
-    assert [(o.leg, o.type, o.side, o.quantity) for o in plan.orders] == [
-        (Leg.ENTRY, OrderType.MARKET, Side.BUY, 50.0)
-    ]
-    after = p.plan(np.array([1.0, 0.0, 0.0]), ctx_at([50.0, 20.0, 10.0], [200, 0, 0]), [])
-    assert [(o.leg, o.type, o.quantity) for o in after.orders] == [
-        (Leg.STOP_LOSS, OrderType.TRAILING_STOP, 200.0)
+    assert plan.cancel == []
+    assert [(o.leg, o.type, o.quantity) for o in plan.orders] == [
+        (Leg.STOP_LOSS, OrderType.TRAILING_STOP, 50.0)
     ]
 
 
@@ -895,70 +876,3 @@ def test_restored_exits_are_priced_from_the_close_once_it_is_beyond_the_entrys_s
     exits = by_leg(p.plan(state.portfolio.weights.copy(), state, []).orders)
     assert exits[Leg.STOP_LOSS].side is Side.BUY and exits[Leg.STOP_LOSS].stop_price > 56.0
     assert exits[Leg.TAKE_PROFIT].limit_price < 56.0
-
-
-def test_exits_after_a_top_up_are_given_back_at_their_prices():
-    """The earlier shares of a topped-up position get their exits back at the next decision,
-    at the prices they had (re-priced from the average entry, a stop moved up under a rising
-    position stopped it out more: the S&P run's profit factor fell from 0.98 to 0.70). That
-    is the plan, logged at debug; exits restored for shares whose legs vanished at the
-    broker stay a warning (planner.exits_restored)."""
-    p = OrderPlanner(BRACKETS, "r", SYMS)
-    legs = active_legs("A", 100, 60.0, 45.0, days_ago=10)
-    top_up = p.plan(np.array([0.7, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [100, 0, 0]), legs)
-    _entry, take, stop = top_up.orders
-    take.status = stop.status = OrderStatus.NEW  # the 40 filled: their legs work
-    with capture_logs() as logs:
-        after = p.plan(
-            np.array([0.7, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [140, 0, 0]), [take, stop]
-        )
-    assert sorted((o.quantity, o.limit_price or o.stop_price) for o in after.orders) == [
-        (100.0, 45.0),
-        (100.0, 60.0),
-    ]  # the 100 protected, at the take-profit and stop they had
-    events = [e["event"] for e in logs]
-    assert "planner.exits_after_top_up" in events and "planner.exits_restored" not in events
-    # Legs that vanished at the broker, with no top-up: a warning, as before.
-    bare = OrderPlanner(BRACKETS, "r", SYMS)
-    with capture_logs() as logs:
-        bare.plan(np.array([0.5, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [100, 0, 0]), [])
-    assert [e["log_level"] for e in logs if e["event"] == "planner.exits_restored"] == ["warning"]
-
-
-def test_exits_to_give_back_survive_a_restart():
-    """A restart between a top-up and the next decision: the checkpoint keeps the exits to
-    give back, so the restarted run places what an uninterrupted one (and a replay) would."""
-    first = OrderPlanner(BRACKETS, "r", SYMS)
-    legs = active_legs("A", 100, 60.0, 45.0, days_ago=10)
-    first.plan(np.array([0.7, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [100, 0, 0]), legs)
-    state = first.state()
-    assert state == {"topped_up": {"A": [60.0, 45.0, None]}}
-    restarted = OrderPlanner(BRACKETS, "r", SYMS)
-    restarted.restore(state)
-    after = ctx([50.0, 10.0, 10.0], [140, 0, 0])
-    want = first.plan(np.array([0.7, 0.0, 0.0]), after, [])
-    got = restarted.plan(np.array([0.7, 0.0, 0.0]), after, [])
-    assert [(o.client_order_id, o.quantity, o.limit_price, o.stop_price) for o in got.orders] == [
-        (o.client_order_id, o.quantity, o.limit_price, o.stop_price) for o in want.orders
-    ]
-    assert sorted(o.limit_price or o.stop_price for o in got.orders) == [45.0, 60.0]
-
-
-def test_a_position_is_not_topped_up_again_before_its_exits_are_back():
-    """Topped up bar after bar, each top-up cancelling the exits the last one gave back, a
-    rising position's earlier shares went unprotected for as many bars. The exits come back
-    first; the next top-up waits a bar."""
-    p = OrderPlanner(BRACKETS, "r", SYMS)
-    legs = active_legs("A", 100, 60.0, 45.0, days_ago=10)
-    p.plan(np.array([0.7, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [100, 0, 0]), legs)
-    # Next bar: 140 held, the target higher still.
-    plan = p.plan(np.array([0.9, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [140, 0, 0]), [])
-    assert plan.cancel == []
-    assert all(o.leg is not Leg.ENTRY for o in plan.orders)  # no buy: the exits come back
-    assert sorted(o.limit_price or o.stop_price for o in plan.orders) == [45.0, 60.0]
-    # The bar after, with the exits working, the top-up goes.
-    for o in plan.orders:
-        o.status = OrderStatus.NEW
-    later = p.plan(np.array([0.9, 0.0, 0.0]), ctx([50.0, 10.0, 10.0], [140, 0, 0]), plan.orders)
-    assert [o.side for o in later.orders if o.leg is Leg.ENTRY] == [Side.BUY]
-    assert sorted(later.cancel) == sorted(o.client_order_id for o in plan.orders)
