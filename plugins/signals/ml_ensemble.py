@@ -442,6 +442,7 @@ class MlEnsemble:
         self.model_calls = 0
         self.cache_hits = 0
         self._accuracy = DirectionalAccuracy(n)
+        self._no_forecast = np.full(n, np.nan)
         self._defer_cache()
 
     def required_features(self) -> tuple[str, ...]:
@@ -541,6 +542,9 @@ class MlEnsemble:
         trading bar (96 ms for a 2M-entry file)."""
         self._read_cache()
         self._push(ctx)
+        # A catch-up bar is the realised move of the last traded bar's forecasts: scored, and
+        # the next traded bar's return is over one bar again (splits included).
+        self._accuracy.update(ctx.bar.close, ctx.bar.split, self._no_forecast)
 
     def score(self, ctx: BarContext) -> np.ndarray:
         self._maybe_reload()

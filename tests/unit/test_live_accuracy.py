@@ -80,3 +80,15 @@ def test_the_window_is_bounded():
     # The last three updates scored the forecasts made at 96-98: up, down, down; it rose.
     assert (s["bars"], s["forecasts"]) == (3, 3)
     assert s["directional_accuracy"] == 1 / 3
+
+
+def test_a_catch_up_bar_scores_the_forecast_over_its_own_bar():
+    """A catch-up bar (stepped untraded) is what the plugin's `observe` passes on with no
+    forecast: the last forecast is scored over the bar it forecast, and a 2-for-1 split on
+    a later bar is not read as a fall over two bars with one bar's split."""
+    acc = DirectionalAccuracy(1)
+    acc.update(np.array([100.0]), np.ones(1), np.array([0.01]))  # traded: up
+    acc.update(np.array([102.0]), np.ones(1), np.full(1, np.nan))  # catch-up: it rose
+    acc.update(np.array([52.0]), np.array([2.0]), np.array([0.01]))  # split, then up
+    s = acc.summary()
+    assert (s["forecasts"], s["directional_accuracy"]) == (1, 1.0)
