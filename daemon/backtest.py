@@ -263,6 +263,12 @@ def _note_trial(out: Path, config: Config, result: EngineResult) -> None:
     replace the folder. A ledger that cannot be written is said, not the backtest's end."""
     from .analysis.trial_ledger import TRIALS_LEDGER, record_trial
 
+    root = Path(config.run.output_dir)
+    if out.parent.resolve() != root.resolve():
+        # An --output folder: its parent is not a runs root (`tradingd backtest --output
+        # /tmp/x` wrote /tmp/.trials.jsonl, and any run later validated under /tmp counted
+        # every such run as a trial).
+        return
     try:
         record_trial(
             out.parent,

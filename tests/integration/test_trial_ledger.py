@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,7 +35,7 @@ async def test_variants_rerun_under_one_run_id_all_count_as_trials(engine_config
     """Five lookbacks under run_id "mystrat" left one folder: 1 trial, no Sharpe variance,
     and the mildest deflation. Now each variant counts, with its own Sharpe ratio."""
     panel = make_panel(n_bars=160, split_at=None)
-    root = tmp_path / "runs"
+    root = Path(engine_config.run.output_dir)
     sharpes = []
     for lookback in (10, 20, 40):
         config = _with_lookback(engine_config, lookback)
@@ -63,3 +64,17 @@ def test_a_cut_ledger_line_is_skipped_and_said(tmp_path):
     assert tc.trials == 1
     assert tc.sharpe_ratios["h1"] == pytest.approx(0.001 / 0.01 * math.sqrt(252))
     assert [e["lines"] for e in logs if e["event"] == "trials.ledger_lines_skipped"] == [1]
+
+
+async def test_an_output_folder_elsewhere_leaves_no_ledger_in_its_parent(engine_config, tmp_path):
+    """`tradingd backtest --output /tmp/x` wrote /tmp/.trials.jsonl: every run validated
+    under /tmp later counted those unrelated runs as its trials."""
+    panel = make_panel(n_bars=120, split_at=None)
+    elsewhere = tmp_path / "scratch" / "x"
+    await run_backtest(_with_lookback(engine_config, 10), panel=panel, output_dir=elsewhere)
+    assert (elsewhere / "summary.json").exists()
+    assert not (elsewhere.parent / TRIALS_LEDGER).exists()
+    # Under run.output_dir (where the folders are the runs root's) it is written.
+    root = engine_config.run.output_dir
+    await run_backtest(_with_lookback(engine_config, 10), panel=panel)
+    assert (Path(root) / TRIALS_LEDGER).exists()
