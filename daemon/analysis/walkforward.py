@@ -213,7 +213,7 @@ class WalkForwardAnalyzer:
                 "last": bar_label(panel.times[-1]),
             },
             "retrained": any(f.get("model") for f in folds),
-            "model_in_sample": _model_in_sample(folds),
+            "model_in_sample": _model_in_sample(folds, curve.index),
             "folds": folds,
             "stitched": {
                 "first": bar_label(curve.index[0]),
@@ -238,26 +238,32 @@ class WalkForwardAnalyzer:
 _FOLD_DETAIL = ("equity", "state_at_train_end", "params", "model")
 
 
-def _model_in_sample(folds: Sequence[Mapping[str, Any]]) -> dict[str, Any] | None:
-    """The test bars that lie in a model's own training or validation period, over all
-    folds (None when none does): they are not out of sample for that model. Said once, as
-    a backtest says it (`backtest.in_sample`)."""
-    bars, of, fitted, where = 0, 0, set(), []
+def _model_in_sample(
+    folds: Sequence[Mapping[str, Any]], stitched: Sequence[Any]
+) -> dict[str, Any] | None:
+    """The stitched out-of-sample bars that lie in a model's own training or validation
+    period (None when none does): they are not out of sample for that model. Counted on the
+    stitched curve, each bar once (test windows overlap, and a fold may run two models);
+    `of` is the curve's bars. Said once, as a backtest says it (`backtest.in_sample`)."""
+    spans: set[tuple[str, str]] = set()
+    where: set[int] = set()
     for f in folds:
         for m in f.get("models") or ():
-            inside = m.get("in_sample")
-            if inside:
-                bars += int(inside["bars"])
-                of += int(inside["of"])
-                fitted.add(tuple(m.get("fitted_on") or ()))
-                where.append(f["fold"])
+            fitted = m.get("fitted_on")
+            if m.get("in_sample") and fitted:
+                spans.add((str(fitted[0]), str(fitted[1])))
+                where.add(int(f["fold"]))
+    if not spans:
+        return None
+    days = [bar_label(t)[:10] for t in stitched]
+    bars = sum(any(a <= d <= b for a, b in spans) for d in days)
     if not bars:
         return None
     out = {
         "bars": bars,
-        "of": of,
-        "folds": sorted(set(where)),
-        "fitted_on": [list(span) for span in sorted(fitted)],
+        "of": len(days),
+        "folds": sorted(where),
+        "fitted_on": [list(span) for span in sorted(spans)],
     }
     log.warning(
         "walkforward.in_sample",

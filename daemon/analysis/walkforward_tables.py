@@ -358,12 +358,16 @@ def series_stability(x: Any, index: Any = None, every: int = 1) -> dict[str, Any
         a, b = v[:-1], v[1:]
         ac = float(np.corrcoef(a / np.max(np.abs(a)), b / np.max(np.abs(b)))[0, 1])
     out["lag1_autocorrelation"] = ac
-    rho = p = _NAN
+    # The trend's rho and p-value of one sample, the folds whose test windows do not overlap
+    # (the rho of every fold was printed beside the p-value of those: its own key now).
+    rho = p = rho_all = _NAN
     if v.size >= 3 and np.ptp(v) > 0 and np.ptp(i) > 0:
-        rho = float(stats.spearmanr(i, v).statistic)
+        rho_all = float(stats.spearmanr(i, v).statistic)
     if vi.size >= 3 and np.ptp(vi) > 0 and np.ptp(ii) > 0:
+        rho = float(stats.spearmanr(ii, vi).statistic)
         p = spearman_p(ii, vi)
     out["trend_spearman_rho"], out["trend_p"] = rho, p
+    out["trend_spearman_rho_all_folds"] = rho_all
     out["trend_independent_folds"] = int(vi.size)
     return out
 

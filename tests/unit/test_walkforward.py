@@ -702,6 +702,30 @@ def test_test_windows_inside_the_models_own_period_are_said_not_out_of_sample():
     assert [e["bars"] for e in logs if e["event"] == "walkforward.in_sample"] == [20]
     text = cli.format_summary(cli.summarize(out, Path("wf-out")))
     assert "NOT out of sample for the model: 20 of 20 test bars" in text
+    # Folds whose test windows overlap: each stitched bar counted once, of the stitched bars
+    # (summed over folds, 40 "test bars" were said of a 30-bar result).
+    two = WalkForwardAnalyzer(
+        tiny_config(), tiny_wf(max_folds=2, retrain="never", warmup="none"), workers=0
+    )
+    both = two.assemble([run_fold(t) for t in two.tasks(early)], early)
+    n = both["stitched"]["bars"]
+    assert both["model_in_sample"]["bars"] == both["model_in_sample"]["of"] == n < 40
     r2 = run_fold(wf.tasks(late)[0])
     assert all("in_sample" not in m for m in r2["models"])
     assert wf.assemble([r2], late)["model_in_sample"] is None
+
+
+def test_a_stability_trends_rho_and_p_value_are_of_the_same_folds():
+    """rho was over every fold and the p-value over the folds whose windows do not overlap:
+    a statistic printed beside another sample's p-value."""
+    from scipy import stats
+
+    values = [5.0, 1.0, 4.0, 2.0, 3.0, 0.5, 2.5, 6.0, 1.5]
+    s = series_stability(values, every=2)
+    independent = values[::2]
+    want = stats.spearmanr(np.arange(9)[::2], independent).statistic
+    assert s["trend_spearman_rho"] == pytest.approx(want)
+    assert s["trend_spearman_rho_all_folds"] == pytest.approx(
+        stats.spearmanr(np.arange(9), values).statistic
+    )
+    assert s["trend_independent_folds"] == len(independent)
