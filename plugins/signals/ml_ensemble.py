@@ -544,7 +544,7 @@ class MlEnsemble:
         self._push(ctx)
         # A catch-up bar is the realised move of the last traded bar's forecasts: scored, and
         # the next traded bar's return is over one bar again (splits included).
-        self._accuracy.update(ctx.bar.close, ctx.bar.split, self._no_forecast)
+        self._score_forecasts(ctx, self._no_forecast)
 
     def score(self, ctx: BarContext) -> np.ndarray:
         self._maybe_reload()
@@ -552,17 +552,22 @@ class MlEnsemble:
         full = np.flatnonzero(ready & (self._filled >= self.window))
         out = np.full(len(self.symbols), np.nan)
         if full.size == 0:
-            self._accuracy.update(ctx.bar.close, ctx.bar.split, out)
+            self._score_forecasts(ctx, out)
             return out
         pred = self._predict(
             self._keys.keys(full, self._salt), lambda todo: self._windows(full[todo])
         )
         forecast = np.full(len(self.symbols), np.nan)
         forecast[full] = pred
-        self._accuracy.update(ctx.bar.close, ctx.bar.split, forecast)
+        self._score_forecasts(ctx, forecast)
         signal, conf = self.predictor.generate_signal(pred, self.threshold)
         out[full] = signal * conf
         return out
+
+    def _score_forecasts(self, ctx: BarContext, forecast: np.ndarray) -> None:
+        bar = ctx.bar
+        if bar is not None:  # (a context made by hand may have none: nothing to score)
+            self._accuracy.update(bar.close, bar.split, forecast)
 
     def accuracy(self) -> dict[str, Any]:
         """The forecasts' directional accuracy on the bars traded so far (the last
