@@ -53,7 +53,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CYCLES = int(os.environ.get("TRADINGD_KILL_CYCLES", "8"))
 RUN_ID = "killalp"
 CAPITAL = 1_000_000.0
-WINDOW = {"start": "2016-06-01", "end": "2017-06-30", "rate": 100.0}
+WINDOW = {"start": "2016-06-01", "end": "2017-12-29", "rate": 100.0}
 EPS = 1e-6
 
 
