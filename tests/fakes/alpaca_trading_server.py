@@ -45,7 +45,8 @@ Orders (`POST /v2/orders`)
     or OCO without its prices, a non-tradable asset, a fractional qty of a non-fractionable
     asset. 403 for: a buy costing more than the buying power (cash less open buys), a sell
     of more than is held and not promised to other sells ("insufficient qty available"), a
-    sale with no position when shorting is off.
+    sale with no position when shorting is off, and an order beside an opposite one of the
+    account it could trade against ("potential wash trade detected": see `_wash_trade`).
   * A new order answers 200 with status `accepted`, string numbers and a UUID `id`; then the
     stream announces it (`new`). Brackets (`order_class=bracket`) and OTOs get legs with
     Alpaca-made client ids, `held` until the entry fills; then the take-profit becomes `new`
@@ -303,6 +304,9 @@ class AlpacaTradingFake(LoopThread):
         self._position_fixture = fixture("trading", "positions_recorded_2025-11-14.json")
         self._clock_fixture = fixture("trading", "clock.json")
         self.cash = float(cash if cash is not None else self._account_fixture["cash"])
+        # Alpaca's wash-trade protection (`_wash_trade`); off for a test of request bodies
+        # that sends both sides of a symbol at once.
+        self.wash_trade_protection = True
         self.allow_short = allow_short
         self.rate_limit = rate_limit
         self.rate_window_s = rate_window_s
@@ -789,6 +793,26 @@ class AlpacaTradingFake(LoopThread):
                 self._execute(parent, parent.remaining, float(price))
         return web.json_response(self._json(parent, nested=True))
 
+    def _wash_trade(
+        self, symbol: str, side: str, kind: str, limit: float | None
+    ) -> web.Response | None:
+        """Alpaca's wash-trade protection (the recorded answer's reject_reason: "opposite
+        side market/stop order exists"): a new order is refused while an order of the
+        account on the other side of the symbol works that it could trade against: a
+        market or stop order, or a limit order the new one crosses (any limit against a
+        new market order). Legs still `held` behind their entry do not count."""
+        if not self.wash_trade_protection:
+            return None
+        for o in self.orders.values():
+            if o.symbol != symbol or o.side == side or not o.is_open or o.status == "held":
+                continue
+            crosses = o.type != "limit" or kind != "limit" or limit is None
+            if not crosses and o.limit_price is not None:
+                crosses = limit >= o.limit_price if side == "buy" else limit <= o.limit_price
+            if crosses:
+                return self._error(403, "403_wash_trade.json")
+        return None
+
     def _validate(self, body: dict[str, Any]) -> web.Response | None:
         cid = body.get("client_order_id")
         if isinstance(cid, str):
@@ -885,6 +909,9 @@ class AlpacaTradingFake(LoopThread):
                         "fulfill minimum pricing criteria",
                     },
                 )
+        wash = self._wash_trade(symbol, side, kind, _float(body.get("limit_price")))
+        if wash is not None:
+            return wash
         size = qty if qty is not None else 0.0
         if side == "buy":
             est = _float(body.get("limit_price")) or _float(body.get("stop_price"))

@@ -160,7 +160,24 @@ def body_of(fake: AlpacaTradingFake, client_id: str) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- order types
 
 
+async def test_an_entry_beside_an_opposite_exit_is_refused_as_alpaca_refuses_it(fake, broker):
+    """Alpaca refuses an order while one of the account on the other side of the symbol
+    could trade against it (403 "potential wash trade detected. use complex orders"): the
+    fake does too, so a live test of the engine sees what the planner must never send."""
+    fake.set_price("AAPL", 100.0, match=False)
+    fake.set_position("AAPL", 100, 90.0)
+    (stop,) = await broker.submit(
+        [order("AAPL", -100, OrderType.STOP, tag="stp", leg=Leg.EXIT, stop=95.0)]
+    )
+    assert stop.status is OrderStatus.NEW
+    (buy,) = await broker.submit([order("AAPL", 10, tag="mkt")])
+    assert buy.status is OrderStatus.REJECTED and "wash trade" in (buy.reason or "")
+
+
 async def test_each_order_type_round_trips_with_alpacas_request_body(fake, broker):
+    # Every type at once, both sides of one symbol: Alpaca would refuse the buys beside the
+    # sell stops ("potential wash trade", tested below); the bodies are what is tested here.
+    fake.wash_trade_protection = False
     fake.set_price("AAPL", 100.0, match=False)
     fake.set_position("AAPL", 100, 90.0)
     orders = [
