@@ -59,6 +59,13 @@ RISK_VERDICTS = Counter(
 EQUITY = Gauge("tradingd_equity", "Account equity at the last bar", registry=REGISTRY)
 CASH = Gauge("tradingd_cash", "Cash at the last bar", registry=REGISTRY)
 DRAWDOWN = Gauge("tradingd_drawdown", "Drawdown from the peak equity (fraction)", registry=REGISTRY)
+MODEL_ACCURACY = Gauge(
+    "tradingd_model_directional_accuracy",
+    "How often a model's forecasts got the next bar's direction right, over its last 252 "
+    "traded bars (NaN before any was scored)",
+    ["plugin"],
+    registry=REGISTRY,
+)
 LAST_BAR_TIME = Gauge(
     "tradingd_last_bar_timestamp_seconds", "Time of the last processed bar", registry=REGISTRY
 )

@@ -1288,6 +1288,13 @@ class Engine:
         metrics.CASH.set(pf.cash)
         peak = pf.peak_equity
         metrics.DRAWDOWN.set(1.0 - pf.equity / peak if peak > 0 else 0.0)
+        for plugin, _ in self.pipeline.signals:
+            accuracy = getattr(plugin, "accuracy", None)
+            if callable(accuracy):  # (a label per signal plugin: a bounded set)
+                rate = accuracy().get("directional_accuracy")
+                metrics.MODEL_ACCURACY.labels(plugin=plugin.name).set(
+                    float("nan") if rate is None else float(rate)
+                )
 
     async def _refresh_state_every(self) -> None:
         """The published state between bars: its cache key expires after cache.expiry_s

@@ -1785,6 +1785,7 @@ async def test_the_model_check_says_how_often_the_live_forecasts_were_right(engi
     """The specification's health checks include "Model Performance: ML model accuracy":
     the model check named the model only. It now reports the forecasts' directional
     accuracy on the bars traded, beside the card's validation figure."""
+    from tradingd import metrics
     from tradingd.app import build_engine, health_inputs
 
     _, config = live_run(engine_config)
@@ -1807,3 +1808,6 @@ async def test_the_model_check_says_how_often_the_live_forecasts_were_right(engi
     assert 0.0 <= live["directional_accuracy"] <= 1.0
     assert live["validation"] == pytest.approx(0.5185567, abs=1e-6)  # the shipped card's
     assert result.ok and "ml_ensemble direction right" in result.detail
+    # And in /metrics, for an alert on a model that decays.
+    gauge = metrics.MODEL_ACCURACY.labels(plugin="ml_ensemble")._value.get()
+    assert gauge == pytest.approx(live["directional_accuracy"])
