@@ -195,6 +195,10 @@ def drawdown_test(
     ref = "Efron (1979); Politis & Romano (1994)"
     if not math.isfinite(observed) or b.size == 0 or not np.all(np.isfinite(b)):
         return _empty_test(null, ref, method=method, paths=int(b.size))
+    if np.min(b) == np.max(b) == observed:
+        # Every path the same as the run (a run that never traded: all 0): nothing to test,
+        # NaN as the other tests give for no dispersion, not p = 1.
+        return _empty_test(null, ref, method=method, paths=int(b.size))
     p = float((1 + np.sum(b >= observed)) / (b.size + 1))
     return {
         "null": null,

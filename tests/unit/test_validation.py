@@ -391,6 +391,15 @@ def test_drawdown_test_flags_a_crash_the_returns_do_not_explain():
     assert va.drawdown_test(0.25, b)["p_value"] == pytest.approx((1 + 2) / 5)
 
 
+def test_the_drawdown_test_of_a_run_that_never_traded_is_nan():
+    """Every return 0: every path's drawdown 0, as the run's. It said p = 1.0, where the
+    other tests say NaN for no dispersion (VALIDATION.md)."""
+    out = quick().run_tests(np.zeros(300), ["drawdown"])["drawdown"]
+    assert math.isnan(out["p_value"]) and not out["reject"]
+    # Equal paths beside a deeper run still test.
+    assert va.drawdown_test(0.2, np.zeros(5))["p_value"] == pytest.approx(1 / 6)
+
+
 # ----------------------------------------------------------------------------- PSR and DSR
 
 
