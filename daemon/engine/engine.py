@@ -592,18 +592,23 @@ class Engine:
         return self._bar_lock is not None
 
     async def _store_trading_state(self, state: str) -> None:
-        """The last checkpoint again with `state` (nothing before a run's first checkpoint:
-        that bar's checkpoint carries it)."""
+        """The last checkpoint again with `state` (see `_record_again`)."""
+        await self._record_again({"trading_state": state}, state)
+
+    async def _record_again(self, changes: dict[str, Any], state: str) -> None:
+        """The last checkpoint again with `changes`, stored at once (nothing before a run's
+        first checkpoint: that bar's checkpoint carries them). ControlNotStoredError (naming
+        `state`) when the store fails: in effect here, and the next bar's checkpoint carries
+        it too."""
         if not self._durable or self._last_checkpoint is None:
             return
         t, saved = self._last_checkpoint
-        saved = {**saved, "trading_state": state}
+        saved = {**saved, **changes}
         self._last_checkpoint = (t, saved)
         self.store.record_checkpoint(self.run.run_id, t, saved)  # type: ignore[attr-defined]
         try:
             await self.store.flush()
         except Exception as exc:
-            # In effect here (the next bar's checkpoint carries it too), not stored.
             raise ControlNotStoredError(state, exc) from exc
 
     async def change_plugins(self, change: Callable[[], _T], stopped: Exception) -> _T:
@@ -622,21 +627,10 @@ class Engine:
             if self._controls_closed:  # closed while this waited for the bar
                 raise stopped
             result = change()
-            if not self._durable or self._last_checkpoint is None:
-                return result
-            t, saved = self._last_checkpoint
-            plugins = dict(saved.get("plugins") or {})
-            for key, plugin in _state_keys(self.pipeline.plugins()):
-                fn = getattr(plugin, "state", None)
-                if fn is not None and callable(fn):
-                    plugins[key] = fn()
-            saved = {**saved, "plugins": plugins}
-            self._last_checkpoint = (t, saved)
-            self.store.record_checkpoint(self.run.run_id, t, saved)  # type: ignore[attr-defined]
-            try:
-                await self.store.flush()
-            except Exception as exc:
-                raise ControlNotStoredError(self.trading_state, exc) from exc
+            if self._durable and self._last_checkpoint is not None:
+                kept = self._last_checkpoint[1].get("plugins") or {}
+                plugins = {**kept, **self._plugin_states()}
+                await self._record_again({"plugins": plugins}, self.trading_state)
         return result
 
     def _plannable_orders(self) -> Sequence[Order]:
@@ -1096,6 +1090,15 @@ class Engine:
             unconfirmed_intents=len(resume.unconfirmed),
         )
 
+    def _plugin_states(self) -> dict[str, Any]:
+        """Each plugin's `state()`, by its checkpoint key (`_state_keys`)."""
+        out: dict[str, Any] = {}
+        for key, plugin in _state_keys(self.pipeline.plugins()):
+            fn = getattr(plugin, "state", None)
+            if fn is not None and callable(fn):
+                out[key] = fn()
+        return out
+
     def _checkpoint(self, t: datetime) -> None:
         """Everything a restarted process needs to continue after bar `t` (see _resume)."""
         state: dict[str, Any] = {
@@ -1112,12 +1115,7 @@ class Engine:
             state["broker"] = broker_state()
         else:  # the broker keeps its own book: remember what was open, to reconcile
             state["open_orders"] = [order_to_dict(o) for o in self.broker.open_orders()]
-        plugins = {}
-        for key, plugin in _state_keys(self.pipeline.plugins()):
-            fn = getattr(plugin, "state", None)
-            if fn is not None and callable(fn):
-                plugins[key] = fn()
-        state["plugins"] = plugins
+        state["plugins"] = self._plugin_states()
         self._last_checkpoint = (t, state)
         self.store.record_checkpoint(self.run.run_id, t, state)  # type: ignore[attr-defined]
 
