@@ -141,6 +141,17 @@ def spearman_p(x: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.abs(covs) >= observed * (1.0 - 1e-12) - 1e-12))
 
 
+def _samples(
+    x: np.ndarray, y: np.ndarray, every: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x, y) of the finite pairs among every `every`-th fold (the folds whose windows do
+    not overlap), then (x, y) of all the finite pairs."""
+    ok = np.isfinite(x) & np.isfinite(y)
+    keep = np.zeros(x.size, dtype=bool)
+    keep[:: max(1, every)] = True
+    return x[ok & keep], y[ok & keep], x[ok], y[ok]
+
+
 def _regression(x: np.ndarray, y: np.ndarray, every: int = 1) -> dict[str, Any]:
     """OLS of y on x (scipy.stats.linregress) and Spearman's rho, on the finite pairs.
 
@@ -151,11 +162,7 @@ def _regression(x: np.ndarray, y: np.ndarray, every: int = 1) -> dict[str, Any]:
     not overlap (`n_independent` of them; NaN below 3): a slope over all folds printed next
     to the p-value of another regression's read as that slope's significance. `all_folds`
     has the slope, r and rho over every fold, as a description only."""
-    ok = np.isfinite(x) & np.isfinite(y)
-    keep = np.zeros(x.size, dtype=bool)
-    keep[:: max(1, every)] = True
-    xi, yi = x[ok & keep], y[ok & keep]
-    x, y = x[ok], y[ok]
+    xi, yi, x, y = _samples(x, y, every)
     keys = ("slope", "intercept", "r", "p_value", "slope_stderr", "spearman_rho", "spearman_p")
     out: dict[str, Any] = dict.fromkeys(keys, _NAN)
     out["n"] = int(x.size)
@@ -339,11 +346,7 @@ def series_stability(x: Any, index: Any = None, every: int = 1) -> dict[str, Any
     drift together; see `_regression`)."""
     v = np.asarray(x, dtype=float)
     i = np.arange(v.size, dtype=float) if index is None else np.asarray(index, dtype=float)
-    keep = np.zeros(v.size, dtype=bool)
-    keep[:: max(1, every)] = True
-    ok = np.isfinite(v)
-    vi, ii = v[ok & keep], i[ok & keep]
-    v, i = v[ok], i[ok]
+    ii, vi, i, v = _samples(i, v, every)
     out: dict[str, Any] = {"n": int(v.size)}
     out["mean"] = float(np.mean(v)) if v.size else _NAN
     out["std"] = float(np.std(v, ddof=1)) if v.size > 1 else _NAN
