@@ -60,21 +60,26 @@ def promised(open_orders, symbol):
     return total + sum(groups.values())
 
 
-async def test_max_position_holds_with_brackets_on(engine_config):
-    panel = trending_panel()
-    config = dataclasses.replace(
+def brackets_config(engine_config, stop_loss_pct: float):
+    """Brackets on, four equal-weight positions under the CAP, and a distant take-profit,
+    which lets winners run into the cap instead of being sold."""
+    return dataclasses.replace(
         engine_config,
         orders=OrdersConfig(
             rebalance_band=BAND,
             min_trade_value=100.0,
             brackets=True,
-            # A distant take-profit lets winners run into the cap instead of being sold.
             take_profit_pct=0.5,
-            stop_loss_pct=0.06,
+            stop_loss_pct=stop_loss_pct,
         ),
         sizing=PluginSpec("equal_weight", params={"max_positions": 4, "gross_exposure": 0.9}),
         risk=(PluginSpec("max_position", params={"max_position_pct": CAP}),),
     )
+
+
+async def test_max_position_holds_with_brackets_on(engine_config):
+    panel = trending_panel()
+    config = brackets_config(engine_config, stop_loss_pct=0.06)
     bar_fills: list = []
     after_rebalance: list[tuple[str, float]] = []
     every_bar: list[float] = []
@@ -142,18 +147,8 @@ async def test_no_entry_goes_out_while_an_opposite_exit_works(engine_config):
     24 entries of this run). What the planner sends must be what the live account takes: no
     entry beside an opposite exit, and so no top-up of a held position."""
     panel = trending_panel()
-    config = dataclasses.replace(
-        engine_config,
-        orders=OrdersConfig(
-            rebalance_band=BAND,
-            min_trade_value=100.0,
-            brackets=True,
-            take_profit_pct=0.5,
-            stop_loss_pct=0.3,  # stops far away: positions live long and are topped up
-        ),
-        sizing=PluginSpec("equal_weight", params={"max_positions": 4, "gross_exposure": 0.9}),
-        risk=(PluginSpec("max_position", params={"max_position_pct": CAP}),),
-    )
+    # Stops far away: positions live long, and their targets rise (they were topped up).
+    config = brackets_config(engine_config, stop_loss_pct=0.3)
     crossing: list[tuple[str, list[str]]] = []
     top_ups: list[str] = []
     wrapped: list[bool] = []
