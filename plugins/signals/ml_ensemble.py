@@ -565,8 +565,10 @@ class MlEnsemble:
         return out
 
     def _score_forecasts(self, ctx: BarContext, forecast: np.ndarray) -> None:
+        # Live only: a replay (its model pinned, `pin_model`) has no health check to read it,
+        # and paid for it at every bar. A context made by hand may have no bar.
         bar = ctx.bar
-        if bar is not None:  # (a context made by hand may have none: nothing to score)
+        if bar is not None and not self._pinned:
             self._accuracy.update(bar.close, bar.split, forecast)
 
     def accuracy(self) -> dict[str, Any]:
