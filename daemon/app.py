@@ -1117,16 +1117,16 @@ class EngineControls:
         try:
             await self.engine.change_plugins(reset, stopped)
         except ControlNotStoredError as exc:
-            # Its message speaks of a trading state: say what was reset, and what a restart
-            # now would do (503, "stored": false, as for pause).
-            cause = exc.__cause__
-            exc.args = (
-                f"the kill switch reset ({', '.join(answer['reset']) or 'none halted now'}) "
-                f"is in effect, but storing it failed ({type(cause).__name__}: {cause}); a "
-                "restart now would halt the run again: send POST /reset-halt again once the "
-                "store works",
-            )
-            raise
+            # Said as the reset, and what a restart now would do (503, "stored": false, as
+            # for pause).
+            cause = exc.__cause__ or exc
+            raise ControlNotStoredError(
+                exc.state,
+                cause,
+                what=f"the kill switch reset ({', '.join(answer['reset']) or 'none halted now'})",
+                then="a restart now would halt the run again: send POST /reset-halt again once "
+                "the store works",
+            ) from cause
         return answer
 
 

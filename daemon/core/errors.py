@@ -73,9 +73,12 @@ class ControlNotStoredError(TradingdError):
     """An operator's control is in effect in this process, but the store failed to keep it:
     a restart before the store recovers would lose it. Fix the store, then send it again."""
 
-    def __init__(self, state: str, cause: BaseException) -> None:
+    def __init__(self, state: str, cause: BaseException, what: str = "", then: str = "") -> None:
+        # `what` is in effect (by default the trading state), `then` what to do (by default
+        # send the control again).
         super().__init__(
-            f"trading state {state!r} is in effect, but storing it failed "
-            f"({type(cause).__name__}: {cause}); send the control again once the store works"
+            f"{what or f'trading state {state!r}'} is in effect, but storing it failed "
+            f"({type(cause).__name__}: {cause}); "
+            f"{then or 'send the control again once the store works'}"
         )
         self.state = state
