@@ -930,12 +930,18 @@ class RunLock:
     releases it after everything else (the audit log's last lines included)."""
 
     def __init__(
-        self, run_id: str, fixed_id: bool, locks: list[tuple[str, str, Path | None, str]]
+        self,
+        run_id: str,
+        fixed_id: bool,
+        locks: list[tuple[str, str, Path | None, str]],
+        refusal: Callable[[str, dict[str, Any]], str] | None = None,
     ) -> None:
         self.run_id = run_id
         self.fixed_id = fixed_id  # run.run_id was set, not derived from the config
         self.locks = locks  # (what it guards, store URL, lock folder, the name it locks)
         self.held: list[Any] = []
+        # The refusal's text (what it guards, the holder), for a user other than an engine.
+        self._refuse = refusal or self._refusal
 
     async def start(self) -> None:
         from .instance_lock import AnotherDaemonRunning, acquire_instance_lock
@@ -945,7 +951,7 @@ class RunLock:
                 try:
                     lock = await acquire_instance_lock(url, f"replay:{name}", lock_dir=lock_dir)
                 except AnotherDaemonRunning as exc:
-                    raise ConfigError(self._refusal(what, exc.holder)) from None
+                    raise ConfigError(self._refuse(what, exc.holder)) from None
                 self.held.append(lock)
         except BaseException:
             await self.stop()

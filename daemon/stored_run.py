@@ -33,45 +33,39 @@ def _account(config: Config, run_id: str) -> str:
     return f"simulated:{run_id}"
 
 
-async def _take_run_locks(config: Config, run_id: str) -> list[Any]:
+def _run_locks(config: Config, run_id: str) -> Any:
     """The run's own lock on the store, which every daemon of the run holds (app._run_lock).
     The account lock alone missed a running daemon whenever this shell's Alpaca keys were
     not the daemon's (the systemd unit keeps them in a file only the daemon reads): the two
-    accounts differed, and the reset was written back over by the daemon's next bar."""
-    from .app import _run_lock
-    from .instance_lock import AnotherDaemonRunning, acquire_instance_lock, holder_text
+    accounts differed, and the reset was written back over by the daemon's next bar. The
+    store's lock only: the audit folder's is the daemon host's, and may not be writable by
+    the operator."""
+    from .app import RunLock, _run_lock
+    from .instance_lock import holder_text
 
-    held: list[Any] = []
-    try:
-        # The store's lock only: the audit folder's is the daemon host's, and may not be
-        # writable by the operator.
-        for what, url, lock_dir, name in _run_lock(config, run_id).locks:
-            if url != config.storage.url.strip():
-                continue
-            try:
-                held.append(await acquire_instance_lock(url, f"replay:{name}", lock_dir=lock_dir))
-            except AnotherDaemonRunning as exc:
-                raise ConfigError(
-                    f"run {run_id!r} is in use by {holder_text(exc.holder)} with {what}: "
-                    "nothing was reset; reset the running daemon with POST /reset-halt "
-                    "(bearer token), or stop it first"
-                ) from None
-    except BaseException:
-        for lock in reversed(held):
-            await lock.release()
-        raise
-    return held
+    url = config.storage.url.strip()
+    engine_lock = _run_lock(config, run_id)
+
+    def refusal(what: str, holder: dict[str, Any]) -> str:
+        return (
+            f"run {run_id!r} is in use by {holder_text(holder)} with {what}: nothing was "
+            "reset; reset the running daemon with POST /reset-halt (bearer token), or stop "
+            "it first"
+        )
+
+    store_only = [lock for lock in engine_lock.locks if lock[1] == url]
+    return RunLock(run_id, engine_lock.fixed_id, store_only, refusal)
 
 
 async def reset_halt(config: Config, run_id: str) -> dict[str, Any]:
     """Lift every halted kill switch in the run's checkpoint; the next start trades again.
     Returns what was reset (empty when nothing was halted)."""
-    run_locks = await _take_run_locks(config, run_id)
+    run_lock = _run_locks(config, run_id)
+    await run_lock.start()
     try:
         return await _reset_halt(config, run_id)
     finally:
-        for run_lock in reversed(run_locks):
-            await run_lock.release()
+        await run_lock.stop()
 
 
 async def _reset_halt(config: Config, run_id: str) -> dict[str, Any]:
