@@ -465,14 +465,26 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _plugins() -> int:
-    from .engine.plugins import available
+    from .engine.plugins import clash_text, registered
 
-    for name, ep in sorted(available().items()):
+    clashes = 0
+    for name, targets in sorted(registered().items()):
+        if len(targets) > 1:  # refused when configured: say so here too
+            clashes += 1
+            print(f"{name:24} {'CLASH':8} {clash_text(name, targets)}")
+            continue
+        ep = targets[0]
         try:
             kind = getattr(ep.load(), "kind", "?")
         except Exception as exc:  # list it anyway, with the reason it is broken
             kind = f"BROKEN ({type(exc).__name__}: {exc})"
         print(f"{name:24} {kind:8} {ep.value}")
+    if clashes:
+        print(
+            f"tradingd: {clashes} plugin name(s) registered by more than one package cannot be "
+            "configured: uninstall one or rename its entry point",
+            file=sys.stderr,
+        )
     return 0
 
 

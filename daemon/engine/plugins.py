@@ -32,8 +32,36 @@ class LoadedPlugin:
     instance: Any
 
 
+def registered() -> dict[str, list[EntryPoint]]:
+    """Every target each plugin name is registered for, in the order Python finds them.
+
+    The same target found twice (one package on two paths) counts once."""
+    out: dict[str, list[EntryPoint]] = {}
+    for ep in entry_points(group=GROUP):
+        targets = out.setdefault(ep.name, [])
+        if all(t.value != ep.value for t in targets):
+            targets.append(ep)
+    return out
+
+
 def available() -> dict[str, EntryPoint]:
-    return {ep.name: ep for ep in entry_points(group=GROUP)}
+    """The plugin names that name one plugin. A name two packages register (a quant's
+    `momentum` beside the built-in one) is left out: which one Python finds first depends on
+    the install order, so using either would silently run a plugin nobody chose
+    (`load_plugin` refuses it by name, `tradingd plugins` lists it as a clash)."""
+    return {name: eps[0] for name, eps in registered().items() if len(eps) == 1}
+
+
+def clash_text(name: str, targets: list[EntryPoint]) -> str:
+    """What the operator reads about a name registered more than once."""
+    return f"plugin name {name!r} is registered by more than one package: " + ", ".join(
+        f"{_dist_name(ep)} ({ep.value})" for ep in targets
+    )
+
+
+def _dist_name(ep: EntryPoint) -> str:
+    dist = getattr(ep, "dist", None)
+    return str(getattr(dist, "name", None) or "an unnamed package")
 
 
 def load_plugin(
@@ -50,6 +78,12 @@ def load_plugin(
     eps = available() if registry is None else registry
     ep = eps.get(spec.name)
     if ep is None:
+        targets = registered().get(spec.name, [])
+        if len(targets) > 1:
+            raise ConfigError(
+                f"{where}.name = {spec.name!r}: {clash_text(spec.name, targets)}; uninstall "
+                "one of them or register yours under another name in its entry points"
+            )
         # The names of this kind (a misspelled signal was offered sizing and risk plugins).
         same_kind = sorted(n for n, e in eps.items() if _kind_of(e) == kind)
         raise ConfigError(

@@ -211,3 +211,42 @@ def test_a_misspelled_plugin_is_offered_the_names_of_its_kind_only():
     assert (
         "momentum" in choices and "equal_weight" not in choices and "drawdown_guard" not in choices
     )
+
+
+def _install_dist(root, dist: str, entry: str) -> None:
+    """A package's metadata on sys.path, as pip leaves it: only its entry points matter."""
+    info = root / f"{dist}-0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(f"[tradingd.plugins]\n{entry}\n")
+
+
+def test_a_plugin_name_two_packages_register_is_refused_naming_both(tmp_path, monkeypatch, capsys):
+    # A quant's package registering `momentum` beside the built-in one: which of the two
+    # Python found first depended on the install order, and nothing said there were two.
+    _install_dist(tmp_path, "shadowplug", "momentum = shadow_mod:Shadow")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert "momentum" not in available()
+    with pytest.raises(ConfigError) as e:
+        load_plugin(PluginSpec(name="momentum"), "signal", SYMS, "signals[0]")
+    text = str(e.value)
+    assert "signals[0].name = 'momentum'" in text
+    assert "shadowplug (shadow_mod:Shadow)" in text
+    assert "tradingd_plugins.signals.momentum" in text
+    # The other plugins are unaffected, and the listing flags the clash.
+    assert load_plugin(PluginSpec(name="equal_weight"), "sizing", SYMS, "sizing").name
+    from tradingd.__main__ import _plugins
+
+    assert _plugins() == 0
+    out, err = capsys.readouterr()
+    line = next(x for x in out.splitlines() if x.startswith("momentum "))
+    assert "CLASH" in line and "shadowplug" in line
+    assert "1 plugin name(s) registered by more than one package" in err
+
+
+def test_the_same_target_found_twice_is_one_plugin(tmp_path, monkeypatch):
+    # One package reachable on two paths registers the same target twice: not a clash.
+    ep = available()["momentum"]
+    _install_dist(tmp_path, "tradingd_copy", f"momentum = {ep.value}")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert available()["momentum"].value == ep.value
