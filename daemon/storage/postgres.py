@@ -7,8 +7,9 @@ storage/spool.py). `start()` waits up to `start_retry_s` for a server that is do
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar, cast
@@ -93,6 +94,24 @@ def _unavailable_one(e: BaseException) -> bool:
             or "another operation is in progress" in text
         )
     return False
+
+
+@contextlib.asynccontextmanager
+async def _transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
+    """A pooled connection inside a transaction. A connection whose ROLLBACK failed (the
+    server stopped mid-COPY: "another operation is in progress") is still in its transaction
+    when the pool takes it back; the pool's reset then logged "Resetting connection with an
+    active transaction" at error level and rolled back over the dying socket (an outage test
+    failed on those lines). Such a connection is of no further use: it is closed here, the
+    pool opens a new one, and the server drops the unfinished transaction."""
+    async with pool.acquire() as conn:
+        try:
+            async with conn.transaction():
+                yield conn
+        except BaseException:
+            if not conn.is_closed() and conn.is_in_transaction():
+                conn.terminate()
+            raise
 
 
 def _float_positions(table: Table) -> tuple[int, ...]:
@@ -412,7 +431,7 @@ class PostgresStore(BufferedStore):
     async def _write_batches(self, batches: Mapping[str, list[Row]]) -> None:
         pool = self._get_pool()
         try:
-            async with pool.acquire() as conn, conn.transaction():
+            async with _transaction(pool) as conn:
                 await self._write_tables(conn, batches)
                 faults.reached("flush")
         except _ERRORS as e:
@@ -421,7 +440,7 @@ class PostgresStore(BufferedStore):
     async def _write_batch(self, batch: SpoolBatch, check_applied: bool) -> bool:
         pool = self._get_pool()
         try:
-            async with pool.acquire() as conn, conn.transaction():
+            async with _transaction(pool) as conn:
                 if check_applied:
                     last = await conn.fetchval(self._applied_sql, batch.writer)
                     if last is not None and last >= batch.seq:
@@ -440,7 +459,7 @@ class PostgresStore(BufferedStore):
     async def _execute(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         pool = self._get_pool()
         try:
-            async with pool.acquire() as conn, conn.transaction():
+            async with _transaction(pool) as conn:
                 for sql, args in statements:
                     await conn.execute(sql, *args)
         except _ERRORS as e:

@@ -502,3 +502,39 @@ async def test_ready_says_what_a_start_waits_for_while_the_database_is_down() ->
         waiting_for("database", None)
     assert waits() == {}
     assert trading_check(daemon).detail == "not trading yet: finding the run to continue"
+
+
+async def test_a_write_whose_rollback_fails_closes_its_connection_without_an_error_line(
+    store: PostgresStore, pg, monkeypatch
+) -> None:
+    """A server stopping mid-COPY made the transaction's ROLLBACK fail ("another operation is
+    in progress") with the connection not yet closed; the pool's reset then logged "Resetting
+    connection with an active transaction" at error level (the outage test failed on it)."""
+    import asyncio
+
+    messages: list[str] = []
+    loop = asyncio.get_running_loop()
+    before = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, ctx: messages.append(str(ctx.get("message"))))
+    execute = asyncpg.Connection.execute
+    armed = [True]
+
+    async def rollback_fails_once(self, query, *args, **kwargs):
+        if query.strip().rstrip(";") == "ROLLBACK" and armed[0]:
+            armed[0] = False
+            raise asyncpg.InternalClientError(
+                "cannot perform operation: another operation is in progress"
+            )
+        return await execute(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(asyncpg.Connection, "execute", rollback_fails_once)
+    try:
+        with pytest.raises(StorageError, match="write to"):
+            await store._execute([("SELECT 1 / 0", ())])
+        assert not armed[0]  # the ROLLBACK was tried, and failed
+        # The store goes on, on a healthy connection.
+        await store._execute([("SELECT 1", ())])
+        assert await store._query("SELECT 2", ()) == [(2,)]
+    finally:
+        loop.set_exception_handler(before)
+    assert messages == []
