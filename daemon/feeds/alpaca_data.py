@@ -50,7 +50,7 @@ import structlog
 
 from ..core.errors import ConfigError
 from .resilience import ResilientCaller, SourceConfig, SourceError, error_for_status, make_error
-from .response_cache import ResponseCache, cache_key
+from .response_cache import ResponseCache, cache_key, held_writes
 from .validate import snap_split
 from .vendor import (
     FetchResult,
@@ -369,7 +369,7 @@ class AlpacaDataClient:
             )
             if key is not None:
                 entry = {"fetched_at": now.isoformat(), "body": text}
-                await self.cache.set(key, json.dumps(entry).encode())
+                await self.cache.set(key, json.dumps(entry).encode(), symbols=symbols)
         try:
             # In a worker thread: a warm-up page of 100 symbols x 500 bars is a long parse.
             frame = await asyncio.to_thread(_parse_bars, text, interval, self.session.timezone)
@@ -427,10 +427,13 @@ class AlpacaDataClient:
         symbols = list(dict.fromkeys(symbols))
         n = self.max_symbols_per_request
         chunks = [symbols[i : i + n] for i in range(0, len(symbols), n)]
-        results = await asyncio.gather(
-            *(self._fetch_chunk(c, interval, start, end, now) for c in chunks)
-        )
+        # Cached once validated (see response_cache.py): a chunk's answers hold all of its
+        # symbols, and are asked for again when any of them was refused.
+        with held_writes() as held:
+            results = await asyncio.gather(
+                *(self._fetch_chunk(c, interval, start, end, now) for c in chunks)
+            )
         parts: dict[str, pd.DataFrame | BaseException] = {}
         for res in results:
             parts.update(res)
-        return await validated(SOURCE, parts, self.validation, parse_interval(interval))
+        return await validated(SOURCE, parts, self.validation, parse_interval(interval), held)

@@ -54,7 +54,7 @@ from .resilience import (
     error_for_status,
     make_error,
 )
-from .response_cache import ResponseCache, cache_key
+from .response_cache import ResponseCache, cache_key, held_writes
 from .vendor import (
     FetchResult,
     Interval,
@@ -309,7 +309,7 @@ class AlphaVantageClient:
         text, rows, tz = await self.caller.call(attempt, what=f"query {dict(params)}")
         if key is not None:
             entry = {"fetched_at": as_utc(now).isoformat(), "body": text}
-            await self.cache.set(key, json.dumps(entry).encode())
+            await self.cache.set(key, json.dumps(entry).encode(), symbols=(symbol,))
         return rows, tz, as_utc(now)
 
     # ------------------------------------------------------------------ bars
@@ -396,12 +396,9 @@ class AlphaVantageClient:
         async def one(symbol: str) -> pd.DataFrame:
             return await self.fetch_symbol(symbol, interval, start, end, now=now)
 
-        return await validated(
-            SOURCE,
-            await gather_symbols(list(symbols), one),
-            self.validation,
-            parse_interval(interval),
-        )
+        with held_writes() as held:  # cached once validated (see response_cache.py)
+            parts = await gather_symbols(list(symbols), one)
+        return await validated(SOURCE, parts, self.validation, parse_interval(interval), held)
 
     async def fetch_latest(
         self,
@@ -425,12 +422,9 @@ class AlphaVantageClient:
                 symbol, interval, None, end, now=now, outputsize=outputsize
             )
 
-        return await validated(
-            SOURCE,
-            await gather_symbols(list(symbols), one),
-            self.validation,
-            parse_interval(interval),
-        )
+        with held_writes() as held:  # cached once validated (see response_cache.py)
+            parts = await gather_symbols(list(symbols), one)
+        return await validated(SOURCE, parts, self.validation, parse_interval(interval), held)
 
 
 __all__ = [

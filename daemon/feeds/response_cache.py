@@ -11,7 +11,11 @@ A daily request for a window that includes today's session before its close is n
 (its last bar is still moving); the same request after the close is, under a key that names
 the window's dates, so a later window never reuses it. Expiry: `ttl_s` (3600 s by default,
 `cache.expiry_s` of the configuration), which also bounds how long a vendor's late correction
-of a closed bar can stay unseen.
+of a closed bar can stay unseen. Only an answer that parsed and validated is stored: the
+clients fetch within `held_writes` and store the answers of the symbols that worked once
+validation is done (`HeldWrites.commit`). Stored when received, a transient glitch (a null
+volume on the newest bar, a duplicated live row) was read back by every retry of the bar for
+`ttl_s`, with no request, though the vendor was clean a minute later.
 
 Redis failures never fail a data call. `from_url` builds the primary with `open_cache`, a
 `ResilientCache`: it falls back to its own in-process `MemoryCache` (at most 2,000 entries of
@@ -29,7 +33,7 @@ import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
 
@@ -58,6 +62,52 @@ def fresh_reads() -> Iterator[None]:
         yield
     finally:
         _FRESH.reset(token)
+
+
+# Set by `held_writes`: writes wait there for the validation of the answers they store.
+_HELD: ContextVar[HeldWrites | None] = ContextVar("tradingd_held_writes", default=None)
+
+
+class HeldWrites:
+    """Response-cache writes held until the answers they store are known to be good. Each
+    write names the symbols its answer holds; `commit` stores those whose symbols were all
+    served and drops the rest, so a retry asks the vendor again instead of reading back an
+    answer that was refused."""
+
+    def __init__(self) -> None:
+        self._writes: list[tuple[ResponseCache, str, bytes, float, tuple[str, ...]]] = []
+
+    def add(
+        self, cache: ResponseCache, key: str, value: bytes, ttl: float, symbols: tuple[str, ...]
+    ) -> None:
+        self._writes.append((cache, key, value, ttl, symbols))
+
+    async def commit(self, refused: Collection[str]) -> None:
+        """Store the held answers but those holding a symbol in `refused` (its answer did not
+        parse or validate). Called once; the writes are then gone."""
+        writes, self._writes = self._writes, []
+        dropped = 0
+        for cache, key, value, ttl, symbols in writes:
+            if refused and any(s in refused for s in symbols):
+                dropped += 1
+                continue
+            await cache.write(key, value, ttl)
+        if dropped:
+            log.debug("cache.response.not_stored", answers=dropped, refused=sorted(refused)[:10])
+
+
+@contextlib.contextmanager
+def held_writes() -> Iterator[HeldWrites]:
+    """Within (tasks started within inherit it), `ResponseCache.set` with `symbols` holds
+    its write in the yielded `HeldWrites` instead of storing it; the caller commits them once
+    the answers are validated. Leaving without a commit (an error, a cancellation) stores
+    nothing."""
+    held = HeldWrites()
+    token = _HELD.set(held)
+    try:
+        yield held
+    finally:
+        _HELD.reset(token)
 
 
 DEFAULT_TTL_S = 3600.0
@@ -205,8 +255,20 @@ class ResponseCache:
             CACHE_REQUESTS.labels(result="hit").inc()
         return value
 
-    async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+    async def set(
+        self, key: str, value: bytes, ttl_s: float | None = None, *, symbols: Sequence[str] = ()
+    ) -> None:
+        """Store `value` under `key`; within `held_writes`, a write naming the `symbols` its
+        answer holds waits for their validation (`HeldWrites.commit`)."""
         ttl = self.ttl_s if ttl_s is None else ttl_s
+        held = _HELD.get()
+        if held is not None and symbols:
+            held.add(self, key, value, ttl, tuple(symbols))
+            return
+        await self.write(key, value, ttl)
+
+    async def write(self, key: str, value: bytes, ttl: float) -> None:
+        """Store `value` under `key` now, in the primary or else in the fallback."""
         if await self._primary_ready():
             assert self.primary is not None
             try:

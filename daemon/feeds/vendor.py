@@ -49,7 +49,7 @@ from ..core.errors import ConfigError, DataError, FatalError, RetryableError
 from ..core.types import CrossSection
 from .panel import Panel
 from .resilience import ResilientCaller, SourceError, make_error
-from .response_cache import fresh_reads
+from .response_cache import HeldWrites, fresh_reads
 from .validate import OUTPUT_COLUMNS, _fmt_time, validate_frame
 
 log = structlog.get_logger(__name__)
@@ -458,14 +458,27 @@ def _older_row(table: pd.DataFrame, symbol: str, row: object) -> pd.Index | None
     return hit
 
 
+# Kinds of a symbol's error that judge what its answer held (it did not parse, or its bars
+# failed validation), not whether an answer came: such an answer is not cached.
+REFUSED_ANSWER_KINDS = frozenset({"invalid_data", "malformed", "internal"})
+
+
 async def validated(
     source: str,
     parts: Mapping[str, pd.DataFrame | BaseException],
     validation: Validation,
     interval: Interval | None = None,
+    held: HeldWrites | None = None,
 ) -> FetchResult:
-    """`combine` in a worker thread: validating a large universe must not stall the loop."""
-    return await asyncio.to_thread(combine, source, parts, validation, interval)
+    """`combine` in a worker thread: validating a large universe must not stall the loop.
+    `held`: the response-cache writes of the fetch (`held_writes`), stored here but those of
+    the symbols whose answer was refused, so that a retry asks the vendor again."""
+    result = await asyncio.to_thread(combine, source, parts, validation, interval)
+    if held is not None:
+        await held.commit(
+            {s for s, err in result.errors.items() if err.kind in REFUSED_ANSWER_KINDS}
+        )
+    return result
 
 
 async def gather_symbols(

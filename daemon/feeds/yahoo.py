@@ -48,7 +48,7 @@ import structlog
 
 from ..core.errors import ConfigError
 from .resilience import ResilientCaller, SourceConfig, SourceError, error_for_status, make_error
-from .response_cache import ResponseCache, cache_key
+from .response_cache import ResponseCache, cache_key, held_writes
 from .vendor import (
     FetchResult,
     Interval,
@@ -334,7 +334,7 @@ class YahooClient:
         text, result = await self.caller.call(attempt, what=f"chart {symbol} {params}")
         if key is not None:
             entry = {"fetched_at": as_utc(now).isoformat(), "body": text}
-            await self.cache.set(key, json.dumps(entry).encode())
+            await self.cache.set(key, json.dumps(entry).encode(), symbols=(symbol,))
         return result, as_utc(now)
 
     # ------------------------------------------------------------------ bars
@@ -431,8 +431,9 @@ class YahooClient:
         async def one(symbol: str) -> pd.DataFrame:
             return await self.fetch_symbol(symbol, interval, start, end, now=now)
 
-        parts = await gather_symbols(list(symbols), one)
-        return await validated(SOURCE, parts, self.validation, parse_interval(interval))
+        with held_writes() as held:  # cached once validated (see response_cache.py)
+            parts = await gather_symbols(list(symbols), one)
+        return await validated(SOURCE, parts, self.validation, parse_interval(interval), held)
 
     async def fetch_period(
         self,
@@ -452,5 +453,6 @@ class YahooClient:
         async def one(symbol: str) -> pd.DataFrame:
             return await self.fetch_symbol(symbol, interval, None, end, now=now, period=period)
 
-        parts = await gather_symbols(list(symbols), one)
-        return await validated(SOURCE, parts, self.validation, parse_interval(interval))
+        with held_writes() as held:  # cached once validated (see response_cache.py)
+            parts = await gather_symbols(list(symbols), one)
+        return await validated(SOURCE, parts, self.validation, parse_interval(interval), held)

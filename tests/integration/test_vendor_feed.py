@@ -955,3 +955,35 @@ async def test_a_premium_function_on_a_free_key_stops_the_feed_with_what_to_chan
             assert {v["kind"] for v in feed.status()["failed"].values()} == {"plan"}
         finally:
             await feed.stop()
+
+
+# Requests one symbol's fetch of a daily bar costs on each fake: Yahoo and Alpha Vantage ask
+# per symbol; Alpaca asks for the whole chunk, raw and its two adjusted series.
+_REQUESTS_FOR_ONE_SYMBOL = {"yahoo": 1, "alphavantage": 1, "alpaca": 3}
+
+
+@pytest.mark.parametrize("kind", ["yahoo", "alphavantage", "alpaca"])
+async def test_an_answer_that_fails_validation_is_asked_for_again_not_read_from_the_cache(kind):
+    """The answer was cached before it was validated: every retry of the bar within
+    cache.expiry_s read the same bad answer back with no request, the symbol stayed refused
+    (and /ready failing) long after the vendor was clean, and the bar was lost. A good answer
+    stays cached."""
+    book = _Glitch(now=utc(2024, 3, 6, 21, 5))
+    book.bad = date(2024, 3, 6)  # BBB's newest bar has its high below its low
+    async with fake_for(kind, book) as fake:
+        feed = await started(VendorFeed(source_for(kind, fake), SYMBOLS, clock=lambda: book.now))
+        try:
+            bar = await feed.bars(utc(2024, 3, 6))
+            assert bar.valid.tolist() == [True, False, True]
+            assert feed.status()["failed"]["BBB"]["kind"] == "invalid_data"
+            book.bad = date(2000, 1, 3)  # two minutes later the vendor's answer is clean
+            book.now = utc(2024, 3, 6, 21, 7)
+            asked = fake.count
+            bar = await feed.bars(utc(2024, 3, 6))
+            assert fake.count - asked == _REQUESTS_FOR_ONE_SYMBOL[kind]
+            assert bar.valid.all() and feed.status()["failed"] == {}
+            asked = fake.count
+            again = await feed.bars(utc(2024, 3, 6))  # good answers: from the cache
+            assert fake.count == asked and again.valid.all()
+        finally:
+            await feed.stop()
