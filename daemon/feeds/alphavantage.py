@@ -6,14 +6,17 @@ that query string). The key is read from the environment variable `ALPHA_VANTAGE
 log line and exception message, and it is never part of a cache key.
 
 Functions:
-  daily     TIME_SERIES_DAILY: raw OHLCV, no corporate actions (split 1.0, dividend 0.0), or
-            with `adjusted=True` TIME_SERIES_DAILY_ADJUSTED: raw OHLCV plus `dividend amount`
-            and `split coefficient` on their ex-dates (a premium function on current keys).
-            Without it a split shows as an unexplained jump of the raw price: use
-            `adjusted=True` for a universe that may split, or another source.
+  daily     TIME_SERIES_DAILY: raw OHLCV, no corporate actions, or with `adjusted=True`
+            TIME_SERIES_DAILY_ADJUSTED: raw OHLCV plus `dividend amount` and `split
+            coefficient` on their ex-dates (a premium function on current keys). Without it
+            a split shows as an unexplained jump of the raw price: use `adjusted=True` for a
+            universe that may split, or another source. `start` warns about it
+            (`feed.no_corporate_actions`), and the bars go to validation without split and
+            dividend columns (none are made up), so it logs `data.suspect` (kind
+            `no_corporate_actions`, and `split_like_jump` naming a jump a split would make).
   intraday  TIME_SERIES_INTRADAY with `adjusted=false` (raw, as traded) and
             `extended_hours` (False by default: the regular session only, as the engine's
-            bars). Intraday answers carry no corporate actions.
+            bars). Intraday answers carry no corporate actions (validated as daily ones).
 Budgets: the caller's per-minute limiter and per-day budget (5/min and 500/day by default, the
 specification's free tier); over the daily budget a call fails at once with kind `budget`.
 
@@ -56,6 +59,7 @@ from .resilience import (
 )
 from .response_cache import ResponseCache, cache_key, held_writes
 from .vendor import (
+    RAW_COLUMNS,
     FetchResult,
     Interval,
     Session,
@@ -127,14 +131,12 @@ def _frame_from_rows(rows: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({"time": rows["time"].astype(str).str.strip()})
     for name in ("open", "high", "low", "close", "volume"):
         out[name] = pd.to_numeric(rows[name], errors="coerce").astype("float64")
-    out["split"] = (
-        pd.to_numeric(rows["split"], errors="coerce").astype("float64") if "split" in rows else 1.0
-    )
-    out["dividend"] = (
-        pd.to_numeric(rows["dividend"], errors="coerce").astype("float64")
-        if "dividend" in rows
-        else 0.0
-    )
+    # Only the columns the answer has: filled in with split 1.0 and dividend 0.0,
+    # TIME_SERIES_DAILY's raw prices crossed a split as a silent crash; without them,
+    # validation says none are booked and flags a jump that looks like one (data.suspect).
+    for name in ("split", "dividend"):
+        if name in rows:
+            out[name] = pd.to_numeric(rows[name], errors="coerce").astype("float64")
     return out
 
 
@@ -239,6 +241,19 @@ class AlphaVantageClient:
 
     async def start(self) -> None:
         self._key()
+        if not self.adjusted:
+            # The default, and the only mode of a free key: said once at start, as well as
+            # by validation's data.suspect at each answer (which names a split-like jump).
+            log.warning(
+                "feed.no_corporate_actions",
+                source=SOURCE,
+                rule="feed.alphavantage.adjusted = false: TIME_SERIES_DAILY (like every "
+                "intraday answer) carries no splits or dividends, so none are booked: a split "
+                "is a crash of the position and of every return feature, a dividend is never "
+                "credited; set adjusted = true (TIME_SERIES_DAILY_ADJUSTED, a premium key), or "
+                'use feed.source = "yahoo" or "alpaca", for symbols that may split or pay '
+                "dividends",
+            )
         if self._own_cache:
             await self.cache.start()
         if self._http is None:
@@ -373,7 +388,10 @@ class AlphaVantageClient:
             except (ValueError, TypeError) as exc:
                 raise make_error(SOURCE, "malformed", str(exc)[:300], symbol=symbol) from None
             raw = closed_only(raw, interval, min(now, fetched_at), self.session)
-            frames.append(raw.loc[:, list(empty_raw().columns)])
+            frames.append(raw.loc[:, [c for c in RAW_COLUMNS if c in raw]])
+        # An empty month is empty_raw() (with split and dividend): not mixed with answers
+        # without those columns, whose rows would get NaN actions.
+        frames = [f for f in frames if not f.empty] or frames[:1]
         raw = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
         raw = raw[raw["time"] <= pd.Timestamp(end.replace(tzinfo=None))]
         if start is None:

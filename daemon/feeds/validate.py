@@ -80,6 +80,10 @@ DEFAULT_TIMEZONE = "America/New_York"
 # Beyond these a corporate action is logged as suspect (`data.suspect`), not refused.
 SUSPECT_SPLIT_RATIO = 4.0
 SUSPECT_DIVIDEND_FRACTION = 0.5
+# Without a split column, an open within SPLIT_LIKE_TOLERANCE of the previous close over (or
+# times, a reverse split) one of these ratios is logged as suspect (`split_like_jump`).
+SPLIT_LIKE_RATIOS = (2.0, 3.0, 4.0, 10.0)
+SPLIT_LIKE_TOLERANCE = 0.05
 SPLIT_SNAP_TOLERANCE = 1e-4
 SPLIT_SNAP_MAX_DENOMINATOR = 1000
 _LOG_SAMPLE = 5
@@ -183,9 +187,14 @@ class RepairSummary:
 # What each `data.suspect` kind means and what the load did about it (nothing: the values
 # are booked as given, and the operator decides).
 SUSPECT_RULES = {
-    "no_corporate_actions": "the file has no split and/or dividend column: none are booked, "
+    "no_corporate_actions": "the file (or the vendor's answer, e.g. Alpha Vantage's with "
+    "feed.alphavantage.adjusted = false) has no split and/or dividend column: none are booked, "
     "so its prices are taken as adjusted; raw prices of a stock that split would book the "
-    "split as a crash (add the columns)",
+    "split as a crash (add the columns, or use a source that carries them)",
+    "split_like_jump": "no split column, and the open is near the previous close over (or "
+    f"times) {', '.join(f'{r:g}' for r in SPLIT_LIKE_RATIOS)}: if it is a split, it is "
+    "booked as a crash (or a jump) of the position's value and of every return feature; "
+    "check the symbol's splits (use split-adjusted prices, or a source that carries splits)",
     "split_without_price_move": f"a split coefficient the prices do not show: the previous "
     f"close over the bar's open, per the split, is beyond {SUSPECT_SPLIT_RATIO:g}x either way "
     "(a 2-for-1 halves the price); booked as given: check the coefficient",
@@ -235,6 +244,37 @@ def _suspect_actions(frame: pd.DataFrame, ctx: _Ctx) -> None:
                 for i in rows[:_LOG_SAMPLE]
             ]
             ctx.summary.suspect(kind, examples, int(rows.size))
+
+
+def _suspect_jumps(frame: pd.DataFrame, ctx: _Ctx) -> None:
+    """Bars of data without a split column whose open moved from the previous close as a
+    split would (`SPLIT_LIKE_RATIOS`, either way): raw prices across an unrecorded split. A
+    4-for-1 is under the spike limit and never reverts, so nothing else names the symbol
+    and the day; real moves of that size are rare enough to be worth a look too."""
+    codes = frame["_code"].to_numpy()
+    prev = _shift(frame["close"].to_numpy(), codes, 1)
+    opens = frame["open"].to_numpy()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        move = opens / prev
+    like = np.zeros(len(frame), dtype=bool)
+    for ratio in SPLIT_LIKE_RATIOS:
+        for target in (1.0 / ratio, ratio):
+            like |= np.abs(move / target - 1.0) <= SPLIT_LIKE_TOLERANCE
+    rows = np.flatnonzero(like)
+    if rows.size:
+        times = frame["time"].to_numpy()
+        symbols = frame["symbol"].to_numpy()
+        examples = [
+            {
+                "source": ctx.source,
+                "symbol": str(symbols[i]),
+                "time": _fmt_time(times[i]),
+                "previous_close": float(prev[i]),
+                "open": float(opens[i]),
+            }
+            for i in rows[:_LOG_SAMPLE]
+        ]
+        ctx.summary.suspect("split_like_jump", examples, int(rows.size))
 
 
 def _normalise_name(col: object) -> str:
@@ -289,6 +329,8 @@ class _Ctx:
         self.source = source
         self.first_line = first_line
         self.summary = summary
+        # The data has no split column (set by `_normalise`): see `_suspect_jumps`.
+        self.split_absent = False
 
     def label(self, frame: pd.DataFrame, pos: int) -> int | str:
         """What a user can find: the CSV line, else the timestamp, else the input index."""
@@ -591,6 +633,7 @@ def _normalise(
             out[name] = pd.to_numeric(src[name], errors="coerce").astype("float64")
         else:
             out[name] = default
+    ctx.split_absent = corporate_actions and "split" in absent
     if absent and corporate_actions and len(out):
         ctx.summary.suspect(
             "no_corporate_actions",
@@ -951,6 +994,8 @@ def validate_frame(
     frame = _check_time(frame, ctx, repairs, max_gap_days)
     frame = _snap_splits(frame, ctx)
     _suspect_actions(frame, ctx)
+    if ctx.split_absent:
+        _suspect_jumps(frame, ctx)
     frame = _check_spikes(frame, ctx, repairs, max_spike)
     if own:
         summary.log(source)

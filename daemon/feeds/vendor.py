@@ -348,7 +348,10 @@ def validate_bars(
     empty frame gives an empty long table. The result keeps the labels. Raises DataError."""
     if raw.empty:
         return empty_long()
-    cols = list(RAW_COLUMNS) if symbol is not None else ["symbol", *RAW_COLUMNS]
+    # A source without split or dividend columns (Alpha Vantage unadjusted) has none here:
+    # validation then says so, and fills them in as no action.
+    present = [c for c in RAW_COLUMNS if c in raw]
+    cols = present if symbol is not None else ["symbol", *present]
     frame = raw.loc[:, cols].reset_index(drop=True)
     opts: dict[str, Any] = {
         "repair": validation.repair,

@@ -275,3 +275,28 @@ async def test_unknown_symbol_is_an_error_message(fake, make_client):
     assert res.errors["NOPE"].kind == "soft_error"
     assert "Invalid API call" in res.errors["NOPE"].message
     assert len(one(res, "AAA")) == 4
+
+
+@pytest.mark.parametrize("adjusted", [False, True])
+async def test_unadjusted_daily_bars_say_splits_are_not_booked(fake, make_client, adjusted):
+    """With the default adjusted = false (the only mode of a free key) a 4-for-1 was served as
+    a 75% one-day loss with split 1.0 on every bar and nothing said: the client filled in
+    split 1.0 and dividend 0.0, so validation never saw that the answer has no such columns."""
+    fake.book.add_split("AAA", date(2024, 3, 4), 4.0)
+    with capture_logs() as logs:
+        client = await make_client(adjusted=adjusted)
+    started = [e for e in logs if e["event"] == "feed.no_corporate_actions"]
+    with capture_logs() as logs:
+        df = one(await client.fetch(["AAA"], "1d", utc(2024, 2, 27), utc(2024, 3, 6)), "AAA")
+    suspects = {e["kind"]: e for e in logs if e["event"] == "data.suspect"}
+    ex = df[df["time"] == pd.Timestamp("2024-03-04")].index[0]
+    # The raw close falls to about a quarter of the previous one, split booked or not.
+    assert df["close"][ex] / df["close"][ex - 1] == pytest.approx(0.25, rel=0.05)
+    if adjusted:
+        assert not started and not suspects and df["split"][ex] == 4.0
+        return
+    (said,) = started
+    assert said["log_level"] == "warning" and "adjusted = true" in said["rule"]
+    assert set(suspects) == {"no_corporate_actions", "split_like_jump"}
+    (jump,) = suspects["split_like_jump"]["examples"]
+    assert (jump["symbol"], jump["time"]) == ("AAA", "2024-03-04")

@@ -627,6 +627,48 @@ def test_corporate_actions_the_prices_contradict_are_logged(tmp_path: Path) -> N
     assert not _suspects(logs)
 
 
+def test_a_jump_like_a_split_in_data_without_a_split_column_is_said(tmp_path: Path) -> None:
+    """Without a split column (Alpha Vantage's unadjusted daily answers) a 4-for-1 was booked
+    as a 75% one-day crash, and nothing named the symbol or the day: the load only said the
+    column was missing. An open near 1/2, 1/3, 1/4 or 1/10 of the previous close (or that
+    multiple, a reverse split) is said; an ordinary move, or a jump the split column
+    explains, is not."""
+    d = tmp_path / "bars"
+    d.mkdir()
+    rows = [
+        "2020-01-02,100,101,99,100,1000",
+        "2020-01-03,100,101,99,100,1000",
+        "2020-01-06,25.5,26,25,25.5,4000",  # 25.5 / 100 = 0.255: a 4-for-1, 2% off 1/4
+        "2020-01-07,25.5,26,25,25.5,4000",
+        "2020-01-08,17,18,16,17,4000",  # 17 / 25.5 = 2/3: not a split ratio
+        "2020-01-09,17,18,16,17,4000",
+        "2020-01-10,68,69,67,68,1000",  # 68 / 17 = 4: a 1-for-4 reverse split
+        "2020-01-13,68,69,67,68,1000",
+    ]
+    write_csv(d / "RAW.csv", rows)
+    with capture_logs() as logs:
+        load_panel("csv", path=str(d), layout="per_symbol")
+    found = _suspects(logs)
+    assert set(found) == {"no_corporate_actions", "split_like_jump"}
+    jump = found["split_like_jump"]
+    assert jump["log_level"] == "warning" and jump["count"] == 2
+    assert [(e["symbol"], e["time"], e["previous_close"], e["open"]) for e in jump["examples"]] == [
+        ("RAW", "2020-01-06", 100.0, 25.5),
+        ("RAW", "2020-01-10", 17.0, 68.0),
+    ]
+    explained = tmp_path / "explained"
+    explained.mkdir()
+    splits = ["1", "1", "4", "1", "1", "1", "0.25", "1"]
+    write_csv(
+        explained / "RAW.csv",
+        [f"{r},{s},0" for r, s in zip(rows, splits, strict=True)],
+        header=ACTIONS,
+    )
+    with capture_logs() as logs:
+        load_panel("csv", path=str(explained), layout="per_symbol")
+    assert not _suspects(logs)
+
+
 def test_a_symbol_whose_data_ends_before_the_others_is_said(tmp_path: Path) -> None:
     """KO's bars stopping in May while the others ran to December: a position held stayed in
     the book at its last price to the end, unsellable, and nothing said so."""
