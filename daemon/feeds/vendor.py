@@ -525,6 +525,20 @@ class BarSource(Protocol):
 # ----------------------------------------------------------------------------- the feed
 
 
+# What `VendorFeed` keeps of each bar it served, to see a vendor change it later.
+_SERVED_FIELDS = ("open", "high", "low", "close", "volume", "split", "dividend")
+# A restated price or volume (`data.restated`) is one that moved by more than these,
+# relative to the served value. Prices: above the rounding of a raw price Yahoo's split
+# adjustment is undone from (half a cent is 0.1% of $5), below any correction that matters
+# to a decision. Volume: vendors complete a session's volume with late reports for a while
+# after the close (a few percent); a correction beyond that changes the volume features.
+RESTATED_PRICE_TOLERANCE = 1e-3
+RESTATED_VOLUME_TOLERANCE = 0.05
+_RESTATED_TOLERANCES = (
+    *((name, RESTATED_PRICE_TOLERANCE) for name in ("open", "high", "low", "close")),
+    ("volume", RESTATED_VOLUME_TOLERANCE),
+)
+
 # A symbol without a bar: no prices or volume, no split (1), no dividend (0).
 _NO_BAR = (
     ("open", np.nan),
@@ -632,10 +646,11 @@ class VendorFeed:
         self._missing: dict[str, dict[str, Any]] = {}
         # Bars whose answer lacked them (late at the vendor): fetched again past the cache.
         self._late: deque[datetime] = deque(maxlen=64)
-        # The split and dividend served for each symbol at each recent bar (the lookback
-        # span, bounded): a vendor that publishes an action late re-serves the bar with it.
-        self._served: dict[pd.Timestamp, dict[str, tuple[float, float]]] = {}
+        # The rows served at each recent bar (the lookback span, bounded): a vendor that
+        # publishes an action late, or corrects a price, re-serves the bar changed.
+        self._served: dict[pd.Timestamp, pd.DataFrame] = {}
         self._revised: set[tuple[str, pd.Timestamp]] = set()
+        self._restated: set[tuple[str, pd.Timestamp]] = set()
         # The symbols each recent bar was served without (missing or failed), and their bars
         # that a later answer had (late at the vendor): see _check_late.
         self._holes: dict[pd.Timestamp, set[str]] = {}
@@ -724,40 +739,89 @@ class VendorFeed:
             )
 
     def _check_revisions(self, t: pd.Timestamp, frame: pd.DataFrame, at: pd.DataFrame) -> None:
-        """A split or dividend that appears on a bar already served (a vendor that publishes
-        an action a day late) is said, once a bar and symbol: the engine applied the bar
-        without it, so the book's shares (a simulated broker's) and the features are wrong
-        from that bar; nothing said so before. Restarting warms up again from the vendor's
-        history, which then has it; the Alpaca book is reconciled from the broker."""
+        """The bars of the answer older than t, against what was served for them (the
+        feed's recent bars, bounded), once a bar and symbol each:
+        - a split or dividend that appears on a bar already served (a vendor that publishes
+          an action a day late) is an error (`data.revised`): the engine applied the bar
+          without it, so the book's shares (a simulated broker's) and the features are wrong
+          from that bar. Restarting warms up again from the vendor's history, which then has
+          it; the Alpaca book is reconciled from the broker;
+        - a price or volume the vendor restated (a correction) is a warning
+          (`data.restated`): the live decisions, features and stored bars used the served
+          value, a restart's warm-up and a backtest of the vendor's history use the new
+          one, and nothing tied a later replay-check difference to the vendor.
+        Compared in arrays (the lookback's rows of the whole universe at every live bar),
+        not row by row."""
         older = frame[frame["time"] < t]
-        for sym, when, split, div in zip(
-            older["symbol"], older["time"], older["split"], older["dividend"], strict=True
-        ):
-            served = self._served.get(when, {}).get(sym)
-            if served is None or (sym, when) in self._revised:
-                continue
-            now_split, now_div = float(split), float(div)
-            if abs(now_split - served[0]) > 1e-9 or abs(now_div - served[1]) > 1e-9:
-                self._revised.add((sym, when))
-                log.error(
-                    "data.revised",
-                    source=self.source.name,
-                    symbol=sym,
-                    bar=when.isoformat(),
-                    served={"split": served[0], "dividend": served[1]},
-                    now={"split": now_split, "dividend": now_div},
-                    rule="the vendor changed a corporate action of a bar already traded: the "
-                    "book's shares and the features are wrong from that bar; restart to warm "
-                    "up again from the vendor's history, and check the symbol's position",
-                )
-        self._served[t] = {
-            str(sym): (float(sp), float(dv))
-            for sym, sp, dv in zip(at["symbol"], at["split"], at["dividend"], strict=True)
-        }
+        if self._served and not older.empty:
+            served = pd.concat(self._served.values(), ignore_index=True)
+            both = older.merge(served, on=["time", "symbol"], suffixes=("", "_served"))
+            if not both.empty:
+                self._said_revised(both)
+                self._said_restated(both)
+        self._served[t] = at.loc[:, ["time", "symbol", *_SERVED_FIELDS]].reset_index(drop=True)
         keep = max(8, self.lookback_bars + 2)
         for old in sorted(self._served)[:-keep]:
             del self._served[old]
         self._revised = {k for k in self._revised if k[1] in self._served}
+        self._restated = {k for k in self._restated if k[1] in self._served}
+
+    def _said_revised(self, both: pd.DataFrame) -> None:
+        """`data.revised` (see `_check_revisions`) for the rows of `both` (an answer's older
+        bars beside their served values, `<field>_served`) whose split or dividend changed."""
+        split, div = both["split"].to_numpy(), both["dividend"].to_numpy()
+        was_split, was_div = both["split_served"].to_numpy(), both["dividend_served"].to_numpy()
+        changed = (np.abs(split - was_split) > 1e-9) | (np.abs(div - was_div) > 1e-9)
+        for i in np.flatnonzero(changed):
+            sym, when = str(both["symbol"].iat[i]), both["time"].iat[i]
+            if (sym, when) in self._revised:
+                continue
+            self._revised.add((sym, when))
+            log.error(
+                "data.revised",
+                source=self.source.name,
+                symbol=sym,
+                bar=when.isoformat(),
+                served={"split": float(was_split[i]), "dividend": float(was_div[i])},
+                now={"split": float(split[i]), "dividend": float(div[i])},
+                rule="the vendor changed a corporate action of a bar already traded: the "
+                "book's shares and the features are wrong from that bar; restart to warm "
+                "up again from the vendor's history, and check the symbol's position",
+            )
+
+    def _said_restated(self, both: pd.DataFrame) -> None:
+        """`data.restated` (see `_check_revisions`) for the rows of `both` whose price moved
+        by more than RESTATED_PRICE_TOLERANCE, or volume by more than
+        RESTATED_VOLUME_TOLERANCE, from the value served."""
+        changed: dict[str, np.ndarray] = {}
+        for name, tolerance in _RESTATED_TOLERANCES:
+            now, was = both[name].to_numpy(), both[f"{name}_served"].to_numpy()
+            with np.errstate(divide="ignore", invalid="ignore"):
+                changed[name] = np.abs(now - was) > tolerance * np.abs(was)
+        rows = np.flatnonzero(np.logical_or.reduce(list(changed.values())))
+        for i in rows:
+            sym, when = str(both["symbol"].iat[i]), both["time"].iat[i]
+            if (sym, when) in self._restated:
+                continue
+            self._restated.add((sym, when))
+            log.warning(
+                "data.restated",
+                source=self.source.name,
+                symbol=sym,
+                bar=when.isoformat(),
+                fields={
+                    name: {
+                        "served": float(both[f"{name}_served"].iat[i]),
+                        "now": float(both[name].iat[i]),
+                    }
+                    for name, moved in changed.items()
+                    if moved[i]
+                },
+                rule="the vendor corrected a bar already traded: the live decisions, "
+                "features and stored bars used the served value, a restart's warm-up and a "
+                "backtest of the vendor's history use the new one (replay-check differs "
+                "from that bar on); nothing is changed in the run",
+            )
 
     def _check_late(self, t: pd.Timestamp, frame: pd.DataFrame, at: pd.DataFrame) -> None:
         """A symbol's bar that a later answer has, though its bar was served without it (the

@@ -987,3 +987,45 @@ async def test_an_answer_that_fails_validation_is_asked_for_again_not_read_from_
             assert fake.count == asked and again.valid.all()
         finally:
             await feed.stop()
+
+
+class _Restating(BarBook):
+    """A vendor that restates the close of some bars (a price correction): `bump` maps
+    (symbol, day) to a factor on the close, the high and low widened to hold it."""
+
+    bump: dict[tuple[str, date], float]
+
+    def _bar(self, symbol: str, day: date, t0: datetime, t1: datetime):  # type: ignore[no-untyped-def]
+        bar = super()._bar(symbol, day, t0, t1)
+        factor = getattr(self, "bump", {}).get((symbol, day))
+        if factor:
+            bar.close = round(bar.close * factor, 2)
+            bar.high, bar.low = max(bar.high, bar.close), min(bar.low, bar.close)
+        return bar
+
+
+@pytest.mark.parametrize("kind", ["yahoo", "alphavantage", "alpaca"])
+async def test_a_price_the_vendor_restates_after_it_was_traded_is_said(kind):
+    """AAA's 6 March close was served as one value and the next answers gave another (+5%):
+    the live decisions, features and stored bars used the first, a restart's warm-up and a
+    backtest the second, and nothing said so (only a split or dividend was compared)."""
+    book = _Restating(now=utc(2024, 3, 6, 21, 5))
+    async with fake_for(kind, book) as fake:
+        feed = await started(VendorFeed(source_for(kind, fake), SYMBOLS, clock=lambda: book.now))
+        try:
+            served = (await feed.bars(utc(2024, 3, 6))).close[0]
+            book.bump = {("AAA", date(2024, 3, 6)): 1.05}
+            with capture_logs() as logs:
+                for day in (7, 8):  # still in the window on the 8th: said once
+                    book.now = utc(2024, 3, day, 21, 5)
+                    assert (await feed.bars(utc(2024, 3, day))).valid.all()
+        finally:
+            await feed.stop()
+    restated = [e for e in logs if e["event"] == "data.restated"]
+    assert [(e["source"], e["symbol"], e["bar"][:10]) for e in restated] == [
+        (kind, "AAA", "2024-03-06")
+    ]
+    (said,) = restated
+    assert said["log_level"] == "warning"
+    assert set(said["fields"]) <= {"close", "high"}  # the high only if the close passed it
+    assert said["fields"]["close"] == {"served": served, "now": round(served * 1.05, 2)}
