@@ -50,7 +50,7 @@ from ..core.types import CrossSection
 from .panel import Panel
 from .resilience import ResilientCaller, SourceError, make_error
 from .response_cache import HeldWrites, fresh_reads
-from .validate import OUTPUT_COLUMNS, _fmt_time, validate_frame
+from .validate import OUTPUT_COLUMNS, RepairSummary, _fmt_time, validate_frame
 
 log = structlog.get_logger(__name__)
 
@@ -364,7 +364,13 @@ def validate_bars(
             frame["time"] = frame["time"].dt.tz_localize("UTC")
             # Instants are labelled as instants; no exchange wall time is involved.
             opts.setdefault("timezone", "UTC")
-    return validate_frame(frame, source=source, symbol=symbol, **opts)
+    summary = RepairSummary()
+    out = validate_frame(frame, source=source, symbol=symbol, summary=summary, **opts)
+    # The columns' absence is the source's, said once when its client starts
+    # (feed.no_corporate_actions): not again for every symbol of every bar's answer.
+    summary.suspects.pop("no_corporate_actions", None)
+    summary.log(source)
+    return out
 
 
 @dataclass
