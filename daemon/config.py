@@ -805,7 +805,10 @@ def load_config(
         # A value from the environment: say which variable, not only the key (the key's
         # files said nothing wrong).
         text = str(exc)
-        named = [var for key, var in sources.items() if text.startswith(key)]
+        # The key leads a wrong value's message; an unknown key's ("unknown key(s) a.b")
+        # names it after the words.
+        at = {var: _names_key(text, key) for key, var in sources.items()}
+        named = sorted((var for var, pos in at.items() if pos >= 0), key=at.__getitem__)
         if named and named[0] not in text:
             raise ConfigError(f"{text} (from the environment variable {named[0]})") from None
         # With several -c files, the one that set the key.
@@ -1063,6 +1066,12 @@ def _apply_env(
             sources[".".join(path)] = key
 
 
+def _names_key(text: str, key: str) -> int:
+    """Where the message names `key` (a dotted key, not a longer key it begins); -1: not."""
+    m = re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", text)
+    return m.start() if m else -1
+
+
 def _spec_variables(merged: dict[str, Any], env: Mapping[str, str]) -> None:
     """The specification's deployment variables (DB_HOST, DB_PORT, DB_NAME, DB_USER,
     DB_PASSWORD; REDIS_HOST, REDIS_PORT), as docker-compose sets them, mapped onto
@@ -1073,6 +1082,18 @@ def _spec_variables(merged: dict[str, Any], env: Mapping[str, str]) -> None:
                 "REDIS_PORT"):  # fmt: skip
         if env.get(key):
             _no_newline(key, env[key])
+    # Without its HOST a family's other variables were ignored: a misspelt DB_HOST left a
+    # daemon trading on the local SQLite file, with no checkpoint of its own when found.
+    for host, url, parts in (
+        ("DB_HOST", "DATABASE_URL", ("DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD")),
+        ("REDIS_HOST", "REDIS_URL", ("REDIS_PORT",)),
+    ):
+        orphans = [k for k in parts if env.get(k)]
+        if orphans and not env.get(host) and not env.get(url):
+            raise ConfigError(
+                f"environment variable(s) {', '.join(orphans)} set without {host}: they are "
+                f"used only with {host} (or replaced by {url}); set {host}, or unset them"
+            )
     if env.get("DB_HOST"):
         user = quote(env.get("DB_USER", "postgres"), safe="")
         password = env.get("DB_PASSWORD", "")

@@ -302,7 +302,9 @@ def _files(
             out.append((_not_empty(raw, by_symbol[sym], sym), str(by_symbol[sym]), sym, first_line))
         return out
     if not path.exists():
-        raise DataError(f"{source} path does not exist", source=str(path))
+        # A relative path is read from the directory tradingd runs in: say which one it was.
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()}: {path.absolute()})"
+        raise DataError(f"{source} path does not exist{where}", source=str(path))
     # A long table is read for the requested symbols only; a per-symbol file is one symbol.
     subset = symbols if source == "parquet" and layout != "per_symbol" else None
     raw, first_line = _read(path, source, subset)

@@ -540,6 +540,42 @@ def test_a_bad_value_from_the_environment_names_the_variable():
     assert "environment variable" not in str(caught.value)
 
 
+def test_an_unknown_key_from_the_environment_names_the_variable():
+    """`unknown key(s) costs.comission_pct` named no variable: the key is not at the start of
+    that message, where a wrong value's key is."""
+    from tradingd.config import load_config
+
+    env = {"TRADINGD_COSTS__COMISSION_PCT": "0.002", "TRADINGD_RUN__NAME": "x"}
+    with pytest.raises(ConfigError) as caught:
+        load_config([], env=env)
+    text = str(caught.value)
+    assert text.startswith("unknown key(s) costs.comission_pct")
+    assert text.endswith("(from the environment variable TRADINGD_COSTS__COMISSION_PCT)")
+
+
+@pytest.mark.parametrize(
+    "env,named",
+    [
+        ({"DB_HSOT": "db", "DB_PORT": "5433", "DB_PASSWORD": "pw"}, "DB_PORT, DB_PASSWORD"),
+        ({"REDIS_PORT": "6380"}, "REDIS_PORT"),
+    ],
+)
+def test_database_and_redis_variables_without_their_host_are_refused(env, named):
+    """DB_PORT, DB_NAME, DB_USER, DB_PASSWORD (REDIS_PORT) act only with DB_HOST (REDIS_HOST):
+    with a misspelt host the daemon traded on the local SQLite file and said nothing."""
+    from tradingd.config import load_config
+
+    with pytest.raises(ConfigError) as caught:
+        load_config([], env=env)
+    host = "REDIS_HOST" if "REDIS_PORT" in env else "DB_HOST"
+    assert f"environment variable(s) {named} set without {host}" in str(caught.value)
+    assert "pw" not in str(caught.value)
+    # With the host, or with the URL that replaces them, they are fine.
+    url = "REDIS_URL" if host == "REDIS_HOST" else "DATABASE_URL"
+    load_config([], env={**env, host: "h"})
+    load_config([], env={**env, url: "redis://h:1/0" if host == "REDIS_HOST" else "sqlite:///x"})
+
+
 def test_with_several_files_an_error_names_the_file_that_set_the_key(tmp_path):
     """`unknown key(s) costs.cost` left the user to search every -c file."""
     from tradingd.config import load_config

@@ -703,3 +703,16 @@ def test_a_panels_read_only_rows_are_not_pickled_twice() -> None:
     assert len(pickle.dumps(panel)) == before
     copy = pickle.loads(pickle.dumps(panel))
     assert np.array_equal(copy.row(3, panel.datetimes()[3]).close, row.close, equal_nan=True)
+
+
+def test_a_missing_relative_data_path_names_the_directory_it_was_read_from(tmp_path, monkeypatch):
+    """`csv path does not exist (file=data/nope.csv)`: run from another directory, the user
+    could not see where tradingd had looked."""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as caught:
+        load_panel("csv", "data/nope.csv")
+    text = str(caught.value)
+    assert f"relative to {tmp_path}: {tmp_path / 'data' / 'nope.csv'}" in text
+    with pytest.raises(DataError) as absolute:
+        load_panel("csv", tmp_path / "nope.csv")
+    assert "relative to" not in str(absolute.value)
