@@ -381,6 +381,9 @@ class Engine:
         # Bars up to this time were decided by an earlier process of this run: they only
         # bring features and signal windows up to date (no fill, split, order or record).
         self._restored_through: datetime | None = None
+        # A resumed run's signal plugins' saved states (checkpoint key -> (restore, state)),
+        # restored after the bars up to the checkpoint are replayed (see _resume).
+        self._signal_states: dict[str, tuple[Callable[[Any], Any], Any]] = {}
         self._last_targets: np.ndarray | None = None
         self.resumed_from: datetime | None = None
         # The last checkpoint (bar time, state), written or resumed from: fills booked
@@ -1000,9 +1003,10 @@ class Engine:
 
     async def _resume(self, resume: Any) -> None:
         """Continue a stored live run from its checkpoint: the book, the simulated broker's
-        open orders, the plugins' own state (kill switches), the operator's pause. The bars up
-        to the checkpoint are replayed for features only; a bar after it that was cut short
-        is decided again, with the same order ids, so what reached the broker is not doubled."""
+        open orders, the plugins' own state (kill switches; the signals' once the bars up to
+        the checkpoint are replayed), the operator's pause. The bars up to the checkpoint are
+        replayed for features only; a bar after it that was cut short is decided again, with
+        the same order ids, so what reached the broker is not doubled."""
         self._restored_through = resume.bar_time
         self.resumed_from = resume.bar_time
         truncate = getattr(self.audit, "truncate_after", None)
@@ -1023,15 +1027,25 @@ class Engine:
             if st.get("broker") is not None and restore is not None:
                 restore(st["broker"])
             saved = st.get("plugins", {})
+            signals = {id(plugin) for plugin, _ in self.pipeline.signals}
             for key, plugin in _state_keys(self.pipeline.plugins()):
                 fn = getattr(plugin, "restore", None)
                 base = key.split("#")[0]
                 if key not in saved and base in saved and f"{base}#2" not in saved:
                     # A checkpoint from before instances had keys of their own: its one
                     # entry (the last instance's) went to every instance, as it did then.
-                    key = base
-                if fn is not None and key in saved:
-                    fn(saved[key])
+                    stored = base
+                else:
+                    stored = key
+                if fn is None or stored not in saved:
+                    continue
+                if id(plugin) in signals:
+                    # The replay of the bars up to the checkpoint feeds the signals again
+                    # (_replay_restored): restored first, a stateful signal counted those
+                    # bars twice. Restored once they are replayed (_restore_signals).
+                    self._signal_states[key] = (fn, saved[stored])
+                else:
+                    fn(saved[stored])
             self.trading_state = st.get("trading_state", "active")
             if self._operator_state is not None:
                 log.info(
@@ -1091,13 +1105,25 @@ class Engine:
         )
 
     def _plugin_states(self) -> dict[str, Any]:
-        """Each plugin's `state()`, by its checkpoint key (`_state_keys`)."""
+        """Each plugin's `state()`, by its checkpoint key (`_state_keys`); a signal's that
+        is not restored yet (the replay up to the checkpoint goes on) is the checkpoint's."""
         out: dict[str, Any] = {}
+        pending = self._signal_states
         for key, plugin in _state_keys(self.pipeline.plugins()):
             fn = getattr(plugin, "state", None)
-            if fn is not None and callable(fn):
+            if key in pending:
+                out[key] = pending[key][1]
+            elif fn is not None and callable(fn):
                 out[key] = fn()
         return out
+
+    def _restore_signals(self) -> None:
+        """The signal plugins' checkpointed state, once the bars up to the checkpoint have
+        been replayed (or none of them came): each is then exactly the checkpoint's, while a
+        plugin without `state()` has rebuilt its windows from the replay."""
+        pending, self._signal_states = self._signal_states, {}
+        for fn, saved in pending.values():
+            fn(saved)
 
     def _checkpoint(self, t: datetime) -> None:
         """Everything a restarted process needs to continue after bar `t` (see _resume)."""
@@ -1463,9 +1489,12 @@ class Engine:
         m = self._live_metrics
         if self._first_bar is None:
             self._first_bar = bar.time
-        if self._restored_through is not None and bar.time <= self._restored_through:
-            self._replay_restored(bar)
-            return
+        if self._restored_through is not None:
+            if bar.time <= self._restored_through:
+                self._replay_restored(bar)
+                return
+            if self._signal_states:
+                self._restore_signals()  # the first bar after the checkpoint
         t_start = t0 = _time.perf_counter() if m else 0.0
         split_cols = pf.apply_splits(bar.split)
         if split_cols:

@@ -1811,3 +1811,79 @@ async def test_the_model_check_says_how_often_the_live_forecasts_were_right(engi
     # And in /metrics, for an alert on a model that decays.
     gauge = metrics.MODEL_ACCURACY.labels(plugin="ml_ensemble")._value.get()
     assert gauge == pytest.approx(live["directional_accuracy"])
+
+
+class _BarCounter:
+    """A stateful signal: the times of the bars it has scored, kept through `state()` /
+    `restore()` (a third-party plugin's own count, window or model state)."""
+
+    kind: ClassVar[str] = "signal"
+    Config = _AlwaysLongConfig
+
+    def __init__(self, config, symbols):
+        self.name = "bar_counter"
+        self.seen: list[str] = []
+        self.restored: list[list[str]] = []
+
+    def required_features(self):
+        return ()
+
+    def score(self, ctx):
+        self.seen.append(ctx.time.isoformat())
+        return np.where(ctx.tradable, 1.0, np.nan)
+
+    def state(self):
+        return {"seen": list(self.seen)}
+
+    def restore(self, state):
+        self.restored.append(list(state["seen"]))
+        self.seen = list(state["seen"])
+
+
+@pytest.mark.parametrize("stop_after", [30, 65], ids=["in-warm-up", "trading"])
+async def test_a_stateful_signal_sees_each_bar_once_across_a_restart(
+    engine_config, monkeypatch, stop_after
+):
+    """The plugins' saved state was restored before the bars up to the checkpoint were
+    replayed for features, and the replay fed those bars to the signal again: a plugin
+    counting its bars counted them twice after every restart, and a resumed run drifted
+    from an uninterrupted one. Its state is now the checkpoint's, then the later bars
+    (stopped among the warm-up bars before the run's start, or after 5 traded bars)."""
+    from tradingd.app import build_engine
+    from tradingd.engine import plugins as registry
+
+    eps = dict(registry.available())
+    eps["bar_counter"] = _StubEntryPoint("bar_counter", _BarCounter)
+    monkeypatch.setattr(registry, "available", lambda: eps)
+    panel, config = live_run(engine_config)
+    config = dataclasses.replace(config, signals=(PluginSpec("bar_counter"),))
+    every_bar = [t.isoformat() for t in panel.datetimes()]
+    assert len(every_bar) == 90
+
+    whole = build_engine(
+        dataclasses.replace(config, run=dataclasses.replace(config.run, run_id="whole")),
+        "live",
+        panel=panel,
+    )
+    await whole.run_until_done()
+    [(counter, _)] = whole.pipeline.signals
+    assert counter.seen == every_bar  # each bar once, warm-up (observed) and traded
+
+    def stop(seen, t):  # type: ignore[no-untyped-def]
+        if seen == stop_after:
+            first.request_stop()
+
+    first = build_engine(config, "live", panel=panel, on_bar=stop)
+    await first.run_until_done()
+    [(before, _)] = first.pipeline.signals
+    assert before.seen == every_bar[:stop_after]  # 60 warm-up bars, then traded ones
+
+    restarted = build_engine(config, "live", panel=panel)
+    await restarted.run_until_done()
+    assert restarted.resumed_from is not None
+    [(after, _)] = restarted.pipeline.signals
+    assert after.restored == [every_bar[:stop_after]]  # the checkpoint's state, once
+    assert after.seen == every_bar
+    stored = restarted._last_checkpoint[1]["plugins"]["bar_counter"]
+    assert stored == {"seen": every_bar}
+
