@@ -25,6 +25,9 @@ from ..core.types import Order, OrderStatus, RiskVerdict
 log = structlog.get_logger(__name__)
 
 RESTRICTING = frozenset({"halt", "flatten", "scale"})
+# Verdicts that stop new exposure outright: the run's working entries that add to a position
+# are cancelled on such a bar (see `RiskRecord.halting`).
+BLOCKING = frozenset({"halt", "flatten"})
 # A run that restricts on and off for decades keeps its first periods in full and counts
 # the rest, so the record stays bounded.
 MAX_PERIODS = 1000
@@ -68,6 +71,9 @@ class RiskRecord:
         self.periods: list[Restriction] = []
         self.periods_dropped = 0
         self._open: dict[tuple[str, str], Restriction] = {}
+        # The last bar's verdicts held a halt or flatten: kept as the open restrictions
+        # change (not per bar), so the engine reads one attribute on the usual bar.
+        self.halting = False
 
     def on_bar(self, time: datetime, verdicts: Sequence[RiskVerdict]) -> None:
         if not verdicts and not self._open:
@@ -113,9 +119,11 @@ class RiskRecord:
                 current.bars += 1
         for key in [k for k in self._open if k not in seen]:
             self._close(self._open.pop(key), time)
+        self.halting = any(r.action in BLOCKING for r in self._open.values())
 
     def finish(self, time: datetime | None) -> None:
         """At the end of the run: a restriction still in force is reported as such."""
+        self.halting = False
         for key in list(self._open):
             r = self._open.pop(key)
             log.warning(

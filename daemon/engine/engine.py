@@ -65,7 +65,7 @@ from ..core.types import (
 from ..logs import sparse
 from ..publisher import bars_payload, fills_payload, orders_payload, signals_payload
 from . import collector
-from .accounting import RejectionRecord, RiskRecord, rule_of
+from .accounting import BLOCKING, RejectionRecord, RiskRecord, rule_of
 from .decisions import decision_record
 from .history import HistoryBuffer
 from .planner import OrderPlanner, Plan
@@ -652,20 +652,24 @@ class Engine:
         also holds other runs' orders and orders placed by hand."""
         return client_order_id.startswith(f"{self.run.run_id}|")
 
-    def _flatten_orders(self, held: np.ndarray) -> tuple[list[Order], list[str], bool]:
-        """For a flattening bar: the open orders the planner sees, and the working entries
-        of this run that would add to a position (or open one), to be cancelled with the
-        plan, and whether another order of this run still works. The planner skips a
-        symbol with a working entry (it waits for it), so a flatten left such a position
-        held and went on to "paused": it closes it now. A closing order still working is
-        left to fill; the state stays "flattening" until nothing is held and nothing of
-        this run works."""
+    def _flatten_orders(
+        self, held: np.ndarray, only: set[str] | None = None
+    ) -> tuple[list[Order], list[str], bool]:
+        """For a flattening bar (or a risk halt's: `_halted_orders`): the open orders the
+        planner sees, and the working entries of this run that would add to a position (or
+        open one), to be cancelled with the plan (in the symbols `only`, if given), and
+        whether another order of this run still works. The planner skips a symbol with a
+        working entry (it waits for it), so a flatten left such a position held and went on
+        to "paused": it closes it now. A closing order still working is left to fill; the
+        state stays "flattening" until nothing is held and nothing of this run works."""
         orders = list(self._plannable_orders())
         index = {s: i for i, s in enumerate(self.symbols)}
         adding: list[str] = []
         for o in orders:
             i = index.get(o.symbol)
             if o.leg is not Leg.ENTRY or i is None or not self._is_own(o.client_order_id):
+                continue
+            if only is not None and o.symbol not in only:
                 continue
             h = float(held[i])
             if (o.side is Side.BUY and h >= 0) or (o.side is Side.SELL and h <= 0):
@@ -674,6 +678,22 @@ class Engine:
         kept = [o for o in orders if o.client_order_id not in cancelled]
         working = any(self._is_own(o.client_order_id) for o in kept)
         return kept, adding, working
+
+    def _halted_orders(
+        self, held: np.ndarray, verdicts: Sequence[RiskVerdict], t: datetime
+    ) -> tuple[list[Order], list[str]]:
+        """For a bar whose risk verdicts halt or flatten (a kill switch, a daily loss limit):
+        the open orders the planner sees, and this run's working entries that add exposure,
+        cancelled with the plan, in every symbol (a verdict without one) or in the verdicts'.
+        The planner waits for a symbol's working entry, so an entry still filling in parts
+        (volume participation, a limit) went on filling through the halt, every bar of it
+        without an expiry, and a flatten left those shares held."""
+        symbols = {v.symbol for v in verdicts if v.action in BLOCKING}
+        only = None if None in symbols else {s for s in symbols if s is not None}
+        kept, adding, _ = self._flatten_orders(held, only)
+        if adding:
+            log.warning("risk.entries_cancelled", time=t, cancel_entries=adding)
+        return kept, adding
 
     async def _cancel_then_check(self, plan: Plan | _EmptyPlan, t: datetime) -> Plan:
         """The plan's cancels; then its orders, less those in a symbol where an order being
@@ -1629,6 +1649,10 @@ class Engine:
                 log.warning("control.flatten_planned", time=bar.time, cancel_entries=adding)
         elif self.trading_state == "paused":
             paused = True  # an operator's pause: no new orders; open ones stay at the broker
+            if self.risk_record.halting:  # but not the entries a halt stops
+                _, adding = self._halted_orders(pf.quantity, verdicts, bar.time)
+        elif self.risk_record.halting:
+            open_orders, adding = self._halted_orders(pf.quantity, verdicts, bar.time)
         else:
             open_orders = self._plannable_orders()
         plan = _NO_PLAN if paused else self.planner.plan(targets, ctx, open_orders)

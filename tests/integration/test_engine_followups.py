@@ -1887,3 +1887,86 @@ async def test_a_stateful_signal_sees_each_bar_once_across_a_restart(
     stored = restarted._last_checkpoint[1]["plugins"]["bar_counter"]
     assert stored == {"seen": every_bar}
 
+
+@pytest.mark.parametrize(
+    ("flatten", "mode"),
+    [(True, "backtest"), (False, "backtest"), (True, "live"), (True, "resumed")],
+    ids=["flatten", "halt", "flatten-live", "flatten-resumed"],
+)
+async def test_a_risk_halt_cancels_the_entries_still_working(
+    engine_config, always_long, flatten, mode
+):
+    """S1's entry fills 10 shares a bar (10% of its volume of 100); S0 falls 60% and trips
+    the drawdown guard. The planner waits for a symbol's working entry, so the entry went on
+    filling through the halt (every bar of it without an expiry: the run ended holding 190
+    shares of S1 under a flatten in force). A halt or flatten verdict now cancels the run's
+    working entries that add exposure, as an operator's flatten does: in a replay, live,
+    and live restarted during the halt."""
+    from conftest import run_engine
+
+    from tradingd.config import LiveConfig
+
+    n = 20
+    close = np.full((n, 2), 100.0)
+    close[2:6, 0] = 100 * np.linspace(0.85, 0.4, 4)
+    close[6:, 0] = 40.0
+    volume = np.full((n, 2), 1e7)
+    volume[:, 1] = 100.0
+    times = pd.bdate_range("2020-01-01", periods=n).to_numpy(dtype="datetime64[ns]")
+    panel = Panel(
+        times=times,
+        symbols=("S0", "S1"),
+        open=close.copy(),
+        high=close.copy(),
+        low=close.copy(),
+        close=close,
+        volume=volume,
+        split=np.ones_like(close),
+        dividend=np.zeros_like(close),
+    )
+    guard = {
+        "max_drawdown_pct": 0.2,
+        "daily_loss_limit_pct": 0.05,
+        "recovery": "halt",
+        "flatten_on_breach": flatten,
+    }
+    config = dataclasses.replace(
+        engine_config,
+        signals=(PluginSpec("always_long"),),
+        sizing=PluginSpec("equal_weight", params={"max_positions": 2, "gross_exposure": 0.9}),
+        risk=(PluginSpec("drawdown_guard", params=guard),),
+        broker=dataclasses.replace(
+            engine_config.broker, max_volume_participation=0.1, order_ttl_bars=0
+        ),
+        live=LiveConfig(bars_per_second=400.0),
+    )
+    if mode == "resumed":  # stopped on 01-02, its entry working; continued into the halt
+        fields = ("times", "open", "high", "low", "close", "volume", "split", "dividend")
+        cut = dataclasses.replace(panel, **{f: getattr(panel, f)[:2] for f in fields})
+        await run_engine(config, "live", cut)
+    engine, result, rows = await run_engine(
+        config, "backtest" if mode == "backtest" else "live", panel
+    )
+    if mode == "resumed":
+        assert engine.resumed_from is not None
+    # S0 closes 85 on 01-03 (a 6.75% loss of the day: the daily-loss halt, decided at that
+    # close), so S1's entry, decided on 01-01, filled 10 shares on 01-02 and 10 on 01-03 only.
+    [first] = result.restrictions[:1]
+    assert first["rule"] == "daily_loss_limit" and first["from"].startswith("2020-01-03")
+    assert len(result.restrictions) == 2  # and the drawdown's from 01-07 on
+    buys = [
+        (pd.Timestamp(f["time"]).date().isoformat(), f["symbol"], f["quantity"])
+        for f in rows["fills"]
+        if f["side"] == "buy"
+    ]
+    assert buys == [
+        ("2020-01-02", "S0", 450.0),  # 0.45 x 100,000 at the close of 100
+        ("2020-01-02", "S1", 10.0),
+        ("2020-01-03", "S1", 10.0),
+    ]
+    cancelled = [o for o in rows["orders"] if o["symbol"] == "S1" and o["status"] == "cancelled"]
+    assert len(cancelled) == 1 and cancelled[0]["filled_quantity"] == 20.0
+    if flatten:  # sold on 01-08 (and 01-09: 10 shares a bar), nothing held at the end
+        assert not engine.portfolio.quantity.any()
+    else:  # a halt blocks new exposure and keeps what is held
+        assert engine.portfolio.quantity.tolist() == [450.0, 20.0]
