@@ -946,6 +946,20 @@ class Alerter:
             log.error("alerts.report_failed", kind=str(kind), error=self._scrub(repr(exc)))
             return None
 
+    def assume_firing(self, conditions: Iterable[Mapping[str, Any]]) -> None:
+        """Conditions that were firing, as `firing()` gave them, before a restart (a live
+        run's checkpoint keeps its kill switches): they stay firing without a new alert, and
+        send their resolved alert when they clear. Without this a restarted daemon alerted a
+        halt the operator had been told of as if it had just begun."""
+        now, wall = self._clock(), self._wall()
+        for c in conditions:
+            kind, key, severity = self._names(c.get("kind"), c.get("key"), c.get("severity"))
+            since = datetime.fromisoformat(c["since"]) if c.get("since") else wall
+            ago = max(0.0, (wall - since).total_seconds())
+            self._conditions.setdefault(
+                (kind, key), _Condition(severity, str(c.get("title", "")), now - ago, since, now)
+            )
+
     def firing(self) -> list[dict[str, Any]]:
         """The conditions currently failing: kind, key, severity, title, since."""
         return [

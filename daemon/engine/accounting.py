@@ -64,6 +64,18 @@ class Restriction:
             "reason": self.reason,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Restriction:
+        return cls(
+            str(d["plugin"]),
+            str(d["rule"]),
+            str(d["action"]),
+            datetime.fromisoformat(d["from"]),
+            datetime.fromisoformat(d["to"]),
+            int(d["bars"]),
+            str(d.get("reason", "")),
+        )
+
 
 class RiskRecord:
     def __init__(self) -> None:
@@ -119,6 +131,27 @@ class RiskRecord:
                 current.bars += 1
         for key in [k for k in self._open if k not in seen]:
             self._close(self._open.pop(key), time)
+        self.halting = any(r.action in BLOCKING for r in self._open.values())
+
+    def state(self) -> dict[str, Any]:
+        """What a live run's checkpoint keeps of the record: a restart built a new one, so
+        the summary's counts restarted from 0 beside the restored `verdicts` total, and a
+        halt in force was reported from the first bar after the restart, its start logged
+        again."""
+        return {
+            "counts": dict(self.counts),
+            "periods": [r.to_dict() for r in self.periods],
+            "periods_dropped": self.periods_dropped,
+            "open": [r.to_dict() for r in self._open.values()],
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """The record of `state()`: the restrictions in force continue (not started again)."""
+        self.counts = Counter({str(k): int(v) for k, v in (state.get("counts") or {}).items()})
+        self.periods = [Restriction.from_dict(d) for d in state.get("periods") or ()]
+        self.periods_dropped = int(state.get("periods_dropped", 0))
+        opened = (Restriction.from_dict(d) for d in state.get("open") or ())
+        self._open = {(r.plugin, r.rule): r for r in opened}
         self.halting = any(r.action in BLOCKING for r in self._open.values())
 
     def finish(self, time: datetime | None) -> None:

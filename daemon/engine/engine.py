@@ -25,6 +25,7 @@ import numpy as np
 import structlog
 
 from .. import faults, metrics
+from ..alerts import KILL_SWITCH
 from ..core.arrays import count_nonzero, scalar, where
 from ..core.errors import (
     ConfigError,
@@ -1077,6 +1078,11 @@ class Engine:
             self._bars = int(st.get("bars", 0))
             self._orders = int(st.get("orders", 0))
             self._verdicts = int(st.get("verdicts", 0))
+            if st.get("risk") is not None:  # (not in a checkpoint of an earlier build)
+                self.risk_record.restore(st["risk"])
+            alerter = getattr(self, "alerter", None)
+            if alerter is not None and st.get("alerts"):
+                alerter.assume_firing(st["alerts"])
             if st.get("targets") is not None:
                 self._last_targets = np.asarray(st["targets"], dtype=np.float64)
         if resume.bar_time is not None and st is not None:
@@ -1155,7 +1161,13 @@ class Engine:
             "orders": self._orders,
             "verdicts": self._verdicts,
             "targets": self._last_targets.tolist() if self._last_targets is not None else None,
+            # The counts and restrictions of the summary, and the kill switches alerted: a
+            # restart continues them (not counted from 0, not started or alerted again).
+            "risk": self.risk_record.state(),
         }
+        alerter = getattr(self, "alerter", None)
+        if alerter is not None:
+            state["alerts"] = [a for a in alerter.firing() if a["kind"] == KILL_SWITCH]
         broker_state = getattr(self.broker, "state", None)
         if broker_state is not None:
             state["broker"] = broker_state()

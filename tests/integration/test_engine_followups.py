@@ -1970,3 +1970,85 @@ async def test_a_risk_halt_cancels_the_entries_still_working(
         assert not engine.portfolio.quantity.any()
     else:  # a halt blocks new exposure and keeps what is held
         assert engine.portfolio.quantity.tolist() == [450.0, 20.0]
+
+
+async def test_a_restart_keeps_the_risk_record_and_does_not_alert_the_halt_again(
+    engine_config, always_long
+):
+    """A live restart built a new risk record: `verdicts` (restored) was 29 while the
+    counts by rule (from 0) summed to 18, the drawdown flatten in force since 2020-01-20 was
+    reported from the first bar after the restart, and the kill switch alerted again. The
+    record and the kill switch's alert now continue through the checkpoint."""
+    from conftest import run_engine
+    from structlog.testing import capture_logs
+
+    from tradingd.config import LiveConfig
+
+    n = 40
+    close = np.full((n, 2), 100.0)
+    close[10:15, 0] = 100 * np.linspace(1, 0.4, 5)
+    close[15:25, 0] = 40.0
+    close[25:, 0] = 60.0
+    times = pd.bdate_range("2020-01-01", periods=n).to_numpy(dtype="datetime64[ns]")
+
+    def panel(bars: int) -> Panel:
+        c = close[:bars]
+        return Panel(
+            times=times[:bars],
+            symbols=("S0", "S1"),
+            open=c.copy(),
+            high=c.copy(),
+            low=c.copy(),
+            close=c.copy(),
+            volume=np.full(c.shape, 1e7),
+            split=np.ones_like(c),
+            dividend=np.zeros_like(c),
+        )
+
+    guard = {
+        "max_drawdown_pct": 0.2,
+        "daily_loss_limit_pct": 0.05,
+        "recovery": "halt",
+        "flatten_on_breach": True,
+    }
+    config = dataclasses.replace(
+        engine_config,
+        signals=(PluginSpec("always_long"),),
+        sizing=PluginSpec("equal_weight", params={"max_positions": 2, "gross_exposure": 0.9}),
+        risk=(PluginSpec("drawdown_guard", params=guard),),
+        live=LiveConfig(bars_per_second=400.0),
+    )
+
+    def kill_switch_alerts(logs):  # type: ignore[no-untyped-def]
+        return [e for e in logs if e["event"] == "alert.firing" and e["kind"] == "kill_switch"]
+
+    whole_config = dataclasses.replace(config, run=dataclasses.replace(config.run, run_id="whole"))
+    _, whole, _ = await run_engine(whole_config, "live", panel(n))
+    with capture_logs() as logs:
+        await run_engine(config, "live", panel(22))
+    assert len(kill_switch_alerts(logs)) == 1
+    with capture_logs() as logs:
+        engine, again, _ = await run_engine(config, "live", panel(n))
+    assert (
+        engine.resumed_from is not None and engine.resumed_from.date().isoformat() == "2020-01-30"
+    )
+    assert kill_switch_alerts(logs) == []  # alerted before the restart
+    assert [a["kind"] for a in engine.alerter.firing()] == ["kill_switch"]  # still firing
+    assert not [e for e in logs if e["event"] == "risk.restriction_started"]
+
+    # S0 closes 85 on 01-16 and 70 on 01-17 (daily losses over 5%: halts), 55 on 01-20
+    # (a drawdown of 20.25%: the flatten, until reset, to the last bar).
+    restricted = [(r["rule"], r["from"][:10], r["to"][:10], r["bars"]) for r in again.restrictions]
+    assert restricted == [
+        ("daily_loss_limit", "2020-01-16", "2020-01-17", 2),
+        ("max_drawdown", "2020-01-20", "2020-02-25", 27),
+    ]
+    assert again.verdicts == sum(again.verdicts_by_rule.values()) == 29
+    assert again.verdicts_by_rule == {
+        "drawdown_guard/daily_loss_limit": 2,
+        "drawdown_guard/max_drawdown": 27,
+    }
+    assert (again.restrictions, again.verdicts_by_rule) == (
+        whole.restrictions,
+        whole.verdicts_by_rule,
+    )

@@ -178,6 +178,26 @@ def test_reminder_after_repeat_after_s_and_escalation():
     assert never.condition(STALE_DATA, "SPY", True, "x") is None
 
 
+def test_a_condition_firing_before_a_restart_is_not_alerted_again_and_resolves():
+    """A restarted daemon's new alerter alerted a kill switch halted since before the
+    restart as if it had just tripped. Given what was firing (from the checkpoint), it stays
+    firing without an alert, and its resolved alert says since when it failed."""
+    clock = Clock()
+    wall = datetime(2020, 1, 31, 12, tzinfo=UTC)
+    before = Alerter(AlertsConfig(), clock=clock, wall_clock=lambda: wall - timedelta(hours=2))
+    assert before.condition(KILL_SWITCH, "drawdown_guard", True, "halted", severity=CRITICAL)
+    kept = json.loads(json.dumps(before.firing()))
+
+    after = Alerter(AlertsConfig(), clock=clock, wall_clock=lambda: wall)
+    after.assume_firing(kept)
+    assert after.condition(KILL_SWITCH, "drawdown_guard", True, "halted", severity=CRITICAL) is None
+    assert after.alerts == 0 and after.firing() == kept
+    back = after.condition(KILL_SWITCH, "drawdown_guard", False, "reset")
+    assert back is not None and back.state == RESOLVED and back.severity == CRITICAL
+    assert back.fields["failing_since"] == (wall - timedelta(hours=2)).isoformat()
+    assert back.fields["failing_for"] == "2h00m"
+
+
 def test_events_are_deduplicated_by_kind_and_key_within_the_window():
     clock = Clock()
     a = Alerter(AlertsConfig(dedup_window_s=300), clock=clock)
