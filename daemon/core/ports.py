@@ -223,7 +223,8 @@ class BarContext:
     mark: np.ndarray  # (N,) last known close, NaN before a symbol's first bar
     tradable: np.ndarray  # (N,) bool: has a bar at t
     history: HistoryView
-    # name -> (N,) finite values at t (0.0 where a symbol is not ready: check `ready`)
+    # name -> (N,) finite values at t (0.0 where a symbol is not ready: check `ready`); the
+    # engine's is a read-only mapping of read-only arrays (every later plugin reads it too)
     features: Mapping[str, np.ndarray]
     portfolio: PortfolioView
     # (N,) bool: has a bar at t and every feature the plugins asked for is past its warm-up.

@@ -16,9 +16,10 @@ import json
 import re
 import time as _time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import numpy as np
@@ -1855,13 +1856,19 @@ class Engine:
 
     def _features(
         self, bar: CrossSection, valid: np.ndarray
-    ) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    ) -> tuple[Mapping[str, np.ndarray], np.ndarray]:
         """Feature values for the plugins: finite everywhere (NaN and inf never reach a
-        plugin), with `ready` saying which symbols have every required feature."""
+        plugin), with `ready` saying which symbols have every required feature.
+
+        Read-only, the mapping and its arrays: one BarContext is shared by every plugin of
+        the bar, and a plugin that replaced or removed a feature changed the next plugin's
+        inputs (silently, or with a KeyError blamed on that one). A write raises in the
+        writer, whose call names it. The batch source's rows are read-only views already
+        (`BatchFeatureSource.prepare`); the proxy costs one small object a bar."""
         raw = self.features.at(bar)
         if self._ready_at is not None:
             row = self._ready_at(bar)
-            return dict(raw), (valid & row if row is not None else valid.copy())
+            return MappingProxyType(dict(raw)), (valid & row if row is not None else valid.copy())
         ready = valid.copy()
         out: dict[str, np.ndarray] = {}
         for name, v in raw.items():
@@ -1872,7 +1879,7 @@ class Engine:
             v = v.view() if finite.all() else np.where(finite, v, 0.0)
             v.setflags(write=False)
             out[name] = v
-        return out, ready
+        return MappingProxyType(out), ready
 
     def _observe(self, ctx: BarContext) -> None:
         """A warm-up bar for each signal plugin: its optional `observe(ctx)` (update state

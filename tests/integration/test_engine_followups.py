@@ -2052,3 +2052,51 @@ async def test_a_restart_keeps_the_risk_record_and_does_not_alert_the_halt_again
         whole.restrictions,
         whole.verdicts_by_rule,
     )
+
+
+@pytest.mark.parametrize("mode", ["backtest", "live"])
+@pytest.mark.parametrize("write", ["replace", "negate_in_place", "clear"])
+async def test_a_plugin_writing_into_ctx_features_is_named_and_the_next_plugin_unaffected(
+    engine_config, mode, write
+):
+    """ctx.features was a plain dict, one per bar, shared by every plugin: a signal that
+    replaced its values changed the next signal's inputs without a word, and one that
+    cleared it made the next signal fail with a KeyError blamed on that one. The mapping and
+    its arrays are read-only: the write is the writer's fault, named, and the reader never
+    sees another value than the feature source's."""
+    from tradingd.app import build_engine
+
+    class Scribbler:
+        kind, name = "signal", "scribbler"
+
+        def required_features(self):  # type: ignore[no-untyped-def]
+            return ()
+
+        def score(self, ctx):  # type: ignore[no-untyped-def]
+            if write == "replace":
+                ctx.features[feature] = -ctx.features[feature]
+            elif write == "negate_in_place":
+                np.negative(ctx.features[feature], out=ctx.features[feature])
+            else:
+                ctx.features.clear()  # type: ignore[attr-defined]
+            return np.zeros(len(ctx.symbols))
+
+    read: list[np.ndarray] = []
+
+    class Reader(Scribbler):
+        name = "reader"
+
+        def score(self, ctx):  # type: ignore[no-untyped-def]
+            read.append(np.array(ctx.features[feature]))
+            return np.zeros(len(ctx.symbols))
+
+    if mode == "live":
+        panel, config = live_run(engine_config)
+    else:
+        panel, config = make_panel(n_bars=90, split_at=None), engine_config
+    engine = build_engine(config, mode, panel=panel)
+    feature = engine.features.names[0]  # one the momentum signal asked for
+    engine.pipeline.signals = [(Scribbler(), 1.0), (Reader(), 1.0)]
+    with pytest.raises(PluginFault, match=r"plugin 'scribbler' failed in (score|observe)"):
+        await engine.run_until_done()
+    assert not read, "the reader ran after a write: the write did not stop the bar"
