@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import numbers
 import re
 import time as _time
 from collections import deque
@@ -1899,11 +1900,11 @@ class Engine:
         for plugin, _ in signals:
             try:  # inline `_call`: a frame less for every plugin call of every bar
                 given = plugin.score(ctx)
-                # The same array when it is one already; text or a mapping fails here, as
-                # the plugin's fault.
+                # The same array when it is one already; text, booleans or a mapping fail
+                # here, as the plugin's fault.
                 s = np.asarray(given, dtype=np.float64)
                 if s is not given:
-                    _refuse_complex(given)
+                    _refuse_non_numbers(given)
             except PluginFault:
                 raise
             except Exception as exc:
@@ -2095,8 +2096,8 @@ def _check_array(
     try:
         a = np.asarray(arr, dtype=np.float64)  # the same array when it is one already
         if a is not arr:
-            _refuse_complex(arr)
-    except (TypeError, ValueError) as exc:  # text, a mapping, ragged lists, complex numbers
+            _refuse_non_numbers(arr)
+    except (TypeError, ValueError) as exc:  # text, booleans, a mapping, ragged lists, complex
         raise PluginFault(_name(plugin), stage, t, exc) from exc
     if a.shape != (n,):
         raise PluginFault(
@@ -2115,13 +2116,49 @@ def _check_array(
     return a
 
 
-def _refuse_complex(given: Any) -> None:
-    """Complex numbers are not scores or weights. numpy's conversion keeps the real part
-    with only a ComplexWarning, so a plugin's complex arithmetic would trade on half its
-    answer. Checked only where the output was not float64 already (the common case costs an
-    identity test)."""
-    if np.iscomplexobj(given):
-        raise TypeError(f"returned complex numbers ({np.asarray(given).dtype}), not real ones")
+def _refuse_non_numbers(given: Any) -> None:
+    """Scores and weights are real numbers (float or integer arrays, or lists of them); the
+    conversion to float64 takes more than that, and each would be traded on as a number:
+    numeric text ("0.5" is 0.5), booleans (True is 1.0: a mask returned as targets asks for
+    all the equity in each symbol; as scores, False is no opinion rather than short, so a
+    mask is refused there too: convert it deliberately), dates, and complex numbers (the
+    real part kept with only a ComplexWarning: half the answer). None among numbers (an
+    object array) stays what it always was, NaN. Checked only where the output was not
+    float64 already (the common case costs an identity test)."""
+    a = given if isinstance(given, np.ndarray) else np.asarray(given)
+    kind = a.dtype.kind
+    if kind in "fiu":
+        return
+    if kind == "O":
+        values = a.ravel().tolist()
+        bad = next((v for v in values if v is not None and not _is_real(v)), None)
+        if bad is None:
+            return
+        kind = np.asarray([bad]).dtype.kind
+    raise TypeError(
+        f"returned {_KIND_NAMES.get(kind, 'values')} ({a.dtype}), not numbers{_HINTS.get(kind, '')}"
+    )
+
+
+def _is_real(v: Any) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool | np.bool_)
+
+
+_KIND_NAMES = {
+    "U": "text",
+    "S": "text",
+    "b": "booleans",
+    "c": "complex numbers",
+    "M": "datetime64 values",
+    "m": "timedelta64 values",
+}
+_HINTS = {
+    "U": ": return floats (np.asarray(x, dtype=float) if the text is meant as numbers)",
+    "S": ": return floats (np.asarray(x, dtype=float) if the text is meant as numbers)",
+    "b": ": convert a mask deliberately, e.g. np.where(mask, weight, 0.0) (True would be "
+    "read as 1.0)",
+    "c": ": return real ones",
+}
 
 
 _REPAIR_RULES = {

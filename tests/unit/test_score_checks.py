@@ -303,3 +303,62 @@ def test_a_third_party_sizing_that_says_it_never_shorts_is_still_checked():
         pipeline = Pipeline(signals=[], sizing=sizing, risks=[])
         Engine._decide_long_only(engine, pipeline, True)
         assert engine._may_short is may_short, sizing
+
+
+@pytest.mark.parametrize("stage", ["score", "size", "check"])
+@pytest.mark.parametrize(
+    ("value", "what"),
+    [
+        (np.array(["0.5"] * N), "text"),
+        (["0.5"] * N, "text"),
+        (np.array([b"0.5"] * N), "text"),
+        (np.ones(N, dtype=bool), "booleans"),
+        ([True] * N, "booleans"),
+        (np.array([0.5] * (N - 1) + ["0.5"], dtype=object), "text"),
+        (np.array([0.5] * (N - 1) + [True], dtype=object), "booleans"),
+        (np.array(["2020-01-01"] * N, dtype="datetime64[D]"), "datetime64"),
+    ],
+)
+def test_text_and_booleans_are_refused_not_read_as_numbers(stage, value, what):
+    """numpy's conversion read numeric text ("0.5") as 0.5 and True as 1.0 (a weight of
+    all the equity), so a plugin returning strings or a mask traded on them, exit 0."""
+    from tradingd.core.ports import RiskDecision
+
+    engine = _engine(_returning(RiskDecision(value) if stage == "check" else value))
+    with pytest.raises(PluginFault, match=f"'q' failed in {stage} at bar t: TypeError: .*{what}"):
+        _run_stage(engine, stage, SimpleNamespace(time="t"))
+
+
+_HALVES = [0.0, 0.5, 0.0, 0.0, 0.25, 0.0]
+
+
+@pytest.mark.parametrize("stage", ["score", "size", "check"])
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (np.array([0, 1, 0, 0, 1, 0]), [0.0, 1.0, 0.0, 0.0, 1.0, 0.0]),  # integers are numbers
+        (np.array([0, 1, 0, 0, 1, 0], dtype=np.uint8), [0.0, 1.0, 0.0, 0.0, 1.0, 0.0]),
+        (np.array(_HALVES, dtype=np.float32), _HALVES),
+        ([0, 0.5, 0, 0, 0.25, 0], _HALVES),  # a list of Python numbers
+        (np.array(_HALVES, dtype=object), _HALVES),
+    ],
+)
+def test_numbers_of_any_real_type_are_still_taken(stage, value, expected):
+    from tradingd.core.ports import RiskDecision
+
+    engine = _engine(_returning(RiskDecision(value) if stage == "check" else value))
+    got = _run_stage(engine, stage, SimpleNamespace(time="t"))
+    np.testing.assert_array_equal(got[0] if stage == "check" else got, expected)  # type: ignore[index]
+
+
+@pytest.mark.parametrize("stage", ["score", "size", "check"])
+def test_none_in_a_list_is_still_no_view(stage):
+    """None among numbers (an object array) is read as NaN, as numpy's conversion always
+    read it: no view for a score, a target of 0 (logged) for sizing and risk."""
+    from tradingd.core.ports import RiskDecision
+
+    value = [0.0, 0.5, None, 0.0, 0.25, 0.0]
+    engine = _engine(_returning(RiskDecision(value) if stage == "check" else value))
+    got = _run_stage(engine, stage, SimpleNamespace(time="t"))
+    expected = [0.0, 0.5, np.nan if stage == "score" else 0.0, 0.0, 0.25, 0.0]
+    np.testing.assert_array_equal(got[0] if stage == "check" else got, expected)  # type: ignore[index]
