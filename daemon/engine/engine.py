@@ -1912,13 +1912,17 @@ class Engine:
             if s.shape == (n,) and count_nonzero(np.abs(s) <= _SCORE_BOUND) == n:
                 scores.append(s)  # all finite and in range (NaN and inf fail <=): one check
                 continue
-            s = _check_array(plugin, "score", s, n, ctx.time, allow_nan=True)
-            if count_nonzero(np.abs(s) > _SCORE_LIMIT):  # NaN compares False: ignored
+            s = _check_array(plugin, "score", s, n, ctx.time, allow_nan=True, symbols=self.symbols)
+            outside = np.abs(s) > _SCORE_LIMIT  # NaN compares False: ignored
+            if count_nonzero(outside):
                 raise PluginFault(
                     plugin.name,
                     "score",
                     ctx.time,
-                    ValueError("scores must lie in [-1, 1] or be NaN"),
+                    ValueError(
+                        "scores must lie in [-1, 1] or be NaN: "
+                        + _values_at(outside, s, self.symbols)
+                    ),
                 )
             scores.append(s)
         if len(scores) == 1 and signals[0][1] > 0:
@@ -2105,8 +2109,14 @@ def _check_array(
         )
     if count_nonzero(np.isfinite(a)) == n:
         return a  # no NaN and no inf, the common case: two cheap calls (a.sum() costs more)
-    if count_nonzero(np.isinf(a)):  # as .any(), at a fifth of its cost
-        raise PluginFault(_name(plugin), stage, t, ValueError("returned an infinite value"))
+    inf = np.isinf(a)
+    if count_nonzero(inf):  # as .any(), at a fifth of its cost
+        raise PluginFault(
+            _name(plugin),
+            stage,
+            t,
+            ValueError("returned an infinite value: " + _values_at(inf, a, symbols)),
+        )
     if not allow_nan:
         # Not all finite and no inf: a NaN. A NaN target means "no view": hold no position
         # rather than guess. Logged: a plugin returning NaN for held symbols sells them.
@@ -2114,6 +2124,23 @@ def _check_array(
         _repaired(plugin, stage, t, "nan_target", nan, symbols, repairs)
         a = np.where(nan, 0.0, a)
     return a
+
+
+# Symbols named with their values in a fault about bad values (`_values_at`).
+_SHOWN = 5
+
+
+def _values_at(mask: np.ndarray, a: np.ndarray, symbols: Sequence[str] | None) -> str:
+    """The first `_SHOWN` symbols where `mask` holds, with their values, and how many there
+    are: the fault's text, so the entry is found among hundreds of symbols (index numbers
+    where the symbols are not known). Built on the error path only."""
+    where = np.flatnonzero(mask)
+    shown = ", ".join(
+        f"{symbols[i] if symbols is not None else i}={float(a[i])!r}"
+        for i in where[:_SHOWN].tolist()
+    )
+    more = ", ..." if where.size > _SHOWN else ""
+    return f"{shown}{more} ({where.size} of {a.size} symbols)"
 
 
 def _refuse_non_numbers(given: Any) -> None:

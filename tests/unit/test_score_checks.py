@@ -362,3 +362,38 @@ def test_none_in_a_list_is_still_no_view(stage):
     got = _run_stage(engine, stage, SimpleNamespace(time="t"))
     expected = [0.0, 0.5, np.nan if stage == "score" else 0.0, 0.0, 0.25, 0.0]
     np.testing.assert_array_equal(got[0] if stage == "check" else got, expected)  # type: ignore[index]
+
+
+@pytest.mark.parametrize("stage", ["score", "size", "check"])
+def test_an_infinite_value_is_named_by_symbol_and_value(stage):
+    """'returned an infinite value' named neither: on 496 symbols the entry was not to be
+    found. The first symbols and their values are in the fault, with the count."""
+    from tradingd.core.ports import RiskDecision
+
+    value = np.array([0.1, np.inf, 0.0, -np.inf, 0.2, np.inf])
+    engine = _engine(_returning(RiskDecision(value) if stage == "check" else value))
+    with pytest.raises(PluginFault) as caught:
+        _run_stage(engine, stage, SimpleNamespace(time="t"))
+    assert "infinite" in str(caught.value)
+    assert "S1=inf, S3=-inf, S5=inf" in str(caught.value)
+    assert "S0" not in str(caught.value) and "S4" not in str(caught.value)
+
+
+def test_a_score_out_of_range_is_named_by_symbol_and_value():
+    value = np.array([0.5, 1.5, np.nan, -3.0, 1.0, 0.0])
+    with pytest.raises(PluginFault, match=r"\[-1, 1\].*S1=1\.5, S3=-3\b") as caught:
+        _score(value)
+    assert "S2" not in str(caught.value) and "S4" not in str(caught.value)
+
+
+def test_many_bad_values_name_the_first_few_and_count_the_rest():
+    from tradingd.engine.engine import _check_array
+
+    n = 40
+    value = np.full(n, np.inf)
+    symbols = tuple(f"X{i}" for i in range(n))
+    with pytest.raises(PluginFault) as caught:
+        _check_array(_Plugin(value), "size", value, n, "t", allow_nan=False, symbols=symbols)
+    text = str(caught.value)
+    assert "X0=inf" in text and "X4=inf" in text and "X5=" not in text
+    assert "40 symbols" in text
