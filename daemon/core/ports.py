@@ -283,7 +283,12 @@ class SizingPlugin(Protocol):
 
 @runtime_checkable
 class RiskPlugin(Protocol):
-    """Adjusts target weights; every change comes back as a verdict with a reason."""
+    """Adjusts target weights; every change comes back as a verdict with a reason.
+
+    `targets` is read-only (the previous plugin's, or the sizing's): return a new array.
+    The engine enforces the verdicts where it matters most: a target raised in absolute
+    weight or flipped in sign without a verdict for its symbol (or one for the whole book,
+    symbol None) stops the run as the plugin's fault. Cuts without one are not refused."""
 
     kind: ClassVar[str]  # "risk"
     name: str

@@ -1975,10 +1975,17 @@ class Engine:
         return np.where(short, 0.0, t)
 
     def _risk(self, targets: np.ndarray, ctx: BarContext) -> tuple[np.ndarray, list[RiskVerdict]]:
+        """The risk chain, each plugin given the previous one's targets. Given as a read-only
+        view (not the array itself, which the sizing or an earlier plugin may reuse): a
+        plugin that zeroed its input in place changed the targets with no verdict. And a
+        plugin may cut a target without a verdict, but not raise its absolute weight or
+        flip its sign without one for the symbol (or the whole book): see `_raised`."""
         verdicts: list[RiskVerdict] = []
         for r in self.pipeline.risks:
+            given = targets.view()
+            given.setflags(write=False)
             try:
-                decision = r.check(targets, ctx)
+                decision = r.check(given, ctx)
             except PluginFault:
                 raise
             except Exception as exc:
@@ -2010,7 +2017,50 @@ class Engine:
                         TypeError(f"a verdict is {type(bad[0]).__name__}, not RiskVerdict"),
                     )
                 verdicts.extend(decision.verdicts)
+            # Unchanged (the same array back) in most plugins at most bars: no compare. Else
+            # one pass: out * (given - out) < 0 where out is not between 0 and given, i.e.
+            # raised in absolute weight or flipped in sign; the margin forgives rounding.
+            if targets is not given and count_nonzero(targets * (given - targets) < _RAISE_MARGIN):
+                self._raised(r, given, targets, decision.verdicts, ctx.time)
         return targets, verdicts
+
+    def _raised(
+        self,
+        plugin: Any,
+        given: np.ndarray,
+        out: np.ndarray,
+        verdicts: Sequence[RiskVerdict],
+        t: datetime,
+    ) -> None:
+        """A risk plugin's raised or flipped targets, refused where no verdict of its own
+        covers the symbol (RiskPlugin: every change comes back as a verdict). One that
+        raised a target to 3.0 without a word had it sent. A verdict for the whole book
+        (symbol None: a halt, a scale) covers every symbol: drawdown_guard's block holds a
+        position whose target crossed zero at its current weight, under one such verdict."""
+        said = {v.symbol for v in verdicts}
+        if None in said:
+            return
+        raised = out * (given - out) < _RAISE_MARGIN
+        if said:
+            raised[[i for i, s in enumerate(self.symbols) if s in said]] = False
+        where = np.flatnonzero(raised)
+        if not where.size:
+            return
+        shown = ", ".join(
+            f"{self.symbols[i]} {float(given[i])!r} -> {float(out[i])!r}"
+            for i in where[:_SHOWN].tolist()
+        )
+        more = ", ..." if where.size > _SHOWN else ""
+        raise PluginFault(
+            _name(plugin),
+            "check",
+            t,
+            ValueError(
+                "raised or flipped target weights without a verdict for the symbol (a risk "
+                "plugin may cut targets freely; a raise or a sign flip must come with a "
+                f"RiskVerdict saying why): {shown}{more} ({where.size} of {out.size} symbols)"
+            ),
+        )
 
     @staticmethod
     def _call(plugin: Any, stage: str, fn: Callable[..., Any], *args: Any) -> Any:
@@ -2128,6 +2178,10 @@ def _check_array(
 
 # Symbols named with their values in a fault about bad values (`_values_at`).
 _SHOWN = 5
+
+# A risk plugin's target counts as raised where out * (given - out) is below this (negative
+# where |out| > |given| or the sign flips): a rounding of a scaled target is not a raise.
+_RAISE_MARGIN = scalar(-1e-12)
 
 
 def _values_at(mask: np.ndarray, a: np.ndarray, symbols: Sequence[str] | None) -> str:

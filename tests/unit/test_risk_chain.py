@@ -108,3 +108,41 @@ def test_no_target_that_passes_the_default_chain_breaches_a_limit(tmp_path_facto
             if i != j:
                 rho = np.sign(out[i]) * np.sign(out[j]) * pair_corr(recent[:, i], recent[:, j])
                 assert rho <= c["max_correlation"] + 1e-9, (SYMS[i], SYMS[j], rho)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(market=markets(), seed=st.integers(0, 2**32 - 1), underwater=st.booleans())
+def test_the_default_chain_passes_the_engines_checks_on_its_risk_plugins(
+    tmp_path_factory, market, seed, underwater
+):
+    """The engine hands each risk plugin read-only targets and refuses a target raised in
+    absolute weight or flipped in sign without a verdict for the symbol or the book. The
+    bundled plugins, run in the default chain's order through the engine, never trip
+    either: on long and short targets and books, and under water (drawdown_guard holding
+    positions whose targets cross zero, under its whole-book verdict)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from tradingd.engine.engine import Engine
+
+    returns, targets, weights = market
+    rng = np.random.default_rng(seed)
+    targets = targets * rng.choice([-1.0, 1.0], N)
+    weights = weights * rng.choice([-1.0, 1.0], N)
+    _, plugins = chain(tmp_path_factory.getbasetemp())
+    ctx = make_context(SYMS, closes_from_returns(returns), weights=weights, capacity=DAYS + 1)
+    if underwater:  # 30% below the peak: past the 20% limit
+        peak = ctx.portfolio.equity / 0.7
+        ctx = dataclasses.replace(
+            ctx, portfolio=dataclasses.replace(ctx.portfolio, peak_equity=peak)
+        )
+    engine = Engine.__new__(Engine)  # only what _risk reads
+    engine.symbols, engine._repairs = SYMS, {}
+    engine.pipeline = SimpleNamespace(risks=plugins)
+    given_targets = targets.copy()
+    out, verdicts = engine._risk(targets, ctx)
+    np.testing.assert_array_equal(targets, given_targets)  # the input was not written
+    if underwater:  # held at their weights where the target crossed zero: a verdict says so
+        assert any(v.plugin == "drawdown_guard" and v.symbol is None for v in verdicts)
+    else:
+        assert np.all(np.abs(out) <= np.abs(targets) + 1e-12)

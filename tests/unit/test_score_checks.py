@@ -149,7 +149,8 @@ def _run_stage(engine: Engine, stage: str, ctx: object) -> object:
         return engine._score(ctx)  # type: ignore[arg-type]
     if stage == "size":
         return engine._size(np.zeros(N), ctx)  # type: ignore[arg-type]
-    return engine._risk(np.zeros(N), ctx)  # type: ignore[arg-type]
+    # Given targets of 1: a risk plugin's output at most that is a cut, never a raise.
+    return engine._risk(np.ones(N), ctx)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("stage", ["score", "size", "check"])
@@ -397,3 +398,80 @@ def test_many_bad_values_name_the_first_few_and_count_the_rest():
     text = str(caught.value)
     assert "X0=inf" in text and "X4=inf" in text and "X5=" not in text
     assert "40 symbols" in text
+
+
+class _RiskDoing:
+    """A risk plugin that applies `change(targets)` and returns the result with `verdicts`."""
+
+    kind, name = "risk", "doer"
+
+    def __init__(self, change: object, verdicts: tuple = ()) -> None:
+        self.change, self.verdicts = change, verdicts
+
+    def check(self, targets: np.ndarray, ctx: object) -> object:
+        from tradingd.core.ports import RiskDecision
+
+        return RiskDecision(self.change(targets), self.verdicts)  # type: ignore[operator]
+
+
+def _risk(plugin: object, targets: np.ndarray) -> tuple[np.ndarray, list]:
+    engine = _engine(plugin)
+    return engine._risk(targets, SimpleNamespace(time="t"))  # type: ignore[arg-type]
+
+
+def test_a_risk_plugin_writing_into_its_input_targets_is_named_and_changes_nothing():
+    """A risk plugin that zeroed its input in place (targets[:] = 0, no verdict) changed
+    the targets without a trace: the write is now its fault, and the array it was given
+    (the sizing's, or the previous risk plugin's) is unchanged."""
+
+    def zero_in_place(t: np.ndarray) -> np.ndarray:
+        t[:] = 0.0
+        return t
+
+    sized = np.array([0.1, 0.2, 0.0, 0.05, 0.0, 0.3])
+    with pytest.raises(PluginFault, match=r"'doer' failed in check.*read-only"):
+        _risk(_RiskDoing(zero_in_place), sized)
+    np.testing.assert_array_equal(sized, [0.1, 0.2, 0.0, 0.05, 0.0, 0.3])
+    assert sized.flags.writeable  # the sizing's own array is not made read-only
+
+
+@pytest.mark.parametrize(
+    ("after", "what"),
+    [
+        ([3.0, 0.2, 0.0, 0.05, 0.0, 0.3], "S0 0.1 -> 3.0"),  # raised
+        ([0.1, 0.2, 0.01, 0.05, 0.0, 0.3], "S2 0.0 -> 0.01"),  # opened
+        ([0.1, 0.2, 0.0, -0.05, 0.0, 0.3], "S3 0.05 -> -0.05"),  # flipped, same size
+        ([0.1, 0.2, 0.0, -0.01, 0.0, 0.3], "S3 0.05 -> -0.01"),  # flipped, smaller
+    ],
+)
+def test_a_risk_plugin_that_raises_or_flips_a_target_without_a_verdict_is_refused(after, what):
+    """A risk plugin's every change comes back as a verdict (RiskPlugin): one that raised a
+    target to 3.0 without one had it sent. A target whose absolute weight grows, or whose
+    sign flips, without a verdict for its symbol or for the whole book is the plugin's
+    fault, naming the symbol and the weights before and after."""
+    sized = np.array([0.1, 0.2, 0.0, 0.05, 0.0, 0.3])
+    with pytest.raises(PluginFault, match=rf"'doer' failed in check.*without a verdict.*{what}"):
+        _risk(_RiskDoing(lambda t: np.array(after)), sized)
+
+
+def test_a_risk_plugin_may_raise_with_a_verdict_and_cut_without_one():
+    from tradingd.core.types import RiskVerdict
+
+    sized = np.array([0.1, 0.2, 0.0, 0.05, 0.0, 0.3])
+    raised = np.array([0.15, 0.2, 0.0, 0.05, 0.0, 0.3])
+    for verdict_symbol in ("S0", None):  # that symbol's verdict, or the whole book's
+        verdict = RiskVerdict("doer", verdict_symbol, "clip", "a floor", 0.1, 0.15)
+        got, verdicts = _risk(_RiskDoing(lambda t: raised.copy(), (verdict,)), sized)
+        np.testing.assert_array_equal(got, raised)
+        assert verdicts == [verdict]
+    other = RiskVerdict("doer", "S1", "clip", "elsewhere", 0.2, 0.1)
+    with pytest.raises(PluginFault, match=r"without a verdict.*S0 0.1 -> 0.15"):
+        _risk(_RiskDoing(lambda t: raised.copy(), (other,)), sized)
+    # Cuts toward zero (scaling, clipping, zeroing) are taken as they come, verdict or not.
+    cut = np.array([0.05, 0.2, 0.0, 0.0, 0.0, 0.1])
+    got, verdicts = _risk(_RiskDoing(lambda t: cut.copy()), sized)
+    np.testing.assert_array_equal(got, cut)
+    assert verdicts == []
+    # Rounding of a scaled target (a factor computed as 1 + 1 ulp) is not a raise.
+    got, _ = _risk(_RiskDoing(lambda t: t * (1.0 + 2.0**-52)), sized)
+    np.testing.assert_array_equal(got, sized * (1.0 + 2.0**-52))
