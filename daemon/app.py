@@ -875,6 +875,7 @@ def _assemble(
         retry_attempts=config.orders.retry_attempts if mode == "live" else 0,
         retry_delay_s=config.orders.retry_delay_s,
         long_only=not config.broker.allow_short,
+        slow_plugin_s=config.log.slow_plugin_s,
         publisher=_publisher(config, run_id) if mode == "live" else None,
     )
     if mode != "live":

@@ -662,8 +662,12 @@ class LogConfig:
     audit_dir: str = "var/audit"
     audit_max_bytes: int = 50_000_000
     audit_backups: int = 10
+    # A plugin call (score, observe, size, check) that takes longer is a warning naming the
+    # plugin, the stage and the bar (`engine.plugin_slow`); 0 = off.
+    slow_plugin_s: float = 5.0
 
     def __post_init__(self) -> None:
+        _finite(self, "log")
         _choice("log.format", self.format, ("auto", "json", "console"))
         _choice("log.level", self.level, ("debug", "info", "warning", "error"))
         _require(bool(self.audit_dir.strip()), "log.audit_dir", self.audit_dir, "a folder")
@@ -674,6 +678,7 @@ class LogConfig:
             ">= 1024 bytes",
         )
         _require(self.audit_backups >= 0, "log.audit_backups", self.audit_backups, ">= 0")
+        _require(self.slow_plugin_s >= 0, "log.slow_plugin_s", self.slow_plugin_s, ">= 0 (0 = off)")
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,9 @@ from .portfolio import Portfolio
 
 log = structlog.get_logger(__name__)
 
+# The clock of the plugin calls' timing (`Engine._slow`): a name of its own, one lookup.
+_perf_counter = _time.perf_counter
+
 CHECKPOINT_FORMAT = "tradingd-checkpoint/1"
 
 
@@ -292,8 +295,11 @@ class Engine:
         retry_attempts: int = 0,
         retry_delay_s: float = 5.0,
         long_only: bool = False,
+        slow_plugin_s: float = 5.0,
     ) -> None:
         self.run = run
+        # A plugin call that takes longer is a warning (`_slow`); 0 = never (log.slow_plugin_s).
+        self._slow_plugin_s = slow_plugin_s if slow_plugin_s > 0 else float("inf")
         # broker.allow_short = false: a negative target becomes 0 (see _no_shorts). Checked
         # only where the sizing may go short: a built-in whose config says allow_short =
         # false (their default) never does, and the check is a microsecond every bar.
@@ -1887,10 +1893,13 @@ class Engine:
         only, e.g. a model's input windows) or else `score(ctx)` with the result unused."""
         for plugin, _ in self.pipeline.signals:
             observe = getattr(plugin, "observe", None)
+            t0 = _perf_counter()
             if observe is not None:
                 self._call(plugin, "observe", observe, ctx)
             else:
                 self._call(plugin, "score", plugin.score, ctx)
+            if (took := _perf_counter() - t0) > self._slow_plugin_s:
+                self._slow(plugin, "score" if observe is None else "observe", ctx.time, took)
 
     def _score(self, ctx: BarContext) -> np.ndarray:
         """Weighted mean of the plugins' scores over the plugins that have a view."""
@@ -1898,6 +1907,7 @@ class Engine:
         signals = self.pipeline.signals
         scores = []
         for plugin, _ in signals:
+            t0 = _perf_counter()
             try:  # inline `_call`: a frame less for every plugin call of every bar
                 given = plugin.score(ctx)
                 # The same array when it is one already; text, booleans or a mapping fail
@@ -1909,6 +1919,8 @@ class Engine:
                 raise
             except Exception as exc:
                 raise _fault(plugin, "score", ctx, exc) from exc
+            if (took := _perf_counter() - t0) > self._slow_plugin_s:
+                self._slow(plugin, "score", ctx.time, took)
             if s.shape == (n,) and count_nonzero(np.abs(s) <= _SCORE_BOUND) == n:
                 scores.append(s)  # all finite and in range (NaN and inf fail <=): one check
                 continue
@@ -1945,12 +1957,15 @@ class Engine:
 
     def _size(self, score: np.ndarray, ctx: BarContext) -> np.ndarray:
         p = self.pipeline.sizing
+        t0 = _perf_counter()
         try:
             t = p.size(score, ctx)
         except PluginFault:
             raise
         except Exception as exc:
             raise _fault(p, "size", ctx, exc) from exc
+        if (took := _perf_counter() - t0) > self._slow_plugin_s:
+            self._slow(p, "size", ctx.time, took)
         t = _check_array(
             p,
             "size",
@@ -1984,12 +1999,15 @@ class Engine:
         for r in self.pipeline.risks:
             given = targets.view()
             given.setflags(write=False)
+            t0 = _perf_counter()
             try:
                 decision = r.check(given, ctx)
             except PluginFault:
                 raise
             except Exception as exc:
                 raise _fault(r, "check", ctx, exc) from exc
+            if (took := _perf_counter() - t0) > self._slow_plugin_s:
+                self._slow(r, "check", ctx.time, took)
             if not isinstance(decision, RiskDecision):
                 raise PluginFault(
                     r.name,
@@ -2060,6 +2078,22 @@ class Engine:
                 "plugin may cut targets freely; a raise or a sign flip must come with a "
                 f"RiskVerdict saying why): {shown}{more} ({where.size} of {out.size} symbols)"
             ),
+        )
+
+    def _slow(self, plugin: Any, stage: str, t: datetime, took: float) -> None:
+        """A plugin call past `log.slow_plugin_s`, logged where it happened. A 40 s score()
+        in the live daemon left no line (health's stall check sees the loop, not whose
+        call held it; /health showed only max_lag_s), so a slow model or fit could not be
+        told from a slow feed or store. Each such call, after it returns."""
+        log.warning(
+            "engine.plugin_slow",
+            plugin=_name(plugin),
+            stage=stage,
+            time=t,
+            seconds=round(took, 3),
+            limit_s=self._slow_plugin_s,
+            hint="the bar waited this long for the plugin; raise log.slow_plugin_s if it is "
+            "expected (0 = off)",
         )
 
     @staticmethod

@@ -2100,3 +2100,40 @@ async def test_a_plugin_writing_into_ctx_features_is_named_and_the_next_plugin_u
     with pytest.raises(PluginFault, match=r"plugin 'scribbler' failed in (score|observe)"):
         await engine.run_until_done()
     assert not read, "the reader ran after a write: the write did not stop the bar"
+
+
+@pytest.mark.parametrize("limit", [2.0, 0.0])
+async def test_a_slow_plugin_call_is_a_warning_at_its_bar_unless_switched_off(
+    engine_config, monkeypatch, limit
+):
+    """log.slow_plugin_s reaches the engine: a score() that took 3 s (on a fake clock the
+    plugin advances) past a 2 s limit is one warning naming the plugin, the stage and the
+    bar; 0 switches the warning off."""
+    from tradingd.app import build_engine
+    from tradingd.engine import engine as engine_module
+
+    clock = [0.0]
+    monkeypatch.setattr(engine_module, "_perf_counter", lambda: clock[0], raising=False)
+    panel = make_panel(n_bars=90, split_at=None)
+    slow_at = panel.datetimes()[70]
+    config = dataclasses.replace(
+        engine_config, log=dataclasses.replace(engine_config.log, slow_plugin_s=limit)
+    )
+    engine = build_engine(config, "backtest", panel=panel)
+    plugin = engine.pipeline.signals[0][0]
+    score = plugin.score
+
+    def slow_once(ctx):  # type: ignore[no-untyped-def]
+        if ctx.time == slow_at:
+            clock[0] += 3.0
+        return score(ctx)
+
+    plugin.score = slow_once
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    slow = [e for e in logs if e["event"] == "engine.plugin_slow"]
+    if limit == 0.0:
+        assert slow == []
+        return
+    assert [(e["plugin"], e["stage"], e["time"]) for e in slow] == [(plugin.name, "score", slow_at)]
+    assert slow[0]["seconds"] == pytest.approx(3.0) and slow[0]["limit_s"] == limit

@@ -48,6 +48,7 @@ class _Plugin:
 def _score(values: object) -> np.ndarray:
     engine = Engine.__new__(Engine)  # only what _score reads
     engine.symbols = tuple(f"S{i}" for i in range(N))
+    engine._slow_plugin_s = 5.0
     engine.pipeline = SimpleNamespace(signals=[(_Plugin(values), 1.0)])
     return engine._score(SimpleNamespace(time="t"))
 
@@ -139,6 +140,7 @@ def _engine(plugin: object, *, long_only: bool = False) -> Engine:
     engine.symbols = tuple(f"S{i}" for i in range(N))
     engine.long_only = engine._may_short = long_only  # a plugin without allow_short
     engine._repairs = {}
+    engine._slow_plugin_s = 5.0
     engine.pipeline = SimpleNamespace(signals=[(plugin, 1.0)], sizing=plugin, risks=[plugin])
     return engine
 
@@ -475,3 +477,62 @@ def test_a_risk_plugin_may_raise_with_a_verdict_and_cut_without_one():
     # Rounding of a scaled target (a factor computed as 1 + 1 ulp) is not a raise.
     got, _ = _risk(_RiskDoing(lambda t: t * (1.0 + 2.0**-52)), sized)
     np.testing.assert_array_equal(got, sized * (1.0 + 2.0**-52))
+
+
+class _Slow:
+    """A plugin of every kind whose call takes `seconds` on the engine's clock (a fake one,
+    advanced by the call: no sleeping)."""
+
+    def __init__(self, clock: list[float], seconds: float, name: str = "slowpoke") -> None:
+        self.clock, self.seconds, self.name = clock, seconds, name
+
+    def _work(self) -> np.ndarray:
+        self.clock[0] += self.seconds
+        return np.zeros(N)
+
+    def score(self, ctx: object) -> np.ndarray:
+        return self._work()
+
+    def observe(self, ctx: object) -> None:
+        self._work()
+
+    def size(self, score: object, ctx: object) -> np.ndarray:
+        return self._work()
+
+    def check(self, targets: object, ctx: object) -> object:
+        from tradingd.core.ports import RiskDecision
+
+        return RiskDecision(self._work())
+
+
+@pytest.mark.parametrize("stage", ["score", "observe", "size", "check"])
+def test_a_plugin_call_slower_than_the_limit_is_logged_with_plugin_stage_and_bar(
+    monkeypatch, stage
+):
+    """A 40 s score() in the live daemon left no line in the log (only /health's max_lag_s
+    moved). A call past `log.slow_plugin_s` is a warning naming the plugin, the stage, the
+    bar and the time it took; a call within it says nothing."""
+    from structlog.testing import capture_logs
+
+    from tradingd.engine import engine as engine_module
+
+    clock = [1000.0]
+    monkeypatch.setattr(engine_module, "_perf_counter", lambda: clock[0], raising=False)
+    ctx = SimpleNamespace(time="2016-06-15")
+    for seconds, warned in ((40.0, True), (4.5, False)):
+        engine = _engine(_Slow(clock, seconds))
+        engine._slow_plugin_s = 5.0
+        with capture_logs() as logs:
+            if stage == "observe":
+                engine._observe(ctx)  # type: ignore[arg-type]
+            else:
+                _run_stage(engine, stage, ctx)
+        slow = [e for e in logs if e["event"] == "engine.plugin_slow"]
+        if not warned:
+            assert slow == []
+            continue
+        assert len(slow) == 1 and slow[0]["log_level"] == "warning"
+        assert slow[0]["plugin"] == "slowpoke" and slow[0]["stage"] == stage
+        assert slow[0]["time"] == "2016-06-15"
+        assert slow[0]["seconds"] == pytest.approx(40.0)
+        assert slow[0]["limit_s"] == 5.0
