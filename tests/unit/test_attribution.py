@@ -318,7 +318,10 @@ def test_score_contributions_add_up_to_the_engines_combined_score(output):
     ml_scores[[1, 5]] = np.nan  # no window yet: the factors alone decide
     ml = FixedSignal(ml_scores)
     engine = SimpleNamespace(
-        symbols=syms, pipeline=SimpleNamespace(signals=[(ml, 0.6), (mf, 0.4)]), _call=Engine._call
+        symbols=syms,
+        pipeline=SimpleNamespace(signals=[(ml, 0.6), (mf, 0.4)]),
+        _call=Engine._call,
+        _slow_plugin_s=float("inf"),  # as the engine keeps log.slow_plugin_s = 0
     )
     combined = Engine._score(engine, ctx)  # the engine's own weighted mean
     s_mf = mf.score(ctx)
