@@ -2,7 +2,8 @@
 
 Breaching the daily loss limit blocks new exposure for the bar on which it happened: targets
 may only move toward zero (reductions and exits still go through, entries and increases do
-not).
+not; a target on the other side of a held position closes it and opens nothing, as
+`stale_data` does).
 
 Breaching the drawdown limit starts a halt, and what ends it is the operator's choice
 (`recovery`), because the right answer differs between a live account and a backtest:
@@ -196,9 +197,12 @@ class DrawdownGuard:
         limit: float,
         rule: str,
     ) -> RiskDecision:
-        # Keep a target only if it moves the position toward zero without crossing it.
-        toward_zero = (np.abs(targets) <= np.abs(current)) & (targets * current >= 0)
-        out = np.where(toward_zero, targets, current)
+        # A target that moves the position toward zero without crossing it is kept; one that
+        # flips the position is cut to zero (the exit goes through, the new side does not
+        # open); an entry or increase stays at the current weight.
+        same_side = targets * current >= 0
+        toward_zero = same_side & (np.abs(targets) <= np.abs(current))
+        out = np.where(toward_zero, targets, np.where(same_side, current, 0.0))
         return RiskDecision(
             out, (RiskVerdict(self.name, None, "halt", reason, value, limit, rule),)
         )

@@ -325,3 +325,30 @@ def test_a_replaced_config_takes_effect_at_the_next_call():
     m.score(ctx(features={"return_5": ret}))
     m.config = MomentumConfig(lookback=5, scale=1.0)
     assert m.score(ctx(features={"return_5": ret})).tobytes() == np.tanh(ret / 1.0).tobytes()
+
+
+@pytest.mark.parametrize(
+    "recovery,equity,day_start",
+    [
+        ("halt", 75.0, 75.0),  # 25% below the peak of 100: the drawdown halt
+        ("cooloff", 75.0, 75.0),
+        ("cooloff", 94.0, 100.0),  # 6% lost today, 6% below the peak: the daily-loss block
+    ],
+    ids=["halt", "cool-off", "daily loss"],
+)
+def test_a_blocked_guard_closes_a_position_whose_target_flipped_but_opens_no_new_side(
+    recovery, equity, day_start
+):
+    """Reductions and exits go through a block: a long whose target turned short is closed
+    (target 0), and the short is not opened; the same for a short turned long. Other
+    symbols: a reduction is kept, an increase held at the current weight, an entry
+    refused."""
+    g = DrawdownGuard(
+        DrawdownGuardConfig(max_drawdown_pct=0.2, daily_loss_limit_pct=0.05, recovery=recovery),
+        SYMS,
+    )
+    current = [0.05, -0.04, 0.03, 0.0]
+    wanted = np.array([-0.03, 0.02, 0.01, 0.02])
+    d = g.check(wanted, ctx(weights=current, equity=equity, peak=100.0, day_start=day_start))
+    np.testing.assert_array_equal(d.targets, [0.0, 0.0, 0.01, 0.0])
+    assert len(d.verdicts) == 1 and d.verdicts[0].action == "halt"
