@@ -26,14 +26,17 @@ book flat while halted) instead of only blocking new exposure.
 
 The peak is the plugin's own (starting from the portfolio's peak when it first sees the book)
 so that a re-base does not touch the portfolio. Every bar on which the guard restricts trading
-returns a verdict with its rule (`max_drawdown` or `daily_loss_limit`); the engine logs a
-warning when a restriction starts and when it lifts and reports the periods in the summary.
+returns a verdict with its rule (`max_drawdown` or `daily_loss_limit`); after the breach's
+own bar a halt's reason names the breach (its bar and drawdown) and the drawdown now. The
+engine logs a warning when a restriction starts and when it lifts and reports the periods in
+the summary.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, ClassVar
 
 import numpy as np
@@ -93,6 +96,9 @@ class DrawdownGuard:
         self._peak: float | None = None
         self._rebase_next = False
         self._halted_bars: int | None = None  # None: not halted; else bars since the breach
+        # The bar of the breach that started the halt and the drawdown then, for its reason.
+        self._breach_time: datetime | None = None
+        self._breach_drawdown: float | None = None
 
     @property
     def halted(self) -> bool:
@@ -104,19 +110,32 @@ class DrawdownGuard:
         if self._halted_bars is not None:
             log.warning("risk.drawdown_reset", plugin=self.name)
         self._halted_bars = None
+        self._breach_time = self._breach_drawdown = None
         self._peak = None
         self._rebase_next = True
 
     def state(self) -> dict[str, Any]:
         """The kill switch survives a restart (the engine keeps this in its checkpoint): a
-        halted guard stays halted until a deliberate reset."""
-        return {"peak": self._peak, "rebase_next": self._rebase_next, "halted": self._halted_bars}
+        halted guard stays halted until a deliberate reset, and its reason still names the
+        breach."""
+        t = self._breach_time
+        return {
+            "peak": self._peak,
+            "rebase_next": self._rebase_next,
+            "halted": self._halted_bars,
+            "breach_time": None if t is None else t.isoformat(),
+            "breach_drawdown": self._breach_drawdown,
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
         self._peak = None if state.get("peak") is None else float(state["peak"])
         self._rebase_next = bool(state.get("rebase_next", False))
         halted = state.get("halted")
         self._halted_bars = None if halted is None else int(halted)
+        # Absent from checkpoints written before the reason named the breach.
+        t, dd = state.get("breach_time"), state.get("breach_drawdown")
+        self._breach_time = None if t is None else datetime.fromisoformat(t)
+        self._breach_drawdown = None if dd is None else float(dd)
 
     def required_features(self) -> tuple[str, ...]:
         return ()
@@ -151,6 +170,7 @@ class DrawdownGuard:
                 self._halted_bars = None
         elif breached:
             self._halted_bars = 0
+            self._breach_time, self._breach_drawdown = ctx.time, drawdown
 
         if self._halted_bars is not None:
             limit = c.max_drawdown_pct
@@ -160,7 +180,7 @@ class DrawdownGuard:
                 why = f"cool-off bar {self._halted_bars + 1} of {c.cooloff_bars}"
             else:
                 why = f"exposure scaled to {c.underwater_exposure:.0%}"
-            reason = f"drawdown {drawdown:.2%} >= limit {limit:.2%} ({why})"
+            reason = self._halt_reason(drawdown, why)
             if c.flatten_on_breach:
                 return RiskDecision(
                     np.zeros_like(targets),
@@ -187,6 +207,21 @@ class DrawdownGuard:
                 targets, pf.weights, reason, day_loss, c.daily_loss_limit_pct, "daily_loss_limit"
             )
         return RiskDecision(targets)
+
+    def _halt_reason(self, drawdown: float, why: str) -> str:
+        """At the breach, the drawdown against the limit; on the later bars of a halt, the
+        breach that started it and the drawdown now: under `recovery = "halt"` the halt holds
+        with the drawdown back below the limit, and the reason must not say it is above."""
+        limit = self.config.max_drawdown_pct
+        if self._halted_bars == 0:
+            return f"drawdown {drawdown:.2%} >= limit {limit:.2%} ({why})"
+        t, then = self._breach_time, self._breach_drawdown
+        if t is None or then is None:  # restored from a checkpoint that did not record it
+            since = "halted since an earlier breach"
+        else:
+            when = t.strftime("%Y-%m-%d %H:%M %Z").rstrip()
+            since = f"halted since the breach on {when} (drawdown then {then:.2%})"
+        return f"{since}; drawdown now {drawdown:.2%} (limit {limit:.2%}); {why}"
 
     def _block(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 
 import numpy as np
@@ -352,3 +353,42 @@ def test_a_blocked_guard_closes_a_position_whose_target_flipped_but_opens_no_new
     d = g.check(wanted, ctx(weights=current, equity=equity, peak=100.0, day_start=day_start))
     np.testing.assert_array_equal(d.targets, [0.0, 0.0, 0.01, 0.0])
     assert len(d.verdicts) == 1 and d.verdicts[0].action == "halt"
+
+
+def test_a_halt_after_a_partial_recovery_says_when_it_was_breached_and_where_it_is_now():
+    """Once equity has recovered part of the way, the drawdown is below the limit but the
+    halt holds: the reason says so (the breach, its date and drawdown, the drawdown now),
+    not that the drawdown is at or above the limit. A restarted guard says the same."""
+    from dataclasses import replace
+
+    g = _guard(recovery="halt")
+    days = [datetime(2021, 3, d, 21, tzinfo=UTC) for d in (1, 2, 3)]
+
+    def bar(day, equity):
+        c = replace(ctx(weights=[0.1, 0, 0, 0], equity=equity, peak=100.0), time=day)
+        return g.check(np.array([0.2, 0, 0, 0]), c)
+
+    bar(days[0], 100.0)
+    at_breach = bar(days[1], 76.0).verdicts[0]
+    assert at_breach.reason == "drawdown 24.00% >= limit 20.00% (until reset)"
+    later = bar(days[2], 82.0).verdicts[0]  # 18% below the peak of 100
+    expected = (
+        "halted since the breach on 2021-03-02 21:00 UTC (drawdown then 24.00%); "
+        "drawdown now 18.00% (limit 20.00%); until reset"
+    )
+    assert later.reason == expected
+    assert later.requested == pytest.approx(0.18) and later.allowed == 0.2
+    assert ">=" not in later.reason
+    restarted = _guard(recovery="halt")
+    restarted.restore(json.loads(json.dumps(g.state())))
+    c = replace(ctx(weights=[0.1, 0, 0, 0], equity=82.0, peak=100.0), time=days[2])
+    again = restarted.check(np.array([0.2, 0, 0, 0]), c).verdicts[0]
+    assert again.reason == expected
+    # A checkpoint written before the breach was kept: the halt holds, and says so.
+    old = {k: v for k, v in g.state().items() if not k.startswith("breach")}
+    earlier = _guard(recovery="halt")
+    earlier.restore(old)
+    reason = earlier.check(np.array([0.2, 0, 0, 0]), c).verdicts[0].reason
+    assert (
+        reason == "halted since an earlier breach; drawdown now 18.00% (limit 20.00%); until reset"
+    )
