@@ -209,6 +209,11 @@ class PortfolioView:
     # trades (Kelly sizing) without a second book of its own. None in hand-built test views.
     avg_price: np.ndarray | None = None
     realized_pnl: np.ndarray | None = None
+    # (N,) cumulative cost (price x shares, before commission) of the fills that opened or
+    # added to a position, long or short: the cost of a position opened and closed between
+    # two bars (a bracket stopped out on its entry bar), which the fields above do not keep.
+    # None in hand-built test views.
+    opened_cost: np.ndarray | None = None
 
 
 @fast_init

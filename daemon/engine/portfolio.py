@@ -41,6 +41,9 @@ class Portfolio:
         self.quantity = np.zeros(n)
         self.avg_price = np.zeros(n)
         self.realized_pnl = np.zeros(n)
+        # Cost of the shares bought or sold short to open or add to a position, cumulative
+        # (`PortfolioView.opened_cost`).
+        self.opened_cost = np.zeros(n)
         # Last known close; 0 until a symbol's first bar (has_mark says which are real).
         self._mark = np.zeros(n)
         self.has_mark = np.zeros(n, dtype=bool)
@@ -125,12 +128,14 @@ class Portfolio:
         self._cash -= q * price + commission
         realized = pnl.item(i)
         if old == 0.0 or math.copysign(1.0, old) == math.copysign(1.0, q):
+            opened = abs(q)
             if new != 0.0:
                 avg[i] = (avg.item(i) * abs(old) + price * abs(q)) / abs(new)
             else:
                 avg[i] = (avg[i] * abs(old) + price * abs(q)) / abs(new)  # numpy's 0/0
         else:
             closed = min(abs(q), abs(old))
+            opened = abs(q) - closed  # the new side of a flip
             realized += closed * (price - avg.item(i)) * math.copysign(1.0, old)
             if abs(q) > abs(old):
                 avg[i] = price  # the position flipped side
@@ -138,6 +143,8 @@ class Portfolio:
                 avg[i] = 0.0
                 new = 0.0
         pnl[i] = realized - commission
+        if opened:
+            self.opened_cost[i] = self.opened_cost.item(i) + price * opened
         quantity[i] = new
         self.commission_paid += commission
         self.slippage_paid += fill.slippage
@@ -182,6 +189,7 @@ class Portfolio:
             "quantity": self.quantity.tolist(),
             "avg_price": self.avg_price.tolist(),
             "realized_pnl": self.realized_pnl.tolist(),
+            "opened_cost": self.opened_cost.tolist(),
             "mark": self._mark.tolist(),
             "has_mark": self.has_mark.tolist(),
             "commission_paid": self.commission_paid,
@@ -205,6 +213,8 @@ class Portfolio:
         self._values = None
         for name in ("quantity", "avg_price", "realized_pnl", "_mark"):
             getattr(self, name)[:] = np.asarray(state[name.lstrip("_")], dtype=np.float64)
+        # Absent from checkpoints written before it was kept: counted from the restore on.
+        self.opened_cost[:] = np.asarray(state.get("opened_cost", 0.0), dtype=np.float64)
         self.has_mark[:] = np.asarray(state["has_mark"], dtype=bool)
         self._all_marked = False
         self._shown_count = -1
@@ -260,11 +270,12 @@ class Portfolio:
         v = self._values = multiply(self.quantity, self._mark, out=self._value_rows[1])
         weights = v / eq if eq > 0 else np.zeros_like(self.quantity)
         # Positional, in field order (cash, equity, quantity, weights, peak_equity,
-        # day_start_equity, avg_price, realized_pnl): built every bar.
-        quantity, avg, realized = (
+        # day_start_equity, avg_price, realized_pnl, opened_cost): built every bar.
+        quantity, avg, realized, opened = (
             self.quantity.copy(),
             self.avg_price.copy(),
             self.realized_pnl.copy(),
+            self.opened_cost.copy(),
         )
         # Read-only copies: the planner reads the same view after the plugins (a plugin that
         # wrote 1,000 into `quantity` had the planner sell 1,000 shares a bar, refused).
@@ -272,6 +283,15 @@ class Portfolio:
         weights.setflags(write=False)
         avg.setflags(write=False)
         realized.setflags(write=False)
+        opened.setflags(write=False)
         return PortfolioView(
-            self._cash, eq, quantity, weights, self.peak_equity, self.prev_equity, avg, realized
+            self._cash,
+            eq,
+            quantity,
+            weights,
+            self.peak_equity,
+            self.prev_equity,
+            avg,
+            realized,
+            opened,
         )

@@ -26,7 +26,12 @@ when a symbol's quantity leaves 0 (or flips side) and closes when it returns to 
 its P&L is the change of the symbol's realized P&L (net of commissions) since just before it
 opened, and its return that P&L over the largest entry cost avg_price x |quantity| seen while
 it was open. A position opened and closed between two sized bars (a bracket stopped out on the
-entry bar) counts too, with the target weight x equity of the bar that opened it as its cost.
+entry bar) counts too, with what its entry cost (the change of the portfolio's `opened_cost`
+between the two bars: the shares bought at their fill price) as its cost: the plugin's own
+target would overstate it whenever a risk rule cut the entry, or the fill came at another
+price, and understate the loss of these trades, mostly losers, so inflate f. Only for a
+portfolio view without `opened_cost` (hand-built) is the cost the plugin's target weight x
+equity of the bar that opened it.
 A flip counts the whole flip fill's commission in the closing trade.
 
 Volatility (`volatility = "garch"`): each symbol's GARCH(1,1) is fitted with `arch` on its
@@ -498,6 +503,7 @@ class KellyGarch:
         q = np.asarray(pf.quantity, dtype=np.float64)
         rp = np.asarray(pf.realized_pnl, dtype=np.float64)
         cost = np.asarray(pf.avg_price, dtype=np.float64) * np.abs(q)
+        bought = None if pf.opened_cost is None else np.array(pf.opened_cost, dtype=np.float64)
         b = self._book
         if b is None:
             # First sight: positions already open are tracked from here (their P&L so far
@@ -508,6 +514,8 @@ class KellyGarch:
                 "open_base": np.where(q != 0, rp, np.nan),
                 "entry_cost": np.where(q != 0, cost, np.nan),
             }
+            if bought is not None:
+                self._book["bought"] = bought
             return
         pq, prp = b["quantity"], b["realized"]
         side_p, side = np.sign(pq), np.sign(q)
@@ -519,8 +527,7 @@ class KellyGarch:
             if closed[i]:
                 pnl, basis = rp[i] - b["open_base"][i], b["entry_cost"][i]
             else:  # opened and closed between two sized bars
-                prev = self._targets
-                basis = abs(prev[i]) * self._equity if prev is not None and self._equity else 0.0
+                basis = self._quick_basis(i, bought, b.get("bought"))
                 pnl = rp[i] - prp[i]
             if basis > 0 and math.isfinite(basis) and math.isfinite(pnl):
                 self._trades.append(float(pnl / basis))
@@ -535,6 +542,20 @@ class KellyGarch:
             "open_base": np.where(flat, np.nan, base),
             "entry_cost": np.where(flat, np.nan, entry),
         }
+        if bought is not None:
+            self._book["bought"] = bought
+
+    def _quick_basis(self, i: int, bought: np.ndarray | None, before: np.ndarray | None) -> float:
+        """The cost of a position opened and closed between two sized bars: what was bought
+        (or sold short) to open it since the last bar sized; the plugin's own target x
+        equity only when the portfolio does not say (a view without `opened_cost`, or a
+        checkpoint written before the plugin kept it)."""
+        if bought is not None and before is not None:
+            cost = float(bought[i] - before[i])
+            if cost > 0 and math.isfinite(cost):
+                return cost
+        prev = self._targets
+        return abs(prev[i]) * self._equity if prev is not None and self._equity else 0.0
 
     # -- volatility -------------------------------------------------------------------------
     def _returns(self, ctx: BarContext, rows: int, cols: np.ndarray | None = None) -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+import pytest
 
 from tradingd.app import build_engine
 from tradingd.config import load_config
@@ -124,3 +125,66 @@ def test_a_backtest_and_a_live_daemon_fit_at_the_engines_priority(tmp_path):
         assert live_engine.pipeline.sizing._runner.nice == LIVE_NICE == 0
     finally:
         live_engine.close_held()
+
+
+async def test_a_position_stopped_out_on_its_entry_bar_is_a_trade_on_what_was_bought(tmp_path):
+    """The sizing wants 5% of equity, the risk chain cuts it to 2.5% (25 shares at 100); the
+    entry fills at the next open, 100, and its 2% stop sells at 98 within that bar, before
+    the plugin sizes again: a loss of 25 x 2 = 50 on the 2,500 bought, a return of -0.02 (by
+    hand). The plugin never sees the position (flat at both sized bars), and its own 5%
+    target would make it -50 / 5,000 = -0.01, halving the average loss that Kelly's f reads."""
+    import pandas as pd
+    from conftest import run_engine
+    from plugin_context import AlwaysLong
+
+    from tradingd.feeds.panel import Panel
+
+    cfg = tmp_path / "quick.toml"
+    cfg.write_text(f"""
+[run]
+run_id = "kelly-quick"
+output_dir = "{tmp_path / "runs"}"
+initial_capital = 100000.0
+[costs]
+commission_pct = 0.0
+slippage_pct = 0.0
+[broker]
+max_volume_participation = 0.0
+[sizing]
+name = "kelly_garch"
+params = {{ volatility = "none", fit_executor = "inline", fit_lag_bars = 0, fit_cache_dir = "" }}
+[[risk]]
+name = "max_position"
+params = {{ max_position_pct = 0.025 }}
+[orders]
+brackets = true
+stop_loss_pct = 0.02
+take_profit_pct = 0.04
+[storage]
+url = "sqlite:///{tmp_path / "store.db"}"
+[log]
+audit_dir = "{tmp_path / "audit"}"
+""")
+    config = load_config([cfg], env={})
+    # Bar 0 decides at 100; bar 1 opens at 100 and trades down to 97 (the stop at 98 fills);
+    # then flat bars at 99 that touch no stop of the entries after it.
+    close = np.array([100.0, 99.0, 99.0, 99.0])[:, None]
+    open_ = np.array([100.0, 100.0, 99.0, 99.0])[:, None]
+    low = np.array([100.0, 97.0, 99.0, 99.0])[:, None]
+    panel = Panel(
+        times=pd.bdate_range("2021-01-04", periods=4).to_numpy(dtype="datetime64[ns]"),
+        symbols=("A",),
+        open=open_,
+        high=np.maximum(open_, close),
+        low=low,
+        close=close,
+        volume=np.full(close.shape, 1e7),
+        split=np.ones_like(close),
+        dividend=np.zeros_like(close),
+    )
+    engine, _, rows = await run_engine(
+        config, "backtest", panel, plugins={"always_long": AlwaysLong}
+    )
+    fills = [(f["side"], f["quantity"], f["price"]) for f in rows["fills"]][:2]
+    assert fills == [("buy", 25.0, 100.0), ("sell", 25.0, 98.0)]
+    assert engine.pipeline.sizing.trades == (pytest.approx(-50 / 2_500),)

@@ -284,6 +284,29 @@ def test_flip_and_a_round_trip_between_two_bars_are_trades():
     np.testing.assert_allclose(p.trades, [-30 / 10_000, -103 / 1000, 99 / 900])
 
 
+def test_a_round_trip_between_two_bars_is_a_return_on_what_was_bought():
+    """Sizing wants 5% of 100,000; the risk chain (say the VaR) cut the entry to 2.5%: 25
+    shares at 100, 2,500 (the portfolio's opened_cost moves by that). Stopped out at 98
+    before the next sized bar: -50 / 2,500 = -0.02 by hand, not -50 on the plugin's own
+    5,000. The plugin's checkpoint between the two bars gives the same trade."""
+    p = KellyGarch(Cfg(volatility="none", min_trades=1), ("A", "B"))
+
+    def view(realized, opened):
+        ctx = flat_ctx(("A", "B"), T0, [0, 0], [0, 0], realized)
+        pf = dataclasses.replace(ctx.portfolio, opened_cost=np.asarray(opened, float))
+        return dataclasses.replace(ctx, portfolio=pf)
+
+    s = np.array([1.0, 0.0])
+    # 1,000 of A bought before (a trade that closed flat, P&L 0: no return recorded).
+    for _ in range(2):
+        assert p.size(s, view([0.0, 0.0], [1_000.0, 0.0]))[0] == pytest.approx(0.05)
+    restarted = KellyGarch(Cfg(volatility="none", min_trades=1), ("A", "B"))
+    restarted.restore(json.loads(json.dumps(p.state(), allow_nan=False)))
+    for plugin in (p, restarted):
+        plugin.size(s, view([-50.0, 0.0], [3_500.0, 0.0]))
+        assert plugin.trades == (pytest.approx(-0.02),)
+
+
 def test_a_view_without_pnl_keeps_the_prior():
     p = KellyGarch(Cfg(volatility="none", min_trades=0), ("A",))
     ctx = flat_ctx(("A",), T0, [0], [0], [0.0])

@@ -378,3 +378,31 @@ def test_only_intraday_live_runs_count_the_day_from_the_previous_session():
     assert session_zone(bar("5m"), "5m") == ZoneInfo("America/New_York")
     assert session_zone(bar("1d"), "1d") is None
     assert session_zone(bar("5m"), "1d") is None  # a backtest of daily data
+
+
+def test_opened_cost_counts_what_opened_or_added_to_a_position():
+    """The cost of the shares bought or sold short to open or add to a position, summed by
+    hand: reductions and covers add nothing, a flip adds its new side only. It stays when
+    the position is gone (a position opened and closed between two bars keeps its cost),
+    in the view and across a checkpoint."""
+    pf = Portfolio(("A", "B"), 10_000.0)
+    steps = [
+        (Side.BUY, 10, 100.0, 1_000.0),  # opens 10 long
+        (Side.BUY, 5, 110.0, 1_550.0),  # adds 5: + 550
+        (Side.SELL, 8, 120.0, 1_550.0),  # reduces: nothing bought
+        (Side.SELL, 12, 90.0, 2_000.0),  # closes 7, opens 5 short at 90: + 450
+        (Side.BUY, 5, 80.0, 2_000.0),  # covers: flat, the cost stays
+    ]
+    for side, qty, price, expected in steps:
+        pf.apply_fill(fill("A", side, qty, price, commission=1.0))
+        assert pf.opened_cost[0] == pytest.approx(expected)
+    assert pf.quantity[0] == 0 and pf.opened_cost[1] == 0.0
+    view = pf.view()
+    np.testing.assert_array_equal(view.opened_cost, [2_000.0, 0.0])
+    assert not view.opened_cost.flags.writeable
+    again = Portfolio(("A", "B"), 10_000.0)
+    again.restore(pf.state())
+    np.testing.assert_array_equal(again.opened_cost, [2_000.0, 0.0])
+    older = {k: v for k, v in pf.state().items() if k != "opened_cost"}
+    again.restore(older)  # a checkpoint from before it was kept: counted from here
+    np.testing.assert_array_equal(again.opened_cost, [0.0, 0.0])
