@@ -876,3 +876,22 @@ def test_restored_exits_are_priced_from_the_close_once_it_is_beyond_the_entrys_s
     exits = by_leg(p.plan(state.portfolio.weights.copy(), state, []).orders)
     assert exits[Leg.STOP_LOSS].side is Side.BUY and exits[Leg.STOP_LOSS].stop_price > 56.0
     assert exits[Leg.TAKE_PROFIT].limit_price < 56.0
+
+
+@pytest.mark.parametrize(
+    "held,sold", [(595, None), (600, None), (605, 105)], ids=["5.95%", "6.00%", "6.05%"]
+)
+def test_a_cap_holds_to_within_the_rebalance_band(held, sold):
+    """What README and docs/SPECIFICATION.md state: max_position caps targets, and the cut a
+    cap calls for is subject to the band like any rebalance (the planner sees targets only):
+    held at 5.95% or 6.00% of equity against a 5% cap (the target at the cap), no verdict
+    and no trade; at 6.05%, more than the 1% band off, cut to 500 shares (5%)."""
+    from tradingd_plugins.risk.limits import MaxPosition, MaxPositionConfig
+
+    c = ctx([100.0, 10.0, 10.0], [held, 0, 0], equity=1_000_000.0)
+    decision = MaxPosition(MaxPositionConfig(0.05), SYMS).check(np.array([0.05, 0, 0]), c)
+    assert decision.verdicts == ()
+    cfg = OrdersConfig(rebalance_band=0.01, min_trade_value=100.0, brackets=False)
+    plan = OrderPlanner(cfg, "r", SYMS).plan(decision.targets, c, [])
+    expected = [] if sold is None else [("A", Side.SELL, float(sold))]
+    assert [(o.symbol, o.side, o.quantity) for o in plan.orders] == expected
