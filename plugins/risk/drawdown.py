@@ -35,6 +35,7 @@ the summary.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
@@ -136,6 +137,35 @@ class DrawdownGuard:
         t, dd = state.get("breach_time"), state.get("breach_drawdown")
         self._breach_time = None if t is None else datetime.fromisoformat(t)
         self._breach_drawdown = None if dd is None else float(dd)
+
+    def status(self) -> Mapping[str, Any]:
+        """For `/ready` and `tradingd health` (`tradingd.health.status_check`): a halt that
+        waits for a person (`recovery = "halt"`) is not ready, since the daemon opens nothing
+        until the reset; with /ready at 200 and `trading_state` "active" an operator saw a
+        healthy daemon. A cool-off or scaled exposure ends by itself: said, and ready."""
+        c = self.config
+        halted = self._halted_bars is not None
+        t = self._breach_time
+        data: dict[str, Any] = {
+            "halted": halted,
+            "recovery": c.recovery,
+            "breach_time": None if t is None else t.isoformat(),
+            "breach_drawdown": self._breach_drawdown,
+            "max_drawdown_pct": c.max_drawdown_pct,
+        }
+        if not halted:
+            return {"ok": True, "detail": "not halted", **data}
+        since = "since an earlier breach" if t is None else f"since the breach at {t.isoformat()}"
+        if self._breach_drawdown is not None:
+            since += f" (drawdown {self._breach_drawdown:.2%}, limit {c.max_drawdown_pct:.2%})"
+        if c.recovery == "halt":
+            detail = (
+                f"kill switch halted {since}: no new exposure until reset "
+                "(POST /reset-halt, or tradingd reset-halt RUN while no daemon runs)"
+            )
+            return {"ok": False, "detail": detail, **data}
+        ends = "cool-off" if c.recovery == "cooloff" else "exposure scaled while under water"
+        return {"ok": True, "detail": f"restricted {since}: {ends}, ends by itself", **data}
 
     def required_features(self) -> tuple[str, ...]:
         return ()

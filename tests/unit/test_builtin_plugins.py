@@ -283,6 +283,28 @@ def test_drawdown_halt_holds_until_reset():
     assert _wants(g, 55.0)[0] == 0.1  # 21% below 70
 
 
+@pytest.mark.parametrize("recovery", ["halt", "cooloff", "scale"])
+def test_a_halt_waiting_for_a_reset_fails_readiness_and_a_self_ending_one_does_not(recovery):
+    """A halted kill switch looked healthy: /ready 200, trading_state "active", `tradingd
+    health` exit 0, while the daemon would open nothing until a person reset it."""
+    from tradingd.health import status_check
+
+    g = _guard(recovery=recovery, cooloff_bars=50)
+    check = status_check("drawdown_guard", g.status)
+    _wants(g, 100.0)
+    assert check.probe().ok and not check.probe().data["halted"]
+    _wants(g, 75.0)  # 25% below the peak of 100: breached
+    res = check.probe()
+    assert res.data["halted"] and res.data["breach_drawdown"] == pytest.approx(0.25)
+    assert "since the breach at" in res.detail and "drawdown 25.00%, limit 20.00%" in res.detail
+    if recovery == "halt":
+        assert not res.ok and "until reset (POST /reset-halt" in res.detail
+        g.reset()
+        assert check.probe().ok
+    else:
+        assert res.ok and "ends by itself" in res.detail
+
+
 def test_drawdown_scale_shrinks_instead_of_blocking():
     g = _guard(recovery="scale", underwater_exposure=0.5)
     _wants(g, 100.0)
