@@ -696,6 +696,12 @@ def test_a_connection_caught_mid_exchange_by_an_outage_is_an_outage():
 
             return tx()
 
+        def is_closed(self):  # asked after a failed transaction (postgres._transaction)
+            return False
+
+        def is_in_transaction(self):  # BEGIN itself failed
+            return False
+
     class Pool:
         def acquire(self):
             @contextlib.asynccontextmanager
