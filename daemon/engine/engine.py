@@ -982,7 +982,7 @@ class Engine:
 
     def _book_acked(self, acked: list[Order], t: datetime) -> None:
         self._orders += len(acked)
-        self.audit.orders(acked, self.store.record_orders(self.run.run_id, acked))
+        self.audit.orders(acked, self.store.record_orders(self.run.run_id, acked, acked=True))
         if self.publisher is not None:
             self._publish_items("orders", acked, t)
         self.rejections.on_orders(acked, "submit")
@@ -1693,7 +1693,7 @@ class Engine:
             if self._durable and (plan.orders or plan.cancel):
                 # The intent, cancels included, is stored before any of it reaches the
                 # broker: after a crash, the restarted process carries it out (see _resume).
-                self.store.record_orders(run_id, plan.orders)
+                self.store.record_orders(run_id, plan.orders, intent=True)
                 if plan.cancel and self._last_checkpoint is not None:
                     at, state = self._last_checkpoint
                     intent = {"time": bar.time.isoformat(), "cancel": list(plan.cancel)}

@@ -59,6 +59,7 @@ from .rows import (
     chunk_rows,
     fill_columns,
     order_columns,
+    order_event,
     to_rows,
 )
 from .schema import (
@@ -87,6 +88,8 @@ SIGNAL_MODES = ("decisions", "all", "none")
 _FEW = 32
 # Rows decoded at a time when a run's rows are read back (BufferedStore._decode_taking).
 _DECODE_ROWS = 2048
+# Where an order record holds its client order id.
+_CID = ORDER_FIELDS.index("client_order_id")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,6 +212,10 @@ class BufferedStore(ABC):
         self._kept_fills: list[Any] | None = None
         # The run whose records are kept: the one begun after keep_records.
         self._kept_run: str | None = None
+        # The order intents of a live run's last plan, stored before they were sent, until
+        # their acknowledgement: (run id, client order id) -> the intent's event
+        # (`rows.order_event`). See `record_orders`.
+        self._intents: dict[tuple[str, str], tuple[Any, ...]] = {}
         # Rows buffered per buffer, kept as the chunks arrive (maybe_flush reads it every bar).
         self._counts: dict[str, int] = dict.fromkeys(BUFFERS, 0)
         self._flush_lock = asyncio.Lock()
@@ -654,6 +661,7 @@ class BufferedStore(ABC):
         """Record the run; a run_id seen before has its earlier rows deleted first."""
         self._last_targets.pop(run.run_id, None)
         self._last_quantity.pop(run.run_id, None)
+        self._intents.clear()
         self._keep_for(run)
         await self.flush()
         await self._drained()
@@ -714,6 +722,7 @@ class BufferedStore(ABC):
         Nothing of the run is deleted up to its checkpoint."""
         self._last_targets.pop(run.run_id, None)
         self._last_quantity.pop(run.run_id, None)
+        self._intents.clear()
         self._keep_for(run)
         await self.flush()
         await self._drained()
@@ -918,19 +927,53 @@ class BufferedStore(ABC):
                     rows.add(i)
         return np.array(sorted(rows), dtype=np.intp)
 
-    def record_orders(self, run_id: str, orders: Sequence[Order]) -> list[Record] | None:
+    def record_orders(
+        self, run_id: str, orders: Sequence[Order], *, intent: bool = False, acked: bool = False
+    ) -> list[Record] | None:
         """Upsert each order's current state and append it to the order's event history.
         Returns the records kept (one tuple per order, `rows.ORDER_VALUES`), which the
-        engine hands to the audit log: see `AuditSink.orders`."""
+        engine hands to the audit log: see `AuditSink.orders`.
+
+        `intent`: orders a live run stores before it sends them (so that a restarted process
+        carries them out); `acked`: the broker's answer to orders just sent. An acknowledged
+        state equal to its intent's (same status, filled quantity, reason and time) updates
+        the `orders` row without a second `order_events` row: order_events holds each state
+        once, as a replay (which stores no intents) has it. A different answer (rejected,
+        filled at once) is an event of its own. Only the last plan's intents are remembered
+        (each `intent` call replaces them, an acknowledgement takes its own out): bounded
+        by one plan, and an answer that never comes keeps nothing."""
         if not orders:
             return None
         records = ORDER_RECORDS(orders)
-        chunk = (run_id, records)
+        if intent:
+            self._intents = {(run_id, r[_CID]): order_event(r) for r in records}
+        elif acked and self._intents:
+            self._record_acked(run_id, records)
+            return records
+        chunk = (run_id, records, True)
         self._orders.append(chunk)
         self._counts["orders"] += len(orders)
         if self._kept_orders is not None:
             self._kept_orders.append(chunk)
         return records
+
+    def _record_acked(self, run_id: str, records: list[Record]) -> None:
+        """`record_orders(acked=True)` while intents are remembered: the states that repeat
+        their intent go in a chunk without events, after the others (one state per order in
+        an answer: the upsert's outcome does not depend on their order)."""
+        intents = self._intents
+        events: list[Record] = []
+        repeats: list[Record] = []
+        for r in records:
+            stored = intents.pop((run_id, r[_CID]), None)
+            (repeats if stored is not None and stored == order_event(r) else events).append(r)
+        for part, with_events in ((events, True), (repeats, False)):
+            if part:
+                chunk = (run_id, part, with_events)
+                self._orders.append(chunk)
+                self._counts["orders"] += len(part)
+                if self._kept_orders is not None:
+                    self._kept_orders.append(chunk)
 
     def record_fills(
         self, run_id: str, fills: Sequence[Fill], booked_at: datetime | None = None
@@ -997,7 +1040,7 @@ class BufferedStore(ABC):
         return {
             "signals": n["signals"],
             "orders": n["orders"],
-            "order_events": n["orders"],
+            "order_events": sum(chunk_rows("orders", c) for c in self._orders if c[2]),
             "fills": n["fills"],
             "positions": n["positions"],
             "equity": n["equity"],
@@ -1214,7 +1257,7 @@ class BufferedStore(ABC):
             # The upsert keeps an order's latest state where its first state was inserted;
             # so does a dict (of one run's states: its client order ids are unique).
             cid = ORDER_FIELDS.index("client_order_id")
-            latest = {r[cid]: r for _, records in chunks for r in records}
+            latest = {r[cid]: r for c in chunks for r in c[1]}
             del chunks
             columns = order_columns([(run_id, list(latest.values()))], as_read)
             del latest

@@ -66,6 +66,14 @@ ORDER_VALUES, ORDER_RECORDS = _getters(ORDER_FIELDS)
 FILL_VALUES, FILL_RECORDS = _getters(FILL_FIELDS)
 _O = {n: k for k, n in enumerate(ORDER_FIELDS)}
 _F = {n: k for k, n in enumerate(FILL_FIELDS)}
+_EVENT = tuple(_O[n] for n in ("status", "filled_quantity", "reason", "updated_at", "created_at"))
+
+
+def order_event(record: Record) -> tuple[Any, ...]:
+    """What an order state's `order_events` row says of it (status, filled quantity, reason,
+    time: its `updated_at`, else its `created_at`): two states with the same are one event."""
+    status, filled, reason, updated, created = (record[k] for k in _EVENT)
+    return (status, filled, reason, created if updated is None else updated)
 
 
 # The fields the orders table takes, in its column order (after run_id; created_at and
@@ -193,14 +201,13 @@ def pack(taken: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def order_columns(
-    chunks: Sequence[tuple[str, list[tuple[Any, ...]]]], enc: EncodeTime
-) -> list[Sequence[Any]]:
+def order_columns(chunks: Sequence[tuple[Any, ...]], enc: EncodeTime) -> list[Sequence[Any]]:
     """The orders table's columns (its `insert_columns`, run_id first) of every order state
-    in `chunks`, as the writer stores them: the writer (`order_rows`) and a backtest's
-    report (`BufferedStore.recorded`) make them here, so that both hold the same values."""
+    in `chunks` (`(run_id, records, ...)`), as the writer stores them: the writer
+    (`order_rows`) and a backtest's report (`BufferedStore.recorded`) make them here, so that
+    both hold the same values."""
     run_ids = _spread([c[0] for c in chunks], [len(c[1]) for c in chunks])
-    values = [v for _, vs in chunks for v in vs]
+    values = [v for c in chunks for v in c[1]]
     cols = list(zip(*values, strict=True)) or [()] * len(ORDER_FIELDS)
     (cid, sym, side, typ, qty, lp, sp, tp, leg, parent, oco, status, filled, avg, reason) = (
         cols[_O[n]] for n in ORDER_ROW
@@ -228,15 +235,21 @@ def order_columns(
 
 
 def order_rows(
-    chunks: Sequence[tuple[str, list[tuple[Any, ...]]]], enc: EncodeTime
+    chunks: Sequence[tuple[str, list[Record], bool]], enc: EncodeTime
 ) -> tuple[list[Row], list[Row]]:
-    """(orders rows, order_events rows). Only an order's latest state survives the upsert, so
-    only that one is written (order_events keeps every state)."""
+    """(orders rows, order_events rows) of order chunks `(run_id, records, events)`. Only an
+    order's latest state survives the upsert, so only that one is written; order_events
+    keeps every state of a chunk with `events`, and none of one without (a live order's
+    acknowledgement in the state of its stored intent: `BufferedStore.record_orders`)."""
     cols = order_columns(chunks, enc)
     latest = {(r[0], r[1]): r for r in zip(*cols, strict=True)}
     run_ids, cid, st, fq, reason, created, updated = (cols[k] for k in (0, 1, 12, 13, 15, 16, 17))
     when = [c if u is None else u for c, u in zip(created, updated, strict=True)]
-    return list(latest.values()), list(zip(run_ids, cid, st, fq, reason, when, strict=True))
+    events = list(zip(run_ids, cid, st, fq, reason, when, strict=True))
+    if not all(c[2] for c in chunks):
+        keep = _spread([c[2] for c in chunks], [len(c[1]) for c in chunks])
+        events = [e for e, k in zip(events, keep, strict=True) if k]
+    return list(latest.values()), events
 
 
 def fill_columns(

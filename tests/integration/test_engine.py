@@ -322,3 +322,62 @@ async def test_a_replay_releases_its_feature_histories_before_its_report_is_read
     await engine.run_until_done()
     assert "after release()" in seen.get("error", "")
     assert seen["orders"] > 10
+
+
+EVENT_KEYS = ("client_order_id", "status", "filled_quantity", "reason", "time")
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgres"])
+async def test_a_live_run_stores_each_order_state_once(
+    engine_config, synthetic_panel, tmp_path, db, request
+):
+    """A live run stores each order's intent before sending it; the broker's acknowledgement,
+    in the same state, is not a second event. order_events then holds what the replay of the
+    same bars holds (which has no intents): every state, once. The `orders` table holds the
+    same latest states either way."""
+    schema = None
+    if db == "sqlite":
+        url = f"sqlite:///{tmp_path / 'live.db'}"
+    else:
+        import uuid
+
+        import asyncpg
+
+        pg_url = request.getfixturevalue("pg_url")
+        schema = f"tradingd_test_{uuid.uuid4().hex[:12]}"
+        conn = await asyncpg.connect(pg_url, timeout=5)
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        await conn.close()
+        url = f"{pg_url}?search_path={schema}"
+    # Brackets: an entry's exits are stored as intents too, in state held.
+    config = dataclasses.replace(
+        engine_config, orders=dataclasses.replace(engine_config.orders, brackets=True)
+    )
+    live_cfg = dataclasses.replace(
+        config,
+        live=LiveConfig(bars_per_second=400.0),
+        storage=StorageConfig(url=url, spool_dir=str(tmp_path / "spool")),
+    )
+    try:
+        _, _, bt_rows = await run(config, "backtest", synthetic_panel)
+        _, _, live_rows = await run(live_cfg, "live", synthetic_panel)
+    finally:
+        if schema is not None:
+            conn = await asyncpg.connect(pg_url, timeout=5)
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            await conn.close()
+
+    events = _project(live_rows["order_events"], EVENT_KEYS)
+    assert len(live_rows["orders"]) > 10  # the strategy actually traded
+    assert len(set(events)) == len(events), "an order state is stored twice"
+    # Each order's first state (new, or held: a bracket's exit) once, as the replay has it.
+    first: dict[str, tuple] = {}
+    for e in events:
+        first.setdefault(e[0], e)
+    assert len(first) == len(live_rows["orders"])
+    assert {e[1] for e in first.values()} == {"new", "held"}
+    # The same states (a live bar stores its intents before its cancels, a replay its
+    # cancels before its orders: the order of one bar's events may differ).
+    replayed = _project(bt_rows["order_events"], EVENT_KEYS)
+    assert sorted(events, key=repr) == sorted(replayed, key=repr)
+    assert _project(live_rows["orders"], ORDER_KEYS) == _project(bt_rows["orders"], ORDER_KEYS)

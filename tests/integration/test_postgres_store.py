@@ -538,3 +538,77 @@ async def test_a_write_whose_rollback_fails_closes_its_connection_without_an_err
     finally:
         loop.set_exception_handler(before)
     assert messages == []
+
+
+async def test_an_acknowledgement_repeating_its_stored_intent_is_not_a_second_event(
+    store: PostgresStore,
+) -> None:
+    """A live run stores an order's intent before sending it, then the broker's answer: an
+    answer in the intent's state updates the order without a second event; one in another
+    state (rejected, filled at once) is an event of its own."""
+    await store.begin_run(run_info())
+    same = Order("r1|same", "AAA", Side.BUY, 10.0, T0)
+    rejected = Order("r1|rej", "BBB", Side.BUY, 5.0, T0)
+    filled = Order("r1|fill", "CCC", Side.SELL, 4.0, T0, reason="rebalance")
+    plan = [same, rejected, filled]
+    store.record_orders("r1", plan, intent=True)
+    assert store.pending()["order_events"] == 3
+    await store.flush()  # durable before it is sent
+    rejected.status, rejected.reason = OrderStatus.REJECTED, "insufficient buying power"
+    filled.status, filled.filled_quantity, filled.avg_fill_price = OrderStatus.FILLED, 4.0, 9.5
+    store.record_orders("r1", plan, acked=True)
+    assert store.pending() == {**store.pending(), "orders": 3, "order_events": 2}
+    # A later state of the acknowledged order is an event again, as before.
+    same.status, same.filled_quantity, same.avg_fill_price, same.updated_at = (
+        OrderStatus.FILLED,
+        10.0,
+        101.0,
+        T0 + DAY,
+    )
+    store.record_orders("r1", [same])
+    await store.flush()
+
+    events = [
+        (e["client_order_id"], e["status"], e["filled_quantity"], e["reason"], e["time"])
+        for e in await store.fetch("order_events", "r1")
+    ]
+    assert events == [
+        ("r1|same", "new", 0.0, "", T0),
+        ("r1|rej", "new", 0.0, "", T0),
+        ("r1|fill", "new", 0.0, "rebalance", T0),
+        ("r1|rej", "rejected", 0.0, "insufficient buying power", T0),
+        ("r1|fill", "filled", 4.0, "rebalance", T0),
+        ("r1|same", "filled", 10.0, "", T0 + DAY),
+    ]
+    orders = await store.fetch("orders", "r1")  # by created_at, then id
+    assert [
+        (o["client_order_id"], o["status"], o["filled_quantity"], o["avg_fill_price"])
+        for o in orders
+    ] == [
+        ("r1|fill", "filled", 4.0, 9.5),
+        ("r1|rej", "rejected", 0.0, pytest.approx(math.nan, nan_ok=True)),
+        ("r1|same", "filled", 10.0, 101.0),
+    ]
+
+
+async def test_only_the_last_plans_intents_are_remembered(store: PostgresStore) -> None:
+    """An intent whose answer never came (the broker did not answer) is forgotten at the next
+    plan: its state, when it is known later, is an event; without an intent (a replay) every
+    acknowledged state is one, as before."""
+    await store.begin_run(run_info())
+    lost = Order("r1|lost", "AAA", Side.BUY, 1.0, T0)
+    store.record_orders("r1", [lost], intent=True)
+    nxt = Order("r1|next", "BBB", Side.BUY, 2.0, T0 + DAY)
+    store.record_orders("r1", [nxt], intent=True)
+    store.record_orders("r1", [lost, nxt], acked=True)
+    assert len(store._intents) == 0
+    replayed = Order("r1|replay", "CCC", Side.BUY, 3.0, T0 + DAY)
+    store.record_orders("r1", [replayed], acked=True)
+    await store.flush()
+    events = [(e["client_order_id"], e["status"]) for e in await store.fetch("order_events", "r1")]
+    assert events == [
+        ("r1|lost", "new"),
+        ("r1|lost", "new"),
+        ("r1|next", "new"),
+        ("r1|replay", "new"),
+    ]
