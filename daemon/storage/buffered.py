@@ -18,7 +18,8 @@ durable local spool (storage/spool.py) and the write returns; while anything is 
 new batch goes to the spool too (the order is kept), the store reports itself degraded
 (`status()`), and a background task replays the spool with backoff when the database answers
 again, each batch in one transaction with its `spool_applied` marker, so none is written twice.
-A spool left by a process that died is replayed at `start()`, before anything else.
+A spool left by a process that died is replayed at `start()`, before anything else. A writer's
+marker is deleted once none of its batches can be replayed again (`_forget_writer`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ from .schema import (
     delete_after_sql,
     delete_run_sql,
     end_run_sql,
+    forget_writer_sql,
     insert_sql,
     param,
     reopen_run_sql,
@@ -549,7 +551,9 @@ class BufferedStore(ABC):
                     orphan.release()
                     continue
                 written = skipped = 0
+                last: dict[str, int] = {}  # writer -> its last batch in the file
                 for batch in orphan.batches():
+                    last[batch.writer] = max(batch.seq, last.get(batch.writer, 0))
                     try:
                         async with self._flush_lock:
                             applied = await self._write_batch(batch, check_applied=True)
@@ -575,6 +579,8 @@ class BufferedStore(ABC):
                     batches=written,
                     already_written=skipped,
                 )
+                for writer, seq in last.items():
+                    await self._forget_writer(writer, seq)
         finally:
             for orphan in orphans:
                 orphan.release()
@@ -613,6 +619,41 @@ class BufferedStore(ABC):
                 )
                 await asyncio.sleep(min(delay, remaining))
 
+    async def _forget_writer(self, writer: str, last_seq: int) -> None:
+        """Delete `writer`'s `spool_applied` row, once no batch of it can be replayed again:
+        the marker exists only to skip a spooled batch that is already in, and without it
+        the table gained a row at every start of a daemon and never lost one (a crash-looping
+        unit: a row per restart).
+
+        Called in two cases where that is certain, each after the spool is gone: this store's
+        own writer at a clean close (`stop`), once everything it made is written and its
+        spool is empty (a later batch of this store, if it starts again, has a higher seq and
+        upserts the row anew); and a writer that died, once its spool file has been replayed
+        and removed (`_replay_orphans`: nobody held its lock, so its process is gone). The
+        file goes first: a crash between the two leaves the row, never a spool without it.
+        `last_seq` guards the second case: a row that has moved past the file's last batch
+        belongs to a writer that wrote on since, and stays.
+
+        Not pruned: the row of a writer killed while its spool was empty (no file names it).
+        Its process cannot be told from a live one from here: another daemon on the same
+        database, perhaps on another host with another spool directory, whose spooled batch
+        of unknown outcome would be written twice without its row. Such rows (one per hard
+        kill, not per start) are the price of never doubling a row.
+
+        Best effort: a failure is logged and leaves the row (it is harmless)."""
+        try:
+            async with self._flush_lock:
+                await self._execute([(forget_writer_sql(self.dialect), (writer, last_seq))])
+        except StorageError as e:
+            log.warning(
+                "storage.spool.marker_left",
+                writer=writer,
+                database=self._where(),
+                error=self._describe(e),
+                hint="the spool_applied row stays; it is harmless and may be deleted by hand "
+                "once this writer's spool file is gone",
+            )
+
     async def _stop_spool(self) -> None:
         self._closing = True
         task, self._replay_task = self._replay_task, None
@@ -628,7 +669,8 @@ class BufferedStore(ABC):
     async def stop(self) -> None:
         """Write what is buffered (to the spool if the database is down), try once more to
         write the spool, then close; a spool still not written stays on disk for the next
-        start."""
+        start. With everything written, this writer's `spool_applied` row is deleted
+        (`_forget_writer`)."""
         try:
             sp = self._spool
             if sp is not None and sp.pending_batches:
@@ -643,6 +685,14 @@ class BufferedStore(ABC):
                         error=self._describe(e),
                     )
             await self.flush()
+            if (
+                sp is not None
+                and self._seq
+                and not sp.pending_batches
+                and self._replay_error is None
+                and self._down_at is None
+            ):
+                await self._forget_writer(self.writer, self._seq)
         finally:
             try:
                 await self._stop_spool()

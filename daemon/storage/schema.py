@@ -275,7 +275,10 @@ DECISIONS = Table(
 # batch, and upserts this row in the same transaction. A writer's batches reach the database
 # in sequence order, so a spooled batch whose seq is <= last_seq is already in (a crash after
 # the commit and before the spool was emptied, or a commit whose answer was lost) and is
-# skipped. One row per store instance that ever wrote.
+# skipped. A row is kept while a batch of its writer may still be replayed, and deleted when
+# none can be (`forget_writer_sql`, see BufferedStore._forget_writer): by its own store at a
+# clean close with an empty spool, and by the store that replayed and removed the spool of a
+# writer that died. A writer killed with an empty spool keeps its row (see there).
 SPOOL_APPLIED = Table(
     "spool_applied",
     (
@@ -443,3 +446,11 @@ def applied_seq_sql(dialect: Dialect) -> str:
     """The last batch of a writer that is in the database (locked until the commit)."""
     lock = " FOR UPDATE" if dialect == "postgres" else ""
     return f"SELECT last_seq FROM spool_applied WHERE writer = {param(dialect)}{lock}"
+
+
+def forget_writer_sql(dialect: Dialect) -> str:
+    """Delete a writer's `spool_applied` row, unless it has moved past a given batch."""
+    return (
+        f"DELETE FROM spool_applied WHERE writer = {param(dialect, 1)} "
+        f"AND last_seq <= {param(dialect, 2)}"
+    )

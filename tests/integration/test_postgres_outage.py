@@ -225,7 +225,8 @@ async def test_outage_spools_durably_and_the_database_gets_every_row_exactly_onc
     assert got == want
     n = await counts(server.url, schema)
     assert n["orders"] == 12 and n["order_events"] == 12 + 2 * 12 - 1 and n["fills"] == 11
-    assert n["checkpoints"] == 1 and n["spool_applied"] == 1
+    # The store closed with its spool written: its marker is gone with it.
+    assert n["checkpoints"] == 1 and n["spool_applied"] == 0
     assert [r["state"]["bar"] for r in got["checkpoints"]] == [11]
 
 

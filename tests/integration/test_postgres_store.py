@@ -17,6 +17,7 @@ from tradingd.core.types import CrossSection, Fill, Order, OrderStatus, OrderTyp
 from tradingd.storage.factory import open_store
 from tradingd.storage.postgres import STAGE_THRESHOLD, PostgresStore
 from tradingd.storage.schema import TABLES
+from tradingd.storage.spool import SpoolBatch
 
 T0 = datetime(2020, 1, 2, 21, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -612,3 +613,72 @@ async def test_only_the_last_plans_intents_are_remembered(store: PostgresStore) 
         ("r1|next", "new"),
         ("r1|replay", "new"),
     ]
+
+
+async def applied_writers(conn: asyncpg.Connection, schema: str) -> list[tuple[str, int]]:
+    rows = await conn.fetch(f'SELECT writer, last_seq FROM "{schema}".spool_applied')
+    return sorted((r["writer"], r["last_seq"]) for r in rows)
+
+
+async def test_a_clean_close_deletes_its_writers_spool_marker(pg, tmp_path) -> None:
+    """Every batch of a spooling store upserts its writer's `spool_applied` row (so that a
+    spooled batch is never written twice). Once the store closes with an empty spool no batch
+    of that writer can be replayed again: the row goes, and restarts leave no rows behind."""
+    url, schema, conn = pg
+    for k in range(3):  # three daemon starts
+        store = PostgresStore(url, schema=schema, spool_dir=tmp_path / "spool")
+        await store.start()
+        if k == 0:
+            await store.begin_run(run_info())
+        store.record_equity("r1", T0 + k * DAY, 1.0, float(k), 0.0, 0.0)
+        await store.flush()
+        store.record_equity("r1", T0 + k * DAY + timedelta(hours=1), 1.0, float(k), 0.0, 0.0)
+        await store.flush()
+        assert await applied_writers(conn, schema) == [(store.writer, 2)]
+        await store.stop()
+        assert await applied_writers(conn, schema) == []
+    assert await count(conn, schema, "equity", "r1") == 6
+
+
+async def test_a_dead_writers_marker_goes_with_its_replayed_spool(pg, tmp_path) -> None:
+    """A process that died with batches in its spool: the next store replays them (skipping
+    one already written), removes the file, then deletes the dead writer's row. A row that
+    has moved past the spool's last batch is left alone (its writer wrote on since)."""
+    url, schema, conn = pg
+    spool_dir = tmp_path / "spool"
+
+    async def died_with_a_spool(hours: int) -> PostgresStore:
+        dead = PostgresStore(url, schema=schema, spool_dir=spool_dir)
+        await dead.start()
+        dead.record_equity("r1", T0 + timedelta(hours=hours), 1.0, 1.0, 0.0, 0.0)
+        await dead.flush()  # written: seq 1
+        assert dead._spool is not None
+        for seq in (1, 2):  # seq 1 again (its commit's answer lost), then a new one
+            row = ("r1", T0 + timedelta(hours=hours + seq), 1.0, 2.0, 0.0, 0.0)
+            dead._spool.append(SpoolBatch(dead.writer, seq, time.time(), {"equity": [row]}))
+        await dead._stop_spool()  # "SIGKILL": the spool file stays
+        await dead._close()
+        return dead
+
+    store = PostgresStore(url, schema=schema, spool_dir=spool_dir)
+    await store.start()
+    await store.begin_run(run_info())
+    await store.stop()
+    dead = await died_with_a_spool(0)
+    assert await applied_writers(conn, schema) == [(dead.writer, 1)]
+    again = PostgresStore(url, schema=schema, spool_dir=spool_dir)
+    await again.start()
+    try:
+        assert list(spool_dir.glob("*.spool")) == []
+        assert await applied_writers(conn, schema) == []
+        times = [r["time"] for r in await again.fetch("equity", "r1")]
+        assert times == [T0, T0 + 2 * timedelta(hours=1)]  # the seq-1 copy skipped
+    finally:
+        await again.stop()
+
+    dead = await died_with_a_spool(10)
+    await conn.execute(f'UPDATE "{schema}".spool_applied SET last_seq = 3')
+    again = PostgresStore(url, schema=schema, spool_dir=spool_dir)
+    await again.start()
+    await again.stop()
+    assert await applied_writers(conn, schema) == [(dead.writer, 3)]
