@@ -1023,7 +1023,7 @@ class Engine:
                 again.reason, again.filled_quantity, again.updated_at = "", 0.0, None
                 retry.append(again)
             if self._durable:
-                self.store.record_orders(self.run.run_id, retry)
+                self.store.record_orders(self.run.run_id, retry, intent=True)
                 await self.store.flush()
                 faults.reached("intent")
             acked = await self.broker.submit(retry)

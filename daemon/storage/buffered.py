@@ -34,6 +34,7 @@ import random
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, date, datetime
 from operator import itemgetter
@@ -92,6 +93,8 @@ _FEW = 32
 _DECODE_ROWS = 2048
 # Where an order record holds its client order id.
 _CID = ORDER_FIELDS.index("client_order_id")
+# A live run's orders whose last event is remembered (`record_orders`): some days of orders.
+EVENTS_KEPT = 10_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,10 +217,10 @@ class BufferedStore(ABC):
         self._kept_fills: list[Any] | None = None
         # The run whose records are kept: the one begun after keep_records.
         self._kept_run: str | None = None
-        # The order intents of a live run's last plan, stored before they were sent, until
-        # their acknowledgement: (run id, client order id) -> the intent's event
-        # (`rows.order_event`). See `record_orders`.
-        self._intents: dict[tuple[str, str], tuple[Any, ...]] = {}
+        # A live run's last stored event of its recent orders: (run id, client order id) ->
+        # `rows.order_event`, at most EVENTS_KEPT (oldest out first); None until the run stores
+        # an order intent (a replay never does). See `record_orders`.
+        self._last_events: OrderedDict[tuple[str, str], tuple[Any, ...]] | None = None
         # Rows buffered per buffer, kept as the chunks arrive (maybe_flush reads it every bar).
         self._counts: dict[str, int] = dict.fromkeys(BUFFERS, 0)
         self._flush_lock = asyncio.Lock()
@@ -711,7 +714,7 @@ class BufferedStore(ABC):
         """Record the run; a run_id seen before has its earlier rows deleted first."""
         self._last_targets.pop(run.run_id, None)
         self._last_quantity.pop(run.run_id, None)
-        self._intents.clear()
+        self._last_events = None
         self._keep_for(run)
         await self.flush()
         await self._drained()
@@ -772,7 +775,7 @@ class BufferedStore(ABC):
         Nothing of the run is deleted up to its checkpoint."""
         self._last_targets.pop(run.run_id, None)
         self._last_quantity.pop(run.run_id, None)
-        self._intents.clear()
+        self._last_events = None
         self._keep_for(run)
         await self.flush()
         await self._drained()
@@ -985,20 +988,21 @@ class BufferedStore(ABC):
         engine hands to the audit log: see `AuditSink.orders`.
 
         `intent`: orders a live run stores before it sends them (so that a restarted process
-        carries them out); `acked`: the broker's answer to orders just sent. An acknowledged
-        state equal to its intent's (same status, filled quantity, reason and time) updates
-        the `orders` row without a second `order_events` row: order_events holds each state
-        once, as a replay (which stores no intents) has it. A different answer (rejected,
-        filled at once) is an event of its own. Only the last plan's intents are remembered
-        (each `intent` call replaces them, an acknowledgement takes its own out): bounded
-        by one plan, and an answer that never comes keeps nothing."""
+        carries them out); `acked`: the broker's answer to orders just sent. From a run's first
+        intent on (a live run; a replay stores none, and its rows are as they were), a state
+        equal to the last event stored for its order (same status, filled quantity, reason and
+        time) updates the `orders` row without another `order_events` row: the intent and
+        its acknowledgement, or a fill seen in the submit's answer and again in the order's
+        update, were two equal rows (about 30% of a long live run's events). order_events
+        then holds each state once, as a replay has it. The memory is bounded (EVENTS_KEPT
+        orders, oldest out first: an order that old repeating a state is one row more)."""
         if not orders:
             return None
         records = ORDER_RECORDS(orders)
-        if intent:
-            self._intents = {(run_id, r[_CID]): order_event(r) for r in records}
-        elif acked and self._intents:
-            self._record_acked(run_id, records)
+        if intent and self._last_events is None:
+            self._last_events = OrderedDict()
+        if self._last_events is not None:
+            self._record_live(run_id, records)
             return records
         chunk = (run_id, records, True)
         self._orders.append(chunk)
@@ -1007,16 +1011,22 @@ class BufferedStore(ABC):
             self._kept_orders.append(chunk)
         return records
 
-    def _record_acked(self, run_id: str, records: list[Record]) -> None:
-        """`record_orders(acked=True)` while intents are remembered: the states that repeat
-        their intent go in a chunk without events, after the others (one state per order in
-        an answer: the upsert's outcome does not depend on their order)."""
-        intents = self._intents
+    def _record_live(self, run_id: str, records: list[Record]) -> None:
+        """`record_orders` in a live run: the states that repeat their order's last event go
+        in a chunk without events, after the others (one state per order in a call: the
+        upsert's outcome does not depend on their order)."""
+        last = self._last_events
+        assert last is not None
         events: list[Record] = []
         repeats: list[Record] = []
         for r in records:
-            stored = intents.pop((run_id, r[_CID]), None)
-            (repeats if stored is not None and stored == order_event(r) else events).append(r)
+            key = (run_id, r[_CID])
+            event = order_event(r)
+            (repeats if last.get(key) == event else events).append(r)
+            last[key] = event
+            last.move_to_end(key)
+        while len(last) > EVENTS_KEPT:
+            last.popitem(last=False)
         for part, with_events in ((events, True), (repeats, False)):
             if part:
                 chunk = (run_id, part, with_events)

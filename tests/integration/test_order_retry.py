@@ -71,8 +71,16 @@ async def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, retry_attempts: 
     try:
         stored = dict(con.execute("SELECT client_order_id, status FROM orders").fetchall())
         fills = [r[0] for r in con.execute("SELECT client_order_id FROM fills").fetchall()]
+        # order_events holds each state of an order once (a retry's intent and its
+        # acknowledgement were two equal rows).
+        repeated = con.execute(
+            "SELECT client_order_id, status, count(*) FROM order_events "
+            "GROUP BY client_order_id, status, filled_quantity, reason, time "
+            "HAVING count(*) > 1"
+        ).fetchall()
     finally:
         con.close()
+    assert repeated == []
     return posts, at_alpaca, stored, fills
 
 

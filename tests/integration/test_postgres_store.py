@@ -592,26 +592,33 @@ async def test_an_acknowledgement_repeating_its_stored_intent_is_not_a_second_ev
     ]
 
 
-async def test_only_the_last_plans_intents_are_remembered(store: PostgresStore) -> None:
-    """An intent whose answer never came (the broker did not answer) is forgotten at the next
-    plan: its state, when it is known later, is an event; without an intent (a replay) every
-    acknowledged state is one, as before."""
+async def test_a_live_runs_event_memory_is_bounded_and_a_replay_keeps_none(
+    store: PostgresStore, monkeypatch
+) -> None:
+    """Before its first intent (a replay never stores one) every state is an event, as
+    before; from it on, a state equal to its order's last event adds none, and the memory
+    keeps EVENTS_KEPT orders, oldest out first (an order that old repeating a state is one
+    row more)."""
+    from tradingd.storage import buffered
+
+    monkeypatch.setattr(buffered, "EVENTS_KEPT", 2)
     await store.begin_run(run_info())
-    lost = Order("r1|lost", "AAA", Side.BUY, 1.0, T0)
-    store.record_orders("r1", [lost], intent=True)
-    nxt = Order("r1|next", "BBB", Side.BUY, 2.0, T0 + DAY)
-    store.record_orders("r1", [nxt], intent=True)
-    store.record_orders("r1", [lost, nxt], acked=True)
-    assert len(store._intents) == 0
-    replayed = Order("r1|replay", "CCC", Side.BUY, 3.0, T0 + DAY)
+    replayed = Order("r1|replay", "CCC", Side.BUY, 3.0, T0)
     store.record_orders("r1", [replayed], acked=True)
+    store.record_orders("r1", [replayed], acked=True)
+    a, b, c = (Order(f"r1|{x}", "AAA", Side.BUY, 1.0, T0 + DAY) for x in "abc")
+    store.record_orders("r1", [a], intent=True)
+    store.record_orders("r1", [b, c], intent=True)  # a is the third: forgotten
+    store.record_orders("r1", [a, b, c], acked=True)
     await store.flush()
     events = [(e["client_order_id"], e["status"]) for e in await store.fetch("order_events", "r1")]
     assert events == [
-        ("r1|lost", "new"),
-        ("r1|lost", "new"),
-        ("r1|next", "new"),
         ("r1|replay", "new"),
+        ("r1|replay", "new"),
+        ("r1|a", "new"),
+        ("r1|b", "new"),
+        ("r1|c", "new"),
+        ("r1|a", "new"),
     ]
 
 
