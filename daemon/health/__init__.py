@@ -105,8 +105,10 @@ class HealthConfig:
       user took all of the process's, and the daemon died of "too many open files".
     - `idle_timeout_s`: a connection that has not sent a whole request for this long (a
       client that sends its headers slowly, or an idle keep-alive) is closed.
-    - `allowed_hosts`: host names a loopback server answers besides 127.0.0.1, ::1 and
-      localhost (a reverse proxy on this machine that passes its clients' Host header).
+    - `allowed_hosts`: host names the server answers besides 127.0.0.1, ::1 and localhost
+      (a reverse proxy on this machine that passes its clients' Host header, a container's
+      service name). A loopback server checks the Host header always; one bound elsewhere
+      only when this is set (then it answers no other name).
     """
 
     enabled: bool = True

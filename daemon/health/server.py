@@ -307,6 +307,10 @@ class HealthServer:
                 "/metrics need no token; firewall it or set health.host = 127.0.0.1 (in a "
                 "container, keep 0.0.0.0 and publish the port on the host's loopback: "
                 "-p 127.0.0.1:8080:8080)",
+                host_names=list(self.config.allowed_hosts)
+                or "any (a web page that reaches this port can read it by DNS rebinding: "
+                "list the names clients use in health.allowed_hosts, as config/docker.toml "
+                "does)",
             )
         if self._token is not None and len(self._token) < _MIN_TOKEN_LEN:
             log.warning(
@@ -514,7 +518,10 @@ class HealthServer:
     # ----------------------------------------------------------------------------- HTTP
     def _app(self) -> web.Application:
         middlewares = [_errors_as_json]
-        if is_loopback(self.config.host):
+        # The Host check is what defeats DNS rebinding, which a port published on the
+        # host's loopback does not: a server on 0.0.0.0 in a container is read that way too
+        # when it accepts any name. So an explicit allow-list is enforced wherever it binds.
+        if is_loopback(self.config.host) or self.config.allowed_hosts:
             middlewares.insert(0, _loopback_host_only(frozenset(self.config.allowed_hosts)))
         app = web.Application(middlewares=middlewares)
         app.router.add_get("/health", self._get_health)
@@ -609,10 +616,11 @@ class HealthServer:
 
 
 def _loopback_host_only(allowed: frozenset[str]) -> Any:
-    """A server bound to loopback answers only requests addressed to loopback (or to
-    `health.allowed_hosts`). A web page in a browser on this machine could otherwise read
-    /status and /metrics through DNS rebinding (its own host name resolved to 127.0.0.1):
-    the Host header then names it."""
+    """A server bound to loopback, or given `health.allowed_hosts`, answers only requests
+    addressed to loopback or to a name in `allowed`. A web page in a browser on this machine
+    could otherwise read /status and /metrics through DNS rebinding (its own host name
+    resolved to 127.0.0.1, or to a container's port published there): the Host header then
+    names it."""
 
     @web.middleware
     async def check(
@@ -628,8 +636,9 @@ def _loopback_host_only(allowed: frozenset[str]) -> Any:
         if not is_loopback(name) and name not in allowed:
             return _json(
                 {
-                    "error": "this server answers requests to 127.0.0.1, ::1 or localhost "
-                    "(a proxy's host name: health.allowed_hosts)"
+                    "error": "this server answers requests addressed to 127.0.0.1, ::1, "
+                    "localhost or a name in health.allowed_hosts: address it so, or add the "
+                    "name this request used to health.allowed_hosts"
                 },
                 421,
             )

@@ -5,12 +5,14 @@ deterministically rather than waited for."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import socket
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -222,6 +224,54 @@ async def test_a_proxy_host_name_is_answered_when_allowed(serve, http):
         cfg(allowed_hosts="tradingd.example.com")
     with pytest.raises(ConfigError, match="without a port"):
         cfg(allowed_hosts=["proxy.local:8080"])
+
+
+@pytest.mark.parametrize(
+    ("host", "code"),
+    [
+        ("evil.example", 421),
+        ("evil.example:8080", 421),
+        ("tradingd:8080", 200),
+        ("scraper-target", 200),
+        ("127.0.0.1:8080", 200),
+        ("localhost", 200),
+        ("[::1]:8080", 200),
+    ],
+)
+async def test_a_server_on_every_interface_answers_only_its_allowed_host_names(
+    serve, http, host, code
+):
+    """In a container (host 0.0.0.0, the port published on the host's loopback) the Host
+    check was off even with `allowed_hosts` set: a web page in a browser on the Docker host
+    read /status by DNS rebinding. An allow-list is enforced wherever the server binds."""
+    server = await serve(cfg(host="0.0.0.0", allowed_hosts=["tradingd", "Scraper-Target"]))
+    async with http.get(f"{server.url}/status", headers={"Host": host}) as r:
+        assert r.status == code
+        if code == 421:
+            assert "health.allowed_hosts" in (await r.json())["error"]
+
+
+async def test_the_docker_configuration_refuses_other_host_names(serve, http):
+    """config/docker.toml binds 0.0.0.0: it must name the hosts it answers, the loopback
+    names (the image's HEALTHCHECK, a browser on the Docker host through the published port)
+    and the compose service's own (a scraper on the compose network)."""
+    from tradingd.config import load_config
+
+    root = Path(__file__).resolve().parents[2]
+    loaded = load_config([root / "config/default.toml", root / "config/docker.toml"], env={})
+    assert loaded.health.host == "0.0.0.0"
+    server = await serve(dataclasses.replace(loaded.health, port=0))
+    for host, code in (
+        ("evil.example", 421),
+        ("evil.example:8080", 421),
+        ("127.0.0.1:8080", 200),
+        ("localhost:8080", 200),
+        ("[::1]:8080", 200),
+        ("tradingd:8080", 200),  # the compose service name
+        ("tradingd-tradingd-1:8080", 200),  # its container's name
+    ):
+        async with http.get(f"{server.url}/status", headers={"Host": host}) as r:
+            assert r.status == code, host
 
 
 async def test_a_server_on_every_interface_takes_any_host_name(serve, http):
