@@ -429,18 +429,46 @@ class AuditLog:
         self._last_write = time.monotonic()
         return ("tradingd.audit:child_lines", batch)
 
-    def session(self, **info: Any) -> None:
+    def session(self, *, resumed: bool = False, **info: Any) -> None:
         """Mark a process session (pid, start, where a resumed run continued from): a reader
-        sees where each process's records begin."""
+        sees where each process's records begin. `resumed`: the store continues this run id
+        (False: it has no record of it, a fresh start).
+
+        A live start refuses a replay's log of its run id (ConfigError, `check_live`)."""
+        self.check_live()
         # Marks the log as a live run's, whose records a replay must never delete (begin_run),
         # whatever store each uses: the file alone cannot say (it rotates).
         self._live_mark.parent.mkdir(parents=True, exist_ok=True)
         self._live_mark.touch()
-        row = {"event": "session", "pid": os.getpid(), **info}
+        row = {"event": "session", "pid": os.getpid(), **info, "resumed": resumed}
         line = _ENCODER.encode(_null_non_finite({k: _plain(v) for k, v in row.items()}))
         self._batch.append((_LINE, line, None))
         self._waiting += 1
         self.flush(force=True)
+
+    def check_live(self) -> None:
+        """ConfigError when this log holds a replay's records: a live run must not write
+        into it (`session`) nor cut it (`truncate_after`). The store refuses a replay's
+        record (`resume_run`) in its own database only: a live run on another store
+        appended to the backtest's log and marked it live, so every later replay of that
+        run id was refused (and, once that store held the run, its restart cut the
+        backtest's records as a crashed bar's). A live run's log carries the live mark, or,
+        written before marks existed, its session lines; a replay writes neither."""
+        if self._live_mark.exists():
+            return
+        files = [p for p in self._files() if p.stat().st_size > 0]
+        if files and not any(_has_session_line(p) for p in files):
+            raise ConfigError(
+                f"the audit log {self.path} holds a replay's records of this run id (no "
+                f"{self._live_mark.name} marks it as a live run's): a live run cannot continue "
+                "it; give this run another run.run_id (an empty one derives its own from the "
+                "config), or another log.audit_dir"
+            )
+
+    def _files(self) -> list[Path]:
+        """This log's files on disk: the current one and its rotated backups."""
+        backups = (self.path.with_suffix(f".jsonl.{i}") for i in range(1, self.backups + 1))
+        return [p for p in (self.path, *backups) if p.exists()]
 
     def begin_run(self) -> int:
         """A replay starts afresh, as the store does (`begin_run` deletes a run id's earlier
@@ -487,7 +515,8 @@ class AuditLog:
         first, then the rotated ones while the newer held nothing kept: a rotation right
         after a bar past the checkpoint put that bar's records in `.jsonl.1`, where they
         were kept, and written again by the resumed run. Returns the number of lines
-        dropped."""
+        dropped. Refuses (ConfigError) a replay's log (`check_live`)."""
+        self.check_live()
         self._release()
         total = 0
         files = [
@@ -551,6 +580,18 @@ def _record_time(line: str) -> Any:
         return datetime.fromisoformat(text) if isinstance(text, str) else None
     except ValueError:
         return None
+
+
+_SESSION_LINE = b'{"event": "session"'
+
+
+def _has_session_line(path: Path) -> bool:
+    """Whether a line of `path` is a session's (a live process's start: `AuditLog.session`)."""
+    try:
+        with path.open("rb") as fh:
+            return any(raw.startswith(_SESSION_LINE) for raw in fh)
+    except OSError as e:
+        raise StorageError(f"cannot read the audit log {path}: {e.strerror or e}") from e
 
 
 def audit_path(directory: str | Path, run_id: str) -> Path:

@@ -50,6 +50,8 @@ async def test_replay_and_live_clock_give_identical_orders(
         engine_config,
         live=LiveConfig(bars_per_second=400.0),
         storage=StorageConfig(url=f"sqlite:///{tmp_path / 'live.db'}"),
+        # The backtest's run id: a live start refuses its audit log in the same folder.
+        log=dataclasses.replace(engine_config.log, audit_dir=str(tmp_path / "live-audit")),
     )
     live_engine, live, live_rows = await run(live_cfg, "live", synthetic_panel)
 

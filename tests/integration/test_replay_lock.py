@@ -257,3 +257,35 @@ async def test_a_live_run_holds_its_run_id_against_replays(engine_config):
     assert error is not None and "in use by another tradingd" in str(error)
     assert f"'{config.run.run_id}'" in str(error)
     assert result.bars == 30  # the live run went on to its end
+
+
+async def test_a_live_run_refuses_a_backtests_audit_log_on_another_store(engine_config, tmp_path):
+    """Given a backtest's run id in another store (the store refuses only its own record),
+    `tradingd run` appended its session to the backtest's audit log and marked it live:
+    every later `tradingd backtest` of that run id was refused."""
+    from tradingd.app import build_engine
+
+    panel = make_panel(n_bars=200)
+    done = await _replay(engine_config, panel).run_until_done()
+    assert done.fills > 0
+    log_path = Path(engine_config.log.audit_dir) / "test-run.jsonl"
+    before = log_path.read_text()
+
+    live_panel, config = live_run(engine_config)
+    config = dataclasses.replace(
+        config,
+        run=dataclasses.replace(config.run, run_id="test-run"),
+        storage=dataclasses.replace(config.storage, url=f"sqlite:///{tmp_path / 'other.db'}"),
+    )
+    with pytest.raises(ConfigError, match=r"test-run\.jsonl holds a replay's records") as err:
+        await build_engine(config, "live", panel=live_panel).run_until_done()
+    assert "run.run_id" in str(err.value)
+    assert log_path.read_text() == before
+    # Started again, the other store resumes the run its refused start recorded: refused
+    # too, the backtest's records not cut as a crashed bar's.
+    with pytest.raises(ConfigError, match=r"test-run\.jsonl holds a replay's records"):
+        await build_engine(config, "live", panel=live_panel).run_until_done()
+    assert log_path.read_text() == before
+    assert not log_path.with_name("test-run.jsonl.live").exists()
+    # The backtest still reruns.
+    assert (await _replay(engine_config, panel).run_until_done()).fills == done.fills

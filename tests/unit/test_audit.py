@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import tradingd.audit as audit
 from tradingd.audit import AuditLog
-from tradingd.core.errors import StorageError
+from tradingd.core.errors import ConfigError, StorageError
 from tradingd.core.types import Fill, Leg, Order, OrderStatus, OrderType, Side
 
 T = datetime(2020, 1, 2, tzinfo=UTC)
@@ -198,6 +198,7 @@ def test_a_failed_write_in_the_writer_raises_at_the_next_flush(tmp_path, monkeyp
 
 def test_truncate_after_sees_the_writers_lines(tmp_path):
     a = AuditLog(tmp_path, "r", flush_interval_s=1.0, max_lines=1)
+    (tmp_path / "r.jsonl.live").touch()  # a live run's log (a replay's is not cut)
     for i in range(4):
         a.orders([order(i)])
         a.flush()
@@ -432,6 +433,7 @@ def test_dropping_the_records_after_a_checkpoint_needs_no_free_space(tmp_path, m
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(Path, "write_text", no_space)
+    (tmp_path / "r.jsonl.live").touch()  # a live run's log (a replay's is not cut)
     b = AuditLog(tmp_path, "r", flush_interval_s=0.0)
     assert b.truncate_after(T + timedelta(days=1)) == 3  # two bars after it, and the torn line
     b.close()
@@ -458,6 +460,7 @@ def test_records_after_the_checkpoint_in_a_rotated_file_are_dropped_too(tmp_path
     """The file rotated right after a bar past the checkpoint: that bar's records were in
     `.jsonl.1`, which was not read, so they were kept, and the resumed run wrote them again."""
     a = AuditLog(tmp_path, "r", flush_interval_s=0.0, max_bytes=1)  # rotates after each bar
+    (tmp_path / "r.jsonl.live").touch()  # a live run's log (a replay's is not cut)
     for i in range(4):
         a.orders([order(i)])
         a.flush(force=True)
@@ -474,3 +477,75 @@ def test_records_after_the_checkpoint_in_a_rotated_file_are_dropped_too(tmp_path
         for r in records(tmp_path / name)
     ]
     assert left == ["r|0", "r|1"]
+
+
+def _replay_log(directory, run_id: str = "r") -> str:
+    """A backtest's audit log of `run_id` (no live mark), its text."""
+    a = AuditLog(directory, run_id, flush_interval_s=1.0, background=False)
+    a.begin_run()
+    a.orders([order(0), order(1)])
+    a.close()
+    return (directory / f"{run_id}.jsonl").read_text()
+
+
+def test_a_fresh_live_start_refuses_a_replays_audit_log_of_its_run_id(tmp_path):
+    """A live run given a backtest's run id on another store (the store refuses only its
+    own record) appended its session to the backtest's log and marked it live: every later
+    replay of that run id was refused."""
+    before = _replay_log(tmp_path)
+    live = AuditLog(tmp_path, "r", flush_interval_s=0.0)
+    with pytest.raises(ConfigError, match=r"r\.jsonl holds a replay's records") as err:
+        live.session(started_at=T, resumed=False)
+    live.close()
+    assert "run.run_id" in str(err.value) and "log.audit_dir" in str(err.value)
+    assert (tmp_path / "r.jsonl").read_text() == before
+    assert not (tmp_path / "r.jsonl.live").exists()
+    AuditLog(tmp_path, "r", flush_interval_s=1.0).check_replayable()  # still a replay's
+
+
+def test_a_resumed_live_start_neither_cuts_nor_continues_a_replays_audit_log(tmp_path):
+    """The refused fresh start left its run in its store: started again, it resumed there,
+    and cut the backtest's records as a crashed bar's (`truncate_after`), then wrote on."""
+    before = _replay_log(tmp_path)
+    live = AuditLog(tmp_path, "r", flush_interval_s=0.0)
+    with pytest.raises(ConfigError, match="holds a replay's records"):
+        live.truncate_after(None)
+    with pytest.raises(ConfigError, match="holds a replay's records"):
+        live.session(started_at=T, resumed=True)
+    live.close()
+    assert (tmp_path / "r.jsonl").read_text() == before
+    assert not (tmp_path / "r.jsonl.live").exists()
+
+
+def test_a_live_log_from_before_the_live_mark_is_still_a_live_runs(tmp_path):
+    """A live run's log written before logs were marked carries its session lines: its
+    restart continues it (and marks it), as before."""
+    old = AuditLog(tmp_path, "r", flush_interval_s=0.0)
+    old.session(started_at=T, resumed=False)
+    old.orders([order(0), order(5)])
+    old.close()
+    (tmp_path / "r.jsonl.live").unlink()
+    again = AuditLog(tmp_path, "r", flush_interval_s=0.0)
+    assert again.truncate_after(T + timedelta(days=1)) == 1
+    again.session(started_at=T, resumed=True)
+    again.close()
+    assert [r["event"] for r in records(tmp_path / "r.jsonl")] == ["session", "order", "session"]
+    assert (tmp_path / "r.jsonl.live").exists()
+
+
+def test_a_resumed_live_start_appends_to_its_log(tmp_path):
+    """Only a fresh start sets a log aside: a restart continues the same run."""
+    first = AuditLog(tmp_path, "r", flush_interval_s=0.0)
+    first.session(started_at=T, resumed=False)
+    first.orders([order(0)])
+    first.close()
+    again = AuditLog(tmp_path, "r", flush_interval_s=0.0)
+    again.session(started_at=T, resumed=True)
+    again.close()
+    rows = records(tmp_path / "r.jsonl")
+    assert [(r["event"], r.get("resumed")) for r in rows] == [
+        ("session", False),
+        ("order", None),
+        ("session", True),
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl", "r.jsonl.live"]
