@@ -37,10 +37,12 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path
 from typing import Any, TextIO
+
+import structlog
 
 from .core.errors import ConfigError, StorageError
 from .core.types import Fill, Order
@@ -50,6 +52,8 @@ from .storage.rows import FILL_RECORDS as _FILL_RECORDS
 from .storage.rows import ORDER_FIELDS as _ORDER_FIELDS
 from .storage.rows import ORDER_RECORDS as _ORDER_RECORDS
 from .storage.rows import Record
+
+log = structlog.get_logger("tradingd.audit")
 
 # Orders and fills hold only scalars, string enums and datetimes, so the tuple of their
 # fields is the whole record (and a snapshot: every value is immutable). The store keeps the
@@ -434,8 +438,13 @@ class AuditLog:
         sees where each process's records begin. `resumed`: the store continues this run id
         (False: it has no record of it, a fresh start).
 
-        A live start refuses a replay's log of its run id (ConfigError, `check_live`)."""
+        A live start refuses a replay's log of its run id (ConfigError, `check_live`). A
+        fresh start that finds an earlier live run's log with records (its store was
+        deleted, e.g. the demo's) sets those files aside, renamed with the time, so the new
+        run's log holds its records alone."""
         self.check_live()
+        if not resumed:
+            self._set_aside()
         # Marks the log as a live run's, whose records a replay must never delete (begin_run),
         # whatever store each uses: the file alone cannot say (it rotates).
         self._live_mark.parent.mkdir(parents=True, exist_ok=True)
@@ -469,6 +478,40 @@ class AuditLog:
         """This log's files on disk: the current one and its rotated backups."""
         backups = (self.path.with_suffix(f".jsonl.{i}") for i in range(1, self.backups + 1))
         return [p for p in (self.path, *backups) if p.exists()]
+
+    def _set_aside(self) -> None:
+        """See `session`: an earlier live run's log of this run id renamed out of the way."""
+        files = self._files()
+        if all(p.stat().st_size == 0 for p in files):
+            return
+        self._release()
+        # The rotated files keep their numbers: "<run_id>.before-<UTC time>.jsonl.1", ...
+        suffixes = [p.name.removeprefix(self.path.name) for p in files]
+        stem = f"{self.path.name.removesuffix('.jsonl')}.before-"
+        stem += datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        aside, n = self.path.with_name(f"{stem}.jsonl"), 1
+        while any(aside.with_name(aside.name + x).exists() for x in suffixes):
+            n += 1
+            aside = self.path.with_name(f"{stem}-{n}.jsonl")
+        for path, suffix in zip(files, suffixes, strict=True):
+            target = aside.with_name(aside.name + suffix)
+            try:
+                os.replace(path, target)
+            except OSError as e:
+                raise StorageError(
+                    f"cannot set the earlier live run's audit log {path} aside (as {target}): "
+                    f"{e.strerror or e}; move it out of the way, or give this run another "
+                    "run.run_id"
+                ) from e
+        log.warning(
+            "audit.earlier_live_run_set_aside",
+            path=str(self.path),
+            moved_to=str(aside),
+            files=len(files),
+            reason="a fresh start of this run id (its store holds no record of it) found an "
+            "earlier live run's audit log: its records are kept there, not mixed with this "
+            "run's",
+        )
 
     def begin_run(self) -> int:
         """A replay starts afresh, as the store does (`begin_run` deletes a run id's earlier

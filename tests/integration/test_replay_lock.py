@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -289,3 +290,39 @@ async def test_a_live_run_refuses_a_backtests_audit_log_on_another_store(engine_
     assert not log_path.with_name("test-run.jsonl.live").exists()
     # The backtest still reruns.
     assert (await _replay(engine_config, panel).run_until_done()).fills == done.fills
+
+
+async def test_a_live_run_started_afresh_sets_its_run_ids_earlier_log_aside(engine_config):
+    """The demo run to its end, its store deleted (as the README said to watch it trade
+    again) and run again: the new run appended to the old one's audit log, every fill id
+    of the first run twice in it, without a word."""
+    from structlog.testing import capture_logs
+
+    from tradingd.app import build_engine
+
+    panel, config = live_run(engine_config)
+    first = await build_engine(config, "live", panel=panel).run_until_done()
+    assert first.fills > 0
+    log_path = Path(config.log.audit_dir) / "test-live.jsonl"
+    before = log_path.read_text()
+    store = Path(config.storage.url.removeprefix("sqlite:///"))
+    for path in store.parent.glob(store.name + "*"):
+        if path.is_file():
+            path.unlink()
+
+    with capture_logs() as logs:
+        second = await build_engine(config, "live", panel=panel).run_until_done()
+    assert second.fills == first.fills
+    warned = [e for e in logs if e["event"] == "audit.earlier_live_run_set_aside"]
+    assert len(warned) == 1
+    assert Path(warned[0]["moved_to"]).read_text() == before
+    sessions = [
+        json.loads(line) for line in log_path.read_text().splitlines() if '"session"' in line
+    ]
+    assert [s["resumed"] for s in sessions] == [False]
+    fill_ids = [
+        json.loads(line)["fill_id"]
+        for line in log_path.read_text().splitlines()
+        if line.startswith('{"event": "fill"')
+    ]
+    assert len(fill_ids) == len(set(fill_ids)) == second.fills

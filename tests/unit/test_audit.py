@@ -8,10 +8,12 @@ import json
 import math
 import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 import tradingd.audit as audit
 from tradingd.audit import AuditLog
@@ -533,6 +535,42 @@ def test_a_live_log_from_before_the_live_mark_is_still_a_live_runs(tmp_path):
     assert (tmp_path / "r.jsonl.live").exists()
 
 
+def test_a_fresh_live_start_sets_an_earlier_live_runs_log_aside(tmp_path):
+    """The demo's store deleted (as its README suggested) and the demo run again: the new
+    run appended to the old run's log, the same fill ids twice, with no warning."""
+    old = AuditLog(tmp_path, "r", flush_interval_s=0.0, max_bytes=1000)
+    old.session(started_at=T, resumed=False)
+    for i in range(4):  # a few hundred bytes a line: rotated once on the way
+        old.orders([order(i)])
+        old.flush(force=True)
+    old.close()
+    before = {p.name: p.read_text() for p in tmp_path.glob("r.jsonl*") if p.suffix != ".live"}
+    assert "r.jsonl.1" in before and "r.jsonl" in before
+    other = tmp_path / "other.jsonl"
+    other.write_text("{}\n")
+
+    new = AuditLog(tmp_path, "r", flush_interval_s=0.0, max_bytes=1000)
+    with capture_logs() as logs:
+        new.session(started_at=T + timedelta(days=9), resumed=False)
+    new.orders([order(7)])
+    new.close()
+
+    warned = [e for e in logs if e["event"] == "audit.earlier_live_run_set_aside"]
+    assert len(warned) == 1 and warned[0]["log_level"] == "warning"
+    assert warned[0]["path"] == str(tmp_path / "r.jsonl")
+    aside = Path(warned[0]["moved_to"])
+    assert aside.parent == tmp_path and aside.name.startswith("r.before-")
+    # The old run's files, whole, under the new name (rotated ones keep their number).
+    for name, text in before.items():
+        assert (tmp_path / (aside.name + name.removeprefix("r.jsonl"))).read_text() == text
+    # The new run's log holds its own records alone.
+    rows = records(tmp_path / "r.jsonl")
+    assert [r["event"] for r in rows] == ["session", "order"]
+    assert rows[0]["resumed"] is False and rows[1]["client_order_id"] == "r|7"
+    assert not (tmp_path / "r.jsonl.1").exists()
+    assert (tmp_path / "r.jsonl.live").exists() and other.read_text() == "{}\n"
+
+
 def test_a_resumed_live_start_appends_to_its_log(tmp_path):
     """Only a fresh start sets a log aside: a restart continues the same run."""
     first = AuditLog(tmp_path, "r", flush_interval_s=0.0)
@@ -549,3 +587,13 @@ def test_a_resumed_live_start_appends_to_its_log(tmp_path):
         ("session", True),
     ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl", "r.jsonl.live"]
+
+
+def test_a_fresh_live_start_on_an_empty_live_log_keeps_it(tmp_path):
+    (tmp_path / "r.jsonl").touch()
+    (tmp_path / "r.jsonl.live").touch()
+    live = AuditLog(tmp_path, "r", flush_interval_s=0.0)
+    live.session(started_at=T, resumed=False)
+    live.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl", "r.jsonl.live"]
+    assert [r["event"] for r in records(tmp_path / "r.jsonl")] == ["session"]
