@@ -160,14 +160,16 @@ async def run_backtest(
     tenth = max(1, total // 10)
     started = time.monotonic()
 
-    def on_bar(i: int, t: datetime) -> None:
+    def on_bar(seen: int, t: datetime) -> None:
+        # `seen`: the bars stepped so far, this one included (the engine's count, not an
+        # index: taken for one, every line named the bar before the one it counted).
         bar.update(1)
-        if progress == "log" and ((i + 1) % tenth == 0 or i + 1 == total):
+        if progress == "log" and (seen % tenth == 0 or seen == total):
             log.info(
                 "backtest.progress",
-                bars=i + 1,
+                bars=seen,
                 of=total,
-                percent=round(100 * (i + 1) / total),
+                percent=round(100 * seen / total),
                 bar_time=t,
                 elapsed_s=round(time.monotonic() - started, 1),
             )

@@ -146,3 +146,19 @@ def test_a_backtest_not_on_a_terminal_logs_its_progress(engine_config):
     with capture_logs() as logs:
         asyncio.run(run_backtest(engine_config, panel=panel))
     assert not [e for e in logs if e["event"] == "backtest.progress"]
+
+
+def test_a_backtests_progress_lines_name_the_bar_they_count(engine_config):
+    """The engine passes the number of bars seen, which the progress line took for the
+    index: at 5,031 of 5,031 it named the 5,030th bar's time (2018-12-28, not 2018-12-31),
+    every line one bar early, and the last bar had no line of its own."""
+    from structlog.testing import capture_logs
+
+    panel = make_panel(n_bars=295)  # a tenth is 29 bars; 295 is not a multiple of it
+    times = panel.datetimes()
+    with capture_logs() as logs:
+        asyncio.run(run_backtest(engine_config, panel=panel, progress="log"))
+    lines = [e for e in logs if e["event"] == "backtest.progress"]
+    assert [e["bars"] for e in lines] == [29 * k for k in range(1, 11)] + [295]
+    assert [e["bar_time"] for e in lines] == [times[e["bars"] - 1] for e in lines]
+    assert lines[-1]["bar_time"] == times[-1] and lines[-1]["of"] == 295
