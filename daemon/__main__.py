@@ -159,8 +159,9 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument(
         "--attribution",
         action="store_true",
-        help="add the return attribution by component: replays the run with the -c "
-        "configuration (it must be the run's; the replay is checked against the record)",
+        help="add the return attribution by component: replays the run with its own "
+        "configuration (config.json in its folder; -c instead gives one, which must be the "
+        "run's: the replay is checked against the record)",
     )
     rp.add_argument(
         "--no-validation",

@@ -615,6 +615,17 @@ def test_help_says_what_tradingd_is(capsys):
     assert "tradingd: a paper-trading daemon and replay backtester, one engine for both.\n" in out
 
 
+def test_report_help_says_attribution_replays_with_the_runs_own_configuration(capsys):
+    """It said the replay used "the -c configuration": without -c it uses the run's own
+    config.json (the README's word, and what `_report` does)."""
+    with pytest.raises(SystemExit) as e:
+        main(["report", "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal
+    attribution = out[out.rindex("--attribution") : out.rindex("--no-validation")]
+    assert "config.json" in attribution and "the -c configuration" not in attribution
+
+
 def test_a_retraining_window_too_short_for_the_model_is_an_error_not_a_traceback(
     cli, tmp_path, monkeypatch
 ):
