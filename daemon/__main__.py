@@ -10,7 +10,8 @@ answer (`preflight.check_services`): a mistake is reported in seconds, as
 `tradingd: error: ...` with exit code 2, never as a traceback after a replay. Ctrl-C or
 SIGTERM in a command (outside a backtest's replay and the daemon, below) prints
 `tradingd: interrupted` (exit 130 or 143), never a traceback; the worker processes of a
-walk-forward or of a report's Monte Carlo are ended with it.
+walk-forward or of a report's Monte Carlo are ended with it. A command whose output's reader
+has gone (`tradingd config | head`) ends quietly with exit code 141, as SIGPIPE ends a CLI.
 
 Signals of `tradingd run` (the daemon), handled from the moment the command line is parsed,
 before the configuration, the data or any model is loaded:
@@ -266,7 +267,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         # `tradingd: interrupted`, and the worker processes of a walk-forward or a report's
         # Monte Carlo are ended (analysis/parallel.py) rather than left running.
         with _interrupt_on(signal.SIGTERM):
-            return _command(args)
+            code = _command(args)
+            sys.stdout.flush()  # what is left in the buffer: a closed stdout raises here
+            return code
+    except BrokenPipeError:
+        if not _stdout_closed():
+            raise  # another pipe (a worker's): not the reader of this command's output
+        # `tradingd config | head`: the reader has what it wanted. Quiet, as a CLI that
+        # SIGPIPE ends (exit 128 + SIGPIPE); SIGPIPE itself stays ignored, as Python sets
+        # it, so a vendor's or the database's closed socket stays an error, not a kill.
+        if exiting:
+            # Python flushes stdout as it exits: that would fail again, and say so.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        return 128 + signal.SIGPIPE
     except TradingdError as exc:
         from .secrets import mask_text
 
@@ -282,6 +297,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             # for SIGTERM and SIGHUP, KeyboardInterrupt for SIGINT), but keeps SIG_IGN.
             for sig in _HANDLED if args.command == "run" else (signal.SIGINT,):
                 signal.signal(sig, signal.SIG_IGN)
+
+
+def _stdout_closed() -> bool:
+    """Whether this process's stdout is a pipe or socket whose reader has gone (poll reports
+    an error on its write end); False when it cannot tell (not a file: an embedded call)."""
+    import select
+
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def _command(args: argparse.Namespace) -> int:

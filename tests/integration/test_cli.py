@@ -267,3 +267,28 @@ def test_fetch_stores_bars_idempotently(tmp_path):
     # before them that warms up its features (the bundled series start in 1999): 5,031 each.
     assert (n, syms) == (2 * 5031, 2)
     assert first.startswith("1999-01-04")
+
+
+@pytest.mark.parametrize("command", [["config"], ["plugins"]])
+def test_a_closed_stdout_ends_a_printing_command_quietly(tmp_path, command):
+    """`tradingd config | head` ended in a BrokenPipeError traceback: a reader that closed
+    stdout ends the command as SIGPIPE ends a CLI (exit 128 + 13), with nothing said. The
+    pipe's reader is closed before the command writes, so the first write finds it gone."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        e = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+        r = subprocess.run(
+            [sys.executable, "-m", "tradingd", *command],
+            cwd=tmp_path,
+            env=e,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        os.close(write)
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+    assert "Exception ignored" not in r.stderr, r.stderr
+    assert r.returncode == 128 + signal.SIGPIPE
