@@ -114,6 +114,7 @@ def default_out(config: Any, wf: WalkForwardConfig) -> Path:
 def run(args: argparse.Namespace) -> int:
     """The command: configuration, checks, the analysis, its files and a summary."""
     from ..config import load_config
+    from ..core.errors import TradingdError
     from ..logs import configure_logging
     from ..preflight import check_config, check_train_extra, check_writable_dir
     from .walkforward import WalkForwardAnalyzer, write_outputs
@@ -143,7 +144,15 @@ def run(args: argparse.Namespace) -> int:
         progress=sys.stderr.isatty() and not args.no_progress,
     )
     if analyzer.retrain():
-        check_train_extra()
+        try:
+            check_train_extra()
+        except TradingdError as exc:
+            # The quick start installs no train extra, and the README's walk-forward
+            # (ml_ensemble, retrain = "auto") needs it only to retrain: say the other way.
+            raise WalkForwardError(
+                f"{exc}; or walk forward with the model as it is, without retraining: "
+                '--retrain never (walkforward.retrain = "never")'
+            ) from None
     try:
         results = analyzer.run()  # (an address Ray cannot reach: a ConfigError naming it)
     except ConnectionError as exc:  # Ray: the cluster lost during the run

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import empyrical as ep
@@ -588,6 +589,35 @@ def test_the_command_runs_from_config_files(tmp_path, capsys):
         assert "tradingd: error:" in err and "step (50) must not exceed" in err
     finally:
         structlog.configure(**saved)
+
+
+def test_a_walk_forward_without_the_train_extra_says_it_can_run_without_retraining(
+    tmp_path, capsys, monkeypatch
+):
+    """The README's walk-forward (an ml_ensemble signal, retrain = "auto") needs the train
+    extra, which the quick start does not install: the error said only how to install it,
+    though `--retrain never` walks forward with the shipped model as it is."""
+    import structlog
+
+    from tradingd.__main__ import main
+    from tradingd.preflight import TRAIN_MODULES
+
+    monkeypatch.setitem(sys.modules, sorted(TRAIN_MODULES)[0], None)  # not importable
+    wf_file = tmp_path / "wf.toml"
+    wf_file.write_text('[walkforward]\nretrain = "auto"\n')
+    strategy = tmp_path / "strategy.toml"
+    strategy.write_text('[log]\naudit_dir = "' + str(tmp_path / "audit") + '"\n')
+    argv = ["-c", "config/default.toml", "-c", str(strategy), "-c", str(wf_file)]
+    saved = structlog.get_config()
+    try:
+        code = main(["walkforward", *argv, "--out", str(tmp_path / "out")])
+    finally:
+        structlog.configure(**saved)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "train extra" in err and "tradingd[train]" in err
+    assert "--retrain never" in err
+    assert not (tmp_path / "out" / "walkforward.json").exists()
 
 
 def test_fold_trend_p_values_count_only_folds_whose_windows_do_not_overlap():
