@@ -226,3 +226,14 @@ def test_the_compose_secrets_file_is_never_committed_nor_sent_to_a_build():
         if line.startswith("COPY ") and "--from" not in line:
             for src in line.split()[1:-1]:
                 assert src.rstrip("/") + "/" not in dockerignore and src not in dockerignore
+
+
+def test_the_systemd_note_names_every_endpoint_the_token_protects():
+    """systemd/README.md said the token guards /pause, /resume and /flatten: /reset-halt,
+    which lifts a halted kill switch, was left out of what the operator protects."""
+    from tradingd.health.server import CONTROL_ACTIONS
+
+    text = " ".join((ROOT / "systemd" / "README.md").read_text().split())
+    token = text[text.index("TRADINGD_HEALTH_TOKEN") :]
+    token = token[: token.index(").")]
+    assert [a for a in CONTROL_ACTIONS if f"/{a}`" not in token] == []
