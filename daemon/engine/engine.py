@@ -27,7 +27,7 @@ import numpy as np
 import structlog
 
 from .. import faults, metrics
-from ..alerts import KILL_SWITCH
+from ..alerts import CRITICAL, KILL_SWITCH
 from ..core.arrays import count_nonzero, scalar, where
 from ..core.errors import (
     ConfigError,
@@ -1159,6 +1159,28 @@ class Engine:
         for fn, saved in pending.values():
             fn(saved)
 
+    def _kill_switches(self, alerter: Any) -> list[dict[str, Any]]:
+        """The kill switches firing once this bar's alert rules have run (they run after the
+        checkpoint): the risk plugins halted now, as the rules will read them, with the
+        alerter's own record where it has one. The alerter's list alone was a bar late: a
+        stop on the breach's bar alerted the halt again after the restart, and one after a
+        reset-halt sent its resolution twice."""
+        firing = {a["key"]: a for a in alerter.firing() if a["kind"] == KILL_SWITCH}
+        out = []
+        for plugin in self.pipeline.risks:
+            if getattr(plugin, "halted", None) is True:
+                out.append(
+                    firing.get(plugin.name)
+                    or {
+                        "kind": KILL_SWITCH,
+                        "key": plugin.name,
+                        "severity": CRITICAL,
+                        "title": f"{plugin.name}: trading halted",
+                        "since": datetime.now(UTC).isoformat(),
+                    }
+                )
+        return out
+
     def _checkpoint(self, t: datetime) -> None:
         """Everything a restarted process needs to continue after bar `t` (see _resume)."""
         state: dict[str, Any] = {
@@ -1175,7 +1197,7 @@ class Engine:
         }
         alerter = getattr(self, "alerter", None)
         if alerter is not None:
-            state["alerts"] = [a for a in alerter.firing() if a["kind"] == KILL_SWITCH]
+            state["alerts"] = self._kill_switches(alerter)
         broker_state = getattr(self.broker, "state", None)
         if broker_state is not None:
             state["broker"] = broker_state()

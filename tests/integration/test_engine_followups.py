@@ -1972,8 +1972,13 @@ async def test_a_risk_halt_cancels_the_entries_still_working(
         assert engine.portfolio.quantity.tolist() == [450.0, 20.0]
 
 
+@pytest.mark.parametrize(
+    "stop_after,stopped_at",
+    [(22, "2020-01-30"), (14, "2020-01-20")],  # the breach's bar is 2020-01-20
+    ids=["later", "on-the-breach"],
+)
 async def test_a_restart_keeps_the_risk_record_and_does_not_alert_the_halt_again(
-    engine_config, always_long
+    engine_config, always_long, stop_after, stopped_at
 ):
     """A live restart built a new risk record: `verdicts` (restored) was 29 while the
     counts by rule (from 0) summed to 18, the drawdown flatten in force since 2020-01-20 was
@@ -2025,13 +2030,11 @@ async def test_a_restart_keeps_the_risk_record_and_does_not_alert_the_halt_again
     whole_config = dataclasses.replace(config, run=dataclasses.replace(config.run, run_id="whole"))
     _, whole, _ = await run_engine(whole_config, "live", panel(n))
     with capture_logs() as logs:
-        await run_engine(config, "live", panel(22))
+        await run_engine(config, "live", panel(stop_after))
     assert len(kill_switch_alerts(logs)) == 1
     with capture_logs() as logs:
         engine, again, _ = await run_engine(config, "live", panel(n))
-    assert (
-        engine.resumed_from is not None and engine.resumed_from.date().isoformat() == "2020-01-30"
-    )
+    assert engine.resumed_from is not None and engine.resumed_from.date().isoformat() == stopped_at
     assert kill_switch_alerts(logs) == []  # alerted before the restart
     assert [a["kind"] for a in engine.alerter.firing()] == ["kill_switch"]  # still firing
     assert not [e for e in logs if e["event"] == "risk.restriction_started"]
