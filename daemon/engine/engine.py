@@ -2075,8 +2075,7 @@ class Engine:
         """A risk plugin's raised or flipped targets, refused where no verdict of its own
         covers the symbol (RiskPlugin: every change comes back as a verdict). One that
         raised a target to 3.0 without a word had it sent. A verdict for the whole book
-        (symbol None: a halt, a scale) covers every symbol: drawdown_guard's block holds a
-        position whose target crossed zero at its current weight, under one such verdict."""
+        (symbol None: a halt, a scale) covers every symbol."""
         said = {v.symbol for v in verdicts}
         if None in said:
             return
@@ -2236,8 +2235,10 @@ def _check_array(
 _SHOWN = 5
 
 # A risk plugin's target counts as raised where out * (given - out) is below this (negative
-# where |out| > |given| or the sign flips): a rounding of a scaled target is not a raise.
-_RAISE_MARGIN = scalar(-1e-12)
+# where |out| > |given| or the sign flips; about -given**2 x the relative raise): a rounding
+# of a scaled target, or a float32 round trip (relative 6e-8) of weights up to 4 (400%), is
+# not a raise; a raise of 0.1% of a 5% weight is.
+_RAISE_MARGIN = scalar(-1e-6)
 
 
 def _values_at(mask: np.ndarray, a: np.ndarray, symbols: Sequence[str] | None) -> str:

@@ -477,6 +477,14 @@ def test_a_risk_plugin_may_raise_with_a_verdict_and_cut_without_one():
     # Rounding of a scaled target (a factor computed as 1 + 1 ulp) is not a raise.
     got, _ = _risk(_RiskDoing(lambda t: t * (1.0 + 2.0**-52)), sized)
     np.testing.assert_array_equal(got, sized * (1.0 + 2.0**-52))
+    # Nor is a float32 round trip (a rule computing in float32, torch's default): its
+    # relative error of ~6e-8 was refused as a raise under a margin of 1e-12.
+    levered = np.array([0.1, 0.3, -0.2, 0.05, 3.0, -2.5])
+    got, _ = _risk(_RiskDoing(lambda t: t.astype(np.float32)), levered)
+    np.testing.assert_allclose(got, levered, rtol=1e-7)
+    # A raise of 0.2% of a 5% weight is still one.
+    with pytest.raises(PluginFault, match=r"S3 0.05 -> 0.0501"):
+        _risk(_RiskDoing(lambda t: np.where(t == 0.05, 0.0501, t)), levered)
 
 
 class _Slow:
