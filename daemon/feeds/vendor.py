@@ -810,7 +810,10 @@ class VendorFeed:
             if (sym, when) in self._restated:
                 continue
             self._restated.add((sym, when))
-            log.warning(
+            # A volume completed by late reports is routine (most intraday bars): said, at
+            # info; a price corrected after it was traded is the warning.
+            priced = any(changed[name][i] for name, _ in _RESTATED_TOLERANCES[:4])
+            (log.warning if priced else log.info)(
                 "data.restated",
                 source=self.source.name,
                 symbol=sym,
