@@ -359,6 +359,8 @@ async def test_a_live_run_stores_each_order_state_once(
         config,
         live=LiveConfig(bars_per_second=400.0),
         storage=StorageConfig(url=url, spool_dir=str(tmp_path / "spool")),
+        # Its own audit folder: a live run refuses a replay's log of its run id.
+        log=dataclasses.replace(config.log, audit_dir=str(tmp_path / "live-audit")),
     )
     try:
         _, _, bt_rows = await run(config, "backtest", synthetic_panel)
