@@ -783,6 +783,12 @@ class Engine:
                 started.append(part)
             structlog.contextvars.bind_contextvars(run_id=self.run.run_id)
             if self._durable:
+                # The audit log refuses a replay's log of this run id (AuditLog.check_live)
+                # before the store records the run: a refused start left an empty run record
+                # in another store, which the next start resumed.
+                check_live = getattr(self.audit, "check_live", None)
+                if check_live is not None:
+                    check_live()
                 resume = await self.store.resume_run(self.run)  # type: ignore[attr-defined]
                 if resume is not None:
                     await self._resume(resume)

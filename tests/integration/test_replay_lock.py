@@ -8,6 +8,7 @@ restart point)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 from datetime import UTC, datetime
@@ -282,8 +283,15 @@ async def test_a_live_run_refuses_a_backtests_audit_log_on_another_store(engine_
         await build_engine(config, "live", panel=live_panel).run_until_done()
     assert "run.run_id" in str(err.value)
     assert log_path.read_text() == before
-    # Started again, the other store resumes the run its refused start recorded: refused
-    # too, the backtest's records not cut as a crashed bar's.
+    # Refused before the other store recorded the run: nothing of it there (a refused start
+    # left an empty run record, which a later start then resumed).
+    import sqlite3
+
+    with contextlib.closing(sqlite3.connect(tmp_path / "other.db")) as con:
+        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        runs = con.execute("SELECT count(*) FROM runs").fetchone()[0] if "runs" in tables else 0
+    assert runs == 0
+    # Started again: refused again, the backtest's records not cut as a crashed bar's.
     with pytest.raises(ConfigError, match=r"test-run\.jsonl holds a replay's records"):
         await build_engine(config, "live", panel=live_panel).run_until_done()
     assert log_path.read_text() == before
