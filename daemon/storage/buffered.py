@@ -1013,27 +1013,27 @@ class BufferedStore(ABC):
 
     def _record_live(self, run_id: str, records: list[Record]) -> None:
         """`record_orders` in a live run: the states that repeat their order's last event go
-        in a chunk without events, after the others (one state per order in a call: the
-        upsert's outcome does not depend on their order)."""
+        in chunks without events, in the order given (runs of records alike in that make
+        one chunk each), so that the `orders` row ends on the last state given."""
         last = self._last_events
         assert last is not None
-        events: list[Record] = []
-        repeats: list[Record] = []
+        chunks: list[tuple[str, list[Record], bool]] = []
         for r in records:
             key = (run_id, r[_CID])
             event = order_event(r)
-            (repeats if last.get(key) == event else events).append(r)
+            new = last.get(key) != event
             last[key] = event
             last.move_to_end(key)
+            if not chunks or chunks[-1][2] != new:
+                chunks.append((run_id, [], new))
+            chunks[-1][1].append(r)
         while len(last) > EVENTS_KEPT:
             last.popitem(last=False)
-        for part, with_events in ((events, True), (repeats, False)):
-            if part:
-                chunk = (run_id, part, with_events)
-                self._orders.append(chunk)
-                self._counts["orders"] += len(part)
-                if self._kept_orders is not None:
-                    self._kept_orders.append(chunk)
+        for chunk in chunks:
+            self._orders.append(chunk)
+            self._counts["orders"] += len(chunk[1])
+            if self._kept_orders is not None:
+                self._kept_orders.append(chunk)
 
     def record_fills(
         self, run_id: str, fills: Sequence[Fill], booked_at: datetime | None = None

@@ -945,3 +945,19 @@ async def test_a_live_runs_event_memory_is_bounded_and_a_replay_keeps_none(
         ("r1|c", "new"),
         ("r1|a", "new"),
     ]
+
+
+async def test_two_states_of_one_order_in_one_call_end_on_the_last(store: SqliteStore) -> None:
+    """A live call holding an order's intent state (no new event) and then a later state (an
+    event) wrote the repeat after the event, so the `orders` row ended on the older state."""
+    await store.begin_run(run_info())
+    o = Order("r1|a", "AAA", Side.BUY, 10.0, T0)
+    store.record_orders("r1", [o], intent=True)
+    filled = o.snapshot()
+    filled.status, filled.filled_quantity, filled.updated_at = OrderStatus.FILLED, 10.0, T0 + DAY
+    store.record_orders("r1", [o, filled], acked=True)
+    await store.flush()
+    (row,) = await store.fetch("orders", "r1")
+    assert (row["status"], row["filled_quantity"]) == ("filled", 10.0)
+    events = [(e["status"], e["filled_quantity"]) for e in await store.fetch("order_events", "r1")]
+    assert events == [("new", 0.0), ("filled", 10.0)]
