@@ -1,0 +1,145 @@
+"""How a store keeps a live run's order states: each state once in `order_events` (an
+acknowledgement repeating its stored intent is no second event), the latest in `orders`.
+The rule is BufferedStore's; each test runs on both stores, which write the chunks."""
+
+from __future__ import annotations
+
+import math
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tradingd.core.types import Order, OrderStatus, RunInfo, Side
+from tradingd.storage.buffered import BufferedStore
+from tradingd.storage.postgres import PostgresStore
+from tradingd.storage.sqlite import SqliteStore
+
+T0 = datetime(2020, 1, 2, 21, 0, tzinfo=UTC)
+DAY = timedelta(days=1)
+
+
+def run_info() -> RunInfo:
+    return RunInfo("r1", "backtest", T0, '{"k": 1}', ("AAA", "BBB", "CCC"), 100_000.0)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+async def store(request, tmp_path):
+    if request.param == "sqlite":
+        s: BufferedStore = SqliteStore(tmp_path / "tradingd.db", batch_size=1000)
+        await s.start()
+        yield s
+        await s.stop()
+        return
+    import asyncpg
+
+    url = request.getfixturevalue("pg_url")
+    schema = f"tradingd_test_{uuid.uuid4().hex[:12]}"
+    s = PostgresStore(url, batch_size=1000, schema=schema)
+    await s.start()
+    try:
+        yield s
+    finally:
+        await s.stop()
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        finally:
+            await conn.close()
+
+
+async def test_an_acknowledgement_repeating_its_stored_intent_is_not_a_second_event(
+    store: BufferedStore,
+) -> None:
+    """A live run stores an order's intent before sending it, then the broker's answer: an
+    answer in the intent's state updates the order without a second event; one in another
+    state (rejected, filled at once) is an event of its own."""
+    await store.begin_run(run_info())
+    same = Order("r1|same", "AAA", Side.BUY, 10.0, T0)
+    rejected = Order("r1|rej", "BBB", Side.BUY, 5.0, T0)
+    filled = Order("r1|fill", "CCC", Side.SELL, 4.0, T0, reason="rebalance")
+    plan = [same, rejected, filled]
+    store.record_orders("r1", plan, intent=True)
+    assert store.pending()["order_events"] == 3
+    await store.flush()  # durable before it is sent
+    rejected.status, rejected.reason = OrderStatus.REJECTED, "insufficient buying power"
+    filled.status, filled.filled_quantity, filled.avg_fill_price = OrderStatus.FILLED, 4.0, 9.5
+    store.record_orders("r1", plan, acked=True)
+    assert store.pending() == {**store.pending(), "orders": 3, "order_events": 2}
+    # A later state of the acknowledged order is an event again, as before.
+    same.status, same.filled_quantity, same.avg_fill_price, same.updated_at = (
+        OrderStatus.FILLED,
+        10.0,
+        101.0,
+        T0 + DAY,
+    )
+    store.record_orders("r1", [same])
+    await store.flush()
+
+    events = [
+        (e["client_order_id"], e["status"], e["filled_quantity"], e["reason"], e["time"])
+        for e in await store.fetch("order_events", "r1")
+    ]
+    assert events == [
+        ("r1|same", "new", 0.0, "", T0),
+        ("r1|rej", "new", 0.0, "", T0),
+        ("r1|fill", "new", 0.0, "rebalance", T0),
+        ("r1|rej", "rejected", 0.0, "insufficient buying power", T0),
+        ("r1|fill", "filled", 4.0, "rebalance", T0),
+        ("r1|same", "filled", 10.0, "", T0 + DAY),
+    ]
+    orders = await store.fetch("orders", "r1")  # by created_at, then id
+    assert [
+        (o["client_order_id"], o["status"], o["filled_quantity"], o["avg_fill_price"])
+        for o in orders
+    ] == [
+        ("r1|fill", "filled", 4.0, 9.5),
+        ("r1|rej", "rejected", 0.0, pytest.approx(math.nan, nan_ok=True)),
+        ("r1|same", "filled", 10.0, 101.0),
+    ]
+
+
+async def test_a_live_runs_event_memory_is_bounded_and_a_replay_keeps_none(
+    store: BufferedStore, monkeypatch
+) -> None:
+    """Before its first intent (a replay never stores one) every state is an event, as
+    before; from it on, a state equal to its order's last event adds none, and the memory
+    keeps EVENTS_KEPT orders, oldest out first (an order that old repeating a state is one
+    row more)."""
+    from tradingd.storage import buffered
+
+    monkeypatch.setattr(buffered, "EVENTS_KEPT", 2)
+    await store.begin_run(run_info())
+    replayed = Order("r1|replay", "CCC", Side.BUY, 3.0, T0)
+    store.record_orders("r1", [replayed], acked=True)
+    store.record_orders("r1", [replayed], acked=True)
+    a, b, c = (Order(f"r1|{x}", "AAA", Side.BUY, 1.0, T0 + DAY) for x in "abc")
+    store.record_orders("r1", [a], intent=True)
+    store.record_orders("r1", [b, c], intent=True)  # a is the third: forgotten
+    store.record_orders("r1", [a, b, c], acked=True)
+    await store.flush()
+    events = [(e["client_order_id"], e["status"]) for e in await store.fetch("order_events", "r1")]
+    assert events == [
+        ("r1|replay", "new"),
+        ("r1|replay", "new"),
+        ("r1|a", "new"),
+        ("r1|b", "new"),
+        ("r1|c", "new"),
+        ("r1|a", "new"),
+    ]
+
+
+async def test_two_states_of_one_order_in_one_call_end_on_the_last(store: BufferedStore) -> None:
+    """A live call holding an order's intent state (no new event) and then a later state (an
+    event) wrote the repeat after the event, so the `orders` row ended on the older state."""
+    await store.begin_run(run_info())
+    o = Order("r1|a", "AAA", Side.BUY, 10.0, T0)
+    store.record_orders("r1", [o], intent=True)
+    filled = o.snapshot()
+    filled.status, filled.filled_quantity, filled.updated_at = OrderStatus.FILLED, 10.0, T0 + DAY
+    store.record_orders("r1", [o, filled], acked=True)
+    await store.flush()
+    (row,) = await store.fetch("orders", "r1")
+    assert (row["status"], row["filled_quantity"]) == ("filled", 10.0)
+    events = [(e["status"], e["filled_quantity"]) for e in await store.fetch("order_events", "r1")]
+    assert events == [("new", 0.0), ("filled", 10.0)]
