@@ -86,6 +86,22 @@ def _crash_panel(n_bars=160, crash_at=40, crash=0.45) -> Panel:
     )
 
 
+def _closes_panel(close: np.ndarray, volume: np.ndarray | None = None) -> Panel:
+    """Two symbols S0, S1 of business days from 2020-01-01, each bar's prices its close."""
+    times = pd.bdate_range("2020-01-01", periods=len(close)).to_numpy(dtype="datetime64[ns]")
+    return Panel(
+        times=times,
+        symbols=("S0", "S1"),
+        open=close.copy(),
+        high=close.copy(),
+        low=close.copy(),
+        close=close.copy(),
+        volume=np.full(close.shape, 1e7) if volume is None else volume,
+        split=np.ones_like(close),
+        dividend=np.zeros_like(close),
+    )
+
+
 def _config(engine_config, *, guard_params=None, **run):
     risk = (
         PluginSpec("max_position", params={"max_position_pct": 0.34}),
@@ -1912,18 +1928,7 @@ async def test_a_risk_halt_cancels_the_entries_still_working(
     close[6:, 0] = 40.0
     volume = np.full((n, 2), 1e7)
     volume[:, 1] = 100.0
-    times = pd.bdate_range("2020-01-01", periods=n).to_numpy(dtype="datetime64[ns]")
-    panel = Panel(
-        times=times,
-        symbols=("S0", "S1"),
-        open=close.copy(),
-        high=close.copy(),
-        low=close.copy(),
-        close=close,
-        volume=volume,
-        split=np.ones_like(close),
-        dividend=np.zeros_like(close),
-    )
+    panel = _closes_panel(close, volume)
     guard = {
         "max_drawdown_pct": 0.2,
         "daily_loss_limit_pct": 0.05,
@@ -1994,21 +1999,9 @@ async def test_a_restart_keeps_the_risk_record_and_does_not_alert_the_halt_again
     close[10:15, 0] = 100 * np.linspace(1, 0.4, 5)
     close[15:25, 0] = 40.0
     close[25:, 0] = 60.0
-    times = pd.bdate_range("2020-01-01", periods=n).to_numpy(dtype="datetime64[ns]")
 
     def panel(bars: int) -> Panel:
-        c = close[:bars]
-        return Panel(
-            times=times[:bars],
-            symbols=("S0", "S1"),
-            open=c.copy(),
-            high=c.copy(),
-            low=c.copy(),
-            close=c.copy(),
-            volume=np.full(c.shape, 1e7),
-            split=np.ones_like(c),
-            dividend=np.zeros_like(c),
-        )
+        return _closes_panel(close[:bars])
 
     guard = {
         "max_drawdown_pct": 0.2,
