@@ -224,26 +224,39 @@ def _suspect_actions(frame: pd.DataFrame, ctx: _Ctx) -> None:
     odd_split = (split != 1.0) & np.isfinite(ratio)
     odd_split &= (ratio > SUSPECT_SPLIT_RATIO) | (ratio < 1.0 / SUSPECT_SPLIT_RATIO)
     big_div = (dividend > 0) & np.isfinite(frac) & (frac >= SUSPECT_DIVIDEND_FRACTION)
+    _say_suspect(frame, ctx, "split_without_price_move", odd_split, prev, split)
+    _say_suspect(frame, ctx, "large_dividend", big_div, prev, dividend)
+
+
+def _say_suspect(
+    frame: pd.DataFrame,
+    ctx: _Ctx,
+    kind: str,
+    mask: np.ndarray,
+    prev: np.ndarray,
+    value: np.ndarray | None = None,
+) -> None:
+    """The rows of `mask` counted as suspect `kind`, the first few as examples: symbol, day,
+    the suspect `value` (if any), the previous close and the open."""
+    rows = np.flatnonzero(mask)
+    if not rows.size:
+        return
     times = frame["time"].to_numpy()
     symbols = frame["symbol"].to_numpy()
-    for kind, mask, value in (
-        ("split_without_price_move", odd_split, split),
-        ("large_dividend", big_div, dividend),
-    ):
-        rows = np.flatnonzero(mask)
-        if rows.size:
-            examples = [
-                {
-                    "source": ctx.source,
-                    "symbol": str(symbols[i]),
-                    "time": _fmt_time(times[i]),
-                    "value": float(value[i]),
-                    "previous_close": float(prev[i]),
-                    "open": float(frame["open"].iat[int(i)]),
-                }
-                for i in rows[:_LOG_SAMPLE]
-            ]
-            ctx.summary.suspect(kind, examples, int(rows.size))
+    opens = frame["open"].to_numpy()
+    examples = []
+    for i in rows[:_LOG_SAMPLE]:
+        example: dict[str, Any] = {
+            "source": ctx.source,
+            "symbol": str(symbols[i]),
+            "time": _fmt_time(times[i]),
+        }
+        if value is not None:
+            example["value"] = float(value[i])
+        example["previous_close"] = float(prev[i])
+        example["open"] = float(opens[i])
+        examples.append(example)
+    ctx.summary.suspect(kind, examples, int(rows.size))
 
 
 def _suspect_jumps(frame: pd.DataFrame, ctx: _Ctx) -> None:
@@ -260,21 +273,7 @@ def _suspect_jumps(frame: pd.DataFrame, ctx: _Ctx) -> None:
     for ratio in SPLIT_LIKE_RATIOS:
         for target in (1.0 / ratio, ratio):
             like |= np.abs(move / target - 1.0) <= SPLIT_LIKE_TOLERANCE
-    rows = np.flatnonzero(like)
-    if rows.size:
-        times = frame["time"].to_numpy()
-        symbols = frame["symbol"].to_numpy()
-        examples = [
-            {
-                "source": ctx.source,
-                "symbol": str(symbols[i]),
-                "time": _fmt_time(times[i]),
-                "previous_close": float(prev[i]),
-                "open": float(opens[i]),
-            }
-            for i in rows[:_LOG_SAMPLE]
-        ]
-        ctx.summary.suspect("split_like_jump", examples, int(rows.size))
+    _say_suspect(frame, ctx, "split_like_jump", like, prev)
 
 
 def _normalise_name(col: object) -> str:
