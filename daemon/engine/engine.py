@@ -2088,14 +2088,8 @@ class Engine:
         raised = out * (given - out) < _RAISE_MARGIN
         if said:
             raised[[i for i, s in enumerate(self.symbols) if s in said]] = False
-        where = np.flatnonzero(raised)
-        if not where.size:
+        if not count_nonzero(raised):
             return
-        shown = ", ".join(
-            f"{self.symbols[i]} {float(given[i])!r} -> {float(out[i])!r}"
-            for i in where[:_SHOWN].tolist()
-        )
-        more = ", ..." if where.size > _SHOWN else ""
         raise PluginFault(
             _name(plugin),
             "check",
@@ -2103,7 +2097,7 @@ class Engine:
             ValueError(
                 "raised or flipped target weights without a verdict for the symbol (a risk "
                 "plugin may cut targets freely; a raise or a sign flip must come with a "
-                f"RiskVerdict saying why): {shown}{more} ({where.size} of {out.size} symbols)"
+                "RiskVerdict saying why): " + _values_at(raised, out, self.symbols, given)
             ),
         )
 
@@ -2247,13 +2241,20 @@ _SHOWN = 5
 _RAISE_MARGIN = scalar(-1e-6)
 
 
-def _values_at(mask: np.ndarray, a: np.ndarray, symbols: Sequence[str] | None) -> str:
-    """The first `_SHOWN` symbols where `mask` holds, with their values, and how many there
-    are: the fault's text, so the entry is found among hundreds of symbols (index numbers
-    where the symbols are not known). Built on the error path only."""
+def _values_at(
+    mask: np.ndarray,
+    a: np.ndarray,
+    symbols: Sequence[str] | None,
+    before: np.ndarray | None = None,
+) -> str:
+    """The first `_SHOWN` symbols where `mask` holds, with their values (`before -> a` when
+    given), and how many there are: the fault's text, so the entry is found among hundreds
+    of symbols (index numbers where the symbols are not known). Built on the error path
+    only."""
     where = np.flatnonzero(mask)
     shown = ", ".join(
-        f"{symbols[i] if symbols is not None else i}={float(a[i])!r}"
+        f"{symbols[i] if symbols is not None else i}"
+        + (f"={float(a[i])!r}" if before is None else f" {float(before[i])!r} -> {float(a[i])!r}")
         for i in where[:_SHOWN].tolist()
     )
     more = ", ..." if where.size > _SHOWN else ""
