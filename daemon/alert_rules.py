@@ -39,6 +39,7 @@ from .alerts import (
     SOURCE_DOWN,
     STALE_DATA,
     WARNING,
+    kill_switch_title,
 )
 
 log = structlog.get_logger(__name__)
@@ -95,7 +96,7 @@ class AlertRules:
                     KILL_SWITCH,
                     plugin.name,
                     halted,
-                    title=f"{plugin.name}: trading halted",
+                    title=kill_switch_title(plugin.name),
                     text="New entries are blocked until a deliberate reset "
                     "(tradingd reset-halt or POST /reset-halt).",
                     severity=CRITICAL,

@@ -94,6 +94,14 @@ log = structlog.get_logger(__name__)
 # ----------------------------------------------------------------------------- vocabulary
 
 KILL_SWITCH = "kill_switch"
+
+
+def kill_switch_title(plugin: str) -> str:
+    """The kill switch condition's title: the alert rules raise it, and a checkpoint names a
+    halt the rules have not seen yet (`Engine._kill_switches`) the same way."""
+    return f"{plugin}: trading halted"
+
+
 RISK_LIMIT = "risk_limit"
 STALE_DATA = "stale_data"
 SOURCE_DOWN = "source_down"

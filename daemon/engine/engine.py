@@ -27,7 +27,7 @@ import numpy as np
 import structlog
 
 from .. import faults, metrics
-from ..alerts import CRITICAL, KILL_SWITCH
+from ..alerts import CRITICAL, KILL_SWITCH, kill_switch_title
 from ..core.arrays import count_nonzero, scalar, where
 from ..core.errors import (
     ConfigError,
@@ -1181,7 +1181,7 @@ class Engine:
                         "kind": KILL_SWITCH,
                         "key": plugin.name,
                         "severity": CRITICAL,
-                        "title": f"{plugin.name}: trading halted",
+                        "title": kill_switch_title(plugin.name),
                         "since": datetime.now(UTC).isoformat(),
                     }
                 )
