@@ -98,12 +98,12 @@ class Store(Service, Protocol):
         ...
 
     def record_orders(
-        self, run_id: str, orders: Sequence[Order], *, intent: bool = False, acked: bool = False
+        self, run_id: str, orders: Sequence[Order], *, intent: bool = False
     ) -> Sequence[tuple[Any, ...]] | None:
         """The records kept, if the store keeps them as `storage.rows.ORDER_VALUES` tuples
         (the engine passes them on to `AuditSink.orders`), else None. `intent`: a live run's
-        orders stored before they are sent; `acked`: the broker's answer to them, which adds
-        no event where it repeats the intent's state."""
+        orders stored before they are sent; from then on a state that repeats its order's
+        last stored one (the broker's answer to an intent, say) adds no event."""
         ...
 
     def record_fills(

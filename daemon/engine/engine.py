@@ -988,7 +988,7 @@ class Engine:
 
     def _book_acked(self, acked: list[Order], t: datetime) -> None:
         self._orders += len(acked)
-        self.audit.orders(acked, self.store.record_orders(self.run.run_id, acked, acked=True))
+        self.audit.orders(acked, self.store.record_orders(self.run.run_id, acked))
         if self.publisher is not None:
             self._publish_items("orders", acked, t)
         self.rejections.on_orders(acked, "submit")

@@ -981,21 +981,21 @@ class BufferedStore(ABC):
         return np.array(sorted(rows), dtype=np.intp)
 
     def record_orders(
-        self, run_id: str, orders: Sequence[Order], *, intent: bool = False, acked: bool = False
+        self, run_id: str, orders: Sequence[Order], *, intent: bool = False
     ) -> list[Record] | None:
         """Upsert each order's current state and append it to the order's event history.
         Returns the records kept (one tuple per order, `rows.ORDER_VALUES`), which the
         engine hands to the audit log: see `AuditSink.orders`.
 
         `intent`: orders a live run stores before it sends them (so that a restarted process
-        carries them out); `acked`: the broker's answer to orders just sent. From a run's first
-        intent on (a live run; a replay stores none, and its rows are as they were), a state
-        equal to the last event stored for its order (same status, filled quantity, reason and
-        time) updates the `orders` row without another `order_events` row: the intent and
-        its acknowledgement, or a fill seen in the submit's answer and again in the order's
-        update, were two equal rows (about 30% of a long live run's events). order_events
-        then holds each state once, as a replay has it. The memory is bounded (EVENTS_KEPT
-        orders, oldest out first: an order that old repeating a state is one row more)."""
+        carries them out). From a run's first intent on (a live run; a replay stores none,
+        and its rows are as they were), a state equal to the last event stored for its order
+        (same status, filled quantity, reason and time) updates the `orders` row without
+        another `order_events` row: the intent and its acknowledgement, or a fill seen in the
+        submit's answer and again in the order's update, were two equal rows (about 30% of a
+        long live run's events). order_events then holds each state once, as a replay has
+        it. The memory is bounded (EVENTS_KEPT orders, oldest out first: an order that old
+        repeating a state is one row more)."""
         if not orders:
             return None
         records = ORDER_RECORDS(orders)
@@ -1003,13 +1003,16 @@ class BufferedStore(ABC):
             self._last_events = OrderedDict()
         if self._last_events is not None:
             self._record_live(run_id, records)
-            return records
-        chunk = (run_id, records, True)
+        else:
+            self._add_orders((run_id, records, True))
+        return records
+
+    def _add_orders(self, chunk: tuple[str, list[Record], bool]) -> None:
+        """An order chunk `(run_id, records, with events)` buffered (and kept, if kept)."""
         self._orders.append(chunk)
-        self._counts["orders"] += len(orders)
+        self._counts["orders"] += len(chunk[1])
         if self._kept_orders is not None:
             self._kept_orders.append(chunk)
-        return records
 
     def _record_live(self, run_id: str, records: list[Record]) -> None:
         """`record_orders` in a live run: the states that repeat their order's last event go
@@ -1030,10 +1033,7 @@ class BufferedStore(ABC):
         while len(last) > EVENTS_KEPT:
             last.popitem(last=False)
         for chunk in chunks:
-            self._orders.append(chunk)
-            self._counts["orders"] += len(chunk[1])
-            if self._kept_orders is not None:
-                self._kept_orders.append(chunk)
+            self._add_orders(chunk)
 
     def record_fills(
         self, run_id: str, fills: Sequence[Fill], booked_at: datetime | None = None
@@ -1316,8 +1316,7 @@ class BufferedStore(ABC):
         if table == "orders":
             # The upsert keeps an order's latest state where its first state was inserted;
             # so does a dict (of one run's states: its client order ids are unique).
-            cid = ORDER_FIELDS.index("client_order_id")
-            latest = {r[cid]: r for c in chunks for r in c[1]}
+            latest = {r[_CID]: r for c in chunks for r in c[1]}
             del chunks
             columns = order_columns([(run_id, list(latest.values()))], as_read)
             del latest

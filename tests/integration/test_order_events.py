@@ -64,7 +64,7 @@ async def test_an_acknowledgement_repeating_its_stored_intent_is_not_a_second_ev
     await store.flush()  # durable before it is sent
     rejected.status, rejected.reason = OrderStatus.REJECTED, "insufficient buying power"
     filled.status, filled.filled_quantity, filled.avg_fill_price = OrderStatus.FILLED, 4.0, 9.5
-    store.record_orders("r1", plan, acked=True)
+    store.record_orders("r1", plan)
     assert store.pending() == {**store.pending(), "orders": 3, "order_events": 2}
     # A later state of the acknowledged order is an event again, as before.
     same.status, same.filled_quantity, same.avg_fill_price, same.updated_at = (
@@ -111,12 +111,12 @@ async def test_a_live_runs_event_memory_is_bounded_and_a_replay_keeps_none(
     monkeypatch.setattr(buffered, "EVENTS_KEPT", 2)
     await store.begin_run(run_info())
     replayed = Order("r1|replay", "CCC", Side.BUY, 3.0, T0)
-    store.record_orders("r1", [replayed], acked=True)
-    store.record_orders("r1", [replayed], acked=True)
+    store.record_orders("r1", [replayed])
+    store.record_orders("r1", [replayed])
     a, b, c = (Order(f"r1|{x}", "AAA", Side.BUY, 1.0, T0 + DAY) for x in "abc")
     store.record_orders("r1", [a], intent=True)
     store.record_orders("r1", [b, c], intent=True)  # a is the third: forgotten
-    store.record_orders("r1", [a, b, c], acked=True)
+    store.record_orders("r1", [a, b, c])
     await store.flush()
     events = [(e["client_order_id"], e["status"]) for e in await store.fetch("order_events", "r1")]
     assert events == [
@@ -137,7 +137,7 @@ async def test_two_states_of_one_order_in_one_call_end_on_the_last(store: Buffer
     store.record_orders("r1", [o], intent=True)
     filled = o.snapshot()
     filled.status, filled.filled_quantity, filled.updated_at = OrderStatus.FILLED, 10.0, T0 + DAY
-    store.record_orders("r1", [o, filled], acked=True)
+    store.record_orders("r1", [o, filled])
     await store.flush()
     (row,) = await store.fetch("orders", "r1")
     assert (row["status"], row["filled_quantity"]) == ("filled", 10.0)
