@@ -503,7 +503,7 @@ class KellyGarch:
         q = np.asarray(pf.quantity, dtype=np.float64)
         rp = np.asarray(pf.realized_pnl, dtype=np.float64)
         cost = np.asarray(pf.avg_price, dtype=np.float64) * np.abs(q)
-        bought = None if pf.opened_cost is None else np.array(pf.opened_cost, dtype=np.float64)
+        bought = None if pf.opened_cost is None else np.asarray(pf.opened_cost, dtype=np.float64)
         b = self._book
         if b is None:
             # First sight: positions already open are tracked from here (their P&L so far
