@@ -13,11 +13,15 @@ anything.
 
 Who is checked:
 
-* An *entry* is a symbol with no position now (quantity 0) and a nonzero target.
-* The *existing positions* are the held symbols that stay held: a nonzero target, or a target
-  of 0 that cannot be executed at this bar (no bar, `ctx.tradable` false). A held position
-  whose exit goes through at this bar does not block an entry that replaces it. The sign
-  of an existing position is that of its target (of its quantity when the target is 0).
+* An *entry* is a new position: a symbol with no position now (quantity 0) and a nonzero
+  target, or the new side of a *flip* (a held position whose target has the other sign) that
+  can trade at this bar. A refused flip's target becomes 0: the exit goes through, the new
+  side does not.
+* The *existing positions* are the held symbols that stay held: a nonzero target on the same
+  side, or a target that cannot be executed at this bar (no bar, `ctx.tradable` false). A
+  held position whose exit goes through at this bar does not block an entry that replaces
+  it. The sign of an existing position is that of its target (of its quantity when the
+  target is 0 or cannot be executed).
 
 Rules, in this order:
 
@@ -30,13 +34,14 @@ Rules, in this order:
    equal sizes, so the result is deterministic); each is accepted unless it correlates above
    the limit (or unknown, as in 2) with an entry already accepted at this bar.
 
-Existing positions are never reduced by this rule, and an existing position with fewer than
+Existing positions are never reduced by this rule (a flip's old side is closed only because
+its new side is refused), and an existing position with fewer than
 `min_overlap` returns in the window (a halted or delisted holding whose exit cannot trade)
 cannot be measured against: it is left out of the check, and the plugin logs a warning when a
 held symbol starts being left out (and an info line when it is measurable again), so such a
 holding cannot block every entry for as long as it is held. A refused entry's target becomes
-0 with a `RiskVerdict` (action ``"reject"``) naming the position it collided with, the
-correlation, the limit and the number of common returns.
+0 with a `RiskVerdict` (action ``"reject"``, ``"clip"`` for a flip) naming the position it
+collided with, the correlation, the limit and the number of common returns.
 """
 
 from __future__ import annotations
@@ -58,6 +63,9 @@ log = structlog.get_logger(__name__)
 
 # Symbols named per log line about unmeasurable holdings (the rest are counted).
 LOG_SYMBOLS = 20
+
+
+_FLIP = ": flip cut to zero (the exit goes through)"
 
 
 @dataclass(frozen=True)
@@ -173,8 +181,13 @@ class CorrelationLimit:
         t = nan_to_zero(targets)
         quantity = nan_to_zero(ctx.portfolio.quantity)
         held = quantity != 0
-        entries = np.flatnonzero(~held & (t != 0))
-        staying = held & ((t != 0) | ~np.asarray(ctx.tradable, dtype=bool))
+        tradable = np.asarray(ctx.tradable, dtype=bool)
+        # A flip's new side is a new position (when it can trade at this bar; if it cannot,
+        # the held side stays and is an existing position).
+        flip = held & (t * quantity < 0)
+        new_side = (t != 0) & (~held | (flip & tradable))
+        entries = np.flatnonzero(new_side)
+        staying = held & ~new_side & ((t != 0) | ~tradable)
         if not entries.size:
             return RiskDecision(targets)
         existing = np.flatnonzero(staying)
@@ -187,7 +200,7 @@ class CorrelationLimit:
         thin = n_valid[existing] < c.min_overlap
         existing, unmeasured = existing[~thin], existing[thin]
         self._note_unmeasured(set(unmeasured.tolist()), set(existing.tolist()), n_valid)
-        sign = np.where(t != 0, np.sign(t), np.sign(quantity))
+        sign = np.where((t != 0) & (tradable | ~held), np.sign(t), np.sign(quantity))
 
         reasons: dict[int, str] = {}
         short = n_valid[entries] < c.min_overlap
@@ -233,8 +246,11 @@ class CorrelationLimit:
         out = t.copy()
         rejected = sorted(reasons)
         out[rejected] = 0.0
+        flipped = set(np.flatnonzero(flip).tolist())
         verdicts = tuple(
-            RiskVerdict(self.name, self.symbols[i], "reject", reasons[i], float(t[i]), 0.0)
+            RiskVerdict(self.name, self.symbols[i], "clip", reasons[i] + _FLIP, float(t[i]), 0.0)
+            if i in flipped
+            else RiskVerdict(self.name, self.symbols[i], "reject", reasons[i], float(t[i]), 0.0)
             for i in rejected
         )
         return RiskDecision(out, verdicts)

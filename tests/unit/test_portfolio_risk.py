@@ -622,6 +622,41 @@ def test_correlation_exits_and_untradable_holdings():
     assert p.check(tt, ctx).targets is tt
 
 
+def test_correlation_a_flip_is_a_new_position():
+    # A = x held long, B = x held short, C = -x (moves against x) held long. Flipping A to
+    # short makes a short of x beside the short B: correlation +1 as positions, refused (the
+    # long is closed); flipping C to short (a short of -x, corr -1 with short B... and +1
+    # with long A) is refused against A. A flip that cannot trade at this bar is not an entry.
+    syms = ("A", "B", "C")
+    closes = corr_closes(X, X, -X)
+    p = corr_plugin(syms)
+    ctx = make_context(syms, closes, weights=[0.05, -0.05, 0])
+    d = p.check(np.array([-0.05, -0.05, 0.0]), ctx)
+    np.testing.assert_array_equal(d.targets, [0.0, -0.05, 0.0])
+    (v,) = d.verdicts
+    assert v.symbol == "A" and v.action == "clip" and v.requested == -0.05 and v.allowed == 0.0
+    assert v.reason == (
+        "correlation 1.000 with held position B above limit 0.700 over 60 daily returns: "
+        "flip cut to zero (the exit goes through)"
+    )
+    # the same flip is accepted when nothing else correlates with its new side
+    ctx = make_context(syms, closes, weights=[0.05, 0, 0])
+    assert p.check(np.array([-0.05, 0.0, 0.0]), ctx).verdicts == ()
+    # long A stays, C flips from short to long: long -x against long x is a hedge (-1), kept;
+    # with |corr| it is refused
+    ctx = make_context(syms, closes, weights=[0.05, 0, -0.05])
+    t = np.array([0.05, 0.0, 0.05])
+    assert p.check(t, ctx).verdicts == ()
+    (v,) = corr_plugin(syms, absolute=True).check(t, ctx).verdicts
+    assert v.symbol == "C" and v.action == "clip"
+    # A cannot trade at this bar: its flip is not an entry, and the held long A still blocks
+    # a long entry in B
+    ctx = make_context(syms, closes, weights=[0.05, 0, 0], tradable=[False, True, True])
+    d = p.check(np.array([-0.05, 0.05, 0.0]), ctx)
+    np.testing.assert_array_equal(d.targets, [-0.05, 0.0, 0.0])
+    assert [v.symbol for v in d.verdicts] == ["B"]
+
+
 def test_correlation_missing_history():
     syms = ("A", "B", "C")
     r = np.column_stack([X, Y, X]) * 0.01
@@ -687,19 +722,26 @@ def test_correlation_property_no_pair_above_the_limit(data, limit, absolute):
     d = p.check(t, ctx)
     out = np.asarray(d.targets)
     assert_never_grows_or_flips(t, out)
-    assert_verdicts_match(p, t, out, d.verdicts, {"reject"})
+    assert_verdicts_match(p, t, out, d.verdicts, {"reject", "clip"})
     held = cur != 0
-    np.testing.assert_array_equal(out[held], t[held])  # existing positions never touched
+    # a flip's new side (when it can trade) is a new position; the rest of a held book is
+    # never touched
+    new = [
+        i for i in range(n) if t[i] != 0 and (not held[i] or (t[i] * cur[i] < 0 and tradable[i]))
+    ]
+    kept = [i for i in range(n) if held[i] and i not in new]
+    np.testing.assert_array_equal(out[kept], t[kept])
     assert np.all((out == t) | (out == 0))
-    entries = [i for i in range(n) if not held[i] and t[i] != 0]
+    assert {v.symbol for v in d.verdicts if v.action == "clip"} <= {syms[i] for i in new if held[i]}
+    entries = new
     staying = [
         i
-        for i in range(n)
-        if held[i]
-        and (t[i] != 0 or not tradable[i])
-        and valid_returns(closes, i, window) >= min_overlap
+        for i in kept
+        if (t[i] != 0 or not tradable[i]) and valid_returns(closes, i, window) >= min_overlap
     ]
-    sign = np.where(t != 0, np.sign(t), np.sign(cur))
+    sign = np.where(
+        (t != 0) & ([i in new or not held[i] for i in range(n)]), np.sign(t), np.sign(cur)
+    )
 
     def eff(i, j):
         """Correlation of the two positions; None when too few common returns."""
