@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import re
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -210,9 +210,13 @@ class RejectionRecord:
     """Orders the broker refused, at submission or later at fill time (a buy that finds too
     little cash at the next open): each is logged at warning level once and counted."""
 
-    def __init__(self) -> None:
+    def __init__(self, explain: Callable[[str], dict[str, Any]] | None = None) -> None:
         self.counts: Counter[str] = Counter()
         self._seen: set[str] = set()
+        # The first rejection of each kind may carry what the engine knows about its cause
+        # (e.g. targets asking for more than the cash buys): 167 rejections for buying power,
+        # none naming the sizing that caused them, left the user to guess.
+        self._explain = explain
 
     def on_orders(self, orders: Iterable[Order], stage: str) -> None:
         for o in orders:
@@ -221,7 +225,10 @@ class RejectionRecord:
             self._seen.add(o.client_order_id)
             if len(self._seen) > 100_000:  # ids only guard against double counting
                 self._seen.clear()
-            self.counts[reason_kind(o.reason)] += 1
+            kind = reason_kind(o.reason)
+            first = kind not in self.counts
+            self.counts[kind] += 1
+            why = self._explain(kind) if first and self._explain is not None else {}
             log.warning(
                 "order.rejected",
                 stage=stage,
@@ -230,6 +237,7 @@ class RejectionRecord:
                 quantity=o.quantity,
                 cid=o.client_order_id,
                 reason=o.reason,
+                **why,
             )
 
     @property

@@ -368,7 +368,7 @@ class Engine:
         self._first_ready: datetime | None = None
         self._last_time: datetime | None = None
         self.risk_record = RiskRecord()
-        self.rejections = RejectionRecord()
+        self.rejections = RejectionRecord(explain=self._explain_rejection)
         self.broker_failures = 0
         self.bars_unavailable = 0
         # Operator controls (POST /pause, /resume, /flatten): active | paused | flattening.
@@ -985,6 +985,29 @@ class Engine:
                     close()
                 except Exception:  # cleanup must reach every plugin, and not hide the outcome
                     log.exception("plugin.close_failed", plugin=getattr(plugin, "name", "?"))
+
+    def _explain_rejection(self, kind: str) -> dict[str, Any]:
+        """What the first buying-power rejection of a run adds to its warning: when the last
+        targets put more than the whole equity into longs, the cause is the strategy, not
+        the market (a sizing without a gross limit in the risk chain), and the operator is
+        told which plugin and what to change."""
+        if kind != "insufficient buying power" or self._last_targets is None:
+            return {}
+        t = self._last_targets
+        longs = float(t[t > 0].sum())
+        if not longs > 1.0 + 1e-9:
+            return {}
+        sizing = self.pipeline.sizing
+        name = getattr(sizing, "name", type(sizing).__name__)
+        return {
+            "targets_long": round(longs, 4),
+            "sizing": name,
+            "hint": (
+                f"the targets after sizing ({name!r}) and the risk chain put {longs:.0%} of "
+                "equity into long positions, more than the cash buys: lower the sizing's "
+                "exposure or add the max_gross_exposure risk rule"
+            ),
+        }
 
     def _book_acked(self, acked: list[Order], t: datetime) -> None:
         self._orders += len(acked)

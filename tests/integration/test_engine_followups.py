@@ -178,11 +178,34 @@ async def test_rejections_at_fill_time_are_logged_and_counted(engine_config, alw
     assert rejected and all(e["log_level"] == "warning" for e in rejected)
     assert {e["stage"] for e in rejected} == {"fill"}
     assert "insufficient buying power" in rejected[0]["reason"]
+    # targets within the equity: the market's gap is the cause, no strategy hint
+    assert "hint" not in rejected[0] and "sizing" not in rejected[0]
     s = out.summary
     assert (
         s["rejections"] == len(rejected) == s["rejections_by_reason"]["insufficient buying power"]
     )
     assert s["rejections"] == sum(1 for o in out.orders if o["status"] == "rejected")
+
+
+async def test_buying_power_rejections_from_a_leveraged_sizing_name_the_sizing(
+    engine_config, always_long, tmp_path
+):
+    """A sizing asking for 180% of equity in longs with no gross limit in the risk chain: the
+    first rejection for buying power says which plugin asked for how much, and what to
+    change; later ones do not repeat it."""
+    config = dataclasses.replace(
+        _config(engine_config),
+        sizing=PluginSpec("equal_weight", params={"max_positions": 3, "gross_exposure": 1.8}),
+        risk=(PluginSpec("max_position", params={"max_position_pct": 0.6}),),
+    )
+    with capture_logs() as logs:
+        await run_backtest(config, panel=_crash_panel(n_bars=30), output_dir=tmp_path / "out")
+    rejected = [e for e in logs if e["event"] == "order.rejected"]
+    assert len(rejected) > 1
+    first = rejected[0]
+    assert first["sizing"] == "equal_weight" and first["targets_long"] == pytest.approx(1.8)
+    assert "180% of equity" in first["hint"] and "max_gross_exposure" in first["hint"]
+    assert all("hint" not in e for e in rejected[1:])
 
 
 async def test_a_start_date_keeps_the_history_before_it_for_the_warmup(engine_config, tmp_path):
