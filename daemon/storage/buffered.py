@@ -797,9 +797,8 @@ class BufferedStore(ABC):
         bar_time = found[-1]["bar_time"] if found else None
         state = found[-1]["state"] if found else None
         after = bar_time if bar_time is not None else datetime(1, 1, 1, tzinfo=UTC)
-        unconfirmed = tuple(
-            o for o in await self.fetch("orders", run.run_id) if o["created_at"] > after
-        )
+        orders = await self.fetch("orders", run.run_id)
+        unconfirmed = tuple(o for o in orders if o["created_at"] > after)
         enc = self._encode_time(after)
         stmts: list[tuple[str, Sequence[Any]]] = [
             (delete_after_sql(TABLES[name], column, d), (run.run_id, enc))
@@ -808,6 +807,7 @@ class BufferedStore(ABC):
         stmts.append((reopen_run_sql(d), (run.run_id,)))
         async with self._flush_lock:
             await self._execute(stmts)
+        self._last_events = _stored_events(run.run_id, orders, after)
         if state is not None:
             # Rows are written on change: continue from the checkpoint's book and from the
             # decisions in force (the last recorded target of each symbol, which a hold does
@@ -1478,3 +1478,24 @@ class BufferedStore(ABC):
             elif name in optional:
                 out[k] = list(map(_optional_float, column))
         return out
+
+
+def _stored_events(
+    run_id: str, orders: Sequence[Mapping[str, Any]], after: datetime
+) -> OrderedDict[tuple[str, str], tuple[Any, ...]]:
+    """A resumed live run's event memory (see `record_orders`): the last stored event of its
+    most recent orders, so that a broker's answer repeating a state stored before the stop
+    (an intent stored, the process killed, the acknowledgement read after the restart) is no
+    second event. Only states at or before the checkpoint: the resume deleted the events
+    after it, and a state whose event is gone must be stored again."""
+    last: OrderedDict[tuple[str, str], tuple[Any, ...]] = OrderedDict()
+    for o in orders[-EVENTS_KEPT:]:  # by created_at
+        when = o["created_at"] if o["updated_at"] is None else o["updated_at"]
+        if when <= after:
+            last[(run_id, o["client_order_id"])] = (
+                o["status"],
+                o["filled_quantity"],
+                o["reason"],
+                when,
+            )
+    return last

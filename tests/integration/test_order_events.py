@@ -143,3 +143,28 @@ async def test_two_states_of_one_order_in_one_call_end_on_the_last(store: Buffer
     assert (row["status"], row["filled_quantity"]) == ("filled", 10.0)
     events = [(e["status"], e["filled_quantity"]) for e in await store.fetch("order_events", "r1")]
     assert events == [("new", 0.0), ("filled", 10.0)]
+
+
+async def test_a_restarted_run_does_not_store_a_state_stored_before_its_stop_again(
+    store: BufferedStore,
+) -> None:
+    """A live process killed after storing an intent (and its bar's checkpoint) starts with an
+    empty memory: the acknowledgement it reads after the restart, in the intent's state, was
+    a second event. An intent stored after the checkpoint has its event deleted by the
+    resume, and is stored again when the restarted run records it."""
+    run = RunInfo("r1", "live", T0, '{"k": 1}', ("AAA", "BBB", "CCC"), 100_000.0)
+    assert await store.resume_run(run) is None
+    a = Order("r1|a", "AAA", Side.BUY, 10.0, T0, reason="rebalance")
+    store.record_orders("r1", [a], intent=True)
+    store.record_checkpoint("r1", T0, {"portfolio": {}})
+    b = Order("r1|b", "BBB", Side.BUY, 5.0, T0 + DAY)
+    store.record_orders("r1", [b], intent=True)
+    await store.flush()
+    # the process dies here; the next one resumes from the checkpoint at T0
+    resumed = await store.resume_run(run)
+    assert resumed is not None and resumed.bar_time == T0
+    assert [o["client_order_id"] for o in resumed.unconfirmed] == ["r1|b"]
+    store.record_orders("r1", [a.snapshot(), b.snapshot()])  # the broker's answers
+    await store.flush()
+    events = [(e["client_order_id"], e["status"]) for e in await store.fetch("order_events", "r1")]
+    assert sorted(events) == [("r1|a", "new"), ("r1|b", "new")]
