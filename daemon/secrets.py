@@ -15,12 +15,21 @@ from typing import Any
 
 MASK = "***"
 
-# Query parameters whose value is a credential (compared case-insensitively).
+# Query parameters whose value is a credential (compared case-insensitively), besides those
+# whose name contains one of SECRET_KEY_PARTS (`sslpassword`, the passphrase of a client key
+# that asyncpg reads from the URL; `access_token`, `client_secret`).
 SECRET_QUERY_PARAMS = frozenset(
-    {"password", "pass", "pwd", "passwd", "token", "secret", "key", "api_key", "apikey"}
+    {"pass", "pwd", "key", "auth", "sig", "signature", "credential", "credentials"}
 )
-# A key (of a dict walked by `redact`) containing one of these holds a credential.
+# A key (of a dict walked by `redact`, or a query parameter) containing one of these holds a
+# credential.
 SECRET_KEY_PARTS = ("password", "passwd", "secret", "token", "api_key", "apikey")
+
+
+def _secret_param(name: str) -> bool:
+    name = name.strip().lower()
+    return name in SECRET_QUERY_PARAMS or any(part in name for part in SECRET_KEY_PARTS)
+
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*):(//)?")
 
@@ -43,7 +52,7 @@ def _mask_query(query: str) -> str:
     parts = []
     for item in query.split("&"):
         name, eq, value = item.partition("=")
-        if eq and value and name.strip().lower() in SECRET_QUERY_PARAMS:
+        if eq and value and _secret_param(name):
             item = f"{name}={MASK}"
         parts.append(item)
     return "&".join(parts)
@@ -208,7 +217,7 @@ def _secrets_of(url: str) -> list[str]:
                 out.append(user)
         for item in query.split("&"):
             name, eq, value = item.partition("=")
-            if eq and value and name.strip().lower() in SECRET_QUERY_PARAMS:
+            if eq and value and _secret_param(name):
                 out.append(value)
     # Longest first, so a secret containing a shorter one is replaced whole.
     return sorted((s for s in out if len(s) >= 3), key=len, reverse=True)
@@ -217,9 +226,13 @@ def _secrets_of(url: str) -> list[str]:
 # URLs inside free text (an exception message quoting a DSN), and `password=...`-style pairs
 # (libpq keyword DSNs, "token: abc" in a vendor's error), masked in every string shown.
 _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"'<>]+")
+# `name=value` or `name: value` where the name ends in a credential word (`sslpassword=`,
+# `client_secret:`), quoted or not: a libpq keyword DSN quotes a password with spaces
+# (`password='a b;c'`), and a dict's repr quotes both (`'password': 'x'`).
 _SECRET_PAIR = re.compile(
-    r"(?i)\b(password|passwd|pwd|secret|token|api[_-]?key|apikey)(\s*[=:]\s*)(?!\*\*\*)"
-    r"([^\s&,;\"'<>]+)"
+    r"(?i)\b(\w*?(?:password|passwd|pwd|secret|token|api[_-]?key|apikey)['\"]?)"
+    r"(\s*[=:]\s*)(?!\*\*\*|'\*\*\*'|\"\*\*\*\")"
+    r"('[^']*'|\"[^\"]*\"|[^\s&,;\"'<>]+)"
 )
 
 

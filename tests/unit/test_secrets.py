@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tradingd.config import load_config
-from tradingd.secrets import mask_url, redact, scrub
+from tradingd.secrets import mask_text, mask_url, redact, scrub
 
 SECRET = "s3cret"
 
@@ -57,6 +57,16 @@ SECRET = "s3cret"
         ("postgresql://u:#s3cret@h:5432/db", "postgresql://u:***@h:5432/db"),
         ("postgresql://u:12/s3cret@h/db?apikey=s3cret@y", "postgresql://u:***@h/db?apikey=***"),
         ("http://localhost:9000/feed?token=s3cret@x", "http://localhost:9000/feed?token=***"),
+        # Parameters whose name holds a credential word: asyncpg reads sslpassword (the
+        # client key's passphrase) from the URL; it was stored and logged in clear.
+        (
+            "postgresql://u@h/db?sslpassword=s3cret&sslmode=verify-full",
+            "postgresql://u@h/db?sslpassword=***&sslmode=verify-full",
+        ),
+        (
+            "https://h/x?access_token=s3cret&client_secret=s3cret&auth=s3cret&sig=s3cret&n=1",
+            "https://h/x?access_token=***&client_secret=***&auth=***&sig=***&n=1",
+        ),
     ],
 )
 def test_mask_url_hides_credentials(url, masked):
@@ -97,6 +107,33 @@ def test_redact_walks_plain_data_and_masks_secret_keys():
     assert out["plain"] == ("a", "redis://:***@h:6379/0")
     assert data["storage"]["url"].endswith(f"{SECRET}@h:5432/db")  # the input is untouched
     assert SECRET not in json.dumps(out) and "12345" not in json.dumps(out)
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        # a libpq keyword DSN quotes a password with spaces: it was printed in full
+        (
+            "storage.url = \"host=db user=t password='s3cret x;pw' dbname=d\" is invalid",
+            'storage.url = "host=db user=t password=*** dbname=d" is invalid',
+        ),
+        ('password="s3cret pw" host=db', "password=*** host=db"),
+        ("{'password': 's3cret', 'user': 'u'}", "{'password': ***, 'user': 'u'}"),
+        ('{"client_secret": "s3cret"}', '{"client_secret": ***}'),
+        ("sslpassword=s3cret sslmode=require", "sslpassword=*** sslmode=require"),
+        ("got token: s3cret;", "got token: ***;"),
+    ],
+)
+def test_mask_text_hides_quoted_and_compound_credential_pairs(text, masked):
+    assert mask_text(text) == masked
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["max_tokens=5", "password=***", "password='***'", "tokens: 3", "pwdx=1 cwd=/tmp"],
+)
+def test_mask_text_leaves_other_pairs_alone(text):
+    assert mask_text(text) == text
 
 
 def test_scrub_removes_the_password_from_a_library_message():
