@@ -1079,19 +1079,19 @@ def _names_key(text: str, key: str) -> int:
 
 def _spec_variables(merged: dict[str, Any], env: Mapping[str, str]) -> None:
     """The specification's deployment variables (DB_HOST, DB_PORT, DB_NAME, DB_USER,
-    DB_PASSWORD; REDIS_HOST, REDIS_PORT), as docker-compose sets them, mapped onto
-    storage.url and cache.url. DATABASE_URL / REDIS_URL, when set, win."""
+    DB_PASSWORD; REDIS_HOST, REDIS_PORT, REDIS_PASSWORD), as docker-compose sets them,
+    mapped onto storage.url and cache.url. DATABASE_URL / REDIS_URL, when set, win."""
     from urllib.parse import quote
 
     for key in ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "REDIS_HOST",
-                "REDIS_PORT"):  # fmt: skip
+                "REDIS_PORT", "REDIS_PASSWORD"):  # fmt: skip
         if env.get(key):
             _no_newline(key, env[key])
     # Without its HOST a family's other variables were ignored: a misspelt DB_HOST left a
     # daemon trading on the local SQLite file, with no checkpoint of its own when found.
     for host, url, parts in (
         ("DB_HOST", "DATABASE_URL", ("DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD")),
-        ("REDIS_HOST", "REDIS_URL", ("REDIS_PORT",)),
+        ("REDIS_HOST", "REDIS_URL", ("REDIS_PORT", "REDIS_PASSWORD")),
     ):
         orphans = [k for k in parts if env.get(k)]
         if orphans and not env.get(host) and not env.get(url):
@@ -1110,8 +1110,11 @@ def _spec_variables(merged: dict[str, Any], env: Mapping[str, str]) -> None:
         )
     if env.get("REDIS_HOST"):
         port = env.get("REDIS_PORT", "6379")
+        # A Redis password without a user (Redis' `requirepass`), as DB_PASSWORD is encoded.
+        secret = env.get("REDIS_PASSWORD", "")
+        auth = f":{quote(secret, safe='')}@" if secret else ""
         merged.setdefault("cache", {})["url"] = (
-            f"redis://{env['REDIS_HOST'].strip()}:{port.strip()}/0"
+            f"redis://{auth}{env['REDIS_HOST'].strip()}:{port.strip()}/0"
         )
 
 

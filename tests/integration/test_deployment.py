@@ -126,6 +126,11 @@ def test_the_spec_variables_become_the_daemons_storage_and_cache_urls():
         [ROOT / "config/default.toml"], env={**env, "DATABASE_URL": "sqlite:///x.db"}
     )
     assert both.storage.url == "sqlite:///x.db"
+    # REDIS_PASSWORD (Redis' requirepass, no user) was ignored: the daemon then failed to
+    # authenticate, blaming REDIS_URL, which the operator never set.
+    secured = load_config([ROOT / "config/default.toml"], env={**env, "REDIS_PASSWORD": "r3d:s/#x"})
+    assert secured.cache.url == "redis://:r3d%3As%2F%23x@redis:6379/0"
+    assert "r3d" not in secured.to_public_json() and "r3d" not in mask_url(secured.cache.url)
 
 
 def test_dockerfile_runtime_stage_is_non_root_without_training_libraries():

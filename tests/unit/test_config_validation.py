@@ -558,6 +558,7 @@ def test_an_unknown_key_from_the_environment_names_the_variable():
     [
         ({"DB_HSOT": "db", "DB_PORT": "5433", "DB_PASSWORD": "pw"}, "DB_PORT, DB_PASSWORD"),
         ({"REDIS_PORT": "6380"}, "REDIS_PORT"),
+        ({"REDIS_PASSWORD": "pw"}, "REDIS_PASSWORD"),
     ],
 )
 def test_database_and_redis_variables_without_their_host_are_refused(env, named):
@@ -567,7 +568,7 @@ def test_database_and_redis_variables_without_their_host_are_refused(env, named)
 
     with pytest.raises(ConfigError) as caught:
         load_config([], env=env)
-    host = "REDIS_HOST" if "REDIS_PORT" in env else "DB_HOST"
+    host = "REDIS_HOST" if any(k.startswith("REDIS_") for k in env) else "DB_HOST"
     assert f"environment variable(s) {named} set without {host}" in str(caught.value)
     assert "pw" not in str(caught.value)
     # With the host, or with the URL that replaces them, they are fine.
