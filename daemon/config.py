@@ -804,6 +804,8 @@ def load_config(
         _deep_merge(merged, table)
     sources: dict[str, str] = {}
     _apply_env(merged, os.environ if env is None else env, sources)
+    for key in sources:  # set by the environment in the end: no file is to blame
+        origins[key] = ""
     try:
         config = build(Config, merged, "")
     except ConfigError as exc:
@@ -860,7 +862,7 @@ def _origin_of(text: str, origins: Mapping[str, str]) -> str | None:
     for n in range(len(parts), 0, -1):
         found = origins.get(".".join(parts[:n]))
         if found is not None:
-            return found
+            return found or None  # "": the environment set it
     return None
 
 
@@ -1039,6 +1041,13 @@ def _apply_env(
         merged.setdefault("storage", {})["url"] = env["DATABASE_URL"].strip()
     if env.get("REDIS_URL"):
         merged.setdefault("cache", {})["url"] = env["REDIS_URL"].strip()
+    if sources is not None:
+        for dotted, url, host in (
+            ("storage.url", "DATABASE_URL", "DB_HOST"),
+            ("cache.url", "REDIS_URL", "REDIS_HOST"),
+        ):
+            if env.get(url) or env.get(host):
+                sources[dotted] = url if env.get(url) else host
     sections = {f.name for f in dataclasses.fields(Config)} - {"signals", "risk", "sizing"}
     for key, raw in sorted(env.items()):
         if not key.startswith("TRADINGD_") or key in NON_CONFIG_ENV:

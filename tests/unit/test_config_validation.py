@@ -609,3 +609,21 @@ def test_with_several_files_a_plugin_params_error_names_the_file_too(tmp_path):
     with pytest.raises(ConfigError) as caught:
         build_pipeline(config, ("AAA", "BBB"))
     assert "set in" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "env", [{"DATABASE_URL": "mysql://h/db"}, {"DB_HOST": "h", "DB_PORT": "nope"}]
+)
+def test_a_url_from_the_environment_is_not_credited_to_the_file_it_replaced(tmp_path, env):
+    """An invalid DATABASE_URL (or DB_*) was reported "(set in demo.toml)", the file whose
+    storage.url it had replaced: the operator looked in the wrong place."""
+    from tradingd.config import load_config
+
+    first, second = tmp_path / "a.toml", tmp_path / "b.toml"
+    first.write_text("[costs]\ncommission_pct = 0.001\n")
+    second.write_text('[storage]\nurl = "sqlite:///var/x.db"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config([first, second], env=env)
+    text = str(caught.value)
+    assert text.startswith("storage.url") and "set in" not in text and str(second) not in text
+    assert "DATABASE_URL" in text or "DB_HOST" in text
