@@ -200,6 +200,12 @@ SUSPECT_RULES = {
     "(a 2-for-1 halves the price); booked as given: check the coefficient",
     "large_dividend": f"a dividend of at least {SUSPECT_DIVIDEND_FRACTION:.0%} of the previous "
     "close; booked as given: check it (a special dividend, or a wrong unit)",
+    "split_with_dividend": "a split and a dividend on the same bar: the split is applied "
+    "first, then the dividend is paid per post-split share (split x (open + dividend) over "
+    "the previous close is the overnight return booked), so a dividend in pre-split terms, or "
+    "one the split already accounts for (a spin-off counted twice, a dividend equal to the "
+    "split ratio or the ratio - 1), is booked as a phantom gain; booked as given: check the "
+    "symbol's actions that day against another source and correct the file",
     "ends_early": "the symbol's bars stop before the others' (a delisting, a merger, a file cut "
     "short): a position held then stays in the book at its last close and cannot be sold",
 }
@@ -226,6 +232,24 @@ def _suspect_actions(frame: pd.DataFrame, ctx: _Ctx) -> None:
     big_div = (dividend > 0) & np.isfinite(frac) & (frac >= SUSPECT_DIVIDEND_FRACTION)
     _say_suspect(frame, ctx, "split_without_price_move", odd_split, prev, split)
     _say_suspect(frame, ctx, "large_dividend", big_div, prev, dividend)
+    _suspect_split_with_dividend(frame, ctx, prev)
+
+
+def _suspect_split_with_dividend(frame: pd.DataFrame, ctx: _Ctx, prev: np.ndarray) -> None:
+    """Bars with both a split and a dividend. Each can pass its own check and the pair still
+    be wrong: the engine pays the dividend per post-split share, so a dividend in pre-split
+    terms, or a spin-off also recorded in the split, is booked as a gain the prices never
+    made (SO on 2001-04-03 in the S&P 500 file: +52% booked on a -38% price move). Only the
+    data can say which it is: the examples carry the booked overnight return to judge by."""
+    split = frame["split"].to_numpy()
+    dividend = frame["dividend"].to_numpy()
+    both = (split != 1.0) & (dividend > 0)
+    if not both.any():
+        return
+    with np.errstate(divide="ignore", invalid="ignore"):
+        booked = split * (frame["open"].to_numpy() + dividend) / prev - 1.0
+    fields = {"split": split, "dividend": dividend, "overnight_return": booked}
+    _say_suspect(frame, ctx, "split_with_dividend", both, prev, fields=fields)
 
 
 def _say_suspect(
@@ -235,9 +259,12 @@ def _say_suspect(
     mask: np.ndarray,
     prev: np.ndarray,
     value: np.ndarray | None = None,
+    *,
+    fields: dict[str, np.ndarray] | None = None,
 ) -> None:
     """The rows of `mask` counted as suspect `kind`, the first few as examples: symbol, day,
-    the suspect `value` (if any), the previous close and the open."""
+    the suspect `value` (if any), the previous close and the open, then `fields` (name ->
+    per-row values) where one value does not tell the story."""
     rows = np.flatnonzero(mask)
     if not rows.size:
         return
@@ -255,6 +282,8 @@ def _say_suspect(
             example["value"] = float(value[i])
         example["previous_close"] = float(prev[i])
         example["open"] = float(opens[i])
+        for name, values in (fields or {}).items():
+            example[name] = float(values[i])
         examples.append(example)
     ctx.summary.suspect(kind, examples, int(rows.size))
 

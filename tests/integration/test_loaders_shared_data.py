@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from structlog.testing import capture_logs
 
-from tradingd.feeds.loaders import load_panel
+from tradingd.feeds.loaders import load_frame, load_panel
 
 
 def test_few_symbols_with_dates_and_split_snapping(sp500_parquet: Path) -> None:
@@ -42,3 +43,48 @@ def test_full_file_keeps_zero_volume_bars(sp500_parquet: Path) -> None:
     i = int(np.searchsorted(p.times, np.datetime64("2005-06-23", "ns")))
     assert p.volume[i, abmd] == 0.0
     assert p.close[i, abmd] == 9.91
+
+
+# The file's bars with both a split and a dividend, by symbol (quants' review): on YUM, ROST,
+# EL and HBI the dividend is the split ratio or the ratio - 1 (the vendor's leakage).
+SPLIT_WITH_DIVIDEND = [
+    ("ABT", "2004-05-03"),
+    ("EL", "2011-11-23"),
+    ("HBI", "2015-03-04"),
+    ("HLT", "2017-01-04"),
+    ("JCI", "2007-07-02"),
+    ("LDOS", "2013-09-30"),
+    ("MET", "2017-08-07"),
+    ("ROST", "2015-06-12"),
+    ("SO", "2001-04-03"),
+    ("YUM", "2002-06-18"),
+]
+
+
+def test_every_bar_with_a_split_and_a_dividend_is_said(sp500_parquet: Path) -> None:
+    """Each passed its own check (SO's 13.80 dividend is 39% of the previous close, under the
+    50% limit), so a +52% overnight on a -38% price move was booked without a word. The
+    whole file has exactly these 10; a warning shows 5 examples, so the other 5 are asked
+    for by symbol."""
+    with capture_logs() as logs:
+        load_frame("parquet", str(sp500_parquet))
+    (said,) = [e for e in logs if e.get("kind") == "split_with_dividend"]
+    assert said["event"] == "data.suspect" and said["log_level"] == "warning"
+    assert said["count"] == 10
+    shown = [(e["symbol"], e["time"]) for e in said["examples"]]
+    assert shown == SPLIT_WITH_DIVIDEND[:5]
+
+    rest = [sym for sym, _ in SPLIT_WITH_DIVIDEND[5:]]
+    with capture_logs() as logs:
+        load_frame("parquet", str(sp500_parquet), symbols=rest)
+    (said,) = [e for e in logs if e.get("kind") == "split_with_dividend"]
+    assert said["count"] == 5
+    assert [(e["symbol"], e["time"]) for e in said["examples"]] == SPLIT_WITH_DIVIDEND[5:]
+    so = said["examples"][3]
+    assert (so["split"], so["dividend"], so["previous_close"], so["open"]) == (
+        1.5,
+        13.8,
+        35.29,
+        21.95,
+    )
+    assert so["overnight_return"] == pytest.approx(0.5195, abs=1e-4)  # booked; the price: -38%

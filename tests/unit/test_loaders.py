@@ -589,7 +589,11 @@ def test_corporate_actions_the_prices_contradict_are_logged(tmp_path: Path) -> N
     d.mkdir()
     write_csv(
         d / "GOOD.csv",  # a real 2-for-1: the price halves with the coefficient, and a dividend
-        ["2020-01-02,100,101,99,100,1000,1,0", "2020-01-03,50,51,49,50,2000,2,0.5"],
+        [
+            "2020-01-02,100,101,99,100,1000,1,0",
+            "2020-01-03,50,51,49,50,2000,2,0",
+            "2020-01-06,50,51,49,50,2000,1,0.5",
+        ],
         header=ACTIONS,
     )
     write_csv(
@@ -625,6 +629,48 @@ def test_corporate_actions_the_prices_contradict_are_logged(tmp_path: Path) -> N
     with capture_logs() as logs:
         load_panel("bundled")  # index series: no corporate actions to carry, no warning
     assert not _suspects(logs)
+
+
+def test_a_bar_with_both_a_split_and_a_dividend_is_said(tmp_path: Path) -> None:
+    """SO on 2001-04-03 in the S&P 500 file: a 3-for-2 split and a 13.80 dividend on one bar
+    (the Mirant spin-off counted twice), each within its own limit, and nothing checked them
+    together: booked 1.5 x (21.95 + 13.80) / 35.29 - 1 = +52% overnight on a -38% price move,
+    silently. Said now, with the return as booked; the values are still booked as given."""
+    d = tmp_path / "bars"
+    d.mkdir()
+    write_csv(
+        d / "SO.csv",
+        [
+            "2001-03-30,35,36,34,35.5,1000,1,0",
+            "2001-04-02,35.5,36,35,35.29,1000,1,0",
+            "2001-04-03,21.95,22.5,21.5,22,3000,1.5,13.80",  # both: said
+            "2001-04-04,22,23,21,22,3000,1,0.2",  # a dividend alone: not said
+            "2001-04-05,11,12,10,11,6000,2,0",  # a split alone: not said
+        ],
+        header=ACTIONS,
+    )
+    with capture_logs() as logs:
+        p = load_panel("csv", path=str(d), layout="per_symbol")
+    found = _suspects(logs)
+    assert set(found) == {"split_with_dividend"}
+    said = found["split_with_dividend"]
+    assert said["log_level"] == "warning" and said["count"] == 1
+    assert said["source"] == str(d)
+    (example,) = said["examples"]
+    booked = example.pop("overnight_return")
+    assert booked == pytest.approx(1.5 * (21.95 + 13.80) / 35.29 - 1)  # +52%
+    assert example == {
+        "source": str(d / "SO.csv"),
+        "symbol": "SO",
+        "time": "2001-04-03",
+        "previous_close": 35.29,
+        "open": 21.95,
+        "split": 1.5,
+        "dividend": 13.8,
+    }
+    assert "booked as given" in said["rule"] and "post-split share" in said["rule"]
+    i = int(np.searchsorted(p.times, np.datetime64("2001-04-03", "ns")))
+    assert (p.split[i, 0], p.dividend[i, 0]) == (1.5, 13.8)  # booked as given
 
 
 def test_a_jump_like_a_split_in_data_without_a_split_column_is_said(tmp_path: Path) -> None:
