@@ -10,8 +10,10 @@ symbol named by its file stem (a directory, or a single file); "auto" picks per_
 directory, else long when the table has a symbol column, else per_symbol.
 
 Every table goes through `validate_frame` (see validate.py for the checks and repairs). A file
-with no rows (a header only) is an error naming it, never a silently missing symbol. Blank lines
-of a CSV are not data: they are skipped, and the line numbers in errors stay those of the file.
+with no rows (a header only) is an error naming it, never a silently missing symbol; a requested
+symbol whose bars all fall outside `start`/`end` is left out with a warning naming it, its first
+and last bar and the window (`data.suspect`, kind `no_bars_in_window`). Blank lines of a CSV
+are not data: they are skipped, and the line numbers in errors stay those of the file.
 Each load logs its repairs in one "data.repairs" line (the details at debug level).
 """
 
@@ -382,6 +384,10 @@ def load_frame(
             for raw, name, sym, first in _files(Path(path), source, layout, symbols)
         ]
         where = str(path)
+    if symbols is None:
+        # "Every symbol in the data" is every symbol with bars in the window: one without
+        # any is not a requested symbol gone missing.
+        summary.suspects.pop("no_bars_in_window", None)
     summary.log(where)
     frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     if frame.empty:

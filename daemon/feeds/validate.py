@@ -87,6 +87,9 @@ SPLIT_LIKE_TOLERANCE = 0.05
 SPLIT_SNAP_TOLERANCE = 1e-4
 SPLIT_SNAP_MAX_DENOMINATOR = 1000
 _LOG_SAMPLE = 5
+# Suspect kinds whose warning names every case, not the first few: each is a requested symbol
+# left out of the run, a change of its universe that must be findable in the log.
+SUSPECT_NAME_ALL = frozenset({"no_bars_in_window"})
 
 # Normalised name (lower case, spaces/dashes as underscores) -> canonical column.
 ALIASES: dict[str, str] = {
@@ -162,7 +165,10 @@ class RepairSummary:
     def suspect(self, kind: str, examples: list[dict[str, Any]], count: int = 0) -> None:
         """`count` rows of `kind` (at least one per example), with some examples."""
         n, kept = self.suspects.get(kind, (0, []))
-        self.suspects[kind] = (n + max(count, len(examples)), (kept + examples)[: 2 * _LOG_SAMPLE])
+        kept = kept + examples
+        if kind not in SUSPECT_NAME_ALL:
+            kept = kept[: 2 * _LOG_SAMPLE]
+        self.suspects[kind] = (n + max(count, len(examples)), kept)
 
     def log(self, source: str, **extra: Any) -> None:
         if self.rows:
@@ -206,6 +212,10 @@ SUSPECT_RULES = {
     "one the split already accounts for (a spin-off counted twice, a dividend equal to the "
     "split ratio or the ratio - 1), is booked as a phantom gain; booked as given: check the "
     "symbol's actions that day against another source and correct the file",
+    "no_bars_in_window": "the symbol has bars in the source (its first and last are named), "
+    "but none between the load's start and end (run.start, run.end): it is left out of the "
+    "run, whose universe is then smaller than the symbols asked for; widen the window, or "
+    "take the symbol out of data.symbols",
     "ends_early": "the symbol's bars stop before the others' (a delisting, a merger, a file cut "
     "short): a position held then stays in the book at its last close and cannot be sold",
 }
@@ -668,6 +678,7 @@ def _normalise(
             [{"source": ctx.source, "symbol": symbol, "missing_columns": absent}],
         )
 
+    codes, names = pd.factorize(out["symbol"], sort=True)
     if start is not None or end is not None:
         t = out["time"].to_numpy()
         keep = np.ones(len(out), dtype=bool)
@@ -676,15 +687,54 @@ def _normalise(
         if end is not None:
             keep &= t <= _label_bound(_time_bound(end, end=True, tz=tz), daily, tz)
         keep |= np.isnat(t)  # a missing time is a data problem, not out of range
-        out = out[keep]
+        if not keep.all():
+            kept = np.bincount(codes[keep], minlength=len(names)) > 0
+            if not kept.all():
+                _say_outside_window(ctx, names, codes, t, kept, start, end)
+            # The kept symbols' codes numbered 0.. again, in the same (sorted) order.
+            codes = (np.cumsum(kept) - 1)[codes[keep]]
+            out = out[keep]
 
-    codes, _ = pd.factorize(out["symbol"], sort=True)
     if len(codes) > 1 and np.any(codes[1:] < codes[:-1]):
         order = np.argsort(codes, kind="stable")
         out = out.iloc[order]
         codes = codes[order]
     out["_code"] = codes
     return out
+
+
+def _say_outside_window(
+    ctx: _Ctx,
+    names: Any,
+    codes: np.ndarray,
+    t: np.ndarray,
+    kept: np.ndarray,
+    start: str | None,
+    end: str | None,
+) -> None:
+    """Symbols with bars, none of them in the window (`kept` False): they would leave the
+    run without a word (CHTR, first bar 2010-01-05, in a run ending 2009-12-31 made a run
+    of 9 symbols out of the 10 asked for). Each is named (`no_bars_in_window`) with its
+    first and last bar, so the operator sees the universe shrink. Their rows have no
+    missing time: those are kept by the window."""
+    gone = ~kept[codes]
+    first = np.full(len(names), np.iinfo(np.int64).max)
+    last = np.full(len(names), np.iinfo(np.int64).min)
+    tv = t.view("int64")
+    np.minimum.at(first, codes[gone], tv[gone])
+    np.maximum.at(last, codes[gone], tv[gone])
+    examples = [
+        {
+            "source": ctx.source,
+            "symbol": str(names[c]),
+            "first_bar": _fmt_time(np.datetime64(int(first[c]), "ns")),
+            "last_bar": _fmt_time(np.datetime64(int(last[c]), "ns")),
+            "start": None if start is None else str(start),
+            "end": None if end is None else str(end),
+        }
+        for c in np.flatnonzero(~kept)
+    ]
+    ctx.summary.suspect("no_bars_in_window", examples)
 
 
 def _check_values(

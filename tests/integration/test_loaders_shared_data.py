@@ -88,3 +88,29 @@ def test_every_bar_with_a_split_and_a_dividend_is_said(sp500_parquet: Path) -> N
         21.95,
     )
     assert so["overnight_return"] == pytest.approx(0.5195, abs=1e-4)  # booked; the price: -38%
+
+
+def test_a_requested_symbol_listed_after_the_window_is_named(sp500_parquet: Path) -> None:
+    """CHTR's first bar is 2010-01-05: in a run ending 2009-12-31 it left the universe and
+    no log line said so (the summary just counted one symbol fewer)."""
+    with capture_logs() as logs:
+        p = load_panel(
+            "parquet",
+            str(sp500_parquet),
+            symbols=["AAPL", "CHTR"],
+            start="2009-01-01",
+            end="2009-12-31",
+        )
+    assert p.symbols == ("AAPL",)
+    (said,) = [e for e in logs if e.get("kind") == "no_bars_in_window"]
+    assert said["event"] == "data.suspect" and said["count"] == 1
+    assert said["examples"] == [
+        {
+            "source": str(sp500_parquet),
+            "symbol": "CHTR",
+            "first_bar": "2010-01-05",
+            "last_bar": "2018-12-31",
+            "start": "2009-01-01",
+            "end": "2009-12-31",
+        }
+    ]

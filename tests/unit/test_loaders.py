@@ -109,6 +109,62 @@ def test_unknown_symbol_lists_available(per_symbol_dir: Path) -> None:
         load_panel("csv", str(per_symbol_dir), symbols=["AAPL", "IBM"])
 
 
+def _window_drops(logs: list[dict]) -> list[dict]:
+    return [e for e in logs if e["event"] == "data.suspect" and e["kind"] == "no_bars_in_window"]
+
+
+def test_a_requested_symbol_with_no_bars_in_the_window_is_named(tmp_path: Path) -> None:
+    """CHTR (first bar 2010-01-05) asked for in a run ending 2009-12-31: the run had 9 of the
+    10 symbols and no log line named CHTR. A file missing the symbol is an error; bars all
+    outside the window are a deliberate, logged drop: each symbol with its first and last
+    bar and the window, every one of them (not the first few examples)."""
+    d = tmp_path / "bars"
+    d.mkdir()
+    write_csv(d / "AAA.csv", GOOD)  # 2020-01-02 .. 2020-01-08
+    late = [f"2021-{line[5:]}" for line in GOOD]  # 2021-01-02 .. 2021-01-08
+    write_csv(d / "CHTR.csv", late)
+    with capture_logs() as logs:
+        p = load_panel("csv", str(d), symbols=["AAA", "CHTR"], end="2020-12-31")
+    assert p.symbols == ("AAA",)
+    (said,) = _window_drops(logs)
+    assert said["log_level"] == "warning" and said["count"] == 1
+    assert said["examples"] == [
+        {
+            "source": str(d / "CHTR.csv"),
+            "symbol": "CHTR",
+            "first_bar": "2021-01-02",
+            "last_bar": "2021-01-08",
+            "start": None,
+            "end": "2020-12-31",
+        }
+    ]
+    assert "left out of the run" in said["rule"]
+    with capture_logs() as logs:  # every symbol in the data: those with bars in the window
+        assert load_panel("csv", str(d), end="2020-12-31").symbols == ("AAA",)
+    assert not _window_drops(logs)
+
+    # A long table, twelve symbols out of the window: each is named, before and after it.
+    rows = [f"AAA,{line}" for line in GOOD]
+    names = [f"S{i:02d}" for i in range(12)]
+    for k, name in enumerate(names):
+        year = "2019" if k % 2 else "2021"
+        rows += [f"{name},{year}-{line[5:]}" for line in GOOD]
+    long = write_csv(tmp_path / "long.csv", rows, header="symbol," + HEADER)
+    with capture_logs() as logs:
+        p = load_panel(
+            "csv", str(long), symbols=["AAA", *names], start="2020-01-01", end="2020-12-31"
+        )
+    assert p.symbols == ("AAA",)
+    (said,) = _window_drops(logs)
+    assert said["count"] == 12
+    assert [(e["symbol"], e["first_bar"], e["last_bar"]) for e in said["examples"]] == [
+        (name, f"{year}-01-02", f"{year}-01-08")
+        for k, name in enumerate(names)
+        for year in ["2019" if k % 2 else "2021"]
+    ]
+    assert {(e["start"], e["end"]) for e in said["examples"]} == {("2020-01-01", "2020-12-31")}
+
+
 def test_long_parquet_matches_hand_values(tmp_path: Path) -> None:
     df = pd.DataFrame(
         {
