@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import structlog
 
 if TYPE_CHECKING:
     from .performance import PerformanceConfig
@@ -24,6 +25,10 @@ BENCHMARK_SOURCES = ("bundled", "csv", "parquet")
 # default `data.max_gap_days`: anything older is not that bar's previous session.
 _MAX_BASE_GAP_DAYS = 7
 _NAN = math.nan
+# Repeated times named in an error or a log line: the first few.
+_SHOWN = 5
+
+log = structlog.get_logger(__name__)
 
 
 def _session_dates(times: Any) -> pd.DatetimeIndex:
@@ -52,17 +57,51 @@ def benchmark_levels(frame: pd.DataFrame) -> pd.Series:
     return pd.Series(levels, index=pd.DatetimeIndex(f["time"]), name="benchmark")
 
 
+def _fmt_times(idx: pd.DatetimeIndex) -> list[str]:
+    return [t.strftime("%Y-%m-%d") if t == t.normalize() else t.isoformat() for t in idx[:_SHOWN]]
+
+
+def _one_level_per_time(lv: pd.Series, name: str) -> pd.Series:
+    """`lv` with each time once. A time repeated with the same level is a copy: dropped, and
+    logged. Repeated with different levels, it is an error, as a repeated time of a run's
+    equity curve is (run_records): keeping one of them silently (the last, before) changed
+    beta from 0.298 to 0.258 for one repeated day with a level 10% off, and nothing said so."""
+    if lv.index.is_unique:
+        return lv
+    pairs = pd.DataFrame({"time": lv.index, "level": lv.to_numpy()})
+    copy = pairs.duplicated().to_numpy()  # the same time and level as an earlier row
+    lv = lv[~copy]
+    clash = lv.index[lv.index.duplicated()].unique().sort_values()
+    if len(clash):
+        raise ValueError(
+            f"benchmark {name} repeats {len(clash)} time(s) with different levels, first "
+            f"{_fmt_times(clash)}: which level is that day's is unknown; pass one level per "
+            "time (drop the wrong rows)"
+        )
+    repeated = pairs["time"][copy].drop_duplicates().sort_values()
+    log.info(
+        "benchmark.duplicates_dropped",
+        benchmark=name,
+        rows=int(copy.sum()),
+        times=_fmt_times(pd.DatetimeIndex(repeated)),
+    )
+    return lv
+
+
 def align_benchmark(times: Any, levels: pd.Series) -> np.ndarray:
     """The benchmark's return on each of the run's bars (NaN where unknown).
 
-    The level at a bar is the benchmark's on the same date; the first bar's base is the
+    The level at a bar is the benchmark's on the same date (of several levels on one date,
+    an intraday series against daily bars, the last); the first bar's base is the
     benchmark's last level before that date if it is at most a week older. Intraday runs
-    (several bars a day) match on the exact time instead."""
+    (several bars a day) match on the exact time instead. A time repeated in `levels` with
+    different levels is a ValueError; repeated with the same level, the copies are dropped."""
     bar_idx = pd.DatetimeIndex(pd.to_datetime(times))
     n = len(bar_idx)
     if n == 0 or levels is None or len(levels) == 0:
         return np.full(n, np.nan)
     lv = pd.Series(np.asarray(levels, dtype=float), index=pd.DatetimeIndex(levels.index))
+    lv = _one_level_per_time(lv, repr(levels.name) if levels.name is not None else "series")
     bar_dates = _session_dates(bar_idx)
     daily = bar_dates.is_unique
     if daily:

@@ -48,11 +48,12 @@ from empyrical_reference import (
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from scipy import stats
+from structlog.testing import capture_logs
 
 from tradingd.analysis import performance as pf
 from tradingd.analysis.metrics import closed_trades, summarize
 from tradingd.analysis.performance import PerformanceAnalyzer, PerformanceConfig
-from tradingd.core.errors import ConfigError
+from tradingd.core.errors import ConfigError, DataError
 from tradingd.core.types import Fill, RunInfo, Side
 from tradingd.feeds.loaders import load_frame
 
@@ -376,6 +377,49 @@ def test_benchmark_base_older_than_a_week_is_not_used():
     levels = pd.Series([100.0, 110.0], index=pd.DatetimeIndex(["2020-01-02", "2020-02-04"]))
     b = pf.align_benchmark(times, levels)
     assert np.isnan(b[0]) and np.isnan(b[1])  # 02-03 missing too
+
+
+def test_a_benchmark_date_repeated_with_another_level_is_refused(closes, sp500_levels):
+    """A given benchmark repeating 2011-06-15 with a level 10% higher was accepted and the
+    last level kept (in the reviewers' run beta moved from 0.298 to 0.258), silently. It is
+    an error now, as a repeated date of a run's equity is; a repeated date with the same
+    level is a copy: dropped, and logged, and the numbers are the unrepeated series'."""
+    results, _ = index_run(closes, "NASDAQ", "2011-01-01", "2011-12-31")
+    day = pd.Timestamp("2011-06-15")
+    other = pd.Series([sp500_levels[day] * 1.1], index=[day])
+    repeated = pd.concat([sp500_levels, other]).sort_index(kind="stable")
+    with pytest.raises(ValueError, match=r"benchmark series repeats 1 time\(s\).*'2011-06-15'"):
+        PerformanceAnalyzer(benchmark=repeated).analyze_performance(results)
+    named = repeated.rename("SP500")
+    with pytest.raises(ValueError, match="benchmark 'SP500' repeats 1 time"):
+        pf.align_benchmark(named.index[-5:], named)
+
+    copies = pd.concat([sp500_levels, sp500_levels.loc[[day, pd.Timestamp("2011-06-16")]]])
+    with capture_logs() as logs:
+        out = PerformanceAnalyzer(benchmark=copies).analyze_performance(results)
+    assert merged(out) == merged(
+        PerformanceAnalyzer(benchmark=sp500_levels).analyze_performance(results)
+    )
+    (said,) = [e for e in logs if e["event"] == "benchmark.duplicates_dropped"]
+    assert said["rows"] == 2 and said["times"] == ["2011-06-15", "2011-06-16"]
+
+
+def test_the_benchmark_files_refuse_a_repeated_date(tmp_path):
+    """The configured benchmark's file goes through the loaders' checks: a repeated date is
+    an error naming the file and the row, not a silent last level."""
+    t = pd.bdate_range("2020-01-01", periods=6)
+    px = [100.0, 101.0, 102.0, 103.0, 104.0, 105.0]
+    bars = pd.DataFrame({"time": t, "open": px, "high": px, "low": px, "close": px, "volume": 1.0})
+    bars = pd.concat([bars, bars.iloc[[2]].assign(close=110.0, high=110.0)])
+    bars = bars.sort_values("time", kind="stable").reset_index(drop=True)
+    bars.to_csv(tmp_path / "IDX.csv", index=False)
+    bars.to_parquet(tmp_path / "IDX.parquet")
+    run = {"equity_curve": [101.0, 102.0, 103.0], "times": t[1:4], "initial_capital": 100.0}
+    for source, row in (("csv", "row=5"), ("parquet", "row=2020-01-03")):
+        path = tmp_path / f"IDX.{source}"
+        cfg = PerformanceConfig(benchmark="IDX", benchmark_source=source, benchmark_path=str(path))
+        with pytest.raises(DataError, match=rf"repeating an earlier timestamp.*{row}"):
+            PerformanceAnalyzer(cfg).analyze_performance(run)
 
 
 def test_benchmark_levels_book_splits_and_dividends_like_the_engine():
