@@ -11,6 +11,9 @@ Ensemble and confidence (the specification's EnsemblePredictor, made precise):
   its validation window and Phi the standard normal CDF: the probability, under a normal error
   model, that the sign of p is right. It lies in [0.5, 1);
 - signal = sign(p) when confidence >= threshold (0.55), else 0 (hold).
+
+A model output that is NaN or inf is an error naming the model file (`OnnxModel.run`), never
+a forecast: caught by the warm-up when the model is loaded, it stops a run met later.
 """
 
 from __future__ import annotations
@@ -184,6 +187,7 @@ class OnnxModel:
     def __init__(self, path: Path, expected_sha256: str, threads: int = 0) -> None:
         import onnxruntime as ort
 
+        self.path = path
         try:
             got = sha256_file(path)
         except FileNotFoundError:
@@ -220,8 +224,26 @@ class OnnxModel:
         self.input_shape = tuple(inp.shape)
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        out = self.session.run(None, {self.input_name: x.astype(np.float32, copy=False)})[0]
-        return np.asarray(out, dtype=np.float64).reshape(len(x))
+        x = x.astype(np.float32, copy=False)
+        out = self.session.run(None, {self.input_name: x})[0]
+        out = np.asarray(out, dtype=np.float64).reshape(len(x))
+        if not np.isfinite(out).all():
+            self._non_finite(x, out)
+        return out
+
+    def _non_finite(self, x: np.ndarray, out: np.ndarray) -> NoReturn:
+        """A NaN or inf forecast is a broken model, never a forecast: NaN held every symbol
+        without a word, inf bought every symbol at confidence 1.0 every bar, and both went
+        into the prediction cache. Refused here, where the file is known: at load (the
+        warm-up) and on reload the model is not taken up, in a run the run stops."""
+        bad = ~np.isfinite(out)
+        kinds = ", ".join(sorted({str(v) for v in out[bad].tolist()}))
+        inputs = "finite" if np.isfinite(x).all() else "not all finite"
+        raise ConfigError(
+            f"model file {self.path} output {kinds} for {int(bad.sum())} of {len(out)} input "
+            f"windows (its inputs: {inputs}): a forecast must be a finite number; re-export "
+            "or retrain the model"
+        )
 
 
 def fingerprint(directory: str | Path, card_data: Mapping[str, Any]) -> str:
@@ -323,6 +345,14 @@ class EnsemblePredictor:
     def generate_signal(
         self, ensemble_prediction: np.ndarray, threshold: float = 0.55
     ) -> tuple[np.ndarray, np.ndarray]:
+        """(signal, confidence). A prediction that is not finite is refused (ValueError): inf
+        had confidence 1.0, a certain trade, and NaN a silent hold."""
+        bad = ~np.isfinite(np.asarray(ensemble_prediction, dtype=np.float64))
+        if bad.any():
+            raise ValueError(
+                f"ensemble predictions must be finite; got {reprlib.repr(ensemble_prediction)} "
+                f"({int(bad.sum())} not finite, first at index {int(np.flatnonzero(bad)[0])})"
+            )
         conf = self.confidence(ensemble_prediction)
         signal = np.where(conf >= threshold, np.sign(ensemble_prediction), 0.0)
         return signal, conf

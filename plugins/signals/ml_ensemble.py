@@ -42,7 +42,9 @@ used least recently go first (this run's before any other). They are kept in `ca
 between runs, one `.npz` file per model version (written atomically when the run added
 predictions; the newest `cache_versions` files are kept). A file that is unreadable, of
 another format (or of the previous JSON format, `<version>.json`: never read, and removed when
-that version's `.npz` is written) is ignored with a warning.
+that version's `.npz` is written) or holding a prediction that is not finite is ignored with
+a warning. A model output that is not finite stops the prediction (`OnnxModel.run`): it is
+never cached.
 """
 
 from __future__ import annotations
@@ -493,7 +495,9 @@ class MlEnsemble:
             return
         self._loaded_from = target
         try:
-            pair = ModelPair(self._dir, self.config.threads)
+            # From the resolved folder: what is loaded is what was resolved (the link may be
+            # switched again meanwhile), and an error names the folder to repair.
+            pair = ModelPair(target, self.config.threads)
             pair.warm_up(len(self.symbols))
         except Exception as exc:  # keep trading on the model that works
             log.error("model.reload_failed", path=str(target), error=str(exc))
@@ -612,6 +616,12 @@ class MlEnsemble:
         if todo.size:
             ens = self.predictor.combine_predictions(self.pair.predict(windows(todo)))
             self.model_calls += 1
+            if not np.isfinite(ens).all():  # each model's output is (OnnxModel.run): overflow
+                raise ConfigError(
+                    f"ml_ensemble: the ensemble of the model at {self.model_path} is not finite "
+                    f"for {int((~np.isfinite(ens)).sum())} of {len(ens)} windows (weights "
+                    f"{self.predictor.weights}): nothing was cached; re-export the model"
+                )
             pred[todo] = ens
             self._insert(keys[todo], ens)
         return pred
@@ -835,6 +845,8 @@ def _check_arrays(arrays: list[np.ndarray], clock: object) -> None:
         raise ValueError("arrays of different lengths")
     if not isinstance(clock, int) or not 0 <= clock <= _STAMP_MAX:
         raise ValueError(f"bad clock {clock!r}")
+    if not np.isfinite(arrays[3]).all():  # written before non-finite outputs were refused
+        raise ValueError("predictions that are not finite")
     if len(k0) and (
         (k0[1:] < k0[:-1]).any()
         or max(k0.max(), k1.max(), k2.max()) >= _P

@@ -246,3 +246,64 @@ def test_a_daemon_started_before_the_first_publish_takes_it_up(tmp_path, monkeyp
     assert pinned.version == SHIPPED_VERSION
     p.close()
     pinned.close()
+
+
+def _publish_folder(root: Path, version: str, folder: Path) -> None:
+    """`folder` moved under root's versions as `version` (its card keeps its model_version)."""
+    shutil.move(folder, root / "versions" / version)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_a_reload_to_a_model_answering_nan_or_inf_is_refused_and_the_old_one_serves(
+    tmp_path, monkeypatch, value
+):
+    """The daemon logged model.reloaded and served pred=[inf inf] (every symbol bought at
+    confidence 1.0). Now the warm-up of the new model refuses it, as a corrupt file is
+    refused: model.reload_failed names the file, the old model keeps serving."""
+    from tiny_models import graph, model_folder
+
+    monkeypatch.chdir(tmp_path)
+    root, _ = publish_two(tmp_path)
+    bad = model_folder(tmp_path / "bad", cnn_lstm=graph(tmp_path / "g.onnx", (60, 20), value=value))
+    _publish_folder(root, "bad", bad)
+    p = MlEnsemble(MlEnsembleConfig(cache_dir=""), SYMBOLS)
+    w = np.random.default_rng(2).normal(size=(2, 60, 20)).astype(np.float32)
+    before = p.predict(w)
+    _switch(root, "bad")
+    with capture_logs() as logs:
+        p._maybe_reload()
+    (failed,) = [e for e in logs if e["event"].startswith("model.")]
+    assert failed["event"] == "model.reload_failed" and failed["log_level"] == "error"
+    assert f"versions/bad/cnn_lstm.onnx output {value}" in failed["error"]
+    assert p.version == "first" and "versions/first" in p.model_path
+    np.testing.assert_array_equal(p.predict(w), before)
+    p.close()
+
+
+async def test_a_backtest_meeting_a_nan_forecast_fails_naming_the_model_file(tmp_path, monkeypatch):
+    """A cnn_lstm answering NaN for real windows (finite at the warm-up) ran a 2-year
+    backtest to exit 0 with no fill and no warning. The run now stops at the first such
+    forecast with the error naming the file and what came out."""
+    import dataclasses
+
+    from tiny_models import graph, model_folder
+
+    from tradingd.app import build_engine
+    from tradingd.config import PluginSpec, load_config
+    from tradingd.core.errors import PluginFault
+
+    monkeypatch.chdir(tmp_path)
+    g = graph(tmp_path / "g.onnx", (60, 20), "nan_off_zero")
+    d = model_folder(tmp_path / "nan", cnn_lstm=g)
+    cfg = load_config([], env={})
+    cfg = dataclasses.replace(
+        cfg,
+        run=dataclasses.replace(cfg.run, start="2017-01-01", end="2017-03-31"),
+        signals=(PluginSpec("ml_ensemble", params={"model_dir": str(d), "cache_dir": ""}),),
+        storage=dataclasses.replace(cfg.storage, url=f"sqlite:///{tmp_path / 's.db'}"),
+        log=dataclasses.replace(cfg.log, audit_dir=str(tmp_path / "audit")),
+    )
+    engine = build_engine(cfg, "backtest")
+    with pytest.raises(PluginFault) as exc:
+        await engine.run_until_done()
+    assert f"model file {d / 'cnn_lstm.onnx'} output nan for 2 of 2 input windows" in str(exc.value)

@@ -219,3 +219,66 @@ def test_the_ensemble_plugin_warms_each_model_up_at_load_with_a_batch_of_its_uni
     warm = plugin.pair.predict(x)
     for name in cold:
         np.testing.assert_array_equal(cold[name], warm[name])
+
+
+# ----------------------------------------------------------------------------- outputs
+
+
+@pytest.mark.parametrize("slot", ["cnn_lstm", "random_forest"])
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_a_model_that_outputs_nan_or_inf_is_refused_at_load_naming_the_file(tmp_path, slot, value):
+    """A cnn_lstm that always answered NaN ran a backtest to its end with no fill and no
+    word; one answering inf bought every symbol at confidence 1.0 every bar. The warm-up at
+    load now sees it and names the file and what came out."""
+    from tiny_models import graph, model_folder
+
+    from tradingd_plugins.signals.ml_ensemble import MlEnsemble, MlEnsembleConfig
+
+    dims = (60, 20) if slot == "cnn_lstm" else (1200,)
+    d = model_folder(tmp_path / "m", **{slot: graph(tmp_path / "g.onnx", dims, value=value)})
+    with pytest.raises(ConfigError) as exc:
+        MlEnsemble(MlEnsembleConfig(model_dir=str(d), cache_dir=""), ("A", "B", "C"))
+    text = str(exc.value)
+    assert text.startswith(f"model file {d / f'{slot}.onnx'} output {value} for 3 of 3 input")
+    assert "its inputs: finite" in text and "re-export or retrain" in text
+
+
+def test_a_non_finite_output_met_later_stops_the_prediction_and_is_never_cached(tmp_path):
+    """A model finite at the warm-up (its input there is the card's mean, all zeros once
+    scaled) may answer NaN or inf for real windows: the prediction fails naming the file,
+    and nothing is kept in the prediction cache (NaN was kept, and served as a hold)."""
+    from tiny_models import graph, model_folder
+
+    from tradingd_plugins.signals.ml_ensemble import MlEnsemble, MlEnsembleConfig
+
+    w = np.random.default_rng(5).normal(size=(3, 60, 20)).astype(np.float32)
+    for kind, out in (("nan_off_zero", "nan"), ("inf_off_zero", "inf")):
+        g = graph(tmp_path / f"{kind}.onnx", (1200,), kind)
+        d = model_folder(tmp_path / kind, random_forest=g)
+        p = MlEnsemble(MlEnsembleConfig(model_dir=str(d), cache_dir=str(tmp_path / "c")), ("A",))
+        with pytest.raises(ConfigError, match=rf"random_forest.onnx output {out} for 3 of 3"):
+            p.predict(w)
+        assert p.cache_entries == 0
+        p.close()
+        assert not list((tmp_path / "c").glob("*.npz"))
+
+
+def test_the_plugin_caches_no_ensemble_prediction_that_is_not_finite(monkeypatch):
+    """Whatever the models' outputs add up to: an ensemble that is not finite is an error,
+    not a cache entry."""
+    from tradingd_plugins.signals.ml_ensemble import MlEnsemble, MlEnsembleConfig
+
+    p = MlEnsemble(MlEnsembleConfig(cache_dir=""), ("A", "B"))
+    nan = {"cnn_lstm": np.array([0.01, np.nan]), "random_forest": np.array([0.0, 0.0])}
+    monkeypatch.setattr(p.pair, "predict", lambda windows: nan)
+    with pytest.raises(ConfigError, match=r"not finite for 1 of 2 windows"):
+        p.predict(np.zeros((2, p.window, len(p.features)), dtype=np.float32))
+    assert p.cache_entries == 0
+
+
+@pytest.mark.parametrize("bad", [math.inf, -math.inf, math.nan])
+def test_a_prediction_that_is_not_finite_is_no_signal(bad):
+    """inf had confidence Phi(inf) = 1.0: a certain buy (or sell)."""
+    e = EnsemblePredictor({"cnn_lstm": 0.6, "random_forest": 0.4}, residual_std=0.01)
+    with pytest.raises(ValueError, match=r"must be finite.*1 not finite, first at index 1"):
+        e.generate_signal(np.array([0.01, bad, 0.0]))

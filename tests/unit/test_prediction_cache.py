@@ -281,6 +281,9 @@ def test_old_format_or_corrupt_files_are_ignored_with_a_warning(tmp_path):
         "unsorted": npz(k0=arrays["k0"][::-1].copy()),
         "not residues": npz(k1=arrays["k1"] | np.uint64(1 << 63)),
         "float32 values": npz(value=arrays["value"].astype(np.float32)),
+        # written before non-finite model outputs were refused: a NaN was served as a hold
+        "a NaN value": npz(value=np.where(np.arange(4) == 1, np.nan, arrays["value"])),
+        "an inf value": npz(value=np.where(np.arange(4) == 2, np.inf, arrays["value"])),
         "lengths differ": npz(value=arrays["value"][:-1]),
         "stamps past the clock": npz(stamp=arrays["stamp"] + np.uint32(header["clock"])),
         "an array missing": npz(stamp=None),
