@@ -12,7 +12,8 @@ plugin exposes `model_path` (the resolved directory) and `version` for the run's
 Prediction cache: the models' inputs depend on more than (symbol, bar time): cross-sectional
 features on the universe, recursive indicators on where the data starts. So a prediction is
 keyed by exactly what the models see, the float32 (window, features) array of that symbol,
-salted with the model version, the ensemble weights, onnxruntime's thread count and the
+salted with the model version, the ONNX files' sha256 (the card's model_version alone is not
+checked against the files), the ensemble weights, onnxruntime's thread count and the
 runtime (onnxruntime's version and the CPU's vector instruction sets: `runtime_identity`). A
 different universe, data start, model or runtime can never be served another run's
 prediction, and a rerun of the same bars still skips onnxruntime.
@@ -54,7 +55,7 @@ import json
 import os
 import platform
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib.resources import files
@@ -66,7 +67,7 @@ import structlog
 
 from tradingd.core.errors import ConfigError
 from tradingd.core.ports import BarContext
-from tradingd.inference.onnx import PUBLISHED_MODEL_DIR, EnsemblePredictor, ModelPair
+from tradingd.inference.onnx import MODELS, PUBLISHED_MODEL_DIR, EnsemblePredictor, ModelPair
 
 from .live_accuracy import DirectionalAccuracy
 
@@ -74,7 +75,8 @@ log = structlog.get_logger(__name__)
 
 # /4: the salt names the runtime (`runtime_identity`); a /3 file could no longer hit, so it
 # is ignored and replaced at the next save rather than read in full on every start.
-CACHE_FORMAT = "tradingd-prediction-cache/4"
+# /5: the salt names the ONNX files' sha256 too; a /4 file could no longer hit either.
+CACHE_FORMAT = "tradingd-prediction-cache/5"
 
 # Window keys (see the module docstring): arithmetic modulo the Mersenne prime 2^61 - 1 on
 # uint64 arrays, where multiplying by 2^k is a rotation of 61 bits.
@@ -337,17 +339,26 @@ def cpu_isa(cpuinfo: str | Path = "/proc/cpuinfo") -> str:
 
 
 def cache_salt(
-    version: str, weights: Mapping[str, float], threads: int = 1, runtime: str | None = None
+    version: str,
+    weights: Mapping[str, float],
+    threads: int = 1,
+    runtime: str | None = None,
+    model_sha256: Sequence[str] = (),
 ) -> np.ndarray:
     """Everything besides the window that the cached value depends on, the model version
-    (models, scaler, feature-set version), the ensemble weights, onnxruntime's thread count
-    (its multi-threaded LSTM rounds differently in the last bits, enough to flip a decision
-    at the threshold: a rerun must not mix them) and the runtime (`runtime_identity`, this
+    (models, scaler, feature-set version), the ONNX files' sha256 (`model_sha256`, as the
+    card gives them and the load checked them: the card's model_version is never checked
+    against the files, and a folder with one model's card and another's files served the
+    first model's cached predictions), the ensemble weights, onnxruntime's thread count (its
+    multi-threaded LSTM rounds differently in the last bits, enough to flip a decision at the
+    threshold: a rerun must not mix them) and the runtime (`runtime_identity`, this
     process's when None), as one residue per lane: added to every window's key."""
     runtime = runtime_identity() if runtime is None else runtime
     h = hashlib.blake2b(digest_size=8 * _LANES, person=b"tradingd-salt")
     h.update(
-        json.dumps([CACHE_FORMAT, version, sorted(weights.items()), threads, runtime]).encode()
+        json.dumps(
+            [CACHE_FORMAT, version, list(model_sha256), sorted(weights.items()), threads, runtime]
+        ).encode()
     )
     return _mod(np.frombuffer(h.digest(), dtype="<u8").astype(np.uint64))
 
@@ -438,7 +449,7 @@ class MlEnsemble:
         self._filled = np.zeros(n, dtype=np.int64)
         self._back = np.arange(self.window - 1, -1, -1)[:, None]
         self._keys = WindowKeys(n, self.window)
-        self._salt = cache_salt(self.version, self.predictor.weights, self.config.threads)
+        self._salt = self._cache_salt()
         # Follow a switched `current` link between bars (a live daemon) until `pin_model`.
         self._pinned = False
         self.model_calls = 0
@@ -449,6 +460,17 @@ class MlEnsemble:
 
     def required_features(self) -> tuple[str, ...]:
         return self.features
+
+    def _cache_salt(self) -> np.ndarray:
+        """The salt of the loaded model's keys (`cache_salt`): its version, its files' hashes,
+        its weights, the threads and the runtime."""
+        files = self.pair.card.data["files"]
+        return cache_salt(
+            self.version,
+            self.predictor.weights,
+            self.config.threads,
+            model_sha256=[files[m]["sha256"] for m in MODELS],
+        )
 
     def _defer_cache(self) -> None:
         """An empty store; this version's file is read at the first warm-up bar or
@@ -520,7 +542,7 @@ class MlEnsemble:
         self.version = pair.card.version
         self.model_path = str(target)
         self._accuracy = DirectionalAccuracy(len(self.symbols))  # the new model's own
-        self._salt = cache_salt(self.version, self.predictor.weights, self.config.threads)
+        self._salt = self._cache_salt()
         self._defer_cache()  # the new version's file, at its first prediction
         log.info("model.reloaded", version=self.version, path=str(target))
 

@@ -182,6 +182,32 @@ def test_another_model_version_or_other_weights_never_hit(tmp_path, monkeypatch)
         assert not (first.cache_keys(w) == k).all(axis=1).any()
 
 
+def test_other_onnx_files_under_the_same_card_never_hit(tmp_path):
+    """The card's model_version is not checked against the files (the shipped model's last
+    bits differ by CPU, so it cannot be recomputed at load), yet it was the cache's only
+    model identity: a folder with one model's card and another's ONNX files (their hashes
+    in the card) was served the first model's predictions and reported its figures."""
+    from tiny_models import graph, model_folder
+
+    w = inputs(3, 60, seed=12)
+    cache = tmp_path / "cache"
+    first = plugin(cache_dir=cache)
+    first.predict(w)
+    first.close()
+    other_rf = graph(tmp_path / "rf.onnx", (1200,), value=0.004)
+    folder = model_folder(tmp_path / "other", random_forest=other_rf)
+    other = plugin(cache_dir=cache, model_dir=str(folder))
+    assert other.version == first.version and other.cache_entries == 3  # the same file
+    got = other.predict(w)
+    assert other.model_calls == 1 and other.cache_hits == 0
+    np.testing.assert_array_equal(got, other.predictor.combine_predictions(other.pair.predict(w)))
+    assert not np.array_equal(got, first.predict(w))
+    other.close()
+    again = plugin(cache_dir=cache, model_dir=str(folder))  # its own entries still hit
+    np.testing.assert_array_equal(again.predict(w), got)
+    assert again.model_calls == 0 and again.cache_hits == 3
+
+
 def test_a_cache_written_with_other_onnxruntime_threads_is_not_served(tmp_path):
     """Two threads round the LSTM differently in the last bits: a one-thread rerun must
     predict again, not take the two-thread run's values (which could flip decisions)."""
