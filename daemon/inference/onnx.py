@@ -225,8 +225,17 @@ class OnnxModel:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         x = x.astype(np.float32, copy=False)
-        out = self.session.run(None, {self.input_name: x})[0]
-        out = np.asarray(out, dtype=np.float64).reshape(len(x))
+        try:
+            out = self.session.run(None, {self.input_name: x})[0]
+            out = np.asarray(out, dtype=np.float64).reshape(len(x))
+        except MemoryError:
+            raise  # the machine's, not the model file's
+        except Exception as exc:  # onnxruntime's errors name no file
+            raise ConfigError(
+                f"model file {self.path}: onnxruntime cannot run it on an input of shape "
+                f"{x.shape} ({type(exc).__name__}: {exc}): check that the file belongs "
+                "to its card (window and features) or re-export the model"
+            ) from None
         if not np.isfinite(out).all():
             self._non_finite(x, out)
         return out
@@ -296,11 +305,24 @@ class ModelPair:
         self.mean = np.asarray(sc["mean"], dtype=np.float32)
         self.scale = np.asarray(sc["scale"], dtype=np.float32)
         n_feat = len(self.card.feature_set.features)
-        cnn_shape = self.models["cnn_lstm"].input_shape
-        if tuple(cnn_shape[1:]) != (self.card.window, n_feat):
+        # The forest too: its width was unchecked, and start-up ended in onnxruntime's
+        # "Got: 400 Expected: 200" at the warm-up, naming no file.
+        self._check_input("cnn_lstm", (self.card.window, n_feat), "window x features")
+        self._check_input("random_forest", (self.card.window * n_feat,), "window * features")
+
+    def _check_input(self, m: str, expected: tuple[int, ...], what: str) -> None:
+        """The model's input shape after the batch against the card's; a dimension the file
+        leaves open (a name, or none) matches any size."""
+        model = self.models[m]
+        got = tuple(model.input_shape[1:])
+        if len(got) != len(expected) or any(
+            isinstance(g, int) and g != e for g, e in zip(got, expected, strict=True)
+        ):
             raise ConfigError(
-                f"{d}: the CNN+LSTM input {cnn_shape} does not match the card's "
-                f"window x features ({self.card.window}, {n_feat})"
+                f"model file {model.path}: its input is {_dims(got)} per window, the card's "
+                f"{what} is {_dims(expected)} (window {self.card.window}, "
+                f"{len(self.card.feature_set.features)} features): the card belongs to "
+                "another model; re-copy the model's files with their own card"
             )
 
     def warm_up(self, batch: int) -> None:
@@ -320,6 +342,10 @@ class ModelPair:
             "cnn_lstm": self.models["cnn_lstm"].run(x),
             "random_forest": self.models["random_forest"].run(x.reshape(len(x), -1)),
         }
+
+
+def _dims(shape: tuple[Any, ...]) -> str:
+    return " x ".join(str(d) for d in shape) or "a scalar"
 
 
 class EnsemblePredictor:

@@ -307,3 +307,25 @@ async def test_a_backtest_meeting_a_nan_forecast_fails_naming_the_model_file(tmp
     with pytest.raises(PluginFault) as exc:
         await engine.run_until_done()
     assert f"model file {d / 'cnn_lstm.onnx'} output nan for 2 of 2 input windows" in str(exc.value)
+
+
+def test_a_reload_to_a_forest_of_another_width_names_the_file(tmp_path, monkeypatch):
+    """model.reload_failed said onnxruntime's 'Got: 1200 Expected: 1000', naming no file."""
+    from tiny_models import graph, model_folder
+
+    monkeypatch.chdir(tmp_path)
+    root, _ = publish_two(tmp_path)
+    rf = graph(tmp_path / "rf.onnx", (1000,))
+    _publish_folder(root, "narrow", model_folder(tmp_path / "narrow", random_forest=rf))
+    p = MlEnsemble(MlEnsembleConfig(cache_dir=""), SYMBOLS)
+    _switch(root, "narrow")
+    with capture_logs() as logs:
+        p._maybe_reload()
+    (failed,) = [e for e in logs if e["event"].startswith("model.")]
+    assert failed["event"] == "model.reload_failed" and p.version == "first"
+    target = (root / "versions" / "narrow").resolve()
+    assert failed["error"].startswith(
+        f"model file {target / 'random_forest.onnx'}: its input is 1000 per window, the "
+        "card's window * features is 1200"
+    )
+    p.close()

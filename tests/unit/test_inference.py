@@ -282,3 +282,49 @@ def test_a_prediction_that_is_not_finite_is_no_signal(bad):
     e = EnsemblePredictor({"cnn_lstm": 0.6, "random_forest": 0.4}, residual_std=0.01)
     with pytest.raises(ValueError, match=r"must be finite.*1 not finite, first at index 1"):
         e.generate_signal(np.array([0.01, bad, 0.0]))
+
+
+# ----------------------------------------------------------------------------- input shapes
+
+
+def test_a_forest_of_another_width_is_named_with_its_file_and_both_widths(tmp_path):
+    """Only the CNN's input was checked against the card: a forest of another width ended
+    start-up in onnxruntime's 'InvalidArgument ... index: 1 Got: 1200 Expected: 1000', naming
+    no file."""
+    from tiny_models import graph, model_folder
+
+    from tradingd.inference.onnx import ModelPair
+
+    rf = graph(tmp_path / "rf.onnx", (1000,))
+    d = model_folder(tmp_path / "m", random_forest=rf)
+    with pytest.raises(ConfigError) as exc:
+        ModelPair(d)
+    assert str(exc.value).startswith(
+        f"model file {d / 'random_forest.onnx'}: its input is 1000 per window, the card's "
+        "window * features is 1200 (window 60, 20 features): the card belongs to another model"
+    )
+    # The CNN's, named the same way (it named the folder only).
+    d = _damaged_copy(tmp_path / "w30", _set("window", value=30))
+    with pytest.raises(ConfigError) as exc:
+        ModelPair(d)
+    assert str(exc.value).startswith(
+        f"model file {d / 'cnn_lstm.onnx'}: its input is 60 x 20 per window, the card's window "
+        "x features is 30 x 20"
+    )
+
+
+def test_onnxruntime_refusing_an_input_is_named_with_the_model_file(tmp_path):
+    """A file whose input width is left open but whose graph needs another one: what
+    onnxruntime says comes with the file's path (the plugin's warm-up meets it at load)."""
+    from tiny_models import graph, model_folder
+
+    from tradingd_plugins.signals.ml_ensemble import MlEnsemble, MlEnsembleConfig
+
+    rf = graph(tmp_path / "rf.onnx", ("width",), "shape_needs", 1000)
+    d = model_folder(tmp_path / "m", random_forest=rf)
+    with pytest.raises(ConfigError) as exc:
+        MlEnsemble(MlEnsembleConfig(model_dir=str(d), cache_dir=""), ("A", "B"))
+    assert str(exc.value).startswith(
+        f"model file {d / 'random_forest.onnx'}: onnxruntime cannot run it on an input of "
+        "shape (2, 1200) ("
+    )
