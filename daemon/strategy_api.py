@@ -203,7 +203,12 @@ def _context(
 class SignalGenerator:
     """The specification's SignalGenerator over the `ml_ensemble` and `multi_factor` plugins.
 
-    `confidence_threshold` is `ml_ensemble`'s threshold (its 0 means the model card's, 0.55).
+    `confidence_threshold` is `ml_ensemble`'s threshold. None (the default) leaves it to the
+    configuration: the threshold the base configuration gives the plugin, else the model
+    card's of whichever model the run loads (`model_dir` given in the base configuration or
+    by `EnsemblePredictor(model_dir=...)` alike); the attribute then holds the default
+    configuration's model card's (0.55 for the shipped model), which `generate_ml_signal`
+    uses. A threshold given here is the plugin's whatever the card says.
     `factor_weights` ({factor: weight}, factors as `multi_factor` names them: rsi, macd, roc,
     price_momentum, atr, bollinger_position, volatility_regime, rsi_divergence,
     bollinger_reversion, oversold_overbought) become the plugin's factor and group weights;
@@ -213,11 +218,18 @@ class SignalGenerator:
 
     def __init__(
         self,
-        confidence_threshold: float = 0.55,
+        confidence_threshold: float | None = None,
         ml_weight: float = 0.6,
         factor_weight: float = 0.4,
         factor_weights: Mapping[str, float] | None = None,
     ) -> None:
+        # Whether the plugin's threshold is set here (see plugin_specs): compared with the base
+        # configuration's card instead, a model_dir given in the base configuration got the
+        # default 0.55 over its card's 0.9, and the same model given by EnsemblePredictor did not.
+        self.threshold_given = confidence_threshold is not None
+        if confidence_threshold is None:
+            ml = _spec(_defaults().signals, ML)
+            confidence_threshold = _ml_threshold(ml.params if ml is not None else {})
         self.confidence_threshold = _finite("confidence_threshold", confidence_threshold)
         _checked("confidence_threshold", MlEnsembleConfig, threshold=self.confidence_threshold)
         if not self.confidence_threshold:
@@ -312,10 +324,12 @@ class SignalGenerator:
 
     def plugin_specs(self, base: Sequence[PluginSpec]) -> tuple[PluginSpec, ...]:
         """The `[[signals]]` this generator stands for: `ml_ensemble` and `multi_factor` with
-        its weights, keeping the parameters `base` gives them (base's order when it has both)."""
+        its weights, keeping the parameters `base` gives them (base's order when it has both).
+        The ML threshold is set only when one was given (`threshold_given`): otherwise the
+        plugin's own setting decides, its model card's unless the configuration sets one."""
         ml, mf = _spec(base, ML), _spec(base, FACTORS)
         ml_params = dict(ml.params) if ml is not None else {}
-        if self.confidence_threshold != _ml_threshold(ml_params):
+        if self.threshold_given:
             ml_params["threshold"] = self.confidence_threshold
         specs = {
             ML: PluginSpec(ML, self.ml_weight, ml_params),

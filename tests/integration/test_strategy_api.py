@@ -283,6 +283,47 @@ def test_combine_signals_is_the_engines_weighted_mean():
             assert action == int(np.sign(np.nan_to_num(engine_score[i])))
 
 
+def test_the_ml_threshold_is_the_model_cards_unless_given_however_model_dir_is_passed(in_tmp):
+    """The facade compared its default 0.55 against the base configuration's card before
+    the predictor's model_dir was swapped in: a model_dir in the base configuration got
+    threshold 0.55 over its card's 0.9, the same model given as EnsemblePredictor(model_dir=)
+    got its card's. Now the card decides unless a threshold is given, either way."""
+    import json
+    import shutil
+
+    thr09 = in_tmp / "thr09"
+    shutil.copytree(default_model_dir(), thr09)
+    card = json.loads((thr09 / "card.json").read_text())
+    card["ensemble"]["threshold"] = 0.9
+    (thr09 / "card.json").write_text(json.dumps(card))
+    in_base = dataclasses.replace(
+        Config(),
+        signals=(
+            dataclasses.replace(
+                _spec_named(Config(), "ml_ensemble"), params={"model_dir": str(thr09)}
+            ),
+            _spec_named(Config(), "multi_factor"),
+        ),
+    )
+
+    def ml_params(sg: SignalGenerator, base: Config, predictor=None) -> dict:
+        config = BacktestEngine(base_config=base).config_for(sg, ensemble_predictor=predictor)
+        return dict(_spec_named(config, "ml_ensemble").params)
+
+    by_predictor = EnsemblePredictor(model_dir=str(thr09))
+    for given, expected in ((None, {}), (0.55, {"threshold": 0.55}), (0.6, {"threshold": 0.6})):
+        sg = SignalGenerator() if given is None else SignalGenerator(given)
+        assert ml_params(sg, in_base) == {"model_dir": str(thr09), **expected}, given
+        assert ml_params(sg, Config(), by_predictor) == {"model_dir": str(thr09), **expected}
+    # Not given: the generator's own rule uses the default configuration's card (shipped).
+    assert SignalGenerator().confidence_threshold == 0.55
+    assert not SignalGenerator().threshold_given and SignalGenerator(0.55).threshold_given
+
+
+def _spec_named(config: Config, name: str):
+    return next(s for s in config.signals if s.name == name)
+
+
 def test_ensemble_predictor_is_the_engines():
     ep = EnsemblePredictor()
     card = onnx.ModelCard.load(default_model_dir()).data["ensemble"]
