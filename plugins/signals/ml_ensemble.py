@@ -271,6 +271,30 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def _folder_state(path: Path) -> tuple[tuple[str, int, int, int, int], ...] | None:
+    """What a folder holds, by name, inode, size, modification and change time: different
+    once any file is written, replaced, added or removed (ctime even when a copy keeps the
+    mtime). None when it cannot be listed."""
+    try:
+        entries = sorted(os.scandir(path), key=lambda e: e.name)
+        out = []
+        for e in entries:
+            st = e.stat()
+            out.append((e.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    except OSError:
+        return None
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class _FailedLoad:
+    """A reload that failed: the folder, its files when it was tried, and why."""
+
+    path: Path
+    files: tuple[tuple[str, int, int, int, int], ...] | None
+    reason: str
+
+
 def default_model_dir() -> Path:
     """The model pair shipped inside the package: the fallback when nothing else is set."""
     return Path(str(files("tradingd_models") / "default"))
@@ -431,6 +455,7 @@ class MlEnsemble:
         )
         self._dir_id = _identity(self._dir)
         self._loaded_from = self._dir.resolve()
+        self._failed: _FailedLoad | None = None  # the last reload that failed, until another
         self.model_path = str(self._loaded_from)  # what this run loaded, for its summary
         self.pair = ModelPair(self._dir, config.threads)
         self.pair.warm_up(len(symbols))
@@ -502,35 +527,53 @@ class MlEnsemble:
         the new version between bars (not once pinned). A candidate trained on other
         features is refused. The directory's identity (one stat) is checked every bar; the
         path is resolved only when it changed (a resolve stats every component: ~130 us a
-        bar of a replay)."""
+        bar of a replay). A candidate that failed is tried again only once its folder's files
+        change (`_FailedLoad`), and `status()` reports it meanwhile."""
         if self._pinned:
             return
         if self._awaiting is not None and self._awaiting.exists():
             self._dir, self._awaiting = self._awaiting, None
             log.info("model.published_found", path=str(self._dir))
         ident = _identity(self._dir)
-        if ident is not None and ident == self._dir_id:
+        if ident is not None and ident == self._dir_id and not self._failed_folder_changed():
             return
         self._dir_id = ident
         target = self._dir.resolve()
         if target == self._loaded_from:
+            self._failed = None  # the link names the model served again
             return
-        self._loaded_from = target
+        # A folder that failed is tried again once its files change (repaired in place, as
+        # the error advises), not at every bar: it was marked loaded before the attempt, and
+        # the repair went unnoticed until a restart.
+        files = _folder_state(target)
+        failed = self._failed
+        if failed is not None and failed.path == target and failed.files == files:
+            return
+        if failed is not None and failed.path == target:
+            log.info("model.reload_retry", path=str(target), reason="its files changed")
         try:
             # From the resolved folder: what is loaded is what was resolved (the link may be
             # switched again meanwhile), and an error names the folder to repair.
             pair = ModelPair(target, self.config.threads)
             pair.warm_up(len(self.symbols))
         except Exception as exc:  # keep trading on the model that works
-            log.error("model.reload_failed", path=str(target), error=str(exc))
-            return
-        if pair.card.feature_set != self.feature_set or pair.card.window != self.window:
+            self._failed = _FailedLoad(target, files, str(exc))
             log.error(
-                "model.reload_refused",
+                "model.reload_failed",
                 path=str(target),
-                reason="trained on another feature set or window",
+                error=str(exc),
+                serving=self.version,
+                action="repair the folder (it is tried again when its files change) or point "
+                "the link at another model",
             )
             return
+        if pair.card.feature_set != self.feature_set or pair.card.window != self.window:
+            reason = "trained on another feature set or window"
+            self._failed = _FailedLoad(target, files, reason)
+            log.error("model.reload_refused", path=str(target), reason=reason, serving=self.version)
+            return
+        self._failed = None
+        self._loaded_from = target
         self._save_cache()  # the outgoing version's predictions, before its key changes
         ens = pair.card.data["ensemble"]
         self.pair = pair
@@ -545,6 +588,28 @@ class MlEnsemble:
         self._salt = self._cache_salt()
         self._defer_cache()  # the new version's file, at its first prediction
         log.info("model.reloaded", version=self.version, path=str(target))
+
+    def _failed_folder_changed(self) -> bool:
+        """Whether the folder of the last failed reload has other files now (a few stats a
+        bar, only while a reload has failed)."""
+        failed = self._failed
+        return failed is not None and _folder_state(failed.path) != failed.files
+
+    def status(self) -> dict[str, Any]:
+        """For `/ready` and `tradingd health` (as a risk plugin's `status()` is, through
+        `tradingd.health.status_check`): not ok while the watched link names a model that
+        failed to load, so that an operator sees that the daemon serves another version
+        than the one published (the failure was one log line)."""
+        data: dict[str, Any] = {"version": self.version, "path": self.model_path}
+        failed = self._failed
+        if failed is None:
+            return {"ok": True, "detail": f"serving {self.version} from {self.model_path}", **data}
+        detail = (
+            f"{self._dir} names {failed.path}, which is not served ({failed.reason}); "
+            f"serving {self.version} from {self.model_path}: repair that folder (it is tried "
+            "again when its files change) or point the link at another model"
+        )
+        return {"ok": False, "detail": detail, "not_served": str(failed.path), **data}
 
     def cache_keys(self, windows: np.ndarray) -> np.ndarray:
         """(B, 3) uint64: the key of each window of `windows` (B, window, features), what the

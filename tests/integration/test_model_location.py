@@ -329,3 +329,45 @@ def test_a_reload_to_a_forest_of_another_width_names_the_file(tmp_path, monkeypa
         "card's window * features is 1200"
     )
     p.close()
+
+
+def test_a_folder_that_failed_to_load_is_tried_again_once_repaired_in_place(tmp_path, monkeypatch):
+    """After model.reload_failed (the old model serving: right), re-copying good files into
+    that folder, as the error advises, was ignored until a restart, without a word: the
+    folder was marked loaded before the attempt. Now it is tried again when its files
+    change (not at every bar), and the plugin's status says that `current` names a model
+    that is not served."""
+    monkeypatch.chdir(tmp_path)
+    root, second = publish_two(tmp_path)
+    p = MlEnsemble(MlEnsembleConfig(cache_dir=""), SYMBOLS)
+    assert p.status()["ok"] is True
+    cnn = second / "cnn_lstm.onnx"
+    good = cnn.read_bytes()
+    cnn.write_bytes(good[:5000])  # a half-copied publication
+    _switch(root, "second")
+
+    def bars(n: int) -> list[tuple[str, str]]:
+        with capture_logs() as logs:
+            for _ in range(n):
+                p._maybe_reload()
+        return [(e["event"], e["log_level"]) for e in logs if e["event"].startswith("model.")]
+
+    assert bars(1) == [("model.reload_failed", "error")]
+    assert p.version == "first"
+    st = p.status()
+    assert st["ok"] is False and st["not_served"] == str(second.resolve())
+    assert st["detail"].startswith(f"{root / 'current'} names {second.resolve()}, which is not")
+    assert "does not match its card" in st["detail"] and "serving first from" in st["detail"]
+    assert bars(5) == []  # no log flood while nothing changes
+    cnn.write_bytes(good)  # repaired in place
+    assert bars(3) == [("model.reload_retry", "info"), ("model.reloaded", "info")]
+    assert p.version == "second" and p.status()["ok"] is True
+    # Failed again, then the link pointed back at the model served: nothing left to report.
+    (second / "random_forest.onnx").unlink()
+    _switch(root, "first")
+    assert [e for e, _ in bars(1)] == ["model.reloaded"]
+    _switch(root, "second")
+    assert bars(2) == [("model.reload_failed", "error")]
+    _switch(root, "first")
+    assert bars(2) == [] and p.status()["ok"] is True and p.version == "first"
+    p.close()
