@@ -36,7 +36,7 @@ from .engine.plugins import load_plugin
 from .engine.portfolio import Portfolio
 from .features.batch_cache import FeatureCache
 from .features.batch_cache import default_cache_dir as features_cache_dir
-from .features.catalog import Catalog, feature_set_id, verify_feature_set, warmup
+from .features.catalog import Catalog, engine_feature_set, verify_feature_set, warmup
 from .features.source import BatchFeatureSource, StreamingFeatureSource
 from .feeds.history import HistoryFeed, RecordedLiveFeed
 from .feeds.panel import Panel
@@ -249,7 +249,7 @@ def verify_model_features(
                     f"plugin {plugin.name!r}: its model needs feature {name!r}, "
                     f"which this engine cannot produce ({exc})"
                 ) from None
-        actual = feature_set_id(expected.name, expected.features, f.indicators, f.cross_sectional)
+        actual = engine_feature_set(expected, f.indicators, f.cross_sectional)
         verify_feature_set(expected, actual, f"plugin {plugin.name!r}")
 
 

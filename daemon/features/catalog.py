@@ -238,6 +238,22 @@ def feature_set_id(
     return FeatureSetId(name, tuple(features), hashlib.sha256(text.encode()).hexdigest()[:12])
 
 
+def engine_feature_set(
+    expected: FeatureSetId, indicators: IndicatorConfig, cross_method: str
+) -> FeatureSetId:
+    """The feature set this engine stands for, to check a model card's `expected` against
+    (`verify_feature_set`): the card's names under the configured indicator periods and
+    cross-sectional method, in the order of the named set when the card lists that set's
+    features in another order (`tradingd train` records a set in its own order). Built from
+    the card's list alone, a reordered card only differed in its version, and was said to
+    have been trained with other indicator periods."""
+    names = expected.features
+    known = FEATURE_SETS.get(expected.name)
+    if known is not None and tuple(known) != tuple(names) and sorted(known) == sorted(names):
+        names = known
+    return feature_set_id(expected.name, names, indicators, cross_method)
+
+
 def verify_feature_set(expected: FeatureSetId, actual: FeatureSetId, where: str) -> None:
     """Stop start-up when a model would be fed other features than it was trained on."""
     if expected == actual:
@@ -247,13 +263,25 @@ def verify_feature_set(expected: FeatureSetId, actual: FeatureSetId, where: str)
     if missing:
         problems.append(f"features the engine does not produce: {missing}")
     if list(expected.features) != list(actual.features) and not missing:
-        problems.append("the same features in another order")
+        problems.append(
+            f"the same features in another order ({_first_difference(expected, actual)}): "
+            "the model takes its inputs by position; restore the card's list to the order "
+            "the model was trained on"
+        )
     if expected.version != actual.version:
         problems.append(
             f"feature set version {expected.version} (trained) != {actual.version} (configured:"
             " indicator periods or cross-sectional method differ)"
         )
     raise ConfigError(f"{where} expects feature set {expected.name!r}: " + "; ".join(problems))
+
+
+def _first_difference(expected: FeatureSetId, actual: FeatureSetId) -> str:
+    pairs = zip(expected.features, actual.features, strict=False)  # (lengths may differ)
+    for i, (a, b) in enumerate(pairs):
+        if a != b:
+            return f"at position {i} the card has {a!r}, the engine's order {b!r}"
+    return f"the card lists {len(expected.features)}, the engine {len(actual.features)}"
 
 
 def resolve_set(name: str, extra: Sequence[str] = ()) -> tuple[str, ...]:

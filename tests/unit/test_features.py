@@ -403,6 +403,35 @@ def test_verify_feature_set_names_the_mismatch():
         verify_feature_set(a, other, "model x")
 
 
+def test_a_card_listing_its_set_in_another_order_is_said_to_be_reordered():
+    """The engine's feature set was built from the card's own list: a card with two features
+    swapped only differed in its version and was said to have been trained with other
+    'indicator periods or cross-sectional method'. The set's own order is the reference."""
+    from tradingd.features.catalog import FeatureSetId, engine_feature_set, verify_feature_set
+
+    a = feature_set_id("default_v1", DEFAULT, IndicatorConfig(), "rank")
+    assert engine_feature_set(a, IndicatorConfig(), "rank") == a
+    swapped = FeatureSetId(a.name, (DEFAULT[1], DEFAULT[0], *DEFAULT[2:]), a.version)
+    actual = engine_feature_set(swapped, IndicatorConfig(), "rank")
+    assert actual == a
+    with pytest.raises(ConfigError) as exc:
+        verify_feature_set(swapped, actual, "model x")
+    assert str(exc.value) == (
+        "model x expects feature set 'default_v1': the same features in another order (at "
+        f"position 0 the card has {DEFAULT[1]!r}, the engine's order {DEFAULT[0]!r}): the "
+        "model takes its inputs by position; restore the card's list to the order the model "
+        "was trained on"
+    )
+    # Reordered and trained with other periods: both said.
+    with pytest.raises(ConfigError, match=r"another order .*; feature set version .* differ"):
+        verify_feature_set(
+            swapped, engine_feature_set(swapped, IndicatorConfig(rsi=9), "rank"), "x"
+        )
+    # A card that lacks one of its set's features is no reordering of it.
+    fewer = feature_set_id("default_v1", DEFAULT[:-1], IndicatorConfig(), "rank")
+    assert engine_feature_set(fewer, IndicatorConfig(), "rank") == fewer
+
+
 def test_batch_source_prepare_cleans_once_and_keeps_readiness():
     """A replay cleans the whole history before the first bar (BatchFeatureSource.prepare):
     each bar then gets 0 where a value was NaN or inf, and `ready` where every required

@@ -328,3 +328,25 @@ def test_onnxruntime_refusing_an_input_is_named_with_the_model_file(tmp_path):
         f"model file {d / 'random_forest.onnx'}: onnxruntime cannot run it on an input of "
         "shape (2, 1200) ("
     )
+
+
+def test_the_start_up_check_says_a_reordered_card_lists_its_features_in_another_order(tmp_path):
+    """Refused, rightly, but as 'indicator periods or cross-sectional method differ'."""
+    from tradingd.app import verify_model_features
+    from tradingd.config import load_config
+    from tradingd.preflight import load_pipeline
+
+    def swap(card):  # type: ignore[no-untyped-def]
+        f = card["feature_set"]["features"]
+        f[0], f[1] = f[1], f[0]
+
+    d = _damaged_copy(tmp_path, swap)
+    signal = {"name": "ml_ensemble", "params": {"model_dir": str(d), "cache_dir": ""}}
+    config = load_config([{"signals": [signal]}], env={})
+    with pytest.raises(ConfigError) as exc:
+        verify_model_features(config, load_pipeline(config))
+    assert str(exc.value).startswith(
+        "plugin 'ml_ensemble' expects feature set 'default_v1': the same features in another "
+        "order (at position 0 the card has 'hl_range', the engine's order 'ret_1')"
+    )
+    assert "indicator periods" not in str(exc.value)
