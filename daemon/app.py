@@ -1263,11 +1263,18 @@ def health_inputs(
         # start (the specification's "ML model accuracy"; reported, not a readiness test).
         loaded: dict[str, Any] = {}
         said = []
+        unserved = []  # a published model that failed to load: the old one serves
         for plugin, _ in engine.pipeline.signals:
             version = getattr(plugin, "version", None)
             if version is None:
                 continue
             entry = {"version": version, "path": getattr(plugin, "model_path", None)}
+            plugin_status = getattr(plugin, "status", None)
+            if callable(plugin_status):
+                st = plugin_status()
+                if not st.get("ok", True):
+                    entry["not_served"] = st.get("not_served")
+                    unserved.append(f"{plugin.name}: {st.get('detail')}")
             accuracy = getattr(plugin, "accuracy", None)
             if callable(accuracy):
                 entry["live"] = live = accuracy()
@@ -1279,8 +1286,8 @@ def health_inputs(
                         f"{_share(live.get('validation'))})"
                     )
             loaded[plugin.name] = entry
-        detail = "; ".join([f"{len(loaded)} model(s) loaded", *said])
-        return CheckResult(True, detail, loaded)
+        detail = "; ".join([*unserved, f"{len(loaded)} model(s) loaded", *said])
+        return CheckResult(not unserved, detail, loaded)
 
     def database() -> CheckResult:
         # A PostgreSQL store reports a database outage (writes spooled, degraded); SQLite

@@ -1850,6 +1850,17 @@ async def test_the_model_check_says_how_often_the_live_forecasts_were_right(engi
     # And in /metrics, for an alert on a model that decays.
     gauge = metrics.MODEL_ACCURACY.labels(plugin="ml_ensemble")._value.get()
     assert gauge == pytest.approx(live["directional_accuracy"])
+    # A published model that failed to load (the old one serving) fails the check, naming
+    # the folder: the plugin's status() said so, and /ready did not ask it.
+    ((plugin, _),) = engine.pipeline.signals
+    plugin.status = lambda: {
+        "ok": False,
+        "detail": "models/current names models/v2, which is not served (card mismatch)",
+        "not_served": "models/v2",
+    }
+    result = check.probe()
+    assert not result.ok and result.detail.startswith("ml_ensemble: models/current names")
+    assert result.data["ml_ensemble"]["not_served"] == "models/v2"
 
 
 class _BarCounter:
