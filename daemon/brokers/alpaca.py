@@ -419,6 +419,19 @@ class _Unreachable(Exception):
         self.kind = kind
 
 
+class SubmitCutShort(RetryableError):
+    """A batch that a broker failure ended part-way. `answered`: the states Alpaca gave
+    (acknowledged or refused); `not_sent`: the orders of the later waves, never sent and
+    closed as cancelled here, so the caller closes their stored intents in the same bar
+    (they stayed `new` in the store for good). Orders whose outcome is unknown are in
+    neither: they are followed and looked up (`_follow_unconfirmed`), never given up."""
+
+    def __init__(self, message: str, answered: list[Order], not_sent: list[Order]) -> None:
+        super().__init__(message)
+        self.answered = answered
+        self.not_sent = not_sent
+
+
 def _retry_after(error: BaseException | None) -> float | None:
     """For a 429: the seconds its Retry-After asks for (0 without one); None otherwise."""
     if not isinstance(error, APIError) or error_info(error).status != 429:
@@ -1204,8 +1217,8 @@ class AlpacaBroker:
             async with gate:
                 return await self._submit_unit(unit)
 
-        for side in (Side.SELL, Side.BUY):
-            wave = [u for u in units if u.primary.side is side]
+        waves = [[u for u in units if u.primary.side is side] for side in (Side.SELL, Side.BUY)]
+        for n, wave in enumerate(waves):
             outcomes = await asyncio.gather(*(send(u) for u in wave), return_exceptions=True)
             failed: RetryableError | None = None
             for outcome in outcomes:
@@ -1216,12 +1229,39 @@ class AlpacaBroker:
                 else:
                     results.update(outcome)
             if failed is not None:
-                raise RetryableError(
-                    f"{failed}; {len(results)} order(s) of the batch were acknowledged; "
-                    "resubmitting the same orders is safe (duplicate client_order_ids return "
-                    "the existing orders)"
+                not_sent = self._not_sent([u for w in waves[n + 1 :] for u in w], failed)
+                raise SubmitCutShort(
+                    f"{failed}; {len(results)} order(s) of the batch were answered, "
+                    f"{len(not_sent)} not sent (closed as cancelled); resubmitting the same "
+                    "orders is safe (duplicate client_order_ids return the existing orders)",
+                    answered=list(results.values()),
+                    not_sent=not_sent,
                 ) from None
         return [results[o.client_order_id].snapshot() for o in orders]
+
+    def _not_sent(self, units: Sequence[Unit], failed: RetryableError) -> list[Order]:
+        """The orders of a batch's later waves after a wave failed: never sent, so closed as
+        cancelled with the reason. Not followed: Alpaca never had them, and the same id
+        sent again later is a first send."""
+        reason = f"not placed: the broker failed before it was sent ({failed})"
+        out = []
+        for unit in units:
+            for member in unit.members:
+                order = member.snapshot()
+                order.status = OrderStatus.CANCELLED
+                order.reason = reason
+                order.filled_quantity = 0.0
+                order.avg_fill_price = math.nan
+                order.updated_at = _now()
+                out.append(order)
+        if out:
+            log.warning(
+                "alpaca.order.not_sent",
+                client_order_ids=[o.client_order_id for o in out],
+                error=str(failed),
+                rule="closed as cancelled: never sent; the next bar decides again",
+            )
+        return out
 
     async def cancel(self, client_order_id: str, reason: str) -> Order | None:
         client = self._require_client()

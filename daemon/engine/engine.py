@@ -1019,6 +1019,34 @@ class Engine:
             for o in acked:
                 metrics.ORDERS.labels(status=str(o.status)).inc()
 
+    def _settle_unsent(self, exc: RetryableError, unsent: Sequence[Order], t: datetime) -> None:
+        """After a broker failure, the stored intents whose fate is known are closed now, in
+        the same bar: those the broker answered (`answered` on the error) as answered, and
+        those never sent (`not_sent`, or the whole plan when the failure came before the
+        submit: a cancel) as cancelled. Before, they stayed `new` in the store for good: a
+        later restart re-checks only the intents after its checkpoint. An order whose send
+        outcome is unknown is in neither: the broker looks it up and reports it."""
+        answered = list(getattr(exc, "answered", ()))
+        if answered:
+            self._book_acked(answered, t)
+        closed = list(getattr(exc, "not_sent", ()))
+        for o in unsent:
+            o.status = OrderStatus.CANCELLED
+            o.reason = f"not placed: the broker failed before it was sent ({exc})"
+            o.updated_at = t
+            closed.append(o)
+        if not closed:
+            return
+        self.audit.orders(closed, self.store.record_orders(self.run.run_id, closed))
+        self._publish_items("orders", closed, t)
+        log.warning(
+            "orders.not_placed",
+            time=t,
+            orders=[o.client_order_id for o in closed],
+            hint="closed as cancelled: the broker failed before they were sent; the next "
+            "bar decides again",
+        )
+
     async def _retry_refused(
         self, acked: list[Order], t: datetime, transient: Callable[[Order], bool]
     ) -> None:
@@ -1730,16 +1758,18 @@ class Engine:
         if adding:
             plan = Plan(orders=list(plan.orders), cancel=[*adding, *plan.cancel])
         interrupted, self._interrupted = self._interrupted, None
+        interrupted_plan = None
         if interrupted is not None and interrupted[0] == bar.time and not paused:
             # The bar a killed process was carrying out, as it decided it (from the same
             # checkpoint): deciding again would see the broker after its cancels and fills.
-            plan = Plan(orders=interrupted[2], cancel=interrupted[1])
+            plan = interrupted_plan = Plan(orders=interrupted[2], cancel=interrupted[1])
             log.info(
                 "resume.interrupted_plan",
                 time=bar.time,
                 cancels=len(interrupted[1]),
                 orders=len(interrupted[2]),
             )
+        submitting = False
         try:
             if self._durable and (plan.orders or plan.cancel):
                 # The intent, cancels included, is stored before any of it reaches the
@@ -1754,6 +1784,7 @@ class Engine:
             if plan.cancel:
                 plan = await self._cancel_then_check(plan, bar.time)
             if plan.orders:
+                submitting = True
                 acked = await self.broker.submit(plan.orders)
                 faults.reached("sent")
                 self._book_acked(acked, bar.time)
@@ -1767,6 +1798,10 @@ class Engine:
             # has looked it up (AlpacaBroker._follow_unconfirmed): never sent twice.
             self.broker_failures += 1
             log.error("broker.unavailable", time=bar.time, error=str(exc), orders=len(plan.orders))
+            # A resumed plan's orders may have reached the broker before the restart: the
+            # broker's resume looked them up; they are not closed here.
+            unsent = plan.orders if not submitting and interrupted_plan is None else ()
+            self._settle_unsent(exc, unsent, bar.time)
 
         if m:
             t0 = self._lap("orders", t0)

@@ -1147,3 +1147,37 @@ async def test_an_order_state_is_counted_once_when_the_stream_tells_it_before_th
         [ack] = await broker.submit([order("AAPL", 3)])
         assert ack.status is OrderStatus.FILLED
         assert ORDERS.labels(status="filled")._value.get() == before + 1
+
+
+async def test_the_buys_of_a_batch_whose_sells_failed_are_closed_as_not_sent(fake):
+    """A batch of sells and a buy: the sells met 5xx, and submit raised before the buy wave.
+    Nothing said the buy was never sent (its stored intent stayed `new` for good), and the
+    sell Alpaca answered was never told either. The error now carries both: the buy closed
+    as cancelled ("not placed"), the answered sell as answered; the sell whose outcome is
+    unknown is in neither, followed and looked up as before."""
+    fake.set_price("AAPL", 100.0, match=False)
+    fake.set_price("SPY", 100.0, match=False)
+    fake.set_position("AAPL", 100, 90.0)
+    lost, answered = order("AAPL", -5, tag="s1"), order("AAPL", -2, tag="s2")
+    buys = [order("SPY", 5, tag="b1"), order("TSLA", 1, tag="b2")]
+    for _ in range(3):  # every attempt of the first sell
+        fake.fail_next_order(503, {"code": 50300000, "message": "service unavailable"})
+    async with running(fake, max_in_flight=1) as broker:
+        with capture_logs() as logs, pytest.raises(RetryableError, match="not sent") as failed:
+            await broker.submit([buys[0], lost, answered, buys[1]])
+        error = failed.value
+        assert [o.client_order_id for o in error.answered] == [answered.client_order_id]
+        assert error.answered[0].status is OrderStatus.NEW
+        assert [o.client_order_id for o in error.not_sent] == [b.client_order_id for b in buys]
+        for o in error.not_sent:
+            assert o.status is OrderStatus.CANCELLED and o.reason.startswith("not placed")
+        assert [b["side"] for b in fake.posted_orders()] == ["sell"] * 4  # no buy was sent
+        assert [o.client_order_id for o in broker.open_orders()] == [
+            lost.client_order_id,
+            answered.client_order_id,
+        ]
+        [warned] = [e for e in logs if e["event"] == "alpaca.order.not_sent"]
+        assert warned["client_order_ids"] == [b.client_order_id for b in buys]
+        # Never sent, so a later send of the same id is a first send, not a duplicate.
+        [ack] = await broker.submit([buys[0]])
+        assert ack.status is OrderStatus.NEW and fake.orders_with_client_id(ack.client_order_id)

@@ -1006,6 +1006,51 @@ async def test_a_sale_planned_on_shares_a_cancelled_stop_had_sold_is_not_sent(
     assert rows and all(st == "cancelled" and r.startswith("not sent") for st, r in rows)
 
 
+async def test_a_plan_whose_cancel_met_a_broker_failure_closes_its_orders_as_not_placed(
+    engine_config, tmp_path
+):
+    """The broker failed during a bar's cancels: its orders, stored as intents before any of
+    it was sent, were never submitted, and stayed `new` in the store for good (a restart
+    re-checks only the intents after its checkpoint). They are closed as cancelled now."""
+    import sqlite3
+
+    from tradingd.app import build_engine
+    from tradingd.core.errors import RetryableError
+
+    panel, config = live_run(engine_config)
+    config = dataclasses.replace(config, orders=dataclasses.replace(config.orders, brackets=True))
+    engine = build_engine(config, "live", panel=panel)
+    broker = engine.broker
+    real_cancel, real_submit = broker.cancel, broker.submit
+    failed: list[str] = []
+    sent: list[str] = []
+
+    async def cancel(cid, reason=""):  # type: ignore[no-untyped-def]
+        if not failed:
+            failed.append(cid)
+            raise RetryableError("broker unreachable during cancel")
+        return await real_cancel(cid, reason)
+
+    async def submit(orders):  # type: ignore[no-untyped-def]
+        sent.extend(o.client_order_id for o in orders)
+        return await real_submit(orders)
+
+    broker.cancel, broker.submit = cancel, submit
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    assert failed and engine.broker_failures == 1
+    [warned] = [e for e in logs if e["event"] == "orders.not_placed"]
+    assert warned["orders"] and not set(warned["orders"]) & set(sent)
+    with sqlite3.connect(tmp_path / "store.db") as con:
+        rows = con.execute(
+            "select status, reason from orders where client_order_id in "
+            f"({','.join('?' * len(warned['orders']))})",
+            warned["orders"],
+        ).fetchall()
+    assert len(rows) == len(warned["orders"])
+    assert all(st == "cancelled" and r.startswith("not placed") for st, r in rows)
+
+
 async def test_a_new_live_run_warns_of_orders_open_at_the_broker_in_its_universe(engine_config):
     """An order placed by hand at the broker is adopted and followed; the planner places no
     entry in a symbol with a working order, so the run never traded that symbol, and only

@@ -9,14 +9,17 @@ POST answers 403 "insufficient buying power"."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fakes.alpaca_trading_server import AlpacaTradingFake, need_fixtures
+from structlog.testing import capture_logs
 
 from tradingd.app import build_engine
 from tradingd.config import load_config
-from tradingd.core.types import parse_client_order_id
+from tradingd.core.types import Side, parse_client_order_id
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,7 +53,12 @@ audit_dir = "{tmp_path / "audit"}"
     return cfg
 
 
-async def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, retry_attempts: int):
+async def _run(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    retry_attempts: int,
+    prepare: Callable[[Any, AlpacaTradingFake], None] | None = None,
+):
     need_fixtures()
     fake = AlpacaTradingFake(cash=1_000_000.0, fill_on_submit=lambda o: 100.0)
     fake.start_in_thread()
@@ -62,6 +70,8 @@ async def _run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, retry_attempts: 
             [ROOT / "config/default.toml", _config(tmp_path, fake, retry_attempts)]
         )
         engine = build_engine(config, "live")
+        if prepare is not None:
+            prepare(engine, fake)
         await engine.run_until_done()
         at_alpaca = sorted(fake.used_client_order_ids)
         posts = [r["client_order_id"] for r in fake.posted_orders()]
@@ -106,3 +116,65 @@ async def test_without_retries_the_refused_decision_stays_rejected(tmp_path, mon
     assert stored[first] == "rejected"
     assert all(parse_client_order_id(c).attempt == 1 for c in posts)  # type: ignore[union-attr]
     assert first not in at_alpaca and first not in fills
+
+
+def _sells_fail_once(cut: list[str]) -> Callable[[Any, AlpacaTradingFake], None]:
+    """The first batch with sells and buys: every POST of its sells answers 503, so the
+    broker raises before the buy wave (`cut`: the ids of that batch's buys and their legs)."""
+
+    def prepare(engine: Any, fake: AlpacaTradingFake) -> None:
+        real_submit = engine.broker.submit
+
+        async def submit(orders):  # type: ignore[no-untyped-def]
+            entries = {o.client_order_id: o.side for o in orders if o.parent_id is None}
+            if cut or set(entries.values()) != {Side.SELL, Side.BUY}:
+                return await real_submit(orders)
+            buys = {cid for cid, side in entries.items() if side is Side.BUY}
+            cut.extend(o.client_order_id for o in orders if {o.client_order_id, o.parent_id} & buys)
+            for _ in range(3 * len(orders)):
+                fake.fail_next_order(503, {"code": 50300000, "message": "service unavailable"})
+            try:
+                return await real_submit(orders)
+            finally:
+                fake.call(fake._order_failures.clear)
+
+        engine.broker.submit = submit
+
+    return prepare
+
+
+async def test_the_buys_of_a_batch_cut_short_by_failed_sells_are_closed_in_the_store(
+    tmp_path, monkeypatch
+):
+    """The operator's 2024-05-31 batch: its sells got 504s and its buy was never posted. The
+    buy's stored intent stayed `new` after the run ended, nothing logged it, and later
+    checkpoints moved past it (a restart never looked at it). Now it is closed as
+    cancelled ("not placed"), and nothing the broker never received stays `new`."""
+    cut: list[str] = []
+    with capture_logs() as logs:
+        posts, at_alpaca, _, _ = await _run(
+            tmp_path, monkeypatch, retry_attempts=2, prepare=_sells_fail_once(cut)
+        )
+    assert cut, "no batch had sells and buys"
+    assert not set(cut) & set(posts)  # the buys were never sent
+    con = sqlite3.connect(tmp_path / "retry.db")
+    try:
+        closed = dict(
+            con.execute(
+                f"SELECT client_order_id, reason FROM orders WHERE client_order_id IN "
+                f"({','.join('?' * len(cut))}) AND status = 'cancelled'",
+                cut,
+            ).fetchall()
+        )
+        # A bracket's legs are at Alpaca under ids of its own: what was sent is the entry.
+        working = con.execute(
+            "SELECT client_order_id, coalesce(parent_id, client_order_id) FROM orders "
+            "WHERE status IN ('new', 'held')"
+        ).fetchall()
+    finally:
+        con.close()
+    assert sorted(closed) == sorted(cut)
+    assert all(r.startswith("not placed") for r in closed.values())
+    assert [c for c, sent_as in working if sent_as not in at_alpaca] == []
+    [warned] = [e for e in logs if e["event"] == "orders.not_placed"]
+    assert sorted(warned["orders"]) == sorted(cut)
