@@ -187,6 +187,9 @@ _THROTTLED_TRIES = 4  # a 429's tries per attempt (alpaca-py's own, before they 
 _REREAD_LIMIT = 20
 
 T = TypeVar("T")
+# Answers that arrived but cannot be read: malformed, not a connection failure, although
+# requests raises them as RequestExceptions.
+_MALFORMED = (requests.exceptions.JSONDecodeError, requests.exceptions.ContentDecodingError)
 
 
 # ----------------------------------------------------------------------------- config
@@ -2442,18 +2445,19 @@ class AlpacaBroker:
             detail = f"{op} timed out"
             self._failed(op, "timeout", detail, up=False)
             raise _Unreachable("timeout", detail) from None
-        except requests.RequestException as e:
+        except (requests.RequestException, ValueError) as e:
             if uncertain is not None:
                 self._attempt(uncertain)
-            detail = self._scrub(f"{op}: {type(e).__name__}: {e}")
-            self._failed(op, "connection", detail, up=False)
-            raise _Unreachable("connection", detail) from None
-        except ValueError as e:
-            if uncertain is not None:
-                self._attempt(uncertain)
-            detail = self._scrub(f"{op}: unreadable answer: {type(e).__name__}: {e}")
-            self._failed(op, "malformed", detail, up=False)
-            raise _Unreachable("malformed", detail) from None
+            # requests' JSONDecodeError is a RequestException too: a body that is no JSON
+            # was counted and shown as a connection error, pointing the operator at the
+            # network. It is an answer, malformed.
+            if isinstance(e, requests.RequestException) and not isinstance(e, _MALFORMED):
+                kind, detail = "connection", f"{op}: {type(e).__name__}: {e}"
+            else:
+                kind, detail = "malformed", f"{op}: unreadable answer: {type(e).__name__}: {e}"
+            detail = self._scrub(detail)
+            self._failed(op, kind, detail, up=False)
+            raise _Unreachable(kind, detail) from None
         finally:
             SOURCE_LATENCY.labels(source=SOURCE).observe(time.perf_counter() - started)
         SOURCE_UP.labels(source=SOURCE).set(1)

@@ -802,6 +802,24 @@ async def test_an_unreachable_broker_raises_retryable_and_on_bar_does_not(fake, 
 # ----------------------------------------------------------------------------- cancel
 
 
+async def test_an_answer_that_is_no_json_is_counted_and_shown_as_malformed(fake, broker):
+    """requests' JSONDecodeError is a RequestException: a 200 whose body was an HTML page
+    was counted as kind="connection" and shown as one in last_error, pointing the operator
+    at the network instead of at the answer."""
+
+    def errors(kind: str) -> float:
+        return SOURCE_ERRORS.labels(source="alpaca_trading", kind=kind)._value.get()
+
+    malformed, connection = errors("malformed"), errors("connection")
+    for _ in range(3):  # every attempt of the order's POST
+        fake._http_faults.append((200, "<html><body>maintenance</body></html>", "html", {}))
+    with pytest.raises(RetryableError, match=r"\(malformed\)"):
+        await broker.submit([order("AAPL", 1, OrderType.LIMIT, limit=100.0)])
+    assert errors("malformed") == malformed + 3
+    assert errors("connection") == connection
+    assert "unreadable answer" in broker.status()["last_error"]
+
+
 async def test_cancel(fake, broker):
     fake.set_price("AAPL", 100.0, match=False)
     buy = order("AAPL", 5, OrderType.LIMIT, limit=90.0)
