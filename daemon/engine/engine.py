@@ -229,8 +229,20 @@ _T = TypeVar("_T")
 # At a stop, how long the broker's last updates may take (systemd's TimeoutStopSec is 60 s).
 _STOP_UPDATES_S = 15.0
 
+
+def _same_gap(a: tuple[float, float], b: tuple[float, float]) -> bool:
+    """Two (broker, book) readings differ by the same quantity (the book may have traded
+    between them): the same difference, not a fill still being booked."""
+    return abs((a[0] - a[1]) - (b[0] - b[1])) <= 1e-6 * max(1.0, *map(abs, (*a, *b)))
+
+
 # Missed live bars remembered for the next release (a year of daily bars).
 _MISSED_BARS_KEPT = 260
+
+# A position difference not seen before is compared again this long after (or after the
+# reconcile interval, if shorter): a fill the broker's positions already hold, its event
+# still on the way, is booked by then (its stream or poll, well under a second).
+_RECONCILE_CONFIRM_S = 5.0
 
 
 def _state_keys(plugins: Sequence[Any]) -> list[tuple[str, Any]]:
@@ -407,6 +419,7 @@ class Engine:
         # every reconcile_interval_s. A difference nothing explains blocks trading in the
         # symbol (symbol -> why) until a later reconciliation finds them equal again.
         self.reconcile_interval_s = reconcile_interval_s
+        self.reconcile_confirm_s = _RECONCILE_CONFIRM_S
         self.reconcile_blocked: dict[str, str] = {}
         self.last_reconciled_at: datetime | None = None
         self.reconcile_error: str | None = None
@@ -1281,10 +1294,54 @@ class Engine:
         reported and the engine has not yet (those are not differences). Rules:
         - equal (within 1e-6 of a share): nothing; a symbol blocked earlier is released;
         - the broker holds a quantity the book does not (a position never ordered by this
-          run, a fill missed, a trade by hand): trading in the symbol stops, it shows in
-          /ready and is alerted, never adopted or overwritten silently;
+          run, a fill missed, a trade by hand), by the same amount at two checks
+          `reconcile_confirm_s` apart: trading in the symbol stops, it shows in /ready
+          and is alerted, never adopted or overwritten silently. One check alone is no
+          proof: the positions may hold a fill whose event is still on the way (booked a
+          moment later), and that was alerted as critical and held /ready at 503 for a
+          whole interval. A difference that moved between the checks (an order filling)
+          waits for a round where it stands still;
         - the broker unreachable: tried again at the next round (logged once per failure).
         Symbols outside the universe are not this run's and are not compared."""
+        first = await self._position_differences()
+        if first is None:
+            return
+        new = {sym: d for sym, d in first.items() if sym not in self.reconcile_blocked}
+        if new:
+            delay = min(self.reconcile_confirm_s, self.reconcile_interval_s)
+            log.info("reconcile.recheck", symbols=sorted(new), in_s=delay)
+            await asyncio.sleep(delay)  # the bar lock released: bars go on meanwhile
+            again = await self._position_differences()
+            if again is None:
+                return
+        else:
+            again = first
+        blocked: dict[str, str] = {}
+        for sym, (broker, book) in again.items():
+            if sym in self.reconcile_blocked:
+                blocked[sym] = f"broker holds {broker:g}, the book {book:g}"
+            elif sym in new and _same_gap(new[sym], (broker, book)):
+                blocked[sym] = self._position_difference(sym, broker, book)
+            else:
+                log.info(
+                    "reconcile.unsettled",
+                    symbol=sym,
+                    broker=broker,
+                    book=book,
+                    rule="not the same at two checks (an order filling): compared again "
+                    "at the next round",
+                )
+        for sym in set(new) - set(again):
+            log.info("reconcile.settled", symbol=sym, rule="gone at the second check")
+        for sym in set(self.reconcile_blocked) - set(blocked):
+            log.info("reconcile.resolved", symbol=sym)
+        self.reconcile_blocked = blocked
+        self.last_reconciled_at = datetime.now(UTC)
+        log.info("reconcile.done", symbols=len(self.symbols), blocked=sorted(blocked))
+
+    async def _position_differences(self) -> dict[str, tuple[float, float]] | None:
+        """{symbol: (broker's quantity, book's)} where they differ, under the bar lock; None
+        when the broker cannot answer or fills arrived while its positions were read."""
         assert self._bar_lock is not None
         async with self._bar_lock:
             try:
@@ -1294,42 +1351,42 @@ class Engine:
                     # A fill arrived while the positions were read: they may or may not
                     # include it. Compare at the next round, not on a moving picture.
                     log.info("reconcile.deferred", reason="fills arrived during the check")
-                    return
+                    return None
             except RetryableError as exc:
                 self.reconcile_error = str(exc)
                 log.warning("reconcile.unavailable", error=str(exc))
-                return
+                return None
             self.reconcile_error = None
-            pf = self.portfolio
-            blocked: dict[str, str] = {}
+            quantity = self.portfolio.quantity
+            out: dict[str, tuple[float, float]] = {}
             for i, sym in enumerate(self.symbols):
-                book = float(pf.quantity[i])
+                book = float(quantity[i])
                 broker = float(held.get(sym, 0.0))
                 if abs(book - broker) > 1e-6 * max(1.0, abs(book), abs(broker)):
-                    why = f"broker holds {broker:g}, the book {book:g}"
-                    blocked[sym] = why
-                    if sym not in self.reconcile_blocked:
-                        log.error(
-                            "reconcile.difference",
-                            symbol=sym,
-                            broker=broker,
-                            book=book,
-                            rule="unexplained: trading in the symbol stops until they agree",
-                        )
-                        alerter = getattr(self, "alerter", None)
-                        if alerter is not None:
-                            alerter.event(
-                                "reconciliation",
-                                sym,
-                                title=f"position difference in {sym}",
-                                text=why + "; trading in it stops until they agree",
-                                severity="critical",
-                            )
-            for sym in set(self.reconcile_blocked) - set(blocked):
-                log.info("reconcile.resolved", symbol=sym)
-            self.reconcile_blocked = blocked
-            self.last_reconciled_at = datetime.now(UTC)
-            log.info("reconcile.done", symbols=len(self.symbols), blocked=sorted(blocked))
+                    out[sym] = (broker, book)
+            return out
+
+    def _position_difference(self, sym: str, broker: float, book: float) -> str:
+        """A difference seen the same at two checks: logged, alerted; returns the why."""
+        why = f"broker holds {broker:g}, the book {book:g}"
+        log.error(
+            "reconcile.difference",
+            symbol=sym,
+            broker=broker,
+            book=book,
+            rule="unexplained (the same at two checks): trading in the symbol stops until "
+            "they agree",
+        )
+        alerter = getattr(self, "alerter", None)
+        if alerter is not None:
+            alerter.event(
+                "reconciliation",
+                sym,
+                title=f"position difference in {sym}",
+                text=why + "; trading in it stops until they agree",
+                severity="critical",
+            )
+        return why
 
     async def _recover_missed(self, missed: deque[datetime]) -> None:
         """The bars the source failed to deliver at their release, before the bar that has

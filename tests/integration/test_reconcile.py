@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from restart_harness import ROOT, write_config
+from structlog.testing import capture_logs
 
 from tradingd.app import build_engine, health_inputs
 from tradingd.config import load_config
@@ -50,6 +51,49 @@ async def test_an_unexplained_broker_position_blocks_the_symbol_until_it_agrees(
     assert first_order_times, "SP500 must trade again once the books agree"
     assert all(t >= _bar_time(tmp_path / "recon.db", 120) for t in first_order_times)
     assert engine.reconcile_blocked == {} and recon.probe().ok
+
+
+async def test_a_difference_is_alerted_only_when_it_stands_at_a_second_check(tmp_path: Path):
+    """GET /v2/positions already held a fill whose event was still on the way: the check
+    found the book 15 short, blocked the symbol, raised a critical alert and held /ready at
+    503 until the next round (300 s by default). A difference is now compared again
+    shortly after: gone (the fill booked) or moved (an order filling), it is not alerted;
+    the same at both checks (a real one), it blocks the symbol as before."""
+    cfg = write_config(tmp_path, "recon2", start="2016-01-01", end="2017-12-31", rate=500.0)
+    config = load_config([ROOT / "config/default.toml", cfg], env={})
+    engine = build_engine(config, "live")
+    # Broker's SP500 beyond the book at each positions() call: the start's (1) and each
+    # round's, a round with a new difference reading twice. In flight at 3, gone at 4;
+    # moving at 5-6; standing from 8 on (blocked at the second reading, 9).
+    extra = {3: 15.0, 5: 5.0, 6: 10.0}
+    calls: list[int] = []
+
+    async def positions() -> dict[str, float]:
+        calls.append(len(calls) + 1)
+        n = calls[-1]
+        book = {s: float(q) for s, q in zip(engine.symbols, engine.portfolio.quantity, strict=True)}
+        book["SP500"] += extra.get(n, 7.0 if n >= 8 else 0.0)
+        return book
+
+    engine.broker.positions = positions  # type: ignore[attr-defined]
+    engine.reconcile_interval_s = 0.01
+    checks, _status, _controls = health_inputs(engine)
+    (recon,) = [c for c in checks if c.name == "reconciliation"]
+    ready: list[tuple[int, bool]] = []
+    engine.after_bar.append(lambda t, v: ready.append((len(calls), recon.probe().ok)))
+    engine.after_bar.append(lambda t, v: engine.request_stop() if len(calls) >= 10 else None)
+    with capture_logs() as logs:
+        await engine.run_until_done()
+
+    assert len(calls) >= 10, "the run ended before the rounds the test needs"
+    events = [e for e in logs if e["event"].startswith("reconcile.")]
+    [difference] = [e for e in events if e["event"] == "reconcile.difference"]
+    assert (difference["broker"] - difference["book"]) == 7.0
+    assert [e["symbol"] for e in events if e["event"] == "reconcile.settled"] == ["SP500"]
+    assert [e["symbol"] for e in events if e["event"] == "reconcile.unsettled"] == ["SP500"]
+    assert all(ok for n, ok in ready if n < 9) and ready[0][0] < 9
+    assert [ok for n, ok in ready if n >= 9] and not any(ok for n, ok in ready if n >= 9)
+    assert list(engine.reconcile_blocked) == ["SP500"]
 
 
 async def _orders(db: Path) -> list[tuple[str, str]]:
