@@ -171,6 +171,8 @@ class EngineResult:
     warmup_bars: int = 0
     # First bar at which at least one symbol had every feature its plugins need.
     first_ready: datetime | None = None
+    # Live bars the source never delivered (lost, or still missing at the end): not traded.
+    bars_never_traded: int = 0
 
     def __repr__(self) -> str:
         # Short: asyncio.run formats the finished task (and so this result) when it puts
@@ -383,6 +385,9 @@ class Engine:
         self.rejections = RejectionRecord(explain=self._explain_rejection)
         self.broker_failures = 0
         self.bars_unavailable = 0
+        # Live bars the source never delivered, neither at their release nor before a newer
+        # bar (`bar.lost`), and those still missing when the run ends: never traded.
+        self.bars_never_traded = 0
         # Operator controls (POST /pause, /resume, /flatten): active | paused | flattening.
         # In every checkpoint, and stored when a control answers (set_trading_state).
         self.trading_state = "active"
@@ -889,6 +894,7 @@ class Engine:
                     bar = None
                     if len(missed) == missed.maxlen:
                         log.warning("bar.lost", time=missed[0], reason="too many missed")
+                        self.bars_never_traded += 1
                     missed.append(t)
                 if bar is not None:
                     if reconciler is None and not self._durable:
@@ -899,6 +905,7 @@ class Engine:
                     else:
                         while missed:  # still not delivered, and a newer bar is here
                             log.warning("bar.lost", time=missed.popleft(), newer=t)
+                            self.bars_never_traded += 1
                         async with self._bar_lock:
                             await self.step(bar, self._catch_up(t))
                         await self._store_late_bars()
@@ -916,6 +923,7 @@ class Engine:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
             await self._book_final_updates()
+            self._warn_of_untraded_bars(missed)
             if self._splits:
                 log.info("corporate.splits_applied", splits=self._splits)
             self.risk_record.finish(self._last_time)
@@ -931,6 +939,8 @@ class Engine:
             finally:
                 # The loop is over: the run's record ends even if its report failed.
                 ended: dict[str, Any] = {"bars": result.bars}
+                if result.bars_never_traded:
+                    ended["bars_never_traded"] = result.bars_never_traded
                 if result.stopped_early and self.run.mode != "live":
                     # A replay that did not reach its last bar (a signal, the lock lost);
                     # every live run ends by being stopped.
@@ -946,6 +956,7 @@ class Engine:
                 fills=result.fills,
                 equity=self.portfolio.equity,
                 stopped_early=result.stopped_early,
+                bars_never_traded=result.bars_never_traded,
             )
             return result
         finally:
@@ -1388,6 +1399,25 @@ class Engine:
             )
         return why
 
+    def _warn_of_untraded_bars(self, missed: deque[datetime]) -> None:
+        """At the run's end: the bars the source never delivered (still missing now, plus
+        those lost earlier) in one warning and in the summary. A run whose last bars were
+        all unavailable (a vendor's circuit open) ended "run finished", each bar logged
+        once as unavailable and nothing saying they were never traded."""
+        self.bars_never_traded += len(missed)
+        if not self.bars_never_traded:
+            return
+        log.warning(
+            "run.bars_never_traded",
+            bars=self.bars_never_traded,
+            still_missing=len(missed),
+            first_missing=missed[0] if missed else None,
+            last_missing=missed[-1] if missed else None,
+            hint="the data source did not deliver these bars (bar.unavailable): nothing was "
+            "decided or ordered on them; check the source's errors in the log and /metrics",
+        )
+        missed.clear()
+
     async def _recover_missed(self, missed: deque[datetime]) -> None:
         """The bars the source failed to deliver at their release, before the bar that has
         now arrived: fetched again and stepped as catch-up bars (features, history, model
@@ -1614,6 +1644,7 @@ class Engine:
             rejections=dict(self.rejections.counts),
             warmup_bars=self._warmup_bars,
             first_ready=self._first_ready,
+            bars_never_traded=self.bars_never_traded,
         )
 
     @property

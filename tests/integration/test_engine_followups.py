@@ -1698,6 +1698,41 @@ async def test_a_bar_the_source_failed_to_deliver_is_fetched_before_the_next(eng
     assert engine.bars_unavailable == 2
 
 
+async def test_a_run_whose_last_bars_never_came_says_so_at_its_end(engine_config, tmp_path):
+    """The vendor's circuit stayed open to the end: each of the last bars was logged once as
+    unavailable, none recovered or lost, and the run ended "run finished" with nothing
+    saying those bars were never traded. The end warns now and the summary counts them."""
+    import sqlite3
+
+    from tradingd.app import build_engine
+    from tradingd.core.errors import RetryableError
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    times = panel.datetimes()
+    bars = engine.feed.bars
+
+    async def circuit_open_from_85(t):  # type: ignore[no-untyped-def]
+        if t >= times[85] or t == times[70]:  # 70: lost once 71 arrives (not recovered)
+            raise RetryableError("yahoo: circuit open (kinds: http_5xx)")
+        return await bars(t)
+
+    engine.feed.bars = circuit_open_from_85  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        result = await engine.run_until_done()
+    assert engine.bars_unavailable == 1 + len(times[85:])
+    [warned] = [e for e in logs if e["event"] == "run.bars_never_traded"]
+    assert warned["log_level"] == "warning"
+    assert warned["bars"] == 1 + len(times[85:]) == result.bars_never_traded
+    assert warned["still_missing"] == len(times[85:])
+    assert (warned["first_missing"], warned["last_missing"]) == (times[85], times[-1])
+    [stop] = [e for e in logs if e["event"] == "engine.stop"]
+    assert stop["bars_never_traded"] == result.bars_never_traded
+    with sqlite3.connect(tmp_path / "store.db") as con:
+        (summary,) = con.execute("select summary from runs").fetchone()
+    assert json.loads(summary)["bars_never_traded"] == result.bars_never_traded
+
+
 async def test_a_database_down_at_a_live_start_is_waited_for_not_an_exit(
     engine_config, monkeypatch
 ):
