@@ -1089,7 +1089,12 @@ class _Daemon:
         """The last log line: where and why the daemon stopped. Always exit code 0."""
         fields: dict[str, Any] = {}
         if result is not None:
-            fields.update(bars=result.bars, stopped_early=result.stopped_early)
+            fields.update(
+                bars=result.bars,
+                stopped_early=result.stopped_early,
+                # bars the clock released that were never traded (a source down to the end)
+                bars_never_traded=getattr(result, "bars_never_traded", 0),
+            )
         if self.stopping and not self.ready:
             reason = f"stopped during start-up: {self.phase}"
         elif self.stopping:

@@ -331,6 +331,7 @@ def test_daemon_rides_out_postgres_and_redis_outages_and_loses_or_doubles_nothin
 
     [finished] = d.events("tradingd.exit")
     assert recovered_at < finished["bars"], "recovered only as the run ended: proves less"
+    assert finished["bars_never_traded"] == 0  # the store's outage cost no bar
     assert spool_files(d.spool_dir) == []  # replayed, then removed at stop
     assert len(d.events("storage.database.down")) == 1
     # Nothing went wrong beyond the outages themselves: no error logged, no traceback.
