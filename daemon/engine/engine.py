@@ -1928,12 +1928,16 @@ class Engine:
         self._bars += 1
         if self._durable:
             await self._settle_plugins()
-            self._checkpoint(bar.time)
         # The audit first: a live audit log writes the bar's lines before this returns, and
-        # the store's writer may commit the bar's checkpoint as soon as maybe_flush hands it
-        # over, so a crash never leaves the store ahead of the audit (AuditLog.truncate_after).
+        # the store's writer may commit the bar's checkpoint as soon as it is handed over, so
+        # a crash never leaves the store ahead of the audit (AuditLog.truncate_after). The
+        # checkpoint is made after the audit's write, too: made before it, a write that
+        # failed (a full disk) left it in the store's buffer, and the stop's last flush
+        # committed a checkpoint past the audit's last line (the bar's fill was then never
+        # in the audit log: the restart truncated the torn line and went on from the store).
         self.audit.flush()
         if self._durable:
+            self._checkpoint(bar.time)
             # A live bar's rows and checkpoint go to the writer now, whatever the interval:
             # the next bar may be a day away, and a write of the bar's order intents within
             # the interval left them in memory until then (a crash lost them).

@@ -2247,3 +2247,44 @@ async def test_a_slow_plugin_call_is_a_warning_at_its_bar_unless_switched_off(
         return
     assert [(e["plugin"], e["stage"], e["time"]) for e in slow] == [(plugin.name, "score", slow_at)]
     assert slow[0]["seconds"] == pytest.approx(3.0) and slow[0]["limit_s"] == limit
+
+
+async def test_a_bar_whose_audit_write_failed_leaves_no_checkpoint_in_the_store(
+    engine_config, monkeypatch
+):
+    """A full disk failed the live audit log's write of a bar, but that bar's checkpoint was
+    already in the store's buffer: the stop's last flush committed it, the restart
+    truncated the torn audit line and went on from the store, and the bar's fills were
+    never in the audit log. The store's checkpoint now stays at the last bar the audit
+    holds."""
+    import errno
+
+    from tradingd import audit as audit_mod
+    from tradingd.app import build_engine
+    from tradingd.core.errors import StorageError
+    from tradingd.storage.sqlite import SqliteStore
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    real = audit_mod._Sink.write
+    writes = {"n": 0}
+
+    def write(self, text):  # type: ignore[no-untyped-def]
+        writes["n"] += 1
+        if writes["n"] == 12:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, text)
+
+    monkeypatch.setattr(audit_mod._Sink, "write", write)
+    with pytest.raises(StorageError, match="No space left on device"):
+        await engine.run_until_done()
+    done = engine._times[-1]  # the last bar whose step completed (its audit lines written)
+    store = SqliteStore(engine_config.storage.url.removeprefix("sqlite:///"), process=False)
+    await store.start()
+    try:
+        (checkpoint,) = await store.fetch("checkpoints", "test-live")
+        fills = await store.fetch("fills", "test-live")
+    finally:
+        await store.stop()
+    assert checkpoint["bar_time"] == done
+    assert fills, "the run traded before the failure: the test proves nothing otherwise"
