@@ -14,6 +14,7 @@ with no rows (a header only) is an error naming it, never a silently missing sym
 symbol whose bars all fall outside `start`/`end` is left out with a warning naming it, its first
 and last bar and the window (`data.suspect`, kind `no_bars_in_window`). Blank lines of a CSV
 are not data: they are skipped, and the line numbers in errors stay those of the file.
+A CSV's symbol column is read as text ("0700" stays "0700", not the number 700).
 Each load logs its repairs in one "data.repairs" line (the details at debug level).
 """
 
@@ -120,7 +121,7 @@ def _read(
     try:
         if source == "csv":
             # Blank lines are read (as all-NaN rows) so index i is line i + 2, then dropped.
-            raw = pd.read_csv(path, skip_blank_lines=False)
+            raw = pd.read_csv(path, skip_blank_lines=False, dtype=_symbol_as_text(path))
             return _drop_blank_lines(raw, path), CSV_FIRST_LINE
         columns, filters = _parquet_selection(path, symbols)
         raw = _read_parquet_rows(path, columns, filters) if columns and filters else None
@@ -130,6 +131,16 @@ def _read(
         return raw, None
     except (OSError, ValueError) as exc:
         raise DataError(f"cannot read {source} file: {exc}", source=str(path)) from exc
+
+
+def _symbol_as_text(path: Path) -> dict[str, type]:
+    """read_csv's dtype for the symbol column (if the header has one): text. Guessed, a
+    numeric-looking ticker became a number and lost its leading zeros (Hong Kong's "0700"
+    and "0005" became 700 and 5, and a request for "0700" found no such symbol)."""
+    header = pd.read_csv(path, nrows=0).columns
+    return {
+        str(c): str for c, canon in canonical_columns(list(header)).items() if canon == "symbol"
+    }
 
 
 def _parquet_selection(

@@ -109,6 +109,25 @@ def test_unknown_symbol_lists_available(per_symbol_dir: Path) -> None:
         load_panel("csv", str(per_symbol_dir), symbols=["AAPL", "IBM"])
 
 
+def test_numeric_looking_tickers_keep_their_leading_zeros(tmp_path: Path) -> None:
+    """Hong Kong's "0700" and "0005" are symbols, not the numbers 700 and 5."""
+    header = "symbol,date,open,high,low,close,volume"
+    path = write_csv(
+        tmp_path / "hk.csv",
+        ["0700,2020-01-02,10,11,9,10,100", "0005,2020-01-02,20,21,19,20,100",
+         "0700,2020-01-03,10,11,9,10.5,100", "0005,2020-01-03,20,21,19,20.5,100"],
+        header=header,
+    )  # fmt: skip
+    p = load_panel("csv", str(path), symbols=["0700", "0005"])
+    assert p.symbols == ("0005", "0700")
+    np.testing.assert_array_equal(p.close, [[20, 10], [20.5, 10.5]])
+    # A per-symbol file's own symbol column is compared as text too.
+    d = tmp_path / "per_symbol"
+    d.mkdir()
+    write_csv(d / "0700.csv", ["0700,2020-01-02,10,11,9,10,100"], header=header)
+    assert load_panel("csv", str(d)).symbols == ("0700",)
+
+
 def _window_drops(logs: list[dict]) -> list[dict]:
     return [e for e in logs if e["event"] == "data.suspect" and e["kind"] == "no_bars_in_window"]
 
