@@ -3,7 +3,8 @@
 Sources:
   bundled  the S&P 500 and NASDAQ Composite indices shipped inside `arch` (symbols "SP500" and
            "NASDAQ", daily 1999-2018): the offline default, no path.
-  csv      `path` is a file or a directory of files (one per symbol, `AAPL.csv`).
+  csv      `path` is a file or a directory of files (one per symbol, `AAPL.csv`; two files of
+           one symbol, `XOM.csv` and `XOM.CSV`, are an error naming both).
   parquet  the same with `.parquet` / `.pq` files.
 Layouts (csv/parquet): "long" is one table with a symbol column; "per_symbol" is one table per
 symbol named by its file stem (a directory, or a single file); "auto" picks per_symbol for a
@@ -291,6 +292,25 @@ def data_files(directory: Path, source: str) -> list[Path]:
     )
 
 
+def _files_by_symbol(directory: Path, source: str) -> dict[str, Path]:
+    """Symbol -> its file in a per-symbol directory. Two files of one symbol (XOM.CSV beside
+    XOM.csv, XOM.parquet beside XOM.pq) are an error naming both: reading one would silently
+    drop the other, and which one won depended on the names' sort order."""
+    by_symbol: dict[str, Path] = {}
+    for p in data_files(directory, source):
+        sym = _stem(p, source)
+        if sym in by_symbol:
+            raise DataError(
+                f"two files for symbol {sym!r}: {by_symbol[sym].name!r} and {p.name!r}; "
+                "keep one of them (move or rename the other) so the data of the symbol is not "
+                "a guess",
+                source=str(directory),
+                symbol=sym,
+            )
+        by_symbol[sym] = p
+    return by_symbol
+
+
 def _files(
     path: Path, source: str, layout: str, symbols: Sequence[str] | None
 ) -> list[tuple[pd.DataFrame, str, str | None, int | None]]:
@@ -301,8 +321,7 @@ def _files(
                 f"data layout 'long' needs a file, but {str(path)!r} is a directory; "
                 "use layout 'per_symbol' or 'auto'"
             )
-        files = data_files(path, source)
-        by_symbol = {_stem(p, source): p for p in files}
+        by_symbol = _files_by_symbol(path, source)
         if not by_symbol:
             raise DataError(
                 f"no {'/'.join(_SUFFIXES[source])} files in the directory", source=str(path)

@@ -128,6 +128,31 @@ def test_numeric_looking_tickers_keep_their_leading_zeros(tmp_path: Path) -> Non
     assert load_panel("csv", str(d)).symbols == ("0700",)
 
 
+@pytest.mark.parametrize(
+    ("source", "names"),
+    [("csv", ("XOM.CSV", "XOM.csv")), ("parquet", ("XOM.parquet", "XOM.pq"))],
+)
+def test_two_files_of_one_symbol_in_a_folder_are_an_error(
+    tmp_path: Path, source: str, names: tuple[str, str]
+) -> None:
+    """Neither file of XOM is taken over the other by the sort order of their names."""
+    d = tmp_path / "bars"
+    d.mkdir()
+    frame = pd.DataFrame(
+        {"date": ["2020-01-02"], "open": [1.0], "high": [1.0], "low": [1.0], "close": [1.0],
+         "volume": [1.0]}
+    )  # fmt: skip
+    for name in (*names, f"AAPL.{names[1].split('.')[1]}"):
+        if source == "csv":
+            frame.to_csv(d / name, index=False)
+        else:
+            frame.to_parquet(d / name)
+    with pytest.raises(DataError, match="two files for symbol 'XOM'") as err:
+        load_panel(source, str(d))
+    assert all(repr(name) in str(err.value) for name in names)
+    assert err.value.symbol == "XOM"
+
+
 def _window_drops(logs: list[dict]) -> list[dict]:
     return [e for e in logs if e["event"] == "data.suspect" and e["kind"] == "no_bars_in_window"]
 
