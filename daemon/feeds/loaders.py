@@ -48,6 +48,7 @@ from .validate import (
     check_limits,
     find_column,
     parse_repairs,
+    recognised_columns,
     validate_frame,
 )
 
@@ -159,7 +160,8 @@ def _parquet_selection(
     schema = pq.read_schema(path)
     mapping = canonical_columns(schema.names)
     found = set(mapping.values())
-    columns = [str(c) for c in mapping] if found >= {"time", *PRICE_COLUMNS, "volume"} else None
+    wanted = recognised_columns(schema.names)  # both columns of a clash: validation names them
+    columns = [str(c) for c in wanted] if found >= {"time", *PRICE_COLUMNS, "volume"} else None
     filters = None
     sym_col = next((c for c, canon in mapping.items() if canon == "symbol"), None)
     if columns is not None and sym_col is not None and symbols:

@@ -5,6 +5,10 @@ loosely (case-insensitive, common aliases), and returns a clean long table with 
 `time, symbol, open, high, low, close, volume, split, dividend`: sorted by symbol then time,
 times datetime64[ns] naive bar labels (see Times), floats everywhere else.
 
+Columns: a date column beside a time column (Date, Time) are one timestamp, the date and the
+time of day; any other two columns of one name (Date beside Datetime, Close beside CLOSE) are an
+error naming both.
+
 Times: naive input (dates, or date-times without an offset) is the exchange's wall time. Input
 with UTC offsets (also mixed offsets, e.g. -05:00 in winter and -04:00 in summer, or UTC stamps
 such as 05:00Z) is converted to the exchange's time zone (`timezone`, America/New_York by
@@ -91,7 +95,10 @@ _LOG_SAMPLE = 5
 # left out of the run, a change of its universe that must be findable in the log.
 SUSPECT_NAME_ALL = frozenset({"no_bars_in_window"})
 
-# Normalised name (lower case, spaces/dashes as underscores) -> canonical column.
+# The time-of-day column of a table with a "date" and a "time" column (see `_map_columns`).
+TIME_OF_DAY = "time_of_day"
+# Normalised name (lower case, spaces/dashes as underscores) -> canonical column. Two columns
+# of one canonical name are an error, except "date" and "time" together: date and time of day.
 ALIASES: dict[str, str] = {
     "time": "time",
     "date": "time",
@@ -319,16 +326,66 @@ def _normalise_name(col: object) -> str:
     return str(col).strip().lower().replace(" ", "_").replace("-", "_")
 
 
-def canonical_columns(columns: Sequence[object]) -> dict[object, str]:
-    """Map each recognised input column to its canonical name (first match wins)."""
+def _map_columns(
+    columns: Sequence[object],
+) -> tuple[dict[object, str], list[tuple[object, object, str]]]:
+    """Each recognised column's canonical name (the first of several wins), and the clashes:
+    (first column, other column, canonical name) for every further column of one name. A
+    "date" column beside a "time" column is one timestamp in two parts, no clash: the date is
+    "time", the other "time_of_day" (joined by `_join_date_time`)."""
+    names = {_normalise_name(c) for c in columns}
+    split_time = {"date", "time"} <= names
     mapping: dict[object, str] = {}
-    taken: set[str] = set()
+    first: dict[str, object] = {}
+    clashes: list[tuple[object, object, str]] = []
     for col in columns:
-        canon = ALIASES.get(_normalise_name(col))
-        if canon is not None and canon not in taken:
-            mapping[col] = canon
-            taken.add(canon)
-    return mapping
+        name = _normalise_name(col)
+        canon = TIME_OF_DAY if split_time and name == "time" else ALIASES.get(name)
+        if canon is None:
+            continue
+        if canon in first:
+            clashes.append((first[canon], col, canon))
+            continue
+        mapping[col] = canon
+        first[canon] = col
+    return mapping, clashes
+
+
+def canonical_columns(columns: Sequence[object]) -> dict[object, str]:
+    """Map each recognised input column to its canonical name (first match wins; validation
+    refuses a table where two columns name one: see `_map_columns`)."""
+    return _map_columns(columns)[0]
+
+
+def recognised_columns(columns: Sequence[object]) -> list[object]:
+    """Every column a load looks at: the canonical ones, and the others of a clash (so that
+    validation sees, and names, both)."""
+    return [c for c in columns if ALIASES.get(_normalise_name(c)) is not None]
+
+
+def _refuse_clashes(columns: Sequence[object], ctx: _Ctx, symbol: str | None) -> None:
+    """Two columns for one canonical name (Date beside Datetime, Close beside CLOSE): taking
+    the first silently ignored the other, e.g. a Time column, so every minute of a day was one
+    repeated date."""
+    clashes = _map_columns(columns)[1]
+    if clashes:
+        a, b, canon = clashes[0]
+        raise DataError(
+            f"columns {str(a)!r} and {str(b)!r} both name the {canon} column; keep one "
+            "(rename or drop the other). A Date column beside a Time column is read as one "
+            "timestamp: date and time of day",
+            source=ctx.source,
+            symbol=symbol,
+        )
+
+
+def _join_date_time(date: pd.Series, clock: pd.Series) -> pd.Series:
+    """One timestamp per row from a date and a time-of-day column ("10/26/2015" and "09:30"
+    -> "10/26/2015 09:30"), as text for `_parse_times`. A row missing either part has no time
+    (an error, or dropped by repair 'nan')."""
+    text = (date.astype(str) + " " + clock.astype(str)).to_numpy(dtype=object)
+    missing = (date.isna() | clock.isna()).to_numpy()
+    return pd.Series(np.where(missing, None, text), index=date.index, dtype=object)
 
 
 def find_column(df: pd.DataFrame, canonical: str) -> object | None:
@@ -632,6 +689,7 @@ def _normalise(
     """Canonical columns and types, filtered by date, stably sorted by symbol."""
     if find_column(df, "time") is None and isinstance(df.index, pd.DatetimeIndex):
         df = df.reset_index()
+    _refuse_clashes(list(df.columns), ctx, symbol)
     mapping = canonical_columns(list(df.columns))
     have = set(mapping.values())
     required = ["time", *PRICE_COLUMNS, "volume"] + (["symbol"] if symbol is None else [])
@@ -643,6 +701,8 @@ def _normalise(
             symbol=symbol,
         )
     src = {canon: df[col] for col, canon in mapping.items()}
+    if TIME_OF_DAY in src:
+        src["time"] = _join_date_time(src["time"], src.pop(TIME_OF_DAY))
     out = pd.DataFrame(index=df.index)
     out["time"] = pd.Series(pd.NaT, index=df.index, dtype="datetime64[ns]")
     if symbol is None:

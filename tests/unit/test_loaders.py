@@ -293,6 +293,44 @@ def test_tz_aware_times_become_bar_labels(tmp_path: Path) -> None:
     )
 
 
+def test_a_date_column_and_a_time_column_are_one_timestamp(tmp_path: Path) -> None:
+    """Symbol,Date,Time: every minute of a day is its own bar, not one repeated date."""
+    path = write_csv(
+        tmp_path / "minutes.csv",
+        ["AAA,10/26/2015,09:30,10,11,9,10,1", "AAA,10/26/2015,09:31,10,11,9,10.5,1",
+         "AAA,10/27/2015,09:30,10,11,9,11,1"],
+        header="Symbol,Date,Time,Open,High,Low,Close,Volume",
+    )  # fmt: skip
+    p = load_panel("csv", str(path))
+    np.testing.assert_array_equal(  # New York wall times (EDT) as UTC instants
+        p.times, days("2015-10-26T13:30", "2015-10-26T13:31", "2015-10-27T13:30")
+    )
+    np.testing.assert_array_equal(p.close[:, 0], [10, 10.5, 11])
+    # A Parquet date column and a time-of-day column, likewise.
+    pq = tmp_path / "minutes.parquet"
+    pd.DataFrame(
+        {"date": pd.to_datetime(["2015-10-26", "2015-10-26"]), "time": ["09:30", "09:31"],
+         "open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 1.0}
+    ).to_parquet(pq)  # fmt: skip
+    np.testing.assert_array_equal(
+        load_panel("parquet", str(pq)).times, days("2015-10-26T13:30", "2015-10-26T13:31")
+    )
+
+
+@pytest.mark.parametrize("source", ["csv", "parquet"])
+def test_two_columns_of_one_name_are_an_error_naming_both(tmp_path: Path, source: str) -> None:
+    """Date beside Datetime cannot be combined: neither is taken over the other."""
+    frame = pd.DataFrame(
+        {"Date": ["2020-01-02", "2020-01-03"], "Datetime": ["2020-01-02 16:00", "2020-01-03 16:00"],
+         "open": 1.0, "high": 1.0, "low": 1.0, "close": 1.0, "volume": 1.0}
+    )  # fmt: skip
+    path = tmp_path / f"XYZ.{source}"
+    frame.to_csv(path, index=False) if source == "csv" else frame.to_parquet(path)
+    with pytest.raises(DataError, match="columns 'Date' and 'Datetime' both name the time") as err:
+        load_panel(source, str(path))
+    assert err.value.source == str(path)
+
+
 def test_bundled_source() -> None:
     p = load_panel("bundled")
     assert p.symbols == ("NASDAQ", "SP500")
