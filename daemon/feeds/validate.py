@@ -12,7 +12,9 @@ error naming both.
 Times: naive input (dates, or date-times without an offset) is the exchange's wall time. Input
 with UTC offsets (also mixed offsets, e.g. -05:00 in winter and -04:00 in summer, or UTC stamps
 such as 05:00Z) is converted to the exchange's time zone (`timezone`, America/New_York by
-default), so a daily bar stamped at New York midnight is the same date as an undated one. A file
+default), so a daily bar stamped at New York midnight is the same date as an undated one; daily
+bars stamped at 00:00 in their own offset (every bar of the symbol: 2015-01-02T00:00:00+00:00,
+as tradingd's equity.csv and Tiingo write days) are dates, taken as written. A file
 that mixes times with and without an offset is an error, and so are two distinct instants that
 become the same wall time (the repeated hour when daylight saving ends): both name the row.
 The output times are bar labels, as everywhere in the engine: a daily bar is its session date
@@ -54,7 +56,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -547,15 +549,27 @@ def _to_exchange(
     return local
 
 
-def _parse_times(raw: pd.Series, ctx: _Ctx, frame_for_errors: pd.DataFrame, tz: str) -> pd.Series:
-    """datetime64[ns], naive wall time of the exchange (`tz`); see the module docstring."""
+# The times as written, each in its own offset (naive datetime64[ns]): asked for by
+# `_label_bars` for daily bars only, as parsing text value by value costs.
+Written = Callable[[], np.ndarray]
+
+
+def _parse_times(
+    raw: pd.Series, ctx: _Ctx, frame_for_errors: pd.DataFrame, tz: str
+) -> tuple[pd.Series, np.ndarray | None, Written | None]:
+    """datetime64[ns], naive wall time of the exchange (`tz`); see the module docstring. With
+    it, for times with an offset, the UTC instants and the times as written (else None)."""
     dtype = raw.dtype
     if isinstance(dtype, pd.DatetimeTZDtype):
         utc = raw.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[ns]")
         wall = _to_exchange(utc, tz, ctx, frame_for_errors, raw)
-        return pd.Series(wall, index=raw.index), utc
+
+        def written_tz() -> np.ndarray:
+            return raw.dt.tz_localize(None).to_numpy().astype("datetime64[ns]")
+
+        return pd.Series(wall, index=raw.index), utc, written_tz
     if pd.api.types.is_datetime64_dtype(dtype):
-        return raw.astype("datetime64[ns]"), None
+        return raw.astype("datetime64[ns]"), None, None
     if pd.api.types.is_numeric_dtype(dtype) and not raw.isna().all():
         raise DataError(
             f"time column has numeric type {dtype}; expected dates or date-times as text",
@@ -580,7 +594,7 @@ def _parse_times(raw: pd.Series, ctx: _Ctx, frame_for_errors: pd.DataFrame, tz: 
     utc[present] = utc_uniq[codes[present]]
     offset_uniq = _offsets(text, parsed) if len(text) else np.zeros(0, dtype=bool)
     if not offset_uniq.any():  # naive: the wall time as written
-        return pd.Series(utc, index=raw.index), None
+        return pd.Series(utc, index=raw.index), None, None
     if not offset_uniq.all():
         has = np.zeros(len(raw), dtype=bool)
         has[present] = offset_uniq[codes[present]]
@@ -594,7 +608,28 @@ def _parse_times(raw: pd.Series, ctx: _Ctx, frame_for_errors: pd.DataFrame, tz: 
             f"{_quote(raw.iat[pos])}, in a file whose first time {_quote(raw.iat[first])} has "
             f"{'one' if has[first] else 'none'}; write every time of a file the same way",
         )
-    return pd.Series(_to_exchange(utc, tz, ctx, frame_for_errors, raw), index=raw.index), utc
+    wall = _to_exchange(utc, tz, ctx, frame_for_errors, raw)
+
+    def written_text() -> np.ndarray:
+        out = np.full(len(raw), np.datetime64("NaT"), dtype="datetime64[ns]")
+        out[present] = _as_written(text)[codes[present]]
+        return out
+
+    return pd.Series(wall, index=raw.index), utc, written_text
+
+
+def _as_written(text: pd.Index) -> np.ndarray:
+    """Per distinct time string with an offset: its wall time in that offset, as written
+    (naive datetime64[ns]; NaT where it cannot be read alone). Value by value: pandas reads
+    mixed offsets only as UTC instants."""
+
+    def one(value: str) -> np.datetime64:
+        try:
+            return np.datetime64(pd.Timestamp(value).tz_localize(None).as_unit("ns"), "ns")
+        except (ValueError, TypeError, OverflowError):
+            return np.datetime64("NaT", "ns")
+
+    return np.array([one(v) for v in text], dtype="datetime64[ns]")
 
 
 INTERVALS = ("auto", "1d", "intraday")
@@ -608,19 +643,22 @@ def _label_bars(
     interval: str,
     ctx: _Ctx,
     frame_for_errors: pd.DataFrame,
+    written: Written | None = None,
 ) -> tuple[pd.Series, bool]:
     """Bar labels as the engine uses them: a daily bar is its session date at 00:00 (whatever
-    time of day the source stamped it with: New York midnight, the 09:30 open, the close); an
+    time of day the source stamped it with: New York midnight, the 09:30 open, the close; a
+    symbol stamped at 00:00 in its own offset is dated as written, see `_midnight_dates`); an
     intraday bar is its start instant in UTC. `interval="auto"` (files) calls a table daily
     when no symbol has two bars on one exchange date; vendor feeds say which they serve.
     Returns the labels and whether they are daily."""
     t = wall.to_numpy()
-    if interval == "auto":
-        daily = not _two_times_a_day(pd.factorize(symbols)[0], t)
-    else:
-        daily = interval == "1d"
+    codes = pd.factorize(symbols)[0]
+    daily = not _two_times_a_day(codes, t) if interval == "auto" else interval == "1d"
     if daily:
-        return pd.Series(t.astype("datetime64[D]").astype("datetime64[ns]"), index=wall.index), True
+        dates = t.astype("datetime64[D]")
+        if written is not None:
+            dates = _midnight_dates(dates, written(), codes)
+        return pd.Series(dates.astype("datetime64[ns]"), index=wall.index), True
     if utc is not None:
         return pd.Series(utc, index=wall.index), False
     # Naive intraday times are the exchange's wall time: to UTC; a wall time that does not
@@ -636,6 +674,22 @@ def _label_bars(
             "(a daylight-saving switch); write intraday times with a UTC offset",
         )
     return pd.Series(out, index=wall.index), False
+
+
+def _midnight_dates(dates: np.ndarray, written: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Daily dates, where a symbol's every bar is stamped at 00:00 in its own offset, taken as
+    written: such a stamp is a date label (2015-01-02T00:00:00+00:00 is how tradingd's own
+    equity.csv and Tiingo write a day), not an instant to convert. Converted to New York it
+    was 19:00 the day before, so every bar was labelled a day early (2015-01-01, a holiday;
+    Sundays), and next to plain-date files each symbol missed every other's days. Stamps at
+    another time of day (the close, 21:00Z) are instants, converted as before."""
+    present = ~np.isnat(written)
+    midnight = present & (written == written.astype("datetime64[D]"))
+    if not midnight.any():
+        return dates
+    off = np.bincount(codes[present & ~midnight], minlength=int(codes.max()) + 1)
+    as_written = midnight & (off[codes] == 0)
+    return np.where(as_written, written.astype("datetime64[D]"), dates)
 
 
 def _two_times_a_day(codes: np.ndarray, t: np.ndarray) -> bool:
@@ -721,8 +775,8 @@ def _normalise(
                     other,
                     f"{{n}} row(s) of another symbol in the file for {symbol!r}",
                 )
-    wall, utc = _parse_times(src["time"], ctx, out, tz)
-    out["time"], daily = _label_bars(wall, utc, out["symbol"], tz, interval, ctx, out)
+    wall, utc, written = _parse_times(src["time"], ctx, out, tz)
+    out["time"], daily = _label_bars(wall, utc, out["symbol"], tz, interval, ctx, out, written)
     for name in (*PRICE_COLUMNS, "volume"):
         out[name] = pd.to_numeric(src[name], errors="coerce").astype("float64")
     absent = [name for name in ("split", "dividend") if name not in src]

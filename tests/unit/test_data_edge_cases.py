@@ -176,6 +176,42 @@ def test_three_years_of_offset_stamped_bars_do_not_double(tmp_path: Path) -> Non
     assert p.n_bars == 2 * 754
 
 
+def test_daily_bars_stamped_at_midnight_in_their_offset_keep_their_dates(tmp_path: Path) -> None:
+    """00:00Z is a date label (tradingd's equity.csv, Tiingo), not 19:00 New York the day
+    before: the dates are as written and line up with plain-date files. The close in UTC
+    (21:00Z in winter, 20:00Z in summer) and midnight in another offset give their own date too."""
+    dates = ["2015-01-02", "2015-01-05", "2015-07-01", "2015-07-02"]
+    write_csv(tmp_path / "PLAIN.csv", [f"{d},10,11,9,10,1" for d in dates])
+    write_csv(tmp_path / "ZULU.csv", [f"{d}T00:00:00+00:00,10,11,9,10,1" for d in dates])
+    write_csv(tmp_path / "TOKYO.csv", [f"{d}T00:00:00+09:00,10,11,9,10,1" for d in dates])
+    write_csv(
+        tmp_path / "CLOSE.csv",
+        [f"{d}T{21 if d < '2015-03' else 20}:00:00Z,10,11,9,10,1" for d in dates],
+    )
+    p = load_panel("csv", str(tmp_path), repair=["gaps"])  # January to July
+    np.testing.assert_array_equal(p.times, days(*dates))  # 4 days, not 8 (nor Sundays)
+    assert not np.isnan(p.close).any()
+    # A tz-aware Parquet column at UTC midnight, likewise.
+    pq = tmp_path / "pq"
+    pq.mkdir()
+    pd.DataFrame(
+        {"date": pd.DatetimeIndex(dates, tz="UTC"), "open": 10.0, "high": 11.0, "low": 9.0,
+         "close": 10.0, "volume": 1.0}
+    ).to_parquet(pq / "XYZ.parquet")  # fmt: skip
+    np.testing.assert_array_equal(
+        load_panel("parquet", str(pq), repair=["gaps"]).times, days(*dates)
+    )
+
+
+def test_tradingd_s_own_daily_times_read_back_to_the_same_dates(tmp_path: Path) -> None:
+    """The times of a run's equity.csv (`Panel.datetimes()` as isoformat) are its bars' dates."""
+    p = load_panel("csv", str(write_csv(tmp_path / "XYZ.csv", GOOD)))
+    stamps = [t.isoformat() for t in p.datetimes()]
+    assert stamps[0] == "2020-01-02T00:00:00+00:00"
+    again = write_csv(tmp_path / "again.csv", [f"{t},10,11,9,10,1" for t in stamps])
+    np.testing.assert_array_equal(load_panel("csv", str(again)).times, p.times)
+
+
 def test_timezone_is_configurable(tmp_path: Path) -> None:
     # 03:00 UTC is still the previous day in New York, already the same day in London: the
     # exchange's time zone decides which session a daily bar belongs to.
