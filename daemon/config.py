@@ -121,16 +121,19 @@ class DataConfig:
     # The exchange's time zone: times written with a UTC offset are converted to it, and it
     # decides which session a daily bar belongs to.
     timezone: str = "America/New_York"
+    # How text dates are written (strftime, e.g. "%d/%m/%Y"); "" = inferred from the first.
+    date_format: str = ""
 
     def __post_init__(self) -> None:
         _finite(self, "data")
         _choice("data.source", self.source, ("bundled", "csv", "parquet"))
-        from .feeds.validate import check_limits
+        from .feeds.validate import check_date_format, check_limits
 
         try:
             check_limits(
                 max_spike=self.max_spike, max_volume=self.max_volume, timezone=self.timezone
             )
+            check_date_format(self.date_format)
         except ConfigError as exc:
             raise ConfigError(f"data: {exc}") from None
         _choice("data.layout", self.layout, ("auto", "long", "per_symbol"))

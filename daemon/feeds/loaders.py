@@ -45,6 +45,7 @@ from .validate import (
     SUSPECT_RULES,
     RepairSummary,
     canonical_columns,
+    check_date_format,
     check_limits,
     find_column,
     parse_repairs,
@@ -376,11 +377,13 @@ def load_frame(
     max_volume: float = DEFAULT_MAX_VOLUME,
     timezone: str = DEFAULT_TIMEZONE,
     summary: RepairSummary | None = None,
+    date_format: str = "",
 ) -> pd.DataFrame:
     """The validated long table (time, symbol, open, high, low, close, volume, split, dividend).
 
     `max_spike` and `max_volume` are the plausibility thresholds of validate.py (0 disables
-    one); `timezone` is the exchange's, for times written with a UTC offset. `summary`
+    one); `timezone` is the exchange's, for times written with a UTC offset; `date_format`
+    (strftime, "" = inferred) reads the files' text times. `summary`
     receives the load's repair counts (logged here all the same): the panel cache keeps them
     to say them again when it serves the load from disk.
     """
@@ -388,6 +391,7 @@ def load_frame(
     _choice("layout", layout, LAYOUTS)
     parse_repairs(repair)  # a bad name fails before any file is read
     check_limits(max_spike=max_spike, max_volume=max_volume, timezone=timezone)
+    check_date_format(date_format)
     if symbols is not None and isinstance(symbols, str):
         symbols = [symbols]
     summary = RepairSummary() if summary is None else summary
@@ -397,6 +401,7 @@ def load_frame(
         "max_spike": max_spike,
         "max_volume": max_volume,
         "timezone": timezone,
+        "date_format": date_format,
         "start": start,
         "end": end,
         "summary": summary,
@@ -443,6 +448,7 @@ def load_panel(
     max_volume: float = DEFAULT_MAX_VOLUME,
     timezone: str = DEFAULT_TIMEZONE,
     summary: RepairSummary | None = None,
+    date_format: str = "",
 ) -> Panel:
     """Bars of `source` as a Panel: symbols sorted, times the union of all bar times.
     `summary`: as for `load_frame`."""
@@ -459,6 +465,7 @@ def load_panel(
         max_volume=max_volume,
         timezone=timezone,
         summary=summary,
+        date_format=date_format,
     )
     # The checks' intermediates are garbage now, but glibc keeps freed heap memory until
     # asked: trimmed here, the panel's arrays reuse it instead of adding to the load's peak

@@ -89,6 +89,7 @@ def cached_load_panel(
     max_spike: float = DEFAULT_MAX_SPIKE,
     max_volume: float = DEFAULT_MAX_VOLUME,
     timezone: str = DEFAULT_TIMEZONE,
+    date_format: str = "",
 ) -> Panel:
     """`load_panel` with the same arguments, from the cache when the inputs are unchanged.
 
@@ -111,6 +112,7 @@ def cached_load_panel(
         "max_spike": max_spike,
         "max_volume": max_volume,
         "timezone": timezone,
+        "date_format": date_format,
     }
     # In the key as JSON lists (a lone string is one symbol or repair, as the loader reads it).
     params = {
@@ -118,6 +120,8 @@ def cached_load_panel(
         "symbols": [symbols] if isinstance(symbols, str) else _list(symbols),
         "repair": [repair] if isinstance(repair, str) else _list(repair),
     }
+    if not date_format:  # in the key only when set: the entries made before it stay valid
+        del params["date_format"]
     if load is None:
 
         def load(summary: RepairSummary) -> Panel:

@@ -17,6 +17,11 @@ bars stamped at 00:00 in their own offset (every bar of the symbol: 2015-01-02T0
 as tradingd's equity.csv and Tiingo write days) are dates, taken as written. A file
 that mixes times with and without an offset is an error, and so are two distinct instants that
 become the same wall time (the repeated hour when daylight saving ends): both name the row.
+Text dates are read in the format pandas infers from the first value, unless `date_format`
+(strftime, e.g. "%d/%m/%Y"; for a Date and a Time column, of the two joined by a space) says
+it. A file whose dates fit no single format is read value by value, but not when that would
+read some numeric dates day first (13/01/2014) and others month first (02/01/2014): that is an
+error naming the rows and the formats to choose from.
 The output times are bar labels, as everywhere in the engine: a daily bar is its session date
 at 00:00 (whatever time of day it was stamped with), an intraday bar its start instant in UTC
 (naive datetime64[ns] in both cases; `Panel.datetimes()` marks them UTC).
@@ -155,6 +160,28 @@ def check_limits(*, max_spike: float, max_volume: float, timezone: str) -> None:
         raise ConfigError(
             f"data timezone {timezone!r} is not an IANA time zone name, e.g. America/New_York"
         ) from exc
+
+
+def check_date_format(date_format: str) -> None:
+    """ConfigError for a `date_format` that cannot read dates: it must be a strftime format
+    ("%d/%m/%Y") that reads back what it writes; "" (pandas infers it) is fine."""
+    if not date_format:
+        return
+    from datetime import datetime
+
+    sample = datetime(2001, 2, 3, 4, 5, 6)
+    try:
+        ok = (
+            "%" in date_format
+            and datetime.strptime(sample.strftime(date_format), date_format).date() == sample.date()
+        )
+    except ValueError:
+        ok = False
+    if not ok:
+        raise ConfigError(
+            f"data date_format {date_format!r} is not a strftime format that reads a date, "
+            'e.g. "%d/%m/%Y" (day first), "%m/%d/%Y" (month first), "%d.%m.%Y %H:%M"'
+        )
 
 
 class RepairSummary:
@@ -493,13 +520,80 @@ class _Ctx:
             log.debug("data.repair", **fields, **kw)
 
 
-def _to_utc(text: pd.Index) -> pd.DatetimeIndex:
+def _to_utc(text: pd.Index, date_format: str = "") -> tuple[pd.DatetimeIndex, bool]:
     """Parse distinct time strings to UTC instants (NaT where unparseable). Naive strings are
-    read as UTC here: the caller keeps only their wall time."""
+    read as UTC here: the caller keeps only their wall time. `date_format` (strftime) is the
+    only format tried when given. Also returns whether values were read one by one, each with
+    a format of its own (see `_day_month_clash`)."""
+    if date_format:
+        return pd.DatetimeIndex(
+            pd.to_datetime(text, utc=True, errors="coerce", format=date_format)
+        ), False
     t = pd.to_datetime(text, utc=True, errors="coerce")
-    if t.isna().any():  # the format is inferred from the first value; retry allowing mixed ones
-        t = pd.to_datetime(text, utc=True, errors="coerce", format="mixed")
-    return pd.DatetimeIndex(t)
+    if not t.isna().any():
+        return pd.DatetimeIndex(t), False
+    # The format is inferred from the first value; retry allowing mixed ones.
+    return pd.DatetimeIndex(pd.to_datetime(text, utc=True, errors="coerce", format="mixed")), True
+
+
+# A numeric date with the day or the month first: 02/01/2014, 13.01.2014, 1-2-14 (then anything).
+_DAY_MONTH = re.compile(r"\s*(\d{1,2})([./-])(\d{1,2})\2(?:\d{4}|\d{2})(?!\d)")
+
+
+def _day_month_clash(text: pd.Index) -> tuple[np.ndarray, np.ndarray] | None:
+    """Per distinct string, when value-by-value parsing read some dates day first and others
+    month first: (can only be day first, read month first though it could be either or must
+    be). Such a file is day-first whose first date was ambiguous (02/01/2014: the format
+    inferred from it is month first, 13/01 does not fit it, and each value is then read on
+    its own, month first where it can): Jan 2 became Feb 1, Jan 13 stayed Jan 13, and repair
+    'order' sorted the mix into a run on weekends. None when the readings agree."""
+    first = np.zeros(len(text), dtype=np.int64)
+    second = np.zeros(len(text), dtype=np.int64)
+    for i, value in enumerate(text):
+        m = _DAY_MONTH.match(value)
+        if m is not None:
+            first[i], second[i] = int(m.group(1)), int(m.group(3))
+    shaped = (first >= 1) & (second >= 1)
+    day_first = shaped & (first > 12) & (second <= 12)
+    month_first = shaped & (first <= 12) & (first != second) & (second <= 31)
+    if day_first.any() and month_first.any():
+        return day_first, month_first
+    return None
+
+
+def _refuse_day_month_clash(
+    text: pd.Index,
+    codes: np.ndarray,
+    clash: tuple[np.ndarray, np.ndarray],
+    ctx: _Ctx,
+    frame_for_errors: pd.DataFrame,
+) -> DataError:
+    """The error for `_day_month_clash`: the first day-first row, a row read month first, and
+    the formats to choose from."""
+    from pandas.tseries.api import guess_datetime_format
+
+    present = codes >= 0
+
+    def rows_of(uniq: np.ndarray) -> np.ndarray:
+        mask = np.zeros(len(codes), dtype=bool)
+        mask[present] = uniq[codes[present]]
+        return mask
+
+    day_first, month_first = (rows_of(u) for u in clash)
+    other = _first(frame_for_errors, month_first)
+    d_value = text[codes[_first(frame_for_errors, day_first)]]
+    m_value = text[codes[other]]
+    day_fmt = guess_datetime_format(d_value, dayfirst=True) or "%d/%m/%Y"
+    month_fmt = guess_datetime_format(m_value, dayfirst=False) or "%m/%d/%Y"
+    return ctx.fail(
+        frame_for_errors,
+        day_first,
+        f"{{n}} row(s) with a date that can only be day first, first {_quote(d_value)}, in a "
+        f"file whose dates would otherwise be read month first, e.g. {_quote(m_value)} (row "
+        f"{ctx.label(frame_for_errors, other)}): the day and month order is a guess, made two "
+        f"ways in one file; say the file's format with date_format in [data], e.g. "
+        f"date_format = {_quote(day_fmt)} (day first) or {_quote(month_fmt)} (month first)",
+    )
 
 
 def _has_offset(text: str) -> bool:
@@ -555,10 +649,11 @@ Written = Callable[[], np.ndarray]
 
 
 def _parse_times(
-    raw: pd.Series, ctx: _Ctx, frame_for_errors: pd.DataFrame, tz: str
+    raw: pd.Series, ctx: _Ctx, frame_for_errors: pd.DataFrame, tz: str, date_format: str = ""
 ) -> tuple[pd.Series, np.ndarray | None, Written | None]:
     """datetime64[ns], naive wall time of the exchange (`tz`); see the module docstring. With
-    it, for times with an offset, the UTC instants and the times as written (else None)."""
+    it, for times with an offset, the UTC instants and the times as written (else None).
+    `date_format` (strftime) reads text times; "" infers it."""
     dtype = raw.dtype
     if isinstance(dtype, pd.DatetimeTZDtype):
         utc = raw.dt.tz_convert("UTC").dt.tz_localize(None).to_numpy().astype("datetime64[ns]")
@@ -578,21 +673,28 @@ def _parse_times(
     # Text (or objects): parse each distinct value once.
     codes, uniq = pd.factorize(raw, use_na_sentinel=True)
     text = pd.Index([str(v) for v in uniq], dtype=object)
-    parsed = _to_utc(text)
+    parsed, guessed = _to_utc(text, date_format)
     bad_uniq = np.asarray(parsed.isna())
     if bad_uniq.any():
         bad = (codes >= 0) & bad_uniq[np.maximum(codes, 0)]
         pos = _first(frame_for_errors, bad)
+        how = f" (date_format {_quote(date_format)})" if date_format else ""
         raise ctx.fail(
             frame_for_errors,
             bad,
-            f"{{n}} row(s) with an unparseable time, first {_quote(raw.iat[pos])}",
+            f"{{n}} row(s) with an unparseable time{how}, first {_quote(raw.iat[pos])}",
         )
+    clash = _day_month_clash(text) if guessed else None
+    if clash is not None:
+        raise _refuse_day_month_clash(text, codes, clash, ctx, frame_for_errors)
     present = codes >= 0
     utc_uniq = parsed.tz_localize(None).to_numpy().astype("datetime64[ns]")
     utc = np.full(len(raw), np.datetime64("NaT"), dtype="datetime64[ns]")
     utc[present] = utc_uniq[codes[present]]
-    offset_uniq = _offsets(text, parsed) if len(text) else np.zeros(0, dtype=bool)
+    if date_format:  # the format says whether the times carry an offset
+        offset_uniq = np.full(len(text), "%z" in date_format or "%Z" in date_format)
+    else:
+        offset_uniq = _offsets(text, parsed) if len(text) else np.zeros(0, dtype=bool)
     if not offset_uniq.any():  # naive: the wall time as written
         return pd.Series(utc, index=raw.index), None, None
     if not offset_uniq.all():
@@ -612,20 +714,21 @@ def _parse_times(
 
     def written_text() -> np.ndarray:
         out = np.full(len(raw), np.datetime64("NaT"), dtype="datetime64[ns]")
-        out[present] = _as_written(text)[codes[present]]
+        out[present] = _as_written(text, date_format)[codes[present]]
         return out
 
     return pd.Series(wall, index=raw.index), utc, written_text
 
 
-def _as_written(text: pd.Index) -> np.ndarray:
+def _as_written(text: pd.Index, date_format: str = "") -> np.ndarray:
     """Per distinct time string with an offset: its wall time in that offset, as written
     (naive datetime64[ns]; NaT where it cannot be read alone). Value by value: pandas reads
     mixed offsets only as UTC instants."""
 
     def one(value: str) -> np.datetime64:
         try:
-            return np.datetime64(pd.Timestamp(value).tz_localize(None).as_unit("ns"), "ns")
+            t = pd.to_datetime(value, format=date_format) if date_format else pd.Timestamp(value)
+            return np.datetime64(t.tz_localize(None).as_unit("ns"), "ns")
         except (ValueError, TypeError, OverflowError):
             return np.datetime64("NaT", "ns")
 
@@ -739,6 +842,7 @@ def _normalise(
     tz: str,
     interval: str = "auto",
     corporate_actions: bool = True,
+    date_format: str = "",
 ) -> pd.DataFrame:
     """Canonical columns and types, filtered by date, stably sorted by symbol."""
     if find_column(df, "time") is None and isinstance(df.index, pd.DatetimeIndex):
@@ -775,7 +879,7 @@ def _normalise(
                     other,
                     f"{{n}} row(s) of another symbol in the file for {symbol!r}",
                 )
-    wall, utc, written = _parse_times(src["time"], ctx, out, tz)
+    wall, utc, written = _parse_times(src["time"], ctx, out, tz, date_format)
     out["time"], daily = _label_bars(wall, utc, out["symbol"], tz, interval, ctx, out, written)
     for name in (*PRICE_COLUMNS, "volume"):
         out[name] = pd.to_numeric(src[name], errors="coerce").astype("float64")
@@ -1150,6 +1254,7 @@ def validate_frame(
     summary: RepairSummary | None = None,
     interval: str = "auto",
     corporate_actions: bool = True,
+    date_format: str = "",
 ) -> pd.DataFrame:
     """Check (and, where enabled, repair) bars; return the clean long table.
 
@@ -1161,7 +1266,8 @@ def validate_frame(
     exchange's. `interval` is "1d", "intraday" or "auto" (see `_label_bars`). Repairs are
     counted in `summary`; without one, this call logs its own. `corporate_actions`: the
     data should carry split and dividend columns (raw prices of stocks); False for index
-    series, which have none.
+    series, which have none. `date_format` (strftime, e.g. "%d/%m/%Y") reads text times,
+    of a Date and a Time column the two joined by a space; "" infers it (see Times).
     """
     if interval not in INTERVALS:
         raise ConfigError(
@@ -1169,6 +1275,7 @@ def validate_frame(
         )
     repairs = parse_repairs(repair)
     check_limits(max_spike=max_spike, max_volume=max_volume, timezone=timezone)
+    check_date_format(date_format)
     own = summary is None
     summary = RepairSummary() if summary is None else summary
     ctx = _Ctx(source, first_line, summary)
@@ -1181,6 +1288,7 @@ def validate_frame(
         tz=timezone,
         interval=interval,
         corporate_actions=corporate_actions,
+        date_format=date_format,
     )
     frame = _check_values(frame, ctx, repairs, max_volume)
     frame = _check_time(frame, ctx, repairs, max_gap_days)

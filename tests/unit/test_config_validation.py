@@ -136,6 +136,7 @@ BAD_VALUES = [
     ('[data]\ntimezone = "Mars/Olympus"', "data", "'Mars/Olympus'", "IANA time zone"),
     ('[data]\ntimezone = "../../etc/passwd"', "data", "passwd'", "IANA time zone"),
     ("[data]\nmax_spike = 0.5", "data", "0.5", "> 1"),
+    ('[data]\ndate_format = "dd/mm/yyyy"', "data", "'dd/mm/yyyy'", "strftime format"),
     ("[data]\nmax_symbols = -1", "data.max_symbols", "-1", ">= 0"),
     ("[data]\nmax_gap_days = 0", "data.max_gap_days", "0", ">= 1"),
     ('[data]\nsymbols = ["A", "A"]', "data.symbols", "'A'", "twice"),

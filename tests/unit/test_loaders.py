@@ -331,6 +331,53 @@ def test_two_columns_of_one_name_are_an_error_naming_both(tmp_path: Path, source
     assert err.value.source == str(path)
 
 
+# Day-first dates whose first value is ambiguous: Jan 2, Jan 5, ..., Jan 13 (line 7).
+DAY_FIRST = ["02/01/2015", "05/01/2015", "06/01/2015", "07/01/2015", "08/01/2015", "13/01/2015"]
+
+
+@pytest.mark.parametrize("sep", ["/", "."])
+def test_day_first_dates_are_never_read_two_ways(tmp_path: Path, sep: str) -> None:
+    """02/01 then 13/01: pandas inferred month first from the first date, then read 13/01
+    on its own, day first: Feb 1 and Jan 13 in one file, a mix repair 'order' then sorted."""
+    dates = [d.replace("/", sep) for d in DAY_FIRST]
+    path = write_csv(tmp_path / "XYZ.csv", [f"{d},10,11,9,10,1" for d in dates])
+    for repair in ([], ["order"], ["all"]):
+        with pytest.raises(DataError, match="can only be day first") as err:
+            load_panel("csv", str(path), repair=repair)
+        assert_names(err.value, path, "XYZ", 7)
+        msg = str(err.value)
+        assert repr(dates[-1]) in msg and f"{dates[0]!r} (row 2)" in msg
+        assert f"date_format = '%d{sep}%m{sep}%Y' (day first)" in msg
+    p = load_panel("csv", str(path), date_format=f"%d{sep}%m{sep}%Y")
+    np.testing.assert_array_equal(p.times, days(*(f"2015-01-{d[:2]}" for d in DAY_FIRST)))
+    # Month-first dates, or day-first ones whose first date says so, need no format.
+    us = write_csv(tmp_path / "US.csv", [f"{d[3:5]}/{d[:2]}/2015,10,11,9,10,1" for d in DAY_FIRST])
+    assert len(load_panel("csv", str(us)).times) == 6
+    eu = write_csv(tmp_path / "EU.csv", [f"{d}/2015,10,11,9,10,1" for d in ("13/01", "19/01")])
+    np.testing.assert_array_equal(
+        load_panel("csv", str(eu)).times, days("2015-01-13", "2015-01-19")
+    )
+
+
+def test_a_date_format_that_does_not_fit_names_the_row(tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "XYZ.csv", GOOD)
+    with pytest.raises(DataError, match=r"unparseable time \(date_format '%d/%m/%Y'\)") as err:
+        load_panel("csv", str(path), date_format="%d/%m/%Y")
+    assert_names(err.value, path, "XYZ", 2)
+    with pytest.raises(ConfigError, match="date_format 'dd/mm/yyyy' is not a strftime"):
+        load_panel("csv", str(path), date_format="dd/mm/yyyy")
+    # A Date and a Time column: the format reads the two joined by a space.
+    minutes = write_csv(
+        tmp_path / "M.csv",
+        ["13.01.2015,09:30,10,11,9,10,1", "13.01.2015,09:31,10,11,9,10,1"],
+        header="date,time,open,high,low,close,volume",
+    )
+    np.testing.assert_array_equal(
+        load_panel("csv", str(minutes), date_format="%d.%m.%Y %H:%M").times,
+        days("2015-01-13T14:30", "2015-01-13T14:31"),
+    )
+
+
 def test_bundled_source() -> None:
     p = load_panel("bundled")
     assert p.symbols == ("NASDAQ", "SP500")
