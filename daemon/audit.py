@@ -220,6 +220,8 @@ class _Sink:
         self._fh: TextIO | None = None
 
     def write(self, text: str) -> None:
+        if self._fh is not None and self._moved():
+            self.close()
         if self._fh is None:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = self.path.open("a", encoding="utf-8")
@@ -242,6 +244,21 @@ class _Sink:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+
+    def _moved(self) -> bool:
+        """The open file is no longer the one at `path`: an operator moved it aside (mv, or
+        logrotate's default `create`). Its lines went on into the moved file, and the next
+        size rotation failed on the missing path, stopping a live daemon (or renamed
+        logrotate's new empty file over `.jsonl.1`). Reopened at `path` instead, as
+        logging's WatchedFileHandler does; a truncated file (`copytruncate`) is the same
+        file and is appended to as before."""
+        assert self._fh is not None
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        own = os.fstat(self._fh.fileno())
+        return (st.st_dev, st.st_ino) != (own.st_dev, own.st_ino)
 
     def _rotate(self) -> None:
         self.close()

@@ -597,3 +597,28 @@ def test_a_fresh_live_start_on_an_empty_live_log_keeps_it(tmp_path):
     live.close()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.jsonl", "r.jsonl.live"]
     assert [r["event"] for r in records(tmp_path / "r.jsonl")] == ["session"]
+
+
+def test_a_log_moved_aside_by_the_operator_is_reopened_not_fatal(tmp_path):
+    """`mv` of the live audit log (or logrotate's `create`): the lines went on into the
+    moved file, and the next size rotation failed on the missing path, which stopped the
+    daemon. The sink now writes to a new file at its path; a truncated file (copytruncate)
+    is appended to as before."""
+    from tradingd.audit import _Sink
+
+    path = tmp_path / "r1.jsonl"
+    sink = _Sink(path, max_bytes=100, backups=2)
+    sink.write("a\n")
+    moved = tmp_path / "moved.jsonl"
+    path.rename(moved)
+    sink.write("b\n")
+    assert moved.read_text() == "a\n" and path.read_text() == "b\n"
+    sink.write("c" * 120 + "\n")  # past max_bytes: rotates the new file, no error
+    assert (tmp_path / "r1.jsonl.1").read_text() == "b\n" + "c" * 120 + "\n"
+    assert moved.read_text() == "a\n"
+    sink.write("d\n")
+    with path.open("r+") as fh:  # copytruncate: the same file, emptied
+        fh.truncate(0)
+    sink.write("e\n")
+    assert path.read_text() == "e\n"
+    sink.close()
