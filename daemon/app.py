@@ -126,7 +126,105 @@ def load_data(config: Config) -> Panel:
     )
     if d.max_symbols and len(panel.symbols) > d.max_symbols:
         panel = panel.select(symbols=panel.symbols[: d.max_symbols])
-    return panel
+    return session_bars_only(config, panel)
+
+
+def session_bars_only(config: Config, panel: Panel) -> Panel:
+    """Intraday data without the bars the live clock never releases: those outside the
+    sessions of `live.calendar` (pre- and post-market rows, after a half day's early close,
+    on weekends and holidays, in a lunch break). A replay of them traded 08:00 and 17:00
+    bars, and bars after a 13:00 close, that no live run of the same configuration ever
+    sees. One warning says what was dropped. Daily data is returned as it is."""
+    if _intraday_spacing(panel) is None:
+        return panel
+    from .clock.calendar import ExchangeCalendar
+
+    name = config.live.calendar
+    first, last = panel.datetimes()[0], panel.datetimes()[-1]
+    try:
+        # Session windows are the same for every bar length: the 1-minute calendar's.
+        exchange = ExchangeCalendar(
+            name,
+            "1m",
+            start=(first - timedelta(days=1)).date(),
+            end=(last + timedelta(days=1)).date(),
+        )
+    except ConfigError as exc:
+        raise ConfigError(
+            f"live.calendar = {name!r}: the intraday data ({first:%Y-%m-%d} .. "
+            f"{last:%Y-%m-%d}) is replayed on the live clock's sessions, which cannot be "
+            f"built: {exc}"
+        ) from None
+    why = exchange.outside_sessions(panel.times)
+    keep = why == ""
+    if keep.all():
+        return panel
+    split, dividend, moved, lost = _carry_actions(panel, keep)
+    _warn_outside_session(exchange, panel, why, moved, lost)
+    return Panel(
+        times=panel.times[keep],
+        symbols=panel.symbols,
+        open=panel.open[keep],
+        high=panel.high[keep],
+        low=panel.low[keep],
+        close=panel.close[keep],
+        volume=panel.volume[keep],
+        split=split,
+        dividend=dividend,
+    )
+
+
+def _carry_actions(panel: Panel, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """The kept rows' split and dividend, with those of dropped rows moved to the symbol's
+    next kept bar: a vendor books a split on the ex-date's first row, which with extended
+    hours is a 04:00 bar; dropped with it, the split would show as a crash. Returns (split,
+    dividend, moved, lost: events with no later kept bar of their symbol)."""
+    split, dividend = panel.split[keep].copy(), panel.dividend[keep].copy()
+    kept = np.flatnonzero(keep)
+    event = (panel.split != 1.0) | (panel.dividend != 0.0)
+    rows, cols = np.nonzero(event & ~keep[:, None])
+    moved = lost = 0
+    for r, j in zip(rows.tolist(), cols.tolist(), strict=True):
+        later = np.searchsorted(kept, r)
+        has_bar = ~np.isnan(panel.close[kept[later:], j])
+        if not has_bar.any():
+            lost += 1
+            continue
+        k = later + int(np.argmax(has_bar))
+        split[k, j] *= panel.split[r, j]
+        dividend[k, j] += panel.dividend[r, j]
+        moved += 1
+    return split, dividend, moved, lost
+
+
+def _warn_outside_session(
+    exchange: Any, panel: Panel, why: np.ndarray, moved: int, lost: int
+) -> None:
+    """The one warning of `session_bars_only`: how many bars of each kind, the first and
+    the last of each in the exchange's time, and what keeps them."""
+    kinds, counts = np.unique(why[why != ""], return_counts=True)
+    examples = {}
+    for kind in kinds.tolist():
+        rows = np.unique(np.flatnonzero(why == kind)[[0, -1]])
+        at = pd.DatetimeIndex(panel.times[rows], tz="UTC").tz_convert(exchange.tz)
+        examples[kind] = [t.isoformat() for t in at]
+    log.warning(
+        "data.outside_session",
+        bars=int(counts.sum()),
+        kept=int((why == "").sum()),
+        by_kind=dict(zip(kinds.tolist(), counts.tolist(), strict=True)),
+        examples=examples,
+        calendar=exchange.name,
+        actions_moved=moved,
+        actions_lost=lost,
+        rule="intraday bars outside the sessions of live.calendar are dropped before the run: "
+        "the live clock never releases them, so a replay that traded them could not match "
+        "the live run (a split or dividend on a dropped bar moves to the symbol's next bar)",
+        keep="the live clock has no extended-hours setting (broker.alpaca.extended_hours, "
+        "feed.alphavantage.extended_hours and feed.yahoo.include_prepost do not change which "
+        "bars it releases): to trade these bars, set live.calendar to a calendar whose "
+        "sessions hold them (e.g. '24/7'), which the live run then uses too",
+    )
 
 
 def trade_start(config: Config, panel: Panel) -> datetime | None:
@@ -752,22 +850,30 @@ def build_engine(
 _MINUTES_BAR = {1: "1m", 5: "5m", 15: "15m", 30: "30m", 60: "60m"}
 
 
+def _intraday_spacing(panel: Panel) -> int | None:
+    """The most common spacing in seconds of the bars within a day; None for daily bars
+    (labelled at midnight, or sessions labelled at another hour)."""
+    times = np.asarray(panel.times, dtype="datetime64[ns]")
+    if times.size < 2 or not (times.astype("datetime64[D]") != times).any():
+        return None
+    gaps = np.diff(times).astype("timedelta64[s]").astype(np.int64)  # seconds: 30 s is not 0
+    gaps = gaps[gaps > 0]
+    within = gaps[gaps < 12 * 3600]
+    if within.size * 2 <= gaps.size:
+        return None  # sessions labelled at another hour (a close), across DST changes too
+    values, counts = np.unique(within, return_counts=True)
+    return int(values[np.argmax(counts)])
+
+
 def bar_of_data(panel: Panel) -> str:
     """The bar length of a replay's data: "1d" for bars labelled at midnight (sessions),
     else the most common spacing of its bars within a day. A backtest of 5-minute bars ran
     them as daily ones: kelly_garch read a bar's volatility as a day's, the daily loss limit
     counted bar to bar, and the summary annualised with 252 bars a year (a -59% run over two
     months printed an annual return of -5.9%), unlike the live run of the same bars."""
-    times = np.asarray(panel.times, dtype="datetime64[ns]")
-    if times.size < 2 or not (times.astype("datetime64[D]") != times).any():
+    seconds = _intraday_spacing(panel)
+    if seconds is None:
         return "1d"
-    gaps = np.diff(times).astype("timedelta64[s]").astype(np.int64)  # seconds: 30 s is not 0
-    gaps = gaps[gaps > 0]
-    within = gaps[gaps < 12 * 3600]
-    if within.size * 2 <= gaps.size:
-        return "1d"  # sessions labelled at another hour (a close), across DST changes too
-    values, counts = np.unique(within, return_counts=True)
-    seconds = int(values[np.argmax(counts)])
     found = _MINUTES_BAR.get(seconds // 60) if seconds % 60 == 0 else None
     if found is None:
         apart = f"{seconds // 60} minutes" if seconds % 60 == 0 else f"{seconds} seconds"

@@ -156,6 +156,14 @@ class ExchangeCalendar:
         sessions = _asi8(cal.sessions)  # session dates, 00:00 (naive) == the daily label
         opens, closes = _asi8(cal.opens), _asi8(cal.closes)
         self._sessions = sessions
+        self._opens, self._closes = opens, closes
+        # Per session (for `outside_sessions`): an early close, and the lunch break (none:
+        # an empty span at the close).
+        self._early = np.isin(sessions, _asi8(cal.early_closes))
+        no_break = cal.break_starts.isna().to_numpy()
+        self._break_start, self._break_end = closes.copy(), closes.copy()
+        self._break_start[~no_break] = _asi8(cal.break_starts[~no_break])
+        self._break_end[~no_break] = _asi8(cal.break_ends[~no_break])
         self.first_session: date = cal.sessions[0].date()
         self.last_session: date = cal.sessions[-1].date()
 
@@ -401,6 +409,43 @@ class ExchangeCalendar:
         k = 0 if n < start or self._step is None else (n - start) // self._step
         label, close = self._bar_at(seg, k)
         return _dt(label), _dt(close)
+
+    def outside_sessions(self, times: np.ndarray) -> np.ndarray:
+        """Why each bar label is outside the calendar's trading, "" for one inside.
+
+        `times`: bar labels as naive UTC `datetime64` (a `Panel`'s intraday times), any
+        range (a label outside the calendar's range is a "non_session_day"). Inside means
+        within a session's open .. close and not in its lunch break, whatever the grid:
+        a bar the live clock releases. The reasons, by the label's date in the exchange's
+        time zone: "non_session_day" (weekend, holiday), "before_open", "after_close",
+        "half_day_close" (after the early close of a half day), "lunch_break"."""
+        x = np.asarray(times, dtype="datetime64[ns]").astype(np.int64)
+        why = np.full(len(x), "", dtype=object)
+        if self._step is None or not len(x):
+            return why
+        seg = np.searchsorted(self._seg_start, x, side="right") - 1
+        inside = (seg >= 0) & (x < self._seg_end[np.maximum(seg, 0)])
+        out = np.flatnonzero(~inside)
+        if not len(out):
+            return why
+        local = pd.DatetimeIndex(x[out], tz="UTC").tz_convert(self.tz)
+        day = _asi8(local.normalize().tz_localize(None))
+        i = np.minimum(np.searchsorted(self._sessions, day), len(self._sessions) - 1)
+        session = self._sessions[i] == day
+        t = x[out]
+        reasons = np.select(
+            [
+                ~session,
+                t < self._opens[i],
+                (t >= self._closes[i]) & self._early[i],
+                t >= self._closes[i],
+                (t >= self._break_start[i]) & (t < self._break_end[i]),
+            ],
+            ["non_session_day", "before_open", "half_day_close", "after_close", "lunch_break"],
+            default="outside_session",
+        )
+        why[out] = reasons
+        return why
 
     def missing(self, have: Sequence[datetime], start: datetime, end: datetime) -> list[datetime]:
         """Labels of bars in `[start, end]` that `have` lacks, in time order."""

@@ -146,3 +146,115 @@ def test_every_table_of_the_report_annualises_as_the_run(tmp_path):
     _annualise_as_the_run(tables, tmp_path, str(own))
     assert tables["validation"].periods_per_year == 252
     assert tables["analysis"].periods_per_year == 19656.0
+
+
+def extended_hours_panel(n_symbols: int = 3) -> Panel:
+    """5-minute bars 08:00-17:55 New York (regular session 09:30-16:00) over 2015-11-23 ..
+    12-01: the Thanksgiving half day (13:00 close) has them all too, and a vendor's stray
+    rows on Thanksgiving itself and on the Saturday after."""
+    ny = "America/New_York"
+    days = [pd.Timestamp(d) for d in ("2015-11-23", "2015-11-24", "2015-11-25", "2015-11-27")]
+    days += [pd.Timestamp(d) for d in ("2015-11-30", "2015-12-01")]
+    stamps = [
+        (d + pd.Timedelta(hours=8) + pd.to_timedelta(np.arange(120) * 5, "m")).tz_localize(ny)
+        for d in days
+    ]
+    stamps += [pd.date_range("2015-11-26 10:00", periods=6, freq="5min", tz=ny)]
+    stamps += [pd.date_range("2015-11-28 10:00", periods=2, freq="5min", tz=ny)]
+    index = pd.DatetimeIndex(
+        np.concatenate([s.tz_convert("UTC").tz_localize(None) for s in stamps])
+    )
+    times = index.sort_values().to_numpy(dtype="datetime64[ns]")
+    rng = np.random.default_rng(11)
+    n = len(times)
+    close = 50.0 * np.exp(np.cumsum(rng.normal(0, 0.003, size=(n, n_symbols)), axis=0))
+    open_ = close * np.exp(rng.normal(0, 0.0005, size=close.shape))
+    return Panel(
+        times=times,
+        symbols=tuple(f"S{i}" for i in range(n_symbols)),
+        open=open_,
+        high=np.maximum(open_, close) * 1.001,
+        low=np.minimum(open_, close) * 0.999,
+        close=close,
+        volume=np.full(close.shape, 1e6),
+        split=np.ones_like(close),
+        dividend=np.zeros_like(close),
+    )
+
+
+def _csv_of(panel: Panel, path) -> None:  # type: ignore[no-untyped-def]
+    rows = []
+    for j, sym in enumerate(panel.symbols):
+        for i, t in enumerate(panel.datetimes()):
+            rows.append(
+                {"symbol": sym, "time": t.strftime("%Y-%m-%dT%H:%M:%SZ")}
+                | {f: float(getattr(panel, f)[i, j]) for f in ("open", "high", "low", "close")}
+                | {"volume": float(panel.volume[i, j])}
+            )
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+async def test_a_replay_of_extended_hours_bars_steps_only_the_bars_the_live_clock_releases(
+    engine_config, tmp_path
+):
+    """Pre- and post-market bars, bars after a half day's 13:00 close and on a holiday were
+    loaded and traded (an 08:00 fill), though the live clock on the same calendar releases
+    none of them: now they are dropped before the run, with one warning that counts them."""
+    from structlog.testing import capture_logs
+
+    from tradingd.app import load_data
+    from tradingd.clock.calendar import ExchangeCalendar
+
+    raw = extended_hours_panel()
+    _csv_of(raw, tmp_path / "bars.csv")
+    config = dataclasses.replace(
+        engine_config,
+        run=dataclasses.replace(engine_config.run, start="", run_id="ext"),
+        data=dataclasses.replace(
+            engine_config.data, source="csv", path=str(tmp_path / "bars.csv"), layout="long"
+        ),
+        cache=dataclasses.replace(engine_config.cache, data=False, features=False),
+    )
+    with capture_logs() as logs:
+        panel = load_data(config)
+    exchange = ExchangeCalendar("XNYS", "5m")
+    released = exchange.bars_between(raw.datetimes()[0], raw.datetimes()[-1])
+    assert panel.datetimes() == released and len(released) == 5 * 78 + 42
+    (warning,) = [e for e in logs if e["event"] == "data.outside_session"]
+    assert warning["log_level"] == "warning" and warning["calendar"] == "XNYS"
+    # a day: 18 bars 08:00-09:25, 24 bars 16:00-17:55; the half day: 60 bars 13:00-17:55
+    assert warning["by_kind"] == {
+        "before_open": 6 * 18, "after_close": 5 * 24, "half_day_close": 60, "non_session_day": 8
+    }  # fmt: skip
+    assert warning["bars"] == len(raw.times) - len(released) and warning["kept"] == len(released)
+    assert warning["examples"]["before_open"][0] == "2015-11-23T08:00:00-05:00"
+    assert warning["examples"]["half_day_close"][-1] == "2015-11-27T17:55:00-05:00"
+    assert "live.calendar" in warning["keep"]
+
+    out = await run_backtest(config, panel=panel, output_dir=tmp_path / "out")
+    assert out.summary["bars"] == len(released) and out.summary["periods_per_year"] == 252 * 78
+    fills = pd.DatetimeIndex([pd.Timestamp(f["time"]) for f in out.fills])
+    assert len(fills) > 0
+    stamps = fills.tz_convert("UTC").tz_localize(None).to_numpy(dtype="datetime64[ns]")
+    assert set(exchange.outside_sessions(stamps)) == {""}
+
+
+def test_a_split_on_a_dropped_bar_is_booked_at_the_symbols_next_bar(engine_config):
+    """A vendor books a split on the ex-date's first row, a 08:00 bar with extended hours:
+    dropped with it, the split would show as a crash."""
+    from tradingd.app import session_bars_only
+
+    raw = extended_hours_panel()
+    split, dividend = raw.split.copy(), raw.dividend.copy()
+    t = raw.datetimes()
+    pre = t.index(pd.Timestamp("2015-11-24 08:00", tz="America/New_York"))
+    split[pre, 1], dividend[pre, 2] = 0.5, 0.25
+    close = raw.close.copy()
+    close[pre + 18, 1] = np.nan  # S1 has no bar at the open: its next bar takes it
+    raw = dataclasses.replace(raw, split=split, dividend=dividend, close=close)
+    panel = session_bars_only(engine_config, raw)
+    at = panel.datetimes().index(pd.Timestamp("2015-11-24 09:30", tz="America/New_York"))
+    assert panel.split[at + 1, 1] == 0.5 and panel.dividend[at, 2] == 0.25
+    assert (panel.split != 1.0).sum() == 1 and (panel.dividend != 0.0).sum() == 1
+    daily = make_panel(n_bars=50, split_at=None)
+    assert session_bars_only(engine_config, daily) is daily  # daily bars: untouched

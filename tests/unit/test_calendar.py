@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
+import numpy as np
 import pytest
 
 from tradingd.clock.calendar import (
@@ -278,3 +279,30 @@ def test_lunch_break_splits_the_session():
     assert tokyo.last_closed(u(2024, 11, 29, 3)) == u(2024, 11, 29, 2)
     assert tokyo.next_close(u(2024, 11, 29, 3)) == (u(2024, 11, 29, 3, 30), u(2024, 11, 29, 4, 30))
     assert ExchangeCalendar("XTKS", "1d").close_of(d(2024, 11, 29)) == u(2024, 11, 29, 6, 30)
+
+
+def test_outside_sessions_names_why_a_bar_is_no_bar_of_the_live_clock(cal):
+    """A replay keeps only the bars the live clock releases (app.session_bars_only): each
+    other label is named by its kind, whatever the bar length."""
+    labels = [
+        (u(2015, 11, 25, 13, 0), "before_open"),  # 08:00 EST
+        (u(2015, 11, 25, 14, 30), ""),  # 09:30, the first bar
+        (u(2015, 11, 25, 20, 59), ""),  # 15:59, the last one
+        (u(2015, 11, 25, 21, 0), "after_close"),  # 16:00
+        (u(2015, 11, 25, 22, 59), "after_close"),
+        (u(2015, 11, 26, 15, 0), "non_session_day"),  # Thanksgiving
+        (u(2015, 11, 27, 17, 59), ""),  # 12:59 on the half day
+        (u(2015, 11, 27, 18, 0), "half_day_close"),  # 13:00: closed
+        (u(2015, 11, 27, 20, 30), "half_day_close"),
+        (u(2015, 11, 28, 15, 0), "non_session_day"),  # Saturday
+        (u(2015, 11, 30, 0, 30), "non_session_day"),  # 19:30 EST on Sunday the 29th
+    ]
+    times = np.array([np.datetime64(t.replace(tzinfo=None), "ns") for t, _ in labels])
+    for interval in ("1m", "5m", "60m"):
+        assert list(cal[interval].outside_sessions(times)) == [w for _, w in labels]
+    summer = np.array(["2015-07-01T13:29", "2015-07-01T13:30", "2015-07-01T20:00"], "M8[ns]")
+    assert list(cal["1m"].outside_sessions(summer)) == ["before_open", "", "after_close"]
+    assert list(cal["1d"].outside_sessions(times)) == [""] * len(labels)  # daily: not asked
+    tokyo = ExchangeCalendar("XTKS", "1m")
+    lunch = np.array(["2024-11-29T02:30", "2024-11-29T03:29", "2024-11-29T03:30"], "M8[ns]")
+    assert list(tokyo.outside_sessions(lunch)) == ["lunch_break", "lunch_break", ""]
