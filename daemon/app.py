@@ -7,6 +7,7 @@ parts chosen here (clock, feed, broker). Nothing else in tradingd branches on th
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -255,9 +256,18 @@ def trade_start(config: Config, panel: Panel) -> datetime | None:
     return start
 
 
-# Regular-session bars of each intraday bar length (390 minutes; a 60m session is 6 full bars
-# and the half hour from 15:30).
-_BARS_PER_SESSION = {"1m": 390, "5m": 78, "15m": 26, "30m": 13, "60m": 7}
+@functools.cache
+def bars_per_session(calendar: str, bar: str) -> int:
+    """Bars of `bar` length in a regular session of `calendar` (XNYS: 390 one-minute bars,
+    78 of 5m, 7 of 60m: six full ones and the half hour from 15:30). From the calendar the
+    live clock releases bars by, and a replay keeps its data's bars by
+    (`session_bars_only`), so the count is the bars a run steps in a session."""
+    from .clock.calendar import ExchangeCalendar
+
+    try:
+        return ExchangeCalendar(calendar, bar).bars_per_session()
+    except ConfigError as exc:
+        raise ConfigError(f"live.calendar = {calendar!r}: {exc}") from None
 
 
 def run_defaults(config: Config, bar: str = "1d") -> dict[str, Any]:
@@ -267,7 +277,7 @@ def run_defaults(config: Config, bar: str = "1d") -> dict[str, Any]:
     as a day's, and every position sized at the cap. Set in a plugin's params, it stays."""
     if bar == "1d":
         return {}
-    return {"periods_per_year": 252.0 * _BARS_PER_SESSION[bar]}
+    return {"periods_per_year": 252.0 * bars_per_session(config.live.calendar, bar)}
 
 
 def build_pipeline(config: Config, symbols: tuple[str, ...], bar: str = "1d") -> Pipeline:

@@ -410,6 +410,20 @@ class ExchangeCalendar:
         label, close = self._bar_at(seg, k)
         return _dt(label), _dt(close)
 
+    def bars_per_session(self) -> int:
+        """The bars of a current regular session (the most common count over the calendar's
+        last 252 sessions: 390 one-minute bars on XNYS, 7 of 60 minutes; half days have
+        fewer; XTKS 330 since its close moved to 15:30 in November 2024); 1 for daily bars.
+        What annualising intraday figures counts, so it follows the calendar the live clock
+        and a replay's data filter use, not a table for New York alone."""
+        if self._step is None:
+            return 1
+        # (A segment belongs to the session whose open is the latest at or before it.)
+        session = np.searchsorted(self._opens, self._seg_start, side="right") - 1
+        per = np.bincount(session, weights=self._counts, minlength=len(self._sessions))
+        values, counts = np.unique(per[-252:].astype(np.int64), return_counts=True)
+        return int(values[np.argmax(counts)])
+
     def outside_sessions(self, times: np.ndarray) -> np.ndarray:
         """Why each bar label is outside the calendar's trading, "" for one inside.
 

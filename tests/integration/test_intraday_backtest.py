@@ -258,3 +258,24 @@ def test_a_split_on_a_dropped_bar_is_booked_at_the_symbols_next_bar(engine_confi
     assert (panel.split != 1.0).sum() == 1 and (panel.dividend != 0.0).sum() == 1
     daily = make_panel(n_bars=50, split_at=None)
     assert session_bars_only(engine_config, daily) is daily  # daily bars: untouched
+
+
+def test_periods_per_year_counts_the_sessions_of_the_live_calendar(engine_config):
+    """Intraday runs annualised with 390 minutes a session on every calendar (a table for
+    New York): Tokyo's sessions have 330, and a round-the-clock calendar, which keeps
+    extended-hours bars, 1,440; the count now comes from live.calendar, as the bars kept."""
+    from tradingd.app import run_defaults, session_bars_only
+
+    def on(calendar: str):  # type: ignore[no-untyped-def]
+        return dataclasses.replace(
+            engine_config, live=dataclasses.replace(engine_config.live, calendar=calendar)
+        )
+
+    assert run_defaults(engine_config, "5m") == {"periods_per_year": 252 * 78}
+    assert run_defaults(engine_config, "1d") == {}
+    assert run_defaults(on("XTKS"), "1m") == {"periods_per_year": 252 * 330}
+    raw = extended_hours_panel()
+    assert session_bars_only(on("24/7"), raw) is raw  # every bar is in a session
+    assert run_defaults(on("24/7"), "5m") == {"periods_per_year": 252 * 288}
+    with pytest.raises(ConfigError, match=r"live\.calendar = 'NOPE'"):
+        run_defaults(on("NOPE"), "5m")

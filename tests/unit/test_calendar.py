@@ -306,3 +306,12 @@ def test_outside_sessions_names_why_a_bar_is_no_bar_of_the_live_clock(cal):
     tokyo = ExchangeCalendar("XTKS", "1m")
     lunch = np.array(["2024-11-29T02:30", "2024-11-29T03:29", "2024-11-29T03:30"], "M8[ns]")
     assert list(tokyo.outside_sessions(lunch)) == ["lunch_break", "lunch_break", ""]
+
+
+def test_bars_per_session_is_a_current_regular_session_of_the_calendar(cal):
+    assert {i: cal[i].bars_per_session() for i in INTERVALS} == {
+        "1d": 1, "1m": 390, "5m": 78, "15m": 26, "30m": 13, "60m": 7
+    }  # fmt: skip
+    # Tokyo: 150 + 180 minutes since its close moved to 15:30 (300 before); round the clock.
+    assert ExchangeCalendar("XTKS", "1m").bars_per_session() == 330
+    assert ExchangeCalendar("24/7", "5m").bars_per_session() == 288
