@@ -124,6 +124,7 @@ def load_data(config: Config) -> Panel:
         max_spike=d.max_spike,
         max_volume=d.max_volume,
         timezone=d.timezone,
+        date_format=d.date_format,
     )
     if d.max_symbols and len(panel.symbols) > d.max_symbols:
         panel = panel.select(symbols=panel.symbols[: d.max_symbols])

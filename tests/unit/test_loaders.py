@@ -947,3 +947,19 @@ def test_a_missing_relative_data_path_names_the_directory_it_was_read_from(tmp_p
     with pytest.raises(DataError) as absolute:
         load_panel("csv", tmp_path / "nope.csv")
     assert "relative to" not in str(absolute.value)
+
+
+def test_the_configured_date_format_reaches_the_backtests_load(tmp_path: Path) -> None:
+    """`data.date_format` was checked but not passed on by `load_data`: the day-first error
+    advised a setting that changed nothing in `tradingd backtest`."""
+    from tradingd.app import load_data
+    from tradingd.config import load_config
+
+    path = write_csv(tmp_path / "XYZ.csv", [f"{d},10,11,9,10,1" for d in DAY_FIRST])
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        f'[data]\nsource = "csv"\npath = "{path}"\ndate_format = "%d/%m/%Y"\n'
+        "[cache]\ndata = false\nfeatures = false\n"
+    )
+    panel = load_data(load_config([cfg], env={}))
+    np.testing.assert_array_equal(panel.times, days(*(f"2015-01-{d[:2]}" for d in DAY_FIRST)))
