@@ -1232,7 +1232,9 @@ class AlpacaBroker:
                 else:
                     results.update(outcome)
             if failed is not None:
-                not_sent = self._not_sent([u for w in waves[n + 1 :] for u in w], failed)
+                later = [u for w in waves[n + 1 :] for u in w]
+                not_sent, placed = self._not_sent(later, failed)
+                results.update(placed)
                 raise SubmitCutShort(
                     f"{failed}; {len(results)} order(s) of the batch were answered, "
                     f"{len(not_sent)} not sent (closed as cancelled); resubmitting the same "
@@ -1242,14 +1244,25 @@ class AlpacaBroker:
                 ) from None
         return [results[o.client_order_id].snapshot() for o in orders]
 
-    def _not_sent(self, units: Sequence[Unit], failed: RetryableError) -> list[Order]:
-        """The orders of a batch's later waves after a wave failed: never sent, so closed as
-        cancelled with the reason. Not followed: Alpaca never had them, and the same id
-        sent again later is a first send."""
+    def _not_sent(
+        self, units: Sequence[Unit], failed: RetryableError
+    ) -> tuple[list[Order], dict[str, Order]]:
+        """The orders of a batch's later waves after a wave failed: (never sent, closed as
+        cancelled with the reason; the tracked state of those this broker already follows).
+        Not followed: Alpaca never had them, and the same id sent again later is a first
+        send. An order already followed (placed by an earlier submit, or found at Alpaca by
+        a resume's look-up: a resumed plan or a retry holding it again) is at Alpaca: its
+        tracked state is reported, never closed as not placed."""
         reason = f"not placed: the broker failed before it was sent ({failed})"
         out = []
+        placed: dict[str, Order] = {}
         for unit in units:
             for member in unit.members:
+                known = self._get(member.client_order_id)
+                if known is not None:
+                    known.told = known.order.status
+                    placed[member.client_order_id] = known.order.snapshot()
+                    continue
                 order = member.snapshot()
                 order.status = OrderStatus.CANCELLED
                 order.reason = reason
@@ -1264,7 +1277,7 @@ class AlpacaBroker:
                 error=str(failed),
                 rule="closed as cancelled: never sent; the next bar decides again",
             )
-        return out
+        return out, placed
 
     async def cancel(self, client_order_id: str, reason: str) -> Order | None:
         client = self._require_client()

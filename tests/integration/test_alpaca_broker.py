@@ -18,7 +18,7 @@ import pytest
 from fakes.alpaca_trading_server import AlpacaTradingFake, need_fixtures
 from structlog.testing import capture_logs
 
-from tradingd.brokers.alpaca import WS_LOGGER, AlpacaBroker, AlpacaBrokerConfig
+from tradingd.brokers.alpaca import WS_LOGGER, AlpacaBroker, AlpacaBrokerConfig, SubmitCutShort
 from tradingd.core.errors import ConfigError, RetryableError
 from tradingd.core.orders import bracket_orders
 from tradingd.core.types import (
@@ -1199,3 +1199,26 @@ async def test_the_buys_of_a_batch_whose_sells_failed_are_closed_as_not_sent(fak
         # Never sent, so a later send of the same id is a first send, not a duplicate.
         [ack] = await broker.submit([buys[0]])
         assert ack.status is OrderStatus.NEW and fake.orders_with_client_id(ack.client_order_id)
+
+
+async def test_an_order_already_at_alpaca_in_a_cut_short_batch_is_not_closed(fake):
+    """The buy of a batch whose sells failed was closed as 'not placed' even when Alpaca
+    already held it (placed by an earlier submit, as in a resumed plan or a retry): the
+    store then said cancelled while the order worked. Its tracked state is reported."""
+    fake.set_price("AAPL", 100.0, match=False)
+    fake.set_price("SPY", 100.0, match=False)
+    fake.set_position("AAPL", 100, 90.0)
+    buy = order("SPY", 5, tag="b1")
+    async with running(fake, max_in_flight=1) as broker:
+        [ack] = await broker.submit([buy])  # placed: working at Alpaca
+        assert ack.status is OrderStatus.NEW
+        sell = order("AAPL", -5, tag="s1")
+        for _ in range(3):
+            fake.fail_next_order(503, {"code": 50300000, "message": "service unavailable"})
+        with pytest.raises(SubmitCutShort) as failed:
+            await broker.submit([sell, buy])
+        assert buy.client_order_id not in [o.client_order_id for o in failed.value.not_sent]
+        [told] = [o for o in failed.value.answered if o.client_order_id == buy.client_order_id]
+        assert told.status.is_open and "not placed" not in told.reason
+        assert buy.client_order_id in [o.client_order_id for o in broker.open_orders()]
+        assert len(fake.orders_with_client_id(buy.client_order_id)) == 1
