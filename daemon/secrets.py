@@ -23,7 +23,7 @@ SECRET_QUERY_PARAMS = frozenset(
 )
 # A key (of a dict walked by `redact`, or a query parameter) containing one of these holds a
 # credential.
-SECRET_KEY_PARTS = ("password", "passwd", "secret", "token", "api_key", "apikey")
+SECRET_KEY_PARTS = ("password", "passwd", "secret", "token", "api_key", "apikey", "private_key")
 
 
 def _secret_param(name: str) -> bool:
@@ -230,9 +230,13 @@ _URL_IN_TEXT = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^\s\"'<>]+")
 # `client_secret:`), quoted or not: a libpq keyword DSN quotes a password with spaces
 # (`password='a b;c'`), and a dict's repr quotes both (`'password': 'x'`).
 _SECRET_PAIR = re.compile(
-    r"(?i)\b(\w*?(?:password|passwd|pwd|secret|token|api[_-]?key|apikey)['\"]?)"
+    r"(?i)\b([\w-]*?(?:password|passwd|pwd|secret(?:[_-]?key)?|private[_-]?key|token"
+    r"|api[_-]?key|apikey)['\"]?)"
     r"(\s*[=:]\s*)(?!\*\*\*|'\*\*\*'|\"\*\*\*\")"
-    r"('[^']*'|\"[^\"]*\"|[^\s&,;\"'<>]+)"
+    # A quoted value ends at its closing quote, not at a backslash-escaped one (libpq
+    # escapes a quote in a password so), and never spans a line: a traceback's later lines
+    # are not a value. A quote that does not close on the line: its first word goes.
+    r"('(?:[^'\\\n]|\\.)*'|\"(?:[^\"\\\n]|\\.)*\"|['\"]?[^\s&,;\"'<>]+)"
 )
 
 

@@ -122,6 +122,16 @@ def test_redact_walks_plain_data_and_masks_secret_keys():
         ('{"client_secret": "s3cret"}', '{"client_secret": ***}'),
         ("sslpassword=s3cret sslmode=require", "sslpassword=*** sslmode=require"),
         ("got token: s3cret;", "got token: ***;"),
+        # libpq escapes a quote inside a quoted password: the rest was shown
+        ("host=db password='s3\\'cret x' dbname=d", "host=db password=*** dbname=d"),
+        ('{"password": "s3\\"cret"}', '{"password": ***}'),
+        # a quoted value never spans lines: a traceback's next lines stay
+        ("token: 's3cret\n  File x, line 3\n  y ' end", "token: ***\n  File x, line 3\n  y ' end"),
+        ("password='s3cret", "password=***"),  # cut off before its closing quote
+        # Alpaca's secret_key (and its header) ends in "key", not in a credential word
+        ("{'api_key': 'AK', 'secret_key': 's3cret'}", "{'api_key': ***, 'secret_key': ***}"),
+        ("{'APCA-API-SECRET-KEY': 's3cret'}", "{'APCA-API-SECRET-KEY': ***}"),
+        ("{'private_key': 's3cret'}", "{'private_key': ***}"),
     ],
 )
 def test_mask_text_hides_quoted_and_compound_credential_pairs(text, masked):
