@@ -205,6 +205,16 @@ def _warn_outside_session(
     """The one warning of `session_bars_only`: how many bars of each kind, the first and
     the last of each in the exchange's time, and what keeps them."""
     kinds, counts = np.unique(why[why != ""], return_counts=True)
+    dropped, kept = int(counts.sum()), int((why == "").sum())
+    extra = {}
+    if dropped > kept:
+        # A crypto or FX file under the default XNYS calendar, or bars labelled by their end:
+        # most of the data would go with one warning among many lines.
+        extra["hint"] = (
+            f"more bars dropped than kept ({dropped} of {dropped + kept}): for a market that "
+            "trades around the clock set live.calendar = '24/7'; bars labelled by their end "
+            "(a 16:00 bar for 15:59-16:00) must be relabelled by their start"
+        )
     examples = {}
     for kind in kinds.tolist():
         rows = np.unique(np.flatnonzero(why == kind)[[0, -1]])
@@ -212,8 +222,8 @@ def _warn_outside_session(
         examples[kind] = [t.isoformat() for t in at]
     log.warning(
         "data.outside_session",
-        bars=int(counts.sum()),
-        kept=int((why == "").sum()),
+        bars=dropped,
+        kept=kept,
         by_kind=dict(zip(kinds.tolist(), counts.tolist(), strict=True)),
         examples=examples,
         calendar=exchange.name,
@@ -221,11 +231,13 @@ def _warn_outside_session(
         actions_lost=lost,
         rule="intraday bars outside the sessions of live.calendar are dropped before the run: "
         "the live clock never releases them, so a replay that traded them could not match "
-        "the live run (a split or dividend on a dropped bar moves to the symbol's next bar)",
+        "the live run (a split or dividend on a dropped bar moves to the symbol's next bar); "
+        "a bar's label is its start (09:30 is the first minute of a New York session)",
         keep="the live clock has no extended-hours setting (broker.alpaca.extended_hours, "
         "feed.alphavantage.extended_hours and feed.yahoo.include_prepost do not change which "
         "bars it releases): to trade these bars, set live.calendar to a calendar whose "
         "sessions hold them (e.g. '24/7'), which the live run then uses too",
+        **extra,
     )
 
 
@@ -258,6 +270,17 @@ def trade_start(config: Config, panel: Panel) -> datetime | None:
 
 
 @functools.cache
+def sessions_per_year(calendar: str) -> int:
+    """252 sessions a year, or 365 for a calendar that trades every day (`24/7`)."""
+    from .clock.calendar import ExchangeCalendar
+
+    try:
+        return ExchangeCalendar(calendar, "1d").sessions_per_year()
+    except ConfigError as exc:
+        raise ConfigError(f"live.calendar = {calendar!r}: {exc}") from None
+
+
+@functools.cache
 def bars_per_session(calendar: str, bar: str) -> int:
     """Bars of `bar` length in a regular session of `calendar` (XNYS: 390 one-minute bars,
     78 of 5m, 7 of 60m: six full ones and the half hour from 15:30). From the calendar the
@@ -275,10 +298,15 @@ def run_defaults(config: Config, bar: str = "1d") -> dict[str, Any]:
     """What the run knows better than a plugin's defaults. Intraday live bars: a plugin that
     annualises per-bar figures (`periods_per_year`, kelly_garch's volatility) counts 252
     sessions of bars, not 252 bars: with the daily 252 a 5-minute bar's volatility was read
-    as a day's, and every position sized at the cap. Set in a plugin's params, it stays."""
+    as a day's, and every position sized at the cap. A calendar that trades every day
+    (`24/7`) counts 365 sessions a year, not 252. Set in a plugin's params, it stays."""
+    cal = config.live.calendar
     if bar == "1d":
-        return {}
-    return {"periods_per_year": 252.0 * bars_per_session(config.live.calendar, bar)}
+        # Daily bars on an exchange: the plugins' own 252. On a calendar that trades every
+        # day (24/7), 365 of them.
+        days = sessions_per_year(cal)
+        return {} if days == 252 else {"periods_per_year": float(days)}
+    return {"periods_per_year": float(sessions_per_year(cal) * bars_per_session(cal, bar))}
 
 
 def build_pipeline(config: Config, symbols: tuple[str, ...], bar: str = "1d") -> Pipeline:

@@ -229,7 +229,7 @@ async def test_a_replay_of_extended_hours_bars_steps_only_the_bars_the_live_cloc
     assert warning["bars"] == len(raw.times) - len(released) and warning["kept"] == len(released)
     assert warning["examples"]["before_open"][0] == "2015-11-23T08:00:00-05:00"
     assert warning["examples"]["half_day_close"][-1] == "2015-11-27T17:55:00-05:00"
-    assert "live.calendar" in warning["keep"]
+    assert "live.calendar" in warning["keep"] and "hint" not in warning
 
     out = await run_backtest(config, panel=panel, output_dir=tmp_path / "out")
     assert out.summary["bars"] == len(released) and out.summary["periods_per_year"] == 252 * 78
@@ -260,6 +260,30 @@ def test_a_split_on_a_dropped_bar_is_booked_at_the_symbols_next_bar(engine_confi
     assert session_bars_only(engine_config, daily) is daily  # daily bars: untouched
 
 
+def test_a_file_mostly_outside_the_sessions_gets_a_hint(engine_config):
+    """Round-the-clock bars (crypto, FX) under the default XNYS calendar lost two thirds of
+    their bars with the same warning as a few pre-market rows: the warning now says what
+    is likely wrong."""
+    from structlog.testing import capture_logs
+
+    from tradingd.app import session_bars_only
+
+    raw = extended_hours_panel()
+    t = pd.date_range("2015-11-23", periods=3 * 24 * 12, freq="5min").to_numpy("datetime64[ns]")
+    n = len(t)
+    ones = np.ones((n, 1))
+    raw = dataclasses.replace(
+        raw, times=t, symbols=("BTC",), open=ones * 10, high=ones * 11, low=ones * 9,
+        close=ones * 10, volume=ones, split=ones, dividend=ones * 0,
+    )  # fmt: skip
+    with capture_logs() as logs:
+        kept = session_bars_only(engine_config, raw)
+    (warning,) = [e for e in logs if e["event"] == "data.outside_session"]
+    assert warning["kept"] == len(kept.times) == 3 * 78 and warning["bars"] == n - 3 * 78
+    assert warning["hint"].startswith(f"more bars dropped than kept ({n - 3 * 78} of {n})")
+    assert "live.calendar = '24/7'" in warning["hint"]
+
+
 def test_periods_per_year_counts_the_sessions_of_the_live_calendar(engine_config):
     """Intraday runs annualised with 390 minutes a session on every calendar (a table for
     New York): Tokyo's sessions have 330, and a round-the-clock calendar, which keeps
@@ -276,6 +300,9 @@ def test_periods_per_year_counts_the_sessions_of_the_live_calendar(engine_config
     assert run_defaults(on("XTKS"), "1m") == {"periods_per_year": 252 * 330}
     raw = extended_hours_panel()
     assert session_bars_only(on("24/7"), raw) is raw  # every bar is in a session
-    assert run_defaults(on("24/7"), "5m") == {"periods_per_year": 252 * 288}
+    # ... and 365 sessions a year, not 252 (volatility, and the sizing fed by it, were
+    # sqrt(365/252) too small), daily bars too
+    assert run_defaults(on("24/7"), "5m") == {"periods_per_year": 365 * 288}
+    assert run_defaults(on("24/7"), "1d") == {"periods_per_year": 365}
     with pytest.raises(ConfigError, match=r"live\.calendar = 'NOPE'"):
         run_defaults(on("NOPE"), "5m")
