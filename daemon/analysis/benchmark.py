@@ -128,13 +128,20 @@ def load_benchmark(config: PerformanceConfig) -> pd.Series | None:
     """The configured benchmark's total-return levels (None when `benchmark` is "")."""
     if not config.benchmark:
         return None
+    from ..core.errors import DataError
     from ..feeds.loaders import load_frame
 
-    frame = load_frame(
-        config.benchmark_source,
-        config.benchmark_path or None,
-        symbols=[config.benchmark],
-    )
+    try:
+        frame = load_frame(
+            config.benchmark_source,
+            config.benchmark_path or None,
+            symbols=[config.benchmark],
+            date_format=config.benchmark_date_format,
+        )
+    except DataError as exc:
+        # The loaders' advice names the data's setting; the benchmark file has its own.
+        text = str(exc).replace("date_format in [data]", "analysis.benchmark_date_format")
+        raise DataError(text.replace("date_format = ", "benchmark_date_format = ")) from exc
     if "symbol" in frame:
         frame = frame[frame["symbol"] == config.benchmark]
     return benchmark_levels(frame)

@@ -171,6 +171,9 @@ class PerformanceConfig:
     benchmark: str = "SP500"
     benchmark_source: str = "bundled"
     benchmark_path: str = ""
+    # strftime of the benchmark file's text dates ("" infers them), as data.date_format is
+    # the data's: a day-first benchmark file had no way to say so.
+    benchmark_date_format: str = ""
 
     def __post_init__(self) -> None:
         for key in ("risk_free_rate", "periods_per_year", "var_confidence"):
@@ -192,6 +195,15 @@ class PerformanceConfig:
                 f"analysis.benchmark_source {self.benchmark_source!r} is unknown; valid "
                 f"choices: {', '.join(BENCHMARK_SOURCES)}"
             )
+        if self.benchmark_date_format:
+            from ..feeds.validate import check_date_format
+
+            try:
+                check_date_format(self.benchmark_date_format)
+            except ConfigError as exc:
+                raise ConfigError(
+                    str(exc).replace("data date_format", "analysis.benchmark_date_format")
+                ) from None
         if self.benchmark and self.benchmark_source != "bundled" and not self.benchmark_path:
             raise ConfigError(
                 "analysis.benchmark_path is required when analysis.benchmark_source = "

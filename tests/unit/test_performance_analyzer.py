@@ -422,6 +422,30 @@ def test_the_benchmark_files_refuse_a_repeated_date(tmp_path):
             PerformanceAnalyzer(cfg).analyze_performance(run)
 
 
+def test_a_day_first_benchmark_file_can_say_its_format(tmp_path):
+    """A day-first benchmark CSV is refused (its dates could be read two ways), and the
+    advice named data.date_format, which never reached the benchmark: it has its own."""
+    t = pd.bdate_range("2020-01-02", periods=12)
+    px = 100.0 + np.arange(12.0)
+    days = [d.strftime("%d/%m/%Y") for d in t]
+    frame = {"date": days, "open": px, "high": px, "low": px, "close": px, "volume": 1.0}
+    pd.DataFrame(frame).to_csv(tmp_path / "IDX.csv", index=False)
+    run = {"equity_curve": [101.0, 103.0, 102.0, 104.0], "times": t[1:5], "initial_capital": 100.0}
+    kw = {
+        "benchmark": "IDX",
+        "benchmark_source": "csv",
+        "benchmark_path": str(tmp_path / "IDX.csv"),
+    }
+    with pytest.raises(DataError, match=r"analysis\.benchmark_date_format") as err:
+        PerformanceAnalyzer(PerformanceConfig(**kw)).analyze_performance(run)
+    assert "[data]" not in str(err.value)
+    cfg = PerformanceConfig(**kw, benchmark_date_format="%d/%m/%Y")
+    out = PerformanceAnalyzer(cfg).analyze_performance(run)
+    assert out["performance"]["benchmark_bars"] == 4
+    with pytest.raises(ConfigError, match=r"analysis\.benchmark_date_format 'dd/mm'"):
+        PerformanceConfig(**kw, benchmark_date_format="dd/mm")
+
+
 def test_benchmark_levels_book_splits_and_dividends_like_the_engine():
     frame = pd.DataFrame(
         {
