@@ -8,6 +8,7 @@ attribution.
 from __future__ import annotations
 
 import math
+import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -139,9 +140,17 @@ def load_benchmark(config: PerformanceConfig) -> pd.Series | None:
             date_format=config.benchmark_date_format,
         )
     except DataError as exc:
-        # The loaders' advice names the data's setting; the benchmark file has its own.
+        # The loaders' advice names the data's settings: the benchmark file has its own
+        # date format, and no repairs (a repair in [data] never reaches it).
         text = str(exc).replace("date_format in [data]", "analysis.benchmark_date_format")
-        raise DataError(text.replace("date_format = ", "benchmark_date_format = ")) from exc
+        text = text.replace("date_format = ", "benchmark_date_format = ")
+        text = re.sub(
+            r"enable repair '[a-z_]+' \(repair = \[\"[a-z_]+\"\] in \[data\], or in \[feed\] "
+            r"for a vendor\)",
+            "correct the benchmark file (it is read without repairs)",
+            text,
+        )
+        raise DataError(text) from exc
     if "symbol" in frame:
         frame = frame[frame["symbol"] == config.benchmark]
     return benchmark_levels(frame)

@@ -418,8 +418,10 @@ def test_the_benchmark_files_refuse_a_repeated_date(tmp_path):
     for source, row in (("csv", "row=5"), ("parquet", "row=2020-01-03")):
         path = tmp_path / f"IDX.{source}"
         cfg = PerformanceConfig(benchmark="IDX", benchmark_source=source, benchmark_path=str(path))
-        with pytest.raises(DataError, match=rf"repeating an earlier timestamp.*{row}"):
+        with pytest.raises(DataError, match=rf"repeating an earlier timestamp.*{row}") as err:
             PerformanceAnalyzer(cfg).analyze_performance(run)
+        # no advice to set a repair in [data]: it would never reach the benchmark
+        assert "[data]" not in str(err.value) and "correct the benchmark file" in str(err.value)
 
 
 def test_a_day_first_benchmark_file_can_say_its_format(tmp_path):
