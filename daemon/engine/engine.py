@@ -2296,7 +2296,7 @@ class Engine:
             "cash": pf.cash,
             "positions": {self.symbols[i]: float(pf.quantity[i]) for i in held.tolist()},
             "open_orders": len(self.broker.open_orders()),
-            "updated_at": datetime.now().astimezone().isoformat(),
+            "updated_at": datetime.now(UTC).isoformat(),
         }
         if self.publisher is not None:
             self.publisher.publish("state", state)

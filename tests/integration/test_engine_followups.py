@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import ClassVar
@@ -897,6 +898,17 @@ async def test_the_published_state_is_there_from_the_start_and_between_bars(
     engine.step = counting_step  # type: ignore[method-assign]
     await engine.run_until_done()
     assert states_before[0] >= 1, "written before the first bar (warm-up included)"
+    # In UTC as every other time (it was the host's local time).
+    with monkeypatch.context() as local:
+        local.setenv("TZ", "America/New_York")
+        time.tzset()
+        try:
+            await engine._publish(force=True)
+        finally:
+            local.undo()
+            time.tzset()
+    state = json.loads(await engine.cache.get(f"{engine.run.run_id}:state"))
+    assert state["updated_at"].endswith("+00:00")
 
     # The refresher: a publish every cache_ttl / 3, under the bar lock.
     waits: list[float] = []
