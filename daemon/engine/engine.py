@@ -1699,6 +1699,8 @@ class Engine:
         if self._restored_through is not None:
             if bar.time <= self._restored_through:
                 self._replay_restored(bar)
+                if m:  # a warm-up bar too (README: the counter includes them)
+                    metrics.BARS_PROCESSED.inc()
                 return
             if self._signal_states:
                 self._restore_signals()  # the first bar after the checkpoint

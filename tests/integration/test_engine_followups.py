@@ -953,6 +953,31 @@ async def test_a_restart_shows_the_resumed_books_equity_in_metrics_at_once(engin
     assert seen == [(pytest.approx(first.portfolio.equity), pytest.approx(first.portfolio.cash))]
 
 
+async def test_bars_processed_counts_the_warm_up_after_a_restart_as_at_a_first_start(
+    engine_config,
+):
+    """/metrics' counter includes warm-up bars (README): after a restart, the bars up to the
+    checkpoint (the resumed warm-up, `_replay_restored`) were not counted, and the counter
+    said 72 while /status said 207 bars."""
+    from tradingd import metrics
+    from tradingd.app import build_engine
+
+    def processed() -> float:
+        return metrics.BARS_PROCESSED._value.get()
+
+    panel, config = live_run(engine_config)
+    first = build_engine(config, "live", panel=panel)
+    first.after_bar.append(lambda t, v: first.request_stop() if first._bars == 5 else None)
+    before = processed()
+    await first.run_until_done()
+    assert processed() - before == 65  # 60 warm-up bars, 5 traded
+    restarted = build_engine(config, "live", panel=panel)
+    before = processed()
+    await restarted.run_until_done()
+    assert restarted.resumed_from is not None
+    assert processed() - before == len(panel.datetimes()) == 90  # 65 restored, 25 traded
+
+
 async def _nothing() -> None:
     return None
 
