@@ -15,7 +15,8 @@ conditions fire once when they start and once when they clear (the alerter keeps
 Events (one per key within the alerter's dedup window):
 - `risk_limit`: a risk verdict that halts, flattens or scales the book (rule named);
 - `daily_summary`: at the first bar of a new exchange day, the previous day's close.
-Reconciliation differences are sent by the code that finds them (`event(RECONCILIATION...)`).
+Reconciliation differences are reported by the code that finds them
+(`condition(RECONCILIATION, symbol...)` in the engine's reconciliation).
 """
 
 from __future__ import annotations

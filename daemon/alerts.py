@@ -30,8 +30,8 @@ Two ways to report, both plain (non-async), cheap, and never raising into the ca
   and an escalation when the severity of a firing condition rises. Call it as often as the
   state is known (every bar, every poll): that is what deduplicates an outage. Reminders and
   resolved alerts carry the fields `failing_since` (ISO time) and `failing_for` ("1h05m").
-- `Alerter.event(kind, key, ...)`: a one-off (the kill switch tripped, a reconciliation
-  difference, the daily summary). The same (kind, key) again within `dedup_window_s` is
+- `Alerter.event(kind, key, ...)`: a one-off (orders at the broker this run did not place,
+  the daily summary). The same (kind, key) again within `dedup_window_s` is
   suppressed.
 
 Delivery happens in the background, one task per target, from a bounded queue per target:

@@ -27,7 +27,7 @@ import numpy as np
 import structlog
 
 from .. import faults, metrics
-from ..alerts import CRITICAL, KILL_SWITCH, kill_switch_title
+from ..alerts import CRITICAL, KILL_SWITCH, RECONCILIATION, kill_switch_title
 from ..core.arrays import count_nonzero, scalar, where
 from ..core.errors import (
     ConfigError,
@@ -1344,8 +1344,11 @@ class Engine:
                 )
         for sym in set(new) - set(again):
             log.info("reconcile.settled", symbol=sym, rule="gone at the second check")
+        alerter = getattr(self, "alerter", None)
         for sym in set(self.reconcile_blocked) - set(blocked):
             log.info("reconcile.resolved", symbol=sym)
+            if alerter is not None:
+                alerter.condition(RECONCILIATION, sym, False)
         self.reconcile_blocked = blocked
         self.last_reconciled_at = datetime.now(UTC)
         log.info("reconcile.done", symbols=len(self.symbols), blocked=sorted(blocked))
@@ -1390,12 +1393,14 @@ class Engine:
         )
         alerter = getattr(self, "alerter", None)
         if alerter is not None:
-            alerter.event(
-                "reconciliation",
+            # A condition: resolved when the two agree again (`_reconcile`).
+            alerter.condition(
+                RECONCILIATION,
                 sym,
+                True,
                 title=f"position difference in {sym}",
                 text=why + "; trading in it stops until they agree",
-                severity="critical",
+                severity=CRITICAL,
             )
         return why
 

@@ -41,8 +41,17 @@ async def test_an_unexplained_broker_position_blocks_the_symbol_until_it_agrees(
             stray.clear()  # the operator closed the stray position at the broker
 
     engine.step = step  # type: ignore[method-assign]
-    result = await engine.run_until_done()
+    with capture_logs() as logs:
+        result = await engine.run_until_done()
 
+    # Alerted once as it was found, resolved once the two agree (no resolution was sent).
+    said = [
+        (e["event"], e["severity"])
+        for e in logs
+        if e["event"].startswith("alert.") and e.get("kind") == "reconciliation"
+    ]
+    assert said == [("alert.firing", "critical"), ("alert.resolved", "critical")]
+    assert not [a for a in engine.alerter.firing() if a["kind"] == "reconciliation"]
     assert ready_while_blocked == [False]
     assert result.verdicts_by_rule.get("reconciliation/unreconciled_position", 0) > 0
     orders = await _orders(tmp_path / "recon.db")
