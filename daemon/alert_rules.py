@@ -98,8 +98,7 @@ class AlertRules:
                     plugin.name,
                     halted,
                     title=kill_switch_title(plugin.name),
-                    text="New entries are blocked until a deliberate reset "
-                    "(tradingd reset-halt or POST /reset-halt).",
+                    text=kill_switch_text(plugin),
                     severity=CRITICAL,
                     fields={"equity": round(e.portfolio.equity, 2), "bar": t.isoformat()},
                 )
@@ -210,6 +209,38 @@ class AlertRules:
             "drawdown": round(1 - pf.equity / pf.peak_equity, 4) if pf.peak_equity > 0 else 0.0,
             "trading_state": self.engine.trading_state,
         }
+
+
+_RESET = "tradingd reset-halt or POST /reset-halt"
+
+
+def kill_switch_text(plugin: Any) -> str:
+    """What lifts a halted plugin, from its own configuration (`recovery`): under the
+    drawdown guard's default cool-off the alert said only a deliberate reset would, though
+    the guard lifts itself after `cooloff_bars`."""
+    c: Any = getattr(plugin, "config", None)
+    recovery = getattr(c, "recovery", None)
+    flat = bool(getattr(c, "flatten_on_breach", False))
+    what = "The book is closed and kept flat" if flat else "New entries are blocked"
+    if recovery == "halt":
+        return f"{what} until a deliberate reset ({_RESET})."
+    if recovery == "cooloff":
+        return (
+            f"{what} for a cool-off of {c.cooloff_bars} bars (fewer if equity is back within "
+            "the limit sooner); then the peak is re-based and trading resumes by itself. "
+            f"A reset ({_RESET}) lifts it at once."
+        )
+    if recovery == "scale":
+        what = (
+            "The book is kept flat"
+            if flat
+            else f"Targets are scaled to {c.underwater_exposure:.0%}"
+        )
+        return (
+            f"{what} while the drawdown is beyond the limit; full size returns by itself "
+            f"once equity is back within it, or at a reset ({_RESET})."
+        )
+    return f"{what} while {plugin.name} is halted; a reset ({_RESET}) lifts it."
 
 
 class AlertTicker:

@@ -23,9 +23,11 @@ TOKEN = "T0KEN-abcdef-0123456789"
 class Recorder:
     conditions: list[tuple[str, str, bool]] = field(default_factory=list)
     events: list[tuple[str, str]] = field(default_factory=list)
+    texts: dict[tuple[str, str], str] = field(default_factory=dict)
 
-    def condition(self, kind: str, key: str, failing: bool, **_: Any) -> None:
+    def condition(self, kind: str, key: str, failing: bool, **kw: Any) -> None:
         self.conditions.append((kind, key, failing))
+        self.texts[(kind, key)] = kw.get("text", "")
 
     def event(self, kind: str, key: str, **_: Any) -> None:
         self.events.append((kind, key))
@@ -92,6 +94,32 @@ def test_book_level_risk_verdicts_are_events_named_by_rule():
     rules.after_bar(T0, [clip, halt])
     assert rec.events.count((RISK_LIMIT, "drawdown_guard/max_drawdown")) == 1
     assert not [e for e in rec.events if e[1].startswith("max_position")]
+
+
+def test_the_kill_switch_says_what_lifts_it_by_the_guards_recovery():
+    """Under the default cool-off the alert said entries were blocked until a deliberate
+    reset, though the guard lifts itself after `cooloff_bars`."""
+    from tradingd_plugins.risk.drawdown import DrawdownGuard, DrawdownGuardConfig
+
+    texts = {}
+    for recovery in ("cooloff", "halt", "scale"):
+        config = DrawdownGuardConfig(recovery=recovery, cooloff_bars=15)
+        guard = DrawdownGuard(config, ("A", "B"))
+        guard.restore({"halted": 0})
+        rec = Recorder()
+        AlertRules(rec, engine(guard)).after_bar(T0, [])
+        assert rec.last(KILL_SWITCH) is True
+        texts[recovery] = rec.texts[(KILL_SWITCH, "drawdown_guard")]
+    assert "cool-off of 15 bars" in texts["cooloff"]
+    assert "resumes by itself" in texts["cooloff"]
+    assert "until a deliberate reset" not in texts["cooloff"]
+    assert "until a deliberate reset (tradingd reset-halt" in texts["halt"]
+    assert "scaled to 50%" in texts["scale"] and "by itself" in texts["scale"]
+    flat = DrawdownGuard(DrawdownGuardConfig(recovery="halt", flatten_on_breach=True), ())
+    flat.restore({"halted": 3})
+    rec = Recorder()
+    AlertRules(rec, engine(flat)).after_bar(T0, [])
+    assert rec.texts[(KILL_SWITCH, "drawdown_guard")].startswith("The book is closed")
 
 
 def test_repeated_errors_need_several_bars_in_a_row_and_clear():
