@@ -11,9 +11,12 @@ conditions fire once when they start and once when they clear (the alerter keeps
 - `database_down`: the store spools its writes (database unreachable: warning) or cannot
   replay its spool (critical: the operator must act; a full spool stops the run);
 - `repeated_errors`: `repeated_after` bars in a row without a bar from the feed, or with the
-  broker unreachable when orders were due.
+  broker unreachable when orders were due;
+- `risk_limit`: a risk plugin halts, flattens or scales the book (keyed by plugin and rule):
+  fires at the first bar with such a verdict, resolves at the first bar without one. The
+  drawdown guard returns its verdict on every bar of a halt: as an event it was sent again
+  each time the dedup window passed, for as long as the halt lasted.
 Events (one per key within the alerter's dedup window):
-- `risk_limit`: a risk verdict that halts, flattens or scales the book (rule named);
 - `daily_summary`: at the first bar of a new exchange day, the previous day's close.
 Reconciliation differences are reported by the code that finds them
 (`condition(RECONCILIATION, symbol...)` in the engine's reconciliation).
@@ -70,6 +73,7 @@ class AlertRules:
         self._unavailable_seen = 0
         self._broker_failures_seen = 0
         self._bad_bars = 0
+        self._limits: set[str] | None = None  # the risk_limit keys firing (None: not read yet)
 
     def after_bar(self, t: datetime, verdicts: list[Any]) -> None:
         """Called by the engine after each trading bar (never raises: alerting must not stop
@@ -117,19 +121,37 @@ class AlertRules:
                     severity=WARNING,
                     fields={"symbols": len(symbols)},
                 )
-        for v in verdicts:
-            if v.action in _BOOK_ACTIONS:
-                rule = v.rule or v.plugin
-                a.event(
-                    RISK_LIMIT,
-                    f"{v.plugin}/{rule}",
-                    title=f"risk limit {v.plugin}/{rule}: {v.action}",
-                    text=v.reason,
-                    severity=WARNING,
-                )
+        self._risk_limits(verdicts)
         self._services()
         self._repeated(e)
         self._daily(t)
+
+    def _risk_limits(self, verdicts: list[Any]) -> None:
+        """`risk_limit` per plugin and rule: firing while its verdicts restrict the book,
+        resolved at the first bar without one. The limits firing before a restart (kept in
+        the checkpoint, `Alerter.assume_firing`) are taken from the alerter at the first
+        bar, so one that ended while the daemon was down still sends its resolution."""
+        a = self.alerter
+        if self._limits is None:
+            firing = getattr(a, "firing", None)
+            known = firing() if callable(firing) else []
+            self._limits = {c["key"] for c in known if c["kind"] == RISK_LIMIT}
+        now: dict[str, Any] = {}
+        for v in verdicts:
+            if v.action in _BOOK_ACTIONS:
+                now.setdefault(f"{v.plugin}/{v.rule or v.plugin}", v)
+        for key in self._limits - now.keys():
+            a.condition(RISK_LIMIT, key, False)
+        for key, v in now.items():
+            a.condition(
+                RISK_LIMIT,
+                key,
+                True,
+                title=f"risk limit {key}: {v.action}",
+                text=v.reason,
+                severity=WARNING,
+            )
+        self._limits = set(now)
 
     def _services(self) -> None:
         a, e = self.alerter, self.engine

@@ -27,7 +27,7 @@ import numpy as np
 import structlog
 
 from .. import faults, metrics
-from ..alerts import CRITICAL, KILL_SWITCH, RECONCILIATION, kill_switch_title
+from ..alerts import CRITICAL, KILL_SWITCH, RECONCILIATION, RISK_LIMIT, WARNING, kill_switch_title
 from ..core.arrays import count_nonzero, scalar, where
 from ..core.errors import (
     ConfigError,
@@ -1262,6 +1262,27 @@ class Engine:
                 )
         return out
 
+    def _risk_limits(self, alerter: Any, open_: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The `risk_limit` conditions firing once this bar's alert rules have run: the
+        restrictions in force after this bar (`RiskRecord`, keyed by plugin and rule as the
+        rules key them), with the alerter's own record where it has one. A restart then
+        neither alerts a halt in force again nor leaves one that ended unresolved."""
+        firing = {a["key"]: a for a in alerter.firing() if a["kind"] == RISK_LIMIT}
+        out = []
+        for r in open_:
+            key = f"{r['plugin']}/{r['rule']}"
+            out.append(
+                firing.get(key)
+                or {
+                    "kind": RISK_LIMIT,
+                    "key": key,
+                    "severity": WARNING,
+                    "title": f"risk limit {key}: {r['action']}",
+                    "since": datetime.now(UTC).isoformat(),
+                }
+            )
+        return out
+
     def _checkpoint(self, t: datetime) -> None:
         """Everything a restarted process needs to continue after bar `t` (see _resume)."""
         state: dict[str, Any] = {
@@ -1278,7 +1299,9 @@ class Engine:
         }
         alerter = getattr(self, "alerter", None)
         if alerter is not None:
-            state["alerts"] = self._kill_switches(alerter)
+            state["alerts"] = self._kill_switches(alerter) + self._risk_limits(
+                alerter, state["risk"]["open"]
+            )
         broker_state = getattr(self.broker, "state", None)
         if broker_state is not None:
             state["broker"] = broker_state()

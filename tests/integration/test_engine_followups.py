@@ -2166,21 +2166,43 @@ async def test_a_restart_keeps_the_risk_record_and_does_not_alert_the_halt_again
         sizing=PluginSpec("equal_weight", params={"max_positions": 2, "gross_exposure": 0.9}),
         risk=(PluginSpec("drawdown_guard", params=guard),),
         live=LiveConfig(bars_per_second=400.0),
+        # No deduplication of events: a risk limit alerted every bar of its halt showed so.
+        alerts=dataclasses.replace(engine_config.alerts, dedup_window_s=0.0),
     )
 
     def kill_switch_alerts(logs):  # type: ignore[no-untyped-def]
         return [e for e in logs if e["event"] == "alert.firing" and e["kind"] == "kill_switch"]
 
+    def risk_limit_alerts(logs):  # type: ignore[no-untyped-def]
+        return [
+            (e["event"], e["key"])
+            for e in logs
+            if e["event"].startswith("alert.") and e.get("kind") == "risk_limit"
+        ]
+
     whole_config = dataclasses.replace(config, run=dataclasses.replace(config.run, run_id="whole"))
-    _, whole, _ = await run_engine(whole_config, "live", panel(n))
+    with capture_logs() as logs:
+        _, whole, _ = await run_engine(whole_config, "live", panel(n))
+    # One alert as each restriction starts, one as it lifts (the halt holds to the end).
+    assert risk_limit_alerts(logs) == [
+        ("alert.firing", "drawdown_guard/daily_loss_limit"),
+        ("alert.resolved", "drawdown_guard/daily_loss_limit"),
+        ("alert.firing", "drawdown_guard/max_drawdown"),
+    ]
     with capture_logs() as logs:
         await run_engine(config, "live", panel(stop_after))
     assert len(kill_switch_alerts(logs)) == 1
+    assert ("alert.firing", "drawdown_guard/max_drawdown") in risk_limit_alerts(logs)
     with capture_logs() as logs:
         engine, again, _ = await run_engine(config, "live", panel(n))
     assert engine.resumed_from is not None and engine.resumed_from.date().isoformat() == stopped_at
     assert kill_switch_alerts(logs) == []  # alerted before the restart
-    assert [a["kind"] for a in engine.alerter.firing()] == ["kill_switch"]  # still firing
+    assert risk_limit_alerts(logs) == []  # so was the halt's risk limit
+    firing = [(a["kind"], a["key"]) for a in engine.alerter.firing()]  # still firing
+    assert firing == [
+        ("kill_switch", "drawdown_guard"),
+        ("risk_limit", "drawdown_guard/max_drawdown"),
+    ]
     assert not [e for e in logs if e["event"] == "risk.restriction_started"]
 
     # S0 closes 85 on 01-16 and 70 on 01-17 (daily losses over 5%: halts), 55 on 01-20

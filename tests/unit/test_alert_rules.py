@@ -86,14 +86,57 @@ def test_kill_switch_and_stale_data_are_conditions_that_follow_the_plugins():
     assert rec.last(KILL_SWITCH) is False and rec.last(STALE_DATA) is False
 
 
-def test_book_level_risk_verdicts_are_events_named_by_rule():
-    rec = Recorder()
-    rules = AlertRules(rec, engine())
+def test_a_book_level_restriction_alerts_once_when_it_starts_and_once_when_it_lifts():
+    """The guard returns its verdict on every bar of a halt: as an event, `risk_limit` was
+    sent again each time the dedup window passed, as long as the halt lasted (80 in a run).
+    It is a condition per plugin and rule now: one firing, one resolution."""
+    from tradingd.alerts import Alerter, AlertsConfig
+
+    alerter = Alerter(AlertsConfig(dedup_window_s=0.0))
+    rules = AlertRules(alerter, engine())
     clip = RiskVerdict("max_position", "AAPL", "clip", "too big")
     halt = RiskVerdict("drawdown_guard", None, "halt", "drawdown 21%", rule="max_drawdown")
-    rules.after_bar(T0, [clip, halt])
-    assert rec.events.count((RISK_LIMIT, "drawdown_guard/max_drawdown")) == 1
-    assert not [e for e in rec.events if e[1].startswith("max_position")]
+    day = RiskVerdict("drawdown_guard", None, "halt", "daily loss 6%", rule="daily_loss_limit")
+    sent: list[tuple[str, str]] = []
+    emit = alerter._emit
+
+    def recording(kind, key, state, *args, **kw):  # type: ignore[no-untyped-def]
+        if kind == RISK_LIMIT:
+            sent.append((key, state))
+        return emit(kind, key, state, *args, **kw)
+
+    alerter._emit = recording  # type: ignore[method-assign]
+    bars = [[clip, halt, day], [halt, day], [halt], [halt], [halt], [clip], [], [halt]]
+    for i, verdicts in enumerate(bars):
+        rules.after_bar(T0 + timedelta(hours=i), verdicts)
+    assert sent == [
+        ("drawdown_guard/max_drawdown", "firing"),
+        ("drawdown_guard/daily_loss_limit", "firing"),
+        ("drawdown_guard/daily_loss_limit", "resolved"),
+        ("drawdown_guard/max_drawdown", "resolved"),
+        ("drawdown_guard/max_drawdown", "firing"),  # a new halt
+    ]
+
+
+def test_a_restriction_firing_before_a_restart_is_resolved_after_it():
+    """The checkpoint keeps the risk limits firing (`Alerter.assume_firing`): one that ended
+    while the daemon was down is resolved at the first bar, one still in force is not sent
+    again."""
+    from tradingd.alerts import Alerter, AlertsConfig
+
+    alerter = Alerter(AlertsConfig(dedup_window_s=0.0))
+    since = T0.isoformat()
+    alerter.assume_firing(
+        [
+            {"kind": RISK_LIMIT, "key": "drawdown_guard/max_drawdown", "since": since},
+            {"kind": RISK_LIMIT, "key": "drawdown_guard/daily_loss_limit", "since": since},
+        ]
+    )
+    rules = AlertRules(alerter, engine())
+    halt = RiskVerdict("drawdown_guard", None, "halt", "drawdown 21%", rule="max_drawdown")
+    rules.after_bar(T0, [halt])
+    assert [a["key"] for a in alerter.firing()] == ["drawdown_guard/max_drawdown"]
+    assert alerter.alerts == 1  # the daily loss's resolution alone
 
 
 def test_the_kill_switch_says_what_lifts_it_by_the_guards_recovery():
