@@ -10,8 +10,10 @@ conditions fire once when they start and once when they clear (the alerter keeps
 - `broker_down`: the broker is not connected;
 - `database_down`: the store spools its writes (database unreachable: warning) or cannot
   replay its spool (critical: the operator must act; a full spool stops the run);
-- `repeated_errors`: `repeated_after` bars in a row without a bar from the feed, or with the
-  broker unreachable when orders were due;
+- `repeated_errors`: `repeated_after` bars in a row without a bar from the feed (a bar the
+  clock released that the source could not deliver counts: the engine calls
+  `bar_unavailable` for it, as it never steps it), or with the broker unreachable when
+  orders were due;
 - `risk_limit`: a risk plugin halts, flattens or scales the book (keyed by plugin and rule):
   fires at the first bar with such a verdict, resolves at the first bar without one. The
   drawdown guard returns its verdict on every bar of a halt: as an event it was sent again
@@ -74,6 +76,11 @@ class AlertRules:
         self._broker_failures_seen = 0
         self._bad_bars = 0
         self._limits: set[str] | None = None  # the risk_limit keys firing (None: not read yet)
+        # An unavailable bar is never stepped: the engine calls this hook for it instead of
+        # `after_bar` (the daemon registers `after_bar`; this one goes with the rules).
+        hooks = getattr(engine, "on_bar_unavailable", None)
+        if isinstance(hooks, list):
+            hooks.append(self.bar_unavailable)
 
     def after_bar(self, t: datetime, verdicts: list[Any]) -> None:
         """Called by the engine after each trading bar (never raises: alerting must not stop
@@ -153,6 +160,15 @@ class AlertRules:
             )
         self._limits = set(now)
 
+    def bar_unavailable(self, t: datetime) -> None:
+        """Called by the engine for a bar the clock released that the source could not
+        deliver (never stepped, so `after_bar` does not run for it): a bad bar for
+        `repeated_errors`. Never raises."""
+        try:
+            self._repeated(self.engine)
+        except Exception:  # pragma: no cover - a bug here is logged, trading goes on
+            log.exception("alerts.rules_failed", bar=t.isoformat())
+
     def _services(self) -> None:
         a, e = self.alerter, self.engine
         feed_status = getattr(e.feed, "status", None)
@@ -202,11 +218,13 @@ class AlertRules:
         )
         self._unavailable_seen, self._broker_failures_seen = e.bars_unavailable, e.broker_failures
         self._bad_bars = self._bad_bars + 1 if new_errors else 0
+        failing = self._bad_bars >= self.repeated_after
         self.alerter.condition(
             REPEATED_ERRORS,
             "bars",
-            self._bad_bars >= self.repeated_after,
-            title=f"errors on {self._bad_bars} bars in a row",
+            failing,
+            # The resolution keeps the firing's title ("errors on 0 bars in a row" said it).
+            title=f"errors on {self._bad_bars} bars in a row" if failing else "",
             text=f"bars unavailable: {e.bars_unavailable}, broker failures: {e.broker_failures}",
             severity=WARNING,
         )

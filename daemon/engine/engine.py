@@ -447,6 +447,9 @@ class Engine:
         self.on_decision: Callable[[datetime, str, dict[str, Any]], None] | None = None
         # Called after every trading bar with its time and risk verdicts (alert rules).
         self.after_bar: list[Callable[[datetime, list[RiskVerdict]], None]] = []
+        # Called with the time of a bar the clock released that the source could not deliver
+        # (never stepped, so `after_bar` does not run for it: repeated_errors counts it).
+        self.on_bar_unavailable: list[Callable[[datetime], None]] = []
         # A replay's, once its store and audit log have dropped the run id's earlier record
         # (a backtest drops its earlier output files then).
         self.after_begin: list[Callable[[], object]] = []
@@ -891,6 +894,8 @@ class Engine:
                     # /ready and /metrics; the next release fetches it again first.
                     self.bars_unavailable += 1
                     log.warning("bar.unavailable", time=t, error=str(exc), retry="next bar")
+                    for unavailable in self.on_bar_unavailable:
+                        unavailable(t)
                     bar = None
                     if len(missed) == missed.maxlen:
                         log.warning("bar.lost", time=missed[0], reason="too many missed")

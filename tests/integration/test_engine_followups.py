@@ -1735,6 +1735,48 @@ async def test_a_bar_the_source_failed_to_deliver_is_fetched_before_the_next(eng
     assert engine.bars_unavailable == 2
 
 
+async def test_bars_the_source_could_not_deliver_alert_repeated_errors_then_resolve(
+    engine_config,
+):
+    """With the source down for several bars, `repeated_errors` never fired: an unavailable
+    bar is never stepped, so the rules (run after a stepped bar) did not see it, and the
+    first good bar after the outage counted one bad bar and the next cleared it. Each
+    unavailable bar counts now: fired once during the outage, resolved by the bar that
+    arrives."""
+    from tradingd.app import build_engine
+    from tradingd.core.errors import RetryableError
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    times = panel.datetimes()
+    down = [True]  # the source is down from bar 70 until bar 75 is released
+    bars = engine.feed.bars
+
+    async def outage(t):  # type: ignore[no-untyped-def]
+        if t == times[75]:
+            down[0] = False
+        if down[0] and t >= times[70]:
+            raise RetryableError("yahoo: no symbol could be fetched (kinds: http_5xx)")
+        return await bars(t)
+
+    engine.feed.bars = outage  # type: ignore[method-assign]
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    assert engine.bars_unavailable == 5
+    said = [
+        (e["event"], e.get("title"))
+        for e in logs
+        if e["event"] == "bar.unavailable" or e.get("kind") == "repeated_errors"
+    ]
+    title = "errors on 3 bars in a row"
+    assert said == [
+        *[("bar.unavailable", None)] * 3,
+        ("alert.firing", title),  # during the outage, once
+        *[("bar.unavailable", None)] * 2,
+        ("alert.resolved", title),  # by the bar that arrived
+    ]
+
+
 async def test_a_run_whose_last_bars_never_came_says_so_at_its_end(engine_config, tmp_path):
     """The vendor's circuit stayed open to the end: each of the last bars was logged once as
     unavailable, none recovered or lost, and the run ended "run finished" with nothing

@@ -65,6 +65,7 @@ def engine(*risks: Any) -> SimpleNamespace:
         bars_unavailable=0,
         broker_failures=0,
         trading_state="active",
+        on_bar_unavailable=[],
     )
 
 
@@ -166,18 +167,28 @@ def test_the_kill_switch_says_what_lifts_it_by_the_guards_recovery():
 
 
 def test_repeated_errors_need_several_bars_in_a_row_and_clear():
+    """An unavailable bar is never stepped: the engine calls `bar_unavailable` (the hook the
+    rules register on it), not `after_bar`. Through a live engine:
+    tests/integration/test_engine_followups.py."""
     rec = Recorder()
     e = engine()
     rules = AlertRules(rec, e, repeated_after=3)
+    assert e.on_bar_unavailable == [rules.bar_unavailable]
     for _ in range(2):
         e.bars_unavailable += 1
-        rules.after_bar(T0, [])
+        rules.bar_unavailable(T0)
     assert rec.last(REPEATED_ERRORS) is False
-    e.broker_failures += 1
-    rules.after_bar(T0, [])
+    e.bars_unavailable += 1
+    rules.bar_unavailable(T0)
     assert rec.last(REPEATED_ERRORS) is True
-    rules.after_bar(T0, [])  # a clean bar
+    rules.after_bar(T0, [])  # a good bar
     assert rec.last(REPEATED_ERRORS) is False
+    for _ in range(2):
+        e.bars_unavailable += 1
+        rules.bar_unavailable(T0)
+    e.broker_failures += 1
+    rules.after_bar(T0, [])  # stepped, but the broker was unreachable: a third bad bar
+    assert rec.last(REPEATED_ERRORS) is True
 
 
 def test_a_daily_summary_when_the_exchange_day_changes():
