@@ -57,7 +57,7 @@ import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -91,6 +91,9 @@ from .inference.onnx import EnsemblePredictor as _OnnxEnsemblePredictor
 from .inference.onnx import ModelCard
 from .storage.schema import TABLES
 
+if TYPE_CHECKING:
+    from .backtest import StopRequest
+
 __all__ = [
     "AttributionAnalyzer",
     "BacktestEngine",
@@ -110,6 +113,9 @@ __all__ = [
 log = structlog.get_logger(__name__)
 
 ML, FACTORS, SIZING = "ml_ensemble", "multi_factor", "kelly_garch"
+# How long an interrupted run gets to finish its bar and close its writer and worker
+# processes before the interrupt is raised all the same (the run then ends on its own).
+INTERRUPT_WAIT_S = 60.0
 LONG_TYPES, SHORT_TYPES = ("long", "buy"), ("short", "sell")
 
 
@@ -845,9 +851,15 @@ class BacktestEngine:
         writes), final_equity, config (the Config run), output_dir (None unless given) and
         engine_result. Bars before `start` warm up features and models without trading
         (run.start); bars after `end` are not used (None: the base configuration's window).
-        Works inside a running event loop (a notebook): the run then goes to a worker
-        thread. `run_backtest_async` awaits it. Logs warnings and errors only, unless
-        structlog was configured before the call (`tradingd.logs.configure_logging`)."""
+        The run goes to a worker thread with its own event loop, so it works inside a running
+        one (a notebook); an interrupt (KeyboardInterrupt, a notebook's "interrupt kernel")
+        stops it after its current bar, waits up to `INTERRUPT_WAIT_S` for it to close its
+        writer and worker processes, and is raised again. `run_backtest_async` awaits it.
+        Logs warnings and errors only, unless structlog was configured before the call
+        (`tradingd.logs.configure_logging`)."""
+        from .backtest import StopRequest
+
+        stop = StopRequest()
         coro = self.run_backtest_async(
             data,
             signal_generator,
@@ -858,25 +870,9 @@ class BacktestEngine:
             end=end,
             output_dir=output_dir,
             progress=progress,
+            stop=stop,
         )
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            return asyncio.run(coro)
-        box: dict[str, Any] = {}
-
-        def work() -> None:
-            try:
-                box["out"] = asyncio.run(coro)
-            except BaseException as exc:
-                box["err"] = exc
-
-        t = threading.Thread(target=work, name="tradingd-backtest")
-        t.start()
-        t.join()
-        if "err" in box:
-            raise box["err"]
-        return box["out"]
+        return _run_in_thread(coro, stop)
 
     async def run_backtest_async(
         self,
@@ -890,7 +886,10 @@ class BacktestEngine:
         end: str | None = None,
         output_dir: str | Path | None = None,
         progress: bool = False,
+        stop: StopRequest | None = None,
     ) -> dict[str, Any]:
+        """`run_backtest`, awaited. `stop`: a request from outside (`StopRequest.request`)
+        ends the replay after its current bar and raises `BacktestStopped`."""
         from .backtest import run_backtest
 
         with (
@@ -912,7 +911,9 @@ class BacktestEngine:
             config = dataclasses.replace(
                 config, log=dataclasses.replace(config.log, audit_dir=str(audit))
             )
-            outcome = await run_backtest(config, panel=panel, output_dir=out, progress=progress)
+            outcome = await run_backtest(
+                config, panel=panel, output_dir=out, progress=progress, stop=stop
+            )
         result = outcome.result
         times = pd.DatetimeIndex(result.times, name="time")
         fills = _frame("fills", outcome.fills)
@@ -936,21 +937,84 @@ class BacktestEngine:
         }
 
 
+def _run_in_thread(coro: Any, stop: StopRequest) -> dict[str, Any]:
+    """Run `coro` to its end in a thread of its own (an event loop may be running in this
+    one: a notebook's). An interrupt while waiting for it stops the run rather than leaving
+    it to go on beside the next cell's (`_stop_run`), then is raised again. Waited for by an
+    event, not `Thread.join`: a join interrupted by KeyboardInterrupt marks the thread as
+    ended in Python 3.11, and joins after it return at once."""
+    box: dict[str, Any] = {}
+    done = threading.Event()
+
+    async def main() -> Any:
+        box["loop"], box["task"] = asyncio.get_running_loop(), asyncio.current_task()
+        return await coro
+
+    def work() -> None:
+        try:
+            box["out"] = asyncio.run(main())
+        except BaseException as exc:
+            box["err"] = exc
+        finally:
+            done.set()
+
+    t = threading.Thread(target=work, name="tradingd-backtest")
+    t.start()
+    try:
+        done.wait()
+    except KeyboardInterrupt:
+        _stop_run(t, done, box, stop)
+        raise
+    t.join()
+    if "err" in box:
+        raise box["err"]
+    return box["out"]
+
+
+def _stop_run(
+    t: threading.Thread, done: threading.Event, box: Mapping[str, Any], stop: StopRequest
+) -> None:
+    """Stop the run of thread `t`: the replay after its current bar (`stop`: the replay does
+    not yield to its loop between bars, so it is asked by a flag, as the command's SIGINT
+    handler does) and its task at its next await (loading, the writer's start), then wait,
+    at most `INTERRUPT_WAIT_S`, for it to close its writer and worker processes. A second
+    interrupt stops the waiting."""
+    stop.request("SIGINT")
+    loop, task = box.get("loop"), box.get("task")
+    if loop is not None and task is not None:
+        with contextlib.suppress(RuntimeError):  # the loop has closed: the run is over
+            loop.call_soon_threadsafe(task.cancel)
+    if done.wait(INTERRUPT_WAIT_S):
+        t.join()
+        return
+    log.warning(
+        "strategy_api.run_still_stopping",
+        thread=t.name,
+        waited_s=INTERRUPT_WAIT_S,
+        detail="the interrupted backtest has not finished closing; it ends on its own",
+    )
+
+
 @contextlib.contextmanager
 def _warnings_only_unless_configured() -> Iterator[None]:
     """structlog left unconfigured prints every line of every level: a notebook cell would
     get a debug line per split and per risk verdict (thousands for an S&P 500 run). So a run
     here logs warnings and errors only, unless the host configured structlog itself (e.g.
     `tradingd.logs.configure_logging("info")` first), and structlog is left unconfigured
-    again afterwards. Only the level: the standard library's logging is not touched."""
+    again afterwards. Only the level: the standard library's logging is not touched.
+    structlog's setting is the process's: it is reset only while it is still this run's
+    (an interrupted run that ended late wiped the logging the user had set up since)."""
     if structlog.is_configured():
         yield
         return
     structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+    ours = structlog.get_config()
     try:
         yield
     finally:
-        structlog.reset_defaults()
+        now = structlog.get_config()
+        if structlog.is_configured() and all(now[k] is v for k, v in ours.items()):
+            structlog.reset_defaults()
 
 
 def _with_predictor(

@@ -4,6 +4,7 @@ same numbers as the plugins, the planner and `tradingd backtest` they front."""
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -578,3 +579,71 @@ def test_a_notebook_run_logs_warnings_only_unless_the_host_configured_logging(in
     else:
         assert levels == {"debug", "info"}, out[-2000:]
         assert configured == "True"
+
+
+_INTERRUPTED_CELL = """
+import asyncio, signal, threading, structlog
+from tradingd import backtest
+from tradingd.feeds.loaders import load_frame
+from tradingd.strategy_api import BacktestEngine
+frame = load_frame("bundled")
+data = {s: g.drop(columns="symbol").set_index("time") for s, g in frame.groupby("symbol")}
+replaying = threading.Event()
+build_engine = backtest.build_engine
+def build_and_tell(*args, **kwargs):
+    engine = build_engine(*args, **kwargs)
+    replaying.set()
+    return engine
+backtest.build_engine = build_and_tell
+def interrupt():  # the notebook's "interrupt kernel", once the replay runs
+    if replaying.wait(120):  # (to the main thread: another would leave its wait as it was)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+threading.Thread(target=interrupt, daemon=True).start()
+async def cell():  # as in Jupyter: an event loop runs (SIGINT: KeyboardInterrupt at once)
+    return BacktestEngine().run_backtest(data, start="2017-01-01", end="2017-12-31")
+try:
+    asyncio.new_event_loop().run_until_complete(cell())
+    print("RESULT finished")
+except KeyboardInterrupt:
+    left = [t.name for t in threading.enumerate() if t.name.startswith(("tradingd", "garch"))]
+    print("RESULT interrupted", replaying.is_set(), left, structlog.is_configured())
+"""
+
+
+def test_an_interrupted_notebook_run_stops_and_leaves_nothing_running(in_tmp):
+    """An interrupt in a notebook (an event loop running: the run in a thread) raised at
+    once and left the run going: its threads and worker processes, structlog set to
+    warnings-only, and an orphan that wiped the user's logging set up since when it ended.
+    The run stops now, and its clean-up is done when KeyboardInterrupt arrives."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_CELL],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=in_tmp,
+    )
+    result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert result == ["RESULT interrupted True [] False"], (proc.stdout + proc.stderr)[-3000:]
+
+
+def test_the_logging_a_run_changed_is_restored_only_while_it_is_the_runs():
+    """A run that ended after the user configured structlog (an interrupted one ending
+    late) reset the user's configuration."""
+    import structlog
+
+    from tradingd.strategy_api import _warnings_only_unless_configured
+
+    structlog.reset_defaults()
+    try:
+        with _warnings_only_unless_configured():
+            assert structlog.is_configured()  # the run's warnings-only
+        assert not structlog.is_configured()  # left as found
+        with _warnings_only_unless_configured():
+            users = structlog.make_filtering_bound_logger(logging.DEBUG)
+            structlog.configure(wrapper_class=users)  # the user's, meanwhile
+        assert structlog.get_config()["wrapper_class"] is users
+    finally:
+        structlog.reset_defaults()
