@@ -434,7 +434,9 @@ class PositionSizer:
     its `target_vol`; any other `KellyGarchConfig` field may be given by name (`params`).
     Unset fields are the default configuration's `kelly_garch` parameters, else the plugin's.
     `risk_free_rate` is kept for the specification's signature: the Kelly x GARCH rule has no
-    risk-free term, and `tradingd backtest`'s metrics use 0.
+    risk-free term, and `tradingd backtest`'s metrics use 0. In `run_backtest` with a
+    `RiskManager`, the sizing's `max_position` is the RiskManager's max position size unless
+    given here (see `RiskManager`).
     """
 
     def __init__(
@@ -445,6 +447,8 @@ class PositionSizer:
         **params: Any,
     ) -> None:
         self.risk_free_rate = _finite("risk_free_rate", risk_free_rate)
+        # Whether this sizer's cap is its own: else RiskManager's max position size sets it.
+        self.max_position_given = "max_position" in params
         base = _defaults().sizing
         values = {
             **(dict(base.params) if base.name == SIZING else {}),
@@ -537,7 +541,11 @@ class PositionSizer:
 class RiskManager:
     """The specification's RiskManager over the risk plugins and the order planner.
 
-    max_position_size_pct -> `max_position.max_position_pct`; max_open_positions ->
+    max_position_size_pct -> `max_position.max_position_pct` and the sizing's cap
+    (`kelly_garch.max_position`): the specification has one max position size, and a risk
+    cap above the sizing's changed nothing. A `PositionSizer(max_position=...)` given its own
+    keeps it when smaller: the smaller of the two holds, with a warning that they differ.
+    max_open_positions ->
     `max_open_positions`; max_portfolio_risk_pct -> `drawdown_guard.max_drawdown_pct` (the
     specification's 20% max drawdown; daily_loss_limit_pct its daily loss limit);
     stop_loss_pct / take_profit_pct -> `orders.stop_loss_pct` / `orders.take_profit_pct`,
@@ -824,7 +832,7 @@ class BacktestEngine:
             run=run,
             costs=self._costs,
             signals=signals,
-            sizing=b.sizing if position_sizer is None else position_sizer.plugin_spec(b.sizing),
+            sizing=_sizing_capped(b.sizing, position_sizer, risk_manager),
             risk=b.risk if risk_manager is None else risk_manager.plugin_specs(b.risk),
             orders=orders,
             # In memory: a notebook's runs leave no database behind (the run id stays stable).
@@ -993,6 +1001,32 @@ def _stop_run(
         waited_s=INTERRUPT_WAIT_S,
         detail="the interrupted backtest has not finished closing; it ends on its own",
     )
+
+
+def _sizing_capped(
+    base: PluginSpec, sizer: PositionSizer | None, risk: RiskManager | None
+) -> PluginSpec:
+    """The `[sizing]` of `sizer` (None: `base`) with the risk manager's max position size as
+    its cap (`kelly_garch.max_position`), or the smaller of the two when the sizer was given
+    its own (a warning says they differ). Another sizing plugin is left as it is."""
+    spec = base if sizer is None else sizer.plugin_spec(base)
+    if risk is None or spec.name != SIZING:
+        return spec
+    cap = risk.max_position_size_pct
+    if sizer is not None and sizer.max_position_given:
+        own = sizer.config.max_position
+        if not math.isclose(own, cap, rel_tol=1e-12):
+            log.warning(
+                "strategy_api.max_position_differs",
+                position_sizer_max_position=own,
+                risk_manager_max_position_size_pct=cap,
+                used=min(own, cap),
+                detail="the smaller cap holds; give one max position size to both",
+            )
+        cap = min(own, cap)
+    params = _merged(spec.params, KellyGarchConfig, {"max_position": cap})
+    _checked("max_position_size_pct", build, KellyGarchConfig, params, "kelly_garch")
+    return PluginSpec(spec.name, spec.weight, params)
 
 
 @contextlib.contextmanager

@@ -213,6 +213,29 @@ def test_config_for_maps_every_facade_parameter():
     )
 
 
+def test_the_max_position_size_caps_the_sizing_as_well_as_the_risk_rule():
+    """RiskManager(max_position_size_pct=0.10) set only the risk rule's cap; the sizing kept
+    its own 5%, so anything above 0.05 changed nothing. It is one setting: both caps."""
+    from structlog.testing import capture_logs
+
+    def caps(*objects):
+        with capture_logs() as logs:
+            config = BacktestEngine().config_for(None, *objects)
+        risk = {s.name: dict(s.params) for s in config.risk}["max_position"]["max_position_pct"]
+        warned = [e for e in logs if e["event"] == "strategy_api.max_position_differs"]
+        return config.sizing.params["max_position"], risk, len(warned)
+
+    assert caps(None, RiskManager(max_position_size_pct=0.10)) == (0.10, 0.10, 0)
+    assert caps(PositionSizer(kelly_fraction=1.0), RiskManager(0.10)) == (0.10, 0.10, 0)
+    # A sizer given its own cap: the smaller holds, and the difference is said.
+    assert caps(PositionSizer(max_position=0.08), RiskManager(0.10)) == (0.08, 0.10, 1)
+    assert caps(PositionSizer(max_position=0.20), RiskManager(0.10)) == (0.10, 0.10, 1)
+    assert caps(PositionSizer(max_position=0.10), RiskManager(0.10)) == (0.10, 0.10, 0)
+    # The defaults stay the default configuration's (the CLI's figures).
+    default = BacktestEngine().config_for(None, PositionSizer(), RiskManager())
+    assert (default.sizing, default.risk) == (Config().sizing, Config().risk)
+
+
 # ----------------------------------------------------------------------------- (2) signals
 
 
