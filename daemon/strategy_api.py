@@ -116,6 +116,9 @@ ML, FACTORS, SIZING = "ml_ensemble", "multi_factor", "kelly_garch"
 # How long an interrupted run gets to finish its bar and close its writer and worker
 # processes before the interrupt is raised all the same (the run then ends on its own).
 INTERRUPT_WAIT_S = 60.0
+# A combined score this close to 0 is a hold: float rounding of a sum that is 0 (-1 x 0.6 x
+# 0.6 + 0.9 x 0.4 gave 5.55e-17, a buy).
+HOLD_TOLERANCE = 1e-12
 LONG_TYPES, SHORT_TYPES = ("long", "buy"), ("short", "sell")
 
 
@@ -292,7 +295,8 @@ class SignalGenerator:
 
         score = (ml_signal x ml_confidence x ml_weight + factor_score x factor_weight) /
         (ml_weight + factor_weight), over the parts that have a view (a NaN part, e.g. the ML
-        window not yet full, is left out, as `Engine._score` does); NaN when neither has one."""
+        window not yet full, is left out, as `Engine._score` does); NaN when neither has one.
+        A score within `HOLD_TOLERANCE` of 0 (parts that cancel, up to rounding) is a hold."""
         ml = (
             math.nan
             if ml_signal is None or ml_confidence is None
@@ -307,7 +311,9 @@ class SignalGenerator:
                 num += w * s
                 den += w
         score = num / den if den > 0 else math.nan
-        return (0 if math.isnan(score) else int(np.sign(score))), score
+        if math.isnan(score) or abs(score) < HOLD_TOLERANCE:
+            return 0, score
+        return int(np.sign(score)), score
 
     # -- the plugin's view ----------------------------------------------------------------
     def factor_scores(self, features: pd.DataFrame) -> pd.DataFrame:
@@ -800,6 +806,10 @@ class BacktestEngine:
         end: str | None = None,
     ) -> Config:
         """The Config `run_backtest` runs (None: that part of `base_config` unchanged)."""
+        _expect("signal_generator", signal_generator, SignalGenerator)
+        _expect("position_sizer", position_sizer, PositionSizer)
+        _expect("risk_manager", risk_manager, RiskManager)
+        _expect("ensemble_predictor", ensemble_predictor, _OnnxEnsemblePredictor)
         b = self.base_config
         signals = (
             b.signals if signal_generator is None else signal_generator.plugin_specs(b.signals)
@@ -1001,6 +1011,17 @@ def _stop_run(
         waited_s=INTERRUPT_WAIT_S,
         detail="the interrupted backtest has not finished closing; it ends on its own",
     )
+
+
+def _expect(name: str, value: Any, cls: type) -> None:
+    """A facade object in the wrong place (run_backtest(data, PositionSizer())) failed deep
+    inside with an AttributeError: a TypeError naming the parameter and the order instead."""
+    if value is not None and not isinstance(value, cls):
+        raise TypeError(
+            f"{name} must be a {cls.__name__} or None, got {type(value).__name__}: the facade "
+            "objects go in the order signal_generator, position_sizer, risk_manager, "
+            "ensemble_predictor (None for a part left to the configuration), or by name"
+        )
 
 
 def _sizing_capped(

@@ -307,6 +307,25 @@ def test_combine_signals_is_the_engines_weighted_mean():
             assert action == int(np.sign(np.nan_to_num(engine_score[i])))
 
 
+def test_parts_that_cancel_are_a_hold():
+    """-1 x 0.6 x 0.6 + 0.9 x 0.4 is 0, but rounds to 5.55e-17: it was a buy."""
+    action, score = SignalGenerator().combine_signals(-1, 0.6, 0.9)
+    assert (action, score) == (0, pytest.approx(0.0, abs=1e-15))
+    assert SignalGenerator().combine_signals(1, 0.6, -0.8)[0] == 1  # a real score keeps its sign
+
+
+def test_a_facade_object_in_the_wrong_place_is_named():
+    """run_backtest(data, PositionSizer()) failed deep inside: AttributeError: 'PositionSizer'
+    object has no attribute 'plugin_specs'."""
+    engine = BacktestEngine()
+    with pytest.raises(
+        TypeError, match=r"signal_generator must be a SignalGenerator.*PositionSizer"
+    ):
+        engine.run_backtest({"X": pd.DataFrame()}, PositionSizer())
+    with pytest.raises(TypeError, match=r"risk_manager must be a RiskManager or None, got str"):
+        engine.config_for(risk_manager="0.05")
+
+
 def test_the_ml_threshold_is_the_model_cards_unless_given_however_model_dir_is_passed(in_tmp):
     """The facade compared its default 0.55 against the base configuration's card before
     the predictor's model_dir was swapped in: a model_dir in the base configuration got
