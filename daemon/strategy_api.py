@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import logging
 import math
 import tempfile
@@ -79,7 +80,7 @@ from .analysis.attribution import AttributionAnalyzer
 from .analysis.montecarlo import MonteCarloConfig, MonteCarloSimulator
 from .analysis.performance import PerformanceAnalyzer
 from .analysis.validation import StatisticalValidator, ValidationConfig
-from .config import Config, PluginSpec, build
+from .config import Config, DataConfig, PluginSpec, build
 from .core.errors import ConfigError, DataError
 from .core.ports import BarContext, PortfolioView
 from .core.types import CrossSection
@@ -759,6 +760,41 @@ def panel_from_frames(
     return panel
 
 
+@dataclasses.dataclass(frozen=True)
+class FramesData(DataConfig):
+    """`config.data` of a run on frames passed in Python: source "frames", the symbols, the
+    first and last bar time and a digest of the bars (what the run id hashes, so other data
+    is another run). The record said source "bundled" whatever was passed: `tradingd report
+    --attribution` replayed the bundled index series, and trial counting took runs on other
+    data for one. Such data cannot be loaded again from the configuration."""
+
+    source: str = "frames"
+    first: str = ""
+    last: str = ""
+    digest: str = ""
+
+    def __post_init__(self) -> None:
+        # The limits and repairs are checked as DataConfig checks them; only the source is new.
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(DataConfig)}
+        DataConfig(**{**fields, "source": "bundled", "path": ""})
+
+
+def frames_data(data: DataConfig, panel: Panel) -> FramesData:
+    """`data` (the limits and repairs the frames were checked with) describing `panel`."""
+    h = hashlib.sha256()
+    h.update("\0".join(panel.symbols).encode())
+    h.update(np.ascontiguousarray(panel.times.astype("datetime64[ns]")).tobytes())
+    for name in ("open", "high", "low", "close", "volume", "split", "dividend"):
+        h.update(np.ascontiguousarray(getattr(panel, name), dtype=np.float64).tobytes())
+    fields = {f.name: getattr(data, f.name) for f in dataclasses.fields(DataConfig)}
+    return FramesData(
+        **{**fields, "source": "frames", "path": "", "symbols": tuple(panel.symbols)},
+        first=str(pd.Timestamp(panel.times[0])),
+        last=str(pd.Timestamp(panel.times[-1])),
+        digest=h.hexdigest()[:16],
+    )
+
+
 # ----------------------------------------------------------------------------- backtest
 
 
@@ -923,6 +959,8 @@ class BacktestEngine:
                 end=end,
             )
             panel = panel_from_frames(data, config, end=config.run.end or None)
+            # The record and the run id say which data was run, not the configured source.
+            config = dataclasses.replace(config, data=frames_data(config.data, panel))
             out = Path(output_dir) if output_dir is not None else Path(tmp) / "run"
             audit = (out if output_dir is not None else Path(tmp)) / "audit"
             # The audit log is operational (not part of the run id): beside the record.

@@ -116,18 +116,23 @@ async def test_run_backtest_equals_tradingd_backtest_on_the_bundled_data(in_tmp)
     out = engine.run_backtest(bundled_frames(), *objects, start=START, end=END)
     ref = await run_backtest(config, output_dir=in_tmp / "ref")  # what `tradingd backtest` runs
 
-    assert out["run_id"] == ref.run_id
+    # The same decisions on data passed from Python: the record says so, and its id with it.
+    assert out["config"].data.source == "frames" and out["run_id"] != ref.run_id
     assert out["metrics"]["models"][0]["plugin"] == "ml_ensemble"
     assert len(out["fills"]) > 10  # the strategy trades
     assert out["final_equity"] == pytest.approx(ref.result.equity[-1], rel=1e-12)
     curve = out["equity_curve"]
     assert list(curve.index) == list(pd.DatetimeIndex(ref.result.times))
     np.testing.assert_allclose(curve.to_numpy(), ref.result.equity, rtol=1e-12)
-    pd.testing.assert_frame_equal(out["fills"], pd.DataFrame(ref.fills), rtol=1e-12)
-    pd.testing.assert_frame_equal(out["orders"], pd.DataFrame(ref.orders), rtol=1e-12)
+
+    def as_facade(rows):  # the ids (the run's, and the order ids made from it) aside
+        return pd.DataFrame(rows).replace(ref.run_id, out["run_id"], regex=True)
+
+    pd.testing.assert_frame_equal(out["fills"], as_facade(ref.fills), rtol=1e-12)
+    pd.testing.assert_frame_equal(out["orders"], as_facade(ref.orders), rtol=1e-12)
     assert out["trades"] is out["fills"]
     assert set(out["metrics"]) == set(ref.summary)
-    for key, value in ref.summary.items():
+    for key, value in {**ref.summary, "run_id": out["run_id"]}.items():
         got = out["metrics"][key]
         if isinstance(value, float):
             assert got == pytest.approx(value, rel=1e-9, nan_ok=True), key
@@ -549,6 +554,27 @@ def test_bad_frames_are_data_errors_naming_symbol_and_row():
         engine.run_backtest({})
     with pytest.raises(DataError, match=r"no rows.*symbol=SP500"):
         engine.run_backtest({"SP500": frames["SP500"].iloc[:0]})
+
+
+def test_the_record_says_the_data_came_from_frames_and_the_id_follows_it(in_tmp):
+    """config.json said source "bundled" whatever frames were passed, and the run id ignored
+    them: a report replayed the bundled series, and other data counted as the same trial."""
+    import json
+
+    frames = bundled_frames()
+    run = BacktestEngine().run_backtest
+    out = run(frames, start="2017-10-01", end="2017-12-31", output_dir=in_tmp / "a")
+    data = json.loads((in_tmp / "a" / "config.json").read_text())["data"]
+    assert data["source"] == "frames"
+    assert (data["symbols"], data["last"]) == (["NASDAQ", "SP500"], "2017-12-29 00:00:00")
+    assert data["first"].startswith("1999-01-04") and len(data["digest"]) == 16
+    again = run(frames, start="2017-10-01", end="2017-12-31")
+    assert again["run_id"] == out["run_id"]  # the same frames: the same run
+    other = {s: f.assign(close=f["close"] * 1.01) for s, f in frames.items()}
+    other = {s: f.assign(high=f[["high", "close"]].max(axis=1)) for s, f in other.items()}
+    moved = run(other, start="2017-10-01", end="2017-12-31")
+    assert moved["run_id"] != out["run_id"]
+    assert moved["config"].data.digest != out["config"].data.digest
 
 
 def test_output_dir_gets_the_runs_record_and_nothing_else_is_written(in_tmp):
