@@ -816,13 +816,24 @@ def _report(args: argparse.Namespace) -> int:
         # configuration is in its folder (secrets masked: the replay stores in memory).
         from .config import load_config
 
+        unreadable = f"{folder / 'config.json'} cannot be read as the run's configuration"
         try:
-            config = load_config([json.loads((folder / "config.json").read_text())])
-        except (ValueError, TradingdError) as exc:
+            stored = json.loads((folder / "config.json").read_text())
+        except ValueError as exc:
+            raise TradingdError(f"{unreadable} ({exc}); pass it with -c") from None
+        if isinstance(stored, dict) and (stored.get("data") or {}).get("source") == "frames":
+            # strategy_api's BacktestEngine: its config said "bundled" before, and the replay
+            # of the index series failed as "not the same run".
             raise TradingdError(
-                f"{folder / 'config.json'} cannot be read as the run's configuration ({exc}); "
-                "pass it with -c"
-            ) from None
+                f"run {folder.name}: its data was passed from Python (strategy_api's "
+                "BacktestEngine), and its record holds no bars to replay, so --attribution "
+                "cannot re-run it; run the attribution in Python on the same frames, or "
+                "report without --attribution"
+            )
+        try:
+            config = load_config([stored])
+        except (ValueError, TradingdError) as exc:
+            raise TradingdError(f"{unreadable} ({exc}); pass it with -c") from None
         log.info("report.config_from_run", file=str(folder / "config.json"))
     if args.attribution:
         from .preflight import check_config

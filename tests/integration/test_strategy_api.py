@@ -577,6 +577,28 @@ def test_the_record_says_the_data_came_from_frames_and_the_id_follows_it(in_tmp)
     assert moved["config"].data.digest != out["config"].data.digest
 
 
+def test_a_report_cannot_replay_a_record_of_frames_and_says_why(in_tmp, capsys):
+    """`tradingd report --attribution` replays a run from its config.json: a facade run's
+    record holds no bars, and the replay of the bundled series failed as "not the same
+    run"; it now says the data came from Python."""
+    import structlog
+
+    from tradingd.__main__ import main
+
+    BacktestEngine().run_backtest(
+        bundled_frames(), start="2017-10-01", end="2017-12-31", output_dir=in_tmp / "a"
+    )
+    saved = structlog.get_config()
+    try:
+        code = main(["report", str(in_tmp / "a"), "--no-validation", "--attribution"])
+    finally:
+        structlog.configure(**saved)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "its data was passed from Python" in err and "without --attribution" in err
+    assert "Traceback" not in err
+
+
 def test_output_dir_gets_the_runs_record_and_nothing_else_is_written(in_tmp):
     import json
 
