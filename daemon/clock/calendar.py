@@ -429,8 +429,13 @@ class ExchangeCalendar:
         that trades every day (`24/7`: crypto, and what session_bars_only points an
         around-the-clock market to): with 252 its annual volatility, and the sizing fed by
         it, were sqrt(365/252) too small."""
-        days = (np.asarray(self._sessions, dtype=np.int64) // 86_400_000_000_000 + 3) % 7
-        return 365 if np.isin(days, (5, 6)).any() else 252  # (0 is a Monday)
+        sessions = np.asarray(self._sessions, dtype=np.int64)
+        if not len(sessions):
+            return 252
+        year = 365 * 86_400_000_000_000
+        last_year = int((sessions > sessions[-1] - year).sum())
+        # (Sun-Thu or Mon-Fri weeks both come to ~250: the convention holds for them.)
+        return 365 if last_year > 300 else 252
 
     def outside_sessions(self, times: np.ndarray) -> np.ndarray:
         """Why each bar label is outside the calendar's trading, "" for one inside.
