@@ -422,6 +422,17 @@ class _Unreachable(Exception):
         self.kind = kind
 
 
+def _closed(incoming: Order, status: OrderStatus, reason: str) -> Order:
+    """A copy of an order that never reached Alpaca, closed here: nothing filled."""
+    order = incoming.snapshot()
+    order.status = status
+    order.reason = reason
+    order.filled_quantity = 0.0
+    order.avg_fill_price = math.nan
+    order.updated_at = _now()
+    return order
+
+
 class SubmitCutShort(RetryableError):
     """A batch that a broker failure ended part-way. `answered`: the states Alpaca gave
     (acknowledged or refused); `not_sent`: the orders of the later waves, never sent and
@@ -1263,13 +1274,7 @@ class AlpacaBroker:
                     known.told = known.order.status
                     placed[member.client_order_id] = known.order.snapshot()
                     continue
-                order = member.snapshot()
-                order.status = OrderStatus.CANCELLED
-                order.reason = reason
-                order.filled_quantity = 0.0
-                order.avg_fill_price = math.nan
-                order.updated_at = _now()
-                out.append(order)
+                out.append(_closed(member, OrderStatus.CANCELLED, reason))
         if out:
             log.warning(
                 "alpaca.order.not_sent",
@@ -1735,12 +1740,7 @@ class AlpacaBroker:
         return order.client_order_id in self._transient
 
     def _reject(self, incoming: Order, reason: str) -> Order:
-        order = incoming.snapshot()
-        order.status = OrderStatus.REJECTED
-        order.reason = reason
-        order.filled_quantity = 0.0
-        order.avg_fill_price = math.nan
-        order.updated_at = _now()
+        order = _closed(incoming, OrderStatus.REJECTED, reason)
         rejected = _Tracked(order=order, told=OrderStatus.REJECTED)
         _count(rejected)
         self._remember_closed(rejected)

@@ -19,6 +19,24 @@ from tradingd.core.errors import ConfigError
 from tradingd.feeds.panel import Panel
 
 
+def _random_walk(times: np.ndarray, n_symbols: int, rng: np.random.Generator, vol: float) -> Panel:
+    """A panel of `n_symbols` random walks (log steps of `vol`) at `times`."""
+    n = len(times)
+    close = 50.0 * np.exp(np.cumsum(rng.normal(0, vol, size=(n, n_symbols)), axis=0))
+    open_ = close * np.exp(rng.normal(0, 0.0005, size=close.shape))
+    return Panel(
+        times=times,
+        symbols=tuple(f"S{i}" for i in range(n_symbols)),
+        open=open_,
+        high=np.maximum(open_, close) * 1.001,
+        low=np.minimum(open_, close) * 0.999,
+        close=close,
+        volume=np.full(close.shape, 1e6),
+        split=np.ones_like(close),
+        dividend=np.zeros_like(close),
+    )
+
+
 def intraday_panel(minutes: int = 5, sessions: int = 8, n_symbols: int = 4) -> Panel:
     """78 five-minute bars a session (09:30-16:00 New York in winter: 14:30-21:00 UTC)."""
     rng = np.random.default_rng(3)
@@ -34,20 +52,7 @@ def intraday_panel(minutes: int = 5, sessions: int = 8, n_symbols: int = 4) -> P
             for d in days
         ]
     )
-    n = len(times)
-    close = 50.0 * np.exp(np.cumsum(rng.normal(0, 0.002, size=(n, n_symbols)), axis=0))
-    open_ = close * np.exp(rng.normal(0, 0.0005, size=close.shape))
-    return Panel(
-        times=times,
-        symbols=tuple(f"S{i}" for i in range(n_symbols)),
-        open=open_,
-        high=np.maximum(open_, close) * 1.001,
-        low=np.minimum(open_, close) * 0.999,
-        close=close,
-        volume=np.full(close.shape, 1e6),
-        split=np.ones_like(close),
-        dividend=np.zeros_like(close),
-    )
+    return _random_walk(times, n_symbols, rng, 0.002)
 
 
 def test_the_bar_of_a_replays_data_is_found_from_its_times():
@@ -166,20 +171,7 @@ def extended_hours_panel(n_symbols: int = 3) -> Panel:
     )
     times = index.sort_values().to_numpy(dtype="datetime64[ns]")
     rng = np.random.default_rng(11)
-    n = len(times)
-    close = 50.0 * np.exp(np.cumsum(rng.normal(0, 0.003, size=(n, n_symbols)), axis=0))
-    open_ = close * np.exp(rng.normal(0, 0.0005, size=close.shape))
-    return Panel(
-        times=times,
-        symbols=tuple(f"S{i}" for i in range(n_symbols)),
-        open=open_,
-        high=np.maximum(open_, close) * 1.001,
-        low=np.minimum(open_, close) * 0.999,
-        close=close,
-        volume=np.full(close.shape, 1e6),
-        split=np.ones_like(close),
-        dividend=np.zeros_like(close),
-    )
+    return _random_walk(times, n_symbols, rng, 0.003)
 
 
 def _csv_of(panel: Panel, path) -> None:  # type: ignore[no-untyped-def]
