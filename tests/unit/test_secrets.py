@@ -255,3 +255,20 @@ def test_no_generated_password_is_shown(password, tail):
     assert password not in mask_url(url), mask_url(url)
     assert password not in mask_text(f"error: {url} refused")
     assert password not in scrub(f"connect to {url}: password {password} rejected", url)
+
+
+@pytest.mark.parametrize("unit", ["a-", "password-", "abc.def+"])
+def test_a_long_line_is_masked_without_a_quadratic_scan(unit):
+    """mask_text runs on error texts in the event loop. A prefix pattern before the
+    credential word, and an unanchored URL scheme, scanned a long line from every word start
+    to its end: 40 KB of 'a-' took 62 s, 1 MB would take hours. Not a timing: a hang
+    detector, in a child process killed after a minute."""
+    import subprocess
+    import sys
+
+    code = (
+        "from tradingd.secrets import mask_text\n"
+        f"t = {unit!r} * (1_000_000 // {len(unit)}) + ' password=s3cret'\n"
+        "assert mask_text(t).endswith('password=***')\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
