@@ -76,6 +76,9 @@ class AlertRules:
         self._broker_failures_seen = 0
         self._bad_bars = 0
         self._limits: set[str] | None = None  # the risk_limit keys firing (None: not read yet)
+        # A firing risk_limit's key -> the bar from which its verdicts stopped (resolved once
+        # they stay away for the dedup window).
+        self._absent_since: dict[str, datetime] = {}
         # An unavailable bar is never stepped: the engine calls this hook for it instead of
         # `after_bar` (the daemon registers `after_bar`; this one goes with the rules).
         hooks = getattr(engine, "on_bar_unavailable", None)
@@ -128,16 +131,19 @@ class AlertRules:
                     severity=WARNING,
                     fields={"symbols": len(symbols)},
                 )
-        self._risk_limits(verdicts)
+        self._risk_limits(t, verdicts)
         self._services()
         self._repeated(e)
         self._daily(t)
 
-    def _risk_limits(self, verdicts: list[Any]) -> None:
+    def _risk_limits(self, t: datetime, verdicts: list[Any]) -> None:
         """`risk_limit` per plugin and rule: firing while its verdicts restrict the book,
-        resolved at the first bar without one. The limits firing before a restart (kept in
-        the checkpoint, `Alerter.assume_firing`) are taken from the alerter at the first
-        bar, so one that ended while the daemon was down still sends its resolution."""
+        resolved once none has come for the alerter's `dedup_window_s` of bar time (at the
+        next bar, with daily bars and the default 600 s): a limit that binds on every other
+        bar (gross exposure hovering at its cap, with minute bars) fired and resolved at
+        every bar. The limits firing before a restart (kept in the checkpoint,
+        `Alerter.assume_firing`) are taken from the alerter at the first bar, so one that
+        ended while the daemon was down still sends its resolution."""
         a = self.alerter
         if self._limits is None:
             firing = getattr(a, "firing", None)
@@ -147,8 +153,17 @@ class AlertRules:
         for v in verdicts:
             if v.action in _BOOK_ACTIONS:
                 now.setdefault(f"{v.plugin}/{v.rule or v.plugin}", v)
+        window = float(getattr(getattr(a, "config", None), "dedup_window_s", 0.0) or 0.0)
+        lingering = set()
         for key in self._limits - now.keys():
-            a.condition(RISK_LIMIT, key, False)
+            since = self._absent_since.setdefault(key, t)
+            if (t - since).total_seconds() >= window:
+                del self._absent_since[key]
+                a.condition(RISK_LIMIT, key, False)
+            else:
+                lingering.add(key)
+        for key in now:
+            self._absent_since.pop(key, None)
         for key, v in now.items():
             a.condition(
                 RISK_LIMIT,
@@ -158,7 +173,7 @@ class AlertRules:
                 text=v.reason,
                 severity=WARNING,
             )
-        self._limits = set(now)
+        self._limits = set(now) | lingering
 
     def bar_unavailable(self, t: datetime) -> None:
         """Called by the engine for a bar the clock released that the source could not

@@ -119,6 +119,33 @@ def test_a_book_level_restriction_alerts_once_when_it_starts_and_once_when_it_li
     ]
 
 
+def test_a_limit_that_binds_on_every_other_bar_fires_once_and_resolves_once():
+    """A scale verdict of max_gross_exposure on every other minute bar (gross hovering at
+    its cap) fired and resolved at every bar as a condition (10 alerts in 10 bars): it
+    resolves only once absent for the dedup window of bar time."""
+    from tradingd.alerts import Alerter, AlertsConfig
+
+    alerter = Alerter(AlertsConfig(dedup_window_s=600.0))
+    rules = AlertRules(alerter, engine())
+    scale = RiskVerdict("max_gross_exposure", None, "scale", "gross 1.02 above 1.00")
+    sent: list[str] = []
+    emit = alerter._emit
+
+    def recording(kind, key, state, *args, **kw):  # type: ignore[no-untyped-def]
+        if kind == RISK_LIMIT:
+            sent.append(state)
+        return emit(kind, key, state, *args, **kw)
+
+    alerter._emit = recording  # type: ignore[method-assign]
+    minute = timedelta(minutes=1)
+    for i in range(20):
+        rules.after_bar(T0 + i * minute, [scale] if i % 2 == 0 else [])
+    assert sent == ["firing"]
+    for i in range(20, 31):  # 10 minutes without it
+        rules.after_bar(T0 + i * minute, [])
+    assert sent == ["firing", "resolved"]
+
+
 def test_a_restriction_firing_before_a_restart_is_resolved_after_it():
     """The checkpoint keeps the risk limits firing (`Alerter.assume_firing`): one that ended
     while the daemon was down is resolved at the first bar, one still in force is not sent
