@@ -269,19 +269,11 @@ def trade_start(config: Config, panel: Panel) -> datetime | None:
     return start
 
 
-@functools.cache
 def sessions_per_year(calendar: str) -> int:
-    """252 sessions a year, or 365 for a calendar that trades every day (`24/7`)."""
-    if calendar == "XNYS":
-        # The default: no calendar built for it (importing exchange_calendars and building
-        # one cost a daily backtest 0.5 s and 60 MB, for the 252 it always was).
-        return 252
-    from .clock.calendar import ExchangeCalendar
-
-    try:
-        return ExchangeCalendar(calendar, "1d").sessions_per_year()
-    except ConfigError as exc:
-        raise ConfigError(f"live.calendar = {calendar!r}: {exc}") from None
+    """252 sessions a year, or 365 for `24/7`, the one calendar that trades every day (a
+    Sun-Thu exchange's week is as long as a Mon-Fri one's). By name: building a calendar to
+    count them cost every daily backtest 0.3 s of import and 60 MB for the same 252."""
+    return 365 if calendar == "24/7" else 252
 
 
 @functools.cache

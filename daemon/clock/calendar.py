@@ -424,19 +424,6 @@ class ExchangeCalendar:
         values, counts = np.unique(per[-252:].astype(np.int64), return_counts=True)
         return int(values[np.argmax(counts)])
 
-    def sessions_per_year(self) -> int:
-        """252 for an exchange's calendar (the convention daily figures use), 365 for one
-        that trades every day (`24/7`: crypto, and what session_bars_only points an
-        around-the-clock market to): with 252 its annual volatility, and the sizing fed by
-        it, were sqrt(365/252) too small."""
-        sessions = np.asarray(self._sessions, dtype=np.int64)
-        if not len(sessions):
-            return 252
-        year = 365 * 86_400_000_000_000
-        last_year = int((sessions > sessions[-1] - year).sum())
-        # (Sun-Thu or Mon-Fri weeks both come to ~250: the convention holds for them.)
-        return 365 if last_year > 300 else 252
-
     def outside_sessions(self, times: np.ndarray) -> np.ndarray:
         """Why each bar label is outside the calendar's trading, "" for one inside.
 
