@@ -144,9 +144,10 @@ def load_benchmark(config: PerformanceConfig) -> pd.Series | None:
         # date format, and no repairs (a repair in [data] never reaches it).
         text = str(exc).replace("date_format in [data]", "analysis.benchmark_date_format")
         text = text.replace("date_format = ", "benchmark_date_format = ")
+        # The whole advice, to the error's "(file=...)": "enable repair 'gaps' (...) to
+        # accept them (no bars are invented)" is one clause.
         text = re.sub(
-            r"enable repair '[a-z_]+' \(repair = \[\"[a-z_]+\"\] in \[data\], or in \[feed\] "
-            r"for a vendor\)",
+            r"enable repair '[a-z_]+' \(repair = .*?(?= \(file=|$)",
             "correct the benchmark file (it is read without repairs)",
             text,
         )

@@ -421,7 +421,10 @@ def test_the_benchmark_files_refuse_a_repeated_date(tmp_path):
         with pytest.raises(DataError, match=rf"repeating an earlier timestamp.*{row}") as err:
             PerformanceAnalyzer(cfg).analyze_performance(run)
         # no advice to set a repair in [data]: it would never reach the benchmark
-        assert "[data]" not in str(err.value) and "correct the benchmark file" in str(err.value)
+        msg = str(err.value)
+        assert "[data]" not in msg and "correct the benchmark file" in msg
+        assert msg.index("correct the benchmark file") > msg.index("timestamp")
+        assert msg.endswith(f"{row})") and "to keep the last" not in msg  # the whole advice
 
 
 def test_a_day_first_benchmark_file_can_say_its_format(tmp_path):
