@@ -1304,8 +1304,12 @@ class Engine:
         }
         alerter = getattr(self, "alerter", None)
         if alerter is not None:
-            state["alerts"] = self._kill_switches(alerter) + self._risk_limits(
-                alerter, state["risk"]["open"]
+            state["alerts"] = (
+                self._kill_switches(alerter)
+                + self._risk_limits(alerter, state["risk"]["open"])
+                # A position difference alerted: a restart neither alerts it again nor leaves
+                # it unresolved once the two agree (`_reconcile`).
+                + [a for a in alerter.firing() if a["kind"] == RECONCILIATION]
             )
         broker_state = getattr(self.broker, "state", None)
         if broker_state is not None:
@@ -1372,11 +1376,16 @@ class Engine:
                 )
         for sym in set(new) - set(again):
             log.info("reconcile.settled", symbol=sym, rule="gone at the second check")
-        alerter = getattr(self, "alerter", None)
         for sym in set(self.reconcile_blocked) - set(blocked):
             log.info("reconcile.resolved", symbol=sym)
-            if alerter is not None:
-                alerter.condition(RECONCILIATION, sym, False)
+        alerter = getattr(self, "alerter", None)
+        if alerter is not None:
+            # Every difference alerted and not found now is resolved: those of this process,
+            # and those a restart took over from the checkpoint (fixed at the broker while
+            # the daemon was down, the usual order: their alert never resolved before).
+            for a in alerter.firing():
+                if a["kind"] == RECONCILIATION and a["key"] not in again:
+                    alerter.condition(RECONCILIATION, a["key"], False)
         self.reconcile_blocked = blocked
         self.last_reconciled_at = datetime.now(UTC)
         log.info("reconcile.done", symbols=len(self.symbols), blocked=sorted(blocked))

@@ -125,3 +125,38 @@ def _bar_time(db: Path, n: int) -> str:
         ).fetchone()[0]
     finally:
         con.close()
+
+
+async def test_a_difference_alerted_before_a_restart_is_resolved_after_it(tmp_path: Path):
+    """The checkpoint kept no reconciliation alert: fixed at the broker while the daemon was
+    down (the usual order), the critical alert was never resolved; still there, it was
+    alerted a second time. The checkpoint keeps it; the first check after the restart
+    resolves it when the book and the broker agree."""
+    import asyncio
+
+    cfg = write_config(tmp_path, "recon2", start="2016-01-01", end="2016-03-31", rate=500.0)
+    config = load_config([ROOT / "config/default.toml", cfg], env={})
+    engine = build_engine(config, "live")
+    await engine.run_until_done()  # a book and a checkpoint to take the alert into
+    alerter = engine.alerter
+    alerter.condition("reconciliation", "SP500", True, title="position difference in SP500")
+    engine._checkpoint(engine._last_checkpoint[0])
+    kept = [a for a in engine._last_checkpoint[1]["alerts"] if a["kind"] == "reconciliation"]
+    assert [a["key"] for a in kept] == ["SP500"]
+
+    restarted = build_engine(config, "live")
+    restarted.alerter.assume_firing(kept)  # as _resume does with the checkpoint's alerts
+
+    async def positions() -> dict[str, float]:  # the broker agrees with the book now
+        return {
+            s: float(q)
+            for s, q in zip(restarted.symbols, restarted.portfolio.quantity, strict=True)
+        }
+
+    restarted.broker.positions = positions  # type: ignore[attr-defined]
+    restarted._bar_lock = asyncio.Lock()
+    with capture_logs() as logs:
+        await restarted._reconcile()
+    said = [(e["event"], e.get("key")) for e in logs if e.get("kind") == "reconciliation"]
+    assert said == [("alert.resolved", "SP500")]
+    assert not [a for a in restarted.alerter.firing() if a["kind"] == "reconciliation"]
