@@ -779,13 +779,21 @@ class FramesData(DataConfig):
         DataConfig(**{**fields, "source": "bundled", "path": ""})
 
 
+def _buffer(a: np.ndarray) -> memoryview:
+    """A C-contiguous array's bytes, not copied."""
+    return a.data.cast("B")
+
+
 def frames_data(data: DataConfig, panel: Panel) -> FramesData:
     """`data` (the limits and repairs the frames were checked with) describing `panel`."""
     h = hashlib.sha256()
     h.update("\0".join(panel.symbols).encode())
-    h.update(np.ascontiguousarray(panel.times.astype("datetime64[ns]")).tobytes())
+    # The arrays' own buffers (hashlib reads them as they are): .tobytes() copied each
+    # field, about 20 MB apiece for the S&P 500 file over 20 years.
+    times = np.ascontiguousarray(panel.times.astype("datetime64[ns]", copy=False))
+    h.update(_buffer(times.view(np.int64)))  # (a datetime64 array exports no buffer)
     for name in ("open", "high", "low", "close", "volume", "split", "dividend"):
-        h.update(np.ascontiguousarray(getattr(panel, name), dtype=np.float64).tobytes())
+        h.update(_buffer(np.ascontiguousarray(getattr(panel, name), dtype=np.float64)))
     fields = {f.name: getattr(data, f.name) for f in dataclasses.fields(DataConfig)}
     return FramesData(
         **{**fields, "source": "frames", "path": "", "symbols": tuple(panel.symbols)},
