@@ -426,6 +426,10 @@ class Engine:
         self.reconcile_interval_s = reconcile_interval_s
         self.reconcile_confirm_s = _RECONCILE_CONFIRM_S
         self.reconcile_blocked: dict[str, str] = {}
+        # Symbols with a new difference between its two checks (symbol -> why): held like
+        # blocked ones for those seconds, so a real difference cannot trade a minute bar
+        # before it is confirmed; neither shown in /ready nor alerted.
+        self._reconcile_checking: dict[str, str] = {}
         self.last_reconciled_at: datetime | None = None
         self.reconcile_error: str | None = None
         self._bar_lock: asyncio.Lock | None = None
@@ -1353,8 +1357,15 @@ class Engine:
         if new:
             delay = min(self.reconcile_confirm_s, self.reconcile_interval_s)
             log.info("reconcile.recheck", symbols=sorted(new), in_s=delay)
-            await asyncio.sleep(delay)  # the bar lock released: bars go on meanwhile
-            again = await self._position_differences()
+            self._reconcile_checking = {
+                sym: f"broker holds {b:g}, the book {k:g}; being checked again"
+                for sym, (b, k) in new.items()
+            }
+            try:
+                await asyncio.sleep(delay)  # the bar lock released: bars go on meanwhile
+                again = await self._position_differences()
+            finally:
+                self._reconcile_checking = {}
             if again is None:
                 return
         else:
@@ -1858,7 +1869,7 @@ class Engine:
             if m:
                 for v in verdicts:
                     metrics.RISK_VERDICTS.labels(plugin=v.plugin, rule=rule_of(v)).inc()
-        if self.reconcile_blocked:
+        if self.reconcile_blocked or self._reconcile_checking:
             targets, verdicts = self._hold_unreconciled(targets, ctx, verdicts)
         self.risk_record.on_bar(bar.time, verdicts)
         if m:
@@ -2007,12 +2018,12 @@ class Engine:
     def _hold_unreconciled(
         self, targets: np.ndarray, ctx: BarContext, verdicts: list[RiskVerdict]
     ) -> tuple[np.ndarray, list[RiskVerdict]]:
-        """No trade in a symbol whose position differs from the broker's: its target is its
-        current weight."""
+        """No trade in a symbol whose position differs from the broker's (or is being
+        checked again): its target is its current weight."""
         targets = targets.copy()
         index = {s: i for i, s in enumerate(self.symbols)}
         weights = ctx.portfolio.weights
-        for sym, why in self.reconcile_blocked.items():
+        for sym, why in {**self._reconcile_checking, **self.reconcile_blocked}.items():
             i = index[sym]
             if targets[i] != weights[i]:
                 verdicts = [

@@ -160,3 +160,44 @@ async def test_a_difference_alerted_before_a_restart_is_resolved_after_it(tmp_pa
     said = [(e["event"], e.get("key")) for e in logs if e.get("kind") == "reconciliation"]
     assert said == [("alert.resolved", "SP500")]
     assert not [a for a in restarted.alerter.firing() if a["kind"] == "reconciliation"]
+
+
+async def test_a_symbol_is_held_while_its_difference_is_checked_again(tmp_path: Path):
+    """Between a new difference's two checks (5 s) the symbol traded as usual: with minute
+    bars a real difference could trade a bar before it was confirmed. It is held (its
+    target is its weight) for those seconds, without an alert or a /ready failure."""
+    import asyncio
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    cfg = write_config(tmp_path, "recon4", start="2016-01-01", end="2016-03-31", rate=500.0)
+    config = load_config([ROOT / "config/default.toml", cfg], env={})
+    engine = build_engine(config, "live")
+    i = engine.symbols.index("SP500")
+    weights = np.zeros(len(engine.symbols))
+    ctx = SimpleNamespace(portfolio=SimpleNamespace(weights=weights))
+    wanted = np.full(len(engine.symbols), 0.05)
+    seen: list[tuple[float, list[str]]] = []
+    calls: list[int] = []
+
+    async def positions() -> dict[str, float]:
+        calls.append(1)
+        if len(calls) == 2:  # the second check: what a bar stepped now would do
+            held, verdicts = engine._hold_unreconciled(wanted, ctx, [])
+            seen.append((float(held[i]), [v.rule for v in verdicts]))
+        book = {s: float(q) for s, q in zip(engine.symbols, engine.portfolio.quantity, strict=True)}
+        book["SP500"] += 3.0  # a real difference
+        return book
+
+    engine.broker.positions = positions  # type: ignore[attr-defined]
+    engine.reconcile_confirm_s = 0.0
+    engine._bar_lock = asyncio.Lock()
+    await engine._reconcile()
+    assert seen == [(0.0, ["unreconciled_position"])]  # held at its weight, 0
+    assert list(engine.reconcile_blocked) == ["SP500"]  # then confirmed and blocked
+    assert engine._reconcile_checking == {}
+    # and outside a check nothing is held for a symbol that is not blocked
+    engine.reconcile_blocked = {}
+    held, verdicts = engine._hold_unreconciled(wanted, ctx, [])
+    assert held[i] == 0.05 and verdicts == []
