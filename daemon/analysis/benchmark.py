@@ -8,7 +8,6 @@ attribution.
 from __future__ import annotations
 
 import math
-import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -129,29 +128,23 @@ def load_benchmark(config: PerformanceConfig) -> pd.Series | None:
     """The configured benchmark's total-return levels (None when `benchmark` is "")."""
     if not config.benchmark:
         return None
-    from ..core.errors import DataError
     from ..feeds.loaders import load_frame
+    from ..feeds.validate import Advice
 
-    try:
-        frame = load_frame(
-            config.benchmark_source,
-            config.benchmark_path or None,
-            symbols=[config.benchmark],
-            date_format=config.benchmark_date_format,
-        )
-    except DataError as exc:
-        # The loaders' advice names the data's settings: the benchmark file has its own
-        # date format, and no repairs (a repair in [data] never reaches it).
-        text = str(exc).replace("date_format in [data]", "analysis.benchmark_date_format")
-        text = text.replace("date_format = ", "benchmark_date_format = ")
-        # The whole advice, to the error's "(file=...)": "enable repair 'gaps' (...) to
-        # accept them (no bars are invented)" is one clause.
-        text = re.sub(
-            r"enable repair '[a-z_]+' \(repair = .*?(?= \(file=|$)",
-            "correct the benchmark file (it is read without repairs)",
-            text,
-        )
-        raise DataError(text) from exc
+    frame = load_frame(
+        config.benchmark_source,
+        config.benchmark_path or None,
+        symbols=[config.benchmark],
+        date_format=config.benchmark_date_format,
+        # The benchmark file has its own date format and no repairs: the loaders' advice
+        # named [data]'s keys, which never reach it.
+        advice=Advice(
+            repair=None,
+            without_repair="correct the benchmark file (it is read without repairs)",
+            date_format="analysis.benchmark_date_format",
+            date_format_key="benchmark_date_format",
+        ),
+    )
     if "symbol" in frame:
         frame = frame[frame["symbol"] == config.benchmark]
     return benchmark_levels(frame)

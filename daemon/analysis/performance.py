@@ -198,12 +198,7 @@ class PerformanceConfig:
         if self.benchmark_date_format:
             from ..feeds.validate import check_date_format
 
-            try:
-                check_date_format(self.benchmark_date_format)
-            except ConfigError as exc:
-                raise ConfigError(
-                    str(exc).replace("data date_format", "analysis.benchmark_date_format")
-                ) from None
+            check_date_format(self.benchmark_date_format, "analysis.benchmark_date_format")
         if self.benchmark and self.benchmark_source != "bundled" and not self.benchmark_path:
             raise ConfigError(
                 "analysis.benchmark_path is required when analysis.benchmark_source = "

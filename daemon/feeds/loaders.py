@@ -37,12 +37,14 @@ from ..core.errors import ConfigError, DataError
 from ..core.lazy import LazyModule
 from .panel import Panel
 from .validate import (
+    DATA_ADVICE,
     DEFAULT_MAX_GAP_DAYS,
     DEFAULT_MAX_SPIKE,
     DEFAULT_MAX_VOLUME,
     DEFAULT_TIMEZONE,
     PRICE_COLUMNS,
     SUSPECT_RULES,
+    Advice,
     RepairSummary,
     canonical_columns,
     check_date_format,
@@ -378,6 +380,7 @@ def load_frame(
     timezone: str = DEFAULT_TIMEZONE,
     summary: RepairSummary | None = None,
     date_format: str = "",
+    advice: Advice = DATA_ADVICE,
 ) -> pd.DataFrame:
     """The validated long table (time, symbol, open, high, low, close, volume, split, dividend).
 
@@ -385,7 +388,8 @@ def load_frame(
     one); `timezone` is the exchange's, for times written with a UTC offset; `date_format`
     (strftime, "" = inferred) reads the files' text times. `summary`
     receives the load's repair counts (logged here all the same): the panel cache keeps them
-    to say them again when it serves the load from disk.
+    to say them again when it serves the load from disk. `advice`: where the settings its
+    errors advise are set (validate.Advice; a benchmark file has its own).
     """
     _choice("source", source, SOURCES)
     _choice("layout", layout, LAYOUTS)
@@ -405,6 +409,7 @@ def load_frame(
         "start": start,
         "end": end,
         "summary": summary,
+        "advice": advice,
     }
     if source == "bundled":
         frames = [

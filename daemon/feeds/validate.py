@@ -62,6 +62,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -162,9 +163,10 @@ def check_limits(*, max_spike: float, max_volume: float, timezone: str) -> None:
         ) from exc
 
 
-def check_date_format(date_format: str) -> None:
+def check_date_format(date_format: str, key: str = "data date_format") -> None:
     """ConfigError for a `date_format` that cannot read dates: it must be a strftime format
-    ("%d/%m/%Y") that reads back what it writes; "" (pandas infers it) is fine."""
+    ("%d/%m/%Y") that reads back what it writes; "" (pandas infers it) is fine. `key`: the
+    setting named in the error."""
     if not date_format:
         return
     from datetime import datetime
@@ -179,7 +181,7 @@ def check_date_format(date_format: str) -> None:
         ok = False
     if not ok:
         raise ConfigError(
-            f"data date_format {date_format!r} is not a strftime format that reads a date, "
+            f"{key} {date_format!r} is not a strftime format that reads a date, "
             'e.g. "%d/%m/%Y" (day first), "%m/%d/%Y" (month first), "%d.%m.%Y %H:%M"'
         )
 
@@ -444,15 +446,38 @@ def _quote(value: object) -> str:
 
 
 _REPAIR_HINT = re.compile(r"enable repair '([a-z_]+)'")
+_REPAIR_ADVICE = re.compile(r"enable repair '[a-z_]+'.*$", re.S)
+
+
+@dataclass(frozen=True)
+class Advice:
+    """Where a load's settings are set, for the advice its errors give: the data's keys in
+    [data] (and [feed]) by default; a file with settings of its own (a benchmark: its own
+    date format, no repairs) says so, instead of pointing at keys that never reach it."""
+
+    repair: str | None = "in [data], or in [feed] for a vendor"  # None: no repairs apply
+    without_repair: str = ""  # the advice instead of a repair, when `repair` is None
+    date_format: str = "date_format in [data]"  # where the format is said
+    date_format_key: str = "date_format"  # the key, in the example given
+
+
+DATA_ADVICE = Advice()
 
 
 class _Ctx:
     """Where rows came from, to name them in errors and logs."""
 
-    def __init__(self, source: str, first_line: int | None, summary: RepairSummary) -> None:
+    def __init__(
+        self,
+        source: str,
+        first_line: int | None,
+        summary: RepairSummary,
+        advice: Advice = DATA_ADVICE,
+    ) -> None:
         self.source = source
         self.first_line = first_line
         self.summary = summary
+        self.advice = advice
         # The data has no split column (set by `_normalise`): see `_suspect_jumps`.
         self.split_absent = False
 
@@ -468,14 +493,14 @@ class _Ctx:
         """A DataError at the earliest input row of `mask`."""
         pos = _first(frame, mask)
         rows = np.flatnonzero(mask)
-        # Where a repair is enabled: the messages named the repair, not the key to set.
-        text = _REPAIR_HINT.sub(
-            lambda m: (
-                f'{m.group(0)} (repair = ["{m.group(1)}"] in [data], or in [feed] for a vendor)'
-            ),
-            message.format(n=len(rows), pos=pos),
-            count=1,
-        )
+        text = message.format(n=len(rows), pos=pos)
+        where = self.advice.repair
+        if where is None:  # no repair reaches these rows: the whole advice is another
+            text = _REPAIR_ADVICE.sub(self.advice.without_repair, text, count=1)
+        else:  # where a repair is enabled: the messages named the repair, not the key
+            text = _REPAIR_HINT.sub(
+                lambda m: f'{m.group(0)} (repair = ["{m.group(1)}"] {where})', text, count=1
+            )
         return DataError(
             text,
             source=self.source,
@@ -591,8 +616,9 @@ def _refuse_day_month_clash(
         f"{{n}} row(s) with a date that can only be day first, first {_quote(d_value)}, in a "
         f"file whose dates would otherwise be read month first, e.g. {_quote(m_value)} (row "
         f"{ctx.label(frame_for_errors, other)}): the day and month order is a guess, made two "
-        f"ways in one file; say the file's format with date_format in [data], e.g. "
-        f"date_format = {_quote(day_fmt)} (day first) or {_quote(month_fmt)} (month first)",
+        f"ways in one file; say the file's format with {ctx.advice.date_format}, e.g. "
+        f"{ctx.advice.date_format_key} = {_quote(day_fmt)} (day first) or {_quote(month_fmt)} "
+        "(month first)",
     )
 
 
@@ -1255,6 +1281,7 @@ def validate_frame(
     interval: str = "auto",
     corporate_actions: bool = True,
     date_format: str = "",
+    advice: Advice = DATA_ADVICE,
 ) -> pd.DataFrame:
     """Check (and, where enabled, repair) bars; return the clean long table.
 
@@ -1268,6 +1295,7 @@ def validate_frame(
     data should carry split and dividend columns (raw prices of stocks); False for index
     series, which have none. `date_format` (strftime, e.g. "%d/%m/%Y") reads text times,
     of a Date and a Time column the two joined by a space; "" infers it (see Times).
+    `advice`: where the settings its errors advise are set (`Advice`).
     """
     if interval not in INTERVALS:
         raise ConfigError(
@@ -1278,7 +1306,7 @@ def validate_frame(
     check_date_format(date_format)
     own = summary is None
     summary = RepairSummary() if summary is None else summary
-    ctx = _Ctx(source, first_line, summary)
+    ctx = _Ctx(source, first_line, summary, advice)
     frame = _normalise(
         df,
         ctx=ctx,
