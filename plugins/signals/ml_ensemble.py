@@ -596,10 +596,10 @@ class MlEnsemble:
         return failed is not None and _folder_state(failed.path) != failed.files
 
     def status(self) -> dict[str, Any]:
-        """For `/ready` and `tradingd health` (as a risk plugin's `status()` is, through
-        `tradingd.health.status_check`): not ok while the watched link names a model that
-        failed to load, so that an operator sees that the daemon serves another version
-        than the one published (the failure was one log line)."""
+        """For `/ready` and `tradingd health` (read by their `model` check, app.health_inputs):
+        not ok while the watched link names a model that failed to load, so that an operator
+        sees that the daemon serves another version than the one published (the failure was
+        one log line)."""
         data: dict[str, Any] = {"version": self.version, "path": self.model_path}
         failed = self._failed
         if failed is None:
