@@ -2097,6 +2097,27 @@ async def test_a_stateful_signal_sees_each_bar_once_across_a_restart(
     assert stored == {"seen": every_bar}
 
 
+def _halting_guard(engine_config, flatten: bool, **changes):  # type: ignore[no-untyped-def]
+    """Two symbols always wanted long, a drawdown guard that halts at 20% (and flattens, if
+    `flatten`), live at 400 bars a second; `changes` replace more of the config."""
+    from tradingd.config import LiveConfig
+
+    guard = {
+        "max_drawdown_pct": 0.2,
+        "daily_loss_limit_pct": 0.05,
+        "recovery": "halt",
+        "flatten_on_breach": flatten,
+    }
+    return dataclasses.replace(
+        engine_config,
+        signals=(PluginSpec("always_long"),),
+        sizing=PluginSpec("equal_weight", params={"max_positions": 2, "gross_exposure": 0.9}),
+        risk=(PluginSpec("drawdown_guard", params=guard),),
+        live=LiveConfig(bars_per_second=400.0),
+        **changes,
+    )
+
+
 @pytest.mark.parametrize(
     ("flatten", "mode"),
     [(True, "backtest"), (False, "backtest"), (True, "live"), (True, "resumed")],
@@ -2113,8 +2134,6 @@ async def test_a_risk_halt_cancels_the_entries_still_working(
     and live restarted during the halt."""
     from conftest import run_engine
 
-    from tradingd.config import LiveConfig
-
     n = 20
     close = np.full((n, 2), 100.0)
     close[2:6, 0] = 100 * np.linspace(0.85, 0.4, 4)
@@ -2122,21 +2141,12 @@ async def test_a_risk_halt_cancels_the_entries_still_working(
     volume = np.full((n, 2), 1e7)
     volume[:, 1] = 100.0
     panel = _closes_panel(close, volume)
-    guard = {
-        "max_drawdown_pct": 0.2,
-        "daily_loss_limit_pct": 0.05,
-        "recovery": "halt",
-        "flatten_on_breach": flatten,
-    }
-    config = dataclasses.replace(
+    config = _halting_guard(
         engine_config,
-        signals=(PluginSpec("always_long"),),
-        sizing=PluginSpec("equal_weight", params={"max_positions": 2, "gross_exposure": 0.9}),
-        risk=(PluginSpec("drawdown_guard", params=guard),),
+        flatten,
         broker=dataclasses.replace(
             engine_config.broker, max_volume_participation=0.1, order_ttl_bars=0
         ),
-        live=LiveConfig(bars_per_second=400.0),
     )
     if mode == "resumed":  # stopped on 01-02, its entry working; continued into the halt
         fields = ("times", "open", "high", "low", "close", "volume", "split", "dividend")
@@ -2185,8 +2195,6 @@ async def test_a_restart_keeps_the_risk_record_and_does_not_alert_the_halt_again
     from conftest import run_engine
     from structlog.testing import capture_logs
 
-    from tradingd.config import LiveConfig
-
     n = 40
     close = np.full((n, 2), 100.0)
     close[10:15, 0] = 100 * np.linspace(1, 0.4, 5)
@@ -2196,18 +2204,9 @@ async def test_a_restart_keeps_the_risk_record_and_does_not_alert_the_halt_again
     def panel(bars: int) -> Panel:
         return _closes_panel(close[:bars])
 
-    guard = {
-        "max_drawdown_pct": 0.2,
-        "daily_loss_limit_pct": 0.05,
-        "recovery": "halt",
-        "flatten_on_breach": True,
-    }
-    config = dataclasses.replace(
+    config = _halting_guard(
         engine_config,
-        signals=(PluginSpec("always_long"),),
-        sizing=PluginSpec("equal_weight", params={"max_positions": 2, "gross_exposure": 0.9}),
-        risk=(PluginSpec("drawdown_guard", params=guard),),
-        live=LiveConfig(bars_per_second=400.0),
+        True,
         # No deduplication of events: a risk limit alerted every bar of its halt showed so.
         alerts=dataclasses.replace(engine_config.alerts, dedup_window_s=0.0),
     )
