@@ -59,6 +59,7 @@ from .rows import (
     Record,
     Row,
     chunk_rows,
+    event_of,
     fill_columns,
     order_columns,
     order_event,
@@ -1490,12 +1491,9 @@ def _stored_events(
     after it, and a state whose event is gone must be stored again."""
     last: OrderedDict[tuple[str, str], tuple[Any, ...]] = OrderedDict()
     for o in orders[-EVENTS_KEPT:]:  # by created_at
-        when = o["created_at"] if o["updated_at"] is None else o["updated_at"]
-        if when <= after:
-            last[(run_id, o["client_order_id"])] = (
-                o["status"],
-                o["filled_quantity"],
-                o["reason"],
-                when,
-            )
+        event = event_of(
+            o["status"], o["filled_quantity"], o["reason"], o["created_at"], o["updated_at"]
+        )
+        if event[-1] <= after:  # its time
+            last[(run_id, o["client_order_id"])] = event
     return last

@@ -73,6 +73,11 @@ def order_event(record: Record) -> tuple[Any, ...]:
     """What an order state's `order_events` row says of it (status, filled quantity, reason,
     time: its `updated_at`, else its `created_at`): two states with the same are one event."""
     status, filled, reason, updated, created = (record[k] for k in _EVENT)
+    return event_of(status, filled, reason, created, updated)
+
+
+def event_of(status: Any, filled: Any, reason: Any, created: Any, updated: Any) -> tuple[Any, ...]:
+    """`order_event` of an order's fields (a record's, or a stored `orders` row's)."""
     return (status, filled, reason, created if updated is None else updated)
 
 
