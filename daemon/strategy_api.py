@@ -87,6 +87,7 @@ from .core.types import CrossSection
 from .engine.history import HistoryBuffer
 from .engine.planner import round_price
 from .feeds.panel import Panel
+from .feeds.panel_cache import cache_root
 from .feeds.validate import RepairSummary, find_column, validate_frame
 from .inference.onnx import EnsemblePredictor as _OnnxEnsemblePredictor
 from .inference.onnx import ModelCard
@@ -121,6 +122,10 @@ INTERRUPT_WAIT_S = 60.0
 # 0.6 + 0.9 x 0.4 gave 5.55e-17, a buy).
 HOLD_TOLERANCE = 1e-12
 LONG_TYPES, SHORT_TYPES = ("long", "buy"), ("short", "sell")
+# The plugins' caches kept between runs: (plugin, its parameter, the folder under the user's
+# cache). Their defaults (var/cache/...) are relative: a daemon's working folder is its
+# checkout, a notebook's is wherever the notebook happens to be.
+PLUGIN_CACHES = ((ML, "cache_dir", "predictions"), (SIZING, "fit_cache_dir", "garch"))
 
 
 def _defaults() -> Config:
@@ -810,10 +815,18 @@ class BacktestEngine:
     """The specification's BacktestEngine: `tradingd backtest`'s engine on given frames.
 
     `base_config` (default: the built-in defaults, without `TRADINGD_*` environment
-    overrides) supplies everything the facade objects do not say; the store is an in-memory
-    SQLite database, so nothing is written unless `run_backtest(..., output_dir=...)` asks
-    for the run's record (equity.csv, orders.csv, fills.csv, config.json, summary.json, as
-    `tradingd backtest` writes them)."""
+    overrides) supplies everything the facade objects do not say. What a run writes:
+
+    * the run's record (equity.csv, orders.csv, fills.csv, splits.csv, config.json,
+      summary.json, environment.json, as `tradingd backtest` writes them) and its audit/
+      folder, only when `run_backtest(..., output_dir=...)` asks for them, in that folder;
+      without it they go to a temporary folder removed when the run ends;
+    * the caches a rerun gains from, in the user's cache folder (`$XDG_CACHE_HOME`, else
+      ~/.cache, under tradingd/): features/ (unless `cache.features_dir` names another;
+      `cache.features = false` keeps none), and the ML predictions
+      (predictions/) and GARCH fits (garch/) unless `base_config` names those plugins'
+      own `cache_dir` / `fit_cache_dir` (then there; "" keeps none);
+    * nothing in the working folder, and no database (the store is in-memory SQLite)."""
 
     def __init__(
         self,
@@ -969,6 +982,7 @@ class BacktestEngine:
             panel = panel_from_frames(data, config, end=config.run.end or None)
             # The record and the run id say which data was run, not the configured source.
             config = dataclasses.replace(config, data=frames_data(config.data, panel))
+            config = _caches_in_user_cache(config)
             out = Path(output_dir) if output_dir is not None else Path(tmp) / "run"
             audit = (out if output_dir is not None else Path(tmp)) / "audit"
             # The audit log is operational (not part of the run id): beside the record.
@@ -999,6 +1013,26 @@ class BacktestEngine:
             "output_dir": Path(output_dir) if output_dir is not None else None,
             "engine_result": result,
         }
+
+
+def _caches_in_user_cache(config: Config) -> Config:
+    """`config` with the plugins' caches (`PLUGIN_CACHES`) that it leaves at their relative
+    defaults moved to the user's cache folder (`$XDG_CACHE_HOME` or ~/.cache, under
+    tradingd/, beside the data and feature caches): a notebook run wrote var/cache/ into
+    whatever folder the notebook ran from. They are kept rather than dropped, since a rerun
+    skips the model's inference and the GARCH fits with them. A folder the configuration
+    names (even the default's, or "" for none) is its own choice and is kept."""
+
+    def moved(spec: PluginSpec) -> PluginSpec:
+        for name, key, folder in PLUGIN_CACHES:
+            if spec.name == name and key not in spec.params:
+                params = {**spec.params, key: str(cache_root() / folder)}
+                return PluginSpec(spec.name, spec.weight, params)
+        return spec
+
+    return dataclasses.replace(
+        config, signals=tuple(moved(s) for s in config.signals), sizing=moved(config.sizing)
+    )
 
 
 def _run_in_thread(coro: Any, stop: StopRequest) -> dict[str, Any]:

@@ -57,7 +57,8 @@ def bundled_frames() -> dict[str, pd.DataFrame]:
 
 @pytest.fixture
 def in_tmp(tmp_path, monkeypatch):
-    # The ML plugin finds var/models/current and keeps its prediction cache under the cwd.
+    # The ML plugin finds var/models/current under the cwd, and `tradingd backtest` keeps its
+    # prediction and GARCH caches there.
     monkeypatch.chdir(tmp_path)
     return tmp_path
 
@@ -625,6 +626,47 @@ def test_output_dir_gets_the_runs_record_and_nothing_else_is_written(in_tmp):
     assert out["output_dir"] == record
     assert not (in_tmp / "var" / "tradingd.db").exists()  # the store was in memory
     assert not (in_tmp / "var" / "runs").exists()
+
+
+def test_a_run_without_output_dir_writes_nothing_in_the_working_folder(in_tmp, monkeypatch):
+    """The ML predictions and the GARCH fits kept between runs went to var/cache/ in the
+    notebook's folder, whatever it was: they go to the user's cache folder, as the data and
+    feature caches do, and a rerun still finds them there."""
+    cache_home = in_tmp / "xdg"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache_home))
+    cwd = in_tmp / "notebook"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+
+    out = BacktestEngine().run_backtest(bundled_frames(), start="2017-10-01", end="2017-12-31")
+
+    assert sorted(p.name for p in cwd.iterdir()) == []
+    assert len(out["fills"]) > 0
+    assert list((cache_home / "tradingd" / "predictions").glob("*.npz"))
+    assert (cache_home / "tradingd" / "garch" / "garch-fits.json").exists()
+
+
+def test_cache_folders_the_base_configuration_names_are_kept(in_tmp):
+    base = Config()
+    mine = {"ml": str(in_tmp / "my-predictions"), "garch": str(in_tmp / "my-fits")}
+    base = dataclasses.replace(
+        base,
+        signals=tuple(
+            dataclasses.replace(s, params={**s.params, "cache_dir": mine["ml"]})
+            if s.name == "ml_ensemble"
+            else s
+            for s in base.signals
+        ),
+        sizing=dataclasses.replace(
+            base.sizing, params={**base.sizing.params, "fit_cache_dir": mine["garch"]}
+        ),
+    )
+    out = BacktestEngine(base_config=base).run_backtest(
+        bundled_frames(), start="2017-10-01", end="2017-12-31"
+    )
+    assert list(Path(mine["ml"]).glob("*.npz"))
+    assert (Path(mine["garch"]) / "garch-fits.json").exists()
+    assert out["config"].sizing.params["fit_cache_dir"] == mine["garch"]
 
 
 _NOTEBOOK = """
