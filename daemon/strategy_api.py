@@ -88,7 +88,7 @@ from .engine.history import HistoryBuffer
 from .engine.planner import round_price
 from .feeds.panel import Panel
 from .feeds.panel_cache import cache_root
-from .feeds.validate import RepairSummary, find_column, validate_frame
+from .feeds.validate import Advice, RepairSummary, find_column, validate_frame
 from .inference.onnx import EnsemblePredictor as _OnnxEnsemblePredictor
 from .inference.onnx import ModelCard
 from .storage.schema import TABLES
@@ -716,6 +716,15 @@ class RiskManager:
 
 # ----------------------------------------------------------------------------- data
 
+# Where frames' settings are set, for the advice the loaders' errors give: [data] of a TOML
+# file never reaches a notebook's frames; the Config it passes does.
+FRAMES_ADVICE = Advice(
+    repair="in data.repair of the Config given (BacktestEngine(base_config=...))",
+    date_format="data.date_format of the Config given (BacktestEngine(base_config=...), "
+    "panel_from_frames(data, config))",
+    date_format_key="date_format",
+)
+
 
 def panel_from_frames(
     data: Mapping[str, pd.DataFrame], config: Config | None = None, *, end: str | None = None
@@ -725,7 +734,10 @@ def panel_from_frames(
     row), up to `end` (inclusive), limited to `data.max_symbols` as `load_data` does.
 
     A frame has columns open, high, low, close, volume (any case; split and dividend
-    optional) and its times in a time/date column or a DatetimeIndex."""
+    optional) and its times in a time/date column or a DatetimeIndex. Times written as text
+    are read as the file loaders read them: with `data.date_format` (e.g. "%d/%m/%Y") when
+    set, else in the format inferred, and day-first dates in a column read month first are
+    refused, naming the row and the value."""
     d = (config or _defaults()).data
     if not isinstance(data, Mapping) or not data:
         raise ValueError("data must be a non-empty dict of {symbol: DataFrame}")
@@ -753,6 +765,8 @@ def panel_from_frames(
                 timezone=d.timezone,
                 end=end or None,
                 summary=summary,
+                date_format=d.date_format,
+                advice=FRAMES_ADVICE,
             )
         )
     summary.log("frames")

@@ -157,6 +157,61 @@ def test_frames_make_the_panel_the_loaders_make(in_tmp):
     np.testing.assert_array_equal(alt.close[:, 0], theirs.close[:, 1])
 
 
+def _day_first(frames: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The frames with their dates as text, day first (13/01/1999), in a time column."""
+    out = {}
+    for symbol, df in frames.items():
+        text = df.rename_axis("time").reset_index()
+        out[symbol] = text.assign(time=text["time"].dt.strftime("%d/%m/%Y"))
+    return out
+
+
+def test_frames_with_text_dates_are_read_with_data_date_format(in_tmp):
+    """The frames path ignored `data.date_format`: day-first text dates were refused even
+    with the format set, where the file loaders read them with it."""
+    frames = bundled_frames()
+    base = Config()
+    config = dataclasses.replace(base, data=dataclasses.replace(base.data, date_format="%d/%m/%Y"))
+    ours = panel_from_frames(_day_first(frames), config, end=END)
+    theirs = panel_from_frames(frames, config, end=END)
+    assert ours.symbols == theirs.symbols
+    np.testing.assert_array_equal(ours.times, theirs.times)
+    np.testing.assert_array_equal(ours.close, theirs.close)
+    # The file loaders read the same text the same way.
+    path = in_tmp / "day_first.csv"
+    pd.concat([f.assign(symbol=s) for s, f in _day_first(frames).items()]).to_csv(path, index=False)
+    loaded = load_data(
+        dataclasses.replace(
+            config,
+            data=dataclasses.replace(config.data, source="csv", path=str(path)),
+            run=dataclasses.replace(config.run, end=END),
+        )
+    )
+    np.testing.assert_array_equal(ours.times, loaded.times)
+    # And a run takes the base configuration's format.
+    out = BacktestEngine(base_config=config).run_backtest(
+        _day_first(frames), start="2017-11-01", end="2017-12-31"
+    )
+    assert out["equity_curve"].index[-1] == pd.Timestamp("2017-12-29", tz="UTC")
+    # A format that does not read the text names the row and the value.
+    month_first = dataclasses.replace(
+        base, data=dataclasses.replace(base.data, date_format="%m/%d/%Y")
+    )
+    with pytest.raises(DataError, match=r"'13/01/1999'.*symbol=NASDAQ"):
+        panel_from_frames(_day_first(frames), month_first)
+
+
+def test_ambiguous_day_first_frames_are_refused_naming_where_the_format_is_set():
+    """As the file loaders do, naming the row and the value; the advice points at the
+    base configuration's data.date_format, the setting that reaches frames."""
+    with pytest.raises(DataError) as err:
+        panel_from_frames(_day_first(bundled_frames()))
+    text = str(err.value)
+    assert "'13/01/1999'" in text and "row=index" in text and "symbol=NASDAQ" in text
+    assert "data.date_format" in text and "base_config" in text
+    assert "[data]" not in text
+
+
 def test_facade_objects_follow_the_built_in_defaults():
     base = Config()
     sg, ps, rm, _ = spec_objects()
