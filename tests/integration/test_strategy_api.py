@@ -9,9 +9,11 @@ import math
 from pathlib import Path
 from types import SimpleNamespace
 
+import hypothesis
 import numpy as np
 import pandas as pd
 import pytest
+from hypothesis import strategies as st
 from plugin_context import bar_context, make_context
 
 from tradingd.app import load_data, run_id_for
@@ -833,4 +835,106 @@ def test_the_logging_a_run_changed_is_restored_only_while_it_is_the_runs():
             structlog.configure(wrapper_class=users)  # the user's, meanwhile
         assert structlog.get_config()["wrapper_class"] is users
     finally:
+        structlog.reset_defaults()
+
+
+_OVERLAPPING_RUNS = """
+import signal, threading, structlog
+from tradingd import strategy_api
+from tradingd.feeds.loaders import load_frame
+from tradingd.strategy_api import BacktestEngine
+from tradingd_plugins.signals import multi_factor
+# The interrupt gives up waiting at once: run A is still in its long bar when B starts, as
+# after the 60 s an interrupted run gets.
+strategy_api.INTERRUPT_WAIT_S = 0.0
+frame = load_frame("bundled")
+data = {s: g.drop(columns="symbol").set_index("time") for s, g in frame.groupby("symbol")}
+runs, lock = [], threading.Lock()
+in_bar = [threading.Event(), threading.Event()]
+release = [threading.Event(), threading.Event()]
+score = multi_factor.MultiFactor.score
+def long_first_bar(self, ctx):  # each run's first bar waits until the test releases it
+    with lock:
+        if threading.current_thread() not in runs:
+            runs.append(threading.current_thread())
+        k = runs.index(threading.current_thread())
+    if not in_bar[k].is_set():
+        in_bar[k].set()
+        release[k].wait()
+    return score(self, ctx)
+multi_factor.MultiFactor.score = long_first_bar
+def interrupt():  # the notebook's "interrupt kernel", while run A is in its bar
+    if in_bar[0].wait(120):
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+threading.Thread(target=interrupt, daemon=True).start()
+run = lambda: BacktestEngine().run_backtest(data, start="2017-11-01", end="2017-12-31")
+try:
+    run()
+except KeyboardInterrupt:
+    pass
+a = [t for t in threading.enumerate() if t.name == "tradingd-backtest"]
+out = {}
+b = threading.Thread(target=lambda: out.update(b=run()))
+b.start()
+in_bar[1].wait(120)
+seen = [len(a), structlog.is_configured()]  # B runs (A still stopping): warnings only
+release[0].set()
+a[0].join(120)
+seen.append(structlog.is_configured())  # A has ended, B runs: still warnings only
+release[1].set()
+b.join(120)
+seen += [structlog.is_configured(), len(out["b"]["fills"]) > 0]  # B has ended: as found
+print("RESULT", *seen)
+"""
+
+
+def test_an_interrupted_run_ending_late_leaves_the_next_runs_logging_alone(in_tmp):
+    """Run A interrupted in a long bar is still stopping when the user starts run B: A's end
+    reset structlog under B (B then printed every debug line), since B had taken A's
+    warnings-only setting for the user's own. The first run to start sets it, the last to
+    end resets it."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _OVERLAPPING_RUNS],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=in_tmp,
+    )
+    result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    assert result == ["RESULT 1 True True False True"], (proc.stdout + proc.stderr)[-3000:]
+
+
+@hypothesis.given(st.data())
+@hypothesis.settings(max_examples=100, deadline=None)
+def test_overlapping_runs_keep_warnings_only_until_the_last_ends(data):
+    """Whatever the order runs start and end in: structlog is the runs' warnings-only
+    setting while any runs, and unconfigured again (as found) when none does."""
+    import contextlib
+
+    import structlog
+
+    from tradingd.strategy_api import _warnings_only_unless_configured
+
+    structlog.reset_defaults()
+    active: list[contextlib.ExitStack] = []
+    try:
+        for _ in range(data.draw(st.integers(1, 12))):
+            if active and data.draw(st.booleans()):
+                i = data.draw(st.integers(0, len(active) - 1))
+                active.pop(i).close()  # a run ends, not necessarily the last one started
+            else:
+                stack = contextlib.ExitStack()
+                stack.enter_context(_warnings_only_unless_configured())
+                active.append(stack)
+            assert structlog.is_configured() == bool(active)
+        while active:
+            assert structlog.is_configured()
+            active.pop(data.draw(st.integers(0, len(active) - 1))).close()
+        assert not structlog.is_configured()
+    finally:
+        for stack in active:
+            stack.close()
         structlog.reset_defaults()
