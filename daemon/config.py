@@ -518,6 +518,8 @@ class CacheConfig:
 
 
 LIVE_BARS = ("1d", "1m", "5m", "15m", "30m", "60m")
+# A fill that has not reached the book's events after this long is not one in flight.
+_RECONCILE_CONFIRM_MAX_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -541,6 +543,10 @@ class LiveConfig:
     warmup_bars: int = 300
     # The book against the broker's positions (Alpaca): at start and this often.
     reconcile_interval_s: float = 300.0
+    # A new position difference is read again this long after, and blocks the symbol only
+    # if it stands: a fill the broker's positions already hold has its event booked by then.
+    # Raise it for a broker whose fills reach its positions well before their events do.
+    reconcile_confirm_s: float = 5.0
 
     def __post_init__(self) -> None:
         _finite(self, "live")
@@ -565,6 +571,21 @@ class LiveConfig:
             "live.reconcile_interval_s",
             self.reconcile_interval_s,
             "> 0 seconds",
+        )
+        # The symbol is held (no trade) between the two checks, so the wait is bounded; and a
+        # second check that waits a whole round is no longer part of the round it confirms.
+        _require(
+            0 < self.reconcile_confirm_s <= _RECONCILE_CONFIRM_MAX_S,
+            "live.reconcile_confirm_s",
+            self.reconcile_confirm_s,
+            f"> 0 and <= {_RECONCILE_CONFIRM_MAX_S:g} seconds (the symbol is held while it waits)",
+        )
+        _require(
+            self.reconcile_confirm_s < self.reconcile_interval_s,
+            "live.reconcile_confirm_s",
+            self.reconcile_confirm_s,
+            f"shorter than live.reconcile_interval_s ({self.reconcile_interval_s:g} s): lower "
+            "it or raise the interval",
         )
 
 

@@ -243,7 +243,8 @@ _MISSED_BARS_KEPT = 260
 
 # A position difference not seen before is compared again this long after (or after the
 # reconcile interval, if shorter): a fill the broker's positions already hold, its event
-# still on the way, is booked by then (its stream or poll, well under a second).
+# still on the way, is booked by then (its stream or poll, well under a second). The
+# default of live.reconcile_confirm_s, for an engine built without a configuration.
 _RECONCILE_CONFIRM_S = 5.0
 
 
@@ -306,6 +307,7 @@ class Engine:
         publisher: Any = None,
         lock: Any = None,
         reconcile_interval_s: float = 300.0,
+        reconcile_confirm_s: float = _RECONCILE_CONFIRM_S,
         retry_attempts: int = 0,
         retry_delay_s: float = 5.0,
         long_only: bool = False,
@@ -424,7 +426,7 @@ class Engine:
         # every reconcile_interval_s. A difference nothing explains blocks trading in the
         # symbol (symbol -> why) until a later reconciliation finds them equal again.
         self.reconcile_interval_s = reconcile_interval_s
-        self.reconcile_confirm_s = _RECONCILE_CONFIRM_S
+        self.reconcile_confirm_s = reconcile_confirm_s  # live.reconcile_confirm_s
         self.reconcile_blocked: dict[str, str] = {}
         # Symbols with a new difference between its two checks (symbol -> why): held like
         # blocked ones for those seconds, so a real difference cannot trade a minute bar

@@ -133,6 +133,14 @@ BAD_VALUES = [
     ('[live]\nbar = "2h"', "live.bar", "'2h'", "valid choices"),
     ("[live]\ndelay_s = -1.0", "live.delay_s", "-1.0", ">= 0"),
     ("[live]\nwarmup_bars = -5", "live.warmup_bars", "-5", ">= 0"),
+    ("[live]\nreconcile_confirm_s = 0.0", "live.reconcile_confirm_s", "0.0", "> 0"),
+    ("[live]\nreconcile_confirm_s = 900.0", "live.reconcile_confirm_s", "900.0", "<= 300"),
+    (
+        "[live]\nreconcile_interval_s = 4.0",  # below the 5 s default confirmation
+        "live.reconcile_confirm_s",
+        "5.0",
+        "shorter than live.reconcile_interval_s (4 s)",
+    ),
     ('[data]\ntimezone = "Mars/Olympus"', "data", "'Mars/Olympus'", "IANA time zone"),
     ('[data]\ntimezone = "../../etc/passwd"', "data", "passwd'", "IANA time zone"),
     ("[data]\nmax_spike = 0.5", "data", "0.5", "> 1"),
@@ -628,3 +636,12 @@ def test_a_url_from_the_environment_is_not_credited_to_the_file_it_replaced(tmp_
     text = str(caught.value)
     assert text.startswith("storage.url") and "set in" not in text and str(second) not in text
     assert "DATABASE_URL" in text or "DB_HOST" in text
+
+
+def test_the_reconcile_confirmation_wait_is_a_setting(tmp_path):
+    """It was an engine attribute: an operator whose broker's fills reach its positions
+    more than 5 s before their events could not lengthen the second check."""
+    assert load(tmp_path).live.reconcile_confirm_s == 5.0
+    assert load(tmp_path, "[live]\nreconcile_confirm_s = 30").live.reconcile_confirm_s == 30.0
+    env = {"TRADINGD_LIVE__RECONCILE_CONFIRM_S": "400"}
+    assert_names(error(tmp_path, env=env), "live.reconcile_confirm_s", "<= 300")
