@@ -50,6 +50,7 @@ OPERATIONAL_KEYS = frozenset(
         "run.output_dir",
         "live.heartbeat_s",
         "live.reconcile_interval_s",
+        "live.reconcile_confirm_s",
         "live.delay_s",
         "orders.retry_attempts",
         "orders.retry_delay_s",

@@ -41,6 +41,7 @@ def _with_risk_param(config: Config, i: int, **params: object) -> Config:
         ("storage.spool_max_bytes", False),
         ("health.port", False),
         ("live.reconcile_interval_s", False),
+        ("live.reconcile_confirm_s", False),
         ("live.bar", True),
         ("live.calendar", True),
         ("feed.yahoo.call.timeout_s", False),
