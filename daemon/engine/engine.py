@@ -246,6 +246,20 @@ _MISSED_BARS_KEPT = 260
 # still on the way, is booked by then (its stream or poll, well under a second). The
 # default of live.reconcile_confirm_s, for an engine built without a configuration.
 _RECONCILE_CONFIRM_S = 5.0
+# A difference still moving after this many rounds in a row is blocked even with an order
+# of ours working in the symbol: a fill lagging its event at every round is not believable
+# for long, someone else trading beside that order is.
+_RECONCILE_MOVING_ROUNDS = 3
+_NO_ORDER_OF_OURS = (
+    "moving with no order of ours working in it (someone else trades the account: by "
+    "hand, or another program on the same keys)"
+)
+_KEPT_MOVING = f"still moving after {_RECONCILE_MOVING_ROUNDS} rounds beside an order of ours"
+
+
+def _gap(reading: tuple[float, float] | None) -> float:
+    """A (broker, book) reading's difference; none read (it appeared later) is 0."""
+    return 0.0 if reading is None else reading[0] - reading[1]
 
 
 def _state_keys(plugins: Sequence[Any]) -> list[tuple[str, Any]]:
@@ -432,6 +446,8 @@ class Engine:
         # blocked ones for those seconds, so a real difference cannot trade a minute bar
         # before it is confirmed; neither shown in /ready nor alerted.
         self._reconcile_checking: dict[str, str] = {}
+        # Rounds in a row a symbol's difference moved between its two checks (`_reconcile`).
+        self._reconcile_moving: dict[str, int] = {}
         self.last_reconciled_at: datetime | None = None
         self.reconcile_error: str | None = None
         self._bar_lock: asyncio.Lock | None = None
@@ -1348,13 +1364,17 @@ class Engine:
           and is alerted, never adopted or overwritten silently. One check alone is no
           proof: the positions may hold a fill whose event is still on the way (booked a
           moment later), and that was alerted as critical and held /ready at 503 for a
-          whole interval. A difference that moved between the checks (an order filling)
-          waits for a round where it stands still;
+          whole interval. A difference that moved between the checks is blocked too when
+          no order of ours in the symbol was working at either check (nothing of ours can
+          be filling: someone trades the account by hand, another program on the same
+          keys), or when it has moved at `_RECONCILE_MOVING_ROUNDS` rounds in a row;
+          otherwise (an order of ours filling in parts) it waits for the next round;
         - the broker unreachable: tried again at the next round (logged once per failure).
         Symbols outside the universe are not this run's and are not compared."""
         first = await self._position_differences()
         if first is None:
             return
+        ordering = self._symbols_with_open_orders()
         new = {sym: d for sym, d in first.items() if sym not in self.reconcile_blocked}
         if new:
             delay = min(self.reconcile_confirm_s, self.reconcile_interval_s)
@@ -1370,23 +1390,37 @@ class Engine:
                 self._reconcile_checking = {}
             if again is None:
                 return
+            ordering |= self._symbols_with_open_orders()
         else:
             again = first
         blocked: dict[str, str] = {}
+        moving: dict[str, int] = {}
         for sym, (broker, book) in again.items():
             if sym in self.reconcile_blocked:
                 blocked[sym] = f"broker holds {broker:g}, the book {book:g}"
             elif sym in new and _same_gap(new[sym], (broker, book)):
                 blocked[sym] = self._position_difference(sym, broker, book)
+            elif sym not in ordering:
+                blocked[sym] = self._position_difference(
+                    sym, broker, book, moved_from=_gap(new.get(sym)), rule=_NO_ORDER_OF_OURS
+                )
+            elif (rounds := self._reconcile_moving.get(sym, 0) + 1) >= _RECONCILE_MOVING_ROUNDS:
+                blocked[sym] = self._position_difference(
+                    sym, broker, book, moved_from=_gap(new.get(sym)), rule=_KEPT_MOVING
+                )
             else:
+                moving[sym] = rounds
                 log.info(
                     "reconcile.unsettled",
                     symbol=sym,
                     broker=broker,
                     book=book,
-                    rule="not the same at two checks (an order filling): compared again "
-                    "at the next round",
+                    rounds=rounds,
+                    rule="not the same at two checks, an order of ours working in it (filling "
+                    f"in parts): compared again at the next round, blocked if still moving "
+                    f"at round {_RECONCILE_MOVING_ROUNDS}",
                 )
+        self._reconcile_moving = moving
         for sym in set(new) - set(again):
             log.info("reconcile.settled", symbol=sym, rule="gone at the second check")
         for sym in set(self.reconcile_blocked) - set(blocked):
@@ -1430,16 +1464,32 @@ class Engine:
                     out[sym] = (broker, book)
             return out
 
-    def _position_difference(self, sym: str, broker: float, book: float) -> str:
-        """A difference seen the same at two checks: logged, alerted; returns the why."""
+    def _symbols_with_open_orders(self) -> set[str]:
+        """Symbols with an order of ours working, as the engine has booked it: an order whose
+        last fill is not yet booked is still listed, so a symbol outside this set has no
+        fill of ours on the way (see `_reconcile`)."""
+        return {o.symbol for o in self.broker.open_orders()}
+
+    def _position_difference(
+        self,
+        sym: str,
+        broker: float,
+        book: float,
+        *,
+        moved_from: float | None = None,
+        rule: str = "unexplained (the same at two checks)",
+    ) -> str:
+        """A difference found to be real: logged, alerted; returns the why. `moved_from`:
+        the difference at the first check, when it was not the same at the second."""
         why = f"broker holds {broker:g}, the book {book:g}"
+        if moved_from is not None:
+            why += f" (the difference moved from {moved_from:g} to {broker - book:g}: {rule})"
         log.error(
             "reconcile.difference",
             symbol=sym,
             broker=broker,
             book=book,
-            rule="unexplained (the same at two checks): trading in the symbol stops until "
-            "they agree",
+            rule=f"{rule}: trading in the symbol stops until they agree",
         )
         alerter = getattr(self, "alerter", None)
         if alerter is not None:

@@ -5,6 +5,7 @@ overwritten; when the two agree again the symbol trades again."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from restart_harness import ROOT, write_config
 from structlog.testing import capture_logs
@@ -85,6 +86,9 @@ async def test_a_difference_is_alerted_only_when_it_stands_at_a_second_check(tmp
         return book
 
     engine.broker.positions = positions  # type: ignore[attr-defined]
+    # The moving difference is an order of ours filling: one works in SP500 (a moving
+    # difference with none is someone else's trading, blocked: test_a_moving_difference_*).
+    engine._symbols_with_open_orders = lambda: {"SP500"}  # type: ignore[method-assign]
     engine.reconcile_interval_s = 0.01
     checks, _status, _controls = health_inputs(engine)
     (recon,) = [c for c in checks if c.name == "reconciliation"]
@@ -201,3 +205,115 @@ async def test_a_symbol_is_held_while_its_difference_is_checked_again(tmp_path: 
     engine.reconcile_blocked = {}
     held, verdicts = engine._hold_unreconciled(wanted, ctx, [])
     assert held[i] == 0.05 and verdicts == []
+
+
+def _scripted(tmp_path: Path, name: str):  # type: ignore[no-untyped-def]
+    """A live engine whose broker holds the book plus `gaps[n]` of SP500 at its n-th read of
+    the positions in a round (reset per round), with `ours` the symbols it has orders
+    working in. Rounds are called directly: no clock, no sleep (confirmation wait 0)."""
+    import asyncio
+
+    cfg = write_config(tmp_path, name, start="2016-01-01", end="2016-03-31", rate=500.0)
+    config = load_config([ROOT / "config/default.toml", cfg], env={})
+    engine = build_engine(config, "live")
+    script: dict[str, Any] = {"gaps": [0.0], "read": 0, "ours": set()}
+
+    async def positions() -> dict[str, float]:
+        gaps = script["gaps"]
+        book = {s: float(q) for s, q in zip(engine.symbols, engine.portfolio.quantity, strict=True)}
+        book["SP500"] += gaps[min(script["read"], len(gaps) - 1)]
+        script["read"] += 1
+        return book
+
+    engine.broker.positions = positions  # type: ignore[attr-defined]
+    engine._symbols_with_open_orders = lambda: set(script["ours"])  # type: ignore[method-assign]
+    engine.reconcile_confirm_s = 0.0
+    condition = engine.alerter.condition
+    engine.alerts_sent = []  # type: ignore[attr-defined]  # the texts alerted
+
+    def spy(kind: str, key: str, firing: bool, **kw: Any) -> Any:
+        if firing:
+            engine.alerts_sent.append(kw.get("text", ""))  # type: ignore[attr-defined]
+        return condition(kind, key, firing, **kw)
+
+    engine.alerter.condition = spy
+
+    async def round_(gaps: list[float], ours: set[str]) -> int:
+        script.update(gaps=gaps, read=0, ours=ours)
+        engine._bar_lock = asyncio.Lock()
+        await engine._reconcile()
+        return int(script["read"])
+
+    return engine, round_
+
+
+async def test_a_moving_difference_with_no_order_of_ours_is_blocked(tmp_path: Path):
+    """A difference that moved between its two checks was never blocked: right for an order
+    of ours filling in parts, but with none working in the symbol (a trade by hand, another
+    program on the same keys) the positions drifted at every round, unblocked and unalerted.
+    With no order of ours working, it is blocked and alerted at its first round."""
+    engine, round_ = _scripted(tmp_path, "recon5")
+    with capture_logs() as logs:
+        await round_([3.0, 5.0], set())
+    assert list(engine.reconcile_blocked) == ["SP500"]
+    [text] = engine.alerts_sent
+    assert "moved from 3 to 5" in text and "no order of ours" in text
+    assert "no order of ours" in engine.reconcile_blocked["SP500"]  # what /ready shows
+    assert not [e for e in logs if e["event"] == "reconcile.unsettled"]
+    with capture_logs() as logs:
+        await round_([0.0], set())  # the other trader closed it: released and resolved
+    assert engine.reconcile_blocked == {}
+    assert [e["event"] for e in logs if e.get("kind") == "reconciliation"] == ["alert.resolved"]
+
+
+async def test_a_difference_moving_beside_an_order_of_ours_is_blocked_at_its_third_round(
+    tmp_path: Path,
+):
+    """An order of ours working explains a moving difference for a round or two, not for
+    ever: someone else may trade beside a resting order."""
+    engine, round_ = _scripted(tmp_path, "recon6")
+    for gaps in ([3.0, 5.0], [6.0, 8.0]):
+        await round_(gaps, {"SP500"})
+        assert engine.reconcile_blocked == {}  # an order filling in parts: not yet
+    await round_([0.0], {"SP500"})  # it settled: the count starts again
+    for gaps in ([1.0, 2.0], [4.0, 6.0]):
+        await round_(gaps, {"SP500"})
+        assert engine.reconcile_blocked == {}
+    await round_([9.0, 11.0], {"SP500"})
+    assert list(engine.reconcile_blocked) == ["SP500"]
+    [text] = engine.alerts_sent
+    assert "moved from 9 to 11" in text and "still moving after 3 rounds" in text
+
+
+def test_no_difference_drifts_unblocked(tmp_path: Path):
+    """Whatever the broker's readings and our orders: a difference with no order of ours
+    working is blocked at the end of its round; none stays unblocked three rounds in a row;
+    a first moving round beside an order of ours is not blocked; agreeing releases."""
+    import asyncio
+
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    engine, round_ = _scripted(tmp_path, "recon7")
+    gap = st.sampled_from([0.0, 3.0, 5.0, 7.0])
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.lists(st.tuples(gap, gap, st.booleans()), min_size=1, max_size=8))
+    def check(rounds: list[tuple[float, float, bool]]) -> None:
+        engine.reconcile_blocked, engine._reconcile_moving = {}, {}
+        unblocked_in_a_row = 0
+        for first, second, ours in rounds:
+            was_blocked = "SP500" in engine.reconcile_blocked
+            was_moving = "SP500" in engine._reconcile_moving
+            reads = asyncio.run(round_([first, second], {"SP500"} if ours else set()))
+            last = second if reads == 2 else first
+            blocked = "SP500" in engine.reconcile_blocked
+            unblocked_in_a_row = unblocked_in_a_row + 1 if last and not blocked else 0
+            assert blocked == bool(last) or ours, (first, second, ours)
+            assert unblocked_in_a_row < 3
+            if ours and first and second and first != second and not (was_blocked or was_moving):
+                assert not blocked  # an order of ours filling in parts: not at once
+            if not last:
+                assert not blocked
+
+    check()
