@@ -1013,6 +1013,7 @@ def _assemble(
         live_metrics=mode == "live",
         durable=mode == "live",
         reconcile_interval_s=config.live.reconcile_interval_s,
+        reconcile_confirm_s=config.live.reconcile_confirm_s,
         retry_attempts=config.orders.retry_attempts if mode == "live" else 0,
         retry_delay_s=config.orders.retry_delay_s,
         long_only=not config.broker.allow_short,

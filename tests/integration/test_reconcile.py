@@ -317,3 +317,13 @@ def test_no_difference_drifts_unblocked(tmp_path: Path):
                 assert not blocked
 
     check()
+
+
+def test_the_configured_confirmation_wait_reaches_the_live_engine(tmp_path: Path):
+    """live.reconcile_confirm_s was not passed where the live engine is built: the engine
+    kept its 5 s whatever the operator set."""
+    cfg = write_config(tmp_path, "recon8", start="2016-01-01", end="2016-03-31", rate=500.0)
+    slow = tmp_path / "slow.toml"
+    slow.write_text("[live]\nreconcile_confirm_s = 42.0\n")
+    config = load_config([ROOT / "config/default.toml", cfg, slow], env={})
+    assert build_engine(config, "live").reconcile_confirm_s == 42.0
