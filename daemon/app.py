@@ -24,7 +24,7 @@ from .audit import AuditLog, audit_path
 from .brokers.simulated import SimulatedBroker, SimulatedBrokerConfig
 from .cache.factory import open_cache
 from .clock.replay import ReplayClock
-from .config import Config, name_origin
+from .config import CACHE_PARAMS, Config, name_origin
 from .core.errors import ConfigError, ControlRefusedError, EngineStoppedError
 from .core.lazy import LazyModule
 from .core.ports import Broker, Clock, FeatureSource, Feed, Store
@@ -64,9 +64,22 @@ def run_id_for(config: Config, mode: str) -> str:
     # The public (masked) config without its operational sections: a changed password, log
     # level, health port or cache address is the same run (the same order ids).
     decisive = {k: v for k, v in config.to_public_dict().items() if k not in _OPERATIONAL}
+    for section in ("signals", "sizing", "risk"):
+        decisive[section] = _without_cache_params(decisive.get(section))
     digest = hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()
     digest = digest[:10]
     return f"{config.run.name}-{mode}-{digest}"
+
+
+def _without_cache_params(plugins: Any) -> Any:
+    """A plugin section of the public config (a list of specs, or sizing's one) without the
+    parameters in `CACHE_PARAMS`."""
+    if isinstance(plugins, list):
+        return [_without_cache_params(spec) for spec in plugins]
+    if isinstance(plugins, dict) and isinstance(plugins.get("params"), dict):
+        params = {k: v for k, v in plugins["params"].items() if k not in CACHE_PARAMS}
+        return {**plugins, "params": params}
+    return plugins
 
 
 async def continued_live_run(config: Config) -> str | None:

@@ -40,6 +40,14 @@ from .features.indicators import IndicatorConfig
 from .health import HealthConfig
 from .secrets import mask_url, redact
 
+# Plugin parameters that say where a plugin keeps a cache between runs (ml_ensemble's
+# predictions, kelly_garch's GARCH fits), not what it decides: like the `cache` section,
+# they are not part of a run's identity (`app.run_id_for`, `run_continuation`). A notebook's
+# run puts them under the user's cache folder, so its run id followed $HOME; a daemon whose
+# cache moved to another disk began a new run, its simulated account from the start.
+CACHE_PARAMS = frozenset({"cache_dir", "fit_cache_dir"})
+
+
 T = TypeVar("T")
 
 # `TRADINGD_*` environment variables that are not configuration overrides. Extend this list

@@ -16,7 +16,8 @@ What does not define a live run:
   and `storage` (the run is looked up in this store; how it is written is not what it is);
 * a risk plugin's `params` (not its name or place in the chain): SIGHUP applies them to the
   running run, so a restart must not part them from it;
-* where the run's files go, pacing and timeouts (`OPERATIONAL_KEYS`; a demo's
+* where the run's files go, pacing and timeouts (`OPERATIONAL_KEYS`, and a plugin's cache
+  folder, `config.CACHE_PARAMS`; a demo's
   `live.bars_per_second` while it stays above 0);
 * a setting the stored configuration does not have (written by an earlier build) whose value
   here is the default.
@@ -37,7 +38,7 @@ from typing import Any
 
 import structlog
 
-from .config import Config
+from .config import CACHE_PARAMS, Config
 from .reload import flatten
 
 log = structlog.get_logger(__name__)
@@ -68,6 +69,10 @@ OPERATIONAL_KEYS = frozenset(
     }
 )
 _RISK_PARAMS = re.compile(r"risk\[\d+\]\.params(\..*)?")
+# A plugin's cache folder (`config.CACHE_PARAMS`): where its files go, like the cache section.
+_CACHE_PARAM = re.compile(
+    r"(signals\[\d+\]|sizing|risk\[\d+\])\.params\.(" + "|".join(sorted(CACHE_PARAMS)) + ")"
+)
 _FEED_CALL = re.compile(r"feed\.[a-z_]+\.call(\..*)?")
 
 
@@ -83,7 +88,9 @@ def defines_the_run(key: str) -> bool:
     section = re.split(r"[.\[#]", key, maxsplit=1)[0]
     if section in _SECTIONS or key in OPERATIONAL_KEYS:
         return False
-    return not (_RISK_PARAMS.fullmatch(key) or _FEED_CALL.fullmatch(key))
+    return not (
+        _RISK_PARAMS.fullmatch(key) or _FEED_CALL.fullmatch(key) or _CACHE_PARAM.fullmatch(key)
+    )
 
 
 def _paced(value: Any) -> bool:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 
@@ -37,6 +38,10 @@ def _with_risk_param(config: Config, i: int, **params: object) -> Config:
         ("risk#len", True),
         ("risk", True),
         ("signals[0].params.lookback", True),
+        ("signals[0].params.cache_dir", False),
+        ("sizing.params.fit_cache_dir", False),
+        ("sizing.params.target_vol", True),
+        ("risk[1].params.cache_dir", False),
         ("storage.url", False),
         ("storage.spool_max_bytes", False),
         ("health.port", False),
@@ -189,3 +194,32 @@ async def test_the_lookup_waits_for_a_postgresql_that_is_down_as_the_start_does(
     (retry,) = [e for e in logs if e["event"] == "startup.retry"]
     assert retry["part"] == "store (run lookup)" and "gave up after" in retry["error"]
     assert all("pw@" not in str(e) for e in logs)
+
+
+def test_a_plugins_cache_folder_is_not_part_of_the_run_id(tmp_path):
+    """A plugin's cache folder (ml_ensemble's cache_dir, kelly_garch's fit_cache_dir) says
+    where files go: a daemon whose caches moved to another disk began a new run (its
+    simulated account from the start), and a notebook run's id followed $HOME. What the
+    plugin decides by (any other parameter) still makes another run."""
+    from tradingd.app import run_id_for
+    from tradingd.config import load_config
+
+    def config(ml: str, sizing: str) -> Path:
+        path = tmp_path / f"c{len(list(tmp_path.iterdir()))}.toml"
+        path.write_text(
+            '[[signals]]\nname = "ml_ensemble"\nweight = 0.6\n'
+            f"[signals.params]\n{ml}\n"
+            '[[signals]]\nname = "multi_factor"\nweight = 0.4\n'
+            '[sizing]\nname = "kelly_garch"\n'
+            f"[sizing.params]\n{sizing}\n"
+        )
+        return path
+
+    def rid(ml: str, sizing: str) -> str:
+        return run_id_for(load_config([config(ml, sizing)], env={}), "live")
+
+    base = rid("", "")
+    assert rid('cache_dir = "/mnt/a"', 'fit_cache_dir = "/mnt/b"') == base
+    assert rid('cache_dir = "/elsewhere"', "") == base
+    assert rid("threshold = 0.7", "") != base
+    assert rid("", "target_vol = 0.2") != base
