@@ -424,6 +424,26 @@ class ExchangeCalendar:
         values, counts = np.unique(per[-252:].astype(np.int64), return_counts=True)
         return int(values[np.argmax(counts)])
 
+    def sessions_per_year(self, years: int = 10, before: int | None = None) -> float:
+        """The mean count of sessions in the last `years` full calendar years before the year
+        `before` (by default this one; fewer years when the calendar's range holds fewer):
+        what annualising per-session figures counts on this exchange (XTKS about 244, XHKG
+        246, XLON 253), where New York's 252 made non-US Sharpe ratios and volatilities a
+        few percent off.
+        Recent, so a market's current holidays count; a year's mean, so a year with an
+        unusual holiday (Tokyo's imperial succession, 2019) moves it by a fraction."""
+        this_year = datetime.now(UTC).year if before is None else before
+        session_years = self._sessions.astype("datetime64[ns]").astype("datetime64[Y]")
+        year_of = session_years.astype(np.int64) + 1970
+        full = np.arange(max(self.first_session.year + 1, this_year - years), this_year)
+        full = full[full < self.last_session.year]
+        if not len(full):
+            raise CalendarRangeError(
+                f"the {self.name} calendar ({self.first_session} .. {self.last_session}) "
+                f"holds no full calendar year before {this_year} to count its sessions in"
+            )
+        return float(np.mean([np.count_nonzero(year_of == y) for y in full.tolist()]))
+
     def outside_sessions(self, times: np.ndarray) -> np.ndarray:
         """Why each bar label is outside the calendar's trading, "" for one inside.
 

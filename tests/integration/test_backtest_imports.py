@@ -141,3 +141,24 @@ features_dir = "{(tmp_path / "features").as_posix()}"
     assert list((tmp_path / "panels").iterdir())  # and the rerun had a cache entry to use
     assert rerun_loaded["loaded"] == []
     assert first["orders"] > 0 and rerun == first
+
+
+def test_new_yorks_sessions_a_year_need_no_calendar() -> None:
+    """Annualising counts each calendar's own sessions a year, which for Tokyo means building
+    its calendar; New York's 252 (its aliases' too) and 24/7's 365 are known by name, so a
+    daily backtest on the default calendar still imports no exchange_calendars."""
+    script = """
+import json, sys
+from types import SimpleNamespace
+from tradingd.app import run_defaults, sessions_per_year
+names = ("XNYS", "NYSE", "NASDAQ", "XNAS", "24/7")
+counts = [sessions_per_year(n) for n in names]
+defaults = [run_defaults(SimpleNamespace(live=SimpleNamespace(calendar=n))) for n in names]
+print(json.dumps([counts, defaults, "exchange_calendars" in sys.modules]))
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    counts, defaults, imported = json.loads(proc.stdout)
+    assert counts == [252, 252, 252, 252, 365]
+    assert defaults == [{}, {}, {}, {}, {"periods_per_year": 365.0}]
+    assert imported is False

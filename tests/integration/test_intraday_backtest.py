@@ -279,7 +279,8 @@ def test_a_file_mostly_outside_the_sessions_gets_a_hint(engine_config):
 def test_periods_per_year_counts_the_sessions_of_the_live_calendar(engine_config):
     """Intraday runs annualised with 390 minutes a session on every calendar (a table for
     New York): Tokyo's sessions have 330, and a round-the-clock calendar, which keeps
-    extended-hours bars, 1,440; the count now comes from live.calendar, as the bars kept."""
+    extended-hours bars, 1,440; the count now comes from live.calendar, as the bars kept.
+    So do the sessions a year: Tokyo has about 244, not New York's 252."""
     from tradingd.app import run_defaults, session_bars_only
 
     def on(calendar: str):  # type: ignore[no-untyped-def]
@@ -289,7 +290,14 @@ def test_periods_per_year_counts_the_sessions_of_the_live_calendar(engine_config
 
     assert run_defaults(engine_config, "5m") == {"periods_per_year": 252 * 78}
     assert run_defaults(engine_config, "1d") == {}
-    assert run_defaults(on("XTKS"), "1m") == {"periods_per_year": 252 * 330}
+    from tradingd.clock.calendar import ExchangeCalendar
+
+    tokyo = round(ExchangeCalendar("XTKS", "1d").sessions_per_year())  # about 244, not 252
+    assert 240 < tokyo < 248
+    assert run_defaults(on("XTKS"), "1m") == {"periods_per_year": tokyo * 330}
+    assert run_defaults(on("XTKS"), "1d") == {"periods_per_year": tokyo}
+    # New York's aliases count New York's 252 (by name: no calendar is built for them)
+    assert run_defaults(on("NYSE"), "1d") == {} and run_defaults(on("XNAS"), "1d") == {}
     raw = extended_hours_panel()
     assert session_bars_only(on("24/7"), raw) is raw  # every bar is in a session
     # ... and 365 sessions a year, not 252 (volatility, and the sizing fed by it, were

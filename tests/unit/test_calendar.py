@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from datetime import UTC, date, datetime
 from zoneinfo import ZoneInfo
 
@@ -315,3 +316,26 @@ def test_bars_per_session_is_a_current_regular_session_of_the_calendar(cal):
     # Tokyo: 150 + 180 minutes since its close moved to 15:30 (300 before); round the clock.
     assert ExchangeCalendar("XTKS", "1m").bars_per_session() == 330
     assert ExchangeCalendar("24/7", "5m").bars_per_session() == 288
+
+
+def test_sessions_per_year_is_the_calendars_own_count():
+    """Annualised figures counted 252 sessions a year on every exchange: Tokyo trades about
+    244. The count is the calendar's, a mean over full years (Tokyo's 2022-2024: 244, 246,
+    245 sessions, counted here with exchange_calendars directly)."""
+    import exchange_calendars as xcals
+
+    def counted(name: str, years: range) -> float:
+        with warnings.catch_warnings():  # the package's own pandas deprecation (calendar.py)
+            warnings.simplefilter("ignore")
+            sessions = xcals.get_calendar(name, start=f"{years[0]}-01-01", end=f"{years[-1]}-12-31")
+        return float(np.mean([sum(s.year == y for s in sessions.sessions) for y in years]))
+
+    tokyo = ExchangeCalendar("XTKS", "1d")
+    assert tokyo.sessions_per_year(years=3, before=2025) == counted("XTKS", range(2022, 2025))
+    assert tokyo.sessions_per_year(years=3, before=2025) == 245.0
+    assert ExchangeCalendar("XNYS", "1d").sessions_per_year(years=1, before=2025) == 252.0
+    assert 240 < tokyo.sessions_per_year() < 248  # the last ten years by default
+    # A calendar built for part of a year holds no full year to count: said, not guessed.
+    short = ExchangeCalendar("XTKS", "1d", start="2024-03-01", end="2024-09-30")
+    with pytest.raises(CalendarRangeError, match="no full calendar year"):
+        short.sessions_per_year(before=2025)
