@@ -13,7 +13,9 @@ directory, else long when the table has a symbol column, else per_symbol.
 Every table goes through `validate_frame` (see validate.py for the checks and repairs). A file
 with no rows (a header only) is an error naming it, never a silently missing symbol; a requested
 symbol whose bars all fall outside `start`/`end` is left out with a warning naming it, its first
-and last bar and the window (`data.suspect`, kind `no_bars_in_window`). Blank lines of a CSV
+and last bar and the window (`data.suspect`, kind `no_bars_in_window`); with no symbols
+asked for, such symbols are counted in one warning naming the first few
+(`symbols_outside_window`). Blank lines of a CSV
 are not data: they are skipped, and the line numbers in errors stay those of the file.
 A CSV's symbol column is read as text ("0700" stays "0700", not the number 700).
 Each load logs its repairs in one "data.repairs" line (the details at debug level).
@@ -427,9 +429,7 @@ def load_frame(
         ]
         where = str(path)
     if symbols is None:
-        # "Every symbol in the data" is every symbol with bars in the window: one without
-        # any is not a requested symbol gone missing.
-        summary.suspects.pop("no_bars_in_window", None)
+        _unrequested_outside_window(summary)
     summary.log(where)
     frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     if frame.empty:
@@ -437,6 +437,18 @@ def load_frame(
             f"no bars between {start or 'the start'} and {end or 'the end'}", source=where
         )
     return frame
+
+
+def _unrequested_outside_window(summary: RepairSummary) -> None:
+    """With no symbols asked for (every symbol of the data), symbols with bars in the
+    source but none in the window were left out without a word: a 1999-2001 run on the S&P
+    500 file had 107 names fewer than the file. None of them was asked for, so they are
+    counted in one warning naming the first few (`symbols_outside_window`), not each
+    named as a requested symbol gone missing (`no_bars_in_window`)."""
+    said = summary.suspects.pop("no_bars_in_window", None)
+    if said is not None:
+        count, examples = said
+        summary.suspect("symbols_outside_window", examples, count)
 
 
 def load_panel(

@@ -254,6 +254,12 @@ SUSPECT_RULES = {
     "but none between the load's start and end (run.start, run.end): it is left out of the "
     "run, whose universe is then smaller than the symbols asked for; widen the window, or "
     "take the symbol out of data.symbols",
+    "symbols_outside_window": "data.symbols is empty (every symbol of the data), and these "
+    "symbols have bars in the source (the first few are named, with their first and last "
+    "bar) but none between the load's start and end (run.start, run.end): they are not in "
+    "the run, whose universe is smaller than the data's by `count` symbols (listed after "
+    "the window, or delisted before it); widen the window, or list data.symbols to choose "
+    "the universe",
     "ends_early": "the symbol's bars stop before the others' (a delisting, a merger, a file cut "
     "short): a position held then stays in the book at its last close and cannot be sold",
 }

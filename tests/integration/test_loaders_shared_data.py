@@ -114,3 +114,14 @@ def test_a_requested_symbol_listed_after_the_window_is_named(sp500_parquet: Path
             "end": "2009-12-31",
         }
     ]
+
+
+def test_every_symbol_of_a_run_before_their_listing_is_counted(sp500_parquet: Path) -> None:
+    """A 1999-2001 run over every symbol of the S&P 500 file had 389 of its 496 names and
+    no log line said so: the 107 listed after 2001 are counted in one warning."""
+    with capture_logs() as logs:
+        p = load_panel("parquet", str(sp500_parquet), start="1999-01-01", end="2001-12-31")
+    assert len(p.symbols) == 389
+    (said,) = [e for e in logs if e.get("kind") == "symbols_outside_window"]
+    assert said["count"] == 107 and len(said["examples"]) == 10
+    assert all(e["first_bar"] > "2001-12-31" for e in said["examples"])
