@@ -25,7 +25,7 @@ from .brokers.simulated import SimulatedBroker, SimulatedBrokerConfig
 from .cache.factory import open_cache
 from .clock.replay import ReplayClock
 from .config import CACHE_PARAMS, Config, name_origin
-from .core.errors import ConfigError, ControlRefusedError, EngineStoppedError
+from .core.errors import ConfigError, ControlRefusedError, DataError, EngineStoppedError
 from .core.lazy import LazyModule
 from .core.ports import Broker, Clock, FeatureSource, Feed, Store
 from .core.types import CrossSection, RunInfo
@@ -149,8 +149,10 @@ def session_bars_only(config: Config, panel: Panel) -> Panel:
     sessions of `live.calendar` (pre- and post-market rows, after a half day's early close,
     on weekends and holidays, in a lunch break). A replay of them traded 08:00 and 17:00
     bars, and bars after a 13:00 close, that no live run of the same configuration ever
-    sees. One warning says what was dropped. Daily data is returned as it is."""
-    if _intraday_spacing(panel) is None:
+    sees. One warning says what was dropped. Daily data is returned as it is. Bars off the
+    live clock's grid (hour-aligned 60-minute bars) are an error (`_check_grid`)."""
+    spacing = _intraday_spacing(panel)
+    if spacing is None:
         return panel
     from .clock.calendar import ExchangeCalendar
 
@@ -172,6 +174,7 @@ def session_bars_only(config: Config, panel: Panel) -> Panel:
         ) from None
     why = exchange.outside_sessions(panel.times)
     keep = why == ""
+    _check_grid(exchange, panel, keep, spacing)
     if keep.all():
         return panel
     split, dividend, moved, lost = _carry_actions(panel, keep)
@@ -186,6 +189,42 @@ def session_bars_only(config: Config, panel: Panel) -> Panel:
         volume=panel.volume[keep],
         split=split,
         dividend=dividend,
+    )
+
+
+def _check_grid(exchange: Any, panel: Panel, inside: np.ndarray, spacing: int) -> None:
+    """DataError when most bars within the sessions are off the grid of the live clock's
+    bars of the data's length, which start at each session's open. Hour-aligned 60-minute
+    bars (09:00, 10:00, ..., 15:00 New York: Alpaca's 1Hour) lost their 09:00 bar, which
+    holds 09:30-10:00 of regular trading, among the pre-market rows of one warning, and
+    every other bar was half an hour off the live clock's 09:30, 10:30, ..., 15:30: the
+    replay could not match a live run, and nothing said so. Not resampled here: which
+    finer bars make a session-aligned bar is the operator's data to decide."""
+    bar = _MINUTES_BAR.get(spacing // 60) if spacing % 60 == 0 else None
+    if bar is None or not inside.any():
+        return  # not a bar length a replay runs: bar_of_data says so
+    times = panel.times[inside]
+    offsets = exchange.grid_offsets(times, timedelta(seconds=spacing))
+    off = np.flatnonzero(offsets != 0)
+    if len(off) * 2 <= len(times):
+        return
+    first = int(off[0])
+    at = pd.Timestamp(times[first], tz="UTC").tz_convert(exchange.tz)
+    grid = at - pd.Timedelta(int(offsets[first]), "ns")
+    past = pd.Timedelta(int(offsets[first]), "ns")
+    minutes = f"{past.total_seconds() / 60:g} minutes"
+    raise DataError(
+        f"the data's {bar} bars are not the live clock's: {len(off):,} of the {len(times):,} "
+        f"bars within the sessions of live.calendar = {exchange.name!r} start off its {bar} "
+        f"grid (the first, {at.isoformat()}, {minutes} after the live clock's bar "
+        f"{grid.isoformat()}). The live clock's {bar} bars start at the session open and "
+        f"every {spacing // 60} minutes after (60m on XNYS: 09:30, 10:30, ..., 15:30), each "
+        "labelled by its start; bars aligned to the clock hour (09:00, 10:00, ..., as "
+        "Alpaca's 1Hour bars are) put the session's first half hour in a 09:00 bar before "
+        "the open, and every other bar half an hour off the live run's, so a replay of them "
+        "cannot match a live run. Nothing was resampled: resample finer bars (1m to 30m) to "
+        f"{bar} bars that start at the session open (a source whose {bar} bars do: Yahoo's "
+        "60m), or backtest the finer bars themselves"
     )
 
 

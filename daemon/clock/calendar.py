@@ -23,9 +23,10 @@ Bar labels (fixed by the project; all stored data are labelled this way):
   bars, so the 60-minute alignment could not be checked there. Yahoo's 60m bars are
   open-aligned (09:30, 10:30, ...) as here. Alpaca's `1Hour` bars are reported to be
   aligned to the clock hour (09:00, 10:00, ... New York) instead; a feed that uses them must
-  relabel, or this class needs an "hour-aligned" option. The 1, 5, 15 and 30 minute intervals
-  divide both the 390-minute regular session and the 210-minute half day, so only 60m is
-  affected.
+  relabel, or this class needs an "hour-aligned" option. A replay of such data is refused
+  (`grid_offsets`, app.session_bars_only): it could not step the live clock's bars. The 1,
+  5, 15 and 30 minute intervals divide both the 390-minute regular session and the 210-minute
+  half day, so only 60m is affected.
 
 Range: `exchange_calendars` builds a calendar for a window of sessions (by default 20 years
 back to one year ahead of the day it was built). An instant or a label outside that window
@@ -443,6 +444,20 @@ class ExchangeCalendar:
                 f"holds no full calendar year before {this_year} to count its sessions in"
             )
         return float(np.mean([np.count_nonzero(year_of == y) for y in full.tolist()]))
+
+    def grid_offsets(self, times: np.ndarray, step: timedelta) -> np.ndarray:
+        """Each bar label's distance (ns) past the grid of `step`-long bars that starts at
+        its segment's start (the open, or a lunch break's end): 0 for a label the live
+        clock's bars of that length have, 30 minutes for an hour-aligned 10:00 bar on XNYS
+        (whose 60-minute bars are 09:30, 10:30, ...); -1 for a label outside the sessions.
+
+        `times`: naive UTC `datetime64`, as for `outside_sessions`. Data off this grid cannot
+        replay the bars a live run steps, whatever it is labelled."""
+        x = np.asarray(times, dtype="datetime64[ns]").astype(np.int64)
+        width = step // timedelta(microseconds=1) * _NS_PER_US
+        seg = np.searchsorted(self._seg_start, x, side="right") - 1
+        inside = (seg >= 0) & (x < self._seg_end[np.maximum(seg, 0)])
+        return np.where(inside, (x - self._seg_start[np.maximum(seg, 0)]) % width, -1)
 
     def outside_sessions(self, times: np.ndarray) -> np.ndarray:
         """Why each bar label is outside the calendar's trading, "" for one inside.

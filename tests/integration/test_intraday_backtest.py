@@ -306,3 +306,48 @@ def test_periods_per_year_counts_the_sessions_of_the_live_calendar(engine_config
     assert run_defaults(on("24/7"), "1d") == {"periods_per_year": 365}
     with pytest.raises(ConfigError, match=r"live\.calendar = 'NOPE'"):
         run_defaults(on("NOPE"), "5m")
+
+
+def hourly_panel(first_minute: int, sessions: int = 6) -> Panel:
+    """60-minute bars of six January 2024 sessions: `first_minute` 0 is aligned to the clock
+    hour (09:00, 10:00, ..., 15:00 New York: Alpaca's 1Hour), 30 to the session open
+    (09:30, 10:30, ..., 15:30: the live clock's)."""
+    days = pd.bdate_range("2024-01-02", periods=sessions)
+    local = pd.DatetimeIndex(
+        [d + pd.Timedelta(hours=h, minutes=first_minute) for d in days for h in range(9, 16)]
+    ).tz_localize("America/New_York")
+    times = local.tz_convert("UTC").tz_localize(None).to_numpy(dtype="datetime64[ns]")
+    return _random_walk(times, 3, np.random.default_rng(5), 0.004)
+
+
+def test_hour_aligned_bars_are_refused_not_replayed_off_the_live_clocks_grid(
+    engine_config, tmp_path
+):
+    """Hour-aligned 60-minute bars lost their 09:00 bar (09:30-10:00 of regular trading)
+    among the "pre-market" count of one warning, and the other six replayed half an hour
+    off the live clock's 09:30, 10:30, ..., 15:30 bars: a replay no live run could match,
+    without a word. Now it is an error that says so and what to do; open-aligned bars are
+    replayed whole."""
+    from tradingd.app import load_data, session_bars_only
+    from tradingd.core.errors import DataError
+
+    _csv_of(hourly_panel(0), tmp_path / "hourly.csv")
+    config = dataclasses.replace(
+        engine_config,
+        data=dataclasses.replace(
+            engine_config.data, source="csv", path=str(tmp_path / "hourly.csv"), layout="long"
+        ),
+        cache=dataclasses.replace(engine_config.cache, data=False, features=False),
+    )
+    with pytest.raises(DataError) as err:
+        load_data(config)
+    said = str(err.value)
+    assert "the data's 60m bars are not the live clock's: 36 of the 36 bars" in said
+    assert "the first, 2024-01-02T10:00:00-05:00, 30 minutes after" in said
+    assert "live clock's bar 2024-01-02T09:30:00-05:00" in said
+    assert "09:30, 10:30, ..., 15:30" in said and "aligned to the clock hour" in said
+    assert "resample finer bars" in said and "Nothing was resampled" in said
+
+    aligned = hourly_panel(30)
+    kept = session_bars_only(engine_config, aligned)
+    assert kept is aligned and bar_of_data(kept) == "60m"  # every bar the live clock's

@@ -339,3 +339,26 @@ def test_sessions_per_year_is_the_calendars_own_count():
     short = ExchangeCalendar("XTKS", "1d", start="2024-03-01", end="2024-09-30")
     with pytest.raises(CalendarRangeError, match="no full calendar year"):
         short.sessions_per_year(before=2025)
+
+
+def test_grid_offsets_measure_a_label_from_its_segments_start():
+    """The live clock's bars start at the open and again at a lunch break's end: a label's
+    offset from that grid is what tells hour-aligned data (10:00 New York, 30 minutes past
+    the 09:30 bar) from the live clock's bars."""
+    from datetime import timedelta
+
+    hour = timedelta(hours=1)
+    ny = ExchangeCalendar("XNYS", "1m")
+    labels = np.array(
+        ["2024-01-02T14:30", "2024-01-02T15:00", "2024-01-02T20:30", "2024-01-02T14:00"],
+        "M8[ns]",
+    )  # 09:30, 10:00, 15:30 New York; 09:00 is before the open
+    half = 30 * 60 * 10**9
+    assert list(ny.grid_offsets(labels, hour)) == [0, half, 0, -1]
+    tokyo = ExchangeCalendar("XTKS", "1m")
+    # 11:00 (morning from 09:00), 12:30 (the afternoon's start), 13:00, 11:45 (lunch)
+    jst = np.array(
+        ["2024-11-29T02:00", "2024-11-29T03:30", "2024-11-29T04:00", "2024-11-29T02:45"],
+        "M8[ns]",
+    )
+    assert list(tokyo.grid_offsets(jst, hour)) == [0, 0, half, -1]
