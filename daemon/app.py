@@ -150,13 +150,20 @@ def session_bars_only(config: Config, panel: Panel) -> Panel:
     on weekends and holidays, in a lunch break). A replay of them traded 08:00 and 17:00
     bars, and bars after a 13:00 close, that no live run of the same configuration ever
     sees. One warning says what was dropped. Daily data is returned as it is. Bars off the
-    live clock's grid (hour-aligned 60-minute bars) are an error (`_check_grid`)."""
+    live clock's grid (hour-aligned 60-minute bars) are an error (`_check_grid`).
+
+    Every replay's entry point applies it (`load_data`, and `run_backtest` / `build_engine`
+    to a panel passed in): only `load_data` did, and the same bars passed to the Python API
+    replayed their pre-market rows. A panel it returns is marked with the calendar, so a
+    second call (`run_backtest`, then `build_engine`) neither checks again nor warns again."""
+    name = config.live.calendar
+    if panel.__dict__.get(_SESSIONS_OF) == name:
+        return panel
     spacing = _intraday_spacing(panel)
     if spacing is None:
         return panel
     from .clock.calendar import ExchangeCalendar
 
-    name = config.live.calendar
     first, last = panel.datetimes()[0], panel.datetimes()[-1]
     try:
         # Session windows are the same for every bar length: the 1-minute calendar's.
@@ -176,10 +183,10 @@ def session_bars_only(config: Config, panel: Panel) -> Panel:
     keep = why == ""
     _check_grid(exchange, panel, keep, spacing)
     if keep.all():
-        return panel
+        return _sessions_checked(panel, name)
     split, dividend, moved, lost = _carry_actions(panel, keep)
     _warn_outside_session(exchange, panel, why, moved, lost)
-    return Panel(
+    kept = Panel(
         times=panel.times[keep],
         symbols=panel.symbols,
         open=panel.open[keep],
@@ -190,6 +197,19 @@ def session_bars_only(config: Config, panel: Panel) -> Panel:
         split=split,
         dividend=dividend,
     )
+    return _sessions_checked(kept, name)
+
+
+# The key, in a Panel's instance dict, of the calendar whose sessions it holds only.
+_SESSIONS_OF = "_sessions_of"
+
+
+def _sessions_checked(panel: Panel, calendar: str) -> Panel:
+    """`panel`, marked as holding only bars of `calendar`'s sessions (a Panel's arrays are
+    not changed once it is made: a new panel, from `select` or a slice, is checked anew)."""
+    # (Frozen: into the instance's dict directly, as Panel.datetimes caches its list.)
+    panel.__dict__[_SESSIONS_OF] = calendar
+    return panel
 
 
 def _check_grid(exchange: Any, panel: Panel, inside: np.ndarray, spacing: int) -> None:
@@ -914,7 +934,8 @@ def build_engine(
     if vendor:
         symbols = tuple(sorted(dict.fromkeys(config.data.symbols)))
     else:
-        panel = panel if panel is not None else load_data(config)
+        # The same bars replay alike whether loaded here or passed in (session_bars_only).
+        panel = load_data(config) if panel is None else session_bars_only(config, panel)
         symbols = panel.symbols
     run_id = run_id or run_id_for(config, mode)
     st = config.storage

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from .analysis.metrics import summarize
 from .analysis.splits import restate_for_splits
-from .app import build_engine, load_data, model_card, run_defaults
+from .app import build_engine, load_data, model_card, run_defaults, session_bars_only
 from .config import Config
 from .core.errors import TradingdError
 from .core.types import Fill, Side
@@ -145,8 +145,11 @@ async def run_backtest(
     raises BacktestStopped; one made while data is loaded or the engine built lets that step
     finish, then nothing more starts. `progress`: True, a bar on a terminal; "log", a
     `backtest.progress` line at every tenth of the bars (a run whose stderr goes to a file:
-    an 11-minute S&P 500 replay said nothing until its end)."""
-    panel = panel if panel is not None else load_data(config)
+    an 11-minute S&P 500 replay said nothing until its end). A `panel` passed in replays
+    as `load_data`'s would: intraday bars outside live.calendar's sessions are dropped
+    (`session_bars_only`), so its bar count, fills and split events are those of the bars
+    stepped."""
+    panel = load_data(config) if panel is None else session_bars_only(config, panel)
     if stop is not None and stop.reason is not None:
         raise BacktestStopped(stop.reason, None, 0, len(panel.times), None)
     bar = tqdm(

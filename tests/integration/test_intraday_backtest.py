@@ -351,3 +351,47 @@ def test_hour_aligned_bars_are_refused_not_replayed_off_the_live_clocks_grid(
     aligned = hourly_panel(30)
     kept = session_bars_only(engine_config, aligned)
     assert kept is aligned and bar_of_data(kept) == "60m"  # every bar the live clock's
+
+
+async def test_the_same_intraday_bars_replay_alike_through_the_api_and_load_data(
+    engine_config, tmp_path
+):
+    """Only load_data dropped the bars outside live.calendar's sessions: the same
+    extended-hours panel passed to run_backtest (or build_engine) replayed its 08:00 and
+    17:00 bars, and traded them. Every entry point now filters, once: the API's run has the
+    bars and fills of the loaded one, and says what it dropped in one warning, not two."""
+    from structlog.testing import capture_logs
+
+    from tradingd.app import build_engine, load_data
+
+    raw = extended_hours_panel()
+    _csv_of(raw, tmp_path / "bars.csv")
+    config = dataclasses.replace(
+        engine_config,
+        run=dataclasses.replace(engine_config.run, start="", run_id="same"),
+        data=dataclasses.replace(
+            engine_config.data, source="csv", path=str(tmp_path / "bars.csv"), layout="long"
+        ),
+        cache=dataclasses.replace(engine_config.cache, data=False, features=False),
+    )
+    loaded = await run_backtest(config, output_dir=tmp_path / "loaded")
+    with capture_logs() as logs:
+        api = await run_backtest(config, panel=raw, output_dir=tmp_path / "api")
+
+    def traded(outcome):  # type: ignore[no-untyped-def]
+        return [(f["time"], f["symbol"], f["quantity"], f["price"]) for f in outcome.fills]
+
+    assert api.summary["bars"] == loaded.summary["bars"] == 5 * 78 + 42
+    assert traded(api) == traded(loaded) and len(traded(api)) > 0
+    assert api.result.times == loaded.result.times
+    assert len([e for e in logs if e["event"] == "data.outside_session"]) == 1
+
+    # build_engine with the raw panel steps the same bars; with load_data's, it warns no more
+    engine = build_engine(config, "backtest", panel=raw)
+    result = await engine.run_until_done()
+    assert result.times == loaded.result.times
+    with capture_logs() as logs:
+        panel = load_data(config)
+        engine = build_engine(config, "backtest", panel=panel)
+        engine.close_held()
+    assert len([e for e in logs if e["event"] == "data.outside_session"]) == 1
