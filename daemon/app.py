@@ -343,6 +343,10 @@ def trade_start(config: Config, panel: Panel) -> datetime | None:
 
 # New York's calendar and its exchange_calendars aliases: 252 sessions a year by name.
 NEW_YORK_CALENDARS = frozenset({"XNYS", "NYSE", "NASDAQ", "BATS", "XNAS", "ARCX", "OOTC", "XASE"})
+# The years another calendar's sessions are counted in (`sessions_per_year`): fixed, not the
+# ten before today, so a rerun of a backtest next year annualises (and kelly_garch sizes)
+# as this one did.
+SESSIONS_COUNTED_IN = (2016, 2025)
 
 
 @functools.cache
@@ -350,7 +354,7 @@ def sessions_per_year(calendar: str) -> int:
     """Sessions a year on `calendar`: 252 for New York (by name, as every default of the
     analysis counts: building the calendar to count them cost every daily backtest 0.3 s of
     import and 60 MB for the same 252), 365 for `24/7`; any other calendar's own count,
-    the mean of its last ten full years rounded (XTKS 244, XHKG 246, XLON 253). With 252
+    the mean of the years `SESSIONS_COUNTED_IN` rounded (XTKS 244, XHKG 246, XLON 253). With 252
     everywhere a Tokyo run's Sharpe ratio and volatility were annualised with 3% too many
     sessions a year, and kelly_garch's volatility with them."""
     if calendar in NEW_YORK_CALENDARS:
@@ -359,8 +363,13 @@ def sessions_per_year(calendar: str) -> int:
         return 365
     from .clock.calendar import CalendarRangeError, ExchangeCalendar
 
+    first, last = SESSIONS_COUNTED_IN
     try:
-        return round(ExchangeCalendar(calendar, "1d").sessions_per_year())
+        # A month either side: the count takes only years the calendar holds whole.
+        exchange = ExchangeCalendar(
+            calendar, "1d", start=f"{first - 1}-12-01", end=f"{last + 1}-01-31"
+        )
+        return round(exchange.sessions_per_year(years=last - first + 1, before=last + 1))
     except (ConfigError, CalendarRangeError) as exc:
         raise ConfigError(f"live.calendar = {calendar!r}: {exc}") from None
 

@@ -341,6 +341,38 @@ def test_sessions_per_year_is_the_calendars_own_count():
         short.sessions_per_year(before=2025)
 
 
+def test_a_calendars_sessions_a_year_do_not_follow_todays_date(monkeypatch):
+    """The count was of the ten full years before today, so the same backtest rerun in a
+    later year annualised (and kelly_garch sized) differently. It is of fixed years
+    (`SESSIONS_COUNTED_IN`), whatever the date."""
+    import datetime as dt
+
+    import exchange_calendars as xcals
+
+    from tradingd import app
+    from tradingd.clock import calendar as calendar_module
+
+    first, last = app.SESSIONS_COUNTED_IN
+    with warnings.catch_warnings():  # the package's own pandas deprecation (calendar.py)
+        warnings.simplefilter("ignore")
+        sessions = xcals.get_calendar("XTKS", start=f"{first}-01-01", end=f"{last}-12-31")
+    years = [s.year for s in sessions.sessions]
+    expected = round(np.mean([years.count(y) for y in range(first, last + 1)]))
+
+    class Later(dt.datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[no-untyped-def]
+            return dt.datetime(2034, 6, 1, tzinfo=tz)
+
+    counts = []
+    for when in (dt.datetime, Later):
+        monkeypatch.setattr(calendar_module, "datetime", when)
+        app.sessions_per_year.cache_clear()
+        counts.append(app.sessions_per_year("XTKS"))
+    app.sessions_per_year.cache_clear()
+    assert counts == [expected, expected]
+
+
 def test_grid_offsets_measure_a_label_from_its_segments_start():
     """The live clock's bars start at the open and again at a lunch break's end: a label's
     offset from that grid is what tells hour-aligned data (10:00 New York, 30 minutes past
