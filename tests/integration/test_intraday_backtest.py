@@ -186,6 +186,20 @@ def _csv_of(panel: Panel, path) -> None:  # type: ignore[no-untyped-def]
     pd.DataFrame(rows).to_csv(path, index=False)
 
 
+def _extended_hours_csv(engine_config, raw, tmp_path, *, run_id: str):  # type: ignore[no-untyped-def]
+    """`engine_config` reading `raw` from a long CSV in `tmp_path`, from its first bar, with
+    no data or feature cache (each test sees its file's bars, loaded anew)."""
+    _csv_of(raw, tmp_path / "bars.csv")
+    return dataclasses.replace(
+        engine_config,
+        run=dataclasses.replace(engine_config.run, start="", run_id=run_id),
+        data=dataclasses.replace(
+            engine_config.data, source="csv", path=str(tmp_path / "bars.csv"), layout="long"
+        ),
+        cache=dataclasses.replace(engine_config.cache, data=False, features=False),
+    )
+
+
 async def test_a_replay_of_extended_hours_bars_steps_only_the_bars_the_live_clock_releases(
     engine_config, tmp_path
 ):
@@ -198,15 +212,7 @@ async def test_a_replay_of_extended_hours_bars_steps_only_the_bars_the_live_cloc
     from tradingd.clock.calendar import ExchangeCalendar
 
     raw = extended_hours_panel()
-    _csv_of(raw, tmp_path / "bars.csv")
-    config = dataclasses.replace(
-        engine_config,
-        run=dataclasses.replace(engine_config.run, start="", run_id="ext"),
-        data=dataclasses.replace(
-            engine_config.data, source="csv", path=str(tmp_path / "bars.csv"), layout="long"
-        ),
-        cache=dataclasses.replace(engine_config.cache, data=False, features=False),
-    )
+    config = _extended_hours_csv(engine_config, raw, tmp_path, run_id="ext")
     with capture_logs() as logs:
         panel = load_data(config)
     exchange = ExchangeCalendar("XNYS", "5m")
@@ -371,15 +377,7 @@ async def test_the_same_intraday_bars_replay_alike_through_the_api_and_load_data
     from tradingd.app import build_engine, load_data
 
     raw = extended_hours_panel()
-    _csv_of(raw, tmp_path / "bars.csv")
-    config = dataclasses.replace(
-        engine_config,
-        run=dataclasses.replace(engine_config.run, start="", run_id="same"),
-        data=dataclasses.replace(
-            engine_config.data, source="csv", path=str(tmp_path / "bars.csv"), layout="long"
-        ),
-        cache=dataclasses.replace(engine_config.cache, data=False, features=False),
-    )
+    config = _extended_hours_csv(engine_config, raw, tmp_path, run_id="same")
     loaded = await run_backtest(config, output_dir=tmp_path / "loaded")
     with capture_logs() as logs:
         api = await run_backtest(config, panel=raw, output_dir=tmp_path / "api")

@@ -799,22 +799,24 @@ except KeyboardInterrupt:
 """
 
 
+def _cell_results(code: str, cwd):  # type: ignore[no-untyped-def]
+    """The RESULT lines a notebook cell's code printed, run in a fresh interpreter in `cwd`
+    (a real SIGINT needs a process of its own), and the process for the failure message."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=cwd
+    )
+    return [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")], proc
+
+
 def test_an_interrupted_notebook_run_stops_and_leaves_nothing_running(in_tmp):
     """An interrupt in a notebook (an event loop running: the run in a thread) raised at
     once and left the run going: its threads and worker processes, structlog set to
     warnings-only, and an orphan that wiped the user's logging set up since when it ended.
     The run stops now, and its clean-up is done when KeyboardInterrupt arrives."""
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-c", _INTERRUPTED_CELL],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=in_tmp,
-    )
-    result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    result, proc = _cell_results(_INTERRUPTED_CELL, in_tmp)
     assert result == ["RESULT interrupted True [] False"], (proc.stdout + proc.stderr)[-3000:]
 
 
@@ -893,17 +895,7 @@ def test_an_interrupted_run_ending_late_leaves_the_next_runs_logging_alone(in_tm
     reset structlog under B (B then printed every debug line), since B had taken A's
     warnings-only setting for the user's own. The first run to start sets it, the last to
     end resets it."""
-    import subprocess
-    import sys
-
-    proc = subprocess.run(
-        [sys.executable, "-c", _OVERLAPPING_RUNS],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=in_tmp,
-    )
-    result = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    result, proc = _cell_results(_OVERLAPPING_RUNS, in_tmp)
     assert result == ["RESULT 1 True True False True"], (proc.stdout + proc.stderr)[-3000:]
 
 
