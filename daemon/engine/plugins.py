@@ -8,6 +8,8 @@ A plugin is a class with `kind` ("signal", "sizing" or "risk"), a frozen `Config
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, is_dataclass
 from importlib.metadata import EntryPoint, entry_points
@@ -106,18 +108,59 @@ def load_plugin(
     config_cls = getattr(cls, "Config", None)
     if config_cls is None:
         raise PluginError(f"plugin {spec.name!r} ({ep.value}) has no Config class")
-    params = dict(spec.params)
-    fields = {f.name for f in dataclasses.fields(config_cls)} if is_dataclass(config_cls) else set()
-    for key, value in (run_defaults or {}).items():
-        if key in RUN_KEYS and key in fields and key not in params:
-            params[key] = value
-            log.info("plugin.run_default", plugin=spec.name, where=where, key=key, value=value)
-    config = build(config_cls, params, f"{where}.params")
+    config = _config(config_cls, spec, where, run_defaults or {})
     try:
         plugin = cls(config, symbols)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where}.params: {exc}") from exc
     return _checked(plugin, spec.name, kind, ep.value)
+
+
+def _config(config_cls: type, spec: PluginSpec, where: str, run_defaults: Mapping[str, Any]) -> Any:
+    """The plugin's Config from its params and the run's defaults for fields they leave
+    unset. A run default is given in the field's declared type where it is whole (the run
+    counts 365.0 sessions; an `int` field takes 365), and a value the field still refuses
+    is named as the run's: "sizing.params.periods_per_year must be an integer" blamed a
+    setting the user never wrote."""
+    params = dict(spec.params)
+    fields = {f.name for f in dataclasses.fields(config_cls)} if is_dataclass(config_cls) else set()
+    given = {
+        key: _as_declared(config_cls, key, value)
+        for key, value in run_defaults.items()
+        if key in RUN_KEYS and key in fields and key not in params
+    }
+    for key, value in given.items():
+        log.info("plugin.run_default", plugin=spec.name, where=where, key=key, value=value)
+    try:
+        return build(config_cls, {**params, **given}, f"{where}.params")
+    except ConfigError as exc:
+        if not given:
+            raise
+        try:
+            build(config_cls, params, f"{where}.params")
+        except ConfigError:
+            raise exc from None  # the params' own error (they are read first), as it was
+        keys = ", ".join(f"{k} = {v!r}" for k, v in given.items())
+        raise ConfigError(
+            f"plugin {spec.name!r} ({where}) refuses {keys}, which the run supplied (counted "
+            f"from live.calendar and live.bar), not your params: {exc}. Set the value in "
+            f"{where}.params, or declare the field in the plugin's Config as a float"
+        ) from None
+
+
+def _as_declared(config_cls: type, key: str, value: Any) -> Any:
+    """`value` as an int where the field is declared `int` (or `int | None`) and the value
+    is a whole float; else as it is (`build` converts an int for a float field)."""
+    if not (isinstance(value, float) and value.is_integer()):
+        return value
+    try:
+        hint = typing.get_type_hints(config_cls).get(key)
+    except Exception:  # an annotation that does not resolve: `build` names it
+        return value
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = args[0] if len(args) == 1 else None
+    return int(value) if hint is int else value
 
 
 # What the engine calls on a plugin of each kind (core.ports' protocols).

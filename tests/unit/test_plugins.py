@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 from importlib.metadata import EntryPoint
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tradingd.config import PluginSpec
 from tradingd.core.errors import ConfigError, PluginError
@@ -250,3 +253,59 @@ def test_the_same_target_found_twice_is_one_plugin(tmp_path, monkeypatch):
     _install_dist(tmp_path, "tradingd_copy", f"momentum = {ep.value}")
     monkeypatch.syspath_prepend(str(tmp_path))
     assert available()["momentum"].value == ep.value
+
+
+def _sizing_class(ppy_type: type, default: Any):  # type: ignore[no-untyped-def]
+    """A third-party sizing plugin whose Config declares `periods_per_year` as `ppy_type`."""
+    import dataclasses
+
+    import numpy as np
+
+    Config = dataclasses.make_dataclass(
+        "Config", [("periods_per_year", ppy_type, dataclasses.field(default=default))], frozen=True
+    )
+
+    def __init__(self, config, symbols):  # type: ignore[no-untyped-def]
+        self.config = config
+
+    body = {
+        "kind": "sizing",
+        "Config": Config,
+        "__init__": __init__,
+        "required_features": lambda self: (),
+        "size": lambda self, score, ctx: np.zeros(len(score)),
+    }
+    return type("Theirs", (), body)
+
+
+@settings(max_examples=50, deadline=None)
+@given(n=st.integers(min_value=1, max_value=10**7))
+def test_a_whole_run_default_is_given_in_the_fields_declared_type(n):
+    """A plugin declaring `periods_per_year: int` failed every 24/7 and intraday run with
+    "sizing.params.periods_per_year must be an integer, got 365.0": the run's count was
+    merged as a float, and the error blamed a setting the user never wrote."""
+    for tp, default in ((int, 252), (float, 252.0), (int | None, None)):
+        eps = {"theirs": _EP("theirs", _sizing_class(tp, default))}
+        got = load_plugin(
+            PluginSpec("theirs"), "sizing", SYMS, "sizing", eps, {"periods_per_year": float(n)}
+        ).config.periods_per_year
+        assert got == n and type(got) is (float if tp is float else int)
+
+
+def test_a_run_default_the_field_refuses_is_named_as_the_runs():
+    eps = {"theirs": _EP("theirs", _sizing_class(int, 252))}
+    with pytest.raises(ConfigError) as e:
+        load_plugin(
+            PluginSpec("theirs"), "sizing", SYMS, "sizing", eps, {"periods_per_year": 1638.5}
+        )
+    text = str(e.value)
+    assert "periods_per_year = 1638.5" in text and "the run supplied" in text
+    assert "live.calendar" in text and "not your params" in text
+    # The user's own value wins and is not the run's to blame.
+    spec = PluginSpec("theirs", params={"periods_per_year": 12})
+    got = load_plugin(spec, "sizing", SYMS, "sizing", eps, {"periods_per_year": 1638.5})
+    assert got.config.periods_per_year == 12
+    with pytest.raises(ConfigError) as e:
+        bad = PluginSpec("theirs", params={"periods_per_year": "x"})
+        load_plugin(bad, "sizing", SYMS, "sizing", eps, {"periods_per_year": 1638.5})
+    assert str(e.value).startswith("sizing.params.periods_per_year must be an integer, got 'x'")
