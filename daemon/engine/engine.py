@@ -67,11 +67,13 @@ from ..core.types import (
 )
 from ..logs import sparse
 from ..publisher import bars_payload, fills_payload, orders_payload, signals_payload
+from ..storage.buffered import path_text, unstorable
 from . import collector
 from .accounting import BLOCKING, RejectionRecord, RiskRecord, rule_of
 from .decisions import decision_record
 from .history import HistoryBuffer
 from .planner import OrderPlanner, Plan
+from .plugins import feature_names, history_bars_of
 from .portfolio import Portfolio
 
 log = structlog.get_logger(__name__)
@@ -199,18 +201,12 @@ class Pipeline:
 
     def feature_owners(self) -> dict[str, str]:
         """Each feature a plugin asks for, and the first plugin that asks (to name it in an
-        error). A plugin's answer must be feature names: a plain string ("ret_1") was read
-        letter by letter and refused as the unknown feature '1', naming no plugin."""
+        error). A plugin's answer must be feature names (`plugins.feature_names`): a plain
+        string ("ret_1") was read letter by letter, and None was a TypeError traceback."""
         owners: dict[str, str] = {}
         for p in self.plugins():
-            asked = p.required_features()
             name = getattr(p, "name", type(p).__name__)
-            if isinstance(asked, str | bytes) or not all(isinstance(n, str) for n in asked):
-                raise ConfigError(
-                    f"plugin {name!r}: required_features() must return feature names (a "
-                    f"tuple of str, e.g. ('ret_1',)), got {asked!r}"
-                )
-            for n in asked:
+            for n in feature_names(p):
                 owners.setdefault(n, name)
         return owners
 
@@ -219,9 +215,10 @@ class Pipeline:
         return [p for p, _ in self.signals] + [self.sizing, *self.risks]
 
     def history_bars(self) -> int:
-        """The longest raw-bar window any plugin reads from ctx.history (0 if none says)."""
+        """The longest raw-bar window any plugin reads from ctx.history (0 if none says);
+        an answer that is not a count is an error naming the plugin (`history_bars_of`)."""
         return max(
-            (int(p.history_bars()) for p in self.plugins() if hasattr(p, "history_bars")),
+            (history_bars_of(p) for p in self.plugins() if hasattr(p, "history_bars")),
             default=0,
         )
 
@@ -273,6 +270,34 @@ def _state_keys(plugins: Sequence[Any]) -> list[tuple[str, Any]]:
         n = seen[plugin.name] = seen.get(plugin.name, 0) + 1
         out.append((plugin.name if n == 1 else f"{plugin.name}#{n}", plugin))
     return out
+
+
+def _state_of(plugin: Any, state: Callable[[], Any], t: datetime | None) -> Any:
+    """A plugin's `state()` for the checkpoint, or a PluginFault naming the plugin, the hook
+    and the value: an exception in it was a bare traceback that stopped a live run in its
+    warm-up, and an object in it was stored as "<object object at 0x...>" with no word (and
+    handed to `restore` so after a restart)."""
+    try:
+        got = state()
+    except PluginFault:
+        raise
+    except Exception as exc:
+        raise PluginFault(_name(plugin), "state", t, exc) from exc
+    found = unstorable(got)
+    if found is not None:
+        where, bad = found
+        raise PluginFault(
+            _name(plugin),
+            "state",
+            t,
+            TypeError(
+                f"state(){path_text(where)} is of type {type(bad).__name__!r}, which a checkpoint "
+                "cannot keep (JSON: numbers, text, booleans, None, lists, mappings, numpy "
+                "values and arrays, datetimes); store it as one of these and rebuild it in "
+                "restore()"
+            ),
+        )
+    return got
 
 
 @dataclass(frozen=True)
@@ -1256,7 +1281,7 @@ class Engine:
             if key in pending:
                 out[key] = pending[key][1]
             elif fn is not None and callable(fn):
-                out[key] = fn()
+                out[key] = _state_of(plugin, fn, self._last_time)
         return out
 
     def _restore_signals(self) -> None:
@@ -2135,7 +2160,12 @@ class Engine:
         for plugin in self.pipeline.plugins():
             settle = getattr(plugin, "settle", None)
             if settle is not None and callable(settle):
-                await settle()
+                try:
+                    await settle()  # a coroutine function (checked when the plugin is built)
+                except PluginFault:
+                    raise
+                except Exception as exc:
+                    raise PluginFault(_name(plugin), "settle", self._last_time, exc) from exc
 
     def _signal_source(self) -> str:
         """Plugin names, with the model version for model-backed ones (it can change when a

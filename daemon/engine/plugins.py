@@ -8,6 +8,8 @@ A plugin is a class with `kind` ("signal", "sizing" or "risk"), a frozen `Config
 from __future__ import annotations
 
 import dataclasses
+import inspect
+import operator
 import types
 import typing
 from collections.abc import Mapping
@@ -18,7 +20,7 @@ from typing import Any
 import structlog
 
 from ..config import ConfigError, PluginSpec, build
-from ..core.errors import PluginError
+from ..core.errors import PluginError, TradingdError
 
 log = structlog.get_logger(__name__)
 
@@ -109,11 +111,39 @@ def load_plugin(
     if config_cls is None:
         raise PluginError(f"plugin {spec.name!r} ({ep.value}) has no Config class")
     config = _config(config_cls, spec, where, run_defaults or {})
-    try:
-        plugin = cls(config, symbols)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"{where}.params: {exc}") from exc
+    plugin = _construct(cls, config, symbols, spec.name, where, ep.value)
     return _checked(plugin, spec.name, kind, ep.value)
+
+
+def _construct(
+    cls: Any, config: Any, symbols: tuple[str, ...], name: str, where: str, target: str
+) -> Any:
+    """The plugin built as `cls(config, symbols)`. A ValueError is its params refused (the
+    plugins' convention); anything else is the constructor's own failure, named as such: a
+    constructor without `symbols`, or a TypeError inside it, was reported as
+    "signals[0].params: ...", sending the user to params that were fine."""
+    try:
+        inspect.signature(cls).bind(config, symbols)
+    except TypeError as exc:
+        raise PluginError(
+            f"{where}.name = {name!r}: the plugin ({target}) cannot be built: tradingd calls "
+            f"{getattr(cls, '__name__', target)}(config, symbols) and its constructor does not "
+            f"take those two arguments ({exc}); give its __init__ the parameters "
+            "(self, config, symbols)"
+        ) from None
+    except ValueError:  # no signature to read (a builtin): the call says
+        pass
+    try:
+        return cls(config, symbols)
+    except TradingdError:
+        raise
+    except ValueError as exc:
+        raise ConfigError(f"{where}.params: {exc}") from exc
+    except Exception as exc:
+        raise PluginError(
+            f"{where}.name = {name!r}: the plugin's constructor ({target}) failed: "
+            f"{type(exc).__name__}: {exc} (a bug in the plugin, or a resource it needs)"
+        ) from exc
 
 
 def _config(config_cls: type, spec: PluginSpec, where: str, run_defaults: Mapping[str, Any]) -> Any:
@@ -189,7 +219,80 @@ def _checked(plugin: Any, name: str, kind: str, where: str) -> Any:
             f"plugin {name!r} ({where}) lacks {', '.join(f'{m}()' for m in missing)}, which a "
             f"{kind} plugin must have (see tradingd.core.ports)"
         )
+    _check_hooks(plugin, name, where)
     return plugin
+
+
+def _check_hooks(plugin: Any, name: str, where: str) -> None:
+    """The hooks' answers checked when the plugin is built, where a mistake is one clear
+    error: `required_features()` returning None ended `tradingd config` in a TypeError
+    traceback, `history_bars()` returning None the engine's start, and a plain (not async)
+    `settle()` passed every backtest to fail at a live run's first bar."""
+    feature_names(plugin)  # raises naming the plugin
+    hb = getattr(plugin, "history_bars", None)
+    if hb is not None:
+        history_bars_of(plugin)
+    settle = getattr(plugin, "settle", None)
+    if settle is not None and not inspect.iscoroutinefunction(settle):
+        raise PluginError(
+            f"plugin {name!r} ({where}): settle() must be a coroutine function (`async def "
+            f"settle(self) -> None`), and {getattr(settle, '__qualname__', 'settle')} is not: "
+            "a live run awaits it before each checkpoint"
+        )
+
+
+def _plugin_name(plugin: Any) -> str:
+    return str(getattr(plugin, "name", None) or type(plugin).__name__)
+
+
+def feature_names(plugin: Any) -> tuple[str, ...]:
+    """The plugin's `required_features()`, which must be feature names (an iterable of str,
+    not one str: "ret_1" was read letter by letter), or a ConfigError naming the plugin (as
+    an unknown feature it asks for is)."""
+    name = _plugin_name(plugin)
+    try:
+        asked = plugin.required_features()
+    except Exception as exc:
+        raise ConfigError(
+            f"plugin {name!r}: required_features() raised {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        if isinstance(asked, str | bytes):
+            raise TypeError
+        names = tuple(asked)
+        if not all(isinstance(n, str) for n in names):
+            raise TypeError
+    except TypeError:
+        raise ConfigError(
+            f"plugin {name!r}: required_features() must return feature names (a tuple of "
+            f"str, e.g. ('ret_1',); () for none), got {asked!r}"
+        ) from None
+    return names
+
+
+def history_bars_of(plugin: Any) -> int:
+    """The plugin's `history_bars()`: a whole number >= 0 (a numpy integer too), or a
+    ConfigError naming the plugin. A float (30.5) was truncated, a negative count ignored
+    and None ended the engine's start in a traceback from int()."""
+    name = _plugin_name(plugin)
+    try:
+        got = plugin.history_bars()
+    except Exception as exc:
+        raise ConfigError(
+            f"plugin {name!r}: history_bars() raised {type(exc).__name__}: {exc}"
+        ) from exc
+    try:
+        if isinstance(got, bool):
+            raise TypeError
+        n = operator.index(got)
+    except TypeError:
+        n = -1
+    if n < 0:
+        raise ConfigError(
+            f"plugin {name!r}: history_bars() must return the raw bars it reads from "
+            f"ctx.history, a whole number >= 0, got {got!r}"
+        )
+    return n
 
 
 def _kind_of(ep: EntryPoint) -> str | None:

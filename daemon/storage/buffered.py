@@ -126,7 +126,41 @@ def _plain(o: Any) -> Any:
         return [_plain(v) for v in o]
     if dataclasses.is_dataclass(o) and not isinstance(o, type):
         return _plain(dataclasses.asdict(o))
-    return str(o)
+    return str(o)  # (a plugin's checkpointed state may hold none of these: `unstorable`)
+
+
+def unstorable(o: Any) -> tuple[tuple[Any, ...], Any] | None:
+    """Where in `o` is a value `_plain` can only keep as its text (its final `str(o)`): the
+    keys and indexes down to it (`...` for a set's member) and the value; None when all of
+    `o` goes through JSON as a value. A plugin's `state()` holding an object was
+    checkpointed as "<object object at 0x...>", and handed back so to `restore`, with no
+    word. Follows `_plain`'s cases."""
+    if o is None or isinstance(o, float | str | int | bool | datetime | date):
+        return None
+    if isinstance(o, np.generic):
+        return unstorable(o.item())
+    if isinstance(o, Mapping):
+        items: Any = o.items()
+    elif isinstance(o, np.ndarray):
+        items = enumerate(o.tolist())
+    elif isinstance(o, list | tuple):
+        items = enumerate(o)
+    elif isinstance(o, set | frozenset):
+        items = ((..., v) for v in o)  # `...`: a member (a set has no positions)
+    elif dataclasses.is_dataclass(o) and not isinstance(o, type):
+        return unstorable(dataclasses.asdict(o))
+    else:
+        return (), o
+    for key, value in items:
+        inner = unstorable(value)
+        if inner is not None:
+            return (key, *inner[0]), inner[1]
+    return None
+
+
+def path_text(path: tuple[Any, ...]) -> str:
+    """`unstorable`'s path as Python would index it: ['o'][0], or {...} for a set member."""
+    return "".join("{...}" if k is ... else f"[{k!r}]" for k in path)
 
 
 def to_json(obj: Any) -> str:
