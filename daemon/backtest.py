@@ -520,8 +520,9 @@ def write_outputs(
             lambda fh: fh.write(json.dumps(config.to_public_dict(), indent=2, default=str)),
         )
         # What else the numbers depend on (package versions, the CPU features numpy
-        # dispatches to): another machine can give other fills from the same commit.
-        put("environment.json", lambda fh: fh.write(json.dumps(environment(), indent=2)))
+        # dispatches to, the plugins' distributions): another machine, or another version
+        # of a third-party plugin, can give other fills from the same commit and config.
+        put("environment.json", lambda fh: fh.write(json.dumps(environment(config), indent=2)))
         # Last two: `tradingd report` takes a folder with equity.csv for a record, so a
         # process killed between renames leaves none it would read as finished.
         put("equity.csv", equity)

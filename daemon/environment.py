@@ -1,5 +1,6 @@
 """What a run's numbers depend on besides its code, data and config: the packages' versions,
-the CPU features numpy and the BLAS dispatch to, and the variables that change that dispatch.
+the CPU features numpy and the BLAS dispatch to, the variables that change that dispatch, and
+where each configured plugin came from (its module, distribution and version).
 
 Why a run records it: the same commit, data and config give other fills on another machine.
 numpy picks its loops for exp, log and other functions by the CPU's SIMD features (AVX-512
@@ -9,8 +10,9 @@ strategy turns a last-bit difference in one score into another order, then anoth
 numpy's AVX-512 loops on and off). A user comparing two runs needs to see that the machines
 differed before suspecting the code.
 
-Reading it costs milliseconds: package metadata is read, not imported (numpy and
-threadpoolctl are already imported by a backtest).
+Reading it costs milliseconds, a tenth of a second with the plugins' sources (every installed
+distribution's file list is read to find the one providing a module): package metadata is
+read, not imported (numpy and threadpoolctl are already imported by a backtest).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -140,9 +143,57 @@ def source_revision(path: Path | None = None) -> dict[str, Any] | None:
     }
 
 
-def environment() -> dict[str, Any]:
-    """Everything above, for a run's `environment.json` and the benchmarks' results. A part
-    that cannot be read is recorded as its error (logged), never a lost run record."""
+def plugin_sources(config: Any) -> list[dict[str, Any]]:
+    """Each configured plugin (`config.signals`, `.sizing`, `.risk`, in that order): the
+    module its class came from, and the installed distribution providing that module with
+    its version ("tradingd" for the built-ins). The run id does not cover a third-party
+    plugin's code: a rerun after its upgrade has the same id and replaces the record, and
+    this is what tells the two apart. A module no distribution provides (a folder on
+    PYTHONPATH) has None for both."""
+    from .engine.plugins import registered
+
+    specs = [(f"signals[{i}]", s) for i, s in enumerate(config.signals)]
+    specs += [("sizing", config.sizing)]
+    specs += [(f"risk[{i}]", s) for i, s in enumerate(config.risk)]
+    eps = registered()
+    owners = metadata.packages_distributions()
+    out = []
+    for key, spec in specs:
+        targets = eps.get(spec.name, [])
+        module = targets[0].module if len(targets) == 1 else None
+        dist = _distribution(module, owners) if module else None
+        out.append(
+            {
+                "key": key,
+                "name": spec.name,
+                "module": module,
+                "distribution": dist,
+                "version": _version(dist),
+            }
+        )
+    return out
+
+
+def _distribution(module: str, owners: Mapping[str, list[str]]) -> str | None:
+    """The distribution that installs `module`'s top-level package (the first by name where
+    several share it, a namespace package)."""
+    names = sorted(set(owners.get(module.partition(".")[0], ())))
+    return names[0] if names else None
+
+
+def _version(dist: str | None) -> str | None:
+    if dist is None:
+        return None
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def environment(config: Any = None) -> dict[str, Any]:
+    """Everything above, for a run's `environment.json` and the benchmarks' results, with
+    the configured plugins' sources when `config` is given. A part that cannot be read is
+    recorded as its error (logged), never a lost run record."""
     parts: dict[str, Any] = {
         "python": platform.python_version,
         "platform": platform.platform,
@@ -156,6 +207,8 @@ def environment() -> dict[str, Any]:
         },
         "source": source_revision,
     }
+    if config is not None:
+        parts["plugins"] = lambda: plugin_sources(config)
     out: dict[str, Any] = {}
     for key, read in parts.items():
         try:

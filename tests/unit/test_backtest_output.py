@@ -306,6 +306,7 @@ def test_a_record_that_cannot_be_written_whole_is_removed_and_named(tmp_path, mo
     the error was a traceback (exit 1)."""
     import dataclasses
     import errno
+    import json
 
     from tradingd import backtest
     from tradingd.config import Config
@@ -316,7 +317,7 @@ def test_a_record_that_cannot_be_written_whole_is_removed_and_named(tmp_path, mo
     result = EngineResult("r", 1, [t], [1e5], [0.0], 0, 0, 0)
     real = backtest.environment
 
-    def full() -> dict:
+    def full(*_: object) -> dict:
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(backtest, "environment", full)
@@ -328,6 +329,13 @@ def test_a_record_that_cannot_be_written_whole_is_removed_and_named(tmp_path, mo
     monkeypatch.setattr(backtest, "environment", real)
     backtest.write_outputs(out, dataclasses.replace(Config()), result, {"run_id": "r"}, [], [])
     assert (out / "summary.json").exists() and (out / "environment.json").stat().st_size > 0
+    # Which plugin code made the numbers: each configured plugin's module and distribution.
+    env = json.loads((out / "environment.json").read_text())
+    config = Config()
+    specs = (*config.signals, config.sizing, *config.risk)
+    assert [(p["name"], p["distribution"]) for p in env["plugins"]] == [
+        (s.name, "tradingd") for s in specs
+    ]
 
 
 def test_a_record_interrupted_while_written_leaves_nothing_a_report_would_take(
@@ -343,7 +351,7 @@ def test_a_record_interrupted_while_written_leaves_nothing_a_report_would_take(
     t = datetime(2024, 3, 8, tzinfo=UTC)
     result = EngineResult("r", 1, [t], [1e5], [0.0], 0, 0, 0)
 
-    def interrupted() -> dict:
+    def interrupted(*_: object) -> dict:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(backtest, "environment", interrupted)

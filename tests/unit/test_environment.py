@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from importlib import metadata
 
 import numpy as np
 import pandas as pd
@@ -128,3 +129,57 @@ def test_source_revision_is_of_the_folder_not_of_a_git_dir_in_the_environment(
     monkeypatch.setenv("GIT_DIR", str(other / ".git"))
     monkeypatch.setenv("GIT_WORK_TREE", str(other))
     assert source_revision(mine) == {"commit": heads[mine], "uncommitted_changes": False}
+
+
+def _plugin_dist(root, version: str) -> None:
+    """A third-party plugin package as pip installs it: its module, and dist-info naming the
+    module's top-level package and registering the plugin."""
+    (root / "envplug_mod").mkdir(parents=True)
+    (root / "envplug_mod" / "__init__.py").write_text(f"VERSION = {version!r}\n")
+    info = root / f"envplug-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: envplug\nVersion: {version}\n")
+    (info / "top_level.txt").write_text("envplug_mod\n")
+    (info / "entry_points.txt").write_text("[tradingd.plugins]\nenvplug = envplug_mod:EnvPlug\n")
+
+
+def test_the_plugins_are_recorded_with_the_distribution_and_version_that_provide_them(
+    tmp_path, monkeypatch
+):
+    """A rerun after a third-party plugin's upgrade has the same run id and replaced the
+    earlier record: nothing in environment.json told the two apart."""
+    import importlib
+
+    from tradingd.config import load_config
+
+    config = load_config(
+        [{"signals": [{"name": "envplug"}], "sizing": {"name": "equal_weight"}}], env={}
+    )
+    old, new = tmp_path / "v1", tmp_path / "v2"
+    _plugin_dist(old, "0.1.0")
+    _plugin_dist(new, "0.2.0")
+    monkeypatch.syspath_prepend(str(old))
+    importlib.invalidate_caches()
+    first = environment(config)["plugins"]
+    assert first[0] == {
+        "key": "signals[0]",
+        "name": "envplug",
+        "module": "envplug_mod",
+        "distribution": "envplug",
+        "version": "0.1.0",
+    }
+    tradingd = metadata.version("tradingd")
+    assert first[1] == {
+        "key": "sizing",
+        "name": "equal_weight",
+        "module": "tradingd_plugins.sizing.equal_weight",
+        "distribution": "tradingd",
+        "version": tradingd,
+    }
+    assert [p["key"] for p in first[2:]] == [f"risk[{i}]" for i in range(len(config.risk))]
+    assert all(p["distribution"] == "tradingd" for p in first[2:])
+    monkeypatch.setattr(sys, "path", [str(new), *(p for p in sys.path if p != str(old))])
+    importlib.invalidate_caches()
+    assert environment(config)["plugins"][0]["version"] == "0.2.0"
+    # Without a config (the benchmarks' record) there is no plugin part.
+    assert "plugins" not in environment()
