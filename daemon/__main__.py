@@ -343,7 +343,7 @@ def _command(args: argparse.Namespace) -> int:
     if args.command in ("backtest", "fetch"):
         asyncio.run(check_services(config))
     if args.command == "features":
-        from .features.catalog import Catalog, feature_set_id, resolve_set
+        from .features.catalog import Catalog, feature_set_id, feature_unit, resolve_set
 
         f = config.features
         names = resolve_set(f.set, f.extra)
@@ -351,12 +351,10 @@ def _command(args: argparse.Namespace) -> int:
         for n in names:
             cat.node(n)  # every name must parse
         fsid = feature_set_id(f.set, names, f.indicators, f.cross_sectional)
-        print(
-            json.dumps(
-                {"set": fsid.name, "version": fsid.version, "features": list(fsid.features)},
-                indent=2,
-            )
-        )
+        # With each feature's units: `rsi_14` is RSI / 100, and a `rsi_14 < 30` never fired.
+        units = {n: feature_unit(n) for n in fsid.features}
+        listing = {"set": fsid.name, "version": fsid.version, "features": list(fsid.features)}
+        print(json.dumps({**listing, "units": units}, indent=2))
         return 0
     if args.command == "config":
         print(json.dumps(config.to_public_dict(), indent=2, default=str))

@@ -290,6 +290,92 @@ def resolve_set(name: str, extra: Sequence[str] = ()) -> tuple[str, ...]:
     return (*FEATURE_SETS[name], *(e for e in extra if e not in FEATURE_SETS[name]))
 
 
+# ----------------------------------------------------------------------------- units
+
+# What each catalogue feature is, in what units, by its name's pattern (the first that
+# matches). Oscillators TA-Lib gives out of 100 (RSI, ADX, MFI, Stochastic) and its
+# percentages (ROC, NATR) are divided by 100 here: `rsi_14 < 0.30` is RSI under 30, and
+# `rsi_14 < 30` is always true. `{feature}`: the inner feature's own description.
+# tests/unit/test_feature_units.py fails for a catalogue name this table does not cover.
+FEATURE_UNITS: tuple[tuple[str, str], ...] = (
+    (r"open|high|low|close", "price, split-adjusted as of the bar"),
+    (r"volume", "shares, split-adjusted as of the bar"),
+    (r"rsi_(\d+)", "RSI / 100: 0 to 1 (RSI 30 is 0.30)"),
+    (r"roc_(\d+)", "rate of change over n bars / 100: a fraction (0.05 is +5%)"),
+    (r"adx_(\d+)", "ADX / 100: 0 to 1 (ADX 25 is 0.25)"),
+    (r"mfi_(\d+)", "money flow index / 100: 0 to 1 (MFI 20 is 0.20)"),
+    (r"natr_(\d+)", "ATR / close (TA-Lib's NATR / 100): a fraction of the price"),
+    (r"volume_roc_(\d+)", "volume's rate of change over n bars / 100: a fraction (0.5 is +50%)"),
+    (r"atr_(\d+)", "price (average true range)"),
+    (r"macd|macd_signal|macd_hist", "price (MACD line, signal line, histogram)"),
+    (r"macd_norm|macd_signal_norm|macd_hist_norm", "the MACD value / close: a fraction"),
+    (r"stoch_k|stoch_d", "Stochastic %K or %D / 100: 0 to 1 (80 is 0.80)"),
+    (r"bb_upper|bb_middle|bb_lower", "price (Bollinger band)"),
+    (
+        r"bb_position",
+        "(close - lower band) / (upper - lower): 0 at the lower band, 1 at the upper, below "
+        "0 or above 1 outside them (0.5 where the bands are flat)",
+    ),
+    (r"bb_width", "(upper - lower band) / middle band: a fraction"),
+    (r"trange", "price (true range)"),
+    (r"obv", "shares (on-balance volume, summed from the first bar)"),
+    (r"ret_1", "close / previous close - 1: a fraction (0.01 is +1%)"),
+    (r"log_ret_1", "log(close / previous close)"),
+    (r"hl_range", "(high - low) / close: a fraction"),
+    (r"oc_range", "(close - open) / open: a fraction"),
+    (r"rsi_macd", "(RSI / 100 - 0.5) x MACD histogram / ATR: unitless"),
+    (r"return_(\d+)", "close / close n bars before - 1: a fraction"),
+    (r"sma_(\d+)", "price (mean close over n bars)"),
+    (r"volatility_(\d+)", "standard deviation of log_ret_1 over n bars: per bar, not annualised"),
+    (r"ret_mean_(\d+)", "mean of ret_1 over n bars: a fraction per bar"),
+    (
+        r"ret_std_(\d+)",
+        "standard deviation of ret_1 over n bars: a fraction per bar, not annualised",
+    ),
+    (r"support_(\d+)", "close / lowest low of n bars - 1: a fraction, 0 or more"),
+    (r"resistance_(\d+)", "close / highest high of n bars - 1: a fraction, 0 or less"),
+    (r"trend_(\d+)_(\d+)", "sma_n / sma_m - 1: a fraction"),
+    (r"vol_regime_(\d+)_(\d+)", "ret_std_n / ret_std_m: a ratio (1: the same volatility)"),
+    (
+        r"rsi_div_(\d+)_(\d+)",
+        "standard deviations: RSI's change over n bars minus close's, each in its own",
+    ),
+    (
+        r"rsi_obos_(\d+)_(\d+)_(\d+)",
+        "-1 to 1: RSI below lo (+) or above hi (-) as a fraction of the room beyond, 0 between "
+        "(lo and hi in RSI points, 0 to 100)",
+    ),
+    (
+        r"bb_reversion",
+        "band widths outside the Bollinger bands: + below the lower, - above the upper, 0 inside",
+    ),
+    (r"lag_(\d+)_(.+)", "{feature}, k bars before"),
+    (r"zscore_(\d+)_(.+)", "standard deviations of {feature} from its mean over n bars"),
+    (r"cs_rank_(.+)", "rank of {feature} across the universe at the bar: -1 to 1"),
+    (r"cs_z_(.+)", "z-score of {feature} across the universe at the bar: standard deviations"),
+    (
+        r"cs_(.+)",
+        "{feature} across the universe at the bar, by features.cross_sectional: a rank from "
+        "-1 to 1 (rank) or standard deviations (zscore)",
+    ),
+)
+
+
+def feature_unit(name: str) -> str | None:
+    """What the catalogue feature `name` is and its units (see FEATURE_UNITS); None for a
+    name the table does not cover (a feature registered by user code)."""
+    for pattern, text in FEATURE_UNITS:
+        m = re.fullmatch(pattern, name)
+        if m is None:
+            continue
+        if "{feature}" not in text:
+            return text
+        inner = m.groups()[-1]
+        about = feature_unit(inner)
+        return text.format(feature=f"{inner} ({about})" if about else inner)
+    return None
+
+
 # ----------------------------------------------------------------------------- parsing
 
 
