@@ -436,8 +436,10 @@ def _train(config: Config, args: argparse.Namespace) -> int:
         from .config import build
 
         try:
-            data = tomllib.loads(Path(args.model_config).read_text()).get("model", {})
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            data = tomllib.loads(Path(args.model_config).read_text(encoding="utf-8")).get(
+                "model", {}
+            )
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise TradingdError(f"model config {args.model_config}: {exc}") from None
         mc = build(ModelConfig, data, "model")
     if args.epochs is not None:
@@ -664,8 +666,9 @@ def _analysis_tables(path: str | None) -> dict[str, Any]:
         import tomllib
 
         try:
-            data = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError) as exc:
+            data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            # (A file in another encoding than UTF-8, as TOML must be: named, not a traceback.)
             raise TradingdError(f"analysis config {path}: {exc}") from None
         unknown = sorted(set(data) - set(_ANALYSIS_TABLES))
         if unknown:
@@ -691,7 +694,7 @@ def _annualise_as_the_run(tables: dict[str, Any], folder: Path, path: str | None
     import tomllib
 
     try:
-        summary = json.loads((folder / "summary.json").read_text())
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return
     if not isinstance(summary, dict):
@@ -704,8 +707,8 @@ def _annualise_as_the_run(tables: dict[str, Any], folder: Path, path: str | None
     given: dict[str, Any] = {}
     if path:
         try:
-            given = tomllib.loads(Path(path).read_text())
-        except (OSError, tomllib.TOMLDecodeError):
+            given = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
             return
     for name in ("analysis", "validation", "attribution"):
         table = tables.get(name)
@@ -816,7 +819,7 @@ def _report(args: argparse.Namespace) -> int:
 
         unreadable = f"{folder / 'config.json'} cannot be read as the run's configuration"
         try:
-            stored = json.loads((folder / "config.json").read_text())
+            stored = json.loads((folder / "config.json").read_text(encoding="utf-8"))
         except ValueError as exc:
             raise TradingdError(f"{unreadable} ({exc}); pass it with -c") from None
         if isinstance(stored, dict) and (stored.get("data") or {}).get("source") == "frames":

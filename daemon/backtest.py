@@ -446,7 +446,7 @@ def remove_earlier_record(out: Path, run_id: str) -> list[str]:
     early (or failed) left the earlier run's whole record there, which the store no longer
     held. Other files stay."""
     try:
-        earlier = json.loads((out / "summary.json").read_text()).get("run_id")
+        earlier = json.loads((out / "summary.json").read_text(encoding="utf-8")).get("run_id")
     except (OSError, ValueError, AttributeError):
         return []  # no record of a run here (or not one tradingd can read)
     if earlier != run_id:
@@ -488,7 +488,7 @@ def write_outputs(
     def put(name: str, write: Callable[[TextIO], object]) -> None:
         tmp = out / f".{name}.tmp"
         try:
-            with tmp.open("w", newline="") as fh:
+            with tmp.open("w", newline="", encoding="utf-8") as fh:
                 write(fh)
             os.replace(tmp, out / name)
         finally:
@@ -540,7 +540,7 @@ def write_outputs(
 
 
 def _write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:
-    with path.open("w", newline="") as fh:
+    with path.open("w", encoding="utf-8", newline="") as fh:
         _csv_rows(fh, rows)
 
 

@@ -86,7 +86,7 @@ def _current_card(root: Path) -> dict[str, Any] | None:
     """The card of `root/current` (None when there is none or it cannot be read)."""
     path = root / "current" / "card.json"
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None

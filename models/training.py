@@ -151,7 +151,9 @@ def train(
     card["model_version_basis"] = (
         "outputs of both models (one onnxruntime thread) on a fixed probe input + scaling"
     )
-    (out / "card.json").write_text(json.dumps(card, indent=2, default=float) + "\n")
+    (out / "card.json").write_text(
+        json.dumps(card, indent=2, default=float) + "\n", encoding="utf-8"
+    )
     log(
         f"trained in {card['training']['seconds']} s, peak RSS "
         f"{card['training']['peak_rss_mb']} MB; model {version} written to {out}"

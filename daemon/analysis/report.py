@@ -336,7 +336,7 @@ def _build(
     step("loading the run")
     if run_config is None and isinstance(run, str | Path):
         path = Path(run) / "config.json"
-        run_config = json.loads(path.read_text()) if path.exists() else None
+        run_config = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
     public_config = jsonable(redact(dict(run_config)), "run_config") if run_config else None
     rec: RunRecord = run_record(run)
     if rec.equity.size == 0:

@@ -142,7 +142,7 @@ def _read_splits(path: Path) -> dict[str, list[tuple[Any, float]]] | None:
 
 def _json_file(file: Path) -> dict[str, Any]:
     try:
-        data = json.loads(file.read_text())
+        data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise ValueError(f"{file} cannot be read as JSON: {exc}") from None
     if not isinstance(data, dict):

@@ -95,7 +95,7 @@ def count_trials(
         cfg_file = folder / "config.json"
         if cfg_file.exists():
             try:
-                cfg = json.loads(cfg_file.read_text())
+                cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{cfg_file} is not valid JSON: {exc}") from None
             if not isinstance(cfg, dict):

@@ -348,11 +348,14 @@ def _fold_row(f: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _json(path: Path, data: Any) -> None:
-    path.write_text(json.dumps(json_values(data), indent=1, allow_nan=False, default=str) + "\n")
+    path.write_text(
+        json.dumps(json_values(data), indent=1, allow_nan=False, default=str) + "\n",
+        encoding="utf-8",
+    )
 
 
 def _rows_csv(path: Path, rows_: Sequence[Mapping[str, Any]]) -> None:
-    with path.open("w", newline="") as fh:
+    with path.open("w", encoding="utf-8", newline="") as fh:
         if not rows_:
             return
         keys: list[str] = []

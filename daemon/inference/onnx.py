@@ -56,7 +56,7 @@ class ModelCard:
     def load(cls, directory: str | Path) -> ModelCard:
         p = Path(directory) / CARD
         try:
-            data = json.loads(p.read_text())
+            data = json.loads(p.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(
                 f"no model card at {p}: train a model (tradingd train) or point "

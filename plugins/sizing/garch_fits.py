@@ -172,7 +172,7 @@ class FitCache:
         if self.path is None or not self.size or not self.path.exists():
             return
         try:
-            data = json.loads(self.path.read_text())
+            data = json.loads(self.path.read_text(encoding="utf-8"))
             if not (isinstance(data, dict) and data.get("format") == CACHE_FORMAT):
                 log.warning("garch_cache.ignored", path=str(self.path), reason="another format")
                 return
@@ -216,7 +216,7 @@ class FitCache:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(data))
+            tmp.write_text(json.dumps(data), encoding="utf-8")
             os.replace(tmp, self.path)
         except OSError as exc:
             # A full or read-only disk: the cache is optional (the fits are made again),

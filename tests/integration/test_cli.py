@@ -292,3 +292,61 @@ def test_a_closed_stdout_ends_a_printing_command_quietly(tmp_path, command):
     assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
     assert "Exception ignored" not in r.stderr, r.stderr
     assert r.returncode == 128 + signal.SIGPIPE
+
+
+# Runs the tradingd command with Python's EncodingWarning on (`-X warn_default_encoding`):
+# an open() without encoding= takes the locale's. The warning names the line that called
+# open() (or pathlib's read_text and the like), so a library's own files do not count.
+_ENCODING_WATCH = """
+import runpy, sys, warnings
+ours = tuple(sys.argv[1].split(":"))
+def show(message, category, filename, lineno, file=None, line=None):
+    # The warning names the line that called open() (pathlib's too): ours, or a library's.
+    if category is EncodingWarning and filename.startswith(ours):
+        sys.stderr.write(f"LOCALE ENCODING at {filename}:{lineno}\\n")
+        sys.stderr.flush()
+        raise SystemExit(97)
+warnings.simplefilter("always", EncodingWarning)
+warnings.showwarning = show
+import logging
+logging.captureWarnings = lambda capture: None  # tradingd's logging would replace the hook
+sys.argv = ["tradingd", *sys.argv[2:]]
+runpy.run_module("tradingd", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_the_record_is_utf8_whatever_the_hosts_locale(tmp_path):
+    """Under a Latin-1 locale a backtest wrote orders.csv and fills.csv in Latin-1 (a run
+    name "stratégie": its order ids), which `tradingd report` then refused for good; with
+    "€" in the name the whole run ended in a traceback and left no record, and a UTF-8
+    analysis config's title was read as mojibake. Every text file tradingd reads or writes
+    names its encoding: the commands run here with an open() that leaves it to the locale
+    made an error when tradingd's code made it, whatever this machine's locale is."""
+    name = "stratégie-€"
+    cfg = small_config(tmp_path)
+    analysis = tmp_path / "analysis.toml"
+    analysis.write_text(f'[report]\ntitle = "{name} – Q4"\n', encoding="utf-8")
+    out = tmp_path / "out"
+    ours = ":".join(str(ROOT / d) for d in ("daemon", "plugins", "models"))
+    env = {**os.environ, "TRADINGD_RUN__NAME": name}
+    for key in ("DATABASE_URL", "REDIS_URL"):
+        env.pop(key, None)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-X", "warn_default_encoding", "-c", _ENCODING_WATCH, ours, *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=240,
+        )
+
+    done = run("backtest", "-c", str(cfg), "--no-progress", "--output", str(out))
+    assert done.returncode == 0, done.stderr[-3000:]
+    fills = (out / "fills.csv").read_text(encoding="utf-8")
+    assert name in fills  # the order ids carry the run's name, in UTF-8
+    report = run("report", str(out), "--analysis-config", str(analysis))
+    assert report.returncode == 0, report.stderr[-3000:]
+    html = next(out.glob("report*.html")).read_text(encoding="utf-8")
+    assert f"{name} – Q4" in html
