@@ -119,7 +119,8 @@ def source_revision(path: Path | None = None) -> dict[str, Any] | None:
         return subprocess.run(
             ["git", "--no-optional-locks", "-C", str(where), *args],
             capture_output=True,
-            text=True,
+            encoding="utf-8",
+            errors="replace",
             timeout=5,
             check=False,
             env=env,
@@ -129,7 +130,18 @@ def source_revision(path: Path | None = None) -> dict[str, Any] | None:
         # Tracked files here, or the folder is not the checkout's source: an installed copy
         # in a virtualenv inside some other project's checkout would name that project's
         # commit.
-        if git("ls-files", "--error-unmatch", ".").returncode:
+        listed = git("ls-files", "--error-unmatch", ".")
+        if listed.returncode:
+            if "dubious ownership" in listed.stderr:
+                # A checkout owned by another user (a service account running a shared
+                # checkout): git refuses it, and the record went without its commit without
+                # a word, though it is the first thing to compare between two runs.
+                log.warning(
+                    "environment.source_unknown",
+                    folder=str(where),
+                    reason="git refuses a checkout owned by another user (dubious ownership)",
+                    fix=f"git config --global --add safe.directory {where.parent}",
+                )
             return None
         head = git("rev-parse", "HEAD")
         if head.returncode:

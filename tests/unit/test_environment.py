@@ -183,3 +183,21 @@ def test_the_plugins_are_recorded_with_the_distribution_and_version_that_provide
     assert environment(config)["plugins"][0]["version"] == "0.2.0"
     # Without a config (the benchmarks' record) there is no plugin part.
     assert "plugins" not in environment()
+
+
+def test_a_checkout_git_refuses_is_said_not_recorded_as_no_source(monkeypatch, tmp_path):
+    """Run as a user who does not own the checkout, git refuses it ("dubious ownership") and
+    environment.json's source was null without a word. The reason and the fix are logged."""
+    from structlog.testing import capture_logs
+
+    def refused(cmd, **kw):  # type: ignore[no-untyped-def]
+        return subprocess.CompletedProcess(
+            cmd, 128, "", f"fatal: detected dubious ownership in repository at '{tmp_path}'\n"
+        )
+
+    monkeypatch.setattr(subprocess, "run", refused)
+    with capture_logs() as logs:
+        assert source_revision(tmp_path / "daemon") is None
+    [said] = [e for e in logs if e["event"] == "environment.source_unknown"]
+    assert "dubious ownership" in said["reason"]
+    assert said["fix"] == f"git config --global --add safe.directory {tmp_path}"
