@@ -96,6 +96,13 @@ class RunConfig:
         _finite(self, "run")
         _safe_name("run.name", self.name, allow_empty=False)
         _safe_name("run.run_id", self.run_id, allow_empty=True)
+        # The run id goes into every order's client_order_id (`run|YYYYmmddTHHMMSS|symbol|
+        # leg|attempt`, which Alpaca limits to 128 characters: about 40 besides the id) and
+        # into file names (the audit log's, at most 255 bytes): a longer name failed at the
+        # first order, or at the audit log's opening with a traceback, after the data loaded.
+        # A derived id is the name and 20 characters more ("-backtest-" and a 10-digit hash).
+        _short_name("run.name", self.name, RUN_ID_MAX_CHARS - 20)
+        _short_name("run.run_id", self.run_id, RUN_ID_MAX_CHARS)
         _require(self.initial_capital > 0, "run.initial_capital", self.initial_capital, "> 0")
         _require(bool(self.output_dir.strip()), "run.output_dir", self.output_dir, "a folder")
         bounds = {}
@@ -1269,6 +1276,21 @@ def _safe_name(key: str, value: str, *, allow_empty: bool) -> None:
         raise ConfigError(
             f"{key} = {value!r} is invalid: must be a non-empty name without path separators "
             "or control characters (it names output folders and files)"
+        )
+
+
+# The longest run id: its client_order_ids fit Alpaca's 128 characters with a 12-character
+# symbol and a 3-digit attempt; its audit log's file name fits 255 bytes at 3 bytes a letter.
+RUN_ID_MAX_CHARS = 84
+
+
+def _short_name(key: str, value: str, limit: int) -> None:
+    if len(value) > limit or len(value.encode()) > 3 * limit:
+        raise ConfigError(
+            f"{key} is {len(value)} characters ({len(value.encode())} bytes in UTF-8): at most "
+            f"{limit} (and {3 * limit} bytes), since the run id names every order's "
+            "client_order_id, which Alpaca limits to 128 characters, and the run's files; "
+            "choose a shorter one"
         )
 
 

@@ -8,9 +8,11 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Literal
 
+import hypothesis
+import hypothesis.strategies as st
 import pytest
 
 from tradingd.config import (
@@ -645,3 +647,48 @@ def test_the_reconcile_confirmation_wait_is_a_setting(tmp_path):
     assert load(tmp_path, "[live]\nreconcile_confirm_s = 30").live.reconcile_confirm_s == 30.0
     env = {"TRADINGD_LIVE__RECONCILE_CONFIRM_S": "400"}
     assert_names(error(tmp_path, env=env), "live.reconcile_confirm_s", "<= 300")
+
+
+def test_a_run_name_too_long_for_its_order_ids_and_files_is_refused_at_load(tmp_path):
+    """80 Japanese letters as run.name loaded, then failed after the data with a traceback
+    ("File name too long" opening the audit log); a 100-letter ASCII one failed at the
+    first order (client_order_id over Alpaca's 128 characters). Refused at load, naming
+    the key and the limit."""
+    from tradingd.config import RUN_ID_MAX_CHARS, RunConfig
+
+    for key, value in (
+        ("name", "戦略" * 40),
+        ("name", "m" * (RUN_ID_MAX_CHARS - 19)),
+        ("run_id", "r" * (RUN_ID_MAX_CHARS + 1)),
+    ):
+        with pytest.raises(ConfigError, match=rf"run\.{key} is \d+ characters .*at most"):
+            RunConfig(**{key: value})
+    RunConfig(name="m" * (RUN_ID_MAX_CHARS - 20), run_id="r" * RUN_ID_MAX_CHARS)
+
+
+@hypothesis.settings(max_examples=60, deadline=None)
+@hypothesis.given(
+    name=st.integers(1, 150).flatmap(  # every length, not mostly short ones
+        lambda n: st.text(
+            st.characters(codec="utf-8", categories=("L", "N")), min_size=n, max_size=n
+        )
+    ),
+    mode=st.sampled_from(["backtest", "live"]),
+)
+def test_every_accepted_run_name_fits_the_order_ids_and_the_audit_file(name, mode):
+    """What the limit is for: any name the config takes gives a run id whose orders' ids fit
+    Alpaca's 128 characters (a 12-character symbol, the longest leg, attempt 999) and whose
+    audit log's file name fits 255 bytes."""
+    from tradingd.audit import audit_path
+    from tradingd.config import RunConfig
+    from tradingd.core.types import Leg, client_order_id
+
+    try:
+        RunConfig(name=name)
+    except ConfigError:
+        return
+    run_id = f"{name}-{mode}-0123456789"
+    bar = datetime(2024, 1, 2, 21, 0, tzinfo=UTC)
+    longest = max((str(leg) for leg in Leg), key=len)
+    assert len(client_order_id(run_id, bar, "ABCDEFGHIJKL", longest, 999)) <= 128
+    assert len(audit_path("/tmp", run_id).name.encode() + b".live") <= 255
