@@ -28,6 +28,25 @@ _CACHE_HOME = tempfile.mkdtemp(prefix="tradingd-test-cache-")
 os.environ["XDG_CACHE_HOME"] = _CACHE_HOME
 atexit.register(shutil.rmtree, _CACHE_HOME, ignore_errors=True)
 
+
+@pytest.fixture(autouse=True)
+def _structlog_as_it_was():
+    """structlog's configuration is the process's: a test that configured it (the CLI's
+    `main` run in-process calls `configure_logging`) left its level filter to the tests after
+    it in the same worker, and their `capture_logs` saw no info or debug lines (nine loader
+    tests failed, by test order only). Each test leaves it as it found it."""
+    import structlog
+
+    configured, before = structlog.is_configured(), structlog.get_config()
+    yield
+    if structlog.is_configured() == configured and structlog.get_config() == before:
+        return
+    if configured:
+        structlog.configure(**before)
+    else:
+        structlog.reset_defaults()
+
+
 PG_URL = os.environ.get("TRADINGD_TEST_PG_URL", "postgresql://postgres@127.0.0.1:5432/test")
 REDIS_URL = os.environ.get("TRADINGD_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
 
