@@ -2186,11 +2186,15 @@ class Engine:
         the bar, and a plugin that replaced or removed a feature changed the next plugin's
         inputs (silently, or with a KeyError blamed on that one). A write raises in the
         writer, whose call names it. The batch source's rows are read-only views already
-        (`BatchFeatureSource.prepare`); the proxy costs one small object a bar."""
+        (`BatchFeatureSource.prepare`); the proxy costs one small object a bar. `ready` is
+        read-only too, made here each bar: a signal narrowing it in place (`ok = ctx.ready;
+        ok &= ...`) took the view from every later plugin's scores and from the decision."""
         raw = self.features.at(bar)
         if self._ready_at is not None:
             row = self._ready_at(bar)
-            return MappingProxyType(dict(raw)), (valid & row if row is not None else valid.copy())
+            ready = valid & row if row is not None else valid.copy()
+            ready.setflags(write=False)
+            return MappingProxyType(dict(raw)), ready
         ready = valid.copy()
         out: dict[str, np.ndarray] = {}
         for name, v in raw.items():
@@ -2201,6 +2205,7 @@ class Engine:
             v = v.view() if finite.all() else np.where(finite, v, 0.0)
             v.setflags(write=False)
             out[name] = v
+        ready.setflags(write=False)
         return MappingProxyType(out), ready
 
     def _observe(self, ctx: BarContext) -> None:

@@ -1,0 +1,55 @@
+"""What the engine takes from third-party plugins, through a whole run: the inputs it shares
+between plugins stay unchanged, and outputs that would be traded on wrongly (a Series in
+another order, a short where the broker may not short, a verdict with its fields swapped)
+are refused by name or repaired with a log line."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from conftest import live_run, make_panel
+
+from tradingd.core.errors import PluginFault
+
+
+@pytest.mark.parametrize("mode", ["backtest", "live"])
+async def test_a_signal_narrowing_ctx_ready_in_place_is_named_and_the_next_unaffected(
+    engine_config, mode
+):
+    """`ok = ctx.ready; ok &= ...` in one signal changed the mask every later signal and the
+    decision read (a replay of two signals lost four in five of the other's scores, without
+    a word). ctx.ready is read-only: the write is the writer's fault, named, before any
+    other plugin sees the bar."""
+    from tradingd.app import build_engine
+
+    class Narrower:
+        kind, name = "signal", "narrower"
+
+        def required_features(self):  # type: ignore[no-untyped-def]
+            return ()
+
+        def score(self, ctx):  # type: ignore[no-untyped-def]
+            ok = ctx.ready
+            ok &= np.arange(len(ctx.symbols)) == 0
+            return np.where(ok, 0.5, np.nan)
+
+    read: list[np.ndarray] = []
+
+    class Reader(Narrower):
+        name = "reader"
+
+        def score(self, ctx):  # type: ignore[no-untyped-def]
+            read.append(np.array(ctx.ready))
+            return np.zeros(len(ctx.symbols))
+
+    if mode == "live":
+        panel, config = live_run(engine_config)
+    else:
+        panel, config = make_panel(n_bars=90, split_at=None), engine_config
+    engine = build_engine(config, mode, panel=panel)
+    engine.pipeline.signals = [(Narrower(), 1.0), (Reader(), 1.0)]
+    with pytest.raises(
+        PluginFault, match=r"plugin 'narrower' failed in (score|observe).*read-only"
+    ):
+        await engine.run_until_done()
+    assert not read, "the reader ran after a write: the write did not stop the bar"
