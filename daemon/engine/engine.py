@@ -2297,16 +2297,17 @@ class Engine:
             repairs=self._repairs,
         )
         if self._may_short and count_nonzero(t < 0):
-            t = self._no_shorts(p, t, ctx.time)
+            t = self._no_shorts(p, "size", t, ctx.time)
         return t
 
-    def _no_shorts(self, plugin: Any, t: np.ndarray, when: datetime) -> np.ndarray:
+    def _no_shorts(self, plugin: Any, stage: str, t: np.ndarray, when: datetime) -> np.ndarray:
         """A negative target where the broker may not short (`broker.allow_short = false`)
         is a target of zero: close the long, do not open a short. Sent as it was, the sale
         asked for more shares than held and was refused whole, so the long was not closed
-        either. Logged (a deliberate repair), as `engine.targets_repaired`."""
+        either (and a broker account that may short opened one). Logged (a deliberate
+        repair), as `engine.targets_repaired`, naming the plugin and stage that went short."""
         short = t < 0
-        _repaired(plugin, "size", when, "short_target", short, self.symbols, self._repairs)
+        _repaired(plugin, stage, when, "short_target", short, self.symbols, self._repairs)
         return np.where(short, 0.0, t)
 
     def _risk(self, targets: np.ndarray, ctx: BarContext) -> tuple[np.ndarray, list[RiskVerdict]]:
@@ -2314,8 +2315,16 @@ class Engine:
         view (not the array itself, which the sizing or an earlier plugin may reuse): a
         plugin that zeroed its input in place changed the targets with no verdict. And a
         plugin may cut a target without a verdict, but not raise its absolute weight or
-        flip its sign without one for the symbol (or the whole book): see `_raised`."""
+        flip its sign without one for the symbol (or the whole book): see `_raised`.
+
+        A negative target where the broker may not short is 0 after each plugin that made
+        one (`_no_shorts`, as after sizing): the sizing's repair alone let a risk plugin's
+        flip reach the planner, so a backtest sent shorts refused one by one and a live
+        account that may short opened them. After each, not after the chain: the next plugin
+        judges the targets that will be traded, and the log line names the one that went
+        short."""
         verdicts: list[RiskVerdict] = []
+        long_only = self.long_only
         for r in self.pipeline.risks:
             given = targets.view()
             given.setflags(write=False)
@@ -2358,8 +2367,12 @@ class Engine:
             # Unchanged (the same array back) in most plugins at most bars: no compare. Else
             # one pass: out * (given - out) < 0 where out is not between 0 and given, i.e.
             # raised in absolute weight or flipped in sign; the margin forgives rounding.
-            if targets is not given and count_nonzero(targets * (given - targets) < _RAISE_MARGIN):
+            if targets is given:
+                continue
+            if count_nonzero(targets * (given - targets) < _RAISE_MARGIN):
                 self._raised(r, given, targets, decision.verdicts, ctx.time)
+            if long_only and count_nonzero(targets < 0):
+                targets = self._no_shorts(r, "check", targets, ctx.time)
         return targets, verdicts
 
     def _raised(

@@ -53,3 +53,49 @@ async def test_a_signal_narrowing_ctx_ready_in_place_is_named_and_the_next_unaff
     ):
         await engine.run_until_done()
     assert not read, "the reader ran after a write: the write did not stop the bar"
+
+
+@pytest.mark.parametrize("mode", ["backtest", "live"])
+async def test_a_risk_plugins_shorts_are_closed_longs_where_the_broker_may_not_short(
+    engine_config, mode
+):
+    """A risk plugin flipping the targets (with a verdict for the book) under
+    broker.allow_short = false: the backtest sent short entries, refused one by one
+    ("insufficient qty"), and a live run against an account that may short opened one; no
+    `engine.targets_repaired` line said why. The shorts are targets of 0 (the longs close),
+    logged naming the risk plugin, and no order is refused."""
+    from structlog.testing import capture_logs
+
+    from tradingd.app import build_engine
+    from tradingd.core.ports import RiskDecision
+    from tradingd.core.types import RiskVerdict
+
+    class Flipper:
+        kind, name = "risk", "flipper"
+
+        def required_features(self):  # type: ignore[no-untyped-def]
+            return ()
+
+        def check(self, targets, ctx):  # type: ignore[no-untyped-def]
+            if ctx.index % 10 != 0:
+                return RiskDecision(targets)
+            return RiskDecision(-targets, (RiskVerdict(self.name, None, "scale", "flip"),))
+
+    if mode == "live":
+        panel, config = live_run(engine_config)
+    else:
+        panel, config = make_panel(n_bars=120, split_at=None), engine_config
+    assert config.broker.allow_short is False
+    engine = build_engine(config, mode, panel=panel)
+    engine.pipeline.risks = [*engine.pipeline.risks, Flipper()]
+    lowest: list[float] = []
+    engine.after_bar.append(lambda t, v: lowest.append(float(engine.portfolio.quantity.min())))
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    repaired = [e for e in logs if e["event"] == "engine.targets_repaired"]
+    assert repaired and {(e["plugin"], e["stage"], e["kind"]) for e in repaired} == {
+        ("flipper", "check", "short_target")
+    }
+    assert not [e for e in logs if e["event"] == "order.rejected"]
+    assert lowest and min(lowest) >= 0.0
+    assert engine.result().fills > 0

@@ -487,6 +487,70 @@ def test_a_risk_plugin_may_raise_with_a_verdict_and_cut_without_one():
         _risk(_RiskDoing(lambda t: np.where(t == 0.05, 0.0501, t)), levered)
 
 
+class _Seeing:
+    """A risk plugin that keeps what it was given and returns `out` (a new array), with a
+    verdict for the whole book (so a flip is not refused as unexplained)."""
+
+    kind = "risk"
+
+    def __init__(self, name: str, out: np.ndarray) -> None:
+        self.name, self.out, self.given = name, out, None
+
+    def check(self, targets: np.ndarray, ctx: object) -> object:
+        from tradingd.core.ports import RiskDecision
+        from tradingd.core.types import RiskVerdict
+
+        self.given = np.array(targets)
+        return RiskDecision(self.out.copy(), (RiskVerdict(self.name, None, "scale", "x"),))
+
+
+@pytest.mark.parametrize("long_only", [True, False])
+def test_a_risk_plugins_negative_target_is_zero_where_the_broker_may_not_short(long_only):
+    """broker.allow_short = false was applied to the sizing's targets only: a risk plugin
+    that flipped targets (with a verdict, so not refused) had its shorts planned, refused
+    one by one in a backtest and opened at a live broker whose account may short, with no
+    log line. A long-only engine reads its negative target as 0, logged naming the risk
+    plugin, before the next plugin of the chain; one that may short keeps it."""
+    from structlog.testing import capture_logs
+
+    flipped = np.array([0.1, -0.2, 0.0, 0.05, -0.0, -0.3])
+    first = _Seeing("flipper", flipped)
+    second = _Seeing("after", np.array([0.1, 0.0, 0.0, 0.05, 0.0, 0.0]))
+    engine = _engine(first, long_only=long_only)
+    engine.pipeline.risks = [first, second]
+    with capture_logs() as logs:
+        engine._risk(np.array([0.1, 0.2, 0.0, 0.05, 0.0, 0.3]), SimpleNamespace(time="t"))
+    repaired = [e for e in logs if e["event"] == "engine.targets_repaired"]
+    if long_only:
+        np.testing.assert_array_equal(second.given, [0.1, 0.0, 0.0, 0.05, 0.0, 0.0])
+        assert [(e["plugin"], e["stage"], e["kind"]) for e in repaired] == [
+            ("flipper", "check", "short_target")
+        ]
+        assert repaired[0]["symbols"] == ["S1", "S5"]  # -0.0 is no short
+    else:
+        np.testing.assert_array_equal(second.given, flipped)
+        assert not repaired
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.lists(st.floats(-2.0, 2.0, allow_subnormal=False), min_size=N, max_size=N),
+        min_size=1,
+        max_size=4,
+    )
+)
+def test_no_risk_plugin_nor_the_planner_sees_a_short_in_a_long_only_engine(outputs):
+    """Whatever the chain's plugins return, in a long-only engine each is given targets of
+    at least 0 and the chain's result is its last output with the shorts at 0."""
+    plugins = [_Seeing(f"r{k}", np.array(out)) for k, out in enumerate(outputs)]
+    engine = _engine(plugins[0], long_only=True)
+    engine.pipeline.risks = plugins
+    got, _ = engine._risk(np.full(N, 0.1), SimpleNamespace(time="t"))
+    assert all((p.given >= 0).all() for p in plugins)
+    np.testing.assert_array_equal(got, np.where(plugins[-1].out < 0, 0.0, plugins[-1].out))
+
+
 class _Slow:
     """A plugin of every kind whose call takes `seconds` on the engine's clock (a fake one,
     advanced by the call: no sleeping)."""
