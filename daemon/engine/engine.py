@@ -73,6 +73,7 @@ from .accounting import BLOCKING, RejectionRecord, RiskRecord, rule_of
 from .decisions import decision_record
 from .history import HistoryBuffer
 from .planner import OrderPlanner, Plan
+from .plugin_outputs import verdict_error
 from .plugins import feature_names, history_bars_of
 from .portfolio import Portfolio
 
@@ -376,6 +377,8 @@ class Engine:
         # One daemon per store and account (tradingd.instance_lock): taken before the store.
         self.lock = lock
         self.symbols = run.symbols
+        # A risk verdict's symbol is one of these or None (`plugin_outputs.verdict_error`).
+        self._universe = frozenset(self.symbols)
         self.features = features
         # Deliberate retries of transiently refused orders (orders.retry_attempts, live).
         self.retry_attempts = retry_attempts
@@ -2355,14 +2358,9 @@ class Engine:
                 repairs=self._repairs,
             )
             if decision.verdicts:
-                bad = [v for v in decision.verdicts if not isinstance(v, RiskVerdict)]
-                if bad:
-                    raise PluginFault(
-                        r.name,
-                        "check",
-                        ctx.time,
-                        TypeError(f"a verdict is {type(bad[0]).__name__}, not RiskVerdict"),
-                    )
+                error = verdict_error(r.name, decision.verdicts, self._universe)
+                if error is not None:
+                    raise PluginFault(r.name, "check", ctx.time, error)
                 verdicts.extend(decision.verdicts)
             # Unchanged (the same array back) in most plugins at most bars: no compare. Else
             # one pass: out * (given - out) < 0 where out is not between 0 and given, i.e.

@@ -138,6 +138,7 @@ def test_the_default_chain_passes_the_engines_checks_on_its_risk_plugins(
         )
     engine = Engine.__new__(Engine)  # only what _risk reads
     engine.symbols, engine._repairs, engine._slow_plugin_s = SYMS, {}, 5.0
+    engine._universe = frozenset(SYMS)
     engine.long_only = False  # the targets and book here are long and short
     engine.pipeline = SimpleNamespace(risks=plugins)
     given_targets = targets.copy()

@@ -138,6 +138,7 @@ def _returning(value: object) -> _Stub:
 def _engine(plugin: object, *, long_only: bool = False) -> Engine:
     engine = Engine.__new__(Engine)
     engine.symbols = tuple(f"S{i}" for i in range(N))
+    engine._universe = frozenset(engine.symbols)
     engine.long_only = engine._may_short = long_only  # a plugin without allow_short
     engine._repairs = {}
     engine._slow_plugin_s = 5.0
@@ -485,6 +486,36 @@ def test_a_risk_plugin_may_raise_with_a_verdict_and_cut_without_one():
     # A raise of 0.2% of a 5% weight is still one.
     with pytest.raises(PluginFault, match=r"S3 0.05 -> 0.0501"):
         _risk(_RiskDoing(lambda t: np.where(t == 0.05, 0.0501, t)), levered)
+
+
+@pytest.mark.parametrize(
+    ("plugin", "symbol", "fault"),
+    [
+        ("S0", "doer", r"names the plugin 'S0' \(symbol 'doer'\), not 'doer'"),  # swapped
+        ("max_position", "S0", r"names the plugin 'max_position'"),  # another's name
+        ("doer", "ZZZZ", r"symbol 'ZZZZ' is not in the universe"),
+        ("doer", "", r"symbol '' is not in the universe.*None for a verdict about the whole"),
+        ("doer", 3, r"symbol 3 is not in the universe"),
+        ("doer", ["S0"], r"symbol \['S0'\] is not in the universe"),
+        ("doer", "S0", None),
+        ("doer", None, None),  # the whole book
+    ],
+)
+def test_a_verdict_names_its_own_plugin_and_a_symbol_of_the_universe(plugin, symbol, fault):
+    """A verdict is counted and reported by its plugin and symbol: with the two swapped
+    (RiskVerdict(symbol, name, ...)) the summary's risk_verdicts_by_rule said "AAPL/AAPL"
+    and the verdict covered no symbol. Refused, naming the plugin and the field."""
+    from tradingd.core.types import RiskVerdict
+
+    verdict = RiskVerdict(plugin, symbol, "scale", "half")  # type: ignore[arg-type]
+    sized = np.array([0.1, 0.2, 0.0, 0.05, 0.0, 0.3])
+    doer = _RiskDoing(lambda t: t * 0.5, (verdict,))
+    if fault is None:
+        _, verdicts = _risk(doer, sized)
+        assert verdicts == [verdict]
+    else:
+        with pytest.raises(PluginFault, match=rf"'doer' failed in check.*{fault}"):
+            _risk(doer, sized)
 
 
 class _Seeing:
