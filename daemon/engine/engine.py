@@ -73,7 +73,7 @@ from .accounting import BLOCKING, RejectionRecord, RiskRecord, rule_of
 from .decisions import decision_record
 from .history import HistoryBuffer
 from .planner import OrderPlanner, Plan
-from .plugin_outputs import verdict_error
+from .plugin_outputs import by_symbol, verdict_error
 from .plugins import feature_names, history_bars_of
 from .portfolio import Portfolio
 
@@ -2233,10 +2233,14 @@ class Engine:
             t0 = _perf_counter()
             try:  # inline `_call`: a frame less for every plugin call of every bar
                 given = plugin.score(ctx)
-                # The same array when it is one already; text, booleans or a mapping fail
-                # here, as the plugin's fault.
+                # The same array when it is one already; a Series is lined up on the
+                # symbols (by_symbol); text, booleans or a mapping fail here, as the
+                # plugin's fault.
                 s = np.asarray(given, dtype=np.float64)
                 if s is not given:
+                    aligned = by_symbol(given, self.symbols)
+                    if aligned is not given:
+                        given, s = aligned, np.asarray(aligned, dtype=np.float64)
                     _refuse_non_numbers(given)
             except PluginFault:
                 raise
@@ -2508,6 +2512,10 @@ def _check_array(
     try:
         a = np.asarray(arr, dtype=np.float64)  # the same array when it is one already
         if a is not arr:
+            if symbols is not None:  # a Series, lined up on the symbols (by_symbol)
+                aligned = by_symbol(arr, symbols)
+                if aligned is not arr:
+                    arr, a = aligned, np.asarray(aligned, dtype=np.float64)
             _refuse_non_numbers(arr)
     except (TypeError, ValueError) as exc:  # text, booleans, a mapping, ragged lists, complex
         raise PluginFault(_name(plugin), stage, t, exc) from exc

@@ -1,13 +1,46 @@
-"""Checks of what a plugin returns that need the universe's symbols: a risk verdict's names.
-The engine calls these off its fast path (a bar without verdicts costs nothing here) and
-turns what they find into the plugin's PluginFault."""
+"""Checks of what a plugin returns that need the universe's symbols: a labelled output (a
+pandas Series) lined up on them, and a risk verdict's names. The engine calls these off its
+fast path (an ndarray of scores or targets, a bar without verdicts costs nothing here) and
+turns what they raise into the plugin's PluginFault."""
 
 from __future__ import annotations
 
 from collections.abc import Container, Sequence
 from typing import Any
 
+import numpy as np
+import pandas as pd
+
 from ..core.types import RiskVerdict
+
+_ORDER_HINT = "return an array in ctx.symbols order, or a Series indexed by symbol"
+
+
+def by_symbol(given: Any, symbols: Sequence[str]) -> Any:
+    """A Series (anything with an `index` of labels) as an array in `symbols` order; any
+    other output as it is.
+
+    numpy reads a Series by position: one sorted by value or reversed scored (or sized)
+    the wrong symbols without a word. Its labels are taken at their word when they are
+    exactly the universe's symbols, in any order; else (a symbol missing, one unknown, one
+    twice) nothing safe can be made of it, and the error names them."""
+    labels = getattr(given, "index", None)
+    if labels is None or callable(labels):  # a list's .index is a method, not labels
+        return given
+    index = pd.Index(labels)
+    if index.equals(pd.Index(symbols)):
+        return np.asarray(given)
+    if index.has_duplicates:
+        twice = index[index.duplicated()].unique()
+        raise ValueError(f"the Series' index holds {_few(twice)} more than once: {_ORDER_HINT}")
+    where = index.get_indexer(symbols)
+    missing = [s for s, i in zip(symbols, where.tolist(), strict=True) if i < 0]
+    unknown = index.difference(pd.Index(symbols))
+    if missing or len(unknown):
+        said = [f"lacks {_few(missing)}"] if missing else []
+        said += [f"holds {_few(unknown)}, not in the universe"] if len(unknown) else []
+        raise ValueError(f"the Series' index {' and '.join(said)}: {_ORDER_HINT}")
+    return np.asarray(given)[where]
 
 
 def verdict_error(name: str, verdicts: Sequence[Any], universe: Container[str]) -> Exception | None:
@@ -35,3 +68,9 @@ def verdict_error(name: str, verdicts: Sequence[Any], universe: Container[str]) 
                 "ctx.symbols, or None for a verdict about the whole book"
             )
     return None
+
+
+def _few(labels: Any, shown: int = 5) -> str:
+    items = [str(s) for s in list(labels)[:shown]]
+    more = f" (and {len(labels) - shown} more)" if len(labels) > shown else ""
+    return ", ".join(items) + more

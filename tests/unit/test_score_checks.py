@@ -518,6 +518,70 @@ def test_a_verdict_names_its_own_plugin_and_a_symbol_of_the_universe(plugin, sym
             _risk(doer, sized)
 
 
+_SYMS = tuple(f"S{i}" for i in range(N))
+
+
+def _stage_output(stage: str, value: object) -> object:
+    from tradingd.core.ports import RiskDecision
+
+    return RiskDecision(value) if stage == "check" else value  # type: ignore[arg-type]
+
+
+def _result(stage: str, value: object) -> np.ndarray:
+    got = _run_stage(
+        _engine(_returning(_stage_output(stage, value))), stage, SimpleNamespace(time="t")
+    )
+    return got[0] if stage == "check" else got  # type: ignore[index,return-value]
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    stage=st.sampled_from(["score", "size", "check"]),
+    values=st.lists(st.floats(0.0, 1.0), min_size=N, max_size=N),
+    order=st.permutations(range(N)),
+)
+def test_a_series_is_read_by_its_symbols_in_any_order(stage, values, order):
+    """numpy reads a Series by position: one sorted by score (or reversed) scored, sized or
+    checked the wrong symbols without a word. Indexed by exactly the universe's symbols, in
+    any order, it is the array in ctx.symbols order."""
+    import pandas as pd
+
+    shuffled = pd.Series([values[i] for i in order], index=[_SYMS[i] for i in order])
+    np.testing.assert_array_equal(_result(stage, shuffled), _result(stage, np.array(values)))
+
+
+@pytest.mark.parametrize("stage", ["score", "size", "check"])
+@pytest.mark.parametrize(
+    ("index", "said"),
+    [
+        (["S1", "S2", "S3", "S4", "S5", "ZZZZ"], r"lacks S0 and holds ZZZZ, not in the universe"),
+        (["S0", "S1", "S2", "S3", "S4"], r"lacks S5:"),
+        ([*_SYMS, "ZZZZ"], r"holds ZZZZ, not in the universe:"),
+        (["S0", "S0", "S1", "S2", "S3", "S4"], r"holds S0 more than once"),
+        (list(range(N)), r"lacks S0, S1, S2, S3, S4 \(and 1 more\) and holds 0, 1, 2, 3, 4"),
+    ],
+)
+def test_a_series_not_indexed_by_the_universe_is_the_plugins_fault(stage, index, said):
+    """A Series whose index is not the universe's symbols (one missing, one unknown, one
+    twice, or positions) cannot be lined up: refused, naming what is wrong and what to
+    return, rather than read by position."""
+    import pandas as pd
+
+    value = pd.Series(np.linspace(0.0, 0.5, len(index)), index=index)
+    engine = _engine(_returning(_stage_output(stage, value)))
+    hint = r"return an array in ctx.symbols order, or a Series indexed by symbol"
+    with pytest.raises(PluginFault, match=rf"'q' failed in {stage}.*{said}.*{hint}"):
+        _run_stage(engine, stage, SimpleNamespace(time="t"))
+
+
+def test_a_series_of_booleans_is_still_refused_after_lining_up():
+    import pandas as pd
+
+    value = pd.Series(np.ones(N, dtype=bool), index=_SYMS[::-1])
+    with pytest.raises(PluginFault, match=r"'q' failed in size.*booleans"):
+        _run_stage(_engine(_returning(value)), "size", SimpleNamespace(time="t"))
+
+
 class _Seeing:
     """A risk plugin that keeps what it was given and returns `out` (a new array), with a
     verdict for the whole book (so a flip is not refused as unexplained)."""
