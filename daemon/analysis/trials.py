@@ -20,9 +20,11 @@ from .run_records import run_record
 from .stat_common import _clean
 from .trial_ledger import (
     DEFAULT_IGNORED_CONFIG,
+    HASH_VERSION,
     TRIALS_LEDGER,
     config_hash,
     ledger_entries,
+    legacy_config_hash,
     record_trial,
 )
 
@@ -84,12 +86,15 @@ def count_trials(
     `tradingd backtest` writes them: `<root>/<run_id>/config.json`, `equity.csv`,
     `summary.json`). Folders with the same `config_hash` are reruns of one variant; a folder
     without config.json counts as its own variant (by its run id). The root's ledger
-    (`record_trial`) adds the variants whose folders a rerun under their run id replaced."""
+    (`record_trial`) adds the variants whose folders a rerun under their run id replaced.
+    A ledger line of a build before HASH_VERSION 2 holds the whole file's hash: it names a
+    folder's variant when a folder's config hashed so, else a replaced one of its own."""
     root = Path(runs_root)
     if not root.is_dir():
         raise ValueError(f"runs root {str(root)!r} is not a folder")
     ignore = tuple(ignore)
     configs: dict[str, list[str]] = {}
+    legacy: dict[str, str] = {}  # a folder's whole-file hash (old ledger lines): its key
     runs = 0
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         cfg_file = folder / "config.json"
@@ -101,6 +106,7 @@ def count_trials(
             if not isinstance(cfg, dict):
                 raise ValueError(f"{cfg_file} is not a configuration table")
             key = config_hash(cfg, ignore)
+            legacy[legacy_config_hash(cfg, ignore)] = key
         elif (folder / "summary.json").exists() or (folder / "equity.csv").exists():
             key = "run:" + folder.name
         else:
@@ -112,6 +118,8 @@ def count_trials(
     default_ignore = ignore == DEFAULT_IGNORED_CONFIG
     for entry in ledger_entries(root / TRIALS_LEDGER) if default_ignore else []:
         key = entry["config_hash"]
+        if entry.get("hash_version") != HASH_VERSION:
+            key = legacy.get(key, key)
         if key in configs:
             continue  # a folder holds this variant (its Sharpe ratio is read from it)
         configs[key] = [f"{entry.get('run_id')} (folder replaced by a rerun)"]
