@@ -22,7 +22,7 @@ from ..core.types import Fill, Side
 from .return_metrics import _arr
 from .splits import restate_for_splits
 
-__all__ = ["RunRecord", "restate_for_splits", "run_record", "stored_run_results"]
+__all__ = ["RunRecord", "record_folder", "restate_for_splits", "run_record", "stored_run_results"]
 
 log = structlog.get_logger(__name__)
 
@@ -150,8 +150,10 @@ def _json_file(file: Path) -> dict[str, Any]:
     return data
 
 
-def _from_directory(path: Path) -> RunRecord:
-    """A run's record folder as `tradingd backtest` writes it."""
+def record_folder(path: Path, *, warn_unrestated: bool = True) -> RunRecord:
+    """A run's record folder as `tradingd backtest` writes it. `warn_unrestated` off: the
+    caller reads the equity curve only (`trials.count_trials`), which the restatement of
+    the fills does not change, and a warning per older folder said nothing it needs."""
     eq_file = path / "equity.csv"
     if not eq_file.exists():
         raise ValueError(f"{path} is not a run record: it has no equity.csv")
@@ -185,13 +187,14 @@ def _from_directory(path: Path) -> RunRecord:
         )
     gx = eq.get("gross_exposure")
     splits = _read_splits(path)
-    if splits is None and fills is not None and len(fills):
+    if splits is None and fills is not None and len(fills) and warn_unrestated:
         log.warning(
             "analysis.fills_not_restated",
             folder=str(path),
             detail="the record has no splits.csv (written by tradingd backtest since "
-            "2026-12-05): a round trip across a split is scored in the shares of its day; "
-            "run the backtest again for a record that has it",
+            "2026-12-05). This matters only if a traded symbol split during the run: a "
+            "round trip across a split is then scored in the shares of its day; run the "
+            "backtest again for a record that has it",
         )
     return _record(
         eq["equity"].to_numpy(dtype=float),
@@ -213,7 +216,7 @@ def run_record(backtest_results: Any) -> RunRecord:
     if isinstance(backtest_results, RunRecord):
         return backtest_results
     if isinstance(backtest_results, str | Path):
-        return _from_directory(Path(backtest_results))
+        return record_folder(Path(backtest_results))
     if isinstance(backtest_results, Mapping):
         d = backtest_results
         if "equity_curve" not in d:

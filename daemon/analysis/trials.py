@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from .return_metrics import per_bar_rate, simple_returns
-from .run_records import run_record
+from .run_records import record_folder
 from .stat_common import _clean
 from .trial_ledger import (
     DEFAULT_IGNORED_CONFIG,
@@ -138,7 +138,7 @@ def count_trials(
             if not (root / name / "equity.csv").exists():
                 continue
             try:
-                rec = run_record(root / name)
+                rec = record_folder(root / name, warn_unrestated=False)
             except ValueError:
                 continue
             r = simple_returns(rec.equity, rec.initial_capital)

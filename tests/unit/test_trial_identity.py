@@ -115,3 +115,28 @@ def test_an_old_ledger_line_naming_a_present_folder_is_not_another_trial(tmp_pat
         ["gone (folder replaced by a rerun)"],
         ["run-a"],
     ]
+
+
+def test_counting_trials_over_records_without_splits_csv_warns_of_nothing(tmp_path):
+    """The trial count reads equity curves, which restating fills for splits does not
+    change: a warning per record older than splits.csv said nothing it needs."""
+    from structlog.testing import capture_logs
+
+    for k, name in enumerate(("old-1", "old-2", "old-3")):
+        cfg = _full()
+        cfg["orders"]["rebalance_band"] = 0.01 * (k + 1)
+        _write(tmp_path, name, cfg, k)
+        (tmp_path / name / "fills.csv").write_text(
+            "time,symbol,side,quantity,price\n2015-01-05T00:00:00+00:00,AAA,buy,10,100.0\n"
+        )
+    with capture_logs() as logs:
+        tc = count_trials(tmp_path, risk_free_rate=0.0)
+    assert len(tc.sharpe_ratios) == 3
+    assert [e for e in logs if e["event"] == "analysis.fills_not_restated"] == []
+    # Reading one such record for its fills says it once, and when it matters.
+    from tradingd.analysis.run_records import run_record
+
+    with capture_logs() as logs:
+        run_record(tmp_path / "old-1")
+    (warned,) = [e for e in logs if e["event"] == "analysis.fills_not_restated"]
+    assert "matters only if a traded symbol split during the run" in warned["detail"]
