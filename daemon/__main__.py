@@ -102,8 +102,27 @@ def _config(paths: Sequence[str]) -> Config:
     return load_config(_config_paths(paths))
 
 
+class _VersionAction(argparse.Action):
+    """`tradingd --version`: the version and the source commit (`build_info`), read only
+    when asked (a git call), so an upgrade can be checked before and after."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **kwargs: Any) -> None:
+        super().__init__(option_strings, dest, nargs=0, help="print the version and commit")
+
+    def __call__(self, parser: argparse.ArgumentParser, *args: Any, **kwargs: Any) -> None:
+        from .build_info import this_build
+
+        build = this_build()
+        text = build.label()
+        if not build.commit:
+            text += " (no git checkout: commit unknown)"
+        print(text)
+        parser.exit()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tradingd", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action=_VersionAction)
     sub = p.add_subparsers(dest="command", required=True)
 
     def common(sp: argparse.ArgumentParser) -> None:
@@ -860,7 +879,24 @@ def _report(args: argparse.Namespace) -> int:
         map_fn=map_fn,
     )
     print(_report_line(files))
+    note = _build_note(folder)
+    if note:
+        print(note)
     return 0
+
+
+def _build_note(folder: Path) -> str:
+    """A line when the record was made by other code than this build: after an upgrade its
+    numbers are not what this build would give (README, Upgrading)."""
+    from .build_info import recorded_build, this_build
+
+    recorded, here = recorded_build(folder), this_build()
+    if recorded is None or not recorded.differs_from(here):
+        return ""
+    return (
+        f"note: run {folder.name} was made by {recorded.label()}; this is {here.label()} "
+        "(a rerun with this build may differ where the code changed)"
+    )
 
 
 def _report_line(files: Any) -> str:

@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..build_info import Build, recorded_build, this_build
 from ..core.errors import ConfigError
 from ..secrets import redact
 from . import report_charts as charts
@@ -374,6 +375,7 @@ def _build(
         "title": cfg.title or f"Run {rec.run_id or '(no id)'}",
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "tradingd_version": _version(),
+        **_builds(run),
         "source": str(run) if isinstance(run, str | Path) else type(run).__name__,
         "run_id": rec.run_id,
         "analysis": analysis,
@@ -590,7 +592,21 @@ def _subtitle(d: Mapping[str, Any]) -> str:
         "no benchmark"
     )  # fmt: skip
     parts.append(f"generated {d['generated_at']} by tradingd {d['tradingd_version']}")
+    if d.get("record_build_differs"):
+        parts.append(f"the run was made by {Build(**d['record_build']).label()}")
     return " · ".join(parts)
+
+
+def _builds(run: Any) -> dict[str, Any]:
+    """The build that made a record folder, and whether it is other code than this one's:
+    after an upgrade the reader compares numbers across builds, and the report says so."""
+    recorded = recorded_build(Path(run)) if isinstance(run, str | Path) else None
+    if recorded is None:
+        return {"record_build": None, "record_build_differs": False}
+    return {
+        "record_build": recorded.as_dict(),
+        "record_build_differs": recorded.differs_from(this_build()),
+    }
 
 
 def _tiles(a: Mapping[str, Any]) -> list[tuple[str, str]]:

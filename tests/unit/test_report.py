@@ -736,3 +736,28 @@ def test_report_monte_carlo_in_worker_processes_is_the_same(cli, run_dir, tmp_pa
     assert sections[0]["Statistical tests"] == sections[1]["Statistical tests"]
     code, _, err = cli("report", "report-unit", "-c", str(cfg), "--workers", "-1")
     assert code == 2 and "--workers must be >= 0" in err
+
+
+def test_report_names_the_build_that_made_a_record_of_other_code(cli, run_dir, tmp_path):
+    """After an upgrade a report of an old record compared it with nothing: the record's
+    environment.json named another commit, and neither the report nor its line said so."""
+    import shutil
+
+    old = tmp_path / "old-build"
+    shutil.copytree(run_dir, old)
+    env = json.loads((old / "environment.json").read_text())
+    env["source"] = {"commit": "0123456789ab" + "0" * 28, "uncommitted_changes": False}
+    (old / "environment.json").write_text(json.dumps(env))
+    code, out, err = cli("report", str(old), "--output", str(tmp_path / "o"), "--no-validation")
+    assert code == 0, err
+    (note,) = [line for line in out.splitlines() if line.startswith("note:")]
+    assert "was made by tradingd" in note and "commit 0123456789ab;" in note
+    d = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert d["record_build_differs"] is True
+    assert d["record_build"]["commit"] == env["source"]["commit"]
+    assert "the run was made by tradingd" in (tmp_path / "o" / "report.html").read_text()
+    # A record of this build: no note.
+    code, out, err = cli("report", str(run_dir), "--output", str(tmp_path / "p"), "--no-validation")
+    assert code == 0, err
+    assert "note:" not in out
+    assert json.loads((tmp_path / "p" / "report.json").read_text())["record_build_differs"] is False

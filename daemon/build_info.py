@@ -1,0 +1,89 @@
+"""Which tradingd build made a record: its version and source commit, as `environment()`
+reads them.
+
+Why apart: after an upgrade, a run record, a report or a replay-check made by this build
+is compared with what another build decided. Every bar a changed feature or rule touches
+then differs, and "the code changed" is the first thing to say, before the model, the
+config or the data. `tradingd --version`, `tradingd report` and `tradingd replay-check`
+name the builds with this one helper.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["Build", "build_from_environment", "recorded_build", "this_build"]
+
+
+@dataclass(frozen=True)
+class Build:
+    """A build's identity: None where it could not be read (an installed copy outside a
+    git checkout has no commit)."""
+
+    version: str | None = None
+    commit: str | None = None
+    uncommitted_changes: bool | None = None
+
+    @property
+    def known(self) -> bool:
+        return self.version is not None or self.commit is not None
+
+    def label(self) -> str:
+        parts = [f"tradingd {self.version or '(version unknown)'}"]
+        if self.commit:
+            edited = " with uncommitted changes" if self.uncommitted_changes else ""
+            parts.append(f"commit {self.commit[:12]}{edited}")
+        return ", ".join(parts)
+
+    def differs_from(self, other: Build) -> bool:
+        """Whether the two are known to be other code: by commit where both have one (a
+        version number is not bumped per commit), else by version."""
+        if self.commit and other.commit:
+            return self.commit != other.commit
+        if self.version and other.version:
+            return self.version != other.version
+        return False
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "commit": self.commit,
+            "uncommitted_changes": self.uncommitted_changes,
+        }
+
+
+def build_from_environment(env: Mapping[str, Any]) -> Build:
+    """The build an `environment()` dict (a record's environment.json) names."""
+    packages = env.get("packages")
+    version = packages.get("tradingd") if isinstance(packages, Mapping) else None
+    source = env.get("source")
+    commit = source.get("commit") if isinstance(source, Mapping) else None
+    edited = source.get("uncommitted_changes") if isinstance(source, Mapping) else None
+    return Build(
+        version if isinstance(version, str) else None,
+        commit if isinstance(commit, str) and commit else None,
+        edited if isinstance(edited, bool) else None,
+    )
+
+
+@functools.cache
+def this_build() -> Build:
+    """The running build (read once: a git call and package metadata)."""
+    from .environment import environment
+
+    return build_from_environment(environment())
+
+
+def recorded_build(folder: Path) -> Build | None:
+    """The build that wrote a run record folder, from its environment.json; None for a
+    record without one (older than environment.json) or one that cannot be read."""
+    try:
+        env = json.loads((folder / "environment.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return build_from_environment(env) if isinstance(env, Mapping) else None
