@@ -35,11 +35,13 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 
+from ..build_info import Build, recorded_build, this_build
 from ..core.errors import ConfigError
 from .attribution_components import score_contributions
 from .attribution_counterfactual import counterfactual_attribution
@@ -154,9 +156,17 @@ class AttributionConfig:
 # ----------------------------------------------------------------------------- analyzer
 
 
-def _compare(replayed: RunRecord, recorded: RunRecord, tolerance: float) -> float:
+def _compare(
+    replayed: RunRecord,
+    recorded: RunRecord,
+    tolerance: float,
+    recorded_by: Build | None = None,
+) -> float:
     """The largest equity difference between the replay and the record, over the initial
-    capital; ValueError when they are not the same run."""
+    capital; ValueError when they are not the same run. It names the bar where they first
+    part (the largest gap comes bars later, after the paths diverged, and said nothing of
+    where to look) and, when the record names another commit than this build's
+    (`recorded_by`), the build difference as the likely cause."""
     if (
         len(replayed.times) != len(recorded.times)
         or not (_utc_index(replayed.times).asi8 == _utc_index(recorded.times).asi8).all()
@@ -173,11 +183,19 @@ def _compare(replayed: RunRecord, recorded: RunRecord, tolerance: float) -> floa
     gap = np.abs(replayed.equity - recorded.equity) / recorded.initial_capital
     worst = float(gap.max()) if gap.size else 0.0
     if worst > tolerance:
-        at = recorded.times[int(np.argmax(gap))]
+        first = int(np.argmax(gap > tolerance))
+        here = this_build()
+        cause = "another model version, config or data?"
+        if recorded_by is not None and recorded_by.differs_from(here):
+            cause = (
+                f"likely the code: the record was made by {recorded_by.label()}, this is "
+                f"{here.label()}; else another model version, config or data"
+            )
         raise ValueError(
-            f"the replay's equity differs from the record's by {worst:.3g} of the initial "
-            f"capital at {at} (tolerance {tolerance:g}): not the same run (another model "
-            "version, config or data?); attributing it would describe another run"
+            f"the replay's equity first differs from the record's at {recorded.times[first]} "
+            f"(by {float(gap[first]):.3g} of the initial capital; at most {worst:.3g}, at "
+            f"{recorded.times[int(np.argmax(gap))]}; tolerance {tolerance:g}): not the same "
+            f"run ({cause}); attributing it would describe another run"
         )
     return worst
 
@@ -223,7 +241,10 @@ class AttributionAnalyzer:
         reproduce."""
         worst = None
         if record is not None:
-            worst = _compare(replay.record, run_record(record), self.config.record_tolerance)
+            recorded_by = recorded_build(Path(record)) if isinstance(record, str | Path) else None
+            worst = _compare(
+                replay.record, run_record(record), self.config.record_tolerance, recorded_by
+            )
         b = self.benchmark_returns(replay.record.times)
         pnl = attribute_pnl(replay.ledger, replay.decisions, replay.components)
         rec = replay.record

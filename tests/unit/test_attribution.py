@@ -637,3 +637,27 @@ def test_counterfactual_runs_are_the_runs_without_the_component(tmp_path, panel)
     base = asyncio.run(run_backtest(cfg, panel=panel, output_dir=tmp_path / "base"))
     assert out["total_return"] == pytest.approx(base.summary["total_return"], rel=1e-12)
     assert all(math.isfinite(r["marginal_return"]) for r in out["rows"])
+
+
+def test_a_replay_that_parts_from_its_record_names_the_first_bar_and_the_build():
+    """The error named the bar of the largest gap, bars after the paths parted, and blamed
+    the model, config or data though the record named another commit."""
+    from tradingd.analysis.attribution import _compare
+    from tradingd.analysis.run_records import RunRecord
+    from tradingd.build_info import Build, this_build
+
+    times = pd.date_range("2020-01-01", periods=8, freq="D", tz="UTC")
+    recorded = RunRecord(times, np.full(8, 100_000.0), 100_000.0)
+    parted = np.array([0, 0, 0, 5, 20, 80, 300, 40], dtype=float)  # first at bar 3
+    replayed = RunRecord(times, 100_000.0 + parted, 100_000.0)
+    with pytest.raises(ValueError) as same:
+        _compare(replayed, recorded, 1e-9, this_build())
+    assert "first differs from the record's at 2020-01-04" in str(same.value)
+    assert "another model version, config or data?" in str(same.value)
+    old = Build("0.0.9", "f" * 40, False)
+    with pytest.raises(ValueError) as other:
+        _compare(replayed, recorded, 1e-9, old)
+    assert "likely the code: the record was made by tradingd 0.0.9, commit ffffffffffff" in str(
+        other.value
+    )
+    assert _compare(recorded, recorded, 1e-9, old) == 0.0  # the same run is not refused
