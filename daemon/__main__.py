@@ -397,6 +397,16 @@ def _command(args: argparse.Namespace) -> int:
                 f"{len(report.differing)} differ, {len(report.bars_missing_in_replay)} "
                 "missing in the replay"
             )
+            if report.other_builds:
+                print(
+                    f"likely cause: bars were decided by another tradingd build than this "
+                    f"one ({report.replayed_by.label()}), and differ where the code changed:"
+                )
+                for b in report.builds:
+                    print(
+                        f"  {b.first.isoformat()} to {b.last.isoformat()}: {b.bars} bar(s), "
+                        f"{b.differing} differ, decided by {b.label()}"
+                    )
             for live, replay in report.sources_differ.items():
                 print(
                     f"the live run decided with {live}, the replay with {replay}: replay it "

@@ -26,7 +26,7 @@ from __future__ import annotations
 import bisect
 import json
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import structlog
 
+from .build_info import Build, this_build
 from .config import Config, build
 from .core.errors import ConfigError
 from .engine.decisions import compare
@@ -50,6 +51,36 @@ _DROP = ("health", "log", "cache", "alerts", "storage")
 class BarDifference:
     time: datetime
     differences: list[str]
+
+
+@dataclass
+class BuildSpan:
+    """The bars one live process decided, with the build it ran (None: the process recorded
+    none, so it was a build from before builds were recorded)."""
+
+    build: Build | None
+    first: datetime
+    last: datetime
+    bars: int = 0
+    differing: int = 0
+
+    def other_than(self, replaying: Build) -> bool:
+        return self.build is None or self.build.differs_from(replaying)
+
+    def label(self) -> str:
+        if self.build is None:
+            return "an earlier tradingd build (one that recorded no build identity)"
+        return self.build.label()
+
+    def to_dict(self, replaying: Build) -> dict[str, Any]:
+        return {
+            "build": None if self.build is None else self.build.as_dict(),
+            "first_bar": self.first.isoformat(),
+            "last_bar": self.last.isoformat(),
+            "bars": self.bars,
+            "differing": self.differing,
+            "other_than_replaying": self.other_than(replaying),
+        }
 
 
 @dataclass
@@ -69,6 +100,15 @@ class ReplayReport:
     # the replay's, where they differ ({live: replay}): a live run that took up a model
     # `tradingd retrain` published is replayed with today's, and every later bar differs.
     sources_differ: dict[str, str] = field(default_factory=dict)
+    # Which build decided which bars (`run_builds`), and the one replaying: after an upgrade
+    # every bar the changed code touches differs, and that is the first thing to say.
+    builds: list[BuildSpan] = field(default_factory=list)
+    replayed_by: Build = field(default_factory=Build)
+
+    @property
+    def other_builds(self) -> list[BuildSpan]:
+        """The spans of bars decided by another build than the one replaying."""
+        return [b for b in self.builds if b.other_than(self.replayed_by)]
 
     @property
     def ok(self) -> bool:
@@ -86,11 +126,42 @@ class ReplayReport:
                 {"time": d.time.isoformat(), "differences": d.differences} for d in self.not_counted
             ],
             "sources_differ": dict(self.sources_differ),
+            "replayed_by": self.replayed_by.as_dict(),
+            "builds": [b.to_dict(self.replayed_by) for b in self.builds],
             "bars_missing_in_replay": [t.isoformat() for t in self.bars_missing_in_replay],
             "differing_bars": [
                 {"time": d.time.isoformat(), "differences": d.differences} for d in self.differing
             ],
         }
+
+
+def _builds_by_bar(
+    times: Sequence[datetime], rows: Sequence[dict[str, Any]], differing: set[datetime]
+) -> list[BuildSpan]:
+    """The bars (in time order) grouped by the build that decided them: each process start
+    (`run_builds`, by start) decides the bars after its `resumed_after` until a later start
+    takes over; a bar before every recorded start was decided by an unrecorded build."""
+    starts = sorted(rows, key=lambda r: r["started_at"])
+    spans: list[BuildSpan] = []
+    owner: object = object()
+    for t in times:
+        row = None
+        for r in starts:
+            if r["resumed_after"] is None or r["resumed_after"] < t:
+                row = r
+        if row is not owner:
+            owner = row
+            build = None if row is None else _build_of(row)
+            spans.append(BuildSpan(build, t, t))
+        span = spans[-1]
+        span.last, span.bars = t, span.bars + 1
+        span.differing += t in differing
+    return spans
+
+
+def _build_of(row: Mapping[str, Any]) -> Build:
+    edited = row["uncommitted_changes"]
+    return Build(row["version"], row["source_commit"], None if edited is None else bool(edited))
 
 
 def _panel(rows: Sequence[dict[str, Any]], symbols: tuple[str, ...], since: datetime) -> Panel:
@@ -162,6 +233,7 @@ async def replay_check(
             raise ConfigError(f"replay-check: run {run_id!r} is a {run['mode']} run, not live")
         decisions = await store.fetch("decisions", run_id)
         fills = await store.fetch("fills", run_id)
+        build_rows = await store.fetch("run_builds", run_id)
         bars = await store.fetch_bars()
     finally:
         await store.stop()
@@ -222,6 +294,10 @@ async def replay_check(
                     diff = [x for x in diff if x.startswith(("features", "scores"))]
                 if diff:
                     report.differing.append(BarDifference(t, diff))
+    report.replayed_by = this_build()
+    report.builds = _builds_by_bar(
+        sorted(d["time"] for d in decisions), build_rows, {d.time for d in report.differing}
+    )
     log.info(
         "replay_check.done",
         run_id=run_id,
@@ -234,4 +310,4 @@ async def replay_check(
     return report
 
 
-__all__ = ["ReplayReport", "replay_check", "replay_config"]
+__all__ = ["BuildSpan", "ReplayReport", "replay_check", "replay_config"]

@@ -540,6 +540,16 @@ class Engine:
             )
         log.info("account.cash", account_cash=cash, account_equity=account.equity, run_cash=book)
 
+    async def _record_build(self, resume: Any) -> None:
+        """Which build decides this process's bars (storage.schema.RUN_BUILDS): a run
+        continued across an upgrade is decided by two codes, and replay-check says which."""
+        record = getattr(self.store, "record_build", None)
+        if record is not None:
+            from ..build_info import this_build
+
+            after = resume.bar_time if resume is not None else None
+            await record(self.run.run_id, datetime.now(UTC), after, this_build().as_dict())
+
     async def _warn_if_not_continuing(self) -> None:
         """A new live run beside live runs of the same name under other ids: the config
         changed in a part that defines the run (`tradingd run` continues a stored run whose
@@ -861,6 +871,7 @@ class Engine:
                 if check_live is not None:
                     check_live()
                 resume = await self.store.resume_run(self.run)  # type: ignore[attr-defined]
+                await self._record_build(resume)
                 if resume is not None:
                     await self._resume(resume)
                 else:

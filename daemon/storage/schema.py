@@ -19,8 +19,9 @@ Buffered row tuples hold the values of ``Table.insert_columns`` in order.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 from ..core.errors import StorageError
 
@@ -270,6 +271,26 @@ DECISIONS = Table(
     order_by=("time",),
 )
 
+# Which tradingd build each start of a live process ran (`build_info`): a run continued
+# across an upgrade decides its later bars with other code, and replay-check, replaying all
+# of it with one build, must be able to say which bars which build decided. A process decides
+# the bars after `resumed_after` (its checkpoint's bar; NULL: from the run's first bar). A
+# store of an earlier build gets the table at its next open; its earlier bars have no row.
+RUN_BUILDS = Table(
+    "run_builds",
+    (
+        _c("run_id", "text", True),
+        _c("started_at", "time", True),
+        _c("resumed_after", "time"),
+        _c("version", "text"),
+        _c("source_commit", "text"),
+        _c("uncommitted_changes", "int"),
+    ),
+    primary_key=("run_id", "started_at"),
+    on_conflict="update",
+    order_by=("started_at",),
+)
+
 # Exactly-once replay of a store's spool (storage/spool.py): every batch a spooling store
 # writes carries (writer, seq), a sequence number per store instance that grows with each
 # batch, and upserts this row in the same transaction. A writer's batches reach the database
@@ -305,6 +326,7 @@ TABLES: dict[str, Table] = {
         EQUITY,
         CHECKPOINTS,
         DECISIONS,
+        RUN_BUILDS,
         SPOOL_APPLIED,
     )
 }
@@ -341,6 +363,21 @@ def _placeholders(dialect: Dialect, n: int) -> str:
 def param(dialect: Dialect, i: int = 1) -> str:
     """The i-th (1-based) bind parameter."""
     return "?" if dialect == "sqlite" else f"${i}"
+
+
+def run_build_row(
+    run_id: str, started_at: Any, resumed_after: Any, build: Mapping[str, Any]
+) -> tuple[Any, ...]:
+    """A `run_builds` row from `build_info.Build.as_dict()` (times already encoded)."""
+    edited = build.get("uncommitted_changes")
+    return (
+        run_id,
+        started_at,
+        resumed_after,
+        build.get("version"),
+        build.get("commit"),
+        None if edited is None else int(bool(edited)),
+    )
 
 
 def add_column_sql(table: Table, column: str, dialect: Dialect) -> str:

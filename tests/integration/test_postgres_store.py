@@ -608,3 +608,26 @@ async def test_a_dead_writers_marker_goes_with_its_replayed_spool(pg, tmp_path) 
     await again.start()
     await again.stop()
     assert await applied_writers(conn, schema) == [(dead.writer, 3)]
+
+
+async def test_a_schema_of_an_earlier_build_gets_run_builds_and_records_a_live_start(pg) -> None:
+    """As SQLite's: a schema made before `run_builds` gets it at the next start."""
+    url, schema, conn = pg
+    first = PostgresStore(url, schema=schema)
+    await first.start()
+    await first.begin_run(RunInfo("old", "live", T0, "{}", ("AAA",), 1.0))
+    await first.stop()
+    await conn.execute(f'DROP TABLE "{schema}".run_builds')
+    second = PostgresStore(url, schema=schema)
+    await second.start()
+    try:
+        build = {"version": "0.1.0", "commit": "a" * 40, "uncommitted_changes": False}
+        await second.record_build("old", T0 + timedelta(days=1), T0, build)
+        (row,) = await second.fetch("run_builds", "old")
+        assert (row["resumed_after"], row["source_commit"], row["uncommitted_changes"]) == (
+            T0,
+            "a" * 40,
+            0,
+        )
+    finally:
+        await second.stop()

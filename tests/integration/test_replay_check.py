@@ -235,3 +235,68 @@ async def test_decisions_compare_until_the_replays_first_fill_when_the_live_run_
         datetime.fromisoformat(t) < replay_first for t, _ in rows
     )
     assert datetime.fromisoformat(after) in {d.time for d in report.not_counted}
+
+
+def test_replay_check_names_the_builds_that_decided_the_bars(tmp_path: Path, capsys):
+    """After an upgrade mid-run, replay-check said "754 bars compared, 416 differ" and
+    nothing of the build: live runs stored none. Each live start records its build now, and
+    the bars decided by another build than the replaying one are named as the likely cause."""
+    import asyncio
+
+    from tradingd.__main__ import main
+    from tradingd.build_info import this_build
+
+    cfg = write_config(tmp_path, "builds", start="2016-06-01", end="2016-12-31", rate=300.0)
+    run_to_completion(cfg)
+    config = load_config([ROOT / "config/default.toml", cfg], env={})
+    db = tmp_path / "builds.db"
+    con = sqlite3.connect(db)
+    ((after, commit),) = con.execute("SELECT resumed_after, source_commit FROM run_builds")
+    assert after is None and commit == this_build().commit  # the one start, this build
+    report = asyncio.run(replay_check(config, "killtest"))
+    assert report.ok and report.other_builds == []
+    (span,) = report.builds
+    assert span.bars == report.bars_compared
+
+    # As a store of an earlier build (no run_builds row for its bars) continued after an
+    # upgrade to a build with another commit at bar 60; a feature of bar 80 is off.
+    times = [t for (t,) in con.execute("SELECT time FROM decisions ORDER BY time")]
+    other = "f" * 40
+    con.execute("DELETE FROM run_builds")
+    con.execute(
+        "INSERT INTO run_builds VALUES ('killtest', '2030-01-01T00:00:00+00:00', ?, '0.1.0', ?, 0)",
+        (times[59], other),
+    )
+    t, text = con.execute(
+        "SELECT time, record FROM decisions WHERE time = ?", (times[79],)
+    ).fetchone()
+    rec = json.loads(text)
+    values = np.frombuffer(base64.b64decode(rec["features"]), dtype=np.float32).copy()
+    values[0] += 1.0
+    rec["features"] = base64.b64encode(values.tobytes()).decode()
+    con.execute("UPDATE decisions SET record = ? WHERE time = ?", (json.dumps(rec), t))
+    con.commit()
+    con.close()
+    upgraded = asyncio.run(replay_check(config, "killtest"))
+    earlier, later = upgraded.builds
+    assert (earlier.build, earlier.bars, earlier.differing) == (None, 60, 0)
+    assert later.build is not None and later.build.commit == other
+    assert (later.first, later.bars, later.differing) == (
+        datetime.fromisoformat(times[60]),
+        len(times) - 60,
+        1,
+    )
+    assert upgraded.other_builds == [earlier, later]
+    builds = upgraded.to_dict()["builds"]
+    assert [b["other_than_replaying"] for b in builds] == [True, True]
+
+    code = main(
+        ["replay-check", "-c", str(ROOT / "config/default.toml"), "-c", str(cfg), "killtest"]
+    )
+    out = capsys.readouterr().out
+    assert code == 1
+    assert "likely cause: bars were decided by another tradingd build" in out
+    assert (
+        f"{len(times) - 60} bar(s), 1 differ, decided by tradingd 0.1.0, commit ffffffffffff" in out
+    )
+    assert "60 bar(s), 0 differ, decided by an earlier tradingd build" in out

@@ -864,3 +864,31 @@ async def test_two_waiters_on_one_batch_in_flight(db_path: Path) -> None:
         assert [r["cash"] for r in await store.fetch("equity", "r1")] == [1.0, 2.0, 3.0]
     finally:
         await store.stop()
+
+
+async def test_a_store_of_an_earlier_build_gets_run_builds_and_records_a_live_start(
+    db_path: Path,
+) -> None:
+    """Live runs stored no build, so replay-check could not say the code changed mid-run: a
+    store made before `run_builds` gets it at its next open, and each live start a row."""
+    store = SqliteStore(str(db_path))
+    await store.start()
+    await store.begin_run(RunInfo("old", "live", T0, "{}", SYMS, 1.0))
+    await store.stop()
+    con = sqlite3.connect(db_path)
+    con.execute("DROP TABLE run_builds")  # as an earlier build made the file
+    con.commit()
+    con.close()
+    store = SqliteStore(str(db_path))
+    await store.start()
+    try:
+        build = {"version": "0.1.0", "commit": "a" * 40, "uncommitted_changes": True}
+        await store.record_build("old", T0 + DAY, T0, build)
+        await store.record_build("old", T0 + 2 * DAY, None, {"version": "0.2.0"})
+        rows = await store.fetch("run_builds", "old")
+        assert [
+            (r["started_at"], r["resumed_after"], r["version"], r["source_commit"]) for r in rows
+        ] == [(T0 + DAY, T0, "0.1.0", "a" * 40), (T0 + 2 * DAY, None, "0.2.0", None)]
+        assert [r["uncommitted_changes"] for r in rows] == [1, None]
+    finally:
+        await store.stop()
