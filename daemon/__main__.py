@@ -397,7 +397,7 @@ def _command(args: argparse.Namespace) -> int:
                 f"{len(report.differing)} differ, {len(report.bars_missing_in_replay)} "
                 "missing in the replay"
             )
-            if report.other_builds:
+            if report.other_builds and not report.ok:
                 print(
                     f"likely cause: bars were decided by another tradingd build than this "
                     f"one ({report.replayed_by.label()}), and differ where the code changed:"
