@@ -185,6 +185,8 @@ _THROTTLED_TRIES = 4  # a 429's tries per attempt (alpaca-py's own, before they 
 # Followed orders missing from the periodic check's open listing (closed without an event
 # we heard) read by id per check: 20 of Alpaca's 200 requests a minute.
 _REREAD_LIMIT = 20
+# Orders read back at a restart to find whose an edited order is (`_trace_origins`).
+_EDIT_CHAIN_LIMIT = 10
 
 T = TypeVar("T")
 # Answers that arrived but cannot be read: malformed, not a connection failure, although
@@ -512,6 +514,9 @@ class _Tracked:
     adopted: bool = False
     # The Alpaca id of the order this one replaced (`replaces`), for an adopted one.
     replaces: str | None = None
+    # For the replacement of an order edited at Alpaca: the client id of the order it
+    # stands for (the first of the chain of edits), whose owner its fills belong to (`origin`).
+    origin: str | None = None
 
 
 def _now() -> datetime:
@@ -778,6 +783,15 @@ class AlpacaBroker:
         t = self._get(client_order_id)
         return t.order.snapshot() if t is not None else None
 
+    def origin(self, client_order_id: str) -> str:
+        """The client id whose owner an order's fills belong to: for the replacement of an
+        order edited at Alpaca (whose new client id is Alpaca's), the order it replaced,
+        else the order itself. The engine books only its own run's orders (by the run-id
+        prefix), and the replacement of one of its orders is its own; the replacement of
+        an order placed by hand, or by another run, is not."""
+        t = self._get(client_order_id)
+        return t.origin if t is not None and t.origin is not None else client_order_id
+
     def _check_account(self, account: Any) -> None:
         """Whether the account may trade (GET /v2/account's status and blocks): a closed,
         blocked or suspended account started as a healthy broker before, and every order
@@ -922,7 +936,9 @@ class AlpacaBroker:
         * Orders open at Alpaca for the universe that are neither (placed by hand, or by
           another run): kept as `start` adopted them, as they stand (working, listed by
           `open_orders`, so the planner sees them and leaves their symbol alone while an
-          entry works; only their later executions are reported, and booked), with one
+          entry works; only their later executions are reported, and the engine books
+          none of them: they are not its run's, see `origin`, and the position they move
+          is a difference for its reconciliation), with one
           `alpaca.reconcile.unknown_order` warning each, counted in
           `status()["unknown_orders"]` (`adopted_as_it_stands`).
 
@@ -961,6 +977,7 @@ class AlpacaBroker:
             followed = (self._get(m.client_order_id) for m in members)
             if not all(t is not None and t.alpaca_id is not None for t in followed):
                 found[root] = await self._existing(root, strict=True)
+        await self._trace_origins()
         # No await from here on: the stream's updates wait in the queue (or, for orders not
         # followed yet, among the orphans) and are applied after the new baselines.
         stats = {"fills": 0, "changed": 0, "placed": 0, "not_sent": 0, "missing": 0}
@@ -1021,8 +1038,8 @@ class AlpacaBroker:
                 filled=t.order.filled_quantity,
                 status=str(t.order.status),
                 legs=len(t.children),
-                rule="adopted_as_it_stands: followed and listed as working; only executions "
-                "after now are reported",
+                rule="adopted_as_it_stands: followed and listed as working; its executions "
+                "are not this run's (not booked: a difference for reconciliation)",
             )
         self._adopted_roots.clear()
         self._unknown_orders += unknown
@@ -1040,12 +1057,49 @@ class AlpacaBroker:
             unknown_orders=unknown,
         )
 
+    async def _trace_origins(self) -> None:
+        """Whose the orders `start` adopted that replaced another are (`origin`): an order
+        of ours edited at Alpaca before the restart is followed under the replacement's
+        client id (Alpaca's), which only its chain of `replaces` leads back to ours; without
+        it, its fills after the restart were not this run's. One read per edit, at most
+        `_EDIT_CHAIN_LIMIT` an order (then the oldest found stands for it). RetryableError
+        while Alpaca cannot answer (before `resume` has changed anything)."""
+        client = self._require_client()
+        edited = [t for t in self._open.values() if t.adopted and t.replaces]
+        for t in edited:
+            if t.origin is not None or t.parent is not None:
+                continue
+            aid, origin = t.replaces, None
+            for _ in range(_EDIT_CHAIN_LIMIT):
+                try:
+                    raw = await self._call(
+                        "get_order", client.get_order_by_id, aid, GetOrderByIdRequest(nested=False)
+                    )
+                except APIError as e:
+                    if error_info(e).status == 404:
+                        break
+                    raise RetryableError(
+                        f"Alpaca at {self._endpoint}: reading edited order {aid} failed: "
+                        f"{self._scrub(error_info(e).reason)}"
+                    ) from None
+                except _Unreachable as e:
+                    raise self._unreachable(f"reading edited order {aid}", e) from None
+                if not isinstance(raw, Mapping):
+                    break
+                origin = str(raw.get("client_order_id") or "") or origin
+                aid = str(raw.get("replaces") or "") or None
+                if aid is None:
+                    break
+            for member in self._group_of(t) if origin else ():
+                member.origin = origin
+
     def _queue_replacement(self, raw: Mapping[str, Any], replaced: str) -> None:
-        """`raw`, one of ours (client id `replaced`), replaced at Alpaca (an operator's edit
-        in the web UI, PATCH; live, or while the daemon was down): its replacement is a new
-        order with a new client id, this run's, followed from nothing filled once the next
-        poll has read it (`_follow_replacement`). An order `start` adopted as it stood is
-        taken back for it (`_drop_adoption`); one followed already is left as it is."""
+        """`raw`, an order we follow (client id `replaced`), replaced at Alpaca (an
+        operator's edit in the web UI, PATCH; live, or while the daemon was down): its
+        replacement is a new order with a new client id, standing for `replaced` (`origin`),
+        followed from nothing filled once the next poll has read it (`_follow_replacement`).
+        An order `start` adopted as it stood is taken back for it (`_drop_adoption`); one
+        followed already is left as it is."""
         by = str(raw.get("replaced_by") or "") if str(raw.get("status")) == "replaced" else ""
         if not by or (by in self._by_alpaca_id and not self._drop_adoption(by)):
             return
@@ -1565,9 +1619,10 @@ class AlpacaBroker:
                 self._replay(member.alpaca_id)
 
     async def _follow_replacement(self, client: TradingClient, aid: str) -> None:
-        """Follow the order that replaced one of ours at Alpaca (an operator's edit), from
-        nothing filled: its fills are this run's. Before, it was unknown: its events were
-        parked, its fills never booked, and the symbol's position differed from the book.
+        """Follow the order that replaced one we follow at Alpaca (an operator's edit), from
+        nothing filled: its fills are those of the order it replaced (`origin`). Before, it
+        was unknown: its events were parked, its fills never booked, and the symbol's
+        position differed from the book.
         Raises RetryableError while Alpaca cannot answer."""
         try:
             raw = await self._call(
@@ -1601,13 +1656,16 @@ class AlpacaBroker:
                 base = t
         if base is None:
             return
+        origin = self.origin(replaced) if replaced is not None else None
         for t in followed:  # the engine hears of the new order (and counts it) at once
+            t.origin = origin
             self._on_change(t, report=True)
         log.warning(
             "alpaca.order.replaced",
             client_order_id=replaced,
             by=base.order.client_order_id,
-            rule="edited at Alpaca: the replacement is followed as this run's order",
+            rule="edited at Alpaca: the replacement is followed as the order it replaced "
+            "(its fills are that order's owner's)",
         )
         self._apply(raw, report=True)
         for member in followed:

@@ -51,6 +51,7 @@ from ..core.ports import (
     Store,
 )
 from ..core.types import (
+    BrokerUpdate,
     CrossSection,
     Fill,
     Leg,
@@ -1624,7 +1625,7 @@ class Engine:
         updates = getattr(self.broker, "updates", None)
         if updates is None or self._seen == 0:
             return 0
-        update = await updates()
+        update = self._own_updates(await updates())
         for fill in update.fills:
             self.portfolio.apply_fill(fill)
         if update.fills:
@@ -1652,6 +1653,37 @@ class Engine:
             self._publish_items("orders", update.orders, t)
             await self._publish(force=True)
         return len(update.fills)
+
+    def _own_updates(self, update: BrokerUpdate) -> BrokerUpdate:
+        """What a live broker reports, less the orders this run did not place (by hand, or
+        another run on the account; the replacement of an order edited at the broker is
+        the order it replaced's: `origin`). Their fills were booked as this run's and the
+        next bar sold the operator's shares as its own, with no difference for
+        reconciliation to see; not booked, the position they move differs from the book,
+        and reconciliation stops trading in the symbol. A simulated broker's are all ours."""
+        if getattr(self.broker, "state", None) is not None:
+            return update
+        origin = getattr(self.broker, "origin", None)
+
+        def own(cid: str) -> bool:
+            return self._is_own(origin(cid) if origin is not None else cid)
+
+        fills = [f for f in update.fills if own(f.client_order_id)]
+        orders = [o for o in update.orders if own(o.client_order_id)]
+        if len(fills) == len(update.fills) and len(orders) == len(update.orders):
+            return update
+        for f in update.fills:
+            if not own(f.client_order_id):
+                log.warning(
+                    "broker.foreign_fill",
+                    client_order_id=f.client_order_id,
+                    symbol=f.symbol,
+                    side=str(f.side),
+                    quantity=f.quantity,
+                    rule="not this run's order: not booked; reconciliation compares the "
+                    "position it moved",
+                )
+        return BrokerUpdate(fills=fills, orders=orders)
 
     def _money_metrics(self) -> None:
         """tradingd_equity, _cash and _drawdown from the book (live)."""
@@ -1868,6 +1900,8 @@ class Engine:
         self._seen += 1
         self._last_time = bar.time
         update = await self.broker.on_bar(bar)
+        if update.fills or update.orders:
+            update = self._own_updates(update)
         if update.fills:
             for fill in update.fills:
                 pf.apply_fill(fill)

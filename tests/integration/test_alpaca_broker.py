@@ -754,6 +754,8 @@ async def test_an_order_replaced_at_alpaca_is_followed_and_its_fill_booked(fake,
             lambda u: any(o.client_order_id == new.client_order_id for o in u.orders)
         )
     assert "alpaca.order.replaced" in [e["event"] for e in logs]
+    # Its fills are the replaced order's owner's (the engine books only its run's orders).
+    assert broker.origin(new.client_order_id) == buy.client_order_id
     old = updates.last(buy.client_order_id)
     assert old.status is OrderStatus.CANCELLED and new.id in old.reason
     assert [o.client_order_id for o in broker.open_orders()] == [new.client_order_id]
@@ -761,6 +763,29 @@ async def test_an_order_replaced_at_alpaca_is_followed_and_its_fill_booked(fake,
     await updates.until(lambda u: u.filled(new.client_order_id) >= 10)
     assert [(f.symbol, f.quantity) for f in updates.fills] == [("AAPL", 10.0)]
     assert updates.filled(buy.client_order_id) == 0 and broker.open_orders() == []
+
+
+async def test_the_replacement_of_an_order_placed_by_hand_stays_the_hands(fake):
+    """An order placed by hand and edited at Alpaca while the daemon follows it: the
+    replacement was followed as this run's order, and its fills booked as the run's."""
+    fake.set_price("AAPL", 100.0, match=False)
+    by_hand = fake._create(
+        {
+            "symbol": "AAPL",
+            "qty": "3",
+            "side": "buy",
+            "type": "limit",
+            "limit_price": "90",
+            "time_in_force": "gtc",
+            "client_order_id": "placed-by-hand-1",
+        }
+    )
+    async with running(fake) as broker:
+        assert broker.origin(by_hand.client_order_id) == by_hand.client_order_id
+        new = fake.replace(by_hand.client_order_id, limit_price=95.0)
+        await eventually(lambda: broker.order(new.client_order_id) is not None)
+        assert broker.origin(new.client_order_id) == by_hand.client_order_id
+        assert broker.origin("never-seen") == "never-seen"
 
 
 async def test_429_and_server_errors_are_retried(fake, broker):

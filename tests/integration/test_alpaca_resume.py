@@ -523,3 +523,28 @@ async def test_an_order_replaced_while_down_is_followed_through_its_replacement(
     assert booked.filled(buy.client_order_id) == 0
     assert "alpaca.order.replaced" in [e["event"] for e in logs]
     assert "alpaca.reconcile.unknown_order" not in [e["event"] for e in logs]
+
+
+async def test_an_edited_order_of_ours_known_at_the_checkpoint_is_still_ours_after_a_restart(
+    fake,
+):
+    """The replacement of an order edited at Alpaca has Alpaca's client id, not the run's:
+    the engine books its fills as the run's only through `origin`. Followed live, it is in
+    the checkpoint under that id; after a restart only its chain of `replaces` leads back
+    to ours (edited twice here), and without it its fills were no longer the run's."""
+    fake.set_price("AAPL", 100.0, match=False)
+    buy = order("AAPL", 10, OrderType.LIMIT, limit=95.0)
+    async with running(fake) as before:
+        await before.submit([buy])
+        new = fake.replace(buy.client_order_id, limit_price=97.0)
+        new = fake.replace(new.client_order_id, limit_price=99.0)
+        await eventually(lambda: before.order(new.client_order_id) is not None)
+        assert before.origin(new.client_order_id) == buy.client_order_id
+        known = checkpoint(before)
+    assert new.client_order_id in [o.client_order_id for o in known]
+    async with running(fake) as after:
+        await after.resume(known, [])
+        assert after.origin(new.client_order_id) == buy.client_order_id
+        fake.fill(new.client_order_id, price=99.0)
+        booked = Booked(after)
+        await booked.until(lambda b: b.filled(new.client_order_id) == 10)

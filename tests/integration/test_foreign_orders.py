@@ -1,0 +1,166 @@
+"""Orders on the Alpaca account that this run did not place (by hand, or another run's) stay
+foreign: warned about and followed (a working entry keeps the run's entries out of its
+symbol), but their fills are never booked as this run's. The whole live engine runs against
+the loopback Alpaca (tests/fakes/alpaca_trading_server.py) through the real alpaca-py client.
+
+Before, a hand order open at the start was adopted and its fill booked under the run's id;
+the run then sold the operator's shares as its own, and reconciliation saw nothing (the book
+matched the broker). No test sleeps for a fixed time: each waits for a condition."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import sqlite3
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from conftest import make_panel
+from fakes.alpaca_trading_server import AlpacaTradingFake, need_fixtures
+from structlog.testing import capture_logs
+
+from tradingd.app import build_engine
+from tradingd.config import AlpacaConfig, LiveConfig
+
+RUN = "foreign-check"
+BY_HAND = "by-hand-1"
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    need_fixtures()
+    server = AlpacaTradingFake(cash=1_000_000.0)
+    server.start_in_thread()
+    monkeypatch.setenv("APCA_API_KEY_ID", server.key_id)
+    monkeypatch.setenv("APCA_API_SECRET_KEY", server.secret_key)
+    try:
+        yield server
+    finally:
+        server.stop_thread()
+
+
+def _live(engine_config, fake: AlpacaTradingFake):  # type: ignore[no-untyped-def]
+    panel = make_panel(n_bars=90, split_at=None)
+    return panel, dataclasses.replace(
+        engine_config,
+        # Reconciled at the start only; its second check at once.
+        live=LiveConfig(bars_per_second=400.0, reconcile_confirm_s=0.01),
+        run=dataclasses.replace(
+            engine_config.run, start=panel.datetimes()[60].date().isoformat(), run_id=RUN
+        ),
+        broker=dataclasses.replace(
+            engine_config.broker,
+            kind="alpaca",
+            alpaca=AlpacaConfig(
+                base_url=fake.url, stream_url=fake.stream_url, poll_interval_s=0.05
+            ),
+        ),
+    )
+
+
+def _place_by_hand(fake: AlpacaTradingFake, symbol: str) -> None:
+    fake.call(
+        fake._create,
+        {
+            "symbol": symbol,
+            "qty": "5",
+            "side": "buy",
+            "type": "limit",
+            "limit_price": "1000",
+            "time_in_force": "gtc",
+            "client_order_id": BY_HAND,
+        },
+    )
+
+
+async def _eventually(pred: Callable[[], bool], timeout: float = 5.0) -> None:
+    async def until() -> None:
+        while not pred():
+            await asyncio.sleep(0.005)
+
+    await asyncio.wait_for(until(), timeout)
+
+
+def _after(engine: Any, method: str, then: Callable[[], Any]) -> None:
+    """Run `then` (awaited) right after the broker's `method` (start, resume)."""
+    real = getattr(engine.broker, method)
+
+    async def wrapped(*args: Any) -> None:
+        await real(*args)
+        await then()
+
+    setattr(engine.broker, method, wrapped)
+
+
+def _stored(db: Any, sql: str) -> list[tuple[Any, ...]]:
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+async def test_a_hand_orders_fill_is_not_booked_and_its_shares_not_traded(
+    engine_config, fake, tmp_path
+):
+    panel, config = _live(engine_config, fake)
+    engine = build_engine(config, "live", panel=panel)
+    sym = engine.symbols[1]
+    _place_by_hand(fake, sym)
+
+    async def fill_by_hand() -> None:  # while the daemon runs, before its first bar
+        fake.call(fake.fill, BY_HAND, price=100.0)
+        await _eventually(lambda: engine.broker.order(BY_HAND).filled_quantity == 5)
+
+    _after(engine, "start", fill_by_hand)
+    with capture_logs() as logs:
+        await engine.run_until_done()
+
+    fills = _stored(tmp_path / "store.db", "SELECT client_order_id FROM fills")
+    assert (BY_HAND,) not in fills
+    assert engine.portfolio.quantity_of(sym) == 0  # the operator's shares are not the book's
+    events = [e["event"] for e in logs]
+    assert "broker.foreign_open_orders" in events  # still warned about at the start
+    [foreign] = [e for e in logs if e["event"] == "broker.foreign_fill"]
+    assert (foreign["client_order_id"], foreign["quantity"]) == (BY_HAND, 5.0)
+    # The difference is reconciliation's: the symbol is blocked, and the run never sold the
+    # operator's shares (it placed nothing in the symbol).
+    assert sym in engine.reconcile_blocked
+    ordered = {o.symbol for o in fake.orders.values() if o.client_order_id.startswith(RUN)}
+    assert ordered and sym not in ordered
+
+
+async def test_a_restarted_run_books_its_own_orders_fills_and_not_a_hand_orders(
+    engine_config, fake, tmp_path
+):
+    """The checkpoint lists the hand order as working (the planner must see it), so a
+    restarted run followed it as one it knew and booked its fill; its own open orders must
+    still be followed through the restart and their fills booked."""
+    panel, config = _live(engine_config, fake)
+    first = build_engine(config, "live", panel=panel)
+    sym = first.symbols[1]
+    _place_by_hand(fake, sym)
+    first.after_bar.append(lambda t, v: first.request_stop())  # one traded bar
+    await first.run_until_done()
+    ours = [o for o in fake.orders.values() if o.client_order_id.startswith(f"{RUN}|")]
+    assert ours and all(o.is_open for o in ours)  # the fake fills nothing by itself
+    own = ours[0]
+
+    second = build_engine(config, "live", panel=panel)
+
+    async def fill_both() -> None:  # after the restarted broker has resumed
+        fake.call(fake.fill, own.client_order_id, price=100.0)
+        fake.call(fake.fill, BY_HAND, price=100.0)
+        for cid in (own.client_order_id, BY_HAND):
+            await _eventually(lambda c=cid: second.broker.order(c).filled_quantity > 0)  # type: ignore[misc]
+
+    _after(second, "resume", fill_both)
+    second.after_bar.append(lambda t, v: second.request_stop())
+    await second.run_until_done()
+
+    fills = _stored(tmp_path / "store.db", "SELECT client_order_id, quantity FROM fills")
+    assert (own.client_order_id, own.qty) in fills  # its own order: adopted and booked
+    assert BY_HAND not in [cid for cid, _ in fills]
+    assert second.portfolio.quantity_of(own.symbol) == own.qty
+    assert second.portfolio.quantity_of(sym) == 0
