@@ -17,7 +17,7 @@ import numbers
 import re
 import time as _time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
@@ -1994,8 +1994,10 @@ class Engine:
             if m:
                 for v in verdicts:
                     metrics.RISK_VERDICTS.labels(plugin=v.plugin, rule=rule_of(v)).inc()
+        unreconciled: Set[str] = frozenset()
         if self.reconcile_blocked or self._reconcile_checking:
             targets, verdicts = self._hold_unreconciled(targets, ctx, verdicts)
+            unreconciled = self.reconcile_blocked.keys() | self._reconcile_checking.keys()
         self.risk_record.on_bar(bar.time, verdicts)
         if m:
             t0 = self._lap("risk", t0)
@@ -2022,7 +2024,7 @@ class Engine:
             open_orders, adding = self._halted_orders(pf.quantity, verdicts, bar.time)
         else:
             open_orders = self._plannable_orders()
-        plan = _NO_PLAN if paused else self.planner.plan(targets, ctx, open_orders)
+        plan = _NO_PLAN if paused else self.planner.plan(targets, ctx, open_orders, unreconciled)
         if adding:
             plan = Plan(orders=list(plan.orders), cancel=[*adding, *plan.cancel])
         interrupted, self._interrupted = self._interrupted, None
@@ -2144,7 +2146,8 @@ class Engine:
         self, targets: np.ndarray, ctx: BarContext, verdicts: list[RiskVerdict]
     ) -> tuple[np.ndarray, list[RiskVerdict]]:
         """No trade in a symbol whose position differs from the broker's (or is being
-        checked again): its target is its current weight."""
+        checked again): its target is its current weight (and the planner places no exit
+        in it: `OrderPlanner.plan`'s `unreconciled`)."""
         targets = targets.copy()
         index = {s: i for i, s in enumerate(self.symbols)}
         weights = ctx.portfolio.weights

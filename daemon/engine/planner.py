@@ -154,7 +154,17 @@ class OrderPlanner:
     def required_features(self) -> tuple[str, ...]:
         return required_features(self.config)
 
-    def plan(self, targets: np.ndarray, ctx: BarContext, open_orders: Sequence[Order]) -> Plan:
+    def plan(
+        self,
+        targets: np.ndarray,
+        ctx: BarContext,
+        open_orders: Sequence[Order],
+        unreconciled: AbstractSet[str] = frozenset(),
+    ) -> Plan:
+        """`unreconciled`: symbols whose book differs from the broker's (reconciliation).
+        No exit is placed in them, restored or re-placed: sized from the book, they sold
+        shares the broker no longer held (refused every bar, or, with shorting allowed,
+        a take-profit that opened a short). Cancels still go through."""
         cfg = self.config
         equity = ctx.portfolio.equity
         if not equity > 0:
@@ -190,6 +200,8 @@ class OrderPlanner:
             # since the last bar; with fixed exits, shares whose bracket legs are gone (a GTC
             # order expired at the broker, a leg cancelled there, a re-placed exit not sent).
             protect = set(((held != 0) & ctx.tradable).nonzero()[0].tolist()) - busy
+        frozen = {self._index[s] for s in unreconciled} if unreconciled else set()
+        protect -= frozen
         for i in sorted(trade.keys() | exits_by_symbol.keys() | protect):
             if i in busy:
                 continue
@@ -211,7 +223,8 @@ class OrderPlanner:
             covered = 0.0
             if exits:
                 replaced, cancelled, covered = self._fit_exits(exits, h, kept, ctx)
-                orders.extend(replaced)
+                if i not in frozen:
+                    orders.extend(replaced)
                 cancel.extend(cancelled)
             if i in protect and kept - covered > _EPS * max(1.0, kept):
                 orders.extend(self._protect(i, math.copysign(kept - covered, h), ctx))

@@ -63,6 +63,53 @@ async def test_an_unexplained_broker_position_blocks_the_symbol_until_it_agrees(
     assert engine.reconcile_blocked == {} and recon.probe().ok
 
 
+async def test_no_exit_is_placed_in_a_blocked_symbol(tmp_path: Path):
+    """A protected position closed by hand (its exits cancelled, the shares sold): the
+    symbol was blocked, but the planner restored exits for the book's shares every bar,
+    sales of shares the broker no longer held (114 rejections at Alpaca; with shorting
+    allowed a take-profit filled and opened a short)."""
+    cfg = write_config(tmp_path, "recon-exits", start="2016-01-01", end="2016-06-30", rate=500.0)
+    config = load_config([ROOT / "config/default.toml", cfg], env={})
+    engine = build_engine(config, "live")
+    gone: dict[str, float] = {}  # sold by hand at the broker: the book's quantity then
+
+    async def positions() -> dict[str, float]:
+        book = {s: float(q) for s, q in zip(engine.symbols, engine.portfolio.quantity, strict=True)}
+        for sym, q in gone.items():
+            book[sym] -= q
+        return book
+
+    engine.broker.positions = positions  # type: ignore[attr-defined]
+    engine.reconcile_interval_s = 0.05
+    planned_while_blocked: list[list[Any]] = []
+    plan = engine.planner.plan
+
+    def planning(*args: Any) -> Any:
+        made = plan(*args)
+        for sym in gone.keys() & engine.reconcile_blocked.keys():
+            planned_while_blocked.append([o for o in made.orders if o.symbol == sym])
+        return made
+
+    engine.planner.plan = planning  # type: ignore[method-assign]
+    original_step = engine.step
+
+    async def step(bar, trade=None):  # type: ignore[no-untyped-def]
+        await original_step(bar, trade)
+        protected = {o.symbol for o in engine.broker.open_orders() if o.leg.value != "entry"}
+        held = [s for s in sorted(protected) if engine.portfolio.quantity_of(s) > 0]
+        if not gone and held:
+            gone[held[0]] = engine.portfolio.quantity_of(held[0])
+        for o in engine.broker.open_orders():
+            if o.symbol in gone:  # cancelled by hand, then refused as Alpaca refuses them
+                await engine.broker.cancel(o.client_order_id, "no shares at the broker")
+
+    engine.step = step  # type: ignore[method-assign]
+    await engine.run_until_done()
+
+    assert gone and planned_while_blocked, "the closed position must be blocked while it trades"
+    assert all(orders == [] for orders in planned_while_blocked)
+
+
 async def test_a_difference_is_alerted_only_when_it_stands_at_a_second_check(tmp_path: Path):
     """GET /v2/positions already held a fill whose event was still on the way: the check
     found the book 15 short, blocked the symbol, raised a critical alert and held /ready at

@@ -895,3 +895,27 @@ def test_a_cap_holds_to_within_the_rebalance_band(held, sold):
     plan = OrderPlanner(cfg, "r", SYMS).plan(decision.targets, c, [])
     expected = [] if sold is None else [("A", Side.SELL, float(sold))]
     assert [(o.symbol, o.side, o.quantity) for o in plan.orders] == expected
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sets(st.sampled_from(SYMS)),
+    st.lists(st.integers(0, 120), min_size=3, max_size=3),
+    st.sampled_from(["pct", "trailing"]),
+)
+def test_no_exit_is_placed_in_an_unreconciled_symbol(unreconciled, held, stop_mode):
+    """A symbol whose book differs from the broker's (reconciliation) got exits restored,
+    or re-placed by a resize, sized from the book: sales of shares the broker no longer
+    held, refused every bar, or a short once a take-profit filled. No order is placed in
+    it; the other symbols are planned exactly as without it."""
+    config = dataclasses.replace(BRACKETS, stop_mode=stop_mode)
+    p = OrderPlanner(config, "r", SYMS)
+    legs = active_legs("B", 60, 12.0, 9.0, days_ago=3)  # more than B holds, or less
+    state = ctx_at([55.0, 10.0, 10.0], held, avg=[50.0, 10.0, 10.0], equity=100_000.0)
+    weights = state.portfolio.weights
+    plan = p.plan(weights.copy(), state, legs, frozenset(unreconciled))
+    assert [o for o in plan.orders if o.symbol in unreconciled] == []
+    free = p.plan(weights.copy(), state, legs)
+    assert [o for o in free.orders if o.symbol not in unreconciled] == plan.orders
+    if not unreconciled:
+        assert free.orders == plan.orders and free.cancel == plan.cancel
