@@ -2298,12 +2298,35 @@ class AlpacaBroker:
     # ------------------------------------------------------------------------- adoption
 
     async def _adopt_open_orders(self) -> None:
+        """Follow the orders open at Alpaca in the universe, as they stand. Listed nested
+        (a bracket's legs under their entry, named after it: `leg_client_order_id`), then
+        flat: nested, Alpaca lists the legs only under an entry still open, so the exits of
+        a filled bracket (a position protected by hand, or by another run) were never
+        followed, and a new run's start-up warning (`broker.foreign_open_orders`) missed
+        them. Those are followed under Alpaca's ids for them, each on its own."""
+        nested = await self._open_rows(nested=True)
+        seen = {str(r.get("id") or "") for r in nested}
+        seen.update(
+            str(leg.get("id") or "")
+            for r in nested
+            for leg in r.get("legs") or []
+            if isinstance(leg, Mapping)
+        )
+        flat = [r for r in await self._open_rows(nested=False) if str(r.get("id")) not in seen]
+        for raw in [*nested, *flat]:
+            if self._symbols is not None and raw.get("symbol") not in self._symbols:
+                continue
+            root = self._adopt(raw)
+            if root is not None:
+                self._adopted_roots[root] = None
+
+    async def _open_rows(self, *, nested: bool) -> list[Mapping[str, Any]]:
         client = self._require_client()
         try:
             answer: Any = await self._call(
                 "list_open_orders",
                 client.get_orders,
-                GetOrdersRequest(status=QueryOrderStatus.OPEN, nested=True, limit=_ORDER_PAGE),
+                GetOrdersRequest(status=QueryOrderStatus.OPEN, nested=nested, limit=_ORDER_PAGE),
             )
         except APIError as e:
             raise RetryableError(
@@ -2314,13 +2337,8 @@ class AlpacaBroker:
             raise self._unreachable("reading open orders", e) from None
         rows = [r for r in answer if isinstance(r, Mapping)] if isinstance(answer, list) else []
         if len(rows) >= _ORDER_PAGE:
-            log.warning("alpaca.adopt.truncated", orders=len(rows))
-        for raw in rows:
-            if self._symbols is not None and raw.get("symbol") not in self._symbols:
-                continue
-            root = self._adopt(raw)
-            if root is not None:
-                self._adopted_roots[root] = None
+            log.warning("alpaca.adopt.truncated", orders=len(rows), nested=nested)
+        return rows
 
     def _adopt(
         self, raw: Mapping[str, Any], leg_ids: Mapping[Leg, str] | None = None

@@ -164,3 +164,36 @@ async def test_a_restarted_run_books_its_own_orders_fills_and_not_a_hand_orders(
     assert BY_HAND not in [cid for cid, _ in fills]
     assert second.portfolio.quantity_of(own.symbol) == own.qty
     assert second.portfolio.quantity_of(sym) == 0
+
+
+async def test_a_new_run_warns_of_the_exits_of_a_bracket_filled_by_hand(engine_config, fake):
+    """Alpaca lists a bracket's legs under their entry only while it is open (nested), so
+    the start-up listing left out the exits of a position protected by hand: no warning,
+    and the broker did not follow them."""
+    panel, config = _live(engine_config, fake)
+    engine = build_engine(config, "live", panel=panel)
+    sym = engine.symbols[2]
+    entry = fake.call(
+        fake._create,
+        {
+            "symbol": sym,
+            "qty": "5",
+            "side": "buy",
+            "type": "market",
+            "time_in_force": "gtc",
+            "order_class": "bracket",
+            "take_profit": {"limit_price": "2000"},
+            "stop_loss": {"stop_price": "1"},
+            "client_order_id": "bracket-by-hand-1",
+        },
+    )
+    fake.call(fake.fill, entry.id, price=100.0)
+    legs = {fake.orders[i].client_order_id for i in entry.leg_ids}
+    assert len(legs) == 2 and all(fake.orders[i].is_open for i in entry.leg_ids)
+    engine.after_bar.append(lambda t, v: engine.request_stop())
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    [warned] = [e for e in logs if e["event"] == "broker.foreign_open_orders"]
+    assert warned["symbols"] == [sym] and set(warned["orders"]) == legs
+    # Foreign exits: the planner neither cancels them nor counts them as this run's.
+    assert all(fake.orders[i].is_open for i in entry.leg_ids)
