@@ -1247,13 +1247,14 @@ def _publisher(config: Config, run_id: str) -> Any:
 
 
 def _instance_lock(config: Config, engine: Engine) -> Any:
-    """One daemon per store and broker account: the Alpaca account (by key id and endpoint,
-    hashed) or, for the simulated broker, the run. Losing the lock stops the engine."""
-    from .instance_lock import InstanceLockService, account_for
+    """One daemon per store and broker account: the Alpaca account (by key id and normalised
+    endpoint, hashed) or, for the simulated broker, the run. Losing the lock stops the
+    engine."""
+    from .instance_lock import InstanceLockService, broker_account
 
     key_id = getattr(engine.broker, "_key_id", None)
     if key_id:
-        account = account_for("alpaca", f"{key_id}@{config.broker.alpaca.base_url}")
+        account = broker_account("alpaca", key_id, config.broker.alpaca.base_url)
     else:
         account = f"simulated:{engine.run.run_id}"
 

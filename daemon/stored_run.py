@@ -25,11 +25,11 @@ log = structlog.get_logger(__name__)
 def _account(config: Config, run_id: str) -> str:
     """The lock account a daemon of this configuration takes (see app._instance_lock)."""
     from .brokers.alpaca_mapping import alpaca_keys_from_env
-    from .instance_lock import account_for
+    from .instance_lock import broker_account
 
     keys = alpaca_keys_from_env() if config.broker.kind != "simulated" else None
     if keys is not None:
-        return account_for("alpaca", f"{keys[0]}@{config.broker.alpaca.base_url}")
+        return broker_account("alpaca", keys[0], config.broker.alpaca.base_url)
     return f"simulated:{run_id}"
 
 
