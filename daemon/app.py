@@ -1248,8 +1248,8 @@ def _publisher(config: Config, run_id: str) -> Any:
 
 def _instance_lock(config: Config, engine: Engine) -> Any:
     """One daemon per store and broker account: the Alpaca account (by key id and normalised
-    endpoint, hashed) or, for the simulated broker, the run. Losing the lock stops the
-    engine."""
+    endpoint, hashed; held machine-wide too, whatever the store) or, for the simulated
+    broker, the run. Losing the lock stops the engine."""
     from .instance_lock import InstanceLockService, broker_account
 
     key_id = getattr(engine.broker, "_key_id", None)
@@ -1268,6 +1268,7 @@ def _instance_lock(config: Config, engine: Engine) -> Any:
         on_lost=lost,
         # A database that is down at start is waited for, as the store waits for it.
         unreachable_wait_s=config.storage.start_retry_s,
+        machine_wide=bool(key_id),
     )
 
 

@@ -27,9 +27,17 @@ SIGKILL, so a crash can never leave a stuck lock:
   system temporary folder). The holder's pid, host and start time are written into the file
   for the refusal message; a file left by a killed process is not locked and does not block.
 
-The account of an Alpaca daemon is `broker_account("alpaca", key_id, base_url)`, whose
-endpoint is normalised first: the same account written `http://127.0.0.1:8080`,
-`http://LOCALHOST:8080/` or with `:443` after `https://` is one lock, not two.
+The broker account, machine-wide. Both locks above sit with the store, so two daemons of one
+configuration in two working folders (a relative `sqlite:///var/paper.db`) or on two
+databases never meet, and would trade one broker account twice. A daemon that trades a real
+broker account therefore also takes `acquire_account_lock`: a lock file named by the account
+alone in one folder per user (`account_lock_dir`: `$TRADINGD_LOCK_DIR`, else
+`~/.cache/tradingd/locks`; not `$XDG_RUNTIME_DIR`, which a login shell has and a service
+has not, so the two would lock in two folders). The account of an Alpaca daemon is
+`broker_account("alpaca", key_id, base_url)`, whose endpoint is normalised first: the same
+account written `http://127.0.0.1:8080`, `http://LOCALHOST:8080/` or with `:443` after
+`https://` is one lock, not two. Nothing on one host can see a daemon on another: that is
+the operator's to prevent (see the README).
 
 Losing the lock while running. A PostgreSQL lock lives exactly as long as its connection: a
 restarted database, a network cut or `pg_terminate_backend` frees it. Call `check()`
@@ -183,13 +191,15 @@ def _now() -> str:
 
 
 def holder_text(holder: dict[str, Any]) -> str:
-    """Who holds a lock, for messages: 'another tradingd (pid ... on host ..., since ...)'."""
+    """Who holds a lock, for messages: 'another tradingd (pid ... on host ..., since ...,
+    store ...)' (the store when the holder recorded it: a lock file does)."""
     if holder.get("pid") is None:
         extra = holder.get("unknown") or "its pid and host are not recorded yet"
         return f"another tradingd ({extra})"
+    store = f", store {holder['store']}" if holder.get("store") else ""
     return (
         f"another tradingd (pid {holder['pid']} on host {holder.get('host') or '?'}, "
-        f"since {holder.get('started_at') or '?'})"
+        f"since {holder.get('started_at') or '?'}{store})"
     )
 
 
@@ -253,7 +263,11 @@ class InstanceLock:
             "host": self.host,
             "started_at": self.started_at,
             "account": self.account,
+            "store": self.store,  # shown form: a file path or a masked URL
         }
+
+    def _refuse(self, holder: dict[str, Any]) -> AnotherDaemonRunning:
+        return _refusal(holder, self.store, self._account, self._where())
 
     async def __aenter__(self) -> InstanceLock:
         return self
@@ -343,7 +357,7 @@ class PostgresInstanceLock(InstanceLock):
                     holder = await self._holder(conn)
                 except _PG_ERRORS as e:  # naming the holder is a courtesy, the refusal is not
                     holder = {"unknown": f"cannot read who: {type(e).__name__}"}
-                raise _refusal(holder, self.store, self._account, self._where())
+                raise self._refuse(holder)
             await self._record(conn)
         except AnotherDaemonRunning:
             await self._close(conn)
@@ -524,9 +538,7 @@ class FileInstanceLock(InstanceLock):
         except OSError as e:
             os.close(fd)
             if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                raise _refusal(
-                    self._read_holder(), self.store, self._account, self._where()
-                ) from None
+                raise self._refuse(self._read_holder()) from None
             raise StorageError(f"instance lock: cannot lock {self.path}: {e}") from e
         return fd
 
@@ -581,6 +593,57 @@ class FileInstanceLock(InstanceLock):
             fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
         log.info("instance_lock.released", **self.describe())
+
+
+class AccountLock(FileInstanceLock):
+    """The machine-wide lock of a broker account (see the module docstring): a lock file
+    named by the account alone, whose holder record names the holder's store."""
+
+    kind = "account"
+
+    def _refuse(self, holder: dict[str, Any]) -> AnotherDaemonRunning:
+        return AnotherDaemonRunning(
+            f"{holder_text(holder)} trades this broker account (account "
+            f"{account_hash(self._account)}, {self._where()}); one daemon per broker account "
+            "on this machine, whatever its store: stop it, or give this one an account of "
+            "its own (other API keys)",
+            holder=holder,
+        )
+
+
+LOCK_DIR_ENV = "TRADINGD_LOCK_DIR"
+
+
+def account_lock_dir() -> Path:
+    """The folder of the machine-wide account locks: `$TRADINGD_LOCK_DIR`, else
+    `~/.cache/tradingd/locks`. Every daemon of the host must see the same one (a service
+    whose home is read-only sets TRADINGD_LOCK_DIR to a writable folder, and so must a
+    daemon started by hand beside it)."""
+    env = os.environ.get(LOCK_DIR_ENV, "").strip()
+    if env:
+        return Path(env).expanduser()
+    return Path.home() / ".cache" / "tradingd" / "locks"
+
+
+def account_lock_path(account: str, lock_dir: str | Path | None = None) -> Path:
+    """Where the machine-wide lock file of `account` lives."""
+    base = Path(lock_dir).expanduser() if lock_dir is not None else account_lock_dir()
+    return base / f"account-{_digest(account)}.lock"
+
+
+async def acquire_account_lock(
+    account: str, store: str, *, lock_dir: str | Path | None = None, wait_s: float = 0.0
+) -> AccountLock:
+    """Take the machine-wide lock of the broker `account` for a daemon on `store` (only
+    shown: a masked URL or a path), or raise `AnotherDaemonRunning` naming the holder and
+    its store (after retrying for up to `wait_s`, for a holder that is just exiting), or
+    `StorageError` when the lock folder cannot be written."""
+    if not account:
+        raise ConfigError("account lock: the account is empty (derive it from the broker account)")
+    lock = AccountLock(store, account, account_lock_path(account, lock_dir))
+    await _take(lock, wait_s, 0.0)
+    log.info("instance_lock.acquired", **lock.describe())
+    return lock
 
 
 def lock_file_path(store_url: str, account: str, lock_dir: str | Path | None = None) -> Path:
@@ -640,6 +703,14 @@ async def acquire_instance_lock(
             f"instance lock: store URL {mask_url(url)!r} has an unsupported scheme; "
             "valid: sqlite:///path.db, sqlite:///:memory:, postgresql://..., postgres://..."
         )
+    await _take(lock, wait_s, unreachable_wait_s)
+    log.info("instance_lock.acquired", **lock.describe())
+    return lock
+
+
+async def _take(lock: InstanceLock, wait_s: float, unreachable_wait_s: float) -> None:
+    """`lock._take()`, retried while another holder lasts (`wait_s`) or the database is
+    down (`unreachable_wait_s`)."""
     deadline = time.monotonic() + max(0.0, wait_s)
     down_deadline = time.monotonic() + max(0.0, unreachable_wait_s)
     delay = 0.5
@@ -663,8 +734,6 @@ async def acquire_instance_lock(
             )
             await asyncio.sleep(min(delay, left))
             delay = min(delay * 2, 10.0)
-    log.info("instance_lock.acquired", **lock.describe())
-    return lock
 
 
 def _sqlite_shown(url: str) -> str:
@@ -676,7 +745,14 @@ class InstanceLockService:
     """The lock as one of the engine's parts: taken first at start (before the store opens),
     released last at stop, and checked every `check_interval_s` in between. When it is lost
     to another daemon (or cannot be proven held), `on_lost` is called once: the daemon stops
-    trading rather than run beside another one."""
+    trading rather than run beside another one.
+
+    `machine_wide` (a real broker account): also the account's machine-wide lock
+    (`acquire_account_lock`, in `account_lock_dir`), taken after the store's so that a second
+    daemon on the same store is still told about the store. A lock folder that cannot be
+    written (a service whose home is read-only) is logged, shown in /ready (still ok), and
+    leaves the store's lock alone to guard the account: refusing would stop every such
+    deployment, while the daemons it could miss are the ones started in other folders."""
 
     def __init__(
         self,
@@ -688,7 +764,13 @@ class InstanceLockService:
         unreachable_wait_s: float = 0.0,
         check_interval_s: float = 30.0,
         on_lost: Callable[[str], None] | None = None,
+        machine_wide: bool = False,
+        account_lock_dir: str | Path | None = None,
     ) -> None:
+        self.machine_wide = machine_wide
+        self.account_lock_dir = account_lock_dir
+        self.account_lock: AccountLock | None = None
+        self.account_lock_error: str | None = None
         self.store_url = store_url
         self.account = account
         self.lock_dir = lock_dir
@@ -708,7 +790,35 @@ class InstanceLockService:
             wait_s=self.wait_s,
             unreachable_wait_s=self.unreachable_wait_s,
         )
+        if self.machine_wide:
+            try:
+                self.account_lock = await acquire_account_lock(
+                    self.account,
+                    self.lock.store,
+                    lock_dir=self.account_lock_dir,
+                    wait_s=self.wait_s,
+                )
+            except StorageError as e:
+                self.account_lock_error = (
+                    f"{e}; only the store's lock guards this account: set {LOCK_DIR_ENV} to a "
+                    "folder every tradingd of this host can write"
+                )
+                log.warning("instance_lock.account_lock_unavailable", error=self.account_lock_error)
+            except BaseException:
+                await self.lock.release()
+                raise
         self._task = asyncio.create_task(self._watch(), name="instance-lock-check")
+
+    async def _account_lock_taken(self) -> bool:
+        """Whether another daemon took the account lock (its file deleted underneath us and
+        locked anew by the other): the store's lock cannot see that daemon."""
+        lock = self.account_lock
+        if lock is None or await lock.check() or lock.held:
+            return False
+        if isinstance(lock.last_error, AnotherDaemonRunning):
+            return True
+        log.warning("instance_lock.unproven", error=str(lock.last_error), **lock.describe())
+        return False
 
     async def _watch(self) -> None:
         assert self.lock is not None
@@ -717,6 +827,13 @@ class InstanceLockService:
             await asyncio.sleep(
                 min(self.check_interval_s, 5.0) if self.lost else self.check_interval_s
             )
+            if await self._account_lock_taken():
+                assert self.account_lock is not None
+                self.lost = str(self.account_lock.last_error)
+                log.error("instance_lock.lost", error=self.lost, **self.account_lock.describe())
+                if self.on_lost is not None:
+                    self.on_lost(self.lost)
+                return
             ok = await self.lock.check()
             if ok and self.lost is None:
                 continue
@@ -744,6 +861,8 @@ class InstanceLockService:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
+        if self.account_lock is not None:
+            await self.account_lock.release()
         if self.lock is not None:
             await self.lock.release()
 
@@ -751,4 +870,7 @@ class InstanceLockService:
         info = self.lock.describe() if self.lock is not None else {}
         ok = self.lock is not None and self.lost is None
         detail = "held" if ok else (self.lost or "not taken")
+        if self.machine_wide:
+            account = self.account_lock.describe() if self.account_lock is not None else {}
+            info["account_lock"] = account or {"held": False, "detail": self.account_lock_error}
         return {"ok": ok, "detail": detail, **info}

@@ -1,14 +1,20 @@
-"""One daemon per broker account, however its URL is written.
+"""One daemon per broker account, however its URL is written and whatever its store.
 
 Found by running several daemons on one host: `http://127.0.0.1:P` and `http://127.0.0.1:P/`
 were two locks (the raw base_url was hashed, the broker strips the slash), so two daemons
-traded one account. The locks are built as the daemon builds them (`app._instance_lock`).
+traded one account; and one configuration in two working folders (the shipped relative
+`sqlite:///var/paper.db`) locked beside two databases, so both ran, under one run id, with
+duplicate-order and wash-trade rejections for the second. The locks are built as the daemon
+builds them (`app._instance_lock`), in a lock folder of the test's own.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -17,10 +23,25 @@ from hypothesis import strategies as st
 
 from tradingd.app import _instance_lock
 from tradingd.config import Config
-from tradingd.instance_lock import AnotherDaemonRunning, broker_account, broker_endpoint
+from tradingd.core.errors import StorageError
+from tradingd.instance_lock import (
+    LOCK_DIR_ENV,
+    AnotherDaemonRunning,
+    account_lock_dir,
+    acquire_account_lock,
+    broker_account,
+    broker_endpoint,
+)
 from tradingd.stored_run import _account
 
 KEY_ID = "PKACCOUNTLOCKTEST0001"
+
+
+@pytest.fixture(autouse=True)
+def lock_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    folder = tmp_path / "locks"
+    monkeypatch.setenv(LOCK_DIR_ENV, str(folder))
+    return folder
 
 
 def _config(store: str, base_url: str) -> Config:
@@ -107,3 +128,107 @@ def test_distinct_accounts_stay_distinct():
     assert broker_endpoint("https://user:pw@Paper-API.alpaca.markets/a//b/?x=1#f") == (
         "https://paper-api.alpaca.markets:443/a/b"
     )
+
+
+async def test_one_configuration_in_two_working_folders_is_refused(tmp_path):
+    # `sqlite:///var/paper.db` started in folders a and b: two databases, one account.
+    a, b = (f"sqlite:///{tmp_path / w / 'var' / 'paper.db'}" for w in ("a", "b"))
+    first = _daemon_lock(a, "http://127.0.0.1:18556")
+    await first.start()
+    try:
+        second = _daemon_lock(b, "http://127.0.0.1:18556/")
+        with pytest.raises(AnotherDaemonRunning) as refused:
+            await second.start()
+        msg = str(refused.value)
+        assert f"pid {os.getpid()} on host " in msg and "since " in msg
+        assert f"store {tmp_path / 'a' / 'var' / 'paper.db'}" in msg  # the holder's store
+        assert "trades this broker account" in msg and KEY_ID not in msg
+        # The refused daemon let go of its own store's lock: a third start there succeeds
+        # once the first daemon is gone.
+        assert second.account_lock is None
+    finally:
+        await first.stop()
+    again = _daemon_lock(b, "http://127.0.0.1:18556")
+    await again.start()
+    await again.stop()
+
+
+async def test_other_accounts_and_simulated_runs_are_not_held_machine_wide(tmp_path):
+    a, b = (f"sqlite:///{tmp_path / w / 'paper.db'}" for w in ("a", "b"))
+    first = _daemon_lock(a, "http://127.0.0.1:18557")
+    await first.start()
+    try:
+        other_key = _daemon_lock(b, "http://127.0.0.1:18557", key_id="PKANOTHERKEY")
+        await other_key.start()
+        await other_key.stop()
+        simulated = _daemon_lock(b, "http://127.0.0.1:18557", key_id="")
+        await simulated.start()
+        assert simulated.account_lock is None and "account_lock" not in simulated.status()
+        await simulated.stop()
+    finally:
+        await first.stop()
+
+
+HOLDER = r"""
+import asyncio, os, sys
+import structlog
+structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
+from tradingd.instance_lock import acquire_account_lock
+
+async def main():
+    lock = await acquire_account_lock(sys.argv[1], sys.argv[2])
+    print("LOCKED", os.getpid(), flush=True)
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await lock.release()
+
+asyncio.run(main())
+"""
+
+
+async def test_the_account_lock_is_held_across_processes_and_freed_by_a_kill(tmp_path):
+    account = broker_account("alpaca", KEY_ID, "http://127.0.0.1:18558")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        HOLDER,
+        account,
+        "/elsewhere/var/paper.db",
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    try:
+        assert proc.stdout is not None
+        line = (await asyncio.wait_for(proc.stdout.readline(), 10)).decode()
+        assert line.startswith("LOCKED"), line
+        with pytest.raises(AnotherDaemonRunning) as refused:
+            await acquire_account_lock(account, str(tmp_path / "mine.db"))
+        assert f"pid {proc.pid} " in str(refused.value)
+        assert "store /elsewhere/var/paper.db" in str(refused.value)
+    finally:
+        proc.kill()
+        await asyncio.wait_for(proc.wait(), 10)
+    lock = await acquire_account_lock(account, str(tmp_path / "mine.db"))
+    await lock.release()
+
+
+async def test_an_unwritable_lock_folder_is_reported_not_fatal(tmp_path, monkeypatch):
+    blocker = tmp_path / "file-not-folder"
+    blocker.write_text("")
+    monkeypatch.setenv(LOCK_DIR_ENV, str(blocker / "locks"))
+    service = _daemon_lock(f"sqlite:///{tmp_path / 'store.db'}", "http://127.0.0.1:18559")
+    await service.start()
+    try:
+        status = service.status()
+        assert status["ok"] and status["account_lock"]["held"] is False
+        assert LOCK_DIR_ENV in status["account_lock"]["detail"]
+    finally:
+        await service.stop()
+    with pytest.raises(StorageError, match="cannot open lock file"):
+        await acquire_account_lock("alpaca:x", "s")
+
+
+def test_the_lock_folder_is_one_per_user_not_per_session(monkeypatch, tmp_path):
+    monkeypatch.delenv(LOCK_DIR_ENV)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))  # a login shell's only
+    assert account_lock_dir() == tmp_path / ".cache" / "tradingd" / "locks"
