@@ -22,6 +22,14 @@ reads them from the store (or the audit trail), which is the record; the channel
 live view. Publishing resumes by itself when Redis returns (a background reconnect with
 exponential backoff and jitter), with one `publisher.redis.down` and one
 `publisher.redis.recovered` log per outage.
+
+One run id, one publisher. Two daemons of one run id on one Redis (one configuration started
+on two stores) would interleave two books on the same channels, and overwrite each other's
+`tradingd:<run_id>:state`. Each send also claims `<prefix><run_id>:owner` (SET NX with a TTL
+its owner renews at each send); a publisher that finds another's claim still there a whole
+TTL after it first saw it (so renewed: a crashed predecessor's claim expires instead) logs
+`publisher.run_id_shared` naming the other process and reports not ok in /ready. It still
+publishes: the events are a view, and which daemon should give way is the operator's call.
 """
 
 from __future__ import annotations
@@ -30,7 +38,11 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 import random
+import socket
+import time
+import uuid
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
@@ -113,6 +125,8 @@ class RedisPublisher:
         backoff_max_s: float = 30.0,
         drain_timeout_s: float = 2.0,
         rng: Callable[[], float] = random.random,
+        owner_ttl_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if max_queue < 1 or batch_size < 1:
             raise ValueError("max_queue and batch_size must be >= 1")
@@ -126,6 +140,17 @@ class RedisPublisher:
         self.connect_timeout = connect_timeout
         self.drain_timeout_s = drain_timeout_s
         self._channels = {kind: self.channel_prefix + kind for kind in KINDS}
+        self.owner_key = self.channel_prefix + "owner"
+        self.owner_ttl_ms = max(1, int(owner_ttl_s * 1000))
+        # Who this publisher is, for another's warning: no secret in it.
+        self.owner = (
+            f"pid {os.getpid()} on host {socket.gethostname()}, since "
+            f"{datetime.now(UTC).isoformat(timespec='seconds')} [{uuid.uuid4().hex[:8]}]"
+        )
+        self.shared_with: str | None = None
+        self._owned = False
+        self._other: tuple[str, float] | None = None  # another's claim, when first seen
+        self._clock = clock
         self._queue: deque[tuple[str, str]] = deque()
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -250,8 +275,10 @@ class RedisPublisher:
             detail = f"publishing on {self.channel_prefix}* at {st['url']}"
         else:
             detail = f"redis {st['url']} unavailable ({st['reason']}); events are dropped"
+        if self.shared_with is not None:
+            detail = self._shared_detail()
         return {
-            "ok": up,
+            "ok": up and self.shared_with is None,
             "detail": detail,
             "enabled": True,
             **st,
@@ -262,6 +289,7 @@ class RedisPublisher:
             "dropped_by_reason": dict(self.dropped_by_reason),
             "queued": len(self._queue),
             "max_queue": self.max_queue,
+            "shared_with": self.shared_with,
         }
 
     # the background side -------------------------------------------------------------------
@@ -276,6 +304,36 @@ class RedisPublisher:
             await client.aclose()
             raise
         return client
+
+    def _claim_seen(self, value: bytes | str | None) -> None:
+        """The owner claim after this send's SET NX: ours, or another's (see the module
+        docstring for when that is a second publisher rather than a dead one's leftover)."""
+        claim = value.decode("utf-8", "replace") if isinstance(value, bytes) else value
+        if claim is None or claim == self.owner:
+            self._owned, self._other = claim is not None, None
+            if self.shared_with is not None and claim is not None:
+                log.info("publisher.run_id_alone", run_id=self.run_id)
+                self.shared_with = None
+            return
+        self._owned = False
+        now = self._clock()
+        if self._other is None or self._other[0] != claim:
+            self._other = (claim, now)
+        elif now - self._other[1] > self.owner_ttl_ms / 1000 and self.shared_with != claim:
+            self.shared_with = claim
+            log.warning(
+                "publisher.run_id_shared",
+                run_id=self.run_id,
+                other=claim,
+                detail=self._shared_detail(),
+            )
+
+    def _shared_detail(self) -> str:
+        return (
+            f"another process publishes run {self.run_id!r} on this Redis ({self.shared_with}): "
+            "its state and channels mix with this one's; give each daemon its own "
+            "run.run_id or Redis database"
+        )
 
     async def _reconnect(self) -> None:
         old, self._client = self._client, None
@@ -293,12 +351,17 @@ class RedisPublisher:
                 n = min(self.batch_size, len(self._queue))
                 batch = [self._queue.popleft() for _ in range(n)]
                 client = self._client
+                owned = self._owned
                 try:
                     async with asyncio.timeout(self.socket_timeout):
                         pipe = client.pipeline(transaction=False)
+                        pipe.set(self.owner_key, self.owner, nx=True, px=self.owner_ttl_ms)
+                        if owned:
+                            pipe.pexpire(self.owner_key, self.owner_ttl_ms)
+                        pipe.get(self.owner_key)
                         for channel, data in batch:
                             pipe.publish(channel, data)
-                        await pipe.execute()
+                        results = await pipe.execute()
                 except ERRORS as exc:
                     # The messages of this batch may or may not have reached Redis: they
                     # count as dropped. What is queued would be stale by the recovery.
@@ -307,6 +370,7 @@ class RedisPublisher:
                     if client is self._client:
                         self._link.mark_down("PUBLISH", exc)
                     break
+                self._claim_seen(results[2 if owned else 1])
                 self.published += n
             if not self._queue:
                 self._idle.set()
