@@ -27,6 +27,12 @@ SP500_PARQUET = SHARED_DATA / "sp500_daily_1999_2018.parquet"
 _CACHE_HOME = tempfile.mkdtemp(prefix="tradingd-test-cache-")
 os.environ["XDG_CACHE_HOME"] = _CACHE_HOME
 atexit.register(shutil.rmtree, _CACHE_HOME, ignore_errors=True)
+# The machine-wide account locks (instance_lock.account_lock_dir) likewise: the tests' fake
+# Alpacas would leave a lock file a run in ~/.cache/tradingd/locks, and two test workers that
+# use one fake address would refuse each other. Per worker; the processes a test starts share it.
+_LOCK_DIR = tempfile.mkdtemp(prefix="tradingd-test-locks-")
+os.environ["TRADINGD_LOCK_DIR"] = _LOCK_DIR
+atexit.register(shutil.rmtree, _LOCK_DIR, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True)
