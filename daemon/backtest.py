@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
+import errno
+import fcntl
 import json
 import os
+import secrets
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -439,12 +443,51 @@ RECORD_FILES = (
 )
 
 
+#: The lock file of a folder's record: `write_outputs` holds it for the whole write, so runs
+#: sharing an --output folder write their records in turn (the last whole one stays).
+RECORD_LOCK = ".record.lock"
+#: The random part of a record file's temporary name (`_temp_name`), in characters.
+_TEMP_TOKEN = 8
+
+
+def record_names() -> tuple[str, ...]:
+    """Every name `write_outputs` creates in the folder, its temporary names included (at
+    their longest): what the start-up check of --output probes, so that a path too long for
+    them fails before the replay, not after it."""
+    written = RECORD_FILES[:7]
+    return (*written, RECORD_LOCK, *(_temp_name(n, "9" * 10, "x" * _TEMP_TOKEN) for n in written))
+
+
+def _temp_name(name: str, pid: str, token: str) -> str:
+    return f".{name}.{pid}.{token}.tmp"
+
+
+@contextlib.contextmanager
+def _record_locked(out: Path) -> Iterator[None]:
+    """The folder's record to this process alone until the block ends (flock on
+    RECORD_LOCK: released when the file is closed, also by a process that dies)."""
+    with (out / RECORD_LOCK).open("a", encoding="utf-8") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        yield
+
+
 def remove_earlier_record(out: Path, run_id: str) -> list[str]:
     """A rerun's store and audit log have just dropped the run id's earlier record: its
     files in the output folder go too, when the folder holds that run id's record (its
     summary.json names it; an --output folder may hold another run's). Else a rerun stopped
     early (or failed) left the earlier run's whole record there, which the store no longer
-    held. Other files stay."""
+    held. Other files stay. Under the folder's lock: another run writing its record there
+    meanwhile would have lost the files it had written so far."""
+    if not (out / "summary.json").is_file():
+        return []  # no record of a run here (and no folder to put a lock file in)
+    try:
+        with _record_locked(out):
+            return _remove_record_of(out, run_id)
+    except OSError:
+        return []  # a folder this process cannot write: the write at the end will say so
+
+
+def _remove_record_of(out: Path, run_id: str) -> list[str]:
     try:
         earlier = json.loads((out / "summary.json").read_text(encoding="utf-8")).get("run_id")
     except (OSError, ValueError, AttributeError):
@@ -471,29 +514,53 @@ def write_outputs(
     fills: Sequence[dict[str, Any]],
     splits: Mapping[str, list[tuple[datetime, float]]] | None = None,
 ) -> None:
-    """The run's record files. Each is written whole or not at all (a temporary file renamed),
-    summary.json last; a write that fails (a full disk) removes what this call wrote and
-    says so: a cut orders.csv or an empty environment.json beside a summary.json read as a
-    finished record, and `tradingd report` reported it."""
+    """The run's record files. Each is written whole or not at all (a temporary file of this
+    process renamed), summary.json last; a write that fails (a full disk) removes what this
+    call wrote and says so: a cut orders.csv or an empty environment.json beside a complete
+    summary.json read as a finished record, and `tradingd report` reported it.
+
+    Runs sharing a folder (one --output for a sweep's variants) write in turn, under the
+    folder's lock (RECORD_LOCK), and each first removes the record it replaces: with one
+    temporary name for all, a run renamed or removed another's half-written file and exited
+    2 after its whole replay, and the folder was left with a mix of two records."""
     try:
         out.mkdir(parents=True, exist_ok=True)
-        # The folder's record is this run's now: a report of the one it replaces (another
-        # run id's, in an --output folder) would sit beside it as if it were this run's.
-        for stale in ("report.html", "report.json"):
-            (out / stale).unlink(missing_ok=True)
+        with _record_locked(out):
+            _write_record(out, config, result, summary, orders, fills, splits)
     except OSError as e:
-        raise TradingdError(f"cannot write the run's record in {out}: {e.strerror or e}") from e
-    written: list[Path] = []
+        raise TradingdError(_unwritable(out, e, "")) from e
+
+
+def _write_record(
+    out: Path,
+    config: Config,
+    result: EngineResult,
+    summary: dict[str, Any],
+    orders: Sequence[dict[str, Any]],
+    fills: Sequence[dict[str, Any]],
+    splits: Mapping[str, list[tuple[datetime, float]]] | None,
+) -> None:
+    # The folder's record is this run's now: what is left of the one it replaces (another
+    # run id's, in an --output folder; its report too) would sit beside it as if it were
+    # this run's, and a failure below would leave that one's summary.json and equity.csv
+    # beside none of its orders: a record in name only.
+    for stale in RECORD_FILES:
+        (out / stale).unlink(missing_ok=True)
+    # What this call renamed into place, by identity: only these are removed on failure.
+    written: list[tuple[Path, os.stat_result]] = []
+    token = f"{os.getpid()}", secrets.token_hex(_TEMP_TOKEN // 2)
 
     def put(name: str, write: Callable[[TextIO], object]) -> None:
-        tmp = out / f".{name}.tmp"
+        # Not tempfile.mkstemp: its files are private (0600), a record's are the umask's.
+        tmp = out / _temp_name(name, *token)
         try:
-            with tmp.open("w", newline="", encoding="utf-8") as fh:
+            with tmp.open("x", newline="", encoding="utf-8") as fh:
                 write(fh)
+                made = os.fstat(fh.fileno())
             os.replace(tmp, out / name)
         finally:
             tmp.unlink(missing_ok=True)
-        written.append(out / name)
+        written.append((out / name, made))
 
     def equity(fh: TextIO) -> None:
         w = csv.writer(fh)
@@ -528,15 +595,43 @@ def write_outputs(
         put("equity.csv", equity)
         put("summary.json", lambda fh: fh.write(json.dumps(_jsonable(summary), indent=2)))
     except BaseException as e:
-        for path in written:
-            path.unlink(missing_ok=True)
+        for path, made in written:
+            _unlink_if_same(path, made)
         if not isinstance(e, OSError):
             raise  # a stop (Ctrl-C) or a bug: the partial record is gone all the same
         raise TradingdError(
-            f"cannot write the run's record in {out}: {e.strerror or e}; its files were "
-            "removed (an incomplete record would read as a finished one): free space and run "
-            "it again, or write elsewhere with --output"
+            _unwritable(
+                out,
+                e,
+                "; its files were removed (an incomplete record would read as a finished one)",
+            )
         ) from e
+
+
+def _unlink_if_same(path: Path, made: os.stat_result) -> None:
+    """Remove `path` if it is still the file this process made (not one another writer
+    that takes no lock, an older tradingd, has put there since)."""
+    with contextlib.suppress(OSError):
+        now = path.stat()
+        if (now.st_dev, now.st_ino) == (made.st_dev, made.st_ino):
+            path.unlink()
+
+
+def _unwritable(out: Path, e: OSError, removed: str) -> str:
+    """What failed, and what to do about that failure: free space was the advice for every
+    error, a path too long (ENAMETOOLONG) and a folder removed meanwhile (ENOENT) too."""
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = "free space and run it again, or write elsewhere with --output"
+    elif e.errno == errno.ENAMETOOLONG:
+        advice = "give a shorter --output path (or run.output_dir) and run it again"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = (
+            "make the folder writable for this user (or the file system writable) and run "
+            "it again, or write elsewhere with --output"
+        )
+    else:
+        advice = "run it again once that is resolved, or write elsewhere with --output"
+    return f"cannot write the run's record in {out}: {e.strerror or e}{removed}: {advice}"
 
 
 def _write_rows(path: Path, rows: Sequence[dict[str, Any]]) -> None:

@@ -289,7 +289,7 @@ def test_a_reruns_folder_loses_the_earlier_record_when_the_store_does(tmp_path):
         (out / name).write_text("the first run's report")
     (out / "notes.txt").write_text("mine")
     record = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert set(record) == {*bt.RECORD_FILES, "notes.txt"}
+    assert set(record) == {*bt.RECORD_FILES, bt.RECORD_LOCK, "notes.txt"}
 
     assert _stopped_run(config, out, _once_the_store_starts).bars == 0
     assert {p.name: p.read_bytes() for p in out.iterdir()} == record
@@ -306,12 +306,12 @@ def test_a_reruns_folder_loses_the_earlier_record_when_the_store_does(tmp_path):
     assert (again.warmup, str(again)) == (stopped.warmup, str(stopped))
     with sqlite3.connect(tmp_path / "in.db") as c:
         assert c.execute("select count(*) from equity").fetchone()[0] == 3  # of 125
-    assert [p.name for p in out.iterdir()] == ["notes.txt"]
+    assert sorted(p.name for p in out.iterdir()) == [bt.RECORD_LOCK, "notes.txt"]
 
     (out / "report.html").write_text("an earlier report")
     again = asyncio.run(bt.run_backtest(config, output_dir=out))
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [*(n for n in bt.RECORD_FILES if not n.startswith("report.")), "notes.txt"]
+        [*(n for n in bt.RECORD_FILES if not n.startswith("report.")), bt.RECORD_LOCK, "notes.txt"]
     )
     assert (out / "summary.json").read_bytes() == record["summary.json"]
     assert again.result.bars == first.result.bars

@@ -325,7 +325,8 @@ def test_a_record_that_cannot_be_written_whole_is_removed_and_named(tmp_path, mo
     with pytest.raises(TradingdError, match="No space left on device") as caught:
         backtest.write_outputs(out, Config(), result, {"run_id": "r"}, [], [])
     assert str(out) in str(caught.value) and "--output" in str(caught.value)
-    assert sorted(p.name for p in out.iterdir()) == []  # nothing half there, no temporary file
+    # nothing half there, no temporary file: only the folder's (empty) lock file
+    assert sorted(p.name for p in out.iterdir()) == [backtest.RECORD_LOCK]
     monkeypatch.setattr(backtest, "environment", real)
     backtest.write_outputs(out, dataclasses.replace(Config()), result, {"run_id": "r"}, [], [])
     assert (out / "summary.json").exists() and (out / "environment.json").stat().st_size > 0
@@ -358,4 +359,179 @@ def test_a_record_interrupted_while_written_leaves_nothing_a_report_would_take(
     out = tmp_path / "r"
     with pytest.raises(KeyboardInterrupt):
         backtest.write_outputs(out, Config(), result, {"run_id": "r"}, [], [])
-    assert list(out.iterdir()) == []
+    assert [p.name for p in out.iterdir()] == [backtest.RECORD_LOCK]
+
+
+def _record_args(run_id: str, rows: int = 3):
+    """write_outputs' arguments for a small record whose every file names `run_id`."""
+    import dataclasses
+
+    from tradingd.config import Config
+    from tradingd.engine.engine import EngineResult
+
+    t = datetime(2024, 3, 8, tzinfo=UTC)
+    config = Config()
+    config = dataclasses.replace(config, run=dataclasses.replace(config.run, run_id=run_id))
+    result = EngineResult(run_id, 1, [t], [1e5], [0.0], 0, 0, 0)
+    orders = [{"run_id": run_id, "n": i} for i in range(rows)]
+    return config, result, {"run_id": run_id}, orders, orders
+
+
+def _whole_record_of(out) -> str:
+    """The run id the folder's record belongs to, after checking every file is that run's."""
+    import json
+
+    from tradingd import backtest
+
+    names = sorted(p.name for p in out.iterdir() if p.name != ".record.lock")
+    assert names == sorted(backtest.RECORD_FILES[:7]), names  # whole, no temporary file left
+    run_id = json.loads((out / "summary.json").read_text())["run_id"]
+    assert json.loads((out / "config.json").read_text())["run"]["run_id"] == run_id
+    for name in ("orders.csv", "fills.csv"):
+        assert {line.split(",")[0] for line in (out / name).read_text().splitlines()[1:]} == {
+            run_id
+        }
+    return run_id
+
+
+def test_two_runs_writing_one_folder_at_once_leave_one_whole_record(tmp_path, monkeypatch):
+    """Parallel runs sharing an --output folder: with one temporary name for every process,
+    the second run renamed the first one's half-written environment.json as its own, the
+    first then found no temporary file to rename (ENOENT) and removed the files it had
+    written, which were the second's: it exited 2 after its whole replay, and the folder
+    held summary.json, equity.csv and environment.json only. Now the second waits for the
+    folder's lock: both finish, and the folder holds the second's whole record.
+
+    Deterministic: A stops inside its write (environment.json) until B has reached the
+    lock (or, without one, its own environment.json)."""
+    import fcntl
+    import threading
+
+    from tradingd import backtest
+
+    out = tmp_path / "shared"
+    a, b = _record_args("run-a"), _record_args("run-b")
+    a_inside, b_got_there = threading.Event(), threading.Event()
+    real_env, real_flock = backtest.environment, fcntl.flock
+
+    def environment(config):  # type: ignore[no-untyped-def]
+        if config is a[0]:
+            a_inside.set()
+            assert b_got_there.wait(30), "B never reached the lock or its own write"
+        else:
+            b_got_there.set()
+        return real_env(config)
+
+    def flock(fd, op):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name == "B":
+            b_got_there.set()  # about to wait: A holds the lock
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(backtest, "environment", environment)
+    monkeypatch.setattr(fcntl, "flock", flock)
+    errors: dict[str, BaseException] = {}
+
+    def write(name: str, args) -> None:  # type: ignore[no-untyped-def]
+        if name == "B":
+            assert a_inside.wait(30)
+        try:
+            backtest.write_outputs(out, *args)
+        except BaseException as e:  # reported below
+            errors[name] = e
+
+    threads = [threading.Thread(target=write, args=(n, x), name=n) for n, x in (("A", a), ("B", b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert errors == {}
+    assert _whole_record_of(out) == "run-b"  # the last whole one
+
+
+def _write_in_process(out: str, run_id: str, barrier) -> str:  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    from tradingd import backtest
+
+    args = _record_args(run_id, rows=20_000)
+    barrier.wait()
+    try:
+        backtest.write_outputs(Path(out), *args)
+    except Exception as e:  # the parent asserts on it
+        return f"{type(e).__name__}: {e}"
+    return ""
+
+
+def test_four_processes_writing_one_folder_each_finish_and_leave_one_whole_record(tmp_path):
+    """The sweep of the report: four real processes, released together, write into one
+    folder; each finishes, and the folder holds one of them whole."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")
+    out = tmp_path / "shared"
+    ids = [f"run-{i}" for i in range(4)]
+    with ctx.Manager() as manager:
+        barrier = manager.Barrier(len(ids))
+        with ProcessPoolExecutor(len(ids), mp_context=ctx) as pool:
+            errors = list(pool.map(_write_in_process, [str(out)] * 4, ids, [barrier] * 4))
+    assert errors == [""] * 4
+    assert _whole_record_of(out) in ids
+
+
+def test_a_failed_write_removes_only_the_files_it_made(tmp_path, monkeypatch):
+    """The clean-up unlinked whatever was at each name it had written, a file another
+    writer (one that takes no lock: an older tradingd) had put there since included."""
+    import errno
+    import os
+
+    from tradingd import backtest
+    from tradingd.core.errors import TradingdError
+
+    out = tmp_path / "r"
+
+    def theirs_then_full(config):  # type: ignore[no-untyped-def]
+        (out / "other").write_text("another writer's orders")
+        os.replace(out / "other", out / "orders.csv")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(backtest, "environment", theirs_then_full)
+    with pytest.raises(TradingdError, match="free space"):
+        backtest.write_outputs(out, *_record_args("r"))
+    assert (out / "orders.csv").read_text() == "another writer's orders"
+    assert not (out / "fills.csv").exists()  # this call's
+
+
+@pytest.mark.parametrize(
+    ("code", "advice"),
+    [
+        ("ENOSPC", "free space"),
+        ("EDQUOT", "free space"),
+        ("ENAMETOOLONG", "shorter --output path"),
+        ("EACCES", "writable for this user"),
+        ("EROFS", "writable for this user"),
+        ("ENOENT", "once that is resolved"),
+    ],
+)
+def test_a_record_that_cannot_be_written_gets_the_advice_of_its_error(
+    tmp_path, monkeypatch, code, advice
+):
+    """'free space and run it again' was the advice for every error: for a path too long
+    (a 4,075-character --output, after the whole replay) and a folder removed meanwhile."""
+    import errno
+    import os
+
+    from tradingd import backtest
+    from tradingd.core.errors import TradingdError
+
+    number = getattr(errno, code)
+
+    def failing(config):  # type: ignore[no-untyped-def]
+        raise OSError(number, os.strerror(number))
+
+    monkeypatch.setattr(backtest, "environment", failing)
+    with pytest.raises(TradingdError) as caught:
+        backtest.write_outputs(tmp_path / "r", *_record_args("r"))
+    said = str(caught.value)
+    assert os.strerror(number) in said and advice in said and str(tmp_path / "r") in said
+    assert ("free space" in said) == (code in ("ENOSPC", "EDQUOT"))
