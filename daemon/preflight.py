@@ -14,7 +14,9 @@ import asyncio
 import contextlib
 import errno
 import importlib.util
+import os
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +76,11 @@ def check_config(config: Config, command: str, *, output_dir: str | Path | None 
     for what in WRITES.get(command, ()):
         if what == "output":
             if output_dir is not None:
-                check_writable_dir(output_dir, "--output")
+                from .backtest import record_names
+
+                # The record's files directly in it: a path too long for them failed only
+                # after the whole replay.
+                check_writable_dir(output_dir, "--output", names=record_names())
             else:
                 check_writable_dir(config.run.output_dir, "run.output_dir")
         elif what == "audit":
@@ -169,17 +175,32 @@ def _check_features(config: Config, pipeline: Any) -> None:
     verify_model_features(config, pipeline)
 
 
-def check_writable_dir(path: str | Path, key: str) -> Path:
+def check_writable_dir(path: str | Path, key: str, names: Sequence[str] = ()) -> Path:
     """Fail now if `path` cannot be a folder this process writes into, without creating it:
     it is an existing writable folder, or the nearest existing ancestor is one (so it can be
     created). Writability is probed with an anonymous temporary file, which also holds for
-    root, read-only mounts and ACLs, where permission bits mislead."""
+    root, read-only mounts and ACLs, where permission bits mislead. `names` are the files
+    the command will create in it (temporary names included): the longest must fit the file
+    system's limits on a path and on a name (`_check_lengths`)."""
     p = Path(path).expanduser()
     target = p
-    while not target.exists():
-        if target.parent == target:
-            break
-        target = target.parent
+    try:
+        while not target.exists():
+            if target.parent == target:
+                break
+            target = target.parent
+    except OSError as exc:
+        # A name over NAME_MAX (ENAMETOOLONG), a folder this user may not look into: the
+        # check itself ended in a traceback.
+        fix = (
+            "give a shorter path"
+            if exc.errno == errno.ENAMETOOLONG
+            else "must be a folder this user can create or write to"
+        )
+        raise ConfigError(
+            f"{key} = {_shown(str(path))!r} is invalid: {_shown(str(target))} cannot be looked up "
+            f"({exc.strerror or exc}); {fix}"
+        ) from None
     if not target.is_dir():
         what = "it exists and" if target == p else f"{target} exists and"
         raise ConfigError(
@@ -196,7 +217,50 @@ def check_writable_dir(path: str | Path, key: str) -> Path:
             f"created there ({exc.strerror or exc}); must be a folder this user can create or "
             "write to"
         ) from None
+    if names:
+        _check_lengths(p, target, key, max(names, key=lambda n: len(os.fsencode(n))))
     return p
+
+
+def _check_lengths(p: Path, target: Path, key: str, longest: str) -> None:
+    """The path of `longest` in `p` (as this process will pass it) and every name in it that
+    does not exist yet are within the limits of the file system they will be on (PATH_MAX,
+    NAME_MAX: ENAMETOOLONG otherwise). The kernel is asked too: a stat of that path says
+    ENAMETOOLONG before it says the file does not exist."""
+    full = p / longest
+    try:
+        path_max = os.pathconf(target, "PC_PATH_MAX")
+        name_max = os.pathconf(target, "PC_NAME_MAX")
+    except (OSError, ValueError):  # a system that does not say: the probe below still asks
+        path_max = name_max = -1
+    size = len(os.fsencode(full)) + 1  # with its terminating NUL, as PATH_MAX counts
+    problem = ""
+    if 0 < path_max < size:
+        problem = (
+            f"the paths of the files written in it would be up to {size - 1:,} bytes, over "
+            f"this file system's limit of {path_max - 1:,}"
+        )
+    for name in [*p.parts[len(target.parts) :], longest]:
+        if not problem and 0 < name_max < len(os.fsencode(name)):
+            problem = (
+                f"the name {_shown(name)!r} would be {len(os.fsencode(name)):,} bytes, over "
+                f"this file system's limit of {name_max:,} for a file or folder name"
+            )
+    if not problem:
+        try:
+            os.stat(full)
+        except OSError as exc:
+            if exc.errno == errno.ENAMETOOLONG:
+                problem = f"the files written in it cannot be created there ({exc.strerror})"
+    if problem:
+        raise ConfigError(f"{key} = {_shown(str(p))!r} is invalid: {problem}; give a shorter path")
+
+
+def _shown(text: str, keep: int = 60) -> str:
+    """A path short enough for an error line (a 4,000-character one buried the message)."""
+    if len(text) <= 2 * keep:
+        return text
+    return f"{text[:keep]}...{text[-keep:]} ({len(text):,} characters)"
 
 
 def _sqlite_file(url: str) -> Path | None:

@@ -300,6 +300,58 @@ def test_unwritable_output_option_fails_before_the_replay(cli, tmp_path, bad_dir
     assert f"--output = '{bad_dir}' is invalid" in err
 
 
+def _deep(base: Path, length: int) -> Path:
+    """A folder path of exactly `length` characters under `base` (names of 200 characters)."""
+    path = str(base)
+    while len(path) < length:
+        path += "/" + "d" * min(200, length - len(path) - 1)
+    assert len(path) == length
+    return Path(path)
+
+
+def test_an_output_path_too_long_for_the_records_files_fails_before_the_replay(cli, tmp_path):
+    """A 4,075-character --output passed the start-up check (its folders could be made) and
+    the whole replay ran before the record's files, 20-odd characters more, could not be
+    named (ENAMETOOLONG), with the advice to free space."""
+    out = _deep(tmp_path, 4075)
+    code, _, err = cli("backtest", "-c", str(write_config(tmp_path)), "--output", str(out))
+    assert code == 2  # the run_backtest tripwire was not reached
+    assert "--output = " in err and "over this file system's limit of 4,095" in err
+    assert "give a shorter path" in err and "4,075 characters" in err  # the path, shortened
+    # A name over NAME_MAX: in a folder still to be made, and directly in an existing one
+    # (where even the look-up for the nearest existing folder ended in a traceback).
+    for folder, said in (
+        (tmp_path / "new" / ("n" * 300), "limit of 255 for a file or folder name"),
+        (tmp_path / ("n" * 300), "cannot be looked up (File name too long)"),
+    ):
+        code, _, err = cli("backtest", "-c", str(write_config(tmp_path)), "--output", str(folder))
+        assert code == 2 and said in err and "give a shorter path" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["small.toml"]  # nothing made
+
+
+def test_the_output_length_check_takes_exactly_the_paths_the_record_can_be_written_to(
+    tmp_path,
+):
+    """The bound is the record's own: the longest folder the check lets through holds a
+    whole record, and one character more is refused."""
+    import json
+    from datetime import UTC, datetime
+
+    from tradingd import backtest
+    from tradingd.config import Config
+    from tradingd.engine.engine import EngineResult
+
+    longest = max(len(n) for n in backtest.record_names())
+    limit = os.pathconf(tmp_path, "PC_PATH_MAX") - 1  # bytes of a path, without its NUL
+    fits = _deep(tmp_path, limit - 1 - longest)
+    assert check_writable_dir(fits, "--output", names=backtest.record_names()) == fits
+    result = EngineResult("r", 1, [datetime(2024, 3, 8, tzinfo=UTC)], [1e5], [0.0], 0, 0, 0)
+    backtest.write_outputs(fits, Config(), result, {"run_id": "r"}, [], [])
+    assert json.loads((fits / "summary.json").read_text())["run_id"] == "r"
+    with pytest.raises(ConfigError, match="give a shorter path"):
+        check_writable_dir(Path(f"{fits}x"), "--output", names=backtest.record_names())
+
+
 def test_unwritable_sqlite_folder_stops_fetch(cli, tmp_path, bad_dir, monkeypatch):
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{bad_dir}/x.db")
     code, _, err = cli("fetch", "-c", str(write_config(tmp_path)))
