@@ -11,9 +11,11 @@ which changes a single number:
   its result: the same inputs, the same code. (The lag itself changes which parameters size
   the bars in between: see kelly_garch.)
 - The cache: a fit's outcome is a pure function of its inputs (the returns, the mean model,
-  the warm start, `min_obs`), so it is keyed by a BLAKE2b-128 hash of exactly those and kept
-  between runs in `fit_cache_dir`. A rerun of a replay then fits nothing; a changed price,
-  window or warm start is a different key. An unreadable cache file is ignored with a warning.
+  the warm start, `min_obs`) under one BLAS (its kernels and thread count: `blas_kind`, the
+  cache file's label), so it is keyed by a BLAKE2b-128 hash of exactly those and kept
+  between runs in `fit_cache_dir`, reused only under the same BLAS. A rerun of a replay
+  then fits nothing; a changed price, window or warm start is a different key. An
+  unreadable cache file is ignored with a warning.
 """
 
 from __future__ import annotations
@@ -103,14 +105,18 @@ def fit_key(job: FitJob) -> bytes:
 
 
 def blas_kind() -> str:
-    """The BLAS libraries of this process and the kernels each chose ("openblas/SkylakeX"):
-    a GARCH fit's optimiser goes through them, and their kernels differ by CPU in the last
-    bits (20 of 20 test fits differed between OpenBLAS' Haswell and SkylakeX kernels)."""
+    """The BLAS libraries of this process, the kernels each chose and its thread count
+    ("openblas/SkylakeX/2 threads"): a GARCH fit's optimiser goes through them, their
+    kernels differ by CPU in the last bits (20 of 20 test fits differed between OpenBLAS'
+    Haswell and SkylakeX kernels), and so does their thread count (a replay's final equity
+    was 98,172.07 with OPENBLAS_NUM_THREADS=1 and 98,176.47 with the default 2, and a
+    default run given the 1-thread run's cache gave the 1-thread figure). Sweeps set one
+    thread routinely (Ray does): a cache label without the count mixed the two."""
     from tradingd.environment import blas
 
     # The BLAS only: which OpenMP runtimes are loaded depends on what was imported first.
     kinds = {
-        f"{b.get('internal_api')}/{b.get('architecture')}"
+        f"{b.get('internal_api')}/{b.get('architecture')}/{b.get('num_threads')} threads"
         for b in blas()
         if b.get("user_api") == "blas"
     }
@@ -178,9 +184,9 @@ class FitCache:
                 return
             kind = blas_kind()
             if data.get("blas") != kind:
-                # A fit depends on the BLAS kernels OpenBLAS chose for this CPU (the
-                # optimiser's steps): a cache made elsewhere (a shared or copied var/) would
-                # mix two kinds of fit in one run.
+                # A fit depends on the BLAS kernels OpenBLAS chose for this CPU and on its
+                # thread count (the optimiser's steps): a cache made elsewhere (a shared or
+                # copied var/) or under another thread count would mix two kinds of fit.
                 log.warning(
                     "garch_cache.ignored",
                     path=str(self.path),

@@ -179,6 +179,54 @@ def test_a_fit_cache_made_with_other_blas_kernels_is_not_reused(tmp_path):
     assert event["event"] == "garch_cache.ignored" and "SomeOtherCore" in event["reason"]
 
 
+def test_a_fit_cache_made_with_another_blas_thread_count_is_not_reused(tmp_path, monkeypatch):
+    """OpenBLAS's thread count moves a fit in its last digits (a replay's final equity:
+    98,172.07 with one thread, 98,176.47 with two), and a two-thread run given a one-thread
+    run's cache gave the one-thread figure. The count is in the file's label."""
+    import tradingd.environment
+    from tradingd_plugins.sizing.garch_fits import FitCache
+
+    real = tradingd.environment.blas()
+    if not any(b.get("user_api") == "blas" for b in real):
+        pytest.skip("no BLAS library seen by threadpoolctl in this process")
+
+    def threads(n: int) -> None:
+        seen = [{**b, "num_threads": n} if b.get("user_api") == "blas" else b for b in real]
+        monkeypatch.setattr(tradingd.environment, "blas", lambda: seen)
+
+    threads(1)
+    made = FitCache(str(tmp_path), 10)
+    made.put(b"k", (None, "why"))
+    made.save()
+    assert FitCache(str(tmp_path), 10).get(b"k") == (None, "why")  # same threads: reused
+    threads(4)
+    with capture_logs() as logs:
+        assert FitCache(str(tmp_path), 10).get(b"k") is None
+    [event] = logs
+    assert event["event"] == "garch_cache.ignored" and "1 threads" in event["reason"]
+
+
+def test_the_fit_cache_follows_threadpoolctls_limits_in_process(tmp_path):
+    """What a walk-forward fold does (`pinned`: threadpool_limits): fits cached under one
+    thread are not served once the limit is lifted."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    from tradingd_plugins.sizing.garch_fits import FitCache
+
+    counts = {
+        lib["num_threads"]
+        for lib in threadpoolctl.threadpool_info()
+        if lib.get("user_api") == "blas"
+    }
+    if not counts or max(counts) < 2:
+        pytest.skip("the BLAS runs one thread already: no other count to compare with")
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        made = FitCache(str(tmp_path), 10)
+        made.put(b"k", (None, "why"))
+        made.save()
+        assert FitCache(str(tmp_path), 10).get(b"k") == (None, "why")
+    assert FitCache(str(tmp_path), 10).get(b"k") is None
+
+
 def test_a_fit_cache_that_cannot_be_written_leaves_no_partial_file(tmp_path, monkeypatch):
     """On a full disk each failed save left its partial temporary file (about 4 MB on the S&P
     500 run), never removed, and the error went to the log with a traceback although the
