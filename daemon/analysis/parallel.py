@@ -26,7 +26,9 @@ worker. A task that raises stops the run: the others are cancelled (local worker
 Ray's tasks cancelled as Ray cancels them) and the first error (in task order among those
 finished) is raised. Ctrl-C does the same.
 
-`sweep(config, grid)` runs one backtest per point of a parameter grid through `run_tasks`.
+`sweep(config, grid)` runs one backtest per point of a parameter grid through `run_tasks`;
+a point in a worker process logs warnings and errors only, in `log.format`, as a walk-forward
+fold's worker does (in this process, `workers=0`, the caller's logging stands).
 """
 
 from __future__ import annotations
@@ -294,9 +296,14 @@ def _sweep_point(task: tuple[Any, dict[str, Any], Any, str | None]) -> dict[str,
     from pathlib import Path
 
     from ..backtest import run_backtest
-    from .walkforward_run import json_values
+    from .walkforward_run import json_values, quiet_logging
 
     config, values, panel, out = task
+    if in_worker():
+        # As a walk-forward fold's worker: warnings and errors, in log.format. A spawned
+        # worker's structlog is unconfigured, and printed every debug line (16,367
+        # risk.verdict lines for 4 small points at log.level "info").
+        quiet_logging(config)
     with tempfile.TemporaryDirectory(prefix="tradingd-sweep-") as tmp:
         # Each point has a store and an audit log of its own; nothing shared but read-only
         # caches keyed by their exact inputs.

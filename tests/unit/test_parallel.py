@@ -164,6 +164,36 @@ def test_sweep_runs_every_grid_point_with_its_values(tmp_path):
     assert s[(0.25, 0.0)]["exposure"] < s[(0.5, 0.0)]["exposure"]  # half the Kelly bet
 
 
+def test_sweep_workers_log_warnings_only_as_fold_workers_do(capfd):
+    """A sweep's worker process ignored log.level: its structlog was never configured, and
+    it printed every debug line (16,367 risk.verdict lines for 4 small points at "info")."""
+    import re
+
+    from tradingd.analysis.parallel import sweep
+    from tradingd.config import PluginSpec
+
+    config = tiny_config(signals=(PluginSpec("multi_factor"),))
+    config = dataclasses.replace(
+        config,
+        sizing=dataclasses.replace(
+            config.sizing, params={**config.sizing.params, "volatility": "ewma"}
+        ),
+        log=dataclasses.replace(config.log, level="info", format="json"),
+    )
+    capfd.readouterr()
+    [point] = sweep(config, {"costs.commission_pct": [0.0]}, panel=tiny_panel(), workers=1)
+    assert point["summary"]["fills"] > 0  # the point traded: its engine had things to say
+    out, err = capfd.readouterr()
+    chatty = []
+    for line in (out + err).splitlines():
+        if line.startswith("{"):
+            if json.loads(line).get("level") not in ("warning", "error", "critical"):
+                chatty.append(line)
+        elif re.search(r"\[\s*(debug|info)\s*\]|risk\.verdict", line):
+            chatty.append(line)  # structlog's unconfigured console lines
+    assert chatty == [], f"{len(chatty)} lines below warning, e.g. {chatty[:2]}"
+
+
 @pytest.mark.parametrize(
     ("grid", "match"),
     [
