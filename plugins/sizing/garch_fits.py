@@ -21,6 +21,7 @@ which changes a single number:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -177,36 +178,56 @@ class FitCache:
     def _load(self) -> None:
         if self.path is None or not self.size or not self.path.exists():
             return
+        read = self._read(quiet=False)
+        if read is None:
+            return
+        entries, rows = read
+        self._old = entries
+        # A file cut to a smaller size, or holding a key twice, is not what save would write.
+        if rows == len(entries):
+            self._file_keys = list(entries)
+        log.info("garch_cache.loaded", path=str(self.path), entries=len(entries))
+
+    def _read(self, quiet: bool) -> tuple[dict[bytes, FitOutcome], int] | None:
+        """The file's entries (at most `size`) and its row count, if it is of this format and
+        BLAS; else None, said with a warning unless `quiet`."""
+        assert self.path is not None
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             if not (isinstance(data, dict) and data.get("format") == CACHE_FORMAT):
-                log.warning("garch_cache.ignored", path=str(self.path), reason="another format")
-                return
+                if not quiet:
+                    log.warning("garch_cache.ignored", path=str(self.path), reason="another format")
+                return None
             kind = blas_kind()
             if data.get("blas") != kind:
                 # A fit depends on the BLAS kernels OpenBLAS chose for this CPU and on its
                 # thread count (the optimiser's steps): a cache made elsewhere (a shared or
                 # copied var/) or under another thread count would mix two kinds of fit.
-                log.warning(
-                    "garch_cache.ignored",
-                    path=str(self.path),
-                    reason=f"fitted with BLAS {data.get('blas')!r}, this process uses {kind!r}",
-                )
-                return
+                if not quiet:
+                    log.warning(
+                        "garch_cache.ignored",
+                        path=str(self.path),
+                        reason=f"fitted with BLAS {data.get('blas')!r}, this process uses {kind!r}",
+                    )
+                return None
             rows = data["entries"]
             entries = {
                 bytes.fromhex(k): (params_from_json(p), str(w)) for k, p, w in rows[: self.size]
             }
+        except FileNotFoundError:
+            return None
         except (OSError, ValueError, TypeError, KeyError, IndexError) as exc:
-            log.warning("garch_cache.unreadable", path=str(self.path), error=str(exc))
-            return
-        self._old = entries
-        # A file cut to a smaller size, or holding a key twice, is not what save would write.
-        if len(rows) == len(entries):
-            self._file_keys = list(entries)
-        log.info("garch_cache.loaded", path=str(self.path), entries=len(entries))
+            if not quiet:
+                log.warning("garch_cache.unreadable", path=str(self.path), error=str(exc))
+            return None
+        return entries, len(rows)
 
     def save(self) -> None:
+        """This process's fits, merged into what the file holds now: parallel runs (a
+        sweep's points) load it at their start and save at their end, and the last one's
+        file replaced the others' (15,090 of 29,174 entries kept). Under the folder's lock,
+        the file is read again and its entries this process does not hold are kept after
+        this process's (used, then unused), within `size`."""
         if self.path is None or not self.size or not self._used:
             return
         if self._file_keys is not None and self.path.exists():
@@ -216,14 +237,23 @@ class FitCache:
             used = list(self._used)
             if used == self._file_keys[: len(used)]:
                 return
-        merged = list(self._used.items()) + list(self._old.items())
-        entries = [[k.hex(), params_to_json(p), w] for k, (p, w) in merged]
-        data = {"format": CACHE_FORMAT, "blas": blas_kind(), "entries": entries[: self.size]}
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps(data), encoding="utf-8")
-            os.replace(tmp, self.path)
+            with self.path.with_name(f".{self.path.name}.lock").open("a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
+                merged = {**self._used, **self._old}  # (disjoint) used first, then unused
+                read = self._read(quiet=True)
+                for k, v in (read[0] if read else {}).items():
+                    merged.setdefault(k, v)
+                entries = [[k.hex(), params_to_json(p), w] for k, (p, w) in merged.items()]
+                data = {
+                    "format": CACHE_FORMAT,
+                    "blas": blas_kind(),
+                    "entries": entries[: self.size],
+                }
+                tmp.write_text(json.dumps(data), encoding="utf-8")
+                os.replace(tmp, self.path)
         except OSError as exc:
             # A full or read-only disk: the cache is optional (the fits are made again),
             # and a partial temporary file left per failed run kept its space for good.

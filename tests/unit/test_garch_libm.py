@@ -248,4 +248,98 @@ def test_a_fit_cache_that_cannot_be_written_leaves_no_partial_file(tmp_path, mon
         cache.save()
     assert [e["event"] for e in logs] == ["garch_cache.unwritable"]
     assert logs[0]["log_level"] == "warning"
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == [".garch-fits.json.lock"]  # empty, kept
+
+
+def _save_fits(folder: str, keys: list[bytes], barrier) -> None:  # type: ignore[no-untyped-def]
+    from tradingd_plugins.sizing.garch_fits import FitCache
+
+    cache = FitCache(folder, 1000)
+    len(cache)  # loaded at the start, as a run does
+    for k in keys:
+        cache.put(k, (None, k.hex()))
+    barrier.wait()
+    cache.save()
+
+
+def test_fit_caches_saved_by_parallel_runs_keep_every_runs_fits(tmp_path, monkeypatch):
+    """Each run loaded the file at its start and replaced it at its end: of parallel runs
+    only the last one's fits were kept (15,090 of 29,174 entries). Now a save merges into
+    what the file holds under a lock: two runs that loaded the same file, then saved while
+    the other was saving, leave both runs' fits. Deterministic: A stops after reading the
+    file until B has reached the lock (or, without one, written its own file)."""
+    import fcntl
+    import threading
+
+    from tradingd_plugins.sizing import garch_fits
+    from tradingd_plugins.sizing.garch_fits import CACHE_FILE, FitCache
+
+    base = FitCache(str(tmp_path), 100)
+    base.put(b"old", (None, "base"))
+    base.save()
+    a, b = FitCache(str(tmp_path), 100), FitCache(str(tmp_path), 100)
+    assert len(a) == len(b) == 1  # both loaded the base file
+    a.put(b"a", (None, "a"))
+    b.put(b"b", (None, "b"))
+    a_inside, b_got_there = threading.Event(), threading.Event()
+    real_dumps, real_flock = json.dumps, fcntl.flock
+
+    def dumps(obj, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name == "A":
+            a_inside.set()
+            assert b_got_there.wait(30), "B never reached the lock or its own write"
+        else:
+            b_got_there.set()
+        return real_dumps(obj, *args, **kwargs)
+
+    def flock(fd, op):  # type: ignore[no-untyped-def]
+        if threading.current_thread().name == "B":
+            b_got_there.set()  # about to wait: A holds the lock
+        return real_flock(fd, op)
+
+    monkeypatch.setattr(garch_fits.json, "dumps", dumps)
+    monkeypatch.setattr(fcntl, "flock", flock)
+
+    def b_saves() -> None:
+        assert a_inside.wait(30)
+        b.save()
+
+    threads = [
+        threading.Thread(target=a.save, name="A"),
+        threading.Thread(target=b_saves, name="B"),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    monkeypatch.undo()
+    kept = FitCache(str(tmp_path), 100)
+    assert {k: kept.get(k) for k in (b"old", b"a", b"b")} == {
+        b"old": (None, "base"),
+        b"a": (None, "a"),
+        b"b": (None, "b"),
+    }
+    assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
+    # The bound holds: a smaller cache keeps the last saver's fits first.
+    small = FitCache(str(tmp_path), 2)
+    small.put(b"c", (None, "c"))
+    small.save()
+    rows = json.loads((tmp_path / CACHE_FILE).read_text())["entries"]
+    assert len(rows) == 2 and rows[0][0] == b"c".hex()
+
+
+def test_fit_caches_of_four_processes_saved_at_once_keep_all_their_fits(tmp_path):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tradingd_plugins.sizing.garch_fits import FitCache
+
+    ctx = multiprocessing.get_context("spawn")
+    keys = [[f"{i}-{j}".encode() for j in range(50)] for i in range(4)]
+    with ctx.Manager() as manager:
+        barrier = manager.Barrier(4)
+        with ProcessPoolExecutor(4, mp_context=ctx) as pool:
+            list(pool.map(_save_fits, [str(tmp_path)] * 4, keys, [barrier] * 4))
+    kept = FitCache(str(tmp_path), 1000)
+    assert len(kept) == 200
+    assert all(kept.get(k) == (None, k.hex()) for ks in keys for k in ks)
