@@ -41,7 +41,9 @@ key, looked up for the whole bar at once; the predictions new since the last mer
 small dict. Each entry carries when it was last used, so when the bound is reached the entries
 used least recently go first (this run's before any other). They are kept in `cache_dir`
 between runs, one `.npz` file per model version (written atomically when the run added
-predictions; the newest `cache_versions` files are kept). A file that is unreadable, of
+predictions, merged under a lock with what the file holds by then: parallel runs keep each
+other's predictions, another run's ranked below this run's for the bound; the newest
+`cache_versions` files are kept). A file that is unreadable, of
 another format (or of the previous JSON format, `<version>.json`: never read, and removed when
 that version's `.npz` is written) or holding a prediction that is not finite is ignored with
 a warning. A model output that is not finite stops the prediction (`OnnxModel.run`): it is
@@ -50,6 +52,7 @@ never cached.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -77,6 +80,8 @@ log = structlog.get_logger(__name__)
 # is ignored and replaced at the next save rather than read in full on every start.
 # /5: the salt names the ONNX files' sha256 too; a /4 file could no longer hit either.
 CACHE_FORMAT = "tradingd-prediction-cache/5"
+#: In `cache_dir`: held while a run merges its predictions into a version's file.
+CACHE_LOCK = ".lock"
 
 # Window keys (see the module docstring): arithmetic modulo the Mersenne prime 2^61 - 1 on
 # uint64 arrays, where multiplying by 2^k is a rotation of 61 bits.
@@ -271,6 +276,16 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return st.st_dev, st.st_ino
 
 
+def _file_state(path: Path) -> tuple[int, ...] | None:
+    """What tells a replaced file from the one seen before (an inode can be reused: its
+    size and time too); None when there is none."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns
+
+
 def _folder_state(path: Path) -> tuple[tuple[str, int, int, int, int], ...] | None:
     """What a folder holds, by name, inode, size, modification and change time: different
     once any file is written, replaced, added or removed (ctime even when a copy keeps the
@@ -439,6 +454,7 @@ class MlEnsemble:
     _cache: dict[bytes, list[Any]]
     _clock: int
     _dirty: bool
+    _file_seen: tuple[int, ...] | None  # the cache file as loaded or saved last (`_file_state`)
 
     def __init__(self, config: MlEnsembleConfig, symbols: tuple[str, ...]) -> None:
         self.config = config
@@ -502,6 +518,7 @@ class MlEnsemble:
         prediction, not now: the start-up check (`preflight.check_config`) builds a plugin
         only to see that it starts, and the file of a 500-symbol replay is ~70 MB."""
         self._reset_store()
+        self._file_seen = None
         self._cache_read = False
 
     def _read_cache(self) -> None:
@@ -823,6 +840,7 @@ class MlEnsemble:
 
     def _load_cache(self) -> None:
         self._reset_store()
+        self._file_seen = None
         path = self._cache_file()
         if path is None or not self.config.cache_size:
             return
@@ -833,8 +851,22 @@ class MlEnsemble:
                 path=str(legacy),
                 reason="the previous (JSON) format: not read, removed at the next save",
             )
-        if not path.exists():
+        seen = _file_state(path)
+        read = self._read_file(path, quiet=False)
+        if read is None:
             return
+        self._file_seen = seen
+        self._k0, self._k1, self._k2, self._val, self._stamp = read[0]
+        self._clock = read[1]
+        self._reindex()
+        self._merge()  # the bound, if cache_size is now smaller than the file
+        log.info("prediction_cache.loaded", path=str(path), entries=self.cache_entries)
+
+    def _read_file(self, path: Path, quiet: bool) -> tuple[list[np.ndarray], int] | None:
+        """The file's arrays (k0, k1, k2, value, stamp) and clock, if it is this format's and
+        this model version's and whole; else None, said with a warning unless `quiet`."""
+        if not path.exists():
+            return None
         try:
             with np.load(path, allow_pickle=False) as z:
                 header = json.loads(z["header"].tobytes())
@@ -843,23 +875,62 @@ class MlEnsemble:
                     and header.get("format") == CACHE_FORMAT
                     and header.get("model_version") == self.version
                 ):
-                    log.warning(
-                        "prediction_cache.ignored",
-                        path=str(path),
-                        reason="another format or model version",
-                    )
-                    return
+                    if not quiet:
+                        log.warning(
+                            "prediction_cache.ignored",
+                            path=str(path),
+                            reason="another format or model version",
+                        )
+                    return None
                 arrays = [z[k] for k in ("k0", "k1", "k2", "value", "stamp")]
             clock = header["clock"]
             _check_arrays(arrays, clock)
         except Exception as exc:  # a cache is never worth failing a run for
-            log.warning("prediction_cache.unreadable", path=str(path), error=repr(exc))
+            if not quiet:
+                log.warning("prediction_cache.unreadable", path=str(path), error=repr(exc))
+            return None
+        return arrays, clock
+
+    def _merge_file(self, path: Path) -> None:
+        """The entries the file holds now and this store does not (another run's, saved
+        since this one loaded it) join the store, ranked below all of this run's, so the
+        bound drops them first. The store's arrays are merged already (`_merge`). A file
+        this run loaded or saved last, unchanged since, holds nothing new: not read again
+        (70 MB after a 500-symbol replay)."""
+        seen = _file_state(path)
+        if seen is not None and seen == self._file_seen:
             return
-        self._k0, self._k1, self._k2, self._val, self._stamp = arrays
-        self._clock = clock
+        read = self._read_file(path, quiet=True)
+        if read is None or not len(read[0][0]):
+            return
+        k0, k1, k2, val, stamp = read[0]
+        n = len(self._k0)
+        keys = [np.concatenate(pair) for pair in ((self._k0, k0), (self._k1, k1), (self._k2, k2))]
+        # Sorted by key, this store's entry first among equal keys: the file's entries that
+        # differ from their predecessor are the ones this store lacks.
+        order = np.lexsort((np.arange(len(keys[0])), keys[2], keys[1], keys[0]))
+        new = np.ones(len(order), dtype=bool)
+        new[1:] = (
+            (keys[0][order[1:]] != keys[0][order[:-1]])
+            | (keys[1][order[1:]] != keys[1][order[:-1]])
+            | (keys[2][order[1:]] != keys[2][order[:-1]])
+        )
+        theirs = order[new & (order >= n)] - n  # in k0 order (the file's is sorted by k0)
+        if not theirs.size:
+            return
+        ranks = np.unique(stamp[theirs], return_inverse=True)[1].reshape(-1)
+        shift = int(ranks.max()) + 1
+        mine = self._stamp.astype(np.int64) + shift
+        at = np.searchsorted(self._k0, k0[theirs])
+        self._k0 = np.insert(self._k0, at, k0[theirs])
+        self._k1 = np.insert(self._k1, at, k1[theirs])
+        self._k2 = np.insert(self._k2, at, k2[theirs])
+        self._val = np.insert(self._val, at, val[theirs])
+        # (int64 for now: `_save_cache` renumbers the stamps 0, 1, ... as uint32 next)
+        self._stamp = np.insert(mine, at, ranks.astype(np.int64))
+        self._clock += shift
         self._reindex()
-        self._merge()  # the bound, if cache_size is now smaller than the file
-        log.info("prediction_cache.loaded", path=str(path), entries=self.cache_entries)
+        log.info("prediction_cache.merged", path=str(path), entries=int(theirs.size))
 
     def close(self) -> None:
         """Called by the engine at the end of a run: keep this version's predictions."""
@@ -867,30 +938,26 @@ class MlEnsemble:
 
     def _save_cache(self) -> None:
         """Written only when entries were added or evicted: a warm rerun writes nothing (the
-        entries' last use then stays that of the run that wrote them)."""
+        entries' last use then stays that of the run that wrote them). Merged, under the
+        folder's lock, with what the file holds by then (`_merge_file`)."""
         path = self._cache_file()
         if path is None or not self._dirty:
             return
-        self._merge()
-        # renumber the stamps 0, 1, ... in order: they never overflow across runs
-        ranks = np.unique(self._stamp, return_inverse=True)[1].reshape(-1).astype(np.uint32)
-        self._stamp, self._clock = ranks, int(ranks.max()) + 1 if len(ranks) else 0
-        header = {"format": CACHE_FORMAT, "model_version": self.version, "clock": self._clock}
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(tmp, "wb") as fh:
-                np.savez(
-                    fh,
-                    header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
-                    k0=self._k0,
-                    k1=self._k1,
-                    k2=self._k2,
-                    value=self._val,
-                    stamp=self._stamp,
-                )
-            os.replace(tmp, path)
-            self._dirty = False
+            # Parallel runs (a sweep's points) load the file at their start and save at their
+            # end: without the lock and the merge, the last one's file replaced the others'
+            # (15,090 of 29,174 entries kept).
+            with (path.parent / CACHE_LOCK).open("a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
+                self._merge()
+                self._merge_file(path)
+                self._merge()  # the bound: the other runs' entries go first
+                self._write(path, tmp)
+                self._file_seen = _file_state(path)
+                self._dirty = False
+                self._prune(path)
         except OSError as exc:
             # A full or read-only disk: a cache is never worth failing a run for (a model
             # switch saved the outgoing version's here, inside score(), and the daemon
@@ -902,10 +969,28 @@ class MlEnsemble:
                 path=str(path),
                 error=f"{type(exc).__name__}: {exc}",
             )
-            return
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def _write(self, path: Path, tmp: Path) -> None:
+        # renumber the stamps 0, 1, ... in order: they never overflow across runs
+        ranks = np.unique(self._stamp, return_inverse=True)[1].reshape(-1).astype(np.uint32)
+        self._stamp, self._clock = ranks, int(ranks.max()) + 1 if len(ranks) else 0
+        header = {"format": CACHE_FORMAT, "model_version": self.version, "clock": self._clock}
+        with open(tmp, "wb") as fh:
+            np.savez(
+                fh,
+                header=np.frombuffer(json.dumps(header).encode(), dtype=np.uint8),
+                k0=self._k0,
+                k1=self._k1,
+                k2=self._k2,
+                value=self._val,
+                stamp=self._stamp,
+            )
+        os.replace(tmp, path)
+
+    def _prune(self, path: Path) -> None:
         try:
             path.with_suffix(".json").unlink(missing_ok=True)  # this version's, old format
             # One file per model version: weekly retraining must not grow the folder forever.
