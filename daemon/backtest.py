@@ -267,17 +267,14 @@ async def run_backtest(
 
 
 def _note_trial(out: Path, config: Config, result: EngineResult) -> None:
-    """The run in its runs root's trial ledger (`analysis.trials.record_trial`): the
-    deflated Sharpe ratio counts the variants tried, and a rerun under this run id will
-    replace the folder. A ledger that cannot be written is said, not the backtest's end."""
+    """The run in the trial ledger of its folder's parent (`analysis.trials.record_trial`):
+    the deflated Sharpe ratio counts the variants tried under the folder the validation
+    reads (`count_trials` of the record's parent, by default), and a rerun into this folder
+    (same run id, or one --output folder per sweep) replaces it. Noted for an --output
+    folder too: a sweep writing every variant to one such folder counted 1 trial, not one
+    per variant. A ledger that cannot be written is said, not the backtest's end."""
     from .analysis.trial_ledger import TRIALS_LEDGER, record_trial
 
-    root = Path(config.run.output_dir)
-    if out.parent.resolve() != root.resolve():
-        # An --output folder: its parent is not a runs root (`tradingd backtest --output
-        # /tmp/x` wrote /tmp/.trials.jsonl, and any run later validated under /tmp counted
-        # every such run as a trial).
-        return
     try:
         record_trial(
             out.parent,

@@ -66,15 +66,23 @@ def test_a_cut_ledger_line_is_skipped_and_said(tmp_path):
     assert [e["lines"] for e in logs if e["event"] == "trials.ledger_lines_skipped"] == [1]
 
 
-async def test_an_output_folder_elsewhere_leaves_no_ledger_in_its_parent(engine_config, tmp_path):
-    """`tradingd backtest --output /tmp/x` wrote /tmp/.trials.jsonl: every run validated
-    under /tmp later counted those unrelated runs as its trials."""
+async def test_variants_written_to_one_output_folder_all_count_as_trials(engine_config, tmp_path):
+    """A sweep writing every variant to one --output folder (`--output var/sweep/latest
+    --report`) left one folder and no ledger: each report counted 1 trial "from run records
+    under var/sweep". The ledger is the --output folder's parent's, which is the root the
+    validation counts that record's trials from."""
     panel = make_panel(n_bars=120, split_at=None)
-    elsewhere = tmp_path / "scratch" / "x"
-    await run_backtest(_with_lookback(engine_config, 10), panel=panel, output_dir=elsewhere)
-    assert (elsewhere / "summary.json").exists()
-    assert not (elsewhere.parent / TRIALS_LEDGER).exists()
-    # Under run.output_dir (where the folders are the runs root's) it is written.
-    root = engine_config.run.output_dir
-    await run_backtest(_with_lookback(engine_config, 10), panel=panel)
-    assert (Path(root) / TRIALS_LEDGER).exists()
+    latest = tmp_path / "sweep" / "latest"
+    ids = set()
+    for lookback in (10, 20, 40):
+        (signal,) = engine_config.signals
+        config = dataclasses.replace(
+            engine_config,
+            signals=(dataclasses.replace(signal, params={"lookback": lookback}),),
+            run=dataclasses.replace(engine_config.run, run_id=""),  # derived per variant
+        )
+        ids.add((await run_backtest(config, panel=panel, output_dir=latest)).run_id)
+    assert len(ids) == 3  # three run ids, one folder
+    assert [p.name for p in latest.parent.iterdir() if p.is_dir()] == ["latest"]
+    assert len((latest.parent / TRIALS_LEDGER).read_text().splitlines()) == 3
+    assert count_trials(latest.parent, risk_free_rate=0.0).trials == 3
