@@ -72,13 +72,20 @@ def run_id_for(config: Config, mode: str) -> str:
 
 
 def _without_cache_params(plugins: Any) -> Any:
-    """A plugin section of the public config (a list of specs, or sizing's one) without the
-    parameters in `CACHE_PARAMS`."""
+    """A plugin section of the public config (a list of specs, or sizing's one) with its
+    params as `trial_ledger.canonical_params` gives them: without those in `CACHE_PARAMS`,
+    and each number in the type the plugin's Config declares, so `kelly_multiplier = 1` and
+    `= 1.0` (one strategy, the same fills) are one run. A param written at the plugin's
+    default is kept: run_continuation continues a run whose id matches without comparing
+    configs, and a file that dropped a pinned value whose default an upgrade changed would
+    continue the pinned run with the new value."""
+    from .analysis.trial_ledger import canonical_params
+
     if isinstance(plugins, list):
         return [_without_cache_params(spec) for spec in plugins]
     if isinstance(plugins, dict) and isinstance(plugins.get("params"), dict):
         params = {k: v for k, v in plugins["params"].items() if k not in CACHE_PARAMS}
-        return {**plugins, "params": params}
+        return {**plugins, "params": canonical_params(plugins.get("name"), params)}
     return plugins
 
 

@@ -5,10 +5,13 @@ and a rerun of one imports neither."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
 import re
+import types
+import typing
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -22,7 +25,9 @@ __all__ = [
     "DEFAULT_IGNORED_CONFIG",
     "HASH_VERSION",
     "TRIALS_LEDGER",
+    "canonical_params",
     "config_hash",
+    "config_hash_v2",
     "ledger_entries",
     "legacy_config_hash",
     "record_trial",
@@ -61,8 +66,9 @@ def _drop(tree: dict[str, Any], dotted: str) -> None:
         node.pop(parts[-1], None)
 
 
-# The scheme of the ledger's `config_hash`: lines without it hold `legacy_config_hash`es.
-HASH_VERSION = 2
+# The scheme of the ledger's `config_hash`: lines without it hold `legacy_config_hash`es,
+# lines of version 2 `config_hash_v2`es.
+HASH_VERSION = 3
 
 # A plugin's place in a list beyond the default list's length: its weight's default.
 _PLUGIN_FIELD = re.compile(r"(signals|risk)\[\d+\]\.weight")
@@ -88,21 +94,129 @@ def _defaults() -> dict[str, Any]:
     return flatten(json.loads(Config().to_public_json()))
 
 
-def variant_settings(
-    config: Mapping[str, Any], ignore: Iterable[str] = DEFAULT_IGNORED_CONFIG
-) -> dict[str, Any]:
-    """The settings (dotted, `reload.flatten`'s form) that make `config` the variant it is:
-    those not at this build's default. A build that adds a setting at its default writes it
-    into every later config.json, and the old records lack it: hashing the whole file made
-    the same strategy two trials after each upgrade. A setting a config lacks is at its
-    default, as `run_continuation.differences` treats one for a live run; a setting whose
-    default changed between builds still differs (the run behaves otherwise). A plugin's
-    params are kept whole: the default config's plugin in that place may be another."""
+def _canonical_number(value: Any) -> Any:
+    """An integral float as the int (1.0 is 1): the hash must not tell how a value was
+    written. A bool is not a number here (True is not 1)."""
+    if isinstance(value, dict):
+        return {k: _canonical_number(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_canonical_number(v) for v in value]
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+@functools.cache
+def _plugin_config(name: str) -> type | None:
+    """The `Config` dataclass of the plugin registered as `name`, or None where it cannot
+    be found (not installed, registered twice, failing to import, no dataclass Config): its
+    params are then taken as written. Loading a plugin imports its module only, which is
+    what a run does; the built-in plugins import their heavy libraries at first use."""
+    from ..engine.plugins import available
+
+    reason = ""
+    try:
+        ep = available().get(name)
+        cls = ep.load() if ep is not None else None
+        if ep is None:
+            reason = "not registered once (not installed, or two packages register it)"
+    except Exception as exc:  # a plugin that fails to import: its run says so
+        cls, reason = None, f"failed to import: {type(exc).__name__}: {exc}"
+    config_cls = getattr(cls, "Config", None)
+    if cls is not None and not (
+        isinstance(config_cls, type) and dataclasses.is_dataclass(config_cls)
+    ):
+        config_cls, reason = None, "it has no dataclass Config"
+    if config_cls is None:
+        log.info(
+            "trials.plugin_defaults_unknown",
+            plugin=name,
+            reason=reason,
+            detail="its params are compared as written (one at its default still counts)",
+        )
+    return config_cls
+
+
+def _declared(config_cls: type, key: str, value: Any) -> Any:
+    """`value` as the plugin's Config holds it (`config.build` turns an int into a float
+    field's float): `kelly_multiplier = 1` and `= 1.0` are one setting."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    try:
+        hint = typing.get_type_hints(config_cls).get(key)
+    except Exception:  # an annotation that does not resolve: as written
+        return value
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        hint = args[0] if len(args) == 1 else None
+    if hint is float:
+        return float(value)
+    if hint is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def canonical_params(name: Any, params: Mapping[str, Any]) -> dict[str, Any]:
+    """A plugin's params as its identity: without the cache folders (`config.CACHE_PARAMS`,
+    where it keeps files, not what it decides) and each number in the type its Config
+    declares (so 1 and 1.0 are one value where the plugin cannot tell them apart). Params
+    of a plugin that cannot be found (`_plugin_config`) are kept as written."""
+    from ..config import CACHE_PARAMS
+
+    config_cls = _plugin_config(name) if isinstance(name, str) else None
+    out = {}
+    for key, value in params.items():
+        if key in CACHE_PARAMS:
+            continue
+        out[key] = value if config_cls is None else _declared(config_cls, key, value)
+    return out
+
+
+@functools.cache
+def _plugin_defaults(name: str) -> dict[str, str]:
+    """The plugin's Config defaults, each as canonical JSON; {} where it cannot be found."""
+    from ..engine.plugins import RUN_KEYS
+
+    config_cls = _plugin_config(name)
+    out: dict[str, str] = {}
+    if config_cls is None:
+        return out
+    for f in dataclasses.fields(config_cls):
+        if f.name in RUN_KEYS:
+            continue  # the run sets it where the params do not: written, it is not the same
+        if f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            continue
+        out[f.name] = _canonical_json(_declared(config_cls, f.name, value))
+    return out
+
+
+def _canonical_json(value: Any) -> str:
+    return json.dumps(_canonical_number(json.loads(json.dumps(value, default=str))), sort_keys=True)
+
+
+def _plugin_params(spec: Any, where: str) -> Any:
+    """A plugin spec (signals' or risk's list item, sizing's table, at dotted `where`) with
+    its params as its identity: `canonical_params`, less those equal to the plugin's own
+    default (written or not, the plugin runs alike). A spec lacking its name has the
+    default's there, as any setting a config lacks."""
+    if not (isinstance(spec, dict) and isinstance(spec.get("params"), dict)):
+        return spec
+    name = spec.get("name", _defaults().get(f"{where}.name"))
+    params = canonical_params(name, spec["params"])
+    defaults = _plugin_defaults(name) if isinstance(name, str) else {}
+    kept = {k: v for k, v in params.items() if defaults.get(k) != _canonical_json(v)}
+    return {**spec, "params": kept}
+
+
+def _off_defaults(tree: dict[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
     from ..reload import flatten
 
-    defaults = _defaults()
     out: dict[str, Any] = {}
-    for key, value in flatten(_tree(config, ignore)).items():
+    for key, value in flatten(tree).items():
         if ".params" not in key:
             if key in defaults:
                 if value == defaults[key]:
@@ -113,11 +227,42 @@ def variant_settings(
     return out
 
 
+def variant_settings(
+    config: Mapping[str, Any], ignore: Iterable[str] = DEFAULT_IGNORED_CONFIG
+) -> dict[str, Any]:
+    """The settings (dotted, `reload.flatten`'s form) that make `config` the variant it is:
+    those not at this build's default. A build that adds a setting at its default writes it
+    into every later config.json, and the old records lack it: hashing the whole file made
+    the same strategy two trials after each upgrade. A setting a config lacks is at its
+    default, as `run_continuation.differences` treats one for a live run; a setting whose
+    default changed between builds still differs (the run behaves otherwise). A plugin's
+    params count as `_plugin_params` gives them: its cache folders and those at the
+    plugin's own default dropped, numbers as its Config holds them. Numbers are compared
+    as values: 1.0 and 1 are one (a bool is not a number)."""
+    tree = _tree(config, ignore)
+    for section in ("signals", "sizing", "risk"):
+        value = tree.get(section)
+        if isinstance(value, list):
+            tree[section] = [_plugin_params(s, f"{section}[{i}]") for i, s in enumerate(value)]
+        elif value is not None:
+            tree[section] = _plugin_params(value, section)
+    return _off_defaults(_canonical_number(tree), _canonical_number(_defaults()))
+
+
 def config_hash(config: Mapping[str, Any], ignore: Iterable[str] = DEFAULT_IGNORED_CONFIG) -> str:
     """A run configuration's identity as a strategy variant: sha256 of the canonical JSON of
     its `variant_settings` (without the `ignore`d keys, dotted paths, that do not change
     what the run decides)."""
     return _digest(variant_settings(config, ignore))
+
+
+def config_hash_v2(
+    config: Mapping[str, Any], ignore: Iterable[str] = DEFAULT_IGNORED_CONFIG
+) -> str:
+    """The hash ledger lines of hash_version 2 hold: plugin params as written (their cache
+    folders and values at their defaults included), numbers as written. Only to tell which
+    folder such a line names."""
+    return _digest(_off_defaults(_tree(config, ignore), _defaults()))
 
 
 def legacy_config_hash(

@@ -23,6 +23,7 @@ from .trial_ledger import (
     HASH_VERSION,
     TRIALS_LEDGER,
     config_hash,
+    config_hash_v2,
     ledger_entries,
     legacy_config_hash,
     record_trial,
@@ -87,14 +88,18 @@ def count_trials(
     `summary.json`). Folders with the same `config_hash` are reruns of one variant; a folder
     without config.json counts as its own variant (by its run id). The root's ledger
     (`record_trial`) adds the variants whose folders a rerun under their run id replaced.
-    A ledger line of a build before HASH_VERSION 2 holds the whole file's hash: it names a
-    folder's variant when a folder's config hashed so, else a replaced one of its own."""
+    A ledger line of an earlier scheme (no hash_version: the whole file's hash; version 2:
+    `config_hash_v2`) names a folder's variant when a folder's config hashed so, else a
+    replaced one of its own."""
     root = Path(runs_root)
     if not root.is_dir():
         raise ValueError(f"runs root {str(root)!r} is not a folder")
     ignore = tuple(ignore)
     configs: dict[str, list[str]] = {}
-    legacy: dict[str, str] = {}  # a folder's whole-file hash (old ledger lines): its key
+    # A folder's hashes of earlier schemes (old ledger lines: the whole file's, version 2's):
+    # its key.
+    legacy: dict[str, str] = {}
+    v2: dict[str, str] = {}
     runs = 0
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         cfg_file = folder / "config.json"
@@ -107,6 +112,7 @@ def count_trials(
                 raise ValueError(f"{cfg_file} is not a configuration table")
             key = config_hash(cfg, ignore)
             legacy[legacy_config_hash(cfg, ignore)] = key
+            v2[config_hash_v2(cfg, ignore)] = key
         elif (folder / "summary.json").exists() or (folder / "equity.csv").exists():
             key = "run:" + folder.name
         else:
@@ -118,8 +124,9 @@ def count_trials(
     default_ignore = ignore == DEFAULT_IGNORED_CONFIG
     for entry in ledger_entries(root / TRIALS_LEDGER) if default_ignore else []:
         key = entry["config_hash"]
-        if entry.get("hash_version") != HASH_VERSION:
-            key = legacy.get(key, key)
+        version = entry.get("hash_version")
+        if version != HASH_VERSION:
+            key = (v2 if version == 2 else legacy).get(key, key)
         if key in configs:
             continue  # a folder holds this variant (its Sharpe ratio is read from it)
         configs[key] = [f"{entry.get('run_id')} (folder replaced by a rerun)"]

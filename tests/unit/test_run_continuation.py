@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tradingd.config import Config, load_config
 from tradingd.run_continuation import StoredLiveRun, choose, defines_the_run, differences
@@ -223,3 +225,44 @@ def test_a_plugins_cache_folder_is_not_part_of_the_run_id(tmp_path):
     assert rid('cache_dir = "/elsewhere"', "") == base
     assert rid("threshold = 0.7", "") != base
     assert rid("", "target_vol = 0.2") != base
+
+
+def _sizing(config: Config, **params: object) -> Config:
+    return dataclasses.replace(
+        config, sizing=dataclasses.replace(config.sizing, params={**config.sizing.params, **params})
+    )
+
+
+_KELLY_FLOATS = ("kelly_multiplier", "target_vol", "max_position")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(_KELLY_FLOATS), st.integers(0, 5))
+def test_a_float_param_written_as_an_int_is_the_same_run(key, value):
+    """`kelly_multiplier = 1` and `= 1.0` (kelly_garch's Config holds 1.0 for both; the same
+    fills) got two run ids: two folders, and a live start with the other spelling began a
+    new run. A number is compared in the type the plugin declares."""
+    from tradingd.app import run_id_for
+
+    config = load_config([], env={})
+    as_int = run_id_for(_sizing(config, **{key: value}), "live")
+    assert run_id_for(_sizing(config, **{key: float(value)}), "live") == as_int
+    assert run_id_for(_sizing(config, **{key: value + 0.5}), "live") != as_int
+
+
+def test_a_plugin_param_written_at_its_default_keeps_its_own_run_id(config):
+    """Decided: a param written at the plugin's default still makes another run id (not so
+    for the trial count). `choose` continues a run whose id matches without comparing
+    configs: were `min_trades = 20` dropped from the id, a file that no longer pinned it
+    after an upgrade changed the default would continue the pinned run on the new value."""
+    from tradingd.app import run_id_for
+
+    assert run_id_for(_sizing(config, min_trades=20), "live") != run_id_for(config, "live")
+
+
+def test_a_live_run_stored_under_the_old_id_of_an_int_spelling_is_continued(config):
+    """The ids of configs writing an int for a float param changed: their stored live run
+    is continued (its config is this one's), not begun again."""
+    current = _sizing(config, kelly_multiplier=1)
+    stored = [StoredLiveRun("default-live-0123456789", current.to_public_json())]
+    assert choose(current, "default-live-ffffffffff", stored) == ("default-live-0123456789", [])

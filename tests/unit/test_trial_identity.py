@@ -12,7 +12,7 @@ import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tradingd.analysis.trial_ledger import TRIALS_LEDGER, legacy_config_hash
+from tradingd.analysis.trial_ledger import TRIALS_LEDGER, config_hash_v2, legacy_config_hash
 from tradingd.analysis.trials import config_hash, count_trials
 from tradingd.config import Config
 from tradingd.reload import flatten
@@ -92,7 +92,7 @@ def test_a_setting_off_its_default_and_the_plugin_lists_still_tell_variants_apar
     fewer["risk"] = fewer["risk"][:1]  # a shorter chain is not "the rest at default"
     assert config_hash(fewer) != config_hash(base)
     params = _full()
-    params["risk"][0]["params"] = {}  # a plugin's params are its own, not the default's
+    params["risk"][0]["params"] = {"max_position_pct": 0.07}  # off max_position's default
     assert config_hash(params) != config_hash(base)
 
 
@@ -140,3 +140,94 @@ def test_counting_trials_over_records_without_splits_csv_warns_of_nothing(tmp_pa
         run_record(tmp_path / "old-1")
     (warned,) = [e for e in logs if e["event"] == "analysis.fills_not_restated"]
     assert "matters only if a traded symbol split during the run" in warned["detail"]
+
+
+def _float_for_int(value):
+    """`value` with every int written as a float (a bool stays a bool)."""
+    if isinstance(value, dict):
+        return {k: _float_for_int(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_float_for_int(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+_PARAM_VALUES = st.one_of(
+    st.integers(-(10**6), 10**6),
+    st.booleans(),
+    st.text(max_size=4),
+    st.lists(st.integers(-100, 100), max_size=3),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(["sizing", "signals", "risk"]),
+    st.dictionaries(st.sampled_from(["a", "b", "min_trades", "window", "x"]), _PARAM_VALUES),
+)
+def test_a_config_and_its_float_for_int_rewrite_are_one_variant(section, params):
+    """`kelly_multiplier = 1` and `= 1.0` ran alike and counted as two trials."""
+    cfg = _full()
+    spec = cfg[section] if section == "sizing" else cfg[section][0]
+    spec["params"] = {**spec["params"], **params}
+    assert config_hash(_float_for_int(cfg)) == config_hash(cfg)
+
+
+def test_a_bool_is_not_the_number_one():
+    one, true = _full(), _full()
+    one["sizing"]["params"]["use_thing"] = 1
+    true["sizing"]["params"]["use_thing"] = True
+    assert config_hash(one) != config_hash(true)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.sets(st.sampled_from(["min_trades", "refit_bars", "fit_lag_bars", "kelly_multiplier"])))
+def test_a_plugin_param_written_at_its_own_default_is_not_another_variant(written):
+    """`min_trades = 20` (kelly_garch's default) written out made another trial."""
+    from tradingd_plugins.sizing.kelly_garch import KellyGarch
+
+    base = _full()
+    explicit = _full()
+    for name in written:
+        explicit["sizing"]["params"][name] = getattr(KellyGarch.Config(), name)
+    assert config_hash(explicit) == config_hash(base)
+    off = _full()
+    off["sizing"]["params"]["min_trades"] = 21
+    assert config_hash(off) != config_hash(base)
+
+
+def test_a_plugin_cache_folder_is_not_another_variant():
+    """A rerun differing only in fit_cache_dir kept its run id but added a ledger entry."""
+    a, b = _full(), _full()
+    a["sizing"]["params"]["fit_cache_dir"] = "var/cache/garch"
+    b["sizing"]["params"]["fit_cache_dir"] = "var/cache/garch-w2"
+    assert config_hash(a) == config_hash(b) == config_hash(_full())
+
+
+def test_an_unknown_plugins_params_are_compared_as_written(tmp_path):
+    from structlog.testing import capture_logs
+
+    from tradingd.analysis import trial_ledger
+
+    trial_ledger._plugin_config.cache_clear()
+    bare, written = _full(), _full()
+    bare["sizing"] = {"name": "no_such_sizer", "params": {}, "weight": 1.0}
+    written["sizing"] = {"name": "no_such_sizer", "params": {"k": 20}, "weight": 1.0}
+    with capture_logs() as logs:
+        assert config_hash(bare) != config_hash(written)
+    assert [e["plugin"] for e in logs if e["event"] == "trials.plugin_defaults_unknown"] == [
+        "no_such_sizer"
+    ]
+
+
+def test_a_version_2_ledger_line_names_its_folder(tmp_path):
+    """The hash scheme changed (version 3): a line of version 2 still names its folder."""
+    cfg = _full()
+    cfg["sizing"]["params"]["fit_cache_dir"] = "var/cache/garch"  # v2 hashed it
+    _write(tmp_path, "run-a", cfg, 1)
+    (tmp_path / TRIALS_LEDGER).write_text(
+        json.dumps({"run_id": "run-a", "config_hash": config_hash_v2(cfg), "hash_version": 2})
+        + "\n"
+    )
+    assert count_trials(tmp_path, risk_free_rate=0.0).trials == 1
