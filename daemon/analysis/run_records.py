@@ -255,9 +255,14 @@ def run_record(backtest_results: Any) -> RunRecord:
     )
 
 
-async def stored_run_results(store: Any, run_id: str) -> dict[str, Any]:
+async def stored_run_results(store: Any, run_id: str, *, partial: bool = False) -> dict[str, Any]:
     """A run read back from a started store (its `runs`, `equity` and `fills` rows), in the
-    shape `BacktestEngine.run_backtest` returns, for `PerformanceAnalyzer`."""
+    shape `BacktestEngine.run_backtest` returns, for `PerformanceAnalyzer`.
+
+    A replay that did not reach its last bar (stopped early, or killed: no end stored) is
+    refused: its metrics would read like the whole run's, which is why `tradingd backtest`
+    writes no report for one. `partial=True` returns it anyway, flagged `"partial": True`
+    and said in the log. A live run is what it has done so far, running or ended."""
     runs = await store.fetch("runs", run_id)
     if not runs:
         # Named: an SQLite path with a typo is a new, empty database (the store creates it),
@@ -266,6 +271,15 @@ async def stored_run_results(store: Any, run_id: str) -> dict[str, Any]:
         raise ValueError(f"run {run_id!r} is not in {where}")
     run = runs[-1]
     equity = await store.fetch("equity", run_id)
+    unfinished = _unfinished(run, equity)
+    if unfinished and not partial:
+        raise ValueError(
+            f"run {run_id!r} {unfinished}: its metrics would read like a finished run's. "
+            "Run the backtest again to its end, or pass partial=True to analyse the bars "
+            "it reached"
+        )
+    if unfinished:
+        log.warning("analysis.partial_run", run_id=run_id, detail=f"the run {unfinished}")
     fills = await store.fetch("fills", run_id)
     times = pd.DatetimeIndex([r["time"] for r in equity], name="time")
     splits = await _stored_splits(store, run_id, fills, equity[-1]["time"] if equity else None)
@@ -284,7 +298,37 @@ async def stored_run_results(store: Any, run_id: str) -> dict[str, Any]:
         "initial_capital": float(run["initial_capital"]),
         "metrics": run.get("summary") or {},
         "splits": splits,
+        "partial": bool(unfinished),
     }
+
+
+def _unfinished(run: Mapping[str, Any], equity: list[dict[str, Any]]) -> str:
+    """How a stored replay fell short of its last bar ("" when it did not, or is live).
+    A live run ends by being stopped and has no last bar: its record so far is the run.
+    A replay's end is stored when its loop ends (`Engine`), marked `stopped_early` when
+    that was before its last bar; none stored is a replay killed, or still running."""
+    if run.get("mode") == "live":
+        return ""
+    summary = run.get("summary")
+    if run.get("ended_at") is None or summary is None:
+        why = "has no end stored (killed, or still running)"
+    elif isinstance(summary, Mapping) and summary.get("stopped_early"):
+        why = "was stopped before its last bar (stopped_early)"
+    else:
+        return ""
+    reached = f"{len(equity)} traded bars stored"
+    if equity:
+        reached += f", through {pd.Timestamp(equity[-1]['time']).isoformat()}"
+    end = _configured_end(run.get("config_json"))
+    return f"{why}: {reached}" + (f", of a replay to {end}" if end else "")
+
+
+def _configured_end(config_json: Any) -> str:
+    try:
+        end = json.loads(config_json)["run"]["end"]
+    except (TypeError, ValueError, KeyError):
+        return ""
+    return str(end) if end else ""
 
 
 async def _stored_splits(

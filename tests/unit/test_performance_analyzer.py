@@ -567,7 +567,7 @@ def test_accepts_the_facade_dict_the_outcome_a_record_folder_and_a_stored_run(tm
             for t, e, g in zip(times, equity, gross, strict=True):
                 store.record_equity("r1", t, 0.0, e, g, g)
             store.record_fills("r1", [row_fill(f) for f in fill_rows])
-            await store.flush()
+            await store.end_run("r1", {"bars": len(times)})  # a replay to its last bar
             return await pf.stored_run_results(store, "r1")
         finally:
             await store.stop()
@@ -603,6 +603,69 @@ def test_a_run_missing_from_a_store_names_the_store(tmp_path, run_async):
     with pytest.raises(ValueError, match=r"run 'r1' is not in ") as caught:
         run_async(read())
     assert str(path) in str(caught.value)
+
+
+def _stored_run(tmp_path, run_async, mode: str, end: dict | None, **kw):
+    """(what `stored_run_results` gives for a run of `mode` stored with 40 bars and ended
+    with summary `end` (None: never ended), the warnings it logged)."""
+    import json
+
+    from structlog.testing import capture_logs
+
+    from tradingd.storage.factory import open_store
+
+    times, equity, gross, _ = _engine_like()
+    cfg = json.dumps({"run": {"end": "2017-12-29"}})
+
+    async def read() -> dict:
+        store = open_store(f"sqlite:///{tmp_path / 'runs.db'}", spool=False)
+        await store.start()
+        try:
+            await store.begin_run(RunInfo("r1", mode, times[0], cfg, ("SP500",), 1e5))
+            for t, e, g in zip(times, equity, gross, strict=True):
+                store.record_equity("r1", t, 0.0, e, g, g)
+            await store.flush()
+            if end is not None:
+                await store.end_run("r1", end)
+            return await pf.stored_run_results(store, "r1", **kw)
+        finally:
+            await store.stop()
+
+    with capture_logs() as logs:
+        got = run_async(read())
+    return got, [e for e in logs if e["event"] == "analysis.partial_run"]
+
+
+@pytest.mark.parametrize(
+    ("end", "why"),
+    [
+        ({"bars": 40, "stopped_early": True}, "stopped before its last bar"),  # SIGINT
+        (None, "has no end stored"),  # SIGKILL: ended_at and summary NULL
+    ],
+)
+def test_a_replay_that_did_not_reach_its_last_bar_is_refused_unless_asked(
+    tmp_path, run_async, end, why
+):
+    """A backtest stopped by SIGINT (398 of 2,769 bars) was analysed as if it had finished:
+    full metrics, without a word."""
+    with pytest.raises(ValueError, match=why) as caught:
+        _stored_run(tmp_path, run_async, "backtest", end)
+    text = str(caught.value)
+    assert "'r1'" in text and "40 traded bars" in text and "2017-02-11" in text
+    assert "a replay to 2017-12-29" in text and "partial=True" in text
+    got, warned = _stored_run(tmp_path / "again", run_async, "backtest", end, partial=True)
+    assert got["partial"] is True and len(got["equity_curve"]) == 40
+    assert len(warned) == 1 and why in warned[0]["detail"]
+
+
+@pytest.mark.parametrize("end", [None, {"bars": 40}])
+def test_a_live_run_running_or_ended_and_a_finished_replay_are_whole(tmp_path, run_async, end):
+    """A live run has no last bar: what it has done so far is the run (it ends by being
+    stopped, never marked stopped_early)."""
+    got, warned = _stored_run(tmp_path, run_async, "live", end)
+    assert got["partial"] is False and warned == []
+    got, warned = _stored_run(tmp_path / "bt", run_async, "backtest", {"bars": 40})
+    assert got["partial"] is False and warned == []
 
 
 def test_strategy_api_re_exports_the_analyzer():
