@@ -57,6 +57,8 @@ NON_CONFIG_ENV = frozenset(
         "TRADINGD_REQUIRE_SERVICES",  # tests and CI: fail instead of skipping without services
         "TRADINGD_HEALTH_TOKEN",  # the health endpoint's bearer token
         "TRADINGD_KILL_AT",  # restart-safety tests: SIGKILL at a named point (tradingd.faults)
+        "TRADINGD_LOCK_DIR",  # the machine-wide account locks' folder (instance_lock)
+        "TRADINGD_TASK_WORKER",  # set in the worker processes of analysis.parallel
         "TRADINGD_SHARED_DATA",  # tests: where the shared data sets live
         "TRADINGD_SHARED_FIXTURES",  # tests: where the shared recorded fixtures live
         "TRADINGD_TEST_PG_URL",  # tests: the PostgreSQL to use

@@ -692,3 +692,25 @@ def test_every_accepted_run_name_fits_the_order_ids_and_the_audit_file(name, mod
     longest = max((str(leg) for leg in Leg), key=len)
     assert len(client_order_id(run_id, bar, "ABCDEFGHIJKL", longest, 999)) <= 128
     assert len(audit_path("/tmp", run_id).name.encode() + b".live") <= 255
+
+
+def test_every_tradingd_variable_the_code_reads_is_not_taken_for_an_override():
+    """TRADINGD_LOCK_DIR, documented for a systemd unit's account locks, was refused by the
+    configuration loader as a malformed override: every daemon given it stopped at start.
+    Any `TRADINGD_NAME` literal in the code (not `<SECTION>__<KEY>`) must be listed."""
+    from pathlib import Path
+
+    from tradingd.config import NON_CONFIG_ENV
+
+    root = Path(__file__).resolve().parents[2]
+    named = {
+        m.group(1)
+        for folder in ("daemon", "plugins", "models")
+        for path in (root / folder).rglob("*.py")
+        for m in re.finditer(r"[\"'](TRADINGD_[A-Z0-9_]+)[\"']", path.read_text(encoding="utf-8"))
+        if "__" not in m.group(1)[len("TRADINGD_") :]
+    }
+    assert "TRADINGD_LOCK_DIR" in named  # the scan finds what it is for
+    assert named <= NON_CONFIG_ENV, sorted(named - NON_CONFIG_ENV)
+    for name in named:
+        load_config([], env={name: "1"})  # not an error
