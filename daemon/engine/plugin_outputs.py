@@ -9,7 +9,6 @@ from collections.abc import Container, Sequence
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from ..core.types import RiskVerdict
 
@@ -22,12 +21,22 @@ def by_symbol(given: Any, symbols: Sequence[str]) -> Any:
 
     numpy reads a Series by position: one sorted by value or reversed scored (or sized)
     the wrong symbols without a word. Its labels are taken at their word when they are
-    exactly the universe's symbols, in any order; else (a symbol missing, one unknown, one
-    twice) nothing safe can be made of it, and the error names them."""
+    exactly the universe's symbols, in any order; a default index (0 .. n-1, in order) is
+    read by position; else (a symbol missing, one unknown, one twice) nothing safe can be
+    made of it, and the error names them."""
     labels = getattr(given, "index", None)
     if labels is None or callable(labels):  # a list's .index is a method, not labels
         return given
+    # Here only for a labelled output: a backtest whose plugins return arrays (and a rerun
+    # from the panel cache) never imports pandas (tests/integration/test_backtest_imports.py).
+    import pandas as pd
+
     index = pd.Index(labels)
+    if isinstance(index, pd.RangeIndex) and index.equals(pd.RangeIndex(len(symbols))):
+        # pd.Series(scores) or its .rank(): positions, as an array is read (such plugins
+        # were right before Series were lined up by label). A Series reordered since has
+        # lost its RangeIndex and is checked as labels below.
+        return np.asarray(given)
     if index.equals(pd.Index(symbols)):
         return np.asarray(given)
     if index.has_duplicates:

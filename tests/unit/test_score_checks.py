@@ -574,6 +574,25 @@ def test_a_series_not_indexed_by_the_universe_is_the_plugins_fault(stage, index,
         _run_stage(engine, stage, SimpleNamespace(time="t"))
 
 
+@pytest.mark.parametrize("stage", ["score", "size", "check"])
+def test_a_series_with_the_default_index_is_read_by_position(stage):
+    """pd.Series(scores) (and its .rank(pct=True)) has positions for labels, in order: such
+    plugins were right when Series were read by position, and refusing them stopped a live
+    daemon at its first bar. A Series reordered since (sort_values) has lost its default
+    index and is refused, not read by position."""
+    import pandas as pd
+
+    values = np.linspace(0.1, 0.5, N)
+    positional = pd.Series(values[::-1]).rank(pct=True) * 0.5
+    np.testing.assert_array_equal(
+        _result(stage, positional), _result(stage, np.asarray(positional))
+    )
+    hint = r"return an array in ctx.symbols order, or a Series indexed by symbol"
+    engine = _engine(_returning(_stage_output(stage, positional.sort_values())))
+    with pytest.raises(PluginFault, match=rf"'q' failed in {stage}.*{hint}"):
+        _run_stage(engine, stage, SimpleNamespace(time="t"))
+
+
 def test_a_series_of_booleans_is_still_refused_after_lining_up():
     import pandas as pd
 
