@@ -83,7 +83,7 @@ def recorded_build(folder: Path) -> Build | None:
     """The build that wrote a run record folder, from its environment.json; None for a
     record without one (older than environment.json) or one that cannot be read."""
     try:
-        env = json.loads((folder / "environment.json").read_text())
+        env = json.loads((folder / "environment.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
     return build_from_environment(env) if isinstance(env, Mapping) else None

@@ -949,7 +949,7 @@ class MlEnsemble:
             # Parallel runs (a sweep's points) load the file at their start and save at their
             # end: without the lock and the merge, the last one's file replaced the others'
             # (15,090 of 29,174 entries kept).
-            with (path.parent / CACHE_LOCK).open("a") as lock:
+            with (path.parent / CACHE_LOCK).open("a", encoding="utf-8") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
                 self._merge()
                 self._merge_file(path)

@@ -240,7 +240,7 @@ class FitCache:
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.with_name(f".{self.path.name}.lock").open("a") as lock:
+            with self.path.with_name(f".{self.path.name}.lock").open("a", encoding="utf-8") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
                 merged = {**self._used, **self._old}  # (disjoint) used first, then unused
                 read = self._read(quiet=True)

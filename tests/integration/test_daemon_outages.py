@@ -61,6 +61,8 @@ BARS_DURING_OUTAGE = 15  # ... and stay down until this many more are
 VOLATILE = {
     "runs": {"started_at", "ended_at", "config_json"},
     "checkpoints": {"written_at"},
+    # A process start's time; its build (version, commit) is compared.
+    "run_builds": {"started_at"},
 }
 
 
