@@ -267,17 +267,21 @@ async def run_backtest(
 
 
 def _note_trial(out: Path, config: Config, result: EngineResult) -> None:
-    """The run in the trial ledger of its folder's parent (`analysis.trials.record_trial`):
-    the deflated Sharpe ratio counts the variants tried under the folder the validation
-    reads (`count_trials` of the record's parent, by default), and a rerun into this folder
-    (same run id, or one --output folder per sweep) replaces it. Noted for an --output
-    folder too: a sweep writing every variant to one such folder counted 1 trial, not one
-    per variant. A ledger that cannot be written is said, not the backtest's end."""
+    """The run in a trial ledger (`analysis.trials.record_trial`), for the deflated Sharpe
+    ratio's count of the variants tried, which a rerun into the same folder would otherwise
+    lose: a record folder under `run.output_dir` in the runs root's ledger; an --output
+    folder elsewhere in a ledger inside that folder, which `count_trials` of its parent reads
+    with it. (In the folder's parent, `--output /tmp/x` wrote /tmp/.trials.jsonl and every
+    run later validated under /tmp counted such runs as its own; not noted at all, a sweep
+    writing every variant to one --output folder counted 1 trial.) A ledger that cannot be
+    written is said, not the backtest's end."""
     from .analysis.trial_ledger import TRIALS_LEDGER, record_trial
 
+    root = Path(config.run.output_dir)
+    ledger_dir = out.parent if out.parent.resolve() == root.resolve() else out
     try:
         record_trial(
-            out.parent,
+            ledger_dir,
             result.run_id,
             config.to_public_dict(),
             result.equity,
@@ -286,7 +290,7 @@ def _note_trial(out: Path, config: Config, result: EngineResult) -> None:
     except OSError as e:
         log.warning(
             "backtest.trial_not_recorded",
-            file=str(out.parent / TRIALS_LEDGER),
+            file=str(ledger_dir / TRIALS_LEDGER),
             error=e.strerror or str(e),
             rule="the deflated Sharpe ratio's trial count may miss this variant once a rerun "
             "replaces its folder",

@@ -216,7 +216,10 @@ def _off_defaults(tree: dict[str, Any], defaults: Mapping[str, Any]) -> dict[str
     from ..reload import flatten
 
     out: dict[str, Any] = {}
+    tables = {k.rsplit(".", 1)[0] for k in defaults if "." in k}
     for key, value in flatten(tree).items():
+        if value == {} and key in tables:
+            continue  # a table whose every setting is missing: all at their defaults
         if ".params" not in key:
             if key in defaults:
                 if value == defaults[key]:

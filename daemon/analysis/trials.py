@@ -87,7 +87,8 @@ def count_trials(
     `tradingd backtest` writes them: `<root>/<run_id>/config.json`, `equity.csv`,
     `summary.json`). Folders with the same `config_hash` are reruns of one variant; a folder
     without config.json counts as its own variant (by its run id). The root's ledger
-    (`record_trial`) adds the variants whose folders a rerun under their run id replaced.
+    (`record_trial`) adds the variants whose folders a rerun under their run id replaced,
+    and a record folder's own ledger (an --output folder's) those a rerun into it replaced.
     A ledger line of an earlier scheme (no hash_version: the whole file's hash; version 2:
     `config_hash_v2`) names a folder's variant when a folder's config hashed so, else a
     replaced one of its own."""
@@ -122,7 +123,14 @@ def count_trials(
     rf_bar = per_bar_rate(risk_free_rate, periods_per_year)
     sharpes: dict[str, float] = {}
     default_ignore = ignore == DEFAULT_IGNORED_CONFIG
-    for entry in ledger_entries(root / TRIALS_LEDGER) if default_ignore else []:
+    # The root's ledger, and those inside its record folders (an --output folder's own:
+    # `backtest._note_trial`), each line once.
+    ledgers = [
+        root / TRIALS_LEDGER,
+        *(root / f / TRIALS_LEDGER for fs in configs.values() for f in fs),
+    ]
+    entries = [e for ledger in ledgers if ledger.exists() for e in ledger_entries(ledger)]
+    for entry in entries if default_ignore else []:
         key = entry["config_hash"]
         version = entry.get("hash_version")
         if version != HASH_VERSION:

@@ -69,8 +69,8 @@ def test_a_cut_ledger_line_is_skipped_and_said(tmp_path):
 async def test_variants_written_to_one_output_folder_all_count_as_trials(engine_config, tmp_path):
     """A sweep writing every variant to one --output folder (`--output var/sweep/latest
     --report`) left one folder and no ledger: each report counted 1 trial "from run records
-    under var/sweep". The ledger is the --output folder's parent's, which is the root the
-    validation counts that record's trials from."""
+    under var/sweep". The ledger is the --output folder's own, which the count from its
+    parent (the record's report) reads with the folder."""
     panel = make_panel(n_bars=120, split_at=None)
     latest = tmp_path / "sweep" / "latest"
     ids = set()
@@ -84,5 +84,12 @@ async def test_variants_written_to_one_output_folder_all_count_as_trials(engine_
         ids.add((await run_backtest(config, panel=panel, output_dir=latest)).run_id)
     assert len(ids) == 3  # three run ids, one folder
     assert [p.name for p in latest.parent.iterdir() if p.is_dir()] == ["latest"]
-    assert len((latest.parent / TRIALS_LEDGER).read_text().splitlines()) == 3
+    assert len((latest / TRIALS_LEDGER).read_text().splitlines()) == 3
     assert count_trials(latest.parent, risk_free_rate=0.0).trials == 3
+    # Nothing beside the folder: its parent may be any folder (/tmp for --output /tmp/x),
+    # whose other runs must not count these as theirs through a ledger there.
+    assert not (latest.parent / TRIALS_LEDGER).exists()
+    # Under run.output_dir (the runs root) the root's ledger is written.
+    root = Path(engine_config.run.output_dir)
+    await run_backtest(engine_config, panel=panel)
+    assert (root / TRIALS_LEDGER).exists()

@@ -83,6 +83,15 @@ def test_dropping_settings_at_their_default_keeps_the_variant(dropped):
     assert config_hash(trimmed) == config_hash(cfg)
 
 
+def test_a_table_whose_every_setting_is_missing_is_at_its_defaults():
+    """Found by the property test above: a config lacking every setting of [feed.yahoo]
+    (an empty table left) hashed as another variant."""
+    cfg = _full()
+    trimmed = json.loads(json.dumps(cfg))
+    trimmed["feed"]["yahoo"] = {}
+    assert config_hash(trimmed) == config_hash(cfg)
+
+
 def test_a_setting_off_its_default_and_the_plugin_lists_still_tell_variants_apart():
     base = _full()
     band = _full()
