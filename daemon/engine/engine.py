@@ -274,11 +274,19 @@ def _state_keys(plugins: Sequence[Any]) -> list[tuple[str, Any]]:
     return out
 
 
+# (plugin, where in its state) already said to hold a value a checkpoint keeps only as text.
+_STATE_TEXT_SAID: set[tuple[str, str]] = set()
+
+
 def _state_of(plugin: Any, state: Callable[[], Any], t: datetime | None) -> Any:
-    """A plugin's `state()` for the checkpoint, or a PluginFault naming the plugin, the hook
-    and the value: an exception in it was a bare traceback that stopped a live run in its
-    warm-up, and an object in it was stored as "<object object at 0x...>" with no word (and
-    handed to `restore` so after a restart)."""
+    """A plugin's `state()` for the checkpoint; an exception in it is a PluginFault naming
+    the plugin and the hook (it was a bare traceback that stopped a live run in its
+    warm-up). A value JSON cannot keep (a timedelta, a Decimal, an object) is a logged,
+    deliberate repair: kept as its text, as before, and said once per plugin and key, with
+    what restore() will be given. It was said nowhere ("<object object at 0x...>" handed to
+    restore after a restart); stopping the daemon for it instead failed only live runs,
+    since a backtest never calls state(), at the first checkpoint of a run that had passed
+    every backtest."""
     try:
         got = state()
     except PluginFault:
@@ -288,17 +296,19 @@ def _state_of(plugin: Any, state: Callable[[], Any], t: datetime | None) -> Any:
     found = unstorable(got)
     if found is not None:
         where, bad = found
-        raise PluginFault(
-            _name(plugin),
-            "state",
-            t,
-            TypeError(
-                f"state(){path_text(where)} is of type {type(bad).__name__!r}, which a checkpoint "
-                "cannot keep (JSON: numbers, text, booleans, None, lists, mappings, numpy "
-                "values and arrays, datetimes); store it as one of these and rebuild it in "
-                "restore()"
-            ),
-        )
+        said = (_name(plugin), path_text(where))
+        if said not in _STATE_TEXT_SAID:
+            _STATE_TEXT_SAID.add(said)
+            log.error(
+                "plugin.state_kept_as_text",
+                plugin=said[0],
+                key=f"state(){said[1]}",
+                type=type(bad).__name__,
+                rule="a checkpoint keeps JSON values (numbers, text, booleans, None, lists, "
+                "mappings, numpy values and arrays, datetimes); this one is kept as its text, "
+                "which restore() is given after a restart: store it as one of these and "
+                "rebuild it in restore()",
+            )
     return got
 
 
