@@ -33,7 +33,9 @@ databases never meet, and would trade one broker account twice. A daemon that tr
 broker account therefore also takes `acquire_account_lock`: a lock file named by the account
 alone in one folder per user (`account_lock_dir`: `$TRADINGD_LOCK_DIR`, else
 `~/.cache/tradingd/locks`; not `$XDG_RUNTIME_DIR`, which a login shell has and a service
-has not, so the two would lock in two folders). The account of an Alpaca daemon is
+has not, so the two would lock in two folders). Two users sharing `$TRADINGD_LOCK_DIR` meet
+too: the second opens the first one's lock file (0644 to it) read-only, which flock locks
+all the same. The account of an Alpaca daemon is
 `broker_account("alpaca", key_id, base_url)`, whose endpoint is normalised first: the same
 account written `http://127.0.0.1:8080`, `http://LOCALHOST:8080/` or with `:443` after
 `https://` is one lock, not two. Nothing on one host can see a daemon on another: that is
@@ -517,6 +519,17 @@ class FileInstanceLock(InstanceLock):
             os.close(fd)
         else:
             raise StorageError(f"instance lock: {self.path} keeps being replaced; cannot lock it")
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_ACCMODE == os.O_RDONLY:
+            # Another user's file (see _open_and_lock): locked, but our record cannot go in,
+            # so a refusal by us names whatever it holds (a previous holder, or nothing).
+            log.warning(
+                "instance_lock.holder_not_recorded",
+                path=str(self.path),
+                reason="the lock file is another user's and read-only to this one",
+            )
+            self._fd = fd
+            self.held = True
+            return
         try:
             data = json.dumps(self._holder_record()).encode() + b"\n"
             os.ftruncate(fd, 0)
@@ -531,6 +544,14 @@ class FileInstanceLock(InstanceLock):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except PermissionError as e:
+            # A lock file another user created (TRADINGD_LOCK_DIR shared by two users) is
+            # 0644 to us: flock works on a read-only descriptor, so the lock is still tested.
+            # Only a file that can be neither created nor opened leaves it unavailable.
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                raise StorageError(f"instance lock: cannot open lock file {self.path}: {e}") from e
         except OSError as e:
             raise StorageError(f"instance lock: cannot open lock file {self.path}: {e}") from e
         try:
@@ -637,7 +658,8 @@ async def acquire_account_lock(
     """Take the machine-wide lock of the broker `account` for a daemon on `store` (only
     shown: a masked URL or a path), or raise `AnotherDaemonRunning` naming the holder and
     its store (after retrying for up to `wait_s`, for a holder that is just exiting), or
-    `StorageError` when the lock folder cannot be written."""
+    `StorageError` when the lock file can be neither created nor opened (another user's
+    lock file, readable but not writable, is locked through a read-only descriptor)."""
     if not account:
         raise ConfigError("account lock: the account is empty (derive it from the broker account)")
     lock = AccountLock(store, account, account_lock_path(account, lock_dir))

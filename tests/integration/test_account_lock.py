@@ -232,3 +232,51 @@ def test_the_lock_folder_is_one_per_user_not_per_session(monkeypatch, tmp_path):
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path / "run"))  # a login shell's only
     assert account_lock_dir() == tmp_path / ".cache" / "tradingd" / "locks"
+
+
+def _as_another_user(monkeypatch: pytest.MonkeyPatch, path: Path) -> None:
+    """Leave `path` as a second user sharing the lock folder sees the first one's file:
+    readable, not writable (chmod 0444 refuses O_RDWR to its owner too). Root ignores file
+    modes, so then refuse a write open of it as the kernel would for anyone else."""
+    path.chmod(0o444)
+    if os.geteuid() != 0:
+        return
+    import tradingd.instance_lock as il
+
+    real_open = os.open
+
+    def open_(file, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if Path(file) == path and flags & os.O_ACCMODE != os.O_RDONLY:
+            raise PermissionError(13, "Permission denied", str(file))
+        return real_open(file, flags, *args, **kwargs)
+
+    monkeypatch.setattr(il.os, "open", open_)
+
+
+async def test_another_users_lock_file_is_still_locked_not_unavailable(tmp_path, monkeypatch):
+    # TRADINGD_LOCK_DIR shared by two users: the second cannot open the first one's 0644
+    # lock file for writing. That was "lock folder unwritable", a warning, and both traded.
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    first = _daemon_lock(store, "http://127.0.0.1:18561")
+    await first.start()
+    try:
+        assert first.account_lock is not None
+        path = first.account_lock.path
+        _as_another_user(monkeypatch, path)
+        second = _daemon_lock(f"sqlite:///{tmp_path / 'b' / 'store.db'}", "http://127.0.0.1:18561")
+        with pytest.raises(AnotherDaemonRunning, match="trades this broker account") as refused:
+            await second.start()
+        assert f"pid {os.getpid()} " in str(refused.value)
+    finally:
+        await first.stop()
+    # The holder gone, the other user takes it through its read-only descriptor and holds it.
+    account = broker_account("alpaca", KEY_ID, "http://127.0.0.1:18561")
+    lock = await acquire_account_lock(account, "other-user.db")
+    try:
+        assert lock.held and await lock.check()
+        with pytest.raises(AnotherDaemonRunning):
+            await acquire_account_lock(account, "third.db")
+    finally:
+        await lock.release()
+    again = await acquire_account_lock(account, "third.db")
+    await again.release()
