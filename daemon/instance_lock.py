@@ -35,7 +35,8 @@ alone in one folder per user (`account_lock_dir`: `$TRADINGD_LOCK_DIR`, else
 `~/.cache/tradingd/locks`; not `$XDG_RUNTIME_DIR`, which a login shell has and a service
 has not, so the two would lock in two folders). Two users sharing `$TRADINGD_LOCK_DIR` meet
 too: the second opens the first one's lock file (0644 to it) read-only, which flock locks
-all the same. The account of an Alpaca daemon is
+all the same; a folder on NFS is warned about (flock there may not be reliable). The
+account of an Alpaca daemon is
 `broker_account("alpaca", key_id, base_url)`, whose endpoint is normalised first: the same
 account written `http://127.0.0.1:8080`, `http://LOCALHOST:8080/` or with `:443` after
 `https://` is one lock, not two. Nothing on one host can see a daemon on another: that is
@@ -646,6 +647,34 @@ def account_lock_dir() -> Path:
     return Path.home() / ".cache" / "tradingd" / "locks"
 
 
+MOUNTS = "/proc/mounts"
+
+
+def mount_type(path: Path) -> str | None:
+    """The file system type of the mount holding `path` (its nearest existing folder), read
+    from /proc/mounts; None where that cannot be read (not Linux)."""
+    try:
+        with open(MOUNTS, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+        where = path.expanduser().absolute()
+        while not where.exists() and where != where.parent:
+            where = where.parent
+        where = where.resolve()
+    except OSError:
+        return None
+    best: tuple[int, str] | None = None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        # /proc/mounts writes a space, tab, newline or backslash in a path as octal.
+        point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), fields[1])
+        inside = where == Path(point) or Path(point) in where.parents
+        if inside and (best is None or len(point) >= best[0]):
+            best = (len(point), fields[2])
+    return None if best is None else best[1]
+
+
 def account_lock_path(account: str, lock_dir: str | Path | None = None) -> Path:
     """Where the machine-wide lock file of `account` lives."""
     base = Path(lock_dir).expanduser() if lock_dir is not None else account_lock_dir()
@@ -663,6 +692,14 @@ async def acquire_account_lock(
     if not account:
         raise ConfigError("account lock: the account is empty (derive it from the broker account)")
     lock = AccountLock(store, account, account_lock_path(account, lock_dir))
+    fs = mount_type(lock.path.parent)
+    if fs is not None and fs.startswith("nfs"):
+        log.warning(
+            "instance_lock.lock_dir_on_nfs",
+            lock_dir=str(lock.path.parent),
+            fs=fs,
+            reason="flock on NFS may not be reliable: set TRADINGD_LOCK_DIR to a local folder",
+        )
     await _take(lock, wait_s, 0.0)
     log.info("instance_lock.acquired", **lock.describe())
     return lock

@@ -280,3 +280,27 @@ async def test_another_users_lock_file_is_still_locked_not_unavailable(tmp_path,
         await lock.release()
     again = await acquire_account_lock(account, "third.db")
     await again.release()
+
+
+async def test_a_lock_folder_on_nfs_is_warned_about(tmp_path, monkeypatch, lock_dir):
+    import structlog
+
+    import tradingd.instance_lock as il
+
+    mounts = tmp_path / "mounts"
+    mounts.write_text(
+        "/dev/sda1 / ext4 rw 0 0\n"
+        f"server:/export {tmp_path} nfs4 rw,relatime 0 0\n"
+        f"tmpfs {tmp_path}/locks\\040x tmpfs rw 0 0\n"
+    )
+    monkeypatch.setattr(il, "MOUNTS", str(mounts))
+    assert il.mount_type(lock_dir) == "nfs4"  # not created yet: its nearest folder's mount
+    (tmp_path / "locks x").mkdir()
+    assert il.mount_type(tmp_path / "locks x" / "a") == "tmpfs"
+    assert il.mount_type(Path("/")) == "ext4"
+    with structlog.testing.capture_logs() as logs:
+        lock = await acquire_account_lock("alpaca:nfs", "s")
+        await lock.release()
+    assert [e["fs"] for e in logs if e["event"] == "instance_lock.lock_dir_on_nfs"] == ["nfs4"]
+    monkeypatch.setattr(il, "MOUNTS", str(tmp_path / "no-such-file"))
+    assert il.mount_type(lock_dir) is None
