@@ -142,13 +142,25 @@ def _builds_by_bar(
     (`run_builds`, by start) decides the bars after its `resumed_after` until a later start
     takes over; a bar before every recorded start was decided by an unrecorded build."""
     starts = sorted(rows, key=lambda r: r["started_at"])
+    # A bar's start is the latest one (by start) whose `resumed_after` is before the bar (or
+    # None): the latest of those without one, or, by bisect over the others sorted by
+    # `resumed_after`, the latest of the prefix before the bar. Not a scan of every start
+    # per bar: run_builds grows a row per process start, crash loops included.
+    fresh = max((i for i, r in enumerate(starts) if r["resumed_after"] is None), default=-1)
+    order = sorted(
+        (i for i, r in enumerate(starts) if r["resumed_after"] is not None),
+        key=lambda i: starts[i]["resumed_after"],
+    )
+    keys = [starts[i]["resumed_after"] for i in order]
+    latest: list[int] = []
+    for i in order:
+        latest.append(max(i, latest[-1]) if latest else i)
     spans: list[BuildSpan] = []
     owner: object = object()
     for t in times:
-        row = None
-        for r in starts:
-            if r["resumed_after"] is None or r["resumed_after"] < t:
-                row = r
+        k = bisect.bisect_left(keys, t)  # the starts resumed strictly before t
+        i = max(fresh, latest[k - 1] if k else -1)
+        row = starts[i] if i >= 0 else None
         if row is not owner:
             owner = row
             build = None if row is None else _build_of(row)
