@@ -42,8 +42,10 @@ small dict. Each entry carries when it was last used, so when the bound is reach
 used least recently go first (this run's before any other). They are kept in `cache_dir`
 between runs, one `.npz` file per model version (written atomically when the run added
 predictions, merged under a lock with what the file holds by then: parallel runs keep each
-other's predictions, another run's ranked below this run's for the bound; the newest
-`cache_versions` files are kept). A file that is unreadable, of
+other's predictions, another run's ranked below this run's for the bound; a live daemon
+never waits for the lock: while another process holds it, the save is skipped and the
+predictions kept in memory for the next one; the newest `cache_versions` files are kept).
+A file that is unreadable, of
 another format (or of the previous JSON format, `<version>.json`: never read, and removed when
 that version's `.npz` is written) or holding a prediction that is not finite is ignored with
 a warning. A model output that is not finite stops the prediction (`OnnxModel.run`): it is
@@ -497,6 +499,7 @@ class MlEnsemble:
         self.cache_hits = 0
         self._accuracy = DirectionalAccuracy(n)
         self._no_forecast = np.full(n, np.nan)
+        self._deferred_said = False  # a save skipped while another process held the lock
         self._defer_cache()
 
     def required_features(self) -> tuple[str, ...]:
@@ -933,13 +936,22 @@ class MlEnsemble:
         log.info("prediction_cache.merged", path=str(path), entries=int(theirs.size))
 
     def close(self) -> None:
-        """Called by the engine at the end of a run: keep this version's predictions."""
-        self._save_cache()
+        """Called by the engine at the end of a run: keep this version's predictions. A
+        replay (its model pinned: no stream or heartbeat to hold up) waits its turn at the
+        folder's lock, so that a sweep's points keep each other's predictions; a live
+        daemon, stopping at SIGTERM, does not (`_save_cache`)."""
+        self._save_cache(wait=self._pinned)
 
-    def _save_cache(self) -> None:
+    def _save_cache(self, wait: bool = False) -> None:
         """Written only when entries were added or evicted: a warm rerun writes nothing (the
         entries' last use then stays that of the run that wrote them). Merged, under the
-        folder's lock, with what the file holds by then (`_merge_file`)."""
+        folder's lock, with what the file holds by then (`_merge_file`).
+
+        Unless `wait`, the lock is only tried: while another process holds it (a sweep
+        sharing `cache_dir`, merging a file of up to ~70 MB) this save is skipped, its
+        entries kept in memory for the next save. It runs on a live daemon's event loop (a
+        model switch saves inside score(), close() at SIGTERM): waiting there stalled the
+        stream, the health checks and the heartbeats behind the other process's save."""
         path = self._cache_file()
         if path is None or not self._dirty:
             return
@@ -950,7 +962,11 @@ class MlEnsemble:
             # end: without the lock and the merge, the last one's file replaced the others'
             # (15,090 of 29,174 entries kept).
             with (path.parent / CACHE_LOCK).open("a", encoding="utf-8") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
+                try:  # released when closed
+                    fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    self._save_deferred(path)
+                    return
                 self._merge()
                 self._merge_file(path)
                 self._merge()  # the bound: the other runs' entries go first
@@ -972,6 +988,19 @@ class MlEnsemble:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def _save_deferred(self, path: Path) -> None:
+        """Said at info the first time (then at debug): the predictions stay in memory, for
+        the next save (after a model switch, the outgoing version's are computed again if
+        that version is served again)."""
+        (log.debug if self._deferred_said else log.info)(
+            "prediction_cache.save_deferred",
+            plugin=self.name,
+            path=str(path),
+            reason="another process holds the cache folder's lock; kept in memory for the "
+            "next save",
+        )
+        self._deferred_said = True
 
     def _write(self, path: Path, tmp: Path) -> None:
         # renumber the stamps 0, 1, ... in order: they never overflow across runs

@@ -761,6 +761,8 @@ def test_predictions_saved_by_parallel_runs_are_all_kept(tmp_path, monkeypatch):
     first.predict(base)
     first.close()
     a, b = plugin(cache_dir=tmp_path), plugin(cache_dir=tmp_path)
+    for run in (a, b):
+        run.pin_model()  # a sweep's points: replays, which wait for the lock at their end
     a.predict(wa)
     b.predict(wb)
     assert a.cache_entries == 2 + 3 and b.cache_entries == 2 + 4  # both loaded the file
@@ -802,6 +804,46 @@ def test_predictions_saved_by_parallel_runs_are_all_kept(tmp_path, monkeypatch):
     assert again.model_calls == 0
     np.testing.assert_array_equal(got, plugin().predict(np.concatenate([base, wa, wb])))
     assert [p.name for p in tmp_path.iterdir() if p.suffix == ".tmp"] == []
+
+
+def test_a_live_save_never_waits_for_another_process_holding_the_cache(tmp_path):
+    """A save blocked on the folder's lock while another process (a sweep sharing
+    `cache_dir`) merged its ~70 MB file: at a model switch that is inside score() on a live
+    daemon's event loop (the stream, health checks and heartbeats stalled), and close() at
+    SIGTERM waited the same way. Now the lock is only tried: the save is skipped, said once
+    at info, and the predictions are kept in memory for the next save."""
+    import fcntl
+    import threading
+
+    from structlog.testing import capture_logs
+
+    w = inputs(3, 60, seed=37)
+    live = plugin(cache_dir=tmp_path)  # not pinned: a live daemon
+    live.predict(w)
+    done = threading.Event()
+
+    def saves() -> None:
+        live._save_cache()  # what a model switch does inside score()
+        live.close()  # what the engine does at SIGTERM
+        done.set()
+
+    with (tmp_path / ml.CACHE_LOCK).open("a", encoding="utf-8") as held, capture_logs() as logs:
+        fcntl.flock(held, fcntl.LOCK_EX)  # the other process's save, in progress
+        t = threading.Thread(target=saves)
+        t.start()
+        returned = done.wait(30)
+        fcntl.flock(held, fcntl.LOCK_UN)  # (lets a save that waited end, before failing)
+        t.join(30)
+        assert returned, "the save waited for the lock"
+        assert not cache_file(tmp_path, live).exists()  # nothing written
+    said = [e for e in logs if e["event"] == "prediction_cache.save_deferred"]
+    assert [e["log_level"] for e in said] == ["info", "debug"]  # said once, then quietly
+    assert "another process" in said[0]["reason"] and str(tmp_path) in said[0]["path"]
+    assert live.cache_entries == 3  # kept in memory
+    live.close()  # the lock is free: the next save writes them
+    again = plugin(cache_dir=tmp_path)
+    again.predict(w)
+    assert again.model_calls == 0 and again.cache_entries == 3
 
 
 def test_another_runs_predictions_go_first_when_the_merged_file_is_over_the_bound(tmp_path):
