@@ -13,9 +13,9 @@ which changes a single number:
 - The cache: a fit's outcome is a pure function of its inputs (the returns, the mean model,
   the warm start, `min_obs`) under one BLAS (its kernels and thread count: `blas_kind`, the
   cache file's label), so it is keyed by a BLAKE2b-128 hash of exactly those and kept
-  between runs in `fit_cache_dir`, reused only under the same BLAS. A rerun of a replay
-  then fits nothing; a changed price, window or warm start is a different key. An
-  unreadable cache file is ignored with a warning.
+  between runs in `fit_cache_dir`, one file per BLAS label (`cache_file_name`), reused only
+  under the same BLAS. A rerun of a replay then fits nothing; a changed price, window or
+  warm start is a different key. An unreadable cache file is ignored with a warning.
 """
 
 from __future__ import annotations
@@ -59,7 +59,20 @@ LIVE_NICE = 0
 # /2: fits made with the C library's log and power (garch._libm_classes); a /1 file's fits
 # came from numpy's, which differ by CPU, and are not reused.
 CACHE_FORMAT = "tradingd-garch-fits/2"
-CACHE_FILE = "garch-fits.json"
+#: The one file of every BLAS label, before a file per label: no longer read, removed at a save.
+LEGACY_CACHE_FILE = "garch-fits.json"
+#: At most this many labels' files in a folder, the most recently saved kept (a `var/` shared
+#: by machines or thread counts: a few labels each).
+CACHE_LABELS = 4
+
+
+def cache_file_name(label: str) -> str:
+    """The file of one BLAS label (`blas_kind`). With one file for every label, a 1-thread
+    sweep and a default-thread run sharing the folder each ignored the other's file and
+    replaced it at every save: neither kept its fits."""
+    digest = hashlib.blake2b(label.encode(), digest_size=6, person=b"tradingd-garchf").hexdigest()
+    return f"garch-fits-{digest}.json"
+
 
 #: A fit's inputs: the returns (finite, decimal), the mean model, the warm start (mu, omega,
 #: alpha, beta) or None, and the fewest returns accepted.
@@ -125,13 +138,15 @@ def blas_kind() -> str:
 
 
 class FitCache:
-    """Fit outcomes by `fit_key`, in memory and (optionally) in one JSON file between runs.
-    At most `size` entries are saved: those used by this process first. The file is read at
-    the first use, not when the cache is made: the start-up checks build every plugin once
-    just to see that it starts (0.24 s for the S&P 500 run's 25,000 fits)."""
+    """Fit outcomes by `fit_key`, in memory and (optionally) in a JSON file between runs,
+    that of the BLAS label (`blas_kind`) seen at the first use. At most `size` entries are
+    saved: those used by this process first. The file is read at the first use, not when
+    the cache is made: the start-up checks build every plugin once just to see that it
+    starts (0.24 s for the S&P 500 run's 25,000 fits)."""
 
     def __init__(self, directory: str, size: int) -> None:
-        self.path = Path(directory) / CACHE_FILE if directory else None
+        self.directory = Path(directory) if directory else None
+        self._label: str | None = None  # fixed at the first use (`_ensure_loaded`)
         self.size = size
         self._old: dict[bytes, FitOutcome] = {}
         self._used: dict[bytes, FitOutcome] = {}
@@ -145,9 +160,23 @@ class FitCache:
         self._ensure_loaded()
         return len(self._used) + len(self._old)
 
+    @property
+    def label(self) -> str:
+        """The BLAS label of this cache's fits and file: `blas_kind` at the first use."""
+        if self._label is None:
+            self._label = blas_kind()
+        return self._label
+
+    @property
+    def path(self) -> Path | None:
+        """This label's file (None without a folder)."""
+        return None if self.directory is None else self.directory / cache_file_name(self.label)
+
     def _ensure_loaded(self) -> None:
         if not self._loaded:
             self._loaded = True
+            if self.directory is not None:
+                self._label = blas_kind()  # the BLAS of this run's fits
             self._load()
 
     def get(self, key: bytes) -> FitOutcome | None:
@@ -198,7 +227,7 @@ class FitCache:
                 if not quiet:
                     log.warning("garch_cache.ignored", path=str(self.path), reason="another format")
                 return None
-            kind = blas_kind()
+            kind = self.label
             if data.get("blas") != kind:
                 # A fit depends on the BLAS kernels OpenBLAS chose for this CPU and on its
                 # thread count (the optimiser's steps): a cache made elsewhere (a shared or
@@ -223,24 +252,32 @@ class FitCache:
         return entries, len(rows)
 
     def save(self) -> None:
-        """This process's fits, merged into what the file holds now: parallel runs (a
-        sweep's points) load it at their start and save at their end, and the last one's
-        file replaced the others' (15,090 of 29,174 entries kept). Under the folder's lock,
-        the file is read again and its entries this process does not hold are kept after
-        this process's (used, then unused), within `size`."""
-        if self.path is None or not self.size or not self._used:
+        """This process's fits, merged into what its label's file holds now: parallel runs
+        (a sweep's points) load it at their start and save at their end, and the last one's
+        file replaced the others' (15,090 of 29,174 entries kept). Under the file's lock, it
+        is read again and its entries this process does not hold are kept after this
+        process's (used, then unused), within `size`. Runs under other BLAS labels save to
+        their own files (`cache_file_name`), which this leaves alone but for the bound on
+        their number (`CACHE_LABELS`)."""
+        path = self.path
+        if path is None or not self.size or not self._used:
             return
-        if self._file_keys is not None and self.path.exists():
+        if self._save(path):
+            self._prune(path)
+
+    def _save(self, path: Path) -> bool:
+        """Whether the file was written."""
+        if self._file_keys is not None and path.exists():
             # Nothing fitted: the file holds what this would write when the entries used
             # came first there, in the order used (a rerun of the run that wrote it). A
             # rerun of the S&P 500 backtest skips rewriting 4 MB of JSON (0.2-0.4 s).
             used = list(self._used)
             if used == self._file_keys[: len(used)]:
-                return
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+                return False
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.with_name(f".{self.path.name}.lock").open("a", encoding="utf-8") as lock:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.with_name(f".{path.name}.lock").open("a", encoding="utf-8") as lock:
                 fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
                 merged = {**self._used, **self._old}  # (disjoint) used first, then unused
                 read = self._read(quiet=True)
@@ -249,19 +286,42 @@ class FitCache:
                 entries = [[k.hex(), params_to_json(p), w] for k, (p, w) in merged.items()]
                 data = {
                     "format": CACHE_FORMAT,
-                    "blas": blas_kind(),
+                    "blas": self.label,
                     "entries": entries[: self.size],
                 }
                 tmp.write_text(json.dumps(data), encoding="utf-8")
-                os.replace(tmp, self.path)
+                os.replace(tmp, path)
+            return True
         except OSError as exc:
             # A full or read-only disk: the cache is optional (the fits are made again),
             # and a partial temporary file left per failed run kept its space for good.
             tmp.unlink(missing_ok=True)
-            log.warning("garch_cache.unwritable", path=str(self.path), error=str(exc))
+            log.warning("garch_cache.unwritable", path=str(path), error=str(exc))
+            return False
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def _prune(self, path: Path) -> None:
+        """Other labels' files beyond `CACHE_LABELS` in all (the least recently saved go),
+        and the one file of every label of earlier versions (`LEGACY_CACHE_FILE`). Another
+        label's file is removed under its own lock, tried and not waited for (its owner
+        saving: kept this time). Lock files, empty, stay: removing one while another
+        process waits on it would let two processes hold "the" lock."""
+        folder = path.parent
+        try:
+            (folder / LEGACY_CACHE_FILE).unlink(missing_ok=True)
+            files = [p for p in folder.glob("garch-fits-*.json") if p != path]
+            files.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+            for old in files[CACHE_LABELS - 1 :]:
+                with old.with_name(f".{old.name}.lock").open("a", encoding="utf-8") as lock:
+                    try:
+                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    except BlockingIOError:
+                        continue
+                    old.unlink(missing_ok=True)
+        except OSError as exc:  # another process pruning too: the save itself is done
+            log.info("garch_cache.prune_skipped", path=str(folder), error=str(exc))
 
 
 class WorkerLost(Exception):

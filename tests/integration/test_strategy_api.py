@@ -700,7 +700,7 @@ def test_a_run_without_output_dir_writes_nothing_in_the_working_folder(in_tmp, m
     assert sorted(p.name for p in cwd.iterdir()) == []
     assert len(out["fills"]) > 0
     assert list((cache_home / "tradingd" / "predictions").glob("*.npz"))
-    assert (cache_home / "tradingd" / "garch" / "garch-fits.json").exists()
+    assert list((cache_home / "tradingd" / "garch").glob("garch-fits-*.json"))
 
 
 def test_cache_folders_the_base_configuration_names_are_kept(in_tmp):
@@ -722,7 +722,7 @@ def test_cache_folders_the_base_configuration_names_are_kept(in_tmp):
         bundled_frames(), start="2017-10-01", end="2017-12-31"
     )
     assert list(Path(mine["ml"]).glob("*.npz"))
-    assert (Path(mine["garch"]) / "garch-fits.json").exists()
+    assert list(Path(mine["garch"]).glob("garch-fits-*.json"))
     assert out["config"].sizing.params["fit_cache_dir"] == mine["garch"]
 
 

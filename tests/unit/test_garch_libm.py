@@ -134,9 +134,9 @@ def test_fits_are_the_same_bits_with_numpys_simd_loops_on_and_off():
 
 
 def test_a_fit_cache_of_the_numpy_era_is_not_reused(tmp_path):
-    from tradingd_plugins.sizing.garch_fits import CACHE_FILE, FitCache
+    from tradingd_plugins.sizing.garch_fits import FitCache, blas_kind, cache_file_name
 
-    (tmp_path / CACHE_FILE).write_text(
+    (tmp_path / cache_file_name(blas_kind())).write_text(
         json.dumps({"format": "tradingd-garch-fits/1", "entries": [["00", None, "old"]]})
     )
     cache = FitCache(str(tmp_path), 10)
@@ -163,28 +163,27 @@ def test_a_fit_still_converges_to_arch_quality():
 
 
 def test_a_fit_cache_made_with_other_blas_kernels_is_not_reused(tmp_path):
-    from tradingd_plugins.sizing.garch_fits import CACHE_FILE, CACHE_FORMAT, FitCache, blas_kind
+    from tradingd_plugins.sizing.garch_fits import CACHE_FORMAT, FitCache, blas_kind
 
     made = FitCache(str(tmp_path), 10)
     made.put(b"k", (None, "why"))
     made.save()
-    data = json.loads((tmp_path / CACHE_FILE).read_text())
+    assert made.path is not None
+    data = json.loads(made.path.read_text())
     assert data["format"] == CACHE_FORMAT and data["blas"] == blas_kind()
     assert FitCache(str(tmp_path), 10).get(b"k") == (None, "why")
     data["blas"] = "openblas/SomeOtherCore"
-    (tmp_path / CACHE_FILE).write_text(json.dumps(data))
+    made.path.write_text(json.dumps(data))  # (a file copied from another machine)
     with capture_logs() as logs:
         assert FitCache(str(tmp_path), 10).get(b"k") is None
     [event] = logs
     assert event["event"] == "garch_cache.ignored" and "SomeOtherCore" in event["reason"]
 
 
-def test_a_fit_cache_made_with_another_blas_thread_count_is_not_reused(tmp_path, monkeypatch):
-    """OpenBLAS's thread count moves a fit in its last digits (a replay's final equity:
-    98,172.07 with one thread, 98,176.47 with two), and a two-thread run given a one-thread
-    run's cache gave the one-thread figure. The count is in the file's label."""
+def _blas_threads(monkeypatch):  # type: ignore[no-untyped-def]
+    """A function setting the BLAS thread count `blas_kind` reports (as OPENBLAS_NUM_THREADS
+    or a sweep's worker would), or a skip without a BLAS seen by threadpoolctl."""
     import tradingd.environment
-    from tradingd_plugins.sizing.garch_fits import FitCache
 
     real = tradingd.environment.blas()
     if not any(b.get("user_api") == "blas" for b in real):
@@ -194,16 +193,95 @@ def test_a_fit_cache_made_with_another_blas_thread_count_is_not_reused(tmp_path,
         seen = [{**b, "num_threads": n} if b.get("user_api") == "blas" else b for b in real]
         monkeypatch.setattr(tradingd.environment, "blas", lambda: seen)
 
+    return threads
+
+
+def test_a_fit_cache_made_with_another_blas_thread_count_is_not_reused(tmp_path, monkeypatch):
+    """OpenBLAS's thread count moves a fit in its last digits (a replay's final equity:
+    98,172.07 with one thread, 98,176.47 with two), and a two-thread run given a one-thread
+    run's cache gave the one-thread figure. The count is in the file's label."""
+    from tradingd_plugins.sizing.garch_fits import FitCache
+
+    threads = _blas_threads(monkeypatch)
     threads(1)
     made = FitCache(str(tmp_path), 10)
     made.put(b"k", (None, "why"))
     made.save()
     assert FitCache(str(tmp_path), 10).get(b"k") == (None, "why")  # same threads: reused
     threads(4)
-    with capture_logs() as logs:
-        assert FitCache(str(tmp_path), 10).get(b"k") is None
-    [event] = logs
-    assert event["event"] == "garch_cache.ignored" and "1 threads" in event["reason"]
+    assert FitCache(str(tmp_path), 10).get(b"k") is None
+
+
+def test_fit_caches_of_two_blas_thread_counts_in_one_folder_keep_both_sets(tmp_path, monkeypatch):
+    """One file for every label: a 1-thread sweep (or a walk-forward fold) and a
+    default-thread daemon sharing the folder each ignored the other's file at its save and
+    replaced it, erasing the other's fits at every save. Each label has its own file now,
+    merged under its own lock."""
+    from tradingd_plugins.sizing.garch_fits import FitCache
+
+    threads = _blas_threads(monkeypatch)
+    threads(1)
+    sweep = FitCache(str(tmp_path), 10)
+    sweep.put(b"one", (None, "one thread"))
+    threads(4)
+    daemon = FitCache(str(tmp_path), 10)
+    daemon.put(b"four", (None, "four threads"))
+    threads(1)
+    sweep.save()  # each saves under the label it loaded with
+    threads(4)
+    daemon.save()
+    threads(1)
+    sweep.put(b"one more", (None, "one thread"))
+    sweep.save()  # the daemon's fits are still there after the sweep's next save
+    threads(4)
+    again = FitCache(str(tmp_path), 10)
+    assert again.get(b"four") == (None, "four threads") and again.get(b"one") is None
+    threads(1)
+    again = FitCache(str(tmp_path), 10)
+    assert again.get(b"one") == (None, "one thread") and again.get(b"four") is None
+    assert again.get(b"one more") == (None, "one thread")
+    assert sweep.path != daemon.path
+    names = {p.name for p in tmp_path.iterdir() if not p.name.startswith(".")}
+    assert names == {p.name for p in (sweep.path, daemon.path) if p is not None}
+    assert "garch-fits.json" not in names  # (the one file of every label, before)
+
+
+def test_the_fit_cache_files_of_labels_are_bounded_and_the_old_single_file_is_dropped(
+    tmp_path, monkeypatch
+):
+    """A `var/` shared by machines or thread counts holds one file per label: at most
+    CACHE_LABELS of them, the least recently saved going first; the one file of earlier
+    versions (`garch-fits.json`, every label in turn) is not read, and removed at a save."""
+    import os
+
+    from tradingd_plugins.sizing import garch_fits
+    from tradingd_plugins.sizing.garch_fits import LEGACY_CACHE_FILE, FitCache
+
+    threads = _blas_threads(monkeypatch)
+    (tmp_path / LEGACY_CACHE_FILE).write_text(
+        json.dumps(
+            {
+                "format": garch_fits.CACHE_FORMAT,
+                "blas": garch_fits.blas_kind(),  # (the test's count: never asked for below)
+                "entries": [["00", None, "legacy"]],
+            }
+        )
+    )
+    paths = []
+    for n in range(1, garch_fits.CACHE_LABELS + 3):
+        threads(n)
+        c = FitCache(str(tmp_path), 10)
+        assert c.get(bytes.fromhex("00")) is None  # the legacy file is never read
+        c.put(b"k", (None, str(n)))
+        c.save()
+        assert c.path is not None
+        os.utime(c.path, (n, n))  # saved in this order, whatever the clock's resolution
+        paths.append(c.path)
+    assert not (tmp_path / LEGACY_CACHE_FILE).exists()
+    kept = sorted(p.name for p in tmp_path.glob("garch-fits-*.json"))
+    assert kept == sorted(p.name for p in paths[-garch_fits.CACHE_LABELS :])
+    threads(len(paths))
+    assert FitCache(str(tmp_path), 10).get(b"k") == (None, str(len(paths)))
 
 
 def test_the_fit_cache_follows_threadpoolctls_limits_in_process(tmp_path):
@@ -248,7 +326,8 @@ def test_a_fit_cache_that_cannot_be_written_leaves_no_partial_file(tmp_path, mon
         cache.save()
     assert [e["event"] for e in logs] == ["garch_cache.unwritable"]
     assert logs[0]["log_level"] == "warning"
-    assert [p.name for p in tmp_path.iterdir()] == [".garch-fits.json.lock"]  # empty, kept
+    assert cache.path is not None
+    assert [p.name for p in tmp_path.iterdir()] == [f".{cache.path.name}.lock"]  # empty, kept
 
 
 def _save_fits(folder: str, keys: list[bytes], barrier) -> None:  # type: ignore[no-untyped-def]
@@ -272,7 +351,7 @@ def test_fit_caches_saved_by_parallel_runs_keep_every_runs_fits(tmp_path, monkey
     import threading
 
     from tradingd_plugins.sizing import garch_fits
-    from tradingd_plugins.sizing.garch_fits import CACHE_FILE, FitCache
+    from tradingd_plugins.sizing.garch_fits import FitCache
 
     base = FitCache(str(tmp_path), 100)
     base.put(b"old", (None, "base"))
@@ -324,7 +403,8 @@ def test_fit_caches_saved_by_parallel_runs_keep_every_runs_fits(tmp_path, monkey
     small = FitCache(str(tmp_path), 2)
     small.put(b"c", (None, "c"))
     small.save()
-    rows = json.loads((tmp_path / CACHE_FILE).read_text())["entries"]
+    assert small.path is not None
+    rows = json.loads(small.path.read_text())["entries"]
     assert len(rows) == 2 and rows[0][0] == b"c".hex()
 
 

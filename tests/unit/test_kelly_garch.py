@@ -8,6 +8,7 @@ import dataclasses
 import json
 import math
 import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -916,7 +917,7 @@ scores = st.lists(
 def test_the_fit_cache_file_is_read_at_first_use_not_when_the_plugin_is_built(tmp_path):
     """The start-up checks build every plugin only to see that it starts: a plugin that is
     never sized reads nothing (25,000 fits: 0.24 s for the S&P 500 run)."""
-    from tradingd_plugins.sizing.garch_fits import CACHE_FILE, FitCache
+    from tradingd_plugins.sizing.garch_fits import FitCache
 
     c = FitCache(str(tmp_path), 5)
     c.put(b"a", (None, "a"))
@@ -928,7 +929,7 @@ def test_the_fit_cache_file_is_read_at_first_use_not_when_the_plugin_is_built(tm
     with capture_logs() as logs:
         assert built.get(b"a") == (None, "a")
     assert [e["event"] for e in logs] == ["garch_cache.loaded"]
-    (tmp_path / CACHE_FILE).unlink()
+    fits_file(tmp_path).unlink()
     later = FitCache(str(tmp_path), 5)
     assert len(later) == 0  # read when asked, and the file is gone by then
 
@@ -1126,7 +1127,7 @@ def test_a_rerun_fits_nothing_and_a_changed_price_fits_again(tmp_path, monkeypat
     first, a = _run(cfg, close, 12)
     first.close()  # the engine's end of run: the outcomes go to the file
     assert sum(fitted) == first.fits == 11  # 3 initial, then one a bar on 8 of 11 bars
-    assert (tmp_path / "garch-fits.json").exists()
+    assert fits_file(tmp_path).exists()
     fitted.clear()
     rerun, b = _run(cfg, close, 12)
     assert fitted == [] and rerun._cache.hits == rerun.fits  # nothing fitted again
@@ -1140,7 +1141,7 @@ def test_a_rerun_fits_nothing_and_a_changed_price_fits_again(tmp_path, monkeypat
 
 
 def test_an_unreadable_fit_cache_is_ignored_with_a_warning(tmp_path):
-    (tmp_path / "garch-fits.json").write_text('{"format": "tradingd-garch-fits/2", "entries": [[')
+    fits_file(tmp_path).write_text('{"format": "tradingd-garch-fits/2", "entries": [[')
     close = prices(garch_paths(305, 2, seed=6))
     cfg = Cfg(garch_window=300, min_fit_obs=200, fit_lag_bars=1, fit_cache_dir=str(tmp_path))
     with capture_logs() as logs:
@@ -1149,7 +1150,7 @@ def test_an_unreadable_fit_cache_is_ignored_with_a_warning(tmp_path):
     assert str(tmp_path) in warn["path"] and warn["log_level"] == "warning"
     assert p.methods == {"S0": "garch", "S1": "garch"}  # fitted as if there were no cache
     p.close()
-    assert json.loads((tmp_path / "garch-fits.json").read_text())["entries"]  # rewritten
+    assert json.loads(fits_file(tmp_path).read_text())["entries"]  # rewritten
 
 
 def test_the_fit_cache_stays_within_its_bound_keeping_what_this_run_used(tmp_path):
@@ -1169,6 +1170,13 @@ def test_the_fit_cache_stays_within_its_bound_keeping_what_this_run_used(tmp_pat
     assert {k for k in (b"a", b"b", b"c", b"x", b"y") if e.get(k)} == {b"b", b"x", b"y"}
 
 
+def fits_file(folder):
+    """The fit cache's file in folder for this process's BLAS."""
+    from tradingd_plugins.sizing.garch_fits import blas_kind, cache_file_name
+
+    return Path(folder) / cache_file_name(blas_kind())
+
+
 def _file_keys(path):
     return [bytes.fromhex(k) for k, _, _ in json.loads(path.read_text())["entries"]]
 
@@ -1176,9 +1184,9 @@ def _file_keys(path):
 def test_a_rerun_that_fits_nothing_leaves_the_fit_cache_file_as_it_is(tmp_path):
     import os
 
-    from tradingd_plugins.sizing.garch_fits import CACHE_FILE, FitCache
+    from tradingd_plugins.sizing.garch_fits import FitCache
 
-    path = tmp_path / CACHE_FILE
+    path = fits_file(tmp_path)
     c = FitCache(str(tmp_path), 5)
     for k in (b"a", b"b", b"c"):
         c.put(k, ((0.0, 1e-6, 0.1, 0.8, 1e-4, 300), ""))
@@ -1214,7 +1222,7 @@ def test_the_fit_cache_file_is_what_an_unconditional_save_would_write(
 ):
     """Skipping the write must never leave another file than writing would: after any
     sequence of gets and puts, the file holds this run's entries first, then the rest."""
-    from tradingd_plugins.sizing.garch_fits import CACHE_FILE, FitCache
+    from tradingd_plugins.sizing.garch_fits import FitCache
 
     folder = tmp_path_factory.mktemp("fits")
     c = FitCache(str(folder), size)
@@ -1231,7 +1239,7 @@ def test_the_fit_cache_file_is_what_an_unconditional_save_would_write(
     expected = (list(d._used) + list(d._old))[:resize]
     d.save()
     if d._used:
-        assert _file_keys(folder / CACHE_FILE) == expected
+        assert _file_keys(fits_file(folder)) == expected
     e = FitCache(str(folder), resize)
     assert [e.get(k) for k in expected] == [d._used.get(k) or d._old.get(k) for k in expected]
 
