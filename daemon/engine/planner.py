@@ -164,7 +164,10 @@ class OrderPlanner:
         """`unreconciled`: symbols whose book differs from the broker's (reconciliation).
         No exit is placed in them, restored or re-placed: sized from the book, they sold
         shares the broker no longer held (refused every bar, or, with shorting allowed,
-        a take-profit that opened a short). Cancels still go through."""
+        a take-profit that opened a short). Their working exits are kept, not resized
+        (cancelled to be re-placed, the position stayed without a stop until the block
+        lifted; the broker refuses what it cannot fill); those that cannot belong to the
+        book's position (the wrong side, a position closed) are still cancelled."""
         cfg = self.config
         equity = ctx.portfolio.equity
         if not equity > 0:
@@ -222,9 +225,10 @@ class OrderPlanner:
             kept = self._keep(h, d)
             covered = 0.0
             if exits:
-                replaced, cancelled, covered = self._fit_exits(exits, h, kept, ctx)
-                if i not in frozen:
-                    orders.extend(replaced)
+                replaced, cancelled, covered = self._fit_exits(
+                    exits, h, kept, ctx, resize=i not in frozen
+                )
+                orders.extend(replaced)
                 cancel.extend(cancelled)
             if i in protect and kept - covered > _EPS * max(1.0, kept):
                 orders.extend(self._protect(i, math.copysign(kept - covered, h), ctx))
@@ -402,11 +406,13 @@ class OrderPlanner:
         return min(abs(new), abs(h))
 
     def _fit_exits(
-        self, exits: list[Order], h: float, kept: float, ctx: BarContext
+        self, exits: list[Order], h: float, kept: float, ctx: BarContext, *, resize: bool = True
     ) -> tuple[list[Order], list[str], float]:
         """Cancels and replacements so the exits protect at most `kept` shares (newest lots
         give way first); exits that cannot belong to the position are cancelled. Also
-        returns the shares the exits protect afterwards."""
+        returns the shares the exits protect afterwards. Not `resize` (a symbol blocked by
+        reconciliation): only those that cannot belong to it are cancelled, the rest kept
+        as they are (nothing re-placed)."""
         exit_side = Side.SELL if h > 0 else Side.BUY if h < 0 else None
         cancel = [
             o.client_order_id
@@ -422,6 +428,8 @@ class OrderPlanner:
         # Oldest first (stable: submission order breaks ties); each sells its largest member.
         ordered = sorted(lots.values(), key=lambda members: min(m.created_at for m in members))
         sizes = [max(m.remaining for m in members) for members in ordered]
+        if not resize:
+            return [], cancel, min(sum(sizes), kept)
         excess = sum(sizes) - kept
         replacements: list[Order] = []
         for members, size in zip(reversed(ordered), reversed(sizes), strict=True):

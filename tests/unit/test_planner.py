@@ -919,3 +919,35 @@ def test_no_exit_is_placed_in_an_unreconciled_symbol(unreconciled, held, stop_mo
     assert [o for o in free.orders if o.symbol not in unreconciled] == plan.orders
     if not unreconciled:
         assert free.orders == plan.orders and free.cancel == plan.cancel
+    # Working exits are kept there, not cancelled (nothing would restore them); only those
+    # that cannot belong to the book's position (none held: B's sell legs) are cancelled.
+    symbol_of = {o.client_order_id: o.symbol for o in legs}
+    assert [c for c in plan.cancel if symbol_of[c] not in unreconciled] == [
+        c for c in free.cancel if symbol_of[c] not in unreconciled
+    ]
+    if "B" in unreconciled:
+        assert plan.cancel == ([o.client_order_id for o in legs] if held[1] == 0 else [])
+
+
+def test_a_blocked_symbols_exits_are_kept_not_cancelled():
+    """B holds 30 with exits for 60 (the broker's position moved) and is blocked by
+    reconciliation: the exits were cancelled to be resized, and the resized ones not placed
+    (no exit is placed in a blocked symbol), so the position had no stop until the block
+    lifted. They are kept as they work (the broker refuses what it cannot fill); exits on
+    the wrong side of the book's position are still cancelled."""
+    p = OrderPlanner(BRACKETS, "r", SYMS)
+    legs = active_legs("B", 60, 12.0, 9.0, days_ago=3)
+    ids = [o.client_order_id for o in legs]
+    state = ctx_at([55.0, 10.0, 10.0], [0, 30, 0], avg=[50.0, 10.0, 10.0], equity=100_000.0)
+    weights = state.portfolio.weights
+    free = p.plan(weights.copy(), state, legs)
+    assert free.cancel == ids  # unblocked: resized to the 30 held
+    resized = by_leg(free.orders)
+    assert len(free.orders) == 2 and {o.quantity for o in free.orders} == {30.0}
+    assert (resized[Leg.TAKE_PROFIT].limit_price, resized[Leg.STOP_LOSS].stop_price) == (12.0, 9.0)
+    blocked = p.plan(weights.copy(), state, legs, frozenset({"B"}))
+    assert blocked == Plan([], [])
+    # Short 30 in the book with sell exits: on the wrong side, cancelled, none placed.
+    short = ctx_at([55.0, 10.0, 10.0], [0, -30, 0], avg=[50.0, 10.0, 10.0], equity=100_000.0)
+    wrong = p.plan(short.portfolio.weights.copy(), short, legs, frozenset({"B"}))
+    assert wrong == Plan([], ids)
