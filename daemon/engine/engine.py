@@ -1517,8 +1517,15 @@ class Engine:
     def _symbols_with_open_orders(self) -> set[str]:
         """Symbols with an order of ours working, as the engine has booked it: an order whose
         last fill is not yet booked is still listed, so a symbol outside this set has no
-        fill of ours on the way (see `_reconcile`)."""
-        return {o.symbol for o in self.broker.open_orders()}
+        fill of ours on the way (see `_reconcile`). Not another's (by hand, another run's:
+        a live broker lists the foreign orders it follows): one working beside a moving
+        difference is no fill of ours, and it put off the block to the third round."""
+        origin = getattr(self.broker, "origin", None)
+        return {
+            o.symbol
+            for o in self.broker.open_orders()
+            if self._is_own(origin(o.client_order_id) if origin is not None else o.client_order_id)
+        }
 
     def _position_difference(
         self,

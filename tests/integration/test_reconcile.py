@@ -332,6 +332,46 @@ async def test_a_difference_moving_beside_an_order_of_ours_is_blocked_at_its_thi
     assert "moved from 9 to 11" in text and "still moving after 3 rounds" in text
 
 
+async def test_a_foreign_order_working_does_not_put_off_the_block(tmp_path: Path):
+    """The symbols with an order of ours working came from the broker's open orders, and a
+    live broker lists the foreign ones it follows too: a limit placed by hand in the symbol
+    counted as ours, and the foreign fill moving the position was blocked only at its third
+    round. Only the run's own orders (the replacement of one edited at the broker included:
+    `origin`) count, as for the fills booked."""
+    from datetime import UTC, datetime
+
+    from tradingd.core.orders import market_order
+
+    engine, round_ = _scripted(tmp_path, "recon8")
+    del engine._symbols_with_open_orders  # the engine's own, not the script's
+    at = datetime(2016, 1, 4, tzinfo=UTC)
+    by_hand = market_order("by-hand", at, "SP500", 10.0)
+    ours = market_order(engine.run.run_id, at, "SP500", 10.0)
+    edited = market_order("alpaca-replacement", at, "SP500", 10.0)
+    working: list[Any] = [by_hand]
+    engine.broker.open_orders = lambda: list(working)  # type: ignore[method-assign]
+    # The replacement of an order of ours edited at the broker stands for it.
+    engine.broker.origin = lambda cid: (  # type: ignore[attr-defined]
+        ours.client_order_id if cid == edited.client_order_id else cid
+    )
+
+    await round_([3.0, 5.0], set())  # `ours` is not read: the engine's method is
+    assert list(engine.reconcile_blocked) == ["SP500"]  # at the end of its first round
+    assert engine._symbols_with_open_orders() == set()
+    [text] = engine.alerts_sent
+    assert "moved from 3 to 5" in text and "no order of ours" in text
+
+    # An order of ours (or its edited replacement) beside it still defers the block.
+    for mine in (ours, edited):
+        await round_([0.0], set())  # agreed again: released
+        assert engine.reconcile_blocked == {}
+        working[:] = [by_hand, mine]
+        assert engine._symbols_with_open_orders() == {"SP500"}
+        await round_([3.0, 5.0], set())
+        assert engine.reconcile_blocked == {}
+        engine._reconcile_moving = {}
+
+
 def test_no_difference_drifts_unblocked(tmp_path: Path):
     """Whatever the broker's readings and our orders: a difference with no order of ours
     working is blocked at the end of its round; none stays unblocked three rounds in a row;
