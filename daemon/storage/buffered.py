@@ -282,6 +282,21 @@ class BufferedStore(ABC):
         # it is written (to simulate a crash there).
         self._after_replay_commit: Callable[[SpoolBatch], None] | None = None
 
+    async def record_build(
+        self,
+        run_id: str,
+        started_at: datetime,
+        resumed_after: datetime | None,
+        build: Mapping[str, Any],
+    ) -> None:
+        """The build this live process runs (schema.RUN_BUILDS), once it resumed the run."""
+        from .schema import RUN_BUILDS, insert_sql, run_build_row
+
+        after = None if resumed_after is None else self._encode_time(resumed_after)
+        row = run_build_row(run_id, self._encode_time(started_at), after, build)
+        async with self._flush_lock:
+            await self._execute([(insert_sql(RUN_BUILDS, self.dialect), row)])
+
     # ------------------------------------------------------------------ dialect primitives
 
     @abstractmethod

@@ -23,7 +23,6 @@ from ..core.errors import ConfigError, StorageError
 from ..secrets import mask_url
 from .buffered import OPS, BufferedStore, DatabaseUnavailable, Row
 from .schema import (
-    RUN_BUILDS,
     TABLES,
     Dialect,
     Table,
@@ -31,7 +30,6 @@ from .schema import (
     applied_seq_sql,
     create_table_sql,
     insert_sql,
-    run_build_row,
 )
 from .spool import DEFAULT_MAX_BYTES, SpoolBatch, safe_name
 
@@ -386,19 +384,6 @@ class PostgresStore(BufferedStore):
         if self._pool is None:
             raise StorageError(f"PostgreSQL store {self.safe_url} is not started (call start())")
         return self._pool
-
-    async def record_build(
-        self,
-        run_id: str,
-        started_at: datetime,
-        resumed_after: datetime | None,
-        build: Mapping[str, Any],
-    ) -> None:
-        """The build this live process runs (schema.RUN_BUILDS), once it resumed the run."""
-        after = None if resumed_after is None else self._encode_time(resumed_after)
-        row = run_build_row(run_id, self._encode_time(started_at), after, build)
-        async with self._flush_lock:
-            await self._execute([(insert_sql(RUN_BUILDS, "postgres"), row)])
 
     def _encode_time(self, t: datetime) -> datetime:
         # asyncpg reads a naive datetime as local time; tradingd's naive times mean UTC.

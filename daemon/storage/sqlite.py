@@ -54,13 +54,10 @@ from .buffered import BufferedStore, ResumePoint, Row
 from .child import ChildWriter
 from .rows import pack
 from .schema import (
-    RUN_BUILDS,
     TABLES,
     Dialect,
     add_column_sql,
     create_table_sql,
-    insert_sql,
-    run_build_row,
 )
 from .sqlite_file import MEMORY, connect, iso_utc, transaction, write_rows
 from .writer import WriterThread
@@ -361,19 +358,6 @@ class SqliteStore(BufferedStore):
         self._child = ChildWriter(f"SQLite {self.path}", self.max_in_flight)
         self._child.send(job, payload)
         self._child_ready = False
-
-    async def record_build(
-        self,
-        run_id: str,
-        started_at: datetime,
-        resumed_after: datetime | None,
-        build: Mapping[str, Any],
-    ) -> None:
-        """The build this live process runs (schema.RUN_BUILDS), once it resumed the run."""
-        after = None if resumed_after is None else self._encode_time(resumed_after)
-        row = run_build_row(run_id, self._encode_time(started_at), after, build)
-        async with self._flush_lock:
-            await self._execute([(insert_sql(RUN_BUILDS, "sqlite"), row)])
 
     async def resume_run(self, run: RunInfo) -> ResumePoint | None:
         await self.flush()
