@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tradingd.analysis.trial_ledger import TRIALS_LEDGER
+
 PLUGIN = textwrap.dedent("""
     import os
     import signal
@@ -289,7 +291,8 @@ def test_a_reruns_folder_loses_the_earlier_record_when_the_store_does(tmp_path):
         (out / name).write_text("the first run's report")
     (out / "notes.txt").write_text("mine")
     record = {p.name: p.read_bytes() for p in out.iterdir()}
-    assert set(record) == {*bt.RECORD_FILES, bt.RECORD_LOCK, "notes.txt"}
+    # (and the trial ledger of the runs written to this --output folder: backtest._note_trial)
+    assert set(record) == {*bt.RECORD_FILES, bt.RECORD_LOCK, TRIALS_LEDGER, "notes.txt"}
 
     assert _stopped_run(config, out, _once_the_store_starts).bars == 0
     assert {p.name: p.read_bytes() for p in out.iterdir()} == record
@@ -306,12 +309,18 @@ def test_a_reruns_folder_loses_the_earlier_record_when_the_store_does(tmp_path):
     assert (again.warmup, str(again)) == (stopped.warmup, str(stopped))
     with sqlite3.connect(tmp_path / "in.db") as c:
         assert c.execute("select count(*) from equity").fetchone()[0] == 3  # of 125
-    assert sorted(p.name for p in out.iterdir()) == [bt.RECORD_LOCK, "notes.txt"]
+    # (the trial ledger stays: the variants this folder held, for count_trials)
+    assert sorted(p.name for p in out.iterdir()) == [bt.RECORD_LOCK, TRIALS_LEDGER, "notes.txt"]
 
     (out / "report.html").write_text("an earlier report")
     again = asyncio.run(bt.run_backtest(config, output_dir=out))
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [*(n for n in bt.RECORD_FILES if not n.startswith("report.")), bt.RECORD_LOCK, "notes.txt"]
+        [
+            *(n for n in bt.RECORD_FILES if not n.startswith("report.")),
+            bt.RECORD_LOCK,
+            TRIALS_LEDGER,
+            "notes.txt",
+        ]
     )
     assert (out / "summary.json").read_bytes() == record["summary.json"]
     assert again.result.bars == first.result.bars

@@ -264,7 +264,9 @@ def test_replay_check_names_the_builds_that_decided_the_bars(tmp_path: Path, cap
     other = "f" * 40
     con.execute("DELETE FROM run_builds")
     con.execute(
-        "INSERT INTO run_builds VALUES ('killtest', '2030-01-01T00:00:00+00:00', ?, '0.1.0', ?, 0)",
+        # Another version as well as another commit: an installed copy (CI's) knows no commit
+        # of its own, and tells builds apart by version then.
+        "INSERT INTO run_builds VALUES ('killtest', '2030-01-01T00:00:00+00:00', ?, '0.0.9', ?, 0)",
         (times[59], other),
     )
     t, text = con.execute(
@@ -297,6 +299,6 @@ def test_replay_check_names_the_builds_that_decided_the_bars(tmp_path: Path, cap
     assert code == 1
     assert "likely cause: bars were decided by another tradingd build" in out
     assert (
-        f"{len(times) - 60} bar(s), 1 differ, decided by tradingd 0.1.0, commit ffffffffffff" in out
+        f"{len(times) - 60} bar(s), 1 differ, decided by tradingd 0.0.9, commit ffffffffffff" in out
     )
     assert "60 bar(s), 0 differ, decided by an earlier tradingd build" in out

@@ -747,6 +747,9 @@ def test_report_names_the_build_that_made_a_record_of_other_code(cli, run_dir, t
     shutil.copytree(run_dir, old)
     env = json.loads((old / "environment.json").read_text())
     env["source"] = {"commit": "0123456789ab" + "0" * 28, "uncommitted_changes": False}
+    # And another version: an installed copy (CI's) knows no commit of its own, and tells
+    # builds apart by version then.
+    env.setdefault("packages", {})["tradingd"] = "0.0.9"
     (old / "environment.json").write_text(json.dumps(env))
     code, out, err = cli("report", str(old), "--output", str(tmp_path / "o"), "--no-validation")
     assert code == 0, err
