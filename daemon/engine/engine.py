@@ -753,6 +753,14 @@ class Engine:
         also holds other runs' orders and orders placed by hand."""
         return client_order_id.startswith(f"{self.run.run_id}|")
 
+    def _placed_by_us(self, client_order_id: str) -> bool:
+        """`_is_own` of the order a live broker's order stands for: the replacement of an
+        order edited at the broker carries the broker's id, and `origin` names the order it
+        replaced. The rule of the updates the engine books and of the orders that explain
+        a moving reconcile difference (`_own_updates`, `_symbols_with_open_orders`)."""
+        origin = getattr(self.broker, "origin", None)
+        return self._is_own(origin(client_order_id) if origin is not None else client_order_id)
+
     def _flatten_orders(
         self, held: np.ndarray, only: set[str] | None = None
     ) -> tuple[list[Order], list[str], bool]:
@@ -1520,11 +1528,8 @@ class Engine:
         fill of ours on the way (see `_reconcile`). Not another's (by hand, another run's:
         a live broker lists the foreign orders it follows): one working beside a moving
         difference is no fill of ours, and it put off the block to the third round."""
-        origin = getattr(self.broker, "origin", None)
         return {
-            o.symbol
-            for o in self.broker.open_orders()
-            if self._is_own(origin(o.client_order_id) if origin is not None else o.client_order_id)
+            o.symbol for o in self.broker.open_orders() if self._placed_by_us(o.client_order_id)
         }
 
     def _position_difference(
@@ -1680,11 +1685,7 @@ class Engine:
         and reconciliation stops trading in the symbol. A simulated broker's are all ours."""
         if getattr(self.broker, "state", None) is not None:
             return update
-        origin = getattr(self.broker, "origin", None)
-
-        def own(cid: str) -> bool:
-            return self._is_own(origin(cid) if origin is not None else cid)
-
+        own = self._placed_by_us
         fills = [f for f in update.fills if own(f.client_order_id)]
         orders = [o for o in update.orders if own(o.client_order_id)]
         if len(fills) == len(update.fills) and len(orders) == len(update.orders):
