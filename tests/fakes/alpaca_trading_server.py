@@ -108,6 +108,7 @@ messages. The stream frames are binary JSON, as the paper endpoint sends, each w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import json
 import math
@@ -116,7 +117,7 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -1432,3 +1433,19 @@ class AlpacaTradingFake(LoopThread):
 
 # The name used in the task description.
 FakeAlpacaServer = AlpacaTradingFake
+
+
+@contextlib.contextmanager
+def running_fake(monkeypatch: Any, **account: Any) -> Iterator[AlpacaTradingFake]:
+    """A fake account (`account`: AlpacaTradingFake's arguments, e.g. cash) served on a
+    thread, its keys in APCA_API_KEY_ID / APCA_API_SECRET_KEY for the test; stopped after.
+    Skips without the recorded fixtures."""
+    need_fixtures()
+    server = AlpacaTradingFake(**account)
+    server.start_in_thread()
+    monkeypatch.setenv("APCA_API_KEY_ID", server.key_id)
+    monkeypatch.setenv("APCA_API_SECRET_KEY", server.secret_key)
+    try:
+        yield server
+    finally:
+        server.stop_thread()

@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 from conftest import make_panel
-from fakes.alpaca_trading_server import AlpacaTradingFake, need_fixtures
+from fakes.alpaca_trading_server import running_fake
 from structlog.testing import capture_logs
 
 from tradingd.app import build_engine
@@ -17,15 +17,8 @@ from tradingd.core.errors import ConfigError
 
 @pytest.fixture
 def fake(monkeypatch):
-    need_fixtures()
-    server = AlpacaTradingFake(cash=30_000.0)
-    server.start_in_thread()
-    monkeypatch.setenv("APCA_API_KEY_ID", server.key_id)
-    monkeypatch.setenv("APCA_API_SECRET_KEY", server.secret_key)
-    try:
+    with running_fake(monkeypatch, cash=30_000.0) as server:
         yield server
-    finally:
-        server.stop_thread()
 
 
 def _live(engine_config, fake, capital: float):

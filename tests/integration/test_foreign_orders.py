@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import make_panel
-from fakes.alpaca_trading_server import AlpacaTradingFake, need_fixtures
+from fakes.alpaca_trading_server import AlpacaTradingFake, running_fake
 from structlog.testing import capture_logs
 
 from tradingd.app import build_engine
@@ -29,15 +29,8 @@ BY_HAND = "by-hand-1"
 
 @pytest.fixture
 def fake(monkeypatch):
-    need_fixtures()
-    server = AlpacaTradingFake(cash=1_000_000.0)
-    server.start_in_thread()
-    monkeypatch.setenv("APCA_API_KEY_ID", server.key_id)
-    monkeypatch.setenv("APCA_API_SECRET_KEY", server.secret_key)
-    try:
+    with running_fake(monkeypatch, cash=1_000_000.0) as server:
         yield server
-    finally:
-        server.stop_thread()
 
 
 def _live(engine_config, fake: AlpacaTradingFake):  # type: ignore[no-untyped-def]
