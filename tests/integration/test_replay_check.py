@@ -39,6 +39,19 @@ def _as_on_an_external_broker(con: sqlite3.Connection, rows: list, changed: dict
     con.commit()
 
 
+def _nudge_first_feature(con: sqlite3.Connection, time: str) -> dict:
+    """The stored live decision of bar `time` with its first feature value off by 1.0 (what
+    the replay then does not reproduce), committed; the decision record, as stored now."""
+    (text,) = con.execute("SELECT record FROM decisions WHERE time = ?", (time,)).fetchone()
+    rec = json.loads(text)
+    values = np.frombuffer(base64.b64decode(rec["features"]), dtype=np.float32).copy()
+    values[0] += 1.0
+    rec["features"] = base64.b64encode(values.tobytes()).decode()
+    con.execute("UPDATE decisions SET record = ? WHERE time = ?", (json.dumps(rec), time))
+    con.commit()
+    return rec
+
+
 async def test_a_correct_build_replays_a_live_run_identically_and_finds_a_changed_parameter(
     tmp_path: Path,
 ):
@@ -60,15 +73,8 @@ async def test_a_correct_build_replays_a_live_run_identically_and_finds_a_change
 
     # A live feature value that the replay does not reproduce is named at its bar.
     con = sqlite3.connect(tmp_path / "live.db")
-    t, text = con.execute(
-        "SELECT time, record FROM decisions ORDER BY time LIMIT 1 OFFSET 40"
-    ).fetchone()
-    rec = json.loads(text)
-    values = np.frombuffer(base64.b64decode(rec["features"]), dtype=np.float32).copy()
-    values[0] += 1.0
-    rec["features"] = base64.b64encode(values.tobytes()).decode()
-    con.execute("UPDATE decisions SET record = ? WHERE time = ?", (json.dumps(rec), t))
-    con.commit()
+    (t,) = con.execute("SELECT time FROM decisions ORDER BY time LIMIT 1 OFFSET 40").fetchone()
+    rec = _nudge_first_feature(con, t)
     con.close()
     tampered = await replay_check(config, "killtest")
     (bad,) = tampered.differing
@@ -269,15 +275,7 @@ def test_replay_check_names_the_builds_that_decided_the_bars(tmp_path: Path, cap
         "INSERT INTO run_builds VALUES ('killtest', '2030-01-01T00:00:00+00:00', ?, '0.0.9', ?, 0)",
         (times[59], other),
     )
-    t, text = con.execute(
-        "SELECT time, record FROM decisions WHERE time = ?", (times[79],)
-    ).fetchone()
-    rec = json.loads(text)
-    values = np.frombuffer(base64.b64decode(rec["features"]), dtype=np.float32).copy()
-    values[0] += 1.0
-    rec["features"] = base64.b64encode(values.tobytes()).decode()
-    con.execute("UPDATE decisions SET record = ? WHERE time = ?", (json.dumps(rec), t))
-    con.commit()
+    _nudge_first_feature(con, times[79])
     con.close()
     upgraded = asyncio.run(replay_check(config, "killtest"))
     earlier, later = upgraded.builds
