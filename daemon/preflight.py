@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from .config import Config, PluginSpec, redis_db_index
+from .config import Config, PluginSpec, name_origin, redis_db_index
 from .core.errors import ConfigError, PluginError, TradingdError
 from .secrets import mask_url, scrub
 
@@ -55,6 +55,9 @@ TRAIN_MODULES = {
     "tf2onnx": "tf2onnx",
     "onnx": "onnx",
 }
+# The commands whose plugins run on live.bar: a live run and a replay of a live run's bars.
+LIVE_BAR_COMMANDS = frozenset({"run", "replay-check"})
+
 TRAIN_INSTALL = "pip install '.[train]' (from a checkout) or pip install 'tradingd[train]'"
 
 DEFAULT_SERVICE_TIMEOUT_S = 3.0
@@ -66,8 +69,9 @@ def check_config(config: Config, command: str, *, output_dir: str | Path | None 
 
     `output_dir` is the command's explicit output folder: `backtest --output` (instead of
     run.output_dir), `train --out`, `retrain --root`."""
-    pipeline = load_pipeline(config)
-    _check_features(config, pipeline)
+    for bar in run_bars(config, command):
+        pipeline = load_pipeline(config, bar)
+        _check_features(config, pipeline)
     if not config.risk:
         log.warning(
             "config.no_risk_rules",
@@ -115,14 +119,32 @@ def check_live_feed(config: Config) -> None:
         )
 
 
-def load_pipeline(config: Config) -> Any:
+def run_bars(config: Config, command: str) -> tuple[str, ...]:
+    """The bar lengths `command`'s run builds its plugins for (`build_engine`): the run's
+    defaults (`app.run_defaults`: periods_per_year) depend on them, and a plugin built
+    without them passed or failed the check unlike the run. A live run and a replay of one
+    use live.bar; a backtest the data's bar, known only once the data is loaded: daily here
+    (intraday data is built for its own bar after loading). `tradingd config` checks both a
+    backtest and a live run would check."""
+    live = config.live.bar
+    if command in LIVE_BAR_COMMANDS:
+        return (live,)
+    if command == "config":
+        return tuple(dict.fromkeys(("1d", live)))
+    return ("1d",)
+
+
+def load_pipeline(config: Config, bar: str = "1d") -> Any:
     """Every configured plugin loaded and instantiated with its parameters, exactly as
-    `tradingd.app.build_pipeline` does (same loader, same key names in errors). An
-    unexpected exception from a plugin's constructor becomes a PluginError naming the key."""
+    `tradingd.app.build_pipeline` does on bars of length `bar` (same loader, the same run
+    defaults, same key names in errors, the file that set a key named). An unexpected
+    exception from a plugin's constructor becomes a PluginError naming the key."""
+    from .app import run_defaults
     from .engine.engine import Pipeline
     from .engine.plugins import GROUP, available, load_plugin
 
     symbols = tuple(config.data.symbols) or PLACEHOLDER_SYMBOLS
+    defaults = run_defaults(config, bar)
     try:
         eps = available()  # read once, as build_pipeline does
     except Exception as exc:  # a broken installed distribution's metadata
@@ -133,7 +155,10 @@ def load_pipeline(config: Config) -> Any:
 
     def load(spec: PluginSpec, kind: str, where: str) -> Any:
         try:
-            return load_plugin(spec, kind, symbols, where, eps)
+            return load_plugin(spec, kind, symbols, where, eps, defaults)
+        except ConfigError as exc:
+            name_origin(config, exc)  # as build_pipeline: "... (set in paper.toml)"
+            raise
         except TradingdError:
             raise
         except Exception as exc:
