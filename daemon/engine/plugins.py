@@ -28,6 +28,11 @@ GROUP = "tradingd.plugins"
 # Plugin params the run may set where the config does not (`load_plugin`'s run_defaults).
 RUN_KEYS = frozenset({"periods_per_year"})
 KINDS = ("signal", "sizing", "risk")
+# The most raw bars a plugin may read from ctx.history (`history_bars()`). The engine keeps
+# the history of every symbol twice over in five float64 fields (engine.history: 80 bytes a
+# symbol a bar), allocated whole at start: 100,000 bars (a year of one-minute XNYS bars is
+# 98,280) is 8 MB a symbol, 4 GB for 500. A plugin answering 10**9 asked for 80 GB a symbol.
+MAX_HISTORY_BARS = 100_000
 
 
 @dataclass(frozen=True)
@@ -271,9 +276,10 @@ def feature_names(plugin: Any) -> tuple[str, ...]:
 
 
 def history_bars_of(plugin: Any) -> int:
-    """The plugin's `history_bars()`: a whole number >= 0 (a numpy integer too), or a
-    ConfigError naming the plugin. A float (30.5) was truncated, a negative count ignored
-    and None ended the engine's start in a traceback from int()."""
+    """The plugin's `history_bars()`: a whole number from 0 to MAX_HISTORY_BARS (a numpy
+    integer too), or a ConfigError naming the plugin. A float (30.5) was truncated, a
+    negative count ignored, None ended the engine's start in a traceback from int(), and a
+    huge count had the engine allocate its history until memory ran out."""
     name = _plugin_name(plugin)
     try:
         got = plugin.history_bars()
@@ -291,6 +297,13 @@ def history_bars_of(plugin: Any) -> int:
         raise ConfigError(
             f"plugin {name!r}: history_bars() must return the raw bars it reads from "
             f"ctx.history, a whole number >= 0, got {got!r}"
+        )
+    if n > MAX_HISTORY_BARS:
+        raise ConfigError(
+            f"plugin {name!r}: history_bars() = {n:,} is over the limit of "
+            f"{MAX_HISTORY_BARS:,} bars of raw history (the engine holds every bar of it for "
+            "every symbol in memory); read a shorter window, or compute the long-run figure "
+            "as a feature or inside the plugin"
         )
     return n
 

@@ -104,6 +104,35 @@ def test_history_bars_may_be_a_numpy_integer():
     assert _pipeline(plugin).history_bars() == 30
 
 
+@pytest.mark.parametrize("asked", [10**9, np.int64(10**12)])
+def test_a_history_longer_than_the_limit_is_refused_naming_plugin_value_and_limit(asked):
+    """A plugin answering 10**9 had the engine allocate its history buffer of 10**9 bars for
+    every symbol (80 bytes a symbol a bar): memory ran out, or the OOM killer ended the run,
+    with no word of which plugin asked."""
+    cls = _with(history_bars=lambda self: asked)
+    with pytest.raises(ConfigError) as e:
+        _load(cls)
+    from tradingd.engine.plugins import MAX_HISTORY_BARS
+
+    text = str(e.value)
+    assert "plugin 'theirs'" in text
+    assert f"{int(asked):,}" in text and f"{MAX_HISTORY_BARS:,}" in text
+    plugin = object.__new__(cls)
+    plugin.symbols = SYMS
+    with pytest.raises(ConfigError, match=r"plugin 'theirs'.*over the limit"):
+        _pipeline(plugin).history_bars()
+
+
+def test_the_history_limit_is_a_year_of_minute_bars_or_more_and_holds_exactly():
+    from tradingd.engine.plugins import MAX_HISTORY_BARS
+
+    assert MAX_HISTORY_BARS >= 252 * 390  # a year of one-minute XNYS bars
+    plugin = _load(_with(history_bars=lambda self: MAX_HISTORY_BARS))
+    assert _pipeline(plugin).history_bars() == MAX_HISTORY_BARS
+    with pytest.raises(ConfigError, match=r"over the limit"):
+        _load(_with(history_bars=lambda self: MAX_HISTORY_BARS + 1))
+
+
 def test_a_plain_settle_is_refused_when_built_and_named_if_it_reaches_a_live_bar():
     """A `def settle(self)` passed every backtest, then stopped a live run at its first bar
     with "object NoneType can't be used in 'await' expression"."""
