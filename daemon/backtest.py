@@ -31,6 +31,7 @@ from .core.types import Fill, Side
 from .engine.engine import Engine, EngineResult
 from .environment import environment
 from .feeds.panel import Panel
+from .preflight import check_record_folder
 from .storage.records import Records
 
 log = structlog.get_logger(__name__)
@@ -153,6 +154,9 @@ async def run_backtest(
     as `load_data`'s would: intraday bars outside live.calendar's sessions are dropped
     (`session_bars_only`), so its bar count, fills and split events are those of the bars
     stepped."""
+    # Where the record goes fits its files, checked before the data is loaded or the replay
+    # run (as `tradingd backtest` checks it): a path too long failed only after the replay.
+    check_record_folder(config, output_dir, "output_dir")
     panel = load_data(config) if panel is None else session_bars_only(config, panel)
     if stop is not None and stop.reason is not None:
         raise BacktestStopped(stop.reason, None, 0, len(panel.times), None)

@@ -79,14 +79,7 @@ def check_config(config: Config, command: str, *, output_dir: str | Path | None 
         )
     for what in WRITES.get(command, ()):
         if what == "output":
-            if output_dir is not None:
-                from .backtest import record_names
-
-                # The record's files directly in it: a path too long for them failed only
-                # after the whole replay.
-                check_writable_dir(output_dir, "--output", names=record_names())
-            else:
-                check_writable_dir(config.run.output_dir, "run.output_dir")
+            check_record_folder(config, output_dir)
         elif what == "audit":
             check_writable_dir(config.log.audit_dir, "log.audit_dir")
         elif what == "store":
@@ -104,6 +97,25 @@ def check_config(config: Config, command: str, *, output_dir: str | Path | None 
             check_writable_dir(output_dir, "--out" if command == "train" else "--root")
     if command == "run":
         check_live_feed(config)
+
+
+def check_record_folder(
+    config: Config, output_dir: str | Path | None = None, key: str = "--output"
+) -> Path:
+    """The folder a backtest writes its record to, checked as `check_writable_dir` does with
+    the record's files in it: `output_dir` (named `key`) when given, else the run's own folder
+    in run.output_dir, `<run.output_dir>/<run id>`. A path too long for the record failed only
+    after the whole replay; with run.output_dir only the parent folder was checked, and the
+    run id (up to 84 characters) and the files in it were not counted."""
+    from .app import run_id_for
+    from .backtest import record_names
+
+    if output_dir is not None:
+        return check_writable_dir(output_dir, key, names=record_names())
+    # The setting itself first: a folder that cannot be written is the operator's value.
+    root = check_writable_dir(config.run.output_dir, "run.output_dir")
+    folder = root / run_id_for(config, "backtest")
+    return check_writable_dir(folder, "run.output_dir's record folder", names=record_names())
 
 
 def check_live_feed(config: Config) -> None:
