@@ -301,18 +301,24 @@ def _shown(text: str, keep: int = 60) -> str:
 
 
 def _sqlite_file(url: str) -> Path | None:
+    """The SQLite file of a store URL as the store reads it (`sqlite_path`: decoded), or None
+    for another store or one in memory."""
+    from .storage.factory import sqlite_path
+
     url = url.strip()
     if not url.lower().startswith("sqlite:///"):
         return None
-    path = url[len("sqlite:///") :].split("?", 1)[0]
+    path = sqlite_path(url)
     # `~` as the store and its locks expand it (SqliteStore).
     return None if path == ":memory:" else Path(path).expanduser()
 
 
 def _names_a_folder(url: str) -> bool:
     """`sqlite:////data/db/`: a path ending in a separator is a folder, even one not made
-    yet (SQLite would make a database file of that name)."""
-    return url.strip().split("?", 1)[0].endswith(("/", "\\"))
+    yet (SQLite would make a database file of that name). The decoded path (`%2F` too)."""
+    from .storage.factory import sqlite_path
+
+    return sqlite_path(url.strip()).endswith(("/", "\\"))
 
 
 def check_train_extra() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from ..core.errors import ConfigError
 from ..secrets import mask_url
@@ -19,10 +20,25 @@ VALID_SCHEMES = (
 
 def sqlite_path(url: str) -> str:
     """The file path of a sqlite:/// URL: `sqlite:///data/x.db` is relative to the working
-    directory, `sqlite:////var/x.db` absolute, `sqlite:///:memory:` in memory."""
-    path = url[len("sqlite:///") :].split("?", 1)[0]
+    directory, `sqlite:////var/x.db` absolute, `sqlite:///:memory:` in memory. A URL's path
+    is percent-encoded (`sp%20ace` is the folder `sp ace`, `%25` a literal `%`; a `%` that
+    starts no escape stays as written): read undecoded, the store was made in a folder named
+    `sp%20ace`. Every reader of the store's path (the store, its locks, the start-up checks)
+    reads it here, so all of them name one file."""
+    try:
+        path = unquote(url[len("sqlite:///") :].split("?", 1)[0], errors="strict")
+    except UnicodeDecodeError:
+        raise ConfigError(
+            f"DATABASE_URL {url!r} is invalid: its path's percent-escapes are not UTF-8 text; "
+            "write the path's characters as they are, or escape their UTF-8 bytes"
+        ) from None
     if not path:
         raise ConfigError(f"DATABASE_URL {url!r} names no file; valid: {VALID_SCHEMES}")
+    if "\0" in path:
+        raise ConfigError(
+            f"DATABASE_URL {url!r} is invalid: its path holds a NUL character (%00), which "
+            "no file name can; remove it"
+        )
     return path
 
 
