@@ -6,6 +6,7 @@ and a rerun of one imports neither."""
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import functools
 import hashlib
 import json
@@ -291,13 +292,6 @@ def record_trial(
     root = Path(runs_root)
     key = config_hash(config)
     ledger = root / TRIALS_LEDGER
-    for entry in ledger_entries(ledger):
-        if (
-            entry.get("run_id") == run_id
-            and entry.get("config_hash") == key
-            and entry.get("hash_version") == HASH_VERSION
-        ):
-            return
     r = simple_returns(equity, initial_capital)
     stats: dict[str, Any] = {"bars": int(r.size), "mean": None, "std": None}
     if r.size >= 3 and np.all(np.isfinite(r)):
@@ -306,27 +300,74 @@ def record_trial(
         {"run_id": run_id, "config_hash": key, "hash_version": HASH_VERSION, **stats},
         sort_keys=True,
     )
-    with ledger.open("a", encoding="utf-8") as fh:
-        fh.write(line + "\n")
+    # The look for this line and its append are one step under the ledger's exclusive lock:
+    # a sweep's workers end their backtests together, and without it two could both find
+    # the line missing and both add it, or a reader see half a line.
+    with ledger.open("a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        fh.seek(0)
+        data = fh.read()
+        for entry in _parsed(data, ledger):
+            if (
+                entry.get("run_id") == run_id
+                and entry.get("config_hash") == key
+                and entry.get("hash_version") == HASH_VERSION
+            ):
+                return
+        start = b""
+        if data and not data.endswith(b"\n"):
+            # A last line cut by a crash or a full disk: appended to, it took this entry
+            # with it into one unreadable line.
+            start = b"\n"
+            log.warning(
+                "trials.ledger_line_ended",
+                file=str(ledger),
+                detail="its last line was cut (a crash or a full disk during a write): the "
+                "new entry starts a line of its own, the cut one stays reported as skipped",
+            )
+        fh.write(start + line.encode("utf-8") + b"\n")
+        fh.flush()  # within the lock: the next holder reads the whole line
 
 
 def ledger_entries(path: Path) -> list[dict[str, Any]]:
-    """The ledger's entries; a line that is not an entry (a write cut by a full disk) is
-    skipped, said once."""
+    """The ledger's entries, read under a shared lock (an append in progress is whole or
+    absent). A line that is not an entry (a write cut by a full disk, bytes that are not
+    UTF-8, an edit) is skipped and said, with its line number, so the count it leaves out
+    can be found and mended."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as fh:
+            fcntl.flock(fh, fcntl.LOCK_SH)
+            data = fh.read()
     except FileNotFoundError:
         return []
-    out, bad = [], 0
-    for line in text.splitlines():
+    return _parsed(data, path)
+
+
+# The line numbers a warning names at most (the count names them all).
+_SHOWN_LINES = 20
+
+
+def _parsed(data: bytes, path: Path) -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    bad: list[int] = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        if not raw.strip():
+            continue
         try:
-            entry = json.loads(line)
-        except json.JSONDecodeError:
+            entry = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
             entry = None
         if isinstance(entry, dict) and isinstance(entry.get("config_hash"), str):
             out.append(entry)
-        elif line.strip():
-            bad += 1
+        else:
+            bad.append(number)
     if bad:
-        log.warning("trials.ledger_lines_skipped", file=str(path), lines=bad)
+        log.warning(
+            "trials.ledger_lines_skipped",
+            file=str(path),
+            lines=len(bad),
+            line_numbers=bad[:_SHOWN_LINES],
+            detail="not counted as trials: each line must be one JSON entry with a "
+            "config_hash; mend or remove them (a cut line: its run's variant is missing)",
+        )
     return out
