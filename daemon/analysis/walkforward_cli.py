@@ -204,8 +204,9 @@ def format_summary(s: Mapping[str, Any]) -> str:
     horizon = ", ".join(f"{k}: {_num(v)}" for k, v in s["sharpe_by_horizon"].items())
     return "\n".join(
         [
-            f"walk-forward: {s['folds']} folds (train {s['train']}, test {s['test']}, "
-            f"step {s['step']} bars), model retrained in each fold: "
+            f"walk-forward: {s['folds']} fold{'' if s['folds'] == 1 else 's'} "
+            f"(train {s['train']}, test {s['test']}, step {s['step']} bars), "
+            "model retrained in each fold: "
             f"{'yes' if s['retrained'] else 'no'}",
             f"out of sample {oos['first']} .. {oos['last']} ({oos['bars']} bars): total return "
             f"{_pct(s['total_return'])}, annual {_pct(s['annual_return'])}, Sharpe "

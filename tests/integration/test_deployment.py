@@ -39,6 +39,18 @@ def test_unit_is_a_notify_service_with_watchdog_restart_limits_and_hardening():
     assert u["KillSignal"] == ["SIGTERM"]
 
 
+def test_the_units_account_lock_folder_is_writable_under_its_hardening():
+    """The machine-wide account lock defaults to ~/.cache/tradingd/locks, which
+    ProtectSystem=strict leaves read-only for the service: the daemon ran with only its
+    store's lock, so a second daemon on the same Alpaca keys was not stopped."""
+    u = _unit_settings()
+    env = dict(v.split("=", 1) for value in u.get("Environment", []) for v in value.split())
+    lock_dir = env.get("TRADINGD_LOCK_DIR")
+    assert lock_dir, "the unit sets TRADINGD_LOCK_DIR"
+    writable = [w for value in u["ReadWritePaths"] for w in value.split()]
+    assert any(Path(lock_dir).is_relative_to(w) for w in writable), (lock_dir, writable)
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not here")
 def test_the_units_syscall_filter_allows_what_the_daemon_calls():
     """`~@privileged @resources` denied mbind, which numpy's OpenBLAS calls as it loads, and

@@ -732,6 +732,7 @@ def test_test_windows_inside_the_models_own_period_are_said_not_out_of_sample():
     assert [e["bars"] for e in logs if e["event"] == "walkforward.in_sample"] == [20]
     text = cli.format_summary(cli.summarize(out, Path("wf-out")))
     assert "NOT out of sample for the model: 20 of 20 test bars" in text
+    assert text.startswith("walk-forward: 1 fold (")  # not "1 folds"
     # Folds whose test windows overlap: each stitched bar counted once, of the stitched bars
     # (summed over folds, 40 "test bars" were said of a 30-bar result).
     two = WalkForwardAnalyzer(
