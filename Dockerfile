@@ -2,9 +2,12 @@
 # runtime dependencies; the second installs only those (inference and replay: onnxruntime,
 # no TensorFlow, no scikit-learn, no compilers) and runs as an unprivileged user.
 #
-#   docker build -t tradingd .
+#   docker build --build-arg TRADINGD_BUILD_COMMIT=$(git rev-parse HEAD) -t tradingd .
 #   docker compose up            (TimescaleDB, Redis and the daemon; see docker-compose.yml)
 #   docker run --stop-timeout 60 ...   (a stop finishes its bar; Docker's default grace is 10 s)
+#
+# The build context has no .git (.dockerignore): the commit the image's `tradingd --version`
+# and run records name is the build argument's (without it: "commit unknown").
 #
 # The HEALTHCHECK marks a stalled daemon unhealthy; Docker itself restarts only one that exits
 # (an orchestrator's liveness probe on /health, or an autoheal container, restarts the rest).
@@ -12,10 +15,12 @@
 FROM python:3.11-slim AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md MANIFEST.in build_commit.py ./
 COPY daemon ./daemon
 COPY plugins ./plugins
 COPY models ./models
+# Read by build_commit.py (the build hook) and recorded in the wheel; empty: unknown.
+ARG TRADINGD_BUILD_COMMIT=""
 # No extras: the `train` extra (TensorFlow, scikit-learn) never enters the runtime image.
 RUN pip wheel --wheel-dir /wheels .
 
