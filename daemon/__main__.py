@@ -115,7 +115,14 @@ class _VersionAction(argparse.Action):
         build = this_build()
         text = build.label()
         if not build.commit:
-            text += " (no git checkout: commit unknown)"
+            # What to do about it: the build is where an installed copy learns its commit.
+            text += (
+                " (commit unknown: not run from a git checkout, and built without one; "
+                "reinstall from a git checkout, or build with TRADINGD_BUILD_COMMIT set to "
+                "`git rev-parse HEAD`)"
+            )
+        elif build.recorded_at_build:
+            text += " (recorded when the package was built)"
         print(text)
         parser.exit()
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,12 +22,15 @@ __all__ = ["Build", "build_from_environment", "recorded_build", "this_build"]
 
 @dataclass(frozen=True)
 class Build:
-    """A build's identity: None where it could not be read (an installed copy outside a
-    git checkout has no commit)."""
+    """A build's identity: None where it could not be read (an installed copy built
+    without a git checkout or TRADINGD_BUILD_COMMIT has no commit). `recorded_at_build`:
+    the commit is the one the package was built from, not a checkout's now; it names the
+    same code either way, so it takes no part in comparing builds."""
 
     version: str | None = None
     commit: str | None = None
     uncommitted_changes: bool | None = None
+    recorded_at_build: bool = field(default=False, compare=False)
 
     @property
     def known(self) -> bool:
@@ -64,10 +67,12 @@ def build_from_environment(env: Mapping[str, Any]) -> Build:
     source = env.get("source")
     commit = source.get("commit") if isinstance(source, Mapping) else None
     edited = source.get("uncommitted_changes") if isinstance(source, Mapping) else None
+    origin = source.get("from") if isinstance(source, Mapping) else None
     return Build(
         version if isinstance(version, str) else None,
         commit if isinstance(commit, str) and commit else None,
         edited if isinstance(edited, bool) else None,
+        recorded_at_build=origin == "build",
     )
 
 

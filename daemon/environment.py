@@ -17,6 +17,7 @@ read, not imported (numpy and threadpoolctl are already imported by a backtest).
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import subprocess
@@ -105,11 +106,50 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def source_revision(path: Path | None = None) -> dict[str, Any] | None:
-    """The git commit of tradingd's source tree and whether it has uncommitted changes;
-    None for an installed copy that is not tracked by a checkout (or without git)."""
-    where = path or Path(__file__).resolve().parent
+# Written into the built package by the build hook (build_commit.py at the project root):
+# the commit an installed copy, which is no git checkout, was built from.
+BUILD_RECORD = "_build_source.json"
 
+
+def source_revision(path: Path | None = None) -> dict[str, Any] | None:
+    """The git commit of tradingd's source and whether it has uncommitted changes: from the
+    checkout the code runs from (an editable install: its state now), else as the build
+    recorded it ("from": "build"); None where neither knows."""
+    where = path or Path(__file__).resolve().parent
+    return _checkout_revision(where) or _built_revision(where)
+
+
+def _built_revision(where: Path) -> dict[str, Any] | None:
+    """The record the build hook left in the installed package. A record that cannot be
+    read is logged and taken as unknown: the run goes on, its environment.json without a
+    commit."""
+    record = where / BUILD_RECORD
+    try:
+        data = json.loads(record.read_text(encoding="utf-8"))
+    except FileNotFoundError:  # built before the hook, or an editable install's tree
+        return None
+    except (OSError, ValueError) as exc:
+        log.warning(
+            "environment.build_record_unreadable",
+            file=str(record),
+            error=repr(exc),
+            fix="reinstall tradingd (pip install .) from its git checkout",
+        )
+        return None
+    commit = data.get("commit") if isinstance(data, dict) else None
+    if not isinstance(commit, str) or not commit:
+        return None  # built without a checkout or TRADINGD_BUILD_COMMIT: unknown
+    edited = data.get("uncommitted_changes")
+    return {
+        "commit": commit,
+        "uncommitted_changes": edited if isinstance(edited, bool) else None,
+        "from": "build",
+    }
+
+
+def _checkout_revision(where: Path) -> dict[str, Any] | None:
+    """HEAD of the checkout that tracks `where`, with whether it has uncommitted changes;
+    None where `where` is not tracked by one (or git is missing or refuses it)."""
     # Not a repository named by the caller's environment (a run started from a git hook).
     env = {k: v for k, v in os.environ.items() if k not in ("GIT_DIR", "GIT_WORK_TREE")}
 

@@ -270,8 +270,8 @@ def test_replay_check_names_the_builds_that_decided_the_bars(tmp_path: Path, cap
     other = "f" * 40
     con.execute("DELETE FROM run_builds")
     con.execute(
-        # Another version as well as another commit: an installed copy (CI's) knows no commit
-        # of its own, and tells builds apart by version then.
+        # Another version as well as another commit: an installed copy built without a
+        # commit (no git checkout, no TRADINGD_BUILD_COMMIT) tells builds apart by version.
         "INSERT INTO run_builds VALUES ('killtest', '2030-01-01T00:00:00+00:00', ?, '0.0.9', ?, 0)",
         (times[59], other),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 from importlib.metadata import version
 from pathlib import Path
@@ -12,6 +13,8 @@ from tradingd.build_info import Build, build_from_environment
 
 
 def test_version_prints_the_version_and_the_commit(capsys):
+    """A checkout names its HEAD; an installed copy (CI installs the project from a clone)
+    the commit its build recorded; one built without either says so and what to do."""
     from tradingd.__main__ import main
 
     with pytest.raises(SystemExit) as stop:
@@ -22,10 +25,42 @@ def test_version_prints_the_version_and_the_commit(capsys):
     head = subprocess.run(
         ["git", "-C", str(source), "rev-parse", "HEAD"], capture_output=True, text=True
     ).stdout.strip()
+    record = source / "_build_source.json"
+    built = json.loads(record.read_text()) if record.is_file() else {}
     if head:  # a checkout
         assert out.startswith(f"tradingd {version('tradingd')}, commit {head[:12]}")
-    else:  # an installed copy (CI installs the project): no commit to name, and said so
-        assert out == f"tradingd {version('tradingd')} (no git checkout: commit unknown)"
+    elif built.get("commit"):  # an installed copy built from a checkout
+        edited = " with uncommitted changes" if built["uncommitted_changes"] else ""
+        assert out == (
+            f"tradingd {version('tradingd')}, commit {built['commit'][:12]}{edited} "
+            "(recorded when the package was built)"
+        )
+    else:
+        assert out.startswith(f"tradingd {version('tradingd')} (commit unknown:")
+
+
+def _version_of(build: Build, monkeypatch, capsys) -> str:
+    import tradingd.build_info
+    from tradingd.__main__ import main
+
+    monkeypatch.setattr(tradingd.build_info, "this_build", lambda: build)
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    return capsys.readouterr().out.strip()
+
+
+def test_version_says_where_the_commit_came_from_or_how_to_get_one(monkeypatch, capsys):
+    commit = "ab" * 20
+    assert _version_of(Build("0.1.0", commit, False), monkeypatch, capsys) == (
+        f"tradingd 0.1.0, commit {commit[:12]}"
+    )
+    built = Build("0.1.0", commit, None, recorded_at_build=True)
+    assert _version_of(built, monkeypatch, capsys) == (
+        f"tradingd 0.1.0, commit {commit[:12]} (recorded when the package was built)"
+    )
+    unknown = _version_of(Build("0.1.0"), monkeypatch, capsys)
+    assert unknown.startswith("tradingd 0.1.0 (commit unknown:")
+    assert "reinstall from a git checkout" in unknown and "TRADINGD_BUILD_COMMIT" in unknown
 
 
 def test_builds_differ_by_commit_where_both_have_one_else_by_version():
@@ -37,3 +72,20 @@ def test_builds_differ_by_commit_where_both_have_one_else_by_version():
     env = {"packages": {"tradingd": "0.1.0"}, "source": None}
     assert build_from_environment(env) == Build("0.1.0", None, None)
     assert build_from_environment({"source": {"error": "x"}}) == Build()
+
+
+def test_a_commit_recorded_at_build_is_the_same_code_as_a_checkouts():
+    """Where the commit was read does not make two builds differ; the commit does."""
+    commit = "c" * 40
+    env = {"packages": {"tradingd": "0.1.0"}}
+    built = build_from_environment(
+        {**env, "source": {"commit": commit, "uncommitted_changes": False, "from": "build"}}
+    )
+    checkout = build_from_environment(
+        {**env, "source": {"commit": commit, "uncommitted_changes": False}}
+    )
+    assert built.recorded_at_build and not checkout.recorded_at_build
+    assert built == checkout and not built.differs_from(checkout)
+    assert built.differs_from(Build("0.1.0", "d" * 40, recorded_at_build=True))
+    # A run_builds row has no place for it: the same columns as before.
+    assert built.as_dict() == {"version": "0.1.0", "commit": commit, "uncommitted_changes": False}

@@ -201,3 +201,46 @@ def test_a_checkout_git_refuses_is_said_not_recorded_as_no_source(monkeypatch, t
     [said] = [e for e in logs if e["event"] == "environment.source_unknown"]
     assert "dubious ownership" in said["reason"]
     assert said["fix"] == f"git config --global --add safe.directory {tmp_path}"
+
+
+def _record(folder, **record) -> None:
+    (folder / "_build_source.json").write_text(json.dumps(record))
+
+
+def test_an_installed_copy_names_the_commit_its_build_recorded_and_a_checkout_wins(tmp_path):
+    """An installed copy (no checkout) named no commit: the build hook records it now. In a
+    checkout (an editable install) the checkout is read, since it may have changed since."""
+    installed = tmp_path / "site-packages" / "tradingd"
+    installed.mkdir(parents=True)
+    assert source_revision(installed) is None  # built before the hook
+    _record(installed, commit="a" * 40, uncommitted_changes=True, read_from="git checkout")
+    assert source_revision(installed) == {
+        "commit": "a" * 40,
+        "uncommitted_changes": True,
+        "from": "build",
+    }
+    _record(installed, commit=None, uncommitted_changes=None, read_from=None)
+    assert source_revision(installed) is None  # built without a commit: unknown, as before
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q")
+    (repo / "a.py").write_text("x = 1\n")
+    _git(repo, "add", "a.py")
+    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
+    head = subprocess.run(
+        ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    _record(repo, commit="b" * 40, uncommitted_changes=False, read_from="git checkout")
+    assert source_revision(repo) == {"commit": head, "uncommitted_changes": False}
+
+
+def test_a_build_record_that_cannot_be_read_is_logged_and_taken_as_unknown(tmp_path):
+    from structlog.testing import capture_logs
+
+    (tmp_path / "_build_source.json").write_text("{not json")
+    with capture_logs() as logs:
+        assert source_revision(tmp_path) is None
+    [said] = [e for e in logs if e["event"] == "environment.build_record_unreadable"]
+    assert said["file"] == str(tmp_path / "_build_source.json")
+    assert "reinstall" in said["fix"]
