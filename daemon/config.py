@@ -56,6 +56,7 @@ NON_CONFIG_ENV = frozenset(
     {
         "TRADINGD_REQUIRE_SERVICES",  # tests and CI: fail instead of skipping without services
         "TRADINGD_HEALTH_TOKEN",  # the health endpoint's bearer token
+        "TRADINGD_BUILD_COMMIT",  # read by the build (build_commit.py), harmless when exported
         "TRADINGD_KILL_AT",  # restart-safety tests: SIGKILL at a named point (tradingd.faults)
         "TRADINGD_LOCK_DIR",  # the machine-wide account locks' folder (instance_lock)
         "TRADINGD_TASK_WORKER",  # set in the worker processes of analysis.parallel
