@@ -338,6 +338,13 @@ class Fill:
         return self.quantity * self.price
 
 
+# What a RiskVerdict's `action` may be. The engine acts on "halt" and "flatten" and the risk
+# record counts "scale" as a restriction (engine/accounting.py); any other word was counted
+# and never acted on (a kill switch saying "halted" halted nothing), so it is refused
+# (engine/plugin_outputs.py: `verdict_error`).
+RISK_ACTIONS: frozenset[str] = frozenset({"clip", "reject", "scale", "flatten", "halt"})
+
+
 @fast_init
 @dataclass(frozen=True, slots=True)
 class RiskVerdict:
@@ -347,7 +354,7 @@ class RiskVerdict:
 
     plugin: str
     symbol: str | None
-    action: str  # "clip", "reject", "scale", "flatten", "halt"
+    action: str  # one of RISK_ACTIONS
     reason: str
     requested: float = math.nan
     allowed: float = math.nan

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..core.types import RiskVerdict
+from ..core.types import RISK_ACTIONS, RiskVerdict
 
 _ORDER_HINT = "return an array in ctx.symbols order, or a Series indexed by symbol"
 
@@ -58,9 +58,10 @@ def verdict_error(name: str, verdicts: Sequence[Any], universe: Container[str]) 
     A verdict is counted and reported by its `plugin` and `symbol` (the summary's
     risk_verdicts_by_rule, the halted symbols, the alerts): with the two swapped, the
     summary said "AAPL/AAPL" and a verdict covered no symbol. `symbol` is one of the
-    universe's or None (the whole book); `plugin` is the emitting plugin's own name. The
-    other fields may be empty by design (`rule` "": the plugin's one rule; `requested`,
-    `allowed` NaN: no number)."""
+    universe's or None (the whole book); `plugin` is the emitting plugin's own name;
+    `action` one of RISK_ACTIONS (a misspelt "halted" halted nothing). The other fields may
+    be empty by design (`rule` "": the plugin's one rule; `requested`, `allowed` NaN: no
+    number)."""
     for v in verdicts:
         if not isinstance(v, RiskVerdict):
             return TypeError(f"a verdict is {type(v).__name__}, not RiskVerdict")
@@ -75,6 +76,12 @@ def verdict_error(name: str, verdicts: Sequence[Any], universe: Container[str]) 
             return ValueError(
                 f"a verdict's symbol {symbol!r} is not in the universe: give one of "
                 "ctx.symbols, or None for a verdict about the whole book"
+            )
+        if not (isinstance(v.action, str) and v.action in RISK_ACTIONS):
+            return ValueError(
+                f"a verdict's action {v.action!r} (symbol {symbol!r}) is none of "
+                f"{', '.join(sorted(RISK_ACTIONS))}: give one of these (another word was "
+                "counted and never acted on)"
             )
     return None
 
