@@ -739,14 +739,17 @@ class Engine:
 
     def _plannable_orders(self) -> Sequence[Order]:
         """The broker's open orders the planner may act on: all of a simulated broker's
-        (they are this run's); of a live account's, this run's own and every working
-        entry. Another run's protective exits on the same account were cancelled by the
-        planner as exits of a position this run does not hold, leaving that run's shares
-        unprotected; another run's entry still keeps new entries out of its symbol."""
+        (they are this run's); of a live account's, this run's own (an edited one's
+        replacement too: `_placed_by_us`) and every working entry. Another run's protective
+        exits on the same account were cancelled by the planner as exits of a position this
+        run does not hold, leaving that run's shares unprotected; another run's entry still
+        keeps new entries out of its symbol. The replacement of this run's stop, moved by
+        hand at Alpaca, was hidden from the planner, which then placed a second stop."""
         orders = self.broker.open_orders()
         if getattr(self.broker, "state", None) is not None:
             return orders
-        return [o for o in orders if self._is_own(o.client_order_id) or o.leg is Leg.ENTRY]
+        own = self._placed_by_us
+        return [o for o in orders if o.leg is Leg.ENTRY or own(o.client_order_id)]
 
     def _is_own(self, client_order_id: str) -> bool:
         """An order id this run made (`run|bar time|symbol|leg|attempt`): a live account
@@ -756,8 +759,11 @@ class Engine:
     def _placed_by_us(self, client_order_id: str) -> bool:
         """`_is_own` of the order a live broker's order stands for: the replacement of an
         order edited at the broker carries the broker's id, and `origin` names the order it
-        replaced. The rule of the updates the engine books and of the orders that explain
-        a moving reconcile difference (`_own_updates`, `_symbols_with_open_orders`)."""
+        replaced. The rule wherever an open or reported order is sorted: the updates the
+        engine books, the orders that explain a moving reconcile difference, the orders the
+        planner may act on, and those a flatten or a halt cancels (`_own_updates`,
+        `_symbols_with_open_orders`, `_plannable_orders`, `_flatten_orders`). `_is_own`
+        alone is for the intents this run stored (an edit's replacement is never one)."""
         origin = getattr(self.broker, "origin", None)
         return self._is_own(origin(client_order_id) if origin is not None else client_order_id)
 
@@ -770,13 +776,16 @@ class Engine:
         whether another order of this run still works. The planner skips a symbol with a
         working entry (it waits for it), so a flatten left such a position held and went on
         to "paused": it closes it now. A closing order still working is left to fill; the
-        state stays "flattening" until nothing is held and nothing of this run works."""
+        state stays "flattening" until nothing is held and nothing of this run works. An
+        order of this run edited at the broker is its replacement (`_placed_by_us`): by the
+        run-id prefix alone a halt left the edited entry buying."""
         orders = list(self._plannable_orders())
         index = {s: i for i, s in enumerate(self.symbols)}
+        own = self._placed_by_us
         adding: list[str] = []
         for o in orders:
             i = index.get(o.symbol)
-            if o.leg is not Leg.ENTRY or i is None or not self._is_own(o.client_order_id):
+            if o.leg is not Leg.ENTRY or i is None or not own(o.client_order_id):
                 continue
             if only is not None and o.symbol not in only:
                 continue
@@ -785,7 +794,7 @@ class Engine:
                 adding.append(o.client_order_id)
         cancelled = set(adding)
         kept = [o for o in orders if o.client_order_id not in cancelled]
-        working = any(self._is_own(o.client_order_id) for o in kept)
+        working = any(own(o.client_order_id) for o in kept)
         return kept, adding, working
 
     def _halted_orders(
