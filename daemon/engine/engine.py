@@ -631,13 +631,20 @@ class Engine:
                 delay = min(delay * 2, 60.0)
 
     def _warn_of_foreign_orders(self) -> None:
-        """A new live run that finds orders open at the broker in its universe (placed by
-        hand, or by another program): the broker follows them, and the planner places no
-        entry in a symbol with a working one, so the run never traded those symbols, and
-        only the broker's start-up line counted them. (A resumed run's broker sorts the
-        orders it adopted from its own: `resume`.)"""
+        """A live run that finds orders open at the broker in its universe that it did not
+        place (by hand, or by another program; `_placed_by_us`): the broker follows them,
+        and the planner places no entry in a symbol with a working one, so the run never
+        traded those symbols, and only the broker's start-up line counted them. At every
+        start, a restart too: it warned only at a new run's, and a restarted one followed
+        the orders of its checkpoint without a word (the checkpoint keeps only this run's
+        orders now, `_checkpoint`)."""
         universe = set(self.symbols)
-        foreign = [o for o in self.broker.open_orders() if o.symbol in universe]
+        own = self._placed_by_us
+        foreign = [
+            o
+            for o in self.broker.open_orders()
+            if o.symbol in universe and not own(o.client_order_id)
+        ]
         if not foreign:
             return
         symbols = sorted({o.symbol for o in foreign})
@@ -902,6 +909,7 @@ class Engine:
                 await self._record_build(resume)
                 if resume is not None:
                     await self._resume(resume)
+                    self._warn_of_foreign_orders()
                 else:
                     await self._warn_if_not_continuing()
                     self._warn_of_foreign_orders()
@@ -1403,8 +1411,16 @@ class Engine:
         broker_state = getattr(self.broker, "state", None)
         if broker_state is not None:
             state["broker"] = broker_state()
-        else:  # the broker keeps its own book: remember what was open, to reconcile
-            state["open_orders"] = [order_to_dict(o) for o in self.broker.open_orders()]
+        else:
+            # The broker keeps its own book: remember what of this run was open, to follow
+            # it from the fills the book holds after a restart. Not another's (by hand, another
+            # run's): listed here, a restarted broker followed it as a known order of this run,
+            # and nothing warned of it as foreign (`_warn_of_foreign_orders`); the broker
+            # adopts it again at its start, as a new run's does.
+            own = self._placed_by_us
+            state["open_orders"] = [
+                order_to_dict(o) for o in self.broker.open_orders() if own(o.client_order_id)
+            ]
         state["plugins"] = self._plugin_states()
         self._last_checkpoint = (t, state)
         self.store.record_checkpoint(self.run.run_id, t, state)  # type: ignore[attr-defined]
