@@ -774,8 +774,56 @@ class Engine:
         origin = getattr(self.broker, "origin", None)
         return self._is_own(origin(client_order_id) if origin is not None else client_order_id)
 
+    def _flatten_bar(
+        self, targets: np.ndarray, ctx: BarContext, unreconciled: Set[str]
+    ) -> tuple[np.ndarray, Sequence[Order], list[str]]:
+        """An operator's flatten at this bar: the targets (0), the open orders the planner
+        sees and the entries to cancel (`_flatten_orders`); "paused" once it is done.
+
+        Not in a symbol whose book and broker differ (`unreconciled`): the book's quantity
+        is not what the account holds, and selling it sold shares that were not there (a
+        short in a long-only run) or left the rest. Such a symbol keeps its weight, as
+        every other order in it is held back (`_hold_unreconciled`), with a warning naming
+        it. One being checked again (seconds) is waited for; one blocked is left to the
+        operator, and the flatten ends without it ("paused", `left_held`), or it would
+        stay "flattening" as long as the difference stands."""
+        t = ctx.time
+        pf = self.portfolio
+        flat = np.zeros_like(targets)
+        skipped: dict[str, str] = {}
+        if unreconciled:
+            weights = ctx.portfolio.weights
+            why = {**self._reconcile_checking, **self.reconcile_blocked}
+            for sym in sorted(unreconciled):
+                i = self.symbols.index(sym)
+                flat[i] = weights[i]
+                if pf.quantity[i]:
+                    skipped[sym] = why.get(sym, "being checked")
+        if skipped:
+            log.warning(
+                "control.flatten_skipped",
+                time=t,
+                symbols=skipped,
+                rule="no order in a symbol whose book differs from the broker's position: "
+                "close it at the broker yourself, or bring the account back to the book's "
+                "quantity and send /flatten again once /ready's reconciliation check passes",
+            )
+        blocked = self.reconcile_blocked.keys()
+        orders, adding, working = self._flatten_orders(pf.quantity, blocked=blocked)
+        held = pf.quantity
+        if blocked:
+            held = held.copy()
+            held[[self.symbols.index(s) for s in blocked]] = 0.0
+        if not adding and not working and not held.any():
+            self.trading_state = "paused"
+            left = sorted(s for s in blocked if pf.quantity_of(s))
+            log.warning("control.flattened", time=t, left_held=left)
+        else:
+            log.warning("control.flatten_planned", time=t, cancel_entries=adding)
+        return flat, orders, adding
+
     def _flatten_orders(
-        self, held: np.ndarray, only: set[str] | None = None
+        self, held: np.ndarray, only: set[str] | None = None, blocked: Set[str] = frozenset()
     ) -> tuple[list[Order], list[str], bool]:
         """For a flattening bar (or a risk halt's: `_halted_orders`): the open orders the
         planner sees, and the working entries of this run that would add to a position (or
@@ -783,9 +831,10 @@ class Engine:
         whether another order of this run still works. The planner skips a symbol with a
         working entry (it waits for it), so a flatten left such a position held and went on
         to "paused": it closes it now. A closing order still working is left to fill; the
-        state stays "flattening" until nothing is held and nothing of this run works. An
-        order of this run edited at the broker is its replacement (`_placed_by_us`): by the
-        run-id prefix alone a halt left the edited entry buying."""
+        state stays "flattening" until nothing is held and nothing of this run works (but
+        in the symbols `blocked` by reconciliation, whose exits are kept: `_flatten_bar`).
+        An order of this run edited at the broker is its replacement (`_placed_by_us`): by
+        the run-id prefix alone a halt left the edited entry buying."""
         orders = list(self._plannable_orders())
         index = {s: i for i, s in enumerate(self.symbols)}
         own = self._placed_by_us
@@ -801,7 +850,7 @@ class Engine:
                 adding.append(o.client_order_id)
         cancelled = set(adding)
         kept = [o for o in orders if o.client_order_id not in cancelled]
-        working = any(own(o.client_order_id) for o in kept)
+        working = any(own(o.client_order_id) for o in kept if o.symbol not in blocked)
         return kept, adding, working
 
     def _halted_orders(
@@ -2049,16 +2098,11 @@ class Engine:
         adding: list[str] = []
         open_orders: Sequence[Order] = ()
         if self.trading_state == "flattening":
-            # An operator's flatten: every target is zero; exits go through the planner like
-            # any rebalance (and take their protective legs with them).
-            targets = np.zeros_like(targets)
-            open_orders, adding, working = self._flatten_orders(pf.quantity)
-            if not adding and not working and not pf.quantity.any():
-                self.trading_state = "paused"
-                log.warning("control.flattened", time=bar.time)
-                paused = True
-            else:
-                log.warning("control.flatten_planned", time=bar.time, cancel_entries=adding)
+            # An operator's flatten: every target is zero but where the book and the broker
+            # differ; exits go through the planner like any rebalance (and take their
+            # protective legs with them).
+            targets, open_orders, adding = self._flatten_bar(targets, ctx, unreconciled)
+            paused = self.trading_state == "paused"
         elif self.trading_state == "paused":
             paused = True  # an operator's pause: no new orders; open ones stay at the broker
             if self.risk_record.halting:  # but not the entries a halt stops
