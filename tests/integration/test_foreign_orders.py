@@ -127,8 +127,8 @@ async def test_a_hand_orders_fill_is_not_booked_and_its_shares_not_traded(
 async def test_a_restarted_run_books_its_own_orders_fills_and_not_a_hand_orders(
     engine_config, fake, tmp_path
 ):
-    """The checkpoint lists the hand order as working (the planner must see it), so a
-    restarted run followed it as one it knew and booked its fill; its own open orders must
+    """A restarted run followed a hand order as one it knew (the checkpoint listed it) and
+    booked its fill; the checkpoint now keeps only the run's own orders, and those must
     still be followed through the restart and their fills booked."""
     panel, config = _live(engine_config, fake)
     first = build_engine(config, "live", panel=panel)
