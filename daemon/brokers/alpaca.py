@@ -1646,9 +1646,16 @@ class AlpacaBroker:
         group = group if group in ("bracket", "oto", "oco") else ""
         base: _Tracked | None = None
         followed = []
+        prior = self._get(replaced) if replaced is not None else None
         for order, part in self._orders_of(raw):
             if self._get(order.client_order_id) is not None:
                 continue
+            if not group and prior is not None and order.leg is Leg.ENTRY:
+                # Alpaca's replacement carries a client id of its own, from which no role
+                # can be read: an edited protective stop came back as a working sell
+                # entry, so the planner waited on its symbol as on an entry and a flatten
+                # or halt took it for one that adds exposure. It keeps the role it replaced.
+                order.leg = prior.order.leg
             t = self._register(order, None, group=group, parent=base)
             self._link(t, part)
             followed.append(t)

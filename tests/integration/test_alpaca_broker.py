@@ -765,6 +765,24 @@ async def test_an_order_replaced_at_alpaca_is_followed_and_its_fill_booked(fake,
     assert updates.filled(buy.client_order_id) == 0 and broker.open_orders() == []
 
 
+async def test_the_replacement_of_an_edited_protective_stop_keeps_its_role(fake, broker):
+    """Alpaca gives an edited order a client id of its own, from which no role can be read:
+    the run's protective stop, edited in the web UI, came back as a working sell entry, so
+    the planner waited on its symbol as on an entry and a flatten took it for an order that
+    adds exposure."""
+    fake.set_price("AAPL", 100.0, match=False)
+    fake.set_position("AAPL", 10, 90.0)
+    stop = order("AAPL", -10, OrderType.STOP, tag="sl", leg=Leg.STOP_LOSS, stop=90.0)
+    await broker.submit([stop])
+    new = fake.replace(stop.client_order_id, stop_price=92.0)
+    await eventually(
+        lambda: new.client_order_id in [o.client_order_id for o in broker.open_orders()]
+    )
+    [edited] = [o for o in broker.open_orders() if o.client_order_id == new.client_order_id]
+    assert broker.origin(new.client_order_id) == stop.client_order_id
+    assert edited.leg is Leg.STOP_LOSS and edited.stop_price == pytest.approx(92.0)
+
+
 async def test_the_replacement_of_an_order_placed_by_hand_stays_the_hands(fake):
     """An order placed by hand and edited at Alpaca while the daemon follows it: the
     replacement was followed as this run's order, and its fills booked as the run's."""
