@@ -1315,7 +1315,8 @@ class EngineControls:
     stops new orders from the next bar on (open orders stay with the broker); resume trades
     again; flatten plans every target at zero on the next bar, then stays paused until
     resumed, so a flattened book is not rebuilt behind the operator's back. Each is in the
-    run's stored checkpoint when it answers (a restart keeps it)."""
+    run's stored checkpoint when it answers, a new run's first bar or not (a restart keeps it);
+    one made before the start has read the run's record is stored once it has, or at a stop."""
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine

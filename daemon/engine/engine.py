@@ -12,6 +12,7 @@ universe as arrays; only orders and fills, a handful per bar, are Python objects
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import numbers
 import re
@@ -84,6 +85,11 @@ log = structlog.get_logger(__name__)
 _perf_counter = _time.perf_counter
 
 CHECKPOINT_FORMAT = "tradingd-checkpoint/1"
+# The checkpoint row of a live run that stored an operator's control before deciding any bar
+# (`Engine._store_before_first_bar`): its key marks it, its time is no bar's. `_resume` takes
+# only the trading state from it; the first bar's checkpoint replaces it.
+BEFORE_FIRST_BAR = "before_first_bar"
+_NO_BAR_YET = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _order_of(row: dict[str, Any]) -> Order:
@@ -449,6 +455,10 @@ class Engine:
         # An operator's control made before the engine traded (while it starts): it wins
         # over the state a resumed checkpoint brings.
         self._operator_state: str | None = None
+        # The run's stored record is read (resumed or begun), and `_last_checkpoint` is its
+        # checkpoint: a control is stored at once from then on. Before, a row written for it
+        # would be overwritten by (or overwrite) what the start reads.
+        self._run_open = False
         self.cache_error: str | None = None
         self.last_flush_at: datetime | None = None
         # Prometheus metrics per bar (the live daemon); replay skips them: they cost time
@@ -596,7 +606,15 @@ class Engine:
         try:
             rows = await fetch("checkpoints", self.run.run_id)
             if not rows:
-                return  # a new run: nothing to resume, its first bar stores the state
+                # No bar decided yet (a new run): its record is made as this start would
+                # have made it (a row stored without it, `begin_run` deletes), with the
+                # control's row, which the next start resumes.
+                check_live = getattr(self.audit, "check_live", None)
+                if check_live is not None:
+                    check_live()
+                await self.store.resume_run(self.run)  # type: ignore[attr-defined]
+                await self._store_before_first_bar(state)
+                return
             self._last_checkpoint = (rows[-1]["bar_time"], rows[-1]["state"])
             await self._store_trading_state(state)
         except Exception as exc:
@@ -668,9 +686,9 @@ class Engine:
 
     async def set_trading_state(self, state: str) -> None:
         """An operator's pause, resume or flatten, stored at once: between bars, the last
-        checkpoint again with the new state. Kept only in memory until the next bar's
-        checkpoint, a pause was lost by a restart before that bar (hours, with daily bars),
-        and the restarted daemon traded."""
+        checkpoint again with the new state (before the first bar, a row of its own). Kept
+        only in memory until the next bar's checkpoint, a pause was lost by a restart before
+        that bar (hours, with daily bars), and the restarted daemon traded."""
         if self._controls_closed:
             raise self._stopped_error(state)
         if self._bar_lock is None:
@@ -703,12 +721,46 @@ class Engine:
         return self._bar_lock is not None
 
     async def _store_trading_state(self, state: str) -> None:
-        """The last checkpoint again with `state` (see `_record_again`)."""
-        await self._record_again({"trading_state": state}, state)
+        """The last checkpoint again with `state` (see `_record_again`); with none yet, the
+        run's row of `_store_before_first_bar`. Before the run's record is read, nothing:
+        `_operator_state` keeps it for `_controls_stored_from_now` (or a stop's
+        `_keep_operator_state`)."""
+        if self._last_checkpoint is not None:
+            await self._record_again({"trading_state": state}, state)
+        elif self._run_open:
+            await self._store_before_first_bar(state)
+
+    async def _store_before_first_bar(self, state: str) -> None:
+        """A run that decided no bar has no checkpoint for a control to rewrite, and the
+        control waited for the first bar's: a pause during a warm-up whose source was down
+        (minutes and more) was answered, lost by a restart, and the new run traded. Its
+        checkpoint row holds only the state (`BEFORE_FIRST_BAR`) until that bar's replaces
+        it. ControlNotStoredError (naming `state`) when the store fails."""
+        if not self._durable:
+            return
+        row = {BEFORE_FIRST_BAR: True, "trading_state": state}
+        self.store.record_checkpoint(self.run.run_id, _NO_BAR_YET, row)  # type: ignore[attr-defined]
+        try:
+            await self.store.flush()
+        except Exception as exc:
+            raise ControlNotStoredError(state, exc) from exc
+
+    async def _controls_stored_from_now(self) -> None:
+        """The run's record is read (`_last_checkpoint` is its checkpoint, or None): a
+        control is stored at once from now on, and one answered while the daemon started is
+        stored now, not at the first bar (a stop before that bar lost it, and the next
+        start traded)."""
+        self._run_open = True
+        if self._operator_state is None:
+            return
+        try:
+            await self._store_trading_state(self._operator_state)
+        except ControlNotStoredError as exc:
+            log.warning("control.not_stored", error=str(exc))
 
     async def _record_again(self, changes: dict[str, Any], state: str) -> None:
         """The last checkpoint again with `changes`, stored at once (nothing before a run's
-        first checkpoint: that bar's checkpoint carries them). ControlNotStoredError (naming
+        first checkpoint: see `_store_trading_state`). ControlNotStoredError (naming
         `state`) when the store fails: in effect here, and the next bar's checkpoint carries
         it too."""
         if not self._durable or self._last_checkpoint is None:
@@ -960,6 +1012,7 @@ class Engine:
                     await self._resume(resume)
                     self._warn_of_foreign_orders()
                 else:
+                    await self._controls_stored_from_now()
                     await self._warn_if_not_continuing()
                     self._warn_of_foreign_orders()
                     await self._check_account_cash()
@@ -1268,6 +1321,7 @@ class Engine:
         the checkpoint are replayed), the operator's pause. The bars up to the checkpoint are
         replayed for features only; a bar after it that was cut short is decided again, with
         the same order ids, so what reached the broker is not doubled."""
+        resume = self._without_control_row(resume)
         self._restored_through = resume.bar_time
         self.resumed_from = resume.bar_time
         truncate = getattr(self.audit, "truncate_after", None)
@@ -1327,16 +1381,10 @@ class Engine:
                 self._last_targets = np.asarray(st["targets"], dtype=np.float64)
         if resume.bar_time is not None and st is not None:
             self._last_checkpoint = (resume.bar_time, st)
-            if self._operator_state is not None:
-                # Answered while the daemon started: stored now, not at the first bar (a
-                # stop before it lost the pause, and the next start traded).
-                try:
-                    await self._store_trading_state(self._operator_state)
-                except ControlNotStoredError as exc:
-                    log.warning("control.not_stored", error=str(exc))
             if self._live_metrics:
                 metrics.LAST_BAR_TIME.set(resume.bar_time.timestamp())
                 self._money_metrics()  # 0 until the next bar, a weekend away, before
+        await self._controls_stored_from_now()
         resume_broker = getattr(self.broker, "resume", None)
         if resume_broker is not None:
             known = [order_from_dict(d) for d in (st or {}).get("open_orders", [])]
@@ -1369,6 +1417,17 @@ class Engine:
             trading_state=self.trading_state,
             unconfirmed_intents=len(resume.unconfirmed),
         )
+
+    def _without_control_row(self, resume: Any) -> Any:
+        """The resume point of a run whose stored row is a control's (`BEFORE_FIRST_BAR`):
+        its trading state (unless one answered during this start wins), and no checkpoint
+        (the run has decided no bar: it begins at its start)."""
+        st = resume.state
+        if st is None or not st.get(BEFORE_FIRST_BAR):
+            return resume
+        if self._operator_state is None:
+            self.trading_state = str(st.get("trading_state", "active"))
+        return dataclasses.replace(resume, bar_time=None, state=None)
 
     def _plugin_states(self) -> dict[str, Any]:
         """Each plugin's `state()`, by its checkpoint key (`_state_keys`); a signal's that
