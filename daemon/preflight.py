@@ -413,6 +413,7 @@ async def _check_redis(url: str, timeout_s: float) -> None:
     import redis.asyncio as aioredis
     from redis.exceptions import ConnectionError as RedisConnectionError
     from redis.exceptions import ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     key = f"cache.url (REDIS_URL) = {mask_url(url)!r}"
     db = redis_db_index("cache.url (REDIS_URL)", url)
@@ -427,15 +428,17 @@ async def _check_redis(url: str, timeout_s: float) -> None:
                 "0..15 unless the server's `databases` setting allows more"
             ) from None
         raise ConfigError(f"{key}: Redis refused: {scrub(str(exc), url)}") from None
-    except (TimeoutError, RedisConnectionError, ConnectionRefusedError) as exc:
+    except (TimeoutError, RedisTimeoutError, RedisConnectionError, ConnectionRefusedError) as exc:
         if isinstance(exc, RedisConnectionError) and not _refused(exc):
             raise ConfigError(
                 f"{key}: cannot talk to Redis: {type(exc).__name__}: {scrub(str(exc), url)}; "
                 "check host and port, and that a Redis server (not another service) listens "
                 "there"
             ) from None
-        # Nobody answers (Redis is down or restarting): Redis is only a cache, and the
-        # daemon serves from the process until it is back. Said now, not an error.
+        # Nobody answers (Redis is down, restarting, or hung: a port that accepts and never
+        # answers times out in redis-py's TimeoutError, not the builtin one): Redis is only a
+        # cache, and the daemon serves from the process until it is back. Said now, not an
+        # error.
         log.warning(
             "preflight.redis_unreachable",
             url=mask_url(url),

@@ -657,6 +657,29 @@ def test_redis_down_at_start_is_a_warning_not_an_error(tmp_path):
     assert len(warned) == 1 and SECRET not in str(warned[0])
 
 
+def test_a_redis_that_accepts_but_never_answers_is_a_warning_not_an_error(tmp_path):
+    """A hung Redis (the port accepts, nothing answers) stopped the daemon with exit 2
+    ("cannot talk to Redis: TimeoutError"): redis-py's own TimeoutError is not the builtin
+    one, so it missed the warning a refused port gets. Redis is a cache either way."""
+    import socket
+    import time
+
+    from structlog.testing import capture_logs
+
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(8)  # the kernel completes the connection; nothing ever reads or answers
+        port = hung.getsockname()[1]
+        url = f"redis://:{SECRET}@127.0.0.1:{port}/0"
+        began = time.monotonic()
+        with capture_logs() as logs:
+            asyncio.run(check_services(_services(tmp_path, cache=url), timeout_s=0.3))
+        took = time.monotonic() - began
+    [warned] = [e for e in logs if e["event"] == "preflight.redis_unreachable"]
+    assert "Timeout" in warned["error"] and SECRET not in str(warned)
+    assert took < 5.0  # bounded by the check's timeout, not left hanging
+
+
 def test_help_says_what_tradingd_is(capsys):
     """The first line of --help is a whole sentence: it was a list of some of the commands,
     cut off mid-way ("... fetch | features |")."""
