@@ -30,6 +30,12 @@ its owner renews at each send); a publisher that finds another's claim still the
 TTL after it first saw it (so renewed: a crashed predecessor's claim expires instead) logs
 `publisher.run_id_shared` naming the other process and reports not ok in /ready. It still
 publishes: the events are a view, and which daemon should give way is the operator's call.
+
+A Redis that is up but refuses writes (full at `maxmemory` with `noeviction`, a read-only
+replica, an ACL) still takes PUBLISH: each command's answer is read on its own, a refused
+PUBLISH is dropped (`redis_refused`), and a refused owner claim is said once per episode
+(`publisher.redis.refuses_writes`, with the fix; `publisher.redis.writes_accepted` once it
+is written again), not taken for Redis being down.
 """
 
 from __future__ import annotations
@@ -67,6 +73,16 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 KINDS = ("bars", "signals", "orders", "fills", "state")
+
+# What to do about a write Redis refuses, by redis-py's error (its class name: redis is not
+# imported with this module).
+_WRITE_FIXES = {
+    "OutOfMemoryError": "Redis is full: raise its maxmemory, or set an eviction policy "
+    "(maxmemory-policy allkeys-lru)",
+    "ReadOnlyError": "this Redis is a read-only replica: point cache.url at the primary",
+    "NoPermissionError": "the Redis user may not write these keys: allow it SET, PEXPIRE "
+    "and GET on them",
+}
 
 # Strict JSON (NaN is refused, then encoded by the stores' `to_json` as null); no circular
 # check: a payload is a tree.
@@ -172,6 +188,9 @@ class RedisPublisher:
         self.dropped = 0
         self.dropped_by_reason: dict[str, int] = {}
         self._warned: set[str] = set()
+        # Why Redis refuses the owner claim's writes, while it does (said once: see
+        # `_writes_refused`).
+        self.write_error: str | None = None
 
     @property
     def safe_url(self) -> str:
@@ -277,6 +296,8 @@ class RedisPublisher:
             detail = f"redis {st['url']} unavailable ({st['reason']}); events are dropped"
         if self.shared_with is not None:
             detail = self._shared_detail()
+        elif up and self.write_error is not None:
+            detail += f"; Redis refuses writes ({self.write_error}): the owner claim is not kept"
         return {
             "ok": up and self.shared_with is None,
             "detail": detail,
@@ -290,6 +311,7 @@ class RedisPublisher:
             "queued": len(self._queue),
             "max_queue": self.max_queue,
             "shared_with": self.shared_with,
+            "write_error": self.write_error,
         }
 
     # the background side -------------------------------------------------------------------
@@ -328,6 +350,29 @@ class RedisPublisher:
                 detail=self._shared_detail(),
             )
 
+    def _writes_refused(self, errors: Sequence[BaseException]) -> None:
+        """The owner claim's commands Redis refused (none: it writes again). Said once per
+        episode: a full Redis refuses every batch's SET, and a log line (or a "down") at
+        every bar hid the one thing to do."""
+        if not errors:
+            if self.write_error is not None:
+                log.info("publisher.redis.writes_accepted", url=self.safe_url)
+                self.write_error = None
+            return
+        if self.write_error is not None:
+            return
+        exc = errors[0]
+        self.write_error = describe(exc, self.url)
+        fix = _WRITE_FIXES.get(type(exc).__name__, "see the Redis server's log")
+        log.warning(
+            "publisher.redis.refuses_writes",
+            url=self.safe_url,
+            error=self.write_error,
+            fix=fix,
+            effect="events are still published; the owner claim (a second daemon of this run "
+            "id) is not kept",
+        )
+
     def _shared_detail(self) -> str:
         return (
             f"another process publishes run {self.run_id!r} on this Redis ({self.shared_with}): "
@@ -361,7 +406,9 @@ class RedisPublisher:
                         pipe.get(self.owner_key)
                         for channel, data in batch:
                             pipe.publish(channel, data)
-                        results = await pipe.execute()
+                        # Each command's answer on its own: a Redis that refuses writes (full)
+                        # still takes PUBLISH, and only a lost connection raises here.
+                        results = await pipe.execute(raise_on_error=False)
                 except ERRORS as exc:
                     # The messages of this batch may or may not have reached Redis: they
                     # count as dropped. What is queued would be stale by the recovery.
@@ -370,8 +417,15 @@ class RedisPublisher:
                     if client is self._client:
                         self._link.mark_down("PUBLISH", exc)
                     break
-                self._claim_seen(results[2 if owned else 1])
-                self.published += n
+                claim = 3 if owned else 2  # SET NX, [PEXPIRE,] GET, then the PUBLISHes
+                self._writes_refused([r for r in results[:claim] if isinstance(r, Exception)])
+                if not isinstance(results[claim - 1], Exception):
+                    self._claim_seen(results[claim - 1])
+                refused = [r for r in results[claim:] if isinstance(r, Exception)]
+                if refused:
+                    warn = f"Redis refuses PUBLISH: {describe(refused[0], self.url)}"
+                    self._drop("redis_refused", len(refused), warn=warn)
+                self.published += n - len(refused)
             if not self._queue:
                 self._idle.set()
             elif not self._link.available:
