@@ -1496,7 +1496,31 @@ def health_inputs(
             if engine.reconcile_blocked:
                 syms = ", ".join(sorted(engine.reconcile_blocked))
                 return CheckResult(False, f"positions differ from the broker's: {syms}", data)
-            return CheckResult(True, f"book agrees with the broker (at {data['last']})", data)
+            last, error = data["last"], data["error"]
+            if last is None:
+                # Never compared (the first round runs after the warm-up; one the broker did
+                # not answer is tried again every live.reconcile_interval_s): it said "book
+                # agrees with the broker (at None)" with the broker never reached.
+                if error is None:
+                    return CheckResult(
+                        False,
+                        "not reconciled yet: the book is compared with "
+                        "the broker's positions once the warm-up is done",
+                        data,
+                    )
+                return CheckResult(
+                    False,
+                    f"not reconciled yet: the broker's positions could not be read ({error}); "
+                    f"tried again every {engine.reconcile_interval_s:g} s",
+                    data,
+                )
+            if error is not None:
+                return CheckResult(
+                    True,
+                    f"book agreed with the broker at {last}; the last check failed: {error}",
+                    data,
+                )
+            return CheckResult(True, f"book agrees with the broker (at {last})", data)
 
         checks.append(Check("reconciliation", reconciliation))
     for part, name in ((engine.publisher, "publisher"), (engine.lock, "instance_lock")):
