@@ -411,6 +411,29 @@ class ExchangeCalendar:
         label, close = self._bar_at(seg, k)
         return _dt(label), _dt(close)
 
+    def next_open(self, after: datetime) -> datetime:
+        """The first session open strictly after `after` (UTC): orders decided on a bar that
+        closed before it fill from then on, so a late bar may still trade until it."""
+        n = _ns(after, "after")
+        self._check(n, "after", after)
+        i = int(np.searchsorted(self._opens, n, side="right"))
+        if i >= len(self._opens):
+            raise CalendarRangeError(
+                f"no {self.name} session opens after {after.isoformat()} within the "
+                f"calendar's sessions (last {self.last_session}); build it with a later end"
+            )
+        return _dt(self._opens[i])
+
+    def is_open(self, at: datetime) -> bool:
+        """Whether the exchange trades at `at` (between a session's open and close, outside
+        its lunch break): what an operator reads as "market open" in /status."""
+        n = _ns(at, "at")
+        self._check(n, "at", at)
+        i = int(np.searchsorted(self._opens, n, side="right")) - 1
+        if i < 0 or n >= int(self._closes[i]):
+            return False
+        return not int(self._break_start[i]) <= n < int(self._break_end[i])
+
     def bars_per_session(self) -> int:
         """The bars of a current regular session (the most common count over the calendar's
         last 252 sessions: 390 one-minute bars on XNYS, 7 of 60 minutes; half days have

@@ -46,6 +46,7 @@ same *distance* from the real time as the target is from `now()` (identical in p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -178,6 +179,33 @@ class LiveClock:
     def next_release_at(self) -> datetime | None:
         """The instant (in `now()`'s time) the armed firing releases the next bar."""
         return None if self._next_release is None else self._next_release[1]
+
+    @property
+    def heartbeat_s(self) -> float:
+        return self._heartbeat_s
+
+    def now(self) -> datetime:
+        """The clock's current instant (the injected `now`, the wall clock in production)."""
+        return self._now()
+
+    def trade_deadline(self, label: datetime) -> datetime | None:
+        """Until when a released bar the source has not delivered yet still trades: the next
+        session's open after its close. Its orders are for that open, as those of a bar
+        delivered on time; after it they would fill at a price the bar never saw. None in
+        accelerated mode (no wall clock: a late bar waits for the next release)."""
+        if self.accelerated:
+            return None
+        return self.exchange.next_open(self.exchange.close_of(label))
+
+    async def wait(self, seconds: float) -> None:
+        """Sleep up to `seconds` (the loop's monotonic clock), returning early when a bar is
+        released or a stop is requested: the engine asking again for a late bar stops as
+        soon as another bar is due."""
+        if self._event is None or self._pending or self._stopped:
+            return
+        self._event.clear()  # the iterator re-checks what is pending before it waits
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._event.wait(), seconds)
 
     def expected_latest(self, now: datetime | None = None) -> datetime | None:
         """The newest bar label that should be available at `now` (close + delay_s <= now).

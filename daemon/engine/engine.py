@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mappi
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 import structlog
@@ -245,6 +245,22 @@ def _same_gap(a: tuple[float, float], b: tuple[float, float]) -> bool:
 
 # Missed live bars remembered for the next release (a year of daily bars).
 _MISSED_BARS_KEPT = 260
+# A released bar the source has not delivered yet is asked for again on the clock's
+# heartbeat, the wait doubling up to this: a vendor posting a few minutes late is seen within
+# minutes, and one posting hours late is asked a dozen times an hour, not sixty.
+_LATE_BAR_MAX_WAIT_S = 600.0
+
+
+class _WallClock(Protocol):
+    """What `_fetch_late` needs of a real-time clock (`clock.live.LiveClock`)."""
+
+    @property
+    def heartbeat_s(self) -> float: ...
+    @property
+    def backlog(self) -> int: ...
+    def now(self) -> datetime: ...
+    async def wait(self, seconds: float) -> None: ...
+
 
 # A position difference not seen before is compared again this long after (or after the
 # reconcile interval, if shorter): a fill the broker's positions already hold, its event
@@ -1088,18 +1104,28 @@ class Engine:
                     else:
                         bar = await self.feed.bars(t)
                 except RetryableError as exc:
-                    # No bar from the source (down, throttled, circuit open): nothing is
+                    # No bar from the source (down, throttled, not posted yet): nothing is
                     # decided on a bar the daemon does not have. The feed reports it in
-                    # /ready and /metrics; the next release fetches it again first.
+                    # /ready and /metrics; it is asked for again while it may still trade
+                    # (`_fetch_late`), else the next release fetches it again first.
                     self.bars_unavailable += 1
-                    log.warning("bar.unavailable", time=t, error=str(exc), retry="next bar")
+                    deadline = self._late_bar_deadline(t) if live else None
+                    log.warning(
+                        "bar.unavailable",
+                        time=t,
+                        error=str(exc),
+                        retry="next bar"
+                        if deadline is None
+                        else f"on the heartbeat until {deadline.isoformat()}, then next bar",
+                    )
                     for unavailable in self.on_bar_unavailable:
                         unavailable(t)
-                    bar = None
-                    if len(missed) == missed.maxlen:
-                        log.warning("bar.lost", time=missed[0], reason="too many missed")
-                        self.bars_never_traded += 1
-                    missed.append(t)
+                    bar = None if deadline is None else await self._fetch_late(t, deadline)
+                    if bar is None:
+                        if len(missed) == missed.maxlen:
+                            log.warning("bar.lost", time=missed[0], reason="too many missed")
+                            self.bars_never_traded += 1
+                        missed.append(t)
                 if bar is not None:
                     if reconciler is None and not self._durable:
                         # Nothing else takes the bar lock (it keeps the reconciler's book
@@ -1741,6 +1767,57 @@ class Engine:
             self.on_heartbeat(busy=True)  # each a bar's work: /health sees it going on
             async with self._bar_lock:
                 await self.step(bar, False)
+
+    def _late_bar_deadline(self, t: datetime) -> datetime | None:
+        """Until when the released bar `t` may still trade if it arrives late (the clock's
+        rule: the next session's open); None when the clock has none (accelerated, replay)."""
+        deadline = getattr(self.clock, "trade_deadline", None)
+        return deadline(t) if callable(deadline) else None
+
+    async def _fetch_late(self, t: datetime, deadline: datetime) -> CrossSection | None:
+        """A released bar the source did not deliver (a vendor posts a daily bar a little
+        after close + delay_s): asked for again on the clock's heartbeat, the wait doubling
+        up to `_LATE_BAR_MAX_WAIT_S`, while it may still trade: before `deadline` and before
+        the clock releases another bar. Before, it waited for the next release and was then
+        stepped without trading: the day was lost. The bar when it came in time, else None
+        (kept as missed: recovered without trading before the next bar). One line when it
+        comes or is given up, not one an attempt; /ready names it meanwhile (last_bar)."""
+        clock = cast(_WallClock, self.clock)  # it has a trade deadline: `_late_bar_deadline`
+        wait = clock.heartbeat_s
+        attempts = 1
+        while True:
+            self.on_heartbeat()  # waiting, not stuck in a bar
+            await clock.wait(wait)
+            if self._stop_requested:
+                return None
+            reason = None
+            if clock.now() >= deadline:
+                reason = "the next session opened: its orders would miss their open"
+            elif clock.backlog:
+                reason = "the clock released another bar"
+            if reason is None:
+                attempts += 1
+                self.on_heartbeat(busy=True)
+                try:
+                    done, bar = await self._unless_stopped(self.feed.bars(t))
+                except RetryableError as exc:
+                    wait = min(wait * 2, _LATE_BAR_MAX_WAIT_S)
+                    log.debug("bar.still_unavailable", time=t, error=str(exc), retry_in_s=wait)
+                    continue
+                if not done:
+                    return None
+                if clock.now() < deadline:
+                    log.info("bar.arrived_late", time=t, attempts=attempts, trade=bar is not None)
+                    return bar
+                reason = "it came after the next session opened"  # fetched again later
+            log.warning(
+                "bar.retry_stopped",
+                time=t,
+                attempts=attempts,
+                reason=reason,
+                then="fetched again before the next bar and stepped without trading",
+            )
+            return None
 
     async def _store_late_bars(self) -> None:
         """Bars a vendor posted after their release for some symbols (`feed.bar_late`): not

@@ -1,0 +1,128 @@
+"""The live engine on the real-time clock, its time driven by a settable `now`: each heartbeat
+of the clock moves it on by `STEP` (a fake day is ~150 heartbeats of a millisecond), so a
+test reaches the next session without waiting for it."""
+
+from __future__ import annotations
+
+import dataclasses
+from datetime import UTC, datetime, timedelta
+
+from conftest import make_panel
+from structlog.testing import capture_logs
+
+from tradingd.clock.live import LiveClock
+from tradingd.config import LiveConfig
+from tradingd.core.errors import RetryableError
+
+STEP = timedelta(minutes=10)
+# Tuesday 2020-04-14 closes 16:00 New York (20:00 UTC); Wednesday opens 13:30 UTC.
+LABEL = datetime(2020, 4, 14, tzinfo=UTC)
+BEFORE = datetime(2020, 4, 13, tzinfo=UTC)
+NEXT = datetime(2020, 4, 15, tzinfo=UTC)
+NEXT_OPEN = datetime(2020, 4, 15, 13, 30, tzinfo=UTC)
+
+
+class FakeTime:
+    def __init__(self, t: datetime) -> None:
+        self.t = t
+
+    def __call__(self) -> datetime:
+        return self.t
+
+
+def _engine(engine_config, now: FakeTime):  # type: ignore[no-untyped-def]
+    """A live engine warmed up through BEFORE, its clock releasing LABEL at `now`."""
+    from tradingd.app import build_engine
+
+    panel = make_panel(n_bars=90, split_at=None)
+    config = dataclasses.replace(
+        engine_config,
+        live=LiveConfig(delay_s=5),
+        run=dataclasses.replace(engine_config.run, start=LABEL.date().isoformat(), run_id="t-l"),
+    )
+    engine = build_engine(config, "live", panel=panel)
+    clock = LiveClock(config.live, now=now, heartbeat_s=0.001, resume_after=BEFORE)
+    tick = clock._tick
+
+    async def tick_and_move_on() -> None:
+        await tick()
+        now.t += STEP
+
+    clock._tick = tick_and_move_on  # type: ignore[method-assign]
+    engine.clock = clock
+    stepped: list[tuple[datetime, bool | None]] = []
+    step = engine.step
+
+    async def recording(bar, trade=None):  # type: ignore[no-untyped-def]
+        stepped.append((bar.time, trade))
+        await step(bar, trade)
+
+    engine.step = recording  # type: ignore[method-assign]
+    engine.after_bar.append(lambda t, v: engine.request_stop() if t >= NEXT else None)
+    return engine, stepped
+
+
+def _late_source(engine, now: FakeTime, posted) -> list[datetime]:  # type: ignore[no-untyped-def]
+    """LABEL's bar is "not there yet" until `posted()`; returns when LABEL was asked for."""
+    bars = engine.feed.bars
+    asked: list[datetime] = []
+
+    async def vendor(t):  # type: ignore[no-untyped-def]
+        if t == LABEL:
+            asked.append(now())
+            if not posted():
+                raise RetryableError(f"yahoo: no bar yet for session {t.isoformat()}")
+        return await bars(t)
+
+    engine.feed.bars = vendor
+    return asked
+
+
+async def test_a_daily_bar_posted_after_its_release_is_asked_again_and_traded(engine_config):
+    """The vendor posted the bar a few seconds after close + delay_s: the first fetch found
+    none, nothing asked again, and the bar was only recovered (without trading) at the next
+    day's release: the day went untraded. It is asked for again on the heartbeat and trades
+    when it comes before the next open; one line says it is late, one that it came."""
+    now = FakeTime(datetime(2020, 4, 14, 20, 0, 5, tzinfo=UTC))
+    engine, stepped = _engine(engine_config, now)
+    calls = [0]
+
+    def posted() -> bool:
+        calls[0] += 1
+        return calls[0] > 3
+
+    asked = _late_source(engine, now, posted)
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    assert dict(stepped)[LABEL] is None  # traded (decided by the run's start), not caught up
+    assert all(t < NEXT_OPEN for t in asked) and len(asked) == 4
+    events = [e["event"] for e in logs if e.get("time") == LABEL]
+    assert events.count("bar.unavailable") == 1 and events.count("bar.arrived_late") == 1
+    assert "bar.recovered" not in events and "bar.still_unavailable" in events
+    assert engine.bars_unavailable == 1 and engine.bars_never_traded == 0
+
+
+async def test_a_late_bar_that_comes_after_the_next_open_is_recovered_without_trading(
+    engine_config,
+):
+    """Its orders would have been for an open that has passed: the heartbeat stops asking at
+    the open (said once) and the bar is recovered, untraded, before the next day's bar."""
+    now = FakeTime(datetime(2020, 4, 14, 20, 0, 5, tzinfo=UTC))
+    engine, stepped = _engine(engine_config, now)
+    asked = _late_source(engine, now, lambda: now.t >= NEXT_OPEN)
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    assert [t for t, _ in stepped if t >= LABEL] == [LABEL, NEXT]
+    assert dict(stepped)[LABEL] is False and dict(stepped)[NEXT] is None
+    [stopped] = [e for e in logs if e["event"] == "bar.retry_stopped"]
+    assert stopped["time"] == LABEL and "next session opened" in stopped["reason"]
+    assert len(asked) > 2  # asked again before the open, with no bar
+    assert [e["time"] for e in logs if e["event"] == "bar.recovered"] == [LABEL]
+
+
+def test_a_late_bar_may_trade_until_the_next_sessions_open():
+    clock = LiveClock(LiveConfig(delay_s=5), now=FakeTime(LABEL))
+    assert clock.trade_deadline(LABEL) == NEXT_OPEN
+    thursday = datetime(2020, 4, 9, tzinfo=UTC)  # Good Friday closed: Monday's open
+    assert clock.trade_deadline(thursday) == datetime(2020, 4, 13, 13, 30, tzinfo=UTC)
+    assert LiveClock(LiveConfig(bars_per_second=1.0), [LABEL]).trade_deadline(LABEL) is None
