@@ -14,21 +14,21 @@ Two schedules:
   firing. A cron trigger cannot express the calendar (holidays, 13:00 half days, the 16:00 New
   York close moving between 20:00 and 21:00 UTC with daylight saving, the truncated last bar of
   an intraday session); an exact instant per bar does, and is the same code for daily and
-  intraday bars. A second job, an `IntervalTrigger` every `heartbeat_s` (60 s), runs the same
-  release: the scheduler sleeps with `loop.call_later`, whose monotonic clock stops while the
-  machine is suspended and ignores wall-clock steps, so without it a release could come
-  arbitrarily late after a suspend; with it, at most `heartbeat_s` late. Extra firings are
-  harmless (they release nothing that is not due).
+  intraday bars. A heartbeat, an asyncio task sleeping `heartbeat_s` (60 s) at a time, runs
+  the same release: the scheduler sleeps with `loop.call_later`, whose monotonic clock stops
+  while the machine is suspended, so without it a release could come arbitrarily late after a
+  suspend or a forward step of the wall clock; with it, at most `heartbeat_s` late. The
+  heartbeat is not an APScheduler interval job: that one is scheduled in wall time, and a
+  backward step froze it for as long as the step. Extra firings are harmless (they release
+  nothing that is not due).
 
-  Misfires, chosen deliberately:
-  - `misfire_grace_time=None` (run however late) on both jobs. A firing missed because the
-    process was suspended or the event loop stalled must still run: it releases every bar that
-    closed meanwhile. With a finite grace APScheduler would *skip* a late one-shot `DateTrigger`
-    job and drop it, and the clock would never be re-armed.
-  - `coalesce=True`: several missed heartbeat runs are run once. Running them all would only
-    repeat a release that already handed over everything due; the release is computed from the
-    calendar, so one run is exactly right.
-  - `max_instances=1`: a release is a few microseconds of synchronous work.
+  Misfires of the bar-close job, chosen deliberately:
+  - `misfire_grace_time=None` (run however late). A firing missed because the process was
+    suspended or the event loop stalled must still run: it releases every bar that closed
+    meanwhile. With a finite grace APScheduler would *skip* a late one-shot `DateTrigger` job
+    and drop it, and the clock would never be re-armed.
+  - `coalesce=True`, `max_instances=1`: the release is computed from the calendar, so one
+    run of several missed ones is exactly right; a release is microseconds of work.
 
   At start the clock releases nothing that was already due (the warm start loads that as
   history) unless `resume_after` names the newest bar the daemon has: then every later bar
@@ -71,7 +71,7 @@ _MAX_PENDING = 10_000
 # Rebuild an own calendar (package default: one year ahead) when its end gets this close.
 _HORIZON = timedelta(days=30)
 _JOB = "bar-close"
-_HEARTBEAT_JOB = "calendar-check"
+_HEARTBEAT_TASK = "clock-heartbeat"
 
 
 def _wall_clock() -> datetime:
@@ -142,6 +142,7 @@ class LiveClock:
         self._last_released: datetime | None = None
         self._next_release: tuple[datetime, datetime] | None = None  # (label, release instant)
         self._failure: BaseException | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
 
     # -- what the health / ready check and the catch-up need ------------------------------
 
@@ -260,16 +261,9 @@ class LiveClock:
                 else exchange.last_closed(now - self._delay)
             )
             self._started = True
-        sched.add_job(
-            self._tick,
-            IntervalTrigger(seconds=self._heartbeat_s, timezone=UTC),
-            id=_HEARTBEAT_JOB,
-            max_instances=1,
-            coalesce=True,
-            misfire_grace_time=None,
-        )
         sched.start()
         self._scheduler = sched
+        self._heartbeat = asyncio.create_task(self._beat(), name=_HEARTBEAT_TASK)
         try:
             self._extend_calendar(now)
             self._release_due()  # resume_after: everything due already
@@ -298,6 +292,10 @@ class LiveClock:
         release never waits), then the scheduler shuts down, and the loop runs once more so
         that the deferred shutdown has happened when this returns."""
         self.request_stop()
+        beat, self._heartbeat = self._heartbeat, None
+        if beat is not None:
+            beat.cancel()
+            await asyncio.gather(beat, return_exceptions=True)
         sched, self._scheduler = self._scheduler, None
         if sched is None:
             return
@@ -327,6 +325,14 @@ class LiveClock:
             self._event.set()
 
     # -- real time ------------------------------------------------------------------------
+
+    async def _beat(self) -> None:
+        """The heartbeat, on the loop's monotonic clock: APScheduler schedules an interval in
+        wall time, so a backward step of the wall clock froze it (and every release it would
+        have made) for as long as the step. A firing it shares with a bar close's is harmless."""
+        while True:
+            await asyncio.sleep(self._heartbeat_s)
+            await self._tick()
 
     async def _tick(self) -> None:
         """A firing (bar close or heartbeat): release what is due, arm the next bar."""

@@ -104,11 +104,9 @@ async def test_schedule_is_armed_at_close_plus_delay_with_deliberate_misfire_pol
         job = clock._scheduler.get_job("bar-close")
         wait = job.next_run_time - datetime.now(UTC)
         assert abs(wait - timedelta(hours=6, minutes=5)) < timedelta(seconds=5)
-        heartbeat = clock._scheduler.get_job("calendar-check")
-        for j in (job, heartbeat):
-            assert j.misfire_grace_time is None  # a late firing still runs
-            assert j.coalesce is True  # missed runs run once: the release is from the calendar
-        assert heartbeat.trigger.interval == timedelta(seconds=60)
+        assert job.misfire_grace_time is None  # a late firing still runs
+        assert job.coalesce is True  # missed runs run once: the release is from the calendar
+        assert clock._scheduler.get_jobs() == [job]  # the heartbeat is not a wall-time job
         assert drain(clock) == []  # Tuesday's bar was already available at start
         assert clock.last_released is None
     finally:
@@ -183,6 +181,41 @@ async def test_missed_firings_release_every_closed_bar_once():
         assert drain(clock) == []
     finally:
         await clock.stop()
+
+
+async def test_a_backward_step_of_the_wall_clock_does_not_stop_the_heartbeat(monkeypatch):
+    """APScheduler scheduled the heartbeat in wall time: with the wall clock stepped back an
+    hour, no heartbeat ran for that hour, and a bar due meanwhile waited for it."""
+    import apscheduler.schedulers.base as scheduler_base
+
+    step = [timedelta(0)]
+
+    class SteppedWallClock(datetime):
+        @classmethod
+        def now(cls, tz=None):  # type: ignore[no-untyped-def, override]
+            return datetime.now(tz) + step[0]
+
+    monkeypatch.setattr(scheduler_base, "datetime", SteppedWallClock)
+    now = FakeTime(u(2024, 11, 27, 15))
+    clock = LiveClock(LiveConfig(delay_s=300), now=now, heartbeat_s=0.01)
+    beats = asyncio.Event()
+    tick = clock._tick
+
+    async def counted() -> None:
+        await tick()
+        if clock.fired >= 3:
+            beats.set()
+
+    clock._tick = counted  # type: ignore[method-assign]
+    await clock.start()
+    try:
+        step[0] = -timedelta(hours=1)  # what the scheduler reads
+        now.t = u(2024, 11, 27, 21, 5)  # Wednesday's bar is due
+        await asyncio.wait_for(beats.wait(), timeout=5.0)
+        assert drain(clock) == [d(2024, 11, 27)]
+    finally:
+        await clock.stop()
+    assert clock._heartbeat is None
 
 
 async def test_resume_after_releases_the_backlog_at_start():
