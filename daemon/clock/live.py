@@ -138,6 +138,7 @@ class LiveClock:
         self._heartbeat_s = heartbeat_s
         self._resume_after = resume_after
         self._watermark: datetime | None = None  # newest label released or known to be had
+        self._start_watermark: datetime | None = None  # had at start: never released again
         self._started = False
         self._last_released: datetime | None = None
         self._next_release: tuple[datetime, datetime] | None = None  # (label, release instant)
@@ -255,7 +256,7 @@ class LiveClock:
         exchange = await asyncio.to_thread(lambda: self.exchange)  # ~0.5 s to build
         now = self._now()
         if not self._started:
-            self._watermark = (
+            self._watermark = self._start_watermark = (
                 self._resume_after
                 if self._resume_after is not None
                 else exchange.last_closed(now - self._delay)
@@ -347,7 +348,39 @@ class LiveClock:
             if self._event is not None:
                 self._event.set()
 
+    def _roll_back_if_stepped(self, now: datetime) -> None:
+        """A forward step of the wall clock released bars that had not closed (their fetch
+        found nothing: bar.unavailable); when it steps back, the watermark stayed on them and
+        their real release was skipped. Released labels that have not closed `delay_s` ago
+        at `now` are taken back (not yet handed over: dropped) and released again at their
+        time; the engine skips one it has stepped meanwhile, so nothing trades twice."""
+        released = self._last_released
+        latest = self.exchange.last_closed(now - self._delay)
+        if released is None or (latest is not None and released <= latest):
+            return
+        floor = self._start_watermark  # had at start, never released: not taken back
+        back_to = floor if latest is None or (floor is not None and floor > latest) else latest
+        close = self.exchange.close_of(released)
+        undone = self.exchange.closed_after(back_to, close)
+        kept = [t for t in self._pending if back_to is not None and t <= back_to]
+        self._pending.clear()
+        self._pending.extend(kept)
+        self._watermark = back_to
+        # Every label after the start's was released by this clock.
+        self._last_released = back_to if back_to is not None and back_to != floor else None
+        behind = close + self._delay - now
+        log.warning(
+            "clock.stepped_back",
+            now=now.isoformat(),
+            behind_s=round(behind.total_seconds(), 3),
+            released_early=[t.isoformat() for t in undone],
+            watermark=back_to.isoformat() if back_to else None,
+            rule="the wall clock went back past bars released early: each is released again "
+            "when it is due",
+        )
+
     def _release_due(self) -> list[datetime]:
+        self._roll_back_if_stepped(self._now())
         labels = self.due()
         if not labels:
             return labels

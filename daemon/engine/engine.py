@@ -1085,6 +1085,8 @@ class Engine:
             self.on_heartbeat()
             # The clock's own iterator (not a generator around it): one async step a bar.
             async for t in _no_times() if self._stop_requested else self.clock:
+                if live and self._released_again(t, missed):
+                    continue
                 # Twice a bar: a replay's no-op is not called (a call costs what a bar's
                 # dozen attribute reads do).
                 if self.on_heartbeat is not _no_heartbeat:
@@ -1767,6 +1769,18 @@ class Engine:
             self.on_heartbeat(busy=True)  # each a bar's work: /health sees it going on
             async with self._bar_lock:
                 await self.step(bar, False)
+
+    def _released_again(self, t: datetime, missed: deque[datetime]) -> bool:
+        """The wall clock stepped forward, then back (`clock.stepped_back`): the clock
+        releases again the bars it released early. Those still missing are fetched as this
+        release, not also as missed ones; one stepped meanwhile is skipped (True), so nothing
+        is stepped or traded twice."""
+        while missed and missed[-1] >= t:
+            missed.pop()
+        if self._last_time is None or t > self._last_time:
+            return False
+        log.warning("bar.released_again", time=t, last=self._last_time, rule="already stepped")
+        return True
 
     def _late_bar_deadline(self, t: datetime) -> datetime | None:
         """Until when the released bar `t` may still trade if it arrives late (the clock's

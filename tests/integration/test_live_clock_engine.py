@@ -30,14 +30,15 @@ class FakeTime:
         return self.t
 
 
-def _engine(engine_config, now: FakeTime):  # type: ignore[no-untyped-def]
-    """A live engine warmed up through BEFORE, its clock releasing LABEL at `now`."""
+def _engine(engine_config, now: FakeTime, delay_s: float = 5, move=None):  # type: ignore[no-untyped-def]
+    """A live engine warmed up through BEFORE, its clock releasing LABEL at `now`; each
+    heartbeat moves the time on by STEP, or to `move(now)`."""
     from tradingd.app import build_engine
 
     panel = make_panel(n_bars=90, split_at=None)
     config = dataclasses.replace(
         engine_config,
-        live=LiveConfig(delay_s=5),
+        live=LiveConfig(delay_s=delay_s),
         run=dataclasses.replace(engine_config.run, start=LABEL.date().isoformat(), run_id="t-l"),
     )
     engine = build_engine(config, "live", panel=panel)
@@ -46,7 +47,7 @@ def _engine(engine_config, now: FakeTime):  # type: ignore[no-untyped-def]
 
     async def tick_and_move_on() -> None:
         await tick()
-        now.t += STEP
+        now.t = now.t + STEP if move is None else move(now.t)
 
     clock._tick = tick_and_move_on  # type: ignore[method-assign]
     engine.clock = clock
@@ -126,3 +127,28 @@ def test_a_late_bar_may_trade_until_the_next_sessions_open():
     thursday = datetime(2020, 4, 9, tzinfo=UTC)  # Good Friday closed: Monday's open
     assert clock.trade_deadline(thursday) == datetime(2020, 4, 13, 13, 30, tzinfo=UTC)
     assert LiveClock(LiveConfig(bars_per_second=1.0), [LABEL]).trade_deadline(LABEL) is None
+
+
+async def test_a_bar_released_again_after_the_wall_clock_stepped_back_trades_once(engine_config):
+    """The wall clock jumps past Tuesday's close and back: Tuesday's bar, released early, is
+    not there (bar.unavailable), comes at its time on the heartbeat and trades; the clock's
+    release of it at its real time then steps nothing."""
+    now = FakeTime(datetime(2020, 4, 14, 12, tzinfo=UTC))
+    close = datetime(2020, 4, 14, 20, tzinfo=UTC)
+    steps = [close + timedelta(hours=1), close - timedelta(minutes=1)]  # ahead, then back
+
+    def move(t: datetime) -> datetime:  # minutes around the close: asked again within them
+        if steps:
+            return steps.pop(0)
+        return t + (timedelta(minutes=1) if t < close + timedelta(hours=1) else STEP)
+
+    # delay_s 30 minutes: the vendor posts at the close, before the clock's 20:30 release.
+    engine, stepped = _engine(engine_config, now, delay_s=1800, move=move)
+    _late_source(engine, now, lambda: now.t >= close)
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    assert [t for t, _ in stepped if t >= LABEL] == [LABEL, NEXT]
+    assert dict(stepped)[LABEL] is None
+    events = [e["event"] for e in logs]
+    assert "clock.stepped_back" in events and "bar.arrived_late" in events
+    assert [e["time"] for e in logs if e["event"] == "bar.released_again"] == [LABEL]

@@ -5,6 +5,7 @@ from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
+from structlog.testing import capture_logs
 
 from tradingd.clock.calendar import CalendarRangeError, ExchangeCalendar
 from tradingd.clock.live import LiveClock
@@ -176,7 +177,7 @@ async def test_missed_firings_release_every_closed_bar_once():
         assert drain(clock) == [d(2024, 11, 27), d(2024, 11, 29), d(2024, 12, 2)]
         assert clock.fired == 2
         assert clock.next_release_at == u(2024, 12, 3, 21, 5)
-        now.t = d(2024, 12, 2)  # the wall clock stepped back: nothing is released twice
+        now.t = u(2024, 12, 3, 20)  # the wall clock stepped back: nothing is released twice
         await clock._tick()
         assert drain(clock) == []
     finally:
@@ -216,6 +217,38 @@ async def test_a_backward_step_of_the_wall_clock_does_not_stop_the_heartbeat(mon
     finally:
         await clock.stop()
     assert clock._heartbeat is None
+
+
+async def test_a_bar_released_by_a_forward_step_of_the_wall_clock_is_released_again():
+    """The wall clock jumped ahead past Tuesday's close, released that bar (its fetch found
+    none), and came back: the watermark stayed on it, and its real release was skipped."""
+    now = FakeTime(u(2024, 11, 26, 15))
+    clock = LiveClock(LiveConfig(delay_s=300), now=now)
+    await clock.start()
+    try:
+        now.t = u(2024, 11, 26, 21, 6)  # hours ahead: Tuesday's bar, then Wednesday's
+        await clock._tick()
+        assert drain(clock) == [d(2024, 11, 26)]
+        now.t = u(2024, 11, 27, 21, 6)
+        await clock._tick()
+        assert list(clock._pending) == [d(2024, 11, 27)]  # not taken yet: dropped below
+        with capture_logs() as logs:
+            now.t = u(2024, 11, 26, 15, 1)
+            await clock._tick()
+        assert drain(clock) == []
+        [stepped] = [e for e in logs if e["event"] == "clock.stepped_back"]
+        assert stepped["released_early"] == [
+            d(2024, 11, 26).isoformat(),
+            d(2024, 11, 27).isoformat(),
+        ]
+        assert stepped["behind_s"] == (u(2024, 11, 27, 21, 5) - now.t).total_seconds()
+        assert clock.last_released is None and clock.next_release_at == u(2024, 11, 26, 21, 5)
+        now.t = u(2024, 11, 26, 21, 5)
+        await clock._tick()
+        assert drain(clock) == [d(2024, 11, 26)]
+        assert clock.last_released == d(2024, 11, 26)
+    finally:
+        await clock.stop()
 
 
 async def test_resume_after_releases_the_backlog_at_start():
