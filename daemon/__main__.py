@@ -1330,7 +1330,9 @@ def starting_status(daemon: Any) -> dict[str, Any]:
     unknown = ("run_id", "mode", "equity", "cash", "drawdown", "positions", "open_orders")
     later = ("last_bar_time", "model_version", "trading_state", "resumed_from")
     return {
-        **dict.fromkeys(unknown + later + ("catching_up_to", "alerts")),
+        **dict.fromkeys(
+            unknown + later + ("catching_up_to", "alerts", "next_bar_release", "market_open")
+        ),
         "bars": 0,
         "phase": daemon.phase,
     }

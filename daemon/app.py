@@ -1407,8 +1407,18 @@ def health_inputs(
 
     alerter = getattr(engine, "alerter", None)
 
+    def next_bar() -> tuple[datetime | None, bool | None]:
+        # Read at each call: a test or the daemon may put the live clock in after this.
+        release = getattr(engine.clock, "next_release_at", None)
+        market_open = getattr(engine.clock, "market_open", None)
+        return (
+            release.astimezone(UTC) if isinstance(release, datetime) else None,
+            market_open() if callable(market_open) else None,
+        )
+
     def status() -> dict[str, Any]:
         p = engine.portfolio
+        release, market_open = next_bar()
         return {
             "run_id": engine.run.run_id,
             "mode": engine.run.mode,
@@ -1433,6 +1443,8 @@ def health_inputs(
                 for o in engine.broker.open_orders()
             ],
             "last_bar_time": engine.last_bar_time,
+            "next_bar_release": release,
+            "market_open": market_open,
             "bars": engine.bars_processed,
             "model_version": engine.signal_source,
             "trading_state": engine.trading_state,

@@ -186,6 +186,15 @@ class LiveClock:
     def heartbeat_s(self) -> float:
         return self._heartbeat_s
 
+    def market_open(self) -> bool | None:
+        """Whether the exchange trades now, for /status: an operator reading a quiet daemon
+        wants to tell "closed" from "stuck". None when accelerated (its bars have no relation
+        to the calendar) or before `start()` built the calendar (building it here would block
+        the event loop about half a second)."""
+        if self.accelerated or self._exchange is None:
+            return None
+        return self._exchange.is_open(self._now())
+
     def now(self) -> datetime:
         """The clock's current instant (the injected `now`, the wall clock in production)."""
         return self._now()

@@ -152,3 +152,33 @@ async def test_a_bar_released_again_after_the_wall_clock_stepped_back_trades_onc
     events = [e["event"] for e in logs]
     assert "clock.stepped_back" in events and "bar.arrived_late" in events
     assert [e["time"] for e in logs if e["event"] == "bar.released_again"] == [LABEL]
+
+
+async def test_status_says_when_the_next_bar_is_released_and_whether_the_market_is_open(
+    engine_config,
+):
+    """/status never said when the next bar was due nor whether the exchange trades now: a
+    daemon quiet all night looked the same as a stuck one."""
+    from tradingd.app import build_engine, health_inputs
+    from tradingd.health.server import public
+
+    now = FakeTime(datetime(2020, 4, 14, 15, tzinfo=UTC))  # Tuesday, 11:00 in New York
+    engine, _ = _engine(engine_config, now)
+    _checks, status, _controls = health_inputs(engine)
+    clock = engine.clock
+    await clock.start()
+    try:
+        # Tuesday's bar closes 16:00 New York (20:00 UTC) and is released delay_s later.
+        assert status()["next_bar_release"] == datetime(2020, 4, 14, 20, 0, 5, tzinfo=UTC)
+        assert status()["market_open"] is True
+        assert public(status())["next_bar_release"] == "2020-04-14T20:00:05+00:00"
+        now.t = datetime(2020, 4, 14, 21, tzinfo=UTC)  # closed; the heartbeat arms Wednesday
+        await clock._tick()
+        assert status()["market_open"] is False
+        assert status()["next_bar_release"] == datetime(2020, 4, 15, 20, 0, 5, tzinfo=UTC)
+    finally:
+        await clock.stop()
+    replay = build_engine(engine_config, "backtest", panel=make_panel(n_bars=90, split_at=None))
+    _checks, replay_status, _controls = health_inputs(replay)
+    assert replay_status()["next_bar_release"] is None
+    assert replay_status()["market_open"] is None
