@@ -181,7 +181,9 @@ class EngineResult:
     warmup_bars: int = 0
     # First bar at which at least one symbol had every feature its plugins need.
     first_ready: datetime | None = None
-    # Live bars the source never delivered (lost, or still missing at the end): not traded.
+    # Live bars released but never traded: lost, still missing at the end, or delivered
+    # only after they could trade (recovered untraded): decisions a backtest made and this
+    # run did not.
     bars_never_traded: int = 0
 
     def __repr__(self) -> str:
@@ -462,9 +464,11 @@ class Engine:
         self.rejections = RejectionRecord(explain=self._explain_rejection)
         self.broker_failures = 0
         self.bars_unavailable = 0
-        # Live bars the source never delivered, neither at their release nor before a newer
-        # bar (`bar.lost`), and those still missing when the run ends: never traded.
+        # Live bars released but never traded: the source delivered them neither at their
+        # release nor before a newer bar (`bar.lost`), still missing when the run ends, or
+        # only after they could trade (`bar.recovered`, of which `_recovered_untraded`).
         self.bars_never_traded = 0
+        self._recovered_untraded = 0
         # Operator controls (POST /pause, /resume, /flatten): active | paused | flattening.
         # In every checkpoint, and stored when a control answers (set_trading_state).
         self.trading_state = "active"
@@ -1728,10 +1732,12 @@ class Engine:
         return why
 
     def _warn_of_untraded_bars(self, missed: deque[datetime]) -> None:
-        """At the run's end: the bars the source never delivered (still missing now, plus
-        those lost earlier) in one warning and in the summary. A run whose last bars were
-        all unavailable (a vendor's circuit open) ended "run finished", each bar logged
-        once as unavailable and nothing saying they were never traded."""
+        """At the run's end: the bars never traded (still missing now, plus those lost or
+        recovered untraded earlier) in one warning and in the summary. A run whose last bars
+        were all unavailable (a vendor's circuit open) ended "run finished", each bar logged
+        once as unavailable and nothing saying they were never traded; one whose bars came
+        too late to trade counted none of them, and a comparison with a backtest found
+        decisions missing that nothing had reported."""
         self.bars_never_traded += len(missed)
         if not self.bars_never_traded:
             return
@@ -1739,9 +1745,11 @@ class Engine:
             "run.bars_never_traded",
             bars=self.bars_never_traded,
             still_missing=len(missed),
+            recovered_untraded=self._recovered_untraded,
             first_missing=missed[0] if missed else None,
             last_missing=missed[-1] if missed else None,
-            hint="the data source did not deliver these bars (bar.unavailable): nothing was "
+            hint="the data source did not deliver these bars in time to trade (bar.unavailable; "
+            "recovered_untraded of them came later and were stepped untraded): nothing was "
             "decided or ordered on them; check the source's errors in the log and /metrics",
         )
         missed.clear()
@@ -1766,6 +1774,8 @@ class Engine:
             if bar is None:
                 continue
             log.info("bar.recovered", time=t)
+            self.bars_never_traded += 1  # a decision this run did not make: said at its end
+            self._recovered_untraded += 1
             self.on_heartbeat(busy=True)  # each a bar's work: /health sees it going on
             async with self._bar_lock:
                 await self.step(bar, False)

@@ -121,6 +121,29 @@ async def test_a_late_bar_that_comes_after_the_next_open_is_recovered_without_tr
     assert [e["time"] for e in logs if e["event"] == "bar.recovered"] == [LABEL]
 
 
+async def test_a_bar_recovered_untraded_counts_as_never_traded(engine_config, tmp_path):
+    """A bar that came only after it could trade was stepped untraded, yet the run ended
+    with `bars_never_traded` 0 and no warning: a quant comparing the run with a backtest
+    found a decision missing that nothing reported."""
+    import json
+    import sqlite3
+
+    now = FakeTime(datetime(2020, 4, 14, 20, 0, 5, tzinfo=UTC))
+    engine, stepped = _engine(engine_config, now)
+    _late_source(engine, now, lambda: now.t >= NEXT_OPEN)
+    with capture_logs() as logs:
+        result = await engine.run_until_done()
+    untraded = [t for t, trade in stepped if t >= LABEL and trade is False]
+    assert untraded == [LABEL] and result.bars_never_traded == len(untraded)
+    [warned] = [e for e in logs if e["event"] == "run.bars_never_traded"]
+    assert warned["bars"] == warned["recovered_untraded"] == 1 and warned["still_missing"] == 0
+    [stop] = [e for e in logs if e["event"] == "engine.stop"]
+    assert stop["bars_never_traded"] == 1
+    with sqlite3.connect(tmp_path / "store.db") as con:
+        (summary,) = con.execute("select summary from runs").fetchone()
+    assert json.loads(summary)["bars_never_traded"] == 1
+
+
 def test_a_late_bar_may_trade_until_the_next_sessions_open():
     clock = LiveClock(LiveConfig(delay_s=5), now=FakeTime(LABEL))
     assert clock.trade_deadline(LABEL) == NEXT_OPEN
