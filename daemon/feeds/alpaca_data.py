@@ -341,7 +341,13 @@ class AlpacaDataClient:
             "feed": self.feed,
         }
         label = symbols[0] if len(symbols) == 1 else f"{len(symbols)}symbols"
-        key = cache_key(SOURCE, label, interval.name, request) if end_close <= now else None
+        # No base_url: alpaca-py's own (BaseURL.DATA), named so a fake's answers stay apart.
+        endpoint = self.base_url or "https://data.alpaca.markets"
+        key = (
+            cache_key(SOURCE, label, interval.name, request, base_url=endpoint)
+            if end_close <= now
+            else None
+        )
         text: str | None = None
         fetched_at = now
         if key is not None:

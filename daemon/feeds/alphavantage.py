@@ -381,7 +381,11 @@ class AlphaVantageClient:
         for month in months:
             params = self._params(symbol, interval, outputsize, month)
             request = dict(params) | {"end": end.isoformat()}
-            key = cache_key(SOURCE, symbol, interval.name, request) if end_close <= now else None
+            key = (
+                cache_key(SOURCE, symbol, interval.name, request, base_url=self.base_url)
+                if end_close <= now
+                else None
+            )
             rows, tz, fetched_at = await self.query(params, symbol=symbol, key=key, now=now)
             try:
                 raw = to_raw(rows, interval, tz or self.timezone)

@@ -1,9 +1,13 @@
 """A cache of raw vendor responses, in Redis when it is there and in process when it is not.
 
 Keys name the source and the request without any secret: `md:<source>:<symbol>:<interval>:`
-followed by a SHA-256 digest of the canonical request (the clients never put a key, a token
-or a secret into the request description they pass; the digest also keeps stray values out of
-sight). Values are the response bodies as bytes, so a parser fix applies to cached entries too.
+followed by a SHA-256 digest of the vendor's endpoint (`endpoint`: the base URL's scheme, host,
+port and path, without credentials or query) and the canonical request (the clients never put
+a key, a token or a secret into the request description they pass; the digest also keeps
+stray values out of sight). Without the endpoint, two feeds of one source on different
+endpoints (a staging fake and the real vendor, two data plans' hosts) sharing a Redis
+database were served each other's answers. Values are the response bodies as bytes, so a
+parser fix applies to cached entries too.
 
 Which responses may be cached (decided by the clients, documented here once): only a request
 whose window is entirely **closed** at `now`, i.e. the close of its last bar label has passed.
@@ -36,6 +40,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -113,15 +118,44 @@ def held_writes() -> Iterator[HeldWrites]:
 DEFAULT_TTL_S = 3600.0
 
 
-def cache_key(source: str, symbol: str, interval: str, request: Mapping[str, Any]) -> str:
-    """`md:<source>:<symbol>:<interval>:<digest>`; `request` must not hold secrets (a value
-    under a secret-sounding name is refused, so a mistake fails loudly in tests)."""
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def endpoint(base_url: str) -> str:
+    """The part of a vendor's base URL that decides its answers, in one spelling: scheme,
+    lower-cased host, port (unless the scheme's default), path without a trailing slash.
+    User, password, query and fragment are left out: credentials never reach a cache key,
+    and the same endpoint with another token is the same data."""
+    parts = urlsplit(base_url.strip())
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    try:
+        port = parts.port
+    except ValueError:  # not a port: the request fails anyway, and caches nothing
+        port = None
+    if port is not None and port != _DEFAULT_PORTS.get(parts.scheme):
+        host = f"{host}:{port}"
+    return f"{parts.scheme}://{host}{parts.path.rstrip('/')}"
+
+
+def cache_key(
+    source: str, symbol: str, interval: str, request: Mapping[str, Any], *, base_url: str
+) -> str:
+    """`md:<source>:<symbol>:<interval>:<digest>` of `endpoint(base_url)` and `request`;
+    `request` must not hold secrets (a value under a secret-sounding name is refused, so a
+    mistake fails loudly in tests)."""
     for name in request:
         low = str(name).lower()
         if any(part in low for part in ("apikey", "api_key", "secret", "token", "password")):
             raise ValueError(f"cache key request field {name!r} looks like a secret")
     canonical = json.dumps(
-        {str(k): request[k] for k in sorted(request, key=str)}, sort_keys=True, default=str
+        {
+            "endpoint": endpoint(base_url),
+            "request": {str(k): request[k] for k in sorted(request, key=str)},
+        },
+        sort_keys=True,
+        default=str,
     )
     digest = hashlib.sha256(canonical.encode()).hexdigest()[:32]
     return f"md:{source}:{symbol}:{interval}:{digest}"

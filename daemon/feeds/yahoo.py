@@ -391,7 +391,11 @@ class YahooClient:
             )
         request = {k: v for k, v in params.items()} | {"end": end.isoformat()}
         # Cache only a window whose last bar has closed (see response_cache.py).
-        key = cache_key(SOURCE, symbol, interval.name, request) if end_close <= now else None
+        key = (
+            cache_key(SOURCE, symbol, interval.name, request, base_url=self.base_url)
+            if end_close <= now
+            else None
+        )
         result, fetched_at = await self.chart(symbol, params, key=key, now=now)
         later: list[tuple[date, float]] = []
         if self.session.today(now) > end.date():

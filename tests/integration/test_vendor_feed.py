@@ -81,7 +81,7 @@ def stored_panel(book: BarBook, symbols, first: date, last: date) -> Panel:
     return Panel.from_long(validate_frame(pd.DataFrame(rows), source="stored", symbol=None))
 
 
-def source_for(kind: str, fake, clock=None, **cfg):
+def source_for(kind: str, fake, clock=None, cache: ResponseCache | None = None, **cfg):
     cfg = {"max_attempts": 2, "backoff_base_s": 0.0, "timeout_s": 1.0, **cfg}
     caller = ResilientCaller(
         kind if kind != "alpaca" else "alpaca",
@@ -91,10 +91,10 @@ def source_for(kind: str, fake, clock=None, **cfg):
     )
     now = lambda: fake.book.now  # noqa: E731
     if kind == "yahoo":
-        return YahooClient(base_url=fake.url, caller=caller, clock=now)
+        return YahooClient(base_url=fake.url, caller=caller, clock=now, cache=cache)
     if kind == "alphavantage":
         return AlphaVantageClient(
-            api_key=AV_KEY, base_url=fake.url, caller=caller, clock=now, adjusted=True
+            api_key=AV_KEY, base_url=fake.url, caller=caller, clock=now, adjusted=True, cache=cache
         )
     return AlpacaDataClient(
         api_key="kid-123456",
@@ -103,6 +103,7 @@ def source_for(kind: str, fake, clock=None, **cfg):
         caller=caller,
         clock=now,
         sdk_retry_wait_s=0,
+        cache=cache,
     )
 
 
@@ -419,10 +420,64 @@ async def test_responses_cached_in_redis_with_expiry(yahoo, redis_url):
 
 
 def test_cache_keys_refuse_secrets():
-    key = cache_key("alphavantage", "IBM", "1d", {"function": "TIME_SERIES_DAILY"})
+    url = "https://www.alphavantage.co"
+    key = cache_key("alphavantage", "IBM", "1d", {"function": "TIME_SERIES_DAILY"}, base_url=url)
     assert key.startswith("md:alphavantage:IBM:1d:")
     with pytest.raises(ValueError, match="secret"):
-        cache_key("alphavantage", "IBM", "1d", {"apikey": "x"})
+        cache_key("alphavantage", "IBM", "1d", {"apikey": "x"}, base_url=url)
+
+
+class _Dearer(BarBook):
+    """Another vendor's data: every price twice the book's."""
+
+    def value(self, symbol: str, t: datetime) -> float:
+        return 2 * super().value(symbol, t)
+
+
+@pytest.mark.parametrize("kind", ["yahoo", "alphavantage", "alpaca"])
+async def test_two_endpoints_sharing_a_cache_each_get_their_own_answers(kind):
+    """The key left out the base URL: a feed on a second endpoint (a staging fake, another
+    data plan's host) sharing the Redis database was served the first one's answers."""
+    cache = ResponseCache()
+    await cache.start()
+    first, second = fake_for(kind, BarBook(now=NOW)), fake_for(kind, _Dearer(now=NOW))
+    async with first, second:
+        a = source_for(kind, first, cache=cache)
+        b = source_for(kind, second, cache=cache)
+        await a.start()
+        await b.start()
+        try:
+            window = (["AAA"], "1d", utc(2024, 3, 1), utc(2024, 3, 5))  # closed: cached
+            mine = (await a.fetch(*window)).for_symbol("AAA")
+            theirs = (await b.fetch(*window)).for_symbol("AAA")
+            again = (await a.fetch(*window)).for_symbol("AAA")
+        finally:
+            await a.stop()
+            await b.stop()
+            await cache.stop()
+    assert len(mine) == 3 and cache.hits >= 1  # the second fetch of `a` was the cache's
+    np.testing.assert_allclose(theirs["close"], 2 * mine["close"], atol=0.011)  # cents
+    pd.testing.assert_frame_equal(again, mine)
+
+
+def test_a_cache_key_names_the_endpoint_in_one_spelling_and_without_credentials():
+    from tradingd.feeds.response_cache import endpoint
+
+    request = {"interval": "1d", "range": "5d"}
+
+    def key(url: str) -> str:
+        return cache_key("yahoo", "AAA", "1d", request, base_url=url)
+
+    plain = key("https://query2.example.com/v1")
+    assert key("HTTPS://Query2.EXAMPLE.com:443/v1/") == plain
+    assert key("https://user:hunter2@query2.example.com/v1?apikey=SECRET123") == plain
+    assert key("https://query2.example.com:8443/v1") != plain
+    assert key("https://query2.example.com/v2") != plain
+    assert key("http://query2.example.com/v1") != plain
+    assert key("https://query1.example.com/v1") != plain
+    assert endpoint("https://user:hunter2@Host.example.com:8443/p/?apikey=SECRET123#x") == (
+        "https://host.example.com:8443/p"
+    )
 
 
 # ----------------------------------------------------------------------------- collector
