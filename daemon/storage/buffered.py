@@ -1159,6 +1159,10 @@ class BufferedStore(ABC):
         }
 
     def _due(self) -> bool:
+        return self._full() or time.monotonic() - self._last_flush >= self.flush_interval_s
+
+    def _full(self) -> bool:
+        """A buffer holds `batch_size` rows: written now, whatever else waits (memory)."""
         bs = self.batch_size
         c = self._counts
         return (
@@ -1167,8 +1171,12 @@ class BufferedStore(ABC):
             or c["equity"] >= bs
             or c["orders"] >= bs
             or c["fills"] >= bs
-            or time.monotonic() - self._last_flush >= self.flush_interval_s
         )
+
+    def _hold(self) -> bool:
+        """A write the interval made due waits in the buffers, for a writer that is not
+        ready yet (see SqliteStore); a full buffer is written all the same."""
+        return False
 
     def _take(self) -> dict[str, list[Any]]:
         """Every buffer's chunks (the buffers are left empty); {} when nothing is buffered."""
@@ -1195,7 +1203,7 @@ class BufferedStore(ABC):
         cheap otherwise. A write that failed in the background raises here (at the next bar),
         or at flush/settle/stop, with its rows back in the buffers. See `_write_behind`."""
         await self._reap()
-        if self._due():
+        if self._due() and not self._hold():
             self._last_flush = time.monotonic()
             await self._write_behind()
 

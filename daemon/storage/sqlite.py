@@ -295,6 +295,16 @@ class SqliteStore(BufferedStore):
                 # starting: the engine waits, as if it wrote the batch itself.
                 await self._wait_thread()
 
+    def _hold(self) -> bool:
+        """A replay's writer process still starting (its interpreter and imports, 0.2-0.3 s
+        of a core, begun when the engine was built): a batch the interval made due stays in
+        the buffers until the process has answered, and goes to it then. Written on the
+        thread instead, the engine waited for it as if it wrote it itself: 50-60 ms of a
+        100-symbol replay of 0.75 s whenever the set-up was quicker than the process's
+        start-up (benchmarks/replay.py). A full buffer is still written on the thread, so
+        what waits stays within `batch_size` rows a table."""
+        return self._child is not None and self._ready_child() is None and not self._full()
+
     def _ready_child(self) -> ChildWriter | None:
         """The writer process, once it has answered its first job (past its start-up; its
         connection, `child_open`, is a job sent before any batch, and jobs run in order):

@@ -417,6 +417,9 @@ async def test_rows_are_written_once_the_flush_interval_has_passed(
     await store.start()
     try:
         await store.begin_run(run_info())
+        # The replay's writer process has started: until then a batch the interval makes
+        # due waits for it (SqliteStore._hold; test_store_process covers that).
+        store._child.sync()
         await store.flush()
         store.record_equity("r1", T0, 1.0, 1.0, 0.0, 0.0)
         now[0] += 4.9

@@ -155,6 +155,39 @@ async def test_a_replay_writes_on_the_thread_until_its_process_has_started(tmp_p
         await store.stop()
 
 
+async def test_a_batch_due_by_the_interval_waits_for_a_starting_process(tmp_path, monkeypatch):
+    """A replay's writer process still starting: a batch the interval made due stays in the
+    buffers (the engine neither writes it nor waits for the thread), and the process takes
+    it once it has answered; a full buffer is still written at once (memory)."""
+    store = SqliteStore(tmp_path / "s.db", batch_size=3, flush_interval_s=0.0)
+    await store.start()
+    try:
+        await store.begin_run(run_info())
+        child = store._child
+        assert child is not None and child.pending == 1  # its start, not answered yet
+        monkeypatch.setattr(ChildWriter, "reap", lambda self: None)  # still starting
+        record_bar(store, 0)
+        await store.maybe_flush()  # due (interval 0), held
+        assert count(tmp_path / "s.db", "equity") == 0
+        assert store.pending()["equity"] == 1 and not store._in_flight
+        record_bar(store, 1)
+        record_bar(store, 2)  # 3 rows: a full buffer
+        await store.maybe_flush()
+        assert count(tmp_path / "s.db", "equity") == 3  # written by the thread, at once
+        record_bar(store, 3)
+        await store.maybe_flush()
+        assert count(tmp_path / "s.db", "equity") == 3  # held again
+        monkeypatch.undo()
+        assert child._in.poll(60)  # the process has started and answered (not yet read)
+        await store.maybe_flush()  # the answer is read: the process takes the batch
+        assert store._child_ready and store.pending()["equity"] == 0
+        await store.flush()
+        assert count(tmp_path / "s.db", "equity") == 4
+        assert len(await store.fetch("fills", "r1")) == 4
+    finally:
+        await store.stop()
+
+
 async def test_a_prestarted_process_is_past_its_imports_and_takes_the_first_batch(
     tmp_path, monkeypatch
 ):
