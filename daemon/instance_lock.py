@@ -79,15 +79,23 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import asyncpg
 import structlog
 
 from .core.errors import ConfigError, StorageError
+from .core.lazy import LazyModule
 from .secrets import mask_url, scrub
 from .storage.factory import sqlite_path
+
+if TYPE_CHECKING:
+    import asyncpg
+else:
+    # Imported at the first use of a PostgreSQL lock: a backtest into a SQLite file takes
+    # its run lock from here (app._run_lock) and never needs asyncpg, whose import was most
+    # of that command's set-up (about 30 ms, 77 million instructions, benchmarks/replay.py).
+    asyncpg = LazyModule("asyncpg")
 
 log = structlog.get_logger(__name__)
 
@@ -100,15 +108,23 @@ _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 _DDL_KEY = int.from_bytes(
     hashlib.sha256(b"tradingd instance table ddl").digest()[:8], "big", signed=True
 )
-# InternalClientError: what asyncpg raises on a connection whose server ended the session
-# unasked (pg_terminate_backend, a server restart) before it noticed the socket closing.
-_PG_ERRORS = (
-    asyncpg.PostgresError,
-    asyncpg.InterfaceError,
-    asyncpg.InternalClientError,
-    OSError,
-    asyncio.TimeoutError,
-)
+
+
+def _pg_errors() -> tuple[type[BaseException], ...]:
+    """What a PostgreSQL lock's calls may raise. A function, not a module constant: the tuple
+    names asyncpg's classes, which imports asyncpg (see above), and an `except` clause
+    evaluates it only when an exception reaches it. InternalClientError: what asyncpg raises
+    on a connection whose server ended the session unasked (pg_terminate_backend, a server
+    restart) before it noticed the socket closing."""
+    return (
+        asyncpg.PostgresError,
+        asyncpg.InterfaceError,
+        asyncpg.InternalClientError,
+        OSError,
+        asyncio.TimeoutError,
+    )
+
+
 # Server-side TCP keepalive of the lock session: a holder whose host died without closing the
 # connection is noticed (and its lock freed) after about idle + interval * count seconds.
 _KEEPALIVE = {
@@ -346,7 +362,7 @@ class PostgresInstanceLock(InstanceLock):
                 command_timeout=self._command_timeout,
                 server_settings={"application_name": "tradingd instance lock", **_KEEPALIVE},
             )
-        except _PG_ERRORS as e:
+        except _pg_errors() as e:
             raise self._storage_error("instance lock: cannot connect to", e) from e
 
     async def _take(self) -> None:
@@ -358,14 +374,14 @@ class PostgresInstanceLock(InstanceLock):
             if not got:
                 try:
                     holder = await self._holder(conn)
-                except _PG_ERRORS as e:  # naming the holder is a courtesy, the refusal is not
+                except _pg_errors() as e:  # naming the holder is a courtesy, the refusal is not
                     holder = {"unknown": f"cannot read who: {type(e).__name__}"}
                 raise self._refuse(holder)
             await self._record(conn)
         except AnotherDaemonRunning:
             await self._close(conn)
             raise
-        except _PG_ERRORS as e:
+        except _pg_errors() as e:
             conn.terminate()
             raise self._storage_error("instance lock: failed on", e) from e
         except BaseException:
@@ -480,7 +496,7 @@ class PostgresInstanceLock(InstanceLock):
                         self.key,
                     )
                     await conn.fetchval("SELECT pg_advisory_unlock($1::bigint)", self.key)
-                except _PG_ERRORS as e:
+                except _pg_errors() as e:
                     log.warning("instance_lock.release_failed", error=scrub(str(e), self._url))
             await self._close(conn)
             log.info("instance_lock.released", **self.describe())
@@ -488,7 +504,7 @@ class PostgresInstanceLock(InstanceLock):
     async def _close(self, conn: asyncpg.Connection) -> None:
         try:
             await asyncio.wait_for(conn.close(), self._connect_timeout)
-        except _PG_ERRORS:
+        except _pg_errors():
             conn.terminate()
         except asyncio.CancelledError:
             conn.terminate()

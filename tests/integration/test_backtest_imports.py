@@ -17,6 +17,9 @@ from pathlib import Path
 # backtest on the default XNYS calendar needs none of it (0.3 s of import and a calendar
 # build that made the replay benchmark's set-up 0.5 s instead of 0.02 s).
 LIVE_ONLY = ("redis", "aiohttp", "apscheduler", "exchange_calendars")
+# asyncpg: the PostgreSQL client; a backtest into a SQLite file takes its run lock as a lock
+# file and never talks to PostgreSQL (its import was most of the replay benchmark's set-up).
+POSTGRES_ONLY = ("asyncpg",)
 
 SCRIPT = """
 import json, sys
@@ -77,7 +80,7 @@ output_dir = "{(tmp_path / "runs").as_posix()}"
 source = "bundled"
 """,
     )
-    summary, answer = _backtest(cfg, LIVE_ONLY)
+    summary, answer = _backtest(cfg, LIVE_ONLY + POSTGRES_ONLY)
     # The run traded: the test is about a real backtest, not an import of the CLI alone.
     assert summary["orders"] > 0
     assert answer["loaded"] == []
