@@ -10,18 +10,16 @@ matched the broker). No test sleeps for a fixed time: each waits for a condition
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 import pytest
-from conftest import make_panel
 from fakes.alpaca_trading_server import AlpacaTradingFake, running_fake
+from live_on_fake import live_on_fake
 from structlog.testing import capture_logs
 
 from tradingd.app import build_engine
-from tradingd.config import AlpacaConfig, LiveConfig
 
 RUN = "foreign-check"
 BY_HAND = "by-hand-1"
@@ -34,22 +32,7 @@ def fake(monkeypatch):
 
 
 def _live(engine_config, fake: AlpacaTradingFake):  # type: ignore[no-untyped-def]
-    panel = make_panel(n_bars=90, split_at=None)
-    return panel, dataclasses.replace(
-        engine_config,
-        # Reconciled at the start only; its second check at once.
-        live=LiveConfig(bars_per_second=400.0, reconcile_confirm_s=0.01),
-        run=dataclasses.replace(
-            engine_config.run, start=panel.datetimes()[60].date().isoformat(), run_id=RUN
-        ),
-        broker=dataclasses.replace(
-            engine_config.broker,
-            kind="alpaca",
-            alpaca=AlpacaConfig(
-                base_url=fake.url, stream_url=fake.stream_url, poll_interval_s=0.05
-            ),
-        ),
-    )
+    return live_on_fake(engine_config, fake, RUN)
 
 
 def _place_by_hand(fake: AlpacaTradingFake, symbol: str) -> None:

@@ -6,20 +6,18 @@ whole live engine runs against the loopback Alpaca; no test sleeps for a fixed t
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sqlite3
 from typing import Any
 
 import pytest
-from conftest import make_panel
 from fakes.alpaca_trading_server import AlpacaTradingFake, running_fake
+from live_on_fake import live_on_fake
 from structlog.testing import capture_logs
 
 from tradingd.app import build_engine
-from tradingd.config import AlpacaConfig, LiveConfig
 
-RUN = "fixlive-foreign"
+RUN = "foreign-restart"
 BY_HAND = "by-hand-7"
 
 
@@ -30,21 +28,7 @@ def fake(monkeypatch):
 
 
 def _live(engine_config, fake: AlpacaTradingFake):  # type: ignore[no-untyped-def]
-    panel = make_panel(n_bars=90, split_at=None)
-    return panel, dataclasses.replace(
-        engine_config,
-        live=LiveConfig(bars_per_second=400.0, reconcile_confirm_s=0.01),
-        run=dataclasses.replace(
-            engine_config.run, start=panel.datetimes()[60].date().isoformat(), run_id=RUN
-        ),
-        broker=dataclasses.replace(
-            engine_config.broker,
-            kind="alpaca",
-            alpaca=AlpacaConfig(
-                base_url=fake.url, stream_url=fake.stream_url, poll_interval_s=0.05
-            ),
-        ),
-    )
+    return live_on_fake(engine_config, fake, RUN)
 
 
 def _checkpoint(db: Any) -> dict[str, Any]:

@@ -1,0 +1,33 @@
+"""A live run on the Alpaca fake, as the live-account tests start it (foreign orders, edited
+orders, a flatten in a blocked symbol, a restart): one place, so a change to how such a run
+is configured reaches every one of them."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from conftest import make_panel
+from fakes.alpaca_trading_server import AlpacaTradingFake
+
+from tradingd.config import AlpacaConfig, LiveConfig
+
+
+def live_on_fake(engine_config: Any, fake: AlpacaTradingFake, run_id: str) -> tuple[Any, Any]:
+    """90 bars, trading from the 61st, at 400 bars a second against `fake`, reconciled at
+    the start with its second check at once (`reconcile_confirm_s` 0.01)."""
+    panel = make_panel(n_bars=90, split_at=None)
+    return panel, dataclasses.replace(
+        engine_config,
+        live=LiveConfig(bars_per_second=400.0, reconcile_confirm_s=0.01),
+        run=dataclasses.replace(
+            engine_config.run, start=panel.datetimes()[60].date().isoformat(), run_id=run_id
+        ),
+        broker=dataclasses.replace(
+            engine_config.broker,
+            kind="alpaca",
+            alpaca=AlpacaConfig(
+                base_url=fake.url, stream_url=fake.stream_url, poll_interval_s=0.05
+            ),
+        ),
+    )
