@@ -73,7 +73,8 @@ def _git(cwd, *args):
     subprocess.run(["git", "-C", str(cwd), *args], check=True, capture_output=True, timeout=30)
 
 
-def test_source_revision_names_the_commit_and_uncommitted_changes(tmp_path):
+def _one_commit_repo(tmp_path):
+    """A git repository at tmp_path/repo with one commit of a.py, and that commit's id."""
     repo = tmp_path / "repo"
     repo.mkdir()
     _git(repo, "init", "-q")
@@ -83,6 +84,11 @@ def test_source_revision_names_the_commit_and_uncommitted_changes(tmp_path):
     head = subprocess.run(
         ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
     ).stdout.strip()
+    return repo, head
+
+
+def test_source_revision_names_the_commit_and_uncommitted_changes(tmp_path):
+    repo, head = _one_commit_repo(tmp_path)
     assert source_revision(repo) == {"commit": head, "uncommitted_changes": False}
     (repo / "a.py").write_text("x = 2\n")
     assert source_revision(repo) == {"commit": head, "uncommitted_changes": True}
@@ -222,15 +228,7 @@ def test_an_installed_copy_names_the_commit_its_build_recorded_and_a_checkout_wi
     _record(installed, commit=None, uncommitted_changes=None, read_from=None)
     assert source_revision(installed) is None  # built without a commit: unknown, as before
 
-    repo = tmp_path / "repo"
-    repo.mkdir()
-    _git(repo, "init", "-q")
-    (repo / "a.py").write_text("x = 1\n")
-    _git(repo, "add", "a.py")
-    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "one")
-    head = subprocess.run(
-        ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, check=True
-    ).stdout.strip()
+    repo, head = _one_commit_repo(tmp_path)
     _record(repo, commit="b" * 40, uncommitted_changes=False, read_from="git checkout")
     assert source_revision(repo) == {"commit": head, "uncommitted_changes": False}
 
