@@ -24,7 +24,7 @@ from .audit import AuditLog, audit_path
 from .brokers.simulated import SimulatedBroker, SimulatedBrokerConfig
 from .cache.factory import open_cache
 from .clock.replay import ReplayClock
-from .config import CACHE_PARAMS, Config, name_origin
+from .config import CACHE_PARAMS, Config, PluginSpec, name_origin
 from .core.errors import ConfigError, ControlRefusedError, DataError, EngineStoppedError
 from .core.lazy import LazyModule
 from .core.ports import Broker, Clock, FeatureSource, Feed, Store
@@ -57,8 +57,15 @@ MODES = ("backtest", "live")
 _OPERATIONAL = frozenset({"health", "log", "cache", "alerts"})
 
 
-def run_id_for(config: Config, mode: str) -> str:
-    """Stable across reruns of the same config: the same decisions get the same order ids."""
+def run_id_for(config: Config, mode: str, inputs: Sequence[Any] | None = None) -> str:
+    """Stable across reruns of the same config: the same decisions get the same order ids.
+
+    A backtest's id also names what its plugins decide from besides their params
+    (`plugin_run_inputs`: the ML plugin's model, by content): with `model_dir` empty a
+    `tradingd retrain` moves `var/models/current`, and the rerun of a config on the new model
+    took the earlier model's id, replacing its record (rows, audit, run folder) and its
+    place in the trial count. `inputs`: those the built plugins report (`run_inputs`), else
+    read from the config. A live run's id names none: it continues across model swaps."""
     if config.run.run_id:
         return config.run.run_id
     # The public (masked) config without its operational sections: a changed password, log
@@ -66,9 +73,62 @@ def run_id_for(config: Config, mode: str) -> str:
     decisive = {k: v for k, v in config.to_public_dict().items() if k not in _OPERATIONAL}
     for section in ("signals", "sizing", "risk"):
         decisive[section] = _without_cache_params(decisive.get(section))
+    if mode == "backtest":
+        inputs = plugin_run_inputs(config) if inputs is None else inputs
+        if inputs:  # (none: the id it always had)
+            decisive["plugin_inputs"] = list(inputs)
     digest = hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()
     digest = digest[:10]
     return f"{config.run.name}-{mode}-{digest}"
+
+
+def _plugin_specs(config: Config) -> list[tuple[str, PluginSpec]]:
+    """Every configured plugin with where it is configured, in the pipeline's order."""
+    return [
+        *((f"signals[{i}]", s) for i, s in enumerate(config.signals)),
+        ("sizing", config.sizing),
+        *((f"risk[{i}]", s) for i, s in enumerate(config.risk)),
+    ]
+
+
+def plugin_run_inputs(config: Config) -> list[dict[str, Any]]:
+    """What the configured plugins would read besides their params, as they would read it
+    now: for each plugin class with a `run_inputs_of(config)` classmethod, its answer (the
+    ML plugin: its model's version and file hashes). A plugin that cannot be found or
+    configured is left out: building it fails, naming it."""
+    from .config import build
+
+    eps = plugin_registry.available()
+    out: list[dict[str, Any]] = []
+    for where, spec in _plugin_specs(config):
+        ep = eps.get(spec.name)
+        try:
+            cls = ep.load() if ep is not None else None
+            of = getattr(cls, "run_inputs_of", None)
+            if not callable(of):
+                continue
+            config_cls: Any = getattr(cls, "Config", None)
+            plugin_config = build(config_cls, dict(spec.params), f"{where}.params")
+        except Exception:  # the build of the pipeline says what is wrong with it
+            continue
+        out.append({"plugin": where, "inputs": of(plugin_config)})
+    return out
+
+
+def pipeline_run_inputs(pipeline: Pipeline, config: Config) -> list[dict[str, Any]]:
+    """`plugin_run_inputs` as the built plugins report it (`run_inputs()`): what the run
+    decides with, even when `var/models/current` was switched while they were built."""
+    plugins = [
+        *(p for p, _ in pipeline.signals),
+        pipeline.sizing,
+        *pipeline.risks,
+    ]
+    out: list[dict[str, Any]] = []
+    for (where, _), plugin in zip(_plugin_specs(config), plugins, strict=True):
+        of = getattr(plugin, "run_inputs", None)
+        if callable(of):
+            out.append({"plugin": where, "inputs": of()})
+    return out
 
 
 def _without_cache_params(plugins: Any) -> Any:
@@ -953,7 +1013,6 @@ def build_engine(
         # The same bars replay alike whether loaded here or passed in (session_bars_only).
         panel = load_data(config) if panel is None else session_bars_only(config, panel)
         symbols = panel.symbols
-    run_id = run_id or run_id_for(config, mode)
     st = config.storage
     store = open_store(
         st.url,
@@ -1041,15 +1100,18 @@ def _assemble(
     config: Config,
     mode: str,
     store: Store,
-    run_id: str,
+    run_id: str | None,
     symbols: tuple[str, ...],
     panel: Panel | None,
     hooks: _Hooks,
     bar: str = "1d",
 ) -> Engine:
-    """build_engine's parts around its store."""
+    """build_engine's parts around its store; `run_id` None: `run_id_for`'s, with the
+    models the plugins loaded (a backtest's id names them)."""
     vendor = mode == "live" and config.feed.source != "recorded"
     pipeline = build_pipeline(config, symbols, bar)
+    if run_id is None:
+        run_id = run_id_for(config, mode, pipeline_run_inputs(pipeline, config))
     if mode != "live":
         prepare_for_replay(pipeline)
     portfolio = Portfolio(symbols, config.run.initial_capital, session_tz=session_zone(config, bar))

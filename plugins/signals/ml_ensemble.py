@@ -72,7 +72,13 @@ import structlog
 
 from tradingd.core.errors import ConfigError
 from tradingd.core.ports import BarContext
-from tradingd.inference.onnx import MODELS, PUBLISHED_MODEL_DIR, EnsemblePredictor, ModelPair
+from tradingd.inference.onnx import (
+    MODELS,
+    PUBLISHED_MODEL_DIR,
+    EnsemblePredictor,
+    ModelCard,
+    ModelPair,
+)
 
 from .live_accuracy import DirectionalAccuracy
 
@@ -345,6 +351,14 @@ def locate_model(model_dir: str, cwd: str | Path | None = None) -> tuple[Path, s
     return default_model_dir(), f"model_dir is empty and there is no {published}: shipped model"
 
 
+def card_identity(card: Mapping[str, Any]) -> dict[str, Any]:
+    """What a model computes, from its card: its version (a fingerprint of both models'
+    outputs and the scaling) and its ONNX files' sha256 (the version is never checked
+    against the files). Not its path: `current` names another model after a retrain."""
+    files = card["files"]
+    return {"model_version": card["model_version"], "sha256": [files[m]["sha256"] for m in MODELS]}
+
+
 # The CPU's vector instruction sets, from /proc/cpuinfo's "flags" (x86) or "Features" (Arm).
 _ISA_FLAG = re.compile(r"^(avx|sse|ssse|fma|f16c|amx|asimd|sve|neon)", re.IGNORECASE)
 
@@ -504,6 +518,19 @@ class MlEnsemble:
 
     def required_features(self) -> tuple[str, ...]:
         return self.features
+
+    @classmethod
+    def run_inputs_of(cls, config: MlEnsembleConfig) -> dict[str, Any]:
+        """The model a plugin built with `config` would load now (`card_identity`): a
+        replay's run id names it (`app.run_id_for`), so that a rerun of one configuration
+        on another published model is another run, not a replacement of the earlier one's
+        record. Reads the card only; the files' hashes are checked when they are loaded."""
+        path, _ = locate_model(config.model_dir)
+        return card_identity(ModelCard.load(path).data)
+
+    def run_inputs(self) -> dict[str, Any]:
+        """`run_inputs_of` for the model this plugin loaded (what its run decided with)."""
+        return card_identity(self.pair.card.data)
 
     def _cache_salt(self) -> np.ndarray:
         """The salt of the loaded model's keys (`cache_salt`): its version, its files' hashes,
