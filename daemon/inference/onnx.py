@@ -13,7 +13,8 @@ Ensemble and confidence (the specification's EnsemblePredictor, made precise):
 - signal = sign(p) when confidence >= threshold (0.55), else 0 (hold).
 
 A model output that is NaN or inf is an error naming the model file (`OnnxModel.run`), never
-a forecast: caught by the warm-up when the model is loaded, it stops a run met later.
+a forecast: caught by the warm-up when the model is loaded (and, for a live reload, by the
+bar's own windows: `ml_ensemble`), it stops a run met later.
 """
 
 from __future__ import annotations

@@ -603,6 +603,8 @@ class MlEnsemble:
             # switched again meanwhile), and an error names the folder to repair.
             pair = ModelPair(target, self.config.threads)
             pair.warm_up(len(self.symbols))
+            if pair.card.feature_set == self.feature_set and pair.card.window == self.window:
+                self._try_held_windows(pair)  # (else refused below, for that reason)
         except Exception as exc:  # keep trading on the model that works
             self._failed = _FailedLoad(target, files, str(exc))
             log.error(
@@ -635,6 +637,24 @@ class MlEnsemble:
         self._salt = self._cache_salt()
         self._defer_cache()  # the new version's file, at its first prediction
         log.info("model.reloaded", version=self.version, path=str(target))
+
+    def _try_held_windows(self, pair: ModelPair) -> None:
+        """The candidate on this bar's real windows, or ConfigError: the warm-up runs it on
+        the card's mean only, and a model finite there but NaN on real inputs was taken up
+        and stopped the daemon at its next prediction (exit 2), then at every restart on
+        the same `current`. Costs one batched call per reload."""
+        full = np.flatnonzero(self._filled >= self.window)
+        if not full.size:
+            return
+        ens = pair.card.data["ensemble"]
+        out = EnsemblePredictor(ens["weights"], ens["residual_std"]).combine_predictions(
+            pair.predict(self._windows(full))  # OnnxModel.run refuses a model's NaN or inf
+        )
+        if not np.isfinite(out).all():  # finite outputs, weighted sum overflowing
+            raise ConfigError(
+                f"the ensemble of the model at {pair.card.path.parent} is not finite for "
+                f"{int((~np.isfinite(out)).sum())} of {len(out)} of this bar's windows"
+            )
 
     def _failed_folder_changed(self) -> bool:
         """Whether the folder of the last failed reload has other files now (a few stats a
@@ -685,8 +705,9 @@ class MlEnsemble:
         self._score_forecasts(ctx, self._no_forecast)
 
     def score(self, ctx: BarContext) -> np.ndarray:
-        self._maybe_reload()
         ready = self._push(ctx)
+        # After the push: a candidate model is tried on this bar's windows before it serves.
+        self._maybe_reload()
         full = np.flatnonzero(ready & (self._filled >= self.window))
         out = np.full(len(self.symbols), np.nan)
         if full.size == 0:
@@ -748,17 +769,38 @@ class MlEnsemble:
         pred, todo = self._lookup(keys)
         self.cache_hits += len(keys) - len(todo)
         if todo.size:
-            ens = self.predictor.combine_predictions(self.pair.predict(windows(todo)))
+            try:
+                ens = self.predictor.combine_predictions(self.pair.predict(windows(todo)))
+            except ConfigError as exc:  # names the file and what came out (OnnxModel.run)
+                raise ConfigError(self._model_fault(str(exc))) from None
             self.model_calls += 1
             if not np.isfinite(ens).all():  # each model's output is (OnnxModel.run): overflow
                 raise ConfigError(
-                    f"ml_ensemble: the ensemble of the model at {self.model_path} is not finite "
-                    f"for {int((~np.isfinite(ens)).sum())} of {len(ens)} windows (weights "
-                    f"{self.predictor.weights}): nothing was cached; re-export the model"
+                    self._model_fault(
+                        f"its ensemble is not finite for {int((~np.isfinite(ens)).sum())} of "
+                        f"{len(ens)} windows (weights {self.predictor.weights}); nothing was "
+                        "cached"
+                    )
                 )
             pred[todo] = ens
             self._insert(keys[todo], ens)
         return pred
+
+    def _model_fault(self, detail: str) -> str:
+        """The error of a model that cannot forecast real windows, with the folder it was
+        loaded from and what to do. Loaded through a link (`var/models/current`), a restart
+        loads the same model and fails again: the daemon crash-looped on "output nan" with
+        the link's path, which named neither the version nor the way out."""
+        where = f"ml_ensemble: model {self.version} in {self.model_path}"
+        if self._dir.is_symlink():
+            fix = (
+                f"it was loaded through {self._dir}, so a restart fails the same way: point "
+                f"{self._dir} back at the version served before it (a folder under "
+                f"{self._dir.parent / 'versions'}) or set the plugin's model_dir, then restart"
+            )
+        else:
+            fix = "re-export or retrain it, or point the plugin's model_dir at another model"
+        return f"{where} cannot forecast this bar: {detail}. {fix}"
 
     def _lookup(self, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(values, indices of the keys not found); marks what was found as used now."""

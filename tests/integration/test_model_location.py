@@ -371,3 +371,65 @@ def test_a_folder_that_failed_to_load_is_tried_again_once_repaired_in_place(tmp_
     _switch(root, "first")
     assert bars(2) == [] and p.status()["ok"] is True and p.version == "first"
     p.close()
+
+
+def _feed(p: MlEnsemble, bars: int, seed: int = 3) -> np.ndarray:
+    """`bars` bars of random (finite, non-zero) features scored by `p`; the last scores."""
+    from plugin_context import bar_context
+
+    rng = np.random.default_rng(seed)
+    out = np.full(len(SYMBOLS), np.nan)
+    for _ in range(bars):
+        feats = {f: rng.normal(size=len(SYMBOLS)) for f in p.features}
+        out = p.score(bar_context(SYMBOLS, feats))
+    return out
+
+
+def _publish_nan_on_real_windows(tmp_path: Path, root: Path) -> Path:
+    """A version "nanlater" whose cnn_lstm is finite on the card's mean (the warm-up's
+    input) and NaN on any other window."""
+    from tiny_models import graph, model_folder
+
+    g = graph(tmp_path / "nan.onnx", (60, 20), "nan_off_zero")
+    _publish_folder(root, "nanlater", model_folder(tmp_path / "nanlater", cnn_lstm=g))
+    return root / "versions" / "nanlater"
+
+
+def test_a_reload_to_a_model_answering_nan_on_real_windows_is_refused(tmp_path, monkeypatch):
+    """A published model that passed the reload's warm-up (the card's mean) but answered NaN
+    on real windows was taken up, and the daemon stopped at its next bar (exit 2), then
+    crash-looped on the same `current`. The candidate is now tried on the bar's windows
+    first: refused, the old model serves, the status names the folder."""
+    monkeypatch.chdir(tmp_path)
+    root, _ = publish_two(tmp_path)
+    bad = _publish_nan_on_real_windows(tmp_path, root)
+    p = MlEnsemble(MlEnsembleConfig(cache_dir=""), SYMBOLS)
+    assert np.isfinite(_feed(p, 60)).all()
+    _switch(root, "nanlater")
+    with capture_logs() as logs:
+        scores = _feed(p, 1, seed=4)
+    assert np.isfinite(scores).all()
+    (failed,) = [e for e in logs if e["event"].startswith("model.")]
+    assert failed["event"] == "model.reload_failed"
+    assert f"{bad.resolve() / 'cnn_lstm.onnx'} output nan" in failed["error"]
+    assert p.version == "first"
+    status = p.status()
+    assert status["ok"] is False and status["not_served"] == str(bad.resolve())
+    p.close()
+
+
+def test_a_start_on_a_model_answering_nan_names_its_folder_and_the_way_back(tmp_path, monkeypatch):
+    """Started on such a model, the first real bar's error said "model file
+    .../current/cnn_lstm.onnx output nan ...: re-export or retrain the model": neither the
+    version folder nor that a restart fails the same way until `current` is rolled back."""
+    monkeypatch.chdir(tmp_path)
+    root, _ = publish_two(tmp_path)
+    bad = _publish_nan_on_real_windows(tmp_path, root)
+    _switch(root, "nanlater")
+    p = MlEnsemble(MlEnsembleConfig(cache_dir=""), SYMBOLS)  # the warm-up passes
+    with pytest.raises(ConfigError) as exc:
+        _feed(p, 60)
+    text = str(exc.value)
+    assert f"model {p.version} in {bad.resolve()}" in text
+    assert "output nan" in text
+    assert f"point {root / 'current'} back at the version served before it" in text
