@@ -586,6 +586,9 @@ class MlEnsemble:
             return
         self._dir_id = ident
         target = self._dir.resolve()
+        if not target.exists():
+            self._broken_link(target)
+            return
         if target == self._loaded_from:
             self._failed = None  # the link names the model served again
             return
@@ -638,6 +641,24 @@ class MlEnsemble:
         self._defer_cache()  # the new version's file, at its first prediction
         log.info("model.reloaded", version=self.version, path=str(target))
 
+    def _broken_link(self, target: Path) -> None:
+        """The watched folder or link names nothing (the version folder deleted): the model
+        in memory serves on, but the next start fails (`locate_model`). Held as a failed
+        load for `status()`: a dangling `current` resolved to the served path and cleared
+        the failure, and /ready said ok until the restart that could not start."""
+        failed = self._failed
+        if failed is not None and failed.path == target and failed.files is None:
+            return  # said already
+        reason = f"{self._dir} names {target}, which is missing"
+        self._failed = _FailedLoad(target, None, reason)
+        log.error(
+            "model.link_broken",
+            path=str(self._dir),
+            target=str(target),
+            serving=self.version,
+            action=f"the next start will fail: point {self._dir} at a version folder",
+        )
+
     def _try_held_windows(self, pair: ModelPair) -> None:
         """The candidate on this bar's real windows, or ConfigError: the warm-up runs it on
         the card's mean only, and a model finite there but NaN on real inputs was taken up
@@ -671,6 +692,12 @@ class MlEnsemble:
         failed = self._failed
         if failed is None:
             return {"ok": True, "detail": f"serving {self.version} from {self.model_path}", **data}
+        if failed.files is None and not failed.path.exists():
+            detail = (
+                f"{failed.reason}: serving {self.version} (loaded from {self.model_path}), "
+                f"but the next start will fail: point {self._dir} at a version folder"
+            )
+            return {"ok": False, "detail": detail, "not_served": str(failed.path), **data}
         detail = (
             f"{self._dir} names {failed.path}, which is not served ({failed.reason}); "
             f"serving {self.version} from {self.model_path}: repair that folder (it is tried "

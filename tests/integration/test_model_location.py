@@ -433,3 +433,33 @@ def test_a_start_on_a_model_answering_nan_names_its_folder_and_the_way_back(tmp_
     assert f"model {p.version} in {bad.resolve()}" in text
     assert "output nan" in text
     assert f"point {root / 'current'} back at the version served before it" in text
+
+
+def test_a_dangling_current_link_fails_the_model_check(tmp_path, monkeypatch):
+    """The served version's folder deleted: `current` dangles and the next start fails
+    (`locate_model`), yet /ready's model check passed, the dangling link resolving to the
+    served path. The status now fails naming the link, once in the log, and passes again
+    when the link names a folder."""
+    monkeypatch.chdir(tmp_path)
+    root = tmp_path / DEFAULT_MODEL_ROOT
+    first = publish(root, "first")
+    kept = shutil.copytree(first, tmp_path / "kept")
+    p = MlEnsemble(MlEnsembleConfig(cache_dir=""), SYMBOLS)
+    shutil.rmtree(first)
+
+    with capture_logs() as logs:
+        for _ in range(3):
+            p._maybe_reload()
+    assert [e["event"] for e in logs] == ["model.link_broken"]
+    st = p.status()
+    assert st["ok"] is False and st["version"] == "first"
+    assert (
+        f"the next start will fail: point {root / 'current'} at a version folder" in (st["detail"])
+    )
+    with pytest.raises(ConfigError, match="broken link"):
+        load()  # what that start would say
+
+    shutil.copytree(kept, first)  # the folder back
+    p._maybe_reload()
+    assert p.status()["ok"] is True and p.version == "first"
+    p.close()
