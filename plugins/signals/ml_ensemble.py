@@ -13,8 +13,9 @@ Prediction cache: the models' inputs depend on more than (symbol, bar time): cro
 features on the universe, recursive indicators on where the data starts. So a prediction is
 keyed by exactly what the models see, the float32 (window, features) array of that symbol,
 salted with the model version, the ONNX files' sha256 (the card's model_version alone is not
-checked against the files), the ensemble weights, onnxruntime's thread count and the
-runtime (onnxruntime's version and the CPU's vector instruction sets: `runtime_identity`). A
+checked against the files), the card's input scaling and feature set, the ensemble weights,
+onnxruntime's thread count and the runtime (onnxruntime's version and the CPU's vector
+instruction sets: `runtime_identity`). A
 different universe, data start, model or runtime can never be served another run's
 prediction, and a rerun of the same bars still skips onnxruntime.
 
@@ -87,7 +88,8 @@ log = structlog.get_logger(__name__)
 # /4: the salt names the runtime (`runtime_identity`); a /3 file could no longer hit, so it
 # is ignored and replaced at the next save rather than read in full on every start.
 # /5: the salt names the ONNX files' sha256 too; a /4 file could no longer hit either.
-CACHE_FORMAT = "tradingd-prediction-cache/5"
+# /6: the salt names the card's input scaling and feature set; a /5 file could no longer hit.
+CACHE_FORMAT = "tradingd-prediction-cache/6"
 #: In `cache_dir`: held while a run merges its predictions into a version's file.
 CACHE_LOCK = ".lock"
 
@@ -399,6 +401,7 @@ def cache_salt(
     threads: int = 1,
     runtime: str | None = None,
     model_sha256: Sequence[str] = (),
+    inputs: Mapping[str, Any] | None = None,
 ) -> np.ndarray:
     """Everything besides the window that the cached value depends on, the model version
     (models, scaler, feature-set version), the ONNX files' sha256 (`model_sha256`, as the
@@ -406,13 +409,25 @@ def cache_salt(
     against the files, and a folder with one model's card and another's files served the
     first model's cached predictions), the ensemble weights, onnxruntime's thread count (its
     multi-threaded LSTM rounds differently in the last bits, enough to flip a decision at the
-    threshold: a rerun must not mix them) and the runtime (`runtime_identity`, this
-    process's when None), as one residue per lane: added to every window's key."""
+    threshold: a rerun must not mix them), the runtime (`runtime_identity`, this
+    process's when None) and `inputs`, what the card says of the models' input (its scaler
+    and feature set: a card whose scaler was edited under the same model_version and ONNX
+    files was served the other scaler's predictions), as one residue per lane: added to
+    every window's key."""
     runtime = runtime_identity() if runtime is None else runtime
     h = hashlib.blake2b(digest_size=8 * _LANES, person=b"tradingd-salt")
     h.update(
         json.dumps(
-            [CACHE_FORMAT, version, list(model_sha256), sorted(weights.items()), threads, runtime]
+            [
+                CACHE_FORMAT,
+                version,
+                list(model_sha256),
+                sorted(weights.items()),
+                threads,
+                runtime,
+                inputs,
+            ],
+            sort_keys=True,
         ).encode()
     )
     return _mod(np.frombuffer(h.digest(), dtype="<u8").astype(np.uint64))
@@ -534,13 +549,14 @@ class MlEnsemble:
 
     def _cache_salt(self) -> np.ndarray:
         """The salt of the loaded model's keys (`cache_salt`): its version, its files' hashes,
-        its weights, the threads and the runtime."""
-        files = self.pair.card.data["files"]
+        its input scaling and feature set, its weights, the threads and the runtime."""
+        card = self.pair.card.data
         return cache_salt(
             self.version,
             self.predictor.weights,
             self.config.threads,
-            model_sha256=[files[m]["sha256"] for m in MODELS],
+            model_sha256=[card["files"][m]["sha256"] for m in MODELS],
+            inputs={"scaler": card["scaler"], "feature_set": card["feature_set"]},
         )
 
     def _defer_cache(self) -> None:

@@ -208,6 +208,29 @@ def test_other_onnx_files_under_the_same_card_never_hit(tmp_path):
     assert again.model_calls == 0 and again.cache_hits == 3
 
 
+def test_a_card_with_another_scaler_under_the_same_version_and_files_never_hits(tmp_path):
+    """The salt named the model version and the ONNX files' hashes, not the card's scaler:
+    a card whose scaler.mean was shifted, its model_version and files kept, was served the
+    first scaler's predictions by a warm rerun, where a cold one predicted otherwise."""
+    from tiny_models import model_folder
+
+    def shift(card):
+        card["scaler"]["mean"] = [m + 0.5 for m in card["scaler"]["mean"]]
+
+    w = inputs(3, 60, seed=13)
+    cache = tmp_path / "cache"
+    first = plugin(cache_dir=cache)
+    first.predict(w)
+    first.close()
+    folder = model_folder(tmp_path / "shifted", edit=shift)
+    warm = plugin(cache_dir=cache, model_dir=str(folder))
+    assert warm.version == first.version and warm.cache_entries == 3  # the same file
+    cold = plugin(model_dir=str(folder))
+    np.testing.assert_array_equal(warm.predict(w), cold.predict(w))
+    assert warm.model_calls == 1 and warm.cache_hits == 0
+    warm.close()
+
+
 def test_a_cache_written_with_other_onnxruntime_threads_is_not_served(tmp_path):
     """Two threads round the LSTM differently in the last bits: a one-thread rerun must
     predict again, not take the two-thread run's values (which could flip decisions)."""
