@@ -192,6 +192,10 @@ def retrain(
         if final.exists():
             shutil.rmtree(staging)
         else:
+            # mkdtemp makes its folder 0700 whatever the umask: a daemon running as another
+            # user (the service's) could not read the published model, where `tradingd
+            # train`'s folders follow the umask.
+            os.chmod(staging, 0o777 & ~_umask())
             os.replace(staging, final)
         _point_current(root, final)
         log.info("model.retrain.published", version=version, reason=reason, metrics=metrics)
@@ -200,6 +204,13 @@ def retrain(
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
+
+
+def _umask() -> int:
+    """The process's umask (read by setting it, then set back: retrain is one thread)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _check_current(root: Path) -> None:
