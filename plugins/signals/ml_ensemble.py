@@ -504,7 +504,9 @@ class MlEnsemble:
         self._loaded_from = self._dir.resolve()
         self._failed: _FailedLoad | None = None  # the last reload that failed, until another
         self.model_path = str(self._loaded_from)  # what this run loaded, for its summary
-        self.pair = ModelPair(self._dir, config.threads)
+        # From the resolved folder, as a reload loads: through the link, a publish between
+        # the resolve and the load mixed versions (model_path naming one, the card another).
+        self.pair = ModelPair(self._loaded_from, config.threads)
         self.pair.warm_up(len(symbols))
         card = self.pair.card
         ens = card.data["ensemble"]

@@ -463,3 +463,29 @@ def test_a_dangling_current_link_fails_the_model_check(tmp_path, monkeypatch):
     p._maybe_reload()
     assert p.status()["ok"] is True and p.version == "first"
     p.close()
+
+
+def test_a_start_loads_the_folder_it_resolved_even_if_current_moves_meanwhile(
+    tmp_path, monkeypatch
+):
+    """The start resolved `current` for `model_path` and then loaded through the link: a
+    `tradingd retrain` publishing in between (simulated here at the load) gave a plugin
+    whose model_path named one version and whose model was another."""
+    import tradingd_plugins.signals.ml_ensemble as ml
+
+    monkeypatch.chdir(tmp_path)
+    root, second = publish_two(tmp_path)
+    real = ml.ModelPair
+
+    def published_meanwhile(directory, threads=0):
+        _switch(root, "second")
+        return real(directory, threads)
+
+    monkeypatch.setattr(ml, "ModelPair", published_meanwhile)
+    p = MlEnsemble(MlEnsembleConfig(cache_dir=""), SYMBOLS)
+    assert "versions/first" in p.model_path
+    assert p.version == "first" and p.pair.card.path.parent == Path(p.model_path)
+    monkeypatch.setattr(ml, "ModelPair", real)
+    p._maybe_reload()  # the publish is taken up at the next bar, as any other
+    assert p.version == "second" and p.model_path == str(second.resolve())
+    p.close()
