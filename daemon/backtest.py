@@ -264,13 +264,15 @@ async def run_backtest(
     write_outputs(
         out, config, result, summary, rows.get("orders", []), rows.get("fills", []), splits
     )
-    _note_trial(out, config, result)
+    _note_trial(out, config, result, [str(m["version"]) for m in summary.get("models", [])])
     return BacktestOutcome(
         result.run_id, summary, out, result, rows.get("orders", []), rows.get("fills", []), splits
     )
 
 
-def _note_trial(out: Path, config: Config, result: EngineResult) -> None:
+def _note_trial(
+    out: Path, config: Config, result: EngineResult, models: Sequence[str] = ()
+) -> None:
     """The run in a trial ledger (`analysis.trials.record_trial`), for the deflated Sharpe
     ratio's count of the variants tried, which a rerun into the same folder would otherwise
     lose: a record folder under `run.output_dir` in the runs root's ledger; an --output
@@ -290,6 +292,7 @@ def _note_trial(out: Path, config: Config, result: EngineResult) -> None:
             config.to_public_dict(),
             result.equity,
             config.run.initial_capital,
+            models,
         )
     except OSError as e:
         log.warning(

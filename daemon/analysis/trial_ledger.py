@@ -13,7 +13,7 @@ import json
 import re
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -253,11 +253,20 @@ def variant_settings(
     return _off_defaults(_canonical_number(tree), _canonical_number(_defaults()))
 
 
-def config_hash(config: Mapping[str, Any], ignore: Iterable[str] = DEFAULT_IGNORED_CONFIG) -> str:
+def config_hash(
+    config: Mapping[str, Any],
+    ignore: Iterable[str] = DEFAULT_IGNORED_CONFIG,
+    models: Sequence[str] = (),
+) -> str:
     """A run configuration's identity as a strategy variant: sha256 of the canonical JSON of
     its `variant_settings` (without the `ignore`d keys, dotted paths, that do not change
-    what the run decides)."""
-    return _digest(variant_settings(config, ignore))
+    what the run decides), and of `models`, the versions of the models the run loaded (its
+    summary's `models`): one config on two published models is two backtests (two run ids,
+    `app.run_id_for`) and two variants tried. Without models, the hash it always was."""
+    settings = variant_settings(config, ignore)
+    if models:
+        settings = {**settings, "models": list(models)}
+    return _digest(settings)
 
 
 def config_hash_v2(
@@ -283,6 +292,7 @@ def record_trial(
     config: Mapping[str, Any],
     equity: Any,
     initial_capital: float,
+    models: Sequence[str] = (),
 ) -> None:
     """Note a finished run in `runs_root`'s ledger, for `count_trials`: its variant
     (`config_hash`) and its per-bar returns' count, mean and standard deviation (a Sharpe
@@ -290,7 +300,7 @@ def record_trial(
     `run.run_id` left one folder, and the deflated Sharpe counted 1 trial, not 5. A line is
     added once per run id and variant, so reruns of one configuration do not grow it."""
     root = Path(runs_root)
-    key = config_hash(config)
+    key = config_hash(config, models=models)
     ledger = root / TRIALS_LEDGER
     r = simple_returns(equity, initial_capital)
     stats: dict[str, Any] = {"bars": int(r.size), "mean": None, "std": None}

@@ -76,6 +76,19 @@ class TrialCount:
         )
 
 
+def models_of(folder: Path) -> list[str]:
+    """The versions of the models a run folder's run loaded (its summary's `models`); none
+    when the summary says none or cannot be read (its config alone is then its variant)."""
+    try:
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    models = summary.get("models") if isinstance(summary, dict) else None
+    if not isinstance(models, list):
+        return []
+    return [str(m.get("version")) for m in models if isinstance(m, dict)]
+
+
 def count_trials(
     runs_root: str | Path,
     *,
@@ -101,6 +114,7 @@ def count_trials(
     # its key.
     legacy: dict[str, str] = {}
     v2: dict[str, str] = {}
+    without_models: dict[str, str] = {}
     runs = 0
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
         cfg_file = folder / "config.json"
@@ -111,7 +125,9 @@ def count_trials(
                 raise ValueError(f"{cfg_file} is not valid JSON: {exc}") from None
             if not isinstance(cfg, dict):
                 raise ValueError(f"{cfg_file} is not a configuration table")
-            key = config_hash(cfg, ignore)
+            key = config_hash(cfg, ignore, models_of(folder))
+            # A line written before the models were hashed names the config alone.
+            without_models[config_hash(cfg, ignore)] = key
             legacy[legacy_config_hash(cfg, ignore)] = key
             v2[config_hash_v2(cfg, ignore)] = key
         elif (folder / "summary.json").exists() or (folder / "equity.csv").exists():
@@ -135,6 +151,8 @@ def count_trials(
         version = entry.get("hash_version")
         if version != HASH_VERSION:
             key = (v2 if version == 2 else legacy).get(key, key)
+        elif key not in configs:
+            key = without_models.get(key, key)
         if key in configs:
             continue  # a folder holds this variant (its Sharpe ratio is read from it)
         configs[key] = [f"{entry.get('run_id')} (folder replaced by a rerun)"]

@@ -98,3 +98,26 @@ def test_backtests_on_two_published_models_are_two_runs_and_keep_both_records(
     # The same model (by content, wherever its folder) is the same run.
     _point_current(root, a_copy)
     assert run_id_for(cfg, "backtest") == first.run_id
+
+
+def test_backtests_of_one_config_on_two_models_count_as_two_trials(tmp_path, monkeypatch):
+    """The trial count (deflated Sharpe ratio) agrees with the run ids: one config run on two
+    published models is two variants tried, from the folders and, once a folder is gone,
+    from the ledger; a rerun on the same model is still one."""
+    from tradingd.analysis.trials import count_trials
+
+    monkeypatch.chdir(tmp_path)
+    a, b, _ = _two_models(tmp_path)
+    root = tmp_path / DEFAULT_MODEL_ROOT
+    cfg = _config(tmp_path)
+    runs = Path(cfg.run.output_dir)
+    _point_current(root, a)
+    first = asyncio.run(run_backtest(cfg))
+    asyncio.run(run_backtest(cfg))  # a rerun: the same variant
+    assert count_trials(runs).trials == 1
+    _point_current(root, b)
+    asyncio.run(run_backtest(cfg))
+    assert count_trials(runs).trials == 2
+    shutil.rmtree(first.output_dir)  # the ledger still counts the model-a variant
+    counted = count_trials(runs)
+    assert counted.trials == 2 and counted.runs == 2
