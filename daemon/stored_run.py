@@ -69,6 +69,7 @@ async def reset_halt(config: Config, run_id: str) -> dict[str, Any]:
 
 
 async def _reset_halt(config: Config, run_id: str) -> dict[str, Any]:
+    from .engine.engine import BEFORE_FIRST_BAR
     from .instance_lock import AnotherDaemonRunning, acquire_instance_lock
 
     try:
@@ -82,7 +83,9 @@ async def _reset_halt(config: Config, run_id: str) -> dict[str, Any]:
         await store.start()
         try:
             rows = await store.fetch("checkpoints", run_id)
-            if not rows:
+            # A control's row before the run's first bar (engine.BEFORE_FIRST_BAR) is no
+            # bar's checkpoint: no kill switch has state there to reset.
+            if not rows or rows[-1]["state"].get(BEFORE_FIRST_BAR):
                 raise ConfigError(
                     f"run {run_id!r} has no checkpoint in this store: no live run of that id "
                     "completed a bar here (check the run id and the storage URL)"

@@ -634,6 +634,9 @@ class Engine:
                     check_live()
                 await self.store.resume_run(self.run)  # type: ignore[attr-defined]
                 await self._store_before_first_bar(state)
+                # resume_run made (or reopened) the run's record and nothing else ends it:
+                # ended as this start's stop would have, no bar decided.
+                await self.store.end_run(self.run.run_id, {"bars": 0})
                 return
             self._last_checkpoint = (rows[-1]["bar_time"], rows[-1]["state"])
             await self._store_trading_state(state)
@@ -1026,7 +1029,9 @@ class Engine:
                 check_live = getattr(self.audit, "check_live", None)
                 if check_live is not None:
                     check_live()
-                resume = await self.store.resume_run(self.run)  # type: ignore[attr-defined]
+                stored = await self.store.resume_run(self.run)  # type: ignore[attr-defined]
+                # A control's row is no bar: a run that decided none starts as a new one.
+                resume = self._without_control_row(stored)
                 await self._record_build(resume)
                 if resume is not None:
                     await self._resume(resume)
@@ -1041,7 +1046,9 @@ class Engine:
                     session(
                         started_at=datetime.now(UTC),
                         resumed_from=self.resumed_from,
-                        resumed=resume is not None,
+                        # The store holds this run (a control's row too): the earlier
+                        # process's audit lines are this run's, not set aside.
+                        resumed=stored is not None,
                     )
                 await self._publish(force=True)  # the state from the start, not the first bar
             else:
@@ -1353,7 +1360,6 @@ class Engine:
         the checkpoint are replayed), the operator's pause. The bars up to the checkpoint are
         replayed for features only; a bar after it that was cut short is decided again, with
         the same order ids, so what reached the broker is not doubled."""
-        resume = self._without_control_row(resume)
         self._restored_through = resume.bar_time
         self.resumed_from = resume.bar_time
         truncate = getattr(self.audit, "truncate_after", None)
@@ -1451,14 +1457,19 @@ class Engine:
         )
 
     def _without_control_row(self, resume: Any) -> Any:
-        """The resume point of a run whose stored row is a control's (`BEFORE_FIRST_BAR`):
-        its trading state (unless one answered during this start wins), and no checkpoint
-        (the run has decided no bar: it begins at its start)."""
-        st = resume.state
+        """A run whose stored row is a control's (`BEFORE_FIRST_BAR`) has decided no bar:
+        read as a checkpoint, its 1970 time went down the resumed path, which skips a new
+        run's checks (the account's cash) and records a resume after 1970. Only its trading
+        state is kept (unless one answered during this start wins); it is a new run (None),
+        or, with intents stored (a first bar cut short), one without a checkpoint, whose
+        intents the broker looks up."""
+        st = None if resume is None else resume.state
         if st is None or not st.get(BEFORE_FIRST_BAR):
             return resume
         if self._operator_state is None:
             self.trading_state = str(st.get("trading_state", "active"))
+        if not resume.unconfirmed:
+            return None
         return dataclasses.replace(resume, bar_time=None, state=None)
 
     def _plugin_states(self) -> dict[str, Any]:

@@ -121,7 +121,101 @@ async def test_a_control_before_a_new_runs_first_bar_holds_after_a_restart(
         result = await restarted.run_until_done()
     assert states and set(states) == {"paused"}  # a flatten of nothing held pauses
     assert result.orders == 0 and not restarted.broker.open_orders()
-    [resumed] = [e for e in logs if e["event"] == "run.resumed"]
-    assert resumed["after"] is None  # not a bar: the run still begins at its start
+    # Not a bar: the run still begins at its start, as a new run.
+    assert not [e for e in logs if e["event"] == "run.resumed"]
     [row] = await _stored_checkpoint(config)
     assert row["bar_time"] == restarted.last_bar_time and row["state"]["trading_state"] == "paused"
+
+
+async def _paused_before_its_first_bar(config, panel, when: str) -> None:  # type: ignore[no-untyped-def]
+    """A start of the run that is paused at `when` (see `_during`), then stopped: the run's
+    only checkpoint row is the control's."""
+    from tradingd.app import EngineControls, build_engine
+
+    first = build_engine(config, "live", panel=panel)
+
+    async def pause_then_stop() -> None:
+        await EngineControls(first).pause()
+        first.request_stop()
+
+    _during(first, when, pause_then_stop)
+    assert (await first.run_until_done()).bars == 0
+    [row] = await _stored_checkpoint(config)
+    assert row["state"]["trading_state"] == "paused"
+
+
+def _sqlite_rows(config, sql: str) -> list[tuple]:  # type: ignore[no-untyped-def]
+    """Rows of `sql` in the run's SQLite store, read by another connection."""
+    import sqlite3
+
+    path = config.storage.url.removeprefix("sqlite:///")
+    with sqlite3.connect(path) as con:
+        return con.execute(sql, (config.run.run_id,)).fetchall()
+
+
+async def test_a_stop_during_the_broker_start_retry_leaves_the_controls_run_ended(engine_config):
+    """The control's row needs the run's record, which the stop made (reopened) and left
+    running: nothing else ends a run stopped before its start."""
+    panel, config = live_run(engine_config)
+    await _paused_before_its_first_bar(config, panel, "broker start")
+    [(ended_at,)] = _sqlite_rows(config, "select ended_at from runs where run_id = ?")
+    assert ended_at is not None
+
+
+@pytest.mark.parametrize("when", ["broker start", "warm-up", "before the first bar"])
+async def test_a_restart_after_a_control_before_the_first_bar_starts_as_a_new_run(
+    engine_config, when
+):
+    """Read as a checkpoint, the control's 1970 row made the restart a resumed run: the run's
+    build recorded as resumed after 1970, the new run's checks skipped."""
+    from tradingd.app import build_engine
+
+    panel, config = live_run(engine_config)
+    await _paused_before_its_first_bar(config, panel, when)
+
+    restarted = build_engine(config, "live", panel=panel)
+    with capture_logs() as logs:
+        result = await restarted.run_until_done()
+    assert result.orders == 0 and restarted.trading_state == "paused"
+    assert not [e for e in logs if e["event"] == "run.resumed"]
+    builds = _sqlite_rows(config, "select resumed_after from run_builds where run_id = ?")
+    assert builds and builds[-1] == (None,)  # this process decides from the run's first bar
+
+
+async def test_a_restart_after_a_control_before_the_first_bar_checks_the_accounts_cash(
+    engine_config, monkeypatch
+):
+    """A run sized for more money than the Alpaca account holds is refused at a new run's
+    start; paused before its first bar, the restart skipped the check and traded."""
+    from fakes.alpaca_trading_server import running_fake
+    from live_on_fake import live_on_fake
+
+    from tradingd.app import build_engine
+    from tradingd.core.errors import ConfigError
+
+    with running_fake(monkeypatch, cash=30_000.0) as fake:
+        panel, config = live_on_fake(engine_config, fake, "cash-after-control")
+        config = dataclasses.replace(
+            config, run=dataclasses.replace(config.run, initial_capital=100_000.0)
+        )
+        await _paused_before_its_first_bar(config, panel, "broker start")
+        restarted = build_engine(config, "live", panel=panel)
+        with pytest.raises(ConfigError, match=r"30,000\.00 USD in cash"):
+            await restarted.run_until_done()
+        assert fake.orders == {}
+
+
+async def test_reset_halt_of_a_run_with_only_a_controls_row_says_it_completed_no_bar(
+    engine_config,
+):
+    """`tradingd reset-halt` answered with checkpoint 1970-01-01 and nothing reset, as if the
+    run had bars and no halt."""
+    from tradingd.core.errors import ConfigError
+    from tradingd.stored_run import reset_halt
+
+    panel, config = live_run(engine_config)
+    await _paused_before_its_first_bar(config, panel, "before the first bar")
+    with pytest.raises(ConfigError, match="no live run of that id completed a bar"):
+        await reset_halt(config, config.run.run_id)
+    [row] = await _stored_checkpoint(config)  # left as it was
+    assert row["state"]["trading_state"] == "paused"
