@@ -211,12 +211,18 @@ class LiveClock:
     async def wait(self, seconds: float) -> None:
         """Sleep up to `seconds` (the loop's monotonic clock), returning early when a bar is
         released or a stop is requested: the engine asking again for a late bar stops as
-        soon as another bar is due."""
+        soon as another bar is due. A failed firing (`_tick`) is raised, as the iterator
+        raises it: returning, the engine asked for the late bar until its deadline (days,
+        over a weekend) on a clock that would release nothing more."""
+        if self._failure is not None:
+            raise self._failure
         if self._event is None or self._pending or self._stopped:
             return
         self._event.clear()  # the iterator re-checks what is pending before it waits
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._event.wait(), seconds)
+        if self._failure is not None:
+            raise self._failure
 
     def expected_latest(self, now: datetime | None = None) -> datetime | None:
         """The newest bar label that should be available at `now` (close + delay_s <= now).

@@ -261,6 +261,7 @@ class _WallClock(Protocol):
     @property
     def backlog(self) -> int: ...
     def now(self) -> datetime: ...
+    # Raises the clock's failure, as its iterator does: a failed clock releases nothing.
     async def wait(self, seconds: float) -> None: ...
 
 
@@ -1805,9 +1806,18 @@ class Engine:
 
     def _late_bar_deadline(self, t: datetime) -> datetime | None:
         """Until when the released bar `t` may still trade if it arrives late (the clock's
-        rule: the next session's open); None when the clock has none (accelerated, replay)."""
+        rule: the next session's open); None when the clock has none (accelerated, replay),
+        or when it could not trade any more: the deadline passed (a restart after the open)
+        or the clock released a newer bar (catch-up). Those were promised a retry "until"
+        a past time, waited a heartbeat for nothing, then logged that they stopped."""
         deadline = getattr(self.clock, "trade_deadline", None)
-        return deadline(t) if callable(deadline) else None
+        until = deadline(t) if callable(deadline) else None
+        if until is None:
+            return None
+        clock = cast(_WallClock, self.clock)
+        if clock.backlog or clock.now() >= until:
+            return None
+        return until
 
     async def _fetch_late(self, t: datetime, deadline: datetime) -> CrossSection | None:
         """A released bar the source did not deliver (a vendor posts a daily bar a little

@@ -205,3 +205,49 @@ async def test_status_says_when_the_next_bar_is_released_and_whether_the_market_
     _checks, replay_status, _controls = health_inputs(replay)
     assert replay_status()["next_bar_release"] is None
     assert replay_status()["market_open"] is None
+
+
+async def test_a_restart_after_the_next_open_promises_no_retry_for_its_missing_bar(
+    engine_config,
+):
+    """Restarted after Wednesday's open, Tuesday's bar (released at once, missing) can no
+    longer trade: it was promised a retry "until" the past open, waited a heartbeat, then
+    logged that the retry stopped. It waits for the next bar, said so once."""
+    now = FakeTime(NEXT_OPEN + timedelta(hours=1))
+    engine, stepped = _engine(engine_config, now)
+    asked = _late_source(engine, now, lambda: now.t >= NEXT_OPEN + timedelta(hours=2))
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    [unavailable] = [e for e in logs if e["event"] == "bar.unavailable"]
+    assert unavailable["time"] == LABEL and unavailable["retry"] == "next bar"
+    assert not [e for e in logs if e["event"] == "bar.retry_stopped"]
+    assert asked[0] == NEXT_OPEN + timedelta(hours=1) and len(asked) == 2  # then at recovery
+    assert [t for t, _ in stepped if t >= LABEL] == [LABEL, NEXT]
+    assert dict(stepped)[LABEL] is False  # recovered before the next bar, untraded
+
+
+async def test_a_clock_that_fails_while_a_late_bar_is_asked_for_stops_the_asking(engine_config):
+    """A failed firing only woke the wait: the engine asked for the late bar until its
+    deadline (about 64 hours for a Friday bar) on a clock that would release nothing more.
+    The clock's failure ends the run, as it does between bars."""
+    import pytest
+
+    now = FakeTime(datetime(2020, 4, 14, 20, 0, 5, tzinfo=UTC))
+    engine, _ = _engine(engine_config, now)
+    clock = engine.clock
+    asked = _late_source(engine, now, lambda: False)
+    fetch = engine.feed.bars
+
+    def broken(at: datetime) -> None:
+        raise RuntimeError("exchange calendar unreadable")
+
+    async def clock_fails_at_the_first_ask(t):  # type: ignore[no-untyped-def]
+        if t == LABEL and not asked:
+            clock._extend_calendar = broken  # type: ignore[method-assign]
+            await clock._tick()  # the heartbeat's firing fails while the bar is missing
+        return await fetch(t)
+
+    engine.feed.bars = clock_fails_at_the_first_ask
+    with pytest.raises(RuntimeError, match="exchange calendar unreadable"):
+        await engine.run_until_done()
+    assert len(asked) == 1
