@@ -93,6 +93,7 @@ def check_config(config: Config, command: str, *, output_dir: str | Path | None 
                         "file: name a file in it, e.g. sqlite:///" + (db / "tradingd.db").as_posix()
                     )
                 check_writable_dir(db.parent, "storage.url (DATABASE_URL) folder")
+                _check_store_not_left_undecoded(config.storage.url, db)
         elif what == "out" and output_dir is not None:
             check_writable_dir(output_dir, "--out" if command == "train" else "--root")
     if command == "run":
@@ -311,6 +312,23 @@ def _sqlite_file(url: str) -> Path | None:
     path = sqlite_path(url)
     # `~` as the store and its locks expand it (SqliteStore).
     return None if path == ":memory:" else Path(path).expanduser()
+
+
+def _check_store_not_left_undecoded(url: str, db: Path) -> None:
+    """A store made before SQLite URLs were percent-decoded is at the URL's path as written
+    (`var/my%20db.db`): opened at the decoded path, it was silently an empty database, and a
+    live daemon began a new run without its checkpoint. Refused while the decoded file does
+    not exist, naming both and the two ways out."""
+    raw = Path(url.strip()[len("sqlite:///") :].split("?", 1)[0]).expanduser()
+    if raw == db or db.exists() or not raw.exists():
+        return
+    raise ConfigError(
+        f"storage.url (DATABASE_URL) names the SQLite file {db} (its %-escapes decoded), "
+        f"which does not exist, while a store exists at {raw}, the path as written, which "
+        "earlier versions opened: starting would open an empty database (a live run would "
+        f"begin again without its checkpoint). Rename {raw} to {db}, or keep the file and "
+        "write each % of the URL's path as %25"
+    )
 
 
 def _names_a_folder(url: str) -> bool:

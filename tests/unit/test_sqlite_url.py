@@ -85,3 +85,44 @@ def test_an_escape_no_file_name_can_hold_is_refused_naming_the_url(path: str, sa
     with pytest.raises(ConfigError, match=said) as e:
         sqlite_path(f"sqlite:///{path}")
     assert f"sqlite:///{path}" in str(e.value)
+
+
+def _store_config(tmp_path: Path, url: str):  # type: ignore[no-untyped-def]
+    return load_config(
+        [
+            {
+                "storage": {"url": url},
+                "run": {"output_dir": str(tmp_path / "runs")},
+                "log": {"audit_dir": str(tmp_path / "audit")},
+            }
+        ],
+        env={},
+    )
+
+
+def test_a_store_left_at_the_undecoded_path_is_refused_naming_both(tmp_path: Path) -> None:
+    """Made by an earlier version at the path as written, the store was silently replaced by
+    an empty database at the decoded path: a live daemon began again without its checkpoint."""
+    import sqlite3
+
+    written = tmp_path / "my%20db.db"
+    sqlite3.connect(written).close()
+    config = _store_config(tmp_path, f"sqlite:///{written.as_posix()}")
+    with pytest.raises(ConfigError) as e:
+        check_config(config, "fetch")
+    said = str(e.value)
+    assert str(written) in said and str(tmp_path / "my db.db") in said
+    assert "Rename" in said and "%25" in said
+    assert not (tmp_path / "my db.db").exists()  # nothing made at the decoded path
+
+
+def test_a_store_at_the_decoded_path_or_escaped_as_written_starts(tmp_path: Path) -> None:
+    import sqlite3
+
+    written = tmp_path / "my%20db.db"
+    sqlite3.connect(written).close()
+    # The fix the refusal names: each % written as %25 reads the file as it is.
+    check_config(_store_config(tmp_path, f"sqlite:///{tmp_path.as_posix()}/my%2520db.db"), "fetch")
+    # Once renamed (or when both exist), the decoded path is the store.
+    sqlite3.connect(tmp_path / "my db.db").close()
+    check_config(_store_config(tmp_path, f"sqlite:///{written.as_posix()}"), "fetch")
