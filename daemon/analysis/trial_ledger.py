@@ -346,11 +346,37 @@ def ledger_entries(path: Path) -> list[dict[str, Any]]:
     can be found and mended."""
     try:
         with path.open("rb") as fh:
-            fcntl.flock(fh, fcntl.LOCK_SH)
+            _lock_to_read(fh.fileno(), path)
             data = fh.read()
     except FileNotFoundError:
         return []
     return _parsed(data, path)
+
+
+# The folders whose ledger was read without a lock, said once each (`_lock_to_read`).
+_UNLOCKED_FOLDERS: set[str] = set()
+
+
+def _lock_to_read(fd: int, path: Path) -> None:
+    """A shared lock for a read; on a filesystem that refuses locks (ENOLCK: some NFS and
+    FUSE mounts) the ledger is read without one, said once per folder: the count read fine
+    there before readers locked, and must not fail now. A line appended meanwhile may then
+    be read cut (reported as skipped by `_parsed`)."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+    except OSError as exc:
+        folder = str(path.parent)
+        if folder in _UNLOCKED_FOLDERS:
+            return
+        _UNLOCKED_FOLDERS.add(folder)
+        log.warning(
+            "trials.ledger_unlocked",
+            folder=folder,
+            error=exc.strerror or str(exc),
+            detail="this filesystem refuses file locks: the trial ledger is read without "
+            "one, so a line a backtest ending meanwhile writes may be read cut (and reported "
+            "as skipped); count again once the runs are done, or keep the runs on a local disk",
+        )
 
 
 # The line numbers a warning names at most (the count names them all).

@@ -92,3 +92,28 @@ def test_an_entry_after_a_cut_last_line_starts_a_line_of_its_own(tmp_path: Path)
         record_trial(tmp_path, "next", _config(20), EQUITY, 100_000.0)
     assert [e["run_id"] for e in ledger_entries(ledger)] == ["next"]
     assert [e for e in logs if e["event"] == "trials.ledger_line_ended"]
+
+
+def test_a_filesystem_without_locks_reads_the_ledger_unlocked_said_once(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """On NFS or FUSE mounts that refuse flock (ENOLCK) the count raised OSError, where it
+    read fine before readers locked."""
+    import errno
+
+    from tradingd.analysis.trials import count_trials
+
+    record_trial(tmp_path, "a", _config(10), EQUITY, 100_000.0)
+    record_trial(tmp_path, "b", _config(11), EQUITY, 100_000.0)
+
+    def no_locks(fd: Any, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(trial_ledger.fcntl, "flock", no_locks)
+    monkeypatch.setattr(trial_ledger, "_UNLOCKED_FOLDERS", set(), raising=False)
+    with capture_logs() as logs:
+        first = count_trials(tmp_path)
+        again = count_trials(tmp_path)
+    assert first.trials == again.trials == 2  # both variants, from the ledger alone
+    warned = [e for e in logs if e["event"] == "trials.ledger_unlocked"]
+    assert len(warned) == 1 and warned[0]["folder"] == str(tmp_path)
