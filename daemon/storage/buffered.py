@@ -1162,16 +1162,11 @@ class BufferedStore(ABC):
         return self._full() or time.monotonic() - self._last_flush >= self.flush_interval_s
 
     def _full(self) -> bool:
-        """A buffer holds `batch_size` rows: written now, whatever else waits (memory)."""
+        """A buffer holds `batch_size` rows: written now, whatever else waits (memory).
+        Every buffer counts (`BUFFERS`; order_events rows come with the orders'): one left
+        out grew without bound while a write was held (`_hold`)."""
         bs = self.batch_size
-        c = self._counts
-        return (
-            c["positions"] >= bs
-            or c["signals"] >= bs
-            or c["equity"] >= bs
-            or c["orders"] >= bs
-            or c["fills"] >= bs
-        )
+        return any(n >= bs for n in self._counts.values())
 
     def _hold(self) -> bool:
         """A write the interval made due waits in the buffers, for a writer that is not

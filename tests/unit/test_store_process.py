@@ -675,3 +675,21 @@ def test_a_payload_that_cannot_be_pickled_raises_and_leaves_no_job_to_wait_for(t
     assert done.wait(timeout=30), "close waited for an answer to a job never sent"
     assert child.wait(timeout=30) == 0
     assert out.read_text().split() == ["after"]
+
+
+async def test_every_buffer_is_bounded_by_batch_size_while_a_process_starts(tmp_path, monkeypatch):
+    """Only five buffers were counted: the decisions waited past `batch_size` rows while
+    the starting process held the interval's batches (memory unbounded)."""
+    store = SqliteStore(tmp_path / "s.db", batch_size=3, flush_interval_s=0.0)
+    await store.start()
+    try:
+        await store.begin_run(run_info())
+        monkeypatch.setattr(ChildWriter, "reap", lambda self: None)  # still starting
+        for k in range(3):
+            store.record_decision("r1", T0 + k * DAY, "m", {"bar": k})
+        await store.maybe_flush()
+        assert count(tmp_path / "s.db", "decisions") == 3  # a full buffer: written at once
+        assert store.pending()["decisions"] == 0
+    finally:
+        monkeypatch.undo()
+        await store.stop()
