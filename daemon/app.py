@@ -1573,13 +1573,25 @@ def health_inputs(
             last, error = data["last"], data["error"]
             if last is None:
                 # Never compared (the first round runs after the warm-up; one the broker did
-                # not answer is tried again every live.reconcile_interval_s): it said "book
-                # agrees with the broker (at None)" with the broker never reached.
-                if error is None:
+                # not answer, or that fills arriving put off, is tried again every
+                # live.reconcile_interval_s): it said "book agrees with the broker (at None)"
+                # with the broker never reached.
+                if error is None and not engine.trading_started:
                     return CheckResult(
                         False,
                         "not reconciled yet: the book is compared with "
                         "the broker's positions once the warm-up is done",
+                        data,
+                    )
+                if error is None:
+                    # Past the warm-up: the round runs, or it was put off. Said as the warm-up
+                    # still running, it misled an operator whose warm-up was long done.
+                    return CheckResult(
+                        False,
+                        "not reconciled yet: the first comparison with the broker's positions "
+                        "has not completed (it is running, or fills arrived while the "
+                        "positions were read and it is tried again every "
+                        f"{engine.reconcile_interval_s:g} s)",
                         data,
                     )
                 return CheckResult(
