@@ -281,6 +281,43 @@ _NO_ORDER_OF_OURS = (
 _KEPT_MOVING = f"still moving after {_RECONCILE_MOVING_ROUNDS} rounds beside an order of ours"
 
 
+# The ratios a split of a held position is recognised at (`_split_like`): the whole
+# ratios splits use, forward (2:1, 4:1) and reverse (1:2, 1:10).
+_SPLIT_RATIOS = (2, 3, 4, 5, 6, 7, 8, 10, 15, 20, 25, 30, 40, 50)
+
+
+def _split_like(broker: float, book: float) -> str | None:
+    """The ratio ("4:1", "1:10") at which a split turns the book's quantity into the
+    broker's, or None. Alpaca splits a position before the ex-date's session opens and the
+    book only at that date's bar (the feed's `split` field): a difference of that shape is
+    most likely a split on its way, not a stranger's trade, and is worded (and alerted) so.
+    Forward: the broker holds exactly the book times the ratio. Reverse: the floor of the
+    book over the ratio (the fraction paid in cash), at least one share; where the floor
+    fits several ratios, each is named. A position gone to 0 is never called a split."""
+    if broker * book <= 0:
+        return None
+    held, booked = abs(broker), abs(book)
+    if held > booked:
+        ratio = held / booked
+        k = round(ratio)
+        exact = k in _SPLIT_RATIOS and abs(held - booked * k) <= 1e-6 * max(1.0, held)
+        return f"{k}:1" if exact else None
+    fits = [f"1:{k}" for k in _SPLIT_RATIOS if int(booked / k + 1e-9) == held]
+    return " or ".join(fits) or None
+
+
+def _difference_text(broker: float, book: float) -> str:
+    """The why of a difference, with what to expect when it has a split's shape."""
+    why = f"broker holds {broker:g}, the book {book:g}"
+    ratio = _split_like(broker, book)
+    if ratio is not None:
+        why += (
+            f": {ratio}, as a split would; the book applies a split at its ex-date's bar (the "
+            "feed's split field); if none comes, check the account"
+        )
+    return why
+
+
 def _gap(reading: tuple[float, float] | None) -> float:
     """A (broker, book) reading's difference; none read (it appeared later) is 0."""
     return 0.0 if reading is None else reading[0] - reading[1]
@@ -1632,7 +1669,7 @@ class Engine:
         moving: dict[str, int] = {}
         for sym, (broker, book) in again.items():
             if sym in self.reconcile_blocked:
-                blocked[sym] = f"broker holds {broker:g}, the book {book:g}"
+                blocked[sym] = _difference_text(broker, book)
             elif sym in new and _same_gap(new[sym], (broker, book)):
                 blocked[sym] = self._position_difference(sym, broker, book)
             elif sym not in ordering:
@@ -1719,17 +1756,19 @@ class Engine:
         rule: str = "unexplained (the same at two checks)",
     ) -> str:
         """A difference found to be real: logged, alerted; returns the why. `moved_from`:
-        the difference at the first check, when it was not the same at the second."""
-        why = f"broker holds {broker:g}, the book {book:g}"
+        the difference at the first check, when it was not the same at the second. One of
+        a split's shape is a warning, not critical: it is expected to clear at the ex-date's
+        bar, and the symbol is held the same either way."""
+        why = _difference_text(broker, book)
         if moved_from is not None:
             why += f" (the difference moved from {moved_from:g} to {broker - book:g}: {rule})"
-        log.error(
-            "reconcile.difference",
-            symbol=sym,
-            broker=broker,
-            book=book,
-            rule=f"{rule}: trading in the symbol stops until they agree",
-        )
+        split = _split_like(broker, book)
+        said = {"symbol": sym, "broker": broker, "book": book}
+        stops = f"{rule}: trading in the symbol stops until they agree"
+        if split is None:
+            log.error("reconcile.difference", **said, rule=stops)
+        else:
+            log.warning("reconcile.difference", **said, split_ratio=split, rule=stops)
         alerter = getattr(self, "alerter", None)
         if alerter is not None:
             # A condition: resolved when the two agree again (`_reconcile`).
@@ -1739,7 +1778,7 @@ class Engine:
                 True,
                 title=f"position difference in {sym}",
                 text=why + "; trading in it stops until they agree",
-                severity=CRITICAL,
+                severity=WARNING if split else CRITICAL,
             )
         return why
 
