@@ -314,7 +314,7 @@ def record_trial(
     # a sweep's workers end their backtests together, and without it two could both find
     # the line missing and both add it, or a reader see half a line.
     with ledger.open("a+b") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        _lock_to_append(fh.fileno(), ledger)
         fh.seek(0)
         data = fh.read()
         for entry in _parsed(data, ledger):
@@ -353,8 +353,9 @@ def ledger_entries(path: Path) -> list[dict[str, Any]]:
     return _parsed(data, path)
 
 
-# The folders whose ledger was read without a lock, said once each (`_lock_to_read`).
-_UNLOCKED_FOLDERS: set[str] = set()
+# The (folder, step) pairs whose ledger was read or appended to without a lock, said once
+# each (`_unlocked`).
+_UNLOCKED_FOLDERS: set[tuple[str, str]] = set()
 
 
 def _lock_to_read(fd: int, path: Path) -> None:
@@ -365,18 +366,48 @@ def _lock_to_read(fd: int, path: Path) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
     except OSError as exc:
-        folder = str(path.parent)
-        if folder in _UNLOCKED_FOLDERS:
-            return
-        _UNLOCKED_FOLDERS.add(folder)
-        log.warning(
-            "trials.ledger_unlocked",
-            folder=folder,
-            error=exc.strerror or str(exc),
-            detail="this filesystem refuses file locks: the trial ledger is read without "
-            "one, so a line a backtest ending meanwhile writes may be read cut (and reported "
-            "as skipped); count again once the runs are done, or keep the runs on a local disk",
+        _unlocked(
+            path,
+            "read",
+            exc,
+            "this filesystem refuses file locks: the trial ledger is read without one, so a "
+            "line a backtest ending meanwhile writes may be read cut (and reported as "
+            "skipped); count again once the runs are done, or keep the runs on a local disk",
         )
+
+
+def _lock_to_append(fd: int, path: Path) -> None:
+    """The exclusive lock for an append; where the filesystem refuses locks (as for
+    `_lock_to_read`) the line is appended without one, said once per folder: the backtest
+    noted no trial at all there (`backtest.trial_not_recorded` at every run), and a
+    deflated Sharpe ratio then missed the variants whose folders a rerun replaced."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+    except OSError as exc:
+        _unlocked(
+            path,
+            "append",
+            exc,
+            "this filesystem refuses file locks: trials are appended to the ledger without "
+            "one, so backtests ending together into this folder (a parallel sweep's workers) "
+            "may add a variant's line twice (counted once) or cut each other's lines "
+            "(reported as skipped when counted); run parallel sweeps into a folder on a "
+            "local disk",
+        )
+
+
+def _unlocked(path: Path, step: str, exc: OSError, detail: str) -> None:
+    folder = str(path.parent)
+    if (folder, step) in _UNLOCKED_FOLDERS:
+        return
+    _UNLOCKED_FOLDERS.add((folder, step))
+    log.warning(
+        "trials.ledger_unlocked",
+        folder=folder,
+        step=step,
+        error=exc.strerror or str(exc),
+        detail=detail,
+    )
 
 
 # The line numbers a warning names at most (the count names them all).

@@ -117,3 +117,26 @@ def test_a_filesystem_without_locks_reads_the_ledger_unlocked_said_once(
     assert first.trials == again.trials == 2  # both variants, from the ledger alone
     warned = [e for e in logs if e["event"] == "trials.ledger_unlocked"]
     assert len(warned) == 1 and warned[0]["folder"] == str(tmp_path)
+
+
+def test_a_filesystem_without_locks_appends_unlocked_said_once(
+    tmp_path: Path, monkeypatch: Any
+) -> None:
+    """The writer still raised OSError there: the backtest's end said
+    `backtest.trial_not_recorded` and the ledger stayed empty, every run."""
+    import errno
+
+    def no_locks(fd: Any, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(trial_ledger.fcntl, "flock", no_locks)
+    monkeypatch.setattr(trial_ledger, "_UNLOCKED_FOLDERS", set(), raising=False)
+    with capture_logs() as logs:
+        record_trial(tmp_path, "a", _config(10), EQUITY, 100_000.0)
+        record_trial(tmp_path, "b", _config(11), EQUITY, 100_000.0)
+        record_trial(tmp_path, "b", _config(11), EQUITY, 100_000.0)  # a rerun: no new line
+    warned = [e for e in logs if e["event"] == "trials.ledger_unlocked"]
+    assert len(warned) == 1 and warned[0]["folder"] == str(tmp_path)
+    assert warned[0]["step"] == "append" and "twice" in warned[0]["detail"]
+    monkeypatch.undo()  # read back under a lock, as on a local disk
+    assert [e["run_id"] for e in ledger_entries(tmp_path / TRIALS_LEDGER)] == ["a", "b"]
