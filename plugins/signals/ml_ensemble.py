@@ -353,12 +353,25 @@ def locate_model(model_dir: str, cwd: str | Path | None = None) -> tuple[Path, s
     return default_model_dir(), f"model_dir is empty and there is no {published}: shipped model"
 
 
+# The card's fields that decide a prediction or a signal besides the ONNX files: the input
+# scaling, the features and their window, and the ensemble's weights, spread and threshold.
+_DECISIVE_CARD_FIELDS = ("scaler", "feature_set", "window", "ensemble")
+
+
 def card_identity(card: Mapping[str, Any]) -> dict[str, Any]:
-    """What a model computes, from its card: its version (a fingerprint of both models'
-    outputs and the scaling) and its ONNX files' sha256 (the version is never checked
-    against the files). Not its path: `current` names another model after a retrain."""
+    """What a model computes, from its card: its version, its ONNX files' sha256 (the version
+    is never checked against the files) and a hash of the card's other decisive fields (a
+    card edited under one version, a threshold or a scaler, decides otherwise: the
+    prediction cache's salt counts them too). Not its path: `current` names another model
+    after a retrain."""
     files = card["files"]
-    return {"model_version": card["model_version"], "sha256": [files[m]["sha256"] for m in MODELS]}
+    decisive = {k: card.get(k) for k in _DECISIVE_CARD_FIELDS}
+    text = json.dumps(decisive, sort_keys=True, default=str)
+    return {
+        "model_version": card["model_version"],
+        "sha256": [files[m]["sha256"] for m in MODELS],
+        "card": hashlib.sha256(text.encode()).hexdigest()[:16],
+    }
 
 
 # The CPU's vector instruction sets, from /proc/cpuinfo's "flags" (x86) or "Features" (Arm).

@@ -121,3 +121,27 @@ def test_backtests_of_one_config_on_two_models_count_as_two_trials(tmp_path, mon
     shutil.rmtree(first.output_dir)  # the ledger still counts the model-a variant
     counted = count_trials(runs)
     assert counted.trials == 2 and counted.runs == 2
+
+
+def test_a_card_edited_under_one_version_is_another_model(tmp_path, monkeypatch):
+    """The id hashed the version and the ONNX files only: a card whose threshold or scaler
+    was edited under the same version (as the prediction cache's salt counts it) decides
+    otherwise, yet took the same id and replaced the earlier run's record."""
+    monkeypatch.chdir(tmp_path)
+    a, _, copy = _two_models(tmp_path)
+    root = tmp_path / DEFAULT_MODEL_ROOT
+    _point_current(root, a)
+    config = _config(tmp_path)
+    first = run_id_for(config, "backtest")
+    card = json.loads((copy / "card.json").read_text())
+    card["ensemble"]["threshold"] = 0.95
+    (copy / "card.json").write_text(json.dumps(card))
+    _point_current(root, copy)
+    assert run_id_for(config, "backtest") != first
+    card = json.loads((copy / "card.json").read_text())
+    card["ensemble"]["threshold"] = json.loads((a / "card.json").read_text())["ensemble"][
+        "threshold"
+    ]
+    card["scaler"]["mean"] = [m + 1.0 for m in card["scaler"]["mean"]]
+    (copy / "card.json").write_text(json.dumps(card))
+    assert run_id_for(config, "backtest") != first

@@ -126,3 +126,15 @@ def test_a_store_at_the_decoded_path_or_escaped_as_written_starts(tmp_path: Path
     # Once renamed (or when both exist), the decoded path is the store.
     sqlite3.connect(tmp_path / "my db.db").close()
     check_config(_store_config(tmp_path, f"sqlite:///{written.as_posix()}"), "fetch")
+
+
+def test_a_name_whose_escapes_are_too_long_as_written_starts(tmp_path: Path) -> None:
+    """Percent-encoding triples a non-ASCII name: the path as written can exceed the file
+    system's name limit while the decoded one fits, and looking for a store left there
+    stopped the start with a traceback (ENAMETOOLONG)."""
+    from urllib.parse import quote
+
+    name = "データ" * 13 + ".db"  # 120 bytes decoded, 360 characters escaped
+    assert len(name.encode()) < 255 < len(quote(name))
+    url = f"sqlite:///{tmp_path.as_posix()}/{quote(name)}"
+    check_config(_store_config(tmp_path, url), "fetch")
