@@ -987,6 +987,7 @@ class _Daemon:
 
     def attach(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        loop.set_exception_handler(loop_exception)
         self._stopping = asyncio.Event()
         if self.stopping:
             self._stopping.set()
@@ -1210,6 +1211,33 @@ def _run_command(args: argparse.Namespace, *, restore: bool = True) -> int:
             daemon.flush_recorded()
         if restore:  # an embedded call; a process that exits now ignores them (main)
             daemon.restore()
+
+
+def _lost_connection(exc: BaseException | None) -> bool:
+    """A connection's loss as asyncpg or the socket reports it (not an error of ours)."""
+    if isinstance(exc, ConnectionError):
+        return True
+    kind = type(exc)
+    return kind.__module__.startswith("asyncpg") and "Connection" in kind.__name__
+
+
+def loop_exception(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    """The event loop's handler of errors nobody awaited. asyncpg sets a connection's loss on
+    an internal future no caller awaits any more when a database goes away mid-operation
+    (its issue #309): asyncio logged it as an error with a traceback while the store was
+    already down, reported and spooling (`storage.database.down`). That one is a warning;
+    everything else goes to asyncio's own handler, as before."""
+    exc = context.get("exception")
+    if str(context.get("message", "")).startswith("Future exception was never retrieved") and (
+        _lost_connection(exc)
+    ):
+        log.warning(
+            "asyncio.connection_loss_unretrieved",
+            error=f"{type(exc).__name__}: {exc}",
+            detail="a connection lost mid-operation, reported by its store or client",
+        )
+        return
+    loop.default_exception_handler(context)
 
 
 async def _run(config: Config, daemon: _Daemon) -> int:
