@@ -213,15 +213,17 @@ class LiveClock:
         released or a stop is requested: the engine asking again for a late bar stops as
         soon as another bar is due. A failed firing (`_tick`) is raised, as the iterator
         raises it: returning, the engine asked for the late bar until its deadline (days,
-        over a weekend) on a clock that would release nothing more."""
-        if self._failure is not None:
-            raise self._failure
+        over a weekend) on a clock that would release nothing more. In the iterator's order:
+        a stop first, then the bars already released, then the failure (a stop that met a
+        failure was an error exit, and the released bars were never stepped)."""
         if self._event is None or self._pending or self._stopped:
             return
+        if self._failure is not None:
+            raise self._failure
         self._event.clear()  # the iterator re-checks what is pending before it waits
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._event.wait(), seconds)
-        if self._failure is not None:
+        if self._failure is not None and not self._pending and not self._stopped:
             raise self._failure
 
     def expected_latest(self, now: datetime | None = None) -> datetime | None:

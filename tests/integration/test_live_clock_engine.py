@@ -251,3 +251,26 @@ async def test_a_clock_that_fails_while_a_late_bar_is_asked_for_stops_the_asking
     with pytest.raises(RuntimeError, match="exchange calendar unreadable"):
         await engine.run_until_done()
     assert len(asked) == 1
+
+
+async def test_a_clock_wait_puts_a_stop_and_released_bars_before_its_failure(engine_config):
+    """`wait` raised a failed firing before it looked at a stop or at bars already released:
+    a stop that met a failure became an error exit, and those bars were never stepped. It
+    now answers in the iterator's order."""
+    import asyncio
+
+    import pytest
+
+    now = FakeTime(datetime(2020, 4, 14, 20, 0, 5, tzinfo=UTC))
+    engine, _ = _engine(engine_config, now)
+    clock = engine.clock
+    clock._event = asyncio.Event()
+    clock._failure = RuntimeError("exchange calendar unreadable")
+    clock._pending.append(LABEL)
+    await clock.wait(0.01)  # a released bar first: the iterator hands it over
+    clock._pending.clear()
+    clock._stopped = True
+    await clock.wait(0.01)  # a stop: no error exit
+    clock._stopped = False
+    with pytest.raises(RuntimeError, match="exchange calendar unreadable"):
+        await clock.wait(0.01)
