@@ -109,6 +109,16 @@ def run_async():
     return asyncio.run
 
 
+def deep_path(base: Path, length: int) -> Path:
+    """A folder path of exactly `length` characters under `base` (names of 200 at most): the
+    path-length checks' tests, which must not depend on where the temporary folder is."""
+    path = str(base)
+    while len(path) < length:
+        path += "/" + "d" * min(200, length - len(path) - 1)
+    assert len(path) == length
+    return Path(path)
+
+
 def make_panel(n_symbols: int = 8, n_bars: int = 300, seed: int = 7, split_at: int | None = 150):
     """A deterministic random-walk universe with one 4-for-1 split, some missing bars and
     dividends: enough to exercise every corporate-action path without the shared data."""

@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 
 import pytest
 import structlog
+from conftest import deep_path
 
 from tradingd.__main__ import DEFAULT_RETRAIN_ROOT, DEFAULT_TRAIN_OUT, _parser, main
 from tradingd.config import load_config
@@ -300,20 +301,11 @@ def test_unwritable_output_option_fails_before_the_replay(cli, tmp_path, bad_dir
     assert f"--output = '{bad_dir}' is invalid" in err
 
 
-def _deep(base: Path, length: int) -> Path:
-    """A folder path of exactly `length` characters under `base` (names of 200 characters)."""
-    path = str(base)
-    while len(path) < length:
-        path += "/" + "d" * min(200, length - len(path) - 1)
-    assert len(path) == length
-    return Path(path)
-
-
 def test_an_output_path_too_long_for_the_records_files_fails_before_the_replay(cli, tmp_path):
     """A 4,075-character --output passed the start-up check (its folders could be made) and
     the whole replay ran before the record's files, 20-odd characters more, could not be
     named (ENAMETOOLONG), with the advice to free space."""
-    out = _deep(tmp_path, 4075)
+    out = deep_path(tmp_path, 4075)
     code, _, err = cli("backtest", "-c", str(write_config(tmp_path)), "--output", str(out))
     assert code == 2  # the run_backtest tripwire was not reached
     assert "--output = " in err and "over this file system's limit of 4,095" in err
@@ -343,7 +335,7 @@ def test_the_output_length_check_takes_exactly_the_paths_the_record_can_be_writt
 
     longest = max(len(n) for n in backtest.record_names())
     limit = os.pathconf(tmp_path, "PC_PATH_MAX") - 1  # bytes of a path, without its NUL
-    fits = _deep(tmp_path, limit - 1 - longest)
+    fits = deep_path(tmp_path, limit - 1 - longest)
     assert check_writable_dir(fits, "--output", names=backtest.record_names()) == fits
     result = EngineResult("r", 1, [datetime(2024, 3, 8, tzinfo=UTC)], [1e5], [0.0], 0, 0, 0)
     backtest.write_outputs(fits, Config(), result, {"run_id": "r"}, [], [])

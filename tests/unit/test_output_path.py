@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import deep_path
 
 from tradingd import backtest
 from tradingd.app import run_id_for
@@ -20,15 +21,6 @@ from tradingd.preflight import check_config
 
 class Tripwire(Exception):
     """Raised by the data load, which the check must come before."""
-
-
-def _deep(base: Path, length: int) -> Path:
-    """A folder path of exactly `length` characters under `base` (names of 200 at most)."""
-    path = str(base)
-    while len(path) < length:
-        path += "/" + "d" * min(200, length - len(path) - 1)
-    assert len(path) == length
-    return Path(path)
 
 
 def _config(tmp_path: Path, output_dir: Path) -> Config:
@@ -51,7 +43,7 @@ def _longest_fitting(tmp_path: Path) -> Path:
     run_id = run_id_for(_config(tmp_path, tmp_path), "backtest")
     longest = max(len(n) for n in backtest.record_names())
     limit = os.pathconf(tmp_path, "PC_PATH_MAX") - 1  # bytes of a path, without its NUL
-    return _deep(tmp_path, limit - 1 - len(run_id) - 1 - longest)
+    return deep_path(tmp_path, limit - 1 - len(run_id) - 1 - longest)
 
 
 def test_the_run_folder_in_run_output_dir_is_checked_with_the_records_files(tmp_path):
@@ -80,7 +72,7 @@ def test_a_backtest_refuses_a_record_folder_too_long_before_loading_its_data(tmp
     too_long = _config(tmp_path, Path(f"{_longest_fitting(tmp_path)}x"))
     with pytest.raises(ConfigError, match=r"run\.output_dir's record folder .* give a shorter"):
         asyncio.run(backtest.run_backtest(too_long))
-    explicit = _deep(tmp_path, os.pathconf(tmp_path, "PC_PATH_MAX") - 10)
+    explicit = deep_path(tmp_path, os.pathconf(tmp_path, "PC_PATH_MAX") - 10)
     with pytest.raises(ConfigError, match=r"^output_dir = .*give a shorter path"):
         asyncio.run(backtest.run_backtest(_config(tmp_path, tmp_path), output_dir=explicit))
     # One that fits goes on to load the data.
