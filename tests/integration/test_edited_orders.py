@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from conftest import make_panel
-from fakes.alpaca_trading_server import AlpacaTradingFake, running_fake
+from fakes.alpaca_trading_server import running_fake
 from live_on_fake import live_on_fake
 from structlog.testing import capture_logs
 
@@ -29,10 +29,6 @@ RUN = "edited-orders"
 def fake(monkeypatch):
     with running_fake(monkeypatch, cash=1_000_000.0) as server:
         yield server
-
-
-def _live(engine_config, fake: AlpacaTradingFake):  # type: ignore[no-untyped-def]
-    return live_on_fake(engine_config, fake, RUN)
 
 
 async def _eventually(pred: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -69,7 +65,7 @@ class _KillSwitch:
 async def test_a_flatten_or_a_halt_cancels_the_replacement_of_an_edited_entry(
     engine_config, fake, how
 ):
-    panel, config = _live(engine_config, fake)
+    panel, config = live_on_fake(engine_config, fake, RUN)
     engine = build_engine(config, "live", panel=panel)
     broker = engine.broker
     switch = _KillSwitch()

@@ -7,7 +7,7 @@ live engine runs against the loopback Alpaca; no test sleeps for a fixed time.""
 from __future__ import annotations
 
 import pytest
-from fakes.alpaca_trading_server import AlpacaTradingFake, running_fake
+from fakes.alpaca_trading_server import running_fake
 from live_on_fake import live_on_fake
 from structlog.testing import capture_logs
 
@@ -22,14 +22,10 @@ def fake(monkeypatch):
         yield server
 
 
-def _live(engine_config, fake: AlpacaTradingFake):  # type: ignore[no-untyped-def]
-    return live_on_fake(engine_config, fake, RUN)
-
-
 async def test_a_flatten_places_nothing_in_a_blocked_symbol_and_ends_without_it(
     engine_config, fake
 ):
-    panel, config = _live(engine_config, fake)
+    panel, config = live_on_fake(engine_config, fake, RUN)
     first = build_engine(config, "live", panel=panel)
     first.after_bar.append(lambda t, v: first.request_stop())  # one traded bar
     await first.run_until_done()

@@ -31,10 +31,6 @@ def fake(monkeypatch):
         yield server
 
 
-def _live(engine_config, fake: AlpacaTradingFake):  # type: ignore[no-untyped-def]
-    return live_on_fake(engine_config, fake, RUN)
-
-
 def _place_by_hand(fake: AlpacaTradingFake, symbol: str) -> None:
     fake.call(
         fake._create,
@@ -80,7 +76,7 @@ def _stored(db: Any, sql: str) -> list[tuple[Any, ...]]:
 async def test_a_hand_orders_fill_is_not_booked_and_its_shares_not_traded(
     engine_config, fake, tmp_path
 ):
-    panel, config = _live(engine_config, fake)
+    panel, config = live_on_fake(engine_config, fake, RUN)
     engine = build_engine(config, "live", panel=panel)
     sym = engine.symbols[1]
     _place_by_hand(fake, sym)
@@ -113,7 +109,7 @@ async def test_a_restarted_run_books_its_own_orders_fills_and_not_a_hand_orders(
     """A restarted run followed a hand order as one it knew (the checkpoint listed it) and
     booked its fill; the checkpoint now keeps only the run's own orders, and those must
     still be followed through the restart and their fills booked."""
-    panel, config = _live(engine_config, fake)
+    panel, config = live_on_fake(engine_config, fake, RUN)
     first = build_engine(config, "live", panel=panel)
     sym = first.symbols[1]
     _place_by_hand(fake, sym)
@@ -146,7 +142,7 @@ async def test_a_new_run_warns_of_the_exits_of_a_bracket_filled_by_hand(engine_c
     """Alpaca lists a bracket's legs under their entry only while it is open (nested), so
     the start-up listing left out the exits of a position protected by hand: no warning,
     and the broker did not follow them."""
-    panel, config = _live(engine_config, fake)
+    panel, config = live_on_fake(engine_config, fake, RUN)
     engine = build_engine(config, "live", panel=panel)
     sym = engine.symbols[2]
     entry = fake.call(

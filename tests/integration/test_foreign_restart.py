@@ -11,7 +11,7 @@ import sqlite3
 from typing import Any
 
 import pytest
-from fakes.alpaca_trading_server import AlpacaTradingFake, running_fake
+from fakes.alpaca_trading_server import running_fake
 from live_on_fake import live_on_fake
 from structlog.testing import capture_logs
 
@@ -25,10 +25,6 @@ BY_HAND = "by-hand-7"
 def fake(monkeypatch):
     with running_fake(monkeypatch, cash=1_000_000.0) as server:
         yield server
-
-
-def _live(engine_config, fake: AlpacaTradingFake):  # type: ignore[no-untyped-def]
-    return live_on_fake(engine_config, fake, RUN)
 
 
 def _checkpoint(db: Any) -> dict[str, Any]:
@@ -59,7 +55,7 @@ async def _one_bar(config, panel) -> tuple[Any, list[dict[str, Any]]]:  # type: 
 async def test_a_restart_warns_of_a_foreign_order_as_a_first_start_does(
     engine_config, fake, tmp_path
 ):
-    panel, config = _live(engine_config, fake)
+    panel, config = live_on_fake(engine_config, fake, RUN)
     sym = build_engine(config, "live", panel=panel).symbols[1]
     fake.call(
         fake._create,
