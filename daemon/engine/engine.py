@@ -667,10 +667,7 @@ class Engine:
                 # No bar decided yet (a new run): its record is made as this start would
                 # have made it (a row stored without it, `begin_run` deletes), with the
                 # control's row, which the next start resumes.
-                check_live = getattr(self.audit, "check_live", None)
-                if check_live is not None:
-                    check_live()
-                await self.store.resume_run(self.run)  # type: ignore[attr-defined]
+                await self._open_run_record()
                 await self._store_before_first_bar(state)
                 # resume_run made (or reopened) the run's record and nothing else ends it:
                 # ended as this start's stop would have, no bar decided.
@@ -680,6 +677,16 @@ class Engine:
             await self._store_trading_state(state)
         except Exception as exc:
             log.error("control.not_stored", state=state, error=str(exc))
+
+    async def _open_run_record(self) -> Any:
+        """The run's stored record, made or reopened (`resume_run`: its resume point, None for
+        a new run). The audit log first refuses a replay's log of this run id
+        (AuditLog.check_live) before the store records the run: a refused start left an empty
+        run record in another store, which the next start resumed."""
+        check_live = getattr(self.audit, "check_live", None)
+        if check_live is not None:
+            check_live()
+        return await self.store.resume_run(self.run)  # type: ignore[attr-defined]
 
     async def _start_part(self, part: Any) -> bool:
         """Start one part; a live one that cannot reach its service yet (RetryableError: the
@@ -1061,13 +1068,7 @@ class Engine:
                 started.append(part)
             structlog.contextvars.bind_contextvars(run_id=self.run.run_id)
             if self._durable:
-                # The audit log refuses a replay's log of this run id (AuditLog.check_live)
-                # before the store records the run: a refused start left an empty run record
-                # in another store, which the next start resumed.
-                check_live = getattr(self.audit, "check_live", None)
-                if check_live is not None:
-                    check_live()
-                stored = await self.store.resume_run(self.run)  # type: ignore[attr-defined]
+                stored = await self._open_run_record()
                 # A control's row is no bar: a run that decided none starts as a new one.
                 resume = self._without_control_row(stored)
                 await self._record_build(resume)
