@@ -80,10 +80,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import structlog
 
+# One account is one lock however its URL is written.
+from .core.endpoints import endpoint as broker_endpoint
 from .core.errors import ConfigError, StorageError
 from .core.lazy import LazyModule
 from .secrets import mask_url, scrub
@@ -147,38 +148,6 @@ def account_for(kind: str, identity: str) -> str:
     """An account string for `acquire_instance_lock` that never contains `identity` in clear:
     `account_for("alpaca", key_id)` -> `"alpaca:<16 hex digits>"`."""
     return f"{kind}:{_digest(identity)}"
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
-# One machine's loopback under its usual spellings. Merging them can only make the lock
-# stricter (a server on 127.0.0.1:P and another on [::1]:P would count as one account, and
-# the second daemon is refused with a message), never let two daemons trade one account.
-_LOOPBACK = {"localhost", "localhost.localdomain", "::1", "0:0:0:0:0:0:0:1"}
-
-
-def broker_endpoint(base_url: str) -> str:
-    """The broker endpoint as one spelling, so one account is one lock however its URL is
-    written: scheme and host lower-cased, the default port made explicit, the loopback
-    host's spellings (localhost, 127.x.x.x, ::1) as one, slashes after the path and repeated
-    ones dropped, user info, query and fragment dropped (the broker client ignores them).
-    The path stays: it is part of where the requests go."""
-    raw = (base_url or "").strip()
-    parts = urlsplit(raw)
-    scheme = parts.scheme.lower()
-    host = (parts.hostname or "").rstrip(".")  # urlsplit lower-cases it
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if not scheme or not host:
-        return raw.rstrip("/").lower()  # not a URL the broker could use: as written
-    if host in _LOOPBACK or host.startswith("127.") or host == "::ffff:127.0.0.1":
-        host = "loopback"
-    if ":" in host:
-        host = f"[{host}]"
-    port = port or _DEFAULT_PORTS.get(scheme)
-    path = re.sub("/{2,}", "/", parts.path).rstrip("/")
-    return f"{scheme}://{host}{f':{port}' if port else ''}{path}"
 
 
 def broker_account(kind: str, key_id: str, base_url: str) -> str:

@@ -40,11 +40,11 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextvars import ContextVar
 from typing import Any
-from urllib.parse import urlsplit
 
 import structlog
 
 from ..cache.memory import MemoryCache
+from ..core.endpoints import endpoint
 from ..core.errors import RetryableError
 from ..core.ports import Cache
 from ..metrics import CACHE_REQUESTS
@@ -116,27 +116,6 @@ def held_writes() -> Iterator[HeldWrites]:
 
 
 DEFAULT_TTL_S = 3600.0
-
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-
-
-def endpoint(base_url: str) -> str:
-    """The part of a vendor's base URL that decides its answers, in one spelling: scheme,
-    lower-cased host, port (unless the scheme's default), path without a trailing slash.
-    User, password, query and fragment are left out: credentials never reach a cache key,
-    and the same endpoint with another token is the same data."""
-    parts = urlsplit(base_url.strip())
-    host = parts.hostname or ""
-    if ":" in host:  # IPv6
-        host = f"[{host}]"
-    try:
-        port = parts.port
-    except ValueError:  # not a port: the request fails anyway, and caches nothing
-        port = None
-    if port is not None and port != _DEFAULT_PORTS.get(parts.scheme):
-        host = f"{host}:{port}"
-    return f"{parts.scheme}://{host}{parts.path.rstrip('/')}"
 
 
 def cache_key(
