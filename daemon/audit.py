@@ -450,17 +450,21 @@ class AuditLog:
         self._last_write = time.monotonic()
         return ("tradingd.audit:child_lines", batch)
 
-    def session(self, *, resumed: bool = False, **info: Any) -> None:
+    def session(self, *, resumed: bool = False, keep_log: bool = False, **info: Any) -> None:
         """Mark a process session (pid, start, where a resumed run continued from): a reader
-        sees where each process's records begin. `resumed`: the store continues this run id
-        (False: it has no record of it, a fresh start).
+        sees where each process's records begin. `resumed`: the engine continues this run
+        from its stored record (False: a new run, which is what the line says). `keep_log`:
+        a new run whose store holds this run id's record all the same (only a control stored
+        before its first bar, `Engine._without_control_row`): the earlier process's lines
+        are this run's, kept where they are. The line said `resumed=True` for such a run,
+        which the engine starts as a new one from its first bar.
 
         A live start refuses a replay's log of its run id (ConfigError, `check_live`). A
         fresh start that finds an earlier live run's log with records (its store was
         deleted, e.g. the demo's) sets those files aside, renamed with the time, so the new
         run's log holds its records alone."""
         self.check_live()
-        if not resumed:
+        if not (resumed or keep_log):
             self._set_aside()
         # Marks the log as a live run's, whose records a replay must never delete (begin_run),
         # whatever store each uses: the file alone cannot say (it rotates).

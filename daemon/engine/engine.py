@@ -1085,9 +1085,11 @@ class Engine:
                     session(
                         started_at=datetime.now(UTC),
                         resumed_from=self.resumed_from,
-                        # The store holds this run (a control's row too): the earlier
-                        # process's audit lines are this run's, not set aside.
-                        resumed=stored is not None,
+                        # What the engine decided: a run with only a control's row is
+                        # new. The store holds it all the same, so the earlier process's
+                        # audit lines are this run's, not set aside.
+                        resumed=resume is not None,
+                        keep_log=stored is not None,
                     )
                 await self._publish(force=True)  # the state from the start, not the first bar
             else:

@@ -219,3 +219,34 @@ async def test_reset_halt_of_a_run_with_only_a_controls_row_says_it_completed_no
         await reset_halt(config, config.run.run_id)
     [row] = await _stored_checkpoint(config)  # left as it was
     assert row["state"]["trading_state"] == "paused"
+
+
+def _session_lines(config) -> list[dict]:  # type: ignore[no-untyped-def]
+    """The session lines of the run's audit log, in order."""
+    import json
+
+    from tradingd.audit import audit_path
+
+    path = audit_path(config.log.audit_dir, config.run.run_id)
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r.get("event") == "session"]
+
+
+async def test_the_audit_says_a_restart_after_a_control_before_the_first_bar_is_a_new_run(
+    engine_config,
+):
+    """The engine starts such a run as a new one (`_without_control_row`), yet its audit
+    log's session line said `resumed: true`. The earlier process's lines stay: the store
+    holds the run's record (the control), so they are this run's."""
+    from tradingd.app import build_engine
+
+    panel, config = live_run(engine_config)
+    await _paused_before_its_first_bar(config, panel, "before the first bar")
+    assert [s["resumed"] for s in _session_lines(config)] == [False]
+
+    restarted = build_engine(config, "live", panel=panel)
+    await restarted.run_until_done()
+    assert restarted.resumed_from is None  # what the engine decided: a new run
+    sessions = _session_lines(config)
+    assert [s["resumed"] for s in sessions] == [False, False]
+    assert [s["resumed_from"] for s in sessions] == [None, None]
