@@ -26,6 +26,9 @@ SIGKILL, so a crash can never leave a stuck lock:
   database, or `tradingd-<hash>.lock` in `lock_dir` (default for an in-memory store: the
   system temporary folder). The holder's pid, host and start time are written into the file
   for the refusal message; a file left by a killed process is not locked and does not block.
+  What flock's error means is `core.flock`'s: held refuses (`AnotherDaemonRunning`), a
+  filesystem without locks is `LocksUnsupported`, and any other failure (EIO, EBADF, EACCES,
+  ...) is `LockFileFailed`, which stops the start at once: never read as "no locks here".
 
 The broker account, machine-wide. Both locks above sit with the store, so two daemons of one
 configuration in two working folders (a relative `sqlite:///var/paper.db`) or on two
@@ -67,7 +70,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import fcntl
 import hashlib
 import json
@@ -82,6 +84,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import structlog
+
+from .core import flock
 
 # One account is one lock however its URL is written.
 from .core.endpoints import endpoint as broker_endpoint
@@ -133,6 +137,18 @@ _KEEPALIVE = {
     "tcp_keepalives_interval": "10",
     "tcp_keepalives_count": "3",
 }
+
+
+class LocksUnsupported(StorageError):
+    """The lock file's filesystem does not do file locks (`core.flock`: ENOLCK, ENOTSUP,
+    ENOSYS, EINVAL). The store's lock stops the start; the account lock is then said and
+    left to the store's lock, as for a lock folder that cannot be written."""
+
+
+class LockFileFailed(StorageError):
+    """flock failed on the lock file for another reason (EBADF, EIO, EACCES, ...): nothing
+    says locks are unsupported there, so the start stops rather than run unlocked beside a
+    holder it cannot see. Not waited for as a database that is down."""
 
 
 class AnotherDaemonRunning(ConfigError):
@@ -544,9 +560,18 @@ class FileInstanceLock(InstanceLock):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
             os.close(fd)
-            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            if flock.is_held(e):
                 raise self._refuse(self._read_holder()) from None
-            raise StorageError(f"instance lock: cannot lock {self.path}: {e}") from e
+            if flock.is_unsupported(e):
+                raise LocksUnsupported(
+                    f"instance lock: the filesystem of {self.path} does not support file locks "
+                    f"({flock.errno_text(e)}): put the lock on a local disk"
+                ) from e
+            raise LockFileFailed(
+                f"instance lock: cannot lock {self.path} ({flock.errno_text(e)}): not started "
+                "unlocked, as another daemon could then run beside this one unseen; fix the "
+                "file or its disk, or lock elsewhere (TRADINGD_LOCK_DIR, lock_dir)"
+            ) from e
         return fd
 
     def _read_holder(self) -> dict[str, Any]:
@@ -673,7 +698,8 @@ async def acquire_account_lock(
     shown: a masked URL or a path), or raise `AnotherDaemonRunning` naming the holder and
     its store (after retrying for up to `wait_s`, for a holder that is just exiting), or
     `StorageError` when the lock file can be neither created nor opened (another user's
-    lock file, readable but not writable, is locked through a read-only descriptor)."""
+    lock file, readable but not writable, is locked through a read-only descriptor), or
+    cannot be locked (`LocksUnsupported`, `LockFileFailed`)."""
     if not account:
         raise ConfigError("account lock: the account is empty (derive it from the broker account)")
     lock = AccountLock(store, account, account_lock_path(account, lock_dir))
@@ -766,6 +792,8 @@ async def _take(lock: InstanceLock, wait_s: float, unreachable_wait_s: float) ->
             if time.monotonic() >= deadline:
                 raise
             await asyncio.sleep(0.1)
+        except LockFileFailed:
+            raise  # a file that cannot be locked, not a database that is down
         except StorageError as e:
             left = down_deadline - time.monotonic()
             if left <= 0:
@@ -796,7 +824,10 @@ class InstanceLockService:
     daemon on the same store is still told about the store. A lock folder that cannot be
     written (a service whose home is read-only) is logged, shown in /ready (still ok), and
     leaves the store's lock alone to guard the account: refusing would stop every such
-    deployment, while the daemons it could miss are the ones started in other folders."""
+    deployment, while the daemons it could miss are the ones started in other folders. So
+    does a lock folder on a filesystem without file locks (`LocksUnsupported`); a lock file
+    that cannot be locked for any other reason (`LockFileFailed`: EIO, EBADF, ...) stops the
+    start, the store's lock released."""
 
     def __init__(
         self,
@@ -842,6 +873,10 @@ class InstanceLockService:
                     lock_dir=self.account_lock_dir,
                     wait_s=self.wait_s,
                 )
+            except LockFileFailed:
+                # Not "unavailable": the lock failed, and the account would run unlocked.
+                await self.lock.release()
+                raise
             except StorageError as e:
                 self.account_lock_error = (
                     f"{e}; only the store's lock guards this account: set {LOCK_DIR_ENV} to a "
