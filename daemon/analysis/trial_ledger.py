@@ -20,12 +20,15 @@ from typing import Any
 import numpy as np
 import structlog
 
+from ..core import flock
+from ..core.errors import StorageError
 from .return_metrics import simple_returns
 
 __all__ = [
     "DEFAULT_IGNORED_CONFIG",
     "HASH_VERSION",
     "TRIALS_LEDGER",
+    "LedgerLockError",
     "canonical_params",
     "config_hash",
     "config_hash_v2",
@@ -358,14 +361,38 @@ def ledger_entries(path: Path) -> list[dict[str, Any]]:
 _UNLOCKED_FOLDERS: set[tuple[str, str]] = set()
 
 
+class LedgerLockError(StorageError, OSError):
+    """flock failed on the ledger for a reason other than a filesystem without locks (EIO,
+    EBADF, EACCES, ...: `core.flock`). Read as "no locks here" before, the ledger was read or
+    appended to unlocked, with a warning once per folder. An OSError too, so a backtest's
+    end says it (`backtest.trial_not_recorded`) rather than fail; the count stops on it."""
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+
+def _lock_failed(path: Path, step: str, exc: OSError) -> LedgerLockError:
+    """The error of a lock that neither is unsupported nor succeeded, naming the file and
+    the errno."""
+    return LedgerLockError(
+        exc.errno,
+        f"cannot lock the trial ledger {path} to {step} it ({flock.errno_text(exc)}): not "
+        f"{'read' if step == 'read' else 'appended to'} without the lock, as on a filesystem "
+        "that has none; fix the file or its disk",
+    )
+
+
 def _lock_to_read(fd: int, path: Path) -> None:
     """A shared lock for a read; on a filesystem that refuses locks (ENOLCK: some NFS and
-    FUSE mounts) the ledger is read without one, said once per folder: the count read fine
-    there before readers locked, and must not fail now. A line appended meanwhile may then
-    be read cut (reported as skipped by `_parsed`)."""
+    FUSE mounts; `core.flock.UNSUPPORTED`) the ledger is read without one, said once per
+    folder: the count read fine there before readers locked, and must not fail now. A line
+    appended meanwhile may then be read cut (reported as skipped by `_parsed`). Any other
+    failure is `LedgerLockError`."""
     try:
         fcntl.flock(fd, fcntl.LOCK_SH)
     except OSError as exc:
+        if not flock.is_unsupported(exc):
+            raise _lock_failed(path, "read", exc) from exc
         _unlocked(
             path,
             "read",
@@ -380,10 +407,13 @@ def _lock_to_append(fd: int, path: Path) -> None:
     """The exclusive lock for an append; where the filesystem refuses locks (as for
     `_lock_to_read`) the line is appended without one, said once per folder: the backtest
     noted no trial at all there (`backtest.trial_not_recorded` at every run), and a
-    deflated Sharpe ratio then missed the variants whose folders a rerun replaced."""
+    deflated Sharpe ratio then missed the variants whose folders a rerun replaced. Any
+    other failure is `LedgerLockError`: no line is appended."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
     except OSError as exc:
+        if not flock.is_unsupported(exc):
+            raise _lock_failed(path, "append", exc) from exc
         _unlocked(
             path,
             "append",

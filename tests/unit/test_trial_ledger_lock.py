@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 from structlog.testing import capture_logs
 
 from tradingd.analysis import trial_ledger
@@ -140,3 +141,76 @@ def test_a_filesystem_without_locks_appends_unlocked_said_once(
     assert warned[0]["step"] == "append" and "twice" in warned[0]["detail"]
     monkeypatch.undo()  # read back under a lock, as on a local disk
     assert [e["run_id"] for e in ledger_entries(tmp_path / TRIALS_LEDGER)] == ["a", "b"]
+
+
+def _flock_raising(monkeypatch: Any, code: int) -> None:
+    import os
+
+    def failing(fd: Any, operation: int) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(trial_ledger.fcntl, "flock", failing)
+    monkeypatch.setattr(trial_ledger, "_UNLOCKED_FOLDERS", set(), raising=False)
+
+
+_UNSUPPORTED = ["ENOLCK", "EOPNOTSUPP", "ENOTSUP", "ENOSYS", "EINVAL"]
+_FAILED = ["EBADF", "EIO", "EACCES", "ENOSPC"]
+
+
+@pytest.mark.parametrize("name", _UNSUPPORTED)
+def test_every_no_locks_errno_appends_unlocked_said_once(
+    tmp_path: Path, monkeypatch: Any, name: str
+) -> None:
+    import errno
+
+    _flock_raising(monkeypatch, getattr(errno, name))
+    with capture_logs() as logs:
+        record_trial(tmp_path, "a", _config(10), EQUITY, 100_000.0)
+        assert [e["run_id"] for e in ledger_entries(tmp_path / TRIALS_LEDGER)] == ["a"]
+    steps = [e["step"] for e in logs if e["event"] == "trials.ledger_unlocked"]
+    assert steps == ["append", "read"]
+
+
+@pytest.mark.parametrize("name", _FAILED)
+def test_a_lock_that_fails_otherwise_appends_nothing_and_says_file_and_errno(
+    tmp_path: Path, monkeypatch: Any, name: str
+) -> None:
+    """EIO, EBADF, EACCES, ENOSPC were read as "this filesystem refuses file locks": the
+    line went in unlocked, a sweep's workers could cut each other's lines."""
+    import errno
+
+    from tradingd.analysis.trial_ledger import LedgerLockError
+
+    record_trial(tmp_path, "a", _config(10), EQUITY, 100_000.0)
+    ledger = tmp_path / TRIALS_LEDGER
+    before = ledger.read_bytes()
+    _flock_raising(monkeypatch, getattr(errno, name))
+    with capture_logs() as logs:
+        with pytest.raises(OSError) as appending:  # what a backtest's end says, not fails on
+            record_trial(tmp_path, "b", _config(11), EQUITY, 100_000.0)
+        with pytest.raises(LedgerLockError) as reading:
+            ledger_entries(ledger)
+    for failed in (appending.value, reading.value):
+        assert isinstance(failed, LedgerLockError)
+        assert str(ledger) in str(failed) and name in str(failed)
+    assert ledger.read_bytes() == before
+    assert not [e for e in logs if e["event"] == "trials.ledger_unlocked"]
+
+
+def test_a_backtests_end_says_a_ledger_lock_that_failed(tmp_path: Path, monkeypatch: Any) -> None:
+    """`backtest.trial_not_recorded` names the ledger and the errno."""
+    import errno
+    import types
+
+    from tradingd.backtest import _note_trial
+    from tradingd.config import Config
+
+    _flock_raising(monkeypatch, errno.EIO)
+    config = Config()
+    out = tmp_path / "runs" / "r1"
+    out.mkdir(parents=True)
+    result = types.SimpleNamespace(run_id="r1", equity=EQUITY)
+    with capture_logs() as logs:
+        _note_trial(out, config, result, ())  # type: ignore[arg-type]
+    (said,) = [e for e in logs if e["event"] == "backtest.trial_not_recorded"]
+    assert "EIO" in said["error"] and str(out / TRIALS_LEDGER) in said["error"]
