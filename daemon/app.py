@@ -1508,6 +1508,7 @@ def health_inputs(
             "next_bar_release": release,
             "market_open": market_open,
             "bars": engine.bars_processed,
+            "bars_never_traded": engine.bars_never_traded,
             "model_version": engine.signal_source,
             "trading_state": engine.trading_state,
             "resumed_from": engine.resumed_from,

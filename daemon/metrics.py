@@ -66,6 +66,12 @@ MODEL_ACCURACY = Gauge(
     ["plugin"],
     registry=REGISTRY,
 )
+BARS_NEVER_TRADED = Gauge(
+    "tradingd_bars_never_traded",
+    "Live bars the run never traded: lost, still missing, recovered late, or caught up "
+    "untraded after the daemon was stalled or down (the run's count, across restarts)",
+    registry=REGISTRY,
+)
 LAST_BAR_TIME = Gauge(
     "tradingd_last_bar_timestamp_seconds", "Time of the last processed bar", registry=REGISTRY
 )

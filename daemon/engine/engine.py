@@ -504,9 +504,19 @@ class Engine:
         self.bars_unavailable = 0
         # Live bars released but never traded: the source delivered them neither at their
         # release nor before a newer bar (`bar.lost`), still missing when the run ends, or
-        # only after they could trade (`bar.recovered`, of which `_recovered_untraded`).
+        # only after they could trade (`bar.recovered`, of which `_recovered_untraded`); or
+        # caught up untraded because the daemon was stalled or down when they could trade
+        # (`_catch_up`, a restart's warm-up after its checkpoint: `_caught_up_untraded`).
+        # The run's count, not this process's: in every checkpoint, restored by a restart
+        # (`_never_traded` counts a bar before the step that checkpoints it, so a bar is
+        # counted once whichever process steps it).
         self.bars_never_traded = 0
         self._recovered_untraded = 0
+        self._caught_up_untraded = 0
+        # The run's clock has released a bar to it (here, or in an earlier process: from
+        # the checkpoint). A restart's warm-up bars after the checkpoint are then bars the
+        # run missed while down; before, they are history before its first live bar.
+        self._went_live = False
         # Operator controls (POST /pause, /resume, /flatten): active | paused | flattening.
         # In every checkpoint, and stored when a control answers (set_trading_state).
         self.trading_state = "active"
@@ -1178,9 +1188,10 @@ class Engine:
                     if bar is None:
                         if len(missed) == missed.maxlen:
                             log.warning("bar.lost", time=missed[0], reason="too many missed")
-                            self.bars_never_traded += 1
+                            self._never_traded()
                         missed.append(t)
                 if bar is not None:
+                    self._went_live = True
                     if reconciler is None and not self._durable:
                         # Nothing else takes the bar lock (it keeps the reconciler's book
                         # checks and an operator's controls between bars): a replay spares
@@ -1189,7 +1200,7 @@ class Engine:
                     else:
                         while missed:  # still not delivered, and a newer bar is here
                             log.warning("bar.lost", time=missed.popleft(), newer=t)
-                            self.bars_never_traded += 1
+                            self._never_traded()
                         async with self._bar_lock:
                             await self.step(bar, self._catch_up(t))
                         await self._store_late_bars()
@@ -1451,6 +1462,10 @@ class Engine:
             self._bars = int(st.get("bars", 0))
             self._orders = int(st.get("orders", 0))
             self._verdicts = int(st.get("verdicts", 0))
+            # A checkpoint of an earlier build has neither: its run went live if it traded.
+            self._went_live = bool(st.get("went_live", self._bars > 0))
+            self.bars_never_traded = 0
+            self._never_traded(int(st.get("bars_never_traded", 0)))
             if st.get("risk") is not None:  # (not in a checkpoint of an earlier build)
                 self.risk_record.restore(st["risk"])
             alerter = getattr(self, "alerter", None)
@@ -1586,6 +1601,9 @@ class Engine:
             "bars": self._bars,
             "orders": self._orders,
             "verdicts": self._verdicts,
+            # The run's count (see __init__), and whether it had gone live, for a restart.
+            "bars_never_traded": self.bars_never_traded,
+            "went_live": self._went_live,
             "targets": self._last_targets.tolist() if self._last_targets is not None else None,
             # The counts and restrictions of the summary, and the kill switches alerted: a
             # restart continues them (not counted from 0, not started or alerted again).
@@ -1792,7 +1810,8 @@ class Engine:
         once as unavailable and nothing saying they were never traded; one whose bars came
         too late to trade counted none of them, and a comparison with a backtest found
         decisions missing that nothing had reported."""
-        self.bars_never_traded += len(missed)
+        # Not in a checkpoint (none follows): a restart's warm-up steps and counts them.
+        self._never_traded(len(missed))
         if not self.bars_never_traded:
             return
         log.warning(
@@ -1800,13 +1819,40 @@ class Engine:
             bars=self.bars_never_traded,
             still_missing=len(missed),
             recovered_untraded=self._recovered_untraded,
+            caught_up_untraded=self._caught_up_untraded,
             first_missing=missed[0] if missed else None,
             last_missing=missed[-1] if missed else None,
-            hint="the data source did not deliver these bars in time to trade (bar.unavailable; "
-            "recovered_untraded of them came later and were stepped untraded): nothing was "
-            "decided or ordered on them; check the source's errors in the log and /metrics",
+            hint="the run's count (a restart continues it): bars the data source did not "
+            "deliver in time to trade (bar.unavailable; recovered_untraded of them came later "
+            "and were stepped untraded), and caught_up_untraded bars this process stepped "
+            "untraded because the daemon was stalled or down when they could trade "
+            "(bar.catch_up, warmup.from_checkpoint): nothing was decided or ordered on them; "
+            "check the source's errors and the daemon's outages in the log and /metrics",
         )
         missed.clear()
+
+    def _never_traded(self, n: int = 1) -> None:
+        """Count `n` released bars the run did not trade, and show the run's count in
+        /metrics (tradingd_bars_never_traded). Called before the step of such a bar, whose
+        checkpoint then holds it: a restart resumes the count and does not step it again."""
+        self.bars_never_traded += n
+        if self._live_metrics:
+            metrics.BARS_NEVER_TRADED.set(self.bars_never_traded)
+
+    def _could_trade(self, t: datetime) -> bool:
+        """Whether the bar at `t` was one the run could trade: from its start on, and not
+        one an earlier process completed (a resumed run replays those up to its checkpoint,
+        `_replay_restored`, counted by that process if it did not trade them)."""
+        through = self._restored_through
+        return (self._trade_from is None or t >= self._trade_from) and (
+            through is None or t > through
+        )
+
+    def _missed_while_down(self, t: datetime) -> bool:
+        """Whether a restart's warm-up bar at `t` is one the run could have traded: after
+        the checkpoint it resumed, of a run that had gone live (not history before its
+        first live bar)."""
+        return self._went_live and self.resumed_from is not None and self._could_trade(t)
 
     async def _recover_missed(self, missed: deque[datetime]) -> None:
         """The bars the source failed to deliver at their release, before the bar that has
@@ -1828,7 +1874,7 @@ class Engine:
             if bar is None:
                 continue
             log.info("bar.recovered", time=t)
-            self.bars_never_traded += 1  # a decision this run did not make: said at its end
+            self._never_traded()  # a decision this run did not make: said at its end
             self._recovered_untraded += 1
             self.on_heartbeat(busy=True)  # each a bar's work: /health sees it going on
             async with self._bar_lock:
@@ -2037,6 +2083,10 @@ class Engine:
         newer = getattr(self.clock, "backlog", 0)
         if newer > 0:
             log.info("bar.catch_up", time=t, newer=newer)
+            if self._could_trade(t):
+                # Released to trade, stepped untraded: counted before its step checkpoints.
+                self._never_traded()
+                self._caught_up_untraded += 1
             return False
         return None
 
@@ -2056,6 +2106,10 @@ class Engine:
                 try:
                     while (bar := await self._next_unless_stopped(bars)) is not None:
                         self.on_heartbeat(busy=True)
+                        if self._missed_while_down(bar.time):
+                            # Released while the daemon was down: never traded by the run.
+                            self._never_traded()
+                            self._caught_up_untraded += 1
                         await self.step(bar, trade=False)
                         first = first or bar.time
                         n += 1

@@ -144,6 +144,45 @@ async def test_a_bar_recovered_untraded_counts_as_never_traded(engine_config, tm
     assert json.loads(summary)["bars_never_traded"] == 1
 
 
+async def test_bars_caught_up_after_a_stall_count_as_never_traded_once_across_a_restart(
+    engine_config,
+):
+    """The daemon stalled (or was suspended) past two releases: the older bar was stepped
+    untraded (`bar.catch_up`) and counted nowhere, so /status, /metrics and the summary said
+    every bar was traded. The count is the run's: a restart continues it, and the bars it
+    replays up to its checkpoint (released together again) are not counted twice."""
+    from tradingd import metrics
+    from tradingd.app import health_inputs
+
+    # Wednesday's bar has closed too when the stalled daemon's clock releases Tuesday's.
+    now = FakeTime(datetime(2020, 4, 15, 20, 0, 5, tzinfo=UTC))
+    engine, stepped = _engine(engine_config, now)
+    with capture_logs() as logs:
+        result = await engine.run_until_done()
+    untraded = [t for t, trade in stepped if t >= LABEL and trade is False]
+    assert untraded == [LABEL] and dict(stepped)[NEXT] is None
+    assert result.bars_never_traded == len(untraded)
+    _checks, status, _controls = health_inputs(engine)
+    assert status()["bars_never_traded"] == len(untraded)
+    assert metrics.BARS_NEVER_TRADED._value.get() == len(untraded)
+    [warned] = [e for e in logs if e["event"] == "run.bars_never_traded"]
+    assert warned["bars"] == warned["caught_up_untraded"] == len(untraded)
+
+    # Restarted two days on, stalled again: Tuesday and Wednesday come again (replayed up to
+    # the checkpoint, not counted), Thursday is caught up untraded, Friday trades.
+    later = FakeTime(datetime(2020, 4, 17, 20, 0, 5, tzinfo=UTC))
+    restarted, stepped = _engine(engine_config, later)
+    restarted.after_bar.clear()
+    friday = datetime(2020, 4, 17, tzinfo=UTC)
+    restarted.after_bar.append(lambda t, v: restarted.request_stop() if t >= friday else None)
+    result = await restarted.run_until_done()
+    assert restarted.resumed_from == NEXT
+    caught_up = [t for t, trade in stepped if t > NEXT and trade is False]
+    assert caught_up == [datetime(2020, 4, 16, tzinfo=UTC)]
+    assert result.bars_never_traded == len(untraded) + len(caught_up)
+    assert metrics.BARS_NEVER_TRADED._value.get() == result.bars_never_traded
+
+
 def test_a_late_bar_may_trade_until_the_next_sessions_open():
     clock = LiveClock(LiveConfig(delay_s=5), now=FakeTime(LABEL))
     assert clock.trade_deadline(LABEL) == NEXT_OPEN
