@@ -97,6 +97,25 @@ class Portfolio:
         self._mark[cols] /= s
         return cols.tolist()
 
+    def cash_in_lieu(self, i: int, price: float) -> tuple[float, float]:
+        """The fraction of a share a split left in symbol `i`, sold at `price`: (shares,
+        cash). A broker pays a reverse split's fraction in cash; kept in the book, it is a
+        share the account does not hold. The fraction's profit against the average entry is
+        realised; the rest keeps its average."""
+        q = self.quantity.item(i)
+        whole = float(math.trunc(q + math.copysign(1e-9, q)))
+        frac = q - whole
+        if abs(frac) <= 1e-9 or not math.isfinite(price):
+            return 0.0, 0.0
+        self._values = None
+        cash = frac * price
+        self._cash += cash
+        self.realized_pnl[i] = self.realized_pnl.item(i) + frac * (price - self.avg_price.item(i))
+        self.quantity[i] = whole
+        if whole == 0.0:
+            self.avg_price[i] = 0.0
+        return frac, cash
+
     def apply_dividends(self, dividend: np.ndarray) -> float:
         """Cash dividends on the ex-date go to holders of the previous close (shorts pay)."""
         paid = float(dot(self.quantity, dividend))

@@ -25,6 +25,17 @@ The fake market
     high (low) water mark since they were placed. Returns the orders executed.
   * `set_asset(symbol, tradable=True, fractionable=True, shortable=True)`.
   * `set_position(symbol, qty, avg_entry_price)`; `cash` (attribute).
+  * `split_position(symbol, new_rate, old_rate, cash_in_lieu_price=None, cancel_orders=False)`:
+    what Alpaca does before an ex-date's session opens: the shares times new/old rounded down
+    to whole ones (the fraction paid into `cash` at the given price), the average entry and
+    the last price divided by the ratio, the open orders kept as they were (as measured) or
+    cancelled.
+  * Corporate actions (the market-data API's `GET /v1/corporate-actions`, served on this host
+    for alpaca-py's `CorporateActionsClient`): `announce_split(symbol, ex_date, new_rate,
+    old_rate)`; answered grouped by type (`forward_splits`, `reverse_splits`) in Alpaca's
+    shape, filtered by `symbols`, `types` and `start`/`end` on the ex-date, paged by `limit`
+    (at most `corporate_actions_page_size`) with an offset as `next_page_token`;
+    `fail_corporate_actions(n, status=403)` refuses the next n.
   * Constructor: `cash` (default: the recorded paper account's cash), `recorded_positions`
     (start with the recorded AAPL/SPY/TSLA positions), `allow_short` (default False: selling
     what is not held answers 403 "account is not allowed to short"), `rate_limit` (requests
@@ -119,7 +130,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -325,6 +336,11 @@ class AlpacaTradingFake(LoopThread):
                 self.positions_book[sym] = (float(row["qty"]), float(row["avg_entry_price"]))
                 self.prices[sym] = float(row["current_price"])
                 self.lastday_prices[sym] = float(row["lastday_price"])
+        # Announced splits (`announce_split`), answered by GET /v1/corporate-actions.
+        self.splits: list[dict[str, Any]] = []
+        self.corporate_actions_page_size = 1000  # smaller: several pages
+        # (status, body) of the next corporate-actions answers (`fail_corporate_actions`).
+        self._ca_failures: deque[tuple[int, dict[str, Any]]] = deque()
         self.orders: dict[str, FakeOrder] = {}
         self.used_client_order_ids: set[str] = set()
         self.requests: list[RecordedRequest] = []
@@ -373,6 +389,9 @@ class AlpacaTradingFake(LoopThread):
         r.add_get("/v2/positions/{symbol}", self._get_position)
         r.add_delete("/v2/positions/{symbol}", self._close_position)
         r.add_get("/stream", self._stream)
+        # The market-data API's corporate actions, on the same host (tests point
+        # broker.alpaca.data_url here).
+        r.add_get("/v1/corporate-actions", self._corporate_actions)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -439,6 +458,63 @@ class AlpacaTradingFake(LoopThread):
             self.positions_book.pop(symbol, None)
         else:
             self.positions_book[symbol] = (float(qty), float(avg_entry_price))
+
+    def announce_split(self, symbol: str, ex_date: date, new_rate: float, old_rate: float) -> None:
+        """A split announced in the corporate actions (forward when new_rate > old_rate)."""
+        forward = new_rate > old_rate
+        row: dict[str, Any] = {
+            "corporate_action_type": "forward_split" if forward else "reverse_split",
+            "symbol": symbol,
+            "new_rate": new_rate,
+            "old_rate": old_rate,
+            "process_date": ex_date.isoformat(),
+            "ex_date": ex_date.isoformat(),
+            "record_date": ex_date.isoformat(),
+            "payable_date": ex_date.isoformat(),
+        }
+        if forward:
+            row["cusip"] = "000000000"
+        else:
+            row["old_cusip"], row["new_cusip"] = "000000000", "000000001"
+        self.splits.append(row)
+
+    def fail_corporate_actions(self, n: int = 1, status: int = 403) -> None:
+        """The next n corporate-actions requests answer `status` (403: a plan without the
+        data, as Alpaca words a subscription refusal; 500: the server down)."""
+        body = (
+            {"message": "subscription does not permit querying corporate actions"}
+            if status == 403
+            else {"message": "internal server error"}
+        )
+        self._ca_failures.extend([(status, body)] * n)
+
+    def split_position(
+        self,
+        symbol: str,
+        new_rate: float,
+        old_rate: float,
+        *,
+        cash_in_lieu_price: float | None = None,
+        cancel_orders: bool = False,
+    ) -> None:
+        """What Alpaca does before the ex-date's session opens: the position's shares times
+        new/old, rounded down to whole shares (the fraction paid in cash at
+        `cash_in_lieu_price`), its average entry divided by the same. The open orders stay as
+        they were (as measured), or are cancelled with `cancel_orders`."""
+        ratio = new_rate / old_rate
+        qty, avg = self.positions_book.get(symbol, (0.0, 0.0))
+        if qty:
+            split = qty * ratio
+            whole = float(math.floor(split + EPS)) if split > 0 else float(math.ceil(split - EPS))
+            if abs(split - whole) > EPS and cash_in_lieu_price is not None:
+                self.cash += (split - whole) * cash_in_lieu_price
+            self.set_position(symbol, whole, avg / ratio)
+        if symbol in self.prices:
+            self.prices[symbol] /= ratio
+        if cancel_orders:
+            for o in list(self.orders.values()):
+                if o.symbol == symbol and o.is_open and o.parent_id is None:
+                    self._cancel(o)
 
     def match(self, symbol: str | None = None) -> list[FakeOrder]:
         executed = []
@@ -1111,6 +1187,36 @@ class AlpacaTradingFake(LoopThread):
                 self._cancel(o)
                 out.append({"id": o.id, "status": 200, "body": None})
         return web.json_response(out, status=207)
+
+    async def _corporate_actions(self, request: web.Request) -> web.Response:
+        """GET /v1/corporate-actions as Alpaca's data API answers it: `symbols`, `types`,
+        `start`/`end` (inclusive, on the ex-date), `limit` and `page_token` (an offset here),
+        the actions grouped by type; `next_page_token` null on the last page."""
+        if self._ca_failures:
+            status, body = self._ca_failures.popleft()
+            return web.json_response(body, status=status)
+        q = request.query
+        symbols = set(q["symbols"].split(",")) if q.get("symbols") else None
+        types = set(q["types"].split(",")) if q.get("types") else None
+        start, end = q.get("start"), q.get("end")
+        rows = [
+            r
+            for r in sorted(self.splits, key=lambda r: (r["ex_date"], r["symbol"]))
+            if (symbols is None or r["symbol"] in symbols)
+            and (types is None or r["corporate_action_type"] in types)
+            and (start is None or r["ex_date"] >= start)
+            and (end is None or r["ex_date"] <= end)
+        ]
+        offset = int(q.get("page_token") or 0)
+        limit = min(int(q.get("limit") or 1000), self.corporate_actions_page_size)
+        page = rows[offset : offset + limit]
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for r in page:
+            grouped.setdefault(r["corporate_action_type"] + "s", []).append(r)
+        more = offset + limit < len(rows)
+        return web.json_response(
+            {"corporate_actions": grouped, "next_page_token": str(offset + limit) if more else None}
+        )
 
     async def _get_positions(self, request: web.Request) -> web.Response:
         return web.json_response(self.positions())

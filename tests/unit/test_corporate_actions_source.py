@@ -1,0 +1,77 @@
+"""The splits source (tradingd.feeds.corporate_actions) through alpaca-py's real
+`CorporateActionsClient` against the loopback Alpaca, and the book's cash in lieu."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import numpy as np
+import pytest
+
+from tradingd.engine.portfolio import Portfolio
+from tradingd.feeds.corporate_actions import AlpacaSplits, Split, parse_splits
+from tradingd.feeds.resilience import SourceConfig, SourceError
+
+
+def _source(fake) -> AlpacaSplits:  # type: ignore[no-untyped-def]
+    return AlpacaSplits(
+        fake.key_id,
+        fake.secret_key,
+        base_url=fake.url,
+        config=SourceConfig(max_attempts=1, timeout_s=5.0),
+        request_timeout_s=5.0,
+    )
+
+
+async def test_splits_are_read_across_pages_for_the_symbols_and_window_asked(fake):
+    fake.announce_split("AAA", date(2026, 3, 2), 4, 1)
+    fake.announce_split("BBB", date(2026, 3, 3), 1, 10)
+    fake.announce_split("CCC", date(2026, 3, 3), 3, 2)  # not asked for
+    fake.announce_split("AAA", date(2026, 4, 1), 2, 1)  # after the window
+    fake.corporate_actions_page_size = 1
+    source = _source(fake)
+    try:
+        found = await source.splits(["AAA", "BBB"], date(2026, 3, 1), date(2026, 3, 8))
+    finally:
+        source.close()
+
+    assert found == [Split("AAA", date(2026, 3, 2), 4.0), Split("BBB", date(2026, 3, 3), 0.1)]
+    assert [s.text() for s in found] == ["4:1", "1:10"]
+    asked = [r for r in fake.requests if r.path == "/v1/corporate-actions"]
+    assert len(asked) == 2  # one page each: alpaca-py followed next_page_token
+    q = asked[0].query
+    assert q["symbols"] == "AAA,BBB" and q["types"] == "forward_split,reverse_split"
+    assert (q["start"], q["end"]) == ("2026-03-01", "2026-03-08")
+    assert set(asked[0].auth_headers) == {"APCA-API-KEY-ID", "APCA-API-SECRET-KEY"}
+
+
+async def test_a_refusal_is_a_source_error_without_the_keys(fake):
+    fake.fail_corporate_actions(status=403)
+    source = _source(fake)
+    try:
+        with pytest.raises(SourceError) as err:
+            await source.splits(["AAA"], date(2026, 3, 1), date(2026, 3, 8))
+    finally:
+        source.close()
+    assert "403" in str(err.value) or err.value.kind == "auth"
+    assert fake.secret_key not in str(err.value) and fake.key_id not in str(err.value)
+
+
+def test_a_malformed_split_is_refused_naming_where():
+    body = {"reverse_splits": [{"symbol": "XYZ", "old_rate": 10, "ex_date": "2026-03-02"}]}
+    with pytest.raises(ValueError, match=r"reverse_splits\[0\] \(XYZ\): no field 'new_rate'"):
+        parse_splits(body, ["XYZ"])
+    body = {"forward_splits": [{"symbol": "XYZ", "new_rate": 0, "old_rate": 1, "ex_date": "x"}]}
+    with pytest.raises(ValueError, match=r"forward_splits\[0\] \(XYZ\)"):
+        parse_splits(body, ["XYZ"])
+
+
+def test_cash_in_lieu_pays_the_fraction_and_keeps_the_average():
+    pf = Portfolio(("XYZ",), 1_000.0)
+    pf.quantity[0], pf.avg_price[0] = 6.5, 80.0
+    shares, cash = pf.cash_in_lieu(0, 100.0)
+    assert (shares, cash) == (0.5, 50.0)
+    assert pf.quantity_of("XYZ") == 6.0 and pf.cash == 1_050.0
+    assert pf.avg_price[0] == 80.0 and pf.realized_pnl[0] == pytest.approx(10.0)
+    assert pf.cash_in_lieu(0, 100.0) == (0.0, 0.0)  # whole shares: nothing
+    assert np.isfinite(pf.revalue())
