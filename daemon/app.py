@@ -687,6 +687,37 @@ def _alpaca_or(simulated: Broker, config: Config, symbols: tuple[str, ...]) -> B
     )
 
 
+def _splits_ahead(config: Config, engine: Engine) -> Any:
+    """Splits known ahead (engine/splits_ahead.py) for a live run on Alpaca's account: the
+    broker splits positions before the ex-date's open. None for the simulated broker (it
+    splits at the bar, as the book does) or with broker.alpaca.splits_ahead = false."""
+    from .brokers.alpaca import AlpacaBroker
+    from .brokers.alpaca_mapping import alpaca_keys_from_env
+    from .engine.splits_ahead import SplitsAhead
+    from .feeds.corporate_actions import AlpacaSplits
+    from .feeds.resilience import SourceConfig
+
+    a = config.broker.alpaca
+    keys = alpaca_keys_from_env()
+    clock = engine.clock
+    if not isinstance(engine.broker, AlpacaBroker) or not a.splits_ahead or keys is None:
+        return None
+    source = AlpacaSplits(
+        *keys,
+        base_url=a.effective_data_url,
+        config=SourceConfig.for_source(
+            "alpaca", timeout_s=a.call_timeout_s, max_attempts=a.max_attempts
+        ),
+        request_timeout_s=a.request_timeout_s,
+    )
+    return SplitsAhead(
+        source,
+        engine.symbols,
+        clock.session_day,  # type: ignore[attr-defined]
+        clock.next_session_day,  # type: ignore[attr-defined]
+    )
+
+
 def vendor_source(config: Config, cache: Any, session: Any = None) -> Any:
     """The configured market-data client (feed.source), with its resilience settings.
     `session`: when daily bars close (`feeds.vendor.Session`); give it the exchange's
@@ -1188,6 +1219,8 @@ def _assemble(
         slow_plugin_s=config.log.slow_plugin_s,
         publisher=_publisher(config, run_id) if mode == "live" else None,
     )
+    if mode == "live":
+        engine.splits_ahead = _splits_ahead(config, engine)
     if mode != "live":
         engine.lock = _run_lock(config, run_id)
     else:

@@ -236,6 +236,21 @@ class AlpacaConfig:
     rate_limit_per_minute: int = 200
     rate_limit_burst: int = 20
     max_in_flight: int = 4  # orders of one batch sent at once (sells first, then buys)
+    # Splits announced in Alpaca's corporate actions (the market-data API at data_url), read
+    # once a session day: a symbol splitting at the next open is held for that bar (README,
+    # "Splits in a held symbol, live"). false: the split is found at the ex-date's bar only.
+    splits_ahead: bool = True
+    # "" = https://data.alpaca.markets with Alpaca's own trading hosts, else base_url (a
+    # proxy or a test server that answers both APIs).
+    data_url: str = ""
+
+    @property
+    def effective_data_url(self) -> str:
+        if self.data_url:
+            return self.data_url
+        host = urlsplit(self.base_url).hostname or ""
+        alpaca = host == "alpaca.markets" or host.endswith(".alpaca.markets")
+        return "https://data.alpaca.markets" if alpaca else self.base_url
 
     def __post_init__(self) -> None:
         _finite(self, "broker.alpaca")
@@ -266,6 +281,7 @@ class AlpacaConfig:
             _choice(f"broker.alpaca.{name}", getattr(self, name), ("day", "gtc"))
         _check_url("broker.alpaca.base_url", self.base_url, ("http", "https"))
         _check_url("broker.alpaca.stream_url", self.stream_url, ("ws", "wss"), allow_empty=True)
+        _check_url("broker.alpaca.data_url", self.data_url, ("http", "https"), allow_empty=True)
 
 
 @dataclass(frozen=True)

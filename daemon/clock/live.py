@@ -48,10 +48,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+from bisect import bisect_right
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -198,6 +200,27 @@ class LiveClock:
     def now(self) -> datetime:
         """The clock's current instant (the injected `now`, the wall clock in production)."""
         return self._now()
+
+    def session_day(self, label: datetime) -> date:
+        """The exchange date of bar `label`: a daily label is its date at midnight UTC, an
+        intraday one its start in the exchange's time zone (a split's ex-date is one)."""
+        if label.hour == label.minute == label.second == 0 and label.microsecond == 0:
+            return label.date()
+        tz = self._exchange.tz if self._exchange is not None else ZoneInfo("America/New_York")
+        return label.astimezone(tz).date()
+
+    def next_session_day(self, label: datetime) -> date | None:
+        """The exchange date of the bar after `label` (accelerated: the calendar's next
+        label); None past the calendar's end or for a label it does not have. Why: the
+        engine holds a symbol whose split goes ex at the next bar (engine/splits_ahead.py)."""
+        if self.accelerated:
+            k = bisect_right(self._calendar, label)
+            return self.session_day(self._calendar[k]) if k < len(self._calendar) else None
+        try:
+            after, _ = self.exchange.next_close(self.exchange.close_of(label))
+        except ValueError:  # (CalendarRangeError is one)
+            return None
+        return self.session_day(after)
 
     def trade_deadline(self, label: datetime) -> datetime | None:
         """Until when a released bar the source has not delivered yet still trades: the next

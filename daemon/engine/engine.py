@@ -28,7 +28,15 @@ import numpy as np
 import structlog
 
 from .. import faults, metrics
-from ..alerts import CRITICAL, KILL_SWITCH, RECONCILIATION, RISK_LIMIT, WARNING, kill_switch_title
+from ..alerts import (
+    CRITICAL,
+    INFO,
+    KILL_SWITCH,
+    RECONCILIATION,
+    RISK_LIMIT,
+    WARNING,
+    kill_switch_title,
+)
 from ..core.arrays import count_nonzero, scalar, where
 from ..core.errors import (
     ConfigError,
@@ -78,6 +86,7 @@ from .planner import OrderPlanner, Plan
 from .plugin_outputs import by_symbol, verdict_error
 from .plugins import feature_names, history_bars_of
 from .portfolio import Portfolio
+from .splits_ahead import Split, SplitsAhead
 
 log = structlog.get_logger(__name__)
 
@@ -316,6 +325,13 @@ def _difference_text(broker: float, book: float) -> str:
             "feed's split field); if none comes, check the account"
         )
     return why
+
+
+def _split_hold_text(s: Split) -> str:
+    return (
+        f"splits {s.text()} at its ex-date {s.ex_date.isoformat()}: no order in it until that "
+        "bar applies the split"
+    )
 
 
 def _gap(reading: tuple[float, float] | None) -> float:
@@ -559,6 +575,9 @@ class Engine:
         self.reconcile_interval_s = reconcile_interval_s
         self.reconcile_confirm_s = reconcile_confirm_s  # live.reconcile_confirm_s
         self.reconcile_blocked: dict[str, str] = {}
+        # Splits known ahead from the broker's corporate actions (live on Alpaca; set by the
+        # composition root): a symbol splitting at the next session is held for that bar.
+        self.splits_ahead: SplitsAhead | None = None
         # Symbols with a new difference between its two checks (symbol -> why): held like
         # blocked ones for those seconds, so a real difference cannot trade a minute bar
         # before it is confirmed; neither shown in /ready nor alerted.
@@ -905,7 +924,11 @@ class Engine:
         return self._is_own(origin(client_order_id) if origin is not None else client_order_id)
 
     def _flatten_bar(
-        self, targets: np.ndarray, ctx: BarContext, unreconciled: Set[str]
+        self,
+        targets: np.ndarray,
+        ctx: BarContext,
+        unreconciled: Set[str],
+        splitting: Mapping[str, Split] | None = None,
     ) -> tuple[np.ndarray, Sequence[Order], list[str]]:
         """An operator's flatten at this bar: the targets (0), the open orders the planner
         sees and the entries to cancel (`_flatten_orders`); "paused" once it is done.
@@ -923,7 +946,11 @@ class Engine:
         skipped: dict[str, str] = {}
         if unreconciled:
             weights = ctx.portfolio.weights
-            why = {**self._reconcile_checking, **self.reconcile_blocked}
+            why = {
+                **{sym: _split_hold_text(s) for sym, s in (splitting or {}).items()},
+                **self._reconcile_checking,
+                **self.reconcile_blocked,
+            }
             for sym in sorted(unreconciled):
                 i = self.symbols.index(sym)
                 flat[i] = weights[i]
@@ -1292,6 +1319,8 @@ class Engine:
         """The audit log and what the plugins hold (worker processes, files): at the end of
         a run, or for an engine that was built and never run."""
         self.audit.close()
+        if self.splits_ahead is not None:
+            self.splits_ahead.close()
         # A replay store's writer process, started with the engine (SqliteStore.prestart),
         # when the store itself never started.
         close_unstarted = getattr(self.store, "close_unstarted", None)
@@ -1473,6 +1502,8 @@ class Engine:
                 alerter.assume_firing(st["alerts"])
             if st.get("targets") is not None:
                 self._last_targets = np.asarray(st["targets"], dtype=np.float64)
+            if self.splits_ahead is not None:
+                self.splits_ahead.restore(st.get("splits_ahead"))
         if resume.bar_time is not None and st is not None:
             self._last_checkpoint = (resume.bar_time, st)
             if self._live_metrics:
@@ -1632,6 +1663,10 @@ class Engine:
                 order_to_dict(o) for o in self.broker.open_orders() if own(o.client_order_id)
             ]
         state["plugins"] = self._plugin_states()
+        if self.splits_ahead is not None:
+            # A restart between the bar that held a symbol and its ex-date's bar still knows
+            # the split (reconciliation, the cash in lieu), whatever the source says then.
+            state["splits_ahead"] = self.splits_ahead.state()
         self._last_checkpoint = (t, state)
         self.store.record_checkpoint(self.run.run_id, t, state)  # type: ignore[attr-defined]
 
@@ -1754,8 +1789,33 @@ class Engine:
                 book = float(quantity[i])
                 broker = float(held.get(sym, 0.0))
                 if abs(book - broker) > 1e-6 * max(1.0, abs(book), abs(broker)):
+                    if self._split_expected(sym, broker, book):
+                        continue
                     out[sym] = (broker, book)
             return out
+
+    def _split_expected(self, sym: str, broker: float, book: float) -> bool:
+        """Whether the broker holds what a split held in `sym` makes of the book's quantity
+        (Alpaca splits before the ex-date's session opens, the book at that date's bar): the
+        two agree, and the symbol is not blocked or alerted."""
+        ahead = self.splits_ahead
+        if ahead is None:
+            return False
+        for e in ahead.expected(sym, book):
+            if abs(broker - e) <= 1e-6 * max(1.0, abs(e)):
+                if broker != book:
+                    log.info(
+                        "reconcile.split_expected",
+                        symbol=sym,
+                        broker=broker,
+                        book=book,
+                        ratio=ahead.held[sym].text(),
+                        ex_date=ahead.held[sym].ex_date.isoformat(),
+                        rule="the broker has split the position; the book does at the "
+                        "ex-date's bar",
+                    )
+                return True
+        return False
 
     def _symbols_with_open_orders(self) -> set[str]:
         """Symbols with an order of ours working, as the engine has booked it: an order whose
@@ -2259,6 +2319,8 @@ class Engine:
                 time=bar.time,
                 symbols={self.symbols[i]: float(bar.split[i]) for i in split_cols},
             )
+        if self.splits_ahead is not None and self.splits_ahead.held:
+            self._settle_splits(bar)
         # Without a check for any dividend first: the product is all the check costs (nine in
         # ten of the 496 symbols' bars have a dividend somewhere).
         pf.apply_dividends(bar.dividend)
@@ -2364,9 +2426,14 @@ class Engine:
                 for v in verdicts:
                     metrics.RISK_VERDICTS.labels(plugin=v.plugin, rule=rule_of(v)).inc()
         unreconciled: Set[str] = frozenset()
-        if self.reconcile_blocked or self._reconcile_checking:
-            targets, verdicts = self._hold_unreconciled(targets, ctx, verdicts)
-            unreconciled = self.reconcile_blocked.keys() | self._reconcile_checking.keys()
+        splitting: Mapping[str, Split] = {}
+        if self.splits_ahead is not None:
+            splitting = await self._splits_due(bar.time)
+        if self.reconcile_blocked or self._reconcile_checking or splitting:
+            targets, verdicts = self._hold_unreconciled(targets, ctx, verdicts, splitting)
+            unreconciled = (
+                self.reconcile_blocked.keys() | self._reconcile_checking.keys() | splitting.keys()
+            )
         self.risk_record.on_bar(bar.time, verdicts)
         if m:
             t0 = self._lap("risk", t0)
@@ -2378,7 +2445,7 @@ class Engine:
             # An operator's flatten: every target is zero but where the book and the broker
             # differ; exits go through the planner like any rebalance (and take their
             # protective legs with them).
-            targets, open_orders, adding = self._flatten_bar(targets, ctx, unreconciled)
+            targets, open_orders, adding = self._flatten_bar(targets, ctx, unreconciled, splitting)
             paused = self.trading_state == "paused"
         elif self.trading_state == "paused":
             paused = True  # an operator's pause: no new orders; open ones stay at the broker
@@ -2403,6 +2470,8 @@ class Engine:
                 cancels=len(interrupted[1]),
                 orders=len(interrupted[2]),
             )
+        if splitting:
+            plan = self._without_splitting(plan, splitting)
         submitting = False
         try:
             if self._durable and (plan.orders or plan.cancel):
@@ -2507,15 +2576,26 @@ class Engine:
             self._on_bar(self._seen, bar.time)
 
     def _hold_unreconciled(
-        self, targets: np.ndarray, ctx: BarContext, verdicts: list[RiskVerdict]
+        self,
+        targets: np.ndarray,
+        ctx: BarContext,
+        verdicts: list[RiskVerdict],
+        splitting: Mapping[str, Split] | None = None,
     ) -> tuple[np.ndarray, list[RiskVerdict]]:
         """No trade in a symbol whose position differs from the broker's (or is being
-        checked again): its target is its current weight (and the planner places no exit
-        in it: `OrderPlanner.plan`'s `unreconciled`)."""
+        checked again), or that splits at the next session (`splitting`): its target is its
+        current weight (and the planner places no exit in it: `OrderPlanner.plan`'s
+        `unreconciled`)."""
         targets = targets.copy()
         index = {s: i for i, s in enumerate(self.symbols)}
         weights = ctx.portfolio.weights
-        for sym, why in {**self._reconcile_checking, **self.reconcile_blocked}.items():
+        held = {
+            sym: (f"position differs from the broker's ({why})", "unreconciled_position")
+            for sym, why in {**self._reconcile_checking, **self.reconcile_blocked}.items()
+        }
+        for sym, s in (splitting or {}).items():
+            held.setdefault(sym, (_split_hold_text(s), "split_ahead"))
+        for sym, (why, rule) in held.items():
             i = index[sym]
             if targets[i] != weights[i]:
                 verdicts = [
@@ -2524,14 +2604,83 @@ class Engine:
                         "reconciliation",
                         sym,
                         "reject",
-                        f"position differs from the broker's ({why})",
+                        why,
                         float(targets[i]),
                         float(weights[i]),
-                        rule="unreconciled_position",
+                        rule=rule,
                     ),
                 ]
                 targets[i] = weights[i]
         return targets, verdicts
+
+    async def _splits_due(self, t: datetime) -> Mapping[str, Split]:
+        """The symbols splitting at the session after bar `t` or held for a split whose bar
+        has not come (engine/splits_ahead.py); the announcements are asked for once a day."""
+        ahead = self.splits_ahead
+        assert ahead is not None
+        held = self.portfolio.quantity.nonzero()[0].tolist()
+        at_risk = {self.symbols[i] for i in held}
+        at_risk |= self._symbols_with_open_orders()
+        await ahead.refresh(t, sorted(at_risk))
+        before = set(ahead.held)
+        due = ahead.due(t)
+        alerter = getattr(self, "alerter", None)
+        for sym in sorted(due.keys() - before):
+            s = due[sym]
+            if alerter is None:
+                break
+            # Once per split, for an operator who routes it: nothing to do but know why the
+            # symbol does not trade at this bar and its exits go and come back.
+            alerter.event(
+                RECONCILIATION,
+                f"{sym} split {s.ex_date.isoformat()}",
+                title=f"{sym} splits {s.text()} at the next session",
+                text=_split_hold_text(s) + "; its exits are placed again after it",
+                severity=INFO,
+            )
+        return due
+
+    def _without_splitting(self, plan: Plan | _EmptyPlan, splitting: Mapping[str, Split]) -> Plan:
+        """`plan` with no order in a symbol that splits before the next open, and this run's
+        working orders in it cancelled: Alpaca splits the position and keeps the orders as
+        they were, so a stop or an entry priced and sized before the split would work after
+        it (a stop above the post-split price fills at the open). The exits are placed again,
+        post-split, once the ex-date's bar has applied the split."""
+        cancel = list(plan.cancel)
+        for o in self.broker.open_orders():
+            if (
+                o.symbol in splitting
+                and self._placed_by_us(o.client_order_id)
+                and o.client_order_id not in cancel
+            ):
+                cancel.append(o.client_order_id)
+        orders = [o for o in plan.orders if o.symbol not in splitting]
+        return Plan(orders=orders, cancel=cancel)
+
+    def _settle_splits(self, bar: CrossSection) -> None:
+        """The held splits this bar applied: released, and a fraction of a share a split left
+        of a whole position paid as cash in lieu at the bar's close (Alpaca pays the
+        fraction; the account holds whole shares)."""
+        ahead = self.splits_ahead
+        assert ahead is not None
+        pf = self.portfolio
+        for i, s in ahead.applied(bar.time, bar.split, bar.close == bar.close):
+            q = float(pf.quantity[i])
+            before = q / float(bar.split[i])
+            if q and abs(before - round(before)) <= 1e-6 * max(1.0, abs(before)):
+                shares, cash = pf.cash_in_lieu(i, float(bar.close[i]))
+                if shares:
+                    log.info(
+                        "split.cash_in_lieu",
+                        time=bar.time,
+                        symbol=s.symbol,
+                        shares=shares,
+                        price=float(bar.close[i]),
+                        cash=cash,
+                        rule="a split's fraction of a share is paid in cash, at the ex-date's "
+                        "close; the account's amount may differ by the price Alpaca uses",
+                    )
+            log.info("split.applied", time=bar.time, symbol=s.symbol, ratio=s.text())
 
     def _replay_restored(self, bar: CrossSection) -> None:
         """A bar an earlier process of this run completed: history, features and the signal

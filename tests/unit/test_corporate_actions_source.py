@@ -75,3 +75,35 @@ def test_cash_in_lieu_pays_the_fraction_and_keeps_the_average():
     assert pf.avg_price[0] == 80.0 and pf.realized_pnl[0] == pytest.approx(10.0)
     assert pf.cash_in_lieu(0, 100.0) == (0.0, 0.0)  # whole shares: nothing
     assert np.isfinite(pf.revalue())
+
+
+def test_the_data_host_follows_the_trading_host():
+    from tradingd.config import AlpacaConfig
+
+    assert AlpacaConfig().effective_data_url == "https://data.alpaca.markets"
+    assert AlpacaConfig(base_url="https://api.alpaca.markets").effective_data_url == (
+        "https://data.alpaca.markets"
+    )
+    # A proxy or a test server answers both APIs; an explicit data_url wins.
+    assert AlpacaConfig(base_url="http://127.0.0.1:9").effective_data_url == "http://127.0.0.1:9"
+    given = AlpacaConfig(data_url="https://proxy.example/data")
+    assert given.effective_data_url == "https://proxy.example/data"
+
+
+def test_the_next_session_skips_weekends_and_holidays():
+    """The engine holds a symbol at the bar before its ex-date: the next session comes from
+    the exchange's calendar (Thanksgiving 2026 is Thursday 26 November)."""
+    from datetime import UTC, datetime
+
+    from tradingd.clock.live import LiveClock
+    from tradingd.config import LiveConfig
+
+    clock = LiveClock(LiveConfig())
+    wednesday = datetime(2026, 11, 25, tzinfo=UTC)
+    friday = datetime(2026, 12, 4, tzinfo=UTC)
+    assert clock.session_day(wednesday) == date(2026, 11, 25)
+    assert clock.next_session_day(wednesday) == date(2026, 11, 27)
+    assert clock.next_session_day(friday) == date(2026, 12, 7)
+    accelerated = LiveClock(LiveConfig(bars_per_second=10.0), [wednesday, friday])
+    assert accelerated.next_session_day(wednesday) == date(2026, 12, 4)
+    assert accelerated.next_session_day(friday) is None

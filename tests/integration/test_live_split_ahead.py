@@ -1,0 +1,288 @@
+"""A live daemon and a split in a symbol it holds or orders, against the loopback Alpaca.
+
+Alpaca splits a position before the ex-date's session opens and keeps the open orders as
+they were; the book learned of the split only from the ex-date's bar. An entry decided the
+bar before filled in post-split terms and was split again by the book; the run's exits kept
+pre-split prices; a reverse split's fraction stayed in the book and blocked the symbol for
+good. The daemon now reads the splits announced in Alpaca's corporate actions (alpaca-py's
+real client, served by the fake) and holds a symbol splitting at the next session for that
+bar. Each test runs the whole live engine: a first process up to the bar before the ex-date,
+the account split while it is down (as Alpaca does overnight), a second process that
+reconciles at its start (what a heartbeat does during the ex-date's session) and steps the
+ex-date's bar. No test sleeps."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+from conftest import make_panel
+from fakes.alpaca_trading_server import AlpacaTradingFake, running_fake
+from live_on_fake import live_on_fake
+from structlog.testing import capture_logs
+
+from tradingd.app import build_engine
+from tradingd.feeds.panel import Panel
+
+RUN = "split-ahead"
+EX = 63  # the ex-date's bar; trading starts at bar 60
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    with running_fake(monkeypatch, cash=1_000_000.0) as server:
+        yield server
+
+
+class _Scripted:
+    """Long S00 from the first traded bar; long S01 from the bar before the ex-date (an
+    entry decided then, for the ex-date's open)."""
+
+    kind: ClassVar[str] = "signal"
+    name = "scripted"
+
+    def __init__(self, s01_from: Any) -> None:
+        self.s01_from = s01_from
+
+    def required_features(self) -> tuple[str, ...]:
+        return ()
+
+    def score(self, ctx: Any) -> np.ndarray:
+        score = np.zeros(len(ctx.symbols))
+        score[0] = 1.0
+        if ctx.time >= self.s01_from:
+            score[1] = 1.0
+        return score
+
+
+def _split_panel(ratio: float, columns: list[int]) -> Panel:
+    """make_panel's 90 bars with `columns` split by `ratio` at bar EX (prices divided,
+    volume multiplied from then on), as a feed shows a split."""
+    p = make_panel(n_bars=90, split_at=None)
+    arrays = {name: getattr(p, name).copy() for name in ("open", "high", "low", "close", "volume")}
+    split = p.split.copy()
+    for j in columns:
+        for name in ("open", "high", "low", "close"):
+            arrays[name][EX:, j] /= ratio
+        arrays["volume"][EX:, j] *= ratio
+        split[EX, j] = ratio
+    return Panel(
+        times=p.times, symbols=p.symbols, split=split, dividend=p.dividend.copy(), **arrays
+    )
+
+
+def _config(engine_config: Any, fake: AlpacaTradingFake, panel: Panel) -> Any:
+    _, config = live_on_fake(engine_config, fake, RUN)
+    return dataclasses.replace(
+        config,
+        orders=dataclasses.replace(config.orders, brackets=True),
+        broker=dataclasses.replace(
+            config.broker,
+            alpaca=dataclasses.replace(config.broker.alpaca, data_url=fake.url),
+        ),
+    )
+
+
+def _engine(config: Any, panel: Panel, stop_at: Any) -> Any:
+    engine = build_engine(config, "live", panel=panel)
+    engine.pipeline.signals = [(_Scripted(panel.datetimes()[EX - 1]), 1.0)]
+    engine.after_bar.append(lambda t, v: engine.request_stop() if t >= stop_at else None)
+    return engine
+
+
+def _alerts(engine: Any) -> list[Any]:
+    """The reconciliation alerts `engine` raises, as sent."""
+    sent: list[Any] = []
+    condition = engine.alerter.condition
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        alert = condition(*args, **kwargs)
+        if alert is not None and alert.kind == "reconciliation":
+            sent.append(alert)
+        return alert
+
+    engine.alerter.condition = recording
+    return sent
+
+
+async def _up_to_the_eve(engine_config, fake, ratio):  # type: ignore[no-untyped-def]
+    """The first process, through the bar before the ex-date: S00 bought at bar 60 (filled
+    at its close), its bracket's exits resting; the split announced for S00 and S01."""
+    panel = _split_panel(ratio, [0, 1])
+    config = _config(engine_config, fake, panel)
+    times = panel.datetimes()
+    entry_price = float(panel.close[60, 0])
+    fake.fill_on_submit = lambda o: entry_price if o.symbol == "S00" else None
+    new, old = (ratio, 1.0) if ratio >= 1 else (1.0, round(1 / ratio))
+    for sym in ("S00", "S01"):
+        fake.call(fake.announce_split, sym, times[EX].date(), new, old)
+    first = _engine(config, panel, times[EX - 1])
+    event = first.alerter.event
+    first.told = told = []  # the one-off alerts it sends
+
+    def recording(*args: Any, **kwargs: Any) -> Any:
+        alert = event(*args, **kwargs)
+        if alert is not None:
+            told.append(alert)
+        return alert
+
+    first.alerter.event = recording
+    with capture_logs() as logs:
+        await first.run_until_done()
+    return panel, config, first, logs
+
+
+def _open_run_orders(fake: AlpacaTradingFake, sym: str) -> list[Any]:
+    """The orders open in `sym` (the run's: the account has no other), legs included."""
+    return [o for o in fake.orders.values() if o.symbol == sym and o.is_open]
+
+
+def _overnight(fake: AlpacaTradingFake, panel: Panel, new: float, old: float) -> None:
+    """What Alpaca does before the ex-date's open: both positions split (the fraction paid
+    at the ex-date's close), the orders kept; a working entry in S01 fills at the open."""
+    for j, sym in enumerate(("S00", "S01")):
+        price = float(panel.close[EX, j])
+        fake.call(fake.split_position, sym, new, old, cash_in_lieu_price=price)
+    for o in _open_run_orders(fake, "S01"):
+        if o.parent_id is None and o.side == "buy":
+            fake.call(fake.fill, o.client_order_id, price=float(panel.open[EX, 1]))
+
+
+def _position(fake: AlpacaTradingFake, sym: str) -> float:
+    return fake.positions_book.get(sym, (0.0, 0.0))[0]
+
+
+async def test_a_forward_split_holds_the_symbol_a_bar_and_the_book_equals_the_account(
+    engine_config, fake
+):
+    panel, config, first, logs = await _up_to_the_eve(engine_config, fake, 4.0)
+    held = first.portfolio.quantity_of("S00")
+    assert held > 0, "S00 must be held with its exits resting before the ex-date"
+    working_at_eve = _open_run_orders(fake, "S00") + _open_run_orders(fake, "S01")
+
+    _overnight(fake, panel, 4.0, 1.0)
+    second = _engine(config, panel, panel.datetimes()[EX])
+    alerts = _alerts(second)
+    with capture_logs() as later:
+        await second.run_until_done()
+
+    for sym in ("S00", "S01"):
+        assert second.portfolio.quantity_of(sym) == _position(fake, sym), sym
+    assert second.portfolio.quantity_of("S00") == 4 * held
+    assert not alerts and "S00" not in second.reconcile_blocked
+    assert any(e["event"] == "reconcile.split_expected" for e in later)
+    [ahead] = [e for e in logs if e["event"] == "split.ahead" and e["symbol"] == "S00"]
+    assert ahead["ratio"] == "4:1" and ahead["log_level"] == "warning"
+    [told] = [a for a in first.told if a.title.startswith("S00 ")]
+    assert told.severity == "info" and "4:1" in told.title
+    # The bar before the ex-date sent nothing in S00 or S01, and cancelled S00's exits.
+    assert not working_at_eve
+    # Exits again, for the split position at post-split prices.
+    close = float(panel.close[EX, 0])
+    exits = _open_run_orders(fake, "S00")
+    stops = [o for o in exits if o.stop_price is not None]
+    limits = [o for o in exits if o.limit_price is not None and o.stop_price is None]
+    assert stops and limits
+    assert all(o.qty == 4 * held for o in exits)
+    assert all(close / 2 < o.stop_price < close for o in stops)
+    assert all(close < o.limit_price < 2 * close for o in limits)
+
+
+async def test_a_reverse_split_pays_the_fraction_in_cash_and_flatten_trades_the_rest(
+    engine_config, fake
+):
+    panel, config, first, _ = await _up_to_the_eve(engine_config, fake, 0.1)
+    held = first.portfolio.quantity_of("S00")
+    assert held >= 10 and held % 10, "the position must keep whole shares and a fraction"
+
+    _overnight(fake, panel, 1.0, 10.0)
+    second = _engine(config, panel, panel.datetimes()[EX])
+    alerts = _alerts(second)
+    cash_before = None
+
+    def cash_at_eve(i: int, t: Any) -> None:
+        nonlocal cash_before
+        if cash_before is None:
+            cash_before = second.portfolio.cash
+
+    second._on_bar = cash_at_eve  # called for the replayed bars before the ex-date's
+    with capture_logs() as logs:
+        await second.run_until_done()
+
+    whole = math.floor(held / 10)
+    assert second.portfolio.quantity_of("S00") == whole == _position(fake, "S00")
+    [paid] = [e for e in logs if e["event"] == "split.cash_in_lieu"]
+    close = float(panel.close[EX, 0])
+    assert paid["symbol"] == "S00" and paid["price"] == close
+    assert paid["cash"] == pytest.approx((held / 10 - whole) * close)
+    assert not alerts and "S00" not in second.reconcile_blocked
+
+    # A third start, flattening: S00 is not blocked, so its whole shares are sold.
+    posted = len(fake.posted_orders())
+    third = _engine(config, panel, panel.datetimes()[EX + 1])
+    await third.set_trading_state("flattening")
+    with capture_logs() as logs:
+        await third.run_until_done()
+    assert "S00" not in third.reconcile_blocked
+    assert not [e for e in logs if e["event"] == "control.flatten_skipped"]
+    sells = [
+        b for b in fake.posted_orders()[posted:] if b["symbol"] == "S00" and b["side"] == "sell"
+    ]
+    assert [float(b["qty"]) for b in sells if b.get("type") == "market"] == [whole]
+
+
+async def test_a_failed_lookup_is_a_warning_and_trading_goes_on_as_before(engine_config, fake):
+    fake.fail_corporate_actions(n=1000, status=403)
+    *_, logs = await _up_to_the_eve(engine_config, fake, 4.0)
+
+    failed = [e for e in logs if e["event"] == "split.lookup_failed"]
+    assert failed and all(e["log_level"] == "warning" for e in failed)
+    assert "S00" in failed[-1]["symbols"] and "403" in failed[-1]["error"]
+    assert not [e for e in logs if e["event"] == "split.ahead"]
+    # As before: the entry decided at the eve is sent and S00's exits stay.
+    assert [o for o in _open_run_orders(fake, "S01") if o.parent_id is None]
+    assert _open_run_orders(fake, "S00")
+
+
+async def test_a_restart_between_the_eve_and_the_ex_date_bar_still_knows_the_split(
+    engine_config, fake
+):
+    panel, config, first, _ = await _up_to_the_eve(engine_config, fake, 4.0)
+    held = first.portfolio.quantity_of("S00")
+    _overnight(fake, panel, 4.0, 1.0)
+    fake.fail_corporate_actions(n=1000, status=403)  # the source is no help after the restart
+
+    second = _engine(config, panel, panel.datetimes()[EX])
+    alerts = _alerts(second)
+    blocked_at_start: list[str] = []
+    second.after_bar.insert(0, lambda t, v: blocked_at_start.extend(second.reconcile_blocked))
+    with capture_logs() as logs:
+        await second.run_until_done()
+
+    assert not blocked_at_start and not alerts
+    said = [e for e in logs if e["event"] == "reconcile.split_expected"]
+    assert said and said[0]["broker"] == 4 * held and said[0]["book"] == held
+    assert second.portfolio.quantity_of("S00") == 4 * held == _position(fake, "S00")
+
+
+async def test_a_backtest_never_asks_for_corporate_actions(engine_config, monkeypatch):
+    """The simulated broker splits at the bar, as the book does: a replay builds no source
+    (keys in the environment, broker.kind alpaca) and applies the panel's split as before."""
+    from tradingd.feeds import corporate_actions
+
+    async def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("a backtest asked for corporate actions")
+
+    monkeypatch.setattr(corporate_actions.AlpacaSplits, "splits", refuse)
+    monkeypatch.setenv("APCA_API_KEY_ID", "k")
+    monkeypatch.setenv("APCA_API_SECRET_KEY", "s")
+    config = dataclasses.replace(
+        engine_config, broker=dataclasses.replace(engine_config.broker, kind="alpaca")
+    )
+    engine = build_engine(config, "backtest", panel=make_panel(n_bars=200))
+    result = await engine.run_until_done()
+    assert engine.splits_ahead is None
+    assert result.bars > 0 and engine._splits == 1
