@@ -24,6 +24,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
+from fractions import Fraction
 from typing import Any
 
 import requests
@@ -49,9 +50,8 @@ class Split:
 
     def text(self) -> str:
         """The ratio as an operator reads it: "4:1", "1:10", "3:2"."""
-        if self.ratio >= 1:
-            return f"{self.ratio:g}:1"
-        return f"1:{1 / self.ratio:g}"
+        r = Fraction(self.ratio).limit_denominator(1000)
+        return f"{r.numerator}:{r.denominator}"
 
     def to_dict(self) -> dict[str, Any]:
         return {"symbol": self.symbol, "ex_date": self.ex_date.isoformat(), "ratio": self.ratio}

@@ -1,4 +1,5 @@
-"""A loopback Alpaca market data API (`GET /v2/stocks/bars`), for alpaca-py's data client.
+"""A loopback Alpaca market data API (`GET /v2/stocks/bars`, `GET /v1/corporate-actions`), for
+alpaca-py's data and corporate-actions clients.
 
     async with AlpacaDataFake(book, key_id="kid", secret="sec") as fake:
         AlpacaDataClient(api_key="kid", secret_key="sec", base_url=fake.url,
@@ -17,14 +18,18 @@ plan's "subscription does not permit querying recent SIP data").
 Bars come from the `BarBook`: daily bars stamped at New York midnight in UTC (04:00Z/05:00Z),
 intraday bars at their start; `adjustment` raw (as traded), split, dividend or all (the
 multiplicative dividend convention); the session in progress at `book.now` is included (its
-daily bar partial), as Alpaca does.
+daily bar partial), as Alpaca does. Corporate actions are the book's splits (announced
+before their ex-date, as Alpaca's are), grouped as `forward_splits` / `reverse_splits` with
+`new_rate` / `old_rate` as the smallest whole ratio, filtered by `symbols`, `types` and
+`start`/`end` on the ex-date, paged like the bars.
 """
 
 from __future__ import annotations
 
 import base64
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from fractions import Fraction
 from typing import Any
 
 import pandas as pd
@@ -69,6 +74,7 @@ class AlpacaDataFake(FakeServer):
 
     def routes(self, app: web.Application) -> None:
         app.router.add_get("/v2/stocks/bars", self.bars)
+        app.router.add_get("/v1/corporate-actions", self.corporate_actions)
 
     def _headers(self) -> dict[str, str]:
         limit = self.rate_limit or 200
@@ -94,7 +100,8 @@ class AlpacaDataFake(FakeServer):
             return self._json({"message": "service unavailable"}, 503)
         return None
 
-    async def bars(self, request: web.Request) -> web.Response:
+    def _refused(self, request: web.Request) -> web.Response | None:
+        """The auth and rate-limit answers every endpoint gives first."""
         key, secret = (request.headers.get(h) for h in ("APCA-API-KEY-ID", "APCA-API-SECRET-KEY"))
         if not key or not secret:
             return self._json({"message": "forbidden."}, 403)
@@ -103,6 +110,54 @@ class AlpacaDataFake(FakeServer):
         self.used += 1
         if self.rate_limit and self.used > self.rate_limit:
             return self._json({"code": 42910000, "message": "rate limit exceeded"}, 429)
+        return None
+
+    async def corporate_actions(self, request: web.Request) -> web.Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
+        q = dict(request.query)
+        symbols = {s for s in q.get("symbols", "").split(",") if s}
+        types = {t for t in q.get("types", "").split(",") if t}
+        start = date.fromisoformat(q["start"]) if q.get("start") else self.book.today()
+        end = date.fromisoformat(q["end"]) if q.get("end") else self.book.today()
+        rows: list[dict[str, Any]] = []
+        for sym in sorted(self.book.splits):
+            for ex, ratio in sorted(self.book.splits[sym].items()):
+                kind = "forward_split" if ratio > 1 else "reverse_split"
+                if (symbols and sym not in symbols) or (types and kind not in types):
+                    continue
+                if not start <= ex <= end:
+                    continue
+                rate = Fraction(ratio).limit_denominator(1000)
+                row: dict[str, Any] = {
+                    "corporate_action_type": kind,
+                    "symbol": sym,
+                    "new_rate": rate.numerator,
+                    "old_rate": rate.denominator,
+                    "process_date": ex.isoformat(),
+                    "ex_date": ex.isoformat(),
+                    "record_date": ex.isoformat(),
+                    "payable_date": ex.isoformat(),
+                }
+                if kind == "forward_split":
+                    row["cusip"] = "000000000"
+                else:
+                    row["old_cusip"], row["new_cusip"] = "000000000", "000000001"
+                rows.append(row)
+        offset = int(base64.b64decode(q["page_token"]).decode()) if q.get("page_token") else 0
+        limit = int(q.get("limit") or 1000)
+        nxt = offset + limit
+        grouped: dict[str, list[dict[str, Any]]] = {}
+        for row in rows[offset:nxt]:
+            grouped.setdefault(row["corporate_action_type"] + "s", []).append(row)
+        token = base64.b64encode(str(nxt).encode()).decode() if nxt < len(rows) else None
+        return self._json({"corporate_actions": grouped, "next_page_token": token})
+
+    async def bars(self, request: web.Request) -> web.Response:
+        refused = self._refused(request)
+        if refused is not None:
+            return refused
         q = dict(request.query)
         tf = q.get("timeframe", "1Day")
         minutes = _minutes(tf)

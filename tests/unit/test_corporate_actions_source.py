@@ -45,6 +45,30 @@ async def test_splits_are_read_across_pages_for_the_symbols_and_window_asked(fak
     assert set(asked[0].auth_headers) == {"APCA-API-KEY-ID", "APCA-API-SECRET-KEY"}
 
 
+async def test_the_data_fake_announces_its_books_splits_in_alpacas_shape():
+    """The market-data fake serves the BarBook's splits (what its adjusted bars show) to the
+    same client: 4:1, 1:10 and 3:2 come back as announced."""
+    from fakes import BarBook
+    from fakes.alpaca_data_server import AlpacaDataFake
+
+    book = BarBook()
+    book.add_split("AAA", date(2024, 3, 7), 4.0)
+    book.add_split("BBB", date(2024, 3, 8), 0.1)
+    book.add_split("CCC", date(2024, 3, 11), 1.5)
+    book.add_split("AAA", date(2024, 1, 2), 2.0)  # before the window
+    async with AlpacaDataFake(book, key_id="kid", secret="sec") as data:
+        source = AlpacaSplits("kid", "sec", base_url=data.url, config=SourceConfig(max_attempts=1))
+        try:
+            found = await source.splits(["AAA", "BBB", "CCC"], date(2024, 3, 7), date(2024, 3, 13))
+        finally:
+            source.close()
+    assert [(s.symbol, s.ex_date, s.text()) for s in found] == [
+        ("AAA", date(2024, 3, 7), "4:1"),
+        ("BBB", date(2024, 3, 8), "1:10"),
+        ("CCC", date(2024, 3, 11), "3:2"),
+    ]
+
+
 async def test_a_refusal_is_a_source_error_without_the_keys(fake):
     fake.fail_corporate_actions(status=403)
     source = _source(fake)
