@@ -2618,10 +2618,12 @@ class Engine:
         has not come (engine/splits_ahead.py); the announcements are asked for once a day."""
         ahead = self.splits_ahead
         assert ahead is not None
-        held = self.portfolio.quantity.nonzero()[0].tolist()
-        at_risk = {self.symbols[i] for i in held}
-        at_risk |= self._symbols_with_open_orders()
-        await ahead.refresh(t, sorted(at_risk))
+
+        def at_risk() -> list[str]:
+            held = {self.symbols[i] for i in self.portfolio.quantity.nonzero()[0].tolist()}
+            return sorted(held | self._symbols_with_open_orders())
+
+        await ahead.refresh(t, at_risk)
         before = set(ahead.held)
         due = ahead.due(t)
         alerter = getattr(self, "alerter", None)

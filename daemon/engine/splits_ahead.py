@@ -71,9 +71,9 @@ class SplitsAhead:
         self._fetched_for: date | None = None
         self.last_error: str | None = None
 
-    async def refresh(self, t: datetime, at_risk: Sequence[str]) -> None:
-        """The announced splits, once per session day of `t`. `at_risk`: the symbols held or
-        ordered, named in the warning when the source fails."""
+    async def refresh(self, t: datetime, at_risk: Callable[[], Sequence[str]]) -> None:
+        """The announced splits, once per session day of `t`. `at_risk()`: the symbols held
+        or ordered, named in the warning when the source fails."""
         day = self._day_of(t)
         if self._fetched_for == day:
             return
@@ -86,7 +86,7 @@ class SplitsAhead:
             log.warning(
                 "split.lookup_failed",
                 time=t,
-                symbols=sorted(at_risk),
+                symbols=sorted(at_risk()),
                 error=self.last_error,
                 rule="no split is assumed absent: these symbols trade as before, and a split "
                 "at the next open is found only by reconciliation and the ex-date's bar; "
