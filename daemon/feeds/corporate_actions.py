@@ -1,6 +1,6 @@
 """Upcoming stock splits from Alpaca's corporate-actions data API, for the live engine.
 
-Why: Alpaca splits a held position (and leaves the open orders as they were) before the
+Why: Alpaca splits a held position (open orders in it are not relied on) before the
 ex-date's session opens, while the live feed shows the split only in the ex-date's own bar,
 after that session's close (`alpaca_data.derive_actions`). A daemon that learns of the split
 then has already traded the ex-date's open in pre-split terms. This source tells the engine
