@@ -2,10 +2,11 @@
 
 Why: Alpaca splits a held position before the ex-date's session opens (what it does with
 open orders in it is not relied on here: the run's own are cancelled); the book learns of
-the split from the ex-date's own bar (its `split` field), after that session's close. An order decided at the bar before (pre-split shares and
-prices) then fills at the ex-date's open in post-split terms and is booked before the bar's
-split is applied on top of it; a stop rests at a pre-split price far above the post-split
-one; a reverse split's fraction, paid in cash by the broker, stays in the book.
+the split from the ex-date's own bar (its `split` field), after that session's close. An
+order decided at the bar before (pre-split shares and prices) then fills at the ex-date's
+open in post-split terms and is booked before the bar's split is applied on top of it; a
+stop rests at a pre-split price far above the post-split one; a reverse split's fraction,
+paid in cash by the broker, stays in the book.
 
 What this does (the engine calls it; replays never build one):
 - `refresh` asks the corporate-actions source once per session day for the universe's splits
