@@ -51,6 +51,11 @@ Repairs (enable by name, or "all"):
                 next bar (the first and last bar of a symbol have one neighbour only). The
                 outlying prices are replaced by the previous close (the next one for a first
                 bar) and high/low re-widened; the bar, its volume, split and dividend are kept.
+                With `open_end` (a live feed's answer, whose last bar per symbol is the newest
+                one: its reversal is not known yet), the last bar of each symbol is not
+                judged; the output's extra column `jump_from` says which of them jump beyond
+                `max_spike` from the previous close, for the feed to hold back (see
+                feeds/suspect.py).
 Always on (not data errors): split coefficients within 1e-4 relative of a simple fraction
 (denominator <= 1000) are snapped to it, e.g. 7.000007 -> 7.0; a missing split/dividend value
 in a present column becomes 1.0/0.0. Both are logged. A split <= 0 or a negative dividend is
@@ -1156,14 +1161,20 @@ def _shift(values: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
     return out
 
 
-def _spikes(frame: pd.DataFrame, max_spike: float) -> tuple[np.ndarray, np.ndarray]:
+def _spikes(
+    frame: pd.DataFrame, max_spike: float, open_end: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Per row and price column: whether the price is an outlier of a one-bar spike; and per
     row the reference close (the previous close in the row's share basis, else the next).
 
     A price is an outlier when it is more than `max_spike` times above, or below 1/`max_spike`
     of, two neighbouring closes: the previous and the next one; for the first (last) bar of a
     symbol, the next (previous) two, so a spike on the second bar does not make the first one
-    look like a spike. A symbol with fewer than three bars is not checked.
+    look like a spike. A symbol with fewer than three bars is not checked. `open_end`: the
+    last bar of each symbol is never flagged (the newest bar of a live answer: judged against
+    its two predecessors, a jump from a bar that had itself moved passed while a bad tick
+    after a move did not, and a bar the next one would confirm was refused or repaired; the
+    live feed holds a jump back until the next bar shows which it is).
     """
     # Memory: every intermediate is one float per row (17 MB for the 2.1 million rows of the
     # S&P 500 file); they are dropped as soon as used, and the price columns are checked one
@@ -1183,6 +1194,8 @@ def _spikes(frame: pd.DataFrame, max_spike: float) -> tuple[np.ndarray, np.ndarr
     next2 = _shift(close, codes, -2) * split_next * _shift(split, codes, -2)
     del split_next
     b = np.where(has_prev & has_next, next1, np.where(has_prev, prev2, next2))
+    if open_end:
+        b[has_prev & ~has_next] = np.nan  # NaN compares False: the newest bar is never flagged
     del prev2, next1, next2, has_prev, has_next
     low_bound = 1.0 / max_spike
     outlier = np.empty((len(frame), len(PRICE_COLUMNS)), dtype=bool)
@@ -1195,12 +1208,38 @@ def _spikes(frame: pd.DataFrame, max_spike: float) -> tuple[np.ndarray, np.ndarr
     return outlier, a
 
 
+# With `open_end`: the column naming each symbol's newest bar that jumps (see `_newest_jumps`).
+JUMP_FROM = "jump_from"
+
+
+def _newest_jumps(frame: pd.DataFrame, max_spike: float) -> np.ndarray:
+    """Per row: for the last bar of each symbol, the previous close (in the bar's share
+    basis, as `_spikes` reads it, before any repair) when one of the bar's prices is more
+    than `max_spike` times above or below it; NaN otherwise. The one side of the spike rule
+    the newest bar can be judged on: a bar within it is never flagged once its next bar is
+    known, whatever that bar is (a flag needs both sides)."""
+    codes = frame["_code"].to_numpy()
+    close = frame["close"].to_numpy()
+    prev = _shift(close, codes, 1) / frame["split"].to_numpy()
+    last = np.isnan(_shift(close, codes, -1))
+    jump = np.zeros(len(frame), dtype=bool)
+    if max_spike:
+        for column in PRICE_COLUMNS:
+            ratio = frame[column].to_numpy(dtype=np.float64) / prev
+            jump |= (ratio > max_spike) | (ratio < 1.0 / max_spike)  # NaN: no previous bar
+    return np.where(jump & last, prev, np.nan)
+
+
 def _check_spikes(
-    frame: pd.DataFrame, ctx: _Ctx, repairs: frozenset[str], max_spike: float
+    frame: pd.DataFrame,
+    ctx: _Ctx,
+    repairs: frozenset[str],
+    max_spike: float,
+    open_end: bool = False,
 ) -> pd.DataFrame:
     if not max_spike or len(frame) < 2:
         return frame
-    outlier, ref = _spikes(frame, max_spike)
+    outlier, ref = _spikes(frame, max_spike, open_end)
     bad: np.ndarray = np.asarray(outlier.any(axis=1))
     if not bad.any():
         return frame
@@ -1288,6 +1327,7 @@ def validate_frame(
     corporate_actions: bool = True,
     date_format: str = "",
     advice: Advice = DATA_ADVICE,
+    open_end: bool = False,
 ) -> pd.DataFrame:
     """Check (and, where enabled, repair) bars; return the clean long table.
 
@@ -1301,7 +1341,9 @@ def validate_frame(
     data should carry split and dividend columns (raw prices of stocks); False for index
     series, which have none. `date_format` (strftime, e.g. "%d/%m/%Y") reads text times,
     of a Date and a Time column the two joined by a space; "" infers it (see Times).
-    `advice`: where the settings its errors advise are set (`Advice`).
+    `advice`: where the settings its errors advise are set (`Advice`). `open_end`: the
+    last bar of each symbol is the newest of a live answer, left to the feed by the spike
+    check (see `_spikes`), and the output has the column `jump_from` (`_newest_jumps`).
     """
     if interval not in INTERVALS:
         raise ConfigError(
@@ -1330,7 +1372,13 @@ def validate_frame(
     _suspect_actions(frame, ctx)
     if ctx.split_absent:
         _suspect_jumps(frame, ctx)
-    frame = _check_spikes(frame, ctx, repairs, max_spike)
+    columns = list(OUTPUT_COLUMNS)
+    if open_end:  # before the repairs: the rule is on the previous bar as it came
+        jumps = _newest_jumps(frame, max_spike)
+    frame = _check_spikes(frame, ctx, repairs, max_spike, open_end)
+    if open_end:
+        frame = frame.assign(**{JUMP_FROM: jumps})
+        columns.append(JUMP_FROM)
     if own:
         summary.log(source)
-    return frame.loc[:, list(OUTPUT_COLUMNS)].reset_index(drop=True)
+    return frame.loc[:, columns].reset_index(drop=True)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import inspect
 from collections import deque
@@ -50,7 +51,14 @@ from ..core.types import CrossSection
 from .panel import Panel
 from .resilience import ResilientCaller, SourceError, make_error
 from .response_cache import HeldWrites, fresh_reads
-from .validate import OUTPUT_COLUMNS, RepairSummary, _fmt_time, validate_frame
+from .suspect import HeldBars
+from .validate import (
+    DEFAULT_MAX_SPIKE,
+    OUTPUT_COLUMNS,
+    RepairSummary,
+    _fmt_time,
+    validate_frame,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -321,11 +329,14 @@ def in_window(raw: pd.DataFrame, start: datetime, end: datetime) -> pd.DataFrame
 class Validation:
     """Options of `validate_frame` for vendor bars. `repair` names the enabled repairs (see
     validate.py; empty = strict, as for stored data); `extra` passes further keyword arguments
-    to `validate_frame` unchanged (e.g. max_spike, max_volume)."""
+    to `validate_frame` unchanged (e.g. max_spike, max_volume). `open_end`: each symbol's
+    newest bar is left to the live feed's rule by the spike check (`VendorFeed` sets it on
+    its source: see feeds/suspect.py)."""
 
     repair: tuple[str, ...] = ()
     max_gap_days: float = 7.0
     extra: Mapping[str, Any] = field(default_factory=dict)
+    open_end: bool = False
 
 
 # validate.py is gaining bar labelling of its own (an `interval` argument: naive intraday times
@@ -358,6 +369,8 @@ def validate_bars(
         "max_gap_days": validation.max_gap_days,
         **dict(validation.extra),
     }
+    if validation.open_end:
+        opts["open_end"] = True
     if _VALIDATE_LABELS and interval is not None:
         opts["interval"] = "1d" if interval.daily else "intraday"
         if not interval.daily:
@@ -602,7 +615,11 @@ class VendorFeed:
         engine's loop marks the bar late and asks again later;
       - if every symbol failed with an auth error, it raises `FatalError` (fix the keys);
       - if no symbol has a bar at t it returns None (a holiday), unless `is_session(t)` says t
-        is a trading session, in which case the bar is late (RetryableError).
+        is a trading session, in which case the bar is late (RetryableError);
+      - a symbol whose bar at t jumps beyond `max_spike` (the source's validation's, 10 by
+        default) from its previous close is NaN too, held back until the next answer judges
+        it as a backtest's load would (feeds/suspect.py): validation cannot tell a bad tick
+        from a gap before the next bar, so the feed sets `Validation.open_end` on its source.
     It never blocks forever (every call has a timeout, retries are bounded) and keeps only the
     per-symbol error table and the last bar time between calls (responses live in the bounded
     response cache of the client).
@@ -661,12 +678,24 @@ class VendorFeed:
         # that a later answer had (late at the vendor): see _check_late.
         self._holes: dict[pd.Timestamp, set[str]] = {}
         self._late_rows: list[pd.DataFrame] = []
+        self._held = HeldBars(source.name, self._open_ended(source))
         self.last_bar: datetime | None = None
         self.last_fetch_at: datetime | None = None
 
     @property
     def symbols(self) -> tuple[str, ...]:
         return self._symbols
+
+    @staticmethod
+    def _open_ended(source: BarSource) -> float:
+        """The spike threshold of `source`'s validation, which from now on leaves each
+        symbol's newest bar to this feed (`Validation.open_end`; the feed owns its source).
+        A source without a `Validation` judges its answers itself: the default threshold."""
+        validation = getattr(source, "validation", None)
+        if not isinstance(validation, Validation):
+            return DEFAULT_MAX_SPIKE
+        source.validation = dataclasses.replace(validation, open_end=True)  # type: ignore[attr-defined]
+        return float(validation.extra.get("max_spike", DEFAULT_MAX_SPIKE))
 
     async def start(self) -> None:
         for part in self._owned:
@@ -841,11 +870,15 @@ class VendorFeed:
         replay-check then shows what the bar would have changed. Not stepped: the bar's
         decisions are made."""
         holes = self._holes
+        for row in self._held.judge(frame):  # held bars judged: the store's (or dropped)
+            holes.get(row["time"].iat[0], set()).discard(str(row["symbol"].iat[0]))
+            self._late_rows.append(row)
         if holes:
             older = frame[frame["time"] < t]
+            pending = self._held.pending  # held bars not judged yet: not late, not stored
             late = older[
                 [
-                    sym in holes.get(when, ())
+                    sym in holes.get(when, ()) and (sym, when) not in pending
                     for sym, when in zip(older["symbol"], older["time"], strict=True)
                 ]
             ]
@@ -887,6 +920,7 @@ class VendorFeed:
         keep = max(8, self.lookback_bars + 2)
         for old in sorted(holes)[:-keep]:
             del holes[old]
+        self._held.give_up_before(min(holes))
 
     def take_late_bars(self) -> list[CrossSection]:
         """The late bars `_check_late` found since the last call, one cross-section per bar
@@ -1011,6 +1045,7 @@ class VendorFeed:
         if late:
             self._late.remove(t)
         self._note_missing(t, at, result, now)
+        at = self._held.hold(at)
         self._check_revisions(naive_utc(t), result.frame, at)
         self._check_late(naive_utc(t), result.frame, at)
         arrays = self._arrays(at)
@@ -1026,7 +1061,11 @@ class VendorFeed:
         )
         self._note(result, now)
         self._raise_if_all_failed(result, f"history {as_utc(start).isoformat()}..")
-        return panel_of(self._session_bars_only(result.frame, start, end), self._symbols)
+        frame = self._session_bars_only(result.frame, start, end)
+        kept = self._held.hold(frame)
+        for sym, when in self._held.pending:  # judged by the first live bars' answers
+            self._holes.setdefault(when, set()).add(sym)
+        return panel_of(kept, self._symbols)
 
     def status(self) -> dict[str, Any]:
         """For the health server (`health.status_check` reads `ok`, `circuit`, `last_error`
