@@ -138,10 +138,10 @@ async def test_a_bad_tick_after_a_move_is_held_back_not_marked_or_traded(repair)
             book.now = utc(2024, 3, 6, 21, 5)
             with capture_logs() as logs:
                 tick = await feed.bars(utc(2024, 3, 6))
+            assert not guard_verdict(guard, held, tick)  # before: halted, until reset
+            assert held.equity == equity == 100.0 * before.close[AAA]
             assert np.isnan(tick.close[AAA])  # no bar: not tradable, not marked
             assert tick.valid[1:].all()
-            assert not guard_verdict(guard, held, tick)
-            assert held.equity == equity == 100.0 * before.close[AAA]
             (warning,) = said(logs, "feed.bar_suspect")
             assert warning["log_level"] == "warning" and warning["symbol"] == "AAA"
             assert warning["previous_close"] == before.close[AAA]
