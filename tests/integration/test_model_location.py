@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import inspect
 import json
-import os
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+from published_models import SYMBOLS, feed, publish, publish_folder, publish_two, switch
 from structlog.testing import capture_logs
 
 from tradingd.core.errors import ConfigError
 from tradingd.inference.onnx import DEFAULT_MODEL_ROOT, PUBLISHED_MODEL_DIR
 from tradingd_plugins.signals.ml_ensemble import MlEnsemble, MlEnsembleConfig, default_model_dir
 
-SYMBOLS = ("A", "B")
 SHIPPED_VERSION = json.loads((default_model_dir() / "card.json").read_text())["model_version"]
 
 
@@ -27,17 +26,6 @@ def load(model_dir=""):
         p = MlEnsemble(MlEnsembleConfig(model_dir=model_dir, cache_dir=""), SYMBOLS)
     (where,) = [e for e in logs if e["event"] == "model.location"]
     return p, where
-
-
-def publish(root: Path, version: str) -> Path:
-    """A copy of the shipped pair laid out as `tradingd retrain` publishes it."""
-    target = root / "versions" / version
-    shutil.copytree(default_model_dir(), target)
-    card = json.loads((target / "card.json").read_text())
-    card["model_version"] = version  # to tell the copy from the shipped pair
-    (target / "card.json").write_text(json.dumps(card))
-    os.symlink(os.path.relpath(target, root), root / "current")
-    return target
 
 
 def test_an_empty_working_directory_loads_the_shipped_pair(tmp_path, monkeypatch):
@@ -88,26 +76,6 @@ def test_retrain_publishes_under_var_models_by_default():
     assert PUBLISHED_MODEL_DIR == "var/models/current"
 
 
-def publish_two(base: Path) -> tuple[Path, Path]:
-    """Versions "first" (`current`) and "second" (published, not switched to) under base's
-    model root; returns the root and second's folder."""
-    root = base / DEFAULT_MODEL_ROOT
-    publish(root, "first")
-    second = root / "versions" / "second"
-    shutil.copytree(root / "versions" / "first", second)
-    card = json.loads((second / "card.json").read_text())
-    card["model_version"] = "second"
-    (second / "card.json").write_text(json.dumps(card))
-    return root, second
-
-
-def _switch(root: Path, version: str) -> None:
-    """What `tradingd retrain` does on publishing: `current` swapped atomically."""
-    tmp = root / "current.new"
-    os.symlink(os.path.relpath(root / "versions" / version, root), tmp)
-    os.replace(tmp, root / "current")
-
-
 def test_a_backtest_keeps_its_model_when_a_new_one_is_published_mid_run(tmp_path, monkeypatch):
     """A replay is one model from its first bar to its last: a `tradingd retrain` publishing
     while it runs must not switch it half-way (its decisions and results would come from two
@@ -135,7 +103,7 @@ def test_a_backtest_keeps_its_model_when_a_new_one_is_published_mid_run(tmp_path
 
     def on_bar(seen: int, t) -> None:
         if engine.bars_processed == 20 and not switched_at:
-            _switch(root, "second")
+            switch(root, "second")
             switched_at.append(t)
 
     engine = build_engine(cfg, "backtest", on_bar=on_bar)
@@ -163,7 +131,7 @@ def test_a_backtest_keeps_its_model_when_a_new_one_is_published_mid_run(tmp_path
     live_engine = build_engine(live_cfg, "live")
     following = live_engine.pipeline.signals[0][0]
     assert following.version == "second"
-    _switch(root, "first")
+    switch(root, "first")
     following._maybe_reload()
     assert following.version == "first"
     following.close()
@@ -184,11 +152,11 @@ def test_a_reloaded_model_reads_its_own_cache_file(tmp_path, monkeypatch):
     earlier = plugin()  # a run on "first" leaves its predictions of `windows`
     earlier.predict(windows)
     earlier.close()
-    _switch(root, "second")
+    switch(root, "second")
     p = plugin()
     p.predict(windows[:1])  # "second" predicts (another salt) and fills its own file
     assert p.model_calls == 1
-    _switch(root, "first")
+    switch(root, "first")
     p._maybe_reload()
     assert p.version == "first"
     p.predict(windows)  # all three from first.npz, read now
@@ -209,13 +177,13 @@ def test_a_reloaded_model_decides_with_its_own_cards_threshold(tmp_path, monkeyp
     p = MlEnsemble(MlEnsembleConfig(cache_dir=""), SYMBOLS)
     first = p.threshold
     assert first != 0.9
-    _switch(root, "second")
+    switch(root, "second")
     p._maybe_reload()
     assert (p.version, p.threshold) == ("second", 0.9)
     assert p.threshold == MlEnsemble(MlEnsembleConfig(cache_dir=""), SYMBOLS).threshold
     # A threshold the config sets stays the config's.
     pinned = MlEnsemble(MlEnsembleConfig(cache_dir="", threshold=0.6), SYMBOLS)
-    _switch(root, "first")
+    switch(root, "first")
     pinned._maybe_reload()
     assert (pinned.version, pinned.threshold) == ("first", 0.6)
     p.close()
@@ -248,11 +216,6 @@ def test_a_daemon_started_before_the_first_publish_takes_it_up(tmp_path, monkeyp
     pinned.close()
 
 
-def _publish_folder(root: Path, version: str, folder: Path) -> None:
-    """`folder` moved under root's versions as `version` (its card keeps its model_version)."""
-    shutil.move(folder, root / "versions" / version)
-
-
 @pytest.mark.parametrize("value", [float("nan"), float("inf")])
 def test_a_reload_to_a_model_answering_nan_or_inf_is_refused_and_the_old_one_serves(
     tmp_path, monkeypatch, value
@@ -265,11 +228,11 @@ def test_a_reload_to_a_model_answering_nan_or_inf_is_refused_and_the_old_one_ser
     monkeypatch.chdir(tmp_path)
     root, _ = publish_two(tmp_path)
     bad = model_folder(tmp_path / "bad", cnn_lstm=graph(tmp_path / "g.onnx", (60, 20), value=value))
-    _publish_folder(root, "bad", bad)
+    publish_folder(root, "bad", bad)
     p = MlEnsemble(MlEnsembleConfig(cache_dir=""), SYMBOLS)
     w = np.random.default_rng(2).normal(size=(2, 60, 20)).astype(np.float32)
     before = p.predict(w)
-    _switch(root, "bad")
+    switch(root, "bad")
     with capture_logs() as logs:
         p._maybe_reload()
     (failed,) = [e for e in logs if e["event"].startswith("model.")]
@@ -316,9 +279,9 @@ def test_a_reload_to_a_forest_of_another_width_names_the_file(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     root, _ = publish_two(tmp_path)
     rf = graph(tmp_path / "rf.onnx", (1000,))
-    _publish_folder(root, "narrow", model_folder(tmp_path / "narrow", random_forest=rf))
+    publish_folder(root, "narrow", model_folder(tmp_path / "narrow", random_forest=rf))
     p = MlEnsemble(MlEnsembleConfig(cache_dir=""), SYMBOLS)
-    _switch(root, "narrow")
+    switch(root, "narrow")
     with capture_logs() as logs:
         p._maybe_reload()
     (failed,) = [e for e in logs if e["event"].startswith("model.")]
@@ -344,7 +307,7 @@ def test_a_folder_that_failed_to_load_is_tried_again_once_repaired_in_place(tmp_
     cnn = second / "cnn_lstm.onnx"
     good = cnn.read_bytes()
     cnn.write_bytes(good[:5000])  # a half-copied publication
-    _switch(root, "second")
+    switch(root, "second")
 
     def bars(n: int) -> list[tuple[str, str]]:
         with capture_logs() as logs:
@@ -364,25 +327,13 @@ def test_a_folder_that_failed_to_load_is_tried_again_once_repaired_in_place(tmp_
     assert p.version == "second" and p.status()["ok"] is True
     # Failed again, then the link pointed back at the model served: nothing left to report.
     (second / "random_forest.onnx").unlink()
-    _switch(root, "first")
+    switch(root, "first")
     assert [e for e, _ in bars(1)] == ["model.reloaded"]
-    _switch(root, "second")
+    switch(root, "second")
     assert bars(2) == [("model.reload_failed", "error")]
-    _switch(root, "first")
+    switch(root, "first")
     assert bars(2) == [] and p.status()["ok"] is True and p.version == "first"
     p.close()
-
-
-def _feed(p: MlEnsemble, bars: int, seed: int = 3) -> np.ndarray:
-    """`bars` bars of random (finite, non-zero) features scored by `p`; the last scores."""
-    from plugin_context import bar_context
-
-    rng = np.random.default_rng(seed)
-    out = np.full(len(SYMBOLS), np.nan)
-    for _ in range(bars):
-        feats = {f: rng.normal(size=len(SYMBOLS)) for f in p.features}
-        out = p.score(bar_context(SYMBOLS, feats))
-    return out
 
 
 def _publish_nan_on_real_windows(tmp_path: Path, root: Path) -> Path:
@@ -391,7 +342,7 @@ def _publish_nan_on_real_windows(tmp_path: Path, root: Path) -> Path:
     from tiny_models import graph, model_folder
 
     g = graph(tmp_path / "nan.onnx", (60, 20), "nan_off_zero")
-    _publish_folder(root, "nanlater", model_folder(tmp_path / "nanlater", cnn_lstm=g))
+    publish_folder(root, "nanlater", model_folder(tmp_path / "nanlater", cnn_lstm=g))
     return root / "versions" / "nanlater"
 
 
@@ -404,10 +355,10 @@ def test_a_reload_to_a_model_answering_nan_on_real_windows_is_refused(tmp_path, 
     root, _ = publish_two(tmp_path)
     bad = _publish_nan_on_real_windows(tmp_path, root)
     p = MlEnsemble(MlEnsembleConfig(cache_dir=""), SYMBOLS)
-    assert np.isfinite(_feed(p, 60)).all()
-    _switch(root, "nanlater")
+    assert np.isfinite(feed(p, 60)).all()
+    switch(root, "nanlater")
     with capture_logs() as logs:
-        scores = _feed(p, 1, seed=4)
+        scores = feed(p, 1, seed=4)
     assert np.isfinite(scores).all()
     (failed,) = [e for e in logs if e["event"].startswith("model.")]
     assert failed["event"] == "model.reload_failed"
@@ -425,10 +376,10 @@ def test_a_start_on_a_model_answering_nan_names_its_folder_and_the_way_back(tmp_
     monkeypatch.chdir(tmp_path)
     root, _ = publish_two(tmp_path)
     bad = _publish_nan_on_real_windows(tmp_path, root)
-    _switch(root, "nanlater")
+    switch(root, "nanlater")
     p = MlEnsemble(MlEnsembleConfig(cache_dir=""), SYMBOLS)  # the warm-up passes
     with pytest.raises(ConfigError) as exc:
-        _feed(p, 60)
+        feed(p, 60)
     text = str(exc.value)
     assert f"model {p.version} in {bad.resolve()}" in text
     assert "output nan" in text
@@ -478,7 +429,7 @@ def test_a_start_loads_the_folder_it_resolved_even_if_current_moves_meanwhile(
     real = ml.ModelPair
 
     def published_meanwhile(directory, threads=0):
-        _switch(root, "second")
+        switch(root, "second")
         return real(directory, threads)
 
     monkeypatch.setattr(ml, "ModelPair", published_meanwhile)
