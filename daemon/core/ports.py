@@ -256,6 +256,10 @@ class RiskDecision:
 # `var/models/current`) may define `pin_model() -> None`: the composition root
 # (`app.build_engine`) calls it for a backtest, so one run is one model from start to end; a
 # live daemon's is not pinned, and takes up a newly published model at its next bar.
+# A signal plugin may define `async prepare_bar(ctx) -> None`: the engine awaits it before
+# `score(ctx)` on each trading bar (not on warm-up bars), for work the plugin must finish
+# before it scores and can do off the event loop (ml_ensemble loads a newly published model
+# in a worker thread). `score` must still work without it (a plugin scored by hand).
 # Any plugin may define `for_replay() -> None`, called by the same root for a backtest before
 # its first bar: no clock paces a replay, so background work the engine waits for (kelly_garch's
 # fit worker) should run at full priority.

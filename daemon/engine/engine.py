@@ -458,6 +458,12 @@ class Engine:
         self.store = store
         self.cache = cache
         self.pipeline = pipeline
+        # The signal plugins' optional `async prepare_bar(ctx)` (core.ports), found once.
+        self._preparers = tuple(
+            (plugin, prepare)
+            for plugin, _ in pipeline.signals
+            if callable(prepare := getattr(plugin, "prepare_bar", None))
+        )
         self.planner = planner
         self.portfolio = portfolio
         self.audit: AuditSink = audit or NullAudit()
@@ -2408,6 +2414,8 @@ class Engine:
             return
         if self.publisher is not None:
             self.publisher.publish("bars", bars_payload(bar, self.symbols))
+        if self._preparers:
+            await self._prepare_signals(ctx)
         score = self._score(ctx)
         if self._required and count_nonzero(ready) < ready.size:
             score = where(ready, score, _NAN)  # warm-up never reaches a decision
@@ -2786,6 +2794,19 @@ class Engine:
                 self._call(plugin, "score", plugin.score, ctx)
             if (took := _perf_counter() - t0) > self._slow_plugin_s:
                 self._slow(plugin, "score" if observe is None else "observe", ctx.time, took)
+
+    async def _prepare_signals(self, ctx: BarContext) -> None:
+        """Each signal plugin's `prepare_bar(ctx)`, awaited before the bar's scores: work a
+        plugin must finish before it scores and can do off the event loop (ml_ensemble loads
+        a newly published model in a worker thread: inside score() it stopped the health
+        endpoint, the heartbeat and the broker's stream while it loaded)."""
+        for plugin, prepare in self._preparers:
+            try:
+                await prepare(ctx)
+            except PluginFault:
+                raise
+            except Exception as exc:
+                raise _fault(plugin, "prepare_bar", ctx, exc) from exc
 
     def _score(self, ctx: BarContext) -> np.ndarray:
         """Weighted mean of the plugins' scores over the plugins that have a view."""

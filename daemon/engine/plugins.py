@@ -232,7 +232,8 @@ def _check_hooks(plugin: Any, name: str, where: str) -> None:
     """The hooks' answers checked when the plugin is built, where a mistake is one clear
     error: `required_features()` returning None ended `tradingd config` in a TypeError
     traceback, `history_bars()` returning None the engine's start, and a plain (not async)
-    `settle()` passed every backtest to fail at a live run's first bar."""
+    `settle()` passed every backtest to fail at a live run's first bar (`prepare_bar()`
+    alike: awaited every trading bar, a plain one fails there)."""
     feature_names(plugin)  # raises naming the plugin
     hb = getattr(plugin, "history_bars", None)
     if hb is not None:
@@ -243,6 +244,14 @@ def _check_hooks(plugin: Any, name: str, where: str) -> None:
             f"plugin {name!r} ({where}): settle() must be a coroutine function (`async def "
             f"settle(self) -> None`), and {getattr(settle, '__qualname__', 'settle')} is not: "
             "a live run awaits it before each checkpoint"
+        )
+    prepare = getattr(plugin, "prepare_bar", None)
+    if prepare is not None and not inspect.iscoroutinefunction(prepare):
+        raise PluginError(
+            f"plugin {name!r} ({where}): prepare_bar() must be a coroutine function (`async "
+            f"def prepare_bar(self, ctx) -> None`), and "
+            f"{getattr(prepare, '__qualname__', 'prepare_bar')} is not: the engine awaits it "
+            "before each trading bar's score()"
         )
 
 

@@ -8,6 +8,10 @@ Which model: `model_dir` when set (it must exist); otherwise `var/models/current
 working directory when it exists (where `tradingd retrain` publishes); otherwise the pair
 shipped inside the package. The choice and its reason are logged (`model.location`), and the
 plugin exposes `model_path` (the resolved directory) and `version` for the run's summary.
+A live daemon's plugin follows a switched `var/models/current`: the engine awaits
+`prepare_bar` before each trading bar's score, which loads and tries the new model in a worker
+thread (not on the event loop); `score` without `prepare_bar` loads it on the caller's
+thread.
 
 Prediction cache: the models' inputs depend on more than (symbol, bar time): cross-sectional
 features on the universe, recursive indicators on where the data starts. So a prediction is
@@ -55,6 +59,7 @@ never cached.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import hashlib
 import json
@@ -73,6 +78,7 @@ import structlog
 
 from tradingd.core.errors import ConfigError
 from tradingd.core.ports import BarContext
+from tradingd.features.catalog import FeatureSetId
 from tradingd.inference.onnx import (
     MODELS,
     PUBLISHED_MODEL_DIR,
@@ -320,6 +326,67 @@ class _FailedLoad:
     reason: str
 
 
+@dataclass(frozen=True)
+class _Candidate:
+    """A model folder to try at a bar: where, its files when found, and the bar's full
+    windows (`full`: the symbols that have one; `windows`: theirs, copied)."""
+
+    target: Path
+    files: tuple[tuple[str, int, int, int, int], ...] | None
+    full: np.ndarray
+    windows: np.ndarray
+
+
+@dataclass(frozen=True)
+class _Shape:
+    """What a candidate must match to serve, and the batch its warm-up runs."""
+
+    feature_set: FeatureSetId
+    window: int
+    batch: int
+
+
+@dataclass(frozen=True)
+class _Trial:
+    """What trying a candidate gave: its pair and its ensemble predictions of the bar's
+    windows (`checked`, None without any), or why it does not serve (`refused`: of another
+    shape; else it failed to load or to forecast)."""
+
+    pair: ModelPair | None
+    error: str = ""
+    refused: bool = False
+    checked: np.ndarray | None = None
+
+
+def _try_candidate(found: _Candidate, threads: int, shape: _Shape) -> _Trial:
+    """Load the candidate, warm it up, and run it on the bar's windows: the warm-up runs it
+    on the card's mean only, and a model finite there but NaN on real inputs was taken up
+    and stopped the daemon at its next prediction (exit 2), then at every restart on the
+    same `current`. Touches nothing of the plugin: it runs in a worker thread
+    (`MlEnsemble.prepare_bar`). Never raises: a failure is the trial's `error`."""
+    try:
+        # From the resolved folder: what is loaded is what was resolved (the link may be
+        # switched again meanwhile), and an error names the folder to repair.
+        pair = ModelPair(found.target, threads)
+        pair.warm_up(shape.batch)
+        if pair.card.feature_set != shape.feature_set or pair.card.window != shape.window:
+            return _Trial(None, "trained on another feature set or window", refused=True)
+        if not found.full.size:
+            return _Trial(pair)
+        ens = pair.card.data["ensemble"]
+        out = EnsemblePredictor(ens["weights"], ens["residual_std"]).combine_predictions(
+            pair.predict(found.windows)  # OnnxModel.run refuses a model's NaN or inf
+        )
+        if not np.isfinite(out).all():  # finite outputs, weighted sum overflowing
+            raise ConfigError(
+                f"the ensemble of the model at {pair.card.path.parent} is not finite for "
+                f"{int((~np.isfinite(out)).sum())} of {len(out)} of this bar's windows"
+            )
+    except Exception as exc:  # keep trading on the model that works
+        return _Trial(None, str(exc))
+    return _Trial(pair, checked=out)
+
+
 def default_model_dir() -> Path:
     """The model pair shipped inside the package: the fallback when nothing else is set."""
     return Path(str(files("tradingd_models") / "default"))
@@ -544,6 +611,8 @@ class MlEnsemble:
         self._accuracy = DirectionalAccuracy(n)
         self._no_forecast = np.full(n, np.nan)
         self._deferred_said = False  # a save skipped while another process held the lock
+        # The bar `prepare_bar` pushed (and what was ready), for its `score`.
+        self._prepared: tuple[BarContext, np.ndarray] | None = None
         self._defer_cache()
 
     def required_features(self) -> tuple[str, ...]:
@@ -602,59 +671,98 @@ class MlEnsemble:
 
     def _maybe_reload(self) -> None:
         """A model root's `current` link may have been switched by `tradingd retrain`: load
-        the new version between bars (not once pinned). A candidate trained on other
-        features is refused. The directory's identity (one stat) is checked every bar; the
-        path is resolved only when it changed (a resolve stats every component: ~130 us a
-        bar of a replay). A candidate that failed is tried again only once its folder's files
-        change (`_FailedLoad`), and `status()` reports it meanwhile."""
-        if self._pinned:
+        the new version between bars (not once pinned), here, on the caller's thread. The
+        engine calls `prepare_bar` instead, which loads it off the event loop; this is the
+        path of a plugin scored without it (`strategy_api`, a hand-made context)."""
+        found = self._candidate()
+        if found is not None:
+            self._take_up(found, _try_candidate(found, self.config.threads, self._shape()))
+
+    async def prepare_bar(self, ctx: BarContext) -> None:
+        """Before `score` on a trading bar (the engine awaits it): push the bar, and try a
+        newly published model in a worker thread. Loading two ONNX sessions, their warm-up
+        and the try on the bar's windows ran inside score(), on a live daemon's event loop:
+        the health endpoint, the heartbeat and the broker's stream stopped for as long as
+        it took. The swap itself (a few assignments) is made here, on the loop, so `score`
+        of this bar decides with the model tried on its windows."""
+        self._prepared = (ctx, self._push(ctx))
+        found = self._candidate()
+        if found is None:
             return
+        try:
+            trial = await asyncio.to_thread(
+                _try_candidate, found, self.config.threads, self._shape()
+            )
+        except BaseException:
+            self._dir_id = None  # cancelled (a stop): the link is looked at again next bar
+            raise
+        self._take_up(found, trial)
+
+    def _shape(self) -> _Shape:
+        """What a candidate must match to serve (its features and window) and its warm-up's
+        batch: fixed for the plugin's life (a reload of another shape is refused)."""
+        return _Shape(self.feature_set, self.window, len(self.symbols))
+
+    def _candidate(self) -> _Candidate | None:
+        """The model folder to try at this bar, if any. A candidate trained on other
+        features is refused (by `_take_up`). The directory's identity (one stat) is checked
+        every bar; the path is resolved only when it changed (a resolve stats every
+        component: ~130 us a bar of a replay). A candidate that failed is tried again only
+        once its folder's files change (`_FailedLoad`), and `status()` reports it
+        meanwhile. The bar's full windows are copied here, on the caller's thread: the try
+        may run in a worker while the loop goes on."""
+        if self._pinned:
+            return None
         if self._awaiting is not None and self._awaiting.exists():
             self._dir, self._awaiting = self._awaiting, None
             log.info("model.published_found", path=str(self._dir))
         ident = _identity(self._dir)
         if ident is not None and ident == self._dir_id and not self._failed_folder_changed():
-            return
+            return None
         self._dir_id = ident
         target = self._dir.resolve()
         if not target.exists():
             self._broken_link(target)
-            return
+            return None
         if target == self._loaded_from:
             self._failed = None  # the link names the model served again
-            return
+            return None
         # A folder that failed is tried again once its files change (repaired in place, as
         # the error advises), not at every bar: it was marked loaded before the attempt, and
         # the repair went unnoticed until a restart.
         files = _folder_state(target)
         failed = self._failed
         if failed is not None and failed.path == target and failed.files == files:
-            return
+            return None
         if failed is not None and failed.path == target:
             log.info("model.reload_retry", path=str(target), reason="its files changed")
-        try:
-            # From the resolved folder: what is loaded is what was resolved (the link may be
-            # switched again meanwhile), and an error names the folder to repair.
-            pair = ModelPair(target, self.config.threads)
-            pair.warm_up(len(self.symbols))
-            if pair.card.feature_set == self.feature_set and pair.card.window == self.window:
-                self._try_held_windows(pair)  # (else refused below, for that reason)
-        except Exception as exc:  # keep trading on the model that works
-            self._failed = _FailedLoad(target, files, str(exc))
+        full = np.flatnonzero(self._filled >= self.window)
+        return _Candidate(target, files, full, self._windows(full))
+
+    def _take_up(self, found: _Candidate, trial: _Trial) -> None:
+        """The candidate serves from now on, or its failure is logged and held for
+        `status()` (the old model serves on)."""
+        target = found.target
+        if trial.pair is None:
+            self._failed = _FailedLoad(target, found.files, trial.error)
+            if trial.refused:
+                log.error(
+                    "model.reload_refused",
+                    path=str(target),
+                    reason=trial.error,
+                    serving=self.version,
+                )
+                return
             log.error(
                 "model.reload_failed",
                 path=str(target),
-                error=str(exc),
+                error=trial.error,
                 serving=self.version,
                 action="repair the folder (it is tried again when its files change) or point "
                 "the link at another model",
             )
             return
-        if pair.card.feature_set != self.feature_set or pair.card.window != self.window:
-            reason = "trained on another feature set or window"
-            self._failed = _FailedLoad(target, files, reason)
-            log.error("model.reload_refused", path=str(target), reason=reason, serving=self.version)
-            return
+        pair = trial.pair
         self._failed = None
         self._loaded_from = target
         self._save_cache()  # the outgoing version's predictions, before its key changes
@@ -689,24 +797,6 @@ class MlEnsemble:
             serving=self.version,
             action=f"the next start will fail: point {self._dir} at a version folder",
         )
-
-    def _try_held_windows(self, pair: ModelPair) -> None:
-        """The candidate on this bar's real windows, or ConfigError: the warm-up runs it on
-        the card's mean only, and a model finite there but NaN on real inputs was taken up
-        and stopped the daemon at its next prediction (exit 2), then at every restart on
-        the same `current`. Costs one batched call per reload."""
-        full = np.flatnonzero(self._filled >= self.window)
-        if not full.size:
-            return
-        ens = pair.card.data["ensemble"]
-        out = EnsemblePredictor(ens["weights"], ens["residual_std"]).combine_predictions(
-            pair.predict(self._windows(full))  # OnnxModel.run refuses a model's NaN or inf
-        )
-        if not np.isfinite(out).all():  # finite outputs, weighted sum overflowing
-            raise ConfigError(
-                f"the ensemble of the model at {pair.card.path.parent} is not finite for "
-                f"{int((~np.isfinite(out)).sum())} of {len(out)} of this bar's windows"
-            )
 
     def _failed_folder_changed(self) -> bool:
         """Whether the folder of the last failed reload has other files now (a few stats a
@@ -763,9 +853,14 @@ class MlEnsemble:
         self._score_forecasts(ctx, self._no_forecast)
 
     def score(self, ctx: BarContext) -> np.ndarray:
-        ready = self._push(ctx)
-        # After the push: a candidate model is tried on this bar's windows before it serves.
-        self._maybe_reload()
+        prepared, self._prepared = self._prepared, None
+        if prepared is not None and prepared[0] is ctx:
+            ready = prepared[1]  # pushed, and a new model tried, by `prepare_bar`
+        else:
+            ready = self._push(ctx)
+            # After the push: a candidate model is tried on this bar's windows before it
+            # serves.
+            self._maybe_reload()
         full = np.flatnonzero(ready & (self._filled >= self.window))
         out = np.full(len(self.symbols), np.nan)
         if full.size == 0:

@@ -274,3 +274,29 @@ def test_a_constructor_without_symbols_is_named_as_the_constructor_not_the_param
     # A ValueError stays the params' refusal (the plugins' convention).
     with pytest.raises(ConfigError, match=r"^signals\[0\].params: lookback must be >= 5"):
         _load(_with(__init__=refuses))
+
+
+def test_a_plain_prepare_bar_is_refused_when_built_and_an_async_one_is_awaited_before_score():
+    """`prepare_bar(ctx)` is awaited by the engine before each trading bar's score(): a
+    plain `def` would fail there, at a run's first traded bar; an exception in it is the
+    plugin's fault, naming the hook."""
+    with pytest.raises(PluginError, match=r"plugin 'theirs'.*prepare_bar\(\) must be a corou"):
+        _load(_with(prepare_bar=lambda self, ctx: None))
+    seen: list[Any] = []
+
+    async def prepare(self: Any, ctx: Any) -> None:
+        seen.append(ctx)
+
+    async def failing(self: Any, ctx: Any) -> None:
+        raise ValueError("no model")
+
+    ctx = SimpleNamespace(time=T)
+    for hook in (prepare, failing):
+        plugin = _load(_with(prepare_bar=hook))
+        engine = SimpleNamespace(_preparers=((plugin, plugin.prepare_bar),))
+        if hook is prepare:
+            asyncio.run(Engine._prepare_signals(engine, ctx))  # type: ignore[arg-type]
+            assert seen == [ctx]
+            continue
+        with pytest.raises(PluginFault, match=r"'theirs' failed in prepare_bar at bar 2015-06"):
+            asyncio.run(Engine._prepare_signals(engine, ctx))  # type: ignore[arg-type]
