@@ -10,8 +10,8 @@ shipped inside the package. The choice and its reason are logged (`model.locatio
 plugin exposes `model_path` (the resolved directory) and `version` for the run's summary.
 A live daemon's plugin follows a switched `var/models/current`: the engine awaits
 `prepare_bar` before each trading bar's score, which loads and tries the new model in a worker
-thread (not on the event loop); `score` without `prepare_bar` loads it on the caller's
-thread.
+thread (not on the event loop), and the try's predictions of the bar's windows are that
+bar's (`score` without `prepare_bar` does the same on the caller's thread).
 
 Prediction cache: the models' inputs depend on more than (symbol, bar time): cross-sectional
 features on the universe, recursive indicators on where the data starts. So a prediction is
@@ -613,6 +613,8 @@ class MlEnsemble:
         self._deferred_said = False  # a save skipped while another process held the lock
         # The bar `prepare_bar` pushed (and what was ready), for its `score`.
         self._prepared: tuple[BarContext, np.ndarray] | None = None
+        # A reload's predictions of its bar's windows (keys under the new salt, values).
+        self._checked: tuple[np.ndarray, np.ndarray] | None = None
         self._defer_cache()
 
     def required_features(self) -> tuple[str, ...]:
@@ -778,6 +780,10 @@ class MlEnsemble:
         self._accuracy = DirectionalAccuracy(len(self.symbols))  # the new model's own
         self._salt = self._cache_salt()
         self._defer_cache()  # the new version's file, at its first prediction
+        if trial.checked is not None and found.full.size:
+            # The try's predictions serve this bar's decision (`score`), matched by key: the
+            # same windows were predicted twice on every reload bar.
+            self._checked = (self._keys.keys(found.full, self._salt), trial.checked)
         log.info("model.reloaded", version=self.version, path=str(target))
 
     def _broken_link(self, target: Path) -> None:
@@ -861,14 +867,15 @@ class MlEnsemble:
             # After the push: a candidate model is tried on this bar's windows before it
             # serves.
             self._maybe_reload()
+        checked, self._checked = self._checked, None
         full = np.flatnonzero(ready & (self._filled >= self.window))
         out = np.full(len(self.symbols), np.nan)
         if full.size == 0:
             self._score_forecasts(ctx, out)
             return out
-        pred = self._predict(
-            self._keys.keys(full, self._salt), lambda todo: self._windows(full[todo])
-        )
+        keys = self._keys.keys(full, self._salt)
+        known = checked[1] if checked is not None and np.array_equal(checked[0], keys) else None
+        pred = self._predict(keys, lambda todo: self._windows(full[todo]), known)
         forecast = np.full(len(self.symbols), np.nan)
         forecast[full] = pred
         self._score_forecasts(ctx, forecast)
@@ -914,16 +921,27 @@ class MlEnsemble:
 
     # -- the store: sorted arrays (loaded, or merged) + the dict of new predictions ----------
 
-    def _predict(self, keys: np.ndarray, windows: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+    def _predict(
+        self,
+        keys: np.ndarray,
+        windows: Callable[[np.ndarray], np.ndarray],
+        known: np.ndarray | None = None,
+    ) -> np.ndarray:
         """Predictions for these keys: from the cache, else from the models for
-        `windows(misses)`, in one batched call per model."""
+        `windows(misses)`, in one batched call per model. `known`: the loaded model's
+        ensemble predictions for all these keys, made already (a reload's try on the bar's
+        windows): used for the misses instead of a second call."""
         self._read_cache()
         self._clock += 1
         pred, todo = self._lookup(keys)
         self.cache_hits += len(keys) - len(todo)
         if todo.size:
             try:
-                ens = self.predictor.combine_predictions(self.pair.predict(windows(todo)))
+                ens = (
+                    known[todo]
+                    if known is not None
+                    else self.predictor.combine_predictions(self.pair.predict(windows(todo)))
+                )
             except ConfigError as exc:  # names the file and what came out (OnnxModel.run)
                 raise ConfigError(self._model_fault(str(exc))) from None
             self.model_calls += 1
