@@ -326,12 +326,13 @@ def _models(engine: Engine, times: Sequence[datetime] = ()) -> dict[str, Any]:
     that `tradingd retrain` published on recent data was taken up by a backtest of earlier
     years without a word."""
     out: dict[str, Any] = {}
-    for plugin, _ in engine.pipeline.signals:
+    for i, (plugin, _) in enumerate(engine.pipeline.signals):
         version = getattr(plugin, "version", None)
         path = getattr(plugin, "model_path", None)
         if version is None and path is None:
             continue
         entry: dict[str, Any] = {"plugin": plugin.name, "version": version, "path": path}
+        entry.update(_run_inputs(plugin, i))
         fitted = _fitted_span(model_card(plugin))
         if fitted is not None:
             entry["fitted_on"] = [d.isoformat() for d in fitted]
@@ -354,6 +355,18 @@ def _models(engine: Engine, times: Sequence[datetime] = ()) -> dict[str, Any]:
                     "results there are in-sample (test after the model's last date)",
                 )
         out.setdefault("models", []).append(entry)
+    return out
+
+
+def _run_inputs(plugin: Any, index: int) -> dict[str, Any]:
+    """Which signal (`signal`: its index in `[[signals]]`) and, when it reports them, what it
+    decided from besides its params (`inputs`: `run_inputs()`, the ML plugin's model by
+    content, `card_identity`): what a replay of the record must load again
+    (`analysis.attribution_models`); the version alone does not tell two models apart."""
+    out: dict[str, Any] = {"signal": index}
+    run_inputs = getattr(plugin, "run_inputs", None)
+    if callable(run_inputs):
+        out["inputs"] = run_inputs()
     return out
 
 

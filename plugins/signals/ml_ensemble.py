@@ -441,6 +441,13 @@ def card_identity(card: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _named(identity: Mapping[str, Any]) -> str:
+    """A `card_identity` for a message: its version, the first 12 hex digits of each ONNX
+    file's sha256 and the card's hash."""
+    files = ", ".join(str(h)[:12] for h in identity.get("sha256") or ())
+    return f"{identity.get('model_version')} (files {files}; card {identity.get('card')})"
+
+
 # The CPU's vector instruction sets, from /proc/cpuinfo's "flags" (x86) or "Features" (Arm).
 _ISA_FLAG = re.compile(r"^(avx|sse|ssse|fma|f16c|amx|asimd|sve|neon)", re.IGNORECASE)
 
@@ -632,6 +639,38 @@ class MlEnsemble:
     def run_inputs(self) -> dict[str, Any]:
         """`run_inputs_of` for the model this plugin loaded (what its run decided with)."""
         return card_identity(self.pair.card.data)
+
+    @classmethod
+    def params_for_run_inputs(
+        cls, config: MlEnsembleConfig, inputs: Mapping[str, Any], path: str | None = None
+    ) -> dict[str, Any]:
+        """The params that make a plugin built with `config` load the model `inputs` names
+        (`run_inputs`, as a run's record keeps them, with the folder it was loaded from,
+        `path`): none when `config` loads it now, else `model_dir` = its folder, the
+        recorded one or `versions/<model_version>` of the model root `config` loads from.
+        A replay of a kept record (`tradingd report --attribution`) replayed the model
+        `current` names now, and said "not the same run". ConfigError when that model is
+        gone, naming both models and what to do."""
+        now = cls.run_inputs_of(config)
+        if now == dict(inputs):
+            return {}
+        version = str(inputs.get("model_version"))
+        loaded, _ = locate_model(config.model_dir)
+        places = [Path(path)] if path else []
+        places.append(loaded.parent / "versions" / version)
+        for folder in places:
+            try:
+                if card_identity(ModelCard.load(folder).data) == dict(inputs):
+                    return {"model_dir": str(folder.resolve())}
+            except ConfigError:  # not there, or not a model: look on
+                continue
+        raise ConfigError(
+            f"the run was made with model {_named(inputs)}, and model_dir = "
+            f"{config.model_dir!r} loads {_named(now)} now; no folder holds the run's model "
+            f"(looked in {', '.join(str(p) for p in places)}): put that version's folder back "
+            f"under {loaded.parent / 'versions'}, or pass a configuration (-c) whose "
+            "model_dir names a copy of it; a report without --attribution needs no replay"
+        )
 
     def _cache_salt(self) -> np.ndarray:
         """The salt of the loaded model's keys (`cache_salt`): its version, its files' hashes,

@@ -1,0 +1,92 @@
+"""The configuration a replay of a kept run record runs with: the record's run id, and the
+models the record names rather than those the configuration loads now.
+
+With `model_dir` empty the ML plugin loads `var/models/current`, which `tradingd retrain`
+moves: the attribution's replay of a record made on an earlier model ran the current one and
+ended in "not the same run", naming neither model. The record's summary keeps what each
+signal decided from besides its params (`summary.json` `models[].inputs`, the plugin's
+`run_inputs()`); a plugin class that can load such inputs again offers
+`params_for_run_inputs(config, inputs, path)` (the params to change, none when its config
+loads them now; ConfigError, naming both, when they are gone).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import structlog
+
+from ..core.errors import ConfigError
+
+if TYPE_CHECKING:
+    from ..config import Config
+
+__all__ = ["replay_config"]
+
+log = structlog.get_logger(__name__)
+
+
+def replay_config(config: Config, folder: Path) -> Config:
+    """`config` as it must be to replay the record in `folder`: the record's run id (the
+    one its orders carry), and each signal whose recorded inputs differ from what it loads
+    now pointed at the recorded ones. A record without a readable summary, or made before
+    summaries kept the inputs, is replayed with `config` as it is (the comparison with the
+    record then says whether it is the run)."""
+    summary = _summary(folder)
+    if summary is None:
+        return config
+    signals = list(config.signals)
+    for entry in summary.get("models") or ():
+        if not isinstance(entry, Mapping):
+            continue
+        i, inputs = entry.get("signal"), entry.get("inputs")
+        if not isinstance(i, int) or not isinstance(inputs, Mapping) or not 0 <= i < len(signals):
+            continue
+        changes = _params_for(signals[i], f"signals[{i}]", inputs, entry.get("path"), folder)
+        if changes:
+            log.info(
+                "attribution.recorded_model",
+                signal=f"signals[{i}]",
+                plugin=signals[i].name,
+                params=changes,
+                rule="the replay loads the model the record was made with, not the one the "
+                "configuration loads now",
+            )
+            signals[i] = dataclasses.replace(signals[i], params={**signals[i].params, **changes})
+    run_id = summary.get("run_id")
+    run = dataclasses.replace(config.run, run_id=run_id) if isinstance(run_id, str) else config.run
+    return dataclasses.replace(config, signals=tuple(signals), run=run)
+
+
+def _summary(folder: Path) -> Mapping[str, Any] | None:
+    try:
+        data = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, Mapping) else None
+
+
+def _params_for(
+    spec: Any, where: str, inputs: Mapping[str, Any], path: Any, folder: Path
+) -> dict[str, Any]:
+    """The params `spec`'s plugin needs to load `inputs` again ({} when it cannot say)."""
+    from ..config import build
+    from ..engine.plugins import available
+
+    ep = available().get(spec.name)
+    try:
+        cls: Any = ep.load() if ep is not None else None
+    except Exception:  # the replay's build says what is wrong with the plugin
+        return {}
+    params_for = getattr(cls, "params_for_run_inputs", None)
+    if not callable(params_for):
+        return {}
+    plugin_config = build(cls.Config, dict(spec.params), f"{where}.params")
+    try:
+        return dict(params_for(plugin_config, inputs, path if isinstance(path, str) else None))
+    except ConfigError as exc:
+        raise ConfigError(f"run {folder.name}: {where} ({spec.name}): {exc}") from None
