@@ -82,8 +82,9 @@ def run_id_for(config: Config, mode: str, inputs: Sequence[Any] | None = None) -
     return f"{config.run.name}-{mode}-{digest}"
 
 
-def _plugin_specs(config: Config) -> list[tuple[str, PluginSpec]]:
-    """Every configured plugin with where it is configured, in the pipeline's order."""
+def plugin_specs(config: Config) -> list[tuple[str, PluginSpec]]:
+    """Every configured plugin with where it is configured (`signals[0]`, `sizing`,
+    `risk[1]`), in the pipeline's order: how run inputs name their plugin."""
     return [
         *((f"signals[{i}]", s) for i, s in enumerate(config.signals)),
         ("sizing", config.sizing),
@@ -100,7 +101,7 @@ def plugin_run_inputs(config: Config) -> list[dict[str, Any]]:
 
     eps = plugin_registry.available()
     out: list[dict[str, Any]] = []
-    for where, spec in _plugin_specs(config):
+    for where, spec in plugin_specs(config):
         ep = eps.get(spec.name)
         try:
             cls = ep.load() if ep is not None else None
@@ -124,7 +125,7 @@ def pipeline_run_inputs(pipeline: Pipeline, config: Config) -> list[dict[str, An
         *pipeline.risks,
     ]
     out: list[dict[str, Any]] = []
-    for (where, _), plugin in zip(_plugin_specs(config), plugins, strict=True):
+    for (where, _), plugin in zip(plugin_specs(config), plugins, strict=True):
         of = getattr(plugin, "run_inputs", None)
         if callable(of):
             out.append({"plugin": where, "inputs": of()})

@@ -24,7 +24,14 @@ from tqdm import tqdm
 
 from .analysis.metrics import summarize
 from .analysis.splits import restate_for_splits
-from .app import build_engine, load_data, model_card, run_defaults, session_bars_only
+from .app import (
+    build_engine,
+    load_data,
+    model_card,
+    pipeline_run_inputs,
+    run_defaults,
+    session_bars_only,
+)
 from .config import Config
 from .core.errors import TradingdError
 from .core.types import Fill, Side
@@ -252,6 +259,9 @@ async def run_backtest(
         "trading_restricted": result.restrictions,
         "dividends_received": engine.portfolio.dividends_received,
         **_models(engine, result.times),
+        # What the run id hashed besides the config (the ML plugin's model by content): the
+        # trial count and a replay of the record read it (one identity for all three).
+        "run_inputs": pipeline_run_inputs(engine.pipeline, config),
     }
     if result.restrictions_not_listed:
         summary["trading_restricted_not_listed"] = result.restrictions_not_listed
@@ -264,14 +274,14 @@ async def run_backtest(
     write_outputs(
         out, config, result, summary, rows.get("orders", []), rows.get("fills", []), splits
     )
-    _note_trial(out, config, result, [str(m["version"]) for m in summary.get("models", [])])
+    _note_trial(out, config, result, summary["run_inputs"])
     return BacktestOutcome(
         result.run_id, summary, out, result, rows.get("orders", []), rows.get("fills", []), splits
     )
 
 
 def _note_trial(
-    out: Path, config: Config, result: EngineResult, models: Sequence[str] = ()
+    out: Path, config: Config, result: EngineResult, run_inputs: Sequence[Any] = ()
 ) -> None:
     """The run in a trial ledger (`analysis.trials.record_trial`), for the deflated Sharpe
     ratio's count of the variants tried, which a rerun into the same folder would otherwise
@@ -292,7 +302,7 @@ def _note_trial(
             config.to_public_dict(),
             result.equity,
             config.run.initial_capital,
-            models,
+            run_inputs,
         )
     except OSError as e:
         log.warning(
@@ -332,7 +342,7 @@ def _models(engine: Engine, times: Sequence[datetime] = ()) -> dict[str, Any]:
         if version is None and path is None:
             continue
         entry: dict[str, Any] = {"plugin": plugin.name, "version": version, "path": path}
-        entry.update(_run_inputs(plugin, i))
+        entry["signal"] = i  # its place in [[signals]], as `run_inputs` names it
         fitted = _fitted_span(model_card(plugin))
         if fitted is not None:
             entry["fitted_on"] = [d.isoformat() for d in fitted]
@@ -355,18 +365,6 @@ def _models(engine: Engine, times: Sequence[datetime] = ()) -> dict[str, Any]:
                     "results there are in-sample (test after the model's last date)",
                 )
         out.setdefault("models", []).append(entry)
-    return out
-
-
-def _run_inputs(plugin: Any, index: int) -> dict[str, Any]:
-    """Which signal (`signal`: its index in `[[signals]]`) and, when it reports them, what it
-    decided from besides its params (`inputs`: `run_inputs()`, the ML plugin's model by
-    content, `card_identity`): what a replay of the record must load again
-    (`analysis.attribution_models`); the version alone does not tell two models apart."""
-    out: dict[str, Any] = {"signal": index}
-    run_inputs = getattr(plugin, "run_inputs", None)
-    if callable(run_inputs):
-        out["inputs"] = run_inputs()
     return out
 
 

@@ -4,8 +4,9 @@ models the record names rather than those the configuration loads now.
 With `model_dir` empty the ML plugin loads `var/models/current`, which `tradingd retrain`
 moves: the attribution's replay of a record made on an earlier model ran the current one and
 ended in "not the same run", naming neither model. The record's summary keeps what each
-signal decided from besides its params (`summary.json` `models[].inputs`, the plugin's
-`run_inputs()`); a plugin class that can load such inputs again offers
+plugin decided from besides its params (`summary.json` `run_inputs`, what its run id
+hashed: `app.pipeline_run_inputs`), and the folder each model was loaded from
+(`models[].path`, by `models[].signal`); a plugin class that can load such inputs again offers
 `params_for_run_inputs(config, inputs, path)` (the params to change, none when its config
 loads them now; ConfigError, naming both, when they are gone).
 """
@@ -32,34 +33,49 @@ log = structlog.get_logger(__name__)
 
 def replay_config(config: Config, folder: Path) -> Config:
     """`config` as it must be to replay the record in `folder`: the record's run id (the
-    one its orders carry), and each signal whose recorded inputs differ from what it loads
+    one its orders carry), and each plugin whose recorded inputs differ from what it loads
     now pointed at the recorded ones. A record without a readable summary, or made before
     summaries kept the inputs, is replayed with `config` as it is (the comparison with the
     record then says whether it is the run)."""
     summary = _summary(folder)
     if summary is None:
         return config
-    signals = list(config.signals)
-    for entry in summary.get("models") or ():
+    from ..app import plugin_specs
+
+    specs = dict(plugin_specs(config))
+    paths = {
+        f"signals[{m['signal']}]": m.get("path")
+        for m in summary.get("models") or ()
+        if isinstance(m, Mapping) and isinstance(m.get("signal"), int)
+    }
+    for entry in summary.get("run_inputs") or ():
         if not isinstance(entry, Mapping):
             continue
-        i, inputs = entry.get("signal"), entry.get("inputs")
-        if not isinstance(i, int) or not isinstance(inputs, Mapping) or not 0 <= i < len(signals):
+        where, inputs = entry.get("plugin"), entry.get("inputs")
+        if where not in specs or not isinstance(inputs, Mapping):
             continue
-        changes = _params_for(signals[i], f"signals[{i}]", inputs, entry.get("path"), folder)
+        spec = specs[where]
+        changes = _params_for(spec, where, inputs, paths.get(where), folder)
         if changes:
             log.info(
-                "attribution.recorded_model",
-                signal=f"signals[{i}]",
-                plugin=signals[i].name,
+                "attribution.recorded_inputs",
+                plugin=where,
+                name=spec.name,
                 params=changes,
-                rule="the replay loads the model the record was made with, not the one the "
-                "configuration loads now",
+                rule="the replay loads what the record was made with (its model), not what "
+                "the configuration loads now",
             )
-            signals[i] = dataclasses.replace(signals[i], params={**signals[i].params, **changes})
+            specs[where] = dataclasses.replace(spec, params={**spec.params, **changes})
     run_id = summary.get("run_id")
-    run = dataclasses.replace(config.run, run_id=run_id) if isinstance(run_id, str) else config.run
-    return dataclasses.replace(config, signals=tuple(signals), run=run)
+    return dataclasses.replace(
+        config,
+        signals=tuple(specs[f"signals[{i}]"] for i in range(len(config.signals))),
+        sizing=specs["sizing"],
+        risk=tuple(specs[f"risk[{i}]"] for i in range(len(config.risk))),
+        run=dataclasses.replace(config.run, run_id=run_id)
+        if isinstance(run_id, str)
+        else config.run,
+    )
 
 
 def _summary(folder: Path) -> Mapping[str, Any] | None:

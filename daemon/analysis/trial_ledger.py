@@ -32,6 +32,7 @@ __all__ = [
     "canonical_params",
     "config_hash",
     "config_hash_v2",
+    "config_hash_v3",
     "ledger_entries",
     "legacy_config_hash",
     "record_trial",
@@ -71,8 +72,9 @@ def _drop(tree: dict[str, Any], dotted: str) -> None:
 
 
 # The scheme of the ledger's `config_hash`: lines without it hold `legacy_config_hash`es,
-# lines of version 2 `config_hash_v2`es.
-HASH_VERSION = 3
+# lines of version 2 `config_hash_v2`es, of version 3 `config_hash_v3`es (the models by
+# version only: two models of one version and other files were one variant).
+HASH_VERSION = 4
 
 # A plugin's place in a list beyond the default list's length: its weight's default.
 _PLUGIN_FIELD = re.compile(r"(signals|risk)\[\d+\]\.weight")
@@ -259,13 +261,30 @@ def variant_settings(
 def config_hash(
     config: Mapping[str, Any],
     ignore: Iterable[str] = DEFAULT_IGNORED_CONFIG,
-    models: Sequence[str] = (),
+    run_inputs: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """A run configuration's identity as a strategy variant: sha256 of the canonical JSON of
     its `variant_settings` (without the `ignore`d keys, dotted paths, that do not change
-    what the run decides), and of `models`, the versions of the models the run loaded (its
-    summary's `models`): one config on two published models is two backtests (two run ids,
-    `app.run_id_for`) and two variants tried. Without models, the hash it always was."""
+    what the run decides), and of `run_inputs`, what its plugins decided from besides their
+    params: the list its run id hashes (`app.pipeline_run_inputs`, its summary's
+    `run_inputs`; the ML plugin's model by version, ONNX files and card). One config on two
+    models is two backtests (two run ids) and two variants tried, also when the two models
+    share a version: the trials compared versions only, and counted such a pair once.
+    Without inputs, the hash it always was."""
+    settings = variant_settings(config, ignore)
+    if run_inputs:
+        inputs = json.loads(json.dumps(list(run_inputs), sort_keys=True, default=str))
+        settings = {**settings, "run_inputs": inputs}
+    return _digest(settings)
+
+
+def config_hash_v3(
+    config: Mapping[str, Any],
+    ignore: Iterable[str] = DEFAULT_IGNORED_CONFIG,
+    models: Sequence[str] = (),
+) -> str:
+    """The hash ledger lines of hash_version 3 hold: the models by their versions (a
+    summary's `models[].version`). Only to tell which folder such a line names."""
     settings = variant_settings(config, ignore)
     if models:
         settings = {**settings, "models": list(models)}
@@ -295,7 +314,7 @@ def record_trial(
     config: Mapping[str, Any],
     equity: Any,
     initial_capital: float,
-    models: Sequence[str] = (),
+    run_inputs: Sequence[Mapping[str, Any]] = (),
 ) -> None:
     """Note a finished run in `runs_root`'s ledger, for `count_trials`: its variant
     (`config_hash`) and its per-bar returns' count, mean and standard deviation (a Sharpe
@@ -303,7 +322,7 @@ def record_trial(
     `run.run_id` left one folder, and the deflated Sharpe counted 1 trial, not 5. A line is
     added once per run id and variant, so reruns of one configuration do not grow it."""
     root = Path(runs_root)
-    key = config_hash(config, models=models)
+    key = config_hash(config, run_inputs=run_inputs)
     ledger = root / TRIALS_LEDGER
     r = simple_returns(equity, initial_capital)
     stats: dict[str, Any] = {"bars": int(r.size), "mean": None, "std": None}

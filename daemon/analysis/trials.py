@@ -24,6 +24,7 @@ from .trial_ledger import (
     TRIALS_LEDGER,
     config_hash,
     config_hash_v2,
+    config_hash_v3,
     ledger_entries,
     legacy_config_hash,
     record_trial,
@@ -76,17 +77,34 @@ class TrialCount:
         )
 
 
-def models_of(folder: Path) -> list[str]:
-    """The versions of the models a run folder's run loaded (its summary's `models`); none
-    when the summary says none or cannot be read (its config alone is then its variant)."""
+def _summary(folder: Path) -> dict[str, Any]:
     try:
         summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return []
-    models = summary.get("models") if isinstance(summary, dict) else None
+        return {}
+    return summary if isinstance(summary, dict) else {}
+
+
+def models_of(folder: Path) -> list[str]:
+    """The versions of the models a run folder's run loaded (its summary's `models`); none
+    when the summary says none or cannot be read. What hash_version 3 counted by."""
+    models = _summary(folder).get("models")
     if not isinstance(models, list):
         return []
     return [str(m.get("version")) for m in models if isinstance(m, dict)]
+
+
+def run_inputs_of(folder: Path) -> list[Any]:
+    """What a run folder's plugins decided from besides their params (its summary's
+    `run_inputs`: the list its run id hashed); none when the summary says none, cannot be
+    read or was written before summaries kept them (its models' versions then stand in:
+    `models_of`, under their own key)."""
+    summary = _summary(folder)
+    inputs = summary.get("run_inputs")
+    if isinstance(inputs, list):
+        return inputs
+    versions = models_of(folder)
+    return [{"versions": versions}] if versions else []
 
 
 def count_trials(
@@ -103,8 +121,8 @@ def count_trials(
     (`record_trial`) adds the variants whose folders a rerun under their run id replaced,
     and a record folder's own ledger (an --output folder's) those a rerun into it replaced.
     A ledger line of an earlier scheme (no hash_version: the whole file's hash; version 2:
-    `config_hash_v2`) names a folder's variant when a folder's config hashed so, else a
-    replaced one of its own."""
+    `config_hash_v2`; version 3: `config_hash_v3`, models by version) names a folder's
+    variant when a folder's config hashed so, else a replaced one of its own."""
     root = Path(runs_root)
     if not root.is_dir():
         raise ValueError(f"runs root {str(root)!r} is not a folder")
@@ -114,6 +132,7 @@ def count_trials(
     # its key.
     legacy: dict[str, str] = {}
     v2: dict[str, str] = {}
+    v3: dict[str, str] = {}
     without_models: dict[str, str] = {}
     runs = 0
     for folder in sorted(p for p in root.iterdir() if p.is_dir()):
@@ -125,7 +144,8 @@ def count_trials(
                 raise ValueError(f"{cfg_file} is not valid JSON: {exc}") from None
             if not isinstance(cfg, dict):
                 raise ValueError(f"{cfg_file} is not a configuration table")
-            key = config_hash(cfg, ignore, models_of(folder))
+            key = config_hash(cfg, ignore, run_inputs_of(folder))
+            v3[config_hash_v3(cfg, ignore, models_of(folder))] = key
             # A line written before the models were hashed names the config alone.
             without_models[config_hash(cfg, ignore)] = key
             legacy[legacy_config_hash(cfg, ignore)] = key
@@ -149,10 +169,10 @@ def count_trials(
     for entry in entries if default_ignore else []:
         key = entry["config_hash"]
         version = entry.get("hash_version")
-        if version != HASH_VERSION:
+        if version == 3:
+            key = v3.get(key) or without_models.get(key, key)
+        elif version != HASH_VERSION:
             key = (v2 if version == 2 else legacy).get(key, key)
-        elif key not in configs:
-            key = without_models.get(key, key)
         if key in configs:
             continue  # a folder holds this variant (its Sharpe ratio is read from it)
         configs[key] = [f"{entry.get('run_id')} (folder replaced by a rerun)"]

@@ -240,3 +240,27 @@ def test_a_version_2_ledger_line_names_its_folder(tmp_path):
         + "\n"
     )
     assert count_trials(tmp_path, risk_free_rate=0.0).trials == 1
+
+
+def test_a_version_3_ledger_line_names_its_folder(tmp_path):
+    """Version 4 hashes the run's inputs (what its run id hashes) where version 3 hashed the
+    models' versions: a line of version 3, with or without the models, still names its
+    folder, which holds both (summary.json `models`, `run_inputs`)."""
+    from tradingd.analysis.trial_ledger import config_hash_v3
+
+    cfg = _full()
+    _write(tmp_path, "run-a", cfg, 1)
+    summary = json.loads((tmp_path / "run-a" / "summary.json").read_text())
+    summary["models"] = [{"plugin": "ml_ensemble", "version": "v1", "signal": 0}]
+    identity = {"model_version": "v1", "sha256": ["a" * 64, "b" * 64], "card": "c" * 16}
+    summary["run_inputs"] = [{"plugin": "signals[0]", "inputs": identity}]
+    (tmp_path / "run-a" / "summary.json").write_text(json.dumps(summary))
+    ledger = tmp_path / TRIALS_LEDGER
+    for key in (config_hash_v3(cfg, models=["v1"]), config_hash_v3(cfg)):
+        ledger.write_text(json.dumps({"run_id": "run-a", "config_hash": key, "hash_version": 3}))
+        assert count_trials(tmp_path, risk_free_rate=0.0).trials == 1
+    # A line of this version for another model of the same version: another variant.
+    other = [{"plugin": "signals[0]", "inputs": {**identity, "card": "d" * 16}}]
+    line = {"run_id": "run-a", "config_hash": config_hash(cfg, run_inputs=other), "hash_version": 4}
+    ledger.write_text(json.dumps(line))
+    assert count_trials(tmp_path, risk_free_rate=0.0).trials == 2
