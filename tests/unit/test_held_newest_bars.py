@@ -58,7 +58,9 @@ def raw_rows(moves: list[float], events: list[tuple[str, float]]) -> pd.DataFram
         level *= 1.0 + move
         if kind == "gap":
             gap *= k
-        closes.append(round(level * gap * (k if kind == "spike" else 1.0), 4))
+        # Six significant figures, not 4 decimals: gaps of 1/30 compound below 0.00005, and
+        # a close rounded to 0 is a bad row of another kind (non_positive), not a jump.
+        closes.append(float(f"{level * gap * (k if kind == 'spike' else 1.0):.6g}"))
     c = np.array(closes)
     return pd.DataFrame(
         {
