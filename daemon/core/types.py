@@ -8,9 +8,11 @@ fills are few per bar, so they are plain objects with a full lifecycle.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from enum import StrEnum
+from fractions import Fraction
 from functools import lru_cache
 from typing import Any
 
@@ -380,3 +382,25 @@ class RunInfo:
     config_json: str
     symbols: tuple[str, ...]
     initial_capital: float
+
+
+@dataclass(frozen=True)
+class Split:
+    """One announced split: `ratio` shares after per share before, effective at the session
+    of `ex_date` (the exchange's date)."""
+
+    symbol: str
+    ex_date: date
+    ratio: float
+
+    def text(self) -> str:
+        """The ratio as an operator reads it: "4:1", "1:10", "3:2"."""
+        r = Fraction(self.ratio).limit_denominator(1000)
+        return f"{r.numerator}:{r.denominator}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"symbol": self.symbol, "ex_date": self.ex_date.isoformat(), "ratio": self.ratio}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Split:
+        return cls(str(d["symbol"]), date.fromisoformat(str(d["ex_date"])), float(d["ratio"]))

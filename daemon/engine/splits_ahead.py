@@ -31,7 +31,7 @@ from typing import Any, Protocol
 import numpy as np
 import structlog
 
-from ..feeds.corporate_actions import Split
+from ..core.types import Split
 
 log = structlog.get_logger(__name__)
 

@@ -22,13 +22,12 @@ import asyncio
 import math
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from datetime import date
-from fractions import Fraction
 from typing import Any
 
 import requests
 
+from ..core.types import Split
 from .alpaca_data import _TimeoutSession
 from .resilience import ResilientCaller, SourceConfig, error_for_status, make_error
 
@@ -37,28 +36,6 @@ DATA_URL = "https://data.alpaca.markets"
 # Symbols per request: the query string stays well below URL limits for 500 symbols.
 SYMBOLS_PER_REQUEST = 100
 _KINDS = {"forward_splits": "forward_split", "reverse_splits": "reverse_split"}
-
-
-@dataclass(frozen=True)
-class Split:
-    """One announced split: `ratio` shares after per share before, effective at the session
-    of `ex_date` (the exchange's date)."""
-
-    symbol: str
-    ex_date: date
-    ratio: float
-
-    def text(self) -> str:
-        """The ratio as an operator reads it: "4:1", "1:10", "3:2"."""
-        r = Fraction(self.ratio).limit_denominator(1000)
-        return f"{r.numerator}:{r.denominator}"
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"symbol": self.symbol, "ex_date": self.ex_date.isoformat(), "ratio": self.ratio}
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> Split:
-        return cls(str(d["symbol"]), date.fromisoformat(str(d["ex_date"])), float(d["ratio"]))
 
 
 def parse_splits(body: Mapping[str, Any], wanted: Sequence[str]) -> list[Split]:
