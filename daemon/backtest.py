@@ -33,6 +33,7 @@ from .app import (
     session_bars_only,
 )
 from .config import Config
+from .core import flock
 from .core.errors import TradingdError
 from .core.types import Fill, Side
 from .engine.engine import Engine, EngineResult
@@ -484,9 +485,34 @@ def _temp_name(name: str, pid: str, token: str) -> str:
 @contextlib.contextmanager
 def _record_locked(out: Path) -> Iterator[None]:
     """The folder's record to this process alone until the block ends (flock on
-    RECORD_LOCK: released when the file is closed, also by a process that dies)."""
-    with (out / RECORD_LOCK).open("a", encoding="utf-8") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+    RECORD_LOCK: released when the file is closed, also by a process that dies).
+
+    What flock's error means is `core.flock`'s. On a filesystem without locks (ENOLCK:
+    some NFS and FUSE mounts) the record is written without the lock, with a warning
+    (`backtest.record_unlocked`): runs sharing the folder may then mix their records, but a
+    run alone there keeps its record (refused, its whole replay was lost at the end). Any
+    other failure (EIO, EBADF, ...) is a TradingdError naming the lock file and the errno:
+    the folder's record is not touched."""
+    lock = out / RECORD_LOCK
+    with lock.open("a", encoding="utf-8") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        except OSError as e:
+            if not flock.is_unsupported(e):
+                raise TradingdError(
+                    f"cannot lock the run's record folder: flock on {lock} failed "
+                    f"({flock.errno_text(e)}); the record there was not touched. Run it again "
+                    "once the file or its disk is fixed, or write elsewhere with --output"
+                ) from e
+            log.warning(
+                "backtest.record_unlocked",
+                path=str(lock),
+                error=flock.errno_text(e),
+                detail="this filesystem refuses file locks: the run's record is written "
+                "without one, so runs writing into this folder at the same time (a parallel "
+                "sweep sharing --output) may mix their records; give each run its own folder "
+                "or use a local disk",
+            )
         yield
 
 
@@ -500,10 +526,18 @@ def remove_earlier_record(out: Path, run_id: str) -> list[str]:
     if not (out / "summary.json").is_file():
         return []  # no record of a run here (and no folder to put a lock file in)
     try:
-        with _record_locked(out):
+        with _record_locked(out):  # a lock that fails: TradingdError, before the replay
             return _remove_record_of(out, run_id)
-    except OSError:
-        return []  # a folder this process cannot write: the write at the end will say so
+    except OSError as e:
+        # A folder this process cannot write: the write at the end says so (an error).
+        log.warning(
+            "backtest.earlier_record_kept",
+            folder=str(out),
+            run_id=run_id,
+            error=f"{type(e).__name__}: {e}",
+            detail="the earlier record of this run id could not be removed",
+        )
+        return []
 
 
 def _remove_record_of(out: Path, run_id: str) -> list[str]:

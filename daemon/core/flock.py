@@ -1,5 +1,6 @@
-"""What an OSError from `fcntl.flock` means, for the callers that lock files (the instance
-and account locks, the trial ledger).
+"""What an OSError from `fcntl.flock` means, for every caller that locks files (the instance
+and account locks, the trial ledger, a backtest's record folder, the store's spool, the
+prediction and GARCH fit caches).
 
 Three answers, and only the first two are answers a caller may act on:
 

@@ -23,7 +23,12 @@ stops with `SpoolCorrupt` naming the file and the byte offset (nothing is skippe
 A live writer holds an exclusive `flock` on its file for its lifetime; a file nobody holds
 is an orphan of a process that died, and the next store to start on the same spool
 directory replays it. The file is created under a temporary name, locked, then renamed, so
-no other process can see it unlocked.
+no other process can see it unlocked. What flock's error means is `core.flock`'s: a file
+another process holds is left to it; any other failure is a `SpoolError` naming the file and
+the errno, on a filesystem without locks (ENOLCK: some NFS and FUSE mounts) as well: without
+its lock a live writer's spool cannot be told from an orphan, and replaying one that is
+still written wrote its batches twice, so the spool has no unlocked mode (put
+`storage.spool_dir` on a local disk).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from typing import Any
 
 import structlog
 
+from ..core import flock
 from ..core.errors import StorageError
 
 log = structlog.get_logger(__name__)
@@ -57,6 +63,24 @@ _SAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 class SpoolError(StorageError):
     """The spool cannot take or give back a batch: the operator must act."""
+
+
+def _lock_failed(path: Path, exc: OSError, step: str) -> SpoolError:
+    """The error of a spool file's flock that failed (not held by another process): it
+    names the file, the errno and what to do."""
+    if flock.is_unsupported(exc):
+        return SpoolError(
+            f"cannot lock the storage spool file {path} to {step} ({flock.errno_text(exc)}): "
+            "this filesystem refuses file locks, and without them a live daemon's spool "
+            "cannot be told from the spool of one that died (replayed while it is written, "
+            "its batches were written twice); set storage.spool_dir to a folder on a local "
+            "disk"
+        )
+    return SpoolError(
+        f"cannot lock the storage spool file {path} to {step} ({flock.errno_text(exc)}): "
+        "nothing was done to it without its lock; fix the file or its disk (or move it "
+        "aside: its rows are then not in the database)"
+    )
 
 
 class SpoolFull(SpoolError):
@@ -273,7 +297,10 @@ class Spool:
         tmp = self.directory / f".{self.writer}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            try:  # a new file (O_EXCL): nobody else holds it, so any error is a failure
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                raise _lock_failed(tmp, e, "create it") from e
             header = encode_line(
                 {
                     "kind": "spool",
@@ -440,8 +467,14 @@ def claim_orphans(directory: str | Path, exclude: Path | None = None) -> list[Or
             continue
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            if flock.is_held(e):
+                continue  # being made by a live process
+            raise _lock_failed(tmp, e, "remove it (a spool left half made)") from e
+        try:
             tmp.unlink()
-        except (BlockingIOError, FileNotFoundError):
+        except FileNotFoundError:
             pass
         finally:
             os.close(fd)
@@ -455,8 +488,12 @@ def claim_orphans(directory: str | Path, exclude: Path | None = None) -> list[Or
             continue  # its owner removed it meanwhile
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except OSError as e:
             os.close(fd)
+            if not flock.is_held(e):
+                for claimed in found:
+                    claimed.release()
+                raise _lock_failed(path, e, "replay it") from e
             log.info("storage.spool.in_use", path=str(path), hint="held by a live process")
             continue
         except BaseException:

@@ -76,6 +76,7 @@ from typing import Any, ClassVar, cast
 import numpy as np
 import structlog
 
+from tradingd.core import flock
 from tradingd.core.errors import ConfigError
 from tradingd.core.ports import BarContext
 from tradingd.features.catalog import FeatureSetId
@@ -1240,12 +1241,18 @@ class MlEnsemble:
             # Parallel runs (a sweep's points) load the file at their start and save at their
             # end: without the lock and the merge, the last one's file replaced the others'
             # (15,090 of 29,174 entries kept).
-            with (path.parent / CACHE_LOCK).open("a", encoding="utf-8") as lock:
+            lock_path = path.parent / CACHE_LOCK
+            with lock_path.open("a", encoding="utf-8") as lock:
                 try:  # released when closed
                     fcntl.flock(lock, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except BlockingIOError:
-                    self._save_deferred(path)
-                    return
+                except OSError as exc:
+                    if flock.is_held(exc) and not wait:
+                        self._save_deferred(path)
+                        return
+                    if not flock.is_unsupported(exc):
+                        self._lock_failed(lock_path, exc)
+                        return
+                    self._unlocked(lock_path, exc)
                 self._merge()
                 self._merge_file(path)
                 self._merge()  # the bound: the other runs' entries go first
@@ -1267,6 +1274,36 @@ class MlEnsemble:
         except BaseException:
             tmp.unlink(missing_ok=True)
             raise
+
+    def _lock_failed(self, lock_path: Path, exc: OSError) -> None:
+        """flock failed on the cache folder's lock for a reason other than a holder or a
+        filesystem without locks (EIO, EBADF, ...: `core.flock`): the cache is not written
+        without it, said as a warning naming the lock file and the errno. The predictions
+        stay in memory for the next save."""
+        log.warning(
+            "prediction_cache.lock_failed",
+            plugin=self.name,
+            path=str(lock_path),
+            error=flock.errno_text(exc),
+            detail="the prediction cache is not written without its lock (the predictions "
+            "are kept in memory for the next save); fix the file or its disk",
+        )
+
+    def _unlocked(self, lock_path: Path, exc: OSError) -> None:
+        """On a filesystem without file locks (ENOLCK: some NFS and FUSE mounts) the cache is
+        saved without the lock, with a warning: it is merged with the file and replaced whole
+        (a temporary file renamed), so a save at the same moment by another process may lose
+        the other's new predictions (computed again), never cut the file. Refused, it was
+        never saved there."""
+        log.warning(
+            "prediction_cache.unlocked",
+            plugin=self.name,
+            path=str(lock_path),
+            error=flock.errno_text(exc),
+            detail="this filesystem refuses file locks: the prediction cache is saved without "
+            "one, so processes saving into this cache_dir at the same moment may drop each "
+            "other's new predictions (computed again when needed)",
+        )
 
     def _save_deferred(self, path: Path) -> None:
         """Said at info the first time (then at debug): the predictions stay in memory, for

@@ -34,10 +34,12 @@ import threading
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import BinaryIO, cast
+from typing import BinaryIO, TextIO, cast
 
 import numpy as np
 import structlog
+
+from tradingd.core import flock
 
 from .garch import GarchParams, try_garch_fit
 
@@ -277,8 +279,10 @@ class FitCache:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            with path.with_name(f".{path.name}.lock").open("a", encoding="utf-8") as lock:
-                fcntl.flock(lock, fcntl.LOCK_EX)  # released when closed
+            lock_path = path.with_name(f".{path.name}.lock")
+            with lock_path.open("a", encoding="utf-8") as lock:
+                if not _cache_locked(lock, lock_path, fcntl.LOCK_EX):  # released when closed
+                    return False
                 merged = {**self._used, **self._old}  # (disjoint) used first, then unused
                 read = self._read(quiet=True)
                 for k, v in (read[0] if read else {}).items():
@@ -314,14 +318,49 @@ class FitCache:
             files = [p for p in folder.glob("garch-fits-*.json") if p != path]
             files.sort(key=lambda p: p.stat().st_mtime, reverse=True)
             for old in files[CACHE_LABELS - 1 :]:
-                with old.with_name(f".{old.name}.lock").open("a", encoding="utf-8") as lock:
-                    try:
-                        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
+                lock_path = old.with_name(f".{old.name}.lock")
+                with lock_path.open("a", encoding="utf-8") as lock:
+                    # Held (its owner saving) or failed: kept this time.
+                    if not _cache_locked(lock, lock_path, fcntl.LOCK_EX | fcntl.LOCK_NB):
                         continue
                     old.unlink(missing_ok=True)
         except OSError as exc:  # another process pruning too: the save itself is done
             log.info("garch_cache.prune_skipped", path=str(folder), error=str(exc))
+
+
+def _cache_locked(lock: TextIO, path: Path, operation: int) -> bool:
+    """Whether the cache file behind the lock file `path` may be written (or removed) now.
+    What flock's error means is `core.flock`'s: held (a non-blocking try) is False,
+    quietly: the owner is saving. On a filesystem without locks (ENOLCK: some NFS and FUSE
+    mounts) it is True, with a warning: the file is replaced whole (a temporary file
+    renamed), so a save without the lock can lose only the fits another run saved at the
+    same moment, which are made again; refused, the cache was never saved there. Any other
+    failure (EIO, EBADF, ...) is False with a warning naming the lock file and the errno:
+    the cache is not written."""
+    try:
+        fcntl.flock(lock, operation)
+    except OSError as exc:
+        if flock.is_held(exc) and operation & fcntl.LOCK_NB:
+            return False
+        if flock.is_unsupported(exc):
+            log.warning(
+                "garch_cache.unlocked",
+                path=str(path),
+                error=flock.errno_text(exc),
+                detail="this filesystem refuses file locks: the GARCH fit cache is written "
+                "without one, so runs saving at the same moment may drop each other's new "
+                "fits (made again by the next run)",
+            )
+            return True
+        log.warning(
+            "garch_cache.lock_failed",
+            path=str(path),
+            error=flock.errno_text(exc),
+            detail="the GARCH fit cache is not written without its lock (this run's fits are "
+            "made again by the next run); fix the file or its disk",
+        )
+        return False
+    return True
 
 
 class WorkerLost(Exception):
