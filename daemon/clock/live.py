@@ -126,6 +126,9 @@ class LiveClock:
         self._scheduler: AsyncIOScheduler | None = None
         self._stopped = False
         self.fired = 0
+        # Releases dropped past the backlog's bound (`clock.live.backlog_dropped`): never
+        # handed to the engine, which counts them as bars never traded.
+        self.dropped = 0
         # Real-time schedule.
         self._exchange = exchange
         self._own_exchange = exchange is None
@@ -426,11 +429,13 @@ class LiveClock:
             return labels
         dropped = len(self._pending) + len(labels) - _MAX_PENDING
         if dropped > 0:
+            self.dropped += dropped
             log.error(
                 "clock.live.backlog_dropped",
                 dropped=dropped,
                 limit=_MAX_PENDING,
-                hint="the engine is far behind; the oldest releases were dropped",
+                hint="the engine is far behind; the oldest releases were dropped (never "
+                "stepped: counted in bars_never_traded)",
             )
         self._pending.extend(labels)
         self._watermark = self._last_released = labels[-1]

@@ -535,6 +535,9 @@ class Engine:
         self.bars_never_traded = 0
         self._recovered_untraded = 0
         self._caught_up_untraded = 0
+        # Releases the live clock dropped past its backlog's bound (its `dropped`), counted
+        # so far: never stepped, so never traded (`_count_dropped_releases`).
+        self._releases_dropped = 0
         # The run's clock has released a bar to it (here, or in an earlier process: from
         # the checkpoint). A restart's warm-up bars after the checkpoint are then bars the
         # run missed while down; before, they are history before its first live bar.
@@ -1180,6 +1183,7 @@ class Engine:
             self.on_heartbeat()
             # The clock's own iterator (not a generator around it): one async step a bar.
             async for t in _no_times() if self._stop_requested else self.clock:
+                self._count_dropped_releases()  # before the step that checkpoints them
                 if live and self._released_again(t, missed):
                     continue
                 # Twice a bar: a replay's no-op is not called (a call costs what a bar's
@@ -1878,6 +1882,7 @@ class Engine:
         decisions missing that nothing had reported."""
         # Not in a checkpoint (none follows): a restart's warm-up steps and counts them.
         self._never_traded(len(missed))
+        self._count_dropped_releases()
         if not self.bars_never_traded:
             return
         log.warning(
@@ -1886,13 +1891,16 @@ class Engine:
             still_missing=len(missed),
             recovered_untraded=self._recovered_untraded,
             caught_up_untraded=self._caught_up_untraded,
+            dropped_by_clock=self._releases_dropped,
             first_missing=missed[0] if missed else None,
             last_missing=missed[-1] if missed else None,
             hint="the run's count (a restart continues it): bars the data source did not "
             "deliver in time to trade (bar.unavailable; recovered_untraded of them came later "
             "and were stepped untraded), and caught_up_untraded bars this process stepped "
             "untraded because the daemon was stalled or down when they could trade "
-            "(bar.catch_up, warmup.from_checkpoint): nothing was decided or ordered on them; "
+            "(bar.catch_up, warmup.from_checkpoint), and dropped_by_clock releases the clock "
+            "dropped past its backlog's bound (clock.live.backlog_dropped, never stepped): "
+            "nothing was decided or ordered on them; "
             "check the source's errors and the daemon's outages in the log and /metrics",
         )
         missed.clear()
@@ -1904,6 +1912,17 @@ class Engine:
         self.bars_never_traded += n
         if self._live_metrics:
             metrics.BARS_NEVER_TRADED.set(self.bars_never_traded)
+
+    def _count_dropped_releases(self) -> None:
+        """The releases the live clock dropped past its backlog's bound since the last call
+        (`clock.live.backlog_dropped`), counted as never traded: they are never stepped.
+        Called before each bar from the clock, so before the step whose checkpoint holds
+        them (a restart from an earlier checkpoint steps them in its warm-up and counts them
+        there instead), and at the run's end."""
+        dropped = getattr(self.clock, "dropped", 0)
+        if dropped > self._releases_dropped:
+            self._never_traded(dropped - self._releases_dropped)
+            self._releases_dropped = dropped
 
     def _could_trade(self, t: datetime) -> bool:
         """Whether the bar at `t` was one the run could trade: from its start on, and not

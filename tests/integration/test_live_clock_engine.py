@@ -313,3 +313,51 @@ async def test_a_clock_wait_puts_a_stop_and_released_bars_before_its_failure(eng
     clock._stopped = False
     with pytest.raises(RuntimeError, match="exchange calendar unreadable"):
         await clock.wait(0.01)
+
+
+async def test_releases_the_clock_drops_past_its_backlog_count_as_never_traded_once(
+    engine_config, monkeypatch
+):
+    """A daemon stalled past more releases than the clock keeps (`clock.live.backlog_dropped`)
+    never stepped the oldest ones, and `bars_never_traded` counted none of them: /status,
+    /metrics and the summary said those bars were traded. They count once: a restart from
+    the checkpoint after them continues the count and does not count them again."""
+    from tradingd import metrics
+    from tradingd.app import health_inputs
+    from tradingd.clock import live
+
+    monkeypatch.setattr(live, "_MAX_PENDING", 2)
+    friday = datetime(2020, 4, 17, tzinfo=UTC)
+    # Tuesday to Friday have closed when the stalled daemon's clock releases them: it keeps
+    # Thursday and Friday, drops Tuesday and Wednesday.
+    now = FakeTime(datetime(2020, 4, 17, 20, 0, 5, tzinfo=UTC))
+    engine, stepped = _engine(engine_config, now)
+    engine.after_bar.clear()
+    engine.after_bar.append(lambda t, v: engine.request_stop() if t >= friday else None)
+    with capture_logs() as logs:
+        result = await engine.run_until_done()
+    assert [(t, trade) for t, trade in stepped if t >= LABEL] == [
+        (datetime(2020, 4, 16, tzinfo=UTC), False),
+        (friday, None),
+    ]
+    assert result.bars_never_traded == 2 + 1  # dropped, and Thursday caught up untraded
+    assert engine.clock.dropped == 2
+    _checks, status, _controls = health_inputs(engine)
+    assert status()["bars_never_traded"] == 3
+    assert metrics.BARS_NEVER_TRADED._value.get() == 3
+    [warned] = [e for e in logs if e["event"] == "run.bars_never_traded"]
+    assert warned["bars"] == 3 and warned["dropped_by_clock"] == 2
+    assert warned["caught_up_untraded"] == 1
+
+    # Restarted on Monday, not stalled: the count continues from the checkpoint (Friday's).
+    monkeypatch.setattr(live, "_MAX_PENDING", 10_000)
+    monday = datetime(2020, 4, 20, tzinfo=UTC)
+    restarted, stepped = _engine(
+        engine_config, FakeTime(datetime(2020, 4, 20, 20, 0, 5, tzinfo=UTC))
+    )
+    restarted.after_bar.clear()
+    restarted.after_bar.append(lambda t, v: restarted.request_stop() if t >= monday else None)
+    result = await restarted.run_until_done()
+    assert restarted.resumed_from == friday and restarted.clock.dropped == 0
+    assert (monday, None) in stepped
+    assert result.bars_never_traded == 3
