@@ -204,6 +204,14 @@ async def run_backtest(
     engine = build_engine(config, "backtest", panel=panel, on_bar=on_bar, after_last_bar=collect)
     engine.store.keep_records()
     out = Path(output_dir or Path(config.run.output_dir) / engine.run.run_id)
+    # Before the store drops the run id's earlier record (`remove_earlier_record` then
+    # found the lock failing with the store's rows gone and the folder's files kept).
+    try:
+        check_record_lock(out)
+    except BaseException:
+        bar.close()
+        engine.close_held()  # built, never run: its writer process
+        raise
     engine.after_begin.append(lambda: remove_earlier_record(out, engine.run.run_id))
     if stop is not None:
         if stop.reason is not None:
@@ -499,11 +507,7 @@ def _record_locked(out: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_EX)
         except OSError as e:
             if not flock.is_unsupported(e):
-                raise TradingdError(
-                    f"cannot lock the run's record folder: flock on {lock} failed "
-                    f"({flock.errno_text(e)}); the record there was not touched. Run it again "
-                    "once the file or its disk is fixed, or write elsewhere with --output"
-                ) from e
+                raise _record_lock_failed(lock, e) from e
             log.warning(
                 "backtest.record_unlocked",
                 path=str(lock),
@@ -514,6 +518,35 @@ def _record_locked(out: Path) -> Iterator[None]:
                 "or use a local disk",
             )
         yield
+
+
+def _record_lock_failed(lock: Path, e: OSError) -> TradingdError:
+    return TradingdError(
+        f"cannot lock the run's record folder: flock on {lock} failed "
+        f"({flock.errno_text(e)}); the record there was not touched. Run it again once the "
+        "file or its disk is fixed, or write elsewhere with --output"
+    )
+
+
+def check_record_lock(out: Path) -> None:
+    """The lock of a folder holding a record (the one `remove_earlier_record` takes) tried
+    before the run begins: one that fails (EIO, EBADF, ...) is the TradingdError of
+    `_record_locked` now, before the store drops anything. Held (another run writing its
+    record there) or a filesystem without locks is for the lock itself to handle; a folder
+    that cannot be opened is the write's to report."""
+    if not (out / "summary.json").is_file():
+        return  # no record to remove: the lock is first taken at the end
+    lock = out / RECORD_LOCK
+    try:
+        fh = lock.open("a", encoding="utf-8")
+    except OSError:
+        return
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when closed
+        except OSError as e:
+            if not (flock.is_held(e) or flock.is_unsupported(e)):
+                raise _record_lock_failed(lock, e) from e
 
 
 def remove_earlier_record(out: Path, run_id: str) -> list[str]:

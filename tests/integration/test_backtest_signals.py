@@ -486,3 +486,44 @@ def test_a_signal_after_the_last_bar_still_stops_the_command(tmp_path):
     # Raised in a sweep's worker process too: it crosses a pipe as itself.
     again = pickle.loads(pickle.dumps(got.value))
     assert type(again) is bt.BacktestStopped and str(again) == str(got.value)
+
+
+def test_a_record_lock_that_fails_stops_the_rerun_before_the_store_drops_anything(
+    tmp_path, monkeypatch
+):
+    """The record folder's lock failing (EIO) at a rerun's start was dropped silently: the
+    replay ran to its end and failed there without naming the lock file. Found when the
+    earlier record's files were to go, the store had dropped that record's rows already
+    while the folder kept its files. Now the rerun stops before it begins, naming the lock
+    file and the errno; the store and the folder are left as they were."""
+    import errno
+    import fcntl
+
+    from tradingd import backtest as bt
+    from tradingd.core.errors import TradingdError
+
+    config = _small(tmp_path)
+    out = tmp_path / "record"
+    asyncio.run(bt.run_backtest(config, output_dir=out))
+    record = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def stored() -> tuple[int, int]:
+        with sqlite3.connect(tmp_path / "in.db") as c:
+            runs = c.execute("select count(*) from runs").fetchone()[0]
+            return runs, c.execute("select count(*) from equity").fetchone()[0]
+
+    before = stored()
+    real = fcntl.flock
+
+    def flock(fd, operation):  # type: ignore[no-untyped-def]
+        path = os.readlink(f"/proc/self/fd/{fd if isinstance(fd, int) else fd.fileno()}")
+        if path.endswith(bt.RECORD_LOCK) and operation & fcntl.LOCK_EX:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with pytest.raises(TradingdError) as failed:
+        asyncio.run(bt.run_backtest(config, output_dir=out))
+    assert str(out / bt.RECORD_LOCK) in str(failed.value) and "EIO" in str(failed.value)
+    assert stored() == before
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == record
