@@ -20,7 +20,7 @@ import time as _time
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence, Set
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar, cast
 
@@ -34,6 +34,7 @@ from ..alerts import (
     KILL_SWITCH,
     RECONCILIATION,
     RISK_LIMIT,
+    SOURCE_DOWN,
     WARNING,
     kill_switch_title,
 )
@@ -1101,6 +1102,7 @@ class Engine:
         live = froze = replaying = False
         reconciler: asyncio.Task[None] | None = None
         refresher: asyncio.Task[None] | None = None
+        splits_task: asyncio.Task[None] | None = None
         # Live bars the source did not deliver at their release, fetched again before the
         # next bar that arrives (bounded: a source down for weeks loses the oldest).
         missed: deque[datetime] = deque(maxlen=_MISSED_BARS_KEPT)
@@ -1169,6 +1171,22 @@ class Engine:
                 collector.replay_started()
                 replaying = True
             self._bar_lock = asyncio.Lock()
+            if self.splits_ahead is not None and not self._stop_requested:
+                self._wire_splits_ahead()
+                # The last bar the book has seen: the checkpoint's (its bars are replayed
+                # as the clock brings them) or the warm-up's.
+                last = max(
+                    (t for t in (self._last_time, self._restored_through) if t is not None),
+                    default=None,
+                )
+                if last is not None:
+                    # Before the first reconciliation: a split going ex on the day of the
+                    # next bar (a restart on the ex-date) is held and expected, and applied
+                    # by its bar.
+                    await self._unless_stopped(
+                        self._splits_due(last, day=self.splits_ahead.next_day(last))
+                    )
+                splits_task = asyncio.create_task(self._splits_every(), name="splits")
             if not self._stop_requested and callable(getattr(self.broker, "positions", None)):
                 # A stop while the broker hangs must not wait out its calls' timeouts.
                 await self._unless_stopped(self._reconcile())
@@ -1250,7 +1268,7 @@ class Engine:
             release = getattr(self.features, "release", None)
             if release is not None:
                 release()
-            for task in (reconciler, refresher):
+            for task in (reconciler, refresher, splits_task):
                 if task is not None:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
@@ -1292,7 +1310,7 @@ class Engine:
             )
             return result
         finally:
-            for task in (reconciler, refresher):
+            for task in (reconciler, refresher, splits_task):
                 if task is not None and not task.done():  # the loop failed
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
@@ -2640,17 +2658,15 @@ class Engine:
                 targets[i] = weights[i]
         return targets, verdicts
 
-    async def _splits_due(self, t: datetime) -> Mapping[str, Split]:
+    async def _splits_due(self, t: datetime, *, day: date | None = None) -> Mapping[str, Split]:
         """The symbols splitting at the session after bar `t` or held for a split whose bar
-        has not come (engine/splits_ahead.py); the announcements are asked for once a day."""
+        has not come (engine/splits_ahead.py). The day's lookup runs in a task of its own:
+        this waits for it at most `quick_s`, once a day, when none has succeeded for bar
+        `t`'s day (`day`: the start-up's, the day after its last bar), and starts the next
+        day's lookup without waiting for it."""
         ahead = self.splits_ahead
         assert ahead is not None
-
-        def at_risk() -> list[str]:
-            held = {self.symbols[i] for i in self.portfolio.quantity.nonzero()[0].tolist()}
-            return sorted(held | self._symbols_with_open_orders())
-
-        await ahead.refresh(t, at_risk)
+        await ahead.wait_for_day(day or ahead.day_of(t))
         before = set(ahead.held)
         due = ahead.due(t)
         alerter = getattr(self, "alerter", None)
@@ -2667,7 +2683,47 @@ class Engine:
                 text=_split_hold_text(s) + "; its exits are placed again after it",
                 severity=INFO,
             )
+        ahead.start(ahead.next_day(t))  # off the bar's path: the next bar normally finds it done
         return due
+
+    def _wire_splits_ahead(self) -> None:
+        """The symbols a failed lookup names, and its warning alert (cleared by a lookup
+        that works)."""
+        ahead = self.splits_ahead
+        assert ahead is not None
+
+        def at_risk() -> list[str]:
+            held = {self.symbols[i] for i in self.portfolio.quantity.nonzero()[0].tolist()}
+            return sorted(held | self._symbols_with_open_orders())
+
+        def on_error(error: str | None) -> None:
+            alerter = getattr(self, "alerter", None)
+            if alerter is None:
+                return
+            alerter.condition(
+                SOURCE_DOWN,
+                "corporate_actions",
+                error is not None,
+                title="split lookup failing",
+                text=f"Alpaca's corporate actions do not answer ({error}): a split at the "
+                "next open is not held for; reconciliation and the ex-date's bar find it"
+                if error
+                else "",
+                severity=WARNING,
+            )
+
+        ahead.at_risk = at_risk
+        ahead.on_error = on_error
+
+    async def _splits_every(self) -> None:
+        """A failed lookup is asked for again on the heartbeat once its backoff is over."""
+        ahead = self.splits_ahead
+        assert ahead is not None
+        wait = float(getattr(self.clock, "heartbeat_s", 60.0) or 60.0)
+        while True:
+            await asyncio.sleep(wait)
+            if self._last_time is not None:
+                ahead.start(ahead.next_day(self._last_time))
 
     def _without_splitting(self, plan: Plan | _EmptyPlan, splitting: Mapping[str, Split]) -> Plan:
         """`plan` with no order in a symbol that splits before the next open, and this run's

@@ -9,12 +9,20 @@ stop rests at a pre-split price far above the post-split one; a reverse split's 
 paid in cash by the broker, stays in the book.
 
 What this does (the engine calls it; replays never build one):
-- `refresh` asks the corporate-actions source once per session day for the universe's splits
-  going ex in the next week. A failure is a warning naming the symbols held or ordered and
-  nothing is assumed: the day's decisions go on as before, and the next bar asks again.
-- `due(t)`: the splits whose ex-date is the next session after bar `t`; the engine holds those
-  symbols for that bar (no order, its resting orders cancelled, no exit placed) and keeps them
-  in `held` until the ex-date's bar applies the split. `held` is in the checkpoint.
+- The lookup: the universe's splits going ex in the week from a session day whose bar has not
+  been stepped (`window`), asked once per such day in a task of its own, off the bar's path:
+  started when a bar is done for the next session day (so the eve's bar normally finds it
+  done), at the start-up (before the first reconciliation: a split effective today, whose bar
+  is still to come, is held), and again on the engine's heartbeat after a failure. A bar
+  whose day has no lookup done waits for one at most `quick_s`, once per day. A failure is
+  remembered: no new request before its backoff (`BACKOFF_S` doubling to `MAX_BACKOFF_S`),
+  a warning once per day and kind of error naming the symbols held or ordered, `last_error`
+  kept (/status) and `on_error` told (the engine's warning alert, cleared by a success).
+  Nothing is assumed from a failure: the day's decisions go on as before.
+- `due(t)`: the splits whose ex-date is after bar `t`'s day and no later than the next
+  session's; the engine holds those symbols (no order, its resting orders cancelled, no exit
+  placed) and keeps them in `held` until the ex-date's bar applies the split. `held` is in
+  the checkpoint.
 - `expected(symbol, book)`: what the broker may hold meanwhile (before or after its split), so
   a reconciliation on the ex-date before its bar agrees instead of blocking.
 - `applied(t, split)`: at a bar, the held splits it carries are done; one the bar should carry
@@ -23,7 +31,9 @@ What this does (the engine calls it; replays never build one):
 
 from __future__ import annotations
 
+import asyncio
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import date, datetime, timedelta
 from typing import Any, Protocol
@@ -41,6 +51,11 @@ LOOKAHEAD_DAYS = 7
 # weekend and a holiday Monday; a Thursday's bar holds a Monday ex-date one bar early).
 _NO_CALENDAR_DAYS = 4
 _TOLERANCE = 1e-6
+# What a bar (or the start-up) waits at most for the day's lookup, once a day.
+QUICK_S = 3.0
+# After a failed lookup, no new request for this long, doubled at each failure in a row.
+BACKOFF_S = 60.0
+MAX_BACKOFF_S = 1800.0
 
 
 class SplitSource(Protocol):
@@ -59,44 +74,126 @@ class SplitsAhead:
         symbols: Sequence[str],
         day_of: Callable[[datetime], date],
         next_day: Callable[[datetime], date | None],
+        *,
+        quick_s: float = QUICK_S,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
         self.symbols = tuple(symbols)
         self._day_of = day_of
         self._next_day = next_day
         self._index = {s: i for i, s in enumerate(self.symbols)}
+        self.quick_s = quick_s
+        self._monotonic = monotonic
         # The splits announced, by symbol, not yet applied by a bar (the earliest first).
         self.known: dict[str, Split] = {}
         # Symbols held for a split at the next session, until its bar applies it.
         self.held: dict[str, Split] = {}
+        # The latest session day whose lookup succeeded (its window starts there).
         self._fetched_for: date | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._task_for: date | None = None
+        self._waited_for: date | None = None  # the day a bar (or the start-up) waited for
+        self._retry_at = -math.inf
+        self._backoff_s = BACKOFF_S
+        self._warned: set[tuple[date, str]] = set()
+        self.lookups = 0  # requests started (a test counts them)
         self.last_error: str | None = None
+        self.last_error_kind: str | None = None
+        # Told the error of a failed lookup, None after one that worked (the engine alerts).
+        self.on_error: Callable[[str | None], None] = lambda error: None
+        self.at_risk: Callable[[], Sequence[str]] = lambda: ()
 
-    async def refresh(self, t: datetime, at_risk: Callable[[], Sequence[str]]) -> None:
-        """The announced splits, once per session day of `t`. `at_risk()`: the symbols held
-        or ordered, named in the warning when the source fails."""
-        day = self._day_of(t)
-        if self._fetched_for == day:
+    def day_of(self, t: datetime) -> date:
+        """Bar `t`'s session day."""
+        return self._day_of(t)
+
+    def next_day(self, t: datetime) -> date:
+        """The session day of the bar after `t`: the first day whose bar is not stepped."""
+        return self._next_day(t) or self._day_of(t) + timedelta(days=1)
+
+    @property
+    def done_for(self) -> date | None:
+        """The latest session day whose lookup succeeded."""
+        return self._fetched_for
+
+    def start(self, day: date) -> asyncio.Task[None] | None:
+        """The lookup of the splits going ex from `day` (a session day whose bar is not
+        stepped) through the week after it, in a task of its own: the one in flight if any,
+        None when `day`'s (or a later day's) is done or a failure's backoff is running."""
+        if self._fetched_for is not None and self._fetched_for >= day:
+            return None
+        if self._task is not None and not self._task.done():
+            return self._task
+        if self._monotonic() < self._retry_at:
+            return None
+        self._task_for = day
+        self.lookups += 1
+        self._task = asyncio.create_task(self._lookup(day), name=f"splits {day}")
+        return self._task
+
+    async def wait_for_day(self, day: date) -> None:
+        """At a bar (or the start-up) of session day `day`: when no lookup from `day` on has
+        succeeded, its lookup is started (or the one in flight joined) and waited for at most
+        `quick_s`, once per day; it goes on in the background after that."""
+        if self._fetched_for is not None and self._fetched_for >= day:
             return
+        if self._waited_for == day:
+            return
+        self._waited_for = day
+        task = self.start(day)
+        if task is not None:
+            await asyncio.wait({task}, timeout=self.quick_s)
+
+    async def _lookup(self, day: date) -> None:
         try:
             found = await self.source.splits(
-                self.symbols, day + timedelta(days=1), day + timedelta(days=LOOKAHEAD_DAYS)
+                self.symbols, day, day + timedelta(days=LOOKAHEAD_DAYS)
             )
+        except asyncio.CancelledError:
+            raise
         except Exception as exc:  # any failure: warned, never read as "no split"
-            self.last_error = f"{type(exc).__name__}: {exc}"
+            self._failed(day, exc)
+            return
+        self._retry_at = -math.inf
+        self._backoff_s = BACKOFF_S
+        if self.last_error is not None:
+            log.info("split.lookup_recovered", day=day.isoformat())
+        self.last_error = self.last_error_kind = None
+        self.on_error(None)
+        if self._fetched_for is not None and self._fetched_for > day:
+            return  # a later day's answer is here already
+        self._fetched_for = day
+        self.known = {s.symbol: s for s in reversed(found) if s.ex_date >= day}
+
+    def _failed(self, day: date, exc: Exception) -> None:
+        kind = str(getattr(exc, "kind", "") or type(exc).__name__)
+        self.last_error = f"{type(exc).__name__}: {exc}"
+        self.last_error_kind = kind
+        retry_in = self._backoff_s
+        self._retry_at = self._monotonic() + retry_in
+        self._backoff_s = min(2 * self._backoff_s, MAX_BACKOFF_S)
+        if (day, kind) not in self._warned:
+            self._warned.add((day, kind))
             log.warning(
                 "split.lookup_failed",
-                time=t,
-                symbols=sorted(at_risk()),
+                day=day.isoformat(),
+                symbols=sorted(self.at_risk()),
                 error=self.last_error,
+                retry_in_s=retry_in,
                 rule="no split is assumed absent: these symbols trade as before, and a split "
                 "at the next open is found only by reconciliation and the ex-date's bar; "
-                "asked again at the next bar",
+                "asked again after the backoff (this warning once a day per kind of error)",
             )
-            return
-        self.last_error = None
-        self._fetched_for = day
-        self.known = {s.symbol: s for s in reversed(found) if s.ex_date > day}
+        self.on_error(self.last_error)
+
+    def status(self) -> dict[str, Any]:
+        """For /status: the splits held, the last lookup's error, the day looked up."""
+        return {
+            "held": [s.to_dict() for s in self.held.values()],
+            "looked_up_for": self._fetched_for.isoformat() if self._fetched_for else None,
+            "last_error": self.last_error,
+        }
 
     def due(self, t: datetime) -> dict[str, Split]:
         """The splits at the session after bar `t` (added to `held`), and those held already
@@ -179,4 +276,6 @@ class SplitsAhead:
         self.known = {s.symbol: s for s in map(Split.from_dict, state.get("known", ()))}
 
     def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
         self.source.close()

@@ -488,6 +488,11 @@ class AlpacaTradingFake(LoopThread):
         )
         self._ca_failures.extend([(status, body)] * n)
 
+    def corporate_actions_work(self) -> None:
+        """The corporate-actions failures still queued are dropped: the next requests are
+        answered."""
+        self._ca_failures.clear()
+
     def split_position(
         self,
         symbol: str,

@@ -236,11 +236,15 @@ async def test_a_reverse_split_pays_the_fraction_in_cash_and_flatten_trades_the_
 
 async def test_a_failed_lookup_is_a_warning_and_trading_goes_on_as_before(engine_config, fake):
     fake.fail_corporate_actions(n=1000, status=403)
-    *_, logs = await _up_to_the_eve(engine_config, fake, 4.0)
+    _, _, first, logs = await _up_to_the_eve(engine_config, fake, 4.0)
 
-    failed = [e for e in logs if e["event"] == "split.lookup_failed"]
-    assert failed and all(e["log_level"] == "warning" for e in failed)
-    assert "S00" in failed[-1]["symbols"] and "403" in failed[-1]["error"]
+    # Asked once and warned once (the failure's backoff), not at every bar.
+    assert len(fake._ca_failures) == 1000 - 1
+    [failed] = [e for e in logs if e["event"] == "split.lookup_failed"]
+    assert failed["log_level"] == "warning" and "403" in failed["error"]
+    assert "403" in first.splits_ahead.last_error
+    [alert] = [a for a in first.alerter.firing() if a["key"] == "corporate_actions"]
+    assert alert["kind"] == "source_down" and alert["severity"] == "warning"
     assert not [e for e in logs if e["event"] == "split.ahead"]
     # As before: the entry decided at the eve is sent and S00's exits stay.
     assert [o for o in _open_run_orders(fake, "S01") if o.parent_id is None]
@@ -266,6 +270,37 @@ async def test_a_restart_between_the_eve_and_the_ex_date_bar_still_knows_the_spl
     said = [e for e in logs if e["event"] == "reconcile.split_expected"]
     assert said and said[0]["broker"] == 4 * held and said[0]["book"] == held
     assert second.portfolio.quantity_of("S00") == 4 * held == _position(fake, "S00")
+
+
+async def test_a_restart_on_the_ex_date_asks_when_the_eve_lookup_failed(engine_config, fake):
+    """The eve's lookup failed (the only one before the ex-date with daily bars); the daemon
+    restarts on the ex-date with the source working again: its start-up asks for the splits
+    going ex from the day of its next bar, so the 1:10 is expected by the reconciliation and
+    applied by the ex-date's bar, its fraction paid in cash."""
+    fake.fail_corporate_actions(n=1000, status=500)
+    panel, config, first, logs = await _up_to_the_eve(engine_config, fake, 0.1)
+    assert [e for e in logs if e["event"] == "split.lookup_failed"]
+    assert not first.splits_ahead.held
+    held = first.portfolio.quantity_of("S00")
+    assert held >= 10 and held % 10
+    _overnight(fake, panel, 1.0, 10.0)
+    fake.call(fake.corporate_actions_work)
+
+    second = _engine(config, panel, panel.datetimes()[EX])
+    alerts = _alerts(second)
+    blocked_at_start: list[str] = []
+    second.after_bar.insert(0, lambda t, v: blocked_at_start.extend(second.reconcile_blocked))
+    with capture_logs() as later:
+        await second.run_until_done()
+
+    whole = math.floor(held / 10)
+    assert second.portfolio.quantity_of("S00") == whole == _position(fake, "S00")
+    assert not blocked_at_start and not alerts and not second.reconcile_blocked
+    said = [e for e in later if e["event"] == "reconcile.split_expected" and e["symbol"] == "S00"]
+    assert said and said[0]["book"] == held and said[0]["ratio"] == "1:10"
+    [paid] = [e for e in later if e["event"] == "split.cash_in_lieu"]
+    assert paid["symbol"] == "S00"
+    assert paid["cash"] == pytest.approx((held / 10 - whole) * float(panel.close[EX, 0]))
 
 
 async def test_a_backtest_never_asks_for_corporate_actions(engine_config, monkeypatch):
