@@ -688,10 +688,24 @@ def _alpaca_or(simulated: Broker, config: Config, symbols: tuple[str, ...]) -> B
     )
 
 
+def corporate_actions_url(config: Config) -> str:
+    """Where the corporate actions are asked for: `broker.alpaca.data_url`; when empty and the
+    feed is Alpaca with its own `feed.alpaca.base_url`, that data host (the one the bars come
+    from); else `broker.alpaca.effective_data_url` (Alpaca's data host for Alpaca's trading
+    hosts, else the broker's base_url)."""
+    a = config.broker.alpaca
+    if a.data_url:
+        return a.data_url
+    if config.feed.source == "alpaca" and config.feed.alpaca.base_url:
+        return config.feed.alpaca.base_url
+    return a.effective_data_url
+
+
 def _splits_ahead(config: Config, engine: Engine) -> Any:
     """Splits known ahead (engine/splits_ahead.py) for a live run on Alpaca's account: the
     broker splits positions before the ex-date's open. None for the simulated broker (it
-    splits at the bar, as the book does) or with broker.alpaca.splits_ahead = false."""
+    splits at the bar, as the book does), with broker.alpaca.splits_ahead = false, or without
+    Alpaca's keys in the environment; each is logged (`split.ahead_off`)."""
     from .brokers.alpaca import AlpacaBroker
     from .brokers.alpaca_mapping import alpaca_keys_from_env
     from .engine.splits_ahead import SplitsAhead
@@ -699,13 +713,34 @@ def _splits_ahead(config: Config, engine: Engine) -> Any:
     from .feeds.resilience import SourceConfig
 
     a = config.broker.alpaca
-    keys = alpaca_keys_from_env()
     clock = engine.clock
-    if not isinstance(engine.broker, AlpacaBroker) or not a.splits_ahead or keys is None:
+    if not isinstance(engine.broker, AlpacaBroker):
+        log.info(
+            "split.ahead_off",
+            reason=f"the broker is {type(engine.broker).__name__} (broker.kind = "
+            f"{config.broker.kind!r}), not Alpaca's account: its positions split at the "
+            "ex-date's bar, as the book's do",
+        )
+        return None
+    if not a.splits_ahead:
+        log.info(
+            "split.ahead_off",
+            reason="broker.alpaca.splits_ahead = false: a split is found at its ex-date's bar "
+            "and by reconciliation only",
+        )
+        return None
+    keys = alpaca_keys_from_env()
+    if keys is None:
+        log.warning(
+            "split.ahead_off",
+            reason="APCA_API_KEY_ID / APCA_API_SECRET_KEY not both set: the corporate actions "
+            "cannot be asked for; a split is found at its ex-date's bar and by reconciliation "
+            "only",
+        )
         return None
     source = AlpacaSplits(
         *keys,
-        base_url=a.effective_data_url,
+        base_url=corporate_actions_url(config),
         config=SourceConfig.for_source(
             "alpaca", timeout_s=a.call_timeout_s, max_attempts=a.max_attempts
         ),
@@ -1548,6 +1583,9 @@ def health_inputs(
             "resumed_from": engine.resumed_from,
             "catching_up_to": engine.catching_up_to,
             "alerts": alerter.status() if alerter is not None else None,
+            # The splits held for (symbol, ratio, ex_date) and the last lookup's error; None
+            # when splits are not looked up (a replay, the simulated broker, no keys).
+            "splits": engine.splits_ahead.status() if engine.splits_ahead is not None else None,
         }
 
     checks: list[Any] = []

@@ -190,7 +190,7 @@ class SplitsAhead:
     def status(self) -> dict[str, Any]:
         """For /status: the splits held, the last lookup's error, the day looked up."""
         return {
-            "held": [s.to_dict() for s in self.held.values()],
+            "held": [{**s.to_dict(), "split": s.text()} for s in self.held.values()],
             "looked_up_for": self._fetched_for.isoformat() if self._fetched_for else None,
             "last_error": self.last_error,
         }

@@ -24,7 +24,7 @@ from fakes.alpaca_trading_server import AlpacaTradingFake, running_fake
 from live_on_fake import live_on_fake
 from structlog.testing import capture_logs
 
-from tradingd.app import build_engine
+from tradingd.app import build_engine, health_inputs
 from tradingd.feeds.panel import Panel
 
 RUN = "split-ahead"
@@ -178,6 +178,11 @@ async def test_a_forward_split_holds_the_symbol_a_bar_and_the_book_equals_the_ac
     assert ahead["ratio"] == "4:1" and ahead["log_level"] == "warning"
     [told] = [a for a in first.told if a.title.startswith("S00 ")]
     assert told.severity == "info" and "4:1" in told.title
+    _, status, _ = health_inputs(first)  # /status at the eve: the held splits
+    assert {(h["symbol"], h["split"], h["ex_date"]) for h in status()["splits"]["held"]} == {
+        (sym, "4:1", panel.datetimes()[EX].date().isoformat()) for sym in ("S00", "S01")
+    }
+    assert status()["splits"]["last_error"] is None
     # The bar before the ex-date sent nothing in S00 or S01, and cancelled S00's exits.
     assert not working_at_eve
     # Exits again, for the split position at post-split prices.
@@ -245,6 +250,8 @@ async def test_a_failed_lookup_is_a_warning_and_trading_goes_on_as_before(engine
     assert "403" in first.splits_ahead.last_error
     [alert] = [a for a in first.alerter.firing() if a["key"] == "corporate_actions"]
     assert alert["kind"] == "source_down" and alert["severity"] == "warning"
+    _, status, _ = health_inputs(first)
+    assert "403" in status()["splits"]["last_error"] and status()["splits"]["held"] == []
     assert not [e for e in logs if e["event"] == "split.ahead"]
     # As before: the entry decided at the eve is sent and S00's exits stay.
     assert [o for o in _open_run_orders(fake, "S01") if o.parent_id is None]

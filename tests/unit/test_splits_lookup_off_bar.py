@@ -165,7 +165,9 @@ async def test_a_refusal_is_backed_off_warned_once_and_alerted_until_it_works() 
     # Bar of the day before: S00 held for the next session; its own bar applies it.
     t = _bar(day - timedelta(days=1))
     assert ahead.due(t) == {"S00": source.found[0]}
-    assert ahead.status()["held"] == [{"symbol": "S00", "ex_date": day.isoformat(), "ratio": 4.0}]
+    assert ahead.status()["held"] == [
+        {"symbol": "S00", "ex_date": day.isoformat(), "ratio": 4.0, "split": "4:1"}
+    ]
     assert ahead.applied(_bar(day), np.array([4.0]), np.array([True]))
 
 
