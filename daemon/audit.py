@@ -476,6 +476,24 @@ class AuditLog:
         self._waiting += 1
         self.flush(force=True)
 
+    def cash_in_lieu(
+        self, time: datetime, symbol: str, shares: float, price: float, cash: float
+    ) -> None:
+        """A split's fraction of a share booked as cash at bar `time` (its close's `price`):
+        one line, written with the bar's records (and dropped with them by `truncate_after`
+        when a resumed run books the bar again)."""
+        row = {
+            "event": "cash_in_lieu",
+            "time": time,
+            "symbol": symbol,
+            "shares": shares,
+            "price": price,
+            "cash": cash,
+        }
+        line = _ENCODER.encode(_null_non_finite({k: _plain(v) for k, v in row.items()}))
+        self._batch.append((_LINE, line, None))
+        self._waiting += 1
+
     def check_live(self) -> None:
         """ConfigError when this log holds a replay's records: a live run must not write
         into it (`session`) nor cut it (`truncate_after`). The store refuses a replay's
@@ -628,8 +646,8 @@ _TORN = object()
 
 
 def _record_time(line: str) -> Any:
-    """The bar time of an order or fill line; None for a session line; `_TORN` for a line
-    that is not JSON (the last line of a process killed while writing it)."""
+    """The bar time of an order, fill or cash-in-lieu line; None for a session line; `_TORN`
+    for a line that is not JSON (the last line of a process killed while writing it)."""
     try:
         row = json.loads(line)
     except ValueError:
@@ -639,6 +657,7 @@ def _record_time(line: str) -> Any:
     text = {
         "order": row.get("updated_at") or row.get("created_at"),
         "fill": row.get("booked_at") or row.get("time"),
+        "cash_in_lieu": row.get("time"),
     }.get(str(row.get("event")))
     try:
         return datetime.fromisoformat(text) if isinstance(text, str) else None

@@ -2765,6 +2765,11 @@ class Engine:
                         rule="a split's fraction of a share is paid in cash, at the ex-date's "
                         "close; the account's amount may differ by the price Alpaca uses",
                     )
+                    # Where a user can find it again: the audit log, beside the bar's fills
+                    # (the equity row of the bar holds the cash).
+                    record = getattr(self.audit, "cash_in_lieu", None)
+                    if record is not None:
+                        record(bar.time, s.symbol, shares, float(bar.close[i]), cash)
             log.info("split.applied", time=bar.time, symbol=s.symbol, ratio=s.text())
 
     def _replay_restored(self, bar: CrossSection) -> None:

@@ -14,6 +14,7 @@ ex-date's bar. No test sleeps."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any, ClassVar
 
@@ -224,6 +225,12 @@ async def test_a_reverse_split_pays_the_fraction_in_cash_and_flatten_trades_the_
     assert paid["symbol"] == "S00" and paid["price"] == close
     assert paid["cash"] == pytest.approx((held / 10 - whole) * close)
     assert not alerts and "S00" not in second.reconcile_blocked
+    # In the audit log too, with the bar's time.
+    lines = [json.loads(x) for x in second.audit.path.read_text().splitlines()]
+    [audited] = [x for x in lines if x["event"] == "cash_in_lieu"]
+    assert audited["symbol"] == "S00" and audited["cash"] == pytest.approx(paid["cash"])
+    assert audited["shares"] == paid["shares"] and audited["price"] == close
+    assert audited["time"] == panel.datetimes()[EX].isoformat()
 
     # A third start, flattening: S00 is not blocked, so its whole shares are sold.
     posted = len(fake.posted_orders())
