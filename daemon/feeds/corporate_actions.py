@@ -7,13 +7,19 @@ then has already traded the ex-date's open in pre-split terms. This source tells
 the day before (`engine/splits_ahead.py` holds the symbol for that bar).
 
 The request goes through alpaca-py's `CorporateActionsClient` (`GET /v1/corporate-actions` on
-the data host, `symbols`, `types=forward_split,reverse_split`, `start`/`end` on the ex-date,
-inclusive; alpaca-py follows `next_page_token` and merges the pages into
+the data host, `symbols`, `types=forward_split,reverse_split`, `start`/`end` inclusive;
+alpaca-py follows `next_page_token` and merges the pages into
 `{"forward_splits": [...], "reverse_splits": [...]}`), in a worker thread under the
 `ResilientCaller`'s timeout, retries and breaker; requests gets the same timeout through the
 client's session (alpaca-py sets none). alpaca-py's own 429/504 retries are off: they sleep
 inside the worker thread, which a timed-out call cannot stop. The keys are scrubbed from every
 message. A split's ratio is `new_rate / old_rate` (4.0 for 4:1, 0.1 for 1:10).
+
+Alpaca's docs say `start`/`end` select by process date and that actions may appear late; for
+a split the process date is its ex-date as others have observed (not verified here against a
+real account): the window is asked from the first session day whose bar is still to come, so
+a split is found on its ex-date's eve or, at the latest, before that day's bar. alpaca-py
+deprecates the trading API's `/v2/corporate_actions/announcements` in favour of this one.
 """
 
 from __future__ import annotations
@@ -147,7 +153,8 @@ class AlpacaSplits:
             raise make_error(SOURCE, "malformed", self.caller.redact(exc)[:300]) from None
 
     async def splits(self, symbols: Sequence[str], start: date, end: date) -> list[Split]:
-        """The splits of `symbols` going ex from `start` through `end` (inclusive). Raises
+        """The splits of `symbols` processed from `start` through `end` (inclusive; a split's
+        process date is its ex-date). Raises
         the caller's SourceError when Alpaca cannot answer, or a malformed one naming the
         entry that is wrong."""
         self._ensure()

@@ -21,7 +21,8 @@ multiplicative dividend convention); the session in progress at `book.now` is in
 daily bar partial), as Alpaca does. Corporate actions are the book's splits (announced
 before their ex-date, as Alpaca's are), grouped as `forward_splits` / `reverse_splits` with
 `new_rate` / `old_rate` as the smallest whole ratio, filtered by `symbols`, `types` and
-`start`/`end` on the ex-date, paged like the bars.
+`start`/`end` on the process date (Alpaca's docs: the date filter is by process date; a
+split's is its ex-date here, as others have observed), paged like the bars.
 """
 
 from __future__ import annotations
@@ -127,7 +128,8 @@ class AlpacaDataFake(FakeServer):
                 kind = "forward_split" if ratio > 1 else "reverse_split"
                 if (symbols and sym not in symbols) or (types and kind not in types):
                     continue
-                if not start <= ex <= end:
+                process = ex  # a split's process date is its ex-date (not verified)
+                if not start <= process <= end:
                     continue
                 rate = Fraction(ratio).limit_denominator(1000)
                 row: dict[str, Any] = {
@@ -135,7 +137,7 @@ class AlpacaDataFake(FakeServer):
                     "symbol": sym,
                     "new_rate": rate.numerator,
                     "old_rate": rate.denominator,
-                    "process_date": ex.isoformat(),
+                    "process_date": process.isoformat(),
                     "ex_date": ex.isoformat(),
                     "record_date": ex.isoformat(),
                     "payable_date": ex.isoformat(),

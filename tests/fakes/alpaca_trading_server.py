@@ -32,8 +32,9 @@ The fake market
     cancelled.
   * Corporate actions (the market-data API's `GET /v1/corporate-actions`, served on this host
     for alpaca-py's `CorporateActionsClient`): `announce_split(symbol, ex_date, new_rate,
-    old_rate)`; answered grouped by type (`forward_splits`, `reverse_splits`) in Alpaca's
-    shape, filtered by `symbols`, `types` and `start`/`end` on the ex-date, paged by `limit`
+    old_rate, process_date=ex_date)`; answered grouped by type (`forward_splits`,
+    `reverse_splits`) in Alpaca's shape, filtered by `symbols`, `types` and `start`/`end` on
+    the process date (Alpaca's docs: the date filter is by process date), paged by `limit`
     (at most `corporate_actions_page_size`) with an offset as `next_page_token`;
     `fail_corporate_actions(n, status=403)` refuses the next n.
   * Constructor: `cash` (default: the recorded paper account's cash), `recorded_positions`
@@ -459,15 +460,24 @@ class AlpacaTradingFake(LoopThread):
         else:
             self.positions_book[symbol] = (float(qty), float(avg_entry_price))
 
-    def announce_split(self, symbol: str, ex_date: date, new_rate: float, old_rate: float) -> None:
-        """A split announced in the corporate actions (forward when new_rate > old_rate)."""
+    def announce_split(
+        self,
+        symbol: str,
+        ex_date: date,
+        new_rate: float,
+        old_rate: float,
+        process_date: date | None = None,
+    ) -> None:
+        """A split announced in the corporate actions (forward when new_rate > old_rate).
+        `process_date`: the date the API's start/end filter on; the ex-date unless given (for
+        splits they are the same date, as others have observed; not verified here)."""
         forward = new_rate > old_rate
         row: dict[str, Any] = {
             "corporate_action_type": "forward_split" if forward else "reverse_split",
             "symbol": symbol,
             "new_rate": new_rate,
             "old_rate": old_rate,
-            "process_date": ex_date.isoformat(),
+            "process_date": (process_date or ex_date).isoformat(),
             "ex_date": ex_date.isoformat(),
             "record_date": ex_date.isoformat(),
             "payable_date": ex_date.isoformat(),
@@ -1195,8 +1205,9 @@ class AlpacaTradingFake(LoopThread):
 
     async def _corporate_actions(self, request: web.Request) -> web.Response:
         """GET /v1/corporate-actions as Alpaca's data API answers it: `symbols`, `types`,
-        `start`/`end` (inclusive, on the ex-date), `limit` and `page_token` (an offset here),
-        the actions grouped by type; `next_page_token` null on the last page."""
+        `start`/`end` (inclusive, on the process date, as Alpaca's docs say), `limit` and
+        `page_token` (an offset here), the actions grouped by type; `next_page_token` null on
+        the last page."""
         if self._ca_failures:
             status, body = self._ca_failures.popleft()
             return web.json_response(body, status=status)
@@ -1209,8 +1220,8 @@ class AlpacaTradingFake(LoopThread):
             for r in sorted(self.splits, key=lambda r: (r["ex_date"], r["symbol"]))
             if (symbols is None or r["symbol"] in symbols)
             and (types is None or r["corporate_action_type"] in types)
-            and (start is None or r["ex_date"] >= start)
-            and (end is None or r["ex_date"] <= end)
+            and (start is None or r["process_date"] >= start)
+            and (end is None or r["process_date"] <= end)
         ]
         offset = int(q.get("page_token") or 0)
         limit = min(int(q.get("limit") or 1000), self.corporate_actions_page_size)

@@ -45,6 +45,19 @@ async def test_splits_are_read_across_pages_for_the_symbols_and_window_asked(fak
     assert set(asked[0].auth_headers) == {"APCA-API-KEY-ID", "APCA-API-SECRET-KEY"}
 
 
+async def test_the_window_is_on_the_process_date_as_alpaca_documents(fake):
+    """Alpaca's data API filters start/end by process date: a split processed after the
+    window is not listed, whatever its ex-date."""
+    fake.announce_split("AAA", date(2026, 3, 2), 4, 1, process_date=date(2026, 3, 10))
+    fake.announce_split("BBB", date(2026, 2, 27), 2, 1, process_date=date(2026, 3, 2))
+    source = _source(fake)
+    try:
+        found = await source.splits(["AAA", "BBB"], date(2026, 3, 1), date(2026, 3, 8))
+    finally:
+        source.close()
+    assert found == [Split("BBB", date(2026, 2, 27), 2.0)]
+
+
 async def test_the_data_fake_announces_its_books_splits_in_alpacas_shape():
     """The market-data fake serves the BarBook's splits (what its adjusted bars show) to the
     same client: 4:1, 1:10 and 3:2 come back as announced."""
