@@ -1360,7 +1360,9 @@ def starting_status(daemon: Any) -> dict[str, Any]:
     later = ("last_bar_time", "model_version", "trading_state", "resumed_from", "bars_never_traded")
     return {
         **dict.fromkeys(
-            unknown + later + ("catching_up_to", "alerts", "next_bar_release", "market_open")
+            unknown
+            + later
+            + ("catching_up_to", "alerts", "next_bar_release", "market_open", "splits")
         ),
         "bars": 0,
         "phase": daemon.phase,

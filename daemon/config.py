@@ -237,8 +237,9 @@ class AlpacaConfig:
     rate_limit_burst: int = 20
     max_in_flight: int = 4  # orders of one batch sent at once (sells first, then buys)
     # Splits announced in Alpaca's corporate actions (the market-data API at data_url), read
-    # once a session day beside the bars: a symbol splitting at the next open is held for that bar (README,
-    # "Splits in a held symbol, live"). false: the split is found at the ex-date's bar only.
+    # once a session day beside the bars: a symbol splitting at the next open is held for
+    # that bar (README, "Splits in a held symbol, live"). false: the split is found at the
+    # ex-date's bar only.
     splits_ahead: bool = True
     # "" = feed.alpaca.base_url when the feed is Alpaca and sets one, else
     # https://data.alpaca.markets with Alpaca's own trading hosts, else base_url (a proxy or a
