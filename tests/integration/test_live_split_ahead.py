@@ -16,12 +16,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import time
 from typing import Any, ClassVar
 
 import numpy as np
 import pytest
 from conftest import make_panel
 from fakes.alpaca_trading_server import AlpacaTradingFake, running_fake
+from fakes.hung_host import hung_host
 from live_on_fake import live_on_fake
 from structlog.testing import capture_logs
 
@@ -315,6 +317,48 @@ async def test_a_restart_on_the_ex_date_asks_when_the_eve_lookup_failed(engine_c
     [paid] = [e for e in later if e["event"] == "split.cash_in_lieu"]
     assert paid["symbol"] == "S00"
     assert paid["cash"] == pytest.approx((held / 10 - whole) * float(panel.close[EX, 0]))
+
+
+async def test_a_hung_corporate_actions_host_does_not_hold_up_the_bars(engine_config, fake):
+    """A host that accepts and never answers: the run's first bar waits for the day's lookup
+    at most quick_s, the other bars not at all (one lookup in flight, never a second request
+    beside it); before, every bar waited out the request's timeout and its retries."""
+    panel = _split_panel(4.0, [0, 1])
+    config = _config(engine_config, fake, panel)
+    with hung_host() as host:
+        config = dataclasses.replace(
+            config,
+            broker=dataclasses.replace(
+                config.broker,
+                alpaca=dataclasses.replace(
+                    config.broker.alpaca,
+                    data_url=host.url,
+                    request_timeout_s=1.0,
+                    call_timeout_s=3.0,
+                ),
+            ),
+        )
+        engine = _engine(config, panel, panel.datetimes()[EX + 5])
+        engine.splits_ahead.quick_s = 0.2
+        source = engine.splits_ahead.source
+        asked = []
+        splits = source.splits
+
+        async def counted(*args: Any) -> Any:
+            asked.append(args[1:])
+            return await splits(*args)
+
+        source.splits = counted
+        t0 = time.monotonic()
+        await engine.run_until_done()
+        took = time.monotonic() - t0
+
+    assert engine.bars_processed > 5
+    assert len(asked) == 1 and len(host.connections) <= 3  # that lookup's attempts
+    assert engine.splits_ahead.done_for is None
+    # 0.2 s of waiting in all; the bound leaves room for a busy machine (before: each bar
+    # asked again, waiting out timeouts and retries until the breaker opened: ~10 s here).
+    assert took < 5.0
 
 
 async def test_a_backtest_never_asks_for_corporate_actions(engine_config, monkeypatch):

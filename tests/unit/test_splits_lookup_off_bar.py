@@ -8,14 +8,13 @@ every bar. Now a session day's lookup runs in a task of its own, a bar waits for
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
 
 import numpy as np
 import pytest
+from fakes.hung_host import hung_host
 from structlog.testing import capture_logs
 
 from tradingd.engine.splits_ahead import BACKOFF_S, SplitsAhead
@@ -39,27 +38,8 @@ def _bar(day: date, hour: int = 20) -> datetime:
 
 @pytest.fixture
 def hung_url() -> Iterator[str]:
-    """A loopback host that accepts connections and never answers."""
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(16)
-    conns: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        while not stop.is_set():
-            try:
-                c, _ = srv.accept()
-            except OSError:
-                return
-            conns.append(c)
-
-    threading.Thread(target=accept, daemon=True).start()
-    yield f"http://127.0.0.1:{srv.getsockname()[1]}"
-    stop.set()
-    srv.close()
-    for c in conns:
-        c.close()
+    with hung_host() as host:
+        yield host.url
 
 
 async def _bar_step(ahead: SplitsAhead, t: datetime) -> None:
