@@ -55,7 +55,11 @@ Repairs (enable by name, or "all"):
                 one: its reversal is not known yet), the last bar of each symbol is not
                 judged; the output's extra column `jump_from` says which of them jump beyond
                 `max_spike` from the previous close, for the feed to hold back (see
-                feeds/suspect.py).
+                feeds/suspect.py). With `open_start` (the same answer, whose window is cut
+                before its first bar), the first bar of each symbol is not judged either: it
+                has no left neighbour in the answer, only the neighbour of the bar after it
+                (judged against the two bars after it, the bar before a real gap looked like
+                a spike once a later window started at it).
 Always on (not data errors): split coefficients within 1e-4 relative of a simple fraction
 (denominator <= 1000) are snapped to it, e.g. 7.000007 -> 7.0; a missing split/dividend value
 in a present column becomes 1.0/0.0. Both are logged. A split <= 0 or a negative dividend is
@@ -1162,7 +1166,7 @@ def _shift(values: np.ndarray, codes: np.ndarray, k: int) -> np.ndarray:
 
 
 def _spikes(
-    frame: pd.DataFrame, max_spike: float, open_end: bool = False
+    frame: pd.DataFrame, max_spike: float, open_end: bool = False, open_start: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """Per row and price column: whether the price is an outlier of a one-bar spike; and per
     row the reference close (the previous close in the row's share basis, else the next).
@@ -1174,7 +1178,12 @@ def _spikes(
     last bar of each symbol is never flagged (the newest bar of a live answer: judged against
     its two predecessors, a jump from a bar that had itself moved passed while a bad tick
     after a move did not, and a bar the next one would confirm was refused or repaired; the
-    live feed holds a jump back until the next bar shows which it is).
+    live feed holds a jump back until the next bar shows which it is). `open_start`: the
+    first bar of each symbol is never flagged either (the first bar of a live answer's
+    window: the bar before it is outside the window, and judged against the two bars after
+    it, the bar before a gap that held, served and traded, was dropped or restated once a
+    later window started at it; the feed fetches one bar more, which is the neighbour of
+    the window's first bar, and then judges that one as a backtest of the whole history).
     """
     # Memory: every intermediate is one float per row (17 MB for the 2.1 million rows of the
     # S&P 500 file); they are dropped as soon as used, and the price columns are checked one
@@ -1196,6 +1205,8 @@ def _spikes(
     b = np.where(has_prev & has_next, next1, np.where(has_prev, prev2, next2))
     if open_end:
         b[has_prev & ~has_next] = np.nan  # NaN compares False: the newest bar is never flagged
+    if open_start:
+        b[~has_prev & has_next] = np.nan  # the first bar: a neighbour only, never flagged
     del prev2, next1, next2, has_prev, has_next
     low_bound = 1.0 / max_spike
     outlier = np.empty((len(frame), len(PRICE_COLUMNS)), dtype=bool)
@@ -1236,10 +1247,11 @@ def _check_spikes(
     repairs: frozenset[str],
     max_spike: float,
     open_end: bool = False,
+    open_start: bool = False,
 ) -> pd.DataFrame:
     if not max_spike or len(frame) < 2:
         return frame
-    outlier, ref = _spikes(frame, max_spike, open_end)
+    outlier, ref = _spikes(frame, max_spike, open_end, open_start)
     bad: np.ndarray = np.asarray(outlier.any(axis=1))
     if not bad.any():
         return frame
@@ -1328,6 +1340,7 @@ def validate_frame(
     date_format: str = "",
     advice: Advice = DATA_ADVICE,
     open_end: bool = False,
+    open_start: bool = False,
 ) -> pd.DataFrame:
     """Check (and, where enabled, repair) bars; return the clean long table.
 
@@ -1344,6 +1357,8 @@ def validate_frame(
     `advice`: where the settings its errors advise are set (`Advice`). `open_end`: the
     last bar of each symbol is the newest of a live answer, left to the feed by the spike
     check (see `_spikes`), and the output has the column `jump_from` (`_newest_jumps`).
+    `open_start`: the first bar of each symbol is the first of a live answer's window, a
+    neighbour only for the spike check (see `_spikes`).
     """
     if interval not in INTERVALS:
         raise ConfigError(
@@ -1375,7 +1390,7 @@ def validate_frame(
     columns = list(OUTPUT_COLUMNS)
     if open_end:  # before the repairs: the rule is on the previous bar as it came
         jumps = _newest_jumps(frame, max_spike)
-    frame = _check_spikes(frame, ctx, repairs, max_spike, open_end)
+    frame = _check_spikes(frame, ctx, repairs, max_spike, open_end, open_start)
     if open_end:
         frame = frame.assign(**{JUMP_FROM: jumps})
         columns.append(JUMP_FROM)

@@ -331,12 +331,16 @@ class Validation:
     validate.py; empty = strict, as for stored data); `extra` passes further keyword arguments
     to `validate_frame` unchanged (e.g. max_spike, max_volume). `open_end`: each symbol's
     newest bar is left to the live feed's rule by the spike check (`VendorFeed` sets it on
-    its source: see feeds/suspect.py)."""
+    its source: see feeds/suspect.py). `open_start`: each symbol's first bar is a neighbour
+    only for the spike check, not judged (a live answer's window is cut before it: judged
+    against the two bars after it, the bar before a gap looked like a spike; `VendorFeed`
+    fetches one bar more and leaves that one out)."""
 
     repair: tuple[str, ...] = ()
     max_gap_days: float = 7.0
     extra: Mapping[str, Any] = field(default_factory=dict)
     open_end: bool = False
+    open_start: bool = False
 
 
 # validate.py is gaining bar labelling of its own (an `interval` argument: naive intraday times
@@ -371,6 +375,8 @@ def validate_bars(
     }
     if validation.open_end:
         opts["open_end"] = True
+    if validation.open_start:
+        opts["open_start"] = True
     if _VALIDATE_LABELS and interval is not None:
         opts["interval"] = "1d" if interval.daily else "intraday"
         if not interval.daily:
@@ -570,6 +576,16 @@ _NO_BAR = (
 )
 
 
+def _without_first_bars(frame: pd.DataFrame) -> pd.DataFrame:
+    """`frame` (a live answer) without each symbol's first bar: the neighbour of the
+    window's first bar, which validation does not judge (`Validation.open_start`): as it
+    came, it may be a spike that an earlier answer dropped or repaired."""
+    if frame.empty:
+        return frame
+    first = frame.groupby("symbol", sort=False)["time"].transform("min")
+    return frame[(frame["time"] > first).to_numpy()]
+
+
 def panel_of(frame: pd.DataFrame, symbols: Sequence[str]) -> Panel:
     """A Panel over exactly `symbols` (in that order) from a validated long table; symbols
     without bars are all-NaN columns."""
@@ -620,6 +636,12 @@ class VendorFeed:
         default) from its previous close is NaN too, held back until the next answer judges
         it as a backtest's load would (feeds/suspect.py): validation cannot tell a bad tick
         from a gap before the next bar, so the feed sets `Validation.open_end` on its source.
+    The answer reaches one bar further back than the window (`lookback_bars` bars before t,
+    and at least 1): each symbol's first bar in it (`Validation.open_start`: not judged) is
+    the neighbour that the window's first bar is judged with, as a backtest of the whole
+    history judges it, and is otherwise left out (not checked for revisions or late bars);
+    so with `lookback_bars = 1` the answer is t and the two bars before, and a bar held at
+    t-1 is judged by t's answer.
     It never blocks forever (every call has a timeout, retries are bounded) and keeps only the
     per-symbol error table and the last bar time between calls (responses live in the bounded
     response cache of the client).
@@ -689,12 +711,15 @@ class VendorFeed:
     @staticmethod
     def _open_ended(source: BarSource) -> float:
         """The spike threshold of `source`'s validation, which from now on leaves each
-        symbol's newest bar to this feed (`Validation.open_end`; the feed owns its source).
-        A source without a `Validation` judges its answers itself: the default threshold."""
+        symbol's newest bar to this feed and its first bar unjudged (`Validation.open_end`
+        and `open_start`; the feed owns its source). A source without a `Validation` judges
+        its answers itself: the default threshold."""
         validation = getattr(source, "validation", None)
         if not isinstance(validation, Validation):
             return DEFAULT_MAX_SPIKE
-        source.validation = dataclasses.replace(validation, open_end=True)  # type: ignore[attr-defined]
+        source.validation = dataclasses.replace(  # type: ignore[attr-defined]
+            validation, open_end=True, open_start=True
+        )
         return float(validation.extra.get("max_spike", DEFAULT_MAX_SPIKE))
 
     async def start(self) -> None:
@@ -709,10 +734,12 @@ class VendorFeed:
             for part in reversed(self._owned):
                 await part.stop()
 
-    def _window_start(self, t: datetime) -> datetime:
+    def _window_start(self, t: datetime, bars: int | None = None) -> datetime:
+        """The start of the window of `bars` bars (default `lookback_bars`) before t."""
+        bars = self.lookback_bars if bars is None else bars
         if self.interval.daily:
             # Calendar days: weekends and holidays hold no bars.
-            days = max(1, self.lookback_bars) * 7 // 5 + 4
+            days = max(1, bars) * 7 // 5 + 4
             return t - timedelta(days=days)
         if self.calendar is not None:
             # Bars of the calendar: at a session's first bar the lookback reaches into the
@@ -722,9 +749,9 @@ class VendorFeed:
                 back = self.calendar.bars_between(t - timedelta(days=5), t)
             except ValueError:
                 back = []
-            if len(back) > self.lookback_bars:
-                return as_utc(back[-1 - self.lookback_bars])
-        return t - self.interval.delta * self.lookback_bars
+            if len(back) > bars:
+                return as_utc(back[-1 - bars])
+        return t - self.interval.delta * bars
 
     def _session_bars_only(
         self, frame: pd.DataFrame, start: datetime, end: datetime
@@ -861,20 +888,25 @@ class VendorFeed:
                 "from that bar on); nothing is changed in the run",
             )
 
-    def _check_late(self, t: pd.Timestamp, frame: pd.DataFrame, at: pd.DataFrame) -> None:
+    def _check_late(
+        self, t: pd.Timestamp, frame: pd.DataFrame, window: pd.DataFrame, at: pd.DataFrame
+    ) -> None:
         """A symbol's bar that a later answer has, though its bar was served without it (the
         vendor posted it late, or its fetch failed then): the live run decided that bar
         without it, its features and fills went on without it, and nothing said so while a
         backtest of the vendor's history has it. Said (`feed.bar_late`), and kept for the
         engine to store (`take_late_bars`): the stored bars are the vendor's, and
         replay-check then shows what the bar would have changed. Not stepped: the bar's
-        decisions are made."""
+        decisions are made. `frame` is the whole answer, in which the held bars are judged;
+        `window` the answer without each symbol's first bar (not judged: a neighbour only),
+        in which late bars are looked for."""
         holes = self._holes
-        for row in self._held.judge(frame):  # held bars judged: the store's (or dropped)
-            holes.get(row["time"].iat[0], set()).discard(str(row["symbol"].iat[0]))
-            self._late_rows.append(row)
+        judged = set(self._held.pending)
+        self._late_rows.extend(self._held.judge(frame))  # the store's (a dropped one: none)
+        for sym, when in judged - set(self._held.pending):  # decided: never late
+            holes.get(when, set()).discard(sym)
         if holes:
-            older = frame[frame["time"] < t]
+            older = window[window["time"] < t]
             pending = self._held.pending  # held bars not judged yet: not late, not stored
             late = older[
                 [
@@ -1026,10 +1058,10 @@ class VendorFeed:
         # A bar this feed found missing before: the answer without it is in the cache (a
         # closed window's answer is kept for cache.expiry_s), so ask the vendor again.
         late = t in self._late
+        # One bar more than the window (and 2 at least): the neighbour of its first bar.
+        start = self._window_start(t, max(self.lookback_bars, 1) + 1)
         with fresh_reads() if late else contextlib.nullcontext():
-            result = await self.source.fetch(
-                self._symbols, self.interval, self._window_start(t), t, now=now
-            )
+            result = await self.source.fetch(self._symbols, self.interval, start, t, now=now)
         self._note(result, now)
         self._raise_if_all_failed(result, f"bar {t.isoformat()}")
         at = result.frame[result.frame["time"] == naive_utc(t)]
@@ -1046,8 +1078,9 @@ class VendorFeed:
             self._late.remove(t)
         self._note_missing(t, at, result, now)
         at = self._held.hold(at)
-        self._check_revisions(naive_utc(t), result.frame, at)
-        self._check_late(naive_utc(t), result.frame, at)
+        window = _without_first_bars(result.frame)
+        self._check_revisions(naive_utc(t), window, at)
+        self._check_late(naive_utc(t), result.frame, window, at)
         arrays = self._arrays(at)
         self.last_bar = t
         return CrossSection(time=t, **arrays)
@@ -1056,12 +1089,14 @@ class VendorFeed:
         """Every closed bar with a label in [start, end] for the universe (NaN columns for
         symbols that failed, which `status()` lists). Raises like `bars` when all failed."""
         now = as_utc(self._clock())
+        # From a bar before `start`: the neighbour the first bar is judged with (see `bars`).
         result = await self.source.fetch(
-            self._symbols, self.interval, as_utc(start), as_utc(end), now=now
+            self._symbols, self.interval, self._window_start(as_utc(start), 1), as_utc(end), now=now
         )
         self._note(result, now)
         self._raise_if_all_failed(result, f"history {as_utc(start).isoformat()}..")
-        frame = self._session_bars_only(result.frame, start, end)
+        frame = result.frame[result.frame["time"] >= naive_utc(start)]
+        frame = self._session_bars_only(frame, start, end)
         kept = self._held.hold(frame)
         for sym, when in self._held.pending:  # judged by the first live bars' answers
             self._holes.setdefault(when, set()).add(sym)

@@ -223,3 +223,42 @@ async def test_a_gap_that_holds_is_traded_from_the_next_bar(repair):
             assert np.isnan(row.close[1:]).all()
         finally:
             await feed.stop()
+
+
+@pytest.mark.parametrize("repair", [(), ("spike",)], ids=["strict", "repair"])
+async def test_a_served_gap_is_not_judged_again_at_the_start_of_a_later_window(repair):
+    """AAA jumps 10.5x on Friday 8 March and stays there; the gap is held, confirmed on the
+    11th and served. On the 18th the answer's window (lookback 5: 11 days back) starts at the
+    7th, the bar before the gap: judged against the two bars after it only (10.5x from both),
+    it looked like a spike and was dropped (`feed.row_dropped`, strict) or restated
+    (`data.restated`, repair), a bar served and traded ten days before. The window's first
+    bar is judged with the bar before it, as a backtest of the whole history judges it."""
+    book = Ticks(now=utc(2024, 3, 5, 21, 5))
+    book.factor = {date(2024, 3, d): 10.5 for d in range(8, 31)}
+    async with YahooFake(book) as fake:
+        feed = feed_on(fake, book, repair)
+        await feed.start()
+        try:
+            served: dict[date, float] = {}
+            events: list[dict] = []
+            for day in pd.bdate_range("2024-03-05", "2024-03-22").date:
+                book.now = utc(day.year, day.month, day.day, 21, 5)
+                with capture_logs() as logs:
+                    bar = await feed.bars(utc(day.year, day.month, day.day))
+                    feed.take_late_bars()
+                events += logs
+                if not np.isnan(bar.close[AAA]):
+                    served[day] = float(bar.close[AAA])
+            assert date(2024, 3, 7) in served and date(2024, 3, 11) in served
+            assert [e["bar"] for e in said(events, "feed.bar_suspect")] == ["2024-03-08"]
+            assert [e["bar"] for e in said(events, "feed.suspect_confirmed")] == ["2024-03-08"]
+            assert not said(events, "feed.row_dropped")
+            assert not said(events, "data.restated")
+            assert not said(events, "feed.suspect_reversed")
+            # Everything served is what a backtest of the whole history holds.
+            bt = backtest_rows(book, date(2024, 3, 22), repair)
+            aaa = bt[bt["symbol"] == "AAA"].set_index("time")["close"]
+            for day, close in served.items():
+                assert close == aaa[pd.Timestamp(day)], day
+        finally:
+            await feed.stop()
