@@ -54,7 +54,9 @@ from .response_cache import HeldWrites, fresh_reads
 from .suspect import HeldBars
 from .validate import (
     DEFAULT_MAX_SPIKE,
+    JUMP_FROM,
     OUTPUT_COLUMNS,
+    PRICE_COLUMNS,
     RepairSummary,
     _fmt_time,
     validate_frame,
@@ -429,9 +431,12 @@ def combine(
         return FetchResult(empty_long(), errors)
     table = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     dropped: dict[str, int] = {}
+    gone: list[pd.DataFrame] = []  # the rows dropped, as they came
     while not table.empty:
         try:
             frame = validate_bars(table, source=source, validation=validation, interval=interval)
+            if gone and JUMP_FROM in frame:
+                frame = _jumps_over_dropped(frame, pd.concat(gone), validation)
             return FetchResult(frame, errors)
         except DataError as exc:
             bad = exc.symbol if exc.symbol in set(table["symbol"]) else None
@@ -450,6 +455,7 @@ def combine(
                     rule="a bad bar older than the symbol's newest is dropped (a gap); "
                     "a bad newest bar refuses the symbol",
                 )
+                gone.append(table.loc[older, ["symbol", "time", "close"]])
                 table = table.drop(index=older)
                 continue
             failed = [bad] if bad is not None else sorted(set(table["symbol"]))
@@ -461,6 +467,46 @@ def combine(
 
 # Bad older bars one answer may drop per symbol before the symbol is refused instead.
 MAX_DROPPED_ROWS = 5
+
+
+def _naive(times: pd.Series) -> pd.Series:
+    out = pd.to_datetime(times)
+    return out.dt.tz_convert("UTC").dt.tz_localize(None) if out.dt.tz is not None else out
+
+
+def _jumps_over_dropped(
+    frame: pd.DataFrame, gone: pd.DataFrame, validation: Validation
+) -> pd.DataFrame:
+    """`frame`'s `jump_from` (validation's, with `open_end`) for a newest bar whose previous
+    bar the answer dropped (`feed.row_dropped`, e.g. a reverted spike in strict mode): the
+    jump is from that bar's close as it came, as without the drop (and as with repair
+    "spike", which keeps the row). Judged from the bar before it, the bar after a reverted
+    spike was served, and the next answer, which has the print again as the first bar's
+    neighbour, dropped it when the price jumped back (see feeds/suspect.py)."""
+    max_spike = float(validation.extra.get("max_spike", DEFAULT_MAX_SPIKE))
+    if not max_spike:
+        return frame
+    times, gone_times = _naive(frame["time"]), _naive(gone["time"])
+    jumps = frame[JUMP_FROM].to_numpy(dtype=np.float64).copy()
+    for symbol in set(gone["symbol"]):
+        mine = np.flatnonzero((frame["symbol"] == symbol).to_numpy())
+        if not len(mine):
+            continue
+        newest = mine[np.argmax(times.iloc[mine].to_numpy())]
+        at = times.iat[newest]
+        older = times.iloc[mine][times.iloc[mine] < at]
+        after = older.max() if len(older) else pd.Timestamp.min
+        between = ((gone["symbol"] == symbol) & (gone_times > after) & (gone_times < at)).to_numpy()
+        if not between.any():
+            continue
+        last = gone[between].iloc[int(np.argmax(gone_times[between].to_numpy()))]
+        previous = float(last["close"]) / float(frame["split"].iat[newest])
+        if not (np.isfinite(previous) and previous > 0):
+            continue
+        ratio = frame.iloc[newest][list(PRICE_COLUMNS)].to_numpy(dtype=np.float64) / previous
+        jump = bool(((ratio > max_spike) | (ratio < 1.0 / max_spike)).any())
+        jumps[newest] = previous if jump else np.nan
+    return frame.assign(**{JUMP_FROM: jumps})
 
 
 def _older_row(table: pd.DataFrame, symbol: str, row: object) -> pd.Index | None:
