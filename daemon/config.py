@@ -690,7 +690,8 @@ class FeedConfig:
     source: str = "recorded"
     # Bars fetched before each live bar: validation sees neighbours, a split on the window is
     # handled, and a symbol's bar posted late is noticed and stored (feed.bar_late), not
-    # stepped: the bar's decisions were made without it.
+    # stepped: the bar's decisions were made without it. The answer has one bar more, the
+    # neighbour the window's first bar is judged with (feeds/suspect.py).
     lookback_bars: int = 5
     repair: tuple[str, ...] = ()
     yahoo: YahooFeedConfig = field(default_factory=YahooFeedConfig)

@@ -19,6 +19,11 @@ validation judges it with both neighbours as a backtest's load does, decides:
   (deliberate: the live run cannot know at that bar);
 - it reverted (a spike): validation drops the row (strict) or repairs it (repair "spike"),
   exactly as the backtest's load does; a repaired row is kept for the store.
+An answer's first bar has no left neighbour in it: validation does not judge it either
+(`Validation.open_start`), and the feed fetches one bar more than its window, so that the
+window's first bar is judged with both neighbours as a backtest of the whole history judges
+it (judged against the two bars after it, the bar before a gap that held was dropped or
+restated once a later window started at it, after it had been served and traded).
 """
 
 from __future__ import annotations
