@@ -194,3 +194,29 @@ def test_a_split_that_explains_the_move_is_no_jump() -> None:
     ).any()
     with pytest.raises(DataError, match="spike"):  # without open_end the newest is judged
         validate_frame(frame, source="t", symbol=None)
+
+
+def test_the_first_bar_of_an_open_start_answer_is_a_neighbour_only() -> None:
+    """The bar before a 10x gap, first in an answer, is 10x from both bars after it: judged
+    with those only it is a spike; with `open_start` (a live answer's window) it is not
+    judged, and the bar after it is judged with it, as a backtest of the whole history
+    judges both."""
+    frame = pd.DataFrame(
+        {
+            "time": pd.to_datetime(["2024-01-02", "2024-01-03", "2024-01-04", "2024-01-05"]),
+            "open": [10.0, 120.0, 121.0, 122.0],
+            "high": [10.0, 120.0, 121.0, 122.0],
+            "low": [10.0, 120.0, 121.0, 122.0],
+            "close": [10.0, 120.0, 121.0, 122.0],
+            "volume": 1.0,
+            "split": 1.0,
+            "dividend": 0.0,
+        }
+    )
+    with pytest.raises(DataError, match="spike"):
+        validate_frame(frame, source="t", symbol="A", open_end=True)
+    out = validate_frame(frame, source="t", symbol="A", open_end=True, open_start=True)
+    assert out["close"].tolist() == [10.0, 120.0, 121.0, 122.0]
+    spike = frame.assign(**{c: [10.0, 120.0, 10.5, 10.6] for c in ("open", "high", "low", "close")})
+    with pytest.raises(DataError, match="spike"):  # the second bar: both neighbours
+        validate_frame(spike, source="t", symbol="A", open_end=True, open_start=True)
