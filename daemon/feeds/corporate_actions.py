@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+import queue
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future
 from datetime import date
 from typing import Any
 
@@ -78,6 +80,51 @@ def parse_splits(body: Mapping[str, Any], wanted: Sequence[str]) -> list[Split]:
     return sorted(out, key=lambda s: (s.ex_date, s.symbol))
 
 
+class _DaemonWorker:
+    """One daemon thread running calls in order (a ThreadPoolExecutor's workers are joined
+    at the interpreter's exit: a request hung at the stop held the exit until requests'
+    timeout, which is per read, so longer for a host trickling bytes). A call still running
+    at `shutdown` is abandoned with its thread; the calls queued behind it are cancelled."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[
+            tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None
+        ]
+        self._jobs = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        fut: Future[Any] = Future()
+        self._jobs.put((fut, fn, args))
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
+            self._thread.start()
+        return fut
+
+    def _work(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fut, fn, args = job
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                result = fn(*args)
+            except BaseException as exc:  # the caller's future carries it
+                fut.set_exception(exc)
+            else:
+                fut.set_result(result)
+
+    def shutdown(self) -> None:
+        while True:
+            try:
+                job = self._jobs.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job[0].cancel()
+        self._jobs.put(None)
+
+
 class AlpacaSplits:
     """Announced splits of a universe from Alpaca's corporate-actions API. See the module
     docstring."""
@@ -100,7 +147,7 @@ class AlpacaSplits:
         self.caller.add_secret(secret_key)
         self._request_timeout_s = request_timeout_s
         self._client: Any = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: _DaemonWorker | None = None
 
     def __repr__(self) -> str:  # never show the keys
         return f"AlpacaSplits(base_url={self.base_url!r})"
@@ -115,13 +162,14 @@ class AlpacaSplits:
             client._session = _TimeoutSession(self._request_timeout_s)
             client._retry = 0  # the caller retries, with backoff, outside the thread
             self._client = client
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="alpaca-ca")
+            self._pool = _DaemonWorker("alpaca-ca")
         return self._client
 
     def close(self) -> None:
-        """The worker thread and the session (the engine's stop)."""
+        """The worker thread and the session (the engine's stop): a request in flight is not
+        waited for, here or at the interpreter's exit (the thread is a daemon)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown()
             self._pool = None
         if self._client is not None:
             self._client._session.close()
@@ -158,13 +206,15 @@ class AlpacaSplits:
         the caller's SourceError when Alpaca cannot answer, or a malformed one naming the
         entry that is wrong."""
         self._ensure()
-        loop = asyncio.get_running_loop()
         out: list[Split] = []
         for i in range(0, len(symbols), SYMBOLS_PER_REQUEST):
             chunk = list(symbols[i : i + SYMBOLS_PER_REQUEST])
 
             async def attempt(chunk: list[str] = chunk) -> Any:
-                return await loop.run_in_executor(self._pool, self._get_sync, chunk, start, end)
+                assert self._pool is not None
+                return await asyncio.wrap_future(
+                    self._pool.submit(self._get_sync, chunk, start, end)
+                )
 
             body = await self.caller.call(attempt, what=f"splits {start}..{end}")
             try:
