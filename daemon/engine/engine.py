@@ -1831,7 +1831,7 @@ class Engine:
             return False
         for e in ahead.expected(sym, book):
             if abs(broker - e) <= 1e-6 * max(1.0, abs(e)):
-                if broker != book:
+                if broker != book and ahead.first_seen(sym):
                     log.info(
                         "reconcile.split_expected",
                         symbol=sym,
@@ -1840,7 +1840,7 @@ class Engine:
                         ratio=ahead.held[sym].text(),
                         ex_date=ahead.held[sym].ex_date.isoformat(),
                         rule="the broker has split the position; the book does at the "
-                        "ex-date's bar",
+                        "ex-date's bar (said once per split)",
                     )
                 return True
         return False
@@ -2716,14 +2716,20 @@ class Engine:
         ahead.on_error = on_error
 
     async def _splits_every(self) -> None:
-        """A failed lookup is asked for again on the heartbeat once its backoff is over."""
+        """A failed lookup is asked for again on the heartbeat once its backoff is over. A
+        failure to start it is logged and the next heartbeat tries again (this task is only
+        gathered at the stop: an exception would end the retries silently)."""
         ahead = self.splits_ahead
         assert ahead is not None
         wait = float(getattr(self.clock, "heartbeat_s", 60.0) or 60.0)
         while True:
             await asyncio.sleep(wait)
-            if self._last_time is not None:
+            if self._last_time is None:
+                continue
+            try:
                 ahead.start(ahead.next_day(self._last_time))
+            except Exception:  # the loop goes on: the next heartbeat asks again
+                log.exception("split.retry_failed", last_bar=self._last_time)
 
     def _without_splitting(self, plan: Plan | _EmptyPlan, splitting: Mapping[str, Split]) -> Plan:
         """`plan` with no order in a symbol that splits before the next open, and this run's

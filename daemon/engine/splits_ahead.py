@@ -58,6 +58,13 @@ BACKOFF_S = 60.0
 MAX_BACKOFF_S = 1800.0
 
 
+def _log_crash(task: asyncio.Task[None]) -> None:
+    """A lookup task that ended with an exception `_lookup` did not expect: logged (nothing
+    awaits the task's result)."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("split.lookup_crashed", task=task.get_name(), exc_info=exc)
+
+
 class SplitSource(Protocol):
     async def splits(self, symbols: Sequence[str], start: date, end: date) -> list[Split]: ...
 
@@ -96,7 +103,8 @@ class SplitsAhead:
         self._waited_for: date | None = None  # the day a bar (or the start-up) waited for
         self._retry_at = -math.inf
         self._backoff_s = BACKOFF_S
-        self._warned: set[tuple[date, str]] = set()
+        self._warned: set[tuple[date, str]] = set()  # (day, kind): the failing day's only
+        self._seen_split: set[Split] = set()  # held splits the broker was seen to have made
         self.lookups = 0  # requests started (a test counts them)
         self.last_error: str | None = None
         self.last_error_kind: str | None = None
@@ -130,6 +138,7 @@ class SplitsAhead:
         self._task_for = day
         self.lookups += 1
         self._task = asyncio.create_task(self._lookup(day), name=f"splits {day}")
+        self._task.add_done_callback(_log_crash)
         return self._task
 
     async def wait_for_day(self, day: date) -> None:
@@ -160,7 +169,7 @@ class SplitsAhead:
         if self.last_error is not None:
             log.info("split.lookup_recovered", day=day.isoformat())
         self.last_error = self.last_error_kind = None
-        self.on_error(None)
+        self._tell(None)
         if self._fetched_for is not None and self._fetched_for > day:
             return  # a later day's answer is here already
         self._fetched_for = day
@@ -173,19 +182,36 @@ class SplitsAhead:
         retry_in = self._backoff_s
         self._retry_at = self._monotonic() + retry_in
         self._backoff_s = min(2 * self._backoff_s, MAX_BACKOFF_S)
+        # Today's warnings only: a day's are not looked at again once a later day fails.
+        self._warned = {w for w in self._warned if w[0] == day}
         if (day, kind) not in self._warned:
             self._warned.add((day, kind))
             log.warning(
                 "split.lookup_failed",
                 day=day.isoformat(),
-                symbols=sorted(self.at_risk()),
+                symbols=self._at_risk(),
                 error=self.last_error,
                 retry_in_s=retry_in,
                 rule="no split is assumed absent: these symbols trade as before, and a split "
                 "at the next open is found only by reconciliation and the ex-date's bar; "
                 "asked again after the backoff (this warning once a day per kind of error)",
             )
-        self.on_error(self.last_error)
+        self._tell(self.last_error)
+
+    def _tell(self, error: str | None) -> None:
+        """`on_error` (the engine's alert): its failure is logged, never the lookup's."""
+        try:
+            self.on_error(error)
+        except Exception:
+            log.exception("split.on_error_failed", error=error)
+
+    def _at_risk(self) -> list[str] | None:
+        """`at_risk()` sorted; None (logged) when it fails: the warning goes out anyway."""
+        try:
+            return sorted(self.at_risk())
+        except Exception:
+            log.exception("split.at_risk_failed")
+            return None
 
     def status(self) -> dict[str, Any]:
         """For /status: the splits held, the last lookup's error, the day looked up."""
@@ -225,6 +251,16 @@ class SplitsAhead:
         split = book * s.ratio
         return (book, split, float(math.trunc(split + math.copysign(_TOLERANCE, split))))
 
+    def first_seen(self, symbol: str) -> bool:
+        """Whether the broker's split of `symbol`'s held split is seen for the first time
+        (reconciliation says so once per split, not at every round of the ex-date)."""
+        s = self.held[symbol]
+        if s in self._seen_split:
+            return False
+        self._seen_split = {x for x in self._seen_split if x in self.held.values()}
+        self._seen_split.add(s)
+        return True
+
     def applied(self, t: datetime, split: np.ndarray, valid: np.ndarray) -> list[tuple[int, Split]]:
         """The held splits bar `t` applied (column, split): no longer held. One whose ex-date
         has come and whose bar carries no split is dropped with a warning; one whose bar is
@@ -260,6 +296,7 @@ class SplitsAhead:
                 continue
             del self.held[sym]
             self.known.pop(sym, None)
+            self._seen_split.discard(s)
         return done
 
     def state(self) -> dict[str, Any]:
