@@ -11,12 +11,15 @@ import asyncio
 import time
 from collections.abc import Iterator, Sequence
 from datetime import UTC, date, datetime, timedelta
+from types import SimpleNamespace
+from typing import Any
 
 import numpy as np
 import pytest
 from fakes.hung_host import hung_host
 from structlog.testing import capture_logs
 
+from tradingd.engine.engine import Engine
 from tradingd.engine.splits_ahead import BACKOFF_S, SplitsAhead
 from tradingd.feeds.corporate_actions import AlpacaSplits, Split
 from tradingd.feeds.resilience import SourceConfig, make_error
@@ -43,10 +46,10 @@ def hung_url() -> Iterator[str]:
 
 
 async def _bar_step(ahead: SplitsAhead, t: datetime) -> None:
-    """What the engine does for the splits at bar `t` (Engine._splits_due)."""
-    await ahead.wait_for_day(ahead.day_of(t))
-    ahead.due(t)
-    ahead.start(ahead.next_day(t))
+    """What the engine does for the splits at bar `t`: its own `_splits_due`, on an engine
+    that has `ahead` and no alerter."""
+    engine: Any = SimpleNamespace(splits_ahead=ahead)
+    await Engine._splits_due(engine, t)
 
 
 async def test_a_hung_host_delays_one_bar_a_day_at_most_quick_s(hung_url: str) -> None:
