@@ -701,11 +701,25 @@ def corporate_actions_url(config: Config) -> str:
     return a.effective_data_url
 
 
+# The first alpaca-py whose CorporateActionsClient asks /v1/corporate-actions (pyproject).
+ALPACA_PY_FOR_SPLITS = "0.33"
+
+
+def _alpaca_py_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("alpaca-py")
+    except PackageNotFoundError:
+        return "(not installed)"
+
+
 def _splits_ahead(config: Config, engine: Engine) -> Any:
     """Splits known ahead (engine/splits_ahead.py) for a live run on Alpaca's account: the
     broker splits positions before the ex-date's open. None for the simulated broker (it
-    splits at the bar, as the book does), with broker.alpaca.splits_ahead = false, or without
-    Alpaca's keys in the environment; each is logged (`split.ahead_off`)."""
+    splits at the bar, as the book does), with broker.alpaca.splits_ahead = false, with an
+    alpaca-py too old for the corporate-actions client (an error, once at the start), or
+    without Alpaca's keys in the environment; each is logged (`split.ahead_off`)."""
     from .brokers.alpaca import AlpacaBroker
     from .brokers.alpaca_mapping import alpaca_keys_from_env
     from .engine.splits_ahead import SplitsAhead
@@ -727,6 +741,16 @@ def _splits_ahead(config: Config, engine: Engine) -> Any:
             "split.ahead_off",
             reason="broker.alpaca.splits_ahead = false: a split is found at its ex-date's bar "
             "and by reconciliation only",
+        )
+        return None
+    try:
+        from alpaca.data.historical.corporate_actions import CorporateActionsClient  # noqa: F401
+    except ImportError as exc:
+        log.error(
+            "split.ahead_off",
+            reason=f"alpaca-py {_alpaca_py_version()} has no CorporateActionsClient ({exc}): "
+            f"alpaca-py>={ALPACA_PY_FOR_SPLITS} is needed to look splits up ahead; a split "
+            "is found at its ex-date's bar and by reconciliation only",
         )
         return None
     keys = alpaca_keys_from_env()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import sys
 import time
 from typing import Any, ClassVar
 
@@ -379,3 +380,19 @@ async def test_a_backtest_never_asks_for_corporate_actions(engine_config, monkey
     result = await engine.run_until_done()
     assert engine.splits_ahead is None
     assert result.bars > 0 and engine._splits == 1
+
+
+async def test_an_alpaca_py_without_the_corporate_actions_client_is_an_error_at_start(
+    engine_config, fake, monkeypatch
+):
+    """An alpaca-py older than the pin: said once, as an error naming the version needed,
+    at the start; no lookup is tried (it failed at every day's lookup with an ImportError,
+    warned and alerted as if Alpaca did not answer)."""
+    panel = _split_panel(4.0, [0])
+    config = _config(engine_config, fake, panel)
+    monkeypatch.setitem(sys.modules, "alpaca.data.historical.corporate_actions", None)
+    with capture_logs() as logs:
+        engine = build_engine(config, "live", panel=panel)
+    assert engine.splits_ahead is None
+    [off] = [e for e in logs if e["event"] == "split.ahead_off"]
+    assert off["log_level"] == "error" and "alpaca-py>=0.33" in off["reason"]
