@@ -11,7 +11,8 @@ plugin exposes `model_path` (the resolved directory) and `version` for the run's
 A live daemon's plugin follows a switched `var/models/current`: the engine awaits
 `prepare_bar` before each trading bar's score, which loads and tries the new model in a worker
 thread (not on the event loop), and the try's predictions of the bar's windows are that
-bar's (`score` without `prepare_bar` does the same on the caller's thread).
+bar's; the outgoing version's prediction cache file is saved and the new version's read in a
+worker thread too (`score` without `prepare_bar` does all of it on the caller's thread).
 
 Prediction cache: the models' inputs depend on more than (symbol, bar time): cross-sectional
 features on the universe, recursive indicators on where the data starts. So a prediction is
@@ -60,6 +61,7 @@ never cached.
 from __future__ import annotations
 
 import asyncio
+import copy
 import fcntl
 import hashlib
 import json
@@ -552,6 +554,33 @@ _YOUNG_MAX = 1 << 16
 _STAMP_MAX = (1 << 32) - 2  # uint32 stamps; the file's are renumbered 0, 1, ... at each save
 
 
+# The prediction store's attributes (see _reset_store): what a model switch hands to a worker
+# thread for the outgoing version's save and takes back from it for the new version's read.
+_STORE_FIELDS = (
+    "_k0",
+    "_k1",
+    "_k2",
+    "_val",
+    "_stamp",
+    "_starts",
+    "_shift",
+    "_cache",
+    "_clock",
+    "_dirty",
+    "_file_seen",
+    "_cache_read",
+)
+
+
+def _switch_cache(outgoing: MlEnsemble, incoming: MlEnsemble) -> None:
+    """A model switch's cache files, in a worker thread (`MlEnsemble.prepare_bar`): the
+    outgoing version's store saved (merged with its file, up to ~70 MB) and the new version's
+    file read. Each is a copy of the plugin that alone holds its store's arrays and dict
+    (`_take_up`, `_detached_store`): the plugin's own store is another, untouched here."""
+    outgoing._save_cache()
+    incoming._read_cache()
+
+
 def _key_bytes(keys: np.ndarray) -> list[bytes]:
     raw = np.ascontiguousarray(keys, dtype="<u8").tobytes()
     n = 8 * _LANES
@@ -718,7 +747,12 @@ class MlEnsemble:
         path of a plugin scored without it (`strategy_api`, a hand-made context)."""
         found = self._candidate()
         if found is not None:
-            self._take_up(found, _try_candidate(found, self.config.threads, self._shape()))
+            outgoing = self._take_up(
+                found, _try_candidate(found, self.config.threads, self._shape())
+            )
+            if outgoing is not None:
+                outgoing._save_cache()  # the new version's file is read at its first prediction
+                self._deferred_said = outgoing._deferred_said
 
     async def prepare_bar(self, ctx: BarContext) -> None:
         """Before `score` on a trading bar (the engine awaits it): push the bar, and try a
@@ -726,7 +760,15 @@ class MlEnsemble:
         and the try on the bar's windows ran inside score(), on a live daemon's event loop:
         the health endpoint, the heartbeat and the broker's stream stopped for as long as
         it took. The swap itself (a few assignments) is made here, on the loop, so `score`
-        of this bar decides with the model tried on its windows."""
+        of this bar decides with the model tried on its windows.
+
+        Once a new model is taken up, the outgoing version's prediction cache (merged with
+        its file and written: up to ~70 MB) is saved and the new version's file read in a
+        worker thread too (`_switch_cache`), on stores that the plugin no longer holds (the
+        outgoing) or does not hold yet (the incoming, adopted here once read): nothing the
+        loop may touch meanwhile (`close`, `cache_entries`) is shared with the worker.
+        Cancelled meanwhile (a stop), the new version's file is read at its first
+        prediction instead."""
         self._prepared = (ctx, self._push(ctx))
         found = self._candidate()
         if found is None:
@@ -738,7 +780,22 @@ class MlEnsemble:
         except BaseException:
             self._dir_id = None  # cancelled (a stop): the link is looked at again next bar
             raise
-        self._take_up(found, trial)
+        outgoing = self._take_up(found, trial)
+        if outgoing is None:
+            return
+        incoming = self._detached_store()
+        await asyncio.to_thread(_switch_cache, outgoing, incoming)
+        self._deferred_said = outgoing._deferred_said
+        for name in _STORE_FIELDS:  # the new version's store, as read (`_read_cache`)
+            setattr(self, name, getattr(incoming, name))
+
+    def _detached_store(self) -> MlEnsemble:
+        """A shallow copy of the plugin whose store (`_STORE_FIELDS`) is its own from now on:
+        the plugin's next change of its store (`_defer_cache`, a load, a merge) assigns new
+        arrays and a new dict, and the copy's changes likewise never reach the plugin's. For
+        a worker thread's save or read of the cache file (`_switch_cache`); the copy uses
+        nothing else of the plugin's but its config, name and version."""
+        return copy.copy(self)
 
     def _shape(self) -> _Shape:
         """What a candidate must match to serve (its features and window) and its warm-up's
@@ -781,9 +838,12 @@ class MlEnsemble:
         full = np.flatnonzero(self._filled >= self.window)
         return _Candidate(target, files, full, self._windows(full))
 
-    def _take_up(self, found: _Candidate, trial: _Trial) -> None:
+    def _take_up(self, found: _Candidate, trial: _Trial) -> MlEnsemble | None:
         """The candidate serves from now on, or its failure is logged and held for
-        `status()` (the old model serves on)."""
+        `status()` (the old model serves on: None). Taken up, the outgoing version's store is
+        returned (`_detached_store`) for the caller to save: its predictions are kept, under
+        its version's file, before the plugin's key changes; the plugin starts an empty store
+        for the new version."""
         target = found.target
         if trial.pair is None:
             self._failed = _FailedLoad(target, found.files, trial.error)
@@ -794,7 +854,7 @@ class MlEnsemble:
                     reason=trial.error,
                     serving=self.version,
                 )
-                return
+                return None
             log.error(
                 "model.reload_failed",
                 path=str(target),
@@ -803,11 +863,11 @@ class MlEnsemble:
                 action="repair the folder (it is tried again when its files change) or point "
                 "the link at another model",
             )
-            return
+            return None
         pair = trial.pair
         self._failed = None
         self._loaded_from = target
-        self._save_cache()  # the outgoing version's predictions, before its key changes
+        outgoing = self._detached_store()  # the outgoing version's store, for the caller to save
         ens = pair.card.data["ensemble"]
         self.pair = pair
         self.predictor = EnsemblePredictor(ens["weights"], ens["residual_std"])
@@ -819,12 +879,13 @@ class MlEnsemble:
         self.model_path = str(target)
         self._accuracy = DirectionalAccuracy(len(self.symbols))  # the new model's own
         self._salt = self._cache_salt()
-        self._defer_cache()  # the new version's file, at its first prediction
+        self._defer_cache()  # new arrays: the outgoing store is `outgoing`'s alone
         if trial.checked is not None and found.full.size:
             # The try's predictions serve this bar's decision (`score`), matched by key: the
             # same windows were predicted twice on every reload bar.
             self._checked = (self._keys.keys(found.full, self._salt), trial.checked)
         log.info("model.reloaded", version=self.version, path=str(target))
+        return outgoing
 
     def _broken_link(self, target: Path) -> None:
         """The watched folder or link names nothing (the version folder deleted): the model
@@ -1229,9 +1290,10 @@ class MlEnsemble:
 
         Unless `wait`, the lock is only tried: while another process holds it (a sweep
         sharing `cache_dir`, merging a file of up to ~70 MB) this save is skipped, its
-        entries kept in memory for the next save. It runs on a live daemon's event loop (a
-        model switch saves inside score(), close() at SIGTERM): waiting there stalled the
-        stream, the health checks and the heartbeats behind the other process's save."""
+        entries kept in memory for the next save. A live daemon's close() at SIGTERM runs it
+        on the event loop (a model switch saves the outgoing version's store in a worker
+        thread, `prepare_bar`): waiting there stalled the stream, the health checks and the
+        heartbeats behind the other process's save."""
         path = self._cache_file()
         if path is None or not self._dirty:
             return

@@ -68,6 +68,69 @@ async def test_a_live_reload_loads_the_new_model_off_the_event_loop(
     assert result.bars == 30 and bars_at_release[0] < result.bars
 
 
+async def test_a_live_reload_saves_and_reads_the_cache_files_off_the_event_loop(
+    engine_config, tmp_path, monkeypatch
+):
+    """After the load, the switch saved the outgoing version's prediction cache (merged
+    with its file and written: up to ~70 MB) on the event loop, and the next score() read
+    the new version's file there. Here the save and the read each block until another
+    coroutine of the loop releases them: it must run while each is in progress."""
+    from tradingd.app import build_engine
+
+    monkeypatch.chdir(tmp_path)
+    root, _ = publish_two(tmp_path)
+    cache_dir = tmp_path / "cache"
+    events = {s: (threading.Event(), threading.Event()) for s in ("save", "read")}
+    released: dict[str, bool] = {}
+
+    def blocking(step, version, real):
+        def wrapped(self, *args, **kwargs):
+            started, release = events[step]
+            if self.version == version and not started.is_set():
+                started.set()
+                released[step] = release.wait(timeout=5)  # False: the loop never answered
+            return real(self, *args, **kwargs)
+
+        return wrapped
+
+    monkeypatch.setattr(
+        ml.MlEnsemble, "_save_cache", blocking("save", "first", ml.MlEnsemble._save_cache)
+    )
+    monkeypatch.setattr(
+        ml.MlEnsemble, "_load_cache", blocking("read", "second", ml.MlEnsemble._load_cache)
+    )
+    panel = make_panel(n_symbols=3, n_bars=200, split_at=None)
+    config = dataclasses.replace(
+        engine_config,
+        signals=(PluginSpec("ml_ensemble", 1.0, {"cache_dir": str(cache_dir)}),),
+        live=LiveConfig(bars_per_second=400.0),
+        run=dataclasses.replace(
+            engine_config.run, start=panel.datetimes()[170].date().isoformat(), run_id="cache"
+        ),
+    )
+    engine = build_engine(config, "live", panel=panel)
+    plugin = engine.pipeline.signals[0][0]
+    assert plugin.version == "first"
+    # Switched once the first model has predictions to save.
+    engine.after_bar.append(
+        lambda t, v: plugin.model_calls < 3 or events["save"][0].is_set() or switch(root, "second")
+    )
+
+    async def meanwhile() -> None:
+        for step in ("save", "read"):
+            started, release = events[step]
+            assert await asyncio.to_thread(started.wait, 30)
+            release.set()
+
+    result, _ = await asyncio.gather(engine.run_until_done(), meanwhile())
+    assert released == {"save": True, "read": True}  # the loop ran during both
+    assert plugin.version == "second" and result.bars == 30
+    # The outgoing version's predictions were kept; the new version's too, at the stop.
+    assert sorted(p.name for p in cache_dir.glob("*.npz")) == ["first.npz", "second.npz"]
+    # The new version's store was read once, and serves: it holds this run's predictions.
+    assert plugin._cache_read and plugin.cache_entries > 0
+
+
 def _second_differs(tmp_path: Path, root: Path) -> Path:
     """A version "tiny" whose cnn_lstm answers a constant: its forecasts differ from
     "first"'s, so a decision made with the wrong model shows."""
@@ -118,3 +181,50 @@ async def test_a_reload_bar_predicts_its_windows_once(tmp_path, monkeypatch, pre
     assert sum(np.array_equal(w, p._windows(np.arange(len(SYMBOLS)))) for w in seen) == 1
     p.close()
     fresh.close()
+
+
+async def test_a_switch_saves_the_outgoing_cache_and_serves_the_incoming_file(
+    tmp_path, monkeypatch
+):
+    """The switch's cache files, done by `prepare_bar` in a worker thread: the outgoing
+    version's predictions are kept in its file, and the new version's file, read there and
+    adopted by the plugin, serves the bar (hits, not model calls)."""
+    from plugin_context import bar_context
+
+    monkeypatch.chdir(tmp_path)
+    root, second = publish_two(tmp_path)
+    cache = str(tmp_path / "cache")
+    warm = ml.MlEnsemble(ml.MlEnsembleConfig(model_dir=str(second), cache_dir=cache), SYMBOLS)
+    rng = np.random.default_rng(4)
+    ctx = bar_context(SYMBOLS, {f: rng.normal(size=len(SYMBOLS)) for f in warm.features})
+    feed(warm, 61)
+    warm.score(ctx)
+    warm.close()  # second's file: this bar's windows among them
+    p = ml.MlEnsemble(ml.MlEnsembleConfig(cache_dir=cache), SYMBOLS)
+    feed(p, 61)
+    kept = p.cache_entries
+    assert p.version == "first" and kept > 0
+    threads: list[tuple[str, str, bool]] = []
+    for name in ("_save_cache", "_load_cache"):
+        real = getattr(ml.MlEnsemble, name)
+
+        def recording(self, *args, _real=real, _name=name, **kwargs):
+            main = threading.current_thread() is threading.main_thread()
+            threads.append((_name, self.version, main))
+            return _real(self, *args, **kwargs)
+
+        monkeypatch.setattr(ml.MlEnsemble, name, recording)
+    switch(root, "second")
+    await p.prepare_bar(ctx)
+    assert threads == [("_save_cache", "first", False), ("_load_cache", "second", False)]
+    calls, hits = p.model_calls, p.cache_hits
+    p.score(ctx)
+    assert p.version == "second" and len(threads) == 2  # nothing read again by score
+    assert p.model_calls == calls and p.cache_hits == hits + len(SYMBOLS)
+    first = ml.MlEnsemble(
+        ml.MlEnsembleConfig(model_dir=str(root / "versions" / "first"), cache_dir=cache), SYMBOLS
+    )
+    assert first.cache_entries == kept
+    monkeypatch.undo()
+    for q in (p, first):
+        q.close()

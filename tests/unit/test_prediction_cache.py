@@ -846,7 +846,7 @@ def test_a_live_save_never_waits_for_another_process_holding_the_cache(tmp_path)
     done = threading.Event()
 
     def saves() -> None:
-        live._save_cache()  # what a model switch does inside score()
+        live._save_cache()  # what a model switch does (in a worker thread, or in score())
         live.close()  # what the engine does at SIGTERM
         done.set()
 
