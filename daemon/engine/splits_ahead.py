@@ -26,7 +26,8 @@ What this does (the engine calls it; replays never build one):
 - `expected(symbol, book)`: what the broker may hold meanwhile (before or after its split), so
   a reconciliation on the ex-date before its bar agrees instead of blocking.
 - `applied(t, split)`: at a bar, the held splits it carries are done; one the bar should carry
-  and does not is a warning (the book stays as the feed has it, and reconciliation says so).
+  and does not is a warning (the book stays as the feed has it, and reconciliation says so);
+  one whose ex-date bar is not served (NaN) waits for the next bar served (see `applied`).
 """
 
 from __future__ import annotations
@@ -264,7 +265,12 @@ class SplitsAhead:
     def applied(self, t: datetime, split: np.ndarray, valid: np.ndarray) -> list[tuple[int, Split]]:
         """The held splits bar `t` applied (column, split): no longer held. One whose ex-date
         has come and whose bar carries no split is dropped with a warning; one whose bar is
-        missing waits for the symbol's next bar (the feed carries the split to it)."""
+        missing (no bar: NaN) waits for the symbol's next bar. The live vendor feed carries a
+        split to that bar only from an ex-date bar it held back (a jump beyond max_spike,
+        feeds/suspect.py) and then kept: its split is served with the symbol's next bar. An
+        ex-date bar that failed, was missing or was dropped is not carried: its split, if a
+        later answer has it, is `data.late_action` (a bar posted late) and the next bar
+        carries none (`split.not_in_bar`)."""
         day = self._day_of(t)
         done: list[tuple[int, Split]] = []
         for sym, s in list(self.held.items()):

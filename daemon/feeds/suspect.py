@@ -19,6 +19,12 @@ validation judges it with both neighbours as a backtest's load does, decides:
   (deliberate: the live run cannot know at that bar);
 - it reverted (a spike): validation drops the row (strict) or repairs it (repair "spike"),
   exactly as the backtest's load does; a repaired row is kept for the store.
+A kept (confirmed or repaired) row's split and dividend are carried to the symbol's next
+served bar (`carry_action`, `feed.held_action_carried`): the book and the features get them a
+bar late, as they get its prices, instead of never. A split known in the bar's own answer
+explains its move (validation compares prices split-adjusted): such a bar is not held; one
+that its vendor posts an answer later (a late adjusted table, a late split event) is held and
+then carried.
 An answer's first bar has no left neighbour in it: validation does not judge it either
 (`Validation.open_start`), and the feed fetches one bar more than its window, so that the
 window's first bar is judged with both neighbours as a backtest of the whole history judges
@@ -58,6 +64,8 @@ class Held:
 
     prices: tuple[float, float, float, float]
     previous_close: float
+    split: float = 1.0
+    dividend: float = 0.0
 
 
 class HeldBars:
@@ -81,7 +89,12 @@ class HeldBars:
             if key in self.pending:
                 continue
             prices = tuple(float(row[c]) for c in PRICE_COLUMNS)
-            self.pending[key] = Held(prices, float(previous))  # type: ignore[arg-type]
+            self.pending[key] = Held(
+                prices,  # type: ignore[arg-type]
+                float(previous),
+                float(row["split"]),
+                float(row["dividend"]),
+            )
             log.warning(
                 "feed.bar_suspect",
                 source=self.source,
@@ -90,6 +103,7 @@ class HeldBars:
                 prices=dict(zip(PRICE_COLUMNS, prices, strict=True)),
                 previous_close=float(previous),
                 split=float(row["split"]),
+                dividend=float(row["dividend"]),
                 max_spike=self.max_spike,
                 rule="the newest bar jumps beyond data.max_spike from the previous close and "
                 "its next bar is not known: served as no bar (not marked, not traded); the "
@@ -113,11 +127,24 @@ class HeldBars:
                 continue
             del self.pending[key]
             row = mine[times == when]
-            said = {"source": self.source, "symbol": symbol, "bar": _fmt_time(when)}
+            said: dict[str, object] = {
+                "source": self.source,
+                "symbol": symbol,
+                "bar": _fmt_time(when),
+            }
             if row.empty:
-                log.info("feed.suspect_reversed", **said, action="dropped", held=held.prices)
+                log.info(
+                    "feed.suspect_reversed",
+                    **said,
+                    action="dropped",
+                    held=held.prices,
+                    split=held.split,  # dropped with the row, as a backtest's load drops it
+                    dividend=held.dividend,
+                )
                 continue
             now = row[list(PRICE_COLUMNS)].to_numpy(dtype=np.float64)[0]
+            # Its split and dividend as this answer has them (the feed carries them on).
+            said |= {"split": float(row["split"].iat[0]), "dividend": float(row["dividend"].iat[0])}
             if np.allclose(now, held.prices, rtol=SAME_PRICE_TOLERANCE, atol=0.0):
                 log.info(
                     "feed.suspect_confirmed",
@@ -125,7 +152,8 @@ class HeldBars:
                     prices=held.prices,
                     previous_close=held.previous_close,
                     rule="the move held at the next bar: kept for the store; the symbol "
-                    "trades from this bar on (a backtest trades it at its own bar)",
+                    "trades from this bar on (a backtest trades it at its own bar), and its "
+                    "split or dividend is applied at the symbol's next bar served",
                 )
             else:
                 log.info(
@@ -149,6 +177,21 @@ class HeldBars:
                 symbol=key[0],
                 bar=_fmt_time(key[1]),
                 held=held.prices,
+                split=held.split,
+                dividend=held.dividend,
                 rule="no later answer had the symbol's next bar while this bar was in the "
-                "lookback: it stays out of the run and of the stored bars",
+                "lookback: it stays out of the run and of the stored bars, and so does its "
+                "split or dividend (the book never gets it: check the symbol's position)",
             )
+
+
+def carry_action(
+    carried: tuple[float, float], split: float, dividend: float
+) -> tuple[float, float]:
+    """The action of a bar that was not served (`carried`: its split and dividend) combined
+    with the next bar's (`split`, `dividend`) into one bar's: the engine applies a bar's split
+    to the shares, then pays its dividend per post-split share, so the split is the product
+    and the earlier dividend is restated per share of the later split (shares q get
+    q*s1*d1 + q*s1*s2*d2 = q*(s1*s2)*(d1/s2 + d2), as over the two bars)."""
+    s1, d1 = carried
+    return s1 * split, d1 / split + dividend

@@ -51,7 +51,7 @@ from ..core.types import CrossSection
 from .panel import Panel
 from .resilience import ResilientCaller, SourceError, make_error
 from .response_cache import HeldWrites, fresh_reads
-from .suspect import HeldBars
+from .suspect import HeldBars, carry_action
 from .validate import (
     DEFAULT_MAX_SPIKE,
     JUMP_FROM,
@@ -747,6 +747,10 @@ class VendorFeed:
         self._holes: dict[pd.Timestamp, set[str]] = {}
         self._late_rows: list[pd.DataFrame] = []
         self._held = HeldBars(source.name, self._open_ended(source))
+        # The split and dividend of held bars that an answer kept (confirmed or repaired),
+        # not served yet: carried to the symbol's next served bar (see _carry_actions), with
+        # the bars they came from.
+        self._carry: dict[str, tuple[float, float, list[str]]] = {}
         self.last_bar: datetime | None = None
         self.last_fetch_at: datetime | None = None
 
@@ -948,7 +952,15 @@ class VendorFeed:
         in which late bars are looked for."""
         holes = self._holes
         judged = set(self._held.pending)
-        self._late_rows.extend(self._held.judge(frame))  # the store's (a dropped one: none)
+        kept = self._held.judge(frame)
+        self._late_rows.extend(kept)  # the store's (a dropped one: none)
+        for row in kept:  # one row each: its split and dividend go to the next served bar
+            sym, when = str(row["symbol"].iat[0]), row["time"].iat[0]
+            split, div = float(row["split"].iat[0]), float(row["dividend"].iat[0])
+            if split != 1.0 or div != 0.0:
+                s0, d0, bars = self._carry.get(sym, (1.0, 0.0, []))
+                s1, d1 = carry_action((s0, d0), split, div)
+                self._carry[sym] = (s1, d1, [*bars, when.isoformat()])
         for sym, when in judged - set(self._held.pending):  # decided: never late
             holes.get(when, set()).discard(sym)
         if holes:
@@ -999,6 +1011,43 @@ class VendorFeed:
         for old in sorted(holes)[:-keep]:
             del holes[old]
         self._held.give_up_before(min(holes))
+
+    def _carry_actions(self, at: pd.DataFrame) -> pd.DataFrame:
+        """`at` (the rows served at a bar) with the carried actions (`_carry`) of its symbols
+        combined into their split and dividend (`suspect.carry_action`), each said
+        (`feed.held_action_carried`). The rows as the vendor has them stay the served ones
+        (later answers are compared with them) and go to the store after the bar
+        (`take_late_bars`, an upsert of the bar the engine stored): the held bar is stored
+        with its own action, so a replay of the stored bars applies it once, at its bar."""
+        if not self._carry or at.empty:
+            return at
+        mine = at["symbol"].isin(list(self._carry)).to_numpy()
+        if not mine.any():
+            return at
+        out = at.copy()
+        cols = np.flatnonzero(mine)
+        split_col, div_col = out.columns.get_loc("split"), out.columns.get_loc("dividend")
+        for i in cols:
+            sym = str(out["symbol"].iat[i])
+            s0, d0, bars = self._carry.pop(sym)
+            split, div = float(out["split"].iat[i]), float(out["dividend"].iat[i])
+            new_split, new_div = carry_action((s0, d0), split, div)
+            out.iat[i, split_col] = new_split
+            out.iat[i, div_col] = new_div
+            log.warning(
+                "feed.held_action_carried",
+                source=self.source.name,
+                symbol=sym,
+                held_bars=bars,
+                bar=pd.Timestamp(out["time"].iat[i]).isoformat(),
+                held={"split": s0, "dividend": d0},
+                served={"split": new_split, "dividend": new_div},
+                rule="a held-back bar (served as no bar) carried a corporate action: applied "
+                "at this bar, the symbol's next one served (a bar late, as its prices); the "
+                "dividend is per share after this bar's split",
+            )
+        self._late_rows.append(at.iloc[cols])
+        return out
 
     def take_late_bars(self) -> list[CrossSection]:
         """The late bars `_check_late` found since the last call, one cross-section per bar
@@ -1127,7 +1176,7 @@ class VendorFeed:
         window = _without_first_bars(result.frame)
         self._check_revisions(naive_utc(t), window, at)
         self._check_late(naive_utc(t), result.frame, window, at)
-        arrays = self._arrays(at)
+        arrays = self._arrays(self._carry_actions(at))
         self.last_bar = t
         return CrossSection(time=t, **arrays)
 

@@ -4,7 +4,8 @@ bars, and lookbacks from 1 bar (the held bar must be judged by the next answer) 
 windows' start slides past the gaps: the window's first bar is judged with the bar before
 it, not as a spike against the two after it): a bar the feed serves (marked, traded) is
 never one a later answer drops or restates, and with repair "spike" the bars served and
-stored make exactly the history a backtest of the rows holds."""
+stored make exactly the history a backtest of the rows holds; the jump bars carry splits and
+dividends, which a held bar's next served bar carries (the book gets all of them)."""
 
 from __future__ import annotations
 
@@ -53,13 +54,18 @@ class RowsSource:
 
 
 def raw_rows(
-    moves: list[float], events: list[tuple[str, float]], interval: str = "1d"
+    moves: list[float],
+    events: list[tuple[str, float]],
+    interval: str = "1d",
+    actions: list[tuple[float, float]] | None = None,
 ) -> pd.DataFrame:
     """Daily (or hourly: `interval` "60m") bars of AAA, every day (hour) a bar: a walk of
     `moves`, each bar with its event: ("", 1) nothing,
-    ("spike", k) this bar alone at k times, ("gap", k) this bar and every later one."""
+    ("spike", k) this bar alone at k times, ("gap", k) this bar and every later one;
+    `actions`: each bar's (split, dividend), none by default."""
     level, gap = 100.0, 1.0
     closes = []
+    split, dividend = zip(*(actions or [(1.0, 0.0)] * len(moves)), strict=True)
     for move, (kind, k) in zip(moves, events, strict=True):
         level *= 1.0 + move
         if kind == "gap":
@@ -78,18 +84,24 @@ def raw_rows(
             "low": c,
             "close": c,
             "volume": 1000.0,
-            "split": 1.0,
-            "dividend": 0.0,
+            "split": np.array(split, dtype=np.float64),
+            "dividend": np.array(dividend, dtype=np.float64),
         }
     )
 
 
 async def live(
-    raw: pd.DataFrame, repair: tuple[str, ...], interval: str = "1d", lookback: int = 5
+    raw: pd.DataFrame,
+    repair: tuple[str, ...],
+    interval: str = "1d",
+    lookback: int = 5,
+    actions: dict | None = None,
 ) -> tuple[dict, dict, set]:
     """Every bar from the WARM-th on, as the live feed serves it: {time: close} of the bars
     served, {time: close} of the bars stored late, and the bars that a later answer dropped
-    (`feed.row_dropped`) or said restated (`data.restated`)."""
+    (`feed.row_dropped`) or said restated (`data.restated`); `actions` is filled with
+    {time: (split, dividend)} of the bars served. A served bar that carried a held bar's
+    action is stored again after it as the vendor has it (the same prices): not a late bar."""
     now = [FIRST]
     feed = VendorFeed(
         RowsSource(raw, repair), ["AAA"], interval, lookback_bars=lookback, clock=lambda: now[0]
@@ -112,7 +124,13 @@ async def live(
         changed |= {pd.Timestamp(e["bar"]) for e in logs if e["event"] == "data.restated"}
         if bar.valid[0]:
             served[times[i]] = float(bar.close[0])
+            if actions is not None:
+                actions[times[i]] = (float(bar.split[0]), float(bar.dividend[0]))
         for late in feed.take_late_bars():
+            when = naive_utc(late.time)
+            if when == times[i] and when in served:  # the carrying bar, as the vendor has it
+                assert float(late.close[0]) == served[when]
+                continue
             stored[naive_utc(late.time)] = float(late.close[0])
     return served, stored, changed
 
@@ -123,16 +141,35 @@ EVENTS = st.one_of(
 )
 
 
+# A jump bar's corporate action (split, dividend): none, a split, a dividend, both.
+ACTIONS = st.sampled_from([(1.0, 0.0), (2.0, 0.0), (0.5, 0.0), (1.0, 1.5), (3.0, 0.25)])
+
+
 @st.composite
 def paths(draw: st.DrawFn) -> tuple[pd.DataFrame, str, int]:
     """A path, its interval and the feed's lookback: long enough for the window's start to
-    slide past an early gap (a daily window of 5 bars is 11 days)."""
+    slide past an early gap (a daily window of 5 bars is 11 days). Spike and gap bars may
+    carry a split or a dividend (and a bar after them one too)."""
     interval = draw(st.sampled_from(["1d", "60m"]))
     lookback = draw(st.sampled_from([1, 2, 5]))
     n = draw(st.integers(WARM + 3, 24))
     moves = draw(st.lists(st.floats(-0.05, 0.05), min_size=n, max_size=n))
     events = [("", 1.0)] * WARM + draw(st.lists(EVENTS, min_size=n - WARM, max_size=n - WARM))
-    return raw_rows(moves, events, interval), interval, lookback
+    actions = [(1.0, 0.0)] * n
+    for i in range(WARM, n):
+        if events[i][0] or (events[i - 1][0] and draw(st.booleans())):
+            actions[i] = draw(ACTIONS)
+    return raw_rows(moves, events, interval, actions), interval, lookback
+
+
+def booked(actions: list[tuple[float, float]]) -> tuple[float, float]:
+    """What one share held over bars with these (split, dividend) becomes, as the engine
+    books them (split, then the dividend per post-split share): shares and cash."""
+    shares, cash = 1.0, 0.0
+    for split, dividend in actions:
+        shares *= split
+        cash += shares * dividend
+    return shares, cash
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -141,7 +178,8 @@ async def test_no_served_bar_is_later_dropped_or_repaired(
     path: tuple[pd.DataFrame, str, int],
 ) -> None:
     raw, interval, lookback = path
-    served, stored, changed = await live(raw, ("spike",), interval, lookback)
+    actions: dict[pd.Timestamp, tuple[float, float]] = {}
+    served, stored, changed = await live(raw, ("spike",), interval, lookback, actions)
     assert not served.keys() & changed, "a bar served was restated later"
     backtest = validate_frame(  # hourly labels are UTC instants, as the feed reads them
         raw, source="bt", symbol="AAA", repair="spike", max_gap_days=30, timezone="UTC"
@@ -154,6 +192,14 @@ async def test_no_served_bar_is_later_dropped_or_repaired(
     history = served | stored
     for when in raw["time"].iloc[WARM:-1]:
         assert history.get(when) == want[when], when
+    # Every split and dividend through the last bar served reached the book, a held bar's at
+    # the next bar served: the shares and cash of one share held, as over the backtest's bars.
+    if served:
+        last = max(served)
+        bt = backtest[(backtest["time"] >= raw["time"].iat[WARM]) & (backtest["time"] <= last)]
+        want_booked = booked(list(zip(bt["split"], bt["dividend"], strict=True)))
+        got = booked([actions[when] for when in sorted(actions)])
+        assert got == pytest.approx(want_booked, rel=1e-9), (got, want_booked)
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -220,3 +266,106 @@ def test_the_first_bar_of_an_open_start_answer_is_a_neighbour_only() -> None:
     spike = frame.assign(**{c: [10.0, 120.0, 10.5, 10.6] for c in ("open", "high", "low", "close")})
     with pytest.raises(DataError, match="spike"):  # the second bar: both neighbours
         validate_frame(spike, source="t", symbol="A", open_end=True, open_start=True)
+
+
+class LateSplit(RowsSource):
+    """The vendor posts the split of bar `ex` one answer late (a late split event or adjusted
+    table): the answers asked at the bar after it and later have it."""
+
+    def __init__(self, raw: pd.DataFrame, ex: pd.Timestamp, split: float, now: list) -> None:
+        super().__init__(raw.assign(split=1.0), ())
+        self.late, self.ex, self.split, self.now = raw, ex, split, now
+
+    async def fetch(self, symbols: Any, interval: Any, start: datetime, end: datetime, **_: Any):
+        if naive_utc(self.now[0]) > self.ex + pd.Timedelta(days=1):
+            self.raw = self.late
+        return await super().fetch(symbols, interval, start, end)
+
+
+async def served_bars(feed: VendorFeed, raw: pd.DataFrame, now: list) -> tuple[list, list, list]:
+    """Every bar from the WARM-th on as served: (close, split, dividend) each, the late bars
+    taken after each, and the logs."""
+    out, late, logs = [], [], []
+    for when in raw["time"].iloc[WARM:]:
+        t = when.to_pydatetime().replace(tzinfo=UTC)
+        now[0] = t + pd.Timedelta(days=1)
+        with capture_logs() as said:
+            bar = await feed.bars(t)
+        logs += said
+        out.append((float(bar.close[0]), float(bar.split[0]), float(bar.dividend[0])))
+        late += [
+            (naive_utc(b.time), float(b.split[0]), float(b.dividend[0]))
+            for b in feed.take_late_bars()
+        ]
+    return out, late, logs
+
+
+async def test_a_held_gap_bars_dividend_is_paid_at_the_next_bar_served() -> None:
+    """A 12x gap bar going ex a 5.0 dividend is held (no bar), confirmed at the next answer:
+    its dividend is served with the next bar (it was only on the stored late bar), said; the
+    stored bars keep it at its own bar, and the next bar as the vendor has it."""
+    ev = [("", 1.0)] * 8
+    ev[WARM + 2] = ("gap", 12.0)
+    raw = raw_rows([0.0] * 8, ev)
+    ex = raw["time"].iat[WARM + 2]
+    raw.loc[raw["time"] == ex, "dividend"] = 5.0
+    now = [FIRST]
+    feed = VendorFeed(RowsSource(raw, ()), ["AAA"], "1d", lookback_bars=5, clock=lambda: now[0])
+    out, late, logs = await served_bars(feed, raw, now)
+    assert np.isnan(out[2][0])
+    assert out[3] == (1200.0, 1.0, 5.0)
+    assert sum(d for _, _, d in out if d) == 5.0  # once
+    assert late == [(ex, 1.0, 5.0), (raw["time"].iat[WARM + 3], 1.0, 0.0)]
+    (said,) = [e for e in logs if e["event"] == "feed.held_action_carried"]
+    assert said["symbol"] == "AAA" and said["held_bars"] == [ex.isoformat()]
+    assert said["served"] == {"split": 1.0, "dividend": 5.0}
+
+
+async def test_a_split_posted_an_answer_late_reaches_the_book_and_splits_ahead() -> None:
+    """A 1:20 reverse split (the price x20) whose split field comes an answer late: its bar is
+    a jump when served, so held; the next answer has the split (which explains the move) and
+    keeps the bar: its split is served with the next bar. It was never served: the book kept
+    20x the shares marked at 20x the price, and splits_ahead dropped the announced split
+    (`split.not_in_bar`). The dividend of a bar after it is in the split's share basis."""
+    from datetime import date, timedelta
+
+    from tradingd.core.types import Split
+    from tradingd.engine.splits_ahead import SplitsAhead
+
+    ev = [("", 1.0)] * 8
+    ev[WARM + 2] = ("gap", 20.0)
+    actions = [(1.0, 0.0)] * 8
+    actions[WARM + 2] = (0.05, 0.0)
+    actions[WARM + 3] = (1.0, 1.0)
+    raw = raw_rows([0.0] * 8, ev, actions=actions)
+    ex = raw["time"].iat[WARM + 2]
+    now = [FIRST]
+    feed = VendorFeed(
+        LateSplit(raw, ex, 0.05, now), ["AAA"], "1d", lookback_bars=5, clock=lambda: now[0]
+    )
+    out, late, logs = await served_bars(feed, raw, now)
+    assert out[1][0] == 100.0 and np.isnan(out[2][0])
+    assert out[3] == (2000.0, 0.05, 1.0)
+    assert booked([(s, d) for _, s, d in out]) == booked(actions[WARM:])
+    assert late == [(ex, 0.05, 0.0), (raw["time"].iat[WARM + 3], 1.0, 1.0)]
+    assert not [e for e in logs if e["event"] in ("data.revised", "data.late_action")]
+
+    class NoSource:
+        async def splits(self, *_: Any) -> list:
+            return []
+
+        def close(self) -> None:
+            return None
+
+    ahead = SplitsAhead(
+        NoSource(), ["AAA"], lambda t: t.date(), lambda t: t.date() + timedelta(days=1)
+    )
+    ahead.held["AAA"] = Split("AAA", ex.date(), 0.05)
+    t_ex, t_next = (
+        w.to_pydatetime().replace(tzinfo=UTC) for w in raw["time"].iloc[WARM + 2 : WARM + 4]
+    )
+    with capture_logs() as said:
+        assert ahead.applied(t_ex, np.array([1.0]), np.array([False])) == []  # waits
+        done = ahead.applied(t_next, np.array([out[3][1]]), np.array([True]))
+    assert done == [(0, Split("AAA", date(2024, 1, 7), 0.05))]
+    assert not [e for e in said if e["event"] == "split.not_in_bar"]
