@@ -1314,6 +1314,62 @@ async def test_bars_a_vendor_posted_late_are_stored_not_stepped(engine_config):
     assert closes[panel.symbols[1]] == panel.close[62, 1]  # the others as stepped
 
 
+async def test_a_bar_that_carried_a_held_bars_dividend_is_stored_as_the_vendor_has_it(
+    engine_config,
+):
+    """The live feed serves a held bar's dividend with the symbol's next bar and hands back
+    the held bar (with it) and that next bar as the vendor has it (without) as late bars
+    after the step: the store upserts them, so the stored bars hold the dividend once, at
+    its own bar (a replay of them pays it once), while the book got it at the bar served."""
+    from tradingd.app import build_engine
+    from tradingd.core.types import CrossSection
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    times = panel.datetimes()
+    n = len(panel.symbols)
+
+    def row(i: int, dividend: float) -> CrossSection:
+        div = np.zeros(n)
+        div[0] = dividend
+        return CrossSection(
+            times[i],
+            *(np.asarray(a[i], dtype=np.float64).copy() for a in (panel.open, panel.high)),
+            *(np.asarray(a[i], dtype=np.float64).copy() for a in (panel.low, panel.close)),
+            np.asarray(panel.volume[i], dtype=np.float64).copy(),
+            np.ones(n),
+            div,
+        )
+
+    held, carrying = row(69, 5.0), row(70, 0.0)
+    step = engine.step
+
+    async def serving(bar, trade=None):  # type: ignore[no-untyped-def]
+        if bar.time == times[70]:  # as the feed serves it: the held bar's dividend carried
+            bar = dataclasses.replace(bar, dividend=row(70, 5.0).dividend)
+        await step(bar, trade)
+
+    engine.step = serving
+    handed: list = [[held, carrying]]
+
+    def take() -> list:  # right after the carrying bar was stepped
+        return handed.pop() if handed and engine.last_bar_time == times[70] else []
+
+    engine.feed.take_late_bars = take  # type: ignore[attr-defined]
+    await engine.run_until_done()
+    assert not handed
+    store = engine.store
+    await store.start()
+    try:
+        rows = [r for r in await store.fetch_bars() if r["symbol"] == panel.symbols[0]]
+    finally:
+        await store.stop()
+    dividends = {r["time"]: r["dividend"] for r in rows}
+    assert dividends[times[69]] == 5.0
+    assert dividends[times[70]] == 0.0
+    assert sum(dividends.values()) == 5.0
+
+
 async def test_a_pause_while_the_broker_start_is_retried_survives_a_stop_then(
     engine_config, tmp_path
 ):
