@@ -68,6 +68,7 @@ import json
 import os
 import platform
 import re
+import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -572,13 +573,19 @@ _STORE_FIELDS = (
 )
 
 
-def _switch_cache(outgoing: MlEnsemble, incoming: MlEnsemble) -> None:
+def _switch_cache(
+    outgoing: MlEnsemble, incoming: MlEnsemble, stopping: threading.Event | None = None
+) -> None:
     """A model switch's cache files, in a worker thread (`MlEnsemble.prepare_bar`): the
     outgoing version's store saved (merged with its file, up to ~70 MB) and the new version's
     file read. Each is a copy of the plugin that alone holds its store's arrays and dict
-    (`_take_up`, `_detached_store`): the plugin's own store is another, untouched here."""
+    (`_take_up`, `_detached_store`): the plugin's own store is another, untouched here.
+    `stopping` set (the bar's task cancelled: a stop) skips the read: the save keeps the
+    outgoing predictions, while a read for a closing plugin only made the interpreter's exit
+    wait for it (a cancelled `to_thread` does not stop its worker)."""
     outgoing._save_cache()
-    incoming._read_cache()
+    if stopping is None or not stopping.is_set():
+        incoming._read_cache()
 
 
 def _key_bytes(keys: np.ndarray) -> list[bytes]:
@@ -784,7 +791,12 @@ class MlEnsemble:
         if outgoing is None:
             return
         incoming = self._detached_store()
-        await asyncio.to_thread(_switch_cache, outgoing, incoming)
+        stopping = threading.Event()
+        try:
+            await asyncio.to_thread(_switch_cache, outgoing, incoming, stopping)
+        except BaseException:
+            stopping.set()  # the worker goes on: it saves, and reads nothing for a stop
+            raise
         self._deferred_said = outgoing._deferred_said
         for name in _STORE_FIELDS:  # the new version's store, as read (`_read_cache`)
             setattr(self, name, getattr(incoming, name))

@@ -228,3 +228,51 @@ async def test_a_switch_saves_the_outgoing_cache_and_serves_the_incoming_file(
     monkeypatch.undo()
     for q in (p, first):
         q.close()
+
+
+async def test_a_stop_during_a_switch_skips_the_incoming_files_read(tmp_path, monkeypatch):
+    """A stop (the bar's task cancelled) while the worker saves the outgoing cache: the save
+    completes (its predictions are kept), but the new version's file is not read for a
+    plugin that is closing: the read (up to ~70 MB) ran anyway, and the interpreter's exit
+    waited for it inside the stop's budget."""
+    from plugin_context import bar_context
+
+    monkeypatch.chdir(tmp_path)
+    root, _ = publish_two(tmp_path)
+    cache = str(tmp_path / "cache")
+    p = ml.MlEnsemble(ml.MlEnsembleConfig(cache_dir=cache), SYMBOLS)
+    rng = np.random.default_rng(5)
+    ctx = bar_context(SYMBOLS, {f: rng.normal(size=len(SYMBOLS)) for f in p.features})
+    feed(p, 61)
+    p.score(ctx)  # predictions of "first" to save at the switch
+    saving, release = threading.Event(), threading.Event()
+    calls: list[str] = []
+    real_save, real_load = ml.MlEnsemble._save_cache, ml.MlEnsemble._load_cache
+
+    def slow_save(self, *args, **kwargs):
+        saving.set()
+        assert release.wait(30), "the test never released the save"
+        calls.append("save")
+        return real_save(self, *args, **kwargs)
+
+    def load(self, *args, **kwargs):
+        calls.append(f"load {self.version}")
+        return real_load(self, *args, **kwargs)
+
+    monkeypatch.setattr(ml.MlEnsemble, "_save_cache", slow_save)
+    monkeypatch.setattr(ml.MlEnsemble, "_load_cache", load)
+    switch(root, "second")
+    task = asyncio.create_task(p.prepare_bar(ctx))
+    assert await asyncio.to_thread(saving.wait, 30)  # the worker is in the outgoing save
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    release.set()
+    await asyncio.get_running_loop().shutdown_default_executor()  # the worker has finished
+    assert calls == ["save"]  # saved; "second"'s file not read for a stopping plugin
+    monkeypatch.undo()
+    first = ml.MlEnsemble(
+        ml.MlEnsembleConfig(model_dir=str(root / "versions" / "first"), cache_dir=cache), SYMBOLS
+    )
+    assert first.cache_entries > 0  # the outgoing predictions reached the file
+    first.close()
