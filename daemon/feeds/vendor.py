@@ -751,6 +751,12 @@ class VendorFeed:
         # not served yet: carried to the symbol's next served bar (see _carry_actions), with
         # the bars they came from.
         self._carry: dict[str, tuple[float, float, list[str]]] = {}
+        # What was carried at each recent bar served (the span `_holes` keeps): the engine
+        # may discard a fetched bar and fetch it again (`_fetch_late`, `_recover_missed`),
+        # and `bars(t)` answers the same again, the carried actions included.
+        self._carried: dict[pd.Timestamp, dict[str, tuple[float, float, list[str]]]] = {}
+        # Held bars a checkpoint restored (`restore_held`): the warm-up history judges them.
+        self._restored_held = False
         self.last_bar: datetime | None = None
         self.last_fetch_at: datetime | None = None
 
@@ -1012,40 +1018,87 @@ class VendorFeed:
             del holes[old]
         self._held.give_up_before(min(holes))
 
-    def _carry_actions(self, at: pd.DataFrame) -> pd.DataFrame:
-        """`at` (the rows served at a bar) with the carried actions (`_carry`) of its symbols
-        combined into their split and dividend (`suspect.carry_action`), each said
+    def _carry_actions(self, t: pd.Timestamp, at: pd.DataFrame) -> pd.DataFrame:
+        """`at` (the rows served at bar `t`) with the carried actions (`_carry`) of its
+        symbols combined into their split and dividend (`suspect.carry_action`), each said
         (`feed.held_action_carried`). The rows as the vendor has them stay the served ones
         (later answers are compared with them) and go to the store after the bar
         (`take_late_bars`, an upsert of the bar the engine stored): the held bar is stored
-        with its own action, so a replay of the stored bars applies it once, at its bar."""
-        if not self._carry or at.empty:
-            return at
-        mine = at["symbol"].isin(list(self._carry)).to_numpy()
-        if not mine.any():
+        with its own action, so a replay of the stored bars applies it once, at its bar.
+        What is carried at `t` is kept (`_carried`, the recent bars): the same `t` served
+        again (the engine discarded the first answer and fetched it again) carries it again
+        (`feed.held_action_reserved`; the engine steps a bar once). A symbol that the new
+        answer has no row at `t` for gets it back in `_carry`, for its next bar served."""
+        before = self._carried.pop(t, {})
+        have = set(at["symbol"].tolist())
+        for sym in [s for s in before if s not in have]:
+            s0, d0, bars = before.pop(sym)
+            if sym in self._carry:
+                s1, d1, later = self._carry[sym]
+                s0, d0 = carry_action((s0, d0), s1, d1)
+                bars = [*bars, *later]
+            self._carry[sym] = (s0, d0, bars)
+            log.warning(
+                "feed.held_action_carried_on",
+                source=self.source.name,
+                symbol=sym,
+                held_bars=bars,
+                bar=t.isoformat(),
+                held={"split": s0, "dividend": d0},
+                rule="the bar served again has no row for the symbol: its carried action "
+                "goes to the symbol's next bar served",
+            )
+        carried: dict[str, tuple[float, float, list[str]]] = {}
+        mine = at["symbol"].isin([*self._carry, *before]).to_numpy()
+        if at.empty or not mine.any():
             return at
         out = at.copy()
         cols = np.flatnonzero(mine)
         split_col, div_col = out.columns.get_loc("split"), out.columns.get_loc("dividend")
         for i in cols:
             sym = str(out["symbol"].iat[i])
-            s0, d0, bars = self._carry.pop(sym)
+            again, new = before.get(sym), self._carry.pop(sym, None)
+            if again is not None and new is not None:
+                s0, d0 = carry_action(again[:2], new[0], new[1])
+                held = (s0, d0, [*again[2], *new[2]])
+            elif again is not None:
+                held = again
+            else:
+                assert new is not None  # `mine`: in one of them
+                held = new
+            carried[sym] = held
+            s0, d0, bars = held
             split, div = float(out["split"].iat[i]), float(out["dividend"].iat[i])
             new_split, new_div = carry_action((s0, d0), split, div)
             out.iat[i, split_col] = new_split
             out.iat[i, div_col] = new_div
+            said = {
+                "source": self.source.name,
+                "symbol": sym,
+                "held_bars": bars,
+                "bar": pd.Timestamp(out["time"].iat[i]).isoformat(),
+                "held": {"split": s0, "dividend": d0},
+                "served": {"split": new_split, "dividend": new_div},
+            }
+            if again is not None:
+                log.info(
+                    "feed.held_action_reserved",
+                    **said,
+                    rule="the bar is served again (the engine fetched it again): the action "
+                    "carried to it is carried again; the engine steps the bar once",
+                )
+                continue
             log.warning(
                 "feed.held_action_carried",
-                source=self.source.name,
-                symbol=sym,
-                held_bars=bars,
-                bar=pd.Timestamp(out["time"].iat[i]).isoformat(),
-                held={"split": s0, "dividend": d0},
-                served={"split": new_split, "dividend": new_div},
+                **said,
                 rule="a held-back bar (served as no bar) carried a corporate action: applied "
                 "at this bar, the symbol's next one served (a bar late, as its prices); the "
                 "dividend is per share after this bar's split",
             )
+        self._carried[t] = carried
+        keep = max(8, self.lookback_bars + 2)  # as `_holes`
+        for old in sorted(self._carried)[:-keep]:
+            del self._carried[old]
         self._late_rows.append(at.iloc[cols])
         return out
 
@@ -1176,7 +1229,7 @@ class VendorFeed:
         window = _without_first_bars(result.frame)
         self._check_revisions(naive_utc(t), window, at)
         self._check_late(naive_utc(t), result.frame, window, at)
-        arrays = self._arrays(self._carry_actions(at))
+        arrays = self._arrays(self._carry_actions(naive_utc(t), at))
         self.last_bar = t
         return CrossSection(time=t, **arrays)
 

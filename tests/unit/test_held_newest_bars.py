@@ -369,3 +369,31 @@ async def test_a_split_posted_an_answer_late_reaches_the_book_and_splits_ahead()
         done = ahead.applied(t_next, np.array([out[3][1]]), np.array([True]))
     assert done == [(0, Split("AAA", date(2024, 1, 7), 0.05))]
     assert not [e for e in said if e["event"] == "split.not_in_bar"]
+
+
+async def test_a_bar_fetched_again_carries_the_held_action_again() -> None:
+    """The engine discards a fetched bar (`_fetch_late`: it came after the next session
+    opened) and fetches it again (`_recover_missed`), stepping only the second answer: the
+    held bar's dividend carried to the first answer is carried by the second too (said at
+    info), not lost; the bar after it carries nothing."""
+    ev = [("", 1.0)] * 9
+    ev[WARM + 2] = ("gap", 12.0)
+    raw = raw_rows([0.0] * 9, ev)
+    ex = raw["time"].iat[WARM + 2]
+    raw.loc[raw["time"] == ex, "dividend"] = 5.0
+    now = [FIRST]
+    feed = VendorFeed(RowsSource(raw, ()), ["AAA"], "1d", lookback_bars=5, clock=lambda: now[0])
+    served = []
+    for i in range(WARM, WARM + 5):
+        t = raw["time"].iat[i].to_pydatetime().replace(tzinfo=UTC)
+        now[0] = t + pd.Timedelta(days=1)
+        with capture_logs() as logs:
+            bar = await feed.bars(t)
+            if i == WARM + 3:
+                first, bar = bar, await feed.bars(t)  # discarded, then fetched again
+                assert (first.close[0], first.dividend[0]) == (1200.0, 5.0)
+                (again,) = [e for e in logs if e["event"] == "feed.held_action_reserved"]
+                assert again["log_level"] == "info" and again["held_bars"] == [ex.isoformat()]
+        served.append((float(bar.close[0]), float(bar.split[0]), float(bar.dividend[0])))
+    assert served[3] == (1200.0, 1.0, 5.0)
+    assert served[4] == (1200.0, 1.0, 0.0)
