@@ -1532,6 +1532,9 @@ class Engine:
                 self._last_targets = np.asarray(st["targets"], dtype=np.float64)
             if self.splits_ahead is not None:
                 self.splits_ahead.restore(st.get("splits_ahead"))
+            restore_held = getattr(self.feed, "restore_held", None)
+            if restore_held is not None:  # before the warm-up, whose history judges them
+                restore_held(st.get("feed"))
         if resume.bar_time is not None and st is not None:
             self._last_checkpoint = (resume.bar_time, st)
             if self._live_metrics:
@@ -1695,6 +1698,11 @@ class Engine:
             # A restart between the bar that held a symbol and its ex-date's bar still knows
             # the split (reconciliation, the cash in lieu), whatever the source says then.
             state["splits_ahead"] = self.splits_ahead.state()
+        held_state = getattr(self.feed, "held_state", None)  # a live vendor feed's
+        if held_state is not None and (held := held_state()) is not None:
+            # Its held-back bars and the actions not carried yet: a restart before the
+            # answer that judges them still gets their split or dividend to the book.
+            state["feed"] = held
         self._last_checkpoint = (t, state)
         self.store.record_checkpoint(self.run.run_id, t, state)  # type: ignore[attr-defined]
 

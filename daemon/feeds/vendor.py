@@ -51,7 +51,7 @@ from ..core.types import CrossSection
 from .panel import Panel
 from .resilience import ResilientCaller, SourceError, make_error
 from .response_cache import HeldWrites, fresh_reads
-from .suspect import HeldBars, carry_action
+from .suspect import Held, HeldBars, carry_action
 from .validate import (
     DEFAULT_MAX_SPIKE,
     JUMP_FROM,
@@ -755,8 +755,6 @@ class VendorFeed:
         # may discard a fetched bar and fetch it again (`_fetch_late`, `_recover_missed`),
         # and `bars(t)` answers the same again, the carried actions included.
         self._carried: dict[pd.Timestamp, dict[str, tuple[float, float, list[str]]]] = {}
-        # Held bars a checkpoint restored (`restore_held`): the warm-up history judges them.
-        self._restored_held = False
         self.last_bar: datetime | None = None
         self.last_fetch_at: datetime | None = None
 
@@ -958,15 +956,7 @@ class VendorFeed:
         in which late bars are looked for."""
         holes = self._holes
         judged = set(self._held.pending)
-        kept = self._held.judge(frame)
-        self._late_rows.extend(kept)  # the store's (a dropped one: none)
-        for row in kept:  # one row each: its split and dividend go to the next served bar
-            sym, when = str(row["symbol"].iat[0]), row["time"].iat[0]
-            split, div = float(row["split"].iat[0]), float(row["dividend"].iat[0])
-            if split != 1.0 or div != 0.0:
-                s0, d0, bars = self._carry.get(sym, (1.0, 0.0, []))
-                s1, d1 = carry_action((s0, d0), split, div)
-                self._carry[sym] = (s1, d1, [*bars, when.isoformat()])
+        self._keep_judged(self._held.judge(frame))
         for sym, when in judged - set(self._held.pending):  # decided: never late
             holes.get(when, set()).discard(sym)
         if holes:
@@ -1017,6 +1007,58 @@ class VendorFeed:
         for old in sorted(holes)[:-keep]:
             del holes[old]
         self._held.give_up_before(min(holes))
+
+    def _keep_judged(self, kept: list[pd.DataFrame]) -> None:
+        """The held bars an answer kept (`HeldBars.judge`): stored as late bars, and their
+        split and dividend carried to the symbol's next served bar (`_carry`)."""
+        self._late_rows.extend(kept)  # the store's (a dropped one: none)
+        for row in kept:  # one row each: its split and dividend go to the next served bar
+            sym, when = str(row["symbol"].iat[0]), row["time"].iat[0]
+            split, div = float(row["split"].iat[0]), float(row["dividend"].iat[0])
+            if split != 1.0 or div != 0.0:
+                s0, d0, bars = self._carry.get(sym, (1.0, 0.0, []))
+                s1, d1 = carry_action((s0, d0), split, div)
+                self._carry[sym] = (s1, d1, [*bars, when.isoformat()])
+
+    def held_state(self) -> dict[str, Any] | None:
+        """For the engine's checkpoint: the held bars not judged yet and the actions not
+        carried yet. A restart between a held bar (stepped as no bar, covered by the
+        checkpoint, so replayed without the book) and the answer that judges it had its
+        warm-up judge it normally, and its split or dividend never reached the book."""
+        if not self._held.pending and not self._carry:
+            return None
+        return {
+            "held": [
+                [sym, when.isoformat(), list(h.prices), h.previous_close, h.split, h.dividend]
+                for (sym, when), h in self._held.pending.items()
+            ],
+            "carry": {sym: [s, d, list(bars)] for sym, (s, d, bars) in self._carry.items()},
+        }
+
+    def restore_held(self, state: dict[str, Any] | None) -> None:
+        """The checkpoint's `held_state`: the held bars are judged by the warm-up's history
+        (`history`) or the first live answers, as they would have been, and the kept ones'
+        actions carried to the symbol's next bar served; the pending carries stay pending."""
+        if not state:
+            return
+        mine = set(self._symbols)
+        for sym, when, prices, previous, split, div in state.get("held", []):
+            if sym in mine:
+                self._held.pending[(sym, pd.Timestamp(when))] = Held(
+                    tuple(float(p) for p in prices),  # type: ignore[arg-type]
+                    float(previous),
+                    float(split),
+                    float(div),
+                )
+        for sym, (split, div, bars) in state.get("carry", {}).items():
+            if sym in mine:
+                self._carry[sym] = (float(split), float(div), [str(b) for b in bars])
+        log.info(
+            "feed.held_restored",
+            source=self.source.name,
+            held=[f"{k[0]} {k[1].isoformat()}" for k in self._held.pending],
+            carry=sorted(self._carry),
+        )
 
     def _carry_actions(self, t: pd.Timestamp, at: pd.DataFrame) -> pd.DataFrame:
         """`at` (the rows served at bar `t`) with the carried actions (`_carry`) of its
@@ -1245,6 +1287,8 @@ class VendorFeed:
         self._raise_if_all_failed(result, f"history {as_utc(start).isoformat()}..")
         frame = result.frame[result.frame["time"] >= naive_utc(start)]
         frame = self._session_bars_only(frame, start, end)
+        # Held bars a checkpoint restored that this history judges (kept: carried on).
+        self._keep_judged(self._held.judge(result.frame))
         kept = self._held.hold(frame)
         for sym, when in self._held.pending:  # judged by the first live bars' answers
             self._holes.setdefault(when, set()).add(sym)

@@ -2444,3 +2444,37 @@ async def test_a_bar_whose_audit_write_failed_leaves_no_checkpoint_in_the_store(
         await store.stop()
     assert checkpoint["bar_time"] == done
     assert fills, "the run traded before the failure: the test proves nothing otherwise"
+
+
+async def test_a_feeds_held_bars_are_in_the_checkpoint_and_restored_before_warm_up(
+    engine_config,
+):
+    """A live vendor feed's held-back bars and pending carried actions (`held_state`) go
+    into each checkpoint, and a restart gives them back to its feed (`restore_held`) before
+    its warm-up history judges them: before, a restart between a held bar and the answer
+    judging it lost the bar's split or dividend silently. A feed without the hooks (a
+    replay's) is left alone."""
+    from tradingd.app import build_engine
+
+    held = {"held": [["AAA", "2024-01-07T00:00:00", [1.0, 1.0, 1.0, 1.0], 0.1, 1.0, 5.0]]}
+    panel, config = live_run(engine_config)
+    first = build_engine(config, "live", panel=panel)
+    first.feed.held_state = lambda: held  # type: ignore[attr-defined]
+    first.after_bar.append(lambda t, v: first.request_stop() if first._bars == 10 else None)
+    await first.run_until_done()
+    assert first._last_checkpoint[1]["feed"] == held
+
+    restarted = build_engine(config, "live", panel=panel)
+    order: list = []
+    restarted.feed.restore_held = lambda state: order.append(("restored", state))  # type: ignore[attr-defined]
+    step = restarted.step
+
+    async def observed(bar, trade=None):  # type: ignore[no-untyped-def]
+        order.append(("step", bar.time))
+        await step(bar, trade)
+
+    restarted.step = observed  # type: ignore[method-assign]
+    restarted.after_bar.append(lambda t, v: restarted.request_stop())
+    await restarted.run_until_done()
+    assert order[0] == ("restored", held)
+    assert ("restored", held) not in order[1:] and len(order) > 1

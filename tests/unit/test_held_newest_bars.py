@@ -397,3 +397,54 @@ async def test_a_bar_fetched_again_carries_the_held_action_again() -> None:
         served.append((float(bar.close[0]), float(bar.split[0]), float(bar.dividend[0])))
     assert served[3] == (1200.0, 1.0, 5.0)
     assert served[4] == (1200.0, 1.0, 0.0)
+
+
+@pytest.mark.parametrize("warm_to", [2, 3])
+async def test_a_restart_before_the_held_bar_is_judged_still_carries_its_action(
+    warm_to: int,
+) -> None:
+    """The process stops after the held bar (stepped as no bar, the checkpoint covers it):
+    the checkpoint keeps the feed's held bars (`held_state`, through the store's JSON); the
+    restarted feed's warm-up history (to the held bar, or past it) judges the bar as the
+    live answer would have, and its dividend is carried to the symbol's next bar served and
+    stored at its own bar. Before, the warm-up judged it as any bar, replayed it without
+    the book, and the dividend never reached the book, silently."""
+    import json
+
+    from tradingd.storage.buffered import to_json
+
+    ev = [("", 1.0)] * 9
+    ev[WARM + 2] = ("gap", 12.0)
+    raw = raw_rows([0.0] * 9, ev)
+    ex = raw["time"].iat[WARM + 2]
+    raw.loc[raw["time"] == ex, "dividend"] = 5.0
+    now = [FIRST]
+
+    def feed() -> VendorFeed:
+        return VendorFeed(RowsSource(raw, ()), ["AAA"], "1d", lookback_bars=5, clock=lambda: now[0])
+
+    def at(i: int) -> datetime:
+        return raw["time"].iat[i].to_pydatetime().replace(tzinfo=UTC)
+
+    before = feed()
+    for i in range(WARM, WARM + 3):
+        now[0] = at(i) + pd.Timedelta(days=1)
+        bar = await before.bars(at(i))
+    assert np.isnan(bar.close[0])  # held
+    state = json.loads(to_json(before.held_state()))
+
+    after = feed()
+    after.restore_held(state)
+    now[0] = at(WARM + warm_to) + pd.Timedelta(days=1)
+    await after.history(at(0), at(WARM + warm_to))  # to the held bar: held again
+    after.take_late_bars()
+    served = []
+    with capture_logs() as logs:
+        for i in range(WARM + warm_to + 1, WARM + 5):
+            now[0] = at(i) + pd.Timedelta(days=1)
+            bar = await after.bars(at(i))
+            served.append((float(bar.split[0]), float(bar.dividend[0])))
+    assert served[0] == (1.0, 5.0)
+    assert sum(d for _, d in served) == 5.0  # once
+    (said,) = [e for e in logs if e["event"] == "feed.held_action_carried"]
+    assert said["held_bars"] == [ex.isoformat()]
