@@ -64,6 +64,9 @@ from .validate import (
 
 log = structlog.get_logger(__name__)
 
+# Row frames kept for `take_late_bars` when no engine takes them (`_store_late`).
+_LATE_ROWS_KEPT = 64
+
 RAW_COLUMNS = ("time", "open", "high", "low", "close", "volume", "split", "dividend")
 
 
@@ -971,8 +974,7 @@ class VendorFeed:
             if not late.empty:
                 for sym, when in zip(late["symbol"], late["time"], strict=True):
                     holes[when].discard(sym)
-                self._late_rows.append(late)
-                del self._late_rows[:-64]  # bounded: the engine takes them every bar
+                self._store_late([late])
                 acts = late[(late["split"] != 1.0) | (late["dividend"] != 0.0)]
                 for sym, when, split, div in zip(
                     acts["symbol"], acts["time"], acts["split"], acts["dividend"], strict=True
@@ -1011,7 +1013,7 @@ class VendorFeed:
     def _keep_judged(self, kept: list[pd.DataFrame]) -> None:
         """The held bars an answer kept (`HeldBars.judge`): stored as late bars, and their
         split and dividend carried to the symbol's next served bar (`_carry`)."""
-        self._late_rows.extend(kept)  # the store's (a dropped one: none)
+        self._store_late(kept)  # the store's (a dropped one: none)
         for row in kept:  # one row each: its split and dividend go to the next served bar
             sym, when = str(row["symbol"].iat[0]), row["time"].iat[0]
             split, div = float(row["split"].iat[0]), float(row["dividend"].iat[0])
@@ -1141,8 +1143,15 @@ class VendorFeed:
         keep = max(8, self.lookback_bars + 2)  # as `_holes`
         for old in sorted(self._carried)[:-keep]:
             del self._carried[old]
-        self._late_rows.append(at.iloc[cols])
+        self._store_late([at.iloc[cols]])
         return out
+
+    def _store_late(self, rows: list[pd.DataFrame]) -> None:
+        """Rows for the engine to store (`take_late_bars`), bounded: an engine that does not
+        record bars (`storage.record_bars` off) never takes them, and each kept held bar and
+        carried action added one for the life of the daemon. The newest 64 are kept."""
+        self._late_rows.extend(rows)
+        del self._late_rows[:-_LATE_ROWS_KEPT]
 
     def take_late_bars(self) -> list[CrossSection]:
         """The late bars `_check_late` found since the last call, one cross-section per bar

@@ -448,3 +448,17 @@ async def test_a_restart_before_the_held_bar_is_judged_still_carries_its_action(
     assert sum(d for _, d in served) == 5.0  # once
     (said,) = [e for e in logs if e["event"] == "feed.held_action_carried"]
     assert said["held_bars"] == [ex.isoformat()]
+
+
+def test_rows_kept_for_an_engine_that_never_takes_them_are_bounded() -> None:
+    """An engine that does not record bars never calls `take_late_bars`: every held bar an
+    answer kept added a row frame for the store for the daemon's life. Bounded (the newest
+    64), however many are kept."""
+    raw = raw_rows([0.0] * 8, [("", 1.0)] * 8)
+    feed = VendorFeed(RowsSource(raw, ()), ["AAA"], "1d", lookback_bars=5)
+    for i in range(200):
+        row = raw.iloc[[i % len(raw)]].assign(symbol="AAA")
+        feed._keep_judged([row])
+    frames = feed._late_rows
+    assert 0 < len(frames) <= 64
+    assert frames[-1]["time"].iat[0] == raw["time"].iat[199 % len(raw)]  # the newest kept
