@@ -1534,7 +1534,7 @@ class Engine:
                 self.splits_ahead.restore(st.get("splits_ahead"))
             restore_held = getattr(self.feed, "restore_held", None)
             if restore_held is not None:  # before the warm-up, whose history judges them
-                restore_held(st.get("feed"))
+                restore_held(st.get("feed"), resume.bar_time)
         if resume.bar_time is not None and st is not None:
             self._last_checkpoint = (resume.bar_time, st)
             if self._live_metrics:

@@ -1037,14 +1037,23 @@ class VendorFeed:
             "carry": {sym: [s, d, list(bars)] for sym, (s, d, bars) in self._carry.items()},
         }
 
-    def restore_held(self, state: dict[str, Any] | None) -> None:
+    def restore_held(self, state: dict[str, Any] | None, through: datetime | None = None) -> None:
         """The checkpoint's `held_state`: the held bars are judged by the warm-up's history
         (`history`) or the first live answers, as they would have been, and the kept ones'
-        actions carried to the symbol's next bar served; the pending carries stay pending."""
+        actions carried to the symbol's next bar served; the pending carries stay pending.
+        `through`: the checkpoint's bar. A held bar after it (a warm-up's history held its
+        newest bar, then a stop mid-catch-up checkpointed an earlier bar) is not restored:
+        the restart's warm-up steps that bar with the book itself, and carrying its action
+        too applied it twice (`feed.held_not_restored`)."""
         if not state:
             return
         mine = set(self._symbols)
+        limit = naive_utc(through) if through is not None else None
+        later: list[str] = []
         for sym, when, prices, previous, split, div in state.get("held", []):
+            if limit is not None and pd.Timestamp(when) > limit:
+                later.append(f"{sym} {when}")
+                continue
             if sym in mine:
                 self._held.pending[(sym, pd.Timestamp(when))] = Held(
                     tuple(float(p) for p in prices),  # type: ignore[arg-type]
@@ -1055,6 +1064,13 @@ class VendorFeed:
         for sym, (split, div, bars) in state.get("carry", {}).items():
             if sym in mine:
                 self._carry[sym] = (float(split), float(div), [str(b) for b in bars])
+        if later:
+            log.info(
+                "feed.held_not_restored",
+                source=self.source.name,
+                bars=later,
+                rule="after the checkpoint's bar: the warm-up steps these with the book",
+            )
         log.info(
             "feed.held_restored",
             source=self.source.name,

@@ -9,7 +9,7 @@ dividends, which a held bar's next served bar carries (the book gets all of them
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any
 
@@ -462,3 +462,44 @@ def test_rows_kept_for_an_engine_that_never_takes_them_are_bounded() -> None:
     frames = feed._late_rows
     assert 0 < len(frames) <= 64
     assert frames[-1]["time"].iat[0] == raw["time"].iat[199 % len(raw)]  # the newest kept
+
+
+async def test_a_held_bar_after_the_checkpoint_is_stepped_by_the_warm_up_not_carried_too() -> None:
+    """A warm-up's history holds its newest bar (a 12x gap with a dividend); a stop mid
+    catch-up checkpoints an earlier bar with that held bar in the feed's state. The restart
+    (a day later) warms up from the checkpoint and steps the gap bar with the book, its
+    dividend included: restoring the held bar as well carried the dividend to the first live
+    bar, paid twice. Over the restart's warm-up and its live bar it is paid once."""
+    import json
+
+    from tradingd.storage.buffered import to_json
+
+    events = [("", 1.0)] * 9
+    events[WARM + 2] = ("gap", 12.0)
+    raw = raw_rows([0.0] * 9, events)
+    ex = raw["time"].iat[WARM + 2]
+    raw.loc[raw["time"] == ex, "dividend"] = 5.0
+    now = [FIRST]
+
+    def make() -> VendorFeed:
+        return VendorFeed(RowsSource(raw, ()), ["AAA"], "1d", lookback_bars=5, clock=lambda: now[0])
+
+    def at(i: int) -> datetime:
+        return raw["time"].iat[i].to_pydatetime().replace(tzinfo=UTC)
+
+    before = make()
+    now[0] = at(WARM + 2) + timedelta(days=1)
+    first = await before.history(at(0), at(WARM + 2))
+    assert all(float(first.row(i, t).dividend[0]) == 0.0 for i, t in enumerate(first.datetimes()))
+    state = json.loads(to_json(before.held_state()))  # as the checkpoint stores it
+    assert state["held"]  # the gap bar, held
+
+    after = make()
+    after.restore_held(state, at(WARM + 1))  # the checkpoint's bar: before the held one
+    now[0] = at(WARM + 3) + timedelta(days=1)
+    warm = await after.history(at(WARM + 2), at(WARM + 3))  # the catch-up after it
+    paid = [float(warm.row(i, t).dividend[0]) for i, t in enumerate(warm.datetimes())]
+    now[0] = at(WARM + 4) + timedelta(days=1)
+    live = await after.bars(at(WARM + 4))
+    assert sum(paid) == 5.0
+    assert float(live.dividend[0]) == 0.0
