@@ -2463,10 +2463,13 @@ async def test_a_feeds_held_bars_are_in_the_checkpoint_and_restored_before_warm_
     first.after_bar.append(lambda t, v: first.request_stop() if first._bars == 10 else None)
     await first.run_until_done()
     assert first._last_checkpoint[1]["feed"] == held
+    checkpointed = first._last_checkpoint[0]
 
     restarted = build_engine(config, "live", panel=panel)
     order: list = []
-    restarted.feed.restore_held = lambda state: order.append(("restored", state))  # type: ignore[attr-defined]
+    restarted.feed.restore_held = lambda state, through: order.append(  # type: ignore[attr-defined]
+        ("restored", state, through)
+    )
     step = restarted.step
 
     async def observed(bar, trade=None):  # type: ignore[no-untyped-def]
@@ -2476,5 +2479,5 @@ async def test_a_feeds_held_bars_are_in_the_checkpoint_and_restored_before_warm_
     restarted.step = observed  # type: ignore[method-assign]
     restarted.after_bar.append(lambda t, v: restarted.request_stop())
     await restarted.run_until_done()
-    assert order[0] == ("restored", held)
-    assert ("restored", held) not in order[1:] and len(order) > 1
+    assert order[0] == ("restored", held, checkpointed)  # with the checkpoint's bar
+    assert not any(o[0] == "restored" for o in order[1:]) and len(order) > 1
