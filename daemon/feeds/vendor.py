@@ -64,8 +64,9 @@ from .validate import (
 
 log = structlog.get_logger(__name__)
 
-# Row frames kept for `take_late_bars` when no engine takes them (`_store_late`).
-_LATE_ROWS_KEPT = 64
+# Rows kept for `take_late_bars` when no engine takes them (`_store_late`): far more than
+# the late and held bars of a catch-up (the engine takes them after every bar it steps).
+_LATE_ROWS_KEPT = 100_000
 
 RAW_COLUMNS = ("time", "open", "high", "low", "close", "volume", "split", "dividend")
 
@@ -1165,9 +1166,26 @@ class VendorFeed:
     def _store_late(self, rows: list[pd.DataFrame]) -> None:
         """Rows for the engine to store (`take_late_bars`), bounded: an engine that does not
         record bars (`storage.record_bars` off) never takes them, and each kept held bar and
-        carried action added one for the life of the daemon. The newest 64 are kept."""
-        self._late_rows.extend(rows)
-        del self._late_rows[:-_LATE_ROWS_KEPT]
+        carried action added one for the life of the daemon. Bounded in rows, not frames
+        (a frame is one row or a whole answer's late bars); what the bound drops is said
+        (`feed.late_rows_dropped`): an engine that records bars takes them every bar, so
+        there it means stored bars missing."""
+        self._late_rows.extend(r for r in rows if not r.empty)
+        total = sum(len(r) for r in self._late_rows)
+        dropped = 0
+        while total > _LATE_ROWS_KEPT and len(self._late_rows) > 1:
+            n = len(self._late_rows.pop(0))
+            total -= n
+            dropped += n
+        if dropped:
+            log.warning(
+                "feed.late_rows_dropped",
+                source=self.source.name,
+                rows=dropped,
+                kept=total,
+                rule="late and held bars kept for the store, never taken (storage.record_bars "
+                "off, or none stored for many bars): the oldest are not stored",
+            )
 
     def take_late_bars(self) -> list[CrossSection]:
         """The late bars `_check_late` found since the last call, one cross-section per bar

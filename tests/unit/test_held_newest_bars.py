@@ -450,18 +450,25 @@ async def test_a_restart_before_the_held_bar_is_judged_still_carries_its_action(
     assert said["held_bars"] == [ex.isoformat()]
 
 
-def test_rows_kept_for_an_engine_that_never_takes_them_are_bounded() -> None:
+def test_rows_kept_for_an_engine_that_never_takes_them_are_bounded(monkeypatch) -> None:
     """An engine that does not record bars never calls `take_late_bars`: every held bar an
-    answer kept added a row frame for the store for the daemon's life. Bounded (the newest
-    64), however many are kept."""
+    answer kept added a row for the store for the daemon's life. Bounded in rows (frames of
+    one row and of many count alike), the newest kept, what is dropped said."""
+    import tradingd.feeds.vendor as vendor
+
+    monkeypatch.setattr(vendor, "_LATE_ROWS_KEPT", 50)
     raw = raw_rows([0.0] * 8, [("", 1.0)] * 8)
     feed = VendorFeed(RowsSource(raw, ()), ["AAA"], "1d", lookback_bars=5)
-    for i in range(200):
-        row = raw.iloc[[i % len(raw)]].assign(symbol="AAA")
-        feed._keep_judged([row])
-    frames = feed._late_rows
-    assert 0 < len(frames) <= 64
-    assert frames[-1]["time"].iat[0] == raw["time"].iat[199 % len(raw)]  # the newest kept
+    with capture_logs() as logs:
+        for i in range(200):
+            row = raw.iloc[[i % len(raw)]].assign(symbol="AAA")
+            feed._keep_judged([row])
+        feed._keep_judged([raw.assign(symbol="AAA")])  # one frame of 8 rows
+    rows = sum(len(f) for f in feed._late_rows)
+    assert 0 < rows <= 50
+    assert len(feed._late_rows[-1]) == 8  # the newest kept
+    said = [e for e in logs if e["event"] == "feed.late_rows_dropped"]
+    assert said and sum(e["rows"] for e in said) == 200 + 8 - rows  # nothing dropped unsaid
 
 
 async def test_a_held_bar_after_the_checkpoint_is_stepped_by_the_warm_up_not_carried_too() -> None:
