@@ -1244,6 +1244,7 @@ class Engine:
                         if len(missed) == missed.maxlen:
                             log.warning("bar.lost", time=missed[0], reason="too many missed")
                             self._never_traded()
+                            self._feed_bar_lost(missed[0])
                         missed.append(t)
                 if bar is not None:
                     self._went_live = True
@@ -1254,8 +1255,10 @@ class Engine:
                         await self.step(bar, self._catch_up(t))
                     else:
                         while missed:  # still not delivered, and a newer bar is here
-                            log.warning("bar.lost", time=missed.popleft(), newer=t)
+                            lost = missed.popleft()
+                            log.warning("bar.lost", time=lost, newer=t)
                             self._never_traded()
+                            self._feed_bar_lost(lost)
                         async with self._bar_lock:
                             await self.step(bar, self._catch_up(t))
                         await self._store_late_bars()
@@ -1930,6 +1933,14 @@ class Engine:
             "check the source's errors and the daemon's outages in the log and /metrics",
         )
         missed.clear()
+
+    def _feed_bar_lost(self, t: datetime) -> None:
+        """Tell a live vendor feed that bar `t` will never be stepped (`bar.lost`): what it
+        carried to `t` (a held bar's split or dividend, `VendorFeed.bar_lost`) goes to the
+        symbol's next bar served instead of nowhere. Replay feeds have no such hook."""
+        lost = getattr(self.feed, "bar_lost", None)
+        if lost is not None:
+            lost(t)
 
     def _never_traded(self, n: int = 1) -> None:
         """Count `n` released bars the run did not trade, and show the run's count in

@@ -1093,21 +1093,12 @@ class VendorFeed:
         before = self._carried.pop(t, {})
         have = set(at["symbol"].tolist())
         for sym in [s for s in before if s not in have]:
-            s0, d0, bars = before.pop(sym)
-            if sym in self._carry:
-                s1, d1, later = self._carry[sym]
-                s0, d0 = carry_action((s0, d0), s1, d1)
-                bars = [*bars, *later]
-            self._carry[sym] = (s0, d0, bars)
-            log.warning(
-                "feed.held_action_carried_on",
-                source=self.source.name,
-                symbol=sym,
-                held_bars=bars,
-                bar=t.isoformat(),
-                held={"split": s0, "dividend": d0},
-                rule="the bar served again has no row for the symbol: its carried action "
-                "goes to the symbol's next bar served",
+            self._carry_on(
+                sym,
+                before.pop(sym),
+                t,
+                "the bar served again has no row for the symbol: its carried action goes to "
+                "the symbol's next bar served",
             )
         carried: dict[str, tuple[float, float, list[str]]] = {}
         mine = at["symbol"].isin([*self._carry, *before]).to_numpy()
@@ -1162,6 +1153,41 @@ class VendorFeed:
             del self._carried[old]
         self._store_late([at.iloc[cols]])
         return out
+
+    def _carry_on(
+        self, sym: str, held: tuple[float, float, list[str]], t: pd.Timestamp, rule: str
+    ) -> None:
+        """`held`, carried to bar `t` that will not reach the book with it, back in `_carry`
+        for the symbol's next bar served, before any action carried since (it is older)."""
+        s0, d0, bars = held
+        if sym in self._carry:
+            s1, d1, later = self._carry[sym]
+            s0, d0 = carry_action((s0, d0), s1, d1)
+            bars = [*bars, *later]
+        self._carry[sym] = (s0, d0, bars)
+        log.warning(
+            "feed.held_action_carried_on",
+            source=self.source.name,
+            symbol=sym,
+            held_bars=bars,
+            bar=t.isoformat(),
+            held={"split": s0, "dividend": d0},
+            rule=rule,
+        )
+
+    def bar_lost(self, t: datetime) -> None:
+        """The engine will never step bar `t` (`bar.lost`: not delivered before a newer
+        one): the actions carried to it go to each symbol's next bar served. Kept only in
+        `_carried` (for `t` served again), they were trimmed away and never booked."""
+        when = naive_utc(t)
+        for sym, held in self._carried.pop(when, {}).items():
+            self._carry_on(
+                sym,
+                held,
+                when,
+                "the bar it was carried to was never stepped (bar.lost): the action goes to "
+                "the symbol's next bar served",
+            )
 
     def _store_late(self, rows: list[pd.DataFrame]) -> None:
         """Rows for the engine to store (`take_late_bars`), bounded: an engine that does not

@@ -1853,8 +1853,11 @@ async def test_a_run_whose_last_bars_never_came_says_so_at_its_end(engine_config
         return await bars(t)
 
     engine.feed.bars = circuit_open_from_85  # type: ignore[method-assign]
+    told: list = []  # a vendor feed moves what it carried to a lost bar on (bar_lost)
+    engine.feed.bar_lost = told.append  # type: ignore[attr-defined]
     with capture_logs() as logs:
         result = await engine.run_until_done()
+    assert told == [times[70]]  # the lost bar, once; the ones still missing at the end: none
     assert engine.bars_unavailable == 1 + len(times[85:])
     [warned] = [e for e in logs if e["event"] == "run.bars_never_traded"]
     assert warned["log_level"] == "warning"

@@ -399,6 +399,35 @@ async def test_a_bar_fetched_again_carries_the_held_action_again() -> None:
     assert served[4] == (1200.0, 1.0, 0.0)
 
 
+async def test_a_bar_never_stepped_passes_its_carried_action_to_the_next_bar() -> None:
+    """The bar a held bar's dividend was carried to is served, then given up by the engine
+    (`bar.lost`: a newer bar came before it could be stepped, `Engine._feed_bar_lost`): the
+    dividend goes to the symbol's next bar served. Kept only for that bar being served
+    again, it was trimmed away and never reached the book, silently."""
+    ev = [("", 1.0)] * 10
+    ev[WARM + 2] = ("gap", 12.0)
+    raw = raw_rows([0.0] * 10, ev)
+    ex = raw["time"].iat[WARM + 2]
+    raw.loc[raw["time"] == ex, "dividend"] = 5.0
+    now = [FIRST]
+    feed = VendorFeed(RowsSource(raw, ()), ["AAA"], "1d", lookback_bars=5, clock=lambda: now[0])
+    stepped = []
+    for i in range(WARM, WARM + 6):
+        t = raw["time"].iat[i].to_pydatetime().replace(tzinfo=UTC)
+        now[0] = t + pd.Timedelta(days=1)
+        with capture_logs() as logs:
+            bar = await feed.bars(t)
+            if i == WARM + 3:
+                assert float(bar.dividend[0]) == 5.0  # carried to it, but it is never stepped
+                feed.bar_lost(t)
+                (said,) = [e for e in logs if e["event"] == "feed.held_action_carried_on"]
+                assert said["held_bars"] == [ex.isoformat()]
+                continue
+        stepped.append(float(bar.dividend[0]))
+    assert sum(stepped) == 5.0  # paid once, at the next bar stepped
+    assert stepped[-2:] == [5.0, 0.0]
+
+
 @pytest.mark.parametrize("warm_to", [2, 3])
 async def test_a_restart_before_the_held_bar_is_judged_still_carries_its_action(
     warm_to: int,
