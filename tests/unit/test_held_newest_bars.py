@@ -90,6 +90,17 @@ def raw_rows(
     )
 
 
+def gap_with_dividend(n: int) -> tuple[pd.DataFrame, pd.Timestamp]:
+    """`n` flat daily bars of AAA whose bar WARM + 2 gaps 12x (and stays) and carries a
+    dividend of 5.0: the held bar whose action must reach the book once. (rows, its time)"""
+    events = [("", 1.0)] * n
+    events[WARM + 2] = ("gap", 12.0)
+    raw = raw_rows([0.0] * n, events)
+    ex = raw["time"].iat[WARM + 2]
+    raw.loc[raw["time"] == ex, "dividend"] = 5.0
+    return raw, ex
+
+
 async def live(
     raw: pd.DataFrame,
     repair: tuple[str, ...],
@@ -304,11 +315,7 @@ async def test_a_held_gap_bars_dividend_is_paid_at_the_next_bar_served() -> None
     """A 12x gap bar going ex a 5.0 dividend is held (no bar), confirmed at the next answer:
     its dividend is served with the next bar (it was only on the stored late bar), said; the
     stored bars keep it at its own bar, and the next bar as the vendor has it."""
-    ev = [("", 1.0)] * 8
-    ev[WARM + 2] = ("gap", 12.0)
-    raw = raw_rows([0.0] * 8, ev)
-    ex = raw["time"].iat[WARM + 2]
-    raw.loc[raw["time"] == ex, "dividend"] = 5.0
+    raw, ex = gap_with_dividend(8)
     now = [FIRST]
     feed = VendorFeed(RowsSource(raw, ()), ["AAA"], "1d", lookback_bars=5, clock=lambda: now[0])
     out, late, logs = await served_bars(feed, raw, now)
@@ -376,11 +383,7 @@ async def test_a_bar_fetched_again_carries_the_held_action_again() -> None:
     opened) and fetches it again (`_recover_missed`), stepping only the second answer: the
     held bar's dividend carried to the first answer is carried by the second too (said at
     info), not lost; the bar after it carries nothing."""
-    ev = [("", 1.0)] * 9
-    ev[WARM + 2] = ("gap", 12.0)
-    raw = raw_rows([0.0] * 9, ev)
-    ex = raw["time"].iat[WARM + 2]
-    raw.loc[raw["time"] == ex, "dividend"] = 5.0
+    raw, ex = gap_with_dividend(9)
     now = [FIRST]
     feed = VendorFeed(RowsSource(raw, ()), ["AAA"], "1d", lookback_bars=5, clock=lambda: now[0])
     served = []
@@ -404,11 +407,7 @@ async def test_a_bar_never_stepped_passes_its_carried_action_to_the_next_bar() -
     (`bar.lost`: a newer bar came before it could be stepped, `Engine._feed_bar_lost`): the
     dividend goes to the symbol's next bar served. Kept only for that bar being served
     again, it was trimmed away and never reached the book, silently."""
-    ev = [("", 1.0)] * 10
-    ev[WARM + 2] = ("gap", 12.0)
-    raw = raw_rows([0.0] * 10, ev)
-    ex = raw["time"].iat[WARM + 2]
-    raw.loc[raw["time"] == ex, "dividend"] = 5.0
+    raw, ex = gap_with_dividend(10)
     now = [FIRST]
     feed = VendorFeed(RowsSource(raw, ()), ["AAA"], "1d", lookback_bars=5, clock=lambda: now[0])
     stepped = []
@@ -442,11 +441,7 @@ async def test_a_restart_before_the_held_bar_is_judged_still_carries_its_action(
 
     from tradingd.storage.buffered import to_json
 
-    ev = [("", 1.0)] * 9
-    ev[WARM + 2] = ("gap", 12.0)
-    raw = raw_rows([0.0] * 9, ev)
-    ex = raw["time"].iat[WARM + 2]
-    raw.loc[raw["time"] == ex, "dividend"] = 5.0
+    raw, ex = gap_with_dividend(9)
     now = [FIRST]
 
     def feed() -> VendorFeed:
@@ -510,11 +505,7 @@ async def test_a_held_bar_after_the_checkpoint_is_stepped_by_the_warm_up_not_car
 
     from tradingd.storage.buffered import to_json
 
-    events = [("", 1.0)] * 9
-    events[WARM + 2] = ("gap", 12.0)
-    raw = raw_rows([0.0] * 9, events)
-    ex = raw["time"].iat[WARM + 2]
-    raw.loc[raw["time"] == ex, "dividend"] = 5.0
+    raw, _ = gap_with_dividend(9)
     now = [FIRST]
 
     def make() -> VendorFeed:
