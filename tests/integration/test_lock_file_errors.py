@@ -14,16 +14,13 @@ test's own); every other file locks for real.
 from __future__ import annotations
 
 import errno
-import fcntl
 import os
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
+from flock_faults import failing_on
 from structlog.testing import capture_logs
 
-from tradingd import instance_lock
 from tradingd.core.errors import StorageError
 from tradingd.instance_lock import (
     LOCK_DIR_ENV,
@@ -39,26 +36,13 @@ FAILED = [errno.EBADF, errno.EIO, errno.EACCES, errno.ENOSPC]
 HELD = [errno.EWOULDBLOCK, errno.EAGAIN]
 
 
-def _failing_on(monkeypatch: pytest.MonkeyPatch, name: Callable[[str], bool], code: int) -> None:
-    """flock raises OSError(`code`) on a file whose path `name` accepts; real elsewhere."""
-    real = fcntl.flock
-
-    def flock(fd: Any, operation: int) -> None:
-        path = os.readlink(f"/proc/self/fd/{fd if isinstance(fd, int) else fd.fileno()}")
-        if name(path) and operation & fcntl.LOCK_EX:
-            raise OSError(code, os.strerror(code))
-        real(fd, operation)
-
-    monkeypatch.setattr(instance_lock.fcntl, "flock", flock)
-
-
 def _store(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'store.db'}"
 
 
 @pytest.mark.parametrize("code", FAILED, ids=errno.errorcode.get)
 async def test_a_store_lock_file_that_fails_stops_the_start_at_once(tmp_path, monkeypatch, code):
-    _failing_on(monkeypatch, lambda p: p.endswith(".lock"), code)
+    failing_on(monkeypatch, lambda p: p.endswith(".lock"), code)
     with capture_logs() as logs, pytest.raises(StorageError) as failed:
         # A database that is down is waited for (a while here); a lock file is no database.
         await acquire_instance_lock(_store(tmp_path), "simulated:x", unreachable_wait_s=2.0)
@@ -69,7 +53,7 @@ async def test_a_store_lock_file_that_fails_stops_the_start_at_once(tmp_path, mo
 
 @pytest.mark.parametrize("code", UNSUPPORTED, ids=errno.errorcode.get)
 async def test_a_store_lock_file_without_locks_is_said_so(tmp_path, monkeypatch, code):
-    _failing_on(monkeypatch, lambda p: p.endswith(".lock"), code)
+    failing_on(monkeypatch, lambda p: p.endswith(".lock"), code)
     with pytest.raises(StorageError, match="does not support file locks") as failed:
         await acquire_instance_lock(_store(tmp_path), "simulated:x")
     assert errno.errorcode[code] in str(failed.value)
@@ -77,7 +61,7 @@ async def test_a_store_lock_file_without_locks_is_said_so(tmp_path, monkeypatch,
 
 @pytest.mark.parametrize("code", HELD, ids=errno.errorcode.get)
 async def test_a_held_lock_file_is_a_refusal(tmp_path, monkeypatch, code):
-    _failing_on(monkeypatch, lambda p: p.endswith(".lock"), code)
+    failing_on(monkeypatch, lambda p: p.endswith(".lock"), code)
     with pytest.raises(AnotherDaemonRunning):
         await acquire_instance_lock(_store(tmp_path), "simulated:x")
 
@@ -101,7 +85,7 @@ def _account_file(path: str) -> bool:
 @pytest.mark.parametrize("code", FAILED, ids=errno.errorcode.get)
 async def test_an_account_lock_that_fails_stops_the_start(tmp_path, monkeypatch, code):
     """It went on with the store's lock only: a warning, /ready ok, the account unguarded."""
-    _failing_on(monkeypatch, _account_file, code)
+    failing_on(monkeypatch, _account_file, code)
     service = _account_service(tmp_path, monkeypatch)
     with pytest.raises(StorageError) as failed:
         await service.start()
@@ -118,7 +102,7 @@ async def test_an_account_lock_folder_without_locks_leaves_the_store_lock_to_gua
     tmp_path, monkeypatch, code
 ):
     """As a lock folder that cannot be written: said, shown in /ready, and not fatal."""
-    _failing_on(monkeypatch, _account_file, code)
+    failing_on(monkeypatch, _account_file, code)
     service = _account_service(tmp_path, monkeypatch)
     with capture_logs() as logs:
         await service.start()

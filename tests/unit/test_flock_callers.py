@@ -18,16 +18,15 @@ every other file locks for real.
 from __future__ import annotations
 
 import errno
-import fcntl
 import json
 import os
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
+from flock_faults import failing_on
 from structlog.testing import capture_logs
 
 from tradingd import backtest
@@ -37,19 +36,6 @@ from tradingd.storage.spool import Spool, SpoolBatch, SpoolError, claim_orphans
 UNSUPPORTED = sorted({errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL})
 FAILED = [errno.EIO, errno.EBADF]
 HELD = [errno.EWOULDBLOCK]
-
-
-def _failing_on(monkeypatch: pytest.MonkeyPatch, name: Callable[[str], bool], code: int) -> None:
-    """flock raises OSError(`code`) on a file whose path `name` accepts; real elsewhere."""
-    real = fcntl.flock
-
-    def flock(fd: Any, operation: int) -> None:
-        path = os.readlink(f"/proc/self/fd/{fd if isinstance(fd, int) else fd.fileno()}")
-        if name(path) and operation & fcntl.LOCK_EX:
-            raise OSError(code, os.strerror(code))
-        real(fd, operation)
-
-    monkeypatch.setattr(fcntl, "flock", flock)
 
 
 def _events(logs: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
@@ -86,7 +72,7 @@ def test_a_record_lock_that_fails_is_an_error_naming_the_file_and_errno(
     out = tmp_path / "r"
     backtest.write_outputs(out, *_record("r"))
     before = {p.name: p.read_bytes() for p in out.iterdir()}
-    _failing_on(monkeypatch, _is_record_lock, code)
+    failing_on(monkeypatch, _is_record_lock, code)
     name = errno.errorcode[code]
     with pytest.raises(TradingdError) as started:
         backtest.remove_earlier_record(out, "r")
@@ -104,7 +90,7 @@ def test_a_record_folder_without_locks_is_written_unlocked_with_a_warning(
     """Refused at the end, the whole replay's record was lost on an NFS --output."""
     out = tmp_path / "r"
     backtest.write_outputs(out, *_record("r"))
-    _failing_on(monkeypatch, _is_record_lock, code)
+    failing_on(monkeypatch, _is_record_lock, code)
     with capture_logs() as logs:
         assert "summary.json" in backtest.remove_earlier_record(out, "r")
         backtest.write_outputs(out, *_record("r2"))
@@ -138,7 +124,7 @@ def test_a_spool_that_cannot_be_locked_is_an_error_naming_the_file_and_errno(
     path = _dead_spool(tmp_path)
     (tmp_path / ".1-x.7.tmp").write_bytes(b"")  # a crash while creating one
     name = errno.errorcode[code]
-    _failing_on(monkeypatch, lambda p: p.endswith(".tmp"), code)
+    failing_on(monkeypatch, lambda p: p.endswith(".tmp"), code)
     with pytest.raises(SpoolError) as tmp_failed:
         claim_orphans(tmp_path)
     assert str(tmp_path / ".1-x.7.tmp") in str(tmp_failed.value) and name in str(tmp_failed.value)
@@ -147,7 +133,7 @@ def test_a_spool_that_cannot_be_locked_is_an_error_naming_the_file_and_errno(
         Spool(tmp_path / "new", "2-new", "fake://db").append(_batch(1, "2-new"))
     assert str(tmp_path / "new") in str(create_failed.value) and name in str(create_failed.value)
     assert not list((tmp_path / "new").iterdir())  # no half-made spool left
-    _failing_on(monkeypatch, lambda p: p.endswith(".spool"), code)
+    failing_on(monkeypatch, lambda p: p.endswith(".spool"), code)
     with pytest.raises(SpoolError) as claim_failed:
         claim_orphans(tmp_path)
     assert str(path) in str(claim_failed.value) and name in str(claim_failed.value)
@@ -160,7 +146,7 @@ def test_a_spool_that_cannot_be_locked_is_an_error_naming_the_file_and_errno(
 def test_a_spool_another_process_holds_is_left_to_it(tmp_path, monkeypatch, code):
     path = _dead_spool(tmp_path)
     (tmp_path / ".1-x.7.tmp").write_bytes(b"")  # being made
-    _failing_on(monkeypatch, lambda p: p.endswith((".spool", ".tmp")), code)
+    failing_on(monkeypatch, lambda p: p.endswith((".spool", ".tmp")), code)
     with capture_logs() as logs:
         assert claim_orphans(tmp_path) == []
     assert [e["event"] for e in logs] == ["storage.spool.in_use"]
@@ -186,7 +172,7 @@ def _garch_lock(path: str) -> bool:
 def test_a_fit_cache_lock_that_fails_is_a_warning_naming_it_and_nothing_is_written(
     tmp_path, monkeypatch, code
 ):
-    _failing_on(monkeypatch, _garch_lock, code)
+    failing_on(monkeypatch, _garch_lock, code)
     c = _fits(tmp_path)
     with capture_logs() as logs:
         c.save()
@@ -202,7 +188,7 @@ def test_a_fit_cache_without_locks_is_saved_unlocked_with_a_warning(tmp_path, mo
     """Said "unwritable" before, and never saved on such a filesystem."""
     from tradingd_plugins.sizing.garch_fits import FitCache
 
-    _failing_on(monkeypatch, _garch_lock, code)
+    failing_on(monkeypatch, _garch_lock, code)
     c = _fits(tmp_path)
     with capture_logs() as logs:
         c.save()
@@ -222,7 +208,7 @@ def test_another_labels_fit_cache_whose_lock_fails_or_is_held_is_kept(tmp_path, 
         p.write_text("{}")
         os.utime(p, (1_000_000 + i, 1_000_000 + i))
     oldest = others[0]
-    _failing_on(monkeypatch, lambda p: p.endswith(f".{oldest.name}.lock"), code)
+    failing_on(monkeypatch, lambda p: p.endswith(f".{oldest.name}.lock"), code)
     c = _fits(tmp_path)
     with capture_logs() as logs:
         c.save()
@@ -260,7 +246,7 @@ def test_a_prediction_cache_lock_that_fails_is_a_warning_and_nothing_is_written(
     from tradingd_plugins.signals.ml_ensemble import CACHE_LOCK
 
     p, _ = _predictions(tmp_path)
-    _failing_on(monkeypatch, _prediction_lock, code)
+    failing_on(monkeypatch, _prediction_lock, code)
     with capture_logs() as logs:
         p._save_cache(wait=wait)
     assert not list(tmp_path.glob("*.npz"))
@@ -280,7 +266,7 @@ def test_a_prediction_cache_without_locks_is_saved_unlocked_with_a_warning(
     from tradingd_plugins.signals.ml_ensemble import MlEnsemble, MlEnsembleConfig
 
     p, windows = _predictions(tmp_path)
-    _failing_on(monkeypatch, _prediction_lock, code)
+    failing_on(monkeypatch, _prediction_lock, code)
     with capture_logs() as logs:
         p.close()
     assert [e["event"] for e in _events(logs, "prediction_cache")] == ["prediction_cache.unlocked"]
@@ -292,7 +278,7 @@ def test_a_prediction_cache_without_locks_is_saved_unlocked_with_a_warning(
 @pytest.mark.parametrize("code", HELD, ids=errno.errorcode.get)
 def test_a_prediction_cache_another_process_holds_is_saved_later(tmp_path, monkeypatch, code):
     p, _ = _predictions(tmp_path)
-    _failing_on(monkeypatch, _prediction_lock, code)
+    failing_on(monkeypatch, _prediction_lock, code)
     with capture_logs() as logs:
         p._save_cache(wait=False)
     assert [e["event"] for e in _events(logs, "prediction_cache")] == [
