@@ -407,19 +407,15 @@ def _lock_to_read(fd: int, path: Path) -> None:
     folder: the count read fine there before readers locked, and must not fail now. A line
     appended meanwhile may then be read cut (reported as skipped by `_parsed`). Any other
     failure is `LedgerLockError`."""
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH)
-    except OSError as exc:
-        if not flock.is_unsupported(exc):
-            raise _lock_failed(path, "read", exc) from exc
-        _unlocked(
-            path,
-            "read",
-            exc,
-            "this filesystem refuses file locks: the trial ledger is read without one, so a "
-            "line a backtest ending meanwhile writes may be read cut (and reported as "
-            "skipped); count again once the runs are done, or keep the runs on a local disk",
-        )
+    _lock(
+        fd,
+        path,
+        fcntl.LOCK_SH,
+        "read",
+        "this filesystem refuses file locks: the trial ledger is read without one, so a "
+        "line a backtest ending meanwhile writes may be read cut (and reported as "
+        "skipped); count again once the runs are done, or keep the runs on a local disk",
+    )
 
 
 def _lock_to_append(fd: int, path: Path) -> None:
@@ -428,21 +424,29 @@ def _lock_to_append(fd: int, path: Path) -> None:
     noted no trial at all there (`backtest.trial_not_recorded` at every run), and a
     deflated Sharpe ratio then missed the variants whose folders a rerun replaced. Any
     other failure is `LedgerLockError`: no line is appended."""
+    _lock(
+        fd,
+        path,
+        fcntl.LOCK_EX,
+        "append",
+        "this filesystem refuses file locks: trials are appended to the ledger without "
+        "one, so backtests ending together into this folder (a parallel sweep's workers) "
+        "may add a variant's line twice (counted once) or cut each other's lines "
+        "(reported as skipped when counted); run parallel sweeps into a folder on a "
+        "local disk",
+    )
+
+
+def _lock(fd: int, path: Path, operation: int, what: str, unlocked: str) -> None:
+    """flock `operation` on the ledger for `what` (read, append): on a filesystem without
+    locks it goes on unlocked, said once per folder with `unlocked`; any other failure is
+    `LedgerLockError`."""
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, operation)
     except OSError as exc:
         if not flock.is_unsupported(exc):
-            raise _lock_failed(path, "append", exc) from exc
-        _unlocked(
-            path,
-            "append",
-            exc,
-            "this filesystem refuses file locks: trials are appended to the ledger without "
-            "one, so backtests ending together into this folder (a parallel sweep's workers) "
-            "may add a variant's line twice (counted once) or cut each other's lines "
-            "(reported as skipped when counted); run parallel sweeps into a folder on a "
-            "local disk",
-        )
+            raise _lock_failed(path, what, exc) from exc
+        _unlocked(path, what, exc, unlocked)
 
 
 def _unlocked(path: Path, step: str, exc: OSError, detail: str) -> None:
