@@ -585,6 +585,7 @@ class BufferedStore(ABC):
         sp = self._spool
         if sp is None:
             return
+        sp.check_usable()
         try:
             orphans: list[Orphan] = claim_orphans(sp.directory)
         except OSError as e:

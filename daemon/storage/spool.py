@@ -250,8 +250,9 @@ class Spool:
     """The spool file of one writer (one store instance): appended, replayed, emptied.
 
     The file is created at the first append (a store that never loses its database leaves
-    nothing on disk). `append` raises SpoolFull rather than exceed `max_bytes`, and SpoolError
-    when the disk refuses the write; in both cases nothing of the batch is in the file."""
+    no file; its folder is made and probed at start, `check_usable`). `append` raises
+    SpoolFull rather than exceed `max_bytes`, and SpoolError when the disk refuses the write;
+    in both cases nothing of the batch is in the file."""
 
     def __init__(
         self, directory: str | Path, writer: str, target: str, max_bytes: int = DEFAULT_MAX_BYTES
@@ -292,6 +293,40 @@ class Spool:
         return self._pending[0][0] if self._pending else None
 
     # writing -------------------------------------------------------------------------------
+    def check_usable(self) -> None:
+        """Make, write, fsync and lock a probe file in the folder, then remove it: at start,
+        so that a folder the spool cannot use stops the start while the database is up,
+        rather than showing at the first append of an outage, when the batch it should keep
+        is in memory only. A probe left by a crash ends in `.tmp` and `claim_orphans`
+        removes it."""
+        probe = self.directory / f".{self.writer}.{os.getpid()}.probe.tmp"
+        step = "make the folder"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            step = "create a file in it"
+            fd = os.open(probe, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                try:  # a new file: any lock error is a failure (the spool has no unlocked mode)
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError as e:
+                    raise _lock_failed(probe, e, "check the folder at start") from e
+                step = "write and fsync a file in it"
+                os.write(fd, b"probe\n")
+                _sync(fd)
+                _fsync_dir(self.directory)
+            finally:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    probe.unlink()
+        except SpoolError:
+            raise
+        except OSError as e:
+            raise SpoolError(
+                f"storage.spool_dir {self.directory} cannot be used: cannot {step}: "
+                f"{type(e).__name__}: {e}. The spool keeps every batch while the database "
+                "is unreachable; point storage.spool_dir at a writable folder on a local disk"
+            ) from e
+
     def _create(self) -> int:
         self.directory.mkdir(parents=True, exist_ok=True)
         tmp = self.directory / f".{self.writer}.{os.getpid()}.tmp"

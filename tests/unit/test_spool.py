@@ -33,6 +33,7 @@ from tradingd.storage.spool import (
     Spool,
     SpoolBatch,
     SpoolCorrupt,
+    SpoolError,
     SpoolFull,
     claim_orphans,
     decode_line,
@@ -665,7 +666,8 @@ async def test_a_store_that_never_spools_leaves_no_file(tmp_path: Path) -> None:
     store.record_equity("r1", T0, 1.0, 0.0, 0.0, 0.0)
     await store.flush()
     await store.stop()
-    assert not (tmp_path / "spool").exists()
+    # The folder is made (and probed) at start; no file is left in it.
+    assert list((tmp_path / "spool").iterdir()) == []
 
 
 def test_a_connection_caught_mid_exchange_by_an_outage_is_an_outage():
@@ -735,3 +737,49 @@ def test_spools_left_under_the_old_name_of_a_search_path_schema_are_said(
     with capture_logs() as logs:
         PostgresStore(url)  # the public schema's own spool: nothing to say
     assert not [e for e in logs if e["event"] == "storage.spool.legacy_folder"]
+
+
+# ------------------------------------------------------------------ the folder checked at start
+
+
+async def test_a_spool_folder_that_cannot_be_made_stops_the_start(tmp_path: Path) -> None:
+    """Before, the start passed (no folder, no orphans) and the spool failed at the first
+    append of an outage, its batch then in memory only."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the spool folder should be")
+    store = FakeStore(FakeDb(), blocker / "spool")
+    with pytest.raises(SpoolError) as e:
+        await store.start()
+    text = str(e.value)
+    assert "storage.spool_dir" in text and str(blocker / "spool") in text
+    assert "make the folder" in text
+
+
+async def test_a_spool_folder_without_locks_stops_the_start(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from flock_faults import failing_on
+
+    failing_on(monkeypatch, lambda p: p.endswith(".probe.tmp"), errno.ENOLCK)
+    store = FakeStore(FakeDb(), tmp_path / "spool")
+    with pytest.raises(SpoolError) as e:
+        await store.start()
+    assert "ENOLCK" in str(e.value) and "storage.spool_dir" in str(e.value)
+    assert list((tmp_path / "spool").iterdir()) == []  # the probe is gone
+
+
+async def test_a_usable_spool_folder_is_left_as_it_was(tmp_path: Path) -> None:
+    store = FakeStore(FakeDb(), tmp_path / "spool")
+    await store.start()
+    try:
+        assert (tmp_path / "spool").is_dir()
+        assert list((tmp_path / "spool").iterdir()) == []  # made, probed, nothing left
+    finally:
+        await store.stop()
+
+
+def test_a_probe_left_by_a_crash_is_removed_with_the_orphans(tmp_path: Path) -> None:
+    left = tmp_path / ".1-w.99.probe.tmp"
+    left.write_bytes(b"probe\n")
+    assert claim_orphans(tmp_path) == []
+    assert not left.exists()
