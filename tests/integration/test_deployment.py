@@ -113,6 +113,11 @@ def test_compose_runs_timescaledb_redis_and_the_daemon_with_the_spec_variables()
     assert env["DB_HOST"] == "timescaledb" and env["REDIS_HOST"] == "redis"
     assert all(p.startswith("127.0.0.1:") for p in daemon["ports"])  # loopback on the host
     assert daemon["depends_on"]["timescaledb"]["condition"] == "service_healthy"
+    # Months of output: every service's log is capped (Docker's default keeps it all).
+    for name, service in services.items():
+        logging = service.get("logging", {})
+        assert logging.get("driver") == "json-file", name
+        assert logging["options"]["max-size"] and int(logging["options"]["max-file"]) >= 1, name
 
 
 def test_the_spec_variables_become_the_daemons_storage_and_cache_urls():

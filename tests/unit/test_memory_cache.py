@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tradingd.cache.factory import open_cache
 from tradingd.cache.memory import MemoryCache
@@ -92,3 +96,85 @@ def test_open_cache_chooses_by_url() -> None:
         open_cache("memcached://u:secret@host:11211")
     assert "secret" not in str(e.value)
     assert "memcached://u:***@host:11211" in str(e.value) and "redis://" in str(e.value)
+
+
+async def test_expired_entries_nobody_reads_again_are_dropped_by_later_writes() -> None:
+    """Live answers are keyed by their window's end: each bar writes new keys, the old ones
+    are never read again. Before, every expired entry stayed until the entry bound evicted
+    it (2,000 answers of ~750 KB: 1.5 GB held, 2 of them unexpired)."""
+    clock = FakeClock()
+    cache = MemoryCache(max_entries=2_000, clock=clock)
+    for bar in range(300):
+        await cache.set(f"bars:{bar}", b"x" * 1_000, ttl_s=600)
+        clock.now += 1_800  # one bar every 30 minutes
+    # Each write came after the sweep interval: it dropped every expired entry first, so
+    # only the last write's entry is held (expired by now, and dropped when read).
+    assert len(cache) == 1 and cache.bytes == 1_000
+    assert await cache.get("bars:299") is None and len(cache) == 0
+
+
+async def test_unexpired_entries_are_bounded_by_bytes_oldest_first() -> None:
+    clock = FakeClock()
+    cache = MemoryCache(max_entries=1_000, clock=clock, max_bytes=10_000)
+    for i in range(25):
+        await cache.set(f"k{i}", bytes([i]) * 1_000, ttl_s=3_600)
+    assert len(cache) == 10 and cache.bytes == 10_000
+    assert await cache.get("k14") is None
+    assert [await cache.get(f"k{i}") for i in (15, 24)] == [
+        bytes([15]) * 1_000,
+        bytes([24]) * 1_000,
+    ]
+    await cache.set("k15", b"small")  # rewriting replaces its bytes, not adds to them
+    assert cache.bytes == 9_000 + 5
+    await cache.set("huge", b"h" * 10_001)  # larger than the whole bound: not kept
+    assert await cache.get("huge") is None and cache.bytes == 9_005
+
+
+async def test_a_write_sweeps_only_expired_entries() -> None:
+    clock = FakeClock()
+    cache = MemoryCache(clock=clock)
+    await cache.set("short", b"s", ttl_s=10)
+    await cache.set("long", b"l", ttl_s=10_000)
+    await cache.set("forever", b"f")
+    clock.now += 61  # past the sweep interval and the short TTL
+    await cache.set("new", b"n", ttl_s=10)
+    assert len(cache) == 3 and cache.bytes == 3  # "short" dropped without being read
+    assert [await cache.get(k) for k in ("long", "forever", "new")] == [b"l", b"f", b"n"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c", "d", "e"]),
+            st.integers(0, 40),  # value size
+            st.one_of(st.none(), st.floats(-1, 200)),  # ttl
+            st.floats(0, 90),  # clock step before the write
+        ),
+        max_size=60,
+    )
+)
+def test_bounds_and_answers_hold_for_any_writes(writes) -> None:
+    """Against a plain model: the bounds hold after every write, the bytes are counted
+    exactly, and a read returns the key's last value only while it is unexpired."""
+    clock = FakeClock()
+    cache = MemoryCache(max_entries=3, clock=clock, max_bytes=60)
+    last: dict[str, tuple[bytes, float | None]] = {}
+
+    async def run() -> None:
+        for i, (key, size, ttl, step) in enumerate(writes):
+            clock.now += step
+            value = bytes([i % 256]) * size
+            await cache.set(key, value, ttl_s=ttl)
+            last[key] = (value, None if ttl is None else clock.now + ttl)
+            held = list(cache._data.values())
+            assert len(held) <= 3 and cache.bytes <= 60
+            assert cache.bytes == sum(len(v) for v, _ in held)
+            for k, (v, expires) in last.items():
+                got = await cache.get(k)
+                if got is not None:  # kept: the last value, unexpired
+                    assert got == v and (expires is None or clock.now < expires)
+                elif k == key and (expires is None or clock.now < expires) and size <= 60:
+                    raise AssertionError("the value just written is not returned")
+
+    asyncio.run(run())
