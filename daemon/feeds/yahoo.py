@@ -12,14 +12,19 @@ Answers (see /work/shared/fixtures/README.md, section 1):
   5xx, "Will be right back"       -> kind `http_5xx`, retried
   200 that is not the chart JSON  -> kind `malformed`, retried
   200 with `timestamp` absent     -> no bars (a weekend or holiday window), not an error
-  `null` bars (a lunch break)     -> skipped (counted in a debug log line)
+  `null` bars (a lunch break)     -> skipped (counted in a debug log line); a split or dividend
+                                     dated on a skipped day goes to the next bar (a warning)
+  an event without a date, a split
+  ratio or dividend amount that is
+  not a number (or not positive)  -> kind `malformed` naming the event and field
 
 Prices: Yahoo's OHLC are split-adjusted (to today's share count) for every bar before a split,
 and so are its volumes and dividend amounts. `parse_chart` undoes that with the split events:
 a bar of session date d is multiplied by F(d), the product of the ratios of every split after
 d (volume divided by F, dividends multiplied by F(ex-date)), and rounded to `priceHint`
 decimals, which recovers the traded tick. The split ratio is put on its ex-date bar (`split`)
-and the dividend on its ex-date bar (`dividend`), as in stored data. Because Yahoo adjusts for
+and the dividend on its ex-date bar (`dividend`), as in stored data; when Yahoo has no bar that
+day (a null bar), on the next bar (`_place_actions`). Because Yahoo adjusts for
 splits up to *today*, a window that ends before today also asks for the split events between
 its end and now (one small extra request), so old windows come out raw too. `adjclose` is not
 used: the engine applies dividends itself.
@@ -49,6 +54,8 @@ import structlog
 from ..core.errors import ConfigError
 from .resilience import ResilientCaller, SourceConfig, SourceError, error_for_status, make_error
 from .response_cache import ResponseCache, cache_key, held_writes
+from .suspect import carry_action
+from .validate import _fmt_time
 from .vendor import (
     FetchResult,
     Interval,
@@ -86,12 +93,38 @@ def _values(quote: dict[str, Any], name: str, n: int) -> np.ndarray:
     )
 
 
-def _events(result: dict[str, Any], kind: str) -> list[dict[str, Any]]:
+def _number(ev: dict[str, Any], name: str, where: str) -> float:
+    """`ev[name]` as a finite number, or a ValueError naming the field (a malformed answer)."""
+    value = ev.get(name)
+    if value is None or isinstance(value, bool):
+        raise ValueError(f"{where} has no {name} ({value!r})")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if not np.isfinite(number):
+        raise ValueError(f"{where}.{name} is not a number: {value!r:.40}")
+    return number
+
+
+def _events(result: dict[str, Any], kind: str) -> list[tuple[str, dict[str, Any], float]]:
+    """(where, event, date in epoch seconds) of each event of `kind` ("splits" or
+    "dividends"). An event that is not an object or has no numeric `date` is a malformed
+    answer (ValueError naming it): were it skipped, a split would un-adjust nothing and a
+    dividend would be lost without a word."""
     events = result.get("events") or {}
+    if not isinstance(events, dict):
+        raise ValueError("events is not an object")
     found = events.get(kind) or {}
     if not isinstance(found, dict):
         raise ValueError(f"events.{kind} is not an object")
-    return [v for v in found.values() if isinstance(v, dict) and "date" in v]
+    out = []
+    for key, ev in found.items():
+        where = f"events.{kind}[{key!r}]"
+        if not isinstance(ev, dict):
+            raise ValueError(f"{where} is not an object: {ev!r:.40}")
+        out.append((where, ev, _number(ev, "date", where)))
+    return out
 
 
 def _session_date(epoch: float, tz: str) -> date:
@@ -99,14 +132,32 @@ def _session_date(epoch: float, tz: str) -> date:
 
 
 def split_events(result: dict[str, Any]) -> list[tuple[date, float]]:
-    """(ex-date in the exchange's time zone, ratio numerator/denominator) of a chart result."""
+    """(ex-date in the exchange's time zone, ratio numerator/denominator) of a chart result.
+    Raises ValueError naming an event without a date or a positive numerator/denominator."""
     tz = (result.get("meta") or {}).get("exchangeTimezoneName") or "America/New_York"
     out = []
-    for ev in _events(result, "splits"):
-        num, den = float(ev.get("numerator") or 0), float(ev.get("denominator") or 0)
+    for where, ev, stamp in _events(result, "splits"):
+        num, den = _number(ev, "numerator", where), _number(ev, "denominator", where)
         if num <= 0 or den <= 0:
-            raise ValueError(f"split event with ratio {ev.get('splitRatio')!r}")
-        out.append((_session_date(ev["date"], tz), num / den))
+            bad = "numerator" if num <= 0 else "denominator"
+            raise ValueError(
+                f"{where}.{bad} is not positive (ratio {ev.get('splitRatio')!r}): {ev.get(bad)!r}"
+            )
+        out.append((_session_date(stamp, tz), num / den))
+    return sorted(out)
+
+
+def dividend_events(result: dict[str, Any]) -> list[tuple[date, float]]:
+    """(ex-date in the exchange's time zone, amount as Yahoo has it: adjusted for the splits
+    after it) of a chart result, zero amounts included. Raises ValueError naming an event
+    without a date or a numeric, non-negative amount."""
+    tz = (result.get("meta") or {}).get("exchangeTimezoneName") or "America/New_York"
+    out = []
+    for where, ev, stamp in _events(result, "dividends"):
+        amount = _number(ev, "amount", where)
+        if amount < 0:
+            raise ValueError(f"{where}.amount is negative: {ev.get('amount')!r}")
+        out.append((_session_date(stamp, tz), amount))
     return sorted(out)
 
 
@@ -164,23 +215,27 @@ def parse_chart(
         labels = utc.tz_localize(None).astype("datetime64[ns]")
 
     # Undo the split adjustment: F(d) = product of the ratios of the splits after d.
-    splits = {d: r for d, r in split_events(result)}
+    symbol = meta.get("symbol")
+    own_splits = dict(split_events(result))
+    splits = dict(own_splits)
     for d, r in later_splits:
         splits.setdefault(d, r)
     factor = np.ones(len(ts))
-    split_col = np.ones(len(ts))
-    first_of_day = np.r_[True, local_dates[1:] != local_dates[:-1]]
     for d, r in splits.items():
         factor[local_dates < d] *= r
-        split_col[(local_dates == d) & first_of_day] = r
-    dividend = np.zeros(len(ts))
-    for ev in _events(result, "dividends"):
-        d = _session_date(ev["date"], tz)
-        rows = np.flatnonzero((local_dates == d) & first_of_day)
-        amount = float(ev.get("amount") or 0.0)
-        if len(rows) and amount > 0:
-            later = np.prod([r for sd, r in splits.items() if sd > d]) if splits else 1.0
-            dividend[rows[0]] = round(float(amount * later), 6)
+    # Each date's action (split, raw dividend per post-split share), put on the bar of its
+    # date, or carried to the next bar when Yahoo has none that day (see `_place_actions`).
+    actions: dict[date, tuple[float, float]] = {d: (r, 0.0) for d, r in splits.items()}
+    for d, amount in dividend_events(result):
+        if amount == 0:
+            log.debug("yahoo.zero_dividend", symbol=symbol, date=d.isoformat())
+            continue
+        later = float(np.prod([r for sd, r in splits.items() if sd > d]))
+        s0, d0 = actions.get(d, (1.0, 0.0))
+        actions[d] = (s0, d0 + amount * later)
+    split_col, dividend = _place_actions(
+        actions, local_dates, ts, labels, symbol=symbol, said=set(own_splits)
+    )
     hint = meta.get("priceHint")
     decimals = int(hint) if isinstance(hint, int) and 0 <= hint <= 8 else 4
     adjusted = factor != 1.0
@@ -202,6 +257,70 @@ def parse_chart(
             int(regular["end"]), UTC
         )
     return closed_only(frame, interval, now, session, timezone=tz, closes=closes)
+
+
+def _place_actions(
+    actions: dict[date, tuple[float, float]],
+    local_dates: np.ndarray,
+    ts: np.ndarray,
+    labels: pd.DatetimeIndex,
+    *,
+    symbol: str | None,
+    said: set[date],
+) -> tuple[np.ndarray, np.ndarray]:
+    """The `split` and `dividend` columns: each date's action on the first bar of its date.
+    Yahoo sends a day without trade data as a null bar, which is not kept: an action dated
+    on it goes to the symbol's next bar (`yahoo.event_carried`, a warning), combined with
+    that bar's own as `suspect.carry_action` combines two bars' (split first, the earlier
+    dividend restated per post-split share). Dropped, the split would still have
+    un-adjusted the bars before it: a 2:1 a silent -50% in the book. An action after the
+    last bar has no bar yet (`yahoo.event_pending`): Yahoo sends the events of the whole
+    requested range, so the next answer whose window covers its date carries it; a split
+    after the window (`later_splits`, not in `said` nor a dividend) is not said."""
+    split_col = np.ones(len(ts))
+    dividend = np.zeros(len(ts))
+    placed: dict[int, tuple[float, float]] = {}
+    for d in sorted(actions):
+        ratio, amount = actions[d]
+        parts = [("split", "ratio", ratio)] if ratio != 1.0 else []
+        if amount:
+            parts.append(("dividend", "amount", round(amount, 6)))
+        after = np.flatnonzero(local_dates >= d)
+        if not len(after):
+            for action, name, value in parts:
+                if action == "split" and d not in said:
+                    continue
+                log.warning(
+                    "yahoo.event_pending",
+                    symbol=symbol,
+                    action=action,
+                    date=d.isoformat(),
+                    **{name: value},
+                    last_bar=_fmt_time(labels.max()),
+                    rule="no bar on or after its date in this answer: not applied yet; "
+                    "the next answer whose window covers its date puts it on the "
+                    "symbol's next bar",
+                )
+            continue
+        i = int(after[np.argmin(ts[after])])
+        placed[i] = carry_action(placed.get(i, (1.0, 0.0)), ratio, amount)
+        if local_dates[i] != d:
+            for action, name, value in parts:
+                log.warning(
+                    "yahoo.event_carried",
+                    symbol=symbol,
+                    action=action,
+                    date=d.isoformat(),
+                    **{name: value},
+                    bar=_fmt_time(labels[i]),
+                    rule="Yahoo has no bar on its date (a day without trade data): "
+                    "applied at the symbol's next bar, split first, an earlier dividend "
+                    "per post-split share",
+                )
+    for i, (ratio, amount) in placed.items():
+        split_col[i] = ratio
+        dividend[i] = round(amount, 6)
+    return split_col, dividend
 
 
 def chart_result(obj: Any, symbol: str, status: int = 200) -> dict[str, Any]:
@@ -358,7 +477,13 @@ class YahooClient:
         )
         params["events"] = "split"
         result, _ = await self.chart(symbol, params, key=None, now=now)
-        return [(d, r) for d, r in split_events(result) if d > after.date()]
+        try:
+            found = split_events(result)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise make_error(
+                SOURCE, "malformed", f"later splits: {exc}"[:300], symbol=symbol
+            ) from None
+        return [(d, r) for d, r in found if d > after.date()]
 
     async def fetch_symbol(
         self,

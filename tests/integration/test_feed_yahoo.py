@@ -7,7 +7,8 @@ from datetime import UTC, date, datetime, timedelta
 import pandas as pd
 import pytest
 from fakes import BarBook, fixture_json, need_fixtures
-from fakes.yahoo_server import YahooFake
+from fakes.yahoo_server import YahooFake, day_epoch
+from structlog.testing import capture_logs
 
 from tradingd.feeds.resilience import ResilientCaller, SourceConfig, SourceError
 from tradingd.feeds.response_cache import ResponseCache
@@ -49,6 +50,48 @@ async def make_client(fake):
     yield make
     for c in clients:
         await c.stop()
+
+
+def chart_body(
+    symbol: str,
+    closes: dict[date, float | None],
+    *,
+    splits: dict[str, dict] | None = None,
+    dividends: dict[str, dict] | None = None,
+) -> dict:
+    """A daily New York chart answer with Yahoo's (split-adjusted) closes; `None` is a
+    day without trade data (every OHLCV value null, as Yahoo sends it)."""
+    days = sorted(closes)
+    q: dict[str, list] = {k: [] for k in ("open", "high", "low", "close", "volume")}
+    for d in days:
+        c = closes[d]
+        for k, v in (
+            ("open", c),
+            ("high", None if c is None else round(c * 1.01, 4)),
+            ("low", None if c is None else round(c * 0.99, 4)),
+            ("close", c),
+            ("volume", None if c is None else 1_000_000),
+        ):
+            q[k].append(v)
+    result: dict = {
+        "meta": {"symbol": symbol, "exchangeTimezoneName": "America/New_York", "priceHint": 2},
+        "timestamp": [day_epoch(d) for d in days],
+        "indicators": {"quote": [q]},
+    }
+    events = {k: v for k, v in (("splits", splits), ("dividends", dividends)) if v}
+    if events:
+        result["events"] = events
+    return {"chart": {"result": [result], "error": None}}
+
+
+def split_on(day: date, num: float, den: float = 1) -> dict[str, dict]:
+    t = day_epoch(day)
+    return {str(t): {"date": t, "numerator": num, "denominator": den, "splitRatio": f"{num}:{den}"}}
+
+
+def dividend_on(day: date, amount: float) -> dict[str, dict]:
+    t = day_epoch(day)
+    return {str(t): {"date": t, "amount": amount}}
 
 
 def one(result, symbol):
@@ -407,3 +450,144 @@ async def test_answers_are_parsed_off_the_event_loop(fake, make_client, monkeypa
     assert set(res.frame["symbol"]) == {"AAA", "BBB"}
     assert len(threads) == 2
     assert threading.get_ident() not in threads
+
+
+# ---------------------------------------------------------- events on a day without bars
+
+WEEK = [date(2024, 2, 26) + timedelta(days=i) for i in range(5)]  # Mon 26 .. Fri 1 March
+
+
+def carried(logs: list[dict]) -> list[tuple]:
+    return [
+        (e["symbol"], e["action"], e["date"], e["bar"])
+        for e in logs
+        if e["event"] == "yahoo.event_carried"
+    ]
+
+
+async def test_split_and_dividend_on_a_null_bar_go_to_the_next_bar(fake, make_client):
+    """Yahoo sends a day without trade data as a null bar: a 2:1 split and a dividend dated
+    on it are put on the symbol's next bar (said), not lost while the split still
+    un-adjusts the bars before it (a silent -50% in the book)."""
+    wed, thu = WEEK[2], WEEK[3]
+    fake.faults.respond_next(
+        chart_body(
+            "SPL",
+            dict(zip(WEEK, [50.0, 50.5, None, 51.0, 51.5], strict=True)),
+            splits=split_on(wed, 2),
+            dividends=dividend_on(wed, 0.25),
+        )
+    )
+    client = await make_client()
+    with capture_logs() as logs:
+        df = one(await client.fetch(["SPL"], "1d", utc(2024, 2, 26), utc(2024, 3, 1)), "SPL")
+    assert list(df["time"]) == [pd.Timestamp(d) for d in (*WEEK[:2], *WEEK[3:])]
+    # Before the split: raw (Yahoo's adjusted x 2), as before.
+    assert list(df["close"]) == pytest.approx([100.0, 101.0, 51.0, 51.5])
+    assert list(df["volume"]) == [500_000, 500_000, 1_000_000, 1_000_000]
+    assert list(df["split"]) == [1.0, 1.0, 2.0, 1.0]
+    assert list(df["dividend"]) == pytest.approx([0.0, 0.0, 0.25, 0.0])
+    assert sorted(carried(logs)) == [
+        ("SPL", "dividend", "2024-02-28", thu.isoformat()),
+        ("SPL", "split", "2024-02-28", thu.isoformat()),
+    ]
+    assert {e["log_level"] for e in logs if e["event"] == "yahoo.event_carried"} == {"warning"}
+
+
+async def test_dividend_on_a_null_bar_before_a_split_is_restated_per_post_split_share(
+    fake, make_client
+):
+    """A dividend carried onto a bar that splits is paid per post-split share (the engine
+    splits first), as `suspect.carry_action` combines them: 0.50 a share on Tuesday is 0.25 a
+    share of Wednesday's 2:1 split."""
+    tue, wed = WEEK[1], WEEK[2]
+    fake.faults.respond_next(
+        chart_body(
+            "SPL",
+            dict(zip(WEEK, [50.0, None, 50.5, 51.0, 51.5], strict=True)),
+            splits=split_on(wed, 2),
+            dividends=dividend_on(tue, 0.25),  # Yahoo's amount is adjusted for the split too
+        )
+    )
+    client = await make_client()
+    with capture_logs() as logs:
+        df = one(await client.fetch(["SPL"], "1d", utc(2024, 2, 26), utc(2024, 3, 1)), "SPL")
+    row = df.set_index("time").loc[pd.Timestamp(wed)]
+    assert (row["split"], row["dividend"]) == (2.0, pytest.approx(0.25))
+    assert df["close"].iloc[0] == pytest.approx(100.0)
+    assert carried(logs) == [("SPL", "dividend", "2024-02-27", wed.isoformat())]
+
+
+async def test_event_after_the_last_bar_waits_for_the_next_answer(fake, make_client):
+    """A split dated on a null bar that ends the answer has no bar to go to yet: it is left
+    out, said, and the next answer (whose window covers its date, so Yahoo sends the event
+    again) puts it on the bar after it."""
+    fri, mon = WEEK[4], date(2024, 3, 4)
+    closes = dict(zip(WEEK, [50.0, 50.5, 51.0, 51.5, None], strict=True))
+    fake.faults.respond_next(chart_body("SPL", closes, splits=split_on(fri, 2)))
+    client = await make_client()
+    with capture_logs() as logs:
+        df = one(await client.fetch(["SPL"], "1d", utc(2024, 2, 26), utc(2024, 3, 1)), "SPL")
+    assert list(df["close"]) == pytest.approx([100.0, 101.0, 102.0, 103.0])
+    assert (df["split"] == 1.0).all()
+    [pending] = [e for e in logs if e["event"] == "yahoo.event_pending"]
+    assert pending["log_level"] == "warning"
+    assert (pending["symbol"], pending["action"], pending["date"]) == ("SPL", "split", "2024-03-01")
+    assert pending["last_bar"] == "2024-02-29"
+
+    fake.faults.respond_next(chart_body("SPL", closes | {mon: 52.0}, splits=split_on(fri, 2)))
+    with capture_logs() as logs:
+        df = one(await client.fetch(["SPL"], "1d", utc(2024, 2, 27), utc(2024, 3, 4)), "SPL")
+    assert df.set_index("time")["split"].to_dict()[pd.Timestamp(mon)] == 2.0
+    assert carried(logs) == [("SPL", "split", "2024-03-01", mon.isoformat())]
+
+
+def _without(events: dict[str, dict], key: str) -> dict[str, dict]:
+    return {k: {f: v for f, v in ev.items() if f != key} for k, ev in events.items()}
+
+
+def _with(events: dict[str, dict], **fields) -> dict[str, dict]:
+    return {k: ev | fields for k, ev in events.items()}
+
+
+@pytest.mark.parametrize(
+    ("events", "named"),
+    [
+        ({"splits": _without(split_on(WEEK[2], 2), "date")}, "events.splits"),
+        ({"dividends": _without(dividend_on(WEEK[2], 0.25), "date")}, "events.dividends"),
+        ({"splits": _with(split_on(WEEK[2], 2), date="soon")}, "date"),
+        ({"dividends": _without(dividend_on(WEEK[2], 0.25), "amount")}, "amount"),
+        ({"dividends": _with(dividend_on(WEEK[2], 0.25), amount="n/a")}, "amount"),
+        ({"dividends": _with(dividend_on(WEEK[2], 0.25), amount=-0.25)}, "amount"),
+        ({"splits": _with(split_on(WEEK[2], 2), numerator=0)}, "numerator"),
+        ({"splits": _with(split_on(WEEK[2], 2), denominator="x")}, "denominator"),
+        ({"splits": {"1709130600": "2:1"}}, "events.splits"),
+    ],
+)
+async def test_malformed_event_is_an_error_naming_it(fake, make_client, events, named):
+    """An event Yahoo sent without a date, or a ratio or amount that is not a number, is a
+    malformed answer for the symbol (never skipped silently)."""
+    fake.faults.respond_next(
+        chart_body("SPL", dict(zip(WEEK, [50.0, 50.5, 51.0, 51.5, 52.0], strict=True)), **events)
+    )
+    client = await make_client()
+    res = await client.fetch(["SPL"], "1d", utc(2024, 2, 26), utc(2024, 3, 1))
+    err = res.errors["SPL"]
+    assert (err.kind, err.symbol) == ("malformed", "SPL")
+    assert named in err.message
+
+
+async def test_zero_dividend_is_a_no_op(fake, make_client):
+    fake.faults.respond_next(
+        chart_body(
+            "SPL",
+            dict(zip(WEEK, [50.0, 50.5, 51.0, 51.5, 52.0], strict=True)),
+            dividends=dividend_on(WEEK[2], 0),
+        )
+    )
+    client = await make_client()
+    with capture_logs() as logs:
+        df = one(await client.fetch(["SPL"], "1d", utc(2024, 2, 26), utc(2024, 3, 1)), "SPL")
+    assert (df["dividend"] == 0.0).all() and len(df) == 5
+    [said] = [e for e in logs if e["event"] == "yahoo.zero_dividend"]
+    assert (said["symbol"], said["date"]) == ("SPL", "2024-02-28")
