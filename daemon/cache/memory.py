@@ -59,7 +59,7 @@ class MemoryCache:
         return len(self._data)
 
     @property
-    def bytes(self) -> int:
+    def size_bytes(self) -> int:
         """The values' bytes held now."""
         return self._bytes
 

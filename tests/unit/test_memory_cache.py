@@ -109,7 +109,7 @@ async def test_expired_entries_nobody_reads_again_are_dropped_by_later_writes() 
         clock.now += 1_800  # one bar every 30 minutes
     # Each write came after the sweep interval: it dropped every expired entry first, so
     # only the last write's entry is held (expired by now, and dropped when read).
-    assert len(cache) == 1 and cache.bytes == 1_000
+    assert len(cache) == 1 and cache.size_bytes == 1_000
     assert await cache.get("bars:299") is None and len(cache) == 0
 
 
@@ -118,16 +118,16 @@ async def test_unexpired_entries_are_bounded_by_bytes_oldest_first() -> None:
     cache = MemoryCache(max_entries=1_000, clock=clock, max_bytes=10_000)
     for i in range(25):
         await cache.set(f"k{i}", bytes([i]) * 1_000, ttl_s=3_600)
-    assert len(cache) == 10 and cache.bytes == 10_000
+    assert len(cache) == 10 and cache.size_bytes == 10_000
     assert await cache.get("k14") is None
     assert [await cache.get(f"k{i}") for i in (15, 24)] == [
         bytes([15]) * 1_000,
         bytes([24]) * 1_000,
     ]
     await cache.set("k15", b"small")  # rewriting replaces its bytes, not adds to them
-    assert cache.bytes == 9_000 + 5
+    assert cache.size_bytes == 9_000 + 5
     await cache.set("huge", b"h" * 10_001)  # larger than the whole bound: not kept
-    assert await cache.get("huge") is None and cache.bytes == 9_005
+    assert await cache.get("huge") is None and cache.size_bytes == 9_005
 
 
 async def test_a_write_sweeps_only_expired_entries() -> None:
@@ -138,7 +138,7 @@ async def test_a_write_sweeps_only_expired_entries() -> None:
     await cache.set("forever", b"f")
     clock.now += 61  # past the sweep interval and the short TTL
     await cache.set("new", b"n", ttl_s=10)
-    assert len(cache) == 3 and cache.bytes == 3  # "short" dropped without being read
+    assert len(cache) == 3 and cache.size_bytes == 3  # "short" dropped without being read
     assert [await cache.get(k) for k in ("long", "forever", "new")] == [b"l", b"f", b"n"]
 
 
@@ -168,8 +168,8 @@ def test_bounds_and_answers_hold_for_any_writes(writes) -> None:
             await cache.set(key, value, ttl_s=ttl)
             last[key] = (value, None if ttl is None else clock.now + ttl)
             held = list(cache._data.values())
-            assert len(held) <= 3 and cache.bytes <= 60
-            assert cache.bytes == sum(len(v) for v, _ in held)
+            assert len(held) <= 3 and cache.size_bytes <= 60
+            assert cache.size_bytes == sum(len(v) for v, _ in held)
             for k, (v, expires) in last.items():
                 got = await cache.get(k)
                 if got is not None:  # kept: the last value, unexpired
