@@ -118,6 +118,7 @@ from tenacity import (
     wait_random,
 )
 
+from ..alpaca_sdk import no_sdk_retries
 from ..core.errors import ConfigError, RetryableError
 from ..core.types import (
     BrokerUpdate,
@@ -2455,12 +2456,8 @@ class AlpacaBroker:
         # on and placed it. And a 504 may come after Alpaca placed the order: its retry of a
         # POST met 422 "client_order_id must be unique", and the order was taken as one
         # another process placed, its fills never booked. So every attempt is `_call`'s,
-        # inside the awaited call. Its constructor takes no 0 for either (falsy is default).
-        if hasattr(client, "_retry") and hasattr(client, "_retry_codes"):
-            client._retry = 0
-            client._retry_codes = []
-        else:  # a future alpaca-py
-            log.warning("alpaca.sdk_retries_unknown")
+        # inside the awaited call.
+        no_sdk_retries(client)
         return client
 
     def _close_client(self) -> None:

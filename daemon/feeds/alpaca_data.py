@@ -1,12 +1,14 @@
 """Alpaca market data through alpaca-py's `StockHistoricalDataClient` (base URL configurable).
 
-alpaca-py is synchronous (requests). Each request runs in a small thread pool of this client
-(`max_concurrency` threads, so a stuck vendor cannot starve the event loop's default executor)
-under the caller's timeout; requests itself gets the same timeout through the client's session
-(alpaca-py sets none, so without it a hung socket would pin a thread forever). Keys come from
-`APCA_API_KEY_ID` / `APCA_API_SECRET_KEY` (or are given); both are scrubbed from messages.
-The data client always uses the multi-symbol `GET /v2/stocks/bars` and merges the pages
-itself; this client asks for up to `max_symbols_per_request` symbols per call.
+alpaca-py is synchronous (requests). Each request runs on daemon threads of this client
+(`max_concurrency` of them, `alpaca_sdk.DaemonWorker`, so a stuck vendor cannot starve the
+event loop's default executor, and neither a stop nor the interpreter's exit waits for a
+request hung in one) under the caller's timeout; requests itself gets the same timeout
+through the client's session (alpaca-py sets none, so without it a hung socket would pin a
+thread forever). Keys come from `APCA_API_KEY_ID` / `APCA_API_SECRET_KEY` (or are given);
+both are scrubbed from messages. The data client always uses the multi-symbol
+`GET /v2/stocks/bars` and merges the pages itself; this client asks for up to
+`max_symbols_per_request` symbols per call.
 
 Prices: bars are requested with `adjustment="raw"` (as traded). Corporate actions are derived
 from Alpaca's own adjusted series when `derive_actions` is on (the default; two more requests
@@ -28,9 +30,14 @@ that New York date; intraday bars by their start (Alpaca's stamp) in UTC. A dail
 session in progress is served only after the session's close.
 
 Errors: `APIError` by HTTP status (401/403 -> `auth`, e.g. the free plan's "subscription does
-not permit querying recent SIP data"; 429 -> `http_429`; 5xx -> `http_5xx`; ...). alpaca-py
-retries 429 and 504 itself (3 x 3 s); `sdk_retries`/`sdk_retry_wait_s` set its private knobs
-(tests set the wait to 0, see the fixtures README), otherwise its defaults stay.
+not permit querying recent SIP data"; 429 -> `http_429`, its Retry-After kept for the caller's
+wait; 5xx -> `http_5xx`; ...). alpaca-py's own 429/504 retries (3 x a fixed 3 s sleep in the
+worker thread, unseen by the caller's limiter and breaker) are off (`alpaca_sdk.no_sdk_retries`):
+every request is one attempt of the `ResilientCaller`, which backs off and honours Retry-After.
+
+Cache: a cached answer that cannot be read (not JSON, no `body` or `fetched_at`, a body that
+does not parse: a truncated or foreign entry in a shared Redis) is logged as
+`alpaca.cache.bad_entry` and asked for again.
 """
 
 from __future__ import annotations
@@ -39,7 +46,6 @@ import asyncio
 import json
 import os
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -48,6 +54,7 @@ import pandas as pd
 import requests
 import structlog
 
+from ..alpaca_sdk import DaemonWorker, no_sdk_retries
 from ..core.errors import ConfigError
 from .resilience import ResilientCaller, SourceConfig, SourceError, error_for_status, make_error
 from .response_cache import ResponseCache, cache_key, held_writes
@@ -209,8 +216,6 @@ class AlpacaDataClient:
         session: Session | None = None,
         clock: Callable[[], datetime] = utc_now,
         env: Mapping[str, str] | None = None,
-        sdk_retries: int | None = None,
-        sdk_retry_wait_s: float | None = None,
     ) -> None:
         if feed is not None and feed not in FEEDS:
             raise ConfigError(f"Alpaca data feed {feed!r} is not valid; valid: {', '.join(FEEDS)}")
@@ -231,10 +236,8 @@ class AlpacaDataClient:
         self.validation = validation or Validation()
         self.session = session or Session()
         self._clock = clock
-        self._sdk_retries = sdk_retries
-        self._sdk_retry_wait_s = sdk_retry_wait_s
         self._client: Any = None
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: DaemonWorker | None = None
 
     def __repr__(self) -> str:  # never show the keys
         return f"AlpacaDataClient(base_url={self.base_url!r}, feed={self.feed!r})"
@@ -255,19 +258,16 @@ class AlpacaDataClient:
             )
             # alpaca-py gives requests no timeout; its session is the only place to set one.
             client._session = _TimeoutSession(self.caller.config.timeout_s)
-            if self._sdk_retries is not None:
-                client._retry = self._sdk_retries
-            if self._sdk_retry_wait_s is not None:
-                client._retry_wait = self._sdk_retry_wait_s  # type: ignore[assignment]
+            no_sdk_retries(client)  # the caller retries, with backoff, outside the thread
             self._client = client
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(
-                max_workers=self.caller.config.max_concurrency, thread_name_prefix="alpaca-data"
-            )
+            self._pool = DaemonWorker("alpaca-data", threads=self.caller.config.max_concurrency)
 
     async def stop(self) -> None:
+        """The worker threads, the session and an own cache: a request in flight is not
+        waited for, here or at the interpreter's exit (its thread is a daemon)."""
         if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool.shutdown()
             self._pool = None
         if self._client is not None:
             self._client._session.close()
@@ -306,7 +306,16 @@ class AlpacaDataClient:
             status = exc.status_code or 0
             body = str(exc)
             if status:
-                raise error_for_status(SOURCE, status, body, secrets=self.caller.secrets) from None
+                response = exc.response
+                raise error_for_status(
+                    SOURCE,
+                    status,
+                    body,
+                    retry_after=response.headers.get("Retry-After")
+                    if response is not None
+                    else None,
+                    secrets=self.caller.secrets,
+                ) from None
             raise make_error(SOURCE, "malformed", self.caller.redact(body)[:300]) from None
         except (ValueError, requests.JSONDecodeError) as exc:
             if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
@@ -348,34 +357,34 @@ class AlpacaDataClient:
             if end_close <= now
             else None
         )
-        text: str | None = None
-        fetched_at = now
+        what = f"bars {label} {interval.name} {adjustment}"
         if key is not None:
             hit = await self.cache.get(key)
             if hit is not None:
-                entry = json.loads(hit)
-                text, fetched_at = entry["body"], datetime.fromisoformat(entry["fetched_at"])
-        if text is None:
-            loop = asyncio.get_running_loop()
-            pool = self._pool
+                try:
+                    entry = json.loads(hit)
+                    body, cached_at = entry["body"], datetime.fromisoformat(entry["fetched_at"])
+                    if not isinstance(body, str):
+                        raise TypeError(f"body is a {type(body).__name__}")
+                    frame = await asyncio.to_thread(
+                        _parse_bars, body, interval, self.session.timezone
+                    )
+                    return frame, cached_at
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    log.warning("alpaca.cache.bad_entry", what=what)
+        pool = self._pool
+        assert pool is not None
 
-            async def attempt() -> str:
-                return await loop.run_in_executor(
-                    pool,
-                    self._get_bars_sync,
-                    list(symbols),
-                    interval,
-                    start,
-                    end,
-                    adjustment,
-                )
-
-            text = await self.caller.call(
-                attempt, what=f"bars {label} {interval.name} {adjustment}"
+        async def attempt() -> str:
+            return await asyncio.wrap_future(
+                pool.submit(self._get_bars_sync, list(symbols), interval, start, end, adjustment)
             )
-            if key is not None:
-                entry = {"fetched_at": now.isoformat(), "body": text}
-                await self.cache.set(key, json.dumps(entry).encode(), symbols=symbols)
+
+        text = await self.caller.call(attempt, what=what)
+        fetched_at = now
+        if key is not None:
+            entry = {"fetched_at": now.isoformat(), "body": text}
+            await self.cache.set(key, json.dumps(entry).encode(), symbols=symbols)
         try:
             # In a worker thread: a warm-up page of 100 symbols x 500 bars is a long parse.
             frame = await asyncio.to_thread(_parse_bars, text, interval, self.session.timezone)

@@ -26,15 +26,13 @@ from __future__ import annotations
 
 import asyncio
 import math
-import queue
-import threading
-from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
+from collections.abc import Mapping, Sequence
 from datetime import date
 from typing import Any
 
 import requests
 
+from ..alpaca_sdk import DaemonWorker, no_sdk_retries
 from ..core.types import Split
 from .alpaca_data import _TimeoutSession
 from .resilience import ResilientCaller, SourceConfig, error_for_status, make_error
@@ -80,51 +78,6 @@ def parse_splits(body: Mapping[str, Any], wanted: Sequence[str]) -> list[Split]:
     return sorted(out, key=lambda s: (s.ex_date, s.symbol))
 
 
-class _DaemonWorker:
-    """One daemon thread running calls in order (a ThreadPoolExecutor's workers are joined
-    at the interpreter's exit: a request hung at the stop held the exit until requests'
-    timeout, which is per read, so longer for a host trickling bytes). A call still running
-    at `shutdown` is abandoned with its thread; the calls queued behind it are cancelled."""
-
-    def __init__(self, name: str) -> None:
-        self._name = name
-        self._jobs: queue.SimpleQueue[
-            tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None
-        ]
-        self._jobs = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
-        fut: Future[Any] = Future()
-        self._jobs.put((fut, fn, args))
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._work, name=self._name, daemon=True)
-            self._thread.start()
-        return fut
-
-    def _work(self) -> None:
-        while (job := self._jobs.get()) is not None:
-            fut, fn, args = job
-            if not fut.set_running_or_notify_cancel():
-                continue
-            try:
-                result = fn(*args)
-            except BaseException as exc:  # the caller's future carries it
-                fut.set_exception(exc)
-            else:
-                fut.set_result(result)
-
-    def shutdown(self) -> None:
-        while True:
-            try:
-                job = self._jobs.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                job[0].cancel()
-        self._jobs.put(None)
-
-
 class AlpacaSplits:
     """Announced splits of a universe from Alpaca's corporate-actions API. See the module
     docstring."""
@@ -147,7 +100,7 @@ class AlpacaSplits:
         self.caller.add_secret(secret_key)
         self._request_timeout_s = request_timeout_s
         self._client: Any = None
-        self._pool: _DaemonWorker | None = None
+        self._pool: DaemonWorker | None = None
 
     def __repr__(self) -> str:  # never show the keys
         return f"AlpacaSplits(base_url={self.base_url!r})"
@@ -160,9 +113,9 @@ class AlpacaSplits:
                 self._keys[0], self._keys[1], raw_data=True, url_override=self.base_url
             )
             client._session = _TimeoutSession(self._request_timeout_s)
-            client._retry = 0  # the caller retries, with backoff, outside the thread
+            no_sdk_retries(client)  # the caller retries, with backoff, outside the thread
             self._client = client
-            self._pool = _DaemonWorker("alpaca-ca")
+            self._pool = DaemonWorker("alpaca-ca")
         return self._client
 
     def close(self) -> None:

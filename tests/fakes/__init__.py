@@ -224,6 +224,7 @@ class Fault:
     body: str | None = None
     content_type: str = "application/json"
     delay_s: float = 0.0
+    retry_after: str | None = None  # throttle: the answer's Retry-After (the Alpaca fake)
 
 
 class Faults:
@@ -252,9 +253,10 @@ class Faults:
     def fail_next(self, n: int = 1, status: int = 500, body: str | None = None) -> None:
         self._add(n, Fault("status", status=status, body=body))
 
-    def throttle(self, n: int = 1) -> None:
-        """The vendor's throttling answer (Yahoo/Alpaca: 429; Alpha Vantage: a Note)."""
-        self._add(n, Fault("throttle", status=429))
+    def throttle(self, n: int = 1, retry_after: str | None = None) -> None:
+        """The vendor's throttling answer (Yahoo/Alpaca: 429; Alpha Vantage: a Note); the
+        Alpaca fake's carries `retry_after` as its Retry-After header."""
+        self._add(n, Fault("throttle", status=429, retry_after=retry_after))
 
     def down(self, n: int) -> None:
         """A source down for n calls: 503."""

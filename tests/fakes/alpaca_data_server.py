@@ -2,10 +2,10 @@
 alpaca-py's data and corporate-actions clients.
 
     async with AlpacaDataFake(book, key_id="kid", secret="sec") as fake:
-        AlpacaDataClient(api_key="kid", secret_key="sec", base_url=fake.url,
-                         sdk_retry_wait_s=0)       # alpaca-py retries 429/504 after 3 s
+        AlpacaDataClient(api_key="kid", secret_key="sec", base_url=fake.url)
         fake.faults.respond_next(recorded_body)    # serve a recorded fixture once
-        fake.faults.fail_next(1, status=504)       # a one-off 504 (alpaca-py retries it)
+        fake.faults.fail_next(1, status=504)       # a one-off 504 (the caller retries it)
+        fake.faults.throttle(1, retry_after="2")   # a 429 with a Retry-After header
 
 As the fixtures README asks: both auth headers required (missing: 403 `forbidden.`; wrong: 401
 `request is not authorized`); `X-RateLimit-Limit/Remaining/Reset` on every answer and 429 with
@@ -86,17 +86,20 @@ class AlpacaDataFake(FakeServer):
             "X-RateLimit-Reset": str(reset),
         }
 
-    def _json(self, obj: Any, status: int = 200) -> web.Response:
+    def _json(
+        self, obj: Any, status: int = 200, headers: dict[str, str] | None = None
+    ) -> web.Response:
         return web.Response(
             status=status,
             text=json.dumps(obj),
             content_type="application/json",
-            headers=self._headers(),
+            headers={**self._headers(), **(headers or {})},
         )
 
     def vendor_fault(self, fault: Fault, request: web.Request) -> web.StreamResponse | None:
         if fault.kind == "throttle":
-            return self._json({"code": 42910000, "message": "rate limit exceeded"}, 429)
+            extra = {"Retry-After": fault.retry_after} if fault.retry_after is not None else None
+            return self._json({"code": 42910000, "message": "rate limit exceeded"}, 429, extra)
         if fault.kind == "down":
             return self._json({"message": "service unavailable"}, 503)
         return None

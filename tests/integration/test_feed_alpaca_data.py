@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
+import threading
 from datetime import UTC, date, datetime
 
 import pandas as pd
 import pytest
 from fakes import BarBook, fixture_json, need_fixtures
 from fakes.alpaca_data_server import AlpacaDataFake
+from fakes.hung_host import hung_host
 from structlog.testing import capture_logs
 
+from tradingd import metrics
 from tradingd.core.errors import ConfigError
 from tradingd.feeds.alpaca_data import ENV_KEY_ID, ENV_SECRET_KEY, AlpacaDataClient
 from tradingd.feeds.resilience import ResilientCaller, SourceConfig
@@ -39,18 +45,19 @@ async def make_client(fake):
     async def make(**kw) -> AlpacaDataClient:
         cfg = {"max_attempts": 3, "backoff_base_s": 0.0, "timeout_s": 2.0}
         cfg |= {k: kw.pop(k) for k in list(kw) if k in SourceConfig.__dataclass_fields__}
-        caller = ResilientCaller("alpaca", SourceConfig(**cfg), sleep=no_sleep)
+        caller = ResilientCaller("alpaca", SourceConfig(**cfg), sleep=kw.pop("sleep", no_sleep))
         opts = {
             "api_key": KEY_ID,
             "secret_key": SECRET,
             "base_url": fake.url,
             "caller": caller,
             "clock": lambda: fake.book.now,
-            "sdk_retry_wait_s": 0,  # alpaca-py sleeps 3 s before its own 429/504 retries
             **kw,
         }
         client = AlpacaDataClient(**opts)
         await client.start()
+        # Were alpaca-py's own retries on, they would not sleep 3 s each here either.
+        client._client._retry_wait = 0
         made.append(client)
         return client
 
@@ -197,20 +204,114 @@ async def test_keys_from_the_environment(fake, monkeypatch):
         await client.stop()
 
 
-async def test_429_and_504_are_retried(fake, make_client):
+def source_calls() -> float:
+    return metrics.REGISTRY.get_sample_value("tradingd_source_calls_total", {"source": "alpaca"})
+
+
+def failures(logs) -> list[tuple]:
+    return [
+        (e["kind"], e["status"], e["attempt"]) for e in logs if e["event"] == "source.call.failed"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("fault", "kind", "status"),
+    [
+        (lambda f: f.throttle(1, retry_after="7"), "http_429", 429),
+        (lambda f: f.fail_next(1, status=504), "http_5xx", 504),
+    ],
+    ids=["429", "504"],
+)
+async def test_429_and_504_are_retried_by_the_caller_one_request_per_attempt(
+    fake, make_client, fault, kind, status
+):
+    """alpaca-py's own retries (3 x a fixed 3 s in the worker thread) are off: each attempt
+    of the caller (its limiter, breaker, backoff, Retry-After) is one request."""
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    client = await make_client(derive_actions=False, sleep=sleep, backoff_max_s=30.0)
+    fault(fake.faults)
+    calls = source_calls()
+    with capture_logs() as logs:
+        df = one(await client.fetch(["AAA"], "1d", utc(2024, 3, 4), utc(2024, 3, 6)), "AAA")
+    assert len(df) == 3
+    assert fake.count == 2 == client.caller.calls == source_calls() - calls
+    assert failures(logs) == [(kind, status, 1)]
+    assert len(sleeps) == 1
+    if status == 429:
+        assert sleeps == [7.0]  # its Retry-After
+
+
+async def test_a_throttled_source_gets_one_request_per_attempt_and_no_more(fake, make_client):
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    client = await make_client(derive_actions=False, max_attempts=3, sleep=sleep)
+    fake.faults.throttle(20, retry_after="1")
+    with capture_logs() as logs:
+        res = await client.fetch(["AAA"], "1d", utc(2024, 3, 4), utc(2024, 3, 6))
+    assert (res.errors["AAA"].kind, res.errors["AAA"].status) == ("http_429", 429)
+    assert fake.count == 3 == client.caller.calls  # not 3 x 4
+    assert failures(logs) == [("http_429", 429, n) for n in (1, 2, 3)]
+    assert sleeps == [1.0, 1.0]
+
+
+async def test_a_stop_while_a_request_hangs_leaves_no_thread_to_wait_for(make_client):
+    """The requests run on daemon threads: neither the stop nor the interpreter's exit (which
+    joins a ThreadPoolExecutor's workers) waits for one hung in a request."""
+    before = set(threading.enumerate())
+    with hung_host() as host:
+        client = await make_client(
+            derive_actions=False, base_url=host.url, timeout_s=30.0, max_attempts=1
+        )
+        task = asyncio.create_task(client.fetch(["AAA"], "1d", utc(2024, 3, 4), utc(2024, 3, 6)))
+        for _ in range(1000):
+            if host.connections:
+                break
+            await asyncio.sleep(0.01)
+        assert host.connections  # the request is in flight, and never answered
+        await client.stop()
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        new = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        assert any(t.name.startswith("alpaca-data") for t in new)  # still in its request
+        assert [t.name for t in new if not t.daemon] == []
+
+
+TRUNCATED = b'{"fetched_at": "2024-03-06T22:00:00+00:00", "body": "{\\"bars\\": {'
+NO_BODY = json.dumps({"fetched_at": "2024-03-06T22:00:00+00:00", "answer": {}}).encode()
+BAD_BODY = json.dumps({"fetched_at": "2024-03-06T22:00:00+00:00", "body": '{"bars'}).encode()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [TRUNCATED, NO_BODY, BAD_BODY, b"[1, 2]"],
+    ids=["truncated", "no_body", "bad_body", "list"],
+)
+async def test_a_corrupt_cache_entry_is_logged_and_asked_for_again(fake, make_client, entry):
+    """A truncated or foreign entry in a shared cache: a warning and the vendor's bars (it
+    raised a JSONDecodeError or KeyError out of the fetch, which stopped the daemon)."""
     client = await make_client(derive_actions=False)
-    fake.faults.throttle(1)
-    fake.faults.fail_next(1, status=504)
-    df = one(await client.fetch(["AAA"], "1d", utc(2024, 3, 4), utc(2024, 3, 6)), "AAA")
-    assert len(df) == 3 and fake.count == 3  # alpaca-py's own retries
-
-
-async def test_our_retries_take_over_when_the_sdk_gives_up(fake, make_client):
-    client = await make_client(derive_actions=False, sdk_retries=0, max_attempts=3)
-    fake.faults.throttle(2)
-    df = one(await client.fetch(["AAA"], "1d", utc(2024, 3, 4), utc(2024, 3, 6)), "AAA")
-    assert len(df) == 3 and fake.count == 3
-    assert client.caller.last_error.kind == "http_429"
+    window = (utc(2024, 3, 4), utc(2024, 3, 6))
+    first = one(await client.fetch(["AAA"], "1d", *window), "AAA")
+    keys = list(client.cache.fallback._data)
+    assert len(keys) == 1  # the closed window's answer
+    await client.cache.fallback.set(keys[0], entry, 60)
+    fake.reset_stats()
+    with capture_logs() as logs:
+        again = one(await client.fetch(["AAA"], "1d", *window), "AAA")
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["alpaca.cache.bad_entry"]
+    assert fake.count == 1
+    pd.testing.assert_frame_equal(again, first)
+    # The answer fetched again replaced the bad entry.
+    pd.testing.assert_frame_equal(one(await client.fetch(["AAA"], "1d", *window), "AAA"), first)
+    assert fake.count == 1
 
 
 async def test_5xx_timeout_and_malformed(fake, make_client):

@@ -67,7 +67,6 @@ async def test_collector_serves_the_newest_closed_hour_from_every_source(now, la
                 base_url=apf.url,
                 caller=caller("alpaca"),
                 clock=clock,
-                sdk_retry_wait_s=0,
             ),
             clock=clock,
         )

@@ -102,7 +102,6 @@ def source_for(kind: str, fake, clock=None, cache: ResponseCache | None = None, 
         base_url=fake.url,
         caller=caller,
         clock=now,
-        sdk_retry_wait_s=0,
         cache=cache,
     )
 
