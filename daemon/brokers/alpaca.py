@@ -188,6 +188,10 @@ _THROTTLED_TRIES = 4  # a 429's tries per attempt (alpaca-py's own, before they 
 _REREAD_LIMIT = 20
 # Orders read back at a restart to find whose an edited order is (`_trace_origins`).
 _EDIT_CHAIN_LIMIT = 10
+# States Alpaca closes an order in that may follow executions (filled; cancelled, expired or
+# replaced after partial fills): closed with a filled_qty that cannot be read, an order in one
+# of them is kept working (`_apply`). A rejected order never executed.
+_MAY_HAVE_FILLED = frozenset({OrderStatus.FILLED, OrderStatus.CANCELLED})
 
 T = TypeVar("T")
 # Answers that arrived but cannot be read: malformed, not a connection failure, although
@@ -634,6 +638,8 @@ class AlpacaBroker:
         self._reread_next: set[str] = set()
         # Orders with executions Alpaca has not priced yet (`_fill`), logged once each.
         self._unpriced: set[str] = set()
+        # Orders Alpaca closed with a filled_qty that cannot be read (`_apply`), logged once.
+        self._uncounted: set[str] = set()
 
         self._started = False
         self._stopping = False
@@ -683,7 +689,7 @@ class AlpacaBroker:
                 ) from None
             except _Unreachable as e:
                 raise self._unreachable("start", e) from None
-            self._check_account(account)
+            self._check_account(account, "start")
             if self._config.adopt_open_orders:
                 await self._adopt_open_orders()
         except BaseException:
@@ -793,13 +799,19 @@ class AlpacaBroker:
         t = self._get(client_order_id)
         return t.origin if t is not None and t.origin is not None else client_order_id
 
-    def _check_account(self, account: Any) -> None:
+    def _check_account(self, account: Any, what: str) -> None:
         """Whether the account may trade (GET /v2/account's status and blocks): a closed,
         blocked or suspended account started as a healthy broker before, and every order
         was then refused bar after bar with nothing else to say why. Logged (an error once
-        per change), and the broker's readiness check fails until it may trade again."""
+        per change), and the broker's readiness check fails until it may trade again. An
+        answer that is no object raises the malformed-answer RetryableError (`what`: the
+        call it answered), the check's time recorded either way: such an answer was
+        ignored, and the account asked for again at every poll."""
+        self._last_account_mono = time.monotonic()
         if not isinstance(account, Mapping):
-            return
+            raise self._malformed(
+                "get_account", what, f"the account is a {type(account).__name__}, not an object"
+            )
         why = []
         status = str(account.get("status") or "").upper()
         if status and status != "ACTIVE":
@@ -818,16 +830,14 @@ class AlpacaBroker:
             elif self._account_blocked:
                 log.info("alpaca.account_unblocked")
         self._account_blocked = blocked
-        self._last_account_mono = time.monotonic()
 
     async def _recheck_account(self) -> None:
         try:
             account = await self._call("get_account", self._require_client().get_account)
-        except (APIError, _Unreachable) as e:
+            self._check_account(account, "the account check")
+        except (APIError, _Unreachable, RetryableError) as e:
             log.warning("alpaca.account_check_failed", error=self._scrub(e))
             self._last_account_mono = time.monotonic()
-            return
-        self._check_account(account)
 
     def status(self) -> dict[str, Any]:
         """For /ready and diagnostics. Never contains keys."""
@@ -871,7 +881,16 @@ class AlpacaBroker:
             ) from None
         except _Unreachable as e:
             raise self._unreachable("snapshot", e) from None
-        account = account if isinstance(account, Mapping) else {}
+        if not isinstance(account, Mapping):
+            raise self._malformed(
+                "get_account",
+                "snapshot",
+                f"the account is a {type(account).__name__}, not an object",
+            )
+        try:
+            positions = positions_from_alpaca(rows)
+        except ValueError as e:
+            raise self._malformed("get_positions", "snapshot", str(e)) from None
         open_orders: list[Order] = []
         for raw in orders if isinstance(orders, list) else []:
             if isinstance(raw, Mapping):
@@ -880,9 +899,7 @@ class AlpacaBroker:
             cash=parse_float(account.get("cash")),
             equity=parse_float(account.get("equity")),
             buying_power=parse_float(account.get("buying_power")),
-            positions=positions_from_alpaca(
-                [r for r in rows if isinstance(r, Mapping)] if isinstance(rows, list) else []
-            ),
+            positions=positions,
             open_orders=open_orders,
             currency=str(account.get("currency") or "USD"),
             account_status=str(account.get("status") or ""),
@@ -891,7 +908,9 @@ class AlpacaBroker:
 
     async def positions(self) -> dict[str, float]:
         """Alpaca's positions (GET /v2/positions): symbol -> signed quantity (shorts
-        negative), for reconciling the book. Raises RetryableError when that fails."""
+        negative), for reconciling the book. Raises RetryableError when that fails, also for
+        an answer that cannot be read (`positions_from_alpaca`): a row skipped, or an answer
+        read as none, made Alpaca look flat to reconciliation."""
         client = self._require_client()
         try:
             rows = await self._call("get_positions", client.get_all_positions)
@@ -902,9 +921,10 @@ class AlpacaBroker:
             ) from None
         except _Unreachable as e:
             raise self._unreachable("reading positions", e) from None
-        found = positions_from_alpaca(
-            [r for r in rows if isinstance(r, Mapping)] if isinstance(rows, list) else []
-        )
+        try:
+            found = positions_from_alpaca(rows)
+        except ValueError as e:
+            raise self._malformed("get_positions", "reading positions", str(e)) from None
         return {symbol: qty for symbol, (qty, _) in found.items()}
 
     # ------------------------------------------------------------------------- restart
@@ -1475,6 +1495,7 @@ class AlpacaBroker:
             except _Unreachable as e:
                 raise self._unreachable("order poll", e) from None
             self._verify &= self._open.keys()
+            self._uncounted &= self._open.keys()
             self._last_poll_at = _now()
             self._last_poll_mono = time.monotonic()
 
@@ -1867,10 +1888,19 @@ class AlpacaBroker:
                 changed = changed or fill is not None
                 unpriced = fill is None
             status = self._status_for(t, status_text, order.filled_quantity)
-            if unpriced and not status.is_open:
-                # Alpaca has said `filled` (or closed it) before giving the price: closed
-                # here, it would be followed no longer and its executions never booked.
-                # Working until an answer carries the price; polled meanwhile.
+            # Closed (filled, or cancelled after executions perhaps) with a `filled_qty`
+            # that cannot be read: no fill can be derived, and closed here it would be
+            # followed no longer, as filled with nothing filled.
+            uncounted = not math.isfinite(filled) and status in _MAY_HAVE_FILLED
+            if uncounted:
+                self._without_quantity(order, raw, status_text)
+            elif self._uncounted:
+                self._uncounted.discard(order.client_order_id)
+            if (unpriced or uncounted) and not status.is_open:
+                # Alpaca has said `filled` (or closed it) before giving the price (or a
+                # readable quantity): closed here, it would be followed no longer and its
+                # executions never booked. Working until an answer carries them; polled
+                # meanwhile.
                 status = order.status
                 self._verify.add(order.client_order_id)
             reopens = status.is_open and not order.status.is_open  # a late, reordered update
@@ -1889,6 +1919,20 @@ class AlpacaBroker:
                 self._apply(leg, report=report, parent=order.client_order_id)
         if changed and (not order.status.is_open or order.filled_quantity > EPS):
             self._settle_group(t, report)
+
+    def _without_quantity(self, order: Order, raw: Mapping[str, Any], status_text: str) -> None:
+        SOURCE_ERRORS.labels(source=SOURCE, kind="malformed").inc()
+        if order.client_order_id in self._uncounted:
+            return  # logged once: it is polled every few s
+        self._uncounted.add(order.client_order_id)
+        log.error(
+            "alpaca.fill_without_quantity",
+            client_order_id=order.client_order_id,
+            symbol=order.symbol,
+            status=status_text,
+            filled_qty=raw.get("filled_qty"),
+            rule="followed as working until Alpaca gives a readable filled_qty, then booked",
+        )
 
     def _fill(
         self,
@@ -2573,6 +2617,13 @@ class AlpacaBroker:
         self._connected = up
         self._last_error = detail if detail.startswith(op) else f"{op}: {detail}"
         self._last_error_at = _now()
+
+    def _malformed(self, op: str, what: str, problem: str) -> RetryableError:
+        """An answer to `op` that arrived but cannot be read (a body of the wrong shape, a
+        field missing): counted, shown and raised as `_call` does a body that is no JSON."""
+        detail = self._scrub(f"{op}: unreadable answer: {problem}")
+        self._failed(op, "malformed", detail, up=False)
+        return self._unreachable(what, _Unreachable("malformed", detail))
 
     def _unreachable(self, what: str, error: _Unreachable) -> RetryableError:
         return RetryableError(

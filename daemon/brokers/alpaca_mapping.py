@@ -682,13 +682,28 @@ class AccountSnapshot:
     taken_at: datetime | None = None
 
 
-def positions_from_alpaca(rows: Sequence[Mapping[str, Any]]) -> dict[str, tuple[float, float]]:
+def positions_from_alpaca(answer: Any) -> dict[str, tuple[float, float]]:
+    """GET /v2/positions' answer: symbol -> (signed quantity, average entry price); shorts
+    are negative. An answer that is no list, a row that is no object, a row without a symbol
+    or a readable `qty`, or a symbol listed twice raises ValueError naming the row and the
+    field: skipped, such a row read as no position, and reconciliation took Alpaca for flat
+    in that symbol (every symbol, for an answer that is no list)."""
+    if not isinstance(answer, list):
+        raise ValueError(f"positions answer is a {type(answer).__name__}, not a list")
     out: dict[str, tuple[float, float]] = {}
-    for row in rows:
-        symbol = str(row.get("symbol") or "")
+    for i, row in enumerate(answer):
+        if not isinstance(row, Mapping):
+            raise ValueError(f"positions answer row {i} is a {type(row).__name__}, not an object")
+        symbol = row.get("symbol")
+        if not isinstance(symbol, str) or not symbol.strip():
+            raise ValueError(f"positions answer row {i}: symbol {symbol!r} is not a symbol")
+        if symbol in out:
+            raise ValueError(f"positions answer row {i}: symbol {symbol!r} is listed twice")
         qty = parse_float(row.get("qty"))
-        if not symbol or not math.isfinite(qty):
-            continue
+        if not math.isfinite(qty):
+            raise ValueError(
+                f"positions answer row {i} ({symbol}): qty {row.get('qty')!r} is not a number"
+            )
         if str(row.get("side") or "").lower() == "short" and qty > 0:
             qty = -qty
         out[symbol] = (qty, parse_float(row.get("avg_entry_price")))

@@ -8,6 +8,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -861,6 +863,82 @@ async def test_an_answer_that_is_no_json_is_counted_and_shown_as_malformed(fake,
     assert errors("malformed") == malformed + 3
     assert errors("connection") == connection
     assert "unreadable answer" in broker.status()["last_error"]
+
+
+def _no_qty(rows: list[dict[str, Any]]) -> Any:
+    rows[0]["qty"] = None
+    return rows
+
+
+def _no_symbol(rows: list[dict[str, Any]]) -> Any:
+    del rows[0]["symbol"]
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("garble", "named"),
+    [
+        (_no_qty, "positions answer row 0 (AAPL): qty None is not a number"),
+        (_no_symbol, "positions answer row 0: symbol None is not"),
+        (lambda rows: {"positions": rows}, "positions answer is a dict, not a list"),
+    ],
+)
+async def test_a_positions_answer_that_cannot_be_read_is_retryable_and_named(
+    fake, broker, monkeypatch, garble, named
+):
+    """A row without a readable qty or symbol was skipped, and an answer that is no list read
+    as no positions: reconciliation took Alpaca for flat and blocked every held symbol with a
+    critical "broker holds 0" (or noticed nothing of shares held in an unreadable row). It is
+    now Alpaca unavailable for that round, named as a malformed answer."""
+
+    def malformed() -> float:
+        return SOURCE_ERRORS.labels(source="alpaca_trading", kind="malformed")._value.get()
+
+    fake.set_position("AAPL", 10, 100.0)
+    assert await broker.positions() == {"AAPL": 10.0}
+    readable = fake.positions
+    monkeypatch.setattr(fake, "positions", lambda: garble(readable()))
+    before = malformed()
+    pattern = r"\(malformed\): get_positions: unreadable answer: " + re.escape(named)
+    with pytest.raises(RetryableError, match=pattern):
+        await broker.positions()
+    assert named in broker.status()["last_error"]
+    with pytest.raises(RetryableError, match=pattern):
+        await broker.snapshot()
+    assert malformed() == before + 2
+    monkeypatch.setattr(fake, "positions", readable)
+    assert await broker.positions() == {"AAPL": 10.0}
+    assert broker.status()["connected"] is True
+
+
+async def test_an_account_answer_that_cannot_be_read_is_named_and_asked_at_its_interval(
+    fake, monkeypatch
+):
+    """GET /v2/account answering something that is no object was ignored: the start went on
+    as if the account could trade, and a running broker asked again at every poll."""
+    readable = fake.account
+    monkeypatch.setattr(fake, "account", lambda: ["no", "account"])
+    with pytest.raises(RetryableError, match=r"\(malformed\): get_account: unreadable answer"):
+        async with running(fake):
+            pass
+    monkeypatch.setattr(fake, "account", readable)
+    async with running(fake, open_orders_check_s=0.3) as broker:
+        with capture_logs() as logs:
+            monkeypatch.setattr(fake, "account", lambda: ["no", "account"])
+            failed: list[float] = []
+
+            def checks() -> int:
+                said = [e for e in logs if e["event"] == "alpaca.account_check_failed"]
+                if len(said) > len(failed):
+                    failed.append(time.monotonic())
+                return len(said)
+
+            await eventually(lambda: checks() >= 2, timeout=3.0)
+        said = [e for e in logs if e["event"] == "alpaca.account_check_failed"]
+        assert "get_account: unreadable answer: the account is a list" in said[0]["error"]
+        # Asked again at the check's interval, not at every poll (0.05 s).
+        assert failed[1] - failed[0] >= 0.25
+        assert broker.status()["blocked"] is None
 
 
 async def test_cancel(fake, broker):

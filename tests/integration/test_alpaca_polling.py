@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 
+import pytest
 from fakes.alpaca_trading_server import AlpacaTradingFake
 from structlog.testing import capture_logs
 from test_alpaca_broker import RUN, T0, Updates, eventually, order, running
@@ -80,6 +81,57 @@ async def test_a_fill_event_without_a_price_is_booked_when_a_poll_finds_it(fake)
         await up.bar()
         assert [(f.fill_id, f.quantity, f.price) for f in up.fills] == [(f"{cid}#10", 10, 101.0)]
         assert broker.order(cid).status is OrderStatus.FILLED
+
+
+@pytest.mark.parametrize("filled_qty", [None, "", "ten"])
+async def test_a_fill_whose_quantity_cannot_be_read_keeps_the_order_working_until_it_can(
+    fake, monkeypatch, filled_qty
+):
+    """Alpaca's order said `filled` with a null, empty or garbage `filled_qty`: no fill could
+    be derived, yet the order was closed as filled with nothing filled, nothing said, and
+    reconciliation later blocked the symbol without naming why. It stays working, is asked
+    for again, said once, and booked once the quantity can be read."""
+    fake.set_price("AAPL", 100.0, match=False)
+    async with running(fake) as broker:
+        up = Updates(broker)
+        buy = order("AAPL", 10)
+        cid = buy.client_order_id
+        await broker.submit([buy])
+        target = fake.order(cid).id
+        garbled = [True]
+        readable = fake._json
+
+        def answer(o, nested):  # type: ignore[no-untyped-def]
+            body = readable(o, nested)
+            if o.id == target and garbled[0]:
+                body["filled_qty"] = filled_qty
+            return body
+
+        monkeypatch.setattr(fake, "_json", answer)
+
+        def said() -> list[dict]:  # type: ignore[type-arg]
+            return [e for e in logs if e["event"] == "alpaca.fill_without_quantity"]
+
+        def asked_since(n: int) -> int:
+            return sum(1 for r in fake.requests[n:] if r.method == "GET" and "orders" in r.path)
+
+        with capture_logs() as logs:
+            fake.fill(cid, price=100.0)  # the stream's fill event carries the garbled order
+            await eventually(lambda: len(said()) == 1)
+            n = len(fake.requests)
+            await eventually(lambda: asked_since(n) >= 2)  # asked again, still unreadable
+            await up.bar()
+        [line] = said()
+        assert (line["client_order_id"], line["symbol"]) == (cid, "AAPL")
+        assert line["filled_qty"] == filled_qty and line["status"] == "filled"
+        assert up.fills == [] and (up.last(cid) is None or up.last(cid).status.is_open)
+        assert [(o.client_order_id, o.filled_quantity) for o in broker.open_orders()] == [(cid, 0)]
+
+        garbled[0] = False
+        await up.until(lambda u: u.filled(cid) > 0)
+        assert [(f.fill_id, f.quantity, f.price) for f in up.fills] == [(f"{cid}#10", 10, 100.0)]
+        assert up.last(cid).status is OrderStatus.FILLED
+        assert broker.open_orders() == []
 
 
 async def test_a_resumed_order_filled_without_its_price_is_booked_once_priced(fake):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -272,6 +273,35 @@ def test_positions_are_signed():
     short = [{"symbol": "X", "qty": "5", "side": "short", "avg_entry_price": "10"}]
     assert positions_from_alpaca(short) == {"X": (-5.0, 10.0)}
     assert positions_from_alpaca([{"symbol": "Y", "qty": "-3", "side": "short"}])["Y"][0] == -3
+
+
+@pytest.mark.parametrize(
+    ("answer", "named"),
+    [
+        ({"message": "internal error"}, "positions answer is a dict, not a list"),
+        (["AAPL"], "positions answer row 0 is a str, not an object"),
+        ([{"symbol": "AAPL", "qty": None}], "positions answer row 0 (AAPL): qty None is not"),
+        ([{"symbol": "AAPL", "qty": ""}], "positions answer row 0 (AAPL): qty '' is not"),
+        (
+            [{"symbol": "SPY", "qty": "1"}, {"symbol": "AAPL", "qty": "ten"}],
+            "positions answer row 1 (AAPL): qty 'ten' is not",
+        ),
+        ([{"symbol": "AAPL", "qty": "nan"}], "positions answer row 0 (AAPL): qty 'nan' is not"),
+        ([{"qty": "5"}], "positions answer row 0: symbol None is not"),
+        ([{"symbol": "", "qty": "5"}], "positions answer row 0: symbol '' is not"),
+        (
+            [{"symbol": "AAPL", "qty": "1"}, {"symbol": "AAPL", "qty": "2"}],
+            "positions answer row 1: symbol 'AAPL' is listed twice",
+        ),
+    ],
+)
+def test_a_positions_answer_that_cannot_be_read_is_an_error_naming_the_row_and_field(
+    answer: object, named: str
+) -> None:
+    """A row without a readable qty or symbol was skipped, and an answer that is no list (or
+    rows that are no objects) read as no positions: reconciliation took the broker for flat."""
+    with pytest.raises(ValueError, match=re.escape(named)):
+        positions_from_alpaca(answer)
 
 
 # ----------------------------------------------------------------------------- errors
