@@ -363,6 +363,12 @@ class RiskVerdict:
     # The limit that acted, for counting and reports (e.g. "max_drawdown", "daily_loss_limit");
     # empty means the plugin has one rule, named by the plugin.
     rule: str = ""
+    # A cut to carry out now: the planner trades a held position down toward the target it
+    # cut even when the difference is within `orders.rebalance_band` (a limit on the book's
+    # risk, like VaR or a drawdown's scaling, which a 2% position cut to 1.2% would otherwise
+    # never reach). False: the band applies (a cap on targets, held to within the band).
+    # With symbol None it covers every symbol. Only reductions are exempt from the band.
+    hard: bool = False
 
 
 @fast_init

@@ -391,6 +391,9 @@ def _state_of(plugin: Any, state: Callable[[], Any], t: datetime | None) -> Any:
     return got
 
 
+_NO_INDICES: frozenset[int] = frozenset()
+
+
 @dataclass(frozen=True)
 class _EmptyPlan:
     orders: tuple[Order, ...] = ()
@@ -2519,7 +2522,13 @@ class Engine:
             open_orders, adding = self._halted_orders(pf.quantity, verdicts, bar.time)
         else:
             open_orders = self._plannable_orders()
-        plan = _NO_PLAN if paused else self.planner.plan(targets, ctx, open_orders, unreconciled)
+        plan = (
+            _NO_PLAN
+            if paused
+            else self.planner.plan(
+                targets, ctx, open_orders, unreconciled, self._hard_cuts(verdicts)
+            )
+        )
         if adding:
             plan = Plan(orders=list(plan.orders), cancel=[*adding, *plan.cancel])
         interrupted, self._interrupted = self._interrupted, None
@@ -3065,6 +3074,19 @@ class Engine:
             if long_only and count_nonzero(targets < 0):
                 targets = self._no_shorts(r, "check", targets, ctx.time)
         return targets, verdicts
+
+    def _hard_cuts(self, verdicts: Sequence[RiskVerdict]) -> frozenset[int]:
+        """The indices of the symbols a hard verdict covers (`RiskVerdict.hard`): the
+        planner cuts their positions to the targets even within the rebalance band."""
+        if not verdicts:
+            return _NO_INDICES
+        said = [v.symbol for v in verdicts if v.hard]
+        if not said:
+            return _NO_INDICES
+        if None in said:  # the whole book
+            return frozenset(range(len(self.symbols)))
+        named = set(said)
+        return frozenset(i for i, s in enumerate(self.symbols) if s in named)
 
     def _raised(
         self,

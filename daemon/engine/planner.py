@@ -160,14 +160,18 @@ class OrderPlanner:
         ctx: BarContext,
         open_orders: Sequence[Order],
         unreconciled: AbstractSet[str] = frozenset(),
+        hard: AbstractSet[int] = frozenset(),
     ) -> Plan:
-        """`unreconciled`: symbols whose book differs from the broker's (reconciliation).
-        No exit is placed in them, restored or re-placed: sized from the book, they sold
-        shares the broker no longer held (refused every bar, or, with shorting allowed,
-        a take-profit that opened a short). Their working exits are kept, not resized
-        (cancelled to be re-placed, the position stayed without a stop until the block
-        lifted; the broker refuses what it cannot fill); those that cannot belong to the
-        book's position (the wrong side, a position closed) are still cancelled."""
+        """`hard`: indices of symbols a risk rule cut with a hard verdict this bar
+        (`RiskVerdict.hard`): a position above its target is cut to it even within the
+        rebalance band. `unreconciled`: symbols whose book differs from the broker's
+        (reconciliation). No exit is placed in them, restored or re-placed: sized from the
+        book, they sold shares the broker no longer held (refused every bar, or, with
+        shorting allowed, a take-profit that opened a short). Their working exits are
+        kept, not resized (cancelled to be re-placed, the position stayed without a stop
+        until the block lifted; the broker refuses what it cannot fill); those that cannot
+        belong to the book's position (the wrong side, a position closed) are still
+        cancelled."""
         cfg = self.config
         equity = ctx.portfolio.equity
         if not equity > 0:
@@ -182,7 +186,7 @@ class OrderPlanner:
                 exits_by_symbol.setdefault(i, []).append(o)
 
         held = ctx.portfolio.quantity
-        trade = rebalance_trades(cfg, targets, ctx, busy, equity)
+        trade = rebalance_trades(cfg, targets, ctx, busy, equity, hard)
         if not exits_by_symbol and not self._trailing and not (cfg.brackets and held.any()):
             if not trade:
                 return Plan([], [])  # the usual bar: no target moved beyond the band, no exits
@@ -444,7 +448,12 @@ class OrderPlanner:
 
 
 def rebalance_trades(
-    cfg: OrdersConfig, targets: np.ndarray, ctx: BarContext, busy: AbstractSet[int], equity: float
+    cfg: OrdersConfig,
+    targets: np.ndarray,
+    ctx: BarContext,
+    busy: AbstractSet[int],
+    equity: float,
+    hard: AbstractSet[int] = frozenset(),
 ) -> dict[int, float]:
     """Symbol index -> signed shares to trade toward its target: the rule of
     `rebalance_trades_full`, evaluated only where it can trade, with bit-identical results.
@@ -473,7 +482,14 @@ def rebalance_trades(
         and equity != 0
     ):
         return _band_rule(
-            cfg, active, targets[active], held[active], price[active], np.array(free), equity
+            cfg,
+            active,
+            targets[active],
+            held[active],
+            price[active],
+            np.array(free),
+            equity,
+            _hard_mask(active, hard),
         )
     band, min_trade, fractional = cfg.rebalance_band, cfg.min_trade_value, cfg.fractional
     out: dict[int, float] = {}
@@ -488,7 +504,10 @@ def rebalance_trades(
     for i, t, h, p, ok in rows:
         if not ok:
             continue
-        if t != 0 and not abs(t - h * p / equity) > band:
+        w = h * p / equity
+        # Off by more than the band, or a hard cut to carry out (`RiskVerdict.hard`).
+        off = abs(t - w) > band or (i in hard and abs(t) < abs(w))
+        if t != 0 and not off:
             # Not closing and within the band (a NaN weight compares False, as in numpy):
             # no trade, whatever the rest of the rule gives. Most held symbols of a bar stop
             # here, before their share count is worked out.
@@ -498,36 +517,60 @@ def rebalance_trades(
             # No price, a price of 0 or inf, an overflow: numpy's answer, which plain
             # floats would not give (division by zero, truncation of inf raise).
             one = np.array([i])
-            out.update(_band_rule(cfg, one, targets[one], held[one], price[one], [True], equity))
+            out.update(
+                _band_rule(
+                    cfg,
+                    one,
+                    targets[one],
+                    held[one],
+                    price[one],
+                    [True],
+                    equity,
+                    _hard_mask(one, hard),
+                )
+            )
             continue
         delta = (raw if fractional else float(math.trunc(raw))) - h
         closing = t == 0 and h != 0
-        if delta != 0 and (
-            closing or (abs(t - h * p / equity) > band and abs(delta * p) >= min_trade)
-        ):
+        if delta != 0 and (closing or (off and abs(delta * p) >= min_trade)):
             out[i] = -h if closing else delta
     return out
 
 
 def rebalance_trades_full(
-    cfg: OrdersConfig, targets: np.ndarray, ctx: BarContext, busy: AbstractSet[int], equity: float
+    cfg: OrdersConfig,
+    targets: np.ndarray,
+    ctx: BarContext,
+    busy: AbstractSet[int],
+    equity: float,
+    hard: AbstractSet[int] = frozenset(),
 ) -> dict[int, float]:
     """The rule over every symbol (the definition `rebalance_trades` must equal): trade the
-    whole-share difference to the target when the weight is off by more than the band and
-    the trade is worth at least `min_trade_value`, or close a position whose target is 0;
-    only symbols with a bar and no working entry."""
+    whole-share difference to the target when the weight is off by more than the band (or,
+    for a symbol in `hard`, is above the target in absolute weight) and the trade is worth
+    at least `min_trade_value`, or close a position whose target is 0; only symbols with a
+    bar and no working entry."""
     n = len(targets)
     working = np.zeros(n, dtype=bool)
     working[list(busy)] = True
+    index = np.arange(n)
     return _band_rule(
         cfg,
-        np.arange(n),
+        index,
         targets,
         ctx.portfolio.quantity,
         ctx.bar.close,
         ctx.tradable & ~working,
         equity,
+        _hard_mask(index, hard),
     )
+
+
+def _hard_mask(index: np.ndarray, hard: AbstractSet[int]) -> np.ndarray | None:
+    """Which of `index` a hard verdict cut (None: none)."""
+    if not hard:
+        return None
+    return np.array([i in hard for i in index.tolist()], dtype=bool)
 
 
 def _band_rule(
@@ -538,6 +581,7 @@ def _band_rule(
     price: np.ndarray,
     free: np.ndarray | list[bool],
     equity: float,
+    hard: np.ndarray | None = None,
 ) -> dict[int, float]:
     with np.errstate(invalid="ignore", divide="ignore"):
         raw_qty = targets * equity / price
@@ -545,10 +589,10 @@ def _band_rule(
         delta = target_qty - held
         current_w = held * price / equity
         closing = (targets == 0) & (held != 0)
-        wanted = (
-            (np.abs(targets - current_w) > cfg.rebalance_band)
-            & (np.abs(delta * price) >= cfg.min_trade_value)
-        ) | closing
+        off = np.abs(targets - current_w) > cfg.rebalance_band
+        if hard is not None:
+            off |= hard & (np.abs(targets) < np.abs(current_w))
+        wanted = (off & (np.abs(delta * price) >= cfg.min_trade_value)) | closing
     picked = (wanted & free & (delta != 0)).nonzero()[0].tolist()
     return {int(index[k]): float(-held[k] if closing[k] else delta[k]) for k in picked}
 

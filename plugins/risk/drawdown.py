@@ -224,8 +224,17 @@ class DrawdownGuard:
                 return RiskDecision(
                     targets * c.underwater_exposure,
                     (
+                        # Hard: the scaling is carried out within the rebalance band too
+                        # (halving 2% positions moved none of them: a 1% difference).
                         RiskVerdict(
-                            self.name, None, "scale", reason, drawdown, limit, "max_drawdown"
+                            self.name,
+                            None,
+                            "scale",
+                            reason,
+                            drawdown,
+                            limit,
+                            "max_drawdown",
+                            hard=True,
                         ),
                     ),
                 )

@@ -68,6 +68,8 @@ def books(draw: st.DrawFn) -> tuple:
     held = np.array(draw(st.lists(shares, min_size=n, max_size=n)))
     tradable = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
     busy = set(draw(st.lists(st.integers(0, n - 1), max_size=3)))
+    # Symbols a hard risk verdict cut (RiskVerdict.hard): none on most bars.
+    hard = frozenset(draw(st.one_of(st.just([]), st.lists(st.integers(0, n - 1), max_size=n))))
     equity = draw(st.one_of(st.floats(1.0, 1e9), st.sampled_from([100_000.0, math.inf])))
     cfg = OrdersConfig(
         rebalance_band=draw(st.sampled_from([0.0, 0.01, 0.05])),
@@ -75,17 +77,17 @@ def books(draw: st.DrawFn) -> tuple:
         fractional=draw(st.booleans()),
         brackets=False,
     )
-    return cfg, targets, held, close, tradable, busy, equity
+    return cfg, targets, held, close, tradable, busy, equity, hard
 
 
 @settings(max_examples=400, deadline=None)
 @given(books())
 def test_fast_path_equals_the_full_rule_bit_for_bit(book: tuple) -> None:
-    cfg, targets, held, close, tradable, busy, equity = book
+    cfg, targets, held, close, tradable, busy, equity, hard = book
     ctx = make_ctx(close, held, equity, tradable)
     with np.errstate(over="ignore"):
-        fast = rebalance_trades(cfg, targets, ctx, busy, equity)
-        full = rebalance_trades_full(cfg, targets, ctx, busy, equity)
+        fast = rebalance_trades(cfg, targets, ctx, busy, equity, hard)
+        full = rebalance_trades_full(cfg, targets, ctx, busy, equity, hard)
     assert bits(fast) == bits(full)
     assert list(fast) == sorted(fast)
 
@@ -93,12 +95,12 @@ def test_fast_path_equals_the_full_rule_bit_for_bit(book: tuple) -> None:
 @settings(max_examples=100, deadline=None)
 @given(books())
 def test_float32_targets_take_numpy_arithmetic_like_the_full_rule(book: tuple) -> None:
-    cfg, targets, held, close, tradable, busy, equity = book
+    cfg, targets, held, close, tradable, busy, equity, hard = book
     ctx = make_ctx(close, held, equity, tradable)
     with np.errstate(over="ignore", invalid="ignore"):
         t32 = targets.astype(np.float32)
-        fast = rebalance_trades(cfg, t32, ctx, busy, equity)
-        full = rebalance_trades_full(cfg, t32, ctx, busy, equity)
+        fast = rebalance_trades(cfg, t32, ctx, busy, equity, hard)
+        full = rebalance_trades_full(cfg, t32, ctx, busy, equity, hard)
     assert bits(fast) == bits(full)
 
 
@@ -107,16 +109,16 @@ def test_float32_targets_take_numpy_arithmetic_like_the_full_rule(book: tuple) -
 def test_plan_orders_equal_those_of_the_full_rule(book: tuple, rnd) -> None:
     """Through `plan`, with working entries (busy) as open orders: every trade of the full
     rule becomes exactly one order, and nothing else is ordered."""
-    cfg, targets, held, close, tradable, busy, equity = book
+    cfg, targets, held, close, tradable, busy, equity, hard = book
     held = np.trunc(held)
     ctx = make_ctx(close, held, equity, tradable)
     with np.errstate(over="ignore"):
-        full = rebalance_trades_full(cfg, targets, ctx, busy, equity)
+        full = rebalance_trades_full(cfg, targets, ctx, busy, equity, hard)
     assume(all(math.isfinite(q) for q in full.values()))  # else no order can be built
     planner = OrderPlanner(cfg, "r", ctx.symbols)
     working = [market_order("r", T, ctx.symbols[i], 1.0) for i in sorted(busy)]
     with np.errstate(over="ignore"):
-        plan = planner.plan(targets, ctx, working)
+        plan = planner.plan(targets, ctx, working, hard=hard)
     assert [(o.symbol, o.signed_quantity) for o in plan.orders] == [
         (ctx.symbols[i], q) for i, q in sorted(full.items())
     ]
@@ -205,3 +207,32 @@ def test_a_working_entry_blocks_only_its_own_symbol() -> None:
     working = [market_order("r", T, "S30", 100.0)]
     plan = OrderPlanner(OrdersConfig(brackets=False), "r", ctx.symbols).plan(targets, ctx, working)
     assert [o.symbol for o in plan.orders] == ["S31"]
+
+
+def test_a_hard_cut_within_the_band_is_traded_and_a_soft_one_is_not() -> None:
+    """Ten 2% positions a VaR rule cut to 1.24% (0.76 points, within the 1% band): before,
+    no order, and the book stayed 62% over its VaR limit. A hard verdict's cut is traded;
+    a cap's (not hard) keeps the band; a hard symbol whose target is above its weight is
+    not bought up (only cuts are exempt)."""
+    n = 10
+    close = np.full(n, 100.0)
+    held = np.full(n, 20.0)  # 20 x 100 / 100,000 = 2%
+    targets = np.full(n, 0.0124)
+    targets[9] = 0.025  # a hard symbol the rule did not cut
+    ctx = make_ctx(close, held, 100_000.0)
+    cfg = OrdersConfig(rebalance_band=0.01, min_trade_value=100.0, brackets=False)
+    assert rebalance_trades(cfg, targets, ctx, set(), 100_000.0) == {}
+    hard = frozenset(range(n))
+    want = {i: -8.0 for i in range(9)}  # to 12 shares: 1.2%, the whole shares below 1.24%
+    assert rebalance_trades(cfg, targets, ctx, set(), 100_000.0, hard) == want
+    assert rebalance_trades_full(cfg, targets, ctx, set(), 100_000.0, hard) == want
+    plan = OrderPlanner(cfg, "r", ctx.symbols).plan(targets, ctx, [], hard=hard)
+    assert [(o.symbol, o.signed_quantity) for o in plan.orders] == [
+        (f"S{i}", -8.0) for i in range(9)
+    ]
+    # A cut worth less than min_trade_value is still not traded: 0.04 points is one whole
+    # share less (100 dollars), below a minimum of 200.
+    small = np.full(n, 0.0196)
+    cfg200 = OrdersConfig(rebalance_band=0.01, min_trade_value=200.0, brackets=False)
+    assert rebalance_trades(cfg200, small, ctx, set(), 100_000.0, hard) == {}
+    assert len(rebalance_trades(cfg, small, ctx, set(), 100_000.0, hard)) == n

@@ -391,6 +391,8 @@ def test_var_held_book_over_the_limit_refuses_entries_and_scales_held():
     np.testing.assert_allclose(d.targets, [0.25, 0.0], atol=1e-12)
     assert {v.symbol: v.action for v in d.verdicts} == {"A": "scale", "B": "reject"}
     assert p.value_at_risk(d.targets, ctx) == pytest.approx(0.02)
+    # Carried out even within the rebalance band (a 0.05 cut of A: RiskVerdict.hard).
+    assert all(v.hard for v in d.verdicts)
 
 
 def test_var_within_limit_or_empty_is_untouched():
