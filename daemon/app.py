@@ -649,12 +649,33 @@ def _simulated(config: Config, symbols: tuple[str, ...], portfolio: Portfolio) -
     )
 
 
+def accelerated_on_an_account(config: Config) -> ConfigError:
+    return ConfigError(
+        f"broker.kind = alpaca with live.bars_per_second = {config.live.bars_per_second:g}: "
+        "the accelerated clock replays past bars, and each decision would be sent to the "
+        f"Alpaca account at {config.broker.alpaca.base_url} as a real order; set "
+        "live.bars_per_second = 0 (real time) or broker.kind = simulated"
+    )
+
+
 def _alpaca_or(simulated: Broker, config: Config, symbols: tuple[str, ...]) -> Broker:
     """The Alpaca paper broker when its keys are in the environment; without them
     `broker.kind = "auto"` keeps the simulated broker and "alpaca" is an error."""
     from .brokers.alpaca import AlpacaBroker, AlpacaBrokerConfig, alpaca_keys_from_env
 
     b = config.broker
+    if config.live.bars_per_second > 0 and b.alpaca.is_alpacas_host:
+        # An accelerated clock releases past bars (the demo's 2017): on an Alpaca account
+        # each decision would be a real order at today's prices, bracket legs priced from
+        # years ago. A loopback fake (the tests') takes them.
+        if b.kind == "alpaca":
+            raise accelerated_on_an_account(config)
+        log.warning(
+            "broker.simulated",
+            reason="live.bars_per_second > 0 replays past bars: the Alpaca keys in the "
+            "environment are not used (broker.kind = auto)",
+        )
+        return simulated
     keys = alpaca_keys_from_env()
     if keys is None:
         if b.kind == "alpaca":

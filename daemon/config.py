@@ -250,9 +250,13 @@ class AlpacaConfig:
     def effective_data_url(self) -> str:
         if self.data_url:
             return self.data_url
+        return "https://data.alpaca.markets" if self.is_alpacas_host else self.base_url
+
+    @property
+    def is_alpacas_host(self) -> bool:
+        """`base_url` is one of Alpaca's own hosts (an account), not a loopback fake."""
         host = urlsplit(self.base_url).hostname or ""
-        alpaca = host == "alpaca.markets" or host.endswith(".alpaca.markets")
-        return "https://data.alpaca.markets" if alpaca else self.base_url
+        return host == "alpaca.markets" or host.endswith(".alpaca.markets")
 
     def __post_init__(self) -> None:
         _finite(self, "broker.alpaca")

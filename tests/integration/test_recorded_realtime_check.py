@@ -75,3 +75,54 @@ def test_the_readmes_daemon_commands_pass(overlay, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # their var/ folders are made here, not in the checkout
     config = load_config([ROOT / "config/default.toml", ROOT / "config" / overlay], env={})
     check_config(config, "run")
+
+
+KEYS = {"APCA_API_KEY_ID": "AKDEMOKEY", "APCA_API_SECRET_KEY": "demo-secret-never-used"}
+
+
+def test_the_demo_with_alpaca_keys_in_the_environment_trades_on_the_simulated_broker(
+    tmp_path, monkeypatch
+):
+    """The README tells paper traders to export their keys; the demo (2017 bars at 20 a
+    second) then picked the Alpaca account (`broker.kind = auto`) and sent 2017's decisions
+    to it as real orders, without a word."""
+    from structlog.testing import capture_logs
+
+    from tradingd.app import build_engine
+    from tradingd.brokers.simulated import SimulatedBroker
+
+    monkeypatch.chdir(tmp_path)
+    for k, v in KEYS.items():
+        monkeypatch.setenv(k, v)
+    demo = load_config([ROOT / "config/default.toml", ROOT / "config/demo.toml"], env=KEYS)
+    assert demo.broker.kind == "simulated"
+    check_config(demo, "run")
+    # And a demo-like overlay that leaves broker.kind = auto: simulated too, said as a warning.
+    auto = load_config(
+        [ROOT / "config/default.toml", small(tmp_path, "[live]\nbars_per_second = 20.0")],
+        env=KEYS,
+    )
+    assert auto.broker.kind == "auto"
+    with capture_logs() as logs:
+        engine = build_engine(auto, "live")
+    assert isinstance(engine.broker, SimulatedBroker)
+    said = [e for e in logs if e["event"] == "broker.simulated"]
+    assert said and said[0]["log_level"] == "warning"
+    assert "bars_per_second" in said[0]["reason"]
+
+
+def test_alpaca_on_an_account_with_an_accelerated_clock_is_refused(tmp_path, monkeypatch):
+    for k, v in KEYS.items():
+        monkeypatch.setenv(k, v)
+    cfg = small(tmp_path, '[live]\nbars_per_second = 20.0\n[broker]\nkind = "alpaca"')
+    config = load_config([ROOT / "config/default.toml", cfg], env=KEYS)
+    with pytest.raises(ConfigError, match=r"real order.*broker\.kind = simulated") as e:
+        check_config(config, "run")
+    assert "paper-api.alpaca.markets" in str(e.value)
+    # A loopback fake (the tests' Alpaca) is not an account: allowed.
+    fake = small(
+        tmp_path,
+        '[live]\nbars_per_second = 20.0\n[broker]\nkind = "alpaca"\n'
+        '[broker.alpaca]\nbase_url = "http://127.0.0.1:9"',
+    )
+    check_config(load_config([ROOT / "config/default.toml", fake], env=KEYS), "run")
