@@ -4,7 +4,7 @@ Sources:
   bundled  the S&P 500 and NASDAQ Composite indices shipped inside `arch` (symbols "SP500" and
            "NASDAQ", daily 1999-2018): the offline default, no path.
   csv      `path` is a file or a directory of files (one per symbol, `AAPL.csv`; two files of
-           one symbol, `XOM.csv` and `XOM.CSV`, are an error naming both).
+           one symbol, `XOM.csv` and `XOM.CSV` or `xom.csv`, are an error naming both).
   parquet  the same with `.parquet` / `.pq` files.
 Layouts (csv/parquet): "long" is one table with a symbol column; "per_symbol" is one table per
 symbol named by its file stem (a directory, or a single file); "auto" picks per_symbol for a
@@ -304,17 +304,20 @@ def _files_by_symbol(directory: Path, source: str) -> dict[str, Path]:
     XOM.csv, XOM.parquet beside XOM.pq) are an error naming both: reading one would silently
     drop the other, and which one won depended on the names' sort order."""
     by_symbol: dict[str, Path] = {}
+    # Tickers are case-insensitive: aapl.csv beside AAPL.csv loaded two symbols, the
+    # stock's exposure twice.
+    by_ticker: dict[str, Path] = {}
     for p in data_files(directory, source):
         sym = _stem(p, source)
-        if sym in by_symbol:
+        if (seen := by_ticker.get(sym.upper())) is not None:
             raise DataError(
-                f"two files for symbol {sym!r}: {by_symbol[sym].name!r} and {p.name!r}; "
+                f"two files for symbol {sym!r}: {seen.name!r} and {p.name!r}; "
                 "keep one of them (move or rename the other) so the data of the symbol is not "
                 "a guess",
                 source=str(directory),
                 symbol=sym,
             )
-        by_symbol[sym] = p
+        by_symbol[sym] = by_ticker[sym.upper()] = p
     return by_symbol
 
 

@@ -909,7 +909,17 @@ def _normalise(
         if sym.isna().any():
             probe = out.assign(symbol="?")
             raise ctx.fail(probe, sym.isna().to_numpy(), "{n} row(s) without a symbol")
-        out["symbol"] = sym.astype(str).array
+        text = sym.astype(str)
+        blank = (text.str.strip() != text) | (text == "")
+        if blank.any():
+            # " XOM " traded as a symbol of its own (beside "XOM", or unknown to the broker).
+            raise ctx.fail(
+                out.assign(symbol=text.map(repr).to_numpy()),
+                blank.to_numpy(),
+                "{n} row(s) whose symbol is empty or has spaces around it: correct the file "
+                "(a symbol is the ticker alone)",
+            )
+        out["symbol"] = text.array
     else:
         out["symbol"] = symbol
         if "symbol" in src:

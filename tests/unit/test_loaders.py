@@ -997,3 +997,27 @@ def test_the_configured_date_format_reaches_the_backtests_load(tmp_path: Path) -
     )
     panel = load_data(load_config([cfg], env={}))
     np.testing.assert_array_equal(panel.times, days(*(f"2015-01-{d[:2]}" for d in DAY_FIRST)))
+
+
+def test_two_files_of_one_ticker_in_other_cases_are_an_error(tmp_path: Path) -> None:
+    """aapl.csv beside AAPL.csv loaded two symbols: the stock's exposure twice."""
+    d = tmp_path / "bars"
+    d.mkdir()
+    for name in ("AAPL.csv", "aapl.csv", "MSFT.csv"):
+        write_csv(d / name, ["2020-01-02,10,11,9,10,100"], header="date,open,high,low,close,volume")
+    with pytest.raises(DataError, match="two files for symbol") as err:
+        load_panel("csv", str(d))
+    assert "'AAPL.csv'" in str(err.value) and "'aapl.csv'" in str(err.value)
+
+
+@pytest.mark.parametrize("cell", [" XOM ", "XOM ", "   "])
+def test_a_symbol_cell_with_spaces_around_it_or_empty_is_an_error(tmp_path: Path, cell) -> None:
+    """ " XOM " was traded as a symbol of its own, beside "XOM"."""
+    path = write_csv(
+        tmp_path / "long.csv",
+        ["XOM,2020-01-02,10,11,9,10,100", f"{cell},2020-01-03,10,11,9,10,100"],
+        header="symbol,date,open,high,low,close,volume",
+    )
+    with pytest.raises(DataError, match="empty or has spaces around it") as err:
+        load_panel("csv", str(path))
+    assert "line 3" in str(err.value) or "row" in str(err.value)
