@@ -126,6 +126,13 @@ async def test_a_bad_url_exits_2(url):
     assert "not an http:// URL" in report["error"]
 
 
+async def test_port_0_says_where_the_port_chosen_by_the_system_is_named():
+    """`tradingd health` with health.port = 0 said "nothing listens at ...:0" and no more."""
+    code, report = await fetch_health(url_for(HealthConfig(port=0)), 1.0)
+    assert code == EXIT_UNREACHABLE
+    assert "health.listening" in report["error"] and "--url" in report["error"]
+
+
 def test_url_for_a_configuration():
     assert url_for(HealthConfig()) == "http://127.0.0.1:8080"
     assert url_for(HealthConfig(host="0.0.0.0", port=9100)) == "http://127.0.0.1:9100"
