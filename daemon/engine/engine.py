@@ -18,7 +18,16 @@ import numbers
 import re
 import time as _time
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping, Sequence, Set
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Iterable,
+    Mapping,
+    Sequence,
+    Set,
+)
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from types import MappingProxyType
@@ -83,7 +92,7 @@ from . import collector
 from .accounting import BLOCKING, RejectionRecord, RiskRecord, rule_of
 from .decisions import decision_record
 from .history import HistoryBuffer
-from .planner import OrderPlanner, Plan
+from .planner import OrderPlanner, Plan, hard_thresholds
 from .plugin_outputs import by_symbol, verdict_error
 from .plugins import feature_names, history_bars_of
 from .portfolio import Portfolio
@@ -391,7 +400,7 @@ def _state_of(plugin: Any, state: Callable[[], Any], t: datetime | None) -> Any:
     return got
 
 
-_NO_INDICES: frozenset[int] = frozenset()
+_NO_HARD: Mapping[int, float] = MappingProxyType({})
 
 
 @dataclass(frozen=True)
@@ -2486,6 +2495,7 @@ class Engine:
         targets = self._size(shown, ctx)
         if m:
             t0 = self._lap("sizing", t0)
+        sized = targets  # before the risk chain: where a hard cut starts from
         targets, verdicts = self._risk(targets, ctx)
         if verdicts:
             self._verdicts += len(verdicts)
@@ -2526,7 +2536,7 @@ class Engine:
             _NO_PLAN
             if paused
             else self.planner.plan(
-                targets, ctx, open_orders, unreconciled, self._hard_cuts(verdicts)
+                targets, ctx, open_orders, unreconciled, self._hard_cuts(verdicts, sized, targets)
             )
         )
         if adding:
@@ -3075,18 +3085,23 @@ class Engine:
                 targets = self._no_shorts(r, "check", targets, ctx.time)
         return targets, verdicts
 
-    def _hard_cuts(self, verdicts: Sequence[RiskVerdict]) -> frozenset[int]:
-        """The indices of the symbols a hard verdict covers (`RiskVerdict.hard`): the
-        planner cuts their positions to the targets even within the rebalance band."""
+    def _hard_cuts(
+        self, verdicts: Sequence[RiskVerdict], before: np.ndarray, after: np.ndarray
+    ) -> Mapping[int, float]:
+        """The symbols a hard verdict covers (`RiskVerdict.hard`) whose target the chain
+        cut, each with the weight above which the planner carries the cut out even within
+        the rebalance band (`planner.hard_thresholds`)."""
         if not verdicts:
-            return _NO_INDICES
+            return _NO_HARD
         said = [v.symbol for v in verdicts if v.hard]
         if not said:
-            return _NO_INDICES
+            return _NO_HARD
         if None in said:  # the whole book
-            return frozenset(range(len(self.symbols)))
-        named = set(said)
-        return frozenset(i for i, s in enumerate(self.symbols) if s in named)
+            cut: Iterable[int] = range(len(self.symbols))
+        else:
+            named = set(said)
+            cut = [i for i, s in enumerate(self.symbols) if s in named]
+        return hard_thresholds(cut, before, after)
 
     def _raised(
         self,

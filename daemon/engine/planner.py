@@ -52,9 +52,10 @@ live run would, so what it shows is what the live account can hold):
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 import structlog
@@ -66,6 +67,7 @@ from ..core.ports import BarContext
 from ..core.types import Leg, Order, OrderStatus, Side
 
 log = structlog.get_logger(__name__)
+_NO_HARD: Mapping[int, float] = MappingProxyType({})
 
 # Quantities are floats (fractional shares, split ratios): compare with a tolerance.
 _EPS = 1e-9
@@ -160,18 +162,20 @@ class OrderPlanner:
         ctx: BarContext,
         open_orders: Sequence[Order],
         unreconciled: AbstractSet[str] = frozenset(),
-        hard: AbstractSet[int] = frozenset(),
+        hard: Mapping[int, float] = _NO_HARD,
     ) -> Plan:
-        """`hard`: indices of symbols a risk rule cut with a hard verdict this bar
-        (`RiskVerdict.hard`): a position above its target is cut to it even within the
-        rebalance band. `unreconciled`: symbols whose book differs from the broker's
-        (reconciliation). No exit is placed in them, restored or re-placed: sized from the
-        book, they sold shares the broker no longer held (refused every bar, or, with
-        shorting allowed, a take-profit that opened a short). Their working exits are
-        kept, not resized (cancelled to be re-placed, the position stayed without a stop
-        until the block lifted; the broker refuses what it cannot fill); those that cannot
-        belong to the book's position (the wrong side, a position closed) are still
-        cancelled."""
+        """`hard`: the symbols a risk rule cut with a hard verdict this bar
+        (`RiskVerdict.hard`), index -> the absolute weight above which the cut is carried
+        out even within the rebalance band (`hard_thresholds`): a position still nearer its
+        uncut target than its cut one is cut; one already cut and drifting is left to the
+        band, so a rule that keeps binding bar after bar does not trim drift every bar.
+        `unreconciled`: symbols whose book differs from the broker's (reconciliation). No
+        exit is placed in them, restored or re-placed: sized from the book, they sold shares
+        the broker no longer held (refused every bar, or, with shorting allowed, a
+        take-profit that opened a short). Their working exits are kept, not resized
+        (cancelled to be re-placed, the position stayed without a stop until the block
+        lifted; the broker refuses what it cannot fill); those that cannot belong to the
+        book's position (the wrong side, a position closed) are still cancelled."""
         cfg = self.config
         equity = ctx.portfolio.equity
         if not equity > 0:
@@ -453,7 +457,7 @@ def rebalance_trades(
     ctx: BarContext,
     busy: AbstractSet[int],
     equity: float,
-    hard: AbstractSet[int] = frozenset(),
+    hard: Mapping[int, float] = _NO_HARD,
 ) -> dict[int, float]:
     """Symbol index -> signed shares to trade toward its target: the rule of
     `rebalance_trades_full`, evaluated only where it can trade, with bit-identical results.
@@ -506,7 +510,7 @@ def rebalance_trades(
             continue
         w = h * p / equity
         # Off by more than the band, or a hard cut to carry out (`RiskVerdict.hard`).
-        off = abs(t - w) > band or (i in hard and abs(t) < abs(w))
+        off = abs(t - w) > band or (i in hard and abs(w) > hard[i])
         if t != 0 and not off:
             # Not closing and within the band (a NaN weight compares False, as in numpy):
             # no trade, whatever the rest of the rule gives. Most held symbols of a bar stop
@@ -543,11 +547,11 @@ def rebalance_trades_full(
     ctx: BarContext,
     busy: AbstractSet[int],
     equity: float,
-    hard: AbstractSet[int] = frozenset(),
+    hard: Mapping[int, float] = _NO_HARD,
 ) -> dict[int, float]:
     """The rule over every symbol (the definition `rebalance_trades` must equal): trade the
     whole-share difference to the target when the weight is off by more than the band (or,
-    for a symbol in `hard`, is above the target in absolute weight) and the trade is worth
+    for a symbol in `hard`, is above its threshold in absolute weight) and the trade is worth
     at least `min_trade_value`, or close a position whose target is 0; only symbols with a
     bar and no working entry."""
     n = len(targets)
@@ -566,11 +570,27 @@ def rebalance_trades_full(
     )
 
 
-def _hard_mask(index: np.ndarray, hard: AbstractSet[int]) -> np.ndarray | None:
-    """Which of `index` a hard verdict cut (None: none)."""
+def _hard_mask(index: np.ndarray, hard: Mapping[int, float]) -> np.ndarray | None:
+    """The hard thresholds of `index` (NaN where none; None: none at all)."""
     if not hard:
         return None
-    return np.array([i in hard for i in index.tolist()], dtype=bool)
+    return np.array([hard.get(i, math.nan) for i in index.tolist()], dtype=np.float64)
+
+
+def hard_thresholds(cut: Iterable[int], before: np.ndarray, after: np.ndarray) -> dict[int, float]:
+    """For each index a hard verdict covers, the absolute weight above which its cut is
+    carried out within the band: halfway between the target before the risk chain and
+    the final one. A position still at (or near) its uncut weight is cut; one the cut has
+    already reached stays within the band as it drifts (a drawdown guard scaling the book
+    every bar under water traded each covered position's drift every bar: +20% fills,
+    hundreds of sells of a few hundred dollars). Only cuts: an index whose final target is
+    not below its target before the chain in absolute weight is left out."""
+    out: dict[int, float] = {}
+    for i in cut:
+        b, a = abs(float(before[i])), abs(float(after[i]))
+        if a < b:
+            out[i] = 0.5 * (a + b)
+    return out
 
 
 def _band_rule(
@@ -591,7 +611,7 @@ def _band_rule(
         closing = (targets == 0) & (held != 0)
         off = np.abs(targets - current_w) > cfg.rebalance_band
         if hard is not None:
-            off |= hard & (np.abs(targets) < np.abs(current_w))
+            off |= np.abs(current_w) > hard  # NaN (not hard) compares False
         wanted = (off & (np.abs(delta * price) >= cfg.min_trade_value)) | closing
     picked = (wanted & free & (delta != 0)).nonzero()[0].tolist()
     return {int(index[k]): float(-held[k] if closing[k] else delta[k]) for k in picked}

@@ -9,6 +9,7 @@ import struct
 from datetime import UTC, datetime
 
 import numpy as np
+import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -17,7 +18,12 @@ from tradingd.core.orders import bracket_orders, market_order
 from tradingd.core.ports import BarContext, PortfolioView
 from tradingd.core.types import CrossSection, Leg, OrderStatus, order_to_dict
 from tradingd.engine.history import HistoryBuffer
-from tradingd.engine.planner import OrderPlanner, rebalance_trades, rebalance_trades_full
+from tradingd.engine.planner import (
+    OrderPlanner,
+    hard_thresholds,
+    rebalance_trades,
+    rebalance_trades_full,
+)
 
 T = datetime(2021, 3, 1, tzinfo=UTC)
 
@@ -68,8 +74,14 @@ def books(draw: st.DrawFn) -> tuple:
     held = np.array(draw(st.lists(shares, min_size=n, max_size=n)))
     tradable = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
     busy = set(draw(st.lists(st.integers(0, n - 1), max_size=3)))
-    # Symbols a hard risk verdict cut (RiskVerdict.hard): none on most bars.
-    hard = frozenset(draw(st.one_of(st.just([]), st.lists(st.integers(0, n - 1), max_size=n))))
+    # Symbols a hard risk verdict cut (RiskVerdict.hard), each with its threshold weight:
+    # none on most bars.
+    hard = draw(
+        st.one_of(
+            st.just({}),
+            st.dictionaries(st.integers(0, n - 1), st.floats(0.0, 0.6), max_size=n),
+        )
+    )
     equity = draw(st.one_of(st.floats(1.0, 1e9), st.sampled_from([100_000.0, math.inf])))
     cfg = OrdersConfig(
         rebalance_band=draw(st.sampled_from([0.0, 0.01, 0.05])),
@@ -209,20 +221,23 @@ def test_a_working_entry_blocks_only_its_own_symbol() -> None:
     assert [o.symbol for o in plan.orders] == ["S31"]
 
 
-def test_a_hard_cut_within_the_band_is_traded_and_a_soft_one_is_not() -> None:
+def test_a_hard_cut_within_the_band_is_traded_once_and_a_soft_one_is_not() -> None:
     """Ten 2% positions a VaR rule cut to 1.24% (0.76 points, within the 1% band): before,
     no order, and the book stayed 62% over its VaR limit. A hard verdict's cut is traded;
-    a cap's (not hard) keeps the band; a hard symbol whose target is above its weight is
-    not bought up (only cuts are exempt)."""
+    a cap's (not hard) keeps the band; a hard symbol whose target the chain did not cut is
+    left out; and once cut, a position drifting above its cut target is left to the band
+    (a rule binding bar after bar traded every covered position's drift every bar)."""
     n = 10
     close = np.full(n, 100.0)
     held = np.full(n, 20.0)  # 20 x 100 / 100,000 = 2%
+    before = np.full(n, 0.02)  # the targets entering the risk chain
     targets = np.full(n, 0.0124)
-    targets[9] = 0.025  # a hard symbol the rule did not cut
+    targets[9] = 0.025  # covered by the verdict, not cut
     ctx = make_ctx(close, held, 100_000.0)
     cfg = OrdersConfig(rebalance_band=0.01, min_trade_value=100.0, brackets=False)
     assert rebalance_trades(cfg, targets, ctx, set(), 100_000.0) == {}
-    hard = frozenset(range(n))
+    hard = hard_thresholds(range(n), before, targets)
+    assert sorted(hard) == list(range(9)) and hard[0] == pytest.approx(0.0162)
     want = {i: -8.0 for i in range(9)}  # to 12 shares: 1.2%, the whole shares below 1.24%
     assert rebalance_trades(cfg, targets, ctx, set(), 100_000.0, hard) == want
     assert rebalance_trades_full(cfg, targets, ctx, set(), 100_000.0, hard) == want
@@ -230,9 +245,8 @@ def test_a_hard_cut_within_the_band_is_traded_and_a_soft_one_is_not() -> None:
     assert [(o.symbol, o.signed_quantity) for o in plan.orders] == [
         (f"S{i}", -8.0) for i in range(9)
     ]
-    # A cut worth less than min_trade_value is still not traded: 0.04 points is one whole
-    # share less (100 dollars), below a minimum of 200.
-    small = np.full(n, 0.0196)
-    cfg200 = OrdersConfig(rebalance_band=0.01, min_trade_value=200.0, brackets=False)
-    assert rebalance_trades(cfg200, small, ctx, set(), 100_000.0, hard) == {}
-    assert len(rebalance_trades(cfg, small, ctx, set(), 100_000.0, hard)) == n
+    # The next bars: cut to 12 shares, drifted up to 1.5% (15 shares at 100): the rule
+    # still cuts 2% to 1.24%, and nothing is traded.
+    drifted = make_ctx(close, np.r_[np.full(n - 1, 15.0), 20.0], 100_000.0)
+    assert rebalance_trades(cfg, targets, drifted, set(), 100_000.0, hard) == {}
+    assert rebalance_trades_full(cfg, targets, drifted, set(), 100_000.0, hard) == {}
