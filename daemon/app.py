@@ -653,8 +653,9 @@ def accelerated_on_an_account(config: Config) -> ConfigError:
     return ConfigError(
         f"broker.kind = alpaca with live.bars_per_second = {config.live.bars_per_second:g}: "
         "the accelerated clock replays past bars, and each decision would be sent to the "
-        f"Alpaca account at {config.broker.alpaca.base_url} as a real order; set "
-        "live.bars_per_second = 0 (real time) or broker.kind = simulated"
+        f"Alpaca account at {mask_url(config.broker.alpaca.base_url)} as a real order "
+        "(only a loopback test server may take them); set live.bars_per_second = 0 (real "
+        "time) or broker.kind = simulated"
     )
 
 
@@ -664,10 +665,11 @@ def _alpaca_or(simulated: Broker, config: Config, symbols: tuple[str, ...]) -> B
     from .brokers.alpaca import AlpacaBroker, AlpacaBrokerConfig, alpaca_keys_from_env
 
     b = config.broker
-    if config.live.bars_per_second > 0 and b.alpaca.is_alpacas_host:
+    if config.live.bars_per_second > 0 and not b.alpaca.is_loopback:
         # An accelerated clock releases past bars (the demo's 2017): on an Alpaca account
-        # each decision would be a real order at today's prices, bracket legs priced from
-        # years ago. A loopback fake (the tests') takes them.
+        # (its host, or a proxy in front of it) each decision would be a real order at
+        # today's prices, bracket legs priced from years ago. A loopback fake (the tests')
+        # takes them.
         if b.kind == "alpaca":
             raise accelerated_on_an_account(config)
         log.warning(

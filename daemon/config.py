@@ -19,6 +19,7 @@ world (plugins, writable folders, reachable services) are in `preflight.py`.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import math
 import os
@@ -254,9 +255,21 @@ class AlpacaConfig:
 
     @property
     def is_alpacas_host(self) -> bool:
-        """`base_url` is one of Alpaca's own hosts (an account), not a loopback fake."""
-        host = urlsplit(self.base_url).hostname or ""
+        """`base_url` is one of Alpaca's own hosts."""
+        host = (urlsplit(self.base_url).hostname or "").rstrip(".")
         return host == "alpaca.markets" or host.endswith(".alpaca.markets")
+
+    @property
+    def is_loopback(self) -> bool:
+        """`base_url` is on this machine (a test server), not an account: Alpaca's hosts,
+        and a proxy in front of them, are anywhere else."""
+        host = (urlsplit(self.base_url).hostname or "").rstrip(".").lower()
+        if host == "localhost" or host.endswith(".localhost"):
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
 
     def __post_init__(self) -> None:
         _finite(self, "broker.alpaca")

@@ -125,7 +125,7 @@ def check_live_feed(config: Config) -> None:
     /ready answering 503 while its trading check said "trading". The defaults are that
     combination, right for a backtest, not for `tradingd run`."""
     b = config.broker
-    if b.kind == "alpaca" and config.live.bars_per_second > 0 and b.alpaca.is_alpacas_host:
+    if b.kind == "alpaca" and config.live.bars_per_second > 0 and not b.alpaca.is_loopback:
         from .app import accelerated_on_an_account
 
         raise accelerated_on_an_account(config)

@@ -4,6 +4,7 @@ the defaults): it warmed up, then waited for bars after now that stored history 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
@@ -119,10 +120,29 @@ def test_alpaca_on_an_account_with_an_accelerated_clock_is_refused(tmp_path, mon
     with pytest.raises(ConfigError, match=r"real order.*broker\.kind = simulated") as e:
         check_config(config, "run")
     assert "paper-api.alpaca.markets" in str(e.value)
-    # A loopback fake (the tests' Alpaca) is not an account: allowed.
-    fake = small(
-        tmp_path,
-        '[live]\nbars_per_second = 20.0\n[broker]\nkind = "alpaca"\n'
-        '[broker.alpaca]\nbase_url = "http://127.0.0.1:9"',
-    )
-    check_config(load_config([ROOT / "config/default.toml", fake], env=KEYS), "run")
+
+    def with_base(url: str, name: str) -> Any:
+        cfg = tmp_path / f"{name}.toml"
+        cfg.write_text(
+            small(tmp_path).read_text()
+            + '[live]\nbars_per_second = 20.0\n[broker]\nkind = "alpaca"\n'
+            + f'[broker.alpaca]\nbase_url = "{url}"\n'
+        )
+        return load_config([ROOT / "config/default.toml", cfg], env=KEYS)
+
+    # Alpaca's host written with a trailing dot, a proxy in front of it, credentials in the
+    # URL (masked in the message): refused. Only a loopback test server is allowed.
+    for i, url in enumerate(
+        [
+            "https://paper-api.alpaca.markets./",
+            "https://alpaca-gw.corp.example",
+            "https://u:pw@gw.example",
+        ]
+    ):
+        with pytest.raises(ConfigError, match="real order"):
+            check_config(with_base(url, f"refused{i}"), "run")
+    with pytest.raises(ConfigError) as e:
+        check_config(with_base("https://u:pw@gw.example", "masked"), "run")
+    assert "pw" not in str(e.value)
+    for i, url in enumerate(["http://127.0.0.1:9", "http://localhost:9", "http://[::1]:9"]):
+        check_config(with_base(url, f"loopback{i}"), "run")
