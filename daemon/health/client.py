@@ -70,7 +70,12 @@ async def fetch_health(
     if parts.scheme not in ("http", "https") or not parts.hostname:
         report["error"] = f"{shown!r} is not an http:// URL (e.g. {DEFAULT_URL})"
         return EXIT_UNREACHABLE, report
-    if parts.port == 0:
+    try:
+        port = parts.port
+    except ValueError as exc:  # a port that is not a number, or out of range
+        report["error"] = f"{shown!r} has no valid port ({exc}); e.g. {DEFAULT_URL}"
+        return EXIT_UNREACHABLE, report
+    if port == 0:
         report["error"] = (
             f"{shown} has port 0: a daemon started with health.port = 0 listens on a port the "
             "system chose, named by its health.listening log line (port=...); pass that "

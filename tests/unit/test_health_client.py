@@ -126,6 +126,13 @@ async def test_a_bad_url_exits_2(url):
     assert "not an http:// URL" in report["error"]
 
 
+@pytest.mark.parametrize("url", ["http://127.0.0.1:99999", "http://127.0.0.1:abc"])
+async def test_a_url_with_a_bad_port_exits_2_instead_of_raising(url):
+    code, report = await fetch_health(url, 1.0)
+    assert code == EXIT_UNREACHABLE
+    assert "no valid port" in report["error"]
+
+
 async def test_port_0_says_where_the_port_chosen_by_the_system_is_named():
     """`tradingd health` with health.port = 0 said "nothing listens at ...:0" and no more."""
     code, report = await fetch_health(url_for(HealthConfig(port=0)), 1.0)
