@@ -14,9 +14,11 @@ Answers (see /work/shared/fixtures/README.md, section 1):
   200 with `timestamp` absent     -> no bars (a weekend or holiday window), not an error
   `null` bars (a lunch break)     -> skipped (counted in a debug log line); a split or dividend
                                      dated on a skipped day goes to the next bar (a warning)
-  an event without a date, a split
-  ratio or dividend amount that is
-  not a number (or not positive)  -> kind `malformed` naming the event and field
+  a split without a date, or a
+  ratio that is not a number (or
+  not positive)                   -> kind `malformed` naming the event and field
+  such a dividend (or a negative
+  amount)                         -> left out, a warning naming it (yahoo.dividend_refused)
 
 Prices: Yahoo's OHLC are split-adjusted (to today's share count) for every bar before a split,
 and so are its volumes and dividend amounts. `parse_chart` undoes that with the split events:
@@ -107,24 +109,24 @@ def _number(ev: dict[str, Any], name: str, where: str) -> float:
     return number
 
 
-def _events(result: dict[str, Any], kind: str) -> list[tuple[str, dict[str, Any], float]]:
-    """(where, event, date in epoch seconds) of each event of `kind` ("splits" or
-    "dividends"). An event that is not an object or has no numeric `date` is a malformed
-    answer (ValueError naming it): were it skipped, a split would un-adjust nothing and a
-    dividend would be lost without a word."""
+def _raw_events(result: dict[str, Any], kind: str) -> list[tuple[str, Any]]:
+    """(where, event as sent) of each event of `kind` ("splits" or "dividends"); a ValueError
+    when the events' containers are not objects."""
     events = result.get("events") or {}
     if not isinstance(events, dict):
         raise ValueError("events is not an object")
     found = events.get(kind) or {}
     if not isinstance(found, dict):
         raise ValueError(f"events.{kind} is not an object")
-    out = []
-    for key, ev in found.items():
-        where = f"events.{kind}[{key!r}]"
-        if not isinstance(ev, dict):
-            raise ValueError(f"{where} is not an object: {ev!r:.40}")
-        out.append((where, ev, _number(ev, "date", where)))
-    return out
+    return [(f"events.{kind}[{key!r}]", ev) for key, ev in found.items()]
+
+
+def _event_date(where: str, ev: Any) -> float:
+    """An event's `date` in epoch seconds; a ValueError naming it when the event is not an
+    object or has no numeric date."""
+    if not isinstance(ev, dict):
+        raise ValueError(f"{where} is not an object: {ev!r:.40}")
+    return _number(ev, "date", where)
 
 
 def _session_date(epoch: float, tz: str) -> date:
@@ -136,7 +138,8 @@ def split_events(result: dict[str, Any]) -> list[tuple[date, float]]:
     Raises ValueError naming an event without a date or a positive numerator/denominator."""
     tz = (result.get("meta") or {}).get("exchangeTimezoneName") or "America/New_York"
     out = []
-    for where, ev, stamp in _events(result, "splits"):
+    for where, ev in _raw_events(result, "splits"):
+        stamp = _event_date(where, ev)
         num, den = _number(ev, "numerator", where), _number(ev, "denominator", where)
         if num <= 0 or den <= 0:
             bad = "numerator" if num <= 0 else "denominator"
@@ -147,16 +150,32 @@ def split_events(result: dict[str, Any]) -> list[tuple[date, float]]:
     return sorted(out)
 
 
-def dividend_events(result: dict[str, Any]) -> list[tuple[date, float]]:
+def dividend_events(
+    result: dict[str, Any], symbol: str | None = None
+) -> list[tuple[date, float]]:
     """(ex-date in the exchange's time zone, amount as Yahoo has it: adjusted for the splits
-    after it) of a chart result, zero amounts included. Raises ValueError naming an event
-    without a date or a numeric, non-negative amount."""
+    after it) of a chart result, zero amounts included. A dividend without a date or a
+    numeric, non-negative amount is left out with a warning naming it
+    (`yahoo.dividend_refused`): refusing the whole answer, as for a split, cost the symbol
+    every bar of every answer whose window covers the event (its warm-up included), and a
+    dividend cannot make the book hold the wrong number of shares as a lost split does."""
     tz = (result.get("meta") or {}).get("exchangeTimezoneName") or "America/New_York"
     out = []
-    for where, ev, stamp in _events(result, "dividends"):
-        amount = _number(ev, "amount", where)
-        if amount < 0:
-            raise ValueError(f"{where}.amount is negative: {ev.get('amount')!r}")
+    for where, ev in _raw_events(result, "dividends"):
+        try:
+            stamp = _event_date(where, ev)
+            amount = _number(ev, "amount", where)
+            if amount < 0:
+                raise ValueError(f"{where}.amount is negative: {ev.get('amount')!r:.40}")
+        except ValueError as exc:
+            log.warning(
+                "yahoo.dividend_refused",
+                symbol=symbol,
+                error=str(exc),
+                rule="a dividend Yahoo sent without a date or a usable amount is not "
+                "booked: check the symbol's dividends against another source",
+            )
+            continue
         out.append((_session_date(stamp, tz), amount))
     return sorted(out)
 
@@ -226,7 +245,7 @@ def parse_chart(
     # Each date's action (split, raw dividend per post-split share), put on the bar of its
     # date, or carried to the next bar when Yahoo has none that day (see `_place_actions`).
     actions: dict[date, tuple[float, float]] = {d: (r, 0.0) for d, r in splits.items()}
-    for d, amount in dividend_events(result):
+    for d, amount in dividend_events(result, symbol):
         if amount == 0:
             log.debug("yahoo.zero_dividend", symbol=symbol, date=d.isoformat())
             continue

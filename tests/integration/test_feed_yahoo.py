@@ -554,11 +554,7 @@ def _with(events: dict[str, dict], **fields) -> dict[str, dict]:
     ("events", "named"),
     [
         ({"splits": _without(split_on(WEEK[2], 2), "date")}, "events.splits"),
-        ({"dividends": _without(dividend_on(WEEK[2], 0.25), "date")}, "events.dividends"),
         ({"splits": _with(split_on(WEEK[2], 2), date="soon")}, "date"),
-        ({"dividends": _without(dividend_on(WEEK[2], 0.25), "amount")}, "amount"),
-        ({"dividends": _with(dividend_on(WEEK[2], 0.25), amount="n/a")}, "amount"),
-        ({"dividends": _with(dividend_on(WEEK[2], 0.25), amount=-0.25)}, "amount"),
         ({"splits": _with(split_on(WEEK[2], 2), numerator=0)}, "numerator"),
         ({"splits": _with(split_on(WEEK[2], 2), denominator="x")}, "denominator"),
         ({"splits": {"1709130600": "2:1"}}, "events.splits"),
@@ -575,6 +571,41 @@ async def test_malformed_event_is_an_error_naming_it(fake, make_client, events, 
     err = res.errors["SPL"]
     assert (err.kind, err.symbol) == ("malformed", "SPL")
     assert named in err.message
+
+
+@pytest.mark.parametrize(
+    ("dividends", "named"),
+    [
+        (_without(dividend_on(WEEK[2], 0.25), "date"), "date"),
+        (_without(dividend_on(WEEK[2], 0.25), "amount"), "amount"),
+        (_with(dividend_on(WEEK[2], 0.25), amount="n/a"), "amount"),
+        (_with(dividend_on(WEEK[2], 0.25), amount=-0.25), "amount"),
+        ({"1709130600": "0.25"}, "not an object"),
+    ],
+)
+async def test_a_malformed_dividend_is_left_out_with_a_warning_and_the_bars_kept(
+    fake, make_client, dividends, named
+):
+    """Refusing the answer (as for a split) cost the symbol every bar of every answer whose
+    window covers the event, its warm-up included; a dividend cannot leave the book with the
+    wrong shares. The answer's bars and its other dividend are kept; the bad one is named."""
+    good = dividend_on(WEEK[3], 0.10)
+    fake.faults.respond_next(
+        chart_body(
+            "SPL",
+            dict(zip(WEEK, [50.0, 50.5, 51.0, 51.5, 52.0], strict=True)),
+            dividends=dividends | good,
+        )
+    )
+    client = await make_client()
+    with capture_logs() as logs:
+        res = await client.fetch(["SPL"], "1d", utc(2024, 2, 26), utc(2024, 3, 1))
+    assert "SPL" not in res.errors
+    df = one(res, "SPL")
+    assert len(df) == 5 and df["dividend"].tolist() == [0.0, 0.0, 0.0, 0.10, 0.0]
+    [said] = [e for e in logs if e["event"] == "yahoo.dividend_refused"]
+    assert said["symbol"] == "SPL" and said["log_level"] == "warning"
+    assert named in said["error"]
 
 
 async def test_zero_dividend_is_a_no_op(fake, make_client):
