@@ -150,9 +150,7 @@ def split_events(result: dict[str, Any]) -> list[tuple[date, float]]:
     return sorted(out)
 
 
-def dividend_events(
-    result: dict[str, Any], symbol: str | None = None
-) -> list[tuple[date, float]]:
+def dividend_events(result: dict[str, Any], symbol: str | None = None) -> list[tuple[date, float]]:
     """(ex-date in the exchange's time zone, amount as Yahoo has it: adjusted for the splits
     after it) of a chart result, zero amounts included. A dividend without a date or a
     numeric, non-negative amount is left out with a warning naming it
