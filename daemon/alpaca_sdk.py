@@ -53,8 +53,14 @@ class DaemonWorker:
         ]
         self._jobs = queue.SimpleQueue()
         self._threads: list[threading.Thread] = []
+        self._closed = False
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        if self._closed:
+            # A call after the stop would wait forever (no thread takes it, or a thread
+            # reads the stop's marker first) or start a thread anew: refused, as a
+            # ThreadPoolExecutor refuses it.
+            raise RuntimeError(f"{self._name}: cannot run a call after shutdown")
         fut: Future[Any] = Future()
         self._jobs.put((fut, fn, args))
         if len(self._threads) < self._size:
@@ -78,6 +84,7 @@ class DaemonWorker:
                 fut.set_result(result)
 
     def shutdown(self) -> None:
+        self._closed = True
         while True:
             try:
                 job = self._jobs.get_nowait()
