@@ -205,7 +205,9 @@ async def test_keys_from_the_environment(fake, monkeypatch):
 
 
 def source_calls() -> float:
-    return metrics.REGISTRY.get_sample_value("tradingd_source_calls_total", {"source": "alpaca"})
+    """The counter's value; 0 before the process's first Alpaca call makes its sample."""
+    value = metrics.REGISTRY.get_sample_value("tradingd_source_calls_total", {"source": "alpaca"})
+    return 0.0 if value is None else value
 
 
 def failures(logs) -> list[tuple]:
