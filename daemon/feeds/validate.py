@@ -919,6 +919,20 @@ def _normalise(
                 "{n} row(s) whose symbol is empty or has spaces around it: correct the file "
                 "(a symbol is the ticker alone)",
             )
+        names = pd.unique(text.to_numpy())
+        if len({str(n).upper() for n in names}) < len(names):
+            # Tickers are case-insensitive: "aapl" and "AAPL" rows loaded two symbols.
+            groups: dict[str, set[str]] = {}
+            for n in names:
+                groups.setdefault(str(n).upper(), set()).add(str(n))
+            both = sorted(sorted(g) for g in groups.values() if len(g) > 1)
+            twice = {n for g in both for n in g}
+            raise ctx.fail(
+                out.assign(symbol=text.to_numpy()),
+                text.isin(twice).to_numpy(),
+                f"{{n}} row(s) of one ticker written in other cases ({both[0]}"
+                f"{' and more' if len(both) > 1 else ''}): write each symbol one way",
+            )
         out["symbol"] = text.array
     else:
         out["symbol"] = symbol

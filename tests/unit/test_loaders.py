@@ -1021,3 +1021,15 @@ def test_a_symbol_cell_with_spaces_around_it_or_empty_is_an_error(tmp_path: Path
     with pytest.raises(DataError, match="empty or has spaces around it") as err:
         load_panel("csv", str(path))
     assert "line 3" in str(err.value) or "row" in str(err.value)
+
+
+def test_one_ticker_in_two_cases_in_a_long_table_is_an_error(tmp_path: Path) -> None:
+    """ "aapl" and "AAPL" rows loaded two symbols: the stock's exposure twice."""
+    path = write_csv(
+        tmp_path / "long.csv",
+        ["AAPL,2020-01-02,10,11,9,10,100", "aapl,2020-01-03,10,11,9,10,100",
+         "MSFT,2020-01-02,10,11,9,10,100"],
+        header="symbol,date,open,high,low,close,volume",
+    )  # fmt: skip
+    with pytest.raises(DataError, match=r"one ticker written in other cases \(\['AAPL', 'aapl'\]"):
+        load_panel("csv", str(path))
