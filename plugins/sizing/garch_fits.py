@@ -60,7 +60,9 @@ EXECUTORS = ("inline", "thread", "process")
 LIVE_NICE = 0
 # /2: fits made with the C library's log and power (garch._libm_classes); a /1 file's fits
 # came from numpy's, which differ by CPU, and are not reused.
-CACHE_FORMAT = "tradingd-garch-fits/2"
+# /3: an entry is a verdict, and fits with alpha < garch.MIN_ALPHA are refused since: a /2
+# file's accepted degenerate fits are not reused as accepted.
+CACHE_FORMAT = "tradingd-garch-fits/3"
 #: The one file of every BLAS label, before a file per label: no longer read, removed at a save.
 LEGACY_CACHE_FILE = "garch-fits.json"
 #: At most this many labels' files in a folder, the most recently saved kept (a `var/` shared

@@ -75,9 +75,10 @@ worker (killed, out of memory) is logged (`sizing.garch_worker_lost`) and its fi
 inline. Fit outcomes are cached by their exact inputs (returns, warm start, mean, min_obs) in
 `fit_cache_dir` between runs: a rerun of the same replay fits nothing.
 
-A fit that raises, does not converge (`convergence_flag` != 0) or is not stationary
+A fit that raises, does not converge (`convergence_flag` != 0), is not stationary
 (alpha + beta >= 1, or within 1e-6 of 1: arch's constraint boundary, where real index data
-often lands) falls back to RiskMetrics EWMA (lambda 0.94: the industry's documented
+often lands) or is degenerate (alpha < 1e-3, `garch.MIN_ALPHA`: arch's other boundary, a
+variance no shock moves) falls back to RiskMetrics EWMA (lambda 0.94: the industry's documented
 daily estimator, and the same recursion with omega = 0, alpha = 0.06, beta = 0.94), logged as a
 warning `sizing.garch_fallback` with the symbol and reason (a failed warm-started fit is first
 retried once from arch's own starting values); it is tried again on its next slot. A symbol

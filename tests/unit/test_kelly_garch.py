@@ -521,6 +521,11 @@ def _fake_result(flag=0, mu=0.01, omega=0.02, alpha=0.1, beta=0.85):
         (_fake_result(flag=9), "did not converge (flag 9: Iteration limit reached)"),
         (_fake_result(alpha=0.3, beta=0.7), "non-stationary fit"),
         (_fake_result(omega=float("nan")), "non-finite parameters"),
+        # alpha at arch's lower bound: the forecast never reacts to a shock (a simulated
+        # GARCH path with alpha 0.08 fitted alpha = 1e-10; a -35% day left its vol at 0.118)
+        (_fake_result(alpha=1e-10, beta=0.9), "degenerate fit (alpha = 1e-10: shocks never"),
+        (_fake_result(alpha=0.0, beta=0.0), "degenerate fit (alpha = 0: shocks never"),
+        (_fake_result(alpha=0.00099, beta=0.95), "degenerate fit (alpha = 0.00099"),
     ],
 )
 def test_failed_fit_falls_back_to_ewma_and_is_logged(monkeypatch, outcome, reason):
@@ -604,6 +609,48 @@ def test_a_restart_does_not_warn_again_about_symbols_already_on_the_fallback(mon
         [line] = [e for e in logs if e["event"] == "sizing.garch_fallback"]
         levels.append((line["log_level"], line["again"]))
     assert levels == [("debug", 2), ("warning", 0)]
+
+
+def test_a_fit_with_alpha_at_arch_s_lower_bound_is_refused_and_one_above_the_floor_kept(
+    monkeypatch,
+):
+    """arch itself lands on alpha = 0 for many series (here i.i.d. normal returns: alpha 0,
+    beta 0.99, a variance that no shock moves): refused like the stationarity boundary, so
+    the facade and the plugin use EWMA, which reacts. A fit just above the floor stands."""
+    r = np.random.default_rng(0).standard_normal(300) * 0.01
+    params, why = try_garch_fit(r)
+    assert params is None
+    assert why.startswith("degenerate fit (alpha = ") and "shocks never move" in why
+    crash = np.r_[r, np.log(0.65)]  # then a -35% day
+    ewma = math.sqrt(float(ewma_variance(crash[np.isfinite(crash)])) * 252)
+    assert garch_volatility(crash) == pytest.approx(ewma, rel=1e-12) and ewma > 0.5
+    monkeypatch.setattr(garch_mod, "_model", _fake_arch(_fake_result(alpha=0.001, beta=0.9)))
+    kept, why = try_garch_fit(r)
+    assert why == "" and kept is not None and kept.alpha == 0.001
+
+
+def test_a_cached_fit_from_before_the_alpha_floor_is_not_reused(tmp_path):
+    """The fit cache stores verdicts, not the data: a degenerate fit accepted by an earlier
+    build (alpha 1e-10) must not come back as accepted, so the earlier format is ignored."""
+    from tradingd_plugins.sizing.garch_fits import FitCache, blas_kind, fit_key
+
+    r = np.random.default_rng(0).standard_normal(300) * 0.01
+    key = fit_key((r, "constant", None, 250))
+    cache = FitCache(str(tmp_path), 10)
+    assert cache.path is not None
+    accepted = [1e-4, 2e-6, 1e-10, 0.98, 1e-4, 300]
+    cache.path.write_text(
+        json.dumps(
+            {
+                "format": "tradingd-garch-fits/2",
+                "blas": blas_kind(),
+                "entries": [[key.hex(), accepted, ""]],
+            }
+        )
+    )
+    with capture_logs() as logs:
+        assert FitCache(str(tmp_path), 10).get(key) is None
+    assert [e["reason"] for e in logs if e["event"] == "garch_cache.ignored"] == ["another format"]
 
 
 def test_try_garch_fit_reasons_without_arch():
@@ -1327,7 +1374,7 @@ def test_the_worker_process_fits_at_the_priority_it_is_given(replay):
         plugin.for_replay()
     r = plugin._runner
     try:
-        r300 = np.random.default_rng(2).normal(0, 0.01, 300)
+        r300 = garch_paths(300, 1, seed=2)[:, 0]  # a fit arch accepts (alpha 0.06)
         [(params, why)] = r.submit([(r300, "constant", None, 200)]).result()
         assert params is not None, why  # answered: the worker is past its start-up
         with open(f"/proc/{r._worker.proc.pid}/stat") as f:
@@ -1347,7 +1394,7 @@ def test_for_replay_replaces_a_worker_already_running_at_the_lowest_priority():
     plugin = KellyGarch(Cfg(fit_executor="process", fit_lag_bars=1), ("A",))
     r = plugin._runner
     r.set_nice(19)
-    r300 = np.random.default_rng(2).normal(0, 0.01, 300)
+    r300 = garch_paths(300, 1, seed=2)[:, 0]  # a fit arch accepts (alpha 0.06)
 
     def niceness() -> int:
         [(params, why)] = r.submit([(r300, "constant", None, 200)]).result()
@@ -1385,7 +1432,7 @@ def test_the_worker_ends_without_tearing_its_interpreter_down():
         stdout=subprocess.PIPE,
     )
     try:
-        r300 = np.random.default_rng(2).normal(0, 0.01, 300)
+        r300 = garch_paths(300, 1, seed=2)[:, 0]  # a fit arch accepts (alpha 0.06)
         write_frame(proc.stdin, [(r300, "constant", None, 200)])
         [(params, why)] = read_frame(proc.stdout)
         assert params is not None, why  # past its imports and a fit
@@ -1420,7 +1467,7 @@ def test_the_worker_ends_quietly_when_its_parent_is_gone_before_the_answer():
         stderr=subprocess.PIPE,
     )
     proc.stdout.close()  # the parent gone: no reader of the answer, before the job is sent
-    r300 = np.random.default_rng(2).normal(0, 0.01, 300)
+    r300 = garch_paths(300, 1, seed=2)[:, 0]  # a fit arch accepts (alpha 0.06)
     write_frame(proc.stdin, [(r300, "constant", None, 200)])
     proc.stdin.close()
     err = proc.stderr.read().decode()
