@@ -3,7 +3,9 @@ than 0.7 with any existing one.
 
 Correlation is the Pearson correlation of daily close-to-close returns over the last `window`
 bars of `ctx.history` (split-adjusted, so only data up to the current bar), computed for each
-pair over the days on which both symbols have a return (pairwise-complete). It is taken as
+pair over the days on which both symbols have a return (pairwise-complete). A day inside a
+symbol's gap (no bar, with bars before and after it in the window) has a return, 0, and the
+day it trades again the whole move over the gap (`var.daily_returns`). It is taken as
 the correlation of the two *positions*: sign(weight_a) * sign(weight_b) * corr(r_a, r_b), so
 two longs (or two shorts) of correlated stocks count as correlated, and a long against a
 short of a correlated stock (a hedge) does not. `absolute = true` uses |corr| instead, which

@@ -14,6 +14,14 @@ positively homogeneous in the weights: VaR(c w) = c VaR(w) for c >= 0.
 
 Missing data (a symbol listed later, a gap, a halt), conservative by construction:
 
+* A gap inside the window (a missing or non-positive close with a close before and after it:
+  a halt, a day without a bar) is not missing data: the close counts as the last one before
+  it (`tradingd_plugins.gaps`), so the days in the gap return 0 (a halted stock's P&L while
+  halted) and the reopen's return is the whole move over the gap. Before, both returns
+  around the gap were missing and filled as below, so a stock reopening 30% lower showed
+  its own ~-3% tail instead of -30%. What follows is for the returns before a symbol's first
+  close in the window (a listing) and after its last (no bar yet, a delisting): nothing
+  after the current bar is assumed.
 * A scenario day is a day on which at least one symbol of the universe has a return; days
   before any data (the start of a run) are no scenarios. With fewer than `min_history`
   scenario days the VaR cannot be measured, and no new exposure is allowed at all (the kept
@@ -53,6 +61,7 @@ import numpy as np
 from tradingd.core.ports import BarContext, HistoryView, RiskDecision
 from tradingd.core.types import RiskVerdict
 
+from ..gaps import fill_interior_gaps
 from .finite import nan_to_zero
 
 SCALE_MODES = ("new", "all")
@@ -93,12 +102,22 @@ def tail_index(n: int, alpha: float) -> int:
     return max(math.ceil(n * alpha - 1e-9), 1) - 1
 
 
-def daily_returns(history: HistoryView, window: int, cols: np.ndarray | None = None) -> np.ndarray:
-    """(window, N) simple close-to-close returns; NaN where either close is missing or <= 0.
-    `cols`: only those symbols' columns, (window, len(cols)), the same values."""
+def window_closes(history: HistoryView, window: int, cols: np.ndarray | None = None) -> np.ndarray:
+    """The last window + 1 closes, (window + 1, N) or (window + 1, len(cols)), each interior
+    gap given the last close before it (`fill_interior_gaps`, per symbol: the columns of
+    `cols` are those of the whole universe)."""
     close = history.window("close", window + 1)
     if cols is not None:
         close = close[:, cols]
+    return fill_interior_gaps(close)
+
+
+def daily_returns(history: HistoryView, window: int, cols: np.ndarray | None = None) -> np.ndarray:
+    """(window, N) simple close-to-close returns, across an interior gap as its last close
+    before (see the module): 0 into the gap, the whole move out of it; NaN where either close
+    is missing or <= 0 before a symbol's first close in the window or after its last.
+    `cols`: only those symbols' columns, (window, len(cols)), the same values."""
+    close = window_closes(history, window, cols)
     prev, cur = close[:-1], close[1:]
     with np.errstate(invalid="ignore", divide="ignore"):
         r = cur / prev - 1.0
@@ -114,11 +133,12 @@ class _Scenarios:
     has need the whole universe, but only whether each return exists (both closes > 0), not
     its value. The universe's returns themselves are computed only when a held symbol
     without enough history needs the day's worst return. Closes are finite (validated where
-    bars enter), so a return exists exactly when both closes are > 0."""
+    bars enter), so a return exists exactly when both closes are > 0, once interior gaps
+    are filled (`window_closes`)."""
 
     def __init__(self, history: HistoryView, window: int, alpha: float, min_history: int) -> None:
         self._history, self._window = history, window
-        close = history.window("close", window + 1)
+        close = window_closes(history, window)
         pos = close > 0  # False for NaN
         valid = pos[:-1] & pos[1:]
         days = valid.any(axis=1)

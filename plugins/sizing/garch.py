@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from ..gaps import fill_interior_gaps
+
 # `arch` is imported where a fit is made: importing it takes 1.5-2 s (scipy.stats, its
 # numba-or-Python recursions), and a replay whose fits come from the fit cache, or run in the
 # worker process, never fits in the engine's process.
@@ -338,9 +340,12 @@ def garch_volatility(
 
 
 def log_returns(close: np.ndarray) -> np.ndarray:
-    """Log returns of a (T, ...) price window, oldest first: (T-1, ...); NaN where either
-    price is missing or not positive."""
-    c = np.asarray(close, dtype=np.float64)
+    """Log returns of a (T, ...) price window, oldest first: (T-1, ...). A missing or
+    non-positive price inside the window (a price before and after it) counts as the last
+    price before it (`tradingd_plugins.gaps`): the return into it is 0 and the move over the
+    gap one return out of it. NaN where either price is missing or not positive before the
+    first price or after the last (a listing, no bar yet, a delisting)."""
+    c = fill_interior_gaps(np.asarray(close, dtype=np.float64))
     with np.errstate(divide="ignore", invalid="ignore"):
         lc = libm_log(np.where(c > 0, c, np.nan))  # not np.log: the same bits on every CPU
     return np.diff(lc, axis=0)

@@ -98,6 +98,12 @@ entries, flips and resizing wait for the next month.
 
 Untradable symbols (no bar) keep their current weight, as in every sizing plugin.
 
+Missing bars (`log_returns`, `tradingd_plugins.gaps`): a symbol without a bar for some days
+that then trades again has a return of 0 into each missing day and the whole move over the
+gap as the return out of it, in the fits and in the recursion (which takes the gap's returns
+when the symbol reopens: until then the gap is the window's end, and no later price is
+assumed). Returns before a listing or after the last bar are NaN and skipped.
+
 State (`state()` / `restore()`, JSON values, kept in the engine's checkpoint): the closed-trade
 window, the tracker of open trades, the GARCH parameters and current variances, the fit
 schedule's bar count, the month and the previous targets. A restarted daemon therefore sizes
@@ -574,6 +580,47 @@ class KellyGarch:
             ) from exc
         return log_returns(close if cols is None else close[:, cols])
 
+    def _new_returns(
+        self, ctx: BarContext, k: int, cols: np.ndarray | None = None, skip: int = 0
+    ) -> np.ndarray:
+        """The returns the recursion has not taken yet, as of the bar `skip` rows before this
+        one, when it last took returns `k` rows before that (at T0): the last k rows and,
+        before them, a symbol's returns into a gap it was in at T0 (no price then: NaN,
+        skipped), which exist once it has reopened (0 into the gap, the move out of it: see
+        `gaps`), so the recursion takes every return of the window once and in order, as a
+        filter over the window would, however the bars were sized (a restart's catch-up, a
+        lagged fit's carry-forward). Rows a symbol took already are NaN. Oldest first,
+        (k + the longest such gap, N or len(cols))."""
+        full = min(self.config.garch_window + 1, ctx.history.length)
+        n = min(k + 1, full - skip)
+        if n < 2:
+            width = len(self.symbols) if cols is None else int(np.count_nonzero(cols))
+            return np.empty((0, width))
+        close = ctx.history.window("close", n + skip)[:n]
+        if cols is not None:
+            close = close[:, cols]
+        # Without a price at T0 but with one since: the last price before the gap is further
+        # back (rare: a reopen, or a listing). Otherwise these k rows are all there is.
+        reopened = ~(close[0] > 0) & (close[1:] > 0).any(axis=0)
+        if not reopened.any():
+            return log_returns(close)
+        longer = ctx.history.window("close", full)[: full - skip]
+        if cols is not None:
+            longer = longer[:, cols]
+        t0 = longer.shape[0] - n  # T0's row
+        priced = longer[t0::-1, reopened] > 0  # from T0 back
+        # The gap at T0 (its closes up to T0), within the window (a run back to the window's
+        # start has no price before it: leading, NaN anyway).
+        gap = np.where(priced.any(axis=0), priced.argmax(axis=0), t0)
+        gap = np.minimum(gap, t0)
+        g = np.zeros(close.shape[1], dtype=np.intp)
+        g[reopened] = gap
+        longest = int(g.max())
+        r = log_returns(longer[t0 - longest :])
+        taken = r[:longest]  # a view: the rows before the k, each symbol's first longest - g
+        taken[np.arange(longest)[:, None] < longest - g] = np.nan  # taken at T0 or before
+        return r
+
     def _update_variance(self, score: np.ndarray, ctx: BarContext) -> None:
         c = self.config
         n = len(self.symbols)
@@ -644,7 +691,7 @@ class KellyGarch:
             return 0
         if k is not None and k <= self.config.garch_window:
             s2 = self._sigma2
-            for r in self._returns(ctx, k):
+            for r in self._new_returns(ctx, k):
                 s2 = garch_forecast(self._omega, self._alpha, self._beta, s2, r - self._mu)
             self._sigma2 = s2
             return k
@@ -799,7 +846,9 @@ class KellyGarch:
         at = np.flatnonzero(cols)
         mu, om, al, be = self._mu[at], self._omega[at], self._alpha[at], self._beta[at]
         if k is not None and k + since < ctx.history.length:
-            rows = self._returns(ctx, k + since, cols)[:k]  # the k rows up to the last bar sized
+            # The rows the variance took from the bar that asked to the last bar sized (and
+            # the returns into a gap the symbol was in when it asked, once it has reopened).
+            rows = self._new_returns(ctx, k, cols, skip=since)
             s2 = self._sigma2[at]
             for r in rows:
                 s2 = garch_forecast(om, al, be, s2, r - mu)

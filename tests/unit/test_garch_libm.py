@@ -36,13 +36,26 @@ def test_libm_log_is_the_c_librarys_log_bit_for_bit(xs):
 
 
 def test_log_returns_are_the_differences_of_the_c_librarys_logs():
-    close = np.array([[40.4, 10.0], [41.0, np.nan], [40.4, 0.0], [39.9, -1.0], [40.4, 12.5]])
+    close = np.array(
+        [
+            [40.4, 10.0, np.nan],
+            [41.0, np.nan, 5.0],
+            [40.4, 0.0, 6.0],
+            [39.9, -1.0, 0.0],
+            [40.4, 12.5, np.nan],
+        ]
+    )
     got = log_returns(close)
+    # The second series' missing and non-positive prices lie between two prices: each counts
+    # as the last price before it (returns 0, 0, 0, then log(12.5 / 10) out of the gap); the
+    # third's are before its first price and after its last: NaN returns.
+    filled = close.copy()
+    filled[1:4, 1] = 10.0
     ref = np.array(
-        [[math.log(x) if x == x and x > 0 else math.nan for x in row] for row in close.tolist()]
+        [[math.log(x) if x == x and x > 0 else math.nan for x in row] for row in filled.tolist()]
     )
     want = ref[1:] - ref[:-1]
-    assert got.shape == (4, 2)
+    assert got.shape == (4, 3) and np.isnan(got[:, 2]).tolist() == [True, False, True, True]
     assert np.array_equal(np.isnan(got), np.isnan(want))
     ok = ~np.isnan(want)
     assert [v.hex() for v in got[ok].tolist()] == [v.hex() for v in want[ok].tolist()]

@@ -1718,3 +1718,121 @@ def test_fits_the_worker_cannot_take_go_to_a_thread_not_the_event_loop(monkeypat
         assert lost["action"] == "fitting in a thread"
     finally:
         runner.close()
+
+
+# ------------------------------------------------------------- a crash across missing bars
+
+
+def _gap_then_crash(gap, seed=4, after=6):
+    """Closes of S0, with no bar for `gap` days that reopens 30% lower, and S1, the same
+    stock flat on those days (the closes the interior fill gives S0); then both go on alike."""
+    base = prices(garch_paths(320, 1, seed=seed))[:, 0]  # 321 closes
+    last = base[-1]
+    tail = last * 0.7 * np.exp(np.cumsum(np.full(after, 0.001)))
+    s1 = np.r_[base, np.full(gap, last), tail]
+    s0 = np.r_[base, np.full(gap, np.nan), tail]
+    return np.column_stack([s0, s1])
+
+
+@pytest.mark.parametrize("gap", [1, 3])
+@pytest.mark.parametrize("volatility", ["ewma", "garch"])
+def test_a_crash_after_missing_bars_sizes_as_the_crash_without_the_gap(volatility, gap):
+    """Before, both returns around a missing bar were NaN: a stock reopening 30% lower kept
+    its calm EWMA vol (0.13) and its target at the 5% cap (the same crash without the gap:
+    vol 1.4, target 0.7%). Now the move counts as one return out of the gap, and the
+    recursion (bar by bar: S0's return into the gap is taken at the reopen) ends where S1's
+    does, bit for bit, from the reopen on."""
+    close = _gap_then_crash(gap)
+    cfg = Cfg(volatility=volatility, garch_window=300, min_fit_obs=250, refit_bars=1000)
+    # One plugin each: the same fit schedule (in one universe, S1 would refit a bar later).
+    p0, p1 = KellyGarch(cfg, ("S0",)), KellyGarch(cfg, ("S1",))
+    m0, m1 = (Market(close[:, [i]], capacity=301).push(315) for i in (0, 1))
+    score = np.array([0.6])
+    p0.size(score, m0.ctx())
+    p1.size(score, m1.ctx())
+    if volatility == "garch":
+        assert p0.methods == {"S0": "garch"} and p1.methods == {"S1": "garch"}
+        assert p0.garch_params("S0") == p1.garch_params("S1")
+    calm = math.sqrt(p0.forecast_variance[0] * 252)
+    while m0.t < len(close) - 1:
+        m0.push(), m1.push()
+        w0 = p0.size(score, m0.ctx(weights=[0.05]))
+        w1 = p1.size(score, m1.ctx(weights=[0.05]))
+        if m0.t > 320 + gap:  # reopened
+            np.testing.assert_array_equal(p0.forecast_variance, p1.forecast_variance)
+            np.testing.assert_array_equal(w0, w1)
+        if m0.t == 321 + gap:
+            vol = math.sqrt(p0.forecast_variance[0] * 252)
+            # 0.15 vol before; over 1.0 now, a fifth of the cap or so (0.7% for vol 1.4)
+            assert calm < 0.2 and vol > 1.0 and w0[0] < 0.25 * 0.05, (calm, vol, w0)
+
+
+def test_a_restart_that_catches_up_across_a_gap_gives_the_uninterrupted_variance():
+    """The recursion takes a gap's returns at the reopen; a restarted process that catches
+    up over the gap and the reopen at once takes the same returns in the same order."""
+    close = _gap_then_crash(3, after=12)[:, :1]
+    cfg = Cfg(garch_window=300, min_fit_obs=250, refit_bars=1000, fit_scope="all")
+    a = KellyGarch(cfg, ("S0",))
+    m = Market(close, capacity=301).push(320)
+    score = np.array([0.6])
+    a.size(score, m.ctx())
+    b = KellyGarch(cfg, ("S0",))
+    b.restore(json.loads(json.dumps(a.state())))
+    while m.t < 326:  # the gap is bars 321-323, the reopen 324
+        m.push()
+        a.size(score, m.ctx())
+    with capture_logs() as logs:
+        b.size(score, m.ctx())
+    assert not any(e["event"] == "sizing.variance_resync" for e in logs)
+    np.testing.assert_array_equal(b.forecast_variance, a.forecast_variance)
+    assert math.sqrt(a.forecast_variance[0] * 252) > 0.5  # the crash counted
+
+
+@pytest.mark.parametrize("executor", ["inline", "thread"])
+def test_fits_lagged_across_a_gap_equal_same_bar_fits_once_applied(executor):
+    """S0 refits at bars 319 (initial), 325 and 331 (refit_bars 6); lagged 3 bars, a fit
+    applies at 322 (inside the gap: carried over rows the gap holds) and 328. Once applied,
+    the variance is bit for bit that of fits applied on the bar that asked."""
+    close = _gap_then_crash(3, after=12)
+    kw = {"garch_window": 300, "min_fit_obs": 250, "refit_bars": 6, "fit_scope": "all"}
+    now = KellyGarch(Cfg(**kw), ("S0", "S1"))
+    lagged = KellyGarch(Cfg(**kw, fit_lag_bars=3, fit_executor=executor), ("S0", "S1"))
+    m = Market(close, capacity=301).push(320)
+    score = np.array([0.6, 0.6])
+    compared = 0
+    while True:
+        w0, w1 = now.size(score, m.ctx()), lagged.size(score, m.ctx())
+        if m.t in (322, 323, 324, 328, 329, 330):
+            assert now.methods["S0"] == lagged.methods["S0"]
+            assert m.t > 324 or now.methods["S0"] == "garch"  # after the crash: a fallback
+            np.testing.assert_array_equal(lagged.forecast_variance[0], now.forecast_variance[0])
+            np.testing.assert_array_equal(w1[0], w0[0])
+            compared += 1
+        if m.t == len(close) - 1:
+            break
+        m.push()
+    lagged.close()
+    assert compared == 6
+
+
+@pytest.mark.parametrize("cut", [322, 325])
+def test_no_lookahead_targets_at_t_do_not_change_when_the_bars_after_t_are_cut(cut):
+    """A history cut inside S0's gap (322: the gap is its end, NaN, no later close assumed)
+    or just after the reopen (325) sizes every bar it has as the whole history does."""
+    close = _gap_then_crash(3, after=8)
+    kw = {"garch_window": 300, "min_fit_obs": 250, "refit_bars": 3, "fit_scope": "all"}
+
+    def run(c):
+        p = KellyGarch(Cfg(**kw), ("S0", "S1"))
+        m = Market(c, capacity=301).push(316)
+        out = [(p.size(np.array([0.6, 0.6]), m.ctx()), p.forecast_variance)]
+        while m.t < len(c) - 1:
+            m.push()
+            out.append((p.size(np.array([0.6, 0.6]), m.ctx()), p.forecast_variance))
+        return out
+
+    full, short = run(close), run(close[: cut + 1])
+    assert len(short) == cut + 1 - 315 and len(full) > len(short)
+    for (w0, v0), (w1, v1) in zip(short, full, strict=False):
+        np.testing.assert_array_equal(w0, w1)
+        np.testing.assert_array_equal(v0, v1)

@@ -297,12 +297,29 @@ def test_sector_property_limit_priority_and_no_growth(prop_csv, t, w, held, cap,
 # ============================================================================ VaR
 
 
+def window_rows(closes, window):
+    """The last window + 1 rows of closes as lists, each interior gap (a missing or
+    non-positive close with a positive close before and after it in the window) given the
+    last positive close before it, with loops: a gap's return is 0, the move over it one
+    return out of it; leading and trailing gaps stay."""
+    rows = np.asarray(closes, dtype=float)[-(window + 1) :].tolist()
+    for i in range(len(rows[0]) if rows else 0):
+        ok = [r[i] == r[i] and r[i] > 0 for r in rows]
+        if True not in ok:
+            continue
+        first, last = ok.index(True), len(ok) - 1 - ok[::-1].index(True)
+        for k in range(first + 1, last):
+            if not ok[k]:
+                rows[k][i] = rows[k - 1][i]
+    return rows
+
+
 def reference_var(closes, weights, window, confidence, min_history):
     """Historical one-day VaR written out with loops: the scenario P&L of each day with a
     return for some symbol, missing returns filled as the plugin documents, minus the
     ceil(n * alpha)-th worst. None when fewer than min_history days."""
     closes = np.asarray(closes, dtype=float)
-    rows = closes[-(window + 1) :].tolist()
+    rows = window_rows(closes, window)
     n_sym = closes.shape[1]
     days = []
     for a, b in itertools.pairwise(rows):
@@ -424,11 +441,38 @@ def test_var_missing_returns_filled_with_the_symbols_own_tail():
         )
 
 
+def test_var_includes_the_move_across_a_missing_bar():
+    """A has no bar on day 40 and reopens 30% lower on day 41. Before, both returns were
+    missing and filled with A's own tail (+0.5% days: capped at 0), so the VaR of a long A
+    was nil; now the gap day is 0 and the reopen -30%, the worst scenario. A gap still open
+    at the window's end (B, trailing) keeps the own-tail fill."""
+    r = np.full((60, 2), 0.005)
+    r[39, 0], r[40, 0] = np.nan, -0.30  # close 40 missing; close 41 = close 39 x 0.7
+    r[57:, 1] = np.nan  # B: no bar for the last 3 days
+    r[[5, 9, 20], 1] = [-0.05, -0.04, -0.02]
+    closes = closes_from_returns(r)
+    assert np.isnan(closes[40, 0]) and closes[41, 0] == pytest.approx(closes[39, 0] * 0.7)
+    p = var_plugin(window=60, min_history=40, confidence=0.99)
+    ctx = make_context(p.symbols, closes)
+    assert p.value_at_risk(np.array([1.0, 0.0]), ctx) == pytest.approx(0.30)
+    assert p.value_at_risk(np.array([0.1, 0.0]), ctx) == pytest.approx(0.03)
+    # B's 3 trailing days are its own worst (1 of 57 at 99%): -5%, as before.
+    assert p.value_at_risk(np.array([0.0, 1.0]), ctx) == pytest.approx(0.05)
+    d = var_plugin(window=60, min_history=40, confidence=0.99).check(np.array([0.1, 0.0]), ctx)
+    np.testing.assert_allclose(d.targets, [0.02 / 0.30, 0.0])  # 0.1 cut to the limit
+    for w in ([1.0, 0.0], [0.3, -0.5], [-1.0, 1.0]):
+        assert p.value_at_risk(np.array(w), ctx) == pytest.approx(
+            reference_var(closes, w, 60, 0.99, 40), abs=1e-12
+        )
+
+
 def test_var_too_little_history_refuses_new_exposure():
     r = np.full((60, 3), 0.001)
     r[:45, 1] = np.nan  # B: no close at bars 1..45, so 14 returns (bars 46..60)
+    closes = closes_from_returns(r)
+    closes[0, 1] = np.nan  # listed at bar 46 (a close at bar 0 would make 1..45 a halt)
     p = var_plugin(("A", "B", "C"), window=60, min_history=40)
-    ctx = make_context(p.symbols, closes_from_returns(r), weights=[0, 0.05, 0.0])
+    ctx = make_context(p.symbols, closes, weights=[0, 0.05, 0.0])
     d = p.check(np.array([0.05, 0.08, 0.05]), ctx)
     # B is held at .05: its increase is clipped to the current weight; A and C pass.
     np.testing.assert_allclose(d.targets, [0.05, 0.05, 0.05])
@@ -665,6 +709,7 @@ def test_correlation_missing_history():
     r[:24, 1] = np.nan  # B: no close at bars 1..24, so 35 returns (< 40)
     r[:, 2] = np.nan  # C (held) has no data at all in the window
     closes = closes_from_returns(r)
+    closes[0, 1] = np.nan  # B listed at bar 25 (a close at bar 0 would make 1..24 a halt)
     p = corr_plugin(syms)
     ctx = make_context(syms, closes, weights=[0, 0, 0.05], tradable=[True, True, False])
     with capture_logs() as logs:
@@ -685,7 +730,7 @@ def reference_corr(closes, i, j, window):
     """Pearson correlation of the returns of i and j over their common days, with loops;
     (corr, common days). A flat series (centred sum of squares at most 1e-12 of the raw
     one: constant up to rounding) has correlation 0."""
-    rows = np.asarray(closes, dtype=float)[-(window + 1) :].tolist()
+    rows = window_rows(closes, window)
     xs, ys = [], []
     for a, b in itertools.pairwise(rows):
         if all(v == v and v > 0 for v in (a[i], b[i], a[j], b[j])):
@@ -704,7 +749,7 @@ def reference_corr(closes, i, j, window):
 
 
 def valid_returns(closes, i, window):
-    rows = np.asarray(closes, dtype=float)[-(window + 1) :, i].tolist()
+    rows = [r[i] for r in window_rows(closes, window)]
     return sum(1 for a, b in itertools.pairwise(rows) if a == a and b == b)
 
 
