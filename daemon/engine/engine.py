@@ -92,7 +92,7 @@ from . import collector
 from .accounting import BLOCKING, RejectionRecord, RiskRecord, rule_of
 from .decisions import decision_record
 from .history import HistoryBuffer
-from .planner import OrderPlanner, Plan, hard_thresholds
+from .planner import OrderPlanner, Plan
 from .plugin_outputs import by_symbol, verdict_error
 from .plugins import feature_names, history_bars_of
 from .portfolio import Portfolio
@@ -400,7 +400,7 @@ def _state_of(plugin: Any, state: Callable[[], Any], t: datetime | None) -> Any:
     return got
 
 
-_NO_HARD: Mapping[int, float] = MappingProxyType({})
+_NO_HARD: frozenset[int] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -3087,21 +3087,22 @@ class Engine:
 
     def _hard_cuts(
         self, verdicts: Sequence[RiskVerdict], before: np.ndarray, after: np.ndarray
-    ) -> Mapping[int, float]:
-        """The symbols a hard verdict covers (`RiskVerdict.hard`) whose target the chain
-        cut, each with the weight above which the planner carries the cut out even within
-        the rebalance band (`planner.hard_thresholds`)."""
+    ) -> frozenset[int]:
+        """The indices of the symbols a hard verdict covers (`RiskVerdict.hard`) whose
+        target the risk chain cut (`after` below `before`, the sizing's, in absolute weight):
+        the planner carries their cuts out even within the rebalance band
+        (`planner.HARD_CUT_TOLERANCE`)."""
         if not verdicts:
             return _NO_HARD
         said = [v.symbol for v in verdicts if v.hard]
         if not said:
             return _NO_HARD
         if None in said:  # the whole book
-            cut: Iterable[int] = range(len(self.symbols))
+            covered: Iterable[int] = range(len(self.symbols))
         else:
             named = set(said)
-            cut = [i for i, s in enumerate(self.symbols) if s in named]
-        return hard_thresholds(cut, before, after)
+            covered = [i for i, s in enumerate(self.symbols) if s in named]
+        return frozenset(i for i in covered if abs(after[i]) < abs(before[i]))
 
     def _raised(
         self,

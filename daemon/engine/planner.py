@@ -52,10 +52,9 @@ live run would, so what it shows is what the live account can hold):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from types import MappingProxyType
 
 import numpy as np
 import structlog
@@ -67,7 +66,16 @@ from ..core.ports import BarContext
 from ..core.types import Leg, Order, OrderStatus, Side
 
 log = structlog.get_logger(__name__)
-_NO_HARD: Mapping[int, float] = MappingProxyType({})
+
+# A hard risk cut (`RiskVerdict.hard`) is carried out within the rebalance band when the
+# position weighs more than its cut target plus this fraction of it. 0 traded the drift of
+# every cut position every bar while a limit kept binding (a drawdown guard scaling the book
+# bar after bar under water: +20% fills, hundreds of sells of a few hundred dollars); 10%
+# holds a hard limit to within a tenth of itself, as the band holds a cap to within a point,
+# and trims a cut position again only after a 10% move. A constant, not a setting: a setting
+# would be part of every run's identity.
+HARD_CUT_TOLERANCE = 0.10
+_HARD_OVER = 1.0 + HARD_CUT_TOLERANCE
 
 # Quantities are floats (fractional shares, split ratios): compare with a tolerance.
 _EPS = 1e-9
@@ -162,13 +170,11 @@ class OrderPlanner:
         ctx: BarContext,
         open_orders: Sequence[Order],
         unreconciled: AbstractSet[str] = frozenset(),
-        hard: Mapping[int, float] = _NO_HARD,
+        hard: AbstractSet[int] = frozenset(),
     ) -> Plan:
-        """`hard`: the symbols a risk rule cut with a hard verdict this bar
-        (`RiskVerdict.hard`), index -> the absolute weight above which the cut is carried
-        out even within the rebalance band (`hard_thresholds`): a position still nearer its
-        uncut target than its cut one is cut; one already cut and drifting is left to the
-        band, so a rule that keeps binding bar after bar does not trim drift every bar.
+        """`hard`: indices of the symbols a risk rule cut with a hard verdict this bar
+        (`RiskVerdict.hard`): a position weighing more than its target plus
+        `HARD_CUT_TOLERANCE` of it is cut to the target even within the rebalance band.
         `unreconciled`: symbols whose book differs from the broker's (reconciliation). No
         exit is placed in them, restored or re-placed: sized from the book, they sold shares
         the broker no longer held (refused every bar, or, with shorting allowed, a
@@ -457,7 +463,7 @@ def rebalance_trades(
     ctx: BarContext,
     busy: AbstractSet[int],
     equity: float,
-    hard: Mapping[int, float] = _NO_HARD,
+    hard: AbstractSet[int] = frozenset(),
 ) -> dict[int, float]:
     """Symbol index -> signed shares to trade toward its target: the rule of
     `rebalance_trades_full`, evaluated only where it can trade, with bit-identical results.
@@ -510,7 +516,7 @@ def rebalance_trades(
             continue
         w = h * p / equity
         # Off by more than the band, or a hard cut to carry out (`RiskVerdict.hard`).
-        off = abs(t - w) > band or (i in hard and abs(w) > hard[i])
+        off = abs(t - w) > band or (i in hard and abs(w) > abs(t) * _HARD_OVER)
         if t != 0 and not off:
             # Not closing and within the band (a NaN weight compares False, as in numpy):
             # no trade, whatever the rest of the rule gives. Most held symbols of a bar stop
@@ -547,11 +553,12 @@ def rebalance_trades_full(
     ctx: BarContext,
     busy: AbstractSet[int],
     equity: float,
-    hard: Mapping[int, float] = _NO_HARD,
+    hard: AbstractSet[int] = frozenset(),
 ) -> dict[int, float]:
     """The rule over every symbol (the definition `rebalance_trades` must equal): trade the
     whole-share difference to the target when the weight is off by more than the band (or,
-    for a symbol in `hard`, is above its threshold in absolute weight) and the trade is worth
+    for a symbol in `hard`, weighs more than its target plus `HARD_CUT_TOLERANCE` of it in
+    absolute weight) and the trade is worth
     at least `min_trade_value`, or close a position whose target is 0; only symbols with a
     bar and no working entry."""
     n = len(targets)
@@ -570,27 +577,11 @@ def rebalance_trades_full(
     )
 
 
-def _hard_mask(index: np.ndarray, hard: Mapping[int, float]) -> np.ndarray | None:
-    """The hard thresholds of `index` (NaN where none; None: none at all)."""
+def _hard_mask(index: np.ndarray, hard: AbstractSet[int]) -> np.ndarray | None:
+    """Which of `index` a hard verdict cut (None: none)."""
     if not hard:
         return None
-    return np.array([hard.get(i, math.nan) for i in index.tolist()], dtype=np.float64)
-
-
-def hard_thresholds(cut: Iterable[int], before: np.ndarray, after: np.ndarray) -> dict[int, float]:
-    """For each index a hard verdict covers, the absolute weight above which its cut is
-    carried out within the band: halfway between the target before the risk chain and
-    the final one. A position still at (or near) its uncut weight is cut; one the cut has
-    already reached stays within the band as it drifts (a drawdown guard scaling the book
-    every bar under water traded each covered position's drift every bar: +20% fills,
-    hundreds of sells of a few hundred dollars). Only cuts: an index whose final target is
-    not below its target before the chain in absolute weight is left out."""
-    out: dict[int, float] = {}
-    for i in cut:
-        b, a = abs(float(before[i])), abs(float(after[i]))
-        if a < b:
-            out[i] = 0.5 * (a + b)
-    return out
+    return np.array([i in hard for i in index.tolist()], dtype=bool)
 
 
 def _band_rule(
@@ -611,7 +602,7 @@ def _band_rule(
         closing = (targets == 0) & (held != 0)
         off = np.abs(targets - current_w) > cfg.rebalance_band
         if hard is not None:
-            off |= np.abs(current_w) > hard  # NaN (not hard) compares False
+            off |= hard & (np.abs(current_w) > np.abs(targets) * _HARD_OVER)
         wanted = (off & (np.abs(delta * price) >= cfg.min_trade_value)) | closing
     picked = (wanted & free & (delta != 0)).nonzero()[0].tolist()
     return {int(index[k]): float(-held[k] if closing[k] else delta[k]) for k in picked}

@@ -9,7 +9,6 @@ import struct
 from datetime import UTC, datetime
 
 import numpy as np
-import pytest
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
@@ -19,8 +18,8 @@ from tradingd.core.ports import BarContext, PortfolioView
 from tradingd.core.types import CrossSection, Leg, OrderStatus, order_to_dict
 from tradingd.engine.history import HistoryBuffer
 from tradingd.engine.planner import (
+    HARD_CUT_TOLERANCE,
     OrderPlanner,
-    hard_thresholds,
     rebalance_trades,
     rebalance_trades_full,
 )
@@ -74,14 +73,8 @@ def books(draw: st.DrawFn) -> tuple:
     held = np.array(draw(st.lists(shares, min_size=n, max_size=n)))
     tradable = np.array(draw(st.lists(st.booleans(), min_size=n, max_size=n)))
     busy = set(draw(st.lists(st.integers(0, n - 1), max_size=3)))
-    # Symbols a hard risk verdict cut (RiskVerdict.hard), each with its threshold weight:
-    # none on most bars.
-    hard = draw(
-        st.one_of(
-            st.just({}),
-            st.dictionaries(st.integers(0, n - 1), st.floats(0.0, 0.6), max_size=n),
-        )
-    )
+    # Symbols a hard risk verdict cut (RiskVerdict.hard): none on most bars.
+    hard = frozenset(draw(st.one_of(st.just([]), st.lists(st.integers(0, n - 1), max_size=n))))
     equity = draw(st.one_of(st.floats(1.0, 1e9), st.sampled_from([100_000.0, math.inf])))
     cfg = OrdersConfig(
         rebalance_band=draw(st.sampled_from([0.0, 0.01, 0.05])),
@@ -221,32 +214,54 @@ def test_a_working_entry_blocks_only_its_own_symbol() -> None:
     assert [o.symbol for o in plan.orders] == ["S31"]
 
 
-def test_a_hard_cut_within_the_band_is_traded_once_and_a_soft_one_is_not() -> None:
+def test_a_hard_cut_within_the_band_is_traded_and_a_soft_one_is_not() -> None:
     """Ten 2% positions a VaR rule cut to 1.24% (0.76 points, within the 1% band): before,
-    no order, and the book stayed 62% over its VaR limit. A hard verdict's cut is traded;
-    a cap's (not hard) keeps the band; a hard symbol whose target the chain did not cut is
-    left out; and once cut, a position drifting above its cut target is left to the band
-    (a rule binding bar after bar traded every covered position's drift every bar)."""
+    no order, and the book stayed 62% over its VaR limit. A hard verdict's cut is traded; a
+    cap's (not hard) keeps the band; and a cut position drifting up is trimmed again only
+    beyond HARD_CUT_TOLERANCE of its target (a rule binding bar after bar traded every cut
+    position's drift every bar)."""
     n = 10
     close = np.full(n, 100.0)
     held = np.full(n, 20.0)  # 20 x 100 / 100,000 = 2%
-    before = np.full(n, 0.02)  # the targets entering the risk chain
     targets = np.full(n, 0.0124)
-    targets[9] = 0.025  # covered by the verdict, not cut
     ctx = make_ctx(close, held, 100_000.0)
     cfg = OrdersConfig(rebalance_band=0.01, min_trade_value=100.0, brackets=False)
     assert rebalance_trades(cfg, targets, ctx, set(), 100_000.0) == {}
-    hard = hard_thresholds(range(n), before, targets)
-    assert sorted(hard) == list(range(9)) and hard[0] == pytest.approx(0.0162)
-    want = {i: -8.0 for i in range(9)}  # to 12 shares: 1.2%, the whole shares below 1.24%
+    hard = frozenset(range(n))
+    want = {i: -8.0 for i in range(n)}  # to 12 shares: 1.2%, the whole shares below 1.24%
     assert rebalance_trades(cfg, targets, ctx, set(), 100_000.0, hard) == want
     assert rebalance_trades_full(cfg, targets, ctx, set(), 100_000.0, hard) == want
     plan = OrderPlanner(cfg, "r", ctx.symbols).plan(targets, ctx, [], hard=hard)
     assert [(o.symbol, o.signed_quantity) for o in plan.orders] == [
-        (f"S{i}", -8.0) for i in range(9)
+        (f"S{i}", -8.0) for i in range(n)
     ]
-    # The next bars: cut to 12 shares, drifted up to 1.5% (15 shares at 100): the rule
-    # still cuts 2% to 1.24%, and nothing is traded.
-    drifted = make_ctx(close, np.r_[np.full(n - 1, 15.0), 20.0], 100_000.0)
-    assert rebalance_trades(cfg, targets, drifted, set(), 100_000.0, hard) == {}
-    assert rebalance_trades_full(cfg, targets, drifted, set(), 100_000.0, hard) == {}
+    # Cut, then drifted: 13 shares (1.3%, within 10% of 1.24%) stay; 14 (1.4%) are trimmed.
+    assert HARD_CUT_TOLERANCE == 0.10
+    for shares, trades in ((13.0, {}), (14.0, {i: -2.0 for i in range(n)})):
+        drifted = make_ctx(close, np.full(n, shares), 100_000.0)
+        assert rebalance_trades(cfg, targets, drifted, set(), 100_000.0, hard) == trades
+        assert rebalance_trades_full(cfg, targets, drifted, set(), 100_000.0, hard) == trades
+
+
+def test_a_hard_cut_is_carried_out_whatever_the_sizing_wanted_before_the_chain() -> None:
+    """The review's cases of a threshold measured from the sizing's target: a held 30% that
+    VaR cuts to 25% while the sizing wanted 50% (held below its sizing target, as brackets
+    leave it), and a 2% position capped by its sector that a drawdown halves to 1%. Both
+    are cut; which symbols are hard is the engine's (`_hard_cuts`): covered and cut."""
+    from types import SimpleNamespace
+
+    from tradingd.core.types import RiskVerdict
+    from tradingd.engine.engine import Engine
+
+    close = np.array([100.0, 100.0, 100.0])
+    held = np.array([300.0, 20.0, 20.0])  # 30%, 2%, 2% of 100,000
+    sized = np.array([0.50, 0.20, 0.02])
+    final = np.array([0.25, 0.01, 0.02])  # the third: covered by the book's verdict, not cut
+    book = [RiskVerdict("drawdown_guard", None, "scale", "under water", hard=True)]
+    hard = Engine._hard_cuts(SimpleNamespace(symbols=("A", "B", "C")), book, sized, final)
+    assert hard == {0, 1}
+    soft = [RiskVerdict("max_position", "A", "clip", "cap")]
+    assert Engine._hard_cuts(SimpleNamespace(symbols=("A", "B", "C")), soft, sized, final) == set()
+    ctx = make_ctx(close, held, 100_000.0)
+    cfg = OrdersConfig(rebalance_band=0.01, min_trade_value=100.0, brackets=False)
+    assert rebalance_trades(cfg, final, ctx, set(), 100_000.0, hard) == {0: -50.0, 1: -10.0}
