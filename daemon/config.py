@@ -267,9 +267,11 @@ class AlpacaConfig:
         if host == "localhost" or host.endswith(".localhost"):
             return True
         try:
-            return ipaddress.ip_address(host).is_loopback
+            ip = ipaddress.ip_address(host.partition("%")[0])  # (an IPv6 zone id aside)
         except ValueError:
             return False
+        mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+        return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
     def __post_init__(self) -> None:
         _finite(self, "broker.alpaca")

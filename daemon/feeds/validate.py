@@ -919,7 +919,7 @@ def _normalise(
                 "{n} row(s) whose symbol is empty or has spaces around it: correct the file "
                 "(a symbol is the ticker alone)",
             )
-        names = pd.unique(text.to_numpy())
+        names = text.unique()  # (not via to_numpy(): 2 million Python strings, 0.3 s)
         if len({str(n).upper() for n in names}) < len(names):
             # Tickers are case-insensitive: "aapl" and "AAPL" rows loaded two symbols.
             groups: dict[str, set[str]] = {}

@@ -144,5 +144,11 @@ def test_alpaca_on_an_account_with_an_accelerated_clock_is_refused(tmp_path, mon
     with pytest.raises(ConfigError) as e:
         check_config(with_base("https://u:pw@gw.example", "masked"), "run")
     assert "pw" not in str(e.value)
-    for i, url in enumerate(["http://127.0.0.1:9", "http://localhost:9", "http://[::1]:9"]):
+    loopback = [
+        "http://127.0.0.1:9",
+        "http://localhost:9",
+        "http://[::1]:9",
+        "http://[::ffff:127.0.0.1]:9",
+    ]
+    for i, url in enumerate(loopback):
         check_config(with_base(url, f"loopback{i}"), "run")
