@@ -135,6 +135,7 @@ from tradingd.logs import sparse
 
 from .garch import (
     EWMA_LAMBDA,
+    MIN_ALPHA,
     GarchParams,
     ewma_variance,
     garch_filter,
@@ -982,7 +983,36 @@ class KellyGarch:
             )
             for batch in pending or ()
         )
+        self._drop_degenerate()
         self._kelly_source = self.kelly_inputs[2]
+
+    def _drop_degenerate(self) -> None:
+        """A checkpoint written before fits with alpha below MIN_ALPHA were refused holds
+        such fits, current or in flight: used until the symbol's next refit (up to
+        `refit_bars` bars), their variance moved by no shock. Current ones are dropped (the
+        symbol starts on EWMA at the next bar, as a symbol without a variance does); those
+        in flight are not applied (the symbol keeps its variance)."""
+        with np.errstate(invalid="ignore"):
+            bad = (self._method == _GARCH) & ~(self._alpha >= MIN_ALPHA)
+        dropped = [self.symbols[i] for i in np.flatnonzero(bad).tolist()]
+        for name in ("_mu", "_omega", "_alpha", "_beta", "_sigma2"):
+            getattr(self, name)[bad] = np.nan
+        self._method[bad] = _NONE
+        for batch in self._flight:
+            if batch.resolved is None:
+                continue
+            # FitParams: (mu, omega, alpha, beta, sigma2, nobs)
+            kept = [f for f in batch.resolved if f[1] is None or f[1][2] >= MIN_ALPHA]
+            dropped += [self.symbols[f[0]] for f in batch.resolved if f not in kept]
+            batch.resolved = kept
+        if dropped:
+            log.warning(
+                "sizing.garch_degenerate_restored",
+                plugin=self.name,
+                symbols=sorted(set(dropped)),
+                rule=f"fits with alpha below {MIN_ALPHA:g} from an earlier version's checkpoint "
+                "are not used: EWMA until the next refit",
+            )
 
 
 def _enc(a: np.ndarray | None) -> list[float | None] | None:

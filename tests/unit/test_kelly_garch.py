@@ -1836,3 +1836,40 @@ def test_no_lookahead_targets_at_t_do_not_change_when_the_bars_after_t_are_cut(c
     for (w0, v0), (w1, v1) in zip(short, full, strict=False):
         np.testing.assert_array_equal(w0, w1)
         np.testing.assert_array_equal(v0, v1)
+
+
+def test_a_degenerate_fit_in_an_earlier_versions_checkpoint_is_not_used():
+    """Fits with alpha below MIN_ALPHA are refused since 2026-12-06; a checkpoint written
+    before held them, and the restarted daemon used them until the next refit."""
+    from structlog.testing import capture_logs
+
+    from tradingd_plugins.sizing.garch import MIN_ALPHA
+
+    n_sym = 4
+    close = prices(garch_paths(300, n_sym, seed=13, scale=np.linspace(0.8, 2.0, n_sym)))
+    cfg = Cfg(garch_window=150, min_fit_obs=120, refit_bars=50, min_trades=5)
+    syms = tuple(f"S{i}" for i in range(n_sym))
+    a = KellyGarch(cfg, syms)
+    m = Market(close, capacity=151).push(200)
+    gen = _bars_with_trades(m, 60, seed=1)
+    for score, ctx in gen:
+        a.size(score, ctx)
+        if m.t == 230:
+            break
+    saved = json.loads(json.dumps(a.state(), allow_nan=False))
+    on_garch = [i for i, s in enumerate(syms) if a.methods[s] == "garch"]
+    assert on_garch
+    i = on_garch[0]
+    saved["alpha"][i] = MIN_ALPHA / 1000  # as an earlier version accepted it
+    b = KellyGarch(cfg, syms)
+    with capture_logs() as logs:
+        b.restore(saved)
+    assert b.methods[syms[i]] == "none"
+    [said] = [e for e in logs if e["event"] == "sizing.garch_degenerate_restored"]
+    assert said["symbols"] == [syms[i]]
+    score, ctx = next(gen)
+    b.size(score, ctx)
+    assert b.methods[syms[i]] == "ewma" and np.isfinite(b.forecast_variance[i])
+    assert [b.methods[s] for s in syms if s != syms[i]] == [
+        a.methods[s] for s in syms if s != syms[i]
+    ]
