@@ -834,24 +834,30 @@ def _bars_with_trades(m, bars, seed=0):
         avg = np.where(q != 0, np.where(avg > 0, avg, m.close[m.t]), 0.0)
 
 
-@pytest.mark.parametrize(
-    "lag", [0, 1, 3], ids=["same-bar fits", "fits in flight", "three bars of fits in flight"]
-)
-def test_state_restore_round_trip_sizes_identically(lag):
-    n_sym = 6
+def _sized_until(cfg: Cfg, n_sym: int, until: int):  # type: ignore[no-untyped-def]
+    """A KellyGarch sized bar by bar over simulated GARCH paths with trades, up to bar
+    `until`: (the plugin, its symbols, the bars that follow)."""
     close = prices(garch_paths(300, n_sym, seed=13, scale=np.linspace(0.8, 2.0, n_sym)))
-    lagged = {"fit_lag_bars": lag, "fit_executor": "thread"} if lag else {}
-    cfg = Cfg(
-        garch_window=150, min_fit_obs=120, refit_bars=4, min_trades=5, allow_short=True, **lagged
-    )
     syms = tuple(f"S{i}" for i in range(n_sym))
     a = KellyGarch(cfg, syms)
     m = Market(close, capacity=151).push(200)
     gen = _bars_with_trades(m, 60, seed=1)
     for score, ctx in gen:
         a.size(score, ctx)
-        if m.t == 240:
+        if m.t == until:
             break
+    return a, syms, gen
+
+
+@pytest.mark.parametrize(
+    "lag", [0, 1, 3], ids=["same-bar fits", "fits in flight", "three bars of fits in flight"]
+)
+def test_state_restore_round_trip_sizes_identically(lag):
+    lagged = {"fit_lag_bars": lag, "fit_executor": "thread"} if lag else {}
+    cfg = Cfg(
+        garch_window=150, min_fit_obs=120, refit_bars=4, min_trades=5, allow_short=True, **lagged
+    )
+    a, syms, gen = _sized_until(cfg, 6, 240)
     assert len(a.trades) >= cfg.min_trades  # the Kelly estimate is in use
     assert "garch" in a.methods.values()
     saved = json.loads(json.dumps(a.state(), allow_nan=False))  # strict JSON
@@ -1845,17 +1851,8 @@ def test_a_degenerate_fit_in_an_earlier_versions_checkpoint_is_not_used():
 
     from tradingd_plugins.sizing.garch import MIN_ALPHA
 
-    n_sym = 4
-    close = prices(garch_paths(300, n_sym, seed=13, scale=np.linspace(0.8, 2.0, n_sym)))
     cfg = Cfg(garch_window=150, min_fit_obs=120, refit_bars=50, min_trades=5)
-    syms = tuple(f"S{i}" for i in range(n_sym))
-    a = KellyGarch(cfg, syms)
-    m = Market(close, capacity=151).push(200)
-    gen = _bars_with_trades(m, 60, seed=1)
-    for score, ctx in gen:
-        a.size(score, ctx)
-        if m.t == 230:
-            break
+    a, syms, gen = _sized_until(cfg, 4, 230)
     saved = json.loads(json.dumps(a.state(), allow_nan=False))
     on_garch = [i for i, s in enumerate(syms) if a.methods[s] == "garch"]
     assert on_garch
