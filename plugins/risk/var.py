@@ -117,7 +117,12 @@ def daily_returns(history: HistoryView, window: int, cols: np.ndarray | None = N
     before (see the module): 0 into the gap, the whole move out of it; NaN where either close
     is missing or <= 0 before a symbol's first close in the window or after its last.
     `cols`: only those symbols' columns, (window, len(cols)), the same values."""
-    close = window_closes(history, window, cols)
+    return _returns_of(window_closes(history, window, cols))
+
+
+def _returns_of(close: np.ndarray) -> np.ndarray:
+    """Simple returns of a window of closes (gaps filled), NaN where either close is
+    missing or <= 0."""
     prev, cur = close[:-1], close[1:]
     with np.errstate(invalid="ignore", divide="ignore"):
         r = cur / prev - 1.0
@@ -137,8 +142,9 @@ class _Scenarios:
     are filled (`window_closes`)."""
 
     def __init__(self, history: HistoryView, window: int, alpha: float, min_history: int) -> None:
-        self._history, self._window = history, window
-        close = window_closes(history, window)
+        # The universe's closes, gaps filled, once: each symbol's returns come from its
+        # column (the fill is per symbol, so a column of it is the column filled alone).
+        self._close = close = window_closes(history, window)
         pos = close > 0  # False for NaN
         valid = pos[:-1] & pos[1:]
         days = valid.any(axis=1)
@@ -163,9 +169,9 @@ class _Scenarios:
         """(n_days, len(cols)) returns of the scenario days (every symbol without `cols`)."""
         if cols is None:
             if self._all is None:
-                self._all = self._rows(daily_returns(self._history, self._window))
+                self._all = self._rows(_returns_of(self._close))
             return self._all
-        return self._rows(daily_returns(self._history, self._window, cols))
+        return self._rows(_returns_of(self._close[:, cols]))
 
     def _rows(self, r: np.ndarray) -> np.ndarray:
         return r[self._days] if self._days is not None else r
