@@ -363,11 +363,12 @@ class RiskVerdict:
     # The limit that acted, for counting and reports (e.g. "max_drawdown", "daily_loss_limit");
     # empty means the plugin has one rule, named by the plugin.
     rule: str = ""
-    # A cut to carry out now: the planner trades a held position down toward the target it
-    # cut even when the difference is within `orders.rebalance_band` (a limit on the book's
+    # A cut to carry out now: the planner trades a held position down to the target the
+    # chain cut even when the difference is within `orders.rebalance_band`, once it weighs
+    # more than that target plus `planner.HARD_CUT_TOLERANCE` of it (a limit on the book's
     # risk, like VaR or a drawdown's scaling, which a 2% position cut to 1.2% would otherwise
     # never reach). False: the band applies (a cap on targets, held to within the band).
-    # With symbol None it covers every symbol. Only reductions are exempt from the band.
+    # With symbol None it covers every symbol. Only symbols whose target the chain cut.
     hard: bool = False
 
 

@@ -558,9 +558,8 @@ def rebalance_trades_full(
     """The rule over every symbol (the definition `rebalance_trades` must equal): trade the
     whole-share difference to the target when the weight is off by more than the band (or,
     for a symbol in `hard`, weighs more than its target plus `HARD_CUT_TOLERANCE` of it in
-    absolute weight) and the trade is worth
-    at least `min_trade_value`, or close a position whose target is 0; only symbols with a
-    bar and no working entry."""
+    absolute weight) and the trade is worth at least `min_trade_value`, or close a position
+    whose target is 0; only symbols with a bar and no working entry."""
     n = len(targets)
     working = np.zeros(n, dtype=bool)
     working[list(busy)] = True
