@@ -649,6 +649,14 @@ def _simulated(config: Config, symbols: tuple[str, ...], portfolio: Portfolio) -
     )
 
 
+def replays_on_an_account(config: Config) -> bool:
+    """An accelerated clock (past bars, the demo's 2017) with a broker URL that is not a
+    loopback test server: Alpaca's hosts, or a proxy in front of them, are an account, where
+    each decision would be a real order at today's prices, bracket legs priced from years
+    ago."""
+    return config.live.bars_per_second > 0 and not config.broker.alpaca.is_loopback
+
+
 def accelerated_on_an_account(config: Config) -> ConfigError:
     return ConfigError(
         f"broker.kind = alpaca with live.bars_per_second = {config.live.bars_per_second:g}: "
@@ -665,11 +673,7 @@ def _alpaca_or(simulated: Broker, config: Config, symbols: tuple[str, ...]) -> B
     from .brokers.alpaca import AlpacaBroker, AlpacaBrokerConfig, alpaca_keys_from_env
 
     b = config.broker
-    if config.live.bars_per_second > 0 and not b.alpaca.is_loopback:
-        # An accelerated clock releases past bars (the demo's 2017): on an Alpaca account
-        # (its host, or a proxy in front of it) each decision would be a real order at
-        # today's prices, bracket legs priced from years ago. A loopback fake (the tests')
-        # takes them.
+    if replays_on_an_account(config):
         if b.kind == "alpaca":
             raise accelerated_on_an_account(config)
         log.warning(

@@ -124,11 +124,11 @@ def check_live_feed(config: Config) -> None:
     waits for the next bar to close after now: such a daemon warmed up, then idled for good,
     /ready answering 503 while its trading check said "trading". The defaults are that
     combination, right for a backtest, not for `tradingd run`."""
-    b = config.broker
-    if b.kind == "alpaca" and config.live.bars_per_second > 0 and not b.alpaca.is_loopback:
-        from .app import accelerated_on_an_account
+    if config.broker.kind == "alpaca":
+        from .app import accelerated_on_an_account, replays_on_an_account
 
-        raise accelerated_on_an_account(config)
+        if replays_on_an_account(config):
+            raise accelerated_on_an_account(config)
     if config.feed.source == "recorded" and config.live.bars_per_second == 0:
         raise ConfigError(
             "feed.source = 'recorded' replays stored history: set live.bars_per_second > 0 "
