@@ -30,7 +30,13 @@ def test_the_model_version_is_the_same_on_any_number_of_cores(monkeypatch):
     """model_version names what the models compute, so a machine's core count must not change
     it: onnxruntime gives a session left at its default one intra-op thread per core, and the
     shipped pair's sums round differently across 1, 2, 3 or 4 threads. Each core count is
-    played by giving such sessions that many threads. The shipped card carries the version."""
+    played by giving such sessions that many threads.
+
+    Not compared with the shipped card's version: that is the value training computed on its
+    machine (an Intel CPU with AVX-512), and onnxruntime picks its kernels by instruction set,
+    so another CPU family rounds a last bit differently (an AMD EPYC without AVX-512 gives
+    another version for the same files). The version is computed by training only, never
+    checked at load, so no run depends on the machine agreeing with the card."""
     real = ort.InferenceSession
     cores = {"n": 1}
 
@@ -46,4 +52,4 @@ def test_the_model_version_is_the_same_on_any_number_of_cores(monkeypatch):
     for n in (1, 2, 3, 4):
         cores["n"] = n
         versions.add(fingerprint(default_model_dir(), card.data))
-    assert versions == {card.version}
+    assert len(versions) == 1, versions
