@@ -12,6 +12,8 @@ class HungHost:
     def __init__(self, url: str) -> None:
         self.url = url
         self.connections: list[socket.socket] = []
+        # Set at the first connection: a test waits for it instead of a fixed delay.
+        self.connected = threading.Event()
 
 
 @contextmanager
@@ -29,6 +31,7 @@ def hung_host() -> Iterator[HungHost]:
             except OSError:
                 return
             host.connections.append(c)
+            host.connected.set()
 
     threading.Thread(target=accept, daemon=True, name="hung-host").start()
     try:

@@ -11,8 +11,10 @@ import time
 
 from fakes.hung_host import hung_host
 
-# What the process does: a lookup against the hung host, given up after 0.3 s (as a bar's
-# `quick_s`), then the engine's stop (`AlpacaSplits.close`) and the end of the process.
+# What the process does: a lookup against the hung host, given up once the host holds its
+# connection (as after a bar's `quick_s`), then the engine's stop (`AlpacaSplits.close`) and
+# the end of the process. The test waits for the connection itself: a fixed 0.3 s was too
+# short for the worker thread to connect on a loaded machine ("never reached the host").
 _SCRIPT = textwrap.dedent(
     """
     import asyncio, sys
@@ -27,8 +29,9 @@ _SCRIPT = textwrap.dedent(
             request_timeout_s=60.0,
         )
         task = asyncio.create_task(src.splits(["AAA"], date(2026, 12, 7), date(2026, 12, 14)))
-        done, _ = await asyncio.wait({task}, timeout=0.3)
-        assert not done, "the hung host answered"
+        # The test says "go" once the host has the lookup's connection.
+        go = await asyncio.to_thread(sys.stdin.readline)
+        assert go.strip() == "go" and not task.done(), "the hung host answered"
         src.close()
         task.cancel()
         print("closed", flush=True)
@@ -40,16 +43,27 @@ _SCRIPT = textwrap.dedent(
 
 def test_a_stop_during_a_hung_lookup_exits_well_before_the_request_timeout() -> None:
     with hung_host() as host:
-        t0 = time.monotonic()
-        # The request's timeout is 60 s; the bound is generous for a slow start-up.
-        done = subprocess.run(
+        child = subprocess.Popen(
             [sys.executable, "-c", _SCRIPT, host.url],
-            capture_output=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=30,
         )
-        took = time.monotonic() - t0
-        assert host.connections, "the lookup never reached the host"
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "closed"
+        try:
+            reached = host.connected.wait(60)
+            if not reached:
+                child.kill()
+                _, err = child.communicate()
+                raise AssertionError(f"the lookup never reached the host: {err}")
+            t0 = time.monotonic()
+            # The request's timeout is 60 s; the bound is generous for a loaded machine.
+            out, err = child.communicate("go\n", timeout=30)
+            took = time.monotonic() - t0
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.communicate()
+    assert child.returncode == 0, err
+    assert out.strip() == "closed"
     assert took < 30
