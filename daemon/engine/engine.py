@@ -97,6 +97,7 @@ from .plugin_outputs import by_symbol, verdict_error
 from .plugins import feature_names, history_bars_of
 from .portfolio import Portfolio
 from .splits_ahead import Split, SplitsAhead
+from .working_entries import with_working_entries, withdrawn_entries
 
 log = structlog.get_logger(__name__)
 
@@ -485,6 +486,7 @@ class Engine:
         # One daemon per store and account (tradingd.instance_lock): taken before the store.
         self.lock = lock
         self.symbols = run.symbols
+        self._symbol_index = {s: i for i, s in enumerate(run.symbols)}
         # A risk verdict's symbol is one of these or None (`plugin_outputs.verdict_error`).
         self._universe = frozenset(self.symbols)
         self.features = features
@@ -1031,6 +1033,32 @@ class Engine:
         kept = [o for o in orders if o.client_order_id not in cancelled]
         working = any(own(o.client_order_id) for o in kept if o.symbol not in blocked)
         return kept, adding, working
+
+    def _withdraw_entries(
+        self,
+        targets: np.ndarray,
+        ctx: BarContext,
+        working: Sequence[Order],
+        unreconciled: Set[str],
+        t: datetime,
+    ) -> list[str]:
+        """The ids of this run's working entries the risk chain or the strategy dropped
+        before anything of them filled (`working_entries.withdrawn_entries`), cancelled
+        with the plan; logged, naming them."""
+        gone = withdrawn_entries(
+            targets, ctx, working, self._symbol_index, self._placed_by_us, unreconciled
+        )
+        if not gone:
+            return []
+        ids = [o.client_order_id for o in gone]
+        log.info(
+            "engine.entries_withdrawn",
+            time=t,
+            symbols=sorted({o.symbol for o in gone}),
+            cancel_entries=ids,
+            reason="nothing filled and the target after the risk chain is 0 or the other side",
+        )
+        return ids
 
     def _halted_orders(
         self, held: np.ndarray, verdicts: Sequence[RiskVerdict], t: datetime
@@ -2495,6 +2523,14 @@ class Engine:
         targets = self._size(shown, ctx)
         if m:
             t0 = self._lap("sizing", t0)
+        # This run's working entries, for the chain's book (`working_entries`); the planner
+        # reads the same list from a simulated broker (nothing changes it before the plan).
+        working = self._plannable_orders()
+        hold = None
+        if working:
+            targets, hold = with_working_entries(
+                targets, ctx, working, self._symbol_index, self._placed_by_us
+            )
         sized = targets  # before the risk chain: where a hard cut starts from
         targets, verdicts = self._risk(targets, ctx)
         if verdicts:
@@ -2507,7 +2543,7 @@ class Engine:
         if self.splits_ahead is not None:
             splitting = await self._splits_due(bar.time)
         if self.reconcile_blocked or self._reconcile_checking or splitting:
-            targets, verdicts = self._hold_unreconciled(targets, ctx, verdicts, splitting)
+            targets, verdicts = self._hold_unreconciled(targets, ctx, verdicts, splitting, hold)
             unreconciled = (
                 self.reconcile_blocked.keys() | self._reconcile_checking.keys() | splitting.keys()
             )
@@ -2531,7 +2567,18 @@ class Engine:
         elif self.risk_record.halting:
             open_orders, adding = self._halted_orders(pf.quantity, verdicts, bar.time)
         else:
-            open_orders = self._plannable_orders()
+            simulated = getattr(self.broker, "state", None) is not None
+            open_orders = working if simulated else self._plannable_orders()
+            if working:
+                adding = self._withdraw_entries(targets, ctx, working, unreconciled, bar.time)
+                if adding:
+                    withdrawn = set(adding)
+                    # Their held bracket legs go with them (the broker cancels them).
+                    open_orders = [
+                        o
+                        for o in open_orders
+                        if o.client_order_id not in withdrawn and o.parent_id not in withdrawn
+                    ]
         plan = (
             _NO_PLAN
             if paused
@@ -2664,14 +2711,16 @@ class Engine:
         ctx: BarContext,
         verdicts: list[RiskVerdict],
         splitting: Mapping[str, Split] | None = None,
+        hold: np.ndarray | None = None,
     ) -> tuple[np.ndarray, list[RiskVerdict]]:
         """No trade in a symbol whose position differs from the broker's (or is being
         checked again), or that splits at the next session (`splitting`): its target is its
         current weight (and the planner places no exit in it: `OrderPlanner.plan`'s
-        `unreconciled`)."""
+        `unreconciled`), or `hold`'s, the weight with a working entry counted where one
+        waits for the symbol's bar (`working_entries.with_working_entries`)."""
         targets = targets.copy()
-        index = {s: i for i, s in enumerate(self.symbols)}
-        weights = ctx.portfolio.weights
+        index = self._symbol_index
+        weights = ctx.portfolio.weights if hold is None else hold
         held = {
             sym: (f"position differs from the broker's ({why})", "unreconciled_position")
             for sym, why in {**self._reconcile_checking, **self.reconcile_blocked}.items()

@@ -1,0 +1,218 @@
+"""A working entry counts in the risk chain's book: an entry waiting for its symbol's next bar
+no longer gives its `max_open_positions` slot to another entry (both filled, one position
+over the limit), and an entry the chain or the strategy drops before anything of it fills is
+cancelled, not left to fill and be sold a bar later."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import _StubEntryPoint
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tradingd.backtest import run_backtest
+from tradingd.config import PluginSpec
+from tradingd.feeds.panel import Panel
+
+SYMS = ("A", "B", "C", "D")
+
+
+@dataclass(frozen=True)
+class _ScheduleConfig:
+    pass
+
+
+class Scheduled:
+    """Scores from a table set by the test (bar index x symbol, scaled into [-1, 1]), NaN
+    where there is no bar."""
+
+    kind: ClassVar[str] = "signal"
+    Config = _ScheduleConfig
+    table: ClassVar[np.ndarray] = np.zeros((0, 0))
+
+    def __init__(self, config, symbols):
+        self.name = "scheduled"
+
+    def required_features(self):
+        return ()
+
+    def score(self, ctx):
+        return np.where(ctx.tradable, self.table[ctx.index] / 4.0, np.nan)
+
+
+@pytest.fixture
+def scheduled(monkeypatch):
+    from tradingd.engine import plugins as registry
+
+    eps = dict(registry.available())
+    eps["scheduled"] = _StubEntryPoint("scheduled", Scheduled)
+    monkeypatch.setattr(registry, "available", lambda: eps)
+    return Scheduled
+
+
+def _panel(missing: np.ndarray) -> Panel:
+    """Flat-ish prices (a small drift per symbol), volume far above any order (the volume
+    cap never binds), and no bar where `missing` is True."""
+    n_bars, n = missing.shape
+    times = pd.bdate_range("2021-01-04", periods=n_bars).to_numpy(dtype="datetime64[ns]")
+    close = 100.0 * np.exp(np.arange(n_bars)[:, None] * 0.001 * (1 + np.arange(n)))
+    close[missing] = np.nan
+    volume = np.where(missing, np.nan, 1e9)
+    return Panel(
+        times=times,
+        symbols=SYMS[:n],
+        open=close.copy(),
+        high=close * 1.001,
+        low=close * 0.999,
+        close=close,
+        volume=volume,
+        split=np.ones_like(close),
+        dividend=np.zeros_like(close),
+    )
+
+
+def _config(engine_config, limit: int, brackets: bool):
+    """At most `limit` positions, 30% of the book in all: the cash never stops an entry
+    (buying power reserved for a working entry stopped the second one before the limit)."""
+    return dataclasses.replace(
+        engine_config,
+        signals=(PluginSpec("scheduled"),),
+        sizing=PluginSpec("equal_weight", params={"max_positions": limit, "gross_exposure": 0.3}),
+        risk=(
+            PluginSpec("max_position", params={"max_position_pct": 0.95}),
+            PluginSpec("max_open_positions", params={"max_open_positions": limit}),
+        ),
+        orders=dataclasses.replace(
+            engine_config.orders, brackets=brackets, stop_loss_pct=0.5, take_profit_pct=0.5
+        ),
+        broker=dataclasses.replace(engine_config.broker, max_volume_participation=0.0),
+    )
+
+
+def _held_counts(out, times, *, leaving: bool = False) -> list[int]:
+    """How many symbols the book holds at the end of each bar, from the fills. `leaving`:
+    not counting a symbol whose closing order (a market sale decided at an earlier bar) has
+    not filled yet (no bar since): the strategy gave its slot up when it decided the sale."""
+    fills = pd.DataFrame(list(out.fills))
+    if fills.empty:
+        return [0] * len(times)
+    fills["time"] = pd.to_datetime(fills["time"], utc=True)
+    fills["signed"] = np.where(fills["side"] == "buy", 1.0, -1.0) * fills["quantity"]
+    filled_at = fills.groupby("client_order_id")["time"].max()
+    sales = [
+        (o["symbol"], pd.Timestamp(o["created_at"]), filled_at.get(o["client_order_id"]))
+        for o in out.orders
+        if o["side"] == "sell" and o["leg"] == "entry"
+    ]
+    counts = []
+    for t in pd.to_datetime(times, utc=True):
+        q = fills[fills["time"] <= t].groupby("symbol")["signed"].sum()
+        held = set(q.index[q.abs() > 1e-9])
+        if leaving:
+            held -= {s for s, made, done in sales if made < t and (done is None or done > t)}
+        counts.append(len(held))
+    return counts
+
+
+@pytest.mark.parametrize("brackets", [False, True])
+async def test_an_entry_waiting_for_its_symbols_bar_keeps_its_slot(
+    engine_config, scheduled, tmp_path, brackets
+):
+    """B is held from the first bars; at bar 5 the strategy moves to A (sell B, buy A); A
+    has no bar at 6, so its entry works on; at 6 the strategy, blind to A, wants B again.
+    Before: B's entry passed the one-slot limit (A weighed 0), and A and B both filled at 7."""
+    n_bars = 14
+    table = np.tile(np.array([-1.0, 2.0, 1.0]), (n_bars, 1))
+    table[5:, 0] = 3.0
+    missing = np.zeros((n_bars, 3), dtype=bool)
+    missing[6, 0] = True
+    scheduled.table = table
+    panel = _panel(missing)
+    out = await run_backtest(
+        _config(engine_config, 1, brackets), panel=panel, output_dir=tmp_path / "out"
+    )
+    counts = _held_counts(out, panel.times)
+    assert max(counts) == 1, counts
+    fills = pd.DataFrame(list(out.fills))
+    buys = fills[fills["side"] == "buy"]
+    # A's entry of bar 5 filled at 7 (it kept its slot), B was bought once only (at bar 1).
+    assert list(buys["symbol"]) == ["B", "A"]
+    assert pd.Timestamp(buys["time"].iloc[1]) == pd.Timestamp(panel.times[7], tz="UTC")
+
+
+async def test_an_entry_the_strategy_drops_before_it_fills_is_cancelled(
+    engine_config, scheduled, tmp_path
+):
+    """A's entry of bar 3 waits through A's missing bar 4; at 5 (A has a bar again) the
+    strategy no longer wants A. The entry is cancelled before it fills: no round trip
+    (before: bought at 5's open, sold at 6's)."""
+    n_bars = 10
+    table = np.full((n_bars, 2), -1.0)
+    table[3, 0] = 1.0
+    missing = np.zeros((n_bars, 2), dtype=bool)
+    missing[4, 0] = True
+    scheduled.table = table
+    panel = _panel(missing)
+    # An order placed at 3 fills at the next bar A has; make bar 5 unable to fill it (no
+    # volume), so that at 5's decision nothing of it has filled.
+    panel.volume[5, 0] = 0.0
+    out = await run_backtest(
+        _config(engine_config, 2, False), panel=panel, output_dir=tmp_path / "out"
+    )
+    assert list(out.fills) == []
+    entries = [o for o in out.orders if o["symbol"] == "A"]
+    assert [o["status"] for o in entries] == ["cancelled"]
+
+
+@st.composite
+def _universes(draw):
+    n_bars = draw(st.integers(8, 16))
+    n = draw(st.integers(2, 4))
+    limit = draw(st.integers(1, n - 1))
+    table = np.array(
+        draw(
+            st.lists(
+                st.lists(st.sampled_from([-1.0, 1.0, 2.0, 3.0]), min_size=n, max_size=n),
+                min_size=n_bars,
+                max_size=n_bars,
+            )
+        )
+    )
+    missing = np.array(
+        draw(
+            st.lists(
+                st.lists(st.booleans(), min_size=n, max_size=n), min_size=n_bars, max_size=n_bars
+            )
+        )
+    )
+    missing[0] = False
+    return table, missing, limit, draw(st.booleans())
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(case=_universes())
+async def test_the_book_never_holds_more_symbols_than_the_limit(
+    engine_config, scheduled, tmp_path_factory, case
+):
+    """Whatever bars are missing and whatever the strategy wants, with fills never capped by
+    volume the book holds at most `max_open_positions` symbols at the end of every bar, but
+    for those whose sale was decided and waits for the symbol's next bar."""
+    table, missing, limit, brackets = case
+    scheduled.table = table
+    panel = _panel(missing)
+    out = await run_backtest(
+        _config(engine_config, limit, brackets),
+        panel=panel,
+        output_dir=tmp_path_factory.mktemp("out"),
+    )
+    assert max(_held_counts(out, panel.times, leaving=True)) <= limit
