@@ -144,6 +144,7 @@ from ..secrets import mask_url
 from .alpaca_mapping import (
     EPS,
     LIVE_HOSTS,
+    MAY_HAVE_FILLED,
     PAPER_BASE_URL,
     TIME_IN_FORCE_CHOICES,
     AccountSnapshot,
@@ -188,10 +189,6 @@ _THROTTLED_TRIES = 4  # a 429's tries per attempt (alpaca-py's own, before they 
 _REREAD_LIMIT = 20
 # Orders read back at a restart to find whose an edited order is (`_trace_origins`).
 _EDIT_CHAIN_LIMIT = 10
-# States Alpaca closes an order in that may follow executions (filled; cancelled, expired or
-# replaced after partial fills): closed with a filled_qty that cannot be read, an order in one
-# of them is kept working (`_apply`). A rejected order never executed.
-_MAY_HAVE_FILLED = frozenset({OrderStatus.FILLED, OrderStatus.CANCELLED})
 
 T = TypeVar("T")
 # Answers that arrived but cannot be read: malformed, not a connection failure, although
@@ -1891,7 +1888,7 @@ class AlpacaBroker:
             # Closed (filled, or cancelled after executions perhaps) with a `filled_qty`
             # that cannot be read: no fill can be derived, and closed here it would be
             # followed no longer, as filled with nothing filled.
-            uncounted = not math.isfinite(filled) and status in _MAY_HAVE_FILLED
+            uncounted = not math.isfinite(filled) and status in MAY_HAVE_FILLED
             if uncounted:
                 self._without_quantity(order, raw, status_text)
             elif self._uncounted:

@@ -1,6 +1,7 @@
 """Translation between tradingd's orders and Alpaca's Trading API v2, with no I/O.
 
-Everything here is a pure function of its arguments, so the rules can be tested without a
+Everything here is a pure function of its arguments (`order_from_alpaca` also logs a
+warning for an order whose `filled_qty` cannot be read), so the rules can be tested without a
 server: which engine orders travel together as one Alpaca order (a bracket, an OTO, an OCO
 pair), the alpaca-py request built for each, Alpaca's order statuses and rejections as
 tradingd states and reasons, and fills derived from Alpaca's cumulative order fields.
@@ -34,6 +35,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import structlog
 from alpaca.trading.enums import OrderClass, OrderSide, TimeInForce
 from alpaca.trading.requests import (
     LimitOrderRequest,
@@ -59,6 +61,8 @@ from ..core.types import (
     with_leg,
 )
 
+log = structlog.get_logger(__name__)
+
 PAPER_BASE_URL = "https://paper-api.alpaca.markets"
 # Hosts of Alpaca's live (real money) trading API: this adapter is for paper accounts only.
 LIVE_HOSTS = frozenset({"api.alpaca.markets"})
@@ -70,6 +74,11 @@ TIME_IN_FORCE_CHOICES = ("day", "gtc", "opg", "cls", "ioc", "fok")
 EPS = 1e-9
 
 _CANCELLED = frozenset({"canceled", "cancelled", "expired", "replaced"})
+# States Alpaca closes an order in that may follow executions (filled; cancelled, expired or
+# replaced after partial fills): closed with a filled_qty that cannot be read, an order in one
+# of them is kept working (`order_from_alpaca`, `AlpacaBroker._apply`). A rejected order never
+# executed.
+MAY_HAVE_FILLED = frozenset({OrderStatus.FILLED, OrderStatus.CANCELLED})
 # Alpaca's 422 for a reused client_order_id (alpaca-py issue #260), also after a cancel.
 DUPLICATE_MESSAGE = "client_order_id must be unique"
 
@@ -568,14 +577,26 @@ def order_from_alpaca(
     parent_id: str | None = None,
     oco_group: str | None = None,
 ) -> Order:
-    """An engine `Order` for an order found at Alpaca (start-up adoption, snapshots).
+    """An engine `Order` for an order found at Alpaca (start-up adoption, restart, snapshots).
 
     The status is mapped without the bracket context (`held` stays HELD); fills are in
     `filled_quantity`/`avg_fill_price`. A trailing stop given in dollars (`trail_price`) has
-    no `trail_pct`."""
+    no `trail_pct`.
+
+    A `filled_qty` that cannot be read (missing, not a number, negative, NaN) is counted as
+    nothing filled, with a warning naming the order and the value. An order Alpaca closed in
+    a state that may follow executions (`MAY_HAVE_FILLED`) is then returned working, as the
+    broker's update path keeps it (`AlpacaBroker._apply`): PARTIALLY_FILLED when Alpaca says
+    `filled` (something executed, how much is unknown), NEW when cancelled, expired or
+    replaced (perhaps nothing did). Returned closed, it was followed no longer, as filled
+    with nothing filled (at a restart, the executions since the checkpoint were never
+    booked); working, the broker reads it again until the quantity can be read, and books
+    what it finds then."""
     cid = client_order_id or str(raw.get("client_order_id") or raw.get("id") or "")
     filled = parse_float(raw.get("filled_qty"))
-    filled = filled if math.isfinite(filled) else 0.0
+    uncounted = not (math.isfinite(filled) and filled >= 0)
+    if uncounted:
+        filled = 0.0
     qty = parse_float(raw.get("qty"))
     trail = parse_float(raw.get("trail_percent"))
     hwm = parse_float(raw.get("hwm"))
@@ -590,6 +611,22 @@ def order_from_alpaca(
     stop = parse_float(raw.get("stop_price"))
     status_text = str(raw.get("status") or "")
     status = map_status(status_text, filled)
+    if uncounted:
+        working = status in MAY_HAVE_FILLED
+        if working:
+            status = (
+                OrderStatus.PARTIALLY_FILLED if status is OrderStatus.FILLED else OrderStatus.NEW
+            )
+        log.warning(
+            "alpaca.order.filled_qty_unreadable",
+            client_order_id=cid,
+            symbol=str(raw.get("symbol") or ""),
+            status=status_text,
+            filled_qty=raw.get("filled_qty"),
+            rule="followed as working until Alpaca gives a readable filled_qty, then booked"
+            if working
+            else "counted as nothing filled",
+        )
     return Order(
         client_order_id=cid,
         symbol=str(raw.get("symbol") or ""),

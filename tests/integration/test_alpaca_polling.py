@@ -159,6 +159,55 @@ async def test_a_resumed_order_filled_without_its_price_is_booked_once_priced(fa
         assert after.open_orders() == []
 
 
+async def test_a_resumed_order_filled_with_an_unreadable_quantity_is_booked_once_readable(
+    fake, monkeypatch
+):
+    """Booked 3 of 10 at the checkpoint; the rest filled while the daemon was down, and
+    Alpaca's answer at the restart had no readable `filled_qty`. The order was read as filled
+    with nothing filled: reported FILLED with the 3 booked, followed no longer, and the 7
+    shares never booked. It stays working until the quantity can be read, then is booked."""
+    fake.set_price("AAPL", 100.0, match=False)
+    buy = resume_order("AAPL", 10, OrderType.LIMIT, limit=100.0)
+    cid = buy.client_order_id
+    async with resume_running(fake) as before:
+        await before.submit([buy])
+        fake.fill(cid, price=99.0, qty=3)
+        booked = Booked(before)
+        await booked.until(lambda b: b.filled(cid) == 3)
+        known = checkpoint(before)
+    fake.fill(cid, price=99.7)  # the last 7, while the daemon is down
+
+    target = fake.order(cid).id
+    garbled = [True]
+    readable = fake._json
+
+    def answer(o, nested):  # type: ignore[no-untyped-def]
+        body = readable(o, nested)
+        if o.id == target and garbled[0]:
+            body["filled_qty"] = None
+        return body
+
+    monkeypatch.setattr(fake, "_json", answer)
+    async with resume_running(fake) as after:
+        with capture_logs() as logs:
+            await after.resume(known, [])
+        booked = Booked(after)
+        await booked.settle(2)
+        assert booked.fills == []
+        assert booked.last(cid) is None or booked.last(cid).status.is_open
+        assert [(o.client_order_id, o.filled_quantity) for o in after.open_orders()] == [(cid, 3)]
+        [line] = [e for e in logs if e["event"] == "alpaca.order.filled_qty_unreadable"]
+        said = (line["client_order_id"], line["filled_qty"], line["status"])
+        assert said == (cid, None, "filled")
+
+        garbled[0] = False
+        await booked.until(lambda b: b.filled(cid) > 0)
+        await booked.settle()
+        assert [(f.fill_id, f.quantity, f.price) for f in booked.fills] == [(f"{cid}#10", 7, 99.7)]
+        assert booked.last(cid).status is OrderStatus.FILLED
+        assert after.open_orders() == []
+
+
 # ----------------------------------------------------------------------------- open-orders check
 
 

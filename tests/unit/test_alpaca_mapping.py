@@ -13,6 +13,7 @@ from types import SimpleNamespace
 
 import pytest
 from alpaca.common.exceptions import APIError
+from structlog.testing import capture_logs
 
 from tradingd.brokers.alpaca import AlpacaBroker, AlpacaBrokerConfig
 from tradingd.brokers.alpaca_mapping import (
@@ -249,6 +250,65 @@ def test_an_alpaca_order_as_an_engine_order():
     trailing = dict(raw, type="trailing_stop", trail_percent="2.5", hwm="151.2", limit_price=None)  # type: ignore[arg-type]
     t = order_from_alpaca(trailing)
     assert (t.type, t.trail_pct, t.trail_anchor) == (OrderType.TRAILING_STOP, 0.025, 151.2)
+
+
+@pytest.mark.parametrize("filled_qty", [None, "", "ten", "-3", "nan"])
+@pytest.mark.parametrize(
+    ("alpaca", "expected", "working"),
+    [
+        ("filled", OrderStatus.PARTIALLY_FILLED, True),
+        ("canceled", OrderStatus.NEW, True),
+        ("expired", OrderStatus.NEW, True),
+        ("partially_filled", OrderStatus.PARTIALLY_FILLED, False),
+        ("new", OrderStatus.NEW, False),
+        ("rejected", OrderStatus.REJECTED, False),
+    ],
+)
+def test_an_order_whose_filled_qty_cannot_be_read_is_not_closed_as_filled_with_nothing(
+    filled_qty, alpaca, expected, working
+):
+    """Found at adoption or a restart, `filled` with an unreadable filled_qty was closed as
+    FILLED with 0 filled (a negative one was booked as such): followed no longer, its
+    executions were never booked. Kept working as the update path keeps it, and said."""
+    raw = {
+        "id": "a1",
+        "client_order_id": "cid-1",
+        "symbol": "AAPL",
+        "side": "buy",
+        "qty": "10",
+        "filled_qty": filled_qty,
+        "filled_avg_price": "100.5",
+        "status": alpaca,
+        "submitted_at": "2024-01-02T16:00:00Z",
+    }
+    with capture_logs() as logs:
+        o = order_from_alpaca(raw)
+    assert (o.status, o.filled_quantity, o.quantity) == (expected, 0.0, 10.0)
+    assert math.isnan(o.avg_fill_price)
+    assert o.reason == ("" if expected.is_open else "rejected by Alpaca after acceptance")
+    [line] = [e for e in logs if e["event"] == "alpaca.order.filled_qty_unreadable"]
+    assert (line["log_level"], line["client_order_id"], line["symbol"]) == (
+        "warning",
+        "cid-1",
+        "AAPL",
+    )
+    assert (line["filled_qty"], line["status"]) == (filled_qty, alpaca)
+    assert ("followed as working" in line["rule"]) is working
+
+
+def test_a_readable_filled_qty_is_taken_without_a_warning():
+    raw = {
+        "id": "a1",
+        "status": "filled",
+        "qty": "10",
+        "filled_qty": "10",
+        "filled_avg_price": "100.5",
+        "submitted_at": "2024-01-02T16:00:00Z",
+    }
+    with capture_logs() as logs:
+        o = order_from_alpaca(raw)
+    assert (o.status, o.filled_quantity, o.avg_fill_price) == (OrderStatus.FILLED, 10.0, 100.5)
+    assert logs == []
 
 
 def test_leg_ids_are_derived_from_the_parent_as_tradingd_names_them():
