@@ -159,6 +159,7 @@ from .alpaca_mapping import (
     leg_role,
     make_fill,
     map_status,
+    open_order_rows,
     order_from_alpaca,
     parse_float,
     parse_time,
@@ -862,7 +863,8 @@ class AlpacaBroker:
 
     async def snapshot(self) -> AccountSnapshot:
         """Account cash, equity and buying power, positions and open orders, read back from
-        Alpaca (for start-up reconciliation). Raises RetryableError when that fails."""
+        Alpaca (for start-up reconciliation). Raises RetryableError when that fails, also for
+        an answer that cannot be read: one read as none made Alpaca look flat, or idle."""
         client = self._require_client()
         try:
             account = await self._call("get_account", client.get_account)
@@ -888,10 +890,13 @@ class AlpacaBroker:
             positions = positions_from_alpaca(rows)
         except ValueError as e:
             raise self._malformed("get_positions", "snapshot", str(e)) from None
+        try:
+            order_rows = open_order_rows(orders)
+        except ValueError as e:
+            raise self._malformed("list_open_orders", "snapshot", str(e)) from None
         open_orders: list[Order] = []
-        for raw in orders if isinstance(orders, list) else []:
-            if isinstance(raw, Mapping):
-                open_orders.extend(self._describe(raw))
+        for raw in order_rows:
+            open_orders.extend(self._describe(raw))
         return AccountSnapshot(
             cash=parse_float(account.get("cash")),
             equity=parse_float(account.get("equity")),
@@ -2384,7 +2389,10 @@ class AlpacaBroker:
             ) from None
         except _Unreachable as e:
             raise self._unreachable("reading open orders", e) from None
-        rows = [r for r in answer if isinstance(r, Mapping)] if isinstance(answer, list) else []
+        try:
+            rows = open_order_rows(answer)
+        except ValueError as e:
+            raise self._malformed("list_open_orders", "reading open orders", str(e)) from None
         if len(rows) >= _ORDER_PAGE:
             log.warning("alpaca.adopt.truncated", orders=len(rows), nested=nested)
         return rows

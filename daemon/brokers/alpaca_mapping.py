@@ -719,6 +719,19 @@ class AccountSnapshot:
     taken_at: datetime | None = None
 
 
+def open_order_rows(answer: Any) -> list[Mapping[str, Any]]:
+    """GET /v2/orders' answer (the open orders) as its rows. An answer that is no list, or a
+    row that is no object, raises ValueError naming it: read as no orders (the row skipped),
+    the orders working at Alpaca were forgotten, neither adopted at the start nor in the
+    snapshot reconciliation reads."""
+    if not isinstance(answer, list):
+        raise ValueError(f"open orders answer is a {type(answer).__name__}, not a list")
+    for i, row in enumerate(answer):
+        if not isinstance(row, Mapping):
+            raise ValueError(f"open orders answer row {i} is a {type(row).__name__}, not an object")
+    return answer
+
+
 def positions_from_alpaca(answer: Any) -> dict[str, tuple[float, float]]:
     """GET /v2/positions' answer: symbol -> (signed quantity, average entry price); shorts
     are negative. An answer that is no list, a row that is no object, a row without a symbol

@@ -911,6 +911,52 @@ async def test_a_positions_answer_that_cannot_be_read_is_retryable_and_named(
     assert broker.status()["connected"] is True
 
 
+@pytest.mark.parametrize(
+    ("answer", "named"),
+    [
+        (
+            {"code": 50010000, "message": "internal error"},
+            "open orders answer is a dict, not a list",
+        ),
+        (None, "open orders answer is a NoneType, not a list"),
+        (["AAPL"], "open orders answer row 0 is a str, not an object"),
+    ],
+)
+async def test_an_open_orders_answer_that_cannot_be_read_is_retryable_and_named(
+    fake, monkeypatch, answer, named
+):
+    """GET /v2/orders answering something that is no list (an error body, null) was read as
+    no open orders, a row that is no object skipped: the orders working at Alpaca were
+    neither adopted at the start nor in the snapshot. It is Alpaca unavailable for that
+    round, named as a malformed answer, as an unreadable positions answer is."""
+    from alpaca.trading.client import TradingClient
+
+    def malformed() -> float:
+        return SOURCE_ERRORS.labels(source="alpaca_trading", kind="malformed")._value.get()
+
+    fake.set_price("AAPL", 100.0, match=False)
+    pattern = r"\(malformed\): list_open_orders: unreadable answer: " + re.escape(named)
+    readable = TradingClient.get_orders
+    async with running(fake) as broker:
+        buy = order("AAPL", 5, OrderType.LIMIT, limit=90.0)
+        await broker.submit([buy])  # working at Alpaca
+        assert [o.client_order_id for o in (await broker.snapshot()).open_orders] == [
+            buy.client_order_id
+        ]
+        monkeypatch.setattr(TradingClient, "get_orders", lambda self, *a, **kw: answer)
+        before = malformed()
+        with pytest.raises(RetryableError, match=pattern):
+            await broker.snapshot()
+        assert malformed() == before + 1
+        assert named in broker.status()["last_error"]
+    with pytest.raises(RetryableError, match=pattern):  # the start's adoption
+        async with running(fake):
+            pass
+    monkeypatch.setattr(TradingClient, "get_orders", readable)
+    async with running(fake) as broker:
+        assert [o.client_order_id for o in broker.open_orders()] == [buy.client_order_id]
+
+
 async def test_an_account_answer_that_cannot_be_read_is_named_and_asked_at_its_interval(
     fake, monkeypatch
 ):
