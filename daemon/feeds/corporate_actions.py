@@ -12,7 +12,8 @@ alpaca-py follows `next_page_token` and merges the pages into
 `{"forward_splits": [...], "reverse_splits": [...]}`), in a worker thread under the
 `ResilientCaller`'s timeout, retries and breaker; requests gets the same timeout through the
 client's session (alpaca-py sets none). alpaca-py's own 429/504 retries are off: they sleep
-inside the worker thread, which a timed-out call cannot stop. The keys are scrubbed from every
+inside the worker thread, which a timed-out call cannot stop; a 429's Retry-After goes to the
+caller, which waits it (up to its `backoff_max_s`). The keys are scrubbed from every
 message. A split's ratio is `new_rate / old_rate` (4.0 for 4:1, 0.1 for 1:10).
 
 Alpaca's docs say `start`/`end` select by process date and that actions may appear late; for
@@ -144,8 +145,15 @@ class AlpacaSplits:
         except APIError as exc:
             status = exc.status_code or 0
             if status:
+                response = exc.response
                 raise error_for_status(
-                    SOURCE, status, str(exc), secrets=self.caller.secrets
+                    SOURCE,
+                    status,
+                    str(exc),
+                    retry_after=response.headers.get("Retry-After")
+                    if response is not None
+                    else None,
+                    secrets=self.caller.secrets,
                 ) from None
             raise make_error(SOURCE, "malformed", self.caller.redact(exc)[:300]) from None
         except ValueError as exc:

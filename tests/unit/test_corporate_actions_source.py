@@ -94,6 +94,30 @@ async def test_a_refusal_is_a_source_error_without_the_keys(fake):
     assert fake.secret_key not in str(err.value) and fake.key_id not in str(err.value)
 
 
+async def test_a_429_waits_its_retry_after_capped_by_the_max_backoff(fake):
+    """The corporate-actions client dropped a 429's Retry-After: the caller's retry came
+    after its own short backoff (0.5 s at first), into the same throttle. It waits the
+    Retry-After, as the data feed and the broker do, up to `backoff_max_s`."""
+    fake.announce_split("AAA", date(2026, 3, 2), 4, 1)
+    sleeps: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+
+    config = SourceConfig(max_attempts=3, timeout_s=5.0, backoff_base_s=0.5, backoff_max_s=30.0)
+    source = AlpacaSplits(fake.key_id, fake.secret_key, base_url=fake.url, config=config)
+    source.caller._sleep = sleep  # no test sleeps
+    try:
+        fake.throttle(1, retry_after="7")
+        found = await source.splits(["AAA"], date(2026, 3, 1), date(2026, 3, 8))
+        fake.throttle(1, retry_after="120")
+        again = await source.splits(["AAA"], date(2026, 3, 1), date(2026, 3, 8))
+    finally:
+        source.close()
+    assert found == again == [Split("AAA", date(2026, 3, 2), 4.0)]
+    assert sleeps == [7.0, 30.0]
+
+
 def test_a_malformed_split_is_refused_naming_where():
     body = {"reverse_splits": [{"symbol": "XYZ", "old_rate": 10, "ex_date": "2026-03-02"}]}
     with pytest.raises(ValueError, match=r"reverse_splits\[0\] \(XYZ\): no field 'new_rate'"):
