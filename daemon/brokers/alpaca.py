@@ -97,7 +97,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
@@ -131,6 +130,7 @@ from ..core.types import (
     Side,
     parse_client_order_id,
 )
+from ..feeds.resilience import parse_retry_after
 from ..metrics import (
     ORDERS,
     RATE_LIMIT_WAIT,
@@ -452,19 +452,14 @@ class SubmitCutShort(RetryableError):
 
 
 def _retry_after(error: BaseException | None) -> float | None:
-    """For a 429: the seconds its Retry-After asks for (0 without one); None otherwise."""
+    """For a 429: the seconds its Retry-After asks for (0 without a readable one: throttled
+    all the same, so it gets a 429's tries); None otherwise."""
     if not isinstance(error, APIError) or error_info(error).status != 429:
         return None
     response = error.response
-    value = str(response.headers.get("Retry-After") or "").strip() if response is not None else ""
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            seconds = (parsedate_to_datetime(value) - _now()).total_seconds()
-        except (TypeError, ValueError, IndexError):
-            return 0.0
-    return max(seconds, 0.0) if math.isfinite(seconds) else 0.0
+    value = response.headers.get("Retry-After") if response is not None else None
+    seconds = parse_retry_after(value, _now())
+    return 0.0 if seconds is None else seconds
 
 
 def _is_retryable(error: BaseException) -> bool:

@@ -9,8 +9,8 @@ source's client:
   at most `max_attempts` attempts, only for errors that may pass (timeouts, connection errors,
   HTTP 429 and 5xx, malformed bodies, throttling soft errors). A 404, 400/422, an auth failure
   or a vendor's "Error Message" is final at once: asking again cannot help. A `Retry-After`
-  header (seconds) is honoured, capped at `backoff_max_s`. The sleep is injectable so tests
-  never wait.
+  header (seconds or an HTTP date, `parse_retry_after`) is honoured, capped at
+  `backoff_max_s`. The sleep is injectable so tests never wait.
 - **circuit breaker** (closed -> open after `breaker_failure_threshold` consecutive failed
   attempts -> half-open after `breaker_reset_timeout_s` -> one probe closes it again or reopens
   it). Only failures that say the *source* is unwell count (the retryable kinds); a 404 for an
@@ -44,6 +44,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
@@ -181,7 +182,7 @@ def error_for_status(
 ) -> SourceError:
     """The SourceError for a non-2xx HTTP answer. The body is shortened and redacted."""
     detail = _short_body(body, secrets)
-    retry_after_s = _parse_retry_after(retry_after)
+    retry_after_s = parse_retry_after(retry_after)
     if status == 429:
         kind = "http_429"
     elif status >= 500:
@@ -220,13 +221,24 @@ def _short_body(body: str, secrets: Iterable[str] = (), limit: int = 300) -> str
     return redact(text, secrets) or "(empty body)"
 
 
-def _parse_retry_after(value: str | None) -> float | None:
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """The seconds a Retry-After header asks for, in either of HTTP's forms (delta-seconds
+    or a date, RFC 9110): the data feeds, the corporate actions and the broker read it here,
+    so they agree. None when absent, unreadable or negative seconds: the caller backs off as
+    it would without one. A date already past is 0: the server allows the retry now."""
+    value = (value or "").strip()
     if not value:
         return None
     try:
         seconds = float(value)
     except ValueError:
-        return None
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:  # "-0000": UTC with no source zone (RFC 5322)
+            when = when.replace(tzinfo=UTC)
+        return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
     return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 

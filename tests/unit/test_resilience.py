@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from types import SimpleNamespace
 
 import pytest
 from structlog.testing import capture_logs
@@ -92,6 +94,52 @@ async def test_retry_after_is_honoured_and_capped():
     )
     assert await c.call(fn) == "ok"
     assert sleeps.waits == [2.0, 5.0]
+
+
+def _broker_retry_after(value: str | None) -> float | None:
+    """What the Alpaca broker waits for a 429 with this Retry-After (alpaca-py's error)."""
+    from alpaca.common.exceptions import APIError
+
+    from tradingd.brokers.alpaca import _retry_after
+
+    response = SimpleNamespace(status_code=429, headers={"Retry-After": value})
+    return _retry_after(
+        APIError('{"message": "rate limit exceeded"}', SimpleNamespace(response=response))
+    )
+
+
+async def test_a_retry_after_date_is_honoured_and_read_as_the_broker_reads_it():
+    """The feeds took seconds only: a 429 whose Retry-After is an HTTP date (RFC 9110's
+    other form) had none, and the retry came after a short backoff, into the throttle. The
+    broker read dates with a parser of its own. One parser serves both; seconds unchanged."""
+    now = datetime.now(UTC)
+    in_two_minutes = format_datetime(now + timedelta(seconds=120), usegmt=True)
+    an_hour_ago = format_datetime(now - timedelta(hours=1), usegmt=True)
+
+    def feed(value: str | None) -> float | None:
+        return error_for_status("test", 429, "slow down", retry_after=value).retry_after_s
+
+    assert feed(in_two_minutes) == pytest.approx(120, abs=10)
+    assert _broker_retry_after(in_two_minutes) == pytest.approx(120, abs=10)
+    assert feed(an_hour_ago) == _broker_retry_after(an_hour_ago) == 0.0  # retry now
+    # Seconds as before: the feeds take None (no hint: their own backoff) where the broker
+    # takes 0 (no hint, but a 429's tries).
+    for value, by_feed, by_broker in [
+        ("7", 7.0, 7.0),
+        (" 2.5 ", 2.5, 2.5),
+        ("0", 0.0, 0.0),
+        ("-1", None, 0.0),
+        ("inf", None, 0.0),
+        ("soon", None, 0.0),
+        ("", None, 0.0),
+        (None, None, 0.0),
+    ]:
+        assert (feed(value), _broker_retry_after(value)) == (by_feed, by_broker), value
+
+    c, sleeps = caller(max_attempts=2, backoff_base_s=0.5, backoff_max_s=30.0)
+    fn = Script(error_for_status("test", 429, "slow down", retry_after=in_two_minutes))
+    assert await c.call(fn) == "ok"
+    assert sleeps.waits == [30.0]  # the date's wait, capped
 
 
 @pytest.mark.parametrize(
