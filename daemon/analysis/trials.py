@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import structlog
 
 from .return_metrics import per_bar_rate, simple_returns
-from .run_records import record_folder
+from .run_records import _json_file, record_folder
 from .stat_common import _clean
 from .trial_ledger import (
     DEFAULT_IGNORED_CONFIG,
@@ -40,6 +41,8 @@ __all__ = [
 ]
 
 _NAN = math.nan
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,13 @@ class TrialCount:
                 "sharpe_ratios": dict(self.sharpe_ratios),
             }
         )
+
+
+def _skipped(folder: Path, why: str) -> None:
+    """A folder that is no run record, or one whose variant cannot be known, is no trial:
+    said, since a stray notes folder beside the runs turned the deflated Sharpe ratio's
+    verdict (one more trial) or stopped every report under the root (an error)."""
+    log.warning("trials.folder_skipped", folder=str(folder), reason=why, counted=False)
 
 
 def _summary(folder: Path) -> dict[str, Any]:
@@ -117,9 +127,13 @@ def count_trials(
     """Count the strategy variants tried from the run folders under `runs_root` (as
     `tradingd backtest` writes them: `<root>/<run_id>/config.json`, `equity.csv`,
     `summary.json`). Folders with the same `config_hash` are reruns of one variant; a folder
-    without config.json counts as its own variant (by its run id). The root's ledger
-    (`record_trial`) adds the variants whose folders a rerun under their run id replaced,
-    and a record folder's own ledger (an --output folder's) those a rerun into it replaced.
+    without config.json counts as its own variant (by its run id). A folder with neither
+    summary.json nor equity.csv is no run record, and one whose config.json cannot be read
+    has no known variant: neither is a trial, and one with a config.json is said
+    (`trials.folder_skipped`), not an error, which stopped the report of every run beside
+    it. The root's ledger (`record_trial`) adds the variants whose folders a rerun under
+    their run id replaced, and a folder's own ledger (an --output folder's) those a rerun
+    into it replaced.
     A ledger line of an earlier scheme (no hash_version: the whole file's hash; version 2:
     `config_hash_v2`; version 3: `config_hash_v3`, models by version) names a folder's
     variant when a folder's config hashed so, else a replaced one of its own."""
@@ -135,36 +149,36 @@ def count_trials(
     v3: dict[str, str] = {}
     without_models: dict[str, str] = {}
     runs = 0
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+    subfolders = sorted(p for p in root.iterdir() if p.is_dir())
+    for folder in subfolders:
         cfg_file = folder / "config.json"
+        if not ((folder / "summary.json").exists() or (folder / "equity.csv").exists()):
+            if cfg_file.exists():
+                _skipped(folder, "a config.json without summary.json or equity.csv: no run record")
+            continue  # not a run record
         if cfg_file.exists():
             try:
-                cfg = json.loads(cfg_file.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{cfg_file} is not valid JSON: {exc}") from None
-            if not isinstance(cfg, dict):
-                raise ValueError(f"{cfg_file} is not a configuration table")
+                cfg = _json_file(cfg_file)
+            except ValueError as exc:
+                _skipped(folder, f"{exc}: the variant it ran is unknown")
+                continue
             key = config_hash(cfg, ignore, run_inputs_of(folder))
             v3[config_hash_v3(cfg, ignore, models_of(folder))] = key
             # A line written before the models were hashed names the config alone.
             without_models[config_hash(cfg, ignore)] = key
             legacy[legacy_config_hash(cfg, ignore)] = key
             v2[config_hash_v2(cfg, ignore)] = key
-        elif (folder / "summary.json").exists() or (folder / "equity.csv").exists():
-            key = "run:" + folder.name
         else:
-            continue  # not a run record
+            key = "run:" + folder.name
         runs += 1
         configs.setdefault(key, []).append(folder.name)
     rf_bar = per_bar_rate(risk_free_rate, periods_per_year)
     sharpes: dict[str, float] = {}
     default_ignore = ignore == DEFAULT_IGNORED_CONFIG
-    # The root's ledger, and those inside its record folders (an --output folder's own:
-    # `backtest._note_trial`), each line once.
-    ledgers = [
-        root / TRIALS_LEDGER,
-        *(root / f / TRIALS_LEDGER for fs in configs.values() for f in fs),
-    ]
+    # The root's ledger, and those inside its folders (an --output folder's own:
+    # `backtest._note_trial`), each line once. Also a folder that holds no record now: its
+    # lines are finished backtests (one whose rerun stopped early removed the record).
+    ledgers = [root / TRIALS_LEDGER, *(f / TRIALS_LEDGER for f in subfolders)]
     entries = [e for ledger in ledgers if ledger.exists() for e in ledger_entries(ledger)]
     for entry in entries if default_ignore else []:
         key = entry["config_hash"]
@@ -192,7 +206,10 @@ def count_trials(
                 continue
             try:
                 rec = record_folder(root / name, warn_unrestated=False)
-            except ValueError:
+            except ValueError as exc:
+                # Counted, but its Sharpe ratio is not in the variance: said, as the next
+                # rerun of the variant (if any) stands in for it.
+                log.warning("trials.sharpe_unread", folder=str(root / name), reason=str(exc))
                 continue
             r = simple_returns(rec.equity, rec.initial_capital)
             if r.size >= 3 and np.all(np.isfinite(r)):

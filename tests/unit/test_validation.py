@@ -489,6 +489,41 @@ def test_trials_are_the_distinct_configs_of_the_run_folders(runs):
         va.count_trials(root / "missing")
 
 
+def test_folders_beside_the_runs_that_are_no_record_are_not_trials_and_are_said(runs):
+    """`not json` in var/runs/notes/config.json stopped every report under the root (exit 2
+    after a finished backtest --report), and `{"hello": 1}` there was a fourth trial."""
+    from structlog.testing import capture_logs
+
+    from tradingd.analysis.trial_ledger import record_trial
+
+    root, curves = runs
+    before = va.count_trials(root, risk_free_rate=0.0)
+    for name, text in (("notes", "not json"), ("list", "[1, 2]"), ("hello", '{"hello": 1}')):
+        (root / name).mkdir()
+        (root / name / "config.json").write_text(text)
+    damaged = write_run(root, "d", base_config(240), curves[2] * 1.01)
+    (damaged / "config.json").write_text('{"run": ')  # a record whose variant is unknown
+    # The first folder (by name) of variant a's, whose curve cannot be read: no Sharpe ratio.
+    bad_curve = write_run(root, "0-bad", base_config(20), curves[0])
+    (bad_curve / "summary.json").write_text("[]")
+    with capture_logs() as logs:
+        tc = va.count_trials(root, risk_free_rate=0.0)
+    assert tc.trials == 3 and tc.runs == 5  # 0-bad is a rerun of a: counted, as before
+    assert tc.sharpe_ratios == before.sharpe_ratios  # a's from a-1, the next of its folders
+    skipped = {Path(e["folder"]).name: e["reason"] for e in logs if e["log_level"] == "warning"}
+    assert set(skipped) == {"notes", "list", "hello", "d", "0-bad"}  # not-a-run is empty
+    assert all("no run record" in skipped[n] for n in ("notes", "list", "hello"))
+    assert "d/config.json cannot be read as JSON" in skipped["d"]
+    assert "variant it ran is unknown" in skipped["d"]
+    assert "0-bad/summary.json holds list" in skipped["0-bad"]
+    assert quick(risk_free_rate=0.0).validate_performance(str(root / "c"))["trials"]["trials"] == 3
+    # A finished backtest's ledger line in a folder no longer holding a record (a rerun into
+    # it that stopped early removed it) still counts.
+    (root / "notes" / "config.json").unlink()
+    record_trial(root / "notes", "gone", base_config(500), curves[1], 1e5)
+    assert va.count_trials(root, risk_free_rate=0.0).trials == 4
+
+
 def test_config_hash_ignores_where_and_how_a_run_is_named_only():
     a = base_config(20)
     assert va.config_hash(a) == va.config_hash(base_config(20, "other"))
