@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -150,6 +151,42 @@ def _json_file(file: Path) -> dict[str, Any]:
     return data
 
 
+def _whole_curve(file: Path, eq: pd.DataFrame, summary: Mapping[str, Any], *, end: bool) -> None:
+    """The curve the summary describes, or an error: a cut equity.csv (a copy stopped
+    midway, a full disk) was analysed as the whole run, 333 bars beside a summary of 3,523.
+    The summary's `bars` counts the rows equity.csv was written from (the traded bars, no
+    warm-up) and its `end` is the last one's date in its own offset (`metrics.summarize`).
+    A cut (rows missing, or a last line without its end, whose number may read whole) is
+    looked for before the times are read (`end` off): it is an incomplete record, not a bad
+    time. Any other disagreement after their order is checked (`end`): a bar written twice
+    or rows sorted backwards are named by row there."""
+    bars, last_day = summary.get("bars"), summary.get("end")
+    if not isinstance(bars, int) or isinstance(bars, bool):
+        return  # a summary of another kind, or edited: nothing to compare with
+    last = str(eq["time"].iloc[-1]) if len(eq) and "time" in eq else ""
+    cut = not end and len(eq) and _ends_within_a_line(file)
+    if not end and not cut and len(eq) >= bars:
+        return
+    if end and len(eq) == bars:
+        if not (last and isinstance(last_day, str) and last_day):
+            return
+        if pd.Timestamp(last).date().isoformat() == last_day:
+            return
+    raise ValueError(
+        f"{file} holds {len(eq)} bars, the last at {last or 'none'}"
+        f"{' (its line cut short)' if cut else ''}, but {file.parent / 'summary.json'} "
+        f"counts {bars} bars to {last_day}: the record is incomplete or edited (run the "
+        "backtest again)"
+    )
+
+
+def _ends_within_a_line(file: Path) -> bool:
+    """Every line `backtest.write_outputs` writes ends with a line break."""
+    with file.open("rb") as fh:
+        fh.seek(-1, os.SEEK_END)
+        return fh.read(1) not in (b"\n", b"\r")
+
+
 def record_folder(path: Path, *, warn_unrestated: bool = True) -> RunRecord:
     """A run's record folder as `tradingd backtest` writes it. `warn_unrestated` off: the
     caller reads the equity curve only (`trials.count_trials`), which the restatement of
@@ -158,12 +195,13 @@ def record_folder(path: Path, *, warn_unrestated: bool = True) -> RunRecord:
     if not eq_file.exists():
         raise ValueError(f"{path} is not a run record: it has no equity.csv")
     eq = pd.read_csv(eq_file)
-    times = pd.to_datetime(eq["time"], utc=True, format="ISO8601")
     capital = None
     summary: dict[str, Any] = {}
     if (path / "summary.json").exists():
         summary = _json_file(path / "summary.json")
         capital = summary.get("initial_capital")
+    _whole_curve(eq_file, eq, summary, end=False)
+    times = pd.to_datetime(eq["time"], utc=True, format="ISO8601")
     if capital is None and (path / "config.json").exists():
         capital = _json_file(path / "config.json").get("run", {}).get("initial_capital")
     fills_file = path / "fills.csv"
@@ -196,7 +234,7 @@ def record_folder(path: Path, *, warn_unrestated: bool = True) -> RunRecord:
             "round trip across a split is then scored in the shares of its day; run the "
             "backtest again for a record that has it",
         )
-    return _record(
+    record = _record(
         eq["equity"].to_numpy(dtype=float),
         times,
         capital,
@@ -206,6 +244,8 @@ def record_folder(path: Path, *, warn_unrestated: bool = True) -> RunRecord:
         {"metrics": summary} if summary else None,
         splits,
     )
+    _whole_curve(eq_file, eq, summary, end=True)
+    return record
 
 
 def run_record(backtest_results: Any) -> RunRecord:

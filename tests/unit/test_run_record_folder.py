@@ -20,7 +20,13 @@ def _folder(tmp_path: Path, *, fills: bool = True) -> Path:
     for i, e in enumerate((100_000.0, 101_000.0, 99_000.0, 102_000.0)):
         lines.append(f"{(t0 + timedelta(days=i)).isoformat()},{e},0.5")
     (out / "equity.csv").write_text("\n".join(lines) + "\n")
-    summary = {"run_id": "r", "initial_capital": 100_000.0, "fills": 2 if fills else 0}
+    summary = {
+        "run_id": "r",
+        "initial_capital": 100_000.0,
+        "fills": 2 if fills else 0,
+        "bars": 4,
+        "end": "2020-01-05",
+    }
     (out / "summary.json").write_text(json.dumps(summary))
     if fills:
         (out / "fills.csv").write_text(
@@ -48,6 +54,37 @@ def test_equity_rows_out_of_order_are_refused(tmp_path: Path) -> None:
     (out / "equity.csv").write_text("\n".join([header, rows[0], rows[0], *rows[1:]]) + "\n")
     with pytest.raises(ValueError, match="row 1"):  # a bar twice
         run_record(out)
+
+
+def test_an_equity_file_that_is_not_the_curve_its_summary_describes_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Cut by a copy stopped midway, it was analysed as the whole run: 333 bars beside a
+    summary of 3,523 to 2018-12-31, exit 0."""
+    out = _folder(tmp_path)
+    text = (out / "equity.csv").read_text()
+    for cut, rows, last in (
+        (text[: text.rindex("2020-01-05")], 3, "2020-01-04"),  # a whole row
+        (text[: text.rindex("2020-01-05") + 5], 4, "2020-"),  # half of one
+        (text[:-12], 4, r"2020-01-05T00:00:00\+00:00 \(its line cut short\)"),  # equity 1.0 read
+    ):
+        (out / "equity.csv").write_text(cut)
+        with pytest.raises(
+            ValueError,
+            match=rf"equity.csv holds {rows} bars, the last at {last}.*summary.json counts 4 "
+            r"bars to 2020-01-05: the record is incomplete",
+        ):
+            run_record(out)
+    # As many rows, but not to the summary's last day (an edited file).
+    (out / "equity.csv").write_text(text.replace("2020-01-05", "2020-01-06"))
+    with pytest.raises(ValueError, match=r"holds 4 bars, the last at 2020-01-06T.*to 2020-01-05"):
+        run_record(out)
+    # The last bar's date as written, as the summary took it: 23:00 at -05:00 is 04:00 UTC
+    # on the next day, and still the summary's end.
+    (out / "equity.csv").write_text(
+        text.replace("2020-01-05T00:00:00+00:00", "2020-01-05T23:00:00-05:00")
+    )
+    assert run_record(out).times[-1].isoformat() == "2020-01-06T04:00:00+00:00"
 
 
 def test_a_missing_fills_file_the_summary_counts_is_refused(tmp_path: Path) -> None:
