@@ -47,6 +47,7 @@ from .performance import (
     run_record,
     simple_returns,
 )
+from .run_records import _json_file
 
 __all__ = [
     "REPORT_FORMAT",
@@ -337,7 +338,7 @@ def _build(
     step("loading the run")
     if run_config is None and isinstance(run, str | Path):
         path = Path(run) / "config.json"
-        run_config = json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+        run_config = _json_file(path) if path.exists() else None
     public_config = jsonable(redact(dict(run_config)), "run_config") if run_config else None
     rec: RunRecord = run_record(run)
     if rec.equity.size == 0:

@@ -187,6 +187,68 @@ def _ends_within_a_line(file: Path) -> bool:
         return fh.read(1) not in (b"\n", b"\r")
 
 
+def _csv(file: Path, what: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(file)
+    except ValueError as exc:  # pandas' parser errors, an empty file, bytes not UTF-8
+        raise ValueError(
+            f"{file} cannot be read as {what}: {exc} (run the backtest again)"
+        ) from None
+
+
+def _columns(file: Path, frame: pd.DataFrame, names: Iterable[str]) -> None:
+    missing = [n for n in names if n not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"{file} has no {', '.join(missing)} column (its columns: "
+            f"{', '.join(map(str, frame.columns)) or 'none'}): the record is damaged or edited"
+        )
+
+
+def _bad_row(file: Path, frame: pd.DataFrame, column: str, bad: np.ndarray, want: str) -> None:
+    """The first `bad` row refused by file, line and column: pandas' and float()'s own
+    errors named none of them, and a missing column (`_columns`) was a KeyError, which
+    `tradingd report` showed as a traceback."""
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        value = frame[column].iloc[i]
+        shown = repr(value) if isinstance(value, str) else "(empty)" if pd.isna(value) else value
+        raise ValueError(
+            f"{file} line {i + 2} (the header is line 1): {column} {shown} is not {want}"
+        )
+
+
+def _numbers(file: Path, frame: pd.DataFrame, column: str, *, finite: bool = False) -> np.ndarray:
+    """The column as floats; an empty cell is NaN unless `finite` (then refused, as text
+    that is not a number always is)."""
+    raw = frame[column]
+    values = pd.to_numeric(raw, errors="coerce").to_numpy(dtype=float)
+    bad = ~np.isfinite(values) if finite else np.isnan(values) & raw.notna().to_numpy()
+    _bad_row(file, frame, column, bad, "a finite number" if finite else "a number")
+    return values
+
+
+def _times(file: Path, frame: pd.DataFrame) -> pd.Series:
+    times = pd.to_datetime(frame["time"], utc=True, format="ISO8601", errors="coerce")
+    _bad_row(file, frame, "time", times.isna().to_numpy(), "an ISO 8601 time")
+    return times
+
+
+def _fill_columns(file: Path, fills: pd.DataFrame) -> pd.DataFrame:
+    """The fills with their times and numbers parsed, each checked (`_fill` reads them)."""
+    _columns(file, fills, ("symbol", "side", "quantity", "price", "time"))
+    out = fills.copy()
+    out["time"] = _times(file, fills)
+    for column in ("quantity", "price"):
+        out[column] = _numbers(file, fills, column, finite=True)
+    for column in ("commission", "slippage", "reference_price"):
+        if column in fills:
+            out[column] = _numbers(file, fills, column)
+    sides = fills["side"].astype(str).str.lower()
+    _bad_row(file, fills, "side", ~sides.isin([s.value for s in Side]).to_numpy(), "buy or sell")
+    return out
+
+
 def record_folder(path: Path, *, warn_unrestated: bool = True) -> RunRecord:
     """A run's record folder as `tradingd backtest` writes it. `warn_unrestated` off: the
     caller reads the equity curve only (`trials.count_trials`), which the restatement of
@@ -194,27 +256,24 @@ def record_folder(path: Path, *, warn_unrestated: bool = True) -> RunRecord:
     eq_file = path / "equity.csv"
     if not eq_file.exists():
         raise ValueError(f"{path} is not a run record: it has no equity.csv")
-    eq = pd.read_csv(eq_file)
+    eq = _csv(eq_file, "the run's equity curve")
+    _columns(eq_file, eq, ("time", "equity"))
     capital = None
     summary: dict[str, Any] = {}
     if (path / "summary.json").exists():
         summary = _json_file(path / "summary.json")
         capital = summary.get("initial_capital")
     _whole_curve(eq_file, eq, summary, end=False)
-    times = pd.to_datetime(eq["time"], utc=True, format="ISO8601")
+    times = _times(eq_file, eq)
     if capital is None and (path / "config.json").exists():
-        capital = _json_file(path / "config.json").get("run", {}).get("initial_capital")
+        run = _json_file(path / "config.json").get("run")
+        capital = run.get("initial_capital") if isinstance(run, dict) else None
     fills_file = path / "fills.csv"
     fills = None
     if fills_file.exists() and fills_file.stat().st_size > 0:
-        try:
-            fills = pd.read_csv(fills_file)
-        except (ValueError, pd.errors.ParserError) as exc:
-            raise ValueError(
-                f"{fills_file} cannot be read as the run's fills: {exc} (run the backtest again)"
-            ) from None
+        fills = _csv(fills_file, "the run's fills")
         if len(fills):
-            fills["time"] = pd.to_datetime(fills["time"], utc=True, format="ISO8601")
+            fills = _fill_columns(fills_file, fills)
     if (fills is None or not len(fills)) and summary.get("fills"):
         # "No trades" would be a wrong answer: the costs and round trips would read 0. An
         # empty or header-only fills.csv said it silently, as a missing one did before.
@@ -223,7 +282,7 @@ def record_folder(path: Path, *, warn_unrestated: bool = True) -> RunRecord:
             f"{path} has {what}, but its summary.json counts {summary['fills']} fills: "
             "the record is incomplete (run the backtest again)"
         )
-    gx = eq.get("gross_exposure")
+    gx = None if "gross_exposure" not in eq else _numbers(eq_file, eq, "gross_exposure")
     splits = _read_splits(path)
     if splits is None and fills is not None and len(fills) and warn_unrestated:
         log.warning(
@@ -235,10 +294,10 @@ def record_folder(path: Path, *, warn_unrestated: bool = True) -> RunRecord:
             "backtest again for a record that has it",
         )
     record = _record(
-        eq["equity"].to_numpy(dtype=float),
+        _numbers(eq_file, eq, "equity", finite=True),
         times,
         capital,
-        None if gx is None else gx.to_numpy(dtype=float),
+        gx,
         fills,
         str(summary.get("run_id", "")),
         {"metrics": summary} if summary else None,

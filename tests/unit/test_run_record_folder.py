@@ -136,3 +136,113 @@ def test_report_of_a_summary_that_is_not_an_object_is_a_named_error(
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "tradingd: error:" in err and "summary.json holds list, not a JSON object" in err
+
+
+def _drop_column(file: Path, name: str) -> None:
+    rows = [line.split(",") for line in file.read_text().splitlines()]
+    at = rows[0].index(name)
+    file.write_text("\n".join(",".join(r[:at] + r[at + 1 :]) for r in rows) + "\n")
+
+
+def _edit_cell(file: Path, line: int, column: str, value: str) -> None:
+    rows = [line_.split(",") for line_ in file.read_text().splitlines()]
+    rows[line - 1][rows[0].index(column)] = value
+    file.write_text("\n".join(",".join(r) for r in rows) + "\n")
+
+
+_DAMAGE = {
+    "a fills column missing": (
+        lambda out: _drop_column(out / "fills.csv", "price"),
+        r"fills.csv has no price column \(its columns: fill_id,.*time\)",
+    ),
+    "an equity column missing": (
+        lambda out: _drop_column(out / "equity.csv", "time"),
+        r"equity.csv has no time column",
+    ),
+    "an empty equity file": (
+        lambda out: (out / "equity.csv").write_text(""),
+        r"equity.csv cannot be read as the run's equity curve: No columns to parse",
+    ),
+    "an equity value that is not a number": (
+        lambda out: _edit_cell(out / "equity.csv", 3, "equity", "abc"),
+        r"equity.csv line 3 \(the header is line 1\): equity 'abc' is not a finite number",
+    ),
+    "an empty equity cell": (
+        lambda out: _edit_cell(out / "equity.csv", 4, "equity", ""),
+        r"equity.csv line 4 .*: equity \(empty\) is not a finite number",
+    ),
+    "an equity that is not finite": (
+        lambda out: _edit_cell(out / "equity.csv", 2, "equity", "inf"),
+        r"equity.csv line 2 .*: equity inf is not a finite number",
+    ),
+    "a gross exposure that is not a number": (
+        lambda out: _edit_cell(out / "equity.csv", 2, "gross_exposure", "half"),
+        r"equity.csv line 2 .*: gross_exposure 'half' is not a number",
+    ),
+    "a time that is not one": (
+        lambda out: _edit_cell(out / "equity.csv", 5, "time", "2020-01-05 at noon"),
+        r"equity.csv line 5 .*: time '2020-01-05 at noon' is not an ISO 8601 time",
+    ),
+    "a fill price that is not a number": (
+        lambda out: _edit_cell(out / "fills.csv", 3, "price", "1l0"),
+        r"fills.csv line 3 .*: price '1l0' is not a finite number",
+    ),
+    "a fill side that is not one": (
+        lambda out: _edit_cell(out / "fills.csv", 2, "side", "long"),
+        r"fills.csv line 2 .*: side 'long' is not buy or sell",
+    ),
+    "a fill time that is not one": (
+        lambda out: _edit_cell(out / "fills.csv", 2, "time", "yesterday"),
+        r"fills.csv line 2 .*: time 'yesterday' is not an ISO 8601 time",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(_DAMAGE))
+def test_a_damaged_record_file_is_refused_naming_the_file_and_where(
+    tmp_path: Path, damage: str
+) -> None:
+    """pandas' and float()'s own errors named no file, column or row (a missing column was a
+    KeyError, and a traceback from `tradingd report`)."""
+    edit, message = _DAMAGE[damage]
+    out = _folder(tmp_path)
+    edit(out)
+    with pytest.raises(ValueError, match=message):
+        run_record(out)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("fills", "fills.csv has no price column"),
+        ("config", "config.json cannot be read as JSON"),
+        ("config-list", "config.json holds list, not a JSON object"),
+    ],
+)
+def test_report_of_a_damaged_record_is_a_named_error_not_a_traceback(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    damage: str,
+    message: str,
+) -> None:
+    """A fills.csv without its price column ended `tradingd report` in a traceback
+    (KeyError: 'price'), and a corrupt config.json in a JSON error naming no file."""
+    import structlog
+
+    from tradingd.__main__ import main
+
+    out = _folder(tmp_path)
+    if damage == "fills":
+        _drop_column(out / "fills.csv", "price")
+    else:
+        (out / "config.json").write_text("[1, 2]" if damage == "config-list" else '{"run": ')
+    monkeypatch.chdir(tmp_path)
+    saved = structlog.get_config()
+    try:
+        code = main(["report", str(out), "--no-validation", "--output", str(tmp_path / "o")])
+    finally:
+        structlog.configure(**saved)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert f"tradingd: error: run {out}: {out}/{message}" in err
