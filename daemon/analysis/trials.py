@@ -81,7 +81,7 @@ class TrialCount:
 
 
 def _skipped(folder: Path, why: str) -> None:
-    """A folder that is no run record, or one whose variant cannot be known, is no trial:
+    """A folder that is no run record is no trial:
     said, since a stray notes folder beside the runs turned the deflated Sharpe ratio's
     verdict (one more trial) or stopped every report under the root (an error)."""
     log.warning("trials.folder_skipped", folder=str(folder), reason=why, counted=False)
@@ -127,13 +127,13 @@ def count_trials(
     """Count the strategy variants tried from the run folders under `runs_root` (as
     `tradingd backtest` writes them: `<root>/<run_id>/config.json`, `equity.csv`,
     `summary.json`). Folders with the same `config_hash` are reruns of one variant; a folder
-    without config.json counts as its own variant (by its run id). A folder with neither
-    summary.json nor equity.csv is no run record, and one whose config.json cannot be read
-    has no known variant: neither is a trial, and one with a config.json is said
-    (`trials.folder_skipped`), not an error, which stopped the report of every run beside
-    it. The root's ledger (`record_trial`) adds the variants whose folders a rerun under
-    their run id replaced, and a folder's own ledger (an --output folder's) those a rerun
-    into it replaced.
+    without config.json, or whose config.json cannot be read (`trials.config_unread`),
+    counts as its own variant (by its run id): one trial too many makes the deflated Sharpe
+    ratio stricter, one too few laxer. A folder with neither summary.json nor equity.csv is
+    no run record and no trial; one with a config.json is said (`trials.folder_skipped`),
+    not an error, which stopped the report of every run beside it. The root's ledger
+    (`record_trial`) adds the variants whose folders a rerun under their run id replaced,
+    and a folder's own ledger (an --output folder's) those a rerun into it replaced.
     A ledger line of an earlier scheme (no hash_version: the whole file's hash; version 2:
     `config_hash_v2`; version 3: `config_hash_v3`, models by version) names a folder's
     variant when a folder's config hashed so, else a replaced one of its own."""
@@ -156,12 +156,21 @@ def count_trials(
             if cfg_file.exists():
                 _skipped(folder, "a config.json without summary.json or equity.csv: no run record")
             continue  # not a run record
+        cfg = None
         if cfg_file.exists():
             try:
                 cfg = _json_file(cfg_file)
             except ValueError as exc:
-                _skipped(folder, f"{exc}: the variant it ran is unknown")
-                continue
+                # A record whose variant is unknown: its own variant, as one without a
+                # config.json is. Counting one trial too many only makes the deflated
+                # Sharpe ratio stricter; skipping it made the verdict laxer.
+                log.warning(
+                    "trials.config_unread",
+                    folder=str(folder),
+                    reason=str(exc),
+                    counted="as a variant of its own",
+                )
+        if cfg is not None:
             key = config_hash(cfg, ignore, run_inputs_of(folder))
             v3[config_hash_v3(cfg, ignore, models_of(folder))] = key
             # A line written before the models were hashed names the config alone.
