@@ -1888,7 +1888,8 @@ class AlpacaBroker:
             # Closed (filled, or cancelled after executions perhaps) with a `filled_qty`
             # that cannot be read: no fill can be derived, and closed here it would be
             # followed no longer, as filled with nothing filled.
-            uncounted = not math.isfinite(filled) and status in MAY_HAVE_FILLED
+            # Negative too, as `order_from_alpaca` reads it at a start or a restart.
+            uncounted = not (math.isfinite(filled) and filled >= 0) and status in MAY_HAVE_FILLED
             if uncounted:
                 self._without_quantity(order, raw, status_text)
             elif self._uncounted:

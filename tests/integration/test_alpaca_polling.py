@@ -83,11 +83,12 @@ async def test_a_fill_event_without_a_price_is_booked_when_a_poll_finds_it(fake)
         assert broker.order(cid).status is OrderStatus.FILLED
 
 
-@pytest.mark.parametrize("filled_qty", [None, "", "ten"])
+@pytest.mark.parametrize("filled_qty", [None, "", "ten", "-5"])
 async def test_a_fill_whose_quantity_cannot_be_read_keeps_the_order_working_until_it_can(
     fake, monkeypatch, filled_qty
 ):
-    """Alpaca's order said `filled` with a null, empty or garbage `filled_qty`: no fill could
+    """Alpaca's order said `filled` with a null, empty, garbage or negative `filled_qty` (as
+    `order_from_alpaca` reads it at a restart): no fill could
     be derived, yet the order was closed as filled with nothing filled, nothing said, and
     reconciliation later blocked the symbol without naming why. It stays working, is asked
     for again, said once, and booked once the quantity can be read."""
