@@ -80,6 +80,20 @@ def feature_warmup(config: Config, panel: Panel, probe: int = 1000) -> int | Non
     return max(first) if first else None
 
 
+def garch_min_fit_obs(config: Config) -> int | None:
+    """The returns a `kelly_garch` sizing needs before its first GARCH fit (None for another
+    sizing, or one that fits no GARCH): before that it sizes on EWMA."""
+    s = config.sizing
+    if s.name != "kelly_garch":
+        return None
+    from tradingd_plugins.sizing.kelly_garch import KellyGarchConfig
+
+    from ..config import build
+
+    c = build(KellyGarchConfig, s.params, "sizing.params")
+    return c.min_fit_obs if c.volatility == "garch" else None
+
+
 class WalkForwardAnalyzer:
     """Walk-forward analysis of `config`'s strategy over its data (`run.start`..`run.end`
     bound the out-of-sample period; earlier bars are training and lookback)."""
@@ -117,17 +131,75 @@ class WalkForwardAnalyzer:
     def model_lookback(self, panel: Panel) -> int:
         """Bars before a training window that the model's slice starts at: the feature
         set's warm-up plus the input window less one, so that the first complete input
-        window ends where the training window starts; at most `lookback_bars`."""
+        window ends where the training window starts (`lookback_bars` when the warm-up
+        cannot be measured). `check_lookback` refuses a `lookback_bars` below it."""
+        return self._model_warmup(panel)[0]
+
+    def _model_warmup(self, panel: Panel) -> tuple[int, str]:
         warm = feature_warmup(self.config, panel)
         if warm is None:
-            return self.wf.lookback_bars
-        return min(self.wf.lookback_bars, warm + self.wf.model_config().time_steps - 1)
+            return self.wf.lookback_bars, "unmeasured"
+        steps = self.wf.model_config().time_steps
+        why = f"the features' warm-up of {warm} bars plus its input window of {steps}, less 1"
+        return warm + steps - 1, why
+
+    def check_lookback(self, model: tuple[int, str] | None) -> None:
+        """Refuses a `lookback_bars` shorter than the warm-up a fold needs before its
+        training window. The lookback is warm-up only (never a label, never traded): a short
+        one buys nothing but an earlier first fold, and costs unsaid. The model fitted only
+        on the input windows complete inside the training window (a part of `train`), the
+        sizing's GARCH fitted that many bars late (EWMA before), and the stability and decay
+        tables compared folds fitted on less than `train` says. Data too short for the
+        warm-up is better met with a shorter `train`, which the results then state.
+        `model`: the retrained model's need and its reason (`_model_warmup`), or None."""
+        lb, train = self.wf.lookback_bars, self.wf.train
+        needs: list[tuple[int, str, str]] = []
+        if model is not None:
+            bars, why = model
+            if bars > lb:
+                kept = max(train - (bars - lb), 0)
+                needs.append(
+                    (
+                        bars,
+                        f"{bars} for the retrained model ({why})",
+                        f"the model would fit on the last {kept} of the {train} training bars",
+                    )
+                )
+        min_obs = garch_min_fit_obs(self.config)
+        if min_obs is not None:
+            # At the first bar traded, the history holds the lookback (and, with warmup =
+            # "none", the training window) before it: min_fit_obs returns for a fit.
+            first = "training" if self.wf.warmup == "train" else "test"
+            bars = min_obs if first == "training" else max(min_obs - train, 0)
+            if bars > lb:
+                needs.append(
+                    (
+                        bars,
+                        f"{bars} for the sizing's first GARCH fit (kelly_garch's min_fit_obs "
+                        f"= {min_obs} returns)",
+                        f"the GARCH could not fit before {first} bar {bars - lb + 1} (EWMA "
+                        "until then)",
+                    )
+                )
+        if not needs:
+            return
+        most = max(n for n, _, _ in needs)
+        raise WalkForwardError(
+            f"walkforward.lookback_bars (--lookback) = {lb} is shorter than the warm-up each "
+            f"fold needs before its training window: {'; '.join(w for _, w, _ in needs)}. "
+            f"With {lb}, {' and '.join(c for _, _, c in needs)}. Give --lookback {most} or "
+            "more (lookback bars are never trained on or traded; the first fold then starts "
+            "lookback + train bars into the data), or, if the data is too short for that, "
+            "fewer --train bars"
+        )
 
     def tasks(self, panel: Panel) -> list[FoldTask]:
         from ..app import run_id_for
 
         retrain = self.retrain()
-        back = self.model_lookback(panel) if retrain else 0
+        model = self._model_warmup(panel) if retrain else None
+        self.check_lookback(model)
+        back = model[0] if model else 0
         prefix = run_id_for(self.config, "walkforward")
         out = []
         for fold in self.folds(panel):

@@ -538,6 +538,54 @@ def test_a_config_file_that_can_be_read_once_counts(tmp_path):
     assert (config.run.start, config.run.end) == ("2018-06-01", "2018-12-31")
 
 
+def test_a_lookback_shorter_than_the_models_warm_up_is_refused_naming_the_bars():
+    """`--lookback 10` under a retrained model was capped silently: each fold's model fitted
+    on the input windows complete inside its training window only (138 of 252 bars on the
+    bundled data), with no word but the engine's run.warmup_inside_window."""
+    from tradingd.analysis.walkforward import feature_warmup
+
+    panel = tiny_panel()
+    config = tiny_config()
+    need = feature_warmup(config, panel) + TINY_MODEL["time_steps"] - 1
+    assert 60 < need < 150  # the model's need is the larger: it is the one refused here
+    wf = WalkForwardAnalyzer(config, tiny_wf(lookback_bars=40, max_folds=1), workers=0)
+    with pytest.raises(WalkForwardError) as refused:
+        wf.tasks(panel)
+    text = str(refused.value)
+    assert "walkforward.lookback_bars (--lookback) = 40 " in text
+    assert f"{need} for the retrained model" in text
+    assert f"fit on the last {100 - (need - 40)} of the 100 training bars" in text
+    assert "60 for the sizing's first GARCH fit (kelly_garch's min_fit_obs = 60" in text
+    assert "could not fit before training bar 21" in text
+    assert f"--lookback {need} or more" in text
+    # Exactly the need: the model's slice starts so that its first complete input window
+    # ends at the training start (nothing of the training window is lost).
+    (task,) = WalkForwardAnalyzer(
+        config, tiny_wf(lookback_bars=need, max_folds=1), workers=0
+    ).tasks(panel)
+    assert task.model_lo == task.fold.train_start - need
+
+
+def test_a_lookback_shorter_than_the_garch_warm_up_is_refused():
+    """Without retraining, the sizing's GARCH alone needs min_fit_obs returns before the
+    first bar traded: with fewer, the in-sample replay sized on EWMA until they were there
+    (the bundled data's fold with --lookback 10 had no GARCH fit at its training end)."""
+    panel = tiny_panel()
+
+    def tasks(**kw):
+        wf = tiny_wf(max_folds=1, retrain="never", **kw)
+        return WalkForwardAnalyzer(tiny_config(), wf, workers=0).tasks(panel)
+
+    with pytest.raises(WalkForwardError, match=r"= 59 .*60 for the sizing's first GARCH fit"):
+        tasks(lookback_bars=59)
+    assert len(tasks(lookback_bars=60)) == 1
+    # Trading from the test window on, the training window holds the returns.
+    assert len(tasks(lookback_bars=10, warmup="none")) == 1
+    assert len(tasks(lookback_bars=10, warmup="none", train=50)) == 1  # 10 + 50 returns
+    with pytest.raises(WalkForwardError, match=r"= 9 .*: 10 for the sizing.*before test bar 2 "):
+        tasks(lookback_bars=9, warmup="none", train=50)
+
+
 def test_warmup_none_trades_only_the_test_window():
     panel = tiny_panel()
     wf = WalkForwardAnalyzer(
