@@ -351,6 +351,8 @@ def _command(args: argparse.Namespace) -> int:
         return _health(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "backtest":
+        _check_report_options(args)
     from .preflight import check_config, check_services, check_train_extra
 
     config = _config(args.config)
@@ -551,6 +553,27 @@ def _plugins() -> int:
             file=sys.stderr,
         )
     return 0
+
+
+def _check_report_options(args: argparse.Namespace) -> None:
+    """`backtest --analysis-config X` or `--no-validation` without `--report` is refused
+    before anything runs: they configure the report only, and were dropped without a word
+    (a missing X included), leaving the user to believe the run was analysed as asked."""
+    given = [
+        opt
+        for opt, value in (
+            ("--analysis-config", args.analysis_config),
+            ("--no-validation", args.no_validation),
+        )
+        if value
+    ]
+    if given and not args.report:
+        raise TradingdError(
+            f"backtest: {' and '.join(given)} only configure{'s' if len(given) == 1 else ''} "
+            "the report: add --report, or leave "
+            f"{'it' if len(given) == 1 else 'them'} out (`tradingd report RUN` reports a run "
+            "later)"
+        )
 
 
 def _backtest(config: Config, args: argparse.Namespace) -> int:

@@ -301,6 +301,24 @@ def test_unwritable_output_option_fails_before_the_replay(cli, tmp_path, bad_dir
     assert f"--output = '{bad_dir}' is invalid" in err
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        ("--analysis-config", "/nonexistent.toml"),
+        ("--no-validation",),
+        ("--analysis-config", "/nonexistent.toml", "--no-validation"),
+    ],
+)
+def test_report_options_without_report_are_a_usage_error_before_the_replay(cli, tmp_path, options):
+    """`backtest --analysis-config X --no-validation` without --report replayed, exited 0 and
+    wrote no report: both options were dropped without a word, a missing X included."""
+    code, _, err = cli("backtest", "-c", str(write_config(tmp_path)), *options)
+    assert code == 2  # the run_backtest tripwire was not reached
+    named = [o for o in options if o.startswith("--")]
+    assert f"tradingd: error: backtest: {' and '.join(named)} only configure" in err
+    assert "add --report" in err
+
+
 def test_an_output_path_too_long_for_the_records_files_fails_before_the_replay(cli, tmp_path):
     """A 4,075-character --output passed the start-up check (its folders could be made) and
     the whole replay ran before the record's files, 20-odd characters more, could not be
