@@ -48,7 +48,7 @@ import pandas as pd
 from ..core.errors import ConfigError
 from ..core.types import Fill
 from .metrics import _FLAT_TOL
-from .return_metrics import per_bar_rate, simple_returns
+from .return_metrics import check_annual_rate, per_bar_rate, simple_returns
 from .run_records import RunRecord, run_record
 
 __all__ = [
@@ -124,8 +124,7 @@ class MonteCarloConfig:
                 f"monte_carlo.block_length must be 0 (automatic) or >= 1 bar, got "
                 f"{self.block_length}"
             )
-        if not self.risk_free_rate > -1.0:
-            raise ConfigError(f"monte_carlo.risk_free_rate must be > -1, got {self.risk_free_rate}")
+        check_annual_rate("monte_carlo.risk_free_rate", self.risk_free_rate)
         if not self.periods_per_year > 0:
             raise ConfigError(
                 f"monte_carlo.periods_per_year must be > 0, got {self.periods_per_year}"

@@ -85,6 +85,7 @@ from .return_metrics import (
     annual_volatility,
     beta,
     calmar_ratio,
+    check_annual_rate,
     correlation,
     cvar_historical,
     cvar_parametric,
@@ -182,8 +183,7 @@ class PerformanceConfig:
                 raise ConfigError(f"analysis.{key} must be a number, got {value!r}")
             if not math.isfinite(value):
                 raise ConfigError(f"analysis.{key} must be finite, got {value!r}")
-        if not self.risk_free_rate > -1.0:
-            raise ConfigError(f"analysis.risk_free_rate must be > -1, got {self.risk_free_rate}")
+        check_annual_rate("analysis.risk_free_rate", self.risk_free_rate)
         if not self.periods_per_year > 0:
             raise ConfigError(f"analysis.periods_per_year must be > 0, got {self.periods_per_year}")
         if not 0.5 <= self.var_confidence < 1.0:

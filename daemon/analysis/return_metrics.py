@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from ..core.errors import ConfigError
 from .metrics import _REL_NOISE, _ratio, drawdown_series
 
 __all__ = [
@@ -75,6 +76,26 @@ def simple_returns(equity: Any, initial_capital: float) -> np.ndarray:
 def per_bar_rate(annual_rate: float, periods_per_year: float = 252.0) -> float:
     """The per-bar rate that compounds to `annual_rate` over a year."""
     return (1.0 + annual_rate) ** (1.0 / periods_per_year) - 1.0
+
+
+# The largest annual risk-free rate taken as meant: above it (or below its negative) it is
+# a percentage written where a fraction is expected, as costs refuse 1.5 for 0.15%. A 2
+# meant as 2% was 200% a year (every Sharpe ratio deeply negative, the verdicts with it).
+MAX_ANNUAL_RATE = 0.5
+
+
+def check_annual_rate(key: str, value: float) -> None:
+    """Refuses a risk-free rate outside [-MAX_ANNUAL_RATE, MAX_ANNUAL_RATE] (`key` names the
+    setting), with the fraction meant when it reads as a percentage."""
+    if -MAX_ANNUAL_RATE <= value <= MAX_ANNUAL_RATE:
+        return
+    hint = ""
+    if abs(value) / 100.0 <= MAX_ANNUAL_RATE:
+        hint = f"; for {value:g}% write {value / 100.0:g}"
+    raise ConfigError(
+        f"{key} = {value!r} is invalid: must be an annual rate as a fraction in "
+        f"[-{MAX_ANNUAL_RATE:g}, {MAX_ANNUAL_RATE:g}] (0.02 = 2% a year){hint}"
+    )
 
 
 def total_return(returns: Any) -> float:

@@ -58,7 +58,7 @@ from .montecarlo import (
     monte_carlo_input,
     simulate_with_paths,
 )
-from .return_metrics import per_bar_rate
+from .return_metrics import check_annual_rate, per_bar_rate
 from .return_tests import (
     drawdown_test,
     jarque_bera_test,
@@ -200,10 +200,10 @@ class ValidationConfig:
                 raise ConfigError(f"validation.{key} must be a number, got {value!r}")
             if not math.isfinite(value):
                 raise ConfigError(f"validation.{key} must be finite, got {value!r}")
+        check_annual_rate("validation.risk_free_rate", self.risk_free_rate)
         checks = (
             (0 < self.alpha < 0.5, "alpha", "in (0, 0.5)"),
             (self.alternative in ALTERNATIVES, "alternative", f"one of {ALTERNATIVES}"),
-            (self.risk_free_rate > -1, "risk_free_rate", "> -1"),
             (self.periods_per_year > 0, "periods_per_year", "> 0"),
             (self.hac_lags >= -1, "hac_lags", ">= 0, or -1 for automatic"),
             (self.ljung_box_lags >= 1, "ljung_box_lags", ">= 1"),

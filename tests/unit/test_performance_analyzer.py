@@ -708,6 +708,32 @@ def test_config_validation():
     assert cfg.risk_free_rate == 0.04 and cfg.benchmark == "NASDAQ"
 
 
+@pytest.mark.parametrize("table", ["analysis", "validation", "monte_carlo"])
+def test_a_risk_free_rate_out_of_range_is_refused_with_the_fraction_meant(table):
+    """risk_free_rate = 2 (meant as 2%) was taken as 200% a year, and 1000 gave a Sharpe
+    ratio of -30869.7: only > -1 was checked. An annual rate is a fraction in [-0.5, 0.5],
+    and one outside that reads as a percentage, as costs.commission_pct = 1.5 does."""
+    from tradingd.analysis.montecarlo import MonteCarloConfig
+    from tradingd.analysis.validation import ValidationConfig
+
+    cls = {
+        "analysis": PerformanceConfig,
+        "validation": ValidationConfig,
+        "monte_carlo": MonteCarloConfig,
+    }[table]
+    for bad, hint in ((2, "; for 2% write 0.02"), (-0.75, "; for -0.75% write -0.0075")):
+        with pytest.raises(ConfigError) as refused:
+            cls(risk_free_rate=bad)
+        assert str(refused.value) == (
+            f"{table}.risk_free_rate = {bad!r} is invalid: must be an annual rate as a "
+            f"fraction in [-0.5, 0.5] (0.02 = 2% a year){hint}"
+        )
+    with pytest.raises(ConfigError, match=r"= 1000 is invalid: .*2% a year\)$"):
+        cls(risk_free_rate=1000)  # no percentage that fits either
+    for fine in (-0.5, -0.01, 0.0, 0.05, 0.5):
+        assert cls(risk_free_rate=fine).risk_free_rate == fine
+
+
 # ----------------------------------------------------------------------------- undefined
 
 
