@@ -1312,6 +1312,14 @@ def _safe_name(key: str, value: str, *, allow_empty: bool) -> None:
             f"{key} = {value!r} is invalid: must be a non-empty name without path separators "
             "or control characters (it names output folders and files)"
         )
+    if "|" in value:
+        # A run's orders are told from others' by `startswith(f"{run_id}|")`: under run id
+        # "a|b", run "a" took them for its own (its /flatten, risk halts, reconciliation).
+        raise ConfigError(
+            f"{key} = {value!r} is invalid: must not contain '|', which separates the parts "
+            "of every order's client_order_id (run|bar|symbol|leg|attempt): another run's "
+            "orders would be taken for this run's, or this run's for another's"
+        )
 
 
 # The longest run id: its client_order_ids fit Alpaca's 128 characters with a 12-character

@@ -196,6 +196,8 @@ BAD_VALUES = [
     ("[log]\naudit_max_bytes = 10", "log.audit_max_bytes", "10", ">= 1024"),
     ('[run]\nname = "a/b"', "run.name", "'a/b'", "path separators"),
     ('[run]\nrun_id = "../x"', "run.run_id", "'../x'", "path separators"),
+    ('[run]\nrun_id = "a|b"', "run.run_id", "'a|b'", "must not contain '|'"),
+    ('[run]\nname = "a|b"', "run.name", "'a|b'", "client_order_id"),
     ('[run]\noutput_dir = ""', "run.output_dir", "''", "a folder"),
     (
         '[[signals]]\nname = "momentum"\nweight = 0.0',
@@ -658,6 +660,15 @@ def test_a_run_name_too_long_for_its_order_ids_and_files_is_refused_at_load(tmp_
         with pytest.raises(ConfigError, match=rf"run\.{key} is \d+ characters .*at most"):
             RunConfig(**{key: value})
     RunConfig(name="m" * (RUN_ID_MAX_CHARS - 20), run_id="r" * RUN_ID_MAX_CHARS)
+
+
+def test_a_run_id_with_the_order_id_separator_is_refused_from_the_environment_too():
+    """TRADINGD_RUN__RUN_ID='a|b' gave orders `a|b|20181002T000000|...`, which run "a"'s
+    ownership check (`startswith("a|")`) counted as its own."""
+    for key, value in (("RUN_ID", "a|b"), ("NAME", "x|")):
+        with pytest.raises(ConfigError, match=rf"run\.{key.lower()} = '{re.escape(value)}'.*'\|'"):
+            load_config([], env={f"TRADINGD_RUN__{key}": value})
+    assert load_config([], env={"TRADINGD_RUN__RUN_ID": "a-b_c.1"}).run.run_id == "a-b_c.1"
 
 
 @hypothesis.settings(max_examples=60, deadline=None)
