@@ -858,6 +858,7 @@ def _report(args: argparse.Namespace) -> int:
         folder = resolve_run(args.run, config.run.output_dir)
     except ValueError as exc:
         raise TradingdError(str(exc)) from None
+    _refuse_walkforward_folder(folder)
     _annualise_as_the_run(tables, folder, args.analysis_config)
     from .preflight import check_writable_dir
 
@@ -923,6 +924,22 @@ def _report(args: argparse.Namespace) -> int:
     if note:
         print(note)
     return 0
+
+
+def _refuse_walkforward_folder(folder: Path) -> None:
+    """A walk-forward's results folder has an equity.csv too (its stitched curve), so it
+    passed for a run record and failed on what a record has ("the run's initial_capital is
+    missing"), which sent the user looking for a broken run. Its folds ran in memory and
+    left no records: say so, and where its numbers are."""
+    if (folder / "walkforward.json").is_file():
+        raise TradingdError(
+            f"{folder} is a walk-forward results folder (it has walkforward.json), not a run "
+            "record: its folds ran in memory and left no run records to report. Its numbers "
+            "are in its files: walkforward.json (the stitched out-of-sample curve's metrics "
+            "under stitched.analysis, the stability and decay tables), folds.csv (each "
+            "fold's in-sample and test metrics), equity.csv and fold_equity.csv (the "
+            "curves); docs/WALKFORWARD.md, Reports"
+        )
 
 
 def _build_note(folder: Path) -> str:

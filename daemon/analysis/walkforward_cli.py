@@ -212,8 +212,10 @@ def format_summary(s: Mapping[str, Any]) -> str:
             f"{_pct(s['total_return'])}, annual {_pct(s['annual_return'])}, Sharpe "
             f"{_num(s['sharpe'])}, max drawdown {_pct(s['max_drawdown'])}",
             *_in_sample_line(s.get("model_in_sample")),
-            f"decay: out-of-sample Sharpe {_num(s['sharpe_trend_per_fold'], 4)} per fold "
-            f"(p = {_num(s['sharpe_trend_p'], 3)} over "
+            # A slope, said as one: "Sharpe 23.0976 per fold" beside a stitched Sharpe of
+            # -8.00 read as a second, contradicting Sharpe ratio.
+            f"decay: out-of-sample Sharpe changes by {_signed(s['sharpe_trend_per_fold'])} "
+            f"per fold (slope; p = {_num(s['sharpe_trend_p'], 3)} over "
             f"{s.get('sharpe_trend_independent_folds', '?')} folds with separate test "
             f"windows); Sharpe by bars since training: {horizon}",
             f"median walk-forward efficiency {_num(s['median_walk_forward_efficiency'])}",
@@ -238,6 +240,10 @@ def _pct(v: Any) -> str:
 
 def _num(v: Any, digits: int = 2) -> str:
     return "n/a" if v is None or v != v else f"{v:.{digits}f}"
+
+
+def _signed(v: Any) -> str:
+    return "n/a" if v is None or v != v else f"{v:+.2f}"
 
 
 def _read(path: Path) -> dict[str, Any]:

@@ -631,12 +631,48 @@ def test_the_command_runs_from_config_files(tmp_path, capsys):
         oos = summary["out_of_sample"]
         assert oos["first"] == "2012-01-03" and oos["bars"] == 21 + 42  # first step + last test
         assert (out / "walkforward.json").exists() and (out / "equity.csv").exists()
+        # The results folder is no run record (equity.csv notwithstanding): `tradingd report`
+        # failed on it with "the run's initial_capital is missing".
+        assert main(["report", str(out), "--no-validation"]) == 2
+        err = capsys.readouterr().err
+        assert f"tradingd: error: {out} is a walk-forward results folder" in err
+        assert "not a run record" in err and "folds.csv" in err
+        assert not (out / "report.html").exists()
         # A bad setting is the CLI's error line and exit code 2, not a traceback.
         assert main(["walkforward", *argv, "--step", "50", "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert "tradingd: error:" in err and "step (50) must not exceed" in err
     finally:
         structlog.configure(**saved)
+
+
+def test_the_summary_says_the_decay_is_a_slope_not_a_sharpe_ratio():
+    """ "decay: out-of-sample Sharpe 23.0976 per fold" beside a stitched Sharpe of -8.00
+    read as a second Sharpe ratio; it is the slope of the folds' Sharpe ratios."""
+    summary = {
+        "folds": 4,
+        "train": 252,
+        "test": 63,
+        "step": 21,
+        "retrained": True,
+        "out_of_sample": {"first": "2015-01-02", "last": "2015-07-01", "bars": 126},
+        "total_return": -0.1,
+        "annual_return": -0.2,
+        "sharpe": -8.0,
+        "max_drawdown": -0.15,
+        "sharpe_trend_per_fold": 23.0976,
+        "sharpe_trend_p": math.nan,
+        "sharpe_trend_independent_folds": 2,
+        "sharpe_by_horizon": {"1-21": -3.1},
+        "median_walk_forward_efficiency": math.nan,
+        "wall_s": 1.0,
+        "output_dir": "wf",
+    }
+    text = cli.format_summary(summary)
+    assert "Sharpe -8.00," in text
+    assert "decay: out-of-sample Sharpe changes by +23.10 per fold (slope; p = n/a over 2" in text
+    falling = cli.format_summary({**summary, "sharpe_trend_per_fold": -0.5})
+    assert "Sharpe changes by -0.50 per fold (slope" in falling
 
 
 def test_a_walk_forward_without_the_train_extra_says_it_can_run_without_retraining(
