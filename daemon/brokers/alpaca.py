@@ -119,6 +119,7 @@ from tenacity import (
 
 from ..alpaca_sdk import no_sdk_retries
 from ..core.errors import ConfigError, RetryableError
+from ..core.retry_after import parse_retry_after
 from ..core.types import (
     BrokerUpdate,
     CrossSection,
@@ -130,7 +131,6 @@ from ..core.types import (
     Side,
     parse_client_order_id,
 )
-from ..feeds.resilience import parse_retry_after
 from ..metrics import (
     ORDERS,
     RATE_LIMIT_WAIT,

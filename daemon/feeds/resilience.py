@@ -44,7 +44,6 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, fields, replace
 from datetime import UTC, datetime, timedelta
-from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
@@ -59,6 +58,7 @@ from tenacity import (
 )
 
 from ..core.errors import ConfigError, RetryableError, TradingdError
+from ..core.retry_after import parse_retry_after
 from ..metrics import SOURCE_CALLS, SOURCE_ERRORS, SOURCE_LATENCY, SOURCE_UP
 from ..ratelimit import window_limiter
 
@@ -219,27 +219,6 @@ def _short_body(body: str, secrets: Iterable[str] = (), limit: int = 300) -> str
     if len(text) > limit:
         text = text[:limit] + "..."
     return redact(text, secrets) or "(empty body)"
-
-
-def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
-    """The seconds a Retry-After header asks for, in either of HTTP's forms (delta-seconds
-    or a date, RFC 9110): the data feeds, the corporate actions and the broker read it here,
-    so they agree. None when absent, unreadable or negative seconds: the caller backs off as
-    it would without one. A date already past is 0: the server allows the retry now."""
-    value = (value or "").strip()
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:  # "-0000": UTC with no source zone (RFC 5322)
-            when = when.replace(tzinfo=UTC)
-        return max(0.0, (when - (now or datetime.now(UTC))).total_seconds())
-    return seconds if math.isfinite(seconds) and seconds >= 0 else None
 
 
 def classify(exc: BaseException, source: str, secrets: Iterable[str] = ()) -> SourceError | None:
