@@ -2157,7 +2157,12 @@ class AlpacaBroker:
                     limit=_ORDER_PAGE,
                 ),
             )
-            rows = [r for r in answer if isinstance(r, Mapping)] if isinstance(answer, list) else []
+            try:
+                # Read as no rows, such an answer made every followed order "missing": read
+                # again one by one, and nothing said of the answer itself.
+                rows = open_order_rows(answer, "orders answer")
+            except ValueError as e:
+                raise self._malformed("list_orders", "order poll", str(e)) from None
             for raw in rows:
                 self._apply(raw)
                 seen.add(str(raw.get("id") or ""))

@@ -719,16 +719,16 @@ class AccountSnapshot:
     taken_at: datetime | None = None
 
 
-def open_order_rows(answer: Any) -> list[Mapping[str, Any]]:
-    """GET /v2/orders' answer (the open orders) as its rows. An answer that is no list, or a
-    row that is no object, raises ValueError naming it: read as no orders (the row skipped),
-    the orders working at Alpaca were forgotten, neither adopted at the start nor in the
-    snapshot reconciliation reads."""
+def open_order_rows(answer: Any, what: str = "open orders answer") -> list[Mapping[str, Any]]:
+    """GET /v2/orders' answer (`what`: the open orders, or the poll's orders) as its rows. An
+    answer that is no list, or a row that is no object, raises ValueError naming it: read as
+    no orders (the row skipped), the orders working at Alpaca were forgotten, neither adopted
+    at the start nor in the snapshot reconciliation reads."""
     if not isinstance(answer, list):
-        raise ValueError(f"open orders answer is a {type(answer).__name__}, not a list")
+        raise ValueError(f"{what} is a {type(answer).__name__}, not a list")
     for i, row in enumerate(answer):
         if not isinstance(row, Mapping):
-            raise ValueError(f"open orders answer row {i} is a {type(row).__name__}, not an object")
+            raise ValueError(f"{what} row {i} is a {type(row).__name__}, not an object")
     return answer
 
 

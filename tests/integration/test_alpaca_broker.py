@@ -957,6 +957,39 @@ async def test_an_open_orders_answer_that_cannot_be_read_is_retryable_and_named(
         assert [o.client_order_id for o in broker.open_orders()] == [buy.client_order_id]
 
 
+@pytest.mark.parametrize(
+    ("answer", "named"),
+    [
+        ({"code": 50010000, "message": "internal error"}, "orders answer is a dict, not a list"),
+        (["AAPL"], "orders answer row 0 is a str, not an object"),
+    ],
+)
+async def test_an_order_poll_answer_that_cannot_be_read_is_retryable_and_named(
+    fake, monkeypatch, answer, named
+):
+    """The poll read such an answer as no rows: every followed order "missing", read again
+    one by one, and nothing said of the answer itself. It is a failed poll (the broker's
+    polling backs off and tries again), named and counted as a malformed answer."""
+    from alpaca.trading.client import TradingClient
+
+    def malformed() -> float:
+        return SOURCE_ERRORS.labels(source="alpaca_trading", kind="malformed")._value.get()
+
+    fake.set_price("AAPL", 100.0, match=False)
+    async with running(fake) as broker:
+        buy = order("AAPL", 5, OrderType.LIMIT, limit=90.0)
+        await broker.submit([buy])  # working at Alpaca: followed, so the poll lists orders
+        monkeypatch.setattr(TradingClient, "get_orders", lambda self, *a, **kw: answer)
+        before = malformed()
+        with pytest.raises(
+            RetryableError, match=r"\(malformed\): list_orders: unreadable answer: "
+        ):
+            await broker.poll()
+        assert malformed() == before + 1
+        assert named in broker.status()["last_error"]
+        assert [o.client_order_id for o in broker.open_orders()] == [buy.client_order_id]
+
+
 async def test_an_account_answer_that_cannot_be_read_is_named_and_asked_at_its_interval(
     fake, monkeypatch
 ):
