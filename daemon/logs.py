@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import MutableMapping
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, MutableMapping
 from datetime import date
 from typing import Any
 
@@ -48,6 +50,30 @@ def sparse(count: int) -> bool:
     100th, ..., so a thing that happens every bar is heard, with its count, without a line
     per bar."""
     return str(count).rstrip("0") == "1"
+
+
+class Once:
+    """The facts already said, for a warning about one fact that every answer repeats (a
+    vendor's event, carried by each answer whose window covers its date: every bar of a
+    session at 5-minute bars): said once per process, not once per answer. Bounded (the
+    oldest forgotten beyond `limit`, said again if it comes back) and thread-safe (answers
+    are parsed on worker threads)."""
+
+    def __init__(self, limit: int = 4096) -> None:
+        self._seen: OrderedDict[Hashable, None] = OrderedDict()
+        self._limit = limit
+        self._lock = threading.Lock()
+
+    def first(self, key: Hashable) -> bool:
+        """Whether `key` is new (then remembered): the caller says it only then."""
+        with self._lock:
+            if key in self._seen:
+                self._seen.move_to_end(key)
+                return False
+            self._seen[key] = None
+            if len(self._seen) > self._limit:
+                self._seen.popitem(last=False)
+            return True
 
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:

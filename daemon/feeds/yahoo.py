@@ -54,6 +54,7 @@ import pandas as pd
 import structlog
 
 from ..core.errors import ConfigError
+from ..logs import Once
 from .resilience import ResilientCaller, SourceConfig, SourceError, error_for_status, make_error
 from .response_cache import ResponseCache, cache_key, held_writes
 from .suspect import carry_action
@@ -150,13 +151,16 @@ def split_events(result: dict[str, Any]) -> list[tuple[date, float]]:
     return sorted(out)
 
 
-def dividend_events(result: dict[str, Any], symbol: str | None = None) -> list[tuple[date, float]]:
+def dividend_events(
+    result: dict[str, Any], symbol: str | None = None, said: Once | None = None
+) -> list[tuple[date, float]]:
     """(ex-date in the exchange's time zone, amount as Yahoo has it: adjusted for the splits
     after it) of a chart result, zero amounts included. A dividend without a date or a
     numeric, non-negative amount is left out with a warning naming it
     (`yahoo.dividend_refused`): refusing the whole answer, as for a split, cost the symbol
     every bar of every answer whose window covers the event (its warm-up included), and a
-    dividend cannot make the book hold the wrong number of shares as a lost split does."""
+    dividend cannot make the book hold the wrong number of shares as a lost split does.
+    `said`: the warnings already given (a client's: each once, not at every answer)."""
     tz = (result.get("meta") or {}).get("exchangeTimezoneName") or "America/New_York"
     out = []
     for where, ev in _raw_events(result, "dividends"):
@@ -166,6 +170,8 @@ def dividend_events(result: dict[str, Any], symbol: str | None = None) -> list[t
             if amount < 0:
                 raise ValueError(f"{where}.amount is negative: {ev.get('amount')!r:.40}")
         except ValueError as exc:
+            if said is not None and not said.first(("dividend_refused", symbol, str(exc))):
+                continue
             log.warning(
                 "yahoo.dividend_refused",
                 symbol=symbol,
@@ -185,11 +191,13 @@ def parse_chart(
     now: datetime,
     session: Session | None = None,
     later_splits: Sequence[tuple[date, float]] = (),
+    said: Once | None = None,
 ) -> pd.DataFrame:
     """One chart result (`chart.result[0]`) as raw bars with split/dividend columns, labelled
     as stored data (naive UTC), closed at `now` only; not yet validated. `later_splits` are
-    splits after the response's window (see the module docstring). Raises ValueError for a
-    body that does not have the chart's shape."""
+    splits after the response's window (see the module docstring). `said`: the client's
+    record of the event warnings given, each once. Raises ValueError for a body that does
+    not have the chart's shape."""
     interval = parse_interval(interval)
     session = session or Session()
     if not isinstance(result, dict):
@@ -243,7 +251,7 @@ def parse_chart(
     # Each date's action (split, raw dividend per post-split share), put on the bar of its
     # date, or carried to the next bar when Yahoo has none that day (see `_place_actions`).
     actions: dict[date, tuple[float, float]] = {d: (r, 0.0) for d, r in splits.items()}
-    for d, amount in dividend_events(result, symbol):
+    for d, amount in dividend_events(result, symbol, said):
         if amount == 0:
             log.debug("yahoo.zero_dividend", symbol=symbol, date=d.isoformat())
             continue
@@ -251,7 +259,7 @@ def parse_chart(
         s0, d0 = actions.get(d, (1.0, 0.0))
         actions[d] = (s0, d0 + amount * later)
     split_col, dividend = _place_actions(
-        actions, local_dates, ts, labels, symbol=symbol, said=set(own_splits)
+        actions, local_dates, ts, labels, symbol=symbol, said=set(own_splits), once=said
     )
     hint = meta.get("priceHint")
     decimals = int(hint) if isinstance(hint, int) and 0 <= hint <= 8 else 4
@@ -284,6 +292,7 @@ def _place_actions(
     *,
     symbol: str | None,
     said: set[date],
+    once: Once | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The `split` and `dividend` columns: each date's action on the first bar of its date.
     Yahoo sends a day without trade data as a null bar, which is not kept: an action dated
@@ -293,7 +302,9 @@ def _place_actions(
     un-adjusted the bars before it: a 2:1 a silent -50% in the book. An action after the
     last bar has no bar yet (`yahoo.event_pending`): Yahoo sends the events of the whole
     requested range, so the next answer whose window covers its date carries it; a split
-    after the window (`later_splits`, not in `said` nor a dividend) is not said."""
+    after the window (`later_splits`, not in `said` nor a dividend) is not said. `once`: the
+    warnings already given (a client's: each said once, not by every answer that carries
+    the event again)."""
     split_col = np.ones(len(ts))
     dividend = np.zeros(len(ts))
     placed: dict[int, tuple[float, float]] = {}
@@ -306,6 +317,8 @@ def _place_actions(
         if not len(after):
             for action, name, value in parts:
                 if action == "split" and d not in said:
+                    continue
+                if once is not None and not once.first(("pending", symbol, action, d)):
                     continue
                 log.warning(
                     "yahoo.event_pending",
@@ -323,6 +336,8 @@ def _place_actions(
         placed[i] = carry_action(placed.get(i, (1.0, 0.0)), ratio, amount)
         if local_dates[i] != d:
             for action, name, value in parts:
+                if once is not None and not once.first(("carried", symbol, action, d, int(ts[i]))):
+                    continue
                 log.warning(
                     "yahoo.event_carried",
                     symbol=symbol,
@@ -383,6 +398,8 @@ class YahooClient:
         self.base_url = base_url.rstrip("/")
         self.caller = caller or ResilientCaller(SOURCE, config or SourceConfig.for_source(SOURCE))
         self._own_cache = cache is None
+        # The event warnings given (`parse_chart`): each once, not at every answer.
+        self._said = Once()
         self.cache = cache or ResponseCache()
         self._http = http
         self._own_http = http is None
@@ -553,6 +570,7 @@ class YahooClient:
                     now=min(now, fetched_at),
                     session=self.session,
                     later_splits=later,
+                    said=self._said,
                 )
             )
         except (ValueError, TypeError, KeyError) as exc:

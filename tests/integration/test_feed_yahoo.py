@@ -494,6 +494,34 @@ async def test_split_and_dividend_on_a_null_bar_go_to_the_next_bar(fake, make_cl
     assert {e["log_level"] for e in logs if e["event"] == "yahoo.event_carried"} == {"warning"}
 
 
+async def test_an_event_warning_is_said_once_not_at_every_answer_that_carries_it(fake, make_client):
+    """Each answer whose window covers a carried split, a refused dividend or a pending
+    event repeated its warning: at 5-minute bars, every bar of the session. A client says
+    each once; the bars still carry the event every time."""
+    wed, thu = WEEK[2], WEEK[3]
+    body = chart_body(
+        "SPL",
+        dict(zip(WEEK, [50.0, 50.5, None, 51.0, 51.5], strict=True)),
+        splits=split_on(wed, 2),
+        dividends=dividend_on(wed, 0.25) | _without(dividend_on(WEEK[1], 0.5), "amount"),
+    )
+    client = await make_client()
+    frames = []
+    with capture_logs() as logs:
+        for _ in range(3):
+            fake.faults.respond_next(body)
+            res = await client.fetch(["SPL"], "1d", utc(2024, 2, 26), utc(2024, 3, 1))
+            frames.append(one(res, "SPL"))
+    assert sorted(carried(logs)) == [
+        ("SPL", "dividend", "2024-02-28", thu.isoformat()),
+        ("SPL", "split", "2024-02-28", thu.isoformat()),
+    ]
+    assert len([e for e in logs if e["event"] == "yahoo.dividend_refused"]) == 1
+    for df in frames:
+        assert list(df["split"]) == [1.0, 1.0, 2.0, 1.0]
+        assert list(df["dividend"]) == pytest.approx([0.0, 0.0, 0.25, 0.0])
+
+
 async def test_dividend_on_a_null_bar_before_a_split_is_restated_per_post_split_share(
     fake, make_client
 ):
