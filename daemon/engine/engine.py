@@ -1037,6 +1037,7 @@ class Engine:
     def _withdraw_entries(
         self,
         targets: np.ndarray,
+        sized: np.ndarray,
         ctx: BarContext,
         working: Sequence[Order],
         unreconciled: Set[str],
@@ -1046,7 +1047,7 @@ class Engine:
         before anything of them filled (`working_entries.withdrawn_entries`), cancelled
         with the plan; logged, naming them."""
         gone = withdrawn_entries(
-            targets, ctx, working, self._symbol_index, self._placed_by_us, unreconciled
+            targets, sized, ctx, working, self._symbol_index, self._placed_by_us, unreconciled
         )
         if not gone:
             return []
@@ -1056,7 +1057,8 @@ class Engine:
             time=t,
             symbols=sorted({o.symbol for o in gone}),
             cancel_entries=ids,
-            reason="nothing filled and the target after the risk chain is 0 or the other side",
+            reason="nothing filled, and the target after the risk chain is 0, on the other "
+            "side, or cut below what the entry buys",
         )
         return ids
 
@@ -2527,12 +2529,15 @@ class Engine:
         # reads the same list from a simulated broker (nothing changes it before the plan).
         working = self._plannable_orders()
         hold = None
+        risk_ctx = ctx
         if working:
-            targets, hold = with_working_entries(
+            targets, book = with_working_entries(
                 targets, ctx, working, self._symbol_index, self._placed_by_us
             )
+            if book is not None:
+                risk_ctx, hold = book, book.portfolio.weights
         sized = targets  # before the risk chain: where a hard cut starts from
-        targets, verdicts = self._risk(targets, ctx)
+        targets, verdicts = self._risk(targets, risk_ctx)
         if verdicts:
             self._verdicts += len(verdicts)
             if m:
@@ -2570,7 +2575,9 @@ class Engine:
             simulated = getattr(self.broker, "state", None) is not None
             open_orders = working if simulated else self._plannable_orders()
             if working:
-                adding = self._withdraw_entries(targets, ctx, working, unreconciled, bar.time)
+                adding = self._withdraw_entries(
+                    targets, sized, ctx, working, unreconciled, bar.time
+                )
                 if adding:
                     withdrawn = set(adding)
                     # Their held bracket legs go with them (the broker cancels them).
@@ -2658,7 +2665,8 @@ class Engine:
             targets,
             self._signal_source(),
             ordered=[o.symbol for o in plan.orders] if plan.orders else (),
-            weights=ctx.portfolio.weights,
+            # A working entry's weight counted (`working_entries`): holding it is no decision.
+            weights=ctx.portfolio.weights if hold is None else hold,
         )
         if self.publisher is not None:
             self.publisher.publish(

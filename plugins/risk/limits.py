@@ -68,12 +68,7 @@ class MaxOpenPositionsConfig:
 
 class MaxOpenPositions:
     """Allows at most N nonzero targets; held positions keep priority over new entries, then
-    larger targets win. Rejected entries become 0 with a verdict.
-
-    A symbol without a bar counts as held: no order can be placed in it this bar, so its
-    nonzero target is a position or an entry already working (the engine counts a working
-    entry at the weight it will have: `working_entries`). Ranked as a new entry, such an
-    entry lost its slot to a larger one and was cancelled, to be bought again a bar later."""
+    larger targets win. Rejected entries become 0 with a verdict."""
 
     kind: ClassVar[str] = "risk"
     Config = MaxOpenPositionsConfig
@@ -91,7 +86,7 @@ class MaxOpenPositions:
         nz = np.flatnonzero(targets)
         if nz.size <= n:
             return RiskDecision(targets)
-        held = (ctx.portfolio.quantity[nz] != 0) | ~np.asarray(ctx.tradable)[nz]
+        held = ctx.portfolio.quantity[nz] != 0
         order = np.lexsort((-np.abs(targets[nz]), ~held))  # held first, then by size
         drop = nz[order[n:]]
         out = targets.copy()

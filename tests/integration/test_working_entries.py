@@ -46,22 +46,41 @@ class Scheduled:
         return np.where(ctx.tradable, self.table[ctx.index] / 4.0, np.nan)
 
 
+class TableSizing:
+    """Targets from a table set by the test (bar index x symbol); a symbol without a bar
+    at its current weight, as every sizing plugin holds it."""
+
+    kind: ClassVar[str] = "sizing"
+    Config = _ScheduleConfig
+    table: ClassVar[np.ndarray] = np.zeros((0, 0))
+
+    def __init__(self, config, symbols):
+        self.name = "table_sizing"
+
+    def required_features(self):
+        return ()
+
+    def size(self, score, ctx):
+        return np.where(ctx.tradable, self.table[ctx.index], ctx.portfolio.weights)
+
+
 @pytest.fixture
 def scheduled(monkeypatch):
     from tradingd.engine import plugins as registry
 
     eps = dict(registry.available())
     eps["scheduled"] = _StubEntryPoint("scheduled", Scheduled)
+    eps["table_sizing"] = _StubEntryPoint("table_sizing", TableSizing)
     monkeypatch.setattr(registry, "available", lambda: eps)
     return Scheduled
 
 
-def _panel(missing: np.ndarray) -> Panel:
+def _panel(missing: np.ndarray, drift: float = 0.001) -> Panel:
     """Flat-ish prices (a small drift per symbol), volume far above any order (the volume
     cap never binds), and no bar where `missing` is True."""
     n_bars, n = missing.shape
     times = pd.bdate_range("2021-01-04", periods=n_bars).to_numpy(dtype="datetime64[ns]")
-    close = 100.0 * np.exp(np.arange(n_bars)[:, None] * 0.001 * (1 + np.arange(n)))
+    close = 100.0 * np.exp(np.arange(n_bars)[:, None] * drift * (1 + np.arange(n)))
     close[missing] = np.nan
     volume = np.where(missing, np.nan, 1e9)
     return Panel(
@@ -168,6 +187,131 @@ async def test_an_entry_the_strategy_drops_before_it_fills_is_cancelled(
     assert list(out.fills) == []
     entries = [o for o in out.orders if o["symbol"] == "A"]
     assert [o["status"] for o in entries] == ["cancelled"]
+
+
+def _sector_config(engine_config, cap: float):
+    """Targets from `TableSizing`; every symbol in one sector (none is listed: "pool") whose
+    gross is capped at `cap`, new entries cut before held positions."""
+    return dataclasses.replace(
+        engine_config,
+        signals=(PluginSpec("scheduled"),),
+        sizing=PluginSpec("table_sizing"),
+        risk=(
+            PluginSpec(
+                "sector_exposure",
+                params={"sectors_csv": "", "max_sector_pct": cap, "unknown": "pool"},
+            ),
+        ),
+        broker=dataclasses.replace(engine_config.broker, max_volume_participation=0.0),
+    )
+
+
+def _book_at(out, t) -> pd.Series:
+    """Shares held per symbol at the end of bar time `t`, from the fills."""
+    f = pd.DataFrame(list(out.fills))
+    f["time"] = pd.to_datetime(f["time"], utc=True)
+    f = f[f["time"] <= pd.Timestamp(t, tz="UTC")]
+    return (np.where(f["side"] == "buy", 1.0, -1.0) * f["quantity"]).groupby(f["symbol"]).sum()
+
+
+@pytest.mark.parametrize(("a_weight", "cap"), [(0.10, 0.35), (0.20, 0.30)])
+async def test_a_waiting_entry_is_held_by_every_limit_and_the_new_one_is_cut(
+    engine_config, scheduled, tmp_path, a_weight, cap
+):
+    """A's entry (placed at bar 2) waits through A's missing bar 3, where B asks for 30% in
+    a sector capped at `cap`. Before: the sector limit saw A as nothing (its target 0) and
+    let B have 30%; both filled (40%, 50% of the book). It keeps A as held and cuts B."""
+    n_bars = 8
+    scheduled.table = np.ones((n_bars, 3))
+    t = np.zeros((n_bars, 3))
+    t[2:, 0] = a_weight
+    t[3:, 1] = 0.30
+    TableSizing.table = t
+    missing = np.zeros((n_bars, 3), dtype=bool)
+    missing[3, 0] = True
+    panel = _panel(missing, drift=0.0)
+    out = await run_backtest(
+        _sector_config(engine_config, cap), panel=panel, output_dir=tmp_path / "out"
+    )
+    price = float(panel.close[4, 0])
+    book = _book_at(out, panel.times[4])
+    # A as its entry bought it (kept), B what the cap leaves; never over the cap.
+    assert book["A"] == pytest.approx(round(a_weight * 100_000 / 100.0), abs=1)
+    assert (book * price).sum() / 100_000 <= cap + 1e-3
+    assert book["B"] * price / 100_000 == pytest.approx(cap - a_weight, abs=0.01)
+    assert [o["status"] for o in out.orders if o["symbol"] == "A"] == ["filled"]
+
+
+async def test_an_entry_the_chain_cuts_is_withdrawn_not_filled_in_full(
+    engine_config, scheduled, tmp_path
+):
+    """A's 20% entry waits through A's missing bar 3; at 3 the sector cap falls to 10% (A
+    is the only name): the chain cuts A to 10%. Before: the whole 20% filled at 4 and half
+    was sold back at 5. The entry is cancelled; at 4 (A has a bar) A is bought at 10%."""
+    n_bars = 8
+    scheduled.table = np.ones((n_bars, 2))
+    t = np.zeros((n_bars, 2))
+    t[2:, 0] = 0.20
+    TableSizing.table = t
+    missing = np.zeros((n_bars, 2), dtype=bool)
+    missing[3, 0] = True
+    panel = _panel(missing, drift=0.0)
+
+    from tradingd_plugins.risk import sector as sector_mod
+
+    cap = {"value": 0.30}
+    check = sector_mod.SectorExposure.check
+
+    def tightening(self, targets, ctx):  # type: ignore[no-untyped-def]
+        if ctx.index >= 3:
+            cap["value"] = 0.10
+        self.config = dataclasses.replace(self.config, max_sector_pct=cap["value"])
+        return check(self, targets, ctx)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sector_mod.SectorExposure, "check", tightening)
+        out = await run_backtest(
+            _sector_config(engine_config, 0.30), panel=panel, output_dir=tmp_path / "out"
+        )
+    a = [o for o in out.orders if o["symbol"] == "A"]
+    assert [o["status"] for o in a] == ["cancelled", "filled"]
+    fills = [f for f in out.fills if f["symbol"] == "A"]
+    assert [(f["side"], f["quantity"]) for f in fills] == [("buy", 100.0)]
+
+
+async def test_holding_a_waiting_entry_writes_no_decision_row_each_bar(
+    engine_config, scheduled, tmp_path
+):
+    """A's entry waits through six missing bars while B, held, moves the equity: its target
+    (the weight it will have) drifted every bar, and each bar wrote a decision row for A as
+    if the strategy had decided something. Holding is no decision (BufferedStore)."""
+    import sqlite3
+
+    n_bars = 14
+    table = np.array([[-1.0, 2.0]] * n_bars)
+    table[3:, 0] = 3.0
+    missing = np.zeros((n_bars, 2), dtype=bool)
+    missing[4:10, 0] = True
+    scheduled.table = table
+    panel = _panel(missing, drift=0.01)
+    config = dataclasses.replace(
+        engine_config,
+        signals=(PluginSpec("scheduled"),),
+        sizing=PluginSpec("equal_weight", params={"max_positions": 2, "gross_exposure": 0.6}),
+        risk=(PluginSpec("max_position", params={"max_position_pct": 0.95}),),
+        broker=dataclasses.replace(
+            engine_config.broker, max_volume_participation=0.0, order_ttl_bars=0
+        ),
+    )
+    await run_backtest(config, panel=panel, output_dir=tmp_path / "out")
+    url = engine_config.storage.url.removeprefix("sqlite:///")
+    with sqlite3.connect(url) as db:
+        times = [
+            pd.Timestamp(r[0])
+            for r in db.execute("select time from signals where symbol = 'A' order by time")
+        ]
+    waiting = {pd.Timestamp(panel.times[i], tz="UTC") for i in range(4, 10)}
+    assert times and not waiting & set(times)
 
 
 @st.composite
