@@ -2575,17 +2575,11 @@ class Engine:
             simulated = getattr(self.broker, "state", None) is not None
             open_orders = working if simulated else self._plannable_orders()
             if working:
+                # Cancelled with the plan; the planner still sees them this bar (their
+                # symbols wait: a live cancel may come back unconfirmed, the entry filling).
                 adding = self._withdraw_entries(
                     targets, sized, ctx, working, unreconciled, bar.time
                 )
-                if adding:
-                    withdrawn = set(adding)
-                    # Their held bracket legs go with them (the broker cancels them).
-                    open_orders = [
-                        o
-                        for o in open_orders
-                        if o.client_order_id not in withdrawn and o.parent_id not in withdrawn
-                    ]
         plan = (
             _NO_PLAN
             if paused

@@ -10,10 +10,12 @@ it will have once it fills (`with_working_entries`): every limit keeps it before
 entry, as it keeps a position. And an entry the chain then cuts (below what it will buy by
 more than `planner.HARD_CUT_TOLERANCE`), or that the strategy no longer wants, is cancelled
 before anything of it fills (`withdrawn_entries`) instead of being left to fill in full and
-be sold back a bar later; in a symbol with a bar the planner then places what the target
-asks for.
+be sold back a bar later. The symbol stays busy for the planner on that bar: a live
+cancel may come back unconfirmed (the entry may still fill), so what the target asks for
+is placed at the next bar, from the broker's state then.
 
-An entry with shares filled is left alone (its bracket legs protect what it bought; the
+A sale of a held position is not counted as done (the position stays in the book until
+it fills). An entry with shares filled is left alone (its bracket legs protect what it bought; the
 next bar's plan trades the position like any other), as is one in a symbol whose book is
 being reconciled or that splits at the next session (no trade there: `Engine._hold_unreconciled`).
 Another run's entry on a shared live account is not this run's to count or cancel (`own`).
@@ -53,12 +55,18 @@ def with_working_entries(
     if not (equity > 0 and math.isfinite(equity)):
         return targets, None
     tradable, mark = ctx.tradable, ctx.mark
+    held = pf.quantity
     pending: dict[int, float] = {}
     for o in working:
         if o.leg is not Leg.ENTRY:
             continue
         i = index.get(o.symbol)
         if i is None or tradable[i] or not own(o.client_order_id):
+            continue
+        if o.side.sign * float(held[i]) < 0:
+            # A sale of a long (a cover of a short): the position stays held until it fills.
+            # Counted as done, it gave the position's room away, and a closing sale that
+            # expired before the symbol's next bar left the book one position over.
             continue
         price = float(mark[i])
         rest = o.remaining
@@ -90,13 +98,17 @@ def withdrawn_entries(
     frozen: Set[str] = frozenset(),
 ) -> list[Order]:
     """This run's working entries to cancel with the plan: nothing of them filled, in a
-    symbol held flat, whose target after the risk chain (`targets`) is 0, on the entry's
-    other side, or cut by the chain (below `sized`, its input) to less than the entry buys
-    by more than `HARD_CUT_TOLERANCE` of it. `frozen`: symbols whose book is being
+    symbol held flat, whose target after the risk chain (`targets`) is 0 or on the entry's
+    other side, or, in a symbol without a bar, cut by the chain (below `sized`, its input)
+    to less than the entry buys by more than `HARD_CUT_TOLERANCE` of it. Not the last in a
+    symbol with a bar: there the entry's weight at the current price drifts from the
+    sizing's target as the price moves, and an entry waiting on bars without volume was
+    cancelled and placed again every few bars. `frozen`: symbols whose book is being
     reconciled or that split at the next session."""
     out: list[Order] = []
     held = ctx.portfolio.quantity
     equity = ctx.portfolio.equity
+    tradable = ctx.tradable
     for o in working:
         if o.leg is not Leg.ENTRY or o.filled_quantity > _EPS or o.symbol in frozen:
             continue
@@ -106,6 +118,8 @@ def withdrawn_entries(
         t = float(targets[i])
         if t * o.side.sign <= 0:
             out.append(o)
+            continue
+        if tradable[i]:
             continue
         buys = o.remaining * float(ctx.mark[i]) / equity if equity > 0 else math.nan
         if abs(t) < abs(float(sized[i])) and abs(t) < buys * (1.0 - HARD_CUT_TOLERANCE):

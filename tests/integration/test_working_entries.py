@@ -314,6 +314,98 @@ async def test_holding_a_waiting_entry_writes_no_decision_row_each_bar(
     assert times and not waiting & set(times)
 
 
+def _table_config(engine_config, risk, **broker):
+    return dataclasses.replace(
+        engine_config,
+        signals=(PluginSpec("scheduled"),),
+        sizing=PluginSpec("table_sizing"),
+        risk=risk,
+        broker=dataclasses.replace(engine_config.broker, **broker),
+    )
+
+
+@pytest.mark.parametrize("ttl", [0, 3])
+async def test_a_sale_waiting_for_its_symbols_bar_keeps_the_position_in_the_book(
+    engine_config, scheduled, tmp_path, ttl
+):
+    """A and B held, two positions at most; at bar 4 A's sale is placed and A has no bar
+    from 5 to 11; C wants in from 6. The chain must see A as held until its sale fills:
+    counted as done, it let C in, and with a 3-bar time in force the sale expired before
+    A's next bar (three positions for six bars)."""
+    n_bars = 16
+    scheduled.table = np.ones((n_bars, 3))
+    t = np.zeros((n_bars, 3))
+    t[1:, 0] = t[1:, 1] = 0.2
+    t[4:, 0] = 0.0
+    t[6:, 2] = 0.2
+    TableSizing.table = t
+    missing = np.zeros((n_bars, 3), dtype=bool)
+    missing[5:12, 0] = True
+    panel = _panel(missing, drift=0.002)
+    risk = (PluginSpec("max_open_positions", params={"max_open_positions": 2}),)
+    config = _table_config(engine_config, risk, max_volume_participation=0.0, order_ttl_bars=ttl)
+    out = await run_backtest(config, panel=panel, output_dir=tmp_path / "out")
+    assert max(_held_counts(out, panel.times)) == 2
+    # C enters once A's sale has filled (at A's first bar back, or its sale placed then).
+    c_buy = next(f for f in out.fills if f["symbol"] == "C")
+    assert pd.Timestamp(c_buy["time"]) > pd.Timestamp(panel.times[12], tz="UTC")
+
+
+async def test_a_withdrawn_entrys_symbol_waits_a_bar_before_its_next_order(
+    engine_config, scheduled, tmp_path
+):
+    """A's buy (bar 2) cannot fill at 3 (no volume); at 3 the strategy wants A short. The
+    buy is cancelled, and the short sale is placed at the next bar, not with the cancel: a
+    live cancel may come back unconfirmed (the buy still filling), and the sale sent with
+    it would have been a second order in the symbol (Alpaca refuses it as a wash trade)."""
+    n_bars = 8
+    scheduled.table = np.ones((n_bars, 2))
+    t = np.zeros((n_bars, 2))
+    t[2, 0] = 0.2
+    t[3:, 0] = -0.1
+    TableSizing.table = t
+    panel = _panel(np.zeros((n_bars, 2), dtype=bool), drift=0.0)
+    panel.volume[3, 0] = 0.0
+    config = _table_config(
+        engine_config,
+        (PluginSpec("max_position", params={"max_position_pct": 0.5}),),
+        allow_short=True,
+    )
+    out = await run_backtest(config, panel=panel, output_dir=tmp_path / "out")
+    a = sorted((o for o in out.orders if o["symbol"] == "A"), key=lambda o: o["created_at"])
+    assert [(o["side"], o["status"]) for o in a] == [("buy", "cancelled"), ("sell", "filled")]
+    assert a[1]["created_at"] == pd.Timestamp(panel.times[4], tz="UTC")
+
+
+async def test_an_entry_waiting_on_bars_without_volume_is_not_replaced_as_its_price_moves(
+    engine_config, scheduled, tmp_path
+):
+    """A's 10% entry (the sizing wants 30%, max_position caps it) waits through bars with
+    no volume while A rises 12% a bar: its weight at the current price drifted above the
+    cap's 90%, and it was cancelled and placed again nearly every bar. It waits, and fills."""
+    n_bars = 18
+    scheduled.table = np.ones((n_bars, 2))
+    t = np.zeros((n_bars, 2))
+    t[1:, 0] = 0.3
+    t[1:, 1] = 0.05
+    TableSizing.table = t
+    panel = _panel(np.zeros((n_bars, 2), dtype=bool), drift=0.0)
+    rising = 100.0 * 1.12 ** np.arange(n_bars)
+    for field in (panel.open, panel.close):
+        field[:, 0] = rising
+    panel.high[:, 0], panel.low[:, 0] = rising * 1.001, rising * 0.999
+    panel.volume[2:15, 0] = 0.0
+    config = _table_config(
+        engine_config,
+        (PluginSpec("max_position", params={"max_position_pct": 0.1}),),
+        order_ttl_bars=0,
+    )
+    out = await run_backtest(config, panel=panel, output_dir=tmp_path / "out")
+    a = [o for o in out.orders if o["symbol"] == "A"]
+    assert [o["status"] for o in a].count("cancelled") == 0
+    assert a[0]["status"] == "filled"
+
+
 @st.composite
 def _universes(draw):
     n_bars = draw(st.integers(8, 16))
