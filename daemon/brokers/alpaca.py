@@ -2402,7 +2402,12 @@ class AlpacaBroker:
         self, raw: Mapping[str, Any], leg_ids: Mapping[Leg, str] | None = None
     ) -> str | None:
         """Follow an order found at Alpaca, with its legs, as it stands (no fills are
-        reported for what it executed before). Returns the client id it is followed by."""
+        reported for what it executed before). Returns the client id it is followed by.
+
+        A part closed with a `filled_qty` that cannot be read stays working, as
+        `order_from_alpaca` returned it, and is polled as `_apply` does: a leg's state mapped
+        again from Alpaca's text closed a stop that fired while the daemon was down as
+        filled with nothing filled, followed no longer and its executions never booked."""
         group = str(raw.get("order_class") or "")
         group = group if group in ("bracket", "oto", "oco") else ""
         base: _Tracked | None = None
@@ -2411,6 +2416,12 @@ class AlpacaBroker:
             if known is not None:
                 base = known if part is raw else base
                 continue
+            status_text = str(part.get("status") or "")
+            filled = parse_float(part.get("filled_qty"))
+            uncounted = (
+                not (math.isfinite(filled) and filled >= 0)
+                and map_status(status_text) in MAY_HAVE_FILLED
+            )
             self._forget_alpaca_id(str(part.get("id") or ""))
             t = _Tracked(order=order, group=group, adopted=True)
             t.replaces = str(part.get("replaces") or "") or None
@@ -2421,9 +2432,10 @@ class AlpacaBroker:
             elif base is not None:
                 t.parent = base.order.client_order_id
                 base.children.append(order.client_order_id)
-                order.status = self._status_for(
-                    t, str(part.get("status") or ""), order.filled_quantity
-                )
+                if not uncounted:
+                    order.status = self._status_for(t, status_text, order.filled_quantity)
+            if uncounted:
+                self._verify.add(order.client_order_id)
             t.told = order.status
             if order.status.is_open:
                 self._open[order.client_order_id] = t

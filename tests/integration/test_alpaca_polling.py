@@ -209,6 +209,74 @@ async def test_a_resumed_order_filled_with_an_unreadable_quantity_is_booked_once
         assert after.open_orders() == []
 
 
+async def test_a_resumed_bracket_leg_filled_with_an_unreadable_quantity_is_booked_once_readable(
+    fake, monkeypatch
+):
+    """The stop-loss of a filled bracket fired while the daemon was down, and Alpaca's answer
+    at the restart had no readable `filled_qty` for it. Adopted with its bracket, the leg's
+    state was mapped again from Alpaca's `filled`, undoing what the warning said: closed as
+    filled with nothing filled, followed no longer, the 10 shares sold never booked. It stays
+    working, as a stand-alone order does, until the quantity can be read; then booked once."""
+    fake.set_price("AAPL", 100.0, match=False)
+    entry, tp, sl = bracket_orders(RUN, T0, "AAPL", 10, 110.0, 95.0)
+    async with resume_running(fake) as before:
+        await before.submit([entry, tp, sl])
+        fake.fill(entry.client_order_id, price=100.0)
+        booked = Booked(before)
+        await booked.until(
+            lambda b: (o := b.last(sl.client_order_id)) is not None and o.status is OrderStatus.NEW
+        )
+        known = checkpoint(before)
+    assert {o.client_order_id for o in known} == {tp.client_order_id, sl.client_order_id}
+
+    fake.set_price("AAPL", 94.0)  # the stop-loss fires, Alpaca closes the take-profit
+    legs = {fake.orders[i].type: fake.orders[i] for i in fake.order(entry.client_order_id).leg_ids}
+    assert (legs["limit"].status, legs["stop"].status) == ("replaced", "filled")
+    target = legs["stop"].id
+    garbled = [True]
+    readable = fake._json
+
+    def answer(o, nested):  # type: ignore[no-untyped-def]
+        body = readable(o, nested)
+        if o.id == target and garbled[0]:
+            body["filled_qty"] = None
+        return body
+
+    monkeypatch.setattr(fake, "_json", answer)
+
+    def asked_since(n: int) -> int:
+        return sum(1 for r in fake.requests[n:] if r.method == "GET" and "orders" in r.path)
+
+    async with resume_running(fake) as after:
+        with capture_logs() as logs:
+            await after.resume(known, [])
+        n = len(fake.requests)
+        booked = Booked(after)
+        await booked.bar()
+        assert booked.fills == []
+        assert booked.last(sl.client_order_id).status.is_open
+        assert booked.last(tp.client_order_id).status is OrderStatus.CANCELLED
+        assert [(o.client_order_id, o.filled_quantity) for o in after.open_orders()] == [
+            (sl.client_order_id, 0)
+        ]
+        # Asked again by the broker's own polling, the stream being up: not left to the
+        # periodic check, minutes later.
+        await eventually(lambda: asked_since(n) >= 2)
+        await booked.bar()
+        assert booked.fills == [] and booked.last(sl.client_order_id).status.is_open
+        [line] = [e for e in logs if e["event"] == "alpaca.order.filled_qty_unreadable"]
+        assert (line["client_order_id"], line["status"]) == (sl.client_order_id, "filled")
+
+        garbled[0] = False
+        await booked.until(lambda b: b.filled(sl.client_order_id) > 0)
+        await booked.settle()
+        assert [(f.fill_id, f.quantity, f.price, f.side) for f in booked.fills] == [
+            (f"{sl.client_order_id}#10", 10, 94.0, Side.SELL)
+        ]
+        assert booked.last(sl.client_order_id).status is OrderStatus.FILLED
+        assert after.open_orders() == []
+
+
 # ----------------------------------------------------------------------------- open-orders check
 
 
