@@ -41,9 +41,9 @@ has its own rate limit (aiolimiter, `rate_per_minute`, counted per request, retr
 each POST an aiohttp timeout (`timeout_s`), and failed attempts are retried with exponential
 backoff and full jitter (tenacity; `max_attempts`, `backoff_s` doubling up to `backoff_max_s`)
 on timeouts, connection errors, HTTP 429 (its `Retry-After`, seconds or an HTTP date, is
-honoured, capped at `backoff_max_s`) and 5xx. Any other non-2xx answer (400 for a malformed
-body, 403/404 for a revoked webhook) is final and logged with its status. Redirects are not
-followed (a webhook must be configured with its final URL).
+honoured when longer than the backoff, capped at `backoff_max_s`) and 5xx. Any other non-2xx
+answer (400 for a malformed body, 403/404 for a revoked webhook) is final and logged with its
+status. Redirects are not followed (a webhook must be configured with its final URL).
 
 Webhook URLs are secrets: Slack and Discord put the token in the path. A URL never appears in
 a log line, an exception message, a `repr` or `status()`: targets are named by index, format
@@ -721,8 +721,9 @@ class _RetryableDelivery(DeliveryError):
 
 
 class _Wait:
-    """tenacity wait: the last error's Retry-After (capped) if it gave one, else exponential
-    backoff with full jitter."""
+    """tenacity wait: exponential backoff with full jitter, or the last error's Retry-After
+    when longer, capped. A floor, not a replacement: a date already past (the receiver's
+    clock behind ours) reads as 0 s, and the retries of an alert came at once."""
 
     def __init__(self, base_s: float, cap_s: float) -> None:
         self.cap = cap_s
@@ -731,9 +732,10 @@ class _Wait:
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
         hint = getattr(exc, "retry_after_s", None)
+        backoff = float(self._inner(state))
         if hint is not None:
-            return float(min(hint, self.cap))
-        return float(self._inner(state))
+            return float(min(max(hint, backoff), self.cap))
+        return backoff
 
 
 @dataclass

@@ -9,8 +9,8 @@ source's client:
   at most `max_attempts` attempts, only for errors that may pass (timeouts, connection errors,
   HTTP 429 and 5xx, malformed bodies, throttling soft errors). A 404, 400/422, an auth failure
   or a vendor's "Error Message" is final at once: asking again cannot help. A `Retry-After`
-  header (seconds or an HTTP date, `parse_retry_after`) is honoured, capped at
-  `backoff_max_s`. The sleep is injectable so tests never wait.
+  header (seconds or an HTTP date, `parse_retry_after`) is honoured when longer than the
+  backoff, capped at `backoff_max_s`. The sleep is injectable so tests never wait.
 - **circuit breaker** (closed -> open after `breaker_failure_threshold` consecutive failed
   attempts -> half-open after `breaker_reset_timeout_s` -> one probe closes it again or reopens
   it). Only failures that say the *source* is unwell count (the retryable kinds); a 404 for an
@@ -436,8 +436,10 @@ class DailyBudget:
 
 
 class _BackoffWait:
-    """tenacity wait: a Retry-After of the last error when it gave one (capped), else
-    exponential backoff with full jitter (or without jitter when disabled)."""
+    """tenacity wait: exponential backoff with full jitter (or without jitter when disabled),
+    or the last error's Retry-After when longer, capped. A floor, not a replacement: a date
+    already past (the server's clock behind ours) reads as 0 s, and the attempts of a call
+    came within milliseconds, into the throttle."""
 
     def __init__(self, config: SourceConfig) -> None:
         self.cap = config.backoff_max_s
@@ -453,9 +455,10 @@ class _BackoffWait:
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome is not None else None
         hint = getattr(exc, "retry_after_s", None)
+        backoff = float(self._inner(state))
         if hint is not None:
-            return float(min(hint, self.cap))
-        return float(self._inner(state))
+            return float(min(max(hint, backoff), self.cap))
+        return backoff
 
 
 class ResilientCaller:

@@ -11,12 +11,14 @@ import socket
 import time
 import tomllib
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import pytest
 from fakes.webhook_server import WebhookReceiver
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from structlog.testing import capture_logs
+from tenacity import wait_exponential
 
 from tradingd.alerts import (
     BROKER_DOWN,
@@ -368,6 +370,30 @@ async def test_retries_after_429_honouring_retry_after_capped(receiver):
         assert [r.status for r in receiver.received()] == [429, 429, 200]
         assert len(receiver.delivered()) == 1 and a.sent == 1
     assert sleeps.waits == [0.04, 0.05]
+
+
+@pytest.mark.parametrize("when", ["an hour ago", "0 s"])
+async def test_a_retry_after_already_past_waits_the_ordinary_backoff(receiver, monkeypatch, when):
+    """A Retry-After date already past (the receiver's clock behind ours) reads as 0 s: taken
+    as the wait, the retries of an alert came at once, into the throttle. The hint is a floor
+    under the backoff; a longer one is still waited (capped)."""
+    # Without the jitter, so that the backoff's waits can be told exactly.
+    monkeypatch.setattr("tradingd.alerts.wait_random_exponential", wait_exponential)
+    past = format_datetime(datetime.now(UTC) - timedelta(hours=1), usegmt=True)
+    receiver.throttle(3, retry_after=past if when == "an hour ago" else "0")
+    sleeps = Sleeps()
+    async with alerter(receiver.url + PATH, sleeps=sleeps) as a:
+        a.event(RECONCILIATION, "AAPL", "position differs")
+        assert await a.flush(5)
+        assert [r.status for r in receiver.received()] == [429, 429, 429, 200]
+    assert sleeps.waits == [0.01, 0.02, 0.04]
+
+    receiver.throttle(3, retry_after="0.03")
+    sleeps = Sleeps()
+    async with alerter(receiver.url + PATH, sleeps=sleeps) as a:
+        a.event(RECONCILIATION, "AAPL", "position differs")
+        assert await a.flush(5)
+    assert sleeps.waits == [0.03, 0.03, 0.04]
 
 
 async def test_a_timeout_is_retried_and_delivered_once(receiver):

@@ -142,6 +142,39 @@ async def test_a_retry_after_date_is_honoured_and_read_as_the_broker_reads_it():
     assert sleeps.waits == [30.0]  # the date's wait, capped
 
 
+@pytest.mark.parametrize("when", ["a second ago", "an hour ago", "0 s"])
+async def test_a_retry_after_already_past_waits_the_ordinary_backoff(when):
+    """A Retry-After date already past (the server's clock behind ours) reads as 0 s: taken
+    as the wait, the four attempts of a call came within milliseconds, into the throttle.
+    The hint is a floor under the backoff, not a replacement for it."""
+    now = datetime.now(UTC)
+    value = {
+        "a second ago": format_datetime(now - timedelta(seconds=1), usegmt=True),
+        "an hour ago": format_datetime(now - timedelta(hours=1), usegmt=True),
+        "0 s": "0",
+    }[when]
+    c, sleeps = caller(max_attempts=4, backoff_base_s=1.0, backoff_max_s=8.0, jitter=False)
+    fn = Script(*(error_for_status("test", 429, "slow down", retry_after=value) for _ in range(3)))
+    assert await c.call(fn) == "ok"
+    assert sleeps.waits == [1.0, 2.0, 4.0]
+
+
+async def test_a_retry_after_longer_than_the_backoff_is_waited_up_to_the_cap():
+    c, sleeps = caller(max_attempts=4, backoff_base_s=1.0, backoff_max_s=30.0, jitter=False)
+    fn = Script(*(error_for_status("test", 429, "slow down", retry_after="7") for _ in range(3)))
+    assert await c.call(fn) == "ok"
+    assert sleeps.waits == [7.0, 7.0, 7.0]
+
+    c, sleeps = caller(max_attempts=4, backoff_base_s=1.0, backoff_max_s=30.0, jitter=False)
+    fn = Script(*(error_for_status("test", 429, "slow down", retry_after="3") for _ in range(3)))
+    assert await c.call(fn) == "ok"
+    assert sleeps.waits == [3.0, 3.0, 4.0]  # the backoff, once it is the longer
+
+    c, sleeps = caller(max_attempts=2, backoff_base_s=1.0, backoff_max_s=5.0, jitter=False)
+    assert await c.call(Script(error_for_status("test", 429, "x", retry_after="7"))) == "ok"
+    assert sleeps.waits == [5.0]
+
+
 @pytest.mark.parametrize(
     ("status", "kind"), [(404, "not_found"), (400, "http_4xx"), (422, "http_4xx"), (401, "auth")]
 )
