@@ -81,9 +81,9 @@ class TrialCount:
 
 
 def _skipped(folder: Path, why: str) -> None:
-    """A folder that is no run record is no trial:
-    said, since a stray notes folder beside the runs turned the deflated Sharpe ratio's
-    verdict (one more trial) or stopped every report under the root (an error)."""
+    """A folder that is no run record is no trial: said, since a stray notes folder beside
+    the runs turned the deflated Sharpe ratio's verdict (one more trial) or stopped every
+    report under the root (an error)."""
     log.warning("trials.folder_skipped", folder=str(folder), reason=why, counted=False)
 
 

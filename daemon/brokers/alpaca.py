@@ -165,6 +165,7 @@ from .alpaca_mapping import (
     parse_time,
     plan_submission,
     positions_from_alpaca,
+    unreadable_filled,
     validate,
 )
 
@@ -1889,7 +1890,7 @@ class AlpacaBroker:
             # that cannot be read: no fill can be derived, and closed here it would be
             # followed no longer, as filled with nothing filled.
             # Negative too, as `order_from_alpaca` reads it at a start or a restart.
-            uncounted = not (math.isfinite(filled) and filled >= 0) and status in MAY_HAVE_FILLED
+            uncounted = unreadable_filled(filled) and status in MAY_HAVE_FILLED
             if uncounted:
                 self._without_quantity(order, raw, status_text)
             elif self._uncounted:
@@ -2418,10 +2419,7 @@ class AlpacaBroker:
                 continue
             status_text = str(part.get("status") or "")
             filled = parse_float(part.get("filled_qty"))
-            uncounted = (
-                not (math.isfinite(filled) and filled >= 0)
-                and map_status(status_text) in MAY_HAVE_FILLED
-            )
+            uncounted = unreadable_filled(filled) and map_status(status_text) in MAY_HAVE_FILLED
             self._forget_alpaca_id(str(part.get("id") or ""))
             t = _Tracked(order=order, group=group, adopted=True)
             t.replaces = str(part.get("replaces") or "") or None

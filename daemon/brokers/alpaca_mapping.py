@@ -79,6 +79,14 @@ _CANCELLED = frozenset({"canceled", "cancelled", "expired", "replaced"})
 # of them is kept working (`order_from_alpaca`, `AlpacaBroker._apply`). A rejected order never
 # executed.
 MAY_HAVE_FILLED = frozenset({OrderStatus.FILLED, OrderStatus.CANCELLED})
+
+
+def unreadable_filled(filled: float) -> bool:
+    """Whether a parsed `filled_qty` cannot be counted (missing, not a number, NaN or
+    negative): the one rule of `order_from_alpaca`, `AlpacaBroker._apply` and `_adopt`."""
+    return not (math.isfinite(filled) and filled >= 0)
+
+
 # Alpaca's 422 for a reused client_order_id (alpaca-py issue #260), also after a cancel.
 DUPLICATE_MESSAGE = "client_order_id must be unique"
 
@@ -594,7 +602,7 @@ def order_from_alpaca(
     what it finds then."""
     cid = client_order_id or str(raw.get("client_order_id") or raw.get("id") or "")
     filled = parse_float(raw.get("filled_qty"))
-    uncounted = not (math.isfinite(filled) and filled >= 0)
+    uncounted = unreadable_filled(filled)
     if uncounted:
         filled = 0.0
     qty = parse_float(raw.get("qty"))

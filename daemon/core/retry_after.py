@@ -10,9 +10,9 @@ from email.utils import parsedate_to_datetime
 
 def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
     """The seconds a Retry-After header asks for, in either of HTTP's forms (delta-seconds
-    or a date, RFC 9110). None when absent, unreadable or negative seconds: the caller backs off as
-    it would without one. A date already past is 0: the server allows the retry now, and
-    the callers wait their backoff all the same (a hint is a floor under it, never below)."""
+    or a date, RFC 9110). None when absent, unreadable or negative seconds: the caller
+    backs off as it would without one. A date already past is 0: the server allows the
+    retry now, and the callers wait their backoff all the same (a hint is a floor under it)."""
     value = (value or "").strip()
     if not value:
         return None

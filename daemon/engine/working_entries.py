@@ -14,11 +14,12 @@ be sold back a bar later. The symbol stays busy for the planner on that bar: a l
 cancel may come back unconfirmed (the entry may still fill), so what the target asks for
 is placed at the next bar, from the broker's state then.
 
-A sale of a held position is not counted as done (the position stays in the book until
-it fills). An entry with shares filled is left alone (its bracket legs protect what it bought; the
-next bar's plan trades the position like any other), as is one in a symbol whose book is
-being reconciled or that splits at the next session (no trade there: `Engine._hold_unreconciled`).
-Another run's entry on a shared live account is not this run's to count or cancel (`own`).
+A sale of a held position is not counted as done (the position stays in the book until it
+fills). An entry with shares filled is left alone (its bracket legs protect what it bought;
+the next bar's plan trades the position like any other), as is one in a symbol whose book is
+being reconciled or that splits at the next session (no trade there:
+`Engine._hold_unreconciled`). Another run's entry on a shared live account is not this
+run's to count or cancel (`own`).
 """
 
 from __future__ import annotations

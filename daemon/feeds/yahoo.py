@@ -152,7 +152,7 @@ def split_events(result: dict[str, Any]) -> list[tuple[date, float]]:
 
 
 def dividend_events(
-    result: dict[str, Any], symbol: str | None = None, said: Once | None = None
+    result: dict[str, Any], symbol: str | None = None, once: Once | None = None
 ) -> list[tuple[date, float]]:
     """(ex-date in the exchange's time zone, amount as Yahoo has it: adjusted for the splits
     after it) of a chart result, zero amounts included. A dividend without a date or a
@@ -160,7 +160,7 @@ def dividend_events(
     (`yahoo.dividend_refused`): refusing the whole answer, as for a split, cost the symbol
     every bar of every answer whose window covers the event (its warm-up included), and a
     dividend cannot make the book hold the wrong number of shares as a lost split does.
-    `said`: the warnings already given (a client's: each once, not at every answer)."""
+    `once`: the warnings already given (a client's: each once, not at every answer)."""
     tz = (result.get("meta") or {}).get("exchangeTimezoneName") or "America/New_York"
     out = []
     for where, ev in _raw_events(result, "dividends"):
@@ -170,7 +170,7 @@ def dividend_events(
             if amount < 0:
                 raise ValueError(f"{where}.amount is negative: {ev.get('amount')!r:.40}")
         except ValueError as exc:
-            if said is not None and not said.first(("dividend_refused", symbol, str(exc))):
+            if once is not None and not once.first(("dividend_refused", symbol, str(exc))):
                 continue
             log.warning(
                 "yahoo.dividend_refused",
@@ -191,11 +191,11 @@ def parse_chart(
     now: datetime,
     session: Session | None = None,
     later_splits: Sequence[tuple[date, float]] = (),
-    said: Once | None = None,
+    once: Once | None = None,
 ) -> pd.DataFrame:
     """One chart result (`chart.result[0]`) as raw bars with split/dividend columns, labelled
     as stored data (naive UTC), closed at `now` only; not yet validated. `later_splits` are
-    splits after the response's window (see the module docstring). `said`: the client's
+    splits after the response's window (see the module docstring). `once`: the client's
     record of the event warnings given, each once. Raises ValueError for a body that does
     not have the chart's shape."""
     interval = parse_interval(interval)
@@ -251,7 +251,7 @@ def parse_chart(
     # Each date's action (split, raw dividend per post-split share), put on the bar of its
     # date, or carried to the next bar when Yahoo has none that day (see `_place_actions`).
     actions: dict[date, tuple[float, float]] = {d: (r, 0.0) for d, r in splits.items()}
-    for d, amount in dividend_events(result, symbol, said):
+    for d, amount in dividend_events(result, symbol, once):
         if amount == 0:
             log.debug("yahoo.zero_dividend", symbol=symbol, date=d.isoformat())
             continue
@@ -259,7 +259,7 @@ def parse_chart(
         s0, d0 = actions.get(d, (1.0, 0.0))
         actions[d] = (s0, d0 + amount * later)
     split_col, dividend = _place_actions(
-        actions, local_dates, ts, labels, symbol=symbol, said=set(own_splits), once=said
+        actions, local_dates, ts, labels, symbol=symbol, said=set(own_splits), once=once
     )
     hint = meta.get("priceHint")
     decimals = int(hint) if isinstance(hint, int) and 0 <= hint <= 8 else 4
@@ -399,7 +399,7 @@ class YahooClient:
         self.caller = caller or ResilientCaller(SOURCE, config or SourceConfig.for_source(SOURCE))
         self._own_cache = cache is None
         # The event warnings given (`parse_chart`): each once, not at every answer.
-        self._said = Once()
+        self._once = Once()
         self.cache = cache or ResponseCache()
         self._http = http
         self._own_http = http is None
@@ -570,7 +570,7 @@ class YahooClient:
                     now=min(now, fetched_at),
                     session=self.session,
                     later_splits=later,
-                    said=self._said,
+                    once=self._once,
                 )
             )
         except (ValueError, TypeError, KeyError) as exc:
