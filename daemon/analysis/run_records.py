@@ -83,6 +83,18 @@ def _curve(equity: Any, times: Any) -> tuple[pd.DatetimeIndex, np.ndarray]:
     return pd.DatetimeIndex(pd.to_datetime(times)), e
 
 
+def _capital(value: Any) -> float | None:
+    """The initial capital as a float, or None when it is no positive finite number: float()
+    named no file for "abc", raised a TypeError for a list, and read true as 1."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str | np.number):
+        return None
+    try:
+        cap = float(value)
+    except ValueError:
+        return None
+    return cap if math.isfinite(cap) and cap > 0 else None
+
+
 def _record(
     equity: Any,
     times: Any,
@@ -98,9 +110,9 @@ def _record(
         raise ValueError(f"equity ({e.size}) and times ({len(idx)}) differ in length")
     if initial_capital is None:
         raise ValueError("the run's initial_capital is missing (the equity before the first bar)")
-    cap = float(initial_capital)
-    if not (math.isfinite(cap) and cap > 0):
-        raise ValueError(f"initial_capital must be positive, got {initial_capital!r}")
+    cap = _capital(initial_capital)
+    if cap is None:
+        raise ValueError(f"initial_capital must be a positive number, got {initial_capital!r}")
     if not np.all(np.isfinite(e)):
         raise ValueError("equity contains NaN or inf")
     if not (idx.is_monotonic_increasing and idx.is_unique):
@@ -260,14 +272,21 @@ def record_folder(path: Path, *, warn_unrestated: bool = True) -> RunRecord:
     _columns(eq_file, eq, ("time", "equity"))
     capital = None
     summary: dict[str, Any] = {}
-    if (path / "summary.json").exists():
-        summary = _json_file(path / "summary.json")
+    where = (path / "summary.json", "initial_capital")
+    if where[0].exists():
+        summary = _json_file(where[0])
         capital = summary.get("initial_capital")
     _whole_curve(eq_file, eq, summary, end=False)
     times = _times(eq_file, eq)
     if capital is None and (path / "config.json").exists():
-        run = _json_file(path / "config.json").get("run")
+        where = (path / "config.json", "run.initial_capital")
+        run = _json_file(where[0]).get("run")
         capital = run.get("initial_capital") if isinstance(run, dict) else None
+    if capital is not None and _capital(capital) is None:
+        raise ValueError(
+            f"{where[0]}: {where[1]} {capital!r} is not a positive number (the equity before "
+            "the first bar): the record is damaged or edited (run the backtest again)"
+        )
     fills_file = path / "fills.csv"
     fills = None
     if fills_file.exists() and fills_file.stat().st_size > 0:

@@ -87,6 +87,30 @@ def test_an_equity_file_that_is_not_the_curve_its_summary_describes_is_refused(
     assert run_record(out).times[-1].isoformat() == "2020-01-06T04:00:00+00:00"
 
 
+@pytest.mark.parametrize("capital", ["abc", [100_000], True, -1, None])
+def test_an_initial_capital_that_is_not_a_positive_number_names_the_file_and_key(
+    tmp_path: Path, capital: object
+) -> None:
+    """A text was float()'s own ValueError naming no file, a list a TypeError (a traceback
+    from `tradingd report`), and true read as a capital of 1."""
+    out = _folder(tmp_path)
+    summary = json.loads((out / "summary.json").read_text())
+    if capital is None:  # none in the summary: the config's, named as its key there
+        del summary["initial_capital"]
+        (out / "config.json").write_text(json.dumps({"run": {"initial_capital": "1e5 USD"}}))
+        file, key, shown = "config.json", "run.initial_capital", "'1e5 USD'"
+    else:
+        summary["initial_capital"] = capital
+        file, key, shown = "summary.json", "initial_capital", repr(capital)
+    (out / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(ValueError) as refused:
+        run_record(out)
+    assert str(refused.value).startswith(
+        f"{out / file}: {key} {shown} is not a positive number (the equity before the first "
+        "bar): the record is damaged or edited"
+    )
+
+
 def test_a_missing_fills_file_the_summary_counts_is_refused(tmp_path: Path) -> None:
     """It read as 'no trades': costs 0 and 0 round trips beside a summary of 17,400 in costs."""
     out = _folder(tmp_path)
@@ -217,6 +241,7 @@ def test_a_damaged_record_file_is_refused_naming_the_file_and_where(
         ("fills", "fills.csv has no price column"),
         ("config", "config.json cannot be read as JSON"),
         ("config-list", "config.json holds list, not a JSON object"),
+        ("capital-list", "summary.json: initial_capital [1] is not a positive number"),
     ],
 )
 def test_report_of_a_damaged_record_is_a_named_error_not_a_traceback(
@@ -227,7 +252,8 @@ def test_report_of_a_damaged_record_is_a_named_error_not_a_traceback(
     message: str,
 ) -> None:
     """A fills.csv without its price column ended `tradingd report` in a traceback
-    (KeyError: 'price'), and a corrupt config.json in a JSON error naming no file."""
+    (KeyError: 'price'), a corrupt config.json in a JSON error naming no file, and a list for
+    the initial capital in float()'s TypeError."""
     import structlog
 
     from tradingd.__main__ import main
@@ -235,6 +261,9 @@ def test_report_of_a_damaged_record_is_a_named_error_not_a_traceback(
     out = _folder(tmp_path)
     if damage == "fills":
         _drop_column(out / "fills.csv", "price")
+    elif damage == "capital-list":  # a TypeError from float(), a traceback
+        summary = json.loads((out / "summary.json").read_text())
+        (out / "summary.json").write_text(json.dumps({**summary, "initial_capital": [1]}))
     else:
         (out / "config.json").write_text("[1, 2]" if damage == "config-list" else '{"run": ')
     monkeypatch.chdir(tmp_path)
