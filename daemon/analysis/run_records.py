@@ -95,6 +95,16 @@ def _capital(value: Any) -> float | None:
     return cap if math.isfinite(cap) and cap > 0 else None
 
 
+def _out_of_order(idx: pd.DatetimeIndex) -> int | None:
+    """The first row not after the one before (None: the times increase). A curve out of
+    order reads as another run (its "start" after its "end", a total return of the wrong
+    sign): an edited or damaged record, refused."""
+    if idx.is_monotonic_increasing and idx.is_unique:
+        return None
+    steps = np.flatnonzero(np.diff(idx.asi8) <= 0)
+    return int(steps[0]) + 1 if steps.size else 0
+
+
 def _record(
     equity: Any,
     times: Any,
@@ -115,11 +125,8 @@ def _record(
         raise ValueError(f"initial_capital must be a positive number, got {initial_capital!r}")
     if not np.all(np.isfinite(e)):
         raise ValueError("equity contains NaN or inf")
-    if not (idx.is_monotonic_increasing and idx.is_unique):
-        # A curve out of order reads as another run (its "start" after its "end", a total
-        # return of the wrong sign): an edited or damaged record, refused.
-        steps = np.flatnonzero(np.diff(idx.asi8) <= 0)
-        at = int(steps[0]) + 1 if steps.size else 0
+    at = _out_of_order(idx)
+    if at is not None:
         raise ValueError(
             f"equity times must increase bar by bar; row {at} ({idx[at]}) is not after the "
             f"one before ({idx[at - 1] if at else 'none'})"
@@ -171,7 +178,7 @@ def _whole_curve(file: Path, eq: pd.DataFrame, summary: Mapping[str, Any], *, en
     A cut (rows missing, or a last line without its end, whose number may read whole) is
     looked for before the times are read (`end` off): it is an incomplete record, not a bad
     time. Any other disagreement after their order is checked (`end`): a bar written twice
-    or rows sorted backwards are named by row there."""
+    or rows sorted backwards are named by line there (`_in_order`)."""
     bars, last_day = summary.get("bars"), summary.get("end")
     if not isinstance(bars, int) or isinstance(bars, bool):
         return  # a summary of another kind, or edited: nothing to compare with
@@ -246,6 +253,20 @@ def _times(file: Path, frame: pd.DataFrame) -> pd.Series:
     return times
 
 
+def _in_order(file: Path, frame: pd.DataFrame, times: pd.Series) -> None:
+    """The curve's times increasing, or an error naming the file and the line where they
+    stop (`_record` named a row of no file)."""
+    at = _out_of_order(pd.DatetimeIndex(times))
+    if at is None:
+        return
+    before = repr(frame["time"].iloc[at - 1]) if at else "none"
+    raise ValueError(
+        f"{file} line {at + 2} (the header is line 1): time {frame['time'].iloc[at]!r} is not "
+        f"after the one before ({before}): equity times must increase bar by bar; the record "
+        "is damaged or edited (run the backtest again)"
+    )
+
+
 def _fill_columns(file: Path, fills: pd.DataFrame) -> pd.DataFrame:
     """The fills with their times and numbers parsed, each checked (`_fill` reads them)."""
     _columns(file, fills, ("symbol", "side", "quantity", "price", "time"))
@@ -278,6 +299,7 @@ def record_folder(path: Path, *, warn_unrestated: bool = True) -> RunRecord:
         capital = summary.get("initial_capital")
     _whole_curve(eq_file, eq, summary, end=False)
     times = _times(eq_file, eq)
+    _in_order(eq_file, eq, times)
     if capital is None and (path / "config.json").exists():
         where = (path / "config.json", "run.initial_capital")
         run = _json_file(where[0]).get("run")

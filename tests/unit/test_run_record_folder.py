@@ -45,14 +45,20 @@ def test_a_good_folder_reads(tmp_path: Path) -> None:
 
 
 def test_equity_rows_out_of_order_are_refused(tmp_path: Path) -> None:
-    """Sorted backwards, the report said a total return of 0 from 2008-12-31 to 2005-01-03."""
+    """Sorted backwards, the report said a total return of 0 from 2008-12-31 to 2005-01-03.
+    The refusal named a row of no file ("row 1"): it names equity.csv and its line."""
     out = _folder(tmp_path)
     header, *rows = (out / "equity.csv").read_text().splitlines()
     (out / "equity.csv").write_text("\n".join([header, *reversed(rows)]) + "\n")
-    with pytest.raises(ValueError, match=r"equity times must increase.*row 1"):
+    with pytest.raises(
+        ValueError,
+        match=rf"^{out}/equity.csv line 3 \(the header is line 1\): time "
+        r"'2020-01-04T00:00:00\+00:00' is not after the one before \('2020-01-05T00:00:00"
+        r"\+00:00'\): equity times must increase bar by bar",
+    ):
         run_record(out)
     (out / "equity.csv").write_text("\n".join([header, rows[0], rows[0], *rows[1:]]) + "\n")
-    with pytest.raises(ValueError, match="row 1"):  # a bar twice
+    with pytest.raises(ValueError, match=r"equity.csv line 3 .*: time '2020-01-02T"):  # twice
         run_record(out)
 
 
