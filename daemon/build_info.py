@@ -11,7 +11,6 @@ name the builds with this one helper.
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -84,11 +83,36 @@ def this_build() -> Build:
     return build_from_environment(environment())
 
 
+# The environment.json files said unreadable (`recorded_build`): the report and its note
+# line both ask, and one warning a file says it.
+_unreadable_said: set[Path] = set()
+
+
 def recorded_build(folder: Path) -> Build | None:
     """The build that wrote a run record folder, from its environment.json; None for a
-    record without one (older than environment.json) or one that cannot be read."""
-    try:
-        env = json.loads((folder / "environment.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    record without one (older than environment.json) or one that cannot be read. The
+    report measures the run without it and goes on, but says so for one that cannot be
+    read (`report.environment_unreadable`, naming the file): taken silently as a record
+    without one, a record of other code read as comparable with this build's runs."""
+    file = folder / "environment.json"
+    if not file.exists():
         return None
-    return build_from_environment(env) if isinstance(env, Mapping) else None
+    from .analysis.run_records import _json_file  # (pandas: only a report reads records)
+
+    try:
+        env = _json_file(file)
+    except ValueError as exc:
+        if file not in _unreadable_said:
+            _unreadable_said.add(file)
+            import structlog
+
+            structlog.get_logger(__name__).warning(
+                "report.environment_unreadable",
+                file=str(file),
+                reason=str(exc),
+                detail="which build made the record is not known: the report cannot say "
+                "whether it was made by other code than this build, nor a replay that "
+                "differs blame the code",
+            )
+        return None
+    return build_from_environment(env)

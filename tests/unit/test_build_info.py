@@ -89,3 +89,37 @@ def test_a_commit_recorded_at_build_is_the_same_code_as_a_checkouts():
     assert built.differs_from(Build("0.1.0", "d" * 40, recorded_at_build=True))
     # A run_builds row has no place for it: the same columns as before.
     assert built.as_dict() == {"version": "0.1.0", "commit": commit, "uncommitted_changes": False}
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ('{"packages": ', "cannot be read as JSON"),
+        ("[1, 2]", "holds list, not a JSON object"),
+        (b"\xff\xfe{}", "cannot be read as JSON"),
+    ],
+)
+def test_an_unreadable_environment_json_is_said_naming_the_file(tmp_path, text, why):
+    """It was taken as a record without one, unsaid: the report then never said a record of
+    other code was, and a replay that differed did not blame the code. The report goes on
+    (it measures the run without the build), saying why it names no build, once a file."""
+    from structlog.testing import capture_logs
+
+    from tradingd.build_info import recorded_build
+
+    file = tmp_path / "environment.json"
+    if isinstance(text, bytes):
+        file.write_bytes(text)
+    else:
+        file.write_text(text)
+    with capture_logs() as logs:
+        assert recorded_build(tmp_path) is None
+        assert recorded_build(tmp_path) is None  # the report and its note line both ask
+    (said,) = [e for e in logs if e["event"] == "report.environment_unreadable"]
+    assert said["log_level"] == "warning" and said["file"] == str(file)
+    assert f"{file} {why}" in said["reason"]
+    assert "which build made the record is not known" in said["detail"]
+    # None without one (a record older than environment.json) is no news.
+    with capture_logs() as logs:
+        assert recorded_build(tmp_path / "elsewhere") is None
+    assert logs == []

@@ -764,3 +764,19 @@ def test_report_names_the_build_that_made_a_record_of_other_code(cli, run_dir, t
     assert code == 0, err
     assert "note:" not in out
     assert json.loads((tmp_path / "p" / "report.json").read_text())["record_build_differs"] is False
+
+
+def test_a_report_of_a_record_whose_environment_json_cannot_be_read_says_so(cli, run_dir, tmp_path):
+    """The report measures the run without the build that made it, and goes on; but it
+    named no build without a word, as for a record older than environment.json."""
+    import shutil
+
+    damaged = tmp_path / "damaged-env"
+    shutil.copytree(run_dir, damaged)
+    (damaged / "environment.json").write_text('{"packages": ')
+    code, out, err = cli("report", str(damaged), "--output", str(tmp_path / "o"), "--no-validation")
+    assert code == 0, err
+    said = [line for line in err.splitlines() if "report.environment_unreadable" in line]
+    assert len(said) == 1 and str(damaged / "environment.json") in said[0]
+    assert "note:" not in out
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["record_build"] is None
