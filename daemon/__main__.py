@@ -752,12 +752,12 @@ def _annualise_as_the_run(tables: dict[str, Any], folder: Path, path: str | None
     import dataclasses
     import tomllib
 
+    from .analysis.run_records import _json_file
+
     try:
-        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return
-    if not isinstance(summary, dict):
-        return  # not a run's summary: reading the record names the error
+        summary = _json_file(folder / "summary.json")
+    except ValueError:
+        return  # none, or not a run's summary: reading the record names the error
     ppy = summary.get("periods_per_year")
     if not isinstance(ppy, int | float) or ppy <= 0:
         return
@@ -875,14 +875,16 @@ def _report(args: argparse.Namespace) -> int:
         # The replay must be the run's: without -c it took the built-in defaults, and
         # failed with "not the same run (config, data or dates differ)". The run's own
         # configuration is in its folder (secrets masked: the replay stores in memory).
+        from .analysis.run_records import _json_file
         from .config import load_config
 
         unreadable = f"{folder / 'config.json'} cannot be read as the run's configuration"
         try:
-            stored = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise TradingdError(f"{unreadable} ({exc}); pass it with -c") from None
-        if isinstance(stored, dict) and (stored.get("data") or {}).get("source") == "frames":
+            stored = _json_file(folder / "config.json")
+        except ValueError as exc:  # (it names the file; a list was load_config's TypeError)
+            raise TradingdError(f"{exc}; pass the run's configuration with -c") from None
+        data = stored.get("data")
+        if isinstance(data, dict) and data.get("source") == "frames":
             # strategy_api's BacktestEngine: its config said "bundled" before, and the replay
             # of the index series failed as "not the same run".
             raise TradingdError(

@@ -780,3 +780,30 @@ def test_a_report_of_a_record_whose_environment_json_cannot_be_read_says_so(cli,
     assert len(said) == 1 and str(damaged / "environment.json") in said[0]
     assert "note:" not in out
     assert json.loads((tmp_path / "o" / "report.json").read_text())["record_build"] is None
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[1, 2]", "config.json holds list, not a JSON object; pass the run's configuration"),
+        ('{"data": "bundled"}', "config.json cannot be read as the run's configuration (data "),
+        ('{"run": ', "config.json cannot be read as JSON: "),
+    ],
+)
+def test_report_attribution_of_a_record_whose_config_json_is_damaged_is_a_named_error(
+    cli, run_dir, tmp_path, text, message
+):
+    """Without -c the replay takes the record's config.json: a list there ended in load_config's
+    TypeError and a `data` that is no table in an AttributeError, both tracebacks."""
+    import shutil
+
+    damaged = tmp_path / "damaged-config"
+    shutil.copytree(run_dir, damaged)
+    (damaged / "config.json").write_text(text)
+    code, _, err = cli(
+        "report", str(damaged), "--output", str(tmp_path / "o"), "--no-validation",
+        "--attribution",
+    )  # fmt: skip
+    assert code == 2 and "Traceback" not in err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"tradingd: error: {damaged}/{message}") and "with -c" in last
