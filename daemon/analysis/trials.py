@@ -6,7 +6,6 @@ apart from the pure tests.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -88,16 +87,17 @@ def _skipped(folder: Path, why: str) -> None:
 
 
 def _summary(folder: Path) -> dict[str, Any]:
-    try:
-        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return summary if isinstance(summary, dict) else {}
+    """A run folder's summary.json ({} without one). ValueError naming the file for one that
+    cannot be read (`_json_file`): read as {}, it said silently that the run decided from
+    no model and no other input, and counted it as a rerun of its config's variant."""
+    file = folder / "summary.json"
+    return _json_file(file) if file.exists() else {}
 
 
 def models_of(folder: Path) -> list[str]:
     """The versions of the models a run folder's run loaded (its summary's `models`); none
-    when the summary says none or cannot be read. What hash_version 3 counted by."""
+    when the summary says none. What hash_version 3 counted by. ValueError for a summary
+    that cannot be read (`_summary`)."""
     models = _summary(folder).get("models")
     if not isinstance(models, list):
         return []
@@ -106,9 +106,9 @@ def models_of(folder: Path) -> list[str]:
 
 def run_inputs_of(folder: Path) -> list[Any]:
     """What a run folder's plugins decided from besides their params (its summary's
-    `run_inputs`: the list its run id hashed); none when the summary says none, cannot be
-    read or was written before summaries kept them (its models' versions then stand in:
-    `models_of`, under their own key)."""
+    `run_inputs`: the list its run id hashed); none when the summary says none or was
+    written before summaries kept them (its models' versions then stand in: `models_of`,
+    under their own key). ValueError for a summary that cannot be read (`_summary`)."""
     summary = _summary(folder)
     inputs = summary.get("run_inputs")
     if isinstance(inputs, list):
@@ -127,9 +127,10 @@ def count_trials(
     """Count the strategy variants tried from the run folders under `runs_root` (as
     `tradingd backtest` writes them: `<root>/<run_id>/config.json`, `equity.csv`,
     `summary.json`). Folders with the same `config_hash` are reruns of one variant; a folder
-    without config.json, or whose config.json cannot be read (`trials.config_unread`),
-    counts as its own variant (by its run id): one trial too many makes the deflated Sharpe
-    ratio stricter, one too few laxer. A folder with neither summary.json nor equity.csv is
+    without config.json, or whose config.json cannot be read (`trials.config_unread`), or
+    its summary.json (`trials.summary_unread`: the models it ran are unknown), counts as its
+    own variant (by its run id): one trial too many makes the deflated Sharpe ratio
+    stricter, one too few laxer. A folder with neither summary.json nor equity.csv is
     no run record and no trial; one with a config.json is said (`trials.folder_skipped`),
     not an error, which stopped the report of every run beside it. The root's ledger
     (`record_trial`) adds the variants whose folders a rerun under their run id replaced,
@@ -170,9 +171,24 @@ def count_trials(
                     reason=str(exc),
                     counted="as a variant of its own",
                 )
+        inputs: list[Any] = []
+        models: list[str] = []
         if cfg is not None:
-            key = config_hash(cfg, ignore, run_inputs_of(folder))
-            v3[config_hash_v3(cfg, ignore, models_of(folder))] = key
+            try:
+                inputs, models = run_inputs_of(folder), models_of(folder)
+            except ValueError as exc:
+                # What the run decided with besides its config (its models) is unknown: its
+                # variant too, as for a config.json that cannot be read.
+                log.warning(
+                    "trials.summary_unread",
+                    folder=str(folder),
+                    reason=str(exc),
+                    counted="as a variant of its own",
+                )
+                cfg = None
+        if cfg is not None:
+            key = config_hash(cfg, ignore, inputs)
+            v3[config_hash_v3(cfg, ignore, models)] = key
             # A line written before the models were hashed names the config alone.
             without_models[config_hash(cfg, ignore)] = key
             legacy[legacy_config_hash(cfg, ignore)] = key

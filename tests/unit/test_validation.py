@@ -505,28 +505,37 @@ def test_folders_beside_the_runs_that_are_no_record_are_not_trials_and_are_said(
     (damaged / "config.json").write_text('{"run": ')  # a record whose variant is unknown
     # The first folder (by name) of variant a's, whose curve cannot be read: no Sharpe ratio.
     bad_curve = write_run(root, "0-bad", base_config(20), curves[0])
-    (bad_curve / "summary.json").write_text("[]")
+    text = (bad_curve / "equity.csv").read_text()
+    (bad_curve / "equity.csv").write_text(text.replace(f",{curves[0][0]}\n", ",abc\n", 1))
+    # Variant a's config, but what its run decided with besides it (its summary's
+    # run_inputs, the models) unknown: it was read as none, silently, and the run counted as
+    # a rerun of a.
+    unknown = write_run(root, "e", base_config(20), curves[0] * 1.02)
+    (unknown / "summary.json").write_text("[]")
     with capture_logs() as logs:
         tc = va.count_trials(root, risk_free_rate=0.0)
-    # 0-bad is a rerun of a: counted, as before; d, whose variant is unknown, is one of
-    # its own (one trial too many only makes the deflated Sharpe ratio stricter).
-    assert tc.trials == 4 and tc.runs == 6
-    assert list(tc.configs["run:d"]) == ["d"]
+    # 0-bad is a rerun of a: counted, as before; d and e, whose variants are unknown, are
+    # each one of its own (one trial too many only makes the deflated Sharpe ratio stricter).
+    assert tc.trials == 5 and tc.runs == 7
+    assert list(tc.configs["run:d"]) == ["d"] and list(tc.configs["run:e"]) == ["e"]
     assert {k: v for k, v in tc.sharpe_ratios.items() if k != "run:d"} == before.sharpe_ratios
     skipped = {Path(e["folder"]).name: e["reason"] for e in logs if e["log_level"] == "warning"}
-    assert set(skipped) == {"notes", "list", "hello", "d", "0-bad"}  # not-a-run is empty
+    assert set(skipped) == {"notes", "list", "hello", "d", "e", "0-bad"}  # not-a-run is empty
     assert all("no run record" in skipped[n] for n in ("notes", "list", "hello"))
     assert "d/config.json cannot be read as JSON" in skipped["d"]
     assert [e["event"] for e in logs if e.get("folder", "").endswith("/d")] == [
         "trials.config_unread"
     ]
-    assert "0-bad/summary.json holds list" in skipped["0-bad"]
-    assert quick(risk_free_rate=0.0).validate_performance(str(root / "c"))["trials"]["trials"] == 4
+    (said, _) = [e for e in logs if e.get("folder", "").endswith("/e")]
+    assert said["event"] == "trials.summary_unread" and said["counted"] == "as a variant of its own"
+    assert f"{unknown}/summary.json holds list" in said["reason"]
+    assert "0-bad/equity.csv line 2 (the header is line 1): equity 'abc'" in skipped["0-bad"]
+    assert quick(risk_free_rate=0.0).validate_performance(str(root / "c"))["trials"]["trials"] == 5
     # A finished backtest's ledger line in a folder no longer holding a record (a rerun into
     # it that stopped early removed it) still counts.
     (root / "notes" / "config.json").unlink()
     record_trial(root / "notes", "gone", base_config(500), curves[1], 1e5)
-    assert va.count_trials(root, risk_free_rate=0.0).trials == 5
+    assert va.count_trials(root, risk_free_rate=0.0).trials == 6
 
 
 def test_config_hash_ignores_where_and_how_a_run_is_named_only():
