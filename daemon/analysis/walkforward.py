@@ -37,7 +37,15 @@ from .walkforward_folds import (
     bar_label,
     make_folds,
 )
-from .walkforward_run import FoldTask, json_values, rows, run_fold, thread_env, uses_ml
+from .walkforward_run import (
+    ML_PLUGIN,
+    FoldTask,
+    json_values,
+    rows,
+    run_fold,
+    thread_env,
+    uses_ml,
+)
 from .walkforward_tables import (
     decay,
     fold_curve,
@@ -94,6 +102,28 @@ def garch_min_fit_obs(config: Config) -> int | None:
     return c.min_fit_obs if c.volatility == "garch" else None
 
 
+def model_window(config: Config) -> tuple[int, Path] | None:
+    """The input window, in bars, of the model an `ml_ensemble` signal loads as configured
+    (its card's `window`: 60 for the shipped model) and its folder; the longest when two
+    signals load models, None without one. What a fold that does not retrain needs."""
+    specs = [(i, s) for i, s in enumerate(config.signals) if s.name == ML_PLUGIN]
+    if not specs:
+        return None
+    from tradingd_plugins.signals.ml_ensemble import MlEnsembleConfig, locate_model
+
+    from ..config import build
+    from ..inference.onnx import ModelCard
+
+    found: tuple[int, Path] | None = None
+    for i, s in specs:
+        c = build(MlEnsembleConfig, s.params, f"signals[{i}].params")
+        path, _ = locate_model(c.model_dir)
+        window = ModelCard.load(path).window
+        if found is None or window > found[0]:
+            found = (window, path)
+    return found
+
+
 class WalkForwardAnalyzer:
     """Walk-forward analysis of `config`'s strategy over its data (`run.start`..`run.end`
     bound the out-of-sample period; earlier bars are training and lookback)."""
@@ -143,7 +173,24 @@ class WalkForwardAnalyzer:
         why = f"the features' warm-up of {warm} bars plus its input window of {steps}, less 1"
         return warm + steps - 1, why
 
-    def check_lookback(self, model: tuple[int, str] | None) -> None:
+    def _configured_model_warmup(self, panel: Panel) -> tuple[int, str] | None:
+        """Without retraining: the bars the configured model needs before it predicts (the
+        features' warm-up plus its card's window, less 1), and why; None without the model,
+        or when the warm-up cannot be measured (as `_model_warmup` then asks nothing)."""
+        found = model_window(self.config)
+        warm = feature_warmup(self.config, panel) if found is not None else None
+        if found is None or warm is None:
+            return None
+        window, path = found
+        why = (
+            f"not retrained: --retrain never; the features' warm-up of {warm} bars plus its "
+            f"card's window of {window} bars ({path}), less 1"
+        )
+        return warm + window - 1, why
+
+    def check_lookback(
+        self, model: tuple[int, str] | None, configured: tuple[int, str] | None = None
+    ) -> None:
         """Refuses a `lookback_bars` shorter than the warm-up a fold needs before its
         training window. The lookback is warm-up only (never a label, never traded): a short
         one buys nothing but an earlier first fold, and costs unsaid. The model fitted only
@@ -151,7 +198,10 @@ class WalkForwardAnalyzer:
         sizing's GARCH fitted that many bars late (EWMA before), and the stability and decay
         tables compared folds fitted on less than `train` says. Data too short for the
         warm-up is better met with a shorter `train`, which the results then state.
-        `model`: the retrained model's need and its reason (`_model_warmup`), or None."""
+        `model`: the retrained model's need and its reason (`_model_warmup`), or None;
+        `configured`: the need of the model a fold that does not retrain replays, before
+        its first bar traded (`_configured_model_warmup`), or None: with fewer bars it
+        predicted nothing on the first training bars, which were traded all the same."""
         lb, train = self.wf.lookback_bars, self.wf.train
         needs: list[tuple[int, str, str]] = []
         if model is not None:
@@ -165,11 +215,23 @@ class WalkForwardAnalyzer:
                         f"the model would fit on the last {kept} of the {train} training bars",
                     )
                 )
+        # At the first bar traded, the history holds the lookback (and, with warmup =
+        # "none", the training window) before it.
+        first = "training" if self.wf.warmup == "train" else "test"
+        if configured is not None:
+            need, why = configured
+            bars = need if first == "training" else max(need - train, 0)
+            if bars > lb:
+                needs.append(
+                    (
+                        bars,
+                        f"{bars} for the configured model ({why})",
+                        f"the model could not predict before {first} bar {bars - lb + 1}",
+                    )
+                )
         min_obs = garch_min_fit_obs(self.config)
         if min_obs is not None:
-            # At the first bar traded, the history holds the lookback (and, with warmup =
-            # "none", the training window) before it: min_fit_obs returns for a fit.
-            first = "training" if self.wf.warmup == "train" else "test"
+            # The GARCH fits on min_fit_obs returns at the least.
             bars = min_obs if first == "training" else max(min_obs - train, 0)
             if bars > lb:
                 needs.append(
@@ -198,7 +260,7 @@ class WalkForwardAnalyzer:
 
         retrain = self.retrain()
         model = self._model_warmup(panel) if retrain else None
-        self.check_lookback(model)
+        self.check_lookback(model, None if retrain else self._configured_model_warmup(panel))
         back = model[0] if model else 0
         prefix = run_id_for(self.config, "walkforward")
         out = []

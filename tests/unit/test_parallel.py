@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from test_walkforward import tiny_config, tiny_panel, tiny_wf
+from test_walkforward import SHIPPED_MODEL_LOOKBACK, tiny_config, tiny_panel, tiny_wf
 
 from tradingd.analysis.parallel import WORKER_ENV, in_worker, run_tasks
 from tradingd.analysis.walkforward import WalkForwardAnalyzer
@@ -103,8 +103,8 @@ def test_walkforward_results_do_not_depend_on_where_folds_ran(ray_session):
     the shipped model, so no TensorFlow starts here: that a retrained model does not depend
     on where it was trained is shown by test_walkforward's lookahead pair (one fold trained
     in a local process, the other on Ray)."""
-    panel = tiny_panel()
-    wf = tiny_wf(threads=1, retrain="never")
+    panel = tiny_panel(320)
+    wf = tiny_wf(threads=1, retrain="never", lookback_bars=SHIPPED_MODEL_LOOKBACK)
     config = tiny_config()
     where = {"serial": {"workers": 1}, "processes": {"workers": 2}, "ray": {"ray_address": "auto"}}
     # The three at once (they share the two cores: the results must not care).

@@ -87,6 +87,12 @@ def tiny_panel(n_bars: int = 280) -> Panel:
     return make_panel(n_symbols=6, n_bars=n_bars, seed=11)
 
 
+# The bars the shipped model needs before a fold's first bar when it is not retrained, on
+# tiny_panel's data: the features' warm-up of 120 plus its card's window of 60, less 1
+# (test_a_lookback_shorter_than_the_configured_models_window_is_refused_without_retraining).
+SHIPPED_MODEL_LOOKBACK = 179
+
+
 # ----------------------------------------------------------------------------- schedule
 
 
@@ -411,8 +417,12 @@ def test_a_fold_sees_nothing_after_its_training_end(lookahead_runs):
 def test_the_lookahead_check_would_see_a_change_before_the_training_end():
     """The same comparison notices one training bar changed (without the model: the
     shipped one, so that no TensorFlow is needed here)."""
-    panel = tiny_panel()
-    wf = WalkForwardAnalyzer(tiny_config(), tiny_wf(max_folds=1, retrain="never"), workers=0)
+    panel = tiny_panel(320)
+    wf = WalkForwardAnalyzer(
+        tiny_config(),
+        tiny_wf(max_folds=1, retrain="never", lookback_bars=SHIPPED_MODEL_LOOKBACK),
+        workers=0,
+    )
     task = wf.tasks(panel)[0]
     bump = panel.close.copy()
     bump[task.fold.train_end - 40] *= 1.05
@@ -569,12 +579,14 @@ def test_a_lookback_shorter_than_the_models_warm_up_is_refused_naming_the_bars()
 def test_a_lookback_shorter_than_the_garch_warm_up_is_refused():
     """Without retraining, the sizing's GARCH alone needs min_fit_obs returns before the
     first bar traded: with fewer, the in-sample replay sized on EWMA until they were there
-    (the bundled data's fold with --lookback 10 had no GARCH fit at its training end)."""
+    (the bundled data's fold with --lookback 10 had no GARCH fit at its training end). A
+    strategy without the model: what the configured model needs is the next test's."""
     panel = tiny_panel()
+    config = tiny_config(signals=(PluginSpec("multi_factor"),))
 
     def tasks(**kw):
         wf = tiny_wf(max_folds=1, retrain="never", **kw)
-        return WalkForwardAnalyzer(tiny_config(), wf, workers=0).tasks(panel)
+        return WalkForwardAnalyzer(config, wf, workers=0).tasks(panel)
 
     with pytest.raises(WalkForwardError, match=r"= 59 .*60 for the sizing's first GARCH fit"):
         tasks(lookback_bars=59)
@@ -584,6 +596,44 @@ def test_a_lookback_shorter_than_the_garch_warm_up_is_refused():
     assert len(tasks(lookback_bars=10, warmup="none", train=50)) == 1  # 10 + 50 returns
     with pytest.raises(WalkForwardError, match=r"= 9 .*: 10 for the sizing.*before test bar 2 "):
         tasks(lookback_bars=9, warmup="none", train=50)
+
+
+def test_a_lookback_shorter_than_the_configured_models_window_is_refused_without_retraining():
+    """`--retrain never` replays the configured model, whose card says its input window (60
+    bars for the shipped one): the lookback was checked against it only when the model was
+    retrained, so with --lookback 150 each fold's model predicted nothing before its 30th
+    training bar (the features' warm-up and the window first), unsaid."""
+    from tradingd.analysis.walkforward import feature_warmup
+    from tradingd.inference.onnx import ModelCard
+    from tradingd_plugins.signals.ml_ensemble import default_model_dir
+
+    panel = tiny_panel(320)
+    config = tiny_config()
+    window = ModelCard.load(default_model_dir()).window
+    need = feature_warmup(config, panel) + window - 1
+    assert window == 60 and need == SHIPPED_MODEL_LOOKBACK
+
+    def tasks(**kw):
+        wf = tiny_wf(max_folds=1, retrain="never", **kw)
+        return WalkForwardAnalyzer(config, wf, workers=0).tasks(panel)
+
+    with pytest.raises(WalkForwardError) as refused:
+        tasks(lookback_bars=150)
+    text = str(refused.value)
+    assert "walkforward.lookback_bars (--lookback) = 150 " in text
+    assert f"{need} for the configured model (not retrained: --retrain never; " in text
+    assert f"its card's window of {window} bars ({default_model_dir()}), less 1)" in text
+    assert f"the model could not predict before training bar {need - 150 + 1}" in text
+    assert f"--lookback {need} or more" in text
+    assert len(tasks(lookback_bars=need)) == 1
+    # Trading from the test window on, the training window holds the model's first bars.
+    assert len(tasks(lookback_bars=need - 100, warmup="none")) == 1
+    with pytest.raises(WalkForwardError, match=rf"= 70 .*before test bar {need - 100 - 70 + 1}"):
+        tasks(lookback_bars=70, warmup="none")
+    # A strategy without the model: nothing of it to check.
+    no_ml = tiny_config(signals=(PluginSpec("multi_factor"),))
+    wf = tiny_wf(max_folds=1, retrain="never", lookback_bars=60)
+    assert len(WalkForwardAnalyzer(no_ml, wf, workers=0).tasks(panel)) == 1
 
 
 def test_warmup_none_trades_only_the_test_window():
