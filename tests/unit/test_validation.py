@@ -69,6 +69,22 @@ def test_config_defaults_and_mapping():
     assert (c2.alpha, c2.trials, c2.var_window) == (0.01, 12, 500)
 
 
+def test_validation_md_states_the_risk_free_rate_bound_the_configs_refuse_outside():
+    """Its tables said the default and nothing of the bound: a reader writing 2 for 2% met
+    it first as an error of [validation] or the Monte Carlo."""
+    from tradingd.analysis.montecarlo import MonteCarloConfig
+    from tradingd.analysis.return_metrics import MAX_ANNUAL_RATE
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "VALIDATION.md").read_text()
+    rows = [line for line in doc.splitlines() if line.startswith("| `risk_free_rate`")]
+    bound = f"[-{MAX_ANNUAL_RATE:g}, {MAX_ANNUAL_RATE:g}]"
+    assert len(rows) == 2 and all(bound in row for row in rows), rows
+    for config, key in ((ValidationConfig, "validation"), (MonteCarloConfig, "monte_carlo")):
+        assert config(risk_free_rate=-MAX_ANNUAL_RATE).risk_free_rate == -MAX_ANNUAL_RATE
+        with pytest.raises(ConfigError, match=rf"{key}.risk_free_rate = 0.51 is invalid"):
+            config(risk_free_rate=0.51)
+
+
 @pytest.mark.parametrize(
     "table, word",
     [
