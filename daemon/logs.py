@@ -75,6 +75,12 @@ class Once:
                 self._seen.popitem(last=False)
             return True
 
+    def forget(self, key: Hashable) -> None:
+        """`key` is no longer so (an order's quantity can be read again): said again, as new,
+        if it comes back."""
+        with self._lock:
+            self._seen.pop(key, None)
+
 
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())

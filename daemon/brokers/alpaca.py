@@ -131,6 +131,7 @@ from ..core.types import (
     Side,
     parse_client_order_id,
 )
+from ..logs import Once
 from ..metrics import (
     ORDERS,
     RATE_LIMIT_WAIT,
@@ -161,6 +162,7 @@ from .alpaca_mapping import (
     map_status,
     open_order_rows,
     order_from_alpaca,
+    order_key,
     parse_float,
     parse_time,
     plan_submission,
@@ -634,6 +636,11 @@ class AlpacaBroker:
         self._unpriced: set[str] = set()
         # Orders Alpaca closed with a filled_qty that cannot be read (`_apply`), logged once.
         self._uncounted: set[str] = set()
+        # Orders whose unreadable filled_qty `order_from_alpaca` warned of (`_orders_of`), by
+        # Alpaca id: once an order, not at each read (start, every snapshot, each edit), and
+        # again after an answer that could be read. Bounded: orders read by a snapshot are
+        # not all followed, so the followed orders cannot bound it as they do `_uncounted`.
+        self._unreadable_said = Once()
 
         self._started = False
         self._stopping = False
@@ -1869,6 +1876,8 @@ class AlpacaBroker:
         fill: Fill | None = None
         status_text = str(raw.get("status") or "")
         filled = parse_float(raw.get("filled_qty"))
+        if not unreadable_filled(filled):
+            self._unreadable_said.forget(order_key(raw))  # a later unreadable one is said
         if not stale:
             when = (
                 parse_time((event or {}).get("timestamp"))
@@ -2455,7 +2464,7 @@ class AlpacaBroker:
         """Engine orders for an Alpaca order and its legs (ids of legs from `leg_ids` by
         role, else derived from the parent's, see `leg_client_order_id`)."""
         group = str(raw.get("order_class") or "")
-        base = order_from_alpaca(raw)
+        base = order_from_alpaca(raw, once=self._unreadable_said)
         if group == "oco":
             base.oco_group = base.client_order_id
         out = [(base, raw)]
@@ -2470,6 +2479,7 @@ class AlpacaBroker:
                 leg=role,
                 parent_id=base.client_order_id if group != "oco" else None,
                 oco_group=base.client_order_id,
+                once=self._unreadable_said,
             )
             out.append((leg_order, leg))
         return out

@@ -1,10 +1,11 @@
 """Translation between tradingd's orders and Alpaca's Trading API v2, with no I/O.
 
 Everything here is a pure function of its arguments (`order_from_alpaca` also logs a
-warning for an order whose `filled_qty` cannot be read), so the rules can be tested without a
-server: which engine orders travel together as one Alpaca order (a bracket, an OTO, an OCO
-pair), the alpaca-py request built for each, Alpaca's order statuses and rejections as
-tradingd states and reasons, and fills derived from Alpaca's cumulative order fields.
+warning for an order whose `filled_qty` cannot be read, once an order with the caller's
+memo), so the rules can be tested without a server: which engine orders travel together as
+one Alpaca order (a bracket, an OTO, an OCO pair), the alpaca-py request built for each,
+Alpaca's order statuses and rejections as tradingd states and reasons, and fills derived
+from Alpaca's cumulative order fields.
 
 Alpaca sends quantities and prices as JSON strings (`"10"`, `"149.994"`) and timestamps with
 nanoseconds; the parsers below accept strings, numbers and None.
@@ -60,6 +61,7 @@ from ..core.types import (
     parse_client_order_id,
     with_leg,
 )
+from ..logs import Once
 
 log = structlog.get_logger(__name__)
 
@@ -85,6 +87,13 @@ def unreadable_filled(filled: float) -> bool:
     """Whether a parsed `filled_qty` cannot be counted (missing, not a number, NaN or
     negative): the one rule of `order_from_alpaca`, `AlpacaBroker._apply` and `_adopt`."""
     return not (math.isfinite(filled) and filled >= 0)
+
+
+def order_key(raw: Mapping[str, Any]) -> str:
+    """The name an order's unreadable `filled_qty` is remembered by (`order_from_alpaca`'s
+    `once`): Alpaca's id, which a leg keeps whatever client id tradingd reads it under (the
+    engine's at a restart, a derived one at the start), else its client id."""
+    return str(raw.get("id") or raw.get("client_order_id") or "")
 
 
 # Alpaca's 422 for a reused client_order_id (alpaca-py issue #260), also after a cancel.
@@ -584,6 +593,7 @@ def order_from_alpaca(
     leg: Leg | None = None,
     parent_id: str | None = None,
     oco_group: str | None = None,
+    once: Once | None = None,
 ) -> Order:
     """An engine `Order` for an order found at Alpaca (start-up adoption, restart, snapshots).
 
@@ -599,12 +609,26 @@ def order_from_alpaca(
     replaced (perhaps nothing did). Returned closed, it was followed no longer, as filled
     with nothing filled (at a restart, the executions since the checkpoint were never
     booked); working, the broker reads it again until the quantity can be read, and books
-    what it finds then."""
+    what it finds then. Until then a `filled` one is PARTIALLY_FILLED with 0 filled (here, in
+    `AlpacaBroker.order` and in a snapshot's open orders), deliberately: the status is
+    Alpaca's word that something executed, which NEW would deny; the quantity is what can
+    be counted, nothing yet. No rule of the engine tells the two open statuses apart, and
+    `AlpacaBroker.open_orders` lists the order as the book holds it (NEW while nothing of
+    it is booked), so no share is counted before Alpaca says how many.
+
+    `once`: the caller's memo of the orders already warned of (the broker's; keyed by
+    `order_key`). With it the warning is given once an order, not at every read of it (the
+    start's adoption, each snapshot, each look-up), and again when the quantity turns
+    unreadable after an answer that could be read: this call forgets the order then (the
+    broker's update path too). Without it, every call warns."""
     cid = client_order_id or str(raw.get("client_order_id") or raw.get("id") or "")
+    key = order_key(raw) or cid
     filled = parse_float(raw.get("filled_qty"))
     uncounted = unreadable_filled(filled)
     if uncounted:
         filled = 0.0
+    elif once is not None:
+        once.forget(key)
     qty = parse_float(raw.get("qty"))
     trail = parse_float(raw.get("trail_percent"))
     hwm = parse_float(raw.get("hwm"))
@@ -625,16 +649,17 @@ def order_from_alpaca(
             status = (
                 OrderStatus.PARTIALLY_FILLED if status is OrderStatus.FILLED else OrderStatus.NEW
             )
-        log.warning(
-            "alpaca.order.filled_qty_unreadable",
-            client_order_id=cid,
-            symbol=str(raw.get("symbol") or ""),
-            status=status_text,
-            filled_qty=raw.get("filled_qty"),
-            rule="followed as working until Alpaca gives a readable filled_qty, then booked"
-            if working
-            else "counted as nothing filled",
-        )
+        if once is None or once.first(key):
+            log.warning(
+                "alpaca.order.filled_qty_unreadable",
+                client_order_id=cid,
+                symbol=str(raw.get("symbol") or ""),
+                status=status_text,
+                filled_qty=raw.get("filled_qty"),
+                rule="followed as working until Alpaca gives a readable filled_qty, then booked"
+                if working
+                else "counted as nothing filled",
+            )
     return Order(
         client_order_id=cid,
         symbol=str(raw.get("symbol") or ""),

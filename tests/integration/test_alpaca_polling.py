@@ -277,6 +277,55 @@ async def test_a_resumed_bracket_leg_filled_with_an_unreadable_quantity_is_booke
         assert after.open_orders() == []
 
 
+async def test_an_unreadable_filled_qty_is_said_once_an_order_not_at_every_read(fake, monkeypatch):
+    """Two orders working at Alpaca whose `filled_qty` cannot be read: the warning was given
+    at every read of them (the start's adoption, every snapshot, each one again), so one
+    bad order repeated it for as long as Alpaca sent it so. Said once an order; again when
+    it becomes unreadable after an answer that could be read (a poll's, a snapshot's)."""
+    fake.set_price("AAPL", 100.0, match=False)
+    fake.set_price("SPY", 400.0, match=False)
+    aapl = order("AAPL", 5, OrderType.LIMIT, limit=90.0)
+    spy = order("SPY", 2, OrderType.LIMIT, limit=390.0)
+    async with running(fake) as before:
+        await before.submit([aapl, spy])
+    ids = {o.client_order_id: fake.order(o.client_order_id).id for o in (aapl, spy)}
+    garbled = set(ids.values())
+    readable = fake._json
+
+    def answer(o, nested):  # type: ignore[no-untyped-def]
+        body = readable(o, nested)
+        if o.id in garbled:
+            body["filled_qty"] = None
+        return body
+
+    monkeypatch.setattr(fake, "_json", answer)
+
+    def said() -> list[str]:
+        return sorted(
+            e["client_order_id"] for e in logs if e["event"] == "alpaca.order.filled_qty_unreadable"
+        )
+
+    with capture_logs() as logs:
+        async with running(fake) as broker:  # adopted at the start: said
+            assert sorted(o.client_order_id for o in broker.open_orders()) == sorted(ids)
+            for _ in range(3):
+                await broker.snapshot()
+            assert said() == sorted(ids)
+
+            garbled.discard(ids[aapl.client_order_id])
+            await broker.poll()  # read as it can be: the next unreadable answer is new
+            garbled.add(ids[aapl.client_order_id])
+            await broker.snapshot()
+            assert said() == sorted([*ids, aapl.client_order_id])
+
+            garbled.discard(ids[spy.client_order_id])
+            await broker.snapshot()  # read as it can be, by the snapshot itself
+            garbled.add(ids[spy.client_order_id])
+            await broker.snapshot()
+            await broker.snapshot()
+            assert said() == sorted([*ids, *ids])
+
+
 # ----------------------------------------------------------------------------- open-orders check
 
 

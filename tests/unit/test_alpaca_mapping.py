@@ -35,6 +35,7 @@ from tradingd.brokers.alpaca_mapping import (
 from tradingd.core.errors import ConfigError
 from tradingd.core.orders import bracket_orders, market_order, protective_exits
 from tradingd.core.types import Leg, Order, OrderStatus, OrderType, Side, client_order_id
+from tradingd.logs import Once
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = (
@@ -294,6 +295,37 @@ def test_an_order_whose_filled_qty_cannot_be_read_is_not_closed_as_filled_with_n
     )
     assert (line["filled_qty"], line["status"]) == (filled_qty, alpaca)
     assert ("followed as working" in line["rule"]) is working
+
+
+def test_an_unreadable_filled_qty_is_said_once_an_order_until_it_is_read_again():
+    """With the broker's memo (`once`), each order's unreadable quantity is said once, not at
+    every read of it; an answer that can be read ends the episode, so the next unreadable
+    one is said again. Without a memo every call says it (a pure read, as before)."""
+    raw = {
+        "id": "a1",
+        "client_order_id": "cid-1",
+        "symbol": "AAPL",
+        "side": "buy",
+        "qty": "10",
+        "filled_qty": None,
+        "status": "partially_filled",
+        "submitted_at": "2024-01-02T16:00:00Z",
+    }
+    other = dict(raw, id="a2", client_order_id="cid-2")
+    once = Once()
+    with capture_logs() as logs:
+        for _ in range(3):
+            order_from_alpaca(raw, once=once)
+            order_from_alpaca(other, once=once)
+        # A leg is named by the engine's id at a restart, by a derived one at the start:
+        # the same Alpaca order all the same.
+        order_from_alpaca(raw, client_order_id="cid-1-leg", once=once)
+        assert order_from_alpaca(dict(raw, filled_qty="4"), once=once).filled_quantity == 4
+        order_from_alpaca(raw, once=once)
+        order_from_alpaca(other, once=once)
+        order_from_alpaca(raw)
+    said = [e for e in logs if e["event"] == "alpaca.order.filled_qty_unreadable"]
+    assert [e["client_order_id"] for e in said] == ["cid-1", "cid-2", "cid-1", "cid-1"]
 
 
 def test_a_readable_filled_qty_is_taken_without_a_warning():
