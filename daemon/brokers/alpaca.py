@@ -2189,21 +2189,30 @@ class AlpacaBroker:
             after = last
 
     async def _refresh(self, t: _Tracked) -> bool:
-        """Re-read one order by id; False when Alpaca does not know it."""
-        if t.alpaca_id is None:
+        """Re-read one order by id; False when Alpaca does not know it (404). Raises APIError
+        or _Unreachable as `_call` does, also for an answer that is no object or not the
+        order asked for (an error body): counted and shown as malformed, as a body that is
+        no JSON is. Such an answer was ignored: the order stayed as it was, nothing said,
+        and a poll that found it missing from the listing went on as if it had been read."""
+        aid = t.alpaca_id
+        if aid is None:
             return False
         client = self._require_client()
         try:
             raw = await self._call(
-                "get_order", client.get_order_by_id, t.alpaca_id, GetOrderByIdRequest(nested=True)
+                "get_order", client.get_order_by_id, aid, GetOrderByIdRequest(nested=True)
             )
         except APIError as e:
             if error_info(e).status == 404:
                 log.warning("alpaca.order.not_found", client_order_id=t.order.client_order_id)
                 return False
             raise
-        if isinstance(raw, Mapping):
-            self._apply(raw)
+        order = f"order {aid} ({t.order.client_order_id})"
+        if not isinstance(raw, Mapping):
+            raise self._unreadable("get_order", f"{order} is a {type(raw).__name__}, not an object")
+        if str(raw.get("id") or "") != aid:
+            raise self._unreadable("get_order", f"{order}: the answer's id is {raw.get('id')!r}")
+        self._apply(raw)
         return True
 
     async def _poll_quietly(self, *, only_open: bool = False) -> None:
@@ -2647,9 +2656,14 @@ class AlpacaBroker:
     def _malformed(self, op: str, what: str, problem: str) -> RetryableError:
         """An answer to `op` that arrived but cannot be read (a body of the wrong shape, a
         field missing): counted, shown and raised as `_call` does a body that is no JSON."""
+        return self._unreachable(what, self._unreadable(op, problem))
+
+    def _unreadable(self, op: str, problem: str) -> _Unreachable:
+        """`_malformed`'s error before it is named for a caller: what `_call` raises for a
+        body that is no JSON, for a helper whose callers handle `_call`'s errors."""
         detail = self._scrub(f"{op}: unreadable answer: {problem}")
         self._failed(op, "malformed", detail, up=False)
-        return self._unreachable(what, _Unreachable("malformed", detail))
+        return _Unreachable("malformed", detail)
 
     def _unreachable(self, what: str, error: _Unreachable) -> RetryableError:
         return RetryableError(

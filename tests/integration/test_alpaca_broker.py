@@ -990,6 +990,56 @@ async def test_an_order_poll_answer_that_cannot_be_read_is_retryable_and_named(
         assert [o.client_order_id for o in broker.open_orders()] == [buy.client_order_id]
 
 
+@pytest.mark.parametrize(
+    ("answer", "named"),
+    [
+        (["AAPL"], "is a list, not an object"),
+        ("maintenance", "is a str, not an object"),
+        (None, "is a NoneType, not an object"),
+        ({"code": 50010000, "message": "internal error"}, "the answer's id is None"),
+    ],
+)
+async def test_an_order_read_by_id_that_cannot_be_read_is_retryable_and_named(
+    fake, monkeypatch, answer, named
+):
+    """GET /v2/orders/{id} answering something that is no object (or an object that is not
+    the order asked for: an error body) was ignored: the order stayed as it was, nothing
+    was counted or said, and a poll that found it missing from the listing went on as if it
+    had been read. It is a failed poll, named and counted as a malformed answer, as an
+    unreadable listing is; the order stays followed."""
+    from alpaca.trading.client import TradingClient
+
+    def malformed() -> float:
+        return SOURCE_ERRORS.labels(source="alpaca_trading", kind="malformed")._value.get()
+
+    fake.set_price("AAPL", 100.0, match=False)
+    async with running(fake) as broker:
+        buy = order("AAPL", 5, OrderType.LIMIT, limit=90.0)
+        await broker.submit([buy])  # working at Alpaca: followed
+        aid = fake.order(buy.client_order_id).id
+        # Missing from the listing, the order is read by id.
+        monkeypatch.setattr(TradingClient, "get_orders", lambda self, *a, **kw: [])
+        readable = TradingClient.get_order_by_id
+        monkeypatch.setattr(TradingClient, "get_order_by_id", lambda self, *a, **kw: answer)
+        before = malformed()
+        pattern = (
+            r"\(malformed\): get_order: unreadable answer: "
+            + re.escape(f"order {aid} ({buy.client_order_id})")
+            + ".*"
+            + re.escape(named)
+        )
+        with pytest.raises(RetryableError, match=pattern):
+            await broker.poll()
+        assert malformed() == before + 1
+        assert named in broker.status()["last_error"]
+        assert [o.client_order_id for o in broker.open_orders()] == [buy.client_order_id]
+
+        monkeypatch.setattr(TradingClient, "get_order_by_id", readable)
+        await broker.poll()
+        assert broker.status()["connected"] is True
+        assert [o.client_order_id for o in broker.open_orders()] == [buy.client_order_id]
+
+
 async def test_an_account_answer_that_cannot_be_read_is_named_and_asked_at_its_interval(
     fake, monkeypatch
 ):
