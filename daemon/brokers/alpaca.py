@@ -1710,23 +1710,24 @@ class AlpacaBroker:
         self, client_order_id: str, *, strict: bool = False
     ) -> Mapping[str, Any] | None:
         """Alpaca's order with this client id (legs included), None if it has none.
-        `strict`: only a 404 means none; any other refusal raises RetryableError."""
+        `strict`: only a 404 means none; any other refusal raises RetryableError. So does an
+        answer that is no order (no object, no id, another client id: an error body): read
+        as none, an order known at the checkpoint was closed as not found (its executions
+        never booked), and an unconfirmed one as never placed (the next bar could place it
+        again)."""
         client = self._require_client()
+        op = "get_order_by_client_id"
         try:
-            raw = await self._call(
-                "get_order_by_client_id", client.get_order_by_client_id, client_order_id
-            )
+            raw = await self._call(op, client.get_order_by_client_id, client_order_id)
             if (
                 isinstance(raw, Mapping)
                 and str(raw.get("order_class") or "") in ("bracket", "oco", "oto")
                 and not raw.get("legs")
                 and raw.get("id")
             ):
+                op = "get_order"
                 raw = await self._call(
-                    "get_order",
-                    client.get_order_by_id,
-                    str(raw["id"]),
-                    GetOrderByIdRequest(nested=True),
+                    op, client.get_order_by_id, str(raw["id"]), GetOrderByIdRequest(nested=True)
                 )
         except APIError as e:
             info = error_info(e)
@@ -1738,7 +1739,16 @@ class AlpacaBroker:
             return None
         except _Unreachable as e:
             raise self._unreachable(f"lookup {client_order_id}", e) from None
-        return raw if isinstance(raw, Mapping) and raw.get("id") else None
+        named = f"order {client_order_id}"
+        if not isinstance(raw, Mapping):
+            problem = f"{named} is a {type(raw).__name__}, not an object"
+        elif not raw.get("id"):
+            problem = f"{named}: the answer has no id"
+        elif str(raw.get("client_order_id") or "") != client_order_id:
+            problem = f"{named}: the answer is order {raw.get('client_order_id')!r}"
+        else:
+            return raw
+        raise self._malformed(op, f"lookup {client_order_id}", problem)
 
     def _track_unit(self, unit: Unit, raw: Mapping[str, Any], *, fresh: bool) -> dict[str, Order]:
         """Follow the members of a unit Alpaca acknowledged with `raw`.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -486,6 +487,54 @@ async def test_resume_raises_retryable_when_alpaca_cannot_be_reached_and_can_be_
         assert [(f.fill_id, f.quantity) for f in booked.fills] == [(f"{buy.client_order_id}#1", 1)]
         with pytest.raises(RuntimeError):
             await after.resume([], [buy])
+
+
+@pytest.mark.parametrize(
+    ("answer", "named"),
+    [
+        ({"code": 50010000, "message": "internal error"}, ": the answer has no id"),
+        (["AAPL"], " is a list, not an object"),
+        (None, " is a NoneType, not an object"),
+    ],
+)
+async def test_a_lookup_answer_that_cannot_be_read_is_retryable_not_an_order_alpaca_lacks(
+    fake, monkeypatch, answer, named
+):
+    """GET /v2/orders:by_client_order_id answering something that is no order (an error
+    body, a list, null) read as "Alpaca has no such order": an order known open at the
+    checkpoint that filled while the daemon was down was closed as cancelled, "not found
+    after restart (HTTP 404)", and its 10 shares were never booked (an unconfirmed intent
+    was closed as never placed, and the next bar could place it a second time). It is a
+    malformed answer: `resume` raises RetryableError having changed nothing, and books the
+    fill once Alpaca answers."""
+    from alpaca.trading.client import TradingClient
+
+    fake.set_price("AAPL", 100.0, match=False)
+    buy = order("AAPL", 10, OrderType.LIMIT, limit=100.0)
+    cid = buy.client_order_id
+    async with running(fake) as before:
+        await before.submit([buy])
+        known = checkpoint(before)
+    fake.fill(cid, price=99.0)  # while the daemon is down: not open, looked up at resume
+
+    readable = TradingClient.get_order_by_client_id
+    async with running(fake) as after:
+        monkeypatch.setattr(TradingClient, "get_order_by_client_id", lambda self, *a: answer)
+        pattern = r"\(malformed\): get_order_by_client_id: unreadable answer: " + re.escape(
+            f"order {cid}{named}"
+        )
+        with capture_logs() as logs, pytest.raises(RetryableError, match=pattern):
+            await after.resume(known, [])
+        assert not [e for e in logs if e["event"].startswith("alpaca.reconcile.")]
+        assert f"order {cid}{named}" in after.status()["last_error"]
+
+        monkeypatch.setattr(TradingClient, "get_order_by_client_id", readable)
+        await after.resume(known, [])  # nothing was changed: resuming again is safe
+        booked = Booked(after)
+        await booked.until(lambda b: b.filled(cid) > 0)
+        await booked.settle()
+        assert [(f.fill_id, f.quantity, f.price) for f in booked.fills] == [(f"{cid}#10", 10, 99.0)]
+        assert booked.last(cid).status is OrderStatus.FILLED
 
 
 async def test_positions_are_alpacas_signed_quantities(fake):
