@@ -1089,7 +1089,9 @@ class AlpacaBroker:
         client id (Alpaca's), which only its chain of `replaces` leads back to ours; without
         it, its fills after the restart were not this run's. One read per edit, at most
         `_EDIT_CHAIN_LIMIT` an order (then the oldest found stands for it). RetryableError
-        while Alpaca cannot answer (before `resume` has changed anything)."""
+        while Alpaca cannot answer, or answers something that is no order (before `resume`
+        has changed anything): taken for the chain's end, such an answer left the
+        replacement standing for nobody of this run."""
         client = self._require_client()
         edited = [t for t in self._open.values() if t.adopted and t.replaces]
         for t in edited:
@@ -1110,8 +1112,10 @@ class AlpacaBroker:
                     ) from None
                 except _Unreachable as e:
                     raise self._unreachable(f"reading edited order {aid}", e) from None
-                if not isinstance(raw, Mapping):
-                    break
+                problem = self._not_the_order(raw, str(aid))
+                if problem is not None:
+                    raise self._malformed("get_order", f"reading edited order {aid}", problem)
+                assert isinstance(raw, Mapping)
                 origin = str(raw.get("client_order_id") or "") or origin
                 aid = str(raw.get("replaces") or "") or None
                 if aid is None:
@@ -1650,7 +1654,9 @@ class AlpacaBroker:
         nothing filled: its fills are those of the order it replaced (`origin`). Before, it
         was unknown: its events were parked, its fills never booked, and the symbol's
         position differed from the book.
-        Raises RetryableError while Alpaca cannot answer."""
+        Raises RetryableError while Alpaca cannot answer, or answers something that is no
+        order (an error body, a list): it stays to be read at the next poll. Such an answer
+        dropped it, nothing said, its fills never booked."""
         try:
             raw = await self._call(
                 "get_order", client.get_order_by_id, aid, GetOrderByIdRequest(nested=True)
@@ -1661,13 +1667,17 @@ class AlpacaBroker:
                     f"Alpaca at {self._endpoint}: reading replacement order {aid} failed: "
                     f"{self._scrub(error_info(e).reason)}"
                 ) from None
-            raw = None
+            replaced = self._replacements.pop(aid, None)
+            log.warning("alpaca.order.replacement_not_found", alpaca_id=aid, replaced=replaced)
+            return
         except _Unreachable as e:
             raise self._unreachable(f"reading replacement order {aid}", e) from None
+        problem = self._not_the_order(raw, aid)
+        if problem is not None:
+            raise self._malformed("get_order", f"reading replacement order {aid}", problem)
+        assert isinstance(raw, Mapping)
         replaced = self._replacements.pop(aid, None)
-        if not isinstance(raw, Mapping) or aid in self._by_alpaca_id:
-            if raw is None:
-                log.warning("alpaca.order.replacement_not_found", alpaca_id=aid, replaced=replaced)
+        if aid in self._by_alpaca_id:
             return
         group = str(raw.get("order_class") or "")
         group = group if group in ("bracket", "oto", "oco") else ""
@@ -2217,13 +2227,24 @@ class AlpacaBroker:
                 log.warning("alpaca.order.not_found", client_order_id=t.order.client_order_id)
                 return False
             raise
-        order = f"order {aid} ({t.order.client_order_id})"
-        if not isinstance(raw, Mapping):
-            raise self._unreadable("get_order", f"{order} is a {type(raw).__name__}, not an object")
-        if str(raw.get("id") or "") != aid:
-            raise self._unreadable("get_order", f"{order}: the answer's id is {raw.get('id')!r}")
+        problem = self._not_the_order(raw, aid, t.order.client_order_id)
+        if problem is not None:
+            raise self._unreadable("get_order", problem)
+        assert isinstance(raw, Mapping)
         self._apply(raw)
         return True
+
+    @staticmethod
+    def _not_the_order(raw: Any, aid: str, client_order_id: str | None = None) -> str | None:
+        """What is wrong with an answer to GET /v2/orders/{aid} (no object, or an object that
+        is not that order: an error body), for a malformed-answer error; None when it is
+        the order."""
+        named = f"order {aid}" + (f" ({client_order_id})" if client_order_id else "")
+        if not isinstance(raw, Mapping):
+            return f"{named} is a {type(raw).__name__}, not an object"
+        if str(raw.get("id") or "") != aid:
+            return f"{named}: the answer's id is {raw.get('id')!r}"
+        return None
 
     async def _poll_quietly(self, *, only_open: bool = False) -> None:
         try:

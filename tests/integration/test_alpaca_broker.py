@@ -808,6 +808,50 @@ async def test_the_replacement_of_an_order_placed_by_hand_stays_the_hands(fake):
         assert broker.origin("never-seen") == "never-seen"
 
 
+@pytest.mark.parametrize(
+    ("answer", "named"),
+    [
+        ({"code": 50010000, "message": "internal error"}, ": the answer's id is None"),
+        (["AAPL"], " is a list, not an object"),
+        (None, " is a NoneType, not an object"),
+    ],
+)
+async def test_a_replacement_whose_answer_cannot_be_read_is_read_again_not_dropped(
+    fake, broker, monkeypatch, answer, named
+):
+    """The replacement of an edited order read by id answered something that is no order
+    (an error body, a list, null): it was dropped from the orders to follow, nothing said,
+    and never read again; its fills were never booked. It is a failed poll, named as a
+    malformed answer, and the replacement is read again until Alpaca answers."""
+    from alpaca.trading.client import TradingClient
+
+    fake.set_price("AAPL", 100.0, match=False)
+    buy = order("AAPL", 10, OrderType.LIMIT, limit=95.0)
+    await broker.submit([buy])
+    readable = TradingClient.get_order_by_id
+    monkeypatch.setattr(TradingClient, "get_order_by_id", lambda self, *a, **kw: answer)
+    with capture_logs() as logs:
+        new = fake.replace(buy.client_order_id, limit_price=99.0)
+        problem = f"get_order: unreadable answer: order {new.id}{named}"
+
+        def failed() -> int:
+            return sum(
+                1 for e in logs if e["event"] == "alpaca.poll_failed" and problem in e["error"]
+            )
+
+        await eventually(lambda: failed() >= 2)  # read again, still unreadable
+    assert broker.order(new.client_order_id) is None
+    assert problem in broker.status()["last_error"]
+
+    monkeypatch.setattr(TradingClient, "get_order_by_id", readable)
+    await eventually(lambda: broker.order(new.client_order_id) is not None)
+    assert broker.origin(new.client_order_id) == buy.client_order_id
+    updates = Updates(broker)
+    fake.set_price("AAPL", 98.5)  # the replacement fills
+    await updates.until(lambda u: u.filled(new.client_order_id) >= 10)
+    assert [(f.symbol, f.quantity) for f in updates.fills] == [("AAPL", 10.0)]
+
+
 async def test_429_and_server_errors_are_retried(fake, broker):
     before = SOURCE_ERRORS.labels(source="alpaca_trading", kind="http_429")._value.get()
     fake.throttle(2)  # a 429 has four tries an attempt

@@ -537,6 +537,50 @@ async def test_a_lookup_answer_that_cannot_be_read_is_retryable_not_an_order_alp
         assert booked.last(cid).status is OrderStatus.FILLED
 
 
+@pytest.mark.parametrize(
+    ("answer", "named"),
+    [
+        ({"code": 50010000, "message": "internal error"}, ": the answer's id is None"),
+        (["AAPL"], " is a list, not an object"),
+    ],
+)
+async def test_an_edit_chain_answer_that_cannot_be_read_is_retryable_not_the_end_of_it(
+    fake, monkeypatch, answer, named
+):
+    """At a restart the chain of edits of an adopted replacement is read back to ours (its
+    `origin`). An order of it answered as something that is no order ended the chain there:
+    the replacement stood for nobody of this run, and its fills were no longer the run's.
+    It is a malformed answer: `resume` raises RetryableError having changed nothing, and
+    finds the origin once Alpaca answers."""
+    from alpaca.trading.client import TradingClient
+
+    fake.set_price("AAPL", 100.0, match=False)
+    buy = order("AAPL", 10, OrderType.LIMIT, limit=95.0)
+    async with running(fake) as before:
+        await before.submit([buy])
+        new = fake.replace(buy.client_order_id, limit_price=97.0)
+        await eventually(lambda: before.order(new.client_order_id) is not None)
+        await Booked(before).bar()  # ours, closed as replaced, is handed over
+        known = checkpoint(before)
+    # Only the chain leads from the replacement back to ours.
+    assert [o.client_order_id for o in known] == [new.client_order_id]
+    first = fake.order(buy.client_order_id).id
+    readable = TradingClient.get_order_by_id
+    async with running(fake) as after:
+        monkeypatch.setattr(TradingClient, "get_order_by_id", lambda self, *a, **kw: answer)
+        pattern = r"\(malformed\): get_order: unreadable answer: " + re.escape(
+            f"order {first}{named}"
+        )
+        with pytest.raises(RetryableError, match=pattern):
+            await after.resume(known, [])
+        monkeypatch.setattr(TradingClient, "get_order_by_id", readable)
+        await after.resume(known, [])
+        assert after.origin(new.client_order_id) == buy.client_order_id
+        fake.fill(new.client_order_id, price=97.0)
+        booked = Booked(after)
+        await booked.until(lambda b: b.filled(new.client_order_id) == 10)
+
+
 async def test_positions_are_alpacas_signed_quantities(fake):
     fake.set_position("AAPL", 7, 100.0)
     fake.allow_short = True
