@@ -26,10 +26,12 @@ exponential backoff and jitter), with one `publisher.redis.down` and one
 One run id, one publisher. Two daemons of one run id on one Redis (one configuration started
 on two stores) would interleave two books on the same channels, and overwrite each other's
 `tradingd:<run_id>:state`. Each send also claims `<prefix><run_id>:owner` (SET NX with a TTL
-its owner renews at each send); a publisher that finds another's claim still there a whole
-TTL after it first saw it (so renewed: a crashed predecessor's claim expires instead) logs
-`publisher.run_id_shared` naming the other process and reports not ok in /ready. It still
-publishes: the events are a view, and which daemon should give way is the operator's call.
+its owner renews at each send, and a third of the TTL after the last one at the latest: a
+daemon between bars is quiet for longer than the TTL); a publisher that finds another's
+claim still there a whole TTL after it first saw it (so renewed: a crashed predecessor's
+claim expires instead) logs `publisher.run_id_shared` naming the other process and reports
+not ok in /ready. It still publishes: the events are a view, and which daemon should give
+way is the operator's call.
 
 A Redis that is up but refuses writes (full at `maxmemory` with `noeviction`, a read-only
 replica, an ACL) still takes PUBLISH: each command's answer is read on its own, a refused
@@ -389,10 +391,19 @@ class RedisPublisher:
     async def _run(self) -> None:
         from .cache.redis import ERRORS
 
+        renew_s = self.owner_ttl_ms / 3000
         while True:
-            await self._wake.wait()
+            # The claim is renewed a third of its TTL after the last send at the latest: a
+            # daemon between bars sends nothing for longer than the TTL (the state refresh
+            # comes every cache.expiry_s / 3), and a claim kept only by sends lapsed in
+            # between, so a second daemon took it and neither was ever reported.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(renew_s):
+                    await self._wake.wait()
             self._wake.clear()
-            while self._queue and self._link.available and self._client is not None:
+            renew = True  # one claim at least, with or without messages
+            while (self._queue or renew) and self._link.available and self._client is not None:
+                renew = False
                 n = min(self.batch_size, len(self._queue))
                 batch = [self._queue.popleft() for _ in range(n)]
                 client = self._client

@@ -7,6 +7,8 @@ books with nothing saying so. The clock is the test's: a claim's age is advanced
 
 from __future__ import annotations
 
+import asyncio
+import time
 import uuid
 
 import pytest
@@ -97,4 +99,35 @@ async def test_a_dead_publishers_claim_is_not_reported(redis_url, run_id):
     finally:
         await pub.stop()
         await raw.delete(key)
+        await raw.aclose()
+
+
+async def test_two_quiet_publishers_keep_their_claims_and_the_second_is_reported(redis_url, run_id):
+    """Between bars a daemon sends nothing for a long time (the state refresh comes every
+    `cache.expiry_s / 3`, 20 minutes by default), longer than the claim's TTL. The claim
+    renewed only with a send expired in between, the later daemon took it, and no daemon
+    ever saw another's claim twice a TTL apart: two daemons of one run id ran for 9 minutes
+    unreported in a trial. Each keeps its claim on its own timer; Redis's own TTL runs here."""
+    ttl = 0.3
+    a = RedisPublisher(redis_url, run_id, owner_ttl_s=ttl)
+    b = RedisPublisher(redis_url, run_id, owner_ttl_s=ttl)
+    raw = aioredis.from_url(redis_url)
+    await a.start()
+    try:
+        with capture_logs() as logs:
+            await _send(a)
+            # Three TTLs without a message from a: its claim is there throughout (polled).
+            until = time.monotonic() + 3 * ttl
+            while time.monotonic() < until:
+                assert await raw.get(a.owner_key) == a.owner.encode()
+                await asyncio.sleep(0.02)
+            await b.start()
+            await _send(b)  # one message from b, then silence from both
+            await wait_until(lambda: b.shared_with == a.owner, "b to report a's claim")
+        assert a.shared_with is None and a.status()["ok"] and not b.status()["ok"]
+        assert [e["other"] for e in logs if e["event"] == "publisher.run_id_shared"] == [a.owner]
+    finally:
+        await a.stop()
+        await b.stop()
+        await raw.delete(a.owner_key)
         await raw.aclose()
