@@ -31,7 +31,9 @@ Bar labels (fixed by the project; all stored data are labelled this way):
 Range: `exchange_calendars` builds a calendar for a window of sessions (by default 20 years
 back to one year ahead of the day it was built). An instant or a label outside that window
 raises `CalendarRangeError`: the package cannot say which bars exist there, and guessing would
-hide a gap or invent one.
+hide a gap or invent one. Some calendars the package builds only to a date (`bound_max`: the
+exchanges whose holidays it keeps in a table, XSES, XSHG and XBOM to 2026-12-31 in 4.13): they
+extend to it and no further, and past it the error says to upgrade exchange-calendars.
 """
 
 from __future__ import annotations
@@ -149,6 +151,13 @@ class ExchangeCalendar:
         self.interval = interval
         self._start_arg = start
         self._extends = end is None
+        # How far it was asked to reach (the package's default window: a year ahead, or its
+        # bound_max if sooner): built through its bound_max, it can answer nothing later.
+        self._built_through: date = (
+            type(cal).default_end() if end is None else pd.Timestamp(end)
+        ).date()
+        bound = cal.bound_max()
+        self._bound_max: date | None = None if bound is None else bound.date()
         self.tz: ZoneInfo = ZoneInfo(str(cal.tz))
         self._cal = cal
         step = INTERVALS[interval]
@@ -217,10 +226,41 @@ class ExchangeCalendar:
         """The instants this calendar answers for: first session's first label, last close."""
         return _dt(self._lo), _dt(self._hi)
 
+    @property
+    def bound_max(self) -> date | None:
+        """The last date the installed exchange_calendars can build this calendar through
+        (its `bound_max`: the end of the holidays it records, 2026-12-31 for XSES, XSHG and
+        XBOM in 4.13); None when it builds any year (XNYS: its holidays are rules)."""
+        return self._bound_max
+
+    def upgrade_hint(self) -> str:
+        """What to do about the package's end of this calendar (`bound_max`); "" if none."""
+        bound = self.bound_max
+        if bound is None:
+            return ""
+        return (
+            f"the installed exchange-calendars {xcals.__version__} records the {self.name} "
+            f"sessions only to {bound}: upgrade exchange-calendars (pip install -U "
+            "exchange-calendars) to a release that records the following year, and restart"
+        )
+
+    def _later_end(self) -> str:
+        """What makes the calendar answer past its last session: a newer exchange_calendars
+        when it is built through the package's end, else building it with a later end."""
+        bound = self.bound_max
+        if bound is not None and self._built_through >= bound:
+            return self.upgrade_hint()
+        return "build it with a later end"
+
     def extend(self, through: date) -> bool:
         """Rebuild the calendar's sessions through `through` (its start kept), in place:
-        every part holding this object sees the longer calendar. False when it already
-        reaches that far, or was built with an `end` (it ends there)."""
+        every part holding this object sees the longer calendar. Not past the package's
+        `bound_max` (it refuses to build there: a daemon asking a year ahead of a calendar
+        ending in a month failed at every heartbeat). False when it already reaches that
+        far, or was built with an `end` (it ends there)."""
+        bound = self.bound_max
+        if bound is not None and through > bound:
+            through = bound
         if not self._extends or through <= self.last_session:
             return False
         start = self._start_arg if self._start_arg is not None else self.first_session
@@ -257,10 +297,11 @@ class ExchangeCalendar:
             self._extend_for(_dt(ns).date())
         if not self._lo <= ns <= self._hi:
             lo, hi = self.coverage
+            fix = "build the calendar with a wider start/end" if ns < self._lo else ""
             raise CalendarRangeError(
                 f"{what} = {t.isoformat()} is outside the {self.name} calendar's range "
                 f"({lo.isoformat()} .. {hi.isoformat()}, sessions {self.first_session} .. "
-                f"{self.last_session}); build the calendar with a wider start/end"
+                f"{self.last_session}); {fix or self._later_end()}"
             )
 
     # -- bar generation -------------------------------------------------------------------
@@ -305,6 +346,7 @@ class ExchangeCalendar:
             raise CalendarRangeError(
                 f"{day} is outside the {self.name} calendar's sessions "
                 f"({self.first_session} .. {self.last_session})"
+                + (f"; {self._later_end()}" if day > self.last_session else "")
             )
         ns = (day - date(1970, 1, 1)).days * _DAY_NS
         i = int(np.searchsorted(self._sessions, ns))
@@ -404,7 +446,7 @@ class ExchangeCalendar:
             hi = self.coverage[1]
             raise CalendarRangeError(
                 f"no {self.name} bar closes after {now.isoformat()} within the calendar's "
-                f"range (last close {hi.isoformat()}); build it with a later end"
+                f"range (last close {hi.isoformat()}); {self._later_end()}"
             )
         start = int(self._seg_start[seg])
         k = 0 if n < start or self._step is None else (n - start) // self._step
@@ -420,7 +462,7 @@ class ExchangeCalendar:
         if i >= len(self._opens):
             raise CalendarRangeError(
                 f"no {self.name} session opens after {after.isoformat()} within the "
-                f"calendar's sessions (last {self.last_session}); build it with a later end"
+                f"calendar's sessions (last {self.last_session}); {self._later_end()}"
             )
         return _dt(self._opens[i])
 

@@ -34,6 +34,13 @@ Two schedules:
   history) unless `resume_after` names the newest bar the daemon has: then every later bar
   that is due is released at once (catch-up through the clock), and the rest as they close.
 
+  The calendar: the package builds one about a year ahead, and the clock extends it a month
+  before its end. Some calendars the package builds only to a date (`bound_max`: XSES, XSHG
+  and XBOM to 2026-12-31 in exchange_calendars 4.13): the clock extends those to it, says
+  from `_ENDS_WARN` before it that it ends (`calendar.ends`, at start and once a day), and
+  fails only when no bar of the calendar closes after now, with an error that says to
+  upgrade exchange-calendars (the last bar is released first).
+
 * accelerated (`bars_per_second > 0`): an interval trigger releases the next time of a given
   list of bar times at `bars_per_second`, for tests and demos that drive the live path over
   recorded bars. Unchanged; it has no relation to the wall clock or the exchange calendar.
@@ -52,7 +59,7 @@ from bisect import bisect_right
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 import structlog
@@ -72,6 +79,12 @@ log = structlog.get_logger(__name__)
 _MAX_PENDING = 10_000
 # Rebuild an own calendar (package default: one year ahead) when its end gets this close.
 _HORIZON = timedelta(days=30)
+# A calendar the package builds only to a date (`bound_max`): said in the log (at start and
+# once a day) from this close to it, and degraded in `calendar_status` from this close. The
+# operator needs a release of exchange-calendars that records the next year's holidays,
+# which comes when the exchange publishes them, often in the last weeks of the year.
+_ENDS_WARN = timedelta(days=60)
+_ENDS_DEGRADED = timedelta(days=30)
 _JOB = "bar-close"
 _HEARTBEAT_TASK = "clock-heartbeat"
 
@@ -149,6 +162,7 @@ class LiveClock:
         self._next_release: tuple[datetime, datetime] | None = None  # (label, release instant)
         self._failure: BaseException | None = None
         self._heartbeat: asyncio.Task[None] | None = None
+        self._ends_said: date | None = None  # the day `calendar.ends` was last logged
 
     # -- what the health / ready check and the catch-up need ------------------------------
 
@@ -226,13 +240,20 @@ class LiveClock:
         return self.session_day(after)
 
     def trade_deadline(self, label: datetime) -> datetime | None:
-        """Until when a released bar the source has not delivered yet still trades: the next
-        session's open after its close. Its orders are for that open, as those of a bar
-        delivered on time; after it they would fill at a price the bar never saw. None in
-        accelerated mode (no wall clock: a late bar waits for the next release)."""
+        """Until when a released bar still trades: the next session's open after its close.
+        Its orders are for that open, as those of a bar delivered on time; after it they
+        would fill at a price the bar never saw (a bar delivered late, or released late: a
+        start or a resume from a suspend during the next session). None in accelerated mode
+        (no wall clock: a late bar waits for the next release), and for the last session of
+        a calendar the package ends there (no next open known: the bar trades, its orders
+        wait for the session an upgraded calendar knows; the clock fails after it)."""
         if self.accelerated:
             return None
-        return self.exchange.next_open(self.exchange.close_of(label))
+        close = self.exchange.close_of(label)
+        try:
+            return self.exchange.next_open(close)
+        except ValueError:  # (CalendarRangeError is one): no session opens after it
+            return None
 
     async def wait(self, seconds: float) -> None:
         """Sleep up to `seconds` (the loop's monotonic clock), returning early when a bar is
@@ -261,7 +282,7 @@ class LiveClock:
         if self.accelerated:
             return None
         at = self._now() if now is None else now
-        return self.exchange.last_closed(at - self._delay)
+        return self.exchange.last_closed(self._closed_by(at))
 
     def due(self, now: datetime | None = None) -> list[datetime]:
         """Labels to release at `now`: newer than the last released (or, at start, the newest
@@ -271,7 +292,58 @@ class LiveClock:
         if not self._started:
             raise RuntimeError("LiveClock.start() must be awaited first")
         at = self._now() if now is None else now
-        return self.exchange.closed_after(self._watermark, at - self._delay)
+        return self.exchange.closed_after(self._watermark, self._closed_by(at))
+
+    def _closed_by(self, at: datetime) -> datetime:
+        """By when a bar must have closed to be due at `at` (`delay_s` before it), no later
+        than the calendar's last close: past the end of a calendar that cannot be extended
+        (the package's `bound_max`, or an `end` of the caller's) its last bars are still
+        released, and `_arm` fails for want of a next one, with what to do. Asking the
+        calendar past its end failed before they were released."""
+        until = at - self._delay
+        last_close = self.exchange.coverage[1]
+        return last_close if until > last_close else until
+
+    def calendar_status(self) -> dict[str, Any]:
+        """The calendar's end, for /ready (a `health.status_check`): not ok (`degraded`) from
+        `_ENDS_DEGRADED` before the date the package builds it to (`bound_max`), when the
+        daemon will stop after that date's session unless exchange-calendars is upgraded.
+        Ok for a calendar the package builds any year ahead (XNYS), when accelerated (no
+        calendar) and before `start()` built it (building here would block the loop)."""
+        if self.accelerated or self._exchange is None:
+            return {"ok": True, "state": "ok", "detail": "no exchange calendar in use yet"}
+        name = self._exchange.name
+        end = self._calendar_end(self._now())
+        if end is None:
+            return {
+                "ok": True,
+                "state": "ok",
+                "detail": f"{name} calendar: exchange-calendars builds it any year ahead",
+                "calendar": name,
+                "ends": None,
+                "days_left": None,
+            }
+        bound, days_left = end
+        ok = days_left >= _ENDS_DEGRADED.days
+        detail = f"{name} calendar ends on {bound} ({days_left} days left)"
+        if not ok:
+            detail += f": {self._exchange.upgrade_hint()}"
+        return {
+            "ok": ok,
+            "state": "ok" if ok else "degraded",
+            "detail": detail,
+            "calendar": name,
+            "ends": bound,
+            "days_left": days_left,
+        }
+
+    def _calendar_end(self, now: datetime) -> tuple[date, int] | None:
+        """(the last date the package builds the calendar through, days from `now` to it);
+        None when it has no such date (or a duck-typed calendar says none)."""
+        bound: date | None = getattr(self.exchange, "bound_max", None)
+        if bound is None:
+            return None
+        return bound, (bound - now.date()).days
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -279,6 +351,7 @@ class LiveClock:
         self._event = asyncio.Event()
         self._stopped = False
         self._failure = None
+        self._ends_said = None  # a start says when the calendar ends, as the first thing
         sched = AsyncIOScheduler(timezone=UTC)
         cfg = self.config
         if cfg.bars_per_second > 0:
@@ -302,7 +375,7 @@ class LiveClock:
             self._watermark = self._start_watermark = (
                 self._resume_after
                 if self._resume_after is not None
-                else exchange.last_closed(now - self._delay)
+                else exchange.last_closed(self._closed_by(now))
             )
             self._started = True
         sched.start()
@@ -398,7 +471,7 @@ class LiveClock:
         at `now` are taken back (not yet handed over: dropped) and released again at their
         time; the engine skips one it has stepped meanwhile, so nothing trades twice."""
         released = self._last_released
-        latest = self.exchange.last_closed(now - self._delay)
+        latest = self.exchange.last_closed(self._closed_by(now))
         if released is None or (latest is not None and released <= latest):
             return
         floor = self._start_watermark  # had at start, never released: not taken back
@@ -472,11 +545,21 @@ class LiveClock:
         calendar when its end is near, before a close must be found past it. An own one is
         rebuilt; an injected one of the package's window (the daemon's: the feed and the
         session hold the same object) is extended in place; one built with an end is the
-        caller's business (it ends there)."""
-        if now + _HORIZON < self.exchange.coverage[1]:
-            return
-        end = (now + timedelta(days=366)).date()
+        caller's business (it ends there). Not past the date the package builds it to
+        (`bound_max`): asked for a year ahead there, it refused, and the clock failed at
+        every heartbeat a month before a close it needed was missing. When that date is
+        near, `calendar.ends` says so."""
+        if now + _HORIZON >= self.exchange.coverage[1]:
+            self._extend_through((now + timedelta(days=366)).date())
+        self._say_if_calendar_ends(now)
+
+    def _extend_through(self, end: date) -> None:
+        bound: date | None = getattr(self.exchange, "bound_max", None)
+        if bound is not None and end > bound:
+            end = bound
         if self._own_exchange:
+            if end <= self.exchange.last_session:
+                return
             from .calendar import ExchangeCalendar
 
             self._exchange = ExchangeCalendar(self._calendar_name, self._interval, end=end)
@@ -485,6 +568,26 @@ class LiveClock:
             if extend is None or not extend(end):
                 return
         log.info("clock.live.calendar_extended", last_session=str(self.exchange.last_session))
+
+    def _say_if_calendar_ends(self, now: datetime) -> None:
+        """`calendar.ends` (a warning) from `_ENDS_WARN` before the package's end of the
+        calendar: at start, then once a day (not at every heartbeat)."""
+        end = self._calendar_end(now)
+        if end is None or self._ends_said == now.date():
+            return
+        bound, days_left = end
+        if days_left > _ENDS_WARN.days:
+            return
+        self._ends_said = now.date()
+        log.warning(
+            "calendar.ends",
+            calendar=self.exchange.name,
+            ends=bound.isoformat(),
+            days_left=days_left,
+            last_session=str(self.exchange.last_session),
+            hint=f"{self.exchange.upgrade_hint()}; after the calendar's last session the "
+            "clock has no bar to release and the daemon stops (exit 2)",
+        )
 
     @property
     def backlog(self) -> int:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import warnings
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from zoneinfo import ZoneInfo
 
+import exchange_calendars as xcals
 import numpy as np
 import pytest
 
@@ -175,6 +176,53 @@ def test_outside_the_package_range_is_an_error():
     assert small.last_closed(u(2024, 1, 2, 15)) is None
     with pytest.raises(CalendarRangeError):
         ExchangeCalendar().bars_between(d(1990, 1, 2), d(1990, 1, 5))
+
+
+# exchange_calendars records these exchanges' holidays in a table that ends with a year
+# (`bound_max`: 2026-12-31 in 4.13): the calendar cannot be built past it.
+BOUNDED = ["XSES", "XSHG", "XBOM"]
+
+
+def _bounded(name: str) -> tuple[ExchangeCalendar, date]:
+    """The package's default calendar of `name` and its end (`bound_max`, from the package)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bound = xcals.get_calendar(name).bound_max()
+    if bound is None:
+        pytest.skip(f"the installed exchange_calendars has no end for {name}")
+    return ExchangeCalendar(name, "1d"), bound.date()
+
+
+@pytest.mark.parametrize("name", BOUNDED)
+def test_a_calendar_extends_only_as_far_as_the_package_records_its_holidays(name):
+    """A year ahead is past the package's table for these exchanges: extend() raised
+    ConfigError ("holidays are only recorded to the year 2026"), and the live clock (which
+    extends a month before the end) failed at every start and heartbeat from then on."""
+    cal, bound = _bounded(name)
+    assert cal.last_session <= bound
+    assert cal.extend(bound + timedelta(days=366)) is False  # as far as it goes already
+    assert cal.last_session <= bound < cal.last_session + timedelta(days=7)
+    assert cal.bound_max == bound
+    # The questions a daemon asks inside it are answered.
+    ten_days_before = datetime.combine(bound - timedelta(days=10), datetime.min.time(), UTC)
+    assert cal.last_closed(ten_days_before) is not None
+
+
+@pytest.mark.parametrize("name", BOUNDED)
+def test_past_the_packages_end_the_error_says_to_upgrade_exchange_calendars(name):
+    cal, _ = _bounded(name)
+    last_close = cal.coverage[1]
+    with pytest.raises(CalendarRangeError, match="upgrade exchange-calendars"):
+        cal.next_close(last_close)
+    with pytest.raises(CalendarRangeError, match="upgrade exchange-calendars"):
+        cal.next_open(last_close)
+    with pytest.raises(CalendarRangeError, match="upgrade exchange-calendars"):
+        cal.last_closed(last_close + timedelta(days=3))
+    # A calendar built with an end of the caller's is the caller's to build longer.
+    short = ExchangeCalendar("XNYS", "1d", start="2024-01-02", end="2024-12-31")
+    assert short.bound_max is None
+    with pytest.raises(CalendarRangeError, match="later end"):
+        short.next_close(short.coverage[1])
 
 
 # -- intraday bars -------------------------------------------------------------------------

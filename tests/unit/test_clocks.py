@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, date, datetime, timedelta
+import warnings
+from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+import exchange_calendars as xcals
 import pytest
 from structlog.testing import capture_logs
 
@@ -388,3 +390,141 @@ def test_a_calendar_of_the_packages_window_answers_past_it_and_one_with_an_end_d
     bounded = ExchangeCalendar("XNYS", "1d", start="2024-01-02", end="2024-12-31")
     with pytest.raises(CalendarRangeError):
         bounded.last_closed(datetime(2025, 2, 1, tzinfo=UTC))
+
+
+# -- a calendar the package records only to a date (its bound_max) ------------------------
+
+# exchange_calendars 4.13 records these exchanges' holidays only to 2026-12-31.
+BOUNDED = ["XSES", "XSHG", "XBOM"]
+
+
+def _package_end(name: str) -> date:
+    """The last date exchange_calendars can build `name` through (asked of the package)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bound = xcals.get_calendar(name).bound_max()
+    if bound is None:
+        pytest.skip(f"the installed exchange_calendars has no end for {name}")
+    return bound.date()
+
+
+def _noon(day: date) -> datetime:
+    return datetime.combine(day, time(12), UTC)
+
+
+@pytest.mark.parametrize("name", BOUNDED)
+@pytest.mark.parametrize("own", [False, True], ids=["shared", "own"])
+async def test_a_calendar_whose_package_data_ends_runs_until_it_ends(name, own):
+    """From 30 days before the package's end the clock extended its calendar to now + 366
+    days, which the package refuses: ConfigError from start() and from every heartbeat
+    (clock.live.failed), the daemon exited 2 and could not restart, a month before a single
+    close it needed was missing. It runs on, and says at start when the calendar ends."""
+    end = _package_end(name)
+    now = FakeTime(_noon(end - timedelta(days=29)))
+    exchange = None if own else ExchangeCalendar(name, "1d")  # the daemon's: shared
+    clock = LiveClock(LiveConfig(delay_s=300, calendar=name), exchange=exchange, now=now)
+    with capture_logs() as logs:
+        await clock.start()
+    try:
+        assert clock.next_release_at is not None
+        assert clock.exchange.last_session <= end
+        [ends] = [e for e in logs if e["event"] == "calendar.ends"]
+        assert ends["log_level"] == "warning" and ends["calendar"] == name
+        assert (ends["ends"], ends["days_left"]) == (end.isoformat(), 29)
+        assert "upgrade exchange-calendars" in ends["hint"]
+        now.t += timedelta(days=2)
+        await clock._tick()  # a heartbeat two days on
+        assert clock._failure is None and clock.next_release_at is not None
+    finally:
+        await clock.stop()
+
+
+async def test_the_calendars_end_is_said_at_start_and_once_a_day_not_every_heartbeat():
+    end = _package_end("XSES")
+    shared = ExchangeCalendar("XSES", "1d")
+    now = FakeTime(datetime.combine(end - timedelta(days=40), time(1), UTC))
+    clock = LiveClock(LiveConfig(delay_s=300, calendar="XSES"), exchange=shared, now=now)
+    with capture_logs() as logs:
+        await clock.start()
+        for _ in range(20):  # heartbeats through the day
+            now.t += timedelta(minutes=30)
+            await clock._tick()
+        now.t += timedelta(days=1)
+        await clock._tick()
+        await clock._tick()
+        await clock.stop()
+        await clock.start()  # a start says it again, the same day
+        await clock.stop()
+    assert [e["days_left"] for e in logs if e["event"] == "calendar.ends"] == [40, 39, 39]
+    # Months ahead nothing is said.
+    far = LiveClock(
+        LiveConfig(delay_s=300, calendar="XSES"),
+        exchange=shared,
+        now=FakeTime(_noon(end - timedelta(days=200))),
+    )
+    with capture_logs() as logs:
+        await far.start()
+        await far.stop()
+    assert not [e for e in logs if e["event"] == "calendar.ends"]
+
+
+async def test_the_calendars_end_turns_its_status_degraded_a_month_ahead():
+    """What /ready can show (a `status_check`): an operator sees the end coming before the
+    daemon stops at it."""
+    end = _package_end("XSES")
+    now = FakeTime(_noon(end - timedelta(days=200)))
+    config = LiveConfig(delay_s=300, calendar="XSES")
+    clock = LiveClock(config, exchange=ExchangeCalendar("XSES", "1d"), now=now)
+    await clock.start()
+    try:
+        st = clock.calendar_status()
+        assert st["ok"] and st["state"] == "ok"
+        assert (st["ends"], st["days_left"]) == (end, 200)
+        now.t = _noon(end - timedelta(days=29))
+        st = clock.calendar_status()
+        assert not st["ok"] and st["state"] == "degraded" and st["days_left"] == 29
+        assert end.isoformat() in st["detail"] and "upgrade exchange-calendars" in st["detail"]
+    finally:
+        await clock.stop()
+    # A calendar the package builds without an end (XNYS) never ends.
+    xnys = LiveClock(LiveConfig(delay_s=300), now=FakeTime(u(2024, 11, 27, 15)))
+    await xnys.start()
+    try:
+        st = xnys.calendar_status()
+        assert st["ok"] and st["ends"] is None and st["days_left"] is None
+    finally:
+        await xnys.stop()
+
+
+@pytest.mark.parametrize("name", BOUNDED)
+async def test_after_the_packages_last_session_the_clock_fails_saying_to_upgrade(name):
+    """Only with no next session in the calendar does the clock fail, after releasing the
+    last bar, with what to do; a start after it fails the same way (exit 2)."""
+    end = _package_end(name)
+    cal = ExchangeCalendar(name, "1d")
+    close = cal.coverage[1]  # the last session's close
+    last = cal.last_closed(close)
+    assert last is not None and last.date() <= end
+    now = FakeTime(close - timedelta(hours=1))
+    clock = LiveClock(LiveConfig(delay_s=300, calendar=name), exchange=cal, now=now)
+    await clock.start()
+    try:
+        assert clock.next_release_at == close + timedelta(minutes=5)
+        now.t = close + timedelta(minutes=5, seconds=1)  # its firing, a moment late
+        await clock._tick()
+        # No next open known: the bar trades, its orders wait for the session an upgraded
+        # calendar knows.
+        assert clock.trade_deadline(last) is None
+        it = clock.__aiter__()
+        assert await it.__anext__() == last
+        with pytest.raises(CalendarRangeError, match="upgrade exchange-calendars"):
+            await asyncio.wait_for(it.__anext__(), timeout=1.0)
+    finally:
+        await clock.stop()
+    later = LiveClock(
+        LiveConfig(delay_s=300, calendar=name),
+        exchange=cal,
+        now=FakeTime(close + timedelta(days=3)),
+    )
+    with pytest.raises(CalendarRangeError, match="upgrade exchange-calendars"):
+        await later.start()
