@@ -900,8 +900,11 @@ def warmup_needed(pipeline: Pipeline, names: Sequence[str], catalog: Catalog) ->
 def plan_live(
     config: Config, exchange: Any, now: datetime, needed: tuple[int, str] = (0, "")
 ) -> LivePlan:
-    """Real time: warm up through the bar before the last closed one, and trade the last
-    closed bar at once (it is the current bar until the next one closes), then each new close.
+    """Real time: warm up through the bar before the last closed one, and have the clock
+    release the last closed bar at once, then each new close. That bar trades if its trade
+    deadline (the next session's open, which its orders are for) is still ahead: a start
+    after the close or over a weekend. A start during the next session steps it untraded
+    (`Engine._catch_up`, counted in bars_never_traded): its orders would fill mid-session.
     Accelerated (bars_per_second > 0): release the calendar's bars from run.start to run.end
     (or the last closed bar), after warming up on the `warmup_bars` before them, or on what
     the pipeline needs (`needed`, from `warmup_needed`) when that is more."""

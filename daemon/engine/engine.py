@@ -2056,18 +2056,31 @@ class Engine:
         log.warning("bar.released_again", time=t, last=self._last_time, rule="already stepped")
         return True
 
+    def _trade_deadline(self, t: datetime) -> datetime | None:
+        """The clock's trade deadline of the released bar `t` (the next session's open
+        after its close: its orders are for that open); None for a clock without wall time
+        (replay, accelerated), whose every bar trades in its turn."""
+        deadline = getattr(self.clock, "trade_deadline", None)
+        return deadline(t) if callable(deadline) else None
+
+    def _too_late_to_trade(self, until: datetime | None) -> bool:
+        """Whether a released bar, its trade deadline `until`, can no longer trade:
+        the clock released a newer bar (the daemon was stalled, suspended or down: the
+        newest trades), or the deadline passed (a start, or a resume from a suspend, during
+        the next session: its orders would fill at a price it never saw). One rule for a
+        bar stepped (`_catch_up`) and for one asked for again (`_late_bar_deadline`)."""
+        if getattr(self.clock, "backlog", 0):
+            return True
+        return until is not None and cast(_WallClock, self.clock).now() >= until
+
     def _late_bar_deadline(self, t: datetime) -> datetime | None:
         """Until when the released bar `t` may still trade if it arrives late (the clock's
         rule: the next session's open); None when the clock has none (accelerated, replay),
-        or when it could not trade any more: the deadline passed (a restart after the open)
-        or the clock released a newer bar (catch-up). Those were promised a retry "until"
-        a past time, waited a heartbeat for nothing, then logged that they stopped."""
-        deadline = getattr(self.clock, "trade_deadline", None)
-        until = deadline(t) if callable(deadline) else None
-        if until is None:
-            return None
-        clock = cast(_WallClock, self.clock)
-        if clock.backlog or clock.now() >= until:
+        or when it could not trade any more (`_too_late_to_trade`: a restart after the open,
+        a catch-up). Those were promised a retry "until" a past time, waited a heartbeat
+        for nothing, then logged that they stopped."""
+        until = self._trade_deadline(t)
+        if until is None or self._too_late_to_trade(until):
             return None
         return until
 
@@ -2241,18 +2254,31 @@ class Engine:
                 log.exception("state.refresh_failed")
 
     def _catch_up(self, t: datetime) -> bool | None:
-        """False (a step that does not trade) when a newer bar has closed already: the
-        daemon was stalled or down, so this bar only brings the features up to date and
-        the newest one trades. None otherwise: the step decides by the run's start."""
+        """False (a step that does not trade) when the bar can no longer trade
+        (`_too_late_to_trade`): a newer bar has closed already (the daemon was stalled or
+        down), or its trade deadline has passed (released alone after the next session
+        opened: a start, or a resume from a suspend, mid-session; it traded at midday). The
+        bar only brings the features up to date; the next one trades. None otherwise: the
+        step decides by the run's start. A replay's clock has neither: None."""
         newer = getattr(self.clock, "backlog", 0)
-        if newer > 0:
+        until = None if newer else self._trade_deadline(t)
+        if not self._too_late_to_trade(until):
+            return None
+        if newer:
             log.info("bar.catch_up", time=t, newer=newer)
-            if self._could_trade(t):
-                # Released to trade, stepped untraded: counted before its step checkpoints.
-                self._never_traded()
-                self._caught_up_untraded += 1
-            return False
-        return None
+        else:
+            log.info(
+                "bar.catch_up",
+                time=t,
+                deadline=until,
+                rule="released after its trade deadline (the next session's open, which "
+                "its orders were for): stepped without trading",
+            )
+        if self._could_trade(t):
+            # Released to trade, stepped untraded: counted before its step checkpoints.
+            self._never_traded()
+            self._caught_up_untraded += 1
+        return False
 
     async def _warm_up(self) -> None:
         """History before the first live bar, processed at once (not paced by the clock):

@@ -183,6 +183,41 @@ async def test_bars_caught_up_after_a_stall_count_as_never_traded_once_across_a_
     assert metrics.BARS_NEVER_TRADED._value.get() == result.bars_never_traded
 
 
+async def test_a_start_after_the_bars_trade_deadline_steps_it_without_trading(engine_config):
+    """Started Wednesday 10:30 New York with Tuesday's bar the newest closed: the clock
+    releases it alone (no newer bar: no catch-up), and it traded at midday, its orders
+    filling at a price it never saw. Its orders were for Wednesday's open, which has passed:
+    it is stepped untraded, said and counted as the backlog's catch-up is; the next trades."""
+    now = FakeTime(NEXT_OPEN + timedelta(hours=1))
+    engine, stepped = _engine(engine_config, now)
+    with capture_logs() as logs:
+        result = await engine.run_until_done()
+    assert [(t, trade) for t, trade in stepped if t >= LABEL] == [(LABEL, False), (NEXT, None)]
+    [caught_up] = [e for e in logs if e["event"] == "bar.catch_up"]
+    assert caught_up["time"] == LABEL and caught_up["deadline"] == NEXT_OPEN
+    assert result.bars_never_traded == 1
+    [warned] = [e for e in logs if e["event"] == "run.bars_never_traded"]
+    assert warned["caught_up_untraded"] == 1
+
+
+async def test_after_a_suspend_past_the_next_open_the_bar_released_alone_is_not_traded(
+    engine_config,
+):
+    """Suspended on Tuesday 14:00 New York, resumed Wednesday 11:00: the heartbeat after the
+    resume releases Tuesday's bar alone and it traded at Wednesday midday."""
+    tuesday_2pm = datetime(2020, 4, 14, 18, tzinfo=UTC)
+    resumed = NEXT_OPEN + timedelta(hours=1, minutes=30)
+    now = FakeTime(tuesday_2pm)
+    engine, stepped = _engine(
+        engine_config, now, move=lambda t: resumed if t < resumed else t + STEP
+    )
+    with capture_logs() as logs:
+        result = await engine.run_until_done()
+    assert [(t, trade) for t, trade in stepped if t >= LABEL] == [(LABEL, False), (NEXT, None)]
+    assert [e["time"] for e in logs if e["event"] == "bar.catch_up"] == [LABEL]
+    assert result.bars_never_traded == 1
+
+
 def test_a_late_bar_may_trade_until_the_next_sessions_open():
     clock = LiveClock(LiveConfig(delay_s=5), now=FakeTime(LABEL))
     assert clock.trade_deadline(LABEL) == NEXT_OPEN
