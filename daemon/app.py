@@ -1657,6 +1657,9 @@ def health_inputs(
             return CheckResult(False, f"last bar {last} older than expected {expected}", data)
 
         checks.append(Check("last_bar", last_bar))
+        # The exchange calendar's end (exchange-calendars builds some to a date only): not
+        # ready a month before the daemon would stop at it, while an upgrade can still come.
+        checks.append(status_check("calendar", clock.calendar_status))
     feed_status = getattr(engine.feed, "status", None)
     if callable(feed_status):
         checks.append(status_check("feed", feed_status))

@@ -261,7 +261,7 @@ async def test_status_says_when_the_next_bar_is_released_and_whether_the_market_
 
     now = FakeTime(datetime(2020, 4, 14, 15, tzinfo=UTC))  # Tuesday, 11:00 in New York
     engine, _ = _engine(engine_config, now)
-    _checks, status, _controls = health_inputs(engine)
+    checks, status, _controls = health_inputs(engine)
     clock = engine.clock
     await clock.start()
     try:
@@ -276,9 +276,14 @@ async def test_status_says_when_the_next_bar_is_released_and_whether_the_market_
     finally:
         await clock.stop()
     replay = build_engine(engine_config, "backtest", panel=make_panel(n_bars=90, split_at=None))
-    _checks, replay_status, _controls = health_inputs(replay)
+    replay_checks, replay_status, _controls = health_inputs(replay)
     assert replay_status()["next_bar_release"] is None
     assert replay_status()["market_open"] is None
+    # /ready shows the calendar's end (LiveClock.calendar_status); a replay has no calendar.
+    (calendar,) = [c for c in checks if c.name == "calendar"]
+    result = calendar.probe()
+    assert result.ok and "XNYS" in result.detail and result.data["ends"] is None
+    assert "calendar" not in [c.name for c in replay_checks]
 
 
 async def test_a_restart_after_the_next_open_promises_no_retry_for_its_missing_bar(
