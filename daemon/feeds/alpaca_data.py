@@ -34,6 +34,10 @@ not permit querying recent SIP data"; 429 -> `http_429`, its Retry-After kept fo
 wait; 5xx -> `http_5xx`; ...). alpaca-py's own 429/504 retries (3 x a fixed 3 s sleep in the
 worker thread, unseen by the caller's limiter and breaker) are off (`alpaca_sdk.no_sdk_retries`):
 every request is one attempt of the `ResilientCaller`, which backs off and honours Retry-After.
+An HTTP 200 whose body is not the bars object (empty, `null`, `{"bars": null}`, a symbol's
+bars `null`) is `malformed`, retried as Yahoo's and Alpha Vantage's are. An exception of ours
+while handling a chunk's answer fails that chunk's symbols as `internal`
+(`source.internal_error`, with the traceback); the other chunks are served.
 
 Cache: a cached answer that cannot be read (not JSON, no `body` or `fetched_at`, a body that
 does not parse: a truncated or foreign entry in a shared Redis) is logged as
@@ -317,7 +321,11 @@ class AlpacaDataClient:
                     secrets=self.caller.secrets,
                 ) from None
             raise make_error(SOURCE, "malformed", self.caller.redact(body)[:300]) from None
-        except (ValueError, requests.JSONDecodeError) as exc:
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            # An HTTP 200 that is not the bars object: alpaca-py's page loop reads it as
+            # one, and an empty body or `null` raises TypeError, `{"bars": null}`
+            # AttributeError, `{"bars": {"A": null}}` TypeError. Yahoo and Alpha Vantage
+            # call such an answer malformed (retried); left out, it ended the daemon.
             if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
                 raise
             raise make_error(
@@ -418,11 +426,22 @@ class AlpacaDataClient:
                     raw = derive_actions(raw, split_adj, all_adj)
                 except ValueError as exc:  # e.g. a bar repeated in an adjusted table
                     raise make_error(SOURCE, "malformed", f"adjusted bars: {exc}"[:300]) from None
+            raw = closed_only(raw, interval, min(now, fetched_at), self.session)
+            raw = in_window(raw, start, end)
+            by_symbol = {
+                str(s): g.drop(columns="symbol") for s, g in raw.groupby("symbol", sort=False)
+            }
         except SourceError as err:
             return {s: err.for_symbol(s) for s in symbols}
-        raw = closed_only(raw, interval, min(now, fetched_at), self.session)
-        raw = in_window(raw, start, end)
-        by_symbol = {str(s): g.drop(columns="symbol") for s, g in raw.groupby("symbol", sort=False)}
+        except Exception as exc:
+            # A bug of ours while handling the chunk's answer: its symbols fail (`internal`,
+            # as `combine` makes a client's exception of one symbol), said once with the
+            # traceback; the other chunks are served. Left out, it failed the whole fetch,
+            # and `VendorFeed.bars` with it: the engine's loop retries RetryableError only.
+            log.error("source.internal_error", source=SOURCE, symbols=list(symbols), exc_info=exc)
+            text = self.caller.redact(f"{type(exc).__name__}: {exc}")[:300]
+            failure = make_error(SOURCE, "internal", text)
+            return {s: failure.for_symbol(s) for s in symbols}
         return {s: by_symbol.get(s, empty_raw()) for s in symbols}
 
     async def fetch(

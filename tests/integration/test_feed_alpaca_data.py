@@ -362,3 +362,84 @@ async def test_answers_are_parsed_off_the_event_loop(fake, make_client, monkeypa
     assert set(res.frame["symbol"]) == {"AAA", "BBB"}
     assert threads
     assert threading.get_ident() not in threads
+
+
+# ----------------------------------------------------------------------------- odd answers
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        "",
+        "null",
+        "[]",
+        '{"bars": null, "next_page_token": null}',
+        '{"bars": {"A": null}, "next_page_token": null}',
+    ],
+    ids=["empty", "null", "list", "bars_null", "symbol_null"],
+)
+async def test_a_200_answer_of_an_unexpected_shape_is_malformed(fake, make_client, body):
+    """HTTP 200 with a body that is not Alpaca's bars object: alpaca-py's page loop raised
+    TypeError or AttributeError, which left `fetch` (and `VendorFeed.bars`, and the engine's
+    loop, which retries RetryableError only: the daemon exited). Yahoo and Alpha Vantage
+    call such an answer `malformed`, retried by the caller; so does this client now."""
+    client = await make_client(derive_actions=False, max_attempts=2)
+    fake.faults.respond_next(body, n=2)
+    res = await client.fetch(["A"], "1d", utc(2024, 3, 4), utc(2024, 3, 6))
+    assert res.errors["A"].kind == "malformed"
+    assert fake.count == 2  # retried: the source is unwell, not the request wrong
+
+
+async def test_a_feed_on_unreadable_answers_raises_a_retryable_error(fake):
+    """The same answers through `VendorFeed.bars`: the bar is late (RetryableError), which
+    the engine's loop retries, instead of an exception that ends the daemon."""
+    from tradingd.core.errors import RetryableError
+    from tradingd.feeds.vendor import VendorFeed
+
+    caller = ResilientCaller(
+        "alpaca", SourceConfig(max_attempts=2, backoff_base_s=0.0, timeout_s=2.0), sleep=no_sleep
+    )
+    client = AlpacaDataClient(
+        api_key=KEY_ID,
+        secret_key=SECRET,
+        base_url=fake.url,
+        caller=caller,
+        clock=lambda: NOW,
+        derive_actions=False,
+    )
+    feed = VendorFeed(client, ["A", "B"], "1d", clock=lambda: NOW)
+    await feed.start()
+    try:
+        fake.faults.respond_next('{"bars": null, "next_page_token": null}', n=2)
+        with pytest.raises(RetryableError, match="malformed"):
+            await feed.bars(utc(2024, 3, 6))
+        assert feed.status()["failed"]["A"]["kind"] == "malformed"
+    finally:
+        await feed.stop()
+
+
+async def test_an_unexpected_exception_in_a_chunk_fails_its_symbols_only(
+    fake, make_client, monkeypatch
+):
+    """A bug of ours while handling one chunk's answer (here: deriving the actions) fails
+    that chunk's symbols as `internal`, said at error level with the traceback; the other
+    chunks are served. It left `fetch` before, with every chunk's bars."""
+    import tradingd.feeds.alpaca_data as alpaca_data
+
+    derive = alpaca_data.derive_actions
+
+    def broken(raw, split_adj, all_adj):
+        if "A" in set(raw["symbol"]):
+            raise ZeroDivisionError("a bug")
+        return derive(raw, split_adj, all_adj)
+
+    monkeypatch.setattr(alpaca_data, "derive_actions", broken)
+    client = await make_client(max_symbols_per_request=2)
+    with capture_logs() as logs:
+        res = await client.fetch(["A", "B", "C"], "1d", utc(2024, 3, 4), utc(2024, 3, 6))
+    assert {s: e.kind for s, e in res.errors.items()} == {"A": "internal", "B": "internal"}
+    assert "ZeroDivisionError: a bug" in res.errors["A"].message
+    assert len(one(res, "C")) == 3
+    said = [e for e in logs if e["event"] == "source.internal_error"]
+    assert len(said) == 1 and said[0]["log_level"] == "error"
+    assert said[0]["symbols"] == ["A", "B"] and said[0]["exc_info"]
