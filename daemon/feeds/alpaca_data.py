@@ -7,8 +7,11 @@ request hung in one) under the caller's timeout; requests itself gets the same t
 through the client's session (alpaca-py sets none, so without it a hung socket would pin a
 thread forever). Keys come from `APCA_API_KEY_ID` / `APCA_API_SECRET_KEY` (or are given);
 both are scrubbed from messages. The data client always uses the multi-symbol
-`GET /v2/stocks/bars` and merges the pages itself; this client asks for up to
-`max_symbols_per_request` symbols per call.
+`GET /v2/stocks/bars`; this client asks for up to `max_symbols_per_request` symbols per call
+and walks `next_page_token` itself, a page (up to 10,000 bars) per request through alpaca-py's
+`get`: each page is one attempt of the caller, with its own timeout, rate-limit token and
+retries (alpaca-py's `get_stock_bars` walks all pages inside one call, which the caller could
+only time, count and retry as a whole).
 
 Prices: bars are requested with `adjustment="raw"` (as traded). Corporate actions are derived
 from Alpaca's own adjusted series when `derive_actions` is on (the default; two more requests
@@ -85,6 +88,8 @@ ENV_KEY_ID = "APCA_API_KEY_ID"
 ENV_SECRET_KEY = "APCA_API_SECRET_KEY"
 FEEDS = ("iex", "sip", "delayed_sip", "otc", "boats", "overnight")
 SPLIT_TOLERANCE = 1e-3
+# Bars a page of `GET /v2/stocks/bars`: Alpaca's largest `limit` (alpaca-py's page size).
+PAGE_SIZE = 10_000
 DIVIDEND_TOLERANCE = 1e-6
 
 
@@ -154,6 +159,29 @@ def bars_to_long(
     frame["split"] = 1.0
     frame["dividend"] = 0.0
     return frame.sort_values(["symbol", "time"], kind="stable").reset_index(drop=True)
+
+
+def read_page(page: Any) -> tuple[dict[str, list[Any]], str | None]:
+    """A decoded page of `GET /v2/stocks/bars`: its bars by symbol and `next_page_token`
+    (None on the last page). An HTTP 200 that is not that object raises SourceError
+    `malformed` (retried), as Yahoo's and Alpha Vantage's odd answers do: alpaca-py's page
+    loop raised TypeError on an empty body or `null`, AttributeError on `{"bars": null}`,
+    TypeError on `{"bars": {"A": null}}`, which left `VendorFeed.bars` and ended the
+    daemon (the engine's loop retries RetryableError only)."""
+    if not isinstance(page, dict):
+        shape = "empty or null" if page is None else f"a {type(page).__name__}"
+        raise make_error(SOURCE, "malformed", f"the answer is {shape}, not the bars object")
+    bars = page.get("bars")
+    if not isinstance(bars, dict):
+        shape = "missing or null" if bars is None else f"a {type(bars).__name__}"
+        raise make_error(SOURCE, "malformed", f"the answer's bars are {shape}, not an object")
+    odd = sorted(str(sym) for sym, seq in bars.items() if not isinstance(seq, list))
+    if odd:
+        raise make_error(SOURCE, "malformed", f"the bars of {odd[:5]} are not a list")
+    token = page.get("next_page_token")
+    if token is not None and not (isinstance(token, str) and token):
+        raise make_error(SOURCE, "malformed", f"next_page_token is {token!r:.40}")
+    return bars, token
 
 
 def _close_of(adjusted: pd.DataFrame, raw: pd.DataFrame) -> np.ndarray:
@@ -284,15 +312,16 @@ class AlpacaDataClient:
 
     # ------------------------------------------------------------------ requests
 
-    def _get_bars_sync(
+    def _query(
         self,
         symbols: Sequence[str],
         interval: Interval,
         start: datetime,
         end: datetime,
         adjustment: str,
-    ) -> str:
-        from alpaca.common.exceptions import APIError
+    ) -> dict[str, Any]:
+        """The query of `GET /v2/stocks/bars` as alpaca-py builds it (`StockBarsRequest`),
+        asking for Alpaca's largest page."""
         from alpaca.data.enums import Adjustment, DataFeed
         from alpaca.data.requests import StockBarsRequest
 
@@ -304,8 +333,17 @@ class AlpacaDataClient:
             adjustment=Adjustment(adjustment),
             feed=DataFeed(self.feed) if self.feed else None,
         )
+        query: dict[str, Any] = req.to_request_fields()
+        query["limit"] = PAGE_SIZE
+        return query
+
+    def _get_page_sync(self, query: dict[str, Any]) -> tuple[dict[str, list[Any]], str | None]:
+        """One request, for a worker thread: a page of bars by symbol and its
+        `next_page_token`. alpaca-py's `get` sends it once (its own retries are off)."""
+        from alpaca.common.exceptions import APIError
+
         try:
-            bars = self._client.get_stock_bars(req)
+            page = self._client.get("/stocks/bars", query)
         except APIError as exc:
             status = exc.status_code or 0
             body = str(exc)
@@ -321,19 +359,11 @@ class AlpacaDataClient:
                     secrets=self.caller.secrets,
                 ) from None
             raise make_error(SOURCE, "malformed", self.caller.redact(body)[:300]) from None
-        except (ValueError, TypeError, AttributeError, KeyError) as exc:
-            # An HTTP 200 that is not the bars object: alpaca-py's page loop reads it as
-            # one, and an empty body or `null` raises TypeError, `{"bars": null}`
-            # AttributeError, `{"bars": {"A": null}}` TypeError. Yahoo and Alpha Vantage
-            # call such an answer malformed (retried); left out, it ended the daemon.
-            if isinstance(exc, (requests.ConnectionError, requests.Timeout)):
-                raise
+        except ValueError as exc:  # requests.JSONDecodeError: an HTTP 200 that is not JSON
             raise make_error(
                 SOURCE, "malformed", self.caller.redact(f"{type(exc).__name__}: {exc}")[:300]
             ) from None
-        if not isinstance(bars, dict):
-            raise make_error(SOURCE, "malformed", f"bars are a {type(bars).__name__}")
-        return json.dumps(bars)
+        return read_page(page)
 
     async def get_bars(
         self,
@@ -345,8 +375,9 @@ class AlpacaDataClient:
         adjustment: str = "raw",
         now: datetime,
     ) -> tuple[pd.DataFrame, datetime]:
-        """One logical request (alpaca-py pages it): the raw long table, and when it was
-        fetched. Cached when the window's last bar has closed."""
+        """One logical request, its pages asked for one by one (each an attempt of the
+        caller): the raw long table, and when it was fetched. Cached, all pages as one
+        answer, when the window's last bar has closed."""
         if self._client is None:
             await self.start()
         end_close = bar_close(end, interval, self.session)
@@ -382,13 +413,34 @@ class AlpacaDataClient:
                     log.warning("alpaca.cache.bad_entry", what=what)
         pool = self._pool
         assert pool is not None
+        query = self._query(symbols, interval, start, end, adjustment)
+        bars: dict[str, list[Any]] = {}
+        token: str | None = None
+        seen: set[str] = set()
+        pages = 0
+        # Page by page, each one request and one attempt of the caller (its limiter token,
+        # timeout and retries): alpaca-py's `get_stock_bars` walks `next_page_token` inside
+        # one call, so a window of k pages had one timeout and one token for all of them,
+        # failed whenever k pages took longer than timeout_s (a long catch-up never came),
+        # and a walk given up went on in its thread; a retry began again at page 1.
+        while True:
+            pages += 1
+            page = query if token is None else {**query, "page_token": token}
 
-        async def attempt() -> str:
-            return await asyncio.wrap_future(
-                pool.submit(self._get_bars_sync, list(symbols), interval, start, end, adjustment)
+            async def attempt(page: dict[str, Any] = page) -> tuple[dict[str, Any], str | None]:
+                return await asyncio.wrap_future(pool.submit(self._get_page_sync, page))
+
+            more, token = await self.caller.call(
+                attempt, what=what if pages == 1 else f"{what} page {pages}"
             )
-
-        text = await self.caller.call(attempt, what=what)
+            for sym, seq in more.items():
+                bars.setdefault(str(sym), []).extend(seq)
+            if token is None:
+                break
+            if token in seen:  # the pages would never end
+                raise make_error(SOURCE, "malformed", "a next_page_token came twice")
+            seen.add(token)
+        text = await asyncio.to_thread(json.dumps, bars)
         fetched_at = now
         if key is not None:
             entry = {"fetched_at": now.isoformat(), "body": text}

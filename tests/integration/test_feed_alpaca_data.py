@@ -443,3 +443,49 @@ async def test_an_unexpected_exception_in_a_chunk_fails_its_symbols_only(
     said = [e for e in logs if e["event"] == "source.internal_error"]
     assert len(said) == 1 and said[0]["log_level"] == "error"
     assert said[0]["symbols"] == ["A", "B"] and said[0]["exc_info"]
+
+
+# ----------------------------------------------------------------------------- pages
+
+# 1-minute bars of 10 sessions (390 a session) x 3 symbols: 11,700 bars, two pages of
+# Alpaca's 10,000.
+PAGED = (["A", "B", "C"], "1m", utc(2024, 2, 22, 14, 30), utc(2024, 3, 6, 20, 59))
+
+
+async def test_each_page_is_one_request_of_the_caller(fake, make_client):
+    """alpaca-py walked `next_page_token` itself inside one attempt: the per-minute limiter
+    took one token for every page of it, and SOURCE_CALLS counted one request. Each page is
+    now an attempt of its own (its limiter token, its timeout, its retries)."""
+    client = await make_client(derive_actions=False, per_minute=200.0)
+    calls = source_calls()
+    res = await client.fetch(*PAGED)
+    assert res.errors == {}
+    assert len(res.frame) == 11_700
+    assert fake.count == 2 == client.caller.calls == source_calls() - calls
+    assert "page_token" not in fake.requests[0].query
+    assert fake.requests[1].query["page_token"]
+    assert {r.query["limit"] for r in fake.requests} == {"10000"}
+
+
+async def test_a_failed_page_is_asked_for_again_alone(fake, make_client):
+    """A 503 on the second page retries that page, from its token: the walk was one attempt,
+    and its retry fetched the first page again."""
+    client = await make_client(derive_actions=False)
+    fake.faults.delay_next(1, 0.0)  # the first page answers as usual
+    fake.faults.fail_next(1, status=503)
+    res = await client.fetch(*PAGED)
+    assert res.errors == {} and len(res.frame) == 11_700
+    assert fake.count == 3
+    tokens = [r.query.get("page_token") for r in fake.requests]
+    assert tokens[0] is None and tokens[1] == tokens[2] is not None
+
+
+async def test_each_page_has_the_timeout_of_one_request(fake, make_client):
+    """`timeout_s` bounded the whole walk: a window of k pages failed whenever k pages took
+    longer than it, at every attempt alike, so a long catch-up could never be fetched.
+    Each page (about 1.25 s here) now has the timeout (2 s) to itself."""
+    client = await make_client(derive_actions=False, timeout_s=2.0, max_attempts=1)
+    fake.faults.delay_s = 1.0  # every request answers after a second (and its rendering)
+    res = await client.fetch(*PAGED)
+    assert res.errors == {}
+    assert len(res.frame) == 11_700 and fake.count == 2
