@@ -7,7 +7,8 @@ source's client:
   aiohttp clients pass `client_timeout()` to each request as well, so a socket never outlives it.
 - **retries** with exponential backoff and full jitter (tenacity's `wait_random_exponential`),
   at most `max_attempts` attempts, only for errors that may pass (timeouts, connection errors,
-  HTTP 429 and 5xx, malformed bodies, throttling soft errors). A 404, 400/422, an auth failure
+  HTTP 429 and 5xx, malformed bodies, throttling soft errors, a 401/403 from a source without
+  credentials: Yahoo's gate, kind `blocked`). A 404, 400/422, an auth failure
   or a vendor's "Error Message" is final at once: asking again cannot help. A `Retry-After`
   header (seconds or an HTTP date, `parse_retry_after`) is honoured when longer than the
   backoff, capped at `backoff_max_s`. The sleep is injectable so tests never wait.
@@ -70,7 +71,9 @@ log = structlog.get_logger(__name__)
 T = TypeVar("T")
 
 # Kinds of failure. The retryable ones mean "the source (or the way to it) is unwell".
-RETRYABLE_KINDS = frozenset({"timeout", "connection", "http_429", "http_5xx", "malformed"})
+RETRYABLE_KINDS = frozenset(
+    {"timeout", "connection", "http_429", "http_5xx", "malformed", "blocked"}
+)
 KINDS = (
     "timeout",  # no answer within timeout_s
     "connection",  # refused, reset, DNS: the source is unreachable
@@ -78,6 +81,7 @@ KINDS = (
     "http_5xx",  # the source failed
     "http_4xx",  # a bad request (400, 422, ...): fix the request
     "auth",  # 401/403: fix the credentials or the subscription
+    "blocked",  # 401/403 from a source without credentials (Yahoo's cookie-and-crumb gate)
     "not_found",  # unknown symbol
     "malformed",  # a body that cannot be parsed
     "soft_error",  # HTTP 200 carrying an error (Alpha Vantage Note/Information/Error Message)
@@ -179,8 +183,14 @@ def error_for_status(
     symbol: str | None = None,
     retry_after: str | None = None,
     secrets: Iterable[str] = (),
+    credentials: bool = True,
 ) -> SourceError:
-    """The SourceError for a non-2xx HTTP answer. The body is shortened and redacted."""
+    """The SourceError for a non-2xx HTTP answer. The body is shortened and redacted.
+
+    `credentials`: whether the source is called with keys of the operator's. Without any
+    (Yahoo), a 401 or 403 is the source's own gate (Yahoo's cookie and crumb, a block of
+    this address), which no configuration fixes: kind `blocked`, retried with backoff and
+    counted by the breaker, not `auth`, which a feed treats as fatal (fix the keys)."""
     detail = _short_body(body, secrets)
     retry_after_s = parse_retry_after(retry_after)
     if status == 429:
@@ -190,7 +200,7 @@ def error_for_status(
     elif status == 404:
         kind = "not_found"
     elif status in (401, 403):
-        kind = "auth"
+        kind = "auth" if credentials else "blocked"
     else:
         kind = "http_4xx"
     return make_error(

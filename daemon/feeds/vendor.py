@@ -1279,6 +1279,14 @@ class VendorFeed:
         )
         if kinds == ["auth"]:
             raise FatalError(msg + "; check the credentials of the source")
+        if "blocked" in kinds:
+            # Yahoo's 401/403: retried (a bar late), the breaker pacing the requests. It was
+            # `auth`, fatal: the daemon exited over a gate no configuration opens.
+            raise RetryableError(
+                msg + "; the source needs no credentials: it refuses the requests itself "
+                "(HTTP 401/403: Yahoo's cookie-and-crumb gate, or a block of this address); "
+                "asked again with backoff, its circuit breaker pausing calls meanwhile"
+            )
         if set(kinds) <= {"auth", "plan"}:
             # A premium function on a free key, the demo key: retried each bar, and each
             # warm-up attempt, for good, spending the day's request budget.

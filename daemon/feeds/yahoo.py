@@ -9,6 +9,10 @@ Answers (see /work/shared/fixtures/README.md, section 1):
   404 (unknown symbol)            -> SourceError kind `not_found`, not retried
   400 (bad interval), 422 (range) -> kind `http_4xx` with Yahoo's description, not retried
   429 (text "Too Many Requests")  -> kind `http_429`, retried with backoff
+  401/403 ("Invalid Crumb", an
+  "Unauthorized" envelope)        -> kind `blocked`, retried with backoff (the breaker counts
+                                     it): Yahoo's cookie-and-crumb gate or a block of this
+                                     address; there is no key of the operator's to fix
   5xx, "Will be right back"       -> kind `http_5xx`, retried
   200 that is not the chart JSON  -> kind `malformed`, retried
   200 with `timestamp` absent     -> no bars (a weekend or holiday window), not an error
@@ -364,7 +368,9 @@ def chart_result(obj: Any, symbol: str, status: int = 200) -> dict[str, Any]:
     if err:
         code = str(err.get("code", "")) if isinstance(err, dict) else str(err)
         desc = str(err.get("description", "")) if isinstance(err, dict) else ""
-        kind = "not_found" if code == "Not Found" else "http_4xx"
+        kind = {"Not Found": "not_found", "Unauthorized": "blocked", "Forbidden": "blocked"}.get(
+            code, "http_4xx"
+        )
         raise make_error(SOURCE, kind, f"{code}: {desc}"[:300], status=status, symbol=symbol)
     results = chart.get("result")
     if not isinstance(results, list) or not results or not isinstance(results[0], dict):
@@ -473,6 +479,7 @@ class YahooClient:
                         text,
                         symbol=symbol,
                         retry_after=resp.headers.get("Retry-After"),
+                        credentials=False,
                     )
             if "Will be right back" in text:
                 raise make_error(SOURCE, "http_5xx", "Yahoo outage page", symbol=symbol)

@@ -320,6 +320,29 @@ async def test_too_old_intraday_window_is_a_422_not_retried(fake, make_client):
     assert fake.count == 1
 
 
+CRUMB = '{"chart":{"result":null,"error":{"code":"Unauthorized","description":"Invalid Crumb"}}}'
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_401_or_403_is_yahoos_gate_retried_and_counted_by_the_breaker(
+    fake, make_client, status
+):
+    """Yahoo has no credentials: a 401 'Invalid Crumb' or a 403 is its cookie-and-crumb gate
+    (or a block of this address), nothing the operator's configuration can fix. It was kind
+    `auth`: not retried, the breaker told the source was up, and a feed whose every symbol
+    got it stopped the daemon ("check the credentials"). Now kind `blocked`: retried with
+    backoff, counted by the breaker, which opens and spares the source meanwhile."""
+    client = await make_client(max_attempts=3, breaker_failure_threshold=3)
+    fake.faults.fail_next(3, status=status, body=CRUMB)
+    res = await client.fetch(["AAA"], "1d", utc(2024, 3, 1), utc(2024, 3, 6))
+    err = res.errors["AAA"]
+    assert (err.kind, err.status, err.retryable) == ("blocked", status, True)
+    assert "Invalid Crumb" in err.message
+    assert fake.count == 3
+    assert client.caller.breaker.state == "open"
+    assert client.status()["ok"] is False
+
+
 async def test_bad_interval_is_a_400(fake, make_client):
     client = await make_client()
     with pytest.raises(SourceError) as info:

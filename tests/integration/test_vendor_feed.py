@@ -289,6 +289,24 @@ async def test_auth_failure_everywhere_is_fatal():
             await feed.stop()
 
 
+async def test_yahoo_refusing_every_symbol_is_retried_not_fatal(yahoo):
+    """Yahoo answering 401 ('Invalid Crumb') for every symbol: its cookie-and-crumb gate,
+    not a key of ours (it has none). The feed raised FatalError ("check the credentials of
+    the source") and the daemon exited, in the loop and at warm-up alike; it is a bar late
+    now (RetryableError), with a message that says what it is."""
+    body = '{"chart":{"result":null,"error":{"code":"Unauthorized","description":"Invalid Crumb"}}}'
+    yahoo.faults.fail_next(len(SYMBOLS) * 2, status=401, body=body)
+    feed = await started(VendorFeed(source_for("yahoo", yahoo), SYMBOLS, clock=lambda: NOW))
+    try:
+        with pytest.raises(RetryableError) as info:
+            await feed.bars(utc(2024, 3, 6))
+        message = str(info.value)
+        assert "Invalid Crumb" in message and "no credentials" in message
+        assert feed.status()["failed"]["AAA"]["kind"] == "blocked"
+    finally:
+        await feed.stop()
+
+
 async def test_intraday_feed_serves_closed_bars_by_start(yahoo):
     yahoo.book.now = utc(2024, 3, 6, 15, 2)
     feed = await started(
