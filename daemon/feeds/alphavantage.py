@@ -26,7 +26,8 @@ Soft errors are HTTP 200 bodies holding one of the keys `Note`, `Information` or
   Information               a burst limit ("per second", "sparingly", "per minute") is
                             retried; a daily limit, a premium function or the demo key is not
                             (the last two are kind `plan`: fatal at the feed, as `auth`)
-  Error Message             a bad call, unknown symbol or invalid key: not retried
+  Error Message             a bad call, unknown symbol or invalid key: not retried, and
+                            `permanent` (a warm-up refused by it everywhere stops the daemon)
   {}                        no data for the symbol: kind `not_found`
 All are SourceError of kind `soft_error` (or `not_found`), never bars.
 
@@ -119,7 +120,16 @@ def soft_error(obj: Any, symbol: str | None = None) -> SourceError | None:
             # configuration must change (kind `plan`, fatal at the feed like `auth`). A daily
             # limit (which also names the premium plans) answers again the next day.
             kind = "plan" if key == "Information" and _PLAN.search(text) else "soft_error"
-            return make_error(SOURCE, kind, f"{key}: {text}", symbol=symbol, retryable=retryable)
+            # "Error Message" (an invalid call, an unknown symbol or key) answers the same
+            # every time: a warm-up refused by it for every symbol is not retried for good.
+            return make_error(
+                SOURCE,
+                kind,
+                f"{key}: {text}",
+                symbol=symbol,
+                retryable=retryable,
+                permanent=key == "Error Message",
+            )
     return None
 
 

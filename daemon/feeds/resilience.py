@@ -74,12 +74,17 @@ T = TypeVar("T")
 RETRYABLE_KINDS = frozenset(
     {"timeout", "connection", "http_429", "http_5xx", "malformed", "blocked"}
 )
+# Kinds of failure that asking again cannot change (the source answered, and will answer the
+# same): a warm-up every symbol of which fails with one of them is not retried (VendorFeed).
+# A source's other answers that are final for good say so themselves (`permanent=True`, e.g.
+# Alpha Vantage's "Error Message"); Alpha Vantage's daily limit, of kind soft_error too, is not.
+PERMANENT_KINDS = frozenset({"http_4xx", "not_found"})
 KINDS = (
     "timeout",  # no answer within timeout_s
     "connection",  # refused, reset, DNS: the source is unreachable
     "http_429",  # throttled
     "http_5xx",  # the source failed
-    "http_4xx",  # a bad request (400, 422, ...): fix the request
+    "http_4xx",  # a bad request (400, 422, ...; 408 is a timeout): fix the request
     "auth",  # 401/403: fix the credentials or the subscription
     "blocked",  # 401/403 from a source without credentials (Yahoo's cookie-and-crumb gate)
     "not_found",  # unknown symbol
@@ -120,6 +125,7 @@ class SourceError(TradingdError):
         symbol: str | None = None,
         retry_after_s: float | None = None,
         retryable: bool | None = None,
+        permanent: bool | None = None,
     ) -> None:
         where = f"{source}" + (f" {symbol}" if symbol else "")
         super().__init__(f"{where}: {kind}: {message}")
@@ -130,6 +136,8 @@ class SourceError(TradingdError):
         self.symbol = symbol
         self.retry_after_s = retry_after_s
         self.retryable = kind in RETRYABLE_KINDS if retryable is None else retryable
+        # The same answer every time (see PERMANENT_KINDS): not a failure to wait out.
+        self.permanent = kind in PERMANENT_KINDS if permanent is None else permanent
 
     def for_symbol(self, symbol: str) -> SourceError:
         """The same error naming `symbol` (for a call that served several symbols)."""
@@ -141,6 +149,7 @@ class SourceError(TradingdError):
             symbol=symbol,
             retry_after_s=self.retry_after_s,
             retryable=self.retryable,
+            permanent=self.permanent,
         )
 
     def describe(self) -> dict[str, Any]:
@@ -160,8 +169,11 @@ def make_error(
     symbol: str | None = None,
     retry_after_s: float | None = None,
     retryable: bool | None = None,
+    permanent: bool | None = None,
 ) -> SourceError:
-    """A SourceError, of the retryable subclass when the kind (or `retryable`) says so."""
+    """A SourceError, of the retryable subclass when the kind (or `retryable`) says so.
+    `permanent`: the same answer comes every time (default: the kind is in
+    PERMANENT_KINDS)."""
     is_retryable = kind in RETRYABLE_KINDS if retryable is None else retryable
     cls = SourceUnavailable if is_retryable or kind in ("circuit_open",) else SourceError
     return cls(
@@ -172,6 +184,7 @@ def make_error(
         symbol=symbol,
         retry_after_s=retry_after_s,
         retryable=is_retryable,
+        permanent=permanent,
     )
 
 
@@ -195,6 +208,8 @@ def error_for_status(
     retry_after_s = parse_retry_after(retry_after)
     if status == 429:
         kind = "http_429"
+    elif status == 408:  # Request Timeout: the server gave up waiting; another try may pass
+        kind = "timeout"
     elif status >= 500:
         kind = "http_5xx"
     elif status == 404:

@@ -680,6 +680,7 @@ class VendorFeed:
         (source down, circuit open, throttled, daily budget), it raises `RetryableError`: the
         engine's loop marks the bar late and asks again later;
       - if every symbol failed with an auth error, it raises `FatalError` (fix the keys);
+        Yahoo's 401/403 (kind `blocked`: it has no keys) is RetryableError;
       - if no symbol has a bar at t it returns None (a holiday), unless `is_session(t)` says t
         is a trading session, in which case the bar is late (RetryableError);
       - a symbol whose bar at t jumps beyond `max_spike` (the source's validation's, 10 by
@@ -697,6 +698,11 @@ class VendorFeed:
     response cache of the client).
 
     `history(start, end)` returns the Panel of the whole window, for warm start and catch-up.
+    A history that every symbol fails for good (`SourceError.permanent`: a 4xx such as Yahoo's
+    422 for a window older than it keeps, unknown symbols, Alpha Vantage's "Error Message")
+    raises `FatalError` naming the vendor, the request and what to change, not RetryableError,
+    which the engine's warm-up retries without end; a source may say how far back it serves
+    an interval (`history_limit(interval) -> timedelta | None`, Yahoo's) for that message.
     Symbols are sorted (as `HistoryFeed` and `Panel.from_long` do).
 
     `calendar` (an `ExchangeCalendar` of the feed's interval, duck-typed: `close_of(label)`)
@@ -1268,7 +1274,16 @@ class VendorFeed:
                 rule="served as no bar (NaN) for these symbols; a halt looks the same",
             )
 
-    def _raise_if_all_failed(self, result: FetchResult, what: str) -> None:
+    def _raise_if_all_failed(
+        self,
+        result: FetchResult,
+        what: str,
+        window: tuple[datetime, datetime] | None = None,
+        now: datetime | None = None,
+    ) -> None:
+        """Raise when no symbol could be fetched: FatalError for what the operator must fix
+        (keys, plan; with `window`, a history every symbol of which the vendor refuses for
+        good), else RetryableError (a bar late; a warm-up tried again)."""
         if len(result.errors) < len(self._symbols):
             return
         kinds = sorted({e.kind for e in result.errors.values()})
@@ -1295,7 +1310,52 @@ class VendorFeed:
                 "function, e.g. feed.alphavantage.adjusted = true on a free key, or the demo "
                 "key): change the configuration or the key"
             )
+        if window is not None and all(e.permanent for e in result.errors.values()):
+            # A warm-up the vendor answers the same way every time (a 422 for a window older
+            # than it keeps, unknown symbols, Alpha Vantage's "Error Message"): retried, it
+            # was retried for ever (the engine's `_warm_up` retries RetryableError), and the
+            # daemon never went live nor said why. In the loop a bar's failure stays
+            # RetryableError: the next bar asks again, and a vendor's passing 404s must not
+            # stop a running daemon.
+            raise FatalError(self._refused_for_good(kinds, first, window, now))
         raise RetryableError(msg)
+
+    def _refused_for_good(
+        self,
+        kinds: list[str],
+        first: SourceError,
+        window: tuple[datetime, datetime],
+        now: datetime | None,
+    ) -> str:
+        """What the operator reads when the vendor refuses a warm-up for good: the vendor,
+        the request, its answer, and what to change."""
+        start, end = window
+        name = self.source.name
+        head = (
+            f"{name} refuses the {self.interval.name} bars from {start.isoformat()} to "
+            f"{end.isoformat()} for every symbol, and answers the same every time (kinds: "
+            f"{', '.join(kinds)}; e.g. {self.source.caller.redact(first.message)})"
+        )
+        limit_of = getattr(self.source, "history_limit", None)
+        limit = limit_of(self.interval) if callable(limit_of) else None
+        if limit is not None and now is not None and start < now - limit:
+            return (
+                f"{head}: {name} serves {self.interval.name} bars of the last {limit.days} "
+                f"days only, and this warm-up starts {(now - start).days} days back; lower "
+                "live.warmup_bars, use a longer bar (live.bar) or a source that keeps more "
+                "history (feed.source); after a long stop, a new run (another run.name) "
+                "warms up from now instead of from the old run's checkpoint"
+            )
+        if kinds == ["not_found"]:
+            return (
+                f"{head}: {name} knows none of the symbols; check data.symbols (the vendor's "
+                "spelling, e.g. BRK-B on Yahoo) or use another source (feed.source)"
+            )
+        return (
+            f"{head}: asking again cannot help; check data.symbols, live.bar and the warm-up "
+            "(live.warmup_bars) against what the source serves, or use another source "
+            "(feed.source)"
+        )
 
     def _close(self, t: datetime) -> datetime | None:
         """When bar t closes; None when the calendar says there is no such bar."""
@@ -1361,7 +1421,12 @@ class VendorFeed:
             self._symbols, self.interval, self._window_start(as_utc(start), 1), as_utc(end), now=now
         )
         self._note(result, now)
-        self._raise_if_all_failed(result, f"history {as_utc(start).isoformat()}..")
+        self._raise_if_all_failed(
+            result,
+            f"history {as_utc(start).isoformat()}..",
+            window=(as_utc(start), as_utc(end)),
+            now=now,
+        )
         frame = result.frame[result.frame["time"] >= naive_utc(start)]
         frame = self._session_bars_only(frame, start, end)
         # Held bars a checkpoint restored that this history judges (kept: carried on).

@@ -89,6 +89,9 @@ USER_AGENT = (
     "Chrome/124.0.0.0 Safari/537.36"
 )
 RANGES = ("1d", "5d", "1mo", "3mo", "6mo", "1y", "2y", "5y", "10y", "ytd", "max")
+# How far back Yahoo serves intraday bars (minutes -> days): older windows get a 422 ("The
+# requested range must be within the last 60 days"), every time.
+INTRADAY_HISTORY_DAYS = {1: 30, 5: 60, 15: 60, 30: 60, 60: 730}
 
 
 def _values(quote: dict[str, Any], name: str, n: int) -> np.ndarray:
@@ -430,6 +433,13 @@ class YahooClient:
 
     def status(self) -> dict[str, Any]:
         return self.caller.status()
+
+    def history_limit(self, interval: str | Interval) -> timedelta | None:
+        """How far back Yahoo serves bars of `interval` (None: no known limit), for the feed
+        to tell the operator why a warm-up is refused for good."""
+        interval = parse_interval(interval)
+        days = None if interval.daily else INTRADAY_HISTORY_DAYS.get(interval.minutes)
+        return None if days is None else timedelta(days=days)
 
     # ------------------------------------------------------------------ HTTP
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, date, datetime, time
+from datetime import UTC, date, datetime, time, timedelta
 
 import numpy as np
 import pandas as pd
 import pytest
 from fakes import NY, BarBook
 from fakes.alpaca_data_server import AlpacaDataFake
-from fakes.alphavantage_server import AlphaVantageFake
+from fakes.alphavantage_server import DAILY_LIMIT, AlphaVantageFake
 from fakes.yahoo_server import YahooFake
 from structlog.testing import capture_logs
 
@@ -305,6 +305,84 @@ async def test_yahoo_refusing_every_symbol_is_retried_not_fatal(yahoo):
         assert feed.status()["failed"]["AAA"]["kind"] == "blocked"
     finally:
         await feed.stop()
+
+
+# ----------------------------------------------------------------------------- refused warm-ups
+
+
+async def test_a_warm_up_older_than_yahoo_keeps_is_fatal_and_says_what_to_change(yahoo):
+    """Yahoo refuses 5-minute bars older than 60 days with a 422, every time. The warm-up
+    (a restart after a long stop warms up from its checkpoint) raised RetryableError, which
+    the engine's `_warm_up` retries without end: the daemon never went live and said only
+    `warmup.retry`. A refusal for good is FatalError now, naming the vendor, the request and
+    what the operator can change."""
+    feed = await started(VendorFeed(source_for("yahoo", yahoo), SYMBOLS, "5m", clock=lambda: NOW))
+    try:
+        with pytest.raises(FatalError) as info:
+            await feed.history(NOW - timedelta(days=70), NOW - timedelta(hours=2))
+    finally:
+        await feed.stop()
+    message = str(info.value)
+    assert not isinstance(info.value, RetryableError)
+    for said in ("yahoo", "5m", "2023-12-27T22:00", "60 days", "live.warmup_bars", "feed.source"):
+        assert said in message, said
+    assert yahoo.count == len(SYMBOLS)  # a 422 is final at once: not asked again
+
+
+async def test_a_warm_up_of_symbols_no_vendor_knows_is_fatal():
+    async with YahooFake(make_book()) as fake:
+        feed = await started(
+            VendorFeed(source_for("yahoo", fake), ["NOPE", "UNKNOWN"], clock=lambda: NOW)
+        )
+        try:
+            with pytest.raises(FatalError, match=r"not_found.*data\.symbols"):
+                await feed.history(utc(2024, 2, 1), utc(2024, 3, 6))
+        finally:
+            await feed.stop()
+
+
+async def test_a_warm_up_alpha_vantage_calls_an_invalid_call_is_fatal():
+    """Alpha Vantage's "Error Message" (an invalid call, an unknown symbol) is final: asking
+    again gets it again."""
+    async with AlphaVantageFake(make_book(), api_key=AV_KEY) as fake:
+        fake.book.unknown |= set(SYMBOLS)
+        feed = await started(
+            VendorFeed(source_for("alphavantage", fake), SYMBOLS, clock=lambda: NOW)
+        )
+        try:
+            with pytest.raises(FatalError, match="Error Message"):
+                await feed.history(utc(2024, 2, 1), utc(2024, 3, 6))
+        finally:
+            await feed.stop()
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    ["408 everywhere", "404 and 503", "alpha vantage daily limit"],
+)
+async def test_a_warm_up_refused_for_a_while_is_retried(refusal):
+    """Not every refusal is for good: a 408 (the server's timeout), a mix with an outage,
+    Alpha Vantage's daily limit (it answers again tomorrow) stay RetryableError, which the
+    engine's warm-up retries with backoff."""
+    kind = "alphavantage" if "alpha" in refusal else "yahoo"
+    async with fake_for(kind, make_book()) as fake:
+        if refusal == "408 everywhere":
+            fake.faults.fail_next(len(SYMBOLS) * 2, status=408)
+        elif refusal == "404 and 503":
+            fake.faults.fail_next(1, status=404)
+            fake.faults.fail_next(len(SYMBOLS) * 2, status=503)
+        else:
+            fake.faults.respond_next({"Information": DAILY_LIMIT}, n=len(SYMBOLS))
+        feed = await started(
+            VendorFeed(
+                source_for(kind, fake, breaker_failure_threshold=20), SYMBOLS, clock=lambda: NOW
+            )
+        )
+        try:
+            with pytest.raises(RetryableError):
+                await feed.history(utc(2024, 2, 1), utc(2024, 3, 6))
+        finally:
+            await feed.stop()
 
 
 async def test_intraday_feed_serves_closed_bars_by_start(yahoo):
