@@ -271,6 +271,11 @@ SUSPECT_RULES = {
     "the universe",
     "ends_early": "the symbol's bars stop before the others' (a delisting, a merger, a file cut "
     "short): a position held then stays in the book at its last close and cannot be sold",
+    "stale_repeat": "a live feed's newest bar repeats the symbol's previous bar exactly (open, "
+    "high, low, close and volume, the volume above 0): more likely the vendor serving a stale "
+    "row for a session it has no data for yet than a session that traded the same prices and "
+    "shares to the unit; served and traded as it came (a halt shows as no bar, not a repeat): "
+    "check the symbol at the vendor; a later answer that corrects it says data.restated",
 }
 
 

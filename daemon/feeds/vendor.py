@@ -58,6 +58,7 @@ from .validate import (
     OUTPUT_COLUMNS,
     PRICE_COLUMNS,
     RepairSummary,
+    _fmt_time,
     validate_frame,
 )
 
@@ -793,6 +794,8 @@ class VendorFeed:
         # may discard a fetched bar and fetch it again (`_fetch_late`, `_recover_missed`),
         # and `bars(t)` answers the same again, the carried actions included.
         self._carried: dict[pd.Timestamp, dict[str, tuple[float, float, list[str]]]] = {}
+        # The symbols whose newest bar repeated the previous one, by recent bar (said once).
+        self._stale: dict[pd.Timestamp, set[str]] = {}
         self.last_bar: datetime | None = None
         self.last_fetch_at: datetime | None = None
 
@@ -891,6 +894,51 @@ class VendorFeed:
                 of=len(self._symbols),
                 kinds=sorted({e.kind for e in result.errors.values()}),
             )
+
+    def _say_stale_repeats(self, t: pd.Timestamp, frame: pd.DataFrame, at: pd.DataFrame) -> None:
+        """`data.suspect` (kind `stale_repeat`), once a symbol and bar: the rows of `at` (the
+        bar t served) whose open, high, low, close and volume equal the symbol's previous bar
+        in the answer (`frame`) exactly, with a volume above 0. A vendor serving the last
+        session's row again for a session it has no data for yet looks like that; a session
+        that traded the same prices and shares to the unit hardly ever does. Served as it
+        came, as validation's suspect bars are (a hold would keep a good bar from the book
+        too, and the next answer could not tell: a repeat stays a repeat); it was served and
+        traded without a word."""
+        older = frame[(frame["time"] < t).to_numpy()]
+        if at.empty or older.empty:
+            return
+        fields = ["open", "high", "low", "close", "volume"]
+        previous = older.sort_values("time", kind="stable").drop_duplicates("symbol", keep="last")
+        both = at.merge(previous, on="symbol", suffixes=("", "_previous"))
+        same = np.logical_and.reduce(
+            [both[f].to_numpy() == both[f"{f}_previous"].to_numpy() for f in fields]
+        ) & (both["volume"].to_numpy() > 0)
+        said = self._stale.setdefault(t, set())
+        fresh = [i for i in np.flatnonzero(same) if str(both["symbol"].iat[i]) not in said]
+        if fresh:
+            summary = RepairSummary()
+            summary.suspect(
+                "stale_repeat",
+                [
+                    {
+                        "source": self.source.name,
+                        "symbol": str(both["symbol"].iat[i]),
+                        "time": _fmt_time(t),
+                        "previous": _fmt_time(both["time_previous"].iat[i]),
+                        "close": float(both["close"].iat[i]),
+                        "volume": float(both["volume"].iat[i]),
+                    }
+                    for i in fresh
+                ],
+                len(fresh),
+            )
+            summary.log(self.source.name)
+            said.update(str(both["symbol"].iat[i]) for i in fresh)
+        keep = max(8, self.lookback_bars + 2)  # as `_served`
+        for old in [k for k, v in self._stale.items() if not v]:
+            del self._stale[old]
+        for old in sorted(self._stale)[:-keep]:
+            del self._stale[old]
 
     def _check_revisions(self, t: pd.Timestamp, frame: pd.DataFrame, at: pd.DataFrame) -> None:
         """The bars of the answer older than t, against what was served for them (the
@@ -1432,6 +1480,7 @@ class VendorFeed:
         if late:
             self._late.remove(t)
         self._note_missing(t, at, result, now)
+        self._say_stale_repeats(naive_utc(t), result.frame, at)
         at = self._held.hold(at)
         window = _without_first_bars(result.frame)
         self._check_revisions(naive_utc(t), window, at)

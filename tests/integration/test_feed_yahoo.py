@@ -673,3 +673,74 @@ async def test_zero_dividend_is_a_no_op(fake, make_client):
     assert (df["dividend"] == 0.0).all() and len(df) == 5
     [said] = [e for e in logs if e["event"] == "yahoo.zero_dividend"]
     assert (said["symbol"], said["date"]) == ("SPL", "2024-02-28")
+
+
+# ----------------------------------------------------------------------------- stale bars
+
+SESSIONS_BEFORE = {  # closes of the sessions before 2024-03-06
+    date(2024, 2, 27): 100.0,
+    date(2024, 2, 28): 101.0,
+    date(2024, 2, 29): 102.0,
+    date(2024, 3, 1): 101.5,
+    date(2024, 3, 4): 103.0,
+    date(2024, 3, 5): 104.0,
+}
+
+
+def daily_feed_on(fake, symbols=("AAA",)):
+    from tradingd.feeds.vendor import VendorFeed
+
+    caller = ResilientCaller(
+        "yahoo", SourceConfig(max_attempts=2, backoff_base_s=0.0, timeout_s=2.0), sleep=no_sleep
+    )
+    client = YahooClient(base_url=fake.url, caller=caller, clock=lambda: NOW)
+    return VendorFeed(client, list(symbols), "1d", clock=lambda: NOW)
+
+
+def stale_said(logs) -> list[dict]:
+    return [e for e in logs if e["event"] == "data.suspect" and e["kind"] == "stale_repeat"]
+
+
+async def test_a_newest_bar_repeating_the_previous_one_exactly_is_said_once(fake):
+    """Yahoo's answer has a bar for the session that repeats the last one's open, high, low,
+    close and volume to the unit: a stale row, not a session's trading. It was served and
+    traded without a word; it is served as it came (as validation's suspect bars are) and
+    said (`data.suspect`, kind `stale_repeat`), once for the symbol and bar."""
+    fake.faults.respond_next(chart_body("AAA", SESSIONS_BEFORE | {date(2024, 3, 6): 104.0}), n=2)
+    feed = daily_feed_on(fake)
+    await feed.start()
+    try:
+        with capture_logs() as logs:
+            bar = await feed.bars(utc(2024, 3, 6))
+            again = await feed.bars(utc(2024, 3, 6))  # the engine fetching the bar again
+    finally:
+        await feed.stop()
+    assert bar.close[0] == again.close[0] == 104.0  # served as it came
+    said = stale_said(logs)
+    assert len(said) == 1
+    assert said[0]["log_level"] == "warning" and said[0]["count"] == 1
+    assert said[0]["examples"][0]["symbol"] == "AAA"
+    assert said[0]["examples"][0]["time"] == "2024-03-06"
+    assert said[0]["examples"][0]["previous"] == "2024-03-05"
+    assert "stale" in said[0]["rule"]
+
+
+@pytest.mark.parametrize("case", ["moved", "no volume"])
+async def test_a_newest_bar_that_traded_or_did_not_trade_is_not_called_stale(fake, case):
+    """A close that moved is a session's trading; a repeat with no volume is a symbol that
+    did not trade (its last price carried), which a vendor shows that way too."""
+    body = chart_body(
+        "AAA", SESSIONS_BEFORE | {date(2024, 3, 6): 104.5 if case == "moved" else 104.0}
+    )
+    if case == "no volume":
+        quote = body["chart"]["result"][0]["indicators"]["quote"][0]
+        quote["volume"][-2:] = [0, 0]
+    fake.faults.respond_next(body)
+    feed = daily_feed_on(fake)
+    await feed.start()
+    try:
+        with capture_logs() as logs:
+            await feed.bars(utc(2024, 3, 6))
+    finally:
+        await feed.stop()
+    assert stale_said(logs) == []
