@@ -14,6 +14,7 @@ from fakes import NY, BarBook
 from fakes.alpaca_data_server import AlpacaDataFake
 from fakes.alphavantage_server import DAILY_LIMIT, AlphaVantageFake
 from fakes.yahoo_server import YahooFake
+from private_servers import private_redis
 from structlog.testing import capture_logs
 
 from tradingd.cache.redis import RedisCache
@@ -488,7 +489,15 @@ async def test_redis_down_falls_back_without_failing_calls(yahoo):
         await cache.stop()
 
 
-async def test_responses_cached_in_redis_with_expiry(yahoo, redis_url):
+async def test_responses_cached_in_redis_with_expiry(yahoo, tmp_path):
+    # A private Redis: the keys are counted, and the shared one takes other tests' Yahoo
+    # answers at the same time (a parallel run failed here once).
+    with private_redis(tmp_path) as server:
+        server.start()
+        await _responses_cached_in_redis_with_expiry(yahoo, server.url)
+
+
+async def _responses_cached_in_redis_with_expiry(yahoo, redis_url: str) -> None:
     cache = ResponseCache.from_url(redis_url, ttl_s=120)
     await cache.start()
     caller = ResilientCaller("yahoo", SourceConfig(backoff_base_s=0.0), sleep=no_sleep)
