@@ -15,8 +15,10 @@ source's client:
 - **circuit breaker** (closed -> open after `breaker_failure_threshold` consecutive failed
   attempts -> half-open after `breaker_reset_timeout_s` -> one probe closes it again or reopens
   it). Only failures that say the *source* is unwell count (the retryable kinds); a 404 for an
-  unknown symbol is the source working. While open, calls fail at once with kind
-  `circuit_open`, so a dead vendor costs nothing per bar. The clock is injectable.
+  unknown symbol is the source working. A throttled call (429, a throttling soft error)
+  counts once, when its retries are spent (`throttled`): the source is up and pacing us.
+  While open, calls fail at once with kind `circuit_open`, so a dead vendor costs nothing
+  per bar. The clock is injectable.
 - **budgets**: `per_minute` through an aiolimiter bucket that never admits more than the budget
   in any 60-s window (`tradingd.ratelimit.window_limiter`; waits for capacity, i.e. keeps
   the pace), `per_day` through `DailyBudget` (a count per UTC day; exceeding it is an immediate
@@ -79,6 +81,16 @@ RETRYABLE_KINDS = frozenset(
 # A source's other answers that are final for good say so themselves (`permanent=True`, e.g.
 # Alpha Vantage's "Error Message"); Alpha Vantage's daily limit, of kind soft_error too, is not.
 PERMANENT_KINDS = frozenset({"http_4xx", "not_found"})
+
+
+def throttled(err: SourceError) -> bool:
+    """The source answered, asking us to slow down (HTTP 429, a throttling soft error): up,
+    not unwell. The breaker counts such a call once, when its retries are spent, not each
+    attempt: two calls throttled on every try opened the circuit, refusing every call for
+    `breaker_reset_timeout_s` while the backoff and Retry-After already kept the pace."""
+    return err.kind == "http_429" or (err.kind == "soft_error" and err.retryable)
+
+
 KINDS = (
     "timeout",  # no answer within timeout_s
     "connection",  # refused, reset, DNS: the source is unreachable
@@ -639,7 +651,9 @@ class ResilientCaller:
                     raise
                 self._failed(failure, what, attempt)
                 verdict = True
-                if failure.retryable:
+                if throttled(failure):  # counted once, when the call gives up (`call`)
+                    self.breaker.release_probe()
+                elif failure.retryable:
                     self.breaker.record_failure()
                 else:  # the source answered (404, 400, auth, ...): it is up
                     self.breaker.record_success()
@@ -670,10 +684,15 @@ class ResilientCaller:
             sleep=self._sleep,
             reraise=True,
         )
-        async for state in retrying:
-            with state:
-                attempt += 1
-                return await self._attempt(fn, what, attempt)
+        try:
+            async for state in retrying:
+                with state:
+                    attempt += 1
+                    return await self._attempt(fn, what, attempt)
+        except SourceError as err:
+            if throttled(err):  # its retries spent on throttling: one failure of the source
+                self.breaker.record_failure()
+            raise
         raise AssertionError("unreachable")  # pragma: no cover - reraise=True
 
     def status(self) -> dict[str, Any]:

@@ -266,6 +266,39 @@ async def test_breaker_opens_after_n_failures_and_half_opens_after_reset_time():
     assert SOURCE_UP.labels(source="test")._value.get() == 1
 
 
+async def test_throttled_calls_count_once_each_when_their_retries_are_spent():
+    """A 429 is the source answering (up, asking us to slow down), paced by the backoff and
+    Retry-After. Counted per attempt, two calls throttled on every try (4 attempts each with
+    Alpaca's data defaults, threshold 5) opened the circuit and refused every call for a
+    minute. Each throttled call that gives up counts once; a source that keeps throttling
+    still opens the circuit, after `breaker_failure_threshold` calls."""
+    clock = Clock()
+    c, _ = caller(
+        clock=clock, max_attempts=4, breaker_failure_threshold=5, breaker_reset_timeout_s=60
+    )
+    throttled = Script(*(http(429, "Too Many Requests") for _ in range(100)))
+    for n in (1, 2):
+        with pytest.raises(SourceUnavailable) as info:
+            await c.call(throttled)
+        assert info.value.kind == "http_429"
+        assert c.breaker.state == CircuitBreaker.CLOSED and c.breaker.consecutive_failures == n
+    assert throttled.calls == 8
+    assert await c.call(Script(http(429), http(429))) == "ok"  # through on its third try
+    assert c.breaker.consecutive_failures == 0
+    for _ in range(5):
+        with pytest.raises(SourceUnavailable):
+            await c.call(throttled)
+    assert c.breaker.state == CircuitBreaker.OPEN
+    # Half-open, a throttled probe is no verdict: the next call probes again.
+    clock.t += 60
+    with pytest.raises(SourceUnavailable) as info:
+        await c.call(Script(*(http(429) for _ in range(4))))
+    assert c.breaker.state == CircuitBreaker.OPEN  # its retries spent: counted, open again
+    clock.t += 60
+    assert await c.call(Script(http(429))) == "ok"  # a throttled try, then the answer
+    assert c.breaker.state == CircuitBreaker.CLOSED
+
+
 async def test_half_open_lets_one_probe_through_at_a_time():
     clock = Clock()
     breaker = CircuitBreaker(1, 10, clock)
