@@ -872,7 +872,13 @@ def load_config(
     origins: dict[str, str] = {}  # dotted key -> the file that set it last
     for p in paths:
         table = p if isinstance(p, Mapping) else _read_toml(Path(p))
-        notes += _replaced_lists(merged, table, "a table" if isinstance(p, Mapping) else str(p))
+        source = "a table" if isinstance(p, Mapping) else str(p)
+        notes += _replaced_lists(merged, table, source)
+        notes += _replaced_params(merged, table, source)
+        if _other_sizing(merged.get("sizing"), table.get("sizing")):
+            # The earlier plugin's keys are gone: an error in the new one's is not theirs.
+            for key in [k for k in origins if k.startswith("sizing.")]:
+                del origins[key]
         if not isinstance(p, Mapping):
             _note_origins(table, str(p), origins)
         _deep_merge(merged, table)
@@ -920,11 +926,13 @@ def _note_origins(table: Mapping[str, Any], source: str, out: dict[str, str], at
     for key, value in table.items():
         dotted = f"{at}.{key}" if at else str(key)
         out[dotted] = source
-        if isinstance(value, Mapping) and key != "params":
+        if isinstance(value, Mapping):
             _note_origins(value, source, out, dotted)
 
 
 _KEY_IN_ERROR = re.compile(r"^(?:unknown key\(s\) )?([A-Za-z0-9_.\[\]]+)")
+# A plugin's own error names its param after the section: "sizing.params: target_vol must be".
+_PARAM_IN_ERROR = re.compile(r"^: (?:unknown key\(s\) )?([A-Za-z0-9_]+)")
 
 
 def _origin_of(text: str, origins: Mapping[str, str]) -> str | None:
@@ -932,7 +940,13 @@ def _origin_of(text: str, origins: Mapping[str, str]) -> str | None:
     m = _KEY_IN_ERROR.match(text)
     if m is None:
         return None
-    parts = re.sub(r"\[\d+\]", "", m.group(1)).split(".")
+    key = m.group(1)
+    param = _PARAM_IN_ERROR.match(text[m.end() :]) if key.endswith(".params") else None
+    if param is not None:
+        # [sizing] params merge key by key: the file that set this param, not the last one
+        # that set any.
+        key = f"{key}.{param.group(1)}"
+    parts = re.sub(r"\[\d+\]", "", key).split(".")
     for n in range(len(parts), 0, -1):
         found = origins.get(".".join(parts[:n]))
         if found is not None:
@@ -967,17 +981,92 @@ def _replaced_lists(
     return out
 
 
+def _other_sizing(old: Any, new: Any) -> bool:
+    """A later [sizing] that names another plugin than the earlier one (no name: the same)."""
+    return (
+        isinstance(old, Mapping)
+        and isinstance(new, Mapping)
+        and "name" in new
+        and new["name"] != old.get("name")
+    )
+
+
+def _replaced_params(
+    merged: Mapping[str, Any], table: Mapping[str, Any], source: str
+) -> list[dict[str, Any]]:
+    """Params an earlier file set that a later one drops, said as `config.params_replaced`
+    (a plugin fell back to its own default for them, e.g. a 3% position cap back to 5%).
+    [sizing] params merge key by key while the later file names the same plugin (or none);
+    a later file naming another plugin starts from none of the earlier one's params (a key
+    of the same name would mean something else to it). A `[[risk]]`/`[[signals]]` entry of
+    a later list is whole, as its list is: an entry repeating a plugin of the earlier list
+    keeps only the params it writes."""
+    out: list[dict[str, Any]] = []
+    old, new = merged.get("sizing"), table.get("sizing")
+    if _other_sizing(old, new):
+        assert isinstance(old, Mapping) and isinstance(new, Mapping)
+        was = old.get("params")
+        dropped = sorted(was) if isinstance(was, Mapping) else []
+        if dropped:
+            rule = (
+                "[sizing] naming another plugin in a later file starts from its own defaults: "
+                "the earlier plugin's params do not apply to it; write the params it needs"
+            )
+            out.append(_params_note(source, "sizing", new["name"], dropped, rule))
+            out[-1]["was"] = str(old.get("name"))
+    for key in ("risk", "signals"):
+        before, after = merged.get(key), table.get(key)
+        if not (isinstance(before, list) and isinstance(after, list)):
+            continue  # the built-in lists hold only defaults: nothing an operator set is lost
+        earlier: dict[str, list[Mapping[str, Any]]] = {}  # by name, in order (a rule twice)
+        for item in before:
+            if isinstance(item, Mapping):
+                params = item.get("params")
+                earlier.setdefault(str(item.get("name")), []).append(
+                    params if isinstance(params, Mapping) else {}
+                )
+        for i, item in enumerate(after):
+            if not isinstance(item, Mapping) or not earlier.get(str(item.get("name"))):
+                continue
+            was = earlier[str(item["name"])].pop(0)
+            params = item.get("params")
+            dropped = sorted(set(was) - set(params if isinstance(params, Mapping) else {}))
+            if dropped:
+                rule = (
+                    f"a [[{key}]] entry in a later file is whole, as its list is: params it "
+                    "does not write are the plugin's defaults, not the earlier file's; repeat "
+                    "the ones to keep"
+                )
+                out.append(_params_note(source, f"{key}[{i}]", item["name"], dropped, rule))
+    return out
+
+
+def _params_note(
+    source: str, key: str, plugin: Any, dropped: list[str], rule: str
+) -> dict[str, Any]:
+    return {
+        "event": "config.params_replaced",
+        "file": source,
+        "key": key,
+        "plugin": str(plugin),
+        "dropped": dropped,
+        "rule": rule,
+    }
+
+
 def log_overlay_notes(config: Config) -> None:
     """Log what `load_config` noted while merging (after logging is configured)."""
     import structlog
 
     for note in getattr(config, "overlay_notes", ()):
-        structlog.get_logger("tradingd.config").warning(
-            "config.list_replaced",
-            **note,
-            rule=f"[[{note['key']}]] in a later file replaces the whole list; repeat the "
-            "entries to keep",
-        )
+        note = dict(note)
+        event = note.pop("event", "config.list_replaced")
+        if event == "config.list_replaced":
+            note["rule"] = (
+                f"[[{note['key']}]] in a later file replaces the whole list; repeat the "
+                "entries to keep"
+            )
+        structlog.get_logger("tradingd.config").warning(event, **note)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -1219,12 +1308,18 @@ def _parse_scalar(raw: str) -> Any:
 
 
 def _deep_merge(into: dict[str, Any], new: Mapping[str, Any], where: str = "") -> None:
+    """Table by table and key by key, [sizing] params included (a local file that sets one
+    param keeps the team file's others); lists are replaced. Tables are copied, so that a
+    table given to `load_config` is never changed by a later one merged into it."""
     for k, v in new.items():
-        if isinstance(v, Mapping) and isinstance(into.get(k), dict) and k != "params":
-            if where == "" and k == "sizing" and "name" in v and v["name"] != into[k].get("name"):
+        if isinstance(v, Mapping):
+            if where == "" and k == "sizing" and _other_sizing(into.get(k), v):
                 # Another sizing plugin: the previous one's params (and weight) are not its.
                 # Merged key by key they were kept, refused as unknown keys the user never
                 # wrote, or applied silently where the new plugin has a key of that name.
+                # `_replaced_params` says which were dropped.
+                into[k] = {}
+            if not isinstance(into.get(k), dict):
                 into[k] = {}
             _deep_merge(into[k], v, _join(where, k))
         else:

@@ -122,7 +122,115 @@ def test_an_overlay_naming_another_sizing_plugin_drops_the_previous_ones_params(
     only_params = tmp_path / "params.toml"
     only_params.write_text("[sizing.params]\ntarget_vol = 0.1\n")
     c = load_config([ROOT / "config" / "default.toml", only_params], env={})
-    assert c.sizing.name == "kelly_garch" and c.sizing.params == {"target_vol": 0.1}
+    assert c.sizing.name == "kelly_garch"  # no name: the same plugin, its params merged
+    assert c.sizing.params == {"kelly_multiplier": 0.5, "target_vol": 0.1, "max_position": 0.05}
+
+
+def test_a_later_files_sizing_params_merge_key_by_key_for_the_same_plugin(tmp_path):
+    """A team file's kelly_garch params (target_vol 0.10, a 3% position cap) under a local
+    file's `[sizing] params = {kelly_multiplier = 0.25}`: the local table replaced the team's
+    whole, and target_vol and the cap went back to the plugin's defaults (a 5% cap) without a
+    word, though the README says -c files merge key by key except the lists of plugins."""
+    from structlog.testing import capture_logs
+
+    from tradingd.config import log_overlay_notes
+
+    team = tmp_path / "team.toml"
+    team.write_text(
+        '[sizing]\nname = "kelly_garch"\n'
+        "params = { kelly_multiplier = 0.5, target_vol = 0.10, max_position = 0.03 }\n"
+    )
+    local = tmp_path / "local.toml"
+    local.write_text("[sizing]\nparams = { kelly_multiplier = 0.25 }\n")
+    default = ROOT / "config" / "default.toml"
+    c = load_config([default, team, local], env={})
+    assert c.sizing.params == {"kelly_multiplier": 0.25, "target_vol": 0.10, "max_position": 0.03}
+    named = tmp_path / "named.toml"  # the same plugin named again: merged the same way
+    named.write_text('[sizing]\nname = "kelly_garch"\nparams = { kelly_multiplier = 0.25 }\n')
+    assert load_config([default, team, named], env={}).sizing.params == c.sizing.params
+    with capture_logs() as logs:
+        log_overlay_notes(c)
+    assert [e for e in logs if e["event"] == "config.params_replaced"] == []
+    # A table given to load_config (a file read once) is merged into, never changed.
+    given = {"sizing": {"name": "kelly_garch", "params": {"target_vol": 0.1}}}
+    load_config([given, {"sizing": {"params": {"kelly_multiplier": 0.25}}}], env={"DB_HOST": "db"})
+    assert given == {"sizing": {"name": "kelly_garch", "params": {"target_vol": 0.1}}}
+
+
+def test_a_later_file_naming_another_sizing_plugin_says_whose_params_it_dropped(tmp_path):
+    """Another plugin does not inherit the earlier one's params (a key of the same name
+    would mean something else to it), and dropping them is said, as a replaced list is."""
+    from structlog.testing import capture_logs
+
+    from tradingd.config import log_overlay_notes
+
+    team = tmp_path / "team.toml"
+    team.write_text(
+        '[sizing]\nname = "kelly_garch"\nparams = { target_vol = 0.10, max_position = 0.03 }\n'
+    )
+    other = tmp_path / "other.toml"
+    other.write_text('[sizing]\nname = "equal_weight"\nparams = { max_positions = 5 }\n')
+    c = load_config([ROOT / "config" / "default.toml", team, other], env={})
+    assert c.sizing.name == "equal_weight" and c.sizing.params == {"max_positions": 5}
+    with capture_logs() as logs:
+        log_overlay_notes(c)
+    (note,) = [e for e in logs if e["event"] == "config.params_replaced"]
+    assert note["file"] == str(other) and note["key"] == "sizing"
+    assert note["was"] == "kelly_garch" and note["plugin"] == "equal_weight"
+    assert note["dropped"] == ["kelly_multiplier", "max_position", "target_vol"]
+    assert "kelly_garch" in note["rule"] or "another plugin" in note["rule"]
+
+
+def test_a_later_list_entry_that_repeats_a_plugin_says_which_params_fell_back(tmp_path):
+    """A [[risk]] list replaces the earlier one whole, params included (documented): a rule
+    repeated with fewer params gets the plugin's defaults for the rest, not the earlier
+    file's. Kept, but said: the sectors file dropped here was lost without a word."""
+    from structlog.testing import capture_logs
+
+    from tradingd.config import log_overlay_notes
+
+    team = tmp_path / "team.toml"
+    team.write_text(
+        '[[risk]]\nname = "sector_exposure"\n'
+        'params = { max_sector_pct = 0.2, sectors_csv = "sectors.csv" }\n'
+        '[[risk]]\nname = "drawdown_guard"\nparams = { max_drawdown_pct = 0.1 }\n'
+    )
+    local = tmp_path / "local.toml"
+    local.write_text(
+        '[[risk]]\nname = "sector_exposure"\nparams = { max_sector_pct = 0.3 }\n'
+        '[[risk]]\nname = "drawdown_guard"\nparams = { max_drawdown_pct = 0.15 }\n'
+    )
+    c = load_config([team, local], env={})
+    assert c.risk[0].params == {"max_sector_pct": 0.3}  # the list is whole: not merged
+    with capture_logs() as logs:
+        log_overlay_notes(c)
+    (note,) = [e for e in logs if e["event"] == "config.params_replaced"]
+    assert note["file"] == str(local) and note["key"] == "risk[0]"
+    assert note["plugin"] == "sector_exposure" and note["dropped"] == ["sectors_csv"]
+    replaced = [e["file"] for e in logs if e["event"] == "config.list_replaced"]
+    assert replaced == [str(team)]  # the built-in chain; local.toml kept the same rules
+
+
+def test_an_error_in_merged_sizing_params_names_the_file_that_set_that_key(tmp_path):
+    """With the params merged key by key, the last file to touch [sizing] params is not
+    necessarily the one that set the refused key."""
+    from tradingd.config import name_origin
+
+    team = tmp_path / "team.toml"
+    team.write_text('[sizing]\nname = "kelly_garch"\nparams = { kelly_multiplier = -3.0 }\n')
+    local = tmp_path / "local.toml"
+    local.write_text("[sizing]\nparams = { target_vol = 0.1 }\n")
+    c = load_config([ROOT / "config" / "default.toml", team, local], env={})
+    exc = ConfigError("sizing.params: kelly_multiplier must be in (0.0, 1.0], got -3.0")
+    name_origin(c, exc)
+    assert str(exc).endswith(f"(set in {team})")
+    # Another plugin named later: the earlier one's files are not blamed for its params.
+    other = tmp_path / "other.toml"
+    other.write_text('[sizing]\nname = "equal_weight"\n')
+    c = load_config([ROOT / "config" / "default.toml", team, local, other], env={})
+    exc = ConfigError("sizing.params: kelly_multiplier is not a param of equal_weight")
+    name_origin(c, exc)
+    assert str(exc).endswith(f"(set in {other})")
 
 
 def test_onnxruntime_telemetry_is_off_unless_the_operator_says_otherwise():
