@@ -1275,19 +1275,59 @@ def _spec_variables(merged: dict[str, Any], env: Mapping[str, str]) -> None:
         user = quote(env.get("DB_USER", "postgres"), safe="")
         password = env.get("DB_PASSWORD", "")
         auth = f"{user}:{quote(password, safe='')}@" if password else f"{user}@"
-        port = env.get("DB_PORT", "5432")
+        # PostgreSQL URLs may list several hosts ("db1,db2"), the port applying to the last.
+        host = ",".join(_url_host("DB_HOST", h, "DB_PORT") for h in env["DB_HOST"].split(","))
+        port = _url_port("DB_PORT", env.get("DB_PORT", "5432"), "storage.url")
         name = quote(env.get("DB_NAME", "tradingd"), safe="")
-        merged.setdefault("storage", {})["url"] = (
-            f"postgresql://{auth}{env['DB_HOST'].strip()}:{port.strip()}/{name}"
-        )
+        merged.setdefault("storage", {})["url"] = f"postgresql://{auth}{host}:{port}/{name}"
     if env.get("REDIS_HOST"):
-        port = env.get("REDIS_PORT", "6379")
+        host = _url_host("REDIS_HOST", env["REDIS_HOST"], "REDIS_PORT", several=False)
+        port = _url_port("REDIS_PORT", env.get("REDIS_PORT", "6379"), "cache.url")
         # A Redis password without a user (Redis' `requirepass`), as DB_PASSWORD is encoded.
         secret = env.get("REDIS_PASSWORD", "")
         auth = f":{quote(secret, safe='')}@" if secret else ""
-        merged.setdefault("cache", {})["url"] = (
-            f"redis://{auth}{env['REDIS_HOST'].strip()}:{port.strip()}/0"
+        merged.setdefault("cache", {})["url"] = f"redis://{auth}{host}:{port}/0"
+
+
+# What would end a URL's host or change its meaning: a user, a path, a query, a port list.
+_NOT_IN_HOST = re.compile(r"[\s/@?#\[\]\\%,]")
+
+
+def _url_host(var: str, raw: str, port_var: str, *, several: bool = True) -> str:
+    """`raw` (one host of DB_HOST or REDIS_HOST) as a URL writes it: an IPv6 literal in
+    brackets (`::1:25432` was read as host `:` and port `:1:25432`, failing at the connect
+    with an int() error blamed on DATABASE_URL), its zone's `%` as `%25`. Anything else that
+    is not a host name or IPv4 address (a port, a user, a path) is refused here, naming the
+    variable: built into the URL it was accepted or failed as the URL's fault."""
+    import ipaddress
+
+    host = raw.strip()
+    inner = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    if ":" in inner:
+        try:
+            ipaddress.IPv6Address(inner.replace("%25", "%"))
+        except ValueError:
+            pass
+        else:
+            return f"[{inner.replace('%25', '%').replace('%', '%25')}]"
+    elif inner == host and host and not _NOT_IN_HOST.search(host):
+        return host
+    raise ConfigError(
+        f"environment variable {var} = {raw!r} is invalid: must be a host name or an IP "
+        "address (IPv6 with or without [ ])"
+        + (", or several separated by commas" if several else "")
+        + f", without a port (that is {port_var}), user or path"
+    )
+
+
+def _url_port(var: str, raw: str, key: str) -> str:
+    port = raw.strip()
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise ConfigError(
+            f"environment variable {var} = {raw!r} is invalid: must be a port number in "
+            f"1..65535 (the port of {key})"
         )
+    return port
 
 
 def _no_newline(key: str, raw: str) -> None:

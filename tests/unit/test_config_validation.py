@@ -632,8 +632,61 @@ def test_a_url_from_the_environment_is_not_credited_to_the_file_it_replaced(tmp_
     with pytest.raises(ConfigError) as caught:
         load_config([first, second], env=env)
     text = str(caught.value)
-    assert text.startswith("storage.url") and "set in" not in text and str(second) not in text
-    assert "DATABASE_URL" in text or "DB_HOST" in text
+    assert "set in" not in text and str(second) not in text
+    if "DB_HOST" in env:  # the variable at fault, not the URL it makes
+        assert text.startswith("environment variable DB_PORT = 'nope'")
+    else:
+        assert text.startswith("storage.url") and "DATABASE_URL" in text
+
+
+def test_an_ipv6_db_host_or_redis_host_is_bracketed_in_the_url_it_makes():
+    """DB_HOST=::1 made postgresql://postgres@::1:25432/td, shown so by `tradingd config`;
+    `tradingd fetch` then failed with "invalid literal for int() ... ':1:25432'", blaming
+    DATABASE_URL, which the operator never set. An IPv6 literal is bracketed in a URL."""
+    from urllib.parse import urlsplit
+
+    env = {"DB_HOST": "::1", "DB_PORT": "25432", "DB_USER": "postgres", "DB_NAME": "td"}
+    env |= {"REDIS_HOST": "fd00::5", "REDIS_PORT": "6380"}
+    c = load_config([], env=env)
+    assert c.storage.url == "postgresql://postgres@[::1]:25432/td"
+    assert c.cache.url == "redis://[fd00::5]:6380/0"
+    for url in (c.storage.url, c.cache.url):
+        assert urlsplit(url).port in (25432, 6380) and ":" in str(urlsplit(url).hostname)
+    # Bracketed already, padded, several PostgreSQL hosts, an IPv6 zone (%25 in a URL).
+    assert load_config([], env={**env, "DB_HOST": " [::1] "}).storage.url == c.storage.url
+    several = load_config([], env={**env, "DB_HOST": "db1,::1"}).storage.url
+    assert several == "postgresql://postgres@db1,[::1]:25432/td"
+    zoned = load_config([], env={**env, "DB_HOST": "fe80::1%eth0"}).storage.url
+    assert zoned == "postgresql://postgres@[fe80::1%25eth0]:25432/td"
+    # Host names and IPv4 addresses are written as they are.
+    plain = load_config([], env={**env, "DB_HOST": "10.0.0.5", "REDIS_HOST": "redis_1"})
+    assert plain.storage.url == "postgresql://postgres@10.0.0.5:25432/td"
+    assert plain.cache.url == "redis://redis_1:6380/0"
+
+
+@pytest.mark.parametrize(
+    "env,var",
+    [
+        ({"DB_HOST": "db", "DB_PORT": "5432x"}, "DB_PORT"),
+        ({"DB_HOST": "db", "DB_PORT": "0"}, "DB_PORT"),
+        ({"DB_HOST": "db:5433"}, "DB_HOST"),  # a port in the host: ...@db:5433:5432/...
+        ({"DB_HOST": "user@db"}, "DB_HOST"),
+        ({"DB_HOST": "[db]"}, "DB_HOST"),
+        ({"REDIS_HOST": "cache", "REDIS_PORT": "70000"}, "REDIS_PORT"),
+        ({"REDIS_HOST": "cache/1"}, "REDIS_HOST"),
+        ({"REDIS_HOST": "c1,c2"}, "REDIS_HOST"),  # one host: Redis URLs list no others
+    ],
+)
+def test_a_bad_db_or_redis_part_is_named_as_its_variable_not_as_the_url(env, var):
+    """A URL built from DB_*/REDIS_* parts was checked as a whole, and its error named
+    `storage.url (DATABASE_URL)`, a variable the operator never set; a host with a port in
+    it was even accepted (the URL's last port read as the port)."""
+    env = {**env, "DB_PASSWORD": "s3cr3t"} if var.startswith("DB_") else env
+    with pytest.raises(ConfigError) as caught:
+        load_config([], env=env)
+    text = str(caught.value)
+    assert text.startswith(f"environment variable {var} = {env[var]!r} is invalid: must be")
+    assert "DATABASE_URL" not in text and "REDIS_URL" not in text and "s3cr3t" not in text
 
 
 def test_the_reconcile_confirmation_wait_is_a_setting(tmp_path):
