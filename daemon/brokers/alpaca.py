@@ -680,10 +680,12 @@ class AlpacaBroker:
             except APIError as e:
                 info = error_info(e)
                 if info.status in (401, 403):
+                    # No ": " after a variable's name: the error line's masking reads
+                    # "APCA_API_SECRET_KEY: <word>" as a printed key and hides the word.
+                    said = self._scrub(info.reason.removeprefix("alpaca: "))
                     raise ConfigError(
-                        f"Alpaca at {self._endpoint} refused the keys from APCA_API_KEY_ID / "
-                        f"APCA_API_SECRET_KEY: {self._scrub(info.reason)}; use the paper "
-                        "account's keys"
+                        f"Alpaca at {self._endpoint} refused the keys in APCA_API_KEY_ID and "
+                        f"APCA_API_SECRET_KEY, saying {said}; use the paper account's keys"
                     ) from None
                 raise RetryableError(
                     f"Alpaca at {self._endpoint} failed at start: {self._scrub(info.reason)}"

@@ -1241,6 +1241,27 @@ async def test_keys_never_appear_in_logs_status_or_exceptions(caplog):
         assert key not in text and secret not in text and secret[:-1] not in text
 
 
+async def test_refused_keys_are_said_in_words_the_error_line_masking_leaves_as_they_are():
+    """`refused the keys from APCA_API_KEY_ID / APCA_API_SECRET_KEY: alpaca: request is not
+    authorized` became `... APCA_API_SECRET_KEY: *** request is not authorized` on the error
+    line: `SECRET_KEY: <word>` is a credential pair to the masking (it must stay one: that is
+    how a printed key would look), so the message read as if a key had been shown and hidden.
+    No variable name is followed by `: ` now, and nothing of the keys is in the message."""
+    from tradingd.secrets import mask_text
+
+    need_fixtures()
+    key, secret = "PKREFUSED00000000000001", "S3cr3t-refused-0123456789"
+    async with AlpacaTradingFake(key_id=key, secret_key=secret) as fake:
+        wrong = AlpacaBroker(config(fake), (key, secret[:-1] + "X"))
+        with pytest.raises(ConfigError) as refused:
+            await wrong.start()
+    text = str(refused.value)
+    assert mask_text(text) == text  # what the CLI prints, unchanged
+    assert "APCA_API_KEY_ID and APCA_API_SECRET_KEY" in text
+    assert "request is not authorized (HTTP 401" in text and "paper account's keys" in text
+    assert key not in text and secret[:-1] not in text and "***" not in text
+
+
 # ----------------------------------------------------------------------------- the fake
 
 

@@ -146,6 +146,18 @@ def test_mask_text_leaves_other_pairs_alone(text):
     assert mask_text(text) == text
 
 
+def test_a_secret_variables_name_before_a_colon_is_read_as_its_value_and_masked():
+    """`APCA_API_SECRET_KEY: <word>` is how a printed key looks (an env dump, a YAML file),
+    so the word is masked whatever it is: the refused-keys message was masked so
+    (`APCA_API_SECRET_KEY: *** request is not authorized`) and is worded now with no `: `
+    after a variable's name, rather than the masking narrowed."""
+    assert mask_text("APCA_API_SECRET_KEY: s3cretvalue") == "APCA_API_SECRET_KEY: ***"
+    assert mask_text("APCA_API_SECRET_KEY: alpaca: no") == "APCA_API_SECRET_KEY: *** no"
+    assert mask_text("APCA_API_SECRET_KEY=s3cret x") == "APCA_API_SECRET_KEY=*** x"
+    words = "the keys in APCA_API_KEY_ID and APCA_API_SECRET_KEY, saying no (HTTP 401)"
+    assert mask_text(words) == words
+
+
 def test_scrub_removes_the_password_from_a_library_message():
     url = "postgresql://u:s3cret@h:5432/db"
     msg = f"could not connect to {url}: password s3cret rejected"
