@@ -213,6 +213,28 @@ def test_the_install_note_makes_each_folder_before_writing_into_it():
             assert any(target.startswith(f"{m}/") for m in made), (line, made)
 
 
+def test_every_units_documentation_is_a_file_the_install_note_puts_there():
+    """`Documentation=file:///opt/tradingd/README.md` named a file the install never copied
+    (only config/ was): `systemctl help tradingd` and the status page pointed at nothing."""
+    copied: set[str] = set()
+    for line in _install_note_lines():
+        m = re.search(r"(?:^|&& )(?:sudo )?cp (?:-r )?(.+?) (/opt/tradingd)/?$", line)
+        if m:
+            copied |= {f"{m.group(2)}/{src.rstrip('/')}" for src in m.group(1).split()}
+    for unit in sorted((ROOT / "systemd").glob("*.service")):
+        for line in unit.read_text().splitlines():
+            if not line.startswith("Documentation="):
+                continue
+            for uri in line.split("=", 1)[1].split():
+                assert uri.startswith(("file://", "https://", "man:")), (unit.name, uri)
+                if not uri.startswith("file://"):
+                    continue
+                path = uri[len("file://") :]
+                assert any(path == c or path.startswith(f"{c}/") for c in copied), (path, copied)
+                local = path.removeprefix("/opt/tradingd/")
+                assert (ROOT / local).exists(), local  # the checkout has what is copied
+
+
 def test_the_retrain_unit_runs_in_a_venv_with_the_train_extra_on_a_named_history():
     """The unit ran the daemon's inference-only venv ("training needs the train extra",
     exit 2 every week), and on paper.toml, whose symbols the bundled data has not."""
