@@ -904,9 +904,25 @@ def load_config(
             raise ConfigError(f"{text} (set in {where})") from None
         raise
     object.__setattr__(config, "overlay_notes", tuple(notes))
+    # For errors found later (a service that does not answer): the variable a URL came from.
+    object.__setattr__(config, "env_sources", dict(sources))
     # For errors found later, in the plugins' own params (`name_origin`).
     object.__setattr__(config, "key_origins", origins if len(paths) > 1 else {})
     return config
+
+
+_URL_PARTS = {
+    "DB_HOST": "DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD",
+    "REDIS_HOST": "REDIS_HOST, REDIS_PORT, REDIS_PASSWORD",
+}
+
+
+def url_label(config: Config, dotted: str, variable: str) -> str:
+    """`storage.url (DATABASE_URL)`, or the variables the URL was made of when it was
+    (DB_HOST and its family): an error that named DATABASE_URL sent an operator who set
+    DB_HOST looking for a variable never set."""
+    source = getattr(config, "env_sources", {}).get(dotted, variable)
+    return f"{dotted} ({_URL_PARTS.get(source, variable)})"
 
 
 def name_origin(config: Config, exc: ConfigError) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 import structlog
 
-from .config import Config, PluginSpec, name_origin, redis_db_index
+from .config import Config, PluginSpec, name_origin, redis_db_index, url_label
 from .core.errors import ConfigError, PluginError, TradingdError
 from .secrets import mask_url, scrub
 
@@ -376,17 +376,21 @@ async def check_services(
     `storage.start_retry_s` (a database restarting beside the daemon, systemd starting both),
     so it is logged here, not an error; a server that answers and refuses stays an error."""
     wait_s = config.storage.start_retry_s if live else 0.0
-    await _check_postgres(config.storage.url, timeout_s, wait_s)
-    await _check_redis(config.cache.url, timeout_s)
+    await _check_postgres(
+        config.storage.url, timeout_s, wait_s, url_label(config, "storage.url", "DATABASE_URL")
+    )
+    await _check_redis(config.cache.url, timeout_s, url_label(config, "cache.url", "REDIS_URL"))
 
 
-async def _check_postgres(url: str, timeout_s: float, wait_s: float = 0.0) -> None:
+async def _check_postgres(
+    url: str, timeout_s: float, wait_s: float = 0.0, label: str = "storage.url (DATABASE_URL)"
+) -> None:
     url = url.strip()
     if not url.lower().startswith(("postgresql://", "postgres://")):
         return
     import asyncpg
 
-    key = f"storage.url (DATABASE_URL) = {mask_url(url)!r}"
+    key = f"{label} = {mask_url(url)!r}"
     try:
         conn = await asyncio.wait_for(asyncpg.connect(url, timeout=timeout_s), timeout_s + 1)
     except Exception as exc:
@@ -433,7 +437,7 @@ def _refused(exc: BaseException) -> bool:
     return "refused" in text or "error 111" in text or "errno 111" in text
 
 
-async def _check_redis(url: str, timeout_s: float) -> None:
+async def _check_redis(url: str, timeout_s: float, label: str = "cache.url (REDIS_URL)") -> None:
     url = url.strip()
     if url.lower() in ("", "memory://"):
         return
@@ -442,8 +446,8 @@ async def _check_redis(url: str, timeout_s: float) -> None:
     from redis.exceptions import ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
-    key = f"cache.url (REDIS_URL) = {mask_url(url)!r}"
-    db = redis_db_index("cache.url (REDIS_URL)", url)
+    key = f"{label} = {mask_url(url)!r}"
+    db = redis_db_index(label, url)
     client = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
     try:
         # Connecting SELECTs the URL's database, so this also checks the index.

@@ -594,6 +594,27 @@ def test_postgres_url_pointing_at_redis(tmp_path, redis_url):
     assert SECRET not in msg
 
 
+def test_a_url_made_of_db_or_redis_variables_is_named_by_them(tmp_path, pg_url, redis_url):
+    """DB_HOST=::1 (a trial's mistake of old, now bracketed) failed blaming DATABASE_URL,
+    which the operator never set: the error names the variables the URL was made of."""
+    pg_host, _ = _host_port(pg_url)
+    redis_host, redis_port = _host_port(redis_url)
+    env = {"DB_HOST": pg_host, "DB_PORT": str(redis_port), "DB_PASSWORD": SECRET}
+    config = load_config([write_config(tmp_path)], env=env)
+    with pytest.raises(ConfigError) as e:
+        asyncio.run(check_services(config, timeout_s=0.5))
+    msg = str(e.value)
+    assert "storage.url (DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD)" in msg
+    assert "DATABASE_URL" not in msg and SECRET not in msg
+    env = {"REDIS_HOST": redis_host, "REDIS_PORT": str(_host_port(pg_url)[1])}
+    config = load_config([write_config(tmp_path)], env=env)
+    with pytest.raises(ConfigError) as e:
+        asyncio.run(check_services(config, timeout_s=0.5))
+    msg = str(e.value)
+    assert "cache.url (REDIS_HOST, REDIS_PORT, REDIS_PASSWORD)" in msg
+    assert "REDIS_URL" not in msg
+
+
 def test_postgres_database_that_does_not_exist(tmp_path, pg_url):
     url = pg_url.rsplit("/", 1)[0] + "/tradingd_no_such_db"
     with pytest.raises(ConfigError) as e:
