@@ -1570,7 +1570,13 @@ class AlpacaBroker:
         except APIError as e:
             info = error_info(e)
             if info.duplicate:
-                existing = await self._existing(primary.client_order_id)
+                try:
+                    existing = await self._existing(primary.client_order_id)
+                except RetryableError:
+                    # Alpaca holds this id (the 422 says so): read again at the next poll.
+                    # Given up here, the order was neither listed nor its fill booked.
+                    self._follow_unconfirmed(unit)
+                    raise
                 if existing is not None:
                     log.warning(
                         "alpaca.duplicate_client_order_id",

@@ -1537,3 +1537,33 @@ async def test_an_order_already_at_alpaca_in_a_cut_short_batch_is_not_closed(fak
         assert told.status.is_open and "not placed" not in told.reason
         assert buy.client_order_id in [o.client_order_id for o in broker.open_orders()]
         assert len(fake.orders_with_client_id(buy.client_order_id)) == 1
+
+
+async def test_a_resent_order_whose_look_up_answer_is_no_order_is_followed(fake, monkeypatch):
+    """A restarted daemon resends an order (422: the client id exists) and the look-up by
+    client id answers an error body: the order exists at Alpaca, so it is followed (read
+    again at the next poll) and its fill booked. Since look-ups raise on an answer that is
+    no order, the submit gave up on it: not listed open, its fill never booked."""
+    from alpaca.trading.client import TradingClient
+
+    fake.set_price("AAPL", 100.0, match=False)
+    buy = order("AAPL", 10, OrderType.LIMIT, limit=100.0)
+    async with running(fake) as broker:
+        await broker.submit([buy])
+    readable = TradingClient.get_order_by_client_id
+    calls = []
+
+    def bad_once(self, *a):
+        calls.append(a)
+        if len(calls) == 1:
+            return {"code": 50010000, "message": "internal error"}
+        return readable(self, *a)
+
+    async with running(fake, adopt_open_orders=False) as restarted:
+        monkeypatch.setattr(TradingClient, "get_order_by_client_id", bad_once)
+        with pytest.raises(RetryableError):
+            await restarted.submit([buy])
+        fake.fill(buy.client_order_id, price=99.0)
+        updates = Updates(restarted)
+        await updates.until(lambda u: u.filled(buy.client_order_id) >= 10, timeout=5)
+        assert updates.filled(buy.client_order_id) == 10
