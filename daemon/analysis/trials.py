@@ -205,7 +205,16 @@ def count_trials(
     # lines are finished backtests (one whose rerun stopped early removed the record).
     ledgers = [root / TRIALS_LEDGER, *(f / TRIALS_LEDGER for f in subfolders)]
     entries = [e for ledger in ledgers if ledger.exists() for e in ledger_entries(ledger)]
-    for entry in entries if default_ignore else []:
+    # A folder counted as a variant of its own (its config or summary unread) is the run its
+    # ledger's last line for that run id notes: not a replaced variant besides it.
+    own_last: dict[object, int] = {}
+    for i, e in enumerate(entries):
+        if f"run:{e.get('run_id')}" in configs:
+            own_last[e.get("run_id")] = i
+    skip = set(own_last.values())
+    for i, entry in enumerate(entries if default_ignore else []):
+        if i in skip:
+            continue
         key = entry["config_hash"]
         version = entry.get("hash_version")
         if version == 3:

@@ -749,3 +749,20 @@ def test_christoffersen_without_a_hit_has_nothing_to_order():
     for hits in (np.zeros(200, dtype=bool), np.ones(50, dtype=bool)):
         out = va.christoffersen_independence(hits)
         assert math.isnan(out["p_value"]) and not out["reject"]
+
+
+def test_a_run_whose_summary_cannot_be_read_is_one_trial_not_two(tmp_path):
+    """Counted as a variant of its own (`run:<name>`), its own ledger line (every backtest
+    notes one, hashed with its config) was counted again as a replaced variant."""
+    from tradingd.analysis.trial_ledger import record_trial
+
+    rng = np.random.default_rng(2)
+    curve = 1e5 * np.cumprod(1 + rng.normal(0.0004, 0.01, 300))
+    root = tmp_path / "runs"
+    cfg = base_config(20)
+    folder = write_run(root, "x", cfg, curve)
+    record_trial(root, "x", cfg, curve, 1e5)
+    assert va.count_trials(root, risk_free_rate=0.0).trials == 1
+    (folder / "summary.json").write_text("[]")
+    counted = va.count_trials(root, risk_free_rate=0.0)
+    assert counted.trials == 1, counted.configs
