@@ -2264,6 +2264,17 @@ class Engine:
         until = None if newer else self._trade_deadline(t)
         if not self._too_late_to_trade(until):
             return None
+        if not newer and self._interrupted is not None and self._interrupted[0] == t:
+            # The bar a killed process was carrying out: its cancels went out (a stop taken
+            # off for its replacement), its orders did not. Stepped untraded, the plan was
+            # dropped and the position left as the kill left it, unsaid. Carried out late.
+            log.warning(
+                "resume.interrupted_plan_late",
+                time=t,
+                deadline=until,
+                rule="a plan begun before the kill is finished, past its trade deadline",
+            )
+            return None
         if newer:
             log.info("bar.catch_up", time=t, newer=newer)
         else:
@@ -2617,6 +2628,16 @@ class Engine:
             plan = Plan(orders=list(plan.orders), cancel=[*adding, *plan.cancel])
         interrupted, self._interrupted = self._interrupted, None
         interrupted_plan = None
+        if interrupted is not None and interrupted[0] != bar.time:
+            # Its bar was stepped without trading (a newer bar released behind it): the
+            # plan's rest is not sent; the broker's state, read again, decides this bar.
+            log.warning(
+                "resume.interrupted_plan_dropped",
+                time=interrupted[0],
+                cancels=len(interrupted[1]),
+                orders=len(interrupted[2]),
+                now=bar.time,
+            )
         if interrupted is not None and interrupted[0] == bar.time and not paused:
             # The bar a killed process was carrying out, as it decided it (from the same
             # checkpoint): deciding again would see the broker after its cancels and fills.

@@ -401,3 +401,44 @@ async def test_releases_the_clock_drops_past_its_backlog_count_as_never_traded_o
     assert restarted.resumed_from == friday and restarted.clock.dropped == 0
     assert (monday, None) in stepped
     assert result.bars_never_traded == 3
+
+
+async def test_a_plan_a_killed_process_was_carrying_out_is_finished_past_its_deadline(
+    engine_config,
+):
+    """Restarted during the next session, the bar after the checkpoint (released alone,
+    past its trade deadline) was stepped untraded, and the plan the killed process was
+    carrying out for it (its cancels sent, a stop taken off for its replacement; its orders
+    stored as intents) was dropped at the next bar without a word. It is finished, said."""
+    from tradingd.core.orders import market_order
+
+    now = FakeTime(NEXT_OPEN + timedelta(hours=1))
+    engine, stepped = _engine(engine_config, now)
+    symbol = engine.symbols[0]
+    # What _resume sets from the stored intents of the bar the killed process was in.
+    intent = market_order("t-l", LABEL, symbol, 1)
+    engine._interrupted = (LABEL, ["sent-before-the-kill"], [intent])
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    events = [e["event"] for e in logs]
+    assert "resume.interrupted_plan_late" in events and "resume.interrupted_plan" in events
+    assert "resume.interrupted_plan_dropped" not in events
+    assert dict(stepped)[LABEL] is not False  # traded: the plan's rest went out
+    assert engine.broker.order(intent.client_order_id) is not None  # sent to the broker
+
+
+async def test_a_plan_whose_bar_was_stepped_untraded_is_said_dropped(engine_config):
+    """A plan of a bar that did not trade after the restart (a newer bar released behind
+    it) is not sent; that it is dropped is said, with what it held."""
+    from tradingd.core.orders import market_order
+
+    now = FakeTime(NEXT_OPEN + timedelta(hours=1))
+    engine, _stepped = _engine(engine_config, now)
+    earlier = LABEL - timedelta(days=1)
+    intent = market_order("t-l", earlier, engine.symbols[0], 1)
+    engine._interrupted = (earlier, ["sent-before-the-kill"], [intent])
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    (dropped,) = [e for e in logs if e["event"] == "resume.interrupted_plan_dropped"]
+    assert (dropped["time"], dropped["cancels"], dropped["orders"]) == (earlier, 1, 1)
+    assert engine.broker.order(intent.client_order_id) is None
