@@ -222,6 +222,17 @@ class ExchangeCalendar:
         return self._cal.close_times[-1][1]
 
     @property
+    def regular_open(self) -> time:
+        """The current regular open in the exchange's local time (09:30 for XNYS)."""
+        return self._cal.open_times[-1][1]
+
+    @property
+    def built_through(self) -> date:
+        """The date its sessions were built through (a holiday or weekend, maybe: its last
+        session can be earlier)."""
+        return self._built_through
+
+    @property
     def coverage(self) -> tuple[datetime, datetime]:
         """The instants this calendar answers for: first session's first label, last close."""
         return _dt(self._lo), _dt(self._hi)
@@ -261,7 +272,10 @@ class ExchangeCalendar:
         bound = self.bound_max
         if bound is not None and through > bound:
             through = bound
-        if not self._extends or through <= self.last_session:
+        # Against how far it was built, not its last session: a bound_max on a holiday
+        # (XKRX's 2050-12-31) left the last session before it, and every heartbeat
+        # rebuilt the calendar to the same end.
+        if not self._extends or through <= self.built_through:
             return False
         start = self._start_arg if self._start_arg is not None else self.first_session
         longer = ExchangeCalendar(self.name, self.interval, start=start, end=through)

@@ -244,16 +244,27 @@ class LiveClock:
         Its orders are for that open, as those of a bar delivered on time; after it they
         would fill at a price the bar never saw (a bar delivered late, or released late: a
         start or a resume from a suspend during the next session). None in accelerated mode
-        (no wall clock: a late bar waits for the next release), and for the last session of
-        a calendar the package ends there (no next open known: the bar trades, its orders
-        wait for the session an upgraded calendar knows; the clock fails after it)."""
+        (no wall clock: a late bar waits for the next release). For the last session of a
+        calendar the package ends there (no next open known) the next weekday's regular
+        open stands in: holidays only make the real one later, so the stand-in errs on the
+        side of not trading (it was None: that bar traded however late it was released)."""
         if self.accelerated:
             return None
         close = self.exchange.close_of(label)
         try:
             return self.exchange.next_open(close)
         except ValueError:  # (CalendarRangeError is one): no session opens after it
+            return self._next_weekday_open(close)
+
+    def _next_weekday_open(self, close: datetime) -> datetime | None:
+        tz = getattr(self.exchange, "tz", None)
+        regular_open = getattr(self.exchange, "regular_open", None)
+        if tz is None or regular_open is None:  # a duck-typed calendar: no stand-in known
             return None
+        day = close.astimezone(tz).date() + timedelta(days=1)
+        while day.weekday() >= 5:
+            day += timedelta(days=1)
+        return datetime.combine(day, regular_open, tzinfo=tz).astimezone(UTC)
 
     async def wait(self, seconds: float) -> None:
         """Sleep up to `seconds` (the loop's monotonic clock), returning early when a bar is
@@ -558,7 +569,8 @@ class LiveClock:
         if bound is not None and end > bound:
             end = bound
         if self._own_exchange:
-            if end <= self.exchange.last_session:
+            built = getattr(self.exchange, "built_through", self.exchange.last_session)
+            if end <= built:  # (not the last session: a bound on a holiday rebuilt it anew)
                 return
             from .calendar import ExchangeCalendar
 

@@ -512,9 +512,14 @@ async def test_after_the_packages_last_session_the_clock_fails_saying_to_upgrade
         assert clock.next_release_at == close + timedelta(minutes=5)
         now.t = close + timedelta(minutes=5, seconds=1)  # its firing, a moment late
         await clock._tick()
-        # No next open known: the bar trades, its orders wait for the session an upgraded
-        # calendar knows.
-        assert clock.trade_deadline(last) is None
+        # No next open known: the next weekday's regular open stands in (holidays only make
+        # the real one later). Released on time, the bar trades; released after it (a
+        # suspend across the calendar's end), it is stepped untraded, as any other bar.
+        deadline = clock.trade_deadline(last)
+        local = deadline.astimezone(cal.tz)
+        assert local.time() == cal.regular_open and local.weekday() < 5
+        assert 0 < (local.date() - close.astimezone(cal.tz).date()).days <= 3
+        assert now.t < deadline
         it = clock.__aiter__()
         assert await it.__anext__() == last
         with pytest.raises(CalendarRangeError, match="upgrade exchange-calendars"):
@@ -528,3 +533,21 @@ async def test_after_the_packages_last_session_the_clock_fails_saying_to_upgrade
     )
     with pytest.raises(CalendarRangeError, match="upgrade exchange-calendars"):
         await later.start()
+
+
+def test_a_calendar_ending_on_a_holiday_is_extended_once_not_at_every_heartbeat():
+    """XKRX's package data ends on 2050-12-31, a holiday: its last session is two days
+    earlier. The extension was judged by the last session, never reached, and every
+    heartbeat rebuilt the calendar to the same end (and logged it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cal = ExchangeCalendar("XKRX", "1d", start="2049-06-01", end="2050-12-20")
+    assert cal.bound_max == date(2050, 12, 31)
+    cal._extends = True  # as a calendar of the package's default window is
+    now = datetime(2050, 12, 10, tzinfo=UTC)
+    clock = LiveClock(LiveConfig(calendar="XKRX"), exchange=cal, now=lambda: now)
+    with capture_logs() as logs:
+        for _ in range(3):  # three heartbeats
+            clock._extend_calendar(now)
+    assert cal.last_session < cal.built_through == cal.bound_max
+    assert [e["event"] for e in logs if e["event"] == "calendar.extended"] == ["calendar.extended"]
