@@ -14,7 +14,6 @@ loads them now; ConfigError, naming both, when they are gone).
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from ..core.errors import ConfigError
+from .run_records import _json_file
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -34,9 +34,10 @@ log = structlog.get_logger(__name__)
 def replay_config(config: Config, folder: Path) -> Config:
     """`config` as it must be to replay the record in `folder`: the record's run id (the
     one its orders carry), and each plugin whose recorded inputs differ from what it loads
-    now pointed at the recorded ones. A record without a readable summary, or made before
-    summaries kept the inputs, is replayed with `config` as it is (the comparison with the
-    record then says whether it is the run)."""
+    now pointed at the recorded ones. A record without a summary, or made before summaries
+    kept the inputs, is replayed with `config` as it is (the comparison with the record then
+    says whether it is the run). A damaged summary is a ValueError naming it, before the
+    replay: read as none, the whole replay ran before reading the record named the file."""
     summary = _summary(folder)
     if summary is None:
         return config
@@ -79,11 +80,17 @@ def replay_config(config: Config, folder: Path) -> Config:
 
 
 def _summary(folder: Path) -> Mapping[str, Any] | None:
-    try:
-        data = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    """The record's summary.json (`run_records._json_file`, which names the file, as reading
+    the record does), None when it has none."""
+    file = folder / "summary.json"
+    if not file.exists():
         return None
-    return data if isinstance(data, Mapping) else None
+    try:
+        return _json_file(file)
+    except ValueError as exc:
+        raise ValueError(
+            f"{exc}: the replay takes the run id and models from it (run the backtest again)"
+        ) from None
 
 
 def _params_for(

@@ -807,3 +807,42 @@ def test_report_attribution_of_a_record_whose_config_json_is_damaged_is_a_named_
     assert code == 2 and "Traceback" not in err
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"tradingd: error: {damaged}/{message}") and "with -c" in last
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"run_id": "report-unit", "fi', "summary.json cannot be read as JSON: "),
+        ('["report-unit"]', "summary.json holds list, not a JSON object"),
+    ],
+)
+def test_report_attribution_of_a_record_whose_summary_json_is_damaged_fails_before_the_replay(
+    cli, run_dir, tmp_path, monkeypatch, text, message
+):
+    """The replay takes the record's run id and models from its summary.json: a damaged one
+    was read as none, the whole replay ran with the configuration as it is, and only the
+    comparison with the record named the file after it."""
+    import shutil
+
+    from tradingd.analysis import attribution
+
+    replays: list[object] = []
+    real = attribution.replay_run
+
+    async def counted(*args, **kwargs):
+        replays.append(args)
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(attribution, "replay_run", counted)
+    damaged = tmp_path / "damaged-summary"
+    shutil.copytree(run_dir, damaged)
+    (damaged / "summary.json").write_text(text)
+    code, _, err = cli(
+        "report", str(damaged), "--output", str(tmp_path / "o"), "--no-validation",
+        "--attribution",
+    )  # fmt: skip
+    assert code == 2 and "Traceback" not in err
+    assert replays == []  # refused before the replay
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"tradingd: error: run {damaged}: {damaged}/{message}")
+    assert "run the backtest again" in last
