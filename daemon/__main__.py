@@ -748,19 +748,23 @@ def _annualise_as_the_run(tables: dict[str, Any], folder: Path, path: str | None
     """A run of intraday bars annualised with 252 sessions of them (its summary.json's
     `periods_per_year`): every table of the report does too, unless the analysis config
     sets its periods_per_year (or [analysis] does, which the others share). With 252 a year
-    of 5-minute bars was read as 78 years."""
+    of 5-minute bars was read as 78 years. A daily run's summary has none (252). One that
+    is no positive number (`true`, read as 1; a string, passed over) is refused when a table
+    would take it: the record is damaged or edited, and nothing else reads that key."""
     import dataclasses
+    import math
     import tomllib
 
     from .analysis.run_records import _json_file
 
+    file = folder / "summary.json"
     try:
-        summary = _json_file(folder / "summary.json")
+        summary = _json_file(file)
     except ValueError:
         return  # none, or not a run's summary: reading the record names the error
-    ppy = summary.get("periods_per_year")
-    if not isinstance(ppy, int | float) or ppy <= 0:
+    if "periods_per_year" not in summary:
         return
+    ppy = summary["periods_per_year"]
     # Every table that annualises: the performance figures, the validation's per-bar
     # risk-free rate and tests, the attribution (each unless its own table sets it).
     given: dict[str, Any] = {}
@@ -769,13 +773,28 @@ def _annualise_as_the_run(tables: dict[str, Any], folder: Path, path: str | None
             given = tomllib.loads(Path(path).read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
             return
-    for name in ("analysis", "validation", "attribution"):
-        table = tables.get(name)
-        if table is None or "periods_per_year" in _with_shared_settings(given).get(name, {}):
-            continue
-        if hasattr(table, "periods_per_year"):
-            tables[name] = dataclasses.replace(table, periods_per_year=float(ppy))
-    log.info("report.periods_per_year", periods_per_year=ppy, source=str(folder / "summary.json"))
+    takers = [
+        name
+        for name in ("analysis", "validation", "attribution")
+        if hasattr(tables.get(name), "periods_per_year")
+        and "periods_per_year" not in _with_shared_settings(given).get(name, {})
+    ]
+    if not takers:
+        return
+    if (
+        isinstance(ppy, bool)
+        or not isinstance(ppy, int | float)
+        or not math.isfinite(ppy)
+        or ppy <= 0
+    ):
+        raise TradingdError(
+            f"{file}: periods_per_year {ppy!r} is not a positive number (the bars in a year "
+            "the run annualised with): the record is damaged or edited; run the backtest "
+            "again, or set periods_per_year in the analysis config's [analysis] table"
+        )
+    for name in takers:
+        tables[name] = dataclasses.replace(tables[name], periods_per_year=float(ppy))
+    log.info("report.periods_per_year", periods_per_year=ppy, source=str(file))
 
 
 _ATTRIBUTION_RISK = "Attribution: systematic and idiosyncratic risk"
