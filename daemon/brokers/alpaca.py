@@ -151,6 +151,7 @@ from .alpaca_mapping import (
     AccountSnapshot,
     LocalRejection,
     Unit,
+    UnreadableOrder,
     alpaca_keys_from_env,
     build_request,
     closed_reason,
@@ -1000,11 +1001,21 @@ class AlpacaBroker:
         for o in engine.values():
             groups.setdefault(self._root_of(o, engine), []).append(o)
         # Look up, by client id, every Alpaca order of which a member is not followed yet.
+        # Read as engine orders here, before anything is changed: an answer that cannot be
+        # (an order without a time) raises the malformed-answer RetryableError.
         found: dict[str, Mapping[str, Any] | None] = {}
+        parts: dict[str, list[tuple[Order, Mapping[str, Any]]]] = {}
         for root, members in groups.items():
             followed = (self._get(m.client_order_id) for m in members)
             if not all(t is not None and t.alpaca_id is not None for t in followed):
-                found[root] = await self._existing(root, strict=True)
+                raw = found[root] = await self._existing(root, strict=True)
+                if raw is not None:
+                    parts[root] = self._read_orders(
+                        raw,
+                        "get_order_by_client_id",
+                        f"lookup {root}",
+                        self._leg_ids(root, members),
+                    )
         await self._trace_origins()
         # No await from here on: the stream's updates wait in the queue (or, for orders not
         # followed yet, among the orphans) and are applied after the new baselines.
@@ -1012,7 +1023,7 @@ class AlpacaBroker:
         for root, raw in found.items():
             members = groups[root]
             if raw is not None:
-                self._adopt(raw, self._leg_ids(root, members))
+                self._adopt(raw, parts[root])
                 self._queue_replacement(raw, root)
                 continue
             for m in members:
@@ -1663,8 +1674,9 @@ class AlpacaBroker:
         was unknown: its events were parked, its fills never booked, and the symbol's
         position differed from the book.
         Raises RetryableError while Alpaca cannot answer, or answers something that is no
-        order (an error body, a list): it stays to be read at the next poll. Such an answer
-        dropped it, nothing said, its fills never booked."""
+        order (an error body, a list) or an order that cannot be read (no time): it stays to
+        be read at the next poll. Such an answer dropped it, nothing said (or a plain
+        ValueError said after it was dropped), its fills never booked."""
         try:
             raw = await self._call(
                 "get_order", client.get_order_by_id, aid, GetOrderByIdRequest(nested=True)
@@ -1684,6 +1696,9 @@ class AlpacaBroker:
         if problem is not None:
             raise self._malformed("get_order", f"reading replacement order {aid}", problem)
         assert isinstance(raw, Mapping)
+        # Read before it is taken off the orders to read: one that cannot be (no time) is
+        # read again at the next poll, not dropped.
+        orders = self._read_orders(raw, "get_order", f"reading replacement order {aid}")
         replaced = self._replacements.pop(aid, None)
         if aid in self._by_alpaca_id:
             return
@@ -1692,7 +1707,7 @@ class AlpacaBroker:
         base: _Tracked | None = None
         followed = []
         prior = self._get(replaced) if replaced is not None else None
-        for order, part in self._orders_of(raw):
+        for order, part in orders:
             if self._get(order.client_order_id) is not None:
                 continue
             if not group and prior is not None and order.leg is Leg.ENTRY:
@@ -2426,10 +2441,18 @@ class AlpacaBroker:
             if isinstance(leg, Mapping)
         )
         flat = [r for r in await self._open_rows(nested=False) if str(r.get("id")) not in seen]
-        for raw in [*nested, *flat]:
-            if self._symbols is not None and raw.get("symbol") not in self._symbols:
-                continue
-            root = self._adopt(raw)
+        ours = [
+            raw
+            for raw in [*nested, *flat]
+            if self._symbols is None or raw.get("symbol") in self._symbols
+        ]
+        # All read before any is followed: an order that cannot be read (no time) fails the
+        # start as a malformed answer, with nothing adopted.
+        read = [
+            (raw, self._read_orders(raw, "list_open_orders", "reading open orders")) for raw in ours
+        ]
+        for raw, parts in read:
+            root = self._adopt(raw, parts)
             if root is not None:
                 self._adopted_roots[root] = None
 
@@ -2457,10 +2480,11 @@ class AlpacaBroker:
         return rows
 
     def _adopt(
-        self, raw: Mapping[str, Any], leg_ids: Mapping[Leg, str] | None = None
+        self, raw: Mapping[str, Any], parts: Sequence[tuple[Order, Mapping[str, Any]]]
     ) -> str | None:
         """Follow an order found at Alpaca, with its legs, as it stands (no fills are
-        reported for what it executed before). Returns the client id it is followed by.
+        reported for what it executed before); `parts`: `raw` read as engine orders
+        (`_read_orders`). Returns the client id it is followed by.
 
         A part closed with a `filled_qty` that cannot be read stays working, as
         `order_from_alpaca` returned it, and is polled as `_apply` does: a leg's state mapped
@@ -2469,7 +2493,7 @@ class AlpacaBroker:
         group = str(raw.get("order_class") or "")
         group = group if group in ("bracket", "oto", "oco") else ""
         base: _Tracked | None = None
-        for order, part in self._orders_of(raw, leg_ids):
+        for order, part in parts:
             known = self._get(order.client_order_id)
             if known is not None:
                 base = known if part is raw else base
@@ -2532,10 +2556,26 @@ class AlpacaBroker:
             out.append((leg_order, leg))
         return out
 
+    def _read_orders(
+        self,
+        raw: Mapping[str, Any],
+        op: str,
+        what: str,
+        leg_ids: Mapping[Leg, str] | None = None,
+    ) -> list[tuple[Order, Mapping[str, Any]]]:
+        """`_orders_of`, an order that cannot be read (`UnreadableOrder`: no time) raised as
+        the malformed answer to `op` it is (`what`: the call it answered), Alpaca unavailable
+        for that round: a plain ValueError stopped the daemon at its start or snapshot."""
+        try:
+            return self._orders_of(raw, leg_ids)
+        except UnreadableOrder as e:
+            raise self._malformed(op, what, str(e)) from None
+
     def _describe(self, raw: Mapping[str, Any]) -> list[Order]:
-        """Engine orders for an open Alpaca order (followed ones as the broker knows them)."""
+        """Engine orders for an open Alpaca order (followed ones as the broker knows them),
+        for a snapshot."""
         out: list[Order] = []
-        for order, part in self._orders_of(raw):
+        for order, part in self._read_orders(raw, "list_open_orders", "snapshot"):
             cid = self._by_alpaca_id.get(str(part.get("id") or ""))
             t = self._get(cid) if cid is not None else None
             out.append(t.order.snapshot() if t is not None else order)

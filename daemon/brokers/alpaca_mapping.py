@@ -96,6 +96,19 @@ def order_key(raw: Mapping[str, Any]) -> str:
     return str(raw.get("id") or raw.get("client_order_id") or "")
 
 
+class UnreadableOrder(ValueError):
+    """An order object from Alpaca that cannot be read as an order (`order_from_alpaca`):
+    the message names the order (Alpaca's id, the client id it is read under) and the
+    field. A malformed answer: the broker raises it as Alpaca unavailable for that round
+    (RetryableError), never as a crash of the start or of the loop."""
+
+
+def _shown(value: Any) -> str:
+    """A field's value as an error message quotes it: short, whatever Alpaca sent."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 # Alpaca's 422 for a reused client_order_id (alpaca-py issue #260), also after a cancel.
 DUPLICATE_MESSAGE = "client_order_id must be unique"
 
@@ -620,7 +633,12 @@ def order_from_alpaca(
     `order_key`). With it the warning is given once an order, not at every read of it (the
     start's adoption, each snapshot, each look-up), and again when the quantity turns
     unreadable after an answer that could be read: this call forgets the order then (the
-    broker's update path too). Without it, every call warns."""
+    broker's update path too). Without it, every call warns.
+
+    An order without a readable time (`submitted_at`, else `created_at`, else `updated_at`)
+    raises `UnreadableOrder` naming it and the fields: no time can be made up for it (the
+    engine orders by it, and an adopted entry's time tells whether it is an intent), and
+    a plain ValueError escaped the broker's start and snapshots as a crash."""
     cid = client_order_id or str(raw.get("client_order_id") or raw.get("id") or "")
     key = order_key(raw) or cid
     filled = parse_float(raw.get("filled_qty"))
@@ -638,7 +656,12 @@ def order_from_alpaca(
         or parse_time(raw.get("updated_at"))
     )
     if created is None:
-        raise ValueError(f"order {cid!r} has no timestamp")
+        named = f"order {raw.get('id') or '(no id)'} ({cid or 'no client id'})"
+        raise UnreadableOrder(
+            f"{named}: no readable submitted_at or created_at (submitted_at "
+            f"{_shown(raw.get('submitted_at'))}, created_at {_shown(raw.get('created_at'))}, "
+            f"updated_at {_shown(raw.get('updated_at'))})"
+        )
     limit = parse_float(raw.get("limit_price"))
     stop = parse_float(raw.get("stop_price"))
     status_text = str(raw.get("status") or "")

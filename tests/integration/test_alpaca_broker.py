@@ -852,6 +852,112 @@ async def test_a_replacement_whose_answer_cannot_be_read_is_read_again_not_dropp
     assert [(f.symbol, f.quantity) for f in updates.fills] == [("AAPL", 10.0)]
 
 
+def _without_time(body: dict[str, Any]) -> dict[str, Any]:
+    """An order as Alpaca sent it with no readable time: submitted_at and updated_at null,
+    created_at no RFC 3339 timestamp."""
+    body["submitted_at"], body["created_at"], body["updated_at"] = None, "yesterday", None
+    return body
+
+
+def _no_time_named(alpaca_id: str, client_id: str) -> str:
+    return (
+        f"order {alpaca_id} ({client_id}): no readable submitted_at or created_at "
+        "(submitted_at None, created_at 'yesterday', updated_at None)"
+    )
+
+
+@pytest.mark.parametrize("part", ["order", "leg"])
+async def test_an_open_order_without_a_timestamp_is_a_malformed_answer_not_a_crash(
+    fake, monkeypatch, part
+):
+    """An open order (or a bracket's leg) Alpaca listed without a readable submitted_at or
+    created_at raised a plain ValueError ("order ... has no timestamp") out of `start` and
+    `snapshot`: a traceback, and the daemon stopped. It is a malformed answer naming the
+    order (Alpaca's id and the client id it is read under) and the fields, Alpaca
+    unavailable for that round as an unreadable row is; the start adopts it once Alpaca
+    answers readably."""
+
+    def malformed() -> float:
+        return SOURCE_ERRORS.labels(source="alpaca_trading", kind="malformed")._value.get()
+
+    fake.set_price("AAPL", 100.0, match=False)
+    entry, tp, sl = bracket_orders(RUN, T0, "AAPL", 10, 110.0, 95.0)
+    async with running(fake) as before:
+        await before.submit([entry, tp, sl])  # the entry works at Alpaca, its legs held
+    at_alpaca = fake.order(entry.client_order_id)
+    stop = next(fake.orders[i] for i in at_alpaca.leg_ids if fake.orders[i].type == "stop")
+    target, named = (
+        (at_alpaca.id, _no_time_named(at_alpaca.id, entry.client_order_id))
+        if part == "order"
+        else (stop.id, _no_time_named(stop.id, sl.client_order_id))
+    )
+    garbled = [True]
+    readable = fake._json
+
+    def answer(o, nested):  # type: ignore[no-untyped-def]
+        body = readable(o, nested)
+        return _without_time(body) if o.id == target and garbled[0] else body
+
+    monkeypatch.setattr(fake, "_json", answer)
+    pattern = r"\(malformed\): list_open_orders: unreadable answer: " + re.escape(named)
+    before = malformed()
+    with pytest.raises(RetryableError, match=pattern):  # the start's adoption
+        async with running(fake):
+            pass
+    assert malformed() == before + 1
+    ids = sorted(o.client_order_id for o in (entry, tp, sl))
+    garbled[0] = False
+    async with running(fake) as broker:
+        assert sorted(o.client_order_id for o in broker.open_orders()) == ids
+        garbled[0] = True
+        with pytest.raises(RetryableError, match=pattern):
+            await broker.snapshot()
+        assert named in broker.status()["last_error"]
+        garbled[0] = False
+        assert sorted(o.client_order_id for o in (await broker.snapshot()).open_orders) == ids
+
+
+async def test_a_replacement_without_a_timestamp_is_read_again_not_dropped(
+    fake, broker, monkeypatch
+):
+    """The replacement of an edited order, read by id, came without a readable time: the
+    poll failed with a plain ValueError after the replacement had been taken off the orders
+    to read, so it was never read again and its fills never booked. It is a malformed
+    answer naming it, and the replacement is read again until Alpaca answers readably."""
+    fake.set_price("AAPL", 100.0, match=False)
+    buy = order("AAPL", 10, OrderType.LIMIT, limit=95.0)
+    await broker.submit([buy])
+    garbled: set[str] = set()
+    readable = fake._json
+
+    def answer(o, nested):  # type: ignore[no-untyped-def]
+        body = readable(o, nested)
+        return _without_time(body) if o.id in garbled else body
+
+    monkeypatch.setattr(fake, "_json", answer)
+    with capture_logs() as logs:
+        new = fake.replace(buy.client_order_id, limit_price=99.0)
+        garbled.add(new.id)  # no await since: the broker has not read it yet
+        problem = "get_order: unreadable answer: " + _no_time_named(new.id, new.client_order_id)
+
+        def failed() -> int:
+            return sum(
+                1 for e in logs if e["event"] == "alpaca.poll_failed" and problem in e["error"]
+            )
+
+        await eventually(lambda: failed() >= 2)  # read again, still unreadable
+    assert broker.order(new.client_order_id) is None
+    assert problem in broker.status()["last_error"]
+
+    garbled.clear()
+    await eventually(lambda: broker.order(new.client_order_id) is not None)
+    assert broker.origin(new.client_order_id) == buy.client_order_id
+    updates = Updates(broker)
+    fake.set_price("AAPL", 98.5)  # the replacement fills
+    await updates.until(lambda u: u.filled(new.client_order_id) >= 10)
+    assert [(f.symbol, f.quantity) for f in updates.fills] == [("AAPL", 10.0)]
+
+
 async def test_429_and_server_errors_are_retried(fake, broker):
     before = SOURCE_ERRORS.labels(source="alpaca_trading", kind="http_429")._value.get()
     fake.throttle(2)  # a 429 has four tries an attempt

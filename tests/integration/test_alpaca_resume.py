@@ -537,6 +537,50 @@ async def test_a_lookup_answer_that_cannot_be_read_is_retryable_not_an_order_alp
         assert booked.last(cid).status is OrderStatus.FILLED
 
 
+async def test_a_lookup_answer_without_a_timestamp_is_retryable_not_a_crash(fake, monkeypatch):
+    """An order known open at the checkpoint that filled while the daemon was down, looked
+    up at the restart, came without a readable submitted_at or created_at: `resume` raised
+    a plain ValueError, which stopped the daemon. It is a malformed answer naming the order
+    and the fields: `resume` raises RetryableError having changed nothing, and books the
+    fill once Alpaca answers readably."""
+    fake.set_price("AAPL", 100.0, match=False)
+    buy = order("AAPL", 10, OrderType.LIMIT, limit=100.0)
+    cid = buy.client_order_id
+    async with running(fake) as before:
+        await before.submit([buy])
+        known = checkpoint(before)
+    fake.fill(cid, price=99.0)  # while the daemon is down: not open, looked up at resume
+    aid = fake.order(cid).id
+    garbled = [True]
+    readable = fake._json
+
+    def answer(o, nested):  # type: ignore[no-untyped-def]
+        body = readable(o, nested)
+        if o.id == aid and garbled[0]:
+            body["submitted_at"], body["created_at"], body["updated_at"] = None, "", None
+        return body
+
+    monkeypatch.setattr(fake, "_json", answer)
+    named = (
+        f"order {aid} ({cid}): no readable submitted_at or created_at "
+        "(submitted_at None, created_at '', updated_at None)"
+    )
+    async with running(fake) as after:
+        pattern = r"\(malformed\): get_order_by_client_id: unreadable answer: " + re.escape(named)
+        with capture_logs() as logs, pytest.raises(RetryableError, match=pattern):
+            await after.resume(known, [])
+        assert not [e for e in logs if e["event"].startswith("alpaca.reconcile.")]
+        assert named in after.status()["last_error"]
+
+        garbled[0] = False
+        await after.resume(known, [])  # nothing was changed: resuming again is safe
+        booked = Booked(after)
+        await booked.until(lambda b: b.filled(cid) > 0)
+        await booked.settle()
+        assert [(f.fill_id, f.quantity, f.price) for f in booked.fills] == [(f"{cid}#10", 10, 99.0)]
+        assert booked.last(cid).status is OrderStatus.FILLED
+
+
 @pytest.mark.parametrize(
     ("answer", "named"),
     [

@@ -19,6 +19,7 @@ from tradingd.brokers.alpaca import AlpacaBroker, AlpacaBrokerConfig
 from tradingd.brokers.alpaca_mapping import (
     LocalRejection,
     Unit,
+    UnreadableOrder,
     alpaca_keys_from_env,
     build_request,
     error_info,
@@ -251,6 +252,22 @@ def test_an_alpaca_order_as_an_engine_order():
     trailing = dict(raw, type="trailing_stop", trail_percent="2.5", hwm="151.2", limit_price=None)  # type: ignore[arg-type]
     t = order_from_alpaca(trailing)
     assert (t.type, t.trail_pct, t.trail_anchor) == (OrderType.TRAILING_STOP, 0.025, 151.2)
+
+
+def test_an_alpaca_order_without_a_time_is_unreadable_and_named():
+    """No readable submitted_at, created_at or updated_at: a plain ValueError ("order ''
+    has no timestamp") named neither Alpaca's id nor the field. `UnreadableOrder` names
+    the order under the client id it is read as, and the values, cut short."""
+    raw = fixture("trading", "order_limit_gtc_accepted_spec_example.json")
+    garbled = dict(raw, submitted_at=None, created_at="x" * 100, updated_at="")  # type: ignore[arg-type]
+    named = (
+        f"order {raw['id']} (leg-1): no readable submitted_at or created_at (submitted_at "  # type: ignore[index]
+        f"None, created_at '{'x' * 36}..., updated_at '')"
+    )
+    with pytest.raises(UnreadableOrder, match=re.escape(named)):
+        order_from_alpaca(garbled, client_order_id="leg-1")
+    with pytest.raises(UnreadableOrder, match=re.escape("order (no id) (no client id): ")):
+        order_from_alpaca({"submitted_at": "2024-13-45"})
 
 
 @pytest.mark.parametrize("filled_qty", [None, "", "ten", "-3", "nan"])
