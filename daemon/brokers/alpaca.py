@@ -519,6 +519,9 @@ class _Tracked:
     # For the replacement of an order edited at Alpaca: the client id of the order it
     # stands for (the first of the chain of edits), whose owner its fills belong to (`origin`).
     origin: str | None = None
+    # Alpaca's last answer for it had a `filled_qty` that cannot be read (`_adopt`, `_apply`):
+    # the filled quantity here is the last one read, or nothing. See `_rebase`.
+    filled_unreadable: bool = False
 
 
 def _now() -> datetime:
@@ -952,6 +955,8 @@ class AlpacaBroker:
           unknown to Alpaca (404): closed here as cancelled and reported
           (`known_missing`). Alpaca reporting less filled than the book holds: the book's
           quantity is kept as the baseline (`broker_behind_book`: nothing is taken back).
+          Alpaca's filled quantity unreadable: the book's is the baseline too, and what
+          Alpaca executed beyond it is reported once it can be read (`filled_unreadable`).
         * `unconfirmed`, the intents stored after the checkpoint: each is looked up. At
           Alpaca: followed from nothing filled (the book holds none of its executions),
           so all of them are reported as fills, and its state as an order update (the
@@ -1249,6 +1254,19 @@ class AlpacaBroker:
                 self._closed.pop(cid, None)
                 self._open[cid] = t
                 self._verify.add(cid)
+        elif t.filled_unreadable:
+            # Not Alpaca behind the book: its number cannot be read (warned of as
+            # `alpaca.order.filled_qty_unreadable`). Said once an order: `resume` rebases each
+            # once, and a second `resume` raises.
+            log.warning(
+                "alpaca.reconcile.filled_unreadable",
+                client_order_id=cid,
+                booked=booked,
+                status=str(status),
+                rule="the book's quantity stays the baseline; what Alpaca executed beyond it "
+                "is booked once it gives a readable filled_qty (the order is followed and read "
+                "again meanwhile)",
+            )
         elif booked - current > tolerance:
             log.warning(
                 "alpaca.reconcile.broker_behind_book",
@@ -1263,7 +1281,7 @@ class AlpacaBroker:
                 "alpaca.reconcile.placed_before_crash",
                 client_order_id=cid,
                 status=str(status),
-                filled_at_alpaca=current,
+                filled_at_alpaca=None if t.filled_unreadable else current,
                 rule="followed from nothing filled; a resubmit returns this order",
             )
         elif status is not e.status:
@@ -1922,6 +1940,7 @@ class AlpacaBroker:
         if not unreadable_filled(filled):
             self._unreadable_said.forget(order_key(raw))  # a later unreadable one is said
         if not stale:
+            t.filled_unreadable = unreadable_filled(filled)
             when = (
                 parse_time((event or {}).get("timestamp"))
                 or parse_time(raw.get("filled_at"))
@@ -2503,6 +2522,7 @@ class AlpacaBroker:
             uncounted = unreadable_filled(filled) and map_status(status_text) in MAY_HAVE_FILLED
             self._forget_alpaca_id(str(part.get("id") or ""))
             t = _Tracked(order=order, group=group, adopted=True)
+            t.filled_unreadable = unreadable_filled(filled)
             t.replaces = str(part.get("replaces") or "") or None
             self._link(t, part)
             t.remote_updated = parse_time(part.get("updated_at"))

@@ -209,6 +209,64 @@ async def test_a_resumed_order_filled_with_an_unreadable_quantity_is_booked_once
         assert after.open_orders() == []
 
 
+async def test_a_resumed_order_whose_quantity_cannot_be_read_is_not_said_behind_the_book(
+    fake, monkeypatch
+):
+    """Two orders partly booked at the checkpoint, one filled while the daemon was down
+    (looked up at the restart), one still working (adopted at the start), both answered
+    without a readable `filled_qty`. Each was logged `broker_behind_book` with
+    `filled_at_alpaca=0`: Alpaca is not behind, its number cannot be read. Said as it is,
+    `alpaca.reconcile.filled_unreadable`, once an order; the book's quantity stays the
+    baseline and what Alpaca executed beyond it is booked once the quantity can be read."""
+    fake.set_price("AAPL", 100.0, match=False)
+    fake.set_price("SPY", 400.0, match=False)
+    aapl = resume_order("AAPL", 10, OrderType.LIMIT, limit=100.0)
+    spy = resume_order("SPY", 10, OrderType.LIMIT, limit=400.0)
+    ids = [aapl.client_order_id, spy.client_order_id]
+    async with resume_running(fake) as before:
+        await before.submit([aapl, spy])
+        for cid in ids:
+            fake.fill(cid, price=99.0 if cid == ids[0] else 399.0, qty=3)
+        booked = Booked(before)
+        await booked.until(lambda b: all(b.filled(cid) == 3 for cid in ids))
+        known = checkpoint(before)
+    fake.fill(ids[0], price=99.7)  # the last 7, while the daemon is down: closed
+    fake.fill(ids[1], price=399.5, qty=2)  # 2 more, still working
+
+    targets = {fake.order(cid).id for cid in ids}
+    garbled = [True]
+    readable = fake._json
+
+    def answer(o, nested):  # type: ignore[no-untyped-def]
+        body = readable(o, nested)
+        if o.id in targets and garbled[0]:
+            body["filled_qty"] = "unknown"
+        return body
+
+    monkeypatch.setattr(fake, "_json", answer)
+    async with resume_running(fake) as after:
+        with capture_logs() as logs:
+            await after.resume(known, [])
+            booked = Booked(after)
+            await booked.settle(2)
+        reconciled = [e for e in logs if e["event"].startswith("alpaca.reconcile.")]
+        assert not [e for e in reconciled if e["event"] == "alpaca.reconcile.broker_behind_book"]
+        said = [e for e in reconciled if e["event"] == "alpaca.reconcile.filled_unreadable"]
+        assert sorted((e["client_order_id"], e["booked"]) for e in said) == [(c, 3) for c in ids]
+        assert booked.fills == []
+        assert sorted((o.client_order_id, o.filled_quantity) for o in after.open_orders()) == [
+            (cid, 3) for cid in ids
+        ]
+
+        garbled[0] = False
+        await booked.until(lambda b: b.filled(ids[0]) > 0 and b.filled(ids[1]) > 0)
+        await booked.settle()
+        assert sorted((f.fill_id, f.quantity) for f in booked.fills) == [
+            (f"{ids[0]}#10", 7),
+            (f"{ids[1]}#5", 2),
+        ]
+
+
 async def test_a_resumed_bracket_leg_filled_with_an_unreadable_quantity_is_booked_once_readable(
     fake, monkeypatch
 ):
