@@ -131,7 +131,7 @@ from ..core.types import (
     Side,
     parse_client_order_id,
 )
-from ..logs import Once
+from ..logs import Once, sparse
 from ..metrics import (
     ORDERS,
     RATE_LIMIT_WAIT,
@@ -546,6 +546,13 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _legs(raw: Mapping[str, Any]) -> list[Mapping[str, Any]]:
+    """An order's `legs` that are objects (a `legs` that is no list has none), quietly: for
+    a second look at an answer whose legs were said already (`AlpacaBroker._legs_of`)."""
+    legs = raw.get("legs")
+    return [leg for leg in legs if isinstance(leg, Mapping)] if isinstance(legs, list) else []
+
+
 # ----------------------------------------------------------------------------- broker
 
 
@@ -659,6 +666,8 @@ class AlpacaBroker:
         self._last_account_mono = time.monotonic()
         self._stream_changes = 0
         self._unknown_updates = 0
+        # Parts of answers skipped as unreadable (`_skipped`), by event: said sparsely.
+        self._skips: dict[str, int] = {}
         # Alpaca orders (root client ids) adopted by `start`, until `resume` has sorted them.
         self._adopted_roots: dict[str, None] = {}
         # Open orders at Alpaca that a resumed run neither knew nor had intended (`resume`).
@@ -1716,7 +1725,9 @@ class AlpacaBroker:
         assert isinstance(raw, Mapping)
         # Read before it is taken off the orders to read: one that cannot be (no time) is
         # read again at the next poll, not dropped.
-        orders = self._read_orders(raw, "get_order", f"reading replacement order {aid}")
+        orders = self._read_orders(
+            raw, "get_order", f"reading replacement order {aid}", say_legs=False
+        )
         replaced = self._replacements.pop(aid, None)
         if aid in self._by_alpaca_id:
             return
@@ -1812,7 +1823,9 @@ class AlpacaBroker:
         primary = unit.primary
         self._attempted.pop(primary.client_order_id, None)
         group = "" if unit.kind == "simple" else unit.kind
-        legs = [leg for leg in raw.get("legs") or [] if isinstance(leg, Mapping)]
+        # Legs that are no objects are said (and counted) by `_apply` below: a leg left
+        # unlinked here is linked from the first answer that carries it readably (`_claim`).
+        legs = _legs(raw)
         base = self._register(primary, raw if not fresh else None, group=group)
         self._link(base, raw)
         pairs: list[tuple[Order, Mapping[str, Any] | None]] = []
@@ -1984,9 +1997,9 @@ class AlpacaBroker:
             if changed:
                 order.updated_at = when
                 self._on_change(t, report=report or fill is not None)
-        for leg in raw.get("legs") or []:
-            if isinstance(leg, Mapping):
-                self._apply(leg, report=report, parent=order.client_order_id)
+        legs = self._legs_of(raw, order.client_order_id) if parent is None else []
+        for leg in legs:
+            self._apply(leg, report=report, parent=order.client_order_id)
         if changed and (not order.status.is_open or order.filled_quantity > EPS):
             self._settle_group(t, report)
 
@@ -2238,11 +2251,9 @@ class AlpacaBroker:
             for raw in rows:
                 self._apply(raw)
                 seen.add(str(raw.get("id") or ""))
-                seen.update(
-                    str(leg.get("id") or "")
-                    for leg in raw.get("legs") or []
-                    if isinstance(leg, Mapping)
-                )
+                # Legs that are no objects were said by `_apply`; a followed leg missing
+                # here is read by id below.
+                seen.update(str(leg.get("id") or "") for leg in _legs(raw))
             if len(rows) < _ORDER_PAGE:
                 return
             last = parse_time(rows[-1].get("submitted_at"))
@@ -2435,7 +2446,21 @@ class AlpacaBroker:
             data = message.get("data") if isinstance(message, Mapping) else None
             raw = data.get("order") if isinstance(data, Mapping) else None
             if not isinstance(raw, Mapping):
-                SOURCE_ERRORS.labels(source=SOURCE, kind="malformed").inc()
+                if isinstance(data, Mapping):
+                    lacks, is_a, kind = "data.order", type(raw).__name__, data.get("event")
+                else:
+                    lacks, is_a, kind = "data", type(data).__name__, None
+                self._skipped(
+                    "alpaca.update_without_order",
+                    "skipped; the open orders are polled at once, so an execution it "
+                    "reported is made up from Alpaca's cumulative figures",
+                    lacks=lacks,
+                    is_a=is_a,
+                    stream_event=self._scrub(str(kind)[:40]) if kind else None,
+                )
+                # It may have been a fill: not left to the periodic check, minutes later.
+                self._poll_requested = True
+                self._wake.set()
                 return
             self._apply(raw, event=data)
         except Exception as e:  # one bad update must not stop the others
@@ -2453,12 +2478,7 @@ class AlpacaBroker:
         them. Those are followed under Alpaca's ids for them, each on its own."""
         nested = await self._open_rows(nested=True)
         seen = {str(r.get("id") or "") for r in nested}
-        seen.update(
-            str(leg.get("id") or "")
-            for r in nested
-            for leg in r.get("legs") or []
-            if isinstance(leg, Mapping)
-        )
+        seen.update(str(leg.get("id") or "") for r in nested for leg in _legs(r))
         flat = [r for r in await self._open_rows(nested=False) if str(r.get("id")) not in seen]
         ours = [
             raw
@@ -2551,18 +2571,22 @@ class AlpacaBroker:
             self._closed.pop(cid, None)
 
     def _orders_of(
-        self, raw: Mapping[str, Any], leg_ids: Mapping[Leg, str] | None = None
+        self,
+        raw: Mapping[str, Any],
+        leg_ids: Mapping[Leg, str] | None = None,
+        *,
+        say_legs: bool = True,
     ) -> list[tuple[Order, Mapping[str, Any]]]:
         """Engine orders for an Alpaca order and its legs (ids of legs from `leg_ids` by
-        role, else derived from the parent's, see `leg_client_order_id`)."""
+        role, else derived from the parent's, see `leg_client_order_id`). Legs that are no
+        objects are said (`_legs_of`) unless `say_legs` is False (an answer `_apply` reads
+        next, which says them)."""
         group = str(raw.get("order_class") or "")
         base = order_from_alpaca(raw, once=self._unreadable_said)
         if group == "oco":
             base.oco_group = base.client_order_id
         out = [(base, raw)]
-        for leg in raw.get("legs") or []:
-            if not isinstance(leg, Mapping):
-                continue
+        for leg in self._legs_of(raw, base.client_order_id) if say_legs else _legs(raw):
             role = leg_role(leg)
             cid = (leg_ids or {}).get(role) or leg_client_order_id(base.client_order_id, role)
             leg_order = order_from_alpaca(
@@ -2582,12 +2606,14 @@ class AlpacaBroker:
         op: str,
         what: str,
         leg_ids: Mapping[Leg, str] | None = None,
+        *,
+        say_legs: bool = True,
     ) -> list[tuple[Order, Mapping[str, Any]]]:
         """`_orders_of`, an order that cannot be read (`UnreadableOrder`: no time) raised as
         the malformed answer to `op` it is (`what`: the call it answered), Alpaca unavailable
         for that round: a plain ValueError stopped the daemon at its start or snapshot."""
         try:
-            return self._orders_of(raw, leg_ids)
+            return self._orders_of(raw, leg_ids, say_legs=say_legs)
         except UnreadableOrder as e:
             raise self._malformed(op, what, str(e)) from None
 
@@ -2600,6 +2626,44 @@ class AlpacaBroker:
             t = self._get(cid) if cid is not None else None
             out.append(t.order.snapshot() if t is not None else order)
         return out
+
+    def _legs_of(self, raw: Mapping[str, Any], client_order_id: str) -> list[Mapping[str, Any]]:
+        """`raw`'s legs that are objects; each that is not (and a `legs` that is no list)
+        is said and counted (`_skipped`), naming the order (Alpaca's id, the client id it
+        is followed by) and the leg: skipped, nothing said, a bracket's stop was followed
+        from no answer of its own and nobody knew why."""
+        legs = raw.get("legs")
+        if legs is None:
+            return []
+        rule = (
+            "skipped; the order is followed without it until an answer carries it as an "
+            "object (a followed leg missing from a poll is read by id)"
+        )
+        named = {"alpaca_id": str(raw.get("id") or ""), "client_order_id": client_order_id}
+        if not isinstance(legs, list):
+            self._skipped(
+                "alpaca.leg_unreadable", rule, **named, leg=None, is_a=type(legs).__name__
+            )
+            return []
+        out = []
+        for i, leg in enumerate(legs):
+            if isinstance(leg, Mapping):
+                out.append(leg)
+            else:
+                self._skipped(
+                    "alpaca.leg_unreadable", rule, **named, leg=i, is_a=type(leg).__name__
+                )
+        return out
+
+    def _skipped(self, event: str, rule: str, **what: Any) -> None:
+        """A part of an answer skipped because it cannot be read (`event`: what kind):
+        counted as a malformed answer each time, and said at the 1st, 10th, 100th, ... of
+        its kind (`sparse`, with the count so far): a stream or a poll that repeats it every
+        few seconds is heard without a line each time. `what` names it, never a key."""
+        SOURCE_ERRORS.labels(source=SOURCE, kind="malformed").inc()
+        n = self._skips[event] = self._skips.get(event, 0) + 1
+        if sparse(n):
+            log.warning(event, **what, times_so_far=n, rule=rule)
 
     # ------------------------------------------------------------------------- state
 

@@ -1484,7 +1484,8 @@ class AlpacaTradingFake(LoopThread):
         self._lost_fill_events += n
 
     def _broadcast(self, message: dict[str, Any]) -> None:
-        event = (message.get("data") or {}).get("event")
+        data = message.get("data")  # tests send malformed messages too
+        event = data.get("event") if isinstance(data, dict) else None
         if self._lost_fill_events and event in ("fill", "partial_fill"):
             self._lost_fill_events -= 1
             return

@@ -958,6 +958,86 @@ async def test_a_replacement_without_a_timestamp_is_read_again_not_dropped(
     assert [(f.symbol, f.quantity) for f in updates.fills] == [("AAPL", 10.0)]
 
 
+async def test_a_stream_message_without_an_order_is_said_and_counted_bounded(fake, broker):
+    """A trade update without an order object (no data, data that is no object, data
+    without its order) was counted as malformed and nothing said: the operator saw a
+    number grow and no reason, and a fill it may have been waited for the periodic check,
+    minutes later. Said as a warning naming what it lacked, at the 1st, 10th, 100th, ...
+    (never a line per message), counted each time, and the open orders are polled at once;
+    later updates still apply."""
+
+    def malformed() -> float:
+        return SOURCE_ERRORS.labels(source="alpaca_trading", kind="malformed")._value.get()
+
+    fake.set_price("AAPL", 100.0, match=False)
+    buy = order("AAPL", 5, OrderType.LIMIT, limit=90.0)
+    await broker.submit([buy])
+    before = malformed()
+    no_order = {"stream": "trade_updates", "data": {"event": "fill", "qty": "5"}}
+    no_object = {"stream": "trade_updates", "data": "fill"}
+    no_data = {"stream": "trade_updates"}
+    with capture_logs() as logs:
+        for message in [no_order, *[no_data] * 8, no_object, *[no_data] * 2]:
+            fake._broadcast(message)
+        await eventually(lambda: malformed() == before + 12)
+    said = [e for e in logs if e["event"] == "alpaca.update_without_order"]
+    assert [(e["times_so_far"], e["lacks"], e["is_a"], e["stream_event"]) for e in said] == [
+        (1, "data.order", "NoneType", "fill"),
+        (10, "data", "str", None),
+    ]
+    updates = Updates(broker)
+    fake.lose_fill_events(1)
+    fake.fill(buy.client_order_id, price=90.0, qty=2)  # its event lost...
+    fake._broadcast(no_order)  # ...and one without its order: polled at once, not in minutes
+    await updates.until(lambda u: u.filled(buy.client_order_id) == 2)
+    fake.fill(buy.client_order_id, price=90.0)  # the stream still works
+    await updates.until(lambda u: u.filled(buy.client_order_id) == 5)
+
+
+async def test_legs_that_are_no_objects_are_said_and_counted_bounded(fake, monkeypatch):
+    """A bracket whose `legs` held something that is no object, in the POST's answer and in
+    the polls: the leg was skipped, nothing said or counted. Said as a warning naming the
+    order and the leg, at the 1st, 10th, 100th, ... of them (never a line per poll),
+    counted each time; the leg is followed from the first answer that carries it
+    readably, and its fill is booked."""
+
+    def malformed() -> float:
+        return SOURCE_ERRORS.labels(source="alpaca_trading", kind="malformed")._value.get()
+
+    fake.set_price("AAPL", 100.0, match=False)
+    entry, tp, sl = bracket_orders(RUN, T0, "AAPL", 10, 110.0, 95.0)
+    garbled = [True]
+    readable = fake._json
+
+    def answer(o, nested):  # type: ignore[no-untyped-def]
+        body = readable(o, nested)
+        if garbled[0] and o.client_order_id == entry.client_order_id and body["legs"]:
+            body["legs"] = [leg if leg["type"] == "limit" else "stop" for leg in body["legs"]]
+        return body
+
+    monkeypatch.setattr(fake, "_json", answer)
+    async with running(fake, open_orders_check_s=0) as broker:
+        before = malformed()
+        with capture_logs() as logs:
+            await broker.submit([entry, tp, sl])  # the POST's answer
+            for _ in range(12):
+                await broker.poll()
+        aid = fake.order(entry.client_order_id).id
+        said = [e for e in logs if e["event"] == "alpaca.leg_unreadable"]
+        assert [e["times_so_far"] for e in said] == [1, 10]
+        assert (said[0]["alpaca_id"], said[0]["client_order_id"]) == (aid, entry.client_order_id)
+        assert (said[0]["leg"], said[0]["is_a"]) == (1, "str")
+        assert malformed() - before >= 13
+
+        garbled[0] = False
+        await broker.poll()
+        updates = Updates(broker)
+        fake.fill(entry.client_order_id, price=100.0)
+        fake.set_price("AAPL", 94.0)  # the stop-loss fires
+        await updates.until(lambda u: u.filled(sl.client_order_id) == 10)
+        assert updates.last(tp.client_order_id).status is OrderStatus.CANCELLED
+
+
 async def test_429_and_server_errors_are_retried(fake, broker):
     before = SOURCE_ERRORS.labels(source="alpaca_trading", kind="http_429")._value.get()
     fake.throttle(2)  # a 429 has four tries an attempt
