@@ -188,6 +188,7 @@ WS_LOGGER = "tradingd.brokers.alpaca.websocket"
 STREAM_LOGGER = "alpaca.trading.stream"  # alpaca-py's trade stream
 _ORDER_PAGE = 500  # Alpaca's maximum page size for GET /v2/orders
 _ORPHAN_LIMIT = 1000  # updates kept for order ids not (yet) known
+_REQUESTED_POLL_GAP_S = 2.0  # polls asked for between the periodic ones: at most one this often
 _THROTTLED_TRIES = 4  # a 429's tries per attempt (alpaca-py's own, before they were turned off)
 # Followed orders missing from the periodic check's open listing (closed without an event
 # we heard) read by id per check: 20 of Alpaca's 200 requests a minute.
@@ -662,6 +663,7 @@ class AlpacaBroker:
         self._last_error_at: datetime | None = None
         self._last_poll_at: datetime | None = None
         self._last_poll_mono = time.monotonic()
+        self._requested_poll_mono = -math.inf  # the last poll asked for (`_poller`)
         self._account_blocked: str | None = None
         self._last_account_mono = time.monotonic()
         self._stream_changes = 0
@@ -2319,6 +2321,15 @@ class AlpacaBroker:
             )
             if self._stream_up and idle and not due:
                 continue
+            if self._poll_requested:
+                # Asked for (an update without its order, a cancel): at most one such poll
+                # every _REQUESTED_POLL_GAP_S, the asks meanwhile served by it. A stream
+                # repeating a bad update ran full polls back to back, spending the request
+                # budget orders wait on.
+                wait = self._requested_poll_mono + _REQUESTED_POLL_GAP_S - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                self._requested_poll_mono = time.monotonic()
             self._poll_requested = False
             if self._open or self._replacements or self._unconfirmed:
                 # With the stream up and nothing asked for, this is the periodic check: the

@@ -1753,3 +1753,20 @@ async def test_a_resent_order_whose_look_up_answer_is_no_order_is_followed(fake,
         updates = Updates(restarted)
         await updates.until(lambda u: u.filled(buy.client_order_id) >= 10, timeout=5)
         assert updates.filled(buy.client_order_id) == 10
+
+
+async def test_updates_without_their_order_ask_for_one_poll_every_two_seconds_at_most(fake):
+    """Each update without its order asks for a poll (it may have been a fill). A stream
+    repeating one ran full polls (GET /v2/orders?status=all) back to back: 23 in 2 s
+    against a periodic check every 5 s, spending the budget orders wait on."""
+    fake.set_price("AAPL", 100.0, match=False)
+    async with running(fake, poll_interval_s=30.0) as broker:
+        await broker.submit([order("AAPL", 5, OrderType.LIMIT, limit=90.0)])
+        before = len(fake.requests)
+        no_order = {"stream": "trade_updates", "data": {"event": "fill", "qty": "5"}}
+        started = time.monotonic()
+        while time.monotonic() - started < 3.0:  # a bad update every 20 ms, for 3 s
+            fake._broadcast(no_order)
+            await asyncio.sleep(0.02)
+        polls = [r for r in fake.requests[before:] if r.method == "GET"]
+    assert 1 <= len(polls) <= 3, [r.path for r in polls]
