@@ -922,7 +922,7 @@ def url_label(config: Config, dotted: str, variable: str) -> str:
     (DB_HOST and its family): an error that named DATABASE_URL sent an operator who set
     DB_HOST looking for a variable never set."""
     source = getattr(config, "env_sources", {}).get(dotted, variable)
-    return f"{dotted} ({_URL_PARTS.get(source, variable)})"
+    return f"{dotted} ({_URL_PARTS.get(source, source)})"
 
 
 def name_origin(config: Config, exc: ConfigError) -> None:

@@ -613,6 +613,15 @@ def test_a_url_made_of_db_or_redis_variables_is_named_by_them(tmp_path, pg_url, 
     msg = str(e.value)
     assert "cache.url (REDIS_HOST, REDIS_PORT, REDIS_PASSWORD)" in msg
     assert "REDIS_URL" not in msg
+    # Set by a TRADINGD_ override (which wins over DB_HOST): named as that.
+    env = {
+        "TRADINGD_STORAGE__URL": f"postgresql://u@{pg_host}:{redis_port}/db",
+        "DB_HOST": pg_host,
+    }
+    config = load_config([write_config(tmp_path)], env=env)
+    with pytest.raises(ConfigError) as e:
+        asyncio.run(check_services(config, timeout_s=0.5))
+    assert "storage.url (TRADINGD_STORAGE__URL)" in str(e.value)
 
 
 def test_postgres_database_that_does_not_exist(tmp_path, pg_url):
