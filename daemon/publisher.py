@@ -276,17 +276,27 @@ class RedisPublisher:
                     await self._idle.wait()
         self._running = False
         task, self._task = self._task, None
+        bound = self.socket_timeout + 1.0
         if task is not None:
             task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            # Bounded: a send whose client swallowed the cancel (a CI run hung here once,
+            # not reproduced) must not hold a SIGTERM for ever; the task is left behind.
+            done, _ = await asyncio.wait({task}, timeout=bound)
+            if not done:
+                log.warning("publisher.stop_abandoned", what="sender task", waited_s=bound)
+            elif not task.cancelled() and task.exception() is not None:
+                raise task.exception()  # type: ignore[misc]  # (a bug of the sender: said)
         await self._link.stop()
         self._drop("stopped", len(self._queue))
         self._queue.clear()
         self._idle.set()
         if self._client is not None:
             client, self._client = self._client, None
-            await client.aclose()
+            try:
+                async with asyncio.timeout(bound):
+                    await client.aclose()
+            except TimeoutError:
+                log.warning("publisher.stop_abandoned", what="Redis client", waited_s=bound)
         log.info("publisher.stopped", published=self.published, dropped=self.dropped)
 
     def status(self) -> dict[str, Any]:

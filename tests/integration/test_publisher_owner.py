@@ -8,6 +8,7 @@ books with nothing saying so. The clock is the test's: a claim's age is advanced
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 
@@ -65,7 +66,7 @@ async def test_a_second_publisher_of_one_run_id_is_reported(redis_url, run_id):
         # a stops; its claim expires (deleted here, as Redis does once it is not renewed):
         # b takes the claim and is alone again.
         await a.stop()
-        raw = aioredis.from_url(redis_url)
+        raw = aioredis.from_url(redis_url, socket_timeout=5)
         try:
             await raw.delete(b.owner_key)
             await _send(b)
@@ -82,7 +83,7 @@ async def test_a_second_publisher_of_one_run_id_is_reported(redis_url, run_id):
 
 async def test_a_dead_publishers_claim_is_not_reported(redis_url, run_id):
     clock = Clock()
-    raw = aioredis.from_url(redis_url)
+    raw = aioredis.from_url(redis_url, socket_timeout=5)
     key = f"tradingd:{run_id}:owner"
     await raw.set(key, "pid 1 on host gone, since earlier [deadbeef]", px=int(TTL * 1000))
     pub = RedisPublisher(redis_url, run_id, owner_ttl_s=TTL, clock=clock)
@@ -111,7 +112,7 @@ async def test_two_quiet_publishers_keep_their_claims_and_the_second_is_reported
     ttl = 0.3
     a = RedisPublisher(redis_url, run_id, owner_ttl_s=ttl)
     b = RedisPublisher(redis_url, run_id, owner_ttl_s=ttl)
-    raw = aioredis.from_url(redis_url)
+    raw = aioredis.from_url(redis_url, socket_timeout=5)
     await a.start()
     try:
         with capture_logs() as logs:
@@ -131,3 +132,39 @@ async def test_two_quiet_publishers_keep_their_claims_and_the_second_is_reported
         await b.stop()
         await raw.delete(a.owner_key)
         await raw.aclose()
+
+
+async def test_stop_is_bounded_when_the_sender_does_not_end(redis_url, run_id):
+    """A CI run hung once in a publisher's stop (not reproduced since): a sender task that
+    swallows its cancel held `stop()`, and with it a daemon's SIGTERM, for ever. The stop
+    waits a bounded time, says what it left, and returns."""
+    pub = RedisPublisher(redis_url, run_id, socket_timeout=0.2)
+    swallowed, running = asyncio.Event(), asyncio.Event()
+
+    async def stubborn() -> None:
+        running.set()
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            swallowed.set()  # the first cancel (stop's): swallowed; the next ends it
+        await asyncio.sleep(3600)
+
+    await pub.start()
+    sender = pub._task
+    sender.cancel()  # the real sender, replaced by one that will not end
+    with contextlib.suppress(asyncio.CancelledError):
+        await sender
+    left = pub._task = asyncio.get_running_loop().create_task(stubborn())
+    await running.wait()
+    try:
+        with capture_logs() as logs:
+            async with asyncio.timeout(10):
+                await pub.stop()
+        assert swallowed.is_set() and not left.done()
+        (said,) = [e for e in logs if e["event"] == "publisher.stop_abandoned"]
+        assert said["what"] == "sender task"
+        assert [e for e in logs if e["event"] == "publisher.stopped"]
+    finally:
+        left.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await left
