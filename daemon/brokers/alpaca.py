@@ -2475,8 +2475,12 @@ class AlpacaBroker:
                 return
             self._apply(raw, event=data)
         except Exception as e:  # one bad update must not stop the others
-            SOURCE_ERRORS.labels(source=SOURCE, kind="malformed").inc()
-            log.warning("alpaca.update_failed", error=self._scrub(e))
+            # Said sparsely, counted each time: a stream repeating it logged a line each.
+            self._skipped(
+                "alpaca.update_failed",
+                "skipped; the next poll reads the order's state",
+                error=self._scrub(e),
+            )
 
     # ------------------------------------------------------------------------- adoption
 

@@ -1770,3 +1770,25 @@ async def test_updates_without_their_order_ask_for_one_poll_every_two_seconds_at
             await asyncio.sleep(0.02)
         polls = [r for r in fake.requests[before:] if r.method == "GET"]
     assert 1 <= len(polls) <= 3, [r.path for r in polls]
+
+
+async def test_updates_that_fail_to_apply_are_said_sparsely_and_counted(broker, monkeypatch):
+    """An update whose handling raised logged a warning per message, without bound: a
+    stream repeating it filled the log. Said at the 1st and 10th, counted each time."""
+
+    def malformed() -> float:
+        return SOURCE_ERRORS.labels(source="alpaca_trading", kind="malformed")._value.get()
+
+    def broken(raw, event=None):
+        raise ValueError("cannot read it")
+
+    monkeypatch.setattr(broker, "_apply", broken)
+    before = malformed()
+    update = {"stream": "trade_updates", "data": {"event": "fill", "order": {"id": "x"}}}
+    with capture_logs() as logs:
+        for _ in range(12):
+            broker._handle(update)  # as the stream's consumer hands each message over
+    assert malformed() == before + 12
+    said = [e for e in logs if e["event"] == "alpaca.update_failed"]
+    assert [e["times_so_far"] for e in said] == [1, 10]
+    assert "cannot read it" in said[0]["error"]
