@@ -255,6 +255,12 @@ class ExchangeCalendar:
             "exchange-calendars) to a release that records the following year, and restart"
         )
 
+    def within_bound(self, through: date) -> date:
+        """`through`, or the package's `bound_max` when that is sooner: the furthest this
+        calendar can be built towards `through` (the package refuses to build past it)."""
+        bound = self.bound_max
+        return bound if bound is not None and through > bound else through
+
     def _later_end(self) -> str:
         """What makes the calendar answer past its last session: a newer exchange_calendars
         when it is built through the package's end, else building it with a later end."""
@@ -269,9 +275,7 @@ class ExchangeCalendar:
         `bound_max` (it refuses to build there: a daemon asking a year ahead of a calendar
         ending in a month failed at every heartbeat). False when it already reaches that
         far, or was built with an `end` (it ends there)."""
-        bound = self.bound_max
-        if bound is not None and through > bound:
-            through = bound
+        through = self.within_bound(through)
         # Against how far it was built, not its last session: a bound_max on a holiday
         # (XKRX's 2050-12-31) left the last session before it, and every heartbeat
         # rebuilt the calendar to the same end.

@@ -565,9 +565,9 @@ class LiveClock:
         self._say_if_calendar_ends(now)
 
     def _extend_through(self, end: date) -> None:
-        bound: date | None = getattr(self.exchange, "bound_max", None)
-        if bound is not None and end > bound:
-            end = bound
+        within_bound = getattr(self.exchange, "within_bound", None)  # duck-typed: none
+        if within_bound is not None:
+            end = within_bound(end)
         if self._own_exchange:
             built = getattr(self.exchange, "built_through", self.exchange.last_session)
             if end <= built:  # (not the last session: a bound on a holiday rebuilt it anew)
