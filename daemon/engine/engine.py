@@ -2628,15 +2628,17 @@ class Engine:
             plan = Plan(orders=list(plan.orders), cancel=[*adding, *plan.cancel])
         interrupted, self._interrupted = self._interrupted, None
         interrupted_plan = None
-        if interrupted is not None and interrupted[0] != bar.time:
-            # Its bar was stepped without trading (a newer bar released behind it): the
-            # plan's rest is not sent; the broker's state, read again, decides this bar.
+        if interrupted is not None and (interrupted[0] != bar.time or paused):
+            # Its bar was stepped without trading (a newer bar released behind it), or the
+            # operator paused trading (no new orders, this plan's rest neither): the plan's
+            # rest is not sent; the broker's state, read again, decides a later bar.
             log.warning(
                 "resume.interrupted_plan_dropped",
                 time=interrupted[0],
                 cancels=len(interrupted[1]),
                 orders=len(interrupted[2]),
                 now=bar.time,
+                reason="trading is paused" if interrupted[0] == bar.time else "stepped untraded",
             )
         if interrupted is not None and interrupted[0] == bar.time and not paused:
             # The bar a killed process was carrying out, as it decided it (from the same

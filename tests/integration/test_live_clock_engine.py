@@ -442,3 +442,26 @@ async def test_a_plan_whose_bar_was_stepped_untraded_is_said_dropped(engine_conf
     (dropped,) = [e for e in logs if e["event"] == "resume.interrupted_plan_dropped"]
     assert (dropped["time"], dropped["cancels"], dropped["orders"]) == (earlier, 1, 1)
     assert engine.broker.order(intent.client_order_id) is None
+
+
+async def test_a_plan_a_killed_process_was_carrying_out_is_said_dropped_while_paused(
+    engine_config,
+):
+    """Restarted paused (the operator's pause is in the checkpoint), the plan the killed
+    process was carrying out for the bar is not sent (a pause stops every new order), and
+    that it is dropped is said with the reason: it was dropped without a word."""
+    from tradingd.core.orders import market_order
+
+    now = FakeTime(NEXT_OPEN - timedelta(hours=1))
+    engine, stepped = _engine(engine_config, now)
+    intent = market_order("t-p", LABEL, engine.symbols[0], 1)
+    engine._interrupted = (LABEL, ["sent-before-the-kill"], [intent])
+    engine.trading_state = "paused"
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    assert LABEL in dict(stepped)
+    (dropped,) = [e for e in logs if e["event"] == "resume.interrupted_plan_dropped"]
+    assert (dropped["time"], dropped["cancels"], dropped["orders"]) == (LABEL, 1, 1)
+    assert dropped["reason"] == "trading is paused"
+    assert "resume.interrupted_plan" not in [e["event"] for e in logs]
+    assert engine.broker.order(intent.client_order_id) is None
