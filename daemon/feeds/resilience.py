@@ -618,11 +618,14 @@ class ResilientCaller:
                 if self._limiter is not None:
                     await self._limiter.acquire()
                 # Checked again in the slot: the circuit may have changed while this queued.
-                probe = self.breaker.state == CircuitBreaker.HALF_OPEN
                 if not self.breaker.allow():
                     if self.breaker.state == CircuitBreaker.OPEN:
                         raise self._circuit_open(what, attempt)
                     continue  # another call is probing: wait for its verdict, slot freed
+                # Whether this call took the probe's slot, read from the slot (`allow` sets
+                # it only for a probe): read from the state before `allow`, a reset time
+                # passing between the two made a probe whose verdict woke no waiter.
+                probe = self.breaker.probing
                 try:
                     return await self._send(fn, what, attempt)
                 finally:

@@ -450,3 +450,61 @@ async def test_half_open_callers_wait_for_the_probe_verdict():
     )
     assert calls == 1
     assert sorted(e.kind for e in results) == ["circuit_open"] * 3 + ["http_5xx"]
+
+
+class SteppingClock(Clock):
+    """A clock that, once armed with `reads`, answers them in turn (then the last one):
+    the instants of successive reads, to put a breaker's reset time between two of them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[float] = []
+
+    def __call__(self) -> float:
+        if self.reads:
+            self.t = self.reads.pop(0)
+        return self.t
+
+
+async def test_a_probe_taken_as_the_reset_time_passes_wakes_the_callers_waiting_for_it():
+    """A call that had queued for its slot while the circuit opened read the breaker twice:
+    open at the first read (so not a probe), half-open at the next (the reset time passed
+    in between), and `allow` gave it the probe's slot. Its verdict then woke nobody: callers
+    waiting for the probe waited until some later probe ended. Whether a call is the probe
+    is now read from the slot it took."""
+    clock = SteppingClock()
+    c, _ = caller(
+        clock=clock,
+        max_attempts=1,
+        breaker_failure_threshold=1,
+        breaker_reset_timeout_s=10,
+        max_concurrency=1,
+    )
+    failing, probing = asyncio.Event(), asyncio.Event()
+
+    async def fails() -> int:
+        await failing.wait()
+        # The circuit opens at 1000 (record_failure's read); the queued call's next two
+        # reads fall just before and just after the reset time.
+        clock.reads = [1000.0, 1009.9999999, 1010.0000001]
+        raise http(503)
+
+    async def probe() -> int:
+        await probing.wait()
+        return 2
+
+    first = asyncio.create_task(c.call(fails))
+    await asyncio.sleep(0)  # it holds the only slot
+    queued = asyncio.create_task(c.call(probe))
+    await asyncio.sleep(0)  # admitted (the circuit closed), it queues for the slot
+    failing.set()
+    with pytest.raises(SourceUnavailable):
+        await first
+    while not c.breaker.probing:  # the queued call takes the probe's slot
+        await asyncio.sleep(0)
+    waiter = asyncio.create_task(c.call(lambda: asyncio.sleep(0, result=3)))
+    await asyncio.sleep(0)  # half-open with a probe out: it waits for the verdict
+    probing.set()
+    assert await queued == 2 and c.breaker.state == CircuitBreaker.CLOSED
+    async with asyncio.timeout(5):  # (a bound on the failure, not a wait for success)
+        assert await waiter == 3
