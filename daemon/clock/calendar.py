@@ -227,6 +227,17 @@ class ExchangeCalendar:
         return self._cal.open_times[-1][1]
 
     @property
+    def weekmask(self) -> str:
+        """The weekdays it trades on, Monday first ("1111100" for XNYS, "1111111" for 24/7)."""
+        return str(self._cal.weekmask)
+
+    @property
+    def open_offset(self) -> int:
+        """Days from a session's open to its label's date: -1 where a session opens the
+        evening before (CME's 17:00), 0 where it opens on its own day."""
+        return int(getattr(self._cal, "open_offset", 0))
+
+    @property
     def built_through(self) -> date:
         """The date its sessions were built through (a holiday or weekend, maybe: its last
         session can be earlier)."""

@@ -58,7 +58,7 @@ import math
 from bisect import bisect_right
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
@@ -245,9 +245,10 @@ class LiveClock:
         would fill at a price the bar never saw (a bar delivered late, or released late: a
         start or a resume from a suspend during the next session). None in accelerated mode
         (no wall clock: a late bar waits for the next release). For the last session of a
-        calendar the package ends there (no next open known) the next weekday's regular
-        open stands in: holidays only make the real one later, so the stand-in errs on the
-        side of not trading (it was None: that bar traded however late it was released)."""
+        calendar the package ends there (no next open known) the regular open of the next
+        day of its trading week stands in: holidays only make the real one later, so the
+        stand-in errs on the side of not trading (it was None: that bar traded however late
+        it was released)."""
         if self.accelerated:
             return None
         close = self.exchange.close_of(label)
@@ -257,14 +258,27 @@ class LiveClock:
             return self._next_weekday_open(close)
 
     def _next_weekday_open(self, close: datetime) -> datetime | None:
+        """The regular open of the session after the one closing at `close`, from the
+        calendar's trading week (`weekmask`: Monday to Friday unless it says otherwise) and
+        where its sessions open (`open_offset`: the evening before on CME's calendars)."""
         tz = getattr(self.exchange, "tz", None)
         regular_open = getattr(self.exchange, "regular_open", None)
         if tz is None or regular_open is None:  # a duck-typed calendar: no stand-in known
             return None
-        day = close.astimezone(tz).date() + timedelta(days=1)
-        while day.weekday() >= 5:
+        weekmask = str(getattr(self.exchange, "weekmask", "1111100"))
+        if "1" not in weekmask[:7]:
+            return None
+        offset = int(getattr(self.exchange, "open_offset", 0))
+        local = close.astimezone(tz)
+        # The session's own date: a close at 24:00 (24/7) is the next day's 00:00.
+        day = local.date() - timedelta(days=1 if local.time() == time(0) else 0)
+        while True:  # strictly after the close, as `next_open` (24/7: the close is an open)
             day += timedelta(days=1)
-        return datetime.combine(day, regular_open, tzinfo=tz).astimezone(UTC)
+            while weekmask[day.weekday()] != "1":
+                day += timedelta(days=1)
+            opens = datetime.combine(day + timedelta(days=offset), regular_open, tzinfo=tz)
+            if opens > close:
+                return opens.astimezone(UTC)
 
     async def wait(self, seconds: float) -> None:
         """Sleep up to `seconds` (the loop's monotonic clock), returning early when a bar is

@@ -551,3 +551,30 @@ def test_a_calendar_ending_on_a_holiday_is_extended_once_not_at_every_heartbeat(
             clock._extend_calendar(now)
     assert cal.last_session < cal.built_through == cal.bound_max
     assert [e["event"] for e in logs if e["event"] == "calendar.extended"] == ["calendar.extended"]
+
+
+@pytest.mark.parametrize("name", ["XNYS", "XTKS", "CMES", "24/7", "XSES"])
+def test_the_last_sessions_stand_in_deadline_is_the_next_open_or_earlier(name):
+    """Past a calendar's last session the next open is not known; its stand-in is the
+    regular open of the next day of the calendar's trading week. Against every session of
+    a year: never later than the real next open (a holiday or a special open only makes the
+    real one later), and equal to it when the next session is that day at its regular time.
+    It assumed Monday-to-Friday sessions opening on their own day: a CME session opening
+    the evening before, or a 24/7 calendar's Saturday, got a stand-in later than the real
+    open (a bar released late still traded)."""
+    cal = ExchangeCalendar(name, "1d")
+    clock = LiveClock(LiveConfig(delay_s=300, calendar=name), exchange=cal)
+    day = cal.first_session
+    year_before_last = cal.last_session - timedelta(days=366)
+    equal = checked = 0
+    while day < cal.last_session - timedelta(days=7):  # (a real next open known)
+        if day >= year_before_last and cal.is_session(day):
+            label = datetime.combine(day, time(0), tzinfo=UTC)
+            close = cal.close_of(label)
+            real = cal.next_open(close)
+            stand_in = clock._next_weekday_open(close)
+            assert stand_in is not None and stand_in <= real, (day, stand_in, real)
+            checked += 1
+            equal += stand_in == real
+        day += timedelta(days=1)
+    assert checked > 200 and equal > 0.8 * checked
