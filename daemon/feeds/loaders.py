@@ -431,15 +431,41 @@ def load_frame(
             for raw, name, sym, first in _files(Path(path), source, layout, symbols)
         ]
         where = str(path)
+    span = _span_outside_window(summary)
     if symbols is None:
         _unrequested_outside_window(summary)
     summary.log(where)
     frame = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
     if frame.empty:
+        window = (
+            f"between {start} and {end}"
+            if start and end
+            else (f"from {start} on" if start else f"up to {end}" if end else "at all")
+        )
         raise DataError(
-            f"no bars between {start or 'the start'} and {end or 'the end'}", source=where
+            f"no bars {window}"
+            + (
+                f"; the data's bars ({span[0]} symbol(s)) run from {span[1]} to {span[2]}: "
+                "move the run's window (run.start, run.end) onto them"
+                if span is not None
+                else ""
+            ),
+            source=where,
         )
     return frame
+
+
+def _span_outside_window(summary: RepairSummary) -> tuple[int, str, str] | None:
+    """How many symbols had bars outside the window only, and the first and last of those
+    bars: said when no bar is left, so the error names where the data are (it said "no
+    bars between the start and 2003-12-31" of data starting in 2010)."""
+    said = summary.suspects.get("no_bars_in_window")
+    if said is None or not said[1]:
+        return None
+    examples = said[1]  # every symbol (SUSPECT_NAME_ALL)
+    first = min(str(e["first_bar"]) for e in examples)
+    last = max(str(e["last_bar"]) for e in examples)
+    return len(examples), first, last
 
 
 def _unrequested_outside_window(summary: RepairSummary) -> None:

@@ -100,8 +100,12 @@ def test_symbols_filter_and_inclusive_dates(per_symbol_dir: Path) -> None:
     p = load_panel("csv", str(per_symbol_dir), start="2020-01-03", end="2020-01-06")
     np.testing.assert_array_equal(p.times, days("2020-01-03", "2020-01-06"))
     np.testing.assert_array_equal(p.close[:, 0], [11, 11.2])
-    with pytest.raises(DataError, match="no bars between 2021-01-01"):
+    with pytest.raises(DataError, match="no bars from 2021-01-01 on") as info:
         load_panel("csv", str(per_symbol_dir), start="2021-01-01")
+    # Where the data are is said: it read "no bars between 2021-01-01 and the end".
+    assert "the data's bars (2 symbol(s)) run from 2020-01-02 to 2020-01-06" in str(info.value)
+    with pytest.raises(DataError, match="no bars up to 2019-12-31; the data's bars"):
+        load_panel("csv", str(per_symbol_dir), end="2019-12-31")
 
 
 def test_unknown_symbol_lists_available(per_symbol_dir: Path) -> None:
