@@ -593,11 +593,22 @@ def _backtest(config: Config, args: argparse.Namespace) -> int:
     except BacktestStopped as stopped:
         print(f"tradingd: {stopped}", file=sys.stderr)
         return 128 + signal.Signals[stopped.signal].value if stopped.signal else 1
-    if args.json:
-        print(json.dumps(_jsonable(outcome.summary)))
-    else:
-        print(format_summary(outcome.summary))
-        print(f"\nrun {outcome.run_id}: equity, orders, fills and config in {outcome.output_dir}")
+    closed = False
+    try:
+        if args.json:
+            print(json.dumps(_jsonable(outcome.summary)))
+        else:
+            print(format_summary(outcome.summary))
+            print(
+                f"\nrun {outcome.run_id}: equity, orders, fills and config in {outcome.output_dir}"
+            )
+        sys.stdout.flush()
+    except BrokenPipeError:
+        if not args.report or not _stdout_closed():
+            raise
+        # `... --report --json | head`: the reader has gone, the report is still due (the
+        # rerun removed the earlier one); the exit says the pipe closed, after it.
+        closed = True
     if args.report:
         files = _write_report(
             Path(outcome.output_dir),
@@ -607,7 +618,9 @@ def _backtest(config: Config, args: argparse.Namespace) -> int:
             validate=not args.no_validation,
         )
         # With --json, stdout stays one JSON object: the report's paths go to stderr.
-        print(_report_line(files), file=sys.stderr if args.json else sys.stdout)
+        print(_report_line(files), file=sys.stderr if args.json or closed else sys.stdout)
+    if closed:
+        raise BrokenPipeError("stdout closed before the summary was printed")
     return 0
 
 

@@ -882,3 +882,38 @@ def test_report_attribution_of_a_record_whose_summary_json_is_damaged_fails_befo
     last = err.strip().splitlines()[-1]
     assert last.startswith(f"tradingd: error: run {damaged}: {damaged}/{message}")
     assert "run the backtest again" in last
+
+
+def test_backtest_report_is_written_when_stdout_closes_before_the_summary(tmp_path):
+    """`tradingd backtest --report --json | head -c 50`: the summary's print met the closed
+    pipe and the command ended there (exit 141) without the report, after the rerun had
+    removed the earlier one. The report is written; the exit still says the pipe closed."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    read, write = os.pipe()
+    os.close(read)  # the reader has gone before the command writes
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    cfg = write_config(tmp_path)
+    command = [sys.executable, "-m", "tradingd", "backtest", "-c", str(cfg), "--report"]
+    try:
+        r = subprocess.run(
+            [*command, "--no-validation", "--json", "--no-progress"],
+            cwd=tmp_path,
+            env=env,
+            stdout=write,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        os.close(write)
+    assert r.returncode == 128 + signal.SIGPIPE, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr, r.stderr[-2000:]
+    (run,) = [p.parent for p in (tmp_path / "runs").glob("*/summary.json")]
+    report = json.loads((run / "report.json").read_text(encoding="utf-8"))
+    summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    assert report["run_id"] == summary["run_id"] == "report-unit"
+    assert "report: " in r.stderr  # its paths said where the reader could not see them
