@@ -4,6 +4,12 @@ Request: `GET {base_url}/v8/finance/chart/{symbol}?interval=..&period1=..&period
 (`&events=div|split`)
 (`range=` for the research API's periods), with a browser-like User-Agent; no auth, no crumb.
 The base URL is a parameter, so tests point the real client at a loopback server.
+A `period1`..`period2` window longer than one request may span (1m: 7 days, however recent:
+Yahoo's 422 "Only 7 days worth of 1m granularity data are allowed to be fetched per request")
+is asked for in chunks within it, oldest first, consecutive ones sharing a bar, and the
+answers stitched into one before parsing (`chunk_windows`, `stitch_results`): a bar at a seam
+is served once. How far back Yahoo keeps an interval (1m: 30 days) is another limit, which
+chunks do not lift: the oldest chunk's 422 names it (`history_limit` for the feed's message).
 
 Answers (see /work/shared/fixtures/README.md, section 1):
   404 (unknown symbol)            -> SourceError kind `not_found`, not retried
@@ -92,6 +98,12 @@ RANGES = ("1d", "5d", "1mo", "3mo", "6mo", "1y", "2y", "5y", "10y", "ytd", "max"
 # How far back Yahoo serves intraday bars (minutes -> days): older windows get a 422 ("The
 # requested range must be within the last 60 days"), every time.
 INTRADAY_HISTORY_DAYS = {1: 30, 5: 60, 15: 60, 30: 60, 60: 730}
+# The longest window one request may span (minutes -> days), however recent: Yahoo answers
+# a longer 1m window with a 422 ("Only 7 days worth of 1m granularity data are allowed to be
+# fetched per request"). `fetch_symbol` asks for a longer window in chunks (`chunk_windows`).
+# The other intervals' span is their history above, so one request covers any window Yahoo
+# serves at all.
+REQUEST_SPAN_DAYS = {1: 7}
 
 
 def _values(quote: dict[str, Any], name: str, n: int) -> np.ndarray:
@@ -117,16 +129,22 @@ def _number(ev: dict[str, Any], name: str, where: str) -> float:
     return number
 
 
-def _raw_events(result: dict[str, Any], kind: str) -> list[tuple[str, Any]]:
-    """(where, event as sent) of each event of `kind` ("splits" or "dividends"); a ValueError
-    when the events' containers are not objects."""
+def _raw_items(result: dict[str, Any], kind: str) -> list[tuple[str, Any]]:
+    """(epoch-string key, event as sent) of each event of `kind` ("splits" or "dividends");
+    a ValueError when the events' containers are not objects."""
     events = result.get("events") or {}
     if not isinstance(events, dict):
         raise ValueError("events is not an object")
     found = events.get(kind) or {}
     if not isinstance(found, dict):
         raise ValueError(f"events.{kind} is not an object")
-    return [(f"events.{kind}[{key!r}]", ev) for key, ev in found.items()]
+    return list(found.items())
+
+
+def _raw_events(result: dict[str, Any], kind: str) -> list[tuple[str, Any]]:
+    """(where, event as sent) of each event of `kind` ("splits" or "dividends"); a ValueError
+    when the events' containers are not objects."""
+    return [(f"events.{kind}[{key!r}]", ev) for key, ev in _raw_items(result, kind)]
 
 
 def _event_date(where: str, ev: Any) -> float:
@@ -362,6 +380,80 @@ def _place_actions(
     return split_col, dividend
 
 
+def chunk_windows(period1: int, period2: int, interval: Interval) -> list[tuple[int, int]]:
+    """`(period1, period2)` (epoch seconds) of the requests that cover `[period1, period2)`,
+    oldest first, each within Yahoo's span for `interval` (`REQUEST_SPAN_DAYS`); one window
+    when it is within it. Consecutive windows share one bar's length: a bar at a seam is
+    asked for twice, not lost whichever end of a window Yahoo counts it in, and
+    `stitch_results` keeps one copy."""
+    days = None if interval.daily else REQUEST_SPAN_DAYS.get(interval.minutes)
+    if days is None or period2 - period1 <= days * 86400:
+        return [(period1, period2)]
+    span, step = days * 86400, interval.minutes * 60
+    out = []
+    lo = period1
+    while True:
+        hi = min(lo + span, period2)
+        out.append((lo, hi))
+        if hi >= period2:
+            return out
+        lo = hi - step
+
+
+def stitch_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One chart result of the results of consecutive windows (oldest first), as Yahoo
+    would send it for the whole window: the bars by timestamp, a timestamp in two answers
+    (a seam) once, the later answer's; the split and dividend events of all (keyed by
+    their epoch string, so an event in two answers is one); the last answer's `meta` (the
+    live session's stamps). A window without bars (`timestamp` absent) adds none. Raises
+    ValueError for an answer that does not have the chart's shape, as `parse_chart` does."""
+    if len(results) == 1:
+        return results[0]
+    fields = ("open", "high", "low", "close", "volume")
+    rows: dict[int, tuple[Any, ...]] = {}
+    events: dict[str, dict[str, Any]] = {"splits": {}, "dividends": {}}
+    for result in results:
+        if not isinstance(result, dict):
+            raise ValueError("chart result is not an object")
+        for kind, found in events.items():
+            found.update((key, ev) for key, ev in _raw_items(result, kind))
+        stamps = result.get("timestamp")
+        if not stamps:
+            continue
+        if not isinstance(stamps, list):
+            raise ValueError("timestamp is not a list")
+        quotes = (result.get("indicators") or {}).get("quote")
+        if not isinstance(quotes, list) or not quotes or not isinstance(quotes[0], dict):
+            raise ValueError("indicators.quote[0] is missing")
+        columns = []
+        for name in fields:
+            values = quotes[0].get(name)
+            if not isinstance(values, list) or len(values) != len(stamps):
+                raise ValueError(
+                    f"indicators.quote[0].{name} is not a list of {len(stamps)} values"
+                )
+            columns.append(values)
+        for i, stamp in enumerate(stamps):
+            rows[int(stamp)] = tuple(col[i] for col in columns)
+    out: dict[str, Any] = {"meta": results[-1].get("meta") or {}}
+    out["indicators"] = {"quote": [{}]}
+    if rows:
+        order = sorted(rows)
+        out["timestamp"] = order
+        out["indicators"] = {
+            "quote": [{name: [rows[t][k] for t in order] for k, name in enumerate(fields)}]
+        }
+    kept = {kind: found for kind, found in events.items() if found}
+    if kept:
+        out["events"] = kept
+    return out
+
+
+def _parse_stitched(results: Sequence[dict[str, Any]], *args: Any, **kw: Any) -> pd.DataFrame:
+    """`parse_chart` of the stitched results, in one call for a worker thread."""
+    return parse_chart(stitch_results(results), *args, **kw)
+
+
 def chart_result(obj: Any, symbol: str, status: int = 200) -> dict[str, Any]:
     """`chart.result[0]` of a decoded body, or the SourceError its `chart.error` means."""
     chart = obj.get("chart") if isinstance(obj, dict) else None
@@ -436,7 +528,9 @@ class YahooClient:
 
     def history_limit(self, interval: str | Interval) -> timedelta | None:
         """How far back Yahoo serves bars of `interval` (None: no known limit), for the feed
-        to tell the operator why a warm-up is refused for good."""
+        to tell the operator why a warm-up is refused for good. (The span of one request,
+        `REQUEST_SPAN_DAYS`, is no limit of a warm-up: a longer window is asked for in
+        chunks.)"""
         interval = parse_interval(interval)
         days = None if interval.daily else INTRADAY_HISTORY_DAYS.get(interval.minutes)
         return None if days is None else timedelta(days=days)
@@ -551,28 +645,42 @@ class YahooClient:
         interval = parse_interval(interval)
         now = as_utc(now or self._clock())
         end = as_utc(end)
-        end_close = bar_close(end, interval, self.session)
         if period is not None:
-            params = self._params(interval, range=period)
+            windows = [(self._params(interval, range=period), end)]
         else:
             assert start is not None
             start = as_utc(start)
             # Yahoo returns bars stamped in [period1, period2): a day of margin before the
             # first label (daily stamps are the local open, up to 14 h off the UTC date).
+            period1 = start - timedelta(days=1 if interval.daily else 0)
             period2 = end + timedelta(days=1) if interval.daily else end + interval.delta
-            params = self._params(
-                interval,
-                period1=str(int((start - timedelta(days=1 if interval.daily else 0)).timestamp())),
-                period2=str(int(period2.timestamp())),
+            # In chunks when the window is longer than one request may span (1m: 7 days),
+            # oldest first: a 422 for a window older than Yahoo keeps stops at the first.
+            chunks = chunk_windows(int(period1.timestamp()), int(period2.timestamp()), interval)
+            # Each with its last label (the request's `end`), for its cache key.
+            windows = [
+                (
+                    self._params(interval, period1=str(lo), period2=str(hi)),
+                    end
+                    if hi == chunks[-1][1]
+                    else datetime.fromtimestamp(hi, UTC) - interval.delta,
+                )
+                for lo, hi in chunks
+            ]
+        # The answers, stitched into one before parsing (`stitch_results`); the last one's
+        # fetch time bounds the closed bars (an earlier window is cached only once closed).
+        results: list[dict[str, Any]] = []
+        fetched_at = now
+        for params, last in windows:
+            request = {k: v for k, v in params.items()} | {"end": last.isoformat()}
+            # Cache only a window whose last bar has closed (see response_cache.py).
+            key = (
+                cache_key(SOURCE, symbol, interval.name, request, base_url=self.base_url)
+                if bar_close(last, interval, self.session) <= now
+                else None
             )
-        request = {k: v for k, v in params.items()} | {"end": end.isoformat()}
-        # Cache only a window whose last bar has closed (see response_cache.py).
-        key = (
-            cache_key(SOURCE, symbol, interval.name, request, base_url=self.base_url)
-            if end_close <= now
-            else None
-        )
-        result, fetched_at = await self.chart(symbol, params, key=key, now=now)
+            result, fetched_at = await self.chart(symbol, params, key=key, now=now)
+            results.append(result)
         later: list[tuple[date, float]] = []
         if self.session.today(now) > end.date():
             later = await self._later_splits(symbol, end, now)
@@ -581,8 +689,8 @@ class YahooClient:
             # event loop's time a bar at 500 symbols (the health server's and the broker's).
             raw = await asyncio.to_thread(
                 partial(
-                    parse_chart,
-                    result,
+                    _parse_stitched,
+                    results,
                     interval,
                     now=min(now, fetched_at),
                     session=self.session,

@@ -6,7 +6,9 @@
 
 Behaves as the fixtures README describes: 404 with Yahoo's envelope for a symbol in
 `book.unknown`, 400 for an interval Yahoo does not know, 422 for intraday windows older than
-Yahoo keeps (1m: 30 days, 2m-90m: 60 days, 1h: 730 days), 429 `Too Many Requests` (text) when
+Yahoo keeps (1m: 30 days, 2m-90m: 60 days, 1h: 730 days), 422 for a 1m window longer than 7
+days however recent (`period2 - period1` over 7 days: Yahoo's "Only 7 days worth of 1m
+granularity data are allowed to be fetched per request"), 429 `Too Many Requests` (text) when
 throttled (`faults.throttle(n)`, or automatically after `throttle_after` requests), 503 when
 `faults.down(n)`. Otherwise it synthesises bars from the `BarBook` in Yahoo's layout: parallel
 arrays, epoch seconds (daily bars stamped at the 09:30 open), split-adjusted prices and volumes
@@ -65,6 +67,10 @@ INTRADAY_LIMIT_DAYS = {
     "90m": 60,
     "1h": 730,
 }
+# The longest `period1`..`period2` window one request may span, however recent (1m: 7 days;
+# exactly 7 days is served, as yfinance's `period="max"` start of end - 604800 s shows).
+# `range=5d` is served (the fake's window for it is wider than the bars it holds).
+SPAN_LIMIT_DAYS = {"1m": 7}
 RANGE_DAYS = {
     "5d": 7,
     "1mo": 31,
@@ -160,6 +166,18 @@ class YahooFake(FakeServer):
                     f"{interval} data not available for startTime={int(first.timestamp())} and "
                     f"endTime={int(last.timestamp())}. The requested range must be within the "
                     f"last {limit} days.",
+                ),
+                content_type="application/json",
+            )
+        span = SPAN_LIMIT_DAYS.get(interval)
+        if span is not None and not rng and last - first > timedelta(days=span):
+            return web.Response(
+                status=422,
+                text=_envelope(
+                    "Unprocessable Entity",
+                    f"{interval} data not available for startTime={int(first.timestamp())} and "
+                    f"endTime={int(last.timestamp())}. Only {span} days worth of {interval} "
+                    "granularity data are allowed to be fetched per request.",
                 ),
                 content_type="application/json",
             )

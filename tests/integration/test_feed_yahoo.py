@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta
+from itertools import pairwise
 
+import numpy as np
 import pandas as pd
 import pytest
 from fakes import BarBook, fixture_json, need_fixtures
@@ -12,8 +14,8 @@ from structlog.testing import capture_logs
 
 from tradingd.feeds.resilience import ResilientCaller, SourceConfig, SourceError
 from tradingd.feeds.response_cache import ResponseCache
-from tradingd.feeds.vendor import Session
-from tradingd.feeds.yahoo import YahooClient
+from tradingd.feeds.vendor import Session, VendorFeed, parse_interval
+from tradingd.feeds.yahoo import YahooClient, chunk_windows
 
 NOW = datetime(2024, 3, 6, 22, 0, tzinfo=UTC)  # a Wednesday, after the close (21:00 UTC)
 AAPL_2020 = "chart_AAPL_1d_2020-08-31_to_2020-11-07_div_split.json"
@@ -317,6 +319,94 @@ async def test_too_old_intraday_window_is_a_422_not_retried(fake, make_client):
     err = res.errors["AAA"]
     assert (err.kind, err.status) == ("http_4xx", 422)
     assert "60 days" in err.message
+    assert fake.count == 1
+
+
+def chart_windows(fake) -> list[tuple[datetime, datetime]]:
+    """(period1, period2) of each chart request the fake had, in order."""
+    return [
+        (
+            datetime.fromtimestamp(int(r.query["period1"]), UTC),
+            datetime.fromtimestamp(int(r.query["period2"]), UTC),
+        )
+        for r in fake.requests
+        if "period1" in r.query
+    ]
+
+
+def test_chunk_windows_stay_within_the_span_and_share_one_bar():
+    m1, m5 = parse_interval("1m"), parse_interval("5m")
+    week = 7 * 86400
+    assert chunk_windows(0, week, m1) == [(0, week)]  # exactly 7 days: one request
+    assert chunk_windows(0, week + 1, m1) == [(0, week), (week - 60, week + 1)]
+    windows = chunk_windows(0, 30 * 86400, m1)
+    assert all(0 < hi - lo <= week for lo, hi in windows)
+    assert windows[0][0] == 0 and windows[-1][1] == 30 * 86400
+    assert all(b[0] == a[1] - 60 for a, b in pairwise(windows))
+    assert chunk_windows(0, 50 * 86400, m5) == [(0, 50 * 86400)]  # 5m: no span of its own
+
+
+async def test_a_1m_window_over_7_days_is_asked_for_in_chunks_and_stitched(fake, make_client):
+    """Yahoo answers a request for more than 7 days of 1m bars with a 422 ("Only 7 days worth
+    of 1m granularity data are allowed to be fetched per request"), even within the 30 days
+    it keeps: a warm-up or catch-up of more than 7 days of minute bars was refused for good,
+    with advice that did not name the limit. The window is now asked for in chunks of 7
+    days at most, consecutive ones sharing a bar, and the answers stitched: every bar once."""
+    client = await make_client()
+    start, end = utc(2024, 2, 26, 15, 0), utc(2024, 3, 6, 20, 59)  # 10:00 NY Monday .. close
+    res = await client.fetch(["AAA"], "1m", start, end)
+    df = one(res, "AAA")
+    windows = chart_windows(fake)
+    assert len(windows) == 2
+    assert all(p2 - p1 <= timedelta(days=7) for p1, p2 in windows)
+    (_, seam_end), (seam_start, _) = windows
+    assert seam_start < seam_end  # the seam's bar (Monday 14:59 UTC) was asked for twice
+    seam = pd.Timestamp(seam_start.replace(tzinfo=None))
+    assert (df["time"] == seam).sum() == 1
+    assert df["time"].is_unique and df["time"].is_monotonic_increasing
+    # Monday from 10:00 New York, six whole sessions, and Wednesday's to the close.
+    assert len(df) == 360 + 6 * 390 + 390
+    assert df["time"].iloc[0] == pd.Timestamp("2024-02-26 15:00")
+    assert df["time"].iloc[-1] == pd.Timestamp("2024-03-06 20:59")
+
+
+async def test_a_split_in_a_later_chunk_unadjusts_the_earlier_chunks_bars(fake, make_client):
+    """Each chunk's answer is split-adjusted to today, but only the chunk holding the split
+    carries its event: the stitched answer has all events, so every chunk's bars come out
+    raw, and the split sits once on its ex-date's first bar."""
+    fake.book.add_split("AAA", date(2024, 3, 5), 2.0)
+    client = await make_client()
+    df = one(
+        await client.fetch(["AAA"], "1m", utc(2024, 2, 26, 15), utc(2024, 3, 6, 20, 59)), "AAA"
+    )
+    assert len(chart_windows(fake)) == 2
+    assert df.loc[df["split"] != 1.0, ["time", "split"]].values.tolist() == [
+        [pd.Timestamp("2024-03-05 14:30"), 2.0]
+    ]
+    for t in (utc(2024, 2, 26, 15), utc(2024, 3, 4, 14, 59), utc(2024, 3, 5, 14, 30)):
+        row = df[df["time"] == pd.Timestamp(t.replace(tzinfo=None))].iloc[0]
+        assert row["open"] == pytest.approx(fake.book.raw("AAA", t, t.date()), abs=0.011)
+
+
+async def test_a_warm_up_of_more_than_7_days_of_1m_bars_is_served(fake, make_client):
+    """The feed's warm-up (`VendorFeed.history`) over 8 sessions of 1m bars: it raised
+    FatalError ("asking again cannot help"), the daemon stopping at its warm-up."""
+    client = await make_client()
+    feed = VendorFeed(client, ["AAA", "BBB"], "1m", clock=lambda: fake.book.now)
+    hist = await feed.history(utc(2024, 2, 26, 14, 30), utc(2024, 3, 6, 20, 59))
+    assert hist.symbols == ("AAA", "BBB")
+    assert len(hist.times) == 8 * 390 and len(set(hist.times.tolist())) == 8 * 390
+    assert np.isfinite(hist.close).all()
+
+
+async def test_a_1m_window_older_than_30_days_is_still_the_clear_422(fake, make_client):
+    """Chunks do not hide Yahoo's other limit: 1m bars are kept 30 days. The oldest chunk is
+    asked for first, its 422 names the limit, and the later chunks are not asked for."""
+    client = await make_client()
+    res = await client.fetch(["AAA"], "1m", NOW - timedelta(days=40), NOW - timedelta(days=20))
+    err = res.errors["AAA"]
+    assert (err.kind, err.status) == ("http_4xx", 422)
+    assert "within the last 30 days" in err.message
     assert fake.count == 1
 
 
