@@ -9,17 +9,31 @@ feed's `StockHistoricalDataClient` and the corporate-actions client.
   data clients, tenacity in the broker), which back off and honour Retry-After.
 * `DaemonWorker`: the threads that run those synchronous calls. They are daemon threads, so
   neither a stop nor the interpreter's exit waits for a request hung in one.
+* `DeadlineSession`: the requests session given to a client (alpaca-py takes no timeout: its
+  `RESTClient` sends `self._session.request(method, url, **opts)` and reads `.text` /
+  `.json()`, so the session is the one place to bound a request). requests' timeout is per
+  socket operation (connect, and each read), and so is urllib3's `Timeout(total=...)` (its
+  docs: "a server [that] streams one byte every fifteen seconds" never trips a 20 s
+  timeout), so an answer trickling its body kept a worker thread for as long as it dripped:
+  two of them held both threads of the data client's pool, queueing every later request
+  until it timed out in the queue. The session streams the body in a loop against a
+  monotonic deadline instead, and gives up at it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
+from urllib.parse import urlsplit
 
+import requests
 import structlog
+from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError
 
 log = structlog.get_logger(__name__)
 
@@ -94,3 +108,101 @@ class DaemonWorker:
                 job[0].cancel()
         for _ in range(max(len(self._threads), 1)):
             self._jobs.put(None)
+
+
+class DeadlineExceeded(requests.exceptions.ReadTimeout):
+    """A request's whole time (connect, headers and body) passed its deadline: abandoned."""
+
+
+class DeadlineSession(requests.Session):
+    """A requests session whose every request has `timeout_s` per socket operation (connect,
+    each read: requests' own timeout, unless the call gives one) and `deadline_s` in all
+    (default `timeout_s`), the body's read included: the body is read as it arrives
+    (`read1`, one socket read at a time, each given at most the time left), and at the
+    deadline the response is closed, `alpaca.request_abandoned` logged (method, path,
+    bytes read, seconds) and `DeadlineExceeded` (a `requests.ReadTimeout`: kind `timeout`
+    for the caller) raised, so the worker thread is free again. What the deadline cannot
+    cut short: the connect and the headers, each read of which still has `timeout_s` (a
+    host trickling its headers is bounded by http.client's limits on their size only). A
+    call asking for `stream=True` reads the body itself, unbounded as before."""
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, timeout_s: float, deadline_s: float | None = None) -> None:
+        super().__init__()
+        self.timeout_s = timeout_s
+        self.deadline_s = timeout_s if deadline_s is None else deadline_s
+
+    def request(self, method: Any, url: Any, *args: Any, **kw: Any) -> requests.Response:
+        if len(args) < 7:  # else timeout was given positionally (7th after url)
+            kw.setdefault("timeout", self.timeout_s)
+        if len(args) >= 11 or kw.get("stream"):  # the caller streams the body itself
+            return super().request(method, url, *args, **kw)
+        started = time.monotonic()
+        kw["stream"] = True
+        response = super().request(method, url, *args, **kw)
+        try:
+            self._read_body(response, started, method, url)
+        except BaseException:
+            response.close()
+            raise
+        return response
+
+    def _read_body(
+        self, response: requests.Response, started: float, method: Any, url: Any
+    ) -> None:
+        """The body into `response.content` (as requests' own read puts it there), read
+        against the deadline `started + deadline_s`."""
+        raw = response.raw
+        deadline = started + self.deadline_s
+        parts: list[bytes] = []
+        size = 0
+        # Each read waits the time left at most; the socket's own timeout is put back after
+        # (a pooled connection's next request sends on it before urllib3 sets it again).
+        sock = getattr(getattr(raw, "connection", None), "sock", None)
+        per_read = sock.gettimeout() if sock is not None else None
+        try:
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    self._abandon(method, url, size, started)
+                if sock is not None:
+                    sock.settimeout(left if per_read is None else min(left, per_read))
+                try:
+                    chunk = raw.read1(self.CHUNK, decode_content=True)
+                except ReadTimeoutError as exc:
+                    if time.monotonic() >= deadline:
+                        self._abandon(method, url, size, started)
+                    raise requests.exceptions.ReadTimeout(exc, response=response) from None
+                except ProtocolError as exc:  # as requests' own read says them
+                    raise requests.exceptions.ChunkedEncodingError(exc) from None
+                except DecodeError as exc:
+                    raise requests.exceptions.ContentDecodingError(exc) from None
+                if not chunk:
+                    break
+                parts.append(chunk)
+                size += len(chunk)
+        finally:
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.settimeout(per_read)
+        # requests' own attributes for a body read (`Response.content` sets the same two).
+        response._content = b"".join(parts)
+        response._content_consumed = True
+
+    def _abandon(self, method: Any, url: Any, size: int, started: float) -> None:
+        elapsed = time.monotonic() - started
+        log.warning(
+            "alpaca.request_abandoned",
+            method=str(method).upper(),
+            path=urlsplit(str(url)).path,
+            read_bytes=size,
+            elapsed_s=round(elapsed, 3),
+            deadline_s=self.deadline_s,
+            rule="an answer still arriving at the request's deadline (a host trickling its "
+            "body) is given up and its connection closed, freeing the worker thread",
+        )
+        raise DeadlineExceeded(
+            f"{str(method).upper()} {urlsplit(str(url)).path}: no whole answer in "
+            f"{self.deadline_s:g} s ({size} bytes read)"
+        )

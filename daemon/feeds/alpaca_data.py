@@ -5,8 +5,11 @@ alpaca-py is synchronous (requests). Each request runs on daemon threads of this
 event loop's default executor, and neither a stop nor the interpreter's exit waits for a
 request hung in one) under the caller's timeout; requests itself gets the same timeout
 through the client's session (alpaca-py sets none, so without it a hung socket would pin a
-thread forever). Keys come from `APCA_API_KEY_ID` / `APCA_API_SECRET_KEY` (or are given);
-both are scrubbed from messages. The data client always uses the multi-symbol
+thread forever), per read and as a deadline for the whole request, the body's read included
+(`alpaca_sdk.DeadlineSession`): requests' timeout is per read, so an answer trickling its
+body held its thread for as long as it dripped, and two of them every later request.
+Keys come from `APCA_API_KEY_ID` / `APCA_API_SECRET_KEY` (or are given); both are scrubbed
+from messages. The data client always uses the multi-symbol
 `GET /v2/stocks/bars`; this client asks for up to `max_symbols_per_request` symbols per call
 and walks `next_page_token` itself, a page (up to 10,000 bars) per request through alpaca-py's
 `get`: each page is one attempt of the caller, with its own timeout, rate-limit token and
@@ -58,10 +61,9 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import requests
 import structlog
 
-from ..alpaca_sdk import DaemonWorker, no_sdk_retries
+from ..alpaca_sdk import DaemonWorker, DeadlineSession, no_sdk_retries
 from ..core.errors import ConfigError
 from .resilience import ResilientCaller, SourceConfig, SourceError, error_for_status, make_error
 from .response_cache import ResponseCache, cache_key, held_writes
@@ -91,19 +93,6 @@ SPLIT_TOLERANCE = 1e-3
 # Bars a page of `GET /v2/stocks/bars`: Alpaca's largest `limit` (alpaca-py's page size).
 PAGE_SIZE = 10_000
 DIVIDEND_TOLERANCE = 1e-6
-
-
-class _TimeoutSession(requests.Session):
-    """A requests session whose every request has a timeout unless one is given."""
-
-    def __init__(self, timeout_s: float) -> None:
-        super().__init__()
-        self.timeout_s = timeout_s
-
-    def request(self, method: Any, url: Any, *args: Any, **kw: Any) -> requests.Response:
-        if len(args) < 7:  # else timeout was given positionally (7th after url)
-            kw.setdefault("timeout", self.timeout_s)
-        return super().request(method, url, *args, **kw)
 
 
 def timeframe_of(interval: Interval) -> Any:
@@ -288,8 +277,9 @@ class AlpacaDataClient:
             client = StockHistoricalDataClient(
                 self._api_key, self._secret_key, raw_data=True, url_override=self.base_url
             )
-            # alpaca-py gives requests no timeout; its session is the only place to set one.
-            client._session = _TimeoutSession(self.caller.config.timeout_s)
+            # alpaca-py gives requests no timeout; its session is the only place to set one:
+            # timeout_s per read and in all, the body's read included (`DeadlineSession`).
+            client._session = DeadlineSession(self.caller.config.timeout_s)
             no_sdk_retries(client)  # the caller retries, with backoff, outside the thread
             self._client = client
         if self._pool is None:

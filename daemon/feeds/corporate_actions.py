@@ -11,7 +11,8 @@ the data host, `symbols`, `types=forward_split,reverse_split`, `start`/`end` inc
 alpaca-py follows `next_page_token` and merges the pages into
 `{"forward_splits": [...], "reverse_splits": [...]}`), in a worker thread under the
 `ResilientCaller`'s timeout, retries and breaker; requests gets the same timeout through the
-client's session (alpaca-py sets none). alpaca-py's own 429/504 retries are off: they sleep
+client's session (alpaca-py sets none), per read and as each request's deadline, the body's
+read included (`alpaca_sdk.DeadlineSession`). alpaca-py's own 429/504 retries are off: they sleep
 inside the worker thread, which a timed-out call cannot stop; a 429's Retry-After goes to the
 caller, which waits it (up to its `backoff_max_s`). The keys are scrubbed from every
 message. A split's ratio is `new_rate / old_rate` (4.0 for 4:1, 0.1 for 1:10).
@@ -33,9 +34,8 @@ from typing import Any
 
 import requests
 
-from ..alpaca_sdk import DaemonWorker, no_sdk_retries
+from ..alpaca_sdk import DaemonWorker, DeadlineSession, no_sdk_retries
 from ..core.types import Split
-from .alpaca_data import _TimeoutSession
 from .resilience import ResilientCaller, SourceConfig, error_for_status, make_error
 
 SOURCE = "alpaca_corporate_actions"
@@ -113,7 +113,7 @@ class AlpacaSplits:
             client = CorporateActionsClient(
                 self._keys[0], self._keys[1], raw_data=True, url_override=self.base_url
             )
-            client._session = _TimeoutSession(self._request_timeout_s)
+            client._session = DeadlineSession(self._request_timeout_s)
             no_sdk_retries(client)  # the caller retries, with backoff, outside the thread
             self._client = client
             self._pool = DaemonWorker("alpaca-ca")

@@ -13,6 +13,7 @@ import pytest
 from fakes import BarBook, fixture_json, need_fixtures
 from fakes.alpaca_data_server import AlpacaDataFake
 from fakes.hung_host import hung_host
+from fakes.trickle_host import trickle_host
 from structlog.testing import capture_logs
 
 from tradingd import metrics
@@ -284,6 +285,72 @@ async def test_a_stop_while_a_request_hangs_leaves_no_thread_to_wait_for(make_cl
         new = [t for t in threading.enumerate() if t not in before and t.is_alive()]
         assert any(t.name.startswith("alpaca-data") for t in new)  # still in its request
         assert [t.name for t in new if not t.daemon] == []
+
+
+CCC_BARS = json.dumps(
+    {
+        "bars": {
+            "CCC": [{"t": "2024-03-04T05:00:00Z", "o": 10, "h": 11, "l": 9, "c": 10.5, "v": 9}]
+        },
+        "next_page_token": None,
+    }
+)
+
+
+async def test_answers_trickling_their_body_free_their_threads_at_the_deadline(make_client):
+    """requests' timeout is per read: an answer dripping a byte every 20 ms never timed
+    out, and its worker thread read it for as long as it dripped, long after the caller gave
+    up. Two of them held both threads of the pool, and every later request waited in the
+    queue until it timed out there. Each request now has an overall deadline (timeout_s,
+    the body's read included): the trickling answers are abandoned (said, and their
+    connections closed), and the next request has a thread."""
+    with trickle_host(trickled=2, body=CCC_BARS) as host:
+        client = await make_client(
+            derive_actions=False,
+            base_url=host.url,
+            timeout_s=1.0,
+            max_attempts=1,
+            max_concurrency=2,
+            breaker_failure_threshold=10,
+            max_symbols_per_request=1,
+        )
+        with capture_logs() as logs:
+            slow = await client.fetch(["AAA", "BBB"], "1d", utc(2024, 3, 4), utc(2024, 3, 6))
+            assert {s: e.kind for s, e in slow.errors.items()} == {
+                "AAA": "timeout",
+                "BBB": "timeout",
+            }
+            res = await client.fetch(["CCC"], "1d", utc(2024, 3, 4), utc(2024, 3, 4))
+            assert one(res, "CCC")["close"].tolist() == [10.5]  # it timed out in the queue
+            assert await asyncio.to_thread(host.wait_dropped, 2, 10.0)
+        assert len(host.requests) == 3
+        abandoned = [e for e in logs if e["event"] == "alpaca.request_abandoned"]
+        assert len(abandoned) == 2
+        assert {(e["method"], e["path"]) for e in abandoned} == {("GET", "/v2/stocks/bars")}
+        assert all(e["read_bytes"] > 0 and e["deadline_s"] == 1.0 for e in abandoned)
+
+
+def test_the_session_reads_a_whole_answer_and_abandons_a_trickle_at_its_deadline():
+    """`DeadlineSession` on its own: a per-read timeout (5 s) that a drip never trips, a
+    deadline (0.3 s) that ends the request; a whole answer reads as requests reads it."""
+    import time
+
+    import requests
+
+    from tradingd.alpaca_sdk import DeadlineExceeded, DeadlineSession
+
+    with trickle_host(trickled=1, body=CCC_BARS) as host:
+        session = DeadlineSession(5.0, deadline_s=0.3)
+        started = time.monotonic()
+        with pytest.raises(requests.ReadTimeout) as info:
+            session.get(host.url + "/v2/stocks/bars")
+        assert isinstance(info.value, DeadlineExceeded)
+        assert time.monotonic() - started < 3.0  # not the 5 s of a read, nor for ever
+        assert host.wait_dropped(1, 10.0)
+        answer = session.get(host.url + "/v2/stocks/bars", params={"symbols": "CCC"})
+        assert answer.status_code == 200
+        assert answer.text == CCC_BARS and answer.json()["bars"]["CCC"][0]["c"] == 10.5
+        session.close()
 
 
 TRUNCATED = b'{"fetched_at": "2024-03-06T22:00:00+00:00", "body": "{\\"bars\\": {'
