@@ -6,7 +6,8 @@ How it works:
 * **REST** (orders, cancels, account, positions) goes through alpaca-py's synchronous
   `TradingClient`, run in a worker thread (`asyncio.to_thread`) under an overall asyncio
   timeout, so the event loop never blocks. alpaca-py has no request timeout of its own; the
-  client gets a session with one (`request_timeout_s`). Retries (`max_attempts`, exponential
+  client gets a session with one per read and a deadline for the whole request, the body
+  included (`request_timeout_s`, `alpaca_sdk.DeadlineSession`). Retries (`max_attempts`, exponential
   backoff with jitter, tenacity) cover timeouts, broken connections, 429 and 5xx; a 429 gets
   four tries per attempt and its wait is at least the answer's Retry-After. alpaca-py's own
   retries are off (see `_make_client`): they ran in the worker thread, which a timed-out
@@ -117,7 +118,7 @@ from tenacity import (
     wait_random,
 )
 
-from ..alpaca_sdk import no_sdk_retries
+from ..alpaca_sdk import DeadlineSession, no_sdk_retries
 from ..core.errors import ConfigError, RetryableError
 from ..core.retry_after import parse_retry_after
 from ..core.types import (
@@ -221,7 +222,8 @@ class AlpacaBrokerConfig:
     stream_url: str | None = None
     # False = never open the websocket, always poll.
     stream_enabled: bool = True
-    # Per HTTP request (connect and read) inside alpaca-py.
+    # Per HTTP request inside alpaca-py: each socket read, and the whole request (an answer
+    # trickling its body is given up at it, freeing its thread).
     request_timeout_s: float = 10.0
     # Per HTTP attempt from the event loop (the worker thread's whole call).
     call_timeout_s: float = 30.0
@@ -409,19 +411,6 @@ class _RepeatLimit(logging.Filter):
             )
             record.args = ()
         return True
-
-
-class _TimeoutSession(requests.Session):
-    """alpaca-py's session, with a timeout on every request (it sets none)."""
-
-    def __init__(self, timeout: float) -> None:
-        super().__init__()
-        self._timeout = timeout
-
-    def request(self, method: Any, url: Any, *args: Any, **kwargs: Any) -> Any:
-        if kwargs.get("timeout") is None:
-            kwargs["timeout"] = self._timeout
-        return super().request(method, url, *args, **kwargs)
 
 
 class _Unreachable(Exception):
@@ -2705,7 +2694,10 @@ class AlpacaBroker:
             url_override=self._config.base_url.rstrip("/"),
         )
         if hasattr(client, "_session"):
-            client._session = _TimeoutSession(self._config.request_timeout_s)
+            # A timeout per read and a deadline for the whole request (the data clients'
+            # session): an answer trickling its body held a worker thread of the event
+            # loop's default executor after `call_timeout_s` gave the call up.
+            client._session = DeadlineSession(self._config.request_timeout_s)
         else:  # a future alpaca-py: the overall call timeout still applies
             log.warning("alpaca.no_request_timeout")
         # alpaca-py retries 429 and 504 itself, sleeping in the worker thread: a call that

@@ -652,6 +652,30 @@ async def test_a_resubmitted_client_order_id_returns_the_existing_order_never_a_
         }
 
 
+async def test_an_answer_trickling_its_body_is_given_up_at_the_request_timeout(fake):
+    """requests' timeout is per read: an answer dripping a byte every 20 ms never timed out,
+    and after `call_timeout_s` gave the call up, its thread (the event loop's default
+    executor's) went on reading it for as long as it dripped. The whole request now has
+    `request_timeout_s`: the answer is given up and its connection closed, said."""
+    from fakes.trickle_host import trickle_host
+
+    with trickle_host(trickled=1, body="{}") as host:
+        broker = AlpacaBroker(
+            config(
+                fake, base_url=host.url, request_timeout_s=0.3, call_timeout_s=1.0, max_attempts=1
+            ),
+            (fake.key_id, fake.secret_key),
+            SYMS,
+        )
+        with capture_logs() as logs, pytest.raises(Exception, match="timed out"):
+            await broker.start()  # get_account, trickled
+        await broker.stop()
+        # Closed by the client, not at the host's end of the test.
+        assert await asyncio.to_thread(host.wait_dropped, 1, 10.0)
+    abandoned = [e for e in logs if e["event"] == "alpaca.request_abandoned"]
+    assert [(e["method"], e["path"]) for e in abandoned] == [("GET", "/v2/account")]
+
+
 async def test_a_post_whose_answer_was_lost_is_retried_without_a_second_order(fake):
     async with running(fake, request_timeout_s=0.3) as broker:
         buy = order("AAPL", 3, OrderType.LIMIT, limit=100.0)
