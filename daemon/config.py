@@ -458,6 +458,13 @@ def _default_signals() -> tuple[PluginSpec, ...]:
     return (PluginSpec("ml_ensemble", 0.6), PluginSpec("multi_factor", 0.4))
 
 
+def _default_sizing() -> PluginSpec:
+    return PluginSpec(
+        "kelly_garch",
+        params={"kelly_multiplier": 0.5, "target_vol": 0.15, "max_position": 0.05},
+    )
+
+
 def _default_risk() -> tuple[PluginSpec, ...]:
     return (
         PluginSpec("max_position", params={"max_position_pct": 0.05}),
@@ -773,12 +780,7 @@ class Config:
     broker: BrokerConfig = field(default_factory=BrokerConfig)
     orders: OrdersConfig = field(default_factory=OrdersConfig)
     signals: tuple[PluginSpec, ...] = field(default_factory=_default_signals)
-    sizing: PluginSpec = field(
-        default_factory=lambda: PluginSpec(
-            "kelly_garch",
-            params={"kelly_multiplier": 0.5, "target_vol": 0.15, "max_position": 0.05},
-        )
-    )
+    sizing: PluginSpec = field(default_factory=_default_sizing)
     risk: tuple[PluginSpec, ...] = field(default_factory=_default_risk)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -870,9 +872,21 @@ def load_config(
     merged: dict[str, Any] = {}
     notes: list[dict[str, Any]] = []
     origins: dict[str, str] = {}  # dotted key -> the file that set it last
+    named_by_default = False  # a file's [sizing] params went to the built-in plugin
     for p in paths:
         table = p if isinstance(p, Mapping) else _read_toml(Path(p))
         source = "a table" if isinstance(p, Mapping) else str(p)
+        sizing = table.get("sizing")
+        first = not isinstance(merged.get("sizing"), Mapping)
+        if first and isinstance(sizing, Mapping) and "name" not in sizing:
+            # [sizing] params without a name change the plugin already named: with no file
+            # before naming one, the built-in default's (its params kept, merged key by key
+            # as over an earlier file's). Built with nothing to start from, the file was
+            # refused for a missing `name` the user meant to leave as it was.
+            default = _default_sizing()
+            merged["sizing"] = {"name": default.name, "params": dict(default.params)}
+            _note_origins(merged["sizing"], "", origins, "sizing")  # built in: no file
+            named_by_default = True
         notes += _replaced_lists(merged, table, source)
         notes += _replaced_params(merged, table, source)
         if _other_sizing(merged.get("sizing"), table.get("sizing")):
@@ -906,8 +920,10 @@ def load_config(
     object.__setattr__(config, "overlay_notes", tuple(notes))
     # For errors found later (a service that does not answer): the variable a URL came from.
     object.__setattr__(config, "env_sources", dict(sources))
-    # For errors found later, in the plugins' own params (`name_origin`).
-    object.__setattr__(config, "key_origins", origins if len(paths) > 1 else {})
+    # For errors found later, in the plugins' own params (`name_origin`); with one file, too,
+    # when its [sizing] params went to the built-in plugin, which that file does not name.
+    kept = len(paths) > 1 or named_by_default
+    object.__setattr__(config, "key_origins", origins if kept else {})
     return config
 
 
@@ -1127,6 +1143,26 @@ def build(cls: type[T], data: Any, where: str) -> T:
             f"unknown key(s) {', '.join(_join(where, k) for k in unknown)}; "
             f"valid keys: {', '.join(sorted(fields))}"
         )
+    missing = [
+        name
+        for name, f in fields.items()
+        if f.init
+        and name not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        # Said as the key, not as Python's "__init__() missing 1 required positional argument".
+        keys = ", ".join(_join(where, k) for k in missing)
+        rule = "it has no default"
+        if cls is PluginSpec:
+            rule = 'a plugin\'s table names its plugin (name = "...")'
+            if where.endswith("]"):
+                rule += (
+                    "; a [[signals]] or [[risk]] entry is whole (its list replaces the "
+                    "earlier one) and takes no name from an earlier file"
+                )
+        raise ConfigError(f"{keys} is missing: {rule}")
     kwargs = {k: _coerce(hints[k], v, _join(where, k)) for k, v in data.items()}
     try:
         return cls(**kwargs)

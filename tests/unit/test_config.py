@@ -233,6 +233,54 @@ def test_an_error_in_merged_sizing_params_names_the_file_that_set_that_key(tmp_p
     assert str(exc).endswith(f"(set in {other})")
 
 
+def test_sizing_params_without_a_name_change_the_built_in_plugin(tmp_path):
+    """A -c file holding only `[sizing] params` (no `name`) over the built-in default, or
+    after files that name no sizing plugin, was refused: "sizing: PluginSpec.__init__()
+    missing 1 required positional argument: 'name'". The user meant the plugin already
+    named: its params merge key by key, as over an earlier file's."""
+    local = tmp_path / "local.toml"
+    local.write_text("[sizing]\nparams = { target_vol = 0.2 }\n")
+    merged = {"kelly_multiplier": 0.5, "target_vol": 0.2, "max_position": 0.05}
+    c = load_config([local], env={})
+    assert c.sizing.name == Config().sizing.name == "kelly_garch"
+    assert c.sizing.params == merged
+    paper = ROOT / "config" / "paper.toml"  # names no sizing plugin
+    c = load_config([paper, local], env={})
+    assert c.sizing.name == "kelly_garch" and c.sizing.params == merged
+    assert c.overlay_notes == ()  # nothing an operator wrote was dropped
+    c = load_config([{"sizing": {"params": {"target_vol": 0.2}}}], env={})  # a table
+    assert c.sizing.params == merged
+
+
+def test_an_unknown_sizing_param_without_a_name_is_an_error_naming_file_and_key(tmp_path):
+    """Merged into the built-in plugin, a param it does not have is still refused when the
+    plugin is built, naming the key and the file (one -c file too: it names no plugin)."""
+    from tradingd.preflight import load_pipeline
+
+    local = tmp_path / "local.toml"
+    local.write_text("[sizing]\nparams = { target_vol = 0.2, bogus = 1 }\n")
+    for paths in ([local], [ROOT / "config" / "paper.toml", local]):
+        c = load_config(paths, env={})
+        with pytest.raises(ConfigError) as info:
+            load_pipeline(c)
+        text = str(info.value)
+        assert "sizing.params.bogus" in text and text.endswith(f"(set in {local})"), text
+
+
+@pytest.mark.parametrize("key", ["risk", "signals"])
+def test_a_list_entry_without_a_name_is_an_error_naming_the_key_and_file(tmp_path, key):
+    """A [[risk]] / [[signals]] entry is whole (its list replaces the earlier one): without a
+    name it has no plugin to take one from. Said as the key, not as Python's "PluginSpec.
+    __init__() missing 1 required positional argument: 'name'"."""
+    local = tmp_path / "local.toml"
+    local.write_text(f"[[{key}]]\nparams = {{ window = 30 }}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config([ROOT / "config" / "default.toml", local], env={})
+    text = str(info.value)
+    assert text.startswith(f"{key}[0].name is missing: ") and "positional" not in text
+    assert text.endswith(f"(set in {local})")
+
+
 def test_onnxruntime_telemetry_is_off_unless_the_operator_says_otherwise():
     """onnxruntime's Linux telemetry looked up and called mobile.events.data.microsoft.com
     from the demo (seen with strace); its opt-out must be set before it starts."""
