@@ -1372,9 +1372,16 @@ def _url_host(var: str, raw: str, port_var: str, *, several: bool = True) -> str
     )
 
 
+def _is_port(text: str) -> bool:
+    """`text` is a TCP port as a URL writes it: ASCII digits making 1..65535. `str.isdigit`
+    alone takes other scripts' digits and superscripts: '٨٠' was read by int() as 80 and
+    passed into a URL no client reads so, '²' made int() raise an error naming no key."""
+    return text.isascii() and text.isdigit() and 1 <= int(text) <= 65535
+
+
 def _url_port(var: str, raw: str, key: str) -> str:
     port = raw.strip()
-    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+    if not _is_port(port):
         raise ConfigError(
             f"environment variable {var} = {raw!r} is invalid: must be a port number in "
             f"1..65535 (the port of {key})"
@@ -1589,7 +1596,7 @@ def _check_ports(key: str, url: str) -> None:
             port = after[1:] if after.startswith(":") else ""
         else:
             port = host.rpartition(":")[2] if ":" in host else ""
-        if port and not (port.isdigit() and 1 <= int(port) <= 65535):
+        if port and not _is_port(port):
             shown = mask_url(url)
             if f":{port}" in shown:
                 raise ConfigError(

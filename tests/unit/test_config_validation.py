@@ -336,6 +336,36 @@ def test_bad_urls_name_key_masked_value_and_rule(tmp_path, env, key, shown, allo
     assert "s3cret" not in msg
 
 
+def test_one_port_predicate_for_urls_and_the_port_variables():
+    """DB_PORT/REDIS_PORT (`_url_port`) and a URL's ports (`_check_ports`) were two checks,
+    one taking any script's digits: both ask `_is_port` now."""
+    from tradingd.config import _is_port
+
+    assert all(_is_port(p) for p in ("1", "80", "5432", "65535"))
+    bad = ("", "0", "65536", "-1", "80x", " 80", "\u0668\u0660", "\u00b2", "\uff18\uff10")
+    assert not any(_is_port(p) for p in bad)
+
+
+@pytest.mark.parametrize(
+    ("var", "url"),
+    [
+        ("DATABASE_URL", "postgresql://u:s3cret@h:\u0668\u0660/db"),  # Arabic-Indic "80"
+        ("DATABASE_URL", "postgresql://u@h1:5432,h2:\u0668\u0660/db"),
+        ("DATABASE_URL", "postgresql://u@h:\u00b2/db"),  # a superscript 2
+        ("REDIS_URL", "redis://:s3cret@h:\u0668\u0660/0"),
+    ],
+)
+def test_a_port_of_other_digits_than_ascii_is_refused_in_a_url(tmp_path, var, url):
+    """A URL's port is checked as DB_PORT and REDIS_PORT are (ASCII digits, 1..65535):
+    `str.isdigit` alone let '\u0668\u0660' through (int() reads it as 80; the drivers do
+    not), and '\u00b2' raised int()'s own error, named only "storage:"."""
+    msg = error(tmp_path, env={var: url})
+    key = "storage.url" if var == "DATABASE_URL" else "cache.url"
+    port = url.rpartition(":")[2].partition("/")[0]
+    assert_names(msg, key, var, f"port {port!r}", "1..65535")
+    assert "s3cret" not in msg
+
+
 def test_good_urls(tmp_path):
     c = load(
         tmp_path,
@@ -673,6 +703,9 @@ def test_an_ipv6_db_host_or_redis_host_is_bracketed_in_the_url_it_makes():
         ({"DB_HOST": "user@db"}, "DB_HOST"),
         ({"DB_HOST": "[db]"}, "DB_HOST"),
         ({"REDIS_HOST": "cache", "REDIS_PORT": "70000"}, "REDIS_PORT"),
+        # Digits of another script: the same port check as in a URL (`_is_port`).
+        ({"DB_HOST": "db", "DB_PORT": "\u0668\u0660"}, "DB_PORT"),
+        ({"REDIS_HOST": "cache", "REDIS_PORT": "\u0668\u0660"}, "REDIS_PORT"),
         ({"REDIS_HOST": "cache/1"}, "REDIS_HOST"),
         ({"REDIS_HOST": "c1,c2"}, "REDIS_HOST"),  # one host: Redis URLs list no others
     ],
