@@ -24,6 +24,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -61,19 +62,53 @@ def token_from_env(environ: Mapping[str, str] | None = None) -> str | None:
 
 
 def is_loopback(host: str) -> bool:
-    """True for an address only this machine can reach (127.0.0.0/8, ::1, "localhost")."""
-    if host.strip().lower() == "localhost":
+    """True for an address only this machine can reach (127.0.0.0/8, ::1, "localhost"),
+    read as the OS reads it when binding or connecting: the numeric forms getaddrinfo takes
+    besides the dotted quad ("127.1", "0x7f.1", "2130706433": 127.0.0.1) too, which
+    `ipaddress` refuses (a server bound to 127.1 was warned about as listening elsewhere).
+    Never a DNS lookup: a host name other than localhost may resolve to anything, and is
+    not asked about (AI_NUMERICHOST)."""
+    name = host.strip().strip("[]")
+    if name.lower() == "localhost":
         return True
+    addresses = numeric_addresses(name) if name else []
+    return bool(addresses) and all(_loopback_ip(a) for a in addresses)
+
+
+def numeric_addresses(name: str) -> list[str]:
+    """The addresses a numeric host `name` stands for, as getaddrinfo reads it without any
+    lookup (AI_NUMERICHOST); [] for a host name, or anything else that is no address."""
     try:
-        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
-    except ValueError:  # a host name other than localhost: may resolve to anything
+        return [str(ipaddress.ip_address(name))]  # the usual forms, without a system call
+    except ValueError:
+        pass
+    if "\x00" in name:  # the C call would read only what is before it
+        return []
+    try:
+        infos = socket.getaddrinfo(name, None, flags=socket.AI_NUMERICHOST)
+    except (OSError, UnicodeError, ValueError):  # a name, not an address
+        return []
+    return list(dict.fromkeys(str(info[4][0]) for info in infos))
+
+
+def _loopback_ip(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
         return False
+    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def local_url(host: str, port: int) -> str:
     """The URL a client on this machine uses for a server bound to `host:port` (a server
-    listening on every interface is asked on loopback)."""
+    listening on every interface is asked on loopback). A numeric host is written in its
+    canonical form: the server binds `127.1` as 127.0.0.1, but aiohttp's client refuses
+    "http://127.1:8080" ("not a canonical IPv4 address")."""
     host = host.strip().strip("[]")
+    addresses = numeric_addresses(host) if host else []
+    if len(addresses) == 1:
+        host = addresses[0]
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
     elif host == "::":
@@ -281,6 +316,7 @@ __all__ = [
     "StatusSource",
     "is_loopback",
     "local_url",
+    "numeric_addresses",
     "status_check",
     "token_from_env",
 ]

@@ -296,6 +296,20 @@ async def test_loopback_host_logs_no_warning(serve):
     assert not [e for e in logs if e["event"] == "health.non_loopback"]
 
 
+async def test_a_server_on_the_short_loopback_form_is_loopback(serve, http):
+    """`127.1` is 127.0.0.1 to the OS (the server binds there), but `ipaddress` refuses the
+    short form: the server was warned about as listening beyond this machine, and its Host
+    check left off."""
+    with capture_logs() as logs:
+        server = await serve(cfg(host="127.1"))
+    assert not [e for e in logs if e["event"] == "health.non_loopback"]
+    # The URL a client asks (`tradingd health`'s default): aiohttp refuses "http://127.1:...".
+    assert server.url == f"http://127.0.0.1:{server.port}"
+    for host, code in (("evil.example", 421), ("127.1:8080", 200), ("localhost", 200)):
+        async with http.get(f"{server.url}/health", headers={"Host": host}) as r:
+            assert r.status == code, host
+
+
 async def test_port_in_use_is_an_error_naming_the_address():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))

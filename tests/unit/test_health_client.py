@@ -145,6 +145,10 @@ def test_url_for_a_configuration():
     assert url_for(HealthConfig(host="0.0.0.0", port=9100)) == "http://127.0.0.1:9100"
     assert url_for(HealthConfig(host="::", port=9100)) == "http://[::1]:9100"
     assert url_for(HealthConfig(host="::1", port=1)) == "http://[::1]:1"
+    # Numeric forms the server binds but aiohttp's client refuses in a URL: canonical.
+    assert url_for(HealthConfig(host="127.1", port=9100)) == "http://127.0.0.1:9100"
+    assert url_for(HealthConfig(host="0", port=9100)) == "http://127.0.0.1:9100"
+    assert url_for(HealthConfig(host="tradingd", port=9100)) == "http://tradingd:9100"
 
 
 @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
