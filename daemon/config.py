@@ -1623,7 +1623,7 @@ def redis_db_index(key: str, url: str) -> int:
     candidates.extend(parse_qs(parts.query).get("db", []))
     db = 0
     for text in candidates:
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):  # '²' is a digit int() refuses
             raise ConfigError(
                 f"{key} = {mask_url(url)!r} is invalid: database index {text!r} must be an "
                 "integer >= 0 (the server's `databases` setting bounds it, 16 by default)"

@@ -327,6 +327,10 @@ def test_weight_checked_when_built_in_code():
         ({"REDIS_URL": "redis://:s3cret@h:port/0"}, "cache.url", "'port'", "1..65535"),
         ({"REDIS_URL": "redis://:s3cret@h:6379/zero"}, "cache.url", "'zero'", "integer >= 0"),
         ({"REDIS_URL": "redis://h:6379/0?db=-1"}, "cache.url", "'-1'", "integer >= 0"),
+        # isdigit() alone: '\u00b2' failed as int()'s error naming only "cache:"; other
+        # scripts' digits ('\u0663', Arabic-Indic 3) are refused as in a port.
+        ({"REDIS_URL": "redis://h:6379/\u00b2"}, "cache.url", "'\u00b2'", "integer >= 0"),
+        ({"REDIS_URL": "redis://h:6379/0?db=\u0663"}, "cache.url", "'\u0663'", "integer >= 0"),
         ({"REDIS_URL": "http://h:6379/0"}, "cache.url", "http://h:6379/0", "redis://"),
     ],
 )
