@@ -82,6 +82,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from .core.endpoints import is_loopback
 from .core.errors import ConfigError
 from .core.retry_after import parse_retry_after
 from .secrets import MASK, mask_text
@@ -1384,8 +1385,11 @@ async def _short_body(resp: aiohttp.ClientResponse, limit: int = 200) -> str:
 
 
 def _loopback_host(host: str) -> bool:
+    """Whether `host` ("name[:port]", as `_url_parts` gives it) is this machine, read as an
+    address (`core.endpoints.is_loopback`): "127." as a prefix passed 127.0.0.1.nip.io, a name
+    anyone can point anywhere, as loopback, so its plain-HTTP webhook went unwarned."""
     name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
-    return name in ("localhost", "127.0.0.1", "[::1]") or name.startswith("127.")
+    return is_loopback(name)
 
 
 def _duration(seconds: float) -> str:

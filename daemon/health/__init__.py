@@ -21,14 +21,13 @@ The command-line client is `tradingd.health.client.fetch_health`.
 
 from __future__ import annotations
 
-import ipaddress
 import math
 import os
-import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..core.endpoints import is_loopback, numeric_addresses
 from ..core.errors import ConfigError
 
 # The environment variable holding the bearer token of the control endpoints. The server never
@@ -59,45 +58,6 @@ def token_from_env(environ: Mapping[str, str] | None = None) -> str | None:
     blank (the control endpoints then answer 403)."""
     value = (os.environ if environ is None else environ).get(TOKEN_ENV, "").strip()
     return value or None
-
-
-def is_loopback(host: str) -> bool:
-    """True for an address only this machine can reach (127.0.0.0/8, ::1, "localhost"),
-    read as the OS reads it when binding or connecting: the numeric forms getaddrinfo takes
-    besides the dotted quad ("127.1", "0x7f.1", "2130706433": 127.0.0.1) too, which
-    `ipaddress` refuses (a server bound to 127.1 was warned about as listening elsewhere).
-    Never a DNS lookup: a host name other than localhost may resolve to anything, and is
-    not asked about (AI_NUMERICHOST)."""
-    name = host.strip().strip("[]")
-    if name.lower() == "localhost":
-        return True
-    addresses = numeric_addresses(name) if name else []
-    return bool(addresses) and all(_loopback_ip(a) for a in addresses)
-
-
-def numeric_addresses(name: str) -> list[str]:
-    """The addresses a numeric host `name` stands for, as getaddrinfo reads it without any
-    lookup (AI_NUMERICHOST); [] for a host name, or anything else that is no address."""
-    try:
-        return [str(ipaddress.ip_address(name))]  # the usual forms, without a system call
-    except ValueError:
-        pass
-    if "\x00" in name:  # the C call would read only what is before it
-        return []
-    try:
-        infos = socket.getaddrinfo(name, None, flags=socket.AI_NUMERICHOST)
-    except (OSError, UnicodeError, ValueError):  # a name, not an address
-        return []
-    return list(dict.fromkeys(str(info[4][0]) for info in infos))
-
-
-def _loopback_ip(address: str) -> bool:
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1
-    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
 
 
 def local_url(host: str, port: int) -> str:

@@ -125,6 +125,12 @@ def test_distinct_accounts_stay_distinct():
     ]:
         assert broker_account("alpaca", key_id, url) != base, (key_id, url)
     assert KEY_ID not in base
+    # A host name beginning "127." is a name (it may point anywhere), not this machine: it
+    # was taken for loopback, one account with every other such name and 127.0.0.1.
+    loopback = broker_account("alpaca", KEY_ID, "http://127.0.0.1:8080")
+    for name in ("127.0.0.1.nip.io", "127.0.0.2.nip.io"):
+        assert broker_account("alpaca", KEY_ID, f"http://{name}:8080") != loopback, name
+    assert broker_account("alpaca", KEY_ID, "http://127.1:8080") == loopback
     assert broker_endpoint("https://user:pw@Paper-API.alpaca.markets/a//b/?x=1#f") == (
         "https://paper-api.alpaca.markets:443/a/b"
     )

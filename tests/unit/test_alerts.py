@@ -746,3 +746,23 @@ async def test_reconfigure_keeps_an_unchanged_target_and_can_enable_alerting(rec
         assert [b["kind"] for b in receiver.delivered(PATH)] == ["kill_switch"]
     finally:
         await a.stop()
+
+
+@pytest.mark.parametrize(
+    ("host", "loopback"),
+    [
+        ("127.0.0.1:9000", True),
+        ("127.1:9000", True),
+        ("[::1]:9000", True),
+        ("localhost", True),
+        ("127.0.0.1.nip.io", False),  # a name: it may point anywhere
+        ("127.evil.example:80", False),
+        ("10.0.0.1:9000", False),
+    ],
+)
+def test_only_this_machine_is_spared_the_plain_http_warning(host, loopback):
+    """A plain-HTTP webhook is warned about (`alerts.insecure_url`) unless it stays on this
+    machine; "127." as a prefix counted 127.0.0.1.nip.io, a public name, as this machine."""
+    from tradingd.alerts import _loopback_host
+
+    assert _loopback_host(host) is loopback
