@@ -416,6 +416,14 @@ def _command(args: argparse.Namespace) -> int:
                         f"  {b.first.isoformat()} to {b.last.isoformat()}: {b.bars} bar(s), "
                         f"{b.differing} differ, decided by {b.label()}"
                     )
+            if report.settings_not_used:
+                shown = ", ".join(report.settings_not_used[:10])
+                more = len(report.settings_not_used) - 10
+                print(
+                    "note: the run is replayed as it was configured; these settings of the "
+                    f"configuration given differ from the run's and are not used: {shown}"
+                    + (f" and {more} more" if more > 0 else "")
+                )
             for live, replay in report.sources_differ.items():
                 print(
                     f"the live run decided with {live}, the replay with {replay}: replay it "

@@ -104,6 +104,10 @@ class ReplayReport:
     # every bar the changed code touches differs, and that is the first thing to say.
     builds: list[BuildSpan] = field(default_factory=list)
     replayed_by: Build = field(default_factory=Build)
+    # Settings of the configuration given (-c, the environment) that define a run and
+    # differ from the run's stored ones: the replay does not use them (it replays the run
+    # as it was configured), and a "0 differ" read as their verdict.
+    settings_not_used: list[str] = field(default_factory=list)
 
     @property
     def other_builds(self) -> list[BuildSpan]:
@@ -126,6 +130,7 @@ class ReplayReport:
                 {"time": d.time.isoformat(), "differences": d.differences} for d in self.not_counted
             ],
             "sources_differ": dict(self.sources_differ),
+            "settings_not_used": list(self.settings_not_used),
             "replayed_by": self.replayed_by.as_dict(),
             "builds": [b.to_dict(self.replayed_by) for b in self.builds],
             "bars_missing_in_replay": [t.isoformat() for t in self.bars_missing_in_replay],
@@ -203,6 +208,21 @@ def replay_config(stored: dict[str, Any], run_id: str, start: datetime, audit_di
     return build(Config, data, "")
 
 
+# Keys a replay sets itself (the live run's id, where its trading starts and ends).
+_REPLAY_SETS = frozenset({"run.run_id", "run.start", "run.end"})
+
+
+def _not_used(stored: dict[str, Any], given: Config) -> list[str]:
+    """The settings of `given` that define a run (`run_continuation.defines_the_run`) and
+    differ from the run's `stored` configuration: what the operator may think is replayed
+    (`TRADINGD_ORDERS__STOP_LOSS_PCT=0.05 tradingd replay-check RUN` said "0 differ" of
+    the stored stop loss, and nothing of the one given)."""
+    from .run_continuation import defines_the_run, differences
+
+    _, differ = differences(stored, json.loads(given.to_public_json()))
+    return [k for k in differ if k not in _REPLAY_SETS and defines_the_run(k)]
+
+
 async def _replay(
     config: Config, panel: Panel
 ) -> tuple[dict[datetime, tuple[str, dict[str, Any]]], datetime | None]:
@@ -253,6 +273,7 @@ async def replay_check(
     if not decisions:
         return report
     stored_config = json.loads(run["config_json"])
+    report.settings_not_used = _not_used(stored_config, config)
     for section, values in (overrides or {}).items():
         stored_config[section] = {**stored_config.get(section, {}), **values}
     symbols = tuple(run["symbols"])

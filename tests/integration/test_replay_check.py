@@ -112,6 +112,19 @@ def test_replay_check_and_reset_halt_from_the_command_line(tmp_path: Path):
     assert ok.returncode == 0, ok.stderr[-2000:]
     report = json.loads(ok.stdout)
     assert report["ok"] and report["bars_compared"] > 40
+    assert report["settings_not_used"] == []  # the configuration the run was made with
+
+    # A setting given here that the stored run does not have is not replayed: said, where
+    # "0 differ" read as its verdict.
+    import os
+
+    env = {**os.environ, "TRADINGD_ORDERS__MIN_TRADE_VALUE": "1000000000"}
+    other = subprocess.run(
+        [*base, "replay-check", *conf, "killtest"], capture_output=True, text=True, env=env
+    )
+    assert other.returncode == 0, other.stderr[-2000:]  # the stored value was replayed
+    assert "0 differ" in other.stdout
+    assert "are not used: orders.min_trade_value" in other.stdout, other.stdout
 
     # A halted kill switch in the stored checkpoint is lifted by reset-halt (no daemon runs).
     con = sqlite3.connect(tmp_path / "cli.db")
