@@ -10,7 +10,8 @@ tasks]` in task order wherever the calls ran:
   TensorFlow run threads, and a forked child inherits their locks in whatever state they
   were. Spawn starts a clean interpreter, which re-imports the caller's main module as
   `__mp_main__`: a script that calls this needs the usual `if __name__ == "__main__":`
-  guard (tradingd's own CLI and benchmark scripts have it);
+  guard (tradingd's own CLI and benchmark scripts have it). A worker ends when its parent
+  does, even one killed with SIGKILL (`_end_with_parent`);
 * `ray_address="auto" | "ray://host:10001" | "local"`: tasks on a Ray cluster (the optional
   `ray` extra). An already initialised Ray (e.g. `ray.init(num_cpus=2)` in a test) is used
   as it is; otherwise this connects to the address (`"local"` starts a local instance with
@@ -33,14 +34,17 @@ fold's worker does (in this process, `workers=0`, the caller's logging stands).
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import multiprocessing
 import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ProcessPoolExecutor, wait
+from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
 from tqdm import tqdm
@@ -125,11 +129,57 @@ def _set_env(env: dict[str, str]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
+def _start_worker(env: dict[str, str], lifeline: Connection) -> None:
+    """A worker's initializer: its environment (`_set_env`), and a thread that ends the
+    worker when its parent has ended (`_end_with_parent`)."""
+    _set_env(env)
+    threading.Thread(
+        target=_end_with_parent, args=(lifeline,), name="parent-lifeline", daemon=True
+    ).start()
+
+
+def _end_with_parent(lifeline: Connection) -> None:
+    """Wait for the end of `lifeline` (the read end of a pipe whose write end only the parent
+    holds: nothing is ever sent on it), then end this worker. It ends when the parent
+    closes it after the pool's shutdown, or when the parent dies, even of SIGKILL: the
+    kernel closes a dead process's files. The backtest's writer process (storage/child.py)
+    and GARCH fit worker (sizing/garch_fits.py) end so, at the end of their input. A pool
+    worker cannot: each holds the write end of its own task queue (spawn passes a queue's
+    both ends), so its read never ends; after a `kill -9` of `tradingd walkforward` its
+    workers lived on for good, re-parented to PID 1, each waiting for its next task
+    (multiprocessing's resource tracker with them: it ends when the last of them has)."""
+    with contextlib.suppress(EOFError, OSError):
+        lifeline.recv_bytes()  # returns (raises) at the end of the pipe only
+    # A task running now (a fold in training) is abandoned: its result has no reader.
+    os._exit(1)
+
+
 def _in_processes(
     fn: Callable[[T], R], items: list[T], n: int, env: dict[str, str], bar: tqdm
 ) -> list[R]:
     ctx = multiprocessing.get_context("spawn")
-    pool = ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_set_env, initargs=(env,))
+    # Passed to each worker (spawn passes a Connection's descriptor to the child it starts);
+    # the write end stays here, and is closed once the workers have ended.
+    lifeline, keep = ctx.Pipe(duplex=False)
+    try:
+        return _run_pool(fn, items, n, env, bar, ctx, lifeline)
+    finally:
+        keep.close()
+        lifeline.close()
+
+
+def _run_pool(
+    fn: Callable[[T], R],
+    items: list[T],
+    n: int,
+    env: dict[str, str],
+    bar: tqdm,
+    ctx: Any,
+    lifeline: Connection,
+) -> list[R]:
+    pool = ProcessPoolExecutor(
+        max_workers=n, mp_context=ctx, initializer=_start_worker, initargs=(env, lifeline)
+    )
     futures: list[Future[R]] = []
     try:
         futures = [pool.submit(fn, item) for item in items]

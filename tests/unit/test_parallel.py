@@ -304,3 +304,78 @@ def test_a_failing_task_ends_the_running_ones(tmp_path, monkeypatch):
         process.join(timeout=30)
         assert process.exitcode is not None
     assert any(p.exitcode == -signal.SIGTERM for p in processes)  # the one still working
+
+
+_ORPHAN_SCRIPT = """
+import os, sys, time
+from pathlib import Path
+
+from tradingd.analysis.parallel import run_tasks
+
+
+def task(arg):
+    folder, seconds = arg
+    Path(folder, str(os.getpid())).touch()
+    time.sleep(seconds)
+
+
+if __name__ == "__main__":
+    run_tasks(task, [(sys.argv[1], 600.0), (sys.argv[1], 0.0)], workers=2)
+"""
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is `pid` (Linux: /proc)."""
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    """Running, not ended nor a zombie waiting for a reaper."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc (Linux)")
+def test_workers_do_not_outlive_a_parent_killed_with_sigkill(tmp_path):
+    """`tradingd walkforward` / `report --workers` killed with SIGKILL: its workers (one
+    working on a task, one waiting for the next) were re-parented to PID 1 and lived on for
+    good, each blocked reading its task pipe (one held 148 MB after 3 minutes). They end
+    when their parent does, as the backtest's writer process and GARCH worker do (the end
+    of a pipe only the parent writes), and so does multiprocessing's resource tracker."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "orphans.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    marks = tmp_path / "started"
+    marks.mkdir()
+    parent = subprocess.Popen([sys.executable, str(script), str(marks)], cwd=tmp_path)
+    try:
+        deadline = time.monotonic() + 120  # two interpreters importing tradingd, loaded box
+        while len(list(marks.iterdir())) < 2:  # both workers have run a task
+            assert parent.poll() is None, "the script ended before its workers started"
+            assert time.monotonic() < deadline, "the workers did not start"
+            time.sleep(0.05)
+        workers = {int(p.name) for p in marks.iterdir()}
+        children = _children(parent.pid)
+        assert workers <= children  # (the rest: multiprocessing's resource tracker)
+    finally:
+        parent.kill()
+        parent.wait()
+    deadline = time.monotonic() + 30
+    while (left := {pid for pid in children if _alive(pid)}) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in left:  # not left behind by a failing test either
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"processes {sorted(left)} outlived their parent (workers: {workers})"
