@@ -52,6 +52,7 @@ from .walkforward_tables import (
     fold_metrics,
     garch_frame,
     importance_frame,
+    series_stability,
     stability,
     stitch,
 )
@@ -452,7 +453,11 @@ def write_outputs(results: Mapping[str, Any], out_dir: str | Path) -> Path:
     st = results["stability"]
     _rows_csv(out / "stability.csv", st["table"])
     _rows_csv(
-        out / "stability_summary.csv", [{"parameter": k, **v} for k, v in st["summary"].items()]
+        out / "stability_summary.csv",
+        [{"parameter": k, **v} for k, v in st["summary"].items()],
+        # Its header also when nothing was fitted (momentum + equal_weight): a 0-byte file
+        # is not a CSV to `pd.read_csv` (EmptyDataError).
+        columns=["parameter", *series_stability(np.empty(0))],
     )
     g = [garch_frame(f).assign(fold=int(f["fold"])) for f in folds]
     g = [x for x in g if len(x)]
@@ -488,11 +493,13 @@ def _json(path: Path, data: Any) -> None:
     )
 
 
-def _rows_csv(path: Path, rows_: Sequence[Mapping[str, Any]]) -> None:
+def _rows_csv(path: Path, rows_: Sequence[Mapping[str, Any]], columns: Sequence[str] = ()) -> None:
+    """The rows as CSV, their keys as the header in order of appearance (`columns` first:
+    the header of a table without rows, which is otherwise an empty file)."""
     with path.open("w", encoding="utf-8", newline="") as fh:
-        if not rows_:
+        keys: list[str] = list(columns)
+        if not rows_ and not keys:
             return
-        keys: list[str] = []
         for r in rows_:
             keys += [k for k in r if k not in keys]
         w = csv.DictWriter(fh, fieldnames=keys)

@@ -894,3 +894,29 @@ def test_a_stability_trends_rho_and_p_value_are_of_the_same_folds():
         stats.spearmanr(np.arange(9), values).statistic
     )
     assert s["trend_independent_folds"] == len(independent)
+
+
+def test_stability_summary_has_its_header_when_no_parameter_was_fitted(tmp_path):
+    """momentum + equal_weight fit nothing: stability_summary.csv was a 0-byte file, which
+    `pd.read_csv` refuses (EmptyDataError). It has its columns, and no row."""
+    config = dataclasses.replace(
+        tiny_config(signals=(PluginSpec("momentum"),)), sizing=PluginSpec("equal_weight")
+    )
+    wf = WalkForwardAnalyzer(config, tiny_wf(warmup="none"), workers=0, performance=PERF)
+    res = wf.run(tiny_panel())
+    assert res["stability"]["summary"] == {}  # nothing fitted
+    out = write_outputs(res, tmp_path / "out")
+    summary = pd.read_csv(out / "stability_summary.csv")
+    assert summary.empty
+    assert list(summary.columns) == ["parameter", *series_stability(np.arange(4.0))]
+    # The same columns as a summary with rows (tiny_config's Kelly and GARCH).
+    fitted = WalkForwardAnalyzer(
+        tiny_config(signals=(PluginSpec("multi_factor"),)),
+        tiny_wf(warmup="none"),
+        workers=0,
+        performance=PERF,
+    )
+    full = pd.read_csv(
+        write_outputs(fitted.run(tiny_panel()), tmp_path / "full") / "stability_summary.csv"
+    )
+    assert len(full) and list(full.columns) == list(summary.columns)
