@@ -186,6 +186,9 @@ def summarize(results: Mapping[str, Any], out: Path) -> dict[str, Any]:
         "total_return": perf["total_return"],
         "annual_return": perf["annual_return"],
         "sharpe": perf["sharpe"],
+        # The rate its Sharpe ratio is in excess of (the performance config's, 2% by default):
+        # a backtest's summary says its own (0%), and the two can differ in sign.
+        "risk_free_rate": perf["risk_free_rate"],
         "max_drawdown": risk["max_drawdown"],
         "sharpe_trend_per_fold": d["by_fold"]["sharpe_trend"]["slope"],
         "sharpe_trend_p": d["by_fold"]["sharpe_trend"]["p_value"],
@@ -209,8 +212,9 @@ def format_summary(s: Mapping[str, Any]) -> str:
             "model retrained in each fold: "
             f"{'yes' if s['retrained'] else 'no'}",
             f"out of sample {oos['first']} .. {oos['last']} ({oos['bars']} bars): total return "
-            f"{_pct(s['total_return'])}, annual {_pct(s['annual_return'])}, Sharpe "
-            f"{_num(s['sharpe'])}, max drawdown {_pct(s['max_drawdown'])}",
+            f"{_pct(s['total_return'])}, annual {_pct(s['annual_return'])}, Sharpe (risk-free "
+            f"{_rate(s['risk_free_rate'])}) {_num(s['sharpe'])}, max drawdown "
+            f"{_pct(s['max_drawdown'])}",
             *_in_sample_line(s.get("model_in_sample")),
             # A slope, said as one: "Sharpe 23.0976 per fold" beside a stitched Sharpe of
             # -8.00 read as a second, contradicting Sharpe ratio.
@@ -236,6 +240,11 @@ def _in_sample_line(m: Mapping[str, Any] | None) -> list[str]:
 
 def _pct(v: Any) -> str:
     return "n/a" if v is None or v != v else f"{100 * v:.2f}%"
+
+
+def _rate(v: Any) -> str:
+    """An annual rate as the backtest's summary labels its own: 0.02 -> "2%"."""
+    return "n/a" if v is None or v != v else f"{100 * v:g}%"
 
 
 def _num(v: Any, digits: int = 2) -> str:

@@ -10,6 +10,7 @@ import json
 import math
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import empyrical as ep
 import numpy as np
@@ -709,6 +710,7 @@ def test_the_summary_says_the_decay_is_a_slope_not_a_sharpe_ratio():
         "total_return": -0.1,
         "annual_return": -0.2,
         "sharpe": -8.0,
+        "risk_free_rate": 0.02,
         "max_drawdown": -0.15,
         "sharpe_trend_per_fold": 23.0976,
         "sharpe_trend_p": math.nan,
@@ -719,7 +721,7 @@ def test_the_summary_says_the_decay_is_a_slope_not_a_sharpe_ratio():
         "output_dir": "wf",
     }
     text = cli.format_summary(summary)
-    assert "Sharpe -8.00," in text
+    assert "Sharpe (risk-free 2%) -8.00," in text
     assert "decay: out-of-sample Sharpe changes by +23.10 per fold (slope; p = n/a over 2" in text
     falling = cli.format_summary({**summary, "sharpe_trend_per_fold": -0.5})
     assert "Sharpe changes by -0.50 per fold (slope" in falling
@@ -920,3 +922,22 @@ def test_stability_summary_has_its_header_when_no_parameter_was_fitted(tmp_path)
         write_outputs(fitted.run(tiny_panel()), tmp_path / "full") / "stability_summary.csv"
     )
     assert len(full) and list(full.columns) == list(summary.columns)
+
+
+def test_the_summary_says_the_risk_free_rate_its_sharpe_ratio_is_in_excess_of():
+    """The walk-forward's line said "Sharpe -0.97", in excess of a 2% risk-free rate, where
+    the backtest's summary says "Sharpe ratio (risk-free 0%)": the same strategy's two
+    Sharpe ratios could differ in sign without a word why. It says its rate too."""
+    config = dataclasses.replace(
+        tiny_config(signals=(PluginSpec("momentum"),)), sizing=PluginSpec("equal_weight")
+    )
+    perf = PerformanceConfig(risk_free_rate=0.03, benchmark="")
+    wf = WalkForwardAnalyzer(config, tiny_wf(warmup="none"), workers=0, performance=perf)
+    res = wf.run(tiny_panel())
+    summary = cli.summarize(res, Path("wf-out"))
+    assert summary["risk_free_rate"] == 0.03
+    sharpe = res["stitched"]["analysis"]["performance"]["sharpe"]
+    assert f"Sharpe (risk-free 3%) {sharpe:.2f}, max drawdown" in cli.format_summary(summary)
+    for rate, said in ((0.02, "2%"), (0.0, "0%"), (0.025, "2.5%")):
+        text = cli.format_summary({**summary, "risk_free_rate": rate})
+        assert f"Sharpe (risk-free {said}) {sharpe:.2f}," in text
