@@ -973,7 +973,9 @@ def _refuse_walkforward_folder(folder: Path) -> None:
     passed for a run record and failed on what a record has ("the run's initial_capital is
     missing"), which sent the user looking for a broken run. Its folds ran in memory and
     left no records: say so, and where its numbers are."""
-    if (folder / "walkforward.json").is_file():
+    from .analysis.run_records import is_walkforward_folder
+
+    if is_walkforward_folder(folder):
         raise TradingdError(
             f"{folder} is a walk-forward results folder (it has walkforward.json), not a run "
             "record: its folds ran in memory and left no run records to report. Its numbers "

@@ -23,9 +23,29 @@ from ..core.types import Fill, Side
 from .return_metrics import _arr
 from .splits import restate_for_splits
 
-__all__ = ["RunRecord", "record_folder", "restate_for_splits", "run_record", "stored_run_results"]
+__all__ = [
+    "WALKFORWARD_FILE",
+    "RunRecord",
+    "is_walkforward_folder",
+    "record_folder",
+    "restate_for_splits",
+    "run_record",
+    "stored_run_results",
+]
 
 log = structlog.get_logger(__name__)
+
+#: What a walk-forward's results folder is known by: `walkforward.write_outputs` writes it
+#: first, and a backtest's record never has it.
+WALKFORWARD_FILE = "walkforward.json"
+
+
+def is_walkforward_folder(path: str | Path) -> bool:
+    """Whether `path` is a walk-forward's results folder (it has walkforward.json), which is
+    no run record although it has an equity.csv (the stitched out-of-sample curve): its
+    folds ran in memory, and the curve is no one run's, with no initial capital of its own.
+    `tradingd report` refuses one; the trial count leaves it out (`trials.count_trials`)."""
+    return (Path(path) / WALKFORWARD_FILE).is_file()
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ import numpy as np
 import structlog
 
 from .return_metrics import per_bar_rate, simple_returns
-from .run_records import _json_file, record_folder
+from .run_records import WALKFORWARD_FILE, _json_file, is_walkforward_folder, record_folder
 from .stat_common import _clean
 from .trial_ledger import (
     DEFAULT_IGNORED_CONFIG,
@@ -48,12 +48,14 @@ log = structlog.get_logger(__name__)
 class TrialCount:
     """The strategy variants the run records show: distinct configurations, each with the
     annualised Sharpe ratio of its first run (sorted by folder name) that has an equity
-    curve."""
+    curve. `walkforward_folders`: the walk-forward results folders under the root, which
+    are not counted (`count_trials`)."""
 
     root: str
     runs: int
     configs: Mapping[str, tuple[str, ...]]
     sharpe_ratios: Mapping[str, float]
+    walkforward_folders: tuple[str, ...] = ()
 
     @property
     def trials(self) -> int:
@@ -75,6 +77,7 @@ class TrialCount:
                 "sharpe_variance": self.sharpe_variance,
                 "configs": {k: list(v) for k, v in self.configs.items()},
                 "sharpe_ratios": dict(self.sharpe_ratios),
+                "walkforward_folders": list(self.walkforward_folders),
             }
         )
 
@@ -132,7 +135,12 @@ def count_trials(
     own variant (by its run id): one trial too many makes the deflated Sharpe ratio
     stricter, one too few laxer. A folder with neither summary.json nor equity.csv is
     no run record and no trial; one with a config.json is said (`trials.folder_skipped`),
-    not an error, which stopped the report of every run beside it. The root's ledger
+    not an error, which stopped the report of every run beside it. A walk-forward's results
+    folder (`is_walkforward_folder`: `tradingd walkforward` writes them under
+    `run.output_dir` too) is no trial either: it tests a variant, but its stitched
+    out-of-sample curve is no backtest of it (each fold's parameters were refitted), so
+    neither its own variant nor a Sharpe ratio of one; those left out are listed
+    (`walkforward_folders`) and said in one line (`trials.walkforward_skipped`). The root's ledger
     (`record_trial`) adds the variants whose folders a rerun under their run id replaced,
     and a folder's own ledger (an --output folder's) those a rerun into it replaced.
     A ledger line of an earlier scheme (no hash_version: the whole file's hash; version 2:
@@ -150,8 +158,12 @@ def count_trials(
     v3: dict[str, str] = {}
     without_models: dict[str, str] = {}
     runs = 0
+    walkforward: list[str] = []
     subfolders = sorted(p for p in root.iterdir() if p.is_dir())
     for folder in subfolders:
+        if is_walkforward_folder(folder):
+            walkforward.append(folder.name)
+            continue
         cfg_file = folder / "config.json"
         if not ((folder / "summary.json").exists() or (folder / "equity.csv").exists()):
             if cfg_file.exists():
@@ -253,4 +265,20 @@ def count_trials(
                     float(np.mean(x)) / sd * math.sqrt(periods_per_year) if sd > 0 else _NAN
                 )
             break
-    return TrialCount(str(root), runs, {k: tuple(v) for k, v in configs.items()}, sharpes)
+    if walkforward:
+        # Once for all of them: one line per folder was noise in every report's log.
+        log.info(
+            "trials.walkforward_skipped",
+            root=str(root),
+            count=len(walkforward),
+            folders=walkforward,
+            marker=WALKFORWARD_FILE,
+            counted=False,
+        )
+    return TrialCount(
+        str(root),
+        runs,
+        {k: tuple(v) for k, v in configs.items()},
+        sharpes,
+        tuple(walkforward),
+    )

@@ -611,6 +611,9 @@ class StatisticalValidator:
             n_trials, source = c.trials, "config"
         elif count_ is not None and count_.trials >= 1:
             n_trials, source = count_.trials, f"run records under {count_.root}"
+            if count_.walkforward_folders:
+                wf = len(count_.walkforward_folders)
+                source += f" ({wf} walk-forward results folder{'s' if wf > 1 else ''} not counted)"
         else:
             n_trials, source = 1, "default (no run records)"
         if sharpe_variance is not None:

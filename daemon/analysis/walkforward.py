@@ -30,6 +30,7 @@ from ..config import Config
 from ..feeds.panel import FIELDS, Panel
 from .parallel import run_tasks
 from .performance import PerformanceAnalyzer, PerformanceConfig
+from .run_records import WALKFORWARD_FILE
 from .walkforward_folds import (
     Fold,
     WalkForwardConfig,
@@ -430,7 +431,7 @@ def write_outputs(results: Mapping[str, Any], out_dir: str | Path) -> Path:
         | {"model_version": (f.get("model") or {}).get("model_version")}
         for f in folds
     ]
-    _json(out / "walkforward.json", lean)
+    _json(out / WALKFORWARD_FILE, lean)  # first: what the folder is known by
     _json(out / "folds.json", folds)
     s = results["stitched"]
     pd.DataFrame(

@@ -554,6 +554,56 @@ def test_folders_beside_the_runs_that_are_no_record_are_not_trials_and_are_said(
     assert va.count_trials(root, risk_free_rate=0.0).trials == 6
 
 
+def write_walkforward(root: Path, name: str, equity: np.ndarray) -> Path:
+    """A walk-forward's results folder as `walkforward.write_outputs` leaves it (the files
+    the trial count looks at): walkforward.json first, the stitched curve in equity.csv, no
+    config.json or summary.json."""
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "walkforward.json").write_text(json.dumps({"format": "tradingd-walkforward/1"}))
+    times = pd.bdate_range("2015-01-02", periods=equity.size, tz="UTC")
+    pd.DataFrame(
+        {
+            "time": [t.isoformat() for t in times],
+            "equity": equity,
+            "fold": 0,
+            "horizon": np.arange(equity.size) + 1,
+            "gross_exposure": 0.5,
+        }
+    ).to_csv(d / "equity.csv", index=False)
+    (d / "folds.csv").write_text("fold\n0\n")
+    return d
+
+
+def test_walk_forward_folders_beside_the_runs_are_not_variants_and_are_said_once(runs):
+    """`tradingd walkforward` writes to <run.output_dir>/<name>-walkforward-<hash>, beside
+    the backtests: each of its folders was counted as a variant of its own, and warned
+    `trials.sharpe_unread ... the run's initial_capital is missing`. A walk-forward tests a
+    variant, but its stitched out-of-sample curve is no backtest of it: not a trial, and the
+    count says how many such folders it left out (one line, not one per folder)."""
+    from structlog.testing import capture_logs
+
+    root, curves = runs
+    before = va.count_trials(root, risk_free_rate=0.0)
+    write_walkforward(root, "r-walkforward-aa11", curves[1] * 0.99)
+    write_walkforward(root, "r-walkforward-bb22", curves[2] * 1.01)
+    with capture_logs() as logs:
+        tc = va.count_trials(root, risk_free_rate=0.0)
+    assert (tc.trials, tc.runs) == (before.trials, before.runs) == (3, 4)
+    assert tc.configs == before.configs and tc.sharpe_ratios == before.sharpe_ratios
+    assert tc.walkforward_folders == ("r-walkforward-aa11", "r-walkforward-bb22")
+    assert tc.as_dict()["walkforward_folders"] == ["r-walkforward-aa11", "r-walkforward-bb22"]
+    assert [e for e in logs if e["log_level"] in ("warning", "error")] == []
+    (said,) = [e for e in logs if e["event"] == "trials.walkforward_skipped"]
+    assert said["count"] == 2 and said["counted"] is False
+    # The report's verdict table says where the count came from, and what it left out.
+    trials = quick(risk_free_rate=0.0).validate_performance(str(root / "c"))["trials"]
+    assert trials["trials"] == 3
+    assert trials["source"] == (
+        f"run records under {root.resolve()} (2 walk-forward results folders not counted)"
+    )
+
+
 def test_config_hash_ignores_where_and_how_a_run_is_named_only():
     a = base_config(20)
     assert va.config_hash(a) == va.config_hash(base_config(20, "other"))

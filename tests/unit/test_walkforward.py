@@ -689,6 +689,12 @@ def test_the_command_runs_from_config_files(tmp_path, capsys):
         assert f"tradingd: error: {out} is a walk-forward results folder" in err
         assert "not a run record" in err and "folds.csv" in err
         assert not (out / "report.html").exists()
+        # Nor a strategy variant of the runs beside it (it was counted as one, with a
+        # warning that its Sharpe ratio could not be read): known by the same file.
+        from tradingd.analysis.trials import count_trials
+
+        tc = count_trials(tmp_path)
+        assert (tc.trials, tc.runs, tc.walkforward_folders) == (0, 0, ("out",))
         # A bad setting is the CLI's error line and exit code 2, not a traceback.
         assert main(["walkforward", *argv, "--step", "50", "--out", str(out)]) == 2
         err = capsys.readouterr().err
