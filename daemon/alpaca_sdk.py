@@ -33,7 +33,7 @@ from urllib.parse import urlsplit
 
 import requests
 import structlog
-from urllib3.exceptions import DecodeError, ProtocolError, ReadTimeoutError
+from urllib3.exceptions import DecodeError, HTTPError, ProtocolError, ReadTimeoutError, SSLError
 
 log = structlog.get_logger(__name__)
 
@@ -136,13 +136,21 @@ class DeadlineSession(requests.Session):
     def request(self, method: Any, url: Any, *args: Any, **kw: Any) -> requests.Response:
         if len(args) < 7:  # else timeout was given positionally (7th after url)
             kw.setdefault("timeout", self.timeout_s)
-        if len(args) >= 11 or kw.get("stream"):  # the caller streams the body itself
+        # `stream` is the 11th argument after url, or a keyword.
+        streams = args[10] if len(args) >= 11 else kw.get("stream")
+        if streams:  # the caller reads the body itself
             return super().request(method, url, *args, **kw)
         started = time.monotonic()
-        kw["stream"] = True
+        if len(args) >= 11:
+            args = (*args[:10], True, *args[11:])
+        else:
+            kw["stream"] = True
         response = super().request(method, url, *args, **kw)
         try:
-            self._read_body(response, started, method, url)
+            # A redirect's body was read by requests (`resolve_redirects` reads it): the
+            # stream is spent, and reading it again made the answer's text empty.
+            if not response._content_consumed:
+                self._read_body(response, started, method, url)
         except BaseException:
             response.close()
             raise
@@ -159,14 +167,15 @@ class DeadlineSession(requests.Session):
         size = 0
         # Each read waits the time left at most; the socket's own timeout is put back after
         # (a pooled connection's next request sends on it before urllib3 sets it again).
-        sock = getattr(getattr(raw, "connection", None), "sock", None)
+        conn = getattr(raw, "connection", None)
+        sock = getattr(conn, "sock", None)
         per_read = sock.gettimeout() if sock is not None else None
         try:
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     self._abandon(method, url, size, started)
-                if sock is not None:
+                if sock is not None and raw.connection is conn:  # (not once released)
                     sock.settimeout(left if per_read is None else min(left, per_read))
                 try:
                     chunk = raw.read1(self.CHUNK, decode_content=True)
@@ -178,12 +187,18 @@ class DeadlineSession(requests.Session):
                     raise requests.exceptions.ChunkedEncodingError(exc) from None
                 except DecodeError as exc:
                     raise requests.exceptions.ContentDecodingError(exc) from None
+                except SSLError as exc:  # a TLS failure mid-body: requests says SSLError
+                    raise requests.exceptions.SSLError(exc, response=response) from None
+                except HTTPError as exc:  # any other of urllib3's: a connection failure
+                    raise requests.exceptions.ConnectionError(exc, response=response) from None
                 if not chunk:
                     break
                 parts.append(chunk)
                 size += len(chunk)
         finally:
-            if sock is not None:
+            # Not once the connection went back to the pool (the read that met the body's
+            # end released it): another thread may hold it already, with its own timeout.
+            if sock is not None and conn is not None and raw.connection is conn:
                 with contextlib.suppress(OSError):
                     sock.settimeout(per_read)
         # requests' own attributes for a body read (`Response.content` sets the same two).
