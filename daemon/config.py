@@ -19,7 +19,6 @@ world (plugins, writable folders, reachable services) are in `preflight.py`.
 from __future__ import annotations
 
 import dataclasses
-import ipaddress
 import json
 import math
 import os
@@ -35,6 +34,7 @@ from typing import Annotated, Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from .alerts import AlertsConfig
+from .core.endpoints import is_loopback as _is_loopback_host
 from .core.errors import ConfigError
 from .features.catalog import FEATURE_SETS
 from .features.indicators import IndicatorConfig
@@ -264,14 +264,10 @@ class AlpacaConfig:
         """`base_url` is on this machine (a test server), not an account: Alpaca's hosts,
         and a proxy in front of them, are anywhere else."""
         host = (urlsplit(self.base_url).hostname or "").rstrip(".").lower()
-        if host == "localhost" or host.endswith(".localhost"):
+        if host.endswith(".localhost"):  # RFC 6761: every such name is loopback
             return True
-        try:
-            ip = ipaddress.ip_address(host.partition("%")[0])  # (an IPv6 zone id aside)
-        except ValueError:
-            return False
-        mapped = getattr(ip, "ipv4_mapped", None)  # ::ffff:127.0.0.1
-        return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+        # The one reading of "this machine" (127.1 as the OS reads it, never a lookup).
+        return _is_loopback_host(host.partition("%")[0])  # (an IPv6 zone id aside)
 
     def __post_init__(self) -> None:
         _finite(self, "broker.alpaca")
@@ -888,7 +884,7 @@ def load_config(
             _note_origins(merged["sizing"], "", origins, "sizing")  # built in: no file
             named_by_default = True
         notes += _replaced_lists(merged, table, source)
-        notes += _replaced_params(merged, table, source)
+        notes += _replaced_params(merged, table, source, origins)
         if _other_sizing(merged.get("sizing"), table.get("sizing")):
             # The earlier plugin's keys are gone: an error in the new one's is not theirs.
             for key in [k for k in origins if k.startswith("sizing.")]:
@@ -1024,7 +1020,10 @@ def _other_sizing(old: Any, new: Any) -> bool:
 
 
 def _replaced_params(
-    merged: Mapping[str, Any], table: Mapping[str, Any], source: str
+    merged: Mapping[str, Any],
+    table: Mapping[str, Any],
+    source: str,
+    origins: Mapping[str, str] | None = None,
 ) -> list[dict[str, Any]]:
     """Params an earlier file set that a later one drops, said as `config.params_replaced`
     (a plugin fell back to its own default for them, e.g. a 3% position cap back to 5%).
@@ -1038,7 +1037,13 @@ def _replaced_params(
     if _other_sizing(old, new):
         assert isinstance(old, Mapping) and isinstance(new, Mapping)
         was = old.get("params")
-        dropped = sorted(was) if isinstance(was, Mapping) else []
+        # Only what a file set: the built-in plugin's own params (which a file of params
+        # without a name started from) were said as dropped, though nobody wrote them.
+        dropped = [
+            k
+            for k in (sorted(was) if isinstance(was, Mapping) else [])
+            if (origins or {}).get(f"sizing.params.{k}") != ""
+        ]
         if dropped:
             rule = (
                 "[sizing] naming another plugin in a later file starts from its own defaults: "

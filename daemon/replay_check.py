@@ -273,9 +273,9 @@ async def replay_check(
     if not decisions:
         return report
     stored_config = json.loads(run["config_json"])
-    report.settings_not_used = _not_used(stored_config, config)
     for section, values in (overrides or {}).items():
         stored_config[section] = {**stored_config.get(section, {}), **values}
+    report.settings_not_used = _not_used(stored_config, config)  # (after the overrides)
     symbols = tuple(run["symbols"])
     broker_kind = stored_config.get("broker", {}).get("kind", "auto")
     # With a real broker the fills (and so the book behind each decision) are the broker's.

@@ -181,6 +181,28 @@ def test_a_later_file_naming_another_sizing_plugin_says_whose_params_it_dropped(
     assert "kelly_garch" in note["rule"] or "another plugin" in note["rule"]
 
 
+def test_params_dropped_by_another_sizing_plugin_are_only_those_a_file_set(tmp_path):
+    """A file of [sizing] params without a name changes the built-in plugin's; a later file
+    naming another plugin drops what that file set, and only that is said: the built-in
+    plugin's own params (kelly_multiplier, max_position) were listed as dropped though no
+    file had written them."""
+    from structlog.testing import capture_logs
+
+    from tradingd.config import log_overlay_notes
+
+    local = tmp_path / "local.toml"
+    local.write_text("[sizing]\nparams = { target_vol = 0.10 }\n")
+    other = tmp_path / "other.toml"
+    other.write_text('[sizing]\nname = "equal_weight"\nparams = { max_positions = 5 }\n')
+    c = load_config([local, other], env={})
+    assert c.sizing.name == "equal_weight" and c.sizing.params == {"max_positions": 5}
+    with capture_logs() as logs:
+        log_overlay_notes(c)
+    (note,) = [e for e in logs if e["event"] == "config.params_replaced"]
+    assert note["file"] == str(other) and note["was"] == "kelly_garch"
+    assert note["dropped"] == ["target_vol"]
+
+
 def test_a_later_list_entry_that_repeats_a_plugin_says_which_params_fell_back(tmp_path):
     """A [[risk]] list replaces the earlier one whole, params included (documented): a rule
     repeated with fewer params gets the plugin's defaults for the rest, not the earlier
@@ -294,3 +316,27 @@ def test_onnxruntime_telemetry_is_off_unless_the_operator_says_otherwise():
     env["ORT_DISABLE_TELEMETRY"] = "0"  # the operator's choice stands
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert out.stdout.strip() == "0", out.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "loopback"),
+    [
+        ("http://127.0.0.1:8080", True),
+        ("http://127.1:8080", True),  # the OS reads it as 127.0.0.1
+        ("http://[::1]:8080", True),
+        ("http://localhost:8080", True),
+        ("http://fake.localhost:8080", True),  # RFC 6761
+        ("http://127.0.0.1.nip.io:8080", False),  # a name: anywhere
+        ("https://paper-api.alpaca.markets", False),
+    ],
+)
+def test_a_test_server_of_the_broker_is_told_from_an_account(url, loopback):
+    """An accelerated replay may only send to a test server on this machine
+    (`app.replays_on_an_account`): its check read `127.1` as an account, while the account
+    lock and the health server read it as this machine; one reading now."""
+    from tradingd.app import replays_on_an_account
+
+    config = load_config([], env={"TRADINGD_BROKER__ALPACA__BASE_URL": url})
+    assert config.broker.alpaca.is_loopback is loopback
+    paced = dataclasses.replace(config, live=dataclasses.replace(config.live, bars_per_second=5))
+    assert replays_on_an_account(paced) is not loopback
