@@ -611,11 +611,13 @@ class StatisticalValidator:
             n_trials, source = c.trials, "config"
         elif count_ is not None and count_.trials >= 1:
             n_trials, source = count_.trials, f"run records under {count_.root}"
-            if count_.walkforward_folders:
-                wf = len(count_.walkforward_folders)
-                source += f" ({wf} walk-forward results folder{'s' if wf > 1 else ''} not counted)"
         else:
             n_trials, source = 1, "default (no run records)"
+        counted = source not in ("argument", "config")
+        if count_ is not None and count_.walkforward_folders and counted:
+            # Said wherever the count was looked at: also when they were all it found.
+            wf = len(count_.walkforward_folders)
+            source += f" ({wf} walk-forward results folder{'s' if wf > 1 else ''} not counted)"
         if sharpe_variance is not None:
             if not (math.isfinite(sharpe_variance) and sharpe_variance >= 0):
                 raise ValueError(f"sharpe_variance must be >= 0, got {sharpe_variance!r}")

@@ -604,6 +604,22 @@ def test_walk_forward_folders_beside_the_runs_are_not_variants_and_are_said_once
     )
 
 
+def test_a_count_that_found_only_walk_forward_folders_says_it_skipped_them(tmp_path):
+    """With nothing but walk-forward results under the runs root, the verdict table read
+    "default (no run records)" and said nothing of the folders it had left out."""
+    rng = np.random.default_rng(5)
+    curve = 1e5 * np.cumprod(1 + rng.normal(0.0004, 0.01, 300))
+    root = tmp_path / "runs"
+    write_walkforward(root, "r-walkforward-aa11", curve)
+    out = quick(risk_free_rate=0.0, runs_root=str(root)).validate_performance(
+        pd.Series(curve, index=pd.bdate_range("2015-01-02", periods=curve.size, tz="UTC"))
+    )
+    assert out["trials"]["trials"] == 1
+    assert out["trials"]["source"] == (
+        "default (no run records) (1 walk-forward results folder not counted)"
+    )
+
+
 def test_config_hash_ignores_where_and_how_a_run_is_named_only():
     a = base_config(20)
     assert va.config_hash(a) == va.config_hash(base_config(20, "other"))
