@@ -891,6 +891,14 @@ def _report(args: argparse.Namespace) -> int:
     from .analysis.report import resolve_run
     from .logs import configure_logging
 
+    pool = [o for o, v in (("--workers", args.workers), ("--ray-address", args.ray_address)) if v]
+    if pool and args.no_validation:
+        # As `backtest --no-validation` without --report: an option for a step the command
+        # does not take was dropped without a word.
+        raise TradingdError(
+            f"report: {' and '.join(pool)} run the Monte Carlo, which --no-validation leaves "
+            f"out: leave {' and '.join(pool)} out, or validate"
+        )
     config = _config(args.config)
     configure_logging(config.log.level, config.log.format)
     tables = _analysis_tables(args.analysis_config)

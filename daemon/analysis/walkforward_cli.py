@@ -143,7 +143,18 @@ def run(args: argparse.Namespace) -> int:
         ray_address=args.ray_address,
         progress=sys.stderr.isatty() and not args.no_progress,
     )
-    if analyzer.retrain():
+    retrains = analyzer.retrain()
+    if getattr(args, "epochs", None) is not None and not retrains:
+        # As `backtest --no-validation` without --report: an option that configures a step
+        # the command does not take was dropped without a word.
+        why = (
+            'walkforward.retrain = "never"' if wf.retrain == "never" else "no signal is ml_ensemble"
+        )
+        raise WalkForwardError(
+            f"--epochs sets the training of each fold's model, and this walk-forward retrains "
+            f"none ({why}): leave --epochs out, or retrain (--retrain auto with ml_ensemble)"
+        )
+    if retrains:
         try:
             check_train_extra()
         except TradingdError as exc:

@@ -917,3 +917,14 @@ def test_backtest_report_is_written_when_stdout_closes_before_the_summary(tmp_pa
     summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     assert report["run_id"] == summary["run_id"] == "report-unit"
     assert "report: " in r.stderr  # its paths said where the reader could not see them
+
+
+def test_report_refuses_pool_options_without_the_monte_carlo(cli, tmp_path):
+    """`--workers` and `--ray-address` run the Monte Carlo chunks; with --no-validation
+    there is none, and they were dropped without a word."""
+    code, _, err = cli("report", "no-such-run", "--no-validation", "--workers", "2")
+    assert code == 2 and "Traceback" not in err
+    assert err.strip().splitlines()[-1] == (
+        "tradingd: error: report: --workers run the Monte Carlo, which --no-validation "
+        "leaves out: leave --workers out, or validate"
+    )

@@ -947,3 +947,25 @@ def test_the_summary_says_the_risk_free_rate_its_sharpe_ratio_is_in_excess_of():
     for rate, said in ((0.02, "2%"), (0.0, "0%"), (0.025, "2.5%")):
         text = cli.format_summary({**summary, "risk_free_rate": rate})
         assert f"Sharpe (risk-free {said}) {sharpe:.2f}," in text
+
+
+def test_epochs_for_a_walk_forward_that_retrains_nothing_are_refused(tmp_path, capsys):
+    """`--epochs` sets each fold's training: with `--retrain never` (or no ml_ensemble
+    signal) nothing trains, and the option was dropped without a word; refused, as
+    `backtest --no-validation` without --report is."""
+    import structlog
+
+    from tradingd.__main__ import main
+
+    strategy = tmp_path / "strategy.toml"
+    strategy.write_text('[log]\naudit_dir = "' + str(tmp_path / "audit") + '"\n')
+    argv = ["-c", "config/default.toml", "-c", str(strategy), "--out", str(tmp_path / "out")]
+    saved = structlog.get_config()
+    try:
+        code = main(["walkforward", *argv, "--retrain", "never", "--epochs", "5"])
+    finally:
+        structlog.configure(**saved)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "--epochs" in err and 'walkforward.retrain = "never"' in err
+    assert not (tmp_path / "out" / "walkforward.json").exists()
