@@ -1171,7 +1171,11 @@ def build(cls: type[T], data: Any, where: str) -> T:
     kwargs = {k: _coerce(hints[k], v, _join(where, k)) for k, v in data.items()}
     try:
         return cls(**kwargs)
-    except ConfigError:
+    except ConfigError as exc:
+        if cls is PluginSpec and where and not str(exc).startswith(where):
+            # A plugin's own check names no table: "plugin name '' is invalid" said not
+            # which of [sizing], [[signals]] or [[risk]] held it.
+            raise ConfigError(f"{where}: {exc}") from None
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where or 'config'}: {exc}") from None

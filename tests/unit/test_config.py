@@ -340,3 +340,16 @@ def test_a_test_server_of_the_broker_is_told_from_an_account(url, loopback):
     assert config.broker.alpaca.is_loopback is loopback
     paced = dataclasses.replace(config, live=dataclasses.replace(config.live, bars_per_second=5))
     assert replays_on_an_account(paced) is not loopback
+
+
+@pytest.mark.parametrize(
+    ("table", "where"),
+    [('[sizing]\nname = ""\n', "sizing"), ('[[risk]]\nname = " "\n', "risk[0]")],
+)
+def test_an_empty_plugin_name_is_said_with_its_table(tmp_path, table, where):
+    """ "plugin name '' is invalid" said not which table held it."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text(table)
+    with pytest.raises(ConfigError) as info:
+        load_config([bad], env={})
+    assert str(info.value).startswith(f"{where}: plugin name ")
