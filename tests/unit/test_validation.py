@@ -611,8 +611,9 @@ def test_a_count_that_found_only_walk_forward_folders_says_it_skipped_them(tmp_p
     curve = 1e5 * np.cumprod(1 + rng.normal(0.0004, 0.01, 300))
     root = tmp_path / "runs"
     write_walkforward(root, "r-walkforward-aa11", curve)
+    returns = np.diff(curve) / curve[:-1]  # per-bar returns, as validate_performance takes
     out = quick(risk_free_rate=0.0, runs_root=str(root)).validate_performance(
-        pd.Series(curve, index=pd.bdate_range("2015-01-02", periods=curve.size, tz="UTC"))
+        pd.Series(returns, index=pd.bdate_range("2015-01-05", periods=returns.size, tz="UTC"))
     )
     assert out["trials"]["trials"] == 1
     assert out["trials"]["source"] == (
