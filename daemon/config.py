@@ -1475,6 +1475,32 @@ def _check_url(
             f"host, e.g. {schemes[-1]}://example.com"
             + (' (or "" for the default)' if allow_empty else "")
         )
+    host = parts.hostname or ""
+    canonical = _short_address(host)
+    if canonical is not None:
+        # The OS reads 127.1 as 127.0.0.1, but aiohttp (the feeds' client) refuses such a
+        # URL at its first request ("not a canonical IPv4 address"): said here, the same for
+        # every URL setting, whichever client it goes to.
+        raise ConfigError(
+            f"{key} = {mask_url(value)!r} is invalid: its host {host!r} is a short form of "
+            f"the address {canonical}: write {canonical} (HTTP clients refuse the short form)"
+        )
+
+
+def _short_address(host: str) -> str | None:
+    """The usual spelling of a numeric host in a form only the C library reads ("127.1",
+    "2130706433" -> "127.0.0.1"); None for a name or an address `ipaddress` reads."""
+    import ipaddress
+
+    from .core.endpoints import numeric_addresses
+
+    try:
+        ipaddress.ip_address(host)
+        return None
+    except ValueError:
+        pass
+    found = numeric_addresses(host) if host else []
+    return found[0] if len(found) == 1 else None
 
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -322,7 +322,6 @@ def test_onnxruntime_telemetry_is_off_unless_the_operator_says_otherwise():
     ("url", "loopback"),
     [
         ("http://127.0.0.1:8080", True),
-        ("http://127.1:8080", True),  # the OS reads it as 127.0.0.1
         ("http://[::1]:8080", True),
         ("http://localhost:8080", True),
         ("http://fake.localhost:8080", True),  # RFC 6761
@@ -332,8 +331,8 @@ def test_onnxruntime_telemetry_is_off_unless_the_operator_says_otherwise():
 )
 def test_a_test_server_of_the_broker_is_told_from_an_account(url, loopback):
     """An accelerated replay may only send to a test server on this machine
-    (`app.replays_on_an_account`): its check read `127.1` as an account, while the account
-    lock and the health server read it as this machine; one reading now."""
+    (`app.replays_on_an_account`), by the one reading of "this machine" the account lock
+    and the health server use (`*.localhost` too)."""
     from tradingd.app import replays_on_an_account
 
     config = load_config([], env={"TRADINGD_BROKER__ALPACA__BASE_URL": url})
@@ -353,3 +352,24 @@ def test_an_empty_plugin_name_is_said_with_its_table(tmp_path, table, where):
     with pytest.raises(ConfigError) as info:
         load_config([bad], env={})
     assert str(info.value).startswith(f"{where}: plugin name ")
+
+
+@pytest.mark.parametrize(
+    ("key", "env"),
+    [
+        ("feed.yahoo.base_url", "TRADINGD_FEED__YAHOO__BASE_URL"),
+        ("broker.alpaca.base_url", "TRADINGD_BROKER__ALPACA__BASE_URL"),
+    ],
+)
+@pytest.mark.parametrize(("host", "address"), [("127.1", "127.0.0.1"), ("2130706433", "127.0.0.1")])
+def test_a_url_with_a_short_form_address_is_refused_naming_the_usual_one(key, env, host, address):
+    """The OS reads 127.1 as 127.0.0.1, but aiohttp (the feeds' client) refuses such a URL
+    ("not a canonical IPv4 address") at its first request: the configuration passed it, and
+    the feed failed later. Refused at load, for every URL setting alike."""
+    with pytest.raises(ConfigError) as info:
+        load_config([], env={env: f"http://{host}:8080"})
+    text = str(info.value)
+    assert text.startswith(f"{key} = 'http://{host}:8080' is invalid")
+    assert f"write {address}" in text
+    for fine in ("http://127.0.0.1:8080", "http://[::1]:8080", "http://[0:0::1]:8080"):
+        load_config([], env={env: fine})  # the usual spellings (and IPv6's) pass
