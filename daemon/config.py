@@ -1492,15 +1492,13 @@ def _short_address(host: str) -> str | None:
     "2130706433" -> "127.0.0.1"); None for a name or an address `ipaddress` reads."""
     import ipaddress
 
-    from .core.endpoints import numeric_addresses
+    from .core.endpoints import canonical_address
 
     try:
         ipaddress.ip_address(host)
         return None
     except ValueError:
-        pass
-    found = numeric_addresses(host) if host else []
-    return found[0] if len(found) == 1 else None
+        return canonical_address(host)
 
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:

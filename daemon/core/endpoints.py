@@ -76,6 +76,13 @@ def numeric_addresses(name: str) -> list[str]:
     return list(dict.fromkeys(str(info[4][0]) for info in infos))
 
 
+def canonical_address(host: str) -> str | None:
+    """The address a numeric host stands for, in its usual spelling ("127.1" -> "127.0.0.1",
+    "[::1]" -> "::1"); None for a host name (or a name of several addresses)."""
+    found = numeric_addresses(host.strip().strip("[]")) if host else []
+    return found[0] if len(found) == 1 else None
+
+
 def _loopback_ip(address: str) -> bool:
     try:
         ip = ipaddress.ip_address(address)

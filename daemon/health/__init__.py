@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..core.endpoints import is_loopback, numeric_addresses
+from ..core.endpoints import canonical_address, is_loopback
 from ..core.errors import ConfigError
 
 # The environment variable holding the bearer token of the control endpoints. The server never
@@ -65,10 +65,7 @@ def local_url(host: str, port: int) -> str:
     listening on every interface is asked on loopback). A numeric host is written in its
     canonical form: the server binds `127.1` as 127.0.0.1, but aiohttp's client refuses
     "http://127.1:8080" ("not a canonical IPv4 address")."""
-    host = host.strip().strip("[]")
-    addresses = numeric_addresses(host) if host else []
-    if len(addresses) == 1:
-        host = addresses[0]
+    host = canonical_address(host) or host.strip().strip("[]")
     if host in ("0.0.0.0", ""):
         host = "127.0.0.1"
     elif host == "::":
@@ -276,7 +273,6 @@ __all__ = [
     "StatusSource",
     "is_loopback",
     "local_url",
-    "numeric_addresses",
     "status_check",
     "token_from_env",
 ]
