@@ -431,7 +431,8 @@ def load_frame(
             for raw, name, sym, first in _files(Path(path), source, layout, symbols)
         ]
         where = str(path)
-    span = _span_outside_window(summary)
+    # Read before `_unrequested_outside_window` renames the kind; only for the error below.
+    span = _span_outside_window(summary) if all(f.empty for f in frames) else None
     if symbols is None:
         _unrequested_outside_window(summary)
     summary.log(where)
