@@ -255,9 +255,9 @@ class LiveClock:
         try:
             return self.exchange.next_open(close)
         except ValueError:  # (CalendarRangeError is one): no session opens after it
-            return self._next_weekday_open(close)
+            return self._next_regular_open(close)
 
-    def _next_weekday_open(self, close: datetime) -> datetime | None:
+    def _next_regular_open(self, close: datetime) -> datetime | None:
         """The regular open of the session after the one closing at `close`, from the
         calendar's trading week (`weekmask`: Monday to Friday unless it says otherwise) and
         where its sessions open (`open_offset`: the evening before on CME's calendars)."""
