@@ -84,7 +84,9 @@ warning `sizing.garch_fallback` with the symbol and reason (a failed warm-starte
 retried once from arch's own starting values); it is tried again on its next slot. A symbol
 whose previous fit had failed too is not warned about again (debug, counted in `again`) until a
 fit of it has succeeded, also across a restart (the checkpoint keeps them); the run's totals
-are logged at its end (`sizing.garch_fallback_summary`).
+are logged at its end (`sizing.garch_fallback_summary`). A replay logs each batch at debug
+and its summary as the warning, with the symbols that fell back and the count of each kind
+of reason (`for_replay`).
 Symbols with fewer than `min_fit_obs` returns (new listings) also use EWMA until they have
 enough. `volatility = "ewma"` uses EWMA for all, `"none"` drops the scalar (research: the
 strategy with and without it).
@@ -122,7 +124,7 @@ import asyncio
 import importlib.util
 import math
 import weakref
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -168,6 +170,13 @@ STATE_VERSION = 1
 MAX_FIT_LAG = 10
 #: Symbols named (with their reasons) in one fallback log line; the count names them all.
 MAX_LOGGED_FALLBACKS = 20
+
+
+def _reason_kind(why: str) -> str:
+    """A fallback's reason without its particulars ("non-stationary fit (alpha + beta =
+    0.9999...)" -> "non-stationary fit"), for a run's counts by kind."""
+    cut = min((k for k in (why.find("("), why.find(":")) if k >= 0), default=len(why))
+    return why[:cut].strip() or why
 
 
 @dataclass
@@ -401,6 +410,11 @@ class KellyGarch:
         self.fallbacks = 0
         # Symbols whose latest fit fell back: a repeat is not news (logged at debug).
         self._fallen: set[int] = set()
+        # A replay's batches are logged at debug and its end sums them up (`for_replay`);
+        # `_reasons` counts the fallbacks by the first words of their reason.
+        self._quiet = False
+        self._reasons: Counter[str] = Counter()
+        self._symbols_fallen: set[int] = set()
         self._cache = FitCache(
             config.fit_cache_dir if config.volatility == "garch" else "", config.fit_cache_size
         )
@@ -798,6 +812,8 @@ class KellyGarch:
                 self._fallen.discard(i)
                 continue
             failed[self.symbols[i]] = why
+            self._reasons[_reason_kind(why)] += 1
+            self._symbols_fallen.add(i)
             if i not in self._fallen:
                 self._fallen.add(i)
                 news[self.symbols[i]] = why
@@ -808,10 +824,12 @@ class KellyGarch:
             # One line per batch, not per symbol, and a warning only for symbols whose
             # previous fit had not failed: on 2008-2010 most fits land on alpha + beta = 1,
             # and a walk-forward logged thousands of warnings repeating the same symbols.
-            # The repeats are at debug; close() logs the run's count.
+            # The repeats are at debug; close() logs the run's count. A replay logs every
+            # batch at debug: the README's S&P 500 run printed 1,190 of these warnings, and
+            # its end's summary counts them (`for_replay`).
             shown = news or failed
             first, reason = next(iter(shown.items()))
-            (log.warning if news else log.debug)(
+            (log.warning if news and not self._quiet else log.debug)(
                 "sizing.garch_fallback",
                 plugin=self.name,
                 symbol=first,
@@ -863,8 +881,11 @@ class KellyGarch:
     def for_replay(self) -> None:
         """A replay waits for every burst of fits: its worker runs at nice 0, the engine's
         priority (as `garch_fits.LIVE_NICE` now is; a worker started at another niceness is
-        replaced)."""
+        replaced). Its fallbacks are logged batch by batch at debug, and summed up at its
+        end (a warning, with the symbols and reasons): over 19 years of 500 symbols the
+        batches' warnings were a thousand lines, where a live operator wants each one."""
         self._runner.set_nice(0)
+        self._quiet = True
 
     async def settle(self) -> None:
         """Wait for fits in flight in a thread: a live engine awaits this before `state()`,
@@ -880,12 +901,15 @@ class KellyGarch:
         self._runner.close()
         self._cache.save()
         if self.fallbacks:
-            log.info(
+            (log.warning if self._quiet else log.info)(
                 "sizing.garch_fallback_summary",
                 plugin=self.name,
                 fits=self.fits,
                 fallbacks=self.fallbacks,
                 on_fallback_now=len(self._fallen),
+                symbols=len(self._symbols_fallen),
+                reasons=dict(self._reasons.most_common()),
+                fallback=f"ewma(lambda={self.config.ewma_lambda})",
             )
 
     def _params_at(self, i: int) -> GarchParams | None:

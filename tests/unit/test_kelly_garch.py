@@ -586,6 +586,39 @@ def test_a_symbol_falling_back_again_is_not_warned_about_again(monkeypatch):
     assert (summary["fits"], summary["fallbacks"], summary["on_fallback_now"]) == (20, 16, 4)
 
 
+def test_a_replay_sums_its_fallbacks_up_at_its_end_instead_of_warning_at_each_batch(
+    monkeypatch,
+):
+    """The README's S&P 500 replay printed 1,190 `sizing.garch_fallback` warnings: a replay
+    logs its batches at debug and its end warns once, with the symbols and the reasons'
+    kinds. A live run still warns at each batch (the test above)."""
+    rets = garch_paths(310, 4, seed=8)
+    m = Market(prices(rets), capacity=301).push(301)
+    p = KellyGarch(
+        Cfg(garch_window=300, min_fit_obs=200, fit_scope="all", refit_bars=1),
+        ("S0", "S1", "S2", "S3"),
+    )
+    p.for_replay()
+    bad, degenerate, good = (
+        _fake_result(alpha=0.3, beta=0.7),
+        _fake_result(alpha=1e-10, beta=0.9),
+        _fake_result(),
+    )
+    with capture_logs() as logs:
+        for outcome in (bad, good, degenerate):
+            monkeypatch.setattr(garch_mod, "_model", _fake_arch(outcome))
+            p.size(np.full(4, 0.5), m.ctx())
+            m.push()
+        p.close()
+    falls = [e for e in logs if e["event"] == "sizing.garch_fallback"]
+    assert [e["log_level"] for e in falls] == ["debug", "debug"]
+    [summary] = [e for e in logs if e["event"] == "sizing.garch_fallback_summary"]
+    assert summary["log_level"] == "warning"
+    assert (summary["fits"], summary["fallbacks"], summary["symbols"]) == (12, 8, 4)
+    assert summary["reasons"] == {"non-stationary fit": 4, "degenerate fit": 4}
+    assert summary["fallback"] == "ewma(lambda=0.94)"
+
+
 def test_a_restart_does_not_warn_again_about_symbols_already_on_the_fallback(monkeypatch):
     """The "warned until a fit succeeds" memory is part of the checkpoint: a restarted
     process that sees the same symbol fall back again logs it at debug, as one process
