@@ -300,6 +300,7 @@ def summarize(width: int, runs: dict[str, list[dict[str, Any]]]) -> dict[str, An
                 row[f] = median([r[f] for r in ok])
             row["replay_rate"] = bars / row["replay_s"]
             row["rate_without_features"] = bars / (row["median_s"] - row["features_s"])
+        if engine in ("tradingd", "engine", "plain"):
             row["data_bytes"] = ok[0]["data_bytes"]
             for f in ("rss_start_mb", "rss_after_load_mb", "peak_rss_load_mb", "peak_rss_run_mb"):
                 row[f] = median([r[f] for r in ok])
@@ -307,6 +308,7 @@ def summarize(width: int, runs: dict[str, list[dict[str, Any]]]) -> dict[str, An
             after = row["rss_after_load_mb"]
             row["replay_growth_mb"] = None if after is None else row["peak_rss_run_mb"] - after
             row["peak_over_data"] = row["peak_rss_run_mb"] * 2**20 / row["data_bytes"]
+        if engine in ("tradingd", "engine"):
             row["store_bytes"] = ok[0]["store_bytes"]
             row["audit_bytes"] = ok[0]["audit_bytes"]
         if engine == "plain":
@@ -462,7 +464,7 @@ def report_width(w: dict[str, Any]) -> str:
         out.append(f"  not run: {note}")
 
     mem = []
-    for key in ("tradingd", "engine"):
+    for key in ("tradingd", "engine", "plain"):
         if key not in rows:
             continue
         r = rows[key]
@@ -493,17 +495,24 @@ def report_width(w: dict[str, Any]) -> str:
                 ],
             )
         )
-        reset = all(rows[k]["peak_reset"] for k in ("tradingd", "engine") if k in rows)
+        reset = all(rows[k]["peak_reset"] for k in ("tradingd", "engine", "plain") if k in rows)
         out.append(
             "  (loaded data: the panel's arrays, nbytes; peak RSS: getrusage ru_maxrss in the "
             "child, "
             + (
-                "reset after loading, so it covers build_engine + the replay (+ post)"
+                "reset after loading, so it covers build_engine + the replay (+ post); the "
+                "plain loop's, its preparation (lists of the data) + the loop"
                 if reset
                 else "NOT reset after loading (no /proc/self/clear_refs): the whole process"
             )
             + "; target of issue 12: peak / data <= 1.5)"
         )
+        if "plain" in rows:
+            out.append(
+                "  (the plain loop reads the parquet file itself, uncached: what its loading "
+                "freed stays in the process's RSS, so compare the growth after loading; its "
+                "lists of Python floats hold about four times the arrays' bytes)"
+            )
 
     tc = w["trade_check"]
     trades = []

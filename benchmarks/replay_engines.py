@@ -324,9 +324,13 @@ def run_plain(spec: dict[str, Any]) -> dict[str, Any]:
     fills at the open with costs, marking, ranking, band-limited rebalancing. No order
     objects, no store, no audit, no checks. Timed: preparation from the loaded panel
     (split factors, the momentum matrix in numpy as tradingd's batch feature step, lists) +
-    the loop."""
+    the loop. Its memory is measured as tradingd's (the peak after loading), for the same
+    table: what a bare loop over lists holds beside the data."""
+    rss_start = current_rss_mb()
     panel, load_s = load(spec)
     gc.collect()
+    peak_load, rss_loaded = peak_rss_mb(), current_rss_mb()
+    reset = reset_peak_rss()
     t0 = time.perf_counter()
     factor = split_factors(panel.split)
     mom = momentum(panel.close / factor).tolist()
@@ -399,6 +403,11 @@ def run_plain(spec: dict[str, Any]) -> dict[str, Any]:
         "fills": fills,
         "final_equity": equity,
         "data_bytes": panel_nbytes(panel),
+        "rss_start_mb": rss_start,
+        "rss_after_load_mb": rss_loaded,
+        "peak_rss_load_mb": peak_load,
+        "peak_rss_run_mb": peak_rss_mb(),
+        "peak_reset": reset,
     }
 
 
