@@ -205,6 +205,21 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--ray-address", help="run the Monte Carlo chunks on this Ray cluster")
     rp.add_argument("--no-progress", action="store_true", help="no progress bar")
 
+    cp = sub.add_parser(
+        "compare",
+        help="compare two run records: where their paths part (the first bar whose equity "
+        "differs, the first fill) and what differs in their configuration, environment and "
+        "metrics (exit 0 the same path, 1 they differ)",
+    )
+    common(cp)
+    for name in ("a", "b"):
+        cp.add_argument(
+            f"run_{name}",
+            metavar=f"RUN_{name.upper()}",
+            help="a run id under the configured run.output_dir (var/runs), or a run folder",
+        )
+    cp.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
     run = sub.add_parser("run", help="run the live paper-trading loop")
     common(run)
 
@@ -351,6 +366,8 @@ def _command(args: argparse.Namespace) -> int:
         return _health(args)
     if args.command == "report":
         return _report(args)
+    if args.command == "compare":
+        return _compare(args)
     if args.command == "backtest":
         _check_report_options(args)
     from .preflight import check_config, check_services, check_train_extra
@@ -974,6 +991,33 @@ def _report(args: argparse.Namespace) -> int:
     if note:
         print(note)
     return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """Reads the configuration for run.output_dir and logging only: two records' files."""
+    from .analysis.compare import compare_runs, render
+    from .analysis.report import resolve_run
+    from .logs import configure_logging
+
+    config = _config(args.config)
+    configure_logging(config.log.level, config.log.format)
+    folders = []
+    for run in (args.run_a, args.run_b):
+        try:
+            folder = resolve_run(run, config.run.output_dir)
+        except ValueError as exc:
+            raise TradingdError(str(exc)) from None
+        _refuse_walkforward_folder(folder)
+        folders.append(folder)
+    try:
+        found = compare_runs(*folders)
+    except ValueError as exc:
+        raise TradingdError(str(exc)) from None
+    if args.json:
+        print(json.dumps(found.as_dict(), indent=2, default=str))
+    else:
+        print(render(found))
+    return 0 if found.same_path else 1
 
 
 def _refuse_walkforward_folder(folder: Path) -> None:

@@ -1,0 +1,174 @@
+"""`tradingd compare A B`: where two run records part and what differs between them."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from tradingd.__main__ import main
+from tradingd.analysis.compare import compare_runs, flatten, render
+
+T0 = datetime(2020, 1, 2, tzinfo=UTC)
+BLAS = [
+    {"internal_api": "openblas", "version": "0.3.30", "architecture": "Haswell"},
+    {"internal_api": "openblas", "version": "0.3.31", "architecture": "SkylakeX"},
+]
+
+
+def _record(
+    root: Path,
+    name: str,
+    equity: list[float],
+    fills: list[tuple[int, str, float, float]],
+    *,
+    config: dict | None = None,
+    environment: dict | None = None,
+) -> Path:
+    """A record folder as `tradingd backtest` writes it: fills as (bar, side, quantity,
+    price) of symbol AAA."""
+    out = root / name
+    out.mkdir(parents=True)
+    lines = ["time,equity,gross_exposure"]
+    for i, e in enumerate(equity):
+        lines.append(f"{(T0 + timedelta(days=i)).isoformat()},{e!r},0.5")
+    (out / "equity.csv").write_text("\n".join(lines) + "\n")
+    summary = {
+        "run_id": name,
+        "initial_capital": 100_000.0,
+        "fills": len(fills),
+        "bars": len(equity),
+        "end": (T0 + timedelta(days=len(equity) - 1)).date().isoformat(),
+        "final_equity": equity[-1],
+        "sharpe": 1.0,
+    }
+    (out / "summary.json").write_text(json.dumps(summary))
+    rows = ["run_id,fill_id,client_order_id,symbol,side,quantity,price,commission,slippage,time"]
+    for k, (bar, side, qty, price) in enumerate(fills):
+        t = (T0 + timedelta(days=bar)).isoformat()
+        rows.append(f"{name},{name}|f{k},{name}|o{k},AAA,{side},{qty!r},{price!r},1.0,0.0,{t}")
+    (out / "fills.csv").write_text("\n".join(rows) + "\n")
+    (out / "splits.csv").write_text("symbol,time,split\n")
+    base_config = {
+        "run": {"name": name, "initial_capital": 100_000.0},
+        "sizing": {"name": "kelly_garch", "params": {"kelly_multiplier": 0.5}},
+        "risk": [{"name": "max_position"}, {"name": "drawdown_guard"}],
+    }
+    (out / "config.json").write_text(json.dumps(config or base_config))
+    env = environment or {"packages": {"numpy": "2.4.6"}, "blas": BLAS}
+    (out / "environment.json").write_text(json.dumps(env))
+    return out
+
+
+EQUITY = [100_000.0, 100_100.0, 100_250.5, 100_180.25]
+FILLS = [(1, "buy", 10.0, 100.0), (3, "sell", 10.0, 101.5)]
+
+
+def test_two_runs_of_one_path_are_the_same_whatever_their_names(tmp_path):
+    a = _record(tmp_path, "a", EQUITY, FILLS)
+    b = _record(tmp_path, "b", EQUITY, FILLS)
+    c = compare_runs(a, b)
+    assert c.same_path and c.first_equity is None and c.first_fill is None
+    # The run's own name and ids are no difference; nothing else differs.
+    assert (c.config, c.environment, c.metrics) == ([], [], [])
+    assert "the same path: equity equal at all 4 bars and the same 2 fills" in render(c)
+
+
+def test_the_first_bar_and_fill_where_the_runs_part_are_named(tmp_path):
+    a = _record(tmp_path, "a", EQUITY, FILLS)
+    other = [*EQUITY[:3], 100_170.0]
+    b = _record(tmp_path, "b", other, [FILLS[0], (3, "sell", 10.0, 101.4)])
+    c = compare_runs(a, b)
+    assert not c.same_path
+    assert c.first_equity == ((T0 + timedelta(days=3)).isoformat(), 100_180.25, 100_170.0)
+    index, fa, fb = c.first_fill
+    assert index == 1 and fa["price"] == "101.5" and fb["price"] == "101.4"
+    [final] = [m for m in c.metrics if m[0] == "final_equity"]
+    assert final == ("final_equity", 100_180.25, 100_170.0)
+    text = render(c)
+    assert "first fill that differs (fill 2):" in text
+    assert "A 2020-01-05T00:00:00+00:00 sell 10.0 AAA at 101.5" in text
+
+
+def test_a_run_with_fewer_bars_or_fills_parts_where_the_other_goes_on(tmp_path):
+    a = _record(tmp_path, "a", EQUITY, FILLS)
+    b = _record(tmp_path, "b", EQUITY[:3], FILLS[:1])
+    c = compare_runs(a, b)
+    assert c.first_equity == ((T0 + timedelta(days=3)).isoformat(), 100_180.25, None)
+    assert c.first_fill[0] == 1 and c.first_fill[2] is None
+    assert "(no bar)" in render(c) and "(no more fills)" in render(c)
+
+
+def test_a_different_setting_and_machine_are_named_by_their_keys(tmp_path):
+    a = _record(tmp_path, "a", EQUITY, FILLS)
+    config = {
+        "run": {"name": "b", "initial_capital": 100_000.0},
+        "sizing": {"name": "kelly_garch", "params": {"kelly_multiplier": 0.25}},
+        "risk": [{"name": "drawdown_guard"}, {"name": "max_position"}],  # order changed
+    }
+    env = {
+        "packages": {"numpy": "2.3.0"},
+        "blas": list(reversed(BLAS)),  # the same libraries in another order: no difference
+        "dispatch_variables": {"OPENBLAS_CORETYPE": "Haswell"},
+    }
+    b = _record(tmp_path, "b", EQUITY, FILLS, config=config, environment=env)
+    c = compare_runs(a, b)
+    assert c.same_path  # the settings changed nothing on this path: still said
+    keys = {k: (va, vb) for k, va, vb in c.config}
+    assert keys["sizing.params.kelly_multiplier"] == (0.5, 0.25)
+    assert keys["risk.order"] == (
+        ["max_position", "drawdown_guard"],
+        ["drawdown_guard", "max_position"],
+    )
+    env_keys = {k for k, _, _ in c.environment}
+    assert env_keys == {"packages.numpy", "dispatch_variables.OPENBLAS_CORETYPE"}
+    [absent] = [d for d in c.as_dict()["environment"] if d.get("missing_in") == "a"]
+    assert absent["key"] == "dispatch_variables.OPENBLAS_CORETYPE" and absent["b"] == "Haswell"
+
+
+def test_flatten_names_list_entries_by_their_key_or_name():
+    flat = flatten({"plugins": [{"key": "sizing", "version": "1"}], "xs": [1, 2]})
+    assert flat == {"plugins[sizing].version": "1", "xs": [1, 2]}
+    # An entry with nothing but its name is there all the same: one plugin for another.
+    assert flatten({"risk": [{"name": "var"}]}) == {"risk[var]": {}}
+
+
+def test_the_command_exits_0_for_one_path_1_for_two_and_2_for_a_damaged_record(tmp_path, capsys):
+    a = _record(tmp_path, "a", EQUITY, FILLS)
+    same = _record(tmp_path, "same", EQUITY, FILLS)
+    other = _record(tmp_path, "other", [*EQUITY[:3], 1.0], FILLS)
+    assert main(["compare", str(a), str(same)]) == 0
+    assert main(["compare", str(a), str(other), "--json"]) == 1
+    out = capsys.readouterr().out
+    found = json.loads(out[out.index("{") :])
+    assert found["same_path"] is False
+    assert found["first_equity_difference"]["b"] == 1.0
+    # A cut equity.csv: an error naming the file, not a comparison against half a run.
+    text = (other / "equity.csv").read_text()
+    (other / "equity.csv").write_text(text[: text.rindex("\n", 0, -1) + 5])
+    assert main(["compare", str(a), str(other)]) == 2
+    assert "equity.csv" in capsys.readouterr().err
+    missing = tmp_path / "nowhere"
+    assert main(["compare", str(a), str(missing)]) == 2
+    assert "not found" in capsys.readouterr().err
+
+
+def test_a_walk_forward_folder_is_refused_by_name(tmp_path, capsys):
+    a = _record(tmp_path, "a", EQUITY, FILLS)
+    wf = _record(tmp_path, "wf", EQUITY, FILLS)
+    (wf / "walkforward.json").write_text("{}")
+    assert main(["compare", str(a), str(wf)]) == 2
+    assert "walk-forward results folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["config.json", "environment.json"])
+def test_a_record_without_a_file_is_compared_on_the_rest_and_says_so(tmp_path, name):
+    a = _record(tmp_path, "a", EQUITY, FILLS)
+    b = _record(tmp_path, "b", EQUITY, FILLS)
+    (b / name).unlink()
+    c = compare_runs(a, b)
+    assert c.same_path
+    assert c.unread == [f"{b / name}: not in the record"]
+    assert f"note: {b / name}: not in the record" in render(c)
