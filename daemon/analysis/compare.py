@@ -82,9 +82,19 @@ def differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str, A
         if key in _OWN_KEYS:
             continue
         va, vb = fa.get(key, _MISSING), fb.get(key, _MISSING)
-        if not _same(va, vb):
-            out.append((key, va, vb))
+        if _same(va, vb) or _emptied(key, va, vb, fa, fb):
+            continue
+        out.append((key, va, vb))
     return out
+
+
+def _emptied(key: str, va: Any, vb: Any, fa: Mapping[str, Any], fb: Mapping[str, Any]) -> bool:
+    """An empty object on one side where the other has entries under it (no dispatch
+    variable set against one set): the entries are the difference, each named."""
+    for empty, missing, other in ((va, vb, fb), (vb, va, fa)):
+        if empty == {} and missing is _MISSING:
+            return any(k.startswith((f"{key}.", f"{key}[")) for k in other)
+    return False
 
 
 def _same(a: Any, b: Any) -> bool:
