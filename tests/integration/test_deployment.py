@@ -51,6 +51,24 @@ def test_the_units_account_lock_folder_is_writable_under_its_hardening():
     assert any(Path(lock_dir).is_relative_to(w) for w in writable), (lock_dir, writable)
 
 
+@pytest.mark.parametrize("unit", ["tradingd.service", "tradingd-retrain.service"])
+def test_the_units_caches_are_writable_under_their_hardening(unit):
+    """The data and feature caches default to ~/.cache/tradingd, which ProtectSystem=strict
+    leaves read-only for the service (its home is /opt/tradingd): every start recomputed
+    what the caches keep, and the caches' warnings were the only sign."""
+    settings: dict[str, list[str]] = {}
+    for line in (ROOT / "systemd" / unit).read_text().splitlines():
+        line = line.strip()
+        if line and not line.startswith(("#", "[")) and "=" in line:
+            key, value = line.split("=", 1)
+            settings.setdefault(key, []).append(value)
+    env = dict(v.split("=", 1) for value in settings.get("Environment", []) for v in value.split())
+    cache = env.get("XDG_CACHE_HOME")
+    assert cache, f"{unit} sets XDG_CACHE_HOME"
+    writable = [w for value in settings["ReadWritePaths"] for w in value.split()]
+    assert any(Path(cache).is_relative_to(w) for w in writable), (cache, writable)
+
+
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not here")
 def test_the_units_syscall_filter_allows_what_the_daemon_calls():
     """`~@privileged @resources` denied mbind, which numpy's OpenBLAS calls as it loads, and
