@@ -1378,12 +1378,17 @@ class RunLock:
         self._refuse = refusal or self._refusal
 
     async def start(self) -> None:
-        from .instance_lock import AnotherDaemonRunning, acquire_instance_lock
+        from .instance_lock import MEMORY, AnotherDaemonRunning, acquire_instance_lock
 
         try:
             for what, url, lock_dir, name in self.locks:
+                # The audit folder's lock is a file lock under the memory URL: logged as
+                # the folder it guards, not as a store ":memory:".
+                shown = str(lock_dir) if url == f"sqlite:///{MEMORY}" and lock_dir else None
                 try:
-                    lock = await acquire_instance_lock(url, f"replay:{name}", lock_dir=lock_dir)
+                    lock = await acquire_instance_lock(
+                        url, f"replay:{name}", lock_dir=lock_dir, shown=shown
+                    )
                 except AnotherDaemonRunning as exc:
                     raise ConfigError(self._refuse(what, exc.holder)) from None
                 self.held.append(lock)

@@ -743,8 +743,11 @@ async def acquire_instance_lock(
     unreachable_wait_s: float = 0.0,
     connect_timeout: float = 10.0,
     command_timeout: float = 10.0,
+    shown: str | None = None,
 ) -> InstanceLock:
-    """Take the lock for (`store_url`, `account`) or raise.
+    """Take the lock for (`store_url`, `account`) or raise. `shown`: what the lock guards as
+    logged and as a refused process reads it, for a file lock that guards no store (a
+    replay's audit folder, locked in `lock_dir` under the memory URL); default the store.
 
     Raises `AnotherDaemonRunning` when another process holds it (after retrying for up to
     `wait_s` seconds, for a holder that is just exiting), `StorageError` when the database or
@@ -767,7 +770,9 @@ async def acquire_instance_lock(
             command_timeout=command_timeout,
         )
     elif lower.startswith("sqlite:///"):
-        lock = FileInstanceLock(_sqlite_shown(url), account, lock_file_path(url, account, lock_dir))
+        lock = FileInstanceLock(
+            shown or _sqlite_shown(url), account, lock_file_path(url, account, lock_dir)
+        )
     else:
         raise ConfigError(
             f"instance lock: store URL {mask_url(url)!r} has an unsupported scheme; "

@@ -334,3 +334,24 @@ async def test_a_live_run_started_afresh_sets_its_run_ids_earlier_log_aside(engi
         if line.startswith('{"event": "fill"')
     ]
     assert len(fill_ids) == len(set(fill_ids)) == second.fills
+
+
+async def test_the_audit_folders_lock_is_logged_as_that_folder_not_as_a_memory_store(
+    engine_config, tmp_path
+):
+    """The audit folder's lock is a file lock under the memory URL, and its log lines (and
+    the holder a refused process reads) said `"store": ":memory:"` beside the folder's lock
+    file."""
+    from structlog.testing import capture_logs
+
+    audit_dir = tmp_path / "audit-here"
+    config = dataclasses.replace(
+        engine_config,
+        storage=dataclasses.replace(engine_config.storage, url="sqlite:///:memory:"),
+        log=dataclasses.replace(engine_config.log, audit_dir=str(audit_dir)),
+    )
+    with capture_logs() as logs:
+        await _replay(config, make_panel(n_bars=200)).run_until_done()
+    taken = [e for e in logs if e["event"] == "instance_lock.acquired"]
+    assert taken and all(str(audit_dir) in e["lock"] for e in taken)
+    assert [e["store"] for e in taken] == [str(audit_dir)]
