@@ -189,18 +189,22 @@ _fill_lines = _Lines("fill", _FILL_FIELDS, _FILL_TIMES)
 _ORDERS, _FILLS, _LINE = 0, 1, 2
 
 
+def _booked_extras(batch: Sequence[tuple[int, Any, Any]], of: int) -> list[str]:
+    """Each record's `booked_at` text of the items of kind `of` ("" without one)."""
+    return [
+        "" if booked is None else f', "booked_at": "{_iso(booked)}"'
+        for kind, payload, booked in batch
+        if kind == of
+        for _ in payload
+    ]
+
+
 def _encode(batch: Sequence[tuple[int, Any, Any]]) -> str:
     """The batch's lines in record order; its orders and its fills are each encoded together."""
     orders = [v for kind, payload, _ in batch if kind == _ORDERS for v in payload]
     fills = [v for kind, payload, _ in batch if kind == _FILLS for v in payload]
-    extras = [
-        "" if booked is None else f', "booked_at": "{_iso(booked)}"'
-        for kind, payload, booked in batch
-        if kind == _FILLS
-        for _ in payload
-    ]
-    order_text = iter(_order_lines(orders, [""] * len(orders)))
-    fill_text = iter(_fill_lines(fills, extras))
+    order_text = iter(_order_lines(orders, _booked_extras(batch, _ORDERS)))
+    fill_text = iter(_fill_lines(fills, _booked_extras(batch, _FILLS)))
     out: list[str] = []
     for kind, payload, _ in batch:
         if kind == _ORDERS:
@@ -347,13 +351,23 @@ class AuditLog:
         self._writer_user = ""  # the name this log has in it
         self._riding = False  # its lines go out with the store's writes (see flush)
 
-    def orders(self, orders: Sequence[Order], records: Sequence[Record] | None = None) -> None:
+    def orders(
+        self,
+        orders: Sequence[Order],
+        records: Sequence[Record] | None = None,
+        booked_at: datetime | None = None,
+    ) -> None:
         """`records`: the store's tuples of these orders (`_ORDER_RECORDS`), kept as
-        they are instead of made again (they are snapshots: every value is immutable)."""
+        they are instead of made again (they are snapshots: every value is immutable).
+        `booked_at`: the bar at which the engine recorded these states (live, as for
+        `fills`): what a resumed run's `truncate_after` goes by. An order's own times are
+        the broker's clock (Alpaca's `updated_at`: the wall clock, always after the bar's
+        label), so every restart dropped the last bar's order lines as if after the
+        checkpoint, and the legs still working at the broker had no record at all."""
         if orders:
             if records is None or len(records) != len(orders) or len(records[0]) != _ORDER_WIDTH:
                 records = _ORDER_RECORDS(orders)  # not the store's: made here
-            self._batch.append((_ORDERS, records, None))
+            self._batch.append((_ORDERS, records, booked_at))
             self._waiting += len(orders)
 
     def fills(
@@ -655,7 +669,9 @@ def _record_time(line: str) -> Any:
     if not isinstance(row, dict):
         return None
     text = {
-        "order": row.get("updated_at") or row.get("created_at"),
+        # The bar that recorded it (live, since 2026-12-06); else, a line written before,
+        # the order's own time.
+        "order": row.get("booked_at") or row.get("updated_at") or row.get("created_at"),
         "fill": row.get("booked_at") or row.get("time"),
         "cash_in_lieu": row.get("time"),
     }.get(str(row.get("event")))

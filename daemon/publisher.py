@@ -548,8 +548,10 @@ class PublishingAudit:
         self.audit = audit
         self.publisher = publisher
 
-    def orders(self, orders: Sequence[Order], records: Any = None) -> None:
-        self.audit.orders(orders, records)
+    def orders(
+        self, orders: Sequence[Order], records: Any = None, booked_at: datetime | None = None
+    ) -> None:
+        self.audit.orders(orders, records, booked_at)
         if orders:
             self.publisher.publish("orders", orders_payload(orders))
 

@@ -157,11 +157,15 @@ class AuditSink(Protocol):
     """Where every order state and fill is also written, apart from the operational log."""
 
     def orders(
-        self, orders: Sequence[Order], records: Sequence[tuple[Any, ...]] | None = None
+        self,
+        orders: Sequence[Order],
+        records: Sequence[tuple[Any, ...]] | None = None,
+        booked_at: datetime | None = None,
     ) -> None:
         """`records`: the store's records of these orders (`Store.record_orders`), which
         an audit log may keep instead of making its own: the same objects, pickled once
-        when both go to one writer process."""
+        when both go to one writer process. `booked_at`: the bar a live run recorded these
+        states at (as for `fills`)."""
         ...
 
     def fills(

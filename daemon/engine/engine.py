@@ -165,7 +165,9 @@ def _interrupted_plan(
 class NullAudit:
     """For embedded uses (tests, notebooks) that want no audit files."""
 
-    def orders(self, orders: Sequence[Order], records: Any = None) -> None:
+    def orders(
+        self, orders: Sequence[Order], records: Any = None, booked_at: datetime | None = None
+    ) -> None:
         return None
 
     def fills(
@@ -1091,7 +1093,7 @@ class Engine:
             cancelled = await self.broker.cancel(cid, "rebalance: position closed or cut")
             if cancelled is not None:
                 one = [cancelled]
-                self.audit.orders(one, self.store.record_orders(run_id, one))
+                self.audit.orders(one, self.store.record_orders(run_id, one), self._booked(t))
                 self._publish_items("orders", one, t)
                 # Only an order open when the plan was made: a resumed plan's cancel of one
                 # closed before the restart returns its old fills, booked long ago.
@@ -1106,7 +1108,7 @@ class Engine:
             o.reason = "not sent: an order being cancelled in this symbol had filled"
             o.updated_at = t
         if dropped:
-            self.audit.orders(dropped, self.store.record_orders(run_id, dropped))
+            self.audit.orders(dropped, self.store.record_orders(run_id, dropped), self._booked(t))
             self._publish_items("orders", dropped, t)
             log.warning(
                 "plan.dropped_after_fill",
@@ -1430,9 +1432,14 @@ class Engine:
             ),
         }
 
+    def _booked(self, t: datetime) -> datetime | None:
+        """The bar an order state is recorded at, for a live run's audit lines (see
+        `AuditLog.orders`); a replay's lines go without it (nothing truncates them)."""
+        return t if self._durable else None
+
     def _book_acked(self, acked: list[Order], t: datetime) -> None:
         self._orders += len(acked)
-        self.audit.orders(acked, self.store.record_orders(self.run.run_id, acked))
+        self.audit.orders(acked, self.store.record_orders(self.run.run_id, acked), self._booked(t))
         if self.publisher is not None:
             self._publish_items("orders", acked, t)
         self.rejections.on_orders(acked, "submit")
@@ -1458,7 +1465,9 @@ class Engine:
             closed.append(o)
         if not closed:
             return
-        self.audit.orders(closed, self.store.record_orders(self.run.run_id, closed))
+        self.audit.orders(
+            closed, self.store.record_orders(self.run.run_id, closed), self._booked(t)
+        )
         self._publish_items("orders", closed, t)
         log.warning(
             "orders.not_placed",
@@ -2170,16 +2179,17 @@ class Engine:
         update = self._own_updates(await updates())
         for fill in update.fills:
             self.portfolio.apply_fill(fill)
+        # Booked after the last checkpoint, in the book from the next one on (the audit's
+        # order lines, too: a resumed run drops them with the fills).
+        after = self._last_checkpoint
+        booked_at = after[0] + timedelta(microseconds=1) if after is not None else None
         if update.fills:
-            # Booked after the last checkpoint, in the book from the next one on.
-            after = self._last_checkpoint
-            booked_at = after[0] + timedelta(microseconds=1) if after is not None else None
             kept = self.store.record_fills(self.run.run_id, update.fills, booked_at)
             self.audit.fills(update.fills, booked_at, kept)
             log.info("broker.late_fills", fills=len(update.fills))
         if update.orders:
             self.audit.orders(
-                update.orders, self.store.record_orders(self.run.run_id, update.orders)
+                update.orders, self.store.record_orders(self.run.run_id, update.orders), booked_at
             )
         if update.fills or update.orders:
             # To the writer now, not at the next bar (a day away, with daily bars).
@@ -2486,7 +2496,11 @@ class Engine:
             if self.publisher is not None:
                 self._publish_items("fills", update.fills, bar.time)
         if update.orders:
-            self.audit.orders(update.orders, self.store.record_orders(run_id, update.orders))
+            self.audit.orders(
+                update.orders,
+                self.store.record_orders(run_id, update.orders),
+                self._booked(bar.time),
+            )
             if self.publisher is not None:
                 self._publish_items("orders", update.orders, bar.time)
             self.rejections.on_orders(update.orders, "fill")

@@ -209,6 +209,31 @@ def test_truncate_after_sees_the_writers_lines(tmp_path):
     assert [r["client_order_id"] for r in records(tmp_path / "r.jsonl")] == ["r|0", "r|1"]
 
 
+def test_a_restart_keeps_the_checkpointed_bars_order_lines_whatever_the_brokers_clock(tmp_path):
+    """Alpaca dates an order state by its own clock (`updated_at`: the wall clock, hours
+    after a daily bar's label), and `truncate_after` went by it: every restart of an Alpaca
+    run dropped the last bar's order lines as after the checkpoint, and the legs still
+    working at the broker had no record left. A live run's line says the bar that recorded
+    it (`booked_at`), as a fill's does."""
+    a = AuditLog(tmp_path, "r", flush_interval_s=0.0)
+    (tmp_path / "r.jsonl.live").touch()
+    bar, wall = T, T + timedelta(hours=14, minutes=28)
+    placed = [Order(f"r|{k}", "A", Side.BUY, 1.0, bar) for k in range(3)]
+    for o in placed:
+        o.updated_at = wall  # acknowledged by the broker, at its clock
+    a.orders(placed, booked_at=bar)
+    interrupted = Order("r|next", "A", Side.BUY, 1.0, bar + timedelta(days=1))
+    interrupted.updated_at = wall + timedelta(days=1)
+    a.orders([interrupted], booked_at=bar + timedelta(days=1))
+    a.orders([order(9)])  # a line of an earlier build: its own time, as before
+    a.flush()
+    assert a.truncate_after(bar) == 2  # the interrupted bar's, and order 9 (days after)
+    a.close()
+    rows = records(tmp_path / "r.jsonl")
+    assert [r["client_order_id"] for r in rows] == ["r|0", "r|1", "r|2"]
+    assert all(r["booked_at"] == bar.isoformat() for r in rows)
+
+
 def test_lines_are_written_here_while_the_writer_starts(tmp_path, monkeypatch):
     """The engine never waits for the writer process to start: until it has answered, a
     batch is encoded and written here; then the process appends, in order."""
@@ -357,10 +382,10 @@ async def test_a_replays_audit_log_keeps_the_stores_records_and_writes_each_once
     calls = {"orders": 0, "fills": 0}
     keep_orders, keep_fills = log.orders, log.fills
 
-    def orders(os_, records=None):
+    def orders(os_, records=None, booked_at=None):
         assert records is store._orders[-1][1] and len(records) == len(os_)
         calls["orders"] += 1
-        keep_orders(os_, records)
+        keep_orders(os_, records, booked_at)
 
     def fills(fs, booked_at=None, records=None):
         assert records is store._fills[-1][2] and len(records) == len(fs)

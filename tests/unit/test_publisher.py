@@ -178,7 +178,7 @@ def test_publishing_audit_tees_orders_and_fills() -> None:
         def __init__(self) -> None:
             self.calls: list[tuple] = []
 
-        def orders(self, orders, records=None) -> None:
+        def orders(self, orders, records=None, booked_at=None) -> None:
             self.calls.append(("orders", len(orders), records))
 
         def fills(self, fills, booked_at=None, records=None) -> None:
