@@ -9,6 +9,9 @@ two records (the configuration, the packages and the CPU features, the build) an
 runs part: the first bar whose equity differs and the first fill that differs. Everything
 before that point is the same run. It reads the record folders only (config.json,
 environment.json, summary.json, equity.csv, fills.csv) and replays nothing.
+
+Comparisons are exact: a record's CSV holds each float's shortest repr, so equal runs are
+equal to the bit, and a last-bit difference (another BLAS kernel) is what this is for.
 """
 
 from __future__ import annotations
@@ -18,49 +21,57 @@ import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from .run_records import _json_file, record_folder
 
 __all__ = ["Comparison", "compare_runs", "flatten", "render"]
 
-#: Equity values closer than this (relative to the larger one) are the same: a record's CSV
-#: holds the float's shortest repr, so equal runs are equal to the bit; this only keeps a
-#: copy written by another tool (rounded) from reading as another path.
-EQUITY_RTOL = 1e-9
-
 #: The fills' columns compared (run-specific ids left out: they name the run).
 FILL_FIELDS = ("time", "symbol", "side", "quantity", "price", "commission")
 
-#: Keys of a record's files that name the run or the moment, not what it did.
+#: Keys of a record's files that name the run, not what it did.
 _OWN_KEYS = frozenset({"run_id", "run.name"})
+
+#: Settings that say where a run's records went, not what it did: not compared, named
+#: when they differ.
+WHERE_KEYS = ("log.audit_dir", "run.output_dir", "storage.url")
 
 _MISSING = object()
 
 
-def flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+def flatten(value: Any, prefix: str = "", *, unordered: bool = False) -> dict[str, Any]:
     """Nested objects as dotted keys (`sizing.params.kelly_multiplier`), lists of objects
-    with a `key` or `name` by it (`plugins[sizing]`, `risk[max_position]`), other lists by
-    position: so that a difference is named where it is."""
+    with a unique `key` or `name` by it (`plugins[sizing]`, `risk[max_position]`, and
+    `risk.order` for the chain's order), other lists of objects by position, other lists
+    as values: so that a difference is named where it is. `unordered`: lists of objects
+    without a name are compared as sets (the BLAS libraries threadpoolctl lists, in an order
+    of its own); a configuration's are not (two risk rules of one name, in a chain)."""
     out: dict[str, Any] = {}
     if isinstance(value, Mapping):
         if not value and prefix:
             out[prefix] = {}
         for k, v in value.items():
-            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k)))
+            out.update(flatten(v, f"{prefix}.{k}" if prefix else str(k), unordered=unordered))
     elif isinstance(value, list) and value and all(isinstance(v, Mapping) for v in value):
         label = next((f for f in ("key", "name") if _unique(value, f)), None)
         if label is None:
-            # No name to go by (the BLAS libraries threadpoolctl found, in an order of its
-            # own): the same entries in another order are no difference.
-            items = sorted(value, key=lambda v: json.dumps(v, sort_keys=True, default=str))
+            items = (
+                sorted(value, key=lambda v: json.dumps(v, sort_keys=True, default=str))
+                if unordered
+                else value
+            )
             for i, v in enumerate(items):
-                out.update(flatten(v, f"{prefix}[{i}]"))
+                out.update(flatten(v, f"{prefix}[{i}]", unordered=unordered))
             return out
         for v in value:
             rest = {k: x for k, x in v.items() if k != label}  # the label is in the key
-            out.update(flatten(rest, f"{prefix}[{v[label]}]"))  # {} alone: it is there
+            # ({} alone: it is there.)
+            out.update(flatten(rest, f"{prefix}[{v[label]}]", unordered=unordered))
         if len(value) > 1:  # the order of a chain (the risk plugins) is part of it
             out[f"{prefix}.order"] = [v[label] for v in value]
     else:
@@ -73,13 +84,19 @@ def _unique(items: Sequence[Mapping[str, Any]], f: str) -> bool:
     return all(isinstance(n, str) for n in names) and len(set(names)) == len(names)
 
 
-def differences(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+def differences(
+    a: Mapping[str, Any],
+    b: Mapping[str, Any],
+    *,
+    unordered: bool = False,
+    skip: Sequence[str] = (),
+) -> list[tuple[str, Any, Any]]:
     """(key, A's value, B's value) of every flattened key whose values differ, in key order;
-    a key one side lacks has `None` there and is marked by `missing_in`."""
-    fa, fb = flatten(a), flatten(b)
+    a key one side lacks has `_MISSING` there (`missing_in` in `as_dict`)."""
+    fa, fb = flatten(a, unordered=unordered), flatten(b, unordered=unordered)
     out = []
     for key in sorted(fa.keys() | fb.keys()):
-        if key in _OWN_KEYS:
+        if key in _OWN_KEYS or key in skip:
             continue
         va, vb = fa.get(key, _MISSING), fb.get(key, _MISSING)
         if _same(va, vb) or _emptied(key, va, vb, fa, fb):
@@ -108,34 +125,46 @@ def _number(v: Any) -> bool:
 
 
 @dataclass(frozen=True)
+class Section:
+    """The differences of one file of the two records, or why it was not compared (a record
+    without the file: an older one)."""
+
+    diffs: list[tuple[str, Any, Any]]
+    missing: str = ""
+
+
+@dataclass(frozen=True)
 class Comparison:
     """What `compare_runs` found. `first_equity`: (time, A's equity, B's equity) of the first
     bar where they differ (a bar only one has: None on the other side); `first_fill`: (its
-    position in fills.csv's order, A's fill, B's fill; None where one ran out)."""
+    number in fills.csv's order, from 1; A's fill, B's fill, None where one ran out; the
+    fields that differ)."""
 
     a: Path
     b: Path
-    config: list[tuple[str, Any, Any]]
-    environment: list[tuple[str, Any, Any]]
-    metrics: list[tuple[str, Any, Any]]
+    config: Section
+    environment: Section
+    metrics: Section
     bars: tuple[int, int]
     fills: tuple[int, int]
     first_equity: tuple[str, float | None, float | None] | None
-    first_fill: tuple[int, dict[str, str] | None, dict[str, str] | None] | None
-    unread: list[str] = field(default_factory=list)
+    first_fill: tuple[int, dict[str, str] | None, dict[str, str] | None, list[str]] | None
+    places: list[str] = field(default_factory=list)
 
     @property
     def same_path(self) -> bool:
-        """The same equity at every bar and the same fills: the same run, whatever else
-        differs (a setting that changed nothing, another machine that happened to agree)."""
+        """The same equity at every bar and the same fills, to the bit: the same run,
+        whatever else differs (a setting that changed nothing, another machine that
+        happened to agree)."""
         return self.first_equity is None and self.first_fill is None
 
     def as_dict(self) -> dict[str, Any]:
-        def rows(diffs: list[tuple[str, Any, Any]]) -> list[dict[str, Any]]:
-            return [
+        def section(s: Section) -> dict[str, Any]:
+            rows = [
                 {"key": k, "a": _shown(va), "b": _shown(vb), **_missing(va, vb)}
-                for k, va, vb in diffs
+                for k, va, vb in s.diffs
             ]
+            return {"differences": rows, "not_compared": s.missing or None}
 
         fe = self.first_equity
         ff = self.first_fill
@@ -150,11 +179,11 @@ class Comparison:
             else {"time": fe[0], "a": fe[1], "b": fe[2]},
             "first_fill_difference": None
             if ff is None
-            else {"index": ff[0], "a": ff[1], "b": ff[2]},
-            "config": rows(self.config),
-            "environment": rows(self.environment),
-            "metrics": rows(self.metrics),
-            "unread": list(self.unread),
+            else {"number": ff[0], "a": ff[1], "b": ff[2], "fields": ff[3]},
+            "config": section(self.config),
+            "environment": section(self.environment),
+            "metrics": section(self.metrics),
+            "written_elsewhere": list(self.places),
         }
 
 
@@ -170,15 +199,24 @@ def _missing(va: Any, vb: Any) -> dict[str, str]:
     return {}
 
 
-def _optional_json(folder: Path, name: str, unread: list[str]) -> dict[str, Any]:
-    file = folder / name
-    if not file.exists():
-        unread.append(f"{file}: not in the record")
-        return {}
-    return _json_file(file)  # a damaged one is an error naming it, not an empty section
+def _json_section(
+    a: Path, b: Path, name: str, *, unordered: bool = False, skip: Sequence[str] = ()
+) -> Section:
+    """A file of both records compared, or said not compared when either lacks it (a
+    damaged one is an error naming it, not an empty section)."""
+    absent = [
+        f"{label} has no {name}" for label, d in (("A", a), ("B", b)) if not (d / name).exists()
+    ]
+    if absent:
+        return Section([], " and ".join(absent))
+    return Section(
+        differences(_json_file(a / name), _json_file(b / name), unordered=unordered, skip=skip)
+    )
 
 
 def _fills(folder: Path) -> list[dict[str, str]]:
+    """fills.csv's rows (the compared columns, as written), each field checked: a damaged
+    row is an error naming the file and line, not a difference from the other run."""
     file = folder / "fills.csv"
     if not file.exists() or file.stat().st_size == 0:
         return []
@@ -187,83 +225,116 @@ def _fills(folder: Path) -> list[dict[str, str]]:
         missing = [f for f in FILL_FIELDS if f not in (reader.fieldnames or ())]
         if missing:
             raise ValueError(f"{file} has no {', '.join(missing)} column: not a run's fills")
-        return [{f: row[f] for f in FILL_FIELDS} for row in reader]
+        rows = []
+        for line, row in enumerate(reader, start=2):
+            empty = [f for f in FILL_FIELDS if not (row.get(f) or "").strip()]
+            if empty:
+                raise ValueError(
+                    f"{file}, line {line}: no {', '.join(empty)}: the record is damaged "
+                    "(run the backtest again)"
+                )
+            rows.append({f: row[f] for f in FILL_FIELDS})
+        return rows
 
 
-def _same_fill(a: Mapping[str, str], b: Mapping[str, str]) -> bool:
-    for f in FILL_FIELDS:
-        x, y = a[f], b[f]
-        if x == y:
-            continue
-        try:
-            fx, fy = float(x), float(y)
-        except ValueError:
-            return False
-        if not math.isclose(fx, fy, rel_tol=EQUITY_RTOL, abs_tol=0.0):
-            return False
-    return True
+def _fill_key(f: Mapping[str, str], file: Path) -> tuple[Any, ...]:
+    """A fill's compared values: its time as an instant (whatever offset it is written in)
+    and its numbers as floats (1.0 and 1 are one quantity)."""
+    try:
+        return (
+            datetime.fromisoformat(f["time"]),
+            f["symbol"],
+            f["side"].lower(),
+            float(f["quantity"]),
+            float(f["price"]),
+            float(f["commission"]),
+        )
+    except ValueError as exc:
+        raise ValueError(f"{file}: a fill cannot be read ({exc}): the record is damaged") from None
+
+
+def _first_fill(a: Path, b: Path) -> tuple[tuple[int, int], Any]:
+    fa, fb = _fills(a), _fills(b)
+    ka = [_fill_key(f, a / "fills.csv") for f in fa]
+    kb = [_fill_key(f, b / "fills.csv") for f in fb]
+    for i in range(max(len(ka), len(kb))):
+        x = ka[i] if i < len(ka) else None
+        y = kb[i] if i < len(kb) else None
+        if x != y:
+            fields = (
+                [f for f, u, v in zip(FILL_FIELDS, x, y, strict=True) if u != v]
+                if x is not None and y is not None
+                else []
+            )
+            return (len(fa), len(fb)), (
+                i + 1,
+                fa[i] if i < len(fa) else None,
+                fb[i] if i < len(fb) else None,
+                fields,
+            )
+    return (len(fa), len(fb)), None
 
 
 def compare_runs(a: Path, b: Path) -> Comparison:
     """Compare two run record folders (as `tradingd backtest` writes them). A record that is
-    damaged (a cut equity.csv, unreadable JSON) is an error naming the file: a comparison
-    against half a run would point at the wrong bar."""
-    unread: list[str] = []
+    damaged (a cut equity.csv, unreadable JSON, a fill without its price) is an error naming
+    the file: a comparison against half a run would point at the wrong bar."""
     ra, rb = record_folder(a, warn_unrestated=False), record_folder(b, warn_unrestated=False)
-    config = differences(
-        _optional_json(a, "config.json", unread), _optional_json(b, "config.json", unread)
-    )
-    environment = differences(
-        _optional_json(a, "environment.json", unread),
-        _optional_json(b, "environment.json", unread),
-    )
+    config = _json_section(a, b, "config.json", skip=WHERE_KEYS)
+    places = []
+    if not config.missing:
+        ca, cb = (flatten(_json_file(d / "config.json")) for d in (a, b))
+        places = [k for k in WHERE_KEYS if not _same(ca.get(k, _MISSING), cb.get(k, _MISSING))]
+    environment = _json_section(a, b, "environment.json", unordered=True)
     sa = dict(ra.extra.get("metrics") or {})
     sb = dict(rb.extra.get("metrics") or {})
-    metrics = [
-        (k, va, vb)
-        for k, va, vb in differences(sa, sb)
-        if not isinstance(va, Mapping | list) and not isinstance(vb, Mapping | list)
-    ]
-    first_equity = None
-    ta, tb = ra.times, rb.times
-    for i in range(max(len(ta), len(tb))):
-        if i >= len(ta) or i >= len(tb) or ta[i] != tb[i]:
-            at = ta[i] if i < len(ta) and (i >= len(tb) or ta[i] < tb[i]) else tb[i]
-            va = float(ra.equity[i]) if i < len(ta) and ta[i] == at else None
-            vb = float(rb.equity[i]) if i < len(tb) and tb[i] == at else None
-            first_equity = (at.isoformat(), va, vb)
-            break
-        ea, eb = float(ra.equity[i]), float(rb.equity[i])
-        if not math.isclose(ea, eb, rel_tol=EQUITY_RTOL, abs_tol=0.0):
-            first_equity = (ta[i].isoformat(), ea, eb)
-            break
-    fa, fb = _fills(a), _fills(b)
-    first_fill = None
-    for i in range(max(len(fa), len(fb))):
-        x = fa[i] if i < len(fa) else None
-        y = fb[i] if i < len(fb) else None
-        if x is None or y is None or not _same_fill(x, y):
-            first_fill = (i, x, y)
-            break
+    if sa and sb:
+        metrics = Section(differences(sa, sb))
+    else:
+        absent = [f"{x} has no summary.json" for x, s in (("A", sa), ("B", sb)) if not s]
+        metrics = Section([], " and ".join(absent))
+    first_equity = _first_equity(ra, rb)
+    fills, first_fill = _first_fill(a, b)
     return Comparison(
         a,
         b,
         config,
         environment,
         metrics,
-        (len(ta), len(tb)),
-        (len(fa), len(fb)),
+        (len(ra.times), len(rb.times)),
+        fills,
         first_equity,
         first_fill,
-        unread,
+        places,
     )
+
+
+def _first_equity(ra: Any, rb: Any) -> tuple[str, float | None, float | None] | None:
+    """The first bar where the curves differ: a time only one has, or another equity."""
+    ta, tb = ra.times.asi8, rb.times.asi8  # instants (ns), whatever the offset written
+    ea, eb = np.asarray(ra.equity, dtype=float), np.asarray(rb.equity, dtype=float)
+    n = min(len(ta), len(tb))
+    differ = np.flatnonzero((ta[:n] != tb[:n]) | (ea[:n] != eb[:n]))
+    if differ.size:
+        i = int(differ[0])
+    elif len(ta) != len(tb):
+        i = n
+    else:
+        return None
+    in_a, in_b = i < len(ta), i < len(tb)
+    if in_a and in_b and ta[i] == tb[i]:
+        return (ra.times[i].isoformat(), float(ea[i]), float(eb[i]))
+    # A bar only one run has here: the earlier of the two times.
+    first_a = in_a and (not in_b or ta[i] < tb[i])
+    at = (ra.times if first_a else rb.times)[i].isoformat()
+    return (at, float(ea[i]) if first_a else None, None if first_a else float(eb[i]))
 
 
 def _cell(v: Any) -> str:
     if v is _MISSING:
         return "(absent)"
     if isinstance(v, float):
-        return f"{v:,.2f}" if abs(v) >= 1000 else f"{v:.6g}"
+        return repr(v)  # every digit: a difference is never rounded away
     if isinstance(v, str):
         return v
     return json.dumps(v)
@@ -272,7 +343,10 @@ def _cell(v: Any) -> str:
 def _fill_text(f: Mapping[str, str] | None) -> str:
     if f is None:
         return "(no more fills)"
-    return f"{f['time']} {f['side']} {f['quantity']} {f['symbol']} at {f['price']}"
+    return (
+        f"{f['time']} {f['side']} {f['quantity']} {f['symbol']} at {f['price']}, "
+        f"commission {f['commission']}"
+    )
 
 
 def render(c: Comparison) -> str:
@@ -282,7 +356,7 @@ def render(c: Comparison) -> str:
     if c.same_path:
         lines.append(
             f"the same path: equity equal at all {c.bars[0]:,} bars and the same "
-            f"{c.fills[0]:,} fills"
+            f"{c.fills[0]:,} fills (to the bit)"
         )
     else:
         lines.append(
@@ -296,25 +370,31 @@ def render(c: Comparison) -> str:
         else:
             lines.append("  equity equal at every bar")
         if c.first_fill is not None:
-            i, x, y = c.first_fill
-            lines.append(f"  first fill that differs (fill {i + 1}):")
+            n, x, y, fields = c.first_fill
+            lines.append(f"  first fill that differs (fill {n:,}):")
             lines.append(f"    A {_fill_text(x)}")
             lines.append(f"    B {_fill_text(y)}")
+            if fields:
+                lines.append(f"    (in {', '.join(fields)})")
         else:
             lines.append("  the same fills")
-    for title, diffs, empty in (
+    for title, s, empty in (
         ("configuration", c.config, "the same configuration"),
         ("environment (packages, CPU features, build)", c.environment, "the same environment"),
         ("metrics", c.metrics, "the same metrics"),
     ):
         lines.append("")
-        if not diffs:
+        if s.missing:
+            lines.append(f"{title}: not compared ({s.missing})")
+            continue
+        if not s.diffs:
             lines.append(empty)
             continue
-        lines.append(f"{title}: {len(diffs)} difference{'s' if len(diffs) > 1 else ''}")
-        width = min(max(len(k) for k, _, _ in diffs), 60)
-        for k, va, vb in diffs:
+        lines.append(f"{title}: {len(s.diffs)} difference{'s' if len(s.diffs) > 1 else ''}")
+        width = min(max(len(k) for k, _, _ in s.diffs), 60)
+        for k, va, vb in s.diffs:
             lines.append(f"  {k:<{width}}  A {_cell(va)}  B {_cell(vb)}")
-    for note in c.unread:
-        lines.append(f"note: {note}")
+    if c.places:
+        lines.append("")
+        lines.append(f"written to other places (not compared): {', '.join(c.places)}")
     return "\n".join(lines)

@@ -44,18 +44,18 @@ def test_compare_two_backtests(tmp_path, capsys):
     same = json.loads(capsys.readouterr().out)
     assert same["same_path"] is True and same["fills"][0] == same["fills"][1] > 0
     # Only where each run stored its rows differs (the run's own name is no difference).
-    assert [d["key"] for d in same["config"]] == ["storage.url"]
+    assert same["config"]["differences"] == [] and same["written_elsewhere"] == ["storage.url"]
 
     assert main(["compare", str(a), str(c), "--json"]) == 1
     found = json.loads(capsys.readouterr().out)
     assert found["same_path"] is False
-    keys = {d["key"]: (d["a"], d["b"]) for d in found["config"]}
+    keys = {d["key"]: (d["a"], d["b"]) for d in found["config"]["differences"]}
     assert keys["run.initial_capital"] == (100_000.0, 50_000.0)
     # Checked against the files themselves: everything before the named fill and bar is
     # the same in both records, and the named ones differ.
     fields = ("time", "symbol", "side", "quantity", "price", "commission")
     fa, fc = (_rows(x / "fills.csv", fields) for x in (a, c))
-    k = found["first_fill_difference"]["index"]
+    k = found["first_fill_difference"]["number"] - 1
     assert fa[:k] == fc[:k] and fa[k] != fc[k]
     assert found["first_fill_difference"]["a"] == dict(zip(fields, fa[k], strict=True))
     ea, ec = (_rows(x / "equity.csv", ("time", "equity")) for x in (a, c))

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tradingd.__main__ import main
@@ -72,7 +73,7 @@ def test_two_runs_of_one_path_are_the_same_whatever_their_names(tmp_path):
     c = compare_runs(a, b)
     assert c.same_path and c.first_equity is None and c.first_fill is None
     # The run's own name and ids are no difference; nothing else differs.
-    assert (c.config, c.environment, c.metrics) == ([], [], [])
+    assert (c.config.diffs, c.environment.diffs, c.metrics.diffs) == ([], [], [])
     assert "the same path: equity equal at all 4 bars and the same 2 fills" in render(c)
 
 
@@ -83,13 +84,15 @@ def test_the_first_bar_and_fill_where_the_runs_part_are_named(tmp_path):
     c = compare_runs(a, b)
     assert not c.same_path
     assert c.first_equity == ((T0 + timedelta(days=3)).isoformat(), 100_180.25, 100_170.0)
-    index, fa, fb = c.first_fill
-    assert index == 1 and fa["price"] == "101.5" and fb["price"] == "101.4"
-    [final] = [m for m in c.metrics if m[0] == "final_equity"]
+    number, fa, fb, fields = c.first_fill
+    assert number == 2 and fa["price"] == "101.5" and fb["price"] == "101.4"
+    assert fields == ["price"]
+    [final] = [m for m in c.metrics.diffs if m[0] == "final_equity"]
     assert final == ("final_equity", 100_180.25, 100_170.0)
     text = render(c)
     assert "first fill that differs (fill 2):" in text
-    assert "A 2020-01-05T00:00:00+00:00 sell 10.0 AAA at 101.5" in text
+    assert "A 2020-01-05T00:00:00+00:00 sell 10.0 AAA at 101.5, commission 1.0" in text
+    assert "(in price)" in text
 
 
 def test_a_run_with_fewer_bars_or_fills_parts_where_the_other_goes_on(tmp_path):
@@ -97,7 +100,7 @@ def test_a_run_with_fewer_bars_or_fills_parts_where_the_other_goes_on(tmp_path):
     b = _record(tmp_path, "b", EQUITY[:3], FILLS[:1])
     c = compare_runs(a, b)
     assert c.first_equity == ((T0 + timedelta(days=3)).isoformat(), 100_180.25, None)
-    assert c.first_fill[0] == 1 and c.first_fill[2] is None
+    assert c.first_fill[0] == 2 and c.first_fill[2] is None
     assert "(no bar)" in render(c) and "(no more fills)" in render(c)
 
 
@@ -116,16 +119,17 @@ def test_a_different_setting_and_machine_are_named_by_their_keys(tmp_path):
     b = _record(tmp_path, "b", EQUITY, FILLS, config=config, environment=env)
     c = compare_runs(a, b)
     assert c.same_path  # the settings changed nothing on this path: still said
-    keys = {k: (va, vb) for k, va, vb in c.config}
+    keys = {k: (va, vb) for k, va, vb in c.config.diffs}
     assert keys["sizing.params.kelly_multiplier"] == (0.5, 0.25)
     assert keys["risk.order"] == (
         ["max_position", "drawdown_guard"],
         ["drawdown_guard", "max_position"],
     )
     # (A's empty `dispatch_variables` is not a difference of its own beside B's entry.)
-    env_keys = {k for k, _, _ in c.environment}
+    env_keys = {k for k, _, _ in c.environment.diffs}
     assert env_keys == {"packages.numpy", "dispatch_variables.OPENBLAS_CORETYPE"}
-    [absent] = [d for d in c.as_dict()["environment"] if d.get("missing_in") == "a"]
+    rows = c.as_dict()["environment"]["differences"]
+    [absent] = [d for d in rows if d.get("missing_in") == "a"]
     assert absent["key"] == "dispatch_variables.OPENBLAS_CORETYPE" and absent["b"] == "Haswell"
 
 
@@ -166,10 +170,83 @@ def test_a_walk_forward_folder_is_refused_by_name(tmp_path, capsys):
 
 @pytest.mark.parametrize("name", ["config.json", "environment.json"])
 def test_a_record_without_a_file_is_compared_on_the_rest_and_says_so(tmp_path, name):
+    """An older record has no environment.json: "the same environment" (both lack it) or a
+    row per key, all absent, said nothing true."""
     a = _record(tmp_path, "a", EQUITY, FILLS)
     b = _record(tmp_path, "b", EQUITY, FILLS)
     (b / name).unlink()
     c = compare_runs(a, b)
     assert c.same_path
-    assert c.unread == [f"{b / name}: not in the record"]
-    assert f"note: {b / name}: not in the record" in render(c)
+    section = c.config if name == "config.json" else c.environment
+    assert section.diffs == [] and section.missing == f"B has no {name}"
+    assert f"not compared (B has no {name})" in render(c)
+
+
+def test_a_last_bit_difference_is_a_difference(tmp_path):
+    """Two BLAS kernels part in the last bits long before a fill differs: the bar where they
+    do is the answer, not a tolerance that hides it."""
+    a = _record(tmp_path, "a", EQUITY, FILLS)
+    nudged = [*EQUITY[:2], float(np.nextafter(EQUITY[2], np.inf)), EQUITY[3]]
+    b = _record(tmp_path, "b", nudged, FILLS)
+    c = compare_runs(a, b)
+    assert not c.same_path and c.first_fill is None
+    assert c.first_equity == ((T0 + timedelta(days=2)).isoformat(), EQUITY[2], nudged[2])
+    assert f"A {EQUITY[2]!r}, B {nudged[2]!r}" in render(c)  # every digit shown
+
+
+def test_a_fill_that_differs_in_its_commission_says_so(tmp_path):
+    a = _record(tmp_path, "a", EQUITY, FILLS)
+    b = _record(tmp_path, "b", EQUITY, FILLS)
+    text = (b / "fills.csv").read_text().replace(",1.0,0.0,", ",1.25,0.0,", 1)
+    (b / "fills.csv").write_text(text)
+    c = compare_runs(a, b)
+    assert c.first_fill is not None and c.first_fill[3] == ["commission"]
+    out = render(c)
+    assert "commission 1.0" in out and "commission 1.25" in out and "(in commission)" in out
+
+
+def test_a_fill_written_in_another_offset_is_the_same_instant(tmp_path):
+    a = _record(tmp_path, "a", EQUITY, FILLS)
+    b = _record(tmp_path, "b", EQUITY, FILLS)
+    text = (b / "fills.csv").read_text()
+    text = text.replace("2020-01-03T00:00:00+00:00", "2020-01-03T05:00:00+05:00")
+    (b / "fills.csv").write_text(text)
+    assert compare_runs(a, b).same_path
+
+
+def test_where_the_records_went_is_no_difference_but_is_named(tmp_path):
+    cfg = {"run": {"output_dir": "/x"}, "storage": {"url": "sqlite:///x.db"}}
+    other = {"run": {"output_dir": "/y"}, "storage": {"url": "sqlite:///y.db"}}
+    a = _record(tmp_path, "a", EQUITY, FILLS, config=cfg)
+    b = _record(tmp_path, "b", EQUITY, FILLS, config=other)
+    c = compare_runs(a, b)
+    assert c.config.diffs == [] and c.places == ["run.output_dir", "storage.url"]
+    assert "written to other places (not compared): run.output_dir, storage.url" in render(c)
+
+
+def test_list_metrics_and_a_chains_order_under_one_name_are_compared(tmp_path):
+    a = _record(tmp_path, "a", EQUITY, FILLS)
+    b = _record(tmp_path, "b", EQUITY, FILLS)
+    summary = json.loads((b / "summary.json").read_text())
+    summary["run_inputs"] = [{"plugin": "signals[0]", "inputs": {"sha256": ["x", "y"]}}]
+    (b / "summary.json").write_text(json.dumps(summary))
+    assert [k for k, _, _ in compare_runs(a, b).metrics.diffs] == [
+        "run_inputs[0].inputs.sha256",
+        "run_inputs[0].plugin",
+    ]
+    # Two risk rules of one name swapped: a configuration's lists keep their order.
+    one = [{"name": "g", "params": {"x": 1}}, {"name": "g", "params": {"x": 2}}]
+    flat, swapped = flatten({"risk": one}), flatten({"risk": one[::-1]})
+    assert flat != swapped
+    # The BLAS libraries of an environment in another order are the same.
+    assert flatten({"blas": BLAS}, unordered=True) == flatten({"blas": BLAS[::-1]}, unordered=True)
+
+
+def test_a_fill_row_without_a_symbol_is_a_damaged_record(tmp_path, capsys):
+    a = _record(tmp_path, "a", EQUITY, FILLS)
+    b = _record(tmp_path, "b", EQUITY, FILLS)
+    text = (b / "fills.csv").read_text().replace(",AAA,sell,", ",,sell,", 1)
+    (b / "fills.csv").write_text(text)
+    with pytest.raises(ValueError, match=r"fills.csv, line 3: no symbol"):
+        compare_runs(a, b)
+    assert main(["compare", str(a), str(b)]) == 2
