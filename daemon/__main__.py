@@ -1491,7 +1491,16 @@ async def _start_and_run(
 def starting_status(daemon: Any) -> dict[str, Any]:
     """`GET /status` before the engine is built: the start-up phase, and the engine's keys
     (a dashboard reads the same fields throughout), unknown until a run is chosen."""
-    unknown = ("run_id", "mode", "equity", "cash", "drawdown", "positions", "open_orders")
+    unknown = (
+        "run_id",
+        "mode",
+        "equity",
+        "cash",
+        "drawdown",
+        "positions",
+        "open_orders",
+        "foreign_open_orders",
+    )
     # bars_never_traded: the run's, restored from its checkpoint, so unknown until then.
     later = ("last_bar_time", "model_version", "trading_state", "resumed_from", "bars_never_traded")
     return {

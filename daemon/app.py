@@ -1606,9 +1606,21 @@ def health_inputs(
             market_open() if callable(market_open) else None,
         )
 
+    def described(o: Any) -> dict[str, Any]:
+        return {
+            "client_order_id": o.client_order_id,
+            "symbol": o.symbol,
+            "side": str(o.side),
+            "type": str(o.type),
+            "quantity": o.quantity,
+            "filled_quantity": o.filled_quantity,
+            "status": str(o.status),
+        }
+
     def status() -> dict[str, Any]:
         p = engine.portfolio
         release, market_open = next_bar()
+        own, foreign = engine.open_orders_by_owner()
         return {
             "run_id": engine.run.run_id,
             "mode": engine.run.mode,
@@ -1620,18 +1632,10 @@ def health_inputs(
                 for s, q, a in zip(engine.symbols, p.quantity, p.avg_price, strict=True)
                 if q != 0
             },
-            "open_orders": [
-                {
-                    "client_order_id": o.client_order_id,
-                    "symbol": o.symbol,
-                    "side": str(o.side),
-                    "type": str(o.type),
-                    "quantity": o.quantity,
-                    "filled_quantity": o.filled_quantity,
-                    "status": str(o.status),
-                }
-                for o in engine.broker.open_orders()
-            ],
+            # This run's; the orders on the account it did not place (by hand, another
+            # run's: followed by the broker, never booked as this run's) apart.
+            "open_orders": [described(o) for o in own],
+            "foreign_open_orders": [described(o) for o in foreign],
             "last_bar_time": engine.last_bar_time,
             "next_bar_release": release,
             "market_open": market_open,

@@ -933,6 +933,22 @@ class Engine:
         own = self._placed_by_us
         return [o for o in orders if o.leg is Leg.ENTRY or own(o.client_order_id)]
 
+    def open_orders_by_owner(self) -> tuple[list[Order], list[Order]]:
+        """The broker's open orders as (this run's, the others'), for /status: a simulated
+        broker's are all this run's; on a live account, this run's are those
+        `_placed_by_us` (an edited one's replacement too), the others were placed by hand or
+        by another run (the broker follows them; `broker.foreign_open_orders`). /status
+        listed another run's bracket legs as this run's open orders, beside no position."""
+        orders = self.broker.open_orders()
+        if getattr(self.broker, "state", None) is not None:
+            return list(orders), []
+        own = self._placed_by_us
+        mine: list[Order] = []
+        others: list[Order] = []
+        for o in orders:
+            (mine if own(o.client_order_id) else others).append(o)
+        return mine, others
+
     def _is_own(self, client_order_id: str) -> bool:
         """An order id this run made (`run|bar time|symbol|leg|attempt`): a live account
         also holds other runs' orders and orders placed by hand."""

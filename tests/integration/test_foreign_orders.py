@@ -169,3 +169,45 @@ async def test_a_new_run_warns_of_the_exits_of_a_bracket_filled_by_hand(engine_c
     assert warned["symbols"] == [sym] and set(warned["orders"]) == legs
     # Foreign exits: the planner neither cancels them nor counts them as this run's.
     assert all(fake.orders[i].is_open for i in entry.leg_ids)
+
+
+async def test_status_lists_another_runs_orders_apart_from_this_runs(engine_config, fake):
+    """/status listed the legs of a bracket placed by another run (Alpaca's ids as client
+    ids) as this run's open orders, beside no positions, with nothing to tell them apart:
+    they are in `foreign_open_orders`, and `open_orders` holds this run's alone (the rule
+    the engine sorts orders by, `_placed_by_us`)."""
+    from tradingd.app import health_inputs
+
+    panel, config = live_on_fake(engine_config, fake, RUN)
+    engine = build_engine(config, "live", panel=panel)
+    sym = engine.symbols[2]
+    entry = fake.call(
+        fake._create,
+        {
+            "symbol": sym,
+            "qty": "5",
+            "side": "buy",
+            "type": "market",
+            "time_in_force": "gtc",
+            "order_class": "bracket",
+            "take_profit": {"limit_price": "2000"},
+            "stop_loss": {"stop_price": "1"},
+            "client_order_id": "another-run-bracket",
+        },
+    )
+    fake.call(fake.fill, entry.id, price=100.0)
+    legs = {fake.orders[i].client_order_id for i in entry.leg_ids}
+    _checks, status, _controls = health_inputs(engine)
+    seen: list[dict[str, Any]] = []
+
+    def read_status(t: Any, v: Any) -> None:  # while the run is live, after its first bar
+        seen.append(status())
+        engine.request_stop()
+
+    engine.after_bar.append(read_status)
+    await engine.run_until_done()
+    [st] = seen
+    own = [o["client_order_id"] for o in st["open_orders"]]
+    assert own and all(cid.startswith(f"{RUN}|") for cid in own), own
+    assert {o["client_order_id"] for o in st["foreign_open_orders"]} == legs
+    assert {o["symbol"] for o in st["foreign_open_orders"]} == {sym}
