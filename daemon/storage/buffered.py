@@ -393,7 +393,11 @@ class BufferedStore(ABC):
             "ok": True,
             "state": "ok",
             "database": where,
-            "spooling": sp is not None,
+            # Rows go to the spool now, or batches wait in it (it said only that a spool
+            # was configured: true with the database healthy and nothing spooled).
+            "spooling": sp is not None and self.degraded,
+            # A spool is configured (a live PostgreSQL store), and its file.
+            "spool_enabled": sp is not None,
             "spool_path": str(sp.path) if sp is not None else None,
             "spooled_batches": sp.pending_batches if sp is not None else 0,
             "spooled_bytes": sp.pending_bytes if sp is not None else 0,

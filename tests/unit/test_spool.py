@@ -290,7 +290,8 @@ def test_names_and_targets_carry_no_credentials() -> None:
     store = PostgresStore(url, spool_dir="/tmp/x", spool_max_bytes=1 << 20)
     assert store.spool_dir == Path("/tmp/x") and store.status()["spool_max_bytes"] == 1 << 20
     assert "pw-secret" not in str(store.status())
-    assert PostgresStore(url, spool=False).status()["spooling"] is False
+    unspooled = PostgresStore(url, spool=False).status()
+    assert unspooled["spooling"] is False and unspooled["spool_enabled"] is False
     with pytest.raises(ConfigError):
         PostgresStore(url, spool_max_bytes=1)
     with pytest.raises(ConfigError):
@@ -461,6 +462,34 @@ async def test_flush_spools_while_down_and_replays_in_order_exactly_once(tmp_pat
     assert math.isnan(db.rows["equity"][4][5])
     assert db.applied == {store.writer: 10}
     assert list((tmp_path / "spool").iterdir()) == []
+
+
+async def test_spooling_says_whether_rows_are_spooled_not_whether_a_spool_is_set(
+    tmp_path: Path,
+) -> None:
+    """/ready's database check said `"spooling": true` with the database healthy and nothing
+    spooled: it meant "a spool is configured". It is true while rows go to the spool or
+    batches wait in it; `spool_enabled` and `spool_path` say a spool is configured."""
+    db = FakeDb()
+    store = FakeStore(db, tmp_path / "spool")
+    await store.start()
+    try:
+        store.record_equity("r1", T0, 1.0, 0.0, 0.0, 0.0)
+        await store.flush()
+        st = store.status()
+        assert st["ok"] and st["spooling"] is False and st["spooled_batches"] == 0
+        assert st["spool_enabled"] is True and st["spool_path"]
+        db.up = False
+        store.record_equity("r1", T0 + DAY, 1.0, 1.0, 0.0, 0.0)
+        await store.flush()  # to the spool
+        st = store.status()
+        assert st["spooling"] is True and st["spooled_batches"] == 1
+        db.up = True
+        await wait_until(lambda: store.status()["ok"], "the replay")
+        st = store.status()
+        assert st["spooling"] is False and st["spool_enabled"] is True
+    finally:
+        await store.stop()
 
 
 async def test_new_rows_wait_behind_spooled_ones(tmp_path: Path) -> None:
