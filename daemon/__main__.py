@@ -22,7 +22,8 @@ before the configuration, the data or any model is loaded:
   finished, then nothing more is started; a step that only waits (checking that the
   database and Redis answer) is abandoned; connecting and warming up stop at the next bar.
   The last log line, `tradingd.exit`, says where it stopped ("stopped during start-up:
-  loading data"). A second signal while stopping logs `tradingd.already_stopping`; a third
+  loading data"); it and `tradingd.stop_requested` are written whatever `log.level` says
+  (`logs.unfiltered`). A second signal while stopping logs `tradingd.already_stopping`; a third
   exits at once, without finishing the bar or flushing, with exit code 128 + the signal
   number (130 for SIGINT, 143 for SIGTERM), the code a shell reports for a killed process.
 * SIGHUP: the same configuration files (and the environment) are read again; what is safe to
@@ -79,6 +80,19 @@ class _Log:
 
 
 log: Any = _Log()
+
+
+class _Always:
+    """`tradingd.logs.unfiltered`, imported on first use: the lines written whatever
+    `log.level` says (the stop and exit lines)."""
+
+    def __getattr__(self, name: str) -> Any:
+        from .logs import unfiltered
+
+        return getattr(unfiltered("tradingd.cli"), name)
+
+
+always: Any = _Always()
 
 DEFAULT_CONFIG = Path("config/default.toml")
 # Trained models go under var/ (like runs and audit logs), never into the installed package
@@ -1160,7 +1174,7 @@ class _Daemon:
     def _log_stop(self, name: str, phase: str) -> None:
         self._logged_stops += 1
         if self._logged_stops == 1:
-            log.info(
+            always.info(  # said whatever log.level says, as the exit line
                 "tradingd.stop_requested",
                 signal=name,
                 phase=phase,
@@ -1305,7 +1319,9 @@ class _Daemon:
             reason = "stopped by the engine (see the lines before)"  # e.g. instance lock lost
         else:
             reason = "run finished"  # an accelerated clock released its last bar
-        log.info("tradingd.exit", reason=reason, signal=self.stop_signal, **fields)
+        # Whatever log.level says (warning, or raised by a SIGHUP): an info line, it was
+        # filtered out, and nothing said where and why the daemon stopped.
+        always.info("tradingd.exit", reason=reason, signal=self.stop_signal, **fields)
         return 0
 
 
@@ -1334,7 +1350,7 @@ def _run_command(args: argparse.Namespace, *, restore: bool = True) -> int:
         print(f"tradingd: error: {mask_text(str(exc))}", file=sys.stderr)
         if logging_ready:  # the last line says where and why, as on every other exit
             reason = mask_text(f"error: {exc}")
-            log.error("tradingd.exit", reason=reason, phase=daemon.phase, exit_code=2)
+            always.error("tradingd.exit", reason=reason, phase=daemon.phase, exit_code=2)
         return 2
     except Exception:
         if not logging_ready:

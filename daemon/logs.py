@@ -9,7 +9,8 @@ mode every record is one JSON object on one line, an exception included (its tra
 Library loggers are kept at WARNING whatever `log.level` says (their INFO and DEBUG lines are
 per request or per scheduler firing: noise at 20 bars a second), and APScheduler's loggers are
 set to WARNING explicitly, so a misfire or a failed job is seen but a firing is not.
-`set_level` changes the level of a running process (SIGHUP).
+`set_level` changes the level of a running process (SIGHUP). `unfiltered` is a logger whose
+lines are written whatever the level (a daemon's stop and exit lines).
 """
 
 from __future__ import annotations
@@ -111,6 +112,21 @@ def set_level(level: str) -> None:
     if level not in _LEVELS:
         raise ValueError(f"log level {level!r} is invalid; valid: {', '.join(_LEVELS)}")
     configure_logging(level, _current.get("format", "auto"))
+
+
+def unfiltered(name: str) -> Any:
+    """A logger that writes every line whatever `log.level` says, through the same
+    processors, format and stream as the others (each line keeps its own level): for the
+    few lines that must always be there, a daemon's `tradingd.stop_requested` and
+    `tradingd.exit` (info lines: at `log.level = "warning"`, or after a SIGHUP that raised
+    it, a clean stop left no line saying where and why the daemon stopped). Configuration
+    is read at each call (`cache_logger_on_first_use` is off), so a reconfiguration
+    applies to it too."""
+    return structlog.wrap_logger(
+        None,
+        wrapper_class=structlog.make_filtering_bound_logger(logging.NOTSET),
+        logger_factory_args=(name,),  # as structlog.get_logger(name)
+    )
 
 
 def current_level() -> str | None:

@@ -71,3 +71,33 @@ def test_log_lines_do_not_overwrite_a_progress_bar(capsys, monkeypatch):
         json.loads(line[line.index("{") :])
     finally:
         structlog.reset_defaults()
+
+
+def test_the_stop_and_exit_lines_are_written_whatever_the_level(capsys):
+    """At `log.level = "warning"` (or after a SIGHUP that raised it) a clean stop left no
+    `tradingd.exit` line, though it is the line that says where and why the daemon stopped:
+    it and `tradingd.stop_requested` are info lines, and they are written at any level,
+    with their own level, in the configured format; other info lines are still filtered."""
+    from tradingd.__main__ import _Daemon
+
+    try:
+        for level in ("warning", "error"):
+            configure_logging(level, "json")
+            d = _Daemon([])
+            d.ready = True
+            d.stop_signal = "SIGTERM"
+            d._log_stop("SIGTERM", "trading")
+            structlog.get_logger("t").info("other.info")
+            assert d.exit_line() == 0
+            lines = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
+            assert [(r["event"], r["level"]) for r in lines] == [
+                ("tradingd.stop_requested", "info"),
+                ("tradingd.exit", "info"),
+            ], (level, lines)
+            assert lines[-1]["reason"] == "stopped by SIGTERM"
+        configure_logging("info", "console")  # the format follows a reconfiguration
+        _Daemon([]).exit_line()
+        err = capsys.readouterr().err
+        assert "tradingd.exit" in err and not err.lstrip().startswith("{")
+    finally:
+        structlog.reset_defaults()
