@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 import tradingd.audit as audit
+import tradingd.audit_file as audit_file
 from tradingd.audit import AuditLog
 from tradingd.core.errors import ConfigError, StorageError
 from tradingd.core.types import Fill, Leg, Order, OrderStatus, OrderType, Side
@@ -99,12 +100,12 @@ def test_line_encoder_writes_what_the_dict_encoder_wrote(batch):
     items, expected = [], []
     for kind, order_, fill, booked in batch:
         if kind == "order":
-            items.append((audit._ORDERS, audit._ORDER_RECORDS([order_]), None))
+            items.append((audit_file._ORDERS, audit._ORDER_RECORDS([order_]), None))
             expected.append(reference_line("order", order_))
         else:
-            items.append((audit._FILLS, audit._FILL_RECORDS([fill]), booked))
+            items.append((audit_file._FILLS, audit._FILL_RECORDS([fill]), booked))
             expected.append(reference_line("fill", fill, booked))
-    got = audit._encode(items).splitlines()
+    got = audit_file._encode(items).splitlines()
     assert got == expected
     for line in got:  # strict JSON: no NaN or Infinity tokens
         json.loads(line, parse_constant=lambda c: pytest.fail(f"not JSON: {c}"))
@@ -115,7 +116,8 @@ def test_numpy_floats_are_written_as_numbers_and_nan_as_null():
 
     nan = np.float64("nan")
     o = Order("c", "A", Side.BUY, np.float64(3.5), T, avg_fill_price=nan)  # type: ignore[arg-type]
-    [line] = audit._encode([(audit._ORDERS, audit._ORDER_RECORDS([o]), None)]).splitlines()
+    items = [(audit_file._ORDERS, audit._ORDER_RECORDS([o]), None)]
+    [line] = audit_file._encode(items).splitlines()
     row = json.loads(line)
     assert row["quantity"] == 3.5 and row["avg_fill_price"] is None
 
@@ -184,7 +186,7 @@ def test_a_failed_write_in_the_writer_raises_at_the_next_flush(tmp_path, monkeyp
     a = AuditLog(tmp_path, "r", flush_interval_s=1.0, max_lines=1)
     start_writer(a)
     monkeypatch.setattr(a, "path", tmp_path / "gone" / "r.jsonl")
-    a._writer.send("tradingd.audit:child_release", None)
+    a._writer.send("tradingd.audit_file:child_release", None)
     (tmp_path / "r.jsonl").unlink()
     (tmp_path / "r.jsonl").mkdir()  # the writer cannot append to a folder
     a.orders([order(0)])
@@ -260,9 +262,9 @@ def test_the_writer_process_makes_nothing_on_disk_before_it_writes(tmp_path):
     folder, the folder could reappear after its owner removed it (CI: a replay's scratch
     `TemporaryDirectory` failed to clean up, "Directory not empty")."""
     state: dict = {}
-    audit.child_open(state, (str(tmp_path / "later" / "r.jsonl"), 1000, 1))
+    audit_file.child_open(state, (str(tmp_path / "later" / "r.jsonl"), 1000, 1))
     assert not (tmp_path / "later").exists()
-    audit.child_lines(state, [(audit._ORDERS, audit._ORDER_RECORDS([order(0)]), None)])
+    audit_file.child_lines(state, [(audit_file._ORDERS, audit._ORDER_RECORDS([order(0)]), None)])
     assert len(records(tmp_path / "later" / "r.jsonl")) == 1  # made when written
     for close in state["_closers"]:
         close()
@@ -294,9 +296,9 @@ def test_equal_instants_in_two_zones_are_each_written_as_given():
     utc = datetime(2024, 1, 2, 21, 0, tzinfo=UTC)
     ny = utc.astimezone(ZoneInfo("America/New_York"))
     assert utc == ny and utc.isoformat() != ny.isoformat()
-    assert audit._iso(utc) == "2024-01-02T21:00:00+00:00"
-    assert audit._iso(ny) == "2024-01-02T16:00:00-05:00"
-    assert audit._time_column([utc, ny, None, utc]) == [
+    assert audit_file._iso(utc) == "2024-01-02T21:00:00+00:00"
+    assert audit_file._iso(ny) == "2024-01-02T16:00:00-05:00"
+    assert audit_file._time_column([utc, ny, None, utc]) == [
         '"2024-01-02T21:00:00+00:00"',
         '"2024-01-02T16:00:00-05:00"',
         "null",
@@ -312,22 +314,22 @@ def test_the_two_wall_times_of_a_dst_fall_back_keep_their_own_offsets(first_fold
 
     import pandas as pd
 
-    audit._ISO.clear()
+    audit_file._ISO.clear()
     ny = ZoneInfo("America/New_York")
     first = datetime(2021, 11, 7, 1, 30, tzinfo=ny, fold=first_fold)
     second = first.replace(fold=1 - first_fold)
     assert first == second and hash(first) == hash(second)
     offset = {0: "-04:00", 1: "-05:00"}
     for t in (first, second, first):
-        assert audit._iso(t) == f"2021-11-07T01:30:00{offset[t.fold]}"
+        assert audit_file._iso(t) == f"2021-11-07T01:30:00{offset[t.fold]}"
     # The column's own memo too (a line's times: `_time_column`).
-    assert audit._time_column([first, second, first]) == [
+    assert audit_file._time_column([first, second, first]) == [
         f'"2021-11-07T01:30:00{offset[t.fold]}"' for t in (first, second, first)
     ]
     # A pandas Timestamp equal to a datetime writes itself as pandas does.
     stamp = pd.Timestamp("2024-01-02 21:00:00.000001", tz="UTC")
-    assert audit._iso(stamp.to_pydatetime()) == "2024-01-02T21:00:00.000001+00:00"
-    assert audit._iso(stamp) == stamp.isoformat()
+    assert audit_file._iso(stamp.to_pydatetime()) == "2024-01-02T21:00:00.000001+00:00"
+    assert audit_file._iso(stamp) == stamp.isoformat()
 
 
 def test_begin_run_removes_an_earlier_runs_files_and_the_writer_starts_a_new_one(tmp_path):
@@ -403,7 +405,7 @@ async def test_a_replays_audit_log_keeps_the_stores_records_and_writes_each_once
     await engine.run_until_done()
     assert calls["orders"] > 10 and calls["fills"] > 10
     rows_ = "tradingd.storage.sqlite_file:child_rows"
-    lines_ = "tradingd.audit:child_lines"
+    lines_ = "tradingd.audit_file:child_lines"
     assert (lines_, rows_) in messages  # the audit lines rode with the store's rows
     assert not [m for m in messages if m.count(lines_) > 1]
     lines = [json.loads(x) for x in log.path.read_text().splitlines()]
@@ -435,7 +437,7 @@ def test_a_full_disk_under_a_live_audit_log_is_an_error_naming_the_file(tmp_path
     def full(self, text):  # type: ignore[no-untyped-def]
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(audit._Sink, "write", full)
+    monkeypatch.setattr(audit_file._Sink, "write", full)
     a.orders([order(1)])
     with pytest.raises(StorageError, match="No space left on device") as caught:
         a.flush(force=True)
@@ -629,7 +631,7 @@ def test_a_log_moved_aside_by_the_operator_is_reopened_not_fatal(tmp_path):
     moved file, and the next size rotation failed on the missing path, which stopped the
     daemon. The sink now writes to a new file at its path; a truncated file (copytruncate)
     is appended to as before."""
-    from tradingd.audit import _Sink
+    from tradingd.audit_file import _Sink
 
     path = tmp_path / "r1.jsonl"
     sink = _Sink(path, max_bytes=100, backups=2)

@@ -693,3 +693,50 @@ async def test_every_buffer_is_bounded_by_batch_size_while_a_process_starts(tmp_
     finally:
         monkeypatch.undo()
         await store.stop()
+
+
+async def test_the_writer_process_imports_no_structlog_or_asyncio_for_its_jobs(
+    tmp_path, monkeypatch
+):
+    """A replay's writer process runs the store's and the audit log's jobs: the modules those
+    jobs name are light (no structlog, rich or asyncio: the audit log's jobs lived beside
+    `AuditLog`, and the process imported structlog for them, 40% of its start-up, taken
+    from the engine on a 2-core machine while the first bars ran). The jobs' modules are
+    the ones a store and an audit log sharing the process really send, imported in a fresh
+    interpreter as the process does."""
+    import subprocess
+    import sys
+
+    from tradingd.audit import AuditLog
+
+    jobs: list[str] = []
+    real_post = ChildWriter._post
+
+    def post(self, batch):  # type: ignore[no-untyped-def]
+        jobs.extend(job for job, _ in batch)
+        real_post(self, batch)
+
+    monkeypatch.setattr(ChildWriter, "_post", post)
+    store = SqliteStore(tmp_path / "s.db", batch_size=4, flush_interval_s=3600.0)
+    await store.start()
+    log = AuditLog(tmp_path / "audit", "r1", max_lines=3, share_writer=store.writer_process)
+    try:
+        await store.begin_run(run_info())
+        store._child.sync()
+        for k in range(6):
+            record_bar(store, k)
+            log.orders([Order(f"r1|{k}", "AAA", Side.BUY, 1.0, T0 + k * DAY)])
+            await store.maybe_flush()
+            log.flush()
+    finally:
+        log.close()
+        await store.stop()
+    modules = sorted({job.partition(":")[0] for job in jobs})
+    assert "tradingd.storage.sqlite_file" in modules and len(modules) == 2, modules
+    code = (
+        "import sys; import tradingd.storage.child; "
+        + "; ".join(f"import {m}" for m in modules)
+        + "; print(sorted(m for m in ('structlog', 'rich', 'asyncio') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]", done.stdout
