@@ -32,6 +32,7 @@ import contextlib
 import fcntl
 import importlib
 import os
+import pickle
 import select
 import signal
 import subprocess
@@ -158,8 +159,12 @@ class ChildWriter:
             msg: tuple[Any, ...] = (seq, *jobs[0])
         else:
             msg = (seq, tuple(j for j, _ in jobs), tuple(p for _, p in jobs))
+        # Pickled here, not by Connection.send: its ForkingPickler writes to a BytesIO in
+        # frames (each copied there as the buffer grows); pickle.dumps builds the bytes at
+        # once. The child's recv reads either.
+        data = pickle.dumps(msg, pickle.HIGHEST_PROTOCOL)
         try:
-            self._out.send(msg)
+            self._out.send_bytes(data)
         except OSError as e:  # the child is gone
             raise self._gone(e) from e
         # Counted once sent: a payload that cannot be pickled raises above, before anything
