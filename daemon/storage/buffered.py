@@ -1170,8 +1170,7 @@ class BufferedStore(ABC):
         """A buffer holds `batch_size` rows: written now, whatever else waits (memory).
         Every buffer counts (`BUFFERS`; order_events rows come with the orders'): one left
         out grew without bound while a write was held (`_hold`)."""
-        bs = self.batch_size
-        return any(n >= bs for n in self._counts.values())
+        return max(self._counts.values()) >= self.batch_size  # (at every bar: no generator)
 
     def _hold(self) -> bool:
         """A write the interval made due waits in the buffers, for a writer that is not
