@@ -362,3 +362,51 @@ async def test_a_failed_report_still_ends_the_runs_record(engine_config, tmp_pat
     finally:
         await store.stop()
     assert run["ended_at"] is not None and run["summary"]["bars"] > 100
+
+
+def test_only_each_orders_latest_state_is_kept_for_the_report(tmp_path: Path) -> None:
+    """An order's superseded states are not held for the report (it has the latest state of
+    each order, at its first one's place): the records kept were every state of the run,
+    and a dict of them was built after the last bar, on the replay's clock. The report's
+    rows are still the ones `fetch` reads."""
+    import dataclasses
+    import gc
+    import weakref
+
+    class Reason(str):  # a value of the first state that a weak reference can follow
+        pass
+
+    async def go() -> tuple[bool, list, list]:
+        store = SqliteStore(tmp_path / "s.db", process=False)
+        await store.start()
+        try:
+            assert store.keep_records(("orders",))
+            await store.begin_run(_run())
+            first = Reason("submitted")
+            a = Order("r1|a", "AAA", Side.BUY, 2.0, T0, reason=first)
+            b = Order("r1|b", "BBB", Side.SELL, 1.0, T0)
+            store.record_orders(RUN, [a, b])
+            later = T0 + timedelta(days=1)
+            filled = dataclasses.replace(
+                a,
+                status=OrderStatus.FILLED,
+                filled_quantity=2.0,
+                avg_fill_price=9.0,
+                reason="done",
+                updated_at=later,
+            )
+            store.record_orders(RUN, [filled])
+            await store.flush()  # the buffers written: only what is kept holds records now
+            gone = weakref.ref(first)
+            del a, first
+            gc.collect()
+            held = gone() is not None  # (before the report takes the records)
+            made = await store.recorded("orders", RUN)
+            return held, list(made), await store.fetch("orders", RUN)
+        finally:
+            await store.stop()
+
+    held, made, read = asyncio.run(go())
+    assert not held  # the first state of r1|a was let go once superseded
+    assert [(o["client_order_id"], o["reason"]) for o in made] == [("r1|a", "done"), ("r1|b", "")]
+    _same_rows(made, read)
