@@ -14,9 +14,10 @@ from datetime import date, datetime
 from enum import StrEnum
 from fractions import Fraction
 from functools import lru_cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # (numpy is imported where it is used: a writer process needs none)
+    import numpy as np
 
 from .frozen import fast_init
 
@@ -87,7 +88,9 @@ class CrossSection:
 
     @property
     def valid(self) -> np.ndarray:
-        return ~np.isnan(self.close)
+        from numpy import isnan
+
+        return ~isnan(self.close)
 
 
 def client_order_id(

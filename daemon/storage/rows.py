@@ -15,14 +15,16 @@ fancy indexing.
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import UTC, datetime
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ..core.types import Fill, Order
+
+if TYPE_CHECKING:  # numpy is imported where chunks are packed (the engine's side), not here:
+    import numpy as np  # a writer process making rows of `Packed` batches needs none
 
 Row = tuple[Any, ...]
 # An order state or a fill: every field's value, in the dataclass's order (ORDER_VALUES).
@@ -139,7 +141,10 @@ class Packed:
     """A batch of signals or positions chunks as a few arrays (cheap to pickle for a writer
     process): per chunk its run id, time, row count and tail; all rows' symbol indices and
     column values concatenated. `names` is set instead of `universe` when the chunks index
-    different universes."""
+    different universes. The arrays are the standard library's (`_plain_array`) where the
+    values' type has one: unpickling them needs no numpy, which was 330M of the ~600M
+    instructions of a writer process's start-up (callgrind of its imports), taken from the
+    engine on a 2-core machine while the first bars run and before it takes a batch."""
 
     runs: list[str]
     times: list[datetime]
@@ -147,15 +152,31 @@ class Packed:
     tails: list[tuple[Any, ...]]
     universe: Sequence[str] | None
     names: list[str] | None
-    idx: np.ndarray
-    cols: list[np.ndarray]
+    idx: array[Any] | np.ndarray
+    cols: list[array[Any] | np.ndarray]
+
+
+def _plain_array(a: np.ndarray) -> array[Any] | np.ndarray:
+    """`a` (one dimension) as a standard-library array of the same values, when its type is
+    one that has one of the same size (numpy's type character is array's type code for
+    those); else `a` itself."""
+    code = a.dtype.char
+    if code in "bBhHiIlLqQfd" and a.ndim == 1:
+        out = array(code)
+        if out.itemsize == a.itemsize:
+            out.frombytes(a.tobytes())
+            return out
+    return a
 
 
 def pack_blocks(chunks: Sequence[tuple[Any, ...]]) -> Packed:
     """Signals and positions chunks `(run_id, time, symbols, idx, cols, tail)` (`cols`:
     arrays aligned with `idx`; `tail`, signals' source, the same for every row of a chunk)."""
+    import numpy as np
+
     universe = chunks[0][2]
     same = all(c[2] is universe for c in chunks)
+    cols = [np.concatenate([c[4][j] for c in chunks]) for j in range(len(chunks[0][4]))]
     return Packed(
         runs=[c[0] for c in chunks],
         times=[c[1] for c in chunks],
@@ -163,8 +184,8 @@ def pack_blocks(chunks: Sequence[tuple[Any, ...]]) -> Packed:
         tails=[c[5] for c in chunks],
         universe=universe if same else None,
         names=None if same else [c[2][i] for c in chunks for i in c[3].tolist()],
-        idx=np.concatenate([c[3] for c in chunks]),
-        cols=[np.concatenate([c[4][j] for c in chunks]) for j in range(len(chunks[0][4]))],
+        idx=_plain_array(np.concatenate([c[3] for c in chunks])),
+        cols=[_plain_array(c) for c in cols],
     )
 
 
@@ -173,7 +194,7 @@ def block_rows(blocks: Packed | Sequence[tuple[Any, ...]], enc: EncodeTime) -> l
     chunks (or of their `Packed` form)."""
     p = blocks if isinstance(blocks, Packed) else pack_blocks(blocks)
     if p.universe is not None:
-        names = np.asarray(p.universe, dtype=object)[p.idx].tolist()
+        names = list(map(p.universe.__getitem__, p.idx.tolist()))
     else:
         names = p.names or []
     tails = [_spread([t[j] for t in p.tails], p.counts) for j in range(len(p.tails[0]))]

@@ -87,3 +87,50 @@ def test_a_record_is_a_snapshot_of_the_order():
 def test_getters_take_attribute_names_only():
     with pytest.raises(ValueError, match="not attribute names"):
         rows._getters(("quantity", "x); import os; (y"))
+
+
+def _block_reference(chunks, enc):  # type: ignore[no-untyped-def]
+    """block_rows's rows made one by one from the chunks (the definition)."""
+    out = []
+    for run_id, t, symbols, idx, cols, tail in chunks:
+        for k, i in enumerate(idx.tolist()):
+            out.append((run_id, enc(t), symbols[int(i)], *(c.tolist()[k] for c in cols), *tail))
+    return out
+
+
+@pytest.mark.parametrize(
+    "dtype", ["float64", "float32", "int64", "int32", "float16", "bool", "complex128"]
+)
+def test_packed_columns_are_plain_arrays_where_they_can_be_and_rows_are_the_same(dtype):
+    """A packed batch's indices and columns are standard-library arrays (no numpy needed to
+    read them in a writer process) when their type has one of the same size, else they stay
+    numpy arrays; either way block_rows makes the rows the chunks hold, value for value
+    (NaN, -0.0 and extremes included)."""
+    import math
+    from array import array
+
+    import numpy as np
+
+    syms = ("AAA", "BBB", "CCC", "DDD")
+    t0 = datetime(2024, 1, 2, 21, 0, tzinfo=UTC)
+    if np.dtype(dtype).kind in "fc":
+        big = np.finfo(dtype).max
+        values = np.array([1.5, -0.0, math.nan, big, -7.25, 0.1], dtype=dtype)
+    else:
+        values = np.array([1, 0, -3, 2**31 - 1, 7, 5] if dtype != "bool" else [1, 0, 1, 1, 0, 0])
+        values = values.astype(dtype)
+    chunks = []
+    for k, idx in enumerate([[0, 2], [1], [0, 1, 3], [3]]):
+        ix = np.array(idx, dtype=np.intp)
+        col = values[np.arange(len(idx)) + k % 3]
+        chunks.append(("r", t0 + timedelta(days=k), syms, ix, (col, ix * 2.0), ("src",)))
+    packed = rows.pack_blocks(chunks)
+    plain = np.dtype(dtype).char in "bBhHiIlLqQfd"
+    assert isinstance(packed.idx, array)
+    assert isinstance(packed.cols[0], array) == plain and isinstance(packed.cols[1], array)
+    got = rows.block_rows(packed, str)
+    want = _block_reference(chunks, str)
+    assert len(got) == len(want) == 7
+    for g, w in zip(got, want, strict=True):
+        assert [type(x) for x in g] == [type(x) for x in w]
+        assert [repr(x) for x in g] == [repr(x) for x in w]  # NaN and -0.0 as they are

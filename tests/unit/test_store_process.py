@@ -695,25 +695,31 @@ async def test_every_buffer_is_bounded_by_batch_size_while_a_process_starts(tmp_
         await store.stop()
 
 
-async def test_the_writer_process_imports_no_structlog_or_asyncio_for_its_jobs(
+async def test_the_writer_process_needs_no_numpy_or_structlog_for_a_replays_batches(
     tmp_path, monkeypatch
 ):
-    """A replay's writer process runs the store's and the audit log's jobs: the modules those
-    jobs name are light (no structlog, rich or asyncio: the audit log's jobs lived beside
-    `AuditLog`, and the process imported structlog for them, 40% of its start-up, taken
-    from the engine on a 2-core machine while the first bars ran). The jobs' modules are
-    the ones a store and an audit log sharing the process really send, imported in a fresh
-    interpreter as the process does."""
+    """A replay's writer process runs the store's and the audit log's jobs on the batches the
+    engine sends: the modules those jobs name, and reading the batches, need neither numpy
+    nor structlog (nor rich or asyncio). The audit log's jobs lived beside `AuditLog`, which
+    imports structlog, and a batch's signals and positions came as numpy arrays (and
+    `core.types`, which the records' enums need, imported numpy): about two thirds of the
+    process's start-up, taken from the engine on a 2-core machine while the first bars ran.
+    The jobs and batches are the ones a store and an audit log sharing the process really
+    send; they are imported and read in a fresh interpreter, as the process does."""
+    import pickle
     import subprocess
     import sys
 
     from tradingd.audit import AuditLog
 
     jobs: list[str] = []
+    batches = tmp_path / "batches.pickle"
     real_post = ChildWriter._post
 
     def post(self, batch):  # type: ignore[no-untyped-def]
         jobs.extend(job for job, _ in batch)
+        with batches.open("ab") as fh:
+            pickle.dump(pickle.dumps(batch, pickle.HIGHEST_PROTOCOL), fh)
         real_post(self, batch)
 
     monkeypatch.setattr(ChildWriter, "_post", post)
@@ -733,10 +739,21 @@ async def test_the_writer_process_imports_no_structlog_or_asyncio_for_its_jobs(
         await store.stop()
     modules = sorted({job.partition(":")[0] for job in jobs})
     assert "tradingd.storage.sqlite_file" in modules and len(modules) == 2, modules
-    code = (
-        "import sys; import tradingd.storage.child; "
-        + "; ".join(f"import {m}" for m in modules)
-        + "; print(sorted(m for m in ('structlog', 'rich', 'asyncio') if m in sys.modules))"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "tradingd.storage.sqlite_file:child_rows" in jobs
+    code = f"""
+import pickle, sys
+import tradingd.storage.child
+{"; ".join(f"import {m}" for m in modules)}
+read = []
+with open({str(batches)!r}, "rb") as fh:
+    while True:
+        try:
+            read.append(pickle.loads(pickle.load(fh)))
+        except EOFError:
+            break
+assert any(job == "tradingd.storage.sqlite_file:child_rows" for b in read for job, _ in b)
+print(sorted(m for m in ("numpy", "structlog", "rich", "asyncio") if m in sys.modules))
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]", done.stdout
