@@ -2,8 +2,9 @@
 times are stored, and the writer process's jobs (storage/child.py), which run here.
 
 A module of its own, light on imports (no structlog, asyncio or the store's class): a
-replay's writer process imports only this, the row makers and numpy, so it takes less of
-the machine's CPU from the engine while it starts (`SqliteStore` and the audit log share it).
+replay's writer process imports only this, the row makers and the audit log's jobs (no
+numpy: rows.Packed), so it takes less of the machine's CPU from the engine while it starts
+(`SqliteStore` and the audit log share it).
 """
 
 from __future__ import annotations
@@ -110,8 +111,8 @@ def connect(path: str, create: bool = True) -> sqlite3.Connection:
 
 
 def child_import(state: dict[str, Any], payload: None) -> None:
-    """Nothing: a prestarted writer process's first job, so that it imports this module (and
-    numpy) while the engine is being built (SqliteStore.prestart)."""
+    """Nothing: a prestarted writer process's first job, so that it imports this module
+    while the engine is being built (SqliteStore.prestart)."""
 
 
 def child_open(state: dict[str, Any], path: str) -> None:
