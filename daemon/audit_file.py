@@ -18,7 +18,7 @@ import json
 import math
 import os
 from collections.abc import Sequence
-from itertools import islice
+from itertools import islice, repeat
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -134,12 +134,18 @@ class _Lines:
     which costs a fraction of encoding each record as a dict."""
 
     def __init__(self, event: str, names: tuple[str, ...], times: frozenset[str]) -> None:
-        fields_ = ", ".join(f'"{n}": %s' for n in names)
-        self._template = f'{{"event": "{event}", {fields_}%s}}'
+        # The text around the values: a line is its pieces and its values, alternately
+        # (joined, not formatted: `%` parsed the template again for every line, twice the
+        # cost in the writer process).
+        first = f'{{"event": "{event}", "{names[0]}": '
+        # (the last piece goes before the extras)
+        self._pieces = (first, *(f', "{n}": ' for n in names[1:]), "")
         self._timed = tuple(n in times for n in names)
 
     def __call__(self, records: Sequence[Sequence[Any]], extras: Sequence[str]) -> list[str]:
         """`extras[k]`: text appended inside record k's object (", \"booked_at\": ...")."""
+        if len(extras) != len(records):
+            raise ValueError(f"{len(extras)} extras for {len(records)} records")
         if not records:
             return []
         cols = zip(*records, strict=True)
@@ -147,7 +153,13 @@ class _Lines:
             _time_column(c) if timed else _column(c)
             for c, timed in zip(cols, self._timed, strict=True)
         ]
-        return list(map(self._template.__mod__, zip(*text, extras, strict=True)))
+        text.append(list(extras))
+        parts: list[Any] = []
+        for piece, column in zip(self._pieces, text, strict=True):
+            parts += (repeat(piece), column)
+        parts.append(repeat("}"))
+        # (repeat is endless: the columns, all of one length, end the lines)
+        return list(map("".join, zip(*parts, strict=False)))
 
 
 _order_lines = _Lines("order", _ORDER_FIELDS, _ORDER_TIMES)

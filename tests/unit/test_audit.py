@@ -649,3 +649,12 @@ def test_a_log_moved_aside_by_the_operator_is_reopened_not_fatal(tmp_path):
     sink.write("e\n")
     assert path.read_text() == "e\n"
     sink.close()
+
+
+def test_lines_refuse_extras_that_do_not_match_the_records():
+    """A line per record: extras of another length are an error, not lines dropped (the
+    lines are joined from columns that end with the shortest)."""
+    records = audit._ORDER_RECORDS([order(0), order(1)])
+    assert len(audit_file._order_lines(records, ["", ""])) == 2
+    with pytest.raises(ValueError, match="1 extras for 2 records"):
+        audit_file._order_lines(records, [""])
