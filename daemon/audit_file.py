@@ -171,18 +171,25 @@ _fill_lines = _Lines("fill", _FILL_FIELDS, _FILL_TIMES)
 _ORDERS, _FILLS, _LINE = 0, 1, 2
 
 
+def _booked_extras(batch: Sequence[tuple[int, Any, Any]], of: int) -> list[str]:
+    """Each record's `booked_at` text of the items of kind `of` ("" without one)."""
+    return [
+        "" if booked is None else f', "booked_at": "{_iso(booked)}"'
+        for kind, payload, booked in batch
+        if kind == of
+        for _ in payload
+    ]
+
+
 def _encode(batch: Sequence[tuple[int, Any, Any]]) -> str:
     """The batch's lines in record order; its orders and its fills are each encoded together."""
     orders = [v for kind, payload, _ in batch if kind == _ORDERS for v in payload]
     fills = [v for kind, payload, _ in batch if kind == _FILLS for v in payload]
-    extras = [
-        "" if booked is None else f', "booked_at": "{_iso(booked)}"'
-        for kind, payload, booked in batch
-        if kind == _FILLS
-        for _ in payload
-    ]
-    order_text = iter(_order_lines(orders, [""] * len(orders)))
-    fill_text = iter(_fill_lines(fills, extras))
+    # A live run's order lines say their bar too (`AuditLog.orders`); a replay's have none.
+    booked_orders = any(b is not None for kind, _, b in batch if kind == _ORDERS)
+    order_extras = _booked_extras(batch, _ORDERS) if booked_orders else [""] * len(orders)
+    order_text = iter(_order_lines(orders, order_extras))
+    fill_text = iter(_fill_lines(fills, _booked_extras(batch, _FILLS)))
     out: list[str] = []
     for kind, payload, _ in batch:
         if kind == _ORDERS:
