@@ -98,12 +98,19 @@ class Store(Service, Protocol):
         ...
 
     def record_orders(
-        self, run_id: str, orders: Sequence[Order], *, intent: bool = False
+        self,
+        run_id: str,
+        orders: Sequence[Order],
+        *,
+        intent: bool = False,
+        booked_at: datetime | None = None,
     ) -> Sequence[tuple[Any, ...]] | None:
         """The records kept, if the store keeps them as `storage.rows.ORDER_VALUES` tuples
         (the engine passes them on to `AuditSink.orders`), else None. `intent`: a live run's
         orders stored before they are sent; from then on a state that repeats its order's
-        last stored one (the broker's answer to an intent, say) adds no event."""
+        last stored one (the broker's answer to an intent, say) adds no event. `booked_at`:
+        the bar a live run records them at (what a resume deletes after its checkpoint by;
+        their own times are the broker's clock)."""
         ...
 
     def record_fills(

@@ -1109,7 +1109,11 @@ class Engine:
             cancelled = await self.broker.cancel(cid, "rebalance: position closed or cut")
             if cancelled is not None:
                 one = [cancelled]
-                self.audit.orders(one, self.store.record_orders(run_id, one), self._booked(t))
+                self.audit.orders(
+                    one,
+                    self.store.record_orders(run_id, one, booked_at=self._booked(t)),
+                    self._booked(t),
+                )
                 self._publish_items("orders", one, t)
                 # Only an order open when the plan was made: a resumed plan's cancel of one
                 # closed before the restart returns its old fills, booked long ago.
@@ -1124,7 +1128,11 @@ class Engine:
             o.reason = "not sent: an order being cancelled in this symbol had filled"
             o.updated_at = t
         if dropped:
-            self.audit.orders(dropped, self.store.record_orders(run_id, dropped), self._booked(t))
+            self.audit.orders(
+                dropped,
+                self.store.record_orders(run_id, dropped, booked_at=self._booked(t)),
+                self._booked(t),
+            )
             self._publish_items("orders", dropped, t)
             log.warning(
                 "plan.dropped_after_fill",
@@ -1461,7 +1469,11 @@ class Engine:
 
     def _book_acked(self, acked: list[Order], t: datetime) -> None:
         self._orders += len(acked)
-        self.audit.orders(acked, self.store.record_orders(self.run.run_id, acked), self._booked(t))
+        self.audit.orders(
+            acked,
+            self.store.record_orders(self.run.run_id, acked, booked_at=self._booked(t)),
+            self._booked(t),
+        )
         if self.publisher is not None:
             self._publish_items("orders", acked, t)
         self.rejections.on_orders(acked, "submit")
@@ -1488,7 +1500,9 @@ class Engine:
         if not closed:
             return
         self.audit.orders(
-            closed, self.store.record_orders(self.run.run_id, closed), self._booked(t)
+            closed,
+            self.store.record_orders(self.run.run_id, closed, booked_at=self._booked(t)),
+            self._booked(t),
         )
         self._publish_items("orders", closed, t)
         log.warning(
@@ -1532,7 +1546,9 @@ class Engine:
                 again.reason, again.filled_quantity, again.updated_at = "", 0.0, None
                 retry.append(again)
             if self._durable:
-                self.store.record_orders(self.run.run_id, retry, intent=True)
+                self.store.record_orders(
+                    self.run.run_id, retry, intent=True, booked_at=self._booked(t)
+                )
                 await self.store.flush()
                 faults.reached("intent")
             acked = await self.broker.submit(retry)
@@ -2231,7 +2247,9 @@ class Engine:
             log.info("broker.late_fills", fills=len(update.fills))
         if update.orders:
             self.audit.orders(
-                update.orders, self.store.record_orders(self.run.run_id, update.orders), booked_at
+                update.orders,
+                self.store.record_orders(self.run.run_id, update.orders, booked_at=booked_at),
+                booked_at,
             )
         if update.fills or update.orders:
             # To the writer now, not at the next bar (a day away, with daily bars).
@@ -2540,7 +2558,7 @@ class Engine:
         if update.orders:
             self.audit.orders(
                 update.orders,
-                self.store.record_orders(run_id, update.orders),
+                self.store.record_orders(run_id, update.orders, booked_at=self._booked(bar.time)),
                 self._booked(bar.time),
             )
             if self.publisher is not None:
@@ -2713,7 +2731,9 @@ class Engine:
             if self._durable and (plan.orders or plan.cancel):
                 # The intent, cancels included, is stored before any of it reaches the
                 # broker: after a crash, the restarted process carries it out (see _resume).
-                self.store.record_orders(run_id, plan.orders, intent=True)
+                self.store.record_orders(
+                    run_id, plan.orders, intent=True, booked_at=self._booked(bar.time)
+                )
                 if plan.cancel and self._last_checkpoint is not None:
                     at, state = self._last_checkpoint
                     intent = {"time": bar.time.isoformat(), "cancel": list(plan.cancel)}

@@ -59,7 +59,6 @@ from .rows import (
     Record,
     Row,
     chunk_rows,
-    event_of,
     fill_columns,
     order_columns,
     order_event,
@@ -864,7 +863,9 @@ class BufferedStore(ABC):
         stmts.append((reopen_run_sql(d), (run.run_id,)))
         async with self._flush_lock:
             await self._execute(stmts)
-        self._last_events = _stored_events(run.run_id, orders, after)
+        # (After the delete: the events the run keeps, its acknowledgements of the last bar
+        # included, which a broker's clock dates after the checkpoint.)
+        self._last_events = _kept_events(run.run_id, await self.fetch("order_events", run.run_id))
         if state is not None:
             # Rows are written on change: continue from the checkpoint's book and from the
             # decisions in force (the last recorded target of each symbol, which a hold does
@@ -1038,7 +1039,12 @@ class BufferedStore(ABC):
         return np.array(sorted(rows), dtype=np.intp)
 
     def record_orders(
-        self, run_id: str, orders: Sequence[Order], *, intent: bool = False
+        self,
+        run_id: str,
+        orders: Sequence[Order],
+        *,
+        intent: bool = False,
+        booked_at: datetime | None = None,
     ) -> list[Record] | None:
         """Upsert each order's current state and append it to the order's event history.
         Returns the records kept (one tuple per order, `rows.ORDER_VALUES`), which the
@@ -1052,20 +1058,27 @@ class BufferedStore(ABC):
         submit's answer and again in the order's update, were two equal rows (about 30% of a
         long live run's events). order_events then holds each state once, as a replay has
         it. The memory is bounded (EVENTS_KEPT orders, oldest out first: an order that old
-        repeating a state is one row more)."""
+        repeating a state is one row more).
+
+        `booked_at`: the bar at which a live run records these states, kept with their
+        `order_events` rows: a resume deletes the rows after its checkpoint by it (an
+        order's own time is the broker's clock, hours after a daily bar's label)."""
         if not orders:
             return None
         records = ORDER_RECORDS(orders)
         if intent and self._last_events is None:
             self._last_events = OrderedDict()
         if self._last_events is not None:
-            self._record_live(run_id, records)
+            self._record_live(run_id, records, booked_at)
+        elif booked_at is not None:
+            self._add_orders((run_id, records, True, booked_at))
         else:
             self._add_orders((run_id, records, True))
         return records
 
-    def _add_orders(self, chunk: tuple[str, list[Record], bool]) -> None:
-        """An order chunk `(run_id, records, with events)` buffered (and kept, if kept)."""
+    def _add_orders(self, chunk: tuple[Any, ...]) -> None:
+        """An order chunk `(run_id, records, with events[, booked_at])` buffered (and kept,
+        if kept)."""
         self._orders.append(chunk)
         self._counts["orders"] += len(chunk[1])
         kept = self._kept_orders
@@ -1080,13 +1093,15 @@ class BufferedStore(ABC):
             for r in chunk[1]:
                 latest[r[_CID]] = r
 
-    def _record_live(self, run_id: str, records: list[Record]) -> None:
+    def _record_live(
+        self, run_id: str, records: list[Record], booked_at: datetime | None = None
+    ) -> None:
         """`record_orders` in a live run: the states that repeat their order's last event go
         in chunks without events, in the order given (runs of records alike in that make
         one chunk each), so that the `orders` row ends on the last state given."""
         last = self._last_events
         assert last is not None
-        chunks: list[tuple[str, list[Record], bool]] = []
+        chunks: list[tuple[str, list[Record], bool, datetime | None]] = []
         for r in records:
             key = (run_id, r[_CID])
             event = order_event(r)
@@ -1094,7 +1109,7 @@ class BufferedStore(ABC):
             last[key] = event
             last.move_to_end(key)
             if not chunks or chunks[-1][2] != new:
-                chunks.append((run_id, [], new))
+                chunks.append((run_id, [], new, booked_at))
             chunks[-1][1].append(r)
         while len(last) > EVENTS_KEPT:
             last.popitem(last=False)
@@ -1550,19 +1565,19 @@ class BufferedStore(ABC):
         return out
 
 
-def _stored_events(
-    run_id: str, orders: Sequence[Mapping[str, Any]], after: datetime
+def _kept_events(
+    run_id: str, events: Sequence[Mapping[str, Any]]
 ) -> OrderedDict[tuple[str, str], tuple[Any, ...]]:
     """A resumed live run's event memory (see `record_orders`): the last stored event of its
     most recent orders, so that a broker's answer repeating a state stored before the stop
     (an intent stored, the process killed, the acknowledgement read after the restart) is no
-    second event. Only states at or before the checkpoint: the resume deleted the events
-    after it, and a state whose event is gone must be stored again."""
+    second event. From the events the resume kept (`order_events` after its delete, in
+    time order): a state whose event is gone must be stored again."""
     last: OrderedDict[tuple[str, str], tuple[Any, ...]] = OrderedDict()
-    for o in orders[-EVENTS_KEPT:]:  # by created_at
-        event = event_of(
-            o["status"], o["filled_quantity"], o["reason"], o["created_at"], o["updated_at"]
-        )
-        if event[-1] <= after:  # its time
-            last[(run_id, o["client_order_id"])] = event
+    for e in events:
+        key = (run_id, e["client_order_id"])
+        last[key] = (e["status"], e["filled_quantity"], e["reason"], e["time"])
+        last.move_to_end(key)
+    while len(last) > EVENTS_KEPT:
+        last.popitem(last=False)
     return last

@@ -260,18 +260,21 @@ def order_columns(chunks: Sequence[tuple[Any, ...]], enc: EncodeTime) -> list[Se
     ]
 
 
-def order_rows(
-    chunks: Sequence[tuple[str, list[Record], bool]], enc: EncodeTime
-) -> tuple[list[Row], list[Row]]:
-    """(orders rows, order_events rows) of order chunks `(run_id, records, events)`. Only an
-    order's latest state survives the upsert, so only that one is written; order_events
-    keeps every state of a chunk with `events`, and none of one without (a live order's
-    acknowledgement in the state of its stored intent: `BufferedStore.record_orders`)."""
+def order_rows(chunks: Sequence[tuple[Any, ...]], enc: EncodeTime) -> tuple[list[Row], list[Row]]:
+    """(orders rows, order_events rows) of order chunks `(run_id, records, events[,
+    booked_at])`. Only an order's latest state survives the upsert, so only that one is
+    written; order_events keeps every state of a chunk with `events`, and none of one
+    without (a live order's acknowledgement in the state of its stored intent:
+    `BufferedStore.record_orders`); `booked_at`, a live run's bar, goes with each event."""
     cols = order_columns(chunks, enc)
     latest = {(r[0], r[1]): r for r in zip(*cols, strict=True)}
     run_ids, cid, st, fq, reason, created, updated = (cols[k] for k in (0, 1, 12, 13, 15, 16, 17))
     when = [c if u is None else u for c, u in zip(created, updated, strict=True)]
-    events = list(zip(run_ids, cid, st, fq, reason, when, strict=True))
+    booked = _spread(
+        [None if len(c) < 4 or c[3] is None else enc(c[3]) for c in chunks],
+        [len(c[1]) for c in chunks],
+    )
+    events = list(zip(run_ids, cid, st, fq, reason, when, booked, strict=True))
     if not all(c[2] for c in chunks):
         keep = _spread([c[2] for c in chunks], [len(c[1]) for c in chunks])
         events = [e for e, k in zip(events, keep, strict=True) if k]

@@ -177,6 +177,11 @@ ORDER_EVENTS = Table(
         _c("filled_quantity", "float"),
         _c("reason", "text"),
         _c("time", "time"),
+        # The bar at which a live run recorded the state (the order's own `time` is the
+        # broker's clock: Alpaca's is the wall clock, hours after a daily bar's label); what
+        # a resume deletes after its checkpoint by. NULL in a replay's rows and in rows
+        # written before it existed: their `time` stands in.
+        _c("booked_at", "time"),
     ),
     order_by=("time", "seq"),
     indexes=(("run_id", "time"),),
@@ -345,7 +350,8 @@ BUFFERED = (
 # checkpoint (the interrupted bar is processed again, deterministically).
 RESUME_TIME = {
     "signals": "time",
-    "order_events": "time",
+    # A live state's bar (see ORDER_EVENTS), else its own time.
+    "order_events": "COALESCE(booked_at, time)",
     "fills": "booked_at",
     "positions": "time",
     "equity": "time",

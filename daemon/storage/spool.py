@@ -170,9 +170,25 @@ def decode_batch(obj: Mapping[str, Any]) -> SpoolBatch:
         writer=str(obj["writer"]),
         seq=int(obj["seq"]),
         created=float(obj["t"]),
-        tables={name: [tuple(_dec(r)) for r in rows] for name, rows in obj["tables"].items()},
+        tables={
+            name: _padded(name, [tuple(_dec(r)) for r in rows])
+            for name, rows in obj["tables"].items()
+        },
         ops=tuple((str(name), tuple(_dec(args))) for name, args in obj.get("ops", ())),
     )
+
+
+def _padded(name: str, rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    """Rows a spool of an earlier build holds, with NULL in the columns added since (a later
+    build only adds nullable columns at the end, as `order_events.booked_at`): a daemon
+    upgraded during an outage replays its spool into the new table."""
+    from .schema import TABLES
+
+    table = TABLES.get(name)
+    if table is None:
+        return rows
+    n = len(table.insert_columns)
+    return [r + (None,) * (n - len(r)) if len(r) < n else r for r in rows]
 
 
 def encode_line(obj: Mapping[str, Any]) -> bytes:

@@ -168,3 +168,39 @@ async def test_a_restarted_run_does_not_store_a_state_stored_before_its_stop_aga
     await store.flush()
     events = [(e["client_order_id"], e["status"]) for e in await store.fetch("order_events", "r1")]
     assert sorted(events) == [("r1|a", "new"), ("r1|b", "new")]
+
+
+async def test_a_restart_keeps_the_checkpointed_bars_states_whatever_the_brokers_clock(
+    store: BufferedStore,
+) -> None:
+    """Alpaca dates an order state by its own clock (the wall clock, hours after a daily
+    bar's label), and the resume deleted the events after its checkpoint by that time: every
+    restart lost the last bar's acknowledgements and fills from the order history. A live
+    run's events say the bar that recorded them (`booked_at`), and the resume goes by it;
+    an event of the interrupted bar is still deleted, and a repeat of a kept state after the
+    restart is no second event."""
+    run = RunInfo("r1", "live", T0, '{"k": 1}', ("AAA", "BBB", "CCC"), 100_000.0)
+    assert await store.resume_run(run) is None
+    wall = T0 + timedelta(hours=14, minutes=28)
+    a = Order("r1|a", "AAA", Side.BUY, 10.0, T0)
+    store.record_orders("r1", [a], intent=True, booked_at=T0)
+    acked = a.snapshot()
+    # the broker's answer: partly filled, at its clock
+    acked.status, acked.filled_quantity, acked.updated_at = OrderStatus.PARTIALLY_FILLED, 4.0, wall
+    store.record_orders("r1", [acked], booked_at=T0)
+    store.record_checkpoint("r1", T0, {"portfolio": {}})
+    b = Order("r1|b", "BBB", Side.BUY, 5.0, T0 + DAY)
+    store.record_orders("r1", [b], intent=True, booked_at=T0 + DAY)
+    await store.flush()
+    # the process dies in the next bar; the next one resumes from the checkpoint at T0
+    resumed = await store.resume_run(run)
+    assert resumed is not None and resumed.bar_time == T0
+    events = await store.fetch("order_events", "r1")
+    assert [(e["client_order_id"], e["status"]) for e in events] == [
+        ("r1|a", "new"),
+        ("r1|a", "partially_filled"),
+    ]
+    assert events[1]["time"] == wall and events[1]["booked_at"] == T0
+    store.record_orders("r1", [acked.snapshot()], booked_at=T0 + DAY)  # read again
+    await store.flush()
+    assert len(await store.fetch("order_events", "r1")) == 2

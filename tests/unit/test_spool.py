@@ -812,3 +812,18 @@ def test_a_probe_left_by_a_crash_is_removed_with_the_orphans(tmp_path: Path) -> 
     left.write_bytes(b"probe\n")
     assert claim_orphans(tmp_path) == []
     assert not left.exists()
+
+
+def test_a_spool_of_an_earlier_build_is_read_with_null_in_the_columns_added_since():
+    """A daemon upgraded during an outage replays the earlier build's spool: its
+    order_events rows have no `booked_at` (added since, nullable, at the end)."""
+    from tradingd.storage.schema import TABLES
+    from tradingd.storage.spool import decode_batch
+
+    old_row = ["r1", "r1|a", "new", 0.0, "", "2020-01-02T21:00:00+00:00"]
+    batch = decode_batch(
+        {"writer": "w", "seq": 1, "t": 0.0, "tables": {"order_events": [old_row]}, "ops": []}
+    )
+    [row] = batch.tables["order_events"]
+    assert len(row) == len(TABLES["order_events"].insert_columns)
+    assert row[: len(old_row)] == tuple(old_row) and row[len(old_row) :] == (None,)
