@@ -19,9 +19,10 @@ from __future__ import annotations
 import csv
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import zip_longest
 from pathlib import Path
 from typing import Any
 
@@ -214,72 +215,84 @@ def _json_section(
     )
 
 
-def _fills(folder: Path) -> list[dict[str, str]]:
-    """fills.csv's rows (the compared columns, as written), each field checked: a damaged
-    row is an error naming the file and line, not a difference from the other run."""
+def _fill_rows(folder: Path) -> Iterator[tuple[tuple[str, ...], tuple[Any, ...]]]:
+    """fills.csv's rows one by one: (the compared columns as written, their values), each
+    field checked: a damaged row is an error naming the file and line, not a difference
+    from the other run. Read as a stream: two records of 500,000 fills each held every row
+    in memory (1.6 GB)."""
     file = folder / "fills.csv"
     if not file.exists() or file.stat().st_size == 0:
-        return []
+        return
     with file.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        missing = [f for f in FILL_FIELDS if f not in (reader.fieldnames or ())]
+        reader = csv.reader(fh)
+        header = next(reader, [])
+        missing = [f for f in FILL_FIELDS if f not in header]
         if missing:
             raise ValueError(f"{file} has no {', '.join(missing)} column: not a run's fills")
-        rows = []
+        at = [header.index(f) for f in FILL_FIELDS]
         for line, row in enumerate(reader, start=2):
-            empty = [f for f in FILL_FIELDS if not (row.get(f) or "").strip()]
+            raw = tuple(row[k].strip() if k < len(row) else "" for k in at)
+            empty = [f for f, v in zip(FILL_FIELDS, raw, strict=True) if not v]
             if empty:
                 raise ValueError(
                     f"{file}, line {line}: no {', '.join(empty)}: the record is damaged "
                     "(run the backtest again)"
                 )
-            rows.append({f: row[f] for f in FILL_FIELDS})
-        return rows
+            yield raw, _fill_key(raw, file, line)
 
 
-def _fill_key(f: Mapping[str, str], file: Path) -> tuple[Any, ...]:
+def _fill_key(raw: tuple[str, ...], file: Path, line: int) -> tuple[Any, ...]:
     """A fill's compared values: its time as an instant (whatever offset it is written in)
     and its numbers as floats (1.0 and 1 are one quantity)."""
+    time, symbol, side, quantity, price, commission = raw
     try:
         return (
-            datetime.fromisoformat(f["time"]),
-            f["symbol"],
-            f["side"].lower(),
-            float(f["quantity"]),
-            float(f["price"]),
-            float(f["commission"]),
+            datetime.fromisoformat(time),
+            symbol,
+            side.lower(),
+            float(quantity),
+            float(price),
+            float(commission),
         )
     except ValueError as exc:
-        raise ValueError(f"{file}: a fill cannot be read ({exc}): the record is damaged") from None
+        raise ValueError(
+            f"{file}, line {line}: a fill cannot be read ({exc}): the record is damaged"
+        ) from None
 
 
-def _first_fill(a: Path, b: Path) -> tuple[tuple[int, int], Any]:
-    fa, fb = _fills(a), _fills(b)
-    ka = [_fill_key(f, a / "fills.csv") for f in fa]
-    kb = [_fill_key(f, b / "fills.csv") for f in fb]
-    for i in range(max(len(ka), len(kb))):
-        x = ka[i] if i < len(ka) else None
-        y = kb[i] if i < len(kb) else None
-        if x != y:
+def _first_fill(a: Path, b: Path, counted: tuple[Any, Any]) -> tuple[tuple[int, int], Any]:
+    """(fills in A, fills in B), and the first that differs (see `Comparison`)."""
+    first = None
+    n = [0, 0]
+    for i, (x, y) in enumerate(zip_longest(_fill_rows(a), _fill_rows(b))):
+        n[0] += x is not None
+        n[1] += y is not None
+        if first is None and (x is None or y is None or x[1] != y[1]):
             fields = (
-                [f for f, u, v in zip(FILL_FIELDS, x, y, strict=True) if u != v]
+                [f for f, u, v in zip(FILL_FIELDS, x[1], y[1], strict=True) if u != v]
                 if x is not None and y is not None
                 else []
             )
-            return (len(fa), len(fb)), (
-                i + 1,
-                fa[i] if i < len(fa) else None,
-                fb[i] if i < len(fb) else None,
-                fields,
+            shown = [
+                None if r is None else dict(zip(FILL_FIELDS, r[0], strict=True)) for r in (x, y)
+            ]
+            first = (i + 1, shown[0], shown[1], fields)
+    for folder, rows, c in ((a, n[0], counted[0]), (b, n[1], counted[1])):
+        if not rows and isinstance(c, int) and c > 0:
+            # "No trades" would be a wrong answer, as in `record_folder`.
+            raise ValueError(
+                f"{folder} has no fill in its fills.csv, but its summary.json counts {c} "
+                "fills: the record is incomplete (run the backtest again)"
             )
-    return (len(fa), len(fb)), None
+    return (n[0], n[1]), first
 
 
 def compare_runs(a: Path, b: Path) -> Comparison:
     """Compare two run record folders (as `tradingd backtest` writes them). A record that is
     damaged (a cut equity.csv, unreadable JSON, a fill without its price) is an error naming
     the file: a comparison against half a run would point at the wrong bar."""
-    ra, rb = record_folder(a, warn_unrestated=False), record_folder(b, warn_unrestated=False)
+    # The curves (checked whole); fills.csv is read here, once (`_fills`).
+    ra, rb = (record_folder(d, warn_unrestated=False, with_fills=False) for d in (a, b))
     config = _json_section(a, b, "config.json", skip=WHERE_KEYS)
     places = []
     if not config.missing:
@@ -294,7 +307,7 @@ def compare_runs(a: Path, b: Path) -> Comparison:
         absent = [f"{x} has no summary.json" for x, s in (("A", sa), ("B", sb)) if not s]
         metrics = Section([], " and ".join(absent))
     first_equity = _first_equity(ra, rb)
-    fills, first_fill = _first_fill(a, b)
+    fills, first_fill = _first_fill(a, b, (sa.get("fills"), sb.get("fills")))
     return Comparison(
         a,
         b,

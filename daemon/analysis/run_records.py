@@ -302,10 +302,15 @@ def _fill_columns(file: Path, fills: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def record_folder(path: Path, *, warn_unrestated: bool = True) -> RunRecord:
+def record_folder(
+    path: Path, *, warn_unrestated: bool = True, with_fills: bool = True
+) -> RunRecord:
     """A run's record folder as `tradingd backtest` writes it. `warn_unrestated` off: the
     caller reads the equity curve only (`trials.count_trials`), which the restatement of
-    the fills does not change, and a warning per older folder said nothing it needs."""
+    the fills does not change, and a warning per older folder said nothing it needs.
+    `with_fills` off: the record without its fills (`fills` empty), for a caller that reads
+    fills.csv itself (`compare`): a fill object each, restated, was most of a large
+    record's reading (12 s of 500,000 fills)."""
     eq_file = path / "equity.csv"
     if not eq_file.exists():
         raise ValueError(f"{path} is not a run record: it has no equity.csv")
@@ -331,11 +336,11 @@ def record_folder(path: Path, *, warn_unrestated: bool = True) -> RunRecord:
         )
     fills_file = path / "fills.csv"
     fills = None
-    if fills_file.exists() and fills_file.stat().st_size > 0:
+    if with_fills and fills_file.exists() and fills_file.stat().st_size > 0:
         fills = _csv(fills_file, "the run's fills")
         if len(fills):
             fills = _fill_columns(fills_file, fills)
-    if (fills is None or not len(fills)) and summary.get("fills"):
+    if with_fills and (fills is None or not len(fills)) and summary.get("fills"):
         # "No trades" would be a wrong answer: the costs and round trips would read 0. An
         # empty or header-only fills.csv said it silently, as a missing one did before.
         what = "no fills.csv" if not fills_file.exists() else "no fill in its fills.csv"

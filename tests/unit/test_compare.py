@@ -250,3 +250,11 @@ def test_a_fill_row_without_a_symbol_is_a_damaged_record(tmp_path, capsys):
     with pytest.raises(ValueError, match=r"fills.csv, line 3: no symbol"):
         compare_runs(a, b)
     assert main(["compare", str(a), str(b)]) == 2
+
+
+def test_a_record_whose_fills_are_gone_is_damaged_not_a_run_without_trades(tmp_path):
+    a = _record(tmp_path, "a", EQUITY, FILLS)
+    b = _record(tmp_path, "b", EQUITY, FILLS)
+    (b / "fills.csv").write_text("")
+    with pytest.raises(ValueError, match="counts 2 fills: the record is incomplete"):
+        compare_runs(a, b)
