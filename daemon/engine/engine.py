@@ -1252,9 +1252,11 @@ class Engine:
                     # Before the first reconciliation: a split going ex on the day of the
                     # next bar (a restart on the ex-date) is held and expected, and applied
                     # by its bar.
-                    await self._unless_stopped(
+                    done, due = await self._unless_stopped(
                         self._splits_due(last, day=self.splits_ahead.next_day(last))
                     )
+                    if done and due:
+                        await self._unless_stopped(self._cancel_before_split(due, last))
                 splits_task = asyncio.create_task(self._splits_every(), name="splits")
             if not self._stop_requested and callable(getattr(self.broker, "positions", None)):
                 # A stop while the broker hangs must not wait out its calls' timeouts.
@@ -2944,6 +2946,28 @@ class Engine:
                 ahead.start(ahead.next_day(self._last_time))
             except Exception:  # the loop goes on: the next heartbeat asks again
                 log.exception("split.retry_failed", last_bar=self._last_time)
+
+    async def _cancel_before_split(self, splitting: Mapping[str, Split], t: datetime) -> None:
+        """At start-up, this run's working orders in a symbol that splits at the next
+        session, cancelled now, as the bar before it would have (`_without_splitting`): that
+        bar was decided before the split was known (announced after it, or its lookup
+        failed), and no bar comes before the ex-date's open, where Alpaca keeps the orders
+        as they were: a pre-split stop above the post-split price sold the position at the
+        open, while `split.ahead` said its resting orders were cancelled. Placed again by
+        the ex-date's bar, post-split."""
+        plan = self._without_splitting(_NO_PLAN, splitting)
+        if not plan.cancel:
+            return
+        assert self._bar_lock is not None
+        async with self._bar_lock:
+            await self._cancel_then_check(plan, t)
+        log.warning(
+            "split.orders_cancelled",
+            symbols=sorted({s for s in splitting}),
+            cancelled=list(plan.cancel),
+            rule="a symbol splitting at the next session has no working order of this run "
+            "across the split; its exits are placed again after it",
+        )
 
     def _without_splitting(self, plan: Plan | _EmptyPlan, splitting: Mapping[str, Split]) -> Plan:
         """`plan` with no order in a symbol that splits before the next open, and this run's

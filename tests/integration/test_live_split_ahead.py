@@ -396,3 +396,36 @@ async def test_an_alpaca_py_without_the_corporate_actions_client_is_an_error_at_
     assert engine.splits_ahead is None
     [off] = [e for e in logs if e["event"] == "split.ahead_off"]
     assert off["log_level"] == "error" and "alpaca-py>=0.33" in off["reason"]
+
+
+async def test_a_split_learned_at_a_restart_cancels_the_runs_orders_in_it_before_any_bar(
+    engine_config, fake
+):
+    """The eve's bar was decided before the split was known (here its lookup failed; a split
+    announced after that bar is the same), so S00's exits and S01's entry still work at the
+    broker. A restart before the ex-date's bar learns of the split at its start, and logged
+    that the symbol's resting orders are cancelled, but nothing cancelled them before the
+    ex-date's bar: Alpaca keeps them across the split, and a pre-split stop above the
+    post-split price sells the position at the open. They are cancelled at the start now."""
+    fake.fail_corporate_actions(n=1000, status=500)
+    panel, config, _, _ = await _up_to_the_eve(engine_config, fake, 4.0)
+    working = {o.client_order_id for o in _open_run_orders(fake, "S00")}
+    assert working, "S00's exits rest at the broker after the eve"
+    fake.call(fake.corporate_actions_work)
+
+    second = _engine(config, panel, panel.datetimes()[EX])
+    seen_at_ex: list[set[str]] = []
+    step = second.step
+
+    async def watching(bar: Any, trade: Any = None) -> None:
+        if bar.time == panel.datetimes()[EX] and not seen_at_ex:
+            seen_at_ex.append({o.client_order_id for o in fake.orders.values() if o.is_open})
+        await step(bar, trade)
+
+    second.step = watching
+    with capture_logs() as logs:
+        await second.run_until_done()
+
+    assert seen_at_ex and not (seen_at_ex[0] & working)  # gone before the ex-date's bar
+    [said] = [e for e in logs if e["event"] == "split.orders_cancelled"]
+    assert "S00" in said["symbols"] and any("|S00|" in c for c in said["cancelled"])
