@@ -1169,7 +1169,6 @@ class Engine:
         started: list[Any] = []
         live = froze = replaying = False
         reconciler: asyncio.Task[None] | None = None
-        booker: asyncio.Task[None] | None = None
         refresher: asyncio.Task[None] | None = None
         splits_task: asyncio.Task[None] | None = None
         # Live bars the source did not deliver at their release, fetched again before the
@@ -1263,11 +1262,6 @@ class Engine:
                 await self._unless_stopped(self._reconcile())
                 if not self._stop_requested:
                     reconciler = asyncio.create_task(self._reconcile_every(), name="reconcile")
-                arrived = getattr(self.broker, "fills_arrived", None)
-                if not self._stop_requested and arrived is not None:
-                    booker = asyncio.create_task(
-                        self._book_fills_as_they_arrive(arrived), name="late-fills"
-                    )
             if not self._stop_requested and self._durable:
                 refresher = asyncio.create_task(self._refresh_state_every(), name="state")
             if not self._stop_requested:
@@ -1347,7 +1341,7 @@ class Engine:
             release = getattr(self.features, "release", None)
             if release is not None:
                 release()
-            for task in (reconciler, booker, refresher, splits_task):
+            for task in (reconciler, refresher, splits_task):
                 if task is not None:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
@@ -1389,7 +1383,7 @@ class Engine:
             )
             return result
         finally:
-            for task in (reconciler, booker, refresher, splits_task):
+            for task in (reconciler, refresher, splits_task):
                 if task is not None and not task.done():  # the loop failed
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
@@ -1812,25 +1806,6 @@ class Engine:
                 self.reconcile_error = f"{type(exc).__name__}: {exc}"
                 log.exception("reconcile.failed", retry_in_s=self.reconcile_interval_s)
 
-    async def _book_fills_as_they_arrive(self, arrived: Callable[[], Awaitable[None]]) -> None:
-        """A live broker's fills between bars, booked (stored, published: /status, the
-        cache) as they arrive, under the bar lock. They waited for the next reconciliation
-        round (`live.reconcile_interval_s`, 300 s) or bar: /status showed a filled exit's
-        position and its legs as working for tens of seconds after `alpaca.fill`. Each fill
-        is booked once: the broker's `updates` hands it to whoever asks first. Not before
-        the first bar, nor while a resumed run replays its completed bars (its next bar
-        books them, as before)."""
-        assert self._bar_lock is not None
-        while True:
-            await arrived()
-            if self.catching_up_to is not None:
-                continue
-            try:
-                async with self._bar_lock:
-                    await self._book_late_updates()
-            except Exception:  # a bug or an unexpected answer: said; the next bar books them
-                log.exception("broker.late_fills_failed")
-
     async def _reconcile(self) -> None:
         """Compare the book with the broker's positions, after booking what the broker has
         reported and the engine has not yet (those are not differences). Rules:
@@ -2230,9 +2205,8 @@ class Engine:
 
     async def _book_late_updates(self) -> int:
         """A live broker executes between bars: fills that arrived after the last bar are
-        booked and stored (as they arrive: `_book_fills_as_they_arrive`; before the run
-        stops, before a reconciliation); a broker without `updates()` has none. Returns the
-        number of fills booked."""
+        booked and stored (before the run stops, before a reconciliation); a broker without
+        `updates()` has none. Returns the number of fills booked."""
         updates = getattr(self.broker, "updates", None)
         if updates is None or self._seen == 0:
             return 0
