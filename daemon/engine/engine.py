@@ -1102,18 +1102,13 @@ class Engine:
         cancel: a protective stop hit). The plan counted on those shares: its sale, sent
         anyway, sold them a second time, a short sale in a long-only run. Such orders are
         recorded as cancelled, not sent; the next bar plans from the book again."""
-        run_id = self.run.run_id
         known = {o.client_order_id: o.filled_quantity for o in self.broker.open_orders()}
         moved: set[str] = set()
         for cid in plan.cancel:
             cancelled = await self.broker.cancel(cid, "rebalance: position closed or cut")
             if cancelled is not None:
                 one = [cancelled]
-                self.audit.orders(
-                    one,
-                    self.store.record_orders(run_id, one, booked_at=self._booked(t)),
-                    self._booked(t),
-                )
+                self._record_orders(one, self._booked(t))
                 self._publish_items("orders", one, t)
                 # Only an order open when the plan was made: a resumed plan's cancel of one
                 # closed before the restart returns its old fills, booked long ago.
@@ -1128,11 +1123,7 @@ class Engine:
             o.reason = "not sent: an order being cancelled in this symbol had filled"
             o.updated_at = t
         if dropped:
-            self.audit.orders(
-                dropped,
-                self.store.record_orders(run_id, dropped, booked_at=self._booked(t)),
-                self._booked(t),
-            )
+            self._record_orders(dropped, self._booked(t))
             self._publish_items("orders", dropped, t)
             log.warning(
                 "plan.dropped_after_fill",
@@ -1459,17 +1450,20 @@ class Engine:
         }
 
     def _booked(self, t: datetime) -> datetime | None:
-        """The bar an order state is recorded at, for a live run's audit lines (see
-        `AuditLog.orders`); a replay's lines go without it (nothing truncates them)."""
+        """The bar an order state is recorded at, for a live run's store rows and audit
+        lines (see `_record_orders`); a replay's go without it (nothing resumes them)."""
         return t if self._durable else None
+
+    def _record_orders(self, orders: Sequence[Order], booked_at: datetime | None) -> None:
+        """Order states into the store and the audit log (the store's records, the same
+        objects), both with the bar that recorded them: what a resume deletes and a
+        restart's `truncate_after` drops by, so the two keep the same states."""
+        kept = self.store.record_orders(self.run.run_id, orders, booked_at=booked_at)
+        self.audit.orders(orders, kept, booked_at)
 
     def _book_acked(self, acked: list[Order], t: datetime) -> None:
         self._orders += len(acked)
-        self.audit.orders(
-            acked,
-            self.store.record_orders(self.run.run_id, acked, booked_at=self._booked(t)),
-            self._booked(t),
-        )
+        self._record_orders(acked, self._booked(t))
         if self.publisher is not None:
             self._publish_items("orders", acked, t)
         self.rejections.on_orders(acked, "submit")
@@ -1495,11 +1489,7 @@ class Engine:
             closed.append(o)
         if not closed:
             return
-        self.audit.orders(
-            closed,
-            self.store.record_orders(self.run.run_id, closed, booked_at=self._booked(t)),
-            self._booked(t),
-        )
+        self._record_orders(closed, self._booked(t))
         self._publish_items("orders", closed, t)
         log.warning(
             "orders.not_placed",
@@ -2222,11 +2212,7 @@ class Engine:
             self.audit.fills(update.fills, booked_at, kept)
             log.info("broker.late_fills", fills=len(update.fills))
         if update.orders:
-            self.audit.orders(
-                update.orders,
-                self.store.record_orders(self.run.run_id, update.orders, booked_at=booked_at),
-                booked_at,
-            )
+            self._record_orders(update.orders, booked_at)
         if update.fills or update.orders:
             # To the writer now, not at the next bar (a day away, with daily bars).
             self.audit.flush()
@@ -2532,11 +2518,7 @@ class Engine:
             if self.publisher is not None:
                 self._publish_items("fills", update.fills, bar.time)
         if update.orders:
-            self.audit.orders(
-                update.orders,
-                self.store.record_orders(run_id, update.orders, booked_at=self._booked(bar.time)),
-                self._booked(bar.time),
-            )
+            self._record_orders(update.orders, self._booked(bar.time))
             if self.publisher is not None:
                 self._publish_items("orders", update.orders, bar.time)
             self.rejections.on_orders(update.orders, "fill")
@@ -2937,7 +2919,7 @@ class Engine:
             await self._cancel_then_check(plan, t)
         log.warning(
             "split.orders_cancelled",
-            symbols=sorted({s for s in splitting}),
+            symbols=sorted(splitting),
             cancelled=list(plan.cancel),
             rule="a symbol splitting at the next session has no working order of this run "
             "across the split; its exits are placed again after it",
