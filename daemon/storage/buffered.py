@@ -56,6 +56,7 @@ from .rows import (
     FILL_RECORDS,
     ORDER_FIELDS,
     ORDER_RECORDS,
+    OrderChunk,
     Record,
     Row,
     chunk_rows,
@@ -1070,14 +1071,12 @@ class BufferedStore(ABC):
             self._last_events = OrderedDict()
         if self._last_events is not None:
             self._record_live(run_id, records, booked_at)
-        elif booked_at is not None:
-            self._add_orders((run_id, records, True, booked_at))
         else:
-            self._add_orders((run_id, records, True))
+            self._add_orders((run_id, records, True, booked_at))
         return records
 
-    def _add_orders(self, chunk: tuple[Any, ...]) -> None:
-        """An order chunk `(run_id, records, with events[, booked_at])` buffered (and kept,
+    def _add_orders(self, chunk: OrderChunk) -> None:
+        """An order chunk `(run_id, records, with events, booked_at)` buffered (and kept,
         if kept)."""
         self._orders.append(chunk)
         self._counts["orders"] += len(chunk[1])
@@ -1101,7 +1100,7 @@ class BufferedStore(ABC):
         one chunk each), so that the `orders` row ends on the last state given."""
         last = self._last_events
         assert last is not None
-        chunks: list[tuple[str, list[Record], bool, datetime | None]] = []
+        chunks: list[OrderChunk] = []
         for r in records:
             key = (run_id, r[_CID])
             event = order_event(r)

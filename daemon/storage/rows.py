@@ -30,6 +30,9 @@ Row = tuple[Any, ...]
 # An order state or a fill: every field's value, in the dataclass's order (ORDER_VALUES).
 Record = tuple[Any, ...]
 EncodeTime = Callable[[datetime], Any]
+# A buffered batch of order states: (run_id, records, whether they are events, the bar a
+# live run recorded them at or None).
+OrderChunk = tuple[str, list[Record], bool, "datetime | None"]
 
 # The buffers the record_* calls fill, in write order. `orders` feeds two tables: the order's
 # latest state (`orders`) and its lifecycle history (`order_events`).
@@ -260,9 +263,9 @@ def order_columns(chunks: Sequence[tuple[Any, ...]], enc: EncodeTime) -> list[Se
     ]
 
 
-def order_rows(chunks: Sequence[tuple[Any, ...]], enc: EncodeTime) -> tuple[list[Row], list[Row]]:
-    """(orders rows, order_events rows) of order chunks `(run_id, records, events[,
-    booked_at])`. Only an order's latest state survives the upsert, so only that one is
+def order_rows(chunks: Sequence[OrderChunk], enc: EncodeTime) -> tuple[list[Row], list[Row]]:
+    """(orders rows, order_events rows) of order chunks `(run_id, records, events,
+    booked_at)`. Only an order's latest state survives the upsert, so only that one is
     written; order_events keeps every state of a chunk with `events`, and none of one
     without (a live order's acknowledgement in the state of its stored intent:
     `BufferedStore.record_orders`); `booked_at`, a live run's bar, goes with each event."""
@@ -270,13 +273,11 @@ def order_rows(chunks: Sequence[tuple[Any, ...]], enc: EncodeTime) -> tuple[list
     latest = {(r[0], r[1]): r for r in zip(*cols, strict=True)}
     run_ids, cid, st, fq, reason, created, updated = (cols[k] for k in (0, 1, 12, 13, 15, 16, 17))
     when = [c if u is None else u for c, u in zip(created, updated, strict=True)]
-    booked = _spread(
-        [None if len(c) < 4 or c[3] is None else enc(c[3]) for c in chunks],
-        [len(c[1]) for c in chunks],
-    )
+    counts = [len(c[1]) for c in chunks]
+    booked = _spread([None if c[3] is None else enc(c[3]) for c in chunks], counts)
     events = list(zip(run_ids, cid, st, fq, reason, when, booked, strict=True))
     if not all(c[2] for c in chunks):
-        keep = _spread([c[2] for c in chunks], [len(c[1]) for c in chunks])
+        keep = _spread([c[2] for c in chunks], counts)
         events = [e for e, k in zip(events, keep, strict=True) if k]
     return list(latest.values()), events
 
