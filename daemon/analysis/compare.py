@@ -86,18 +86,14 @@ def _unique(items: Sequence[Mapping[str, Any]], f: str) -> bool:
 
 
 def differences(
-    a: Mapping[str, Any],
-    b: Mapping[str, Any],
-    *,
-    unordered: bool = False,
-    skip: Sequence[str] = (),
+    a: Mapping[str, Any], b: Mapping[str, Any], *, unordered: bool = False
 ) -> list[tuple[str, Any, Any]]:
     """(key, A's value, B's value) of every flattened key whose values differ, in key order;
     a key one side lacks has `_MISSING` there (`missing_in` in `as_dict`)."""
     fa, fb = flatten(a, unordered=unordered), flatten(b, unordered=unordered)
     out = []
     for key in sorted(fa.keys() | fb.keys()):
-        if key in _OWN_KEYS or key in skip:
+        if key in _OWN_KEYS:
             continue
         va, vb = fa.get(key, _MISSING), fb.get(key, _MISSING)
         if _same(va, vb) or _emptied(key, va, vb, fa, fb):
@@ -200,9 +196,7 @@ def _missing(va: Any, vb: Any) -> dict[str, str]:
     return {}
 
 
-def _json_section(
-    a: Path, b: Path, name: str, *, unordered: bool = False, skip: Sequence[str] = ()
-) -> Section:
+def _json_section(a: Path, b: Path, name: str, *, unordered: bool = False) -> Section:
     """A file of both records compared, or said not compared when either lacks it (a
     damaged one is an error naming it, not an empty section)."""
     absent = [
@@ -210,9 +204,7 @@ def _json_section(
     ]
     if absent:
         return Section([], " and ".join(absent))
-    return Section(
-        differences(_json_file(a / name), _json_file(b / name), unordered=unordered, skip=skip)
-    )
+    return Section(differences(_json_file(a / name), _json_file(b / name), unordered=unordered))
 
 
 def _fill_rows(folder: Path) -> Iterator[tuple[tuple[str, ...], tuple[Any, ...]]]:
@@ -293,11 +285,9 @@ def compare_runs(a: Path, b: Path) -> Comparison:
     the file: a comparison against half a run would point at the wrong bar."""
     # The curves (checked whole); fills.csv is read here, once (`_fills`).
     ra, rb = (record_folder(d, warn_unrestated=False, with_fills=False) for d in (a, b))
-    config = _json_section(a, b, "config.json", skip=WHERE_KEYS)
-    places = []
-    if not config.missing:
-        ca, cb = (flatten(_json_file(d / "config.json")) for d in (a, b))
-        places = [k for k in WHERE_KEYS if not _same(ca.get(k, _MISSING), cb.get(k, _MISSING))]
+    config = _json_section(a, b, "config.json")
+    places = [k for k, _, _ in config.diffs if k in WHERE_KEYS]
+    config = Section([d for d in config.diffs if d[0] not in WHERE_KEYS], config.missing)
     environment = _json_section(a, b, "environment.json", unordered=True)
     sa = dict(ra.extra.get("metrics") or {})
     sb = dict(rb.extra.get("metrics") or {})
