@@ -138,13 +138,9 @@ async def test_a_restarted_run_books_its_own_orders_fills_and_not_a_hand_orders(
     assert second.portfolio.quantity_of(sym) == 0
 
 
-async def test_a_new_run_warns_of_the_exits_of_a_bracket_filled_by_hand(engine_config, fake):
-    """Alpaca lists a bracket's legs under their entry only while it is open (nested), so
-    the start-up listing left out the exits of a position protected by hand: no warning,
-    and the broker did not follow them."""
-    panel, config = live_on_fake(engine_config, fake, RUN)
-    engine = build_engine(config, "live", panel=panel)
-    sym = engine.symbols[2]
+def _filled_bracket(fake, sym: str, client_order_id: str):  # type: ignore[no-untyped-def]
+    """A bracket placed on the account by someone else (by hand, another run), its entry
+    filled: (the entry, its legs' client order ids), the legs open."""
     entry = fake.call(
         fake._create,
         {
@@ -156,11 +152,21 @@ async def test_a_new_run_warns_of_the_exits_of_a_bracket_filled_by_hand(engine_c
             "order_class": "bracket",
             "take_profit": {"limit_price": "2000"},
             "stop_loss": {"stop_price": "1"},
-            "client_order_id": "bracket-by-hand-1",
+            "client_order_id": client_order_id,
         },
     )
     fake.call(fake.fill, entry.id, price=100.0)
-    legs = {fake.orders[i].client_order_id for i in entry.leg_ids}
+    return entry, {fake.orders[i].client_order_id for i in entry.leg_ids}
+
+
+async def test_a_new_run_warns_of_the_exits_of_a_bracket_filled_by_hand(engine_config, fake):
+    """Alpaca lists a bracket's legs under their entry only while it is open (nested), so
+    the start-up listing left out the exits of a position protected by hand: no warning,
+    and the broker did not follow them."""
+    panel, config = live_on_fake(engine_config, fake, RUN)
+    engine = build_engine(config, "live", panel=panel)
+    sym = engine.symbols[2]
+    entry, legs = _filled_bracket(fake, sym, "bracket-by-hand-1")
     assert len(legs) == 2 and all(fake.orders[i].is_open for i in entry.leg_ids)
     engine.after_bar.append(lambda t, v: engine.request_stop())
     with capture_logs() as logs:
@@ -181,22 +187,7 @@ async def test_status_lists_another_runs_orders_apart_from_this_runs(engine_conf
     panel, config = live_on_fake(engine_config, fake, RUN)
     engine = build_engine(config, "live", panel=panel)
     sym = engine.symbols[2]
-    entry = fake.call(
-        fake._create,
-        {
-            "symbol": sym,
-            "qty": "5",
-            "side": "buy",
-            "type": "market",
-            "time_in_force": "gtc",
-            "order_class": "bracket",
-            "take_profit": {"limit_price": "2000"},
-            "stop_loss": {"stop_price": "1"},
-            "client_order_id": "another-run-bracket",
-        },
-    )
-    fake.call(fake.fill, entry.id, price=100.0)
-    legs = {fake.orders[i].client_order_id for i in entry.leg_ids}
+    _, legs = _filled_bracket(fake, sym, "another-run-bracket")
     _checks, status, _controls = health_inputs(engine)
     seen: list[dict[str, Any]] = []
 
