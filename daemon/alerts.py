@@ -34,9 +34,15 @@ Two ways to report, both plain (non-async), cheap, and never raising into the ca
   the daily summary). The same (kind, key) again within `dedup_window_s` is
   suppressed.
 
-Delivery happens in the background, one task per target, from a bounded queue per target:
-when a queue is full its oldest alert is dropped (counted in `dropped`, logged as a warning at
-most once a minute), so a flood never blocks the trading loop nor grows memory. Each target
+Delivery happens in the background, one task per target, from a bounded priority queue per
+target: critical alerts first, then warnings and every condition's firing or resolved (of any
+severity), then routine info (the daily summary, info events, an info condition's reminder);
+in arrival order within each. A condition's alerts keep their order: a later, more important
+one (an escalation to critical) takes the earlier ones queued along, so its firing still
+precedes its resolved. When a queue is full its lowest-priority oldest alert is dropped (the
+one arriving when it is the least important of all), counted in `dropped` and logged as a
+warning at most once a minute, so a flood of summaries never pushes out a firing or a
+resolved, never blocks the trading loop and never grows memory. Each target
 has its own rate limit (aiolimiter, `rate_per_minute`, counted per request, retries included),
 each POST an aiohttp timeout (`timeout_s`), and failed attempts are retried with exponential
 backoff and full jitter (tenacity; `max_attempts`, `backoff_s` doubling up to `backoff_max_s`)
@@ -60,12 +66,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 import json
 import math
 import os
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -312,7 +320,7 @@ class AlertsConfig:
     rate_per_minute: float = 20.0  # requests per target per minute (a burst of this many)
     repeat_after_s: float = 3600.0  # remind of a condition still failing; 0 = never
     dedup_window_s: float = 600.0  # one event per (kind, key) within this long; 0 = no dedup
-    queue_size: int = 1000  # per target; when full the oldest alert is dropped
+    queue_size: int = 1000  # per target; when full the least important oldest is dropped
     drain_timeout_s: float = 10.0  # how long stop() may deliver what is queued
     # How often the source and broker conditions are also checked between bars (daily bars
     # are a day apart); 0 = only after bars.
@@ -739,11 +747,101 @@ class _Wait:
         return backoff
 
 
+def _priority(alert: Alert) -> int:
+    """0 routine info, 1 a warning or a condition's transition, 2 critical. An info
+    condition's firing and resolved rank with warnings: the operator must hear both, however
+    many daily summaries are waiting; its reminders stay routine."""
+    transition = alert.state != EVENT and not alert.reminder
+    return max(_RANK[alert.severity], int(transition))
+
+
+class _AlertQueue:
+    """A target's queued alerts, taken by priority, then arrival. A plain FIFO queue lost a
+    warning's resolved behind info summaries when a stop's bounded drain ran out, and a full
+    one dropped a critical alert to keep an info one.
+
+    An alert of a condition (kind, key) pulls the same condition's queued alerts of lower
+    priority up to its own, keeping their arrival order: otherwise an escalation to critical
+    and its resolved overtook the warning firing and the receiver saw a condition resolve
+    before it fired. Locked: `Alerter.condition` may be called from another thread."""
+
+    def __init__(self) -> None:
+        self._tiers: tuple[deque[tuple[int, Alert]], ...] = tuple(deque() for _ in SEVERITIES)
+        self._idents: tuple[Counter[tuple[str, str]], ...] = tuple(Counter() for _ in SEVERITIES)
+        self._seq = itertools.count()
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return sum(len(tier) for tier in self._tiers)
+
+    def push(self, alert: Alert, limit: int) -> Alert | None:
+        """Queue `alert`; when `limit` alerts are already queued, drop the lowest-priority
+        oldest (possibly `alert` itself) and return it."""
+        prio = _priority(alert)
+        ident = (alert.kind, alert.key)
+        with self._lock:
+            self._promote(ident, prio)
+            dropped = None
+            if len(self) >= limit:
+                lowest = next(i for i, tier in enumerate(self._tiers) if tier)
+                if lowest > prio:
+                    return alert
+                dropped = self._take(lowest)
+            self._tiers[prio].append((next(self._seq), alert))
+            self._idents[prio][ident] += 1
+            return dropped
+
+    def pop(self) -> Alert:
+        """The most important oldest alert (IndexError when empty)."""
+        with self._lock:
+            for i in reversed(range(len(self._tiers))):
+                if self._tiers[i]:
+                    return self._take(i)
+        raise IndexError("pop from an empty alert queue")
+
+    def clear(self) -> list[Alert]:
+        """Empty the queue; what was in it, most important first."""
+        with self._lock:
+            out = [a for tier in reversed(self._tiers) for _, a in tier]
+            for tier, idents in zip(self._tiers, self._idents, strict=True):
+                tier.clear()
+                idents.clear()
+            return out
+
+    def _take(self, i: int) -> Alert:
+        _, alert = self._tiers[i].popleft()
+        idents = self._idents[i]
+        ident = (alert.kind, alert.key)
+        idents[ident] -= 1
+        if not idents[ident]:
+            del idents[ident]
+        return alert
+
+    def _promote(self, ident: tuple[str, str], prio: int) -> None:
+        moved: list[tuple[int, Alert]] = []
+        for i in range(prio):
+            n = self._idents[i].pop(ident, 0)
+            if not n:
+                continue
+            tier = self._tiers[i]
+            moved += [e for e in tier if (e[1].kind, e[1].key) == ident]
+            kept = [e for e in tier if (e[1].kind, e[1].key) != ident]
+            tier.clear()
+            tier.extend(kept)
+        if moved:
+            moved.sort(key=lambda e: e[0])
+            tier = self._tiers[prio]
+            merged = list(heapq.merge(tier, moved, key=lambda e: e[0]))
+            tier.clear()
+            tier.extend(merged)
+            self._idents[prio][ident] += len(moved)
+
+
 @dataclass
 class _Target:
     index: int
     config: AlertTarget
-    queue: deque[Alert] = field(default_factory=deque)
+    queue: _AlertQueue = field(default_factory=_AlertQueue)
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     limiter: AsyncLimiter | None = None
     task: asyncio.Task[None] | None = None
@@ -1021,8 +1119,8 @@ class Alerter:
         return alert
 
     def _enqueue(self, target: _Target, alert: Alert) -> None:
-        if len(target.queue) >= self.config.queue_size:
-            old = target.queue.popleft()
+        old = target.queue.push(alert, self.config.queue_size)
+        if old is not None:
             target.dropped += 1
             self.dropped += 1
             self._drops_unlogged += 1
@@ -1035,13 +1133,15 @@ class Alerter:
                     queue_size=self.config.queue_size,
                     dropped=self._drops_unlogged,
                     dropped_total=self.dropped,
-                    oldest_kind=old.kind,
-                    oldest_key=old.key,
+                    kind=old.kind,
+                    key=old.key,
+                    severity=old.severity,
+                    state=old.state,
                 )
                 self._drops_unlogged = 0
                 self._last_drop_log = now
-        target.queue.append(alert)
-        self._wake(target)
+        if old is not alert:
+            self._wake(target)
 
     def _wake(self, target: _Target) -> None:
         loop = self._loop
@@ -1079,9 +1179,9 @@ class Alerter:
             if t.task is not None:
                 t.task.cancel()
                 t.task = None
-            dropped += len(t.queue)
-            t.dropped += len(t.queue)
-            t.queue.clear()
+            lost = len(t.queue.clear())
+            dropped += lost
+            t.dropped += lost
         self.dropped += dropped
         self._targets = kept
         started = self._loop is not None and not self._stopped
@@ -1174,13 +1274,21 @@ class Alerter:
                 for t in self._targets:
                     t.task = None
                     t.busy = False
-        left = sum(len(t.queue) for t in self._targets)
+        left: list[Alert] = []
+        for t in self._targets:
+            lost = t.queue.clear()
+            t.dropped += len(lost)
+            left += lost
         if left:
-            for t in self._targets:
-                t.dropped += len(t.queue)
-                t.queue.clear()
-            self.dropped += left
-            log.warning("alerts.stop.undelivered", dropped=left, timeout_s=limit)
+            self.dropped += len(left)
+            log.warning(
+                "alerts.stop.undelivered",
+                dropped=len(left),
+                timeout_s=limit,
+                kinds=dict(Counter(a.kind for a in left)),
+                severities=dict(Counter(a.severity for a in left)),
+                transitions=sum(a.state != EVENT and not a.reminder for a in left),
+            )
         if self._own_session and self._session is not None:
             session, self._session = self._session, None
             with contextlib.suppress(Exception):
@@ -1206,7 +1314,7 @@ class Alerter:
                 self._progress.set()
                 await target.wake.wait()
                 continue
-            alert = target.queue.popleft()
+            alert = target.queue.pop()
             target.busy = True
             try:
                 await self._deliver(target, alert)
@@ -1219,6 +1327,8 @@ class Alerter:
                     reason="stopped while delivering",
                     kind=alert.kind,
                     key=alert.key,
+                    severity=alert.severity,
+                    state=alert.state,
                 )
                 raise
             except Exception as exc:  # a bug of ours: count it, keep the worker alive

@@ -37,6 +37,7 @@ from tradingd.alerts import (
     Alerter,
     AlertsConfig,
     AlertTarget,
+    _AlertQueue,
     mask_webhook_url,
     parse_retry_after,
     render_discord,
@@ -473,6 +474,127 @@ async def test_a_full_queue_drops_the_oldest_and_counts(receiver):
         assert await a.flush(5)
     assert [b["key"] for b in receiver.delivered()] == ["k2", "k3", "k4"]
     assert (a.sent, a.dropped) == (3, 2)
+
+
+async def test_a_full_queue_drops_routine_info_before_a_transition(receiver):
+    """A full queue drops the lowest-priority oldest alert: info summaries go before a
+    condition's firing or resolved, and an info alert arriving at a queue holding only more
+    important ones is the one dropped."""
+    a = alerter(receiver.url + PATH, queue_size=3)
+    with capture_logs() as logs:  # not started yet: nothing drains
+        for day in ("d1", "d2", "d3"):
+            a.event(DAILY_SUMMARY, day, f"summary {day}", severity=INFO)
+        a.condition(SOURCE_DOWN, "yahoo", True, "yahoo down")
+        a.condition(SOURCE_DOWN, "yahoo", False, "yahoo back")
+        a.event(DAILY_SUMMARY, "d4", "summary d4", severity=INFO)
+        a.event(RECONCILIATION, "AAPL", "position differs", severity=WARNING)
+        a.event(DAILY_SUMMARY, "d5", "summary d5", severity=INFO)
+    assert a.dropped == 5 and a.status()["targets"][0]["queued"] == 3
+    async with a:
+        await receiver.wait_for(3)
+        assert await a.flush(5)
+    assert [(b["kind"], b["state"]) for b in receiver.delivered()] == [
+        (SOURCE_DOWN, "firing"),
+        (SOURCE_DOWN, "resolved"),
+        (RECONCILIATION, "event"),
+    ]
+    dropped = [e for e in logs if e["event"] == "alerts.dropped"]
+    assert len(dropped) == 1  # not one per drop
+    assert (dropped[0]["kind"], dropped[0]["key"], dropped[0]["severity"]) == (
+        DAILY_SUMMARY,
+        "d1",
+        INFO,
+    )
+
+
+async def test_delivery_prefers_severity_and_keeps_a_conditions_order(receiver):
+    """Critical first, then warnings and transitions, then info; arrival order within each.
+    A condition escalated to critical takes its earlier (warning) firing along, so its
+    firing still precedes its resolved."""
+    a = alerter(receiver.url + PATH)
+    a.event(DAILY_SUMMARY, "d1", "summary", severity=INFO)
+    a.event(KILL_SWITCH, "drawdown", "halted", severity=CRITICAL)
+    a.condition(STALE_DATA, "info-cond", True, "late bars", severity=INFO)
+    a.condition(SOURCE_DOWN, "yahoo", True, "yahoo down", severity=WARNING)
+    a.event(DAILY_SUMMARY, "d2", "summary", severity=INFO)
+    a.condition(SOURCE_DOWN, "yahoo", True, "yahoo down hard", severity=CRITICAL)
+    a.condition(SOURCE_DOWN, "yahoo", False, "yahoo back")
+    a.condition(STALE_DATA, "info-cond", False, "bars on time")
+    async with a:
+        await receiver.wait_for(8)
+        assert await a.flush(5)
+    assert [(b["key"], b["state"], b["severity"]) for b in receiver.delivered()] == [
+        ("drawdown", "event", CRITICAL),
+        ("yahoo", "firing", WARNING),
+        ("yahoo", "firing", CRITICAL),
+        ("yahoo", "resolved", CRITICAL),
+        ("info-cond", "firing", INFO),
+        ("info-cond", "resolved", INFO),
+        ("d1", "event", INFO),
+        ("d2", "event", INFO),
+    ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([SOURCE_DOWN, DAILY_SUMMARY]),
+            st.sampled_from(["a", "b"]),
+            st.sampled_from(["firing", "resolved", "event"]),
+            st.sampled_from([INFO, WARNING, CRITICAL]),
+        ),
+        max_size=40,
+    ),
+    st.integers(1, 8),
+)
+def test_the_queue_keeps_each_conditions_order_and_its_bound(reports, limit):
+    q = _AlertQueue()
+    pushed, dropped = [], []
+    for n, (kind, key, state, severity) in enumerate(reports):
+        alert = Alert(kind, key, state, severity, str(n), "", {}, datetime(2024, 1, 2, tzinfo=UTC))
+        pushed.append(alert)
+        lost = q.push(alert, limit)
+        if lost is not None:
+            dropped.append(lost)
+        assert len(q) <= limit
+    taken = []
+    while q:
+        taken.append(q.pop())
+    assert len(taken) + len(dropped) == len(pushed)
+    assert {id(a) for a in taken} | {id(a) for a in dropped} == {id(a) for a in pushed}
+    for ident in {(a.kind, a.key) for a in taken}:
+        order = [int(a.title) for a in taken if (a.kind, a.key) == ident]
+        assert order == sorted(order), ident  # a condition's alerts in arrival order
+
+
+async def test_stop_delivers_a_transition_before_queued_summaries(receiver):
+    """A slow target with many info summaries queued, then a warning fired and resolved, then
+    a stop with a short timeout: the firing and the resolved are delivered, and what the stop
+    gives up is info summaries, named in the log. In arrival order the two waited behind
+    every summary and were lost (`alerts.stop.undelivered`)."""
+    summaries = 30
+    receiver.slow_next(summaries + 2, 0.2)  # every request answers after 0.2 s
+    a = alerter(receiver.url + PATH, timeout_s=5.0)
+    await a.start()
+    for day in range(summaries):
+        a.event(DAILY_SUMMARY, f"day{day}", "daily summary", severity=INFO)
+    a.condition(STALE_DATA, "bars", True, "bars late", severity=WARNING)
+    a.condition(STALE_DATA, "bars", False, "bars on time")
+    with capture_logs() as logs:
+        await a.stop(timeout_s=2.0)  # a summary in flight, then 0.4 s for the two
+    delivered = receiver.delivered()
+    transitions = [(b["kind"], b["state"]) for b in delivered if b["kind"] == STALE_DATA]
+    assert transitions == [(STALE_DATA, "firing"), (STALE_DATA, "resolved")]
+    lost = summaries + 2 - len(delivered)
+    assert lost > 0 and a.dropped == lost
+    undelivered = [e for e in logs if e["event"] == "alerts.stop.undelivered"]
+    assert len(undelivered) == 1
+    assert set(undelivered[0]["kinds"]) == {DAILY_SUMMARY}
+    assert set(undelivered[0]["severities"]) == {INFO}
+    cancelled = [e for e in logs if e["event"] == "alerts.dropped"]
+    assert all(e["kind"] == DAILY_SUMMARY for e in cancelled)
+    assert undelivered[0]["dropped"] + len(cancelled) == lost
 
 
 async def test_min_severity_per_target(receiver):
