@@ -512,4 +512,12 @@ class AlpacaDataClient:
         parts: dict[str, pd.DataFrame | BaseException] = {}
         for res in results:
             parts.update(res)
-        return await validated(SOURCE, parts, self.validation, parse_interval(interval), held)
+        return await validated(
+            SOURCE,
+            parts,
+            self.validation,
+            parse_interval(interval),
+            held,
+            now=now,
+            session=self.session,
+        )

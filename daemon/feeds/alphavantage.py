@@ -430,7 +430,15 @@ class AlphaVantageClient:
 
         with held_writes() as held:  # cached once validated (see response_cache.py)
             parts = await gather_symbols(list(symbols), one)
-        return await validated(SOURCE, parts, self.validation, parse_interval(interval), held)
+        return await validated(
+            SOURCE,
+            parts,
+            self.validation,
+            parse_interval(interval),
+            held,
+            now=now,
+            session=self.session,
+        )
 
     async def fetch_latest(
         self,
@@ -456,7 +464,15 @@ class AlphaVantageClient:
 
         with held_writes() as held:  # cached once validated (see response_cache.py)
             parts = await gather_symbols(list(symbols), one)
-        return await validated(SOURCE, parts, self.validation, parse_interval(interval), held)
+        return await validated(
+            SOURCE,
+            parts,
+            self.validation,
+            parse_interval(interval),
+            held,
+            now=now,
+            session=self.session,
+        )
 
 
 __all__ = [

@@ -19,7 +19,10 @@ of a closed bar can stay unseen. Only an answer that parsed and validated is sto
 clients fetch within `held_writes` and store the answers of the symbols that worked once
 validation is done (`HeldWrites.commit`). Stored when received, a transient glitch (a null
 volume on the newest bar, a duplicated live row) was read back by every retry of the bar for
-`ttl_s`, with no request, though the vendor was clean a minute later.
+`ttl_s`, with no request, though the vendor was clean a minute later. Nor is an answer whose
+newest bar is recent and lacks a symbol's bar that the others have (its last bar not posted
+yet): every later ask within `ttl_s` was served that answer, without the symbol's bar, after
+the vendor had it (`vendor.lacking_newest_bar`, `cache.response.partial_not_stored`).
 
 Redis failures never fail a data call. `from_url` builds the primary with `open_cache`, a
 `ResilientCache`: it falls back to its own in-process `MemoryCache` (at most 2,000 entries of
@@ -87,18 +90,28 @@ class HeldWrites:
     ) -> None:
         self._writes.append((cache, key, value, ttl, symbols))
 
-    async def commit(self, refused: Collection[str]) -> None:
+    def __len__(self) -> int:
+        return len(self._writes)
+
+    async def commit(self, refused: Collection[str], incomplete: Collection[str] = ()) -> int:
         """Store the held answers but those holding a symbol in `refused` (its answer did not
-        parse or validate). Called once; the writes are then gone."""
+        parse or validate) or in `incomplete` (its answer lacks the recent bar the others
+        have, which the vendor may still post: `vendor.lacking_newest_bar`). Called once; the
+        writes are then gone. Returns how many answers were not stored for `incomplete`
+        alone (the caller says which bar and symbols)."""
         writes, self._writes = self._writes, []
-        dropped = 0
+        dropped = partial = 0
         for cache, key, value, ttl, symbols in writes:
             if refused and any(s in refused for s in symbols):
                 dropped += 1
                 continue
+            if incomplete and any(s in incomplete for s in symbols):
+                partial += 1
+                continue
             await cache.write(key, value, ttl)
         if dropped:
             log.debug("cache.response.not_stored", answers=dropped, refused=sorted(refused)[:10])
+        return partial
 
 
 @contextlib.contextmanager

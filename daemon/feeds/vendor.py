@@ -36,7 +36,7 @@ import dataclasses
 import functools
 import inspect
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Protocol
@@ -570,21 +570,73 @@ def _older_row(
 REFUSED_ANSWER_KINDS = frozenset({"invalid_data", "malformed", "internal"})
 
 
+# How long after its close an answer's newest bar is recent (a bar interval at least): an
+# answer lacking a symbol's bar there, which the others have, is then not cached, as the
+# vendor may still post it (seconds or minutes late). Past it the bar is taken as not coming
+# (a halted or delisted symbol) and the answer is cached as any closed window's.
+PARTIAL_ANSWER_RECENCY = timedelta(hours=1)
+
+
+def lacking_newest_bar(
+    frame: pd.DataFrame,
+    symbols: Collection[str],
+    interval: Interval,
+    now: datetime,
+    session: Session,
+) -> tuple[list[str], datetime | None]:
+    """The `symbols` without a row at the newest bar of `frame` (a validated answer, which
+    other symbols have), when that bar closed less than `PARTIAL_ANSWER_RECENCY` (or one
+    bar interval, if longer) before `now`; and that bar's label. A bar missing for every
+    symbol is not seen here (`VendorFeed.bars` asks for it again past the cache)."""
+    if frame.empty or not symbols:
+        return [], None
+    newest_of = _naive(frame["time"]).groupby(frame["symbol"].to_numpy(), sort=False).max()
+    newest = pd.Timestamp(newest_of.max())
+    label = as_utc(newest.to_pydatetime())
+    recent = max(PARTIAL_ANSWER_RECENCY, interval.delta)
+    if bar_close(label, interval, session) <= as_utc(now) - recent:
+        return [], label
+    have = set(newest_of.index[(newest_of == newest).to_numpy()])
+    return sorted(s for s in symbols if s not in have), label
+
+
 async def validated(
     source: str,
     parts: Mapping[str, pd.DataFrame | BaseException],
     validation: Validation,
     interval: Interval | None = None,
     held: HeldWrites | None = None,
+    *,
+    now: datetime | None = None,
+    session: Session | None = None,
 ) -> FetchResult:
     """`combine` in a worker thread: validating a large universe must not stall the loop.
     `held`: the response-cache writes of the fetch (`held_writes`), stored here but those of
-    the symbols whose answer was refused, so that a retry asks the vendor again."""
+    the symbols whose answer was refused, so that a retry asks the vendor again; with `now`
+    (the fetch's) and `interval`, nor those of a symbol whose answer lacks the recent
+    newest bar the others have (`lacking_newest_bar`): cached, that answer was served to
+    every later ask within `cache.expiry_s`, without the symbol's bar, after the vendor
+    had posted it."""
     result = await asyncio.to_thread(combine, source, parts, validation, interval)
     if held is not None:
-        await held.commit(
-            {s for s, err in result.errors.items() if err.kind in REFUSED_ANSWER_KINDS}
-        )
+        refused = {s for s, err in result.errors.items() if err.kind in REFUSED_ANSWER_KINDS}
+        lacking: list[str] = []
+        bar: datetime | None = None
+        if len(held) and now is not None and interval is not None:
+            served = [s for s in parts if s not in result.errors]  # failed: nothing written
+            lacking, bar = await asyncio.to_thread(
+                lacking_newest_bar, result.frame, served, interval, now, session or Session()
+            )
+        if await held.commit(refused, incomplete=lacking):
+            log.info(
+                "cache.response.partial_not_stored",
+                source=source,
+                bar=bar,
+                symbols=lacking[:10],
+                count=len(lacking),
+                rule="the answer lacks these symbols' newest bar, which the others have and "
+                "the vendor may still post: not cached, so the next ask goes to the vendor",
+            )
     return result
 
 

@@ -722,7 +722,15 @@ class YahooClient:
 
         with held_writes() as held:  # cached once validated (see response_cache.py)
             parts = await gather_symbols(list(symbols), one)
-        return await validated(SOURCE, parts, self.validation, parse_interval(interval), held)
+        return await validated(
+            SOURCE,
+            parts,
+            self.validation,
+            parse_interval(interval),
+            held,
+            now=now,
+            session=self.session,
+        )
 
     async def fetch_period(
         self,
@@ -744,4 +752,12 @@ class YahooClient:
 
         with held_writes() as held:  # cached once validated (see response_cache.py)
             parts = await gather_symbols(list(symbols), one)
-        return await validated(SOURCE, parts, self.validation, parse_interval(interval), held)
+        return await validated(
+            SOURCE,
+            parts,
+            self.validation,
+            parse_interval(interval),
+            held,
+            now=now,
+            session=self.session,
+        )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from datetime import UTC, date, datetime, time, timedelta
 
 import numpy as np
@@ -1144,6 +1145,90 @@ async def test_an_answer_that_fails_validation_is_asked_for_again_not_read_from_
             asked = fake.count
             again = await feed.bars(utc(2024, 3, 6))  # good answers: from the cache
             assert fake.count == asked and again.valid.all()
+        finally:
+            await feed.stop()
+
+
+@contextlib.asynccontextmanager
+async def _response_cache(backend: str, redis_url: str | None):  # type: ignore[no-untyped-def]
+    """A started ResponseCache: in process, or on the test Redis under a prefix of its own
+    (another run's answers, under a fake's port used again, stay apart)."""
+    primary = None
+    if backend == "redis":
+        assert redis_url is not None
+        primary = RedisCache(redis_url, prefix=f"tradingd-test-{uuid.uuid4().hex}:")
+    cache = ResponseCache(primary, ttl_s=120)
+    await cache.start()
+    try:
+        yield cache
+        assert cache.using_primary == (backend == "redis")
+    finally:
+        await cache.stop()
+
+
+@pytest.mark.parametrize(
+    ("kind", "backend"),
+    [
+        ("yahoo", "memory"),
+        ("alphavantage", "memory"),
+        ("alpaca", "memory"),
+        ("alpaca", "redis"),
+        ("yahoo", "redis"),
+    ],
+)
+async def test_an_answer_without_one_symbols_newest_bar_is_asked_for_again_not_cached(
+    kind, backend, request
+):
+    """BBB's 6 March bar was not posted yet at 16:05 New York, AAA's and CCC's were: the
+    answer was cached all the same (its window had closed), and every later ask within
+    cache.expiry_s was served it without BBB's bar, after the vendor had it (only a bar
+    missing for every symbol was asked for again). The complete answers stay cached."""
+    redis_url = request.getfixturevalue("redis_url") if backend == "redis" else None
+    book = _Withholding(now=utc(2024, 3, 6, 21, 5))
+    book.held = {"BBB": date(2024, 3, 6)}
+    async with (
+        _response_cache(backend, redis_url) as cache,
+        fake_for(kind, book) as fake,
+    ):
+        feed = await started(
+            VendorFeed(source_for(kind, fake, cache=cache), SYMBOLS, clock=lambda: book.now)
+        )
+        try:
+            with capture_logs() as logs:
+                bar = await feed.bars(utc(2024, 3, 6))
+            assert bar.valid.tolist() == [True, False, True]
+            book.held = {}  # posted two minutes later
+            book.now = utc(2024, 3, 6, 21, 7)
+            asked = fake.count
+            bar = await feed.bars(utc(2024, 3, 6))
+            assert bar.valid.all()
+            assert fake.count - asked == _REQUESTS_FOR_ONE_SYMBOL[kind]
+            said = [e for e in logs if e["event"] == "cache.response.partial_not_stored"]
+            assert [(e["symbols"], e["bar"]) for e in said] == [(["BBB"], utc(2024, 3, 6))]
+            asked = fake.count
+            again = await feed.bars(utc(2024, 3, 6))  # complete now: from the cache
+            assert fake.count == asked and again.valid.all()
+        finally:
+            await feed.stop()
+
+
+# Yahoo is left out: a day later it asks for the splits since the window (never cached).
+@pytest.mark.parametrize("kind", ["alphavantage", "alpaca"])
+async def test_an_answer_without_one_symbols_bar_is_cached_once_that_bar_is_old(kind):
+    """A day after the close BBB's bar is taken as not coming (a halted symbol): the answer
+    without it is cached as any closed window's, not asked for at every retry."""
+    book = _Withholding(now=utc(2024, 3, 7, 22, 5))
+    book.held = {"BBB": date(2024, 3, 6)}
+    async with fake_for(kind, book) as fake:
+        feed = await started(VendorFeed(source_for(kind, fake), SYMBOLS, clock=lambda: book.now))
+        try:
+            with capture_logs() as logs:
+                bar = await feed.bars(utc(2024, 3, 6))
+            assert bar.valid.tolist() == [True, False, True]
+            assert not [e for e in logs if e["event"] == "cache.response.partial_not_stored"]
+            asked = fake.count
+            again = await feed.bars(utc(2024, 3, 6))
+            assert fake.count == asked and again.valid.tolist() == [True, False, True]
         finally:
             await feed.stop()
 
