@@ -707,6 +707,19 @@ _NO_BAR = (
 )
 
 
+# The reasons `ExchangeCalendar.outside_sessions` gives (and two of the feed's) for a history
+# row that is no bar of the calendar, as `feed.outside_session_dropped` words them.
+_OUTSIDE_SESSION = {
+    "before_open": "before the session's open (pre-market hours)",
+    "after_close": "after the session's close (post-market hours)",
+    "half_day_close": "after a half day's early close",
+    "non_session_day": "on a day the exchange does not trade (a weekend or holiday)",
+    "lunch_break": "in the session's lunch break",
+    "off_grid": "within a session but off the calendar's bar grid",
+    "outside_session": "outside the calendar's sessions",
+}
+
+
 def _without_first_bars(frame: pd.DataFrame) -> pd.DataFrame:
     """`frame` (a live answer) without each symbol's first bar: the neighbour of the
     window's first bar, which validation does not judge (`Validation.open_start`): as it
@@ -913,18 +926,36 @@ class VendorFeed:
             labels = self.calendar.bars_between(as_utc(start), as_utc(end))
         except ValueError:
             return frame
-        keep = frame["time"].isin(pd.DatetimeIndex([naive_utc(x) for x in labels]))
-        dropped = int((~keep).sum())
-        if dropped:
+        keep = frame["time"].isin(pd.DatetimeIndex([naive_utc(x) for x in labels])).to_numpy()
+        if not keep.all():
+            self._say_outside_session(frame["time"].to_numpy(dtype="datetime64[ns]")[~keep])
+            frame = frame[keep]
+        return frame
+
+    def _say_outside_session(self, times: np.ndarray) -> None:
+        """`feed.outside_session_dropped` once per reason the calendar gives for the labels
+        (`outside_sessions`; a row within a session but not a bar of it is `off_grid`): all
+        were called extended hours, a holiday's bars and a half day's afternoon too."""
+        why_of = getattr(self.calendar, "outside_sessions", None)
+        why = (
+            np.asarray(why_of(times), dtype=object)
+            if callable(why_of)
+            else np.full(len(times), "outside_session", dtype=object)
+        )
+        why[why == ""] = "off_grid"
+        rank = {r: i for i, r in enumerate(_OUTSIDE_SESSION)}
+        for reason in sorted(set(why.tolist()), key=lambda r: (rank.get(r, len(rank)), r)):
+            mine = times[why == reason]
             log.info(
                 "feed.outside_session_dropped",
                 source=self.source.name,
-                rows=dropped,
-                rule="bars outside the calendar's sessions (extended hours) are not traded "
-                "or backtested: left out of the history",
+                reason=reason,
+                rows=len(mine),
+                first=_fmt_time(pd.Timestamp(mine.min())),
+                last=_fmt_time(pd.Timestamp(mine.max())),
+                rule=f"bars {_OUTSIDE_SESSION.get(reason, reason)} are not traded or "
+                "backtested: left out of the history",
             )
-            frame = frame[keep.to_numpy()]
-        return frame
 
     def _note(self, result: FetchResult, now: datetime) -> None:
         self.last_fetch_at = now

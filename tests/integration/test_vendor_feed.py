@@ -996,6 +996,48 @@ async def test_an_intraday_warm_up_leaves_out_extended_hours_bars(monkeypatch):
             await feed.stop()
 
 
+async def test_bars_a_warm_up_leaves_out_are_said_by_why_not_all_as_extended_hours(monkeypatch):
+    """`feed.outside_session_dropped` called every row left out "extended hours": the 4th
+    of July's bars and the 3rd's afternoon after its 13:00 close too. One event per reason
+    now, with its count, first and last bar."""
+    import fakes
+
+    from tradingd.clock.calendar import ExchangeCalendar
+
+    monkeypatch.setattr(fakes, "OPEN", time(4, 0))
+    monkeypatch.setattr(fakes, "CLOSE", time(20, 0))
+    calendar = ExchangeCalendar("XNYS", "5m")
+    book = BarBook(now=utc(2024, 7, 6, 12, 0))  # the fake trades 04:00-20:00 every weekday
+    async with fake_for("alpaca", book) as fake:
+        feed = await started(
+            VendorFeed(
+                source_for("alpaca", fake), SYMBOLS, "5m", clock=lambda: book.now, calendar=calendar
+            )
+        )
+        try:
+            start, end = utc(2024, 7, 2), utc(2024, 7, 5, 23, 55)  # Tuesday to Friday
+            with capture_logs() as logs:
+                panel = await feed.history(start, end)
+            assert list(panel.datetimes()) == calendar.bars_between(start, end)
+        finally:
+            await feed.stop()
+    said = {e["reason"]: e for e in logs if e["event"] == "feed.outside_session_dropped"}
+    n = len(SYMBOLS)
+    # 5-minute bars: 04:00-09:25 is 66, 16:00-19:55 is 48, 13:00-19:55 is 84, a day 192.
+    assert {r: e["rows"] for r, e in said.items()} == {
+        "before_open": 66 * 3 * n,  # the 2nd, 3rd and 5th
+        "after_close": 48 * 2 * n,  # the 2nd and 5th
+        "half_day_close": 84 * n,  # the 3rd
+        "non_session_day": 192 * n,  # the 4th
+    }
+    half, holiday = said["half_day_close"], said["non_session_day"]
+    assert (half["first"], half["last"]) == ("2024-07-03T17:00:00", "2024-07-03T23:55:00")
+    assert "half day's early close" in half["rule"]
+    assert (holiday["first"], holiday["last"]) == ("2024-07-04T08:00:00", "2024-07-04T23:55:00")
+    assert "weekend or holiday" in holiday["rule"]
+    assert not any("extended" in e["rule"] for e in said.values())
+
+
 class _Glitch(BarBook):
     """One bar of `symbol` (BBB) with high < low (a vendor glitch) on `bad`."""
 
