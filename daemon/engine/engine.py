@@ -340,6 +340,27 @@ def _difference_text(broker: float, book: float) -> str:
     return why
 
 
+def _hold_splits(ahead: SplitsAhead, alerter: Any, t: datetime) -> dict[str, Split]:
+    """`ahead.due(t)`: the splits held from now on (those not held before), each with its
+    alert event when there is an `alerter`."""
+    before = set(ahead.held)
+    due = ahead.due(t)
+    new = {sym: due[sym] for sym in sorted(due.keys() - before)}
+    for sym, s in new.items():
+        if alerter is None:
+            break
+        # Once per split, for an operator who routes it: nothing to do but know why the
+        # symbol does not trade at this bar and its exits go and come back.
+        alerter.event(
+            RECONCILIATION,
+            f"{sym} split {s.ex_date.isoformat()}",
+            title=f"{sym} splits {s.text()} at the next session",
+            text=_split_hold_text(s) + "; its exits are placed again after it",
+            severity=INFO,
+        )
+    return new
+
+
 def _split_hold_text(s: Split) -> str:
     return (
         f"splits {s.text()} at its ex-date {s.ex_date.isoformat()}: no order in it until that "
@@ -604,6 +625,9 @@ class Engine:
         # Splits known ahead from the broker's corporate actions (live on Alpaca; set by the
         # composition root): a symbol splitting at the next session is held for that bar.
         self.splits_ahead: SplitsAhead | None = None
+        # Cancellations for a split a lookup learns between bars (`_on_split_learned`),
+        # cancelled at the stop: the next start-up cancels what they left.
+        self._split_cancels: set[asyncio.Task[None]] = set()
         # Symbols with a new difference between its two checks (symbol -> why): held like
         # blocked ones for those seconds, so a real difference cannot trade a minute bar
         # before it is confirmed; neither shown in /ready nor alerted.
@@ -1232,12 +1256,7 @@ class Engine:
             self._bar_lock = asyncio.Lock()
             if self.splits_ahead is not None and not self._stop_requested:
                 self._wire_splits_ahead()
-                # The last bar the book has seen: the checkpoint's (its bars are replayed
-                # as the clock brings them) or the warm-up's.
-                last = max(
-                    (t for t in (self._last_time, self._restored_through) if t is not None),
-                    default=None,
-                )
+                last = self._last_bar_seen()
                 if last is not None:
                     # Before the first reconciliation: a split going ex on the day of the
                     # next bar (a restart on the ex-date) is held and expected, and applied
@@ -1332,7 +1351,7 @@ class Engine:
             release = getattr(self.features, "release", None)
             if release is not None:
                 release()
-            for task in (reconciler, refresher, splits_task):
+            for task in (reconciler, refresher, splits_task, *self._split_cancels):
                 if task is not None:
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
@@ -1374,7 +1393,7 @@ class Engine:
             )
             return result
         finally:
-            for task in (reconciler, refresher, splits_task):
+            for task in (reconciler, refresher, splits_task, *self._split_cancels):
                 if task is not None and not task.done():  # the loop failed
                     task.cancel()
                     await asyncio.gather(task, return_exceptions=True)
@@ -2839,24 +2858,17 @@ class Engine:
         ahead = self.splits_ahead
         assert ahead is not None
         await ahead.wait_for_day(day or ahead.day_of(t))
-        before = set(ahead.held)
-        due = ahead.due(t)
-        alerter = getattr(self, "alerter", None)
-        for sym in sorted(due.keys() - before):
-            s = due[sym]
-            if alerter is None:
-                break
-            # Once per split, for an operator who routes it: nothing to do but know why the
-            # symbol does not trade at this bar and its exits go and come back.
-            alerter.event(
-                RECONCILIATION,
-                f"{sym} split {s.ex_date.isoformat()}",
-                title=f"{sym} splits {s.text()} at the next session",
-                text=_split_hold_text(s) + "; its exits are placed again after it",
-                severity=INFO,
-            )
+        _hold_splits(ahead, getattr(self, "alerter", None), t)
         ahead.start(ahead.next_day(t))  # off the bar's path: the next bar normally finds it done
-        return due
+        return dict(ahead.held)
+
+    def _last_bar_seen(self) -> datetime | None:
+        """The last bar the book has seen: the checkpoint's (its bars are replayed as the
+        clock brings them) or the warm-up's or a stepped one's."""
+        return max(
+            (t for t in (self._last_time, self._restored_through) if t is not None),
+            default=None,
+        )
 
     def _wire_splits_ahead(self) -> None:
         """The symbols a failed lookup names, and its warning alert (cleared by a lookup
@@ -2886,11 +2898,52 @@ class Engine:
 
         ahead.at_risk = at_risk
         ahead.on_error = on_error
+        ahead.on_learned = self._on_split_learned
+
+    def _on_split_learned(self, splits: Mapping[str, Split]) -> None:
+        """`SplitsAhead.on_learned`: a lookup found splits not known before. One that goes ex
+        at the next session and no bar has held is held now, and this run's working orders
+        in it cancelled, in a task of its own (it waits for a bar in progress): the eve's
+        bar was decided without it (announced after that bar, its lookup failed or slow), and
+        no bar comes before the ex-date's open, where Alpaca keeps the orders as they were."""
+        if self._stop_requested or self._bar_lock is None:
+            return
+        task = asyncio.create_task(self._cancel_learned_splits(splits), name="splits learned")
+        self._split_cancels.add(task)
+        task.add_done_callback(self._split_cancels.discard)
+
+    async def _cancel_learned_splits(self, splits: Mapping[str, Split]) -> None:
+        """Under the bar lock, from the last bar seen: a split that bar (or the start-up)
+        held had its orders cancelled then and is not cancelled for again (a lookup
+        answering it a second time, a split known at the eve's bar); once the ex-date's bar
+        has come the split is no longer due, so its exits, placed again post-split, stay."""
+        ahead = self.splits_ahead
+        assert ahead is not None and self._bar_lock is not None
+        async with self._bar_lock:
+            last = self._last_bar_seen()
+            if last is None or self._stop_requested:
+                return  # no bar seen: this run has decided no order yet
+            held = _hold_splits(ahead, getattr(self, "alerter", None), last)
+            if not held:
+                return
+            try:
+                await self._cancel_split_orders(held, last)
+            except Exception:  # logged here: nothing awaits this task
+                log.exception(
+                    "split.orders_cancel_failed",
+                    symbols=sorted(held),
+                    learned=sorted(splits),
+                    rule="this run's orders in these symbols may work across the split: "
+                    "cancel them at the broker before the open, or restart (the start-up "
+                    "cancels them)",
+                )
 
     async def _splits_every(self) -> None:
-        """A failed lookup is asked for again on the heartbeat once its backoff is over. A
-        failure to start it is logged and the next heartbeat tries again (this task is only
-        gathered at the stop: an exception would end the retries silently)."""
+        """A failed lookup is asked for again on the heartbeat once its backoff is over (one
+        that learns of a split at the next session cancels this run's orders in it:
+        `_on_split_learned`). A failure to start it is logged and the next heartbeat tries
+        again (this task is only gathered at the stop: an exception would end the retries
+        silently)."""
         ahead = self.splits_ahead
         assert ahead is not None
         wait = float(getattr(self.clock, "heartbeat_s", 60.0) or 60.0)
@@ -2910,13 +2963,20 @@ class Engine:
         failed), and no bar comes before the ex-date's open, where Alpaca keeps the orders
         as they were: a pre-split stop above the post-split price sold the position at the
         open, while `split.ahead` said its resting orders were cancelled. Placed again by
-        the ex-date's bar, post-split."""
+        the ex-date's bar, post-split. A split a lookup learns later, between bars, has them
+        cancelled then (`_on_split_learned`)."""
+        assert self._bar_lock is not None
+        async with self._bar_lock:
+            await self._cancel_split_orders(splitting, t)
+
+    async def _cancel_split_orders(self, splitting: Mapping[str, Split], t: datetime) -> None:
+        """This run's working orders in `splitting`'s symbols cancelled outside a bar's plan,
+        the bar lock held, as that plan would have (`_without_splitting`); said once
+        (`split.orders_cancelled`) when there were any."""
         plan = self._without_splitting(_NO_PLAN, splitting)
         if not plan.cancel:
             return
-        assert self._bar_lock is not None
-        async with self._bar_lock:
-            await self._cancel_then_check(plan, t)
+        await self._cancel_then_check(plan, t)
         log.warning(
             "split.orders_cancelled",
             symbols=sorted(splitting),

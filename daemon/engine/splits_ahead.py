@@ -13,7 +13,10 @@ What this does (the engine calls it; replays never build one):
   been stepped (`window`), asked once per such day in a task of its own, off the bar's path:
   started when a bar is done for the next session day (so the eve's bar normally finds it
   done), at the start-up (before the first reconciliation: a split effective today, whose bar
-  is still to come, is held), and again on the engine's heartbeat after a failure. A bar
+  is still to come, is held), and again on the engine's heartbeat after a failure. A lookup
+  that finds a split not known before tells `on_learned`: between bars (the eve's own lookup
+  answering after its bar, the heartbeat's retry), the engine cancels its working orders in
+  a symbol splitting at the next session, which no bar would before the open. A bar
   whose day has no lookup done waits for one at most `quick_s`, once per day. A failure is
   remembered: no new request before its backoff (`BACKOFF_S` doubling to `MAX_BACKOFF_S`),
   a warning once per day and kind of error naming the symbols held or ordered, `last_error`
@@ -111,6 +114,9 @@ class SplitsAhead:
         self.last_error_kind: str | None = None
         # Told the error of a failed lookup, None after one that worked (the engine alerts).
         self.on_error: Callable[[str | None], None] = lambda error: None
+        # Told the splits a lookup found that were not known before it (the engine cancels
+        # its working orders in one going ex at the next session: no bar may come before).
+        self.on_learned: Callable[[Mapping[str, Split]], None] = lambda splits: None
         self.at_risk: Callable[[], Sequence[str]] = lambda: ()
 
     def day_of(self, t: datetime) -> date:
@@ -174,7 +180,11 @@ class SplitsAhead:
         if self._fetched_for is not None and self._fetched_for > day:
             return  # a later day's answer is here already
         self._fetched_for = day
-        self.known = {s.symbol: s for s in reversed(found) if s.ex_date >= day}
+        known = {s.symbol: s for s in reversed(found) if s.ex_date >= day}
+        learned = {sym: s for sym, s in known.items() if self.known.get(sym) != s}
+        self.known = known
+        if learned:
+            self._learned(learned)
 
     def _failed(self, day: date, exc: Exception) -> None:
         kind = str(getattr(exc, "kind", "") or type(exc).__name__)
@@ -205,6 +215,14 @@ class SplitsAhead:
             self.on_error(error)
         except Exception:
             log.exception("split.on_error_failed", error=error)
+
+    def _learned(self, splits: Mapping[str, Split]) -> None:
+        """`on_learned`: its failure is logged, never the lookup's (the splits stay known:
+        the next bar holds them)."""
+        try:
+            self.on_learned(splits)
+        except Exception:
+            log.exception("split.on_learned_failed", symbols=sorted(splits))
 
     def _at_risk(self) -> list[str] | None:
         """`at_risk()` sorted; None (logged) when it fails: the warning goes out anyway."""

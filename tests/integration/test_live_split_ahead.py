@@ -13,6 +13,7 @@ ex-date's bar. No test sleeps."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 import math
@@ -29,6 +30,8 @@ from live_on_fake import live_on_fake
 from structlog.testing import capture_logs
 
 from tradingd.app import build_engine, health_inputs
+from tradingd.core.types import Split
+from tradingd.engine import splits_ahead
 from tradingd.feeds.panel import Panel
 
 RUN = "split-ahead"
@@ -187,8 +190,10 @@ async def test_a_forward_split_holds_the_symbol_a_bar_and_the_book_equals_the_ac
         (sym, "4:1", panel.datetimes()[EX].date().isoformat()) for sym in ("S00", "S01")
     }
     assert status()["splits"]["last_error"] is None
-    # The bar before the ex-date sent nothing in S00 or S01, and cancelled S00's exits.
+    # The bar before the ex-date sent nothing in S00 or S01, and cancelled S00's exits: its
+    # plan did, not a second cancellation beside it (the split was known at that bar).
     assert not working_at_eve
+    assert not [e for e in logs + later if e["event"] == "split.orders_cancelled"]
     # Exits again, for the split position at post-split prices.
     close = float(panel.close[EX, 0])
     exits = _open_run_orders(fake, "S00")
@@ -429,3 +434,110 @@ async def test_a_split_learned_at_a_restart_cancels_the_runs_orders_in_it_before
     assert seen_at_ex and not (seen_at_ex[0] & working)  # gone before the ex-date's bar
     [said] = [e for e in logs if e["event"] == "split.orders_cancelled"]
     assert "S00" in said["symbols"] and any("|S00|" in c for c in said["cancelled"])
+
+
+async def test_a_split_the_heartbeat_learns_between_bars_cancels_the_runs_orders_before_the_open(
+    engine_config, fake
+):
+    """A daemon that keeps running: the eve's bar decided with the splits known the day
+    before, and its own lookup (for the ex-date) failed; the split is announced after that
+    bar, and the heartbeat's retry, past the failure's backoff, learns of it during the night.
+    Nothing took it up before the ex-date's bar, so S00's exits stayed: Alpaca keeps them
+    across the split, and a pre-split stop above the post-split price sells the position at
+    the open. The symbol is held and they are cancelled when the lookup learns of the split,
+    as at a start-up, once (not at a second learning, nor after the ex-date's bar, whose
+    post-split exits stay); the ex-date's bar places them again."""
+    panel = _split_panel(4.0, [0])
+    config = _config(engine_config, fake, panel)
+    config = dataclasses.replace(config, live=dataclasses.replace(config.live, heartbeat_s=0.01))
+    times = panel.datetimes()
+    eve, ex = times[EX - 1], times[EX]
+    entry_price = float(panel.close[60, 0])
+    fake.fill_on_submit = lambda o: entry_price if o.symbol == "S00" else None
+    engine = _engine(config, panel, times[EX + 1])
+    alerts = _alerts(engine)
+    ahead = engine.splits_ahead
+    learned = asyncio.Event()
+    splits = ahead.source.splits
+
+    async def answered(*args: Any) -> Any:
+        found = await splits(*args)
+        if any(s.symbol == "S00" for s in found):
+            learned.set()
+        return found
+
+    ahead.source.splits = answered
+
+    async def settled() -> None:
+        """The daemon's cancellations for the splits a lookup learned (the lookup's tasks
+        start them), done."""
+        pending = [t for t in asyncio.all_tasks() if t.get_name() == "splits learned"]
+        await asyncio.gather(*pending)
+
+    working: set[str] = set()
+    held = 0.0
+    bars = engine.feed.bars
+
+    async def fetching(t: Any) -> Any:
+        nonlocal held
+        if t == eve:
+            # The lookup the eve's bar decides with (the day before's) has answered; the one
+            # it starts for the ex-date fails (a 403 is not retried; the backoff follows).
+            task = ahead.start(ahead.day_of(eve))
+            if task is not None:
+                await task
+            fake.call(fake.fail_corporate_actions, 1, 403)
+        elif t == ex:
+            task = ahead.start(ex.date())  # the eve's failing lookup, if still in flight
+            if task is not None:
+                await task
+            assert ahead.last_error is not None and not ahead.held
+            held = engine.portfolio.quantity_of("S00")
+            working.update(o.client_order_id for o in _open_run_orders(fake, "S00"))
+            # After the eve's bar: the split announced, the night past the backoff, and the
+            # heartbeat (not a bar) asks again.
+            fake.call(fake.announce_split, "S00", ex.date(), 4.0, 1.0)
+            ahead._monotonic = lambda: time.monotonic() + splits_ahead.MAX_BACKOFF_S
+            await asyncio.wait_for(learned.wait(), 10.0)
+            task = ahead.start(ex.date())  # that lookup, if it has not finished
+            if task is not None:
+                await task
+            await settled()
+            # A second learning of it (a lookup answering it again) cancels nothing more.
+            ahead.on_learned({"S00": ahead.known["S00"]})
+            await settled()
+            # Alpaca, before the open: the position split, the orders still open kept.
+            fake.call(
+                fake.split_position, "S00", 4.0, 1.0, cash_in_lieu_price=float(panel.close[EX, 0])
+            )
+            seen.append({o.client_order_id for o in _open_run_orders(fake, "S00")})
+        elif t == times[EX + 1]:
+            # Learned again after the ex-date's bar: its post-split exits stay.
+            exits = {o.client_order_id for o in _open_run_orders(fake, "S00")}
+            ahead.on_learned({"S00": Split("S00", ex.date(), 4.0)})
+            await settled()
+            after_ex.append((exits, {o.client_order_id for o in _open_run_orders(fake, "S00")}))
+        return await bars(t)
+
+    seen: list[set[str]] = []
+    after_ex: list[tuple[set[str], set[str]]] = []
+    engine.feed.bars = fetching
+    with capture_logs() as logs:
+        await engine.run_until_done()
+
+    assert held > 0 and working, "S00 held with its exits resting after the eve"
+    assert seen and not (seen[0] & working)  # gone before the ex-date's open
+    [said] = [e for e in logs if e["event"] == "split.orders_cancelled"]
+    assert said["symbols"] == ["S00"] and any("|S00|" in c for c in said["cancelled"])
+    [ahead_said] = [e for e in logs if e["event"] == "split.ahead"]
+    assert ahead_said["symbol"] == "S00" and ahead_said["ratio"] == "4:1"
+    # The ex-date's bar: the book split as the account, no alert, exits placed again.
+    assert engine.portfolio.quantity_of("S00") == 4 * held == _position(fake, "S00")
+    assert not alerts and "S00" not in engine.reconcile_blocked
+    close = float(panel.close[EX, 0])
+    exits = _open_run_orders(fake, "S00")
+    stops = [o for o in exits if o.stop_price is not None]
+    assert stops and all(o.qty == 4 * held for o in exits)
+    assert all(close / 2 < o.stop_price < close for o in stops)
+    [(exits_then, exits_after)] = after_ex
+    assert exits_then and exits_after == exits_then
