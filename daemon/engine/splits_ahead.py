@@ -13,7 +13,9 @@ What this does (the engine calls it; replays never build one):
   been stepped (`window`), asked once per such day in a task of its own, off the bar's path:
   started when a bar is done for the next session day (so the eve's bar normally finds it
   done), at the start-up (before the first reconciliation: a split effective today, whose bar
-  is still to come, is held), and again on the engine's heartbeat after a failure. A lookup
+  is still to come, is held), and again on the engine's heartbeat after a failure, or once
+  the last answer is `refresh_s` old (an hour): a split announced after the day's lookup had
+  answered was otherwise found only at the ex-date's own bar. A lookup
   that finds a split not known before tells `on_learned`: between bars (the eve's own lookup
   answering after its bar, the heartbeat's retry), the engine cancels its working orders in
   a symbol splitting at the next session, which no bar would before the open. A bar
@@ -60,6 +62,10 @@ QUICK_S = 3.0
 # After a failed lookup, no new request for this long, doubled at each failure in a row.
 BACKOFF_S = 60.0
 MAX_BACKOFF_S = 1800.0
+# A day's answer is asked for again once it is this old (on the heartbeat, or after a bar):
+# announcements come at any hour, and one made after the eve's lookup answered must still
+# cancel the run's orders before the open. An hour is 16 requests over a night.
+REFRESH_S = 3600.0
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:
@@ -87,6 +93,7 @@ class SplitsAhead:
         next_day: Callable[[datetime], date | None],
         *,
         quick_s: float = QUICK_S,
+        refresh_s: float = REFRESH_S,
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
@@ -95,6 +102,7 @@ class SplitsAhead:
         self._next_day = next_day
         self._index = {s: i for i, s in enumerate(self.symbols)}
         self.quick_s = quick_s
+        self.refresh_s = refresh_s
         self._monotonic = monotonic
         # The splits announced, by symbol, not yet applied by a bar (the earliest first).
         self.known: dict[str, Split] = {}
@@ -102,6 +110,7 @@ class SplitsAhead:
         self.held: dict[str, Split] = {}
         # The latest session day whose lookup succeeded (its window starts there).
         self._fetched_for: date | None = None
+        self._fetched_at = -math.inf  # monotonic time of that success
         self._task: asyncio.Task[None] | None = None
         self._task_for: date | None = None
         self._waited_for: date | None = None  # the day a bar (or the start-up) waited for
@@ -135,8 +144,12 @@ class SplitsAhead:
     def start(self, day: date) -> asyncio.Task[None] | None:
         """The lookup of the splits going ex from `day` (a session day whose bar is not
         stepped) through the week after it, in a task of its own: the one in flight if any,
-        None when `day`'s (or a later day's) is done or a failure's backoff is running."""
-        if self._fetched_for is not None and self._fetched_for >= day:
+        None when a later day's is done, `day`'s is done and younger than `refresh_s`, or a
+        failure's backoff is running."""
+        done = self._fetched_for
+        if done is not None and (
+            done > day or (done == day and self._monotonic() < self._fetched_at + self.refresh_s)
+        ):
             return None
         if self._task is not None and not self._task.done():
             return self._task
@@ -180,6 +193,7 @@ class SplitsAhead:
         if self._fetched_for is not None and self._fetched_for > day:
             return  # a later day's answer is here already
         self._fetched_for = day
+        self._fetched_at = self._monotonic()
         known = {s.symbol: s for s in reversed(found) if s.ex_date >= day}
         learned = {sym: s for sym, s in known.items() if self.known.get(sym) != s}
         self.known = known
