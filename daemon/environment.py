@@ -1,6 +1,7 @@
 """What a run's numbers depend on besides its code, data and config: the packages' versions,
 the CPU features numpy and the BLAS dispatch to, the variables that change that dispatch, and
-where each configured plugin came from (its module, distribution and version).
+where each configured plugin came from (its module, distribution and version) with a digest
+of its package's code files.
 
 Why a run records it: the same commit, data and config give other fills on another machine.
 numpy picks its loops for exp, log and other functions by the CPU's SIMD features (AVX-512
@@ -13,16 +14,21 @@ differed before suspecting the code.
 Reading it costs milliseconds (a plugin's distribution is the one that registered it, when
 that one installs its module; only otherwise is every installed distribution's file list read,
 a tenth of a second): package metadata is read, not imported (numpy and threadpoolctl are
-already imported by a backtest).
+already imported by a backtest). A plugin's code is hashed from its package's files (the
+built-ins' 22 files: about a millisecond).
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.machinery
+import importlib.util
 import json
 import os
 import platform
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -199,37 +205,153 @@ def _checkout_revision(where: Path) -> dict[str, Any] | None:
 def plugin_sources(config: Any) -> list[dict[str, Any]]:
     """Each configured plugin (`config.signals`, `.sizing`, `.risk`, in that order): the
     module its class came from, and the installed distribution providing that module with
-    its version ("tradingd" for the built-ins). The run id does not cover a third-party
-    plugin's code: a rerun after its upgrade has the same id and replaces the record, and
-    this is what tells the two apart. A module no distribution provides (a folder on
-    PYTHONPATH) has None for both."""
+    its version ("tradingd" for the built-ins), whether that distribution is an editable
+    install (its version then pins no code: a plugin author's checkout), and the code that
+    ran: `package`, the package whose files were hashed, and `code`, their digest
+    (`package_code`). The run id does not cover a plugin's code (a live run's id must not
+    change on an upgrade: its client order ids and resume depend on it): a rerun after an
+    upgrade or an edit of the plugin has the same id and replaces the record, and this is
+    what tells the two apart. A module no distribution provides (a folder on PYTHONPATH)
+    has None for the distribution and version; one whose files cannot be found (a zip) has
+    None for `package` and `code`."""
+    specs = [(f"signals[{i}]", s.name) for i, s in enumerate(config.signals)]
+    specs += [("sizing", config.sizing.name)]
+    specs += [(f"risk[{i}]", s.name) for i, s in enumerate(config.risk)]
+    return plugin_sources_of(specs)
+
+
+def plugin_sources_of(specs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """`plugin_sources` of (where, plugin name) pairs: also of a record's config.json, whose
+    plugins are dicts (`trial_ledger.record_trial`)."""
     from .engine.plugins import registered
 
-    specs = [(f"signals[{i}]", s) for i, s in enumerate(config.signals)]
-    specs += [("sizing", config.sizing)]
-    specs += [(f"risk[{i}]", s) for i, s in enumerate(config.risk)]
     eps = registered()
     owners: Mapping[str, list[str]] | None = None  # read once, only if needed
+    hashed: dict[str, PackageCode | None] = {}
+    installs: dict[str | None, tuple[str | None, bool | None]] = {}
     out = []
-    for key, spec in specs:
-        targets = eps.get(spec.name, [])
+    for key, name in specs:
+        targets = eps.get(name, [])
         module = targets[0].module if len(targets) == 1 else None
         dist = None
+        code = None
         if module:
             dist = _registered_by_provider(targets[0], module)
             if dist is None:
                 if owners is None:
                     owners = metadata.packages_distributions()
                 dist = _distribution(module, owners)
+            code = package_code(module, hashed)
+        if dist not in installs:
+            installs[dist] = _installed(dist)
+        version, editable = installs[dist]
         out.append(
             {
                 "key": key,
-                "name": spec.name,
+                "name": name,
                 "module": module,
                 "distribution": dist,
-                "version": _version(dist),
+                "version": version,
+                "editable": editable,
+                "package": code.package if code else None,
+                "code": code.digest if code else None,
             }
         )
+    return out
+
+
+# The endings of the files Python runs code from: sources, bytecode without a source and
+# extension modules (`importlib.machinery.all_suffixes`).
+CODE_SUFFIXES = tuple(importlib.machinery.all_suffixes())
+
+
+@dataclass(frozen=True)
+class PackageCode:
+    """The code files of a plugin's package: `package`, its dotted name; `files`, each
+    file's path in it (posix) and the sha256 of its bytes; `digest`, the first 16 hex
+    digits of the sha256 of those pairs, in path order."""
+
+    package: str
+    files: dict[str, str]
+
+    @property
+    def digest(self) -> str:
+        text = "".join(f"{path}\0{sha}\n" for path, sha in sorted(self.files.items()))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def package_code(
+    module: str, hashed: dict[str, PackageCode | None] | None = None
+) -> PackageCode | None:
+    """The code of the package `module` belongs to: the first regular package on its
+    dotted path (`trial3_plugins` of `trial3_plugins.signals`; below a namespace package,
+    the package under it, not every distribution sharing the namespace), or the module
+    file alone where it is in no package. Every code file under it is read (not only the
+    module defining the plugin class: it imports its helpers from beside it), not
+    `__pycache__`. None where the files cannot be found (a module from a zip, a module
+    that cannot be found). A plugin author's edit between two runs of one configuration
+    changes this, and nothing else in the record: an editable install keeps its version.
+    `hashed`: the packages read so far, by name (several plugins of one package read it
+    once). Read again at each call, not cached by the files' times: an edit within the
+    filesystem's clock tick, of the same size, would keep the earlier digest."""
+    parts = module.split(".")
+    for depth in range(1, len(parts) + 1):
+        name = ".".join(parts[:depth])
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            return None
+        if spec is None:
+            return None
+        if spec.origin is None or not spec.has_location:  # a namespace package: below it
+            continue
+        if hashed is not None and name in hashed:
+            return hashed[name]
+        origin = Path(spec.origin)
+        if spec.submodule_search_locations is None:  # a module in no package
+            code = _hashed(name, origin.parent, [origin])
+        else:
+            code = _hashed(name, origin.parent, list(_code_files(origin.parent)))
+        if hashed is not None:
+            hashed[name] = code
+        return code
+    return None
+
+
+def _code_files(root: Path) -> Iterator[Path]:
+    for folder, dirs, files in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if d != "__pycache__" and not d.startswith("."))
+        for f in files:
+            if f.endswith(CODE_SUFFIXES):
+                yield Path(folder, f)
+
+
+def _hashed(package: str, root: Path, files: list[Path]) -> PackageCode | None:
+    out: dict[str, str] = {}
+    try:
+        for path in files:
+            out[path.relative_to(root).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:  # a file gone or unreadable under it: the code is unknown
+        return None
+    return PackageCode(package, out)
+
+
+def plugin_code(plugins: Any) -> dict[str, dict[str, Any]]:
+    """The files of each package `plugin_sources` hashed (the entries it returned), for
+    `tradingd compare` to name the files that differ: by package, its digest and each
+    file's first 16 hex digits."""
+    out: dict[str, dict[str, Any]] = {}
+    hashed: dict[str, PackageCode | None] = {}
+    for entry in plugins if isinstance(plugins, list) else ():
+        module, package = entry.get("module"), entry.get("package")
+        if not module or not package or package in out:
+            continue
+        code = package_code(module, hashed)
+        if code is not None:
+            out[package] = {
+                "code": code.digest,
+                "files": {p: sha[:16] for p, sha in sorted(code.files.items())},
+            }
     return out
 
 
@@ -262,19 +384,30 @@ def _distribution(module: str, owners: Mapping[str, list[str]]) -> str | None:
     return names[0] if names else None
 
 
-def _version(dist: str | None) -> str | None:
+def _installed(dist: str | None) -> tuple[str | None, bool | None]:
+    """The distribution's version, and whether it is an editable install (pip's
+    direct_url.json; None where it does not say: installed by another tool)."""
     if dist is None:
-        return None
+        return None, None
     try:
-        return metadata.version(dist)
+        d = metadata.distribution(dist)
     except metadata.PackageNotFoundError:
-        return None
+        return None, None
+    editable = None
+    try:
+        direct = json.loads(d.read_text("direct_url.json") or "null")
+    except ValueError:
+        direct = None
+    if isinstance(direct, dict):
+        editable = bool((direct.get("dir_info") or {}).get("editable", False))
+    return d.version, editable
 
 
 def environment(config: Any = None) -> dict[str, Any]:
     """Everything above, for a run's `environment.json` and the benchmarks' results, with
     the configured plugins' sources when `config` is given. A part that cannot be read is
     recorded as its error (logged), never a lost run record."""
+    out: dict[str, Any] = {}
     parts: dict[str, Any] = {
         "python": platform.python_version,
         "platform": platform.platform,
@@ -290,7 +423,7 @@ def environment(config: Any = None) -> dict[str, Any]:
     }
     if config is not None:
         parts["plugins"] = lambda: plugin_sources(config)
-    out: dict[str, Any] = {}
+        parts["plugin_code"] = lambda: plugin_code(out.get("plugins"))
     for key, read in parts.items():
         try:
             out[key] = read()

@@ -167,21 +167,28 @@ def test_the_plugins_are_recorded_with_the_distribution_and_version_that_provide
     monkeypatch.syspath_prepend(str(old))
     importlib.invalidate_caches()
     first = environment(config)["plugins"]
+    code = first[0].pop("code")
     assert first[0] == {
         "key": "signals[0]",
         "name": "envplug",
         "module": "envplug_mod",
         "distribution": "envplug",
         "version": "0.1.0",
+        "editable": None,  # no direct_url.json: not said
+        "package": "envplug_mod",
     }
     tradingd = metadata.version("tradingd")
+    builtin = first[1].pop("code")
+    first[1].pop("editable")  # (as this checkout is installed)
     assert first[1] == {
         "key": "sizing",
         "name": "equal_weight",
         "module": "tradingd_plugins.sizing.equal_weight",
         "distribution": "tradingd",
         "version": tradingd,
+        "package": "tradingd_plugins",
     }
+    assert isinstance(code, str) and len(code) == 16 and isinstance(builtin, str)
     assert [p["key"] for p in first[2:]] == [f"risk[{i}]" for i in range(len(config.risk))]
     assert all(p["distribution"] == "tradingd" for p in first[2:])
     monkeypatch.setattr(sys, "path", [str(new), *(p for p in sys.path if p != str(old))])
@@ -301,3 +308,68 @@ def test_a_build_record_that_cannot_be_read_is_logged_and_taken_as_unknown(tmp_p
     [said] = [e for e in logs if e["event"] == "environment.build_record_unreadable"]
     assert said["file"] == str(tmp_path / "_build_source.json")
     assert "reinstall" in said["fix"]
+
+
+def _editable_plugin(root, helper: str) -> None:
+    """A plugin author's editable install: the package in its checkout (on the path), its
+    class in one module and a helper it imports in another, the dist-info saying editable."""
+    pkg = root / "src" / "edplug_pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "signals.py").write_text("from .sub.helper import WANT\n\nclass EdPlug: ...\n")
+    (pkg / "sub" / "__init__.py").write_text("")
+    (pkg / "sub" / "helper.py").write_text(helper)
+    (pkg / "notes.txt").write_text("not code")
+    (pkg / "__pycache__").mkdir()
+    (pkg / "__pycache__" / "signals.cpython-311.pyc").write_bytes(b"stale")
+    info = root / "site" / "edplug-0.0.1.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: edplug\nVersion: 0.0.1\n")
+    (info / "top_level.txt").write_text("edplug_pkg\n")
+    (info / "entry_points.txt").write_text(
+        "[tradingd.plugins]\nedplug = edplug_pkg.signals:EdPlug\n"
+    )
+    (info / "direct_url.json").write_text(
+        json.dumps({"dir_info": {"editable": True}, "url": (root / "src").as_uri()})
+    )
+
+
+def test_a_plugins_code_is_recorded_and_an_edit_of_any_of_its_files_changes_it(
+    tmp_path, monkeypatch
+):
+    """An editable plugin's author edits its code and reruns: the same run id, the same
+    version, and environment.json said nothing else, so two code versions were one record.
+    The digest covers the package's code files (a helper the class imports, not only the
+    class's module), not its bytecode cache or other files."""
+    import importlib
+
+    from tradingd.config import load_config
+
+    _editable_plugin(tmp_path, "WANT = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.syspath_prepend(str(tmp_path / "src"))
+    importlib.invalidate_caches()
+    config = load_config(
+        [{"signals": [{"name": "edplug"}], "sizing": {"name": "equal_weight"}}], env={}
+    )
+    first = environment(config)
+    [mine] = [p for p in first["plugins"] if p["name"] == "edplug"]
+    assert (mine["version"], mine["editable"], mine["package"]) == ("0.0.1", True, "edplug_pkg")
+    files = first["plugin_code"]["edplug_pkg"]["files"]
+    assert sorted(files) == ["__init__.py", "signals.py", "sub/__init__.py", "sub/helper.py"]
+    assert first["plugin_code"]["edplug_pkg"]["code"] == mine["code"]
+    assert first["plugin_code"]["tradingd_plugins"]["files"]  # the built-ins' too
+
+    # Untouched: the same digest (a rerun on another machine from the same files too).
+    assert environment(config)["plugin_code"] == first["plugin_code"]
+    pkg = tmp_path / "src" / "edplug_pkg"
+    (pkg / "notes.txt").write_text("edited, still not code")
+    (pkg / "__pycache__" / "signals.cpython-311.pyc").write_bytes(b"other")
+    assert environment(config)["plugin_code"] == first["plugin_code"]
+
+    (pkg / "sub" / "helper.py").write_text("WANT = 2\n")
+    second = environment(config)
+    [edited] = [p for p in second["plugins"] if p["name"] == "edplug"]
+    assert edited["version"] == mine["version"] and edited["code"] != mine["code"]
+    changed = second["plugin_code"]["edplug_pkg"]["files"]
+    assert [f for f in files if files[f] != changed[f]] == ["sub/helper.py"]
