@@ -17,6 +17,7 @@ equal to the bit, and a last-bit difference (another BLAS kernel) is what this i
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,7 +31,7 @@ import numpy as np
 
 from .run_records import _json_file, record_folder
 
-__all__ = ["Comparison", "compare_runs", "flatten", "render"]
+__all__ = ["CodeChange", "Comparison", "compare_runs", "flatten", "render"]
 
 #: The fills' columns compared (run-specific ids left out: they name the run).
 FILL_FIELDS = ("time", "symbol", "side", "quantity", "price", "commission")
@@ -147,6 +148,7 @@ class Comparison:
     first_equity: tuple[str, float | None, float | None] | None
     first_fill: tuple[int, dict[str, str] | None, dict[str, str] | None, list[str]] | None
     places: list[str] = field(default_factory=list)
+    plugin_code: list[CodeChange] = field(default_factory=list)
 
     @property
     def same_path(self) -> bool:
@@ -181,7 +183,22 @@ class Comparison:
             "environment": section(self.environment),
             "metrics": section(self.metrics),
             "written_elsewhere": list(self.places),
+            "plugin_code": [dataclasses.asdict(x) for x in self.plugin_code],
         }
+
+
+@dataclass(frozen=True)
+class CodeChange:
+    """A plugin package whose code differs between the two records (environment.json's
+    `plugins[].code`): the plugins from it that the runs used, and its files changed,
+    only in B (`added`) or only in A (`removed`); no files where a record did not list
+    them."""
+
+    package: str
+    plugins: list[str]
+    changed: list[str]
+    added: list[str]
+    removed: list[str]
 
 
 def _shown(v: Any) -> Any:
@@ -196,15 +213,52 @@ def _missing(va: Any, vb: Any) -> dict[str, str]:
     return {}
 
 
-def _json_section(a: Path, b: Path, name: str, *, unordered: bool = False) -> Section:
-    """A file of both records compared, or said not compared when either lacks it (a
-    damaged one is an error naming it, not an empty section)."""
+def _json_pair(a: Path, b: Path, name: str) -> tuple[Any, Any] | str:
+    """A file of both records, or why it is not compared when either lacks it (a damaged
+    one is an error naming it, not an empty section)."""
     absent = [
         f"{label} has no {name}" for label, d in (("A", a), ("B", b)) if not (d / name).exists()
     ]
     if absent:
-        return Section([], " and ".join(absent))
-    return Section(differences(_json_file(a / name), _json_file(b / name), unordered=unordered))
+        return " and ".join(absent)
+    return _json_file(a / name), _json_file(b / name)
+
+
+def _code_changes(ea: Any, eb: Any) -> list[CodeChange]:
+    """The plugin packages whose code digest differs between two environment.json files,
+    with the files that differ from their `plugin_code` lists (a record made before plugins'
+    code was hashed has none: nothing said here)."""
+    if not (isinstance(ea, Mapping) and isinstance(eb, Mapping)):
+        return []
+
+    def plugins(env: Mapping[str, Any]) -> dict[Any, Mapping[str, Any]]:
+        items = env.get("plugins")
+        return (
+            {p.get("key"): p for p in items if isinstance(p, Mapping)}
+            if isinstance(items, list)
+            else {}
+        )
+
+    pa, pb = plugins(ea), plugins(eb)
+    used: dict[str, list[str]] = {}
+    for key, x in pa.items():
+        y = pb.get(key)
+        if y is None or not x.get("code") or not y.get("code") or x["code"] == y["code"]:
+            continue
+        if x.get("package") != y.get("package") or not isinstance(x.get("package"), str):
+            continue  # another package: its key's difference says so
+        used.setdefault(x["package"], []).append(f"{x.get('name')} ({key})")
+    out = []
+    for package, names in used.items():
+        fa, fb = (
+            ((env.get("plugin_code") or {}).get(package) or {}).get("files") or {}
+            for env in (ea, eb)
+        )
+        changed = sorted(k for k in fa.keys() & fb.keys() if fa[k] != fb[k]) if fa and fb else []
+        added = sorted(fb.keys() - fa.keys()) if fa and fb else []
+        removed = sorted(fa.keys() - fb.keys()) if fa and fb else []
+        out.append(CodeChange(package, names, changed, added, removed))
+    return out
 
 
 def _fill_rows(folder: Path) -> Iterator[tuple[tuple[str, ...], tuple[Any, ...]]]:
@@ -285,10 +339,22 @@ def compare_runs(a: Path, b: Path) -> Comparison:
     the file: a comparison against half a run would point at the wrong bar."""
     # The curves (checked whole); fills.csv is read here, once (`_fills`).
     ra, rb = (record_folder(d, warn_unrestated=False, with_fills=False) for d in (a, b))
-    config = _json_section(a, b, "config.json")
-    places = [k for k, _, _ in config.diffs if k in WHERE_KEYS]
-    config = Section([d for d in config.diffs if d[0] not in WHERE_KEYS], config.missing)
-    environment = _json_section(a, b, "environment.json", unordered=True)
+    pair = _json_pair(a, b, "config.json")
+    if isinstance(pair, str):
+        config, places = Section([], pair), []
+    else:
+        diffs = differences(*pair)
+        places = [k for k, _, _ in diffs if k in WHERE_KEYS]
+        config = Section([d for d in diffs if d[0] not in WHERE_KEYS])
+    pair = _json_pair(a, b, "environment.json")
+    code: list[CodeChange] = []
+    if isinstance(pair, str):
+        environment = Section([], pair)
+    else:
+        # The files of plugin_code are said by package (`code`), not one key each.
+        diffs = differences(*pair, unordered=True)
+        environment = Section([d for d in diffs if not d[0].startswith("plugin_code.")])
+        code = _code_changes(*pair)
     sa = dict(ra.extra.get("metrics") or {})
     sb = dict(rb.extra.get("metrics") or {})
     if sa and sb:
@@ -309,6 +375,7 @@ def compare_runs(a: Path, b: Path) -> Comparison:
         first_equity,
         first_fill,
         places,
+        code,
     )
 
 
@@ -349,6 +416,17 @@ def _fill_text(f: Mapping[str, str] | None) -> str:
     return (
         f"{f['time']} {f['side']} {f['quantity']} {f['symbol']} at {f['price']}, "
         f"commission {f['commission']}"
+    )
+
+
+def _code_text(x: CodeChange) -> str:
+    files = [
+        *(f"{f} changed" for f in x.changed),
+        *(f"{f} only in B" for f in x.added),
+        *(f"{f} only in A" for f in x.removed),
+    ]
+    return f"  plugin code differs: {x.package} (used by {', '.join(x.plugins)})" + (
+        f": {', '.join(files)}" if files else ""
     )
 
 
@@ -397,6 +475,8 @@ def render(c: Comparison) -> str:
         width = min(max(len(k) for k, _, _ in s.diffs), 60)
         for k, va, vb in s.diffs:
             lines.append(f"  {k:<{width}}  A {_cell(va)}  B {_cell(vb)}")
+        if s is c.environment:
+            lines.extend(_code_text(x) for x in c.plugin_code)
     if c.places:
         lines.append("")
         lines.append(f"written to other places (not compared): {', '.join(c.places)}")

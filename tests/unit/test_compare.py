@@ -258,3 +258,59 @@ def test_a_record_whose_fills_are_gone_is_damaged_not_a_run_without_trades(tmp_p
     (b / "fills.csv").write_text("")
     with pytest.raises(ValueError, match="counts 2 fills: the record is incomplete"):
         compare_runs(a, b)
+
+
+def _env(code: str, files: dict[str, str], tradingd_code: str = "0" * 16) -> dict:
+    plugins = [
+        {"key": "signals[0]", "name": "mean_rev", "package": "myplug", "code": code},
+        {"key": "sizing", "name": "inv_vol", "package": "myplug", "code": code},
+        {"key": "risk[0]", "name": "max_position", "package": "tradingd_plugins"},
+    ]
+    for p in plugins[:2]:
+        p.update(distribution="myplug", version="0.0.1", editable=True)
+    plugins[2].update(code=tradingd_code, distribution="tradingd", version="0.1.0")
+    return {
+        "packages": {"numpy": "2.4.6"},
+        "plugins": plugins,
+        "plugin_code": {
+            "myplug": {"code": code, "files": files},
+            "tradingd_plugins": {"code": tradingd_code, "files": {"__init__.py": "1" * 16}},
+        },
+    }
+
+
+def test_plugin_code_that_differs_is_named_with_its_plugins_and_files(tmp_path):
+    """An editable plugin edited between two runs of one config: compare said the runs
+    differ, then "the same configuration" and "the same environment", nothing to explain."""
+    before = {"__init__.py": "a" * 16, "signals.py": "b" * 16, "old.py": "c" * 16}
+    after = {"__init__.py": "a" * 16, "signals.py": "d" * 16, "util.py": "e" * 16}
+    a = _record(tmp_path, "a", EQUITY, FILLS, environment=_env("1" * 16, before))
+    b = _record(tmp_path, "b", EQUITY, FILLS[:1], environment=_env("2" * 16, after))
+    c = compare_runs(a, b)
+    assert [k for k, _, _ in c.environment.diffs] == [
+        "plugins[signals[0]].code",
+        "plugins[sizing].code",
+    ]
+    [change] = c.plugin_code
+    assert change.package == "myplug"
+    assert change.plugins == ["mean_rev (signals[0])", "inv_vol (sizing)"]
+    assert (change.changed, change.added, change.removed) == (
+        ["signals.py"],
+        ["util.py"],
+        ["old.py"],
+    )
+    assert (
+        "  plugin code differs: myplug (used by mean_rev (signals[0]), inv_vol (sizing)): "
+        "signals.py changed, util.py only in B, old.py only in A"
+    ) in render(c)
+    assert c.as_dict()["plugin_code"][0]["changed"] == ["signals.py"]
+    # A record made before plugins' code was recorded: the keys say it, no package line.
+    old = _env("1" * 16, before)
+    for p in old["plugins"]:
+        p.pop("code", None)
+    del old["plugin_code"]
+    o = _record(tmp_path, "o", EQUITY, FILLS, environment=old)
+    c = compare_runs(o, a)
+    assert c.plugin_code == [] and "plugins[signals[0]].code" in {
+        k for k, _, _ in c.environment.diffs
+    }
