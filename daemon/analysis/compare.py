@@ -31,7 +31,7 @@ import numpy as np
 
 from .run_records import _json_file, record_folder
 
-__all__ = ["CodeChange", "Comparison", "compare_runs", "flatten", "render"]
+__all__ = ["CodeChange", "Comparison", "compare_runs", "flatten", "render", "with_plugin_defaults"]
 
 #: The fills' columns compared (run-specific ids left out: they name the run).
 FILL_FIELDS = ("time", "symbol", "side", "quantity", "price", "commission")
@@ -149,6 +149,9 @@ class Comparison:
     first_fill: tuple[int, dict[str, str] | None, dict[str, str] | None, list[str]] | None
     places: list[str] = field(default_factory=list)
     plugin_code: list[CodeChange] = field(default_factory=list)
+    at_default: list[str] = field(default_factory=list)
+    defaults_unknown: list[str] = field(default_factory=list)
+    run_ids: tuple[Any, Any] = (None, None)
 
     @property
     def same_path(self) -> bool:
@@ -184,7 +187,19 @@ class Comparison:
             "metrics": section(self.metrics),
             "written_elsewhere": list(self.places),
             "plugin_code": [dataclasses.asdict(x) for x in self.plugin_code],
+            "params_at_default": list(self.at_default),
+            "plugin_defaults_unknown": list(self.defaults_unknown),
+            "run_ids": list(self.run_ids),
         }
+
+    @property
+    def run_id_by_spelling(self) -> bool:
+        """The run ids differ though nothing the run decides with does, but params written
+        at their defaults on one side: a run id hashes a plugin's params as written (a live
+        run's order ids and its resume depend on it, so that stays)."""
+        ids_differ = self.run_ids[0] != self.run_ids[1] and None not in self.run_ids
+        inputs_differ = any(k.startswith("run_inputs") for k, _, _ in self.metrics.diffs)
+        return bool(self.at_default) and ids_differ and not self.config.diffs and not inputs_differ
 
 
 @dataclass(frozen=True)
@@ -222,6 +237,44 @@ def _json_pair(a: Path, b: Path, name: str) -> tuple[Any, Any] | str:
     if absent:
         return " and ".join(absent)
     return _json_file(a / name), _json_file(b / name)
+
+
+#: A record's plugin sections (config.json's) and their lists or tables.
+_PLUGIN_SECTIONS = ("signals", "sizing", "risk")
+
+
+def with_plugin_defaults(config: Any, unknown: set[str] | None = None) -> Any:
+    """config.json with each plugin's params its Config's defaults where the file does not
+    write them (`trial_ledger.plugin_default_params`): a param written out at its default
+    on one side and left out on the other is the same run, and was a difference
+    "(absent)". The defaults are those of the plugin installed here (a record made before
+    a default changed differs in the plugin's version or code in environment.json). The
+    names of plugins whose Config is not found go into `unknown`: theirs stay as written."""
+    from .trial_ledger import plugin_default_params
+
+    if not isinstance(config, Mapping):
+        return config
+
+    def filled(spec: Any) -> Any:
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("name"), str):
+            return spec
+        params = spec.get("params", {})
+        if not isinstance(params, Mapping):
+            return spec
+        defaults = plugin_default_params(spec["name"])
+        if defaults is None:
+            if unknown is not None:
+                unknown.add(spec["name"])
+            return spec
+        return {**spec, "params": {**defaults, **params}}
+
+    out = dict(config)
+    for section in _PLUGIN_SECTIONS:
+        if section not in out:
+            continue
+        value = out[section]
+        out[section] = [filled(s) for s in value] if isinstance(value, list) else filled(value)
+    return out
 
 
 def _code_changes(ea: Any, eb: Any) -> list[CodeChange]:
@@ -340,10 +393,15 @@ def compare_runs(a: Path, b: Path) -> Comparison:
     # The curves (checked whole); fills.csv is read here, once (`_fills`).
     ra, rb = (record_folder(d, warn_unrestated=False, with_fills=False) for d in (a, b))
     pair = _json_pair(a, b, "config.json")
+    at_default: list[str] = []
+    unknown: set[str] = set()
     if isinstance(pair, str):
         config, places = Section([], pair), []
     else:
-        diffs = differences(*pair)
+        written = differences(*pair)
+        diffs = differences(*(with_plugin_defaults(c, unknown) for c in pair))
+        kept = {k for k, _, _ in diffs}
+        at_default = [k for k, _, _ in written if k not in kept]
         places = [k for k, _, _ in diffs if k in WHERE_KEYS]
         config = Section([d for d in diffs if d[0] not in WHERE_KEYS])
     pair = _json_pair(a, b, "environment.json")
@@ -376,7 +434,17 @@ def compare_runs(a: Path, b: Path) -> Comparison:
         first_fill,
         places,
         code,
+        at_default,
+        # Only where a param is absent on one side: else their defaults changed nothing.
+        sorted(unknown) if any(_absent_param(d) for d in config.diffs) else [],
+        (sa.get("run_id"), sb.get("run_id")),
     )
+
+
+def _absent_param(diff: tuple[str, Any, Any]) -> bool:
+    """A plugin param's difference that one side does not write."""
+    key, va, vb = diff
+    return ".params" in key and _MISSING in (va, vb)
 
 
 def _first_equity(ra: Any, rb: Any) -> tuple[str, float | None, float | None] | None:
@@ -430,6 +498,23 @@ def _code_text(x: CodeChange) -> str:
     )
 
 
+def _same_config(c: Comparison) -> str:
+    """The line for a configuration without differences: a param written at its default
+    on one side only is none, but gave another run id (said once, in one line)."""
+    if not c.at_default:
+        return "the same configuration"
+    text = (
+        "the same configuration (plugin params at their defaults, written on one side only: "
+        f"{', '.join(c.at_default)})"
+    )
+    if c.run_id_by_spelling:
+        text += (
+            f"\nthe run ids differ ({c.run_ids[0]}, {c.run_ids[1]}) by those params alone: a "
+            "run id hashes a plugin's params as written"
+        )
+    return text
+
+
 def render(c: Comparison) -> str:
     """The comparison as text: the verdict first, then where the runs part, then what
     differs in the configuration, the environment and the metrics."""
@@ -460,7 +545,7 @@ def render(c: Comparison) -> str:
         else:
             lines.append("  the same fills")
     for title, s, empty in (
-        ("configuration", c.config, "the same configuration"),
+        ("configuration", c.config, _same_config(c)),
         ("environment (packages, CPU features, build)", c.environment, "the same environment"),
         ("metrics", c.metrics, "the same metrics"),
     ):
@@ -477,6 +562,11 @@ def render(c: Comparison) -> str:
             lines.append(f"  {k:<{width}}  A {_cell(va)}  B {_cell(vb)}")
         if s is c.environment:
             lines.extend(_code_text(x) for x in c.plugin_code)
+        if s is c.config and c.defaults_unknown:
+            lines.append(
+                f"  (defaults of {', '.join(c.defaults_unknown)} unknown here, the plugin not "
+                "installed: a param absent on one side may be at its default)"
+            )
     if c.places:
         lines.append("")
         lines.append(f"written to other places (not compared): {', '.join(c.places)}")

@@ -35,6 +35,7 @@ __all__ = [
     "config_hash_v3",
     "ledger_entries",
     "legacy_config_hash",
+    "plugin_default_params",
     "record_trial",
     "variant_settings",
 ]
@@ -178,15 +179,17 @@ def canonical_params(name: Any, params: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-@functools.cache
-def _plugin_defaults(name: str) -> dict[str, str]:
-    """The plugin's Config defaults, each as canonical JSON; {} where it cannot be found."""
+def plugin_default_params(name: str) -> dict[str, Any] | None:
+    """The params the plugin registered as `name` takes where a config does not write them
+    (its Config's defaults, as config.json would hold them: a tuple as a list), without
+    those the run sets (`RUN_KEYS`); None where its Config cannot be found
+    (`_plugin_config`)."""
     from ..engine.plugins import RUN_KEYS
 
     config_cls = _plugin_config(name)
-    out: dict[str, str] = {}
     if config_cls is None:
-        return out
+        return None
+    out: dict[str, Any] = {}
     for f in dataclasses.fields(config_cls):
         if f.name in RUN_KEYS:
             continue  # the run sets it where the params do not: written, it is not the same
@@ -196,8 +199,15 @@ def _plugin_defaults(name: str) -> dict[str, str]:
             value = f.default_factory()
         else:
             continue
-        out[f.name] = _canonical_json(_declared(config_cls, f.name, value))
+        out[f.name] = json.loads(json.dumps(_declared(config_cls, f.name, value), default=str))
     return out
+
+
+@functools.cache
+def _plugin_defaults(name: str) -> dict[str, str]:
+    """The plugin's Config defaults, each as canonical JSON; {} where it cannot be found."""
+    defaults = plugin_default_params(name) or {}
+    return {k: _canonical_json(v) for k, v in defaults.items()}
 
 
 def _canonical_json(value: Any) -> str:

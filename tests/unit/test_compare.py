@@ -260,6 +260,57 @@ def test_a_record_whose_fills_are_gone_is_damaged_not_a_run_without_trades(tmp_p
         compare_runs(a, b)
 
 
+def _sizing(params: dict | None) -> dict:
+    spec: dict = {"name": "equal_weight"}
+    if params is not None:
+        spec["params"] = params
+    return {"run": {"initial_capital": 100_000.0}, "sizing": spec}
+
+
+@pytest.mark.parametrize("omitted", [{}, None])
+def test_plugin_params_written_at_their_defaults_are_the_same_configuration(tmp_path, omitted):
+    """One config wrote equal_weight's defaults out, the other left them out: the same run,
+    bit for bit, and compare said "configuration: 2 differences ... (absent)". The run ids
+    differ (a run id hashes params as written: live runs' order ids depend on it), which is
+    said in one line."""
+    written = _sizing({"max_positions": 10, "gross_exposure": 0.5, "allow_short": False})
+    a = _record(tmp_path, "a", EQUITY, FILLS, config=written)
+    b = _record(tmp_path, "b", EQUITY, FILLS, config=_sizing(omitted))
+    c = compare_runs(a, b)
+    assert c.config.diffs == []
+    assert c.at_default == [
+        "sizing.params.allow_short",
+        "sizing.params.gross_exposure",
+        "sizing.params.max_positions",
+    ]
+    assert c.run_ids == ("a", "b") and c.run_id_by_spelling
+    text = render(c)
+    assert "(absent)" not in text
+    assert "the same configuration (plugin params at their defaults, written on one side" in text
+    assert "the run ids differ (a, b) by those params alone" in text
+    assert c.as_dict()["config"]["differences"] == []
+
+
+def test_a_param_off_its_default_on_one_side_is_still_a_difference(tmp_path):
+    a = _record(tmp_path, "a", EQUITY, FILLS, config=_sizing({"max_positions": 3}))
+    b = _record(tmp_path, "b", EQUITY, FILLS, config=_sizing({"gross_exposure": 0.5}))
+    c = compare_runs(a, b)
+    # B's 0.5 is the default: not a difference; A's 3 against B's default 10 is one.
+    assert c.config.diffs == [("sizing.params.max_positions", 3, 10)]
+    assert c.at_default == ["sizing.params.gross_exposure"] and not c.run_id_by_spelling
+    assert "the run ids differ" not in render(c)
+
+
+def test_a_plugin_not_installed_here_keeps_its_params_as_written_and_says_so(tmp_path):
+    cfg = {"sizing": {"name": "not_installed_here", "params": {"k": 1}}}
+    a = _record(tmp_path, "a", EQUITY, FILLS, config=cfg)
+    b = _record(tmp_path, "b", EQUITY, FILLS, config={"sizing": {"name": "not_installed_here"}})
+    c = compare_runs(a, b)
+    assert c.config.diffs[0][:2] == ("sizing.params.k", 1)
+    assert c.defaults_unknown == ["not_installed_here"]
+    assert "defaults of not_installed_here unknown here" in render(c)
+
+
 def _env(code: str, files: dict[str, str], tradingd_code: str = "0" * 16) -> dict:
     plugins = [
         {"key": "signals[0]", "name": "mean_rev", "package": "myplug", "code": code},
