@@ -226,13 +226,14 @@ def plugin_sources_of(specs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
     from .engine.plugins import registered
 
     eps = registered()
+    _MODULES.clear()
     owners: Mapping[str, list[str]] | None = None  # read once, only if needed
     hashed: dict[str, PackageCode | None] = {}
     installs: dict[str | None, tuple[str | None, bool | None]] = {}
     out = []
     for key, name in specs:
         targets = eps.get(name, [])
-        module = targets[0].module if len(targets) == 1 else None
+        module = _MODULES[name] = targets[0].module if len(targets) == 1 else None
         dist = None
         code = None
         if module:
@@ -253,6 +254,40 @@ def plugin_sources_of(specs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
                 "distribution": dist,
                 "version": version,
                 "editable": editable,
+                "package": code.package if code else None,
+                "code": code.digest if code else None,
+            }
+        )
+    return out
+
+
+# Each plugin name's module as the last `plugin_sources_of` found it registered.
+_MODULES: dict[str, str | None] = {}
+
+
+def plugin_code_of(specs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
+    """`key`, `name`, `package` and `code` of (where, plugin name) pairs, as
+    `plugin_sources_of` gives them, the code read now: for the trial ledger's line at a
+    backtest's end (`trial_ledger.record_trial`), which hashes the code its environment.json
+    names. The modules are the last `plugin_sources_of`'s (the record's, just written):
+    the entry points are scanned again only for a name it did not look up (25-30 ms a
+    scan, as much again at every backtest's end)."""
+    from .engine.plugins import registered
+
+    if any(name not in _MODULES for _, name in specs):
+        eps = registered()
+        for _, name in specs:
+            targets = eps.get(name, [])
+            _MODULES[name] = targets[0].module if len(targets) == 1 else None
+    hashed: dict[str, PackageCode | None] = {}
+    out = []
+    for key, name in specs:
+        module = _MODULES.get(name)
+        code = package_code(module, hashed) if module else None
+        out.append(
+            {
+                "key": key,
+                "name": name,
                 "package": code.package if code else None,
                 "code": code.digest if code else None,
             }

@@ -35,7 +35,9 @@ __all__ = [
     "config_hash_v3",
     "ledger_entries",
     "legacy_config_hash",
+    "plugin_code_identity",
     "plugin_default_params",
+    "plugin_specs_of",
     "record_trial",
     "variant_settings",
 ]
@@ -74,8 +76,13 @@ def _drop(tree: dict[str, Any], dotted: str) -> None:
 
 # The scheme of the ledger's `config_hash`: lines without it hold `legacy_config_hash`es,
 # lines of version 2 `config_hash_v2`es, of version 3 `config_hash_v3`es (the models by
-# version only: two models of one version and other files were one variant).
-HASH_VERSION = 4
+# version only: two models of one version and other files were one variant), of version 4
+# `config_hash`es without the plugins' code (an edited plugin rerun was one variant).
+HASH_VERSION = 5
+
+# The package of tradingd's own plugins: its code is tradingd's, whose upgrade makes no
+# other variant (a record of an earlier build is the rerun's variant: `variant_settings`).
+BUILTIN_PACKAGE = "tradingd_plugins"
 
 # A plugin's place in a list beyond the default list's length: its weight's default.
 _PLUGIN_FIELD = re.compile(r"(signals|risk)\[\d+\]\.weight")
@@ -268,10 +275,42 @@ def variant_settings(
     return _off_defaults(_canonical_number(tree), _canonical_number(_defaults()))
 
 
+def plugin_specs_of(config: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(where, plugin name) of each plugin of a config.json (`signals[0]`, `sizing`,
+    `risk[1]`), in the pipeline's order, as `environment.plugin_sources` names them."""
+    out: list[tuple[str, str]] = []
+    for section in ("signals", "sizing", "risk"):
+        value = config.get(section)
+        specs = list(enumerate(value)) if isinstance(value, list) else [(None, value)]
+        for i, spec in specs:
+            if isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
+                out.append((section if i is None else f"{section}[{i}]", spec["name"]))
+    return out
+
+
+def plugin_code_identity(plugins: Any) -> list[dict[str, Any]]:
+    """What of the plugins' code makes a variant, from environment.json's `plugins` (or
+    `environment.plugin_code_of`'s list): each third-party plugin's place and the digest of
+    its package's code. An author's edit of a plugin is another strategy tried (and a
+    whitespace edit counts too: one trial too many makes the deflated Sharpe ratio
+    stricter, one too few laxer); tradingd's own plugins are left out (`BUILTIN_PACKAGE`),
+    as is a plugin whose code is unknown (a record made before it was recorded)."""
+    if not isinstance(plugins, list):
+        return []
+    return [
+        {"plugin": p.get("key"), "code": p["code"]}
+        for p in plugins
+        if isinstance(p, Mapping)
+        and isinstance(p.get("code"), str)
+        and p.get("package") != BUILTIN_PACKAGE
+    ]
+
+
 def config_hash(
     config: Mapping[str, Any],
     ignore: Iterable[str] = DEFAULT_IGNORED_CONFIG,
     run_inputs: Sequence[Mapping[str, Any]] = (),
+    plugin_code: Sequence[Mapping[str, Any]] = (),
 ) -> str:
     """A run configuration's identity as a strategy variant: sha256 of the canonical JSON of
     its `variant_settings` (without the `ignore`d keys, dotted paths, that do not change
@@ -280,11 +319,15 @@ def config_hash(
     `run_inputs`; the ML plugin's model by version, ONNX files and card). One config on two
     models is two backtests (two run ids) and two variants tried, also when the two models
     share a version: the trials compared versions only, and counted such a pair once.
-    Without inputs, the hash it always was."""
+    `plugin_code`: the third-party plugins' code (`plugin_code_identity`): an edited
+    plugin rerun under the same run id was one variant with the run before the edit.
+    Without inputs and code, the hash it always was."""
     settings = variant_settings(config, ignore)
     if run_inputs:
         inputs = json.loads(json.dumps(list(run_inputs), sort_keys=True, default=str))
         settings = {**settings, "run_inputs": inputs}
+    if plugin_code:
+        settings = {**settings, "plugin_code": [dict(p) for p in plugin_code]}
     return _digest(settings)
 
 
@@ -325,14 +368,19 @@ def record_trial(
     equity: Any,
     initial_capital: float,
     run_inputs: Sequence[Mapping[str, Any]] = (),
+    plugin_code: Sequence[Mapping[str, Any]] | None = None,
 ) -> None:
     """Note a finished run in `runs_root`'s ledger, for `count_trials`: its variant
     (`config_hash`) and its per-bar returns' count, mean and standard deviation (a Sharpe
     ratio at any risk-free rate). Five momentum lookbacks run one after the other under one
     `run.run_id` left one folder, and the deflated Sharpe counted 1 trial, not 5. A line is
-    added once per run id and variant, so reruns of one configuration do not grow it."""
+    added once per run id and variant, so reruns of one configuration do not grow it.
+    `plugin_code`: `plugin_code_identity`'s list; None: of the plugins `config` names,
+    read now (`environment.plugin_code_of`)."""
     root = Path(runs_root)
-    key = config_hash(config, run_inputs=run_inputs)
+    if plugin_code is None:
+        plugin_code = _plugin_code_now(config)
+    key = config_hash(config, run_inputs=run_inputs, plugin_code=plugin_code)
     ledger = root / TRIALS_LEDGER
     r = simple_returns(equity, initial_capital)
     stats: dict[str, Any] = {"bars": int(r.size), "mean": None, "std": None}
@@ -369,6 +417,23 @@ def record_trial(
             )
         fh.write(start + line.encode("utf-8") + b"\n")
         fh.flush()  # within the lock: the next holder reads the whole line
+
+
+def _plugin_code_now(config: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The code of `config`'s plugins as installed now; none where it cannot be read,
+    said: the line then names the config alone, which the count takes for another
+    variant than its folder's (one trial too many, not a backtest failing at its end)."""
+    from ..environment import plugin_code_of
+
+    try:
+        return plugin_code_identity(plugin_code_of(plugin_specs_of(config)))
+    except Exception as exc:  # the entry points or the files: the run is done all the same
+        log.warning(
+            "trials.plugin_code_unknown",
+            error=repr(exc),
+            detail="the ledger line names the config without the plugins' code",
+        )
+        return []
 
 
 def ledger_entries(path: Path) -> list[dict[str, Any]]:

@@ -27,6 +27,7 @@ from .trial_ledger import (
     config_hash_v3,
     ledger_entries,
     legacy_config_hash,
+    plugin_code_identity,
     record_trial,
 )
 
@@ -120,6 +121,17 @@ def run_inputs_of(folder: Path) -> list[Any]:
     return [{"versions": versions}] if versions else []
 
 
+def plugin_code_in(folder: Path) -> list[dict[str, Any]]:
+    """The third-party plugins' code a run folder's environment.json names
+    (`plugin_code_identity`); none without the file or before it named code. ValueError
+    naming the file for one that cannot be read (`_json_file`)."""
+    file = folder / "environment.json"
+    if not file.exists():
+        return []
+    env = _json_file(file)
+    return plugin_code_identity(env.get("plugins") if isinstance(env, dict) else None)
+
+
 def count_trials(
     runs_root: str | Path,
     *,
@@ -144,8 +156,11 @@ def count_trials(
     (`record_trial`) adds the variants whose folders a rerun under their run id replaced,
     and a folder's own ledger (an --output folder's) those a rerun into it replaced.
     A ledger line of an earlier scheme (no hash_version: the whole file's hash; version 2:
-    `config_hash_v2`; version 3: `config_hash_v3`, models by version) names a folder's
-    variant when a folder's config hashed so, else a replaced one of its own."""
+    `config_hash_v2`; version 3: `config_hash_v3`, models by version; version 4: without
+    the plugins' code) names a folder's variant when a folder's config hashed so, else a
+    replaced one of its own. A folder's third-party plugins' code (its environment.json:
+    `plugin_code_in`) is part of its variant; one whose environment.json cannot be read
+    (`trials.environment_unread`) counts as its own variant."""
     root = Path(runs_root)
     if not root.is_dir():
         raise ValueError(f"runs root {str(root)!r} is not a folder")
@@ -156,6 +171,7 @@ def count_trials(
     legacy: dict[str, str] = {}
     v2: dict[str, str] = {}
     v3: dict[str, str] = {}
+    v4: dict[str, str] = {}
     without_models: dict[str, str] = {}
     runs = 0
     walkforward: list[str] = []
@@ -198,8 +214,24 @@ def count_trials(
                     counted="as a variant of its own",
                 )
                 cfg = None
+        code: list[dict[str, Any]] = []
         if cfg is not None:
-            key = config_hash(cfg, ignore, inputs)
+            try:
+                code = plugin_code_in(folder)
+            except ValueError as exc:
+                # The plugins' code the run decided with is unknown: its own variant, as
+                # for a summary.json that cannot be read.
+                log.warning(
+                    "trials.environment_unread",
+                    folder=str(folder),
+                    reason=str(exc),
+                    counted="as a variant of its own",
+                )
+                cfg = None
+        if cfg is not None:
+            key = config_hash(cfg, ignore, inputs, code)
+            # A line written before the plugins' code was hashed names the rest.
+            v4[config_hash(cfg, ignore, inputs)] = key
             v3[config_hash_v3(cfg, ignore, models)] = key
             # A line written before the models were hashed names the config alone.
             without_models[config_hash(cfg, ignore)] = key
@@ -229,7 +261,9 @@ def count_trials(
             continue
         key = entry["config_hash"]
         version = entry.get("hash_version")
-        if version == 3:
+        if version == 4:
+            key = v4.get(key, key)
+        elif version == 3:
             key = v3.get(key) or without_models.get(key, key)
         elif version != HASH_VERSION:
             key = (v2 if version == 2 else legacy).get(key, key)

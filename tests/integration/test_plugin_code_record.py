@@ -2,7 +2,8 @@
 same run id (a run id covers no code: a live run's must not change on an upgrade), the
 earlier record replaced, and nothing in the records told the two code versions apart.
 environment.json now records each plugin's code, `tradingd compare` names the plugin and
-the file that differ."""
+the file that differ, and the trial count (deflated Sharpe ratio) takes the two as two
+variants."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from pathlib import Path
 from conftest import make_panel
 
 from tradingd.analysis.compare import compare_runs, render
+from tradingd.analysis.trial_ledger import TRIALS_LEDGER
+from tradingd.analysis.trials import count_trials
 from tradingd.backtest import run_backtest
 from tradingd.config import PluginSpec
 
@@ -75,7 +78,7 @@ def _fresh(monkeypatch) -> None:
     importlib.invalidate_caches()
 
 
-def test_an_edited_plugin_is_told_apart_by_its_record_and_compare(
+def test_an_edited_plugin_is_told_apart_by_its_record_compare_and_the_trial_count(
     engine_config, tmp_path, monkeypatch
 ):
     pkg = _install(tmp_path)
@@ -112,3 +115,14 @@ def test_an_edited_plugin_is_told_apart_by_its_record_and_compare(
     assert "plugin code differs: firstn_pkg (used by first_n (signals[0])): helpers.py changed" in (
         render(c)
     )
+
+    # Two variants tried, one folder left: the ledger keeps the replaced one.
+    root = Path(cfg.run.output_dir)
+    assert [p.name for p in root.iterdir() if p.is_dir()] == [second.run_id]
+    assert count_trials(root).trials == 2
+    # A rerun of the edited code is no third variant, nor another ledger line.
+    lines = (root / TRIALS_LEDGER).read_text().splitlines()
+    _fresh(monkeypatch)
+    asyncio.run(run_backtest(cfg, panel=panel))
+    assert (root / TRIALS_LEDGER).read_text().splitlines() == lines
+    assert count_trials(root).trials == 2

@@ -264,3 +264,58 @@ def test_a_version_3_ledger_line_names_its_folder(tmp_path):
     line = {"run_id": "run-a", "config_hash": config_hash(cfg, run_inputs=other), "hash_version": 4}
     ledger.write_text(json.dumps(line))
     assert count_trials(tmp_path, risk_free_rate=0.0).trials == 2
+
+
+def _plugins(code: str, builtin: str = "1" * 16) -> dict:
+    """An environment.json's plugins: a third-party signal and a built-in sizing."""
+    return {
+        "plugins": [
+            {"key": "signals[0]", "name": "mine", "package": "my_pkg", "code": code},
+            {
+                "key": "sizing",
+                "name": "kelly_garch",
+                "package": "tradingd_plugins",
+                "code": builtin,
+            },
+        ]
+    }
+
+
+def test_a_third_party_plugins_code_makes_the_variant_and_tradingds_own_does_not(tmp_path):
+    """An author's edit of a plugin, rerun under one config, was one variant with the run
+    before it. tradingd's own plugins change with its upgrades, which make no variant."""
+    cfg = _full()
+    for name, env in (
+        ("run-a", _plugins("a" * 16)),
+        ("run-b", _plugins("a" * 16, builtin="2" * 16)),  # another tradingd: the same
+        ("run-c", _plugins("c" * 16)),  # the plugin edited: another variant
+    ):
+        _write(tmp_path, name, cfg, 1)
+        (tmp_path / name / "environment.json").write_text(json.dumps(env))
+    tc = count_trials(tmp_path, risk_free_rate=0.0)
+    assert sorted(map(sorted, tc.configs.values())) == [["run-a", "run-b"], ["run-c"]]
+
+
+def test_a_version_4_ledger_line_names_its_folder(tmp_path):
+    """Version 5 hashes the plugins' code, version 4 did not: a line of version 4 still
+    names the folder of its config (whose code it did not see), not another variant."""
+    cfg = _full()
+    _write(tmp_path, "run-a", cfg, 1)
+    (tmp_path / "run-a" / "environment.json").write_text(json.dumps(_plugins("a" * 16)))
+    line = {"run_id": "run-a", "config_hash": config_hash(cfg), "hash_version": 4}
+    (tmp_path / TRIALS_LEDGER).write_text(json.dumps(line) + "\n")
+    assert count_trials(tmp_path, risk_free_rate=0.0).trials == 1
+
+
+def test_an_environment_json_that_cannot_be_read_is_a_variant_of_its_own(tmp_path):
+    from structlog.testing import capture_logs
+
+    cfg = _full()
+    for name in ("run-a", "run-b"):
+        _write(tmp_path, name, cfg, 1)
+    (tmp_path / "run-b" / "environment.json").write_text("{cut")
+    with capture_logs() as logs:
+        tc = count_trials(tmp_path, risk_free_rate=0.0)
+    assert tc.trials == 2 and "run:run-b" in tc.configs
+    [said] = [e for e in logs if e["event"] == "trials.environment_unread"]
+    assert said["folder"] == str(tmp_path / "run-b") and "environment.json" in said["reason"]
