@@ -3157,15 +3157,15 @@ class Engine:
             t0 = _perf_counter()
             try:  # inline `_call`: a frame less for every plugin call of every bar
                 given = plugin.score(ctx)
-                # The same array when it is one already; a Series is lined up on the
-                # symbols (by_symbol); text, booleans or a mapping fail here, as the
-                # plugin's fault.
-                s = np.asarray(given, dtype=np.float64)
-                if s is not given:
-                    aligned = by_symbol(given, self.symbols)
-                    if aligned is not given:
-                        given, s = aligned, np.asarray(aligned, dtype=np.float64)
-                    _refuse_non_numbers(given)
+                if type(given) is _NDARRAY and given.dtype is _F64:
+                    s = given  # the common case, taken as it is: two identity tests
+                else:
+                    # A Series is lined up on the symbols (by_symbol); None, text,
+                    # booleans, complex numbers or a mapping fail here, before numpy's
+                    # conversion (which named none of them), as the plugin's fault.
+                    given = by_symbol(given, self.symbols)
+                    _refuse_non_numbers(given, "score")
+                    s = np.asarray(given, dtype=np.float64)
             except PluginFault:
                 raise
             except Exception as exc:
@@ -3415,6 +3415,10 @@ class Engine:
         self.cache_error = None
 
 
+# What a plugin's output is taken as without a conversion: float64 arrays (`_score`).
+_NDARRAY = np.ndarray
+_F64 = np.dtype(np.float64)
+
 # Where a symbol is not ready: the scores are float64 here (`_score`), so a 0-d operand.
 _NAN = scalar(np.nan)
 
@@ -3452,16 +3456,16 @@ def _check_array(
     symbols: Sequence[str] | None = None,
     repairs: dict[tuple[str, str, str], int] | None = None,
 ) -> np.ndarray:
-    try:
-        a = np.asarray(arr, dtype=np.float64)  # the same array when it is one already
-        if a is not arr:
+    if type(arr) is _NDARRAY and arr.dtype is _F64:
+        a = arr  # the common case, taken as it is (as in `Engine._score`)
+    else:
+        try:
             if symbols is not None:  # a Series, lined up on the symbols (by_symbol)
-                aligned = by_symbol(arr, symbols)
-                if aligned is not arr:
-                    arr, a = aligned, np.asarray(aligned, dtype=np.float64)
-            _refuse_non_numbers(arr)
-    except (TypeError, ValueError) as exc:  # text, booleans, a mapping, ragged lists, complex
-        raise PluginFault(_name(plugin), stage, t, exc) from exc
+                arr = by_symbol(arr, symbols)
+            _refuse_non_numbers(arr, stage)
+            a = np.asarray(arr, dtype=np.float64)
+        except (TypeError, ValueError) as exc:  # None, text, booleans, a mapping, ragged lists
+            raise PluginFault(_name(plugin), stage, t, exc) from exc
     if a.shape != (n,):
         raise PluginFault(
             _name(plugin), stage, t, ValueError(f"returned shape {a.shape}, expected ({n},)")
@@ -3515,15 +3519,28 @@ def _values_at(
     return f"{shown}{more} ({where.size} of {a.size} symbols)"
 
 
-def _refuse_non_numbers(given: Any) -> None:
+def _refuse_non_numbers(given: Any, stage: str) -> None:
     """Scores and weights are real numbers (float or integer arrays, or lists of them); the
     conversion to float64 takes more than that, and each would be traded on as a number:
     numeric text ("0.5" is 0.5), booleans (True is 1.0: a mask returned as targets asks for
     all the equity in each symbol; as scores, False is no opinion rather than short, so a
     mask is refused there too: convert it deliberately), dates, and complex numbers (the
     real part kept with only a ComplexWarning: half the answer). None among numbers (an
-    object array) stays what it always was, NaN. Checked only where the output was not
-    float64 already (the common case costs an identity test)."""
+    object array) stays what it always was, NaN. Checked before the conversion, and only
+    where the output is not float64 already: the conversion's own errors named neither the
+    mistake nor the fix (None was "returned shape ()", a dict "float() argument must be a
+    string or a real number", other text "could not convert string to float")."""
+    if given is None:
+        raise TypeError(
+            "returned a RiskDecision whose targets are None"
+            if stage == "check"
+            else f"returned None: did {stage}() forget to return?"
+        )
+    if isinstance(given, Mapping):
+        raise TypeError(
+            f"returned a {type(given).__name__}, not an array: return an array in "
+            "ctx.symbols order, or a Series indexed by symbol (pd.Series(d) of a dict)"
+        )
     a = given if isinstance(given, np.ndarray) else np.asarray(given)
     kind = a.dtype.kind
     if kind in "fiu":

@@ -53,7 +53,7 @@ class HistoryBuffer:
 
     def window(self, field: str, n: int) -> np.ndarray:
         if n > self._cap or n < 1:
-            raise ValueError(f"window of {n} bars requested; buffer holds 1..{self._cap}")
+            raise ValueError(self._refusal(n))
         pending = self._pending
         while pending:
             self._write(pending.popleft())
@@ -63,6 +63,18 @@ class HistoryBuffer:
         w = self._buf[field][end - n : end]
         w.setflags(write=False)
         return w
+
+    def _refusal(self, n: int) -> str:
+        """Why a window of n bars is refused: "buffer holds 1..5" did not say that the
+        plugin's own `history_bars()` sets how much is kept (the PluginFault around this
+        names the plugin)."""
+        if n < 1:
+            return f"window of {n} bars requested: ask for 1 bar or more"
+        return (
+            f"window of {n} bars requested, but the history keeps {self._cap} (the largest "
+            "history_bars() of the plugins, and features.history_bars): declare "
+            f"history_bars() returning at least {n} in the plugin that reads it"
+        )
 
     def _write(self, bar: CrossSection) -> None:
         split = bar.split

@@ -195,10 +195,40 @@ def test_complex_output_is_the_plugins_fault_not_its_real_part(stage):
 
     value = np.full(N, 0.1 + 0.5j)
     engine = _engine(_returning(RiskDecision(value) if stage == "check" else value))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the conversion's own ComplexWarning, whichever way
-        with pytest.raises(PluginFault, match=f"'q' failed in {stage}.*complex"):
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        with pytest.raises(PluginFault, match=f"'q' failed in {stage}.*returned complex"):
             _run_stage(engine, stage, SimpleNamespace(time="t"))
+    # Refused before numpy's conversion: its ComplexWarning ("Casting complex values to real
+    # discards the imaginary part") was a stray py.warnings line beside the fault.
+    assert [str(w.message) for w in warned] == []
+
+
+@pytest.mark.parametrize("stage", ["score", "size", "check"])
+@pytest.mark.parametrize(
+    ("value", "said"),
+    [
+        (None, "returned None: did {stage}() forget to return?"),
+        ({"S0": 0.5}, "returned a dict, not an array: return an array in ctx.symbols order"),
+        (np.array(["a"] * N), "returned text (<U1), not numbers"),
+        (["a"] * N, "returned text (<U1), not numbers"),
+    ],
+)
+def test_the_common_return_mistakes_are_named(stage, value, said):
+    """numpy's conversion named none of them: a forgotten return was "returned shape (),
+    expected (6,)", a dict "float() argument must be a string or a real number, not
+    'dict'", text that is not a number "could not convert string to float: np.str_('a')"
+    (the README says text is named, as booleans are)."""
+    from tradingd.core.ports import RiskDecision
+
+    engine = _engine(_returning(RiskDecision(value) if stage == "check" else value))
+    if stage == "check" and value is None:
+        said = "returned a RiskDecision whose targets are None"
+    with pytest.raises(PluginFault) as caught:
+        _run_stage(engine, stage, SimpleNamespace(time="t"))
+    assert str(caught.value).startswith(
+        f"plugin 'q' failed in {stage} at bar t: TypeError: {said.format(stage=stage)}"
+    )
 
 
 def test_a_verdict_that_is_not_a_risk_verdict_is_the_plugins_fault():
@@ -722,3 +752,30 @@ def test_a_plugin_call_slower_than_the_limit_is_logged_with_plugin_stage_and_bar
         assert slow[0]["time"] == "2016-06-15"
         assert slow[0]["seconds"] == pytest.approx(40.0)
         assert slow[0]["limit_s"] == 5.0
+
+
+class _Greedy:
+    """Declares 5 bars of history and reads 300."""
+
+    kind, name = "signal", "greedy"
+
+    def history_bars(self) -> int:
+        return 5
+
+    def score(self, ctx: object) -> object:
+        return ctx.history.window("close", 300)[-1]  # type: ignore[attr-defined]
+
+
+def test_a_window_longer_than_declared_names_history_bars_and_the_plugin():
+    """A window of 300 bars where 5 were declared was "buffer holds 1..5": it did not say
+    that the plugin's own history_bars() decides how many bars are kept, nor what to
+    declare."""
+    from tradingd.engine.history import HistoryBuffer
+
+    ctx = SimpleNamespace(time="t", history=HistoryBuffer(N, _Greedy().history_bars()))
+    with pytest.raises(PluginFault) as caught:
+        _engine(_Greedy())._score(ctx)  # type: ignore[arg-type]
+    said = str(caught.value)
+    assert said.startswith("plugin 'greedy' failed in score at bar t: ValueError: window of ")
+    assert "300 bars requested, but the history keeps 5" in said
+    assert "declare history_bars() returning at least 300" in said
