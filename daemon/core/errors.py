@@ -36,15 +36,55 @@ class PluginError(TradingdError):
 
 
 class PluginFault(TradingdError):
-    """A plugin raised while handling a bar: the plugin has a bug; the run stops."""
+    """A plugin raised while handling a bar: the plugin has a bug; the run stops.
 
-    def __init__(self, plugin: str, stage: str, bar_time: object, cause: BaseException) -> None:
+    `module`, the plugin class's module, when the plugin's own code raised `cause`: the
+    message then ends with where (`raised_at`), since the CLI prints the message alone and
+    "RuntimeError: boom" did not say which of the plugin's lines to look at. The whole
+    traceback stays on `__cause__`, for the engine's `plugin.failed` log line."""
+
+    def __init__(
+        self,
+        plugin: str,
+        stage: str,
+        bar_time: object,
+        cause: BaseException,
+        *,
+        module: str | None = None,
+    ) -> None:
+        where = raised_at(cause, module) if module else None
         super().__init__(
             f"plugin {plugin!r} failed in {stage} at bar {bar_time}: "
-            f"{type(cause).__name__}: {cause}"
+            f"{type(cause).__name__}: {cause}" + (f" ({where})" if where else "")
         )
         self.plugin = plugin
         self.stage = stage
+        self.bar_time = bar_time
+        self.where = where
+
+
+def raised_at(exc: BaseException, module: str) -> str | None:
+    """Where `exc` was raised, as "file:line, in function": the innermost frame of its
+    traceback in the package of `module` (a plugin's own code, not numpy's or pandas'
+    frames below it), else its last frame outside tradingd; None when only tradingd's
+    frames are there (an output check of the engine's own, not the plugin's line)."""
+    import traceback
+
+    package = module.partition(".")[0]
+    own = other = None
+    for frame, line in traceback.walk_tb(exc.__traceback__):
+        name = str(frame.f_globals.get("__name__", ""))
+        top = name.partition(".")[0]
+        here = f"{frame.f_code.co_filename}:{line}, in {frame.f_code.co_name}"
+        if top == package:
+            own = here
+        elif top != _OURS:
+            other = here
+    return own or other
+
+
+# The package of tradingd's own modules (whose frames are the boundary, not the plugin).
+_OURS = __name__.partition(".")[0]
 
 
 class RetryableError(TradingdError):

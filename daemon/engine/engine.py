@@ -404,7 +404,7 @@ def _state_of(plugin: Any, state: Callable[[], Any], t: datetime | None) -> Any:
     except PluginFault:
         raise
     except Exception as exc:
-        raise PluginFault(_name(plugin), "state", t, exc) from exc
+        raise _fault_at(plugin, "state", t, exc) from exc
     found = unstorable(got)
     if found is not None:
         where, bad = found
@@ -1392,6 +1392,18 @@ class Engine:
                 bars_never_traded=result.bars_never_traded,
             )
             return result
+        except PluginFault as fault:
+            # The CLI prints the fault's one line; the log keeps its whole traceback (the
+            # plugin's frames are on its __cause__), in a live daemon's log as in a replay's.
+            log.error(
+                "plugin.failed",
+                plugin=fault.plugin,
+                stage=fault.stage,
+                time=fault.bar_time,
+                where=fault.where,
+                exc_info=fault,
+            )
+            raise
         finally:
             for task in (reconciler, refresher, splits_task, *self._split_cancels):
                 if task is not None and not task.done():  # the loop failed
@@ -3079,7 +3091,7 @@ class Engine:
                 except PluginFault:
                     raise
                 except Exception as exc:
-                    raise PluginFault(_name(plugin), "settle", self._last_time, exc) from exc
+                    raise _fault_at(plugin, "settle", self._last_time, exc) from exc
 
     def _signal_source(self) -> str:
         """Plugin names, with the model version for model-backed ones (it can change when a
@@ -3442,7 +3454,13 @@ async def _no_times() -> AsyncIterator[datetime]:
 
 def _fault(plugin: Any, stage: str, ctx: BarContext, exc: Exception) -> PluginFault:
     """What a plugin's exception becomes (a PluginFault it raises goes on as it is)."""
-    return PluginFault(getattr(plugin, "name", type(plugin).__name__), stage, ctx.time, exc)
+    return _fault_at(plugin, stage, ctx.time, exc)
+
+
+def _fault_at(plugin: Any, stage: str, t: object, exc: Exception) -> PluginFault:
+    """A PluginFault for an exception out of the plugin's call, saying the line of the
+    plugin's code that raised it (PluginFault's `module`)."""
+    return PluginFault(_name(plugin), stage, t, exc, module=type(plugin).__module__)
 
 
 def _check_array(

@@ -5,6 +5,8 @@ are refused by name or repaired with a log line."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from conftest import live_run, make_panel
@@ -99,3 +101,51 @@ async def test_a_risk_plugins_shorts_are_closed_longs_where_the_broker_may_not_s
     assert not [e for e in logs if e["event"] == "order.rejected"]
     assert lowest and min(lowest) >= 0.0
     assert engine.result().fills > 0
+
+
+@pytest.mark.parametrize("mode", ["backtest", "live"])
+async def test_a_plugins_exception_is_logged_with_its_traceback(engine_config, mode):
+    """A plugin raising stopped the run with one line, `RuntimeError: boom`, and the log
+    had no error event at all (debug level added none): the traceback was nowhere. The
+    fault names the plugin's line, and `plugin.failed` carries the whole traceback (the
+    fault, caused by the plugin's exception), in a live daemon's log as in a replay's."""
+    import traceback
+
+    from structlog.testing import capture_logs
+
+    from tradingd.app import build_engine
+
+    class Raiser:
+        kind, name = "signal", "raiser"
+
+        def required_features(self):  # type: ignore[no-untyped-def]
+            return ()
+
+        def score(self, ctx):  # type: ignore[no-untyped-def]
+            if ctx.index >= 70:
+                raise RuntimeError("boom from raiser")  # raiser's line
+            return np.zeros(len(ctx.symbols))
+
+    line = next(
+        i
+        for i, text in enumerate(Path(__file__).read_text().splitlines(), 1)
+        if text.endswith("# raiser's line")
+    )
+    if mode == "live":
+        panel, config = live_run(engine_config)
+    else:
+        panel, config = make_panel(n_bars=90, split_at=None), engine_config
+    engine = build_engine(config, mode, panel=panel)
+    engine.pipeline.signals = [(Raiser(), 1.0)]
+    with capture_logs() as logs, pytest.raises(PluginFault) as caught:
+        await engine.run_until_done()
+    fault = caught.value
+    assert str(fault).endswith(f"RuntimeError: boom from raiser ({__file__}:{line}, in score)")
+    failed = [e for e in logs if e["event"] == "plugin.failed"]
+    assert len(failed) == 1 and failed[0]["log_level"] == "error"
+    assert failed[0]["plugin"] == "raiser" and failed[0]["stage"] == "score"
+    assert failed[0]["time"] == fault.bar_time and failed[0]["where"] == fault.where
+    assert failed[0]["exc_info"] is fault
+    shown = "".join(traceback.format_exception(failed[0]["exc_info"]))
+    assert f'File "{__file__}", line {line}, in score' in shown
+    assert "RuntimeError: boom from raiser" in shown

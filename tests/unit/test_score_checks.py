@@ -7,6 +7,7 @@ float64, must have one value per symbol, no infinity, and every non-NaN value wi
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -229,6 +230,61 @@ def test_the_common_return_mistakes_are_named(stage, value, said):
     assert str(caught.value).startswith(
         f"plugin 'q' failed in {stage} at bar t: TypeError: {said.format(stage=stage)}"
     )
+
+
+class _Inverting:
+    """A plugin whose helper calls numpy, which raises in numpy's own frames."""
+
+    kind, name = "signal", "inverting"
+
+    def score(self, ctx: object) -> object:
+        return self._helper()
+
+    def _helper(self) -> object:
+        return np.linalg.inv(np.zeros((N, N)))[0]  # the plugin's line
+
+
+_PLUGINS_LINE = next(
+    i
+    for i, line in enumerate(Path(__file__).read_text().splitlines(), 1)
+    if line.endswith("# the plugin's line")
+)
+
+
+@pytest.mark.parametrize("stage", ["score", "observe"])
+def test_a_plugins_exception_names_the_plugins_own_line(stage):
+    """The CLI printed "RuntimeError: boom" and no file or line. The fault names the
+    innermost frame of the plugin's own code (not numpy's frames below it), and keeps the
+    exception, traceback and all, as its cause."""
+    engine = _engine(_Inverting())
+    ctx = SimpleNamespace(time="t")
+    with pytest.raises(PluginFault) as caught:
+        engine._observe(ctx) if stage == "observe" else engine._score(ctx)  # type: ignore[arg-type]
+    fault = caught.value
+    where = f"{__file__}:{_PLUGINS_LINE}, in _helper"
+    assert fault.where == where
+    assert str(fault).endswith(f"LinAlgError: Singular matrix ({where})")
+    assert type(fault.__cause__).__name__ == "LinAlgError"
+    assert fault.__cause__.__traceback__ is not None
+
+
+def test_a_fault_of_the_engines_own_output_check_names_no_line():
+    """A shape or a value the engine refuses was not raised by the plugin's code: no line of
+    the engine's is given as if it were the plugin's."""
+    fault = _fault_of(_returning(np.zeros(N - 1)), "score")
+    assert fault.where is None and str(fault).endswith("returned shape (5,), expected (6,)")
+    fault = _fault_of(_returning(["a"] * N), "score")
+    assert fault.where is None and str(fault).endswith(
+        "(<U1), not numbers: return floats "
+        "(np.asarray(x, dtype=float) if the "
+        "text is meant as numbers)"
+    )
+
+
+def _fault_of(plugin: object, stage: str) -> PluginFault:
+    with pytest.raises(PluginFault) as caught:
+        _run_stage(_engine(plugin), stage, SimpleNamespace(time="t"))
+    return caught.value
 
 
 def test_a_verdict_that_is_not_a_risk_verdict_is_the_plugins_fault():
