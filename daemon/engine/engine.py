@@ -207,6 +207,9 @@ class EngineResult:
     # only after they could trade (recovered untraded): decisions a backtest made and this
     # run did not.
     bars_never_traded: int = 0
+    # What the run's end warned of, one entry each (`{"warning": "signal_without_view",
+    # "plugin": ..., "bars": ...}`): for a report to repeat beside the results.
+    warnings: list[dict[str, Any]] = field(default_factory=list)
 
     def __repr__(self) -> str:
         # Short: asyncio.run formats the finished task (and so this result) when it puts
@@ -554,6 +557,12 @@ class Engine:
         # Live runs: bars before the first live bar, fetched at start (see _warm_up).
         self._warmup = warmup
         self._warmup_bars = 0
+        # Bars this process scored, and per signal plugin (by id) how many of the first ones
+        # it had no view at, up to its first view (`_score`): a signal that returned NaN at
+        # every bar traded nothing, exit 0, without a word.
+        self._scored = 0
+        self._no_view: dict[int, int] = {}
+        self._warnings: list[dict[str, Any]] = []
         self._splits = 0
         self._seen = 0
         self._first_ready: datetime | None = None
@@ -1361,6 +1370,7 @@ class Engine:
                 log.info("corporate.splits_applied", splits=self._splits)
             self.risk_record.finish(self._last_time)
             self._warn_if_never_ready()
+            self._warn_of_signals_without_view()
             result = self.result()
             try:
                 if self._after_last_bar is not None:
@@ -2454,6 +2464,7 @@ class Engine:
             warmup_bars=self._warmup_bars,
             first_ready=self._first_ready,
             bars_never_traded=self.bars_never_traded,
+            warnings=list(self._warnings),
         )
 
     @property
@@ -2495,6 +2506,28 @@ class Engine:
                 hint="no symbol finished the warm-up of its features within the data: the "
                 "run cannot trade; give it more history before run.start or a longer window",
             )
+
+    def _warn_of_signals_without_view(self) -> None:
+        """Each signal plugin that had no view (NaN for every symbol) at every bar this run
+        scored, once, at the end: a NaN target is logged (`engine.targets_repaired`), a
+        signal that never had a view was not, and its run ended with no order and exit 0.
+        Not when no symbol was ever ready (`run.never_ready` says why already)."""
+        bars = self._scored
+        if not bars or (self._required and self._first_ready is None):
+            return
+        for plugin, _ in self.pipeline.signals:
+            if self._no_view.get(id(plugin), 0) != bars:
+                continue
+            name = _name(plugin)
+            log.warning(
+                "run.signal_without_view",
+                plugin=name,
+                bars=bars,
+                hint="score() returned NaN (no view) for every symbol at every bar: nothing "
+                "was traded on this signal; check what it waits for (its features, "
+                "ctx.ready, history_bars(), its own conditions)",
+            )
+            self._warnings.append({"warning": "signal_without_view", "plugin": name, "bars": bars})
 
     # the pipeline --------------------------------------------------------------------------
     async def step(self, bar: CrossSection, trade: bool | None = None) -> None:
@@ -2615,6 +2648,7 @@ class Engine:
         if self._preparers:
             await self._prepare_signals(ctx)
         score = self._score(ctx)
+        self._scored += 1
         if self._required and count_nonzero(ready) < ready.size:
             score = where(ready, score, _NAN)  # warm-up never reaches a decision
         if m:
@@ -3199,6 +3233,11 @@ class Engine:
                         + _values_at(outside, s, self.symbols)
                     ),
                 )
+            # While a plugin has had no view at any bar so far (not read again after one):
+            # said at the run's end (`_warn_of_signals_without_view`).
+            key = id(plugin)
+            if self._no_view.get(key, 0) == self._scored and not count_nonzero(s == s):
+                self._no_view[key] = self._scored + 1
             scores.append(s)
         if len(scores) == 1 and signals[0][1] > 0:
             return scores[0]

@@ -149,3 +149,53 @@ async def test_a_plugins_exception_is_logged_with_its_traceback(engine_config, m
     shown = "".join(traceback.format_exception(failed[0]["exc_info"]))
     assert f'File "{__file__}", line {line}, in score' in shown
     assert "RuntimeError: boom from raiser" in shown
+
+
+@pytest.mark.parametrize("mode", ["backtest", "live"])
+async def test_a_signal_without_a_view_at_any_bar_is_said_once_at_the_end(engine_config, mode):
+    """A signal returning NaN for every symbol at every bar traded nothing, exit 0, with no
+    word (NaN targets are logged, a signal with no view was not). One warning at the run's
+    end names it and the bars, and the result lists it; a signal with a view at one bar
+    only, and the warm-up bars (scored, the result unused), do not count."""
+    from structlog.testing import capture_logs
+
+    from tradingd.app import build_engine
+
+    class Silent:
+        kind, name = "signal", "silent"
+
+        def required_features(self):  # type: ignore[no-untyped-def]
+            return ()
+
+        def score(self, ctx):  # type: ignore[no-untyped-def]
+            return np.full(len(ctx.symbols), np.nan)
+
+    class Once(Silent):
+        name = "once"
+
+        def __init__(self) -> None:
+            self.calls = 0
+
+        def score(self, ctx):  # type: ignore[no-untyped-def]
+            self.calls += 1
+            scores = np.full(len(ctx.symbols), np.nan)
+            scores[0] = 0.5 if ctx.index == 80 else np.nan
+            return scores
+
+    if mode == "live":
+        panel, config = live_run(engine_config)
+    else:
+        panel, config = make_panel(n_bars=90, split_at=None), engine_config
+    engine = build_engine(config, mode, panel=panel)
+    engine.pipeline.signals = [(Silent(), 1.0), (Once(), 1.0)]
+    with capture_logs() as logs:
+        result = await engine.run_until_done()
+    said = [e for e in logs if e["event"] == "run.signal_without_view"]
+    traded = result.bars
+    assert traded > 0
+    assert [(e["plugin"], e["bars"], e["log_level"]) for e in said] == [
+        ("silent", traded, "warning")
+    ]
+    assert result.warnings == [
+        {"warning": "signal_without_view", "plugin": "silent", "bars": traded}
+    ]

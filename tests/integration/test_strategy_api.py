@@ -360,6 +360,8 @@ def test_combine_signals_is_the_engines_weighted_mean():
             pipeline=SimpleNamespace(signals=plugins),
             _call=Engine._call,
             _slow_plugin_s=float("inf"),  # as the engine keeps log.slow_plugin_s = 0
+            _scored=0,
+            _no_view={},
         )
         engine_score = Engine._score(fake, SimpleNamespace(time=None))
         for i in range(6):

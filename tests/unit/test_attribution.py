@@ -322,6 +322,8 @@ def test_score_contributions_add_up_to_the_engines_combined_score(output):
         pipeline=SimpleNamespace(signals=[(ml, 0.6), (mf, 0.4)]),
         _call=Engine._call,
         _slow_plugin_s=float("inf"),  # as the engine keeps log.slow_plugin_s = 0
+        _scored=0,
+        _no_view={},
     )
     combined = Engine._score(engine, ctx)  # the engine's own weighted mean
     s_mf = mf.score(ctx)

@@ -50,6 +50,7 @@ def _score(values: object) -> np.ndarray:
     engine = Engine.__new__(Engine)  # only what _score reads
     engine.symbols = tuple(f"S{i}" for i in range(N))
     engine._slow_plugin_s = 5.0
+    engine._scored, engine._no_view = 0, {}
     engine.pipeline = SimpleNamespace(signals=[(_Plugin(values), 1.0)])
     return engine._score(SimpleNamespace(time="t"))
 
@@ -143,6 +144,7 @@ def _engine(plugin: object, *, long_only: bool = False) -> Engine:
     engine.long_only = engine._may_short = long_only  # a plugin without allow_short
     engine._repairs = {}
     engine._slow_plugin_s = 5.0
+    engine._scored, engine._no_view = 0, {}
     engine.pipeline = SimpleNamespace(signals=[(plugin, 1.0)], sizing=plugin, risks=[plugin])
     return engine
 
