@@ -235,7 +235,13 @@ class BarContext:
     """Everything a plugin may use at bar t. Built once per bar, shared by all plugins."""
 
     time: datetime
-    index: int  # bars since the start of the run
+    # The bar's position among the bars this engine was given, from 0, warm-up bars
+    # included: a backtest counts from the data's first bar, not from run.start (3646 at a
+    # run.start 14 years into the daily data; 0 at the first traded bar only when the data
+    # starts there), a live run from the first warm-up bar of its process (so from 0 again
+    # after a restart). Always ctx.history.length - 1. For counting bars (every k-th bar),
+    # not a date, and not a count of traded bars.
+    index: int
     symbols: tuple[str, ...]
     bar: CrossSection
     mark: np.ndarray  # (N,) last known close, NaN before a symbol's first bar

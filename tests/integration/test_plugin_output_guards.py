@@ -199,3 +199,45 @@ async def test_a_signal_without_a_view_at_any_bar_is_said_once_at_the_end(engine
     assert result.warnings == [
         {"warning": "signal_without_view", "plugin": "silent", "bars": traded}
     ]
+
+
+@pytest.mark.parametrize("mode", ["backtest", "live"])
+async def test_ctx_index_counts_the_bars_given_from_the_first_warm_up_bar(engine_config, mode):
+    """ctx.index was documented as "bars since the start of the run", and a plugin saw 3646
+    at its run.start: it counts every bar the engine was given, warm-up bars included, from
+    the data's first (a live run's first warm-up bar), and equals ctx.history.length - 1.
+    What the README and BarContext now say, held here."""
+    import dataclasses
+
+    from tradingd.app import build_engine
+
+    seen: list[tuple[int, int, bool]] = []
+
+    class Probe:
+        kind, name = "signal", "probe"
+
+        def required_features(self):  # type: ignore[no-untyped-def]
+            return ()
+
+        def observe(self, ctx):  # type: ignore[no-untyped-def]
+            seen.append((ctx.index, ctx.history.length, False))
+
+        def score(self, ctx):  # type: ignore[no-untyped-def]
+            seen.append((ctx.index, ctx.history.length, True))
+            return np.zeros(len(ctx.symbols))
+
+    if mode == "live":
+        panel, config = live_run(engine_config)
+    else:
+        panel = make_panel(n_bars=90, split_at=None)
+        start = panel.datetimes()[40].date().isoformat()
+        config = dataclasses.replace(
+            engine_config, run=dataclasses.replace(engine_config.run, start=start)
+        )
+    engine = build_engine(config, mode, panel=panel)
+    engine.pipeline.signals = [(Probe(), 1.0)]
+    await engine.run_until_done()
+    warm_up = 60 if mode == "live" else 40
+    assert [i for i, _, _ in seen] == list(range(90))
+    assert all(i == length - 1 for i, length, _ in seen)
+    assert next(i for i, _, traded in seen if traded) == warm_up
