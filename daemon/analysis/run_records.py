@@ -424,7 +424,7 @@ async def stored_run_results(store: Any, run_id: str, *, partial: bool = False) 
     """A run read back from a started store (its `runs`, `equity` and `fills` rows), in the
     shape `BacktestEngine.run_backtest` returns, for `PerformanceAnalyzer`.
 
-    A replay that did not reach its last bar (stopped early, or killed: no end stored) is
+    A replay that did not reach its last bar (stopped early, failed, or killed: no end stored) is
     refused: its metrics would read like the whole run's, which is why `tradingd backtest`
     writes no report for one. `partial=True` returns it anyway, flagged `"partial": True`
     and said in the log. A live run is what it has done so far, running or ended."""
@@ -471,12 +471,15 @@ def _unfinished(run: Mapping[str, Any], equity: list[dict[str, Any]]) -> str:
     """How a stored replay fell short of its last bar ("" when it did not, or is live).
     A live run ends by being stopped and has no last bar: its record so far is the run.
     A replay's end is stored when its loop ends (`Engine`), marked `stopped_early` when
-    that was before its last bar; none stored is a replay killed, or still running."""
+    that was before its last bar, `failed` (with the error) when an exception ended it; none
+    stored is a replay killed, or still running."""
     if run.get("mode") == "live":
         return ""
     summary = run.get("summary")
     if run.get("ended_at") is None or summary is None:
         why = "has no end stored (killed, or still running)"
+    elif isinstance(summary, Mapping) and summary.get("failed"):
+        why = f"failed before its last bar ({summary.get('error') or 'no error recorded'})"
     elif isinstance(summary, Mapping) and summary.get("stopped_early"):
         why = "was stopped before its last bar (stopped_early)"
     else:

@@ -87,6 +87,7 @@ from ..core.types import (
 )
 from ..logs import sparse
 from ..publisher import bars_payload, fills_payload, orders_payload, signals_payload
+from ..secrets import mask_text
 from ..storage.buffered import path_text, unstorable
 from . import collector
 from .accounting import BLOCKING, RejectionRecord, RiskRecord, rule_of
@@ -599,6 +600,9 @@ class Engine:
         # checkpoint: a control is stored at once from then on. Before, a row written for it
         # would be overwritten by (or overwrite) what the start reads.
         self._run_open = False
+        # This process made or reopened the run's row and has not ended it: a failure then
+        # ends it marked failed (`_end_failed_run`); one before leaves the row as it was.
+        self._record_begun = False
         self.cache_error: str | None = None
         self.last_flush_at: datetime | None = None
         # Prometheus metrics per bar (the live daemon); replay skips them: they cost time
@@ -1209,6 +1213,7 @@ class Engine:
             structlog.contextvars.bind_contextvars(run_id=self.run.run_id)
             if self._durable:
                 stored = await self._open_run_record()
+                self._record_begun = True
                 # A control's row is no bar: a run that decided none starts as a new one.
                 resume = self._without_control_row(stored)
                 await self._record_build(resume)
@@ -1243,6 +1248,7 @@ class Engine:
                 if replayable is not None:
                     replayable()
                 await self.store.begin_run(self.run)
+                self._record_begun = True
                 begin = getattr(self.audit, "begin_run", None)
                 if begin is not None and (removed := begin()):
                     log.info("audit.earlier_run_removed", run_id=self.run.run_id, files=removed)
@@ -1389,6 +1395,7 @@ class Engine:
                     # every live run ends by being stopped.
                     ended["stopped_early"] = True
                 await self.store.end_run(self.run.run_id, ended)
+                self._record_begun = False
             await self._publish(force=True)
             await self.store.flush()
             if self._before_stop is not None:
@@ -1413,6 +1420,10 @@ class Engine:
                 where=fault.where,
                 exc_info=fault,
             )
+            await self._end_failed_run(fault)
+            raise
+        except Exception as exc:
+            await self._end_failed_run(exc)
             raise
         finally:
             for task in (reconciler, refresher, splits_task, *self._split_cancels):
@@ -1447,6 +1458,25 @@ class Engine:
                     log.exception("engine.stop_failed", part=type(lock).__name__)
                 finally:
                     structlog.contextvars.unbind_contextvars("run_id")
+
+    async def _end_failed_run(self, exc: Exception) -> None:
+        """A run that ends by an exception: its row ended and marked failed with the error's
+        first line, and `engine.failed` logged. The row looked like a run still going (or
+        killed), and the log had no end of the run. A live run's row is reopened by its next
+        start all the same (`resume_run` reads the checkpoint, not the end): a crash still
+        resumes."""
+        lines = str(exc).strip().splitlines()
+        error = mask_text(f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__)
+        log.error("engine.failed", run_id=self.run.run_id, bars=self._bars, error=error)
+        if not self._record_begun:
+            return  # refused before the run's row was made: an earlier run's row stays
+        self._record_begun = False
+        try:
+            await self.store.end_run(
+                self.run.run_id, {"bars": self._bars, "failed": True, "error": error}
+            )
+        except Exception as store_exc:  # the store itself may be what failed
+            log.error("engine.failure_not_stored", error=str(store_exc))
 
     def close_held(self) -> None:
         """The audit log and what the plugins hold (worker processes, files): at the end of

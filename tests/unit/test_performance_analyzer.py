@@ -641,6 +641,8 @@ def _stored_run(tmp_path, run_async, mode: str, end: dict | None, **kw):
     [
         ({"bars": 40, "stopped_early": True}, "stopped before its last bar"),  # SIGINT
         (None, "has no end stored"),  # SIGKILL: ended_at and summary NULL
+        # An exception (a plugin's): it was ended and marked failed, and read as whole.
+        ({"bars": 40, "failed": True, "error": "PluginFault: boom"}, "failed before its last bar"),
     ],
 )
 def test_a_replay_that_did_not_reach_its_last_bar_is_refused_unless_asked(

@@ -1,0 +1,120 @@
+"""A run that ends by an exception: its stored row kept ended_at and summary NULL (the row of
+a run still going, or killed) and the log had no end of the run. It is ended, marked failed
+with the error's line, on SQLite and PostgreSQL, and a live run's crash still resumes."""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+
+import pytest
+from conftest import live_run
+from structlog.testing import capture_logs
+
+from tradingd.core.errors import ConfigError, PluginFault
+
+
+async def _stored_run(config) -> dict:  # type: ignore[no-untyped-def]
+    """The run's row, read by a store of its own."""
+    from tradingd.storage.factory import open_store
+
+    store = open_store(config.storage.url, spool=False)
+    await store.start()
+    try:
+        (row,) = await store.fetch("runs", config.run.run_id)
+        return row
+    finally:
+        await store.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def on_store(request, engine_config):  # type: ignore[no-untyped-def]
+    """A function putting a config on SQLite, or on PostgreSQL in a throwaway schema."""
+    if request.param == "sqlite":
+        yield lambda config: config
+        return
+    import asyncpg
+
+    pg_url = request.getfixturevalue("pg_url")
+    schema = f"tradingd_test_{uuid.uuid4().hex[:12]}"
+    conn = await asyncpg.connect(pg_url, timeout=5)
+    try:
+        await conn.execute(f'CREATE SCHEMA "{schema}"')
+        sep = "&" if "?" in pg_url else "?"
+        url = f"{pg_url}{sep}search_path={schema}"
+        yield lambda config: dataclasses.replace(
+            config, storage=dataclasses.replace(config.storage, url=url)
+        )
+    finally:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+        await conn.close()
+
+
+def _raise_at(engine, bar: int) -> None:  # type: ignore[no-untyped-def]
+    """The first signal plugin raises in score from the engine's `bar`-th traded bar on."""
+    plugin = engine.pipeline.signals[0][0]
+    score = plugin.score
+
+    def failing(ctx):  # type: ignore[no-untyped-def]
+        if engine._bars >= bar:
+            raise RuntimeError("boom from the plugin\nsecond line")
+        return score(ctx)
+
+    plugin.score = failing
+
+
+async def test_a_backtest_that_fails_is_stored_ended_and_failed_and_logged(
+    engine_config, on_store, synthetic_panel
+):
+    from tradingd.app import build_engine
+
+    config = on_store(engine_config)
+    engine = build_engine(config, "backtest", panel=synthetic_panel)
+    _raise_at(engine, 5)
+    with capture_logs() as logs, pytest.raises(PluginFault):
+        await engine.run_until_done()
+    run = await _stored_run(config)
+    assert run["ended_at"] is not None
+    summary = run["summary"]
+    assert summary["failed"] is True and summary["bars"] == 5
+    assert summary["error"].startswith("PluginFault: plugin 'momentum' failed in score at bar")
+    assert summary["error"].endswith("RuntimeError: boom from the plugin")  # its first line
+    (failed,) = [e for e in logs if e["event"] == "engine.failed"]
+    assert failed["log_level"] == "error" and failed["error"] == summary["error"]
+    assert failed["run_id"] == config.run.run_id and failed["bars"] == 5
+
+
+async def test_a_replay_refused_before_its_row_is_made_leaves_the_earlier_row(engine_config):
+    """A replay whose run id is a live run's is refused by the store before it deletes or
+    writes anything: the live run's row is not marked failed by the refused replay."""
+    from tradingd.app import build_engine
+
+    panel, config = live_run(engine_config)
+    assert (await build_engine(config, "live", panel=panel).run_until_done()).bars == 30
+    before = await _stored_run(config)
+    with capture_logs() as logs, pytest.raises(ConfigError, match="is a live run's"):
+        await build_engine(config, "backtest", panel=panel).run_until_done()
+    assert [e["event"] for e in logs if e["event"] == "engine.failed"] == ["engine.failed"]
+    assert await _stored_run(config) == before
+    assert "failed" not in before["summary"]
+
+
+async def test_a_live_run_that_crashed_is_stored_failed_and_still_resumes(engine_config, on_store):
+    from tradingd.app import build_engine
+
+    panel, config = live_run(engine_config)
+    config = on_store(config)
+    crashed = build_engine(config, "live", panel=panel)
+    _raise_at(crashed, 10)
+    with pytest.raises(PluginFault):
+        await crashed.run_until_done()
+    run = await _stored_run(config)
+    assert run["ended_at"] is not None and run["summary"]["failed"] is True
+    decided = crashed._times[-1]  # the last bar it decided; the next one failed
+    assert crashed.last_bar_time > decided
+
+    again = build_engine(config, "live", panel=panel)
+    result = await again.run_until_done()
+    assert again.resumed_from == decided  # continued from the crashed process's checkpoint
+    run = await _stored_run(config)  # reopened, then ended as a live run's stop ends it
+    assert run["ended_at"] is not None and run["summary"] == {"bars": result.bars}
