@@ -989,23 +989,29 @@ def _replaced_lists(
     arrays are not merged): a file that tightens one limit drops every other rule, the
     drawdown guard included. That is kept (a list is the file's whole answer), but said:
     `log_overlay_notes` logs each as `config.list_replaced`, naming the file and the
-    plugins dropped."""
+    plugins dropped. The first file to list them replaces only the built-in defaults (7 risk
+    rules): that is how a chain is configured, not a file undoing another's, and a warning
+    on every run of a single file taught to ignore the one that matters. It is noted at
+    info level (`config.defaults_replaced`), the built-in rules it leaves out named."""
 
     def names(items: list[Any]) -> list[str]:
         return [str(i.get("name")) for i in items if isinstance(i, Mapping)]
 
-    out = []
+    out: list[dict[str, Any]] = []
     defaults = {"risk": _default_risk, "signals": _default_signals}
     for key in ("risk", "signals"):
         old, new = merged.get(key), table.get(key)
+        event = "config.list_replaced"
         if old is None and isinstance(new, list):
-            # The first file to list them replaces the built-in defaults (7 risk rules).
             old = [{"name": spec.name} for spec in defaults[key]()]
+            event = "config.defaults_replaced"
         if not (isinstance(old, list) and isinstance(new, list)):
             continue
         dropped = [n for n in names(old) if n not in names(new)]
         if dropped:
-            out.append({"file": source, "key": key, "dropped": dropped, "now": names(new)})
+            out.append(
+                {"event": event, "file": source, "key": key, "dropped": dropped, "now": names(new)}
+            )
     return out
 
 
@@ -1098,12 +1104,20 @@ def log_overlay_notes(config: Config) -> None:
     for note in getattr(config, "overlay_notes", ()):
         note = dict(note)
         event = note.pop("event", "config.list_replaced")
+        logger = structlog.get_logger("tradingd.config")
+        if event == "config.defaults_replaced":
+            note["rule"] = (
+                f"[[{note['key']}]] replaces the built-in list: the built-in entries it does "
+                "not list are off"
+            )
+            logger.info(event, **note)
+            continue
         if event == "config.list_replaced":
             note["rule"] = (
                 f"[[{note['key']}]] in a later file replaces the whole list; repeat the "
                 "entries to keep"
             )
-        structlog.get_logger("tradingd.config").warning(event, **note)
+        logger.warning(event, **note)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -230,7 +230,9 @@ def test_a_later_list_entry_that_repeats_a_plugin_says_which_params_fell_back(tm
     assert note["file"] == str(local) and note["key"] == "risk[0]"
     assert note["plugin"] == "sector_exposure" and note["dropped"] == ["sectors_csv"]
     replaced = [e["file"] for e in logs if e["event"] == "config.list_replaced"]
-    assert replaced == [str(team)]  # the built-in chain; local.toml kept the same rules
+    assert replaced == []  # local.toml kept team.toml's rules
+    builtin = [e["file"] for e in logs if e["event"] == "config.defaults_replaced"]
+    assert builtin == [str(team)]  # the built-in chain, at info level
 
 
 def test_an_error_in_merged_sizing_params_names_the_file_that_set_that_key(tmp_path):

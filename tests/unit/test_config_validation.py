@@ -559,11 +559,17 @@ def test_a_later_file_that_lists_risk_rules_says_which_it_dropped(tmp_path):
     assert note["dropped"] == ["drawdown_guard"] and note["now"] == ["max_position"]
     with capture_logs() as logs:
         log_overlay_notes(load_config([first, {"risk": first["risk"]}], env={}))
-    assert [e["file"] for e in logs if e["event"] == "config.list_replaced"] == ["a table"]
-    # A single file replaces the built-in chain of 7 rules: said too.
+    assert [e["file"] for e in logs if e["event"] == "config.list_replaced"] == []
+    assert [e["file"] for e in logs if e["event"] == "config.defaults_replaced"] == ["a table"]
+    # A single file replaces only the built-in chain of 7 rules: that is how a chain is
+    # written, not a later file undoing an earlier one's. It warned on every run ("in a
+    # later file replaces the whole list"); it is said at info level, the rules left out
+    # named.
     with capture_logs() as logs:
         log_overlay_notes(load_config([later], env={}))
-    (alone,) = [e for e in logs if e["event"] == "config.list_replaced"]
+    assert [e for e in logs if e["log_level"] == "warning"] == []
+    (alone,) = [e for e in logs if e["event"] == "config.defaults_replaced"]
+    assert alone["log_level"] == "info" and "later file" not in alone["rule"]
     assert "drawdown_guard" in alone["dropped"] and alone["now"] == ["max_position"]
 
 
