@@ -571,9 +571,9 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _plugins() -> int:
-    from .engine.plugins import clash_text, registered
+    from .engine.plugins import KINDS, clash_text, registered
 
-    clashes = 0
+    clashes = unknown = 0
     for name, targets in sorted(registered().items()):
         if len(targets) > 1:  # refused when configured: say so here too
             clashes += 1
@@ -581,14 +581,28 @@ def _plugins() -> int:
             continue
         ep = targets[0]
         try:
-            kind = getattr(ep.load(), "kind", "?")
+            kind = getattr(ep.load(), "kind", None)
         except Exception as exc:  # list it anyway, with the reason it is broken
-            kind = f"BROKEN ({type(exc).__name__}: {exc})"
-        print(f"{name:24} {kind:8} {ep.value}")
+            print(f"{name:24} BROKEN ({type(exc).__name__}: {exc}) {ep.value}")
+            continue
+        if kind in KINDS:
+            print(f"{name:24} {kind:8} {ep.value}")
+            continue
+        # A misspelled kind ("signl") was listed like any plugin, and refused only once
+        # configured, as no plugin of the kind its section asks for.
+        unknown += 1
+        said = "no kind" if kind is None else f"kind {kind!r}"
+        print(f"{name:24} {'UNKNOWN':8} {ep.value}: {said}, not one of {', '.join(KINDS)}")
     if clashes:
         print(
             f"tradingd: {clashes} plugin name(s) registered by more than one package cannot be "
             "configured: uninstall one or rename its entry point",
+            file=sys.stderr,
+        )
+    if unknown:
+        print(
+            f"tradingd: {unknown} plugin(s) of no known kind cannot be configured: set the "
+            f"class's `kind` to one of {', '.join(KINDS)}",
             file=sys.stderr,
         )
     return 0

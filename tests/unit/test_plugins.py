@@ -247,6 +247,27 @@ def test_a_plugin_name_two_packages_register_is_refused_naming_both(tmp_path, mo
     assert "1 plugin name(s) registered by more than one package" in err
 
 
+def test_the_listing_flags_a_plugin_of_no_known_kind(tmp_path, monkeypatch, capsys):
+    """A plugin whose `kind` is misspelled ("signl") was listed like any other; only
+    configuring it said it was no signal plugin."""
+    (tmp_path / "typo_kind_mod.py").write_text(
+        "class Typo:\n    kind = 'signl'\n\nclass NoKind:\n    pass\n"
+    )
+    _install_dist(tmp_path, "typoplug", "typo_signal = typo_kind_mod:Typo")
+    _install_dist(tmp_path, "nokindplug", "no_kind = typo_kind_mod:NoKind")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from tradingd.__main__ import _plugins
+
+    assert _plugins() == 0
+    out, err = capsys.readouterr()
+    lines = {x.split()[0]: x for x in out.splitlines()}
+    assert lines["typo_signal"].split()[1] == "UNKNOWN"
+    assert "kind 'signl', not one of signal, sizing, risk" in lines["typo_signal"]
+    assert lines["no_kind"].split()[1] == "UNKNOWN" and "no kind" in lines["no_kind"]
+    assert lines["momentum"].split()[1] == "signal"  # the others as before
+    assert "2 plugin(s) of no known kind cannot be configured" in err
+
+
 def test_the_same_target_found_twice_is_one_plugin(tmp_path, monkeypatch):
     # One package reachable on two paths registers the same target twice: not a clash.
     ep = available()["momentum"]
