@@ -172,7 +172,11 @@ def retrain(
     )
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=versions))
     try:
-        card = train(config, rolling, staging, model_config, log=lambda m: None)
+        # The rolling window is the training span: run.start (when a daemon's run began
+        # trading) does not cut it.
+        card = train(
+            config, rolling, staging, model_config, log=lambda m: None, from_run_start=False
+        )
         ok, reason = gate(card, policy)
         version = card["model_version"]
         metrics = card["metrics"]["validation"]

@@ -46,6 +46,18 @@ def _dates(times: np.ndarray) -> list[str]:
     return [str(t.min().date()), str(t.max().date())] if len(t) else ["", ""]
 
 
+def run_start(config: Config) -> np.datetime64 | None:
+    """`run.start` as a bar time (UTC, as bars are stored), None when not set. Training
+    windows end from it on, as a backtest trades from it on: the trial that set 2004-01-01
+    got a model trained from 2000 (all the data up to run.end was used)."""
+    if not config.run.start:
+        return None
+    ts = pd.Timestamp(config.run.start)
+    if ts.tzinfo is not None:
+        ts = ts.tz_convert("UTC").tz_localize(None)
+    return ts.to_datetime64()
+
+
 def train(
     config: Config,
     panel: Panel,
@@ -53,7 +65,12 @@ def train(
     model_config: ModelConfig | None = None,
     *,
     log: Any = print,
+    from_run_start: bool = True,
 ) -> dict[str, Any]:
+    """Train both models on `panel`'s windows and write them with their card to `out_dir`.
+    `from_run_start`: windows end from `run.start` on (`tradingd train`); False for a
+    caller whose panel is already the training span (`retrain`'s rolling window, which a
+    daemon's run.start must not cut further)."""
 
     mc = model_config or ModelConfig()
     t0 = time.perf_counter()
@@ -71,7 +88,10 @@ def train(
         window=mc.time_steps,
         horizon=mc.horizon,
         validation_fraction=mc.validation_split,
+        start=run_start(config) if from_run_start else None,
     )
+    if from_run_start and config.run.start:
+        log(f"windows ending from run.start = {config.run.start} (earlier bars warm up)")
     xt, yt, xv, yv = data["x_train"], data["y_train"], data["x_val"], data["y_val"]
     log(f"windows: {len(xt)} train, {len(xv)} validation, shape {xt.shape[1:]}")
     cnn, rf, mean, scale, fit = fit_models(xt, yt, xv, yv, mc, log)

@@ -231,7 +231,11 @@ def train_model(config: Config, panel: Panel, out: Path, wf: WalkForwardConfig) 
     from tradingd_models.training import train
 
     try:
-        card = train(config, panel, out, wf.model_config(), log=lambda m: None)
+        # The fold's bars are its training span: run.start (the out-of-sample start) must
+        # not cut them (tradingd train windows from it).
+        card = train(
+            config, panel, out, wf.model_config(), log=lambda m: None, from_run_start=False
+        )
     except ValueError as exc:  # e.g. no complete window in a too-short training window
         raise WalkForwardError(f"training the fold's model failed: {exc}") from None
     return {

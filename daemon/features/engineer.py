@@ -319,6 +319,7 @@ def prepare_ml_data(
     stride: int = 1,
     dtype: type = np.float32,
     split_at: np.datetime64 | None = None,
+    start: np.datetime64 | None = None,
 ) -> dict[str, np.ndarray]:
     """Sliding windows (samples, window, features) with a forward log-return target.
 
@@ -327,7 +328,10 @@ def prepare_ml_data(
     last `validation_fraction` of the bar times validate; training samples whose target
     reaches into the validation period are dropped (purged), so no training label overlaps a
     validation bar. Windows with a missing (not ready) value are left out. `split_at` (a bar
-    time) replaces the fraction: validation starts at the first bar at or after it."""
+    time) replaces the fraction: validation starts at the first bar at or after it. `start`
+    (a bar time, `run.start` for `tradingd train`): windows ending before it are left out;
+    the bars before it still fill the first windows and warm up the features, as the history
+    before run.start warms up a backtest."""
     if not 0 < validation_fraction < 1:
         raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
     t_len, n_sym = close.shape
@@ -347,6 +351,8 @@ def prepare_ml_data(
             continue
         win = sliding_window_view(x, window, axis=0)  # (T-window+1, F, window)
         ends = np.arange(window - 1, t_len, stride)
+        if start is not None:
+            ends = ends[times[ends] >= np.asarray(start).astype("datetime64[ns]")]
         ok = ~np.isnan(win[ends - window + 1]).any(axis=(1, 2)) & np.isfinite(target[ends, j])
         ends = ends[ok]
         if ends.size == 0:

@@ -60,6 +60,9 @@ def test_card_says_what_the_model_is(tiny_model):
     )
     assert card["window"] == 60 and card["target"]["kind"] == "forward_log_return"
     assert card["train_range"][1] < card["validation_range"][0]  # chronological
+    # From run.start (2014-01-01), the bars before it warming up: it trained from 1999.
+    assert "2014-01-01" <= card["train_range"][0] < "2014-01-10"
+    assert card["data"]["range"][0] < "2000-01-01"  # loaded for the warm-up all the same
     assert card["data"]["symbols"] == ["NASDAQ", "SP500"] and len(card["data"]["sha256"]) == 64
     for m in ("cnn_lstm", "random_forest"):
         assert card["files"][m]["sha256"] == sha256_file(out / card["files"][m]["path"])
@@ -80,7 +83,8 @@ def _y_val():
     panel = load_data(cfg)
     names = resolve_set("default_v1")
     f = compute_batch(panel, names, dtype=np.float32)
-    return prepare_ml_data(f, names, panel.close, panel.split, panel.times)["y_val"]
+    start = np.datetime64(cfg.run.start, "ns")
+    return prepare_ml_data(f, names, panel.close, panel.split, panel.times, start=start)["y_val"]
 
 
 def test_onnx_matches_keras_and_sklearn_on_real_windows(real_windows, tmp_path):

@@ -390,6 +390,21 @@ def test_prepare_ml_data_windows_target_and_chronological_split():
     assert not np.isnan(d["x_train"]).any()  # warm-up windows left out
 
 
+def test_prepare_ml_data_from_a_start_keeps_the_earlier_bars_as_warm_up():
+    """`tradingd train` windows from run.start: the windows ending before it are left out,
+    the bars before it still fill the first window (no warm-up lost at the start)."""
+    p = random_panel(t=300, n=3)
+    names = ["ret_1", "hl_range"]
+    f = compute_batch(p, names)
+    start = p.times[150]
+    d = prepare_ml_data(f, names, p.close, p.split, p.times, window=10, start=start)
+    assert d["t_train"].min() == start  # the first window ends at start, full
+    assert d["x_train"].shape[0] == 3 * len(np.unique(d["t_train"]))
+    assert d["t_train"].max() < d["t_val"].min()
+    whole = prepare_ml_data(f, names, p.close, p.split, p.times, window=10)
+    assert whole["t_train"].min() < start  # without it, from the first complete window
+
+
 def test_verify_feature_set_names_the_mismatch():
     from tradingd.features.catalog import verify_feature_set
 

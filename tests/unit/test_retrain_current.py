@@ -44,7 +44,7 @@ def test_a_published_version_folder_follows_the_umask(tmp_path, monkeypatch, uma
 
     from tradingd_plugins.signals.ml_ensemble import default_model_dir
 
-    def train(config, panel, out, model_config, log):  # the shipped pair, as if trained
+    def train(config, panel, out, model_config, log, **kw):  # the shipped pair, as if trained
         for f in default_model_dir().iterdir():  # into `out` as it is (not its mode)
             shutil.copy(f, out / f.name)
         card = json.loads((out / "card.json").read_text())
