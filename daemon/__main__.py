@@ -33,7 +33,8 @@ before the configuration, the data or any model is loaded:
   once the engine is built.
 
 Signals of `tradingd backtest`: SIGTERM and SIGINT during the replay finish the bar under way
-(during loading or the engine's build, that step), end the run's record marked stopped_early
+(during loading or the engine's build, that step; a line on stderr says so at once, and that
+a second one exits), end the run's record marked stopped_early
 and exit with 128 + the signal number, with no report (`tradingd: backtest stopped by ...`);
 a second one exits at once. Once the replay is over, while its report is written, either
 signal interrupts it (`tradingd: interrupted`, 128 + the signal number). Plain handlers, not
@@ -723,7 +724,16 @@ def _backtest_signals(stop: Any) -> Iterator[None]:
             raise _Interrupted(signum)
         if stop.reason is not None:
             _exit_at_once(signum, "backtest: stop signal received twice: exiting at once")
-        stop.request(signal.Signals(signum).name)
+        name = signal.Signals(signum).name
+        # Said at once: a plugin hung in its bar's call kept the stop waiting, and nothing
+        # said the signal was taken, nor that a second one exits (written directly, as
+        # `_exit_at_once` writes: the interrupted code may hold the log's lock).
+        os.write(
+            2,
+            f"\ntradingd: {name} received: the backtest stops after the bar under way (when "
+            f"its plugins' calls return); {name} again exits at once\n".encode(),
+        )
+        stop.request(name)
 
     with _handled(_STOP_SIGNALS, handler):
         yield

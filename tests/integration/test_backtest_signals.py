@@ -134,6 +134,8 @@ def test_a_signal_stops_the_replay_after_its_bar(tmp_path, name, group):
     at = 7
     r = _backtest(tmp_path, at, (name,), group)
     assert r.returncode == 128 + getattr(signal, name), r.stderr[-3000:]
+    said = f"tradingd: {name} received: the backtest stops after the bar under way"
+    assert said in r.stderr and f"{name} again exits at once" in r.stderr
     assert f"tradingd: backtest stopped by {name} after" in r.stderr
     assert "no report written" in r.stderr and "Traceback" not in r.stderr
     stopped = [e for e in _json_lines(r.stderr) if e.get("event") == "backtest.stopped"]
@@ -397,6 +399,30 @@ def test_after_the_replay_a_signal_interrupts(tmp_path):
             pass
     assert got.value.signum == signal.SIGTERM and stop.reason is None
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_the_first_signal_says_at_once_that_the_replay_stops_after_its_bar(capfd):
+    """A plugin hung inside score: the first Ctrl-C printed nothing (the stop waits for the
+    bar), so nothing said the signal was taken nor that a second one exits."""
+    from tradingd import __main__ as cli
+    from tradingd.backtest import StopRequest
+
+    class Hung:  # an engine whose bar never ends: only the handler runs
+        stops = 0
+
+        def request_stop(self):
+            self.stops += 1
+
+    stop, engine = StopRequest(), Hung()
+    stop.attach(engine)  # type: ignore[arg-type]
+    with cli._backtest_signals(stop):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # (the handler runs between these bytecodes)
+            pass
+    assert stop.reason == "SIGINT" and engine.stops == 1
+    err = capfd.readouterr().err
+    assert "tradingd: SIGINT received: the backtest stops after the bar under way" in err
+    assert "SIGINT again exits at once" in err
 
 
 def test_a_stop_request_reaches_an_engine_attached_later():
