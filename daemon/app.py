@@ -409,6 +409,34 @@ def trade_start(config: Config, panel: Panel) -> datetime | None:
     return start
 
 
+def warn_if_clipped(config: Config, panel: Panel) -> None:
+    """A run.start before the data's first bar, or a run.end after its last, by more than a
+    long weekend: the run covers less than was asked, said once (`run.window_clipped`) with
+    both ranges. A 1995 start on data from 1999 ran from 1999 without a word, and read as a
+    run over the years asked for."""
+    if not len(panel.times) or not (config.run.start or config.run.end):
+        return
+    first, last = panel.datetimes()[0], panel.datetimes()[-1]
+    start = _utc(config.run.start) if config.run.start else None
+    end = _utc(config.run.end) if config.run.end else None
+    early = start is not None and (first - start).days > 4
+    late = end is not None and (end - last).days > 4
+    if not (early or late):
+        return
+    said = []
+    if early:
+        said.append(f"run.start = {config.run.start!r} is before the data's first bar")
+    if late:
+        said.append(f"run.end = {config.run.end!r} is after the data's last bar")
+    actual_start = max(first, start) if start is not None else first
+    log.warning(
+        "run.window_clipped",
+        requested=[config.run.start or None, config.run.end or None],
+        actual=[actual_start.date().isoformat(), last.date().isoformat()],
+        detail=" and ".join(said) + ": the run covers only the bars the data has",
+    )
+
+
 # New York's calendar and its exchange_calendars aliases: 252 sessions a year by name.
 NEW_YORK_CALENDARS = frozenset({"XNYS", "NYSE", "NASDAQ", "BATS", "XNAS", "ARCX", "OOTC", "XASE"})
 # The years another calendar's sessions are counted in (`sessions_per_year`): fixed, not the
@@ -1248,6 +1276,7 @@ def _assemble(
         assert panel is not None
         swaps = choose_swaps(config, mode, panel, portfolio, names)
         trade_from = trade_start(config, panel)
+        warn_if_clipped(config, panel)
         warmup = recorded_warmup(panel, swaps.feed, trade_from) if mode == "live" else None
     run = RunInfo(
         run_id=run_id,

@@ -258,6 +258,34 @@ async def test_load_data_keeps_history_before_start_and_nothing_after_end(tmp_pa
     assert trade_start(config, loaded) == times[60]
 
 
+async def test_a_window_beyond_the_data_is_said_once_with_both_ranges(engine_config, tmp_path):
+    """run.start before the data's first bar or run.end after its last: the run was clipped
+    to the data without a word, and read as a run over the years asked for."""
+    panel = make_panel(n_bars=60, split_at=None)  # 2020-01-01 .. 2020-03-24
+    first, last = (panel.datetimes()[i].date().isoformat() for i in (0, -1))
+
+    async def clipped(start: str, end: str) -> list[dict]:
+        run = dataclasses.replace(engine_config.run, start=start, end=end)
+        with capture_logs() as logs:
+            await run_backtest(
+                dataclasses.replace(engine_config, run=run), panel=panel, output_dir=tmp_path
+            )
+        return [e for e in logs if e["event"] == "run.window_clipped"]
+
+    (warning,) = await clipped("1995-01-01", "2020-12-31")
+    assert warning["log_level"] == "warning"
+    assert warning["requested"] == ["1995-01-01", "2020-12-31"]
+    assert warning["actual"] == [first, last]
+    assert "run.start = '1995-01-01' is before" in warning["detail"]
+    assert "run.end = '2020-12-31' is after" in warning["detail"]
+    (warning,) = await clipped("", "2021-06-30")
+    assert warning["requested"] == [None, "2021-06-30"] and warning["actual"] == [first, last]
+    # Inside the data, or a weekend or holiday away from its ends: nothing to say.
+    assert await clipped("", "") == []
+    assert await clipped("2019-12-30", "2020-03-27") == []
+    assert await clipped("2020-02-03", last) == []
+
+
 async def test_a_window_shorter_than_the_warmup_warns(engine_config, tmp_path):
     panel = make_panel(n_bars=60, split_at=None)
     config = dataclasses.replace(
