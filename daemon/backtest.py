@@ -274,6 +274,10 @@ async def run_backtest(
     }
     if result.restrictions_not_listed:
         summary["trading_restricted_not_listed"] = result.restrictions_not_listed
+    if result.warnings:
+        # What the run's end said of the whole run (a signal with no view at any bar): a
+        # run that traded nothing for that reason says why where its numbers are read.
+        summary["warnings"] = result.warnings
     if ppy != 252.0:
         # Intraday data: what `tradingd report` annualises with, unless its analysis config
         # sets analysis.periods_per_year.

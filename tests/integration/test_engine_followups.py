@@ -46,6 +46,16 @@ class AlwaysLong:
         return np.where(ctx.tradable, 1.0, np.nan)
 
 
+class NeverAView(AlwaysLong):
+    """No view at any bar: the run trades nothing, and must say why."""
+
+    def __init__(self, config, symbols):
+        self.name = "never_a_view"
+
+    def score(self, ctx):
+        return np.full(len(ctx.symbols), np.nan)
+
+
 @pytest.fixture
 def always_long(monkeypatch):
     from tradingd.engine import plugins as registry
@@ -2512,3 +2522,22 @@ async def test_a_feeds_held_bars_are_in_the_checkpoint_and_restored_before_warm_
     await restarted.run_until_done()
     assert order[0] == ("restored", held, checkpointed)  # with the checkpoint's bar
     assert not any(o[0] == "restored" for o in order[1:]) and len(order) > 1
+
+
+async def test_a_signal_without_a_view_is_in_the_summary_json(engine_config, monkeypatch, tmp_path):
+    """run.signal_without_view was a log line only: summary.json of a run that traded nothing
+    because its one signal never had a view gave no hint of it."""
+    import json
+
+    from tradingd.engine import plugins as registry
+
+    eps = dict(registry.available())
+    eps["never_a_view"] = _StubEntryPoint("never_a_view", NeverAView)
+    monkeypatch.setattr(registry, "available", lambda: eps)
+    config = dataclasses.replace(_config(engine_config), signals=(PluginSpec("never_a_view"),))
+    out = await run_backtest(config, panel=_crash_panel(), output_dir=tmp_path / "out")
+    assert out.summary["orders"] == 0
+    written = json.loads((out.output_dir / "summary.json").read_text())
+    assert written["warnings"] == [
+        {"warning": "signal_without_view", "plugin": "never_a_view", "bars": out.result.bars}
+    ]
