@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 
 class TradingdError(Exception):
     """Base of every error tradingd raises on purpose."""
@@ -61,6 +63,21 @@ class PluginFault(TradingdError):
         self.stage = stage
         self.bar_time = bar_time
         self.where = where
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt from its message: the default (the class called with the message alone)
+        # failed to unpickle, so a fault in a walk-forward or validation worker process
+        # broke the pool instead of reaching the parent; the cause may not pickle at all.
+        return (_rebuilt_fault, (str(self), self.plugin, self.stage, self.bar_time, self.where))
+
+
+def _rebuilt_fault(
+    message: str, plugin: str, stage: str, bar_time: object, where: str | None
+) -> PluginFault:
+    fault = PluginFault.__new__(PluginFault)
+    TradingdError.__init__(fault, message)
+    fault.plugin, fault.stage, fault.bar_time, fault.where = plugin, stage, bar_time, where
+    return fault
 
 
 def raised_at(exc: BaseException, module: str) -> str | None:

@@ -58,6 +58,26 @@ def test_a_failing_task_raises_its_error(where, request):
         run_tasks(math.sqrt, [4.0, -1.0, 9.0], **where)
 
 
+def _plugin_fails(n: int) -> int:
+    from tradingd.core.errors import PluginFault
+
+    if n == 2:
+        raise PluginFault("mine", "score", "2020-01-02", RuntimeError("boom"))
+    return n
+
+
+def test_a_plugin_fault_in_a_worker_reaches_the_caller_as_itself():
+    """A PluginFault did not unpickle (its class called with the message alone), so a
+    plugin's bug in a walk-forward fold's worker broke the pool instead of naming itself."""
+    from tradingd.core.errors import PluginFault
+
+    with pytest.raises(PluginFault) as caught:
+        run_tasks(_plugin_fails, [1, 2, 3], workers=2)
+    fault = caught.value
+    assert str(fault) == "plugin 'mine' failed in score at bar 2020-01-02: RuntimeError: boom"
+    assert (fault.plugin, fault.stage, fault.bar_time) == ("mine", "score", "2020-01-02")
+
+
 @pytest.mark.parametrize("where", [{"workers": 2}, {"ray_address": "auto"}])
 def test_workers_get_the_environment(where, request):
     if "ray_address" in where:
