@@ -121,6 +121,7 @@ from tenacity import (
 from ..alpaca_sdk import DeadlineSession, no_sdk_retries
 from ..core.errors import ConfigError, RetryableError
 from ..core.retry_after import parse_retry_after
+from ..core.tasks import cancel_and_wait
 from ..core.types import (
     BrokerUpdate,
     CrossSection,
@@ -546,22 +547,6 @@ def _legs(raw: Mapping[str, Any]) -> list[Mapping[str, Any]]:
 # ----------------------------------------------------------------------------- broker
 
 
-async def _cancel_and_wait(tasks: list[asyncio.Task[Any]], rounds: int = 5) -> None:
-    """Cancel tasks and wait for them, re-cancelling a task that swallowed its cancellation:
-    on Python 3.11 `asyncio.wait_for` (which alpaca-py's stream uses) can lose a cancel that
-    lands as its inner await completes, and the stream task would then run on; a stop must
-    never hang on it. A task still running after the last round is left, and logged."""
-    pending = {t for t in tasks if not t.done()}
-    for _ in range(rounds):
-        if not pending:
-            return
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=2.0)
-    if pending:
-        log.warning("alpaca.tasks_not_stopped", tasks=sorted(t.get_name() for t in pending))
-
-
 class AlpacaBroker:
     """Implements `Broker` against an Alpaca paper account (see the module docstring).
 
@@ -723,8 +708,10 @@ class AlpacaBroker:
                 await self._stream.stop_ws()
             except Exception:  # stopping must go on
                 log.warning("alpaca.stream.stop_failed", exc_info=True)
-        tasks = [t for t in (self._stream_task, *self._tasks) if t is not None]
-        await _cancel_and_wait(tasks)
+        # alpaca-py's stream awaits `wait_for`, which can lose a cancel on 3.11 (core/tasks.py).
+        left = await cancel_and_wait((self._stream_task, *self._tasks))
+        if left:
+            log.warning("alpaca.tasks_not_stopped", tasks=sorted(t.get_name() for t in left))
         if self._stream is not None:
             try:
                 await self._stream.close()

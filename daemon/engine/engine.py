@@ -69,6 +69,7 @@ from ..core.ports import (
     SizingPlugin,
     Store,
 )
+from ..core.tasks import cancel_and_wait
 from ..core.types import (
     BrokerUpdate,
     CrossSection,
@@ -1366,10 +1367,7 @@ class Engine:
             release = getattr(self.features, "release", None)
             if release is not None:
                 release()
-            for task in (reconciler, refresher, splits_task, *self._split_cancels):
-                if task is not None:
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
+            await self._end_tasks(reconciler, refresher, splits_task, *self._split_cancels)
             await self._book_final_updates()
             self._warn_of_untraded_bars(missed)
             if self._splits:
@@ -1426,10 +1424,8 @@ class Engine:
             await self._end_failed_run(exc)
             raise
         finally:
-            for task in (reconciler, refresher, splits_task, *self._split_cancels):
-                if task is not None and not task.done():  # the loop failed
-                    task.cancel()
-                    await asyncio.gather(task, return_exceptions=True)
+            # Still running when the loop failed.
+            await self._end_tasks(reconciler, refresher, splits_task, *self._split_cancels)
             if self._bar_lock is not None:
                 async with self._bar_lock:  # a control storing its state finishes first
                     self._controls_closed = True
@@ -1477,6 +1473,28 @@ class Engine:
             )
         except Exception as store_exc:  # the store itself may be what failed
             log.error("engine.failure_not_stored", error=str(store_exc))
+
+    @staticmethod
+    async def _end_tasks(*tasks: asyncio.Task[None] | None) -> None:
+        """The run's background tasks (reconciliation, the published state, split
+        look-ups), cancelled and waited for, each cancelled again while it runs on: one
+        that lost its cancel (`asyncio.wait_for` around a broker call on 3.11,
+        core/tasks.py) went on to its next round, and the next, and the stop waited with
+        it for ever. One still running after five rounds is left, named (the loop's close
+        ends it)."""
+
+        def lost(task: asyncio.Task[Any]) -> None:
+            stack = task.get_stack(limit=1)
+            log.warning(
+                "engine.task_cancel_lost",
+                task=task.get_name(),
+                waiting_at=f"{stack[0].f_code.co_name}:{stack[0].f_lineno}" if stack else None,
+                rule="cancelled again: a stop must not wait on it",
+            )
+
+        left = await cancel_and_wait(tasks, lost=lost)
+        if left:
+            log.error("engine.tasks_not_stopped", tasks=sorted(t.get_name() for t in left))
 
     def close_held(self) -> None:
         """The audit log and what the plugins hold (worker processes, files): at the end of
