@@ -614,6 +614,8 @@ class AlpacaBroker:
         # the engine may retry those decisions under the next attempt number. Bounded.
         self._transient: OrderedDict[str, None] = OrderedDict()
         self._pending_fills: list[Fill] = []
+        # Set when a fill joins _pending_fills (stream or poll): `fills_arrived`.
+        self._fills_waiting = asyncio.Event()
         self._pending_orders: dict[str, None] = {}
         self._verify: set[str] = set()
         # Orders the last periodic check left to read by id (`_bounded_rereads`).
@@ -1471,6 +1473,13 @@ class AlpacaBroker:
                 orders.append(t.order.snapshot())
         return BrokerUpdate(fills=fills, orders=orders)
 
+    async def fills_arrived(self) -> None:
+        """Return once a fill has arrived (from the stream or a poll) since the last
+        return: the engine then asks `updates` for it between bars, which hands each fill
+        over once, whoever asks first (this, a bar, a reconciliation, the stop)."""
+        await self._fills_waiting.wait()
+        self._fills_waiting.clear()
+
     async def poll(self, *, only_open: bool = False) -> None:
         """One reconciliation pass over the open orders (GET /v2/orders status=all from the
         oldest open order on, then each open order not listed by id). `only_open`: the
@@ -2038,6 +2047,7 @@ class AlpacaBroker:
         else:
             order.avg_fill_price = (old_avg * old + price * delta) / filled
         self._pending_fills.append(fill)
+        self._fills_waiting.set()
         log.info(
             "alpaca.fill",
             client_order_id=order.client_order_id,

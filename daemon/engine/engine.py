@@ -1198,6 +1198,7 @@ class Engine:
         started: list[Any] = []
         live = froze = replaying = False
         reconciler: asyncio.Task[None] | None = None
+        booker: asyncio.Task[None] | None = None
         refresher: asyncio.Task[None] | None = None
         splits_task: asyncio.Task[None] | None = None
         # Live bars the source did not deliver at their release, fetched again before the
@@ -1288,6 +1289,11 @@ class Engine:
                 await self._unless_stopped(self._reconcile())
                 if not self._stop_requested:
                     reconciler = asyncio.create_task(self._reconcile_every(), name="reconcile")
+                arrived = getattr(self.broker, "fills_arrived", None)
+                if not self._stop_requested and arrived is not None:
+                    booker = asyncio.create_task(
+                        self._book_fills_as_they_arrive(arrived), name="late-fills"
+                    )
             if not self._stop_requested and self._durable:
                 refresher = asyncio.create_task(self._refresh_state_every(), name="state")
             if not self._stop_requested:
@@ -1367,7 +1373,7 @@ class Engine:
             release = getattr(self.features, "release", None)
             if release is not None:
                 release()
-            await self._end_tasks(reconciler, refresher, splits_task, *self._split_cancels)
+            await self._end_tasks(reconciler, booker, refresher, splits_task, *self._split_cancels)
             await self._book_final_updates()
             self._warn_of_untraded_bars(missed)
             if self._splits:
@@ -1425,7 +1431,7 @@ class Engine:
             raise
         finally:
             # Still running when the loop failed.
-            await self._end_tasks(reconciler, refresher, splits_task, *self._split_cancels)
+            await self._end_tasks(reconciler, booker, refresher, splits_task, *self._split_cancels)
             if self._bar_lock is not None:
                 async with self._bar_lock:  # a control storing its state finishes first
                     self._controls_closed = True
@@ -1476,10 +1482,11 @@ class Engine:
 
     @staticmethod
     async def _end_tasks(*tasks: asyncio.Task[None] | None) -> None:
-        """The run's background tasks (reconciliation, the published state, split
-        look-ups), cancelled and waited for, each cancelled again while it runs on: one
-        that lost its cancel (`asyncio.wait_for` around a broker call on 3.11,
-        core/tasks.py) went on to its next round, and the next, and the stop waited with
+        """The run's background tasks (reconciliation, fills between bars, the published
+        state, split look-ups), cancelled and waited for, each cancelled again while it
+        runs on: one that lost its cancel (`asyncio.wait_for` around a broker call on
+        3.11, core/tasks.py) went on, a reconciler to its next round and the next, the
+        fill booker back to waiting for a fill that never came, and the stop waited with
         it for ever. One still running after five rounds is left, named (the loop's close
         ends it)."""
 
@@ -1885,6 +1892,25 @@ class Engine:
                 self.reconcile_error = f"{type(exc).__name__}: {exc}"
                 log.exception("reconcile.failed", retry_in_s=self.reconcile_interval_s)
 
+    async def _book_fills_as_they_arrive(self, arrived: Callable[[], Awaitable[None]]) -> None:
+        """A live broker's fills between bars, booked (stored, published: /status, the
+        cache) as they arrive, under the bar lock. They waited for the next reconciliation
+        round (`live.reconcile_interval_s`, 300 s) or bar: /status showed a filled exit's
+        position and its legs as working for tens of seconds after `alpaca.fill`. Each fill
+        is booked once: the broker's `updates` hands it to whoever asks first. Not before
+        the first bar, nor while a resumed run replays its completed bars (its next bar
+        books them, as before)."""
+        assert self._bar_lock is not None
+        while True:
+            await arrived()
+            if self.catching_up_to is not None:
+                continue
+            try:
+                async with self._bar_lock:
+                    await self._book_late_updates()
+            except Exception:  # a bug or an unexpected answer: said; the next bar books them
+                log.exception("broker.late_fills_failed")
+
     async def _reconcile(self) -> None:
         """Compare the book with the broker's positions, after booking what the broker has
         reported and the engine has not yet (those are not differences). Rules:
@@ -2284,8 +2310,9 @@ class Engine:
 
     async def _book_late_updates(self) -> int:
         """A live broker executes between bars: fills that arrived after the last bar are
-        booked and stored (before the run stops, before a reconciliation); a broker without
-        `updates()` has none. Returns the number of fills booked."""
+        booked and stored (as they arrive: `_book_fills_as_they_arrive`; before the run
+        stops, before a reconciliation); a broker without `updates()` has none. Returns the
+        number of fills booked."""
         updates = getattr(self.broker, "updates", None)
         if updates is None or self._seen == 0:
             return 0
