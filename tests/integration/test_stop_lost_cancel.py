@@ -2,17 +2,21 @@
 
 On Python 3.11 `asyncio.wait_for` returns the awaited call's result when the cancel lands as
 that call completes, and the cancel is gone (CPython gh-86296; daemon/core/tasks.py). The
-Alpaca broker's REST calls run under it. A task the engine cancelled at the stop while such
-a call answered went on: the reconciler to its next round and the next, for ever, and the
-stop, which had cancelled it once and awaited it, waited with it. The whole live engine runs
-against the loopback Alpaca through the real alpaca-py client; the lost cancel is the one
-thing put in by hand (a timing race otherwise). Bounded: each wait has a timeout."""
+Alpaca broker's REST calls and redis-py's writes run under it. A task the engine cancelled
+at the stop while such a call answered went on: the reconciler to its next round and the
+next, for ever, the task booking fills between bars back to waiting for a fill that never
+came, and the stop, which had cancelled it once and awaited it, waited with it (the trial's
+hang after its last bar that reverted 4e30d8d: an idle event loop, SIGTERM ignored until
+the third, exit 143; benchmarks/stop_hang_stress.py --redis hangs so). The whole live engine
+runs against the loopback Alpaca through the real alpaca-py client; the lost cancel is the
+one thing put in by hand (a timing race otherwise). Bounded: each wait has a timeout."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import dataclasses
+import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -110,3 +114,38 @@ async def test_a_stop_ends_a_reconciler_that_lost_its_cancel(engine_config, fake
     lost = [e for e in logs if e["event"] == "engine.task_cancel_lost"]
     assert [e["task"] for e in lost] == ["reconcile"]
     assert not [e for e in logs if e["event"] == "engine.tasks_not_stopped"]
+
+
+async def test_a_stop_ends_a_fill_booker_that_lost_its_cancel(engine_config, fake, tmp_path):
+    panel, config = live_on_fake(engine_config, fake, RUN)
+    engine = build_engine(config, "live", panel=panel)
+    stop = _Stop()
+    engine.broker.updates = _losing_a_cancel("late-fills", engine.broker.updates, stop)
+    filled: dict[str, Any] = {}
+
+    def fill_one() -> None:
+        # A fill at the fake wakes the booker, which then asks the broker for it.
+        o = next(
+            o
+            for o in fake.orders.values()
+            if o.client_order_id.startswith(f"{RUN}|") and o.is_open and o.side == "buy"
+        )
+        filled[o.client_order_id] = o.qty
+        fake.call(fake.fill, o.client_order_id, price=100.0)
+
+    ended, logs = await _stop_between_bars(engine, stop, fill_one)
+
+    assert ended, "the stop hung on the fill booker that lost its cancel"
+    lost = [e for e in logs if e["event"] == "engine.task_cancel_lost"]
+    assert [e["task"] for e in lost] == ["late-fills"]
+    # The fill it was booking when the cancel was lost is booked, once (not again by the
+    # stop's last updates).
+    ((cid, qty),) = filled.items()
+    con = sqlite3.connect(tmp_path / "store.db")
+    try:
+        fills = con.execute(
+            "SELECT quantity FROM fills WHERE client_order_id = ?", (cid,)
+        ).fetchall()
+    finally:
+        con.close()
+    assert fills == [(qty,)]
