@@ -286,6 +286,38 @@ def _parser() -> argparse.ArgumentParser:
     common(rc)
     rc.add_argument("run_id", help="the live run's id (see /status or the runs table)")
     rc.add_argument("--json", action="store_true", help="print the whole report as JSON")
+    lc = sub.add_parser(
+        "lookahead-check",
+        help="run the backtest over the whole history and with the data cut after a few "
+        "dates, and report the first bar and plugin whose decision differs: a plugin that "
+        "reads the future (exit 0 none, 1 some, 2 a config or data error)",
+    )
+    common(lc)
+    lc.add_argument(
+        "--cuts",
+        type=int,
+        default=4,
+        help="cut runs, their cuts spread evenly over the traded bars (default 4); each "
+        "is a backtest",
+    )
+    lc.add_argument(
+        "--at",
+        action="append",
+        default=[],
+        metavar="DATE",
+        help="cut after the last bar on or before DATE (YYYY-MM-DD; repeatable, instead of --cuts)",
+    )
+    lc.add_argument(
+        "--symbols", nargs="+", default=[], help="check on these symbols of the data only"
+    )
+    lc.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="local processes for the backtests (default 0: one after the other here)",
+    )
+    lc.add_argument("--json", action="store_true", help="print the whole result as JSON")
+    lc.add_argument("--no-progress", action="store_true", help="no progress bar")
     rh = sub.add_parser(
         "reset-halt",
         help="lift a halted kill switch in a stopped live run's checkpoint "
@@ -478,6 +510,8 @@ def _command(args: argparse.Namespace) -> int:
                 for d in report.not_counted[:20]:
                     print(f"  {d.time.isoformat()}: " + "; ".join(d.differences))
         return 0 if report.ok else 1
+    if args.command == "lookahead-check":
+        return _lookahead_check(config, args)
     if args.command == "reset-halt":
         from .stored_run import reset_halt
 
@@ -490,6 +524,26 @@ def _command(args: argparse.Namespace) -> int:
         print(f"stored {stored} bars in {mask_url(config.storage.url)}")
         return 0
     return 1
+
+
+def _lookahead_check(config: Config, args: argparse.Namespace) -> int:
+    from .lookahead_check import lookahead_check, report_lines
+
+    if args.workers < 0:
+        raise TradingdError(f"--workers must be >= 0, got {args.workers}")
+    report = lookahead_check(
+        config,
+        cuts=args.cuts,
+        at=args.at,
+        symbols=args.symbols,
+        workers=args.workers,
+        progress=not args.no_progress and not args.json,
+    )
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2, default=str))
+    else:
+        print("\n".join(report_lines(report)))
+    return 0 if report.ok else 1
 
 
 def _train(config: Config, args: argparse.Namespace) -> int:
