@@ -79,6 +79,8 @@ from .schema import (
     param,
     reopen_run_sql,
     select_bars_sql,
+    select_last_events_sql,
+    select_last_targets_sql,
     select_run_sql,
 )
 from .spool import DEFAULT_MAX_BYTES, Orphan, Spool, SpoolBatch, claim_orphans
@@ -854,9 +856,12 @@ class BufferedStore(ABC):
         bar_time = found[-1]["bar_time"] if found else None
         state = found[-1]["state"] if found else None
         after = bar_time if bar_time is not None else datetime(1, 1, 1, tzinfo=UTC)
-        orders = await self.fetch("orders", run.run_id)
-        unconfirmed = tuple(o for o in orders if o["created_at"] > after)
         enc = self._encode_time(after)
+        # Only the rows the resume keeps are read, here and below: reading the run's whole
+        # history (every order, event and signal) grew each restart with the run's age.
+        t = TABLES["orders"]
+        sql = select_run_sql(t, d, after="created_at")
+        unconfirmed = tuple(self._decode_taking(t, await self._query(sql, (run.run_id, enc))))
         stmts: list[tuple[str, Sequence[Any]]] = [
             (delete_after_sql(TABLES[name], column, d), (run.run_id, enc))
             for name, column in RESUME_TIME.items()
@@ -866,7 +871,9 @@ class BufferedStore(ABC):
             await self._execute(stmts)
         # (After the delete: the events the run keeps, its acknowledgements of the last bar
         # included, which a broker's clock dates after the checkpoint.)
-        self._last_events = _kept_events(run.run_id, await self.fetch("order_events", run.run_id))
+        t = TABLES["order_events"]
+        kept = await self._query(select_last_events_sql(d), (run.run_id, EVENTS_KEPT))
+        self._last_events = _kept_events(run.run_id, self._decode_taking(t, kept))
         if state is not None:
             # Rows are written on change: continue from the checkpoint's book and from the
             # decisions in force (the last recorded target of each symbol, which a hold does
@@ -878,14 +885,14 @@ class BufferedStore(ABC):
         return ResumePoint(bar_time, state, unconfirmed)
 
     async def _targets_in_force(self, run: RunInfo) -> np.ndarray:
-        """Per symbol of the run, its last recorded target weight (0 without one)."""
+        """Per symbol of the run, its last recorded target weight that is a number (0
+        without one)."""
         index = {s: i for i, s in enumerate(run.symbols)}
         out = np.zeros(len(run.symbols), dtype=np.float64)
-        for r in await self.fetch("signals", run.run_id):  # time order
-            i = index.get(r["symbol"])
-            w = r["target_weight"]
-            if i is not None and not math.isnan(w):
-                out[i] = w
+        for symbol, w in await self._query(select_last_targets_sql(self.dialect), (run.run_id,)):
+            i = index.get(symbol)
+            if i is not None:
+                out[i] = float(w)
         return out
 
     def record_checkpoint(self, run_id: str, bar_time: datetime, state: Mapping[str, Any]) -> None:
@@ -1571,7 +1578,8 @@ def _kept_events(
     most recent orders, so that a broker's answer repeating a state stored before the stop
     (an intent stored, the process killed, the acknowledgement read after the restart) is no
     second event. From the events the resume kept (`order_events` after its delete, in
-    time order): a state whose event is gone must be stored again."""
+    time order: all of them, or only the last of each order, as `select_last_events_sql`
+    reads them, give the same): a state whose event is gone must be stored again."""
     last: OrderedDict[tuple[str, str], tuple[Any, ...]] = OrderedDict()
     for e in events:
         key = (run_id, e["client_order_id"])

@@ -165,6 +165,8 @@ ORDERS = Table(
     primary_key=("run_id", "client_order_id"),
     on_conflict="update",
     order_by=("created_at", "client_order_id"),
+    # A resume reads the orders created after its checkpoint (`select_run_sql(after=...)`).
+    indexes=(("run_id", "created_at"),),
 )
 
 ORDER_EVENTS = Table(
@@ -446,12 +448,61 @@ def _order_by(table: Table, dialect: Dialect) -> str:
     return ", ".join(terms)
 
 
-def select_run_sql(table: Table, dialect: Dialect) -> str:
-    """Rows of one run (for `runs`, the run row itself), in time order."""
+def select_run_sql(table: Table, dialect: Dialect, after: str | None = None) -> str:
+    """Rows of one run (for `runs`, the run row itself), in time order; with `after` (a
+    column), only those whose `after` is later than the second parameter (not NULL)."""
+    where = f"run_id = {param(dialect)}"
+    if after is not None:
+        where += f" AND {after} > {param(dialect, 2)}"
     return (
         f"SELECT {', '.join(table.insert_columns)} FROM {table.name} "
-        f"WHERE run_id = {param(dialect)} ORDER BY {_order_by(table, dialect)}"
+        f"WHERE {where} ORDER BY {_order_by(table, dialect)}"
     )
+
+
+def _last_per_sql(
+    table: Table, columns: tuple[str, ...], per: str, dialect: Dialect, where: str = ""
+) -> tuple[str, list[str]]:
+    """(the query, its ordering aliases): `columns` of the last row of each `per` of one
+    run in the table's time order (`fetch`'s), with each order term as an alias. The order
+    reversed is the same order, NULLs included, in both dialects (NULLs sort first in
+    SQLite's ascending order and last in PostgreSQL's, and the other way descending)."""
+    terms = _order_by(table, dialect).split(", ")
+    aliases = [f"o{k}_" for k in range(len(terms))]
+    desc = ", ".join(f"{t} DESC" for t in terms)
+    picked = ", ".join((*columns, *(f"{t} AS {a}" for t, a in zip(terms, aliases, strict=True))))
+    sql = (
+        f"SELECT {', '.join((*columns, *aliases))} FROM ("
+        f"SELECT {picked}, ROW_NUMBER() OVER (PARTITION BY {per} ORDER BY {desc}) AS n_ "
+        f"FROM {table.name} WHERE run_id = {param(dialect)}{where}) AS each_ WHERE n_ = 1"
+    )
+    return sql, aliases
+
+
+def select_last_events_sql(dialect: Dialect) -> str:
+    """A resume's event memory (`BufferedStore.resume_run`): the last `order_events` row of
+    each of the `limit` (second parameter) orders of one run whose last row is latest, in
+    time order: exactly the rows of `fetch`'s that `_kept_events` keeps, without reading the
+    run's whole history."""
+    t = ORDER_EVENTS
+    cols = t.insert_columns
+    last, aliases = _last_per_sql(t, cols, "client_order_id", dialect)
+    desc = ", ".join(f"{a} DESC" for a in aliases)
+    return (
+        f"SELECT {', '.join(cols)} FROM ({last} ORDER BY {desc} LIMIT {param(dialect, 2)}) "
+        f"AS newest_ ORDER BY {', '.join(aliases)}"
+    )
+
+
+def select_last_targets_sql(dialect: Dialect) -> str:
+    """(symbol, target_weight) of the last `signals` row of each symbol of one run with a
+    target (not NULL, not NaN): the decisions in force at a resume. PostgreSQL may hold NaN
+    written before NaN was stored as NULL there; SQLite never stores NaN."""
+    where = " AND target_weight IS NOT NULL"
+    if dialect == "postgres":
+        where += " AND target_weight <> 'NaN'"
+    last, _ = _last_per_sql(SIGNALS, ("symbol", "target_weight"), "symbol", dialect, where)
+    return f"SELECT symbol, target_weight FROM ({last}) AS targets_"
 
 
 def select_bars_sql(dialect: Dialect, by_symbol: bool) -> str:
