@@ -131,6 +131,7 @@ class _Collector:
 class _Tap:
     def __init__(self, inner: Any, collector: _Collector, label: str) -> None:
         self._inner = inner
+        self.__wrapped__ = inner  # the plugin's own code, for a fault's line (`_fault_at`)
         self._collector = collector
         self._label = label
 
@@ -242,6 +243,13 @@ class _Task:
     config: Config
     panel: Panel
     keep: frozenset[datetime]
+
+
+def _ending(config: Config, last: datetime) -> Config:
+    """A cut run's config: `run.end` at its cut (the README's check: a backtest with
+    run.end at T), so a configured run.end after the cut is not warned about as data
+    missing (`run.window_clipped`) at every cut run."""
+    return dataclasses.replace(config, run=dataclasses.replace(config.run, end=f"{last:%Y-%m-%d}"))
 
 
 def _scratch_config(config: Config, run_id: str, audit_dir: str) -> Config:
@@ -530,9 +538,14 @@ def lookahead_check(
     run_id = run_id_for(config, "backtest")
     config = dataclasses.replace(config, run=dataclasses.replace(config.run, run_id=run_id))
     tasks = [_Task("whole", config, panel, keep)]
-    tasks += [_Task(f"cut {times[r]:%Y-%m-%d}", config, cut_panel(panel, r), keep) for r in rows]
+    tasks += [
+        _Task(f"cut {times[r]:%Y-%m-%d}", _ending(config, times[r]), cut_panel(panel, r), keep)
+        for r in rows
+    ]
     if repeat:
-        tasks.append(_Task("repeat", config, cut_panel(panel, rows[0]), keep))
+        tasks.append(
+            _Task("repeat", _ending(config, times[rows[0]]), cut_panel(panel, rows[0]), keep)
+        )
     log.info(
         "lookahead_check.start",
         run_id=run_id,

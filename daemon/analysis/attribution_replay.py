@@ -42,6 +42,7 @@ class _Tap:
 
     def __init__(self, inner: Any, recorder: _Recorder, label: str = "") -> None:
         self._inner = inner
+        self.__wrapped__ = inner  # the plugin's own code, for a fault's line (`_fault_at`)
         self._recorder = recorder
         self._label = label
 

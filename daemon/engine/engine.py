@@ -3573,8 +3573,13 @@ def _fault(plugin: Any, stage: str, ctx: BarContext, exc: Exception) -> PluginFa
 
 def _fault_at(plugin: Any, stage: str, t: object, exc: Exception) -> PluginFault:
     """A PluginFault for an exception out of the plugin's call, saying the line of the
-    plugin's code that raised it (PluginFault's `module`)."""
-    return PluginFault(_name(plugin), stage, t, exc, module=type(plugin).__module__)
+    plugin's code that raised it (PluginFault's `module`). A wrapper the research commands
+    put around a plugin (`lookahead-check`, attribution) names it as `__wrapped__`: the
+    wrapper's module is not the plugin's code, and the line named was the wrapper's."""
+    inner = plugin
+    while (wrapped := getattr(inner, "__wrapped__", None)) is not None:
+        inner = wrapped
+    return PluginFault(_name(plugin), stage, t, exc, module=type(inner).__module__)
 
 
 def _check_array(

@@ -133,8 +133,26 @@ def test_a_plugin_reading_the_next_row_is_caught_at_the_last_bar_before_each_cut
 def test_a_plugin_that_fails_at_the_data_s_end_is_an_error_naming_it(engine_config, test_plugins):
     """Reading past the last row fails the whole-history run too: nothing to compare."""
     config = _with_signal(engine_config, "reads_tomorrow")
-    with pytest.raises(TradingdError, match=r"whole-history backtest failed.*reads_tomorrow"):
+    with pytest.raises(TradingdError, match=r"whole-history backtest failed.*reads_tomorrow") as e:
         lookahead_check(config, panel=_panel(), cuts=1)
+    # The line named is the plugin's, in this file, not the check's wrapper around it.
+    assert f"{__file__}:" in str(e.value) and "/daemon/lookahead_check.py" not in str(e.value)
+
+
+def test_a_run_end_past_the_cuts_is_not_warned_about_at_each_cut_run(engine_config):
+    """A cut run is a backtest with run.end at its cut: the configured run.end (the data's
+    last day) was warned about as data missing (run.window_clipped) at every cut run."""
+    from structlog.testing import capture_logs
+
+    panel = _panel()
+    last = panel.datetimes()[-1]
+    config = dataclasses.replace(
+        engine_config, run=dataclasses.replace(engine_config.run, end=f"{last:%Y-%m-%d}")
+    )
+    with capture_logs() as logs:
+        report = lookahead_check(config, panel=panel, cuts=2, repeat=False)
+    assert report.ok and len(report.cuts) == 2
+    assert [e for e in logs if e["event"] == "run.window_clipped"] == []
 
 
 def test_a_cut_panel_reaches_nothing_after_its_cut():
