@@ -1413,20 +1413,21 @@ class Engine:
                 bars_never_traded=result.bars_never_traded,
             )
             return result
-        except PluginFault as fault:
-            # The CLI prints the fault's one line; the log keeps its whole traceback (the
-            # plugin's frames are on its __cause__), in a live daemon's log as in a replay's.
-            log.error(
-                "plugin.failed",
-                plugin=fault.plugin,
-                stage=fault.stage,
-                time=fault.bar_time,
-                where=fault.where,
-                exc_info=fault,
-            )
-            await self._end_failed_run(fault)
-            raise
         except Exception as exc:
+            if isinstance(exc, PluginFault):
+                # The CLI prints the fault's one line; the log keeps its whole traceback (the
+                # plugin's frames are on its __cause__), in a live daemon's log as a replay's.
+                log.error(
+                    "plugin.failed",
+                    plugin=exc.plugin,
+                    stage=exc.stage,
+                    time=exc.bar_time,
+                    where=exc.where,
+                    exc_info=exc,
+                )
+            # The background tasks end first: one booking fills or orders between bars
+            # stored them after the run's row was ended as failed.
+            await self._end_tasks(reconciler, booker, refresher, splits_task, *self._split_cancels)
             await self._end_failed_run(exc)
             raise
         finally:

@@ -118,3 +118,34 @@ async def test_a_live_run_that_crashed_is_stored_failed_and_still_resumes(engine
     assert again.resumed_from == decided  # continued from the crashed process's checkpoint
     run = await _stored_run(config)  # reopened, then ended as a live run's stop ends it
     assert run["ended_at"] is not None and run["summary"] == {"bars": result.bars}
+
+
+async def test_a_failed_live_run_s_background_tasks_end_before_its_row_is_ended(engine_config):
+    """The row was ended as failed while the reconciler, the state refresher or the fill
+    booker still ran: one of them could store fills or orders in an ended run."""
+    import asyncio
+
+    from tradingd.app import build_engine
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    _raise_at(engine, 10)
+    background = {"reconcile", "late-fills", "state", "splits"}
+    seen: list[set[str]] = []
+    end_failed_run = engine._end_failed_run
+
+    async def ending(exc):  # type: ignore[no-untyped-def]
+        seen.append({t.get_name() for t in asyncio.all_tasks() if t.get_name() in background})
+        await end_failed_run(exc)
+
+    engine._end_failed_run = ending
+    started: set[str] = set()
+
+    def note(time, verdicts):  # type: ignore[no-untyped-def]
+        started.update(t.get_name() for t in asyncio.all_tasks() if t.get_name() in background)
+
+    engine.after_bar.append(note)
+    with pytest.raises(PluginFault):
+        await engine.run_until_done()
+    assert started  # the run had background tasks while its bars went on
+    assert seen == [set()]
