@@ -58,7 +58,7 @@ from .resilience import (
     error_for_status,
     make_error,
 )
-from .response_cache import ResponseCache, cache_key, held_writes
+from .response_cache import ResponseCache, cache_key
 from .vendor import (
     RAW_COLUMNS,
     FetchResult,
@@ -69,12 +69,11 @@ from .vendor import (
     bar_close,
     closed_only,
     empty_raw,
-    gather_symbols,
+    fetched_each,
     in_window,
     last_closed_label,
     parse_interval,
     utc_now,
-    validated,
 )
 
 log = structlog.get_logger(__name__)
@@ -428,16 +427,8 @@ class AlphaVantageClient:
         async def one(symbol: str) -> pd.DataFrame:
             return await self.fetch_symbol(symbol, interval, start, end, now=now)
 
-        with held_writes() as held:  # cached once validated (see response_cache.py)
-            parts = await gather_symbols(list(symbols), one)
-        return await validated(
-            SOURCE,
-            parts,
-            self.validation,
-            parse_interval(interval),
-            held,
-            now=now,
-            session=self.session,
+        return await fetched_each(
+            SOURCE, symbols, one, self.validation, interval, now=now, session=self.session
         )
 
     async def fetch_latest(
@@ -462,16 +453,8 @@ class AlphaVantageClient:
                 symbol, interval, None, end, now=now, outputsize=outputsize
             )
 
-        with held_writes() as held:  # cached once validated (see response_cache.py)
-            parts = await gather_symbols(list(symbols), one)
-        return await validated(
-            SOURCE,
-            parts,
-            self.validation,
-            parse_interval(interval),
-            held,
-            now=now,
-            session=self.session,
+        return await fetched_each(
+            SOURCE, symbols, one, self.validation, interval, now=now, session=self.session
         )
 
 

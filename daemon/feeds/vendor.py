@@ -50,7 +50,7 @@ from ..core.errors import ConfigError, DataError, FatalError, RetryableError
 from ..core.types import CrossSection
 from .panel import Panel
 from .resilience import ResilientCaller, SourceError, make_error
-from .response_cache import HeldWrites, fresh_reads
+from .response_cache import HeldWrites, fresh_reads, held_writes
 from .suspect import Held, HeldBars, carry_action
 from .validate import (
     DEFAULT_MAX_SPIKE,
@@ -652,6 +652,26 @@ async def gather_symbols(
             raise res
         out[symbol] = res
     return out
+
+
+async def fetched_each(
+    source: str,
+    symbols: Sequence[str],
+    fetch_one: Callable[[str], Any],
+    validation: Validation,
+    interval: str | Interval,
+    *,
+    now: datetime,
+    session: Session,
+) -> FetchResult:
+    """A per-symbol vendor's fetch: `fetch_one` for every symbol (`gather_symbols`), its
+    response-cache writes held until the answers are validated (`validated`, with the
+    fetch's `now`: an answer lacking a recent bar is not cached)."""
+    with held_writes() as held:  # cached once validated (see response_cache.py)
+        parts = await gather_symbols(list(symbols), fetch_one)
+    return await validated(
+        source, parts, validation, parse_interval(interval), held, now=now, session=session
+    )
 
 
 class BarSource(Protocol):

@@ -66,7 +66,7 @@ import structlog
 from ..core.errors import ConfigError
 from ..logs import Once
 from .resilience import ResilientCaller, SourceConfig, SourceError, error_for_status, make_error
-from .response_cache import ResponseCache, cache_key, held_writes
+from .response_cache import ResponseCache, cache_key
 from .suspect import carry_action
 from .validate import _fmt_time
 from .vendor import (
@@ -78,12 +78,11 @@ from .vendor import (
     bar_close,
     closed_only,
     empty_raw,
-    gather_symbols,
+    fetched_each,
     in_window,
     last_closed_label,
     parse_interval,
     utc_now,
-    validated,
 )
 
 log = structlog.get_logger(__name__)
@@ -720,16 +719,8 @@ class YahooClient:
         async def one(symbol: str) -> pd.DataFrame:
             return await self.fetch_symbol(symbol, interval, start, end, now=now)
 
-        with held_writes() as held:  # cached once validated (see response_cache.py)
-            parts = await gather_symbols(list(symbols), one)
-        return await validated(
-            SOURCE,
-            parts,
-            self.validation,
-            parse_interval(interval),
-            held,
-            now=now,
-            session=self.session,
+        return await fetched_each(
+            SOURCE, symbols, one, self.validation, interval, now=now, session=self.session
         )
 
     async def fetch_period(
@@ -750,14 +741,6 @@ class YahooClient:
         async def one(symbol: str) -> pd.DataFrame:
             return await self.fetch_symbol(symbol, interval, None, end, now=now, period=period)
 
-        with held_writes() as held:  # cached once validated (see response_cache.py)
-            parts = await gather_symbols(list(symbols), one)
-        return await validated(
-            SOURCE,
-            parts,
-            self.validation,
-            parse_interval(interval),
-            held,
-            now=now,
-            session=self.session,
+        return await fetched_each(
+            SOURCE, symbols, one, self.validation, interval, now=now, session=self.session
         )
