@@ -189,44 +189,22 @@ def count_trials(
         if cfg_file.exists():
             try:
                 cfg = _json_file(cfg_file)
-            except ValueError as exc:
-                # A record whose variant is unknown: its own variant, as one without a
-                # config.json is. Counting one trial too many only makes the deflated
-                # Sharpe ratio stricter; skipping it made the verdict laxer.
-                log.warning(
-                    "trials.config_unread",
-                    folder=str(folder),
-                    reason=str(exc),
-                    counted="as a variant of its own",
-                )
+            except ValueError as exc:  # as one without a config.json is
+                _own_variant("trials.config_unread", folder, exc)
         inputs: list[Any] = []
         models: list[str] = []
         if cfg is not None:
             try:
                 inputs, models = run_inputs_of(folder), models_of(folder)
-            except ValueError as exc:
-                # What the run decided with besides its config (its models) is unknown: its
-                # variant too, as for a config.json that cannot be read.
-                log.warning(
-                    "trials.summary_unread",
-                    folder=str(folder),
-                    reason=str(exc),
-                    counted="as a variant of its own",
-                )
+            except ValueError as exc:  # what it decided with besides its config (models)
+                _own_variant("trials.summary_unread", folder, exc)
                 cfg = None
         code: list[dict[str, Any]] = []
         if cfg is not None:
             try:
                 code = plugin_code_in(folder)
-            except ValueError as exc:
-                # The plugins' code the run decided with is unknown: its own variant, as
-                # for a summary.json that cannot be read.
-                log.warning(
-                    "trials.environment_unread",
-                    folder=str(folder),
-                    reason=str(exc),
-                    counted="as a variant of its own",
-                )
+            except ValueError as exc:  # the plugins' code it decided with
+                _own_variant("trials.environment_unread", folder, exc)
                 cfg = None
         if cfg is not None:
             key = config_hash(cfg, ignore, inputs, code)
@@ -316,3 +294,10 @@ def count_trials(
         sharpes,
         tuple(walkforward),
     )
+
+
+def _own_variant(event: str, folder: Path, exc: ValueError) -> None:
+    """A part of a record that cannot be read (its config, summary or environment): the
+    record counts as a variant of its own. Counting one trial too many only makes the
+    deflated Sharpe ratio stricter; skipping it made the verdict laxer."""
+    log.warning(event, folder=str(folder), reason=str(exc), counted="as a variant of its own")
