@@ -1456,12 +1456,17 @@ class AlpacaBroker:
     async def on_bar(self, bar: CrossSection) -> BrokerUpdate:
         return await self.updates()
 
-    async def updates(self) -> BrokerUpdate:
+    async def updates(self, *, poll: bool = True) -> BrokerUpdate:
         """Fills and order changes received since the last call. Between bars too: the
         engine asks once more when it stops, so fills that came after the last bar are
-        booked and stored, not left at the broker only."""
+        booked and stored, not left at the broker only. `poll=False`: only what the stream
+        and the broker's own polls have received, no request (the engine's fill booker,
+        woken by a fill a poll had just found, polled again under the bar lock, and a bar
+        due meanwhile waited for that request)."""
         self._drain()
-        if (self._open and not self._stream_up) or self._unconfirmed or self._replacements:
+        if poll and (
+            (self._open and not self._stream_up) or self._unconfirmed or self._replacements
+        ):
             await self._poll_quietly()
         fills, self._pending_fills = self._pending_fills, []
         changed, self._pending_orders = list(self._pending_orders), {}

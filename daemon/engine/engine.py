@@ -1908,7 +1908,10 @@ class Engine:
                 continue
             try:
                 async with self._bar_lock:
-                    await self._book_late_updates()
+                    # What has arrived, no request: a poll under the bar lock kept a bar
+                    # due meanwhile waiting for Alpaca (the stream down, every fill a poll
+                    # found woke this and polled again).
+                    await self._book_late_updates(poll=False)
             except Exception:  # a bug or an unexpected answer: said; the next bar books them
                 log.exception("broker.late_fills_failed")
 
@@ -2309,7 +2312,7 @@ class Engine:
                 "by the next start (it reads the broker's orders)",
             )
 
-    async def _book_late_updates(self) -> int:
+    async def _book_late_updates(self, *, poll: bool = True) -> int:
         """A live broker executes between bars: fills that arrived after the last bar are
         booked and stored (as they arrive: `_book_fills_as_they_arrive`; before the run
         stops, before a reconciliation); a broker without `updates()` has none. Returns the
@@ -2317,7 +2320,7 @@ class Engine:
         updates = getattr(self.broker, "updates", None)
         if updates is None or self._seen == 0:
             return 0
-        update = self._own_updates(await updates())
+        update = self._own_updates(await (updates() if poll else updates(poll=False)))
         for fill in update.fills:
             self.portfolio.apply_fill(fill)
         # Booked after the last checkpoint, in the book from the next one on (the audit's

@@ -60,6 +60,20 @@ async def test_a_poll_of_a_fill_without_its_price_books_it_once_the_price_comes(
         assert broker.open_orders() == []
 
 
+async def test_updates_without_a_poll_make_no_request_with_the_stream_down(fake):
+    """The engine's fill booker asks for what has arrived only: woken by a fill a poll had
+    just found, it polled again, under the bar lock, while the stream was down."""
+    fake.set_price("AAPL", 100.0, match=False)
+    async with running(fake, stream_enabled=False) as broker:
+        buy = order("AAPL", 10)
+        await broker.submit([buy])
+        asked = len(fake.requests)
+        update = await broker.updates(poll=False)
+        assert len(fake.requests) == asked and update.fills == []
+        await broker.updates()  # the stream down and an order open: a poll
+        assert len(fake.requests) > asked
+
+
 async def test_a_fill_event_without_a_price_is_booked_when_a_poll_finds_it(fake):
     """The stream's fill says nothing of the price: the broker polls for it, the stream being
     up (the periodic check alone would come only minutes later)."""

@@ -73,8 +73,20 @@ async def test_a_stream_fill_between_bars_is_booked_when_it_arrives_and_once(
         return await real_bars(t)
 
     engine.feed.bars = bars  # type: ignore[method-assign]
+    asked: list[tuple[str, dict[str, Any]]] = []
+    real_updates = engine.broker.updates
+
+    async def updates(**kw: Any) -> Any:
+        task = asyncio.current_task()
+        asked.append((task.get_name() if task else "", kw))
+        return await real_updates(**kw)
+
+    engine.broker.updates = updates  # type: ignore[method-assign]
     with capture_logs() as logs:
         await engine.run_until_done()
+    # The booker asks for what has arrived, no request under the bar lock.
+    booker = [kw for name, kw in asked if name == "late-fills"]
+    assert booker and all(kw == {"poll": False} for kw in booker)
 
     cid, sym, qty = seen["order"]
     assert seen["booked"], "the fill was not booked between bars"

@@ -46,13 +46,13 @@ class _Stop:
 
 
 def _losing_a_cancel(
-    task_name: str, call: Callable[[], Awaitable[Any]], stop: _Stop
-) -> Callable[[], Awaitable[Any]]:
+    task_name: str, call: Callable[..., Awaitable[Any]], stop: _Stop
+) -> Callable[..., Awaitable[Any]]:
     """`call` (a broker method), which, asked by the task `task_name` once `stop` is
     armed, waits until that task is cancelled and then answers as if the cancel had not
     come (once; before, and after, it answers at once)."""
 
-    async def losing() -> Any:
+    async def losing(**kw: Any) -> Any:
         task = asyncio.current_task()
         named = task is not None and task.get_name() == task_name
         if named and stop.armed.is_set() and not stop.entered.is_set():
@@ -61,7 +61,7 @@ def _losing_a_cancel(
             # the answer, and the cancel is lost.
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.Event().wait()  # the request, in flight at the stop
-        return await call()
+        return await call(**kw)
 
     return losing
 
