@@ -617,6 +617,9 @@ class Engine:
         # Bars up to this time were decided by an earlier process of this run: they only
         # bring features and signal windows up to date (no fill, split, order or record).
         self._restored_through: datetime | None = None
+        # Set once a resumed run is past the bars it replays (`catching_up_to` None): the
+        # fill booker waits for it (`_book_fills_as_they_arrive`).
+        self._caught_up = asyncio.Event()
         # A resumed run's signal plugins' saved states (checkpoint key -> (restore, state)),
         # restored after the bars up to the checkpoint are replayed (see _resume).
         self._signal_states: dict[str, tuple[Callable[[Any], Any], Any]] = {}
@@ -1899,13 +1902,16 @@ class Engine:
         round (`live.reconcile_interval_s`, 300 s) or bar: /status showed a filled exit's
         position and its legs as working for tens of seconds after `alpaca.fill`. Each fill
         is booked once: the broker's `updates` hands it to whoever asks first. Not before
-        the first bar, nor while a resumed run replays its completed bars (its next bar
-        books them, as before)."""
+        the first bar; one arriving while a resumed run replays its completed bars is
+        booked as soon as the replay is past them."""
         assert self._bar_lock is not None
         while True:
             await arrived()
             if self.catching_up_to is not None:
-                continue
+                # Booked once the replay is past its completed bars: a fill that arrived
+                # during it waited for the next reconciliation round, the next live bar
+                # being up to a day away.
+                await self._caught_up.wait()
             try:
                 async with self._bar_lock:
                     # What has arrived, no request: a poll under the bar lock kept a bar
@@ -2620,9 +2626,12 @@ class Engine:
         if self._restored_through is not None:
             if bar.time <= self._restored_through:
                 self._replay_restored(bar)
+                if bar.time == self._restored_through:
+                    self._caught_up.set()
                 if m:  # a warm-up bar too (README: the counter includes them)
                     metrics.BARS_PROCESSED.inc()
                 return
+            self._caught_up.set()  # the checkpoint's own bar not served: past it all the same
             if self._signal_states:
                 self._restore_signals()  # the first bar after the checkpoint
         t_start = t0 = _time.perf_counter() if m else 0.0
