@@ -1473,9 +1473,13 @@ class Engine:
         resumes."""
         lines = str(exc).strip().splitlines()
         error = mask_text(f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__)
-        log.error("engine.failed", run_id=self.run.run_id, bars=self._bars, error=error)
         if not self._record_begun:
-            return  # refused before the run's row was made: an earlier run's row stays
+            # Refused before the run's row was made (a second instance, a live run's id):
+            # the run it names may be alive in another process, and `engine.failed` with
+            # its run id fired alerts on a run that was not failing.
+            log.error("engine.start_refused", run_id=self.run.run_id, error=error)
+            return  # an earlier run's row stays
+        log.error("engine.failed", run_id=self.run.run_id, bars=self._bars, error=error)
         self._record_begun = False
         try:
             await self.store.end_run(
