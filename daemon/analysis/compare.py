@@ -125,10 +125,13 @@ def _number(v: Any) -> bool:
 @dataclass(frozen=True)
 class Section:
     """The differences of one file of the two records, or why it was not compared (a record
-    without the file: an older one)."""
+    without the file: an older one). `unrecorded`: keys of environment.json one side lacks
+    because its build did not record that field (`_unrecorded`), `_MISSING` on that side:
+    not differences."""
 
     diffs: list[tuple[str, Any, Any]]
     missing: str = ""
+    unrecorded: list[tuple[str, Any, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -166,7 +169,14 @@ class Comparison:
                 {"key": k, "a": _shown(va), "b": _shown(vb), **_missing(va, vb)}
                 for k, va, vb in s.diffs
             ]
-            return {"differences": rows, "not_compared": s.missing or None}
+            out: dict[str, Any] = {"differences": rows, "not_compared": s.missing or None}
+            if s is self.environment:
+                out["not_recorded"] = [
+                    {"key": k, "field": _field(k), "a": _shown(va), "b": _shown(vb)}
+                    | _missing(va, vb)
+                    for k, va, vb in s.unrecorded
+                ]
+            return out
 
         fe = self.first_equity
         ff = self.first_fill
@@ -275,6 +285,88 @@ def with_plugin_defaults(config: Any, unknown: set[str] | None = None) -> Any:
         value = out[section]
         out[section] = [filled(s) for s in value] if isinstance(value, list) else filled(value)
     return out
+
+
+def _unrecorded(ea: Any, eb: Any) -> set[str]:
+    """The flattened keys of two environment.json files that one lacks because its build did
+    not record that field, not because its run or machine differed: an older build's record
+    against a newer's said every new field of every plugin as a difference ("A (absent)").
+    A build decides the file's parts (a part one file lacks is one its build did not
+    write: `plugin_code` before plugins' code was hashed), the distributions `packages`
+    lists (each listed, None when not installed) and the fields of each `plugins` entry (a
+    field no entry of that file has). Elsewhere a key is the machine's or the run's, and its
+    absence a difference: a dispatch variable set on one side only, a BLAS library loaded on
+    one only, a checkout's source against an installed build's (`source.from`)."""
+    if not (isinstance(ea, Mapping) and isinstance(eb, Mapping)):
+        return set()
+    fa, fb = flatten(ea, unordered=True), flatten(eb, unordered=True)
+    out = {part for env, other in ((ea, eb), (eb, ea)) for part in other if part not in env}
+    for env, other, keys in ((ea, fb, fa), (eb, fa, fb)):
+        for key in other.keys() - keys.keys():
+            part = _part(key)
+            if part in out or (part == "packages" and _recorded(env.get(part))):
+                out.add(key)
+            elif part == "plugins" and _recorded(env.get(part)) and key != "plugins.order":
+                name = _field(key).removeprefix("plugins[*].").split(".")[0].split("[")[0]
+                entries = [p for p in env[part] if isinstance(p, Mapping)]
+                if entries and not any(name in p for p in entries):
+                    out.add(key)
+    return out
+
+
+def _recorded(part: Any) -> bool:
+    """A part of environment.json as its build writes it, not the error that replaced it
+    (`environment`: a part that could not be read is `{"error": ...}`)."""
+    if isinstance(part, Mapping):
+        return "error" not in part
+    return isinstance(part, list)
+
+
+def _part(key: str) -> str:
+    """The top-level key of a flattened key (`plugins` of `plugins[sizing].code`)."""
+    cut = [i for i in (key.find("."), key.find("[")) if i >= 0]
+    return key[: min(cut)] if cut else key
+
+
+def _field(key: str) -> str:
+    """A flattened key with its list entries' labels as `*` (`plugins[*].code` of
+    `plugins[signals[0]].code`): a field, whichever entry. Labels hold brackets of their
+    own (`signals[0]`), so they are matched, not split."""
+    out, depth = [], 0
+    for ch in key:
+        if ch == "[":
+            depth += 1
+            if depth == 1:
+                out.append("[*")
+        elif ch == "]":
+            depth -= 1
+            if depth == 0:
+                out.append("]")
+        elif depth == 0:
+            out.append(ch)
+    return "".join(out)
+
+
+def _unrecorded_text(c: Comparison) -> list[str]:
+    """One line per side naming the fields its build did not record, each field once
+    (`plugins[*].code, .editable, .package`: a field after one of the same parent by its
+    last part), with how many keys they are."""
+    lines = []
+    for side, label in ((1, "A"), (2, "B")):
+        rows = [r for r in c.environment.unrecorded if r[side] is _MISSING]
+        if not rows:
+            continue
+        names, parent = [], None
+        for f in sorted({_field(k) for k, _, _ in rows}):
+            head, dot, last = f.rpartition(".")
+            names.append(f".{last}" if dot and head == parent else f)
+            parent = head if dot else None
+        n = len(rows)
+        lines.append(
+            f"  not recorded by {label}'s build: {', '.join(names)} "
+            f"({n} field{'s' if n > 1 else ''})"
+        )
+    return lines
 
 
 def _code_changes(ea: Any, eb: Any) -> list[CodeChange]:
@@ -411,7 +503,14 @@ def compare_runs(a: Path, b: Path) -> Comparison:
     else:
         # The files of plugin_code are said by package (`code`), not one key each.
         diffs = differences(*pair, unordered=True)
-        environment = Section([d for d in diffs if not d[0].startswith("plugin_code.")])
+        unrecorded = _unrecorded(*pair)
+        environment = Section(
+            [d for d in diffs if not d[0].startswith("plugin_code.") and d[0] not in unrecorded],
+            unrecorded=[d for d in diffs if d[0] in unrecorded and _part(d[0]) != "plugin_code"],
+        )
+        if "plugin_code" in unrecorded:  # one row: its files are said by package, as above
+            ea, eb = (e.get("plugin_code", _MISSING) for e in pair)
+            environment.unrecorded.insert(0, ("plugin_code", ea, eb))
         code = _code_changes(*pair)
     sa = dict(ra.extra.get("metrics") or {})
     sb = dict(rb.extra.get("metrics") or {})
@@ -555,12 +654,15 @@ def render(c: Comparison) -> str:
             continue
         if not s.diffs:
             lines.append(empty)
+            if s is c.environment:
+                lines.extend(_unrecorded_text(c))
             continue
         lines.append(f"{title}: {len(s.diffs)} difference{'s' if len(s.diffs) > 1 else ''}")
         width = min(max(len(k) for k, _, _ in s.diffs), 60)
         for k, va, vb in s.diffs:
             lines.append(f"  {k:<{width}}  A {_cell(va)}  B {_cell(vb)}")
         if s is c.environment:
+            lines.extend(_unrecorded_text(c))
             lines.extend(_code_text(x) for x in c.plugin_code)
         if s is c.config and c.defaults_unknown:
             lines.append(

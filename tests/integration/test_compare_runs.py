@@ -68,3 +68,33 @@ def test_compare_two_backtests(tmp_path, capsys):
 def _rows(file, fields) -> list[tuple[str, ...]]:
     with file.open(newline="") as fh:
         return [tuple(r[f] for f in fields) for r in csv.DictReader(fh)]
+
+
+def test_a_record_of_an_older_build_against_a_rerun_is_the_same_environment(tmp_path, capsys):
+    """The fields a build before plugins' code was recorded did not write (each plugin's
+    `code`, `editable`, `package`, and `plugin_code`) were "environment: N differences",
+    each "A (absent)", for a rerun of the same path to the bit."""
+    a, b = (tmp_path / "out" / n for n in ("a", "b"))
+    assert main(["backtest", "-c", _config(tmp_path, "old"), "--output", str(a)]) == 0
+    assert main(["backtest", "-c", _config(tmp_path, "new"), "--output", str(b)]) == 0
+    env = json.loads((a / "environment.json").read_text())
+    assert env["plugins"] and env["plugin_code"]
+    for p in env["plugins"]:
+        for k in ("code", "editable", "package"):
+            del p[k]
+    del env["plugin_code"]
+    (a / "environment.json").write_text(json.dumps(env))
+    capsys.readouterr()
+
+    assert main(["compare", str(a), str(b)]) == 0
+    text = capsys.readouterr().out
+    n = 3 * len(env["plugins"]) + 1
+    assert "the same environment\n" in text and "(absent)" not in text
+    assert (
+        f"  not recorded by A's build: plugin_code, plugins[*].code, .editable, .package "
+        f"({n} fields)"
+    ) in text
+    assert main(["compare", str(a), str(b), "--json"]) == 0
+    found = json.loads(capsys.readouterr().out)["environment"]
+    assert found["differences"] == [] and len(found["not_recorded"]) == n
+    assert {r["missing_in"] for r in found["not_recorded"]} == {"a"}

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tradingd.__main__ import main
+from tradingd.analysis.compare import _MISSING as MISSING
 from tradingd.analysis.compare import compare_runs, flatten, render
 
 T0 = datetime(2020, 1, 2, tzinfo=UTC)
@@ -355,13 +356,110 @@ def test_plugin_code_that_differs_is_named_with_its_plugins_and_files(tmp_path):
         "signals.py changed, util.py only in B, old.py only in A"
     ) in render(c)
     assert c.as_dict()["plugin_code"][0]["changed"] == ["signals.py"]
-    # A record made before plugins' code was recorded: the keys say it, no package line.
+    # A record made before plugins' code was recorded: no package line, and its keys are
+    # fields O's build did not record, no differences.
     old = _env("1" * 16, before)
     for p in old["plugins"]:
         p.pop("code", None)
     del old["plugin_code"]
     o = _record(tmp_path, "o", EQUITY, FILLS, environment=old)
     c = compare_runs(o, a)
-    assert c.plugin_code == [] and "plugins[signals[0]].code" in {
-        k for k, _, _ in c.environment.diffs
+    assert c.plugin_code == [] and c.environment.diffs == []
+    assert "plugins[signals[0]].code" in {k for k, _, _ in c.environment.unrecorded}
+
+
+def _older_build(env: dict) -> dict:
+    """environment.json as a build before plugins' code was recorded wrote it: no plugin
+    `editable`, `package` or `code`, no `plugin_code`."""
+    old = json.loads(json.dumps(env))
+    for p in old["plugins"]:
+        for k in ("editable", "package", "code"):
+            p.pop(k, None)
+    del old["plugin_code"]
+    return old
+
+
+def test_fields_an_older_build_did_not_record_are_no_difference_and_said_in_one_line(
+    tmp_path, capsys
+):
+    """A record of an older build against a rerun by this one, the same fills to the bit:
+    compare said "environment: 31 differences", 30 of them a plugin's code, editable or
+    package "A (absent)", fields the older build never wrote."""
+    new = _env("1" * 16, {"__init__.py": "a" * 16})
+    a = _record(tmp_path, "a", EQUITY, FILLS, environment=_older_build(new))
+    b = _record(tmp_path, "b", EQUITY, FILLS, environment=new)
+    c = compare_runs(a, b)
+    assert c.same_path and c.environment.diffs == []
+    assert {k for k, _, _ in c.environment.unrecorded} == {
+        *(
+            f"plugins[{p}].{f}"
+            for p in ("signals[0]", "sizing", "risk[0]")
+            for f in ("code", "package")
+        ),
+        "plugins[signals[0]].editable",
+        "plugins[sizing].editable",
+        "plugin_code",
+    }
+    text = render(c)
+    assert "(absent)" not in text and "the same environment" in text
+    assert (
+        "  not recorded by A's build: plugin_code, plugins[*].code, .editable, .package (9 fields)"
+    ) in text
+    # --json keeps them, apart from the differences.
+    env = c.as_dict()["environment"]
+    assert env["differences"] == []
+    row = next(r for r in env["not_recorded"] if r["key"] == "plugins[sizing].code")
+    assert row == {
+        "key": "plugins[sizing].code",
+        "field": "plugins[*].code",
+        "a": None,
+        "b": "1" * 16,
+        "missing_in": "a",
+    }
+    assert main(["compare", str(a), str(b)]) == 0
+    capsys.readouterr()
+    # The other way round, B is the older build; a field both record that differs is still
+    # a difference, and a key one plugin lacks where the others have it is one too.
+    new["plugins"][0]["version"] = "0.0.2"
+    old = _older_build(new)
+    del old["plugins"][0]["version"]
+    new["plugins"][1]["version"] = "0.0.3"
+    c = compare_runs(
+        _record(tmp_path, "n", EQUITY, FILLS, environment=new),
+        _record(tmp_path, "o", EQUITY, FILLS, environment=old),
+    )
+    assert [(k, vb) for k, _, vb in c.environment.diffs] == [
+        ("plugins[signals[0]].version", MISSING),
+        ("plugins[sizing].version", "0.0.1"),
+    ]
+    assert "not recorded by B's build: plugin_code, plugins[*].code, .editable" in render(c)
+
+
+def test_a_key_absent_where_the_other_build_records_its_field_is_a_difference(tmp_path):
+    """What a run or machine decides (a dispatch variable set, another BLAS library, a
+    checkout against an installed build) is no field a build did not record."""
+    env = {
+        "packages": {"numpy": "2.4.6"},
+        "blas": BLAS[:1],
+        "dispatch_variables": {},
+        "source": {"commit": "c", "uncommitted_changes": False},
+    }
+    other = {
+        "packages": {"numpy": "2.4.6", "tensorflow": None},  # a build that lists one more
+        "blas": [BLAS[0], {**BLAS[1], "threading_layer": "pthreads"}],
+        "dispatch_variables": {"OPENBLAS_CORETYPE": "Haswell"},
+        "source": {"commit": "c", "uncommitted_changes": False, "from": "build"},
+    }
+    c = compare_runs(
+        _record(tmp_path, "a", EQUITY, FILLS, environment=env),
+        _record(tmp_path, "b", EQUITY, FILLS, environment=other),
+    )
+    assert {k for k, _, _ in c.environment.unrecorded} == {"packages.tensorflow"}
+    assert {k for k, _, _ in c.environment.diffs} == {
+        "blas[1].architecture",
+        "blas[1].internal_api",
+        "blas[1].threading_layer",
+        "blas[1].version",
+        "dispatch_variables.OPENBLAS_CORETYPE",
+        "source.from",
     }
