@@ -20,6 +20,7 @@ import structlog
 
 from .. import faults
 from ..core.errors import ConfigError, StorageError
+from ..health import waiting_for
 from ..secrets import mask_url
 from .buffered import OPS, BufferedStore, DatabaseUnavailable, Row
 from .schema import (
@@ -28,7 +29,9 @@ from .schema import (
     Table,
     add_column_sql,
     applied_seq_sql,
+    create_index_sql,
     create_table_sql,
+    index_name,
     insert_sql,
 )
 from .spool import DEFAULT_MAX_BYTES, SpoolBatch, safe_name
@@ -41,6 +44,12 @@ STAGE_THRESHOLD = 1000
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 # Serialises concurrent schema creation by several processes.
 _DDL_LOCK_KEY = 0x7472_6164_696E_6764 & 0x7FFF_FFFF_FFFF_FFFF
+# How long one schema change at start waits for a table lock (PostgreSQL's lock_timeout):
+# ALTER TABLE waits behind any open transaction that has read the table, and meanwhile holds
+# the DDL lock above, which every other tradingd start on the database waits for.
+DDL_LOCK_TIMEOUT_S = 10.0
+# lock_not_available: lock_timeout expired.
+_LOCK_NOT_AVAILABLE = "55P03"
 
 _ERRORS = (
     asyncpg.PostgresError,
@@ -56,6 +65,12 @@ _ERRORS = (
 # cannot_connect_now (starting up or in recovery), too_many_connections. Class 08 (connection
 # exceptions) is matched by prefix.
 _UNAVAILABLE_STATES = frozenset({"57P01", "57P02", "57P03", "53300"})
+
+
+class SchemaLocked(DatabaseUnavailable):
+    """A schema change at start gave up waiting for a table lock that another session holds
+    (a long transaction). Nothing was changed (the transaction rolled back), so a later start
+    is safe: a DatabaseUnavailable, which a live start retries with backoff, logging each."""
 
 
 def unavailable(e: BaseException) -> bool:
@@ -216,12 +231,15 @@ class PostgresStore(BufferedStore):
         retry_base_s: float = 0.5,
         retry_max_s: float = 30.0,
         start_retry_s: float = 0.0,
+        ddl_lock_timeout_s: float = DDL_LOCK_TIMEOUT_S,
     ) -> None:
         """`spool`: keep writing to a local spool while the server is unreachable (off: an
         outage raises StorageError, as a backtest or a bulk load wants). `spool_dir`: where
         (default `var/spool/<host>_<port>_<db>_<schema>`); `spool_max_bytes` its bound.
         `retry_base_s`/`retry_max_s`: the replay's backoff. `start_retry_s`: how long
-        `start()` keeps trying a server that is down (0: one attempt)."""
+        `start()` keeps trying a server that is down (0: one attempt). `ddl_lock_timeout_s`:
+        how long a schema change at start waits for a table lock (then SchemaLocked; 0: no
+        bound)."""
         super().__init__(batch_size=batch_size, signals=signals, flush_interval_s=flush_interval_s)
         if schema is not None and not _IDENT.match(schema):
             raise ConfigError(
@@ -245,6 +263,8 @@ class PostgresStore(BufferedStore):
         self.schema = schema
         self.command_timeout = command_timeout
         self.connect_timeout = connect_timeout
+        self.ddl_lock_timeout_s = ddl_lock_timeout_s
+        self._ddl_schema = schema or "public"
         self.timescaledb = False
         self._pool: asyncpg.Pool | None = None
         self._insert = {name: insert_sql(t, "postgres") for name, t in TABLES.items()}
@@ -295,6 +315,9 @@ class PostgresStore(BufferedStore):
         try:
             async with pool.acquire() as conn, conn.transaction():
                 await self._create_schema(conn)
+        except SchemaLocked as e:  # rolled back: the DDL lock is released
+            pool.terminate()
+            raise SchemaLocked(f"cannot migrate the schema in {self._where()}: {e}") from e
         except StorageError as e:  # a table of another build (the transaction rolled back)
             pool.terminate()
             raise StorageError(f"cannot create schema in PostgreSQL at {self.safe_url}: {e}") from e
@@ -328,9 +351,18 @@ class PostgresStore(BufferedStore):
         )
 
     async def _create_schema(self, conn: asyncpg.Connection) -> None:
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK_KEY)
+        if not await conn.fetchval("SELECT pg_try_advisory_xact_lock($1)", _DDL_LOCK_KEY):
+            # Another tradingd is creating or changing the schema: waited for without a bound
+            # (its own lock waits are bounded), but said, not a silent wait.
+            why = "another tradingd process is creating or changing the schema of this database"
+            log.info("storage.postgres.ddl_lock_waiting", database=self._where(), reason=why)
+            waiting_for("database", f"{why} ({self._where()})")
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK_KEY)
+        # After the advisory lock, so a start queued behind another's migration still waits.
+        await conn.execute(f"SET LOCAL lock_timeout = '{int(self.ddl_lock_timeout_s * 1000)}ms'")
         if self.schema:
             await conn.execute(f'CREATE SCHEMA IF NOT EXISTS "{self.schema}"')
+        self._ddl_schema = str(await conn.fetchval("SELECT current_schema()"))
         available = await conn.fetchval(
             "SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb'"
         )
@@ -343,33 +375,87 @@ class PostgresStore(BufferedStore):
             except asyncpg.PostgresError as e:
                 log.warning("storage.postgres.timescaledb_unusable", error=str(e))
         for table in TABLES.values():
+            existed = await conn.fetchval(
+                "SELECT 1 FROM information_schema.tables "
+                "WHERE table_schema = current_schema() AND table_name = $1",
+                table.name,
+            )
             create, *indexes = create_table_sql(table, "postgres")
-            await conn.execute(create)
-            # A database made by an earlier build: add the columns declared since (before the
-            # indexes, which may name them).
-            have = {
-                r["column_name"]
-                for r in await conn.fetch(
-                    "SELECT column_name FROM information_schema.columns "
-                    "WHERE table_schema = current_schema() AND table_name = $1",
-                    table.name,
-                )
-            }
-            for column in table.insert_columns:
-                if column not in have:
-                    await conn.execute(add_column_sql(table, column, "postgres"))
-                    log.info("storage.column_added", table=table.name, column=column)
-            for stmt in indexes:
-                await conn.execute(stmt)
+            if not existed:
+                await conn.execute(create)
+                for stmt in indexes:
+                    await conn.execute(stmt)
+                continue
+            await self._migrate(conn, table)
         if self.timescaledb:
             for table in TABLES.values():
                 if table.hypertable_time:
-                    await conn.execute(
+                    await self._ddl(
+                        conn,
+                        table,
+                        "convert to a hypertable",
                         "SELECT create_hypertable($1::text::regclass, $2::name, "
                         "if_not_exists => TRUE, migrate_data => TRUE)",
                         table.name,
                         table.hypertable_time,
                     )
+
+    async def _migrate(self, conn: asyncpg.Connection, table: Table) -> None:
+        """A table made by an earlier build: add the columns and indexes declared since (the
+        columns first: an index may name them). Only what is missing is run: CREATE INDEX
+        IF NOT EXISTS locks the table even when the index exists."""
+        have = {
+            r["column_name"]
+            for r in await conn.fetch(
+                "SELECT column_name FROM information_schema.columns "
+                "WHERE table_schema = current_schema() AND table_name = $1",
+                table.name,
+            )
+        }
+        for column in table.insert_columns:
+            if column not in have:
+                sql = add_column_sql(table, column, "postgres")
+                await self._ddl(conn, table, f"add column {column}", sql)
+                log.info("storage.column_added", table=table.name, column=column)
+        indexed = {
+            r["indexname"]
+            for r in await conn.fetch(
+                "SELECT indexname FROM pg_indexes "
+                "WHERE schemaname = current_schema() AND tablename = $1",
+                table.name,
+            )
+        }
+        for columns in table.indexes:
+            name = index_name(table, columns)
+            if name not in indexed:
+                sql = create_index_sql(table, columns)
+                await self._ddl(conn, table, f"create index {name}", sql)
+                log.info("storage.index_created", table=table.name, index=name)
+
+    async def _ddl(
+        self, conn: asyncpg.Connection, table: Table, change: str, sql: str, *args: Any
+    ) -> None:
+        """One schema change that may wait for a lock on `table`: said before it waits (it
+        waits behind any open transaction that has touched the table), and a wait past
+        `ddl_lock_timeout_s` is SchemaLocked, naming the table and what to do."""
+        wait_s = self.ddl_lock_timeout_s
+        log.info("storage.migrating", table=table.name, change=change, lock_timeout_s=wait_s)
+        waiting_for("database", f"schema change on {table.name}: {change}")
+        try:
+            await conn.execute(sql, *args)
+        except asyncpg.PostgresError as e:
+            if getattr(e, "sqlstate", None) != _LOCK_NOT_AVAILABLE:
+                raise
+            where = f'"{self._ddl_schema}".{table.name}'
+            raise SchemaLocked(
+                f"{change} on table {where} waited {wait_s:g} s for a lock on it that another "
+                "session holds (an open, long-running transaction that has used the table): "
+                "end that transaction or session (find it with SELECT a.pid, a.state, "
+                "a.xact_start, a.query FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                f"WHERE l.relation = '{where}'::regclass AND l.granted; then, if need be, "
+                "SELECT pg_terminate_backend(pid)); nothing was changed, and starting again "
+                "later is safe"
+            ) from e
 
     async def _close(self) -> None:
         if self._pool is not None:

@@ -403,6 +403,17 @@ def add_column_sql(table: Table, column: str, dialect: Dialect) -> str:
     return f"ALTER TABLE {table.name} ADD COLUMN {column} {_TYPES[dialect][c.kind]}"
 
 
+def index_name(table: Table, columns: tuple[str, ...]) -> str:
+    return f"{table.name}_{'_'.join(columns)}_idx"
+
+
+def create_index_sql(table: Table, columns: tuple[str, ...]) -> str:
+    return (
+        f"CREATE INDEX IF NOT EXISTS {index_name(table, columns)} "
+        f"ON {table.name} ({', '.join(columns)})"
+    )
+
+
 def create_table_sql(table: Table, dialect: Dialect) -> list[str]:
     """CREATE TABLE / INDEX IF NOT EXISTS statements (idempotent)."""
     cols = []
@@ -413,9 +424,7 @@ def create_table_sql(table: Table, dialect: Dialect) -> list[str]:
     if table.primary_key:
         cols.append(f"PRIMARY KEY ({', '.join(table.primary_key)})")
     stmts = [f"CREATE TABLE IF NOT EXISTS {table.name} (\n    " + ",\n    ".join(cols) + "\n)"]
-    for idx in table.indexes:
-        name = f"{table.name}_{'_'.join(idx)}_idx"
-        stmts.append(f"CREATE INDEX IF NOT EXISTS {name} ON {table.name} ({', '.join(idx)})")
+    stmts.extend(create_index_sql(table, idx) for idx in table.indexes)
     return stmts
 
 
