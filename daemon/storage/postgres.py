@@ -33,6 +33,7 @@ from .schema import (
     create_table_sql,
     index_name,
     insert_sql,
+    newer_columns_error,
 )
 from .spool import DEFAULT_MAX_BYTES, SpoolBatch, safe_name
 
@@ -412,6 +413,8 @@ class PostgresStore(BufferedStore):
                 table.name,
             )
         }
+        if (newer := newer_columns_error(table, have)) is not None:
+            raise newer
         for column in table.insert_columns:
             if column not in have:
                 sql = add_column_sql(table, column, "postgres")

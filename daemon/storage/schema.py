@@ -19,7 +19,7 @@ Buffered row tuples hold the values of ``Table.insert_columns`` in order.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -385,6 +385,23 @@ def run_build_row(
         build.get("version"),
         build.get("commit"),
         None if edited is None else int(bool(edited)),
+    )
+
+
+def newer_columns_error(table: Table, have: Iterable[str]) -> StorageError | None:
+    """The columns of `table` in the database that this build does not declare, as the
+    error that refuses the database: a newer build added them, and an older build deletes
+    or rewrites what it does not know (a build before `order_events.booked_at` deleted the
+    newer rows carrying it at its first restart). None when there are none."""
+    known = {c.name for c in table.columns}
+    extra = sorted(set(have) - known)
+    if not extra:
+        return None
+    return StorageError(
+        f"table {table.name} has column(s) {', '.join(extra)} that this build of tradingd does "
+        "not know: a newer build added them when it upgraded this database, and an older "
+        "build would lose what it does not know (a downgrade is not supported): run that "
+        "newer build, or restore the database (and the audit folder) saved before the upgrade"
     )
 
 

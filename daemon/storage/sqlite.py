@@ -58,6 +58,7 @@ from .schema import (
     Dialect,
     add_column_sql,
     create_table_sql,
+    newer_columns_error,
 )
 from .sqlite_file import MEMORY, connect, iso_utc, transaction, write_rows
 from .writer import WriterThread
@@ -141,6 +142,8 @@ class SqliteStore(BufferedStore):
                 # A database made by an earlier build: add the columns declared since (before
                 # the indexes, which may name them).
                 have = {row[1] for row in db.execute(f"PRAGMA table_info({table.name})")}
+                if (newer := newer_columns_error(table, have)) is not None:
+                    raise newer
                 for column in table.insert_columns:
                     if column not in have:
                         db.execute(add_column_sql(table, column, "sqlite"))
