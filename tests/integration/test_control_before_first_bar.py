@@ -5,11 +5,11 @@ a restart came back "active" and traded."""
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
 from conftest import live_run
+from pg_schemas import schema_url
 from structlog.testing import capture_logs
 
 
@@ -32,19 +32,9 @@ async def store_config(request, engine_config):  # type: ignore[no-untyped-def]
     if request.param == "sqlite":
         yield panel, config
         return
-    import asyncpg
-
-    pg_url = request.getfixturevalue("pg_url")
-    schema = f"tradingd_test_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(pg_url, timeout=5)
-    try:
-        await conn.execute(f'CREATE SCHEMA "{schema}"')
-        sep = "&" if "?" in pg_url else "?"
-        storage = dataclasses.replace(config.storage, url=f"{pg_url}{sep}search_path={schema}")
+    async with schema_url(request.getfixturevalue("pg_url")) as url:
+        storage = dataclasses.replace(config.storage, url=url)
         yield panel, dataclasses.replace(config, storage=storage)
-    finally:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await conn.close()
 
 
 def _during(engine, when: str, control: Callable[[], Awaitable[None]]) -> None:  # type: ignore[no-untyped-def]

@@ -5,10 +5,10 @@ with the error's line, on SQLite and PostgreSQL, and a live run's crash still re
 from __future__ import annotations
 
 import dataclasses
-import uuid
 
 import pytest
 from conftest import live_run
+from pg_schemas import schema_url
 from structlog.testing import capture_logs
 
 from tradingd.core.errors import ConfigError, PluginFault
@@ -33,21 +33,10 @@ async def on_store(request, engine_config):  # type: ignore[no-untyped-def]
     if request.param == "sqlite":
         yield lambda config: config
         return
-    import asyncpg
-
-    pg_url = request.getfixturevalue("pg_url")
-    schema = f"tradingd_test_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(pg_url, timeout=5)
-    try:
-        await conn.execute(f'CREATE SCHEMA "{schema}"')
-        sep = "&" if "?" in pg_url else "?"
-        url = f"{pg_url}{sep}search_path={schema}"
+    async with schema_url(request.getfixturevalue("pg_url")) as url:
         yield lambda config: dataclasses.replace(
             config, storage=dataclasses.replace(config.storage, url=url)
         )
-    finally:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        await conn.close()
 
 
 def _raise_at(engine, bar: int) -> None:  # type: ignore[no-untyped-def]

@@ -5,15 +5,13 @@ The rule is BufferedStore's; each test runs on both stores, which write the chun
 from __future__ import annotations
 
 import math
-import uuid
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from pg_schemas import started_store
 
 from tradingd.core.types import Order, OrderStatus, RunInfo, Side
 from tradingd.storage.buffered import BufferedStore
-from tradingd.storage.postgres import PostgresStore
-from tradingd.storage.sqlite import SqliteStore
 
 T0 = datetime(2020, 1, 2, 21, 0, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -25,27 +23,9 @@ def run_info() -> RunInfo:
 
 @pytest.fixture(params=["sqlite", "postgres"])
 async def store(request, tmp_path):
-    if request.param == "sqlite":
-        s: BufferedStore = SqliteStore(tmp_path / "tradingd.db", batch_size=1000)
-        await s.start()
+    pg_url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    async with started_store(request.param, tmp_path, pg_url) as s:
         yield s
-        await s.stop()
-        return
-    import asyncpg
-
-    url = request.getfixturevalue("pg_url")
-    schema = f"tradingd_test_{uuid.uuid4().hex[:12]}"
-    s = PostgresStore(url, batch_size=1000, schema=schema)
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.stop()
-        conn = await asyncpg.connect(url, timeout=5)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
 
 
 async def test_an_acknowledgement_repeating_its_stored_intent_is_not_a_second_event(

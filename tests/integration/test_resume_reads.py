@@ -10,18 +10,17 @@ import math
 import random
 import re
 import sqlite3
-import uuid
 from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pytest
+from pg_schemas import started_store
 
 from tradingd.core.types import Order, OrderStatus, RunInfo, Side
 from tradingd.storage import buffered
 from tradingd.storage.buffered import BufferedStore
-from tradingd.storage.postgres import PostgresStore
 from tradingd.storage.schema import TABLES, insert_sql
 from tradingd.storage.sqlite import SqliteStore
 
@@ -39,27 +38,9 @@ def live_run() -> RunInfo:
 @pytest.fixture(params=["sqlite", "postgres"])
 async def store(request, tmp_path, monkeypatch):
     monkeypatch.setattr(buffered, "EVENTS_KEPT", KEPT)
-    if request.param == "sqlite":
-        s: BufferedStore = SqliteStore(tmp_path / "tradingd.db", batch_size=1000)
-        await s.start()
+    pg_url = request.getfixturevalue("pg_url") if request.param == "postgres" else None
+    async with started_store(request.param, tmp_path, pg_url) as s:
         yield s
-        await s.stop()
-        return
-    import asyncpg
-
-    url = request.getfixturevalue("pg_url")
-    schema = f"tradingd_test_{uuid.uuid4().hex[:12]}"
-    s = PostgresStore(url, batch_size=1000, schema=schema)
-    await s.start()
-    try:
-        yield s
-    finally:
-        await s.stop()
-        conn = await asyncpg.connect(url, timeout=5)
-        try:
-            await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
-        finally:
-            await conn.close()
 
 
 async def build_run(store: BufferedStore) -> datetime:

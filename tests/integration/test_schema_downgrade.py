@@ -10,7 +10,7 @@ import sqlite3
 
 import asyncpg
 import pytest
-from test_schema_lock_timeout import _schema
+from pg_schemas import schema_url
 
 from tradingd.core.errors import StorageError
 from tradingd.storage.postgres import PostgresStore
@@ -35,7 +35,7 @@ async def test_sqlite_refuses_a_database_a_newer_build_added_columns_to(tmp_path
 
 
 async def test_postgres_refuses_a_database_a_newer_build_added_columns_to(pg_url):
-    async with _schema(pg_url) as url:
+    async with schema_url(pg_url) as url:
         store = PostgresStore(url, spool=False)
         await asyncio.wait_for(store.start(), 10)
         await store.stop()

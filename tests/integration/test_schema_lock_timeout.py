@@ -6,29 +6,13 @@ is bounded and said, and its end is an error naming the table and what to do."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import uuid
-from collections.abc import AsyncIterator
 
 import asyncpg
 import pytest
+from pg_schemas import schema_url
 from structlog.testing import capture_logs
 
 from tradingd.storage.postgres import _DDL_LOCK_KEY, PostgresStore, SchemaLocked
-
-
-@contextlib.asynccontextmanager
-async def _schema(pg_url: str) -> AsyncIterator[str]:
-    """The URL of a throwaway schema (as test_failed_run_record's on_store)."""
-    name = f"tradingd_test_{uuid.uuid4().hex[:12]}"
-    conn = await asyncpg.connect(pg_url, timeout=5)
-    try:
-        await conn.execute(f'CREATE SCHEMA "{name}"')
-        sep = "&" if "?" in pg_url else "?"
-        yield f"{pg_url}{sep}search_path={name}"
-    finally:
-        await conn.execute(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
-        await conn.close()
 
 
 def _store(url: str, lock_timeout_s: float) -> PostgresStore:
@@ -46,7 +30,7 @@ async def _start_stop(url: str, lock_timeout_s: float = 10.0) -> None:
 async def test_a_schema_change_behind_a_long_transaction_fails_clearly_and_frees_the_lock(
     pg_url,
 ):
-    async with _schema(pg_url) as url, _schema(pg_url) as other:
+    async with schema_url(pg_url) as url, schema_url(pg_url) as other:
         await _start_stop(url)  # an earlier build's tables: no booked_at, no orders index
         old = await asyncpg.connect(url, timeout=5)
         try:
@@ -99,7 +83,7 @@ async def test_a_start_on_current_tables_waits_for_no_table_lock(pg_url):
     """A start on up-to-date tables runs no ALTER TABLE or CREATE INDEX: CREATE INDEX IF NOT
     EXISTS takes a share lock on the table even when the index exists, so every start waited
     for any open transaction that had written to it."""
-    async with _schema(pg_url) as url:
+    async with schema_url(pg_url) as url:
         await _start_stop(url)
         writer = await asyncpg.connect(url, timeout=5)
         try:
