@@ -5,6 +5,8 @@ is configured reaches every one of them."""
 from __future__ import annotations
 
 import dataclasses
+import sqlite3
+from pathlib import Path
 from typing import Any
 
 from conftest import make_panel
@@ -31,3 +33,23 @@ def live_on_fake(engine_config: Any, fake: AlpacaTradingFake, run_id: str) -> tu
             ),
         ),
     )
+
+
+def open_buys(fake: AlpacaTradingFake, run_id: str) -> list[Any]:
+    """The run's buy orders still open at `fake`: its entries waiting for a fill."""
+    return [
+        o
+        for o in fake.orders.values()
+        if o.client_order_id.startswith(f"{run_id}|") and o.is_open and o.side == "buy"
+    ]
+
+
+def stored_fill_quantities(db: Path, client_order_id: str) -> list[tuple[float]]:
+    """The quantities of the fills the SQLite store `db` holds for one order."""
+    con = sqlite3.connect(db)
+    try:
+        return con.execute(
+            "SELECT quantity FROM fills WHERE client_order_id = ?", (client_order_id,)
+        ).fetchall()
+    finally:
+        con.close()

@@ -11,13 +11,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from types import SimpleNamespace
-from typing import Any
 
 import numpy as np
 import pytest
 from conftest import make_panel
 from fakes.alpaca_trading_server import running_fake
-from live_on_fake import live_on_fake
+from live_on_fake import live_on_fake, open_buys
 from structlog.testing import capture_logs
 
 from tradingd.app import build_engine
@@ -73,15 +72,8 @@ async def test_a_flatten_or_a_halt_cancels_the_replacement_of_an_edited_entry(
     edited: list[tuple[str, str, str]] = []  # (the run's entry, its replacement's id, cid)
     real_on_bar = broker.on_bar
 
-    def open_buys_of_ours() -> list[Any]:
-        return [
-            o
-            for o in fake.orders.values()
-            if o.client_order_id.startswith(f"{RUN}|") and o.is_open and o.side == "buy"
-        ]
-
     async def on_bar(bar):  # type: ignore[no-untyped-def]
-        ours = fake.call(open_buys_of_ours)  # the run's entries wait: the fake fills nothing
+        ours = fake.call(open_buys, fake, RUN)  # the run's entries wait: the fake fills nothing
         if ours and not edited:
             old = ours[0]
             new = fake.call(fake.replace, old.client_order_id, qty=str(old.qty + 1))

@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import sqlite3
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from fakes.alpaca_trading_server import running_fake
-from live_on_fake import live_on_fake
+from live_on_fake import live_on_fake, open_buys, stored_fill_quantities
 from structlog.testing import capture_logs
 
 from tradingd.app import build_engine, health_inputs
@@ -57,12 +56,7 @@ async def test_a_stream_fill_between_bars_is_booked_when_it_arrives_and_once(
         # The next bar is held back (a fetch outside the bar lock, as a vendor's is) until
         # the fill is booked or 5 s have passed: the engine is between bars meanwhile.
         if traded.is_set() and not seen:
-            ours = [
-                o
-                for o in fake.orders.values()
-                if o.client_order_id.startswith(f"{RUN}|") and o.is_open and o.side == "buy"
-            ]
-            o = ours[0]
+            o = open_buys(fake, RUN)[0]
             seen["order"] = (o.client_order_id, o.symbol, o.qty)
             before = engine.portfolio.quantity_of(o.symbol)
             fake.call(fake.fill, o.client_order_id, price=100.0)
@@ -94,14 +88,7 @@ async def test_a_stream_fill_between_bars_is_booked_when_it_arrives_and_once(
     assert seen["status"]["positions"][sym]["quantity"] == qty
     assert cid not in {o["client_order_id"] for o in seen["status"]["open_orders"]}
     # Once: not again by the stop's last updates (nor by a bar).
-    con = sqlite3.connect(tmp_path / "store.db")
-    try:
-        fills = con.execute(
-            "SELECT quantity FROM fills WHERE client_order_id = ?", (cid,)
-        ).fetchall()
-    finally:
-        con.close()
-    assert fills == [(qty,)]
+    assert stored_fill_quantities(tmp_path / "store.db", cid) == [(qty,)]
     assert engine.portfolio.quantity_of(sym) == qty
     assert [e["fills"] for e in logs if e["event"] == "broker.late_fills"] == [1]
 
@@ -120,11 +107,7 @@ async def test_a_fill_during_a_resumed_run_s_catch_up_is_booked_when_the_catch_u
     first = build_engine(config, "live", panel=panel)
     first.after_bar.append(lambda t, v: first.request_stop())
     await first.run_until_done()
-    ours = [
-        o
-        for o in fake.orders.values()
-        if o.client_order_id.startswith(f"{RUN}|") and o.is_open and o.side == "buy"
-    ]
+    ours = open_buys(fake, RUN)
     assert ours, "the first run placed no entry"
     o = ours[0]
 

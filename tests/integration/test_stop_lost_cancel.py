@@ -16,13 +16,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import sqlite3
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 from fakes.alpaca_trading_server import running_fake
-from live_on_fake import live_on_fake
+from live_on_fake import live_on_fake, open_buys, stored_fill_quantities
 from structlog.testing import capture_logs
 
 from tradingd.app import build_engine
@@ -125,11 +124,7 @@ async def test_a_stop_ends_a_fill_booker_that_lost_its_cancel(engine_config, fak
 
     def fill_one() -> None:
         # A fill at the fake wakes the booker, which then asks the broker for it.
-        o = next(
-            o
-            for o in fake.orders.values()
-            if o.client_order_id.startswith(f"{RUN}|") and o.is_open and o.side == "buy"
-        )
+        o = open_buys(fake, RUN)[0]
         filled[o.client_order_id] = o.qty
         fake.call(fake.fill, o.client_order_id, price=100.0)
 
@@ -141,11 +136,4 @@ async def test_a_stop_ends_a_fill_booker_that_lost_its_cancel(engine_config, fak
     # The fill it was booking when the cancel was lost is booked, once (not again by the
     # stop's last updates).
     ((cid, qty),) = filled.items()
-    con = sqlite3.connect(tmp_path / "store.db")
-    try:
-        fills = con.execute(
-            "SELECT quantity FROM fills WHERE client_order_id = ?", (cid,)
-        ).fetchall()
-    finally:
-        con.close()
-    assert fills == [(qty,)]
+    assert stored_fill_quantities(tmp_path / "store.db", cid) == [(qty,)]
