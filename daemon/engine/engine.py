@@ -1204,6 +1204,12 @@ class Engine:
         booker: asyncio.Task[None] | None = None
         refresher: asyncio.Task[None] | None = None
         splits_task: asyncio.Task[None] | None = None
+
+        async def end_background() -> None:
+            # The run's background tasks, as they stand when called (one list for the three
+            # ends: the stop, a failure, the finally).
+            await self._end_tasks(reconciler, booker, refresher, splits_task, *self._split_cancels)
+
         # Live bars the source did not deliver at their release, fetched again before the
         # next bar that arrives (bounded: a source down for weeks loses the oldest).
         missed: deque[datetime] = deque(maxlen=_MISSED_BARS_KEPT)
@@ -1376,7 +1382,7 @@ class Engine:
             release = getattr(self.features, "release", None)
             if release is not None:
                 release()
-            await self._end_tasks(reconciler, booker, refresher, splits_task, *self._split_cancels)
+            await end_background()
             await self._book_final_updates()
             self._warn_of_untraded_bars(missed)
             if self._splits:
@@ -1430,12 +1436,12 @@ class Engine:
                 )
             # The background tasks end first: one booking fills or orders between bars
             # stored them after the run's row was ended as failed.
-            await self._end_tasks(reconciler, booker, refresher, splits_task, *self._split_cancels)
+            await end_background()
             await self._end_failed_run(exc)
             raise
         finally:
             # Still running when the loop failed.
-            await self._end_tasks(reconciler, booker, refresher, splits_task, *self._split_cancels)
+            await end_background()
             if self._bar_lock is not None:
                 async with self._bar_lock:  # a control storing its state finishes first
                     self._controls_closed = True
