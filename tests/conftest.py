@@ -180,11 +180,9 @@ def synthetic_panel():
     return make_panel()
 
 
-@pytest.fixture
-def engine_config(tmp_path):
-    """A small, fast configuration writing everything under tmp_path."""
-    from tradingd.config import load_config
-
+def engine_toml(tmp_path):
+    """The file of `engine_config`: a small, fast configuration writing everything under
+    tmp_path (a test that runs the CLI puts its own file after it)."""
     cfg = tmp_path / "engine.toml"
     cfg.write_text(f"""
 [run]
@@ -206,7 +204,15 @@ url = "sqlite:///{tmp_path / "store.db"}"
 [log]
 audit_dir = "{tmp_path / "audit"}"
 """)
-    return load_config([cfg], env={})
+    return cfg
+
+
+@pytest.fixture
+def engine_config(tmp_path):
+    """A small, fast configuration writing everything under tmp_path."""
+    from tradingd.config import load_config
+
+    return load_config([engine_toml(tmp_path)], env={})
 
 
 async def run_engine(config, mode, panel, check=None, plugins=None):

@@ -11,7 +11,7 @@ from typing import ClassVar
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import _StubEntryPoint, make_panel
+from conftest import _StubEntryPoint, engine_toml, make_panel
 
 from tradingd.__main__ import main
 from tradingd.config import PluginSpec
@@ -174,7 +174,7 @@ def test_a_nondeterministic_plugin_is_reported_as_not_reproducible(engine_config
     assert not report.repeat.first.last_bar
 
 
-def _csv_config(tmp_path, signal: str) -> str:
+def _csv_config(tmp_path, signal: str) -> list[str]:
     panel = _panel()
     rows = [
         {
@@ -188,12 +188,12 @@ def _csv_config(tmp_path, signal: str) -> str:
         if not np.isnan(panel.close[i, j])
     ]
     pd.DataFrame(rows).to_csv(tmp_path / "bars.csv", index=False)
+    # engine_config's file, then this run's data and signal.
     path = tmp_path / f"{signal}.toml"
     path.write_text(
         f"""
 [run]
 run_id = "look"
-output_dir = "{(tmp_path / "runs").as_posix()}"
 [data]
 source = "csv"
 path = "{(tmp_path / "bars.csv").as_posix()}"
@@ -203,35 +203,23 @@ data = false
 features = false
 [[signals]]
 name = "{signal}"
-[sizing]
-name = "equal_weight"
-params = {{ max_positions = 3, gross_exposure = 0.9 }}
-[[risk]]
-name = "max_position"
-params = {{ max_position_pct = 0.3 }}
-[orders]
-brackets = false
-[storage]
-url = "sqlite:///{(tmp_path / "store.db").as_posix()}"
-[log]
-audit_dir = "{(tmp_path / "audit").as_posix()}"
 """
     )
-    return str(path)
+    return ["-c", str(engine_toml(tmp_path)), "-c", str(path)]
 
 
 def test_cli_exit_codes_and_json(tmp_path, test_plugins, capsys):
     peek = _csv_config(tmp_path, "peeks_ahead")
-    assert main(["lookahead-check", "-c", peek, "--at", "2020-06-01", "--no-progress"]) == 1
+    assert main(["lookahead-check", *peek, "--at", "2020-06-01", "--no-progress"]) == 1
     out = capsys.readouterr().out
     assert "signal plugin 'peeks_ahead'" in out and "2020-06-01" in out
     assert "the last bar before the cut" in out and "LOOKAHEAD" in out
 
     fair = _csv_config(tmp_path, "momentum")
-    assert main(["lookahead-check", "-c", fair, "--cuts", "2", "--json"]) == 0
+    assert main(["lookahead-check", *fair, "--cuts", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["ok"] and len(result["cuts"]) == 2 and result["backtests"] == 4
 
     # A cut after the data's last bar cuts nothing: a usage error.
-    assert main(["lookahead-check", "-c", fair, "--at", "2030-01-01"]) == 2
+    assert main(["lookahead-check", *fair, "--at", "2030-01-01"]) == 2
     assert "nothing is cut" in capsys.readouterr().err
