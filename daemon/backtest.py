@@ -305,7 +305,18 @@ def _note_trial(
     writing every variant to one --output folder counted 1 trial.) A ledger that cannot be
     written is said, not the backtest's end."""
     from .analysis.trial_ledger import TRIALS_LEDGER, record_trial
+    from .analysis.trials import plugin_code_in
 
+    try:
+        # The code environment.json, just written, names: what the count reads back.
+        plugin_code = plugin_code_in(out)
+    except ValueError as exc:
+        log.warning(
+            "trials.plugin_code_unknown",
+            error=str(exc),
+            detail="the ledger line names the config without the plugins' code",
+        )
+        plugin_code = []
     root = Path(config.run.output_dir)
     ledger_dir = out.parent if out.parent.resolve() == root.resolve() else out
     try:
@@ -316,6 +327,7 @@ def _note_trial(
             result.equity,
             config.run.initial_capital,
             run_inputs,
+            plugin_code,
         )
     except OSError as e:
         log.warning(

@@ -27,7 +27,7 @@ import json
 import os
 import platform
 import subprocess
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -202,7 +202,9 @@ def _checkout_revision(where: Path) -> dict[str, Any] | None:
     }
 
 
-def plugin_sources(config: Any) -> list[dict[str, Any]]:
+def plugin_sources(
+    config: Any, hashed: dict[str, PackageCode | None] | None = None
+) -> list[dict[str, Any]]:
     """Each configured plugin (`config.signals`, `.sizing`, `.risk`, in that order): the
     module its class came from, and the installed distribution providing that module with
     its version ("tradingd" for the built-ins), whether that distribution is an editable
@@ -213,27 +215,21 @@ def plugin_sources(config: Any) -> list[dict[str, Any]]:
     upgrade or an edit of the plugin has the same id and replaces the record, and this is
     what tells the two apart. A module no distribution provides (a folder on PYTHONPATH)
     has None for the distribution and version; one whose files cannot be found (a zip) has
-    None for `package` and `code`."""
+    None for `package` and `code`. `hashed`: the packages read, by name (`package_code`),
+    for `plugin_code` to name their files without reading them again."""
+    from .engine.plugins import registered
+
     specs = [(f"signals[{i}]", s.name) for i, s in enumerate(config.signals)]
     specs += [("sizing", config.sizing.name)]
     specs += [(f"risk[{i}]", s.name) for i, s in enumerate(config.risk)]
-    return plugin_sources_of(specs)
-
-
-def plugin_sources_of(specs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
-    """`plugin_sources` of (where, plugin name) pairs: also of a record's config.json, whose
-    plugins are dicts (`trial_ledger.record_trial`)."""
-    from .engine.plugins import registered
-
     eps = registered()
-    _MODULES.clear()
     owners: Mapping[str, list[str]] | None = None  # read once, only if needed
-    hashed: dict[str, PackageCode | None] = {}
+    hashed = {} if hashed is None else hashed
     installs: dict[str | None, tuple[str | None, bool | None]] = {}
     out = []
     for key, name in specs:
         targets = eps.get(name, [])
-        module = _MODULES[name] = targets[0].module if len(targets) == 1 else None
+        module = targets[0].module if len(targets) == 1 else None
         dist = None
         code = None
         if module:
@@ -254,40 +250,6 @@ def plugin_sources_of(specs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
                 "distribution": dist,
                 "version": version,
                 "editable": editable,
-                "package": code.package if code else None,
-                "code": code.digest if code else None,
-            }
-        )
-    return out
-
-
-# Each plugin name's module as the last `plugin_sources_of` found it registered.
-_MODULES: dict[str, str | None] = {}
-
-
-def plugin_code_of(specs: Sequence[tuple[str, str]]) -> list[dict[str, Any]]:
-    """`key`, `name`, `package` and `code` of (where, plugin name) pairs, as
-    `plugin_sources_of` gives them, the code read now: for the trial ledger's line at a
-    backtest's end (`trial_ledger.record_trial`), which hashes the code its environment.json
-    names. The modules are the last `plugin_sources_of`'s (the record's, just written):
-    the entry points are scanned again only for a name it did not look up (25-30 ms a
-    scan, as much again at every backtest's end)."""
-    from .engine.plugins import registered
-
-    if any(name not in _MODULES for _, name in specs):
-        eps = registered()
-        for _, name in specs:
-            targets = eps.get(name, [])
-            _MODULES[name] = targets[0].module if len(targets) == 1 else None
-    hashed: dict[str, PackageCode | None] = {}
-    out = []
-    for key, name in specs:
-        module = _MODULES.get(name)
-        code = package_code(module, hashed) if module else None
-        out.append(
-            {
-                "key": key,
-                "name": name,
                 "package": code.package if code else None,
                 "code": code.digest if code else None,
             }
@@ -371,12 +333,14 @@ def _hashed(package: str, root: Path, files: list[Path]) -> PackageCode | None:
     return PackageCode(package, out)
 
 
-def plugin_code(plugins: Any) -> dict[str, dict[str, Any]]:
+def plugin_code(
+    plugins: Any, hashed: dict[str, PackageCode | None] | None = None
+) -> dict[str, dict[str, Any]]:
     """The files of each package `plugin_sources` hashed (the entries it returned), for
     `tradingd compare` to name the files that differ: by package, its digest and each
-    file's first 16 hex digits."""
+    file's first 16 hex digits. `hashed`: `plugin_sources`'s packages (read again without)."""
     out: dict[str, dict[str, Any]] = {}
-    hashed: dict[str, PackageCode | None] = {}
+    hashed = {} if hashed is None else hashed
     for entry in plugins if isinstance(plugins, list) else ():
         module, package = entry.get("module"), entry.get("package")
         if not module or not package or package in out:
@@ -457,8 +421,9 @@ def environment(config: Any = None) -> dict[str, Any]:
         "source": source_revision,
     }
     if config is not None:
-        parts["plugins"] = lambda: plugin_sources(config)
-        parts["plugin_code"] = lambda: plugin_code(out.get("plugins"))
+        hashed: dict[str, PackageCode | None] = {}  # each package read once for both parts
+        parts["plugins"] = lambda: plugin_sources(config, hashed)
+        parts["plugin_code"] = lambda: plugin_code(out.get("plugins"), hashed)
     for key, read in parts.items():
         try:
             out[key] = read()

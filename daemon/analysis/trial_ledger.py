@@ -290,7 +290,7 @@ def plugin_specs_of(config: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 def plugin_code_identity(plugins: Any) -> list[dict[str, Any]]:
     """What of the plugins' code makes a variant, from environment.json's `plugins` (or
-    `environment.plugin_code_of`'s list): each third-party plugin's place and the digest of
+    a ledger line's list): each third-party plugin's place and the digest of
     its package's code. An author's edit of a plugin is another strategy tried (and a
     whitespace edit counts too: one trial too many makes the deflated Sharpe ratio
     stricter, one too few laxer); tradingd's own plugins are left out (`BUILTIN_PACKAGE`),
@@ -368,18 +368,16 @@ def record_trial(
     equity: Any,
     initial_capital: float,
     run_inputs: Sequence[Mapping[str, Any]] = (),
-    plugin_code: Sequence[Mapping[str, Any]] | None = None,
+    plugin_code: Sequence[Mapping[str, Any]] = (),
 ) -> None:
     """Note a finished run in `runs_root`'s ledger, for `count_trials`: its variant
     (`config_hash`) and its per-bar returns' count, mean and standard deviation (a Sharpe
     ratio at any risk-free rate). Five momentum lookbacks run one after the other under one
     `run.run_id` left one folder, and the deflated Sharpe counted 1 trial, not 5. A line is
     added once per run id and variant, so reruns of one configuration do not grow it.
-    `plugin_code`: `plugin_code_identity`'s list; None: of the plugins `config` names,
-    read now (`environment.plugin_code_of`)."""
+    `plugin_code`: `plugin_code_identity`'s list, of the run's environment.json as the
+    count reads it (`trials.plugin_code_in`)."""
     root = Path(runs_root)
-    if plugin_code is None:
-        plugin_code = _plugin_code_now(config)
     key = config_hash(config, run_inputs=run_inputs, plugin_code=plugin_code)
     ledger = root / TRIALS_LEDGER
     r = simple_returns(equity, initial_capital)
@@ -417,23 +415,6 @@ def record_trial(
             )
         fh.write(start + line.encode("utf-8") + b"\n")
         fh.flush()  # within the lock: the next holder reads the whole line
-
-
-def _plugin_code_now(config: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """The code of `config`'s plugins as installed now; none where it cannot be read,
-    said: the line then names the config alone, which the count takes for another
-    variant than its folder's (one trial too many, not a backtest failing at its end)."""
-    from ..environment import plugin_code_of
-
-    try:
-        return plugin_code_identity(plugin_code_of(plugin_specs_of(config)))
-    except Exception as exc:  # the entry points or the files: the run is done all the same
-        log.warning(
-            "trials.plugin_code_unknown",
-            error=repr(exc),
-            detail="the ledger line names the config without the plugins' code",
-        )
-        return []
 
 
 def ledger_entries(path: Path) -> list[dict[str, Any]]:
