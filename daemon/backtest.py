@@ -304,8 +304,7 @@ def _note_trial(
     run later validated under /tmp counted such runs as its own; not noted at all, a sweep
     writing every variant to one --output folder counted 1 trial.) A ledger that cannot be
     written is said, not the backtest's end."""
-    from .analysis.trial_ledger import TRIALS_LEDGER, record_trial
-    from .analysis.trials import plugin_code_in
+    from .analysis.trial_ledger import TRIALS_LEDGER, plugin_code_in, record_trial
 
     try:
         # The code environment.json, just written, names: what the count reads back.

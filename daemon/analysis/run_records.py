@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import structlog
 
+from ..core.json_file import json_object_file as _json_file
 from ..core.types import Fill, Side
 from .return_metrics import _arr
 from .splits import restate_for_splits
@@ -178,16 +179,6 @@ def _read_splits(path: Path) -> dict[str, list[tuple[Any, float]]] | None:
     except (ValueError, KeyError, pd.errors.ParserError) as exc:
         raise ValueError(f"{file} cannot be read as the run's split events: {exc}") from None
     return out
-
-
-def _json_file(file: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ValueError(f"{file} cannot be read as JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{file} holds {type(data).__name__}, not a JSON object")
-    return data
 
 
 def _whole_curve(file: Path, eq: pd.DataFrame, summary: Mapping[str, Any], *, end: bool) -> None:

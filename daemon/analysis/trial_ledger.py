@@ -22,6 +22,7 @@ import structlog
 
 from ..core import flock
 from ..core.errors import StorageError
+from ..core.json_file import json_object_file
 from .return_metrics import simple_returns
 
 __all__ = [
@@ -361,6 +362,18 @@ def legacy_config_hash(
     return _digest(_tree(config, ignore))
 
 
+def plugin_code_in(folder: Path) -> list[dict[str, Any]]:
+    """The third-party plugins' code a run folder's environment.json names
+    (`plugin_code_identity`): what the count reads of a folder and a backtest's ledger line
+    of the record it has just written. None without the file or before it named code.
+    ValueError naming the file for one that cannot be read."""
+    file = folder / "environment.json"
+    if not file.exists():
+        return []
+    env = json_object_file(file)
+    return plugin_code_identity(env.get("plugins"))
+
+
 def record_trial(
     runs_root: str | Path,
     run_id: str,
@@ -376,7 +389,7 @@ def record_trial(
     `run.run_id` left one folder, and the deflated Sharpe counted 1 trial, not 5. A line is
     added once per run id and variant, so reruns of one configuration do not grow it.
     `plugin_code`: `plugin_code_identity`'s list, of the run's environment.json as the
-    count reads it (`trials.plugin_code_in`)."""
+    count reads it (`plugin_code_in`)."""
     root = Path(runs_root)
     key = config_hash(config, run_inputs=run_inputs, plugin_code=plugin_code)
     ledger = root / TRIALS_LEDGER

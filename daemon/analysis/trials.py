@@ -27,7 +27,7 @@ from .trial_ledger import (
     config_hash_v3,
     ledger_entries,
     legacy_config_hash,
-    plugin_code_identity,
+    plugin_code_in,
     record_trial,
 )
 
@@ -119,17 +119,6 @@ def run_inputs_of(folder: Path) -> list[Any]:
         return inputs
     versions = models_of(folder)
     return [{"versions": versions}] if versions else []
-
-
-def plugin_code_in(folder: Path) -> list[dict[str, Any]]:
-    """The third-party plugins' code a run folder's environment.json names
-    (`plugin_code_identity`); none without the file or before it named code. ValueError
-    naming the file for one that cannot be read (`_json_file`)."""
-    file = folder / "environment.json"
-    if not file.exists():
-        return []
-    env = _json_file(file)
-    return plugin_code_identity(env.get("plugins") if isinstance(env, dict) else None)
 
 
 def count_trials(
