@@ -359,14 +359,17 @@ class AuditLog:
             self._writer.sync()
         self._sink.close()
 
-    def truncate_after(self, t: datetime | None) -> int:
+    def truncate_after(self, t: datetime | None, stopped_cleanly: bool = False) -> int:
         """Drop the records of bars after `t` that an earlier process wrote before it died:
         the store drops the same rows (`resume_run`) and the resumed run writes them again,
         so the audit never holds a record twice and agrees with the store. The current file
         first, then the rotated ones while the newer held nothing kept: a rotation right
         after a bar past the checkpoint put that bar's records in `.jsonl.1`, where they
         were kept, and written again by the resumed run. Returns the number of lines
-        dropped. Refuses (ConfigError) a replay's log (`check_live`)."""
+        dropped. Refuses (ConfigError) a replay's log (`check_live`).
+
+        `stopped_cleanly`: the last process ended its run after its last bar, so an order line
+        without `booked_at` (a build before it) is of a bar up to `t`, whatever its time."""
         self.check_live()
         self._release()
         total = 0
@@ -379,7 +382,7 @@ class AuditLog:
                 if path == self.path:
                     continue  # rotated away just before the process died
                 break
-            dropped, kept = _drop_after(path, t)
+            dropped, kept = _drop_after(path, t, stopped_cleanly)
             total += dropped
             if kept:
                 break  # older files hold older records
@@ -414,14 +417,17 @@ def _plain(v: Any) -> Any:
 _TORN = object()
 
 
-def _record_time(line: str) -> Any:
-    """The bar time of an order, fill or cash-in-lieu line; None for a session line; `_TORN`
-    for a line that is not JSON (the last line of a process killed while writing it)."""
+def _record_time(line: str, stopped_cleanly: bool = False) -> Any:
+    """The bar time of an order, fill or cash-in-lieu line; None for a session line, and for
+    an order line without `booked_at` after a clean stop (see `truncate_after`); `_TORN` for
+    a line that is not JSON (the last line of a process killed while writing it)."""
     try:
         row = json.loads(line)
     except ValueError:
         return _TORN
     if not isinstance(row, dict):
+        return None
+    if stopped_cleanly and row.get("event") == "order" and not row.get("booked_at"):
         return None
     text = {
         # The bar that recorded it (live, since 2026-12-06); else, a line written before,
@@ -457,7 +463,7 @@ def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
-def _drop_after(path: Path, t: datetime | None) -> tuple[int, bool]:
+def _drop_after(path: Path, t: datetime | None, stopped_cleanly: bool) -> tuple[int, bool]:
     """The lines of `path` of bars after `t` (and torn ones) dropped; (dropped, whether any
     line is kept)."""
     kept: list[str] = []
@@ -468,7 +474,7 @@ def _drop_after(path: Path, t: datetime | None) -> tuple[int, bool]:
     with path.open("rb") as fh:
         for raw in fh:
             line = raw.decode("utf-8", errors="replace")
-            when = _record_time(line)
+            when = _record_time(line, stopped_cleanly)
             if when is _TORN or (isinstance(when, datetime) and (t is None or when > t)):
                 dropped += 1
             else:

@@ -1661,7 +1661,7 @@ class Engine:
         self.resumed_from = resume.bar_time
         truncate = getattr(self.audit, "truncate_after", None)
         if truncate is not None:
-            dropped = truncate(resume.bar_time)
+            dropped = truncate(resume.bar_time, resume.stopped_cleanly)
             if dropped:
                 log.info("audit.truncated", after=resume.bar_time, records=dropped)
         st = resume.state

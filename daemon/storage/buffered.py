@@ -67,6 +67,7 @@ from .rows import (
 )
 from .schema import (
     RESUME_TIME,
+    RESUME_TIME_AFTER_STOP,
     RUN_TABLES,
     TABLES,
     Dialect,
@@ -109,6 +110,10 @@ class ResumePoint:
     bar_time: datetime | None
     state: dict[str, Any] | None
     unconfirmed: tuple[dict[str, Any], ...] = ()
+    # The run's last process stopped cleanly (its row ended, not failed): nothing it
+    # recorded is of a bar after the checkpoint, so a record without its bar (an order line
+    # of a build before `booked_at`) is kept (`RESUME_TIME_AFTER_STOP`, the audit's too).
+    stopped_cleanly: bool = False
 
 
 def _plain(o: Any) -> Any:
@@ -862,9 +867,14 @@ class BufferedStore(ABC):
         t = TABLES["orders"]
         sql = select_run_sql(t, d, after="created_at")
         unconfirmed = tuple(self._decode_taking(t, await self._query(sql, (run.run_id, enc))))
+        before = self._decode_taking(TABLES["runs"], stored[:1])[0]
+        summary = before.get("summary")
+        stopped = before.get("ended_at") is not None and not (
+            isinstance(summary, Mapping) and summary.get("failed")
+        )
         stmts: list[tuple[str, Sequence[Any]]] = [
             (delete_after_sql(TABLES[name], column, d), (run.run_id, enc))
-            for name, column in RESUME_TIME.items()
+            for name, column in (RESUME_TIME_AFTER_STOP if stopped else RESUME_TIME).items()
         ]
         stmts.append((reopen_run_sql(d), (run.run_id,)))
         async with self._flush_lock:
@@ -882,7 +892,7 @@ class BufferedStore(ABC):
             if "quantity" in book:
                 self._last_quantity[run.run_id] = np.asarray(book["quantity"], dtype=np.float64)
             self._last_targets[run.run_id] = await self._targets_in_force(run)
-        return ResumePoint(bar_time, state, unconfirmed)
+        return ResumePoint(bar_time, state, unconfirmed, stopped_cleanly=stopped)
 
     async def _targets_in_force(self, run: RunInfo) -> np.ndarray:
         """Per symbol of the run, its last recorded target weight that is a number (0

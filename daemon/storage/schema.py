@@ -359,6 +359,11 @@ RESUME_TIME = {
     "equity": "time",
     "decisions": "time",
 }
+# After a clean stop (the run row ended, not failed), what differs: an event without a bar
+# (written by a build before `booked_at`, whose stop ended its run after its last bar's
+# rows) is not after the checkpoint, whatever the broker's clock says; the resume deleted
+# the last bar's acknowledgements of such a run at the first restart after an upgrade.
+RESUME_TIME_AFTER_STOP = {**RESUME_TIME, "order_events": "booked_at"}
 RUN_TABLES = tuple(t.name for t in TABLES.values() if t.run_scoped)
 
 

@@ -184,3 +184,35 @@ async def test_a_restart_keeps_the_checkpointed_bars_states_whatever_the_brokers
     store.record_orders("r1", [acked.snapshot()], booked_at=T0 + DAY)  # read again
     await store.flush()
     assert len(await store.fetch("order_events", "r1")) == 2
+
+
+@pytest.mark.parametrize("last_stop", ["clean", "failed", "killed"])
+async def test_an_upgraded_runs_events_without_a_bar_survive_its_restart_after_a_clean_stop(
+    store: BufferedStore, last_stop: str
+) -> None:
+    """A build before `booked_at` wrote its events with none, dated by the broker's clock
+    (the wall clock, after the bar's label): the first restart after an upgrade deleted the
+    last bar's acknowledgements as if after the checkpoint. A process that stopped cleanly
+    ended its run after its last bar's rows, so none of them is; after a kill (or a failure)
+    an event without a bar may be the interrupted bar's, and goes by its time as before."""
+    run = RunInfo("r1", "live", T0, '{"k": 1}', ("AAA", "BBB", "CCC"), 100_000.0)
+    assert await store.resume_run(run) is None
+    wall = T0 + timedelta(hours=14, minutes=28)
+    a = Order("r1|a", "AAA", Side.BUY, 10.0, T0)
+    store.record_orders("r1", [a], intent=True)  # the old build: no booked_at
+    acked = a.snapshot()
+    acked.status, acked.filled_quantity, acked.updated_at = OrderStatus.PARTIALLY_FILLED, 4.0, wall
+    store.record_orders("r1", [acked])
+    store.record_checkpoint("r1", T0, {"portfolio": {}})
+    await store.flush()
+    if last_stop != "killed":
+        summary = {"bars": 1} if last_stop == "clean" else {"bars": 1, "failed": True}
+        await store.end_run("r1", summary)
+    resumed = await store.resume_run(run)
+    assert resumed is not None and resumed.bar_time == T0
+    assert resumed.stopped_cleanly is (last_stop == "clean")
+    events = [(e["client_order_id"], e["status"]) for e in await store.fetch("order_events", "r1")]
+    if last_stop == "clean":
+        assert events == [("r1|a", "new"), ("r1|a", "partially_filled")]
+    else:
+        assert events == [("r1|a", "new")]  # the acknowledgement's time is after T0

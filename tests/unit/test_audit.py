@@ -236,6 +236,27 @@ def test_a_restart_keeps_the_checkpointed_bars_order_lines_whatever_the_brokers_
     assert all(r["booked_at"] == bar.isoformat() for r in rows)
 
 
+def test_after_a_clean_stop_an_earlier_builds_order_lines_are_kept_whatever_their_time(
+    tmp_path,
+):
+    """A build before `booked_at` wrote order lines dated by the broker's clock, after the
+    bar's label: the first restart after an upgrade dropped its last bar's lines. A process
+    that stopped cleanly wrote nothing of a bar after its checkpoint, so those are kept;
+    lines that say their bar, and fills, still go by it."""
+    a = AuditLog(tmp_path, "r", flush_interval_s=0.0)
+    (tmp_path / "r.jsonl.live").touch()
+    bar, wall = T, T + timedelta(hours=14, minutes=28)
+    old = Order("r|old", "A", Side.BUY, 1.0, bar)
+    old.updated_at = wall
+    a.orders([old])  # the earlier build's line: no booked_at
+    later = Order("r|later", "A", Side.BUY, 1.0, bar + timedelta(days=1))
+    a.orders([later], booked_at=bar + timedelta(days=1))
+    a.flush()
+    assert a.truncate_after(bar, stopped_cleanly=True) == 1  # the line of the bar after
+    a.close()
+    assert [r["client_order_id"] for r in records(tmp_path / "r.jsonl")] == ["r|old"]
+
+
 def test_lines_are_written_here_while_the_writer_starts(tmp_path, monkeypatch):
     """The engine never waits for the writer process to start: until it has answered, a
     batch is encoded and written here; then the process appends, in order."""
