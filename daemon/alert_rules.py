@@ -47,6 +47,7 @@ from .alerts import (
     WARNING,
     kill_switch_title,
 )
+from .engine.plugins import instance_keys
 
 log = structlog.get_logger(__name__)
 
@@ -104,14 +105,16 @@ class AlertRules:
 
     def _evaluate(self, t: datetime, verdicts: list[Any]) -> None:
         a, e = self.alerter, self.engine
-        for plugin in e.pipeline.risks:
+        # Keyed per instance (`name#2` for a second one): by name, a halted guard's alert
+        # was resolved at once by an unhalted second instance of the same plugin.
+        for key, plugin in instance_keys(e.pipeline.risks):
             halted = getattr(plugin, "halted", None)
             if isinstance(halted, bool):
                 a.condition(
                     KILL_SWITCH,
-                    plugin.name,
+                    key,
                     halted,
-                    title=kill_switch_title(plugin.name),
+                    title=kill_switch_title(key),
                     text=kill_switch_text(plugin),
                     severity=CRITICAL,
                     fields={"equity": round(e.portfolio.equity, 2), "bar": t.isoformat()},
@@ -122,7 +125,7 @@ class AlertRules:
                 feed = bool(getattr(plugin, "feed_stale", False))
                 a.condition(
                     STALE_DATA,
-                    plugin.name,
+                    key,
                     feed or bool(symbols),
                     title="stale market data" + (": the whole feed" if feed else ""),
                     text=getattr(plugin, "feed_reason", "")

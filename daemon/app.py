@@ -33,7 +33,7 @@ from .engine import plugins as plugin_registry
 from .engine.engine import Engine, Pipeline
 from .engine.planner import OrderPlanner
 from .engine.planner import required_features as planner_features
-from .engine.plugins import load_plugin
+from .engine.plugins import instance_keys, load_plugin
 from .engine.portfolio import Portfolio
 from .features.batch_cache import FeatureCache
 from .features.batch_cache import default_cache_dir as features_cache_dir
@@ -1609,10 +1609,10 @@ class EngineControls:
 
 def reset_halts(risks: Any) -> dict[str, Any]:
     reset = []
-    for plugin in risks:
+    for key, plugin in instance_keys(risks):
         if getattr(plugin, "halted", False) is True and callable(getattr(plugin, "reset", None)):
             plugin.reset()
-            reset.append(plugin.name)
+            reset.append(key)
     log.warning("control.reset_halt", reset=reset)
     return {"action": "reset-halt", "reset": reset}
 
@@ -1781,10 +1781,10 @@ def health_inputs(
         part_status = getattr(part, "status", None)
         if callable(part_status):
             checks.append(status_check(name, part_status))
-    for risk in engine.pipeline.risks:
+    for key, risk in instance_keys(engine.pipeline.risks):  # `name#2`: a second instance
         risk_status = getattr(risk, "status", None)
         if callable(risk_status):  # e.g. stale_data: symbols blocked for stale data
-            checks.append(status_check(risk.name, risk_status))
+            checks.append(status_check(key, risk_status))
 
     def models() -> CheckResult:
         # Model cards were verified at start-up (a bad card stops it); report what is loaded,

@@ -96,7 +96,7 @@ from .decisions import decision_record
 from .history import HistoryBuffer
 from .planner import OrderPlanner, Plan
 from .plugin_outputs import by_symbol, verdict_error
-from .plugins import feature_names, history_bars_of
+from .plugins import feature_names, history_bars_of, instance_keys
 from .portfolio import Portfolio
 from .splits_ahead import Split, SplitsAhead
 from .working_entries import with_working_entries, withdrawn_entries
@@ -376,19 +376,6 @@ def _split_hold_text(s: Split) -> str:
 def _gap(reading: tuple[float, float] | None) -> float:
     """A (broker, book) reading's difference; none read (it appeared later) is 0."""
     return 0.0 if reading is None else reading[0] - reading[1]
-
-
-def _state_keys(plugins: Sequence[Any]) -> list[tuple[str, Any]]:
-    """Each plugin's key in a checkpoint's `plugins`: its name, and `name#2`, `name#3` for
-    later instances of the same plugin (two drawdown guards with their own limits). Keyed by
-    name alone, the second overwrote the first: a halted guard came back unhalted after a
-    restart. The first instance keeps the plain name, as checkpoints written before had it."""
-    seen: dict[str, int] = {}
-    out = []
-    for plugin in plugins:
-        n = seen[plugin.name] = seen.get(plugin.name, 0) + 1
-        out.append((plugin.name if n == 1 else f"{plugin.name}#{n}", plugin))
-    return out
 
 
 # (plugin, where in its state) already said to hold a value a checkpoint keeps only as text.
@@ -1678,7 +1665,7 @@ class Engine:
                 restore(st["broker"])
             saved = st.get("plugins", {})
             signals = {id(plugin) for plugin, _ in self.pipeline.signals}
-            for key, plugin in _state_keys(self.pipeline.plugins()):
+            for key, plugin in instance_keys(self.pipeline.plugins()):
                 fn = getattr(plugin, "restore", None)
                 base = key.split("#")[0]
                 if key not in saved and base in saved and f"{base}#2" not in saved:
@@ -1779,11 +1766,11 @@ class Engine:
         return dataclasses.replace(resume, bar_time=None, state=None)
 
     def _plugin_states(self) -> dict[str, Any]:
-        """Each plugin's `state()`, by its checkpoint key (`_state_keys`); a signal's that
+        """Each plugin's `state()`, by its checkpoint key (`instance_keys`); a signal's that
         is not restored yet (the replay up to the checkpoint goes on) is the checkpoint's."""
         out: dict[str, Any] = {}
         pending = self._signal_states
-        for key, plugin in _state_keys(self.pipeline.plugins()):
+        for key, plugin in instance_keys(self.pipeline.plugins()):
             fn = getattr(plugin, "state", None)
             if key in pending:
                 out[key] = pending[key][1]
@@ -1807,15 +1794,15 @@ class Engine:
         reset-halt sent its resolution twice."""
         firing = {a["key"]: a for a in alerter.firing() if a["kind"] == KILL_SWITCH}
         out = []
-        for plugin in self.pipeline.risks:
+        for key, plugin in instance_keys(self.pipeline.risks):
             if getattr(plugin, "halted", None) is True:
                 out.append(
-                    firing.get(plugin.name)
+                    firing.get(key)
                     or {
                         "kind": KILL_SWITCH,
-                        "key": plugin.name,
+                        "key": key,
                         "severity": CRITICAL,
-                        "title": kill_switch_title(plugin.name),
+                        "title": kill_switch_title(key),
                         "since": datetime.now(UTC).isoformat(),
                     }
                 )
@@ -3405,7 +3392,16 @@ class Engine:
         short."""
         verdicts: list[RiskVerdict] = []
         long_only = self.long_only
-        for r in self.pipeline.risks:
+        risks = self.pipeline.risks
+        labelled = self.__dict__.get("_risk_labels")
+        if labelled is None or labelled[0] is not risks:
+            # A risk plugin's verdicts are counted, alerted and reported by its name; a
+            # second instance of one plugin (two drawdown guards with their own limits) by
+            # its checkpoint key, `name#2` (None: the name, unchanged). Said as one, the
+            # summary's counts and the restrictions of the two merged.
+            labels = [None if k == p.name else k for k, p in instance_keys(risks)]
+            labelled = self._risk_labels = (risks, labels)
+        for r, label in zip(risks, labelled[1], strict=True):
             given = targets.view()
             given.setflags(write=False)
             t0 = _perf_counter()
@@ -3438,7 +3434,10 @@ class Engine:
                 error = verdict_error(r.name, decision.verdicts, self._universe)
                 if error is not None:
                     raise PluginFault(r.name, "check", ctx.time, error)
-                verdicts.extend(decision.verdicts)
+                if label is None:
+                    verdicts.extend(decision.verdicts)
+                else:
+                    verdicts.extend(dataclasses.replace(v, plugin=label) for v in decision.verdicts)
             # Unchanged (the same array back) in most plugins at most bars: no compare. Else
             # one pass: out * (given - out) < 0 where out is not between 0 and given, i.e.
             # raised in absolute weight or flipped in sign; the margin forgives rounding.

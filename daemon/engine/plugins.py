@@ -12,7 +12,7 @@ import inspect
 import operator
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, is_dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -33,6 +33,21 @@ KINDS = ("signal", "sizing", "risk")
 # symbol a bar), allocated whole at start: 100,000 bars (a year of one-minute XNYS bars is
 # 98,280) is 8 MB a symbol, 4 GB for 500. A plugin answering 10**9 asked for 80 GB a symbol.
 MAX_HISTORY_BARS = 100_000
+
+
+def instance_keys(plugins: Iterable[Any]) -> list[tuple[str, Any]]:
+    """Each plugin's key in a checkpoint's `plugins`: its name, and `name#2`, `name#3` for
+    later instances of the same plugin (two drawdown guards with their own limits). Keyed by
+    name alone, the second overwrote the first: a halted guard came back unhalted after a
+    restart. The first instance keeps the plain name, as checkpoints written before had it.
+    The same key names a risk plugin's instance in its verdicts (the summary's counts, the
+    restrictions), its kill-switch and stale-data alerts and its health check."""
+    seen: dict[str, int] = {}
+    out = []
+    for plugin in plugins:
+        n = seen[plugin.name] = seen.get(plugin.name, 0) + 1
+        out.append((plugin.name if n == 1 else f"{plugin.name}#{n}", plugin))
+    return out
 
 
 @dataclass(frozen=True)

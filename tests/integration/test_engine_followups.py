@@ -130,6 +130,30 @@ def _config(engine_config, *, guard_params=None, **run):
     )
 
 
+async def test_two_instances_of_a_risk_plugin_are_counted_and_reported_apart(
+    engine_config, always_long, tmp_path
+):
+    """Two drawdown guards with their own cool-offs: their verdicts were counted under one
+    `drawdown_guard/max_drawdown` and their restrictions merged. The second instance is
+    `drawdown_guard#2`, as its checkpoint key."""
+    guard = {"max_drawdown_pct": 0.2, "daily_loss_limit_pct": 0.5, "flatten_on_breach": True}
+    config = dataclasses.replace(
+        _config(engine_config),
+        risk=(
+            PluginSpec("drawdown_guard", params={**guard, "cooloff_bars": 10}),
+            PluginSpec("drawdown_guard", params={**guard, "cooloff_bars": 20}),
+        ),
+    )
+    out = await run_backtest(config, panel=_crash_panel(), output_dir=tmp_path / "out")
+    s = out.summary
+    assert s["risk_verdicts_by_rule"]["drawdown_guard/max_drawdown"] == 10
+    assert s["risk_verdicts_by_rule"]["drawdown_guard#2/max_drawdown"] == 20
+    periods = {
+        p["plugin"]: p["bars"] for p in s["trading_restricted"] if p["rule"] == "max_drawdown"
+    }
+    assert periods == {"drawdown_guard": 10, "drawdown_guard#2": 20}
+
+
 def _buys_after(fills, t):
     return [f for f in fills if f["side"] == "buy" and pd.Timestamp(f["time"]) > t]
 

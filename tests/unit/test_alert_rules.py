@@ -87,6 +87,19 @@ def test_kill_switch_and_stale_data_are_conditions_that_follow_the_plugins():
     assert rec.last(KILL_SWITCH) is False and rec.last(STALE_DATA) is False
 
 
+def test_two_instances_of_a_guard_alert_apart():
+    """Two drawdown guards with their own limits: keyed by the plugin's name, the second
+    (not halted) resolved the first's kill switch on every bar it fired. Each instance is
+    its own condition, the second keyed `name#2` as in the checkpoint."""
+    first, second = Guard(), Guard()
+    rec = Recorder()
+    rules = AlertRules(rec, engine(first, second))
+    first.halted = True
+    rules.after_bar(T0, [])
+    kill = {key: failing for kind, key, failing in rec.conditions if kind == KILL_SWITCH}
+    assert kill == {"drawdown_guard": True, "drawdown_guard#2": False}
+
+
 def test_a_book_level_restriction_alerts_once_when_it_starts_and_once_when_it_lifts():
     """The guard returns its verdict on every bar of a halt: as an event, `risk_limit` was
     sent again each time the dedup window passed, as long as the halt lasted (80 in a run).
