@@ -614,10 +614,9 @@ def choose_swaps(
 ) -> Swaps:
     if mode not in MODES:
         raise ConfigError(f"mode {mode!r} is invalid; valid choices: {', '.join(MODES)}")
-    b = config.broker
     broker: Broker = _simulated(config, panel.symbols, portfolio)
-    if mode == "live" and b.kind != "simulated":
-        broker = _alpaca_or(broker, config, panel.symbols)
+    if mode == "live":
+        broker = live_broker(broker, config, panel.symbols)
     catalog = make_catalog(config)
     if mode == "backtest":
         feed = HistoryFeed(panel)
@@ -695,10 +694,27 @@ def accelerated_on_an_account(config: Config) -> ConfigError:
     )
 
 
+def live_broker(simulated: Broker, config: Config, symbols: tuple[str, ...]) -> Broker:
+    """A live run's broker, for every feed: `broker.kind = "simulated"` is the simulated
+    broker whatever keys the environment holds. Only the recorded feed's path checked the
+    kind: with a vendor feed, a run set to simulated (a dry run of a new strategy on live
+    data) sent its orders to the Alpaca account of the keys in the shell or unit file."""
+    if config.broker.kind == "simulated":
+        log.info("broker.simulated", reason="broker.kind = simulated")
+        return simulated
+    return _alpaca_or(simulated, config, symbols)
+
+
 def _alpaca_or(simulated: Broker, config: Config, symbols: tuple[str, ...]) -> Broker:
     """The Alpaca paper broker when its keys are in the environment; without them
     `broker.kind = "auto"` keeps the simulated broker and "alpaca" is an error."""
     from .brokers.alpaca import AlpacaBroker, AlpacaBrokerConfig, alpaca_keys_from_env
+    from .brokers.alpaca_mapping import (
+        KEY_ID_ENV,
+        SECRET_KEY_ENV,
+        look_alike_key_names,
+        missing_keys_error,
+    )
 
     b = config.broker
     if replays_on_an_account(config):
@@ -713,11 +729,16 @@ def _alpaca_or(simulated: Broker, config: Config, symbols: tuple[str, ...]) -> B
     keys = alpaca_keys_from_env()
     if keys is None:
         if b.kind == "alpaca":
-            raise ConfigError(
-                "broker.kind = alpaca needs APCA_API_KEY_ID and APCA_API_SECRET_KEY in the "
-                "environment (or broker.kind = simulated / auto)"
-            )
-        log.info("broker.simulated", reason="no Alpaca keys in the environment")
+            raise missing_keys_error()
+        # A warning: a real-time run on live data whose keys are missing (an env file
+        # not read, a misspelt name) trades a simulated book an operator may not expect.
+        log.warning(
+            "broker.simulated",
+            reason="no Alpaca keys in the environment (broker.kind = auto)",
+            look_alike_variables=look_alike_key_names(),
+            hint=f"set {KEY_ID_ENV} and {SECRET_KEY_ENV} to trade the paper account, or "
+            "broker.kind = simulated to say this is meant",
+        )
         return simulated
     a = b.alpaca
     return AlpacaBroker(
@@ -1268,7 +1289,7 @@ def _assemble(
     names = feature_names(config, pipeline)
     warmup: Callable[[datetime | None], AsyncIterator[CrossSection]] | None
     if vendor:
-        broker = _alpaca_or(_simulated(config, symbols, portfolio), config, symbols)
+        broker = live_broker(_simulated(config, symbols, portfolio), config, symbols)
         needed = warmup_needed(pipeline, names, make_catalog(config))
         swaps, warmup = vendor_swaps(config, symbols, broker, names, needed)
         trade_from = None

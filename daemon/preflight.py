@@ -98,6 +98,8 @@ def check_config(config: Config, command: str, *, output_dir: str | Path | None 
             check_writable_dir(output_dir, "--out" if command == "train" else "--root")
     if command == "run":
         check_live_feed(config)
+    if command in ("run", "config"):
+        check_broker_keys(config)
 
 
 def check_record_folder(
@@ -135,6 +137,19 @@ def check_live_feed(config: Config) -> None:
             "(config/demo.toml: 20), or a vendor feed for real time (feed.source = 'yahoo', "
             "'alphavantage' or 'alpaca', with data.symbols; config/paper.toml)"
         )
+
+
+def check_broker_keys(config: Config) -> None:
+    """`broker.kind = "alpaca"` needs the account's keys in the environment: found only
+    mid-start before (`app._alpaca_or`), after the store was opened and the health server
+    started, and `tradingd config` passed it. Names the variables, never a value."""
+    if config.broker.kind != "alpaca":
+        return
+    from .app import replays_on_an_account
+    from .brokers.alpaca_mapping import alpaca_keys_from_env, missing_keys_error
+
+    if not replays_on_an_account(config) and alpaca_keys_from_env() is None:
+        raise missing_keys_error()
 
 
 def run_bars(config: Config, command: str) -> tuple[str, ...]:

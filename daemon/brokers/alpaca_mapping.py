@@ -31,6 +31,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -114,6 +115,31 @@ DUPLICATE_MESSAGE = "client_order_id must be unique"
 
 
 # ----------------------------------------------------------------------------- keys
+
+
+def look_alike_key_names(env: Mapping[str, str] | None = None) -> list[str]:
+    """The names (never the values) of set variables that look like Alpaca keys under
+    another name (`APCA_API_KEY`, `ALPACA_SECRET_KEY`): a typo in a unit's env file made
+    `broker.kind = "auto"` trade the simulated book, said at info level only."""
+    source = os.environ if env is None else env
+    return sorted(
+        name
+        for name, value in source.items()
+        if value.strip() and name not in (KEY_ID_ENV, SECRET_KEY_ENV) and _LOOK_ALIKE.match(name)
+    )
+
+
+_LOOK_ALIKE = re.compile(r"^(APCA|ALPACA)_\w*(KEY|SECRET)", re.IGNORECASE)
+
+
+def missing_keys_error(env: Mapping[str, str] | None = None) -> ConfigError:
+    """`broker.kind = "alpaca"` without its keys: what to set, and what is set instead."""
+    alike = look_alike_key_names(env)
+    instead = f" ({', '.join(alike)} is set: rename it)" if alike else ""
+    return ConfigError(
+        f"broker.kind = alpaca needs {KEY_ID_ENV} and {SECRET_KEY_ENV} in the environment"
+        f"{instead} (or broker.kind = simulated / auto)"
+    )
 
 
 def alpaca_keys_from_env(env: Mapping[str, str] | None = None) -> tuple[str, str] | None:

@@ -1,0 +1,96 @@
+"""Which broker a live run on a vendor feed trades: `broker.kind` decides, whatever keys the
+environment holds; missing or misspelt keys are said before anything trades."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from tradingd.app import build_engine
+from tradingd.brokers.simulated import SimulatedBroker
+from tradingd.config import load_config
+from tradingd.core.errors import ConfigError
+from tradingd.preflight import check_config
+
+ROOT = Path(__file__).resolve().parents[2]
+KEYS = {"APCA_API_KEY_ID": "AKTESTKEY", "APCA_API_SECRET_KEY": "test-secret-never-used"}
+
+
+def live_config(tmp_path: Path, broker: str, env: dict[str, str]):
+    cfg = tmp_path / "live.toml"
+    cfg.write_text(f"""
+[run]
+name = "brokerchoice"
+[data]
+symbols = ["AAA", "BBB"]
+[feed]
+source = "yahoo"
+[feed.yahoo]
+base_url = "http://127.0.0.1:9/"
+[broker]
+kind = "{broker}"
+[storage]
+url = "sqlite:///{tmp_path / "run.db"}"
+[health]
+port = 0
+[log]
+audit_dir = "{tmp_path / "audit"}"
+""")
+    return load_config([ROOT / "config/default.toml", cfg], env=env)
+
+
+def without_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.upper().startswith(("APCA_", "ALPACA_")):
+            monkeypatch.delenv(name)
+
+
+def test_simulated_on_a_vendor_feed_never_uses_the_keys_in_the_environment(tmp_path, monkeypatch):
+    """Only the recorded feed's path read `broker.kind`: on Yahoo's bars, a run set to the
+    simulated broker (a dry run of a strategy on live data) sent its orders to the Alpaca
+    account of the keys in the shell or the unit's env file."""
+    monkeypatch.chdir(tmp_path)
+    without_keys(monkeypatch)
+    for k, v in KEYS.items():
+        monkeypatch.setenv(k, v)
+    config = live_config(tmp_path, "simulated", KEYS)
+    engine = build_engine(config, "live")
+    assert isinstance(engine.broker, SimulatedBroker)
+
+
+def test_auto_without_keys_warns_and_names_a_misspelt_variable(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    without_keys(monkeypatch)
+    monkeypatch.setenv("APCA_API_KEY", "AKMISSPELT")  # tradingd reads APCA_API_KEY_ID
+    monkeypatch.setenv("APCA_API_BASE_URL", "https://paper-api.alpaca.markets")  # not a key
+    config = live_config(tmp_path, "auto", {})
+    with capture_logs() as logs:
+        engine = build_engine(config, "live")
+    assert isinstance(engine.broker, SimulatedBroker)
+    (said,) = [e for e in logs if e["event"] == "broker.simulated"]
+    assert said["log_level"] == "warning"
+    assert said["look_alike_variables"] == ["APCA_API_KEY"]
+    assert "AKMISSPELT" not in repr(logs)
+
+
+@pytest.mark.parametrize("command", ["run", "config"])
+def test_alpaca_without_keys_is_refused_by_the_check_and_names_a_look_alike(
+    tmp_path, monkeypatch, command
+):
+    """Found only mid-start before, after the store was opened and the health server
+    started; `tradingd config` passed it."""
+    monkeypatch.chdir(tmp_path)
+    without_keys(monkeypatch)
+    monkeypatch.setenv("ALPACA_SECRET_KEY", "misspelt-secret")
+    config = live_config(tmp_path, "alpaca", {})
+    with pytest.raises(ConfigError, match=r"APCA_API_KEY_ID.*ALPACA_SECRET_KEY is set") as e:
+        check_config(config, command)
+    assert "misspelt-secret" not in str(e.value)
+    assert not (tmp_path / "run.db").exists()
+    for k, v in KEYS.items():
+        monkeypatch.setenv(k, v)
+    check_config(config, command)  # with the keys: no error
