@@ -433,6 +433,9 @@ def _no_heartbeat(*, busy: bool = False) -> None:
 
 
 class Engine:
+    # The risk chain's list and each plugin's label in it (`_risk`): made at the first bar.
+    _risk_labels: tuple[list[Any], list[str | None]] | None = None
+
     def __init__(
         self,
         *,
@@ -3393,7 +3396,7 @@ class Engine:
         verdicts: list[RiskVerdict] = []
         long_only = self.long_only
         risks = self.pipeline.risks
-        labelled = self.__dict__.get("_risk_labels")
+        labelled = self._risk_labels
         if labelled is None or labelled[0] is not risks:
             # A risk plugin's verdicts are counted, alerted and reported by its name; a
             # second instance of one plugin (two drawdown guards with their own limits) by
@@ -3401,7 +3404,7 @@ class Engine:
             # summary's counts and the restrictions of the two merged.
             labels = [None if k == p.name else k for k, p in instance_keys(risks)]
             labelled = self._risk_labels = (risks, labels)
-        for r, label in zip(risks, labelled[1], strict=True):
+        for r, label in zip(risks, labelled[1]):  # noqa: B905 (made from `risks`)
             given = targets.view()
             given.setflags(write=False)
             t0 = _perf_counter()
