@@ -615,7 +615,14 @@ class LiveConfig:
             self.calendar,
             "an exchange calendar name such as XNYS",
         )
-        _require(self.delay_s >= 0, "live.delay_s", self.delay_s, ">= 0 seconds")
+        # At most a day: 1e9 (31 years) passed, and the clock then released no bar ever.
+        _require(
+            0 <= self.delay_s <= 86_400,
+            "live.delay_s",
+            self.delay_s,
+            "between 0 and 86,400 seconds (a day; a daily bar released after the next "
+            "session's open is not traded)",
+        )
         _require(
             self.bars_per_second >= 0,
             "live.bars_per_second",

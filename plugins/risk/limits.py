@@ -110,8 +110,13 @@ class MaxGrossExposureConfig:
     max_gross_exposure: float = 1.0
 
     def __post_init__(self) -> None:
-        if self.max_gross_exposure <= 0:
-            raise ValueError(f"max_gross_exposure must be > 0, got {self.max_gross_exposure}")
+        # A fraction of equity (1.0 = 100%): 100.0 (10,000%) passed as a cap that caps
+        # nothing. No US equity broker lends past 4x (Reg T: 2x overnight, 4x intraday).
+        if not 0 < self.max_gross_exposure <= 4:
+            raise ValueError(
+                f"max_gross_exposure must be in (0, 4] (a fraction of equity: 1.0 = 100%; no "
+                f"broker lends past 4x), got {self.max_gross_exposure}"
+            )
 
 
 class MaxGrossExposure:

@@ -158,6 +158,14 @@ def test_max_gross_exposure_scales_proportionally():
     assert r.check(np.array([0.5, 0.5, 0, 0]), ctx()).verdicts == ()
 
 
+@pytest.mark.parametrize("value", [0.0, -1.0, 4.5, 100.0])
+def test_max_gross_exposure_refuses_a_cap_no_broker_lends(value):
+    """100.0 (10,000%) passed: a cap that caps nothing, said nowhere."""
+    with pytest.raises(ValueError, match=r"\(0, 4\].*1\.0 = 100%"):
+        MaxGrossExposureConfig(value)
+    assert MaxGrossExposureConfig(4.0).max_gross_exposure == 4.0  # Reg T's intraday 4x
+
+
 def test_drawdown_guard_blocks_new_exposure_but_allows_exits():
     g = DrawdownGuard(DrawdownGuardConfig(max_drawdown_pct=0.2, daily_loss_limit_pct=0.05), SYMS)
     current = np.array([0.1, 0.1, 0.0, -0.1])
