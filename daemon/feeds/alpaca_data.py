@@ -439,7 +439,7 @@ class AlpacaDataClient:
             # In a worker thread: a warm-up page of 100 symbols x 500 bars is a long parse.
             frame = await asyncio.to_thread(_parse_bars, text, interval, self.session.timezone)
         except (ValueError, TypeError, AttributeError) as exc:
-            raise make_error(SOURCE, "malformed", str(exc)[:300]) from None
+            raise make_error(SOURCE, "malformed", self.caller.redact(exc)[:300]) from None
         return frame, fetched_at
 
     async def _fetch_chunk(
@@ -467,7 +467,8 @@ class AlpacaDataClient:
                 try:
                     raw = derive_actions(raw, split_adj, all_adj)
                 except ValueError as exc:  # e.g. a bar repeated in an adjusted table
-                    raise make_error(SOURCE, "malformed", f"adjusted bars: {exc}"[:300]) from None
+                    text = self.caller.redact(f"adjusted bars: {exc}")[:300]
+                    raise make_error(SOURCE, "malformed", text) from None
             raw = closed_only(raw, interval, min(now, fetched_at), self.session)
             raw = in_window(raw, start, end)
             by_symbol = {

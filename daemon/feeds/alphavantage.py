@@ -42,7 +42,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -57,6 +57,7 @@ from .resilience import (
     SourceError,
     error_for_status,
     make_error,
+    redact,
 )
 from .response_cache import ResponseCache, cache_key
 from .vendor import (
@@ -101,10 +102,22 @@ _NAMES = {
     "timestamp": "time",
 }
 _TZ_ALIASES = {"US/Eastern": "America/New_York"}
+# The daily-limit Information quotes the key it was called with ("We have detected your API
+# key as XYZ and ..."): masked also when the key is not a registered secret (a cached body).
+_KEY_IN_TEXT = re.compile(r"(?i)\b(api\s*key\s+as\s+)([A-Za-z0-9_\-]{4,})")
 
 
-def soft_error(obj: Any, symbol: str | None = None) -> SourceError | None:
-    """The SourceError an HTTP-200 JSON body means, or None when it holds data."""
+def redact_body(text: object, secrets: Iterable[str] = ()) -> str:
+    """`text` of a vendor answer with every secret value, `apikey=` parameter and quoted key
+    masked."""
+    return _KEY_IN_TEXT.sub(lambda m: f"{m.group(1)}***", redact(text, secrets))
+
+
+def soft_error(
+    obj: Any, symbol: str | None = None, secrets: Iterable[str] = ()
+) -> SourceError | None:
+    """The SourceError an HTTP-200 JSON body means, or None when it holds data. The body's
+    text is redacted (`secrets`, and the key the daily-limit Information quotes)."""
     if not isinstance(obj, dict):
         return make_error(SOURCE, "malformed", "JSON body is not an object", symbol=symbol)
     if not obj:
@@ -113,7 +126,7 @@ def soft_error(obj: Any, symbol: str | None = None) -> SourceError | None:
         )
     for key in SOFT_ERROR_KEYS:
         if key in obj:
-            text = " ".join(str(obj[key]).split())[:300]
+            text = redact_body(" ".join(str(obj[key]).split()), secrets)[:300]
             retryable = key == "Note" or (key == "Information" and bool(_BURST.search(text)))
             # A premium function or the demo key: no retry and no later bar will answer; the
             # configuration must change (kind `plan`, fatal at the feed like `auth`). A daily
@@ -149,14 +162,16 @@ def _frame_from_rows(rows: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def parse_body(text: str, symbol: str | None = None) -> tuple[pd.DataFrame, str | None]:
+def parse_body(
+    text: str, symbol: str | None = None, secrets: Iterable[str] = ()
+) -> tuple[pd.DataFrame, str | None]:
     """Rows of a JSON or CSV time-series answer (times as the vendor's strings) and the time
     zone named in the JSON meta data (None for CSV). Soft errors raise SourceError; anything
     else that is not a time series raises ValueError."""
     body = text.lstrip()
     if body.startswith("{"):
         obj = json.loads(body)
-        err = soft_error(obj, symbol)
+        err = soft_error(obj, symbol, secrets)
         if err is not None:
             raise err
         series_key = next((k for k in obj if str(k).startswith("Time Series")), None)
@@ -289,7 +304,7 @@ class AlphaVantageClient:
             if hit is not None:
                 try:
                     entry = json.loads(hit)
-                    rows, tz = parse_body(entry["body"], symbol)
+                    rows, tz = parse_body(entry["body"], symbol, self.caller.secrets)
                     return rows, tz, datetime.fromisoformat(entry["fetched_at"])
                 except (ValueError, KeyError, TypeError, SourceError):
                     log.warning("alphavantage.cache.bad_entry", symbol=symbol)
@@ -318,14 +333,14 @@ class AlphaVantageClient:
                         secrets=self.caller.secrets,
                     )
             try:
-                rows, tz = parse_body(text, symbol)
+                rows, tz = parse_body(text, symbol, self.caller.secrets)
             except SourceError:
                 raise
             except (ValueError, TypeError, KeyError, pd.errors.ParserError) as exc:
                 raise make_error(
                     SOURCE,
                     "malformed",
-                    self.caller.redact(f"{type(exc).__name__}: {exc}")[:300],
+                    redact_body(f"{type(exc).__name__}: {exc}", self.caller.secrets)[:300],
                     symbol=symbol,
                 ) from None
             return text, rows, tz
@@ -399,7 +414,8 @@ class AlphaVantageClient:
             try:
                 raw = to_raw(rows, interval, tz or self.timezone)
             except (ValueError, TypeError) as exc:
-                raise make_error(SOURCE, "malformed", str(exc)[:300], symbol=symbol) from None
+                text = redact_body(exc, self.caller.secrets)[:300]
+                raise make_error(SOURCE, "malformed", text, symbol=symbol) from None
             raw = closed_only(raw, interval, min(now, fetched_at), self.session)
             frames.append(raw.loc[:, [c for c in RAW_COLUMNS if c in raw]])
         # An empty month is empty_raw() (with split and dividend): not mixed with answers
@@ -463,6 +479,7 @@ __all__ = [
     "ENV_KEY",
     "AlphaVantageClient",
     "parse_body",
+    "redact_body",
     "soft_error",
     "to_raw",
 ]

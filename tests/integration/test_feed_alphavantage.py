@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, date, datetime
 
 import pandas as pd
@@ -301,3 +302,40 @@ async def test_unadjusted_daily_bars_say_splits_are_not_booked(fake, make_client
     assert set(suspects) == {"split_like_jump"}
     (jump,) = suspects["split_like_jump"]["examples"]
     assert (jump["symbol"], jump["time"]) == ("AAA", "2024-03-04")
+
+
+async def test_a_soft_error_quoting_the_key_is_redacted(fake, make_client, monkeypatch):
+    """Alpha Vantage's daily-limit Information quotes the key in an HTTP 200 body ("We have
+    detected your API key as <KEY> ..."): `soft_error` put it verbatim into the SourceError,
+    `FetchResult.errors` and the collector's `errors` (the HTTP-error and parse-error paths
+    redacted; this one did not)."""
+    from tradingd.feeds.alphavantage import parse_body, soft_error
+    from tradingd.feeds.collector import MarketDataCollector
+
+    said = (
+        f"We have detected your API key as {KEY} and our standard API rate limit is 25 "
+        "requests per day. Please subscribe to any of the premium plans at "
+        "https://www.alphavantage.co/premium/ to instantly remove all daily rate limits."
+    )
+    client = await make_client(max_attempts=1)
+    with capture_logs() as logs:
+        fake.faults.respond_next({"Information": said}, n=2)
+        res = await client.fetch(["IBM"], "1d", utc(2024, 3, 1), utc(2024, 3, 6))
+        err = res.errors["IBM"]
+        assert err.kind == "soft_error" and "25 requests per day" in err.message
+        assert "API key as ***" in err.message
+        assert KEY not in err.message and KEY not in str(err) and KEY not in repr(res.errors)
+        async with MarketDataCollector(alphavantage=client) as mdc:
+            await mdc.get_multiple_symbols_data(["IBM"], source="alphavantage")
+            assert "IBM" in mdc.errors
+            assert KEY not in repr(mdc.errors) and KEY not in str(mdc.errors["IBM"])
+    assert logs and KEY not in repr(logs)
+    assert KEY not in repr(client.status())
+    # Without the key registered (a parser's caller, a cached body of another key).
+    assert KEY not in str(soft_error({"Information": said}, "IBM"))
+    with pytest.raises(Exception) as raised:
+        parse_body(json.dumps({"Information": said}), "IBM")
+    assert KEY not in str(raised.value)
+    # The invalid-key Error Message has no key in it: nothing of it is masked.
+    text = "the parameter apikey is invalid or missing."
+    assert "apikey is invalid" in soft_error({"Error Message": text}).message
