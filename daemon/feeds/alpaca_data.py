@@ -41,7 +41,10 @@ wait; 5xx -> `http_5xx`; ...). alpaca-py's own 429/504 retries (3 x a fixed 3 s 
 worker thread, unseen by the caller's limiter and breaker) are off (`alpaca_sdk.no_sdk_retries`):
 every request is one attempt of the `ResilientCaller`, which backs off and honours Retry-After.
 An HTTP 200 whose body is not the bars object (empty, `null`, `{"bars": null}`, a symbol's
-bars `null`) is `malformed`, retried as Yahoo's and Alpha Vantage's are. An exception of ours
+bars `null`) is `malformed`, retried as Yahoo's and Alpha Vantage's are. A bar of a symbol
+that is not an object or has no readable `t` refuses that symbol only (`malformed`, naming
+the bar; `alpaca.bar_unreadable`); an o/h/l/c/v missing, `null` or not a number is NaN, which
+validation drops (an older bar) or refuses (the newest), as a Yahoo `null`. An exception of ours
 while handling a chunk's answer fails that chunk's symbols as `internal`
 (`source.internal_error`, with the traceback); the other chunks are served.
 
@@ -105,49 +108,84 @@ def timeframe_of(interval: Interval) -> Any:
     return TimeFrame(interval.minutes, TimeFrameUnit.Minute)
 
 
-def _parse_bars(text: str, interval: Interval, timezone: str) -> pd.DataFrame:
+def _parse_bars(
+    text: str, interval: Interval, timezone: str
+) -> tuple[pd.DataFrame, dict[str, str]]:
     """The body decoded and parsed in one call, for a worker thread."""
     return bars_to_long(json.loads(text), interval, timezone)
 
 
+FIELDS = {"open": "o", "high": "h", "low": "l", "close": "c", "volume": "v"}
+
+
+def _scalar(value: Any) -> Any:
+    """A bar's field as `pd.to_numeric` reads it: a list, object or bool is None (NaN)."""
+    return value if isinstance(value, (int, float, str)) and not isinstance(value, bool) else None
+
+
 def bars_to_long(
     bars: Mapping[str, Sequence[Mapping[str, Any]]], interval: Interval, tz: str
-) -> pd.DataFrame:
+) -> tuple[pd.DataFrame, dict[str, str]]:
     """Alpaca's {symbol: [{t,o,h,l,c,v,...}]} as one raw long table (symbol, time as naive UTC
-    labels, OHLCV, split 1.0, dividend 0.0), sorted by symbol and time. Raises ValueError on a
-    malformed bar."""
+    labels, OHLCV, split 1.0, dividend 0.0), sorted by symbol and time, and the symbols
+    refused, each with what is wrong with which of its bars. Raises ValueError when `bars`
+    is not an object.
+
+    Each symbol on its own: a bar that is not an object, or whose `t` is missing or not a
+    time, refuses its symbol only (without a label the bar cannot be placed, nor dropped as
+    a gap); an o/h/l/c/v missing, `null` or not a number is NaN, which validation drops (an
+    older bar) or refuses (the newest bar) naming the symbol and bar, as a Yahoo `null`. One
+    such bar failed the whole request, up to 100 symbols, with a message naming neither the
+    symbol nor the bar."""
     if not isinstance(bars, Mapping):
         raise ValueError(f"bars are a {type(bars).__name__}, not an object")
-    rows = [(str(sym), bar) for sym, seq in bars.items() for bar in seq]
+    refused: dict[str, str] = {}
+    rows: list[tuple[str, Mapping[str, Any]]] = []
+    count: dict[str, int] = {}
+    for sym, seq in bars.items():
+        symbol = str(sym)
+        count[symbol] = len(seq)
+        odd = next(((i, bar) for i, bar in enumerate(seq) if not isinstance(bar, Mapping)), None)
+        if odd is not None:
+            i, bar = odd
+            refused[symbol] = f"bar {i} of {len(seq)} is {bar!r:.60}, not an object"
+            continue
+        rows.extend((symbol, bar) for bar in seq)
     if not rows:
         out = empty_raw()
         out.insert(0, "symbol", pd.Series(dtype=object))
-        return out
-    try:
-        frame = pd.DataFrame(
-            {
-                "symbol": [sym for sym, _ in rows],
-                "t": [b["t"] for _, b in rows],
-                "open": [b["o"] for _, b in rows],
-                "high": [b["h"] for _, b in rows],
-                "low": [b["l"] for _, b in rows],
-                "close": [b["c"] for _, b in rows],
-                "volume": [b["v"] for _, b in rows],
-            }
-        )
-    except (KeyError, TypeError) as exc:
-        raise ValueError(f"a bar without the field {exc}") from None
-    stamps = pd.to_datetime(frame.pop("t"), utc=True, format="ISO8601")
+        return out, refused
+    frame = pd.DataFrame(
+        {"symbol": [sym for sym, _ in rows]}
+        | {name: [_scalar(b.get(key)) for _, b in rows] for name, key in FIELDS.items()}
+    )
+    given = pd.Series([b.get("t") for _, b in rows], dtype=object)
+    as_text = given.map(lambda t: t if isinstance(t, str) else None)
+    stamps = pd.to_datetime(as_text, utc=True, format="ISO8601", errors="coerce")
+    bad = stamps.isna().to_numpy()
+    if bad.any():
+        position = frame.groupby("symbol", sort=False).cumcount().to_numpy()
+        for k in np.flatnonzero(bad):
+            symbol = frame["symbol"].iat[k]
+            if symbol not in refused:
+                sent = "missing" if "t" not in rows[k][1] else f"{given.iat[k]!r:.40}"
+                refused[symbol] = (
+                    f"bar {position[k]} of {count[symbol]} has t {sent}, not a time "
+                    f"(bar {dict(rows[k][1])!r:.120})"
+                )
+        keep = ~frame["symbol"].isin(list(refused)).to_numpy()
+        frame, stamps = frame[keep].reset_index(drop=True), stamps[keep].reset_index(drop=True)
     if interval.daily:
         labels = stamps.dt.tz_convert(tz).dt.tz_localize(None).dt.normalize()
     else:
         labels = stamps.dt.tz_localize(None)
     frame.insert(1, "time", labels.astype("datetime64[ns]").to_numpy())
-    for name in ("open", "high", "low", "close", "volume"):
+    for name in FIELDS:
         frame[name] = pd.to_numeric(frame[name], errors="coerce").astype("float64")
     frame["split"] = 1.0
     frame["dividend"] = 0.0
-    return frame.sort_values(["symbol", "time"], kind="stable").reset_index(drop=True)
+    out = frame.sort_values(["symbol", "time"], kind="stable").reset_index(drop=True)
+    return out, refused
 
 
 def read_page(page: Any) -> tuple[dict[str, list[Any]], str | None]:
@@ -364,10 +402,11 @@ class AlpacaDataClient:
         *,
         adjustment: str = "raw",
         now: datetime,
-    ) -> tuple[pd.DataFrame, datetime]:
+    ) -> tuple[pd.DataFrame, datetime, dict[str, str]]:
         """One logical request, its pages asked for one by one (each an attempt of the
-        caller): the raw long table, and when it was fetched. Cached, all pages as one
-        answer, when the window's last bar has closed."""
+        caller): the raw long table, when it was fetched, and the symbols whose bars could
+        not be read (`bars_to_long`), with why. Cached, all pages as one answer, when the
+        window's last bar has closed."""
         if self._client is None:
             await self.start()
         end_close = bar_close(end, interval, self.session)
@@ -395,10 +434,10 @@ class AlpacaDataClient:
                     body, cached_at = entry["body"], datetime.fromisoformat(entry["fetched_at"])
                     if not isinstance(body, str):
                         raise TypeError(f"body is a {type(body).__name__}")
-                    frame = await asyncio.to_thread(
+                    frame, refused = await asyncio.to_thread(
                         _parse_bars, body, interval, self.session.timezone
                     )
-                    return frame, cached_at
+                    return frame, cached_at, refused
                 except (ValueError, KeyError, TypeError, AttributeError):
                     log.warning("alpaca.cache.bad_entry", what=what)
         pool = self._pool
@@ -437,10 +476,12 @@ class AlpacaDataClient:
             await self.cache.set(key, json.dumps(entry).encode(), symbols=symbols)
         try:
             # In a worker thread: a warm-up page of 100 symbols x 500 bars is a long parse.
-            frame = await asyncio.to_thread(_parse_bars, text, interval, self.session.timezone)
+            frame, refused = await asyncio.to_thread(
+                _parse_bars, text, interval, self.session.timezone
+            )
         except (ValueError, TypeError, AttributeError) as exc:
             raise make_error(SOURCE, "malformed", self.caller.redact(exc)[:300]) from None
-        return frame, fetched_at
+        return frame, fetched_at, refused
 
     async def _fetch_chunk(
         self,
@@ -455,15 +496,38 @@ class AlpacaDataClient:
         # Alpaca's `end` bounds the stamps: a daily bar is stamped at New York midnight in UTC
         # (04:00Z/05:00Z), later than the label's 00:00Z; the whole label date is asked for.
         last = end + timedelta(days=1, seconds=-1) if interval.daily else end
+        refused: dict[str, SourceError] = {}
+
+        def refuse(table: str, unread: dict[str, str]) -> None:
+            # A bar of the symbol that cannot be read, in any of the three tables: the
+            # symbol only is refused (its actions would be derived from a table missing
+            # it), named with the bar; the chunk's other symbols are served.
+            for sym, why in unread.items():
+                if sym in refused:
+                    continue
+                text = self.caller.redact(f"{table} bars: {why}")[:300]
+                refused[sym] = make_error(SOURCE, "malformed", text, symbol=sym)
+                log.warning(
+                    "alpaca.bar_unreadable", source=SOURCE, symbol=sym, table=table, error=text
+                )
+
         try:
-            raw, fetched_at = await self.get_bars(symbols, interval, first, last, now=now)
+            raw, fetched_at, unread = await self.get_bars(symbols, interval, first, last, now=now)
+            refuse("raw", unread)
             if self.derive:
-                split_adj, _ = await self.get_bars(
+                split_adj, _, unread = await self.get_bars(
                     symbols, interval, first, last, adjustment="split", now=now
                 )
-                all_adj, _ = await self.get_bars(
+                refuse("split-adjusted", unread)
+                all_adj, _, unread = await self.get_bars(
                     symbols, interval, first, last, adjustment="all", now=now
                 )
+                refuse("all-adjusted", unread)
+                if refused:
+                    gone = list(refused)
+                    raw = raw[~raw["symbol"].isin(gone)].reset_index(drop=True)
+                    split_adj = split_adj[~split_adj["symbol"].isin(gone)]
+                    all_adj = all_adj[~all_adj["symbol"].isin(gone)]
                 try:
                     raw = derive_actions(raw, split_adj, all_adj)
                 except ValueError as exc:  # e.g. a bar repeated in an adjusted table
@@ -485,7 +549,10 @@ class AlpacaDataClient:
             text = self.caller.redact(f"{type(exc).__name__}: {exc}")[:300]
             failure = make_error(SOURCE, "internal", text)
             return {s: failure.for_symbol(s) for s in symbols}
-        return {s: by_symbol.get(s, empty_raw()) for s in symbols}
+        out: dict[str, pd.DataFrame | BaseException] = {}
+        for s in symbols:
+            out[s] = refused[s] if s in refused else by_symbol.get(s, empty_raw())
+        return out
 
     async def fetch(
         self,

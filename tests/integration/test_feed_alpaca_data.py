@@ -556,3 +556,58 @@ async def test_each_page_has_the_timeout_of_one_request(fake, make_client):
     res = await client.fetch(*PAGED)
     assert res.errors == {}
     assert len(res.frame) == 11_700 and fake.count == 2
+
+
+# ----------------------------------------------------------------------------- bad bars
+
+
+def _day_bars(closes):
+    return [
+        {"t": f"2024-03-0{d}T05:00:00Z", "o": c, "h": c + 1, "l": c - 1, "c": c, "v": 1000}
+        for d, c in zip((4, 5, 6), closes, strict=True)
+    ]
+
+
+async def test_a_bad_bar_refuses_its_symbol_only_and_names_the_bar(fake, make_client):
+    """One bar lacking `v`, with a `t` that is not a time, or `null` failed the whole
+    request (up to 100 symbols) as `malformed` with a message naming neither the symbol
+    nor the bar (`bars_to_long` parsed every symbol's bars at once). A field missing or
+    `null` is NaN now, which validation drops (an older bar) or refuses (the newest), as a
+    Yahoo `null`; a bar without a readable time or not an object refuses its symbol only,
+    naming the bar."""
+    bars = {s: _day_bars([10.0, 11.0, 12.0]) for s in ("A", "B", "C", "D")}
+    del bars["B"][0]["v"]  # an older bar without volume: dropped by validation (a gap)
+    bars["C"][1]["t"] = "2024-03-0X"
+    bars["D"][2] = None
+    fake.faults.respond_next({"bars": bars, "next_page_token": None})
+    client = await make_client(derive_actions=False, max_attempts=1)
+    with capture_logs() as logs:
+        res = await client.fetch(["A", "B", "C", "D"], "1d", utc(2024, 3, 4), utc(2024, 3, 6))
+    assert fake.count == 1
+    assert len(one(res, "A")) == 3
+    b = one(res, "B")
+    assert list(b["time"]) == [pd.Timestamp("2024-03-05"), pd.Timestamp("2024-03-06")]
+    gap = [e for e in logs if e.get("symbol") == "B" and "2024-03-04" in repr(e)]
+    assert gap and "volume" in repr(gap)
+    c, d = res.errors["C"], res.errors["D"]
+    assert (c.kind, d.kind) == ("malformed", "malformed")
+    assert c.symbol == "C" and "bar 1 of 3" in c.message and "'2024-03-0X'" in c.message
+    assert d.symbol == "D" and "bar 2 of 3 is None, not an object" in d.message
+    said = {e["symbol"] for e in logs if e["event"] == "alpaca.bar_unreadable"}
+    assert said == {"C", "D"}
+
+
+async def test_a_bad_bar_in_an_adjusted_table_refuses_its_symbol_only(fake, make_client):
+    """The split-adjusted table's bar without a time: its symbol is refused (its actions
+    would be derived from a table missing a bar), the other symbol is served."""
+    good = {"bars": {s: _day_bars([10.0, 11.0, 12.0]) for s in ("A", "B")}}
+    bad = {"bars": {s: _day_bars([10.0, 11.0, 12.0]) for s in ("A", "B")}}
+    del bad["bars"]["B"][2]["t"]
+    for body in (good, bad, good):
+        fake.faults.respond_next({**body, "next_page_token": None})
+    client = await make_client(max_attempts=1)
+    res = await client.fetch(["A", "B"], "1d", utc(2024, 3, 4), utc(2024, 3, 6))
+    assert len(one(res, "A")) == 3
+    err = res.errors["B"]
+    assert err.kind == "malformed" and err.symbol == "B"
+    assert "split-adjusted bars: bar 2 of 3 has t missing" in err.message
