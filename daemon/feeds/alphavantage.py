@@ -8,7 +8,9 @@ log line and exception message, and it is never part of a cache key.
 Functions:
   daily     TIME_SERIES_DAILY: raw OHLCV, no corporate actions, or with `adjusted=True`
             TIME_SERIES_DAILY_ADJUSTED: raw OHLCV plus `dividend amount` and `split
-            coefficient` on their ex-dates (a premium function on current keys). Without it
+            coefficient` on their ex-dates (a premium function on current keys); a row
+            without them has none (1.0 / 0.0), one whose value is not a number ("N/A")
+            refuses the symbol's answer (`malformed`, naming the field and date). Without it
             a split shows as an unexplained jump of the raw price: use `adjusted=True` for a
             universe that may split, or another source. `start` warns about it
             (`feed.no_corporate_actions`), and the bars go to validation without split and
@@ -47,6 +49,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pandas as pd
 import structlog
 
@@ -158,8 +161,27 @@ def _frame_from_rows(rows: pd.DataFrame) -> pd.DataFrame:
     # validation says none are booked and flags a jump that looks like one (data.suspect).
     for name in ("split", "dividend"):
         if name in rows:
-            out[name] = pd.to_numeric(rows[name], errors="coerce").astype("float64")
+            out[name] = _action_values(rows[name], out["time"], name)
     return out
+
+
+def _action_values(given: pd.Series, times: pd.Series, name: str) -> pd.Series:
+    """A split or dividend column as numbers: a row without the field (or an empty cell) is
+    NaN, which validation defaults (split 1.0, dividend 0.0); a value present but not a
+    number ("N/A") raises ValueError naming the field and the date. It became 1.0 / 0.0
+    with a debug line: a lost split is a book holding the wrong number of shares."""
+    values = pd.to_numeric(given, errors="coerce").astype("float64")
+    text = given.astype(object).where(given.notna(), None)
+    present = text.map(lambda v: v is not None and str(v).strip() != "").astype(bool)
+    bad = values.isna() & present
+    if bad.any():
+        field = "split coefficient" if name == "split" else "dividend amount"
+        first = int(np.flatnonzero(bad.to_numpy())[0])
+        raise ValueError(
+            f"{field} {given.iloc[first]!r:.40} on {times.iloc[first]} is not a number "
+            f"({int(bad.sum())} row(s)); not read as {'1.0' if name == 'split' else '0.0'}"
+        )
+    return values
 
 
 def parse_body(
@@ -188,7 +210,9 @@ def parse_body(
         return _frame_from_rows(rows.reset_index()), tz
     if not body:
         raise ValueError("empty body")
-    rows = pd.read_csv(io.StringIO(body), dtype=str)
+    # Cells as sent: pandas' default reads "N/A", "NA", "null" ... as missing, which made an
+    # unreadable split coefficient the default 1.0; an empty cell is the missing one.
+    rows = pd.read_csv(io.StringIO(body), dtype=str, keep_default_na=False)
     return _frame_from_rows(rows), None
 
 

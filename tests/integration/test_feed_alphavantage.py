@@ -339,3 +339,69 @@ async def test_a_soft_error_quoting_the_key_is_redacted(fake, make_client, monke
     # The invalid-key Error Message has no key in it: nothing of it is masked.
     text = "the parameter apikey is invalid or missing."
     assert "apikey is invalid" in soft_error({"Error Message": text}).message
+
+
+DAYS = ("2024-03-06", "2024-03-05", "2024-03-04", "2024-03-01")  # newest first, as the vendor
+
+
+def adjusted_body(datatype: str, day: str, field: str, value: str | None) -> str:
+    """A TIME_SERIES_DAILY_ADJUSTED answer whose `field` on `day` is `value` (None: absent
+    from the JSON row, an empty CSV cell)."""
+    names = ("open", "high", "low", "close", "adjusted close", "volume")
+    names += ("dividend amount", "split coefficient")
+    rows = {}
+    for i, d in enumerate(DAYS):
+        c = 100.0 - i
+        values = [c, c + 1, c - 1, c, c, 1000, 0.0, 1.0]
+        row = {f"{k + 1}. {n}": str(v) for k, (n, v) in enumerate(zip(names, values, strict=True))}
+        if d == day:
+            key = next(k for k in row if k.endswith(field))
+            if value is None:
+                del row[key]
+            else:
+                row[key] = value
+        rows[d] = row
+    if datatype == "json":
+        meta = {"2. Symbol": "IBM", "5. Time Zone": "US/Eastern"}
+        return json.dumps({"Meta Data": meta, "Time Series (Daily)": rows})
+    header = ["timestamp", *(n.replace(" ", "_") for n in names)]
+    lines = [",".join(header)]
+    for d, row in rows.items():
+        cells = [row.get(f"{k + 1}. {n}", "") for k, n in enumerate(names)]
+        lines.append(",".join([d, *cells]))
+    return "\r\n".join(lines) + "\r\n"
+
+
+@pytest.mark.parametrize("datatype", ["json", "csv"])
+@pytest.mark.parametrize(
+    ("field", "value", "default"),
+    [("split coefficient", "N/A", "1.0"), ("dividend amount", "abc", "0.0")],
+)
+async def test_an_unreadable_split_or_dividend_refuses_the_answer(
+    fake, make_client, datatype, field, value, default
+):
+    """A split coefficient or dividend amount present but not a number ("N/A") became split
+    1.0 / dividend 0.0 with a debug line (`pd.to_numeric(errors="coerce")`, then
+    validation's default for a missing value): a 2:1 split lost so, and the book held the
+    wrong number of shares. It refuses the symbol's answer now (`malformed`), naming the
+    field and the date, as Yahoo's client does for an unreadable split."""
+    body = adjusted_body(datatype, "2024-03-04", field, value)
+    ctype = "text/csv" if datatype == "csv" else "application/json"
+    fake.faults.respond_next(body, content_type=ctype)
+    client = await make_client(datatype=datatype, adjusted=True, max_attempts=1)
+    res = await client.fetch(["IBM"], "1d", utc(2024, 3, 1), utc(2024, 3, 6))
+    err = res.errors["IBM"]
+    assert err.kind == "malformed" and err.symbol == "IBM" and res.frame.empty
+    assert field in err.message and repr(value) in err.message and "2024-03-04" in err.message
+    assert f"not read as {default}" in err.message
+
+
+@pytest.mark.parametrize("datatype", ["json", "csv"])
+async def test_an_absent_split_field_is_the_default(fake, make_client, datatype):
+    fake.faults.respond_next(
+        adjusted_body(datatype, "2024-03-04", "split coefficient", None),
+        content_type="text/csv" if datatype == "csv" else "application/json",
+    )
+    client = await make_client(datatype=datatype, adjusted=True)
+    df = one(await client.fetch(["IBM"], "1d", utc(2024, 3, 1), utc(2024, 3, 6)), "IBM")
+    assert len(df) == 4 and (df["split"] == 1.0).all() and (df["dividend"] == 0.0).all()
