@@ -28,10 +28,13 @@ Soft errors are HTTP 200 bodies holding one of the keys `Note`, `Information` or
   Information               a burst limit ("per second", "sparingly", "per minute") is
                             retried; a daily limit, a premium function or the demo key is not
                             (the last two are kind `plan`: fatal at the feed, as `auth`)
-  Error Message             a bad call, unknown symbol or invalid key: not retried, and
-                            `permanent` (a warm-up refused by it everywhere stops the daemon)
+  Error Message             a bad call or unknown symbol: not retried, and `permanent` (a
+                            warm-up refused by it everywhere stops the daemon); "the
+                            parameter apikey is invalid or missing" is kind `auth` (fatal
+                            at the feed, as Alpaca's 401: check ALPHA_VANTAGE_API_KEY)
   {}                        no data for the symbol: kind `not_found`
-All are SourceError of kind `soft_error` (or `not_found`), never bars.
+All are SourceError of kind `soft_error` (or `not_found`, `plan`, `auth`), never bars. A time
+series row that is not an object is `malformed`.
 
 Labels: daily rows are session dates; intraday rows are bar starts in the answer's time zone
 (`Time Zone` of the meta data, US/Eastern; CSV has none and uses `timezone`), converted to UTC.
@@ -89,6 +92,7 @@ AV_INTERVALS = {"1m": "1min", "5m": "5min", "15m": "15min", "30m": "30min", "60m
 SOFT_ERROR_KEYS = ("Error Message", "Information", "Note")
 _BURST = re.compile(r"per second|per minute|sparingly|call frequency", re.IGNORECASE)
 _PLAN = re.compile(r"is a premium endpoint|\bdemo\b\W*API key", re.IGNORECASE)
+_BAD_KEY = re.compile(r"\bapi\s*key\b.{0,20}\b(?:invalid|missing)\b", re.IGNORECASE)
 _COLUMN = re.compile(r"^\s*\d+\.\s*")
 _NAMES = {
     "open": "open",
@@ -135,6 +139,17 @@ def soft_error(
             # configuration must change (kind `plan`, fatal at the feed like `auth`). A daily
             # limit (which also names the premium plans) answers again the next day.
             kind = "plan" if key == "Information" and _PLAN.search(text) else "soft_error"
+            if key == "Error Message" and _BAD_KEY.search(text):
+                # The key is wrong or was not sent: fatal at the feed (as Alpaca's 401), not
+                # a soft error asked again at every bar for as long as the daemon runs.
+                return make_error(
+                    SOURCE,
+                    "auth",
+                    f"{key}: {text}; check {ENV_KEY}",
+                    symbol=symbol,
+                    retryable=False,
+                    permanent=True,
+                )
             # "Error Message" (an invalid call, an unknown symbol or key) answers the same
             # every time: a warm-up refused by it for every symbol is not retried for good.
             return make_error(
@@ -202,6 +217,12 @@ def parse_body(
         meta = obj.get("Meta Data") or {}
         tz = next((str(v) for k, v in meta.items() if "Time Zone" in str(k)), None)
         series = obj[series_key]
+        # A row that is not an object (a string, a list) is a malformed answer; it raised
+        # AttributeError in pandas, which was reported as a bug of ours (`internal`).
+        odd = [(str(k), row) for k, row in series.items() if not isinstance(row, dict)]
+        if odd:
+            (when, row), n = odd[0], len(odd)
+            raise ValueError(f"{series_key} row {when} is {row!r:.40}, not an object ({n} row(s))")
         if not series:
             empty = pd.DataFrame(columns=["timestamp", "open", "high", "low", "close", "volume"])
             return _frame_from_rows(empty), tz

@@ -141,7 +141,7 @@ async def test_recorded_intraday_labelled_by_start_in_utc(fake, make_client, dat
         ("information_premium_endpoint.json", "plan", False),
         ("information_demo_key.json", "plan", False),
         ("error_invalid_api_call.json", "soft_error", False),
-        ("error_apikey_invalid_or_missing.json", "soft_error", False),
+        ("error_apikey_invalid_or_missing.json", "auth", False),
         ("empty_object_no_data.json", "not_found", False),
     ],
 )
@@ -405,3 +405,36 @@ async def test_an_absent_split_field_is_the_default(fake, make_client, datatype)
     client = await make_client(datatype=datatype, adjusted=True)
     df = one(await client.fetch(["IBM"], "1d", utc(2024, 3, 1), utc(2024, 3, 6)), "IBM")
     assert len(df) == 4 and (df["split"] == 1.0).all() and (df["dividend"] == 0.0).all()
+
+
+async def test_an_invalid_key_is_auth_and_stops_a_feed_at_its_first_bar(fake, make_client):
+    """ "the parameter apikey is invalid or missing" was a `soft_error`: a running feed asked
+    again at every bar (a RetryableError each), for as long as the daemon ran. It is kind
+    `auth` now, which a feed stops on (FatalError), as on Alpaca's 401, naming the variable."""
+    from tradingd.core.errors import FatalError
+    from tradingd.feeds.vendor import VendorFeed
+
+    client = await make_client(api_key="not-the-key", max_attempts=3)
+    res = await client.fetch(["IBM"], "1d", utc(2024, 3, 1), utc(2024, 3, 6))
+    err = res.errors["IBM"]
+    assert (err.kind, err.retryable) == ("auth", False) and ENV_KEY in err.message
+    assert fake.count == 1  # not retried
+    feed = VendorFeed(client, ["IBM", "AAA"], "1d", clock=lambda: NOW)
+    with pytest.raises(FatalError, match=f"auth.*{ENV_KEY}.*check the credentials"):
+        await feed.bars(utc(2024, 3, 6))
+
+
+async def test_a_time_series_row_that_is_not_an_object_is_malformed(fake, make_client):
+    """A row that is a string raised AttributeError in pandas: reported as a bug of ours
+    (`internal`, at error level with a traceback). It is `malformed` (retried), naming the
+    row."""
+    body = json.loads(adjusted_body("json", "2024-03-04", "split coefficient", "1.0"))
+    body["Time Series (Daily)"]["2024-03-04"] = "oops"
+    fake.faults.respond_next(body)
+    client = await make_client(adjusted=True, max_attempts=1)
+    with capture_logs() as logs:
+        res = await client.fetch(["IBM"], "1d", utc(2024, 3, 1), utc(2024, 3, 6))
+    err = res.errors["IBM"]
+    assert err.kind == "malformed" and err.retryable
+    assert "row 2024-03-04 is 'oops', not an object" in err.message
+    assert not [e for e in logs if e["event"] == "source.internal_error"]
