@@ -1614,7 +1614,31 @@ class VendorFeed:
         kept = self._held.hold(frame)
         for sym, when in self._held.pending:  # judged by the first live bars' answers
             self._holes.setdefault(when, set()).add(sym)
+        self._say_no_bars(kept, result, start, end)
         return panel_of(kept, self._symbols)
+
+    def _say_no_bars(
+        self, kept: pd.DataFrame, result: FetchResult, start: datetime, end: datetime
+    ) -> None:
+        """`feed.no_bars_in_window`, a warning naming the symbols the answer had no bar of
+        in [start, end] without failing (a symbol the vendor does not serve under that name,
+        a listing after the window): each became an all-NaN column of the warm-up without a
+        word (the failed ones are said by `feed.symbols_failed` and `status()`)."""
+        have = set(kept["symbol"].astype(str)) if not kept.empty else set()
+        none = [s for s in self._symbols if s not in have and s not in result.errors]
+        if none:
+            log.warning(
+                "feed.no_bars_in_window",
+                source=self.source.name,
+                symbols=none[:10],
+                count=len(none),
+                of=len(self._symbols),
+                start=as_utc(start).isoformat(),
+                end=as_utc(end).isoformat(),
+                rule="the source answered without any bar of these symbols in the window: "
+                "no bars (NaN) for them until it serves some; check data.symbols against the "
+                "names the source uses, or whether they traded then",
+            )
 
     def status(self) -> dict[str, Any]:
         """For the health server (`health.status_check` reads `ok`, `circuit`, `last_error`

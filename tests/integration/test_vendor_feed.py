@@ -1340,3 +1340,30 @@ async def test_a_volume_the_vendor_completes_later_is_said_at_info_not_warned():
     assert said["fields"]["volume"]["now"] == pytest.approx(
         said["fields"]["volume"]["served"] * 1.3, rel=1e-6
     )
+
+
+async def test_a_symbol_without_bars_at_warm_up_is_named():
+    """A symbol the answer has no bar of (a name the vendor does not serve under that
+    spelling, a listing after the window) and no error for became an all-NaN column of the
+    warm-up without a word. It is named now (`feed.no_bars_in_window`, a warning)."""
+    days = ("2024-03-04", "2024-03-05", "2024-03-06")
+
+    def bars(c: float) -> list[dict]:
+        return [
+            {"t": f"{d}T05:00:00Z", "o": c, "h": c + 1, "l": c - 1, "c": c, "v": 1000} for d in days
+        ]
+
+    body = {"bars": {"AAA": bars(10.0), "BBB": bars(20.0)}, "next_page_token": None}
+    async with fake_for("alpaca", make_book()) as fake:
+        fake.faults.respond_next(body, n=3)  # raw, split- and all-adjusted
+        feed = await started(VendorFeed(source_for("alpaca", fake), SYMBOLS, clock=lambda: NOW))
+        try:
+            with capture_logs() as logs:
+                panel = await feed.history(utc(2024, 3, 4), utc(2024, 3, 6))
+        finally:
+            await feed.stop()
+    assert np.isnan(panel.close[:, panel.symbols.index("CCC")]).all()
+    assert not np.isnan(panel.close[:, panel.symbols.index("AAA")]).any()
+    (said,) = [e for e in logs if e["event"] == "feed.no_bars_in_window"]
+    assert said["log_level"] == "warning" and said["symbols"] == ["CCC"]
+    assert (said["count"], said["of"]) == (1, 3)
