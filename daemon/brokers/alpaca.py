@@ -9,7 +9,8 @@ How it works:
   client gets a session with one per read and a deadline for the whole request, the body
   included (`request_timeout_s`, `alpaca_sdk.DeadlineSession`). Retries (`max_attempts`, exponential
   backoff with jitter, tenacity) cover timeouts, broken connections, 429 and 5xx; a 429 gets
-  four tries per attempt and its wait is at least the answer's Retry-After. alpaca-py's own
+  four tries per attempt and its wait is at least the answer's Retry-After. Each retry is
+  logged (`alpaca.retry`: the call, the attempt, the answer, the wait). alpaca-py's own
   retries are off (see `_make_client`): they ran in the worker thread, which a timed-out
   call cannot stop, so an order could be placed after the broker had given it up. Every call
   first waits for the account's request budget (`rate_limit_per_minute`, Alpaca's 200/min),
@@ -68,10 +69,17 @@ Errors:
 
 * Every order-level refusal becomes a REJECTED order whose `reason` is the broker's message
   with its HTTP status and code (`alpaca: insufficient buying power (HTTP 403, code
-  40310000)`): 401/403/404/422 answers (buying power, quantity, shorting, wash trade, PDT,
+  40310000)`): 403/404/422 answers (buying power, quantity, shorting, wash trade, PDT,
   non-tradable or non-fractionable asset, market closed, sub-penny prices...), a 429 left
   after all retries, and requests alpaca-py itself refuses to build. `submit` never raises
   for those.
+* Alpaca refusing the keys after the start (401, or 403 "forbidden." without a code: keys
+  revoked or replaced) is no order's refusal but an outage of the account: one error line
+  (`alpaca.keys_refused`; its end `alpaca.keys_accepted`), the broker not connected, and no
+  order or cancel sent meanwhile: `submit` raises `SubmitCutShort` with the batch not sent,
+  `cancel` RetryableError, as for a broker that cannot be reached (the engine decides again
+  at the next bar), each after one look at the account (GET /v2/account), whose answer ends
+  the outage. At the start the same answer is a ConfigError.
 * `submit` raises `RetryableError` when the outcome is unknown: timeouts, refused
   connections and 5xx answers left after the retries. Resubmitting the same orders is safe
   (see idempotency), which is what the caller is expected to do after backing off. Orders of
@@ -146,11 +154,14 @@ from ..ratelimit import window_limiter
 from ..secrets import mask_url
 from .alpaca_mapping import (
     EPS,
+    KNOWN_EVENTS,
+    KNOWN_STATUSES,
     LIVE_HOSTS,
     MAY_HAVE_FILLED,
     PAPER_BASE_URL,
     TIME_IN_FORCE_CHOICES,
     AccountSnapshot,
+    ErrorInfo,
     LocalRejection,
     Unit,
     UnreadableOrder,
@@ -170,8 +181,9 @@ from .alpaca_mapping import (
     parse_time,
     plan_submission,
     positions_from_alpaca,
-    unreadable_filled,
+    uncountable_filled,
     validate,
+    why_uncountable,
 )
 
 __all__ = [
@@ -197,6 +209,9 @@ _THROTTLED_TRIES = 4  # a 429's tries per attempt (alpaca-py's own, before they 
 _REREAD_LIMIT = 20
 # Orders read back at a restart to find whose an edited order is (`_trace_origins`).
 _EDIT_CHAIN_LIMIT = 10
+# Distinct unknown status and event names counted in `status()` (`_note_unknown`); any
+# beyond are counted together.
+_UNKNOWN_NAMES_LIMIT = 32
 
 T = TypeVar("T")
 # Answers that arrived but cannot be read: malformed, not a connection failure, although
@@ -457,6 +472,27 @@ def _retry_after(error: BaseException | None) -> float | None:
     return 0.0 if seconds is None else seconds
 
 
+class _KeysRefused(RetryableError):
+    """A unit not placed because Alpaca refuses the keys (`_refuses_keys`): its POST was
+    answered 401, or it was not sent, the keys being known refused. Its outcome is known
+    (nothing placed): `submit` closes it as not sent, as the later waves of a batch."""
+
+    def __init__(self, message: str, unit: Unit) -> None:
+        super().__init__(message)
+        self.unit = unit
+
+
+def _refuses_keys(info: ErrorInfo) -> bool:
+    """Whether an error answer says Alpaca refuses the keys themselves (revoked, or no
+    longer the account's): 401, or a 403 "forbidden" without a code (Alpaca's answer to
+    missing or unknown key headers). Not an order's refusal: those 403s carry a code
+    (buying power, shorting, wash trade, PDT...)."""
+    if info.status == 401:
+        return True
+    text = info.message.strip().lower().rstrip(".")
+    return info.status == 403 and info.code is None and text == "forbidden"
+
+
 def _is_retryable(error: BaseException) -> bool:
     if isinstance(error, _Unreachable):
         return True
@@ -641,9 +677,16 @@ class AlpacaBroker:
         self._last_poll_mono = time.monotonic()
         self._requested_poll_mono = -math.inf  # the last poll asked for (`_poller`)
         self._account_blocked: str | None = None
+        # Why Alpaca refuses the keys (a 401 after the start: revoked), and since when; None
+        # while it accepts them. Orders are not sent meanwhile (`submit`, `cancel`).
+        self._keys_refused: str | None = None
+        self._keys_refused_at: datetime | None = None
         self._last_account_mono = time.monotonic()
         self._stream_changes = 0
         self._unknown_updates = 0
+        # Updates that carried a status or trade-update event name Alpaca's docs do not
+        # list, by name ("status <name>", "event <name>"; `_note_unknown`). Bounded.
+        self._unknown_names: dict[str, int] = {}
         # Parts of answers skipped as unreadable (`_skipped`), by event: said sparsely.
         self._skips: dict[str, int] = {}
         # Alpaca orders (root client ids) adopted by `start`, until `resume` has sorted them.
@@ -832,8 +875,26 @@ class AlpacaBroker:
             account = await self._call("get_account", self._require_client().get_account)
             self._check_account(account, "the account check")
         except (APIError, _Unreachable, RetryableError) as e:
-            log.warning("alpaca.account_check_failed", error=self._scrub(e))
+            # While the keys are refused that was said once (`alpaca.keys_refused`).
+            said = log.debug if self._keys_refused is not None else log.warning
+            said("alpaca.account_check_failed", error=self._scrub(e))
             self._last_account_mono = time.monotonic()
+
+    async def _keys_still_refused(self) -> bool:
+        """While Alpaca refuses the keys: ask again (GET /v2/account, one request; an
+        accepted answer ends the outage, `_call_once`) before anything is sent. Whether
+        they are refused still."""
+        if self._keys_refused is None:
+            return False
+        await self._recheck_account()
+        return self._keys_refused is not None
+
+    def _keys_error(self, what: str) -> RetryableError:
+        return RetryableError(
+            f"Alpaca at {self._endpoint} refuses the keys in APCA_API_KEY_ID and "
+            f"APCA_API_SECRET_KEY since {_iso(self._keys_refused_at)} "
+            f"({self._keys_refused}): {what} not sent until it accepts them again"
+        )
 
     def status(self) -> dict[str, Any]:
         """For /ready and diagnostics. Never contains keys."""
@@ -847,6 +908,9 @@ class AlpacaBroker:
             "connected": self._connected,
             # Why the account may not trade (status, blocks), None when it may.
             "blocked": self._account_blocked,
+            # Alpaca refusing the keys mid-run (revoked): its answer, and since when.
+            "keys_refused": self._keys_refused,
+            "keys_refused_at": _iso(self._keys_refused_at),
             "stream": stream,
             "mode": "stream" if self._stream_up else "polling",
             "stream_changes": self._stream_changes,
@@ -854,7 +918,11 @@ class AlpacaBroker:
             "last_poll_at": _iso(self._last_poll_at),
             "last_error": self._last_error,
             "last_error_at": _iso(self._last_error_at),
+            # Updates for orders not (yet) known (parked until their order is).
             "unknown_updates": self._unknown_updates,
+            # Updates with a status or event name this adapter does not know, by name
+            # (taken as working / as an update of the order's state, said once a name).
+            "unknown_statuses": dict(self._unknown_names),
             "unknown_orders": self._unknown_orders,
             "resumed": self._resumed,
         }
@@ -1326,6 +1394,14 @@ class AlpacaBroker:
                 )
             else:
                 units.append(item)
+        if units and await self._keys_still_refused():
+            # Keys refused (revoked mid-run): as with a broker that cannot be reached, the
+            # orders are not sent, closed as not placed (the engine decides again at the next
+            # bar); sent, each was refused with the same 401, an error line per order.
+            refusal = self._keys_error("orders are")
+            not_sent, placed = self._not_sent(units, refusal)
+            results.update(placed)
+            raise self._cut_short(refusal, results, not_sent)
         # Waves of one side, sells first (they free buying power); within a wave up to
         # `max_in_flight` requests at once. A failure with an unknown outcome ends the batch
         # after the wave in flight has been answered, so nothing sent is left unrecorded.
@@ -1339,25 +1415,35 @@ class AlpacaBroker:
         for n, wave in enumerate(waves):
             outcomes = await asyncio.gather(*(send(u) for u in wave), return_exceptions=True)
             failed: RetryableError | None = None
+            refused: list[Unit] = []
             for outcome in outcomes:
-                if isinstance(outcome, RetryableError):
+                if isinstance(outcome, _KeysRefused):
+                    refused.append(outcome.unit)  # not placed: closed as not sent
+                    failed = failed or outcome
+                elif isinstance(outcome, RetryableError):
                     failed = failed or outcome
                 elif isinstance(outcome, BaseException):
                     raise outcome
                 else:
                     results.update(outcome)
             if failed is not None:
-                later = [u for w in waves[n + 1 :] for u in w]
+                later = [*refused, *(u for w in waves[n + 1 :] for u in w)]
                 not_sent, placed = self._not_sent(later, failed)
                 results.update(placed)
-                raise SubmitCutShort(
-                    f"{failed}; {len(results)} order(s) of the batch were answered, "
-                    f"{len(not_sent)} not sent (closed as cancelled); resubmitting the same "
-                    "orders is safe (duplicate client_order_ids return the existing orders)",
-                    answered=list(results.values()),
-                    not_sent=not_sent,
-                ) from None
+                raise self._cut_short(failed, results, not_sent) from None
         return [results[o.client_order_id].snapshot() for o in orders]
+
+    @staticmethod
+    def _cut_short(
+        failed: RetryableError, results: Mapping[str, Order], not_sent: list[Order]
+    ) -> SubmitCutShort:
+        return SubmitCutShort(
+            f"{failed}; {len(results)} order(s) of the batch were answered, "
+            f"{len(not_sent)} not sent (closed as cancelled); resubmitting the same "
+            "orders is safe (duplicate client_order_ids return the existing orders)",
+            answered=list(results.values()),
+            not_sent=not_sent,
+        )
 
     def _not_sent(
         self, units: Sequence[Unit], failed: RetryableError
@@ -1407,12 +1493,14 @@ class AlpacaBroker:
             # Alpaca never named this leg to us; nothing to cancel there by id.
             self._close_locally(t, OrderStatus.CANCELLED, t.cancel_reason)
         else:
+            if await self._keys_still_refused():
+                raise self._keys_error(f"the cancel of {client_order_id} is")
             refused = None
             try:
                 await self._call("cancel_order", client.cancel_order_by_id, t.alpaca_id)
             except APIError as e:
                 refused = error_info(e)
-                if refused.retryable:
+                if refused.retryable or _refuses_keys(refused):
                     raise RetryableError(
                         f"Alpaca at {self._endpoint}: cancel of {client_order_id} failed: "
                         f"{self._scrub(refused.reason)}"
@@ -1593,12 +1681,18 @@ class AlpacaBroker:
             why = self._scrub(str(e).splitlines()[0] if str(e) else type(e).__name__)
             return {m.client_order_id: self._reject(m, f"invalid order: {why}") for m in members}
 
+        if self._keys_refused is not None:
+            # Another order of the wave was just answered 401: this one is not sent.
+            raise _KeysRefused(str(self._keys_error("orders are")), unit)
         try:
             raw = await self._call(
                 "submit_order", client.submit_order, request, uncertain=primary.client_order_id
             )
         except APIError as e:
             info = error_info(e)
+            if _refuses_keys(info) and self._keys_refused is not None:
+                # Refused before it was read: not placed, closed as not sent (`submit`).
+                raise _KeysRefused(str(self._keys_error("orders are")), unit) from None
             if info.duplicate:
                 try:
                     existing = await self._existing(primary.client_order_id)
@@ -1942,10 +2036,12 @@ class AlpacaBroker:
         fill: Fill | None = None
         status_text = str(raw.get("status") or "")
         filled = parse_float(raw.get("filled_qty"))
-        if not unreadable_filled(filled):
+        # Unreadable, or "0" on an order Alpaca says is filled (a contradiction): not counted.
+        uncountable = uncountable_filled(filled, status_text)
+        if not uncountable:
             self._unreadable_said.forget(order_key(raw))  # a later unreadable one is said
         if not stale:
-            t.filled_unreadable = unreadable_filled(filled)
+            t.filled_unreadable = uncountable
             when = (
                 parse_time((event or {}).get("timestamp"))
                 or parse_time(raw.get("filled_at"))
@@ -1962,13 +2058,19 @@ class AlpacaBroker:
                 changed = changed or fill is not None
                 unpriced = fill is None
             status = self._status_for(t, status_text, order.filled_quantity)
+            if status_text.strip().lower() not in KNOWN_STATUSES:
+                self._note_unknown(
+                    "status", status_text, order.client_order_id, order.symbol, str(status)
+                )
             # Closed (filled, or cancelled after executions perhaps) with a `filled_qty`
             # that cannot be read: no fill can be derived, and closed here it would be
             # followed no longer, as filled with nothing filled.
-            # Negative too, as `order_from_alpaca` reads it at a start or a restart.
-            uncounted = unreadable_filled(filled) and status in MAY_HAVE_FILLED
+            # Negative too, as `order_from_alpaca` reads it at a start or a restart; and
+            # "0" on a `filled` order (a fill event with qty "0" too): closed FILLED with
+            # nothing booked and nothing said, its executions were never booked.
+            uncounted = uncountable and status in MAY_HAVE_FILLED
             if uncounted:
-                self._without_quantity(order, raw, status_text)
+                self._without_quantity(order, raw, status_text, why_uncountable(filled))
             elif self._uncounted:
                 self._uncounted.discard(order.client_order_id)
             if (unpriced or uncounted) and not status.is_open:
@@ -1995,7 +2097,36 @@ class AlpacaBroker:
         if changed and (not order.status.is_open or order.filled_quantity > EPS):
             self._settle_group(t, report)
 
-    def _without_quantity(self, order: Order, raw: Mapping[str, Any], status_text: str) -> None:
+    def _note_unknown(
+        self, kind: str, name: Any, client_order_id: str, symbol: str, taken_as: str
+    ) -> None:
+        """An order status or trade-update event name Alpaca sent that this adapter does not
+        know (`KNOWN_STATUSES`, `KNOWN_EVENTS`; Alpaca adds some now and then): a deliberate
+        repair, not an error. It is taken as `taken_as` (a status: what `map_status` makes
+        of it, working; an event: an update of the order's state, from its order object).
+        Counted by name in `status()["unknown_statuses"]` and said once per name (a warning
+        naming the first order it came with): taken silently as working, an order in a
+        state nobody knew of waited for a fill with nothing saying why."""
+        shown = self._scrub(str(name if name is not None else "")[:40]) or "(none)"
+        key = f"{kind} {shown}"
+        counts = self._unknown_names
+        if key not in counts and len(counts) >= _UNKNOWN_NAMES_LIMIT:
+            key = f"{kind} (others)"
+        counts[key] = counts.get(key, 0) + 1
+        if counts[key] == 1:
+            log.warning(
+                f"alpaca.unknown_{kind}",
+                name=shown,
+                client_order_id=client_order_id,
+                symbol=symbol,
+                taken_as=taken_as,
+                rule="not in Alpaca's documented names: taken as said; logged once per name, "
+                "counted in the broker's status (unknown_statuses)",
+            )
+
+    def _without_quantity(
+        self, order: Order, raw: Mapping[str, Any], status_text: str, why: str
+    ) -> None:
         SOURCE_ERRORS.labels(source=SOURCE, kind="malformed").inc()
         if order.client_order_id in self._uncounted:
             return  # logged once: it is polled every few s
@@ -2006,6 +2137,7 @@ class AlpacaBroker:
             symbol=order.symbol,
             status=status_text,
             filled_qty=raw.get("filled_qty"),
+            why=why,
             rule="followed as working until Alpaca gives a readable filled_qty, then booked",
         )
 
@@ -2296,7 +2428,9 @@ class AlpacaBroker:
         try:
             await self.poll(only_open=only_open)
         except Exception as e:  # polling is the fallback: it must not take the engine down
-            log.warning("alpaca.poll_failed", error=self._scrub(e))
+            # While the keys are refused that was said once (`alpaca.keys_refused`).
+            said = log.debug if self._keys_refused is not None else log.warning
+            said("alpaca.poll_failed", error=self._scrub(e))
 
     async def _poller(self) -> None:
         while True:
@@ -2464,6 +2598,16 @@ class AlpacaBroker:
                 self._poll_requested = True
                 self._wake.set()
                 return
+            assert isinstance(data, Mapping)  # raw is data's order
+            name = data.get("event")
+            if str(name or "").strip().lower() not in KNOWN_EVENTS:
+                self._note_unknown(
+                    "event",
+                    name,
+                    str(raw.get("client_order_id") or raw.get("id") or ""),
+                    str(raw.get("symbol") or ""),
+                    f"an update of the order's state (its status {raw.get('status')!r})",
+                )
             self._apply(raw, event=data)
         except Exception as e:  # one bad update must not stop the others
             # Said sparsely, counted each time: a stream repeating it logged a line each.
@@ -2545,10 +2689,15 @@ class AlpacaBroker:
                 continue
             status_text = str(part.get("status") or "")
             filled = parse_float(part.get("filled_qty"))
-            uncounted = unreadable_filled(filled) and map_status(status_text) in MAY_HAVE_FILLED
+            uncountable = uncountable_filled(filled, status_text)
+            uncounted = uncountable and map_status(status_text) in MAY_HAVE_FILLED
+            if status_text.strip().lower() not in KNOWN_STATUSES:
+                self._note_unknown(
+                    "status", status_text, order.client_order_id, order.symbol, str(order.status)
+                )
             self._forget_alpaca_id(str(part.get("id") or ""))
             t = _Tracked(order=order, group=group, adopted=True)
-            t.filled_unreadable = unreadable_filled(filled)
+            t.filled_unreadable = uncountable
             t.replaces = str(part.get("replaces") or "") or None
             self._link(t, part)
             t.remote_updated = parse_time(part.get("updated_at"))
@@ -2747,10 +2896,33 @@ class AlpacaBroker:
             base = float(backoff(state))
             return base if not hint else max(base, min(hint, cfg.call_timeout_s))
 
+        def said(state: RetryCallState) -> None:
+            # Each retry said (no keys: the texts are scrubbed): retried in silence, a
+            # flaky Alpaca showed only as slow orders.
+            error = last_error(state)
+            if isinstance(error, APIError):
+                info = error_info(error)
+                failure = f"HTTP {info.status}" if info.status is not None else "error"
+                detail = self._scrub(info.reason)
+            else:
+                failure = getattr(error, "kind", type(error).__name__)
+                detail = self._scrub(error)
+            throttled = _retry_after(error) is not None
+            log.info(
+                "alpaca.retry",
+                op=op,
+                attempt=state.attempt_number,
+                of=cfg.max_attempts * (_THROTTLED_TRIES if throttled else 1),
+                failure=failure,
+                error=detail,
+                wait_s=round(state.next_action.sleep, 3) if state.next_action else None,
+            )
+
         retrying = AsyncRetrying(
             stop=stop,
             wait=wait,
             retry=retry_if_exception(_is_retryable),
+            before_sleep=said,
             reraise=True,
         )
         async for attempt in retrying:
@@ -2777,9 +2949,10 @@ class AlpacaBroker:
             info = error_info(e)
             status = info.status or 0
             kind = "http_5xx" if status >= 500 else f"http_{status}" if status else "http"
-            self._failed(
-                op, kind, self._scrub(info.reason), up=not info.retryable and status != 401
-            )
+            keys = _refuses_keys(info)
+            self._failed(op, kind, self._scrub(info.reason), up=not info.retryable and not keys)
+            if keys and self._started:
+                self._keys_now_refused(op, info)
             if uncertain is not None and status >= 500:
                 self._attempt(uncertain)
             raise
@@ -2806,7 +2979,41 @@ class AlpacaBroker:
             SOURCE_LATENCY.labels(source=SOURCE).observe(time.perf_counter() - started)
         SOURCE_UP.labels(source=SOURCE).set(1)
         self._connected = True
+        if self._keys_refused is not None:
+            self._keys_now_accepted(op)
         return result
+
+    def _keys_now_refused(self, op: str, info: ErrorInfo) -> None:
+        """Alpaca refused the keys after the start (revoked, or replaced in its dashboard):
+        one error line for the outage (its end: `_keys_now_accepted`). Meanwhile no order
+        or cancel is sent (`submit`, `cancel`: RetryableError, as for a broker that cannot
+        be reached, after asking for the account once), and the broker is not connected
+        (/ready, the broker-down alert). Before, every bar's orders were sent and each was
+        refused with the same 401, a line per order."""
+        if self._keys_refused is not None:
+            return
+        self._keys_refused = self._scrub(info.reason)
+        self._keys_refused_at = _now()
+        log.error(
+            "alpaca.keys_refused",
+            endpoint=self._endpoint,
+            op=op,
+            reason=self._keys_refused,
+            rule="Alpaca no longer accepts APCA_API_KEY_ID and APCA_API_SECRET_KEY: no order "
+            "is sent (each bar's are closed as not placed and decided again at the next) "
+            "until it does; the account is asked again before each batch. Said once an "
+            "outage; restart with the paper account's current keys",
+        )
+
+    def _keys_now_accepted(self, op: str) -> None:
+        since = self._keys_refused_at
+        self._keys_refused, self._keys_refused_at = None, None
+        log.info(
+            "alpaca.keys_accepted",
+            endpoint=self._endpoint,
+            op=op,
+            refused_for_s=round((_now() - since).total_seconds(), 1) if since else None,
+        )
 
     def _attempt(self, client_order_id: str) -> None:
         self._remember(self._attempted, client_order_id)

@@ -23,7 +23,8 @@ Status mapping (Alpaca -> `OrderStatus`), see `map_status`:
   good-till-cancelled order resumes the next session, and calling it cancelled would turn a
   later fill into a fill of a closed order. A day order that is really finished is followed
   by `expired` or `canceled`. Unknown statuses (Alpaca adds some now and then) are treated
-  as still working too, never as an error.
+  as still working too, never as an error; the broker logs a warning once per unknown name
+  (`KNOWN_STATUSES`, `AlpacaBroker._note_unknown`).
 """
 
 from __future__ import annotations
@@ -77,6 +78,55 @@ TIME_IN_FORCE_CHOICES = ("day", "gtc", "opg", "cls", "ioc", "fok")
 EPS = 1e-9
 
 _CANCELLED = frozenset({"canceled", "cancelled", "expired", "replaced"})
+# Alpaca's order statuses (its docs and alpaca-py's OrderStatus) and trade-update events
+# (its docs and alpaca-py's TradeEvent). Any other name is still mapped (`map_status`: a
+# status as working), and the broker says so once per name (`AlpacaBroker._note_unknown`).
+KNOWN_STATUSES = frozenset(
+    {
+        "new",
+        "partially_filled",
+        "filled",
+        "done_for_day",
+        "canceled",
+        "cancelled",
+        "expired",
+        "replaced",
+        "pending_cancel",
+        "pending_replace",
+        "pending_review",
+        "accepted",
+        "pending_new",
+        "accepted_for_bidding",
+        "stopped",
+        "rejected",
+        "suspended",
+        "calculated",
+        "held",
+    }
+)
+KNOWN_EVENTS = frozenset(
+    {
+        "new",
+        "fill",
+        "partial_fill",
+        "canceled",
+        "expired",
+        "done_for_day",
+        "replaced",
+        "rejected",
+        "pending_new",
+        "stopped",
+        "pending_cancel",
+        "pending_replace",
+        "calculated",
+        "suspended",
+        "order_replace_rejected",
+        "order_cancel_rejected",
+        "accepted",
+        "restated",
+        "held",
+    }
+)
 # States Alpaca closes an order in that may follow executions (filled; cancelled, expired or
 # replaced after partial fills): closed with a filled_qty that cannot be read, an order in one
 # of them is kept working (`order_from_alpaca`, `AlpacaBroker._apply`). A rejected order never
@@ -85,9 +135,25 @@ MAY_HAVE_FILLED = frozenset({OrderStatus.FILLED, OrderStatus.CANCELLED})
 
 
 def unreadable_filled(filled: float) -> bool:
-    """Whether a parsed `filled_qty` cannot be counted (missing, not a number, NaN or
-    negative): the one rule of `order_from_alpaca`, `AlpacaBroker._apply` and `_adopt`."""
+    """Whether a parsed `filled_qty` cannot be read (missing, not a number, NaN or
+    negative). See `uncountable_filled`, the rule the readers apply."""
     return not (math.isfinite(filled) and filled >= 0)
+
+
+def uncountable_filled(filled: float, alpaca_status: Any) -> bool:
+    """Whether a parsed `filled_qty` cannot be counted for an order in `alpaca_status`:
+    unreadable (`unreadable_filled`), or nothing on an order Alpaca says is `filled` (a
+    contradiction: something executed, how much is not said; closed as filled with nothing
+    filled, it was followed no longer and nothing was booked or said). The one rule of
+    `order_from_alpaca`, `AlpacaBroker._apply` and `_adopt`."""
+    return unreadable_filled(filled) or (
+        map_status(alpaca_status) is OrderStatus.FILLED and filled <= EPS
+    )
+
+
+def why_uncountable(filled: float) -> str:
+    """What is wrong with a `filled_qty` that `uncountable_filled` refuses, for a log line."""
+    return "unreadable" if unreadable_filled(filled) else "nothing filled on a filled order"
 
 
 def order_key(raw: Mapping[str, Any]) -> str:
@@ -640,7 +706,8 @@ def order_from_alpaca(
     `filled_quantity`/`avg_fill_price`. A trailing stop given in dollars (`trail_price`) has
     no `trail_pct`.
 
-    A `filled_qty` that cannot be read (missing, not a number, negative, NaN) is counted as
+    A `filled_qty` that cannot be read (missing, not a number, negative, NaN), or "0" on an
+    order Alpaca says is `filled` (`uncountable_filled`), is counted as
     nothing filled, with a warning naming the order and the value. An order Alpaca closed in
     a state that may follow executions (`MAY_HAVE_FILLED`) is then returned working, as the
     broker's update path keeps it (`AlpacaBroker._apply`): PARTIALLY_FILLED when Alpaca says
@@ -668,7 +735,8 @@ def order_from_alpaca(
     cid = client_order_id or str(raw.get("client_order_id") or raw.get("id") or "")
     key = order_key(raw) or cid
     filled = parse_float(raw.get("filled_qty"))
-    uncounted = unreadable_filled(filled)
+    uncounted = uncountable_filled(filled, raw.get("status"))
+    why = why_uncountable(filled)
     if uncounted:
         filled = 0.0
     elif once is not None:
@@ -705,6 +773,7 @@ def order_from_alpaca(
                 symbol=str(raw.get("symbol") or ""),
                 status=status_text,
                 filled_qty=raw.get("filled_qty"),
+                why=why,
                 rule="followed as working until Alpaca gives a readable filled_qty, then booked"
                 if working
                 else "counted as nothing filled",

@@ -536,8 +536,8 @@ REJECTIONS = [
         order("AAPL", 1),
         "qty must be integer (HTTP 422",
     ),
-    ("forbidden_403", "forbidden", order("AAPL", 1), "forbidden. (HTTP 403)"),
-    ("unauthorized_401", "unauthorized", order("AAPL", 1), "request is not authorized (HTTP 401"),
+    # 401 and 403 "forbidden." refuse the keys, not the order: see
+    # test_keys_refused_mid_run_send_no_order_and_are_said_once_an_outage.
     ("rate_limited_429", "throttle", order("AAPL", 1), "rate limit exceeded (HTTP 429"),
 ]
 
@@ -1816,3 +1816,140 @@ async def test_updates_that_fail_to_apply_are_said_sparsely_and_counted(broker, 
     said = [e for e in logs if e["event"] == "alpaca.update_failed"]
     assert [e["times_so_far"] for e in said] == [1, 10]
     assert "cannot read it" in said[0]["error"]
+
+
+# ----------------------------------------------------------------------------- keys refused
+
+
+async def test_keys_refused_mid_run_send_no_order_and_are_said_once_an_outage(fake):
+    """Keys revoked mid-run: every bar's orders were sent and each was refused with the 401
+    text (REJECTED, a warning an order), bar after bar. The outage is said once (an error);
+    while Alpaca refuses the keys no order or cancel is sent: the batch is closed as not
+    sent (SubmitCutShort, the RetryableError of a broker that cannot be reached, so the
+    engine decides again at the next bar), after one look at the account; once Alpaca
+    accepts the keys again, orders go out."""
+    fake.set_price("AAPL", 100.0, match=False)
+    key = fake.key_id
+    async with running(fake) as broker:
+        working = order("AAPL", 5, OrderType.LIMIT, tag="working", limit=90.0)
+        await broker.submit([working])
+        fake.key_id = "PKREVOKED0000000000001"  # every request: 401
+        batch = [order("AAPL", 5), order("SPY", 3), order("TSLA", -2)]
+        with capture_logs() as logs:
+            with pytest.raises(SubmitCutShort, match="refuses the keys") as first:
+                await broker.submit(batch)
+            assert first.value.answered == []
+            assert sorted(o.client_order_id for o in first.value.not_sent) == sorted(
+                o.client_order_id for o in batch
+            )
+            assert all(o.status is OrderStatus.CANCELLED for o in first.value.not_sent)
+            posts = len(fake.posted_orders())
+            assert posts == 2  # the working order, then the first of the batch: refused
+            # The next bars: not sent at all, one look at the account each.
+            for n in range(2):
+                with pytest.raises(SubmitCutShort, match="not sent"):
+                    await broker.submit([order("SPY", 1, tag=f"bar{n}")])
+            with pytest.raises(RetryableError, match="refuses the keys"):
+                await broker.cancel(working.client_order_id, "test")
+            assert len(fake.posted_orders()) == posts
+            assert not [r for r in fake.requests if r.method == "DELETE"]
+            status = broker.status()
+            assert status["connected"] is False
+            assert "HTTP 401" in status["keys_refused"]
+            assert status["keys_refused_at"] is not None
+
+            fake.key_id = key  # the operator restored the keys
+            [ok] = await broker.submit([order("SPY", 1, tag="after")])
+            assert ok.status is OrderStatus.NEW
+        said = [e for e in logs if e["event"] == "alpaca.keys_refused"]
+        assert [(e["log_level"], e["op"]) for e in said] == [("error", "submit_order")]
+        assert [e["event"] for e in logs if e["event"] == "alpaca.keys_accepted"] == [
+            "alpaca.keys_accepted"
+        ]
+        assert not [e for e in logs if e["event"] == "alpaca.order.rejected"]
+        assert not [e for e in logs if e["log_level"] == "error" and e is not said[0]]
+        assert key not in str(logs) and fake.secret_key not in str(logs)
+        status = broker.status()
+        assert (status["connected"], status["keys_refused"]) == (True, None)
+
+
+async def test_a_forbidden_order_answer_is_a_keys_outage_until_the_account_answers(fake, broker):
+    """403 "forbidden." (no code) is Alpaca's answer to keys it does not know, not an
+    order's refusal (those carry a code): taken as the keys refused, the batch not sent;
+    the next batch looks at the account first, which answers, and goes out."""
+    fake.fail_next_order("forbidden")
+    with capture_logs() as logs:
+        with pytest.raises(SubmitCutShort, match="forbidden"):
+            await broker.submit([order("AAPL", 1)])
+        assert "HTTP 403" in broker.status()["keys_refused"]
+        [ack] = await broker.submit([order("AAPL", 1, tag="next")])
+    assert ack.status is OrderStatus.NEW
+    events = [e["event"] for e in logs if e["event"].startswith("alpaca.keys_")]
+    assert events == ["alpaca.keys_refused", "alpaca.keys_accepted"]
+    assert broker.status()["keys_refused"] is None
+
+
+# ----------------------------------------------------------------------------- unknown names
+
+
+async def test_an_unknown_status_or_event_is_taken_as_working_and_said_once_a_name(fake, broker):
+    """A status or trade-update event Alpaca's docs do not list ("frobnicated") was taken as
+    a working order, nothing said. Still taken so (deliberately: Alpaca adds statuses),
+    but said once a name (a warning naming the order and what it is taken as) and counted
+    by name in the broker's status."""
+    fake.set_price("AAPL", 100.0, match=False)
+    buy = order("AAPL", 5, OrderType.LIMIT, limit=90.0)
+    await broker.submit([buy])
+    fo = fake.order(buy.client_order_id)
+    fo.status = "frobnicated"
+    with capture_logs() as logs:
+        for _ in range(3):
+            fake.push(buy.client_order_id, "frobnicate")
+
+        def counts() -> dict[str, int]:
+            return broker.status()["unknown_statuses"]
+
+        await eventually(lambda: counts().get("event frobnicate") == 3)
+        await eventually(lambda: counts().get("status frobnicated", 0) >= 3)
+    assert [(o.client_order_id, o.status) for o in broker.open_orders()] == [
+        (buy.client_order_id, OrderStatus.NEW)
+    ]
+    [status] = [e for e in logs if e["event"] == "alpaca.unknown_status"]
+    [event] = [e for e in logs if e["event"] == "alpaca.unknown_event"]
+    assert (status["log_level"], status["name"], status["taken_as"]) == (
+        "warning",
+        "frobnicated",
+        "new",
+    )
+    assert (status["client_order_id"], status["symbol"]) == (buy.client_order_id, "AAPL")
+    assert (event["log_level"], event["name"], event["client_order_id"]) == (
+        "warning",
+        "frobnicate",
+        buy.client_order_id,
+    )
+    assert "frobnicated" in event["taken_as"]
+
+
+# ----------------------------------------------------------------------------- retries said
+
+
+async def test_each_retry_is_said_with_its_attempt_the_answer_and_the_wait(fake, broker):
+    """Retried 5xx and 429 answers left no line: a flaky Alpaca showed only as slow orders.
+    Each retry is said (info) with the call, the attempt (of how many), the answer and the
+    wait; never a key."""
+    fake.server_error(2, status=503)
+    with capture_logs() as logs:
+        [a] = await broker.submit([order("AAPL", 1, tag="r1")])
+    fake.throttle(1)
+    with capture_logs() as throttled:
+        [b] = await broker.submit([order("AAPL", 1, tag="r2")])
+    assert [a.status, b.status] == [OrderStatus.NEW] * 2
+    retries = [e for e in logs + throttled if e["event"] == "alpaca.retry"]
+    assert [(e["op"], e["attempt"], e["of"], e["failure"]) for e in retries] == [
+        ("submit_order", 1, 3, "HTTP 503"),
+        ("submit_order", 2, 3, "HTTP 503"),
+        ("submit_order", 1, 12, "HTTP 429"),
+    ]
+    assert all(e["log_level"] == "info" and e["wait_s"] == 0.0 for e in retries)
+    assert "internal server error (HTTP 503" in retries[0]["error"]
+    assert fake.key_id not in str(retries) and fake.secret_key not in str(retries)

@@ -97,12 +97,13 @@ async def test_a_fill_event_without_a_price_is_booked_when_a_poll_finds_it(fake)
         assert broker.order(cid).status is OrderStatus.FILLED
 
 
-@pytest.mark.parametrize("filled_qty", [None, "", "ten", "-5"])
+@pytest.mark.parametrize("filled_qty", [None, "", "ten", "-5", "0"])
 async def test_a_fill_whose_quantity_cannot_be_read_keeps_the_order_working_until_it_can(
     fake, monkeypatch, filled_qty
 ):
     """Alpaca's order said `filled` with a null, empty, garbage or negative `filled_qty` (as
-    `order_from_alpaca` reads it at a restart): no fill could
+    `order_from_alpaca` reads it at a restart), or "0" (filled with nothing filled, a
+    contradiction: it was closed FILLED with nothing booked and nothing said): no fill could
     be derived, yet the order was closed as filled with nothing filled, nothing said, and
     reconciliation later blocked the symbol without naming why. It stays working, is asked
     for again, said once, and booked once the quantity can be read."""
@@ -149,6 +150,51 @@ async def test_a_fill_whose_quantity_cannot_be_read_keeps_the_order_working_unti
         assert broker.open_orders() == []
 
 
+async def test_a_fill_event_of_nothing_on_a_filled_order_is_said_and_booked_when_readable(fake):
+    """The stream's `fill` with qty "0" and the order `filled` with filled_qty "0": closed
+    FILLED with nothing booked and nothing said (the executions Alpaca made were never
+    booked, and reconciliation later blocked the symbol without naming why). Said as
+    `alpaca.fill_without_quantity` (an error, once), kept working and read again; booked
+    once Alpaca's answer says how many. A `partial_fill` of "0" on a working order needs
+    nothing: it stays working, and the next cumulative figure is booked."""
+    fake.set_price("AAPL", 100.0, match=False)
+    async with running(fake) as broker:
+        up = Updates(broker)
+        buy = order("AAPL", 5, OrderType.LIMIT, limit=100.0)
+        cid = buy.client_order_id
+        await broker.submit([buy])
+        fo = fake.order(cid)
+        with capture_logs() as logs:
+            fo.status, fo.filled_qty = "partially_filled", 0.0
+            fake.push(cid, "partial_fill", qty="0", price="100.0")
+            fo.status = "filled"
+            fake.push(cid, "fill", qty="0", price="100.0", position_qty="0")
+            fake.push(cid, "fill", qty="0", price="100.0", position_qty="0")
+
+            def said() -> list[dict]:  # type: ignore[type-arg]
+                return [e for e in logs if e["event"] == "alpaca.fill_without_quantity"]
+
+            await eventually(lambda: len(said()) == 1 and cid in broker._verify)
+            await up.bar()
+        [line] = said()
+        assert (line["log_level"], line["client_order_id"], line["status"]) == (
+            "error",
+            cid,
+            "filled",
+        )
+        assert (line["filled_qty"], line["why"]) == ("0", "nothing filled on a filled order")
+        assert up.fills == [] and all(o.status.is_open for o in up.orders)
+        assert [(o.client_order_id, o.status) for o in broker.open_orders()] == [
+            (cid, OrderStatus.NEW)
+        ]
+        fo.status = "new"  # what Alpaca's next answer says: 5 filled at 100
+        fake.fill(cid, price=100.0)
+        await up.until(lambda u: u.filled(cid) > 0)
+        assert [(f.fill_id, f.quantity, f.price) for f in up.fills] == [(f"{cid}#5", 5, 100.0)]
+        assert up.last(cid).status is OrderStatus.FILLED
+        assert broker.open_orders() == []
+
+
 async def test_a_resumed_order_filled_without_its_price_is_booked_once_priced(fake):
     fake.set_price("AAPL", 100.0, match=False)
     buy = resume_order("AAPL", 10)  # a market order: no limit price to fall back on
@@ -174,8 +220,9 @@ async def test_a_resumed_order_filled_without_its_price_is_booked_once_priced(fa
         assert after.open_orders() == []
 
 
+@pytest.mark.parametrize("filled_qty", [None, "0"])
 async def test_a_resumed_order_filled_with_an_unreadable_quantity_is_booked_once_readable(
-    fake, monkeypatch
+    fake, monkeypatch, filled_qty
 ):
     """Booked 3 of 10 at the checkpoint; the rest filled while the daemon was down, and
     Alpaca's answer at the restart had no readable `filled_qty`. The order was read as filled
@@ -199,7 +246,7 @@ async def test_a_resumed_order_filled_with_an_unreadable_quantity_is_booked_once
     def answer(o, nested):  # type: ignore[no-untyped-def]
         body = readable(o, nested)
         if o.id == target and garbled[0]:
-            body["filled_qty"] = None
+            body["filled_qty"] = filled_qty
         return body
 
     monkeypatch.setattr(fake, "_json", answer)
@@ -213,7 +260,7 @@ async def test_a_resumed_order_filled_with_an_unreadable_quantity_is_booked_once
         assert [(o.client_order_id, o.filled_quantity) for o in after.open_orders()] == [(cid, 3)]
         [line] = [e for e in logs if e["event"] == "alpaca.order.filled_qty_unreadable"]
         said = (line["client_order_id"], line["filled_qty"], line["status"])
-        assert said == (cid, None, "filled")
+        assert said == (cid, filled_qty, "filled")
 
         garbled[0] = False
         await booked.until(lambda b: b.filled(cid) > 0)

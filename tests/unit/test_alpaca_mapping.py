@@ -17,6 +17,8 @@ from structlog.testing import capture_logs
 
 from tradingd.brokers.alpaca import AlpacaBroker, AlpacaBrokerConfig
 from tradingd.brokers.alpaca_mapping import (
+    KNOWN_EVENTS,
+    KNOWN_STATUSES,
     LocalRejection,
     Unit,
     UnreadableOrder,
@@ -100,6 +102,16 @@ def body(unit: Unit, **kw: object) -> dict[str, object]:
 )
 def test_status_mapping(alpaca, filled, expected):
     assert map_status(alpaca, filled) is expected
+
+
+def test_every_status_and_event_alpaca_py_names_is_known():
+    """The broker warns of a status or event outside these (once a name): none that alpaca-py
+    names may be among them, or every order would be warned of."""
+    from alpaca.trading.enums import OrderStatus as AlpacaStatus
+    from alpaca.trading.enums import TradeEvent
+
+    assert {s.value for s in AlpacaStatus} <= KNOWN_STATUSES
+    assert {e.value for e in TradeEvent} <= KNOWN_EVENTS
 
 
 # ----------------------------------------------------------------------------- grouping
@@ -312,6 +324,43 @@ def test_an_order_whose_filled_qty_cannot_be_read_is_not_closed_as_filled_with_n
     )
     assert (line["filled_qty"], line["status"]) == (filled_qty, alpaca)
     assert ("followed as working" in line["rule"]) is working
+
+
+@pytest.mark.parametrize(
+    ("alpaca", "expected", "said"),
+    [
+        ("filled", OrderStatus.PARTIALLY_FILLED, True),  # filled with nothing: a contradiction
+        ("partially_filled", OrderStatus.PARTIALLY_FILLED, False),  # working: the next says
+        ("canceled", OrderStatus.CANCELLED, False),  # cancelled with nothing filled: usual
+        ("new", OrderStatus.NEW, False),
+    ],
+)
+def test_a_filled_order_with_nothing_filled_is_not_closed_as_filled(alpaca, expected, said):
+    """Found at adoption or a restart, `filled` with filled_qty "0" was closed as FILLED
+    with nothing filled, nothing said: followed no longer, its executions never booked.
+    Kept working and said, as an unreadable quantity is."""
+    raw = {
+        "id": "a1",
+        "client_order_id": "cid-1",
+        "symbol": "AAPL",
+        "side": "buy",
+        "qty": "10",
+        "filled_qty": "0",
+        "filled_avg_price": None,
+        "status": alpaca,
+        "submitted_at": "2024-01-02T16:00:00Z",
+    }
+    with capture_logs() as logs:
+        o = order_from_alpaca(raw)
+    assert (o.status, o.filled_quantity) == (expected, 0.0)
+    lines = [e for e in logs if e["event"] == "alpaca.order.filled_qty_unreadable"]
+    assert bool(lines) is said
+    if said:
+        assert (lines[0]["filled_qty"], lines[0]["why"]) == (
+            "0",
+            "nothing filled on a filled order",
+        )
+        assert "followed as working" in lines[0]["rule"]
 
 
 def test_an_unreadable_filled_qty_is_said_once_an_order_until_it_is_read_again():
