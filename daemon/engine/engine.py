@@ -86,7 +86,7 @@ from ..core.types import (
     order_to_dict,
     parse_client_order_id,
 )
-from ..logs import sparse
+from ..logs import Once, sparse
 from ..publisher import bars_payload, fills_payload, orders_payload, signals_payload
 from ..secrets import mask_text
 from ..storage.buffered import path_text, unstorable
@@ -643,6 +643,8 @@ class Engine:
         self._reconcile_moving: dict[str, int] = {}
         self.last_reconciled_at: datetime | None = None
         self.reconcile_error: str | None = None
+        # Broker positions outside the universe already said (`_position_differences`).
+        self._outside_said = Once(limit=1024)
         self._bar_lock: asyncio.Lock | None = None
         # Set as the parts stop: a control then answers that the engine stopped (the store
         # that would keep it is going).
@@ -2022,6 +2024,7 @@ class Engine:
                 log.warning("reconcile.unavailable", error=str(exc))
                 return None
             self.reconcile_error = None
+            self._say_outside_universe(held)
             quantity = self.portfolio.quantity
             out: dict[str, tuple[float, float]] = {}
             for i, sym in enumerate(self.symbols):
@@ -2032,6 +2035,23 @@ class Engine:
                         continue
                     out[sym] = (broker, book)
             return out
+
+    def _say_outside_universe(self, held: Mapping[str, float]) -> None:
+        """Positions the broker holds in symbols outside the universe: not this run's, so
+        not compared and left alone, said once per symbol (a warning); before, the account
+        held them without a word, and an operator took the run to manage them."""
+        index = self._symbol_index
+        for sym, qty in held.items():
+            if sym in index or not abs(float(qty)) > 1e-9:
+                continue
+            if self._outside_said.first(sym):
+                log.warning(
+                    "reconcile.outside_universe",
+                    symbol=sym,
+                    broker=float(qty),
+                    rule="a position outside this run's universe: not this run's, not "
+                    "compared and left alone (said once per symbol)",
+                )
 
     def _split_expected(self, sym: str, broker: float, book: float) -> bool:
         """Whether the broker holds what a split held in `sym` makes of the book's quantity

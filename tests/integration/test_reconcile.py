@@ -414,3 +414,34 @@ def test_the_configured_confirmation_wait_reaches_the_live_engine(tmp_path: Path
     slow.write_text("[live]\nreconcile_confirm_s = 42.0\n")
     config = load_config([ROOT / "config/default.toml", cfg, slow], env={})
     assert build_engine(config, "live").reconcile_confirm_s == 42.0
+
+
+async def test_a_position_outside_the_universe_is_said_once_and_left_alone(tmp_path: Path):
+    """The account held positions in symbols outside the universe (another run's, by hand):
+    reconciliation left them alone without a word. Said once per symbol (a warning), never
+    compared, blocked or alerted; a flat one says nothing."""
+    import asyncio
+
+    cfg = write_config(tmp_path, "recon-out", start="2016-01-01", end="2016-03-31", rate=500.0)
+    config = load_config([ROOT / "config/default.toml", cfg], env={})
+    engine = build_engine(config, "live")
+    outside = {"GME": 10.0, "AMC": -3.0, "FLAT": 0.0}
+
+    async def positions() -> dict[str, float]:
+        book = {s: float(q) for s, q in zip(engine.symbols, engine.portfolio.quantity, strict=True)}
+        return {**book, **outside}
+
+    engine.broker.positions = positions  # type: ignore[attr-defined]
+    engine.reconcile_confirm_s = 0.0
+    with capture_logs() as logs:
+        for _ in range(3):
+            engine._bar_lock = asyncio.Lock()
+            await engine._reconcile()
+    said = [e for e in logs if e["event"] == "reconcile.outside_universe"]
+    assert sorted((e["symbol"], e["broker"], e["log_level"]) for e in said) == [
+        ("AMC", -3.0, "warning"),
+        ("GME", 10.0, "warning"),
+    ]
+    assert all("not this run's" in e["rule"] and "left alone" in e["rule"] for e in said)
+    assert engine.reconcile_blocked == {}
+    assert not [e for e in logs if e["event"] == "reconcile.difference"]
