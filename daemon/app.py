@@ -1731,6 +1731,15 @@ def health_inputs(
             detail = f"{st.get('broker', 'broker')}: " + (
                 f"connected, updates by {st.get('mode', '?')}" if ok else "not connected"
             )
+            if st.get("keys_refused"):
+                # Revoked or wrong keys mid-run: no order is sent until they are taken again.
+                ok, detail = (
+                    False,
+                    (
+                        f"{st.get('broker', 'broker')}: keys refused since "
+                        f"{st.get('keys_refused_at')} ({st['keys_refused']}); no order is sent"
+                    ),
+                )
             if st.get("blocked"):
                 ok, detail = False, f"{st.get('broker', 'broker')}: may not trade ({st['blocked']})"
             return CheckResult(ok, detail, st)

@@ -2098,6 +2098,12 @@ def test_the_broker_check_fails_while_the_account_may_not_trade(engine_config):
     state["blocked"] = "trading_blocked"
     result = check.probe()
     assert not result.ok and "trading_blocked" in result.detail
+    # Keys refused mid-run (the broker's status says it): the check says so, not only
+    # "not connected".
+    del state["blocked"]
+    state |= {"connected": False, "keys_refused": "HTTP 401", "keys_refused_at": "2024-03-05"}
+    result = check.probe()
+    assert not result.ok and "keys refused since 2024-03-05 (HTTP 401)" in result.detail
 
 
 async def test_the_model_check_says_how_often_the_live_forecasts_were_right(engine_config):
