@@ -6,6 +6,7 @@ the Monte Carlo and the reports take any of them.
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import os
@@ -293,6 +294,50 @@ def _fill_columns(file: Path, fills: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _all_fills(file: Path, fills: pd.DataFrame, summary: Mapping[str, Any]) -> None:
+    """fills.csv with as many rows as the summary's `fills` (where it counts them), its last
+    line whole: a copy cut short was analysed as the whole run (246 round trips of 494).
+    An empty file is `record_folder`'s own error."""
+    counted = summary.get("fills")
+    if not len(fills) or not isinstance(counted, int) or isinstance(counted, bool):
+        return
+    cut = _ends_within_a_line(file)
+    if len(fills) == counted and not cut:
+        return
+    raise ValueError(
+        f"{file} holds {len(fills)} fills{' (its last line cut short)' if cut else ''}, but "
+        f"{file.parent / 'summary.json'} counts {counted} fills: the record is incomplete or "
+        "edited (run the backtest again)"
+    )
+
+
+def _all_orders(path: Path, summary: Mapping[str, Any]) -> None:
+    """orders.csv, where the folder has one, with a row for each order the summary's
+    `orders` counts (where it counts them). Only fewer rows are refused: the count is of the
+    orders sent (`Engine`'s acknowledgements), and orders.csv also has a row for each order
+    closed without being sent (a broker failure before the send, an order dropped after a
+    fill in its symbol); each sent order has one row (a retry has an id of its own). A
+    folder without orders.csv is not refused: the analysis reads no order, and a record
+    copied with only the files it reads (equity.csv, fills.csv, summary.json) is whole."""
+    counted = summary.get("orders")
+    file = path / "orders.csv"
+    if not isinstance(counted, int) or isinstance(counted, bool) or not file.exists():
+        return
+    try:
+        with file.open(newline="", encoding="utf-8") as fh:
+            rows = max(sum(1 for _ in csv.reader(fh)) - 1, 0)  # less the header
+    except (ValueError, csv.Error) as exc:  # bytes not UTF-8, a NUL
+        raise ValueError(
+            f"{file} cannot be read as the run's orders: {exc} (run the backtest again)"
+        ) from None
+    if rows >= counted:
+        return
+    raise ValueError(
+        f"{file} holds {rows} orders, but {path / 'summary.json'} counts {counted} orders "
+        "sent: the record is incomplete or edited (run the backtest again)"
+    )
+
+
 def record_folder(
     path: Path, *, warn_unrestated: bool = True, with_fills: bool = True
 ) -> RunRecord:
@@ -329,6 +374,7 @@ def record_folder(
     fills = None
     if with_fills and fills_file.exists() and fills_file.stat().st_size > 0:
         fills = _csv(fills_file, "the run's fills")
+        _all_fills(fills_file, fills, summary)
         if len(fills):
             fills = _fill_columns(fills_file, fills)
     if with_fills and (fills is None or not len(fills)) and summary.get("fills"):
@@ -339,6 +385,8 @@ def record_folder(
             f"{path} has {what}, but its summary.json counts {summary['fills']} fills: "
             "the record is incomplete (run the backtest again)"
         )
+    if with_fills:
+        _all_orders(path, summary)
     gx = None if "gross_exposure" not in eq else _numbers(eq_file, eq, "gross_exposure")
     splits = _read_splits(path)
     if splits is None and fills is not None and len(fills) and warn_unrestated:

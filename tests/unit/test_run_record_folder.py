@@ -281,3 +281,66 @@ def test_report_of_a_damaged_record_is_a_named_error_not_a_traceback(
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert f"tradingd: error: run {out}: {out}/{message}" in err
+
+
+def test_a_fills_file_cut_short_is_refused(tmp_path: Path) -> None:
+    """Half its lines kept (a copy stopped midway), it was analysed as the whole run: 246
+    round trips instead of 494, exit 0."""
+    out = _folder(tmp_path)
+    text = (out / "fills.csv").read_text()
+    (out / "fills.csv").write_text(text[: text.rindex("f2,")])  # its last row gone
+    with pytest.raises(
+        ValueError,
+        match=rf"^{out}/fills.csv holds 1 fills, but {out}/summary.json counts 2 fills: the "
+        r"record is incomplete or edited \(run the backtest again\)$",
+    ):
+        run_record(out)
+    # As many rows, the last cut within its time (read whole, but not as written).
+    (out / "fills.csv").write_text(text[:-7])
+    with pytest.raises(ValueError, match=r"holds 2 fills \(its last line cut short\), but"):
+        run_record(out)
+    (out / "fills.csv").write_text(text + text[text.index("f2,") :].replace("f2,", "f3,"))
+    with pytest.raises(ValueError, match=r"holds 3 fills, but .* counts 2 fills"):
+        run_record(out)  # edited: a row more
+    summary = json.loads((out / "summary.json").read_text())
+    del summary["fills"]  # a summary that counts none: nothing to compare with
+    (out / "summary.json").write_text(json.dumps(summary))
+    assert len(run_record(out).fills) == 3
+
+
+_ORDERS = (
+    "run_id,client_order_id,symbol,side,type,quantity,status,reason\n"
+    "r,o1,AAA,buy,market,10,filled,\n"
+    'r,o2,AAA,sell,market,10,filled,"a reason, on\ntwo lines"\n'
+    "r,o3,AAA,sell,market,10,cancelled,not sent: an order being cancelled had filled\n"
+)
+
+
+def test_an_orders_file_without_the_orders_its_summary_counts_is_refused(
+    tmp_path: Path,
+) -> None:
+    """The summary counts the orders sent; orders.csv has a row for each of them, and one
+    for each order closed without being sent (more rows are a valid record)."""
+    out = _folder(tmp_path)
+    summary = json.loads((out / "summary.json").read_text())
+    (out / "summary.json").write_text(json.dumps({**summary, "orders": 2}))
+    (out / "orders.csv").write_text(_ORDERS)
+    assert len(run_record(out).fills) == 2  # 3 rows (one quoted over two lines) for 2 sent
+    (out / "orders.csv").write_text(_ORDERS[: _ORDERS.index("r,o2")])
+    with pytest.raises(
+        ValueError,
+        match=rf"^{out}/orders.csv holds 1 orders, but {out}/summary.json counts 2 orders "
+        r"sent: the record is incomplete or edited \(run the backtest again\)$",
+    ):
+        run_record(out)
+    (out / "orders.csv").write_text("")  # empty: none of them
+    with pytest.raises(ValueError, match=r"orders.csv holds 0 orders, but .* counts 2 orders"):
+        run_record(out)
+    (out / "orders.csv").write_bytes(b"run_id,client_order_id\nr,o\xff1\n")
+    with pytest.raises(ValueError, match=r"orders.csv cannot be read as the run's orders: "):
+        run_record(out)
+    (out / "orders.csv").unlink()  # a copy of the files the analysis reads: not refused
+    assert len(run_record(out).fills) == 2
+    (out / "orders.csv").write_text("")
+    (out / "summary.json").write_text(json.dumps({**summary, "orders": 0}))
+    assert len(run_record(out).fills) == 2  # none sent: none to have
