@@ -279,18 +279,38 @@ def _in_order(file: Path, frame: pd.DataFrame, times: pd.Series) -> None:
     )
 
 
-def _fill_columns(file: Path, fills: pd.DataFrame) -> pd.DataFrame:
-    """The fills with their times and numbers parsed, each checked (`_fill` reads them)."""
+def _fill_columns(file: Path, fills: pd.DataFrame, bars: pd.Series) -> pd.DataFrame:
+    """The fills with their times and numbers parsed, each checked (`_fill` reads them).
+    A value no run writes is refused, not skipped: a quantity <= 0 was passed over without
+    a word by the round trips (`metrics.closed_trades`) and the Monte Carlo's trade order.
+    Quantity and price are > 0; commission and slippage >= 0 (the simulated broker's
+    slippage is |price - reference| x quantity, Alpaca's 0: `Fill.slippage`); an empty
+    cost is NaN, as a store gives back; a fill is at one of the run's bars (`bars`, the
+    equity curve's times: none is filled in the warm-up, none after the last bar)."""
     _columns(file, fills, ("symbol", "side", "quantity", "price", "time"))
     out = fills.copy()
-    out["time"] = _times(file, fills)
+    out["time"] = times = _times(file, fills)
     for column in ("quantity", "price"):
-        out[column] = _numbers(file, fills, column, finite=True)
+        out[column] = values = _numbers(file, fills, column, finite=True)
+        _bad_row(file, fills, column, values <= 0, "a positive number")
     for column in ("commission", "slippage", "reference_price"):
         if column in fills:
-            out[column] = _numbers(file, fills, column)
+            out[column] = values = _numbers(file, fills, column)
+            if column != "reference_price":
+                _bad_row(file, fills, column, values < 0, "a cost (a number >= 0)")
     sides = fills["side"].astype(str).str.lower()
     _bad_row(file, fills, "side", ~sides.isin([s.value for s in Side]).to_numpy(), "buy or sell")
+    if len(bars):
+        first, last = bars.iloc[0], bars.iloc[-1]
+        outside = ((times < first) | (times > last)).to_numpy()
+        _bad_row(
+            file,
+            fills,
+            "time",
+            outside,
+            f"within the run ({first.isoformat()} to {last.isoformat()}, the first and last "
+            f"bars of {file.parent / 'equity.csv'})",
+        )
     return out
 
 
@@ -338,6 +358,14 @@ def _all_orders(path: Path, summary: Mapping[str, Any]) -> None:
     )
 
 
+def _gross(file: Path, eq: pd.DataFrame) -> np.ndarray:
+    """equity.csv's gross exposure: (|long| + |short|) / equity, never negative (NaN when
+    the equity is not positive, an empty cell as a store gives it back)."""
+    gx = _numbers(file, eq, "gross_exposure")
+    _bad_row(file, eq, "gross_exposure", gx < 0, "a number >= 0 (|long| + |short| / equity)")
+    return gx
+
+
 def record_folder(
     path: Path, *, warn_unrestated: bool = True, with_fills: bool = True
 ) -> RunRecord:
@@ -376,7 +404,7 @@ def record_folder(
         fills = _csv(fills_file, "the run's fills")
         _all_fills(fills_file, fills, summary)
         if len(fills):
-            fills = _fill_columns(fills_file, fills)
+            fills = _fill_columns(fills_file, fills, times)
     if with_fills and (fills is None or not len(fills)) and summary.get("fills"):
         # "No trades" would be a wrong answer: the costs and round trips would read 0. An
         # empty or header-only fills.csv said it silently, as a missing one did before.
@@ -387,7 +415,7 @@ def record_folder(
         )
     if with_fills:
         _all_orders(path, summary)
-    gx = None if "gross_exposure" not in eq else _numbers(eq_file, eq, "gross_exposure")
+    gx = None if "gross_exposure" not in eq else _gross(eq_file, eq)
     splits = _read_splits(path)
     if splits is None and fills is not None and len(fills) and warn_unrestated:
         log.warning(

@@ -344,3 +344,70 @@ def test_an_orders_file_without_the_orders_its_summary_counts_is_refused(
     (out / "orders.csv").write_text("")
     (out / "summary.json").write_text(json.dumps({**summary, "orders": 0}))
     assert len(run_record(out).fills) == 2  # none sent: none to have
+
+
+_BAD_VALUES = {
+    "a quantity of 0": ("quantity", "0", r"quantity 0 is not a positive number"),
+    "a negative quantity": ("quantity", "-10", r"quantity -10 is not a positive number"),
+    "a price of 0": ("price", "0", r"price 0 is not a positive number"),
+    "a negative price": ("price", "-110.5", r"price -110.5 is not a positive number"),
+    "a negative commission": (
+        "commission",
+        "-1",
+        r"commission -1 is not a cost \(a number >= 0\)",
+    ),
+    "a negative slippage": ("slippage", "-0.5", r"slippage -0.5 is not a cost"),
+    "a fill after the last bar": (
+        "time",
+        "2020-01-06T00:00:00+00:00",
+        r"time '2020-01-06T00:00:00\+00:00' is not within the run \(2020-01-02T00:00:00\+00:00"
+        r" to 2020-01-05T00:00:00\+00:00, the first and last bars of .*/equity.csv\)",
+    ),
+    "a fill before the first bar": (
+        "time",
+        "2020-01-01T23:59:59+00:00",
+        r"time '2020-01-01T23:59:59\+00:00' is not within the run",
+    ),
+}
+
+
+@pytest.mark.parametrize("damage", list(_BAD_VALUES))
+def test_a_fill_value_no_run_writes_is_refused_naming_file_line_and_column(
+    tmp_path: Path, damage: str
+) -> None:
+    """A quantity <= 0 was skipped without a word by the round trips and the Monte Carlo's
+    trade order; a negative cost or a fill outside the run's bars was analysed as it was."""
+    column, value, message = _BAD_VALUES[damage]
+    out = _folder(tmp_path)
+    _edit_cell(out / "fills.csv", 3, column, value)
+    with pytest.raises(
+        ValueError, match=rf"^{out}/fills.csv line 3 \(the header is line 1\): {message}"
+    ):
+        run_record(out)
+
+
+def test_fill_values_at_their_bounds_read(tmp_path: Path) -> None:
+    """No cost (0), an empty one (NaN, as a store gives it back), a fill at the first and at
+    the last bar, the same instant in another offset: a run writes these."""
+    out = _folder(tmp_path)
+    _edit_cell(out / "fills.csv", 2, "commission", "0")
+    _edit_cell(out / "fills.csv", 2, "slippage", "")
+    _edit_cell(out / "fills.csv", 2, "time", "2020-01-01T19:00:00-05:00")  # the first bar
+    _edit_cell(out / "fills.csv", 3, "time", "2020-01-05T00:00:00+00:00")  # the last
+    fills = run_record(out).fills
+    assert [f.commission for f in fills] == [0.0, 1.0] and fills[0].slippage != fills[0].slippage
+
+
+def test_a_negative_gross_exposure_is_refused(tmp_path: Path) -> None:
+    """|long| + |short| over the equity is never negative (NaN when the equity is not
+    positive, which reads)."""
+    out = _folder(tmp_path)
+    _edit_cell(out / "equity.csv", 3, "gross_exposure", "nan")
+    assert run_record(out).gross_exposure is not None
+    _edit_cell(out / "equity.csv", 4, "gross_exposure", "-0.5")
+    with pytest.raises(
+        ValueError,
+        match=rf"^{out}/equity.csv line 4 \(the header is line 1\): gross_exposure -0.5 is not "
+        r"a number >= 0",
+    ):
+        run_record(out)
