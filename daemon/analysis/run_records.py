@@ -173,12 +173,24 @@ def _read_splits(path: Path) -> dict[str, list[tuple[Any, float]]] | None:
         return None
     try:
         rows = pd.read_csv(file)
-        out: dict[str, list[tuple[Any, float]]] = {}
         times = pd.to_datetime(rows["time"], utc=True, format="ISO8601")
-        for sym, t, c in zip(rows["symbol"], times, rows["split"], strict=True):
-            out.setdefault(str(sym), []).append((t, float(c)))
+        factors = pd.to_numeric(rows["split"], errors="coerce").to_numpy(dtype=float)
+        symbols = rows["symbol"].astype(str).tolist()
     except (ValueError, KeyError, pd.errors.ParserError) as exc:
         raise ValueError(f"{file} cannot be read as the run's split events: {exc}") from None
+    # A factor is the shares after the event per share before it, a positive number, as
+    # the data's checks (`feeds.validate`) let through: 0 was a ZeroDivisionError in
+    # `restate_for_splits` (it divides the prices by it), a negative one negative prices.
+    _bad_row(
+        file,
+        rows,
+        "split",
+        ~(np.isfinite(factors) & (factors > 0)),
+        "a split factor (a finite number > 0)",
+    )
+    out: dict[str, list[tuple[Any, float]]] = {}
+    for sym, t, c in zip(symbols, times, factors.tolist(), strict=True):
+        out.setdefault(sym, []).append((t, c))
     return out
 
 

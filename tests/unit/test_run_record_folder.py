@@ -411,3 +411,35 @@ def test_a_negative_gross_exposure_is_refused(tmp_path: Path) -> None:
         r"a number >= 0",
     ):
         run_record(out)
+
+
+@pytest.mark.parametrize("factor", ["0", "-2", "nan", "inf", "", "two"])
+def test_a_split_factor_that_is_not_a_positive_number_is_refused(
+    tmp_path: Path, factor: str
+) -> None:
+    """0 was a ZeroDivisionError (a traceback from `tradingd report`) when a fill before it
+    was restated; a negative factor made its prices negative."""
+    out = _folder(tmp_path)
+    (out / "splits.csv").write_text(
+        "symbol,time,split\n"
+        "BBB,2020-01-03T00:00:00+00:00,2.0\n"
+        f"AAA,2020-01-04T00:00:00+00:00,{factor}\n"
+    )
+    # As pandas read the column (floats: the other row's 2.0); "nan" is NaN, as an empty cell.
+    shown = {"0": "0.0", "-2": "-2.0", "nan": r"\(empty\)", "": r"\(empty\)"}.get(
+        factor, "'two'" if factor == "two" else factor
+    )
+    with pytest.raises(
+        ValueError,
+        match=rf"^{out}/splits.csv line 3 \(the header is line 1\): split {shown} is not a "
+        r"split factor \(a finite number > 0\)$",
+    ):
+        run_record(out)
+
+
+def test_a_split_is_applied_to_the_fills_before_it(tmp_path: Path) -> None:
+    out = _folder(tmp_path)
+    (out / "splits.csv").write_text("symbol,time,split\nAAA,2020-01-04T00:00:00+00:00,2\n")
+    bought, sold = run_record(out).fills
+    assert (bought.quantity, bought.price) == (20.0, 50.0)  # restated: before the split
+    assert (sold.quantity, sold.price) == (10.0, 110.0)  # after it: in its shares already
