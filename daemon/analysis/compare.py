@@ -469,11 +469,20 @@ def _first_fill(a: Path, b: Path, counted: tuple[Any, Any]) -> tuple[tuple[int, 
             ]
             first = (i + 1, shown[0], shown[1], fields)
     for folder, rows, c in ((a, n[0], counted[0]), (b, n[1], counted[1])):
-        if not rows and isinstance(c, int) and c > 0:
+        if not isinstance(c, int) or isinstance(c, bool):
+            continue  # a summary that counts none: nothing to compare with
+        if not rows and c > 0:
             # "No trades" would be a wrong answer, as in `record_folder`.
             raise ValueError(
                 f"{folder} has no fill in its fills.csv, but its summary.json counts {c} "
                 "fills: the record is incomplete (run the backtest again)"
+            )
+        if rows and rows != c:
+            # Half a fills.csv was "fills differ" from the other run's whole one, as in
+            # `record_folder` (`run_records._all_fills`).
+            raise ValueError(
+                f"{folder / 'fills.csv'} holds {rows} fills, but {folder / 'summary.json'} "
+                f"counts {c} fills: the record is incomplete or edited (run the backtest again)"
             )
     return (n[0], n[1]), first
 

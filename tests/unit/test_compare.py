@@ -261,6 +261,26 @@ def test_a_record_whose_fills_are_gone_is_damaged_not_a_run_without_trades(tmp_p
         compare_runs(a, b)
 
 
+def test_a_record_whose_fills_are_cut_short_is_damaged_not_a_run_with_fewer(tmp_path):
+    """Half its fills.csv kept (a copy stopped midway), B read as a run that traded less,
+    with the first difference at the fill where the copy stopped."""
+    a = _record(tmp_path, "a", EQUITY, FILLS)
+    b = _record(tmp_path, "b", EQUITY, FILLS)
+    text = (b / "fills.csv").read_text()
+    (b / "fills.csv").write_text(text[: text.index("b,b|f1,")])
+    with pytest.raises(
+        ValueError,
+        match=rf"^{b}/fills.csv holds 1 fills, but {b}/summary.json counts 2 fills: the "
+        r"record is incomplete or edited \(run the backtest again\)$",
+    ):
+        compare_runs(a, b)
+    assert main(["compare", str(a), str(b)]) == 2
+    summary = json.loads((b / "summary.json").read_text())
+    del summary["fills"]  # a summary that counts none: the fills are compared as they are
+    (b / "summary.json").write_text(json.dumps(summary))
+    assert compare_runs(a, b).fills == (2, 1)
+
+
 def _sizing(params: dict | None) -> dict:
     spec: dict = {"name": "equal_weight"}
     if params is not None:
