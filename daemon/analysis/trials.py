@@ -252,7 +252,9 @@ def count_trials(
             if not (root / name / "equity.csv").exists():
                 continue
             try:
-                rec = record_folder(root / name, warn_unrestated=False)
+                # The equity curve alone: a sibling's fills (its reading, their checks) are
+                # not what its Sharpe ratio is made of.
+                rec = record_folder(root / name, warn_unrestated=False, with_fills=False)
             except ValueError as exc:
                 # Counted, but its Sharpe ratio is not in the variance: said, as the next
                 # rerun of the variant (if any) stands in for it.

@@ -505,6 +505,23 @@ def test_trials_are_the_distinct_configs_of_the_run_folders(runs):
         va.count_trials(root / "missing")
 
 
+def test_a_siblings_sharpe_ratio_is_read_from_its_curve_whatever_its_fills(runs):
+    """A sibling's Sharpe ratio is its equity curve's: a fills.csv cut short (which its own
+    report now refuses) left its variant's ratio out of the variance, and the count read
+    every sibling's fills for nothing."""
+    from structlog.testing import capture_logs
+
+    root, _ = runs
+    before = va.count_trials(root, risk_free_rate=0.0)
+    b = root / "b"
+    (b / "summary.json").write_text(json.dumps({"run_id": "b", "initial_capital": 1e5, "fills": 5}))
+    (b / "fills.csv").write_text("fill_id,time\nf1,2015-01-05T00:00:00+00:00\n")  # 1 of 5
+    with capture_logs() as logs:
+        tc = va.count_trials(root, risk_free_rate=0.0)
+    assert not [e for e in logs if e["event"] == "trials.sharpe_unread"]
+    assert tc.sharpe_ratios == before.sharpe_ratios
+
+
 def test_folders_beside_the_runs_that_are_no_record_are_not_trials_and_are_said(runs):
     """`not json` in var/runs/notes/config.json stopped every report under the root (exit 2
     after a finished backtest --report), and `{"hello": 1}` there was a fourth trial."""
