@@ -432,6 +432,12 @@ def _no_heartbeat(*, busy: bool = False) -> None:
     return None
 
 
+# A warm-up failing with the same error this many times over at least this long is said
+# once as an error (`warmup.stuck`): backoff reaches its 60 s cap by the 7th attempt.
+_WARMUP_STUCK_ATTEMPTS = 10
+_WARMUP_STUCK_S = 300.0
+
+
 class Engine:
     # The risk chain's list and each plugin's label in it (`_risk`): made at the first bar.
     _risk_labels: tuple[list[Any], list[str | None]] | None = None
@@ -2478,6 +2484,9 @@ class Engine:
         n = 0
         first: datetime | None = None
         delay = 1.0
+        attempt = 0
+        same: tuple[str, datetime, int] | None = None  # the last error, since when, times
+        said_stuck = False
         while True:
             try:
                 # Told the checkpoint it continues: the bars since it must all be stepped.
@@ -2504,7 +2513,38 @@ class Engine:
                     raise
                 # The source is down at start-up: keep trying (with backoff, /health alive,
                 # /ready naming the source) rather than exit and be restarted in a loop.
-                log.warning("warmup.retry", error=str(exc), retry_in_s=delay)
+                attempt += 1
+                text = str(exc)
+                same = (
+                    (text, datetime.now(UTC), 1)
+                    if same is None or same[0] != text
+                    else (text, same[1], same[2] + 1)
+                )
+                log.warning(
+                    "warmup.retry",
+                    error=text,
+                    retry_in_s=delay,
+                    attempt=attempt,
+                    same_error_since=same[1].isoformat(timespec="seconds"),
+                )
+                if (
+                    not said_stuck
+                    and same[2] >= _WARMUP_STUCK_ATTEMPTS
+                    and (datetime.now(UTC) - same[1]).total_seconds() >= _WARMUP_STUCK_S
+                ):
+                    # A defect in the vendor's answer (a split "0:1", a newest bar refused)
+                    # answers the same at every retry: kept retrying (a vendor may correct
+                    # it), but said once as an error, not only as the hundredth warning.
+                    said_stuck = True
+                    log.error(
+                        "warmup.stuck",
+                        error=text,
+                        attempts=same[2],
+                        since=same[1].isoformat(timespec="seconds"),
+                        hint="the source has answered the same for this long: check the "
+                        "symbol and the data it names (data.symbols, the vendor's bars), or "
+                        "the source's status; the warm-up keeps retrying",
+                    )
                 if await self._sleep_unless_stopped(delay):
                     return
                 delay = min(delay * 2, 60.0)

@@ -412,6 +412,50 @@ async def test_live_warmup_retries_a_source_that_is_down_at_start(engine_config,
     assert result.warmup_bars == 60 and result.bars == 60 and result.orders > 0
 
 
+async def test_a_warm_up_failing_the_same_way_for_long_is_said_once_as_an_error(
+    engine_config, monkeypatch
+):
+    """A defect in a vendor's answer (a split "0:1") fails every retry the same way: the
+    warm-up retried it without end, a warning every minute. It still retries (a vendor may
+    correct it), and says it once as an error after ten identical failures over five
+    minutes; a different error starts the count again."""
+    import tradingd.engine.engine as eng
+    from tradingd.app import build_engine
+    from tradingd.config import LiveConfig
+    from tradingd.core.errors import RetryableError
+
+    monkeypatch.setattr(eng, "_WARMUP_STUCK_S", 0.0)  # the five minutes, not waited for
+    panel = make_panel(n_bars=120, split_at=None)
+    config = dataclasses.replace(
+        engine_config,
+        live=LiveConfig(bars_per_second=400.0),
+        run=dataclasses.replace(engine_config.run, start=panel.datetimes()[60].date().isoformat()),
+    )
+    engine = build_engine(config, "live", panel=panel)
+    real = engine._warmup
+    errors = ["other"] * 9 + ["split '0:1' of AAA"] * 12
+
+    async def failing(resumed_from=None):
+        if errors:
+            raise RetryableError(errors.pop(0))
+        async for bar in real(resumed_from):
+            yield bar
+
+    async def no_wait(seconds: float) -> bool:
+        return False
+
+    engine._warmup = failing
+    engine._sleep_unless_stopped = no_wait
+    with capture_logs() as logs:
+        result = await engine.run_until_done()
+    retries = [e for e in logs if e["event"] == "warmup.retry"]
+    assert [e["attempt"] for e in retries] == list(range(1, 22))
+    (stuck,) = [e for e in logs if e["event"] == "warmup.stuck"]
+    assert stuck["log_level"] == "error" and stuck["attempts"] == 10
+    assert stuck["error"] == "split '0:1' of AAA"
+    assert result.warmup_bars == 60  # still retried, and warmed up once it answered
+
+
 async def test_a_live_engine_freezes_its_start_up_objects_and_unfreezes_them_at_stop(
     engine_config,
 ):
