@@ -552,7 +552,7 @@ async def test_each_page_has_the_timeout_of_one_request(fake, make_client):
     longer than it, at every attempt alike, so a long catch-up could never be fetched.
     Each page (1.5 s and its rendering here) now has the timeout (3 s) to itself. The two
     pages take longer than 3 s whatever the machine's load; one page leaves 1.5 s for the
-    fake's rendering of 5,850 bars (a 0.75 s margin timed out under a load of 7)."""
+    fake's rendering of its bars (a 0.75 s margin timed out under a load of 7)."""
     client = await make_client(derive_actions=False, timeout_s=3.0, max_attempts=1)
     fake.faults.delay_s = 1.5  # every request answers after 1.5 s (and its rendering)
     res = await client.fetch(*PAGED)
