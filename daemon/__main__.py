@@ -537,7 +537,9 @@ def _lookahead_check(config: Config, args: argparse.Namespace) -> int:
         at=args.at,
         symbols=args.symbols,
         workers=args.workers,
-        progress=not args.no_progress and not args.json,
+        # A bar only on a terminal, as every command's: redirected, it was 57 fragments
+        # of the bar among the log's JSON lines.
+        progress=sys.stderr.isatty() and not args.no_progress and not args.json,
     )
     if args.json:
         print(json.dumps(report.to_dict(), indent=2, default=str))

@@ -921,6 +921,9 @@ def load_config(
             raise ConfigError(f"{text} (set in {where})") from None
         raise
     object.__setattr__(config, "overlay_notes", tuple(notes))
+    # What was read, for the log's first line (`log_overlay_notes`: `config.files`).
+    files = [str(Path(p).resolve()) for p in paths if not isinstance(p, Mapping)]
+    object.__setattr__(config, "files", tuple(files))
     # For errors found later (a service that does not answer): the variable a URL came from.
     object.__setattr__(config, "env_sources", dict(sources))
     # For errors found later, in the plugins' own params (`name_origin`); with one file, too,
@@ -1105,9 +1108,17 @@ def _params_note(
 
 
 def log_overlay_notes(config: Config) -> None:
-    """Log what `load_config` noted while merging (after logging is configured)."""
+    """Log what `load_config` read and noted while merging (after logging is configured)."""
     import structlog
 
+    files = getattr(config, "files", None)
+    if files is not None:
+        # Run outside the checkout, no config/default.toml is found and the built-in
+        # defaults are used: said nowhere before, though an edited default.toml then
+        # changed nothing.
+        structlog.get_logger("tradingd.config").info(
+            "config.files", files=list(files) or "none: the built-in defaults"
+        )
     for note in getattr(config, "overlay_notes", ()):
         note = dict(note)
         event = note.pop("event", "config.list_replaced")

@@ -94,6 +94,44 @@ def sp500_parquet() -> Path:
     return SP500_PARQUET
 
 
+# The import packages and the checkout folders they are built from.
+PACKAGES = (("tradingd", "daemon"), ("tradingd_plugins", "plugins"), ("tradingd_models", "models"))
+
+
+def stale_install(root: Path = ROOT) -> list[str]:
+    """The checkout's source files that differ from the imported package's copy: after
+    `pip install .` (not `-e`), an edit in the checkout reached neither `tradingd` nor the
+    tests, which passed on the code as installed. Empty for an editable install (the
+    checkout is what is imported) and for an install of the checkout as it is."""
+    import importlib
+
+    stale = []
+    for package, folder in PACKAGES:
+        source = root / folder
+        try:
+            installed = Path(importlib.import_module(package).__file__ or "").parent
+        except ImportError:
+            continue
+        if not source.is_dir() or installed.resolve() == source.resolve():
+            continue
+        for path in sorted(source.rglob("*.py")):
+            copy = installed / path.relative_to(source)
+            if copy.is_file() and copy.read_bytes() != path.read_bytes():
+                stale.append(str(path.relative_to(root)))
+    return stale
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    stale = stale_install()
+    if stale:
+        raise pytest.UsageError(
+            f"the installed tradingd differs from this checkout in {len(stale)} file(s) "
+            f"({', '.join(stale[:5])}{', ...' if len(stale) > 5 else ''}): the tests would "
+            "test the installed copy, not your edits. Install the checkout editable "
+            '(pip install -e ".[dev]") or install it again'
+        )
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark each test by its folder so the runner can pick categories by marker."""
     for item in items:

@@ -121,9 +121,12 @@ def resolve_run(run: str | Path, runs_root: str | Path = "var/runs") -> Path:
             if not (path / "equity.csv").exists():
                 raise ValueError(f"{path} is not a run record: it has no equity.csv")
             return path
+    if given.is_absolute() or len(given.parts) > 1:
+        # A path (var/runs/x), not a run id: runs_root joined to it named var/runs/var/runs/x.
+        raise ValueError(f"run {str(run)!r} not found: no folder at that path")
     raise ValueError(
         f"run {str(run)!r} not found: no run folder {Path(runs_root) / given} and no folder "
-        f"at that path"
+        f"{given} here"
     )
 
 

@@ -210,8 +210,10 @@ name = "{signal}"
 
 def test_cli_exit_codes_and_json(tmp_path, test_plugins, capsys):
     peek = _csv_config(tmp_path, "peeks_ahead")
-    assert main(["lookahead-check", *peek, "--at", "2020-06-01", "--no-progress"]) == 1
-    out = capsys.readouterr().out
+    # No --no-progress: stderr is not a terminal here, so no progress bar is drawn into it.
+    assert main(["lookahead-check", *peek, "--at", "2020-06-01"]) == 1
+    out, err = capsys.readouterr()
+    assert "%|" not in err and "\r" not in err
     assert "signal plugin 'peeks_ahead'" in out and "2020-06-01" in out
     assert "the last bar before the cut" in out and "LOOKAHEAD" in out
 

@@ -375,3 +375,19 @@ def test_a_url_with_a_short_form_address_is_refused_naming_the_usual_one(key, en
     assert f"write {address}" in text
     for fine in ("http://127.0.0.1:8080", "http://[::1]:8080", "http://[0:0::1]:8080"):
         load_config([], env={env: fine})  # the usual spellings (and IPv6's) pass
+
+
+def test_the_log_says_which_files_were_read_or_that_none_was(tmp_path):
+    """Outside the checkout no config/default.toml is found and the built-in defaults run:
+    nothing said so, though an edited default.toml then changed nothing."""
+    from structlog.testing import capture_logs
+
+    from tradingd.config import log_overlay_notes
+
+    mine = tmp_path / "mine.toml"
+    mine.write_text("[run]\nname = 'x'\n")
+    with capture_logs() as logs:
+        log_overlay_notes(load_config([], env={}))
+        log_overlay_notes(load_config([mine], env={}))
+    said = [e["files"] for e in logs if e["event"] == "config.files"]
+    assert said == ["none: the built-in defaults", [str(mine.resolve())]]

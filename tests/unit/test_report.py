@@ -414,6 +414,10 @@ def test_resolve_run(run_dir, tmp_path):
     assert resolve_run(run_dir, tmp_path) == run_dir
     with pytest.raises(ValueError, match=r"run 'nope' not found: no run folder .*nope"):
         resolve_run("nope", run_dir.parent)
+    # A path given, not a run id: said as given (it read "no run folder var/runs/var/runs/x").
+    with pytest.raises(ValueError) as e:
+        resolve_run("var/runs/nonexistent", "var/runs")
+    assert str(e.value) == "run 'var/runs/nonexistent' not found: no folder at that path"
     with pytest.raises(ValueError, match=r"is not a run record: it has no equity\.csv"):
         resolve_run(tmp_path, tmp_path)
 
