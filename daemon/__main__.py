@@ -553,7 +553,7 @@ def _train(config: Config, args: argparse.Namespace) -> int:
 
     try:
         from tradingd_models.config import ModelConfig
-        from tradingd_models.training import train
+        from tradingd_models.training import check_out_dir, train
     except ImportError as exc:
         print(
             f"tradingd: error: training needs the train extra (pip install 'tradingd[train]'):"
@@ -580,6 +580,7 @@ def _train(config: Config, args: argparse.Namespace) -> int:
         if args.epochs < 1:  # 0 was taken for "not given" and trained the configured epochs
             raise TradingdError(f"--epochs must be >= 1, got {args.epochs}")
         mc = dataclasses.replace(mc, epochs=args.epochs)
+    check_out_dir(args.out)  # before the data is loaded
     train(config, load_data(config), args.out, mc, log=lambda m: print(m, file=sys.stderr))
     print(f"model pair and card written to {Path(args.out).resolve()}")
     return 0

@@ -175,7 +175,13 @@ def retrain(
         # The rolling window is the training span: run.start (when a daemon's run began
         # trading) does not cut it.
         card = train(
-            config, rolling, staging, model_config, log=lambda m: None, from_run_start=False
+            config,
+            rolling,
+            staging,
+            model_config,
+            log=lambda m: None,
+            from_run_start=False,
+            staging=True,
         )
         ok, reason = gate(card, policy)
         version = card["model_version"]

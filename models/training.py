@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from tradingd.config import Config
+from tradingd.core.errors import ConfigError
 from tradingd.features.catalog import Catalog, feature_set_id, resolve_set
 from tradingd.features.engineer import compute_batch, prepare_ml_data
 from tradingd.feeds.panel import Panel
@@ -58,6 +59,55 @@ def run_start(config: Config) -> np.datetime64 | None:
     return ts.to_datetime64()
 
 
+def _model_root_of(path: Path) -> tuple[Path, str] | None:
+    """The model root (`tradingd retrain`'s layout: `versions/<v>/` and a `current` link) that
+    `path` (resolved) is inside, and which part of it: None when it is in none."""
+    for p in (path, *path.parents):
+        if p.parent.name == "versions":
+            root = p.parent.parent
+            if (root / "current").is_symlink() or any(p.parent.glob("*/card.json")):
+                return root, f"versions/{p.name}"
+    return None
+
+
+def check_out_dir(out_dir: str | Path) -> Path:
+    """`tradingd train --out` must be a new folder of its own: not a model root's `current`
+    link or a folder under its `versions/` (published models, never modified once written:
+    a running daemon kept serving the old files while the folder held new ones, and a
+    restart switched models without a word), and not a folder that already holds a model
+    (its card or ONNX files). Refused with what to do instead."""
+    out = Path(out_dir)
+    resolved = out.resolve()
+    fix = (
+        "train into another --out (a new folder), or publish with `tradingd retrain --root "
+        "ROOT`, which trains into a new version folder and switches `current` atomically"
+    )
+    if out.name == "current" and (out.is_symlink() or (out.parent / "versions").is_dir()):
+        raise ConfigError(
+            f"--out = {str(out_dir)!r} is the model root {out.parent}'s `current` link, which "
+            f"names the published model a daemon serves; {fix}"
+        )
+    inside = _model_root_of(resolved)
+    if inside is not None:
+        root, part = inside
+        through = f" (through a link: it resolves to {resolved})" if resolved != out else ""
+        raise ConfigError(
+            f"--out = {str(out_dir)!r} is inside the published model folder {part} of the "
+            f"model root {root}{through}: a published version is never modified once "
+            f"written; {fix}"
+        )
+    if resolved.is_dir():
+        held = sorted(
+            f.name for f in resolved.iterdir() if f.name == "card.json" or f.suffix == ".onnx"
+        )
+        if held:
+            raise ConfigError(
+                f"--out = {str(out_dir)!r} already holds a model ({', '.join(held)}); it is "
+                f"not overwritten: {fix}, or remove the folder first"
+            )
+    return out
+
+
 def train(
     config: Config,
     panel: Panel,
@@ -66,13 +116,17 @@ def train(
     *,
     log: Any = print,
     from_run_start: bool = True,
+    staging: bool = False,
 ) -> dict[str, Any]:
     """Train both models on `panel`'s windows and write them with their card to `out_dir`.
     `from_run_start`: windows end from `run.start` on (`tradingd train`); False for a
     caller whose panel is already the training span (`retrain`'s rolling window, which a
-    daemon's run.start must not cut further)."""
+    daemon's run.start must not cut further). `out_dir` is checked (`check_out_dir`) unless
+    `staging` (`retrain`'s own staging folder under `versions/`)."""
 
     mc = model_config or ModelConfig()
+    if not staging:
+        check_out_dir(out_dir)
     t0 = time.perf_counter()
     f = config.features
     names = resolve_set(f.set)
