@@ -563,19 +563,7 @@ def _train(config: Config, args: argparse.Namespace) -> int:
         return 2
     from .app import load_data
 
-    mc = ModelConfig()
-    if args.model_config:
-        import tomllib
-
-        from .config import build
-
-        try:
-            data = tomllib.loads(Path(args.model_config).read_text(encoding="utf-8")).get(
-                "model", {}
-            )
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise TradingdError(f"model config {args.model_config}: {exc}") from None
-        mc = build(ModelConfig, data, "model")
+    mc = _model_config(args.model_config) if args.model_config else ModelConfig()
     if args.epochs is not None:
         if args.epochs < 1:  # 0 was taken for "not given" and trained the configured epochs
             raise TradingdError(f"--epochs must be >= 1, got {args.epochs}")
@@ -584,6 +572,41 @@ def _train(config: Config, args: argparse.Namespace) -> int:
     train(config, load_data(config), args.out, mc, log=lambda m: print(m, file=sys.stderr))
     print(f"model pair and card written to {Path(args.out).resolve()}")
     return 0
+
+
+def _model_config(path: str) -> Any:
+    """`--model-config FILE`: its `[model]` table, whole. A file without one (`[modle]`, or
+    the keys at the top level) was read as an empty table, and the full-size defaults
+    trained for hours without a word; any other table or top-level key is refused too, as
+    an unknown key of the table is."""
+    import tomllib
+
+    from tradingd_models.config import ModelConfig
+
+    from .config import build
+
+    try:
+        doc = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise TradingdError(f"model config {path}: {exc}") from None
+    others = sorted(k for k in doc if k != "model")
+    if others:
+        said = ", ".join(
+            f"[{k}]" if isinstance(doc[k], dict) else f"{k} (a top-level key)" for k in others
+        )
+        raise ConfigError(
+            f"model config {path}: unknown {said}; the file holds one [model] table "
+            f"(hyperparameters under it, as in config/model.toml)"
+        )
+    if "model" not in doc:
+        raise ConfigError(
+            f"model config {path}: no [model] table (the file is empty); put the "
+            "hyperparameters under [model], as in config/model.toml"
+        )
+    try:
+        return build(ModelConfig, doc["model"], "model")
+    except ConfigError as exc:
+        raise ConfigError(f"model config {path}: {exc}") from None
 
 
 def _retrain(config: Config, args: argparse.Namespace) -> int:

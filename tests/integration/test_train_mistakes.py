@@ -126,3 +126,29 @@ def test_train_into_a_new_or_empty_folder_passes_the_check(tmp_path):
     (tmp_path / "empty").mkdir()
     for out in ("new/sub", "empty", "mr/trained"):
         check_out_dir(tmp_path / out)
+
+
+# ----------------------------------------------------------------------------- 2: --model-config
+
+
+@pytest.mark.parametrize(
+    ("text", "said"),
+    [
+        ("[modle]\nepochs = 1\n", "unknown [modle]"),
+        ("epochs = 1\n", "unknown epochs (a top-level key)"),
+        ("[model]\nepochs = 1\n[run]\nname = 'x'\n", "unknown [run]"),
+        ("", "no [model] table"),
+        ("[model]\nepoch = 1\n", "model.epoch"),
+        ("[model]\ntime_steps = 0\n", "time_steps must be >= 1"),
+    ],
+)
+def test_a_model_config_without_its_model_table_is_refused(cli, tmp_path, text, said):
+    """`[modle]` or top-level keys were read as an empty [model]: the full-size defaults
+    (50 epochs of 64 filters and 100 units) trained for hours without a word."""
+    mc = tmp_path / "tiny.toml"
+    mc.write_text(text)
+    code, out, err = cli(
+        "train", "-c", str(write_config(tmp_path)), "--model-config", str(mc), "--out", "o"
+    )
+    assert (code, out) == (2, ""), err  # and the load_data tripwire was not reached
+    assert f"model config {mc}: " in err and said in err
