@@ -612,6 +612,7 @@ def _model_config(path: str) -> Any:
 def _retrain(config: Config, args: argparse.Namespace) -> int:
     try:
         from tradingd_models.retrain import RetrainPolicy, retrain
+        from tradingd_models.training import TooFewWindows
     except ImportError as exc:
         print(f"tradingd: error: retraining needs the train extra: {exc}", file=sys.stderr)
         return 2
@@ -620,6 +621,11 @@ def _retrain(config: Config, args: argparse.Namespace) -> int:
     policy = RetrainPolicy(args.window_bars, args.min_directional_accuracy, args.max_mse_ratio)
     try:
         out = retrain(config, load_data(config), args.root, policy)
+    except TooFewWindows as exc:
+        raise TradingdError(
+            f"retraining failed: {exc} (--window-bars {args.window_bars}: the latest bars "
+            "retrain trains on; a larger --window-bars gives more windows)"
+        ) from None
     except TradingdError:
         raise  # named already (a config or data error)
     except ValueError as exc:

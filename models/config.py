@@ -24,6 +24,10 @@ class ModelConfig:
     horizon: int = 1  # bars ahead of the forward-return target
     ensemble_weights: tuple[float, float] = (0.6, 0.4)  # cnn_lstm, random_forest
     confidence_threshold: float = 0.55
+    # Fewer windows than these is refused before any model is built: a model fitted on a
+    # handful of windows, or validated on them, is noise with a card that looks like a model.
+    min_train_windows: int = 200
+    min_validation_windows: int = 50
 
     def __post_init__(self) -> None:
         for name in (
@@ -36,6 +40,8 @@ class ModelConfig:
             "rf_n_estimators",
             "rf_max_depth",
             "horizon",
+            "min_train_windows",
+            "min_validation_windows",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")

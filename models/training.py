@@ -59,6 +59,13 @@ def run_start(config: Config) -> np.datetime64 | None:
     return ts.to_datetime64()
 
 
+class TooFewWindows(ConfigError, ValueError):
+    """The data holds too few complete windows for the model config (none, or fewer than
+    its min_train_windows / min_validation_windows). Named with the window and the data's
+    range; raised before any model is built (Keras' fit on an empty set was a
+    KeyError: 'loss' traceback)."""
+
+
 def _model_root_of(path: Path) -> tuple[Path, str] | None:
     """The model root (`tradingd retrain`'s layout: `versions/<v>/` and a `current` link) that
     `path` (resolved) is inside, and which part of it: None when it is in none."""
@@ -132,22 +139,52 @@ def train(
     names = resolve_set(f.set)
     catalog = Catalog(f.indicators, f.cross_sectional)
     fsid = feature_set_id(f.set, names, f.indicators, f.cross_sectional)
-    feats = compute_batch(panel, names, catalog, dtype=np.float32)
-    data = prepare_ml_data(
-        feats,
-        names,
-        panel.close,
-        panel.split,
-        panel.times,
-        window=mc.time_steps,
-        horizon=mc.horizon,
-        validation_fraction=mc.validation_split,
-        start=run_start(config) if from_run_start else None,
+    start = run_start(config) if from_run_start else None
+    span = _dates(panel.times)
+    shape = (
+        f"window {mc.time_steps} bars + horizon {mc.horizon} (model time_steps, horizon), "
+        f"data {len(panel.times)} bars from {span[0]} to {span[1]}"
+        + (f", windows ending from run.start = {config.run.start}" if start is not None else "")
     )
+    if start is not None and len(panel.times) and start > panel.times.max():
+        raise TooFewWindows(
+            f"no training window: run.start = {config.run.start} is after the data's last bar "
+            f"({span[1]}; {shape}): set run.start within the data, or load data up to it"
+        )
+    feats = compute_batch(panel, names, catalog, dtype=np.float32)
+    try:
+        data = prepare_ml_data(
+            feats,
+            names,
+            panel.close,
+            panel.split,
+            panel.times,
+            window=mc.time_steps,
+            horizon=mc.horizon,
+            validation_fraction=mc.validation_split,
+            start=start,
+        )
+    except ValueError as exc:
+        if "no complete window" not in str(exc):
+            raise
+        raise TooFewWindows(
+            f"no complete training window ({shape}): every window either reaches into the "
+            "features' warm-up or has no target bar after it; give more bars (an earlier "
+            "data start or later run.end), an earlier run.start, or a shorter time_steps"
+        ) from None
     if from_run_start and config.run.start:
         log(f"windows ending from run.start = {config.run.start} (earlier bars warm up)")
     xt, yt, xv, yv = data["x_train"], data["y_train"], data["x_val"], data["y_val"]
     log(f"windows: {len(xt)} train, {len(xv)} validation, shape {xt.shape[1:]}")
+    if len(xt) < mc.min_train_windows or len(xv) < mc.min_validation_windows:
+        raise TooFewWindows(
+            f"too few windows to train on: {len(xt)} training (train range "
+            f"{' to '.join(_dates(data['t_train']))}) and {len(xv)} validation (validation "
+            f"range {' to '.join(_dates(data['t_val']))}), the minimum is "
+            f"{mc.min_train_windows} and {mc.min_validation_windows} (model "
+            f"min_train_windows, min_validation_windows; {shape}): give more bars or "
+            "symbols, or an earlier run.start"
+        )
     cnn, rf, mean, scale, fit = fit_models(xt, yt, xv, yv, mc, log)
     xvs = ((xv - mean.astype(np.float32)) / scale.astype(np.float32)).astype(np.float32)
     p_cnn, p_rf = cnn.predict(xvs), rf.predict(xvs)

@@ -152,3 +152,94 @@ def test_a_model_config_without_its_model_table_is_refused(cli, tmp_path, text, 
     )
     assert (code, out) == (2, ""), err  # and the load_data tripwire was not reached
     assert f"model config {mc}: " in err and said in err
+
+
+# ----------------------------------------------------------------------------- 3: too little data
+
+
+@pytest.fixture(scope="module")
+def bundled_panel():
+    from tradingd.app import load_data
+    from tradingd.config import load_config
+
+    return load_data(load_config([], env={}))  # 2 series, 1999-01-04 to 2018-12-31
+
+
+def last_bars(panel, n: int):
+    from tradingd.feeds.panel import FIELDS, Panel
+
+    return Panel(panel.times[-n:], panel.symbols, *(getattr(panel, f)[-n:] for f in FIELDS))
+
+
+def never_fit(monkeypatch) -> None:
+    import tradingd_models.training as training
+
+    def trip(*_a, **_k):
+        raise Tripwire("a model was fitted")
+
+    monkeypatch.setattr(training, "fit_models", trip)
+
+
+@pytest.mark.parametrize(
+    ("bars", "start", "said"),
+    [
+        # the features' warm-up and the window take all 150 bars: Keras was never reached,
+        # prepare_ml_data's ValueError was a traceback
+        (150, "", "no complete training window (window 60 bars + horizon 1"),
+        # 190 training and 48 validation windows: trained on (and Keras' fit on an empty
+        # set, 0 windows, was a KeyError: 'loss' traceback)
+        (300, "", "too few windows to train on: 190 training"),
+        # blamed the warm-up
+        (None, "2019-06-03", "run.start = 2019-06-03 is after the data's last bar (2018-12-31"),
+    ],
+)
+def test_train_on_too_little_data_says_the_window_and_the_data(
+    cli, tmp_path, monkeypatch, bundled_panel, bars, start, said
+):
+    import tradingd.app
+
+    panel = bundled_panel if bars is None else last_bars(bundled_panel, bars)
+    monkeypatch.setattr(tradingd.app, "load_data", lambda config: panel)
+    never_fit(monkeypatch)
+    cfg = write_config(tmp_path)
+    if start:
+        cfg.write_text(cfg.read_text().replace('start = "2017-01-01"', f'start = "{start}"'))
+        cfg.write_text(cfg.read_text().replace('end = "2017-12-31"', 'end = "2019-12-31"'))
+    code, out, err = cli("train", "-c", str(cfg), "--out", "o")
+    assert (code, out) == (2, ""), err
+    assert said in err
+    first = str(panel.times[0])[:10]
+    assert f"data {len(panel.times)} bars from {first} to 2018-12-31" in err
+    assert "Traceback" not in err and not (tmp_path / "o").exists()
+
+
+def test_the_minimum_windows_are_model_config_fields(tmp_path, bundled_panel, monkeypatch):
+    from tradingd_models.config import ModelConfig
+    from tradingd_models.training import TooFewWindows, train
+
+    from tradingd.config import load_config
+
+    never_fit(monkeypatch)
+    cfg = load_config([], env={})
+    few = ModelConfig(min_train_windows=100, min_validation_windows=20)
+    with pytest.raises(Tripwire):  # 190 and 48 are enough for these: training starts
+        train(cfg, last_bars(bundled_panel, 300), tmp_path / "a", few, log=lambda m: None)
+    more = ModelConfig(min_validation_windows=49, min_train_windows=1)
+    with pytest.raises(TooFewWindows, match=r"48 validation .* minimum is 1 and 49"):
+        train(cfg, last_bars(bundled_panel, 300), tmp_path / "b", more, log=lambda m: None)
+    with pytest.raises(ValueError, match="min_train_windows must be >= 1"):
+        ModelConfig(min_train_windows=0)
+
+
+def test_retrain_on_too_few_bars_names_the_window_bars(cli, tmp_path, monkeypatch, bundled_panel):
+    import tradingd.app
+
+    monkeypatch.setattr(tradingd.app, "load_data", lambda config: bundled_panel)
+    never_fit(monkeypatch)
+    cfg = str(write_config(tmp_path))
+    for bars, said in (("150", "no complete training window"), ("300", "too few windows")):
+        code, out, err = cli("retrain", "-c", cfg, "--window-bars", bars, "--root", "mr")
+        assert (code, out) == (2, ""), err
+        assert said in err and f"--window-bars {bars}:" in err
+        assert f"data {bars} bars from " in err and "Traceback" not in err
+        assert [p.name for p in (tmp_path / "mr" / "versions").iterdir()] == []
