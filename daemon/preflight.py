@@ -55,6 +55,8 @@ TRAIN_MODULES = {
     "tf2onnx": "tf2onnx",
     "onnx": "onnx",
 }
+# The commands that train a model rather than serve one (`load_pipeline(serving=False)`).
+TRAINING_COMMANDS = frozenset({"train", "retrain"})
 # The commands whose plugins run on live.bar: a live run and a replay of a live run's bars.
 LIVE_BAR_COMMANDS = frozenset({"run", "replay-check"})
 
@@ -70,7 +72,10 @@ def check_config(config: Config, command: str, *, output_dir: str | Path | None 
     `output_dir` is the command's explicit output folder: `backtest --output` (instead of
     run.output_dir), `train --out`, `retrain --root`."""
     for bar in run_bars(config, command):
-        pipeline = load_pipeline(config, bar)
+        # train / retrain make a model: the one the configuration serves need not exist yet
+        # (`tradingd train` refused a model_dir it was about to fill), and its features are
+        # not the new model's. Its params are still checked.
+        pipeline = load_pipeline(config, bar, serving=command not in TRAINING_COMMANDS)
         _check_features(config, pipeline)
     if not config.risk:
         log.warning(
@@ -167,14 +172,18 @@ def run_bars(config: Config, command: str) -> tuple[str, ...]:
     return ("1d",)
 
 
-def load_pipeline(config: Config, bar: str = "1d") -> Any:
+def load_pipeline(config: Config, bar: str = "1d", *, serving: bool = True) -> Any:
     """Every configured plugin loaded and instantiated with its parameters, exactly as
     `tradingd.app.build_pipeline` does on bars of length `bar` (same loader, the same run
     defaults, same key names in errors, the file that set a key named). An unexpected
-    exception from a plugin's constructor becomes a PluginError naming the key."""
+    exception from a plugin's constructor becomes a PluginError naming the key.
+
+    `serving=False` (train, retrain): a signal plugin that serves a model (`serves_model`:
+    `ml_ensemble`) has its params checked, and is not built (which loads its model) nor
+    part of the pipeline returned."""
     from .app import run_defaults
     from .engine.engine import Pipeline
-    from .engine.plugins import GROUP, available, load_plugin
+    from .engine.plugins import GROUP, _config, available, load_plugin
 
     symbols = tuple(config.data.symbols) or PLACEHOLDER_SYMBOLS
     defaults = run_defaults(config, bar)
@@ -200,9 +209,26 @@ def load_pipeline(config: Config, bar: str = "1d") -> Any:
                 f"{type(exc).__name__}: {exc}"
             ) from exc
 
+    def serves_model(spec: PluginSpec, where: str) -> bool:
+        """Whether the signal of `spec` serves a model, its params checked when it does."""
+        ep = eps.get(spec.name)
+        try:
+            cls = ep.load() if ep is not None else None
+        except Exception:
+            return False  # load_plugin says why
+        if not getattr(cls, "serves_model", False) or getattr(cls, "kind", None) != "signal":
+            return False
+        try:
+            _config(cls.Config, spec, where, defaults)
+        except ConfigError as exc:
+            name_origin(config, exc)
+            raise
+        return True
+
     signals = [
         (load(spec, "signal", f"signals[{i}]"), spec.weight)
         for i, spec in enumerate(config.signals)
+        if serving or not serves_model(spec, f"signals[{i}]")
     ]
     sizing = load(config.sizing, "sizing", "sizing")
     risks = [load(spec, "risk", f"risk[{i}]") for i, spec in enumerate(config.risk)]

@@ -597,6 +597,9 @@ def _key_bytes(keys: np.ndarray) -> list[bytes]:
 class MlEnsemble:
     kind: ClassVar[str] = "signal"
     Config = MlEnsembleConfig
+    # Built, it loads its model: `tradingd train` / `retrain` check its params only (the
+    # model they make need not be the one served, nor exist yet: preflight.load_pipeline).
+    serves_model: ClassVar[bool] = True
 
     # the prediction store (see _reset_store)
     _k0: np.ndarray

@@ -243,3 +243,39 @@ def test_retrain_on_too_few_bars_names_the_window_bars(cli, tmp_path, monkeypatc
         assert said in err and f"--window-bars {bars}:" in err
         assert f"data {bars} bars from " in err and "Traceback" not in err
         assert [p.name for p in (tmp_path / "mr" / "versions").iterdir()] == []
+
+
+# ----------------------------------------------------------------------------- 4: served model
+
+
+def ml_signal(model_dir: str, extra: str = "") -> str:
+    return f"""
+[[signals]]
+name = "ml_ensemble"
+params = {{ model_dir = "{model_dir}"{extra} }}
+"""
+
+
+@pytest.mark.parametrize("command", ["train", "retrain"])
+def test_training_does_not_need_the_served_model_to_exist(cli, tmp_path, command):
+    """The start-up check built the ml_ensemble plugin, which loads its model: training the
+    first model into the folder a config will serve from was refused ("model_dir ... does
+    not exist")."""
+    cfg = str(write_config(tmp_path, ml_signal(str(tmp_path / "models" / "new"))))
+    with pytest.raises(Tripwire):  # the checks passed: the data load was reached
+        cli(command, "-c", cfg)
+
+
+@pytest.mark.parametrize("command", ["train", "retrain"])
+def test_training_still_checks_the_ml_plugins_params(cli, tmp_path, command):
+    cfg = str(write_config(tmp_path, ml_signal(str(tmp_path / "new"), ", threshold = 2.0")))
+    code, out, err = cli(command, "-c", cfg)
+    assert (code, out) == (2, "")
+    assert "signals[0].params" in err and "threshold must be in [0.5, 1)" in err
+
+
+def test_serving_commands_still_need_the_served_model(cli, tmp_path):
+    cfg = str(write_config(tmp_path, ml_signal(str(tmp_path / "models" / "new"))))
+    code, out, err = cli("config", "-c", cfg)
+    assert (code, out) == (2, "")
+    assert "model_dir" in err and "does not exist" in err
