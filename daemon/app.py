@@ -577,7 +577,8 @@ def verify_model_features(
                     f"which this engine cannot produce ({exc})"
                 ) from None
         actual = engine_feature_set(expected, f.indicators, f.cross_sectional)
-        verify_feature_set(expected, actual, f"plugin {plugin.name!r}")
+        card = getattr(getattr(getattr(plugin, "pair", None), "card", None), "path", None)
+        verify_feature_set(expected, actual, f"plugin {plugin.name!r}", card)
 
 
 def model_card(plugin: Any) -> Mapping[str, Any] | None:

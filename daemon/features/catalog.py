@@ -20,6 +20,7 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+from pathlib import Path
 
 import numpy as np
 
@@ -254,12 +255,27 @@ def engine_feature_set(
     return feature_set_id(expected.name, names, indicators, cross_method)
 
 
-def verify_feature_set(expected: FeatureSetId, actual: FeatureSetId, where: str) -> None:
-    """Stop start-up when a model would be fed other features than it was trained on."""
+def verify_feature_set(
+    expected: FeatureSetId, actual: FeatureSetId, where: str, card: str | Path | None = None
+) -> None:
+    """Stop start-up when a model would be fed other features than it was trained on.
+    `card`: the model card's file, named in the error."""
     if expected == actual:
         return
+    where = f"{where} (model card {card})" if card else where
     missing = [f for f in expected.features if f not in actual.features]
     problems = []
+    named = FEATURE_SETS.get(expected.name)
+    renamed = named is not None and sorted(named) != sorted(expected.features)
+    if renamed and not missing:
+        # A card whose list was edited (a name replaced): the engine computes the card's
+        # names, the version differs, and was blamed on the indicator periods.
+        problems.append(
+            f"its feature list is not that of feature set {expected.name!r} (features.set): "
+            f"{_first_difference(expected, FeatureSetId(expected.name, tuple(named), ''), 'the set')}"
+            "; the card's version was computed from another list: restore the card the "
+            "model was trained with, or retrain"
+        )
     if missing:
         problems.append(f"features the engine does not produce: {missing}")
     if list(expected.features) != list(actual.features) and not missing:
@@ -268,7 +284,7 @@ def verify_feature_set(expected: FeatureSetId, actual: FeatureSetId, where: str)
             "the model takes its inputs by position; restore the card's list to the order "
             "the model was trained on"
         )
-    if expected.version != actual.version:
+    if expected.version != actual.version and not (renamed and not missing):
         problems.append(
             f"feature set version {expected.version} (trained) != {actual.version} (configured:"
             " indicator periods or cross-sectional method differ)"
@@ -276,12 +292,15 @@ def verify_feature_set(expected: FeatureSetId, actual: FeatureSetId, where: str)
     raise ConfigError(f"{where} expects feature set {expected.name!r}: " + "; ".join(problems))
 
 
-def _first_difference(expected: FeatureSetId, actual: FeatureSetId) -> str:
+def _first_difference(
+    expected: FeatureSetId, actual: FeatureSetId, other: str = "the engine's order"
+) -> str:
     pairs = zip(expected.features, actual.features, strict=False)  # (lengths may differ)
     for i, (a, b) in enumerate(pairs):
         if a != b:
-            return f"at position {i} the card has {a!r}, the engine's order {b!r}"
-    return f"the card lists {len(expected.features)}, the engine {len(actual.features)}"
+            return f"at position {i} the card has {a!r}, {other} {b!r}"
+    theirs = "the engine" if other == "the engine's order" else other
+    return f"the card lists {len(expected.features)}, {theirs} {len(actual.features)}"
 
 
 def resolve_set(name: str, extra: Sequence[str] = ()) -> tuple[str, ...]:

@@ -418,6 +418,24 @@ def test_verify_feature_set_names_the_mismatch():
         verify_feature_set(a, other, "model x")
 
 
+def test_a_card_with_a_renamed_feature_names_it_and_the_card_file():
+    """A card whose list was edited (rsi_14 replaced by rsi_7, its version left as trained)
+    was said to have "feature set version A (trained) != B (configured: indicator periods or
+    cross-sectional method differ)": neither the feature nor the card file was named."""
+    from tradingd.features.catalog import FeatureSetId, engine_feature_set, verify_feature_set
+
+    a = feature_set_id("default_v1", DEFAULT, IndicatorConfig(), "rank")
+    i = DEFAULT.index("rsi_14")
+    edited = FeatureSetId(a.name, (*DEFAULT[:i], "rsi_7", *DEFAULT[i + 1 :]), a.version)
+    actual = engine_feature_set(edited, IndicatorConfig(), "rank")
+    with pytest.raises(ConfigError) as exc:
+        verify_feature_set(edited, actual, "plugin 'ml_ensemble'", "/m/card.json")
+    said = str(exc.value)
+    assert said.startswith("plugin 'ml_ensemble' (model card /m/card.json) expects feature set")
+    assert f"at position {i} the card has 'rsi_7', the set 'rsi_14'" in said
+    assert "indicator periods" not in said  # they are the same
+
+
 def test_a_card_listing_its_set_in_another_order_is_said_to_be_reordered():
     """The engine's feature set was built from the card's own list: a card with two features
     swapped only differed in its version and was said to have been trained with other
