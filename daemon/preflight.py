@@ -216,7 +216,9 @@ def load_pipeline(config: Config, bar: str = "1d", *, serving: bool = True) -> A
             cls = ep.load() if ep is not None else None
         except Exception:
             return False  # load_plugin says why
-        if not getattr(cls, "serves_model", False) or getattr(cls, "kind", None) != "signal":
+        if cls is None or not getattr(cls, "serves_model", False):
+            return False
+        if getattr(cls, "kind", None) != "signal":
             return False
         try:
             _config(cls.Config, spec, where, defaults)

@@ -19,8 +19,8 @@ import hashlib
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -267,14 +267,15 @@ def verify_feature_set(
     problems = []
     named = FEATURE_SETS.get(expected.name)
     renamed = named is not None and sorted(named) != sorted(expected.features)
-    if renamed and not missing:
+    if named is not None and renamed and not missing:
         # A card whose list was edited (a name replaced): the engine computes the card's
         # names, the version differs, and was blamed on the indicator periods.
+        the_set = FeatureSetId(expected.name, tuple(named), "")
         problems.append(
             f"its feature list is not that of feature set {expected.name!r} (features.set): "
-            f"{_first_difference(expected, FeatureSetId(expected.name, tuple(named), ''), 'the set')}"
-            "; the card's version was computed from another list: restore the card the "
-            "model was trained with, or retrain"
+            f"{_first_difference(expected, the_set, 'the set')}; the card's version was "
+            "computed from another list: restore the card the model was trained with, or "
+            "retrain"
         )
     if missing:
         problems.append(f"features the engine does not produce: {missing}")

@@ -7,7 +7,6 @@ refusal comes before the models are built)."""
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -95,7 +94,7 @@ def published_root(tmp_path: Path) -> tuple[Path, Path]:
 def test_train_out_onto_a_published_or_existing_model_is_refused(cli, tmp_path, out, said):
     """`train --out var/models/current` rewrote the published model in place: a running
     daemon kept serving the old one, and its restart switched models without a word."""
-    root, v1 = published_root(tmp_path)
+    _, v1 = published_root(tmp_path)
     os.symlink(v1, tmp_path / "elsewhere")
     old = tmp_path / "m_old"
     old.mkdir()

@@ -346,7 +346,8 @@ def test_the_start_up_check_says_a_reordered_card_lists_its_features_in_another_
     with pytest.raises(ConfigError) as exc:
         verify_model_features(config, load_pipeline(config))
     assert str(exc.value).startswith(
-        "plugin 'ml_ensemble' expects feature set 'default_v1': the same features in another "
-        "order (at position 0 the card has 'hl_range', the engine's order 'ret_1')"
+        f"plugin 'ml_ensemble' (model card {d.resolve() / 'card.json'}) expects feature set "
+        "'default_v1': the same features in another order (at position 0 the card has "
+        "'hl_range', the engine's order 'ret_1')"
     )
     assert "indicator periods" not in str(exc.value)
