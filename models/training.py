@@ -23,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from tradingd.config import Config
-from tradingd.core.errors import ConfigError
+from tradingd.core.errors import ConfigError, TradingdError
 from tradingd.features.catalog import Catalog, feature_set_id, resolve_set
 from tradingd.features.engineer import compute_batch, prepare_ml_data
 from tradingd.feeds.panel import Panel
@@ -196,6 +196,7 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     cnn.export_onnx(out / "cnn_lstm.onnx")
     rf.export_onnx(out / "random_forest.onnx")
+    parity = export_parity(out, xvs, {"cnn_lstm": p_cnn, "random_forest": p_rf})
     files = {
         m: {
             "path": f"{m}.onnx",
@@ -252,6 +253,7 @@ def train(
         },
         "feature_importance": rf.get_feature_importance(names),
         "files": files,
+        "export_parity": parity,
         "versions": _versions(),
         "training": {
             "seconds": round(time.perf_counter() - t0, 1),
@@ -270,6 +272,52 @@ def train(
         f"{card['training']['peak_rss_mb']} MB; model {version} written to {out}"
     )
     return card
+
+
+# The most an exported ONNX model's output may differ from its framework model's on the
+# validation windows (the served model is the ONNX one; the card's metrics are the
+# framework's). Measured: 1e-7 (the CNN+LSTM, float32) and 3e-9 (the forest).
+EXPORT_PARITY_ATOL = 1e-5
+
+
+class ExportMismatch(TradingdError):
+    """An exported model that does not compute what was trained."""
+
+
+def export_parity(out: Path, xvs: np.ndarray, expected: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Each exported model's outputs on the scaled validation windows against its framework
+    model's: the card's metrics and the live confidence come from the framework models,
+    the daemon serves the ONNX files, and nothing compared the two outside the tests. Above
+    `EXPORT_PARITY_ATOL` the export is refused and its files removed."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    measured: dict[str, float] = {}
+    for m, want in expected.items():
+        path = out / f"{m}.onnx"
+        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        x = xvs if m == "cnn_lstm" else xvs.reshape(len(xvs), -1)
+        got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        diff = np.abs(np.ravel(got).astype(np.float64) - np.ravel(want).astype(np.float64))
+        measured[m] = float(diff.max()) if diff.size else 0.0
+        if not measured[m] <= EXPORT_PARITY_ATOL:  # NaN too
+            for f in expected:
+                (out / f"{f}.onnx").unlink(missing_ok=True)
+            raise ExportMismatch(
+                f"the exported {path.name} differs from the trained {m} by up to "
+                f"{measured[m]:.3g} on the {len(xvs)} validation windows (at most "
+                f"{EXPORT_PARITY_ATOL:g} is accepted): the export is not the model that was "
+                "trained and validated; nothing is written (check the converter versions: "
+                "tf2onnx, skl2onnx, onnxruntime)"
+            )
+    return {
+        "rows": len(xvs),
+        "max_abs_diff": measured,
+        "tolerance": EXPORT_PARITY_ATOL,
+        "on": "validation windows, scaled",
+    }
 
 
 def fit_models(

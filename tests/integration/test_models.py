@@ -76,6 +76,25 @@ def test_card_says_what_the_model_is(tiny_model):
     assert abs(sum(card["feature_importance"].values()) - 1.0) < 1e-9  # MDI sums to 1
     assert "tensorflow-cpu" in card["versions"] or "tensorflow" in card["versions"]
     assert json.loads((out / "card.json").read_text())["model_version"] == card["model_version"]
+    # The export was compared with the trained models on the validation windows, in the card.
+    parity = card["export_parity"]
+    assert parity["rows"] == card["samples"]["validation"]
+    assert set(parity["max_abs_diff"]) == {"cnn_lstm", "random_forest"}
+    assert all(0 <= d <= parity["tolerance"] for d in parity["max_abs_diff"].values())
+
+
+def test_an_export_that_differs_from_the_trained_model_is_refused(tmp_path, monkeypatch):
+    """Nothing compared the ONNX files (served) with the framework models (whose outputs
+    made the card's metrics and the live confidence) outside the tests: a converter
+    regression would have served another model than the one validated."""
+    import tradingd_models.training as training
+
+    monkeypatch.setattr(training, "EXPORT_PARITY_ATOL", -1.0)  # any difference is too much
+    cfg = small_config()
+    out = tmp_path / "model"
+    with pytest.raises(training.ExportMismatch, match=r"exported cnn_lstm\.onnx differs"):
+        train(cfg, load_data(cfg), out, TINY, log=lambda m: None)
+    assert sorted(p.name for p in out.iterdir()) == []  # no ONNX file, no card
 
 
 def _y_val():
