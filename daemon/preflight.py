@@ -104,7 +104,7 @@ def check_config(config: Config, command: str, *, output_dir: str | Path | None 
     if command == "run":
         check_live_feed(config)
     if command in ("run", "config"):
-        check_broker_keys(config)
+        check_broker_keys(config, refuse=command == "run")
 
 
 def check_record_folder(
@@ -144,17 +144,28 @@ def check_live_feed(config: Config) -> None:
         )
 
 
-def check_broker_keys(config: Config) -> None:
+def check_broker_keys(config: Config, *, refuse: bool = True) -> None:
     """`broker.kind = "alpaca"` needs the account's keys in the environment: found only
     mid-start before (`app._alpaca_or`), after the store was opened and the health server
-    started, and `tradingd config` passed it. Names the variables, never a value."""
+    started. `tradingd run` refuses; `tradingd config` (`refuse` False) warns, since it is
+    often run where the keys are not (an operator's shell, not the unit's env file). Names
+    the variables, never a value."""
     if config.broker.kind != "alpaca":
         return
     from .app import replays_on_an_account
     from .brokers.alpaca_mapping import alpaca_keys_from_env, missing_keys_error
 
-    if not replays_on_an_account(config) and alpaca_keys_from_env() is None:
-        raise missing_keys_error()
+    if replays_on_an_account(config) or alpaca_keys_from_env() is not None:
+        return
+    error = missing_keys_error()
+    if refuse:
+        raise error
+    log.warning(
+        "config.broker_keys_missing",
+        detail=str(error),
+        rule="tradingd run refuses to start without them here; where the daemon runs "
+        "(systemd's EnvironmentFile, the container's env) they may be set",
+    )
 
 
 def run_bars(config: Config, command: str) -> tuple[str, ...]:

@@ -114,10 +114,18 @@ def stale_install(root: Path = ROOT) -> list[str]:
             continue
         if not source.is_dir() or installed.resolve() == source.resolve():
             continue
-        for path in sorted(source.rglob("*.py")):
-            copy = installed / path.relative_to(source)
-            if copy.is_file() and copy.read_bytes() != path.read_bytes():
-                stale.append(str(path.relative_to(root)))
+        # Every .py file of the folder is in the built package: one the copy lacks was
+        # added after the install (and one the checkout lacks, deleted).
+        mine = {p.relative_to(source) for p in source.rglob("*.py") if "__pycache__" not in p.parts}
+        theirs = {
+            p.relative_to(installed)
+            for p in installed.rglob("*.py")
+            if "__pycache__" not in p.parts
+        }
+        for rel in sorted(mine | theirs):
+            ours, copy = source / rel, installed / rel
+            if rel not in mine or rel not in theirs or copy.read_bytes() != ours.read_bytes():
+                stale.append(f"{folder}/{rel.as_posix()}")
     return stale
 
 

@@ -207,7 +207,7 @@ def _whole_curve(file: Path, eq: pd.DataFrame, summary: Mapping[str, Any], *, en
     if not isinstance(bars, int) or isinstance(bars, bool):
         return  # a summary of another kind, or edited: nothing to compare with
     last = str(eq["time"].iloc[-1]) if len(eq) and "time" in eq else ""
-    cut = not end and len(eq) and _ends_within_a_line(file)
+    cut = not end and len(eq) and ends_within_a_line(file)
     if not end and not cut and len(eq) >= bars:
         return
     if end and len(eq) == bars:
@@ -223,7 +223,7 @@ def _whole_curve(file: Path, eq: pd.DataFrame, summary: Mapping[str, Any], *, en
     )
 
 
-def _ends_within_a_line(file: Path) -> bool:
+def ends_within_a_line(file: Path) -> bool:
     """Every line `backtest.write_outputs` writes ends with a line break."""
     with file.open("rb") as fh:
         fh.seek(-1, os.SEEK_END)
@@ -333,7 +333,7 @@ def _all_fills(file: Path, fills: pd.DataFrame, summary: Mapping[str, Any]) -> N
     counted = summary.get("fills")
     if not len(fills) or not isinstance(counted, int) or isinstance(counted, bool):
         return
-    cut = _ends_within_a_line(file)
+    cut = ends_within_a_line(file)
     if len(fills) == counted and not cut:
         return
     raise ValueError(

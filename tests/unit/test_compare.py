@@ -275,6 +275,12 @@ def test_a_record_whose_fills_are_cut_short_is_damaged_not_a_run_with_fewer(tmp_
     ):
         compare_runs(a, b)
     assert main(["compare", str(a), str(b)]) == 2
+    # Its last line cut before its line break (or inside a last numeric field, read as a
+    # smaller number): the count holds and the line parses; refused all the same.
+    (b / "fills.csv").write_text(text.rstrip("\n"))
+    with pytest.raises(ValueError, match=r"holds 2 fills \(its last line cut short\)"):
+        compare_runs(a, b)
+    (b / "fills.csv").write_text(text[: text.index("b,b|f1,")])  # half again
     summary = json.loads((b / "summary.json").read_text())
     del summary["fills"]  # a summary that counts none: the fills are compared as they are
     (b / "summary.json").write_text(json.dumps(summary))

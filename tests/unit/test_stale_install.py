@@ -20,3 +20,11 @@ def test_an_edit_after_a_plain_install_is_named_and_an_unedited_copy_is_not(tmp_
     edited = checkout / "daemon" / "config.py"
     edited.write_text(edited.read_text() + "\n# an edit after the install\n")
     assert stale_install(checkout) == ["daemon/config.py"]
+    # A module added to the checkout after the install, and one deleted from it.
+    (checkout / "daemon" / "new_module.py").write_text("X = 1\n")
+    (checkout / "daemon" / "metrics.py").unlink()
+    assert stale_install(checkout) == [
+        "daemon/config.py",
+        "daemon/metrics.py",
+        "daemon/new_module.py",
+    ]
