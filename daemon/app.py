@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 from zoneinfo import ZoneInfo
@@ -586,6 +586,43 @@ def model_card(plugin: Any) -> Mapping[str, Any] | None:
     plugin without one (`ml_ensemble` holds it as `pair.card`)."""
     data = getattr(getattr(getattr(plugin, "pair", None), "card", None), "data", None)
     return data if isinstance(data, Mapping) else None
+
+
+def fitted_span(card: Mapping[str, Any] | None) -> tuple[date, date] | None:
+    """The first training date and the last validation date of a model card (None when the
+    card does not say)."""
+    if card is None:
+        return None
+    try:
+        first = date.fromisoformat(str(card["train_range"][0])[:10])
+        last = date.fromisoformat(
+            str((card.get("validation_range") or card["train_range"])[1])[:10]
+        )
+    except (KeyError, IndexError, TypeError, ValueError):
+        return None
+    return first, last
+
+
+def warn_replay_in_sample(pipeline: Pipeline, times: Sequence[datetime]) -> None:
+    """An accelerated live replay (the demo, replay-check) over bars inside a model's
+    training or validation period: said for backtests (`backtest.in_sample`), not here, so
+    the demo traded 2017 on a model validated through 2018 without a word."""
+    for plugin, _ in pipeline.signals:
+        fitted = fitted_span(model_card(plugin))
+        if fitted is None:
+            continue
+        inside = [t for t in times if fitted[0] <= t.date() <= fitted[1]]
+        if inside:
+            log.warning(
+                "replay.in_sample",
+                plugin=plugin.name,
+                version=getattr(plugin, "version", None),
+                fitted_on=[d.isoformat() for d in fitted],
+                bars=len(inside),
+                of=len(times),
+                rule="these bars are in the model's training or validation period: the "
+                "replay's decisions there are in-sample",
+            )
 
 
 def _warn_other_universe(plugin: Any, features: Sequence[str], symbols: Sequence[str]) -> None:
@@ -1299,6 +1336,9 @@ def _assemble(
         swaps = choose_swaps(config, mode, panel, portfolio, names)
         trade_from = trade_start(config, panel)
         warn_if_clipped(config, panel)
+        if mode == "live":  # a recorded feed's live run replays past bars
+            traded = [t for t in panel.datetimes() if trade_from is None or t >= trade_from]
+            warn_replay_in_sample(pipeline, traded)
         warmup = recorded_warmup(panel, swaps.feed, trade_from) if mode == "live" else None
     run = RunInfo(
         run_id=run_id,

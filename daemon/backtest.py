@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,6 +26,7 @@ from .analysis.metrics import summarize
 from .analysis.splits import restate_for_splits
 from .app import (
     build_engine,
+    fitted_span,
     load_data,
     model_card,
     pipeline_run_inputs,
@@ -367,7 +368,7 @@ def _models(engine: Engine, times: Sequence[datetime] = ()) -> dict[str, Any]:
             continue
         entry: dict[str, Any] = {"plugin": plugin.name, "version": version, "path": path}
         entry["signal"] = i  # its place in [[signals]], as `run_inputs` names it
-        fitted = _fitted_span(model_card(plugin))
+        fitted = fitted_span(model_card(plugin))
         if fitted is not None:
             entry["fitted_on"] = [d.isoformat() for d in fitted]
             inside = [t for t in times if fitted[0] <= t.date() <= fitted[1]]
@@ -390,21 +391,6 @@ def _models(engine: Engine, times: Sequence[datetime] = ()) -> dict[str, Any]:
                 )
         out.setdefault("models", []).append(entry)
     return out
-
-
-def _fitted_span(card: Mapping[str, Any] | None) -> tuple[date, date] | None:
-    """The first training date and the last validation date of a model card (None when the
-    card does not say)."""
-    if card is None:
-        return None
-    try:
-        first = date.fromisoformat(str(card["train_range"][0])[:10])
-        last = date.fromisoformat(
-            str((card.get("validation_range") or card["train_range"])[1])[:10]
-        )
-    except (KeyError, IndexError, TypeError, ValueError):
-        return None
-    return first, last
 
 
 def split_adjusted(fills: list[Fill], panel: Panel) -> list[Fill]:

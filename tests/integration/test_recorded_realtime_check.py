@@ -152,3 +152,38 @@ def test_alpaca_on_an_account_with_an_accelerated_clock_is_refused(tmp_path, mon
     ]
     for i, url in enumerate(loopback):
         check_config(with_base(url, f"loopback{i}"), "run")
+
+
+def test_the_demo_says_its_bars_are_in_the_models_fitted_period(tmp_path, monkeypatch):
+    """The demo replays 2017 with the shipped model, validated through 2018-12-28: a
+    backtest says `backtest.in_sample` of such bars, the live replay said nothing."""
+    from structlog.testing import capture_logs
+
+    from tradingd.app import build_engine
+
+    monkeypatch.chdir(tmp_path)
+    demo = load_config([ROOT / "config/default.toml", ROOT / "config/demo.toml"], env={})
+    with capture_logs() as logs:
+        engine = build_engine(demo, "live")
+    (said,) = [e for e in logs if e["event"] == "replay.in_sample"]
+    card = engine.pipeline.signals[0][0].pair.card.data
+    assert said["log_level"] == "warning" and said["plugin"] == "ml_ensemble"
+    assert said["fitted_on"] == [card["train_range"][0], card["validation_range"][1]]
+    # Every replayed bar from 2017-01-01 to the validation's last date, of all from then on.
+    from datetime import date
+
+    from tradingd.app import load_data
+
+    days = [t.date() for t in load_data(demo).datetimes() if t.date() >= date(2017, 1, 1)]
+    last = date.fromisoformat(card["validation_range"][1])
+    assert (said["bars"], said["of"]) == (sum(d <= last for d in days), len(days))
+    assert said["bars"] > 0
+    # A window after the model's last date is not in-sample: nothing said.
+    later = tmp_path / "later.toml"
+    later.write_text('[run]\nstart = "2018-12-31"\n')  # the data's last bar, after the fit
+    with capture_logs() as logs:
+        build_engine(
+            load_config([ROOT / "config/default.toml", ROOT / "config/demo.toml", later], env={}),
+            "live",
+        )
+    assert not [e for e in logs if e["event"] == "replay.in_sample"]
