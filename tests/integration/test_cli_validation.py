@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-import structlog
+from cli_runs import in_process, tripwires, write_config
 from conftest import deep_path
 
 from tradingd.__main__ import DEFAULT_RETRAIN_ROOT, DEFAULT_TRAIN_OUT, _parser, main
@@ -32,26 +32,6 @@ SECRET = "s3cret"
 ALL_COMMANDS = ("config", "features", "backtest", "run", "fetch", "train", "retrain")
 
 
-def write_config(tmp_path: Path, extra: str = "") -> Path:
-    p = tmp_path / "small.toml"
-    p.write_text(f"""
-[run]
-start = "2017-01-01"
-end = "2017-12-31"
-output_dir = "{tmp_path / "runs"}"
-[storage]
-url = "sqlite:///{tmp_path / "cli.db"}"
-[log]
-audit_dir = "{tmp_path / "audit"}"
-{extra}
-""")
-    return p
-
-
-class Tripwire(Exception):
-    """Raised by a replaced step that validation must prevent from ever running."""
-
-
 @pytest.fixture
 def cli(monkeypatch, tmp_path, capsys):
     """`main(argv)` in a fresh working directory and environment, with every step that loads
@@ -59,31 +39,17 @@ def cli(monkeypatch, tmp_path, capsys):
     import tradingd.app
     import tradingd.backtest
 
-    def trip(*_a, **_k):
-        raise Tripwire("validation let the command start its work")
-
-    for module, name in (
-        (tradingd.app, "load_data"),
-        (tradingd.app, "import_bars"),
-        (tradingd.app, "build_engine"),
-        (tradingd.backtest, "run_backtest"),
-    ):
-        monkeypatch.setattr(module, name, trip)
-    for name in list(os.environ):
-        if name in ("DATABASE_URL", "REDIS_URL") or (
-            name.startswith("TRADINGD_") and name != "TRADINGD_REQUIRE_SERVICES"
-        ):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    saved = structlog.get_config()
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    yield run
-    structlog.configure(**saved)
+    tripwires(
+        monkeypatch,
+        [
+            (tradingd.app, "load_data"),
+            (tradingd.app, "import_bars"),
+            (tradingd.app, "build_engine"),
+            (tradingd.backtest, "run_backtest"),
+        ],
+        "validation let the command start its work",
+    )
+    return in_process(monkeypatch, tmp_path, capsys)
 
 
 def tradingd(args, cwd, env=None):

@@ -11,30 +11,9 @@ import os
 from pathlib import Path
 
 import pytest
-import structlog
+from cli_runs import Tripwire, in_process, tripwires, write_config
 
-from tradingd.__main__ import main
 from tradingd.core.errors import ConfigError
-
-
-class Tripwire(Exception):
-    """Raised by a replaced step that the checks must prevent from ever running."""
-
-
-def write_config(tmp_path: Path, extra: str = "") -> Path:
-    p = tmp_path / "small.toml"
-    p.write_text(f"""
-[run]
-start = "2017-01-01"
-end = "2017-12-31"
-output_dir = "{tmp_path / "runs"}"
-[storage]
-url = "sqlite:///{tmp_path / "cli.db"}"
-[log]
-audit_dir = "{tmp_path / "audit"}"
-{extra}
-""")
-    return p
 
 
 @pytest.fixture
@@ -44,26 +23,11 @@ def cli(monkeypatch, tmp_path, capsys):
     import tradingd.app
     from tradingd import preflight
 
-    def trip(*_a, **_k):
-        raise Tripwire("the checks let the command load its data")
-
-    monkeypatch.setattr(tradingd.app, "load_data", trip)
+    tripwires(
+        monkeypatch, [(tradingd.app, "load_data")], "the checks let the command load its data"
+    )
     monkeypatch.setattr(preflight, "_importable", lambda module: True)
-    for name in list(os.environ):
-        if name in ("DATABASE_URL", "REDIS_URL") or (
-            name.startswith("TRADINGD_") and name != "TRADINGD_REQUIRE_SERVICES"
-        ):
-            monkeypatch.delenv(name)
-    monkeypatch.chdir(tmp_path)
-    saved = structlog.get_config()
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    yield run
-    structlog.configure(**saved)
+    return in_process(monkeypatch, tmp_path, capsys)
 
 
 def published_root(tmp_path: Path) -> tuple[Path, Path]:

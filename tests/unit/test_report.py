@@ -25,7 +25,6 @@ import empyrical as ep
 import numpy as np
 import pandas as pd
 import pytest
-import structlog
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
@@ -441,20 +440,9 @@ def test_report_config():
 @pytest.fixture
 def cli(monkeypatch, tmp_path, capsys):
     """`main(argv)` in-process from a fresh working directory: (exit code, stdout, stderr)."""
-    from tradingd.__main__ import main
+    from cli_runs import in_process
 
-    for name in ("DATABASE_URL", "REDIS_URL"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    saved = structlog.get_config()
-
-    def run(*argv: str) -> tuple[int, str, str]:
-        code = main(list(argv))
-        out = capsys.readouterr()
-        return code, out.out, out.err
-
-    yield run
-    structlog.configure(**saved)
+    return in_process(monkeypatch, tmp_path, capsys)
 
 
 def test_report_command(cli, run_dir, tmp_path):
