@@ -10,7 +10,7 @@ import json
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -374,9 +374,10 @@ async def test_ml_warmup_by_observe_gives_the_scores_of_a_full_run(engine_config
         assert late[k] == pytest.approx(v, abs=1e-12, nan_ok=True), k
 
 
-async def test_live_warmup_retries_a_source_that_is_down_at_start(engine_config, tmp_path):
-    """A data source down at start-up: the daemon keeps retrying its warm-up (with backoff)
-    instead of exiting, then warms up and trades once the source answers."""
+def _warm_up_failing(engine_config, errors: list[str]) -> tuple[Any, list[float]]:
+    """A live engine on a recorded feed (60 bars of warm-up, 60 to trade) whose warm-up
+    raises RetryableError(errors.pop(0)) while `errors` lasts, then answers; its backoff
+    waits are recorded, not waited. Returns (engine, waits)."""
     from tradingd.app import build_engine
     from tradingd.config import LiveConfig
     from tradingd.core.errors import RetryableError
@@ -389,13 +390,11 @@ async def test_live_warmup_retries_a_source_that_is_down_at_start(engine_config,
     )
     engine = build_engine(config, "live", panel=panel)
     real = engine._warmup
-    failures = [2]
     waits: list[float] = []
 
-    async def flaky(resumed_from=None):
-        if failures[0] > 0:
-            failures[0] -= 1
-            raise RetryableError("yahoo: no symbol could be fetched (kinds: http_5xx)")
+    async def failing(resumed_from=None):
+        if errors:
+            raise RetryableError(errors.pop(0))
         async for bar in real(resumed_from):
             yield bar
 
@@ -403,8 +402,16 @@ async def test_live_warmup_retries_a_source_that_is_down_at_start(engine_config,
         waits.append(seconds)
         return False
 
-    engine._warmup = flaky
+    engine._warmup = failing
     engine._sleep_unless_stopped = no_wait
+    return engine, waits
+
+
+async def test_live_warmup_retries_a_source_that_is_down_at_start(engine_config, tmp_path):
+    """A data source down at start-up: the daemon keeps retrying its warm-up (with backoff)
+    instead of exiting, then warms up and trades once the source answers."""
+    down = ["yahoo: no symbol could be fetched (kinds: http_5xx)"] * 2
+    engine, waits = _warm_up_failing(engine_config, down)
     with capture_logs() as logs:
         result = await engine.run_until_done()
     assert waits == [1.0, 2.0]  # exponential backoff between attempts
@@ -421,34 +428,11 @@ async def test_a_warm_up_failing_the_same_way_for_long_is_said_once_as_an_error(
     correct it), and says it once as an error after ten identical failures over five
     minutes; a different error starts the count again."""
     import tradingd.engine.engine as eng
-    from tradingd.app import build_engine
-    from tradingd.config import LiveConfig
-    from tradingd.core.errors import RetryableError
 
     # 0: the five minutes not waited for; 300 (the default): the failures below come at
     # once, so ten of them are not yet five minutes and nothing is said.
     monkeypatch.setattr(eng, "_WARMUP_STUCK_S", stuck_s)
-    panel = make_panel(n_bars=120, split_at=None)
-    config = dataclasses.replace(
-        engine_config,
-        live=LiveConfig(bars_per_second=400.0),
-        run=dataclasses.replace(engine_config.run, start=panel.datetimes()[60].date().isoformat()),
-    )
-    engine = build_engine(config, "live", panel=panel)
-    real = engine._warmup
-    errors = ["other"] * 9 + ["split '0:1' of AAA"] * 12
-
-    async def failing(resumed_from=None):
-        if errors:
-            raise RetryableError(errors.pop(0))
-        async for bar in real(resumed_from):
-            yield bar
-
-    async def no_wait(seconds: float) -> bool:
-        return False
-
-    engine._warmup = failing
-    engine._sleep_unless_stopped = no_wait
+    engine, _ = _warm_up_failing(engine_config, ["other"] * 9 + ["split '0:1' of AAA"] * 12)
     with capture_logs() as logs:
         result = await engine.run_until_done()
     retries = [e for e in logs if e["event"] == "warmup.retry"]

@@ -282,6 +282,22 @@ def test_an_alpaca_order_without_a_time_is_unreadable_and_named():
         order_from_alpaca({"submitted_at": "2024-13-45"})
 
 
+def _raw_order(status: str, filled_qty: object, **more: object) -> dict[str, object]:
+    """An Alpaca order answer for AAPL, 10 shares bought (client order id cid-1), in
+    `status` with `filled_qty` as Alpaca gave it (a string, None, garbage)."""
+    return {
+        "id": "a1",
+        "client_order_id": "cid-1",
+        "symbol": "AAPL",
+        "side": "buy",
+        "qty": "10",
+        "filled_qty": filled_qty,
+        "status": status,
+        "submitted_at": "2024-01-02T16:00:00Z",
+        **more,
+    }
+
+
 @pytest.mark.parametrize("filled_qty", [None, "", "ten", "-3", "nan"])
 @pytest.mark.parametrize(
     ("alpaca", "expected", "working"),
@@ -300,17 +316,7 @@ def test_an_order_whose_filled_qty_cannot_be_read_is_not_closed_as_filled_with_n
     """Found at adoption or a restart, `filled` with an unreadable filled_qty was closed as
     FILLED with 0 filled (a negative one was booked as such): followed no longer, its
     executions were never booked. Kept working as the update path keeps it, and said."""
-    raw = {
-        "id": "a1",
-        "client_order_id": "cid-1",
-        "symbol": "AAPL",
-        "side": "buy",
-        "qty": "10",
-        "filled_qty": filled_qty,
-        "filled_avg_price": "100.5",
-        "status": alpaca,
-        "submitted_at": "2024-01-02T16:00:00Z",
-    }
+    raw = _raw_order(alpaca, filled_qty, filled_avg_price="100.5")
     with capture_logs() as logs:
         o = order_from_alpaca(raw)
     assert (o.status, o.filled_quantity, o.quantity) == (expected, 0.0, 10.0)
@@ -339,17 +345,7 @@ def test_a_filled_order_with_nothing_filled_is_not_closed_as_filled(alpaca, expe
     """Found at adoption or a restart, `filled` with filled_qty "0" was closed as FILLED
     with nothing filled, nothing said: followed no longer, its executions never booked.
     Kept working and said, as an unreadable quantity is."""
-    raw = {
-        "id": "a1",
-        "client_order_id": "cid-1",
-        "symbol": "AAPL",
-        "side": "buy",
-        "qty": "10",
-        "filled_qty": "0",
-        "filled_avg_price": None,
-        "status": alpaca,
-        "submitted_at": "2024-01-02T16:00:00Z",
-    }
+    raw = _raw_order(alpaca, "0", filled_avg_price=None)
     with capture_logs() as logs:
         o = order_from_alpaca(raw)
     assert (o.status, o.filled_quantity) == (expected, 0.0)
@@ -367,16 +363,7 @@ def test_an_unreadable_filled_qty_is_said_once_an_order_until_it_is_read_again()
     """With the broker's memo (`once`), each order's unreadable quantity is said once, not at
     every read of it; an answer that can be read ends the episode, so the next unreadable
     one is said again. Without a memo every call says it (a pure read, as before)."""
-    raw = {
-        "id": "a1",
-        "client_order_id": "cid-1",
-        "symbol": "AAPL",
-        "side": "buy",
-        "qty": "10",
-        "filled_qty": None,
-        "status": "partially_filled",
-        "submitted_at": "2024-01-02T16:00:00Z",
-    }
+    raw = _raw_order("partially_filled", None)
     other = dict(raw, id="a2", client_order_id="cid-2")
     once = Once()
     with capture_logs() as logs:
