@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .run_records import _json_file, ends_within_a_line, record_folder
+from .run_records import _json_file, check_fill_count, record_folder
 
 __all__ = ["CodeChange", "Comparison", "compare_runs", "flatten", "render", "with_plugin_defaults"]
 
@@ -477,17 +477,8 @@ def _first_fill(a: Path, b: Path, counted: tuple[Any, Any]) -> tuple[tuple[int, 
                 f"{folder} has no fill in its fills.csv, but its summary.json counts {c} "
                 "fills: the record is incomplete (run the backtest again)"
             )
-        # A last line cut inside its last field still parses, as a smaller number.
-        cut = bool(rows) and ends_within_a_line(folder / "fills.csv")
-        if rows and (rows != c or cut):
-            # Half a fills.csv was "fills differ" from the other run's whole one, as in
-            # `record_folder` (`run_records._all_fills`).
-            raise ValueError(
-                f"{folder / 'fills.csv'} holds {rows} fills"
-                f"{' (its last line cut short)' if cut else ''}, but "
-                f"{folder / 'summary.json'} counts {c} fills: the record is incomplete or "
-                "edited (run the backtest again)"
-            )
+        # Half a fills.csv was "fills differ" from the other run's whole one.
+        check_fill_count(folder / "fills.csv", rows, c)
     return (n[0], n[1]), first
 
 

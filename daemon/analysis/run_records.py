@@ -207,7 +207,7 @@ def _whole_curve(file: Path, eq: pd.DataFrame, summary: Mapping[str, Any], *, en
     if not isinstance(bars, int) or isinstance(bars, bool):
         return  # a summary of another kind, or edited: nothing to compare with
     last = str(eq["time"].iloc[-1]) if len(eq) and "time" in eq else ""
-    cut = not end and len(eq) and ends_within_a_line(file)
+    cut = not end and len(eq) and _ends_within_a_line(file)
     if not end and not cut and len(eq) >= bars:
         return
     if end and len(eq) == bars:
@@ -223,7 +223,7 @@ def _whole_curve(file: Path, eq: pd.DataFrame, summary: Mapping[str, Any], *, en
     )
 
 
-def ends_within_a_line(file: Path) -> bool:
+def _ends_within_a_line(file: Path) -> bool:
     """Every line `backtest.write_outputs` writes ends with a line break."""
     with file.open("rb") as fh:
         fh.seek(-1, os.SEEK_END)
@@ -326,18 +326,19 @@ def _fill_columns(file: Path, fills: pd.DataFrame, bars: pd.Series) -> pd.DataFr
     return out
 
 
-def _all_fills(file: Path, fills: pd.DataFrame, summary: Mapping[str, Any]) -> None:
-    """fills.csv with as many rows as the summary's `fills` (where it counts them), its last
-    line whole: a copy cut short was analysed as the whole run (246 round trips of 494).
-    An empty file is `record_folder`'s own error."""
-    counted = summary.get("fills")
-    if not len(fills) or not isinstance(counted, int) or isinstance(counted, bool):
+def check_fill_count(file: Path, rows: int, counted: Any) -> None:
+    """fills.csv's `rows` fills against the summary's `counted` (where it counts them, and
+    the file has any: an empty one is the caller's own error), its last line whole: a copy
+    cut short was analysed as the whole run (246 round trips of 494), and `compare` read it
+    as a run that traded less. A last line cut inside its last field still parses, as a
+    smaller number."""
+    if not rows or not isinstance(counted, int) or isinstance(counted, bool):
         return
-    cut = ends_within_a_line(file)
-    if len(fills) == counted and not cut:
+    cut = _ends_within_a_line(file)
+    if rows == counted and not cut:
         return
     raise ValueError(
-        f"{file} holds {len(fills)} fills{' (its last line cut short)' if cut else ''}, but "
+        f"{file} holds {rows} fills{' (its last line cut short)' if cut else ''}, but "
         f"{file.parent / 'summary.json'} counts {counted} fills: the record is incomplete or "
         "edited (run the backtest again)"
     )
@@ -414,7 +415,7 @@ def record_folder(
     fills = None
     if with_fills and fills_file.exists() and fills_file.stat().st_size > 0:
         fills = _csv(fills_file, "the run's fills")
-        _all_fills(fills_file, fills, summary)
+        check_fill_count(fills_file, len(fills), summary.get("fills"))
         if len(fills):
             fills = _fill_columns(fills_file, fills, times)
     if with_fills and (fills is None or not len(fills)) and summary.get("fills"):
