@@ -27,7 +27,7 @@ from tradingd.core.errors import ConfigError, TradingdError
 from tradingd.features.catalog import Catalog, feature_set_id, resolve_set
 from tradingd.features.engineer import compute_batch, prepare_ml_data
 from tradingd.feeds.panel import Panel
-from tradingd.inference.onnx import CARD_FORMAT, fingerprint
+from tradingd.inference.onnx import CARD_FORMAT, fingerprint, model_input, raw_outputs
 
 from .config import ModelConfig
 from .evaluate import baselines, metrics
@@ -289,17 +289,10 @@ def export_parity(out: Path, xvs: np.ndarray, expected: dict[str, np.ndarray]) -
     model's: the card's metrics and the live confidence come from the framework models,
     the daemon serves the ONNX files, and nothing compared the two outside the tests. Above
     `EXPORT_PARITY_ATOL` the export is refused and its files removed."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
     measured: dict[str, float] = {}
     for m, want in expected.items():
         path = out / f"{m}.onnx"
-        sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        x = xvs if m == "cnn_lstm" else xvs.reshape(len(xvs), -1)
-        got = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        got = raw_outputs(path, model_input(m, xvs))
         diff = np.abs(np.ravel(got).astype(np.float64) - np.ravel(want).astype(np.float64))
         measured[m] = float(diff.max()) if diff.size else 0.0
         if not measured[m] <= EXPORT_PARITY_ATOL:  # NaN too

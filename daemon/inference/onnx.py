@@ -267,11 +267,6 @@ def fingerprint(directory: str | Path, card_data: Mapping[str, Any]) -> str:
     had another version on a machine with another number of cores. Outputs are hashed unrounded:
     rounding would not make the last bit agree across CPUs (a value near a rounding boundary
     still flips) and could give two different models one version, and with it one cache file."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    opts.inter_op_num_threads = 1
     d = Path(directory)
     fs = card_data["feature_set"]
     window, n_feat = int(card_data["window"]), len(fs["features"])
@@ -283,13 +278,27 @@ def fingerprint(directory: str | Path, card_data: Mapping[str, Any]) -> str:
         ).encode()
     )
     for m in MODELS:
-        sess = ort.InferenceSession(
-            str(d / card_data["files"][m]["path"]), opts, providers=["CPUExecutionProvider"]
-        )
-        x = probe if m == "cnn_lstm" else probe.reshape(len(probe), -1)
-        out = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+        out = raw_outputs(d / card_data["files"][m]["path"], model_input(m, probe))
         h.update(np.ascontiguousarray(out, dtype=np.float32).tobytes())
     return h.hexdigest()[:12]
+
+
+def model_input(model: str, windows: np.ndarray) -> np.ndarray:
+    """`windows` (n, window, features) as `model` takes them: the forest's flattened."""
+    return windows if model == "cnn_lstm" else windows.reshape(len(windows), -1)
+
+
+def raw_outputs(path: Path, x: np.ndarray) -> np.ndarray:
+    """One exported model's outputs on `x`, on one onnxruntime thread, unchecked: what the
+    version (`fingerprint`) and the export's parity (`models.training.export_parity`) are
+    made of, not the served path (`OnnxModel`)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    opts.inter_op_num_threads = 1
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return np.asarray(sess.run(None, {sess.get_inputs()[0].name: x})[0])
 
 
 class ModelPair:
