@@ -375,6 +375,7 @@ class AlphaVantageClient:
                         text,
                         symbol=symbol,
                         retry_after=resp.headers.get("Retry-After"),
+                        location=resp.headers.get("Location"),
                         secrets=self.caller.secrets,
                     )
             try:

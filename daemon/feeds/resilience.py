@@ -209,8 +209,14 @@ def error_for_status(
     retry_after: str | None = None,
     secrets: Iterable[str] = (),
     credentials: bool = True,
+    location: str | None = None,
 ) -> SourceError:
     """The SourceError for a non-2xx HTTP answer. The body is shortened and redacted.
+
+    `location`: a redirect's Location header. Redirects are not followed (a data API that
+    redirects sends this address elsewhere: Yahoo's EU consent page, or an http base URL
+    sent to https), so the error names where to: without it, a 302 read only "HTTP 302:
+    (empty body)", which told the operator nothing to fix.
 
     `credentials`: whether the source is called with keys of the operator's. Without any
     (Yahoo), a 401 or 403 is the source's own gate (Yahoo's cookie and crumb, a block of
@@ -230,6 +236,9 @@ def error_for_status(
         kind = "auth" if credentials else "blocked"
     else:
         kind = "http_4xx"
+    if 300 <= status < 400:
+        where = redact(location[:200], secrets) if location else "(no Location header)"
+        detail = f"redirected to {where}, not followed (check the source's base URL): {detail}"
     return make_error(
         source,
         kind,

@@ -582,6 +582,7 @@ class YahooClient:
                         text,
                         symbol=symbol,
                         retry_after=resp.headers.get("Retry-After"),
+                        location=resp.headers.get("Location"),
                         credentials=False,
                     )
             if "Will be right back" in text:

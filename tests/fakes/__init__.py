@@ -225,6 +225,7 @@ class Fault:
     content_type: str = "application/json"
     delay_s: float = 0.0
     retry_after: str | None = None  # throttle: the answer's Retry-After (the Alpaca fake)
+    headers: dict[str, str] | None = None  # respond: extra headers (a redirect's Location)
 
 
 class Faults:
@@ -284,9 +285,13 @@ class Faults:
         status: int = 200,
         content_type: str = "application/json",
         n: int = 1,
+        headers: dict[str, str] | None = None,
     ) -> None:
         text = body if isinstance(body, str) else json.dumps(body)
-        self._add(n, Fault("respond", status=status, body=text, content_type=content_type))
+        self._add(
+            n,
+            Fault("respond", status=status, body=text, content_type=content_type, headers=headers),
+        )
 
 
 @dataclass
@@ -415,7 +420,10 @@ class FakeServer(LoopThread):
                     return web.Response(status=500)
                 elif fault.kind == "respond":
                     return web.Response(
-                        status=fault.status, text=fault.body, content_type=fault.content_type
+                        status=fault.status,
+                        text=fault.body,
+                        content_type=fault.content_type,
+                        headers=fault.headers,
                     )
                 elif fault.kind == "status":
                     return web.Response(

@@ -441,6 +441,23 @@ async def test_bad_interval_is_a_400(fake, make_client):
     assert "5h is not supported" in info.value.message
 
 
+async def test_a_redirect_names_where_it_points_and_is_not_followed(fake, make_client):
+    """Yahoo answers an EU address with a 302 to its consent page. Redirects are not
+    followed (a data API must not send us elsewhere); the error read "HTTP 302: (empty
+    body)", naming neither where to nor what to check."""
+    consent = "https://consent.yahoo.com/v2/collectConsent?sessionId=3_cc-session"
+    fake.faults.respond_next(
+        "", status=302, content_type="text/html", headers={"Location": consent}
+    )
+    client = await make_client()
+    with pytest.raises(SourceError) as info:
+        await client.chart("AAA", {"interval": "1d", "range": "5d"}, key=None, now=NOW)
+    err = info.value
+    assert (err.kind, err.status) == ("http_4xx", 302)
+    assert consent in err.message and "not followed" in err.message
+    assert fake.count == 1  # not retried, and the consent page was never asked
+
+
 async def test_429_is_retried_then_succeeds(fake, make_client):
     client = await make_client(max_attempts=4)
     fake.faults.throttle(2)

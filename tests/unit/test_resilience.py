@@ -414,6 +414,20 @@ def test_error_kinds_for_statuses():
     assert "Not Found: No data found" in yahoo_404.message
 
 
+def test_a_redirect_names_its_location_redacted():
+    err = error_for_status(
+        "alphavantage",
+        301,
+        "",
+        location="https://www.alphavantage.co/query?function=X&apikey=SECRETKEY123",
+        secrets=("SECRETKEY123",),
+    )
+    assert err.kind == "http_4xx" and not err.retryable
+    assert "redirected to https://www.alphavantage.co/query?function=X" in err.message
+    assert "SECRETKEY123" not in err.message
+    assert "(no Location header)" in error_for_status("yahoo", 302, "").message
+
+
 async def test_half_open_callers_wait_for_the_probe_verdict():
     clock = Clock()
     c, _ = caller(
