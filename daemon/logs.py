@@ -83,7 +83,36 @@ class Once:
             self._seen.pop(key, None)
 
 
+class _MaskEnvSecrets:
+    """The last processor before rendering: every credential of the environment (at
+    configuration time; `secrets.env_secrets`) replaced by *** in each string of the event,
+    the formatted traceback included. The cleaners at each source mask what they know to
+    look for; this catches what they do not see: a library's own log line quoting a key
+    (alpaca-py's stream logged a close reason quoting the key id in clear) and an
+    exception's message inside `exc_info`, which no processor masked."""
+
+    def __init__(self, secrets: tuple[str, ...]) -> None:
+        self._secrets = secrets
+
+    def __call__(self, _logger: Any, _name: str, event: MutableMapping[str, Any]) -> Any:
+        if self._secrets:
+            for key, value in event.items():
+                if isinstance(value, str):
+                    masked = value
+                    for secret in self._secrets:
+                        if secret in masked:
+                            masked = masked.replace(secret, "***")
+                    if masked is not value:
+                        event[key] = masked
+        return event
+
+
 def configure_logging(level: str = "info", fmt: str = "auto") -> None:
+    import os
+
+    from .secrets import env_secrets
+
+    mask = _MaskEnvSecrets(env_secrets(os.environ))
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
@@ -97,13 +126,14 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
             _iso_datetimes,
+            mask,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
         logger_factory=structlog.WriteLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
-    _route_stdlib(level, renderer, stream)
+    _route_stdlib(level, renderer, stream, mask)
     _current.update(level=level, format=fmt)
 
 
@@ -139,7 +169,7 @@ class _OwnHandler(logging.StreamHandler):
     without touching handlers others added, e.g. pytest's)."""
 
 
-def _route_stdlib(level: str, renderer: Any, stream: Any) -> None:
+def _route_stdlib(level: str, renderer: Any, stream: Any, mask: _MaskEnvSecrets) -> None:
     formatter = structlog.stdlib.ProcessorFormatter(
         foreign_pre_chain=[
             structlog.contextvars.merge_contextvars,
@@ -153,6 +183,7 @@ def _route_stdlib(level: str, renderer: Any, stream: Any) -> None:
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
             _iso_datetimes,
+            mask,
             renderer,
         ],
     )

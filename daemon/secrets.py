@@ -235,8 +235,9 @@ _URL_IN_TEXT = re.compile(r"(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]{0,31}://
 # password with spaces (`password='a b;c'`), and a dict's repr quotes both (`'password': 'x'`).
 _SECRET_PAIR = re.compile(
     r"(?i)((?:password|passwd|pwd|secret(?:[_-]?key)?|private[_-]?key|token"
-    r"|api[_-]?key|apikey)['\"]?)"
-    r"(\s*[=:]\s*)(?!\*\*\*|'\*\*\*'|\"\*\*\*\")"
+    r"|(?:api[_-]?key|apikey)(?:[_-]?id)?)['\"]?)"
+    # `%3D`: an `=` URL-encoded (a query quoted inside another URL's query).
+    r"(\s*(?:[=:]|%3[Dd])\s*)(?!\*\*\*|'\*\*\*'|\"\*\*\*\")"
     # A quoted value ends at its closing quote, not at a backslash-escaped one (libpq
     # escapes a quote in a password so), and never spans a line: a traceback's later lines
     # are not a value. A quote that does not close on the line: its first word goes.
@@ -244,9 +245,49 @@ _SECRET_PAIR = re.compile(
 )
 
 
+# Words of an environment variable's name (split at "_") that say its value is a credential:
+# APCA_API_KEY_ID, APCA_API_SECRET_KEY, ALPHA_VANTAGE_API_KEY, TRADINGD_HEALTH_TOKEN,
+# DB_PASSWORD, REDIS_PASSWORD.
+_SECRET_NAME_WORDS = frozenset(
+    {"KEY", "APIKEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "PASS", "PWD", "CREDENTIALS"}
+)
+# Shorter values are not masked wherever they occur: a 4-character password would turn every
+# word holding it into ***.
+_MIN_ENV_SECRET = 8
+
+
+def env_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
+    """The credential values of the environment, longest first: every variable whose name
+    has a credential word, and the passwords and secret query values of every URL-valued
+    variable (DATABASE_URL, REDIS_URL). For a last mask over log lines, where a library's
+    message or an exception's traceback quotes a key no cleaner knew of (alpaca-py's stream
+    logs a websocket's close reason as the server sent it)."""
+    found: set[str] = set()
+    for name, value in env.items():
+        value = value.strip()
+        if not value:
+            continue
+        if _SECRET_NAME_WORDS.intersection(name.upper().split("_")):
+            found.add(value)
+        if "://" in value:
+            found.update(_secrets_of(value))
+    return tuple(sorted((v for v in found if len(v) >= _MIN_ENV_SECRET), key=len, reverse=True))
+
+
+# An Authorization header's credentials (`Bearer <token>`, `Basic <base64>`), quoted by a
+# client's error or a server echoing the request: a token-like word (8+ characters with a
+# digit, one of `+/=` or a lower-case letter before an upper-case one, as base64 has), so
+# that "Basic validation failed" stays as it is.
+_AUTH_SCHEME = re.compile(
+    r"\b([Bb]earer|[Bb]asic|BEARER|BASIC)(\s+)"
+    r"(?=[A-Za-z0-9._~+/=-]*(?:[0-9+/=]|[a-z][A-Z]))[A-Za-z0-9._~+/=-]{8,}"
+)
+
+
 def mask_text(text: str) -> str:
-    """`text` with the credentials of every embedded URL and every `password=...` pair
-    masked: for free text such as an exception message (a whole-URL string is masked by
-    `redact` already)."""
+    """`text` with the credentials of every embedded URL, every `password=...` pair and
+    every `Bearer`/`Basic` credential masked: for free text such as an exception message (a
+    whole-URL string is masked by `redact` already)."""
     text = _URL_IN_TEXT.sub(lambda m: mask_url(m.group(0)), text)
+    text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
     return _SECRET_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)

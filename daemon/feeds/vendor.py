@@ -49,7 +49,7 @@ import structlog
 from ..core.errors import ConfigError, DataError, FatalError, RetryableError
 from ..core.types import CrossSection
 from .panel import Panel
-from .resilience import ResilientCaller, SourceError, make_error
+from .resilience import ResilientCaller, SourceError, make_error, redact
 from .response_cache import HeldWrites, fresh_reads, held_writes
 from .suspect import Held, HeldBars, carry_action
 from .validate import (
@@ -431,7 +431,12 @@ def combine(
             errors[symbol] = part if part.symbol == symbol else part.for_symbol(symbol)
         elif isinstance(part, BaseException):
             errors[symbol] = make_error(
-                source, "internal", f"{type(part).__name__}: {part}"[:300], symbol=symbol
+                # Redacted here too (credential-like parameters): the message reaches
+                # `/ready` and alerts, and a bug's exception may quote a request URL.
+                source,
+                "internal",
+                redact(f"{type(part).__name__}: {part}")[:300],
+                symbol=symbol,
             )
             log.error("source.internal_error", source=source, symbol=symbol, exc_info=part)
         elif not part.empty:

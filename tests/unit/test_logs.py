@@ -101,3 +101,38 @@ def test_the_stop_and_exit_lines_are_written_whatever_the_level(capsys):
         assert "tradingd.exit" in err and not err.lstrip().startswith("{")
     finally:
         structlog.reset_defaults()
+
+
+def test_the_environments_credentials_are_masked_in_every_line_and_traceback(
+    capsys, monkeypatch
+):
+    """A library's own log line (alpaca-py's stream logged a websocket close reason quoting
+    the key id) and an exception's message in a traceback reached the log in clear: the
+    cleaners at each source mask only what they know of. Every credential of the environment
+    is masked in the rendered line, whatever logged it."""
+    import logging
+
+    key_id, secret = "PKSECRETKEYID4711", "sk-Very/Secret+Value=="
+    monkeypatch.setenv("APCA_API_KEY_ID", key_id)
+    monkeypatch.setenv("APCA_API_SECRET_KEY", secret)
+    monkeypatch.setenv("DATABASE_URL", "postgresql://postgres:S3cretPW99@127.0.0.1:5432/test")
+    try:
+        configure_logging("info", "json")
+        logging.getLogger("alpaca.trading.stream").warning(
+            "trading stream websocket error: received 1008 auth refused for key %s", key_id
+        )
+        log = structlog.get_logger("t")
+        try:
+            raise ConnectionError(f"refused {secret} at S3cretPW99")
+        except ConnectionError:
+            log.exception("broker.failed", detail=f"key {key_id}")
+        lines = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
+        assert [r["event"] for r in lines][-1] == "broker.failed" and len(lines) == 2
+        text = json.dumps(lines)
+        for value in (key_id, secret, "S3cretPW99"):
+            assert value not in text
+        assert "auth refused for key ***" in lines[0]["event"]
+        assert "refused *** at ***" in lines[1]["exception"]
+        assert lines[1]["detail"] == "key ***"
+    finally:
+        structlog.reset_defaults()

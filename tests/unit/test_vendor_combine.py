@@ -156,3 +156,13 @@ def test_validation_passes_do_not_grow_with_the_bad_symbols(monkeypatch):
         assert result.errors == {}
         assert len(result.frame) == len(parts) * 12 - n_bad
     assert passes == [2, 2, 2]
+
+
+def test_an_internal_errors_message_is_redacted():
+    """A bug's exception quoting a request URL reached the symbol's error (shown in `/ready`
+    and alerts) with its credential parameters."""
+    boom = ValueError("bad answer of https://x.test/query?function=D&apikey=AVKEY1234567")
+    result = combine("alphavantage", {"IBM": boom}, Validation())
+    err = result.errors["IBM"]
+    assert err.kind == "internal" and "AVKEY1234567" not in err.message
+    assert "apikey=***" in err.message and "ValueError" in err.message
