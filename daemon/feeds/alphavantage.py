@@ -64,6 +64,7 @@ from .resilience import (
     error_for_status,
     make_error,
     redact,
+    response_text,
 )
 from .response_cache import ResponseCache, cache_key
 from .vendor import (
@@ -367,7 +368,7 @@ class AlphaVantageClient:
                 timeout=self.caller.client_timeout(),
                 allow_redirects=False,
             ) as resp:
-                text = await resp.text()
+                text = await response_text(resp, SOURCE, symbol)
                 if resp.status != 200:
                     raise error_for_status(
                         SOURCE,

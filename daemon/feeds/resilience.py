@@ -249,6 +249,25 @@ def error_for_status(
     )
 
 
+async def response_text(resp: Any, source: str, symbol: str | None = None) -> str:
+    """The answer's body as text. A body that is not text in its charset (an invalid UTF-8
+    byte, an unknown charset name) is a malformed answer, retried as one: it was a bare
+    UnicodeDecodeError, which the caller took for a bug of ours (`source.internal_error`,
+    with a traceback)."""
+    try:
+        text: str = await resp.text()
+    except (UnicodeDecodeError, LookupError) as exc:
+        raise make_error(
+            source,
+            "malformed",
+            f"HTTP {resp.status}: the body is not text in its charset ({type(exc).__name__}: "
+            f"{str(exc)[:120]})",
+            status=resp.status,
+            symbol=symbol,
+        ) from None
+    return text
+
+
 def _short_body(body: str, secrets: Iterable[str] = (), limit: int = 300) -> str:
     text = body.strip()
     try:  # a JSON error envelope: keep its description, not the whole body

@@ -65,7 +65,14 @@ import structlog
 
 from ..core.errors import ConfigError
 from ..logs import Once
-from .resilience import ResilientCaller, SourceConfig, SourceError, error_for_status, make_error
+from .resilience import (
+    ResilientCaller,
+    SourceConfig,
+    SourceError,
+    error_for_status,
+    make_error,
+    response_text,
+)
 from .response_cache import ResponseCache, cache_key
 from .suspect import carry_action
 from .validate import _fmt_time
@@ -574,7 +581,7 @@ class YahooClient:
                 timeout=self.caller.client_timeout(),
                 allow_redirects=False,
             ) as resp:
-                text = await resp.text()
+                text = await response_text(resp, SOURCE, symbol)
                 if resp.status != 200:
                     raise error_for_status(
                         SOURCE,

@@ -221,7 +221,7 @@ class BarBook:
 class Fault:
     kind: str  # status | throttle | down | delay | malformed | empty | reset | respond | null
     status: int = 503
-    body: str | None = None
+    body: str | bytes | None = None  # respond: bytes are sent as they are
     content_type: str = "application/json"
     delay_s: float = 0.0
     retry_after: str | None = None  # throttle: the answer's Retry-After (the Alpaca fake)
@@ -281,13 +281,13 @@ class Faults:
 
     def respond_next(
         self,
-        body: str | dict | list,
+        body: str | bytes | dict | list,
         status: int = 200,
         content_type: str = "application/json",
         n: int = 1,
         headers: dict[str, str] | None = None,
     ) -> None:
-        text = body if isinstance(body, str) else json.dumps(body)
+        text = body if isinstance(body, (str, bytes)) else json.dumps(body)
         self._add(
             n,
             Fault("respond", status=status, body=text, content_type=content_type, headers=headers),
@@ -419,9 +419,11 @@ class FakeServer(LoopThread):
                         request.transport.close()
                     return web.Response(status=500)
                 elif fault.kind == "respond":
+                    raw = fault.body if isinstance(fault.body, bytes) else None
                     return web.Response(
                         status=fault.status,
-                        text=fault.body,
+                        body=raw,
+                        text=None if raw is not None else fault.body,
                         content_type=fault.content_type,
                         headers=fault.headers,
                     )

@@ -438,3 +438,17 @@ async def test_a_time_series_row_that_is_not_an_object_is_malformed(fake, make_c
     assert err.kind == "malformed" and err.retryable
     assert "row 2024-03-04 is 'oops', not an object" in err.message
     assert not [e for e in logs if e["event"] == "source.internal_error"]
+
+
+@pytest.mark.parametrize("status", [200, 502])
+async def test_a_body_that_is_not_utf8_is_a_malformed_answer(fake, make_client, status):
+    """An answer with a byte that is not UTF-8 raised a bare UnicodeDecodeError out of the
+    client, which the collector took for a bug of ours (`source.internal_error`, with a
+    traceback). It is a `malformed` answer, retried as one, naming the status."""
+    fake.faults.respond_next(b'{"Meta Data": "\xff\xfe"}', status=status, n=2)
+    client = await make_client(max_attempts=2)
+    res = await client.fetch(["IBM"], "1d", utc(2024, 3, 1), utc(2024, 3, 6))
+    err = res.errors["IBM"]
+    assert (err.kind, err.status, err.retryable) == ("malformed", status, True)
+    assert f"HTTP {status}" in err.message and "UnicodeDecodeError" in err.message
+    assert fake.count == 2  # retried

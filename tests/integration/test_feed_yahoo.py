@@ -851,3 +851,12 @@ async def test_a_newest_bar_that_traded_or_did_not_trade_is_not_called_stale(fak
     finally:
         await feed.stop()
     assert stale_said(logs) == []
+
+
+async def test_a_body_that_is_not_utf8_is_a_malformed_answer(fake, make_client):
+    fake.faults.respond_next(b'{"chart": "\xff"}', n=2)
+    client = await make_client(max_attempts=2)
+    res = await client.fetch(["AAA"], "1d", utc(2024, 3, 1), utc(2024, 3, 6))
+    err = res.errors["AAA"]
+    assert (err.kind, err.status, err.retryable) == ("malformed", 200, True)
+    assert "UnicodeDecodeError" in err.message and fake.count == 2
