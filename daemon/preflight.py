@@ -5,7 +5,10 @@ here, before data is loaded or a replay starts, so a mistake costs seconds rathe
 replay or a live session: the configured plugins (installed? parameters valid?), the folders
 the command will write to, the optional training packages, and the services behind
 `storage.url` and `cache.url`. Every failure is a `ConfigError` (or `PluginError`) naming the
-key, the value (credentials masked) and what is allowed.
+key, the value (credentials masked) and what is allowed. A service that could not be used
+(no answer, a host not found, a refusal for now) is `ServiceUnavailable`, the ConfigError a
+restart may end: `tradingd run` exits 2 on it, which systemd restarts, and EX_CONFIG (78,
+not restarted) on the others (`tradingd.__main__.exit_code`).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 import structlog
 
 from .config import Config, PluginSpec, name_origin, redis_db_index, url_label
-from .core.errors import ConfigError, PluginError, TradingdError
+from .core.errors import ConfigError, PluginError, ServiceUnavailable, TradingdError
 from .secrets import mask_url, scrub
 
 log = structlog.get_logger(__name__)
@@ -406,8 +409,8 @@ def check_train_extra() -> None:
     """Training imports TensorFlow, scikit-learn and the ONNX converters lazily, deep inside
     the run: without the `train` extra it would fail after the data is loaded. Ask first."""
     missing = [dist for mod, dist in TRAIN_MODULES.items() if not _importable(mod)]
-    if missing:
-        raise TradingdError(
+    if missing:  # a ConfigError: `tradingd retrain`'s unit cannot succeed before the install
+        raise ConfigError(
             f"training needs the train extra, which is not installed (missing: "
             f"{', '.join(missing)}); install it with: {TRAIN_INSTALL}"
         )
@@ -461,12 +464,13 @@ async def _check_postgres(
             )
             return
         if isinstance(exc, TimeoutError):
-            raise ConfigError(
+            raise ServiceUnavailable(
                 f"{key}: no PostgreSQL answered within {timeout_s:g} s; check host and port, "
                 "and that a PostgreSQL server (not another service) listens there"
             ) from None
         # Any other failure to connect is reported the same way.
-        raise ConfigError(
+        error = ConfigError if _refused_the_url(exc) else ServiceUnavailable
+        raise error(
             f"{key}: cannot connect to PostgreSQL: {type(exc).__name__}: {scrub(str(exc), url)}"
         ) from None
     with contextlib.suppress(Exception):
@@ -485,6 +489,22 @@ def _not_up_yet(exc: BaseException) -> bool:
     return str(getattr(exc, "sqlstate", "") or "") == "57P03"
 
 
+def _refused_the_url(exc: BaseException) -> bool:
+    """The URL itself is wrong, which no restart gets past: the server answered that the
+    role or its password (SQLSTATE class 28) or the database (3D000) is not there, or asyncpg
+    cannot use the URL's options (ClientConfigurationError: an unknown sslmode, say). Anything
+    else (no answer, a host not found, too many connections, a server restarting) may end by
+    itself: `ServiceUnavailable`."""
+    import asyncpg
+
+    state = str(getattr(exc, "sqlstate", "") or "")
+    return (
+        state.startswith("28")
+        or state == "3D000"
+        or isinstance(exc, asyncpg.ClientConfigurationError)
+    )
+
+
 def _refused(exc: BaseException) -> bool:
     """A connection refused (nothing listens) as opposed to a server that answered wrongly."""
     text = str(exc).lower()
@@ -496,8 +516,13 @@ async def _check_redis(url: str, timeout_s: float, label: str = "cache.url (REDI
     if url.lower() in ("", "memory://"):
         return
     import redis.asyncio as aioredis
+    from redis.exceptions import (
+        AuthenticationError,
+        AuthenticationWrongNumberOfArgsError,
+        NoPermissionError,
+        ResponseError,
+    )
     from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import ResponseError
     from redis.exceptions import TimeoutError as RedisTimeoutError
 
     key = f"{label} = {mask_url(url)!r}"
@@ -506,16 +531,20 @@ async def _check_redis(url: str, timeout_s: float, label: str = "cache.url (REDI
     try:
         # Connecting SELECTs the URL's database, so this also checks the index.
         await asyncio.wait_for(client.ping(), timeout_s + 1)
+    except (AuthenticationError, AuthenticationWrongNumberOfArgsError, NoPermissionError) as exc:
+        # The URL's user or password, which no restart changes (a ConnectionError to redis-py)
+        raise ConfigError(f"{key}: Redis refused: {scrub(str(exc), url)}") from None
     except ResponseError as exc:
         if "index" in str(exc).lower():
             raise ConfigError(
                 f"{key}: database index {db} does not exist on this server ({exc}); valid: "
                 "0..15 unless the server's `databases` setting allows more"
             ) from None
-        raise ConfigError(f"{key}: Redis refused: {scrub(str(exc), url)}") from None
+        # MASTERDOWN, a replica not synced yet, ...: may end by itself.
+        raise ServiceUnavailable(f"{key}: Redis refused: {scrub(str(exc), url)}") from None
     except (TimeoutError, RedisTimeoutError, RedisConnectionError, ConnectionRefusedError) as exc:
         if isinstance(exc, RedisConnectionError) and not _refused(exc):
-            raise ConfigError(
+            raise ServiceUnavailable(
                 f"{key}: cannot talk to Redis: {type(exc).__name__}: {scrub(str(exc), url)}; "
                 "check host and port, and that a Redis server (not another service) listens "
                 "there"
@@ -530,8 +559,8 @@ async def _check_redis(url: str, timeout_s: float, label: str = "cache.url (REDI
             error=scrub(f"{type(exc).__name__}: {exc}", url),
             effect="the cache falls back to the process and reconnects in the background",
         )
-    except Exception as exc:  # protocol garbage, authentication, ...
-        raise ConfigError(
+    except Exception as exc:  # protocol garbage, ...
+        raise ServiceUnavailable(
             f"{key}: cannot talk to Redis: {type(exc).__name__}: {scrub(str(exc), url)}; "
             "check host and port, and that a Redis server (not another service) listens there"
         ) from None

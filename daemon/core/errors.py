@@ -10,7 +10,20 @@ class TradingdError(Exception):
 
 
 class ConfigError(TradingdError):
-    """Fix the configuration: names the key, the bad value and the valid choices."""
+    """Fix the configuration, or the set-up it needs (a file or folder it names, a package to
+    install): names the key, the bad value and the valid choices. Nothing changes by itself,
+    so `tradingd run` and `tradingd retrain` exit with EX_CONFIG (`tradingd.__main__`), which
+    their systemd units do not restart: restarts only repeated it until the start limit. Not
+    so ServiceUnavailable and instance_lock.AnotherDaemonRunning, which may end by themselves
+    (`tradingd.__main__.exit_code`)."""
+
+
+class ServiceUnavailable(ConfigError):
+    """A configured service (PostgreSQL, Redis) could not be used at start: no answer in
+    time, a host not found, something else answering, or a refusal for now (too many
+    connections, loading). Check that the service runs and that its URL names it. The usual
+    cause is the URL, hence a ConfigError; but a service that comes back ends it by itself,
+    so `tradingd run` exits 2, which systemd restarts (not EX_CONFIG)."""
 
 
 class DataError(TradingdError):
