@@ -7,7 +7,11 @@ Only this module calls `asyncio.run`.
 Every command that takes a configuration validates it the same way before doing any work
 (`preflight.check_config`), and the commands that use the database or Redis check that they
 answer (`preflight.check_services`): a mistake is reported in seconds, as
-`tradingd: error: ...` with exit code 2, never as a traceback after a replay. Ctrl-C or
+`tradingd: error: ...` with exit code 2, never as a traceback after a replay. The commands
+systemd runs, `tradingd run` and `tradingd retrain` (`SERVICE_COMMANDS`), exit with 78
+(EX_CONFIG, sysexits.h) instead when only the operator can end the error (a setting, a
+file, a package to install: `exit_code`), which their units do not restart; an error a
+restart may end (a service that does not answer yet, a full storage spool) stays 2. Ctrl-C or
 SIGTERM in a command (outside a backtest's replay and the daemon, below) prints
 `tradingd: interrupted` (exit 130 or 143), never a traceback; the worker processes of a
 walk-forward or of a report's Monte Carlo are ended with it. A command whose output's reader
@@ -62,7 +66,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .core.errors import ConfigError, TradingdError
+from .core.errors import ConfigError, ServiceUnavailable, TradingdError
 from .secrets import mask_url
 
 if TYPE_CHECKING:
@@ -96,6 +100,15 @@ class _Always:
 always: Any = _Always()
 
 DEFAULT_CONFIG = Path("config/default.toml")
+# sysexits.h's EX_CONFIG: a service command's exit code for an error only the operator can
+# end. systemd/tradingd.service and tradingd-retrain.service name it in
+# RestartPreventExitStatus.
+EX_CONFIG = 78
+# The commands the systemd units run. Only they exit with EX_CONFIG: the others keep 2 for
+# every error, argparse's code for a usage mistake, which scripts and the documented codes
+# of compare, replay-check and lookahead-check (0, 1, 2 an error) rely on, and no
+# supervisor restarts them.
+SERVICE_COMMANDS = frozenset({"run", "retrain"})
 # Trained models go under var/ (like runs and audit logs), never into the installed package
 # or the source tree; `ml_ensemble.model_dir` points at var/models/current to use retrained
 # models.
@@ -103,6 +116,21 @@ DEFAULT_TRAIN_OUT = "var/models/trained"
 DEFAULT_RETRAIN_ROOT = "var/models"
 # Commands whose output folder comes from the command line rather than the configuration.
 _OUTPUT_ARG = {"backtest": "output", "train": "out", "retrain": "root"}
+
+
+def exit_code(exc: TradingdError, command: str) -> int:
+    """How `command` exits on `exc`: EX_CONFIG for a ConfigError of a service command, 2
+    otherwise. systemd restarted a configuration mistake every 10 s until its start limit,
+    5 identical failures and "start-limit-hit" hiding the cause, while an error a restart
+    goes through (a full spool, whose restart replays it) must stay restartable. Two
+    ConfigErrors may end without the operator, and stay 2: a service that does not answer
+    yet (ServiceUnavailable) and another daemon holding the lock (AnotherDaemonRunning: it
+    may be ending, or a killed one's PostgreSQL session, freed within about a minute)."""
+    if command not in SERVICE_COMMANDS or not isinstance(exc, ConfigError):
+        return 2
+    from .instance_lock import AnotherDaemonRunning
+
+    return 2 if isinstance(exc, (ServiceUnavailable, AnotherDaemonRunning)) else EX_CONFIG
 
 
 def _config_paths(paths: Sequence[str]) -> list[str]:
@@ -375,7 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # Masked as `run`'s: an error may quote a URL or a key=value it was given.
         print(f"tradingd: error: {mask_text(str(exc))}", file=sys.stderr)
-        return 2
+        return exit_code(exc, args.command)
     except KeyboardInterrupt as exc:
         print("tradingd: interrupted", file=sys.stderr)
         return 128 + getattr(exc, "signum", signal.SIGINT)
@@ -555,12 +583,9 @@ def _train(config: Config, args: argparse.Namespace) -> int:
         from tradingd_models.config import ModelConfig
         from tradingd_models.training import check_out_dir, train
     except ImportError as exc:
-        print(
-            f"tradingd: error: training needs the train extra (pip install 'tradingd[train]'):"
-            f" {exc}",
-            file=sys.stderr,
-        )
-        return 2
+        raise ConfigError(
+            f"training needs the train extra (pip install 'tradingd[train]'): {exc}"
+        ) from None
     from .app import load_data
 
     mc = _model_config(args.model_config) if args.model_config else ModelConfig()
@@ -614,15 +639,14 @@ def _retrain(config: Config, args: argparse.Namespace) -> int:
         from tradingd_models.retrain import RetrainPolicy, retrain
         from tradingd_models.training import TooFewWindows
     except ImportError as exc:
-        print(f"tradingd: error: retraining needs the train extra: {exc}", file=sys.stderr)
-        return 2
+        raise ConfigError(f"retraining needs the train extra: {exc}") from None
     from .app import load_data
 
     policy = RetrainPolicy(args.window_bars, args.min_directional_accuracy, args.max_mse_ratio)
     try:
         out = retrain(config, load_data(config), args.root, policy)
-    except TooFewWindows as exc:
-        raise TradingdError(
+    except TooFewWindows as exc:  # a ConfigError: more bars, or another --window-bars
+        raise ConfigError(
             f"retraining failed: {exc} (--window-bars {args.window_bars}: the latest bars "
             "retrain trains on; a larger --window-bars gives more windows)"
         ) from None
@@ -1457,11 +1481,12 @@ def _run_command(args: argparse.Namespace, *, restore: bool = True) -> int:
     except TradingdError as exc:
         from .secrets import mask_text
 
+        code = exit_code(exc, "run")
         print(f"tradingd: error: {mask_text(str(exc))}", file=sys.stderr)
         if logging_ready:  # the last line says where and why, as on every other exit
             reason = mask_text(f"error: {exc}")
-            always.error("tradingd.exit", reason=reason, phase=daemon.phase, exit_code=2)
-        return 2
+            always.error("tradingd.exit", reason=reason, phase=daemon.phase, exit_code=code)
+        return code
     except Exception:
         if not logging_ready:
             raise

@@ -10,11 +10,17 @@ from pathlib import Path
 
 import pytest
 
-from tradingd.__main__ import main
+from tradingd.__main__ import EX_CONFIG, main
 
 
 class Tripwire(Exception):
     """Raised by a replaced step that the checks must prevent from ever running."""
+
+
+def config_error_code(command: str) -> int:
+    """How `command` exits on a configuration mistake: 78 (EX_CONFIG) for the commands the
+    systemd units run, which do not restart it; 2 for every other command."""
+    return EX_CONFIG if command in ("run", "retrain") else 2
 
 
 def write_config(tmp_path: Path, extra: str = "") -> Path:

@@ -1,7 +1,8 @@
 """Start-up validation as the `tradingd` command applies it (issue 7, points 5, 6, 7 and 11).
 
 Every command that takes a configuration goes through one validation path before doing any
-work; errors are `tradingd: error: ...` with exit code 2, never a traceback, and never after
+work; errors are `tradingd: error: ...` with exit code 2 (78, EX_CONFIG, from `run` and
+`retrain`: `config_error_code`), never a traceback, and never after
 data was loaded or a replay ran. Most tests call `main()` in-process with the expensive steps
 replaced by tripwires (fast, and proof that they were never reached); a few run the real
 command in a subprocess. Service checks use the real local PostgreSQL and Redis.
@@ -19,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from cli_runs import in_process, tripwires, write_config
+from cli_runs import config_error_code, in_process, tripwires, write_config
 from conftest import deep_path
 
 from tradingd.__main__ import DEFAULT_RETRAIN_ROOT, DEFAULT_TRAIN_OUT, _parser, main
@@ -71,7 +72,7 @@ def tradingd(args, cwd, env=None):
 def test_unknown_plugin_is_rejected_by_every_command(cli, tmp_path, command):
     cfg = write_config(tmp_path, '[[signals]]\nname = "momentom"\n')
     code, out, err = cli(command, "-c", str(cfg))
-    assert code == 2
+    assert code == config_error_code(command)
     assert "tradingd: error: signals[0].name = 'momentom'" in err
     assert "momentum" in err  # the valid choices
     assert out == ""
@@ -256,7 +257,7 @@ def test_unwritable_folders_stop_the_command_before_it_starts(
     cfg = write_config(tmp_path)
     monkeypatch.setenv(f"TRADINGD_{section.upper()}__{key.upper()}", f'"{bad_dir}"')
     code, _, err = cli(command, "-c", str(cfg))
-    assert code == 2
+    assert code == config_error_code(command)
     assert f"{section}.{key} = '{bad_dir}' is invalid" in err
     assert "must be a folder this user can create or write to" in err
 
@@ -344,7 +345,7 @@ def test_a_sqlite_url_naming_a_folder_is_refused_before_anything_is_made(
     folder.mkdir()
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{folder}")
     code, _, err = cli(command, "-c", str(write_config(tmp_path)))
-    assert code == 2
+    assert code == config_error_code(command)
     assert f"storage.url (DATABASE_URL) names the folder {folder}, not a database file" in err
     assert f"sqlite:///{folder}/tradingd.db" in err
     assert not (tmp_path / "db.locks").exists()
@@ -395,7 +396,7 @@ def test_training_without_the_extra_says_what_to_install(
     # training packages are installed here.
     monkeypatch.setitem(sys.modules, module, None)
     code, out, err = cli(command, "-c", str(write_config(tmp_path)))
-    assert code == 2  # and the load_data tripwire was not reached
+    assert code == config_error_code(command)  # and the load_data tripwire was not reached
     assert "pip install '.[train]'" in err and "tradingd[train]" in err
     assert TRAIN_MODULES[module] in err
     assert out == ""
@@ -470,7 +471,7 @@ def test_retrain_options_out_of_range_stop_before_the_data(
 
     monkeypatch.setattr(preflight, "_importable", lambda module: True)
     code, out, err = cli("retrain", "-c", str(write_config(tmp_path)), option, value)
-    assert code == 2 and out == ""
+    assert code == config_error_code("retrain") and out == ""
     assert "tradingd: error: retrain " in err and rule in err and f"got {value}" in err
 
 

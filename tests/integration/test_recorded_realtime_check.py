@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import structlog
 
-from tradingd.__main__ import main
+from tradingd.__main__ import EX_CONFIG, main
 from tradingd.config import load_config
 from tradingd.core.errors import ConfigError
 from tradingd.preflight import check_config
@@ -59,7 +59,7 @@ def test_run_refuses_a_recorded_feed_in_real_time_before_anything_starts(
         code = main(["run", "-c", str(ROOT / "config/default.toml"), "-c", str(cfg)])
     finally:
         structlog.configure(**saved)
-    assert code == 2
+    assert code == EX_CONFIG  # a configuration mistake: not restarted by systemd
     assert MESSAGE in capsys.readouterr().err
     assert not (tmp_path / "rt.db").exists()  # no store, no lock: refused at the check
 

@@ -448,13 +448,13 @@ def test_sighup_during_startup_is_applied_once_the_engine_is_built(tmp_path, dae
 
 
 def test_an_embedded_run_gives_the_signal_handlers_back(tmp_path):
-    from tradingd.__main__ import main
+    from tradingd.__main__ import EX_CONFIG, main
 
     bad = tmp_path / "bad.toml"
     bad.write_text("[costs]\ncommission_pct = 5.0\n")
     signals = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     before = {s: signal.getsignal(s) for s in signals}
-    assert main(["run", "-c", str(bad)]) == 2
+    assert main(["run", "-c", str(bad)]) == EX_CONFIG
     assert {s: signal.getsignal(s) for s in signals} == before
 
 
@@ -754,13 +754,16 @@ def test_live_clock_stops_without_a_scheduler_error(caplog):
 
 
 def test_an_error_exit_ends_with_the_exit_line_too(tmp_path, daemon):
-    """Exit 2 (a configuration or service error found at start) printed the error and left
-    no `tradingd.exit` line: a log reader could not tell where and why it stopped."""
+    """An error exit (here a configuration mistake found at start: 78, EX_CONFIG) printed the
+    error and left no `tradingd.exit` line: a log reader could not tell where and why it
+    stopped."""
+    from tradingd.__main__ import EX_CONFIG
+
     text = _config_text(tmp_path).replace(
         f'url = "sqlite:///{tmp_path / "daemon.db"}"', f'url = "sqlite:///{tmp_path}"'
     )
     d = daemon(_write(tmp_path, text))
-    assert d.wait() == 2
+    assert d.wait() == EX_CONFIG
     last = d.lines()[-1]
-    assert last["event"] == "tradingd.exit" and last["exit_code"] == 2, last
+    assert last["event"] == "tradingd.exit" and last["exit_code"] == EX_CONFIG, last
     assert "folder" in last["reason"] and last["phase"], last

@@ -1,4 +1,5 @@
-"""The mistakes a user makes with `tradingd train` / `retrain`, said as errors (exit 2) naming
+"""The mistakes a user makes with `tradingd train` / `retrain`, said as errors (exit 2; 78 from
+`retrain`, which systemd runs: `config_error_code`) naming
 what and where, before the data is loaded or any model is trained: an `--out` onto a
 published model, a model config without its `[model]` table, too little data, a serving
 model that does not exist yet. Most tests run `main()` in-process with the data load
@@ -11,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from cli_runs import Tripwire, in_process, tripwires, write_config
+from cli_runs import Tripwire, config_error_code, in_process, tripwires, write_config
 
 from tradingd.core.errors import ConfigError
 
@@ -202,7 +203,7 @@ def test_retrain_on_too_few_bars_names_the_window_bars(cli, tmp_path, monkeypatc
     cfg = str(write_config(tmp_path))
     for bars, said in (("150", "no complete training window"), ("300", "too few windows")):
         code, out, err = cli("retrain", "-c", cfg, "--window-bars", bars, "--root", "mr")
-        assert (code, out) == (2, ""), err
+        assert (code, out) == (config_error_code("retrain"), ""), err
         assert said in err and f"--window-bars {bars}:" in err
         assert f"data {bars} bars from " in err and "Traceback" not in err
         assert [p.name for p in (tmp_path / "mr" / "versions").iterdir()] == []
@@ -233,7 +234,7 @@ def test_training_does_not_need_the_served_model_to_exist(cli, tmp_path, command
 def test_training_still_checks_the_ml_plugins_params(cli, tmp_path, command):
     cfg = str(write_config(tmp_path, ml_signal(str(tmp_path / "new"), ", threshold = 2.0")))
     code, out, err = cli(command, "-c", cfg)
-    assert (code, out) == (2, "")
+    assert (code, out) == (config_error_code(command), "")
     assert "signals[0].params" in err and "threshold must be in [0.5, 1)" in err
 
 
