@@ -16,6 +16,11 @@ class ModelConfig:
     epochs: int = 50
     learning_rate: float = 0.001
     validation_split: float = 0.2
+    # The last share of the validation span's bar times, held out as the test split: nothing
+    # is fitted, early-stopped or calibrated on it, so its metrics (which the retrain gate
+    # judges) were not chosen by the model's own tuning. Carved out of the validation span
+    # (`horizon` bars purged between the two): the training windows are validation_split's.
+    test_share_of_validation: float = 0.5
     early_stopping_patience: int = 10
     rf_n_estimators: int = 100
     rf_max_depth: int = 10
@@ -25,9 +30,11 @@ class ModelConfig:
     ensemble_weights: tuple[float, float] = (0.6, 0.4)  # cnn_lstm, random_forest
     confidence_threshold: float = 0.55
     # Fewer windows than these is refused before any model is built: a model fitted on a
-    # handful of windows, or validated on them, is noise with a card that looks like a model.
+    # handful of windows, or validated or tested on them, is noise with a card that looks
+    # like a model.
     min_train_windows: int = 200
     min_validation_windows: int = 50
+    min_test_windows: int = 50
 
     def __post_init__(self) -> None:
         for name in (
@@ -42,6 +49,7 @@ class ModelConfig:
             "horizon",
             "min_train_windows",
             "min_validation_windows",
+            "min_test_windows",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
@@ -49,6 +57,14 @@ class ModelConfig:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         if not 0 < self.validation_split < 1:
             raise ValueError(f"validation_split must be in (0, 1), got {self.validation_split}")
+        if not 0 < self.test_share_of_validation < 1:
+            # 0 would leave no held-out test (the gate judging the early-stopping windows
+            # again), 1 no windows to early-stop and calibrate on.
+            raise ValueError(
+                "test_share_of_validation must be in (0, 1) (the share of the validation "
+                "span held out as the test split; 0.5: its second half), got "
+                f"{self.test_share_of_validation}"
+            )
         if abs(sum(self.ensemble_weights) - 1.0) > 1e-9:
             raise ValueError(f"ensemble_weights must sum to 1, got {self.ensemble_weights}")
         if not 0.5 <= self.confidence_threshold < 1:

@@ -1,10 +1,15 @@
 """`tradingd train`: data -> features -> windows -> both models -> ONNX -> model card.
 
 Everything that decides the model is in the card: the feature set and its version, the window,
-the target, the date ranges, a hash of the training data, the scaling, validation metrics next
-to naive baselines, the ONNX files' hashes and the library versions. The models are trained
-with fixed seeds and deterministic TensorFlow ops, so the same config and data give the same
-model.
+the target, the date ranges, a hash of the training data, the scaling, validation and test
+metrics next to naive baselines, the ONNX files' hashes and the library versions. The models
+are trained with fixed seeds and deterministic TensorFlow ops, so the same config and data
+give the same model.
+
+Three chronological splits: training windows fit the scaler and both models; validation
+windows early-stop the CNN+LSTM and calibrate the ensemble's confidence (`residual_std`), so
+their metrics are optimistic; the test windows after them (`hold_out_test`) serve nothing but
+the card's `metrics.test`, which `tradingd retrain`'s gate judges.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import json
 import platform
 import resource
 import time
+from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
@@ -27,7 +33,13 @@ from tradingd.core.errors import ConfigError, TradingdError
 from tradingd.features.catalog import Catalog, feature_set_id, resolve_set
 from tradingd.features.engineer import compute_batch, prepare_ml_data
 from tradingd.feeds.panel import Panel
-from tradingd.inference.onnx import CARD_FORMAT, fingerprint, model_input, raw_outputs
+from tradingd.inference.onnx import (
+    CARD_FORMAT,
+    MODELS,
+    fingerprint,
+    model_input,
+    raw_outputs,
+)
 
 from .config import ModelConfig
 from .evaluate import baselines, metrics
@@ -61,9 +73,33 @@ def run_start(config: Config) -> np.datetime64 | None:
 
 class TooFewWindows(ConfigError, ValueError):
     """The data holds too few complete windows for the model config (none, or fewer than
-    its min_train_windows / min_validation_windows). Named with the window and the data's
-    range; raised before any model is built (Keras' fit on an empty set was a
-    KeyError: 'loss' traceback)."""
+    its min_train_windows / min_validation_windows / min_test_windows). Named with the
+    window and the data's range; raised before any model is built (Keras' fit on an empty
+    set was a KeyError: 'loss' traceback)."""
+
+
+def hold_out_test(
+    data: dict[str, np.ndarray], times: np.ndarray, share: float, horizon: int
+) -> dict[str, np.ndarray]:
+    """`prepare_ml_data`'s windows with the last `share` of the validation span's bar times
+    moved to a test split (`x_test`, `y_test`, `t_test`, `symbol_test`). Validation windows
+    whose target reaches into the test span are dropped (purged, as training windows are
+    at the validation span), so no validation label overlaps a test bar. The training
+    windows are untouched: the same model is trained, only what early stopping and the
+    calibration see is less. One validation set early-stopped the CNN, calibrated the
+    confidence, made the card's metrics and decided the retrain gate: metrics measured on
+    the windows that tuned the model, and a publish decision made on them."""
+    t_val = data["t_val"]
+    bar = np.searchsorted(times, t_val)  # each validation window's last bar, in `times`
+    used = np.unique(bar)
+    cut = used[int(len(used) * (1 - share))] if len(used) else 0  # first test bar
+    test = bar >= cut
+    val = bar + horizon < cut
+    out = dict(data)
+    for key in ("x", "y", "t", "symbol"):
+        held = data[f"{key}_val"]
+        out[f"{key}_val"], out[f"{key}_test"] = held[val], held[test]
+    return out
 
 
 def _model_root_of(path: Path) -> tuple[Path, str] | None:
@@ -174,29 +210,45 @@ def train(
         ) from None
     if from_run_start and config.run.start:
         log(f"windows ending from run.start = {config.run.start} (earlier bars warm up)")
+    data = hold_out_test(data, panel.times, mc.test_share_of_validation, mc.horizon)
     xt, yt, xv, yv = data["x_train"], data["y_train"], data["x_val"], data["y_val"]
-    log(f"windows: {len(xt)} train, {len(xv)} validation, shape {xt.shape[1:]}")
-    if len(xt) < mc.min_train_windows or len(xv) < mc.min_validation_windows:
+    xs, ys = data["x_test"], data["y_test"]
+    log(f"windows: {len(xt)} train, {len(xv)} validation, {len(xs)} test, shape {xt.shape[1:]}")
+    if (
+        len(xt) < mc.min_train_windows
+        or len(xv) < mc.min_validation_windows
+        or len(xs) < mc.min_test_windows
+    ):
         raise TooFewWindows(
             f"too few windows to train on: {len(xt)} training (train range "
-            f"{' to '.join(_dates(data['t_train']))}) and {len(xv)} validation (validation "
-            f"range {' to '.join(_dates(data['t_val']))}), the minimum is "
-            f"{mc.min_train_windows} and {mc.min_validation_windows} (model "
-            f"min_train_windows, min_validation_windows; {shape}): give more bars or "
-            "symbols, or an earlier run.start"
+            f"{' to '.join(_dates(data['t_train']))}), {len(xv)} validation (validation "
+            f"range {' to '.join(_dates(data['t_val']))}) and {len(xs)} test (test range "
+            f"{' to '.join(_dates(data['t_test']))}), the minimum is "
+            f"{mc.min_train_windows}, {mc.min_validation_windows} and {mc.min_test_windows} "
+            f"(model min_train_windows, min_validation_windows, min_test_windows; the test "
+            f"windows are the last test_share_of_validation = {mc.test_share_of_validation} "
+            f"of the validation span; {shape}): give more bars or symbols, or an earlier "
+            "run.start"
         )
+    # Early stopping sees the validation windows only, never the test ones.
     cnn, rf, mean, scale, fit = fit_models(xt, yt, xv, yv, mc, log)
-    xvs = ((xv - mean.astype(np.float32)) / scale.astype(np.float32)).astype(np.float32)
-    p_cnn, p_rf = cnn.predict(xvs), rf.predict(xvs)
     w_cnn, w_rf = mc.ensemble_weights
-    p_ens = w_cnn * p_cnn + w_rf * p_rf
-    residual_std = float(np.std(yv - p_ens)) or 1e-12
-    last_ret = xv[:, -1, list(names).index("ret_1")] if "ret_1" in names else np.zeros_like(yv)
+
+    def forecasts(x: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The windows scaled, and each model's and the ensemble's forecasts on them."""
+        xsc = ((x - mean.astype(np.float32)) / scale.astype(np.float32)).astype(np.float32)
+        p = {"cnn_lstm": cnn.predict(xsc), "random_forest": rf.predict(xsc)}
+        return xsc, {**p, "ensemble": w_cnn * p["cnn_lstm"] + w_rf * p["random_forest"]}
+
+    xvs, p_val = forecasts(xv)
+    _, p_test = forecasts(xs)
+    # Calibrated on the validation windows only: the test windows tune nothing.
+    residual_std = float(np.std(yv - p_val["ensemble"])) or 1e-12
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     cnn.export_onnx(out / "cnn_lstm.onnx")
     rf.export_onnx(out / "random_forest.onnx")
-    parity = export_parity(out, xvs, {"cnn_lstm": p_cnn, "random_forest": p_rf})
+    parity = export_parity(out, xvs, {m: p_val[m] for m in MODELS})
     files = {
         m: {
             "path": f"{m}.onnx",
@@ -205,6 +257,9 @@ def train(
         for m in ("cnn_lstm", "random_forest")
     }
     card = {
+        # Not bumped for the test split: the format names what the daemon reads (it refuses
+        # any other), and `test_range`, `samples.test` and `metrics.test` are additions it
+        # does not read. A card without them (trained before) has no test split.
         "format": CARD_FORMAT,
         "model_version": "",  # filled in below from the exported models' outputs
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -227,7 +282,16 @@ def train(
         },
         "train_range": _dates(data["t_train"]),
         "validation_range": _dates(data["t_val"]),
-        "samples": {"train": len(xt), "validation": len(xv)},
+        "test_range": _dates(data["t_test"]),
+        "samples": {"train": len(xt), "validation": len(xv), "test": len(xs)},
+        "splits": {
+            "train": "fits the scaler and both models",
+            "validation": "early-stops the CNN+LSTM and calibrates residual_std: its metrics "
+            "are optimistic",
+            "test": "held out: nothing is fitted, early-stopped or calibrated on it; "
+            "`tradingd retrain` publishes on its metrics",
+            "purge_bars": mc.horizon,
+        },
         "data": {
             "source": config.data.source,
             "path": config.data.path,
@@ -237,12 +301,8 @@ def train(
         },
         "model_config": asdict(mc),
         "metrics": {
-            "validation": {
-                "cnn_lstm": metrics(yv, p_cnn),
-                "random_forest": metrics(yv, p_rf),
-                "ensemble": metrics(yv, p_ens),
-                **baselines(yv, last_ret),
-            },
+            "validation": split_metrics(yv, p_val, _last_return(xv, names)),
+            "test": split_metrics(ys, p_test, _last_return(xs, names)),
             "training_history": fit,
         },
         "ensemble": {
@@ -272,6 +332,23 @@ def train(
         f"{card['training']['peak_rss_mb']} MB; model {version} written to {out}"
     )
     return card
+
+
+def _last_return(x: np.ndarray, names: Sequence[str]) -> np.ndarray:
+    """Each window's last `ret_1` (the persistence forecast), zeros without that feature."""
+    if "ret_1" not in names:
+        return np.zeros(len(x), dtype=x.dtype)
+    return x[:, -1, list(names).index("ret_1")]
+
+
+def split_metrics(
+    y: np.ndarray, forecast: dict[str, np.ndarray], last_ret: np.ndarray
+) -> dict[str, Any]:
+    """The card's metrics of one split: each model's and the ensemble's, next to the naive
+    baselines on the same windows."""
+    out: dict[str, Any] = {m: metrics(y, forecast[m]) for m in (*MODELS, "ensemble")}
+    out.update(baselines(y, last_ret))
+    return out
 
 
 # The most an exported ONNX model's output may differ from its framework model's on the

@@ -26,7 +26,7 @@ from tradingd.config import PluginSpec, load_config
 from tradingd.core.errors import ConfigError
 from tradingd.features.catalog import resolve_set
 from tradingd.features.engineer import compute_batch, prepare_ml_data
-from tradingd.inference.onnx import sha256_file
+from tradingd.inference.onnx import model_input, raw_outputs, sha256_file
 
 TINY = ModelConfig(cnn_filters=8, lstm_units=8, epochs=2, rf_n_estimators=10, rf_max_depth=4)
 
@@ -66,12 +66,38 @@ def test_card_says_what_the_model_is(tiny_model):
     assert card["data"]["symbols"] == ["NASDAQ", "SP500"] and len(card["data"]["sha256"]) == 64
     for m in ("cnn_lstm", "random_forest"):
         assert card["files"][m]["sha256"] == sha256_file(out / card["files"][m]["path"])
-    val = card["metrics"]["validation"]
-    for k in ("cnn_lstm", "random_forest", "ensemble", "zero", "persistence"):
-        assert {"mse", "directional_accuracy", "ic"} <= set(val[k])
-    assert val["zero"]["mse"] == pytest.approx(
-        np.mean(np.square(_y_val())), rel=1e-6
-    )  # the zero forecast's error is E[y^2]
+    # The validation span of before the test split: its first windows validate, its last
+    # (after a purge of `horizon` bars) are the held-out test, the training windows as they were.
+    span = _validation_span()
+    assert card["samples"]["train"] == span["n_train"]
+    assert card["validation_range"][1] < card["test_range"][0]
+    assert card["test_range"][1] == str(span["t"].max())[:10]
+    days = span["t"].astype("datetime64[D]").astype(str)
+    y_val = span["y"][days <= card["validation_range"][1]]
+    y_test = span["y"][days >= card["test_range"][0]]
+    assert (card["samples"]["validation"], card["samples"]["test"]) == (len(y_val), len(y_test))
+    assert len(y_val) + len(y_test) < len(span["y"])  # a purged bar between them
+    for split, y in (("validation", y_val), ("test", y_test)):
+        m = card["metrics"][split]
+        for k in ("cnn_lstm", "random_forest", "ensemble", "zero", "persistence", "always_up"):
+            assert {"mse", "directional_accuracy", "ic"} <= set(m[k])
+            assert m[k]["n"] == len(y)
+        # the zero forecast's error is E[y^2], on the split's own windows
+        assert m["zero"]["mse"] == pytest.approx(np.mean(np.square(y)), rel=1e-6)
+    # The confidence is calibrated on the validation windows alone: the residual std of the
+    # exported ensemble there (the ONNX files match the trained models to 1e-5), not over
+    # the test windows too.
+    sc = card["scaler"]
+    x = ((span["x"] - np.float32(sc["mean"])) / np.float32(sc["scale"])).astype(np.float32)
+    weights = card["ensemble"]["weights"]
+    p = sum(
+        weights[m] * np.ravel(raw_outputs(out / card["files"][m]["path"], model_input(m, x)))
+        for m in ("cnn_lstm", "random_forest")
+    )
+    resid = span["y"] - p
+    std = card["ensemble"]["residual_std"]
+    assert std == pytest.approx(np.std(resid[days <= card["validation_range"][1]]), rel=1e-3)
+    assert std != pytest.approx(np.std(resid), rel=1e-3)
     assert set(card["feature_importance"]) == set(card["feature_set"]["features"])
     assert abs(sum(card["feature_importance"].values()) - 1.0) < 1e-9  # MDI sums to 1
     assert "tensorflow-cpu" in card["versions"] or "tensorflow" in card["versions"]
@@ -97,13 +123,16 @@ def test_an_export_that_differs_from_the_trained_model_is_refused(tmp_path, monk
     assert sorted(p.name for p in out.iterdir()) == []  # no ONNX file, no card
 
 
-def _y_val():
+def _validation_span():
+    """The training-window count and the validation span's windows, targets and times, as
+    prepare_ml_data gives them (before the test split is carved out of the span)."""
     cfg = small_config()
     panel = load_data(cfg)
     names = resolve_set("default_v1")
     f = compute_batch(panel, names, dtype=np.float32)
     start = np.datetime64(cfg.run.start, "ns")
-    return prepare_ml_data(f, names, panel.close, panel.split, panel.times, start=start)["y_val"]
+    d = prepare_ml_data(f, names, panel.close, panel.split, panel.times, start=start)
+    return {"n_train": len(d["y_train"]), "x": d["x_val"], "y": d["y_val"], "t": d["t_val"]}
 
 
 def test_onnx_matches_keras_and_sklearn_on_real_windows(real_windows, tmp_path):

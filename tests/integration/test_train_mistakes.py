@@ -9,6 +9,7 @@ refusal comes before the models are built)."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
@@ -185,12 +186,22 @@ def test_the_minimum_windows_are_model_config_fields(tmp_path, bundled_panel, mo
 
     never_fit(monkeypatch)
     cfg = load_config([], env={})
-    few = ModelConfig(min_train_windows=100, min_validation_windows=20)
-    with pytest.raises(Tripwire):  # 190 and 48 are enough for these: training starts
+    # 190 training windows, and 48 in the validation span: 22 validation and 24 test (its
+    # last 12 bars of 2 symbols), one bar purged between them
+    few = ModelConfig(min_train_windows=100, min_validation_windows=20, min_test_windows=20)
+    with pytest.raises(Tripwire):  # enough for these: training starts
         train(cfg, last_bars(bundled_panel, 300), tmp_path / "a", few, log=lambda m: None)
-    more = ModelConfig(min_validation_windows=49, min_train_windows=1)
-    with pytest.raises(TooFewWindows, match=r"48 validation .* minimum is 1 and 49"):
+    more = ModelConfig(min_validation_windows=1, min_train_windows=1, min_test_windows=25)
+    with pytest.raises(TooFewWindows) as refused:
         train(cfg, last_bars(bundled_panel, 300), tmp_path / "b", more, log=lambda m: None)
+    said = re.search(
+        r"22 validation \(validation range \S+ to (\S+)\) and 24 test \(test range (\S+) to "
+        r"2018-12-28\), the minimum is 1, 1 and 25 \(model min_train_windows, "
+        r"min_validation_windows, min_test_windows; the test windows are the last "
+        r"test_share_of_validation = 0.5 of the validation span",
+        str(refused.value),
+    )
+    assert said and said[1] < said[2], refused.value  # the test windows after the purge
     with pytest.raises(ValueError, match="min_train_windows must be >= 1"):
         ModelConfig(min_train_windows=0)
 
