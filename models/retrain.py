@@ -7,8 +7,10 @@ source tree or the installed package):
     root/current -> versions/<v>     a symlink, replaced atomically (rename over the old link)
 
 A candidate is trained into `versions/.staging-*`; it is published (renamed into `versions/`
-and `current` switched in one `os.replace`) only if its validation metrics beat the floor.
-Otherwise the current model stays and the rejection is logged with the numbers. A daemon whose
+and `current` switched in one `os.replace`) only if its test metrics (`metrics.test`: the
+windows held out of early stopping and calibration) beat the floor. Otherwise the current
+model stays and the rejection is logged with the numbers. A card without a test split
+(trained before there was one) is judged on its validation metrics, said so. A daemon whose
 ML plugin points at `root/current` (an empty `model_dir` means `var/models/current` when it
 exists) picks the new version up at its next bar. Old versions beyond `keep` are removed
 (bounded disk), never the current one.
@@ -44,7 +46,7 @@ log = structlog.get_logger(__name__)
 class RetrainPolicy:
     window_bars: int = 1260  # about five years of daily bars
     min_directional_accuracy: float = 0.5
-    # The ensemble's validation MSE may exceed the zero forecast's by at most this factor.
+    # The ensemble's test MSE may exceed the zero forecast's by at most this factor.
     max_mse_ratio: float = 1.05
     keep: int = 5
 
@@ -61,7 +63,7 @@ class RetrainPolicy:
         if not 0 <= self.min_directional_accuracy <= 1:
             raise ConfigError(
                 "retrain min_directional_accuracy (--min-directional-accuracy) must be in "
-                f"[0, 1] (a share of the validation windows), got {self.min_directional_accuracy!r}"
+                f"[0, 1] (a share of the test windows), got {self.min_directional_accuracy!r}"
             )
         if isinstance(self.keep, bool) or not isinstance(self.keep, Integral) or self.keep < 1:
             raise ConfigError(
@@ -69,8 +71,8 @@ class RetrainPolicy:
             )
         if not self.max_mse_ratio > 0:
             raise ConfigError(
-                "retrain max_mse_ratio (--max-mse-ratio) must be > 0 (the ensemble's validation "
-                f"MSE over the zero forecast's), got {self.max_mse_ratio!r}"
+                "retrain max_mse_ratio (--max-mse-ratio) must be > 0 (the ensemble's test MSE "
+                f"over the zero forecast's), got {self.max_mse_ratio!r}"
             )
 
 
@@ -79,7 +81,8 @@ class RetrainOutcome:
     published: bool
     version: str
     reason: str
-    metrics: dict[str, Any]
+    metrics: dict[str, Any]  # of the split the gate judged
+    judged_on: str = "test"  # that split: "test", or "validation" for a card without one
 
 
 def _current_card(root: Path) -> dict[str, Any] | None:
@@ -130,18 +133,47 @@ def current_version(root: Path) -> str | None:
     return Path(os.readlink(link)).name if link.is_symlink() else None
 
 
+def judged_split(card: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The split the gate judges and its metrics: the held-out test split's; a card without
+    one (trained before the split existed) its validation metrics, which flatter it (those
+    windows early-stopped and calibrated the model)."""
+    found = card["metrics"]
+    if isinstance(found.get("test"), Mapping):
+        return "test", found["test"]
+    return "validation", found["validation"]
+
+
 def gate(card: dict[str, Any], policy: RetrainPolicy) -> tuple[bool, str]:
-    val = card["metrics"]["validation"]
-    ens, zero = val["ensemble"], val["zero"]
+    """Whether the candidate clears the floor, and why, naming the split judged: the test
+    split. The validation windows chose the CNN's early-stopping epoch and the confidence
+    calibration, so a gate on them published on optimistic numbers."""
+    split, judged = judged_split(card)
+    said = "test split"
+    if split != "test":
+        said = (
+            "validation split (the card has no test split; its validation windows "
+            "early-stopped and calibrated the model)"
+        )
+        log.warning(
+            "model.retrain.no_test_split",
+            version=card.get("model_version"),
+            judged_on=split,
+            rule="a card without a held-out test split (trained before it existed) is judged "
+            "on its validation metrics, measured on the windows that tuned the model",
+        )
+    ens, zero = judged["ensemble"], judged["zero"]
     da = ens["directional_accuracy"]
     if not da >= policy.min_directional_accuracy:
         return False, (
-            f"directional accuracy {da:.4f} below the floor {policy.min_directional_accuracy:.4f}"
+            f"{said}: directional accuracy {da:.4f} below the floor "
+            f"{policy.min_directional_accuracy:.4f}"
         )
     ratio = ens["mse"] / zero["mse"] if zero["mse"] > 0 else float("inf")
     if not ratio <= policy.max_mse_ratio:
-        return False, f"MSE {ratio:.3f}x the zero forecast's (limit {policy.max_mse_ratio})"
-    return True, f"directional accuracy {da:.4f}, MSE {ratio:.3f}x the zero forecast's"
+        return False, (
+            f"{said}: MSE {ratio:.3f}x the zero forecast's (limit {policy.max_mse_ratio})"
+        )
+    return True, f"{said}: directional accuracy {da:.4f}, MSE {ratio:.3f}x the zero forecast's"
 
 
 def retrain(
@@ -185,7 +217,7 @@ def retrain(
         )
         ok, reason = gate(card, policy)
         version = card["model_version"]
-        metrics = card["metrics"]["validation"]
+        split, metrics = judged_split(card)
         if ok and current is not None:
             ok, why = _same_shape(card, current)
             reason = why or reason
@@ -195,9 +227,10 @@ def retrain(
                 version=version,
                 reason=reason,
                 current=current_version(root),
+                judged_on=split,
                 metrics=metrics,
             )
-            return RetrainOutcome(False, version, reason, metrics)
+            return RetrainOutcome(False, version, reason, metrics, split)
         final = versions / version
         if final.exists():
             shutil.rmtree(staging)
@@ -208,9 +241,15 @@ def retrain(
             os.chmod(staging, 0o777 & ~_umask())
             os.replace(staging, final)
         _point_current(root, final)
-        log.info("model.retrain.published", version=version, reason=reason, metrics=metrics)
+        log.info(
+            "model.retrain.published",
+            version=version,
+            reason=reason,
+            judged_on=split,
+            metrics=metrics,
+        )
         _prune(versions, root, policy.keep)
-        return RetrainOutcome(True, version, reason, metrics)
+        return RetrainOutcome(True, version, reason, metrics, split)
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)

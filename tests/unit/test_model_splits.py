@@ -10,14 +10,20 @@ split is checked on hand-made windows and the gate on edited copies of the shipp
 
 from __future__ import annotations
 
+import json
 import math
+import shutil
+import types
 
 import numpy as np
 import pytest
+import tradingd_models.retrain as rt
+from structlog.testing import capture_logs
 from tradingd_models.config import ModelConfig
 
-from tradingd.config import build
+from tradingd.config import Config, build
 from tradingd.core.errors import ConfigError
+from tradingd.inference.onnx import ModelCard
 
 # ----------------------------------------------------------------------------- the split
 
@@ -100,3 +106,108 @@ def test_min_test_windows_is_checked_as_the_other_minimums():
     with pytest.raises(ValueError, match="min_test_windows must be >= 1, got 0"):
         ModelConfig(min_test_windows=0)
     assert ModelConfig().min_test_windows == 50
+
+
+# ----------------------------------------------------------------------------- the gate
+
+POLICY = rt.RetrainPolicy(min_directional_accuracy=0.5, max_mse_ratio=1.05)
+
+
+def split(da: float, mse_ratio: float) -> dict[str, dict[str, float]]:
+    """A split's metrics as a card has them: the ensemble's and the zero forecast's."""
+    zero = 1e-4
+    return {
+        "ensemble": {"mse": mse_ratio * zero, "directional_accuracy": da, "ic": 0.0, "n": 100},
+        "zero": {"mse": zero, "directional_accuracy": math.nan, "ic": math.nan, "n": 100},
+    }
+
+
+PASSES, FAILS = split(0.56, 0.98), split(0.44, 0.98)
+WORSE_THAN_ZERO = split(0.56, 1.2)
+
+
+@pytest.mark.parametrize(
+    ("validation", "test", "ok", "said"),
+    [
+        (PASSES, FAILS, False, "test split: directional accuracy 0.4400 below the floor"),
+        (PASSES, WORSE_THAN_ZERO, False, "test split: MSE 1.200x the zero forecast's"),
+        (FAILS, PASSES, True, "test split: directional accuracy 0.5600"),
+    ],
+)
+def test_the_gate_judges_the_test_split(validation, test, ok, said):
+    card = {"model_version": "v", "metrics": {"validation": validation, "test": test}}
+    with capture_logs() as logs:
+        passed, reason = rt.gate(card, POLICY)
+    assert (passed, reason.startswith(said)) == (ok, True), reason
+    assert not [e for e in logs if e["event"] == "model.retrain.no_test_split"]
+
+
+def test_a_card_without_a_test_split_is_judged_on_validation_said_so():
+    card = {"model_version": "old", "metrics": {"validation": PASSES}}
+    with capture_logs() as logs:
+        passed, reason = rt.gate(card, POLICY)
+    assert passed
+    assert reason.startswith("validation split (the card has no test split")
+    said = [e for e in logs if e["event"] == "model.retrain.no_test_split"]
+    assert len(said) == 1 and said[0]["judged_on"] == "validation"
+    assert said[0]["log_level"] == "warning" and said[0]["version"] == "old"
+
+
+def shipped_pair_trainer(metrics: dict[str, object] | None):
+    """A stand-in for `train`: the shipped pair copied into the staging folder with its
+    card's metrics replaced by `metrics` (None: the shipped card as it is, no test split)."""
+    from tradingd_plugins.signals.ml_ensemble import default_model_dir
+
+    def train(config, panel, out, model_config, log, **kw):
+        for f in default_model_dir().iterdir():
+            shutil.copy(f, out / f.name)
+        card = json.loads((out / "card.json").read_text())
+        card["model_version"] = "candidate"
+        if metrics is not None:
+            card["metrics"] = {**card["metrics"], **metrics}
+        (out / "card.json").write_text(json.dumps(card))
+        return card
+
+    return train
+
+
+@pytest.mark.parametrize(
+    ("validation", "test", "published"),
+    [(PASSES, FAILS, False), (FAILS, PASSES, True)],
+)
+def test_retrain_publishes_on_the_test_metrics(tmp_path, monkeypatch, validation, test, published):
+    monkeypatch.setattr(rt, "train", shipped_pair_trainer({"validation": validation, "test": test}))
+    root = tmp_path / "m"
+    with capture_logs() as logs:
+        out = rt.retrain(Config(), types.SimpleNamespace(times=()), root=root)  # type: ignore[arg-type]
+    assert out.published is published
+    assert out.judged_on == "test" and out.metrics == test
+    assert out.reason.startswith("test split: ")
+    assert rt.current_version(root) == ("candidate" if published else None)
+    event = "model.retrain.published" if published else "model.retrain.rejected"
+    [line] = [e for e in logs if e["event"] == event]
+    assert line["judged_on"] == "test" and line["metrics"] == test
+    if published:  # a card with the test split is one the daemon loads and serves
+        assert ModelCard.load(root / "current").version == "candidate"
+
+
+def test_an_old_card_still_loads_and_retrain_says_it_judged_validation(tmp_path, monkeypatch):
+    """The shipped card was trained before the test split: it loads as it did, and a gate
+    given such a card judges its validation metrics, saying so in the answer and the log."""
+    from tradingd_plugins.signals.ml_ensemble import default_model_dir
+
+    shipped = ModelCard.load(default_model_dir())
+    assert "test" not in shipped.data["metrics"] and "test_range" not in shipped.data
+    monkeypatch.setattr(rt, "train", shipped_pair_trainer(None))
+    # the shipped model's own numbers: validation directional accuracy 51.9%, MSE 0.996x
+    policy = rt.RetrainPolicy(min_directional_accuracy=0.5, max_mse_ratio=1.0)
+    root = tmp_path / "m"
+    with capture_logs() as logs:
+        out = rt.retrain(Config(), types.SimpleNamespace(times=()), root=root, policy=policy)  # type: ignore[arg-type]
+    assert out.published and out.judged_on == "validation"
+    assert out.metrics == shipped.data["metrics"]["validation"]
+    assert out.reason.startswith("validation split (the card has no test split")
+    assert [e["judged_on"] for e in logs if e["event"] == "model.retrain.no_test_split"] == [
+        "validation"
+    ]
+    assert ModelCard.load(root / "current").version == "candidate"
