@@ -301,6 +301,10 @@ def test_retrain_publishes_only_past_the_floor_and_the_plugin_follows(tmp_path):
 
     first = retrain(cfg, panel, root, passing(700), TINY)
     assert first.published and current_version(root) == first.version
+    # judged on the candidate's held-out test windows, said so
+    published = json.loads((root / "current" / "card.json").read_text())
+    assert first.judged_on == "test" and first.reason.startswith("test split: ")
+    assert json.dumps(first.metrics) == json.dumps(published["metrics"]["test"])  # NaN too
     plugin = MlEnsemble(MlEnsembleConfig(model_dir=str(root / "current")), panel.symbols)
     assert plugin.version == first.version
 
