@@ -532,8 +532,12 @@ async def _check_redis(url: str, timeout_s: float, label: str = "cache.url (REDI
         # Connecting SELECTs the URL's database, so this also checks the index.
         await asyncio.wait_for(client.ping(), timeout_s + 1)
     except (AuthenticationError, AuthenticationWrongNumberOfArgsError, NoPermissionError) as exc:
-        # The URL's user or password, which no restart changes (a ConnectionError to redis-py)
-        raise ConfigError(f"{key}: Redis refused: {scrub(str(exc), url)}") from None
+        # The URL's user or password, which no restart changes (a ConnectionError to
+        # redis-py: it was told to "check host and port", which were right).
+        raise ConfigError(
+            f"{key}: Redis refused the credentials ({scrub(str(exc), url)}): check the user "
+            "name and password in the URL against the server's `requirepass` / `ACL LIST`"
+        ) from None
     except ResponseError as exc:
         if "index" in str(exc).lower():
             raise ConfigError(

@@ -543,6 +543,18 @@ def test_redis_database_index_the_server_does_not_have(tmp_path, redis_url):
     assert SECRET not in msg
 
 
+def test_redis_refusing_the_credentials_says_so_not_check_host_and_port(tmp_path, redis_url):
+    """redis-py's AuthenticationError is a ConnectionError: a wrong password was told to
+    "check host and port, and that a Redis server listens there", which it did."""
+    host, port = _host_port(redis_url)
+    url = f"redis://no-such-user:{SECRET}@{host}:{port}/0"
+    with pytest.raises(ConfigError) as e:
+        asyncio.run(check_services(_services(tmp_path, cache=url)))
+    msg = str(e.value)
+    assert "refused the credentials" in msg and "check host and port" not in msg
+    assert SECRET not in msg and "no-such-user" in msg
+
+
 def test_redis_url_pointing_at_postgres(tmp_path, pg_url):
     host, port = _host_port(pg_url)
     with pytest.raises(ConfigError) as e:
