@@ -103,9 +103,7 @@ def test_the_stop_and_exit_lines_are_written_whatever_the_level(capsys):
         structlog.reset_defaults()
 
 
-def test_the_environments_credentials_are_masked_in_every_line_and_traceback(
-    capsys, monkeypatch
-):
+def test_the_environments_credentials_are_masked_in_every_line_and_traceback(capsys, monkeypatch):
     """A library's own log line (alpaca-py's stream logged a websocket close reason quoting
     the key id) and an exception's message in a traceback reached the log in clear: the
     cleaners at each source mask only what they know of. Every credential of the environment
