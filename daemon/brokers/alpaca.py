@@ -1626,6 +1626,7 @@ class AlpacaBroker:
                 raise self._unreachable("order poll", e) from None
             self._verify &= self._open.keys()
             self._uncounted &= self._open.keys()
+            self._unpriced &= self._open.keys()  # closed unpriced (404, cancelled): forgotten
             self._last_poll_at = _now()
             self._last_poll_mono = time.monotonic()
 

@@ -97,6 +97,24 @@ async def test_a_fill_event_without_a_price_is_booked_when_a_poll_finds_it(fake)
         assert broker.order(cid).status is OrderStatus.FILLED
 
 
+async def test_an_unpriced_order_closed_otherwise_is_not_remembered(fake):
+    """An order whose fill had no price, then closed without one (Alpaca no longer knows it:
+    404), stayed in the broker's once-said set for good: a few bytes an order, for as long
+    as the daemon ran. It is trimmed to the open orders at each poll, as `_uncounted` is."""
+    fake.set_price("AAPL", 100.0, match=False)
+    async with running(fake, stream_enabled=False) as broker:
+        buy = order("AAPL", 10)
+        cid = buy.client_order_id
+        await broker.submit([buy])
+        _filled_without_price(fake, cid, 10, 101.0)
+        await broker.poll()
+        assert cid in broker._unpriced  # said once, followed as working
+        del fake.orders[fake.order(cid).id]  # Alpaca no longer knows it
+        await broker.poll()
+        assert broker.order(cid).status is OrderStatus.CANCELLED
+        assert cid not in broker._unpriced
+
+
 @pytest.mark.parametrize("filled_qty", [None, "", "ten", "-5", "0"])
 async def test_a_fill_whose_quantity_cannot_be_read_keeps_the_order_working_until_it_can(
     fake, monkeypatch, filled_qty
