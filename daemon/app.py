@@ -1481,7 +1481,12 @@ class RunLock:
                         url, f"replay:{name}", lock_dir=lock_dir, shown=shown
                     )
                 except AnotherDaemonRunning as exc:
-                    raise ConfigError(self._refuse(what, exc.holder)) from None
+                    # AnotherDaemonRunning, not a plain ConfigError: `tradingd run` exits 2
+                    # on it (the holder may be ending), which systemd restarts; a
+                    # ConfigError exits 78, which it does not.
+                    raise AnotherDaemonRunning(
+                        self._refuse(what, exc.holder), holder=exc.holder
+                    ) from None
                 self.held.append(lock)
         except BaseException:
             await self.stop()

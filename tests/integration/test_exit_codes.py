@@ -187,3 +187,26 @@ def test_the_units_do_not_restart_the_code_the_program_uses_for_config_errors(un
     assert str(EX_CONFIG) not in success
     if unit == "tradingd.service":
         assert settings["Restart"] == ["on-failure"]
+
+
+async def test_a_run_id_held_by_another_engine_exits_as_a_held_lock_not_a_config_mistake(
+    tmp_path,
+):
+    """The run lock's refusal was a plain ConfigError: with exit 78 for configuration
+    mistakes, a live start meeting a run id still held (a previous instance ending) would
+    exit 78, which systemd does not restart, leaving the daemon down."""
+    from tradingd.__main__ import exit_code
+    from tradingd.app import RunLock
+    from tradingd.instance_lock import AnotherDaemonRunning
+
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    locks = [("the store", url, tmp_path / "store.db.locks", "live-run")]
+    first, second = RunLock("live-run", False, locks), RunLock("live-run", False, locks)
+    await first.start()
+    try:
+        with pytest.raises(AnotherDaemonRunning) as refused:
+            await second.start()
+    finally:
+        await first.stop()
+    assert "is in use by" in str(refused.value)
+    assert exit_code(refused.value, "run") == 2
