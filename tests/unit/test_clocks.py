@@ -305,15 +305,19 @@ async def test_intraday_schedule_on_a_half_day():
 
 
 async def test_the_scheduler_really_fires_at_close_plus_delay():
-    """One real firing: `now` runs at real speed, 0.2 s before Friday's release instant."""
-    t0 = datetime.now(UTC)
+    """One real firing: `now` runs at real speed from 0.2 s before Friday's release instant,
+    once the clock has started. (It ran from before the clock was built: building the
+    calendar and starting took over 0.2 s on a loaded machine, and the release was past
+    before the clock armed.)"""
     base = u(2024, 11, 29, 18, 5) - timedelta(seconds=0.2)
+    started: list[datetime] = []
 
     def now() -> datetime:
-        return base + (datetime.now(UTC) - t0)
+        return base + (datetime.now(UTC) - started[0]) if started else base
 
     clock = LiveClock(LiveConfig(delay_s=300), now=now, heartbeat_s=3600)
     await clock.start()
+    started.append(datetime.now(UTC))
     try:
         it = clock.__aiter__()
         assert await asyncio.wait_for(it.__anext__(), timeout=3.0) == d(2024, 11, 29)
