@@ -550,11 +550,12 @@ async def test_a_failed_page_is_asked_for_again_alone(fake, make_client):
 async def test_each_page_has_the_timeout_of_one_request(fake, make_client):
     """`timeout_s` bounded the whole walk: a window of k pages failed whenever k pages took
     longer than it, at every attempt alike, so a long catch-up could never be fetched.
-    Each page (1.5 s and its rendering here) now has the timeout (3 s) to itself. The two
-    pages take longer than 3 s whatever the machine's load; one page leaves 1.5 s for the
-    fake's rendering of its bars (a 0.75 s margin timed out under a load of 7)."""
-    client = await make_client(derive_actions=False, timeout_s=3.0, max_attempts=1)
-    fake.faults.delay_s = 1.5  # every request answers after 1.5 s (and its rendering)
+    Each page (2.6 s and its rendering here) now has the timeout (5 s) to itself. The two
+    pages take longer than 5 s whatever the machine's load; one page leaves 2.4 s for the
+    fake's rendering of its bars and the client's parsing (a 0.75 s margin timed out under
+    a load of 7, and 1.5 s about one run in six under a load of 6-9)."""
+    client = await make_client(derive_actions=False, timeout_s=5.0, max_attempts=1)
+    fake.faults.delay_s = 2.6  # every request answers after 2.6 s (and its rendering)
     res = await client.fetch(*PAGED)
     assert res.errors == {}
     assert len(res.frame) == 11_700 and fake.count == 2
