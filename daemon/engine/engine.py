@@ -266,6 +266,32 @@ _T = TypeVar("_T")
 _STOP_UPDATES_S = 15.0
 
 
+def _legs_after_cancel(
+    kept: list[Order], by_id: Mapping[str, Order], cancelled: Set[str]
+) -> list[Order]:
+    """`kept` as the cancels of the entries `cancelled` (ids in `by_id`) leave it: a bracket
+    leg HELD for a cancelled entry that filled in part works from the cancel, protecting what
+    the entry bought (both brokers activate it so), and one whose entry bought nothing is
+    cancelled with it. The planner counts no HELD leg (its shares are not bought yet), and
+    the cancelled entry no longer made the symbol wait: a halt that cancelled an entry filled
+    in part saw those shares bare and placed a second stop and take-profit, which the broker
+    refused (the legs held the shares: "insufficient qty available"); a flatten's sale of
+    them was refused the same way, a bar before the legs were cancelled."""
+    out: list[Order] = []
+    for o in kept:
+        parent = o.parent_id
+        if parent is None or parent not in cancelled or o.status is not OrderStatus.HELD:
+            out.append(o)
+            continue
+        bought = by_id[parent].filled_quantity
+        if bought > 1e-9:
+            leg = o.snapshot()
+            leg.status = OrderStatus.NEW
+            leg.quantity = bought
+            out.append(leg)
+    return out
+
+
 def _same_gap(a: tuple[float, float], b: tuple[float, float]) -> bool:
     """Two (broker, book) readings differ by the same quantity (the book may have traded
     between them): the same difference, not a fill still being booked."""
@@ -1072,7 +1098,8 @@ class Engine:
         state stays "flattening" until nothing is held and nothing of this run works (but
         in the symbols `blocked` by reconciliation, whose exits are kept: `_flatten_bar`).
         An order of this run edited at the broker is its replacement (`_placed_by_us`): by
-        the run-id prefix alone a halt left the edited entry buying."""
+        the run-id prefix alone a halt left the edited entry buying. The bracket legs of a
+        cancelled entry are shown as the cancel leaves them (`_legs_after_cancel`)."""
         orders = list(self._plannable_orders())
         index = {s: i for i, s in enumerate(self.symbols)}
         own = self._placed_by_us
@@ -1088,6 +1115,8 @@ class Engine:
                 adding.append(o.client_order_id)
         cancelled = set(adding)
         kept = [o for o in orders if o.client_order_id not in cancelled]
+        if cancelled:
+            kept = _legs_after_cancel(kept, {o.client_order_id: o for o in orders}, cancelled)
         working = any(own(o.client_order_id) for o in kept if o.symbol not in blocked)
         return kept, adding, working
 
