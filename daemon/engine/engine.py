@@ -1371,9 +1371,7 @@ class Engine:
                         "bar.unavailable",
                         time=t,
                         error=str(exc),
-                        retry="next bar"
-                        if deadline is None
-                        else f"on the heartbeat until {deadline.isoformat()}, then next bar",
+                        retry=self._late_retry_text(deadline),
                     )
                     for unavailable in self.on_bar_unavailable:
                         unavailable(t)
@@ -2296,6 +2294,21 @@ class Engine:
         if until is None or self._too_late_to_trade(until):
             return None
         return until
+
+    def _late_retry_text(self, deadline: datetime | None) -> str:
+        """`bar.unavailable`'s `retry`: until when `_fetch_late` asks for the bar again, given
+        its `_late_bar_deadline`. It also stops when the clock releases the next bar, which
+        for an intraday bar comes first (a bar's length later, not at the next session's open):
+        the line named the next day's open while the asking stopped at the next release
+        (`bar.retry_stopped`, "the clock released another bar")."""
+        if deadline is None:
+            return "next bar"
+        release = getattr(self.clock, "next_release_at", None)
+        if isinstance(release, datetime) and release < deadline:
+            until = f"the next bar's release at {release.isoformat()}"
+        else:
+            until = f"{deadline.isoformat()} (the next session's open)"
+        return f"on the heartbeat until {until}, then next bar"
 
     async def _fetch_late(self, t: datetime, deadline: datetime) -> CrossSection | None:
         """A released bar the source did not deliver (a vendor posts a daily bar a little

@@ -7,8 +7,10 @@ from __future__ import annotations
 import dataclasses
 from datetime import UTC, datetime, timedelta
 
+import pandas as pd
 from conftest import make_panel
 from structlog.testing import capture_logs
+from test_intraday_backtest import intraday_panel
 
 from tradingd.clock.live import LiveClock
 from tradingd.config import LiveConfig
@@ -99,6 +101,10 @@ async def test_a_daily_bar_posted_after_its_release_is_asked_again_and_traded(en
     assert all(t < NEXT_OPEN for t in asked) and len(asked) == 4
     events = [e["event"] for e in logs if e.get("time") == LABEL]
     assert events.count("bar.unavailable") == 1 and events.count("bar.arrived_late") == 1
+    [unavailable] = [e for e in logs if e["event"] == "bar.unavailable"]
+    assert unavailable["retry"] == (
+        f"on the heartbeat until {NEXT_OPEN.isoformat()} (the next session's open), then next bar"
+    )
     assert "bar.recovered" not in events and "bar.still_unavailable" in events
     assert engine.bars_unavailable == 1 and engine.bars_never_traded == 0
 
@@ -465,3 +471,53 @@ async def test_a_plan_a_killed_process_was_carrying_out_is_said_dropped_while_pa
     assert dropped["reason"] == "trading is paused"
     assert "resume.interrupted_plan" not in [e["event"] for e in logs]
     assert engine.broker.order(intent.client_order_id) is None
+
+
+async def test_an_intraday_bar_not_delivered_says_its_retry_ends_at_the_next_release(
+    engine_config,
+):
+    """A 5-minute bar the source does not have at its release is asked for again until the
+    clock releases the next bar, five minutes on (`bar.retry_stopped`); `bar.unavailable`
+    promised a retry until the next session's open, the next day."""
+    from tradingd.app import build_engine
+
+    panel = intraday_panel(5, sessions=3)
+    times = [pd.Timestamp(t).tz_localize("UTC").to_pydatetime() for t in panel.times]
+    k = 78 + 40  # the second session's 12:50 New York bar (17:50 UTC)
+    label, after = times[k], times[k + 1]
+    config = dataclasses.replace(
+        engine_config,
+        live=LiveConfig(bar="5m", delay_s=5),
+        run=dataclasses.replace(engine_config.run, run_id="t-5m"),
+    )
+    engine = build_engine(config, "live", panel=panel)
+    now = FakeTime(label + timedelta(minutes=5, seconds=5))  # its release
+    clock = LiveClock(config.live, now=now, heartbeat_s=0.001, resume_after=times[k - 1])
+    tick = clock._tick
+
+    async def tick_and_move_on() -> None:
+        await tick()
+        now.t += timedelta(seconds=30)
+
+    clock._tick = tick_and_move_on  # type: ignore[method-assign]
+    engine.clock = clock
+    bars = engine.feed.bars
+
+    async def vendor(t):  # type: ignore[no-untyped-def]
+        if t == label:
+            raise RetryableError(f"alpaca: no bar yet for {t.isoformat()}")
+        return await bars(t)
+
+    engine.feed.bars = vendor
+    engine.after_bar.append(lambda t, v: engine.request_stop() if t >= after else None)
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    [unavailable] = [e for e in logs if e["event"] == "bar.unavailable"]
+    next_release = after + timedelta(minutes=5, seconds=5)
+    assert unavailable["time"] == label
+    assert unavailable["retry"] == (
+        f"on the heartbeat until the next bar's release at {next_release.isoformat()}, "
+        "then next bar"
+    )
+    [stopped] = [e for e in logs if e["event"] == "bar.retry_stopped"]
+    assert stopped["time"] == label and stopped["reason"] == "the clock released another bar"
