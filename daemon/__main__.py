@@ -900,7 +900,9 @@ def _analysis_tables(path: str | None) -> dict[str, Any]:
     """The configurations in `--analysis-config` (docs/REPORTS.md), each table checked by its
     component's `from_mapping`, before any replay: a typo is reported in seconds. The
     [analysis] settings are the other tables' defaults (`_SHARED_SETTINGS`), so every table
-    of one report measures against the same risk-free rate and benchmark."""
+    of one report measures against the same risk-free rate and benchmark. A table that sets
+    no periods_per_year annualises with the run's own, as from Python
+    (`run_records.periods_per_year_for`)."""
     from .analysis.attribution import AttributionConfig
     from .analysis.performance import PerformanceConfig
     from .analysis.report import ReportConfig
@@ -928,59 +930,6 @@ def _analysis_tables(path: str | None) -> dict[str, Any]:
         "validation": ValidationConfig.from_mapping(data.get("validation", {}), "validation"),
         "attribution": AttributionConfig.from_mapping(data.get("attribution", {}), "attribution"),
     }
-
-
-def _annualise_as_the_run(tables: dict[str, Any], folder: Path, path: str | None) -> None:
-    """A run of intraday bars annualised with 252 sessions of them (its summary.json's
-    `periods_per_year`): every table of the report does too, unless the analysis config
-    sets its periods_per_year (or [analysis] does, which the others share). With 252 a year
-    of 5-minute bars was read as 78 years. A daily run's summary has none (252). One that
-    is no positive number (`true`, read as 1; a string, passed over) is refused when a table
-    would take it: the record is damaged or edited, and nothing else reads that key."""
-    import dataclasses
-    import math
-    import tomllib
-
-    from .analysis.run_records import _json_file
-
-    file = folder / "summary.json"
-    try:
-        summary = _json_file(file)
-    except ValueError:
-        return  # none, or not a run's summary: reading the record names the error
-    if "periods_per_year" not in summary:
-        return
-    ppy = summary["periods_per_year"]
-    # Every table that annualises: the performance figures, the validation's per-bar
-    # risk-free rate and tests, the attribution (each unless its own table sets it).
-    given: dict[str, Any] = {}
-    if path:
-        try:
-            given = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-            return
-    takers = [
-        name
-        for name in ("analysis", "validation", "attribution")
-        if hasattr(tables.get(name), "periods_per_year")
-        and "periods_per_year" not in _with_shared_settings(given).get(name, {})
-    ]
-    if not takers:
-        return
-    if (
-        isinstance(ppy, bool)
-        or not isinstance(ppy, int | float)
-        or not math.isfinite(ppy)
-        or ppy <= 0
-    ):
-        raise TradingdError(
-            f"{file}: periods_per_year {ppy!r} is not a positive number (the bars in a year "
-            "the run annualised with): the record is damaged or edited; run the backtest "
-            "again, or set periods_per_year in the analysis config's [analysis] table"
-        )
-    for name in takers:
-        tables[name] = dataclasses.replace(tables[name], periods_per_year=float(ppy))
-    log.info("report.periods_per_year", periods_per_year=ppy, source=str(file))
 
 
 _ATTRIBUTION_RISK = "Attribution: systematic and idiosyncratic risk"
@@ -1072,7 +1021,6 @@ def _report(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise TradingdError(str(exc)) from None
     _refuse_walkforward_folder(folder)
-    _annualise_as_the_run(tables, folder, args.analysis_config)
     from .preflight import check_writable_dir
 
     if args.output:

@@ -61,7 +61,7 @@ from .attribution_replay import Replay, replay_run
 from .attribution_risk import beta_decomposition, component_attribution
 from .benchmark import BENCHMARK_SOURCES, align_benchmark, load_benchmark
 from .performance import PerformanceConfig
-from .run_records import RunRecord, run_record
+from .run_records import DEFAULT_PERIODS_PER_YEAR, RunRecord, periods_per_year_for, run_record
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -98,9 +98,10 @@ class AttributionConfig:
     plugin that reports factor groups (`group_scores`, as multi_factor does) into one
     component per group. `record_tolerance`: the largest difference between the replay's
     equity and the run record's, relative to the initial capital, before the replay is
-    refused as not being that run."""
+    refused as not being that run. `periods_per_year` None: the run's own (its summary's,
+    or for a replay without a record the bars a year its data's bars give), else 252."""
 
-    periods_per_year: float = 252.0
+    periods_per_year: float | None = None
     benchmark: str = "SP500"
     benchmark_source: str = "bundled"
     benchmark_path: str = ""
@@ -110,11 +111,13 @@ class AttributionConfig:
     def __post_init__(self) -> None:
         for key in ("periods_per_year", "record_tolerance"):
             value = getattr(self, key)
+            if key == "periods_per_year" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"attribution.{key} must be a number, got {value!r}")
             if not math.isfinite(value):
                 raise ConfigError(f"attribution.{key} must be finite, got {value!r}")
-        if not self.periods_per_year > 0:
+        if not self.bars_a_year > 0:
             raise ConfigError(
                 f"attribution.periods_per_year must be > 0, got {self.periods_per_year}"
             )
@@ -143,6 +146,17 @@ class AttributionConfig:
         from ..config import build
 
         return build(cls, data, where)
+
+    @property
+    def bars_a_year(self) -> float:
+        """`periods_per_year`, or 252 where it is left to a run and there is none."""
+        return DEFAULT_PERIODS_PER_YEAR if self.periods_per_year is None else self.periods_per_year
+
+    def for_run(self, run: RunRecord | None) -> AttributionConfig:
+        """This configuration with the bars a year to annualise `run` with
+        (`run_records.periods_per_year_for`)."""
+        ppy = periods_per_year_for(self.periods_per_year, run, "attribution.periods_per_year")
+        return dataclasses.replace(self, periods_per_year=ppy)
 
     def performance_config(self) -> PerformanceConfig:
         """The benchmark part, in the form `benchmark.load_benchmark` takes."""
@@ -228,35 +242,37 @@ class AttributionAnalyzer:
         return align_benchmark(times, levels)
 
     def risk_decomposition(self, backtest_results: Any) -> dict[str, float]:
-        """`beta_decomposition` of any run shape `run_records.run_record` reads."""
+        """`beta_decomposition` of any run shape `run_records.run_record` reads, annualised
+        with the run's own bars a year unless the configuration sets them."""
         rec = run_record(backtest_results)
         return beta_decomposition(
             rec.equity,
             rec.initial_capital,
             self.benchmark_returns(rec.times),
-            self.config.periods_per_year,
+            self.config.for_run(rec).bars_a_year,
         )
 
     def attribute(self, replay: Replay, record: Any = None) -> dict[str, Any]:
         """Both attributions of a replay; `record` (any run shape) is the run it must
-        reproduce."""
+        reproduce. Annualised with the run's own bars a year (the record's, else the
+        replay's) unless the configuration sets them."""
         worst = None
+        recorded = None
         if record is not None:
+            recorded = run_record(record)
             recorded_by = recorded_build(Path(record)) if isinstance(record, str | Path) else None
-            worst = _compare(
-                replay.record, run_record(record), self.config.record_tolerance, recorded_by
-            )
+            worst = _compare(replay.record, recorded, self.config.record_tolerance, recorded_by)
         b = self.benchmark_returns(replay.record.times)
         pnl = attribute_pnl(replay.ledger, replay.decisions, replay.components)
         rec = replay.record
         levels = self.benchmark()
-        c = self.config
+        c = self.config.for_run(recorded if recorded is not None else rec)
         return {
             "run_id": rec.run_id,
             "start": rec.times[0].isoformat() if len(rec.times) else None,
             "end": rec.times[-1].isoformat() if len(rec.times) else None,
             "components": component_attribution(pnl, b),
-            "risk": beta_decomposition(rec.equity, rec.initial_capital, b, c.periods_per_year),
+            "risk": beta_decomposition(rec.equity, rec.initial_capital, b, c.bars_a_year),
             "benchmark": {
                 "name": ("given series" if self._explicit else c.benchmark)
                 if levels is not None and len(levels)

@@ -239,7 +239,7 @@ async def replay_run(
     """Replay the backtest of `config` (on `panel`, or the configured data) with taps that
     record every plugin's scores and the final targets. Deterministic, so the replay is the
     run (`AttributionAnalyzer.analyze` checks it against the run's record when given)."""
-    from ..app import load_data
+    from ..app import load_data, run_defaults
 
     panel = panel if panel is not None else load_data(config)
 
@@ -262,6 +262,9 @@ async def replay_run(
         dividend=panel.dividend[rows],
     )
     decisions = rec.frame(components)
+    # The bars a year the run's summary annualised with (`backtest.run_backtest`), for an
+    # attribution of a replay given no record.
+    year = run_defaults(config, getattr(engine, "data_bar", "1d"))
     record = run_record(
         {
             "equity_curve": np.asarray(result.equity, dtype=float),
@@ -270,6 +273,7 @@ async def replay_run(
             "gross_exposure": np.asarray(result.gross_exposure, dtype=float),
             "fills": fills,
             "run_id": result.run_id,
+            "metrics": year,
         }
     )
     return Replay(

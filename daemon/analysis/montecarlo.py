@@ -49,7 +49,7 @@ from ..core.errors import ConfigError
 from ..core.types import Fill
 from .metrics import _FLAT_TOL
 from .return_metrics import check_annual_rate, per_bar_rate, simple_returns
-from .run_records import RunRecord, run_record
+from .run_records import DEFAULT_PERIODS_PER_YEAR, RunRecord, periods_per_year_for, run_record
 
 __all__ = [
     "DEFAULT_METHODS",
@@ -100,7 +100,8 @@ class MonteCarloConfig:
     chunk_size: int = 250
     methods: tuple[str, ...] = DEFAULT_METHODS
     risk_free_rate: float = 0.02
-    periods_per_year: float = 252.0
+    # None: the run's own (its summary's), else 252 (as `PerformanceConfig`'s).
+    periods_per_year: float | None = None
 
     def __post_init__(self) -> None:
         for key in ("paths", "seed", "chunk_size"):
@@ -109,6 +110,8 @@ class MonteCarloConfig:
                 raise ConfigError(f"monte_carlo.{key} must be an integer, got {value!r}")
         for key in ("block_length", "risk_free_rate", "periods_per_year"):
             value = getattr(self, key)
+            if key == "periods_per_year" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"monte_carlo.{key} must be a number, got {value!r}")
             if not math.isfinite(value):
@@ -125,7 +128,7 @@ class MonteCarloConfig:
                 f"{self.block_length}"
             )
         check_annual_rate("monte_carlo.risk_free_rate", self.risk_free_rate)
-        if not self.periods_per_year > 0:
+        if not self.bars_a_year > 0:
             raise ConfigError(
                 f"monte_carlo.periods_per_year must be > 0, got {self.periods_per_year}"
             )
@@ -146,8 +149,19 @@ class MonteCarloConfig:
         return build(cls, data, where)
 
     @property
+    def bars_a_year(self) -> float:
+        """`periods_per_year`, or 252 where it is left to a run and there is none."""
+        return DEFAULT_PERIODS_PER_YEAR if self.periods_per_year is None else self.periods_per_year
+
+    @property
     def rf_bar(self) -> float:
-        return per_bar_rate(self.risk_free_rate, self.periods_per_year)
+        return per_bar_rate(self.risk_free_rate, self.bars_a_year)
+
+    def for_run(self, run: RunRecord | None) -> MonteCarloConfig:
+        """This configuration with the bars a year to annualise `run` with
+        (`run_records.periods_per_year_for`)."""
+        ppy = periods_per_year_for(self.periods_per_year, run, "monte_carlo.periods_per_year")
+        return dataclasses.replace(self, periods_per_year=ppy)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -160,13 +174,16 @@ class MonteCarloInput:
 
     `unclosed_pnl` is set (and is the last of `trade_pnls`) when the trades come from a run:
     the part of its PnL no round trip closed, kept so the trade paths end at the run's
-    equity rather than at a total that leaves out its dividends and open positions."""
+    equity rather than at a total that leaves out its dividends and open positions.
+    `run` is the run the returns are of (None for given returns), whose own bars a year the
+    Sharpe ratios are annualised with unless the configuration sets them."""
 
     returns: np.ndarray
     trade_pnls: np.ndarray
     initial_capital: float = _NAN
     run_id: str = ""
     unclosed_pnl: float | None = None
+    run: RunRecord | None = None
 
     @property
     def round_trips(self) -> int:
@@ -278,15 +295,15 @@ def monte_carlo_input(
     r = simple_returns(rec.equity, rec.initial_capital)
     if trade_pnls is not None:
         pnls = _finite_array(trade_pnls, "trade_pnls")
-        return MonteCarloInput(r, pnls, rec.initial_capital, rec.run_id)
+        return MonteCarloInput(r, pnls, rec.initial_capital, rec.run_id, run=rec)
     trips, rest = run_trade_pnls(rec)
     if not math.isfinite(rest):  # no final equity to end at
-        return MonteCarloInput(r, trips, rec.initial_capital, rec.run_id)
+        return MonteCarloInput(r, trips, rec.initial_capital, rec.run_id, run=rec)
     scale = max(abs(float(rec.initial_capital)), float(np.sum(np.abs(trips))))
     if abs(rest) <= 1e-9 * scale:
-        return MonteCarloInput(r, trips, rec.initial_capital, rec.run_id)
+        return MonteCarloInput(r, trips, rec.initial_capital, rec.run_id, run=rec)
     pnls = np.append(trips, rest)
-    return MonteCarloInput(r, pnls, rec.initial_capital, rec.run_id, unclosed_pnl=rest)
+    return MonteCarloInput(r, pnls, rec.initial_capital, rec.run_id, unclosed_pnl=rest, run=rec)
 
 
 # ----------------------------------------------------------------------------- statistics
@@ -528,7 +545,7 @@ def plan_chunks(data: MonteCarloInput, config: MonteCarloConfig) -> list[MonteCa
                     data=series,
                     block_length=block,
                     rf_bar=config.rf_bar,
-                    periods_per_year=float(config.periods_per_year),
+                    periods_per_year=config.bars_a_year,
                     initial_capital=data.initial_capital,
                 )
             )
@@ -554,7 +571,7 @@ def combine(results: Iterable[ChunkResult]) -> dict[str, dict[str, np.ndarray]]:
 
 
 def _observed(data: MonteCarloInput, config: MonteCarloConfig) -> dict[str, dict[str, float]]:
-    r = path_statistics(data.returns[None, :], config.rf_bar, config.periods_per_year)
+    r = path_statistics(data.returns[None, :], config.rf_bar, config.bars_a_year)
     out = {"returns": {k: float(v[0]) for k, v in r.items()}}
     if data.round_trips:
         t = trade_path_statistics(data.trade_pnls[None, :], data.initial_capital)
@@ -586,9 +603,11 @@ def simulate_with_paths(
     keep_paths: bool = False,
 ) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
     """`simulate`'s summary and each method's per-path statistics (arrays), for tests that
-    compare an observed value with the bootstrap distribution."""
-    cfg = config or MonteCarloConfig()
+    compare an observed value with the bootstrap distribution. A run's Sharpe ratios are
+    annualised with its own bars a year unless `config` sets them
+    (`MonteCarloConfig.for_run`)."""
     inp = monte_carlo_input(data)
+    cfg = (config or MonteCarloConfig()).for_run(inp.run)
     tasks = plan_chunks(inp, cfg)
     results = list((map_fn or map)(simulate_chunk, tasks))
     values = combine(results)

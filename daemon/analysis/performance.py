@@ -8,7 +8,10 @@ test tolerances). They extend those of `metrics.py`, whose summary they agree wi
   against the initial capital (the equity *before* the first bar), so n bars give n returns
   and their product is the total return. A return after a non-positive equity is NaN, and
   every ratio of such a run (a leveraged wipe-out) is NaN.
-* A year is `periods_per_year` bars (252 trading days). Annualisation: compound growth for
+* A year is `periods_per_year` bars: the configuration's when it sets one, else the run's
+  own (the `periods_per_year` an intraday backtest's summary records: 252 sessions of its
+  bars), else 252 (trading days; `run_records.periods_per_year_for`). With 252 written for
+  it, annualisation is compound growth for
   returns (CAGR = growth ** (252 / n) - 1, alpha = (1 + mean daily alpha) ** 252 - 1),
   sqrt(252) for deviations (volatility, downside deviation, tracking error), and
   mean x 252 / (deviation x sqrt(252)) = mean / deviation x sqrt(252) for the ratios
@@ -102,7 +105,13 @@ from .return_metrics import (
     var_historical,
     var_parametric,
 )
-from .run_records import RunRecord, run_record, stored_run_results
+from .run_records import (
+    DEFAULT_PERIODS_PER_YEAR,
+    RunRecord,
+    periods_per_year_for,
+    run_record,
+    stored_run_results,
+)
 from .trade_metrics import (
     annual_turnover,
     average_loss,
@@ -167,7 +176,9 @@ class PerformanceConfig:
     folder, in the loaders' layouts)."""
 
     risk_free_rate: float = 0.02  # annual, the specification's
-    periods_per_year: float = 252.0
+    # None: the run's own (its summary's, an intraday backtest's 252 sessions of its bars),
+    # else 252. Set, it is used whatever the run's (a warning says when they differ).
+    periods_per_year: float | None = None
     var_confidence: float = 0.95
     benchmark: str = "SP500"
     benchmark_source: str = "bundled"
@@ -179,12 +190,14 @@ class PerformanceConfig:
     def __post_init__(self) -> None:
         for key in ("risk_free_rate", "periods_per_year", "var_confidence"):
             value = getattr(self, key)
+            if key == "periods_per_year" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"analysis.{key} must be a number, got {value!r}")
             if not math.isfinite(value):
                 raise ConfigError(f"analysis.{key} must be finite, got {value!r}")
         check_annual_rate("analysis.risk_free_rate", self.risk_free_rate)
-        if not self.periods_per_year > 0:
+        if not self.bars_a_year > 0:
             raise ConfigError(f"analysis.periods_per_year must be > 0, got {self.periods_per_year}")
         if not 0.5 <= self.var_confidence < 1.0:
             raise ConfigError(
@@ -217,6 +230,18 @@ class PerformanceConfig:
         """The VaR tail probability (0.05 for 95%), rounded so 1 - 0.95 is exactly 0.05."""
         return round(1.0 - self.var_confidence, 12)
 
+    @property
+    def bars_a_year(self) -> float:
+        """`periods_per_year`, or 252 where it is left to a run and there is none (a walk-
+        forward's stitched curve, returns of no run)."""
+        return DEFAULT_PERIODS_PER_YEAR if self.periods_per_year is None else self.periods_per_year
+
+    def for_run(self, run: RunRecord | None) -> PerformanceConfig:
+        """This configuration with the bars a year to annualise `run` with
+        (`periods_per_year_for`): what the analysis of a run uses and reports."""
+        ppy = periods_per_year_for(self.periods_per_year, run, "analysis.periods_per_year")
+        return dataclasses.replace(self, periods_per_year=ppy)
+
 
 # ----------------------------------------------------------------------------- analyzer
 
@@ -228,10 +253,11 @@ def _iso(t: Any) -> str | None:
 class PerformanceAnalyzer:
     """The specification's PerformanceAnalyzer over a run (see the module's conventions).
 
-    `config`: a `PerformanceConfig` (default: 2% risk-free rate, 252 bars a year, 95% VaR,
-    the bundled S&P 500 index as benchmark). `benchmark`: a level series (prices or an index,
-    by time) to use instead of loading the configured one; pass an empty Series for none.
-    The configured benchmark is loaded once, on first use."""
+    `config`: a `PerformanceConfig` (default: 2% risk-free rate, the run's own bars a year
+    (252 for daily bars), 95% VaR, the bundled S&P 500 index as benchmark). `benchmark`: a
+    level series (prices or an index, by time) to use instead of loading the configured
+    one; pass an empty Series for none. The configured benchmark is loaded once, on first
+    use."""
 
     def __init__(
         self, config: PerformanceConfig | None = None, *, benchmark: pd.Series | None = None
@@ -268,8 +294,8 @@ class PerformanceAnalyzer:
         return self._benchmark
 
     def _analyze(self, rec: RunRecord) -> dict[str, Any]:
-        c = self.config
-        ppy = float(c.periods_per_year)
+        c = self.config.for_run(rec)
+        ppy = c.bars_a_year
         n = int(rec.equity.size)
         cap = rec.initial_capital
         r = simple_returns(rec.equity, cap)

@@ -352,8 +352,10 @@ def _build(
 
     step("metrics")
     analysis = jsonable(analyzer.analyze_performance(rec), "analysis")
-    pc = analyzer.config
-    ppy = float(pc.periods_per_year)
+    # What the analyzer annualised this run with (its config's, else the run's own): the
+    # rolling Sharpe ratio is the metrics' own.
+    ppy = float(analysis["config"]["periods_per_year"])
+    rf = float(analysis["config"]["risk_free_rate"])
     r = simple_returns(rec.equity, rec.initial_capital)
     n = r.size
     b = align_benchmark(rec.times, levels) if levels is not None else np.full(n, np.nan)
@@ -361,7 +363,7 @@ def _build(
         np.isfinite(b), rec.initial_capital * np.cumprod(1.0 + np.nan_to_num(b)), np.nan
     )
     dd = drawdown_series(np.concatenate(([rec.initial_capital], rec.equity)))[1:]
-    roll = rolling_sharpe(r, cfg.rolling_window, per_bar_rate(pc.risk_free_rate, ppy), ppy)
+    roll = rolling_sharpe(r, cfg.rolling_window, per_bar_rate(rf, ppy), ppy)
     months = monthly_returns(rec.times, r)
     years_total = [
         _opt(np.prod(1.0 + r[_naive_utc(rec.times).year == y]) - 1.0) for y in months.index

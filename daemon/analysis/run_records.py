@@ -7,6 +7,7 @@ the Monte Carlo and the reports take any of them.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import os
@@ -14,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import pandas as pd
@@ -26,9 +27,11 @@ from .return_metrics import _arr
 from .splits import restate_for_splits
 
 __all__ = [
+    "DEFAULT_PERIODS_PER_YEAR",
     "WALKFORWARD_FILE",
     "RunRecord",
     "is_walkforward_folder",
+    "periods_per_year_for",
     "record_folder",
     "restate_for_splits",
     "run_record",
@@ -36,6 +39,11 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+#: The bars a year of daily bars on a calendar of 252 sessions (New York's): what a run
+#: that records no `periods_per_year` annualised with, and what returns of no run are
+#: annualised with unless the caller says otherwise.
+DEFAULT_PERIODS_PER_YEAR = 252.0
 
 #: What a walk-forward's results folder is known by: `walkforward.write_outputs` writes it
 #: first, and a backtest's record never has it.
@@ -61,6 +69,8 @@ class RunRecord:
     fills: tuple[Fill, ...] = ()
     run_id: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    # The record folder it was read from ("" for a run in memory): errors name its files.
+    source: str = ""
 
 
 def _num(row: Mapping[str, Any], key: str, default: float) -> float:
@@ -450,7 +460,7 @@ def record_folder(
         splits,
     )
     _whole_curve(eq_file, eq, summary, end=True)
-    return record
+    return dataclasses.replace(record, source=str(path))
 
 
 def run_record(backtest_results: Any) -> RunRecord:
@@ -498,6 +508,64 @@ def run_record(backtest_results: Any) -> RunRecord:
         "backtest results must be the dict BacktestEngine.run_backtest returns, a "
         f"BacktestOutcome or a run record folder, got {type(backtest_results).__name__}"
     )
+
+
+def _recorded_periods_per_year(run: RunRecord | None) -> tuple[bool, Any, str]:
+    """Whether the run's summary records a `periods_per_year`, the value as written (checked
+    where it is taken) and the file it is in, for messages."""
+    summary = run.extra.get("metrics") if run is not None else None
+    if run is None or not isinstance(summary, Mapping) or "periods_per_year" not in summary:
+        return False, None, ""
+    where = str(Path(run.source) / "summary.json") if run.source else "the run's summary"
+    return True, summary["periods_per_year"], where
+
+
+def _positive_number(value: Any) -> TypeGuard[float]:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def periods_per_year_for(given: float | None, run: RunRecord | None, setting: str) -> float:
+    """The bars a year to annualise `run` with: `given` (the analysis configuration's
+    `setting`, e.g. "analysis.periods_per_year") when set, else the run's own, else 252.
+
+    A backtest of intraday bars annualises its summary with 252 sessions of them and records
+    it (`periods_per_year` in summary.json: 98,280 for 1-minute bars; a daily run on a
+    calendar of other than 252 sessions records its own too). Only `tradingd report` took
+    it: from Python a 1-minute run's Sharpe ratio was its report's over sqrt(390), silently.
+    A `given` that differs from the run's is used, with a warning naming both. The run's is
+    checked only when taken: one that is no positive number (`true`, read as 1; a string)
+    is a damaged or edited record, refused naming the file; a caller who set their own
+    still gets an analysis."""
+    recorded, value, where = _recorded_periods_per_year(run)
+    if given is not None:
+        if _positive_number(value) and not math.isclose(given, value, rel_tol=1e-12):
+            log.warning(
+                "analysis.periods_per_year_not_the_runs",
+                setting=setting,
+                periods_per_year=given,
+                runs_periods_per_year=value,
+                source=where,
+                detail=f"{setting} = {given:g} annualises the run, which annualised its own "
+                f"summary with {value:g} bars a year ({where}): its annual figures and "
+                "ratios differ from the summary's; leave periods_per_year unset to use the "
+                "run's",
+            )
+        return float(given)
+    if not recorded:
+        return DEFAULT_PERIODS_PER_YEAR
+    if not _positive_number(value):
+        raise ValueError(
+            f"{where}: periods_per_year {value!r} is not a positive number (the bars in a "
+            "year the run annualised with): the record is damaged or edited; run the "
+            f"backtest again, or set the analysis's own ({setting}; the [analysis] table of "
+            "an analysis config sets it for every table of a report)"
+        )
+    return float(value)
 
 
 async def stored_run_results(store: Any, run_id: str, *, partial: bool = False) -> dict[str, Any]:

@@ -66,7 +66,7 @@ from .return_tests import (
     mean_return_test,
     robust_autocorrelation_test,
 )
-from .run_records import run_record
+from .run_records import DEFAULT_PERIODS_PER_YEAR, RunRecord, periods_per_year_for, run_record
 from .sharpe_tests import EULER_GAMMA as EULER_GAMMA
 from .sharpe_tests import (
     deflated_sharpe_ratio,
@@ -152,7 +152,8 @@ class ValidationConfig:
     alpha: float = 0.05
     alternative: str = "greater"
     risk_free_rate: float = 0.02
-    periods_per_year: float = 252.0
+    # None: the validated run's own (its summary's), else 252 (as `PerformanceConfig`'s).
+    periods_per_year: float | None = None
     sharpe_benchmark: float = 0.0  # annualised: the Sharpe ratio the PSR is measured against
     hac_lags: int = -1
     ljung_box_lags: int = 10
@@ -196,6 +197,8 @@ class ValidationConfig:
         )
         for key in floats:
             value = getattr(self, key)
+            if key == "periods_per_year" and value is None:
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ConfigError(f"validation.{key} must be a number, got {value!r}")
             if not math.isfinite(value):
@@ -204,7 +207,7 @@ class ValidationConfig:
         checks = (
             (0 < self.alpha < 0.5, "alpha", "in (0, 0.5)"),
             (self.alternative in ALTERNATIVES, "alternative", f"one of {ALTERNATIVES}"),
-            (self.periods_per_year > 0, "periods_per_year", "> 0"),
+            (self.bars_a_year > 0, "periods_per_year", "> 0"),
             (self.hac_lags >= -1, "hac_lags", ">= 0, or -1 for automatic"),
             (self.ljung_box_lags >= 1, "ljung_box_lags", ">= 1"),
             (0.5 <= self.var_confidence < 1, "var_confidence", "in [0.5, 1)"),
@@ -235,8 +238,19 @@ class ValidationConfig:
         return round(1.0 - self.var_confidence, 12)
 
     @property
+    def bars_a_year(self) -> float:
+        """`periods_per_year`, or 252 where it is left to a run and there is none."""
+        return DEFAULT_PERIODS_PER_YEAR if self.periods_per_year is None else self.periods_per_year
+
+    @property
     def rf_bar(self) -> float:
-        return per_bar_rate(self.risk_free_rate, self.periods_per_year)
+        return per_bar_rate(self.risk_free_rate, self.bars_a_year)
+
+    def for_run(self, run: RunRecord | None) -> ValidationConfig:
+        """This configuration with the bars a year to annualise `run` with
+        (`run_records.periods_per_year_for`)."""
+        ppy = periods_per_year_for(self.periods_per_year, run, "validation.periods_per_year")
+        return dataclasses.replace(self, periods_per_year=ppy)
 
     def monte_carlo(self, methods: Sequence[str] | None = None) -> MonteCarloConfig:
         """The Monte Carlo the validator runs: `methods`, or the default resamplings plus
@@ -252,7 +266,7 @@ class ValidationConfig:
             chunk_size=self.chunk_size,
             methods=tuple(methods),
             risk_free_rate=float(self.risk_free_rate),
-            periods_per_year=float(self.periods_per_year),
+            periods_per_year=self.periods_per_year,
         )
 
 
@@ -280,18 +294,23 @@ class StatisticalValidator:
         `sharpe_variance` (annualised) override the configuration and the run records for
         the deflated Sharpe ratio; without either, the run folders beside the run are
         counted, unrelated strategies included (conservative: state the count to judge one
-        strategy's sweep alone)."""
-        c = self.config
+        strategy's sweep alone). A run is annualised with its own bars a year unless the
+        configuration sets them (`ValidationConfig.for_run`)."""
         rec = None
         if isinstance(backtest_results, MonteCarloInput) or _is_returns(backtest_results):
             inp = monte_carlo_input(backtest_results)
         else:
             rec = run_record(backtest_results)
             inp = monte_carlo_input(rec)
+        this = StatisticalValidator(self.config.for_run(inp.run))
+        c = this.config
+        # The Monte Carlo annualises as the validator now does: told of the run again, it
+        # would repeat the warning of a configuration that differs from the run's.
+        inp = dataclasses.replace(inp, run=None)
         r = inp.returns
-        trial_info = self._trials(backtest_results, trials, sharpe_variance, r.size)
+        trial_info = this._trials(backtest_results, trials, sharpe_variance, r.size)
         mc_summary, values = simulate_with_paths(inp, c.monte_carlo(), map_fn=map_fn)
-        tests = self.run_tests(r, trials=trial_info, bootstrap=values, run=inp)
+        tests = this.run_tests(r, trials=trial_info, bootstrap=values, run=inp)
         head = tests[HEADLINE]
         # The verdict after the trial count: with several variants tried, the best one's
         # Sharpe test rejects by selection alone (the table in docs/VALIDATION.md: 42% of
@@ -324,14 +343,14 @@ class StatisticalValidator:
         `risk_free_rate` is annual (default: the configuration's, 2%)."""
         c = self.config
         rf = c.risk_free_rate if risk_free_rate is None else float(risk_free_rate)
-        rf_bar = per_bar_rate(rf, c.periods_per_year)
+        rf_bar = per_bar_rate(rf, c.bars_a_year)
         out = sharpe_ratio_test(
             _returns_array(returns),
             rf_bar,
             hac_lags=c.hac_lags,
             alternative=c.alternative,
             alpha=c.alpha,
-            periods_per_year=c.periods_per_year,
+            periods_per_year=c.bars_a_year,
         )
         out["risk_free_rate"] = rf
         return _clean(out)
@@ -344,7 +363,7 @@ class StatisticalValidator:
                 alternative=c.alternative,
                 alpha=c.alpha,
                 hac_lags=c.hac_lags,
-                periods_per_year=c.periods_per_year,
+                periods_per_year=c.bars_a_year,
             )
         )
 
@@ -411,7 +430,7 @@ class StatisticalValidator:
                 hac_lags=c.hac_lags,
                 alternative=c.alternative,
                 alpha=c.alpha,
-                periods_per_year=c.periods_per_year,
+                periods_per_year=c.bars_a_year,
             )
         mean = None
         if {"mean_return", "mean_return_hac"} & set(names):
@@ -420,7 +439,7 @@ class StatisticalValidator:
                 alternative=c.alternative,
                 alpha=c.alpha,
                 hac_lags=c.hac_lags,
-                periods_per_year=c.periods_per_year,
+                periods_per_year=c.bars_a_year,
             )
         var_forecasts = None
         for name in names:
@@ -517,7 +536,7 @@ class StatisticalValidator:
 
     def _psr(self, r: np.ndarray, name: str, trials: Mapping[str, Any] | None) -> dict[str, Any]:
         c = self.config
-        ppy = c.periods_per_year
+        ppy = c.bars_a_year
         if name == "probabilistic_sharpe":
             null, ref = (
                 f"Sharpe ratio <= {c.sharpe_benchmark:g} (annualised)",
@@ -601,7 +620,7 @@ class StatisticalValidator:
         )
         if wanted and root and Path(root).is_dir():
             count_ = count_trials(
-                root, risk_free_rate=c.risk_free_rate, periods_per_year=c.periods_per_year
+                root, risk_free_rate=c.risk_free_rate, periods_per_year=c.bars_a_year
             )
         if trials is not None:
             if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
@@ -628,7 +647,7 @@ class StatisticalValidator:
             variance, vsource = count_.sharpe_variance, f"run records under {count_.root}"
         else:
             n = int(bars or 0)
-            variance = c.periods_per_year / (n - 1) if n > 1 else _NAN
+            variance = c.bars_a_year / (n - 1) if n > 1 else _NAN
             vsource = "estimation noise only: 1 / (n - 1) per bar"
         out: dict[str, Any] = {
             "trials": int(n_trials),

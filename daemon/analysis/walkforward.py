@@ -15,6 +15,7 @@ worker processes, or on Ray with `ray_address`. `workers=0` runs them in this pr
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import time
 from collections.abc import Mapping, Sequence
@@ -30,7 +31,7 @@ from ..config import Config
 from ..feeds.panel import FIELDS, Panel
 from .parallel import run_tasks
 from .performance import PerformanceAnalyzer, PerformanceConfig
-from .run_records import WALKFORWARD_FILE
+from .run_records import DEFAULT_PERIODS_PER_YEAR, WALKFORWARD_FILE
 from .walkforward_folds import (
     Fold,
     WalkForwardConfig,
@@ -314,12 +315,27 @@ class WalkForwardAnalyzer:
         }
         return out
 
+    def performance_for(self, panel: Panel) -> PerformanceConfig:
+        """The performance configuration of the tables, with its periods_per_year, else the
+        one each fold's backtest annualised its summary with: 252 sessions of the data's
+        bars (`app.run_defaults`; 252 for daily bars on New York's calendar). With 252 a
+        year of 5-minute bars was read as 78 years, and `tradingd walkforward` had no way
+        to set it."""
+        if self.performance.periods_per_year is not None:
+            return self.performance
+        from ..app import bar_of_data, run_defaults
+
+        ppy = run_defaults(self.config, bar_of_data(panel)).get(
+            "periods_per_year", DEFAULT_PERIODS_PER_YEAR
+        )
+        return dataclasses.replace(self.performance, periods_per_year=float(ppy))
+
     def assemble(self, results: Sequence[Mapping[str, Any]], panel: Panel) -> dict[str, Any]:
         """The walk-forward's results from its folds' (a JSON-ready dict; NaN where a number
         cannot be computed)."""
         from ..app import run_id_for
 
-        perf = self.performance
+        perf = self.performance_for(panel)
         cap = float(self.config.run.initial_capital)
         folds = []
         for r in results:

@@ -88,7 +88,7 @@ def stitch(folds: Sequence[Mapping[str, Any]], initial_capital: float) -> pd.Dat
 
 def segment_metrics(equity: np.ndarray, base: float, perf: PerformanceConfig) -> dict[str, Any]:
     """Return, risk and Sharpe of a stretch of equity that started at `base`."""
-    ppy = float(perf.periods_per_year)
+    ppy = perf.bars_a_year
     r = simple_returns(equity, base) if equity.size else np.empty(0)
     return {
         "bars": int(equity.size),
@@ -220,7 +220,7 @@ def decay(folds: Sequence[Mapping[str, Any]], step: int, perf: PerformanceConfig
     The by-fold and in-vs-out regressions, with their p-values, are over folds whose windows
     do not overlap (see `_regression`); their `all_folds` describe every fold.
     """
-    ppy = float(perf.periods_per_year)
+    ppy = perf.bars_a_year
     rf = per_bar_rate(perf.risk_free_rate, ppy)
     idx = np.array([float(f["fold"]) for f in folds])
     metrics = [f["metrics"] for f in folds]
@@ -412,7 +412,7 @@ def stability(
             "std": {k: float(imp[k].std(ddof=1)) if len(imp) > 1 else _NAN for k in top.index},
             "consecutive_rank_correlation": float(np.mean(ranks)) if ranks else _NAN,
         }
-    frames = [garch_frame(f, perf.periods_per_year).assign(fold=int(f["fold"])) for f in folds]
+    frames = [garch_frame(f, perf.bars_a_year).assign(fold=int(f["fold"])) for f in folds]
     frames = [g for g in frames if len(g)]
     if frames:
         g = pd.concat(frames, ignore_index=True)

@@ -114,6 +114,14 @@ async def test_a_backtest_of_five_minute_bars_annualises_and_sizes_by_sessions(
         _report_annualises(main, tmp_path, m)
     finally:
         structlog.configure(**saved)
+    _python_annualises_as_the_report(tmp_path)
+
+    # The attribution of a replay given no record annualises as the run's summary did.
+    from tradingd.analysis.attribution import AttributionAnalyzer, replay_run
+
+    replay = await replay_run(config, panel=panel)
+    attribution = AttributionAnalyzer(benchmark=pd.Series(dtype=float)).attribute(replay)
+    assert attribution["config"]["periods_per_year"] == 252 * 78
 
 
 def _report_annualises(main, tmp_path, m) -> None:  # type: ignore[no-untyped-def]
@@ -134,23 +142,23 @@ def _report_annualises(main, tmp_path, m) -> None:  # type: ignore[no-untyped-de
     assert report["analysis"]["config"]["periods_per_year"] == 252
 
 
-def test_every_table_of_the_report_annualises_as_the_run(tmp_path):
-    """Only the performance table took the run's periods_per_year: the validation's per-bar
-    risk-free rate (2% / 252 on every 5-minute bar), its tests and the attribution kept 252."""
-    from tradingd.__main__ import _analysis_tables, _annualise_as_the_run
+def _python_annualises_as_the_report(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """From Python, the run folder's Sharpe ratio is its report's (it was the report's over
+    sqrt(78)), and `tradingd backtest --report`'s tables, which were never told the run's
+    (only `tradingd report` read it), annualise as the run too."""
+    from tradingd.__main__ import _analysis_tables, _write_report
+    from tradingd.strategy_api import PerformanceAnalyzer, StatisticalValidator, ValidationConfig
 
-    (tmp_path / "summary.json").write_text(json.dumps({"periods_per_year": 19656.0}))
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    python = PerformanceAnalyzer().calculate_performance_metrics(tmp_path / "out")
+    assert python["sharpe"] == pytest.approx(report["analysis"]["performance"]["sharpe"])
+    tests = StatisticalValidator(ValidationConfig(paths=20)).validate_performance(tmp_path / "out")
+    assert tests["config"]["periods_per_year"] == 252 * 78
+    assert tests["tests"]["sharpe_ratio"]["sharpe_ratio"] == pytest.approx(python["sharpe"])
     tables = _analysis_tables(None)
-    _annualise_as_the_run(tables, tmp_path, None)
-    assert {n: tables[n].periods_per_year for n in ("analysis", "validation", "attribution")} == {
-        "analysis": 19656.0, "validation": 19656.0, "attribution": 19656.0
-    }  # fmt: skip
-    own = tmp_path / "a.toml"
-    own.write_text("[validation]\nperiods_per_year = 252\n")
-    tables = _analysis_tables(str(own))
-    _annualise_as_the_run(tables, tmp_path, str(own))
-    assert tables["validation"].periods_per_year == 252
-    assert tables["analysis"].periods_per_year == 19656.0
+    _write_report(tmp_path / "out", str(tmp_path / "r3"), tables, progress=False, validate=False)
+    again = json.loads((tmp_path / "r3" / "report.json").read_text())
+    assert again["analysis"]["config"]["periods_per_year"] == 252 * 78
 
 
 def extended_hours_panel(n_symbols: int = 3) -> Panel:

@@ -49,7 +49,8 @@ def small(**kw) -> MonteCarloConfig:
 def test_config_defaults_and_mapping():
     c = MonteCarloConfig()
     assert c.paths >= 1000 and c.block_length == 0 and c.methods == mc.DEFAULT_METHODS
-    assert c.risk_free_rate == 0.02 and c.periods_per_year == 252
+    assert c.risk_free_rate == 0.02 and c.bars_a_year == 252
+    assert c.periods_per_year is None  # the run's own, else 252
     c2 = MonteCarloConfig.from_mapping({"paths": 5000, "seed": 9, "methods": ["iid"]})
     assert (c2.paths, c2.seed, c2.methods) == (5000, 9, ("iid",))
 

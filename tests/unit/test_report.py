@@ -631,7 +631,9 @@ def test_the_analysis_benchmark_is_the_attribution_s_and_the_section_names_it(
 
 
 def test_the_analysis_tables_share_the_analysis_settings_unless_they_set_their_own(tmp_path):
-    from tradingd.__main__ import _analysis_tables, _annualise_as_the_run
+    """(Which periods_per_year a run's analysis then takes, the tables' or the run's own, is
+    tests/unit/test_annualise_as_the_run.py's.)"""
+    from tradingd.__main__ import _analysis_tables
 
     own = tmp_path / "a.toml"
     own.write_text(
@@ -646,46 +648,9 @@ def test_the_analysis_tables_share_the_analysis_settings_unless_they_set_their_o
     # The benchmark keys go together: NASDAQ is the bundled one, not a symbol of x.csv
     assert (a.benchmark, a.benchmark_source, a.benchmark_path) == ("NASDAQ", "bundled", "")
     assert a.periods_per_year == 100
-    # The run's own periods_per_year does not replace one [analysis] sets for all of them
-    (tmp_path / "summary.json").write_text(json.dumps({"periods_per_year": 19656.0}))
-    _annualise_as_the_run(tables, tmp_path, str(own))
-    assert {tables[n].periods_per_year for n in ("analysis", "validation", "attribution")} == {100}
-
-
-@pytest.mark.parametrize("value", [True, "19656", 0, -252.0, math.nan, math.inf, None])
-def test_a_periods_per_year_in_summary_json_that_is_no_positive_number_is_refused(tmp_path, value):
-    """`true` was read as 1 (a bool is an int) and a string was passed over without a word:
-    every table of the report annualised with 252, a year of 5-minute bars as 78 years."""
-    from tradingd.__main__ import _analysis_tables, _annualise_as_the_run
-    from tradingd.core.errors import TradingdError
-
-    summary = tmp_path / "summary.json"
-    summary.write_text(json.dumps({"run_id": "x", "periods_per_year": value}))
-    with pytest.raises(TradingdError) as exc:
-        _annualise_as_the_run(_analysis_tables(None), tmp_path, None)
-    text = str(exc.value)
-    assert text.startswith(f"{summary}: periods_per_year {value!r} is not a positive number")
-    assert "run the backtest again" in text and "[analysis]" in text
-    # An analysis config that sets it for every table does not use the summary's.
-    own = tmp_path / "a.toml"
-    own.write_text("[analysis]\nperiods_per_year = 100\n")
-    tables = _analysis_tables(str(own))
-    _annualise_as_the_run(tables, tmp_path, str(own))
-    assert {tables[n].periods_per_year for n in ("analysis", "validation", "attribution")} == {100}
-
-
-@pytest.mark.parametrize(
-    ("summary", "expected"), [({}, 252.0), ({"periods_per_year": 19656}, 19656.0)]
-)
-def test_the_report_annualises_as_the_run_its_summary_says(tmp_path, summary, expected):
-    """A daily run's summary has no periods_per_year (252); an intraday run's says its own."""
-    from tradingd.__main__ import _analysis_tables, _annualise_as_the_run
-
-    (tmp_path / "summary.json").write_text(json.dumps({"run_id": "x", **summary}))
+    # Not set anywhere: left to each run (None), not 252.
     tables = _analysis_tables(None)
-    _annualise_as_the_run(tables, tmp_path, None)
-    got = {tables[n].periods_per_year for n in ("analysis", "validation", "attribution")}
-    assert got == {expected}
+    assert {tables[n].periods_per_year for n in ("analysis", "validation", "attribution")} == {None}
 
 
 def test_report_attribution_without_a_config_replays_with_the_runs_own(cli, run_dir, tmp_path):

@@ -58,12 +58,13 @@ def quick(**kw) -> StatisticalValidator:
 
 def test_config_defaults_and_mapping():
     c = ValidationConfig()
-    assert (c.alpha, c.risk_free_rate, c.periods_per_year, c.var_confidence) == (
+    assert (c.alpha, c.risk_free_rate, c.bars_a_year, c.var_confidence) == (
         0.05,
         0.02,
         252.0,
         0.95,
     )
+    assert c.periods_per_year is None  # the validated run's own, else 252
     assert c.paths == 1000 and c.block_length == 0 and c.trials == 0
     c2 = ValidationConfig.from_mapping({"alpha": 0.01, "trials": 12, "var_window": 500})
     assert (c2.alpha, c2.trials, c2.var_window) == (0.01, 12, 500)

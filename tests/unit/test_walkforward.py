@@ -444,6 +444,22 @@ def test_the_model_is_trained_on_bars_up_to_the_training_end_only(lookahead_runs
     assert m["train_range"][0] <= base["train_start"]
 
 
+def test_the_tables_annualise_as_the_folds_backtests_unless_configured():
+    """A year of 5-minute bars is 252 sessions of 78 (what each fold's backtest annualises
+    its summary with); the tables took 252, and `tradingd walkforward` could not say
+    otherwise. Set, the configuration's is kept."""
+    daily = tiny_panel()
+    times = pd.Timestamp("2024-01-08 14:30") + pd.to_timedelta(np.arange(78) * 5, "m")
+    five = make_panel(n_symbols=2, n_bars=78, seed=3, split_at=None)
+    five = dataclasses.replace(five, times=times.to_numpy(dtype="datetime64[ns]"))
+    wf = WalkForwardAnalyzer(tiny_config(), tiny_wf(), performance=PERF)
+    assert wf.performance_for(five).periods_per_year == 252 * 78
+    assert wf.performance_for(daily).periods_per_year == 252
+    given = PerformanceConfig(benchmark="", periods_per_year=100)
+    wf = WalkForwardAnalyzer(tiny_config(), tiny_wf(), performance=given)
+    assert wf.performance_for(five).periods_per_year == 100
+
+
 # ----------------------------------------------------------------------------- end to end
 
 
