@@ -227,7 +227,10 @@ def pin_threads(threads: int) -> None:
 
 def train_model(config: Config, panel: Panel, out: Path, wf: WalkForwardConfig) -> dict[str, Any]:
     """The model pair of `tradingd train` on `panel` (the fold's bars up to its training
-    end), and what the stability report needs from its card."""
+    end), and what the stability report needs from its card: the validation metrics (which
+    early-stopped and calibrated the model: optimistic) and, for a card with a held-out test
+    split, its `test_range` and `test` metrics (`metrics.test`, what `tradingd retrain`
+    judges). Both splits lie within the fold's training span."""
     from tradingd_models.training import train
 
     try:
@@ -238,7 +241,7 @@ def train_model(config: Config, panel: Panel, out: Path, wf: WalkForwardConfig) 
         )
     except ValueError as exc:  # e.g. no complete window in a too-short training window
         raise WalkForwardError(f"training the fold's model failed: {exc}") from None
-    return {
+    out_card = {
         "model_version": card["model_version"],
         "train_range": card["train_range"],
         "validation_range": card["validation_range"],
@@ -250,6 +253,10 @@ def train_model(config: Config, panel: Panel, out: Path, wf: WalkForwardConfig) 
         "data_range": card["data"]["range"],
         "model_config": card["model_config"],
     }
+    if "test" in card["metrics"]:
+        out_card["test_range"] = card["test_range"]
+        out_card["test"] = card["metrics"]["test"]
+    return out_card
 
 
 def fold_config(

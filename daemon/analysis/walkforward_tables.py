@@ -282,7 +282,9 @@ def _mean(x: np.ndarray) -> float:
 
 def parameter_row(fold: Mapping[str, Any], perf: PerformanceConfig) -> dict[str, Any]:
     """One fold's fitted parameters at its training end, as scalars: Kelly inputs, GARCH
-    medians over the symbols fitted by GARCH, and the model's validation metrics."""
+    medians over the symbols fitted by GARCH, and the model's validation metrics and, when
+    its card has a held-out test split, its test metrics (`model_test_*`; absent for a
+    card without one)."""
     row: dict[str, Any] = {"fold": int(fold["fold"]), "train_end": fold["train_end"]}
     params = fold.get("params") or {}
     k = params.get("kelly")
@@ -304,17 +306,27 @@ def parameter_row(fold: Mapping[str, Any], perf: PerformanceConfig) -> dict[str,
             row[f"garch_{col}_median"] = float(fitted[col].median()) if len(fitted) else _NAN
     m = fold.get("model")
     if m:
-        val = m["validation"]
-        ens, zero = val["ensemble"], val["zero"]
+        row.update(_split_metrics("model_val", m["validation"]))
         row.update(
-            model_val_mse_ratio=_f(ens["mse"]) / _f(zero["mse"]) if _f(zero["mse"]) else _NAN,
-            model_val_directional_accuracy=_f(ens["directional_accuracy"]),
-            model_val_ic=_f(ens["ic"]),
             model_epochs_run=int(m["training_history"].get("epochs_run", 0)),
             model_best_epoch=int(m["training_history"].get("best_epoch", 0)),
             model_train_samples=int(m["samples"]["train"]),
         )
+        if m.get("test"):
+            row.update(_split_metrics("model_test", m["test"]))
+            row["model_test_samples"] = int(m["samples"]["test"])
     return row
+
+
+def _split_metrics(prefix: str, split: Mapping[str, Any]) -> dict[str, float]:
+    """A model split's ensemble metrics (a card's `metrics.validation` or `metrics.test`):
+    its MSE over the zero forecast's, directional accuracy and IC."""
+    ens, zero = split["ensemble"], split["zero"]
+    return {
+        f"{prefix}_mse_ratio": _f(ens["mse"]) / _f(zero["mse"]) if _f(zero["mse"]) else _NAN,
+        f"{prefix}_directional_accuracy": _f(ens["directional_accuracy"]),
+        f"{prefix}_ic": _f(ens["ic"]),
+    }
 
 
 def garch_frame(fold: Mapping[str, Any], periods_per_year: float = 252.0) -> pd.DataFrame:

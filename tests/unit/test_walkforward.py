@@ -439,9 +439,64 @@ def test_the_model_is_trained_on_bars_up_to_the_training_end_only(lookahead_runs
     _, base, _ = lookahead_runs
     m = base["model"]
     assert m["data_range"][1] == base["train_end"]
-    assert m["validation_range"][1] < base["train_end"]  # the last label is the training end
+    assert m["validation_range"][1] < m["test_range"][0]  # the held-out test split after it
+    assert m["test_range"][1] < base["train_end"]  # the last label is the training end
     # its first complete input window ends at (or just before) the training window's start
     assert m["train_range"][0] <= base["train_start"]
+    assert m["samples"]["test"] > 0 and set(m["test"]) == set(m["validation"])
+
+
+def _split(mse: float, zero_mse: float, accuracy: float, ic: float) -> dict:
+    """A card's metrics of one split, as `models.training.split_metrics` shapes them."""
+    return {
+        "ensemble": {"mse": mse, "directional_accuracy": accuracy, "ic": ic},
+        "zero": {"mse": zero_mse},
+    }
+
+
+def _card(test: bool) -> dict:
+    card = {
+        "model_version": "v1",
+        "train_range": ["2020-01-01", "2020-06-30"],
+        "validation_range": ["2020-07-01", "2020-09-30"],
+        "test_range": ["2020-10-02", "2020-12-31"],
+        "samples": {"train": 120, "validation": 40, "test": 35},
+        "metrics": {
+            "validation": _split(0.5, 1.0, 0.6, 0.2),
+            "test": _split(0.9, 1.2, 0.52, 0.05),
+            "training_history": {"epochs_run": 3, "best_epoch": 2},
+        },
+        "feature_importance": {"rsi": 1.0},
+        "data": {"sha256": "x", "range": ["2020-01-01", "2020-12-31"]},
+        "model_config": {},
+    }
+    if not test:  # a card trained before the test split
+        del card["test_range"], card["metrics"]["test"], card["samples"]["test"]
+    return card
+
+
+@pytest.mark.parametrize("test", [True, False])
+def test_the_models_test_split_metrics_reach_the_stability_table(monkeypatch, tmp_path, test):
+    """The card's held-out test metrics (what `tradingd retrain` judges) were dropped: the
+    stability table had the validation metrics alone, which early-stopped and calibrated
+    the model. A card without a test split has no model_test_* (not NaNs, not zeros)."""
+    import tradingd_models.training as training
+
+    from tradingd.analysis.walkforward_run import train_model
+    from tradingd.analysis.walkforward_tables import parameter_row
+
+    monkeypatch.setattr(training, "train", lambda *a, **k: _card(test))
+    model = train_model(tiny_config(), tiny_panel(), tmp_path, tiny_wf())
+    row = parameter_row({"fold": 0, "train_end": "2020-12-31", "model": model}, PERF)
+    assert (row["model_val_mse_ratio"], row["model_val_ic"]) == (0.5, 0.2)
+    if test:
+        assert model["test_range"] == ["2020-10-02", "2020-12-31"]
+        assert row["model_test_mse_ratio"] == pytest.approx(0.75)
+        assert row["model_test_directional_accuracy"] == 0.52
+        assert (row["model_test_ic"], row["model_test_samples"]) == (0.05, 35)
+    else:
+        assert "test" not in model and "test_range" not in model
+        assert not [k for k in row if k.startswith("model_test")]
 
 
 def test_the_tables_annualise_as_the_folds_backtests_unless_configured():
