@@ -301,9 +301,21 @@ _MORE_LABELS: dict[str, tuple[str, str]] = {
 }
 
 
-def _period(p: Mapping[str, Any]) -> str:
+def _bound(value: Any, intraday: bool) -> str:
+    """A restriction period's first or last bar: its date, with its time (and offset) for
+    intraday bars, whose two halts on one day read "2018-03-14 .. 2018-03-14" alike."""
+    text = str(value)
+    if not intraday:
+        return text[:10]
+    try:
+        return datetime.fromisoformat(text).isoformat(sep=" ", timespec="minutes")
+    except ValueError:  # an edited summary: shown as written
+        return text
+
+
+def _period(p: Mapping[str, Any], intraday: bool = False) -> str:
     return (
-        f"{str(p['from'])[:10]} .. {str(p['to'])[:10]} ({p['bars']} bars) "
+        f"{_bound(p['from'], intraday)} .. {_bound(p['to'], intraday)} ({p['bars']} bars) "
         f"{p['plugin']}/{p['rule']}: {p['action']}"
     )
 
@@ -311,7 +323,9 @@ def _period(p: Mapping[str, Any]) -> str:
 def format_summary(summary: Mapping[str, Any]) -> str:
     """Two aligned columns for the terminal; unknown keys are shown too, so callers may add
     their own entries without touching this module. Tables (counts by rule or reason) and
-    lists (restriction periods, models) are shown as indented rows under their key."""
+    lists (restriction periods, models) are shown as indented rows under their key.
+    Restriction periods of intraday bars (the summary's `bar`) show their times too."""
+    intraday = str(summary.get("bar", "1d")) != "1d"
     rows: list[tuple[str, str]] = []
     for key, value in summary.items():
         label, kind = _LABELS.get(key) or _MORE_LABELS.get(
@@ -327,7 +341,7 @@ def format_summary(summary: Mapping[str, Any]) -> str:
                 rows.append((label, str(len(value))))
                 for item in value[:_MAX_LISTED]:
                     if isinstance(item, Mapping) and "from" in item:
-                        rows.append((f"  {_period(item)}", ""))
+                        rows.append((f"  {_period(item, intraday)}", ""))
                     elif isinstance(item, Mapping):
                         rows.append(("  " + ", ".join(f"{k}={v}" for k, v in item.items()), ""))
                     else:

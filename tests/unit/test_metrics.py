@@ -321,6 +321,33 @@ def test_format_summary():
     assert "n/a" in format_summary(_run([100.0]))
 
 
+def _halt(start: str, end: str, bars: int) -> dict:
+    return {"plugin": "drawdown_guard", "rule": "max_drawdown", "action": "halt",
+            "from": start, "to": end, "bars": bars, "reason": "drawdown"}  # fmt: skip
+
+
+def test_restriction_periods_of_intraday_bars_show_their_times():
+    """Two halts of one day of 1-minute bars read "2018-03-14 .. 2018-03-14" alike."""
+    halts = [
+        _halt("2018-03-14T18:22:00+00:00", "2018-03-14T18:23:00+00:00", 2),
+        _halt("2018-03-14T18:26:00+00:00", "2018-03-14T18:46:00+00:00", 21),
+    ]
+    text = format_summary({"bar": "1m", "trading_restricted": halts})
+    rows = [r for r in text.splitlines() if " .. " in r]
+    assert [r.split(" (")[0].strip() for r in rows] == [
+        "2018-03-14 18:22+00:00 .. 2018-03-14 18:23+00:00",
+        "2018-03-14 18:26+00:00 .. 2018-03-14 18:46+00:00",
+    ]
+    # Daily bars (no `bar` in the summary): their dates, as before.
+    daily = [_halt("2018-03-14T00:00:00+00:00", "2018-03-20T00:00:00+00:00", 5)]
+    (row,) = format_summary({"trading_restricted": daily}).splitlines()[1:]
+    assert row.strip().startswith("2018-03-14 .. 2018-03-20 (5 bars) drawdown_guard/")
+    # A time an edited summary holds that is none is shown as written, not a traceback.
+    edited = [_halt("2018-03-14 after lunch", "2018-03-14T18:46:00+00:00", 21)]
+    (row,) = format_summary({"bar": "5m", "trading_restricted": edited}).splitlines()[2:]
+    assert row.strip().startswith("2018-03-14 after lunch .. 2018-03-14 18:46+00:00 (21 bars)")
+
+
 # --- properties --------------------------------------------------------------------------
 
 positive_curves = st.lists(
