@@ -609,10 +609,35 @@ async def stored_run_results(store: Any, run_id: str, *, partial: bool = False) 
         ),
         "fills": pd.DataFrame(fills),
         "initial_capital": float(run["initial_capital"]),
-        "metrics": run.get("summary") or {},
+        "metrics": _with_live_bars_a_year(run),
         "splits": splits,
         "partial": bool(unfinished),
     }
+
+
+def _with_live_bars_a_year(run: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored summary, with the bars a year of a live run's own bar (`live.bar`,
+    `live.calendar` in its stored configuration) when the summary records none: a live
+    run's summary holds only its bar count, so a 5-minute live run read back from the store
+    was annualised as 252 bars a year, its Sharpe ratio sqrt(78) too small. (A replay's bar
+    is its data's, which the stored configuration does not hold: its summary says it.)"""
+    summary = run.get("summary")
+    out = dict(summary) if isinstance(summary, Mapping) else {}
+    if run.get("mode") != "live" or "periods_per_year" in out:
+        return out
+    try:
+        raw = run.get("config_json")
+        live = (json.loads(raw) if isinstance(raw, str) else raw or {}).get("live") or {}
+        bar, calendar = str(live.get("bar", "1d")), str(live.get("calendar", "XNYS"))
+    except (TypeError, ValueError, AttributeError):
+        return out  # a configuration not readable: the default, as before
+    from ..app import bars_per_session, sessions_per_year
+
+    days = sessions_per_year(calendar)
+    ppy = days if bar == "1d" else days * bars_per_session(calendar, bar)
+    if ppy != 252:
+        out["periods_per_year"] = float(ppy)
+    return out
 
 
 def _unfinished(run: Mapping[str, Any], equity: list[dict[str, Any]]) -> str:

@@ -605,7 +605,7 @@ def test_a_run_missing_from_a_store_names_the_store(tmp_path, run_async):
     assert str(path) in str(caught.value)
 
 
-def _stored_run(tmp_path, run_async, mode: str, end: dict | None, **kw):
+def _stored_run(tmp_path, run_async, mode: str, end: dict | None, config=None, **kw):
     """(what `stored_run_results` gives for a run of `mode` stored with 40 bars and ended
     with summary `end` (None: never ended), the warnings it logged)."""
     import json
@@ -615,7 +615,7 @@ def _stored_run(tmp_path, run_async, mode: str, end: dict | None, **kw):
     from tradingd.storage.factory import open_store
 
     times, equity, gross, _ = _engine_like()
-    cfg = json.dumps({"run": {"end": "2017-12-29"}})
+    cfg = json.dumps(config or {"run": {"end": "2017-12-29"}})
 
     async def read() -> dict:
         store = open_store(f"sqlite:///{tmp_path / 'runs.db'}", spool=False)
@@ -914,3 +914,26 @@ def test_a_missing_first_benchmark_return_is_no_warning_other_gaps_are(bench_fro
     missing = 1 + bench_from + (2 if hole is not None else 0)  # a hole loses two returns
     assert partial["benchmark_bars"] == n - missing and partial["bars"] == n
     assert out["benchmark"]["bars"] == n - missing
+
+
+@pytest.mark.parametrize(
+    ("live", "bars_a_year"),
+    [({"bar": "5m"}, 252.0 * 78), ({"bar": "1m", "calendar": "XNYS"}, 252.0 * 390), ({}, None)],
+)
+def test_a_live_run_read_from_the_store_annualises_with_its_own_bar(
+    tmp_path, run_async, live, bars_a_year
+):
+    """A live run's stored summary holds only its bar count: a 5-minute live run read back
+    was annualised as 252 bars a year, its Sharpe ratio sqrt(78) too small. The bars a year
+    come from its stored `live.bar` and `live.calendar` (daily New York: the default 252)."""
+    got, _ = _stored_run(tmp_path, run_async, "live", {"bars": 40}, config={"live": live})
+    assert got["metrics"].get("periods_per_year") == bars_a_year
+
+    def sharpe(**given: float) -> float:
+        config = PerformanceConfig(risk_free_rate=0.0, **given)
+        return PerformanceAnalyzer(config).calculate_performance_metrics(got)["sharpe"]
+
+    # As if the caller had set the bar's own count; sqrt(bars a year / 252) from the daily.
+    assert sharpe() == pytest.approx(sharpe(periods_per_year=bars_a_year or 252.0), rel=1e-12)
+    ratio = sharpe() / sharpe(periods_per_year=252.0)
+    assert ratio == pytest.approx(math.sqrt((bars_a_year or 252.0) / 252.0), rel=1e-9)
