@@ -1145,7 +1145,11 @@ class VendorFeed:
         backtest of the vendor's history has it. Said (`feed.bar_late`), and kept for the
         engine to store (`take_late_bars`): the stored bars are the vendor's, and
         replay-check then shows what the bar would have changed. Not stepped: the bar's
-        decisions are made. `frame` is the whole answer, in which the held bars are judged;
+        decisions are made. A bar the engine gave up (`bar_lost`) is a hole of every symbol,
+        looked for the same way. A hole is looked for while the answers' lookback reaches it
+        (`lookback_bars` bars), and forgotten `_holes_kept()` bars on: the live run does
+        not store a bar posted later than that.
+        `frame` is the whole answer, in which the held bars are judged;
         `window` the answer without each symbol's first bar (not judged: a neighbour only),
         in which late bars are looked for."""
         holes = self._holes
@@ -1191,15 +1195,25 @@ class VendorFeed:
                         for sym, when in zip(late["symbol"][:10], late["time"][:10], strict=True)
                     ],
                     count=len(late),
-                    rule="the answer has a bar its release was served without: the live "
-                    "decisions of that bar went without it; stored, not traded on",
+                    rule="the answer has a bar its release was served without, or that was "
+                    "never served (bar.lost): the live decisions of that bar went without "
+                    "it; stored, not traded on",
                 )
         have = set(at["symbol"].tolist())
         holes[t] = {s for s in self._symbols if s not in have}
-        keep = max(8, self.lookback_bars + 2)
-        for old in sorted(holes)[:-keep]:
-            del holes[old]
+        self._trim_holes()
         self._held.give_up_before(min(holes))
+
+    def _trim_holes(self) -> None:
+        """Keep the holes of the newest `_holes_kept()` bars: older ones are out of every
+        answer's lookback, so no answer can fill them."""
+        for old in sorted(self._holes)[: -self._holes_kept()]:
+            del self._holes[old]
+
+    def _holes_kept(self) -> int:
+        """How many recent bars' holes are looked for: the lookback and two more (8 at
+        least), the span the feed's other per-bar records keep (`_served`, `_carried`)."""
+        return max(8, self.lookback_bars + 2)
 
     def _keep_judged(self, kept: list[pd.DataFrame]) -> None:
         """The held bars an answer kept (`HeldBars.judge`): stored as late bars, and their
@@ -1368,8 +1382,17 @@ class VendorFeed:
     def bar_lost(self, t: datetime) -> None:
         """The engine will never step bar `t` (`bar.lost`: not delivered before a newer
         one): the actions carried to it go to each symbol's next bar served. Kept only in
-        `_carried` (for `t` served again), they were trimmed away and never booked."""
+        `_carried` (for `t` served again), they were trimmed away and never booked.
+
+        The bar is a hole of every symbol (`_check_late`): a later answer that has it (the
+        vendor posted it after the engine gave up) stores it, not traded on, with
+        `feed.bar_late`. Only bars served recorded holes, so a bar late for every symbol was
+        never stored, while one late for a single symbol was."""
         when = naive_utc(t)
+        with contextlib.suppress(ValueError):
+            self._late.remove(as_utc(t))  # not asked for again: no fresh read to keep for
+        self._holes.setdefault(when, set()).update(self._symbols)
+        self._trim_holes()
         for sym, held in self._carried.pop(when, {}).items():
             self._carry_on(
                 sym,

@@ -969,6 +969,65 @@ async def test_a_sessions_last_bar_posted_late_is_noticed_at_the_next_sessions_f
             await feed.stop()
 
 
+@pytest.mark.parametrize("kind", ["yahoo", "alpaca"])
+async def test_a_bar_lost_for_every_symbol_and_posted_later_is_said_and_kept_for_the_store(kind):
+    """The 14:45 minute of every symbol, posted 150 s after its close: the engine gave it up
+    (bar.lost) and the 14:48 answer had it, but only bars served recorded which symbols they
+    lacked, so nothing was said and the stored bars never had it (a bar late for one symbol
+    was said and stored)."""
+    from tradingd.clock.calendar import ExchangeCalendar
+
+    calendar = ExchangeCalendar("XNYS", "1m")
+    t0, t1, t2, t3 = (utc(2024, 3, 13, 14, 45 + i) for i in range(4))
+    book = _HeldIntraday(now=calendar.close_of(t0) + pd.Timedelta(seconds=5))
+    book.held = {s: t0 for s in SYMBOLS}
+    async with fake_for(kind, book) as fake:
+        feed = await started(
+            VendorFeed(
+                source_for(kind, fake), SYMBOLS, "1m", clock=lambda: book.now, calendar=calendar
+            )
+        )
+        try:
+            with pytest.raises(RetryableError, match="no bar yet"):
+                await feed.bars(t0)
+            # As the engine: asked again before the next release's bar, which comes, then lost.
+            book.now = calendar.close_of(t1) + pd.Timedelta(seconds=5)
+            with pytest.raises(RetryableError, match="no bar yet"):
+                await feed.bars(t0)
+            assert (await feed.bars(t1)).valid.all()
+            feed.bar_lost(t0)
+            assert feed.take_late_bars() == []
+            book.held = {}  # posted now
+            book.now = calendar.close_of(t2) + pd.Timedelta(seconds=5)
+            with capture_logs() as logs:
+                assert (await feed.bars(t2)).valid.all()
+            (late,) = [e for e in logs if e["event"] == "feed.bar_late"]
+            assert late["count"] == 3 and all(b.endswith("14:45:00") for b in late["bars"])
+            assert "bar.lost" in late["rule"] and "not traded on" in late["rule"]
+            (bar,) = feed.take_late_bars()
+            assert bar.time == t0 and bar.valid.all()
+            reference = await feed.history(t0, t0)
+            np.testing.assert_array_equal(bar.close, reference.close[0])
+            # Once: the next answer has it too, and it is not late again.
+            book.now = calendar.close_of(t3) + pd.Timedelta(seconds=5)
+            await feed.bars(t3)
+            assert feed.take_late_bars() == []
+        finally:
+            await feed.stop()
+
+
+async def test_bars_lost_while_the_source_is_down_are_looked_for_within_a_bound(yahoo):
+    """A source down for a session loses a bar each minute, none served in between: the
+    holes they leave are trimmed to the span every other per-bar record keeps, and one
+    posted after that span is not stored (no answer's lookback reaches it any more)."""
+    feed = VendorFeed(source_for("yahoo", yahoo), SYMBOLS, "1m", clock=lambda: NOW)
+    kept = max(8, feed.lookback_bars + 2)
+    for minute in range(390):
+        feed.bar_lost(utc(2024, 3, 6, 14, 30) + timedelta(minutes=minute))
+    assert len(feed._holes) == kept
+    assert min(feed._holes) == pd.Timestamp(2024, 3, 6, 21, 0) - pd.Timedelta(minutes=kept)
+
+
 async def test_an_intraday_warm_up_leaves_out_extended_hours_bars(monkeypatch):
     """Alpaca answers minute timeframes with pre- and post-market bars (04:00-20:00 New
     York): the warm-up stepped them, and the first live bars' features used them, where a
