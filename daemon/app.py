@@ -24,7 +24,7 @@ from .audit import AuditLog, audit_path
 from .brokers.simulated import SimulatedBroker, SimulatedBrokerConfig
 from .cache.factory import open_cache
 from .clock.replay import ReplayClock
-from .config import CACHE_PARAMS, Config, PluginSpec, name_origin
+from .config import CACHE_PARAMS, LIVE_BARS, Config, PluginSpec, name_origin
 from .core.errors import ConfigError, ControlRefusedError, DataError, EngineStoppedError
 from .core.lazy import LazyModule
 from .core.ports import Broker, Clock, FeatureSource, Feed, Store
@@ -645,6 +645,47 @@ def _warn_other_universe(plugin: Any, features: Sequence[str], symbols: Sequence
         rule="cross-sectional features are relative to the universe: learned over another "
         "one, they mean something else here; train the model on this universe",
     )
+
+
+def warn_model_bar(pipeline: Pipeline, bar: str) -> None:
+    """A model trained on bars of another length than the run's (`model.bar_differs`): its
+    horizon is so many of its own bars, and its residual_std and confidence are calibrated
+    on their returns, yet the shipped daily model started on 1- and 5-minute bars without a
+    word. A card without `bar` was trained on daily bars
+    (every card before `tradingd train` recorded it, the shipped one included); one whose
+    `bar` is not a bar length is refused, naming the card."""
+    for plugin, _ in pipeline.signals:
+        card = model_card(plugin)
+        if card is None:
+            continue
+        trained = card.get("bar", "1d")
+        if trained not in LIVE_BARS:
+            path = getattr(getattr(getattr(plugin, "pair", None), "card", None), "path", None)
+            raise ConfigError(
+                f"model card {path}: bar = {trained!r} is not a bar length "
+                f"({', '.join(LIVE_BARS)}): train the model again, or correct the card"
+            )
+        if trained == bar:
+            continue
+        said = (
+            f"its card's bar = {trained}"
+            if "bar" in card
+            else "its card records no bar length: every card trained before tradingd "
+            "recorded it was trained on daily bars, the shipped one included"
+        )
+        horizon = (card.get("target") or {}).get("horizon_bars", "?")
+        log.warning(
+            "model.bar_differs",
+            plugin=getattr(plugin, "name", type(plugin).__name__),
+            version=getattr(plugin, "version", None),
+            trained_on=trained,
+            run_bar=bar,
+            rule=f"the model was trained on {trained} bars ({said}) and runs on {bar} bars: "
+            f"its target is the return {horizon} {trained} bar(s) ahead and its "
+            "residual_std and confidence are calibrated on such returns, so its forecasts "
+            "and confidence mean something else here; train a model on bars of this length "
+            "(tradingd train on such data)",
+        )
 
 
 def choose_swaps(
@@ -1324,6 +1365,7 @@ def _assemble(
         prepare_for_replay(pipeline)
     portfolio = Portfolio(symbols, config.run.initial_capital, session_tz=session_zone(config, bar))
     verify_model_features(config, pipeline, symbols)
+    warn_model_bar(pipeline, bar)
     names = feature_names(config, pipeline)
     warmup: Callable[[datetime | None], AsyncIterator[CrossSection]] | None
     if vendor:

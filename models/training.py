@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tradingd.app import bar_of_data
 from tradingd.config import Config
 from tradingd.core.errors import ConfigError, TradingdError
 from tradingd.features.catalog import Catalog, feature_set_id, resolve_set
@@ -177,6 +178,15 @@ def train(
     fsid = feature_set_id(f.set, names, f.indicators, f.cross_sectional)
     start = run_start(config) if from_run_start else None
     span = _dates(panel.times)
+    try:
+        bar = bar_of_data(panel)
+    except ConfigError as exc:
+        raise ConfigError(f"training data: {exc}") from None
+    if bar != config.live.bar:
+        log(
+            f"trained on {bar} bars (the data's), not on live.bar = {config.live.bar}: a run "
+            f"on {config.live.bar} bars warns at start (model.bar_differs)"
+        )
     shape = (
         f"window {mc.time_steps} bars + horizon {mc.horizon} (model time_steps, horizon), "
         f"data {len(panel.times)} bars from {span[0]} to {span[1]}"
@@ -268,6 +278,9 @@ def train(
             "version": fsid.version,
             "features": list(fsid.features),
         },
+        # The data's bar length: the horizon, residual_std and confidence are of its
+        # returns. A card without it was trained on daily bars (all before it was recorded).
+        "bar": bar,
         "window": mc.time_steps,
         "target": {
             "kind": "forward_log_return",

@@ -407,3 +407,57 @@ async def test_the_same_intraday_bars_replay_alike_through_the_api_and_load_data
         engine = build_engine(config, "backtest", panel=panel)
         engine.close_held()
     assert len([e for e in logs if e["event"] == "data.outside_session"]) == 1
+
+
+def _ml_config(engine_config, model_dir: str = ""):  # type: ignore[no-untyped-def]
+    """`engine_config` with the ml_ensemble signal alone (the shipped model unless
+    `model_dir`), its predictions in memory."""
+    from tradingd.config import PluginSpec
+
+    params = {"model_dir": model_dir, "cache_dir": ""}
+    return dataclasses.replace(
+        engine_config,
+        run=dataclasses.replace(engine_config.run, start=""),
+        signals=(PluginSpec("ml_ensemble", params=params),),
+    )
+
+
+def _bar_warnings(config, panel):  # type: ignore[no-untyped-def]
+    """The `model.bar_differs` lines of building `config`'s backtest engine on `panel`."""
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        engine = build_engine(config, "backtest", panel=panel)
+    engine.close_held()
+    return [e for e in logs if e["event"] == "model.bar_differs"]
+
+
+def test_a_model_trained_on_other_bars_than_the_runs_is_warned_about(engine_config, tmp_path):
+    """The shipped model (daily returns: its residual_std, its confidence) ran on 1- and
+    5-minute bars without a word. Its card records no bar length: it was trained on daily
+    bars, as every card before the field; a card that records one is taken at its word."""
+    from tiny_models import model_folder
+
+    five, daily = intraday_panel(5, sessions=3), make_panel(n_bars=300, split_at=None)
+    shipped = _ml_config(engine_config)
+    (warned,) = _bar_warnings(shipped, five)
+    assert warned["log_level"] == "warning"
+    assert (warned["trained_on"], warned["run_bar"]) == ("1d", "5m")
+    assert "records no bar length" in warned["rule"] and "daily" in warned["rule"]
+    assert _bar_warnings(shipped, daily) == []
+
+    def five_minutes(card):  # type: ignore[no-untyped-def]
+        card["bar"] = "5m"
+
+    trained_5m = _ml_config(engine_config, str(model_folder(tmp_path / "m5", edit=five_minutes)))
+    assert _bar_warnings(trained_5m, five) == []
+    (warned,) = _bar_warnings(trained_5m, daily)
+    assert (warned["trained_on"], warned["run_bar"]) == ("5m", "1d")
+    assert "card's bar = 5m" in warned["rule"]
+
+    def no_bar_length(card):  # type: ignore[no-untyped-def]
+        card["bar"] = "2h"
+
+    bad = model_folder(tmp_path / "bad", edit=no_bar_length)
+    with pytest.raises(ConfigError, match=f"model card {bad / 'card.json'}: bar = '2h'"):
+        build_engine(_ml_config(engine_config, str(bad)), "backtest", panel=five)

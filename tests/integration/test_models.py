@@ -59,6 +59,7 @@ def test_card_says_what_the_model_is(tiny_model):
         card["feature_set"]["name"] == "default_v1" and len(card["feature_set"]["features"]) == 20
     )
     assert card["window"] == 60 and card["target"]["kind"] == "forward_log_return"
+    assert card["bar"] == "1d"  # the bundled data's: the horizon and confidence are daily
     assert card["train_range"][1] < card["validation_range"][0]  # chronological
     # From run.start (2014-01-01), the bars before it warming up: it trained from 1999.
     assert "2014-01-01" <= card["train_range"][0] < "2014-01-10"
@@ -107,6 +108,33 @@ def test_card_says_what_the_model_is(tiny_model):
     assert parity["rows"] == card["samples"]["validation"]
     assert set(parity["max_abs_diff"]) == {"cnn_lstm", "random_forest"}
     assert all(0 <= d <= parity["tolerance"] for d in parity["max_abs_diff"].values())
+
+
+def test_a_model_trained_on_intraday_bars_records_their_length(tmp_path):
+    """The card had no bar length, so a daemon could not tell a model of 5-minute returns
+    from a daily one. The data's bars are recorded, not live.bar's (the config's live bar
+    need not be the training data's): said when they differ."""
+    cfg = small_config()
+    panel = load_data(cfg)
+    panel = dataclasses.replace(panel, **{f: getattr(panel, f)[-1500:] for f in _PANEL_ARRAYS})
+    days = np.repeat(np.datetime64("2024-01-08") + np.arange(20), 78)[: len(panel.times)]
+    minutes = np.tile(14 * 60 + 30 + 5 * np.arange(78), 20)[: len(panel.times)]
+    times = days.astype("datetime64[ns]") + minutes.astype("timedelta64[m]")
+    lines: list[str] = []
+    card = train(
+        dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, start="")),
+        dataclasses.replace(panel, times=times),
+        tmp_path / "m",
+        dataclasses.replace(TINY, epochs=1),
+        log=lines.append,
+    )
+    assert card["bar"] == "5m"
+    assert json.loads((tmp_path / "m" / "card.json").read_text())["bar"] == "5m"
+    (said,) = [line for line in lines if "trained on 5m bars" in line]
+    assert "live.bar = 1d" in said
+
+
+_PANEL_ARRAYS = ("times", "open", "high", "low", "close", "volume", "split", "dividend")
 
 
 def test_an_export_that_differs_from_the_trained_model_is_refused(tmp_path, monkeypatch):

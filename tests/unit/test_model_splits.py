@@ -211,3 +211,19 @@ def test_an_old_card_still_loads_and_retrain_says_it_judged_validation(tmp_path,
         "validation"
     ]
     assert ModelCard.load(root / "current").version == "candidate"
+
+
+def test_training_data_spaced_as_no_run_replays_is_refused_before_any_model(tmp_path):
+    """The card records the data's bar length (`bar`): data 10 minutes apart has none a run
+    can serve it on (a backtest of it is refused the same way), so `tradingd train` names
+    the spacing before it builds anything."""
+    import dataclasses
+
+    from conftest import make_panel
+    from tradingd_models.training import train
+
+    panel = make_panel(n_bars=300, split_at=None)
+    tens = np.datetime64("2024-01-08T14:30") + np.arange(300) * np.timedelta64(10, "m")
+    with pytest.raises(ConfigError, match="training data: the data's bars are 10 minutes apart"):
+        train(Config(), dataclasses.replace(panel, times=tens), tmp_path / "m", log=print)
+    assert not (tmp_path / "m").exists()
