@@ -346,15 +346,26 @@ def _warn_outside_session(
     the last of each in the exchange's time, and what keeps them."""
     kinds, counts = np.unique(why[why != ""], return_counts=True)
     dropped, kept = int(counts.sum()), int((why == "").sum())
-    extra = {}
+    hints = []
     if dropped > kept:
         # A crypto or FX file under the default XNYS calendar, or bars labelled by their end:
         # most of the data would go with one warning among many lines.
-        extra["hint"] = (
+        hints.append(
             f"more bars dropped than kept ({dropped} of {dropped + kept}): for a market that "
             "trades around the clock set live.calendar = '24/7'; bars labelled by their end "
             "(a 16:00 bar for 15:59-16:00) must be relabelled by their start"
         )
+    end_labelled, sessions = _end_labelled_sessions(exchange, panel.times, why)
+    if end_labelled * 2 > sessions:
+        hints.append(
+            f"{end_labelled} of the {sessions} sessions kept have one bar dropped, at their "
+            "close (16:00 on XNYS), and none at their open: bars labelled by their end "
+            "(09:31 ... 16:00 for 1-minute bars) look like that, and pass, each read one bar "
+            "late and each session's last dropped; relabel them by their start (one bar "
+            "length earlier). A closing-auction bar at the close, after bars labelled by "
+            "their start, is rightly dropped"
+        )
+    extra = {"hint": "; ".join(hints)} if hints else {}
     examples = {}
     for kind in kinds.tolist():
         rows = np.unique(np.flatnonzero(why == kind)[[0, -1]])
@@ -379,6 +390,36 @@ def _warn_outside_session(
         "sessions hold them (e.g. '24/7'), which the live run then uses too",
         **extra,
     )
+
+
+def _end_labelled_sessions(exchange: Any, times: np.ndarray, why: np.ndarray) -> tuple[int, int]:
+    """(sessions that look labelled by their bars' end, sessions with bars kept): a session
+    whose only bar dropped after its close is at the close exactly (16:00; 13:00 on a half
+    day), and whose first bar kept is not at its open (09:31, not 09:30). Bars labelled so
+    lose only that bar, far too few for the more-dropped-than-kept hint, while every bar is
+    read one bar late. `why`: `outside_sessions` of `times` (naive UTC)."""
+    kept = why == ""
+    if not kept.any():
+        return 0, 0
+    day = (
+        pd.DatetimeIndex(times, tz="UTC").tz_convert(exchange.tz).tz_localize(None).normalize()
+    ).to_numpy(dtype="datetime64[D]")
+    days = np.unique(day[kept])
+    after = np.flatnonzero(np.isin(why, ("after_close", "half_day_close")))
+    if not after.size:
+        return 0, len(days)
+    just_before = times[after] - np.timedelta64(1, "ns")
+    at_close = exchange.outside_sessions(just_before) == ""  # the instant before: in session
+    after_days, after_count = np.unique(day[after], return_counts=True)
+    close_days = np.unique(day[after[at_close]])
+    one_at_close = after_days[(after_count == 1) & np.isin(after_days, close_days)]
+    # The first kept bar of each session, and whether it is at the open (the instant
+    # before it is outside the session).
+    kept_rows = np.flatnonzero(kept)
+    firsts = kept_rows[np.unique(day[kept_rows], return_index=True)[1]]
+    opening = exchange.outside_sessions(times[firsts] - np.timedelta64(1, "ns")) != ""
+    late_open = day[firsts][~opening]
+    return int(np.isin(one_at_close, late_open).sum()), len(days)
 
 
 def trade_start(config: Config, panel: Panel) -> datetime | None:

@@ -290,6 +290,53 @@ def test_a_file_mostly_outside_the_sessions_gets_a_hint(engine_config):
     assert "live.calendar = '24/7'" in warning["hint"]
 
 
+def _minutes(days_closes: list[tuple[str, str]], shift: int) -> np.ndarray:
+    """1-minute labels of New York sessions (day, close), from 09:30 + `shift` minutes to the
+    close + `shift` minutes (exclusive), as naive UTC."""
+    out = []
+    for day, close in days_closes:
+        start = pd.Timestamp(f"{day} 09:30", tz="America/New_York")
+        end = pd.Timestamp(f"{day} {close}", tz="America/New_York")
+        labels = pd.date_range(start, end, freq="1min", inclusive="left") + pd.Timedelta(
+            minutes=shift
+        )
+        out.append(labels.tz_convert("UTC").tz_localize(None).to_numpy("datetime64[ns]"))
+    return np.concatenate(out)
+
+
+def test_bars_labelled_by_their_end_get_a_hint(engine_config):
+    """Bars labelled by their end (09:31 ... 16:00) lost only each session's 16:00 bar, as
+    after_close, far from the more-dropped-than-kept hint: every bar replayed one minute
+    late without a word. A closing-auction bar at 16:00 after bars labelled by their start
+    (09:30 ... 15:59) is no such sign."""
+    from structlog.testing import capture_logs
+
+    from tradingd.app import session_bars_only
+
+    # Thanksgiving week 2024: the 29th closes at 13:00.
+    sessions = [("2024-11-25", "16:00"), ("2024-11-26", "16:00"), ("2024-11-29", "13:00")]
+
+    def warned(times: np.ndarray):  # type: ignore[no-untyped-def]
+        rng = np.random.default_rng(5)
+        raw = _random_walk(times, 2, rng, 0.001)
+        with capture_logs() as logs:
+            session_bars_only(engine_config, raw)
+        return [e for e in logs if e["event"] == "data.outside_session"]
+
+    (warning,) = warned(_minutes(sessions, shift=1))
+    assert warning["by_kind"] == {"after_close": 2, "half_day_close": 1}
+    assert warning["hint"].startswith("3 of the 3 sessions kept have one bar dropped, at their")
+    assert "relabel them by their start" in warning["hint"]
+    assert warned(_minutes(sessions, shift=0)) == []  # labelled by their start: nothing dropped
+    closes = [
+        pd.Timestamp(f"{d} {c}", tz="America/New_York").tz_convert("UTC").tz_localize(None)
+        for d, c in sessions
+    ]
+    auction = np.sort(np.concatenate([_minutes(sessions, shift=0), pd.DatetimeIndex(closes)]))
+    (warning,) = warned(auction.astype("datetime64[ns]"))
+    assert warning["bars"] == 3 and "hint" not in warning
+
+
 def test_periods_per_year_counts_the_sessions_of_the_live_calendar(engine_config):
     """Intraday runs annualised with 390 minutes a session on every calendar (a table for
     New York): Tokyo's sessions have 330, and a round-the-clock calendar, which keeps
