@@ -1152,6 +1152,18 @@ def _from_checkpoint(
     return start
 
 
+def _card_rate(live: Mapping[str, Any]) -> str:
+    """The card's directional accuracy that the model check puts beside the live one,
+    naming its split: the held-out test split's, or the validation windows' for a card
+    without one (they early-stopped and calibrated the model: optimistic)."""
+    if live.get("card_split") == "test":
+        return f"card's test split {_share(live.get('card'))}"
+    return (
+        f"card's validation windows {_share(live.get('validation'))}, no test split: "
+        "optimistic, they tuned the model"
+    )
+
+
 def _share(value: Any) -> str:
     return f"{value:.1%}" if isinstance(value, int | float) and value == value else "n/a"
 
@@ -1970,8 +1982,7 @@ def health_inputs(
                 if rate is not None:
                     said.append(
                         f"{plugin.name} direction right {rate:.1%} of {live['forecasts']} "
-                        f"forecasts over {live['bars']} bars (validation "
-                        f"{_share(live.get('validation'))})"
+                        f"forecasts over {live['bars']} bars ({_card_rate(live)})"
                     )
             loaded[plugin.name] = entry
         detail = "; ".join([*unserved, f"{len(loaded)} model(s) loaded", *said])

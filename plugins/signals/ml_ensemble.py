@@ -1008,11 +1008,27 @@ class MlEnsemble:
 
     def accuracy(self) -> dict[str, Any]:
         """The forecasts' directional accuracy on the bars traded so far (the last
-        `live_accuracy.DEFAULT_BARS`), beside the model card's on its validation window: for
-        the health server's model check (see `live_accuracy`)."""
-        metrics = (self.pair.card.data.get("metrics") or {}).get("validation") or {}
-        validation = (metrics.get("ensemble") or {}).get("directional_accuracy")
-        return {**self._accuracy.summary(), "validation": validation}
+        `live_accuracy.DEFAULT_BARS`), beside the model card's, for the health server's model
+        check (see `live_accuracy`): `card` is the held-out test split's (`metrics.test`)
+        when the card has one, else the validation windows' (a card trained before the
+        split), `card_split` says which. The validation windows early-stopped the CNN+LSTM
+        and calibrated the confidence, so theirs is optimistic: a live figure below it read
+        as decay that the test split would not have shown. Both splits' are kept
+        (`validation`, `test`: None when the card has none)."""
+        metrics = self.pair.card.data.get("metrics") or {}
+
+        def rate(split: str) -> float | None:
+            value = ((metrics.get(split) or {}).get("ensemble") or {}).get("directional_accuracy")
+            return float(value) if isinstance(value, int | float) else None
+
+        validation, test = rate("validation"), rate("test")
+        return {
+            **self._accuracy.summary(),
+            "card": test if test is not None else validation,
+            "card_split": "test" if test is not None else "validation",
+            "validation": validation,
+            "test": test,
+        }
 
     def _windows(self, idx: np.ndarray) -> np.ndarray:
         """(len(idx), window, features) float32: the full windows of these symbols."""

@@ -2140,6 +2140,38 @@ def test_the_broker_check_fails_while_the_account_may_not_trade(engine_config):
     assert not result.ok and "keys refused since 2024-03-05 (HTTP 401)" in result.detail
 
 
+async def test_the_model_check_compares_with_the_cards_test_split(engine_config, tmp_path):
+    """The check put the live accuracy beside the card's validation figure, measured on the
+    windows that early-stopped the model and calibrated its confidence (optimistic), though
+    a card trained now holds a test split that tuned nothing (`metrics.test`)."""
+    from tiny_models import model_folder
+
+    from tradingd.app import build_engine, health_inputs
+
+    def with_test_split(card):  # type: ignore[no-untyped-def]
+        test = json.loads(json.dumps(card["metrics"]["validation"]))
+        test["ensemble"]["directional_accuracy"] = 0.5
+        card["metrics"]["test"] = test
+
+    folder = model_folder(tmp_path / "m", edit=with_test_split)
+    _, config = live_run(engine_config)
+    params = {"cache_dir": "", "model_dir": str(folder)}
+    config = dataclasses.replace(config, signals=(PluginSpec("ml_ensemble", 1.0, params),))
+    panel = make_panel(n_symbols=3, n_bars=220, split_at=None)
+    config = dataclasses.replace(
+        config, run=dataclasses.replace(config.run, start=panel.datetimes()[170].isoformat())
+    )
+    engine = build_engine(config, "live", panel=panel)
+    await engine.run_until_done()
+    checks, _status, _controls = health_inputs(engine)
+    (check,) = [c for c in checks if c.name == "model"]
+    result = check.probe()
+    live = result.data["ml_ensemble"]["live"]
+    assert live["card_split"] == "test" and live["card"] == live["test"] == 0.5
+    assert live["validation"] == pytest.approx(0.5185567, abs=1e-6)  # kept beside it
+    assert "(card's test split 50.0%)" in result.detail and "validation" not in result.detail
+
+
 async def test_the_model_check_says_how_often_the_live_forecasts_were_right(engine_config):
     """The specification's health checks include "Model Performance: ML model accuracy":
     the model check named the model only. It now reports the forecasts' directional
@@ -2167,6 +2199,10 @@ async def test_the_model_check_says_how_often_the_live_forecasts_were_right(engi
     assert 0.0 <= live["directional_accuracy"] <= 1.0
     assert live["validation"] == pytest.approx(0.5185567, abs=1e-6)  # the shipped card's
     assert result.ok and "ml_ensemble direction right" in result.detail
+    # The shipped card has no test split: its validation figure, said to be optimistic.
+    assert live["card_split"] == "validation" and live["test"] is None
+    assert live["card"] == live["validation"]
+    assert "(card's validation windows 51.9%, no test split: optimistic" in result.detail
     # And in /metrics, for an alert on a model that decays.
     gauge = metrics.MODEL_ACCURACY.labels(plugin="ml_ensemble")._value.get()
     assert gauge == pytest.approx(live["directional_accuracy"])
