@@ -125,6 +125,14 @@ class FatalError(TradingdError):
     """Stop the daemon: continuing would risk wrong orders or lost records."""
 
 
+class SourceRefused(FatalError, ConfigError):
+    """The data source refuses every symbol for what only the operator can change: the keys
+    or their plan, or a warm-up it refuses for good, every time (bars older than it serves,
+    symbols it does not know). Change the keys, the plan, the warm-up, the symbols or the
+    source. A ConfigError too, so `tradingd run` exits with EX_CONFIG, which systemd does
+    not restart: a restart asked the same, was refused the same, until the start limit."""
+
+
 class StorageError(TradingdError):
     """The store is unreachable or rejected a write: check DATABASE_URL and the database."""
 

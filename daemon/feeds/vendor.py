@@ -46,7 +46,7 @@ import numpy as np
 import pandas as pd
 import structlog
 
-from ..core.errors import ConfigError, DataError, FatalError, RetryableError
+from ..core.errors import ConfigError, DataError, RetryableError, SourceRefused
 from ..core.types import CrossSection
 from .panel import Panel
 from .resilience import ResilientCaller, SourceError, make_error, redact
@@ -798,7 +798,8 @@ class VendorFeed:
       - if t's bar has not closed at `now` yet, or every symbol failed for a transient reason
         (source down, circuit open, throttled, daily budget), it raises `RetryableError`: the
         engine's loop marks the bar late and asks again later;
-      - if every symbol failed with an auth error, it raises `FatalError` (fix the keys);
+      - if every symbol failed with an auth error, it raises `SourceRefused` (a FatalError
+        and a ConfigError: fix the keys);
         Yahoo's 401/403 (kind `blocked`: it has no keys) is RetryableError;
       - if no symbol has a bar at t it returns None (a holiday), unless `is_session(t)` says t
         is a trading session, in which case the bar is late (RetryableError);
@@ -819,9 +820,10 @@ class VendorFeed:
     `history(start, end)` returns the Panel of the whole window, for warm start and catch-up.
     A history that every symbol fails for good (`SourceError.permanent`: a 4xx such as Yahoo's
     422 for a window older than it keeps, unknown symbols, Alpha Vantage's "Error Message")
-    raises `FatalError` naming the vendor, the request and what to change, not RetryableError,
-    which the engine's warm-up retries without end; a source may say how far back it serves
-    an interval (`history_limit(interval) -> timedelta | None`, Yahoo's) for that message.
+    raises `SourceRefused` naming the vendor, the request and what to change, not
+    RetryableError, which the engine's warm-up retries without end; a source may say how far
+    back it serves an interval (`history_limit(interval) -> timedelta | None`, Yahoo's) for
+    that message.
     Symbols are sorted (as `HistoryFeed` and `Panel.from_long` do).
 
     `calendar` (an `ExchangeCalendar` of the feed's interval, duck-typed: `close_of(label)`)
@@ -1488,7 +1490,7 @@ class VendorFeed:
         window: tuple[datetime, datetime] | None = None,
         now: datetime | None = None,
     ) -> None:
-        """Raise when no symbol could be fetched: FatalError for what the operator must fix
+        """Raise when no symbol could be fetched: SourceRefused for what the operator must fix
         (keys, plan; with `window`, a history every symbol of which the vendor refuses for
         good), else RetryableError (a bar late; a warm-up tried again)."""
         if len(result.errors) < len(self._symbols):
@@ -1500,7 +1502,7 @@ class VendorFeed:
             f"(kinds: {', '.join(kinds)}; e.g. {self.source.caller.redact(first.message)})"
         )
         if kinds == ["auth"]:
-            raise FatalError(msg + "; check the credentials of the source")
+            raise SourceRefused(msg + "; check the credentials of the source")
         if "blocked" in kinds:
             # Yahoo's 401/403: retried (a bar late), the breaker pacing the requests. It was
             # `auth`, fatal: the daemon exited over a gate no configuration opens.
@@ -1512,7 +1514,7 @@ class VendorFeed:
         if set(kinds) <= {"auth", "plan"}:
             # A premium function on a free key, the demo key: retried each bar, and each
             # warm-up attempt, for good, spending the day's request budget.
-            raise FatalError(
+            raise SourceRefused(
                 msg + "; the source's plan or key does not serve this request (a premium "
                 "function, e.g. feed.alphavantage.adjusted = true on a free key, or the demo "
                 "key): change the configuration or the key"
@@ -1524,7 +1526,7 @@ class VendorFeed:
             # daemon never went live nor said why. In the loop a bar's failure stays
             # RetryableError: the next bar asks again, and a vendor's passing 404s must not
             # stop a running daemon.
-            raise FatalError(self._refused_for_good(kinds, first, window, now))
+            raise SourceRefused(self._refused_for_good(kinds, first, window, now))
         raise RetryableError(msg)
 
     def _refused_for_good(
