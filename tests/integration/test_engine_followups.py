@@ -2140,23 +2140,14 @@ def test_the_broker_check_fails_while_the_account_may_not_trade(engine_config):
     assert not result.ok and "keys refused since 2024-03-05 (HTTP 401)" in result.detail
 
 
-async def test_the_model_check_compares_with_the_cards_test_split(engine_config, tmp_path):
-    """The check put the live accuracy beside the card's validation figure, measured on the
-    windows that early-stopped the model and calibrated its confidence (optimistic), though
-    a card trained now holds a test split that tuned nothing (`metrics.test`)."""
-    from tiny_models import model_folder
-
+async def _model_check_after_live_bars(engine_config, params):  # type: ignore[no-untyped-def]
+    """(the engine, its model check, the check's answer) after 50 live bars of 3 symbols with
+    ml_ensemble (`params` beside cache_dir "")."""
     from tradingd.app import build_engine, health_inputs
 
-    def with_test_split(card):  # type: ignore[no-untyped-def]
-        test = json.loads(json.dumps(card["metrics"]["validation"]))
-        test["ensemble"]["directional_accuracy"] = 0.5
-        card["metrics"]["test"] = test
-
-    folder = model_folder(tmp_path / "m", edit=with_test_split)
     _, config = live_run(engine_config)
-    params = {"cache_dir": "", "model_dir": str(folder)}
-    config = dataclasses.replace(config, signals=(PluginSpec("ml_ensemble", 1.0, params),))
+    spec = PluginSpec("ml_ensemble", 1.0, {"cache_dir": "", **params})
+    config = dataclasses.replace(config, signals=(spec,))
     panel = make_panel(n_symbols=3, n_bars=220, split_at=None)
     config = dataclasses.replace(
         config, run=dataclasses.replace(config.run, start=panel.datetimes()[170].isoformat())
@@ -2165,7 +2156,22 @@ async def test_the_model_check_compares_with_the_cards_test_split(engine_config,
     await engine.run_until_done()
     checks, _status, _controls = health_inputs(engine)
     (check,) = [c for c in checks if c.name == "model"]
-    result = check.probe()
+    return engine, check, check.probe()
+
+
+async def test_the_model_check_compares_with_the_cards_test_split(engine_config, tmp_path):
+    """The check put the live accuracy beside the card's validation figure, measured on the
+    windows that early-stopped the model and calibrated its confidence (optimistic), though
+    a card trained now holds a test split that tuned nothing (`metrics.test`)."""
+    from tiny_models import model_folder
+
+    def with_test_split(card):  # type: ignore[no-untyped-def]
+        test = json.loads(json.dumps(card["metrics"]["validation"]))
+        test["ensemble"]["directional_accuracy"] = 0.5
+        card["metrics"]["test"] = test
+
+    folder = model_folder(tmp_path / "m", edit=with_test_split)
+    _, _, result = await _model_check_after_live_bars(engine_config, {"model_dir": str(folder)})
     live = result.data["ml_ensemble"]["live"]
     assert live["card_split"] == "test" and live["card"] == live["test"] == 0.5
     assert live["validation"] == pytest.approx(0.5185567, abs=1e-6)  # kept beside it
@@ -2177,21 +2183,8 @@ async def test_the_model_check_says_how_often_the_live_forecasts_were_right(engi
     the model check named the model only. It now reports the forecasts' directional
     accuracy on the bars traded, beside the card's validation figure."""
     from tradingd import metrics
-    from tradingd.app import build_engine, health_inputs
 
-    _, config = live_run(engine_config)
-    config = dataclasses.replace(
-        config, signals=(PluginSpec("ml_ensemble", 1.0, {"cache_dir": ""}),)
-    )
-    panel = make_panel(n_symbols=3, n_bars=220, split_at=None)
-    config = dataclasses.replace(
-        config, run=dataclasses.replace(config.run, start=panel.datetimes()[170].isoformat())
-    )
-    engine = build_engine(config, "live", panel=panel)
-    await engine.run_until_done()
-    checks, _status, _controls = health_inputs(engine)
-    (check,) = [c for c in checks if c.name == "model"]
-    result = check.probe()
+    engine, check, result = await _model_check_after_live_bars(engine_config, {})
     live = result.data["ml_ensemble"]["live"]
     # 50 traded bars of 3 symbols: the forecasts of the first 49 were scored (a symbol's
     # flat bar or a zero forecast counts neither way).

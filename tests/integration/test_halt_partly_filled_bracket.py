@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import _StubEntryPoint, run_engine
+from plugin_context import AlwaysLong
 from structlog.testing import capture_logs
 
 from tradingd.config import PluginSpec
@@ -24,25 +25,6 @@ from tradingd.core.types import RiskVerdict
 from tradingd.feeds.panel import Panel
 
 HALT_AT = "2020-01-03"  # the bar whose close decides the halt (or flatten)
-
-
-@dataclass(frozen=True)
-class _NoParams:
-    pass
-
-
-class _AlwaysLong:
-    kind: ClassVar[str] = "signal"
-    Config = _NoParams
-
-    def __init__(self, config, symbols):  # type: ignore[no-untyped-def]
-        self.name = "always_long"
-
-    def required_features(self):  # type: ignore[no-untyped-def]
-        return ()
-
-    def score(self, ctx):  # type: ignore[no-untyped-def]
-        return np.where(ctx.tradable, 1.0, np.nan)
 
 
 @dataclass(frozen=True)
@@ -76,7 +58,7 @@ def plugins(monkeypatch):  # type: ignore[no-untyped-def]
     from tradingd.engine import plugins as registry
 
     eps = dict(registry.available())
-    eps["always_long"] = _StubEntryPoint("always_long", _AlwaysLong)
+    eps["always_long"] = _StubEntryPoint("always_long", AlwaysLong)
     eps["switch"] = _StubEntryPoint("switch", _Switch)
     monkeypatch.setattr(registry, "available", lambda: eps)
 
