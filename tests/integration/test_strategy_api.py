@@ -807,8 +807,16 @@ def _cell_results(code: str, cwd):  # type: ignore[no-untyped-def]
     import subprocess
     import sys
 
+    # SIGINT as a notebook kernel has it, whatever this test process passed on: a child
+    # inherits an ignored or blocked SIGINT. Once (CI, 2026-12-07) both interrupt tests of
+    # one pytest worker ran as if no interrupt came (a run "finished", a run waiting 300 s
+    # for one), not reproduced since; the interrupt under test must arrive.
+    arm = (
+        "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])\n"
+    )
     proc = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=cwd
+        [sys.executable, "-c", arm + code], capture_output=True, text=True, timeout=300, cwd=cwd
     )
     return [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")], proc
 
