@@ -18,6 +18,7 @@ import pytest
 from conftest import _StubEntryPoint, run_engine
 from plugin_context import AlwaysLong
 from structlog.testing import capture_logs
+from test_engine_followups import _closes_panel
 
 from tradingd.config import PluginSpec
 from tradingd.core.ports import RiskDecision
@@ -88,21 +89,9 @@ def _config(engine_config, action: str | None):  # type: ignore[no-untyped-def]
 def _panel(n: int = 8) -> Panel:
     """S0 and S1 at 100 every bar, business days from 2020-01-01; S1 trades 100 shares a bar,
     so its entry (450 shares, decided on 01-01) fills 10 a bar: 20 by HALT_AT's close."""
-    close = np.full((n, 2), 100.0)
     volume = np.full((n, 2), 1e7)
     volume[:, 1] = 100.0
-    times = pd.bdate_range("2020-01-01", periods=n).to_numpy(dtype="datetime64[ns]")
-    return Panel(
-        times=times,
-        symbols=("S0", "S1"),
-        open=close.copy(),
-        high=close.copy(),
-        low=close.copy(),
-        close=close.copy(),
-        volume=volume,
-        split=np.ones_like(close),
-        dividend=np.zeros_like(close),
-    )
+    return _closes_panel(np.full((n, 2), 100.0), volume)
 
 
 def _s1(rows) -> dict[str, dict]:  # type: ignore[no-untyped-def]
