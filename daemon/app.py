@@ -532,12 +532,17 @@ def run_defaults(config: Config, bar: str = "1d") -> dict[str, Any]:
     as a day's, and every position sized at the cap. A calendar counts its own sessions a
     year (`sessions_per_year`: 365 on `24/7`, 244 on XTKS), daily bars included. Set in a
     plugin's params, it stays."""
-    cal = config.live.calendar
-    if bar == "1d":
-        # Daily bars in New York: the plugins' own 252. Elsewhere the calendar's count.
-        days = sessions_per_year(cal)
-        return {} if days == 252 else {"periods_per_year": float(days)}
-    return {"periods_per_year": float(sessions_per_year(cal) * bars_per_session(cal, bar))}
+    ppy = bars_a_year(config.live.calendar, bar)
+    # Daily bars in New York: the plugins' own 252. Elsewhere the calendar's count.
+    return {} if bar == "1d" and ppy == 252 else {"periods_per_year": float(ppy)}
+
+
+def bars_a_year(calendar: str, bar: str) -> int:
+    """Bars of `bar` length a year on `calendar`: its sessions a year, times its bars a
+    session for an intraday bar (what a run annualises with: `run_defaults`, and a stored
+    live run read back, `run_records.stored_run_results`)."""
+    days = sessions_per_year(calendar)
+    return days if bar == "1d" else days * bars_per_session(calendar, bar)
 
 
 def build_pipeline(config: Config, symbols: tuple[str, ...], bar: str = "1d") -> Pipeline:

@@ -631,10 +631,9 @@ def _with_live_bars_a_year(run: Mapping[str, Any]) -> dict[str, Any]:
         bar, calendar = str(live.get("bar", "1d")), str(live.get("calendar", "XNYS"))
     except (TypeError, ValueError, AttributeError):
         return out  # a configuration not readable: the default, as before
-    from ..app import bars_per_session, sessions_per_year
+    from ..app import bars_a_year
 
-    days = sessions_per_year(calendar)
-    ppy = days if bar == "1d" else days * bars_per_session(calendar, bar)
+    ppy = bars_a_year(calendar, bar)
     if ppy != 252:
         out["periods_per_year"] = float(ppy)
     return out
