@@ -251,6 +251,9 @@ _SECRET_PAIR = re.compile(
 _SECRET_NAME_WORDS = frozenset(
     {"KEY", "APIKEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "PASS", "PWD", "CREDENTIALS"}
 )
+# The shell's own variables that hold a credential word but never a credential: PWD is the
+# working directory (masked, every path logged from a checkout became "***/models/default").
+_NOT_SECRET_NAMES = frozenset({"PWD", "OLDPWD"})
 # Shorter values are not masked wherever they occur: a 4-character password would turn every
 # word holding it into ***.
 _MIN_ENV_SECRET = 8
@@ -267,7 +270,9 @@ def env_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
         value = value.strip()
         if not value:
             continue
-        if _SECRET_NAME_WORDS.intersection(name.upper().split("_")):
+        if name.upper() not in _NOT_SECRET_NAMES and _SECRET_NAME_WORDS.intersection(
+            name.upper().split("_")
+        ):
             found.add(value)
         if "://" in value:
             found.update(_secrets_of(value))

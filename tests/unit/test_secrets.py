@@ -320,3 +320,10 @@ def test_env_secrets_are_the_credential_variables_and_url_passwords_only():
     }
     assert set(env_secrets(env)) == {"PKSECRETKEYID4711", "AVKEY1234567", "t" * 24, "R3disPWqq"}
     assert env_secrets(env)[0] == "t" * 24  # longest first: a secret holding another goes whole
+
+
+def test_the_shells_working_directory_is_not_a_credential_but_a_pwd_variable_is():
+    # PWD is the shell's working directory: masked, every path logged from a checkout read
+    # "***/models/default", a plugin's failure "***/qplug/bad.py:85".
+    env = {"PWD": "/home/alice/tradingd", "OLDPWD": "/home/alice", "DB_PWD": "s3cretDbPw"}
+    assert env_secrets(env) == ("s3cretDbPw",)
