@@ -137,6 +137,13 @@ class StorageError(TradingdError):
     """The store is unreachable or rejected a write: check DATABASE_URL and the database."""
 
 
+class DatabaseOfAnotherBuild(StorageError, ConfigError):
+    """The database's tables are not this build's: a newer build added columns (run that
+    build, or restore the database saved before the upgrade), or another program made them
+    (use a new database or schema). Only the operator can end it, so a service command exits
+    EX_CONFIG and systemd does not restart it into the same refusal every 10 s."""
+
+
 class ControlRefusedError(TradingdError):
     """An operator's control cannot act now (the daemon is starting or has stopped): nothing
     was changed. Send it again when the message says."""

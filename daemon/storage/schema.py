@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from ..core.errors import StorageError
+from ..core.errors import DatabaseOfAnotherBuild
 
 Dialect = Literal["sqlite", "postgres"]
 Kind = Literal["text", "float", "time", "json", "int", "serial"]
@@ -393,7 +393,7 @@ def run_build_row(
     )
 
 
-def newer_columns_error(table: Table, have: Iterable[str]) -> StorageError | None:
+def newer_columns_error(table: Table, have: Iterable[str]) -> DatabaseOfAnotherBuild | None:
     """The columns of `table` in the database that this build does not declare, as the
     error that refuses the database: a newer build added them, and an older build deletes
     or rewrites what it does not know (a build before `order_events.booked_at` deleted the
@@ -402,7 +402,7 @@ def newer_columns_error(table: Table, have: Iterable[str]) -> StorageError | Non
     extra = sorted(set(have) - known)
     if not extra:
         return None
-    return StorageError(
+    return DatabaseOfAnotherBuild(
         f"table {table.name} has column(s) {', '.join(extra)} that this build of tradingd does "
         "not know: a newer build added them when it upgraded this database, and an older "
         "build would lose what it does not know (a downgrade is not supported): run that "
@@ -417,7 +417,7 @@ def add_column_sql(table: Table, column: str, dialect: Dialect) -> str:
     if c.not_null:
         # Not a column a later build added (those are nullable): the table was made by
         # another program or build, and its rows cannot be given a value here.
-        raise StorageError(
+        raise DatabaseOfAnotherBuild(
             f"its table {table.name} has no column {column}, which this build requires "
             "(NOT NULL): the database was made by another program or build; use a new "
             "database (or another schema) for tradingd"

@@ -473,6 +473,9 @@ async def test_a_table_of_another_program_without_a_required_column_is_named(pg)
     text = str(caught.value)
     assert "PostgreSQL at" in text and "positions" in text and "symbol" in text
     assert "new database" in text
+    from tradingd.__main__ import EX_CONFIG, exit_code
+
+    assert exit_code(caught.value, "run") == EX_CONFIG  # the operator's to end: no restart loop
     # The schema statements were rolled back with it: no table of this build was left.
     tables = await conn.fetch(
         "SELECT table_name FROM information_schema.tables WHERE table_schema = $1", schema

@@ -12,6 +12,7 @@ import asyncpg
 import pytest
 from pg_schemas import schema_url
 
+from tradingd.__main__ import EX_CONFIG, exit_code
 from tradingd.core.errors import StorageError
 from tradingd.storage.postgres import PostgresStore
 from tradingd.storage.sqlite import SqliteStore
@@ -29,9 +30,11 @@ async def test_sqlite_refuses_a_database_a_newer_build_added_columns_to(tmp_path
     con.commit()
     con.close()
     again = SqliteStore(str(path))
-    with pytest.raises(StorageError, match=SAID):
+    with pytest.raises(StorageError, match=SAID) as raised:
         await again.start()
     await again.stop()
+    # Only the operator can end it: systemd must not restart it every 10 s (exit 2 did).
+    assert exit_code(raised.value, "run") == EX_CONFIG
 
 
 async def test_postgres_refuses_a_database_a_newer_build_added_columns_to(pg_url):
@@ -48,4 +51,5 @@ async def test_postgres_refuses_a_database_a_newer_build_added_columns_to(pg_url
         with pytest.raises(StorageError, match=SAID) as raised:
             await asyncio.wait_for(again.start(), 10)
         assert "downgrade is not supported" in str(raised.value)
+        assert exit_code(raised.value, "run") == EX_CONFIG
         await again.stop()
