@@ -125,7 +125,11 @@ def exit_code(exc: TradingdError, command: str) -> int:
     goes through (a full spool, whose restart replays it) must stay restartable. Two
     ConfigErrors may end without the operator, and stay 2: a service that does not answer
     yet (ServiceUnavailable) and another daemon holding the lock (AnotherDaemonRunning: it
-    may be ending, or a killed one's PostgreSQL session, freed within about a minute)."""
+    may be ending, or a killed one's PostgreSQL session, freed within about a minute).
+    A set-up mistake raised as another kind of error is a ConfigError subclass as well, so
+    that it exits EX_CONFIG here: a lock file or a storage spool on a filesystem without
+    file locks (`instance_lock.LocksUnsupported`, `storage.spool.SpoolLocksUnsupported`,
+    StorageErrors too), as the data source refusing for good (`SourceRefused`)."""
     if command not in SERVICE_COMMANDS or not isinstance(exc, ConfigError):
         return 2
     from .instance_lock import AnotherDaemonRunning

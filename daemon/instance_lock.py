@@ -27,8 +27,10 @@ SIGKILL, so a crash can never leave a stuck lock:
   system temporary folder). The holder's pid, host and start time are written into the file
   for the refusal message; a file left by a killed process is not locked and does not block.
   What flock's error means is `core.flock`'s: held refuses (`AnotherDaemonRunning`), a
-  filesystem without locks is `LocksUnsupported`, and any other failure (EIO, EBADF, EACCES,
-  ...) is `LockFileFailed`, which stops the start at once: never read as "no locks here".
+  filesystem without locks is `LocksUnsupported` (a set-up mistake: a ConfigError too, exit
+  EX_CONFIG, never waited for as a database that is down), and any other failure (EIO,
+  EBADF, EACCES, ...) is `LockFileFailed`, which stops the start at once: never read as "no
+  locks here".
 
 The broker account, machine-wide. Both locks above sit with the store, so two daemons of one
 configuration in two working folders (a relative `sqlite:///var/paper.db`) or on two
@@ -139,10 +141,13 @@ _KEEPALIVE = {
 }
 
 
-class LocksUnsupported(StorageError):
+class LocksUnsupported(StorageError, ConfigError):
     """The lock file's filesystem does not do file locks (`core.flock`: ENOLCK, ENOTSUP,
     ENOSYS, EINVAL). The store's lock stops the start; the account lock is then said and
-    left to the store's lock, as for a lock folder that cannot be written."""
+    left to the store's lock, as for a lock folder that cannot be written. A set-up mistake
+    (the lock's folder is on such a filesystem) that no restart ends: a ConfigError too, so
+    `tradingd run` exits with EX_CONFIG, which systemd does not restart, and the start does
+    not wait for it as for a database that is down."""
 
 
 class LockFileFailed(StorageError):
@@ -797,7 +802,7 @@ async def _take(lock: InstanceLock, wait_s: float, unreachable_wait_s: float) ->
             if time.monotonic() >= deadline:
                 raise
             await asyncio.sleep(0.1)
-        except LockFileFailed:
+        except (LockFileFailed, LocksUnsupported):
             raise  # a file that cannot be locked, not a database that is down
         except StorageError as e:
             left = down_deadline - time.monotonic()

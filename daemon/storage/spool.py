@@ -28,7 +28,8 @@ another process holds is left to it; any other failure is a `SpoolError` naming 
 the errno, on a filesystem without locks (ENOLCK: some NFS and FUSE mounts) as well: without
 its lock a live writer's spool cannot be told from an orphan, and replaying one that is
 still written wrote its batches twice, so the spool has no unlocked mode (put
-`storage.spool_dir` on a local disk).
+`storage.spool_dir` on a local disk). That one is `SpoolLocksUnsupported`, a set-up mistake
+and a ConfigError too (`tradingd run` exits with EX_CONFIG, not restarted by systemd).
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from typing import Any
 import structlog
 
 from ..core import flock
-from ..core.errors import StorageError
+from ..core.errors import ConfigError, StorageError
 
 log = structlog.get_logger(__name__)
 
@@ -65,11 +66,18 @@ class SpoolError(StorageError):
     """The spool cannot take or give back a batch: the operator must act."""
 
 
+class SpoolLocksUnsupported(SpoolError, ConfigError):
+    """`storage.spool_dir` is on a filesystem without file locks (`core.flock`: ENOLCK,
+    ENOTSUP, ENOSYS, EINVAL): a set-up mistake no restart ends, so a ConfigError too
+    (`tradingd run` exits with EX_CONFIG, which systemd does not restart). A spool file
+    whose lock fails for another reason (EIO, EBADF) stays a SpoolError, as a full spool."""
+
+
 def _lock_failed(path: Path, exc: OSError, step: str) -> SpoolError:
     """The error of a spool file's flock that failed (not held by another process): it
     names the file, the errno and what to do."""
     if flock.is_unsupported(exc):
-        return SpoolError(
+        return SpoolLocksUnsupported(
             f"cannot lock the storage spool file {path} to {step} ({flock.errno_text(exc)}): "
             "this filesystem refuses file locks, and without them a live daemon's spool "
             "cannot be told from the spool of one that died (replayed while it is written, "

@@ -7,12 +7,14 @@ the cause, while a full storage spool must keep being restarted (its restart rep
 
 from __future__ import annotations
 
+import errno
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cli_runs import in_process, tripwires, write_config
+from flock_faults import failing_on
 
 from tradingd.__main__ import EX_CONFIG, exit_code
 from tradingd.core.errors import (
@@ -210,3 +212,47 @@ async def test_a_run_id_held_by_another_engine_exits_as_a_held_lock_not_a_config
         await first.stop()
     assert "is in use by" in str(refused.value)
     assert exit_code(refused.value, "run") == 2
+
+
+@pytest.fixture
+def started(monkeypatch, tmp_path, capsys) -> Cli:
+    """`main(argv)` in tmp_path with no step replaced: the daemon's own start fails."""
+    return in_process(monkeypatch, tmp_path, capsys)
+
+
+# flock's errno on the file under test, and the exit: a filesystem without file locks is a
+# set-up mistake (78); another failure of the lock (EIO) may be the disk's, and a restart's.
+LOCK_FAULTS = [(errno.ENOLCK, EX_CONFIG), (errno.EIO, 2)]
+
+
+@pytest.mark.parametrize(("fault", "code"), LOCK_FAULTS, ids=lambda v: errno.errorcode.get(v, v))
+def test_a_lock_file_on_a_filesystem_without_locks_exits_ex_config(
+    started, tmp_path, monkeypatch, fault, code
+):
+    """The store's lock file on a filesystem without file locks (an NFS mount without
+    lockd) was a StorageError only: the start waited storage.start_retry_s for it as for a
+    database that is down ("waiting_for_database"), then exited 2, which systemd restarted
+    every 10 s until its start limit. Nothing but moving the store or the lock folder ends
+    it."""
+    failing_on(monkeypatch, lambda p: p.endswith(".lock"), fault)
+    got, _, err = started("run", "-c", str(write_config(tmp_path, RUNNABLE)))
+    assert got == code, err[-2000:]
+    assert errno.errorcode[fault] in error_line(err)
+    assert exit_line(err)["exit_code"] == code
+    assert "waiting_for_database" not in err
+
+
+@pytest.mark.parametrize(("fault", "code"), LOCK_FAULTS, ids=lambda v: errno.errorcode.get(v, v))
+def test_a_storage_spool_on_a_filesystem_without_locks_exits_ex_config(
+    started, tmp_path, monkeypatch, pg_url, fault, code
+):
+    """storage.spool_dir on a filesystem without file locks stops the start (the spool has
+    no unlocked mode) with a SpoolError, which exited 2 as a full spool does, and systemd
+    restarted it to the same refusal. A full spool stays 2 (above)."""
+    monkeypatch.setenv("DATABASE_URL", pg_url)
+    failing_on(monkeypatch, lambda p: p.endswith(".probe.tmp"), fault)
+    got, _, err = started("run", "-c", str(write_config(tmp_path, RUNNABLE)))
+    assert got == code, err[-2000:]
+    line = error_line(err)
+    assert "storage spool" in line and errno.errorcode[fault] in line
+    assert exit_line(err)["exit_code"] == code

@@ -54,9 +54,14 @@ async def test_a_store_lock_file_that_fails_stops_the_start_at_once(tmp_path, mo
 @pytest.mark.parametrize("code", UNSUPPORTED, ids=errno.errorcode.get)
 async def test_a_store_lock_file_without_locks_is_said_so(tmp_path, monkeypatch, code):
     failing_on(monkeypatch, lambda p: p.endswith(".lock"), code)
-    with pytest.raises(StorageError, match="does not support file locks") as failed:
-        await acquire_instance_lock(_store(tmp_path), "simulated:x")
+    with (
+        capture_logs() as logs,
+        pytest.raises(StorageError, match="does not support file locks") as failed,
+    ):
+        # Nor waited for as a database that is down: the filesystem does not change.
+        await acquire_instance_lock(_store(tmp_path), "simulated:x", unreachable_wait_s=2.0)
     assert errno.errorcode[code] in str(failed.value)
+    assert not [e for e in logs if e["event"] == "instance_lock.waiting_for_database"]
 
 
 @pytest.mark.parametrize("code", HELD, ids=errno.errorcode.get)
