@@ -399,6 +399,38 @@ def _split_hold_text(s: Split) -> str:
     )
 
 
+# The reason a cancel of the plan gives its order (orders.csv, the store, the audit log) when
+# nothing else decided it: the planner's, for the exits of a position it closes or cuts.
+_REBALANCE_CANCEL = "rebalance: position closed or cut"
+_WITHDRAWN_CANCEL = (
+    "rebalance: entry withdrawn, the strategy's target is 0 or on the other side of it"
+)
+_FLATTEN_CANCEL = "flatten: the operator's /flatten"
+_NO_REASONS: Mapping[str, str] = MappingProxyType({})
+
+
+def _verdict_text(v: RiskVerdict) -> str:
+    name = v.plugin if not v.rule or v.rule == v.plugin else f"{v.plugin}/{v.rule}"
+    return f"{name} {v.action}: {v.reason}"
+
+
+def _risk_cancel_reason(
+    verdicts: Sequence[RiskVerdict], symbol: str, actions: Set[str] | None = None
+) -> str:
+    """The reason of a cancel the risk chain caused in `symbol`: "risk: " and the verdicts
+    covering it (its own and the whole book's; only those of `actions` if given), each
+    named by its plugin and rule. It said "rebalance: position closed or cut" whatever
+    caused it, a halt's or a sector cap's cancel as a strategy's rebalance."""
+    said = dict.fromkeys(
+        _verdict_text(v)
+        for v in verdicts
+        if v.symbol in (symbol, None) and (actions is None or v.action in actions)
+    )
+    if not said:
+        return "risk: the risk chain cut the target (no verdict said why)"
+    return "risk: " + "; ".join(said)
+
+
 def _gap(reading: tuple[float, float] | None) -> float:
     """A (broker, book) reading's difference; none read (it appeared later) is 0."""
     return 0.0 if reading is None else reading[0] - reading[1]
@@ -1128,44 +1160,90 @@ class Engine:
         working: Sequence[Order],
         unreconciled: Set[str],
         t: datetime,
-    ) -> list[str]:
-        """The ids of this run's working entries the risk chain or the strategy dropped
-        before anything of them filled (`working_entries.withdrawn_entries`), cancelled
-        with the plan; logged, naming them."""
+        verdicts: Sequence[RiskVerdict] = (),
+    ) -> dict[str, str]:
+        """This run's working entries the risk chain or the strategy dropped before anything
+        of them filled (`working_entries.withdrawn_entries`), cancelled with the plan: their
+        ids and each cancel's reason, the risk verdicts that cut the symbol's target when
+        the sizing's target (`sized`) still wanted the entry, the strategy's rebalance
+        otherwise; logged, naming them."""
         gone = withdrawn_entries(
             targets, sized, ctx, working, self._symbol_index, self._placed_by_us, unreconciled
         )
         if not gone:
-            return []
-        ids = [o.client_order_id for o in gone]
+            return {}
+        index = self._symbol_index
+        why = {
+            o.client_order_id: (
+                _WITHDRAWN_CANCEL
+                if float(sized[index[o.symbol]]) * o.side.sign <= 0
+                else _risk_cancel_reason(verdicts, o.symbol)
+            )
+            for o in gone
+        }
         log.info(
             "engine.entries_withdrawn",
             time=t,
             symbols=sorted({o.symbol for o in gone}),
-            cancel_entries=ids,
+            cancel_entries=list(why),
             reason="nothing filled, and the target after the risk chain is 0, on the other "
             "side, or cut below what the entry buys",
+            reasons=why,
         )
-        return ids
+        return why
+
+    def _exit_cancel_reasons(
+        self,
+        cancel: Sequence[str],
+        sized: np.ndarray,
+        chained: np.ndarray,
+        verdicts: Sequence[RiskVerdict],
+        default: str,
+    ) -> dict[str, str]:
+        """The reasons of the planner's cancels (the exits of a position it closes or cuts):
+        the risk verdicts covering the symbol where the chain changed its target (`chained`,
+        the sizing's `sized` before it), else `default` (the rebalance's, or a flatten's)."""
+        if not cancel:
+            return {}
+        if chained is sized or default is not _REBALANCE_CANCEL:
+            return dict.fromkeys(cancel, default)
+        symbol_of = {o.client_order_id: o.symbol for o in self.broker.open_orders()}
+        index = self._symbol_index
+        out: dict[str, str] = {}
+        for cid in cancel:
+            sym = symbol_of.get(cid)
+            i = index.get(sym) if sym is not None else None
+            cut = i is not None and float(chained[i]) != float(sized[i])
+            out[cid] = _risk_cancel_reason(verdicts, sym) if cut and sym else default
+        return out
 
     def _halted_orders(
         self, held: np.ndarray, verdicts: Sequence[RiskVerdict], t: datetime
-    ) -> tuple[list[Order], list[str]]:
+    ) -> tuple[list[Order], dict[str, str]]:
         """For a bar whose risk verdicts halt or flatten (a kill switch, a daily loss limit):
         the open orders the planner sees, and this run's working entries that add exposure,
         cancelled with the plan, in every symbol (a verdict without one) or in the verdicts'.
         The planner waits for a symbol's working entry, so an entry still filling in parts
         (volume participation, a limit) went on filling through the halt, every bar of it
-        without an expiry, and a flatten left those shares held."""
+        without an expiry, and a flatten left those shares held. Each cancel's reason names
+        the verdicts that halt its symbol."""
         symbols = {v.symbol for v in verdicts if v.action in BLOCKING}
         only = None if None in symbols else {s for s in symbols if s is not None}
         kept, adding, _ = self._flatten_orders(held, only)
-        if adding:
-            log.warning("risk.entries_cancelled", time=t, cancel_entries=adding)
-        return kept, adding
+        if not adding:
+            return kept, {}
+        symbol_of = {o.client_order_id: o.symbol for o in self._plannable_orders()}
+        why = {
+            cid: _risk_cancel_reason(verdicts, symbol_of.get(cid, ""), BLOCKING) for cid in adding
+        }
+        log.warning("risk.entries_cancelled", time=t, cancel_entries=adding, reasons=why)
+        return kept, why
 
-    async def _cancel_then_check(self, plan: Plan | _EmptyPlan, t: datetime) -> Plan:
-        """The plan's cancels; then its orders, less those in a symbol where an order being
+    async def _cancel_then_check(
+        self, plan: Plan | _EmptyPlan, t: datetime, why: Mapping[str, str] = _NO_REASONS
+    ) -> Plan:
+        """The plan's cancels, each with its reason in `why` (the rebalance's where it has
+        none); then its orders, less those in a symbol where an order being
         cancelled had filled meanwhile (a live broker executes between the plan and the
         cancel: a protective stop hit). The plan counted on those shares: its sale, sent
         anyway, sold them a second time, a short sale in a long-only run. Such orders are
@@ -1173,7 +1251,7 @@ class Engine:
         known = {o.client_order_id: o.filled_quantity for o in self.broker.open_orders()}
         moved: set[str] = set()
         for cid in plan.cancel:
-            cancelled = await self.broker.cancel(cid, "rebalance: position closed or cut")
+            cancelled = await self.broker.cancel(cid, why.get(cid, _REBALANCE_CANCEL))
             if cancelled is not None:
                 one = [cancelled]
                 self._record_orders(one, self._booked(t))
@@ -2862,6 +2940,7 @@ class Engine:
                 risk_ctx, hold = book, book.portfolio.weights
         sized = targets  # before the risk chain: where a hard cut starts from
         targets, verdicts = self._risk(targets, risk_ctx)
+        chained, chain_verdicts = targets, verdicts  # the chain's, before any hold below
         if verdicts:
             self._verdicts += len(verdicts)
             if m:
@@ -2881,13 +2960,19 @@ class Engine:
             t0 = self._lap("risk", t0)
 
         paused = False
-        adding: list[str] = []
+        # The entries cancelled with the plan, each with its cancel's reason.
+        adding: dict[str, str] = {}
+        exits_cancelled = _REBALANCE_CANCEL  # the planner's cancels' reason, unless risk's
         open_orders: Sequence[Order] = ()
         if self.trading_state == "flattening":
             # An operator's flatten: every target is zero but where the book and the broker
             # differ; exits go through the planner like any rebalance (and take their
             # protective legs with them).
-            targets, open_orders, adding = self._flatten_bar(targets, ctx, unreconciled, splitting)
+            targets, open_orders, flattened = self._flatten_bar(
+                targets, ctx, unreconciled, splitting
+            )
+            adding = dict.fromkeys(flattened, _FLATTEN_CANCEL)
+            exits_cancelled = _FLATTEN_CANCEL
             paused = self.trading_state == "paused"
         elif self.trading_state == "paused":
             paused = True  # an operator's pause: no new orders; open ones stay at the broker
@@ -2902,7 +2987,7 @@ class Engine:
                 # Cancelled with the plan; the planner still sees them this bar (their
                 # symbols wait: a live cancel may come back unconfirmed, the entry filling).
                 adding = self._withdraw_entries(
-                    targets, sized, ctx, working, unreconciled, bar.time
+                    targets, sized, ctx, working, unreconciled, bar.time, chain_verdicts
                 )
         plan = (
             _NO_PLAN
@@ -2911,6 +2996,16 @@ class Engine:
                 targets, ctx, open_orders, unreconciled, self._hard_cuts(verdicts, sized, targets)
             )
         )
+        # Each cancel's reason, for its order's record: a cancel the risk chain caused names
+        # its verdicts (it said "rebalance: position closed or cut" whatever caused it).
+        why: dict[str, str] | None = None
+        if plan.cancel or adding:
+            why = {
+                **adding,
+                **self._exit_cancel_reasons(
+                    plan.cancel, sized, chained, chain_verdicts, exits_cancelled
+                ),
+            }
         if adding:
             plan = Plan(orders=list(plan.orders), cancel=[*adding, *plan.cancel])
         interrupted, self._interrupted = self._interrupted, None
@@ -2938,7 +3033,8 @@ class Engine:
                 orders=len(interrupted[2]),
             )
         if splitting:
-            plan = self._without_splitting(plan, splitting)
+            why = {} if why is None else why
+            plan = self._without_splitting(plan, splitting, why)
         submitting = False
         try:
             if self._durable and (plan.orders or plan.cancel):
@@ -2954,7 +3050,7 @@ class Engine:
                 await self.store.flush()
                 faults.reached("intent")
             if plan.cancel:
-                plan = await self._cancel_then_check(plan, bar.time)
+                plan = await self._cancel_then_check(plan, bar.time, why or _NO_REASONS)
             if plan.orders:
                 submitting = True
                 acked = await self.broker.submit(plan.orders)
@@ -3209,10 +3305,11 @@ class Engine:
         """This run's working orders in `splitting`'s symbols cancelled outside a bar's plan,
         the bar lock held, as that plan would have (`_without_splitting`); said once
         (`split.orders_cancelled`) when there were any."""
-        plan = self._without_splitting(_NO_PLAN, splitting)
+        why: dict[str, str] = {}
+        plan = self._without_splitting(_NO_PLAN, splitting, why)
         if not plan.cancel:
             return
-        await self._cancel_then_check(plan, t)
+        await self._cancel_then_check(plan, t, why)
         log.warning(
             "split.orders_cancelled",
             symbols=sorted(splitting),
@@ -3221,12 +3318,18 @@ class Engine:
             "across the split; its exits are placed again after it",
         )
 
-    def _without_splitting(self, plan: Plan | _EmptyPlan, splitting: Mapping[str, Split]) -> Plan:
+    def _without_splitting(
+        self,
+        plan: Plan | _EmptyPlan,
+        splitting: Mapping[str, Split],
+        why: dict[str, str] | None = None,
+    ) -> Plan:
         """`plan` with no order in a symbol that splits before the next open, and this run's
         working orders in it cancelled: Alpaca splits the position and keeps the orders as
         they were, so a stop or an entry priced and sized before the split would work after
         it (a stop above the post-split price fills at the open). The exits are placed again,
-        post-split, once the ex-date's bar has applied the split."""
+        post-split, once the ex-date's bar has applied the split. The split is the reason of
+        each cancel it adds (put into `why`)."""
         cancel = list(plan.cancel)
         for o in self.broker.open_orders():
             if (
@@ -3235,6 +3338,10 @@ class Engine:
                 and o.client_order_id not in cancel
             ):
                 cancel.append(o.client_order_id)
+                if why is not None:
+                    why[o.client_order_id] = (
+                        f"split: {o.symbol} {_split_hold_text(splitting[o.symbol])}"
+                    )
         orders = [o for o in plan.orders if o.symbol not in splitting]
         return Plan(orders=orders, cancel=cancel)
 

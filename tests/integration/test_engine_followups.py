@@ -1518,10 +1518,10 @@ async def test_a_cancel_of_an_order_closed_before_the_plan_does_not_drop_the_pla
 
     real_check = engine._cancel_then_check
 
-    async def check(plan, t):  # type: ignore[no-untyped-def]
+    async def check(plan, t, *why):  # type: ignore[no-untyped-def]
         hide[0] = True  # as after a restart: the cancelled orders are closed already
         try:
-            return await real_check(plan, t)
+            return await real_check(plan, t, *why)
         finally:
             hide[0] = False
 

@@ -118,6 +118,9 @@ async def test_a_halt_keeps_the_legs_of_an_entry_it_cancels_after_a_partial_fill
     assert sorted(s1) == ["20200101 entry|1", "20200101 sl|1", "20200101 tp|1"]
     entry = s1["20200101 entry|1"]
     assert (entry["status"], entry["filled_quantity"]) == ("cancelled", 20.0)
+    # The halt's cancel names the rule that halted, not a rebalance (orders.csv, the store).
+    assert entry["reason"].startswith("risk") and "switch halt" in entry["reason"]
+    assert "switched" in entry["reason"]
     for leg in ("sl|1", "tp|1"):
         o = s1[f"20200101 {leg}"]
         assert (o["status"], o["quantity"], o["filled_quantity"]) == ("new", 20.0, 0.0)
@@ -145,6 +148,13 @@ async def test_a_flatten_sells_what_a_cancelled_entry_bought_on_its_bar(
     entry = s1["20200101 entry|1"]
     assert (entry["status"], entry["filled_quantity"]) == ("cancelled", 20.0)
     assert [s1[f"20200101 {leg}"]["status"] for leg in ("sl|1", "tp|1")] == ["cancelled"] * 2
+    # Each cancel says what flattened: the risk rule's verdict, or the operator's /flatten;
+    # "rebalance: position closed or cut" said neither.
+    for o in (entry, s1["20200101 sl|1"], s1["20200101 tp|1"]):
+        if how == "verdict":
+            assert o["reason"].startswith("risk") and "switch flatten" in o["reason"], o
+        else:
+            assert "flatten" in o["reason"] and "rebalance" not in o["reason"], o
     [sale] = [o for k, o in s1.items() if o["side"] == "sell" and o["status"] != "cancelled"]
     assert sale["created_at"].date().isoformat() == HALT_AT  # decided with the cancel
     assert (sale["status"], sale["quantity"], sale["filled_quantity"]) == ("filled", 20.0, 20.0)

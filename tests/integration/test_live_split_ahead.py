@@ -17,6 +17,7 @@ import asyncio
 import dataclasses
 import json
 import math
+import sqlite3
 import sys
 import time
 from typing import Any, ClassVar
@@ -404,7 +405,7 @@ async def test_an_alpaca_py_without_the_corporate_actions_client_is_an_error_at_
 
 
 async def test_a_split_learned_at_a_restart_cancels_the_runs_orders_in_it_before_any_bar(
-    engine_config, fake
+    engine_config, fake, tmp_path
 ):
     """The eve's bar was decided before the split was known (here its lookup failed; a split
     announced after that bar is the same), so S00's exits and S01's entry still work at the
@@ -434,6 +435,13 @@ async def test_a_split_learned_at_a_restart_cancels_the_runs_orders_in_it_before
     assert seen_at_ex and not (seen_at_ex[0] & working)  # gone before the ex-date's bar
     [said] = [e for e in logs if e["event"] == "split.orders_cancelled"]
     assert "S00" in said["symbols"] and any("|S00|" in c for c in said["cancelled"])
+    # Each stored cancel says the split caused it ("rebalance: position closed or cut").
+    with sqlite3.connect(tmp_path / "store.db") as con:
+        reasons = con.execute(
+            "select reason from orders where symbol = 'S00' and status = 'cancelled'"
+        ).fetchall()
+    assert len(reasons) == len(working)
+    assert all(r.startswith("split: S00") and "ex-date" in r for (r,) in reasons), reasons
 
 
 async def test_a_split_the_heartbeat_learns_between_bars_cancels_the_runs_orders_before_the_open(

@@ -187,6 +187,9 @@ async def test_an_entry_the_strategy_drops_before_it_fills_is_cancelled(
     assert list(out.fills) == []
     entries = [o for o in out.orders if o["symbol"] == "A"]
     assert [o["status"] for o in entries] == ["cancelled"]
+    # The strategy's decision, no risk rule's (no verdict at all in this run).
+    [reason] = [o["reason"] for o in entries]
+    assert reason.startswith("rebalance") and "strategy" in reason
 
 
 def _sector_config(engine_config, cap: float):
@@ -275,6 +278,10 @@ async def test_an_entry_the_chain_cuts_is_withdrawn_not_filled_in_full(
         )
     a = [o for o in out.orders if o["symbol"] == "A"]
     assert [o["status"] for o in a] == ["cancelled", "filled"]
+    # The cancel names the rule that cut A, with its verdict's reason: it said "rebalance:
+    # position closed or cut", as if the strategy had dropped A.
+    assert a[0]["reason"].startswith("risk") and "sector_exposure" in a[0]["reason"]
+    assert "above limit" in a[0]["reason"]
     fills = [f for f in out.fills if f["symbol"] == "A"]
     assert [(f["side"], f["quantity"]) for f in fills] == [("buy", 100.0)]
 
