@@ -1837,6 +1837,9 @@ def health_inputs(
             "market_open": market_open,
             "bars": engine.bars_processed,
             "bars_never_traded": engine.bars_never_traded,
+            # The broker outage the bars see now (since, last failing bar, bars and orders
+            # missed, the last error; broker.unavailable ... broker.recovered), or None.
+            "broker_outage": engine.broker_outage.status(),
             "model_version": engine.signal_source,
             "trading_state": engine.trading_state,
             "resumed_from": engine.resumed_from,

@@ -75,8 +75,9 @@ Errors:
   for those.
 * Alpaca refusing the keys after the start (401, or 403 "forbidden." without a code: keys
   revoked or replaced) is no order's refusal but an outage of the account: one error line
-  of the broker's (`alpaca.keys_refused`; its end `alpaca.keys_accepted`; the engine says
-  each bar it could not place, `broker.unavailable`), the broker not connected, and no
+  of the broker's (`alpaca.keys_refused`; its end `alpaca.keys_accepted`; the engine counts
+  the bars it could not place, `broker.unavailable` ... `broker.recovered`), the broker not
+  connected, and no
   order or cancel sent meanwhile: `submit` raises `SubmitCutShort` with the batch not sent,
   `cancel` RetryableError, as for a broker that cannot be reached (the engine decides again
   at the next bar), each after one look at the account (GET /v2/account), whose answer ends

@@ -94,6 +94,7 @@ from . import collector
 from .accounting import BLOCKING, RejectionRecord, RiskRecord, rule_of
 from .decisions import decision_record
 from .history import HistoryBuffer
+from .outages import BrokerOutage
 from .planner import OrderPlanner, Plan
 from .plugin_outputs import by_symbol, verdict_error
 from .plugins import feature_names, history_bars_of, instance_keys
@@ -625,7 +626,10 @@ class Engine:
         self._last_time: datetime | None = None
         self.risk_record = RiskRecord()
         self.rejections = RejectionRecord(explain=self._explain_rejection)
-        self.broker_failures = 0
+        self.broker_failures = 0  # bars whose orders or cancels could not reach the broker
+        # The outage those bars are part of: one error line at its first, the rest counted
+        # and said at a bounded rate, one at its end (`broker.recovered`).
+        self.broker_outage = BrokerOutage()
         self.bars_unavailable = 0
         # Live bars released but never traded: the source delivered them neither at their
         # release nor before a newer bar (`bar.lost`), still missing when the run ends, or
@@ -1488,6 +1492,7 @@ class Engine:
             await end_background()
             await self._book_final_updates()
             self._warn_of_untraded_bars(missed)
+            self.broker_outage.at_stop(self._last_time)
             if self._splits:
                 log.info("corporate.splits_applied", splits=self._splits)
             self.risk_record.finish(self._last_time)
@@ -1684,13 +1689,17 @@ class Engine:
             for o in acked:
                 metrics.ORDERS.labels(status=str(o.status)).inc()
 
-    def _settle_unsent(self, exc: RetryableError, unsent: Sequence[Order], t: datetime) -> None:
+    def _settle_unsent(
+        self, exc: RetryableError, unsent: Sequence[Order], t: datetime, said: bool = True
+    ) -> None:
         """After a broker failure, the stored intents whose fate is known are closed now, in
         the same bar: those the broker answered (`answered` on the error) as answered, and
         those never sent (`not_sent`, or the whole plan when the failure came before the
         submit: a cancel) as cancelled. Before, they stayed `new` in the store for good: a
         later restart re-checks only the intents after its checkpoint. An order whose send
-        outcome is unknown is in neither: the broker looks it up and reports it."""
+        outcome is unknown is in neither: the broker looks it up and reports it. Said at the
+        outage's rate (`said`; BrokerOutage), else at debug: every bar of an outage closes
+        the orders it planned."""
         answered = list(getattr(exc, "answered", ()))
         if answered:
             self._book_acked(answered, t)
@@ -1704,7 +1713,7 @@ class Engine:
             return
         self._record_orders(closed, self._booked(t))
         self._publish_items("orders", closed, t)
-        log.warning(
+        (log.warning if said else log.debug)(
             "orders.not_placed",
             time=t,
             orders=[o.client_order_id for o in closed],
@@ -3036,6 +3045,7 @@ class Engine:
             why = {} if why is None else why
             plan = self._without_splitting(plan, splitting, why)
         submitting = False
+        sending = bool(plan.orders or plan.cancel)  # the broker is asked: a bar that tells
         try:
             if self._durable and (plan.orders or plan.cancel):
                 # The intent, cancels included, is stored before any of it reaches the
@@ -3065,11 +3075,16 @@ class Engine:
             # in which an order whose outcome is unknown is still working until the broker
             # has looked it up (AlpacaBroker._follow_unconfirmed): never sent twice.
             self.broker_failures += 1
-            log.error("broker.unavailable", time=bar.time, error=str(exc), orders=len(plan.orders))
+            # The outage's first bar is an error line; later bars are counted and said at
+            # a bounded rate (an hour's outage at 1-minute bars was 60 identical lines).
+            said = self.broker_outage.failed(bar.time, str(exc), len(plan.orders))
             # A resumed plan's orders may have reached the broker before the restart: the
             # broker's resume looked them up; they are not closed here.
             unsent = plan.orders if not submitting and interrupted_plan is None else ()
-            self._settle_unsent(exc, unsent, bar.time)
+            self._settle_unsent(exc, unsent, bar.time, said)
+        else:
+            if sending:
+                self.broker_outage.got_through(bar.time)
 
         if m:
             t0 = self._lap("orders", t0)

@@ -9,7 +9,7 @@ import dataclasses
 import json
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
 import numpy as np
@@ -1182,6 +1182,75 @@ async def test_a_plan_whose_cancel_met_a_broker_failure_closes_its_orders_as_not
         ).fetchall()
     assert len(rows) == len(warned["orders"])
     assert all(st == "cancelled" and r.startswith("not placed") for st, r in rows)
+
+
+async def test_a_broker_outage_is_said_at_its_start_counted_and_said_at_its_end(
+    engine_config, always_long
+):
+    """Each bar of a broker outage was an error line, `broker.unavailable`, and its orders'
+    `orders.not_placed` a warning: an hour at 1-minute bars, 120 lines. Its first bar is
+    said; the later bars are counted and said at a bounded rate (here at most every 3 days of
+    bars, so that daily bars show it; 5 minutes doubling to an hour by default), the bars
+    between at debug; the first bar that reaches the broker says `broker.recovered` with
+    the outage's length and what it missed, and `/status` shows it while it lasts."""
+    from tradingd.app import build_engine
+    from tradingd.brokers.alpaca import SubmitCutShort
+    from tradingd.core.types import OrderStatus
+    from tradingd.engine.outages import BrokerOutage
+
+    panel, config = live_run(engine_config)
+    config = dataclasses.replace(config, signals=(PluginSpec("always_long"),))
+    engine = build_engine(config, "live", panel=panel)
+    engine.broker_outage = BrokerOutage(
+        repeat_first=timedelta(days=3), repeat_max=timedelta(days=6)
+    )
+    down = 10  # the broker fails the first 10 bars that send orders
+    failed: list[tuple[datetime, int]] = []
+    during: list[dict[str, Any] | None] = []
+    real_submit = engine.broker.submit
+
+    async def submit(orders):  # type: ignore[no-untyped-def]
+        if len(failed) == down:
+            return await real_submit(orders)
+        failed.append((orders[0].created_at, len(orders)))
+        for o in orders:  # as Alpaca's adapter closes a batch it could not send
+            o.status = OrderStatus.CANCELLED
+        raise SubmitCutShort("Alpaca unreachable (timeout)", [], list(orders))
+
+    def watch(t, verdicts):  # type: ignore[no-untyped-def]
+        during.append(engine.broker_outage.status())
+
+    engine.broker.submit = submit  # type: ignore[method-assign]
+    engine.after_bar.append(watch)
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    assert len(failed) == down and engine.broker_failures == down
+    first, last = failed[0][0], failed[-1][0]
+    [start] = [e for e in logs if e["event"] == "broker.unavailable"]
+    assert (start["time"], start["orders"], start["log_level"]) == (first, failed[0][1], "error")
+    repeats = [
+        e for e in logs if e["event"] == "broker.still_unavailable" and e["log_level"] == "error"
+    ]
+    assert 1 <= len(repeats) < down - 1
+    said = {start["time"]} | {e["time"] for e in repeats}
+    between = [t for t, _ in failed if t not in said]
+    # Every failing bar is in a line: the first, one counted by the next repeat, or one
+    # after the last repeat (counted in the end's totals).
+    after = [t for t, _ in failed if t > repeats[-1]["time"]]
+    assert 1 + sum(e["bars_since_last_line"] for e in repeats) + len(after) == down
+    [end] = [e for e in logs if e["event"] == "broker.recovered"]
+    assert end["since"] == first and end["last_failed"] == last
+    assert end["time"] > last and end["down_for_s"] == (end["time"] - first).total_seconds()
+    assert (end["bars"], end["orders"]) == (down, sum(n for _, n in failed))
+    # The orders closed as not placed: warned of on the bars said, at debug on the others.
+    not_placed = [e for e in logs if e["event"] == "orders.not_placed"]
+    assert len(not_placed) == down
+    assert {e["time"] for e in not_placed if e["log_level"] == "warning"} == said
+    assert between and {e["time"] for e in not_placed if e["log_level"] == "debug"} == set(between)
+    # /status's broker_outage while it lasted, none after.
+    shown = [s for s in during if s is not None]
+    assert shown[0]["since"] == first and shown[-1]["bars"] == down
+    assert during[-1] is None
 
 
 async def test_a_new_live_run_warns_of_orders_open_at_the_broker_in_its_universe(engine_config):
