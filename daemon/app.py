@@ -539,10 +539,36 @@ def run_defaults(config: Config, bar: str = "1d") -> dict[str, Any]:
 
 def bars_a_year(calendar: str, bar: str) -> int:
     """Bars of `bar` length a year on `calendar`: its sessions a year, times its bars a
-    session for an intraday bar (what a run annualises with: `run_defaults`, and a stored
-    live run read back, `run_records.stored_run_results`)."""
+    session for an intraday bar (what a run annualises with: `run_defaults`, a replay's
+    stored `replay_bars`, and a stored live run read back, `run_records.stored_run_results`)."""
     days = sessions_per_year(calendar)
     return days if bar == "1d" else days * bars_per_session(calendar, bar)
+
+
+#: The key of a replay's stored configuration (`runs.config_json`) that holds its data's bar
+#: and the bars a year its summary annualises with: `{"bar": "5m", "periods_per_year":
+#: 19656.0}`. No setting (a replay's bar is its data's): `stored_config_json` adds it.
+REPLAY_BARS_KEY = "replay_bars"
+
+
+def stored_config_json(config: Config, mode: str, bar: str) -> str:
+    """The configuration stored with a run (`runs.config_json`): the public one, and for a
+    replay its data's bar and bars a year (`REPLAY_BARS_KEY`), as its run folder's summary
+    annualises (`backtest.run_backtest`). A replay's summary in the store holds only its
+    bar count and its configuration no bar (its data's), so an intraday replay read back
+    from the store (`run_records.stored_run_results`) was annualised with 252 bars a year,
+    its Sharpe ratio sqrt(bars a day) too small. A live run's bar is its `live.bar`; its
+    stored configuration stays the public one (a live start compares it with its own:
+    `run_continuation`)."""
+    public = config.to_public_json()
+    if mode == "live":
+        return public
+    stored = json.loads(public)
+    stored[REPLAY_BARS_KEY] = {
+        "bar": bar,
+        "periods_per_year": float(bars_a_year(config.live.calendar, bar)),
+    }
+    return json.dumps(stored, sort_keys=True, default=str)
 
 
 def build_pipeline(config: Config, symbols: tuple[str, ...], bar: str = "1d") -> Pipeline:
@@ -1444,7 +1470,7 @@ def _assemble(
         run_id=run_id,
         mode=mode,
         started_at=datetime.now(UTC),
-        config_json=config.to_public_json(),
+        config_json=stored_config_json(config, mode, bar),
         symbols=symbols,
         initial_capital=config.run.initial_capital,
     )

@@ -609,33 +609,65 @@ async def stored_run_results(store: Any, run_id: str, *, partial: bool = False) 
         ),
         "fills": pd.DataFrame(fills),
         "initial_capital": float(run["initial_capital"]),
-        "metrics": _with_live_bars_a_year(run),
+        "metrics": _with_bars_a_year(run),
         "splits": splits,
         "partial": bool(unfinished),
     }
 
 
-def _with_live_bars_a_year(run: Mapping[str, Any]) -> dict[str, Any]:
-    """The stored summary, with the bars a year of a live run's own bar (`live.bar`,
-    `live.calendar` in its stored configuration) when the summary records none: a live
-    run's summary holds only its bar count, so a 5-minute live run read back from the store
-    was annualised as 252 bars a year, its Sharpe ratio sqrt(78) too small. (A replay's bar
-    is its data's, which the stored configuration does not hold: its summary says it.)"""
+def _with_bars_a_year(run: Mapping[str, Any]) -> dict[str, Any]:
+    """The stored summary, with the bars a year of the run's own bar when the summary
+    records none: a stored run's summary holds only its bar count, so a 5-minute run read
+    back from the store was annualised as 252 bars a year, its Sharpe ratio sqrt(78) too
+    small. A live run's bar is its `live.bar` (on `live.calendar`) in its stored
+    configuration; a replay's is its data's, which its stored configuration holds under
+    `replay_bars` (`app.stored_config_json`) with the bars a year its summary annualised
+    with. A replay stored before that (no `replay_bars`) is read as 252 bars a year, said
+    (`analysis.replay_bar_unknown`). A `replay_bars.periods_per_year` that is no positive
+    number is taken as written, and refused where it is taken (`periods_per_year_for`),
+    as a summary's is."""
     summary = run.get("summary")
     out = dict(summary) if isinstance(summary, Mapping) else {}
-    if run.get("mode") != "live" or "periods_per_year" in out:
+    if "periods_per_year" in out:
         return out
     try:
         raw = run.get("config_json")
-        live = (json.loads(raw) if isinstance(raw, str) else raw or {}).get("live") or {}
-        bar, calendar = str(live.get("bar", "1d")), str(live.get("calendar", "XNYS"))
-    except (TypeError, ValueError, AttributeError):
-        return out  # a configuration not readable: the default, as before
-    from ..app import bars_a_year
+        stored = json.loads(raw) if isinstance(raw, str) else raw or {}
+        if not isinstance(stored, Mapping):
+            raise TypeError(type(stored).__name__)
+    except (TypeError, ValueError):
+        stored = None  # a configuration not readable
+    if run.get("mode") == "live":
+        if stored is None:
+            return out  # the default, as before
+        try:
+            live = stored.get("live") or {}
+            bar, calendar = str(live.get("bar", "1d")), str(live.get("calendar", "XNYS"))
+        except AttributeError:
+            return out
+        from ..app import bars_a_year
 
-    ppy = bars_a_year(calendar, bar)
-    if ppy != 252:
-        out["periods_per_year"] = float(ppy)
+        ppy: Any = float(bars_a_year(calendar, bar))
+    else:
+        from ..app import REPLAY_BARS_KEY
+
+        replay = stored.get(REPLAY_BARS_KEY) if stored is not None else None
+        if not isinstance(replay, Mapping) or "periods_per_year" not in replay:
+            log.warning(
+                "analysis.replay_bar_unknown",
+                run_id=str(run.get("run_id", "")),
+                periods_per_year=DEFAULT_PERIODS_PER_YEAR,
+                detail=f"the stored configuration of replay {run.get('run_id')!r} does not "
+                f"say its data's bar ({REPLAY_BARS_KEY}: stored since this release; the "
+                "replay is older, or its configuration damaged): it is annualised with 252 "
+                "bars a year, daily bars on New York's calendar. For intraday data or "
+                "another calendar set periods_per_year (the analysis's configuration), or "
+                "analyse its run folder (its summary.json records its own)",
+            )
+            return out
+        ppy = replay["periods_per_year"]
+    if ppy != DEFAULT_PERIODS_PER_YEAR:
+        out["periods_per_year"] = ppy
     return out
 
 

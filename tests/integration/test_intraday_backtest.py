@@ -508,3 +508,51 @@ def test_a_model_trained_on_other_bars_than_the_runs_is_warned_about(engine_conf
     bad = model_folder(tmp_path / "bad", edit=no_bar_length)
     with pytest.raises(ConfigError, match=f"model card {bad / 'card.json'}: bar = '2h'"):
         build_engine(_ml_config(engine_config, str(bad)), "backtest", panel=five)
+
+
+async def _read_back(config, run_id: str) -> dict:  # type: ignore[no-untyped-def]
+    """The run `run_id` as `stored_run_results` reads it from `config`'s store."""
+    from tradingd.analysis.run_records import stored_run_results
+    from tradingd.storage.factory import open_store
+
+    store = open_store(config.storage.url, spool=False)
+    await store.start()
+    try:
+        return await stored_run_results(store, run_id)
+    finally:
+        await store.stop()
+
+
+@pytest.mark.parametrize(
+    ("minutes", "calendar", "bars_a_year"),
+    [(5, "XNYS", 252 * 78), (15, "XNYS", 252 * 26), (0, "24/7", 365), (0, "XNYS", None)],
+)
+async def test_a_replay_read_back_from_the_store_annualises_as_its_run_folder(
+    engine_config, tmp_path, minutes, calendar, bars_a_year
+):
+    """A replay's stored summary holds only its bar count and its stored configuration no
+    bar (its data's): an intraday backtest read back from PostgreSQL or SQLite was
+    annualised with 252 bars a year, its Sharpe ratio its run folder's over sqrt(bars a
+    day). Its stored configuration now holds its data's bar and bars a year (`replay_bars`);
+    a daily run on New York's calendar records none, as its summary.json (252)."""
+    from structlog.testing import capture_logs
+
+    from tradingd.strategy_api import PerformanceAnalyzer
+
+    panel = intraday_panel(minutes) if minutes else make_panel(n_bars=300, split_at=None)
+    config = dataclasses.replace(
+        engine_config,
+        run=dataclasses.replace(engine_config.run, start="", run_id="stored"),
+        live=dataclasses.replace(engine_config.live, calendar=calendar),
+    )
+    outcome = await run_backtest(config, panel=panel, output_dir=tmp_path / "out")
+    assert outcome.summary.get("periods_per_year") == bars_a_year  # the folder's own
+    with capture_logs() as logs:
+        stored = await _read_back(config, "stored")
+    assert stored["metrics"].get("periods_per_year") == bars_a_year
+    assert [e for e in logs if e["event"] == "analysis.replay_bar_unknown"] == []
+    analyzer = PerformanceAnalyzer(benchmark=pd.Series(dtype=float))
+    from_store = analyzer.calculate_performance_metrics(stored)
+    from_folder = analyzer.calculate_performance_metrics(tmp_path / "out")
+    assert from_store["sharpe"] == pytest.approx(from_folder["sharpe"], rel=1e-9)
+    assert from_store["annual_return"] == pytest.approx(outcome.summary["annual_return"])

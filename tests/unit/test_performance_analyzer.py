@@ -605,9 +605,17 @@ def test_a_run_missing_from_a_store_names_the_store(tmp_path, run_async):
     assert str(path) in str(caught.value)
 
 
-def _stored_run(tmp_path, run_async, mode: str, end: dict | None, config=None, **kw):
+def _stored_run(
+    tmp_path,
+    run_async,
+    mode: str,
+    end: dict | None,
+    config=None,
+    event: str = "analysis.partial_run",
+    **kw,
+):
     """(what `stored_run_results` gives for a run of `mode` stored with 40 bars and ended
-    with summary `end` (None: never ended), the warnings it logged)."""
+    with summary `end` (None: never ended), the `event` lines it logged)."""
     import json
 
     from structlog.testing import capture_logs
@@ -633,7 +641,7 @@ def _stored_run(tmp_path, run_async, mode: str, end: dict | None, config=None, *
 
     with capture_logs() as logs:
         got = run_async(read())
-    return got, [e for e in logs if e["event"] == "analysis.partial_run"]
+    return got, [e for e in logs if e["event"] == event]
 
 
 @pytest.mark.parametrize(
@@ -937,3 +945,34 @@ def test_a_live_run_read_from_the_store_annualises_with_its_own_bar(
     assert sharpe() == pytest.approx(sharpe(periods_per_year=bars_a_year or 252.0), rel=1e-12)
     ratio = sharpe() / sharpe(periods_per_year=252.0)
     assert ratio == pytest.approx(math.sqrt((bars_a_year or 252.0) / 252.0), rel=1e-9)
+
+
+def test_a_replay_stored_before_it_recorded_its_bar_is_read_as_252_bars_a_year_said(
+    tmp_path, run_async
+):
+    """A replay's stored configuration holds its data's bar and bars a year
+    (`replay_bars`, `app.stored_config_json`); one stored before it did is read with 252
+    bars a year, and the warning says why (it was 252 without a word: a 5-minute replay's
+    Sharpe ratio sqrt(78) too small)."""
+    old = {"run": {"end": "2017-12-29"}}
+    got, warned = _stored_run(
+        tmp_path, run_async, "backtest", {"bars": 40}, old, "analysis.replay_bar_unknown"
+    )
+    assert "periods_per_year" not in got["metrics"]
+    (said,) = warned
+    assert said["log_level"] == "warning" and said["run_id"] == "r1"
+    assert "'r1'" in said["detail"] and "252 bars a year" in said["detail"]
+    assert "replay_bars" in said["detail"] and "periods_per_year" in said["detail"]
+    recorded = {**old, "replay_bars": {"bar": "5m", "periods_per_year": 19656.0}}
+    got, warned = _stored_run(
+        tmp_path / "new", run_async, "backtest", {"bars": 40}, recorded,
+        "analysis.replay_bar_unknown",
+    )  # fmt: skip
+    assert got["metrics"]["periods_per_year"] == 19656.0 and warned == []
+    # Damaged, it is refused where it is taken, as a summary's; a caller's own still reads.
+    damaged = {**old, "replay_bars": {"bar": "5m", "periods_per_year": "many"}}
+    got, _ = _stored_run(tmp_path / "damaged", run_async, "backtest", {"bars": 40}, damaged)
+    with pytest.raises(ValueError, match="periods_per_year 'many' is not a positive number"):
+        PerformanceAnalyzer(NO_BENCH).calculate_performance_metrics(got)
+    own = PerformanceAnalyzer(PerformanceConfig(periods_per_year=252.0, benchmark=""))
+    assert math.isfinite(own.calculate_performance_metrics(got)["sharpe"])
