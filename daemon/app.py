@@ -720,44 +720,69 @@ def _warn_other_universe(plugin: Any, features: Sequence[str], symbols: Sequence
 
 
 def warn_model_bar(pipeline: Pipeline, bar: str) -> None:
-    """A model trained on bars of another length than the run's (`model.bar_differs`): its
-    horizon is so many of its own bars, and its residual_std and confidence are calibrated
-    on their returns, yet the shipped daily model started on 1- and 5-minute bars without a
-    word. A card without `bar` was trained on daily bars
-    (every card before `tradingd train` recorded it, the shipped one included); one whose
-    `bar` is not a bar length is refused, naming the card."""
+    """A model trained on bars of another length than the run's (`model.bar_differs`,
+    `check_model_bar`), at start and for every model a signal plugin takes up mid-run: a
+    plugin that follows a published model offers `check_reloaded_models(check)` (see
+    `core.ports`), and is handed the same check, which it runs on each new model before it
+    serves. A live daemon took up a model retrained on other bars (`tradingd retrain`
+    publishing to `var/models/current`) without a word: only the start was checked."""
     for plugin, _ in pipeline.signals:
+        name = getattr(plugin, "name", type(plugin).__name__)
         card = model_card(plugin)
-        if card is None:
-            continue
-        trained = card.get("bar", "1d")
-        if trained not in LIVE_BARS:
+        if card is not None:
             path = getattr(getattr(getattr(plugin, "pair", None), "card", None), "path", None)
-            raise ConfigError(
-                f"model card {path}: bar = {trained!r} is not a bar length "
-                f"({', '.join(LIVE_BARS)}): train the model again, or correct the card"
-            )
-        if trained == bar:
-            continue
-        said = (
-            f"its card's bar = {trained}"
-            if "bar" in card
-            else "its card records no bar length: every card trained before tradingd "
-            "recorded it was trained on daily bars, the shipped one included"
+            version = getattr(plugin, "version", None)
+            check_model_bar(card, bar, plugin=name, version=version, path=path)
+        watch = getattr(plugin, "check_reloaded_models", None)
+        if callable(watch):
+            watch(functools.partial(_check_reloaded_model_bar, bar=bar, plugin=name))
+
+
+def _check_reloaded_model_bar(card: Any, *, bar: str, plugin: str) -> None:
+    """`check_model_bar` of a model a plugin is about to take up mid-run (`card`: its
+    `inference.onnx.ModelCard`), named by its own version and card."""
+    data = card.data
+    version = data.get("model_version") if isinstance(data, Mapping) else None
+    check_model_bar(data, bar, plugin=plugin, version=version, path=card.path)
+
+
+def check_model_bar(
+    card: Mapping[str, Any], bar: str, *, plugin: str, version: Any, path: Any
+) -> None:
+    """A model trained on bars of another length than the run's is warned about
+    (`model.bar_differs`): its horizon is so many of its own bars, and its residual_std and
+    confidence are calibrated on their returns, yet the shipped daily model started on 1-
+    and 5-minute bars without a word. A card without `bar` was trained on daily bars
+    (every card before `tradingd train` recorded it, the shipped one included); one whose
+    `bar` is not a bar length is refused (ConfigError), naming the card (`path`)."""
+    trained = card.get("bar", "1d")
+    if trained not in LIVE_BARS:
+        raise ConfigError(
+            f"model card {path}: bar = {trained!r} is not a bar length "
+            f"({', '.join(LIVE_BARS)}): train the model again, or correct the card"
         )
-        horizon = (card.get("target") or {}).get("horizon_bars", "?")
-        log.warning(
-            "model.bar_differs",
-            plugin=getattr(plugin, "name", type(plugin).__name__),
-            version=getattr(plugin, "version", None),
-            trained_on=trained,
-            run_bar=bar,
-            rule=f"the model was trained on {trained} bars ({said}) and runs on {bar} bars: "
-            f"its target is the return {horizon} {trained} bar(s) ahead and its "
-            "residual_std and confidence are calibrated on such returns, so its forecasts "
-            "and confidence mean something else here; train a model on bars of this length "
-            "(tradingd train on such data)",
-        )
+    if trained == bar:
+        return
+    said = (
+        f"its card's bar = {trained}"
+        if "bar" in card
+        else "its card records no bar length: every card trained before tradingd "
+        "recorded it was trained on daily bars, the shipped one included"
+    )
+    horizon = (card.get("target") or {}).get("horizon_bars", "?")
+    log.warning(
+        "model.bar_differs",
+        plugin=plugin,
+        version=version,
+        card=None if path is None else str(path),
+        trained_on=trained,
+        run_bar=bar,
+        rule=f"the model was trained on {trained} bars ({said}) and runs on {bar} bars: "
+        f"its target is the return {horizon} {trained} bar(s) ahead and its "
+        "residual_std and confidence are calibrated on such returns, so its forecasts "
+        "and confidence mean something else here; train a model on bars of this length "
+        "(tradingd train on such data)",
+    )
 
 
 def choose_swaps(

@@ -662,6 +662,8 @@ class MlEnsemble:
         self._prepared: tuple[BarContext, np.ndarray] | None = None
         # A reload's predictions of its bar's windows (keys under the new salt, values).
         self._checked: tuple[np.ndarray, np.ndarray] | None = None
+        # The run's checks of a model taken up mid-run (`check_reloaded_models`).
+        self._model_checks: list[Callable[[ModelCard], None]] = []
         self._defer_cache()
 
     def required_features(self) -> tuple[str, ...]:
@@ -749,6 +751,14 @@ class MlEnsemble:
         otherwise switch it to the new version at its next bar, and the run's decisions and
         results would come from two models, its summary naming only the last."""
         self._pinned = True
+
+    def check_reloaded_models(self, check: Callable[[ModelCard], None]) -> None:
+        """Run `check(card)` on each model found mid-run before it serves (see
+        `core.ports`): the run's own checks of its model (`app.warn_model_bar`: trained on
+        bars of another length, `model.bar_differs`), which its start made of the model it
+        loaded only. A `ConfigError` from it refuses the model, as one of another shape is
+        (`model.reload_refused`; the loaded one serves on)."""
+        self._model_checks.append(check)
 
     def _maybe_reload(self) -> None:
         """A model root's `current` link may have been switched by `tradingd retrain`: load
@@ -860,6 +870,8 @@ class MlEnsemble:
         its version's file, before the plugin's key changes; the plugin starts an empty store
         for the new version."""
         target = found.target
+        if trial.pair is not None:
+            trial = self._run_checks(trial)
         if trial.pair is None:
             self._failed = _FailedLoad(target, found.files, trial.error)
             if trial.refused:
@@ -901,6 +913,17 @@ class MlEnsemble:
             self._checked = (self._keys.keys(found.full, self._salt), trial.checked)
         log.info("model.reloaded", version=self.version, path=str(target))
         return outgoing
+
+    def _run_checks(self, trial: _Trial) -> _Trial:
+        """The trial, or a refusal of its model by one of the run's checks
+        (`check_reloaded_models`), which log what they warn of (`model.bar_differs`)."""
+        assert trial.pair is not None
+        try:
+            for check in self._model_checks:
+                check(trial.pair.card)
+        except ConfigError as exc:
+            return _Trial(None, str(exc), refused=True)
+        return trial
 
     def _broken_link(self, target: Path) -> None:
         """The watched folder or link names nothing (the version folder deleted): the model

@@ -510,6 +510,64 @@ def test_a_model_trained_on_other_bars_than_the_runs_is_warned_about(engine_conf
         build_engine(_ml_config(engine_config, str(bad)), "backtest", panel=five)
 
 
+def test_a_model_published_mid_run_trained_on_other_bars_is_warned_about(
+    engine_config, tmp_path, monkeypatch
+):
+    """`model.bar_differs` was checked at start only: a live daemon following
+    `var/models/current` took up a model retrained on other bars (`tradingd retrain`
+    publishing one) without a word. Each model taken up mid-run gets the start's check,
+    named by its own version; a card whose bar is no bar length is refused, as at start,
+    and the loaded model serves on."""
+    import shutil
+
+    from conftest import live_run
+    from published_models import publish_two, switch
+    from structlog.testing import capture_logs
+
+    from tradingd.config import PluginSpec
+
+    monkeypatch.chdir(tmp_path)
+    root, second = publish_two(tmp_path)  # "first" (no bar: daily) serves; "second" waits
+
+    def card_bar(folder, version: str, bar: str) -> None:  # type: ignore[no-untyped-def]
+        card = json.loads((folder / "card.json").read_text())
+        card["model_version"], card["bar"] = version, bar
+        (folder / "card.json").write_text(json.dumps(card))
+
+    card_bar(second, "second", "5m")
+    third = root / "versions" / "third"
+    shutil.copytree(root / "versions" / "first", third)
+    card_bar(third, "third", "2h")
+    panel, config = live_run(engine_config)  # daily bars, live
+    spec = PluginSpec("ml_ensemble", params={"cache_dir": ""})
+    with capture_logs() as logs:
+        engine = build_engine(dataclasses.replace(config, signals=(spec,)), "live", panel=panel)
+    try:
+        assert [e for e in logs if e["event"] == "model.bar_differs"] == []
+        ((plugin, _),) = engine.pipeline.signals
+        assert plugin.version == "first"
+
+        switch(root, "second")
+        with capture_logs() as logs:
+            plugin._maybe_reload()
+        assert plugin.version == "second"
+        (warned,) = [e for e in logs if e["event"] == "model.bar_differs"]
+        assert warned["log_level"] == "warning" and warned["version"] == "second"
+        assert (warned["trained_on"], warned["run_bar"]) == ("5m", "1d")
+        assert warned["card"] == str(second / "card.json")
+        assert "card's bar = 5m" in warned["rule"]
+
+        switch(root, "third")
+        with capture_logs() as logs:
+            plugin._maybe_reload()
+        (refused,) = [e for e in logs if e["event"].startswith("model.")]
+        assert refused["event"] == "model.reload_refused" and refused["serving"] == "second"
+        assert f"model card {third / 'card.json'}: bar = '2h'" in refused["reason"]
+        assert plugin.version == "second" and not plugin.status()["ok"]
+    finally:
+        engine.close_held()
+
+
 async def _read_back(config, run_id: str) -> dict:  # type: ignore[no-untyped-def]
     """The run `run_id` as `stored_run_results` reads it from `config`'s store."""
     from tradingd.analysis.run_records import stored_run_results
