@@ -2,11 +2,17 @@
 
 The specification's health checks include "Model Performance: ML model accuracy": a model
 decays after its training dates, and the daemon should say so while it runs, not only in a
-backtest done later. The model card holds the validation window's directional accuracy (the
-shipped pair's: 0.52); this measures the same on the bars traded since the start, over the
-last `bars` bars: the sign of each bar's forecast against the sign of the symbol's next
-close-to-close return, split-adjusted (the card's target: a one-bar forward log return).
-A forecast of exactly 0 and a return of exactly 0 count neither way.
+backtest done later. This measures the forecasts' directional accuracy on the bars traded
+since the start, over the last `bars` bars: the sign of each bar's forecast against the
+sign of the symbol's next close-to-close return, split-adjusted (the card's target: a
+one-bar forward log return). A forecast of exactly 0 and a return of exactly 0 count
+neither way.
+
+The `/ready` model check puts it beside the card's figure (`MlEnsemble.accuracy`): its
+held-out test split's (`metrics.test`, windows no fitting, early stopping or calibration
+saw) when the card has one, else its validation windows' (a card trained before the test
+split, the shipped pair's: 0.52), said to be optimistic: those windows early-stopped the
+CNN+LSTM and calibrated the confidence.
 """
 
 from __future__ import annotations
