@@ -265,10 +265,29 @@ def _bad_row(file: Path, frame: pd.DataFrame, column: str, bad: np.ndarray, want
     if bad.any():
         i = int(np.flatnonzero(bad)[0])
         value = frame[column].iloc[i]
-        shown = repr(value) if isinstance(value, str) else "(empty)" if pd.isna(value) else value
+        if isinstance(value, str):
+            shown = repr(value)
+        elif pd.isna(value):
+            shown = _missing_cell(file, column, i)
+        else:
+            shown = str(value)
         raise ValueError(
             f"{file} line {i + 2} (the header is line 1): {column} {shown} is not {want}"
         )
+
+
+def _missing_cell(file: Path, column: str, row: int) -> str:
+    """How a cell pandas read as missing (NaN) is written in `file`: "(empty)" for an empty
+    or absent cell, else its text as written ('nan', 'NULL': pandas reads those as NaN
+    too). Both were "(empty)", and a NaN written in a cell and a cell left empty are
+    different defects to the person repairing the file. Read again (with every cell as
+    text) only here, on the way to an error."""
+    try:
+        cells = pd.read_csv(file, usecols=[column], dtype=str, keep_default_na=False, nrows=row + 1)
+        text = cells[column].iloc[row]
+    except (OSError, ValueError, KeyError, IndexError):  # changed since: say what it can be
+        return "(empty or NaN)"
+    return "(empty)" if not isinstance(text, str) or not text.strip() else repr(text)
 
 
 def _numbers(file: Path, frame: pd.DataFrame, column: str, *, finite: bool = False) -> np.ndarray:

@@ -201,6 +201,12 @@ _DAMAGE = {
         lambda out: _edit_cell(out / "equity.csv", 4, "equity", ""),
         r"equity.csv line 4 .*: equity \(empty\) is not a finite number",
     ),
+    # NaN written in the cell: "(empty)" too, and the person repairing the file looked for
+    # an empty cell
+    "an equity written as NaN": (
+        lambda out: _edit_cell(out / "equity.csv", 4, "equity", "NaN"),
+        r"equity.csv line 4 .*: equity 'NaN' is not a finite number",
+    ),
     "an equity that is not finite": (
         lambda out: _edit_cell(out / "equity.csv", 2, "equity", "inf"),
         r"equity.csv line 2 .*: equity inf is not a finite number",
@@ -413,22 +419,26 @@ def test_a_negative_gross_exposure_is_refused(tmp_path: Path) -> None:
         run_record(out)
 
 
-@pytest.mark.parametrize("factor", ["0", "-2", "nan", "inf", "", "two"])
+@pytest.mark.parametrize("factor", ["0", "-2", "nan", "NaN", "NULL", "inf", "", None, "two"])
 def test_a_split_factor_that_is_not_a_positive_number_is_refused(
-    tmp_path: Path, factor: str
+    tmp_path: Path, factor: str | None
 ) -> None:
     """0 was a ZeroDivisionError (a traceback from `tradingd report`) when a fill before it
-    was restated; a negative factor made its prices negative."""
+    was restated; a negative factor made its prices negative. A NaN written in the cell was
+    shown as "(empty)", as an empty one: it is shown as written (None: the cell absent)."""
     out = _folder(tmp_path)
+    last = "AAA,2020-01-04T00:00:00+00:00" + ("" if factor is None else f",{factor}")
     (out / "splits.csv").write_text(
-        "symbol,time,split\n"
-        "BBB,2020-01-03T00:00:00+00:00,2.0\n"
-        f"AAA,2020-01-04T00:00:00+00:00,{factor}\n"
+        f"symbol,time,split\nBBB,2020-01-03T00:00:00+00:00,2.0\n{last}\n"
     )
-    # As pandas read the column (floats: the other row's 2.0); "nan" is NaN, as an empty cell.
-    shown = {"0": "0.0", "-2": "-2.0", "nan": r"\(empty\)", "": r"\(empty\)"}.get(
-        factor, "'two'" if factor == "two" else factor
-    )
+    # As pandas read the column (floats: the other row's 2.0); a NaN as it is written.
+    shown = {
+        "0": "0.0",
+        "-2": "-2.0",
+        "inf": "inf",
+        "": r"\(empty\)",
+        None: r"\(empty\)",
+    }.get(factor, f"'{factor}'")
     with pytest.raises(
         ValueError,
         match=rf"^{out}/splits.csv line 3 \(the header is line 1\): split {shown} is not a "
