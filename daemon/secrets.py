@@ -233,6 +233,14 @@ _URL_IN_TEXT = re.compile(r"(?<![A-Za-z0-9+.\-])[A-Za-z][A-Za-z0-9+.\-]{0,31}://
 # `client_secret:`; matched from the word on, so that no prefix is scanned: a prefix pattern
 # made a long hyphenated line quadratic), quoted or not: a libpq keyword DSN quotes a
 # password with spaces (`password='a b;c'`), and a dict's repr quotes both (`'password': 'x'`).
+# The value is masked whatever it is, an English word too: `invalid_token: no route` (an
+# OAuth error code before its message) reads `invalid_token: *** route`. Deliberate, a
+# word too many rather than a credential shown: the pattern cannot tell an error code that
+# ends in a credential word from a credential's name (a server may well echo the refused
+# token after `invalid_token: `, and a key refused for one wrong character is still nearly
+# the key), and an exemption for values that read as English would show any password that
+# is such a word. tradingd's own messages put no `: ` after a credential word instead (the
+# Alpaca refused-keys error), rather than this masking being narrowed.
 _SECRET_PAIR = re.compile(
     r"(?i)((?:password|passwd|pwd|secret(?:[_-]?key)?|private[_-]?key|token"
     r"|(?:api[_-]?key|apikey)(?:[_-]?id)?)['\"]?)"

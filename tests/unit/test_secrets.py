@@ -177,6 +177,10 @@ def test_a_secret_variables_name_before_a_colon_is_read_as_its_value_and_masked(
     assert mask_text("APCA_API_SECRET_KEY=s3cret x") == "APCA_API_SECRET_KEY=*** x"
     words = "the keys in APCA_API_KEY_ID and APCA_API_SECRET_KEY, saying no (HTTP 401)"
     assert mask_text(words) == words
+    # Deliberately so after any name ending in a credential word, an error code's too
+    # (see secrets._SECRET_PAIR): a word of the message is lost, never a token shown.
+    assert mask_text("invalid_token: no route") == "invalid_token: *** route"
+    assert mask_text("invalid_token: PKSECRETKEYID4711") == "invalid_token: ***"
 
 
 def test_scrub_removes_the_password_from_a_library_message():
