@@ -14,7 +14,8 @@ the outage's length (its first failing bar to that bar) and its counts. A bar th
 nothing to send neither fails nor ends an outage: it says nothing of the broker.
 
 Bar times, not the wall clock: a live bar is stepped as it is released, and the lines are
-the same in a replay of the bars (tests, an accelerated live run).
+the same in a replay of the bars (tests, an accelerated live run). The counting and the pace
+are core/outages.py's `Outage`, which Alpaca's failing polls share (on the wall clock).
 """
 
 from __future__ import annotations
@@ -24,38 +25,58 @@ from typing import Any
 
 import structlog
 
+from ..core.outages import REPEAT_FIRST, REPEAT_MAX, Outage, duration_text
+
 log = structlog.get_logger(__name__)
 
-REPEAT_FIRST = timedelta(minutes=5)
-REPEAT_MAX = timedelta(hours=1)
+__all__ = ["REPEAT_FIRST", "REPEAT_MAX", "BrokerOutage"]
 
 
 class BrokerOutage:
-    """The current broker outage of a live engine, if any (`since` None: none)."""
+    """The current broker outage of a live engine, if any (`since` None: none): an `Outage`
+    (core/outages.py) of bars, said as the broker's."""
 
     def __init__(self, repeat_first: timedelta = REPEAT_FIRST, repeat_max: timedelta = REPEAT_MAX):
-        self.repeat_first = repeat_first
-        self.repeat_max = repeat_max
-        self.since: datetime | None = None  # its first failing bar
-        self.last_failed: datetime | None = None
-        self.bars = 0  # failing bars, the first included
-        self.orders = 0  # orders those bars planned and could not place (or not know placed)
-        self.error = ""
-        self._said_at: datetime | None = None
-        self._wait = repeat_first
-        self._unsaid_bars = 0
-        self._unsaid_orders = 0
+        self._outage = Outage(repeat_first, repeat_max, unit="bars")
+
+    @property
+    def repeat_first(self) -> timedelta:
+        return self._outage.repeat_first
+
+    @property
+    def repeat_max(self) -> timedelta:
+        return self._outage.repeat_max
+
+    @property
+    def since(self) -> datetime | None:  # its first failing bar
+        return self._outage.since
+
+    @property
+    def last_failed(self) -> datetime | None:
+        return self._outage.last_failed
+
+    @property
+    def bars(self) -> int:  # failing bars, the first included
+        return self._outage.counts.get("bars", 0)
+
+    @property
+    def orders(self) -> int:  # orders those bars planned and could not place (or know placed)
+        return self._outage.counts.get("orders", 0)
+
+    @property
+    def error(self) -> str:
+        return self._outage.error
 
     def failed(self, t: datetime, error: str, orders: int) -> bool:
         """Bar `t` could not reach the broker (`error`; `orders` of its plan not placed):
         counted, and logged if due. Whether this bar's lines are said (the first failing bar,
         or a due repeat): the caller says its own (the orders closed as not placed) at the
         same rate."""
-        if self.since is None:
-            self.since, self._said_at, self._wait = t, t, self.repeat_first
-            self.bars, self.orders = 1, orders
-            self.last_failed, self.error = t, error
-            self._unsaid_bars = self._unsaid_orders = 0
+        due = self._outage.failed(t, error, orders=orders)
+        if due is None:
+            log.debug("broker.still_unavailable", time=t, error=error, orders=orders)
+            return False
+        if due.first:
             log.error(
                 "broker.unavailable",
                 time=t,
@@ -64,70 +85,48 @@ class BrokerOutage:
                 then=(
                     "each bar plans again from the broker's state; the bars of this outage "
                     "are counted and said in broker.still_unavailable (at most every "
-                    f"{_text(self.repeat_max)}), its end in broker.recovered"
+                    f"{duration_text(self.repeat_max)}), its end in broker.recovered"
                 ),
             )
             return True
-        self.bars += 1
-        self.orders += orders
-        self.last_failed, self.error = t, error
-        self._unsaid_bars += 1
-        self._unsaid_orders += orders
-        assert self._said_at is not None
-        if t - self._said_at < self._wait:
-            log.debug("broker.still_unavailable", time=t, error=error, orders=orders)
-            return False
-        self._wait = min(self._wait * 2, self.repeat_max)
+        assert self.since is not None
         log.error(
             "broker.still_unavailable",
             time=t,
             error=error,
             since=self.since,
-            down_for=_text(t - self.since),
+            down_for=duration_text(t - self.since),
             bars=self.bars,
             orders=self.orders,
-            bars_since_last_line=self._unsaid_bars,
-            orders_since_last_line=self._unsaid_orders,
-            next_line_after=_text(self._wait),
+            bars_since_last_line=due.since_last_line.get("bars", 0),
+            orders_since_last_line=due.since_last_line.get("orders", 0),
+            next_line_after=duration_text(due.next_after),
         )
-        self._said_at = t
-        self._unsaid_bars = self._unsaid_orders = 0
         return True
 
     def got_through(self, t: datetime) -> None:
         """Bar `t` reached the broker (its cancels and orders sent): the outage, if one, ends."""
-        if self.since is None:
+        ended = self._outage.recovered(t)
+        if ended is None:
             return
-        log.info(
-            "broker.recovered",
-            time=t,
-            since=self.since,
-            last_failed=self.last_failed,
-            down_for=_text(t - self.since),
-            down_for_s=(t - self.since).total_seconds(),
-            bars=self.bars,
-            orders=self.orders,
-            last_error=self.error,
-        )
-        self.since = self.last_failed = self._said_at = None
-        self.bars = self.orders = self._unsaid_bars = self._unsaid_orders = 0
-        self.error = ""
+        log.info("broker.recovered", time=t, **ended.fields(), last_error=ended.error)
 
     def at_stop(self, t: datetime | None) -> None:
         """The run stops during an outage: its counts in one line (the bars since the last
         line were said at debug only)."""
-        if self.since is None:
+        now = self._outage.summary(t)
+        if now is None:
             return
         log.error(
             "broker.still_unavailable",
             time=t,
-            error=self.error,
-            since=self.since,
-            down_for=_text(t - self.since) if t is not None else None,
+            error=now.error,
+            since=now.since,
+            down_for=duration_text(now.down_for) if now.down_for is not None else None,
             bars=self.bars,
             orders=self.orders,
-            bars_since_last_line=self._unsaid_bars,
-            orders_since_last_line=self._unsaid_orders,
+            bars_since_last_line=now.since_last_line.get("bars", 0),
+            orders_since_last_line=now.since_last_line.get("orders", 0),
             stopping=True,
         )
 
@@ -143,8 +142,3 @@ class BrokerOutage:
             "orders": self.orders,
             "error": self.error,
         }
-
-
-def _text(d: timedelta) -> str:
-    """A duration as "1:05:00" or "2 days, 0:00:00" (timedelta's own text)."""
-    return str(d)

@@ -1,0 +1,55 @@
+"""The counting and pacing shared by the daemon's outages (core/outages.py): the broker's and
+the data source's as a live engine's bars see them, Alpaca's failing polls on the wall
+clock. What its owners' tests do not reach: a wall clock stepped back, counts added between
+failures, the waits checked."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from tradingd.core.outages import Outage
+
+T0 = datetime(2024, 3, 4, 14, 30, tzinfo=UTC)
+MINUTE = timedelta(minutes=1)
+
+
+def test_a_wall_clock_stepped_back_neither_says_early_nor_goes_silent():
+    outage = Outage(repeat_first=5 * MINUTE, repeat_max=60 * MINUTE)
+    assert outage.failed(T0, "down") is not None  # the first
+    # The clock steps back an hour: the wait runs from there, not from the line before it
+    # (which would be silent for an hour and 5 minutes), and nothing is due at once.
+    back = T0 - 60 * MINUTE
+    assert outage.failed(back, "down") is None
+    assert outage.failed(back + 4 * MINUTE, "down") is None
+    due = outage.failed(back + 5 * MINUTE, "down")
+    assert due is not None and not due.first
+    assert due.since_last_line == {"failures": 3} and outage.failures == 4
+
+
+def test_counts_added_between_failures_are_in_the_next_line_and_the_end():
+    outage = Outage(repeat_first=5 * MINUTE, repeat_max=60 * MINUTE, unit="bars")
+    outage.count(lost=7)  # no outage: nothing to add to
+    outage.failed(T0, "down", symbols=3)
+    outage.count(lost=1)
+    outage.failed(T0 + MINUTE, "down", symbols=3)
+    due = outage.failed(T0 + 5 * MINUTE, "still down", symbols=2)
+    assert due is not None and due.since_last_line == {"bars": 2, "symbols": 5, "lost": 1}
+    assert due.next_after == 10 * MINUTE
+    outage.count(lost=2)
+    ended = outage.recovered(T0 + 6 * MINUTE)
+    assert ended is not None
+    assert ended.counts == {"bars": 3, "symbols": 8, "lost": 3}
+    assert ended.since_last_line == {"lost": 2}
+    assert (ended.since, ended.last_failed, ended.error) == (T0, T0 + 5 * MINUTE, "still down")
+    assert ended.fields()["down_for_s"] == 360.0
+    assert not outage.active and outage.recovered(T0 + 7 * MINUTE) is None
+
+
+@pytest.mark.parametrize(
+    ("first", "most"), [(timedelta(0), MINUTE), (-MINUTE, MINUTE), (2 * MINUTE, MINUTE)]
+)
+def test_waits_that_would_say_every_failure_or_shrink_are_refused(first, most):
+    with pytest.raises(ValueError, match="repeat_first"):
+        Outage(repeat_first=first, repeat_max=most)
