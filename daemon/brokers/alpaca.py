@@ -87,7 +87,10 @@ Errors:
   (see idempotency), which is what the caller is expected to do after backing off. Orders of
   the batch acknowledged before the failure are kept and returned again on the resubmit.
 * `cancel` raises `RetryableError` the same way; `on_bar` never raises (a failed poll is
-  logged and retried at the next bar or poll interval); `start` raises `ConfigError` when
+  retried at the next bar or poll interval; polls failing in a row are one warning,
+  `alpaca.poll_failed`, a counted `alpaca.poll_still_failing` at most every 5 minutes
+  doubling to an hour, and `alpaca.poll_recovered`: `_poll_failed`); `start` raises
+  `ConfigError` when
   Alpaca rejects the keys and `RetryableError` when it cannot be reached; `snapshot` raises
   `RetryableError`.
 
@@ -101,6 +104,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 import time
@@ -130,6 +134,7 @@ from tenacity import (
 
 from ..alpaca_sdk import DeadlineSession, no_sdk_retries
 from ..core.errors import ConfigError, RetryableError
+from ..core.outages import Outage, duration_text
 from ..core.retry_after import parse_retry_after
 from ..core.tasks import cancel_and_wait
 from ..core.types import (
@@ -205,6 +210,11 @@ STREAM_LOGGER = "alpaca.trading.stream"  # alpaca-py's trade stream
 _ORDER_PAGE = 500  # Alpaca's maximum page size for GET /v2/orders
 _ORPHAN_LIMIT = 1000  # updates kept for order ids not (yet) known
 _REQUESTED_POLL_GAP_S = 2.0  # polls asked for between the periodic ones: at most one this often
+# The failing polls of the poll being made in this task (`_poll_quietly`): while they fail,
+# its calls' retries are counted in them and said at debug, not each an info line.
+_FAILING_POLLS: contextvars.ContextVar[Outage | None] = contextvars.ContextVar(
+    "alpaca_failing_polls", default=None
+)
 _THROTTLED_TRIES = 4  # a 429's tries per attempt (alpaca-py's own, before they were turned off)
 # Followed orders missing from the periodic check's open listing (closed without an event
 # we heard) read by id per check: 20 of Alpaca's 200 requests a minute.
@@ -677,6 +687,10 @@ class AlpacaBroker:
         self._last_error_at: datetime | None = None
         self._last_poll_at: datetime | None = None
         self._last_poll_mono = time.monotonic()
+        # Polls failing in a row (`_poll_quietly`), on the wall clock: the first said, the
+        # rest counted and said at a bounded rate, the first that succeeds ends it.
+        self._poll_outage = Outage(unit="polls")
+        self._poll_clock: Callable[[], datetime] = _now  # the wall clock; a test's own
         self._requested_poll_mono = -math.inf  # the last poll asked for (`_poller`)
         self._account_blocked: str | None = None
         # Why Alpaca refuses the keys (a 401 after the start: revoked), and since when; None
@@ -773,6 +787,7 @@ class AlpacaBroker:
         logging.getLogger(STREAM_LOGGER).removeFilter(self._stream_repeats)
         self._close_client()
         self._started = False
+        self._poll_outage_at_stop()
         log.info("alpaca.stopped", endpoint=self._endpoint)
 
     # ------------------------------------------------------------------------- queries
@@ -918,6 +933,9 @@ class AlpacaBroker:
             "stream_changes": self._stream_changes,
             "open_orders": len(self._open),
             "last_poll_at": _iso(self._last_poll_at),
+            # Polls failing since (the first of them), how many, the last error; None when
+            # the last poll succeeded.
+            "poll_outage": self._poll_outage_status(),
             "last_error": self._last_error,
             "last_error_at": _iso(self._last_error_at),
             # Updates for orders not (yet) known (parked until their order is).
@@ -2428,12 +2446,97 @@ class AlpacaBroker:
         return None
 
     async def _poll_quietly(self, *, only_open: bool = False) -> None:
+        failing = _FAILING_POLLS.set(self._poll_outage)
         try:
             await self.poll(only_open=only_open)
         except Exception as e:  # polling is the fallback: it must not take the engine down
-            # While the keys are refused that was said once (`alpaca.keys_refused`).
-            said = log.debug if self._keys_refused is not None else log.warning
-            said("alpaca.poll_failed", error=self._scrub(e))
+            self._poll_failed(self._scrub(e))
+        else:
+            self._poll_succeeded()
+        finally:
+            _FAILING_POLLS.reset(failing)
+
+    def _poll_failed(self, error: str) -> None:
+        """A poll failed: the first of an outage is a warning, `alpaca.poll_failed`, as every
+        one was (every `poll_interval_s`, 5 s, while the stream was down and Alpaca could
+        not be reached: 720 lines an hour); later ones are counted and said in
+        `alpaca.poll_still_failing` once 5 minutes have passed since the last line, the
+        wait doubling up to an hour (core/outages.py; the wall clock: polls run on it), the
+        others at debug. While the keys are refused that was said once
+        (`alpaca.keys_refused`): all at debug, still counted."""
+        outage = self._poll_outage
+        due = outage.failed(self._poll_clock(), error)
+        said = log.debug if due is None or self._keys_refused is not None else log.warning
+        if due is None:
+            said("alpaca.poll_failed", error=error, polls=outage.failures)
+        elif due.first:
+            said(
+                "alpaca.poll_failed",
+                error=error,
+                then="polled again every poll_interval_s; the failures are counted and said "
+                f"in alpaca.poll_still_failing (at most every {duration_text(outage.repeat_max)}"
+                "), the first poll that succeeds in alpaca.poll_recovered",
+            )
+        else:
+            assert outage.since is not None and outage.last_failed is not None
+            said(
+                "alpaca.poll_still_failing",
+                error=error,
+                since=_iso(outage.since),
+                failing_for=duration_text(outage.last_failed - outage.since),
+                polls=outage.failures,
+                polls_since_last_line=due.since_last_line.get("polls", 0),
+                retries=outage.counts.get("retries", 0),
+                next_line_after=duration_text(due.next_after),
+            )
+
+    def _poll_succeeded(self) -> None:
+        """A poll went through: the failures before it, if any, end in one line."""
+        ended = self._poll_outage.recovered(self._poll_clock())
+        if ended is None:
+            return
+        d = ended.down_for
+        assert d is not None
+        log.info(
+            "alpaca.poll_recovered",
+            since=_iso(ended.since),
+            last_failed=_iso(ended.last_failed),
+            failing_for=duration_text(d),
+            failing_for_s=round(d.total_seconds(), 1),
+            polls=ended.counts.get("polls", 0),
+            retries=ended.counts.get("retries", 0),
+            last_error=ended.error,
+        )
+
+    def _poll_outage_at_stop(self) -> None:
+        """Stopped while the polls fail: their counts in one line (those since the last line
+        were said at debug only). The next start begins a new count."""
+        now = self._poll_outage.summary(self._poll_clock())
+        if now is None:
+            return
+        self._poll_outage.forget()  # a restart counts afresh
+        d = now.down_for
+        (log.debug if self._keys_refused is not None else log.warning)(
+            "alpaca.poll_still_failing",
+            error=now.error,
+            since=_iso(now.since),
+            failing_for=duration_text(d) if d is not None else None,
+            polls=now.counts.get("polls", 0),
+            polls_since_last_line=now.since_last_line.get("polls", 0),
+            retries=now.counts.get("retries", 0),
+            stopping=True,
+        )
+
+    def _poll_outage_status(self) -> dict[str, Any] | None:
+        now = self._poll_outage.summary(None)
+        if now is None:
+            return None
+        return {
+            "since": _iso(now.since),
+            "last_failed": _iso(now.last_failed),
+            "polls": now.counts.get("polls", 0),
+            "error": now.error,
+        }
 
     async def _poller(self) -> None:
         while True:
@@ -2911,7 +3014,14 @@ class AlpacaBroker:
                 failure = getattr(error, "kind", type(error).__name__)
                 detail = self._scrub(error)
             throttled = _retry_after(error) is not None
-            log.info(
+            polls = _FAILING_POLLS.get()
+            quiet = polls is not None and polls.active
+            if quiet:
+                # A poll's retry while the polls fail: counted in alpaca.poll_still_failing
+                # and alpaca.poll_recovered (2 info lines a poll, 1440 an hour, before).
+                assert polls is not None
+                polls.count(retries=1)
+            (log.debug if quiet else log.info)(
                 "alpaca.retry",
                 op=op,
                 attempt=state.attempt_number,

@@ -12,17 +12,19 @@ import re
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
 import pytest
+import requests
 from fakes.alpaca_trading_server import AlpacaTradingFake, need_fixtures
 from structlog.testing import capture_logs
 
 from tradingd.brokers.alpaca import WS_LOGGER, AlpacaBroker, AlpacaBrokerConfig, SubmitCutShort
 from tradingd.core.errors import ConfigError, RetryableError
 from tradingd.core.orders import bracket_orders
+from tradingd.core.outages import REPEAT_FIRST, REPEAT_MAX
 from tradingd.core.types import (
     CrossSection,
     Fill,
@@ -832,6 +834,22 @@ async def test_the_replacement_of_an_order_placed_by_hand_stays_the_hands(fake):
         assert broker.origin("never-seen") == "never-seen"
 
 
+def _said_once_then_counted(failed: list[dict[str, Any]]) -> None:
+    """A poll failing again and again is one warning (alpaca.poll_failed), the polls after
+    it counted, each a debug line: a warning each was 720 lines an hour at 5-second polls."""
+    assert failed[0]["log_level"] == "warning"
+    assert [(e["log_level"], e["polls"]) for e in failed[1:]] == [
+        ("debug", n) for n in range(2, len(failed) + 1)
+    ]
+
+
+def _recovered_after(logs: list[dict[str, Any]], failed: list[dict[str, Any]]) -> None:
+    """The poll that succeeds after them ends the failures in one line with their count."""
+    [end] = [e for e in logs if e["event"] == "alpaca.poll_recovered"]
+    assert end["log_level"] == "info" and end["polls"] == len(failed)
+    assert end["last_error"] == failed[-1]["error"]
+
+
 @pytest.mark.parametrize(
     ("answer", "named"),
     [
@@ -858,17 +876,18 @@ async def test_a_replacement_whose_answer_cannot_be_read_is_read_again_not_dropp
         new = fake.replace(buy.client_order_id, limit_price=99.0)
         problem = f"get_order: unreadable answer: order {new.id}{named}"
 
-        def failed() -> int:
-            return sum(
-                1 for e in logs if e["event"] == "alpaca.poll_failed" and problem in e["error"]
-            )
+        def failed() -> list[dict[str, Any]]:
+            return [e for e in logs if e["event"] == "alpaca.poll_failed" and problem in e["error"]]
 
-        await eventually(lambda: failed() >= 2)  # read again, still unreadable
-    assert broker.order(new.client_order_id) is None
-    assert problem in broker.status()["last_error"]
+        await eventually(lambda: len(failed()) >= 2)  # read again, still unreadable
+        assert broker.order(new.client_order_id) is None
+        assert problem in broker.status()["last_error"]
+        _said_once_then_counted(failed())
 
-    monkeypatch.setattr(TradingClient, "get_order_by_id", readable)
-    await eventually(lambda: broker.order(new.client_order_id) is not None)
+        monkeypatch.setattr(TradingClient, "get_order_by_id", readable)
+        await eventually(lambda: broker.order(new.client_order_id) is not None)
+        await eventually(lambda: any(e["event"] == "alpaca.poll_recovered" for e in logs))
+    _recovered_after(logs, failed())
     assert broker.origin(new.client_order_id) == buy.client_order_id
     updates = Updates(broker)
     fake.set_price("AAPL", 98.5)  # the replacement fills
@@ -964,17 +983,18 @@ async def test_a_replacement_without_a_timestamp_is_read_again_not_dropped(
         garbled.add(new.id)  # no await since: the broker has not read it yet
         problem = "get_order: unreadable answer: " + _no_time_named(new.id, new.client_order_id)
 
-        def failed() -> int:
-            return sum(
-                1 for e in logs if e["event"] == "alpaca.poll_failed" and problem in e["error"]
-            )
+        def failed() -> list[dict[str, Any]]:
+            return [e for e in logs if e["event"] == "alpaca.poll_failed" and problem in e["error"]]
 
-        await eventually(lambda: failed() >= 2)  # read again, still unreadable
-    assert broker.order(new.client_order_id) is None
-    assert problem in broker.status()["last_error"]
+        await eventually(lambda: len(failed()) >= 2)  # read again, still unreadable
+        assert broker.order(new.client_order_id) is None
+        assert problem in broker.status()["last_error"]
+        _said_once_then_counted(failed())
 
-    garbled.clear()
-    await eventually(lambda: broker.order(new.client_order_id) is not None)
+        garbled.clear()
+        await eventually(lambda: broker.order(new.client_order_id) is not None)
+        await eventually(lambda: any(e["event"] == "alpaca.poll_recovered" for e in logs))
+    _recovered_after(logs, failed())
     assert broker.origin(new.client_order_id) == buy.client_order_id
     updates = Updates(broker)
     fake.set_price("AAPL", 98.5)  # the replacement fills
@@ -1096,6 +1116,131 @@ async def test_an_unreachable_broker_raises_retryable_and_on_bar_does_not(fake, 
     status = broker.status()
     assert status["connected"] is False
     assert "connection" in status["last_error"] or "ConnectionError" in status["last_error"]
+
+
+async def test_polls_failing_while_the_stream_is_down_are_counted_and_said_sparsely(
+    fake, monkeypatch
+):
+    """With the trade stream down and Alpaca unreachable, every poll (each poll_interval_s,
+    5 s by default) logged the warning alpaca.poll_failed: 720 identical lines an hour, for
+    as long as it lasted. The first failure is said in full; later ones are counted and
+    said in alpaca.poll_still_failing once 5 minutes of the wall clock have passed since the
+    last line, the wait doubling up to an hour, the others at debug; the first poll that
+    succeeds says alpaca.poll_recovered with the count and how long the polls failed. Each
+    poll's retries (2 info lines alpaca.retry a poll) are counted in them as well."""
+    from alpaca.trading.client import TradingClient
+
+    fake.set_price("AAPL", 100.0, match=False)
+    async with running(fake, poll_interval_s=0.01, rate_limit_per_minute=0) as broker:
+        await broker.submit([order("AAPL", 10, OrderType.LIMIT, limit=95.0)])
+        minutes = [0]
+
+        def clock() -> datetime:  # a minute passes at each look: a poll a minute
+            minutes[0] += 1
+            return T0 + timedelta(minutes=minutes[0])
+
+        broker._poll_clock = clock
+        outcomes: list[bool] = []  # each poll's, in order: whether it succeeded
+        poll = broker.poll
+
+        async def counted(**kw: Any) -> None:
+            try:
+                await poll(**kw)
+            except Exception:
+                outcomes.append(False)
+                raise
+            outcomes.append(True)
+
+        broker.poll = counted  # type: ignore[method-assign]
+        listing = TradingClient.get_orders
+        calls: list[None] = []
+
+        def unreachable(self, *a, **kw):  # type: ignore[no-untyped-def]
+            calls.append(None)
+            raise requests.ConnectionError("connection refused")
+
+        monkeypatch.setattr(TradingClient, "get_orders", unreachable)
+        during: list[dict[str, Any] | None] = []
+        with capture_logs() as logs:
+            await fake.drop_stream()
+            await eventually(lambda: outcomes.count(False) >= 90, timeout=30)
+            during.append(broker.status().get("poll_outage"))
+            monkeypatch.setattr(TradingClient, "get_orders", listing)
+            await eventually(lambda: True in outcomes, timeout=10)
+        failed = outcomes.index(True)
+        assert failed >= 90 and not any(outcomes[:failed])
+        polls = [e for e in logs if e["event"].startswith("alpaca.poll_")]
+        said = [e for e in polls if e["log_level"] == "warning"]
+        assert said[0]["event"] == "alpaca.poll_failed" and "unreachable" in said[0]["error"]
+        assert {e["event"] for e in said[1:]} == {"alpaca.poll_still_failing"}
+        # At 5, 15, 35, 75 minutes ... from the first: the wait doubles up to its bound.
+        due, wait, expected = timedelta(0), REPEAT_FIRST, []
+        while due + wait < timedelta(minutes=failed):
+            due, wait = due + wait, min(wait * 2, REPEAT_MAX)
+            expected.append(due)
+        assert [e["failing_for"] for e in said[1:]] == [str(d) for d in expected]
+        # Each says the failures so far: one a minute, the first at 0.
+        assert [e["polls"] for e in said[1:]] == [1 + d // timedelta(minutes=1) for d in expected]
+        # Nothing dropped: the first, each repeat's count since the line before it, and the
+        # debug lines between them are every failed poll.
+        assert (
+            1
+            + sum(e["polls_since_last_line"] for e in said[1:])
+            + sum(1 for e in polls[polls.index(said[-1]) :] if e["event"] == "alpaca.poll_failed")
+            == failed
+        )
+        debug = [
+            e for e in polls if e["event"] == "alpaca.poll_failed" and e["log_level"] == "debug"
+        ]
+        assert len(debug) == failed - len(said)
+        [end] = [e for e in polls if e["event"] == "alpaca.poll_recovered"]
+        assert end["log_level"] == "info" and end["polls"] == failed
+        assert end["failing_for_s"] == failed * 60.0  # first failure to the first success
+        assert end["since"] == (T0 + timedelta(minutes=1)).isoformat()
+        # The first poll's retries said as before; the later ones counted, at debug.
+        retries = [e for e in logs if e["event"] == "alpaca.retry"]
+        first_poll = broker._config.max_attempts - 1
+        assert [e["log_level"] for e in retries[:first_poll]] == ["info"] * first_poll
+        assert {e["log_level"] for e in retries[first_poll:]} == {"debug"}
+        assert end["retries"] == len(calls) - failed - first_poll == len(retries) - first_poll
+        assert during[0] is not None and during[0]["polls"] >= 90
+        assert broker.status()["poll_outage"] is None
+
+
+async def test_a_stop_while_the_polls_fail_says_their_count(fake, monkeypatch):
+    """The failures since the last line were said at debug only: a stop during the outage
+    says how many there were, not nothing."""
+    from alpaca.trading.client import TradingClient
+
+    fake.set_price("AAPL", 100.0, match=False)
+    failures: list[None] = []
+    async with running(fake, poll_interval_s=0.01) as broker:
+        await broker.submit([order("AAPL", 10, OrderType.LIMIT, limit=95.0)])
+        poll = broker.poll
+
+        async def counted(**kw: Any) -> None:
+            try:
+                await poll(**kw)
+            except Exception:
+                failures.append(None)
+                raise
+
+        broker.poll = counted  # type: ignore[method-assign]
+
+        def unreachable(self, *a, **kw):  # type: ignore[no-untyped-def]
+            raise requests.ConnectionError("connection refused")
+
+        monkeypatch.setattr(TradingClient, "get_orders", unreachable)
+        with capture_logs() as logs:
+            await fake.drop_stream()
+            await eventually(lambda: len(failures) >= 3)
+            await broker.stop()
+    warned = [e for e in logs if e["log_level"] == "warning" and "poll" in e["event"]]
+    assert [e["event"] for e in warned] == ["alpaca.poll_failed", "alpaca.poll_still_failing"]
+    [stop] = [e for e in logs if e.get("stopping")]
+    assert (stop["event"], stop["log_level"]) == ("alpaca.poll_still_failing", "warning")
+    assert stop["polls"] == len(failures) and stop["polls_since_last_line"] == len(failures) - 1
+    assert broker.status()["poll_outage"] is None
 
 
 # ----------------------------------------------------------------------------- cancel
