@@ -94,7 +94,7 @@ from . import collector
 from .accounting import BLOCKING, RejectionRecord, RiskRecord, rule_of
 from .decisions import decision_record
 from .history import HistoryBuffer
-from .outages import BrokerOutage
+from .outages import BrokerOutage, FeedOutage
 from .planner import OrderPlanner, Plan
 from .plugin_outputs import by_symbol, verdict_error
 from .plugins import feature_names, history_bars_of, instance_keys
@@ -638,6 +638,9 @@ class Engine:
         # and said at a bounded rate, one at its end (`broker.recovered`).
         self.broker_outage = BrokerOutage()
         self.bars_unavailable = 0
+        # The source's outage those bars are part of: its first bar said in full, the rest
+        # counted and said at a bounded rate, one line at its end (`feed.recovered`).
+        self.feed_outage = FeedOutage(len(self.symbols))
         # Live bars released but never traded: the source delivered them neither at their
         # release nor before a newer bar (`bar.lost`), still missing when the run ends, or
         # only after they could trade (`bar.recovered`, of which `_recovered_untraded`); or
@@ -1456,18 +1459,15 @@ class Engine:
                     # (`_fetch_late`), else the next release fetches it again first.
                     self.bars_unavailable += 1
                     deadline = self._late_bar_deadline(t) if live else None
-                    log.warning(
-                        "bar.unavailable",
-                        time=t,
-                        error=str(exc),
-                        retry=self._late_retry_text(deadline),
-                    )
+                    # The outage's first bar is a warning; later bars are counted and said
+                    # at a bounded rate (FeedOutage; each bar a debug line).
+                    self.feed_outage.unavailable(t, str(exc), self._late_retry_text(deadline))
                     for unavailable in self.on_bar_unavailable:
                         unavailable(t)
                     bar = None if deadline is None else await self._fetch_late(t, deadline)
                     if bar is None:
                         if len(missed) == missed.maxlen:
-                            log.warning("bar.lost", time=missed[0], reason="too many missed")
+                            self.feed_outage.lost(missed[0], reason="too many missed")
                             self._never_traded()
                             self._feed_bar_lost(missed[0])
                         missed.append(t)
@@ -1477,13 +1477,15 @@ class Engine:
                         # Nothing else takes the bar lock (it keeps the reconciler's book
                         # checks and an operator's controls between bars): a replay spares
                         # its five calls every bar.
+                        self.feed_outage.delivered(t)
                         await self.step(bar, self._catch_up(t))
                     else:
                         while missed:  # still not delivered, and a newer bar is here
                             lost = missed.popleft()
-                            log.warning("bar.lost", time=lost, newer=t)
+                            self.feed_outage.lost(lost, newer=t)
                             self._never_traded()
                             self._feed_bar_lost(lost)
+                        self.feed_outage.delivered(t)  # its lost bars counted in its line
                         async with self._bar_lock:
                             await self.step(bar, self._catch_up(t))
                         await self._store_late_bars()
@@ -1498,6 +1500,7 @@ class Engine:
                 release()
             await end_background()
             await self._book_final_updates()
+            self.feed_outage.at_stop()
             self._warn_of_untraded_bars(missed)
             self.broker_outage.at_stop(self._last_time)
             if self._splits:
@@ -2342,7 +2345,7 @@ class Engine:
             missed.popleft()
             if bar is None:
                 continue
-            log.info("bar.recovered", time=t)
+            self.feed_outage.recovered_late(t)  # the outage's first said, the rest counted
             self._never_traded()  # a decision this run did not make: said at its end
             self._recovered_untraded += 1
             self.on_heartbeat(busy=True)  # each a bar's work: /health sees it going on
@@ -2440,9 +2443,10 @@ class Engine:
                     log.info("bar.arrived_late", time=t, attempts=attempts, trade=bar is not None)
                     return bar
                 reason = "it came after the next session opened"  # fetched again later
-            log.warning(
-                "bar.retry_stopped",
-                time=t,
+            # Said with its bar's bar.unavailable (FeedOutage: a bar counted, not said, is
+            # given up at debug), counted either way.
+            self.feed_outage.gave_up(
+                t,
                 attempts=attempts,
                 reason=reason,
                 then="fetched again before the next bar and stepped without trading",

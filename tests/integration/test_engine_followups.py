@@ -1951,9 +1951,15 @@ async def test_a_bar_the_source_failed_to_deliver_is_fetched_before_the_next(eng
     assert seen == times[60:], "every bar, in order, none lost"
     assert dict(stepped)[times[70]] is False and dict(stepped)[times[71]] is False
     assert dict(stepped)[times[72]] is not False  # the bar that arrived trades
-    recovered = [e["time"] for e in logs if e["event"] == "bar.recovered"]
-    assert recovered == [times[70], times[71]]
+    recovered = [e for e in logs if e["event"] == "bar.recovered"]
+    assert [e["time"] for e in recovered] == [times[70], times[71]]
     assert engine.bars_unavailable == 2
+    # One outage of two bars: the first recovered bar said, the second counted (a source
+    # down for hours wrote an info line for each of up to 260 bars at once).
+    assert [e["log_level"] for e in recovered] == ["info", "debug"]
+    [end] = [e for e in logs if e["event"] == "feed.recovered"]
+    assert (end["time"], end["since"], end["last_unavailable"]) == (times[72], times[70], times[71])
+    assert (end["bars"], end["recovered"], end["lost"]) == (2, 2, 0)
 
 
 async def test_bars_the_source_could_not_deliver_alert_repeated_errors_then_resolve(
@@ -1963,7 +1969,9 @@ async def test_bars_the_source_could_not_deliver_alert_repeated_errors_then_reso
     bar is never stepped, so the rules (run after a stepped bar) did not see it, and the
     first good bar after the outage counted one bad bar and the next cleared it. Each
     unavailable bar counts now: fired once during the outage, resolved by the bar that
-    arrives."""
+    arrives. The rules count the engine's `bars_unavailable`, not log lines: the outage's
+    later bars, debug lines counted in `feed.still_unavailable` (FeedOutage), count the
+    same."""
     from tradingd.app import build_engine
     from tradingd.core.errors import RetryableError
 
@@ -1985,17 +1993,25 @@ async def test_bars_the_source_could_not_deliver_alert_repeated_errors_then_reso
         await engine.run_until_done()
     assert engine.bars_unavailable == 5
     said = [
-        (e["event"], e.get("title"))
+        (e["event"], e["title"] if e.get("kind") == "repeated_errors" else e["log_level"])
         for e in logs
-        if e["event"] == "bar.unavailable" or e.get("kind") == "repeated_errors"
+        if e["event"] in ("bar.unavailable", "feed.still_unavailable", "feed.recovered")
+        or e.get("kind") == "repeated_errors"
     ]
     title = "errors on 3 bars in a row"
+    # A day between bars is past any wait: each later bar is said (feed.still_unavailable);
+    # its bar.unavailable is a debug line.
+    later = [("bar.unavailable", "debug"), ("feed.still_unavailable", "warning")]
     assert said == [
-        *[("bar.unavailable", None)] * 3,
+        ("bar.unavailable", "warning"),
+        *later * 2,
         ("alert.firing", title),  # during the outage, once
-        *[("bar.unavailable", None)] * 2,
+        *later * 2,
+        ("feed.recovered", "info"),
         ("alert.resolved", title),  # by the bar that arrived
     ]
+    [end] = [e for e in logs if e["event"] == "feed.recovered"]
+    assert (end["time"], end["bars"], end["lost"]) == (times[75], 5, 5)
 
 
 async def test_a_run_whose_last_bars_never_came_says_so_at_its_end(engine_config, tmp_path):

@@ -521,3 +521,83 @@ async def test_an_intraday_bar_not_delivered_says_its_retry_ends_at_the_next_rel
     )
     [stopped] = [e for e in logs if e["event"] == "bar.retry_stopped"]
     assert stopped["time"] == label and stopped["reason"] == "the clock released another bar"
+
+
+async def test_a_feed_outage_over_many_intraday_bars_is_said_at_its_start_counted_and_ended(
+    engine_config,
+):
+    """The source down for two hours of 5-minute bars: each bar wrote the warnings
+    `bar.unavailable` and `bar.retry_stopped`, and each lost when the source came back a
+    `bar.lost`: 72 warnings for 24 bars, a day of 1-minute bars 1170. The first bar is said
+    in full; later bars are debug lines, counted and said in `feed.still_unavailable` once 5
+    minutes of bars have passed since the last line, the wait doubling up to an hour (their
+    `bar.retry_stopped` with them); the first `bar.lost` is said, the rest counted; the bar
+    the source delivers says `feed.recovered` with the outage's length and counts."""
+    from tradingd.app import build_engine
+    from tradingd.engine.outages import REPEAT_FIRST, REPEAT_MAX
+
+    panel = intraday_panel(5, sessions=3)
+    times = [pd.Timestamp(t).tz_localize("UTC").to_pydatetime() for t in panel.times]
+    k, n = 78 + 20, 24  # from the second session's 11:10 New York bar, 24 bars (2 hours)
+    down, back = times[k : k + n], times[k + n]
+    config = dataclasses.replace(
+        engine_config,
+        live=LiveConfig(bar="5m", delay_s=5),
+        run=dataclasses.replace(engine_config.run, run_id="t-5m-down"),
+    )
+    engine = build_engine(config, "live", panel=panel)
+    now = FakeTime(down[0] + timedelta(minutes=5, seconds=5))  # its release
+    clock = LiveClock(config.live, now=now, heartbeat_s=0.001, resume_after=times[k - 1])
+    tick = clock._tick
+
+    async def tick_and_move_on() -> None:
+        await tick()
+        now.t += timedelta(seconds=30)
+
+    clock._tick = tick_and_move_on  # type: ignore[method-assign]
+    engine.clock = clock
+    bars = engine.feed.bars
+
+    async def vendor(t):  # type: ignore[no-untyped-def]
+        if t in down:  # never delivered, also when asked again
+            raise RetryableError("alpaca: no symbol could be fetched (kinds: http_5xx)")
+        return await bars(t)
+
+    engine.feed.bars = vendor
+    engine.after_bar.append(lambda t, v: engine.request_stop() if t >= back else None)
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    assert engine.bars_unavailable == n  # every bar counted: repeated_errors, /metrics
+
+    def lines(event: str, level: str | None = None) -> list[dict]:
+        return [e for e in logs if e["event"] == event and level in (None, e["log_level"])]
+
+    [first] = lines("bar.unavailable", "warning")
+    assert first["time"] == down[0] and first["symbols"] == len(engine.symbols)
+    # The repeats: 5, 15, 35, 75 minutes of bars after the first (the wait doubles).
+    due, wait, expected = timedelta(0), REPEAT_FIRST, []
+    while due + wait <= down[-1] - down[0]:
+        due, wait = due + wait, min(wait * 2, REPEAT_MAX)
+        expected.append(down[0] + due)
+    repeats = lines("feed.still_unavailable", "warning")
+    assert [e["time"] for e in repeats] == expected and len(expected) < n // 4
+    said = [down[0], *expected]
+    # Every later bar is one debug line (a debug log reads as before); none is left out of
+    # the counts.
+    assert [e["time"] for e in lines("bar.unavailable", "debug")] == down[1:]
+    for before, line in zip(said[:-1], repeats, strict=True):
+        assert line["bars_since_last_line"] == down.index(line["time"]) - down.index(before)
+        assert line["bars"] == down.index(line["time"]) + 1 and line["since"] == down[0]
+    # Each bar's retries stopped at the next release: said with the bars said.
+    stopped = lines("bar.retry_stopped")
+    assert [e["time"] for e in stopped] == down
+    assert [e["time"] for e in stopped if e["log_level"] == "warning"] == said
+    # The bars never delivered are lost when the next one comes: the first said.
+    lost = lines("bar.lost")
+    assert [e["time"] for e in lost] == down and {e["newer"] for e in lost} == {back}
+    assert [e["log_level"] for e in lost] == ["warning"] + ["debug"] * (n - 1)
+    [end] = lines("feed.recovered")
+    assert (end["time"], end["since"], end["last_unavailable"]) == (back, down[0], down[-1])
+    assert end["down_for_s"] == (back - down[0]).total_seconds()
+    assert (end["bars"], end["given_up"], end["lost"], end["recovered"]) == (n, n, n, 0)
+    assert engine.bars_never_traded == n

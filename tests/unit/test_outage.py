@@ -53,3 +53,39 @@ def test_counts_added_between_failures_are_in_the_next_line_and_the_end():
 def test_waits_that_would_say_every_failure_or_shrink_are_refused(first, most):
     with pytest.raises(ValueError, match="repeat_first"):
         Outage(repeat_first=first, repeat_max=most)
+
+
+def test_a_feed_outage_stopped_says_its_counts_and_a_new_one_says_its_firsts_again():
+    """The bars since the last line were debug lines: a stop during the outage says how many
+    (and how many lost, given up), and a later outage says its first bar.lost again."""
+    from structlog.testing import capture_logs
+
+    from tradingd.engine.outages import FeedOutage
+
+    feed = FeedOutage(symbols=4)
+    with capture_logs() as logs:
+        for i in range(3):
+            feed.unavailable(T0 + i * MINUTE, "down", "next bar")
+            feed.gave_up(T0 + i * MINUTE, reason="the clock released another bar")
+        feed.lost(T0, newer=T0 + 3 * MINUTE)
+        feed.lost(T0 + MINUTE, newer=T0 + 3 * MINUTE)
+        feed.delivered(T0 + 3 * MINUTE)
+        feed.unavailable(T0 + 10 * MINUTE, "down again", "next bar")
+        feed.lost(T0 + 10 * MINUTE, reason="too many missed")
+        feed.unavailable(T0 + 11 * MINUTE, "down again", "next bar")
+        feed.at_stop()
+    said = [(e["event"], e["time"]) for e in logs if e["log_level"] != "debug"]
+    assert said == [
+        ("bar.unavailable", T0),
+        ("bar.retry_stopped", T0),  # with its bar; the next two at debug
+        ("bar.lost", T0),  # the first of the outage; the second counted
+        ("feed.recovered", T0 + 3 * MINUTE),
+        ("bar.unavailable", T0 + 10 * MINUTE),
+        ("bar.lost", T0 + 10 * MINUTE),  # a new outage's first
+        ("feed.still_unavailable", T0 + 11 * MINUTE),  # the stop
+    ]
+    [end] = [e for e in logs if e["event"] == "feed.recovered"]
+    assert (end["bars"], end["given_up"], end["lost"], end["symbols"]) == (3, 3, 2, 4)
+    [stop] = [e for e in logs if e.get("stopping")]
+    assert (stop["since"], stop["bars"], stop["lost"]) == (T0 + 10 * MINUTE, 2, 1)
+    assert (stop["bars_since_last_line"], stop["lost_since_last_line"]) == (1, 1)
