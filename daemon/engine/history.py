@@ -14,6 +14,12 @@ writes the kept bars in order, with the same arithmetic in the same order as wri
 at its push. Most strategies read no raw history (their features are computed in batch),
 and for them a replay then copies no row at all. A pushed bar's arrays must therefore not
 change afterwards: feeds build new arrays for every bar (a Panel row is a read-only view).
+
+Windows are slices of a read-only alias of the buffer (`core.arrays.read_only_alias`), which
+nothing can make writeable: a flag on each window left the buffer behind it writeable, so
+`w.setflags(write=True)` (the usual answer to "assignment destination is read-only") was
+allowed, and a plugin that then wrote into its window changed the closes every other plugin
+read, at that bar and later ones. Only `_write` writes, through the buffer itself.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from collections import deque
 
 import numpy as np
 
+from ..core.arrays import read_only_alias
 from ..core.types import CrossSection
 
 FIELDS = ("open", "high", "low", "close", "volume")
@@ -34,6 +41,8 @@ class HistoryBuffer:
             raise ValueError(f"history capacity must be >= 1, got {capacity}")
         self._cap = capacity
         self._buf = {f: np.full((2 * capacity, n_symbols), np.nan) for f in FIELDS}
+        # What `window` slices: the same memory, read-only for good (see the docstring).
+        self._shown = {f: read_only_alias(b) for f, b in self._buf.items()}
         self._pos = capacity - 1
         self._len = 0
         # Bars pushed and not written yet, oldest first (see the module docstring).
@@ -58,11 +67,10 @@ class HistoryBuffer:
         while pending:
             self._write(pending.popleft())
         end = self._pos + self._cap + 1
-        # Read-only: a plugin writing into its window changed the buffer, so every later
-        # window (its own at the next bar, other plugins') read the changed prices.
-        w = self._buf[field][end - n : end]
-        w.setflags(write=False)
-        return w
+        # Read-only, and cannot be made writeable: a plugin writing into its window changed
+        # the buffer, so every later window (its own at the next bar, other plugins') read
+        # the changed prices.
+        return self._shown[field][end - n : end]
 
     def _refusal(self, n: int) -> str:
         """Why a window of n bars is refused: "buffer holds 1..5" did not say that the

@@ -20,7 +20,10 @@ from ..core.types import Fill
 _sum = np.add.reduce
 # Compared for equality: 1 is exact in every float type, so any dtype compares the same.
 _ONE = scalar(1.0)
-absolute, multiply = np.absolute, np.multiply
+absolute, divide, multiply = np.absolute, np.divide, np.multiply
+# `_frombuffer(row.tobytes())`: `core.arrays.read_only_copy` of a float64 row (every array
+# of the book is one), spelled out: a Python call less for each of the six arrays a bar.
+_frombuffer = np.frombuffer
 
 
 class Portfolio:
@@ -72,6 +75,8 @@ class Portfolio:
         # Row 1 holds those values, row 0 their absolutes: `exposure` sums both rows in one
         # reduction (the same pairwise sum per row as two calls, tested) instead of two.
         self._value_rows = np.zeros((2, n))
+        # Where `view` computes the weights, and `mark` its product, before copying them.
+        self._weights_row = np.zeros(n)
 
     # AccountView ---------------------------------------------------------------------------
     @property
@@ -262,9 +267,13 @@ class Portfolio:
                 if n != self._shown_count:
                     self._shown = np.where(self.has_mark, 1.0, np.nan)
                     self._shown_count = int(n)
-                return self._mark * self._shown
+                return _frombuffer(
+                    multiply(self._mark, self._shown, out=self._weights_row).tobytes()
+                )
             self._all_marked = True
-        return self._mark.copy()
+        # Read-only for good (`read_only_copy`): `ctx.mark`, which every plugin of the bar
+        # and the planner read after the plugin that might write into it.
+        return _frombuffer(self._mark.tobytes())
 
     def position_values(self) -> np.ndarray:
         return self.quantity * self._mark
@@ -287,30 +296,27 @@ class Portfolio:
         eq = self.equity
         # position_values, into the row `exposure` sums.
         v = self._values = multiply(self.quantity, self._mark, out=self._value_rows[1])
-        weights = v / eq if eq > 0 else np.zeros_like(self.quantity)
+        # Into a scratch row: the copy below is the one array the weights make.
+        weights = self._weights_row
+        if eq > 0:
+            divide(v, eq, out=weights)
+        else:
+            weights.fill(0.0)
         # Positional, in field order (cash, equity, quantity, weights, peak_equity,
         # day_start_equity, avg_price, realized_pnl, opened_cost): built every bar.
-        quantity, avg, realized, opened = (
-            self.quantity.copy(),
-            self.avg_price.copy(),
-            self.realized_pnl.copy(),
-            self.opened_cost.copy(),
-        )
-        # Read-only copies: the planner reads the same view after the plugins (a plugin that
-        # wrote 1,000 into `quantity` had the planner sell 1,000 shares a bar, refused).
-        quantity.setflags(write=False)
-        weights.setflags(write=False)
-        avg.setflags(write=False)
-        realized.setflags(write=False)
-        opened.setflags(write=False)
+        # Read-only copies that cannot be made writeable again (`read_only_copy`): the
+        # planner reads the same view after the plugins (a plugin that wrote 1,000 into
+        # `quantity` had the planner sell 1,000 shares a bar, refused), and a flag alone
+        # was undone by `setflags(write=True)`.
+        fb = _frombuffer
         return PortfolioView(
             self._cash,
             eq,
-            quantity,
-            weights,
+            fb(self.quantity.tobytes()),
+            fb(weights.tobytes()),
             self.peak_equity,
             self.prev_equity,
-            avg,
-            realized,
-            opened,
+            fb(self.avg_price.tobytes()),
+            fb(self.realized_pnl.tobytes()),
+            fb(self.opened_cost.tobytes()),
         )

@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence, Set
 
 import numpy as np
 
+from ..core.arrays import read_only_copy
 from ..core.ports import BarContext
 from ..core.types import Leg, Order
 from .planner import HARD_CUT_TOLERANCE
@@ -83,9 +84,8 @@ def with_working_entries(
         quantity[i] += shares
         hold[i] += shares * float(mark[i]) / equity
         out[i] = hold[i]
-    quantity.setflags(write=False)
-    hold.setflags(write=False)
-    book = dataclasses.replace(pf, quantity=quantity, weights=hold)
+    # Read-only for good, as the portfolio view's own (`core.arrays.read_only_copy`).
+    book = dataclasses.replace(pf, quantity=read_only_copy(quantity), weights=read_only_copy(hold))
     return out, dataclasses.replace(ctx, portfolio=book)
 
 

@@ -7,6 +7,7 @@ from datetime import datetime
 
 import numpy as np
 
+from ..core.arrays import read_only_alias, read_only_copy
 from ..core.types import CrossSection
 from ..feeds.panel import Panel
 from .batch_cache import FeatureCache
@@ -108,10 +109,14 @@ class BatchFeatureSource:
             if cache is not None and cache_key is not None:
                 cache.store(cache_key, self._names, self._values, bits)
         self._ready = ready
-        # Read-only from here on: each bar's rows go to the plugins, and a plugin writing into
-        # one changed every later plugin's, and later bars', values.
+        # Read-only from here on, and for good (`read_only_alias`: a flag on each array was
+        # undone through a row's `setflags(write=True)` where the array is a view of a
+        # writeable one, as the cache's copy-on-write map is): each bar's rows go to the
+        # plugins, and a plugin writing into one changed every later plugin's, and later
+        # bars', values.
         for v in self._values.values():
             v.flags.writeable = False
+        self._values = {name: read_only_alias(v) for name, v in self._values.items()}
         if ready is not None:
             ready.flags.writeable = False
 
@@ -152,10 +157,59 @@ class StreamingFeatureSource:
     def __init__(self, n_symbols: int, names: Sequence[str], catalog: Catalog) -> None:
         self._names = tuple(dict.fromkeys(names))
         self._stream = StreamingFeatures(self._names, n_symbols, catalog) if self._names else None
+        # `prepare`'s required names (None: not prepared), and the readiness row of the bar
+        # `at` was last given (its time, the row).
+        self._required: frozenset[str] | None = None
+        self._ready: tuple[datetime, np.ndarray | None] | None = None
 
     @property
     def names(self) -> tuple[str, ...]:
         return self._names
 
+    def prepare(self, required: Collection[str]) -> Callable[[CrossSection], np.ndarray | None]:
+        """What the engine did at every bar, done here as each bar's values are made (as
+        `BatchFeatureSource.prepare` does once for the whole history): from now on `at`
+        gives them with NaN and inf as 0 (plugins never see them), and the returned function
+        gives the row of where every `required` feature was finite at the bar just given to
+        `at` (None when none is required).
+
+        Why here: the values `at` returns are read-only for good (`read_only_alias`), and
+        the engine's own cleaning made a copy it could only flag read-only, which a plugin
+        could make writeable again (`setflags(write=True)`) and write into before the next
+        plugin read it."""
+        self._required = frozenset(required)
+
+        def ready_at(bar: CrossSection) -> np.ndarray | None:
+            made = self._ready
+            if made is None or made[0] != bar.time:
+                raise RuntimeError(
+                    f"streaming features: readiness asked for {bar.time} before at() was "
+                    "given that bar"
+                )
+            return made[1]
+
+        return ready_at
+
     def at(self, bar: CrossSection) -> Mapping[str, np.ndarray]:
-        return self._stream.update(bar) if self._stream is not None else {}
+        """The bar's values, read-only for good (`core.arrays`): an indicator's output can
+        be its own state, which the next bar updates in place, and a plugin that made its
+        view writeable (`setflags(write=True)`) wrote into that state."""
+        if self._stream is None:
+            self._ready = (bar.time, None)
+            return {}
+        raw = self._stream.update(bar)
+        required = self._required
+        if required is None:  # not prepared: NaN where a value is not finite
+            return {n: read_only_alias(v) for n, v in raw.items()}
+        ready: np.ndarray | None = None
+        out: dict[str, np.ndarray] = {}
+        for name, v in raw.items():
+            finite = np.isfinite(v)
+            if name in required:
+                ready = finite if ready is None else ready & finite
+            # The stream's own array when all finite (a view of it, as the engine gave).
+            out[name] = (
+                read_only_alias(v) if finite.all() else read_only_copy(np.where(finite, v, 0.0))
+            )
+        self._ready = (bar.time, ready)
+        return out

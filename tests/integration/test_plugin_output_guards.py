@@ -57,6 +57,129 @@ async def test_a_signal_narrowing_ctx_ready_in_place_is_named_and_the_next_unaff
     assert not read, "the reader ran after a write: the write did not stop the bar"
 
 
+# The inputs a plugin might try to make writeable (`setflags(write=True)`), by name.
+_INPUTS = {
+    "history window": lambda ctx: ctx.history.window("close", 2),
+    "mark": lambda ctx: ctx.mark,
+    "portfolio weights": lambda ctx: ctx.portfolio.weights,
+    "portfolio quantity": lambda ctx: ctx.portfolio.quantity,
+    "feature": lambda ctx: next(iter(ctx.features.values())),
+}
+
+
+class _Reader:
+    """Records what it is given at every bar, and trades on the history it reads."""
+
+    kind, name = "signal", "reader"
+
+    def __init__(self) -> None:
+        self.read: list[dict[str, np.ndarray]] = []
+
+    def required_features(self):  # type: ignore[no-untyped-def]
+        return ()
+
+    def score(self, ctx):  # type: ignore[no-untyped-def]
+        self.read.append({k: np.array(get(ctx)) for k, get in _INPUTS.items()})
+        w = ctx.history.window("close", 2)
+        with np.errstate(invalid="ignore"):
+            return np.nan_to_num(np.tanh(w[-1] / w[0] - 1.0))
+
+
+def _engine(engine_config, mode, first):  # type: ignore[no-untyped-def]
+    import dataclasses
+
+    from tradingd.app import build_engine
+
+    if mode == "live":
+        panel, config = live_run(engine_config)
+    else:
+        panel, config = make_panel(n_bars=90, split_at=None), engine_config
+    # A run of its own (a live run of the same id would resume the last one's).
+    run = dataclasses.replace(config.run, run_id=f"{config.run.run_id}-{first.name}")
+    config = dataclasses.replace(config, run=run)
+    engine = build_engine(config, mode, panel=panel)
+    reader = _Reader()
+    engine.pipeline.signals = [(first, 1.0), (reader, 1.0)]
+    return engine, reader
+
+
+@pytest.mark.parametrize("mode", ["backtest", "live"])
+@pytest.mark.parametrize("what", sorted(_INPUTS))
+async def test_a_plugin_making_an_input_writeable_again_is_named(engine_config, mode, what):
+    """`w = ctx.history.window("close", 5); w.setflags(write=True); w[-1] *= 2` (the usual
+    answer to "assignment destination is read-only") went through: the flag was on the
+    view only, the buffer behind it writeable, and every other plugin read the doubled
+    closes in a run that ended with exit 0. The same for the marks, the portfolio view and
+    the feature rows (from the feature cache). numpy now refuses the flag, and the run stops
+    naming the plugin, before another plugin sees the bar."""
+
+    class Unlocker:
+        kind, name = "signal", "unlocker"
+
+        def required_features(self):  # type: ignore[no-untyped-def]
+            return ()
+
+        def score(self, ctx):  # type: ignore[no-untyped-def]
+            a = _INPUTS[what](ctx)
+            a.setflags(write=True)
+            a[-1] *= 2.0
+            return np.full(len(ctx.symbols), np.nan)
+
+    engine, reader = _engine(engine_config, mode, Unlocker())
+    with pytest.raises(
+        PluginFault, match=r"plugin 'unlocker' failed in score.*cannot set WRITEABLE flag"
+    ):
+        await engine.run_until_done()
+    assert not reader.read, "the reader ran after the write"
+
+
+@pytest.mark.parametrize("mode", ["backtest", "live"])
+async def test_a_plugin_that_tries_to_write_its_inputs_changes_nothing_another_reads(
+    engine_config, mode
+):
+    """A plugin that makes each input writeable where numpy lets it (else writes into its
+    own copy) and doubles it: the other plugin reads, at every bar, what it reads beside a
+    plugin that touches nothing, and the run trades the same."""
+
+    class Quiet:
+        kind, name = "signal", "quiet"
+
+        def required_features(self):  # type: ignore[no-untyped-def]
+            return ()
+
+        def score(self, ctx):  # type: ignore[no-untyped-def]
+            return np.full(len(ctx.symbols), np.nan)
+
+    refused: set[str] = set()
+
+    class Writer(Quiet):
+        name = "writer"
+
+        def score(self, ctx):  # type: ignore[no-untyped-def]
+            for what, get in _INPUTS.items():
+                a = get(ctx)
+                try:
+                    a.setflags(write=True)
+                except ValueError:
+                    refused.add(what)
+                    a = np.array(a)
+                a *= 2.0
+            return super().score(ctx)
+
+    seen = []
+    for first in (Quiet(), Writer()):
+        engine, reader = _engine(engine_config, mode, first)
+        result = await engine.run_until_done()
+        seen.append((reader.read, result.equity, result.fills))
+    (clean, clean_equity, clean_fills), (beside, equity, fills) = seen
+    assert refused == set(_INPUTS)
+    assert clean_fills > 0 and (equity, fills) == (clean_equity, clean_fills)
+    assert len(beside) == len(clean)
+    for a, b in zip(beside, clean, strict=True):
+        for k in _INPUTS:
+            np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+
+
 @pytest.mark.parametrize("mode", ["backtest", "live"])
 async def test_a_risk_plugins_shorts_are_closed_longs_where_the_broker_may_not_short(
     engine_config, mode

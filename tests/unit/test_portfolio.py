@@ -126,8 +126,11 @@ def test_mark_is_the_last_close_and_nan_before_the_first(bars, restore_at):
         got = pf.mark
         want = [np.nan if c is None else c for c in last]
         np.testing.assert_array_equal(got, want)
-        got[:] = -1.0  # a copy: the caller's to change
-        np.testing.assert_array_equal(pf.mark, want)
+        # A copy (not the book's marks), which nothing can make writeable: it is ctx.mark,
+        # read by every plugin of the bar and the planner after the one that might write.
+        assert not np.shares_memory(got, pf._mark)
+        with pytest.raises(ValueError, match="WRITEABLE"):
+            got.setflags(write=True)
         if k == restore_at and saved is not None:
             pf.restore(saved[0])
             last = saved[1]
