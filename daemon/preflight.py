@@ -197,7 +197,7 @@ def load_pipeline(config: Config, bar: str = "1d", *, serving: bool = True) -> A
     part of the pipeline returned."""
     from .app import run_defaults
     from .engine.engine import Pipeline
-    from .engine.plugins import GROUP, _config, available, load_plugin
+    from .engine.plugins import GROUP, _config, available, check_names, load_plugin
 
     symbols = tuple(config.data.symbols) or PLACEHOLDER_SYMBOLS
     defaults = run_defaults(config, bar)
@@ -241,13 +241,26 @@ def load_pipeline(config: Config, bar: str = "1d", *, serving: bool = True) -> A
             raise
         return True
 
+    # (config key, registered name, plugin) of each plugin built, for `check_names`.
+    configured: list[tuple[str, str, Any]] = []
+
+    def built(spec: PluginSpec, kind: str, where: str) -> Any:
+        plugin = load(spec, kind, where)
+        configured.append((where, spec.name, plugin))
+        return plugin
+
     signals = [
-        (load(spec, "signal", f"signals[{i}]"), spec.weight)
+        (built(spec, "signal", f"signals[{i}]"), spec.weight)
         for i, spec in enumerate(config.signals)
         if serving or not serves_model(spec, f"signals[{i}]")
     ]
-    sizing = load(config.sizing, "sizing", "sizing")
-    risks = [load(spec, "risk", f"risk[{i}]") for i, spec in enumerate(config.risk)]
+    sizing = built(config.sizing, "sizing", "sizing")
+    risks = [built(spec, "risk", f"risk[{i}]") for i, spec in enumerate(config.risk)]
+    try:
+        check_names(configured)  # a name another plugin goes by: the two would be mixed up
+    except ConfigError as exc:
+        name_origin(config, exc)
+        raise
     return Pipeline(signals=signals, sizing=sizing, risks=risks)
 
 

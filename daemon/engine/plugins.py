@@ -50,6 +50,47 @@ def instance_keys(plugins: Iterable[Any]) -> list[tuple[str, Any]]:
     return out
 
 
+def check_names(configured: Iterable[tuple[str, str, Any]]) -> None:
+    """Each configured plugin's `name` (its own, or the one it is registered under, see
+    `_checked`) must be its alone: a ConfigError naming both plugins otherwise.
+    `configured`: (config key, registered name, built plugin), in pipeline order.
+
+    The engine tells plugins apart by `name`: its errors ("plugin 'momentum' failed"),
+    the summary's verdict counts, the stored signal records, the checkpoint's keys and the
+    lookahead check. A copy of `momentum.py` registered under another name that kept
+    `self.name = "momentum"` ran beside the built-in one, and its failures blamed the
+    built-in. The same plugin configured twice is one name on purpose (two drawdown
+    guards with their own limits): its later instances are `name#2`, `name#3`
+    (`instance_keys`), and a plugin whose own name is such a key is refused too."""
+    plugins = list(configured)
+    first: dict[str, tuple[str, str]] = {}
+    for where, registered, plugin in plugins:
+        name = plugin.name
+        other = first.setdefault(name, (where, registered))
+        if other[1] != registered:
+            raise ConfigError(_name_clash(name, (where, registered), other))
+    keys: dict[str, tuple[str, str]] = {}
+    for (key, _), (where, registered, _) in zip(
+        instance_keys(p for _, _, p in plugins), plugins, strict=True
+    ):
+        other = keys.setdefault(key, (where, registered))
+        if other[0] != where:
+            raise ConfigError(_name_clash(key, (where, registered), other))
+
+
+def _name_clash(name: str, later: tuple[str, str], earlier: tuple[str, str]) -> str:
+    """Two configured plugins (config key, registered name) that both go by `name`."""
+    own = [f"{w}.name = {r!r}" for w, r in (later, earlier)]
+    renamed = [r for _, r in (later, earlier) if r != name] or [later[1]]
+    return (
+        f"{own[0]} and {own[1]} are two plugins that both go by the name {name!r} (the "
+        "plugin's `name`): the run's errors, verdict counts, stored signals, checkpoint "
+        "and lookahead check would mix them up. Give the plugin registered as "
+        f"{renamed[0]!r} a name of its own in its code (self.name = {renamed[0]!r}, the name "
+        "it is registered under, or leave `name` unset to get that one)"
+    )
+
+
 @dataclass(frozen=True)
 class LoadedPlugin:
     spec: PluginSpec
