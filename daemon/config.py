@@ -1176,9 +1176,14 @@ def build(cls: type[T], data: Any, where: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     unknown = sorted(set(data) - set(fields))
     if unknown:
+        valid = set(fields)
+        if cls is PluginSpec and not where.startswith("signals"):
+            # Only [[signals]] take a weight (refused elsewhere, in Config): listed for
+            # [sizing] too, it was offered, then refused.
+            valid.discard("weight")
         raise ConfigError(
             f"unknown key(s) {', '.join(_join(where, k) for k in unknown)}; "
-            f"valid keys: {', '.join(sorted(fields))}"
+            f"valid keys: {', '.join(sorted(valid))}"
         )
     missing = [
         name

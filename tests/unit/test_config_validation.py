@@ -528,6 +528,24 @@ def test_a_weight_outside_signals_is_refused_not_ignored(tmp_path, section):
         load_config([p], env={})
 
 
+@pytest.mark.parametrize(
+    ("section", "where", "valid"),
+    [
+        ('[sizing]\nname = "equal_weight"', "sizing", "name, params"),
+        ('[[risk]]\nname = "max_position"', r"risk\[0\]", "name, params"),
+        ('[[signals]]\nname = "momentum"', r"signals\[0\]", "name, params, weight"),
+    ],
+    ids=["sizing", "risk", "signals"],
+)
+def test_a_plugin_tables_valid_keys_are_its_own(tmp_path, section, where, valid):
+    """[sizing]'s unknown-key message listed `weight` as valid, which was then refused
+    ("only [[signals]] have a weight")."""
+    p = tmp_path / "k.toml"
+    p.write_text(f"{section}\nwieght = 2.0\n")
+    with pytest.raises(ConfigError, match=rf"{where}\.wieght; valid keys: {valid}$"):
+        load_config([p], env={})
+
+
 def test_hourly_bars_from_alpaca_are_refused_with_the_way_out():
     """Alpaca's 1Hour bars start on the clock hour and the calendar's 60m bars on the 09:30
     open: the combination was accepted, and every hourly bar was late, then lost."""
