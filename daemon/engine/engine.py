@@ -47,7 +47,7 @@ from ..alerts import (
     WARNING,
     kill_switch_title,
 )
-from ..core.arrays import count_nonzero, scalar, where
+from ..core.arrays import count_nonzero, read_only_alias, read_only_copy, scalar, where
 from ..core.errors import (
     ConfigError,
     ControlNotStoredError,
@@ -588,8 +588,10 @@ class Engine:
                 f"feature source lacks {sorted(missing)} that plugins or the order planner require"
             )
         self._required = tuple(sorted(needed))
-        # A batch source cleans its whole history once (see BatchFeatureSource.prepare); a
-        # streaming one is checked bar by bar in _features.
+        # A source that can (batch and streaming, `prepare`) cleans its values itself and
+        # gives each bar's readiness row: the batch one once for the whole history, the
+        # streaming one as it makes each bar's values. Only a source without `prepare` has
+        # its values cleaned and checked bar by bar in _features.
         prepare = getattr(features, "prepare", None)
         self._ready_at: Callable[[CrossSection], np.ndarray | None] | None = (
             prepare(self._required) if callable(prepare) else None
@@ -2904,16 +2906,18 @@ class Engine:
         if m:
             t0 = self._lap("broker_updates", t0)
 
-        valid = bar.close == bar.close  # ~isnan in one ufunc: NaN alone is unequal to itself
-        equity = pf.mark_to_market(bar.close, valid, bar.time)
+        # ~isnan in one ufunc (NaN alone is unequal to itself). What the plugins get is
+        # read-only (bar, history, features, book): the planner and later plugins read the
+        # same arrays (a plugin clearing `tradable` stopped all orders). And read-only for
+        # good (`core.arrays.read_only_copy`, spelled out): a fresh array flagged read-only
+        # was made writeable again by `setflags(write=True)`.
+        close = bar.close
+        valid = _frombuffer((close == close).tobytes(), _BOOL)
+        equity = pf.mark_to_market(close, valid, bar.time)
         features, ready = self._features(bar, valid)
         if m:
             t0 = self._lap("features", t0)
-        # What the plugins get is read-only (bar, history, features, book): the planner and
-        # later plugins read the same arrays (a plugin clearing `tradable` stopped all orders).
-        valid.setflags(write=False)  # (a third cheaper than through `.flags`)
-        mark = pf.mark
-        mark.setflags(write=False)
+        mark = pf.mark  # read-only for good already (`Portfolio.mark`)
         # Positional, in field order (time, index, symbols, bar, mark, tradable, history,
         # features, portfolio, ready): keywords cost its constructor a third more, every bar.
         ctx = BarContext(
@@ -2970,9 +2974,10 @@ class Engine:
             score = where(ready, score, _NAN)  # warm-up never reaches a decision
         if m:
             t0 = self._lap("signals", t0)
-        # A view the sizing cannot write through: the score is stored and published after it.
-        shown = score.view()
-        shown.setflags(write=False)
+        # A copy the sizing cannot write into, nor make writeable (`read_only_copy`, spelled
+        # out): the score is stored and published after it, and may be a signal's own array
+        # (a view of it, flagged read-only, was made writeable by `setflags(write=True)`).
+        shown = _frombuffer(score.tobytes())
         targets = self._size(shown, ctx)
         if m:
             t0 = self._lap("sizing", t0)
@@ -3436,9 +3441,8 @@ class Engine:
         self.history.push(bar)
         self._seen += 1
         self._last_time = bar.time
-        valid = ~np.isnan(bar.close)
+        valid = read_only_copy(~np.isnan(bar.close))  # as in `step`
         features, ready = self._features(bar, valid)
-        valid.setflags(write=False)
         ctx = BarContext(
             time=bar.time,
             index=self._seen - 1,
@@ -3500,25 +3504,30 @@ class Engine:
         writer, whose call names it. The batch source's rows are read-only views already
         (`BatchFeatureSource.prepare`); the proxy costs one small object a bar. `ready` is
         read-only too, made here each bar: a signal narrowing it in place (`ok = ctx.ready;
-        ok &= ...`) took the view from every later plugin's scores and from the decision."""
+        ok &= ...`) took the view from every later plugin's scores and from the decision.
+
+        And read-only for good, `ready` and the values cleaned here (`core.arrays`): a fresh
+        array, or a view of a writeable one, flagged read-only was made writeable again by
+        `setflags(write=True)`. `valid` (ctx.tradable) is read-only for good already, so it
+        is `ready` itself when no feature is required."""
         raw = self.features.at(bar)
         if self._ready_at is not None:
             row = self._ready_at(bar)
-            ready = valid & row if row is not None else valid.copy()
-            ready.setflags(write=False)
+            # `read_only_copy`, spelled out: a Python call less, every bar.
+            ready = _frombuffer((valid & row).tobytes(), _BOOL) if row is not None else valid
             return MappingProxyType(dict(raw)), ready
-        ready = valid.copy()
+        # A source without `prepare` (the engine's own are prepared): cleaned here.
+        mask = valid.copy()
         out: dict[str, np.ndarray] = {}
         for name, v in raw.items():
             finite = np.isfinite(v)
             if name in self._required:
-                ready &= finite
-            # A view when it is the source's own array (a streaming feature's state).
-            v = v.view() if finite.all() else np.where(finite, v, 0.0)
-            v.setflags(write=False)
-            out[name] = v
-        ready.setflags(write=False)
-        return MappingProxyType(out), ready
+                mask &= finite
+            # An alias when it is the source's own array (a streaming feature's state).
+            out[name] = (
+                read_only_alias(v) if finite.all() else read_only_copy(np.where(finite, v, 0.0))
+            )
+        return MappingProxyType(out), read_only_copy(mask)
 
     def _observe(self, ctx: BarContext) -> None:
         """A warm-up bar for each signal plugin: its optional `observe(ctx)` (update state
@@ -3668,9 +3677,14 @@ class Engine:
             # summary's counts and the restrictions of the two merged.
             labels = [None if k == p.name else k for k, p in instance_keys(risks)]
             labelled = self._risk_labels = (risks, labels)
+        # Each plugin is given a copy it cannot write into nor make writeable (`read_only_copy`,
+        # spelled out): a view of the targets, flagged read-only, was made writeable by
+        # `setflags(write=True)`. One copy for the chain while its plugins return the array
+        # they were given (most plugins at most bars), a new one after a plugin that did not.
+        given = None
         for r, label in zip(risks, labelled[1]):  # noqa: B905 (made from `risks`)
-            given = targets.view()
-            given.setflags(write=False)
+            if targets is not given:
+                given = _frombuffer(targets.tobytes())
             t0 = _perf_counter()
             try:
                 decision = r.check(given, ctx)
@@ -3833,6 +3847,10 @@ class Engine:
 # What a plugin's output is taken as without a conversion: float64 arrays (`_score`).
 _NDARRAY = np.ndarray
 _F64 = np.dtype(np.float64)
+_BOOL = np.dtype(np.bool_)
+# `_frombuffer(a.tobytes(), dtype)`: `core.arrays.read_only_copy` of a 1-d array, spelled out
+# where it runs every bar (a Python call less).
+_frombuffer = np.frombuffer
 
 # Where a symbol is not ready: the scores are float64 here (`_score`), so a 0-d operand.
 _NAN = scalar(np.nan)

@@ -133,6 +133,102 @@ async def test_a_plugin_making_an_input_writeable_again_is_named(engine_config, 
     assert not reader.read, "the reader ran after the write"
 
 
+class _Unlocking:
+    """Makes what it is given writeable (`setflags(write=True)`) and writes into it."""
+
+    name = "unlocker"
+
+    def __init__(self, inner=None):  # type: ignore[no-untyped-def]
+        self.inner = inner
+
+    def required_features(self):  # type: ignore[no-untyped-def]
+        return ()
+
+    @staticmethod
+    def unlock(a: np.ndarray) -> None:
+        a.setflags(write=True)
+        a[...] = 0  # False, or a weight / score of 0
+
+
+class _UnlockingSignal(_Unlocking):
+    kind = "signal"
+
+    def __init__(self, what: str) -> None:
+        super().__init__()
+        self.what = what
+
+    def score(self, ctx):  # type: ignore[no-untyped-def]
+        self.unlock(getattr(ctx, self.what))
+        return np.full(len(ctx.symbols), np.nan)
+
+
+class _UnlockingSizing(_Unlocking):
+    kind = "sizing"
+
+    def size(self, score, ctx):  # type: ignore[no-untyped-def]
+        self.unlock(score)
+        return self.inner.size(score, ctx)
+
+
+class _UnlockingRisk(_Unlocking):
+    kind = "risk"
+
+    def check(self, targets, ctx):  # type: ignore[no-untyped-def]
+        from tradingd.core.ports import RiskDecision
+
+        self.unlock(targets)
+        return RiskDecision(targets)
+
+
+@pytest.mark.parametrize(
+    ("mode", "what"),
+    [
+        (mode, what)
+        for mode in ("backtest", "live", "resumed")
+        for what in ("tradable", "ready", "sizing's score", "risk's targets")
+        # Nothing is sized or checked at a bar replayed for features.
+        if mode != "resumed" or what in ("tradable", "ready")
+    ],
+)
+async def test_the_engines_own_fresh_inputs_cannot_be_made_writeable(engine_config, mode, what):
+    """ctx.tradable and ctx.ready (made each bar), the score the sizing is given and the
+    targets each risk plugin is given were flagged read-only, which numpy undid at
+    `setflags(write=True)`: a fresh array owns its memory, and the score and targets were
+    views of writeable arrays (the planner, the store and the next risk plugin read them
+    after). Now the flag cannot be set, and the run stops naming the plugin. "resumed": the
+    bars an earlier process completed, replayed for features (ctx.tradable and ctx.ready
+    made there too)."""
+    first = _UnlockingSignal(what) if what in ("tradable", "ready") else None
+    engine, reader = _engine(engine_config, "backtest" if mode == "resumed" else mode,
+                             first or _Quiet())  # fmt: skip
+    through = None
+    if mode == "resumed":
+        through = engine._restored_through = engine.feed.panel.datetimes()[70]
+    if what == "sizing's score":
+        engine.pipeline.sizing = _UnlockingSizing(engine.pipeline.sizing)
+    elif what == "risk's targets":
+        engine.pipeline.risks = [_UnlockingRisk(), *engine.pipeline.risks]
+    with pytest.raises(
+        PluginFault,
+        match=r"plugin 'unlocker' failed in (score|observe|size|check).*cannot set WRITEABLE",
+    ) as fault:
+        await engine.run_until_done()
+    if first is not None:
+        assert not reader.read, "the reader ran after the write"
+    if through is not None:  # at a bar replayed for features, not after the checkpoint
+        assert fault.value.bar_time <= through
+
+
+class _Quiet:
+    kind, name = "signal", "quiet"
+
+    def required_features(self):  # type: ignore[no-untyped-def]
+        return ()
+
+    def score(self, ctx):  # type: ignore[no-untyped-def]
+        return np.full(len(ctx.symbols), np.nan)
+
+
 @pytest.mark.parametrize("mode", ["backtest", "live"])
 async def test_a_plugin_that_tries_to_write_its_inputs_changes_nothing_another_reads(
     engine_config, mode

@@ -173,3 +173,36 @@ def test_streaming_feature_values_cannot_be_made_writeable(prepared):
     if ready_at is not None:
         with pytest.raises(RuntimeError, match="before at"):
             ready_at(p.row(0, p.datetimes()[0]))
+
+
+class _UnpreparedSource:
+    """A feature source without `prepare` (a third party's): the engine cleans its values
+    and makes the readiness row itself, bar by bar (`Engine._features`)."""
+
+    names = ("a", "b")
+
+    def __init__(self) -> None:
+        self.values = {"a": np.array([1.0, np.nan, 3.0]), "b": np.array([1.0, 2.0, 3.0])}
+
+    def at(self, bar: CrossSection) -> dict[str, np.ndarray]:
+        return self.values
+
+
+def test_an_unprepared_sources_values_and_readiness_cannot_be_made_writeable():
+    """Cleaned by the engine into a copy (or, all finite, a view of the source's own array:
+    a streaming feature's state) flagged read-only, which `setflags(write=True)` undid."""
+    from types import SimpleNamespace
+
+    from tradingd.core.arrays import read_only_copy
+    from tradingd.engine.engine import Engine
+
+    src = _UnpreparedSource()
+    engine = SimpleNamespace(features=src, _ready_at=None, _required=("a", "b"))
+    valid = read_only_copy(np.array([True, True, False]))
+    bar = cross_section(np.ones(3))
+    features, ready = Engine._features(engine, bar, valid)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(ready, [True, False, False])
+    np.testing.assert_array_equal(features["a"], [1.0, 0.0, 3.0])
+    np.testing.assert_array_equal(features["b"], src.values["b"])
+    for a in (ready, features["a"], features["b"]):
+        assert_stays_read_only(a)
