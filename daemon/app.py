@@ -33,7 +33,7 @@ from .engine import plugins as plugin_registry
 from .engine.engine import Engine, Pipeline
 from .engine.planner import OrderPlanner
 from .engine.planner import required_features as planner_features
-from .engine.plugins import instance_keys, load_plugin
+from .engine.plugins import check_names, instance_keys, load_plugin
 from .engine.portfolio import Portfolio
 from .features.batch_cache import FeatureCache
 from .features.batch_cache import default_cache_dir as features_cache_dir
@@ -590,6 +590,21 @@ def build_pipeline(config: Config, symbols: tuple[str, ...], bar: str = "1d") ->
             load_plugin(spec, "risk", symbols, f"risk[{i}]", eps, defaults)
             for i, spec in enumerate(config.risk)
         ]
+        # A name another plugin goes by (the two would be mixed up), as the start-up check
+        # (`preflight.load_pipeline`) refuses it: the Python API (`tradingd.backtest`,
+        # `build_engine`) comes here without it. On the command line's path both check, each
+        # the plugins it built (a few dictionary look-ups).
+        check_names(
+            [
+                (f"signals[{i}]", spec.name, p)
+                for i, (spec, (p, _)) in enumerate(zip(config.signals, signals, strict=True))
+            ]
+            + [("sizing", config.sizing.name, sizing)]
+            + [
+                (f"risk[{i}]", spec.name, r)
+                for i, (spec, r) in enumerate(zip(config.risk, risks, strict=True))
+            ]
+        )
     except ConfigError as exc:
         name_origin(config, exc)  # "risk[0].params: ... (set in paper.toml)"
         raise

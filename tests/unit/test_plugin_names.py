@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from tradingd.__main__ import main
+from tradingd.app import build_pipeline
 from tradingd.config import load_config
 from tradingd.core.errors import ConfigError
 from tradingd.engine import plugins as registry
@@ -69,21 +70,32 @@ def _config(tmp_path: Path, signals: list[str], risk: list[str] = ("max_position
     )
 
 
-def test_a_copy_keeping_another_plugins_name_is_refused_naming_both(tmp_path):
+def _built(config: Any) -> Any:
+    """The Python API's path (`tradingd.backtest`, `build_engine`): it did not check."""
+    return build_pipeline(config, ("AAA", "BBB"))
+
+
+# The start-up check's loader, and the one a run builds its pipeline with.
+LOADERS = pytest.mark.parametrize("load", [load_pipeline, _built], ids=["preflight", "app"])
+
+
+@LOADERS
+def test_a_copy_keeping_another_plugins_name_is_refused_naming_both(tmp_path, load):
     config = _config(tmp_path, ["momentum", "mymom"])
     with pytest.raises(ConfigError) as e:
-        load_pipeline(config)
+        load(config)
     text = str(e.value)
     assert text.startswith("signals[1].name = 'mymom' and signals[0].name = 'momentum'")
     assert "both go by the name 'momentum'" in text
     assert "self.name = 'mymom'" in text  # the copy is told what to do, not the built-in
 
 
-def test_across_kinds_too(tmp_path):
+@LOADERS
+def test_across_kinds_too(tmp_path, load):
     # A risk plugin registered as `guard_copy` whose name is the built-in drawdown guard's.
     config = _config(tmp_path, ["momentum"], ["drawdown_guard", "guard_copy"])
     with pytest.raises(ConfigError, match=r"^risk\[1\]\.name = 'guard_copy' and risk\[0\]"):
-        load_pipeline(config)
+        load(config)
 
 
 @pytest.mark.parametrize(
@@ -95,8 +107,9 @@ def test_across_kinds_too(tmp_path):
         (["momentum"], ["drawdown_guard", "drawdown_guard"]),  # two guards: `name#2`
     ],
 )
-def test_names_that_are_their_own_pass(tmp_path, signals, risk):
-    pipeline = load_pipeline(_config(tmp_path, signals, risk))
+@LOADERS
+def test_names_that_are_their_own_pass(tmp_path, signals, risk, load):
+    pipeline = load(_config(tmp_path, signals, risk))
     keys = [k for k, _ in instance_keys(pipeline.plugins())]
     assert len(set(keys)) == len(keys)
 
