@@ -628,6 +628,10 @@ class Engine:
         # every bar traded nothing, exit 0, without a word.
         self._scored = 0
         self._no_view: dict[int, int] = {}
+        # How many of the first bars scored the sizing returned no finite target at (NaN for
+        # every symbol), up to its first target (`_size`): repaired to 0 bar by bar with
+        # `engine.targets_repaired` lines only, its run traded nothing, exit 0.
+        self._no_target = 0
         self._warnings: list[dict[str, Any]] = []
         self._splits = 0
         self._seen = 0
@@ -1510,6 +1514,7 @@ class Engine:
             self.risk_record.finish(self._last_time)
             self._warn_if_never_ready()
             self._warn_of_signals_without_view()
+            self._warn_of_sizing_without_targets()
             result = self.result()
             try:
                 if self._after_last_bar is not None:
@@ -2837,6 +2842,26 @@ class Engine:
             )
             self._warnings.append({"warning": "signal_without_view", "plugin": name, "bars": bars})
 
+    def _warn_of_sizing_without_targets(self) -> None:
+        """The sizing plugin when it returned no finite target (NaN for every symbol) at
+        every bar this run scored, once, at the end, as `_warn_of_signals_without_view`: each
+        NaN target was repaired to 0 and logged (`engine.targets_repaired`, the 1st, 10th,
+        100th...), and nothing said that the run could not trade at all. Not when no symbol
+        was ever ready (`run.never_ready` says why already)."""
+        bars = self._scored
+        if not bars or self._no_target != bars or (self._required and self._first_ready is None):
+            return
+        name = _name(self.pipeline.sizing)
+        log.warning(
+            "run.sizing_without_targets",
+            plugin=name,
+            bars=bars,
+            hint="size() returned NaN (no target) for every symbol at every bar: each was "
+            "repaired to 0 and nothing was traded; check what it waits for (the scores it is "
+            "given, its features, ctx.ready, its own conditions)",
+        )
+        self._warnings.append({"warning": "sizing_without_targets", "plugin": name, "bars": bars})
+
     # the pipeline --------------------------------------------------------------------------
     async def step(self, bar: CrossSection, trade: bool | None = None) -> None:
         """One bar through the pipeline. `trade=False` makes it a warm-up bar (no decision,
@@ -3629,6 +3654,11 @@ class Engine:
             raise _fault(p, "size", ctx, exc) from exc
         if (took := _perf_counter() - t0) > self._slow_plugin_s:
             self._slow(p, "size", ctx.time, took)
+        # While the sizing has had no finite target at any bar so far (not looked at again
+        # after one): said at the run's end (`_warn_of_sizing_without_targets`). Before
+        # `_check_array`, which repairs NaN targets to 0.
+        if self._no_target == self._scored - 1 and not _any_target(t):
+            self._no_target = self._scored
         t = _check_array(
             p,
             "size",
@@ -3887,6 +3917,19 @@ def _fault_at(plugin: Any, stage: str, t: object, exc: Exception) -> PluginFault
     while (wrapped := getattr(inner, "__wrapped__", None)) is not None:
         inner = wrapped
     return PluginFault(_name(plugin), stage, t, exc, module=type(inner).__module__)
+
+
+def _any_target(t: Any) -> bool:
+    """Whether a sizing's answer has a number that is not NaN (one target at least). What
+    is not an array is read as `_check_array` reads it (as numbers: a Series by position,
+    which is all counting needs); what cannot be is left to `_check_array` to refuse."""
+    if type(t) is not _NDARRAY or t.dtype is not _F64:
+        try:
+            _refuse_non_numbers(t, "size")
+            t = np.asarray(t, dtype=np.float64)
+        except Exception:  # refused by `_check_array`, which says why
+            return True
+    return bool(count_nonzero(t == t))
 
 
 def _check_array(

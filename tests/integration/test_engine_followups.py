@@ -56,6 +56,22 @@ class NeverAView(AlwaysLong):
         return np.full(len(ctx.symbols), np.nan)
 
 
+class NeverATarget:
+    """A sizing with no target at any bar (NaN for every symbol): the run trades nothing."""
+
+    kind: ClassVar[str] = "sizing"
+    Config = _AlwaysLongConfig
+
+    def __init__(self, config, symbols):
+        self.name = "never_a_target"
+
+    def required_features(self):
+        return ()
+
+    def size(self, score, ctx):
+        return np.full(len(ctx.symbols), np.nan)
+
+
 @pytest.fixture
 def always_long(monkeypatch):
     from tradingd.engine import plugins as registry
@@ -2700,6 +2716,35 @@ async def test_a_feeds_held_bars_are_in_the_checkpoint_and_restored_before_warm_
     await restarted.run_until_done()
     assert order[0] == ("restored", held, checkpointed)  # with the checkpoint's bar
     assert not any(o[0] == "restored" for o in order[1:]) and len(order) > 1
+
+
+async def test_a_sizing_without_targets_is_in_the_summary_json_and_its_print(
+    engine_config, always_long, monkeypatch, tmp_path
+):
+    """A sizing that returned NaN for every symbol at every bar traded nothing, exit 0, and
+    only `engine.targets_repaired` lines (the 1st, 10th, 100th) said anything: the run's end
+    says it (`run.sizing_without_targets`), in summary.json and under Warnings in the
+    printed summary."""
+    from tradingd.engine import plugins as registry
+
+    eps = dict(registry.available())
+    eps["never_a_target"] = _StubEntryPoint("never_a_target", NeverATarget)
+    monkeypatch.setattr(registry, "available", lambda: eps)
+    config = dataclasses.replace(_config(engine_config), sizing=PluginSpec("never_a_target"))
+    with capture_logs() as logs:
+        out = await run_backtest(config, panel=_crash_panel(), output_dir=tmp_path / "out")
+    assert out.summary["orders"] == 0
+    bars = out.result.bars
+    said = [e for e in logs if e["event"] == "run.sizing_without_targets"]
+    assert [(e["plugin"], e["bars"], e["log_level"]) for e in said] == [
+        ("never_a_target", bars, "warning")
+    ]
+    expected = [{"warning": "sizing_without_targets", "plugin": "never_a_target", "bars": bars}]
+    written = json.loads((out.output_dir / "summary.json").read_text())
+    assert written["warnings"] == expected
+    printed = format_summary(out.summary).splitlines()
+    at = next(i for i, line in enumerate(printed) if line.startswith("Warnings"))
+    assert f"plugin=never_a_target, bars={bars}" in printed[at + 1]
 
 
 async def test_a_signal_without_a_view_is_in_the_summary_json(engine_config, monkeypatch, tmp_path):

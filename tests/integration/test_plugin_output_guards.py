@@ -421,6 +421,58 @@ async def test_a_signal_without_a_view_at_any_bar_is_said_once_at_the_end(engine
 
 
 @pytest.mark.parametrize("mode", ["backtest", "live"])
+@pytest.mark.parametrize("target_at", [None, 80], ids=["never", "at one bar"])
+async def test_a_sizing_without_targets_at_any_bar_is_said_once_at_the_end(
+    engine_config, mode, target_at
+):
+    """A sizing that returned NaN for every symbol at every bar traded nothing, exit 0:
+    each NaN was repaired to 0 with an `engine.targets_repaired` line (the 1st, 10th,
+    100th), and nothing said the run could not trade. One warning at the run's end names
+    it and the bars, and the result lists it; a sizing with a target at one bar (a Series,
+    as a plugin may return) does not count."""
+    import pandas as pd
+    from structlog.testing import capture_logs
+
+    from tradingd.app import build_engine
+
+    class NoTargets:
+        kind, name = "sizing", "no_targets"
+
+        def required_features(self):  # type: ignore[no-untyped-def]
+            return ()
+
+        def size(self, score, ctx):  # type: ignore[no-untyped-def]
+            t = np.full(len(ctx.symbols), np.nan)
+            if ctx.index == target_at:
+                t[0] = 0.1
+            return pd.Series(t, index=list(ctx.symbols))
+
+    if mode == "live":
+        panel, config = live_run(engine_config)
+    else:
+        panel, config = make_panel(n_bars=90, split_at=None), engine_config
+    engine = build_engine(config, mode, panel=panel)
+    engine.pipeline.signals = [(_Reader(), 1.0)]
+    engine.pipeline.sizing = NoTargets()
+    with capture_logs() as logs:
+        result = await engine.run_until_done()
+    said = [e for e in logs if e["event"] == "run.sizing_without_targets"]
+    traded = result.bars
+    assert traded > 0 and any(e["event"] == "engine.targets_repaired" for e in logs)
+    if target_at is not None:
+        assert result.fills > 0  # the one target traded
+        assert not said and not result.warnings
+        return
+    assert result.fills == 0
+    assert [(e["plugin"], e["bars"], e["log_level"]) for e in said] == [
+        ("no_targets", traded, "warning")
+    ]
+    assert result.warnings == [
+        {"warning": "sizing_without_targets", "plugin": "no_targets", "bars": traded}
+    ]
+
+
+@pytest.mark.parametrize("mode", ["backtest", "live"])
 async def test_ctx_index_counts_the_bars_given_from_the_first_warm_up_bar(engine_config, mode):
     """ctx.index was documented as "bars since the start of the run", and a plugin saw 3646
     at its run.start: it counts every bar the engine was given, warm-up bars included, from

@@ -144,7 +144,7 @@ def _engine(plugin: object, *, long_only: bool = False) -> Engine:
     engine.long_only = engine._may_short = long_only  # a plugin without allow_short
     engine._repairs = {}
     engine._slow_plugin_s = 5.0
-    engine._scored, engine._no_view = 0, {}
+    engine._scored, engine._no_view, engine._no_target = 0, {}, 0
     engine.pipeline = SimpleNamespace(signals=[(plugin, 1.0)], sizing=plugin, risks=[plugin])
     return engine
 
