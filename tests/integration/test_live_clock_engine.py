@@ -5,7 +5,9 @@ test reaches the next session without waiting for it."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pandas as pd
 from conftest import make_panel
@@ -32,6 +34,25 @@ class FakeTime:
         return self.t
 
 
+def _clock_moving_on(
+    engine: Any,
+    live: LiveConfig,
+    now: FakeTime,
+    resume_after: datetime,
+    move: Callable[[datetime], datetime],
+) -> None:
+    """The engine's live clock on `now`, which each heartbeat moves on to `move(now)`."""
+    clock = LiveClock(live, now=now, heartbeat_s=0.001, resume_after=resume_after)
+    tick = clock._tick
+
+    async def tick_and_move_on() -> None:
+        await tick()
+        now.t = move(now.t)
+
+    clock._tick = tick_and_move_on  # type: ignore[method-assign]
+    engine.clock = clock
+
+
 def _engine(engine_config, now: FakeTime, delay_s: float = 5, move=None):  # type: ignore[no-untyped-def]
     """A live engine warmed up through BEFORE, its clock releasing LABEL at `now`; each
     heartbeat moves the time on by STEP, or to `move(now)`."""
@@ -44,15 +65,7 @@ def _engine(engine_config, now: FakeTime, delay_s: float = 5, move=None):  # typ
         run=dataclasses.replace(engine_config.run, start=LABEL.date().isoformat(), run_id="t-l"),
     )
     engine = build_engine(config, "live", panel=panel)
-    clock = LiveClock(config.live, now=now, heartbeat_s=0.001, resume_after=BEFORE)
-    tick = clock._tick
-
-    async def tick_and_move_on() -> None:
-        await tick()
-        now.t = now.t + STEP if move is None else move(now.t)
-
-    clock._tick = tick_and_move_on  # type: ignore[method-assign]
-    engine.clock = clock
+    _clock_moving_on(engine, config.live, now, BEFORE, move or (lambda t: t + STEP))
     stepped: list[tuple[datetime, bool | None]] = []
     step = engine.step
 
@@ -492,15 +505,7 @@ async def test_an_intraday_bar_not_delivered_says_its_retry_ends_at_the_next_rel
     )
     engine = build_engine(config, "live", panel=panel)
     now = FakeTime(label + timedelta(minutes=5, seconds=5))  # its release
-    clock = LiveClock(config.live, now=now, heartbeat_s=0.001, resume_after=times[k - 1])
-    tick = clock._tick
-
-    async def tick_and_move_on() -> None:
-        await tick()
-        now.t += timedelta(seconds=30)
-
-    clock._tick = tick_and_move_on  # type: ignore[method-assign]
-    engine.clock = clock
+    _clock_moving_on(engine, config.live, now, times[k - 1], lambda t: t + timedelta(seconds=30))
     bars = engine.feed.bars
 
     async def vendor(t):  # type: ignore[no-untyped-def]
@@ -547,15 +552,7 @@ async def test_a_feed_outage_over_many_intraday_bars_is_said_at_its_start_counte
     )
     engine = build_engine(config, "live", panel=panel)
     now = FakeTime(down[0] + timedelta(minutes=5, seconds=5))  # its release
-    clock = LiveClock(config.live, now=now, heartbeat_s=0.001, resume_after=times[k - 1])
-    tick = clock._tick
-
-    async def tick_and_move_on() -> None:
-        await tick()
-        now.t += timedelta(seconds=30)
-
-    clock._tick = tick_and_move_on  # type: ignore[method-assign]
-    engine.clock = clock
+    _clock_moving_on(engine, config.live, now, times[k - 1], lambda t: t + timedelta(seconds=30))
     bars = engine.feed.bars
 
     async def vendor(t):  # type: ignore[no-untyped-def]
