@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..core.arrays import read_only_alias
 from ..core.lazy import LazyModule
 from ..core.types import CrossSection
 
@@ -24,19 +25,16 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
-    """A view of `a` that cannot be written through, over an array that cannot be either.
+    """An array over `a`'s memory that nothing can make writeable (`core.arrays.
+    read_only_alias`), for the rows a replay hands the plugins (`ctx.bar`).
 
-    A view's `.base` is the array that owns the memory: left writeable, a plugin could still
-    write through `ctx.bar.close.base` into every later bar, fill and run. So the owner is
-    made read-only too (the panel's data does not change once it is replayed)."""
-    owner = a
-    while isinstance(owner.base, np.ndarray):
-        owner = owner.base
-    if owner.flags.writeable:
-        owner.flags.writeable = False
-    v = a.view()
-    v.flags.writeable = False
-    return v
+    A row is a view of it, and a view's `.base` is this array: a flag on a view, or on the
+    panel's own array under it, was not enough, as numpy lets an array that owns its memory
+    be made writeable again (`ctx.bar.close.base.setflags(write=True)` went through), and a
+    plugin could then write into every later bar, fill and run. Here the memory is a
+    read-only `memoryview`, so `setflags(write=True)` raises ValueError on the row, on its
+    `.base` and on any slice of either. No copy: the panel's arrays stay the caller's."""
+    return read_only_alias(a)
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ import numpy as np
 import pandas as pd
 import structlog
 
+from ..core.arrays import read_only_copy
 from ..core.errors import ConfigError, DataError, RetryableError, SourceRefused
 from ..core.types import CrossSection
 from .panel import Panel
@@ -1449,10 +1450,10 @@ class VendorFeed:
         cols = np.searchsorted(np.array(self._symbols, dtype=object), at["symbol"].to_numpy())
         for name, arr in arrays.items():
             arr[cols] = at[name].to_numpy(dtype=np.float64)
-            # Read-only, as a replay's bars: the history keeps the bar, and a plugin writing
-            # into it would change every later window.
-            arr.setflags(write=False)
-        return arrays
+        # Read-only for good, as a replay's bars (`read_only_copy`): the history keeps the
+        # bar, and a plugin writing into it would change every later window. A flag alone
+        # was undone by `ctx.bar.close.setflags(write=True)` (a fresh array owns its memory).
+        return {name: read_only_copy(arr) for name, arr in arrays.items()}
 
     def _note_missing(
         self, t: datetime, at: pd.DataFrame, result: FetchResult, now: datetime

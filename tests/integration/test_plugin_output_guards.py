@@ -64,6 +64,10 @@ _INPUTS = {
     "portfolio weights": lambda ctx: ctx.portfolio.weights,
     "portfolio quantity": lambda ctx: ctx.portfolio.quantity,
     "feature": lambda ctx: next(iter(ctx.features.values())),
+    "bar": lambda ctx: ctx.bar.close,
+    # The panel's whole (T, N) array behind a replayed bar: writing its last row rewrote a
+    # later bar's closes, which the other plugins and the broker read.
+    "bar's base": lambda ctx: ctx.bar.close.base,
 }
 
 
@@ -110,8 +114,10 @@ async def test_a_plugin_making_an_input_writeable_again_is_named(engine_config, 
     answer to "assignment destination is read-only") went through: the flag was on the
     view only, the buffer behind it writeable, and every other plugin read the doubled
     closes in a run that ended with exit 0. The same for the marks, the portfolio view and
-    the feature rows (from the feature cache). numpy now refuses the flag, and the run stops
-    naming the plugin, before another plugin sees the bar."""
+    the feature rows (from the feature cache), and for the bar's `.base` (the panel's
+    array: `ctx.bar.close.base.setflags(write=True)` went through, on a replay and on the
+    recorded live feed). numpy now refuses the flag, and the run stops naming the plugin,
+    before another plugin sees the bar."""
 
     class Unlocker:
         kind, name = "signal", "unlocker"

@@ -155,6 +155,10 @@ async def test_every_source_serves_what_stored_data_holds(kind):
             assert bar.split.tolist() == [4.0, 1.0, 1.0]
             # Read-only, as a replay's: a plugin writing into the bar changed the history.
             assert not any(getattr(bar, f).flags.writeable for f in ("close", "open", "split"))
+            # For good: a flag alone was undone by `ctx.bar.close.setflags(write=True)`.
+            for f in ("close", "open", "split"):
+                with pytest.raises(ValueError, match="WRITEABLE"):
+                    getattr(bar, f).setflags(write=True)
             bar = await feed.bars(utc(2024, 3, 5))
             assert bar.dividend == pytest.approx([0.0, 0.5, 0.0], abs=1e-4)
             assert feed.status()["ok"] is True and feed.status()["failed"] == {}

@@ -5,7 +5,8 @@ any array under it is writeable: `w = ctx.history.window("close", 5); w.setflags
 w[-1] *= 2` (the usual answer to "assignment destination is read-only") went through, and
 every other plugin read the changed closes, in a run that ended with exit 0. Each input the
 engine keeps or shares (the history buffer, the marks, the portfolio view, the book the risk
-chain judges, the feature rows) is now refused, on the array handed out and on its `.base`.
+chain judges, the feature rows, the replayed bar) is now refused, on the array handed out and
+on its `.base`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tradingd.engine.working_entries import with_working_entries
 from tradingd.features.batch_cache import FeatureCache
 from tradingd.features.catalog import Catalog
 from tradingd.features.source import BatchFeatureSource, StreamingFeatureSource
-from tradingd.feeds.panel import Panel
+from tradingd.feeds.panel import FIELDS, Panel
 
 T0 = datetime(2020, 1, 1, tzinfo=UTC)
 
@@ -124,6 +125,25 @@ def small_panel(t: int = 40, n: int = 4) -> Panel:
     times = pd.bdate_range("2019-01-01", periods=t).to_numpy(dtype="datetime64[ns]")
     return Panel(times, tuple(f"S{i}" for i in range(n)), close, close * 1.01, close * 0.99,
                  close, np.full((t, n), 1e6), np.ones((t, n)), np.zeros((t, n)))  # fmt: skip
+
+
+def test_a_replayed_bar_cannot_be_made_writeable_nor_the_panel_behind_it():
+    """`ctx.bar.close.base.setflags(write=True)` went through on a replay: the rows were
+    read-only views of the panel's arrays, flagged read-only too, but an array that owns
+    its memory can be made writeable again, and a plugin then rewrote the prices of every
+    later bar (what the other plugins and the broker read)."""
+    p = small_panel()
+    before = {f: getattr(p, f).copy() for f in FIELDS}
+    times = p.datetimes()
+    for i in (0, len(times) - 1):
+        bar = p.row(i, times[i])
+        for f in FIELDS:
+            got = getattr(bar, f)
+            assert_stays_read_only(got)
+            assert got.base is not None and got.base.shape == (len(times), len(p.symbols))
+            np.testing.assert_array_equal(got, before[f][i])
+    for f in FIELDS:  # the panel itself is the caller's, and unchanged
+        np.testing.assert_array_equal(getattr(p, f), before[f])
 
 
 @pytest.mark.parametrize("cached", [False, True], ids=["computed", "from the cache"])
