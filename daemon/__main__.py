@@ -1611,7 +1611,7 @@ def starting_status(daemon: Any) -> dict[str, Any]:
             unknown
             + later
             + ("catching_up_to", "alerts", "next_bar_release", "market_open", "splits")
-            + ("broker_outage",)
+            + ("broker_outage", "feed_outage")
         ),
         "bars": 0,
         "phase": daemon.phase,

@@ -1906,6 +1906,10 @@ def health_inputs(
             # The broker outage the bars see now (since, last failing bar, bars and orders
             # missed, the last error; broker.unavailable ... broker.recovered), or None.
             "broker_outage": engine.broker_outage.status(),
+            # The data source's outage the bars see now (since, last unavailable bar, bars,
+            # given_up, lost, recovered, the last error; bar.unavailable ... feed.recovered),
+            # or None.
+            "feed_outage": engine.feed_outage.status(),
             "model_version": engine.signal_source,
             "trading_state": engine.trading_state,
             "resumed_from": engine.resumed_from,

@@ -272,6 +272,19 @@ class FeedOutage:
             stopping=True,
         )
 
+    def status(self) -> dict[str, Any] | None:
+        """For /status: the outage going on (since, last unavailable bar, the counts of
+        `feed.still_unavailable`, the last error), None once the source delivers a bar (or
+        before it failed one)."""
+        if self.since is None:
+            return None
+        return {
+            "since": self.since,
+            "last_unavailable": self._outage.last_failed,
+            **self._counted(self._outage.counts),
+            "error": self._outage.error,
+        }
+
     def _say_first(self, kind: str, level: Any, event: str, **fields: Any) -> None:
         if self._outage.since is None:
             level(event, **fields)  # no outage going on: said as it was

@@ -538,7 +538,7 @@ async def test_a_feed_outage_over_many_intraday_bars_is_said_at_its_start_counte
     minutes of bars have passed since the last line, the wait doubling up to an hour (their
     `bar.retry_stopped` with them); the first `bar.lost` is said, the rest counted; the bar
     the source delivers says `feed.recovered` with the outage's length and counts."""
-    from tradingd.app import build_engine
+    from tradingd.app import build_engine, health_inputs
     from tradingd.engine.outages import REPEAT_FIRST, REPEAT_MAX
 
     panel = intraday_panel(5, sessions=3)
@@ -562,6 +562,17 @@ async def test_a_feed_outage_over_many_intraday_bars_is_said_at_its_start_counte
 
     engine.feed.bars = vendor
     engine.after_bar.append(lambda t, v: engine.request_stop() if t >= back else None)
+    _checks, status, _controls = health_inputs(engine)
+    shown: dict[datetime, dict | None] = {}  # /status's feed_outage as a bar is first asked for
+    stepped: list[dict | None] = []  # and after the bar the source delivered is stepped
+    engine.after_bar.append(lambda t, v: stepped.append(status()["feed_outage"]))
+    asked = engine.feed.bars
+
+    async def vendor_watched(t):  # type: ignore[no-untyped-def]
+        shown.setdefault(t, status()["feed_outage"])
+        return await asked(t)
+
+    engine.feed.bars = vendor_watched
     with capture_logs() as logs:
         await engine.run_until_done()
     assert engine.bars_unavailable == n  # every bar counted: repeated_errors, /metrics
@@ -598,3 +609,13 @@ async def test_a_feed_outage_over_many_intraday_bars_is_said_at_its_start_counte
     assert end["down_for_s"] == (back - down[0]).total_seconds()
     assert (end["bars"], end["given_up"], end["lost"], end["recovered"]) == (n, n, n, 0)
     assert engine.bars_never_traded == n
+    # /status's feed_outage: none before its first bar, then the outage as it goes on (the
+    # bars before the one asked for), none once the source delivered a bar.
+    assert shown[down[0]] is None
+    for i, t in enumerate([*down[1:], back], start=1):
+        now_shown = shown[t]
+        assert now_shown is not None and now_shown["since"] == down[0]
+        assert now_shown["last_unavailable"] == down[i - 1] and now_shown["bars"] == i
+        assert now_shown["error"].startswith("alpaca: no symbol could be fetched")
+    assert shown[back]["given_up"] == n  # type: ignore[index]
+    assert stepped and stepped[-1] is None

@@ -89,3 +89,27 @@ def test_a_feed_outage_stopped_says_its_counts_and_a_new_one_says_its_firsts_aga
     [stop] = [e for e in logs if e.get("stopping")]
     assert (stop["since"], stop["bars"], stop["lost"]) == (T0 + 10 * MINUTE, 2, 1)
     assert (stop["bars_since_last_line"], stop["lost_since_last_line"]) == (1, 1)
+
+
+def test_a_feed_outages_status_shows_it_while_it_lasts():
+    """/status had `broker_outage` but nothing of the data source's outage: the counts were
+    only in the log lines (`feed.still_unavailable`)."""
+    from tradingd.engine.outages import FeedOutage
+
+    feed = FeedOutage(symbols=4)
+    assert feed.status() is None
+    feed.unavailable(T0, "down", "next bar")
+    feed.gave_up(T0, reason="the clock released another bar")
+    feed.unavailable(T0 + MINUTE, "HTTP 503", "next bar")
+    feed.lost(T0, newer=T0 + 2 * MINUTE)
+    assert feed.status() == {
+        "since": T0,
+        "last_unavailable": T0 + MINUTE,
+        "bars": 2,
+        "given_up": 1,
+        "lost": 1,
+        "recovered": 0,
+        "error": "HTTP 503",
+    }
+    feed.delivered(T0 + 2 * MINUTE)
+    assert feed.status() is None
