@@ -646,7 +646,7 @@ def verify_model_features(
     """A plugin that was trained on a feature set (it has `feature_set`) must get exactly
     those features, computed with the same periods: otherwise start-up stops here. With the
     run's `symbols`, a model with cross-sectional features learned over another universe is
-    warned about (`model.universe_differs`)."""
+    warned about (`model.universe_differs`; a model taken up mid-run: `warn_model_bar`)."""
     f = config.features
     catalog = make_catalog(config)
     for plugin, _ in pipeline.signals:
@@ -713,18 +713,38 @@ def warn_replay_in_sample(pipeline: Pipeline, times: Sequence[datetime]) -> None
 
 
 def _warn_other_universe(plugin: Any, features: Sequence[str], symbols: Sequence[str]) -> None:
+    """`check_model_universe` of the model a signal plugin loaded at start (a model it takes
+    up mid-run: `warn_model_bar`'s reload check)."""
+    name = getattr(plugin, "name", type(plugin).__name__)
+    path = getattr(getattr(getattr(plugin, "pair", None), "card", None), "path", None)
+    version = getattr(plugin, "version", None)
+    card = model_card(plugin)
+    check_model_universe(card, features, symbols, plugin=name, version=version, path=path)
+
+
+def check_model_universe(
+    card: Mapping[str, Any] | None,
+    features: Sequence[str],
+    symbols: Sequence[str],
+    *,
+    plugin: str,
+    version: Any,
+    path: Any,
+) -> None:
     """A cross-sectional feature (cs_*) means what the universe makes it: over the shipped
     model's 2 index series a cross-sectional rank is only ever +-1, over 500 stocks it is
     continuous. The feature set's version does not name the universe, so a model trained on
-    one and run on another started without a word."""
+    one and run on another started without a word: warned about (`model.universe_differs`)
+    when the card (`card.json`'s content) names the symbols it was trained on."""
     cross = [n for n in features if n.startswith("cs_")]
-    card = model_card(plugin)
     trained = (card.get("data") or {}).get("symbols") if card is not None else None
     if not cross or not isinstance(trained, list) or set(trained) == set(symbols):
         return
     log.warning(
         "model.universe_differs",
-        plugin=getattr(plugin, "name", type(plugin).__name__),
+        plugin=plugin,
+        version=version,
+        card=None if path is None else str(path),
         cross_sectional=cross,
         trained_on=len(trained),
         trained_examples=sorted(map(str, trained))[:5],
@@ -734,13 +754,16 @@ def _warn_other_universe(plugin: Any, features: Sequence[str], symbols: Sequence
     )
 
 
-def warn_model_bar(pipeline: Pipeline, bar: str) -> None:
+def warn_model_bar(pipeline: Pipeline, bar: str, symbols: Sequence[str] | None = None) -> None:
     """A model trained on bars of another length than the run's (`model.bar_differs`,
     `check_model_bar`), at start and for every model a signal plugin takes up mid-run: a
     plugin that follows a published model offers `check_reloaded_models(check)` (see
     `core.ports`), and is handed the same check, which it runs on each new model before it
     serves. A live daemon took up a model retrained on other bars (`tradingd retrain`
-    publishing to `var/models/current`) without a word: only the start was checked."""
+    publishing to `var/models/current`) without a word: only the start was checked. With
+    the run's `symbols`, the check of a model taken up mid-run also warns of one trained
+    over another universe (`check_model_universe`, which `verify_model_features` runs at
+    start), after the bar check, so a model refused for its bar is not warned of too."""
     for plugin, _ in pipeline.signals:
         name = getattr(plugin, "name", type(plugin).__name__)
         card = model_card(plugin)
@@ -750,15 +773,24 @@ def warn_model_bar(pipeline: Pipeline, bar: str) -> None:
             check_model_bar(card, bar, plugin=name, version=version, path=path)
         watch = getattr(plugin, "check_reloaded_models", None)
         if callable(watch):
-            watch(functools.partial(_check_reloaded_model_bar, bar=bar, plugin=name))
+            run = None if symbols is None else tuple(symbols)
+            watch(functools.partial(_check_reloaded_model, bar=bar, symbols=run, plugin=name))
 
 
-def _check_reloaded_model_bar(card: Any, *, bar: str, plugin: str) -> None:
-    """`check_model_bar` of a model a plugin is about to take up mid-run (`card`: its
-    `inference.onnx.ModelCard`), named by its own version and card."""
+def _check_reloaded_model(
+    card: Any, *, bar: str, symbols: Sequence[str] | None, plugin: str
+) -> None:
+    """`check_model_bar`, then `check_model_universe` (with the run's `symbols`), of a model
+    a plugin is about to take up mid-run (`card`: its `inference.onnx.ModelCard`), named by
+    its own version and card."""
     data = card.data
     version = data.get("model_version") if isinstance(data, Mapping) else None
     check_model_bar(data, bar, plugin=plugin, version=version, path=card.path)
+    if symbols is not None:
+        features = card.feature_set.features
+        check_model_universe(
+            data, features, symbols, plugin=plugin, version=version, path=card.path
+        )
 
 
 def check_model_bar(
@@ -1489,7 +1521,7 @@ def _assemble(
         prepare_for_replay(pipeline)
     portfolio = Portfolio(symbols, config.run.initial_capital, session_tz=session_zone(config, bar))
     verify_model_features(config, pipeline, symbols)
-    warn_model_bar(pipeline, bar)
+    warn_model_bar(pipeline, bar, symbols)
     names = feature_names(config, pipeline)
     warmup: Callable[[datetime | None], AsyncIterator[CrossSection]] | None
     if vendor:

@@ -274,9 +274,10 @@ class RiskDecision:
 # (`app.build_engine`) calls it for a backtest, so one run is one model from start to end; a
 # live daemon's is not pinned, and takes up a newly published model at its next bar.
 # Such a plugin should define `check_reloaded_models(check) -> None`: the root hands it the
-# run's checks of a model (`app.warn_model_bar`: trained on bars of another length), and the
-# plugin calls `check(card)` (the new model's `inference.onnx.ModelCard`) before the model
-# serves; a `ConfigError` from it refuses the model (the loaded one serves on).
+# run's checks of a model (`app.warn_model_bar`: trained on bars of another length, then
+# over another universe with cross-sectional features), and the plugin calls `check(card)`
+# (the new model's `inference.onnx.ModelCard`) before the model serves; a `ConfigError` from
+# it refuses the model (the loaded one serves on).
 # A signal plugin may define `async prepare_bar(ctx) -> None`: the engine awaits it before
 # `score(ctx)` on each trading bar (not on warm-up bars), for work the plugin must finish
 # before it scores and can do off the event loop (ml_ensemble loads a newly published model

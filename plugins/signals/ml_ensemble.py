@@ -755,8 +755,9 @@ class MlEnsemble:
     def check_reloaded_models(self, check: Callable[[ModelCard], None]) -> None:
         """Run `check(card)` on each model found mid-run before it serves (see
         `core.ports`): the run's own checks of its model (`app.warn_model_bar`: trained on
-        bars of another length, `model.bar_differs`), which its start made of the model it
-        loaded only. A `ConfigError` from it refuses the model, as one of another shape is
+        bars of another length, `model.bar_differs`; over another universe with
+        cross-sectional features, `model.universe_differs`), which its start made of the
+        model it loaded only. A `ConfigError` from it refuses the model, as one of another shape is
         (`model.reload_refused`; the loaded one serves on)."""
         self._model_checks.append(check)
 
@@ -916,7 +917,8 @@ class MlEnsemble:
 
     def _run_checks(self, trial: _Trial) -> _Trial:
         """The trial, or a refusal of its model by one of the run's checks
-        (`check_reloaded_models`), which log what they warn of (`model.bar_differs`)."""
+        (`check_reloaded_models`), which log what they warn of (`model.bar_differs`,
+        `model.universe_differs`)."""
         assert trial.pair is not None
         try:
             for check in self._model_checks:

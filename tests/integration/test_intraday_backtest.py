@@ -568,6 +568,58 @@ def test_a_model_published_mid_run_trained_on_other_bars_is_warned_about(
         engine.close_held()
 
 
+def test_a_model_published_mid_run_trained_on_another_universe_is_warned_about(
+    engine_config, tmp_path, monkeypatch
+):
+    """`model.universe_differs` was checked at start only: a live daemon following
+    `var/models/current` took up a model retrained over another universe (its
+    cross-sectional features meaning something else over this run's symbols) without a
+    word. Each model taken up mid-run gets the start's check, named by its own version and
+    card; one trained on this run's universe says nothing."""
+    from conftest import live_run
+    from published_models import publish_two, switch
+    from structlog.testing import capture_logs
+
+    from tradingd.config import PluginSpec
+
+    monkeypatch.chdir(tmp_path)
+    root, second = publish_two(tmp_path)  # "first" serves; "second" waits
+    panel, config = live_run(engine_config)  # daily bars, live
+
+    def card_symbols(folder, symbols) -> None:  # type: ignore[no-untyped-def]
+        card = json.loads((folder / "card.json").read_text())
+        card["data"]["symbols"] = list(symbols)
+        (folder / "card.json").write_text(json.dumps(card))
+
+    card_symbols(root / "versions" / "first", panel.symbols)  # this run's universe
+    card_symbols(second, ("NASDAQ", "SP500"))  # the shipped model's 2 index series
+    spec = PluginSpec("ml_ensemble", params={"cache_dir": ""})
+    with capture_logs() as logs:
+        engine = build_engine(dataclasses.replace(config, signals=(spec,)), "live", panel=panel)
+    try:
+        assert [e for e in logs if e["event"] == "model.universe_differs"] == []
+        ((plugin, _),) = engine.pipeline.signals
+        assert plugin.version == "first"
+
+        switch(root, "second")
+        with capture_logs() as logs:
+            plugin._maybe_reload()
+        assert plugin.version == "second"  # warned of, not refused
+        (warned,) = [e for e in logs if e["event"] == "model.universe_differs"]
+        assert warned["log_level"] == "warning" and warned["version"] == "second"
+        assert warned["card"] == str(second / "card.json")
+        assert (warned["trained_on"], warned["run_symbols"]) == (2, len(panel.symbols))
+        assert "cs_ret_1" in warned["cross_sectional"]
+
+        switch(root, "first")
+        with capture_logs() as logs:
+            plugin._maybe_reload()
+        assert plugin.version == "first"
+        assert [e for e in logs if e["event"] == "model.universe_differs"] == []
+    finally:
+        engine.close_held()
+
+
 async def _read_back(config, run_id: str) -> dict:  # type: ignore[no-untyped-def]
     """The run `run_id` as `stored_run_results` reads it from `config`'s store."""
     from tradingd.analysis.run_records import stored_run_results
