@@ -2263,7 +2263,8 @@ async def _model_check_after_live_bars(engine_config, params):  # type: ignore[n
 async def test_the_model_check_compares_with_the_cards_test_split(engine_config, tmp_path):
     """The check put the live accuracy beside the card's validation figure, measured on the
     windows that early-stopped the model and calibrated its confidence (optimistic), though
-    a card trained now holds a test split that tuned nothing (`metrics.test`)."""
+    a card trained now holds a test split that tuned nothing (`metrics.test`). It now
+    compares with the test split, the validation figure kept in its data only."""
     from tiny_models import model_folder
 
     def with_test_split(card):  # type: ignore[no-untyped-def]
@@ -2282,7 +2283,8 @@ async def test_the_model_check_compares_with_the_cards_test_split(engine_config,
 async def test_the_model_check_says_how_often_the_live_forecasts_were_right(engine_config):
     """The specification's health checks include "Model Performance: ML model accuracy":
     the model check named the model only. It now reports the forecasts' directional
-    accuracy on the bars traded, beside the card's validation figure."""
+    accuracy on the bars traded, beside the card's test split (a card without one, as the
+    shipped card: its validation figure, said to be optimistic)."""
     from tradingd import metrics
 
     engine, check, result = await _model_check_after_live_bars(engine_config, {})
