@@ -79,11 +79,13 @@ def read_only_copy(a: np.ndarray) -> np.ndarray:
 
 
 def read_only_alias(a: np.ndarray) -> np.ndarray:
-    """An array over `a`'s own memory that nothing can make writeable, for a buffer the
-    engine keeps writing (through `a`, which it keeps to itself) and plugins read.
+    """An array over `a`'s own memory that `setflags` cannot make writeable, for a buffer
+    the engine keeps writing (through `a`, which it keeps to itself) and plugins read.
 
     Made once: its memory is a read-only `memoryview`, so `setflags(write=True)` raises
     ValueError on it, on every slice of it, and on the `.base` of a slice (which a flag
     on the buffer itself did not stop: numpy lets an array that owns its memory be made
-    writeable again)."""
+    writeable again). Against the accident, not intent: the memoryview's `.obj` is `a`
+    itself, so a walk down `.base.base.obj` reaches it; closing that would take a copy of
+    the buffer at every write (`read_only_copy`), the whole panel's for a replay's bar."""
     return np.asarray(a.data.toreadonly())

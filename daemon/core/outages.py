@@ -8,8 +8,9 @@ unseen. `Outage` decides when a failure's line is due and keeps the counts the l
 the owner writes them (engine/outages.py: BrokerOutage, FeedOutage; AlpacaBroker's polls):
 - the first failure is due at once (said in full, as before);
 - later ones are counted; one is due once `repeat_first` has passed since the last line,
-  the wait doubling up to `repeat_max` (at 1-minute failures and the defaults: at 0, 5, 15
-  and 35 minutes, then hourly), and it carries the counts since the last line and in all;
+  the wait doubling up to `repeat_max` (at 1-minute failures and the defaults: at 0, 5, 15,
+  35, 75 and 135 minutes, then every hour), and it carries the counts since the last line
+  and in all;
   those between are the owner's debug lines;
 - the first success ends it (`recovered`: its length, from the first failure, and counts);
 - a stop during an outage says its counts (`stopping`), the failures since the last line
