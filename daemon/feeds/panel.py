@@ -25,7 +25,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def _read_only(a: np.ndarray) -> np.ndarray:
-    """An array over `a`'s memory that nothing can make writeable (`core.arrays.
+    """An array over `a`'s memory that `setflags` cannot make writeable (`core.arrays.
     read_only_alias`), for the rows a replay hands the plugins (`ctx.bar`).
 
     A row is a view of it, and a view's `.base` is this array: a flag on a view, or on the
