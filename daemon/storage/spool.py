@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import math
@@ -71,6 +72,20 @@ class SpoolLocksUnsupported(SpoolError, ConfigError):
     ENOTSUP, ENOSYS, EINVAL): a set-up mistake no restart ends, so a ConfigError too
     (`tradingd run` exits with EX_CONFIG, which systemd does not restart). A spool file
     whose lock fails for another reason (EIO, EBADF) stays a SpoolError, as a full spool."""
+
+
+class SpoolDirUnusable(SpoolError, ConfigError):
+    """`storage.spool_dir` cannot be a folder this process writes in: a file where the
+    folder should be (or above it), no permission, a read-only filesystem. A set-up mistake
+    no restart ends: a ConfigError too (`tradingd run` exits EX_CONFIG, which systemd does
+    not restart). A full disk or an I/O error stays a SpoolError (2): freed or repaired, a
+    restart goes through."""
+
+
+# The errnos of a spool folder that is the operator's to fix (`SpoolDirUnusable`).
+_SET_UP_ERRNOS = frozenset(
+    {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
+)
 
 
 def _lock_failed(path: Path, exc: OSError, step: str) -> SpoolError:
@@ -345,7 +360,8 @@ class Spool:
         except SpoolError:
             raise
         except OSError as e:
-            raise SpoolError(
+            kind = SpoolDirUnusable if e.errno in _SET_UP_ERRNOS else SpoolError
+            raise kind(
                 f"storage.spool_dir {self.directory} cannot be used: cannot {step}: "
                 f"{type(e).__name__}: {e}. The spool keeps every batch while the database "
                 "is unreachable; point storage.spool_dir at a writable folder on a local disk"

@@ -782,6 +782,32 @@ async def test_a_spool_folder_that_cannot_be_made_stops_the_start(tmp_path: Path
     text = str(e.value)
     assert "storage.spool_dir" in text and str(blocker / "spool") in text
     assert "make the folder" in text
+    # The operator's to fix: not restarted by systemd into the same refusal (it exited 2).
+    from tradingd.__main__ import EX_CONFIG, exit_code
+
+    assert exit_code(e.value, "run") == EX_CONFIG
+
+
+async def test_a_spool_folder_on_a_full_disk_stays_restartable(tmp_path: Path, monkeypatch):
+    """A full disk may be freed, and a restart then goes through: exit 2 (restarted)."""
+    import errno
+    import os as _os
+
+    from tradingd.__main__ import exit_code
+
+    real_write = _os.write
+
+    def full(fd: int, data: bytes) -> int:
+        if data == b"probe\n":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    monkeypatch.setattr("tradingd.storage.spool.os.write", full)
+    store = FakeStore(FakeDb(), tmp_path / "spool")
+    with pytest.raises(SpoolError) as e:
+        await store.start()
+    assert "No space left" in str(e.value)
+    assert exit_code(e.value, "run") == 2
 
 
 async def test_a_spool_folder_without_locks_stops_the_start(tmp_path: Path, monkeypatch) -> None:
