@@ -32,6 +32,13 @@ secret: `redact()` masks `apikey=`-style query parameters and every registered s
 Retryable kinds raise `SourceUnavailable`, which is also a `RetryableError`, so the engine's
 loop treats a vendor outage like any other transient failure (bar late, retried later).
 
+A failing source is an outage (core/outages.py, on the wall clock), from its first failure
+that says it is unwell (a retryable kind, or an open circuit) to its next answer: the first
+`source.call.failed` and the first `source.circuit.open` are warnings, the later ones debug
+lines counted in `source.still_unavailable` (5 minutes after the last line, the wait
+doubling to an hour) and `source.recovered`. A failure the source answered (404, 400, keys)
+is a warning each.
+
 Metrics (daemon/metrics.py): SOURCE_CALLS per attempt, SOURCE_ERRORS by kind, SOURCE_LATENCY,
 SOURCE_UP (1 when the last attempt succeeded and the circuit is closed). `status()` gives the
 health server a plain dict per source; it never calls the source.
@@ -61,6 +68,7 @@ from tenacity import (
 )
 
 from ..core.errors import ConfigError, RetryableError, TradingdError
+from ..core.outages import Outage, Summary, duration_text
 from ..core.retry_after import parse_retry_after
 from ..metrics import SOURCE_CALLS, SOURCE_ERRORS, SOURCE_LATENCY, SOURCE_UP
 from ..ratelimit import window_limiter
@@ -398,10 +406,14 @@ class CircuitBreaker:
         failure_threshold: int,
         reset_timeout_s: float,
         clock: Callable[[], float] = time.monotonic,
+        on_open: Callable[[int, float], None] | None = None,
     ) -> None:
+        """`on_open(failures, reset_s)` says each opening (a `ResilientCaller` paces them
+        over an outage); by default each is the warning `source.circuit.open`."""
         self.failure_threshold = failure_threshold
         self.reset_timeout_s = reset_timeout_s
         self._clock = clock
+        self._on_open = on_open or _say_opened
         self._state = self.CLOSED
         self._opened_at = 0.0
         self._probing = False
@@ -447,14 +459,15 @@ class CircuitBreaker:
         self.consecutive_failures += 1
         self._probing = False
         if self._state == self.HALF_OPEN or self.consecutive_failures >= self.failure_threshold:
-            if self._state != self.OPEN:
-                log.warning(
-                    "source.circuit.open",
-                    failures=self.consecutive_failures,
-                    reset_s=self.reset_timeout_s,
-                )
+            opened = self._state != self.OPEN
             self._state = self.OPEN
             self._opened_at = self._clock()
+            if opened:
+                self._on_open(self.consecutive_failures, self.reset_timeout_s)
+
+
+def _say_opened(failures: int, reset_s: float) -> None:
+    log.warning("source.circuit.open", failures=failures, reset_s=reset_s)
 
 
 class DailyBudget:
@@ -550,8 +563,14 @@ class ResilientCaller:
         self._wall = wall_clock or (lambda: datetime.now(UTC))
         self.secrets = tuple(s for s in secrets if s)
         self.breaker = CircuitBreaker(
-            self.config.breaker_failure_threshold, self.config.breaker_reset_timeout_s, clock
+            self.config.breaker_failure_threshold,
+            self.config.breaker_reset_timeout_s,
+            clock,
+            on_open=self._circuit_opened,
         )
+        # The source unwell (`_failed`), from its first failure to its next answer: the
+        # warnings of its failures and openings paced (core/outages.py), on the wall clock.
+        self._outage = Outage(unit="failures")
         self.budget = DailyBudget(source, self.config.per_day, self._wall)
         self._limiter: AsyncLimiter | None = (
             window_limiter(self.config.per_minute) if self.config.per_minute else None
@@ -588,24 +607,86 @@ class ResilientCaller:
 
     def _failed(self, err: SourceError, what: str, attempt: int) -> None:
         """Count and log a failure. Only the retryable kinds (and an open circuit) say the
-        source is unwell; a 404 or a bad request leaves SOURCE_UP alone."""
+        source is unwell; a 404 or a bad request leaves SOURCE_UP alone, and is a warning
+        each. The source unwell is an outage (`_outage`) until it answers again: its first
+        failure is the warning `source.call.failed` in full, the later ones debug lines,
+        counted (by kind) and said in the warning `source.still_unavailable` at the pace
+        of core/outages.py (5 minutes, doubling to an hour), its end in `source.recovered`.
+        A failing source wrote a warning per attempt and per symbol, every bar."""
         self.errors += 1
         self.last_error = err
         self.last_error_at = self._wall()
         SOURCE_ERRORS.labels(source=self.source, kind=err.kind).inc()
-        if err.retryable or err.kind == "circuit_open":
-            SOURCE_UP.labels(source=self.source).set(0)
-        # A call an open breaker refuses is counted but logged at debug: the breaker's
-        # opening and closing are logged, and a warning per refused call was most of a
-        # long outage's log (found by the fault soak).
-        (log.debug if err.kind == "circuit_open" else log.warning)(
-            "source.call.failed",
+        fields: dict[str, Any] = {
+            "source": self.source,
+            "what": self.redact(what),
+            "kind": err.kind,
+            "status": err.status,
+            "attempt": attempt,
+            "error": self.redact(err.message),
+        }
+        if not (err.retryable or err.kind == "circuit_open"):
+            log.warning("source.call.failed", **fields)
+            return
+        SOURCE_UP.labels(source=self.source).set(0)
+        due = self._outage.failed(
+            self.last_error_at, f"{err.kind}: {fields['error']}", **{_KIND + err.kind: 1}
+        )
+        # A call an open breaker refuses is a debug line even as an outage's first (the
+        # breaker's opening is said): a warning per refused call was most of a long
+        # outage's log (found by the fault soak).
+        if due is None or (due.first and err.kind == "circuit_open"):
+            log.debug("source.call.failed", **fields)
+            return
+        if due.first:
+            log.warning(
+                "source.call.failed",
+                **fields,
+                then="the source's failures until it answers again are counted and said in "
+                "source.still_unavailable (at most every "
+                f"{duration_text(self._outage.repeat_max)}), its end in source.recovered",
+            )
+            return
+        now = self._outage.summary(self.last_error_at)
+        assert now is not None
+        log.warning(
+            "source.still_unavailable",
+            **fields,
+            circuit=self.breaker.state,
+            **_outage_fields(now, now.counts),
+            **{f"{k}_since_last_line": v for k, v in _outage_counts(due.since_last_line).items()},
+            next_line_after=duration_text(due.next_after),
+        )
+
+    def _circuit_opened(self, failures: int, reset_s: float) -> None:
+        """The breaker opened: said in full at an outage's first opening, the later ones
+        (each failed half-open probe) debug lines counted (`circuit_opened`)."""
+        fields = {"source": self.source, "failures": failures, "reset_s": reset_s}
+        if not self._outage.active:
+            log.warning("source.circuit.open", **fields)
+            return
+        first = "circuit_opened" not in self._outage.counts
+        self._outage.count(circuit_opened=1)
+        if first:
+            log.warning(
+                "source.circuit.open",
+                **fields,
+                then="its reopenings after a failed probe are debug lines, counted "
+                "(circuit_opened) in source.still_unavailable and source.recovered",
+            )
+        else:
+            log.debug("source.circuit.open", **fields)
+
+    def _answered(self) -> None:
+        """The source answered (whatever the answer meant): its outage, if one, ends."""
+        ended = self._outage.recovered(self._wall())
+        if ended is None:
+            return
+        log.info(
+            "source.recovered",
             source=self.source,
-            what=self.redact(what),
-            kind=err.kind,
-            status=err.status,
-            attempt=attempt,
-            error=self.redact(err.message),
+            **_outage_fields(ended, ended.counts),
+            last_error=ended.error,
         )
 
     def _circuit_open(self, what: str, attempt: int) -> SourceError:
@@ -688,6 +769,7 @@ class ResilientCaller:
                     self.breaker.record_failure()
                 else:  # the source answered (404, 400, auth, ...): it is up
                     self.breaker.record_success()
+                    self._answered()
                 raise failure from None
             finally:
                 self.in_flight -= 1
@@ -699,6 +781,7 @@ class ResilientCaller:
         self.breaker.record_success()
         self.last_success_at = self._wall()
         SOURCE_UP.labels(source=self.source).set(1)
+        self._answered()
         return result
 
     async def call(self, fn: Callable[[], Awaitable[T]], *, what: str = "") -> T:
@@ -763,3 +846,28 @@ class ResilientCaller:
                 "remaining_today": self.budget.remaining(),
             },
         }
+
+
+_KIND = "kind:"  # an outage's count of one kind of failure (`_failed`)
+
+
+def _outage_counts(counts: dict[str, int]) -> dict[str, Any]:
+    """A source outage's counts as a line says them: failures, circuit_opened, and the
+    failures by kind."""
+    return {
+        "failures": counts.get("failures", 0),
+        "circuit_opened": counts.get("circuit_opened", 0),
+        "kinds": {k[len(_KIND) :]: n for k, n in sorted(counts.items()) if k.startswith(_KIND)},
+    }
+
+
+def _outage_fields(summary: Summary, counts: dict[str, int]) -> dict[str, Any]:
+    """since, last_failed, down_for (text and seconds; to the summary's time) and counts."""
+    d = summary.down_for
+    return {
+        "since": summary.since.isoformat(),
+        "last_failed": summary.last_failed.isoformat(),
+        "down_for": duration_text(d) if d is not None else None,
+        "down_for_s": d.total_seconds() if d is not None else None,
+        **_outage_counts(counts),
+    }

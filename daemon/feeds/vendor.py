@@ -48,6 +48,7 @@ import structlog
 
 from ..core.arrays import read_only_copy
 from ..core.errors import ConfigError, DataError, RetryableError, SourceRefused
+from ..core.outages import Outage, duration_text
 from ..core.types import CrossSection
 from .panel import Panel
 from .resilience import ResilientCaller, SourceError, make_error, redact
@@ -865,6 +866,9 @@ class VendorFeed:
         self.session = session or getattr(source, "session", None) or Session()
         self.calendar = calendar
         self._failed: dict[str, dict[str, Any]] = {}
+        # The answers with failed symbols, from the first to the next without: their
+        # `feed.symbols_failed` warnings paced (see _note).
+        self._failing = Outage(unit="answers")
         # Symbols the last bar's answer had no bar for (no error named them): see _note_missing.
         self._missing: dict[str, dict[str, Any]] = {}
         # Bars whose answer lacked them (late at the vendor): fetched again past the cache.
@@ -997,13 +1001,59 @@ class VendorFeed:
                     "message": self.source.caller.redact(err.message),
                     "since": self._failed.get(s, {}).get("since", now.isoformat()),
                 }
-        if result.errors:
+        self._say_failed(result, now)
+
+    def _say_failed(self, result: FetchResult, now: datetime) -> None:
+        """`feed.symbols_failed` for an answer with failed symbols, at the pace of an outage
+        (core/outages.py, on the feed's clock): the first such answer of a run of them in
+        full (a warning, as each was: twice a bar and more at 1-minute bars with the source
+        down, a bar's release and its retries each one), the later ones debug lines, counted
+        and said in the warning `feed.symbols_still_failing` once 5 minutes have passed
+        since the last line, the wait doubling up to an hour; the next answer without a
+        failed symbol ends it (`feed.symbols_recovered`, info). `status()["failed"]` and the
+        source's metrics count every answer, as before."""
+        if not result.errors:
+            ended = self._failing.recovered(now)
+            if ended is not None:
+                log.info(
+                    "feed.symbols_recovered",
+                    source=self.source.name,
+                    **ended.fields(),  # answers, symbol_failures: in all
+                    last_error=ended.error,
+                )
+            return
+        kinds = sorted({e.kind for e in result.errors.values()})
+        fields: dict[str, Any] = {
+            "source": self.source.name,
+            "failed": len(result.errors),
+            "of": len(self._symbols),
+            "kinds": kinds,
+            "symbols": sorted(result.errors)[:10],
+        }
+        error = f"{len(result.errors)} of {len(self._symbols)} symbols failed ({', '.join(kinds)})"
+        due = self._failing.failed(now, error, symbol_failures=len(result.errors))
+        if due is None:
+            log.debug("feed.symbols_failed", **fields)
+        elif due.first:
             log.warning(
                 "feed.symbols_failed",
-                source=self.source.name,
-                failed=len(result.errors),
-                of=len(self._symbols),
-                kinds=sorted({e.kind for e in result.errors.values()}),
+                **fields,
+                then="the answers with failed symbols until one has none are counted and said "
+                "in feed.symbols_still_failing (at most every "
+                f"{duration_text(self._failing.repeat_max)}), its end in feed.symbols_recovered",
+            )
+        else:
+            assert self._failing.since is not None
+            log.warning(
+                "feed.symbols_still_failing",
+                **fields,
+                since=self._failing.since,
+                down_for=duration_text(now - self._failing.since),
+                answers=self._failing.failures,
+                symbol_failures=self._failing.counts.get("symbol_failures", 0),
+                answers_since_last_line=due.since_last_line.get("answers", 0),
+                symbol_failures_since_last_line=due.since_last_line.get("symbol_failures", 0),
+                next_line_after=duration_text(due.next_after),
             )
 
     def _say_stale_repeats(self, t: pd.Timestamp, frame: pd.DataFrame, at: pd.DataFrame) -> None:
