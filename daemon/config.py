@@ -516,8 +516,10 @@ class StorageConfig:
     signals: str = "decisions"  # decisions | all | none
     # A live run on PostgreSQL keeps trading through a database outage: writes go to a local,
     # fsync'ed spool (at most spool_max_bytes; "" = var/spool/<database>) and are written
-    # exactly once when the database is back. start_retry_s: how long one attempt of a live
-    # start retries a database that is down (then the start tries again, with backoff).
+    # exactly once when the database is back; another store never spools, and a spool_dir
+    # set with it is warned about at start (preflight: storage.spool_dir_unused).
+    # start_retry_s: how long one attempt of a live start retries a database that is down
+    # (then the start tries again, with backoff).
     spool_dir: str = ""
     spool_max_bytes: int = 268_435_456
     start_retry_s: float = 60.0

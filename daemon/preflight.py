@@ -108,6 +108,7 @@ def check_config(config: Config, command: str, *, output_dir: str | Path | None 
         check_live_feed(config)
     if command in ("run", "config"):
         check_broker_keys(config, refuse=command == "run")
+        warn_unused_spool_dir(config)
 
 
 def check_record_folder(
@@ -127,6 +128,27 @@ def check_record_folder(
     root = check_writable_dir(config.run.output_dir, "run.output_dir")
     folder = root / run_id_for(config, "backtest")
     return check_writable_dir(folder, "run.output_dir's record folder", names=record_names())
+
+
+def warn_unused_spool_dir(config: Config) -> None:
+    """`storage.spool_dir` set on a store that is not PostgreSQL: the warning
+    `storage.spool_dir_unused`, naming the value and why. Only a live run on PostgreSQL
+    spools (SQLite writes to its own file, which has no outage to ride out), and the setting
+    was ignored without a word: a folder an operator meant to check, or one that could not
+    be used (a file's path), went unnoticed."""
+    st = config.storage
+    if not st.spool_dir or st.url.strip().lower().startswith(("postgresql://", "postgres://")):
+        return
+    variable = getattr(config, "env_sources", {}).get("storage.spool_dir")
+    log.warning(
+        "storage.spool_dir_unused",
+        spool_dir=st.spool_dir,
+        setting="storage.spool_dir" + (f" ({variable})" if variable else ""),
+        store=mask_url(st.url),
+        rule="the spool keeps a live run on PostgreSQL going through a database outage; "
+        "this store is not PostgreSQL and never spools, so storage.spool_dir is not used "
+        "(nor made or checked): unset it, or set storage.url to a postgresql:// URL",
+    )
 
 
 def check_live_feed(config: Config) -> None:
