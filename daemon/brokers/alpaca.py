@@ -21,14 +21,16 @@ How it works:
 * **Order and fill updates** come from the trade-updates websocket: alpaca-py's
   `TradingStream._run_forever()` runs as a task on our loop and hands every message to a
   bounded queue. While the stream is not listening (down, reconnecting, refused) the broker
-  polls `GET /v2/orders` every `poll_interval_s` and at every bar; when the stream is back,
-  one catch-up poll recovers whatever happened in the gap. While it is listening the open
-  orders are still polled every `open_orders_check_s`: Alpaca's stream has been reported to
-  lose a trade update on a live connection, and nothing else would bring that fill back.
-  Polls and events update the same
-  state and fills are derived from Alpaca's cumulative `filled_qty`, so a fill seen twice
-  (stream and poll, a repeated event) is reported once, and a missed event is made up by
-  the next cumulative figure: nothing is lost or doubled, partial fills included.
+  polls `GET /v2/orders` every `poll_interval_s` and at every bar (with no order open, the
+  poller asks for the account instead, one `GET /v2/account` a poll interval, at most one a
+  second: else nothing was asked, and Alpaca down went unseen for minutes); when the stream
+  is back, one catch-up poll recovers whatever happened in the gap. While it is listening
+  the open orders are still polled every `open_orders_check_s`: Alpaca's stream has been
+  reported to lose a trade update on a live connection, and nothing else would bring that
+  fill back. Polls and events update the same state and fills are derived from Alpaca's
+  cumulative `filled_qty`, so a fill seen twice (stream and poll, a repeated event) is
+  reported once, and a missed event is made up by the next cumulative figure: nothing is
+  lost or doubled, partial fills included.
   Alpaca is known not to always send the event for the stop-loss it cancels when the
   take-profit of a bracket fills (alpaca-py issue #198): after any fill of an OCO member,
   its open siblings are checked by polling until they are closed.
@@ -210,6 +212,9 @@ STREAM_LOGGER = "alpaca.trading.stream"  # alpaca-py's trade stream
 _ORDER_PAGE = 500  # Alpaca's maximum page size for GET /v2/orders
 _ORPHAN_LIMIT = 1000  # updates kept for order ids not (yet) known
 _REQUESTED_POLL_GAP_S = 2.0  # polls asked for between the periodic ones: at most one this often
+# With the stream down and nothing open, Alpaca is asked for the account once a poll
+# interval (`_probe`), and never more often than this, whatever `poll_interval_s` is.
+_PROBE_GAP_MIN_S = 1.0
 # The failing polls of the poll being made in this task (`_poll_quietly`): while they fail,
 # its calls' retries are counted in them and said at debug, not each an info line.
 _FAILING_POLLS: contextvars.ContextVar[Outage | None] = contextvars.ContextVar(
@@ -259,7 +264,8 @@ class AlpacaBrokerConfig:
     poll_interval_s: float = 5.0
     # Open orders polled this often while the stream is up too: a trade update the stream
     # lost on a live connection (reported of Alpaca) is otherwise never made up. The
-    # account's status and blocks are read again as often. 0 = never.
+    # account's status and blocks are read again as often (and every poll_interval_s while
+    # the stream is down and no order is open: `_probe`). 0 = never.
     open_orders_check_s: float = 300.0
     # Attempts per call for timeouts, connection errors and 5xx (1 = no retry); a 429 gets
     # four times as many (alpaca-py's own retries gave it four tries per attempt).
@@ -2445,10 +2451,11 @@ class AlpacaBroker:
             return f"{named}: the answer's id is {raw.get('id')!r}"
         return None
 
-    async def _poll_quietly(self, *, only_open: bool = False) -> None:
+    async def _poll_quietly(self, *, only_open: bool = False, probe: bool = False) -> None:
+        """A poll (`probe`: the account probe instead) whose failure is logged, not raised."""
         failing = _FAILING_POLLS.set(self._poll_outage)
         try:
-            await self.poll(only_open=only_open)
+            await (self._probe() if probe else self.poll(only_open=only_open))
         except Exception as e:  # polling is the fallback: it must not take the engine down
             self._poll_failed(self._scrub(e))
         else:
@@ -2538,13 +2545,46 @@ class AlpacaBroker:
             "error": now.error,
         }
 
+    async def _probe(self) -> None:
+        """With the stream down and no order open, the poll that asks Alpaca anything: one
+        GET /v2/account (the account check, `_check_account`). Polls asked only about open
+        orders, so with none open nothing was asked between the account checks (every
+        `open_orders_check_s`, 300 s): Alpaca down went unseen for minutes (`/ready`
+        connected, no broker_down alert, no alpaca.poll_failed). Raises RetryableError when
+        Alpaca cannot be reached or does not answer with the account."""
+        self._last_account_mono = time.monotonic()  # `_check_account` again, if it answers
+        try:
+            account = await self._call("get_account", self._require_client().get_account)
+        except APIError as e:
+            raise RetryableError(
+                f"Alpaca at {self._endpoint}: account check failed: "
+                f"{self._scrub(error_info(e).reason)}"
+            ) from None
+        except _Unreachable as e:
+            raise self._unreachable("the account check", e) from None
+        self._check_account(account, "the account check")
+
+    def _probe_due(self) -> bool:
+        """Whether the poller asks for the account now (`_probe`): the stream down (or
+        disabled), no order open or to be found, and the account last asked for (a probe,
+        the start, the periodic check) a poll interval ago, at least `_PROBE_GAP_MIN_S`: 12
+        of Alpaca's 200 requests a minute at the default 5 s. Not at once after the start,
+        which has just asked, while the stream is still connecting."""
+        if self._stream_up or self._open or self._replacements or self._unconfirmed:
+            return False
+        gap = max(self._config.poll_interval_s, _PROBE_GAP_MIN_S)
+        return time.monotonic() - self._last_account_mono >= gap
+
     async def _poller(self) -> None:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self._config.poll_interval_s)
             self._wake.clear()
             every = self._config.open_orders_check_s
-            if every > 0 and time.monotonic() - self._last_account_mono >= every:
+            if self._probe_due():
+                # The account check too (its time recorded): not asked for twice.
+                await self._poll_quietly(probe=True)
+            elif every > 0 and time.monotonic() - self._last_account_mono >= every:
                 await self._recheck_account()  # a block set or lifted while running
             due = every > 0 and time.monotonic() - self._last_poll_mono >= every
             idle = not (

@@ -1243,6 +1243,61 @@ async def test_a_stop_while_the_polls_fail_says_their_count(fake, monkeypatch):
     assert broker.status()["poll_outage"] is None
 
 
+async def test_alpaca_down_with_nothing_open_and_the_stream_down_is_seen_within_a_poll(
+    fake, monkeypatch
+):
+    """Polls asked Alpaca about open orders only: with none open and the trade stream down,
+    nothing was asked between the account checks (every open_orders_check_s, 300 s), so
+    Alpaca down went unseen for minutes: connected (/ready's broker check, the broker_down
+    alert), no alpaca.poll_failed. Now the poller asks for the account once a poll
+    interval (at most once a second): the first failure says so at once, the recovery as
+    soon as Alpaca answers again, and each probe is one request (its retries aside)."""
+    from alpaca.trading.client import TradingClient
+
+    async with running(fake, poll_interval_s=0.05) as broker:
+        assert broker.open_orders() == [] and broker.status()["connected"] is True
+        answering = TradingClient._one_request
+        attempts: list[float] = []
+
+        def unreachable(self, *a, **kw):  # type: ignore[no-untyped-def]
+            attempts.append(time.monotonic())
+            raise requests.ConnectionError("connection refused")
+
+        def failed() -> list[dict[str, Any]]:
+            return [e for e in logs if e["event"] == "alpaca.poll_failed"]
+
+        with capture_logs() as logs:
+            monkeypatch.setattr(TradingClient, "_one_request", unreachable)
+            since = len(fake.requests)
+            await fake.drop_stream()
+            await eventually(lambda: broker.status()["stream"] == "down")
+            await eventually(lambda: broker.status()["connected"] is False, timeout=3.0)
+            await eventually(lambda: len(failed()) >= 2, timeout=5.0)
+            during = broker.status()
+            monkeypatch.setattr(TradingClient, "_one_request", answering)
+            await eventually(
+                lambda: any(e["event"] == "alpaca.poll_recovered" for e in logs), timeout=5.0
+            )
+        assert during["connected"] is False and during["mode"] == "polling"
+        assert during["poll_outage"] is not None and "unreachable" in during["poll_outage"]["error"]
+        assert "get_account" in during["last_error"]
+        said = failed()
+        assert [e["log_level"] for e in said] == ["warning"] + ["debug"] * (len(said) - 1)
+        assert "unreachable during the account check" in said[0]["error"]
+        # A probe and its retries, then the next a poll interval (at least a second) later.
+        tries = broker._config.max_attempts
+        assert len(attempts) == tries * len(said)
+        assert attempts[tries] - attempts[0] >= 0.9
+        [end] = [e for e in logs if e["event"] == "alpaca.poll_recovered"]
+        assert end["polls"] == len(said) and end["retries"] == len(attempts) - len(said) - (
+            tries - 1
+        )
+        status = broker.status()
+        assert status["connected"] is True and status["poll_outage"] is None
+        # Nothing but the account asked for, once a probe (the failing attempts never left).
+        assert {(r.method, r.path) for r in fake.requests[since:]} == {("GET", "/v2/account")}
+
+
 # ----------------------------------------------------------------------------- cancel
 
 
