@@ -1118,6 +1118,23 @@ async def test_an_unreachable_broker_raises_retryable_and_on_bar_does_not(fake, 
     assert "connection" in status["last_error"] or "ConnectionError" in status["last_error"]
 
 
+def _poll_outcomes(broker: Any) -> list[bool]:
+    """Each of the broker's polls from now on, in order: whether it succeeded."""
+    outcomes: list[bool] = []
+    poll = broker.poll
+
+    async def counted(**kw: Any) -> None:
+        try:
+            await poll(**kw)
+        except Exception:
+            outcomes.append(False)
+            raise
+        outcomes.append(True)
+
+    broker.poll = counted
+    return outcomes
+
+
 async def test_polls_failing_while_the_stream_is_down_are_counted_and_said_sparsely(
     fake, monkeypatch
 ):
@@ -1140,18 +1157,7 @@ async def test_polls_failing_while_the_stream_is_down_are_counted_and_said_spars
             return T0 + timedelta(minutes=minutes[0])
 
         broker._poll_clock = clock
-        outcomes: list[bool] = []  # each poll's, in order: whether it succeeded
-        poll = broker.poll
-
-        async def counted(**kw: Any) -> None:
-            try:
-                await poll(**kw)
-            except Exception:
-                outcomes.append(False)
-                raise
-            outcomes.append(True)
-
-        broker.poll = counted  # type: ignore[method-assign]
+        outcomes = _poll_outcomes(broker)
         listing = TradingClient.get_orders
         calls: list[None] = []
 
@@ -1213,19 +1219,9 @@ async def test_a_stop_while_the_polls_fail_says_their_count(fake, monkeypatch):
     from alpaca.trading.client import TradingClient
 
     fake.set_price("AAPL", 100.0, match=False)
-    failures: list[None] = []
     async with running(fake, poll_interval_s=0.01) as broker:
         await broker.submit([order("AAPL", 10, OrderType.LIMIT, limit=95.0)])
-        poll = broker.poll
-
-        async def counted(**kw: Any) -> None:
-            try:
-                await poll(**kw)
-            except Exception:
-                failures.append(None)
-                raise
-
-        broker.poll = counted  # type: ignore[method-assign]
+        outcomes = _poll_outcomes(broker)
 
         def unreachable(self, *a, **kw):  # type: ignore[no-untyped-def]
             raise requests.ConnectionError("connection refused")
@@ -1233,13 +1229,14 @@ async def test_a_stop_while_the_polls_fail_says_their_count(fake, monkeypatch):
         monkeypatch.setattr(TradingClient, "get_orders", unreachable)
         with capture_logs() as logs:
             await fake.drop_stream()
-            await eventually(lambda: len(failures) >= 3)
+            await eventually(lambda: outcomes.count(False) >= 3)
             await broker.stop()
     warned = [e for e in logs if e["log_level"] == "warning" and "poll" in e["event"]]
     assert [e["event"] for e in warned] == ["alpaca.poll_failed", "alpaca.poll_still_failing"]
     [stop] = [e for e in logs if e.get("stopping")]
     assert (stop["event"], stop["log_level"]) == ("alpaca.poll_still_failing", "warning")
-    assert stop["polls"] == len(failures) and stop["polls_since_last_line"] == len(failures) - 1
+    failed = outcomes.count(False)
+    assert stop["polls"] == failed and stop["polls_since_last_line"] == failed - 1
     assert broker.status()["poll_outage"] is None
 
 
