@@ -19,7 +19,7 @@ import asyncpg
 import structlog
 
 from .. import faults
-from ..core.errors import ConfigError, DatabaseOfAnotherBuild, StorageError
+from ..core.errors import ConfigError, StorageError
 from ..health import waiting_for
 from ..secrets import mask_url
 from .buffered import OPS, BufferedStore, DatabaseUnavailable, Row
@@ -321,9 +321,8 @@ class PostgresStore(BufferedStore):
             raise SchemaLocked(f"cannot migrate the schema in {self._where()}: {e}") from e
         except StorageError as e:  # a table of another build (the transaction rolled back)
             pool.terminate()
-            # Another build's database stays what it is: the operator's to end (EX_CONFIG).
-            kind = DatabaseOfAnotherBuild if isinstance(e, DatabaseOfAnotherBuild) else StorageError
-            raise kind(f"cannot create schema in PostgreSQL at {self.safe_url}: {e}") from e
+            # Its kind kept: another build's database stays the operator's to end (EX_CONFIG).
+            raise type(e)(f"cannot create schema in PostgreSQL at {self.safe_url}: {e}") from e
         except _ERRORS as e:
             pool.terminate()
             cls = DatabaseUnavailable if unavailable(e) else StorageError

@@ -48,7 +48,7 @@ from typing import Any, ClassVar, TypeVar
 
 import structlog
 
-from ..core.errors import ConfigError, DatabaseOfAnotherBuild, StorageError
+from ..core.errors import ConfigError, StorageError
 from ..core.types import RunInfo
 from .buffered import BufferedStore, ResumePoint, Row
 from .child import ChildWriter
@@ -155,8 +155,9 @@ class SqliteStore(BufferedStore):
             if db.in_transaction:
                 db.rollback()
             db.close()
-            # Another build's database stays what it is: the operator's to end (EX_CONFIG).
-            kind = DatabaseOfAnotherBuild if isinstance(e, DatabaseOfAnotherBuild) else StorageError
+            # A StorageError's kind kept: another build's database stays the operator's to end
+            # (EX_CONFIG).
+            kind = type(e) if isinstance(e, StorageError) else StorageError
             raise kind(f"cannot create schema in SQLite database {self.path}: {e}") from e
         self._db = db
         return mode
