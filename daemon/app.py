@@ -1964,6 +1964,23 @@ def health_inputs(
             data = {"last": last, "expected": expected}
             if expected is None or (last is not None and last >= expected):
                 return CheckResult(True, f"last bar {last}", data)
+            if engine.warming_up:
+                # The history before the first live bar, stepped at once: behind by design,
+                # not a feed that is late (which "older than expected" read as).
+                stepped = (
+                    "no history bar stepped yet"
+                    if last is None
+                    else f"{engine.warmup_bars} history bars stepped, the last {last}"
+                )
+                return CheckResult(
+                    False,
+                    f"warming up: {stepped}; trading starts at the first live bar "
+                    f"(expected {expected})",
+                    data,
+                    expected=True,
+                )
+            if last is None:
+                return CheckResult(False, f"no bar yet: the first was expected at {expected}", data)
             return CheckResult(False, f"last bar {last} older than expected {expected}", data)
 
         checks.append(Check("last_bar", last_bar))

@@ -623,6 +623,7 @@ class Engine:
         # Live runs: bars before the first live bar, fetched at start (see _warm_up).
         self._warmup = warmup
         self._warmup_bars = 0
+        self._warming_up = False  # set while `_warm_up` steps the history bars (/ready)
         # Bars this process scored, and per signal plugin (by id) how many of the first ones
         # it had no view at, up to its first view (`_score`): a signal that returned NaN at
         # every bar traded nothing, exit 0, without a word.
@@ -2628,6 +2629,15 @@ class Engine:
         if self._warmup is None:
             return
         self.on_phase("warm-up")
+        self._warming_up = True
+        try:
+            await self._warm_up_bars(self._warmup)
+        finally:
+            self._warming_up = False
+
+    async def _warm_up_bars(
+        self, warmup: Callable[[datetime | None], AsyncIterator[CrossSection]]
+    ) -> None:
         n = 0
         first: datetime | None = None
         delay = 1.0
@@ -2637,7 +2647,7 @@ class Engine:
         while True:
             try:
                 # Told the checkpoint it continues: the bars since it must all be stepped.
-                bars = self._warmup(self.resumed_from).__aiter__()
+                bars = warmup(self.resumed_from).__aiter__()
                 # Its bars stored and checkpointed in batches (`WARMUP_BATCH_BARS`); an
                 # error drops the batch and its checkpoint together, and a restart steps
                 # them again from the last checkpoint.
@@ -2793,6 +2803,16 @@ class Engine:
     @property
     def bars_processed(self) -> int:
         return self._bars
+
+    @property
+    def warming_up(self) -> bool:
+        """Whether the start's warm-up is stepping history bars now (nothing traded yet)."""
+        return self._warming_up
+
+    @property
+    def warmup_bars(self) -> int:
+        """History bars the warm-up has stepped so far."""
+        return self._warmup_bars
 
     @property
     def catching_up_to(self) -> datetime | None:
