@@ -482,17 +482,29 @@ class DailyBudget:
         self._now = wall_clock or (lambda: datetime.now(UTC))
         self._day: str = ""
         self.used = 0
+        # Calls refused today: the first is a warning, the rest debug lines (`refused`); a
+        # used-up budget warned on every call until midnight UTC, a symbol a bar.
+        self.refused = 0
 
     def _roll(self) -> datetime:
         now = self._now()
         day = now.astimezone(UTC).date().isoformat()
         if day != self._day:
-            self._day, self.used = day, 0
+            if self.refused:
+                log.info(
+                    "source.budget.reset",
+                    source=self.source,
+                    day=self._day,
+                    refused=self.refused,
+                    per_day=self.limit,
+                )
+            self._day, self.used, self.refused = day, 0, 0
         return now
 
     def take(self) -> None:
         now = self._roll()
         if self.limit and self.used >= self.limit:
+            self.refused += 1
             reset = datetime.combine(
                 now.astimezone(UTC).date() + timedelta(days=1), datetime.min.time(), UTC
             )
@@ -625,6 +637,19 @@ class ResilientCaller:
             "attempt": attempt,
             "error": self.redact(err.message),
         }
+        if err.kind == "budget":
+            # The day's first refusal in full; the rest until midnight UTC are debug lines,
+            # counted in source.budget.reset (and the status's `refused_today`).
+            if self.budget.refused <= 1:
+                log.warning(
+                    "source.call.failed",
+                    **fields,
+                    then="the calls refused until the budget resets are debug lines, "
+                    "counted in source.budget.reset",
+                )
+            else:
+                log.debug("source.call.failed", **fields)
+            return
         if not (err.retryable or err.kind == "circuit_open"):
             log.warning("source.call.failed", **fields)
             return
@@ -844,6 +869,7 @@ class ResilientCaller:
                 "per_minute": self.config.per_minute or None,
                 "per_day": self.config.per_day or None,
                 "remaining_today": self.budget.remaining(),
+                "refused_today": self.budget.refused,
             },
         }
 

@@ -328,6 +328,35 @@ async def test_daily_budget_is_an_error_naming_the_budget_not_a_hang():
     assert await c.call(fn) == "ok"
 
 
+async def test_a_used_up_daily_budget_warns_once_a_day_and_counts_the_rest():
+    # It warned at every refused call until midnight UTC: at a symbol a bar, hundreds a day.
+    day = [datetime(2024, 3, 6, 12, tzinfo=UTC)]
+    c = ResilientCaller(
+        "av", SourceConfig(per_day=2, max_attempts=1), sleep=Sleeps(), wall_clock=lambda: day[0]
+    )
+    with capture_logs() as logs:
+        for _ in range(2):
+            assert await c.call(Script()) == "ok"
+        for _ in range(5):
+            with pytest.raises(SourceError, match="per_day"):
+                await c.call(Script())
+        assert c.status()["budget"]["refused_today"] == 5
+        day[0] += timedelta(days=1)
+        for _ in range(2):
+            assert await c.call(Script()) == "ok"
+        for _ in range(3):
+            with pytest.raises(SourceError, match="per_day"):
+                await c.call(Script())
+    failed = [e for e in logs if e["event"] == "source.call.failed"]
+    assert [e["log_level"] for e in failed] == ["warning"] + ["debug"] * 4 + ["warning"] + [
+        "debug"
+    ] * 2
+    assert all(e["kind"] == "budget" for e in failed)
+    [reset] = [e for e in logs if e["event"] == "source.budget.reset"]
+    assert (reset["day"], reset["refused"], reset["per_day"]) == ("2024-03-06", 5, 2)
+    assert c.status()["budget"]["refused_today"] == 3
+
+
 async def test_per_minute_budget_keeps_the_pace():
     c, _ = caller(per_minute=5)
     assert await c.call(Script()) == "ok"  # from rest, the burst (1 of 5) goes at once
