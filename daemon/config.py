@@ -35,6 +35,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from .alerts import AlertsConfig
 from .core.endpoints import is_loopback as _is_loopback_host
+from .core.endpoints import is_postgres_url
 from .core.errors import ConfigError
 from .features.catalog import FEATURE_SETS
 from .features.indicators import IndicatorConfig
@@ -1632,7 +1633,7 @@ def _check_storage_url(url: str) -> None:
         if not url.strip()[len("sqlite:///") :].split("?", 1)[0]:
             raise ConfigError(f"{key} = {mask_url(url)!r} is invalid: it names no file")
         return
-    if lower.startswith(("postgresql://", "postgres://")):
+    if is_postgres_url(url):
         _check_ports(key, url)
         return
     raise ConfigError(

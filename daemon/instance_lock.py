@@ -91,6 +91,7 @@ from .core import flock
 
 # One account is one lock however its URL is written.
 from .core.endpoints import endpoint as broker_endpoint
+from .core.endpoints import is_postgres_url
 from .core.errors import ConfigError, StorageError
 from .core.lazy import LazyModule
 from .secrets import mask_url, scrub
@@ -766,7 +767,7 @@ async def acquire_instance_lock(
     url = (store_url or "").strip()
     lower = url.lower()
     lock: InstanceLock
-    if lower.startswith(("postgresql://", "postgres://")):
+    if is_postgres_url(url):
         lock = PostgresInstanceLock(
             url,
             account,

@@ -26,6 +26,7 @@ from typing import Any
 import structlog
 
 from .config import Config, PluginSpec, name_origin, redis_db_index, url_label
+from .core.endpoints import is_postgres_url
 from .core.errors import ConfigError, PluginError, ServiceUnavailable, TradingdError
 from .secrets import mask_url, scrub
 
@@ -137,7 +138,7 @@ def warn_unused_spool_dir(config: Config) -> None:
     was ignored without a word: a folder an operator meant to check, or one that could not
     be used (a file's path), went unnoticed."""
     st = config.storage
-    if not st.spool_dir or st.url.strip().lower().startswith(("postgresql://", "postgres://")):
+    if not st.spool_dir or is_postgres_url(st.url):
         return
     variable = getattr(config, "env_sources", {}).get("storage.spool_dir")
     log.warning(
@@ -478,7 +479,7 @@ async def _check_postgres(
     url: str, timeout_s: float, wait_s: float = 0.0, label: str = "storage.url (DATABASE_URL)"
 ) -> None:
     url = url.strip()
-    if not url.lower().startswith(("postgresql://", "postgres://")):
+    if not is_postgres_url(url):
         return
     import asyncpg
 

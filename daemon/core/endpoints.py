@@ -3,7 +3,8 @@ mean one thing: the lock of a broker account (instance_lock: one account, one da
 key of a vendor's cached answers (feeds.response_cache: one endpoint, one set of answers).
 And whether a host is this machine (`is_loopback`), one reading for every part that asks: the
 health server's bind address and Host check, the alerts' plain-HTTP warning, the endpoint's
-loopback spelling."""
+loopback spelling. And whether a store URL is PostgreSQL (`is_postgres_url`), one reading for
+the config check, the store factory, the instance lock and the start-up checks."""
 
 from __future__ import annotations
 
@@ -18,6 +19,14 @@ _DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
 # and the second daemon is refused with a message), never let two daemons trade one account;
 # for a cache key it is one server under two names.
 _LOOPBACK = {"localhost", "localhost.localdomain", "::1", "0:0:0:0:0:0:0:1"}
+
+
+POSTGRES_SCHEMES = ("postgresql://", "postgres://")
+
+
+def is_postgres_url(url: str) -> bool:
+    """Whether a store URL names PostgreSQL (either scheme, any case, spaces around)."""
+    return (url or "").strip().lower().startswith(POSTGRES_SCHEMES)
 
 
 def endpoint(base_url: str) -> str:

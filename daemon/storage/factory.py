@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
+from ..core.endpoints import is_postgres_url
 from ..core.errors import ConfigError
 from ..secrets import mask_url
 from .spool import DEFAULT_MAX_BYTES
@@ -70,7 +71,7 @@ def open_store(
             signals=signals,
             flush_interval_s=flush_interval_s,
         )
-    if lower.startswith(("postgresql://", "postgres://")):
+    if is_postgres_url(url):
         from .postgres import PostgresStore
 
         return PostgresStore(
