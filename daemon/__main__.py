@@ -66,7 +66,13 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from .core.errors import ConfigError, ServiceUnavailable, TradingdError
+from .core.errors import (
+    ConfigError,
+    DataError,
+    DataFileUnusable,
+    ServiceUnavailable,
+    TradingdError,
+)
 from .secrets import mask_url
 
 if TYPE_CHECKING:
@@ -129,7 +135,8 @@ def exit_code(exc: TradingdError, command: str) -> int:
     A set-up mistake raised as another kind of error is a ConfigError subclass as well, so
     that it exits EX_CONFIG here: a lock file or a storage spool on a filesystem without
     file locks (`instance_lock.LocksUnsupported`, `storage.spool.SpoolLocksUnsupported`,
-    StorageErrors too), as the data source refusing for good (`SourceRefused`)."""
+    StorageErrors too), as the data source refusing for good (`SourceRefused`) and a
+    recorded feed's data file that cannot be used (`DataFileUnusable`)."""
     if command not in SERVICE_COMMANDS or not isinstance(exc, ConfigError):
         return 2
     from .instance_lock import AnotherDaemonRunning
@@ -1541,7 +1548,13 @@ async def _start_and_run(
     continued = await daemon.abandonable("finding the run to continue", continued_live_run, config)
     panel = None
     if config.feed.source == "recorded":  # a vendor feed fetches its history at warm-up
-        panel = await daemon.in_thread("loading data", load_data, config)
+        try:
+            panel = await daemon.in_thread("loading data", load_data, config)
+        except DataError as exc:
+            if isinstance(exc, ConfigError):
+                raise
+            # The file is the configuration's (`data.path`): a restart reads it as it is.
+            raise DataFileUnusable(str(exc)) from exc
     daemon.enter("loading plugins and models")
     engine = await asyncio.to_thread(
         partial(build_engine, config, "live", panel=panel, run_id=continued)

@@ -46,6 +46,13 @@ class DataError(TradingdError):
         self.row = row
 
 
+class DataFileUnusable(DataError, ConfigError):
+    """The data file a live run was configured to replay (`data.path` of a recorded feed)
+    is missing, unreadable or invalid at start: the operator's to fix, so a ConfigError too
+    (`tradingd run` exits EX_CONFIG, which systemd does not restart). As a plain DataError it
+    exited 2, and the unit restarted it every 10 s until "start-limit-hit" hid the cause."""
+
+
 class PluginError(TradingdError):
     """A plugin could not be found, loaded or configured: fix the plugin or its config."""
 

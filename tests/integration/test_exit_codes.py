@@ -17,9 +17,11 @@ from cli_runs import in_process, tripwires, write_config
 from flock_faults import failing_on
 
 from tradingd.__main__ import EX_CONFIG, exit_code
+from tradingd.app import load_data as LOAD_DATA  # the real one, before the tripwire
 from tradingd.core.errors import (
     ConfigError,
     DataError,
+    DataFileUnusable,
     PluginError,
     ServiceUnavailable,
     StorageError,
@@ -103,7 +105,6 @@ def test_a_bad_key_before_logging_is_set_up_exits_ex_config_too(cli, tmp_path):
         StorageError("cannot connect to PostgreSQL at postgresql://db/tradingd"),
         ServiceUnavailable("storage.url (DATABASE_URL): no PostgreSQL answered within 3 s"),
         AnotherDaemonRunning("another tradingd (pid 7 on host h) holds the lock"),
-        DataError("a bar with a negative price", source="feed", symbol="AAPL"),
     ],
     ids=lambda e: type(e).__name__,
 )
@@ -121,6 +122,27 @@ def test_an_error_a_restart_may_end_at_run_exits_2(cli, tmp_path, monkeypatch, e
     assert code == 2, err[-2000:]
     assert error_line(err) == f"tradingd: error: {error}"
     assert exit_line(err)["exit_code"] == 2
+
+
+def test_a_data_file_the_run_cannot_use_exits_ex_config(cli, tmp_path, monkeypatch):
+    """A recorded feed's `data.path` missing, header-only or with a bad bar: the operator's to
+    fix, and a restart reads the same file. As a plain DataError it exited 2, which the unit
+    restarted every 10 s until "start-limit-hit"."""
+    import tradingd.app
+
+    monkeypatch.setattr(tradingd.app, "load_data", LOAD_DATA)
+    missing = tmp_path / "nope" / "prices.csv"
+    header_only = tmp_path / "header.csv"
+    header_only.write_text("date,symbol,open,high,low,close,volume\n")
+    for path, said in ((missing, "csv path does not exist"), (header_only, "a header only")):
+        extra = RUNNABLE + f'[data]\nsource = "csv"\npath = "{path}"\n'
+        code, _, err = cli("run", "-c", str(write_config(tmp_path, extra)))
+        assert code == EX_CONFIG, err[-2000:]
+        assert said in error_line(err) and str(path) in error_line(err)
+        assert exit_line(err)["exit_code"] == EX_CONFIG
+    # The same errors from other commands keep 2 (only the service commands exit 78).
+    assert exit_code(DataFileUnusable("x"), "backtest") == 2
+    assert exit_code(DataError("x"), "run") == 2  # a vendor's bar, not the configured file
 
 
 def test_postgres_at_run_start_not_found_exits_2_and_refusing_the_url_exits_ex_config(
