@@ -94,15 +94,17 @@ def check_config(config: Config, command: str, *, output_dir: str | Path | None 
         elif what == "store":
             db = _sqlite_file(config.storage.url)
             if db is not None:
+                # The variable that set it (DATABASE_URL, TRADINGD_STORAGE__URL), if one did.
+                label = url_label(config, "storage.url", "DATABASE_URL")
                 if db.is_dir() or _names_a_folder(config.storage.url):
                     # SQLite's own words ("unable to open database file") came later, after
                     # the instance lock had made `<folder>.locks/` beside it.
                     raise ConfigError(
-                        f"storage.url (DATABASE_URL) names the folder {db}, not a database "
+                        f"{label} names the folder {db}, not a database "
                         "file: name a file in it, e.g. sqlite:///" + (db / "tradingd.db").as_posix()
                     )
-                check_writable_dir(db.parent, "storage.url (DATABASE_URL) folder")
-                _check_store_not_left_undecoded(config.storage.url, db)
+                check_writable_dir(db.parent, f"{label} folder")
+                _check_store_not_left_undecoded(config.storage.url, db, label)
         elif what == "out" and output_dir is not None:
             check_writable_dir(output_dir, "--out" if command == "train" else "--root")
     if command == "run":
@@ -412,7 +414,7 @@ def _sqlite_file(url: str) -> Path | None:
     return None if path == ":memory:" else Path(path).expanduser()
 
 
-def _check_store_not_left_undecoded(url: str, db: Path) -> None:
+def _check_store_not_left_undecoded(url: str, db: Path, label: str) -> None:
     """A store made before SQLite URLs were percent-decoded is at the URL's path as written
     (`var/my%20db.db`): opened at the decoded path, it was silently an empty database, and a
     live daemon began a new run without its checkpoint. Refused while the decoded file does
@@ -425,7 +427,7 @@ def _check_store_not_left_undecoded(url: str, db: Path) -> None:
     if not left:
         return
     raise ConfigError(
-        f"storage.url (DATABASE_URL) names the SQLite file {db} (its %-escapes decoded), "
+        f"{label} names the SQLite file {db} (its %-escapes decoded), "
         f"which does not exist, while a store exists at {raw}, the path as written, which "
         "earlier versions opened: starting would open an empty database (a live run would "
         f"begin again without its checkpoint). Rename {raw} to {db}, or keep the file and "

@@ -335,6 +335,17 @@ def test_unwritable_sqlite_folder_stops_fetch(cli, tmp_path, bad_dir, monkeypatc
     assert code == 2 and "storage.url (DATABASE_URL) folder" in err
 
 
+def test_the_sqlite_folder_error_names_the_variable_that_set_the_url(
+    cli, tmp_path, bad_dir, monkeypatch
+):
+    """Set by TRADINGD_STORAGE__URL, the error named DATABASE_URL, a variable never set."""
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+    monkeypatch.setenv("TRADINGD_STORAGE__URL", f"sqlite:///{bad_dir}/x.db")
+    code, _, err = cli("fetch", "-c", str(write_config(tmp_path)))
+    assert code == 2 and "storage.url (TRADINGD_STORAGE__URL) folder" in err
+    assert "DATABASE_URL" not in err
+
+
 @pytest.mark.parametrize("command", ["backtest", "run", "fetch"])
 def test_a_sqlite_url_naming_a_folder_is_refused_before_anything_is_made(
     cli, tmp_path, monkeypatch, command
