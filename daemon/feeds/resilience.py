@@ -72,6 +72,7 @@ from ..core.outages import Outage, Summary, duration_text
 from ..core.retry_after import parse_retry_after
 from ..metrics import SOURCE_CALLS, SOURCE_ERRORS, SOURCE_LATENCY, SOURCE_UP
 from ..ratelimit import window_limiter
+from ..secrets import mask_text
 
 if TYPE_CHECKING:
     import aiohttp  # imported where used: config.py imports this module for SourceConfig
@@ -123,9 +124,11 @@ _SECRET_PARAM = re.compile(
 
 
 def redact(text: object, secrets: Iterable[str] = ()) -> str:
-    """`text` with credential-like query parameters (`apikey=...`) and every secret value
-    replaced by `***`. Pure and never raises: safe in error paths."""
-    out = _SECRET_PARAM.sub(lambda m: f"{m.group(1)}=***", str(text))
+    """`text` with credential-like query parameters (`apikey=...`), the credentials of
+    embedded URLs, `Bearer`/`Basic` credentials and `password=` pairs (`secrets.mask_text`:
+    a server echoing the request's headers showed a proxy URL's password as base64) and every
+    secret value replaced by `***`. Pure and never raises: safe in error paths."""
+    out = mask_text(_SECRET_PARAM.sub(lambda m: f"{m.group(1)}=***", str(text)))
     for secret in secrets:
         if secret and len(secret) >= 4:
             out = out.replace(secret, "***")
@@ -288,10 +291,11 @@ def _short_body(body: str, secrets: Iterable[str] = (), limit: int = 300) -> str
                 text = str(obj["message"])
     except (ValueError, TypeError, AttributeError):
         pass
-    text = " ".join(text.split())
+    # Masked before it is cut: a credential across the cut showed its first characters.
+    text = redact(" ".join(text.split()), secrets)
     if len(text) > limit:
         text = text[:limit] + "..."
-    return redact(text, secrets) or "(empty body)"
+    return text or "(empty body)"
 
 
 def classify(exc: BaseException, source: str, secrets: Iterable[str] = ()) -> SourceError | None:

@@ -403,6 +403,30 @@ async def test_secrets_never_reach_messages_logs_or_status():
     assert redact(f"token is {secret}", [secret]) == "token is ***"
 
 
+@pytest.mark.parametrize("pad", [0, 260])  # the credential inside the body's cut, or across it
+async def test_a_body_echoing_the_request_headers_shows_no_credential(pad):
+    """A server (or a proxy) that answers 500 with the request's headers: aiohttp sends a
+    base URL's `user:password@` as `Authorization: Basic <base64>`, and the log line showed
+    it, decodable."""
+    import base64
+
+    password = "SEKRIT-PROXY-PW-6666"
+    basic = base64.b64encode(f"proxyuser:{password}".encode()).decode()
+    bearer = "eyJhbGciOiJIUzI1NiJ9.c2VrcmV0.dG9rZW4"
+    body = (
+        "x" * pad
+        + f" Authorization: Basic {basic} Proxy-Authorization: Bearer {bearer}"
+        + f" url=http://proxyuser:{password}@127.0.0.1:18999/v8 "
+    )
+    c = ResilientCaller("yahoo", SourceConfig(max_attempts=1), sleep=Sleeps())
+    with capture_logs() as logs, pytest.raises(SourceError) as info:
+        await c.call(Script(error_for_status("yahoo", 500, body)), what="/v8/chart/AAPL")
+    shown = str(info.value) + repr(logs) + repr(c.status())
+    for secret in (basic, basic[:12], bearer, password):
+        assert secret not in shown
+    assert "Basic ***" in str(info.value) or pad  # (cut off by the 300-character limit)
+
+
 async def test_error_metrics_count_by_kind():
     c, _ = caller(name="metrics-test", max_attempts=2)
     before = SOURCE_ERRORS.labels(source="metrics-test", kind="http_5xx")._value.get()
