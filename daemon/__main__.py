@@ -410,10 +410,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.close(devnull)
         return 128 + signal.SIGPIPE
     except TradingdError as exc:
-        from .secrets import mask_text
+        from .secrets import mask_env, mask_text
 
-        # Masked as `run`'s: an error may quote a URL or a key=value it was given.
-        print(f"tradingd: error: {mask_text(str(exc))}", file=sys.stderr)
+        # Masked as `run`'s: an error may quote a URL or a key=value it was given, or a
+        # credential of the environment put in the wrong setting.
+        print(f"tradingd: error: {mask_env(mask_text(str(exc)))}", file=sys.stderr)
         return exit_code(exc, args.command)
     except KeyboardInterrupt as exc:
         print("tradingd: interrupted", file=sys.stderr)
@@ -1438,10 +1439,10 @@ def _run_command(args: argparse.Namespace, *, restore: bool = True) -> int:
             return daemon.exit_line()
         return asyncio.run(_run(config, daemon))
     except TradingdError as exc:
-        from .secrets import mask_text
+        from .secrets import mask_env, mask_text
 
         code = exit_code(exc, "run")
-        print(f"tradingd: error: {mask_text(str(exc))}", file=sys.stderr)
+        print(f"tradingd: error: {mask_env(mask_text(str(exc)))}", file=sys.stderr)
         if logging_ready:  # the last line says where and why, as on every other exit
             reason = mask_text(f"error: {exc}")
             always.error("tradingd.exit", reason=reason, phase=daemon.phase, exit_code=code)

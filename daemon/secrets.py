@@ -9,6 +9,7 @@ never raise, so they are safe to call in error paths.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -285,6 +286,18 @@ def env_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
         if "://" in value:
             found.update(_secrets_of(value))
     return tuple(sorted((v for v in found if len(v) >= _MIN_ENV_SECRET), key=len, reverse=True))
+
+
+def mask_env(text: str, env: Mapping[str, str] | None = None) -> str:
+    """`text` with every credential value of the environment (`env_secrets`; `os.environ`
+    by default) replaced by ***: the last mask over what leaves the process besides log lines
+    (an HTTP answer, the printed error line), as `logs._MaskEnvSecrets` is over log lines.
+    Without it a key quoted with no `key=` before it (a library's message, a value put in
+    the wrong setting) went out as written."""
+    for secret in env_secrets(os.environ if env is None else env):
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
 
 
 # An Authorization header's credentials (`Bearer <token>`, `Basic <base64>`), quoted by a

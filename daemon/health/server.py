@@ -34,6 +34,7 @@ import enum
 import hmac
 import json
 import math
+import os
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -49,7 +50,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import metrics
 from ..core.errors import ControlNotStoredError, ControlRefusedError, TradingdError
-from ..secrets import mask_text, redact
+from ..secrets import env_secrets, mask_text, redact
 from . import (
     TOKEN_ENV,
     Check,
@@ -142,20 +143,25 @@ def to_plain(obj: Any, _depth: int = 0) -> Any:
     return str(obj)
 
 
-def _mask_strings(obj: Any) -> Any:
+def _mask_strings(obj: Any, env: tuple[str, ...]) -> Any:
     if isinstance(obj, str):
-        return mask_text(obj)
+        text = mask_text(obj)
+        for secret in env:
+            if secret in text:
+                text = text.replace(secret, "***")
+        return text
     if isinstance(obj, dict):
-        return {k: _mask_strings(v) for k, v in obj.items()}
+        return {k: _mask_strings(v, env) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_mask_strings(v) for v in obj]
+        return [_mask_strings(v, env) for v in obj]
     return obj
 
 
 def public(obj: Any) -> Any:
     """What may leave the process: plain data, secrets masked (whole URLs and secret-named
-    keys by `secrets.redact`, URLs and secret pairs inside longer text by `mask_text`)."""
-    return _mask_strings(redact(to_plain(obj)))
+    keys by `secrets.redact`, URLs and secret pairs inside longer text by `mask_text`, and
+    the environment's credentials wherever they occur, as in log lines: `env_secrets`)."""
+    return _mask_strings(redact(to_plain(obj)), env_secrets(os.environ))
 
 
 def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:

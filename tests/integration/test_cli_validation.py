@@ -758,3 +758,18 @@ def test_retrain_keep_is_checked():
 
     with pytest.raises(ConfigError, match="keep"):
         RetrainPolicy(keep=0)
+
+
+def test_a_credential_of_the_environment_in_the_wrong_setting_is_not_printed(
+    cli, tmp_path, monkeypatch
+):
+    """`TRADINGD_HEALTH__PORT=$TRADINGD_HEALTH_TOKEN` printed the token in the error line
+    (`health.port must be an integer, got '...'`): log lines had the environment's mask,
+    the printed line had not."""
+    token = "SEKRIT-HEALTH-TOKEN-4242"
+    monkeypatch.setenv("TRADINGD_HEALTH_TOKEN", token)
+    monkeypatch.setenv("TRADINGD_HEALTH__PORT", token)
+    code, out, err = cli("config", "-c", str(write_config(tmp_path)))
+    assert code == 2
+    assert token not in out + err
+    assert "health.port" in err and "***" in err

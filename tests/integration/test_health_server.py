@@ -793,6 +793,31 @@ async def test_no_secret_in_any_body_or_log_line(serve, http):
     )
 
 
+async def test_an_environment_credential_quoted_bare_is_masked_in_every_answer(
+    serve, http, monkeypatch
+):
+    """A key quoted with no `key=` before it (an account lookup's message, a status source
+    that raised): masked in log lines by the environment's mask, and sent as written in the
+    HTTP answers."""
+    key = "PKSEKRITALPACAKEY1234"
+    monkeypatch.setenv("APCA_API_KEY_ID", key)
+
+    def status() -> dict[str, Any]:
+        raise RuntimeError(f"account lookup failed for {key}")
+
+    checks = [Check("broker", lambda: CheckResult(False, f"refused {key}", {"who": key}))]
+    server = await serve(checks=checks, status=status)
+    bodies = []
+    for path in ("/ready", "/status"):
+        async with http.get(f"{server.url}{path}") as r:
+            bodies.append(await r.text())
+    assert key not in "\n".join(bodies)
+    ready = json.loads(bodies[0])
+    assert ready["checks"]["broker"]["detail"] == "refused ***"
+    assert ready["checks"]["broker"]["data"] == {"who": "***"}
+    assert "account lookup failed for ***" in bodies[1]
+
+
 def test_mask_text_keeps_ordinary_text():
     assert mask_text("last bar 2024-11-27 older than expected") == (
         "last bar 2024-11-27 older than expected"
