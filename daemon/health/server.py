@@ -84,6 +84,10 @@ class _Refused(asyncio.Protocol):
             transport.close()
 
 
+# At most one `health.control_unauthorized` line in this many seconds (the rest counted).
+_UNAUTHORIZED_LINE_S = 60.0
+
+
 class _Capped:
     """aiohttp's protocol factory, serving at most `limit` connections at once (its handlers
     register themselves in `server.connections`); one over the limit gets `_Refused`."""
@@ -229,6 +233,12 @@ class HealthServer:
         self._check_ok: dict[str, bool] = {}
         self._ready: bool | None = None
         self._control_lock = asyncio.Lock()  # binds to a loop only when first contended
+        # Refused control requests (a wrong or missing token): the first said in full, then
+        # at most a line a minute with the count (a local loop of wrong tokens wrote a
+        # warning per request, 200 a second).
+        self._unauthorized = 0
+        self._unauthorized_said = 0
+        self._unauthorized_line_at: float | None = None
         self.replace_inputs(checks, status, controls)
 
     def replace_inputs(
@@ -573,6 +583,22 @@ class HealthServer:
             return False
         return hmac.compare_digest(given, self._token)
 
+    def _refused_control(self, action: str, remote: str | None) -> None:
+        self._unauthorized += 1
+        now = self._clock()
+        last = self._unauthorized_line_at
+        if last is not None and now - last < _UNAUTHORIZED_LINE_S:
+            return
+        log.warning(
+            "health.control_unauthorized",
+            action=action,
+            remote=remote,
+            refused=self._unauthorized,
+            refused_since_last_line=self._unauthorized - self._unauthorized_said,
+            next_line_after_s=_UNAUTHORIZED_LINE_S,
+        )
+        self._unauthorized_said, self._unauthorized_line_at = self._unauthorized, now
+
     async def _control(self, request: web.Request, action: str) -> web.Response:
         if self._token is None:
             return _json(
@@ -580,7 +606,7 @@ class HealthServer:
                 403,
             )
         if not self._authorized(request):
-            log.warning("health.control_unauthorized", action=action, remote=request.remote)
+            self._refused_control(action, request.remote)
             return _json(
                 {"error": "missing or wrong bearer token", "action": action},
                 401,

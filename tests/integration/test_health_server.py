@@ -625,6 +625,23 @@ async def test_unauthorized_attempts_are_logged_without_the_token(serve, http):
     assert TOKEN not in repr(logs) and "guess" not in repr(logs)
 
 
+async def test_a_loop_of_wrong_tokens_is_a_line_a_minute_with_its_count(serve, http):
+    """A local loop of wrong tokens wrote a warning per request (500 in 2.4 s)."""
+    now = [1000.0]
+    server = await serve(controls=RecordingControls(), token=TOKEN, clock=lambda: now[0])
+    with capture_logs() as logs:
+        for _ in range(50):
+            code, _, _ = await post(http, server, "/pause", "Bearer guess")
+            assert code == 401
+        now[0] += 61.0
+        await post(http, server, "/resume", "Bearer guess")
+        await post(http, server, "/resume", "Bearer guess")
+    said = [e for e in logs if e["event"] == "health.control_unauthorized"]
+    assert [(e["refused"], e["refused_since_last_line"]) for e in said] == [(1, 1), (51, 50)]
+    assert [e["action"] for e in said] == ["pause", "resume"]
+    assert all(e["log_level"] == "warning" for e in said)
+
+
 # --------------------------------------------------------------------------------- liveness
 
 
