@@ -1661,7 +1661,10 @@ def _check_ports(key: str, url: str) -> None:
     """Every host's port is a number in 1..65535 (PostgreSQL URLs may list several hosts).
     Parsed by hand: urllib only fails on `.port` access, with a message that quotes
     nothing of the URL."""
-    netloc = urlsplit(url.strip()).netloc
+    try:
+        netloc = urlsplit(url.strip()).netloc
+    except ValueError as exc:  # "Invalid IPv6 URL": an unclosed "[" (it named nothing)
+        raise ConfigError(f"{key} = {mask_url(url)!r} is invalid: {exc}") from None
     hosts = netloc.rpartition("@")[2]
     for host in hosts.split(","):
         if host.startswith("["):

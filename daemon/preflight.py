@@ -565,7 +565,14 @@ async def _check_redis(url: str, timeout_s: float, label: str = "cache.url (REDI
 
     key = f"{label} = {mask_url(url)!r}"
     db = redis_db_index(label, url)
-    client = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    try:
+        client = aioredis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s)
+    except (ValueError, TypeError) as exc:
+        # redis-py's reading of the URL's options (`?health_check_interval=x`): was a
+        # traceback.
+        raise ConfigError(
+            f"{key} is invalid: {scrub(str(exc), url)}; check the URL's query options"
+        ) from None
     try:
         # Connecting SELECTs the URL's database, so this also checks the index.
         await asyncio.wait_for(client.ping(), timeout_s + 1)

@@ -566,6 +566,15 @@ def test_redis_refusing_the_credentials_says_so_not_check_host_and_port(tmp_path
     assert SECRET not in msg and "no-such-user" in msg
 
 
+def test_a_redis_url_option_redis_py_cannot_read_is_a_config_error_not_a_traceback(tmp_path):
+    url = f"redis://:{SECRET}@127.0.0.1:6379/0?health_check_interval=x"
+    with pytest.raises(ConfigError) as e:
+        asyncio.run(check_services(_services(tmp_path, cache=url)))
+    msg = str(e.value)
+    assert msg.startswith("cache.url (REDIS_URL) = ") and "health_check_interval" in msg
+    assert "query options" in msg and SECRET not in msg
+
+
 def test_redis_url_pointing_at_postgres(tmp_path, pg_url):
     host, port = _host_port(pg_url)
     with pytest.raises(ConfigError) as e:

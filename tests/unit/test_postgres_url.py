@@ -30,3 +30,13 @@ def test_other_urls_are_not_postgres(url: str) -> None:
     if not url.strip().startswith("sqlite"):
         with pytest.raises(ConfigError):
             _check_storage_url(url)
+
+
+def test_an_unclosed_ipv6_bracket_names_the_setting_and_the_masked_url() -> None:
+    """urllib's "Invalid IPv6 URL" came out as `storage: Invalid IPv6 URL`, naming neither."""
+    with pytest.raises(ConfigError) as e:
+        _check_storage_url("postgresql://u:pw-secret@[::1:5432/db")
+    assert str(e.value) == (
+        "storage.url (DATABASE_URL) = 'postgresql://u:***@[::1:5432/db' is invalid: "
+        "Invalid IPv6 URL"
+    )
