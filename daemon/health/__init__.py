@@ -120,13 +120,23 @@ class HealthConfig:
                 f"health.allowed_hosts = {hosts!r} is invalid: must be a list of host names"
             )
         names = tuple(h.strip().lower() for h in hosts)
-        with_port = [h for h in names if not h.startswith("[") and h.count(":") == 1]
+        with_port = [
+            h
+            for h in names
+            if (h.startswith("[") and not h.endswith("]"))
+            or (not h.startswith("[") and h.count(":") == 1)
+        ]
         if with_port:
             # The Host header is compared without its port: "proxy.local:8080" never matched.
+            h = with_port[0]
+            bare = h.rpartition(":")[0] if h.startswith("[") else h.partition(":")[0]
             raise ConfigError(
                 f"health.allowed_hosts = {list(hosts)!r} is invalid: give host names without "
-                f"a port ({with_port[0].partition(':')[0]!r}, not {with_port[0]!r})"
+                f"a port ({bare!r}, not {h!r})"
             )
+        # "[::1]" as a URL writes it: the Host header's name is compared without brackets,
+        # so a bracketed entry (config/docker.toml had one) never matched.
+        names = tuple(h.removeprefix("[").removesuffix("]") for h in names)
         object.__setattr__(self, "allowed_hosts", names)
         if (
             isinstance(self.max_connections, bool)

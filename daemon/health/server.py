@@ -84,6 +84,8 @@ class _Refused(asyncio.Protocol):
             transport.close()
 
 
+# The read-only endpoints, each answered by `HealthServer._get_<name>`.
+_GET_PATHS = ("/health", "/ready", "/metrics", "/status")
 # At most one `health.control_unauthorized` line in this many seconds (the rest counted).
 _UNAUTHORIZED_LINE_S = 60.0
 
@@ -540,10 +542,8 @@ class HealthServer:
         if is_loopback(self.config.host) or self.config.allowed_hosts:
             middlewares.insert(0, _loopback_host_only(frozenset(self.config.allowed_hosts)))
         app = web.Application(middlewares=middlewares)
-        app.router.add_get("/health", self._get_health)
-        app.router.add_get("/ready", self._get_ready)
-        app.router.add_get("/metrics", self._get_metrics)
-        app.router.add_get("/status", self._get_status)
+        for path in _GET_PATHS:
+            app.router.add_get(path, getattr(self, f"_get_{path[1:]}"))
         for action in CONTROL_ACTIONS:
             app.router.add_post(f"/{action}", self._control_handler(action))
         return app
@@ -683,9 +683,22 @@ def _loopback_host_only(allowed: frozenset[str]) -> Any:
 async def _errors_as_json(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    """An unexpected error in a handler answers 500 with a masked JSON body, never a trace."""
+    """An unexpected error in a handler answers 500 with a masked JSON body, never a trace;
+    an unknown path (404) or method (405) answers JSON too, as every other answer does (it
+    was aiohttp's plain text), naming the paths and methods there are."""
     try:
         return await handler(request)
+    except (web.HTTPNotFound, web.HTTPMethodNotAllowed) as exc:
+        body: dict[str, Any] = {"error": exc.reason, "path": request.path}
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            body["allowed_methods"] = sorted(exc.allowed_methods)
+        else:
+            body["paths"] = ["GET " + p for p in _GET_PATHS] + [
+                f"POST /{a}" for a in CONTROL_ACTIONS
+            ]
+        return _json(
+            body, exc.status, headers={k: v for k, v in exc.headers.items() if k == "Allow"}
+        )
     except web.HTTPException:
         raise
     except Exception as exc:

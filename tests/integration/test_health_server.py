@@ -226,6 +226,31 @@ async def test_a_proxy_host_name_is_answered_when_allowed(serve, http):
         cfg(allowed_hosts=["proxy.local:8080"])
 
 
+async def test_an_ipv6_host_allowed_as_a_url_writes_it_is_answered(serve, http):
+    """`"[fd00::5]"` in allowed_hosts (config/docker.toml wrote `"[::1]"` so) never matched:
+    the Host header's name is compared without its brackets."""
+    server = await serve(cfg(allowed_hosts=["[FD00::5]"]))
+    assert server.config.allowed_hosts == ("fd00::5",)
+    for host, code in (("[fd00::5]:8080", 200), ("[fd00::5]", 200), ("[fd00::6]:8080", 421)):
+        async with http.get(f"{server.url}/health", headers={"Host": host}) as r:
+            assert r.status == code, host
+    with pytest.raises(ConfigError, match=r"without a port \('\[fd00::5\]', not"):
+        cfg(allowed_hosts=["[fd00::5]:8080"])
+
+
+async def test_an_unknown_path_or_method_answers_json_naming_what_there_is(serve, http):
+    server = await serve()
+    async with http.get(f"{server.url}/nope") as r:
+        assert r.status == 404 and r.content_type == "application/json"
+        body = await r.json()
+    assert body["path"] == "/nope" and "GET /ready" in body["paths"]
+    assert "POST /pause" in body["paths"]
+    async with http.post(f"{server.url}/status") as r:
+        assert r.status == 405 and r.content_type == "application/json"
+        assert "GET" in r.headers["Allow"]
+        assert "GET" in (await r.json())["allowed_methods"]
+
+
 @pytest.mark.parametrize(
     ("host", "code"),
     [
