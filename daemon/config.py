@@ -149,13 +149,11 @@ class DataConfig:
         _choice("data.source", self.source, ("bundled", "csv", "parquet"))
         from .feeds.validate import check_date_format, check_limits
 
-        try:
-            check_limits(
-                max_spike=self.max_spike, max_volume=self.max_volume, timezone=self.timezone
-            )
-            check_date_format(self.date_format)
-        except ConfigError as exc:
-            raise ConfigError(f"data: {exc}") from None
+        # Their errors lead with `data.<key> = value`, so that load_config names the file or
+        # the environment variable that set it (a "data: " before them blamed the file that
+        # set [data]).
+        check_limits(max_spike=self.max_spike, max_volume=self.max_volume, timezone=self.timezone)
+        check_date_format(self.date_format)
         _choice("data.layout", self.layout, ("auto", "long", "per_symbol"))
         if self.source != "bundled" and not self.path:
             raise ConfigError(f"data.path is required when data.source = {self.source!r}")

@@ -153,26 +153,32 @@ def parse_repairs(repair: Sequence[str] | str) -> frozenset[str]:
     return frozenset(out)
 
 
-def check_limits(*, max_spike: float, max_volume: float, timezone: str) -> None:
-    """ConfigError for a plausibility threshold or a time zone that cannot work."""
+def check_limits(
+    *, max_spike: float, max_volume: float, timezone: str, table: str = "data"
+) -> None:
+    """ConfigError for a plausibility threshold or a time zone that cannot work, naming the
+    setting as `table.key = value` (how the configuration's errors lead, so that the one
+    that set it, a file or an environment variable, is named after it)."""
     if not (max_spike == 0 or max_spike > 1):  # also catches NaN
         raise ConfigError(
-            f"data max_spike {max_spike!r} must be > 1 (a price ratio), or 0 to disable the check"
+            f"{table}.max_spike = {max_spike!r} is invalid: must be > 1 (a price ratio), or 0 "
+            "to disable the check"
         )
     if not max_volume >= 0:
         raise ConfigError(
-            f"data max_volume {max_volume!r} must be > 0 (shares per bar), "
+            f"{table}.max_volume = {max_volume!r} is invalid: must be > 0 (shares per bar), "
             "or 0 to disable the check"
         )
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
         raise ConfigError(
-            f"data timezone {timezone!r} is not an IANA time zone name, e.g. America/New_York"
+            f"{table}.timezone = {timezone!r} is invalid: not an IANA time zone name, e.g. "
+            "America/New_York"
         ) from exc
 
 
-def check_date_format(date_format: str, key: str = "data date_format") -> None:
+def check_date_format(date_format: str, key: str = "data.date_format") -> None:
     """ConfigError for a `date_format` that cannot read dates: it must be a strftime format
     ("%d/%m/%Y") that reads back what it writes; "" (pandas infers it) is fine. `key`: the
     setting named in the error."""
@@ -190,7 +196,7 @@ def check_date_format(date_format: str, key: str = "data date_format") -> None:
         ok = False
     if not ok:
         raise ConfigError(
-            f"{key} {date_format!r} is not a strftime format that reads a date, "
+            f"{key} = {date_format!r} is invalid: not a strftime format that reads a date, "
             'e.g. "%d/%m/%Y" (day first), "%m/%d/%Y" (month first), "%d.%m.%Y %H:%M"'
         )
 

@@ -606,6 +606,39 @@ def test_a_bad_value_from_the_environment_names_the_variable():
     assert "environment variable" not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "toml"),
+    [
+        ("MAX_SPIKE", "-1", "-1"),
+        ("MAX_VOLUME", "-5", "-5"),
+        ("TIMEZONE", "Mars/Base", '"Mars/Base"'),
+        ("DATE_FORMAT", "%Q", '"%Q"'),
+    ],
+)
+def test_a_bad_data_limit_from_the_environment_names_the_variable_not_a_file(
+    tmp_path, key, value, toml
+):
+    """`data: data max_spike -1.0 must be > 1 ... (set in config/backtest.toml)`: the [data]
+    limits' errors did not lead with their key, so the file that set [data] was blamed and
+    the variable never named."""
+    from tradingd.config import load_config
+
+    first, second = tmp_path / "a.toml", tmp_path / "b.toml"
+    first.write_text("[data]\nmax_gap_days = 7\n")
+    second.write_text('[data]\nlayout = "auto"\n')
+    variable = f"TRADINGD_DATA__{key}"
+    with pytest.raises(ConfigError) as caught:
+        load_config([first, second], env={variable: value})
+    text = str(caught.value)
+    assert text.startswith(f"data.{key.lower()} = ")
+    assert text.endswith(f"(from the environment variable {variable})")
+    assert "set in" not in text and "data: data" not in text
+    second.write_text(f"[data]\n{key.lower()} = {toml}\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config([first, second], env={})
+    assert str(caught.value).endswith(f"(set in {second})")
+
+
 def test_an_unknown_key_from_the_environment_names_the_variable():
     """`unknown key(s) costs.comission_pct` named no variable: the key is not at the start of
     that message, where a wrong value's key is."""

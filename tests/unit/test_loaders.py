@@ -402,7 +402,7 @@ def test_a_date_format_that_does_not_fit_names_the_row(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"unparseable time \(date_format '%d/%m/%Y'\)") as err:
         load_panel("csv", str(path), date_format="%d/%m/%Y")
     assert_names(err.value, path, "XYZ", 2)
-    with pytest.raises(ConfigError, match="date_format 'dd/mm/yyyy' is not a strftime"):
+    with pytest.raises(ConfigError, match="date_format = 'dd/mm/yyyy' is invalid: not a strftime"):
         load_panel("csv", str(path), date_format="dd/mm/yyyy")
     # A Date and a Time column: the format reads the two joined by a space.
     minutes = write_csv(

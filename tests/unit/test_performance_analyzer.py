@@ -447,7 +447,7 @@ def test_a_day_first_benchmark_file_can_say_its_format(tmp_path):
     cfg = PerformanceConfig(**kw, benchmark_date_format="%d/%m/%Y")
     out = PerformanceAnalyzer(cfg).analyze_performance(run)
     assert out["performance"]["benchmark_bars"] == 4
-    with pytest.raises(ConfigError, match=r"analysis\.benchmark_date_format 'dd/mm'"):
+    with pytest.raises(ConfigError, match=r"analysis\.benchmark_date_format = 'dd/mm' is invalid"):
         PerformanceConfig(**kw, benchmark_date_format="dd/mm")
 
 
