@@ -42,8 +42,11 @@ def cross_section(t: datetime, close: list[float]) -> CrossSection:
 
 
 @pytest.fixture
-async def pg(pg_url: str):
-    """(url, schema, raw connection with search_path set); the schema is dropped after."""
+async def pg(pg_url: str, tmp_path, monkeypatch):
+    """(url, schema, raw connection with search_path set); the schema is dropped after. Run
+    in tmp_path: a store's default spool folder (`var/spool/<target>`, made at its start)
+    was left in the checkout, one per test."""
+    monkeypatch.chdir(tmp_path)
     schema = f"tradingd_test_{uuid.uuid4().hex[:12]}"
     conn = await asyncpg.connect(pg_url, timeout=5)
     try:
