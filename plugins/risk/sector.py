@@ -61,6 +61,10 @@ from .finite import nan_to_zero
 log = structlog.get_logger(__name__)
 # Plugin names already warned of an empty sectors_csv in this process.
 _WARNED_NO_MAP: set[str] = set()
+# The unmapped symbols said, per (plugin, map file, rule, symbols): once a process as well, or
+# a live start said the same list twice (the start-up checks, then the engine). A SIGHUP that
+# changes the map or the rule says it again.
+_WARNED_UNMAPPED: set[tuple[str, str | None, str, tuple[str, ...]]] = set()
 
 UNKNOWN_RULES = ("own", "pool")
 # Symbols named in the start-up warning about unmapped symbols (the rest are counted).
@@ -208,7 +212,11 @@ class SectorExposure:
             sectors=len({mapping[s.upper()] for s in symbols if s.upper() in mapping}),
             unmapped=len(unmapped),
         )
-        if unmapped:
+        said = (self.name, str(self.path) if self.path else None, config.unknown, tuple(unmapped))
+        if unmapped and said not in _WARNED_UNMAPPED:
+            if len(_WARNED_UNMAPPED) > 64:  # bounded: maps reloaded for months
+                _WARNED_UNMAPPED.clear()
+            _WARNED_UNMAPPED.add(said)
             log.warning(
                 "risk.sector_unmapped",
                 plugin=self.name,

@@ -877,6 +877,7 @@ def test_without_a_sector_map_every_symbol_is_its_own_sector(monkeypatch):
     import tradingd_plugins.risk.sector as sector_mod
 
     monkeypatch.setattr(sector_mod, "_WARNED_NO_MAP", set())
+    monkeypatch.setattr(sector_mod, "_WARNED_UNMAPPED", set())
     syms = ("A", "B", "C")
     with capture_logs() as logs:
         p = SectorExposure(SectorExposureConfig(max_sector_pct=0.2), syms)
@@ -884,6 +885,7 @@ def test_without_a_sector_map_every_symbol_is_its_own_sector(monkeypatch):
         SectorExposure(SectorExposureConfig(max_sector_pct=0.2), syms)
     warned = [e["event"] for e in logs if e["log_level"] == "warning"]
     assert warned.count("risk.sector_map_missing") == 1
+    assert warned.count("risk.sector_unmapped") == 1  # said twice before
     assert warned[:2] == ["risk.sector_map_missing", "risk.sector_unmapped"]
     assert p.sector_names == ("unknown:A", "unknown:B", "unknown:C")
     ctx = make_context(syms, closes_from_returns(np.zeros((3, 3))))
