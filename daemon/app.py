@@ -549,17 +549,29 @@ def bars_a_year(calendar: str, bar: str) -> int:
 #: and the bars a year its summary annualises with: `{"bar": "5m", "periods_per_year":
 #: 19656.0}`. No setting (a replay's bar is its data's): `stored_config_json` adds it.
 REPLAY_BARS_KEY = "replay_bars"
+#: The key of a replay's stored configuration that holds its data's split events, as its
+#: record folder's splits.csv does: `{"AAPL": [["2014-06-09T00:00:00+00:00", 7.0]]}` (symbol:
+#: [[ISO time, coefficient]], oldest first; {} for data without one).
+REPLAY_SPLITS_KEY = "replay_splits"
 
 
-def stored_config_json(config: Config, mode: str, bar: str) -> str:
+def stored_config_json(
+    config: Config,
+    mode: str,
+    bar: str,
+    splits: Mapping[str, Sequence[tuple[datetime, float]]] | None = None,
+) -> str:
     """The configuration stored with a run (`runs.config_json`): the public one, and for a
     replay its data's bar and bars a year (`REPLAY_BARS_KEY`), as its run folder's summary
-    annualises (`backtest.run_backtest`). A replay's summary in the store holds only its
-    bar count and its configuration no bar (its data's), so an intraday replay read back
-    from the store (`run_records.stored_run_results`) was annualised with 252 bars a year,
-    its Sharpe ratio sqrt(bars a day) too small. A live run's bar is its `live.bar`; its
-    stored configuration stays the public one (a live start compares it with its own:
-    `run_continuation`)."""
+    annualises (`backtest.run_backtest`), and its data's split events (`REPLAY_SPLITS_KEY`,
+    `backtest.split_events`). A replay's summary in the store holds only its bar count and
+    its configuration no bar (its data's), so an intraday replay read back from the store
+    (`run_records.stored_run_results`) was annualised with 252 bars a year, its Sharpe
+    ratio sqrt(bars a day) too small; and a replay writes no bars to the store, so its fills
+    read back were not restated for splits: a 2-for-1 in a held symbol read as a flip to
+    short, its round trips and win rate not the record folder's. A live run's bar is its
+    `live.bar` and its splits are in the bars it writes; its stored configuration stays the
+    public one (a live start compares it with its own: `run_continuation`)."""
     public = config.to_public_json()
     if mode == "live":
         return public
@@ -567,6 +579,10 @@ def stored_config_json(config: Config, mode: str, bar: str) -> str:
     stored[REPLAY_BARS_KEY] = {
         "bar": bar,
         "periods_per_year": float(bars_a_year(config.live.calendar, bar)),
+    }
+    stored[REPLAY_SPLITS_KEY] = {
+        symbol: [[t.isoformat(), float(c)] for t, c in events]
+        for symbol, events in sorted((splits or {}).items())
     }
     return json.dumps(stored, sort_keys=True, default=str)
 
@@ -1542,7 +1558,7 @@ def _assemble(
         run_id=run_id,
         mode=mode,
         started_at=datetime.now(UTC),
-        config_json=stored_config_json(config, mode, bar),
+        config_json=stored_config_json(config, mode, bar, _split_events(mode, panel)),
         symbols=symbols,
         initial_capital=config.run.initial_capital,
     )
@@ -1612,6 +1628,16 @@ def _assemble(
         )
     engine.data_bar = bar  # type: ignore[attr-defined]  # the summary's annual figures
     return engine
+
+
+def _split_events(mode: str, panel: Panel | None) -> dict[str, list[tuple[datetime, float]]]:
+    """A replay's split events (`backtest.split_events`), stored with its configuration:
+    the store holds no bars of a replay to read them from. None live: its bars hold them."""
+    if mode == "live" or panel is None:
+        return {}
+    from .backtest import split_events
+
+    return split_events(panel)
 
 
 def _run_lock(config: Config, run_id: str) -> Any:

@@ -13,7 +13,7 @@ import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -464,9 +464,10 @@ def record_folder(
             "analysis.fills_not_restated",
             folder=str(path),
             detail="the record has no splits.csv (written by tradingd backtest since "
-            "2026-12-05). This matters only if a traded symbol split during the run: a "
-            "round trip across a split is then scored in the shares of its day; run the "
-            "backtest again for a record that has it",
+            "2026-12-05): if a traded symbol split during the run, the round-trip "
+            "statistics (round_trips, win_rate, profit_factor, avg_win, avg_loss) are "
+            "wrong, a sale of the shares a split added scored as a new short. The "
+            "equity-based metrics are right. Run the backtest again for a record that has it",
         )
     record = _record(
         _numbers(eq_file, eq, "equity", finite=True),
@@ -614,7 +615,7 @@ async def stored_run_results(store: Any, run_id: str, *, partial: bool = False) 
         log.warning("analysis.partial_run", run_id=run_id, detail=f"the run {unfinished}")
     fills = await store.fetch("fills", run_id)
     times = pd.DatetimeIndex([r["time"] for r in equity], name="time")
-    splits = await _stored_splits(store, run_id, fills, equity[-1]["time"] if equity else None)
+    splits = await _stored_splits(store, run, fills, equity[-1]["time"] if equity else None)
     return {
         "run_id": run_id,
         "equity_curve": pd.Series(
@@ -723,18 +724,28 @@ def _configured_end(config_json: Any) -> str:
 
 
 async def _stored_splits(
-    store: Any, run_id: str, fills: list[dict[str, Any]], end: Any
+    store: Any, run: Mapping[str, Any], fills: list[dict[str, Any]], end: Any
 ) -> dict[str, list[tuple[Any, float]]]:
-    """The split events of the run's traded symbols up to its last bar, from the store's
-    `bars` (a live run writes every bar it trades on), so a round trip across a split is
-    scored in one kind of share, as a record folder's `splits.csv` does for a backtest.
-    A traded symbol the store holds no bar of (a backtest writes none) stays unrestated,
-    with the warning a folder without splits.csv gets."""
+    """The split events of the run's traded symbols up to its last bar, so a round trip
+    across a split is scored in one kind of share, as a record folder's `splits.csv` does
+    for a backtest. A replay's are stored with its configuration (`app.REPLAY_SPLITS_KEY`:
+    it writes no bars); a live run's, and a replay's stored before that, are the `split`
+    column of the store's `bars` (a live run writes every bar it trades on). A traded
+    symbol with neither stays unrestated, with a warning that its round trips are wrong
+    across a split."""
     splits: dict[str, list[tuple[Any, float]]] = {}
     if not fills or end is None:
         return splits
+    run_id = str(run.get("run_id", ""))
+    traded = sorted({str(f["symbol"]) for f in fills})
+    stored = _replay_splits(run)
+    if stored is not None:
+        for symbol in traded:
+            if events := [(t, c) for t, c in stored.get(symbol, ()) if t <= end]:
+                splits[symbol] = events
+        return splits
     missing = []
-    for symbol in sorted({str(f["symbol"]) for f in fills}):
+    for symbol in traded:
         bars = await store.fetch_bars(symbol)
         if not bars:
             missing.append(symbol)
@@ -752,8 +763,49 @@ async def _stored_splits(
             run_id=run_id,
             symbols=missing[:10],
             count=len(missing),
-            detail="the store holds no bars of these traded symbols (a backtest writes none; "
-            "its record folder's splits.csv has the events): a round trip across a split "
-            "is scored in the shares of its day",
+            detail=f"the store holds no split events of these traded symbols (run {run_id!r} "
+            "is a replay stored before its split events were, or the store has lost a live "
+            "run's bars): if one of them split during the run, the round-trip statistics "
+            "(round_trips, win_rate, profit_factor, avg_win, avg_loss) are wrong, a sale of "
+            "the shares a split added scored as a new short. The equity-based metrics are "
+            "right. Analyse the run's record folder (its splits.csv has the events), or run "
+            "the backtest again",
         )
     return splits
+
+
+def _replay_splits(run: Mapping[str, Any]) -> dict[str, list[tuple[datetime, float]]] | None:
+    """A replay's split events as stored with its configuration (`app.REPLAY_SPLITS_KEY`);
+    None for a live run, or a replay stored before them (or whose configuration cannot be
+    read: `_with_bars_a_year` says so). Events that are not (ISO time, finite coefficient
+    > 0) are a damaged record, refused naming the run."""
+    from ..app import REPLAY_SPLITS_KEY
+
+    if run.get("mode") == "live":
+        return None
+    try:
+        raw = run.get("config_json")
+        stored = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        return None
+    if not isinstance(stored, Mapping) or REPLAY_SPLITS_KEY not in stored:
+        return None
+    out: dict[str, list[tuple[datetime, float]]] = {}
+    try:
+        for symbol, events in stored[REPLAY_SPLITS_KEY].items():
+            out[str(symbol)] = sorted(
+                (_aware(datetime.fromisoformat(t)), float(c)) for t, c in events
+            )
+            if not all(math.isfinite(c) and c > 0 for _, c in out[str(symbol)]):
+                raise ValueError("a coefficient that is not a finite number > 0")
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise ValueError(
+            f"run {run.get('run_id')!r}: the split events stored with its configuration "
+            f"({REPLAY_SPLITS_KEY} in runs.config_json) cannot be read ({exc}): the record is "
+            "damaged or edited; analyse the run's record folder, or run the backtest again"
+        ) from None
+    return out
+
+
+def _aware(t: datetime) -> datetime:
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)

@@ -7,8 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import json
+from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
+import pytest
 from conftest import make_panel
 
 from tradingd.analysis.performance import PerformanceAnalyzer
@@ -87,10 +91,12 @@ def test_a_run_read_back_from_a_store_with_its_bars_is_restated_and_one_without_
     """`stored_run_results` (a run read back from the store, as a live run's analysis is)
     kept no split events: a round trip across a split was scored in the shares of its day
     with no word of it. A live run writes the bars it trades on; the split events come from
-    them. A store without the traded symbols' bars (a backtest writes none) says so."""
+    them. A replay stored before its split events were, with none of the traded symbols'
+    bars in the store, says plainly that its round-trip statistics are wrong."""
     from structlog.testing import capture_logs
 
     from tradingd.analysis.run_records import stored_run_results
+    from tradingd.app import REPLAY_SPLITS_KEY
     from tradingd.storage.factory import open_store
 
     panel = make_panel()  # one 4-for-1 split at bar 150, held across by the run
@@ -108,7 +114,9 @@ def test_a_run_read_back_from_a_store_with_its_bars_is_restated_and_one_without_
                 await store.write_bars(
                     panel.symbols, [panel.row(i, times[i]) for i in range(len(times))]
                 )
-            return await stored_run_results(store, outcome.run_id)
+            # A replay stored before its configuration held its split events.
+            older = _StoredConfigEdited(store, lambda c: c.pop(REPLAY_SPLITS_KEY))
+            return await stored_run_results(older, outcome.run_id)
         finally:
             await store.stop()
 
@@ -117,6 +125,7 @@ def test_a_run_read_back_from_a_store_with_its_bars_is_restated_and_one_without_
         bare = asyncio.run(read_back(with_bars=False))
     warned = [e for e in logs if e["event"] == "analysis.fills_not_restated"]
     assert len(warned) == 1 and symbol in warned[0]["symbols"]
+    assert "round-trip statistics" in warned[0]["detail"] and "wrong" in warned[0]["detail"]
     assert bare["splits"] == {}
 
     with capture_logs() as logs:
@@ -130,6 +139,99 @@ def test_a_run_read_back_from_a_store_with_its_bars_is_restated_and_one_without_
     folder = [(f.symbol, f.time, f.quantity, f.price) for f in run_record(outcome.output_dir).fills]
     read = [(f.symbol, f.time, f.quantity, f.price) for f in run_record(stored).fills]
     assert sorted(read) == sorted(folder)
+
+
+class _StoredConfigEdited:
+    """A store whose runs rows' stored configuration `edit` has changed (an older build's
+    record, or a damaged one)."""
+
+    def __init__(self, store: Any, edit: Callable[[dict], object]) -> None:
+        self._store, self._edit = store, edit
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+    async def fetch(self, table: str, run_id: str) -> list[dict]:
+        rows = await self._store.fetch(table, run_id)
+        if table != "runs":
+            return rows
+        edited = []
+        for row in rows:
+            stored = json.loads(row["config_json"])
+            self._edit(stored)
+            edited.append({**row, "config_json": json.dumps(stored)})
+        return edited
+
+
+_TRADE_STATS = ("round_trips", "win_rate", "profit_factor", "avg_win", "avg_loss")
+
+
+def test_a_backtest_read_back_from_the_store_has_its_record_folders_trade_statistics(
+    engine_config,
+):
+    """A backtest writes no bars to the store, so `stored_run_results` had no split events
+    for it: a sale of the shares a split added read as a flip to short (the trial's S&P 500
+    run: 4,724 round trips from the store against 4,677 from its record folder, profit
+    factor 0.754 against 0.845). A replay's split events are stored with its configuration,
+    and the store and the folder give the same trade statistics."""
+    from structlog.testing import capture_logs
+
+    from tradingd.analysis.run_records import stored_run_results
+    from tradingd.storage.factory import open_store
+
+    panel = make_panel(split_at=130)  # one 4-for-1 split, in a position the run holds
+    outcome = asyncio.run(run_backtest(engine_config, panel=panel))
+    (j,) = {int(c) for c in (panel.split != 1.0).nonzero()[1]}
+    symbol, split_time = panel.symbols[j], panel.datetimes()[130]
+    held = sum(
+        f["quantity"] * (1 if f["side"] == "buy" else -1)
+        for f in outcome.fills
+        if f["symbol"] == symbol and f["time"] < split_time
+    )
+    assert held > 0  # bought before the split, sold after it in 4x the shares
+
+    async def read_back() -> dict:
+        store = open_store(engine_config.storage.url, spool=False)
+        await store.start()
+        try:
+            return await stored_run_results(store, outcome.run_id)
+        finally:
+            await store.stop()
+
+    with capture_logs() as logs:
+        stored = asyncio.run(read_back())
+    assert not [e for e in logs if e["event"] == "analysis.fills_not_restated"]
+    assert stored["splits"] == {symbol: [(split_time, 4.0)]}
+    analyzer = PerformanceAnalyzer(benchmark=pd.Series(dtype=float))
+    from_store = analyzer.calculate_performance_metrics(stored)
+    from_folder = analyzer.calculate_performance_metrics(outcome.output_dir)
+    assert {k: from_store[k] for k in _TRADE_STATS} == {k: from_folder[k] for k in _TRADE_STATS}
+    assert from_store["round_trips"] == outcome.summary["round_trips"]
+    # Unrestated, the sale of the split's added shares reads as flips to short.
+    unrestated = analyzer.calculate_performance_metrics({**stored, "splits": {}})
+    assert unrestated["round_trips"] > from_folder["round_trips"]
+
+
+def test_a_stored_replays_damaged_split_events_are_a_named_error(engine_config):
+    from tradingd.analysis.run_records import stored_run_results
+    from tradingd.app import REPLAY_SPLITS_KEY
+    from tradingd.storage.factory import open_store
+
+    outcome = asyncio.run(run_backtest(engine_config, panel=make_panel()))
+
+    async def read_back() -> dict:
+        store = open_store(engine_config.storage.url, spool=False)
+        await store.start()
+        try:
+            damaged = _StoredConfigEdited(
+                store, lambda c: c.update({REPLAY_SPLITS_KEY: {"AAA": [["yesterday", 2.0]]}})
+            )
+            return await stored_run_results(damaged, outcome.run_id)
+        finally:
+            await store.stop()
+
+    with pytest.raises(ValueError, match=f"{REPLAY_SPLITS_KEY} in runs.config_json"):
+        asyncio.run(read_back())
 
 
 def test_a_backtest_not_on_a_terminal_logs_its_progress(engine_config):

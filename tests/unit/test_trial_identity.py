@@ -148,7 +148,8 @@ def test_counting_trials_over_records_without_splits_csv_warns_of_nothing(tmp_pa
     with capture_logs() as logs:
         run_record(tmp_path / "old-1")
     (warned,) = [e for e in logs if e["event"] == "analysis.fills_not_restated"]
-    assert "matters only if a traded symbol split during the run" in warned["detail"]
+    assert "if a traded symbol split during the run, the round-trip" in warned["detail"]
+    assert "are wrong" in warned["detail"]
 
 
 def _float_for_int(value):
