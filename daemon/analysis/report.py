@@ -430,6 +430,7 @@ def _build(
             data["series"]["rolling_sharpe"],
             cfg.rolling_window,
             analysis["performance"]["sharpe"],
+            _risk_free(analysis),
         ),
         "chart-monthly": charts.monthly_figure(
             data["monthly_returns"]["years"], data["monthly_returns"]["values"]
@@ -532,13 +533,20 @@ def _flatten(d: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
     return rows
 
 
-def key_value_table(d: Mapping[str, Any]) -> str:
-    """Nested mappings flattened to dotted keys, one row each."""
+def key_value_table(d: Mapping[str, Any], labels: Mapping[str, str] | None = None) -> str:
+    """Nested mappings flattened to dotted keys, one row each. `labels`: what a key's row
+    says beside it (`sharpe (risk-free 2%)`), where the same key means another thing in
+    another table of the page."""
     rows = _flatten(d)
     if not rows:
         return '<p class="note">none</p>'
+    labels = labels or {}
+
+    def head(k: str) -> str:
+        return f"{k} ({labels[k]})" if k in labels else k
+
     body = "".join(
-        f"<tr><th>{html.escape(k)}</th>{_cell(k.rsplit('.', 1)[-1], v)}</tr>" for k, v in rows
+        f"<tr><th>{html.escape(head(k))}</th>{_cell(k.rsplit('.', 1)[-1], v)}</tr>" for k, v in rows
     )
     return f"<table>{body}</table>"
 
@@ -615,20 +623,50 @@ def _builds(run: Any) -> dict[str, Any]:
     }
 
 
+def _risk_free(a: Mapping[str, Any]) -> str:
+    """The analysis's risk-free rate (annual) as the page says it: "risk-free 2%"."""
+    rate = a["config"].get("risk_free_rate")
+    return f"risk-free {100 * rate:g}%" if rate is not None else "risk-free rate unknown"
+
+
+#: The trade statistics the analyzer counts per round trip and the run's summary per closing
+#: fill (docs/ANALYSIS.md): the same keys in two tables of the page.
+_TRADE_STATS = ("win_rate", "profit_factor", "avg_win", "avg_loss")
+
+
+def _performance_labels(a: Mapping[str, Any]) -> dict[str, str]:
+    rf = _risk_free(a)
+    return {
+        **{k: rf for k in ("sharpe", "sortino", "alpha")},
+        **{k: "per round trip" for k in _TRADE_STATS},
+    }
+
+
+# The run's summary (`metrics.summarize`): a 0% risk-free rate, trades per closing fill.
+_SUMMARY_LABELS = {
+    **{k: "risk-free 0%" for k in ("sharpe", "sortino")},
+    **{k: "per closing fill" for k in _TRADE_STATS},
+}
+
+
 def _tiles(a: Mapping[str, Any]) -> list[tuple[str, str]]:
     p, k = a["performance"], a["risk"]
     level = f"{k['var_confidence']:.0%}" if k["var_confidence"] is not None else ""
+    # The analysis's risk-free rate (2% by default) is not the run summary's (0%), printed
+    # by `tradingd backtest` and in the page's "Run summary" table: each Sharpe ratio says
+    # its own. The win rate likewise: per round trip here, per closing fill there.
+    rf = _risk_free(a)
     return [
         ("Total return", _fmt("total_return", p["total_return"])),
         ("Annual return (CAGR)", _fmt("annual_return", p["annual_return"])),
-        ("Sharpe", _fmt("sharpe", p["sharpe"])),
-        ("Sortino", _fmt("sortino", p["sortino"])),
+        (f"Sharpe ({rf})", _fmt("sharpe", p["sharpe"])),
+        (f"Sortino ({rf})", _fmt("sortino", p["sortino"])),
         ("Max drawdown", _fmt("max_drawdown", k["max_drawdown"])),
         ("Volatility", _fmt("annual_volatility", k["annual_volatility"])),
         (f"{level} VaR (1 bar)", _fmt("var_historical", k["var_historical"])),
         ("Beta", _fmt("beta", k["beta"])),
         ("Round trips", _fmt("round_trips", p["round_trips"])),
-        ("Win rate", _fmt("win_rate", p["win_rate"])),
+        ("Win rate (per round trip)", _fmt("win_rate", p["win_rate"])),
     ]
 
 
@@ -640,9 +678,9 @@ def _blocks(d: Mapping[str, Any]) -> list[tuple[str, str]]:
             "Metrics",
             two.format(
                 "Performance",
-                key_value_table(a["performance"]),
+                key_value_table(a["performance"], _performance_labels(a)),
                 "Risk",
-                key_value_table(a["risk"]),
+                key_value_table(a["risk"], {"downside_deviation": f"target: {_risk_free(a)}"}),
             )
             + two.format(
                 "Maximum drawdown",
@@ -669,7 +707,9 @@ def _blocks(d: Mapping[str, Any]) -> list[tuple[str, str]]:
         ("Risk rules", "".join(body) or '<p class="note">the run record has no risk counts</p>')
     )
     if a.get("summary"):
-        blocks.append(("Run summary (as the run wrote it)", key_value_table(a["summary"])))
+        blocks.append(
+            ("Run summary (as the run wrote it)", key_value_table(a["summary"], _SUMMARY_LABELS))
+        )
     for title, body_data in d["sections"].items():
         blocks.append((title, section_html(body_data)))
     blocks.append(

@@ -167,10 +167,17 @@ def drawdown_figure(times: Sequence[str], drawdown: Sequence[float | None]) -> d
 
 
 def rolling_sharpe_figure(
-    times: Sequence[str], sharpe: Sequence[float | None], window: int, full: float | None
+    times: Sequence[str],
+    sharpe: Sequence[float | None],
+    window: int,
+    full: float | None,
+    risk_free: str = "",
 ) -> dict[str, Any]:
+    """`risk_free`: the rate the ratios are in excess of, as the axis says it ("risk-free
+    2%")."""
     go = _go()
-    fig = go.Figure(layout=_layout(yaxis={"title": {"text": f"Sharpe, {window} bars"}}))
+    axis = f"Sharpe ({risk_free}), {window} bars" if risk_free else f"Sharpe, {window} bars"
+    fig = go.Figure(layout=_layout(yaxis={"title": {"text": axis}}))
     fig.add_trace(
         go.Scatter(
             x=list(times),

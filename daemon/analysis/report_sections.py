@@ -54,6 +54,8 @@ def validation_sections(validation: Mapping[str, Any]) -> dict[str, Any]:
             "significant_before_trials", validation.get("significant")
         ),
         "significance level (alpha)": validation.get("alpha"),
+        # The Sharpe-ratio tests' and the Monte Carlo's (the run summary's Sharpe is at 0%).
+        "risk-free rate (annual)": (validation.get("config") or {}).get("risk_free_rate"),
         "strategy variants tried (trials)": trials.get("trials"),
         "trials counted from": trials.get("source"),
         "Monte Carlo paths per method": mc.get("paths"),

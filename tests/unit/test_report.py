@@ -274,10 +274,40 @@ def test_html_is_self_contained_and_shows_every_metric(report):
         assert page.count(f'id="{cid}"') == 1, cid
     a = report.data["analysis"]
     for key in [*a["performance"], *a["risk"], *a["drawdown"]]:
-        assert f"<th>{key}</th>" in page, key
+        assert re.search(rf"<th>{key}( \([^<]*\))?</th>", page), key
     assert "<th>costs.commission_pct</th>" in page  # the run's configuration
     assert "<th>signals[0].name</th>" in page
     assert "max_position/max_position" in page  # the verdicts table
+
+
+def test_the_page_says_each_sharpe_ratios_risk_free_rate_and_what_each_win_rate_counts(
+    run_dir,
+):
+    """The headline Sharpe tile was the analysis's, at a 2% risk-free rate, beside a "Run
+    summary" table and a printed summary at 0%, and "risk-free" was nowhere on the page;
+    win_rate and profit_factor appeared twice, per round trip and per closing fill, with
+    nothing to tell which was which (docs/REPORTS.md)."""
+    for rate, said in ((0.02, "risk-free 2%"), (0.035, "risk-free 3.5%")):
+        report = build_report(
+            run_dir, analyzer=PerformanceAnalyzer(PerformanceConfig(risk_free_rate=rate))
+        )
+        page = report.to_html()
+        tiles = dict(re.findall(r'<div class="k">([^<]*)</div><div class="v">([^<]*)<', page))
+        assert f"Sharpe ({said})" in tiles and f"Sortino ({said})" in tiles
+        assert "Win rate (per round trip)" in tiles
+        for key in ("sharpe", "sortino", "alpha"):
+            assert f"<th>{key} ({said})</th>" in page, key
+        assert f"<th>downside_deviation (target: {said})</th>" in page
+        # The run's own summary: 0%, and its trade statistics per closing fill.
+        assert "<th>sharpe (risk-free 0%)</th>" in page
+        for key in ("win_rate", "profit_factor", "avg_win", "avg_loss"):
+            assert f"<th>{key} (per round trip)</th>" in page, key
+            assert f"<th>{key} (per closing fill)</th>" in page, key
+            assert f"<th>{key}</th>" not in page, key
+        axis = report.figures["chart-rolling-sharpe"]["layout"]["yaxis"]["title"]["text"]
+        assert said in axis
+    labelled = {"sharpe", "sortino", "win_rate", "profit_factor", "avg_win", "avg_loss"}
+    assert labelled <= set(report.data["analysis"]["summary"])
 
 
 def test_write_report_puts_both_files_in_the_run_folder(run_dir, tmp_path):
@@ -573,6 +603,7 @@ def test_report_command_adds_the_validators_tests_and_monte_carlo(cli, run_dir, 
         assert close(tests[name]["p_value"], row["p_value"])
     verdict = d["sections"]["Statistical validation"]
     assert verdict["significant"] == expected["significant"]
+    assert verdict["risk-free rate (annual)"] == 0.02  # the Sharpe tests' (the summary's: 0)
     assert verdict["Monte Carlo paths per method"] == 200
     mc = d["sections"]["Monte Carlo"]
     assert close(
