@@ -314,8 +314,9 @@ def _bound(value: Any, intraday: bool) -> str:
 
 
 def _period(p: Mapping[str, Any], intraday: bool = False) -> str:
+    bars = f"{p['bars']} bar" + ("" if p["bars"] == 1 else "s")  # "(1 bar)", not "(1 bars)"
     return (
-        f"{_bound(p['from'], intraday)} .. {_bound(p['to'], intraday)} ({p['bars']} bars) "
+        f"{_bound(p['from'], intraday)} .. {_bound(p['to'], intraday)} ({bars}) "
         f"{p['plugin']}/{p['rule']}: {p['action']}"
     )
 

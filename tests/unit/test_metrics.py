@@ -348,6 +348,12 @@ def test_restriction_periods_of_intraday_bars_show_their_times():
     assert row.strip().startswith("2018-03-14 after lunch .. 2018-03-14 18:46+00:00 (21 bars)")
 
 
+def test_a_restriction_period_of_one_bar_is_one_bar_not_1_bars():
+    one = [_halt("2018-03-14T00:00:00+00:00", "2018-03-14T00:00:00+00:00", 1)]
+    (row,) = format_summary({"trading_restricted": one}).splitlines()[1:]
+    assert row.strip().startswith("2018-03-14 .. 2018-03-14 (1 bar) drawdown_guard/max_drawdown")
+
+
 # --- properties --------------------------------------------------------------------------
 
 positive_curves = st.lists(
