@@ -185,6 +185,8 @@ def make_folds(
     if end:
         last = min(last, int(t.searchsorted(_naive(end), side="right")) - 1)
     span = last - first + 1
+    if start and n and _naive(start) > t[-1]:
+        raise WalkForwardError(_start_after_data(start, end, t[-1]))
     if span < c.test:
         have = max(span, 0)
         raise WalkForwardError(
@@ -213,6 +215,26 @@ def make_folds(
             )
         )
     return folds
+
+
+def _start_after_data(start: str, end: str, last: pd.Timestamp) -> str:
+    """Why there is no test bar when run.start is after the data's last bar, as `tradingd
+    backtest` says it (`app.trade_start`): "too few bars for one fold ... leaves 0 test
+    bars" named no cause."""
+    day = f"{last:%Y-%m-%d}"
+    if end:
+        # The data was loaded up to run.end: its last bar is not the data's end. A gap of
+        # more than a long weekend before run.start is the data ending, not a holiday.
+        gap = (_naive(start) - last).days
+        why = "a holiday or weekend window?" if gap <= 4 else "the data ends before run.start"
+        return (
+            f"no bar between run.start = {start!r} and run.end = {end!r} (the last bar up to "
+            f"run.end is {day}: {why}): nothing to test; set run.start within the data"
+        )
+    return (
+        f"run.start = {start!r} is after the last bar of the data ({day}): the data ends "
+        "before run.start, nothing to test; set run.start within the data, or extend the data"
+    )
 
 
 def _naive(text: str) -> pd.Timestamp:

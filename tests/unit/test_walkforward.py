@@ -169,6 +169,26 @@ def test_schedule_respects_run_start_and_end():
     assert t[folds[-1].test_end + cfg.step] > pd.Timestamp("2021-06-30")
 
 
+def test_a_run_start_after_the_data_says_the_data_ends_before_it():
+    """run.start after the data's last bar said "too few bars for one fold ... leaves 0
+    test bars", where `tradingd backtest` names the cause (the data ends before run.start)."""
+    times = pd.bdate_range("2016-01-01", "2018-12-31").to_numpy()
+    cfg = WalkForwardConfig(train=100, test=20, step=10, lookback_bars=20)
+    with pytest.raises(WalkForwardError) as e:
+        make_folds(times, cfg, start="2019-06-01")
+    assert "the data ends before run.start" in str(e.value)
+    assert "after the last bar of the data (2018-12-31)" in str(e.value)
+    assert "too few bars" not in str(e.value)
+    # With run.end (the data loaded up to it): as the backtest says it.
+    with pytest.raises(WalkForwardError, match=r"run.end is 2018-12-31: the data ends before"):
+        make_folds(times, cfg, start="2019-06-01", end="2019-12-31")
+    with pytest.raises(WalkForwardError, match="a holiday or weekend window"):
+        make_folds(times, cfg, start="2019-01-01", end="2019-01-01")
+    # A start within the data with too few bars after it is still "too few bars".
+    with pytest.raises(WalkForwardError, match="too few bars for one fold"):
+        make_folds(times, cfg, start="2018-12-20")
+
+
 @pytest.mark.parametrize(
     ("kw", "match"),
     [
