@@ -755,6 +755,7 @@ def _check_report_options(args: argparse.Namespace) -> None:
 def _backtest(config: Config, args: argparse.Namespace) -> int:
     from .analysis.metrics import format_summary
     from .backtest import BacktestStopped, StopRequest, _jsonable, run_backtest
+    from .feeds.fingerprint import data_text
 
     progress = sys.stderr.isatty() and not args.no_progress
     # Not on a terminal (a file, a CI log): a log line every tenth of the bars instead.
@@ -774,7 +775,11 @@ def _backtest(config: Config, args: argparse.Namespace) -> int:
         if args.json:
             print(json.dumps(_jsonable(outcome.summary)))
         else:
-            print(format_summary(outcome.summary))
+            # The data's digest on a line of its own: a 64-digit value in the table widened
+            # its every row.
+            print(format_summary({k: v for k, v in outcome.summary.items() if k != "data"}))
+            if "data" in outcome.summary:
+                print(f"\ndata: {data_text(outcome.summary['data'])}")
             print(
                 f"\nrun {outcome.run_id}: equity, orders, fills and config in {outcome.output_dir}"
             )

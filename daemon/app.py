@@ -65,7 +65,14 @@ def run_id_for(config: Config, mode: str, inputs: Sequence[Any] | None = None) -
     `tradingd retrain` moves `var/models/current`, and the rerun of a config on the new model
     took the earlier model's id, replacing its record (rows, audit, run folder) and its
     place in the trial count. `inputs`: those the built plugins report (`run_inputs`), else
-    read from the config. A live run's id names none: it continues across model swaps."""
+    read from the config. A live run's id names none: it continues across model swaps.
+
+    A backtest's id names its data files by content too (`data_fingerprint_of`: their
+    SHA-256, for data.source csv or parquet): a file rewritten in place, its mtime restored,
+    kept the id, and the rerun replaced the first run's record (rows, audit, run folder)
+    with one on other data. A live run's id does not: its identity is its configuration,
+    and its data grow. A fixed `run.run_id` is the id whatever the data (the backtest warns
+    when the record it replaces was made on other data: `backtest.remove_earlier_record`)."""
     if config.run.run_id:
         return config.run.run_id
     # The public (masked) config without its operational sections: a changed password, log
@@ -77,6 +84,9 @@ def run_id_for(config: Config, mode: str, inputs: Sequence[Any] | None = None) -
         inputs = plugin_run_inputs(config) if inputs is None else inputs
         if inputs:  # (none: the id it always had)
             decisive["plugin_inputs"] = list(inputs)
+        data = data_fingerprint_of(config)
+        if data is not None:  # (none, the bundled series and frames: the id they had)
+            decisive["data_sha256"] = data["sha256"]
     digest = hashlib.sha256(json.dumps(decisive, sort_keys=True, default=str).encode()).hexdigest()
     digest = digest[:10]
     return f"{config.run.name}-{mode}-{digest}"
@@ -183,16 +193,34 @@ async def continued_live_run(config: Config) -> str | None:
             await store.stop()
 
 
+def data_cache_dir(config: Config) -> Path | None:
+    """The data cache's folder (`cache.data_dir`, else the user's cache folder), or None with
+    the data cache off."""
+    c = config.cache
+    if not c.data:
+        return None
+    return Path(c.data_dir).expanduser() if c.data_dir else default_cache_dir()
+
+
+def data_fingerprint_of(config: Config) -> dict[str, Any] | None:
+    """`feeds.fingerprint.data_fingerprint` of the configured data files (None for the
+    bundled series and frames), its digests kept in the data cache's folder when that
+    cache is on: what a backtest's run id hashes and its summary.json records as `data`."""
+    from .feeds.fingerprint import data_fingerprint
+
+    d = config.data
+    if d.source not in ("csv", "parquet"):
+        return None
+    return data_fingerprint(d.source, d.path or None, data_cache_dir(config))
+
+
 def load_data(config: Config) -> Panel:
     """The configured bars up to `run.end`. History before `run.start` is kept: it warms up
     features, model windows and signals, and trading starts at `run.start` (see
     `trade_start`). Data after `run.end` is never loaded, so it cannot leak into a run."""
     d, c = config.data, config.cache
-    cache_dir = None
-    if c.data:
-        cache_dir = Path(c.data_dir).expanduser() if c.data_dir else default_cache_dir()
     panel = cached_load_panel(
-        cache_dir,
+        data_cache_dir(config),
         int(c.data_max_mb * 1_000_000),
         source=d.source,
         path=d.path or None,

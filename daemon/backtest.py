@@ -26,6 +26,7 @@ from .analysis.metrics import summarize
 from .analysis.splits import restate_for_splits
 from .app import (
     build_engine,
+    data_fingerprint_of,
     fitted_span,
     load_data,
     model_card,
@@ -39,6 +40,7 @@ from .core.errors import TradingdError
 from .core.types import Fill, Side
 from .engine.engine import Engine, EngineResult
 from .environment import environment
+from .feeds.fingerprint import data_digest
 from .feeds.panel import Panel
 from .preflight import check_record_folder
 from .storage.records import Records
@@ -213,7 +215,8 @@ async def run_backtest(
         bar.close()
         engine.close_held()  # built, never run: its writer process
         raise
-    engine.after_begin.append(lambda: remove_earlier_record(out, engine.run.run_id))
+    data = data_record(config)
+    engine.after_begin.append(lambda: remove_earlier_record(out, engine.run.run_id, data))
     if stop is not None:
         if stop.reason is not None:
             bar.close()
@@ -272,6 +275,10 @@ async def run_backtest(
         # What the run id hashed besides the config (the ML plugin's model by content): the
         # trial count and a replay of the record read it (one identity for all three).
         "run_inputs": pipeline_run_inputs(engine.pipeline, config),
+        # The data by content (`data_record`): what `tradingd compare` names "the data
+        # differ" by. Here, not in config.json (the configuration as given, which loads as
+        # one: an unknown key is an error) nor environment.json (the machine and the code).
+        "data": data,
     }
     if result.restrictions_not_listed:
         summary["trading_restricted_not_listed"] = result.restrictions_not_listed
@@ -550,18 +557,39 @@ def check_record_lock(out: Path) -> None:
                 raise _record_lock_failed(lock, e) from e
 
 
-def remove_earlier_record(out: Path, run_id: str) -> list[str]:
+def data_record(config: Config) -> dict[str, Any]:
+    """What a run's summary.json records of its data (`data`): for data files (csv,
+    parquet), their SHA-256 as the run id hashes it, with how many files and bytes
+    (`app.data_fingerprint_of`); for frames passed in Python, their digest (`data.digest`,
+    which config.json and the run id hold too); the bundled series, the source alone (they
+    ship in the `arch` package, whose version environment.json records). A record made
+    before this has no `data`: `tradingd compare` says "not recorded"."""
+    fingerprint = data_fingerprint_of(config)
+    if fingerprint is not None:
+        return fingerprint
+    digest = getattr(config.data, "digest", "")
+    if digest:
+        return {"source": config.data.source, "digest": digest}
+    return {"source": config.data.source}
+
+
+def remove_earlier_record(
+    out: Path, run_id: str, data: Mapping[str, Any] | None = None
+) -> list[str]:
     """A rerun's store and audit log have just dropped the run id's earlier record: its
     files in the output folder go too, when the folder holds that run id's record (its
     summary.json names it; an --output folder may hold another run's). Else a rerun stopped
     early (or failed) left the earlier run's whole record there, which the store no longer
     held. Other files stay. Under the folder's lock: another run writing its record there
-    meanwhile would have lost the files it had written so far."""
+    meanwhile would have lost the files it had written so far. `data`: this run's
+    `data_record`; a record of the same run id made on other data (a fixed `run.run_id`,
+    whose id does not name the data) is removed with a warning naming both digests
+    (`backtest.earlier_record_of_other_data`)."""
     if not (out / "summary.json").is_file():
         return []  # no record of a run here (and no folder to put a lock file in)
     try:
         with _record_locked(out):  # a lock that fails: TradingdError, before the replay
-            return _remove_record_of(out, run_id)
+            return _remove_record_of(out, run_id, data)
     except OSError as e:
         # A folder this process cannot write: the write at the end says so (an error).
         log.warning(
@@ -574,13 +602,26 @@ def remove_earlier_record(out: Path, run_id: str) -> list[str]:
         return []
 
 
-def _remove_record_of(out: Path, run_id: str) -> list[str]:
+def _remove_record_of(out: Path, run_id: str, data: Mapping[str, Any] | None) -> list[str]:
     try:
-        earlier = json.loads((out / "summary.json").read_text(encoding="utf-8")).get("run_id")
+        summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        earlier = summary.get("run_id")
     except (OSError, ValueError, AttributeError):
         return []  # no record of a run here (or not one tradingd can read)
     if earlier != run_id:
         return []
+    was, now = (data_digest(d) for d in (summary.get("data"), data))
+    if was and now and was != now:
+        log.warning(
+            "backtest.earlier_record_of_other_data",
+            run_id=run_id,
+            folder=str(out),
+            earlier_data=was,
+            data=now,
+            detail="the record replaced here was made on other data under the same run "
+            "id (a fixed run.run_id names a run whatever its data): give each data set its "
+            "own run.run_id or --output folder to keep both records",
+        )
     removed = []
     for name in RECORD_FILES:
         path = out / name

@@ -135,7 +135,12 @@ async def test_run_backtest_equals_tradingd_backtest_on_the_bundled_data(in_tmp)
     pd.testing.assert_frame_equal(out["orders"], as_facade(ref.orders), rtol=1e-12)
     assert out["trades"] is out["fills"]
     assert set(out["metrics"]) == set(ref.summary)
-    for key, value in {**ref.summary, "run_id": out["run_id"]}.items():
+    # The data by their digest: the frames' (config.json's data.digest); the bundled series
+    # none.
+    data = out["metrics"]["data"]
+    assert data == {"source": "frames", "digest": out["config"].data.digest}
+    assert ref.summary["data"] == {"source": "bundled"}
+    for key, value in {**ref.summary, "run_id": out["run_id"], "data": data}.items():
         got = out["metrics"][key]
         if isinstance(value, float):
             assert got == pytest.approx(value, rel=1e-9, nan_ok=True), key
