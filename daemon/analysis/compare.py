@@ -5,10 +5,15 @@ Why: the same commit, data and configuration can give other fills on another mac
 and OpenBLAS's kernels differ in the last bits, and a ranking strategy turns a last-bit
 difference into another order: `environment.py`), and a rerun after a change gives other
 numbers by design. Before suspecting the code, a quant needs to see what differs between the
-two records (the configuration, the packages and the CPU features, the build) and where the
-runs part: the first bar whose equity differs and the first fill that differs. Everything
-before that point is the same run. It reads the record folders only (config.json,
+two records (the data, the configuration, the packages and the CPU features, the build) and
+where the runs part: the first bar whose equity differs and the first fill that differs.
+Everything before that point is the same run. It reads the record folders only (config.json,
 environment.json, summary.json, equity.csv, fills.csv) and replays nothing.
+
+The data are compared by the digest summary.json records (`data`: `backtest.data_record`,
+the data files' SHA-256): a file rewritten in place under the same path was "the same
+configuration" and "the same environment", the cause of the other path not named. A record
+made before digests were recorded says "not recorded", not a difference.
 
 Comparisons are exact: a record's CSV holds each float's shortest repr, so equal runs are
 equal to the bit, and a last-bit difference (another BLAS kernel) is what this is for.
@@ -29,9 +34,17 @@ from typing import Any
 
 import numpy as np
 
+from ..feeds.fingerprint import data_digest, data_text
 from .run_records import _json_file, check_fill_count, record_folder
 
-__all__ = ["CodeChange", "Comparison", "compare_runs", "flatten", "render", "with_plugin_defaults"]
+__all__ = [
+    "CodeChange",
+    "Comparison",
+    "compare_runs",
+    "flatten",
+    "render",
+    "with_plugin_defaults",
+]
 
 #: The fills' columns compared (run-specific ids left out: they name the run).
 FILL_FIELDS = ("time", "symbol", "side", "quantity", "price", "commission")
@@ -155,6 +168,21 @@ class Comparison:
     at_default: list[str] = field(default_factory=list)
     defaults_unknown: list[str] = field(default_factory=list)
     run_ids: tuple[Any, Any] = (None, None)
+    # summary.json's `data` of A and B (`_MISSING` where a record has none: an older one).
+    data: tuple[Any, Any] = (_MISSING, _MISSING)
+
+    @property
+    def same_data(self) -> bool | None:
+        """Both records' data digests, and equal; None when either has none (a record made
+        before they were recorded, the bundled series) and the sources do not tell them
+        apart."""
+        da, db = (data_digest(d) for d in self.data)
+        if da is not None and db is not None:
+            return da == db
+        sa, sb = (d.get("source") if isinstance(d, Mapping) else None for d in self.data)
+        if sa is not None and sb is not None and sa != sb:
+            return False  # another kind of data (bundled against a file)
+        return None
 
     @property
     def same_path(self) -> bool:
@@ -200,6 +228,12 @@ class Comparison:
             "params_at_default": list(self.at_default),
             "plugin_defaults_unknown": list(self.defaults_unknown),
             "run_ids": list(self.run_ids),
+            "data": {
+                "same": self.same_data,
+                "a": _shown(self.data[0]),
+                "b": _shown(self.data[1]),
+                "not_recorded": [x for x, d in zip("ab", self.data, strict=True) if d is _MISSING],
+            },
         }
 
     @property
@@ -209,6 +243,7 @@ class Comparison:
         run's order ids and its resume depend on it, so that stays)."""
         ids_differ = self.run_ids[0] != self.run_ids[1] and None not in self.run_ids
         inputs_differ = any(k.startswith("run_inputs") for k, _, _ in self.metrics.diffs)
+        inputs_differ = inputs_differ or self.same_data is False  # the data: in the id too
         return bool(self.at_default) and ids_differ and not self.config.diffs and not inputs_differ
 
 
@@ -518,6 +553,8 @@ def compare_runs(a: Path, b: Path) -> Comparison:
         code = _code_changes(*pair)
     sa = dict(ra.extra.get("metrics") or {})
     sb = dict(rb.extra.get("metrics") or {})
+    # The data digest is said on its own line, not among the metrics (`Comparison.data`).
+    data = (sa.pop("data", _MISSING), sb.pop("data", _MISSING))
     if sa and sb:
         metrics = Section(differences(sa, sb))
     else:
@@ -541,7 +578,25 @@ def compare_runs(a: Path, b: Path) -> Comparison:
         # Only where a param is absent on one side: else their defaults changed nothing.
         sorted(unknown) if any(_absent_param(d) for d in config.diffs) else [],
         (sa.get("run_id"), sb.get("run_id")),
+        data,
     )
+
+
+def _data_text(data: Any) -> str:
+    if data is _MISSING:
+        return "not recorded (a record made before data digests were)"
+    return data_text(data)
+
+
+def _data_lines(c: Comparison) -> list[str]:
+    da, db = c.data
+    if c.same_data:
+        return [f"the same data: {_data_text(da)}"]
+    if c.same_data is False:
+        return ["the data differ:", f"  A {_data_text(da)}", f"  B {_data_text(db)}"]
+    if da is _MISSING and db is _MISSING:
+        return ["data: not recorded by either record (made before data digests were)"]
+    return ["data: not compared:", f"  A {_data_text(da)}", f"  B {_data_text(db)}"]
 
 
 def _absent_param(diff: tuple[str, Any, Any]) -> bool:
@@ -647,6 +702,8 @@ def render(c: Comparison) -> str:
                 lines.append(f"    (in {', '.join(fields)})")
         else:
             lines.append("  the same fills")
+    lines.append("")
+    lines.extend(_data_lines(c))
     for title, s, empty in (
         ("configuration", c.config, _same_config(c)),
         ("environment (packages, CPU features, build)", c.environment, "the same environment"),
