@@ -41,6 +41,7 @@ import structlog
 from .config import Config, PluginSpec, build, load_config
 from .core.errors import ConfigError, TradingdError
 from .engine.plugins import RUN_KEYS
+from .logs import unfiltered
 
 log = structlog.get_logger(__name__)
 
@@ -131,8 +132,11 @@ def log_report(report: ReloadReport, **fields: Any) -> None:
             **fields,
         )
         return
+    # Written whatever the level (`logs.unfiltered`): a SIGHUP that lowered `log.level` to
+    # "warning" filtered out its own confirmation, and nothing said it had been applied.
+    always = unfiltered(__name__)
     if report.applied:
-        log.info(
+        always.info(
             "config.reloaded",
             applied=report.applied,
             changes=report.changes,
@@ -140,7 +144,7 @@ def log_report(report: ReloadReport, **fields: Any) -> None:
             **fields,
         )
     elif not report.not_reloaded:
-        log.info("config.reload_unchanged", detail="nothing changed", **fields)
+        always.info("config.reload_unchanged", detail="nothing changed", **fields)
     if report.not_reloaded:
         log.warning(
             "config.not_reloaded",

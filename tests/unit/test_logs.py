@@ -134,3 +134,27 @@ def test_the_environments_credentials_are_masked_in_every_line_and_traceback(cap
         assert lines[1]["detail"] == "key ***"
     finally:
         structlog.reset_defaults()
+
+
+def test_a_reload_that_lowers_the_level_still_says_it_was_applied(capsys):
+    """A SIGHUP setting `log.level = "warning"` applied it, then its own `config.reloaded`
+    (an info line) was filtered out: nothing confirmed the reload. Other info lines stay
+    filtered."""
+    from tradingd.reload import ReloadReport, log_report
+
+    try:
+        configure_logging("warning", "json")
+        log_report(
+            ReloadReport(applied=["log.level"], changes={"log.level": ["info", "warning"]}),
+            signal="SIGHUP",
+        )
+        log_report(ReloadReport(), signal="SIGHUP")
+        structlog.get_logger("t").info("other.info")
+        lines = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
+        assert [(r["event"], r["level"]) for r in lines] == [
+            ("config.reloaded", "info"),
+            ("config.reload_unchanged", "info"),
+        ]
+        assert lines[0]["changes"] == {"log.level": ["info", "warning"]}
+    finally:
+        structlog.reset_defaults()
