@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
@@ -447,6 +448,10 @@ class AlpacaDataClient:
         token: str | None = None
         seen: set[str] = set()
         pages = 0
+        # The pages the window can fill (every symbol a bar every interval, calendar time
+        # included), twice over: a server handing out new tokens for ever was followed for
+        # ever (only a token repeated ended it).
+        most = 2 * (1 + math.ceil(len(symbols) * ((end - start) / interval.delta + 1) / PAGE_SIZE))
         # Page by page, each one request and one attempt of the caller (its limiter token,
         # timeout and retries): alpaca-py's `get_stock_bars` walks `next_page_token` inside
         # one call, so a window of k pages had one timeout and one token for all of them,
@@ -468,6 +473,14 @@ class AlpacaDataClient:
                 break
             if token in seen:  # the pages would never end
                 raise make_error(SOURCE, "malformed", "a next_page_token came twice")
+            if pages >= most:
+                raise make_error(
+                    SOURCE,
+                    "malformed",
+                    f"still a next_page_token after {pages} pages, more than {len(symbols)} "
+                    f"symbol(s) of {interval.name} bars from {start.isoformat()} to "
+                    f"{end.isoformat()} can fill ({PAGE_SIZE} bars a page)",
+                )
             seen.add(token)
         text = await asyncio.to_thread(json.dumps, bars)
         fetched_at = now
