@@ -398,6 +398,11 @@ _VENDOR_DEFAULTS: dict[str, dict[str, Any]] = {
 # ----------------------------------------------------------------------------- breaker, budget
 
 
+# A call the open breaker would refuse waits for its probe when the probe is due within this
+# many seconds (`ResilientCaller._admitted`), rather than fail an instant before it.
+PROBE_DUE_WAIT_S = 1.0
+
+
 class CircuitBreaker:
     """closed -> open after `failure_threshold` consecutive failures -> half-open after
     `reset_timeout_s` (one probe at a time) -> closed on a success, open again on a failure.
@@ -732,10 +737,22 @@ class ResilientCaller:
     async def _admitted(self, what: str, attempt: int) -> None:
         """Return when the circuit lets this call try: at once when closed; after the probe's
         verdict when half-open with a probe running (so a recovering source serves every
-        waiting symbol, not just the probe's); never when open (circuit_open)."""
+        waiting symbol, not just the probe's); never when open (circuit_open), unless its
+        probe is due within `PROBE_DUE_WAIT_S`: then it waits for it, once. A live feed's
+        breaker whose reset time is its bar's length (60 s at 1-minute bars) reopens to a
+        probe at each release: the engine's retry of the bars missed in the outage, asked
+        first, was refused a few milliseconds before it, and the new bar's fetch, an instant
+        later, was the probe that found the source back; the missed bars were then lost
+        although the source had them."""
+        waited = False
         while True:
             state = self.breaker.state
             if state == CircuitBreaker.OPEN:
+                due = self.breaker.retry_in_s()
+                if not waited and due <= PROBE_DUE_WAIT_S:
+                    waited = True
+                    await self._sleep(due)
+                    continue
                 raise self._circuit_open(what, attempt)
             if state == CircuitBreaker.HALF_OPEN and self.breaker.probing:
                 if self._verdict is None:

@@ -519,6 +519,37 @@ async def test_half_open_callers_wait_for_the_probe_verdict():
     assert sorted(e.kind for e in results) == ["circuit_open"] * 3 + ["http_5xx"]
 
 
+async def test_a_call_an_instant_before_the_probe_is_due_waits_for_it():
+    """At 1-minute bars with a 60 s reset the breaker reopens to a probe at each release:
+    the engine's retry of the bars missed in the outage came a few milliseconds before it
+    and was refused, the new bar's fetch an instant later was the probe, and the missed
+    bars were lost although the source had them back. A call up to a second early waits for
+    the probe (once); one earlier still fails fast."""
+    clock = Clock()
+    c, sleeps = caller(
+        clock=clock, max_attempts=1, breaker_failure_threshold=1, breaker_reset_timeout_s=60
+    )
+    with pytest.raises(SourceUnavailable):
+        await c.call(Script(http(503)))
+    clock.t += 50  # 10 s early: refused at once, no wait
+    with pytest.raises(SourceUnavailable) as info:
+        await c.call(Script())
+    assert info.value.kind == "circuit_open" and sleeps.waits == []
+
+    real_sleep = sleeps.__call__
+
+    async def passing(seconds: float) -> None:  # the wait lets the clock reach the probe
+        await real_sleep(seconds)
+        clock.t += seconds
+
+    c._sleep = passing
+    clock.t += 9.996  # 4 ms early
+    fn = Script()
+    assert await c.call(fn) == "ok"
+    assert fn.calls == 1 and c.breaker.state == CircuitBreaker.CLOSED
+    assert sleeps.waits == [pytest.approx(0.004)]
+
+
 class SteppingClock(Clock):
     """A clock that, once armed with `reads`, answers them in turn (then the last one):
     the instants of successive reads, to put a breaker's reset time between two of them."""
