@@ -518,11 +518,22 @@ def _is_retryable(error: BaseException) -> bool:
 
 
 class _TradeStream(TradingStream):
-    """alpaca-py's stream, telling us when it is listening and when the socket is gone."""
+    """alpaca-py's stream, telling us when it is listening and when the socket is gone, and
+    giving up a login that gets no answer (`AUTH_TIMEOUT_S`)."""
+
+    # alpaca-py's `_auth` waits for the answer to its login with no timeout: a server that
+    # accepted the socket and never answered left the stream "connecting" for good (the
+    # pings kept it open). A TimeoutError is its connect failing: closed, retried after its
+    # backoff.
+    AUTH_TIMEOUT_S = 30.0
 
     def __init__(self, *args: Any, on_state: Callable[[bool], None], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._on_state = on_state
+
+    async def _auth(self) -> None:
+        async with asyncio.timeout(self.AUTH_TIMEOUT_S):
+            await super()._auth()
 
     async def _dispatch(self, msg: dict[str, Any]) -> None:
         if isinstance(msg, dict) and msg.get("stream") == "listening":
