@@ -47,9 +47,11 @@ log = structlog.get_logger(__name__)
 #: The memo file in the data cache's folder (`_evict` leaves files not its own alone).
 MEMO_FILE = "file_digests.json"
 #: Digests kept in the memo (in this process and on disk), the oldest dropped first: one per
-#: version of a data file, about 150 bytes each.
+#: version of a data file or folder (its files' keys hashed into one), about 150 bytes each.
+#: One entry a file made a folder of more files than this hash most of them again at every
+#: call, and two folders of 600 files evict each other's.
 MEMO_ENTRIES = 1024
-_MEMO_FORMAT = 1
+_MEMO_FORMAT = 2
 
 _memo: OrderedDict[str, str] = OrderedDict()
 
@@ -64,30 +66,39 @@ def data_fingerprint(
     inputs = _input_files(source, path)
     if not inputs:
         return None
-    disk = _read_memo(memo_dir) if memo_dir is not None else {}
     root = Path(str(path)).resolve()
-    lines, total, added = [], 0, False
-    for f in inputs:
-        key = "|".join(str(f[k]) for k in ("path", "size", "mtime_ns", "ctime_ns", "inode"))
-        digest = _memo.get(key) or disk.get(key)
-        if digest is None:
+    total = sum(int(f["size"]) for f in inputs)
+    # The data cache's key of every file (path, size, mtime, ctime, inode), as one: any file
+    # changed, added or removed is another version of the whole, hashed again.
+    key = hashlib.sha256(
+        "\n".join(
+            "|".join(str(f[k]) for k in ("path", "size", "mtime_ns", "ctime_ns", "inode"))
+            for f in inputs
+        ).encode()
+    ).hexdigest()
+    sha = _memo.get(key)
+    disk = None
+    if sha is None and memo_dir is not None:
+        disk = _read_memo(memo_dir)
+        sha = disk.get(key)
+    if sha is None:
+        lines = []
+        for f in inputs:
             try:
                 with open(f["path"], "rb") as fh:
                     digest = hashlib.file_digest(fh, "sha256").hexdigest()
             except OSError:
                 return None
-            disk[key] = digest
-            added = True
-        _remember(key, digest)
-        name = Path(f["path"]).name if len(inputs) == 1 else _relative(f["path"], root)
-        lines.append(f"{digest}  {name}\n")
-        total += int(f["size"])
-    if added and memo_dir is not None:
-        _write_memo(memo_dir, disk)
-    if len(inputs) == 1 and not root.is_dir():
-        sha = lines[0].split(" ", 1)[0]
-    else:
-        sha = hashlib.sha256("".join(lines).encode()).hexdigest()
+            name = Path(f["path"]).name if len(inputs) == 1 else _relative(f["path"], root)
+            lines.append(f"{digest}  {name}\n")
+        if len(inputs) == 1 and not root.is_dir():
+            sha = lines[0].split(" ", 1)[0]
+        else:
+            sha = hashlib.sha256("".join(lines).encode()).hexdigest()
+        if disk is not None and memo_dir is not None:
+            disk[key] = sha
+            _write_memo(memo_dir, disk)
+    _remember(key, sha)
     return {"source": source, "sha256": sha, "files": len(inputs), "bytes": total}
 
 

@@ -104,6 +104,27 @@ def test_the_memo_is_bounded(tmp_path, monkeypatch):
     assert len(json.loads((cache / MEMO_FILE).read_text())["digests"]) == 3
 
 
+def test_a_folder_of_more_files_than_the_memo_holds_is_read_once(tmp_path, monkeypatch):
+    """One memo entry a file: a folder of 1,100 files (the memo holds 1,024) had 76 of them
+    read again at every call, in a new process too. A folder's version is one entry now."""
+    folder = tmp_path / "per_symbol"
+    folder.mkdir()
+    for i in range(1100):
+        (folder / f"S{i:04d}.csv").write_bytes(f"{i}".encode())
+    cache = tmp_path / "cache"
+    read = _count_reads(monkeypatch)
+    first = data_fingerprint("csv", str(folder), cache)
+    assert first is not None and first["files"] == 1100 and len(read) == 1100
+    assert data_fingerprint("csv", str(folder), cache) == first and len(read) == 1100
+    monkeypatch.setattr(fingerprint, "_memo", type(fingerprint._memo)())  # a new process
+    assert data_fingerprint("csv", str(folder), cache) == first and len(read) == 1100
+    import json
+
+    assert len(json.loads((cache / MEMO_FILE).read_text())["digests"]) == 1
+    (folder / "S0007.csv").write_bytes(b"changed")  # another version of the folder
+    assert data_fingerprint("csv", str(folder), cache)["sha256"] != first["sha256"]
+
+
 def _config(tmp_path: Path, data: Path):
     cfg = tmp_path / "c.toml"
     cfg.write_text(
