@@ -70,7 +70,8 @@ def run_id_for(config: Config, mode: str, inputs: Sequence[Any] | None = None) -
     A backtest's id names its data files by content too (`data_fingerprint_of`: their
     SHA-256, for data.source csv or parquet): a file rewritten in place, its mtime restored,
     kept the id, and the rerun replaced the first run's record (rows, audit, run folder)
-    with one on other data. A live run's id does not: its identity is its configuration,
+    with one on other data; so does a walk-forward's (its folder and its folds' prefix). A
+    live run's id does not: its identity is its configuration,
     and its data grow. A fixed `run.run_id` is the id whatever the data (the backtest warns
     when the record it replaces was made on other data: `backtest.remove_earlier_record`)."""
     if config.run.run_id:
@@ -84,6 +85,9 @@ def run_id_for(config: Config, mode: str, inputs: Sequence[Any] | None = None) -
         inputs = plugin_run_inputs(config) if inputs is None else inputs
         if inputs:  # (none: the id it always had)
             decisive["plugin_inputs"] = list(inputs)
+    if mode in ("backtest", "walkforward"):
+        # A walk-forward's id is its folder's and its folds' prefix: the same file rewritten
+        # replaced the first analysis as a backtest's record was.
         data = data_fingerprint_of(config)
         if data is not None:  # (none, the bundled series and frames: the id they had)
             decisive["data_sha256"] = data["sha256"]

@@ -333,7 +333,7 @@ class WalkForwardAnalyzer:
     def assemble(self, results: Sequence[Mapping[str, Any]], panel: Panel) -> dict[str, Any]:
         """The walk-forward's results from its folds' (a JSON-ready dict; NaN where a number
         cannot be computed)."""
-        from ..app import run_id_for
+        from ..app import data_fingerprint_of, run_id_for
 
         perf = self.performance_for(panel)
         cap = float(self.config.run.initial_capital)
@@ -359,6 +359,9 @@ class WalkForwardAnalyzer:
                 "tradingd": self.config.to_public_dict(),
             },
             "data": {
+                # The data files by content (None: the bundled series), as a backtest's
+                # summary.json records them.
+                "sha256": (data_fingerprint_of(self.config) or {}).get("sha256"),
                 "symbols": list(panel.symbols),
                 "bars": len(panel.times),
                 "first": bar_label(panel.times[0]),

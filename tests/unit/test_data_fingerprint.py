@@ -148,3 +148,23 @@ def test_a_backtests_run_id_names_its_data_a_live_runs_does_not(tmp_path):
     # The bundled series: the id it always had (no data digest in it).
     bundled = load_config([], env={})
     assert run_id_for(bundled, "backtest").startswith("default-backtest-")
+
+
+def test_a_walk_forwards_id_names_its_data_too(tmp_path):
+    """A walk-forward's id is its output folder's name and its folds' prefix: on a file
+    rewritten in place (its mtime restored) the rerun used the same folder and replaced
+    the first analysis."""
+    from tradingd.analysis.walkforward_cli import default_out
+    from tradingd.analysis.walkforward_folds import WalkForwardConfig
+
+    data = tmp_path / "bars.csv"
+    data.write_bytes(b"2020-01-02,AAA,10.5\n")
+    config = _config(tmp_path, data)
+    wf = WalkForwardConfig()
+    first, folder = run_id_for(config, "walkforward"), default_out(config, wf)
+    assert run_id_for(config, "walkforward") == first  # stable for the same bytes
+    st = data.stat()
+    data.write_bytes(b"2020-01-02,AAA,15.0\n")
+    os.utime(data, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert run_id_for(config, "walkforward") != first
+    assert default_out(config, wf) != folder
