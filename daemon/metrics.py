@@ -50,6 +50,11 @@ def stage_means_ms() -> dict[str, float]:
 
 
 ORDERS = Counter("tradingd_orders", "Order state changes by status", ["status"], registry=REGISTRY)
+CONTROL_UNAUTHORIZED = Counter(
+    "tradingd_control_unauthorized",
+    "Control requests refused for a missing or wrong bearer token",
+    registry=REGISTRY,
+)
 RISK_VERDICTS = Counter(
     "tradingd_risk_verdicts",
     "Risk verdicts by plugin and rule",

@@ -241,6 +241,8 @@ class HealthServer:
         self._unauthorized = 0
         self._unauthorized_said = 0
         self._unauthorized_line_at: float | None = None
+        self._unauthorized_action = ""
+        self._unauthorized_remotes: set[str] = set()  # since the last line, at most 10
         self.replace_inputs(checks, status, controls)
 
     def replace_inputs(
@@ -344,6 +346,7 @@ class HealthServer:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
+        self._say_refusals(self._clock(), at_stop=True)
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()  # no new connections; runner.cleanup() ends the open ones
@@ -388,6 +391,7 @@ class HealthServer:
             self._lag = max(0.0, loop.time() - due)
             self._max_lag = max(self._max_lag, self._lag)
             self._tick()
+            self._say_refusals(self._clock())
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
         """(alive, the `/health` body)."""
@@ -585,19 +589,31 @@ class HealthServer:
 
     def _refused_control(self, action: str, remote: str | None) -> None:
         self._unauthorized += 1
-        now = self._clock()
+        metrics.CONTROL_UNAUTHORIZED.inc()
+        self._unauthorized_action = action
+        if len(self._unauthorized_remotes) < 10:
+            self._unauthorized_remotes.add(remote or "unknown")
+        self._say_refusals(self._clock())
+
+    def _say_refusals(self, now: float, *, at_stop: bool = False) -> None:
+        """The refusals not said yet, in one line: at once after a quiet minute, else a
+        minute after the last line (from a refusal or the ticker), and at stop. Refusals
+        after the last line waited for another refusal before, and a burst followed by
+        silence was never said."""
+        pending = self._unauthorized - self._unauthorized_said
         last = self._unauthorized_line_at
-        if last is not None and now - last < _UNAUTHORIZED_LINE_S:
+        if not pending or (not at_stop and last is not None and now - last < _UNAUTHORIZED_LINE_S):
             return
         log.warning(
             "health.control_unauthorized",
-            action=action,
-            remote=remote,
+            action=self._unauthorized_action,
+            remotes=sorted(self._unauthorized_remotes),
             refused=self._unauthorized,
-            refused_since_last_line=self._unauthorized - self._unauthorized_said,
+            refused_since_last_line=pending,
             next_line_after_s=_UNAUTHORIZED_LINE_S,
         )
         self._unauthorized_said, self._unauthorized_line_at = self._unauthorized, now
+        self._unauthorized_remotes = set()
 
     async def _control(self, request: web.Request, action: str) -> web.Response:
         if self._token is None:

@@ -665,6 +665,33 @@ async def test_a_loop_of_wrong_tokens_is_a_line_a_minute_with_its_count(serve, h
     assert [(e["refused"], e["refused_since_last_line"]) for e in said] == [(1, 1), (51, 50)]
     assert [e["action"] for e in said] == ["pause", "resume"]
     assert all(e["log_level"] == "warning" for e in said)
+    assert all(e["remotes"] == ["127.0.0.1"] for e in said)
+
+
+async def test_refusals_after_the_last_line_are_said_by_the_ticker_and_at_stop(serve, http):
+    """A burst of wrong tokens, then silence: the refusals after the first line waited for
+    another refusal a minute later to be said, and were never said. They are said a minute
+    after the last line (the ticker) or at stop, and counted in /metrics."""
+    now = [1000.0]
+    server = await serve(controls=RecordingControls(), token=TOKEN, clock=lambda: now[0])
+    before = metrics.REGISTRY.get_sample_value("tradingd_control_unauthorized_total") or 0
+    with capture_logs() as logs:
+        for _ in range(10):
+            await post(http, server, "/pause", "Bearer guess")
+        server._say_refusals(now[0])  # the ticker, within the minute: nothing yet
+        now[0] += 61.0
+        server._say_refusals(now[0])  # the ticker, a minute on
+        for _ in range(3):
+            await post(http, server, "/pause", "Bearer guess")
+        await server.stop()
+    said = [e for e in logs if e["event"] == "health.control_unauthorized"]
+    assert [(e["refused"], e["refused_since_last_line"]) for e in said] == [
+        (1, 1),
+        (10, 9),
+        (13, 3),
+    ]
+    after = metrics.REGISTRY.get_sample_value("tradingd_control_unauthorized_total")
+    assert after == before + 13
 
 
 # --------------------------------------------------------------------------------- liveness
