@@ -449,9 +449,11 @@ class AlpacaDataClient:
         seen: set[str] = set()
         pages = 0
         # The pages the window can fill (every symbol a bar every interval, calendar time
-        # included), twice over: a server handing out new tokens for ever was followed for
-        # ever (only a token repeated ended it).
-        most = 2 * (1 + math.ceil(len(symbols) * ((end - start) / interval.delta + 1) / PAGE_SIZE))
+        # included), twice over, and two a symbol more (pages not filled to the limit, one
+        # a symbol, are not ruled out by Alpaca's documentation): a server handing out new
+        # tokens for ever was followed for ever (only a token repeated ended it).
+        full = math.ceil(len(symbols) * ((end - start) / interval.delta + 1) / PAGE_SIZE)
+        most = 2 * (1 + full) + 2 * len(symbols)
         # Page by page, each one request and one attempt of the caller (its limiter token,
         # timeout and retries): alpaca-py's `get_stock_bars` walks `next_page_token` inside
         # one call, so a window of k pages had one timeout and one token for all of them,
