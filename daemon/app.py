@@ -2022,6 +2022,15 @@ def health_inputs(
             data = {"last": last, "expected": expected}
             if expected is None or (last is not None and last >= expected):
                 return CheckResult(True, f"last bar {last}", data)
+            failing = engine.warmup_failing if engine.warming_up else None
+            if failing is not None:
+                # Not the warm-up's usual lag: its source fails (retried with backoff).
+                return CheckResult(
+                    False,
+                    f"warming up: the source failed {failing[0]} time(s) and is retried: "
+                    f"{failing[1]}",
+                    data,
+                )
             if engine.warming_up:
                 # The history before the first live bar, stepped at once: behind by design,
                 # not a feed that is late (which "older than expected" read as).

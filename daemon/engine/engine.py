@@ -624,6 +624,8 @@ class Engine:
         self._warmup = warmup
         self._warmup_bars = 0
         self._warming_up = False  # set while `_warm_up` steps the history bars (/ready)
+        # (attempts, last error) while the warm-up's source fails and is retried (/ready).
+        self._warmup_failing: tuple[int, str] | None = None
         # Bars this process scored, and per signal plugin (by id) how many of the first ones
         # it had no view at, up to its first view (`_score`): a signal that returned NaN at
         # every bar traded nothing, exit 0, without a word.
@@ -2633,7 +2635,7 @@ class Engine:
         try:
             await self._warm_up_bars(self._warmup)
         finally:
-            self._warming_up = False
+            self._warming_up, self._warmup_failing = False, None
 
     async def _warm_up_bars(
         self, warmup: Callable[[datetime | None], AsyncIterator[CrossSection]]
@@ -2660,6 +2662,7 @@ class Engine:
                             self._never_traded()
                             self._caught_up_untraded += 1
                         await self.step(bar, trade=False)
+                        self._warmup_failing = None
                         first = first or bar.time
                         n += 1
                         if self._stop_requested:
@@ -2679,6 +2682,7 @@ class Engine:
                 # /ready naming the source) rather than exit and be restarted in a loop.
                 attempt += 1
                 text = str(exc)
+                self._warmup_failing = (attempt, text)
                 same = (
                     (text, datetime.now(UTC), 1)
                     if same is None or same[0] != text
@@ -2808,6 +2812,11 @@ class Engine:
     def warming_up(self) -> bool:
         """Whether the start's warm-up is stepping history bars now (nothing traded yet)."""
         return self._warming_up
+
+    @property
+    def warmup_failing(self) -> tuple[int, str] | None:
+        """(attempts, the last error) while the warm-up's source fails and is retried."""
+        return self._warmup_failing
 
     @property
     def warmup_bars(self) -> int:

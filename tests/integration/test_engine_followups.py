@@ -435,6 +435,35 @@ async def test_live_warmup_retries_a_source_that_is_down_at_start(engine_config,
     assert result.warmup_bars == 60 and result.bars == 60 and result.orders > 0
 
 
+async def test_ready_says_a_warm_up_whose_source_fails_is_failing_not_warming_up(engine_config):
+    """While the warm-up's source was down and retried, /ready's `last_bar` said "warming
+    up: no history bar stepped yet", an expected failure logged at info: as a start going
+    well. It names the failures now, and is a failure like any other."""
+    from datetime import UTC, datetime
+
+    from tradingd.app import health_inputs
+
+    error = "yahoo: no symbol could be fetched (kinds: http_5xx)"
+    engine, _waits = _warm_up_failing(engine_config, [error] * 2)
+    engine.clock.expected_latest = lambda now=None: datetime(2100, 1, 1, tzinfo=UTC)
+    checks, _status, _controls = health_inputs(engine)
+    [last_bar] = [c for c in checks if c.name == "last_bar"]
+    seen = []
+    wait = engine._sleep_unless_stopped
+
+    async def probing(seconds: float) -> bool:
+        seen.append(last_bar.probe())
+        return await wait(seconds)
+
+    engine._sleep_unless_stopped = probing
+    await engine.run_until_done()
+    assert [r.detail for r in seen] == [
+        f"warming up: the source failed {n} time(s) and is retried: {error}" for n in (1, 2)
+    ]
+    assert all(not r.ok and not r.expected for r in seen)
+    assert engine.warmup_failing is None
+
+
 @pytest.mark.parametrize("stuck_s", [0.0, 300.0])
 async def test_a_warm_up_failing_the_same_way_for_long_is_said_once_as_an_error(
     engine_config, monkeypatch, stuck_s
