@@ -302,9 +302,28 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_RETRAIN_ROOT,
         help=f"model root with versions/ and current (default: {DEFAULT_RETRAIN_ROOT})",
     )
-    rt.add_argument("--window-bars", type=int, default=1260)
-    rt.add_argument("--min-directional-accuracy", type=float, default=0.5)
-    rt.add_argument("--max-mse-ratio", type=float, default=1.05)
+    rt.add_argument(
+        "--window-bars",
+        type=int,
+        default=1260,
+        help="the latest bars of the data it trains on, the features' and model's warm-up "
+        "included (default: 1260, about five years of daily bars)",
+    )
+    rt.add_argument(
+        "--min-directional-accuracy",
+        type=float,
+        default=0.5,
+        help="publish only if the candidate's test-split directional accuracy is at least "
+        "this (default: 0.5; the card's always_up baseline is the share of up moves)",
+    )
+    rt.add_argument(
+        "--max-mse-ratio",
+        type=float,
+        default=1.05,
+        help="publish only if its test MSE is at most this times the zero forecast's "
+        "(default: 1.05). Exit 0 published, 3 rejected (the current model kept), 78 a "
+        "set-up mistake, 2 another error",
+    )
 
     fe = sub.add_parser("fetch", help="load the configured data source into the store's bars")
     common(fe)

@@ -33,6 +33,7 @@ def baselines(y: np.ndarray, last_return: np.ndarray) -> dict[str, dict[str, flo
         "zero": metrics(y, np.zeros_like(y)),
         "persistence": metrics(y, last_return),
         # always up: its directional accuracy is the share of up moves, the bar for any
-        # direction claim on an index that mostly rose
+        # direction claim on an index that mostly rose. Only that: its other metrics are of a
+        # forecast of +1 (a log return of 100% a bar), its MSE about 1 beside models' 1e-4.
         "always_up": metrics(y, np.ones_like(y)),
     }
