@@ -7,6 +7,7 @@ parts chosen here (clock, feed, broker). Nothing else in tradingd branches on th
 from __future__ import annotations
 
 import asyncio
+import bisect
 import functools
 import hashlib
 import json
@@ -743,21 +744,39 @@ def warn_replay_in_sample(pipeline: Pipeline, times: Sequence[datetime]) -> None
     training or validation period: said for backtests (`backtest.in_sample`), not here, so
     the demo traded 2017 on a model validated through 2018 without a word."""
     for plugin, _ in pipeline.signals:
-        fitted = fitted_span(model_card(plugin))
-        if fitted is None:
-            continue
-        inside = [t for t in times if fitted[0] <= t.date() <= fitted[1]]
-        if inside:
-            log.warning(
-                "replay.in_sample",
-                plugin=plugin.name,
-                version=getattr(plugin, "version", None),
-                fitted_on=[d.isoformat() for d in fitted],
-                bars=len(inside),
-                of=len(times),
-                rule="these bars are in the model's training or validation period: the "
-                "replay's decisions there are in-sample",
-            )
+        version = getattr(plugin, "version", None)
+        check_replay_in_sample(model_card(plugin), times, plugin=plugin.name, version=version)
+
+
+def check_replay_in_sample(
+    card: Mapping[str, Any] | None,
+    times: Sequence[datetime],
+    *,
+    plugin: str,
+    version: Any,
+    path: Any = None,
+) -> None:
+    """`replay.in_sample` of a model (`card`: `card.json`'s content) over a replay's bars
+    `times`: at start (`warn_replay_in_sample`) and for a model taken up mid-replay, over
+    the bars still to come (`_check_reloaded_model`). `path`: its card, named when given."""
+    fitted = fitted_span(card)
+    if fitted is None:
+        return
+    inside = [t for t in times if fitted[0] <= t.date() <= fitted[1]]
+    if not inside:
+        return
+    named = {} if path is None else {"card": str(path)}
+    log.warning(
+        "replay.in_sample",
+        plugin=plugin,
+        version=version,
+        **named,
+        fitted_on=[d.isoformat() for d in fitted],
+        bars=len(inside),
+        of=len(times),
+        rule="these bars are in the model's training or validation period: the "
+        "replay's decisions there are in-sample",
+    )
 
 
 def _warn_other_universe(plugin: Any, features: Sequence[str], symbols: Sequence[str]) -> None:
@@ -802,7 +821,12 @@ def check_model_universe(
     )
 
 
-def warn_model_bar(pipeline: Pipeline, bar: str, symbols: Sequence[str] | None = None) -> None:
+def warn_model_bar(
+    pipeline: Pipeline,
+    bar: str,
+    symbols: Sequence[str] | None = None,
+    replay: Sequence[datetime] | None = None,
+) -> None:
     """A model trained on bars of another length than the run's (`model.bar_differs`,
     `check_model_bar`), at start and for every model a signal plugin takes up mid-run: a
     plugin that follows a published model offers `check_reloaded_models(check)` (see
@@ -811,7 +835,11 @@ def warn_model_bar(pipeline: Pipeline, bar: str, symbols: Sequence[str] | None =
     publishing to `var/models/current`) without a word: only the start was checked. With
     the run's `symbols`, the check of a model taken up mid-run also warns of one trained
     over another universe (`check_model_universe`, which `verify_model_features` runs at
-    start), after the bar check, so a model refused for its bar is not warned of too."""
+    start), after the bar check, so a model refused for its bar is not warned of too. With
+    the bars a replay (a recorded feed's live run) trades (`replay`), it also warns of one
+    fitted on the bars still to come (`replay.in_sample`, as `warn_replay_in_sample` at
+    start): a model retrained over the replayed years and taken up mid-replay decided
+    inside its own training span without a word, where a restart said it at once."""
     for plugin, _ in pipeline.signals:
         name = getattr(plugin, "name", type(plugin).__name__)
         card = model_card(plugin)
@@ -822,15 +850,26 @@ def warn_model_bar(pipeline: Pipeline, bar: str, symbols: Sequence[str] | None =
         watch = getattr(plugin, "check_reloaded_models", None)
         if callable(watch):
             run = None if symbols is None else tuple(symbols)
-            watch(functools.partial(_check_reloaded_model, bar=bar, symbols=run, plugin=name))
+            replayed = None if replay is None else tuple(replay)
+            check = functools.partial(
+                _check_reloaded_model, bar=bar, symbols=run, plugin=name, replay=replayed
+            )
+            watch(check)
 
 
 def _check_reloaded_model(
-    card: Any, *, bar: str, symbols: Sequence[str] | None, plugin: str
+    card: Any,
+    at: datetime | None = None,
+    *,
+    bar: str,
+    symbols: Sequence[str] | None,
+    plugin: str,
+    replay: Sequence[datetime] | None = None,
 ) -> None:
     """`check_model_bar`, then `check_model_universe` (with the run's `symbols`), of a model
     a plugin is about to take up mid-run (`card`: its `inference.onnx.ModelCard`), named by
-    its own version and card."""
+    its own version and card; then, in a replay (`replay`: its traded bars, in order),
+    `check_replay_in_sample` over its bars from `at` (the bar the model decides first)."""
     data = card.data
     version = data.get("model_version") if isinstance(data, Mapping) else None
     check_model_bar(data, bar, plugin=plugin, version=version, path=card.path)
@@ -839,6 +878,9 @@ def _check_reloaded_model(
         check_model_universe(
             data, features, symbols, plugin=plugin, version=version, path=card.path
         )
+    if replay is not None and at is not None and isinstance(data, Mapping):
+        ahead = replay[bisect.bisect_left(replay, at) :]
+        check_replay_in_sample(data, ahead, plugin=plugin, version=version, path=card.path)
 
 
 def check_model_bar(
@@ -1569,7 +1611,12 @@ def _assemble(
         prepare_for_replay(pipeline)
     portfolio = Portfolio(symbols, config.run.initial_capital, session_tz=session_zone(config, bar))
     verify_model_features(config, pipeline, symbols)
-    warn_model_bar(pipeline, bar, symbols)
+    replayed = None
+    if mode == "live" and not vendor:  # a recorded feed's live run replays past bars
+        assert panel is not None
+        replay_from = trade_start(config, panel)
+        replayed = [t for t in panel.datetimes() if replay_from is None or t >= replay_from]
+    warn_model_bar(pipeline, bar, symbols, replayed)
     names = feature_names(config, pipeline)
     warmup: Callable[[datetime | None], AsyncIterator[CrossSection]] | None
     if vendor:
@@ -1582,9 +1629,8 @@ def _assemble(
         swaps = choose_swaps(config, mode, panel, portfolio, names)
         trade_from = trade_start(config, panel)
         warn_if_clipped(config, panel)
-        if mode == "live":  # a recorded feed's live run replays past bars
-            traded = [t for t in panel.datetimes() if trade_from is None or t >= trade_from]
-            warn_replay_in_sample(pipeline, traded)
+        if replayed is not None:
+            warn_replay_in_sample(pipeline, replayed)
         warmup = recorded_warmup(panel, swaps.feed, trade_from) if mode == "live" else None
     run = RunInfo(
         run_id=run_id,

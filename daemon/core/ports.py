@@ -275,9 +275,11 @@ class RiskDecision:
 # live daemon's is not pinned, and takes up a newly published model at its next bar.
 # Such a plugin should define `check_reloaded_models(check) -> None`: the root hands it the
 # run's checks of a model (`app.warn_model_bar`: trained on bars of another length, then
-# over another universe with cross-sectional features), and the plugin calls `check(card)`
-# (the new model's `inference.onnx.ModelCard`) before the model serves; a `ConfigError` from
-# it refuses the model (the loaded one serves on).
+# over another universe with cross-sectional features; in a replay, fitted on its bars still
+# to come), and the plugin calls `check(card, at)` (the new model's
+# `inference.onnx.ModelCard`; `at`: the time of the first bar it would decide, None when not
+# known) before the model serves; a `ConfigError` from it refuses the model (the loaded one
+# serves on).
 # A signal plugin may define `async prepare_bar(ctx) -> None`: the engine awaits it before
 # `score(ctx)` on each trading bar (not on warm-up bars), for work the plugin must finish
 # before it scores and can do off the event loop (ml_ensemble loads a newly published model

@@ -71,6 +71,7 @@ import re
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from functools import lru_cache
 from importlib.resources import files
 from pathlib import Path
@@ -333,12 +334,13 @@ class _FailedLoad:
 @dataclass(frozen=True)
 class _Candidate:
     """A model folder to try at a bar: where, its files when found, and the bar's full
-    windows (`full`: the symbols that have one; `windows`: theirs, copied)."""
+    windows (`full`: the symbols that have one; `windows`: theirs, copied), and its time."""
 
     target: Path
     files: tuple[tuple[str, int, int, int, int], ...] | None
     full: np.ndarray
     windows: np.ndarray
+    at: datetime | None = None  # the bar's time: the first the model would decide
 
 
 @dataclass(frozen=True)
@@ -663,7 +665,7 @@ class MlEnsemble:
         # A reload's predictions of its bar's windows (keys under the new salt, values).
         self._checked: tuple[np.ndarray, np.ndarray] | None = None
         # The run's checks of a model taken up mid-run (`check_reloaded_models`).
-        self._model_checks: list[Callable[[ModelCard], None]] = []
+        self._model_checks: list[Callable[[ModelCard, datetime | None], None]] = []
         self._defer_cache()
 
     def required_features(self) -> tuple[str, ...]:
@@ -752,21 +754,23 @@ class MlEnsemble:
         results would come from two models, its summary naming only the last."""
         self._pinned = True
 
-    def check_reloaded_models(self, check: Callable[[ModelCard], None]) -> None:
-        """Run `check(card)` on each model found mid-run before it serves (see
-        `core.ports`): the run's own checks of its model (`app.warn_model_bar`: trained on
-        bars of another length, `model.bar_differs`; over another universe with
-        cross-sectional features, `model.universe_differs`), which its start made of the
-        model it loaded only. A `ConfigError` from it refuses the model, as one of another shape is
-        (`model.reload_refused`; the loaded one serves on)."""
+    def check_reloaded_models(self, check: Callable[[ModelCard, datetime | None], None]) -> None:
+        """Run `check(card, at)` on each model found mid-run before it serves (`at`: the time
+        of the bar it would decide first; see `core.ports`): the run's own checks of its
+        model (`app.warn_model_bar`: trained on bars of another length, `model.bar_differs`;
+        over another universe with cross-sectional features, `model.universe_differs`; in a
+        replay, fitted on the bars still to come, `replay.in_sample`), which its start made
+        of the model it loaded only. A `ConfigError` from it refuses the model, as one of
+        another shape is (`model.reload_refused`; the loaded one serves on)."""
         self._model_checks.append(check)
 
-    def _maybe_reload(self) -> None:
+    def _maybe_reload(self, at: datetime | None = None) -> None:
         """A model root's `current` link may have been switched by `tradingd retrain`: load
         the new version between bars (not once pinned), here, on the caller's thread. The
         engine calls `prepare_bar` instead, which loads it off the event loop; this is the
-        path of a plugin scored without it (`strategy_api`, a hand-made context)."""
-        found = self._candidate()
+        path of a plugin scored without it (`strategy_api`, a hand-made context). `at`: the
+        bar's time."""
+        found = self._candidate(at)
         if found is not None:
             outgoing = self._take_up(
                 found, _try_candidate(found, self.config.threads, self._shape())
@@ -791,7 +795,7 @@ class MlEnsemble:
         Cancelled meanwhile (a stop), the new version's file is read at its first
         prediction instead."""
         self._prepared = (ctx, self._push(ctx))
-        found = self._candidate()
+        found = self._candidate(ctx.time)
         if found is None:
             return
         try:
@@ -828,7 +832,7 @@ class MlEnsemble:
         batch: fixed for the plugin's life (a reload of another shape is refused)."""
         return _Shape(self.feature_set, self.window, len(self.symbols))
 
-    def _candidate(self) -> _Candidate | None:
+    def _candidate(self, at: datetime | None = None) -> _Candidate | None:
         """The model folder to try at this bar, if any. A candidate trained on other
         features is refused (by `_take_up`). The directory's identity (one stat) is checked
         every bar; the path is resolved only when it changed (a resolve stats every
@@ -862,7 +866,7 @@ class MlEnsemble:
         if failed is not None and failed.path == target:
             log.info("model.reload_retry", path=str(target), reason="its files changed")
         full = np.flatnonzero(self._filled >= self.window)
-        return _Candidate(target, files, full, self._windows(full))
+        return _Candidate(target, files, full, self._windows(full), at)
 
     def _take_up(self, found: _Candidate, trial: _Trial) -> MlEnsemble | None:
         """The candidate serves from now on, or its failure is logged and held for
@@ -872,7 +876,7 @@ class MlEnsemble:
         for the new version."""
         target = found.target
         if trial.pair is not None:
-            trial = self._run_checks(trial)
+            trial = self._run_checks(trial, found.at)
         if trial.pair is None:
             self._failed = _FailedLoad(target, found.files, trial.error)
             if trial.refused:
@@ -915,14 +919,14 @@ class MlEnsemble:
         log.info("model.reloaded", version=self.version, path=str(target))
         return outgoing
 
-    def _run_checks(self, trial: _Trial) -> _Trial:
+    def _run_checks(self, trial: _Trial, at: datetime | None = None) -> _Trial:
         """The trial, or a refusal of its model by one of the run's checks
-        (`check_reloaded_models`), which log what they warn of (`model.bar_differs`,
-        `model.universe_differs`)."""
+        (`check_reloaded_models`, given the bar's time `at`), which log what they warn of
+        (`model.bar_differs`, `model.universe_differs`, `replay.in_sample`)."""
         assert trial.pair is not None
         try:
             for check in self._model_checks:
-                check(trial.pair.card)
+                check(trial.pair.card, at)
         except ConfigError as exc:
             return _Trial(None, str(exc), refused=True)
         return trial
@@ -1007,7 +1011,7 @@ class MlEnsemble:
             ready = self._push(ctx)
             # After the push: a candidate model is tried on this bar's windows before it
             # serves.
-            self._maybe_reload()
+            self._maybe_reload(ctx.time)
         checked, self._checked = self._checked, None
         full = np.flatnonzero(ready & (self._filled >= self.window))
         out = np.full(len(self.symbols), np.nan)

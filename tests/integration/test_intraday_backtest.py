@@ -620,6 +620,62 @@ def test_a_model_published_mid_run_trained_on_another_universe_is_warned_about(
         engine.close_held()
 
 
+def test_a_model_taken_up_mid_replay_fitted_on_its_bars_to_come_is_warned_about(
+    engine_config, tmp_path, monkeypatch
+):
+    """`replay.in_sample` was said at start only: the demo's replay took up a model
+    retrained over the replayed years (`tradingd retrain` publishing to `current`) and
+    decided 114 bars inside its training span without a word, where a restart on the same
+    `current` said it at once. The model taken up is checked over the replay's bars from
+    the one it decides first, named by its own version and card."""
+    from conftest import live_run
+    from published_models import publish_two, switch
+    from structlog.testing import capture_logs
+
+    from tradingd.config import PluginSpec
+
+    monkeypatch.chdir(tmp_path)
+    root, second = publish_two(tmp_path)  # "first" serves; "second" waits
+    panel, config = live_run(engine_config)  # daily bars, live: a replay of bars 60..89
+    times = panel.datetimes()
+
+    def fitted(folder, first: int, last: int) -> None:  # type: ignore[no-untyped-def]
+        card = json.loads((folder / "card.json").read_text())
+        card["train_range"] = [times[first].date().isoformat(), times[last - 5].date().isoformat()]
+        card["validation_range"] = [
+            times[last - 4].date().isoformat(),
+            times[last].date().isoformat(),
+        ]
+        (folder / "card.json").write_text(json.dumps(card))
+
+    fitted(root / "versions" / "first", 0, 40)  # before the replayed bars
+    fitted(second, 0, 80)  # through bar 80
+    spec = PluginSpec("ml_ensemble", params={"cache_dir": ""})
+    with capture_logs() as logs:
+        engine = build_engine(dataclasses.replace(config, signals=(spec,)), "live", panel=panel)
+    try:
+        assert [e for e in logs if e["event"] == "replay.in_sample"] == []
+        ((plugin, _),) = engine.pipeline.signals
+        assert plugin.version == "first"
+
+        switch(root, "second")
+        with capture_logs() as logs:
+            plugin._maybe_reload(times[70])  # taken up at bar 70: 11 of its 20 bars to come
+        assert plugin.version == "second"  # warned of, not refused
+        (said,) = [e for e in logs if e["event"] == "replay.in_sample"]
+        assert said["log_level"] == "warning" and said["version"] == "second"
+        assert said["card"] == str(second / "card.json")
+        assert (said["bars"], said["of"]) == (11, 20)
+
+        switch(root, "first")
+        with capture_logs() as logs:
+            plugin._maybe_reload(times[75])
+        assert plugin.version == "first"
+        assert [e for e in logs if e["event"] == "replay.in_sample"] == []
+    finally:
+        engine.close_held()
+
+
 async def _read_back(config, run_id: str) -> dict:  # type: ignore[no-untyped-def]
     """The run `run_id` as `stored_run_results` reads it from `config`'s store."""
     from tradingd.analysis.run_records import stored_run_results
