@@ -83,7 +83,7 @@ import structlog
 from tradingd.core import flock
 from tradingd.core.errors import ConfigError
 from tradingd.core.ports import BarContext
-from tradingd.features.catalog import FeatureSetId
+from tradingd.features.catalog import FeatureSetId, verify_feature_set
 from tradingd.inference.onnx import (
     MODELS,
     PUBLISHED_MODEL_DIR,
@@ -375,8 +375,9 @@ def _try_candidate(found: _Candidate, threads: int, shape: _Shape) -> _Trial:
         # switched again meanwhile), and an error names the folder to repair.
         pair = ModelPair(found.target, threads)
         pair.warm_up(shape.batch)
-        if pair.card.feature_set != shape.feature_set or pair.card.window != shape.window:
-            return _Trial(None, "trained on another feature set or window", refused=True)
+        other = _other_shape(pair.card, shape)
+        if other:
+            return _Trial(None, other, refused=True)
         if not found.full.size:
             return _Trial(pair)
         ens = pair.card.data["ensemble"]
@@ -391,6 +392,32 @@ def _try_candidate(found: _Candidate, threads: int, shape: _Shape) -> _Trial:
     except Exception as exc:  # keep trading on the model that works
         return _Trial(None, str(exc))
     return _Trial(pair, checked=out)
+
+
+def _other_shape(card: ModelCard, shape: _Shape) -> str:
+    """Why a candidate of another shape than the served model's cannot serve (`""`: it can),
+    in the start's words (`verify_feature_set`: "at position 0 the card has ...", "feature
+    set version ... (trained) != ..."), with what to do: "trained on another feature set or
+    window" named neither model's value nor a way out."""
+    problems = []
+    if card.feature_set != shape.feature_set:
+        try:
+            verify_feature_set(card.feature_set, shape.feature_set, "the new model", card.path)
+        except ConfigError as exc:
+            problems.append(str(exc))
+    if card.window != shape.window:
+        problems.append(
+            f"the new model's card ({card.path}) has window = {card.window} bars, the served "
+            f"model's {shape.window}"
+        )
+    if not problems:
+        return ""
+    return (
+        "; ".join(problems) + ". This run computes the served model's features and windows "
+        "until it stops: to serve the new model, restart on a configuration it was trained "
+        "with (the start checks it against [features]), or retrain it on this run's features "
+        "and window and publish that"
+    )
 
 
 def default_model_dir() -> Path:

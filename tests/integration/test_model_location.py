@@ -440,3 +440,40 @@ def test_a_start_loads_the_folder_it_resolved_even_if_current_moves_meanwhile(
     p._maybe_reload()  # the publish is taken up at the next bar, as any other
     assert p.version == "second" and p.model_path == str(second.resolve())
     p.close()
+
+
+def test_a_reload_to_a_model_of_another_shape_names_both_values_and_what_to_do(
+    tmp_path, monkeypatch
+):
+    """model.reload_refused said only "trained on another feature set or window", where a
+    start on the same folder named the first difference and both versions: it says what
+    the start says, the candidate's window beside the served one's, and what to do."""
+    import tradingd_plugins.signals.ml_ensemble as ml
+
+    monkeypatch.chdir(tmp_path)
+    root, second = publish_two(tmp_path)
+    card = json.loads((second / "card.json").read_text())
+    features = card["feature_set"]["features"]
+    features[0], features[1] = features[1], features[0]
+    card["feature_set"]["version"] = "000000000000"
+    (second / "card.json").write_text(json.dumps(card))
+    p = MlEnsemble(MlEnsembleConfig(cache_dir=""), SYMBOLS)
+    served = p.pair.card.feature_set
+    switch(root, "second")
+    with capture_logs() as logs:
+        p._maybe_reload()
+    (refused,) = [e for e in logs if e["event"].startswith("model.")]
+    assert refused["event"] == "model.reload_refused" and p.version == "first"
+    reason = refused["reason"]
+    assert str(second.resolve() / "card.json") in reason
+    assert f"at position 0 the card has {features[0]!r}, the engine's order {features[1]!r}" in (
+        reason
+    )
+    assert f"version 000000000000 (trained) != {served.version}" in reason
+    assert "restart" in reason and "retrain" in reason
+    # A window of another length (its ONNX files would fail to load first: the card's alone)
+    shape = ml._Shape(served, p.window * 2, len(SYMBOLS))
+    other = ml._other_shape(p.pair.card, shape)
+    assert f"window = {p.window} bars, the served model's {p.window * 2}" in other
+    assert ml._other_shape(p.pair.card, ml._Shape(served, p.window, 2)) == ""
+    p.close()
