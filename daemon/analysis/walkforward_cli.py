@@ -215,6 +215,14 @@ def summarize(results: Mapping[str, Any], out: Path) -> dict[str, Any]:
 
 def format_summary(s: Mapping[str, Any]) -> str:
     oos = s["out_of_sample"]
+    # Test bars in the model's own fit are not out of sample (the next line says how many):
+    # the first line said "out of sample ... Sharpe 2.77" of a model fitted on every one.
+    inside = s.get("model_in_sample")
+    label, decay = ("out of sample", "out-of-sample")
+    if inside:
+        all_of = inside.get("bars") == inside.get("of")
+        label = f"test windows ({'all' if all_of else 'partly'} in-sample for the model)"
+        decay = "test-window"
     horizon = ", ".join(f"{k}: {_num(v)}" for k, v in s["sharpe_by_horizon"].items())
     return "\n".join(
         [
@@ -222,14 +230,14 @@ def format_summary(s: Mapping[str, Any]) -> str:
             f"(train {s['train']}, test {s['test']}, step {s['step']} bars), "
             "model retrained in each fold: "
             f"{'yes' if s['retrained'] else 'no'}",
-            f"out of sample {oos['first']} .. {oos['last']} ({oos['bars']} bars): total return "
+            f"{label} {oos['first']} .. {oos['last']} ({oos['bars']} bars): total return "
             f"{_pct(s['total_return'])}, annual {_pct(s['annual_return'])}, Sharpe (risk-free "
             f"{_rate(s['risk_free_rate'])}) {_num(s['sharpe'])}, max drawdown "
             f"{_pct(s['max_drawdown'])}",
-            *_in_sample_line(s.get("model_in_sample")),
+            *_in_sample_line(inside),
             # A slope, said as one: "Sharpe 23.0976 per fold" beside a stitched Sharpe of
             # -8.00 read as a second, contradicting Sharpe ratio.
-            f"decay: out-of-sample Sharpe changes by {_signed(s['sharpe_trend_per_fold'])} "
+            f"decay: {decay} Sharpe changes by {_signed(s['sharpe_trend_per_fold'])} "
             f"per fold (slope; p = {_num(s['sharpe_trend_p'], 3)} over "
             f"{s.get('sharpe_trend_independent_folds', '?')} folds with separate test "
             f"windows); Sharpe by bars since training: {horizon}",

@@ -822,6 +822,42 @@ def test_the_summary_says_the_decay_is_a_slope_not_a_sharpe_ratio():
     assert "decay: out-of-sample Sharpe changes by +23.10 per fold (slope; p = n/a over 2" in text
     falling = cli.format_summary({**summary, "sharpe_trend_per_fold": -0.5})
     assert "Sharpe changes by -0.50 per fold (slope" in falling
+    assert text.splitlines()[1].startswith("out of sample 2015-01-02 .. 2015-07-01 (126 bars)")
+
+
+def test_a_summary_whose_test_bars_are_in_the_models_fit_does_not_call_them_out_of_sample():
+    """retrain = "never" on a model fitted over the test windows: the first line said "out
+    of sample ... Sharpe 2.77", corrected only on the next line."""
+    summary = {
+        "folds": 1,
+        "train": 252,
+        "test": 63,
+        "step": 63,
+        "retrained": False,
+        "out_of_sample": {"first": "2015-01-02", "last": "2015-04-01", "bars": 63},
+        "total_return": 0.1,
+        "annual_return": 0.4,
+        "sharpe": 2.77,
+        "risk_free_rate": 0.02,
+        "max_drawdown": -0.05,
+        "sharpe_trend_per_fold": math.nan,
+        "sharpe_trend_p": math.nan,
+        "sharpe_trend_independent_folds": 1,
+        "sharpe_by_horizon": {"1-21": 2.0},
+        "median_walk_forward_efficiency": math.nan,
+        "wall_s": 1.0,
+        "output_dir": "wf",
+    }
+    inside = {"bars": 63, "of": 63, "folds": [0], "fitted_on": [["2010-01-04", "2016-12-30"]]}
+    lines = cli.format_summary({**summary, "model_in_sample": inside}).splitlines()
+    assert lines[1].startswith("test windows (all in-sample for the model) 2015-01-02 ..")
+    assert lines[2].startswith("NOT out of sample for the model: 63 of 63 test bars")
+    assert not any("out of sample" in line or "out-of-sample" in line for line in lines[:2])
+    assert lines[3].startswith("decay: test-window Sharpe changes by n/a")
+    some = {**inside, "bars": 20}
+    lines = cli.format_summary({**summary, "model_in_sample": some}).splitlines()
+    assert lines[1].startswith("test windows (partly in-sample for the model) 2015-01-02 ..")
+    assert lines[2].startswith("NOT out of sample for the model: 20 of 63 test bars")
 
 
 def test_a_walk_forward_without_the_train_extra_says_it_can_run_without_retraining(
