@@ -13,7 +13,9 @@ model stays and the rejection is logged with the numbers. A card without a test 
 (trained before there was one) is judged on its validation metrics, said so. A daemon whose
 ML plugin points at `root/current` (an empty `model_dir` means `var/models/current` when it
 exists) picks the new version up at its next bar. Old versions beyond `keep` are removed
-(bounded disk), never the current one.
+(bounded disk), oldest published first by their cards' `created_at`, never the current one
+nor the one it replaced (the rollback target); a folder that is not a version retrain
+published (its name is not its card's `model_version`) is left alone, and said.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from numbers import Integral
 from pathlib import Path
 from typing import Any
@@ -186,6 +189,7 @@ def retrain(
     policy = policy or RetrainPolicy()
     root = Path(root)
     _check_current(root)
+    replaced = current_version(root)
     versions = root / "versions"
     versions.mkdir(parents=True, exist_ok=True)
     current = _current_card(root)
@@ -248,7 +252,7 @@ def retrain(
             judged_on=split,
             metrics=metrics,
         )
-        _prune(versions, root, policy.keep)
+        _prune(versions, root, policy.keep, replaced)
         return RetrainOutcome(True, version, reason, metrics, split)
     finally:
         if staging.exists():
@@ -289,13 +293,55 @@ def _point_current(root: Path, target: Path) -> None:
         raise
 
 
-def _prune(versions: Path, root: Path, keep: int) -> None:
+def _prune(versions: Path, root: Path, keep: int, replaced: str | None = None) -> None:
+    """Remove the published versions beyond the newest `keep`, oldest first by their cards'
+    `created_at` (when retrain wrote them): never the current one nor `replaced`, the one
+    the publish replaced (the rollback target). By modification time, a publish with keep =
+    5 deleted the rollback target and kept newer hand-made or touched folders. A folder that
+    is not a version retrain published (a card whose `model_version` is its name) is left
+    alone, named in one line (`model.retrain.prune_skipped`)."""
     current = current_version(root)
-    dirs = sorted(
-        (d for d in versions.iterdir() if d.is_dir() and not d.name.startswith(".")),
-        key=lambda d: d.stat().st_mtime,
-        reverse=True,
-    )
-    for d in dirs[keep:]:
-        if d.name != current:
+    published: list[tuple[str, str, Path]] = []
+    other: list[str] = []
+    for d in versions.iterdir():
+        if not d.is_dir() or d.name.startswith("."):
+            continue
+        created = _published_at(d)
+        if created is None:
+            other.append(d.name)
+        else:
+            published.append((created, d.name, d))
+    published.sort(reverse=True)
+    removed = []
+    for _, name, d in published[keep:]:
+        if name not in (current, replaced):
             shutil.rmtree(d, ignore_errors=True)
+            removed.append(name)
+    if removed:
+        log.info("model.retrain.pruned", removed=sorted(removed), keep=keep)
+    if other:
+        log.info(
+            "model.retrain.prune_skipped",
+            folders=sorted(other),
+            root=str(versions),
+            rule="not versions retrain published (no card whose model_version is the "
+            "folder's name): never removed by retrain's keep; remove them by hand if unused",
+        )
+
+
+def _published_at(folder: Path) -> str | None:
+    """The card's `created_at` of a version folder retrain published (`versions/<v>` with a
+    card whose `model_version` is `<v>`), None for any other folder."""
+    try:
+        card = json.loads((folder / "card.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(card, dict) or card.get("model_version") != folder.name:
+        return None
+    created = card.get("created_at")
+    if not isinstance(created, str):
+        return None
+    try:
+        return datetime.fromisoformat(created).astimezone(UTC).isoformat()
+    except ValueError:
+        return None
