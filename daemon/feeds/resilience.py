@@ -435,6 +435,10 @@ class CircuitBreaker:
             self._probing = False
         return self._state
 
+    def now(self) -> float:
+        """This breaker's clock (monotonic seconds)."""
+        return self._clock()
+
     def retry_in_s(self) -> float:
         """Seconds until an open circuit lets a probe through (0 when not open)."""
         if self.state != self.OPEN:
@@ -464,13 +468,19 @@ class CircuitBreaker:
         self._probing = False
         self.consecutive_failures = 0
 
-    def record_failure(self) -> None:
+    def record_failure(self, started_at: float | None = None) -> None:
+        """A failure of the call sent at `started_at` (this clock; None: now). The reset time
+        runs from when the failing call was sent, not from when it failed: a probe failing
+        slowly (a timeout, a slow 5xx) moved each next probe later by its own length, off
+        the bar releases a live feed's breaker is lined up with (60 s at 1-minute bars), and
+        a release's fetch met it still open by a second or more."""
         self.consecutive_failures += 1
         self._probing = False
         if self._state == self.HALF_OPEN or self.consecutive_failures >= self.failure_threshold:
             opened = self._state != self.OPEN
             self._state = self.OPEN
-            self._opened_at = self._clock()
+            now = self._clock()
+            self._opened_at = now if started_at is None else min(started_at, now)
             if opened:
                 self._on_open(self.consecutive_failures, self.reset_timeout_s)
 
@@ -800,6 +810,7 @@ class ResilientCaller:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
             started = time.perf_counter()
+            sent_at = self.breaker.now()
             try:
                 async with asyncio.timeout(self.config.timeout_s):
                     result = await fn()
@@ -812,7 +823,7 @@ class ResilientCaller:
                 if throttled(failure):  # counted once, when the call gives up (`call`)
                     self.breaker.release_probe()
                 elif failure.retryable:
-                    self.breaker.record_failure()
+                    self.breaker.record_failure(sent_at)
                 else:  # the source answered (404, 400, auth, ...): it is up
                     self.breaker.record_success()
                     self._answered()

@@ -550,6 +550,31 @@ async def test_a_call_an_instant_before_the_probe_is_due_waits_for_it():
     assert sleeps.waits == [pytest.approx(0.004)]
 
 
+async def test_a_probe_that_fails_slowly_keeps_the_next_probe_on_time():
+    """The reset time ran from when a probe failed: a probe failing after 1.5 s (a connection
+    held, then closed) moved the next one 1.5 s later, past the bar release that a 60 s
+    breaker of 1-minute bars lines up with, and that release's fetch was refused ("next probe
+    in 1.5s") although the source was back. It runs from when the failing call was sent."""
+    clock = Clock()
+    c, _ = caller(
+        clock=clock, max_attempts=1, breaker_failure_threshold=1, breaker_reset_timeout_s=60
+    )
+
+    async def slow_failure() -> str:
+        clock.t += 1.5  # the failure takes 1.5 s to come
+        raise http(503)
+
+    with pytest.raises(SourceUnavailable):
+        await c.call(slow_failure)  # sent at 1000.0: opens
+    assert c.breaker.retry_in_s() == pytest.approx(58.5)
+    clock.t = 1060.0  # the probe, on time
+    with pytest.raises(SourceUnavailable):
+        await c.call(slow_failure)  # sent at 1060.0, failed at 1061.5: reopens
+    clock.t = 1120.0  # the next release: its probe is due now, not at 1121.5
+    assert c.breaker.state == CircuitBreaker.HALF_OPEN
+    assert await c.call(Script()) == "ok"
+
+
 class SteppingClock(Clock):
     """A clock that, once armed with `reads`, answers them in turn (then the last one):
     the instants of successive reads, to put a breaker's reset time between two of them."""
