@@ -596,6 +596,8 @@ def _data_lines(c: Comparison) -> list[str]:
         return ["the data differ:", f"  A {_data_text(da)}", f"  B {_data_text(db)}"]
     if da is _MISSING and db is _MISSING:
         return ["data: not recorded by either record (made before data digests were)"]
+    if da == db:  # the same record without a digest (the bundled series): said once
+        return [f"the same data source, no digest to compare: {_data_text(da)}"]
     return ["data: not compared:", f"  A {_data_text(da)}", f"  B {_data_text(db)}"]
 
 

@@ -489,3 +489,23 @@ def test_a_key_absent_where_the_other_build_records_its_field_is_a_difference(tm
         "dispatch_variables.OPENBLAS_CORETYPE",
         "source.from",
     }
+
+
+def test_two_runs_of_the_bundled_series_say_the_same_source_not_not_compared():
+    """Two runs on the bundled series (no digest) said "data: not compared:" with the same
+    line twice, as if something kept them apart."""
+    from types import SimpleNamespace
+
+    from tradingd.analysis.compare import Comparison, _data_lines
+
+    bundled = {"source": "bundled"}
+    c = SimpleNamespace(data=(bundled, dict(bundled)))
+    c.same_data = Comparison.same_data.fget(c)  # type: ignore[attr-defined]
+    assert c.same_data is None
+    assert _data_lines(c) == [  # type: ignore[arg-type]
+        "the same data source, no digest to compare: the bundled series, no digest "
+        "(arch's version is in environment.json)"
+    ]
+    other = SimpleNamespace(data=(bundled, {"source": "frames"}))
+    other.same_data = Comparison.same_data.fget(other)  # type: ignore[attr-defined]
+    assert _data_lines(other)[0] == "the data differ:"  # type: ignore[arg-type]
