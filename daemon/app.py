@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -207,16 +207,47 @@ def data_cache_dir(config: Config) -> Path | None:
     return Path(c.data_dir).expanduser() if c.data_dir else default_cache_dir()
 
 
+_PINNED = "_pinned_data_fingerprint"
+
+
 def data_fingerprint_of(config: Config) -> dict[str, Any] | None:
     """`feeds.fingerprint.data_fingerprint` of the configured data files (None for the
     bundled series and frames), its digests kept in the data cache's folder when that
-    cache is on: what a backtest's run id hashes and its summary.json records as `data`."""
+    cache is on: what a backtest's run id hashes and its summary.json records as `data`.
+    While a run holds it (`data_pinned`), the one taken around its load."""
     from .feeds.fingerprint import data_fingerprint
 
+    pinned = getattr(config, _PINNED, None)
+    if pinned is not None:
+        return cast(dict[str, Any] | None, pinned[0])
     d = config.data
     if d.source not in ("csv", "parquet"):
         return None
     return data_fingerprint(d.source, d.path or None, data_cache_dir(config))
+
+
+def load_pinned(config: Config) -> Panel:
+    """The configured data loaded (`load_data`), and their fingerprint held by `config`
+    from now on (`data_fingerprint_of` answers it): taken before and after the load, which
+    must agree. Give it a run's own copy (`copy.copy(config)`), never a caller's. The file
+    was hashed again at each use (the run id, the record's `data`, a walk-forward's folder
+    at its start and its results at its end): a file rewritten meanwhile (a data refresh
+    landing during a run) named other bytes than those traded, and the next rerun on them
+    replaced the record without a word."""
+    from .core.errors import DataError
+
+    before = data_fingerprint_of(config)
+    panel = load_data(config)
+    after = data_fingerprint_of(config)
+    if before != after:
+        raise DataError(
+            "the data files changed while they were loaded (their SHA-256 "
+            f"{(before or {}).get('sha256')} before, {(after or {}).get('sha256')} after): "
+            "run again once they are written",
+            source=config.data.path or None,
+        )
+    object.__setattr__(config, _PINNED, (after,))
+    return panel
 
 
 def load_data(config: Config) -> Panel:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import csv
 import dataclasses
 import errno
@@ -28,7 +29,7 @@ from .app import (
     build_engine,
     data_fingerprint_of,
     fitted_span,
-    load_data,
+    load_pinned,
     model_card,
     pipeline_run_inputs,
     run_defaults,
@@ -168,7 +169,13 @@ async def run_backtest(
     # Where the record goes fits its files, checked before the data is loaded or the replay
     # run (as `tradingd backtest` checks it): a path too long failed only after the replay.
     check_record_folder(config, output_dir, "output_dir")
-    panel = load_data(config) if panel is None else session_bars_only(config, panel)
+    if panel is None:
+        # The run's own copy holds the data's fingerprint taken around the load: the run id
+        # and the record name the bytes traded, whatever the file holds later.
+        config = copy.copy(config)
+        panel = load_pinned(config)
+    else:
+        panel = session_bars_only(config, panel)
     if stop is not None and stop.reason is not None:
         raise BacktestStopped(stop.reason, None, 0, len(panel.times), None)
     bar = tqdm(

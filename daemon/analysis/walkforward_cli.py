@@ -15,6 +15,7 @@ and shows a progress bar over the folds on a terminal.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import hashlib
 import importlib.util
@@ -133,9 +134,14 @@ def run(args: argparse.Namespace) -> int:
         )
     if args.workers is not None and args.workers < 0:
         raise WalkForwardError(f"--workers must be >= 0, got {args.workers}")
-    out = Path(args.out) if args.out else default_out(config, wf)
     check_config(config, "walkforward")
-    check_writable_dir(out, "--out")
+    if args.out:
+        check_writable_dir(Path(args.out), "--out")
+    # The analysis's own copy, which will hold the data's fingerprint taken around the load
+    # (`load_pinned`, below): its folder, its folds' run ids and walkforward.json name the
+    # bytes it ran on, whatever the file holds by its end (hashed at the start and again at
+    # the end, they differed).
+    config = copy.copy(config)
     analyzer = WalkForwardAnalyzer(
         config,
         wf,
@@ -164,8 +170,13 @@ def run(args: argparse.Namespace) -> int:
                 f"{exc}; or walk forward with the model as it is, without retraining: "
                 '--retrain never (walkforward.retrain = "never")'
             ) from None
+    from ..app import load_pinned
+
+    panel = load_pinned(config)
+    out = Path(args.out) if args.out else default_out(config, wf)
+    check_writable_dir(out, "--out")
     try:
-        results = analyzer.run()  # (an address Ray cannot reach: a ConfigError naming it)
+        results = analyzer.run(panel)  # (an address Ray cannot reach: a ConfigError)
     except ConnectionError as exc:  # Ray: the cluster lost during the run
         raise WalkForwardError(f"--ray-address {args.ray_address!r}: {exc}") from None
     write_outputs(results, out)

@@ -157,3 +157,75 @@ def test_a_fixed_run_id_replacing_a_record_on_other_data_says_so(tmp_path, capsy
     assert len(said) == 1 and said[0]["earlier_data"] == f"sha256 {sha}"
     assert said[0]["data"] == f"sha256 {hashlib.sha256(data.read_bytes()).hexdigest()}"
     assert [f.name for f in _records(tmp_path / "runs")] == ["pinned"]
+
+
+def test_a_file_rewritten_once_loaded_is_not_what_the_record_names(tmp_path, monkeypatch, capsys):
+    """The file was hashed again at each use: a data refresh landing after the load (before
+    the engine took its run id, or its record was written) named bytes other than those
+    traded, and the next rerun on them replaced this record without a word. The run holds
+    the digest taken around its load; a file rewritten during the load is refused."""
+    import tradingd.app
+    import tradingd.backtest
+
+    data = tmp_path / "bars.csv"
+    _bars(data)
+    traded = hashlib.sha256(data.read_bytes()).hexdigest()
+    cfg = _config(tmp_path)
+    build = tradingd.backtest.build_engine
+
+    def refreshed_then_built(*args, **kwargs):  # type: ignore[no-untyped-def]
+        _rewrite_in_place(data, date(2016, 6, 1))  # the refresh lands once the data is read
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(tradingd.backtest, "build_engine", refreshed_then_built)
+    assert main(["backtest", "-c", cfg]) == 0
+    (first,) = _records(tmp_path / "runs")
+    assert _summary(first)["data"]["sha256"] == traded
+    # The rerun on the refreshed file is another run: the first record stays.
+    monkeypatch.setattr(tradingd.backtest, "build_engine", build)
+    assert main(["backtest", "-c", cfg]) == 0
+    assert len(_records(tmp_path / "runs")) == 2 and first in _records(tmp_path / "runs")
+    capsys.readouterr()
+
+    # Rewritten while it is read: refused, naming why.
+    load = tradingd.app.load_data
+
+    def refreshed_while_read(config):  # type: ignore[no-untyped-def]
+        panel = load(config)
+        _rewrite_in_place(data, date(2016, 5, 2))
+        return panel
+
+    monkeypatch.setattr(tradingd.app, "load_data", refreshed_while_read)
+    assert main(["backtest", "-c", cfg]) == 2
+    assert "the data files changed while they were loaded" in capsys.readouterr().err
+
+
+def test_a_walk_forward_names_the_bytes_it_ran_on_when_the_file_changes_during_it(
+    tmp_path, monkeypatch, capsys
+):
+    """A walk-forward hashed the file at its start (its folder, its folds' prefix) and again
+    at its end (walkforward.json's run_id and data): edited during a long analysis, the
+    folder named one version and its results another."""
+    import tradingd.analysis.walkforward as walkforward
+
+    data = tmp_path / "bars.csv"
+    _bars(data)
+    traded = hashlib.sha256(data.read_bytes()).hexdigest()
+    wf = tmp_path / "wf.toml"
+    wf.write_text(
+        '[walkforward]\nlookback_bars = 10\ntrain = 40\ntest = 20\nstep = 20\nretrain = "never"\n'
+    )
+    assemble = walkforward.WalkForwardAnalyzer.assemble
+
+    def edited_during_the_folds(self, results, panel):  # type: ignore[no-untyped-def]
+        _rewrite_in_place(data, date(2016, 6, 1))
+        return assemble(self, results, panel)
+
+    monkeypatch.setattr(walkforward.WalkForwardAnalyzer, "assemble", edited_during_the_folds)
+    argv = ["walkforward", "-c", _config(tmp_path), "-c", str(wf), "--workers", "0", "--json"]
+    assert main(argv) == 0
+    capsys.readouterr()
+    (folder,) = _records(tmp_path / "runs")
+    results = json.loads((folder / "walkforward.json").read_text())
+    assert results["data"]["sha256"] == traded
+    assert folder.name.startswith(results["run_id"] + "-")

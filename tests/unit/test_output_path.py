@@ -68,7 +68,7 @@ def test_a_backtest_refuses_a_record_folder_too_long_before_loading_its_data(tmp
     def trip(*_a, **_k):
         raise Tripwire("the data was loaded before the record folder was checked")
 
-    monkeypatch.setattr(backtest, "load_data", trip)
+    monkeypatch.setattr(backtest, "load_pinned", trip)
     too_long = _config(tmp_path, Path(f"{_longest_fitting(tmp_path)}x"))
     with pytest.raises(ConfigError, match=r"run\.output_dir's record folder .* give a shorter"):
         asyncio.run(backtest.run_backtest(too_long))
