@@ -72,9 +72,9 @@ def run_id_for(config: Config, mode: str, inputs: Sequence[Any] | None = None) -
     SHA-256, for data.source csv or parquet): a file rewritten in place, its mtime restored,
     kept the id, and the rerun replaced the first run's record (rows, audit, run folder)
     with one on other data; so does a walk-forward's (its folder and its folds' prefix). A
-    live run's id does not: its identity is its configuration,
-    and its data grow. A fixed `run.run_id` is the id whatever the data (the backtest warns
-    when the record it replaces was made on other data: `backtest.remove_earlier_record`)."""
+    live run's id does not: its identity is its configuration, and its data grow. A fixed
+    `run.run_id` is the id whatever the data (the backtest warns when the record it
+    replaces was made on other data: `backtest.remove_earlier_record`)."""
     if config.run.run_id:
         return config.run.run_id
     # The public (masked) config without its operational sections: a changed password, log
@@ -214,7 +214,7 @@ def data_fingerprint_of(config: Config) -> dict[str, Any] | None:
     """`feeds.fingerprint.data_fingerprint` of the configured data files (None for the
     bundled series and frames), its digests kept in the data cache's folder when that
     cache is on: what a backtest's run id hashes and its summary.json records as `data`.
-    While a run holds it (`data_pinned`), the one taken around its load."""
+    While a run holds it (`load_pinned`), the one taken around its load."""
     from .feeds.fingerprint import data_fingerprint
 
     pinned = getattr(config, _PINNED, None)
@@ -1642,11 +1642,13 @@ def _assemble(
         prepare_for_replay(pipeline)
     portfolio = Portfolio(symbols, config.run.initial_capital, session_tz=session_zone(config, bar))
     verify_model_features(config, pipeline, symbols)
+    trade_from = None
     replayed = None
-    if mode == "live" and not vendor:  # a recorded feed's live run replays past bars
+    if not vendor:
         assert panel is not None
-        replay_from = trade_start(config, panel)
-        replayed = [t for t in panel.datetimes() if replay_from is None or t >= replay_from]
+        trade_from = trade_start(config, panel)
+        if mode == "live":  # a recorded feed's live run replays past bars
+            replayed = [t for t in panel.datetimes() if trade_from is None or t >= trade_from]
     warn_model_bar(pipeline, bar, symbols, replayed)
     names = feature_names(config, pipeline)
     warmup: Callable[[datetime | None], AsyncIterator[CrossSection]] | None
@@ -1654,11 +1656,9 @@ def _assemble(
         broker = live_broker(_simulated(config, symbols, portfolio), config, symbols)
         needed = warmup_needed(pipeline, names, make_catalog(config))
         swaps, warmup = vendor_swaps(config, symbols, broker, names, needed)
-        trade_from = None
     else:
         assert panel is not None
         swaps = choose_swaps(config, mode, panel, portfolio, names)
-        trade_from = trade_start(config, panel)
         warn_if_clipped(config, panel)
         if replayed is not None:
             warn_replay_in_sample(pipeline, replayed)
@@ -2099,7 +2099,7 @@ def health_inputs(
             data = {"last": last, "expected": expected}
             if expected is None or (last is not None and last >= expected):
                 return CheckResult(True, f"last bar {last}", data)
-            failing = engine.warmup_failing if engine.warming_up else None
+            failing = engine.warmup_failing  # (None once the warm-up is over)
             if failing is not None:
                 # Not the warm-up's usual lag: its source fails (retried with backoff).
                 return CheckResult(
