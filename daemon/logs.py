@@ -25,6 +25,8 @@ from typing import Any
 
 import structlog
 
+from .secrets import mask_values
+
 _LEVELS = {
     "debug": logging.DEBUG,
     "info": logging.INFO,
@@ -98,10 +100,7 @@ class _MaskEnvSecrets:
         if self._secrets:
             for key, value in event.items():
                 if isinstance(value, str):
-                    masked = value
-                    for secret in self._secrets:
-                        if secret in masked:
-                            masked = masked.replace(secret, "***")
+                    masked = mask_values(value, self._secrets)
                     if masked is not value:
                         event[key] = masked
         return event

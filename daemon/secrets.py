@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 MASK = "***"
@@ -294,7 +294,14 @@ def mask_env(text: str, env: Mapping[str, str] | None = None) -> str:
     (an HTTP answer, the printed error line), as `logs._MaskEnvSecrets` is over log lines.
     Without it a key quoted with no `key=` before it (a library's message, a value put in
     the wrong setting) went out as written."""
-    for secret in env_secrets(os.environ if env is None else env):
+    return mask_values(text, env_secrets(os.environ if env is None else env))
+
+
+def mask_values(text: str, secrets: Sequence[str]) -> str:
+    """`text` with each of `secrets` (longest first, as `env_secrets` gives them) replaced
+    by ***, wherever it occurs: the one loop of the environment's masks (`mask_env`, the
+    health server's answers, `logs._MaskEnvSecrets`)."""
+    for secret in secrets:
         if secret in text:
             text = text.replace(secret, MASK)
     return text

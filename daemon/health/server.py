@@ -50,7 +50,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import metrics
 from ..core.errors import ControlNotStoredError, ControlRefusedError, TradingdError
-from ..secrets import env_secrets, mask_text, redact
+from ..secrets import env_secrets, mask_text, mask_values, redact
 from . import (
     TOKEN_ENV,
     Check,
@@ -151,11 +151,7 @@ def to_plain(obj: Any, _depth: int = 0) -> Any:
 
 def _mask_strings(obj: Any, env: tuple[str, ...]) -> Any:
     if isinstance(obj, str):
-        text = mask_text(obj)
-        for secret in env:
-            if secret in text:
-                text = text.replace(secret, "***")
-        return text
+        return mask_values(mask_text(obj), env)
     if isinstance(obj, dict):
         return {k: _mask_strings(v, env) for k, v in obj.items()}
     if isinstance(obj, list):
