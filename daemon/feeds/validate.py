@@ -153,27 +153,25 @@ def parse_repairs(repair: Sequence[str] | str) -> frozenset[str]:
     return frozenset(out)
 
 
-def check_limits(
-    *, max_spike: float, max_volume: float, timezone: str, table: str = "data"
-) -> None:
+def check_limits(*, max_spike: float, max_volume: float, timezone: str) -> None:
     """ConfigError for a plausibility threshold or a time zone that cannot work, naming the
-    setting as `table.key = value` (how the configuration's errors lead, so that the one
+    setting as `data.key = value` (how the configuration's errors lead, so that the one
     that set it, a file or an environment variable, is named after it)."""
     if not (max_spike == 0 or max_spike > 1):  # also catches NaN
         raise ConfigError(
-            f"{table}.max_spike = {max_spike!r} is invalid: must be > 1 (a price ratio), or 0 "
+            f"data.max_spike = {max_spike!r} is invalid: must be > 1 (a price ratio), or 0 "
             "to disable the check"
         )
     if not max_volume >= 0:
         raise ConfigError(
-            f"{table}.max_volume = {max_volume!r} is invalid: must be > 0 (shares per bar), "
+            f"data.max_volume = {max_volume!r} is invalid: must be > 0 (shares per bar), "
             "or 0 to disable the check"
         )
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
         raise ConfigError(
-            f"{table}.timezone = {timezone!r} is invalid: not an IANA time zone name, e.g. "
+            f"data.timezone = {timezone!r} is invalid: not an IANA time zone name, e.g. "
             "America/New_York"
         ) from exc
 
