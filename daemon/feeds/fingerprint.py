@@ -18,11 +18,12 @@ series have none: they ship in the `arch` package, whose version environment.jso
 A panel passed in Python (`strategy_api`'s frames) has its own digest, in `data.digest`.
 
 Cost: hashing is about 0.03 s for the 43 MB S&P 500 Parquet file (SHA-NI; about 0.15 s
-without), against 0.09 s for the load from the data cache. So a file's digest is kept under
-the data cache's key for it (resolved path, size, mtime, ctime, inode: `panel_cache.
-_input_files`), in this process and, when the data cache is on, in `file_digests.json` in its
-folder: an unchanged file is not read again; a rewritten one (a new ctime, whatever mtime was
-restored) is. The memo is bounded (`MEMO_ENTRIES`) and never makes a run fail: a memo that
+without), against 0.09 s for the load from the data cache. So the digest is kept under the
+data cache's keys of the files (resolved path, size, mtime, ctime, inode: `panel_cache.
+_input_files`), hashed into one key for a file or a whole folder, in this process and, when
+the data cache is on, in `file_digests.json` in its folder: unchanged files are not read
+again; a rewritten one (a new ctime, whatever mtime was restored) makes its file or folder
+hashed again. The memo is bounded (`MEMO_ENTRIES`) and never makes a run fail: a memo that
 cannot be read or written only costs a hash.
 """
 
