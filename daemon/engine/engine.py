@@ -305,6 +305,10 @@ _MISSED_BARS_KEPT = 260
 # heartbeat, the wait doubling up to this: a vendor posting a few minutes late is seen within
 # minutes, and one posting hours late is asked a dozen times an hour, not sixty.
 _LATE_BAR_MAX_WAIT_S = 600.0
+# The first wait is at most a quarter of the time the bar may still trade in (an intraday
+# bar: until the next release), at least this: a 1-minute bar waited a whole heartbeat (60 s)
+# and the next release came first, so a bar a few seconds late was never asked for again.
+_LATE_BAR_MIN_WAIT_S = 1.0
 
 
 class _WallClock(Protocol):
@@ -2402,31 +2406,45 @@ class Engine:
             return None
         return until
 
-    def _late_retry_text(self, deadline: datetime | None) -> str:
-        """`bar.unavailable`'s `retry`: until when `_fetch_late` asks for the bar again, given
-        its `_late_bar_deadline`. It also stops when the clock releases the next bar, which
-        for an intraday bar comes first (a bar's length later, not at the next session's open):
-        the line named the next day's open while the asking stopped at the next release
+    def _late_retry_until(self, deadline: datetime) -> tuple[datetime, str]:
+        """Until when `_fetch_late` asks for a late bar again, given its `_late_bar_deadline`,
+        and how `bar.unavailable` says it. It also stops when the clock releases the next bar,
+        which for an intraday bar comes first (a bar's length later, not at the next session's
+        open): the line named the next day's open while the asking stopped at the next release
         (`bar.retry_stopped`, "the clock released another bar")."""
-        if deadline is None:
-            return "next bar"
         release = getattr(self.clock, "next_release_at", None)
         if isinstance(release, datetime) and release < deadline:
-            until = f"the next bar's release at {release.isoformat()}"
-        else:
-            until = f"{deadline.isoformat()} (the next session's open)"
-        return f"on the heartbeat until {until}, then next bar"
+            return release, f"the next bar's release at {release.isoformat()}"
+        return deadline, f"{deadline.isoformat()} (the next session's open)"
+
+    def _late_first_wait(self, until: datetime) -> float:
+        """The first wait before a late bar is asked for again: the clock's heartbeat, or a
+        quarter of what is left before `until` when that is shorter (at least
+        `_LATE_BAR_MIN_WAIT_S`, never more than the heartbeat)."""
+        clock = cast(_WallClock, self.clock)
+        left = (until - clock.now()).total_seconds()
+        return min(clock.heartbeat_s, max(_LATE_BAR_MIN_WAIT_S, left / 4))
+
+    def _late_retry_text(self, deadline: datetime | None) -> str:
+        """`bar.unavailable`'s `retry`: when and until when `_fetch_late` asks for the bar
+        again."""
+        if deadline is None:
+            return "next bar"
+        until, text = self._late_retry_until(deadline)
+        wait = self._late_first_wait(until)
+        return f"in {wait:.3g} s, the wait doubling, until {text}, then next bar"
 
     async def _fetch_late(self, t: datetime, deadline: datetime) -> CrossSection | None:
         """A released bar the source did not deliver (a vendor posts a daily bar a little
-        after close + delay_s): asked for again on the clock's heartbeat, the wait doubling
-        up to `_LATE_BAR_MAX_WAIT_S`, while it may still trade: before `deadline` and before
+        after close + delay_s): asked for again after `_late_first_wait` (the clock's heartbeat,
+        or less when the next release is near), the wait doubling up to
+        `_LATE_BAR_MAX_WAIT_S`, while it may still trade: before `deadline` and before
         the clock releases another bar. Before, it waited for the next release and was then
         stepped without trading: the day was lost. The bar when it came in time, else None
         (kept as missed: recovered without trading before the next bar). One line when it
         comes or is given up, not one an attempt; /ready names it meanwhile (last_bar)."""
         clock = cast(_WallClock, self.clock)  # it has a trade deadline: `_late_bar_deadline`
-        wait = clock.heartbeat_s
+        wait = self._late_first_wait(self._late_retry_until(deadline)[0])
         attempts = 1
         while True:
             self.on_heartbeat()  # waiting, not stuck in a bar

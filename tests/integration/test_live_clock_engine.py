@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pandas as pd
+import pytest
 from conftest import make_panel
 from structlog.testing import capture_logs
 from test_intraday_backtest import intraday_panel
@@ -116,7 +117,8 @@ async def test_a_daily_bar_posted_after_its_release_is_asked_again_and_traded(en
     assert events.count("bar.unavailable") == 1 and events.count("bar.arrived_late") == 1
     [unavailable] = [e for e in logs if e["event"] == "bar.unavailable"]
     assert unavailable["retry"] == (
-        f"on the heartbeat until {NEXT_OPEN.isoformat()} (the next session's open), then next bar"
+        f"in 0.001 s, the wait doubling, until {NEXT_OPEN.isoformat()} (the next session's open),"
+        " then next bar"
     )
     assert "bar.recovered" not in events and "bar.still_unavailable" in events
     assert engine.bars_unavailable == 1 and engine.bars_never_traded == 0
@@ -521,11 +523,79 @@ async def test_an_intraday_bar_not_delivered_says_its_retry_ends_at_the_next_rel
     next_release = after + timedelta(minutes=5, seconds=5)
     assert unavailable["time"] == label
     assert unavailable["retry"] == (
-        f"on the heartbeat until the next bar's release at {next_release.isoformat()}, "
+        f"in 0.001 s, the wait doubling, until the next bar's release at "
+        f"{next_release.isoformat()}, "
         "then next bar"
     )
     [stopped] = [e for e in logs if e["event"] == "bar.retry_stopped"]
     assert stopped["time"] == label and stopped["reason"] == "the clock released another bar"
+
+
+async def test_a_one_minute_bar_a_few_seconds_late_is_asked_again_before_the_next_release(
+    engine_config,
+):
+    """A 1-minute bar posted 10 s after its release: the asking waited the clock's heartbeat
+    (60 s) first, the next bar's release came before it and the bar was recovered without
+    trading. The first wait is now a quarter of what is left before the next release; the
+    bar comes on the second asking and trades. The clock's waits move a fake time on and
+    release the next bar when they reach it, as the real clock's firing would."""
+    from tradingd.app import build_engine
+
+    panel = intraday_panel(1, sessions=2, n_symbols=3)
+    times = [pd.Timestamp(t).tz_localize("UTC").to_pydatetime() for t in panel.times]
+    k = 390 + 200  # the second session's 12:50 New York bar
+    label = times[k]
+    config = dataclasses.replace(
+        engine_config,
+        live=LiveConfig(bar="1m", delay_s=5),
+        run=dataclasses.replace(engine_config.run, run_id="t-1m"),
+    )
+    engine = build_engine(config, "live", panel=panel)
+    release = label + timedelta(minutes=1, seconds=5)
+    now = FakeTime(release)
+    clock = LiveClock(config.live, now=now, resume_after=times[k - 1])  # heartbeat 60 s
+    engine.clock = clock
+    waits: list[float] = []
+
+    async def wait(seconds: float) -> None:
+        waits.append(seconds)
+        due = clock.next_release_at
+        if due is not None and now.t + timedelta(seconds=seconds) >= due:
+            now.t = due
+            await clock._tick()  # the next bar's firing: the real wait returns on it
+        else:
+            now.t += timedelta(seconds=seconds)
+
+    clock.wait = wait  # type: ignore[method-assign]
+    bars = engine.feed.bars
+    asked: list[datetime] = []
+
+    async def vendor(t):  # type: ignore[no-untyped-def]
+        if t == label:
+            asked.append(now.t)
+            if now.t < release + timedelta(seconds=10):
+                raise RetryableError(f"alpaca: no bar yet for {t.isoformat()}")
+        return await bars(t)
+
+    engine.feed.bars = vendor
+    stepped: list[tuple[datetime, bool | None]] = []
+    step = engine.step
+
+    async def recording(bar, trade=None):  # type: ignore[no-untyped-def]
+        stepped.append((bar.time, trade))
+        await step(bar, trade)
+
+    engine.step = recording  # type: ignore[method-assign]
+    engine.after_bar.append(lambda t, v: engine.request_stop() if t >= label else None)
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    events = [e["event"] for e in logs]
+    assert "bar.retry_stopped" not in events and events.count("bar.arrived_late") == 1
+    assert waits[0] == pytest.approx(60 / 4) and len(asked) == 2
+    assert asked[-1] < release + timedelta(minutes=1)  # before the next release
+    assert (label, None) in stepped or (label, True) in stepped
+    [unavailable] = [e for e in logs if e["event"] == "bar.unavailable"]
+    assert unavailable["retry"].startswith("in 15 s, the wait doubling, until the next bar's")
 
 
 async def test_a_feed_outage_over_many_intraday_bars_is_said_at_its_start_counted_and_ended(
