@@ -399,8 +399,18 @@ _VENDOR_DEFAULTS: dict[str, dict[str, Any]] = {
 
 
 # A call the open breaker would refuse waits for its probe when the probe is due within this
-# many seconds (`ResilientCaller._admitted`), rather than fail an instant before it.
+# many seconds, or this share of the reset time when that is longer, at most the cap
+# (`ResilientCaller._admitted`), rather than fail an instant before it. The share (3 s at a
+# 60 s reset) covers a bar release's calls that come a little over a second before the probe
+# a failing call of about a second (a slow 5xx, a closed connection) lined up.
 PROBE_DUE_WAIT_S = 1.0
+PROBE_DUE_WAIT_SHARE = 0.05
+PROBE_DUE_WAIT_MAX_S = 5.0
+
+
+def probe_due_wait_s(reset_timeout_s: float) -> float:
+    """How long before its probe is due a call waits for it rather than being refused."""
+    return min(PROBE_DUE_WAIT_MAX_S, max(PROBE_DUE_WAIT_S, PROBE_DUE_WAIT_SHARE * reset_timeout_s))
 
 
 class CircuitBreaker:
@@ -748,7 +758,8 @@ class ResilientCaller:
         """Return when the circuit lets this call try: at once when closed; after the probe's
         verdict when half-open with a probe running (so a recovering source serves every
         waiting symbol, not just the probe's); never when open (circuit_open), unless its
-        probe is due within `PROBE_DUE_WAIT_S`: then it waits for it, once. A live feed's
+        probe is due within `probe_due_wait_s` (1 s, 3 s at a 60 s reset): then it waits for
+        it, once. A live feed's
         breaker whose reset time is its bar's length (60 s at 1-minute bars) reopens to a
         probe at each release: the engine's retry of the bars missed in the outage, asked
         first, was refused a few milliseconds before it, and the new bar's fetch, an instant
@@ -759,7 +770,7 @@ class ResilientCaller:
             state = self.breaker.state
             if state == CircuitBreaker.OPEN:
                 due = self.breaker.retry_in_s()
-                if not waited and due <= PROBE_DUE_WAIT_S:
+                if not waited and due <= probe_due_wait_s(self.breaker.reset_timeout_s):
                     waited = True
                     await self._sleep(due)
                     continue

@@ -20,6 +20,7 @@ from tradingd.feeds.resilience import (
     SourceUnavailable,
     error_for_status,
     make_error,
+    probe_due_wait_s,
     redact,
 )
 from tradingd.metrics import SOURCE_ERRORS, SOURCE_UP
@@ -548,6 +549,33 @@ async def test_a_call_an_instant_before_the_probe_is_due_waits_for_it():
     assert await c.call(fn) == "ok"
     assert fn.calls == 1 and c.breaker.state == CircuitBreaker.CLOSED
     assert sleeps.waits == [pytest.approx(0.004)]
+
+
+async def test_a_call_a_little_over_a_second_before_the_probe_waits_for_it_at_a_long_reset():
+    """A review found a bar release's calls could come 1.00-1.05 s before the probe that a
+    failing call of about a second lined up: over the 1-s wait, refused, and the bars lost.
+    At a 60 s reset a call up to 3 s early waits (5% of the reset); at a 10 s reset still 1 s;
+    never more than 5 s."""
+    assert probe_due_wait_s(60) == pytest.approx(3.0)
+    assert probe_due_wait_s(10) == pytest.approx(1.0)
+    assert probe_due_wait_s(3600) == pytest.approx(5.0)
+    clock = Clock()
+    c, sleeps = caller(
+        clock=clock, max_attempts=1, breaker_failure_threshold=1, breaker_reset_timeout_s=60
+    )
+    with pytest.raises(SourceUnavailable):
+        await c.call(Script(http(503)))
+    real_sleep = sleeps.__call__
+
+    async def passing(seconds: float) -> None:
+        await real_sleep(seconds)
+        clock.t += seconds
+
+    c._sleep = passing
+    clock.t += 60 - 1.05  # 1.05 s early
+    fn = Script()
+    assert await c.call(fn) == "ok"
+    assert fn.calls == 1 and sleeps.waits == [pytest.approx(1.05)]
 
 
 async def test_a_probe_that_fails_slowly_keeps_the_next_probe_on_time():
