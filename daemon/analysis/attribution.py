@@ -56,7 +56,7 @@ from .attribution_ledger import (
     make_ledger,
     portfolio_marks,
 )
-from .attribution_models import replay_config
+from .attribution_models import refuse_other_data, replay_config
 from .attribution_replay import Replay, replay_run
 from .attribution_risk import beta_decomposition, component_attribution
 from .benchmark import BENCHMARK_SOURCES, align_benchmark, load_benchmark
@@ -307,6 +307,8 @@ class AttributionAnalyzer:
         folder is replayed with its run id and the models it names (`replay_config`)."""
         if isinstance(record, str | Path):
             run_config = replay_config(run_config, Path(record))
+            if panel is None:  # a panel passed in is the caller's data, not the files'
+                refuse_other_data(run_config, Path(record))
         replay = await replay_run(
             run_config, panel=panel, split_groups=self.config.split_groups, progress=progress
         )

@@ -26,7 +26,7 @@ from .run_records import _json_file
 if TYPE_CHECKING:
     from ..config import Config
 
-__all__ = ["replay_config"]
+__all__ = ["refuse_other_data", "replay_config"]
 
 log = structlog.get_logger(__name__)
 
@@ -76,6 +76,32 @@ def replay_config(config: Config, folder: Path) -> Config:
         run=dataclasses.replace(config.run, run_id=run_id)
         if isinstance(run_id, str)
         else config.run,
+    )
+
+
+def refuse_other_data(config: Config, folder: Path) -> None:
+    """Refuse to replay the record in `folder` on data files other than those it ran on
+    (its summary's `data` digest against the configured files' now), before the replay: a
+    file edited or refreshed since the run replayed in full, then ended in "not the same
+    run (another model version, config or data?)", not saying which. Nothing to compare (no
+    summary, a record made before data digests, the bundled series, frames): the replay's
+    comparison with the record says whether it is the run, as before."""
+    from ..feeds.fingerprint import data_digest
+
+    summary = _summary(folder)
+    recorded = data_digest(summary.get("data")) if summary is not None else None
+    if recorded is None or not recorded.startswith("sha256 "):
+        return
+    from ..app import data_fingerprint_of
+
+    now = data_digest(data_fingerprint_of(config))
+    if now is None or now == recorded:  # None: no file to hash, which the load names
+        return
+    raise ValueError(
+        f"its data files are not those it ran on (the record's {recorded}; "
+        f"{config.data.source} {config.data.path!r} now {now}): the replay would trade "
+        "other bars; restore the files the run used (or point data.path at them), or "
+        "report without --attribution"
     )
 
 

@@ -16,6 +16,7 @@ different order). The browser rendering is tests/integration/test_report_browser
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import math
 import re
@@ -706,6 +707,58 @@ def test_report_attribution_refuses_a_configuration_that_is_not_the_runs(cli, ru
     assert code == 2 and "Traceback" not in err
     last = err.strip().splitlines()[-1]  # the replay's log lines come first
     assert last.startswith("tradingd: error: run ") and "not the same run" in last
+
+
+def test_report_attribution_refuses_a_record_whose_data_file_changed_before_the_replay(
+    cli, tmp_path
+):
+    """A data file edited since the run: the replay ran in full, then ended in "not the same
+    run (another model version, config or data?)", not saying which. The record's data digest
+    is compared with the file's first, and the error names both; an unchanged file replays."""
+    rng = np.random.default_rng(5)
+    folder = tmp_path / "bars"
+    folder.mkdir()
+    days = pd.bdate_range("2016-01-04", periods=260)
+    for name in ("AAA", "BBB", "CCC"):
+        close = 50 * np.exp(np.cumsum(rng.normal(0.0005, 0.015, len(days))))
+        pd.DataFrame(
+            {
+                "date": days.strftime("%Y-%m-%d"),
+                "open": close,
+                "high": close * 1.01,
+                "low": close * 0.99,
+                "close": close,
+                "volume": 1_000_000,
+            }
+        ).to_csv(folder / f"{name}.csv", index=False)
+    config = write_config(tmp_path, f'[data]\nsource = "csv"\npath = "{folder}"\n')
+    code, _, err = cli("backtest", "-c", str(config))
+    assert code == 0, err
+    run = tmp_path / "runs" / "report-unit"
+    code, _, err = cli(
+        "report", str(run), "--output", str(tmp_path / "o"), "--no-validation", "--attribution"
+    )
+    assert code == 0, err  # the same file: the replay is the run
+    lines = (folder / "BBB.csv").read_text().splitlines()
+    cells = lines[100].split(",")
+    cells[4] = repr(float(cells[4]) * 1.01)  # one close, 1% higher
+    cells[2] = repr(max(float(cells[2]), float(cells[4])))
+    lines[100] = ",".join(cells)
+    (folder / "BBB.csv").write_text("\n".join(lines) + "\n")
+    code, _, err = cli(
+        "report", str(run), "--output", str(tmp_path / "o2"), "--no-validation", "--attribution"
+    )
+    last = err.strip().splitlines()[-1]
+    assert code == 2 and "not the same run" not in err
+    assert "its data files are not those it ran on" in last
+    recorded = json.loads((run / "summary.json").read_text())["data"]["sha256"]
+    now = hashlib.sha256(
+        "".join(
+            f"{hashlib.sha256((folder / n).read_bytes()).hexdigest()}  {n}\n"
+            for n in ("AAA.csv", "BBB.csv", "CCC.csv")
+        ).encode()
+    ).hexdigest()
+    assert f"sha256 {recorded}" in last and f"now sha256 {now}" in last
 
 
 def test_backtest_report_checks_the_analysis_config_before_the_replay(cli, tmp_path):
