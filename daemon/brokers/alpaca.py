@@ -1610,6 +1610,21 @@ class AlpacaBroker:
         await self._fills_waiting.wait()
         self._fills_waiting.clear()
 
+    async def check_open_orders(self) -> None:
+        """The followed open orders checked at Alpaca now, whatever the stream's state (the
+        periodic check's pass: the open orders listed, each followed one missing from them
+        read by id, at most `_REREAD_LIMIT`): what it finds is handed over by `updates`.
+        For the engine when the stream may have lost a fill event while the connection
+        stayed up (Alpaca's known behaviour): a reconciliation that finds a difference
+        beside an order of ours, and the stop. `updates` polls only with the stream down
+        (or an order to look up), so such a fill waited for the periodic check
+        (`open_orders_check_s`, 300 s): reconciliation blocked the symbol as unexplained
+        meanwhile, and a run that ended before it never stored the fill. Each request is
+        bounded as every call is (`call_timeout_s`, `max_attempts`). Raises RetryableError
+        when Alpaca cannot be reached."""
+        if self._open or self._replacements or self._unconfirmed:
+            await self.poll(only_open=True)
+
     async def poll(self, *, only_open: bool = False) -> None:
         """One reconciliation pass over the open orders (GET /v2/orders status=all from the
         oldest open order on, then each open order not listed by id). `only_open`: the

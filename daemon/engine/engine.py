@@ -2083,7 +2083,10 @@ class Engine:
           keys), or when it has moved at `_RECONCILE_MOVING_ROUNDS` rounds in a row;
           otherwise (an order of ours filling in parts) it waits for the next round;
         - the broker unreachable: tried again at the next round (logged once per failure).
-        Symbols outside the universe are not this run's and are not compared."""
+        At each check, a difference beside an order of ours working has the broker check
+        its open orders first (`_check_orders_beside`): a fill whose stream event was lost
+        is booked, no difference. Symbols outside the universe are not this run's and are
+        not compared."""
         first = await self._position_differences()
         if first is None:
             return
@@ -2156,29 +2159,77 @@ class Engine:
         assert self._bar_lock is not None
         async with self._bar_lock:
             try:
-                await self._book_late_updates()
-                held = await self.broker.positions()  # type: ignore[attr-defined]
-                if await self._book_late_updates():
-                    # A fill arrived while the positions were read: they may or may not
-                    # include it. Compare at the next round, not on a moving picture.
-                    log.info("reconcile.deferred", reason="fills arrived during the check")
+                held = await self._read_positions()
+                if held is None:
                     return None
+                out = self._differences(held)
+                if out and await self._check_orders_beside(out):
+                    # Fills of ours the broker had not reported: booked, so compared again
+                    # on positions read after them.
+                    held = await self._read_positions()
+                    if held is None:
+                        return None
+                    out = self._differences(held)
             except RetryableError as exc:
                 self.reconcile_error = str(exc)
                 log.warning("reconcile.unavailable", error=str(exc))
                 return None
             self.reconcile_error = None
             self._say_outside_universe(held)
-            quantity = self.portfolio.quantity
-            out: dict[str, tuple[float, float]] = {}
-            for i, sym in enumerate(self.symbols):
-                book = float(quantity[i])
-                broker = float(held.get(sym, 0.0))
-                if abs(book - broker) > 1e-6 * max(1.0, abs(book), abs(broker)):
-                    if self._split_expected(sym, broker, book):
-                        continue
-                    out[sym] = (broker, book)
             return out
+
+    async def _read_positions(self) -> Mapping[str, float] | None:
+        """The broker's positions, with the fills it reported before and during the read
+        booked; None when fills arrived during it (the positions may or may not include
+        them: compared at the next round, not on a moving picture)."""
+        await self._book_late_updates()
+        held: Mapping[str, float] = await self.broker.positions()  # type: ignore[attr-defined]
+        if await self._book_late_updates():
+            log.info("reconcile.deferred", reason="fills arrived during the check")
+            return None
+        return held
+
+    def _differences(self, held: Mapping[str, float]) -> dict[str, tuple[float, float]]:
+        """{symbol: (broker's quantity, book's)} where they differ (a split's expected
+        difference aside)."""
+        quantity = self.portfolio.quantity
+        out: dict[str, tuple[float, float]] = {}
+        for i, sym in enumerate(self.symbols):
+            book = float(quantity[i])
+            broker = float(held.get(sym, 0.0))
+            if abs(book - broker) > 1e-6 * max(1.0, abs(book), abs(broker)):
+                if self._split_expected(sym, broker, book):
+                    continue
+                out[sym] = (broker, book)
+        return out
+
+    async def _check_orders_beside(self, differences: Mapping[str, Any]) -> int:
+        """A difference in a symbol with an order of ours working may be a fill of ours the
+        broker has not reported: a live stream loses an event now and then with the
+        connection up (Alpaca's known behaviour), and the broker asks for its orders only
+        with the stream down. Those orders are checked at the broker (`check_open_orders`)
+        and what it finds booked; returns the number of fills booked. Before, such a fill
+        was booked only by the broker's periodic check (5 minutes) and the symbol blocked as
+        unexplained meanwhile, with a critical alert. Paced by the rounds: at most once
+        per check, two a round, and only beside such a difference. Raises RetryableError
+        when the broker cannot answer (the round is then tried again at the next one)."""
+        check = getattr(self.broker, "check_open_orders", None)
+        if check is None:
+            return 0
+        beside = sorted(set(differences) & self._symbols_with_open_orders())
+        if not beside:
+            return 0
+        await check()
+        booked = await self._book_late_updates(poll=False)
+        if booked:
+            log.warning(
+                "reconcile.unreported_fills",
+                symbols=beside,
+                fills=booked,
+                rule="fills of this run's orders the broker had not reported (a lost stream "
+                "event): found by checking its orders, booked before comparing again",
+            )
+        return booked
 
     def _say_outside_universe(self, held: Mapping[str, float]) -> None:
         """Positions the broker holds in symbols outside the universe: not this run's, so
@@ -2499,11 +2550,11 @@ class Engine:
         process without its exit line. What is not booked then, the next start books: its
         resume reads the broker's orders and fills against the store."""
         if not self._stop_requested:
-            await self._book_late_updates()
+            await self._book_final_checked()
             return
         try:
             async with asyncio.timeout(_STOP_UPDATES_S):
-                await self._book_late_updates()
+                await self._book_final_checked()
         except TimeoutError:
             log.warning(
                 "engine.stop_updates_unfinished",
@@ -2511,6 +2562,31 @@ class Engine:
                 rule="the broker did not answer in time: fills it reports later are booked "
                 "by the next start (it reads the broker's orders)",
             )
+
+    async def _book_final_checked(self) -> None:
+        """`_book_late_updates`, the orders of ours still working checked at the broker
+        first (`check_open_orders`), whatever the stream's state: a fill whose event the
+        stream lost (the connection up) was never asked for, and a run that ended before
+        the broker's periodic check finished without it stored. Not checked when the broker
+        cannot answer (said; the next start reads the broker's orders)."""
+        check = getattr(self.broker, "check_open_orders", None)
+        checked = False
+        if check is not None and self._seen and self._symbols_with_open_orders():
+            try:
+                await check()
+                checked = True
+            except RetryableError as exc:
+                log.warning(
+                    "engine.stop_orders_unchecked",
+                    error=str(exc),
+                    rule="the orders still working were not checked at the broker: fills "
+                    "it has not reported are booked by the next start (it reads the "
+                    "broker's orders)",
+                )
+        if checked:
+            await self._book_late_updates(poll=False)  # no second request for the same
+        else:
+            await self._book_late_updates()
 
     async def _book_late_updates(self, *, poll: bool = True) -> int:
         """A live broker executes between bars: fills that arrived after the last bar are
