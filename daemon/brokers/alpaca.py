@@ -211,6 +211,7 @@ WS_LOGGER = "tradingd.brokers.alpaca.websocket"
 STREAM_LOGGER = "alpaca.trading.stream"  # alpaca-py's trade stream
 _ORDER_PAGE = 500  # Alpaca's maximum page size for GET /v2/orders
 _ORPHAN_LIMIT = 1000  # updates kept for order ids not (yet) known
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _REQUESTED_POLL_GAP_S = 2.0  # polls asked for between the periodic ones: at most one this often
 # With the stream down and nothing open, Alpaca is asked for the account once a poll
 # interval (`_probe`), and never more often than this, whatever `poll_interval_s` is.
@@ -717,6 +718,13 @@ class AlpacaBroker:
         self._last_account_mono = time.monotonic()
         self._stream_changes = 0
         self._unknown_updates = 0
+        # POSTs of orders sent and not answered yet: an update for an order not known may be
+        # one of theirs (`_sort_orphans` waits for them).
+        self._submitting = 0
+        # Alpaca ids of orders found from their updates to be no order of this process
+        # (`_foreign_update`), said once each; bounded (`closed_history`).
+        self._foreign_ids: OrderedDict[str, None] = OrderedDict()
+        self._foreign_found = 0
         # Updates that carried a status or trade-update event name Alpaca's docs do not
         # list, by name ("status <name>", "event <name>"; `_note_unknown`). Bounded.
         self._unknown_names: dict[str, int] = {}
@@ -957,6 +965,9 @@ class AlpacaBroker:
             "last_error_at": _iso(self._last_error_at),
             # Updates for orders not (yet) known (parked until their order is).
             "unknown_updates": self._unknown_updates,
+            # Orders this process did not place, found from their updates after the start
+            # (`alpaca.unknown_order_update`; those in the universe followed as another's).
+            "foreign_orders_found": self._foreign_found,
             # Updates with a status or event name this adapter does not know, by name
             # (taken as working / as an update of the order's state, said once a name).
             "unknown_statuses": dict(self._unknown_names),
@@ -1446,7 +1457,11 @@ class AlpacaBroker:
 
         async def send(unit: Unit) -> dict[str, Order]:
             async with gate:
-                return await self._submit_unit(unit)
+                self._submitting += 1
+                try:
+                    return await self._submit_unit(unit)
+                finally:
+                    self._submitting -= 1
 
         waves = [[u for u in units if u.primary.side is side] for side in (Side.SELL, Side.BUY)]
         for n, wave in enumerate(waves):
@@ -2368,12 +2383,94 @@ class AlpacaBroker:
 
     def _park(self, aid: str, raw: Mapping[str, Any], event: Mapping[str, Any]) -> None:
         """An update for an order not known (yet): its POST may still be on its way back.
-        Kept briefly, bounded; applied when the order becomes known."""
+        Kept briefly, bounded; applied when the order becomes known, else sorted after the
+        next poll (`_sort_orphans`, which a new one asks for). Those of an order already
+        found to be another's (`_foreign_update`: outside the universe, or no longer
+        working) are counted, not kept: it was said."""
         self._unknown_updates += 1
+        if aid in self._foreign_ids:
+            return
+        if aid not in self._orphans:
+            self._poll_requested = True
+            self._wake.set()
         self._orphans.setdefault(aid, []).append((raw, event))
         self._orphans.move_to_end(aid)
         while len(self._orphans) > _ORPHAN_LIMIT:
             self._orphans.popitem(last=False)
+
+    def _sort_orphans(self, parked: Sequence[str]) -> bool:
+        """The orders whose updates were parked (`parked`: before a poll that has now
+        succeeded) and are still unknown: none of this process's, since no order of ours
+        is on its way (a POST unanswered, an outcome to look up, a replacement to read) and
+        the poll linked those it could (a leg of ours). Each is said and, in the universe
+        and working, followed as another's (`_foreign_update`). An order placed by hand
+        after the start was parked without a word: only `unknown_updates` counted it, the
+        planner did not see it working, and its fills moved the position unexplained.
+        Returns False, nothing sorted, while an order of ours may be on its way (the
+        caller asks again after the next poll)."""
+        if self._submitting or self._unconfirmed or self._replacements:
+            return False
+        for aid in parked:
+            if aid in self._by_alpaca_id:
+                self._replay(aid)  # linked meanwhile (a leg a poll read under its entry)
+                continue
+            updates = self._orphans.pop(aid, None)
+            if updates:
+                self._foreign_update(aid, [raw for raw, _event in updates])
+        return True
+
+    def _foreign_update(self, aid: str, updates: Sequence[Mapping[str, Any]]) -> None:
+        """An order Alpaca reported that this process did not place (by hand, or another
+        program on the account), from its updates (`updates`, as they came): said once
+        (`alpaca.unknown_order_update`, never a key); in the universe and still working, it
+        is followed as another's, as the orders open at the start are (`_adopt`): listed by
+        `open_orders`, so the planner places no entry in its symbol while it works, and its
+        fills are not this run's (the engine's `broker.foreign_fill`). Its executions before
+        are not reported (a difference for reconciliation, as any trade by hand)."""
+        raw = max(
+            enumerate(updates),
+            key=lambda p: (parse_time(p[1].get("updated_at")) or _EPOCH, p[0]),
+        )[1]
+        self._remember(self._foreign_ids, aid)
+        self._foreign_found += 1
+        symbol = str(raw.get("symbol") or "")
+        status_text = str(raw.get("status") or "")
+        working = map_status(status_text).is_open
+        followed: str | None = None
+        if self._symbols is not None and symbol not in self._symbols:
+            rule = "outside this run's universe: not followed, left alone"
+        elif not working:
+            rule = (
+                "no longer working: not followed; a position it moved is a difference for "
+                "reconciliation, as a trade by hand"
+            )
+        elif not self._config.adopt_open_orders:
+            rule = "not followed (adopt_open_orders is off); its symbol is traded as before"
+        else:
+            try:
+                parts = self._read_orders(raw, "trade_update", "an unknown order's update")
+            except RetryableError as e:
+                rule = f"not followed: {e}"
+            else:
+                followed = self._adopt(raw, parts)
+                rule = (
+                    "not placed by this process (by hand, or another program on the "
+                    "account): followed as another's; no new entries of this run in its "
+                    "symbol while it works (cancel it at the broker, or let it fill); its "
+                    "fills are not booked as this run's"
+                )
+        log.warning(
+            "alpaca.unknown_order_update",
+            alpaca_id=self._scrub(aid[:64]),
+            client_order_id=self._scrub(str(raw.get("client_order_id") or "")[:64]),
+            symbol=self._scrub(symbol[:16]),
+            side=self._scrub(str(raw.get("side") or "")[:8]),
+            quantity=parse_float(raw.get("qty")),
+            status=self._scrub(status_text[:32]),
+            updates=len(updates),
+            followed_as=followed,
+            rule=rule,
+        )
 
     def _replay(self, aid: str) -> None:
         for raw, event in self._orphans.pop(aid, []):
@@ -2477,15 +2574,18 @@ class AlpacaBroker:
             return f"{named}: the answer's id is {raw.get('id')!r}"
         return None
 
-    async def _poll_quietly(self, *, only_open: bool = False, probe: bool = False) -> None:
-        """A poll (`probe`: the account probe instead) whose failure is logged, not raised."""
+    async def _poll_quietly(self, *, only_open: bool = False, probe: bool = False) -> bool:
+        """A poll (`probe`: the account probe instead) whose failure is logged, not raised;
+        whether it succeeded."""
         failing = _FAILING_POLLS.set(self._poll_outage)
         try:
             await (self._probe() if probe else self.poll(only_open=only_open))
         except Exception as e:  # polling is the fallback: it must not take the engine down
             self._poll_failed(self._scrub(e))
+            return False
         else:
             self._poll_succeeded()
+            return True
         finally:
             _FAILING_POLLS.reset(failing)
 
@@ -2628,10 +2728,14 @@ class AlpacaBroker:
                     await asyncio.sleep(wait)
                 self._requested_poll_mono = time.monotonic()
             self._poll_requested = False
+            parked = list(self._orphans)  # updates of orders not known: sorted after it
+            polled = True
             if self._open or self._replacements or self._unconfirmed:
                 # With the stream up and nothing asked for, this is the periodic check: the
                 # open orders suffice (a lost fill shows as an order no longer open).
-                await self._poll_quietly(only_open=self._stream_up and idle)
+                polled = await self._poll_quietly(only_open=self._stream_up and idle)
+            if parked and polled and not self._sort_orphans(parked):
+                self._poll_requested = True  # an order of ours on its way: after the next
 
     async def _confirm_closed(self, t: _Tracked) -> None:
         """Wait (bounded) until Alpaca confirms a cancel: from the stream, else by asking."""
