@@ -331,8 +331,14 @@ def _parser() -> argparse.ArgumentParser:
     ft = sub.add_parser("features", help="print the configured feature set and its version")
     common(ft)
 
-    pl = sub.add_parser("plugins", help="list the installed plugins")
-    del pl
+    pl = sub.add_parser(
+        "plugins",
+        help="list the installed plugins, or one plugin's params with their defaults",
+        description="Without NAME: every installed plugin, its kind and class. With NAME: "
+        "the plugin's params (set in its `params = { ... }` table), each with its default "
+        "and the comment its Config class gives it.",
+    )
+    pl.add_argument("names", nargs="*", metavar="NAME", help="a plugin's name")
     cf = sub.add_parser("config", help="print the effective configuration as JSON")
     common(cf)
 
@@ -467,7 +473,7 @@ def _command(args: argparse.Namespace) -> int:
 
         return walkforward(args)
     if args.command == "plugins":
-        return _plugins()
+        return _plugin_params(args.names) if args.names else _plugins()
     if args.command == "health":
         return _health(args)
     if args.command == "report":
@@ -747,6 +753,53 @@ def _plugins() -> int:
             f"class's `kind` to one of {', '.join(KINDS)}",
             file=sys.stderr,
         )
+    return 0
+
+
+def _plugin_params(names: list[str]) -> int:
+    """`tradingd plugins NAME ...`: each plugin's params, defaults and comments."""
+    import dataclasses
+    import inspect
+    import textwrap
+
+    from .engine.plugin_params import param_docs, toml_value
+    from .engine.plugins import clash_text, registered
+
+    found = registered()
+    unknown = [n for n in names if n not in found]
+    if unknown:
+        raise TradingdError(
+            f"plugins: no plugin named {', '.join(map(repr, unknown))}; installed: "
+            f"{', '.join(sorted(found))}"
+        )
+    for i, name in enumerate(names):
+        targets = found[name]
+        if len(targets) > 1:
+            raise TradingdError(f"plugins: {clash_text(name, targets)}")
+        ep = targets[0]
+        try:
+            cls = ep.load()
+        except Exception as exc:
+            raise TradingdError(
+                f"plugins: {name} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
+            ) from None
+        config_cls = getattr(cls, "Config", None)
+        if i:
+            print()
+        doc = (inspect.getdoc(cls) or "").split("\n\n")[0].replace("\n", " ")
+        print(f"{name} ({getattr(cls, 'kind', '?')}, {ep.value})")
+        if doc:
+            print(f"  {doc}")
+        if not isinstance(config_cls, type) or not dataclasses.is_dataclass(config_cls):
+            print("  no Config dataclass: no params")
+            continue
+        print("  params (in the plugin's `params = { ... }`), with their defaults:")
+        for p in param_docs(config_cls):
+            if p.above:
+                for line in textwrap.wrap(p.above, 86):
+                    print(f"    # {line}")
+            line = f"    {p.name} = {toml_value(p.default)}  ({p.type})"
+            print(f"{line}  # {p.inline}" if p.inline else line)
     return 0
 
 
