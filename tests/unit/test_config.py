@@ -16,6 +16,36 @@ def test_default_toml_equals_builtin_defaults():
     assert load_config([ROOT / "config" / "default.toml"], env={}) == Config()
 
 
+def test_default_toml_writes_every_setting():
+    """Equal values are not enough: a section left out (`[alerts]`: its backoff, rate and
+    dedup settings were documented nowhere a user would look) compares equal at its
+    defaults. Every setting of every section is written (the plugin lists are their own:
+    `tradingd plugins NAME` prints each plugin's params)."""
+    import dataclasses
+    import tomllib
+
+    from tradingd.config import PluginSpec
+
+    written = tomllib.loads((ROOT / "config" / "default.toml").read_text())
+    missing: list[str] = []
+
+    def walk(obj: object, table: dict, path: str) -> None:
+        for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+            value = getattr(obj, f.name)
+            where = f"{path}.{f.name}" if path else f.name
+            if isinstance(value, PluginSpec) or (
+                isinstance(value, tuple) and value and isinstance(value[0], PluginSpec)
+            ):
+                continue
+            if f.name not in table:
+                missing.append(where)
+            elif dataclasses.is_dataclass(value) and isinstance(table[f.name], dict):
+                walk(value, table[f.name], where)
+
+    walk(Config(), written, "")
+    assert missing == []
+
+
 def test_specification_defaults():
     c = Config()
     assert c.costs.commission_pct == 0.001
