@@ -630,7 +630,14 @@ class LiveConfig:
             self.bars_per_second,
             ">= 0 (0 = real time)",
         )
-        _require(self.heartbeat_s > 0, "live.heartbeat_s", self.heartbeat_s, "> 0 seconds")
+        # Bounded both ways: 1e-9 was a loop running the calendar without pause, 1e12 no
+        # heartbeat at all (a release missed in a suspend waited for the next close).
+        _require(
+            0.01 <= self.heartbeat_s <= 3600,
+            "live.heartbeat_s",
+            self.heartbeat_s,
+            "between 0.01 and 3600 seconds",
+        )
         _require(self.warmup_bars >= 0, "live.warmup_bars", self.warmup_bars, ">= 0")
         _require(
             self.reconcile_interval_s > 0,

@@ -457,7 +457,16 @@ class LiveClock:
     # -- accelerated ----------------------------------------------------------------------
 
     async def _release_next(self) -> None:
+        """An accelerated firing: the calendar's next bar released, unless `_MAX_PENDING`
+        wait for the engine already; then the replay waits with them (the next firing
+        releases it). The bounded deque dropped the oldest without a word: an engine more
+        than 10,000 bars behind its rate lost bars from the middle of the replay, none
+        counted as dropped or untraded."""
         self.fired += 1
+        if len(self._pending) >= _MAX_PENDING:
+            if self._event is not None:
+                self._event.set()
+            return
         if self._next < len(self._calendar):
             t = self._calendar[self._next]
             self._pending.append(t)

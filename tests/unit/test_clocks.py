@@ -78,6 +78,29 @@ async def test_late_consumer_loses_no_bar():
     assert got == CAL
 
 
+async def test_an_accelerated_replay_far_behind_its_rate_waits_and_loses_no_bar(monkeypatch):
+    """Firings past the backlog's bound (10,000 bars) dropped the oldest bars from the middle
+    of the replay without a word; they now wait for the engine, and every bar is handed
+    over once, in order."""
+    import tradingd.clock.live as live
+
+    monkeypatch.setattr(live, "_MAX_PENDING", 4)
+    cal = [datetime(2020, 1, 1, tzinfo=UTC) + timedelta(days=i) for i in range(12)]
+    clock = LiveClock(LiveConfig(bars_per_second=0.001), cal)  # the scheduler will not fire
+    await clock.start()
+    try:
+        got: list[datetime] = []
+        while len(got) < len(cal):
+            for _ in range(7):  # the rate outruns the engine
+                await clock._release_next()
+            assert len(clock._pending) <= 4
+            got.append(await anext(aiter(clock)))
+        assert [t async for t in clock] == []
+    finally:
+        await clock.stop()
+    assert got == cal and clock.dropped == 0
+
+
 async def test_real_time_clock_fires_after_the_close_on_sessions():
     """On the real wall clock: armed for the next session's close + 5 minutes, New York."""
     clock = LiveClock(LiveConfig(delay_s=300))
@@ -355,6 +378,17 @@ async def test_own_calendar_is_extended_before_it_runs_out():
         assert clock.next_release_at == u(2024, 11, 27, 21, 5)
     finally:
         await clock.stop()
+
+
+@pytest.mark.parametrize("beat", [0, 1e-9, 0.009, 3601, 1e12, float("nan"), float("inf")])
+def test_the_heartbeat_setting_is_bounded_both_ways(beat):
+    """1e-9 ran the calendar's checks without pause; 1e12 left no heartbeat at all."""
+    from tradingd.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="live.heartbeat_s"):
+        LiveConfig(heartbeat_s=beat)
+    assert LiveConfig(heartbeat_s=0.01).heartbeat_s == 0.01
+    assert LiveConfig(heartbeat_s=3600).heartbeat_s == 3600
 
 
 def test_real_time_clock_checks_its_calendar_settings():
