@@ -2099,6 +2099,13 @@ def health_inputs(
             data = {"last": last, "expected": expected}
             if expected is None or (last is not None and last >= expected):
                 return CheckResult(True, f"last bar {last}", data)
+            in_hand = engine.bar_in_progress
+            if in_hand is not None and in_hand >= expected:
+                # Released and being fetched or stepped: a slow vendor's fetch (minutes at
+                # Alpha Vantage's rate) failed /ready for part of every bar.
+                return CheckResult(
+                    True, f"bar {in_hand} released: being fetched and stepped (last {last})", data
+                )
             failing = engine.warmup_failing  # (None once the warm-up is over)
             if failing is not None:
                 # Not the warm-up's usual lag: its source fails (retried with backoff).

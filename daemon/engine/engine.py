@@ -672,6 +672,11 @@ class Engine:
         # the checkpoint). A restart's warm-up bars after the checkpoint are then bars the
         # run missed while down; before, they are history before its first live bar.
         self._went_live = False
+        # The live bar the clock released and the engine is fetching or stepping now (None
+        # between bars, and while a bar the source did not deliver is asked for again): /ready
+        # did not pass while a slow vendor's fetch of the newest bar ran (minutes at Alpha
+        # Vantage's rate), as if the feed were late.
+        self.bar_in_progress: datetime | None = None
         # Operator controls (POST /pause, /resume, /flatten): active | paused | flattening.
         # In every checkpoint, and stored when a control answers (set_trading_state).
         self.trading_state = "active"
@@ -1445,8 +1450,10 @@ class Engine:
             # The clock's own iterator (not a generator around it): one async step a bar.
             async for t in _no_times() if self._stop_requested else self.clock:
                 self._count_dropped_releases()  # before the step that checkpoints them
-                if live and self._released_again(t, missed):
-                    continue
+                if live:
+                    if self._released_again(t, missed):
+                        continue
+                    self.bar_in_progress = t
                 # Twice a bar: a replay's no-op is not called (a call costs what a bar's
                 # dozen attribute reads do).
                 if self.on_heartbeat is not _no_heartbeat:
@@ -1471,6 +1478,7 @@ class Engine:
                     # /ready and /metrics; it is asked for again while it may still trade
                     # (`_fetch_late`), else the next release fetches it again first.
                     self.bars_unavailable += 1
+                    self.bar_in_progress = None  # asked for again: /ready names it late
                     deadline = self._late_bar_deadline(t) if live else None
                     # The outage's first bar is a warning; later bars are counted and said
                     # at a bounded rate (FeedOutage; each bar a debug line).
@@ -1502,6 +1510,7 @@ class Engine:
                         async with self._bar_lock:
                             await self.step(bar, self._catch_up(t))
                         await self._store_late_bars()
+                self.bar_in_progress = None
                 if self.on_heartbeat is not _no_heartbeat:
                     self.on_heartbeat()
                 if self._stop_requested:

@@ -56,3 +56,59 @@ async def test_last_bar_check_names_the_warm_up_then_passes_once_trading(tmp_pat
         assert result.data is not None and result.data["expected"] == expected
     assert engine.warmup_bars > 100 and not engine.warming_up
     assert after.ok and after.detail == f"last bar {engine.last_bar_time}"
+
+
+async def test_last_bar_check_passes_while_the_newest_bar_is_fetched_not_when_it_failed(
+    tmp_path: Path,
+):
+    """A slow vendor's fetch of the newest bar (minutes at Alpha Vantage's rate) failed /ready
+    from the bar's release until the fetch ended, as if the feed were late. While the bar is
+    fetched the check passes, naming it; once the source has failed it (asked for again
+    later), the check fails as before."""
+    import asyncio
+
+    from tradingd.app import build_engine, health_inputs
+    from tradingd.config import load_config
+    from tradingd.core.errors import RetryableError
+
+    cfg = write_config(tmp_path, "slow", start="2017-01-03", end="2017-01-06", rate=1000.0)
+    engine = build_engine(load_config([ROOT / "config/default.toml", cfg], env={}), "live")
+    checks, _status, _controls = health_inputs(engine)
+    [last_bar] = [c for c in checks if c.name == "last_bar"]
+    bars = engine.feed.bars
+    seen: dict[datetime, Any] = {}
+    fetching = asyncio.Event()
+    go_on = asyncio.Event()
+
+    async def slow(t):  # type: ignore[no-untyped-def]
+        if t == datetime(2017, 1, 4, tzinfo=UTC):
+            engine.clock.expected_latest = lambda now=None: t  # type: ignore[method-assign]
+            fetching.set()
+            await go_on.wait()  # the vendor's fetch takes its time
+        if t == datetime(2017, 1, 5, tzinfo=UTC):
+            engine.clock.expected_latest = lambda now=None: t  # type: ignore[method-assign]
+            raise RetryableError("alphavantage: no bar yet")
+        return await bars(t)
+
+    engine.feed.bars = slow
+    # Said once the source failed the bar (it is then asked for again, or missed).
+    engine.on_bar_unavailable.append(lambda t: seen.__setitem__(t, last_bar.probe()))
+
+    async def probe_while_fetching() -> None:
+        await fetching.wait()
+        seen[datetime(2017, 1, 4, tzinfo=UTC)] = last_bar.probe()
+        go_on.set()
+
+    prober = asyncio.create_task(probe_while_fetching())
+    await engine.run_until_done()
+    await prober
+    during = seen[datetime(2017, 1, 4, tzinfo=UTC)]
+    assert during.ok, during
+    assert during.detail.startswith("bar 2017-01-04 00:00:00+00:00 released: being fetched")
+    # The next bar's fetch failed: from then on, not ready, the bar named late.
+    failed = seen[datetime(2017, 1, 5, tzinfo=UTC)]
+    assert not failed.ok
+    assert failed.detail == (
+        "last bar 2017-01-04 00:00:00+00:00 older than expected 2017-01-05 00:00:00+00:00"
+    )
+    assert engine.bar_in_progress is None
