@@ -385,7 +385,7 @@ def test_the_heartbeat_setting_is_bounded_both_ways(beat):
     """1e-9 ran the calendar's checks without pause; 1e12 left no heartbeat at all."""
     from tradingd.core.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="live.heartbeat_s"):
+    with pytest.raises(ConfigError, match=r"live\.heartbeat_s"):
         LiveConfig(heartbeat_s=beat)
     assert LiveConfig(heartbeat_s=0.01).heartbeat_s == 0.01
     assert LiveConfig(heartbeat_s=3600).heartbeat_s == 3600
