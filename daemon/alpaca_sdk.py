@@ -17,7 +17,10 @@ feed's `StockHistoricalDataClient` and the corporate-actions client.
   timeout), so an answer trickling its body kept a worker thread for as long as it dripped:
   two of them held both threads of the data client's pool, queueing every later request
   until it timed out in the queue. The session streams the body in a loop against a
-  monotonic deadline instead, and gives up at it.
+  monotonic deadline instead, and gives up at it. It also caps the body's size
+  (`max_body_bytes`, the data sources' `DEFAULT_MAX_BODY_BYTES` unless given): a longer
+  answer (by its Content-Length, or as read) is refused unread with `BodyTooLarge`, a
+  `requests.ContentDecodingError` (kind `malformed`), not buffered whole in the thread.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from urllib.parse import urlsplit
 import requests
 import structlog
 from urllib3.exceptions import DecodeError, HTTPError, ProtocolError, ReadTimeoutError, SSLError
+
+from .feeds.resilience import DEFAULT_MAX_BODY_BYTES, body_too_large
 
 log = structlog.get_logger(__name__)
 
@@ -114,6 +119,11 @@ class DeadlineExceeded(requests.exceptions.ReadTimeout):
     """A request's whole time (connect, headers and body) passed its deadline: abandoned."""
 
 
+class BodyTooLarge(requests.exceptions.ContentDecodingError):
+    """An answer's body longer than the session's `max_body_bytes`: refused unread (an
+    answer that cannot be read: `malformed` for the data clients and the broker)."""
+
+
 class DeadlineSession(requests.Session):
     """A requests session whose every request has `timeout_s` per socket operation (connect,
     each read: requests' own timeout, unless the call gives one) and `deadline_s` in all
@@ -124,14 +134,24 @@ class DeadlineSession(requests.Session):
     for the caller) raised, so the worker thread is free again. What the deadline cannot
     cut short: the connect and the headers, each read of which still has `timeout_s` (a
     host trickling its headers is bounded by http.client's limits on their size only). A
-    call asking for `stream=True` reads the body itself, unbounded as before."""
+    call asking for `stream=True` reads the body itself, unbounded as before.
+
+    `max_body_bytes`: a body longer than that (its Content-Length, or the bytes read,
+    decompressed) is refused: the response closed, `BodyTooLarge` raised naming the size and
+    the cap. Unbounded, a padded answer was buffered whole (a GB within the deadline)."""
 
     CHUNK = 64 * 1024
 
-    def __init__(self, timeout_s: float, deadline_s: float | None = None) -> None:
+    def __init__(
+        self,
+        timeout_s: float,
+        deadline_s: float | None = None,
+        max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    ) -> None:
         super().__init__()
         self.timeout_s = timeout_s
         self.deadline_s = timeout_s if deadline_s is None else deadline_s
+        self.max_body_bytes = max_body_bytes
 
     def request(self, method: Any, url: Any, *args: Any, **kw: Any) -> requests.Response:
         if len(args) < 7:  # else timeout was given positionally (7th after url)
@@ -163,6 +183,9 @@ class DeadlineSession(requests.Session):
         against the deadline `started + deadline_s`."""
         raw = response.raw
         deadline = started + self.deadline_s
+        declared = response.headers.get("Content-Length", "")
+        if declared.strip().isdigit() and int(declared) > self.max_body_bytes:
+            raise self._too_large(method, url, int(declared))
         parts: list[bytes] = []
         size = 0
         # Each read waits the time left at most; the socket's own timeout is put back after
@@ -195,6 +218,9 @@ class DeadlineSession(requests.Session):
                     break
                 parts.append(chunk)
                 size += len(chunk)
+                if size > self.max_body_bytes:
+                    parts.clear()  # not held by the traceback's frame
+                    raise self._too_large(method, url)
         finally:
             # Not once the connection went back to the pool (the read that met the body's
             # end released it): another thread may hold it already, with its own timeout.
@@ -204,6 +230,10 @@ class DeadlineSession(requests.Session):
         # requests' own attributes for a body read (`Response.content` sets the same two).
         response._content = b"".join(parts)
         response._content_consumed = True
+
+    def _too_large(self, method: Any, url: Any, declared: int | None = None) -> BodyTooLarge:
+        what = f"{str(method).upper()} {urlsplit(str(url)).path}"
+        return BodyTooLarge(f"{what}: {body_too_large(self.max_body_bytes, declared)}")
 
     def _abandon(self, method: Any, url: Any, size: int, started: float) -> None:
         elapsed = time.monotonic() - started

@@ -671,7 +671,8 @@ class YahooFeedConfig:
     include_prepost: bool = False
     # Timeout, retries, circuit breaker, budgets and concurrency: SourceConfig fields
     # (timeout_s, max_attempts, backoff_base_s, backoff_max_s, breaker_failure_threshold,
-    # breaker_reset_timeout_s, max_concurrency, per_minute, per_day); empty = the defaults.
+    # breaker_reset_timeout_s, max_concurrency, per_minute, per_day, max_body_bytes); empty =
+    # the defaults.
     call: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -260,11 +260,69 @@ def error_for_status(
     )
 
 
-async def response_text(resp: Any, source: str, symbol: str | None = None) -> str:
+# The largest answer body a data client reads (`SourceConfig.max_body_bytes`, and the Alpaca
+# clients' `alpaca_sdk.DeadlineSession`): a daily or intraday answer of years of bars is a few
+# MB; one of hundreds of MB is not a time series we can use, and read whole it held as much
+# memory (a 400 MB body raised the daemon's RSS by 2 GB) before its timeout.
+DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
+_READ_CHUNK = 256 * 1024
+
+
+def body_too_large(limit: int, declared: int | None = None) -> str:
+    """The message of an answer refused for its size (`malformed`): `declared` is its
+    Content-Length, None when the body was cut off as it was read past the cap."""
+    size = (
+        f"declares {declared} bytes (Content-Length), over the cap of {limit}"
+        if declared is not None
+        else f"is longer than the cap of {limit}"
+    )
+    return (
+        f"the answer's body {size} bytes (max_body_bytes): refused, not read on; no time "
+        "series is that long: check the source's base URL (or raise its call.max_body_bytes)"
+    )
+
+
+async def response_text(
+    resp: Any, source: str, symbol: str | None = None, *, max_bytes: int | None = None
+) -> str:
     """The answer's body as text. A body that is not text in its charset (an invalid UTF-8
     byte, an unknown charset name) is a malformed answer, retried as one: it was a bare
     UnicodeDecodeError, which the caller took for a bug of ours (`source.internal_error`,
-    with a traceback)."""
+    with a traceback).
+
+    `max_bytes` (default `DEFAULT_MAX_BODY_BYTES`): a body longer than that (by its
+    Content-Length, or as read, a compressed or chunked body included) is a malformed
+    answer naming its size and the cap, refused without reading further: `resp.text()`
+    read any body whole, a padded 400 MB answer included."""
+    limit = DEFAULT_MAX_BODY_BYTES if max_bytes is None else max_bytes
+    declared = resp.content_length
+    if declared is not None and declared > limit:
+        raise make_error(
+            source,
+            "malformed",
+            f"HTTP {resp.status}: " + body_too_large(limit, declared),
+            status=resp.status,
+            symbol=symbol,
+        )
+    # Chunks joined once whole: a growing buffer's reallocation held twice the cap.
+    parts: list[bytes] = []
+    size = 0
+    async for chunk in resp.content.iter_chunked(_READ_CHUNK):
+        parts.append(chunk)
+        size += len(chunk)
+        if size > limit:
+            parts.clear()
+            raise make_error(
+                source,
+                "malformed",
+                f"HTTP {resp.status}: " + body_too_large(limit),
+                status=resp.status,
+                symbol=symbol,
+            )
+    # aiohttp's own `read()` keeps the body there; `text()` then decodes it with the
+    # answer's charset (or its fallback) without reading again.
+    resp._body = b"".join(parts)
+    parts.clear()
     try:
         text: str = await resp.text()
     except (UnicodeDecodeError, LookupError) as exc:
@@ -326,6 +384,10 @@ def classify(exc: BaseException, source: str, secrets: Iterable[str] = ()) -> So
             )
         if isinstance(exc, requests.JSONDecodeError):
             return make_error(source, "malformed", f"not JSON: {redact(exc, secrets)}"[:300])
+        if isinstance(exc, requests.exceptions.ContentDecodingError):
+            # A body that cannot be read (a broken compression, one over the size cap:
+            # `alpaca_sdk.BodyTooLarge`): an answer, malformed, not a connection failure.
+            return make_error(source, "malformed", f"unreadable body: {redact(exc, secrets)}"[:400])
     except ImportError:  # pragma: no cover - requests is a dependency of alpaca-py
         pass
     if isinstance(exc, OSError):
@@ -353,6 +415,8 @@ class SourceConfig:
     max_concurrency: int = 4  # requests in flight to this source
     per_minute: float = 0.0  # request budget per minute; 0 = unlimited
     per_day: int = 0  # request budget per UTC day; 0 = unlimited
+    # the largest answer body read, in bytes; a longer one is `malformed` (not read on)
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
 
     def __post_init__(self) -> None:
         def bad(name: str, rule: str) -> ConfigError:
@@ -365,7 +429,12 @@ class SourceConfig:
             value = getattr(self, name)
             if not (value >= 0 and math.isfinite(value)):
                 raise bad(name, ">= 0")
-        for name in ("max_attempts", "breaker_failure_threshold", "max_concurrency"):
+        for name in (
+            "max_attempts",
+            "breaker_failure_threshold",
+            "max_concurrency",
+            "max_body_bytes",
+        ):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise bad(name, "an integer >= 1")

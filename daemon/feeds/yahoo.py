@@ -581,7 +581,9 @@ class YahooClient:
                 timeout=self.caller.client_timeout(),
                 allow_redirects=False,
             ) as resp:
-                text = await response_text(resp, SOURCE, symbol)
+                text = await response_text(
+                    resp, SOURCE, symbol, max_bytes=self.caller.config.max_body_bytes
+                )
                 if resp.status != 200:
                     raise error_for_status(
                         SOURCE,

@@ -4,10 +4,14 @@ refused at once (it waited forever: no thread took it, or one read the stop mark
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tradingd.alpaca_sdk import DaemonWorker
+from tradingd.alpaca_sdk import BodyTooLarge, DaemonWorker, DeadlineSession
+from tradingd.feeds.resilience import DEFAULT_MAX_BODY_BYTES, classify
 
 
 def test_calls_run_on_daemon_threads_and_return_their_results() -> None:
@@ -52,3 +56,70 @@ def test_calls_queued_behind_a_hung_one_are_cancelled_at_shutdown() -> None:
     assert queued.cancelled()
     release.set()
     assert hung.result(timeout=5) == "late"  # abandoned with its thread, not killed
+
+
+# ----------------------------------------------------------------------------- body size
+
+
+@contextmanager
+def _padded_server(size: int, *, declare: bool) -> Iterator[str]:
+    """A loopback host answering `size` bytes of JSON-ish padding, with a Content-Length
+    when `declare`, else chunked."""
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            chunk = b"x" * (256 * 1024)
+            try:
+                if declare:
+                    self.send_header("Content-Length", str(size))
+                    self.end_headers()
+                    for _ in range(size // len(chunk)):
+                        self.wfile.write(chunk)
+                else:
+                    self.send_header("Transfer-Encoding", "chunked")
+                    self.end_headers()
+                    for _ in range(size // len(chunk)):
+                        self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+                    self.wfile.write(b"0\r\n\r\n")
+            except OSError:
+                pass  # the client hung up
+
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{srv.server_address[1]}"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_the_sessions_cap_is_the_data_sources_default() -> None:
+    assert DeadlineSession(5.0).max_body_bytes == DEFAULT_MAX_BODY_BYTES
+
+
+@pytest.mark.parametrize("declare", [False, True], ids=["chunked", "content_length"])
+def test_an_answer_longer_than_the_cap_is_refused_unread(declare: bool) -> None:
+    """The session counted the bytes it read and buffered any number of them (1-2 GB in
+    the trial before the deadline): an answer over `max_body_bytes` is refused (by its
+    Content-Length, or as read), its connection closed, a malformed answer for the data
+    clients naming the size and the cap."""
+    cap = 1024 * 1024
+    with _padded_server(40 * cap, declare=declare) as url:
+        session = DeadlineSession(10.0, max_body_bytes=cap)
+        with pytest.raises(BodyTooLarge) as info:
+            session.get(f"{url}/v2/stocks/bars")
+        assert DeadlineSession(10.0).get(f"{url}/v2/stocks/bars").content == b"x" * 40 * cap
+        session.close()
+    text = str(info.value)
+    assert text.startswith("GET /v2/stocks/bars: the answer's body")
+    assert f"cap of {cap} bytes (max_body_bytes)" in text
+    assert ("Content-Length" in text) == declare
+    err = classify(info.value, "alpaca")
+    assert err is not None and err.kind == "malformed" and err.retryable
