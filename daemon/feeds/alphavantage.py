@@ -34,7 +34,8 @@ Soft errors are HTTP 200 bodies holding one of the keys `Note`, `Information` or
                             at the feed, as Alpaca's 401: check ALPHA_VANTAGE_API_KEY)
   {}                        no data for the symbol: kind `not_found`
 All are SourceError of kind `soft_error` (or `not_found`, `plan`, `auth`), never bars. A time
-series row that is not an object is `malformed`.
+series row that is not an object is `malformed`, as is a `Meta Data` that is not one or a
+`Time Zone` that names no time zone (naming the field).
 
 Labels: daily rows are session dates; intraday rows are bar starts in the answer's time zone
 (`Time Zone` of the meta data, US/Eastern; CSV has none and uses `timezone`), converted to UTC.
@@ -50,6 +51,7 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiohttp
 import numpy as np
@@ -200,6 +202,18 @@ def _action_values(given: pd.Series, times: pd.Series, name: str) -> pd.Series:
     return values
 
 
+def _timezone(field: str, name: Any) -> str:
+    """The meta data's time zone `name`; a ValueError naming the field when it names none
+    (it raised ZoneInfoNotFoundError in pandas, taken for a bug of ours: `internal`)."""
+    if not isinstance(name, str):
+        raise ValueError(f"Meta Data {field!r} is not a time zone name: {name!r:.40}")
+    try:
+        ZoneInfo(_TZ_ALIASES.get(name, name))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"Meta Data {field!r}: {name!r:.60} is not a time zone") from None
+    return name
+
+
 def parse_body(
     text: str, symbol: str | None = None, secrets: Iterable[str] = ()
 ) -> tuple[pd.DataFrame, str | None]:
@@ -216,7 +230,9 @@ def parse_body(
         if series_key is None or not isinstance(obj[series_key], dict):
             raise ValueError(f"no 'Time Series' object; keys {sorted(obj)[:5]}")
         meta = obj.get("Meta Data") or {}
-        tz = next((str(v) for k, v in meta.items() if "Time Zone" in str(k)), None)
+        if not isinstance(meta, dict):
+            raise ValueError(f"'Meta Data' is not an object: {meta!r:.40}")
+        tz = next((_timezone(str(k), v) for k, v in meta.items() if "Time Zone" in str(k)), None)
         series = obj[series_key]
         # A row that is not an object (a string, a list) is a malformed answer; it raised
         # AttributeError in pandas, which was reported as a bug of ours (`internal`).

@@ -20,7 +20,11 @@ Answers (see /work/shared/fixtures/README.md, section 1):
                                      it): Yahoo's cookie-and-crumb gate or a block of this
                                      address; there is no key of the operator's to fix
   5xx, "Will be right back"       -> kind `http_5xx`, retried
-  200 that is not the chart JSON  -> kind `malformed`, retried
+  200 that is not the chart JSON  -> kind `malformed`, retried; so is one whose `meta`,
+                                     `indicators` or trading period is not an object, whose
+                                     time zone names none, or whose stamps (bars, events,
+                                     the session's end) are not epoch seconds in 1970..2200
+                                     (milliseconds), each naming the field
   200 with `timestamp` absent     -> no bars (a weekend or holiday window), not an error
   `null` bars (a lunch break)     -> skipped (counted in a debug log line); a split or dividend
                                      dated on a skipped day goes to the next bar (a warning)
@@ -57,6 +61,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiohttp
 import numpy as np
@@ -110,6 +115,67 @@ INTRADAY_HISTORY_DAYS = {1: 30, 5: 60, 15: 60, 30: 60, 60: 730}
 # The other intervals' span is their history above, so one request covers any window Yahoo
 # serves at all.
 REQUEST_SPAN_DAYS = {1: 7}
+# The epoch seconds a stamp of Yahoo's may have (1970-01-01 .. 2200-01-01 UTC): beyond them
+# (milliseconds: the year 52636) pandas could not localize it, and the answer was taken for
+# a bug of ours (`internal`, with a traceback).
+EPOCH_MIN = 0
+EPOCH_MAX = 7_258_118_400
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    """`value` when an object, {} when absent (None); a ValueError naming `where` else."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} is not an object: {value!r:.40}")
+    return value
+
+
+def _meta(result: dict[str, Any]) -> dict[str, Any]:
+    return _object(result.get("meta"), "meta")
+
+
+def _timezone(meta: dict[str, Any], default: str) -> str:
+    """`meta.exchangeTimezoneName` (`default` when absent), a ValueError when it names no
+    time zone."""
+    name = meta.get("exchangeTimezoneName")
+    if name is None or name == "":
+        return default
+    if not isinstance(name, str):
+        raise ValueError(f"meta.exchangeTimezoneName is not a time zone name: {name!r:.40}")
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"meta.exchangeTimezoneName {name!r:.60} is not a time zone") from None
+    return name
+
+
+def _epoch_bounds_error(where: str, value: Any) -> ValueError:
+    return ValueError(
+        f"{where} {value!r:.40} is not a time in epoch seconds between 1970 and 2200"
+        " (milliseconds?)"
+    )
+
+
+def _epoch(value: float, where: str) -> float:
+    """`value` when a plausible epoch in seconds; a ValueError naming `where` else."""
+    if not EPOCH_MIN <= value <= EPOCH_MAX:
+        raise _epoch_bounds_error(where, value)
+    return value
+
+
+def _stamps(stamps: list[Any]) -> np.ndarray:
+    """`timestamp` as int64 epoch seconds; a ValueError naming the first implausible one."""
+    values: np.ndarray
+    try:
+        ts = values = np.asarray(stamps, dtype=np.int64)
+    except OverflowError:  # beyond int64: out of bounds, found as floats
+        values = np.asarray(stamps, dtype=np.float64)
+    bad = np.flatnonzero(~((values >= EPOCH_MIN) & (values <= EPOCH_MAX)))
+    if len(bad):
+        i = int(bad[0])
+        raise _epoch_bounds_error(f"timestamp[{i}] ({len(bad)} of {len(values)})", stamps[i])
+    return ts
 
 
 def _values(quote: dict[str, Any], name: str, n: int) -> np.ndarray:
@@ -138,9 +204,7 @@ def _number(ev: dict[str, Any], name: str, where: str) -> float:
 def _raw_items(result: dict[str, Any], kind: str) -> list[tuple[str, Any]]:
     """(epoch-string key, event as sent) of each event of `kind` ("splits" or "dividends");
     a ValueError when the events' containers are not objects."""
-    events = result.get("events") or {}
-    if not isinstance(events, dict):
-        raise ValueError("events is not an object")
+    events = _object(result.get("events"), "events")
     found = events.get(kind) or {}
     if not isinstance(found, dict):
         raise ValueError(f"events.{kind} is not an object")
@@ -158,7 +222,7 @@ def _event_date(where: str, ev: Any) -> float:
     object or has no numeric date."""
     if not isinstance(ev, dict):
         raise ValueError(f"{where} is not an object: {ev!r:.40}")
-    return _number(ev, "date", where)
+    return _epoch(_number(ev, "date", where), f"{where}.date")
 
 
 def _session_date(epoch: float, tz: str) -> date:
@@ -168,7 +232,7 @@ def _session_date(epoch: float, tz: str) -> date:
 def split_events(result: dict[str, Any]) -> list[tuple[date, float]]:
     """(ex-date in the exchange's time zone, ratio numerator/denominator) of a chart result.
     Raises ValueError naming an event without a date or a positive numerator/denominator."""
-    tz = (result.get("meta") or {}).get("exchangeTimezoneName") or "America/New_York"
+    tz = _timezone(_meta(result), "America/New_York")
     out = []
     for where, ev in _raw_events(result, "splits"):
         stamp = _event_date(where, ev)
@@ -192,7 +256,7 @@ def dividend_events(
     every bar of every answer whose window covers the event (its warm-up included), and a
     dividend cannot make the book hold the wrong number of shares as a lost split does.
     `once`: the warnings already given (a client's: each once, not at every answer)."""
-    tz = (result.get("meta") or {}).get("exchangeTimezoneName") or "America/New_York"
+    tz = _timezone(_meta(result), "America/New_York")
     out = []
     for where, ev in _raw_events(result, "dividends"):
         try:
@@ -233,15 +297,15 @@ def parse_chart(
     session = session or Session()
     if not isinstance(result, dict):
         raise ValueError("chart result is not an object")
-    meta = result.get("meta") or {}
-    tz = meta.get("exchangeTimezoneName") or session.timezone
+    meta = _meta(result)
+    tz = _timezone(meta, session.timezone)
     stamps = result.get("timestamp")
     if not stamps:  # no trading in the window: HTTP 200 without `timestamp`
         return empty_raw()
     if not isinstance(stamps, list):
         raise ValueError("timestamp is not a list")
-    ts = np.asarray(stamps, dtype=np.int64)
-    quotes = (result.get("indicators") or {}).get("quote")
+    ts = _stamps(stamps)
+    quotes = _object(result.get("indicators"), "indicators").get("quote")
     if not isinstance(quotes, list) or not quotes or not isinstance(quotes[0], dict):
         raise ValueError("indicators.quote[0] is missing")
     n = len(ts)
@@ -307,11 +371,14 @@ def parse_chart(
         {"time": labels, **prices, "volume": volume, "split": split_col, "dividend": dividend}
     )
     closes: dict[date, datetime] = {}
-    regular = (meta.get("currentTradingPeriod") or {}).get("regular") or {}
+    period = _object(meta.get("currentTradingPeriod"), "meta.currentTradingPeriod")
+    regular = _object(period.get("regular"), "meta.currentTradingPeriod.regular")
     if interval.daily and regular.get("end"):
-        closes[_session_date(regular["end"] - 1, tz)] = datetime.fromtimestamp(
-            int(regular["end"]), UTC
+        end = _epoch(
+            _number(regular, "end", "meta.currentTradingPeriod.regular"),
+            "meta.currentTradingPeriod.regular.end",
         )
+        closes[_session_date(end - 1, tz)] = datetime.fromtimestamp(int(end), UTC)
     return closed_only(frame, interval, now, session, timezone=tz, closes=closes)
 
 
@@ -428,7 +495,7 @@ def stitch_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
             continue
         if not isinstance(stamps, list):
             raise ValueError("timestamp is not a list")
-        quotes = (result.get("indicators") or {}).get("quote")
+        quotes = _object(result.get("indicators"), "indicators").get("quote")
         if not isinstance(quotes, list) or not quotes or not isinstance(quotes[0], dict):
             raise ValueError("indicators.quote[0] is missing")
         columns = []
@@ -439,9 +506,9 @@ def stitch_results(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
                     f"indicators.quote[0].{name} is not a list of {len(stamps)} values"
                 )
             columns.append(values)
-        for i, stamp in enumerate(stamps):
+        for i, stamp in enumerate(_stamps(stamps)):
             rows[int(stamp)] = tuple(col[i] for col in columns)
-    out: dict[str, Any] = {"meta": results[-1].get("meta") or {}}
+    out: dict[str, Any] = {"meta": _meta(results[-1])}
     out["indicators"] = {"quote": [{}]}
     if rows:
         order = sorted(rows)

@@ -6,6 +6,7 @@ traceback) nor bars read wrong."""
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -14,7 +15,7 @@ from typing import Any
 
 import pytest
 from aiohttp import web
-from fakes import fixture_text, need_fixtures
+from fakes import fixture_json, fixture_text, need_fixtures
 from structlog.testing import capture_logs
 
 from tradingd.feeds.alphavantage import AlphaVantageClient
@@ -167,3 +168,104 @@ async def test_an_answer_within_the_cap_is_read_as_before():
     need_fixtures()
     body = fixture_text("yahoo", AAPL_2020)
     assert await yahoo_errors(answer(body), max_body_bytes=len(body.encode())) == {}
+
+
+# ----------------------------------------------------------------------------- garbage fields
+
+
+def yahoo_with(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    body = copy.deepcopy(fixture_json("yahoo", AAPL_2020))
+    change(body["chart"]["result"][0])
+    return body
+
+
+def _set(path: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(result: dict[str, Any]) -> None:
+        *parents, last = path.split(".")
+        node: Any = result
+        for key in parents:
+            node = node[int(key)] if isinstance(node, list) else node[key]
+        node[int(last) if isinstance(node, list) else last] = value
+
+    return change
+
+
+def _ms(result: dict[str, Any]) -> None:
+    result["timestamp"] = [t * 1000 for t in result["timestamp"]]
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (_ms, "timestamp[0] (49 of 49) 1598880600000 is not a time in epoch seconds"),
+        (_set("timestamp.3", 1e20), "timestamp[3] (1 of 49) 1e+20 is not a time in epoch"),
+        (_set("meta", [1]), "meta is not an object: [1]"),
+        (_set("meta.exchangeTimezoneName", "Mars/Olympus"), "'Mars/Olympus' is not a time zone"),
+        (_set("meta.exchangeTimezoneName", 5), "exchangeTimezoneName is not a time zone name"),
+        (_set("meta.currentTradingPeriod", "x"), "meta.currentTradingPeriod is not an object"),
+        (_set("meta.currentTradingPeriod.regular.end", 1e20), "regular.end 1e+20 is not a time"),
+        (_set("indicators", [1]), "indicators is not an object"),
+        (_set("events.splits.1598880600.date", 1e20), "'1598880600'].date 1e+20 is not a time"),
+    ],
+    ids=[
+        "stamps_in_ms",
+        "stamp_huge",
+        "meta_list",
+        "tz_unknown",
+        "tz_int",
+        "trading_period_str",
+        "session_end_huge",
+        "indicators_list",
+        "split_date_huge",
+    ],
+)
+async def test_yahoo_garbage_is_a_malformed_answer_naming_the_field(change, named):
+    """Stamps in milliseconds ("Localizing Timestamps ... year 52636"), a `meta` that is
+    not an object (AttributeError), an unknown time zone: reported as a bug of ours
+    (`internal`, a traceback in source.internal_error, not retried). Each is the vendor's
+    malformed answer now, naming the field."""
+    need_fixtures()
+    errors = await yahoo_errors(answer(yahoo_with(change)))
+    kind, text = errors["AAPL"]
+    assert kind == "malformed", text
+    assert named in text
+
+
+def av_with(fixture: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    body = copy.deepcopy(fixture_json("alphavantage", fixture))
+    change(body)
+    return body
+
+
+def _av_tz(value: Any) -> Callable[[dict[str, Any]], None]:
+    def change(body: dict[str, Any]) -> None:
+        body["Meta Data"]["6. Time Zone"] = value
+
+    return change
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (_av_tz("Mars/Base"), "Meta Data '6. Time Zone': 'Mars/Base' is not a time zone"),
+        (_av_tz(5), "Meta Data '6. Time Zone' is not a time zone name: 5"),
+        (lambda body: body.__setitem__("Meta Data", [1]), "'Meta Data' is not an object: [1]"),
+    ],
+    ids=["tz_unknown", "tz_int", "meta_list"],
+)
+async def test_alphavantage_garbage_meta_is_a_malformed_answer_naming_the_field(change, named):
+    """An unknown or non-text `Time Zone` raised ZoneInfoNotFoundError, a `Meta Data` that
+    is not an object AttributeError: both `internal` (a bug of ours, with a traceback)."""
+    need_fixtures()
+    body = av_with("time_series_intraday_5min_IBM.json", change)
+    errors = await av_errors(answer(body), "5m")
+    kind, text = errors["IBM"]
+    assert kind == "malformed", text
+    assert named in text
+
+
+async def test_alphavantage_known_time_zones_still_read():
+    need_fixtures()
+    body = av_with("time_series_intraday_5min_IBM.json", _av_tz("UTC"))
+    res, _ = await av_fetch(answer(body), "5m")
+    assert not res.errors and len(res.frame) > 0
