@@ -35,7 +35,9 @@ Soft errors are HTTP 200 bodies holding one of the keys `Note`, `Information` or
   {}                        no data for the symbol: kind `not_found`
 All are SourceError of kind `soft_error` (or `not_found`, `plan`, `auth`), never bars. A time
 series row that is not an object is `malformed`, as is a `Meta Data` that is not one or a
-`Time Zone` that names no time zone (naming the field).
+`Time Zone` that names no time zone (naming the field). A CSV body that does not end with a
+newline, or whose last row has fewer fields than its header, is cut short: `malformed`
+("truncated CSV"), retried, never read as the bars it still holds.
 
 Labels: daily rows are session dates; intraday rows are bar starts in the answer's time zone
 (`Time Zone` of the meta data, US/Eastern; CSV has none and uses `timezone`), converted to UTC.
@@ -44,6 +46,7 @@ Rows come newest first and are sorted.
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 import os
@@ -214,6 +217,24 @@ def _timezone(field: str, name: Any) -> str:
     return name
 
 
+def _check_whole_csv(body: str) -> None:
+    """A ValueError ("truncated CSV") for a CSV body cut short: one whose last line does not
+    end with a newline, or whose last row has fewer fields than the header. Read as it came,
+    a body cut inside the last row's volume gave that bar a volume of 558 for 5,584,901,
+    and one cut in half lost the older half with a warning about the partial line only."""
+    if not body.endswith("\n"):
+        tail = body[-40:]
+        raise ValueError(f"truncated CSV: the body ends mid-line (...{tail!r}), not with a newline")
+    header = body[: body.find("\n")]
+    last = body.rstrip().rsplit("\n", 1)[-1]
+    names, cells = next(csv.reader([header])), next(csv.reader([last]))
+    if len(cells) < len(names):
+        raise ValueError(
+            f"truncated CSV: its last row has {len(cells)} of the header's {len(names)} "
+            f"fields: {last[:80]!r}"
+        )
+
+
 def parse_body(
     text: str, symbol: str | None = None, secrets: Iterable[str] = ()
 ) -> tuple[pd.DataFrame, str | None]:
@@ -248,6 +269,7 @@ def parse_body(
         return _frame_from_rows(rows.reset_index()), tz
     if not body:
         raise ValueError("empty body")
+    _check_whole_csv(body)
     # Cells as sent: pandas' default reads "N/A", "NA", "null" ... as missing, which made an
     # unreadable split coefficient the default 1.0; an empty cell is the missing one.
     rows = pd.read_csv(io.StringIO(body), dtype=str, keep_default_na=False)

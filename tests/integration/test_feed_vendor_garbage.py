@@ -269,3 +269,58 @@ async def test_alphavantage_known_time_zones_still_read():
     body = av_with("time_series_intraday_5min_IBM.json", _av_tz("UTC"))
     res, _ = await av_fetch(answer(body), "5m")
     assert not res.errors and len(res.frame) > 0
+
+
+# ----------------------------------------------------------------------------- truncated CSV
+
+
+def _cut_in_last_volume(text: str) -> str:
+    return text.rstrip("\r\n")[:-4]  # "...,5584901" -> "...,558"
+
+
+def _cut_in_half(text: str) -> str:
+    return text[: len(text) // 2 + 7]
+
+
+def _last_row_short(text: str) -> str:
+    return text.rstrip("\r\n").rsplit(",", 2)[0] + "\n"
+
+
+@pytest.mark.parametrize(
+    ("cut", "named"),
+    [
+        (_cut_in_last_volume, "truncated CSV: the body ends mid-line"),
+        (_cut_in_half, "truncated CSV: the body ends mid-line"),
+        (_last_row_short, "truncated CSV: its last row has 4 of the header's 6 fields"),
+    ],
+    ids=["in_last_volume", "in_half", "last_row_short"],
+)
+async def test_a_truncated_alphavantage_csv_is_refused_not_read_short(cut, named):
+    """A CSV cut 4 characters before its end gave the oldest bar a volume of 558 (for
+    5,584,901) without a word; cut in half, the older half was silently missing. A body
+    that does not end with a newline, or whose last row is short of fields, is now a
+    malformed answer (retried as one), not bars."""
+    need_fixtures()
+    text = fixture_text("alphavantage", "time_series_daily_IBM.csv")
+    res, _ = await av_fetch(answer(cut(text), "text/csv"), datatype="csv")
+    assert res.frame.empty
+    kind, message = res.errors["IBM"].kind, str(res.errors["IBM"])
+    assert kind == "malformed" and named in message
+
+
+def test_every_recorded_csv_answer_ends_with_a_newline():
+    csvs = sorted(need_fixtures().glob("alphavantage/*.csv"))
+    assert len(csvs) >= 4
+    assert [p.name for p in csvs if not p.read_text().endswith("\n")] == []
+
+
+@pytest.mark.parametrize(
+    "fixture", ["time_series_daily_IBM.csv", "time_series_daily_adjusted_IBM.csv"]
+)
+async def test_the_recorded_csv_answers_read_whole(fixture):
+    need_fixtures()
+    text = fixture_text("alphavantage", fixture)
+    res, _ = await av_fetch(answer(text, "text/csv"), datatype="csv")
+    assert not res.errors and len(res.frame) == 19
+    oldest = res.frame.iloc[0]
+    assert (oldest["time"].date().isoformat(), oldest["volume"]) == ("2026-04-21", 5_584_901)
