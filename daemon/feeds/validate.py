@@ -62,8 +62,10 @@ Repairs (enable by name, or "all"):
                 a spike once a later window started at it).
 Always on (not data errors): split coefficients within 1e-4 relative of a simple fraction
 (denominator <= 1000) are snapped to it, e.g. 7.000007 -> 7.0; a missing split/dividend value
-in a present column becomes 1.0/0.0. Both are logged. A split <= 0 or a negative dividend is
-always an error.
+in a present column becomes 1.0/0.0. Both are logged. A split <= 0, a split outside
+[1/1000, 1000] (`SPLIT_MIN`, `SPLIT_MAX`: the shared S&P 500 data's 453 splits lie within
+1/32 .. 50; a split of 1e300 passed with a data.suspect warning only) or a negative dividend
+is always an error.
 """
 
 from __future__ import annotations
@@ -107,6 +109,10 @@ SPLIT_LIKE_RATIOS = (2.0, 3.0, 4.0, 10.0)
 SPLIT_LIKE_TOLERANCE = 0.05
 SPLIT_SNAP_TOLERANCE = 1e-4
 SPLIT_SNAP_MAX_DENOMINATOR = 1000
+# A split coefficient outside these is refused (an error naming the row), not suspect: the
+# largest splits on record are about 1:100 (reverse 1:200); the shared data's 1/32 .. 50.
+SPLIT_MIN = 1 / 1000
+SPLIT_MAX = 1000.0
 _LOG_SAMPLE = 5
 # Suspect kinds whose warning names every case, not the first few: each is a requested symbol
 # left out of the run, a change of its universe that must be findable in the log.
@@ -1156,6 +1162,17 @@ def _check_values(
         dividend = frame["dividend"].to_numpy()
     if np.any(~np.isfinite(split) | (split <= 0)):
         raise ctx.fail(frame, ~np.isfinite(split) | (split <= 0), "{n} row(s) with a split <= 0")
+    absurd = (split < SPLIT_MIN) | (split > SPLIT_MAX)
+    if absurd.any():
+        raise ctx.fail(
+            frame,
+            absurd,
+            lambda pos: (
+                f"{{n}} row(s) with a split coefficient outside [1/{1 / SPLIT_MIN:g}, "
+                f"{SPLIT_MAX:g}], first {float(split[pos]):g}: no split is that large (check "
+                "the column; a share count multiplied by it is not a position)"
+            ),
+        )
     if np.any(~np.isfinite(dividend) | (dividend < 0)):
         raise ctx.fail(
             frame, ~np.isfinite(dividend) | (dividend < 0), "{n} row(s) with a dividend < 0"

@@ -324,3 +324,27 @@ async def test_the_recorded_csv_answers_read_whole(fixture):
     assert not res.errors and len(res.frame) == 19
     oldest = res.frame.iloc[0]
     assert (oldest["time"].date().isoformat(), oldest["volume"]) == ("2026-04-21", 5_584_901)
+
+
+# ----------------------------------------------------------------------------- absurd split
+
+
+async def test_an_absurd_alphavantage_split_coefficient_is_refused_naming_the_bar():
+    """`8. split coefficient: "1e300"` passed validation with a data.suspect warning only
+    (split_without_price_move); it is refused as a split <= 0 is, naming symbol and bar."""
+    need_fixtures()
+    body = fixture_json("alphavantage", "time_series_daily_adjusted_IBM.json")
+    body["Time Series (Daily)"]["2026-05-05"]["8. split coefficient"] = "1e300"
+    async with serve(answer(body)) as (url, _):
+        client = AlphaVantageClient(
+            api_key="AVKEY-1234", base_url=url, caller=caller("alphavantage"), adjusted=True
+        )
+        await client.start()
+        try:
+            res = await client.fetch(["IBM"], "1d", *AV_WINDOW, now=AV_NOW)
+        finally:
+            await client.stop()
+    err = res.errors["IBM"]
+    assert err.kind == "invalid_data"
+    assert "split coefficient outside [1/1000, 1000], first 1e+300" in str(err)
+    assert "symbol=IBM, row=2026-05-05" in str(err)
