@@ -318,7 +318,9 @@ class AlpacaDataClient:
             )
             # alpaca-py gives requests no timeout; its session is the only place to set one:
             # timeout_s per read and in all, the body's read included (`DeadlineSession`).
-            client._session = DeadlineSession(self.caller.config.timeout_s)
+            client._session = DeadlineSession(
+                self.caller.config.timeout_s, max_body_bytes=self.caller.config.max_body_bytes
+            )
             no_sdk_retries(client)  # the caller retries, with backoff, outside the thread
             self._client = client
         if self._pool is None:

@@ -628,3 +628,16 @@ async def test_a_bad_bar_in_an_adjusted_table_refuses_its_symbol_only(fake, make
     err = res.errors["B"]
     assert err.kind == "malformed" and err.symbol == "B"
     assert "split-adjusted bars: bar 2 of 3 has t missing" in err.message
+
+
+async def test_the_configured_body_cap_holds_for_the_alpaca_data_feed(fake, make_client):
+    """`feed.alpaca.call.max_body_bytes` was not passed to the data client's session, which
+    kept the 64 MB default: an answer over the configured cap is refused as malformed."""
+    need_fixtures()
+    body = fixture_json("alpaca", "marketdata", "bars_multi_AAPL_NIO_1Day_single_page.json")
+    fake.faults.respond_next(body)
+    client = await make_client(derive_actions=False, max_body_bytes=200, max_attempts=1)
+    res = await client.fetch(["AAPL", "NIO"], "1d", utc(2021, 10, 13), utc(2021, 10, 15))
+    assert res.frame.empty and set(res.errors) == {"AAPL", "NIO"}
+    err = res.errors["AAPL"]
+    assert err.kind == "malformed" and "max_body_bytes" in str(err), err
