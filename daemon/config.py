@@ -944,7 +944,7 @@ def load_config(
 
 _URL_PARTS = {
     "DB_HOST": "DB_HOST, DB_PORT, DB_NAME, DB_USER, DB_PASSWORD",
-    "REDIS_HOST": "REDIS_HOST, REDIS_PORT, REDIS_PASSWORD",
+    "REDIS_HOST": "REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_DB",
 }
 
 
@@ -1358,19 +1358,21 @@ def _names_key(text: str, key: str) -> int:
 
 def _spec_variables(merged: dict[str, Any], env: Mapping[str, str]) -> None:
     """The specification's deployment variables (DB_HOST, DB_PORT, DB_NAME, DB_USER,
-    DB_PASSWORD; REDIS_HOST, REDIS_PORT, REDIS_PASSWORD), as docker-compose sets them,
-    mapped onto storage.url and cache.url. DATABASE_URL / REDIS_URL, when set, win."""
+    DB_PASSWORD; REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_DB), as docker-compose sets
+    them, mapped onto storage.url and cache.url. DATABASE_URL / REDIS_URL, when set, win.
+    REDIS_DB (the specification's RedisConfig) was ignored without a word: the cache used
+    database 0 whatever it said."""
     from urllib.parse import quote
 
     for key in ("DB_HOST", "DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD", "REDIS_HOST",
-                "REDIS_PORT", "REDIS_PASSWORD"):  # fmt: skip
+                "REDIS_PORT", "REDIS_PASSWORD", "REDIS_DB"):  # fmt: skip
         if env.get(key):
             _no_newline(key, env[key])
     # Without its HOST a family's other variables were ignored: a misspelt DB_HOST left a
     # daemon trading on the local SQLite file, with no checkpoint of its own when found.
     for host, url, parts in (
         ("DB_HOST", "DATABASE_URL", ("DB_PORT", "DB_NAME", "DB_USER", "DB_PASSWORD")),
-        ("REDIS_HOST", "REDIS_URL", ("REDIS_PORT", "REDIS_PASSWORD")),
+        ("REDIS_HOST", "REDIS_URL", ("REDIS_PORT", "REDIS_PASSWORD", "REDIS_DB")),
     ):
         orphans = [k for k in parts if env.get(k)]
         if orphans and not env.get(host) and not env.get(url):
@@ -1393,7 +1395,13 @@ def _spec_variables(merged: dict[str, Any], env: Mapping[str, str]) -> None:
         # A Redis password without a user (Redis' `requirepass`), as DB_PASSWORD is encoded.
         secret = env.get("REDIS_PASSWORD", "")
         auth = f":{quote(secret, safe='')}@" if secret else ""
-        merged.setdefault("cache", {})["url"] = f"redis://{auth}{host}:{port}/0"
+        db = env.get("REDIS_DB", "0").strip()
+        if not (db.isascii() and db.isdigit()):
+            raise ConfigError(
+                f"environment variable REDIS_DB = {db!r} is invalid: must be a Redis database "
+                "number (0, 1, ...)"
+            )
+        merged.setdefault("cache", {})["url"] = f"redis://{auth}{host}:{port}/{int(db)}"
 
 
 # What would end a URL's host or change its meaning: a user, a path, a query, a port list.

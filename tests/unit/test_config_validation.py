@@ -658,6 +658,7 @@ def test_an_unknown_key_from_the_environment_names_the_variable():
         ({"DB_HSOT": "db", "DB_PORT": "5433", "DB_PASSWORD": "pw"}, "DB_PORT, DB_PASSWORD"),
         ({"REDIS_PORT": "6380"}, "REDIS_PORT"),
         ({"REDIS_PASSWORD": "pw"}, "REDIS_PASSWORD"),
+        ({"REDIS_DB": "7"}, "REDIS_DB"),
     ],
 )
 def test_database_and_redis_variables_without_their_host_are_refused(env, named):
@@ -674,6 +675,19 @@ def test_database_and_redis_variables_without_their_host_are_refused(env, named)
     url = "REDIS_URL" if host == "REDIS_HOST" else "DATABASE_URL"
     load_config([], env={**env, host: "h"})
     load_config([], env={**env, url: "redis://h:1/0" if host == "REDIS_HOST" else "sqlite:///x"})
+
+
+def test_redis_db_chooses_the_cache_database():
+    """The specification's REDIS_DB was ignored without a word: the cache used database 0."""
+    from tradingd.config import load_config
+
+    assert load_config([], env={"REDIS_HOST": "cache", "REDIS_DB": "7"}).cache.url == (
+        "redis://cache:6379/7"
+    )
+    assert load_config([], env={"REDIS_HOST": "cache"}).cache.url == "redis://cache:6379/0"
+    for bad in ("x", "-1", "1.5", "\u0667"):
+        with pytest.raises(ConfigError, match="REDIS_DB"):
+            load_config([], env={"REDIS_HOST": "cache", "REDIS_DB": bad})
 
 
 def test_with_several_files_an_error_names_the_file_that_set_the_key(tmp_path):
