@@ -319,12 +319,12 @@ async def response_text(
                 status=resp.status,
                 symbol=symbol,
             )
-    # aiohttp's own `read()` keeps the body there; `text()` then decodes it with the
-    # answer's charset (or its fallback) without reading again.
-    resp._body = b"".join(parts)
+    body = b"".join(parts)
     parts.clear()
     try:
-        text: str = await resp.text()
+        # The answer's charset, else UTF-8 (what aiohttp's default fallback gives, and
+        # JSON's own encoding): `resp.text()` reads the body whole.
+        text: str = body.decode(resp.charset or "utf-8")
     except (UnicodeDecodeError, LookupError) as exc:
         raise make_error(
             source,
