@@ -190,6 +190,7 @@ from .alpaca_mapping import (
     parse_time,
     plan_submission,
     positions_from_alpaca,
+    same_quantity,
     uncountable_filled,
     validate,
     why_uncountable,
@@ -734,6 +735,10 @@ class AlpacaBroker:
         self._adopted_roots: dict[str, None] = {}
         # Open orders at Alpaca that a resumed run neither knew nor had intended (`resume`).
         self._unknown_orders = 0
+        # Answers for an order we follow that contradict it (`_answer_mismatch`): said once
+        # an order, field and value (bounded), counted.
+        self._mismatch_said = Once()
+        self._answer_mismatches = 0
         self._resumed = False
 
     def __repr__(self) -> str:
@@ -972,6 +977,9 @@ class AlpacaBroker:
             # (taken as working / as an update of the order's state, said once a name).
             "unknown_statuses": dict(self._unknown_names),
             "unknown_orders": self._unknown_orders,
+            # Answers that contradicted an order we follow (`alpaca.order_answer_mismatch`:
+            # another quantity, a fill above it), once an order, field and value.
+            "answer_mismatches": self._answer_mismatches,
             "resumed": self._resumed,
         }
 
@@ -2116,10 +2124,9 @@ class AlpacaBroker:
                 or remote
                 or _now()
             )
-            qty = parse_float(raw.get("qty"))
-            if math.isfinite(qty) and qty > 0 and abs(qty - order.quantity) > EPS * max(1.0, qty):
-                order.quantity = qty
-                changed = True
+            # Never more than the order sent (`_within_sent`): Alpaca's `qty` no longer
+            # overwrites it, and a cumulative fill above it is booked up to it, said.
+            filled = self._within_sent(t, raw, filled)
             unpriced = False
             if math.isfinite(filled) and filled - order.filled_quantity > EPS * max(1.0, filled):
                 fill = self._fill(order, raw, event, filled, when)
@@ -2164,6 +2171,70 @@ class AlpacaBroker:
             self._apply(leg, report=report, parent=order.client_order_id)
         if changed and (not order.status.is_open or order.filled_quantity > EPS):
             self._settle_group(t, report)
+
+    def _within_sent(self, t: _Tracked, raw: Mapping[str, Any], filled: float) -> float:
+        """The cumulative filled quantity of `raw` that can be booked for `t`: at most the
+        quantity the order was sent with (`t.order.quantity`; an order found at Alpaca:
+        Alpaca's at the time). An answer whose `qty` differs from it, or whose `filled_qty`
+        is above it, contradicts the order: an error line (`alpaca.order_answer_mismatch`:
+        the order, the field, sent and answered; once an order, field and value), counted
+        in the broker's status (`answer_mismatches`). The quantity sent stays the order's;
+        the fills beyond it are not booked: the book keeps what the run ordered, and
+        reconciliation compares it with Alpaca's positions at its next round (a difference
+        stops trading in the symbol). Alpaca's `qty` overwrote the order's quantity, and a
+        fill of 50 on a 5-share order was booked as 50, said only at info level.
+        An order Alpaca replaced (an edit) is another order, followed as its own from its
+        own answer: its quantity is the new one. A notional order (never sent by tradingd;
+        one placed by hand, adopted) has no quantity until it fills: not checked."""
+        order = t.order
+        sent = order.quantity
+        if raw.get("notional") not in (None, "") or not (math.isfinite(sent) and sent > 0):
+            return filled
+        qty = parse_float(raw.get("qty"))
+        if math.isfinite(qty) and qty > 0 and not same_quantity(qty, sent):
+            self._answer_mismatch(
+                t,
+                "qty",
+                raw.get("qty"),
+                f"{sent:g}",
+                "the order keeps the quantity sent; fills beyond it are not booked",
+            )
+        if math.isfinite(filled) and filled > sent and not same_quantity(filled, sent):
+            self._answer_mismatch(
+                t,
+                "filled_qty",
+                raw.get("filled_qty"),
+                f"{sent:g}",
+                f"booked up to the {sent:g} sent; the {filled - sent:g} beyond it are not booked",
+            )
+            return float(sent)
+        return filled
+
+    def _answer_mismatch(
+        self, t: _Tracked, name: str, answered: Any, sent: str, booked: str
+    ) -> None:
+        """An answer of Alpaca's for an order we follow that contradicts the order (its
+        `name` field says `answered`, the order `sent`): an error line naming the order,
+        once an order, field and value (the order is read at every poll), counted in
+        `status()["answer_mismatches"]`. `booked`: what is done with the answer."""
+        SOURCE_ERRORS.labels(source=SOURCE, kind="malformed").inc()
+        order = t.order
+        shown = self._scrub(str(answered)[:40])
+        if not self._mismatch_said.first((order.client_order_id, name, shown)):
+            return
+        self._answer_mismatches += 1
+        log.error(
+            "alpaca.order_answer_mismatch",
+            client_order_id=order.client_order_id,
+            alpaca_id=t.alpaca_id,
+            symbol=order.symbol,
+            field=name,
+            sent=sent,
+            answered=shown,
+            rule=f"Alpaca's answer contradicts the order: {booked}; reconciliation compares "
+            "the book with Alpaca's positions at its next round (a difference stops trading "
+            "in the symbol): check the order in the Alpaca account",
+        )
 
     def _note_unknown(
         self, kind: str, name: Any, client_order_id: str, symbol: str, taken_as: str

@@ -1,0 +1,148 @@
+"""Alpaca answers that contradict the order they describe, or that cannot be read, through
+the real alpaca-py client against the loopback Alpaca (tests/fakes/alpaca_trading_server.py):
+a fill above the quantity sent, another quantity, another symbol or side, an account whose
+cash is no number.
+
+No test sleeps for a fixed time: each waits for a condition, with a timeout."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from fakes.alpaca_trading_server import AlpacaTradingFake
+from structlog.testing import capture_logs
+from test_alpaca_broker import Updates, eventually, order, running
+
+from tradingd.core.types import OrderStatus, OrderType
+
+
+def garble(
+    fake: AlpacaTradingFake, monkeypatch: pytest.MonkeyPatch, ref: str, **fields: Any
+) -> Callable[[], None]:
+    """Every answer for order `ref` (POST, polls, look-ups, stream events) carries `fields`
+    instead of the fake's own; returns a function that ends it."""
+    target = fake.order(ref).id
+    readable = fake._json
+    on = [True]
+
+    def answer(o: Any, nested: bool) -> dict[str, Any]:
+        body = readable(o, nested)
+        if o.id == target and on[0]:
+            body.update(fields)
+        return body
+
+    monkeypatch.setattr(fake, "_json", answer)
+    return lambda: on.__setitem__(0, False)
+
+
+def mismatches(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in logs if e["event"] == "alpaca.order_answer_mismatch"]
+
+
+# ----------------------------------------------------------------------------- quantities
+
+
+async def test_a_fill_above_the_quantity_sent_is_booked_up_to_it_and_said(fake, monkeypatch):
+    """A 5-share order whose answers said filled_qty "50": the broker booked a fill of 50
+    (an info `alpaca.fill` only), ten times what the run ordered. It books the 5 sent, says
+    the rest (`alpaca.order_answer_mismatch`, an error naming the order, sent and
+    answered), once, and leaves the difference to reconciliation."""
+    fake.set_price("AAPL", 100.0, match=False)
+    async with running(fake, stream_enabled=False) as broker:
+        up = Updates(broker)
+        buy = order("AAPL", 5)
+        cid = buy.client_order_id
+        await broker.submit([buy])
+        garble(fake, monkeypatch, cid, filled_qty="50")
+        with capture_logs() as logs:
+            fake.fill(cid, price=100.0)
+            await up.until(lambda u: u.last(cid) is not None and not u.last(cid).status.is_open)
+            for _ in range(3):  # read again: said once
+                await broker.poll()
+                await up.bar()
+        assert [(f.fill_id, f.quantity, f.price) for f in up.fills] == [(f"{cid}#5", 5.0, 100.0)]
+        assert up.last(cid).status is OrderStatus.FILLED
+        assert up.last(cid).filled_quantity == 5.0
+        [line] = mismatches(logs)
+        assert line["log_level"] == "error"
+        assert (line["client_order_id"], line["field"], line["sent"], line["answered"]) == (
+            cid,
+            "filled_qty",
+            "5",
+            "50",
+        )
+        assert "reconciliation" in line["rule"]
+        assert broker.status()["answer_mismatches"] == 1
+        assert broker.open_orders() == []
+
+
+async def test_an_answer_with_another_quantity_does_not_change_the_order(fake, monkeypatch):
+    """An answer saying qty "500" for a 5-share order silently made the followed order a
+    500-share one (the planner and the checkpoint saw 500 working). The quantity sent stays,
+    the answer is said, and the order's real fill is booked as usual."""
+    fake.set_price("AAPL", 100.0, match=False)
+    async with running(fake) as broker:
+        up = Updates(broker)
+        buy = order("AAPL", 5, OrderType.LIMIT, limit=99.0)
+        cid = buy.client_order_id
+        garbled = False
+        with capture_logs() as logs:
+            await broker.submit([buy])
+            garble(fake, monkeypatch, cid, qty="500")
+            garbled = True
+            await broker.poll()
+            await up.bar()
+            assert [(o.client_order_id, o.quantity) for o in broker.open_orders()] == [(cid, 5)]
+            assert broker.order(cid).quantity == 5
+            fake.fill(cid, price=99.0)
+            await up.until(lambda u: u.filled(cid) > 0)
+            await broker.poll()
+        assert garbled
+        assert [(f.quantity, f.price) for f in up.fills] == [(5.0, 99.0)]
+        assert up.last(cid).status is OrderStatus.FILLED and up.last(cid).quantity == 5
+        [line] = mismatches(logs)
+        assert (line["client_order_id"], line["field"], line["sent"], line["answered"]) == (
+            cid,
+            "qty",
+            "5",
+            "500",
+        )
+
+
+async def test_a_fractional_quantity_alpaca_rounds_is_no_mismatch(fake, monkeypatch):
+    """Alpaca keeps 9 decimals of a fractional quantity: its answer is the same quantity."""
+    fake.set_price("AAPL", 100.0, match=False)
+    async with running(fake, stream_enabled=False) as broker:
+        up = Updates(broker)
+        buy = order("AAPL", 2.123456789012)
+        cid = buy.client_order_id
+        await broker.submit([buy])
+        garble(fake, monkeypatch, cid, qty="2.123456789")
+        with capture_logs() as logs:
+            fake.fill(cid, price=100.0)
+            await up.until(lambda u: u.filled(cid) > 0)
+        assert mismatches(logs) == []
+        assert up.last(cid).status is OrderStatus.FILLED
+
+
+async def test_an_order_edited_at_alpaca_to_another_quantity_is_followed_as_its_own(fake):
+    """An edit (PATCH) is a new order: its quantity is its own, and its fill all booked."""
+    fake.set_price("AAPL", 100.0, match=False)
+    async with running(fake) as broker:
+        buy = order("AAPL", 10, OrderType.LIMIT, limit=95.0)
+        await broker.submit([buy])
+        updates = Updates(broker)
+        with capture_logs() as logs:
+            new = fake.replace(buy.client_order_id, qty=25, limit_price=99.0)
+            await eventually(
+                lambda: new.client_order_id in [o.client_order_id for o in broker.open_orders()]
+            )
+            fake.set_price("AAPL", 98.5)
+            await updates.until(lambda u: u.filled(new.client_order_id) >= 25)
+        assert [(f.client_order_id, f.quantity) for f in updates.fills] == [
+            (new.client_order_id, 25.0)
+        ]
+        assert mismatches(logs) == []
+        assert broker.status()["answer_mismatches"] == 0
