@@ -986,7 +986,9 @@ class AlpacaBroker:
     async def snapshot(self) -> AccountSnapshot:
         """Account cash, equity and buying power, positions and open orders, read back from
         Alpaca (for start-up reconciliation). Raises RetryableError when that fails, also for
-        an answer that cannot be read: one read as none made Alpaca look flat, or idle."""
+        an answer that cannot be read: one read as none made Alpaca look flat, or idle; a
+        cash, equity or buying power that is no finite number (null, "lots", "Infinity")
+        names the field."""
         client = self._require_client()
         try:
             account = await self._call("get_account", client.get_account)
@@ -1016,13 +1018,26 @@ class AlpacaBroker:
             order_rows = open_order_rows(orders)
         except ValueError as e:
             raise self._malformed("list_open_orders", "snapshot", str(e)) from None
+        # Cash, equity and buying power must be numbers: a null, "lots" or "Infinity" was
+        # read as NaN or inf, and the engine's cash check told the operator to lower
+        # run.initial_capital below NaN (or passed, for inf).
+        amounts: dict[str, float] = {}
+        for name in ("cash", "equity", "buying_power"):
+            value = parse_float(account.get(name))
+            if not math.isfinite(value):
+                raise self._malformed(
+                    "get_account",
+                    "snapshot",
+                    f"the account's {name} {repr(account.get(name))[:40]} is not a number",
+                )
+            amounts[name] = value
         open_orders: list[Order] = []
         for raw in order_rows:
             open_orders.extend(self._describe(raw))
         return AccountSnapshot(
-            cash=parse_float(account.get("cash")),
-            equity=parse_float(account.get("equity")),
-            buying_power=parse_float(account.get("buying_power")),
+            cash=amounts["cash"],
+            equity=amounts["equity"],
+            buying_power=amounts["buying_power"],
             positions=positions,
             open_orders=open_orders,
             currency=str(account.get("currency") or "USD"),

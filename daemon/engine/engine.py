@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import numbers
 import re
 import time as _time
@@ -780,20 +781,31 @@ class Engine:
         snapshot = getattr(self.broker, "snapshot", None)
         if not callable(snapshot):
             return
+        unchecked = (
+            "the account's cash could not be read: run.initial_capital is taken as the run's "
+            "money unchecked"
+        )
         try:
             done, account = await self._unless_stopped(snapshot())
         except RetryableError as exc:
-            log.warning(
-                "account.not_checked",
-                error=str(exc),
-                rule="the account's cash could not be read: run.initial_capital is taken as "
-                "the run's money unchecked",
-            )
+            log.warning("account.not_checked", error=str(exc), rule=unchecked)
             return
         if not done or account is None:
             return
         book = float(self.portfolio.cash)
-        cash = float(account.cash)
+        try:
+            cash = float(account.cash)
+        except (TypeError, ValueError):
+            cash = math.nan
+        if not math.isfinite(cash):
+            # A broker's answer that is no amount (NaN, inf): the check below told the
+            # operator to set run.initial_capital to at most "nan" (or passed, for inf).
+            log.warning(
+                "account.not_checked",
+                error=f"the broker's account cash {repr(account.cash)[:40]} is not a number",
+                rule=unchecked,
+            )
+            return
         if not cash >= book - 0.005:
             raise ConfigError(
                 f"the broker's account has {cash:,.2f} {account.currency} in cash (equity "

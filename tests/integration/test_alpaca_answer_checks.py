@@ -11,10 +11,13 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from fakes.alpaca_trading_server import AlpacaTradingFake
+from fakes.alpaca_trading_server import AlpacaTradingFake, running_fake
 from structlog.testing import capture_logs
+from test_account_cash import _live as live_config
 from test_alpaca_broker import Updates, eventually, order, running
 
+from tradingd.app import build_engine
+from tradingd.core.errors import RetryableError
 from tradingd.core.types import OrderStatus, OrderType
 
 
@@ -146,3 +149,69 @@ async def test_an_order_edited_at_alpaca_to_another_quantity_is_followed_as_its_
         ]
         assert mismatches(logs) == []
         assert broker.status()["answer_mismatches"] == 0
+
+
+# ----------------------------------------------------------------------------- the account
+
+
+def account_says(fake: AlpacaTradingFake, monkeypatch: pytest.MonkeyPatch, **fields: Any) -> None:
+    """GET /v2/account answers with `fields` instead of the fake's own."""
+    readable = fake.account
+
+    def answer() -> dict[str, Any]:
+        body = readable()
+        body.update(fields)
+        return body
+
+    monkeypatch.setattr(fake, "account", answer)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("cash", None),
+        ("cash", "lots"),
+        ("cash", "Infinity"),
+        ("cash", "NaN"),
+        ("equity", "-Infinity"),
+        ("buying_power", ""),
+    ],
+)
+async def test_an_account_amount_that_is_no_number_is_an_unreadable_answer(
+    fake, monkeypatch, name, value
+):
+    """/v2/account with cash null, "lots" or "Infinity" became a snapshot with cash NaN or
+    inf, no error: the engine's cash check then told the operator to set
+    run.initial_capital to at most "nan" (or passed, for inf). It is an unreadable answer
+    (RetryableError, as the docstring says), naming the field and what it held."""
+    account_says(fake, monkeypatch, **{name: value})
+    async with running(fake, stream_enabled=False) as broker:
+        with pytest.raises(RetryableError, match=rf"account's {name} .* is not a number"):
+            await broker.snapshot()
+        assert f"account's {name}" in broker.status()["last_error"]
+
+
+async def test_a_negative_cash_is_read(fake, monkeypatch):
+    """A margin account's cash can be below zero: a number, read as it is."""
+    account_says(fake, monkeypatch, cash="-5000.5")
+    async with running(fake, stream_enabled=False) as broker:
+        assert (await broker.snapshot()).cash == -5000.5
+
+
+@pytest.mark.parametrize("cash", [None, "lots", "Infinity"])
+async def test_an_unreadable_account_cash_is_not_checked_not_blamed_on_the_config(
+    engine_config, monkeypatch, cash
+):
+    """A new live run on an account whose cash Alpaca answered as no number: refused with
+    "the broker's account has nan USD in cash ... set run.initial_capital to at most the
+    account's cash" (the operator told to fix the wrong thing), or, for "Infinity",
+    accepted as checked. The cash could not be read: `account.not_checked`, naming it."""
+    with running_fake(monkeypatch, cash=30_000.0) as fake:
+        account_says(fake, monkeypatch, cash=cash)
+        panel, config = live_config(engine_config, fake, 20_000.0)
+        engine = build_engine(config, "live", panel=panel)
+        with capture_logs() as logs:
+            await engine.run_until_done()
+    [line] = [e for e in logs if e["event"] == "account.not_checked"]
+    assert "cash" in line["error"] and "is not a number" in line["error"]
+    assert not [e for e in logs if e["event"] == "account.cash"]
