@@ -2158,7 +2158,12 @@ class AlpacaBroker:
             # Negative too, as `order_from_alpaca` reads it at a start or a restart; and
             # "0" on a `filled` order (a fill event with qty "0" too): closed FILLED with
             # nothing booked and nothing said, its executions were never booked.
-            uncounted = uncountable and status in MAY_HAVE_FILLED
+            # Working and `partially_filled` (Alpaca's word that some executed), it stays
+            # working either way, but was not said: its executions waited unbooked, and
+            # reconciliation found the position without a word why.
+            uncounted = uncountable and (
+                status in MAY_HAVE_FILLED or map_status(status_text) is OrderStatus.PARTIALLY_FILLED
+            )
             if uncounted:
                 self._without_quantity(order, raw, status_text, why_uncountable(filled))
             elif self._uncounted:

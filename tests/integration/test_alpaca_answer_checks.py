@@ -151,6 +151,33 @@ async def test_an_order_edited_at_alpaca_to_another_quantity_is_followed_as_its_
         assert broker.status()["answer_mismatches"] == 0
 
 
+async def test_a_partial_fill_whose_quantity_cannot_be_read_is_said(fake, monkeypatch):
+    """`partially_filled` with filled_qty "some": nothing booked and nothing said (only a
+    closed order's unreadable quantity was), so its executions waited unbooked without a
+    word. Said once (`alpaca.fill_without_quantity`), kept working, booked once readable."""
+    fake.set_price("AAPL", 100.0, match=False)
+    async with running(fake, stream_enabled=False) as broker:
+        up = Updates(broker)
+        buy = order("AAPL", 10, OrderType.LIMIT, limit=100.0)
+        cid = buy.client_order_id
+        await broker.submit([buy])
+        readable = garble(fake, monkeypatch, cid, filled_qty="some")
+        with capture_logs() as logs:
+            fake.fill(cid, price=100.0, qty=4)  # partially_filled, 4 of 10
+            for _ in range(3):
+                await broker.poll()
+                await up.bar()
+        said = [e for e in logs if e["event"] == "alpaca.fill_without_quantity"]
+        assert [(e["client_order_id"], e["status"], e["filled_qty"]) for e in said] == [
+            (cid, "partially_filled", "some")
+        ]
+        assert said[0]["log_level"] == "error"
+        assert up.fills == [] and broker.order(cid).status.is_open
+        readable()
+        await up.until(lambda u: u.filled(cid) > 0)
+        assert [(f.quantity, f.price) for f in up.fills] == [(4.0, 100.0)]
+
+
 # ----------------------------------------------------------------------------- the account
 
 
