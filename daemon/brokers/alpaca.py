@@ -604,6 +604,11 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _symbol_key(symbol: Any) -> str:
+    """A symbol as compared with Alpaca's answers: case and a crypto pair's slash aside."""
+    return str(symbol).strip().upper().replace("/", "")
+
+
 def _legs(raw: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """An order's `legs` that are objects (a `legs` that is no list has none), quietly: for
     a second look at an answer whose legs were said already (`AlpacaBroker._legs_of`)."""
@@ -2120,6 +2125,8 @@ class AlpacaBroker:
             t = self._get(cid)
             if t is None:
                 return
+        if self._contradicts(t, raw):
+            return
         order = t.order
         remote = parse_time(raw.get("updated_at"))
         stale = remote is not None and t.remote_updated is not None and remote < t.remote_updated
@@ -2229,6 +2236,31 @@ class AlpacaBroker:
             )
             return float(sent)
         return filled
+
+    def _contradicts(self, t: _Tracked, raw: Mapping[str, Any]) -> bool:
+        """Whether `raw`, an answer for the order `t` (its Alpaca id, or its client id),
+        names another symbol or side: not applied (nothing of it booked, the order followed
+        as it was, its legs too) and said as `alpaca.order_answer_mismatch` (an error, once
+        an order, field and value). It was booked as ours: a fill of TSLA booked as AAPL,
+        a sale as a purchase. A field the answer lacks is not checked."""
+        order = t.order
+        symbol = raw.get("symbol")
+        side = raw.get("side")
+        wrong = []
+        if symbol not in (None, "") and _symbol_key(symbol) != _symbol_key(order.symbol):
+            wrong.append(("symbol", symbol, order.symbol))
+        if side not in (None, "") and str(side).strip().lower() != order.side.value:
+            wrong.append(("side", side, order.side.value))
+        for name, answered, sent in wrong:
+            self._answer_mismatch(
+                t,
+                name,
+                answered,
+                sent,
+                "the answer is not applied: nothing of it is booked and the order is "
+                "followed as it was",
+            )
+        return bool(wrong)
 
     def _answer_mismatch(
         self, t: _Tracked, name: str, answered: Any, sent: str, booked: str

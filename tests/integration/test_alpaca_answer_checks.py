@@ -151,6 +151,42 @@ async def test_an_order_edited_at_alpaca_to_another_quantity_is_followed_as_its_
         assert broker.status()["answer_mismatches"] == 0
 
 
+@pytest.mark.parametrize(
+    ("name", "value", "sent"), [("symbol", "TSLA", "AAPL"), ("side", "sell", "buy")]
+)
+async def test_an_answer_naming_another_symbol_or_side_is_not_booked_as_ours(
+    fake, monkeypatch, name, value, sent
+):
+    """An answer for our AAPL buy (its Alpaca id, its client id) saying TSLA, or sell, was
+    booked as ours: a fill of 5 AAPL bought. It is not applied (nothing booked, the order
+    followed as it was) and said once; an answer that agrees again is booked."""
+    fake.set_price("AAPL", 100.0, match=False)
+    async with running(fake, stream_enabled=False) as broker:
+        up = Updates(broker)
+        buy = order("AAPL", 5)
+        cid = buy.client_order_id
+        await broker.submit([buy])
+        readable = garble(fake, monkeypatch, cid, **{name: value})
+        with capture_logs() as logs:
+            fake.fill(cid, price=100.0)
+            for _ in range(3):
+                await broker.poll()
+                await up.bar()
+        assert up.fills == []
+        assert broker.order(cid).status is OrderStatus.NEW
+        [line] = mismatches(logs)
+        assert (line["client_order_id"], line["field"], line["sent"], line["answered"]) == (
+            cid,
+            name,
+            sent,
+            value,
+        )
+        assert "not applied" in line["rule"]
+        readable()
+        await up.until(lambda u: u.filled(cid) > 0)
+        assert [(f.symbol, f.side.value, f.quantity) for f in up.fills] == [("AAPL", "buy", 5.0)]
+
+
 async def test_a_partial_fill_whose_quantity_cannot_be_read_is_said(fake, monkeypatch):
     """`partially_filled` with filled_qty "some": nothing booked and nothing said (only a
     closed order's unreadable quantity was), so its executions waited unbooked without a
