@@ -892,8 +892,9 @@ def open_order_rows(answer: Any, what: str = "open orders answer") -> list[Mappi
 def positions_from_alpaca(answer: Any) -> dict[str, tuple[float, float]]:
     """GET /v2/positions' answer: symbol -> (signed quantity, average entry price); shorts
     are negative. An answer that is no list, a row that is no object, a row without a symbol
-    or a readable `qty`, or a symbol listed twice raises ValueError naming the row and the
-    field: skipped, such a row read as no position, and reconciliation took Alpaca for flat
+    or a readable `qty`, a `side` other than long or short (or none), or a symbol listed
+    twice raises ValueError naming the row and the field (a side "sideways" was read as
+    long): skipped, such a row read as no position, and reconciliation took Alpaca for flat
     in that symbol (every symbol, for an answer that is no list)."""
     if not isinstance(answer, list):
         raise ValueError(f"positions answer is a {type(answer).__name__}, not a list")
@@ -911,7 +912,14 @@ def positions_from_alpaca(answer: Any) -> dict[str, tuple[float, float]]:
             raise ValueError(
                 f"positions answer row {i} ({symbol}): qty {row.get('qty')!r} is not a number"
             )
-        if str(row.get("side") or "").lower() == "short" and qty > 0:
+        side = row.get("side")
+        side_text = str(side or "").strip().lower()
+        if side_text not in ("", "long", "short"):
+            raise ValueError(
+                f"positions answer row {i} ({symbol}): side {_shown(side)} is neither long "
+                "nor short"
+            )
+        if side_text == "short" and qty > 0:
             qty = -qty
         out[symbol] = (qty, parse_float(row.get("avg_entry_price")))
     return out

@@ -278,3 +278,30 @@ async def test_an_unreadable_account_cash_is_not_checked_not_blamed_on_the_confi
     [line] = [e for e in logs if e["event"] == "account.not_checked"]
     assert "cash" in line["error"] and "is not a number" in line["error"]
     assert not [e for e in logs if e["event"] == "account.cash"]
+
+
+# ----------------------------------------------------------------------------- positions
+
+
+@pytest.mark.parametrize("side", ["sideways", "LONGISH"])
+async def test_a_position_on_neither_side_is_an_unreadable_answer(fake, monkeypatch, side):
+    """A position row with side "sideways" was read as long without a word: reconciliation
+    compared the book with a guess. It is an unreadable answer naming the row and the side,
+    for reconciliation's positions and the snapshot alike."""
+    fake.set_position("AAPL", 7, 100.0)
+    readable = fake.positions
+
+    def answer() -> list[dict[str, Any]]:
+        rows = readable()
+        for row in rows:
+            row["side"] = side
+        return rows
+
+    monkeypatch.setattr(fake, "positions", answer)
+    async with running(fake, stream_enabled=False) as broker:
+        with pytest.raises(RetryableError, match=rf"\(AAPL\): side '{side}' is neither long"):
+            await broker.positions()
+        with pytest.raises(RetryableError, match="neither long nor short"):
+            await broker.snapshot()
+        monkeypatch.setattr(fake, "positions", readable)
+        assert await broker.positions() == {"AAPL": 7.0}
