@@ -1490,6 +1490,8 @@ class AlpacaBroker:
                     return await self._submit_unit(unit)
                 finally:
                     self._submitting -= 1
+                    if not self._submitting:
+                        self._ask_about_orphans()
 
         waves = [[u for u in units if u.primary.side is side] for side in (Side.SELL, Side.BUY)]
         for n, wave in enumerate(waves):
@@ -2513,13 +2515,25 @@ class AlpacaBroker:
         self._unknown_updates += 1
         if aid in self._foreign_ids:
             return
-        if aid not in self._orphans:
+        if aid not in self._orphans and not self._submitting:
+            # Not while a POST of ours is on its way: its update beating the answer is the
+            # usual case, applied when the answer comes. A poll asked for then listed every
+            # order since the oldest open one (status=all) at a submit's race, the account's
+            # history when a GTC stop was weeks old; the batch's end asks for one if an
+            # update is still unknown (`_ask_about_orphans`).
             self._poll_requested = True
             self._wake.set()
         self._orphans.setdefault(aid, []).append((raw, event))
         self._orphans.move_to_end(aid)
         while len(self._orphans) > _ORPHAN_LIMIT:
             self._orphans.popitem(last=False)
+
+    def _ask_about_orphans(self) -> None:
+        """Once no POST of ours is on its way: a poll asked for when an update parked
+        meanwhile is still of an order not known (`_park` does not ask during a submit)."""
+        if any(aid not in self._by_alpaca_id for aid in self._orphans):
+            self._poll_requested = True
+            self._wake.set()
 
     def _sort_orphans(self, parked: Sequence[str]) -> bool:
         """The orders whose updates were parked (`parked`: before a poll that has now

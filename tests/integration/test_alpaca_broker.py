@@ -480,6 +480,25 @@ async def test_an_update_that_beats_the_order_answer_is_kept_until_the_order_is_
     assert [(f.quantity, f.price) for f in updates.fills] == [(5, 99.5)]
 
 
+async def test_an_update_beating_its_orders_answer_asks_for_no_poll(fake, broker):
+    """An update for an order whose POST is on its way is the usual race, applied when the
+    answer comes. Parking it asked for a poll at once (to find orders placed by hand), and
+    that poll listed every order since the oldest open one (status=all): the account's
+    history at a submit's race. Asked for at the batch's end only if still unknown."""
+    buy = order("AAPL", 5, OrderType.LIMIT, limit=100.0)
+    fake.delay_next(0.3)  # processed at once, answered late
+    task = asyncio.create_task(broker.submit([buy]))
+    await eventually(lambda: bool(fake.orders_with_client_id(buy.client_order_id)))
+    fake.fill(buy.client_order_id, price=99.5)
+    await eventually(lambda: broker.status()["unknown_updates"] >= 1)
+    assert not broker._poll_requested  # parked while the POST is on its way
+    [ack] = await task
+    assert ack.status is OrderStatus.FILLED
+    assert not broker._poll_requested and not broker._orphans  # known: nothing to ask
+    listed = {r.query.get("status") for r in fake.requests if r.path == "/v2/orders"}
+    assert "all" not in listed
+
+
 async def test_polling_only_when_the_stream_is_disabled(fake):
     async with running(fake, stream_enabled=False) as broker:
         assert broker.status()["stream"] == "disabled"
