@@ -47,8 +47,13 @@ class CNNLSTMModel:
                 layers.Dense(output_dim),
             ]
         )
-        self.model.compile(optimizer=keras.optimizers.Adam(c.learning_rate), loss="mse")
+        self._compile()
         self.history: dict[str, list[float]] = {}
+
+    def _compile(self) -> None:
+        import keras
+
+        self.model.compile(optimizer=keras.optimizers.Adam(self.config.learning_rate), loss="mse")
 
     def train(
         self, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
@@ -84,9 +89,30 @@ class CNNLSTMModel:
         self.model.export(str(path), format="onnx", verbose=False)
 
     def save_model(self, path: str, filename: str) -> None:
+        """The model with its weights; the format by the name's suffix: ".keras" (Keras 3's
+        own) or ".h5" / ".hdf5" (HDF5, the specification's)."""
         self.model.save(str(Path(path) / filename))
 
     def load_model(self, path: str, filename: str) -> None:
+        """A model `save_model` wrote, in either format, loaded uncompiled and compiled as
+        this class compiles (Adam at this instance's config's learning rate, MSE): Keras 3
+        cannot rebuild the compiled loss an HDF5 file names ("Could not deserialize
+        'keras.metrics.mse'"), and its HDF5 saving drops the optimizer from the model's compile
+        config, so a ".keras" file saved after an ".h5" one came back with RMSprop. The
+        optimizer starts afresh. The file's input must be this instance's time_steps x
+        n_features."""
         import keras
 
-        self.model = keras.models.load_model(str(Path(path) / filename))
+        file = Path(path) / filename
+        model = keras.models.load_model(str(file), compile=False)
+        want = tuple(self.model.input_shape[1:])
+        got = tuple(model.input_shape[1:])
+        if got != want:
+            shape = ", ".join(map(str, got))
+            raise ValueError(
+                f"model file {file}: its input per window is ({shape}) (time steps, features), "
+                f"this CNNLSTMModel's is {want}: construct it as CNNLSTMModel({shape}) to "
+                "load this file"
+            )
+        self.model = model
+        self._compile()
