@@ -370,9 +370,29 @@ class EnsemblePredictor:
         self.residual_std = residual_std
 
     def combine_predictions(self, predictions: Mapping[str, np.ndarray]) -> np.ndarray:
-        return sum(
-            w * np.asarray(predictions[m], dtype=np.float64) for m, w in self.weights.items()
-        )  # type: ignore[return-value]
+        """The weighted sum of the models' predictions. `predictions` must give one array for
+        each weighted model, no other, all of one shape (ValueError naming the model): a
+        missing model was a bare KeyError, an extra one ignored, and a length-1 array
+        broadcast over the other model's windows."""
+        missing = [m for m in self.weights if m not in predictions]
+        extra = [str(m) for m in predictions if m not in self.weights]
+        if missing or extra:
+            raise ValueError(
+                "predictions must give one array per weighted model ("
+                + ", ".join(self.weights)
+                + ")"
+                + (f"; missing: {', '.join(missing)}" if missing else "")
+                + (f"; not weighted: {', '.join(extra)}" if extra else "")
+            )
+        arrays = {m: np.asarray(predictions[m], dtype=np.float64) for m in self.weights}
+        first, shape = next((m, a.shape) for m, a in arrays.items())
+        for m, a in arrays.items():
+            if a.shape != shape:
+                raise ValueError(
+                    f"predictions of {m} have shape {a.shape}, those of {first} {shape}: "
+                    "each model must predict the same windows"
+                )
+        return sum(w * arrays[m] for m, w in self.weights.items())  # type: ignore[return-value]
 
     def confidence(self, ensemble_prediction: np.ndarray) -> np.ndarray:
         z = np.abs(ensemble_prediction) / self.residual_std
@@ -381,8 +401,20 @@ class EnsemblePredictor:
     def generate_signal(
         self, ensemble_prediction: np.ndarray, threshold: float = 0.55
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(signal, confidence). A prediction that is not finite is refused (ValueError): inf
-        had confidence 1.0, a certain trade, and NaN a silent hold."""
+        """(signal, confidence). `threshold` is the confidence a trade needs, in [0.5, 1) as
+        `ml_ensemble`'s threshold and the model card's (confidence is Phi(|p| / residual_std),
+        at least 0.5: a threshold below it was 0.5, and 1 or more never trades). A prediction
+        that is not finite is refused (ValueError): inf had confidence 1.0, a certain trade,
+        and NaN a silent hold."""
+        if (
+            isinstance(threshold, bool)
+            or not isinstance(threshold, int | float | np.number)
+            or not 0.5 <= threshold < 1
+        ):
+            raise ValueError(
+                f"threshold must be a confidence in [0.5, 1), got {threshold!r} (confidence "
+                "is Phi(|prediction| / residual_std), 0.5 for a zero prediction)"
+            )
         bad = ~np.isfinite(np.asarray(ensemble_prediction, dtype=np.float64))
         if bad.any():
             raise ValueError(
