@@ -76,7 +76,13 @@ class TooFewWindows(ConfigError, ValueError):
     """The data holds too few complete windows for the model config (none, or fewer than
     its min_train_windows / min_validation_windows / min_test_windows). Named with the
     window and the data's range; raised before any model is built (Keras' fit on an empty
-    set was a KeyError: 'loss' traceback)."""
+    set was a KeyError: 'loss' traceback). Below the floors, `windows` and `minimum` are the
+    (training, validation, test) counts and floors and `ranges` their date ranges, so that a
+    caller (the walk-forward) can say what would pass in its own terms; None otherwise."""
+
+    windows: tuple[int, int, int] | None = None
+    minimum: tuple[int, int, int] | None = None
+    ranges: tuple[str, str, str] | None = None
 
 
 def hold_out_test(
@@ -229,7 +235,7 @@ def train(
         or len(xv) < mc.min_validation_windows
         or len(xs) < mc.min_test_windows
     ):
-        raise TooFewWindows(
+        exc = TooFewWindows(
             f"too few windows to train on: {len(xt)} training (train range "
             f"{' to '.join(_dates(data['t_train']))}), {len(xv)} validation (validation "
             f"range {' to '.join(_dates(data['t_val']))}) and {len(xs)} test (test range "
@@ -240,6 +246,12 @@ def train(
             f"of the validation span; {shape}): give more bars or symbols, or an earlier "
             "run.start"
         )
+        exc.windows = (len(xt), len(xv), len(xs))
+        exc.minimum = (mc.min_train_windows, mc.min_validation_windows, mc.min_test_windows)
+        exc.ranges = tuple(  # type: ignore[assignment]
+            " to ".join(_dates(data[k])) for k in ("t_train", "t_val", "t_test")
+        )
+        raise exc
     # Early stopping sees the validation windows only, never the test ones.
     cnn, rf, mean, scale, fit = fit_models(xt, yt, xv, yv, mc, log)
     w_cnn, w_rf = mc.ensemble_weights

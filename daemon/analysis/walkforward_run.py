@@ -231,7 +231,7 @@ def train_model(config: Config, panel: Panel, out: Path, wf: WalkForwardConfig) 
     early-stopped and calibrated the model: optimistic) and, for a card with a held-out test
     split, its `test_range` and `test` metrics (`metrics.test`, what `tradingd retrain`
     judges). Both splits lie within the fold's training span."""
-    from tradingd_models.training import train
+    from tradingd_models.training import TooFewWindows, train
 
     try:
         # The fold's bars are its training span: run.start (the out-of-sample start) must
@@ -239,6 +239,10 @@ def train_model(config: Config, panel: Panel, out: Path, wf: WalkForwardConfig) 
         card = train(
             config, panel, out, wf.model_config(), log=lambda m: None, from_run_start=False
         )
+    except TooFewWindows as exc:
+        if exc.windows is None:
+            raise WalkForwardError(f"training the fold's model failed: {exc}") from None
+        raise WalkForwardError(too_few_windows(exc, wf)) from None
     except ValueError as exc:  # e.g. no complete window in a too-short training window
         raise WalkForwardError(f"training the fold's model failed: {exc}") from None
     out_card = {
@@ -257,6 +261,62 @@ def train_model(config: Config, panel: Panel, out: Path, wf: WalkForwardConfig) 
         out_card["test_range"] = card["test_range"]
         out_card["test"] = card["metrics"]["test"]
     return out_card
+
+
+SPLITS = ("training", "validation", "test")
+FLOORS = ("min_train_windows", "min_validation_windows", "min_test_windows")
+
+
+def split_bars(bars: int, validation_split: float, test_share: float, horizon: int) -> list[int]:
+    """The bars whose windows `tradingd_models.training.train` puts in its training,
+    validation and test splits, of `bars` consecutive window-end bars (as
+    `prepare_ml_data` and `hold_out_test` split them: the last `validation_split` of the bars
+    validate, the last `test_share` of those test, `horizon` bars purged before each cut)."""
+    cut = int(bars * (1 - validation_split))
+    val = bars - cut
+    test_cut = int(val * (1 - test_share))
+    return [max(cut - horizon, 0), max(test_cut - horizon, 0), val - test_cut]
+
+
+def too_few_windows(exc: Any, wf: WalkForwardConfig) -> str:
+    """`TooFewWindows` below the model's floors, said in the walk-forward's terms. A fold
+    trains on exactly `train` bars (run.start only places the folds), so the remedies are a
+    longer `--train`, more symbols, or lower floors in `[walkforward.model]`. The `--train`
+    given is estimated: this fold's windows per bar of each split, held, on the bars
+    `train` would give (the last `horizon` bars have no target)."""
+    mc = wf.model_config()
+    got, floor, ranges = exc.windows, exc.minimum, exc.ranges
+    split = (mc.validation_split, mc.test_share_of_validation, mc.horizon)
+    bars_now = split_bars(wf.train - mc.horizon, *split)
+    per_bar = [g / b if b > 0 else 0.0 for g, b in zip(got, bars_now, strict=True)]
+    need = None
+    if all(p > 0 for p in per_bar):
+        for train in range(wf.train + 1, 100 * wf.train + 1):
+            bars = split_bars(train - mc.horizon, *split)
+            if all(
+                math.floor(b * p + 1e-9) >= f for b, p, f in zip(bars, per_bar, floor, strict=True)
+            ):
+                need = train
+                break
+    counts = ", ".join(f"{g} {name} ({r})" for g, name, r in zip(got, SPLITS, ranges, strict=True))
+    short = [f"{key} = {g}" for g, f, key in zip(got, floor, FLOORS, strict=True) if g < f]
+    minimum = ", ".join(f"{f} {name}" for f, name in zip(floor, SPLITS, strict=True))
+    longer = (
+        f"give --train {need} or more (walkforward.train, now {wf.train}; estimated at this "
+        f"fold's {per_bar[1]:.3g} windows per bar; the first fold then starts later), "
+        if need is not None
+        else f"give a longer --train (walkforward.train, now {wf.train}), "
+    )
+    return (
+        f"training the fold's model failed: too few windows in its {wf.train} training bars "
+        f"(walkforward.train): {counts}; the model needs at least {minimum} "
+        f"([walkforward.model] {', '.join(FLOORS)}; the last "
+        f"{mc.validation_split:g} of the windows' bars validate, the last "
+        f"{mc.test_share_of_validation:g} of those test). A fold trains on exactly "
+        f"walkforward.train bars, whatever run.start says: {longer}more symbols, or lower "
+        f"the floor in [walkforward.model] ({'; '.join(short)} would pass this fold; "
+        "fewer windows make a noisier model and metrics)"
+    )
 
 
 def fold_config(
