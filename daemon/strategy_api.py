@@ -168,6 +168,19 @@ def _finite(name: str, value: Any, *, positive: bool = False) -> float:
     return v
 
 
+def _in_range(name: str, value: Any, lo: float, hi: float, *, nan_ok: bool = False) -> float:
+    """A number in [lo, hi] (NaN too when `nan_ok`: no view), else a ValueError naming it: a
+    string ("0.7") or a value out of range was taken as given."""
+    if isinstance(value, bool) or not isinstance(value, int | float | np.number):
+        raise ValueError(f"{name} must be a number in [{lo:g}, {hi:g}], got {value!r}")
+    v = float(value)
+    if (math.isnan(v) and not nan_ok) or not (math.isnan(v) or lo <= v <= hi):
+        raise ValueError(
+            f"{name} must be in [{lo:g}, {hi:g}]{' or NaN (no view)' if nan_ok else ''}, got {v!r}"
+        )
+    return v
+
+
 def trade_side(trade_type: str) -> int:
     """+1 for "long"/"buy", -1 for "short"/"sell" (case-insensitive); anything else is a
     ValueError naming it."""
@@ -302,15 +315,23 @@ class SignalGenerator:
         score = (ml_signal x ml_confidence x ml_weight + factor_score x factor_weight) /
         (ml_weight + factor_weight), over the parts that have a view (a NaN part, e.g. the ML
         window not yet full, is left out, as `Engine._score` does); NaN when neither has one.
-        A score within `HOLD_TOLERANCE` of 0 (parts that cancel, up to rounding) is a hold."""
-        ml = (
+        A score within `HOLD_TOLERANCE` of 0 (parts that cancel, up to rounding) is a hold.
+        `ml_confidence` must be in [0, 1] (as `generate_ml_signal` takes it) and
+        `factor_score` in [-1, 1] (a signal plugin's score, as the engine refuses others);
+        None or NaN: no view."""
+        conf = (
             math.nan
-            if ml_signal is None or ml_confidence is None
-            else float(ml_signal) * float(ml_confidence)
+            if ml_confidence is None
+            else _in_range("ml_confidence", ml_confidence, 0.0, 1.0, nan_ok=True)
         )
+        ml = math.nan if ml_signal is None else float(ml_signal) * conf
         if not math.isnan(ml) and int(ml_signal) not in (-1, 0, 1):
             raise ValueError(f"ml_signal must be -1, 0 or 1, got {ml_signal!r}")
-        factor = math.nan if factor_score is None else float(factor_score)
+        factor = (
+            math.nan
+            if factor_score is None
+            else _in_range("factor_score", factor_score, -1.0, 1.0, nan_ok=True)
+        )
         num = den = 0.0
         for s, w in ((ml, self.ml_weight), (factor, self.factor_weight)):
             if not math.isnan(s):
@@ -503,8 +524,11 @@ class PositionSizer:
 
     def calculate_kelly_criterion(self, win_rate: float, avg_win_loss_ratio: float) -> float:
         """The specification's W - (1 - W) / R (unclamped; the sizing clamps it to
-        [0, max_kelly])."""
-        return kelly_fraction(float(win_rate), float(avg_win_loss_ratio))
+        [0, max_kelly]). `win_rate` in [0, 1]; `avg_win_loss_ratio` finite and > 0 (0 gave
+        -inf)."""
+        w = _in_range("win_rate", win_rate, 0.0, 1.0)
+        r = _finite("avg_win_loss_ratio", avg_win_loss_ratio, positive=True)
+        return kelly_fraction(w, r)
 
     def get_position_size(
         self,
@@ -520,16 +544,19 @@ class PositionSizer:
         (sign(score) x Kelly x multiplier x |score| x target_vol / asset_volatility, the
         scalar clipped to [min_vol_scalar, max_vol_scalar], capped at max_position; 0 for a
         short without allow_short or a NaN confidence or volatility); shares = capital / price,
-        whole shares as the order planner trades them unless `orders.fractional`. The Kelly
+        whole shares as the order planner trades them unless `orders.fractional`.
+        `signal_confidence` is the signed score in [-1, 1] (NaN: none). The Kelly
         fraction comes from `win_rate` / `avg_win_loss_ratio`, by default the plugin's prior
         (0.55, 1.5: the fraction it uses until 20 trades have closed)."""
         c = self.config
         balance = _finite("account_balance", account_balance, positive=True)
         px = _finite("price", price, positive=True)
-        score = float(signal_confidence)
-        vol = float(asset_volatility)
-        if not math.isnan(vol):
+        # The combined score (sign: the side; NaN: no view): 1.5 sized as 1.5, "0.7" as 0.7.
+        score = _in_range("signal_confidence", signal_confidence, -1.0, 1.0, nan_ok=True)
+        vol = asset_volatility
+        if not (isinstance(vol, float | np.floating) and math.isnan(vol)):
             vol = _finite("asset_volatility", vol, positive=True)
+        vol = float(vol)
         w = c.prior_win_rate if win_rate is None else win_rate
         r = c.prior_win_loss_ratio if avg_win_loss_ratio is None else avg_win_loss_ratio
         kelly = self.calculate_kelly_criterion(w, r)
