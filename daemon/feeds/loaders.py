@@ -240,8 +240,23 @@ def _symbols_in(path: Path, column: object) -> list[str]:
     return col.unique().tolist()
 
 
+# Column names a file of bars has at least one of (any case): without one, its first line
+# is no header of bars (an HTML error page saved as .csv, another table).
+_BAR_WORDS = frozenset({"date", "time", "datetime", "timestamp", "open", "high", "low", "close"})
+
+
 def _not_empty(raw: pd.DataFrame, path: Path, symbol: str | None) -> pd.DataFrame:
     if raw.empty:
+        names = [str(c) for c in raw.columns]
+        if not any(n.strip().lower() in _BAR_WORDS for n in names):
+            # An HTML page saved as .csv was "a header only": its one line read as names.
+            first = ",".join(names)
+            raise DataError(
+                "the file is not a table of bars: its first line names none of the columns "
+                f"of bars (date or time, open, high, low, close): {first[:80]!r}",
+                source=str(path),
+                symbol=symbol,
+            )
         raise DataError(
             "the file has no rows of bars (a header only)", source=str(path), symbol=symbol
         )

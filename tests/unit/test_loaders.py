@@ -1037,3 +1037,21 @@ def test_one_ticker_in_two_cases_in_a_long_table_is_an_error(tmp_path: Path) -> 
     )  # fmt: skip
     with pytest.raises(DataError, match=r"one ticker written in other cases \(\['AAPL', 'aapl'\]"):
         load_panel("csv", str(path))
+
+
+@pytest.mark.parametrize(
+    "first",
+    ["<html><body>Not found</body></html>", "name,amount", '{"error": "rate limited"}'],
+)
+def test_a_file_whose_only_line_is_no_header_of_bars_says_it_is_not_bars(tmp_path, first):
+    """An HTML error page saved as AAPL.csv was "the file has no rows of bars (a header
+    only)": its one line read as column names. A real header without rows still says so."""
+    page = tmp_path / "AAPL.csv"
+    page.write_text(first + "\n")
+    with pytest.raises(DataError, match="not a table of bars: its first line names none") as e:
+        load_panel("csv", str(page))
+    assert repr(first[:80]) in str(e.value) and "AAPL.csv" in str(e.value)
+    header = tmp_path / "MSFT.csv"
+    header.write_text(HEADER + "\n")
+    with pytest.raises(DataError, match=r"no rows of bars \(a header only\)"):
+        load_panel("csv", str(header))
