@@ -533,9 +533,19 @@ def chart_result(obj: Any, symbol: str, status: int = 200) -> dict[str, Any]:
     if not isinstance(chart, dict):
         raise make_error(SOURCE, "malformed", "body has no 'chart' object", symbol=symbol)
     err = chart.get("error")
+    if err and not isinstance(err, dict):
+        # Yahoo's error is an object (code, description): a bare string was "boom: ", a
+        # final http_4xx, not the unreadable answer it is.
+        raise make_error(
+            SOURCE,
+            "malformed",
+            f"chart.error is not an object (code, description): {str(err)[:120]!r}",
+            status=status,
+            symbol=symbol,
+        )
     if err:
-        code = str(err.get("code", "")) if isinstance(err, dict) else str(err)
-        desc = str(err.get("description", "")) if isinstance(err, dict) else ""
+        code = str(err.get("code", ""))
+        desc = str(err.get("description", ""))
         kind = {"Not Found": "not_found", "Unauthorized": "blocked", "Forbidden": "blocked"}.get(
             code, "http_4xx"
         )

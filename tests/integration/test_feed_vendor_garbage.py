@@ -231,6 +231,18 @@ async def test_yahoo_garbage_is_a_malformed_answer_naming_the_field(change, name
     assert named in text
 
 
+async def test_a_yahoo_chart_error_that_is_a_bare_string_is_a_malformed_answer():
+    """Yahoo's `chart.error` is an object (code, description): a bare string was the final
+    `http_4xx` "boom: ", not the unreadable answer it is (retried as one)."""
+    need_fixtures()
+    body = copy.deepcopy(fixture_json("yahoo", AAPL_2020))
+    body["chart"]["error"] = "boom"
+    errors = await yahoo_errors(answer(body))
+    kind, text = errors["AAPL"]
+    assert kind == "malformed", text
+    assert "chart.error is not an object (code, description): 'boom'" in text
+
+
 def av_with(fixture: str, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     body = copy.deepcopy(fixture_json("alphavantage", fixture))
     change(body)
