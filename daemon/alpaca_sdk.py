@@ -38,7 +38,7 @@ import requests
 import structlog
 from urllib3.exceptions import DecodeError, HTTPError, ProtocolError, ReadTimeoutError, SSLError
 
-from .feeds.resilience import DEFAULT_MAX_BODY_BYTES, body_too_large
+from .feeds.resilience import DEFAULT_MAX_BODY_BYTES, FEED_BODY_REMEDY, body_too_large
 
 log = structlog.get_logger(__name__)
 
@@ -138,7 +138,8 @@ class DeadlineSession(requests.Session):
 
     `max_body_bytes`: a body longer than that (its Content-Length, or the bytes read,
     decompressed) is refused: the response closed, `BodyTooLarge` raised naming the size and
-    the cap. Unbounded, a padded answer was buffered whole (a GB within the deadline)."""
+    the cap and `remedy`. Unbounded, a padded answer was buffered whole (a GB within the
+    deadline)."""
 
     CHUNK = 64 * 1024
 
@@ -147,11 +148,13 @@ class DeadlineSession(requests.Session):
         timeout_s: float,
         deadline_s: float | None = None,
         max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+        remedy: str = FEED_BODY_REMEDY,
     ) -> None:
         super().__init__()
         self.timeout_s = timeout_s
         self.deadline_s = timeout_s if deadline_s is None else deadline_s
         self.max_body_bytes = max_body_bytes
+        self.remedy = remedy  # what a refusal for size tells the operator to do
 
     def request(self, method: Any, url: Any, *args: Any, **kw: Any) -> requests.Response:
         if len(args) < 7:  # else timeout was given positionally (7th after url)
@@ -233,7 +236,7 @@ class DeadlineSession(requests.Session):
 
     def _too_large(self, method: Any, url: Any, declared: int | None = None) -> BodyTooLarge:
         what = f"{str(method).upper()} {urlsplit(str(url)).path}"
-        return BodyTooLarge(f"{what}: {body_too_large(self.max_body_bytes, declared)}")
+        return BodyTooLarge(f"{what}: {body_too_large(self.max_body_bytes, declared, self.remedy)}")
 
     def _abandon(self, method: Any, url: Any, size: int, started: float) -> None:
         elapsed = time.monotonic() - started

@@ -3261,7 +3261,11 @@ class AlpacaBroker:
             # A timeout per read and a deadline for the whole request (the data clients'
             # session): an answer trickling its body held a worker thread of the event
             # loop's default executor after `call_timeout_s` gave the call up.
-            client._session = DeadlineSession(self._config.request_timeout_s)
+            client._session = DeadlineSession(
+                self._config.request_timeout_s,
+                remedy="no account or orders answer is that long: check broker.alpaca.base_url "
+                "(the broker's cap is fixed)",
+            )
         else:  # a future alpaca-py: the overall call timeout still applies
             log.warning("alpaca.no_request_timeout")
         # alpaca-py retries 429 and 504 itself, sleeping in the worker thread: a call that

@@ -113,7 +113,11 @@ class AlpacaSplits:
             client = CorporateActionsClient(
                 self._keys[0], self._keys[1], raw_data=True, url_override=self.base_url
             )
-            client._session = DeadlineSession(self._request_timeout_s)
+            client._session = DeadlineSession(
+                self._request_timeout_s,
+                remedy="no day's announcements are that long: check broker.alpaca.data_url "
+                "(the cap is fixed)",
+            )
             no_sdk_retries(client)  # the caller retries, with backoff, outside the thread
             self._client = client
             self._pool = DaemonWorker("alpaca-ca")

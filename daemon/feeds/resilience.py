@@ -268,18 +268,23 @@ DEFAULT_MAX_BODY_BYTES = 64 * 1024 * 1024
 _READ_CHUNK = 256 * 1024
 
 
-def body_too_large(limit: int, declared: int | None = None) -> str:
+# What a data source's operator can do about an answer over the cap.
+FEED_BODY_REMEDY = (
+    "no time series is that long: check the source's base URL (or raise its call.max_body_bytes)"
+)
+
+
+def body_too_large(limit: int, declared: int | None = None, remedy: str = FEED_BODY_REMEDY) -> str:
     """The message of an answer refused for its size (`malformed`): `declared` is its
-    Content-Length, None when the body was cut off as it was read past the cap."""
+    Content-Length, None when the body was cut off as it was read past the cap; `remedy`,
+    what the operator can do (the data feeds' setting, or the broker's base URL: its cap
+    is fixed)."""
     size = (
         f"declares {declared} bytes (Content-Length), over the cap of {limit}"
         if declared is not None
         else f"is longer than the cap of {limit}"
     )
-    return (
-        f"the answer's body {size} bytes (max_body_bytes): refused, not read on; no time "
-        "series is that long: check the source's base URL (or raise its call.max_body_bytes)"
-    )
+    return f"the answer's body {size} bytes (max_body_bytes): refused, not read on; {remedy}"
 
 
 async def response_text(

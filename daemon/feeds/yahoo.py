@@ -23,7 +23,7 @@ Answers (see /work/shared/fixtures/README.md, section 1):
   200 that is not the chart JSON  -> kind `malformed`, retried; so is one whose `meta`,
                                      `indicators` or trading period is not an object, whose
                                      time zone names none, or whose stamps (bars, events,
-                                     the session's end) are not epoch seconds in 1970..2200
+                                     the session's end) are not epoch seconds in 1900..2200
                                      (milliseconds), each naming the field
   200 with `timestamp` absent     -> no bars (a weekend or holiday window), not an error
   `null` bars (a lunch break)     -> skipped (counted in a debug log line); a split or dividend
@@ -115,10 +115,11 @@ INTRADAY_HISTORY_DAYS = {1: 30, 5: 60, 15: 60, 30: 60, 60: 730}
 # The other intervals' span is their history above, so one request covers any window Yahoo
 # serves at all.
 REQUEST_SPAN_DAYS = {1: 7}
-# The epoch seconds a stamp of Yahoo's may have (1970-01-01 .. 2200-01-01 UTC): beyond them
+# The epoch seconds a stamp of Yahoo's may have (1900-01-01 .. 2200-01-01 UTC): beyond them
 # (milliseconds: the year 52636) pandas could not localize it, and the answer was taken for
-# a bug of ours (`internal`, with a traceback).
-EPOCH_MIN = 0
+# a bug of ours (`internal`, with a traceback). Before 1970 too: Yahoo's daily history goes
+# back to 1962 (IBM), stamped with negative epoch seconds.
+EPOCH_MIN = -2_208_988_800
 EPOCH_MAX = 7_258_118_400
 
 
@@ -152,7 +153,7 @@ def _timezone(meta: dict[str, Any], default: str) -> str:
 
 def _epoch_bounds_error(where: str, value: Any) -> ValueError:
     return ValueError(
-        f"{where} {value!r:.40} is not a time in epoch seconds between 1970 and 2200"
+        f"{where} {value!r:.40} is not a time in epoch seconds between 1900 and 2200"
         " (milliseconds?)"
     )
 
@@ -165,7 +166,12 @@ def _epoch(value: float, where: str) -> float:
 
 
 def _stamps(stamps: list[Any]) -> np.ndarray:
-    """`timestamp` as int64 epoch seconds; a ValueError naming the first implausible one."""
+    """`timestamp` as int64 epoch seconds; a ValueError naming the first implausible one
+    (a null, a true, a list or a text is no stamp: null was int()'s TypeError, naming no
+    field, and true was read as 1970-01-01 and its bar dropped outside the window)."""
+    for i, stamp in enumerate(stamps):
+        if isinstance(stamp, bool) or not isinstance(stamp, int | float):
+            raise ValueError(f"timestamp[{i}] {stamp!r:.40} is not a number of epoch seconds")
     values: np.ndarray
     try:
         ts = values = np.asarray(stamps, dtype=np.int64)

@@ -205,6 +205,10 @@ def _ms(result: dict[str, Any]) -> None:
         (_set("meta.currentTradingPeriod", "x"), "meta.currentTradingPeriod is not an object"),
         (_set("meta.currentTradingPeriod.regular.end", 1e20), "regular.end 1e+20 is not a time"),
         (_set("indicators", [1]), "indicators is not an object"),
+        (_set("timestamp.3", None), "timestamp[3] None is not a number of epoch seconds"),
+        (_set("timestamp.3", True), "timestamp[3] True is not a number of epoch seconds"),
+        (_set("timestamp.3", [1598880600]), "timestamp[3] [1598880600] is not a number"),
+        (_set("timestamp.3", -3e9), "timestamp[3] (1 of 49) -3000000000.0 is not a time"),
         (_set("events.splits.1598880600.date", 1e20), "'1598880600'].date 1e+20 is not a time"),
     ],
     ids=[
@@ -216,6 +220,10 @@ def _ms(result: dict[str, Any]) -> None:
         "trading_period_str",
         "session_end_huge",
         "indicators_list",
+        "stamp_null",
+        "stamp_true",
+        "stamp_nested",
+        "stamp_before_1900",
         "split_date_huge",
     ],
 )
@@ -229,6 +237,19 @@ async def test_yahoo_garbage_is_a_malformed_answer_naming_the_field(change, name
     kind, text = errors["AAPL"]
     assert kind == "malformed", text
     assert named in text
+
+
+async def test_yahoo_stamps_before_1970_are_daily_history_not_garbage():
+    """Yahoo's daily history goes back to 1962, stamped with negative epoch seconds: the
+    1970 floor refused every long history as malformed."""
+    need_fixtures()
+
+    def before_1970(result: dict[str, Any]) -> None:
+        shift = 1598880600 - (-252322200)  # the first bar to 1962-01-02 14:30 UTC
+        result["timestamp"] = [t - shift for t in result["timestamp"]]
+
+    errors = await yahoo_errors(answer(yahoo_with(before_1970)))
+    assert "AAPL" not in errors or errors["AAPL"][0] != "malformed", errors
 
 
 async def test_a_yahoo_chart_error_that_is_a_bare_string_is_a_malformed_answer():

@@ -123,3 +123,20 @@ def test_an_answer_longer_than_the_cap_is_refused_unread(declare: bool) -> None:
     assert ("Content-Length" in text) == declare
     err = classify(info.value, "alpaca")
     assert err is not None and err.kind == "malformed" and err.retryable
+
+
+def test_the_brokers_refusal_for_size_names_its_base_url_not_a_setting_it_lacks() -> None:
+    """The broker's and the corporate actions' sessions keep the fixed 64 MB cap: their
+    refusal told the operator to raise a `call.max_body_bytes` they do not have."""
+    from tradingd.brokers.alpaca import AlpacaBroker, AlpacaBrokerConfig
+
+    broker = AlpacaBroker(AlpacaBrokerConfig(base_url="http://127.0.0.1:9"), ("k" * 20, "s" * 40))
+    client = broker._make_client()
+    session = client._session
+    assert isinstance(session, DeadlineSession)
+    assert session.max_body_bytes == DEFAULT_MAX_BODY_BYTES
+    text = str(session._too_large("get", "http://127.0.0.1:9/v2/account", 10**9))
+    assert "check broker.alpaca.base_url (the broker's cap is fixed)" in text
+    assert "call.max_body_bytes" not in text
+    data = DeadlineSession(5.0)  # a data feed's: its setting named
+    assert "raise its call.max_body_bytes" in str(data._too_large("get", "/v2/stocks/bars"))
