@@ -743,6 +743,7 @@ class AlpacaBroker:
         # Answers for an order we follow that contradict it (`_answer_mismatch`): said once
         # an order, field and value (bounded), counted.
         self._mismatch_said = Once()
+        self._cuts_said = Once()  # orders Alpaca cut down (`_quantity_cut`), said once
         self._answer_mismatches = 0
         self._resumed = False
 
@@ -2220,7 +2221,16 @@ class AlpacaBroker:
         if raw.get("notional") not in (None, "") or not (math.isfinite(sent) and sent > 0):
             return filled
         qty = parse_float(raw.get("qty"))
-        if math.isfinite(qty) and qty > 0 and not same_quantity(qty, sent):
+        done = max(order.filled_quantity, filled if math.isfinite(filled) else 0.0)
+        if math.isfinite(qty) and 0 < qty < sent and (qty >= done or same_quantity(qty, done)):
+            # Alpaca cuts an order down itself (a bracket's legs to a partly filled entry's
+            # quantity; open orders at a corporate action): followed, said once. Before the
+            # check, every `qty` overwrote the order's; an increase (or a cut below what has
+            # filled) still contradicts what was sent.
+            self._quantity_cut(t, qty, sent)
+            order.quantity = qty
+            sent = qty
+        elif math.isfinite(qty) and qty > 0 and not same_quantity(qty, sent):
             self._answer_mismatch(
                 t,
                 "qty",
@@ -2238,6 +2248,23 @@ class AlpacaBroker:
             )
             return float(sent)
         return filled
+
+    def _quantity_cut(self, t: _Tracked, qty: float, sent: float) -> None:
+        """An order Alpaca cut down, still at or above what has filled: said once an
+        order (a warning), then followed at Alpaca's quantity."""
+        order = t.order
+        if self._cuts_said.first((order.client_order_id, qty)):
+            log.warning(
+                "alpaca.order_quantity_cut",
+                client_order_id=order.client_order_id,
+                alpaca_id=self._scrub(t.alpaca_id or ""),
+                symbol=order.symbol,
+                sent=f"{sent:g}",
+                answered=f"{qty:g}",
+                filled=f"{order.filled_quantity:g}",
+                rule="Alpaca cut the order down (a bracket leg to its entry's fills, a "
+                "corporate action): followed at Alpaca's quantity",
+            )
 
     def _contradicts(self, t: _Tracked, raw: Mapping[str, Any]) -> bool:
         """Whether `raw`, an answer for the order `t` (its Alpaca id, or its client id),
@@ -2271,11 +2298,11 @@ class AlpacaBroker:
         `name` field says `answered`, the order `sent`): an error line naming the order,
         once an order, field and value (the order is read at every poll), counted in
         `status()["answer_mismatches"]`. `booked`: what is done with the answer."""
-        SOURCE_ERRORS.labels(source=SOURCE, kind="malformed").inc()
         order = t.order
         shown = self._scrub(str(answered)[:40])
         if not self._mismatch_said.first((order.client_order_id, name, shown)):
-            return
+            return  # counted once too: the order is read at every poll
+        SOURCE_ERRORS.labels(source=SOURCE, kind="malformed").inc()
         self._answer_mismatches += 1
         log.error(
             "alpaca.order_answer_mismatch",

@@ -114,6 +114,37 @@ async def test_an_answer_with_another_quantity_does_not_change_the_order(fake, m
         )
 
 
+async def test_an_order_alpaca_cuts_down_is_followed_at_its_quantity_not_refused(
+    fake, monkeypatch
+):
+    """Alpaca cuts an order down itself (a bracket's legs to a partly filled entry's
+    quantity, open orders at a corporate action). The first answer check took that for a
+    contradiction: an error line, and the order followed at the quantity sent, whose fills
+    the book and Alpaca then disagreed on. A cut at or above what has filled is followed at
+    Alpaca's quantity (a warning, once); a cut below it is still a contradiction."""
+    fake.set_price("AAPL", 100.0, match=False)
+    async with running(fake, stream_enabled=False) as broker:
+        up = Updates(broker)
+        buy = order("AAPL", 10, OrderType.LIMIT, limit=99.0)
+        cid = buy.client_order_id
+        await broker.submit([buy])
+        garble(fake, monkeypatch, cid, qty="6")
+        with capture_logs() as logs:
+            for _ in range(2):
+                await broker.poll()
+                await up.bar()
+            assert [(o.client_order_id, o.quantity) for o in broker.open_orders()] == [(cid, 6)]
+        assert mismatches(logs) == []
+        [cut] = [e for e in logs if e["event"] == "alpaca.order_quantity_cut"]
+        assert (cut["log_level"], cut["sent"], cut["answered"], cut["filled"]) == (
+            "warning",
+            "10",
+            "6",
+            "0",
+        )
+        assert broker.status()["answer_mismatches"] == 0
+
+
 async def test_a_fractional_quantity_alpaca_rounds_is_no_mismatch(fake, monkeypatch):
     """Alpaca keeps 9 decimals of a fractional quantity: its answer is the same quantity."""
     fake.set_price("AAPL", 100.0, match=False)
