@@ -114,9 +114,7 @@ async def test_an_answer_with_another_quantity_does_not_change_the_order(fake, m
         )
 
 
-async def test_an_order_alpaca_cuts_down_is_followed_at_its_quantity_not_refused(
-    fake, monkeypatch
-):
+async def test_an_order_alpaca_cuts_down_is_followed_at_its_quantity_not_refused(fake, monkeypatch):
     """Alpaca cuts an order down itself (a bracket's legs to a partly filled entry's
     quantity, open orders at a corporate action). The first answer check took that for a
     contradiction: an error line, and the order followed at the quantity sent, whose fills
