@@ -2898,8 +2898,13 @@ class AlpacaBroker:
                 # With the stream up and nothing asked for, this is the periodic check: the
                 # open orders suffice (a lost fill shows as an order no longer open).
                 polled = await self._poll_quietly(only_open=self._stream_up and idle)
-            if parked and polled and not self._sort_orphans(parked):
-                self._poll_requested = True  # an order of ours on its way: after the next
+            # Not sorted while an order of ours may be on its way. An order to look up, or a
+            # replacement to read: ask after the next poll. A POST on its way asks itself
+            # when the batch ends (`_ask_about_orphans`): asked here, a slow submit repeated
+            # a full listing every 2 s until it was answered.
+            sorted_now = not parked or not polled or self._sort_orphans(parked)
+            if not sorted_now and (self._unconfirmed or self._replacements):
+                self._poll_requested = True
 
     async def _confirm_closed(self, t: _Tracked) -> None:
         """Wait (bounded) until Alpaca confirms a cancel: from the stream, else by asking."""

@@ -1527,6 +1527,7 @@ class Engine:
                     self.on_heartbeat()
                 if self._stop_requested:
                     break
+            self.bar_in_progress = None  # (a stop during a fetch left the loop with it set)
             # Nothing reads features after the last bar: a replay's whole histories go before
             # its report is read back (BatchFeatureSource.release).
             release = getattr(self.features, "release", None)

@@ -9,17 +9,15 @@ not copied into a document that drifts from it.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
 import io
-import re
+import textwrap
 import tokenize
 from typing import Any
 
 __all__ = ["ParamDoc", "param_docs", "toml_value"]
-
-# `name: annotation` or `name: annotation = default` at the class body's indentation.
-_FIELD = re.compile(r"^\s+([A-Za-z_]\w*)\s*:(?!=)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,25 +43,30 @@ def _comments(source: str) -> dict[int, str]:
 
 def _field_comments(config_cls: type) -> dict[str, tuple[str, str]]:
     """{field: (the comment lines right above it, the one on its line)}: a block comment
-    that starts a group is given to the group's first field."""
+    that starts a group is given to the group's first field. The fields are the class
+    body's annotated names (`ast`), so a `name: ...` line in its docstring or a method is
+    none."""
     try:
-        source = inspect.getsource(config_cls)
-    except (OSError, TypeError):  # no source (a compiled or dynamic class): no comments
+        source = textwrap.dedent(inspect.getsource(config_cls))
+        tree = ast.parse(source)
+    except (OSError, TypeError, SyntaxError):  # no source (compiled, dynamic): no comments
         return {}
-    source = inspect.cleandoc("\n" + source) if source.startswith((" ", "\t")) else source
+    body = next((n for n in tree.body if isinstance(n, ast.ClassDef)), None)
+    if body is None:
+        return {}
     comments = _comments(source)
     lines = source.splitlines()
     out: dict[str, tuple[str, str]] = {}
-    for number, line in enumerate(lines, start=1):
-        match = _FIELD.match(line)
-        if match is None or line.lstrip().startswith(("def ", "#")):
+    for node in body.body:
+        if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
             continue
+        number = node.lineno
         above: list[str] = []
         k = number - 1
         while k >= 1 and lines[k - 1].lstrip().startswith("#") and k in comments:
             above.insert(0, comments[k])
             k -= 1
-        out.setdefault(match.group(1), (" ".join(above), comments.get(number, "")))
+        out.setdefault(node.target.id, (" ".join(above), comments.get(number, "")))
     return out
 
 

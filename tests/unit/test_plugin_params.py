@@ -24,6 +24,10 @@ class _Inner:
 
 @dataclass(frozen=True)
 class _Config:
+    """Its docstring may say
+    first: a word that is no field
+    """
+
     # Group: what the first two are for.
     first: int = 3  # the first
     second: float | None = None
@@ -36,7 +40,7 @@ class _Config:
 def test_comments_above_and_beside_each_field_are_its_documentation():
     docs = {d.name: d for d in param_docs(_Config)}
     assert list(docs) == ["first", "second", "third", "inner", "flag"]
-    assert (docs["first"].above, docs["first"].inline) == (
+    assert (docs["first"].above, docs["first"].inline) == (  # not the docstring's line
         "Group: what the first two are for.",
         "the first",
     )
