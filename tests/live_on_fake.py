@@ -4,8 +4,10 @@ is configured reaches every one of them."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import sqlite3
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -53,3 +55,18 @@ def stored_fill_quantities(db: Path, client_order_id: str) -> list[tuple[float]]
         ).fetchall()
     finally:
         con.close()
+
+
+async def eventually(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
+    """Whether `pred()` came true within `timeout` seconds (checked every 5 ms): a wait for
+    a condition, never a sleep for a fixed time."""
+
+    async def until() -> None:
+        while not pred():
+            await asyncio.sleep(0.005)
+
+    try:
+        await asyncio.wait_for(until(), timeout)
+    except TimeoutError:
+        return False
+    return True

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import pytest
 from fakes.alpaca_trading_server import running_fake
+from live_on_fake import eventually as _eventually
 from live_on_fake import live_on_fake, open_buys, stored_fill_quantities
 from structlog.testing import capture_logs
 
@@ -26,18 +26,6 @@ RUN = "between-bars"
 def fake(monkeypatch):
     with running_fake(monkeypatch, cash=1_000_000.0) as server:
         yield server
-
-
-async def _eventually(pred: Callable[[], bool], timeout: float = 5.0) -> bool:
-    async def until() -> None:
-        while not pred():
-            await asyncio.sleep(0.005)
-
-    try:
-        await asyncio.wait_for(until(), timeout)
-    except TimeoutError:
-        return False
-    return True
 
 
 async def test_a_stream_fill_between_bars_is_booked_when_it_arrives_and_once(
