@@ -49,6 +49,16 @@ from tradingd.core.types import RiskVerdict
 log = structlog.get_logger(__name__)
 
 RECOVERY = ("cooloff", "halt", "scale")
+#: A drawdown or daily loss within this of its limit is at the limit, a breach (`>=`, as the
+#: reasons say): 1 - 80000 / 100000 is 0.19999999999999996, below 0.20, and a 20% fall from
+#: the peak was no breach, where 1 - 95000 / 100000 (0.050000000000000044) halted at 5%.
+#: The fractions' rounding is ~1e-16; 1e-12 of equity is a thousandth of a cent per $10 M.
+LIMIT_TOL = 1e-12
+
+
+def at_limit(value: float, limit: float) -> bool:
+    """`value >= limit`, with a value a rounding below the limit counted as at it."""
+    return value >= limit - LIMIT_TOL
 
 
 @dataclass(frozen=True)
@@ -180,7 +190,7 @@ class DrawdownGuard:
                 self._peak = pf.equity
         self._peak = max(self._peak, pf.equity)
         drawdown = 1.0 - pf.equity / self._peak if self._peak > 0 else 0.0
-        breached = drawdown >= c.max_drawdown_pct
+        breached = at_limit(drawdown, c.max_drawdown_pct)
 
         if self._halted_bars is not None:
             self._halted_bars += 1
@@ -240,7 +250,7 @@ class DrawdownGuard:
                 )
             return self._block(targets, pf.weights, reason, drawdown, limit, "max_drawdown")
         day_loss = 1.0 - pf.equity / pf.day_start_equity if pf.day_start_equity > 0 else 0.0
-        if day_loss >= c.daily_loss_limit_pct:
+        if at_limit(day_loss, c.daily_loss_limit_pct):
             reason = f"daily loss {day_loss:.2%} >= limit {c.daily_loss_limit_pct:.2%}"
             return self._block(
                 targets, pf.weights, reason, day_loss, c.daily_loss_limit_pct, "daily_loss_limit"
