@@ -11,6 +11,8 @@ from tradingd.core.arrays import count_nonzero
 from tradingd.core.ports import BarContext, RiskDecision
 from tradingd.core.types import RiskVerdict
 
+from .finite import nan_to_zero
+
 
 @dataclass(frozen=True)
 class MaxPositionConfig:
@@ -133,13 +135,16 @@ class MaxGrossExposure:
         return ()
 
     def check(self, targets: np.ndarray, ctx: BarContext) -> RiskDecision:
-        gross = float(np.abs(targets).sum())
+        # A NaN target counts as none (as in the sector, correlation and VaR rules): summed
+        # as is, one NaN made the gross NaN and every scaled target NaN.
+        t = nan_to_zero(targets)
+        gross = float(np.abs(t).sum())
         cap = self.config.max_gross_exposure
         if gross <= cap + 1e-12:
             return RiskDecision(targets)
         factor = cap / gross
         return RiskDecision(
-            targets * factor,
+            t * factor,
             (
                 RiskVerdict(
                     self.name,
