@@ -333,10 +333,13 @@ def trade_stats(returns: Sequence[float] | np.ndarray) -> tuple[float, float]:
 
 
 def vol_scalar(sigma2: np.ndarray, config: KellyGarchConfig) -> np.ndarray:
-    """target_vol / annualised volatility, clipped; NaN where there is no variance."""
+    """target_vol / annualised volatility, clipped; NaN where there is no usable variance
+    (NaN, 0 or below, or infinite: an infinite variance clipped to min_vol_scalar sized a
+    position of unknown risk)."""
     s2 = np.asarray(sigma2, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
-        ann = np.sqrt(np.where(s2 > 0, s2, np.nan) * config.periods_per_year)
+        usable = np.isfinite(s2) & (s2 > 0)
+        ann = np.sqrt(np.where(usable, s2, np.nan) * config.periods_per_year)
         return np.clip(config.target_vol / ann, config.min_vol_scalar, config.max_vol_scalar)
 
 
@@ -345,7 +348,8 @@ def target_weights(
 ) -> np.ndarray:
     """The sizing rule on arrays: sign(score) x kelly x multiplier x |score| x vol scalar,
     capped at +-max_position; 0 where the score is NaN, does not pass min_score, is short
-    without allow_short, or (with a volatility estimator) the variance is unknown.
+    without allow_short, or (with a volatility estimator) the variance is unknown or not
+    finite and positive.
     `sigma2=None` means no volatility scalar (1)."""
     c = config
     s = np.asarray(score, dtype=np.float64)
