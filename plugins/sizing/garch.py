@@ -192,21 +192,21 @@ class GarchParams:
         return self.omega / (1.0 - p) if p < 1.0 else math.inf
 
 
-def try_garch_fit(
-    returns: np.ndarray,
-    *,
-    mean: str = "constant",
-    starting: GarchParams | None = None,
-    min_obs: int = MIN_FIT_OBS,
-) -> tuple[GarchParams | None, str]:
-    """Fit GARCH(1,1) with normal errors to one series of decimal returns (NaN dropped).
+@dataclass(frozen=True)
+class _Candidate:
+    """An optimiser's answer before the acceptance rules, in arch's units (percentage
+    returns): its parameters, its one-step forecast `s2` and its log-likelihood."""
 
-    Returns (params, "") or (None, reason): too few returns, an exception inside `arch`, an
-    optimiser that did not converge (`convergence_flag` != 0), a non-stationary fit
-    (alpha + beta >= 1, within STATIONARITY_TOL), a degenerate one (alpha < MIN_ALPHA: a
-    variance no shock moves) or non-finite values. `starting` (a
-    previous fit of the same series) warm-starts the optimiser; `arch` ignores it when it
-    violates the constraints."""
+    mu: float
+    omega: float
+    alpha: float
+    beta: float
+    s2: float
+    loglik: float
+
+
+def _prepare(returns: np.ndarray, mean: str, min_obs: int) -> tuple[np.ndarray | None, str]:
+    """The returns to fit (finite, decimal), or None and why they cannot be fitted."""
     if mean not in MEANS:
         raise ValueError(f"mean must be one of {', '.join(MEANS)}, got {mean!r}")
     r = np.asarray(returns, dtype=np.float64)
@@ -215,7 +215,15 @@ def try_garch_fit(
         return None, f"too few returns ({r.size} < {max(min_obs, 10)})"
     if not np.any(r != r[0]):
         return None, "constant returns (no variance to model)"
-    x = r * 100.0
+    return r, ""
+
+
+def _optimise(
+    x: np.ndarray, mean: str, starting: GarchParams | None
+) -> tuple[_Candidate | None, str]:
+    """arch's fit of the percentage returns `x` from `starting` (None: arch's own grid of
+    starting values): the candidate, or None when the optimiser raised, did not converge or
+    gave non-finite values."""
     sv = warm_vol = None
     if starting is not None:
         warm_vol = np.array([starting.omega * 1e4, starting.alpha, starting.beta])
@@ -234,19 +242,81 @@ def try_garch_fit(
     p = res.params
     mu = float(p["mu"]) if mean == "constant" else 0.0
     omega, alpha, beta = float(p["omega"]), float(p["alpha[1]"]), float(p["beta[1]"])
-    if not all(math.isfinite(v) for v in (mu, omega, alpha, beta)):
+    loglik = float(res.loglikelihood)
+    if not all(math.isfinite(v) for v in (mu, omega, alpha, beta, loglik)):
         return None, "non-finite parameters"
-    if alpha + beta >= 1.0 - STATIONARITY_TOL:
-        return None, f"non-stationary fit (alpha + beta = {alpha + beta:.9f}, not < 1)"
-    if alpha < MIN_ALPHA:
-        return None, f"degenerate fit (alpha = {alpha:.3g}: shocks never move the variance)"
     # The one-step forecast, from the last residual and conditional variance of the sample:
     # exactly what res.forecast(horizon=1) computes, without building its DataFrame.
     resid = float(x[-1]) - mu
-    s2 = omega + alpha * resid * resid + beta * float(res.conditional_volatility[-1]) ** 2
-    if not (math.isfinite(s2) and s2 > 0.0 and omega > 0.0):
-        return None, f"invalid variance (omega {omega!r}, forecast {s2!r})"
-    return GarchParams(mu / 100.0, omega / 1e4, alpha, beta, s2 / 1e4, int(r.size)), ""
+    try:
+        s2 = omega + alpha * resid * resid + beta * float(res.conditional_volatility[-1]) ** 2
+    except OverflowError:  # (a float's ** raises where * gives inf): refused by `_accept`
+        s2 = math.inf
+    return _Candidate(mu, omega, alpha, beta, s2, loglik), ""
+
+
+def _accept(c: _Candidate, nobs: int) -> tuple[GarchParams | None, str]:
+    """The acceptance rules on a candidate: stationary (alpha + beta < 1 beyond
+    STATIONARITY_TOL), not degenerate (alpha >= MIN_ALPHA), a positive finite variance."""
+    if c.alpha + c.beta >= 1.0 - STATIONARITY_TOL:
+        return None, f"non-stationary fit (alpha + beta = {c.alpha + c.beta:.9f}, not < 1)"
+    if c.alpha < MIN_ALPHA:
+        return None, f"degenerate fit (alpha = {c.alpha:.3g}: shocks never move the variance)"
+    if not (math.isfinite(c.s2) and c.s2 > 0.0 and c.omega > 0.0):
+        return None, f"invalid variance (omega {c.omega!r}, forecast {c.s2!r})"
+    return GarchParams(c.mu / 100.0, c.omega / 1e4, c.alpha, c.beta, c.s2 / 1e4, nobs), ""
+
+
+def try_garch_fit(
+    returns: np.ndarray,
+    *,
+    mean: str = "constant",
+    starting: GarchParams | None = None,
+    min_obs: int = MIN_FIT_OBS,
+) -> tuple[GarchParams | None, str]:
+    """Fit GARCH(1,1) with normal errors to one series of decimal returns (NaN dropped), from
+    one start: `starting` (a previous fit of the same series), else arch's own grid.
+
+    Returns (params, "") or (None, reason): too few returns, an exception inside `arch`, an
+    optimiser that did not converge (`convergence_flag` != 0), a non-stationary fit
+    (alpha + beta >= 1, within STATIONARITY_TOL), a degenerate one (alpha < MIN_ALPHA: a
+    variance no shock moves) or non-finite values. `arch` ignores a start that violates its
+    constraints. A warm start can end at another, lower local maximum of the likelihood
+    than arch's own start: `best_garch_fit` is what the sizing uses."""
+    r, why = _prepare(returns, mean, min_obs)
+    if r is None:
+        return None, why
+    c, why = _optimise(r * 100.0, mean, starting)
+    return (None, why) if c is None else _accept(c, int(r.size))
+
+
+def best_garch_fit(
+    returns: np.ndarray,
+    *,
+    mean: str = "constant",
+    starting: GarchParams | None = None,
+    min_obs: int = MIN_FIT_OBS,
+) -> tuple[GarchParams | None, str]:
+    """`try_garch_fit`'s answer for the window's best fit: with a warm start, the window is
+    also fitted from arch's own starting values, and the candidate with the higher
+    log-likelihood is the one the acceptance rules judge (on a tie, or when the warm fit
+    failed, arch's). Why: a warm start from the previous window's fit can stay on an interior
+    local maximum below the window's maximum (2003-11-25 MCD: alpha 0.248, beta 0.052 and 34
+    log-likelihood units below arch's 0.054 / 0.939, an annualised volatility of 0.37
+    against 0.24), or keep an interior optimum where the maximum is on a boundary that the
+    rules send to EWMA: the same window then gave another forecast, or was accepted or
+    refused, according to the previous fit. With the better of the two, the forecast is the
+    best fit found for the window whatever the start (never worse than arch's own fit)."""
+    r, why = _prepare(returns, mean, min_obs)
+    if r is None:
+        return None, why
+    x = r * 100.0
+    cold, why = _optimise(x, mean, None)
+    if starting is not None:
+        warm, _ = _optimise(x, mean, starting)
+        if warm is not None and (cold is None or warm.loglik > cold.loglik):
+            cold = warm
+    return (None, why) if cold is None else _accept(cold, int(r.size))
 
 
 def garch_fit(

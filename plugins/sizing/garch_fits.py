@@ -41,7 +41,7 @@ import structlog
 
 from tradingd.core import flock
 
-from .garch import GarchParams, try_garch_fit
+from .garch import GarchParams, best_garch_fit
 
 log = structlog.get_logger(__name__)
 
@@ -62,7 +62,9 @@ LIVE_NICE = 0
 # came from numpy's, which differ by CPU, and are not reused.
 # /3: an entry is a verdict, and fits with alpha < garch.MIN_ALPHA are refused since: a /2
 # file's accepted degenerate fits are not reused as accepted.
-CACHE_FORMAT = "tradingd-garch-fits/3"
+# /4: a warm-started fit is compared with a cold one and the higher log-likelihood judged
+# (`fit_one`): a /3 file's warm fits kept a lower local maximum, and are not reused.
+CACHE_FORMAT = "tradingd-garch-fits/4"
 #: The one file of every BLAS label, before a file per label: no longer read, removed at a save.
 LEGACY_CACHE_FILE = "garch-fits.json"
 #: At most this many labels' files in a folder, the most recently saved kept (a `var/` shared
@@ -97,12 +99,12 @@ def params_from_json(p: Sequence[float] | None) -> FitParams | None:
 
 
 def fit_one(returns: np.ndarray, mean: str, start: Start | None, min_obs: int) -> FitOutcome:
-    """Warm-started fit; a failed warm start is retried once from arch's own starting values
-    (a warm start can stall on the alpha + beta = 1 boundary)."""
+    """The window's best fit (`garch.best_garch_fit`): from the warm start and from arch's
+    own starting values, the higher log-likelihood judged by the acceptance rules. Until
+    format /4 a warm fit that succeeded was kept without a cold one, and stayed on a lower
+    local maximum in 34 of 723 refits of a 30-stock run (0.5-34 log-likelihood units)."""
     warm = None if start is None else GarchParams(*start, sigma2=0.0, nobs=0)
-    params, why = try_garch_fit(returns, mean=mean, starting=warm, min_obs=min_obs)
-    if params is None and warm is not None:
-        params, why = try_garch_fit(returns, mean=mean, min_obs=min_obs)
+    params, why = best_garch_fit(returns, mean=mean, starting=warm, min_obs=min_obs)
     if params is None:
         return None, why
     return (params.mu, params.omega, params.alpha, params.beta, params.sigma2, params.nobs), ""

@@ -511,6 +511,7 @@ def _fake_result(flag=0, mu=0.01, omega=0.02, alpha=0.1, beta=0.85):
         optimization_result=SimpleNamespace(message="Iteration limit reached"),
         params={"mu": mu, "omega": omega, "alpha[1]": alpha, "beta[1]": beta},
         conditional_volatility=np.ones(600),
+        loglikelihood=-700.0,
     )
 
 
