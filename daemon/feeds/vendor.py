@@ -789,6 +789,23 @@ def panel_of(frame: pd.DataFrame, symbols: Sequence[str]) -> Panel:
     return Panel(times=sub.times, symbols=symbols, **arrays)
 
 
+def _failing_detail(caller: Mapping[str, Any]) -> str:
+    """/ready's `feed` detail for a source whose last call failed (no symbol failing yet):
+    the failure, when, how many in a row and what follows. It said "circuit closed", which
+    names nothing wrong, while a timed-out call was retried."""
+    circuit = caller.get("circuit")
+    err = caller.get("last_error") or {}
+    what = f"{err.get('kind')}: {err.get('message')}" if err else "a call failed"
+    at = f" at {err['at']}" if err.get("at") else ""
+    failures = int(caller.get("consecutive_failures") or 0)
+    then = (
+        "retried with backoff"
+        if circuit == "closed"
+        else f"the circuit is {circuit}, next probe in {caller.get('retry_in_s')} s"
+    )
+    return f"last call failed ({what}){at}; {failures} failure(s) in a row; {then}"
+
+
 class VendorFeed:
     """The engine's `Feed` on one vendor source, for a fixed universe and bar interval.
 
@@ -1731,8 +1748,10 @@ class VendorFeed:
             shown = ", ".join(f"{s} ({v['kind']})" for s, v in sorted(failed.items())[:5])
             more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
             detail = f"{len(failed)} of {len(self._symbols)} symbols failing: {shown}{more}"
+        elif ok:
+            detail = "ok"
         else:
-            detail = "ok" if ok else f"circuit {caller.get('circuit')}"
+            detail = _failing_detail(caller)
         if self._missing:
             names = ", ".join(sorted(self._missing)[:5])
             more = f" and {len(self._missing) - 5} more" if len(self._missing) > 5 else ""

@@ -659,3 +659,38 @@ async def test_a_probe_taken_as_the_reset_time_passes_wakes_the_callers_waiting_
     assert await queued == 2 and c.breaker.state == CircuitBreaker.CLOSED
     async with asyncio.timeout(5):  # (a bound on the failure, not a wait for success)
         assert await waiter == 3
+
+
+@pytest.mark.parametrize(
+    ("circuit", "then"),
+    [("closed", "retried with backoff"), ("open", "the circuit is open, next probe in 42.0 s")],
+)
+def test_the_feeds_ready_detail_names_the_failure_not_only_the_circuit(circuit, then):
+    """A soak saw /ready's `feed` check fail with "circuit closed" while a timed-out call was
+    retried: a detail that names nothing wrong. It names the failure, when, how many in a
+    row and what follows."""
+    from tradingd.feeds.vendor import VendorFeed
+
+    class Source:
+        name = "yahoo"
+
+        def status(self) -> dict:
+            return {
+                "ok": False,
+                "circuit": circuit,
+                "consecutive_failures": 2,
+                "retry_in_s": 42.0,
+                "last_error": {
+                    "kind": "timeout",
+                    "message": "no answer in 10 s",
+                    "symbol": None,
+                    "at": "2026-12-07T16:05:15+00:00",
+                },
+            }
+
+    status = VendorFeed(Source(), ("AAA", "BBB")).status()  # type: ignore[arg-type]
+    assert not status["ok"]
+    assert status["detail"] == (
+        "last call failed (timeout: no answer in 10 s) at 2026-12-07T16:05:15+00:00; "
+        f"2 failure(s) in a row; {then}"
+    )
