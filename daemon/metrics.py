@@ -50,6 +50,12 @@ def stage_means_ms() -> dict[str, float]:
 
 
 ORDERS = Counter("tradingd_orders", "Order state changes by status", ["status"], registry=REGISTRY)
+PUBLISHER_DROPPED = Counter(
+    "tradingd_publisher_dropped",
+    "Live events not published on Redis pub/sub, by reason (Redis down, queue full, refused)",
+    ["reason"],
+    registry=REGISTRY,
+)
 CONTROL_UNAUTHORIZED = Counter(
     "tradingd_control_unauthorized",
     "Control requests refused for a missing or wrong bearer token",

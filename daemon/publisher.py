@@ -63,6 +63,7 @@ import structlog
 from .cache.reconnect import Reconnector, describe
 from .core.errors import ConfigError
 from .core.types import CrossSection, Fill, Order
+from .metrics import PUBLISHER_DROPPED
 from .secrets import mask_url
 from .storage.buffered import _plain, to_json
 
@@ -245,6 +246,8 @@ class RedisPublisher:
             return
         self.dropped += n
         self.dropped_by_reason[reason] = self.dropped_by_reason.get(reason, 0) + n
+        # In /metrics too: said only at stop (`publisher.stopped`) and in /ready's detail.
+        PUBLISHER_DROPPED.labels(reason=reason).inc(n)
         if warn is not None and warn not in self._warned and len(self._warned) < 100:
             self._warned.add(warn)
             log.warning("publisher.dropped", reason=reason, detail=warn)

@@ -106,12 +106,17 @@ def _open(pub: RedisPublisher) -> None:
 
 
 def test_the_queue_is_bounded_and_drops_the_oldest() -> None:
+    from tradingd.metrics import PUBLISHER_DROPPED
+
+    before = PUBLISHER_DROPPED.labels(reason="queue_full")._value.get()
     pub = RedisPublisher(DEAD, "run1", max_queue=3)
     _open(pub)
     for i in range(5):
         pub.publish("state", {"i": i, "nan": math.nan, "arr": np.array([1.0, np.nan])})
     assert len(pub._queue) == 3
     assert pub.dropped == 2 and pub.dropped_by_reason == {"queue_full": 2}
+    # In /metrics too (tradingd_publisher_dropped_total), not only at stop.
+    assert PUBLISHER_DROPPED.labels(reason="queue_full")._value.get() == before + 2
     channels = {ch for ch, _ in pub._queue}
     assert channels == {"tradingd:run1:state"}
     msgs = [json.loads(data) for _, data in pub._queue]
