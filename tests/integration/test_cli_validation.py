@@ -610,7 +610,7 @@ def test_a_url_made_of_db_or_redis_variables_is_named_by_them(tmp_path, pg_url, 
     with pytest.raises(ConfigError) as e:
         asyncio.run(check_services(config, timeout_s=0.5))
     msg = str(e.value)
-    assert "cache.url (REDIS_HOST, REDIS_PORT, REDIS_PASSWORD)" in msg
+    assert "cache.url (REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_DB)" in msg
     assert "REDIS_URL" not in msg
     # Set by a TRADINGD_ override (which wins over DB_HOST): named as that.
     env = {
