@@ -73,10 +73,14 @@ CACHE_LABELS = 4
 
 
 def cache_file_name(label: str) -> str:
-    """The file of one BLAS label (`blas_kind`). With one file for every label, a 1-thread
-    sweep and a default-thread run sharing the folder each ignored the other's file and
-    replaced it at every save: neither kept its fits."""
-    digest = hashlib.blake2b(label.encode(), digest_size=6, person=b"tradingd-garchf").hexdigest()
+    """The file of one BLAS label (`blas_kind`) and cache format. With one file for every
+    label, a 1-thread sweep and a default-thread run sharing the folder each ignored the
+    other's file and replaced it at every save: neither kept its fits. Likewise two builds
+    of other formats (a rollback, or the last release rerun to compare): each threw the
+    other's fits away at every run. Format 3's files (named by the label alone) are left to
+    the pruning of other files (`CACHE_LABELS`)."""
+    named = label if CACHE_FORMAT == "tradingd-garch-fits/3" else f"{label}|{CACHE_FORMAT}"
+    digest = hashlib.blake2b(named.encode(), digest_size=6, person=b"tradingd-garchf").hexdigest()
     return f"garch-fits-{digest}.json"
 
 
@@ -231,7 +235,15 @@ class FitCache:
             data = json.loads(self.path.read_text(encoding="utf-8"))
             if not (isinstance(data, dict) and data.get("format") == CACHE_FORMAT):
                 if not quiet:
-                    log.warning("garch_cache.ignored", path=str(self.path), reason="another format")
+                    log.warning(
+                        "garch_cache.ignored",
+                        path=str(self.path),
+                        reason="another format",
+                        file_format=data.get("format") if isinstance(data, dict) else None,
+                        this_format=CACHE_FORMAT,
+                        then="every fit this file held is made again (once), and saved in "
+                        "this format",
+                    )
                 return None
             kind = self.label
             if data.get("blas") != kind:

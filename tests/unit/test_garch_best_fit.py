@@ -108,3 +108,18 @@ def test_a_cached_fit_of_the_warm_only_rule_is_not_reused(tmp_path):
     with capture_logs() as logs:
         assert FitCache(str(tmp_path), 10).get(key) is None
     assert [e["reason"] for e in logs if e["event"] == "garch_cache.ignored"] == ["another format"]
+
+
+def test_builds_of_two_cache_formats_keep_their_own_files(tmp_path):
+    """Format 3 and 4 shared one file name: the last release rerun beside this build (to
+    compare, or a rollback) threw this build's fits away at every run, and this build the
+    release's. Each format has its own file now."""
+    import hashlib
+
+    from tradingd_plugins.sizing.garch_fits import CACHE_FORMAT, blas_kind, cache_file_name
+
+    label = blas_kind()
+    assert CACHE_FORMAT != "tradingd-garch-fits/3"
+    old = hashlib.blake2b(label.encode(), digest_size=6, person=b"tradingd-garchf").hexdigest()
+    assert cache_file_name(label) != f"garch-fits-{old}.json"
+    assert FitCache(str(tmp_path), 10).path.name == cache_file_name(label)
