@@ -201,16 +201,21 @@ def _compare(
         first = int(np.argmax(gap > tolerance))
         here = this_build()
         cause = "another model version, config or data?"
+        then = "attribute it with the configuration, data and model it was made with"
         if recorded_by is not None and recorded_by.differs_from(here):
             cause = (
                 f"likely the code: the record was made by {recorded_by.label()}, this is "
                 f"{here.label()}; else another model version, config or data"
             )
+            then = (
+                "attribute it with the build that made it, or run the backtest again with "
+                "this build and attribute that run"
+            )
         raise ValueError(
             f"the replay's equity first differs from the record's at {recorded.times[first]} "
             f"(by {float(gap[first]):.3g} of the initial capital; at most {worst:.3g}, at "
             f"{recorded.times[int(np.argmax(gap))]}; tolerance {tolerance:g}): not the same "
-            f"run ({cause}); attributing it would describe another run"
+            f"run ({cause}); attributing it would describe another run: {then}"
         )
     return worst
 

@@ -662,4 +662,12 @@ def test_a_replay_that_parts_from_its_record_names_the_first_bar_and_the_build()
     assert "likely the code: the record was made by tradingd 0.0.9, commit ffffffffffff" in str(
         other.value
     )
+    # What to do: an upgrade trial's operator was left with the cause only.
+    assert str(other.value).endswith(
+        "attribute it with the build that made it, or run the backtest again with this build "
+        "and attribute that run"
+    )
+    assert str(same.value).endswith(
+        "attribute it with the configuration, data and model it was made with"
+    )
     assert _compare(recorded, recorded, 1e-9, old) == 0.0  # the same run is not refused
