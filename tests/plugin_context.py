@@ -98,11 +98,14 @@ def make_context(
     quantity: Sequence[float] | np.ndarray | None = None,
     tradable: Sequence[bool] | np.ndarray | None = None,
     equity: float = 1_000_000.0,
+    peak: float | None = None,
+    day_start: float | None = None,
     capacity: int | None = None,
 ) -> BarContext:
     """The context at the last row of `closes` (T, N). `weights` are the current position
     weights; `quantity` defaults to their sign (held where the weight is nonzero). `mark` is
-    the last known close; `tradable` defaults to "has a close at the last bar"."""
+    the last known close; `tradable` defaults to "has a close at the last bar". `peak` and
+    `day_start` (the peak and the day's first equity) default to `equity`."""
     symbols = tuple(symbols)
     n = len(symbols)
     if closes is None:
@@ -133,7 +136,7 @@ def make_context(
             equity=equity,
             quantity=q,
             weights=w,
-            peak_equity=equity,
-            day_start_equity=equity,
+            peak_equity=equity if peak is None else peak,
+            day_start_equity=equity if day_start is None else day_start,
         ),
     )

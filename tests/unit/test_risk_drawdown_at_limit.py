@@ -4,42 +4,18 @@ below 0.20, and a 20% fall was no breach where a 5% daily loss (0.05000000000000
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
-
 import numpy as np
 import pytest
+from plugin_context import make_context
 
-from tradingd.core.ports import BarContext, PortfolioView
-from tradingd.core.types import CrossSection
-from tradingd.engine.history import HistoryBuffer
+from tradingd.core.ports import BarContext
 from tradingd_plugins.risk.drawdown import DrawdownGuard, DrawdownGuardConfig
 
 SYMS = ("A", "B", "C")
-T = datetime(2021, 3, 1, tzinfo=UTC)
 
 
 def _ctx(equity: float, peak: float, day_start: float) -> BarContext:
-    n = len(SYMS)
-    close = np.full(n, 10.0)
-    bar = CrossSection(T, close, close, close, close, np.ones(n), np.ones(n), np.zeros(n))
-    return BarContext(
-        time=T,
-        index=0,
-        symbols=SYMS,
-        bar=bar,
-        mark=close,
-        tradable=np.ones(n, bool),
-        history=HistoryBuffer(n, 2),
-        features={},
-        portfolio=PortfolioView(
-            cash=equity,
-            equity=equity,
-            quantity=np.zeros(n),
-            weights=np.zeros(n),
-            peak_equity=peak,
-            day_start_equity=day_start,
-        ),
-    )
+    return make_context(SYMS, equity=equity, peak=peak, day_start=day_start)
 
 
 # (equity at exactly the limit, the peak or the day's start): 1 - 80000 / 100000 is
