@@ -162,23 +162,14 @@ def _features(config: Any, panel: Any) -> tuple[tuple[str, ...], dict[str, Any]]
 
 
 def _windows(config: Any, panel: Any, mc: Any) -> dict[str, Any]:
-    from tradingd_models.training import hold_out_test, run_start
+    """The features and windows as `tradingd train` builds them (its own function)."""
+    from tradingd_models.training import run_start, training_windows
 
-    from tradingd.features.engineer import prepare_ml_data
+    from tradingd.features.catalog import Catalog, resolve_set
 
-    names, feats = _features(config, panel)
-    data = prepare_ml_data(
-        feats,
-        names,
-        panel.close,
-        panel.split,
-        panel.times,
-        window=mc.time_steps,
-        horizon=mc.horizon,
-        validation_fraction=mc.validation_split,
-        start=run_start(config),
-    )
-    return hold_out_test(data, panel.times, mc.test_share_of_validation, mc.horizon)
+    names = resolve_set(config.features.set)
+    catalog = Catalog(config.features.indicators, config.features.cross_sectional)
+    return training_windows(panel, names, catalog, mc, run_start(config))
 
 
 def child(step: str, workload: str, trace: bool, epochs: int, trees: int) -> dict[str, Any]:

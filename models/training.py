@@ -109,6 +109,32 @@ def hold_out_test(
     return out
 
 
+def training_windows(
+    panel: Panel,
+    names: Sequence[str],
+    catalog: Catalog,
+    mc: ModelConfig,
+    start: np.datetime64 | None,
+) -> dict[str, Any]:
+    """The windows `train` fits, validates and tests on: the features (float32), their
+    windows ending from `start` (`prepare_ml_data`), the test split held out
+    (`hold_out_test`). ValueError "no complete window" when there is none. Also what
+    benchmarks/spec_thresholds.py measures, so it times the step `tradingd train` takes."""
+    feats = compute_batch(panel, names, catalog, dtype=np.float32)
+    data = prepare_ml_data(
+        feats,
+        names,
+        panel.close,
+        panel.split,
+        panel.times,
+        window=mc.time_steps,
+        horizon=mc.horizon,
+        validation_fraction=mc.validation_split,
+        start=start,
+    )
+    return hold_out_test(data, panel.times, mc.test_share_of_validation, mc.horizon)
+
+
 def _model_root_of(path: Path) -> tuple[Path, str] | None:
     """The model root (`tradingd retrain`'s layout: `versions/<v>/` and a `current` link) that
     `path` (resolved) is inside, and which part of it: None when it is in none."""
@@ -203,19 +229,8 @@ def train(
             f"no training window: run.start = {config.run.start} is after the data's last bar "
             f"({span[1]}; {shape}): set run.start within the data, or load data up to it"
         )
-    feats = compute_batch(panel, names, catalog, dtype=np.float32)
     try:
-        data = prepare_ml_data(
-            feats,
-            names,
-            panel.close,
-            panel.split,
-            panel.times,
-            window=mc.time_steps,
-            horizon=mc.horizon,
-            validation_fraction=mc.validation_split,
-            start=start,
-        )
+        data = training_windows(panel, names, catalog, mc, start)
     except ValueError as exc:
         if "no complete window" not in str(exc):
             raise
@@ -226,7 +241,6 @@ def train(
         ) from None
     if from_run_start and config.run.start:
         log(f"windows ending from run.start = {config.run.start} (earlier bars warm up)")
-    data = hold_out_test(data, panel.times, mc.test_share_of_validation, mc.horizon)
     xt, yt, xv, yv = data["x_train"], data["y_train"], data["x_val"], data["y_val"]
     xs, ys = data["x_test"], data["y_test"]
     log(f"windows: {len(xt)} train, {len(xv)} validation, {len(xs)} test, shape {xt.shape[1:]}")
