@@ -763,7 +763,7 @@ def _plugin_params(names: list[str]) -> int:
     import textwrap
 
     from .engine.plugin_params import param_docs, toml_value
-    from .engine.plugins import clash_text, registered
+    from .engine.plugins import clash_text, load_class, registered
 
     found = registered()
     unknown = [n for n in names if n not in found]
@@ -777,12 +777,7 @@ def _plugin_params(names: list[str]) -> int:
         if len(targets) > 1:
             raise TradingdError(f"plugins: {clash_text(name, targets)}")
         ep = targets[0]
-        try:
-            cls = ep.load()
-        except Exception as exc:
-            raise TradingdError(
-                f"plugins: {name} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
-            ) from None
+        cls = load_class(name, ep)
         config_cls = getattr(cls, "Config", None)
         if i:
             print()

@@ -117,6 +117,17 @@ def available() -> dict[str, EntryPoint]:
     return {name: eps[0] for name, eps in registered().items() if len(eps) == 1}
 
 
+def load_class(name: str, ep: EntryPoint) -> Any:
+    """The plugin class `ep` names; PluginError naming the plugin when it fails to import
+    (building a configured plugin, and `tradingd plugins NAME`)."""
+    try:
+        return ep.load()
+    except Exception as exc:
+        raise PluginError(
+            f"plugin {name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
 def clash_text(name: str, targets: list[EntryPoint]) -> str:
     """What the operator reads about a name registered more than once."""
     return f"plugin name {name!r} is registered by more than one package: " + ", ".join(
@@ -155,12 +166,7 @@ def load_plugin(
             f"{where}.name = {spec.name!r}: no such {kind} plugin; valid choices: "
             + ", ".join(same_kind)
         )
-    try:
-        cls = ep.load()
-    except Exception as exc:
-        raise PluginError(
-            f"plugin {spec.name!r} ({ep.value}) failed to import: {type(exc).__name__}: {exc}"
-        ) from exc
+    cls = load_class(spec.name, ep)
     got = getattr(cls, "kind", None)
     if got != kind:
         same_kind = sorted(n for n, e in eps.items() if _kind_of(e) == kind)
