@@ -54,6 +54,19 @@ def _clock_moving_on(
     engine.clock = clock
 
 
+def _record_steps(engine: Any) -> list[tuple[datetime, bool | None]]:
+    """The (bar time, trade) of each step the engine takes from now on."""
+    stepped: list[tuple[datetime, bool | None]] = []
+    step = engine.step
+
+    async def recording(bar, trade=None):  # type: ignore[no-untyped-def]
+        stepped.append((bar.time, trade))
+        await step(bar, trade)
+
+    engine.step = recording
+    return stepped
+
+
 def _engine(engine_config, now: FakeTime, delay_s: float = 5, move=None):  # type: ignore[no-untyped-def]
     """A live engine warmed up through BEFORE, its clock releasing LABEL at `now`; each
     heartbeat moves the time on by STEP, or to `move(now)`."""
@@ -67,14 +80,7 @@ def _engine(engine_config, now: FakeTime, delay_s: float = 5, move=None):  # typ
     )
     engine = build_engine(config, "live", panel=panel)
     _clock_moving_on(engine, config.live, now, BEFORE, move or (lambda t: t + STEP))
-    stepped: list[tuple[datetime, bool | None]] = []
-    step = engine.step
-
-    async def recording(bar, trade=None):  # type: ignore[no-untyped-def]
-        stepped.append((bar.time, trade))
-        await step(bar, trade)
-
-    engine.step = recording  # type: ignore[method-assign]
+    stepped = _record_steps(engine)
     engine.after_bar.append(lambda t, v: engine.request_stop() if t >= NEXT else None)
     return engine, stepped
 
@@ -578,14 +584,7 @@ async def test_a_one_minute_bar_a_few_seconds_late_is_asked_again_before_the_nex
         return await bars(t)
 
     engine.feed.bars = vendor
-    stepped: list[tuple[datetime, bool | None]] = []
-    step = engine.step
-
-    async def recording(bar, trade=None):  # type: ignore[no-untyped-def]
-        stepped.append((bar.time, trade))
-        await step(bar, trade)
-
-    engine.step = recording  # type: ignore[method-assign]
+    stepped = _record_steps(engine)
     engine.after_bar.append(lambda t, v: engine.request_stop() if t >= label else None)
     with capture_logs() as logs:
         await engine.run_until_done()
