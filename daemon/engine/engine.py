@@ -1494,10 +1494,15 @@ class Engine:
                     deadline = self._late_bar_deadline(t) if live else None
                     # The outage's first bar is a warning; later bars are counted and said
                     # at a bounded rate (FeedOutage; each bar a debug line).
-                    self.feed_outage.unavailable(t, str(exc), self._late_retry_text(deadline))
+                    first_wait, retry = self._late_retry(deadline)
+                    self.feed_outage.unavailable(t, str(exc), retry)
                     for unavailable in self.on_bar_unavailable:
                         unavailable(t)
-                    bar = None if deadline is None else await self._fetch_late(t, deadline)
+                    bar = (
+                        None
+                        if deadline is None
+                        else await self._fetch_late(t, deadline, first_wait)
+                    )
                     if bar is None:
                         if len(missed) == missed.maxlen:
                             self.feed_outage.lost(missed[0], reason="too many missed")
@@ -2479,45 +2484,38 @@ class Engine:
             return None
         return until
 
-    def _late_retry_until(self, deadline: datetime) -> tuple[datetime, str]:
-        """Until when `_fetch_late` asks for a late bar again, given its `_late_bar_deadline`,
-        and how `bar.unavailable` says it. It also stops when the clock releases the next bar,
-        which for an intraday bar comes first (a bar's length later, not at the next session's
-        open): the line named the next day's open while the asking stopped at the next release
-        (`bar.retry_stopped`, "the clock released another bar")."""
+    def _late_retry(self, deadline: datetime | None) -> tuple[float, str]:
+        """The first wait before `_fetch_late` asks for a late bar again, and
+        `bar.unavailable`'s `retry` saying when and until when. The wait is the clock's
+        heartbeat, or a quarter of what is left before the asking stops when that is shorter
+        (at least `_LATE_BAR_MIN_WAIT_S`). The asking also stops when the clock releases the
+        next bar, which for an intraday bar comes first (a bar's length later, not at the
+        next session's open): the line named the next day's open while the asking stopped
+        at the next release (`bar.retry_stopped`, "the clock released another bar")."""
+        if deadline is None:
+            return 0.0, "next bar"
         release = getattr(self.clock, "next_release_at", None)
         if isinstance(release, datetime) and release < deadline:
-            return release, f"the next bar's release at {release.isoformat()}"
-        return deadline, f"{deadline.isoformat()} (the next session's open)"
-
-    def _late_first_wait(self, until: datetime) -> float:
-        """The first wait before a late bar is asked for again: the clock's heartbeat, or a
-        quarter of what is left before `until` when that is shorter (at least
-        `_LATE_BAR_MIN_WAIT_S`, never more than the heartbeat)."""
+            until, text = release, f"the next bar's release at {release.isoformat()}"
+        else:
+            until, text = deadline, f"{deadline.isoformat()} (the next session's open)"
         clock = cast(_WallClock, self.clock)
         left = (until - clock.now()).total_seconds()
-        return min(clock.heartbeat_s, max(_LATE_BAR_MIN_WAIT_S, left / 4))
+        wait = min(clock.heartbeat_s, max(_LATE_BAR_MIN_WAIT_S, left / 4))
+        return wait, f"in {wait:.3g} s, the wait doubling, until {text}, then next bar"
 
-    def _late_retry_text(self, deadline: datetime | None) -> str:
-        """`bar.unavailable`'s `retry`: when and until when `_fetch_late` asks for the bar
-        again."""
-        if deadline is None:
-            return "next bar"
-        until, text = self._late_retry_until(deadline)
-        wait = self._late_first_wait(until)
-        return f"in {wait:.3g} s, the wait doubling, until {text}, then next bar"
-
-    async def _fetch_late(self, t: datetime, deadline: datetime) -> CrossSection | None:
+    async def _fetch_late(
+        self, t: datetime, deadline: datetime, wait: float
+    ) -> CrossSection | None:
         """A released bar the source did not deliver (a vendor posts a daily bar a little
-        after close + delay_s): asked for again after `_late_first_wait` (the clock's heartbeat,
-        or less when the next release is near), the wait doubling up to
+        after close + delay_s): asked for again after `wait` (`_late_retry`: the clock's
+        heartbeat, or less when the next release is near), the wait doubling up to
         `_LATE_BAR_MAX_WAIT_S`, while it may still trade: before `deadline` and before
         the clock releases another bar. Before, it waited for the next release and was then
         stepped without trading: the day was lost. The bar when it came in time, else None
         (kept as missed: recovered without trading before the next bar). One line when it
         comes or is given up, not one an attempt; /ready names it meanwhile (last_bar)."""
         clock = cast(_WallClock, self.clock)  # it has a trade deadline: `_late_bar_deadline`
-        wait = self._late_first_wait(self._late_retry_until(deadline)[0])
         attempts = 1
         while True:
             self.on_heartbeat()  # waiting, not stuck in a bar
