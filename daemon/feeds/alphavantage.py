@@ -54,7 +54,6 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiohttp
 import numpy as np
@@ -87,6 +86,7 @@ from .vendor import (
     last_closed_label,
     parse_interval,
     utc_now,
+    zone_name,
 )
 
 log = structlog.get_logger(__name__)
@@ -205,18 +205,6 @@ def _action_values(given: pd.Series, times: pd.Series, name: str) -> pd.Series:
     return values
 
 
-def _timezone(field: str, name: Any) -> str:
-    """The meta data's time zone `name`; a ValueError naming the field when it names none
-    (it raised ZoneInfoNotFoundError in pandas, taken for a bug of ours: `internal`)."""
-    if not isinstance(name, str):
-        raise ValueError(f"Meta Data {field!r} is not a time zone name: {name!r:.40}")
-    try:
-        ZoneInfo(_TZ_ALIASES.get(name, name))
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"Meta Data {field!r}: {name!r:.60} is not a time zone") from None
-    return name
-
-
 def _check_whole_csv(body: str) -> None:
     """A ValueError ("truncated CSV") for a CSV body cut short: one whose last line does not
     end with a newline, or whose last row has fewer fields than the header. Read as it came,
@@ -253,7 +241,14 @@ def parse_body(
         meta = obj.get("Meta Data") or {}
         if not isinstance(meta, dict):
             raise ValueError(f"'Meta Data' is not an object: {meta!r:.40}")
-        tz = next((_timezone(str(k), v) for k, v in meta.items() if "Time Zone" in str(k)), None)
+        tz = next(
+            (
+                zone_name(v, f"Meta Data {str(k)!r}", _TZ_ALIASES)
+                for k, v in meta.items()
+                if "Time Zone" in str(k)
+            ),
+            None,
+        )
         series = obj[series_key]
         # A row that is not an object (a string, a list) is a malformed answer; it raised
         # AttributeError in pandas, which was reported as a bug of ours (`internal`).

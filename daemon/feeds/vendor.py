@@ -40,7 +40,7 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Protocol
-from zoneinfo import ZoneInfo
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import numpy as np
 import pandas as pd
@@ -166,6 +166,19 @@ class Session:
 
     def today(self, now: datetime) -> date:
         return now.astimezone(self.tz).date()
+
+
+def zone_name(name: Any, where: str, aliases: Mapping[str, str] | None = None) -> str:
+    """`name` when it names a time zone (read through `aliases`, a vendor's own names); a
+    ValueError naming `where` else, which a client reports as a malformed answer: an unknown
+    zone raised ZoneInfoNotFoundError in pandas, taken for a bug of ours (`internal`)."""
+    if not isinstance(name, str):
+        raise ValueError(f"{where} is not a time zone name: {name!r:.40}")
+    try:
+        ZoneInfo((aliases or {}).get(name, name))
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{where}: {name!r:.60} is not a time zone") from None
+    return name
 
 
 def utc_now() -> datetime:

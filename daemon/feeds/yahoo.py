@@ -61,7 +61,6 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from functools import partial
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import aiohttp
 import numpy as np
@@ -95,6 +94,7 @@ from .vendor import (
     last_closed_label,
     parse_interval,
     utc_now,
+    zone_name,
 )
 
 log = structlog.get_logger(__name__)
@@ -142,13 +142,7 @@ def _timezone(meta: dict[str, Any], default: str) -> str:
     name = meta.get("exchangeTimezoneName")
     if name is None or name == "":
         return default
-    if not isinstance(name, str):
-        raise ValueError(f"meta.exchangeTimezoneName is not a time zone name: {name!r:.40}")
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"meta.exchangeTimezoneName {name!r:.60} is not a time zone") from None
-    return name
+    return zone_name(name, "meta.exchangeTimezoneName")
 
 
 def _epoch_bounds_error(where: str, value: Any) -> ValueError:
