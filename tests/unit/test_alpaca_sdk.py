@@ -6,9 +6,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
+from test_deadline_session import _server
 
 from tradingd.alpaca_sdk import BodyTooLarge, DaemonWorker, DeadlineSession
 from tradingd.feeds.resilience import DEFAULT_MAX_BODY_BYTES, classify
@@ -91,13 +92,8 @@ def _padded_server(size: int, *, declare: bool) -> Iterator[str]:
             except OSError:
                 pass  # the client hung up
 
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=srv.serve_forever, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{srv.server_address[1]}"
-    finally:
-        srv.shutdown()
-        srv.server_close()
+    with _server(Handler) as url:
+        yield url
 
 
 def test_the_sessions_cap_is_the_data_sources_default() -> None:

@@ -41,8 +41,9 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 @contextmanager
-def _server() -> Iterator[str]:
-    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+def _server(handler: type[BaseHTTPRequestHandler] | None = None) -> Iterator[str]:
+    """A loopback HTTP host of `handler` (this file's by default) on a free port: its URL."""
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), handler or _Handler)
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     try:
         yield f"http://127.0.0.1:{srv.server_address[1]}"
