@@ -895,7 +895,16 @@ def positions_from_alpaca(answer: Any) -> dict[str, tuple[float, float]]:
     or a readable `qty`, a `side` other than long or short (or none), or a symbol listed
     twice raises ValueError naming the row and the field (a side "sideways" was read as
     long): skipped, such a row read as no position, and reconciliation took Alpaca for flat
-    in that symbol (every symbol, for an answer that is no list)."""
+    in that symbol (every symbol, for an answer that is no list).
+
+    Alpaca's `qty` is signed and its `side` says the same: a short is `"side": "short"`
+    with a negative `qty` ("-2478": "the negative quantity and side short go hand in hand",
+    Alpaca in alpacahq/Alpaca-API#86; the fake answers so; Rust's `apca` client reads the
+    quantity without its sign for that reason). A `qty` whose sign contradicts the `side`
+    (long "-7", short "7") raises ValueError naming both: which of the two is wrong cannot
+    be told, and a long "-7" was read as a short of 7 (a short "7" as a short too), a guess
+    reconciliation then compared the book with. No side: the sign of `qty` says it; zero
+    is flat."""
     if not isinstance(answer, list):
         raise ValueError(f"positions answer is a {type(answer).__name__}, not a list")
     out: dict[str, tuple[float, float]] = {}
@@ -919,7 +928,10 @@ def positions_from_alpaca(answer: Any) -> dict[str, tuple[float, float]]:
                 f"positions answer row {i} ({symbol}): side {_shown(side)} is neither long "
                 "nor short"
             )
-        if side_text == "short" and qty > 0:
-            qty = -qty
+        if (side_text == "long" and qty < 0) or (side_text == "short" and qty > 0):
+            raise ValueError(
+                f"positions answer row {i} ({symbol}): qty {_shown(row.get('qty'))} "
+                f"contradicts side {_shown(side)} (Alpaca signs a short's qty negative)"
+            )
         out[symbol] = (qty, parse_float(row.get("avg_entry_price")))
     return out

@@ -334,3 +334,33 @@ async def test_a_position_on_neither_side_is_an_unreadable_answer(fake, monkeypa
             await broker.snapshot()
         monkeypatch.setattr(fake, "positions", readable)
         assert await broker.positions() == {"AAPL": 7.0}
+
+
+@pytest.mark.parametrize(("qty", "side"), [(-7, "long"), (7, "short")])
+async def test_a_position_whose_qty_contradicts_its_side_is_an_unreadable_answer(
+    fake, monkeypatch, qty, side
+):
+    """Alpaca signs a short's qty negative, with side "short". A row saying long "-7" was
+    read as a short of 7 (and short "7" as a short): reconciliation compared the book with
+    one of two readings. It is an unreadable answer naming the symbol, the qty and the
+    side, for reconciliation's positions and the snapshot alike; Alpaca's own shapes read."""
+    fake.set_position("AAPL", 7, 100.0)
+    readable = fake.positions
+
+    def answer() -> list[dict[str, Any]]:
+        rows = readable()
+        for row in rows:
+            row.update(qty=str(qty), side=side)
+        return rows
+
+    monkeypatch.setattr(fake, "positions", answer)
+    async with running(fake, stream_enabled=False) as broker:
+        named = rf"\(AAPL\): qty '{qty}' contradicts side '{side}'"
+        with pytest.raises(RetryableError, match=named):
+            await broker.positions()
+        with pytest.raises(RetryableError, match=named):
+            await broker.snapshot()
+        monkeypatch.setattr(fake, "positions", readable)
+        assert await broker.positions() == {"AAPL": 7.0}
+        fake.set_position("AAPL", -7, 100.0)  # the fake answers a short as Alpaca does
+        assert await broker.positions() == {"AAPL": -7.0}

@@ -13,6 +13,8 @@ from types import SimpleNamespace
 
 import pytest
 from alpaca.common.exceptions import APIError
+from hypothesis import given
+from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from tradingd.brokers.alpaca import AlpacaBroker, AlpacaBrokerConfig
@@ -415,9 +417,38 @@ def test_leg_ids_are_derived_from_the_parent_as_tradingd_names_them():
 def test_positions_are_signed():
     rows = fixture("trading", "positions_recorded_2025-11-14.json")
     assert positions_from_alpaca(rows)["AAPL"] == (7.0, 256.597143)  # type: ignore[arg-type]
-    short = [{"symbol": "X", "qty": "5", "side": "short", "avg_entry_price": "10"}]
+    # Alpaca's short: a negative qty with side "short" (alpacahq/Alpaca-API#86).
+    short = [{"symbol": "X", "qty": "-5", "side": "short", "avg_entry_price": "10"}]
     assert positions_from_alpaca(short) == {"X": (-5.0, 10.0)}
-    assert positions_from_alpaca([{"symbol": "Y", "qty": "-3", "side": "short"}])["Y"][0] == -3
+    assert positions_from_alpaca([{"symbol": "Y", "qty": "-3"}])["Y"][0] == -3
+    assert positions_from_alpaca([{"symbol": "Z", "qty": "0", "side": "long"}])["Z"][0] == 0
+
+
+@pytest.mark.parametrize(("qty", "side"), [("-7", "long"), ("7", "short"), ("-0.5", "LONG")])
+def test_a_qty_whose_sign_contradicts_the_side_is_refused_naming_both(qty: str, side: str):
+    """A long "-7" was read as a short of 7, a short "7" as a short: one of the two fields
+    is wrong and which cannot be told, so the answer is unreadable, naming the row, the
+    symbol and both fields."""
+    rows = [{"symbol": "SPY", "qty": "1", "side": "long"}, {"symbol": "AAPL", "qty": qty}]
+    rows[1]["side"] = side
+    named = f"positions answer row 1 (AAPL): qty {qty!r} contradicts side {side!r}"
+    with pytest.raises(ValueError, match=re.escape(named)):
+        positions_from_alpaca(rows)
+
+
+@given(
+    qty=st.floats(min_value=-1e9, max_value=1e9, allow_nan=False),
+    side=st.sampled_from(["long", "short", "", None]),
+)
+def test_a_position_is_its_signed_qty_or_refused(qty: float, side: str | None) -> None:
+    """Whatever the numbers: a row is read as its signed qty when the side agrees with
+    the sign (or there is no side), and refused when it contradicts it; never flipped."""
+    row = {"symbol": "AAPL", "qty": repr(qty), "side": side}
+    if (side == "long" and qty < 0) or (side == "short" and qty > 0):
+        with pytest.raises(ValueError, match="contradicts side"):
+            positions_from_alpaca([row])
+    else:
+        assert positions_from_alpaca([row])["AAPL"][0] == qty
 
 
 @pytest.mark.parametrize(
