@@ -190,6 +190,7 @@ from .alpaca_mapping import (
     parse_time,
     plan_submission,
     positions_from_alpaca,
+    qty_key,
     same_quantity,
     uncountable_filled,
     validate,
@@ -1091,6 +1092,10 @@ class AlpacaBroker:
           quantity is kept as the baseline (`broker_behind_book`: nothing is taken back).
           Alpaca's filled quantity unreadable: the book's is the baseline too, and what
           Alpaca executed beyond it is reported once it can be read (`filled_unreadable`).
+          The order keeps the engine's quantity (what was sent), and Alpaca's answer is
+          checked against it as every answer is (`_within_sent`): nothing beyond it is
+          reported, another `qty` or a `filled_qty` above it is an
+          `alpaca.order_answer_mismatch` error.
         * `unconfirmed`, the intents stored after the checkpoint: each is looked up. At
           Alpaca: followed from nothing filled (the book holds none of its executions),
           so all of them are reported as fills, and its state as an order update (the
@@ -1345,7 +1350,11 @@ class AlpacaBroker:
         # baseline ("as it stands"): they are replaced by the ones from the engine's.
         self._pending_fills = [f for f in self._pending_fills if f.client_order_id != cid]
         current, current_avg, status = order.filled_quantity, order.avg_fill_price, order.status
-        # The engine's description (ids, times, legs, groups); quantity and state: Alpaca's.
+        answered_qty = order.quantity  # Alpaca's, as the adoption or the look-up read it
+        # The engine's description (ids, times, legs, groups) and quantity (what was sent);
+        # state: Alpaca's.
+        if math.isfinite(e.quantity) and e.quantity > 0:
+            order.quantity = e.quantity
         order.created_at = e.created_at
         order.leg = e.leg
         order.parent_id = e.parent_id
@@ -1357,6 +1366,11 @@ class AlpacaBroker:
         booked = 0.0 if unconfirmed else max(e.filled_quantity, 0.0)
         order.filled_quantity = booked
         order.avg_fill_price = e.avg_fill_price if booked > EPS else math.nan
+        if not t.filled_unreadable:
+            # The check of every answer (`_within_sent`) against the quantity sent: Alpaca's
+            # filled_qty of 50 on a 5-share order was reported as one fill of 50 here.
+            read = {"qty": qty_key(answered_qty), "filled_qty": qty_key(current)}
+            current = self._within_sent(t, read, current)
         outcome: list[str] = []
         tolerance = EPS * max(1.0, current, booked)
         if current - booked > tolerance:
@@ -2213,6 +2227,9 @@ class AlpacaBroker:
         reconciliation compares it with Alpaca's positions at its next round (a difference
         stops trading in the symbol). Alpaca's `qty` overwrote the order's quantity, and a
         fill of 50 on a 5-share order was booked as 50, said only at info level.
+        Applied to every answer: the updates (`_apply`), an order's adoption (`_adopt`: its
+        baseline) and a restart's rebase onto the engine's quantity (`_rebase`), which
+        reported a filled_qty of 50 on a 5-share order as one fill of 50.
         An order Alpaca replaced (an edit) is another order, followed as its own from its
         own answer: its quantity is the new one. A notional order (never sent by tradingd;
         one placed by hand, adopted) has no quantity until it fills: not checked."""
@@ -3145,6 +3162,11 @@ class AlpacaBroker:
             t.filled_unreadable = uncountable
             t.replaces = str(part.get("replaces") or "") or None
             self._link(t, part)
+            if not uncountable:
+                # Nothing beyond its quantity held, as for every answer after (`_apply`): a
+                # filled_qty of 50 on 5 shares was its baseline, listed so to the planner,
+                # and booked by a restart that knew the order (`_rebase`).
+                order.filled_quantity = self._within_sent(t, part, order.filled_quantity)
             t.remote_updated = parse_time(part.get("updated_at"))
             if part is raw:
                 base = t

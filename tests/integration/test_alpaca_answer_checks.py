@@ -364,3 +364,86 @@ async def test_a_position_whose_qty_contradicts_its_side_is_an_unreadable_answer
         assert await broker.positions() == {"AAPL": 7.0}
         fake.set_position("AAPL", -7, 100.0)  # the fake answers a short as Alpaca does
         assert await broker.positions() == {"AAPL": -7.0}
+
+
+# ----------------------------------------------------------------------------- restarts
+
+
+@pytest.mark.parametrize(
+    ("answered", "fields"),
+    [
+        ({"filled_qty": "50"}, ["filled_qty"]),
+        ({"qty": "50", "filled_qty": "50"}, ["qty", "filled_qty"]),
+    ],
+    ids=["fill_above", "another_quantity_too"],
+)
+async def test_a_restart_books_nothing_beyond_the_quantity_sent(
+    fake, monkeypatch, answered, fields
+):
+    """A 5-share order of the checkpoint that filled while the daemon was down, answered
+    with filled_qty "50" (and qty "50"): `resume` reported one fill of 50, the order's
+    check (`_within_sent`) applying only to updates after it. It books the 5 sent and says
+    each contradiction as an error, as for an order followed all along."""
+    fake.set_price("AAPL", 100.0, match=False)
+    buy = order("AAPL", 5, OrderType.LIMIT, limit=100.0)
+    cid = buy.client_order_id
+    async with running(fake, stream_enabled=False) as before:
+        await before.submit([buy])
+        known = before.open_orders()
+    fake.fill(cid, price=99.0)  # while the daemon is down
+    garble(fake, monkeypatch, cid, **answered)
+    async with running(fake, stream_enabled=False) as after:
+        with capture_logs() as logs:
+            await after.resume(known, [])
+            up = Updates(after)
+            await up.until(lambda u: u.last(cid) is not None and not u.last(cid).status.is_open)
+            for _ in range(3):  # read again: nothing more booked, said once
+                await after.poll()
+                await up.bar()
+        assert [(f.fill_id, f.quantity, f.price) for f in up.fills] == [(f"{cid}#5", 5.0, 99.0)]
+        assert (up.last(cid).status, up.last(cid).quantity) == (OrderStatus.FILLED, 5)
+        lines = mismatches(logs)
+        assert [(e["field"], e["sent"], e["answered"]) for e in lines] == [
+            (name, "5", "50") for name in fields
+        ]
+        assert all(e["log_level"] == "error" and e["client_order_id"] == cid for e in lines)
+        assert after.status()["answer_mismatches"] == len(fields)
+
+
+async def test_an_order_adopted_at_the_start_holds_nothing_beyond_its_quantity(fake, monkeypatch):
+    """An open order found at the start (by hand) whose answer says 50 of its 5 shares
+    filled was followed with 50 filled: listed so to the planner, and a restart that knew
+    it at its checkpoint booked the 50. Adopted, it holds at most its 5, and the
+    contradiction is said as an error, once."""
+    fake.set_price("AAPL", 100.0, match=False)
+    placed = fake._create(
+        {
+            "symbol": "AAPL",
+            "qty": "5",
+            "side": "buy",
+            "type": "limit",
+            "limit_price": "99",
+            "time_in_force": "gtc",
+            "client_order_id": "by-hand-5",
+        }
+    )
+    fake.fill(placed.id, price=99.0, qty=2)
+    garble(fake, monkeypatch, placed.id, filled_qty="50")
+    with capture_logs() as logs:
+        async with running(fake, stream_enabled=False) as broker:
+            [adopted] = broker.open_orders()
+            assert (adopted.client_order_id, adopted.quantity) == ("by-hand-5", 5)
+            assert adopted.filled_quantity <= 5
+            up = Updates(broker)
+            for _ in range(3):
+                await broker.poll()
+                await up.bar()
+            assert up.filled("by-hand-5") == 0  # executions before the start: not reported
+    [line] = mismatches(logs)
+    assert (line["client_order_id"], line["field"], line["sent"], line["answered"]) == (
+        "by-hand-5",
+        "filled_qty",
+        "5",
+        "50",
+    )
+    assert line["log_level"] == "error"
