@@ -747,6 +747,10 @@ class AlpacaBroker:
         self._cuts_said = Once()  # orders Alpaca cut down (`_quantity_cut`), said once
         self._answer_mismatches = 0
         self._resumed = False
+        # Whether the run's orders are known: `resume` has followed the checkpoint's, or the
+        # engine went on without one (`_orders_are_known`). Until then no parked update is
+        # taken for another's (`_sort_orphans`): it may be of an order `resume` links.
+        self._orders_known = False
 
     def __repr__(self) -> str:
         stream = "up" if self._stream_up else "down"
@@ -1058,6 +1062,7 @@ class AlpacaBroker:
         an answer that cannot be read (`positions_from_alpaca`): a row skipped, or an answer
         read as none, made Alpaca look flat to reconciliation."""
         client = self._require_client()
+        self._orders_are_known()
         try:
             rows = await self._call("get_positions", client.get_all_positions)
         except APIError as e:
@@ -1227,6 +1232,7 @@ class AlpacaBroker:
         self._adopted_roots.clear()
         self._unknown_orders += unknown
         self._resumed = True
+        self._orders_are_known()
         log.info(
             "alpaca.resumed",
             known_open=len(known),
@@ -1469,6 +1475,7 @@ class AlpacaBroker:
 
     async def submit(self, orders: Sequence[Order]) -> list[Order]:
         self._require_client()
+        self._orders_are_known()
         self._drain()
         results: dict[str, Order] = {}
         units: list[Unit] = []
@@ -1573,6 +1580,7 @@ class AlpacaBroker:
 
     async def cancel(self, client_order_id: str, reason: str) -> Order | None:
         client = self._require_client()
+        self._orders_are_known()
         self._drain()
         t = self._get(client_order_id)
         if t is None:
@@ -1648,6 +1656,7 @@ class AlpacaBroker:
         and the broker's own polls have received, no request (the engine's fill booker,
         woken by a fill a poll had just found, polled again under the bar lock, and a bar
         due meanwhile waited for that request)."""
+        self._orders_are_known()
         self._drain()
         if poll and (
             (self._open and not self._stream_up) or self._unconfirmed or self._replacements
@@ -1682,6 +1691,7 @@ class AlpacaBroker:
         meanwhile, and a run that ended before it never stored the fill. Each request is
         bounded as every call is (`call_timeout_s`, `max_attempts`). Raises RetryableError
         when Alpaca cannot be reached."""
+        self._orders_are_known()
         if self._open or self._replacements or self._unconfirmed:
             await self.poll(only_open=True)
 
@@ -2579,6 +2589,22 @@ class AlpacaBroker:
             self._poll_requested = True
             self._wake.set()
 
+    def _orders_are_known(self) -> None:
+        """The engine has the run's orders followed: `resume` linked the checkpoint's, or
+        the engine went on without calling it (a new run: its first `updates`, `submit`,
+        `cancel`, `positions` or `check_open_orders`; never `open_orders`, `status` or
+        `snapshot`, which the engine, or /status, may ask before `resume`). Updates of
+        orders not known, parked meanwhile, are sorted at the poller's next pass. Before,
+        an update of a checkpoint order between `start` and `resume` (adoption off: the
+        engine's warm-up, minutes) was sorted as another's: a false
+        `alpaca.unknown_order_update`, counted as a foreign order, its updates dropped."""
+        if self._orders_known:
+            return
+        self._orders_known = True
+        if self._orphans:
+            self._poll_requested = True
+            self._wake.set()
+
     def _sort_orphans(self, parked: Sequence[str]) -> bool:
         """The orders whose updates were parked (`parked`: before a poll that has now
         succeeded) and are still unknown: none of this process's, since no order of ours
@@ -2588,8 +2614,9 @@ class AlpacaBroker:
         after the start was parked without a word: only `unknown_updates` counted it, the
         planner did not see it working, and its fills moved the position unexplained.
         Returns False, nothing sorted, while an order of ours may be on its way (the
-        caller asks again after the next poll)."""
-        if self._submitting or self._unconfirmed or self._replacements:
+        caller asks again after the next poll), or may yet be linked by `resume`
+        (`_orders_are_known`, which asks again)."""
+        if not self._orders_known or self._submitting or self._unconfirmed or self._replacements:
             return False
         for aid in parked:
             if aid in self._by_alpaca_id:

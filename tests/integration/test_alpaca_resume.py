@@ -436,6 +436,99 @@ async def test_an_open_order_neither_known_nor_intended_is_adopted_with_a_warnin
         assert booked.fills == [] and booked.orders == []  # nothing changed, nothing reported
 
 
+def sorting(broker: AlpacaBroker, monkeypatch: pytest.MonkeyPatch) -> list[list[str]]:
+    """The parked updates' orders each pass of the poller sorted (or held), as they come."""
+    passes: list[list[str]] = []
+    sort = broker._sort_orphans
+
+    def spy(parked: Any) -> bool:
+        passes.append(list(parked))
+        return sort(parked)
+
+    monkeypatch.setattr(broker, "_sort_orphans", spy)
+    return passes
+
+
+@pytest.mark.parametrize("adopt", [False, True], ids=["adopt_off", "adopt_on"])
+async def test_an_update_of_a_checkpoint_order_before_resume_is_not_taken_for_another_s(
+    fake, monkeypatch, adopt
+):
+    """With `adopt_open_orders = false`, an order of the checkpoint is not followed between
+    `start` and `resume` (the engine's warm-up: minutes): a stream update for it then was
+    parked, sorted at the poller's next pass as no order of this process's (an
+    `alpaca.unknown_order_update` warning, counted in `foreign_orders_found`) and its
+    updates dropped, before `resume` linked it. Such updates wait until `resume` has
+    decided; they are then the order's. With adoption on, the order is followed from the
+    start; an order placed by hand meanwhile is sorted once `resume` is done."""
+    fake.set_price("AAPL", 100.0, match=False)
+    fake.set_price("TSLA", 200.0, match=False)
+    buy = order("AAPL", 10, OrderType.LIMIT, limit=100.0)
+    cid = buy.client_order_id
+    async with running(fake) as before:
+        await before.submit([buy])
+        known = checkpoint(before)
+    async with running(fake, adopt_open_orders=adopt) as after:
+        passes = sorting(after, monkeypatch)
+        with capture_logs() as logs:
+            fake.fill(cid, price=99.0, qty=4)  # the stream says it at once
+            by_hand = fake._create(
+                {
+                    "symbol": "TSLA",
+                    "qty": "3",
+                    "side": "buy",
+                    "type": "limit",
+                    "limit_price": "150",
+                    "time_in_force": "gtc",
+                    "client_order_id": "by-hand-meanwhile",
+                }
+            )
+            parked = {by_hand.id} | (set() if adopt else {fake.order(cid).id})
+            # The poller's passes after each update was parked.
+            await eventually(lambda: parked <= {aid for p in passes for aid in p})
+            assert [e for e in logs if e["event"] == "alpaca.unknown_order_update"] == []
+            assert after.status()["foreign_orders_found"] == 0
+            await after.resume(known, [])
+            booked = Booked(after)
+            await booked.until(lambda b: b.filled(cid) == 4)
+            await eventually(lambda: after.status()["foreign_orders_found"] == 1)
+            await booked.settle()
+        said = [e for e in logs if e["event"] == "alpaca.unknown_order_update"]
+        assert [e["client_order_id"] for e in said] == [by_hand.client_order_id]
+        assert after.status()["foreign_orders_found"] == 1
+        assert [(f.fill_id, f.quantity) for f in booked.fills] == [(f"{cid}#4", 4)]
+        assert cid in {o.client_order_id for o in after.open_orders()}
+
+
+async def test_a_run_without_a_checkpoint_sorts_unknown_orders_once_the_engine_goes_on(
+    fake, monkeypatch
+):
+    """A new run gets no `resume`: the first call of the engine that means it has gone on
+    without one (a bar's `updates`, `positions`, a submit, a cancel, an order check) ends
+    the wait, and an order placed by hand meanwhile is said and followed as another's."""
+    fake.set_price("TSLA", 200.0, match=False)
+    async with running(fake) as broker:
+        passes = sorting(broker, monkeypatch)
+        with capture_logs() as logs:
+            placed = fake._create(
+                {
+                    "symbol": "TSLA",
+                    "qty": "3",
+                    "side": "buy",
+                    "type": "limit",
+                    "limit_price": "150",
+                    "time_in_force": "gtc",
+                    "client_order_id": "by-hand-new-run",
+                }
+            )
+            await eventually(lambda: any(placed.id in p for p in passes))
+            assert broker.status()["foreign_orders_found"] == 0
+            await broker.positions()  # the engine's first reconciliation, before its first bar
+            await eventually(lambda: broker.status()["foreign_orders_found"] == 1)
+        [said] = [e for e in logs if e["event"] == "alpaca.unknown_order_update"]
+        assert said["followed_as"] == "by-hand-new-run"
+        assert [o.client_order_id for o in broker.open_orders()] == ["by-hand-new-run"]
+
+
 # ----------------------------------------------------------------------------- the book
 
 
