@@ -61,7 +61,14 @@ How it works:
   and the intents stored after it from nothing filled, so what Alpaca executed meanwhile is
   reported once; open orders of the universe the run knows nothing of are adopted as they
   stand, with a warning. The rules are in `resume`'s docstring; each difference is logged
-  as `alpaca.reconcile.<rule>`.
+  as `alpaca.reconcile.<rule>`. Until `resume` is done (or, for a new run, the engine goes
+  on without it: `_orders_are_known`), an update of an order not known is kept, not taken
+  for another's: it may be a checkpoint order's.
+* **Signals for the engine**: `reconcile_wanted` (an asyncio.Event) is set when an answer
+  contradicts an order (`alpaca.order_answer_mismatch`): the book and Alpaca differ, and a
+  reconciliation round need not wait for its interval. `take_foreign_orders()` hands over,
+  once each, the orders found mid-run that this process did not place (`foreign_found`
+  is set when one comes), for the engine's foreign-order alert.
 * **The engine's view**: `open_orders()` shows each order as the engine has booked it (the
   fills handed over by `updates()`, an order closed meanwhile still working until its fills
   and final state are handed over), so the planner and the checkpoint never count an
@@ -201,6 +208,7 @@ __all__ = [
     "AccountSnapshot",
     "AlpacaBroker",
     "AlpacaBrokerConfig",
+    "ForeignOrder",
     "alpaca_keys_from_env",
 ]
 
@@ -583,6 +591,25 @@ class _Tracked:
     filled_unreadable: bool = False
 
 
+@dataclass(frozen=True, slots=True)
+class ForeignOrder:
+    """An order Alpaca reported after the start that this process did not place (by hand,
+    or another program on the account), as its latest update had it; handed to the engine
+    by `AlpacaBroker.take_foreign_orders` for its `broker.foreign_open_orders` alert, which
+    looked only at the orders open at the start."""
+
+    alpaca_id: str
+    client_order_id: str
+    symbol: str
+    side: str
+    quantity: float
+    status: str
+    # In the run's universe (or no universe given).
+    in_universe: bool
+    # Followed as another's (`open_orders` lists it while it works).
+    followed: bool
+
+
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -732,6 +759,15 @@ class AlpacaBroker:
         # (`_foreign_update`), said once each; bounded (`closed_history`).
         self._foreign_ids: OrderedDict[str, None] = OrderedDict()
         self._foreign_found = 0
+        # Those found since the engine last took them (`take_foreign_orders`), bounded, and
+        # set when one is added: for the engine's alert on orders found mid-run.
+        self._foreign_new: list[ForeignOrder] = []
+        self.foreign_found = asyncio.Event()
+        # Set when an answer contradicted an order we follow (`_answer_mismatch`): the book
+        # and Alpaca's positions differ now, and the engine's next reconciliation round
+        # (`live.reconcile_interval_s`, 300 s) is the first to compare them. An engine may
+        # wait on it to start that round early (and clear it before the round).
+        self.reconcile_wanted = asyncio.Event()
         # Updates that carried a status or trade-update event name Alpaca's docs do not
         # list, by name ("status <name>", "event <name>"; `_note_unknown`). Bounded.
         self._unknown_names: dict[str, int] = {}
@@ -886,6 +922,17 @@ class AlpacaBroker:
         """The current state of an open or recently closed order, None if unknown."""
         t = self._get(client_order_id)
         return t.order.snapshot() if t is not None else None
+
+    def take_foreign_orders(self) -> list[ForeignOrder]:
+        """The orders found since the last call (oldest first; at most `closed_history`)
+        that this process did not place, from their updates after the start
+        (`alpaca.unknown_order_update`; `foreign_found` is set when one comes, and cleared
+        here). For the engine's alert: its `broker.foreign_open_orders` looked at the orders
+        open at the start only, and one placed by hand mid-run was a warning line of the
+        broker's and a counter in its status. Each order is handed over once."""
+        taken, self._foreign_new = self._foreign_new, []
+        self.foreign_found.clear()
+        return taken
 
     def origin(self, client_order_id: str) -> str:
         """The client id whose owner an order's fills belong to: for the replacement of an
@@ -2324,13 +2371,15 @@ class AlpacaBroker:
         """An answer of Alpaca's for an order we follow that contradicts the order (its
         `name` field says `answered`, the order `sent`): an error line naming the order,
         once an order, field and value (the order is read at every poll), counted in
-        `status()["answer_mismatches"]`. `booked`: what is done with the answer."""
+        `status()["answer_mismatches"]`, and `reconcile_wanted` set: the engine may compare
+        the book with Alpaca's positions at once. `booked`: what is done with the answer."""
         order = t.order
         shown = self._scrub(str(answered)[:40])
         if not self._mismatch_said.first((order.client_order_id, name, shown)):
             return  # counted once too: the order is read at every poll
         SOURCE_ERRORS.labels(source=SOURCE, kind="malformed").inc()
         self._answer_mismatches += 1
+        self.reconcile_wanted.set()
         log.error(
             "alpaca.order_answer_mismatch",
             client_order_id=order.client_order_id,
@@ -2634,7 +2683,8 @@ class AlpacaBroker:
         is followed as another's, as the orders open at the start are (`_adopt`): listed by
         `open_orders`, so the planner places no entry in its symbol while it works, and its
         fills are not this run's (the engine's `broker.foreign_fill`). Its executions before
-        are not reported (a difference for reconciliation, as any trade by hand)."""
+        are not reported (a difference for reconciliation, as any trade by hand). Kept for
+        the engine's alert (`take_foreign_orders`)."""
         raw = max(
             enumerate(updates),
             key=lambda p: (parse_time(p[1].get("updated_at")) or _EPOCH, p[0]),
@@ -2667,14 +2717,27 @@ class AlpacaBroker:
                     "symbol while it works (cancel it at the broker, or let it fill); its "
                     "fills are not booked as this run's"
                 )
-        log.warning(
-            "alpaca.unknown_order_update",
+        found = ForeignOrder(
             alpaca_id=self._scrub(aid[:64]),
             client_order_id=self._scrub(str(raw.get("client_order_id") or "")[:64]),
             symbol=self._scrub(symbol[:16]),
             side=self._scrub(str(raw.get("side") or "")[:8]),
             quantity=parse_float(raw.get("qty")),
             status=self._scrub(status_text[:32]),
+            in_universe=self._symbols is None or symbol in self._symbols,
+            followed=followed is not None,
+        )
+        self._foreign_new.append(found)
+        del self._foreign_new[: -self._config.closed_history]
+        self.foreign_found.set()
+        log.warning(
+            "alpaca.unknown_order_update",
+            alpaca_id=found.alpaca_id,
+            client_order_id=found.client_order_id,
+            symbol=found.symbol,
+            side=found.side,
+            quantity=found.quantity,
+            status=found.status,
             updates=len(updates),
             followed_as=followed,
             rule=rule,

@@ -447,3 +447,30 @@ async def test_an_order_adopted_at_the_start_holds_nothing_beyond_its_quantity(f
         "50",
     )
     assert line["log_level"] == "error"
+
+
+async def test_an_answer_mismatch_asks_for_a_reconciliation_round(fake, monkeypatch):
+    """After `alpaca.order_answer_mismatch` the book and Alpaca's positions differ, and the
+    engine compared them at its next round only (300 s). The broker sets
+    `reconcile_wanted` with each mismatch said (once an order, field and value), for the
+    engine to start a round at once."""
+    fake.set_price("AAPL", 100.0, match=False)
+    async with running(fake, stream_enabled=False) as broker:
+        up = Updates(broker)
+        buy = order("AAPL", 5, OrderType.LIMIT, limit=99.0)
+        cid = buy.client_order_id
+        await broker.submit([buy])
+        await broker.poll()
+        assert not broker.reconcile_wanted.is_set()  # answers that agree ask for nothing
+        garble(fake, monkeypatch, cid, qty="500")
+        await broker.poll()
+        assert broker.reconcile_wanted.is_set()
+        broker.reconcile_wanted.clear()  # the engine, before its round
+        await broker.poll()
+        await up.bar()
+        assert not broker.reconcile_wanted.is_set()  # the same answer again: said already
+        garble(fake, monkeypatch, cid, qty="5", filled_qty="50")
+        fake.fill(cid, price=99.0)
+        await up.until(lambda u: u.filled(cid) == 5)
+        assert broker.reconcile_wanted.is_set()
+        assert broker.status()["answer_mismatches"] == 2

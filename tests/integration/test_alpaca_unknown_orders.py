@@ -120,3 +120,35 @@ async def test_an_update_of_our_own_order_before_its_answer_is_not_taken_for_ano
             await updates.until(lambda u: u.filled(buy.client_order_id) >= 5)
             assert broker.status()["foreign_orders_found"] == 0
     assert _said(logs) == []
+
+
+async def test_orders_found_mid_run_are_handed_to_the_engine_once(fake: AlpacaTradingFake):
+    """The engine's `broker.foreign_open_orders` alert looked at the orders open at the
+    start only: one placed by hand mid-run was a warning of the broker's and a counter.
+    The broker hands each such order over once (`take_foreign_orders`), and says one came
+    (`foreign_found`), in the universe or not; its own orders never."""
+    async with running(fake) as broker:
+        await new_run(broker)
+        assert broker.take_foreign_orders() == []
+        buy = order("AAPL", 5, OrderType.LIMIT, limit=90.0)
+        await broker.submit([buy])
+        fake.set_price("AAPL", 100.0, match=False)
+        fake.set_price("MSFT", 100.0, match=False)
+        inside = _by_hand(fake, "AAPL", "by-hand-3")
+        await asyncio.wait_for(broker.foreign_found.wait(), 5.0)
+        outside = _by_hand(fake, "MSFT", "by-hand-4")
+        await eventually(lambda: broker.status()["foreign_orders_found"] == 2)
+        taken = broker.take_foreign_orders()
+        assert not broker.foreign_found.is_set()
+        assert [
+            (o.alpaca_id, o.client_order_id, o.symbol, o.side, o.quantity, o.in_universe)
+            for o in taken
+        ] == [
+            (inside.id, "by-hand-3", "AAPL", "buy", 5.0, True),
+            (outside.id, "by-hand-4", "MSFT", "buy", 5.0, False),
+        ]
+        assert [(o.status, o.followed) for o in taken] == [("new", True), ("new", False)]
+        fake.fill("by-hand-3", price=99.0)
+        await Updates(broker).until(lambda u: u.filled("by-hand-3") == 5)
+        assert broker.take_foreign_orders() == []  # handed over once
+        assert not broker.foreign_found.is_set()
