@@ -12,6 +12,7 @@ universe as arrays; only orders and fills, a handful per bar, are Python objects
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
@@ -927,6 +928,34 @@ class Engine:
             for o in self.broker.open_orders()
             if o.symbol in universe and not own(o.client_order_id)
         ]
+        self._say_foreign_orders(foreign)
+
+    def _warn_of_orders_found_mid_run(self) -> None:
+        """Orders the broker found after the start that this run did not place (placed by
+        hand meanwhile): said and alerted as at the start. Only the broker's own warning
+        said them, and the run stayed out of the symbol without an alert."""
+        take = getattr(self.broker, "take_foreign_orders", None)
+        if take is None:
+            return
+        universe = set(self.symbols)
+        own = self._placed_by_us
+        found = [
+            o
+            for o in take()
+            if o.in_universe and o.symbol in universe and not own(o.client_order_id)
+        ]
+        self._say_foreign_orders(found, found_mid_run=True)
+
+    async def _watch_foreign_orders(self, found: asyncio.Event) -> None:
+        while True:
+            await found.wait()
+            try:
+                self._warn_of_orders_found_mid_run()  # clears `found` (take_foreign_orders)
+            except Exception:  # a bug: said, and the next one found is said again
+                found.clear()
+                log.exception("broker.foreign_orders_check_failed")
+
+    def _say_foreign_orders(self, foreign: Sequence[Any], *, found_mid_run: bool = False) -> None:
         if not foreign:
             return
         symbols = sorted({o.symbol for o in foreign})
@@ -934,14 +963,18 @@ class Engine:
             "broker.foreign_open_orders",
             symbols=symbols,
             orders=[o.client_order_id for o in foreign][:20],
+            found_mid_run=found_mid_run,
             rule="no new entries in these symbols while the orders are open: cancel them at "
             "the broker, or let them fill",
         )
         alerter = getattr(self, "alerter", None)
         if alerter is not None:
+            # Mid-run, keyed by the symbols: the start's alert within the dedup window
+            # swallowed a hand order placed minutes later in another symbol.
+            key = "foreign-orders" + (":" + ",".join(symbols) if found_mid_run else "")
             alerter.event(
                 "reconciliation",
-                "foreign-orders",
+                key,
                 title="orders open at the broker that this run did not place: "
                 + ", ".join(symbols),
                 text="no new entries in these symbols while they are open",
@@ -1351,13 +1384,16 @@ class Engine:
         live = froze = replaying = False
         reconciler: asyncio.Task[None] | None = None
         booker: asyncio.Task[None] | None = None
+        foreign_watch: asyncio.Task[None] | None = None
         refresher: asyncio.Task[None] | None = None
         splits_task: asyncio.Task[None] | None = None
 
         async def end_background() -> None:
             # The run's background tasks, as they stand when called (one list for the three
             # ends: the stop, a failure, the finally).
-            await self._end_tasks(reconciler, booker, refresher, splits_task, *self._split_cancels)
+            await self._end_tasks(
+                reconciler, booker, foreign_watch, refresher, splits_task, *self._split_cancels
+            )
 
         # Live bars the source did not deliver at their release, fetched again before the
         # next bar that arrives (bounded: a source down for weeks loses the oldest).
@@ -1444,6 +1480,9 @@ class Engine:
                 splits_task = asyncio.create_task(self._splits_every(), name="splits")
             if not self._stop_requested and callable(getattr(self.broker, "positions", None)):
                 # A stop while the broker hangs must not wait out its calls' timeouts.
+                wanted = getattr(self.broker, "reconcile_wanted", None)
+                if wanted is not None:
+                    wanted.clear()  # this round covers what start-up and resume said
                 await self._unless_stopped(self._reconcile())
                 if not self._stop_requested:
                     reconciler = asyncio.create_task(self._reconcile_every(), name="reconcile")
@@ -1451,6 +1490,11 @@ class Engine:
                 if not self._stop_requested and arrived is not None:
                     booker = asyncio.create_task(
                         self._book_fills_as_they_arrive(arrived), name="late-fills"
+                    )
+                found = getattr(self.broker, "foreign_found", None)
+                if not self._stop_requested and found is not None:
+                    foreign_watch = asyncio.create_task(
+                        self._watch_foreign_orders(found), name="foreign-orders"
                     )
             if not self._stop_requested and self._durable:
                 refresher = asyncio.create_task(self._refresh_state_every(), name="state")
@@ -2058,8 +2102,17 @@ class Engine:
         self.store.record_checkpoint(self.run.run_id, t, state)  # type: ignore[attr-defined]
 
     async def _reconcile_every(self) -> None:
+        # A broker that can ask for a round (Alpaca, after an answer that contradicted an
+        # order: `alpaca.order_answer_mismatch`) gets it at once; the book and the broker
+        # were compared only at the next round, up to `reconcile_interval_s` (300 s) later.
+        wanted: asyncio.Event | None = getattr(self.broker, "reconcile_wanted", None)
         while True:
-            await asyncio.sleep(self.reconcile_interval_s)
+            if wanted is None:
+                await asyncio.sleep(self.reconcile_interval_s)
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(wanted.wait(), self.reconcile_interval_s)
+                wanted.clear()
             try:
                 await self._reconcile()
             except Exception as exc:

@@ -202,3 +202,47 @@ async def test_status_lists_another_runs_orders_apart_from_this_runs(engine_conf
     assert own and all(cid.startswith(f"{RUN}|") for cid in own), own
     assert {o["client_order_id"] for o in st["foreign_open_orders"]} == legs
     assert {o["symbol"] for o in st["foreign_open_orders"]} == {sym}
+
+
+async def test_an_order_placed_by_hand_mid_run_is_warned_of_and_alerted(
+    engine_config, fake, tmp_path
+):
+    """`broker.foreign_open_orders` and its alert looked at the orders open at the start
+    only: an order placed by hand after the first bar was a warning line of the broker's,
+    and the run stayed out of its symbol with no alert. Now the engine says it as at the
+    start (`found_mid_run`), keyed by its symbols so the start's alert does not swallow it."""
+    panel, config = live_on_fake(engine_config, fake, RUN)
+    engine = build_engine(config, "live", panel=panel)
+    sym = engine.symbols[1]
+    alerted: list[tuple[str, str]] = []
+    placed = False
+
+    real_event = engine.alerter.event
+
+    def event(kind: str, key: str, *args: Any, **kwargs: Any) -> Any:
+        alerted.append((kind, key))
+        return real_event(kind, key, *args, **kwargs)
+
+    engine.alerter.event = event
+    real_on_bar = engine.broker.on_bar
+
+    async def on_bar(bar: Any) -> Any:
+        nonlocal placed
+        update = await real_on_bar(bar)
+        # The first live bar (the warm-up's bars come before the run's tasks start).
+        live = any(t.get_name() == "foreign-orders" for t in asyncio.all_tasks())
+        if live and not placed:
+            placed = True
+            _place_by_hand(fake, sym)
+            await _eventually(lambda: ("reconciliation", f"foreign-orders:{sym}") in alerted)
+        return update
+
+    engine.broker.on_bar = on_bar
+    with capture_logs() as logs:
+        await engine.run_until_done()
+
+    said = [e for e in logs if e["event"] == "broker.foreign_open_orders"]
+    assert [(e["symbols"], e["orders"], e["found_mid_run"]) for e in said] == [
+        ([sym], [BY_HAND], True)
+    ]
+    assert alerted.count(("reconciliation", f"foreign-orders:{sym}")) == 1
