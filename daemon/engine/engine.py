@@ -91,7 +91,7 @@ from ..core.types import (
 from ..logs import Once, sparse
 from ..publisher import bars_payload, fills_payload, orders_payload, signals_payload
 from ..secrets import mask_text
-from ..storage.buffered import path_text, unstorable
+from ..storage.buffered import booked_through, path_text, unstorable
 from . import collector
 from .accounting import BLOCKING, RejectionRecord, RiskRecord, rule_of
 from .decisions import decision_record
@@ -720,6 +720,9 @@ class Engine:
         # After a resume on a broker that keeps its own book: the interrupted bar's stored
         # plan (time, cancels, orders), carried out as it was decided (see step).
         self._interrupted: tuple[datetime, list[str], list[Order]] | None = None
+        # The last `booked_at` of what was booked between bars after the last checkpoint
+        # (None: nothing): a clean stop checkpoints it (`_checkpoint_at_stop`).
+        self._booked_late: datetime | None = None
         self._first_bar: datetime | None = None  # the first bar this process processed
         # Book against the broker's positions (a broker with `positions()`): at start and
         # every reconcile_interval_s. A difference nothing explains blocks trading in the
@@ -1584,6 +1587,7 @@ class Engine:
                 release()
             await end_background()
             await self._book_final_updates()
+            self._checkpoint_at_stop()
             self.feed_outage.at_stop()
             self._warn_of_untraded_bars(missed)
             self.broker_outage.at_stop(self._last_time)
@@ -1868,9 +1872,12 @@ class Engine:
         self.resumed_from = resume.bar_time
         truncate = getattr(self.audit, "truncate_after", None)
         if truncate is not None:
-            dropped = truncate(resume.bar_time, resume.stopped_cleanly)
+            # As the store (resume_run): after what the checkpoint's book holds, which a
+            # clean stop carries past its bar (`_checkpoint_at_stop`).
+            through = getattr(resume, "booked_through", None) or resume.bar_time
+            dropped = truncate(through, resume.stopped_cleanly)
             if dropped:
-                log.info("audit.truncated", after=resume.bar_time, records=dropped)
+                log.info("audit.truncated", after=through, records=dropped)
         st = resume.state
         if st is not None:
             if st.get("format") != CHECKPOINT_FORMAT:
@@ -1983,7 +1990,7 @@ class Engine:
             self.trading_state = str(st.get("trading_state", "active"))
         if not resume.unconfirmed:
             return None
-        return dataclasses.replace(resume, bar_time=None, state=None)
+        return dataclasses.replace(resume, bar_time=None, state=None, booked_through=None)
 
     def _plugin_states(self) -> dict[str, Any]:
         """Each plugin's `state()`, by its checkpoint key (`instance_keys`); a signal's that
@@ -2049,8 +2056,9 @@ class Engine:
             )
         return out
 
-    def _checkpoint(self, t: datetime) -> None:
-        """Everything a restarted process needs to continue after bar `t` (see _resume)."""
+    def _checkpoint(self, t: datetime, extra: Mapping[str, Any] | None = None) -> None:
+        """Everything a restarted process needs to continue after bar `t` (see _resume),
+        with `extra` (a clean stop's: `_checkpoint_at_stop`)."""
         state: dict[str, Any] = {
             "format": CHECKPOINT_FORMAT,
             "portfolio": self.portfolio.state(),
@@ -2098,6 +2106,12 @@ class Engine:
             # Its held-back bars and the actions not carried yet: a restart before the
             # answer that judges them still gets their split or dividend to the book.
             state["feed"] = held
+        if self._booked_late is not None and self._booked_late > t:
+            # Booked between bars after `t` (a clean stop's last updates): in this book, so
+            # a resume keeps them (storage.buffered.booked_through).
+            state["booked_through"] = self._booked_late.isoformat()
+        if extra:
+            state.update(extra)
         self._last_checkpoint = (t, state)
         self.store.record_checkpoint(self.run.run_id, t, state)  # type: ignore[attr-defined]
 
@@ -2674,14 +2688,18 @@ class Engine:
             self.portfolio.apply_fill(fill)
         # Booked after the last checkpoint, in the book from the next one on (the audit's
         # order lines, too: a resumed run drops them with the fills).
-        after = self._last_checkpoint
-        booked_at = after[0] + timedelta(microseconds=1) if after is not None else None
+        # Just after what the last checkpoint's book holds (its bar, or a clean stop's last
+        # bookings after it: `booked_through`), so a resume drops exactly these.
+        through = self._checkpoint_through()
+        booked_at = through + timedelta(microseconds=1) if through is not None else None
         if update.fills:
             kept = self.store.record_fills(self.run.run_id, update.fills, booked_at)
             self.audit.fills(update.fills, booked_at, kept)
             log.info("broker.late_fills", fills=len(update.fills))
         if update.orders:
             self._record_orders(update.orders, booked_at)
+        if (update.fills or update.orders) and booked_at is not None:
+            self._booked_late = booked_at  # what a clean stop checkpoints
         if update.fills or update.orders:
             # To the writer now, not at the next bar (a day away, with daily bars).
             self.audit.flush()
@@ -2723,6 +2741,45 @@ class Engine:
                     "position it moved",
                 )
         return BrokerUpdate(fills=fills, orders=orders)
+
+    def _checkpoint_through(self) -> datetime | None:
+        """The last `booked_at` the last checkpoint's book holds (None: no checkpoint)."""
+        last = self._last_checkpoint
+        return None if last is None else booked_through(last[0], last[1])
+
+    def _checkpoint_at_stop(self) -> None:
+        """A clean stop's last checkpoint, when it (or the fill booker) booked broker updates
+        after the last bar's checkpoint: the same bar, with the book that holds them and
+        their stamp as `booked_through`, so the next start keeps them (store and audit log)
+        instead of dropping them and counting on the broker to report them again, which it
+        does only while it still has the orders. None when bars were stepped after the last
+        checkpoint (a warm-up's batch not stored)."""
+        last, through = self._last_checkpoint, self._checkpoint_through()
+        if (
+            not self._durable
+            or last is None
+            or through is None
+            or self._booked_late is None
+            or self._booked_late <= through
+            or self._last_time != last[0]
+            or self._warmup_uncheckpointed
+        ):
+            return
+        saved = last[1]
+        # The bar's book as its `positions` rows have it (rows are written on change): the
+        # next bar writes the rows of what was booked after it (storage: resume_run).
+        recorded = saved.get("positions_recorded", saved.get("portfolio", {}).get("quantity"))
+        try:
+            self.audit.flush()
+            self._checkpoint(last[0], {"positions_recorded": recorded})
+        except Exception:  # a plugin's state() failing at the stop: the old behaviour
+            log.exception(
+                "engine.stop_checkpoint_failed",
+                rule="not checkpointed: the next start drops what was booked after the last "
+                "bar and reads it again from the broker",
+            )
+            return
+        log.info("engine.stop_checkpoint", bar=last[0], booked_through=self._booked_late)
 
     def _money_metrics(self) -> None:
         """tradingd_equity, _cash and _drawdown from the book (live)."""

@@ -114,6 +114,22 @@ class ResumePoint:
     # recorded is of a bar after the checkpoint, so a record without its bar (an order line
     # of a build before `booked_at`) is kept (`RESUME_TIME_AFTER_STOP`, the audit's too).
     stopped_cleanly: bool = False
+    # What the resume keeps: the rows booked up to this time (the checkpoint's bar, or later
+    # when a clean stop checkpointed what it booked after that bar: `booked_through`).
+    booked_through: datetime | None = None
+
+
+def booked_through(bar_time: datetime | None, state: Mapping[str, Any] | None) -> datetime | None:
+    """The last `booked_at` a checkpoint's book holds: its bar, or the later stamp its state
+    names (`booked_through`, written by a clean stop after booking the broker's last
+    updates between bars). A resume deletes, and the audit log drops, only what is after it:
+    before, a clean stop's last fills and order states were dropped at the next start and
+    had to be reported again by the broker (if it still knew the orders)."""
+    text = (state or {}).get("booked_through")
+    if bar_time is None or not isinstance(text, str):
+        return bar_time
+    later = datetime.fromisoformat(text)
+    return later if later > bar_time else bar_time
 
 
 def _plain(o: Any) -> Any:
@@ -860,7 +876,8 @@ class BufferedStore(ABC):
         found = await self.fetch("checkpoints", run.run_id)
         bar_time = found[-1]["bar_time"] if found else None
         state = found[-1]["state"] if found else None
-        after = bar_time if bar_time is not None else datetime(1, 1, 1, tzinfo=UTC)
+        through = booked_through(bar_time, state)
+        after = through if through is not None else datetime(1, 1, 1, tzinfo=UTC)
         enc = self._encode_time(after)
         # Only the rows the resume keeps are read, here and below: reading the run's whole
         # history (every order, event and signal) grew each restart with the run's age.
@@ -889,10 +906,16 @@ class BufferedStore(ABC):
             # decisions in force (the last recorded target of each symbol, which a hold does
             # not change: not the checkpoint's targets), as the run would have without a stop.
             book = state.get("portfolio", {})
-            if "quantity" in book:
-                self._last_quantity[run.run_id] = np.asarray(book["quantity"], dtype=np.float64)
+            # The quantities of the last bar's `positions` rows: a clean stop's checkpoint
+            # holds fills booked after that bar (`positions_recorded` keeps the bar's), whose
+            # row the next bar writes.
+            recorded = state.get("positions_recorded", book.get("quantity"))
+            if recorded is not None:
+                self._last_quantity[run.run_id] = np.asarray(recorded, dtype=np.float64)
             self._last_targets[run.run_id] = await self._targets_in_force(run)
-        return ResumePoint(bar_time, state, unconfirmed, stopped_cleanly=stopped)
+        return ResumePoint(
+            bar_time, state, unconfirmed, stopped_cleanly=stopped, booked_through=through
+        )
 
     async def _targets_in_force(self, run: RunInfo) -> np.ndarray:
         """Per symbol of the run, its last recorded target weight that is a number (0
