@@ -720,6 +720,14 @@ class Engine:
         # After a resume on a broker that keeps its own book: the interrupted bar's stored
         # plan (time, cancels, orders), carried out as it was decided (see step).
         self._interrupted: tuple[datetime, list[str], list[Order]] | None = None
+        # The intents stored after the checkpoint (by client id), while the bar that carries
+        # them out again is to come: what the broker reports of them meanwhile (looked up
+        # by its resume) is in the book at once but recorded after that bar has recorded
+        # their intents again, with its time (`_hold_redone`, `_record_redone`). Booked
+        # before, stamped just after the checkpoint, an order's events read filled -> new
+        # -> filled, and its fill was dated a bar before the order was placed.
+        self._redo: dict[str, Order] | None = None
+        self._held_back: list[BrokerUpdate] = []
         # The last `booked_at` of what was booked between bars after the last checkpoint
         # (None: nothing): a clean stop checkpoints it (`_checkpoint_at_stop`).
         self._booked_late: datetime | None = None
@@ -1963,6 +1971,8 @@ class Engine:
                         return
                     delay = min(delay * 2, 60.0)
             if getattr(self.broker, "state", None) is None:
+                if intents:
+                    self._redo = {o.client_order_id: o.snapshot() for o in intents}
                 self._interrupted = _interrupted_plan(st, intents)
         pf = self.portfolio
         log.info(
@@ -2692,13 +2702,15 @@ class Engine:
         # bookings after it: `booked_through`), so a resume drops exactly these.
         through = self._checkpoint_through()
         booked_at = through + timedelta(microseconds=1) if through is not None else None
+        record = self._hold_redone(update)
+        if record.fills:
+            kept = self.store.record_fills(self.run.run_id, record.fills, booked_at)
+            self.audit.fills(record.fills, booked_at, kept)
         if update.fills:
-            kept = self.store.record_fills(self.run.run_id, update.fills, booked_at)
-            self.audit.fills(update.fills, booked_at, kept)
             log.info("broker.late_fills", fills=len(update.fills))
-        if update.orders:
-            self._record_orders(update.orders, booked_at)
-        if (update.fills or update.orders) and booked_at is not None:
+        if record.orders:
+            self._record_orders(record.orders, booked_at)
+        if (record.fills or record.orders) and booked_at is not None:
             self._booked_late = booked_at  # what a clean stop checkpoints
         if update.fills or update.orders:
             # To the writer now, not at the next bar (a day away, with daily bars).
@@ -2742,6 +2754,57 @@ class Engine:
                 )
         return BrokerUpdate(fills=fills, orders=orders)
 
+    def _hold_redone(self, update: BrokerUpdate) -> BrokerUpdate:
+        """`update` less what it reports of the intents a restart carries out again
+        (`_redo`): those are in the book at once (the caller applies every fill), and
+        recorded by `_record_redone` once their bar has recorded the intents again."""
+        redo = self._redo
+        if redo is None or not (update.fills or update.orders):
+            return update
+        held = BrokerUpdate(
+            fills=[f for f in update.fills if f.client_order_id in redo],
+            orders=[o for o in update.orders if o.client_order_id in redo],
+        )
+        if not (held.fills or held.orders):
+            return update
+        self._held_back.append(held)
+        return BrokerUpdate(
+            fills=[f for f in update.fills if f.client_order_id not in redo],
+            orders=[o for o in update.orders if o.client_order_id not in redo],
+        )
+
+    def _record_redone(self, t: datetime, planned: Sequence[Order] = ()) -> None:
+        """The intents stored after the checkpoint, once bar `t` has carried them out again
+        (or dropped their plan): each the plan did not record again (`planned`; an earlier
+        attempt, a dropped plan's) first as it was stored, at its own bar, then what the
+        broker reported of them since the restart (`_hold_redone`), at `t`, the bar whose
+        book first holds it. Their events read as an uninterrupted run's: the intent, then
+        the broker's states."""
+        redo, held = self._redo, self._held_back
+        self._redo, self._held_back = None, []
+        if redo is None:
+            return
+        again = {o.client_order_id for o in planned}
+        intents = []
+        for o in sorted(redo.values(), key=lambda o: o.created_at):
+            if o.client_order_id in again:
+                continue
+            intent = o.snapshot()
+            intent.status = OrderStatus.HELD if o.parent_id is not None else OrderStatus.NEW
+            intent.filled_quantity, intent.reason = 0.0, ""
+            intents.append(intent)
+        for intent in intents:
+            self.store.record_orders(
+                self.run.run_id, [intent], intent=True, booked_at=self._booked(intent.created_at)
+            )
+        booked = self._booked(t)
+        for update in held:
+            if update.fills:
+                kept = self.store.record_fills(self.run.run_id, update.fills, t)
+                self.audit.fills(update.fills, t, kept)
+            if update.orders:
+                self._record_orders(update.orders, booked)
+
     def _checkpoint_through(self) -> datetime | None:
         """The last `booked_at` the last checkpoint's book holds (None: no checkpoint)."""
         last = self._last_checkpoint
@@ -2752,8 +2815,9 @@ class Engine:
         after the last bar's checkpoint: the same bar, with the book that holds them and
         their stamp as `booked_through`, so the next start keeps them (store and audit log)
         instead of dropping them and counting on the broker to report them again, which it
-        does only while it still has the orders. None when bars were stepped after the last
-        checkpoint (a warm-up's batch not stored)."""
+        does only while it still has the orders. None while a restart's interrupted plan is
+        still to be carried out (the next start does it from the same checkpoint), nor when
+        bars were stepped after the last checkpoint (a warm-up's batch not stored)."""
         last, through = self._last_checkpoint, self._checkpoint_through()
         if (
             not self._durable
@@ -2761,6 +2825,7 @@ class Engine:
             or through is None
             or self._booked_late is None
             or self._booked_late <= through
+            or self._redo is not None
             or self._last_time != last[0]
             or self._warmup_uncheckpointed
         ):
@@ -3162,6 +3227,7 @@ class Engine:
         update = await self.broker.on_bar(bar)
         if update.fills or update.orders:
             update = self._own_updates(update)
+        booking = self._hold_redone(update) if self._redo is not None else update
         if update.fills:
             for fill in update.fills:
                 pf.apply_fill(fill)
@@ -3169,12 +3235,14 @@ class Engine:
             # With the bar that booked them (not only the broker's execution time): a
             # resumed run drops the fills booked after its checkpoint, and exactly those are
             # missing from the checkpoint's book.
-            kept = self.store.record_fills(run_id, update.fills, bar.time)
-            self.audit.fills(update.fills, bar.time, kept)
+            if booking.fills:
+                kept = self.store.record_fills(run_id, booking.fills, bar.time)
+                self.audit.fills(booking.fills, bar.time, kept)
             if self.publisher is not None:
                 self._publish_items("fills", update.fills, bar.time)
         if update.orders:
-            self._record_orders(update.orders, self._booked(bar.time))
+            if booking.orders:
+                self._record_orders(booking.orders, self._booked(bar.time))
             if self.publisher is not None:
                 self._publish_items("orders", update.orders, bar.time)
             self.rejections.on_orders(update.orders, "fill")
@@ -3354,6 +3422,7 @@ class Engine:
                 now=bar.time,
                 reason="trading is paused" if interrupted[0] == bar.time else "stepped untraded",
             )
+            self._record_redone(bar.time)
         if interrupted is not None and interrupted[0] == bar.time and not paused:
             # The bar a killed process was carrying out, as it decided it (from the same
             # checkpoint): deciding again would see the broker after its cancels and fills.
@@ -3382,6 +3451,10 @@ class Engine:
                     self.store.record_checkpoint(run_id, at, {**state, "intent": intent})  # type: ignore[attr-defined]
                 await self.store.flush()
                 faults.reached("intent")
+            if interrupted_plan is not None and self._redo is not None:
+                # After the intents it recorded again: what the broker reported of them
+                # since the restart (their fills, their legs released), at this bar.
+                self._record_redone(bar.time, plan.orders)
             if plan.cancel:
                 plan = await self._cancel_then_check(plan, bar.time, why or _NO_REASONS)
             if plan.orders:

@@ -7,6 +7,11 @@ bar whose book first holds it (README, "Reading a run back").
   checkpoints them (`Engine._checkpoint_at_stop`): the next start keeps them, store and
   audit log, instead of dropping them (`audit.truncated`) and counting on Alpaca to report
   them again, which it does only while it still knows the order.
+- A process that dies between sending a bar's orders and recording Alpaca's answer: the
+  restart carries that bar out again, and records what Alpaca reported of its orders since
+  after their intents, at that bar. Before, they were booked before the bar (stamped just
+  after the previous checkpoint): the order's events read filled -> new -> filled and its
+  fill was dated a bar before the order existed.
 
 No test sleeps for a fixed time."""
 
@@ -126,6 +131,75 @@ async def test_a_clean_stop_keeps_what_it_booked_after_the_last_bar(engine_confi
     [(opened,)] = rows(db, "SELECT min(time) FROM positions WHERE symbol = ?", symbol)
     assert opened is not None, "the shares booked by the stop have no positions row"
     assert opened > fills[0][3]
+
+
+async def test_a_bar_carried_out_again_records_its_orders_after_their_intents(
+    engine_config, fake, tmp_path
+):
+    """Alpaca fills a bracket's market entry as it takes it; the process dies before the
+    answer is recorded. The restart's resume finds the entries filled and the legs
+    released, and the start books that (the book must hold it before reconciling) before
+    the bar is carried out again. Recorded then, just after the checkpoint, the order's
+    events read filled -> new -> held -> filled, and the fill was dated before the bar that
+    placed it, outside the holding period the positions show (README's query)."""
+    fake.fill_on_submit = lambda o: 100.0
+    panel, config = with_brackets(engine_config, fake)
+    first = build_engine(config, "live", panel=panel)
+    real_submit = first.broker.submit
+
+    async def submit(orders: Any) -> Any:
+        await real_submit(orders)  # `TRADINGD_KILL_AT=sent`: the answer not recorded
+        raise Died("killed after the send")
+
+    first.broker.submit = submit  # type: ignore[method-assign]
+    with pytest.raises(Died):
+        await first.run_until_done()
+    placed = {o.client_order_id: o for o in fake.orders.values() if o.parent_id is None}
+    assert placed and all(o.status == "filled" for o in placed.values())
+
+    second = build_engine(config, "live", panel=panel)
+    second.after_bar.append(lambda t, v: second.request_stop())
+    with capture_logs() as logs:
+        await second.run_until_done()
+    [redone] = [e for e in logs if e["event"] == "resume.interrupted_plan"]
+    bar = redone["time"]
+    assert any(e["event"] == "alpaca.reconcile.placed_before_crash" for e in logs)
+
+    db = tmp_path / "store.db"
+    bar_text = bar.isoformat(timespec="microseconds")
+    for cid, o in placed.items():
+        events = rows(
+            db,
+            "SELECT status, filled_quantity, booked_at FROM order_events"
+            " WHERE client_order_id = ? ORDER BY rowid",
+            cid,
+        )
+        # The intent, then Alpaca's answer: each state once, all at the bar that placed it.
+        assert [(s, q) for s, q, _ in events] == [("new", 0.0), ("filled", o.qty)], cid
+        assert {b for _, _, b in events} == {bar_text}
+        # The fill too: the bar whose positions row first holds its shares, so the README's
+        # holding-period query (booked_at BETWEEN the opening and closing rows) finds it.
+        [(booked_at, qty)] = rows(
+            db, "SELECT booked_at, quantity FROM fills WHERE client_order_id = ?", cid
+        )
+        assert booked_at == bar_text and qty == o.qty
+        [(opened,)] = rows(
+            db,
+            "SELECT min(time) FROM positions WHERE symbol = ? AND quantity > 0",
+            o.symbol,
+        )
+        assert opened == booked_at
+        for leg in ("tp", "sl"):
+            leg_id = cid.replace("|entry|", f"|{leg}|")
+            states = rows(
+                db,
+                "SELECT status FROM order_events WHERE client_order_id = ? ORDER BY rowid",
+                leg_id,
+            )
+            assert [s for (s,) in states] == ["held", "new"], leg_id
+    # The audit log agrees: each order line after its intent's bar, no state twice in a row.
+    lines = [r for r in audit_lines(tmp_path / "audit") if r.get("client_order_id") in placed]
+    assert lines and all(r["booked_at"].startswith(bar.isoformat()[:19]) for r in lines)
 
 
 async def test_what_is_booked_after_a_stop_checkpoint_is_dropped_by_a_later_crash_once(
