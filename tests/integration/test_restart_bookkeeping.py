@@ -126,11 +126,25 @@ async def test_a_clean_stop_keeps_what_it_booked_after_the_last_bar(engine_confi
     assert audit_lines(tmp_path / "audit")[: len(lines)] == lines
     assert second.portfolio.quantity_of(symbol) == seen["qty"]
     assert not second.reconcile_blocked
-    # The shares booked by the stop are in the next bar's positions row (rows are written
-    # on change: the checkpoint's book holds them, the last row does not).
+    # The README's query of a holding period finds the fill booked between bars: the
+    # period opens at the next bar's positions row, a bar after the fill's stamp.
     [(opened,)] = rows(db, "SELECT min(time) FROM positions WHERE symbol = ?", symbol)
     assert opened is not None, "the shares booked by the stop have no positions row"
     assert opened > fills[0][3]
+    found = rows(
+        db,
+        readme_period_fills(),
+        {"run": RUN, "symbol": symbol, "opened": opened, "closed": "9999-12-31T00:00:00+00:00"},
+    )
+    assert [r[1] for r in found] == [fills[0][1]]
+
+
+def readme_period_fills() -> str:
+    """The README's query of one holding period's fills, with `symbol = :symbol`."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    start = text.index("SELECT * FROM fills", text.index("-- one period"))
+    sql = text[start : text.index(";", start)]
+    return sql.replace("symbol = 'AAPL'", "symbol = :symbol")
 
 
 async def test_a_bar_carried_out_again_records_its_orders_after_their_intents(
