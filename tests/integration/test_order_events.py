@@ -216,3 +216,53 @@ async def test_an_upgraded_runs_events_without_a_bar_survive_its_restart_after_a
         assert events == [("r1|a", "new"), ("r1|a", "partially_filled")]
     else:
         assert events == [("r1|a", "new")]  # the acknowledgement's time is after T0
+
+
+@pytest.mark.parametrize("stop", ["checkpointed", "not checkpointed"])
+async def test_a_resume_keeps_what_a_clean_stop_checkpointed_after_its_bar(
+    store: BufferedStore, stop: str
+) -> None:
+    """A clean stop books the broker's last updates after its last bar (stamped just after
+    it) and checkpoints them: `booked_through` in the checkpoint. The resume keeps them, and
+    goes on from the bar's recorded positions (`positions_recorded`), so the next bar writes
+    the row of the shares booked after it. Without it (a kill), they are dropped, as
+    before, and the broker reports them again."""
+    from tradingd.core.types import Fill
+
+    run = RunInfo("r1", "live", T0, '{"k": 1}', ("AAA", "BBB", "CCC"), 100_000.0)
+    assert await store.resume_run(run) is None
+    late = T0 + timedelta(microseconds=1)
+    a = Order("r1|a", "AAA", Side.BUY, 10.0, T0)
+    store.record_orders("r1", [a], intent=True, booked_at=T0)
+    store.record_checkpoint("r1", T0, {"portfolio": {"quantity": [0.0, 0.0, 0.0]}})
+    filled = a.snapshot()
+    filled.status, filled.filled_quantity = OrderStatus.FILLED, 10.0
+    store.record_orders("r1", [filled], booked_at=late)
+    fill = Fill("r1|a#10", "r1|a", "AAA", Side.BUY, 10.0, 100.0, 0.0, 0.0, T0 + DAY / 2)
+    store.record_fills("r1", [fill], late)
+    if stop == "checkpointed":
+        book = {"portfolio": {"quantity": [10.0, 0.0, 0.0]}}
+        state = {**book, "booked_through": late.isoformat(), "positions_recorded": [0.0] * 3}
+        store.record_checkpoint("r1", T0, state)
+    await store.end_run("r1", {"bars": 1})
+    resumed = await store.resume_run(run)
+    assert resumed is not None and resumed.bar_time == T0
+    kept = stop == "checkpointed"
+    assert resumed.booked_through == (late if kept else T0)
+    events = [(e["client_order_id"], e["status"]) for e in await store.fetch("order_events", "r1")]
+    assert events == [("r1|a", "new"), ("r1|a", "filled")][: 2 if kept else 1]
+    assert [f["fill_id"] for f in await store.fetch("fills", "r1")] == (["r1|a#10"] if kept else [])
+    # The next bar: the shares booked after T0 are a change from T0's recorded positions.
+    import numpy as np
+
+    store.record_positions(
+        "r1",
+        T0 + DAY,
+        run.symbols,
+        np.array([10.0, 0.0, 0.0]),
+        np.array([100.0, 0.0, 0.0]),
+        np.array([101.0, 1.0, 1.0]),
+    )
+    await store.flush()
+    rows = await store.fetch("positions", "r1")
+    assert [(p["symbol"], p["quantity"]) for p in rows] == [("AAA", 10.0)]
