@@ -2836,7 +2836,9 @@ class Engine:
         recorded = saved.get("positions_recorded", saved.get("portfolio", {}).get("quantity"))
         try:
             self.audit.flush()
-            self._checkpoint(last[0], {"positions_recorded": recorded})
+            self._checkpoint(
+                last[0], None if recorded is None else {"positions_recorded": recorded}
+            )
         except Exception:  # a plugin's state() failing at the stop: the old behaviour
             log.exception(
                 "engine.stop_checkpoint_failed",
