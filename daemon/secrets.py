@@ -42,23 +42,6 @@ def _token_like(user: str) -> bool:
     return (len(user) >= 16 and any(c.isdigit() for c in user)) or len(user) >= 32
 
 
-def _mask_userinfo(userinfo: str) -> str:
-    user, colon, _password = userinfo.partition(":")
-    if colon:
-        return f"{MASK if _token_like(user) else user}:{MASK}"
-    return MASK if _token_like(user) else user
-
-
-def _mask_query(query: str) -> str:
-    parts = []
-    for item in query.split("&"):
-        name, eq, value = item.partition("=")
-        if eq and value and _secret_param(name):
-            item = f"{name}={MASK}"
-        parts.append(item)
-    return "&".join(parts)
-
-
 def _split_userinfo(rest: str) -> tuple[str | None, str]:
     """`user:password` and the rest of a URL after `scheme://`, where the password may hold
     an unencoded `/`, `?`, `#` or `@` (generated passwords do): the user information then
@@ -67,8 +50,7 @@ def _split_userinfo(rest: str) -> tuple[str | None, str]:
     `#` in the user), the usual authority has no `@` of its own, and either that authority
     is not a valid `host[:port]` (`u:pa` before `/ss@h`: a password, not a port) or the `@`
     lies in the path. An `@` in the query of a valid authority (`?apikey=K3y@2024`) is the
-    query's: read as a password end it would show the key's tail. (`_secrets_of` masks the
-    passwords of every reading, whichever this one picks.)"""
+    query's. One of the readings `_secret_spans` masks, not the only one."""
     at = rest.rfind("@")
     if at < 0:
         return None, rest
@@ -101,49 +83,92 @@ def mask_url(url: str) -> str:
 
     Parsed by hand rather than with urllib so that a URL urllib rejects (a port such as
     `notaport`, an unencoded `@` in the password) is still masked: those are exactly the URLs
-    that end up in error messages."""
+    that end up in error messages.
+
+    An ambiguous URL (an unencoded `@`, `/`, `?` or `#` in a generated password: is
+    `u:Gen@Pw/Xy9#S3cret@h` the password `Gen` at host `Pw`, or `Gen@Pw/Xy9#S3cret` at host
+    `h`?) is masked in every reading at once: the characters of the original URL that any
+    reading takes for a secret all go, so no part of any candidate password survives. (The
+    readings used to be masked one after the other, the later ones in the already-masked
+    text, where a longer password no longer occurred: its tail was shown.) The price is a
+    port or path hidden with a password it may belong to
+    (`https://host:8443/p?apikey=K3y@2024` reads `https://host:***`)."""
     if not isinstance(url, str):
         return url
-    masked = _mask_one_reading(url)
-    # An ambiguous URL (an @ that may end a password or sit in a query: `u:1234?ab@h`, a
-    # password that starts like a port) was masked in one reading and showed the other's
-    # secret in clear: the secrets of both readings go (`_secrets_of`).
-    for secret in _secrets_of(url):
-        masked = masked.replace(secret, MASK)
-    return masked
-
-
-def _mask_one_reading(url: str) -> str:
-    m = _SCHEME.match(url)
-    if m is None:
+    spans = _merged(_secret_spans(url))
+    if not spans:
         return url
-    head, rest = url[: m.end()], url[m.end() :]
-    userinfo, rest = _split_userinfo(rest) if m.group(2) else (None, rest)
-    if userinfo is not None:
-        return head + _mask_userinfo(userinfo) + "@" + _mask_one_reading(head + rest)[len(head) :]
-    fragment = ""
-    if "#" in rest:
-        rest, fragment = rest.split("#", 1)
-        fragment = "#" + fragment
-    query = ""
-    if "?" in rest:
-        rest, query = rest.split("?", 1)
-        query = "?" + _mask_query(query)
-    if m.group(2):  # scheme://authority/path
-        slash = rest.find("/")
-        authority, path = (rest, "") if slash < 0 else (rest[:slash], rest[slash:])
-        # The last "@" separates the user information from the host, so an unencoded "@"
-        # inside a password is masked together with the rest of it.
-        if "@" in authority:
-            userinfo, _, host = authority.rpartition("@")
-            authority = f"{_mask_userinfo(userinfo)}@{host}"
-        rest = authority + path
-    return head + rest + query + fragment
+    out, pos = [], 0
+    for start, end in spans:
+        out += [url[pos:start], MASK]
+        pos = end
+    out.append(url[pos:])
+    return "".join(out)
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """`spans` sorted, with overlapping or touching ones joined (one `***` for both)."""
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], end))
+        else:
+            out.append((start, end))
+    return out
 
 
 # What follows the @ that ends a URL's user information: a host, an optional port, then the
 # path, query, fragment or the end.
 _HOST_AFTER = re.compile(r"[A-Za-z0-9.\-\[\]:]*(?:[/?#]|$)")
+
+
+def _secret_spans(url: str) -> list[tuple[int, int]]:
+    """Where in `url` a secret lies (password, token user, secret query value), as
+    `(start, end)` offsets, for every reading of an ambiguous URL: the usual one (the user
+    information ends at the last `@` before the first `/`, `?`, `#`), `_split_userinfo`'s,
+    and one for every `@` a host may follow (a password with `/` and a query with `@` has
+    several). Empty values are no secret (an unset password stays visibly unset)."""
+    m = _SCHEME.match(url)
+    if m is None:
+        return []
+    base, whole, hier = m.end(), url[m.end() :], bool(m.group(2))
+    # Each reading: the offset in `whole` of the @ ending the user information, or None for
+    # the usual reading.
+    ats: set[int | None] = {None}
+    if hier:
+        user = whole.partition(":")[0]
+        if ":" in whole and not any(c in user for c in "/?#@"):
+            found = whole.find("@")
+            while found >= 0:
+                if _HOST_AFTER.match(whole, found + 1):  # a@b.com&page=2 is a query value's
+                    ats.add(found)
+                found = whole.find("@", found + 1)
+        chosen, _ = _split_userinfo(whole)
+        if chosen is not None:
+            ats.add(len(chosen))
+    spans: list[tuple[int, int]] = []
+    for reading in ats:
+        at, start = reading, 0 if reading is None else reading + 1
+        body = whole[start:].split("#", 1)[0]
+        before_query, q, query = body.partition("?")
+        if at is None and hier:
+            authority = before_query.split("/", 1)[0]
+            if "@" in authority:
+                at = authority.rfind("@")
+        if at is not None:
+            user, colon, password = whole[:at].partition(":")
+            if colon and password:
+                spans.append((base + len(user) + 1, base + at))
+            if _token_like(user):
+                spans.append((base, base + len(user)))
+        if q:
+            offset = base + start + len(before_query) + 1
+            for item in query.split("&"):
+                name, eq, value = item.partition("=")
+                if eq and value and _secret_param(name):
+                    spans.append((offset + len(name) + 1, offset + len(item)))
+                offset += len(item) + 1
+    return spans
 
 
 def _secret_key(key: Any) -> bool:
@@ -185,43 +210,11 @@ def scrub(text: str, *urls: str) -> str:
 
 
 def _secrets_of(url: str) -> list[str]:
-    """The literal secret substrings of a URL (password, token user, secret query values)."""
-    out: list[str] = []
-    m = _SCHEME.match(url)
-    if m is None:
-        return out
-    whole = url[m.end() :]
-    # Both readings of an ambiguous URL (see _split_userinfo): each one's secrets masked.
-    readings: list[tuple[str | None, str]] = [(None, whole)]
-    if m.group(2):
-        # Every @ that may end a `user:password` (a password with "/" and a query with "@"
-        # has several): each reading's password is masked.
-        user = whole.partition(":")[0]
-        if ":" in whole and not any(c in user for c in "/?#@"):
-            at = whole.find("@")
-            while at >= 0:
-                if _HOST_AFTER.match(whole, at + 1):  # a@b.com&page=2 is a query value's
-                    readings.append((whole[:at], whole[at + 1 :]))
-                at = whole.find("@", at + 1)
-    for userinfo, rest in readings:
-        rest = rest.split("#", 1)[0]
-        rest, _, query = rest.partition("?")
-        if m.group(2) and userinfo is None:
-            authority = rest.split("/", 1)[0]
-            if "@" in authority:
-                userinfo = authority.rpartition("@")[0]
-        if userinfo is not None:
-            user, colon, password = userinfo.partition(":")
-            if colon and password:
-                out.append(password)
-            if _token_like(user):
-                out.append(user)
-        for item in query.split("&"):
-            name, eq, value = item.partition("=")
-            if eq and value and _secret_param(name):
-                out.append(value)
-    # Longest first, so a secret containing a shorter one is replaced whole.
-    return sorted((s for s in out if len(s) >= 3), key=len, reverse=True)
+    """The literal secret substrings of a URL (every reading's password, token user, secret
+    query values), longest first so that a secret containing a shorter one is replaced whole;
+    under 3 characters left out, as they would turn any word holding them into ***."""
+    found = {url[start:end] for start, end in _secret_spans(url)}
+    return sorted((s for s in found if len(s) >= 3), key=len, reverse=True)
 
 
 # URLs inside free text (an exception message quoting a DSN), and `password=...`-style pairs
