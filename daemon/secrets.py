@@ -253,12 +253,24 @@ _SECRET_PAIR = re.compile(
 _SECRET_NAME_WORDS = frozenset(
     {"KEY", "APIKEY", "SECRET", "TOKEN", "PASSWORD", "PASSWD", "PASS", "PWD", "CREDENTIALS"}
 )
+# Client libraries' own credential variables whose names are not split into words: libpq
+# and asyncpg read PGPASSWORD, redis-cli REDISCLI_AUTH; REDIS_AUTH is a common spelling of
+# a Redis password in images and compose files. (PGPASSFILE is a path: not a credential.)
+_SECRET_NAMES = frozenset({"PGPASSWORD", "REDISCLI_AUTH", "REDIS_AUTH"})
 # The shell's own variables that hold a credential word but never a credential: PWD is the
 # working directory (masked, every path logged from a checkout became "***/models/default").
 _NOT_SECRET_NAMES = frozenset({"PWD", "OLDPWD"})
 # Shorter values are not masked wherever they occur: a 4-character password would turn every
 # word holding it into ***.
 _MIN_ENV_SECRET = 8
+
+
+def _secret_name(name: str) -> bool:
+    """An environment variable's name that says its value is a credential."""
+    upper = name.upper()
+    if upper in _NOT_SECRET_NAMES:
+        return False
+    return upper in _SECRET_NAMES or bool(_SECRET_NAME_WORDS.intersection(upper.split("_")))
 
 
 def env_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
@@ -272,9 +284,7 @@ def env_secrets(env: Mapping[str, str]) -> tuple[str, ...]:
         value = value.strip()
         if not value:
             continue
-        if name.upper() not in _NOT_SECRET_NAMES and _SECRET_NAME_WORDS.intersection(
-            name.upper().split("_")
-        ):
+        if _secret_name(name):
             found.add(value)
         if "://" in value:
             found.update(_secrets_of(value))

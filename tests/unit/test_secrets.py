@@ -382,3 +382,22 @@ def test_the_shells_working_directory_is_not_a_credential_but_a_pwd_variable_is(
     # "***/models/default", a plugin's failure "***/qplug/bad.py:85".
     env = {"PWD": "/home/alice/tradingd", "OLDPWD": "/home/alice", "DB_PWD": "s3cretDbPw"}
     assert env_secrets(env) == ("s3cretDbPw",)
+
+
+def test_the_client_libraries_own_credential_variables_are_masked():
+    """Security trial F9: PGPASSWORD (read by libpq and asyncpg) and REDISCLI_AUTH (read by
+    redis-cli) have no credential word split by "_", and were not masked in log lines."""
+    env = {
+        "PGPASSWORD": "PgSecretPw42",
+        "REDISCLI_AUTH": "RedisCliAuth42",
+        "REDIS_AUTH": "RedisAuthPw42",
+        "pgpassword": "lowerCasePw42",
+        "PGPASSFILE": "/home/tradingd/.pgpass",  # a path, not a credential
+        "PGUSER": "tradingd_user",
+    }
+    assert set(env_secrets(env)) == {
+        "PgSecretPw42",
+        "RedisCliAuth42",
+        "RedisAuthPw42",
+        "lowerCasePw42",
+    }
