@@ -933,8 +933,11 @@ def load_config(
     # What was read, for the log's first line (`log_overlay_notes`: `config.files`).
     files = [str(Path(p).resolve()) for p in paths if not isinstance(p, Mapping)]
     object.__setattr__(config, "files", tuple(files))
-    # For errors found later (a service that does not answer): the variable a URL came from.
+    # For errors found later (a service that does not answer): the variable a URL came from,
+    # else the file that set it (`url_label`).
     object.__setattr__(config, "env_sources", dict(sources))
+    url_files = {k: origins[k] for k in ("storage.url", "cache.url") if origins.get(k)}
+    object.__setattr__(config, "url_files", url_files)
     # For errors found later, in the plugins' own params (`name_origin`); with one file, too,
     # when its [sizing] params went to the built-in plugin, which that file does not name.
     kept = len(paths) > 1 or named_by_default
@@ -949,11 +952,19 @@ _URL_PARTS = {
 
 
 def url_label(config: Config, dotted: str, variable: str) -> str:
-    """`storage.url (DATABASE_URL)`, or the variables the URL was made of when it was
-    (DB_HOST and its family): an error that named DATABASE_URL sent an operator who set
-    DB_HOST looking for a variable never set."""
-    source = getattr(config, "env_sources", {}).get(dotted, variable)
-    return f"{dotted} ({_URL_PARTS.get(source, source)})"
+    """The setting a URL is and where its value came from, for an error about it: the
+    variable that set it (`storage.url (DATABASE_URL)`, or the variables it was made of,
+    DB_HOST and its family), else the file (`storage.url (set in /etc/tradingd/live.toml)`),
+    else the built-in default, with `variable` named as a way to set it. Naming DATABASE_URL
+    whatever set the URL sent an operator who set DB_HOST, or `storage.url` in a `-c` file,
+    looking for a variable never set."""
+    source = getattr(config, "env_sources", {}).get(dotted)
+    if source:
+        return f"{dotted} ({_URL_PARTS.get(source, source)})"
+    where = getattr(config, "url_files", {}).get(dotted)
+    if where:
+        return f"{dotted} (set in {where})"
+    return f"{dotted} (the default; set it in a -c file or {variable})"
 
 
 def name_origin(config: Config, exc: ConfigError) -> None:
@@ -1641,7 +1652,8 @@ CACHE_SCHEMES = '"" or memory:// (in-process), redis://host:port/db, rediss://, 
 
 
 def _check_storage_url(url: str) -> None:
-    key = "storage.url (DATABASE_URL)"
+    # The setting alone: `load_config` adds the variable or file that set it, if one did.
+    key = "storage.url"
     lower = url.strip().lower()
     if lower.startswith("sqlite:///"):
         if not url.strip()[len("sqlite:///") :].split("?", 1)[0]:
@@ -1656,7 +1668,7 @@ def _check_storage_url(url: str) -> None:
 
 
 def _check_cache_url(url: str) -> None:
-    key = "cache.url (REDIS_URL)"
+    key = "cache.url"
     lower = url.strip().lower()
     if lower in ("", "memory://"):
         return

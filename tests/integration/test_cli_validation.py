@@ -346,6 +346,34 @@ def test_the_sqlite_folder_error_names_the_variable_that_set_the_url(
     assert "DATABASE_URL" not in err
 
 
+def test_a_url_set_in_a_config_file_is_named_by_the_file_not_by_database_url(
+    cli, tmp_path, monkeypatch
+):
+    """Security trial F6: with DATABASE_URL unset and `storage.url` set in a -c file, the
+    error named `storage.url (DATABASE_URL)`, a variable never set."""
+    for var in ("DATABASE_URL", "TRADINGD_STORAGE__URL", "DB_HOST"):
+        monkeypatch.delenv(var, raising=False)
+    folder = tmp_path / "db"
+    folder.mkdir()
+    cfg = write_config(tmp_path)
+    cfg.write_text(
+        cfg.read_text().replace(f"sqlite:///{tmp_path / 'cli.db'}", f"sqlite:///{folder}")
+    )
+    code, _, err = cli("backtest", "-c", str(cfg))
+    assert code == config_error_code("backtest")
+    assert f"storage.url (set in {cfg}) names the folder {folder}" in err
+    assert "DATABASE_URL" not in err
+
+
+def test_a_default_url_is_named_as_the_default(tmp_path):
+    from tradingd.config import url_label
+
+    config = load_config([], env={})
+    assert url_label(config, "storage.url", "DATABASE_URL") == (
+        "storage.url (the default; set it in a -c file or DATABASE_URL)"
+    )
+
+
 @pytest.mark.parametrize("command", ["backtest", "run", "fetch"])
 def test_a_sqlite_url_naming_a_folder_is_refused_before_anything_is_made(
     cli, tmp_path, monkeypatch, command
@@ -621,6 +649,24 @@ def test_a_url_made_of_db_or_redis_variables_is_named_by_them(tmp_path, pg_url, 
     with pytest.raises(ConfigError) as e:
         asyncio.run(check_services(config, timeout_s=0.5))
     assert "storage.url (TRADINGD_STORAGE__URL)" in str(e.value)
+
+
+def test_an_unreachable_url_from_a_config_file_is_named_by_the_file(tmp_path, redis_url):
+    """Security trial F6: `storage.url (DATABASE_URL) = ...: cannot connect` for a URL a -c
+    file set, DATABASE_URL unset."""
+    host, port = _host_port(redis_url)
+    cfg = write_config(tmp_path, "")
+    cfg.write_text(
+        cfg.read_text().replace(
+            f"sqlite:///{tmp_path / 'cli.db'}", f"postgresql://u:{SECRET}@{host}:{port}/db"
+        )
+    )
+    config = load_config([cfg], env={})
+    with pytest.raises(ConfigError) as e:
+        asyncio.run(check_services(config, timeout_s=0.5))
+    msg = str(e.value)
+    assert f"storage.url (set in {cfg})" in msg and "PostgreSQL" in msg
+    assert "DATABASE_URL" not in msg and SECRET not in msg
 
 
 def test_postgres_database_that_does_not_exist(tmp_path, pg_url):

@@ -37,6 +37,5 @@ def test_an_unclosed_ipv6_bracket_names_the_setting_and_the_masked_url() -> None
     with pytest.raises(ConfigError) as e:
         _check_storage_url("postgresql://u:pw-secret@[::1:5432/db")
     assert str(e.value) == (
-        "storage.url (DATABASE_URL) = 'postgresql://u:***@[::1:5432/db' is invalid: "
-        "Invalid IPv6 URL"
+        "storage.url = 'postgresql://u:***@[::1:5432/db' is invalid: Invalid IPv6 URL"
     )
