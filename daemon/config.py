@@ -8,8 +8,9 @@ Environment overrides: `TRADINGD_<SECTION>__<KEY>=value`, e.g.
 `TRADINGD_COSTS__COMMISSION_PCT=0.002` (values parsed as TOML scalars when possible; nested
 tables as `TRADINGD_FEATURES__INDICATORS__RSI=10`). `DATABASE_URL` and `REDIS_URL` override
 `storage.url` and `cache.url`. Plugin lists (`[[signals]]`, `[[risk]]`) are set in files only.
-Any other `TRADINGD_*` variable is an error unless it is in `NON_CONFIG_ENV`: a misspelt
-override (`TRADINGD_COSTS_COMMISSION_PCT`, one underscore) must not be silently ignored.
+Any other `TRADINGD_*` variable is an error unless it is in `NON_CONFIG_ENV` or an
+`[[alerts.targets]]` `url_env` names it: a misspelt override (`TRADINGD_COSTS_COMMISSION_PCT`,
+one underscore) must not be silently ignored.
 
 Every value is checked here, when the configuration is built, not when it is first used: a
 replay must not run for an hour and then die on a bad close time. Checks that need the outside
@@ -1330,8 +1331,9 @@ def _apply_env(
             if env.get(url) or env.get(host):
                 sources[dotted] = url if env.get(url) else host
     sections = {f.name for f in dataclasses.fields(Config)} - {"signals", "risk", "sizing"}
+    webhooks = _alert_url_envs(merged)
     for key, raw in sorted(env.items()):
-        if not key.startswith("TRADINGD_") or key in NON_CONFIG_ENV:
+        if not key.startswith("TRADINGD_") or key in NON_CONFIG_ENV or key in webhooks:
             continue
         path = key[len("TRADINGD_") :].lower().split("__")
         if len(path) < 2 or not all(path):
@@ -1359,6 +1361,22 @@ def _apply_env(
         table[path[-1]] = _parse_scalar(raw)
         if sources is not None:
             sources[".".join(path)] = key
+
+
+def _alert_url_envs(merged: Mapping[str, Any]) -> frozenset[str]:
+    """The variables an `[[alerts.targets]]` `url_env` names: a webhook URL, not an
+    override, whatever its name. `config/default.toml`'s example (`TRADINGD_ALERT_URL`) made
+    every command exit 78 ("not a configuration override") once it was set as told.
+    Malformed targets are left to `AlertsConfig.from_mapping` to name."""
+    alerts = merged.get("alerts")
+    targets = alerts.get("targets") if isinstance(alerts, Mapping) else None
+    if not isinstance(targets, list | tuple):
+        return frozenset()
+    return frozenset(
+        t["url_env"]
+        for t in targets
+        if isinstance(t, Mapping) and isinstance(t.get("url_env"), str)
+    )
 
 
 def _names_key(text: str, key: str) -> int:

@@ -761,6 +761,25 @@ def test_from_mapping_parses_the_toml_table():
     assert AlertsConfig.from_mapping({}) == AlertsConfig()
 
 
+def test_a_tradingd_variable_named_by_url_env_is_no_override(tmp_path, monkeypatch):
+    """Security trial F7: config/default.toml's example names TRADINGD_ALERT_URL; set as
+    told, every command exited 78 ("not a configuration override"). A variable a target's
+    url_env names is the webhook's; any other TRADINGD_ variable is still checked."""
+    from tradingd.config import load_config
+
+    cfg = tmp_path / "alerts.toml"
+    cfg.write_text('[[alerts.targets]]\nurl_env = "TRADINGD_ALERT_URL"\nformat = "slack"\n')
+    monkeypatch.setenv("TRADINGD_ALERT_URL", "https://hooks.example.com/x/y")
+    config = load_config([cfg])
+    assert [t.url for t in config.alerts.targets] == ["https://hooks.example.com/x/y"]
+    assert "hooks.example.com/x/y" not in config.to_public_json()
+    # Not named by a target: still a misspelt override.
+    with pytest.raises(ConfigError, match="TRADINGD_ALERT_URL is not a configuration override"):
+        load_config([], env={"TRADINGD_ALERT_URL": "https://hooks.example.com/x/y"})
+    with pytest.raises(ConfigError, match="TRADINGD_ALERT_HOOK is not a configuration override"):
+        load_config([cfg], env={"TRADINGD_ALERT_HOOK": "https://hooks.example.com/x/y"})
+
+
 def test_url_env_from_the_process_environment(monkeypatch):
     monkeypatch.setenv("ALERT_HOOK", "https://hooks.example.com/x/y")
     assert AlertTarget(url_env="ALERT_HOOK").url == "https://hooks.example.com/x/y"
