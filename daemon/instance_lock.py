@@ -39,8 +39,15 @@ broker account therefore also takes `acquire_account_lock`: a lock file named by
 alone in one folder per user (`account_lock_dir`: `$TRADINGD_LOCK_DIR`, else
 `~/.cache/tradingd/locks`; not `$XDG_RUNTIME_DIR`, which a login shell has and a service
 has not, so the two would lock in two folders). Two users sharing `$TRADINGD_LOCK_DIR` meet
-too: the second opens the first one's lock file (0644 to it) read-only, which flock locks
-all the same; a folder on NFS is warned about (flock there may not be reliable). The
+too when they share a group: a lock file is made 0640 (`LOCK_FILE_MODE`), so the second
+opens the first one's read-only, which flock locks all the same; a folder on NFS is warned
+about (flock there may not be reliable). Not 0644: flock takes an exclusive lock through a
+read-only descriptor, so any local user able to read a lock file could hold it and keep
+every daemon and backtest of that store from starting. The group is the trust boundary:
+share `$TRADINGD_LOCK_DIR` between users through a group (a setgid folder), and a user
+outside it gets an error naming the file, never a start without the lock. The open does not
+follow a symbolic link (`O_NOFOLLOW`): one planted at the lock's path would have had its
+target truncated and overwritten by the holder record. The
 account of an Alpaca daemon is
 `broker_account("alpaca", key_id, base_url)`, whose endpoint is normalised first: the same
 account written `http://127.0.0.1:8080`, `http://LOCALHOST:8080/` or with `:443` after
@@ -505,6 +512,11 @@ class PostgresInstanceLock(InstanceLock):
 # Lock file --------------------------------------------------------------------------------
 
 
+# Owner read-write (the holder record), group read (a user sharing the lock folder through a
+# group locks through a read-only descriptor), nobody else: see the module docstring.
+LOCK_FILE_MODE = 0o640
+
+
 class FileInstanceLock(InstanceLock):
     kind = "file"
 
@@ -551,17 +563,22 @@ class FileInstanceLock(InstanceLock):
     def _open_and_lock(self) -> int:
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _OPEN_FLAGS, LOCK_FILE_MODE)
         except PermissionError as e:
-            # A lock file another user created (TRADINGD_LOCK_DIR shared by two users) is
-            # 0644 to us: flock works on a read-only descriptor, so the lock is still tested.
-            # Only a file that can be neither created nor opened leaves it unavailable.
+            # A lock file another user of our group created (TRADINGD_LOCK_DIR shared by two
+            # users) is 0640 to us: flock works on a read-only descriptor, so the lock is
+            # still tested. Only a file that can be neither created nor opened leaves it
+            # unavailable: an error, never a start without the lock.
             try:
-                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+                fd = os.open(self.path, os.O_RDONLY | _OPEN_FLAGS)
             except OSError:
-                raise StorageError(f"instance lock: cannot open lock file {self.path}: {e}") from e
+                raise StorageError(
+                    f"instance lock: cannot open lock file {self.path}: {e} (another user's, "
+                    "not readable to this one? users sharing a lock folder share a group)"
+                ) from e
         except OSError as e:
             raise StorageError(f"instance lock: cannot open lock file {self.path}: {e}") from e
+        _narrow_mode(fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as e:
@@ -647,6 +664,20 @@ class AccountLock(FileInstanceLock):
             "its own (other API keys)",
             holder=holder,
         )
+
+
+# O_NOFOLLOW: a symbolic link at the lock's path is an error (ELOOP), not a file to truncate.
+_OPEN_FLAGS = os.O_CLOEXEC | os.O_NOFOLLOW
+
+
+def _narrow_mode(fd: int) -> None:
+    """A lock file of ours that an earlier release made 0644 (readable, so lockable, by
+    every local user) loses what LOCK_FILE_MODE does not allow. Another user's file, or a
+    filesystem that refuses, is left as it is: the lock works all the same."""
+    with contextlib.suppress(OSError):
+        st = os.fstat(fd)
+        if st.st_uid == os.geteuid() and st.st_mode & 0o777 & ~LOCK_FILE_MODE:
+            os.fchmod(fd, st.st_mode & 0o777 & LOCK_FILE_MODE)
 
 
 LOCK_DIR_ENV = "TRADINGD_LOCK_DIR"

@@ -499,3 +499,86 @@ async def test_a_lock_lost_and_taken_again_within_one_check_is_said_to_be_reacqu
         task.cancel()
     assert any(e["event"] == "instance_lock.reacquired" for e in logs)
     assert service.lost is None
+
+
+@pytest.fixture
+def umask_022():
+    """The common default umask, so that the lock file's own mode is what is seen."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+async def test_a_lock_file_is_not_readable_by_every_local_user(tmp_path, umask_022):
+    """Security trial F3: lock files were 0644, and flock takes an exclusive lock through a
+    read-only descriptor, so any local user could hold a daemon's or a backtest's lock and
+    keep it from starting. 0640: the owner and the group sharing a lock folder only."""
+    lock = await acquire_instance_lock(f"sqlite:///{tmp_path / 'store.db'}", new_account())
+    try:
+        assert lock.path.stat().st_mode & 0o777 == 0o640
+    finally:
+        await lock.release()
+
+
+async def test_an_older_world_readable_lock_file_of_ours_is_narrowed(tmp_path, umask_022):
+    from tradingd.instance_lock import lock_file_path
+
+    url, account = f"sqlite:///{tmp_path / 'store.db'}", new_account()
+    path = lock_file_path(url, account)
+    path.write_text("")
+    path.chmod(0o644)  # as an earlier release made it
+    lock = await acquire_instance_lock(url, account)
+    try:
+        assert path.stat().st_mode & 0o777 == 0o640
+    finally:
+        await lock.release()
+
+
+async def test_a_symlink_planted_at_the_lock_path_is_refused_not_followed(tmp_path):
+    """Security trial F3: the lock file was opened following a symbolic link, then truncated
+    and written: a link planted at its path destroyed the link's target."""
+    from tradingd.instance_lock import lock_file_path
+
+    url, account = f"sqlite:///{tmp_path / 'store.db'}", new_account()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    lock_file_path(url, account).symlink_to(victim)
+    with pytest.raises(StorageError, match="cannot open lock file"):
+        await acquire_instance_lock(url, account)
+    assert victim.read_text() == "precious\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+async def test_another_user_outside_the_group_cannot_hold_the_lock(umask_022):
+    """Security trial F3 for real: a user outside the owner's group cannot open the lock
+    file, so cannot flock it to keep the daemon from starting."""
+    import shutil
+    import subprocess
+    import tempfile
+
+    python = "/usr/bin/python3"  # the venv's may sit in a folder that user cannot enter
+    if not Path(python).exists():
+        pytest.skip("no system python3 to run as another user")
+    folder = Path(tempfile.mkdtemp(prefix="tradingd-lock-"))
+    try:
+        folder.chmod(0o755)  # the lock folder itself is reachable to that user
+        lock = await acquire_instance_lock(f"sqlite:///{folder / 'store.db'}", new_account())
+        await lock.release()  # even unheld, another user must not be able to take it
+        code = (
+            "import fcntl, os, sys\n"
+            "try:\n"
+            "    fd = os.open(sys.argv[1], os.O_RDONLY)\n"
+            "    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+            "except PermissionError:\n"
+            "    sys.exit(13)\n"
+        )
+        nobody = subprocess.run(
+            [python, "-c", code, str(lock.path)],
+            user=65534,
+            group=65534,
+            extra_groups=[],
+            timeout=30,
+        )
+        assert nobody.returncode == 13
+    finally:
+        shutil.rmtree(folder)
