@@ -46,6 +46,14 @@ the event loop's: the replay does not yield to the loop between bars, so a loop'
 (asyncio.run's own for SIGINT) would only run after the last bar. The writer process runs in
 a process group of its own and ignores both: it ends when the command closes its input.
 
+Files a command makes are not world-readable: the program (not an embedded call of `main`,
+which leaves its caller's umask alone) adds `UMASK` (0027, as systemd's `UMask=0027` in
+`systemd/tradingd.service`) to the umask it was started with, never loosening a stricter
+one. The SQLite store, the audit log, run records and caches hold positions, orders, P&L
+and the configuration; under the usual umask of 0022 they were 0644 and their folders 0755,
+readable by every local user. The group keeps read access (an operator's group reading a
+service's records); set a stricter umask (077) to keep them from it too.
+
 Heavy modules (pandas, the engine) are imported only after the signal handlers are in place,
 so that a signal during the imports is already a clean stop (only the interpreter's own
 start-up, before `main` runs, is not covered).
@@ -412,6 +420,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     back as they were."""
     args = _parser().parse_args(argv)
     exiting = argv is None
+    if exiting:
+        restrict_umask()
     try:
         if args.command == "run":
             return _run_command(args, restore=not exiting)
@@ -450,6 +460,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             # for SIGTERM and SIGHUP, KeyboardInterrupt for SIGINT), but keeps SIG_IGN.
             for sig in _HANDLED if args.command == "run" else (signal.SIGINT,):
                 signal.signal(sig, signal.SIG_IGN)
+
+
+# Bits the program always takes from what it makes: write for the group, everything for
+# others (see the module docstring).
+UMASK = 0o027
+
+
+def restrict_umask() -> int:
+    """Add `UMASK` to the process umask (an operator's stricter one is kept as it is) and
+    return the new one. Process-wide, so only for the program itself, never an embedded
+    call: a caller's files are the caller's business."""
+    current = os.umask(0o077)  # read it: os.umask only sets; 077 for the instant between
+    new = current | UMASK
+    os.umask(new)
+    return new
 
 
 def _stdout_closed() -> bool:
