@@ -18,9 +18,9 @@ ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "systemd" / "tradingd.service"
 
 
-def _unit_settings() -> dict[str, list[str]]:
+def _unit_settings(unit: Path = UNIT) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
-    for line in UNIT.read_text().splitlines():
+    for line in unit.read_text().splitlines():
         line = line.strip()
         if line and not line.startswith(("#", "[")) and "=" in line:
             key, value = line.split("=", 1)
@@ -270,6 +270,67 @@ def test_the_retrain_unit_runs_in_a_venv_with_the_train_extra_on_a_named_history
         else:
             assert (ROOT / c).is_file(), c
     assert "PrivateTmp=true" in unit
+
+
+# The daemon unit's hardening, which every unit of tradingd shares.
+HARDENING = (
+    "NoNewPrivileges",
+    "ProtectSystem",
+    "ProtectHome",
+    "PrivateTmp",
+    "PrivateDevices",
+    "ProtectKernelTunables",
+    "ProtectKernelModules",
+    "ProtectKernelLogs",
+    "ProtectControlGroups",
+    "ProtectClock",
+    "ProtectHostname",
+    "RestrictNamespaces",
+    "RestrictRealtime",
+    "RestrictSUIDSGID",
+    "LockPersonality",
+    "RestrictAddressFamilies",
+    "CapabilityBoundingSet",
+    "AmbientCapabilities",
+    "SystemCallArchitectures",
+    "SystemCallFilter",
+    "SystemCallErrorNumber",
+    "UMask",
+)
+
+
+def test_the_retrain_unit_is_hardened_as_the_daemons_and_holds_none_of_its_secrets():
+    """Security trial F5: the retrain unit had none of the daemon unit's hardening (no
+    UMask, NoNewPrivileges, ProtectHome, PrivateDevices, capability bound, syscall filter)
+    and loaded /etc/tradingd/env, the Alpaca keys and the health token, which retraining
+    on a history file needs none of."""
+    daemon = _unit_settings()
+    retrain = _unit_settings(ROOT / "systemd" / "tradingd-retrain.service")
+    for key in HARDENING:
+        assert key in daemon, key
+        assert retrain.get(key) == daemon[key], key
+    assert daemon["UMask"] == ["0027"]
+    assert "/etc/tradingd/env" not in " ".join(retrain.get("EnvironmentFile", []))
+    assert retrain["EnvironmentFile"] == ["-/etc/tradingd/retrain.env"]
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not here")
+def test_the_retrain_unit_passes_systemd_analyze_verify(tmp_path):
+    exe = shutil.which("tradingd")
+    if exe is None:
+        pytest.skip("the tradingd entry point is not on PATH")
+    text = (ROOT / "systemd" / "tradingd-retrain.service").read_text()
+    unit = tmp_path / "tradingd-retrain.service"
+    unit.write_text(text.replace("/opt/tradingd/venv-train/bin/tradingd", exe))
+    r = subprocess.run(
+        ["systemd-analyze", "verify", str(unit)], capture_output=True, text=True, timeout=60
+    )
+    problems = [
+        line
+        for line in (r.stdout + r.stderr).splitlines()
+        if "tradingd-retrain.service" in line and "EnvironmentFile" not in line
+    ]
+    assert not problems, problems
 
 
 def test_the_compose_secrets_file_is_never_committed_nor_sent_to_a_build():
