@@ -138,6 +138,82 @@ def test_compose_runs_timescaledb_redis_and_the_daemon_with_the_spec_variables()
         assert logging["options"]["max-size"] and int(logging["options"]["max-file"]) >= 1, name
 
 
+def _compose() -> dict:
+    yaml = pytest.importorskip("yaml")
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+def test_compose_redis_requires_the_password_the_daemon_is_given():
+    """Security trial F2: Redis ran without a password, and tradingd reads its vendors'
+    answers back from it: anyone reaching it could feed a live run fake prices."""
+    services = _compose()["services"]
+    redis, daemon = services["redis"], services["tradingd"]
+    required = "${REDIS_PASSWORD:?set REDIS_PASSWORD in .env}"
+    assert redis["environment"]["REDIS_PASSWORD"] == required
+    assert daemon["environment"]["REDIS_PASSWORD"] == required  # -> cache.url's password
+    script = redis["command"][-1]
+    assert "requirepass $$REDIS_PASSWORD" in script  # compose's $$: the shell's $
+    # On stdin, not an argument `ps` would show to every user of the host.
+    assert "--requirepass" not in script and script.lstrip().startswith("exec redis-server -")
+    assert "REDISCLI_AUTH" in " ".join(redis["healthcheck"]["test"])
+
+
+@pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not here")
+def test_compose_redis_command_refuses_commands_without_the_password(tmp_path):
+    """The compose service's own command, run here: a client without the password gets
+    NOAUTH; the healthcheck's REDISCLI_AUTH gets PONG."""
+    import os
+    import socket
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = _compose()["services"]["redis"]["command"][-1].replace("$$", "$")
+    script = script.replace(
+        "redis-server -", f"redis-server - --port {port} --bind 127.0.0.1 --dir {tmp_path}", 1
+    )
+    env = {**os.environ, "REDIS_PASSWORD": "0a1b2c3d4e5f6789"}
+    server = subprocess.Popen(["sh", "-c", script], env=env, stdout=subprocess.DEVNULL)
+    try:
+        cli = ["redis-cli", "-p", str(port), "ping"]
+        deadline = time.monotonic() + 20
+        while True:
+            r = subprocess.run(cli, capture_output=True, text=True, timeout=10)
+            if r.stdout.strip() or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert "NOAUTH" in r.stdout, r.stdout + r.stderr
+        authed = {**os.environ, "REDISCLI_AUTH": env["REDIS_PASSWORD"]}
+        r = subprocess.run(cli, capture_output=True, text=True, timeout=10, env=authed)
+        assert r.stdout.strip() == "PONG"
+        # exec: the server is the shell's process, and its arguments hold no password.
+        args = Path(f"/proc/{server.pid}/cmdline").read_bytes()
+        assert b"redis-server" in args and env["REDIS_PASSWORD"].encode() not in args
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_compose_containers_drop_privileges_and_the_database_image_is_pinned():
+    """Security trial F8: no capability dropped, no no-new-privileges, writable image file
+    systems, and `timescaledb:latest-pg16`, which a pull could move to another release."""
+    services = _compose()["services"]
+    for name in ("tradingd", "redis"):
+        service = services[name]
+        assert service["cap_drop"] == ["ALL"], name
+        assert service["read_only"] is True, name
+    for name, service in services.items():
+        assert "no-new-privileges:true" in service["security_opt"], name
+    daemon = services["tradingd"]
+    assert "/tmp" in daemon["tmpfs"]
+    env = daemon["environment"]
+    for var in ("XDG_CACHE_HOME", "TRADINGD_LOCK_DIR"):  # writable under read_only
+        assert env[var].startswith("/opt/tradingd/var/"), var
+    image = services["timescaledb"]["image"]
+    assert re.fullmatch(r"timescale/timescaledb:\d+\.\d+\.\d+-pg16", image), image
+
+
 def test_the_spec_variables_become_the_daemons_storage_and_cache_urls():
     from tradingd.config import load_config
     from tradingd.secrets import mask_url
