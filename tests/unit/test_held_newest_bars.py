@@ -24,7 +24,7 @@ from tradingd.core.errors import DataError, RetryableError
 from tradingd.feeds.validate import validate_frame
 from tradingd.feeds.vendor import Validation, VendorFeed, combine, naive_utc, parse_interval
 
-FIRST = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday; every day is a bar here
+FIRST = datetime(2024, 1, 1, tzinfo=UTC)  # a Monday; every weekday (hour) is a bar here
 WARM = 4  # bars before the first live one
 
 
@@ -59,7 +59,8 @@ def raw_rows(
     interval: str = "1d",
     actions: list[tuple[float, float]] | None = None,
 ) -> pd.DataFrame:
-    """Daily (or hourly: `interval` "60m") bars of AAA, every day (hour) a bar: a walk of
+    """Daily (or hourly: `interval` "60m") bars of AAA, every weekday (hour) a bar (a
+    weekend's daily bar is refused: validate.py's `_check_weekends`): a walk of
     `moves`, each bar with its event: ("", 1) nothing,
     ("spike", k) this bar alone at k times, ("gap", k) this bar and every later one;
     `actions`: each bar's (split, dividend), none by default."""
@@ -77,7 +78,7 @@ def raw_rows(
     return pd.DataFrame(
         {
             "time": pd.date_range(
-                naive_utc(FIRST), periods=len(c), freq="D" if interval == "1d" else "h"
+                naive_utc(FIRST), periods=len(c), freq="B" if interval == "1d" else "h"
             ),
             "open": c,
             "high": c,
@@ -334,7 +335,7 @@ async def test_a_split_posted_an_answer_late_reaches_the_book_and_splits_ahead()
     keeps the bar: its split is served with the next bar. It was never served: the book kept
     20x the shares marked at 20x the price, and splits_ahead dropped the announced split
     (`split.not_in_bar`). The dividend of a bar after it is in the split's share basis."""
-    from datetime import date, timedelta
+    from datetime import timedelta
 
     from tradingd.core.types import Split
     from tradingd.engine.splits_ahead import SplitsAhead
@@ -374,7 +375,7 @@ async def test_a_split_posted_an_answer_late_reaches_the_book_and_splits_ahead()
     with capture_logs() as said:
         assert ahead.applied(t_ex, np.array([1.0]), np.array([False])) == []  # waits
         done = ahead.applied(t_next, np.array([out[3][1]]), np.array([True]))
-    assert done == [(0, Split("AAA", date(2024, 1, 7), 0.05))]
+    assert done == [(0, Split("AAA", ex.date(), 0.05))]
     assert not [e for e in said if e["event"] == "split.not_in_bar"]
 
 
