@@ -51,6 +51,8 @@ seconds; it is labelled by its session date in the exchange's time zone
 session's last bar is stamped `regularMarketTime`: an intraday one (volume 0 and O=H=L=C, or
 off the interval grid) is dropped; a daily one is served only once the session has closed
 (`meta.currentTradingPeriod.regular.end` when it is that session, else the `Session` close).
+Bars not closed are left out before the splits and dividends are placed: an action on (or
+carried to) such a bar waits for it (`yahoo.event_pending`), as one after the last bar does.
 """
 
 from __future__ import annotations
@@ -333,6 +335,12 @@ def parse_chart(
         labels = pd.DatetimeIndex(pd.to_datetime(local_dates)).astype("datetime64[ns]")
     else:
         labels = utc.tz_localize(None).astype("datetime64[ns]")
+    # Closed bars only, before the actions are placed: a split or dividend put on a bar
+    # still in progress (or stamped ahead of `now`) left with that bar, without a word.
+    closed = _closed(labels, interval, now, session, tz, meta)
+    if not closed.all():
+        ts, o, h, lo, c, v = ts[closed], o[closed], h[closed], lo[closed], c[closed], v[closed]
+        local_dates, labels = local_dates[closed], labels[closed]
 
     # Undo the split adjustment: F(d) = product of the ratios of the splits after d.
     symbol = meta.get("symbol")
@@ -367,9 +375,23 @@ def parse_chart(
     volume = v / factor
     volume[adjusted] = np.round(volume[adjusted])
 
-    frame = pd.DataFrame(
+    if len(ts) == 0:  # every bar in progress: its actions were said pending
+        return empty_raw()
+    return pd.DataFrame(
         {"time": labels, **prices, "volume": volume, "split": split_col, "dividend": dividend}
     )
+
+
+def _closed(
+    labels: pd.DatetimeIndex,
+    interval: Interval,
+    now: datetime,
+    session: Session,
+    tz: str,
+    meta: dict[str, Any],
+) -> np.ndarray:
+    """Per bar (`labels`, naive UTC): whether it has closed at `now` (`closed_only`, with
+    the session's exact close when Yahoo gives it: `meta.currentTradingPeriod.regular.end`)."""
     closes: dict[date, datetime] = {}
     period = _object(meta.get("currentTradingPeriod"), "meta.currentTradingPeriod")
     regular = _object(period.get("regular"), "meta.currentTradingPeriod.regular")
@@ -379,7 +401,11 @@ def parse_chart(
             "meta.currentTradingPeriod.regular.end",
         )
         closes[_session_date(end - 1, tz)] = datetime.fromtimestamp(int(end), UTC)
-    return closed_only(frame, interval, now, session, timezone=tz, closes=closes)
+    bars = pd.DataFrame({"time": labels})
+    kept = closed_only(bars, interval, now, session, timezone=tz, closes=closes).index
+    out = np.zeros(len(labels), dtype=bool)
+    out[kept.to_numpy()] = True
+    return out
 
 
 def _place_actions(
@@ -424,10 +450,10 @@ def _place_actions(
                     action=action,
                     date=d.isoformat(),
                     **{name: value},
-                    last_bar=_fmt_time(labels.max()),
-                    rule="no bar on or after its date in this answer: not applied yet; "
-                    "the next answer whose window covers its date puts it on the "
-                    "symbol's next bar",
+                    last_bar=_fmt_time(labels.max()) if len(labels) else None,
+                    rule="no closed bar on or after its date in this answer (none sent, or "
+                    "the bar it goes on is still in progress): not applied yet; the next "
+                    "answer whose window covers its date puts it on the symbol's next bar",
                 )
             continue
         i = int(after[np.argmin(ts[after])])

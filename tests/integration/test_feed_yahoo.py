@@ -700,6 +700,62 @@ async def test_event_after_the_last_bar_waits_for_the_next_answer(fake, make_cli
     assert carried(logs) == [("SPL", "split", "2024-03-01", mon.isoformat())]
 
 
+MAR = [date(2024, 3, 4) + timedelta(days=i) for i in range(4)]  # Mon 4 .. Thu 7 (NOW: Wed)
+
+
+@pytest.mark.parametrize("null_wednesday", [False, True], ids=["on_its_date", "carried"])
+async def test_a_dividend_on_a_bar_not_yet_closed_waits_for_it_not_lost(
+    fake, make_client, null_wednesday
+):
+    """Yahoo's answer ends with a bar stamped after `now` (Thursday's, at Wednesday 22:00):
+    its dividend (dated on it, or carried to it from a null Wednesday) was put on that bar,
+    which was then dropped as not closed: the dividend left the answer without a word (a
+    carried one was even said applied at a bar never served). It is said pending, and the
+    answer after Thursday's close books it on Thursday."""
+    wed, thu = MAR[2], MAR[3]
+    closes = dict(zip(MAR, [50.0, 50.5, None if null_wednesday else 51.0, 51.5], strict=True))
+    body = chart_body("DIV", closes, dividends=dividend_on(wed if null_wednesday else thu, 0.4))
+    client = await make_client()
+    fake.faults.respond_next(body)
+    with capture_logs() as logs:
+        df = one(await client.fetch(["DIV"], "1d", utc(2024, 3, 4), utc(2024, 3, 7)), "DIV")
+    assert pd.Timestamp(thu) not in set(df["time"])  # not closed: not served
+    assert df["dividend"].sum() == 0.0
+    assert carried(logs) == []  # not said applied at a bar that is not served
+    [pending] = [e for e in logs if e["event"] == "yahoo.event_pending"]
+    assert pending["log_level"] == "warning"
+    assert (pending["symbol"], pending["action"], pending["amount"]) == ("DIV", "dividend", 0.4)
+    assert pending["date"] == (wed if null_wednesday else thu).isoformat()
+    assert "in progress" in pending["rule"]
+
+    fake.book.now = utc(2024, 3, 7, 22)  # after Thursday's close
+    fake.faults.respond_next(body)
+    df = one(await client.fetch(["DIV"], "1d", utc(2024, 3, 4), utc(2024, 3, 7)), "DIV")
+    assert df.set_index("time")["dividend"].to_dict()[pd.Timestamp(thu)] == pytest.approx(0.4)
+
+
+async def test_a_weekend_daily_bar_from_yahoo_is_dropped_naming_symbol_and_date(fake, make_client):
+    """A daily bar dated on a Saturday passed as a session of its own. An older one is
+    dropped (`feed.row_dropped`, naming symbol and date), as any bad older bar of an answer;
+    a newest one refuses the symbol's answer."""
+    sat = date(2024, 3, 2)
+    closes = dict(zip(WEEK, [50.0, 50.5, 51.0, 51.5, 52.0], strict=True))
+    client = await make_client()
+    fake.faults.respond_next(chart_body("WKD", closes | {sat: 52.5, date(2024, 3, 4): 53.0}))
+    with capture_logs() as logs:
+        res = await client.fetch(["WKD"], "1d", utc(2024, 2, 26), utc(2024, 3, 4))
+    df = one(res, "WKD")
+    assert pd.Timestamp(sat) not in set(df["time"]) and len(df) == 6
+    [dropped] = [e for e in logs if e["event"] == "feed.row_dropped"]
+    assert (dropped["symbol"], dropped["row"]) == ("WKD", "2024-03-02")
+    assert "Saturday" in dropped["reason"]
+
+    fake.faults.respond_next(chart_body("WKD", closes | {sat: 52.5}))
+    res = await client.fetch(["WKD"], "1d", utc(2024, 2, 26), utc(2024, 3, 2))
+    assert res.errors["WKD"].kind == "invalid_data"
+    assert "2024-03-02 (a Saturday)" in str(res.errors["WKD"])
+
+
 def _without(events: dict[str, dict], key: str) -> dict[str, dict]:
     return {k: {f: v for f, v in ev.items() if f != key} for k, ev in events.items()}
 
