@@ -37,7 +37,9 @@ All are SourceError of kind `soft_error` (or `not_found`, `plan`, `auth`), never
 series row that is not an object is `malformed`, as is a `Meta Data` that is not one or a
 `Time Zone` that names no time zone (naming the field). A CSV body that does not end with a
 newline, or whose last row has fewer fields than its header, is cut short: `malformed`
-("truncated CSV"), retried, never read as the bars it still holds.
+("truncated CSV"), retried, never read as the bars it still holds. So is one with a row
+before it of another width than the header ("damaged CSV"): its cells cannot be placed, and
+dropping its bar left a gap in the history (see `_check_whole_csv`).
 
 Labels: daily rows are session dates; intraday rows are bar starts in the answer's time zone
 (`Time Zone` of the meta data, US/Eastern; CSV has none and uses `timezone`), converted to UTC.
@@ -206,20 +208,44 @@ def _action_values(given: pd.Series, times: pd.Series, name: str) -> pd.Series:
 
 
 def _check_whole_csv(body: str) -> None:
-    """A ValueError ("truncated CSV") for a CSV body cut short: one whose last line does not
-    end with a newline, or whose last row has fewer fields than the header. Read as it came,
-    a body cut inside the last row's volume gave that bar a volume of 558 for 5,584,901,
-    and one cut in half lost the older half with a warning about the partial line only."""
+    """A ValueError for a CSV body cut short or damaged: "truncated CSV" when its last line
+    does not end with a newline or its last row has fewer fields than the header; "damaged
+    CSV" when a row before it has another number of fields. Read as it came, a body cut
+    inside the last row's volume gave that bar a volume of 558 for 5,584,901, and one cut in
+    half lost the older half with a warning about the partial line only.
+
+    A damaged middle row refuses the whole answer too (`malformed`, retried), as the cut
+    last row does, rather than being read: its cells cannot be placed (a missing cell
+    shifts the others: a short row's close may be its volume), and dropped as a bad bar
+    (`feed.row_dropped`) it left a gap in the history that shifted every indicator over
+    the lookback, while asking again gets the vendor's whole answer. Alpha Vantage's CSV is
+    machine-written: a row short of fields is a damaged body, not a day without data (that
+    row has its fields, empty or not)."""
     if not body.endswith("\n"):
         tail = body[-40:]
         raise ValueError(f"truncated CSV: the body ends mid-line (...{tail!r}), not with a newline")
-    header = body[: body.find("\n")]
-    last = body.rstrip().rsplit("\n", 1)[-1]
-    names, cells = next(csv.reader([header])), next(csv.reader([last]))
-    if len(cells) < len(names):
+    rows = csv.reader(io.StringIO(body))
+    names = next(rows, [])
+    width = len(names)
+    odd: list[tuple[int, list[str]]] = []  # (line, cells) of the rows of another width
+    last: tuple[int, list[str]] | None = None
+    for cells in rows:
+        if not cells:  # a blank line is not a row (pandas skips it too)
+            continue
+        last = (rows.line_num, cells)
+        if len(cells) != width:
+            odd.append(last)
+    if last is not None and len(last[1]) < width:
         raise ValueError(
-            f"truncated CSV: its last row has {len(cells)} of the header's {len(names)} "
-            f"fields: {last[:80]!r}"
+            f"truncated CSV: its last row has {len(last[1])} of the header's {width} "
+            f"fields: {','.join(last[1])[:80]!r}"
+        )
+    if odd:
+        line, cells = odd[0]
+        raise ValueError(
+            f"damaged CSV: {len(odd)} row(s) without the header's {width} fields, first at "
+            f"line {line} with {len(cells)}: {','.join(cells)[:80]!r}; refused whole (asked "
+            "again), not read with the bar missing"
         )
 
 

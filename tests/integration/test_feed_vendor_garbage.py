@@ -341,6 +341,51 @@ async def test_a_truncated_alphavantage_csv_is_refused_not_read_short(cut, named
     assert kind == "malformed" and named in message
 
 
+def _row_changed(text: str, change: Callable[[str], str], row: int = 5) -> str:
+    lines = text.splitlines(keepends=True)
+    lines[row] = change(lines[row].rstrip("\r\n")) + "\n"
+    return "".join(lines)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (lambda row: row.rsplit(",", 1)[0], "first at line 6 with 5: '2026-05-11,"),
+        (lambda row: row.rsplit(",", 3)[0], "first at line 6 with 3"),
+        (lambda row: row + ",7", "first at line 6 with 7"),
+    ],
+    ids=["volume_missing", "three_missing", "one_more"],
+)
+async def test_a_damaged_middle_row_of_an_alphavantage_csv_refuses_the_answer(change, named):
+    """A row short of fields in the middle of the body was read with its missing cells as
+    NaN: the bar was dropped (`feed.row_dropped`), a gap that shifted every indicator over
+    the lookback, while only a short last row refused the answer. A damaged row's cells
+    cannot be placed (a missing one shifts the rest), so the whole answer is `malformed`,
+    asked again, as a truncated one is; the bars are never read short."""
+    need_fixtures()
+    text = _row_changed(fixture_text("alphavantage", "time_series_daily_IBM.csv"), change)
+    res, logs = await av_fetch(answer(text, "text/csv"), datatype="csv")
+    assert res.frame.empty
+    err = res.errors["IBM"]
+    assert err.kind == "malformed" and err.retryable
+    assert "damaged CSV: 1 row(s) without the header's 6 fields" in str(err)
+    assert named in str(err)
+    assert not [e for e in logs if e["event"] == "feed.row_dropped"]
+
+
+async def test_a_damaged_middle_row_is_asked_again_and_the_whole_answer_served():
+    """Retried as any malformed answer: the next, whole, body is served in full."""
+    need_fixtures()
+    text = fixture_text("alphavantage", "time_series_daily_IBM.csv")
+    bodies = [_row_changed(text, lambda row: row.rsplit(",", 1)[0]), text]
+
+    async def h(_: web.Request) -> web.StreamResponse:
+        return web.Response(text=bodies.pop(0), content_type="text/csv")
+
+    res, _ = await av_fetch(h, datatype="csv", max_attempts=2)
+    assert not res.errors and len(res.frame) == 19 and bodies == []
+
+
 def test_every_recorded_csv_answer_ends_with_a_newline():
     csvs = sorted(need_fixtures().glob("alphavantage/*.csv"))
     assert len(csvs) >= 4
