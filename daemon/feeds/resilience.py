@@ -41,7 +41,12 @@ is a warning each.
 
 Metrics (daemon/metrics.py): SOURCE_CALLS per attempt, SOURCE_ERRORS by kind, SOURCE_LATENCY,
 SOURCE_UP (1 when the last attempt succeeded and the circuit is closed). `status()` gives the
-health server a plain dict per source; it never calls the source.
+health server a plain dict per source; it never calls the source. Its `ok` (/ready's `feed`
+check) is False while the circuit is not closed, or once a call has spent its retries on a
+failure that says the source is unwell, until the source answers again; a call whose attempt
+failed and that is still being retried (`retrying`) leaves it True: one slow answer made an
+operator's readiness probe flap for the length of a backoff, while a dead vendor fails it
+within one call (its retries spent) or sooner (the breaker opening).
 """
 
 from __future__ import annotations
@@ -694,6 +699,11 @@ class ResilientCaller:
         self._verdict: asyncio.Event | None = None  # set when a half-open probe ends
         self.in_flight = 0
         self.max_in_flight = 0
+        # Calls whose attempt failed and that are waiting for or making another (`call`).
+        self.retrying = 0
+        # A call spent its retries on an unwell source's failure, and the source has not
+        # answered since (`call`, `_answered`): `status()["ok"]` is then False.
+        self.gave_up = False
         self.calls = 0
         self.errors = 0
         self.last_error: SourceError | None = None
@@ -807,6 +817,7 @@ class ResilientCaller:
 
     def _answered(self) -> None:
         """The source answered (whatever the answer meant): its outage, if one, ends."""
+        self.gave_up = False
         ended = self._outage.recovered(self._wall())
         if ended is None:
             return
@@ -933,11 +944,20 @@ class ResilientCaller:
         classified) on failure; it must be safe to call again. `what` names the request in
         logs (it is redacted). Raises the last SourceError when retries are exhausted."""
         attempt = 0
+        counted = False  # this call is counted in `retrying`
+
+        def before_sleep(_: RetryCallState) -> None:
+            nonlocal counted
+            if not counted:
+                counted = True
+                self.retrying += 1
+
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self.config.max_attempts),
             wait=_BackoffWait(self.config),
             retry=retry_if_exception(lambda e: isinstance(e, SourceError) and e.retryable),
             sleep=self._sleep,
+            before_sleep=before_sleep,
             reraise=True,
         )
         try:
@@ -948,7 +968,12 @@ class ResilientCaller:
         except SourceError as err:
             if throttled(err):  # its retries spent on throttling: one failure of the source
                 self.breaker.record_failure()
+            if err.retryable:  # spent its retries on an unwell source: /ready fails
+                self.gave_up = True
             raise
+        finally:
+            if counted:
+                self.retrying -= 1
         raise AssertionError("unreachable")  # pragma: no cover - reraise=True
 
     def status(self) -> dict[str, Any]:
@@ -956,19 +981,15 @@ class ResilientCaller:
         state = self.breaker.state
         err = self.last_error
         last_ok = self.last_success_at
-        ok = state == CircuitBreaker.CLOSED and (
-            err is None
-            or (
-                last_ok is not None
-                and self.last_error_at is not None
-                and last_ok >= self.last_error_at
-            )
-            or not err.retryable
-        )
+        # Not a failed attempt that is being retried: a call that spent its retries, or the
+        # breaker (see the module docstring).
+        ok = state == CircuitBreaker.CLOSED and not self.gave_up
         return {
             "source": self.source,
             "ok": ok,
             "circuit": state,
+            "retrying": self.retrying,
+            "gave_up": self.gave_up,
             "consecutive_failures": self.breaker.consecutive_failures,
             "retry_in_s": round(self.breaker.retry_in_s(), 3),
             "calls": self.calls,

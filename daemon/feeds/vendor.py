@@ -807,16 +807,35 @@ def _failing_detail(caller: Mapping[str, Any]) -> str:
     the failure, when, how many in a row and what follows. It said "circuit closed", which
     names nothing wrong, while a timed-out call was retried."""
     circuit = caller.get("circuit")
+    failures = int(caller.get("consecutive_failures") or 0)
+    if circuit != "closed":
+        then = f"the circuit is {circuit}, next probe in {caller.get('retry_in_s')} s"
+    elif caller.get("gave_up"):
+        then = "the call spent its retries; the next fetch asks again"
+    else:  # a source whose status says no more (not a `ResilientCaller`'s)
+        then = "retried with backoff"
+    what, at = _last_failure(caller)
+    return f"last call failed ({what}){at}; {failures} failure(s) in a row; {then}"
+
+
+def _last_failure(caller: Mapping[str, Any]) -> tuple[str, str]:
+    """The source's last error as /ready's detail names it: (kind and message, " at" when)."""
     err = caller.get("last_error") or {}
     what = f"{err.get('kind')}: {err.get('message')}" if err else "a call failed"
-    at = f" at {err['at']}" if err.get("at") else ""
+    return what, (f" at {err['at']}" if err.get("at") else "")
+
+
+def _retrying_detail(caller: Mapping[str, Any]) -> str:
+    """/ready's `feed` detail while the source is ok but a call is being retried: a failed
+    attempt being retried does not fail the check (one slow answer made a readiness probe
+    flap); it is named, with what would fail it."""
+    n = int(caller.get("retrying") or 0)
     failures = int(caller.get("consecutive_failures") or 0)
-    then = (
-        "retried with backoff"
-        if circuit == "closed"
-        else f"the circuit is {circuit}, next probe in {caller.get('retry_in_s')} s"
+    what, at = _last_failure(caller)
+    return (
+        f"ok; {n} call(s) being retried after {what}{at}; {failures} failure(s) in a row "
+        "(not ready once a call spends its retries or the circuit opens)"
     )
-    return f"last call failed ({what}){at}; {failures} failure(s) in a row; {then}"
 
 
 class VendorFeed:
@@ -1762,7 +1781,7 @@ class VendorFeed:
             more = f" and {len(failed) - 5} more" if len(failed) > 5 else ""
             detail = f"{len(failed)} of {len(self._symbols)} symbols failing: {shown}{more}"
         elif ok:
-            detail = "ok"
+            detail = _retrying_detail(caller) if caller.get("retrying") else "ok"
         else:
             detail = _failing_detail(caller)
         if self._missing:
