@@ -44,7 +44,9 @@ class MaxPosition:
             # Every bar, and nearly always nothing to clip: a count is a fifth of nonzero().
             return RiskDecision(targets)
         over = over.ravel().nonzero()[0]
-        out = np.clip(targets, -cap, cap)
+        # A NaN target counts as none (as in the other rules): never above the cap, it
+        # went through np.clip into the clipped targets as NaN.
+        out = np.clip(nan_to_zero(targets), -cap, cap)
         verdicts = tuple(
             RiskVerdict(
                 self.name,
@@ -85,13 +87,16 @@ class MaxOpenPositions:
 
     def check(self, targets: np.ndarray, ctx: BarContext) -> RiskDecision:
         n = self.config.max_open_positions
-        nz = np.flatnonzero(targets)
+        # A NaN target counts as none (as in the other rules): nonzero to flatnonzero, it
+        # was counted as open, and a held symbol's kept its slot.
+        t = nan_to_zero(targets)
+        nz = np.flatnonzero(t)
         if nz.size <= n:
             return RiskDecision(targets)
         held = ctx.portfolio.quantity[nz] != 0
-        order = np.lexsort((-np.abs(targets[nz]), ~held))  # held first, then by size
+        order = np.lexsort((-np.abs(t[nz]), ~held))  # held first, then by size
         drop = nz[order[n:]]
-        out = targets.copy()
+        out = t
         out[drop] = 0.0
         verdicts = tuple(
             RiskVerdict(
