@@ -1,12 +1,13 @@
 """The default risk chain as a whole (issue 10, point 5): whatever the signals, prices and the
 book, the targets that leave the chain breach no limit of the specification.
 
-The chain is the one `config/default.toml` configures (loaded by name through the plugin
-loader, with a sector map written here), run in its order on random targets, current weights
-and return histories. The limits are then measured by this test's own code, written apart
-from the plugins: position size, position count, gross exposure, gross per sector, the
-historical one-day 95% VaR (a plain sort), and the correlation of every new entry with every
-other position (numpy.corrcoef over each pair's common days).
+The chain is the one `config/default.toml` configures, and `config/backtest.toml`'s (the same
+rules and limits, the count after the rules that refuse candidates), each loaded by name
+through the plugin loader, with a sector map written here, run in its order on random
+targets, current weights and return histories. The limits are then measured by this test's
+own code, written apart from the plugins: position size, position count, gross exposure,
+gross per sector, the historical one-day 95% VaR (a plain sort), and the correlation of
+every new entry with every other position (numpy.corrcoef over each pair's common days).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from plugin_context import closes_from_returns, make_context
@@ -29,11 +31,17 @@ SECTORS = {s: f"X{i % 3}" for i, s in enumerate(SYMS)}  # three sectors of 5-6 n
 DAYS = 260
 
 
-def chain(tmp: Path):
+CHAINS = ("default.toml", "backtest.toml")
+
+
+def chain(tmp: Path, name: str = "default.toml"):
     csv = tmp / "sectors.csv"
     if not csv.exists():
         csv.write_text("symbol,sector\n" + "".join(f"{s},{x}\n" for s, x in SECTORS.items()))
-    config = load_config([ROOT / "config/default.toml"], env={})
+    files = [ROOT / "config/default.toml"]
+    if name != "default.toml":
+        files.append(ROOT / "config" / name)
+    config = load_config(files, env={})
     plugins = []
     for i, spec in enumerate(config.risk):
         if spec.name == "sector_exposure":
@@ -73,11 +81,12 @@ def markets(draw):
     return returns, targets, weights
 
 
+@pytest.mark.parametrize("name", CHAINS)
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(market=markets())
-def test_no_target_that_passes_the_default_chain_breaches_a_limit(tmp_path_factory, market):
+def test_no_target_that_passes_the_default_chain_breaches_a_limit(tmp_path_factory, market, name):
     returns, targets, weights = market
-    config, plugins = chain(tmp_path_factory.getbasetemp())
+    config, plugins = chain(tmp_path_factory.getbasetemp(), name)
     params = {s.name: s.params for s in config.risk}
     ctx = make_context(SYMS, closes_from_returns(returns), weights=weights, capacity=DAYS + 1)
     out = targets.copy()
@@ -110,10 +119,11 @@ def test_no_target_that_passes_the_default_chain_breaches_a_limit(tmp_path_facto
                 assert rho <= c["max_correlation"] + 1e-9, (SYMS[i], SYMS[j], rho)
 
 
+@pytest.mark.parametrize("name", CHAINS)
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(market=markets(), seed=st.integers(0, 2**32 - 1), underwater=st.booleans())
 def test_the_default_chain_passes_the_engines_checks_on_its_risk_plugins(
-    tmp_path_factory, market, seed, underwater
+    tmp_path_factory, market, seed, underwater, name
 ):
     """The engine hands each risk plugin read-only targets and refuses a target raised in
     absolute weight or flipped in sign without a verdict for the symbol or the book. The
@@ -129,7 +139,7 @@ def test_the_default_chain_passes_the_engines_checks_on_its_risk_plugins(
     rng = np.random.default_rng(seed)
     targets = targets * rng.choice([-1.0, 1.0], N)
     weights = weights * rng.choice([-1.0, 1.0], N)
-    _, plugins = chain(tmp_path_factory.getbasetemp())
+    _, plugins = chain(tmp_path_factory.getbasetemp(), name)
     ctx = make_context(SYMS, closes_from_returns(returns), weights=weights, capacity=DAYS + 1)
     if underwater:  # 30% below the peak: past the 20% limit
         peak = ctx.portfolio.equity / 0.7
