@@ -4,8 +4,8 @@
 The count rule keeps held positions and then the largest targets. Run before
 `correlation_limit` (as the shipped chains ran it), it kept 10 candidates, the correlation
 rule then refused one of them, and its slot stayed empty although the 11th candidate passed
-every rule: in a trial run of the default strategy on the S&P 500 stocks, on 194 of 1,007
-bars, about 1.45 of the 10 slots on average. The rules know nothing of the other rules (and
+every rule: in the README's S&P 500 run, 908 slots on 419 bars (benchmarks/RESULTS.md).
+The rules know nothing of the other rules (and
 the signal's scores are not in `BarContext`: the count rule ranks by target size, like the
 correlation and sector rules), so the fix is the order. Rules that refuse candidates
 (`stale_data`, `correlation_limit`, `sector_exposure`, `drawdown_guard`'s entry block) come
