@@ -464,13 +464,16 @@ def _default_sizing() -> PluginSpec:
 def _default_risk() -> tuple[PluginSpec, ...]:
     return (
         PluginSpec("max_position", params={"max_position_pct": 0.05}),
-        PluginSpec("max_open_positions", params={"max_open_positions": 10}),
-        PluginSpec("max_gross_exposure", params={"max_gross_exposure": 1.0}),
-        PluginSpec("sector_exposure", params={"max_sector_pct": 0.20, "sectors_csv": ""}),
+        # The rules that refuse candidates before the count: counted first, a slot whose
+        # pick a later rule refused stayed empty (docs/SPECIFICATION.md, "The order of the
+        # risk rules").
         PluginSpec("correlation_limit", params={"max_correlation": 0.7, "window": 60}),
+        PluginSpec("sector_exposure", params={"max_sector_pct": 0.20, "sectors_csv": ""}),
         PluginSpec(
             "drawdown_guard", params={"max_drawdown_pct": 0.20, "daily_loss_limit_pct": 0.05}
         ),
+        PluginSpec("max_open_positions", params={"max_open_positions": 10}),
+        PluginSpec("max_gross_exposure", params={"max_gross_exposure": 1.0}),
         # Last: the one limit a later cut could break (dropping a hedge can raise VaR).
         PluginSpec(
             "portfolio_var", params={"max_var_pct": 0.02, "confidence": 0.95, "window": 250}

@@ -34,12 +34,6 @@ SHRINKING = {"max_gross_exposure"}
 
 # config/research.toml keeps the order its study (docs/RESEARCH.md) was run with.
 SHIPPED = ("default.toml", "backtest.toml", "paper.toml")
-# The built-in chain (daemon/config.py) that config/default.toml must equal still has the
-# count rule before the correlation and sector rules: it changes with daemon/config.py
-# (tests/unit/test_config.py keeps the two equal).
-BUILTIN_PENDING = pytest.mark.xfail(
-    strict=True, reason="daemon/config.py's built-in chain is not reordered yet"
-)
 
 
 def chain_of(name: str) -> tuple[PluginSpec, ...]:
@@ -51,7 +45,7 @@ def chain_of(name: str) -> tuple[PluginSpec, ...]:
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=BUILTIN_PENDING) if n == "default.toml" else n for n in SHIPPED],
+    SHIPPED,
 )
 def test_shipped_chains_refuse_before_counting_and_shrink_after(name):
     names = [s.name for s in chain_of(name)]
