@@ -394,8 +394,14 @@ def session_bars_only(config: Config, panel: Panel) -> Panel:
     sessions of `live.calendar` (pre- and post-market rows, after a half day's early close,
     on weekends and holidays, in a lunch break). A replay of them traded 08:00 and 17:00
     bars, and bars after a 13:00 close, that no live run of the same configuration ever
-    sees. One warning says what was dropped. Daily data is returned as it is. Bars off the
-    live clock's grid (hour-aligned 60-minute bars) are an error (`_check_grid`).
+    sees. One warning says what was dropped. Bars off the live clock's grid (hour-aligned
+    60-minute bars) are an error (`_check_grid`).
+
+    Daily data is returned as it is, but bars on days without a session of the calendar
+    (weekend bars of crypto data on XNYS) are said in one warning (how many, the first),
+    and the panel is marked with the bars a year its dates hold (`data_bars_a_year`), what
+    the run annualises with: the calendar's 252 read two years of daily crypto bars as
+    2.9, the annual return -1.81% for a CAGR of -2.61% (`_check_daily_sessions`).
 
     Every replay's entry point applies it (`load_data`, and `run_backtest` / `build_engine`
     to a panel passed in): only `load_data` did, and the same bars passed to the Python API
@@ -406,7 +412,7 @@ def session_bars_only(config: Config, panel: Panel) -> Panel:
         return panel
     spacing = _intraday_spacing(panel)
     if spacing is None:
-        return panel
+        return _check_daily_sessions(panel, name)
     from .clock.calendar import ExchangeCalendar
 
     first, last = panel.datetimes()[0], panel.datetimes()[-1]
@@ -447,6 +453,66 @@ def session_bars_only(config: Config, panel: Panel) -> Panel:
 
 # The key, in a Panel's instance dict, of the calendar whose sessions it holds only.
 _SESSIONS_OF = "_sessions_of"
+# The key, in a daily Panel's instance dict, of the bars a year its dates hold, when some of
+# them are no session of the calendar (`_check_daily_sessions`).
+_BARS_A_YEAR = "_bars_a_year"
+
+
+def data_bars_a_year(panel: Panel | None) -> float | None:
+    """The bars a year daily data with bars on days its calendar has no session holds
+    (`session_bars_only` marks it); None for data on the calendar's sessions (the
+    calendar's count is the run's then: `bars_a_year`)."""
+    return None if panel is None else panel.__dict__.get(_BARS_A_YEAR)
+
+
+def _check_daily_sessions(panel: Panel, calendar: str) -> Panel:
+    """Daily `panel`, marked with the bars a year its dates hold when some of its bars fall
+    on days without a session of `calendar`, said in one warning. Only data with weekend
+    bars is checked against the calendar (building it costs ~0.3 s a backtest, and a
+    holiday bar alone moves the annualisation by well under 1%)."""
+    days = np.unique(np.asarray(panel.times, dtype="datetime64[D]"))
+    weekday = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday: Monday is 0
+    if days.size < 2 or not (weekday >= 5).any():
+        return _sessions_checked(panel, calendar)
+    from .analysis.run_records import daily_bars_a_year
+    from .clock.calendar import CalendarRangeError, ExchangeCalendar
+
+    first, last = days[0].item(), days[-1].item()
+    try:
+        exchange = ExchangeCalendar(
+            calendar, "1d", start=first - timedelta(days=7), end=last + timedelta(days=7)
+        )
+        sessions = np.array(
+            [
+                np.datetime64(t.date(), "D")
+                for t in exchange.bars_between(
+                    datetime(first.year, first.month, first.day, tzinfo=UTC),
+                    datetime(last.year, last.month, last.day, tzinfo=UTC),
+                )
+            ],
+            dtype="datetime64[D]",
+        )
+    except (ConfigError, CalendarRangeError) as exc:
+        log.info("data.sessions_not_checked", calendar=calendar, error=str(exc))
+        return _sessions_checked(panel, calendar)
+    off = days[~np.isin(days, sessions)]
+    if off.size:
+        ppy = daily_bars_a_year(days)
+        log.warning(
+            "data.off_session_days",
+            bars=int(off.size),
+            of=int(days.size),
+            first=str(off[0]),
+            calendar=calendar,
+            periods_per_year=ppy,
+            detail=f"{off.size} of the {days.size} daily bars fall on days without a "
+            f"{calendar} session (first {off[0]}): the run annualises with the bars a year "
+            f"the data's dates hold, {ppy:g}, not the calendar's "
+            f"{sessions_per_year(calendar)}; for a market that trades every day set "
+            "live.calendar = '24/7', which the live run then uses too",
+        )
+        panel.__dict__[_BARS_A_YEAR] = ppy
+    return _sessions_checked(panel, calendar)
 
 
 def _sessions_checked(panel: Panel, calendar: str) -> Panel:
@@ -702,13 +768,17 @@ def bars_per_session(calendar: str, bar: str) -> int:
         raise ConfigError(f"live.calendar = {calendar!r}: {exc}") from None
 
 
-def run_defaults(config: Config, bar: str = "1d") -> dict[str, Any]:
+def run_defaults(config: Config, bar: str = "1d", data_ppy: float | None = None) -> dict[str, Any]:
     """What the run knows better than a plugin's defaults. Intraday live bars: a plugin that
     annualises per-bar figures (`periods_per_year`, kelly_garch's volatility) counts 252
     sessions of bars, not 252 bars: with the daily 252 a 5-minute bar's volatility was read
     as a day's, and every position sized at the cap. A calendar counts its own sessions a
-    year (`sessions_per_year`: 365 on `24/7`, 244 on XTKS), daily bars included. Set in a
-    plugin's params, it stays."""
+    year (`sessions_per_year`: 365 on `24/7`, 244 on XTKS), daily bars included. `data_ppy`:
+    the bars a year of daily data with bars on days the calendar has no session
+    (`data_bars_a_year`), which the run then counts instead. Set in a plugin's params, it
+    stays."""
+    if bar == "1d" and data_ppy is not None:
+        return {"periods_per_year": float(data_ppy)}
     ppy = bars_a_year(config.live.calendar, bar)
     # Daily bars in New York: the plugins' own 252. Elsewhere the calendar's count.
     return {} if bar == "1d" and ppy == 252 else {"periods_per_year": float(ppy)}
@@ -737,6 +807,7 @@ def stored_config_json(
     mode: str,
     bar: str,
     splits: Mapping[str, Sequence[tuple[datetime, float]]] | None = None,
+    data_ppy: float | None = None,
 ) -> str:
     """The configuration stored with a run (`runs.config_json`): the public one, and for a
     replay its data's bar and bars a year (`REPLAY_BARS_KEY`), as its run folder's summary
@@ -755,7 +826,9 @@ def stored_config_json(
     stored = json.loads(public)
     stored[REPLAY_BARS_KEY] = {
         "bar": bar,
-        "periods_per_year": float(bars_a_year(config.live.calendar, bar)),
+        "periods_per_year": float(
+            run_defaults(config, bar, data_ppy).get("periods_per_year", 252.0)
+        ),
     }
     stored[REPLAY_SPLITS_KEY] = {
         symbol: [[t.isoformat(), float(c)] for t, c in events]
@@ -764,15 +837,17 @@ def stored_config_json(
     return json.dumps(stored, sort_keys=True, default=str)
 
 
-def build_pipeline(config: Config, symbols: tuple[str, ...], bar: str = "1d") -> Pipeline:
+def build_pipeline(
+    config: Config, symbols: tuple[str, ...], bar: str = "1d", data_ppy: float | None = None
+) -> Pipeline:
     """The configured plugins for `symbols`, on bars of length `bar` (the data's: "1d" for a
-    backtest, live.bar for a live run or a replay of one)."""
+    backtest, live.bar for a live run or a replay of one); `data_ppy` as `run_defaults`."""
     if not config.signals:
         raise ConfigError("signals: at least one signal plugin must be configured")
     # The installed plugins, read once for the pipeline (each read scans every installed
     # distribution's entry points: ~27 ms, ten times for the default strategy).
     eps = plugin_registry.available()  # looked up at call time: tests register plugins there
-    defaults = run_defaults(config, bar)
+    defaults = run_defaults(config, bar, data_ppy)
     try:
         signals = [
             (load_plugin(spec, "signal", symbols, f"signals[{i}]", eps, defaults), spec.weight)
@@ -1748,7 +1823,8 @@ def _assemble(
     """build_engine's parts around its store; `run_id` None: `run_id_for`'s, with the
     models the plugins loaded (a backtest's id names them)."""
     vendor = mode == "live" and config.feed.source != "recorded"
-    pipeline = build_pipeline(config, symbols, bar)
+    data_ppy = data_bars_a_year(panel) if mode != "live" else None
+    pipeline = build_pipeline(config, symbols, bar, data_ppy)
     if run_id is None:
         run_id = run_id_for(config, mode, pipeline_run_inputs(pipeline, config))
     if mode != "live":
@@ -1780,7 +1856,7 @@ def _assemble(
         run_id=run_id,
         mode=mode,
         started_at=datetime.now(UTC),
-        config_json=stored_config_json(config, mode, bar, _split_events(mode, panel)),
+        config_json=stored_config_json(config, mode, bar, _split_events(mode, panel), data_ppy),
         symbols=symbols,
         initial_capital=config.run.initial_capital,
     )
@@ -1849,6 +1925,7 @@ def _assemble(
             run_id, t, source, record
         )
     engine.data_bar = bar  # type: ignore[attr-defined]  # the summary's annual figures
+    engine.data_ppy = data_ppy  # type: ignore[attr-defined]  # and of off-session daily bars
     return engine
 
 

@@ -256,7 +256,10 @@ async def run_backtest(
         raise stopped
     fills = split_adjusted(_fills_of(rows.get("fills", [])), panel)
     # Intraday data: 252 sessions of bars a year (app.bar_of_data), not 252 bars.
-    ppy = run_defaults(config, getattr(engine, "data_bar", "1d")).get("periods_per_year", 252.0)
+    # Daily data with bars on days the calendar has no session: the bars a year it holds.
+    ppy = run_defaults(
+        config, getattr(engine, "data_bar", "1d"), getattr(engine, "data_ppy", None)
+    ).get("periods_per_year", 252.0)
     metrics = summarize(
         np.asarray(result.equity, dtype=float),
         result.times,
@@ -293,11 +296,11 @@ async def run_backtest(
         # What the run's end said of the whole run (a signal with no view at any bar): a
         # run that traded nothing for that reason says why where its numbers are read.
         summary["warnings"] = result.warnings
-    if ppy != 252.0:
-        # Intraday data: what `tradingd report` annualises with, unless its analysis config
-        # sets analysis.periods_per_year.
-        summary["bar"] = getattr(engine, "data_bar", "1d")
-        summary["periods_per_year"] = ppy
+    # What the summary's annual figures used, and `tradingd report` annualises with unless
+    # its analysis config sets analysis.periods_per_year: said for every run, so a daily
+    # run's 252 (or 365 for data with weekend bars) is read, not assumed.
+    summary["bar"] = getattr(engine, "data_bar", "1d")
+    summary["periods_per_year"] = ppy
     splits = split_events(panel)
     write_outputs(
         out, config, result, summary, rows.get("orders", []), rows.get("fills", []), splits

@@ -264,7 +264,9 @@ async def replay_run(
     decisions = rec.frame(components)
     # The bars a year the run's summary annualised with (`backtest.run_backtest`), for an
     # attribution of a replay given no record.
-    year = run_defaults(config, getattr(engine, "data_bar", "1d"))
+    year = run_defaults(
+        config, getattr(engine, "data_bar", "1d"), getattr(engine, "data_ppy", None)
+    )
     record = run_record(
         {
             "equity_curve": np.asarray(result.equity, dtype=float),

@@ -288,10 +288,14 @@ def _fmt(value: float | int | str, kind: str) -> str:
         return f"{value * 100:,.2f}%"
     if kind == "money":
         return f"{value:,.2f}"
+    if kind == "num":
+        return f"{value:,g}"
     return f"{value:.2f}"
 
 
 _MORE_LABELS: dict[str, tuple[str, str]] = {
+    "bar": ("Bar", "str"),
+    "periods_per_year": ("Bars a year (annual figures)", "num"),
     "warmup_bars": ("Warm-up bars before the start (no trading)", "int"),
     "orders": ("Orders", "int"),
     "rejections": ("Orders rejected", "int"),

@@ -30,6 +30,7 @@ __all__ = [
     "DEFAULT_PERIODS_PER_YEAR",
     "WALKFORWARD_FILE",
     "RunRecord",
+    "daily_bars_a_year",
     "is_walkforward_folder",
     "periods_per_year_for",
     "record_folder",
@@ -44,6 +45,9 @@ log = structlog.get_logger(__name__)
 #: that records no `periods_per_year` annualised with, and what returns of no run are
 #: annualised with unless the caller says otherwise.
 DEFAULT_PERIODS_PER_YEAR = 252.0
+#: Calendar days in a year, on average over the leap years: what daily bars measured by
+#: their own dates are counted per (`daily_bars_a_year`).
+DAYS_A_YEAR = 365.25
 
 #: What a walk-forward's results folder is known by: `walkforward.write_outputs` writes it
 #: first, and a backtest's record never has it.
@@ -549,13 +553,73 @@ def _positive_number(value: Any) -> TypeGuard[float]:
     )
 
 
+def _dates(times: Any) -> np.ndarray:
+    """Each time's calendar date (datetime64[D]) in its own zone: daily bars are stamped
+    at midnight of their date, or at a close in the exchange's zone."""
+    idx = pd.DatetimeIndex(pd.to_datetime(times))
+    if idx.tz is not None:
+        idx = idx.tz_localize(None)
+    return np.asarray(idx.normalize().to_numpy(), dtype="datetime64[D]")
+
+
+def daily_bars_a_year(times: Any) -> float:
+    """The bars a year of daily bars measured by their own dates: distinct dates over the
+    calendar days from the first to the last, times 365.25, rounded (365 for a bar every
+    day, 251 or 252 for New York's sessions, 261 for every weekday). What data that trades
+    on days its calendar has no session annualises with (`app.session_bars_only`, and
+    `periods_per_year_for` for a run with weekend bars): the calendar's 252 read a year
+    of crypto bars as 1.45 years, its CAGR and volatility scaled by sqrt(252 / 365)."""
+    days = np.unique(_dates(times))
+    if days.size < 2:
+        return DEFAULT_PERIODS_PER_YEAR
+    span = int((days[-1] - days[0]).astype(np.int64)) + 1
+    return float(round(days.size / span * DAYS_A_YEAR))
+
+
+def weekend_bars(times: Any) -> np.ndarray:
+    """The dates (datetime64[D]) of daily bars that fall on a Saturday or a Sunday: no
+    session on New York's calendar (nor most others). Empty for intraday bars (several on
+    one date): their sessions are the configured calendar's business (`session_bars_only`)."""
+    days = _dates(times)
+    if days.size < 2 or np.unique(days).size != days.size:
+        return np.empty(0, dtype="datetime64[D]")
+    weekday = (days.astype(np.int64) + 3) % 7  # 1970-01-01 was a Thursday: Monday is 0
+    return days[weekday >= 5]
+
+
+def _measured_bars_a_year(run: RunRecord | None, setting: str) -> float | None:
+    """The bars a year a run that records none annualises with when its daily bars fall
+    on weekends (a crypto curve passed as a bare Series): its own count
+    (`daily_bars_a_year`), said; None otherwise (252, the sessions of New York)."""
+    if run is None or run.times.size < 2:
+        return None
+    weekend = weekend_bars(run.times)
+    if weekend.size == 0:
+        return None
+    ppy = daily_bars_a_year(run.times)
+    log.warning(
+        "analysis.weekend_bars",
+        bars=int(weekend.size),
+        first=str(weekend[0]),
+        periods_per_year=ppy,
+        detail=f"{weekend.size} of the run's {run.times.size} daily bars fall on a weekend "
+        f"(first {weekend[0]}), when New York's calendar has no session: the run is "
+        f"annualised with the bars a year its own dates hold, {ppy:g}, not 252; set "
+        f"{setting} to choose",
+    )
+    return ppy
+
+
 def periods_per_year_for(given: float | None, run: RunRecord | None, setting: str) -> float:
     """The bars a year to annualise `run` with: `given` (the analysis configuration's
     `setting`, e.g. "analysis.periods_per_year") when set, else the run's own, else 252.
 
     A backtest of intraday bars annualises its summary with 252 sessions of them and records
     it (`periods_per_year` in summary.json: 98,280 for 1-minute bars; a daily run on a
-    calendar of other than 252 sessions records its own too). Only `tradingd report` took
+    calendar of other than 252 sessions records its own too). A run that records none and
+    whose daily bars fall on weekends is annualised with the bars a year its dates hold
+    (`daily_bars_a_year`, said in a warning): 252 read 365 crypto bars as 1.45 years.
+    Only `tradingd report` took
     it: from Python a 1-minute run's Sharpe ratio was its report's over sqrt(390), silently.
     A `given` that differs from the run's is used, with a warning naming both. The run's is
     checked only when taken: one that is no positive number (`true`, read as 1; a string)
@@ -577,7 +641,8 @@ def periods_per_year_for(given: float | None, run: RunRecord | None, setting: st
             )
         return float(given)
     if not recorded:
-        return DEFAULT_PERIODS_PER_YEAR
+        measured = _measured_bars_a_year(run, setting)
+        return DEFAULT_PERIODS_PER_YEAR if measured is None else measured
     if not _positive_number(value):
         raise ValueError(
             f"{where}: periods_per_year {value!r} is not a positive number (the bars in a "
