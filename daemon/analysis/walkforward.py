@@ -381,8 +381,10 @@ class WalkForwardAnalyzer:
                 "gross_exposure": curve["gross_exposure"].tolist(),
                 "analysis": analysis,
             },
-            "stability": stability(folds, perf, self.wf.step),
-            "decay": decay(folds, self.wf.step, perf),
+            # Folds apart by their training and test windows, not their traded curves
+            # (only the test window with warmup "none").
+            "stability": stability(folds, perf, self.wf.step, self.wf.train + self.wf.test),
+            "decay": decay(folds, self.wf.step, perf, self.wf.train + self.wf.test),
         }
 
     # -- output ----------------------------------------------------------------------------

@@ -192,10 +192,17 @@ def _regression(x: np.ndarray, y: np.ndarray, every: int = 1) -> dict[str, Any]:
     return out
 
 
-def independent_every(folds: Sequence[Mapping[str, Any]], step: int, test_only: bool) -> int:
+def independent_every(
+    folds: Sequence[Mapping[str, Any]], step: int, test_only: bool, window: int | None = None
+) -> int:
     """Every how many folds the windows no longer overlap: the test windows' (`test_only`),
     or the training and test windows' together (a fold's test window lies in later folds'
-    training windows)."""
+    training windows). `window`: the training and test bars of a fold (`train + test`),
+    which the walk-forward passes; without it, the length of a fold's traded curve, which is
+    that only when the fold traded its training window too (warmup "train"): with warmup
+    "none" the curve is the test window alone, and "independent" folds overlapped by 80%."""
+    if not test_only and window is not None:
+        return max(1, math.ceil(window / max(1, step)))
     lengths = []
     for f in folds:
         c = fold_curve(f)
@@ -205,8 +212,14 @@ def independent_every(folds: Sequence[Mapping[str, Any]], step: int, test_only: 
     return max(1, math.ceil(span / max(1, step)))
 
 
-def decay(folds: Sequence[Mapping[str, Any]], step: int, perf: PerformanceConfig) -> dict[str, Any]:
-    """Performance decay over time and with distance from the training end.
+def decay(
+    folds: Sequence[Mapping[str, Any]],
+    step: int,
+    perf: PerformanceConfig,
+    window: int | None = None,
+) -> dict[str, Any]:
+    """Performance decay over time and with distance from the training end (`window`: a
+    fold's training and test bars, as `independent_every` takes it).
 
     * `by_fold`: out-of-sample Sharpe and return of each fold's whole test window against
       the fold index (a negative slope: the strategy's edge fades over the years).
@@ -255,7 +268,7 @@ def decay(folds: Sequence[Mapping[str, Any]], step: int, perf: PerformanceConfig
     y = rets["return"].to_numpy(dtype=float) if len(rets) else np.empty(0)
     finite = wfe[np.isfinite(wfe)]
     tests_apart = independent_every(folds, step, test_only=True)
-    folds_apart = independent_every(folds, step, test_only=False)
+    folds_apart = independent_every(folds, step, test_only=False, window=window)
     return {
         "by_fold": {
             "sharpe_trend": _regression(idx, oos_sharpe, tests_apart),
@@ -398,13 +411,19 @@ def importance_frame(folds: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
 
 
 def stability(
-    folds: Sequence[Mapping[str, Any]], perf: PerformanceConfig, step: int = 1
+    folds: Sequence[Mapping[str, Any]],
+    perf: PerformanceConfig,
+    step: int = 1,
+    window: int | None = None,
 ) -> dict[str, Any]:
     """Parameter stability across folds (see `series_stability` for each scalar); `step`:
-    bars between fold starts, for the trend p-values over non-overlapping folds."""
+    bars between fold starts and `window` a fold's training and test bars, for the trend
+    p-values over non-overlapping folds (`independent_every`)."""
     table = pd.DataFrame([parameter_row(f, perf) for f in folds])
     idx = table["fold"].to_numpy(dtype=float) if len(table) else np.empty(0)
-    apart = independent_every(folds, step, test_only=False) if folds and step > 1 else 1
+    apart = (
+        independent_every(folds, step, test_only=False, window=window) if folds and step > 1 else 1
+    )
     summary = {
         col: series_stability(pd.to_numeric(table[col], errors="coerce").to_numpy(), idx, apart)
         for col in table.columns

@@ -34,7 +34,9 @@ from tradingd.analysis.walkforward_tables import (
     decay,
     fold_metrics,
     garch_frame,
+    independent_every,
     series_stability,
+    stability,
     stitch,
 )
 from tradingd.config import PluginSpec, load_config
@@ -1096,3 +1098,43 @@ def test_epochs_for_a_walk_forward_that_retrains_nothing_are_refused(tmp_path, c
     assert code == 2 and "Traceback" not in err
     assert "--epochs" in err and 'walkforward.retrain = "never"' in err
     assert not (tmp_path / "out" / "walkforward.json").exists()
+
+
+def _warmup_none_folds(k: int, train: int, test: int, step: int) -> list[dict]:
+    """`k` folds as warmup "none" leaves them: each traded curve is its test window only."""
+    labels = [d.strftime("%Y-%m-%d") for d in pd.bdate_range("2001-01-01", periods=2000)]
+    folds = []
+    for i in range(k):
+        start = train + i * step  # the test window's first bar
+        t = labels[start : start + test]
+        equity = {"time": t, "equity": list(1e5 + np.arange(test)), "gross_exposure": [0.5] * test}
+        kelly = {"win_rate": 0.5 + 0.01 * i, "win_loss_ratio": 1.2, "fraction": 0.1,
+                 "source": "trades", "trades": 30}  # fmt: skip
+        folds.append(
+            {"fold": i, "train_end": labels[start - 1], "initial_capital": 1e5, "equity": equity,
+             "params": {"kelly": kelly}}
+        )  # fmt: skip
+    return folds
+
+
+def test_independent_folds_count_the_training_window_when_warmup_none_trades_only_the_test():
+    """With warmup "none" a fold's traded curve is its test window (63 bars), and the folds
+    "independent" for the parameter trends and in-vs-out were every 3rd (63 / 21), whose
+    training windows overlap by 80%; WALKFORWARD.md promises every ceil(315 / 21) = 15th."""
+    folds = _warmup_none_folds(30, 252, 63, 21)
+    assert independent_every(folds, 21, test_only=False, window=252 + 63) == 15
+    assert independent_every(folds, 21, test_only=True) == 3  # test windows: as before
+    s = stability(folds, PERF, step=21, window=252 + 63)["summary"]["kelly_win_rate"]
+    assert s["trend_independent_folds"] == 2  # folds 0 and 15 (10 before)
+    assert math.isnan(s["trend_p"])  # fewer than 3: no p-value
+    for k in range(6):
+        folds[k]["metrics"] = fold_metrics(folds[k], PERF)
+    d = decay(folds[:6], 21, PERF, window=252 + 63)
+    assert d["in_vs_out"]["sharpe"]["independent_every"] == 15
+
+
+def test_the_walk_forward_counts_its_folds_apart_by_train_plus_test_with_warmup_none():
+    config = tiny_config(signals=(PluginSpec("multi_factor"),))
+    wf = tiny_wf(max_folds=4, retrain="never", warmup="none")
+    res = WalkForwardAnalyzer(config, wf, workers=0, performance=PERF).run(tiny_panel(320))
+    assert res["decay"]["in_vs_out"]["sharpe"]["independent_every"] == 12  # (100 + 20) / 10
