@@ -27,7 +27,14 @@ import numpy as np
 
 from ..core.types import Fill
 
-__all__ = ["ClosedTrade", "closed_trades", "drawdown_series", "format_summary", "summarize"]
+__all__ = [
+    "ClosedTrade",
+    "calmar_ratio",
+    "closed_trades",
+    "drawdown_series",
+    "format_summary",
+    "summarize",
+]
 
 # A standard deviation this small relative to the mean is floating-point noise (e.g. a
 # steadily compounding curve whose returns differ only in the last ulp), not risk; dividing
@@ -115,6 +122,14 @@ def _ratio(num: float, den: float) -> float:
     return num / den
 
 
+def calmar_ratio(annual: float, max_dd: float) -> float:
+    """Annual return / max drawdown; NaN without a drawdown, and for a run ruined (a drawdown
+    of 100% or more: equity at or below zero), whose every ratio is NaN (docs/ANALYSIS.md),
+    not -1 / 1.1. The one definition: the run's summary printed -1.00 for a ruined run
+    while the analyzer's was NaN."""
+    return _ratio(annual, max_dd) if 0 < max_dd < 1 else math.nan
+
+
 def _iso_date(t: Any) -> str:
     if isinstance(t, datetime):
         return t.date().isoformat()
@@ -198,7 +213,7 @@ def summarize(
     for underwater in dd > 0:
         run = run + 1 if underwater else 0
         max_dd_duration = max(max_dd_duration, run)
-    calmar = _ratio(annual_return, max_drawdown) if max_drawdown > 0 else nan
+    calmar = calmar_ratio(annual_return, max_drawdown)
 
     trades = closed_trades(fills)
     pnls = np.array([t.pnl for t in trades], dtype=float)

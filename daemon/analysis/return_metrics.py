@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from ..core.errors import ConfigError
-from .metrics import _REL_NOISE, _ratio, drawdown_series
+from .metrics import _REL_NOISE, _ratio, calmar_ratio, drawdown_series
 
 __all__ = [
     "DrawdownPeriod",
@@ -226,13 +226,6 @@ def max_drawdown(equity: Any, initial_capital: float) -> float:
     """Largest fraction below the running peak (0 for a curve that never falls)."""
     dd = drawdown_series(_wealth(equity, initial_capital))[1:]
     return float(np.nanmax(dd)) if dd.size and not np.all(np.isnan(dd)) else 0.0
-
-
-def calmar_ratio(annual: float, max_dd: float) -> float:
-    """Annual return / max drawdown; NaN without a drawdown, and for a run ruined (a drawdown
-    of 100% or more: equity at or below zero), whose every ratio is NaN (docs/ANALYSIS.md),
-    not -1 / 1.1."""
-    return _ratio(annual, max_dd) if 0 < max_dd < 1 else _NAN
 
 
 # ----------------------------------------------------------------------------- tail risk

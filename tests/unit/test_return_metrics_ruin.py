@@ -50,6 +50,20 @@ def test_the_calmar_ratio_of_a_ruined_run_is_nan():
     assert math.isnan(out["performance"]["calmar"])
 
 
+@pytest.mark.parametrize("curve", [[50.0, -10.0], [90.0, 0.0], [90.0, 50.0, 0.0, -1.0, 1.0]])
+def test_the_run_summary_s_calmar_ratio_of_a_ruined_run_is_nan_as_the_analyzer_s(curve):
+    """The backtest's summary printed Calmar -1.00 (annual -100% over a drawdown of 100% or
+    more) where `calmar_ratio`, the analyzer's, is NaN: one definition for both."""
+    from tradingd.analysis import metrics
+
+    t = list(pd.date_range("2015-01-02", periods=len(curve), freq="B", tz="UTC"))
+    s = metrics.summarize(
+        np.array(curve), t, [], initial_capital=100.0, gross_exposure=np.zeros(len(curve))
+    )
+    assert s["max_drawdown"] >= 1.0 and math.isnan(s["calmar"])
+    assert rm.calmar_ratio is metrics.calmar_ratio
+
+
 def test_the_analyzer_gives_a_ruined_run_no_benchmark_ratio():
     """Through the analyzer (tradingd report, PerformanceAnalyzer): it left out the bars
     after the ruin itself, and reported beta 36.4, correlation 0.77, information ratio -6.6
