@@ -17,7 +17,16 @@ import structlog
 if TYPE_CHECKING:
     from .performance import PerformanceConfig
 
-__all__ = ["BENCHMARK_SOURCES", "align_benchmark", "benchmark_levels", "load_benchmark"]
+__all__ = [
+    "BENCHMARK_SOURCES",
+    "align_benchmark",
+    "benchmark_curve",
+    "benchmark_levels",
+    "level_curve",
+    "level_returns",
+    "levels_at",
+    "load_benchmark",
+]
 
 BENCHMARK_SOURCES = ("bundled", "csv", "parquet")
 # The benchmark level before a run's first bar (its first return's base) may be at most this
@@ -96,10 +105,50 @@ def align_benchmark(times: Any, levels: pd.Series) -> np.ndarray:
     benchmark's last level before that date if it is at most a week older. Intraday runs
     (several bars a day) match on the exact time instead. A time repeated in `levels` with
     different levels is a ValueError; repeated with the same level, the copies are dropped."""
+    return level_returns(*levels_at(times, levels))
+
+
+def level_returns(at: np.ndarray, base: float) -> np.ndarray:
+    """Per-bar returns of the levels at the bars (`levels_at`): NaN at a bar without a
+    level and at the bar after it."""
+    prev = np.concatenate(([base], at[:-1]))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return at / prev - 1.0
+
+
+def benchmark_curve(times: Any, levels: pd.Series, initial_capital: float) -> np.ndarray:
+    """`level_curve` of the benchmark's levels at the run's bars."""
+    at, base = levels_at(times, levels)
+    return level_curve(at, base, initial_capital)
+
+
+def level_curve(at: np.ndarray, base: float, initial_capital: float) -> np.ndarray:
+    """`initial_capital` invested in the benchmark over the run's bars, from its levels:
+    capital x level / the base level (the level before the first bar, as `align_benchmark`
+    takes it, else the first bar's), the last known level carried over a bar the benchmark
+    lacks; NaN before its first known level and after its last (a benchmark that ends
+    before the run is not drawn flat to its end). Compounding the per-bar returns instead lost
+    the move across a missing day for good (a missing bar and the next have no return):
+    levels 100, 101, [110 missing], 111, 112, 113 ended at 102.8, not 113."""
+    known = np.flatnonzero(np.isfinite(at))
+    out = np.full(at.size, np.nan)
+    if known.size == 0:
+        return out
+    ref = base if math.isfinite(base) else float(at[known[0]])
+    carried = pd.Series(at).ffill().to_numpy(dtype=float)
+    span = slice(known[0], known[-1] + 1)
+    out[span] = float(initial_capital) * carried[span] / ref
+    return out
+
+
+def levels_at(times: Any, levels: pd.Series | None) -> tuple[np.ndarray, float]:
+    """The benchmark's level at each of the run's bars (NaN where it has none) and the base
+    level before the first bar (NaN when none is at most a week older), as
+    `align_benchmark` describes."""
     bar_idx = pd.DatetimeIndex(pd.to_datetime(times))
     n = len(bar_idx)
     if n == 0 or levels is None or len(levels) == 0:
-        return np.full(n, np.nan)
+        return np.full(n, np.nan), _NAN
     lv = pd.Series(np.asarray(levels, dtype=float), index=pd.DatetimeIndex(levels.index))
     lv = _one_level_per_time(lv, repr(levels.name) if levels.name is not None else "series")
     bar_dates = _session_dates(bar_idx)
@@ -119,9 +168,7 @@ def align_benchmark(times: Any, levels: pd.Series) -> np.ndarray:
         gap = keys[0] - before.index[-1]
         if not daily or gap <= pd.Timedelta(days=_MAX_BASE_GAP_DAYS):
             base = float(before.iloc[-1])
-    prev = np.concatenate(([base], at[:-1]))
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return at / prev - 1.0
+    return at, base
 
 
 def load_benchmark(config: PerformanceConfig) -> pd.Series | None:

@@ -78,7 +78,16 @@ import pandas as pd
 import structlog
 
 from ..core.errors import ConfigError
-from .benchmark import BENCHMARK_SOURCES, align_benchmark, benchmark_levels, load_benchmark
+from .benchmark import (
+    BENCHMARK_SOURCES,
+    align_benchmark,
+    benchmark_curve,
+    benchmark_levels,
+    level_curve,
+    level_returns,
+    levels_at,
+    load_benchmark,
+)
 from .metrics import closed_trades
 from .return_metrics import (
     DrawdownPeriod,
@@ -134,6 +143,7 @@ __all__ = [
     "annual_volatility",
     "average_loss",
     "average_win",
+    "benchmark_curve",
     "benchmark_levels",
     "beta",
     "calmar_ratio",
@@ -311,7 +321,9 @@ class PerformanceAnalyzer:
         deepest = next((p for p in periods if p.depth >= max_dd * (1 - 1e-9)), None)
 
         levels = self.benchmark()
-        b = align_benchmark(rec.times, levels) if levels is not None else np.full(n, np.nan)
+        # The levels at the bars once: their returns, and the growth over the run from them.
+        at, base = levels_at(rec.times, levels)
+        b = level_returns(at, base)
         # A ruined run's returns are NaN from the ruin on (equity <= 0): its bars are kept, so
         # every ratio against the benchmark is NaN, as ANALYSIS.md says; dropping them left a
         # beta of 36 from the bars before the ruin.
@@ -320,6 +332,9 @@ class PerformanceAnalyzer:
         rb, bb = r[both], b[both]
         nb = int(both.sum())
         bench_annual = annual_return(bb, ppy) if nb else _NAN
+        curve = level_curve(at, base, 1.0)
+        seen = curve[np.isfinite(curve)]
+        bench_growth = float(seen[-1]) if seen.size else _NAN
         strat_annual = annual_return(rb, ppy) if nb else _NAN
         bt = beta(rb, bb)
 
@@ -338,7 +353,9 @@ class PerformanceAnalyzer:
             "risk_free_rate": float(c.risk_free_rate),
             "excess_return_risk_free": annual - c.risk_free_rate,
             "benchmark_bars": nb,
-            "benchmark_total_return": total_return(bb) if nb else _NAN,
+            # From the levels over the run (the last carried over a missing day), as the
+            # report's benchmark line: the compounded known returns lost a missing day's move.
+            "benchmark_total_return": bench_growth - 1.0 if nb else _NAN,
             "benchmark_annual_return": bench_annual,
             "excess_return": strat_annual - bench_annual,
             "alpha": alpha(rb, bb, rf_bar, ppy, beta_value=bt),

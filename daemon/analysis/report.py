@@ -41,7 +41,9 @@ from .metrics import _REL_NOISE, closed_trades, drawdown_series
 from .performance import (
     PerformanceAnalyzer,
     RunRecord,
-    align_benchmark,
+    level_curve,
+    level_returns,
+    levels_at,
     per_bar_rate,
     round_trip_pnls,
     run_record,
@@ -357,11 +359,11 @@ def _build(
     ppy = float(analysis["config"]["periods_per_year"])
     rf = float(analysis["config"]["risk_free_rate"])
     r = simple_returns(rec.equity, rec.initial_capital)
-    n = r.size
-    b = align_benchmark(rec.times, levels) if levels is not None else np.full(n, np.nan)
-    bench_equity = np.where(
-        np.isfinite(b), rec.initial_capital * np.cumprod(1.0 + np.nan_to_num(b)), np.nan
-    )
+    at, base = levels_at(rec.times, levels)
+    b = level_returns(at, base)
+    # From the levels, the last carried over a missing day: compounding the returns lost the
+    # move across it (a missing day and the next have no return).
+    bench_equity = level_curve(at, base, rec.initial_capital)
     dd = drawdown_series(np.concatenate(([rec.initial_capital], rec.equity)))[1:]
     roll = rolling_sharpe(r, cfg.rolling_window, per_bar_rate(rf, ppy), ppy)
     months = monthly_returns(rec.times, r)

@@ -969,3 +969,33 @@ def test_report_refuses_pool_options_without_the_monte_carlo(cli, tmp_path):
         "tradingd: error: report: --workers run the Monte Carlo, which --no-validation "
         "leaves out: leave --workers out, or validate"
     )
+
+
+def test_the_benchmark_line_and_total_keep_the_move_across_a_missing_benchmark_day():
+    """The line compounded the per-bar returns with a missing one taken as 0, and a missing
+    day leaves two bars without a return: levels 100, 101, [110 missing], 111, 112, 113 drew
+    a line ending at 102.8 and a benchmark total return of 2.8%, not 13%. The per-bar
+    statistics keep their documented NaN handling (`benchmark_bars` 3)."""
+    t = pd.bdate_range("2020-01-06", periods=6, tz="UTC")
+    levels = pd.Series([100.0, 101.0, 110.0, 111.0, 112.0, 113.0], index=t).drop(t[2])
+    equity = pd.Series([1e5, 1.01e5, 1.02e5, 1.01e5, 1.03e5, 1.04e5], index=t)
+    run = {"equity_curve": equity, "initial_capital": 1e5}
+    report = build_report(run, analyzer=PerformanceAnalyzer(benchmark=levels))
+    line = report.data["series"]["benchmark_equity"]
+    assert line == pytest.approx([1e5, 1.01e5, 1.01e5, 1.11e5, 1.12e5, 1.13e5], rel=1e-12)
+    p = report.data["analysis"]["performance"]
+    assert p["benchmark_total_return"] == pytest.approx(0.13, rel=1e-12)
+    assert p["benchmark_bars"] == 3 and report.data["series"]["benchmark_returns"][2] is None
+
+
+def test_a_benchmark_that_ends_before_the_run_is_not_drawn_flat_to_its_end():
+    t = pd.bdate_range("2020-01-06", periods=5, tz="UTC")
+    levels = pd.Series([50.0, 55.0, 60.0], index=t[:3])
+    equity = pd.Series(np.full(5, 1e5), index=t)
+    report = build_report(
+        {"equity_curve": equity, "initial_capital": 1e5},
+        analyzer=PerformanceAnalyzer(benchmark=levels),
+    )
+    assert report.data["series"]["benchmark_equity"][:3] == pytest.approx([1e5, 1.1e5, 1.2e5])
+    assert report.data["series"]["benchmark_equity"][3:] == [None, None]
+    assert report.data["analysis"]["performance"]["benchmark_total_return"] == pytest.approx(0.2)
