@@ -40,6 +40,9 @@ __all__ = [
 # steadily compounding curve whose returns differ only in the last ulp), not risk; dividing
 # by it would report a meaningless astronomical ratio.
 _REL_NOISE = 1e-10
+#: A run shorter than this many years (63 daily bars of 252) has its annual figures marked
+#: as extrapolated (`short_run`): 1% over one bar printed as 1,127% a year, unqualified.
+SHORT_RUN_YEARS = 0.25
 # A position smaller than this fraction of the traded quantities counts as flat, so
 # fractional-share rounding does not leave a phantom remainder that the next fill "closes".
 _FLAT_TOL = 1e-9
@@ -128,6 +131,20 @@ def calmar_ratio(annual: float, max_dd: float) -> float:
     not -1 / 1.1. The one definition: the run's summary printed -1.00 for a ruined run
     while the analyzer's was NaN."""
     return _ratio(annual, max_dd) if 0 < max_dd < 1 else math.nan
+
+
+def short_run(bars: int, periods_per_year: float) -> bool:
+    """Whether `bars` are under SHORT_RUN_YEARS of `periods_per_year`: their annual figures
+    (CAGR, volatility, the ratios) extrapolate a few bars to a year, and are shown marked."""
+    return 0 < bars < SHORT_RUN_YEARS * periods_per_year
+
+
+def unsigned_zero(text: str) -> str:
+    """`text` without the minus of a negative zero ("-0.00%" -> "0.00%"): a flat run's VaR
+    of -0.0, or a loss that rounds to nothing, read as a loss."""
+    if text.startswith("-") and not any(c in "123456789" for c in text):
+        return text[1:]
+    return text
 
 
 def _iso_date(t: Any) -> str:
@@ -300,12 +317,16 @@ def _fmt(value: float | int | str, kind: str) -> str:
     if kind == "int" or isinstance(value, int | np.integer):
         return f"{int(value):,d}"
     if kind == "pct":
-        return f"{value * 100:,.2f}%"
+        return unsigned_zero(f"{value * 100:,.2f}%")
     if kind == "money":
-        return f"{value:,.2f}"
+        return unsigned_zero(f"{value:,.2f}")
     if kind == "num":
         return f"{value:,g}"
-    return f"{value:.2f}"
+    return unsigned_zero(f"{value:.2f}")
+
+
+#: The summary's figures annualised from its bars: marked for a short run (`short_run`).
+_ANNUALISED = ("annual_return", "annual_volatility", "sharpe", "sortino", "calmar")
 
 
 _MORE_LABELS: dict[str, tuple[str, str]] = {
@@ -346,6 +367,13 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     lists (restriction periods, models) are shown as indented rows under their key.
     Restriction periods of intraday bars (the summary's `bar`) show their times too."""
     intraday = str(summary.get("bar", "1d")) != "1d"
+    bars, ppy = summary.get("bars"), summary.get("periods_per_year", 252.0)
+    short = (
+        isinstance(bars, int)
+        and isinstance(ppy, int | float)
+        and ppy > 0
+        and short_run(bars, float(ppy))
+    )
     rows: list[tuple[str, str]] = []
     for key, value in summary.items():
         label, kind = _LABELS.get(key) or _MORE_LABELS.get(
@@ -369,9 +397,20 @@ def format_summary(summary: Mapping[str, Any]) -> str:
                 if len(value) > _MAX_LISTED:
                     rows.append((f"  ... {len(value) - _MAX_LISTED} more in summary.json", ""))
             continue
-        rows.append((label, _fmt(value, kind)))
+        text = _fmt(value, kind)
+        if short and key in _ANNUALISED and text != "n/a":
+            text += " *"
+        rows.append((label, text))
     if not rows:
         return ""
+    if short:
+        rows.append(
+            (
+                f"* annualised from {bars} bars (under a quarter of a year of {ppy:g}): "
+                "an extrapolation, not a rate to expect",
+                "",
+            )
+        )
     # Rows without a value (headings, listed periods) do not widen the label column.
     width = max((len(label) for label, v in rows if v), default=0)
     vwidth = max(len(v) for _, v in rows)

@@ -37,7 +37,7 @@ from ..build_info import Build, recorded_build, this_build
 from ..core.errors import ConfigError
 from ..secrets import redact
 from . import report_charts as charts
-from .metrics import _REL_NOISE, closed_trades, drawdown_series
+from .metrics import _REL_NOISE, closed_trades, drawdown_series, short_run, unsigned_zero
 from .performance import (
     PerformanceAnalyzer,
     RunRecord,
@@ -497,12 +497,12 @@ def _fmt(key: str, value: Any) -> str:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return str(value)
     if key in _PERCENT:
-        return f"{value:.2%}"
+        return unsigned_zero(f"{value:.2%}")
     if key in _MONEY:
-        return f"{value:,.2f}"
+        return unsigned_zero(f"{value:,.2f}")
     if isinstance(value, int):
         return f"{value:,}"
-    return f"{value:.6g}"  # ratios, statistics, p-values: six significant digits
+    return unsigned_zero(f"{value:.6g}")  # ratios, statistics, p-values: six significant digits
 
 
 def _cell(key: str, value: Any) -> str:
@@ -658,13 +658,16 @@ def _tiles(a: Mapping[str, Any]) -> list[tuple[str, str]]:
     # by `tradingd backtest` and in the page's "Run summary" table: each Sharpe ratio says
     # its own. The win rate likewise: per round trip here, per closing fill there.
     rf = _risk_free(a)
+    # A run under a quarter of a year: its annual figures marked (the Metrics note says why).
+    ppy = a["config"].get("periods_per_year") or 252.0
+    star = " *" if short_run(int(p["bars"]), float(ppy)) else ""
     return [
         ("Total return", _fmt("total_return", p["total_return"])),
-        ("Annual return (CAGR)", _fmt("annual_return", p["annual_return"])),
-        (f"Sharpe ({rf})", _fmt("sharpe", p["sharpe"])),
-        (f"Sortino ({rf})", _fmt("sortino", p["sortino"])),
+        (f"Annual return (CAGR){star}", _fmt("annual_return", p["annual_return"])),
+        (f"Sharpe ({rf}){star}", _fmt("sharpe", p["sharpe"])),
+        (f"Sortino ({rf}){star}", _fmt("sortino", p["sortino"])),
         ("Max drawdown", _fmt("max_drawdown", k["max_drawdown"])),
-        ("Volatility", _fmt("annual_volatility", k["annual_volatility"])),
+        (f"Volatility{star}", _fmt("annual_volatility", k["annual_volatility"])),
         (f"{level} VaR (1 bar)", _fmt("var_historical", k["var_historical"])),
         ("Beta", _fmt("beta", k["beta"])),
         ("Round trips", _fmt("round_trips", p["round_trips"])),
@@ -675,10 +678,19 @@ def _tiles(a: Mapping[str, Any]) -> list[tuple[str, str]]:
 def _blocks(d: Mapping[str, Any]) -> list[tuple[str, str]]:
     a = d["analysis"]
     two = '<div class="grid2"><div><h3>{}</h3>{}</div><div><h3>{}</h3>{}</div></div>'
+    p, ppy = a["performance"], a["config"].get("periods_per_year") or 252.0
+    caveat = (
+        f'<p class="note">* annualised from {p["bars"]} bars, under a quarter of a year of '
+        f"{ppy:g}: the annual figures (CAGR, volatility, the ratios, alpha) extrapolate them "
+        "to a year, and are no rate to expect</p>"
+        if short_run(int(p["bars"]), float(ppy))
+        else ""
+    )
     blocks = [
         (
             "Metrics",
-            two.format(
+            caveat
+            + two.format(
                 "Performance",
                 key_value_table(a["performance"], _performance_labels(a)),
                 "Risk",

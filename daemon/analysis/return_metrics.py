@@ -236,7 +236,7 @@ def var_historical(returns: Any, tail: float = 0.05) -> float:
     r = _finite_returns(returns, 1)
     if r is None:
         return _NAN
-    return -float(np.percentile(r, 100.0 * tail))
+    return -float(np.percentile(r, 100.0 * tail)) + 0.0  # + 0.0: a flat run's 0, not -0.0
 
 
 def cvar_historical(returns: Any, tail: float = 0.05) -> float:
@@ -245,7 +245,7 @@ def cvar_historical(returns: Any, tail: float = 0.05) -> float:
     if r is None:
         return _NAN
     k = int((r.size - 1) * tail)
-    return -float(np.mean(np.partition(r, k)[: k + 1]))
+    return -float(np.mean(np.partition(r, k)[: k + 1])) + 0.0
 
 
 def _normal(returns: Any, tail: float) -> tuple[float, float, float] | None:
@@ -261,7 +261,7 @@ def var_parametric(returns: Any, tail: float = 0.05) -> float:
     if p is None:
         return _NAN
     mu, sigma, z = p
-    return -(mu + z * sigma)
+    return -(mu + z * sigma) + 0.0
 
 
 def cvar_parametric(returns: Any, tail: float = 0.05) -> float:
@@ -270,7 +270,7 @@ def cvar_parametric(returns: Any, tail: float = 0.05) -> float:
     if p is None:
         return _NAN
     mu, sigma, z = p
-    return -(mu - sigma * NormalDist().pdf(z) / tail)
+    return -(mu - sigma * NormalDist().pdf(z) / tail) + 0.0
 
 
 # ----------------------------------------------------------------------------- benchmark-relative

@@ -311,7 +311,8 @@ def test_fractional_close_leaves_no_phantom_position():
 def test_format_summary():
     s = _run([100, 110, 99, 121], fills=_round_trip_fills())
     text = format_summary(s)
-    lines = text.splitlines()
+    *lines, note = text.splitlines()  # 4 bars: the annual figures' note last
+    assert note.startswith("* annualised from 4 bars")
     assert len(lines) == len(EXPECTED_KEYS)
     assert "21.00%" in text  # total return
     assert "10.00%" in text  # max drawdown
@@ -389,3 +390,44 @@ def test_scaling_leaves_relative_metrics_unchanged(steps, initial, scale):
     b = _run(curve * scale, initial=initial * scale)
     for key in ("total_return", "sharpe", "max_drawdown"):
         assert math.isclose(a[key], b[key], rel_tol=1e-9, abs_tol=1e-9), (key, a[key], b[key])
+
+
+def _row(text: str, label: str) -> str:
+    (line,) = [ln for ln in text.splitlines() if ln.startswith(label)]
+    return line[len(label) :].strip()
+
+
+def test_a_run_under_a_quarter_of_a_year_has_its_annual_figures_marked():
+    """1% over one bar printed as an annual return of 1,127.00%, unqualified."""
+    one = _run([101.0])
+    text = format_summary(one)
+    assert _row(text, "Annual return") == "1,127.40% *"
+    assert text.splitlines()[-1].startswith("* annualised from 1 bars (under a quarter")
+    five = format_summary({**_run([100.1, 100.05, 100.2, 100.3, 100.25]), "bars": 5})
+    assert _row(five, "Sharpe ratio (risk-free 0%)").endswith(" *")
+    # 63 bars of 252 are a quarter: not marked; nor a run whose periods_per_year makes its
+    # 62 bars a longer span.
+    rng = np.random.default_rng(1)
+    quarter = _run(100 * np.cumprod(1 + rng.normal(0.001, 0.01, 63)))
+    assert "*" not in format_summary(quarter)
+    weekly = format_summary({**_run(np.linspace(100, 110, 62)), "periods_per_year": 52.0})
+    assert "*" not in weekly
+
+
+@given(st.floats(-1e-7, 0.0))
+def test_no_figure_prints_as_a_negative_zero(x):
+    """A flat run's historical VaR was -0.0, and a loss rounding to nothing printed
+    "-0.00%": read as a loss."""
+    from tradingd.analysis.metrics import _fmt
+
+    for kind in ("pct", "money", "ratio"):
+        assert not _fmt(x, kind).startswith("-0")
+        assert not _fmt(-0.0, kind).startswith("-")
+
+
+def test_a_flat_run_s_value_at_risk_is_zero_not_negative_zero():
+    from tradingd.analysis import return_metrics as rm
+
+    flat = np.zeros(300)
+    for f in (rm.var_historical, rm.cvar_historical, rm.var_parametric, rm.cvar_parametric):
+        assert math.copysign(1.0, f(flat)) == 1.0, f.__name__

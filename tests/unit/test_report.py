@@ -999,3 +999,16 @@ def test_a_benchmark_that_ends_before_the_run_is_not_drawn_flat_to_its_end():
     assert report.data["series"]["benchmark_equity"][:3] == pytest.approx([1e5, 1.1e5, 1.2e5])
     assert report.data["series"]["benchmark_equity"][3:] == [None, None]
     assert report.data["analysis"]["performance"]["benchmark_total_return"] == pytest.approx(0.2)
+
+
+def test_the_page_marks_the_annual_figures_of_a_run_under_a_quarter_of_a_year(report):
+    t = pd.bdate_range("2020-01-06", periods=5, tz="UTC")
+    equity = pd.Series([1.001e5, 1.0005e5, 1.002e5, 1.003e5, 1.0025e5], index=t)
+    short = build_report(
+        {"equity_curve": equity, "initial_capital": 1e5},
+        analyzer=PerformanceAnalyzer(PerformanceConfig(benchmark="")),
+    ).to_html()
+    assert "* annualised from 5 bars, under a quarter of a year of 252" in short
+    tiles = dict(re.findall(r'<div class="k">([^<]*)</div><div class="v">([^<]*)<', short))
+    assert "Annual return (CAGR) *" in tiles and "Volatility *" in tiles
+    assert "annualised from" not in report.to_html()  # the shared run: years of bars
