@@ -19,7 +19,7 @@ from structlog.testing import capture_logs
 
 from tradingd.analysis.performance import PerformanceAnalyzer, PerformanceConfig
 from tradingd.analysis.run_records import daily_bars_a_year
-from tradingd.app import data_bars_a_year, session_bars_only
+from tradingd.app import build_engine, data_bars_a_year, session_bars_only
 from tradingd.backtest import run_backtest
 from tradingd.feeds.panel import Panel
 
@@ -84,6 +84,13 @@ async def test_a_backtest_of_weekend_daily_bars_annualises_with_365(engine_confi
     assert m["annual_return"] == pytest.approx((1 + total) ** (365 / bars) - 1, rel=1e-9)
     written = json.loads((outcome.output_dir / "summary.json").read_text())
     assert written["periods_per_year"] == 365  # what `tradingd report` annualises with
+    # The stored configuration says so too: a replay read back from the store.
+    engine = build_engine(config, "backtest", panel=every_day_panel())
+    try:
+        stored = json.loads(engine.run.config_json)
+        assert stored["replay_bars"] == {"bar": "1d", "periods_per_year": 365.0}
+    finally:
+        engine.close_held()
 
 
 async def test_a_backtest_on_sessions_says_its_252(engine_config, tmp_path):
