@@ -250,6 +250,22 @@ def load_pinned(config: Config) -> Panel:
     return panel
 
 
+def calendar_has_weekend_sessions(name: str) -> bool:
+    """Whether the exchange calendar `name` holds sessions on Saturdays and Sundays ("24/7":
+    crypto). Its daily bars dated then are sessions, which the loader otherwise refuses as
+    shifted dates (validate.py, `_check_weekends`). The default XNYS is answered without
+    building a calendar (about 0.3 s a backtest)."""
+    if name == "XNYS":
+        return False
+    import exchange_calendars as xcals
+
+    try:
+        mask = str(xcals.get_calendar(name).weekmask)
+    except Exception:  # an unknown name: the calendar's own check names it
+        return False
+    return len(mask) == 7 and mask[5:] != "00"
+
+
 def load_data(config: Config) -> Panel:
     """The configured bars up to `run.end`. History before `run.start` is kept: it warms up
     features, model windows and signals, and trading starts at `run.start` (see
@@ -270,6 +286,7 @@ def load_data(config: Config) -> Panel:
         max_volume=d.max_volume,
         timezone=d.timezone,
         date_format=d.date_format,
+        weekend_sessions=calendar_has_weekend_sessions(config.live.calendar),
     )
     if d.max_symbols and not d.symbols:
         first = _first_symbols(load, d.max_symbols, d.source, d.path, d.layout, config.run.end)

@@ -401,6 +401,7 @@ def load_frame(
     summary: RepairSummary | None = None,
     date_format: str = "",
     advice: Advice = DATA_ADVICE,
+    weekend_sessions: bool = False,
 ) -> pd.DataFrame:
     """The validated long table (time, symbol, open, high, low, close, volume, split, dividend).
 
@@ -410,6 +411,7 @@ def load_frame(
     receives the load's repair counts (logged here all the same): the panel cache keeps them
     to say them again when it serves the load from disk. `advice`: where the settings its
     errors advise are set (validate.Advice; a benchmark file has its own).
+    `weekend_sessions`: the calendar holds weekend sessions (validate_frame).
     """
     _choice("source", source, SOURCES)
     _choice("layout", layout, LAYOUTS)
@@ -430,6 +432,7 @@ def load_frame(
         "end": end,
         "summary": summary,
         "advice": advice,
+        "weekend_sessions": weekend_sessions,
     }
     if source == "bundled":
         frames = [
@@ -511,9 +514,10 @@ def load_panel(
     timezone: str = DEFAULT_TIMEZONE,
     summary: RepairSummary | None = None,
     date_format: str = "",
+    weekend_sessions: bool = False,
 ) -> Panel:
     """Bars of `source` as a Panel: symbols sorted, times the union of all bar times.
-    `summary`: as for `load_frame`."""
+    `summary`, `weekend_sessions`: as for `load_frame`."""
     frame = load_frame(
         source,
         path,
@@ -528,6 +532,7 @@ def load_panel(
         timezone=timezone,
         summary=summary,
         date_format=date_format,
+        weekend_sessions=weekend_sessions,
     )
     # The checks' intermediates are garbage now, but glibc keeps freed heap memory until
     # asked: trimmed here, the panel's arrays reuse it instead of adding to the load's peak

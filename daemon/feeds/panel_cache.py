@@ -90,6 +90,7 @@ def cached_load_panel(
     max_volume: float = DEFAULT_MAX_VOLUME,
     timezone: str = DEFAULT_TIMEZONE,
     date_format: str = "",
+    weekend_sessions: bool = False,
 ) -> Panel:
     """`load_panel` with the same arguments, from the cache when the inputs are unchanged.
 
@@ -113,6 +114,7 @@ def cached_load_panel(
         "max_volume": max_volume,
         "timezone": timezone,
         "date_format": date_format,
+        "weekend_sessions": weekend_sessions,
     }
     # In the key as JSON lists (a lone string is one symbol or repair, as the loader reads it).
     params = {
@@ -122,6 +124,8 @@ def cached_load_panel(
     }
     if not date_format:  # in the key only when set: the entries made before it stay valid
         del params["date_format"]
+    if not weekend_sessions:  # the same
+        del params["weekend_sessions"]
     if load is None:
 
         def load(summary: RepairSummary) -> Panel:

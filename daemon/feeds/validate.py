@@ -1532,6 +1532,7 @@ def validate_frame(
     advice: Advice = DATA_ADVICE,
     open_end: bool = False,
     open_start: bool = False,
+    weekend_sessions: bool = False,
 ) -> pd.DataFrame:
     """Check (and, where enabled, repair) bars; return the clean long table.
 
@@ -1549,7 +1550,9 @@ def validate_frame(
     last bar of each symbol is the newest of a live answer, left to the feed by the spike
     check (see `_spikes`), and the output has the column `jump_from` (`_newest_jumps`).
     `open_start`: the first bar of each symbol is the first of a live answer's window, a
-    neighbour only for the spike check (see `_spikes`).
+    neighbour only for the spike check (see `_spikes`). `weekend_sessions`: the run's
+    calendar holds sessions on Saturdays and Sundays (`live.calendar = "24/7"`, crypto), so
+    daily bars dated then are sessions, not errors (`_check_weekends`).
     """
     if interval not in INTERVALS:
         raise ConfigError(
@@ -1573,7 +1576,8 @@ def validate_frame(
         date_format=date_format,
     )
     frame = _check_values(frame, ctx, repairs, max_volume)
-    frame = _check_weekends(frame, ctx, repairs)
+    if not weekend_sessions:
+        frame = _check_weekends(frame, ctx, repairs)
     frame = _check_time(frame, ctx, repairs, max_gap_days)
     frame = _snap_splits(frame, ctx)
     _suspect_actions(frame, ctx)

@@ -135,3 +135,38 @@ def test_the_analyzer_annualises_a_bare_curve_of_weekend_bars_with_its_own_count
 def test_daily_bars_a_year_counts_bars_per_calendar_year(freq, want):
     times = pd.date_range("2019-03-04", periods=900, freq=freq)
     assert daily_bars_a_year(times) == want
+
+
+def _every_day_csv(path, days: int = 60) -> None:  # type: ignore[no-untyped-def]
+    panel = every_day_panel(days=days)
+    rows = [
+        {"time": pd.Timestamp(t).date().isoformat(), "symbol": s, "open": panel.close[i, j],
+         "high": panel.high[i, j], "low": panel.low[i, j], "close": panel.close[i, j],
+         "volume": 1_000_000}
+        for i, t in enumerate(panel.times)
+        for j, s in enumerate(panel.symbols)
+    ]  # fmt: skip
+    pd.DataFrame(rows).to_csv(path, index=False)
+
+
+def test_a_file_of_weekend_daily_bars_loads_on_a_calendar_with_weekend_sessions(
+    engine_config, tmp_path
+):
+    """The loader refuses daily bars dated on a weekend (a shifted date on an exchange's
+    calendar), but on a calendar that holds weekend sessions (`live.calendar = "24/7"`,
+    crypto) they are sessions: refused there too, the data could not be run at all."""
+    from tradingd.app import load_data
+    from tradingd.core.errors import DataError
+
+    path = tmp_path / "crypto.csv"
+    _every_day_csv(path)
+    config = dataclasses.replace(
+        engine_config,
+        data=dataclasses.replace(engine_config.data, source="csv", path=str(path), layout="long"),
+    )
+    with pytest.raises(DataError, match="Saturday or a Sunday"):
+        load_data(config)
+    panel = load_data(_with_calendar(config, "24/7"))
+    assert panel.symbols == ("AAA", "BBB") and len(panel.times) == 60
+    weekend = pd.DatetimeIndex(panel.times).day_of_week >= 5
+    assert weekend.sum() == 17  # 60 days from Wednesday 2020-01-01
