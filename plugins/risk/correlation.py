@@ -115,7 +115,10 @@ def pairwise_correlation(
     fx, fy = ~np.isnan(x).any(axis=0), ~np.isnan(y).any(axis=0)
     corr = np.empty((rows.size, cols.size))
     common = np.empty((rows.size, cols.size), dtype=np.int64)
-    if fx.any() and fy.any():
+    if fx.all() and fy.all():  # the usual case: no fancy-indexed copy of the matrix
+        np.matmul(_standardised(x).T, _standardised(y), out=corr)
+        common.fill(x.shape[0])
+    elif fx.any() and fy.any():
         block = np.ix_(fx, fy)
         corr[block] = _standardised(x[:, fx]).T @ _standardised(y[:, fy])
         common[block] = x.shape[0]
@@ -221,23 +224,29 @@ class CorrelationLimit:
             eff = np.abs(corr) if c.absolute else corr * np.outer(sign[cand], sign[others])
             unknown = common < c.min_overlap  # counts as too high
             over = unknown | (eff > limit)
-            # Which collision a reason names: an unmeasurable pair first, else the highest.
-            badness = np.where(unknown, np.inf, np.nan_to_num(eff, nan=np.inf))
             m = existing.size
             vs_held = over[:, :m].any(axis=1)
             vs_entry = over[:, m:]
-            accepted = np.zeros(cand.size, dtype=bool)
+            # Greedy in priority order: an entry is accepted unless it collides with an
+            # entry accepted before it. One that collides with no earlier entry at all is
+            # accepted whatever the others do, so only the rest are walked one by one (with
+            # hundreds of candidates a bar, the walk over every one cost more than the
+            # correlations; the result is the same).
+            earlier = np.tril(vs_entry, -1).any(axis=1)
+            accepted = np.logical_and(~vs_held, ~earlier)
             by_entry = np.zeros(cand.size, dtype=bool)
-            for j in np.flatnonzero(~vs_held).tolist():  # in priority order
-                if (vs_entry[j] & accepted).any():
+            for j in np.flatnonzero(~vs_held & earlier).tolist():  # in priority order
+                if (vs_entry[j, :j] & accepted[:j]).any():
                     by_entry[j] = True
                 else:
                     accepted[j] = True
-            others_mask = np.zeros(over.shape, dtype=bool)
-            others_mask[:, :m] = True
-            others_mask[:, m:] = accepted
             rows = np.flatnonzero(vs_held | by_entry)
-            pick = np.where(over & others_mask, badness, -np.inf)[rows].argmax(axis=1)
+            # Which collision a reason names: an unmeasurable pair first, else the highest
+            # (computed for the refused rows only).
+            bad = np.where(unknown[rows], np.inf, np.nan_to_num(eff[rows], nan=np.inf))
+            counted = over[rows]
+            counted[:, m:] &= accepted
+            pick = np.where(counted, bad, -np.inf).argmax(axis=1)
             for j, k in zip(rows.tolist(), pick.tolist(), strict=True):
                 what = "held position" if k < m else "entry accepted at this bar"
                 reasons[int(cand[j])] = self._why(
