@@ -44,6 +44,23 @@ _EMPTY = np.array([], dtype=float)
 BAR = CrossSection(T0, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY, _EMPTY)
 
 
+def limit_buy(
+    fake: AlpacaTradingFake, symbol: str, qty: int, limit: int, client_id: str, tif: str = "gtc"
+) -> Any:
+    """A limit buy placed in the account directly (by hand, or by a run that is down)."""
+    return fake._create(
+        {
+            "symbol": symbol,
+            "qty": str(qty),
+            "side": "buy",
+            "type": "limit",
+            "limit_price": str(limit),
+            "time_in_force": tif,
+            "client_order_id": client_id,
+        }
+    )
+
+
 def order(
     symbol: str,
     signed_qty: float,
@@ -325,17 +342,7 @@ async def test_an_intent_that_never_reached_alpaca_is_placed_once_on_resubmit(fa
         # executes: the resubmit meets a 422 duplicate. The id was not at Alpaca when this
         # process resumed, so that order is this run's own intent and none of its
         # executions is booked: all of them are reported.
-        fake._create(
-            {
-                "symbol": "TSLA",
-                "qty": "5",
-                "side": "buy",
-                "type": "limit",
-                "limit_price": "200",
-                "time_in_force": "day",
-                "client_order_id": late.client_order_id,
-            }
-        )
+        limit_buy(fake, "TSLA", 5, 200, late.client_order_id, tif="day")
         fake.fill(late.client_order_id, price=199.5)
         [ack] = await after.submit([late])
         assert (ack.status, ack.filled_quantity) == (OrderStatus.FILLED, 5)
@@ -356,17 +363,7 @@ async def test_a_stored_row_that_is_not_an_intent_is_not_reported_again(fake):
     time: such a row after the checkpoint is not an intent. Following it from nothing
     filled would book again what it filled; only the real intent is reported."""
     fake.set_price("TSLA", 200.0, match=False)
-    foreign = fake._create(
-        {
-            "symbol": "TSLA",
-            "qty": "3",
-            "side": "buy",
-            "type": "limit",
-            "limit_price": "200",
-            "time_in_force": "gtc",
-            "client_order_id": "placed-by-hand-2",
-        }
-    )
+    foreign = limit_buy(fake, "TSLA", 3, 200, "placed-by-hand-2")
     fake.fill(foreign.client_order_id, price=199.0)
     row = Order(
         client_order_id=foreign.client_order_id,
@@ -406,17 +403,7 @@ async def test_an_open_order_neither_known_nor_intended_is_adopted_with_a_warnin
         await before.submit([ours])
         known = checkpoint(before)
     # Placed by hand in the same account while the daemon was down.
-    by_hand = fake._create(
-        {
-            "symbol": "TSLA",
-            "qty": "3",
-            "side": "buy",
-            "type": "limit",
-            "limit_price": "150",
-            "time_in_force": "gtc",
-            "client_order_id": "placed-by-hand-1",
-        }
-    )
+    by_hand = limit_buy(fake, "TSLA", 3, 150, "placed-by-hand-1")
 
     async with running(fake) as after:
         with capture_logs() as logs:
@@ -471,17 +458,7 @@ async def test_an_update_of_a_checkpoint_order_before_resume_is_not_taken_for_an
         passes = sorting(after, monkeypatch)
         with capture_logs() as logs:
             fake.fill(cid, price=99.0, qty=4)  # the stream says it at once
-            by_hand = fake._create(
-                {
-                    "symbol": "TSLA",
-                    "qty": "3",
-                    "side": "buy",
-                    "type": "limit",
-                    "limit_price": "150",
-                    "time_in_force": "gtc",
-                    "client_order_id": "by-hand-meanwhile",
-                }
-            )
+            by_hand = limit_buy(fake, "TSLA", 3, 150, "by-hand-meanwhile")
             parked = {by_hand.id} | (set() if adopt else {fake.order(cid).id})
             # The poller's passes after each update was parked.
             await eventually(lambda: parked <= {aid for p in passes for aid in p})
@@ -509,17 +486,7 @@ async def test_a_run_without_a_checkpoint_sorts_unknown_orders_once_the_engine_g
     async with running(fake) as broker:
         passes = sorting(broker, monkeypatch)
         with capture_logs() as logs:
-            placed = fake._create(
-                {
-                    "symbol": "TSLA",
-                    "qty": "3",
-                    "side": "buy",
-                    "type": "limit",
-                    "limit_price": "150",
-                    "time_in_force": "gtc",
-                    "client_order_id": "by-hand-new-run",
-                }
-            )
+            placed = limit_buy(fake, "TSLA", 3, 150, "by-hand-new-run")
             await eventually(lambda: any(placed.id in p for p in passes))
             assert broker.status()["foreign_orders_found"] == 0
             await broker.positions()  # the engine's first reconciliation, before its first bar
