@@ -290,12 +290,49 @@ def _checked(plugin: Any, name: str, kind: str, where: str) -> Any:
     return plugin
 
 
+# The hooks the engine, the reload and the composition root call without awaiting
+# (core.ports; README "Optional hooks"): an `async def` among them passed the start-up check,
+# then its coroutine was dropped unawaited (observe, close, a SIGHUP's reconfigure, which
+# the reload reported "applied"), checkpointed as text (state) or refused at the first
+# trading bar as "values (object), not numbers" after the whole warm-up (score, size).
+_PLAIN_HOOKS = (
+    "required_features",
+    "score",
+    "observe",
+    "size",
+    "check",
+    "history_bars",
+    "state",
+    "restore",
+    "reconfigure",
+    "close",
+    "pin_model",
+    "for_replay",
+    "check_reloaded_models",
+    "run_inputs",
+    "run_inputs_of",
+    "params_for_run_inputs",
+)
+
+
 def _check_hooks(plugin: Any, name: str, where: str) -> None:
     """The hooks' answers checked when the plugin is built, where a mistake is one clear
     error: `required_features()` returning None ended `tradingd config` in a TypeError
     traceback, `history_bars()` returning None the engine's start, and a plain (not async)
     `settle()` passed every backtest to fail at a live run's first bar (`prepare_bar()`
-    alike: awaited every trading bar, a plain one fails there)."""
+    alike: awaited every trading bar, a plain one fails there). Every other hook must be a
+    plain def (`_PLAIN_HOOKS`), checked first: an async `required_features` is named as such."""
+    for hook in _PLAIN_HOOKS:
+        method = getattr(plugin, hook, None)
+        if method is not None and (
+            inspect.iscoroutinefunction(method) or inspect.isasyncgenfunction(method)
+        ):
+            raise PluginError(
+                f"plugin {name!r} ({where}): {hook}() must be a plain def, and "
+                f"{getattr(method, '__qualname__', hook)} is an async def: the engine calls "
+                "it without awaiting, so its body would never run (only settle() and "
+                "prepare_bar() are awaited)"
+            )
     feature_names(plugin)  # raises naming the plugin
     hb = getattr(plugin, "history_bars", None)
     if hb is not None:

@@ -300,3 +300,52 @@ def test_a_plain_prepare_bar_is_refused_when_built_and_an_async_one_is_awaited_b
             continue
         with pytest.raises(PluginFault, match=r"'theirs' failed in prepare_bar at bar 2015-06"):
             asyncio.run(Engine._prepare_signals(engine, ctx))  # type: ignore[arg-type]
+
+
+_PLAIN = (
+    "required_features",
+    "score",
+    "observe",
+    "history_bars",
+    "state",
+    "restore",
+    "reconfigure",
+    "close",
+    "pin_model",
+    "for_replay",
+    "check_reloaded_models",
+    "run_inputs",
+)
+
+
+@pytest.mark.parametrize("hook", _PLAIN)
+def test_an_async_hook_the_engine_does_not_await_is_refused_when_built(hook):
+    """An `async def reconfigure` was never run on SIGHUP while the reload said "applied";
+    an async score ran the whole warm-up to fail as "values (object), not numbers", an
+    async observe or close never ran, an async state checkpointed a coroutine's text."""
+
+    async def hooked(self: Any, *args: Any) -> Any:
+        return None
+
+    with pytest.raises(
+        PluginError, match=rf"plugin 'theirs' \(their_pkg:Theirs\): {hook}\(\) must be a plain def"
+    ):
+        _load(_with(**{hook: hooked}))
+
+    def plain(self: Any, *args: Any) -> Any:
+        return () if hook == "required_features" else 0 if hook == "history_bars" else None
+
+    assert _load(_with(**{hook: plain})).name == "theirs"
+
+
+def test_async_size_and_check_are_refused_for_sizing_and_risk_plugins():
+    async def size(self: Any, score: Any, ctx: Any) -> Any:
+        return score
+
+    async def check(self: Any, targets: Any, ctx: Any) -> Any:
+        return targets
+
+    for kind, hook, fn in (("sizing", "size", size), ("risk", "check", check)):
+        cls = type("Theirs", (_Signal,), {"kind": kind, hook: fn})
+        with pytest.raises(PluginError, match=rf"plugin 'theirs'.*{hook}\(\) must be a plain def"):
+            load_plugin(PluginSpec("theirs"), kind, SYMS, kind, {"theirs": _EP(cls)})
