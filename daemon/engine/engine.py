@@ -3925,7 +3925,7 @@ class Engine:
                     # conversion (which named none of them), as the plugin's fault.
                     given = by_symbol(given, self.symbols)
                     _refuse_non_numbers(given, "score")
-                    s = np.asarray(given, dtype=np.float64)
+                    s = _floats(given)
             except PluginFault:
                 raise
             except Exception as exc:
@@ -4254,7 +4254,7 @@ def _any_target(t: Any) -> bool:
     if type(t) is not _NDARRAY or t.dtype is not _F64:
         try:
             _refuse_non_numbers(t, "size")
-            t = np.asarray(t, dtype=np.float64)
+            t = _floats(t)
         except Exception:  # refused by `_check_array`, which says why
             return True
     return bool(count_nonzero(t == t))
@@ -4278,7 +4278,7 @@ def _check_array(
             if symbols is not None:  # a Series, lined up on the symbols (by_symbol)
                 arr = by_symbol(arr, symbols)
             _refuse_non_numbers(arr, stage)
-            a = np.asarray(arr, dtype=np.float64)
+            a = _floats(arr)
         except (TypeError, ValueError) as exc:  # None, text, booleans, a mapping, ragged lists
             raise PluginFault(_name(plugin), stage, t, exc) from exc
     if a.shape != (n,):
@@ -4369,6 +4369,16 @@ def _refuse_non_numbers(given: Any, stage: str) -> None:
     raise TypeError(
         f"returned {_KIND_NAMES.get(kind, 'values')} ({a.dtype}), not numbers{_HINTS.get(kind, '')}"
     )
+
+
+def _floats(given: Any) -> np.ndarray:
+    """A plugin's output (checked by `_refuse_non_numbers`) as float64, off the fast path (a
+    float64 ndarray is taken as it is before this). A masked entry of a numpy masked array
+    is no value, so NaN (no view as a score; a target repaired to 0 and logged): `asarray`
+    dropped the mask and traded on whatever the masked slot held."""
+    if isinstance(given, np.ma.MaskedArray):
+        return np.ma.filled(given.astype(np.float64), np.nan)
+    return np.asarray(given, dtype=np.float64)
 
 
 def _is_real(v: Any) -> bool:

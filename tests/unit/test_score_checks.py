@@ -837,3 +837,27 @@ def test_a_window_longer_than_declared_names_history_bars_and_the_plugin():
     assert said.startswith("plugin 'greedy' failed in score at bar t: ValueError: window of ")
     assert "300 bars requested, but the history keeps 5" in said
     assert "declare history_bars() returning at least 300" in said
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.floats(-1.0, 1.0), min_size=N, max_size=N),
+    st.lists(st.booleans(), min_size=N, max_size=N),
+    st.sampled_from([np.float64, np.float32, np.int64]),
+)
+def test_a_masked_entry_is_no_value_as_a_score_and_no_position_as_a_target(
+    values: list[float], mask: list[bool], dtype: type
+) -> None:
+    """A numpy masked array was read through its mask: `np.asarray` dropped it, and the
+    masked slots' data (here 0.75, or 1 as integers) was traded on. A masked entry is NaN:
+    no view as a score, a target of 0 (repaired and logged as a NaN target is)."""
+    from tradingd.engine.engine import _check_array
+
+    data = np.array(values).astype(dtype)
+    data[np.array(mask)] = 0.75 if dtype is not np.int64 else 1
+    given_values = np.ma.MaskedArray(data, mask=mask)
+    expected = np.where(mask, np.nan, data.astype(np.float64))
+    np.testing.assert_array_equal(_score(given_values), expected)
+    got = _check_array(_Plugin(given_values), "size", given_values, N, "t", allow_nan=False)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(got, np.where(mask, 0.0, expected))
+    assert type(got) is np.ndarray
