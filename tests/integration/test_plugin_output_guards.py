@@ -518,3 +518,45 @@ async def test_ctx_index_counts_the_bars_given_from_the_first_warm_up_bar(engine
     assert [i for i, _, _ in seen] == list(range(90))
     assert all(i == length - 1 for i, length, _ in seen)
     assert next(i for i, _, traded in seen if traded) == warm_up
+
+
+def _memory_behind(a: object) -> int:
+    """The most numbers any array or buffer under `a` holds (its `.base`, a memoryview's
+    `.obj`, all the way down): what a plugin can reach from the array it is given."""
+    most = 0
+    while a is not None:
+        if isinstance(a, np.ndarray | memoryview):
+            most = max(most, a.nbytes // 8)
+        a = getattr(a, "base", None) if isinstance(a, np.ndarray) else getattr(a, "obj", None)
+    return most
+
+
+async def test_a_recorded_live_bar_reaches_no_later_bar_through_its_base(engine_config):
+    """On the recorded live feed `ctx.bar.close.base` was the whole recorded panel: a plugin
+    read the closes still to come (a demo account went from 100k to 188k, and replay-check
+    passed it). Each bar's arrays are now copies holding that bar alone, on the warm-up bars
+    as on the traded ones."""
+    from tradingd.app import build_engine
+
+    class Peeker:
+        kind, name = "signal", "peeker"
+
+        def __init__(self) -> None:
+            self.reach: set[int] = set()
+
+        def required_features(self):  # type: ignore[no-untyped-def]
+            return ()
+
+        def score(self, ctx):  # type: ignore[no-untyped-def]
+            b = ctx.bar
+            for a in (b.open, b.high, b.low, b.close, b.volume, b.split, b.dividend):
+                self.reach.add(_memory_behind(a))
+            return np.full(len(ctx.symbols), np.nan)
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    peeker = Peeker()
+    engine.pipeline.signals = [(peeker, 1.0)]
+    result = await engine.run_until_done()
+    assert result.bars > 0
+    assert peeker.reach == {len(panel.symbols)}
