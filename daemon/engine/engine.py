@@ -19,6 +19,7 @@ import math
 import numbers
 import re
 import time as _time
+import weakref
 from collections import deque
 from collections.abc import (
     AsyncIterator,
@@ -509,6 +510,7 @@ _WARMUP_STUCK_S = 300.0
 class Engine:
     # The risk chain's list and each plugin's label in it (`_risk`): made at the first bar.
     _risk_labels: tuple[list[Any], list[str | None]] | None = None
+    _signal_keys: tuple[list[Any], list[str]] | None = None
 
     def __init__(
         self,
@@ -564,6 +566,7 @@ class Engine:
         self.store = store
         self.cache = cache
         self.pipeline = pipeline
+        _label_instances(pipeline.plugins())  # `name#2` in its faults (`_name`)
         # The signal plugins' optional `async prepare_bar(ctx)` (core.ports), found once.
         self._preparers = tuple(
             (plugin, prepare)
@@ -1377,6 +1380,8 @@ class Engine:
             self._stop_event.set()  # a warm-up waiting on its source
 
     async def run_until_done(self) -> EngineResult:
+        # The pipeline as the run has it (it may be another since the engine was made).
+        _label_instances(self.pipeline.plugins())
         # The clock starts last, after the warm-up: connect, warm up, then trade.
         parts = tuple(
             p
@@ -3837,12 +3842,20 @@ class Engine:
                     raise _fault_at(plugin, "settle", self._last_time, exc) from exc
 
     def _signal_source(self) -> str:
-        """Plugin names, with the model version for model-backed ones (it can change when a
-        retrained model is swapped in mid-run)."""
+        """Plugin instance keys (`instance_keys`: a signal configured twice is `name` and
+        `name#2`, not "q_trend,q_trend"), with the model version for model-backed ones (it
+        can change when a retrained model is swapped in mid-run). The keys are made again
+        only when the signals list is another (as `_risk_labels`)."""
+        signals = self.pipeline.signals
+        keyed = self._signal_keys
+        if keyed is None or keyed[0] is not signals or len(keyed[1]) != len(signals):
+            plugins = [p for p, _ in signals]
+            keyed = self._signal_keys = (signals, [k for k, _ in instance_keys(plugins)])
+            _label_instances(plugins)
         parts = []
-        for plugin, _ in self.pipeline.signals:
+        for (plugin, _), key in zip(signals, keyed[1]):  # noqa: B905 (made from `signals`)
             version = getattr(plugin, "version", None)
-            parts.append(f"{plugin.name}@{version}" if version else plugin.name)
+            parts.append(f"{key}@{version}" if version else key)
         return ",".join(parts)
 
     def _features(
@@ -3939,7 +3952,7 @@ class Engine:
             outside = np.abs(s) > _SCORE_LIMIT  # NaN compares False: ignored
             if count_nonzero(outside):
                 raise PluginFault(
-                    plugin.name,
+                    _name(plugin),
                     "score",
                     ctx.time,
                     ValueError(
@@ -4035,6 +4048,7 @@ class Engine:
             # summary's counts and the restrictions of the two merged.
             labels = [None if k == p.name else k for k, p in instance_keys(risks)]
             labelled = self._risk_labels = (risks, labels)
+            _label_instances(risks)
         # Each plugin is given a copy it cannot write into nor make writeable (`read_only_copy`,
         # spelled out): a view of the targets, flagged read-only, was made writeable by
         # `setflags(write=True)`. One copy for the chain while its plugins return the array
@@ -4054,7 +4068,7 @@ class Engine:
                 self._slow(r, "check", ctx.time, took)
             if not isinstance(decision, RiskDecision):
                 raise PluginFault(
-                    r.name,
+                    _name(r),
                     "check",
                     ctx.time,
                     TypeError(f"returned {type(decision).__name__}, not RiskDecision"),
@@ -4072,7 +4086,7 @@ class Engine:
             if decision.verdicts:
                 error = verdict_error(r.name, decision.verdicts, self._universe)
                 if error is not None:
-                    raise PluginFault(r.name, "check", ctx.time, error)
+                    raise PluginFault(_name(r), "check", ctx.time, error)
                 if label is None:
                     verdicts.extend(decision.verdicts)
                 else:
@@ -4439,4 +4453,44 @@ def _repaired(
 
 
 def _name(plugin: Any) -> str:
+    """What errors and logs call the plugin: its name, or its instance key (`name#2`) when
+    it is a later instance of a plugin configured twice (`_label_instances`), so a fault
+    names the instance that raised. Off the per-bar path (faults, repairs, slow calls)."""
+    later = _LATER_INSTANCES.get(id(plugin))
+    if later is not None and later[0]() is plugin:
+        return later[1]
     return getattr(plugin, "name", type(plugin).__name__)
+
+
+# The later instances of a plugin configured twice, by id: (a reference to the instance,
+# its key `name#2`). With the instance, since an id is reused once its object is gone; a
+# weak one where the plugin takes it, so an engine's plugins are not kept for the process.
+# Empty unless a plugin is configured twice.
+_LATER_INSTANCES: dict[int, tuple[Callable[[], Any], str]] = {}
+
+
+def _label_instances(plugins: Iterable[Any]) -> None:
+    """Note the instance keys (`plugins.instance_keys`) of the plugins that are a later
+    instance (`name#2`), for `_name`. The first instance is its name, and not noted. Called
+    where the engine takes its pipeline (and sees a new signals or risks list)."""
+    named = [p for p in plugins if isinstance(getattr(p, "name", None), str)]
+    for key, plugin in instance_keys(named):
+        if key == plugin.name:
+            continue
+        for gone in [i for i, (ref, _) in _LATER_INSTANCES.items() if ref() is None]:
+            del _LATER_INSTANCES[gone]
+        try:
+            ref: Callable[[], Any] = weakref.ref(plugin)
+        except TypeError:  # __slots__ without __weakref__: kept
+            ref = _Strong(plugin)
+        _LATER_INSTANCES[id(plugin)] = (ref, key)
+
+
+@dataclass(frozen=True, slots=True)
+class _Strong:
+    """A reference that is not weak, called as `weakref.ref` is."""
+
+    target: Any
+
+    def __call__(self) -> Any:
+        return self.target

@@ -560,3 +560,43 @@ async def test_a_recorded_live_bar_reaches_no_later_bar_through_its_base(engine_
     result = await engine.run_until_done()
     assert result.bars > 0
     assert peeker.reach == {len(panel.symbols)}
+
+
+@pytest.mark.parametrize("mode", ["backtest", "live"])
+async def test_a_plugin_configured_twice_is_named_by_instance_in_faults_and_records(
+    engine_config, mode
+):
+    """The same signal configured twice (README: its instances are `name` and `name#2`) was
+    "q_trend,q_trend" in the signal records and `plugin 'q_trend' failed` whichever of the
+    two raised. The records say `twice,twice#2`; a fault in the second names `twice#2`, and
+    one in the first `twice`."""
+    from tradingd.app import build_engine
+
+    class Twice:
+        kind, name = "signal", "twice"
+
+        def __init__(self, fail_at: int | None) -> None:
+            self.fail_at = fail_at
+            self.sources: list[str] = []
+
+        def required_features(self):  # type: ignore[no-untyped-def]
+            return ()
+
+        def score(self, ctx):  # type: ignore[no-untyped-def]
+            if ctx.index == self.fail_at:
+                raise RuntimeError("boom")
+            return np.zeros(len(ctx.symbols))
+
+    for failing in (1, 0):
+        if mode == "live":
+            panel, config = live_run(engine_config)
+        else:
+            panel, config = make_panel(n_bars=90, split_at=None), engine_config
+        engine = build_engine(config, mode, panel=panel)
+        plugins = [Twice(None), Twice(None)]
+        engine.pipeline.signals = [(p, 1.0) for p in plugins]
+        assert engine.signal_source == "twice,twice#2"
+        plugins[failing].fail_at = 75
+        label = "twice#2" if failing else "twice"
+        with pytest.raises(PluginFault, match=rf"plugin '{label}' failed in score at bar"):
+            await engine.run_until_done()
