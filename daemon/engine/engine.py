@@ -96,7 +96,7 @@ from ..storage.buffered import booked_through, path_text, unstorable
 from . import collector
 from .accounting import BLOCKING, RejectionRecord, RiskRecord, rule_of
 from .decisions import decision_record
-from .history import HistoryBuffer
+from .history import HistoryBuffer, HistoryReader
 from .outages import BrokerOutage, FeedOutage
 from .planner import OrderPlanner, Plan
 from .plugin_outputs import by_symbol, verdict_error
@@ -606,6 +606,8 @@ class Engine:
             prepare(self._required) if callable(prepare) else None
         )
         self.history = HistoryBuffer(len(self.symbols), max(history_bars, pipeline.history_bars()))
+        # What plugins see of it (ctx.history): window and length, no push; made once.
+        self._history_view = HistoryReader(self.history)
         self._times: deque[datetime] = deque(maxlen=curve_maxlen)
         self._equity: deque[float] = deque(maxlen=curve_maxlen)
         self._gross: deque[float] = deque(maxlen=curve_maxlen)
@@ -3280,7 +3282,7 @@ class Engine:
             bar,
             mark,
             valid,
-            self.history,
+            self._history_view,
             features,
             pf.view(),
             ready,
@@ -3808,7 +3810,7 @@ class Engine:
             bar=bar,
             mark=self.portfolio.mark,
             tradable=valid,
-            history=self.history,
+            history=self._history_view,
             features=features,
             portfolio=self.portfolio.view(),
             ready=ready,

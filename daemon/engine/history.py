@@ -102,3 +102,23 @@ class HistoryBuffer:
             buf[p] = row
             buf[q] = row
         self._pos = p
+
+
+class HistoryReader:
+    """What a plugin is given as `ctx.history` (`core.ports.HistoryView`): the engine's
+    buffer's `window` and `length`, without its `push`. The buffer itself was handed out,
+    and a plugin calling `ctx.history.push(bar)` added a bar to every plugin's history (and
+    shifted `length`, which `ctx.index` counts). Made once per engine: `window` is the
+    buffer's own bound method, so a read costs no call more. Against the accident, not
+    intent (as `core.arrays.read_only_alias`): the buffer is reachable through `window`."""
+
+    __slots__ = ("_buffer", "window")
+
+    def __init__(self, buffer: HistoryBuffer) -> None:
+        self._buffer = buffer
+        self.window = buffer.window
+
+    @property
+    def length(self) -> int:
+        """Bars seen so far."""
+        return self._buffer._len

@@ -600,3 +600,33 @@ async def test_a_plugin_configured_twice_is_named_by_instance_in_faults_and_reco
         label = "twice#2" if failing else "twice"
         with pytest.raises(PluginFault, match=rf"plugin '{label}' failed in score at bar"):
             await engine.run_until_done()
+
+
+@pytest.mark.parametrize("mode", ["backtest", "live"])
+async def test_ctx_history_offers_no_push_and_its_reads_are_the_engines(engine_config, mode):
+    """ctx.history was the engine's own buffer: a plugin calling `ctx.history.push(ctx.bar)`
+    added the bar to every plugin's history (a doubled row in each window, `length` and
+    `ctx.index` off by one). It now has `window` and `length` only: the push is an
+    AttributeError (here caught), and what the plugins read is the engine's buffer."""
+    pusher_failed: list[str] = []
+
+    class Pusher:
+        kind, name = "signal", "pusher"
+
+        def required_features(self):  # type: ignore[no-untyped-def]
+            return ()
+
+        def score(self, ctx):  # type: ignore[no-untyped-def]
+            try:
+                ctx.history.push(ctx.bar)
+            except AttributeError as exc:
+                pusher_failed.append(str(exc))
+            assert ctx.history.length == ctx.index + 1
+            return np.full(len(ctx.symbols), np.nan)
+
+    engine, reader = _engine(engine_config, mode, Pusher())
+    await engine.run_until_done()
+    assert pusher_failed and "push" in pusher_failed[0]
+    assert reader.read
+    final = engine.history.window("close", 2)
+    np.testing.assert_array_equal(reader.read[-1]["history window"], final)
