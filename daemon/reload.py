@@ -40,7 +40,7 @@ import structlog
 
 from .config import Config, PluginSpec, build, load_config
 from .core.errors import ConfigError, TradingdError
-from .engine.plugins import RUN_KEYS
+from .engine.plugins import RUN_KEYS, naming_plugin
 from .logs import unfiltered
 
 log = structlog.get_logger(__name__)
@@ -279,7 +279,11 @@ def _plugin_config(cls: type, spec: PluginSpec, where: str, running: Any = None)
     for key in RUN_KEYS:
         if key not in params and running is not None and hasattr(running, key):
             params[key] = getattr(running, key)
-    return build(config_cls, params, where)
+    try:
+        return build(config_cls, params, where)
+    except ConfigError as exc:
+        naming_plugin(exc, where.removesuffix(".params"), spec.name)
+        raise
 
 
 def _validate_instance(cls: type, config: Any, symbols: tuple[str, ...], where: str) -> int:

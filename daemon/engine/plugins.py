@@ -177,7 +177,11 @@ def load_plugin(
     config_cls = getattr(cls, "Config", None)
     if config_cls is None:
         raise PluginError(f"plugin {spec.name!r} ({ep.value}) has no Config class")
-    config = _config(config_cls, spec, where, run_defaults or {})
+    try:
+        config = _config(config_cls, spec, where, run_defaults or {})
+    except ConfigError as exc:
+        naming_plugin(exc, where, spec.name)
+        raise
     plugin = _construct(cls, config, symbols, spec.name, where, ep.value)
     return _checked(plugin, spec.name, kind, ep.value)
 
@@ -211,6 +215,16 @@ def _construct(
             f"{where}.name = {name!r}: the plugin's constructor ({target}) failed: "
             f"{type(exc).__name__}: {exc} (a bug in the plugin, or a resource it needs)"
         ) from exc
+
+
+def naming_plugin(exc: ConfigError, where: str, name: str) -> None:
+    """`exc`, an error of the params of the plugin at `where` (`signals[0]`), with the
+    plugin's name added (in place, keeping its type): "unknown key(s) signals[0].params.barz"
+    named a list position, and with several signals the user counted entries to find which.
+    The key stays first, as `config.name_origin` reads it there."""
+    text = str(exc)
+    if repr(name) not in text:
+        exc.args = (f"{text} ({where} is the plugin {name!r})", *exc.args[1:])
 
 
 def _config(config_cls: type, spec: PluginSpec, where: str, run_defaults: Mapping[str, Any]) -> Any:

@@ -330,3 +330,24 @@ def test_a_run_default_the_field_refuses_is_named_as_the_runs():
         bad = PluginSpec("theirs", params={"periods_per_year": "x"})
         load_plugin(bad, "sizing", SYMS, "sizing", eps, {"periods_per_year": 1638.5})
     assert str(e.value).startswith("sizing.params.periods_per_year must be an integer, got 'x'")
+
+
+def test_a_params_error_names_the_plugin_as_well_as_its_place():
+    """ "unknown key(s) signals[0].params.barz" named a list position only: with several
+    signals the user counted entries to find which. The key stays first (the file that set
+    it is found from it), the plugin is named after; a SIGHUP's reload says the same."""
+    from tradingd.reload import _plugin_config
+
+    with pytest.raises(
+        ConfigError,
+        match=r"^unknown key\(s\) signals\[1\]\.params\.lookbak; valid keys: .*"
+        r"\(signals\[1\] is the plugin 'momentum'\)$",
+    ):
+        load_plugin(PluginSpec("momentum", params={"lookbak": 5}), "signal", SYMS, "signals[1]")
+    with pytest.raises(
+        ConfigError,
+        match=r"^unknown key\(s\) risk\[2\]\.params\.max_pos; .*"
+        r"\(risk\[2\] is the plugin 'max_position'\)$",
+    ):
+        cls = type(load_plugin(PluginSpec("max_position"), "risk", SYMS, "risk[2]"))
+        _plugin_config(cls, PluginSpec("max_position", params={"max_pos": 0.1}), "risk[2].params")
