@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from tradingd.inference.onnx import CNN_LSTM_ARCHITECTURE
+
 from .config import ModelConfig
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -24,6 +26,14 @@ def set_seeds(seed: int) -> None:
 
 
 class CNNLSTMModel:
+    """Conv1D (valid, kernel `cnn_kernel_size`) -> MaxPooling1D(2, same) -> BiLSTM -> Dense.
+
+    The pooling pads (`ARCHITECTURE`, recorded in the model card): every conv output reaches
+    the LSTM, the newest bar's included, for an even or odd `time_steps`. A causal conv with
+    valid pooling would keep it for even windows only (T outputs, T odd rounded down)."""
+
+    ARCHITECTURE = CNN_LSTM_ARCHITECTURE
+
     def __init__(
         self,
         time_steps: int,
@@ -40,7 +50,10 @@ class CNNLSTMModel:
             [
                 keras.Input(shape=(time_steps, n_features), name="x"),
                 layers.Conv1D(c.cnn_filters, c.cnn_kernel_size, activation="relu"),
-                layers.MaxPooling1D(2),
+                # padding="same": with "valid" an odd number of conv outputs (time_steps - 1
+                # of them for an even window) was rounded down and the last one, the only one
+                # that sees the window's newest bar, dropped: the model ignored bar t.
+                layers.MaxPooling1D(2, padding="same"),
                 layers.Dropout(c.dropout_rate),
                 layers.Bidirectional(layers.LSTM(c.lstm_units)),
                 layers.Dropout(c.dropout_rate),

@@ -36,6 +36,7 @@ from tradingd.features.engineer import compute_batch, prepare_ml_data
 from tradingd.feeds.panel import Panel
 from tradingd.inference.onnx import (
     CARD_FORMAT,
+    CNN_LSTM_ARCHITECTURE,
     MODELS,
     fingerprint,
     model_input,
@@ -308,6 +309,8 @@ def train(
         # returns. A card without it was trained on daily bars (all before it was recorded).
         "bar": bar,
         "window": mc.time_steps,
+        # The CNN+LSTM's layout: a card without it ignores the newest bar (ModelPair warns).
+        "architecture": CNN_LSTM_ARCHITECTURE,
         "target": {
             "kind": "forward_log_return",
             "horizon_bars": mc.horizon,

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
+import structlog
 
 from ..core.errors import ConfigError
 from ..features.catalog import FeatureSetId
@@ -37,6 +38,12 @@ from ..features.catalog import FeatureSetId
 CARD = "card.json"
 CARD_FORMAT = "tradingd-model-card/1"
 MODELS = ("cnn_lstm", "random_forest")
+# The card's `architecture`: the CNN+LSTM's layout, what `tradingd train` builds now. A card
+# without it was trained before: its MaxPooling1D dropped the last conv output, the only one
+# that sees the window's newest bar, so that model ignores bar t (it still loads, warned of).
+CNN_LSTM_ARCHITECTURE = "cnn_lstm/2"
+
+log = structlog.get_logger(__name__)
 
 # Where `tradingd retrain` publishes by default (relative to the working directory, never
 # inside the installed package), and the link the ML plugin loads when its model_dir is empty.
@@ -127,6 +134,9 @@ def _check_card(p: Path, data: Any) -> None:
         or not all(isinstance(f, str) for f in features)
     ):
         _bad_card(p, "feature_set.features", "must be a list of feature names", features)
+    arch = data.get("architecture")
+    if arch is not None and not (isinstance(arch, str) and arch):
+        _bad_card(p, "architecture", "must be a non-empty string (e.g. 'cnn_lstm/2')", arch)
     window = _card_field(p, data, "window")
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         _bad_card(p, "window", "must be a whole number of bars >= 1", window)
@@ -319,6 +329,24 @@ class ModelPair:
         # "Got: 400 Expected: 200" at the warm-up, naming no file.
         self._check_input("cnn_lstm", (self.card.window, n_feat), "window x features")
         self._check_input("random_forest", (self.card.window * n_feat,), "window * features")
+        self._warn_architecture()
+
+    def _warn_architecture(self) -> None:
+        """A card without `architecture` (the shipped pair and every training before it was
+        recorded) is served as before, but said once per load: its CNN+LSTM's pooling
+        dropped the last conv output, so the model's forecast never depended on the
+        window's newest bar."""
+        arch = self.card.data.get("architecture")
+        if arch is None:
+            log.warning(
+                "model.newest_bar_ignored",
+                version=self.card.version,
+                card=str(self.card.path),
+                rule="the card records no architecture: the model was trained before "
+                f"{CNN_LSTM_ARCHITECTURE}, whose CNN+LSTM dropped the last conv output in "
+                "its pooling, so its forecasts ignore each window's newest bar; retrain it "
+                "(tradingd train, or tradingd retrain) to get a model that uses it",
+            )
 
     def _check_input(self, m: str, expected: tuple[int, ...], what: str) -> None:
         """The model's input shape after the batch against the card's; a dimension the file

@@ -26,7 +26,7 @@ from tradingd.config import PluginSpec, load_config
 from tradingd.core.errors import ConfigError
 from tradingd.features.catalog import resolve_set
 from tradingd.features.engineer import compute_batch, prepare_ml_data
-from tradingd.inference.onnx import model_input, raw_outputs, sha256_file
+from tradingd.inference.onnx import CNN_LSTM_ARCHITECTURE, model_input, raw_outputs, sha256_file
 
 TINY = ModelConfig(cnn_filters=8, lstm_units=8, epochs=2, rf_n_estimators=10, rf_max_depth=4)
 
@@ -59,6 +59,7 @@ def test_card_says_what_the_model_is(tiny_model):
         card["feature_set"]["name"] == "default_v1" and len(card["feature_set"]["features"]) == 20
     )
     assert card["window"] == 60 and card["target"]["kind"] == "forward_log_return"
+    assert card["architecture"] == CNN_LSTM_ARCHITECTURE  # the newest bar reaches the LSTM
     assert card["bar"] == "1d"  # the bundled data's: the horizon and confidence are daily
     assert card["train_range"][1] < card["validation_range"][0]  # chronological
     # From run.start (2014-01-01), the bars before it warming up: it trained from 1999.
