@@ -92,6 +92,9 @@ class RandomForestModel:
             self.model,
             initial_types=[("x", FloatTensorType([None, self.n_inputs]))],
             target_opset={"": 17, "ai.onnx.ml": 3},
+            # skl2onnx names the graph with a random id by default: two exports of one forest
+            # differed byte for byte (and so in sha256), a retrain never reproduced its file.
+            name="random_forest",
         )
         Path(path).write_bytes(onx.SerializeToString())
 

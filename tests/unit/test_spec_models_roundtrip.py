@@ -109,3 +109,14 @@ def test_cnn_lstm_refuses_a_file_of_another_window_shape(cnn, tmp_path):
     other = CNNLSTMModel(STEPS + 2, FEATURES, config=TINY)
     with pytest.raises(ValueError, match=r"cnn\.h5.*\(10, 4\).*CNNLSTMModel\(10, 4\)"):
         other.load_model(str(tmp_path), "cnn.h5")
+
+
+def test_two_exports_of_one_forest_are_byte_identical(tmp_path):
+    """The ONNX file of an identical retrain is the same file (its sha256 in the card too):
+    skl2onnx's default graph name is random per export."""
+    x, y = _windows(48)
+    rf = RandomForestModel(n_estimators=3, max_depth=2, random_state=0, n_jobs=1)
+    rf.train(x, y)
+    rf.export_onnx(tmp_path / "a.onnx")
+    rf.export_onnx(tmp_path / "b.onnx")
+    assert (tmp_path / "a.onnx").read_bytes() == (tmp_path / "b.onnx").read_bytes()
