@@ -53,6 +53,14 @@ class ModelConfig:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.time_steps < self.cnn_kernel_size:
+            # Checked here, before any data is loaded: Keras' own error came after loading
+            # and building the features, as a raw traceback (exit 1).
+            raise ValueError(
+                f"time_steps = {self.time_steps} is shorter than cnn_kernel_size = "
+                f"{self.cnn_kernel_size}: the CNN+LSTM's convolution needs a window of at "
+                "least its kernel's bars; raise time_steps or lower cnn_kernel_size"
+            )
         if not 0 <= self.dropout_rate < 1:
             raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
         if not 0 < self.validation_split < 1:

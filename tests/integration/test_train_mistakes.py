@@ -105,6 +105,9 @@ def test_train_into_a_new_or_empty_folder_passes_the_check(tmp_path):
         ("", "no [model] table"),
         ("[model]\nepoch = 1\n", "model.epoch"),
         ("[model]\ntime_steps = 0\n", "time_steps must be >= 1"),
+        # shorter than the conv kernel: Keras' raw traceback (exit 1) after the data load
+        ("[model]\ntime_steps = 1\n", "time_steps = 1 is shorter than cnn_kernel_size = 2"),
+        ("[model]\ntime_steps = 3\ncnn_kernel_size = 4\n", "raise time_steps or lower"),
     ],
 )
 def test_a_model_config_without_its_model_table_is_refused(cli, tmp_path, text, said):
