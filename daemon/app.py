@@ -975,6 +975,26 @@ def fitted_span(card: Mapping[str, Any] | None) -> tuple[date, date] | None:
     return first, last
 
 
+def fitted_after(
+    card: Mapping[str, Any] | None, times: Sequence[datetime]
+) -> list[datetime] | None:
+    """The bars of `times` before the first date the model was fitted on (None when the card
+    does not say): the model was fitted on data after each of them, so its forecasts there
+    carry their future (look-ahead through the model). Not in-sample, so `backtest.in_sample`
+    said nothing: a model trained from 2012 back-tested on 2005-2010 without a word."""
+    fitted = fitted_span(card)
+    if fitted is None:
+        return None
+    return [t for t in times if t.date() < fitted[0]]
+
+
+FITTED_AFTER_RULE = (
+    "the model was fitted on data after these bars (its fitted_on starts after them): its "
+    "forecasts there know their future, a look-ahead through the model; train on data "
+    "ending before the run (the training config's run.end before this run's run.start)"
+)
+
+
 def warn_replay_in_sample(pipeline: Pipeline, times: Sequence[datetime]) -> None:
     """An accelerated live replay (the demo, replay-check) over bars inside a model's
     training or validation period: said for backtests (`backtest.in_sample`), not here, so
@@ -998,10 +1018,23 @@ def check_replay_in_sample(
     fitted = fitted_span(card)
     if fitted is None:
         return
+    named = {} if path is None else {"card": str(path)}
+    before = fitted_after(card, times)
+    if before:
+        log.warning(
+            "replay.model_fitted_after",
+            plugin=plugin,
+            version=version,
+            **named,
+            fitted_on=[d.isoformat() for d in fitted],
+            run=[times[0].date().isoformat(), times[-1].date().isoformat()],
+            bars=len(before),
+            of=len(times),
+            rule=FITTED_AFTER_RULE,
+        )
     inside = [t for t in times if fitted[0] <= t.date() <= fitted[1]]
     if not inside:
         return
-    named = {} if path is None else {"card": str(path)}
     log.warning(
         "replay.in_sample",
         plugin=plugin,

@@ -26,8 +26,10 @@ from tqdm import tqdm
 from .analysis.metrics import summarize
 from .analysis.splits import restate_for_splits
 from .app import (
+    FITTED_AFTER_RULE,
     build_engine,
     data_fingerprint_of,
+    fitted_after,
     fitted_span,
     load_pinned,
     model_card,
@@ -371,7 +373,10 @@ def split_events(panel: Panel) -> dict[str, list[tuple[datetime, float]]]:
 def _models(engine: Engine, times: Sequence[datetime] = ()) -> dict[str, Any]:
     """Which model a run used, by version and by the path it was loaded from, so a user can
     tell the shipped pair from a retrained one; and the traded bars that lie in the model's
-    own training or validation period (`in_sample`, logged as `backtest.in_sample`).
+    own training or validation period (`in_sample`, logged as `backtest.in_sample`; its
+    last date moved on by the card's horizon), and those before the model's first training
+    date (`fitted_after`, logged as `backtest.model_fitted_after`: the model was fitted on
+    their future).
 
     Why: a backtest over dates the model was fitted or early-stopped on is in-sample and
     proves nothing, and nothing said so: `tradingd train` fits up to run.end, and a model
@@ -385,9 +390,28 @@ def _models(engine: Engine, times: Sequence[datetime] = ()) -> dict[str, Any]:
             continue
         entry: dict[str, Any] = {"plugin": plugin.name, "version": version, "path": path}
         entry["signal"] = i  # its place in [[signals]], as `run_inputs` names it
-        fitted = fitted_span(model_card(plugin))
+        card = model_card(plugin)
+        fitted = fitted_span(card)
         if fitted is not None:
             entry["fitted_on"] = [d.isoformat() for d in fitted]
+            before = fitted_after(card, times) or []
+            if before:
+                entry["fitted_after"] = {
+                    "first": before[0].isoformat(),
+                    "last": before[-1].isoformat(),
+                    "bars": len(before),
+                    "of": len(times),
+                }
+                log.warning(
+                    "backtest.model_fitted_after",
+                    plugin=plugin.name,
+                    version=version,
+                    fitted_on=entry["fitted_on"],
+                    run=[times[0].date().isoformat(), times[-1].date().isoformat()],
+                    bars=len(before),
+                    of=len(times),
+                    rule=FITTED_AFTER_RULE,
+                )
             inside = [t for t in times if fitted[0] <= t.date() <= fitted[1]]
             if inside:
                 entry["in_sample"] = {

@@ -535,3 +535,66 @@ def test_a_record_that_cannot_be_written_gets_the_advice_of_its_error(
     said = str(caught.value)
     assert os.strerror(number) in said and advice in said and str(tmp_path / "r") in said
     assert ("free space" in said) == (code in ("ENOSPC", "EDQUOT"))
+
+
+def _engine_with_card(data):
+    from types import SimpleNamespace
+
+    card = SimpleNamespace(data=data)
+    plugin = SimpleNamespace(
+        name="ml_ensemble", version="abc", model_path="m", pair=SimpleNamespace(card=card)
+    )
+    return SimpleNamespace(pipeline=SimpleNamespace(signals=[(plugin, 1.0)]))
+
+
+def test_a_backtest_before_the_models_fitted_span_says_the_model_saw_its_future():
+    """A model trained from 2012 back-tested on 2005-2010 was silent: no traded bar lies in
+    its training or validation dates, yet it was fitted on data after every one of them."""
+    from datetime import UTC, datetime
+
+    from structlog.testing import capture_logs
+
+    from tradingd.backtest import _models
+
+    engine = _engine_with_card(
+        {
+            "train_range": ["2012-01-03", "2015-12-31"],
+            "validation_range": ["2016-01-04", "2018-12-28"],
+        }
+    )
+    days = [datetime(2010, 12, d, tzinfo=UTC) for d in (28, 29, 30)]
+    with capture_logs() as logs:
+        (entry,) = _models(engine, days)["models"]
+    assert "in_sample" not in entry
+    assert entry["fitted_after"] == {
+        "first": days[0].isoformat(), "last": days[-1].isoformat(), "bars": 3, "of": 3
+    }  # fmt: skip
+    (warned,) = [e for e in logs if e["event"] == "backtest.model_fitted_after"]
+    assert warned["fitted_on"] == ["2012-01-03", "2018-12-28"]
+    assert warned["run"] == ["2010-12-28", "2010-12-30"] and warned["bars"] == 3
+    assert "look-ahead" in warned["rule"]
+    # a run after the model's dates: neither warning
+    later = [datetime(2019, 1, d, tzinfo=UTC) for d in (2, 3)]
+    with capture_logs() as logs:
+        (entry,) = _models(engine, later)["models"]
+    assert "fitted_after" not in entry and "in_sample" not in entry
+    assert not [e for e in logs if e["log_level"] == "warning"]
+
+
+def test_a_replay_before_the_models_fitted_span_says_so():
+    from datetime import UTC, datetime
+
+    from structlog.testing import capture_logs
+
+    from tradingd.app import check_replay_in_sample
+
+    card = {
+        "train_range": ["2012-01-03", "2015-12-31"],
+        "validation_range": ["2016-01-04", "2018-12-28"],
+    }
+    days = [datetime(2011, 12, d, tzinfo=UTC) for d in (29, 30)]
+    with capture_logs() as logs:
+        check_replay_in_sample(card, days, plugin="ml_ensemble", version="v", path="c.json")
+    (warned,) = [e for e in logs if e["event"] == "replay.model_fitted_after"]
+    assert (warned["bars"], warned["card"], warned["fitted_on"][0]) == (2, "c.json", "2012-01-03")
+    assert not [e for e in logs if e["event"] == "replay.in_sample"]
