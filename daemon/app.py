@@ -11,6 +11,7 @@ import bisect
 import functools
 import hashlib
 import json
+import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
@@ -961,8 +962,13 @@ def model_card(plugin: Any) -> Mapping[str, Any] | None:
 
 
 def fitted_span(card: Mapping[str, Any] | None) -> tuple[date, date] | None:
-    """The first training date and the last validation date of a model card (None when the
-    card does not say)."""
+    """The first training date and the last date a model was fitted on (None when the card
+    does not say): the last validation date moved on by the card's `target.horizon_bars`
+    bars. The last validation window's target is the return that many bars after its end,
+    so those bars' prices were fitted on too: the span ended at the window's own end, which
+    left the horizon's bars (1 for every card so far, 5 for a horizon-5 card) out of sample.
+    Bars are counted as weekdays (a holiday in between makes the span a bar short, never
+    long); intraday bars as 6.5-hour sessions of them, in whole days."""
     if card is None:
         return None
     try:
@@ -972,7 +978,21 @@ def fitted_span(card: Mapping[str, Any] | None) -> tuple[date, date] | None:
         )
     except (KeyError, IndexError, TypeError, ValueError):
         return None
+    horizon = horizon_bars(card)
+    minutes = _BAR_MINUTES.get(str(card.get("bar", "1d")))
+    days = horizon if minutes is None else math.ceil(horizon * minutes / 390)
+    last = np.busday_offset(np.datetime64(last, "D"), days, roll="forward").astype(date)
     return first, last
+
+
+_BAR_MINUTES = {"1m": 1, "5m": 5, "15m": 15, "30m": 30, "60m": 60}
+
+
+def horizon_bars(card: Mapping[str, Any]) -> int:
+    """The card's `target.horizon_bars` (1 when it says none, or nothing usable: every card
+    trained before it was recorded had a one-bar target)."""
+    h = (card.get("target") or {}).get("horizon_bars", 1)
+    return h if isinstance(h, int) and not isinstance(h, bool) and h >= 1 else 1
 
 
 def fitted_after(

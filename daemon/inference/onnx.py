@@ -98,6 +98,11 @@ class ModelCard:
         return int(self.data["window"])
 
     @property
+    def horizon(self) -> int:
+        """The target's bars ahead (`target.horizon_bars`): 1 when the card says none."""
+        return int((self.data.get("target") or {}).get("horizon_bars", 1))
+
+    @property
     def version(self) -> str:
         return str(self.data["model_version"])
 
@@ -137,6 +142,12 @@ def _check_card(p: Path, data: Any) -> None:
     arch = data.get("architecture")
     if arch is not None and not (isinstance(arch, str) and arch):
         _bad_card(p, "architecture", "must be a non-empty string (e.g. 'cnn_lstm/2')", arch)
+    target = data.get("target", {})
+    if not isinstance(target, Mapping):
+        _bad_card(p, "target", "must be a JSON object", target)
+    horizon = target.get("horizon_bars", 1)
+    if isinstance(horizon, bool) or not isinstance(horizon, int) or horizon < 1:
+        _bad_card(p, "target.horizon_bars", "must be a whole number of bars >= 1", horizon)
     window = _card_field(p, data, "window")
     if isinstance(window, bool) or not isinstance(window, int) or window < 1:
         _bad_card(p, "window", "must be a whole number of bars >= 1", window)
@@ -330,6 +341,24 @@ class ModelPair:
         self._check_input("cnn_lstm", (self.card.window, n_feat), "window x features")
         self._check_input("random_forest", (self.card.window * n_feat,), "window * features")
         self._warn_architecture()
+        self._warn_horizon()
+
+    def _warn_horizon(self) -> None:
+        """A card whose target is more than one bar ahead is served, but said once per load:
+        the ensemble trades its forecast every bar as if of the next bar's return, and its
+        residual_std and confidence are of the longer horizon's returns. A horizon-5 card
+        back-tested without a word."""
+        if self.card.horizon != 1:
+            log.warning(
+                "model.horizon_not_one",
+                version=self.card.version,
+                card=str(self.card.path),
+                horizon_bars=self.card.horizon,
+                rule=f"the model forecasts the return {self.card.horizon} bars ahead, but "
+                "its signal is acted on every bar and held as a one-bar view; its confidence "
+                "is calibrated on its own horizon's returns (live accuracy scores it over "
+                "that horizon); train with horizon = 1 for the daemon's one-bar decisions",
+            )
 
     def _warn_architecture(self) -> None:
         """A card without `architecture` (the shipped pair and every training before it was

@@ -684,7 +684,7 @@ class MlEnsemble:
         self._pinned = False
         self.model_calls = 0
         self.cache_hits = 0
-        self._accuracy = DirectionalAccuracy(n)
+        self._accuracy = DirectionalAccuracy(n, horizon=card.horizon)
         self._no_forecast = np.full(n, np.nan)
         self._deferred_said = False  # a save skipped while another process held the lock
         # The bar `prepare_bar` pushed (and what was ready), for its `score`.
@@ -936,7 +936,8 @@ class MlEnsemble:
         self.threshold = self.config.threshold or float(ens["threshold"])
         self.version = pair.card.version
         self.model_path = str(target)
-        self._accuracy = DirectionalAccuracy(len(self.symbols))  # the new model's own
+        # the new model's own, over its own target's horizon
+        self._accuracy = DirectionalAccuracy(len(self.symbols), horizon=pair.card.horizon)
         self._salt = self._cache_salt()
         self._defer_cache()  # new arrays: the outgoing store is `outgoing`'s alone
         if trial.checked is not None and found.full.size:

@@ -660,12 +660,14 @@ def test_a_model_taken_up_mid_replay_fitted_on_its_bars_to_come_is_warned_about(
 
         switch(root, "second")
         with capture_logs() as logs:
-            plugin._maybe_reload(times[70])  # taken up at bar 70: 11 of its 20 bars to come
+            # taken up at bar 70: 12 of its 20 bars to come (70..80, and bar 81, the last
+            # validation window's one-bar target)
+            plugin._maybe_reload(times[70])
         assert plugin.version == "second"  # warned of, not refused
         (said,) = [e for e in logs if e["event"] == "replay.in_sample"]
         assert said["log_level"] == "warning" and said["version"] == "second"
         assert said["card"] == str(second / "card.json")
-        assert (said["bars"], said["of"]) == (11, 20)
+        assert (said["bars"], said["of"]) == (12, 20)
 
         switch(root, "first")
         with capture_logs() as logs:

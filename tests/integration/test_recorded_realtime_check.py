@@ -3,6 +3,7 @@ the defaults): it warmed up, then waited for bars after now that stored history 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -168,19 +169,35 @@ def test_the_demo_says_its_bars_are_in_the_models_fitted_period(tmp_path, monkey
     (said,) = [e for e in logs if e["event"] == "replay.in_sample"]
     card = engine.pipeline.signals[0][0].pair.card.data
     assert said["log_level"] == "warning" and said["plugin"] == "ml_ensemble"
-    assert said["fitted_on"] == [card["train_range"][0], card["validation_range"][1]]
-    # Every replayed bar from 2017-01-01 to the validation's last date, of all from then on.
+    # to the last validation window's target bar: the horizon's weekdays after its end
+    import numpy as np
+
+    last = np.busday_offset(
+        np.datetime64(card["validation_range"][1], "D"), card["target"]["horizon_bars"]
+    ).astype(object)
+    assert said["fitted_on"] == [card["train_range"][0], last.isoformat()]
+    # Every replayed bar from 2017-01-01 to that date, of all from then on.
     from datetime import date
 
     from tradingd.app import load_data
 
     days = [t.date() for t in load_data(demo).datetimes() if t.date() >= date(2017, 1, 1)]
-    last = date.fromisoformat(card["validation_range"][1])
     assert (said["bars"], said["of"]) == (sum(d <= last for d in days), len(days))
     assert said["bars"] > 0
-    # A window after the model's last date is not in-sample: nothing said.
+    # A window after the model's last fitted date is not in-sample: nothing said. (The
+    # data's last bar, 2018-12-31, after a model validated to 2018-12-27: fitted to 12-28.)
+    import shutil
+
+    from tradingd_plugins.signals import ml_ensemble
+
+    model = tmp_path / "model"
+    shutil.copytree(ml_ensemble.default_model_dir(), model)
+    edited = json.loads((model / "card.json").read_text())
+    edited["validation_range"][1] = "2018-12-27"
+    (model / "card.json").write_text(json.dumps(edited))
+    monkeypatch.setattr(ml_ensemble, "default_model_dir", lambda: model)
     later = tmp_path / "later.toml"
-    later.write_text('[run]\nstart = "2018-12-31"\n')  # the data's last bar, after the fit
+    later.write_text('[run]\nstart = "2018-12-31"\n')
     with capture_logs() as logs:
         build_engine(
             load_config([ROOT / "config/default.toml", ROOT / "config/demo.toml", later], env={}),

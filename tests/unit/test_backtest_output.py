@@ -290,13 +290,14 @@ def test_a_backtest_over_the_models_own_period_says_it_is_in_sample():
     days += [datetime(2006, 7, d, tzinfo=UTC) for d in (3, 5)]
     with capture_logs() as logs:
         (entry,) = _models(engine, days)["models"]
-    assert entry["fitted_on"] == ["2005-01-03", "2006-06-30"]
+    # to the last validation target's bar: 2006-07-03 (a card without a horizon: one bar)
+    assert entry["fitted_on"] == ["2005-01-03", "2006-07-03"]
     assert entry["in_sample"] == {
-        "first": days[0].isoformat(), "last": days[2].isoformat(), "bars": 3, "of": 5
+        "first": days[0].isoformat(), "last": days[3].isoformat(), "bars": 4, "of": 5
     }  # fmt: skip
-    assert [e["bars"] for e in logs if e["event"] == "backtest.in_sample"] == [3]
+    assert [e["bars"] for e in logs if e["event"] == "backtest.in_sample"] == [4]
     with capture_logs() as logs:
-        (after,) = _models(engine, days[3:])["models"]
+        (after,) = _models(engine, days[4:])["models"]
     assert "in_sample" not in after and not [e for e in logs if e["event"] == "backtest.in_sample"]
 
 
@@ -570,7 +571,7 @@ def test_a_backtest_before_the_models_fitted_span_says_the_model_saw_its_future(
         "first": days[0].isoformat(), "last": days[-1].isoformat(), "bars": 3, "of": 3
     }  # fmt: skip
     (warned,) = [e for e in logs if e["event"] == "backtest.model_fitted_after"]
-    assert warned["fitted_on"] == ["2012-01-03", "2018-12-28"]
+    assert warned["fitted_on"] == ["2012-01-03", "2018-12-31"]  # + the 1-bar horizon
     assert warned["run"] == ["2010-12-28", "2010-12-30"] and warned["bars"] == 3
     assert "look-ahead" in warned["rule"]
     # a run after the model's dates: neither warning
@@ -579,6 +580,29 @@ def test_a_backtest_before_the_models_fitted_span_says_the_model_saw_its_future(
         (entry,) = _models(engine, later)["models"]
     assert "fitted_after" not in entry and "in_sample" not in entry
     assert not [e for e in logs if e["log_level"] == "warning"]
+
+
+def test_the_fitted_span_reaches_the_horizon_bars_past_the_last_validation_window():
+    """A horizon-5 card's last validation target is the return to 5 bars after the
+    validation's last date: those bars were fitted on, and were counted out of sample.
+    Counted as weekdays: 2006-07-04 (a holiday) makes the span one bar short."""
+    from datetime import UTC, datetime
+
+    from tradingd.backtest import _models
+
+    days = [datetime(2006, 7, d, tzinfo=UTC) for d in (3, 5, 6, 7, 10, 11, 12)]
+    card = {
+        "train_range": ["2005-01-03", "2005-12-30"],
+        "validation_range": ["2006-01-03", "2006-06-30"],
+    }
+    for horizon, fitted_to, bars in ((5, "2006-07-07", 4), (1, "2006-07-03", 1)):
+        data = {**card, "target": {"horizon_bars": horizon}}
+        (entry,) = _models(_engine_with_card(data), days)["models"]
+        assert entry["fitted_on"] == ["2005-01-03", fitted_to]
+        assert entry["in_sample"]["bars"] == bars
+    # a card without a target (every card before it was recorded): one bar
+    (entry,) = _models(_engine_with_card(card), days)["models"]
+    assert entry["in_sample"]["bars"] == 1
 
 
 def test_a_replay_before_the_models_fitted_span_says_so():

@@ -10,16 +10,18 @@ from hypothesis import strategies as st
 from tradingd_plugins.signals.live_accuracy import DirectionalAccuracy
 
 
-def _brute(closes, splits, forecasts, window):
-    """A loop over bars and symbols, from the definition."""
+def _brute(closes, splits, forecasts, window, horizon=1):
+    """A loop over bars and symbols, from the definition: the forecast made at bar t - h
+    against the split-adjusted move from its close to bar t's."""
     per_bar = []
-    for t in range(1, len(closes)):
+    for t in range(horizon, len(closes)):
         hits = count = 0
         for j in range(len(closes[t])):
-            f, c0, c1 = forecasts[t - 1][j], closes[t - 1][j], closes[t][j]
+            f, c0, c1 = forecasts[t - horizon][j], closes[t - horizon][j], closes[t][j]
             if np.isnan(f) or np.isnan(c0) or np.isnan(c1) or f == 0:
                 continue
-            move = c1 * splits[t][j] - c0
+            split = np.prod([splits[k][j] for k in range(t - horizon + 1, t + 1)])
+            move = c1 * split - c0
             if move == 0:
                 continue
             count += 1
@@ -48,15 +50,18 @@ _price = st.one_of(st.just(np.nan), st.sampled_from([10.0, 10.5, 9.5, 20.0, 5.0]
         )
     ),
     st.integers(1, 6),
+    st.integers(1, 4),
 )
-def test_hits_and_forecasts_are_the_definitions(rows, window):
+def test_hits_and_forecasts_are_the_definitions(rows, window, horizon):
+    """Over the card's target horizon (`target.horizon_bars`): a horizon-5 model was scored
+    against the next bar's move, which it never forecast."""
     closes = [np.array(r[0]) for r in rows]
     splits = [np.array(r[1]) for r in rows]
     forecasts = [np.array(r[2]) for r in rows]
-    acc = DirectionalAccuracy(len(closes[0]), bars=window)
+    acc = DirectionalAccuracy(len(closes[0]), bars=window, horizon=horizon)
     for c, s, f in zip(closes, splits, forecasts, strict=True):
         acc.update(c, s, f)
-    hits, count, bars = _brute(closes, splits, forecasts, window)
+    hits, count, bars = _brute(closes, splits, forecasts, window, horizon)
     got = acc.summary()
     assert (got["forecasts"], got["bars"]) == (count, bars)
     assert got["directional_accuracy"] == (hits / count if count else None)
@@ -92,3 +97,21 @@ def test_a_catch_up_bar_scores_the_forecast_over_its_own_bar():
     acc.update(np.array([52.0]), np.array([2.0]), np.array([0.01]))  # split, then up
     s = acc.summary()
     assert (s["forecasts"], s["directional_accuracy"]) == (1, 1.0)
+
+
+def test_a_horizon_2_forecast_is_scored_over_two_bars():
+    """Up over two bars, down on the first: a 2-bar forecast of a rise was right."""
+    acc = DirectionalAccuracy(1, horizon=2)
+    acc.update(np.array([100.0]), np.ones(1), np.array([0.01]))
+    acc.update(np.array([99.0]), np.ones(1), np.full(1, np.nan))
+    assert acc.summary()["forecasts"] == 0  # not scored after one bar
+    acc.update(np.array([51.0]), np.array([2.0]), np.full(1, np.nan))  # 2-for-1: 102
+    s = acc.summary()
+    assert (s["forecasts"], s["directional_accuracy"], s["horizon_bars"]) == (1, 1.0, 2)
+
+
+def test_a_horizon_below_one_bar_is_refused():
+    import pytest
+
+    with pytest.raises(ValueError, match="horizon must be"):
+        DirectionalAccuracy(1, horizon=0)
