@@ -21,6 +21,12 @@ from tradingd_plugins.signals.ml_ensemble import MlEnsemble, MlEnsembleConfig, d
 SHIPPED_VERSION = json.loads((default_model_dir() / "card.json").read_text())["model_version"]
 
 
+def _of_model(event: dict) -> bool:
+    """A `model.*` event other than the one a card trained before `cnn_lstm/2` gets at every
+    load (`model.newest_bar_ignored`): these tests copy the shipped card, whatever its age."""
+    return event["event"].startswith("model.") and event["event"] != "model.newest_bar_ignored"
+
+
 def load(model_dir=""):
     with capture_logs() as logs:
         p = MlEnsemble(MlEnsembleConfig(model_dir=model_dir, cache_dir=""), SYMBOLS)
@@ -205,7 +211,7 @@ def test_a_daemon_started_before_the_first_publish_takes_it_up(tmp_path, monkeyp
     with capture_logs() as logs:
         p._maybe_reload()
     assert p.version == "first" and "versions/first" in p.model_path
-    assert [e["event"] for e in logs if e["event"].startswith("model.")] == [
+    assert [e["event"] for e in logs if _of_model(e)] == [
         "model.published_found",
         "model.reloaded",
     ]
@@ -235,7 +241,7 @@ def test_a_reload_to_a_model_answering_nan_or_inf_is_refused_and_the_old_one_ser
     switch(root, "bad")
     with capture_logs() as logs:
         p._maybe_reload()
-    (failed,) = [e for e in logs if e["event"].startswith("model.")]
+    (failed,) = [e for e in logs if _of_model(e)]
     assert failed["event"] == "model.reload_failed" and failed["log_level"] == "error"
     assert f"versions/bad/cnn_lstm.onnx output {value}" in failed["error"]
     assert p.version == "first" and "versions/first" in p.model_path
@@ -284,7 +290,7 @@ def test_a_reload_to_a_forest_of_another_width_names_the_file(tmp_path, monkeypa
     switch(root, "narrow")
     with capture_logs() as logs:
         p._maybe_reload()
-    (failed,) = [e for e in logs if e["event"].startswith("model.")]
+    (failed,) = [e for e in logs if _of_model(e)]
     assert failed["event"] == "model.reload_failed" and p.version == "first"
     target = (root / "versions" / "narrow").resolve()
     assert failed["error"].startswith(
@@ -313,7 +319,7 @@ def test_a_folder_that_failed_to_load_is_tried_again_once_repaired_in_place(tmp_
         with capture_logs() as logs:
             for _ in range(n):
                 p._maybe_reload()
-        return [(e["event"], e["log_level"]) for e in logs if e["event"].startswith("model.")]
+        return [(e["event"], e["log_level"]) for e in logs if _of_model(e)]
 
     assert bars(1) == [("model.reload_failed", "error")]
     assert p.version == "first"
@@ -360,7 +366,7 @@ def test_a_reload_to_a_model_answering_nan_on_real_windows_is_refused(tmp_path, 
     with capture_logs() as logs:
         scores = feed(p, 1, seed=4)
     assert np.isfinite(scores).all()
-    (failed,) = [e for e in logs if e["event"].startswith("model.")]
+    (failed,) = [e for e in logs if _of_model(e)]
     assert failed["event"] == "model.reload_failed"
     assert f"{bad.resolve() / 'cnn_lstm.onnx'} output nan" in failed["error"]
     assert p.version == "first"
@@ -462,7 +468,7 @@ def test_a_reload_to_a_model_of_another_shape_names_both_values_and_what_to_do(
     switch(root, "second")
     with capture_logs() as logs:
         p._maybe_reload()
-    (refused,) = [e for e in logs if e["event"].startswith("model.")]
+    (refused,) = [e for e in logs if _of_model(e)]
     assert refused["event"] == "model.reload_refused" and p.version == "first"
     reason = refused["reason"]
     assert str(second.resolve() / "card.json") in reason
