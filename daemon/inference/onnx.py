@@ -45,6 +45,9 @@ CNN_LSTM_ARCHITECTURE = "cnn_lstm/2"
 
 log = structlog.get_logger(__name__)
 
+# (card path, model version) of the cards whose load warnings were said in this process.
+_CARDS_WARNED: set[tuple[str, str]] = set()
+
 # Where `tradingd retrain` publishes by default (relative to the working directory, never
 # inside the installed package), and the link the ML plugin loads when its model_dir is empty.
 DEFAULT_MODEL_ROOT = "var/models"
@@ -340,8 +343,13 @@ class ModelPair:
         # "Got: 400 Expected: 200" at the warm-up, naming no file.
         self._check_input("cnn_lstm", (self.card.window, n_feat), "window x features")
         self._check_input("random_forest", (self.card.window * n_feat,), "window * features")
-        self._warn_architecture()
-        self._warn_horizon()
+        # Once per card and process: a backtest loads its plugins twice (the start-up check,
+        # then the run), and the warnings read as two models.
+        said = (str(self.card.path.resolve()), self.card.version)
+        if said not in _CARDS_WARNED:
+            _CARDS_WARNED.add(said)
+            self._warn_architecture()
+            self._warn_horizon()
 
     def _warn_horizon(self) -> None:
         """A card whose target is more than one bar ahead is served, but said once per load:

@@ -30,6 +30,7 @@ def _said(folder: Path) -> list[dict]:
     structlog.reset_defaults()
     with capture_logs() as logs:
         ModelPair(folder, threads=1)
+        ModelPair(folder, threads=1)  # a second load of the card (a backtest's run): not again
     return [e for e in logs if e["event"] == "model.horizon_not_one"]
 
 

@@ -70,8 +70,10 @@ def _folder(tmp_path: Path, architecture: str | None) -> Path:
 
 
 def _warnings(folder: Path) -> list[dict]:
+    """Loaded twice, as a backtest does (the start-up check, then the run): said once."""
     structlog.reset_defaults()
     with capture_logs() as logs:
+        ModelPair(folder, threads=1)
         ModelPair(folder, threads=1)
     return [e for e in logs if e["event"] == "model.newest_bar_ignored"]
 
