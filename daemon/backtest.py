@@ -394,7 +394,12 @@ def _models(engine: Engine, times: Sequence[datetime] = ()) -> dict[str, Any]:
         fitted = fitted_span(card)
         if fitted is not None:
             entry["fitted_on"] = [d.isoformat() for d in fitted]
-            before = fitted_after(card, times) or []
+            # The bars the model decided: from its first forecast (a plugin that says none
+            # decided none; one that does not keep it, every bar). In the warm-up bars before
+            # it the model had no view, so was fitted on their future to no effect.
+            first = getattr(plugin, "first_forecast", times[0] if times else None)
+            decided = [] if first is None else [t for t in times if t >= first]
+            before = fitted_after(card, decided) or []
             if before:
                 entry["fitted_after"] = {
                     "first": before[0].isoformat(),
@@ -407,7 +412,7 @@ def _models(engine: Engine, times: Sequence[datetime] = ()) -> dict[str, Any]:
                     plugin=plugin.name,
                     version=version,
                     fitted_on=entry["fitted_on"],
-                    run=[times[0].date().isoformat(), times[-1].date().isoformat()],
+                    run=[decided[0].date().isoformat(), decided[-1].date().isoformat()],
                     bars=len(before),
                     of=len(times),
                     rule=FITTED_AFTER_RULE,

@@ -677,6 +677,9 @@ class MlEnsemble:
         self._buf = np.zeros((self.window, n, f), dtype=np.float32)
         self._pos = np.full(n, -1, dtype=np.int64)
         self._filled = np.zeros(n, dtype=np.int64)
+        # The first bar the model forecast on (None until a window is full): a backtest's
+        # `backtest.model_fitted_after` counts the bars the model decided, not the warm-up.
+        self.first_forecast: datetime | None = None
         self._back = np.arange(self.window - 1, -1, -1)[:, None]
         self._keys = WindowKeys(n, self.window)
         self._salt = self._cache_salt()
@@ -1051,6 +1054,8 @@ class MlEnsemble:
         pred = self._predict(keys, lambda todo: self._windows(full[todo]), known)
         forecast = np.full(len(self.symbols), np.nan)
         forecast[full] = pred
+        if self.first_forecast is None:
+            self.first_forecast = ctx.time
         self._score_forecasts(ctx, forecast)
         signal, conf = self.predictor.generate_signal(pred, self.threshold)
         out[full] = signal * conf

@@ -622,3 +622,30 @@ def test_a_replay_before_the_models_fitted_span_says_so():
     (warned,) = [e for e in logs if e["event"] == "replay.model_fitted_after"]
     assert (warned["bars"], warned["card"], warned["fitted_on"][0]) == (2, "c.json", "2012-01-03")
     assert not [e for e in logs if e["event"] == "replay.in_sample"]
+
+
+def test_the_warm_up_bars_before_the_models_first_forecast_are_not_said():
+    """The default backtest trades from the data's first bar, and the model has no view
+    until its window is full (179 bars): those bars lie before its first training window's
+    end, but it decided none of them, so they are no look-ahead through it."""
+    from datetime import UTC, datetime
+
+    from structlog.testing import capture_logs
+
+    from tradingd.backtest import _models
+
+    days = [datetime(1999, 1, d, tzinfo=UTC) for d in (4, 5, 6, 7)]
+    engine = _engine_with_card(
+        {
+            "train_range": ["1999-01-06", "2005-12-30"],
+            "validation_range": ["2006-01-03", "2006-06-30"],
+        }
+    )
+    ((plugin, _),) = engine.pipeline.signals
+    for first, bars in ((days[2], 0), (days[1], 1), (None, 0)):
+        plugin.first_forecast = first
+        with capture_logs() as logs:
+            (entry,) = _models(engine, days)["models"]
+        said = [e for e in logs if e["event"] == "backtest.model_fitted_after"]
+        assert [e["bars"] for e in said] == ([bars] if bars else [])
+        assert entry.get("fitted_after", {}).get("bars", 0) == bars
