@@ -12,7 +12,7 @@ forecast. A forecast of exactly 0 and a return of exactly 0 count neither way.
 The `/ready` model check puts it beside the card's figure (`MlEnsemble.accuracy`): its
 held-out test split's (`metrics.test`, windows no fitting, early stopping or calibration
 saw) when the card has one, else its validation windows' (a card trained before the test
-split, the shipped pair's: 0.52), said to be optimistic: those windows early-stopped the
+split; the shipped pair has one), said to be optimistic: those windows early-stopped the
 CNN+LSTM and calibrated the confidence.
 """
 

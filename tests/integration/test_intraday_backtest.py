@@ -487,12 +487,19 @@ def _bar_warnings(config, panel):  # type: ignore[no-untyped-def]
 
 def test_a_model_trained_on_other_bars_than_the_runs_is_warned_about(engine_config, tmp_path):
     """The shipped model (daily returns: its residual_std, its confidence) ran on 1- and
-    5-minute bars without a word. Its card records no bar length: it was trained on daily
-    bars, as every card before the field; a card that records one is taken at its word."""
+    5-minute bars without a word. A card that records no bar length (every card before the
+    field, the one shipped before included) was trained on daily bars; a card that records
+    one is taken at its word."""
     from tiny_models import model_folder
 
     five, daily = intraday_panel(5, sessions=3), make_panel(n_bars=300, split_at=None)
-    shipped = _ml_config(engine_config)
+    (warned,) = _bar_warnings(_ml_config(engine_config), five)  # the shipped card: "1d"
+    assert (warned["trained_on"], warned["run_bar"]) == ("1d", "5m")
+
+    def before_the_field(card):  # type: ignore[no-untyped-def]
+        card.pop("bar", None)
+
+    shipped = _ml_config(engine_config, str(model_folder(tmp_path / "old", edit=before_the_field)))
     (warned,) = _bar_warnings(shipped, five)
     assert warned["log_level"] == "warning"
     assert (warned["trained_on"], warned["run_bar"]) == ("1d", "5m")
