@@ -1179,7 +1179,8 @@ def check_model_bar(
     (`model.bar_differs`): its horizon is so many of its own bars, and its residual_std and
     confidence are calibrated on their returns, yet the shipped daily model started on 1-
     and 5-minute bars without a word. A card without `bar` was trained on daily bars
-    (every card before `tradingd train` recorded it, the shipped one included); one whose
+    (every card before `tradingd train` recorded it, the models shipped until 2026-12-07
+    included); one whose
     `bar` is not a bar length is refused (ConfigError), naming the card (`path`)."""
     trained = card.get("bar", "1d")
     if trained not in LIVE_BARS:
@@ -1193,7 +1194,7 @@ def check_model_bar(
         f"its card's bar = {trained}"
         if "bar" in card
         else "its card records no bar length: every card trained before tradingd "
-        "recorded it was trained on daily bars, the shipped one included"
+        "recorded it was trained on daily bars"
     )
     horizon = (card.get("target") or {}).get("horizon_bars", "?")
     log.warning(
