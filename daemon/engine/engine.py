@@ -417,6 +417,19 @@ _FLATTEN_CANCEL = "flatten: the operator's /flatten"
 _NO_REASONS: Mapping[str, str] = MappingProxyType({})
 
 
+class _FeatureValues(dict[str, np.ndarray]):
+    """A bar's feature values (`ctx.features`). A read of a feature no plugin declared was
+    a bare `KeyError: 'rsi_14'`; it now says what to do. `__missing__` runs only on a miss:
+    a read that finds its feature costs what a plain dict's does."""
+
+    def __missing__(self, key: str) -> np.ndarray:
+        computed = ", ".join(sorted(self)) or "none"
+        raise KeyError(
+            f"feature {key!r} is not computed in this run: declare it in the plugin's "
+            f"required_features() (or list it in features.extra); computed: {computed}"
+        )
+
+
 def _verdict_text(v: RiskVerdict) -> str:
     name = v.plugin if not v.rule or v.rule == v.plugin else f"{v.plugin}/{v.rule}"
     return f"{name} {v.action}: {v.reason}"
@@ -3883,10 +3896,10 @@ class Engine:
             row = self._ready_at(bar)
             # `read_only_copy`, spelled out: a Python call less, every bar.
             ready = _frombuffer((valid & row).tobytes(), _BOOL) if row is not None else valid
-            return MappingProxyType(dict(raw)), ready
+            return MappingProxyType(_FeatureValues(raw)), ready
         # A source without `prepare` (the engine's own are prepared): cleaned here.
         mask = valid.copy()
-        out: dict[str, np.ndarray] = {}
+        out: dict[str, np.ndarray] = _FeatureValues()
         for name, v in raw.items():
             finite = np.isfinite(v)
             if name in self._required:

@@ -630,3 +630,31 @@ async def test_ctx_history_offers_no_push_and_its_reads_are_the_engines(engine_c
     assert reader.read
     final = engine.history.window("close", 2)
     np.testing.assert_array_equal(reader.read[-1]["history window"], final)
+
+
+@pytest.mark.parametrize("mode", ["backtest", "live"])
+async def test_a_read_of_a_feature_no_plugin_declared_says_how_to_declare_it(engine_config, mode):
+    """`ctx.features["rsi_14"]` in a plugin that declared none was a bare `KeyError:
+    'rsi_14'`, naming neither `required_features()` nor what the run computes."""
+    from tradingd.app import build_engine
+
+    class Undeclared:
+        kind, name = "signal", "undeclared"
+
+        def required_features(self):  # type: ignore[no-untyped-def]
+            return ()
+
+        def score(self, ctx):  # type: ignore[no-untyped-def]
+            return np.tanh(ctx.features["no_such_feature_9"])
+
+    if mode == "live":
+        panel, config = live_run(engine_config)
+    else:
+        panel, config = make_panel(n_bars=90, split_at=None), engine_config
+    engine = build_engine(config, mode, panel=panel)
+    engine.pipeline.signals = [(Undeclared(), 1.0)]
+    with pytest.raises(PluginFault) as caught:
+        await engine.run_until_done()
+    said = str(caught.value)
+    assert "'no_such_feature_9' is not computed in this run" in said
+    assert "required_features()" in said and "features.extra" in said
