@@ -44,7 +44,10 @@ async def make_client(fake):
     made: list[AlpacaDataClient] = []
 
     async def make(**kw) -> AlpacaDataClient:
-        cfg = {"max_attempts": 3, "backoff_base_s": 0.0, "timeout_s": 2.0}
+        # A timeout no loopback answer meets even on a loaded machine (CI beside other
+        # work: a 2 s one timed a page of 11,700 bars out, and the count of requests the
+        # retry tests assert had one more); tests of timeouts set their own.
+        cfg = {"max_attempts": 3, "backoff_base_s": 0.0, "timeout_s": 20.0}
         cfg |= {k: kw.pop(k) for k in list(kw) if k in SourceConfig.__dataclass_fields__}
         caller = ResilientCaller("alpaca", SourceConfig(**cfg), sleep=kw.pop("sleep", no_sleep))
         opts = {
