@@ -995,16 +995,11 @@ def horizon_bars(card: Mapping[str, Any]) -> int:
     return h if isinstance(h, int) and not isinstance(h, bool) and h >= 1 else 1
 
 
-def fitted_after(
-    card: Mapping[str, Any] | None, times: Sequence[datetime]
-) -> list[datetime] | None:
-    """The bars of `times` before the first date the model was fitted on (None when the card
-    does not say): the model was fitted on data after each of them, so its forecasts there
+def fitted_after(fitted: tuple[date, date], times: Sequence[datetime]) -> list[datetime]:
+    """The bars of `times` before the first date the model was fitted on (`fitted`: its
+    `fitted_span`): the model was fitted on data after each of them, so its forecasts there
     carry their future (look-ahead through the model). Not in-sample, so `backtest.in_sample`
     said nothing: a model trained from 2012 back-tested on 2005-2010 without a word."""
-    fitted = fitted_span(card)
-    if fitted is None:
-        return None
     return [t for t in times if t.date() < fitted[0]]
 
 
@@ -1039,7 +1034,7 @@ def check_replay_in_sample(
     if fitted is None:
         return
     named = {} if path is None else {"card": str(path)}
-    before = fitted_after(card, times)
+    before = fitted_after(fitted, times)
     if before:
         log.warning(
             "replay.model_fitted_after",

@@ -370,6 +370,16 @@ def split_events(panel: Panel) -> dict[str, list[tuple[datetime, float]]]:
     return out
 
 
+def _bars_of(bars: Sequence[datetime], times: Sequence[datetime]) -> dict[str, Any]:
+    """Which of a run's bars (`times`) a model warning counts, as summary.json records it."""
+    return {
+        "first": bars[0].isoformat(),
+        "last": bars[-1].isoformat(),
+        "bars": len(bars),
+        "of": len(times),
+    }
+
+
 def _models(engine: Engine, times: Sequence[datetime] = ()) -> dict[str, Any]:
     """Which model a run used, by version and by the path it was loaded from, so a user can
     tell the shipped pair from a retrained one; and the traded bars that lie in the model's
@@ -390,8 +400,7 @@ def _models(engine: Engine, times: Sequence[datetime] = ()) -> dict[str, Any]:
             continue
         entry: dict[str, Any] = {"plugin": plugin.name, "version": version, "path": path}
         entry["signal"] = i  # its place in [[signals]], as `run_inputs` names it
-        card = model_card(plugin)
-        fitted = fitted_span(card)
+        fitted = fitted_span(model_card(plugin))
         if fitted is not None:
             entry["fitted_on"] = [d.isoformat() for d in fitted]
             # The bars the model decided: from its first forecast (a plugin that says none
@@ -399,14 +408,9 @@ def _models(engine: Engine, times: Sequence[datetime] = ()) -> dict[str, Any]:
             # it the model had no view, so was fitted on their future to no effect.
             first = getattr(plugin, "first_forecast", times[0] if times else None)
             decided = [] if first is None else [t for t in times if t >= first]
-            before = fitted_after(card, decided) or []
+            before = fitted_after(fitted, decided)
             if before:
-                entry["fitted_after"] = {
-                    "first": before[0].isoformat(),
-                    "last": before[-1].isoformat(),
-                    "bars": len(before),
-                    "of": len(times),
-                }
+                entry["fitted_after"] = _bars_of(before, times)
                 log.warning(
                     "backtest.model_fitted_after",
                     plugin=plugin.name,
@@ -419,12 +423,7 @@ def _models(engine: Engine, times: Sequence[datetime] = ()) -> dict[str, Any]:
                 )
             inside = [t for t in times if fitted[0] <= t.date() <= fitted[1]]
             if inside:
-                entry["in_sample"] = {
-                    "first": inside[0].isoformat(),
-                    "last": inside[-1].isoformat(),
-                    "bars": len(inside),
-                    "of": len(times),
-                }
+                entry["in_sample"] = _bars_of(inside, times)
                 log.warning(
                     "backtest.in_sample",
                     plugin=plugin.name,
