@@ -258,11 +258,11 @@ def calendar_has_weekend_sessions(name: str) -> bool:
     building a calendar (about 0.3 s a backtest)."""
     if name == "XNYS":
         return False
-    import exchange_calendars as xcals
+    from .clock.calendar import ExchangeCalendar
 
     try:
-        mask = str(xcals.get_calendar(name).weekmask)
-    except Exception:  # an unknown name: the calendar's own check names it
+        mask = ExchangeCalendar(name, "1d").weekmask
+    except ConfigError:  # an unknown name: the run's own calendar check names it
         return False
     return len(mask) == 7 and mask[5:] != "00"
 
