@@ -950,14 +950,13 @@ class Engine:
         start, a restart too: it warned only at a new run's, and a restarted one followed
         the orders of its checkpoint without a word (the checkpoint keeps only this run's
         orders now, `_checkpoint`)."""
+        self._say_foreign_orders(self._others_in_universe(self.broker.open_orders()))
+
+    def _others_in_universe(self, orders: Iterable[Any]) -> list[Any]:
+        """The orders of `orders` in the run's universe that this run did not place."""
         universe = set(self.symbols)
         own = self._placed_by_us
-        foreign = [
-            o
-            for o in self.broker.open_orders()
-            if o.symbol in universe and not own(o.client_order_id)
-        ]
-        self._say_foreign_orders(foreign)
+        return [o for o in orders if o.symbol in universe and not own(o.client_order_id)]
 
     def _warn_of_orders_found_mid_run(self) -> None:
         """Orders the broker found after the start that this run did not place (placed by
@@ -966,13 +965,7 @@ class Engine:
         take = getattr(self.broker, "take_foreign_orders", None)
         if take is None:
             return
-        universe = set(self.symbols)
-        own = self._placed_by_us
-        found = [
-            o
-            for o in take()
-            if o.in_universe and o.symbol in universe and not own(o.client_order_id)
-        ]
+        found = self._others_in_universe(o for o in take() if o.in_universe)
         self._say_foreign_orders(found, found_mid_run=True)
 
     async def _watch_foreign_orders(self, found: asyncio.Event) -> None:
