@@ -968,7 +968,9 @@ def fitted_span(card: Mapping[str, Any] | None) -> tuple[date, date] | None:
     so those bars' prices were fitted on too: the span ended at the window's own end, which
     left the horizon's bars (1 for every card so far, 5 for a horizon-5 card) out of sample.
     Bars are counted as weekdays (a holiday in between makes the span a bar short, never
-    long); intraday bars as 6.5-hour sessions of them, in whole days."""
+    long); intraday bars as 6.5-hour sessions of them, in whole days. A card loaded by
+    `ModelCard.load` always says: one whose `train_range` or `validation_range` is no pair of
+    ordered ISO dates is refused there, not passed here to silence these checks."""
     if card is None:
         return None
     try:

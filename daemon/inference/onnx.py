@@ -26,6 +26,7 @@ import re
 import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -142,6 +143,14 @@ def _check_card(p: Path, data: Any) -> None:
         or not all(isinstance(f, str) for f in features)
     ):
         _bad_card(p, "feature_set.features", "must be a list of feature names", features)
+    train = _card_range(p, data, "train_range")
+    validation = _card_range(p, data, "validation_range")
+    if validation[0] < train[1]:
+        raise ConfigError(
+            f"model card {p}: 'validation_range' starts {validation[0].isoformat()}, before "
+            f"'train_range' ends ({train[1].isoformat()}): `tradingd train` validates on the "
+            "windows after its training ones; re-train the model or restore the card's dates"
+        )
     arch = data.get("architecture")
     if arch is not None and not (isinstance(arch, str) and arch):
         _bad_card(p, "architecture", "must be a non-empty string (e.g. 'cnn_lstm/2')", arch)
@@ -198,6 +207,31 @@ def _card_field(p: Path, data: Mapping[str, Any], key: str) -> Any:
             raise ConfigError(f"model card {p} lacks {'.'.join(parts[: i + 1])!r}")
         value = value[part]
     return value
+
+
+def _card_range(p: Path, data: Mapping[str, Any], key: str) -> tuple[date, date]:
+    """A card's date range (`train_range`, `validation_range`): two ISO dates
+    (YYYY-MM-DD), the first not after the second, as `tradingd train` writes them. The
+    in-sample and look-ahead checks (`app.fitted_span`: `backtest.in_sample`,
+    `backtest.model_fitted_after` and their replay twins) read them; a malformed range
+    (`["2012"]`, a string, null, dates swapped) made them say nothing at all."""
+    value = _card_field(p, data, key)
+    if (
+        not isinstance(value, list)
+        or len(value) != 2
+        or not all(isinstance(v, str) and _ISO_DATE.fullmatch(v) for v in value)
+    ):
+        _bad_card(p, key, "must be two ISO dates [first, last] (YYYY-MM-DD)", value)
+    try:
+        first, last = (date.fromisoformat(v) for v in value)
+    except ValueError as exc:
+        _bad_card(p, key, f"must be two ISO dates [first, last] ({exc})", value)
+    if first > last:
+        _bad_card(p, key, "must list its first date before its last", value)
+    return first, last
+
+
+_ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 
 def _bad_card(p: Path, key: str, rule: str, value: Any) -> NoReturn:

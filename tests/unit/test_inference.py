@@ -69,6 +69,27 @@ def _set(*keys, value):  # type: ignore[no-untyped-def]
 DAMAGED_CARDS = [
     (_pop("format"), "lacks 'format'"),
     (_set("format", value="tradingd-model-card/2"), "'format' is not 'tradingd-model-card/1'"),
+    (_pop("train_range"), "lacks 'train_range'"),
+    (_pop("validation_range"), "lacks 'validation_range'"),
+    (_set("train_range", value=["2012"]), "'train_range' must be two ISO dates"),
+    (_set("train_range", value="1999-09-20"), "'train_range' must be two ISO dates"),
+    (_set("train_range", value=None), "'train_range' must be two ISO dates"),
+    (_set("train_range", value=[None, None]), "'train_range' must be two ISO dates"),
+    (_set("train_range", value=["", ""]), "'train_range' must be two ISO dates"),
+    (_set("train_range", value=["1999-09-20", "2015-02-30"]), "'train_range' must be two ISO"),
+    (_set("train_range", value=["19990920", "20150219"]), "'train_range' must be two ISO dates"),
+    (
+        _set("train_range", value=["2015-02-19", "1999-09-20"]),
+        "'train_range' must list its first date before its last",
+    ),
+    (
+        _set("validation_range", value=["2017-01-23", "2015-02-23"]),
+        "'validation_range' must list its first date before its last",
+    ),
+    (
+        _set("validation_range", value=["2015-02-18", "2017-01-23"]),
+        "'validation_range' starts 2015-02-18, before 'train_range' ends (2015-02-19)",
+    ),
     (_pop("model_version"), "lacks 'model_version'"),
     (_set("model_version", value="../elsewhere"), "'model_version' must be a name"),
     (_pop("feature_set", "version"), "lacks 'feature_set.version'"),
@@ -129,6 +150,9 @@ def test_a_damaged_card_is_named_with_its_file_and_key(tmp_path, edit, message):
             _set("ensemble", "weights", value={"cnn_lstm": 0.7, "random_forest": 0.4}),
             "'ensemble.weights' must be finite numbers that sum to 1",
         ),
+        # Loaded before, and `backtest.model_fitted_after` / `backtest.in_sample` said
+        # nothing: `fitted_span` found no dates in it.
+        (_set("train_range", value=["2012"]), "'train_range' must be two ISO dates"),
     ],
 )
 def test_the_start_up_check_blames_a_damaged_card_not_the_params(tmp_path, edit, message):
