@@ -121,6 +121,13 @@ def _check_card(p: Path, data: Any) -> None:
     for key in ("feature_set", "window", "scaler", "files", "ensemble", "format"):
         _card_field(p, data, key)
     if data["format"] != CARD_FORMAT:
+        if _newer_format(data["format"]):
+            raise ConfigError(
+                f"model card {p}: 'format' is {reprlib.repr(data['format'])}, newer than "
+                f"{CARD_FORMAT!r}, the card format this tradingd reads: this card was written "
+                "by a newer tradingd: upgrade tradingd (or re-export the model with this "
+                "version)"
+            )
         _bad_card(
             p,
             "format",
@@ -207,6 +214,15 @@ def _card_field(p: Path, data: Mapping[str, Any], key: str) -> Any:
             raise ConfigError(f"model card {p} lacks {'.'.join(parts[: i + 1])!r}")
         value = value[part]
     return value
+
+
+def _newer_format(value: Any) -> bool:
+    """Whether a card's `format` is this card format at a version above the one this
+    tradingd reads (`tradingd-model-card/2` and up): written by a newer tradingd, which the
+    operator fixes by upgrading, not by repairing the card."""
+    name, _, version = CARD_FORMAT.rpartition("/")
+    m = re.fullmatch(re.escape(name) + r"/(\d+)", value) if isinstance(value, str) else None
+    return m is not None and int(m[1]) > int(version)
 
 
 def _card_range(p: Path, data: Mapping[str, Any], key: str) -> tuple[date, date]:

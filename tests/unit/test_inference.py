@@ -68,7 +68,15 @@ def _set(*keys, value):  # type: ignore[no-untyped-def]
 
 DAMAGED_CARDS = [
     (_pop("format"), "lacks 'format'"),
-    (_set("format", value="tradingd-model-card/2"), "'format' is not 'tradingd-model-card/1'"),
+    (_set("format", value="tradingd-model-card/0"), "'format' is not 'tradingd-model-card/1'"),
+    (_set("format", value="other-card/2"), "'format' is not 'tradingd-model-card/1'"),
+    (_set("format", value=2), "'format' is not 'tradingd-model-card/1'"),
+    (
+        _set("format", value="tradingd-model-card/2"),
+        "'format' is 'tradingd-model-card/2', newer than 'tradingd-model-card/1', the card "
+        "format this tradingd reads: this card was written by a newer tradingd: upgrade "
+        "tradingd (or re-export the model with this version)",
+    ),
     (_pop("train_range"), "lacks 'train_range'"),
     (_pop("validation_range"), "lacks 'validation_range'"),
     (_set("train_range", value=["2012"]), "'train_range' must be two ISO dates"),
@@ -153,6 +161,10 @@ def test_a_damaged_card_is_named_with_its_file_and_key(tmp_path, edit, message):
         # Loaded before, and `backtest.model_fitted_after` / `backtest.in_sample` said
         # nothing: `fitted_span` found no dates in it.
         (_set("train_range", value=["2012"]), "'train_range' must be two ISO dates"),
+        (
+            _set("format", value="tradingd-model-card/3"),
+            "this card was written by a newer tradingd: upgrade tradingd",
+        ),
     ],
 )
 def test_the_start_up_check_blames_a_damaged_card_not_the_params(tmp_path, edit, message):
