@@ -39,7 +39,9 @@ series row that is not an object is `malformed`, as is a `Meta Data` that is not
 newline, or whose last row has fewer fields than its header, is cut short: `malformed`
 ("truncated CSV"), retried, never read as the bars it still holds. So is one with a row
 before it of another width than the header ("damaged CSV"): its cells cannot be placed, and
-dropping its bar left a gap in the history (see `_check_whole_csv`).
+dropping its bar left a gap in the history (see `_check_whole_csv`). So is a JSON time
+series with a row without a bar field (open, high, low, close, volume) the other rows have
+("damaged answer", naming the row's date and the field; see `_check_whole_rows`).
 
 Labels: daily rows are session dates; intraday rows are bar starts in the answer's time zone
 (`Time Zone` of the meta data, US/Eastern; CSV has none and uses `timezone`), converted to UTC.
@@ -249,6 +251,38 @@ def _check_whole_csv(body: str) -> None:
         )
 
 
+# The fields every bar of a time series has (split and dividend may be absent: the default).
+_BAR_FIELDS = ("open", "high", "low", "close", "volume")
+
+
+def _check_whole_rows(series_key: str, series: Mapping[str, Mapping[str, Any]]) -> None:
+    """A ValueError for a JSON time series with a row that lacks a bar field (open, high,
+    low, close, volume) the other rows have: "damaged answer", naming the date, the field
+    and how many rows lack one. The JSON twin of `_check_whole_csv`'s damaged row: read as
+    it came, the missing field was NaN, validation dropped the bar (`feed.row_dropped`) and
+    the history had a gap that shifted every indicator over the lookback, where asking again
+    gets the vendor's whole answer. Alpha Vantage writes every field of every row; a day
+    without a value still has its field. A field no row has is `_frame_from_rows`' "columns
+    missing"; a split coefficient or dividend amount a row lacks is no action (the module
+    docstring)."""
+    keys = {key for row in series.values() for key in row}
+    wanted = sorted(
+        k for k in keys if _NAMES.get(_COLUMN.sub("", k).strip().lower()) in _BAR_FIELDS
+    )
+    short: list[tuple[str, str]] = []  # (date, field) of each row lacking a bar field
+    for when, row in series.items():
+        lacking = [key for key in wanted if key not in row]
+        if lacking:
+            short.append((str(when), lacking[0]))
+    if short:
+        (when, key), n = short[0], len(short)
+        raise ValueError(
+            f"damaged answer: {series_key} row {when} has no {key!r} ({n} row(s) without a "
+            "field the other rows have); refused whole (asked again), not read with the bar "
+            "missing"
+        )
+
+
 def parse_body(
     text: str, symbol: str | None = None, secrets: Iterable[str] = ()
 ) -> tuple[pd.DataFrame, str | None]:
@@ -285,6 +319,7 @@ def parse_body(
         if not series:
             empty = pd.DataFrame(columns=["timestamp", "open", "high", "low", "close", "volume"])
             return _frame_from_rows(empty), tz
+        _check_whole_rows(series_key, series)
         rows = pd.DataFrame.from_dict(series, orient="index")
         rows.index.name = "timestamp"
         return _frame_from_rows(rows.reset_index()), tz

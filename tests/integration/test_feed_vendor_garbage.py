@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Any
 
+import pandas as pd
 import pytest
 from aiohttp import web
 from fakes import fixture_json, fixture_text, need_fixtures
@@ -384,6 +385,55 @@ async def test_a_damaged_middle_row_is_asked_again_and_the_whole_answer_served()
 
     res, _ = await av_fetch(h, datatype="csv", max_attempts=2)
     assert not res.errors and len(res.frame) == 19 and bodies == []
+
+
+def _av_row_without(fixture: str, day: str, field: str) -> dict[str, Any]:
+    def change(body: dict[str, Any]) -> None:
+        series = next(v for k, v in body.items() if k.startswith("Time Series"))
+        del series[day][field]
+
+    return av_with(fixture, change)
+
+
+@pytest.mark.parametrize(
+    ("fixture", "interval", "day", "field"),
+    [
+        ("time_series_daily_IBM.json", "1d", "2026-05-05", "4. close"),
+        ("time_series_daily_adjusted_IBM.json", "1d", "2026-05-05", "6. volume"),
+        ("time_series_daily_IBM.json", "1d", "2026-05-15", "1. open"),  # the newest
+        ("time_series_intraday_5min_IBM.json", "5m", "2026-05-15 18:30:00", "2. high"),
+    ],
+    ids=["daily_close", "adjusted_volume", "newest_open", "intraday_high"],
+)
+async def test_a_json_row_without_a_field_refuses_the_answer_naming_it(
+    fixture, interval, day, field
+):
+    """The JSON twin of the damaged CSV row: a time-series row without "4. close" (or the
+    adjusted series' "6. volume") was read with the field as NaN and its bar dropped by
+    validation (`feed.row_dropped`, "missing or non-numeric"), a gap in the history that
+    the CSV path refuses. It refuses the whole answer now (`malformed`, asked again),
+    naming the symbol, the row's date and the field."""
+    need_fixtures()
+    res, logs = await av_fetch(answer(_av_row_without(fixture, day, field)), interval)
+    assert res.frame.empty
+    err = res.errors["IBM"]
+    assert (err.kind, err.symbol, err.retryable) == ("malformed", "IBM", True)
+    assert "damaged answer: Time Series" in str(err) and "IBM" in str(err)
+    assert f"row {day} has no {field!r} (1 row(s)" in str(err)
+    assert not [e for e in logs if e["event"] == "feed.row_dropped"]
+
+
+async def test_a_json_row_without_a_field_is_asked_again_and_the_whole_answer_served():
+    need_fixtures()
+    whole = fixture_json("alphavantage", "time_series_daily_IBM.json")
+    bodies = [_av_row_without("time_series_daily_IBM.json", "2026-05-05", "4. close"), whole]
+
+    async def h(_: web.Request) -> web.StreamResponse:
+        return web.json_response(bodies.pop(0))
+
+    res, _ = await av_fetch(h, max_attempts=2)
+    assert not res.errors and len(res.frame) == 19 and bodies == []
+    assert pd.Timestamp("2026-05-05") in set(res.frame["time"])
 
 
 def test_every_recorded_csv_answer_ends_with_a_newline():
