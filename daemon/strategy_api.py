@@ -715,7 +715,12 @@ class RiskManager:
         return False, f"no exit: price {p:g} is between the exits at {sl:g} and {tp:g}"
 
     def plugin_specs(self, base: Sequence[PluginSpec]) -> tuple[PluginSpec, ...]:
-        """`base`'s risk chain with these limits set (a missing plugin is appended)."""
+        """`base`'s risk chain with these limits set, in base's order. A plugin base lacks
+        goes where the built-in chain runs it (`_risk_position`): `max_open_positions` after
+        the rules that refuse candidates and before `max_gross_exposure` and `portfolio_var`.
+        Appended after VaR, the count kept the largest targets of what VaR had cut, and a
+        candidate a refusing rule had dropped was never replaced by the next one
+        (docs/SPECIFICATION.md, "The order of the risk rules")."""
         values: dict[str, tuple[type, dict[str, Any]]] = {
             "max_position": (MaxPositionConfig, {"max_position_pct": self.max_position_size_pct}),
             "max_open_positions": (
@@ -737,8 +742,19 @@ class RiskManager:
                 spec = PluginSpec(spec.name, spec.weight, _merged(spec.params, cls, vals))
             out.append(spec)
         for name, (cls, vals) in values.items():
-            out.append(PluginSpec(name, 1.0, _merged({}, cls, vals)))
+            out.insert(_risk_position(out, name), PluginSpec(name, 1.0, _merged({}, cls, vals)))
         return tuple(out)
+
+
+def _risk_position(chain: Sequence[PluginSpec], name: str) -> int:
+    """Where in `chain` the risk plugin `name` goes: before the first plugin the built-in
+    chain (`Config().risk`) runs after it, else at the end. Plugins the built-in chain does
+    not have (`stale_data`, a third party's) are passed over: they keep their places."""
+    order = [s.name for s in _defaults().risk]
+    if name not in order:
+        return len(chain)
+    later = set(order[order.index(name) + 1 :])
+    return next((i for i, s in enumerate(chain) if s.name in later), len(chain))
 
 
 # ----------------------------------------------------------------------------- data

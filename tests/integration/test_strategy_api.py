@@ -19,7 +19,7 @@ from plugin_context import bar_context, make_context
 from tradingd.app import load_data, run_id_for
 from tradingd.backtest import run_backtest
 from tradingd.brokers.simulated import SimulatedBroker
-from tradingd.config import Config, build, load_config
+from tradingd.config import Config, PluginSpec, build, load_config
 from tradingd.core.errors import DataError
 from tradingd.core.orders import bracket_orders
 from tradingd.core.types import Leg
@@ -238,6 +238,38 @@ def test_facade_objects_follow_the_built_in_defaults():
         base.risk,
         base.orders,
     )
+
+
+@pytest.mark.parametrize(
+    "dropped",
+    [
+        ("max_open_positions",),
+        ("max_open_positions", "drawdown_guard"),
+        ("max_position", "max_open_positions", "drawdown_guard"),
+    ],
+    ids=["count", "count_and_drawdown", "all_three"],
+)
+def test_a_risk_plugin_the_chain_lacks_goes_where_the_built_in_chain_runs_it(dropped):
+    """`RiskManager.plugin_specs` appended a missing `max_open_positions` after
+    `portfolio_var`: the count then kept the largest of the targets VaR had cut, and a
+    candidate a refusing rule dropped was never replaced. It goes after the refusing rules
+    and before `max_gross_exposure` and VaR now, as in the built-in chain; the chain's own
+    plugins (here `stale_data`) keep their places."""
+    default = Config().risk
+    base = tuple(s for s in default if s.name not in dropped)
+    built = RiskManager(max_open_positions=7).plugin_specs(base)
+    assert [s.name for s in built] == [s.name for s in default]
+    assert dict((s.name, s) for s in built)["max_open_positions"].params == {
+        "max_open_positions": 7
+    }
+    # A plugin the built-in chain has not keeps its place, after VaR here.
+    with_stale = (*base, PluginSpec("stale_data"))
+    names = [s.name for s in RiskManager().plugin_specs(with_stale)]
+    assert names == [*(s.name for s in default), "stale_data"]
+    engine = BacktestEngine(base_config=dataclasses.replace(Config(), risk=base))
+    assert [s.name for s in engine.config_for(risk_manager=RiskManager()).risk] == [
+        s.name for s in default
+    ]
 
 
 def test_config_for_maps_every_facade_parameter():
