@@ -99,3 +99,16 @@ def test_a_candidate_the_correlation_rule_refuses_leaves_no_slot_empty(name, tmp
     expected[1] = 0.0
     np.testing.assert_array_equal(out, expected)  # S10 holds the 10th slot
     assert np.count_nonzero(out) == 10
+
+
+def test_the_readme_says_the_order_matters_and_names_the_shipped_one():
+    """The README's plugin table listed the risk rules in no order and said nothing of it:
+    an operator writing a `[[risk]]` of their own put the count first again. Its paragraph
+    after the table names the shipped chain's rules in the chain's order."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = text.index("The order of the `[[risk]]` entries matters")
+    paragraph = text[start : text.index("\n\n", start)]
+    names = [s.name for s in chain_of("paper.toml")]
+    at = [paragraph.index(f"`{n}`") for n in names]
+    assert at == sorted(at), list(zip(names, at, strict=True))
+    assert "slot" in paragraph and "config/research.toml" in paragraph
