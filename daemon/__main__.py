@@ -143,7 +143,8 @@ def exit_code(exc: TradingdError, command: str) -> int:
     A set-up mistake raised as another kind of error is a ConfigError subclass as well, so
     that it exits EX_CONFIG here: a lock file or a storage spool on a filesystem without
     file locks (`instance_lock.LocksUnsupported`, `storage.spool.SpoolLocksUnsupported`,
-    StorageErrors too), as the data source refusing for good (`SourceRefused`) and a
+    StorageErrors too) or a lock folder another user can change (`instance_lock.LockDirUnsafe`),
+    as the data source refusing for good (`SourceRefused`) and a
     recorded feed's data file that cannot be used (`DataFileUnusable`)."""
     if command not in SERVICE_COMMANDS or not isinstance(exc, ConfigError):
         return 2

@@ -47,7 +47,10 @@ every daemon and backtest of that store from starting. The group is the trust bo
 share `$TRADINGD_LOCK_DIR` between users through a group (a setgid folder), and a user
 outside it gets an error naming the file, never a start without the lock. The open does not
 follow a symbolic link (`O_NOFOLLOW`): one planted at the lock's path would have had its
-target truncated and overwritten by the holder record. The
+target truncated and overwritten by the holder record. Nor is a lock folder another user can
+change used (`check_lock_dir`): one of theirs outside this user's groups, one writable by
+all without the sticky bit (repaired when it is ours), or their symbolic link; its owner
+could delete the lock file under its holder, and a second daemon would lock a new one. The
 account of an Alpaca daemon is
 `broker_account("alpaca", key_id, base_url)`, whose endpoint is normalised first: the same
 account written `http://127.0.0.1:8080`, `http://LOCALHOST:8080/` or with `:443` after
@@ -83,8 +86,10 @@ import fcntl
 import hashlib
 import json
 import os
+import pwd
 import re
 import socket
+import stat
 import tempfile
 import time
 from collections.abc import Callable
@@ -162,6 +167,17 @@ class LockFileFailed(StorageError):
     """flock failed on the lock file for another reason (EBADF, EIO, EACCES, ...): nothing
     says locks are unsupported there, so the start stops rather than run unlocked beside a
     holder it cannot see. Not waited for as a database that is down."""
+
+
+class LockDirUnsafe(LockFileFailed, ConfigError):
+    """The lock file's folder can be changed by a user other than this one, root and its
+    group (`check_lock_dir`): another user's folder outside this user's groups, one every
+    local user may write without the sticky bit that keeps them from removing our files
+    (not ours to repair), or a symbolic link another user owns. Whoever can change the
+    folder can delete the lock file under a running daemon, or point the folder elsewhere,
+    and a second daemon then locks a new file beside it. A set-up mistake no restart ends:
+    a LockFileFailed (the start stops, the account lock included) and a ConfigError (exit
+    EX_CONFIG)."""
 
 
 class AnotherDaemonRunning(ConfigError):
@@ -562,7 +578,9 @@ class FileInstanceLock(InstanceLock):
 
     def _open_and_lock(self) -> int:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Not writable by every local user even under a umask of 0 (see check_lock_dir).
+            self.path.parent.mkdir(mode=LOCK_DIR_MODE, parents=True, exist_ok=True)
+            check_lock_dir(self.path.parent)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | _OPEN_FLAGS, LOCK_FILE_MODE)
         except PermissionError as e:
             # A lock file another user of our group created (TRADINGD_LOCK_DIR shared by two
@@ -681,6 +699,86 @@ def _narrow_mode(fd: int) -> None:
 
 
 LOCK_DIR_ENV = "TRADINGD_LOCK_DIR"
+# A lock folder the daemon makes: the owner's and its group's (the umask narrows it further).
+LOCK_DIR_MODE = 0o775
+
+
+def _user(uid: int) -> str:
+    try:
+        return f"{pwd.getpwuid(uid).pw_name}, uid {uid}"
+    except KeyError:
+        return f"uid {uid}"
+
+
+def check_lock_dir(folder: Path) -> None:
+    """Refuse (`LockDirUnsafe`) a lock folder a user other than this one, root and this
+    user's groups can change, or repair one of ours that every local user may write.
+
+    Whoever can change the folder can delete or rename a lock file under its holder (or
+    swap the folder), and a second daemon then locks a new file at the same path while the
+    first runs on: a folder another local user pre-created 0777 at `TRADINGD_LOCK_DIR`
+    before the daemon's first start was used without a word. Trusted: a folder owned by
+    this user or root; one owned by another user of one of this user's groups and not
+    writable by all (a lock folder shared through a group, see the module docstring).
+    Writable by all is fine with the sticky bit (as /tmp: nobody removes another's file),
+    else it is repaired when the folder is ours (`chmod o-w`, logged as
+    `instance_lock.lock_dir_repaired`) and refused when it is not. A symbolic link at the
+    folder's path must be ours or root's too: its owner can point it elsewhere. A folder
+    that cannot be examined is left to the open that follows, which names it."""
+    euid = os.geteuid()
+    try:
+        link = os.lstat(folder)
+        st = os.stat(folder)
+    except OSError:
+        return
+    advice = (
+        f"make it yours and not writable by all (chmod o-w), or set {LOCK_DIR_ENV} (lock_dir) "
+        "to a folder of your own; users sharing a lock folder share it through a group "
+        "(install -d -m 2770 -g GROUP ...)"
+    )
+    if stat.S_ISLNK(link.st_mode) and link.st_uid not in (euid, 0):
+        raise LockDirUnsafe(
+            f"instance lock: the lock folder {folder} is a symbolic link owned by "
+            f"{_user(link.st_uid)}, not by this user ({_user(euid)}) or root: its owner can "
+            f"point it elsewhere, where a second daemon would lock a file of its own; remove "
+            f"it, or {advice}"
+        )
+    mode = stat.S_IMODE(st.st_mode)
+    found = f"owned by {_user(st.st_uid)} with mode {mode:04o}"
+    open_to_all = bool(mode & stat.S_IWOTH) and not mode & stat.S_ISVTX
+    ours = st.st_uid == euid
+    trusted = ours or st.st_uid == 0
+    if not trusted and (st.st_gid not in {os.getegid(), *os.getgroups()} or mode & stat.S_IWOTH):
+        raise LockDirUnsafe(
+            f"instance lock: the lock folder {folder} is {found}: not this user ({_user(euid)}), "
+            f"root or a user of this user's groups, so its owner can delete the lock "
+            f"file under a running daemon, and a second daemon would then lock a new one; "
+            f"{advice}"
+        )
+    if not open_to_all:
+        return
+    if ours:
+        try:
+            os.chmod(folder, mode & ~stat.S_IWOTH)
+        except OSError as e:
+            raise LockDirUnsafe(
+                f"instance lock: the lock folder {folder} is {found}, writable by every local "
+                f"user, and cannot be narrowed ({e}); {advice}"
+            ) from e
+        log.warning(
+            "instance_lock.lock_dir_repaired",
+            lock_dir=str(folder),
+            mode_found=f"{mode:04o}",
+            mode_now=f"{mode & ~stat.S_IWOTH:04o}",
+            reason="a lock folder every local user may write lets any of them delete a lock "
+            "file under its holder, so a second daemon locks a new one: made not writable by all",
+        )
+        return
+    raise LockDirUnsafe(
+        f"instance lock: the lock folder {folder} is {found}, writable by every local user "
+        f"without the sticky bit: any of them can delete the lock file under a running daemon, "
+        f"and a second daemon would then lock a new one; {advice}"
+    )
 
 
 def account_lock_dir() -> Path:

@@ -582,3 +582,119 @@ async def test_another_user_outside_the_group_cannot_hold_the_lock(umask_022):
         assert nobody.returncode == 13
     finally:
         shutil.rmtree(folder)
+
+
+# ----------------------------------------------------------------------------- lock folder
+
+NOBODY = 65534
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
+
+
+def _folder_of(tmp_path: Path, mode: int, uid: int | None = None, gid: int | None = None) -> Path:
+    """A lock folder made before the daemon's first start, as another user would make it."""
+    folder = tmp_path / "locks"
+    folder.mkdir()
+    folder.chmod(mode)
+    if uid is not None:
+        os.chown(folder, uid, os.getegid() if gid is None else gid)
+    return folder
+
+
+@needs_root
+async def test_a_lock_folder_another_user_made_writable_by_all_is_refused(tmp_path, monkeypatch):
+    """Security trial: a folder another local user pre-created 0777 at TRADINGD_LOCK_DIR was
+    used without a word; that user then deleted the daemon's lock file and a second daemon
+    locked a new one beside the first (both trading the account). It is refused, naming
+    the folder, its owner and mode and what to do, and stops the start (EX_CONFIG)."""
+    from tradingd.__main__ import EX_CONFIG, exit_code
+    from tradingd.instance_lock import (
+        LOCK_DIR_ENV,
+        InstanceLockService,
+        LockDirUnsafe,
+        acquire_account_lock,
+        broker_account,
+    )
+
+    folder = _folder_of(tmp_path, 0o777, NOBODY, NOBODY)
+    with pytest.raises(LockDirUnsafe) as refused:
+        await acquire_account_lock(new_account(), "store", lock_dir=folder)
+    text = str(refused.value)
+    assert f"lock folder {folder} is owned by nobody, uid {NOBODY} with mode 0777" in text
+    assert LOCK_DIR_ENV in text and "chmod o-w" in text
+    assert list(folder.iterdir()) == []  # no lock file made there
+    assert exit_code(refused.value, "run") == EX_CONFIG
+    # A store's lock file in such a folder likewise.
+    with pytest.raises(LockDirUnsafe):
+        await acquire_instance_lock(f"sqlite:///{folder / 'store.db'}", new_account())
+    # The daemon's start stops (its store lock released), not run with the store's alone.
+    monkeypatch.setenv(LOCK_DIR_ENV, str(folder))
+    store = f"sqlite:///{tmp_path / 'store.db'}"
+    account = broker_account("alpaca", "PKLOCKDIR0001", "http://127.0.0.1:18562")
+    service = InstanceLockService(store, account, machine_wide=True, wait_s=0.0)
+    with pytest.raises(LockDirUnsafe):
+        await service.start()
+    again = await acquire_instance_lock(store, account)
+    await again.release()
+
+
+@needs_root
+@pytest.mark.parametrize("how", ["link_owned_by_another", "link_to_a_folder_of_another"])
+async def test_a_lock_folder_that_is_another_users_symbolic_link_is_refused(tmp_path, how):
+    from tradingd.instance_lock import LockDirUnsafe, acquire_account_lock
+
+    target = tmp_path / "target"
+    target.mkdir(mode=0o755)
+    link = tmp_path / "locks"
+    link.symlink_to(target)
+    if how == "link_owned_by_another":
+        os.lchown(link, NOBODY, NOBODY)
+    else:
+        os.chown(target, NOBODY, NOBODY)
+    with pytest.raises(LockDirUnsafe, match=f"lock folder {link} is .*uid {NOBODY}"):
+        await acquire_account_lock(new_account(), "store", lock_dir=link)
+    assert list(target.iterdir()) == []
+
+
+@needs_root
+async def test_a_lock_folder_shared_through_a_group_of_ours_is_used(tmp_path):
+    """Another user's folder of one of our groups (`install -d -m 2770 -g GROUP`), not
+    writable by all, is the documented way to share a lock folder: used as before."""
+    folder = _folder_of(tmp_path, 0o2770, NOBODY)
+    lock = await acquire_instance_lock(f"sqlite:///{folder / 'store.db'}", new_account())
+    try:
+        assert lock.held and lock.path.parent == folder
+    finally:
+        await lock.release()
+
+
+async def test_a_lock_folder_of_ours_writable_by_all_is_narrowed_with_a_warning(tmp_path):
+    from structlog.testing import capture_logs
+
+    folder = _folder_of(tmp_path, 0o777)
+    with capture_logs() as logs:
+        lock = await acquire_instance_lock(f"sqlite:///{folder / 'store.db'}", new_account())
+    await lock.release()
+    assert folder.stat().st_mode & 0o7777 == 0o775
+    (said,) = [e for e in logs if e["event"] == "instance_lock.lock_dir_repaired"]
+    assert said["log_level"] == "warning" and said["lock_dir"] == str(folder)
+    assert (said["mode_found"], said["mode_now"]) == ("0777", "0775")
+
+
+async def test_a_sticky_lock_folder_writable_by_all_is_used_as_it_is(tmp_path):
+    """As /tmp (the default lock folder of an in-memory store): nobody removes another's
+    file there."""
+    folder = _folder_of(tmp_path, 0o1777)
+    lock = await acquire_instance_lock("sqlite:///:memory:", new_account(), lock_dir=folder)
+    await lock.release()
+    assert folder.stat().st_mode & 0o7777 == 0o1777
+
+
+async def test_a_lock_folder_made_under_a_umask_of_0_is_not_writable_by_all(tmp_path):
+    old = os.umask(0)
+    try:
+        folder = tmp_path / "made" / "locks"
+        lock = await acquire_instance_lock("sqlite:///:memory:", new_account(), lock_dir=folder)
+        await lock.release()
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o7777 == 0o775
