@@ -2408,6 +2408,10 @@ def health_inputs(
             detail = f"{st.get('broker', 'broker')}: " + (
                 f"connected, updates by {st.get('mode', '?')}" if ok else "not connected"
             )
+            if not ok and st.get("last_error"):
+                # Why, where the broker knows (a 429, a timeout): "not connected" alone sent
+                # the operator to the network while Alpaca was refusing the calls.
+                detail += f" (last error at {st.get('last_error_at')}: {st['last_error']})"
             if st.get("keys_refused"):
                 # Revoked or wrong keys mid-run: no order is sent until they are taken again.
                 ok, detail = (

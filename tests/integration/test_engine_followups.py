@@ -2268,6 +2268,16 @@ def test_the_broker_check_fails_while_the_account_may_not_trade(engine_config):
     state |= {"connected": False, "keys_refused": "HTTP 401", "keys_refused_at": "2024-03-05"}
     result = check.probe()
     assert not result.ok and "keys refused since 2024-03-05 (HTTP 401)" in result.detail
+    # Not connected for another reason the broker recorded (rate limited, say): the check
+    # names it, not only "not connected".
+    state |= {"keys_refused": None, "last_error": "account: HTTP 429 too many requests"}
+    state["last_error_at"] = "2024-03-05T15:00:00+00:00"
+    result = check.probe()
+    assert not result.ok
+    assert result.detail == (
+        "alpaca: not connected (last error at 2024-03-05T15:00:00+00:00: "
+        "account: HTTP 429 too many requests)"
+    )
 
 
 def card_validation_accuracy(folder) -> float:  # type: ignore[no-untyped-def]
