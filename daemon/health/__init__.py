@@ -97,6 +97,10 @@ class HealthConfig:
       user took all of the process's, and the daemon died of "too many open files".
     - `idle_timeout_s`: a connection that has not sent a whole request for this long (a
       client that sends its headers slowly, or an idle keep-alive) is closed.
+    - `shutdown_timeout_s`: how long a stop waits for answers still being written before it
+      closes their connections (logged as `health.connections_cut`). aiohttp's own default
+      waited up to twice 60 s for a client that never read its answer, past systemd's
+      TimeoutStopSec, which then killed the daemon.
     - `allowed_hosts`: host names the server answers besides 127.0.0.1, ::1 and localhost
       (a reverse proxy on this machine that passes its clients' Host header, a container's
       service name). A loopback server checks the Host header always; one bound elsewhere
@@ -111,6 +115,7 @@ class HealthConfig:
     busy_stall_after_s: float = 0.0
     max_connections: int = 64
     idle_timeout_s: float = 10.0
+    shutdown_timeout_s: float = 2.0
     allowed_hosts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
@@ -147,15 +152,17 @@ class HealthConfig:
                 f"health.max_connections = {self.max_connections!r} is invalid: must be an "
                 "integer >= 1"
             )
-        if not (
-            isinstance(self.idle_timeout_s, int | float)
-            and math.isfinite(self.idle_timeout_s)
-            and self.idle_timeout_s > 0
-        ):
-            raise ConfigError(
-                f"health.idle_timeout_s = {self.idle_timeout_s!r} is invalid: must be a "
-                "finite number of seconds > 0"
-            )
+        for name in ("idle_timeout_s", "shutdown_timeout_s"):
+            value = getattr(self, name)
+            if not (
+                isinstance(value, int | float)
+                and not isinstance(value, bool)
+                and math.isfinite(value)
+                and value > 0
+            ):
+                raise ConfigError(
+                    f"health.{name} = {value!r} is invalid: must be a finite number of seconds > 0"
+                )
         for name in ("tick_interval_s", "stall_after_s", "busy_stall_after_s"):
             value = getattr(self, name)
             if not isinstance(value, int | float) or not math.isfinite(value):

@@ -221,6 +221,10 @@ class HealthServer:
         self._factory: _Capped | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._port: int | None = None
+        # Requests being answered (handler run and answer written), so that a stop can wait
+        # for them a bounded time and then close the connections of the ones left.
+        self._in_flight: dict[int, web.BaseRequest] = {}  # by id(): requests are unhashable
+        self._no_answer_in_flight: asyncio.Event | None = None  # made in `start()`
         # Liveness: when the loop last ran (ticker or engine heartbeat), in `clock` seconds.
         self._last_tick: float | None = None
         self._lag = 0.0
@@ -282,13 +286,18 @@ class HealthServer:
             raise RuntimeError("HealthServer.start() called twice")
         self._started_at = self._process_start()
         self._tick()
+        self._no_answer_in_flight = asyncio.Event()
+        self._no_answer_in_flight.set()
         # aiohttp closes a connection that has not sent a whole request within its keep-alive
         # timeout (an hour by default): a client sending headers slowly held it that long.
+        # Its shutdown timeout (60 s by default, waited twice) is a backstop only: `stop()`
+        # closes the connections of answers still unwritten after `shutdown_timeout_s`.
         runner = web.AppRunner(
             self._app(),
             access_log=None,
             handle_signals=False,
             keepalive_timeout=self.config.idle_timeout_s,
+            shutdown_timeout=self.config.shutdown_timeout_s,
         )
         await runner.setup()
         assert runner.server is not None
@@ -336,7 +345,9 @@ class HealthServer:
             )
 
     async def stop(self) -> None:
-        """Stop the ticker and close the listener; safe to call twice or before `start()`."""
+        """Stop the ticker and close the listener; safe to call twice or before `start()`.
+        Answers still being written get `shutdown_timeout_s`, then their connections are
+        closed: a client that never read its answer held the stop for two minutes."""
         ticker, self._ticker = self._ticker, None
         if ticker is not None:
             ticker.cancel()
@@ -348,9 +359,36 @@ class HealthServer:
             listener.close()  # no new connections; runner.cleanup() ends the open ones
         runner, self._runner = self._runner, None
         if runner is not None:
+            await self._cut_unfinished_answers()
             await runner.cleanup()
             log.info("health.stopped")
         self._port = None
+
+    async def _cut_unfinished_answers(self) -> None:
+        """Wait up to `shutdown_timeout_s` for the answers being written, then close the
+        connections of those left (logged): the stop is bounded whatever the clients do."""
+        idle = self._no_answer_in_flight
+        if idle is None or idle.is_set():
+            return
+        limit = self.config.shutdown_timeout_s
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(idle.wait(), limit)
+        left = list(self._in_flight.values())
+        if not left:
+            return
+        for request in left:
+            transport = request.transport
+            if transport is not None:
+                transport.abort()
+        log.warning(
+            "health.connections_cut",
+            connections=len(left),
+            remotes=sorted({r.remote or "unknown" for r in left})[:10],
+            paths=sorted({r.path for r in left}),
+            waited_s=limit,
+            hint="their answers were not written within health.shutdown_timeout_s (clients "
+            "that do not read them?)",
+        )
 
     async def __aenter__(self) -> HealthServer:
         await self.start()
@@ -541,12 +579,36 @@ class HealthServer:
         # when it accepts any name. So an explicit allow-list is enforced wherever it binds.
         if is_loopback(self.config.host) or self.config.allowed_hosts:
             middlewares.insert(0, _loopback_host_only(frozenset(self.config.allowed_hosts)))
+        middlewares.insert(0, self._answer_written)
         app = web.Application(middlewares=middlewares)
         for path in _GET_PATHS:
             app.router.add_get(path, getattr(self, f"_get_{path[1:]}"))
         for action in CONTROL_ACTIONS:
             app.router.add_post(f"/{action}", self._control_handler(action))
         return app
+
+    @web.middleware
+    async def _answer_written(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """Run the handler and write its answer here (aiohttp's own write of a returned
+        answer is then a no-op), so the request counts as in flight until its answer is
+        written whole: what `stop()` waits for, a bounded time."""
+        idle = self._no_answer_in_flight
+        self._in_flight[id(request)] = request
+        if idle is not None:
+            idle.clear()
+        try:
+            response = await handler(request)
+            await response.prepare(request)
+            await response.write_eof()
+            return response
+        finally:
+            self._in_flight.pop(id(request), None)
+            if idle is not None and not self._in_flight:
+                idle.set()
 
     async def _get_health(self, request: web.Request) -> web.Response:
         alive, body = self.liveness()

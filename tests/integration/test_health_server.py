@@ -363,6 +363,76 @@ async def test_start_twice_fails_and_stop_is_idempotent(serve):
     assert server.port is None
 
 
+def _slow_reader(port: int, path: str = "/status", requests: int = 4) -> socket.socket:
+    """A client that sends `requests` pipelined GETs and never reads an answer (a tiny
+    receive buffer), so the server's writes stall."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode() * requests)
+    return sock
+
+
+def _big_status() -> dict[str, Any]:
+    return {"filler": "x" * 16_000_000}  # more than any socket buffers hold
+
+
+async def _an_answer_is_stuck(server: HealthServer) -> None:
+    assert server._runner is not None and server._runner.server is not None
+    await until(
+        lambda: any(
+            h.transport is not None and h.transport.get_write_buffer_size() > 0
+            for h in server._runner.server.connections  # type: ignore[union-attr]
+        ),
+        timeout=10.0,
+    )
+
+
+async def test_a_client_that_never_reads_does_not_hold_the_stop(serve):
+    """aiohttp's shutdown waited twice its 60 s default for an answer that could not be
+    written: one client that never read held SIGTERM's stop for two minutes, past systemd's
+    TimeoutStopSec. The stop now waits `shutdown_timeout_s`, then closes such connections,
+    saying so."""
+    server = await serve(cfg(shutdown_timeout_s=0.3), status=_big_status)
+    sock = _slow_reader(server.port)
+    try:
+        await _an_answer_is_stuck(server)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with capture_logs() as logs:
+            await asyncio.wait_for(server.stop(), 10.0)
+        assert loop.time() - started < 3.0
+    finally:
+        sock.close()
+    cut = [e for e in logs if e["event"] == "health.connections_cut"]
+    assert len(cut) == 1 and cut[0]["connections"] == 1 and cut[0]["paths"] == ["/status"]
+    assert cut[0]["log_level"] == "warning"
+    assert any(e["event"] == "health.stopped" for e in logs)
+
+
+async def test_a_stop_waits_for_an_answer_being_written(serve, http):
+    """Answers that finish within `shutdown_timeout_s` are not cut."""
+    release = asyncio.Event()
+
+    class SlowControls(RecordingControls):
+        async def pause(self) -> dict[str, Any]:
+            await release.wait()
+            return await self._act("pause")
+
+    controls = SlowControls()
+    server = await serve(cfg(shutdown_timeout_s=5.0), controls=controls, token=TOKEN)
+    answer = asyncio.create_task(post(http, server, "/pause", f"Bearer {TOKEN}"))
+    await until(lambda: bool(server._in_flight))
+    with capture_logs() as logs:
+        stopping = asyncio.create_task(server.stop())
+        await asyncio.sleep(0)
+        release.set()
+        await asyncio.wait_for(stopping, 5.0)
+    code, body, _ = await answer
+    assert code == 200 and body["ok"] is True
+    assert not [e for e in logs if e["event"] == "health.connections_cut"]
+
+
 def test_constructor_needs_no_running_loop():
     server = HealthServer(HealthConfig(), [Check("db", ok())])  # no loop here at all
     server.heartbeat(busy=True)
@@ -389,6 +459,8 @@ def test_check_names_are_unique_and_loop_is_reserved():
         ({"tick_interval_s": 5.0, "stall_after_s": 9.0}, "twice"),
         ({"stall_after_s": float("nan")}, "finite"),
         ({"busy_stall_after_s": -1.0}, "busy_stall_after_s"),
+        ({"shutdown_timeout_s": 0}, "health.shutdown_timeout_s"),
+        ({"shutdown_timeout_s": float("inf")}, "health.shutdown_timeout_s"),
     ],
 )
 def test_config_is_validated(kw, match):
