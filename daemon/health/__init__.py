@@ -97,6 +97,10 @@ class HealthConfig:
       user took all of the process's, and the daemon died of "too many open files".
     - `idle_timeout_s`: a connection that has not sent a whole request for this long (a
       client that sends its headers slowly, or an idle keep-alive) is closed.
+    - `write_timeout_s`: an answer not written whole within this long (a client that does
+      not read it) is given up and its connection closed. Without it, clients that never
+      read held their connections, and `max_connections` of them locked `/health` out for as
+      long as they stayed connected.
     - `shutdown_timeout_s`: how long a stop waits for answers still being written before it
       closes their connections (logged as `health.connections_cut`). aiohttp's own default
       waited up to twice 60 s for a client that never read its answer, past systemd's
@@ -115,6 +119,7 @@ class HealthConfig:
     busy_stall_after_s: float = 0.0
     max_connections: int = 64
     idle_timeout_s: float = 10.0
+    write_timeout_s: float = 5.0
     shutdown_timeout_s: float = 2.0
     allowed_hosts: tuple[str, ...] = ()
 
@@ -152,7 +157,7 @@ class HealthConfig:
                 f"health.max_connections = {self.max_connections!r} is invalid: must be an "
                 "integer >= 1"
             )
-        for name in ("idle_timeout_s", "shutdown_timeout_s"):
+        for name in ("idle_timeout_s", "write_timeout_s", "shutdown_timeout_s"):
             value = getattr(self, name)
             if not (
                 isinstance(value, int | float)

@@ -223,6 +223,7 @@ class HealthServer:
         self._port: int | None = None
         # Requests being answered (handler run and answer written), so that a stop can wait
         # for them a bounded time and then close the connections of the ones left.
+        self._unwritten = 0  # answers given up after `write_timeout_s`
         self._in_flight: dict[int, web.BaseRequest] = {}  # by id(): requests are unhashable
         self._no_answer_in_flight: asyncio.Event | None = None  # made in `start()`
         # Liveness: when the loop last ran (ticker or engine heartbeat), in `clock` seconds.
@@ -595,20 +596,44 @@ class HealthServer:
     ) -> web.StreamResponse:
         """Run the handler and write its answer here (aiohttp's own write of a returned
         answer is then a no-op), so the request counts as in flight until its answer is
-        written whole: what `stop()` waits for, a bounded time."""
+        written whole: what `stop()` waits for, a bounded time. An answer not written within
+        `write_timeout_s` (the client does not read it) is given up and its connection
+        closed: such clients held their connections, `max_connections` of them for good."""
         idle = self._no_answer_in_flight
         self._in_flight[id(request)] = request
         if idle is not None:
             idle.clear()
         try:
             response = await handler(request)
-            await response.prepare(request)
-            await response.write_eof()
+            try:
+                async with asyncio.timeout(self.config.write_timeout_s):
+                    await response.prepare(request)
+                    await response.write_eof()
+            except TimeoutError:
+                self._give_up_answer(request)
             return response
         finally:
             self._in_flight.pop(id(request), None)
             if idle is not None and not self._in_flight:
                 idle.set()
+
+    def _give_up_answer(self, request: web.Request) -> None:
+        """Close the connection of an answer not written within `write_timeout_s`; said
+        for the 1st, 10th, 100th... (a flood of such clients is not a line each)."""
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+        self._unwritten += 1
+        if self._unwritten in (1, 10, 100, 1000) or self._unwritten % 10_000 == 0:
+            log.warning(
+                "health.answer_not_read",
+                path=request.path,
+                remote=request.remote,
+                write_timeout_s=self.config.write_timeout_s,
+                so_far=self._unwritten,
+                hint="the client did not read its answer within health.write_timeout_s: "
+                "its connection was closed",
+            )
 
     async def _get_health(self, request: web.Request) -> web.Response:
         alive, body = self.liveness()

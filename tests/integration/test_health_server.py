@@ -363,7 +363,7 @@ async def test_start_twice_fails_and_stop_is_idempotent(serve):
     assert server.port is None
 
 
-def _slow_reader(port: int, path: str = "/status", requests: int = 4) -> socket.socket:
+def _slow_reader(port: int, path: str = "/status", requests: int = 1) -> socket.socket:
     """A client that sends `requests` pipelined GETs and never reads an answer (a tiny
     receive buffer), so the server's writes stall."""
     sock = socket.socket()
@@ -373,8 +373,19 @@ def _slow_reader(port: int, path: str = "/status", requests: int = 4) -> socket.
     return sock
 
 
+def _send_buffer_max() -> int:
+    """The most a TCP socket's send buffer grows to here (tcp_wmem's maximum; 4 MB)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+    except (OSError, ValueError, IndexError):
+        return 4 * 1024 * 1024
+
+
+_FILLER = "x" * (_send_buffer_max() + 2_000_000)
+
+
 def _big_status() -> dict[str, Any]:
-    return {"filler": "x" * 16_000_000}  # more than any socket buffers hold
+    return {"filler": _FILLER}  # more than the socket buffers hold: the write stalls
 
 
 async def _an_answer_is_stuck(server: HealthServer) -> None:
@@ -393,7 +404,7 @@ async def test_a_client_that_never_reads_does_not_hold_the_stop(serve):
     written: one client that never read held SIGTERM's stop for two minutes, past systemd's
     TimeoutStopSec. The stop now waits `shutdown_timeout_s`, then closes such connections,
     saying so."""
-    server = await serve(cfg(shutdown_timeout_s=0.3), status=_big_status)
+    server = await serve(cfg(shutdown_timeout_s=0.3, write_timeout_s=60.0), status=_big_status)
     sock = _slow_reader(server.port)
     try:
         await _an_answer_is_stuck(server)
@@ -408,6 +419,28 @@ async def test_a_client_that_never_reads_does_not_hold_the_stop(serve):
     assert len(cut) == 1 and cut[0]["connections"] == 1 and cut[0]["paths"] == ["/status"]
     assert cut[0]["log_level"] == "warning"
     assert any(e["event"] == "health.stopped" for e in logs)
+
+
+async def test_clients_that_never_read_do_not_lock_out_health(serve, http):
+    """`max_connections` clients that never read their answers held their connections for as
+    long as they stayed connected, and every other connection (a probe of /health) was
+    closed on accept. An answer not written within `write_timeout_s` now closes its
+    connection: the probe is answered within seconds, and it is logged once, counted."""
+    server = await serve(cfg(max_connections=4, write_timeout_s=0.3), status=_big_status)
+    assert server._runner is not None and server._runner.server is not None
+    with capture_logs() as logs:
+        socks = [_slow_reader(server.port) for _ in range(4)]
+        try:
+            await _an_answer_is_stuck(server)
+            await until(lambda: not server._runner.server.connections, timeout=10.0)  # type: ignore[union-attr]
+            code, body = await get(http, server, "/health")
+        finally:
+            for sock in socks:
+                sock.close()
+    assert code == 200 and body["alive"] is True
+    cut = [e for e in logs if e["event"] == "health.answer_not_read"]
+    assert [(e["so_far"], e["path"], e["log_level"]) for e in cut] == [(1, "/status", "warning")]
+    assert server._unwritten >= 4
 
 
 async def test_a_stop_waits_for_an_answer_being_written(serve, http):
@@ -460,6 +493,7 @@ def test_check_names_are_unique_and_loop_is_reserved():
         ({"stall_after_s": float("nan")}, "finite"),
         ({"busy_stall_after_s": -1.0}, "busy_stall_after_s"),
         ({"shutdown_timeout_s": 0}, "health.shutdown_timeout_s"),
+        ({"write_timeout_s": -1.0}, "health.write_timeout_s"),
         ({"shutdown_timeout_s": float("inf")}, "health.shutdown_timeout_s"),
     ],
 )
