@@ -33,6 +33,7 @@ import dataclasses
 import enum
 import hmac
 import json
+import logging
 import math
 import os
 import time
@@ -46,6 +47,7 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import metrics
@@ -88,6 +90,8 @@ class _Refused(asyncio.Protocol):
 _GET_PATHS = ("/health", "/ready", "/metrics", "/status")
 # At most one `health.control_unauthorized` line in this many seconds (the rest counted).
 _UNAUTHORIZED_LINE_S = 60.0
+# At most one `health.bad_requests` line in this many seconds (the rest counted).
+_BAD_REQUEST_LINE_S = 60.0
 
 
 class _Capped:
@@ -104,6 +108,68 @@ class _Capped:
                 log.warning("health.connections_refused", limit=self.limit, so_far=self.refused)
             return _Refused()
         return self.server()
+
+
+class _BadRequests:
+    """Requests aiohttp could not parse (a bad HTTP version, a header too long): counted and
+    said as one `health.bad_requests` warning at most every `_BAD_REQUEST_LINE_S` seconds,
+    with the count, the last error and some remotes. aiohttp logged each as an ERROR with a
+    traceback: a local loop of garbage wrote 8,000 lines in 2.5 s."""
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self.count = 0
+        self._said = 0
+        self._line_at: float | None = None
+        self._last_error = ""
+        self._remotes: set[str] = set()  # since the last line, at most 10
+
+    def add(self, error: BaseException, remote: str | None) -> None:
+        self.count += 1
+        text = " ".join(f"{type(error).__name__}: {error}".split())  # aiohttp's is multi-line
+        self._last_error = mask_text(text)[:300]
+        if len(self._remotes) < 10:
+            self._remotes.add(remote or "unknown")
+        self.say(self._clock())
+
+    def say(self, now: float, *, at_stop: bool = False) -> None:
+        """The bad requests not said yet, in one line: at once after a quiet spell, else at
+        most every `_BAD_REQUEST_LINE_S` (from a request or the ticker), and at stop."""
+        pending = self.count - self._said
+        last = self._line_at
+        if not pending or (not at_stop and last is not None and now - last < _BAD_REQUEST_LINE_S):
+            return
+        log.warning(
+            "health.bad_requests",
+            bad_requests=self.count,
+            since_last_line=pending,
+            last_error=self._last_error,
+            remotes=sorted(self._remotes),
+            next_line_after_s=_BAD_REQUEST_LINE_S,
+        )
+        self._said, self._line_at, self._remotes = self.count, now, set()
+
+
+class _RequestErrorLog(logging.LoggerAdapter):
+    """The logger aiohttp's request handlers use (`aiohttp.server`), with each request it
+    could not parse (`HttpProcessingError`) counted in `_BadRequests` instead of logged.
+    Other records (a handler's unexpected error) pass unchanged."""
+
+    def __init__(self, bad: _BadRequests) -> None:
+        super().__init__(logging.getLogger("aiohttp.server"), {})
+        self._bad = bad
+
+    def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
+        info = kwargs.get("exc_info")
+        error = info if isinstance(info, BaseException) else None
+        if error is None and isinstance(info, tuple) and len(info) == 3:
+            error = info[1]
+        # aiohttp says non-HTTP traffic (a first line that is no HTTP method) at debug: kept.
+        if isinstance(error, HttpProcessingError) and level >= logging.WARNING:
+            remote = args[0] if args and isinstance(args[0], str) else None
+            self._bad.add(error, remote)
+            return
+        super().log(level, msg, *args, **kwargs)
 
 
 class HealthServerError(TradingdError):
@@ -244,6 +310,7 @@ class HealthServer:
         self._unauthorized_line_at: float | None = None
         self._unauthorized_action = ""
         self._unauthorized_remotes: set[str] = set()  # since the last line, at most 10
+        self._bad_requests = _BadRequests(clock)
         self.replace_inputs(checks, status, controls)
 
     def replace_inputs(
@@ -299,6 +366,7 @@ class HealthServer:
             handle_signals=False,
             keepalive_timeout=self.config.idle_timeout_s,
             shutdown_timeout=self.config.shutdown_timeout_s,
+            logger=_RequestErrorLog(self._bad_requests),
         )
         await runner.setup()
         assert runner.server is not None
@@ -355,6 +423,7 @@ class HealthServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
         self._say_refusals(self._clock(), at_stop=True)
+        self._bad_requests.say(self._clock(), at_stop=True)
         listener, self._listener = self._listener, None
         if listener is not None:
             listener.close()  # no new connections; runner.cleanup() ends the open ones
@@ -427,6 +496,7 @@ class HealthServer:
             self._max_lag = max(self._max_lag, self._lag)
             self._tick()
             self._say_refusals(self._clock())
+            self._bad_requests.say(self._clock())
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
         """(alive, the `/health` body)."""
