@@ -525,6 +525,7 @@ def test_check_names_are_unique_and_loop_is_reserved():
         ({"busy_stall_after_s": -1.0}, "busy_stall_after_s"),
         ({"shutdown_timeout_s": 0}, "health.shutdown_timeout_s"),
         ({"write_timeout_s": -1.0}, "health.write_timeout_s"),
+        ({"metrics_cache_s": -1.0}, "health.metrics_cache_s"),
         ({"shutdown_timeout_s": float("inf")}, "health.shutdown_timeout_s"),
     ],
 )
@@ -643,6 +644,56 @@ async def test_metrics_is_prometheus_text_with_tradingd_series(serve, http):
     # /metrics refreshes readiness, so a scrape never shows a stale tradingd_ready
     ready = [s.value for s in families["tradingd_ready"].samples]
     assert ready == [1.0]
+
+
+async def test_metrics_is_rendered_at_most_once_per_metrics_cache_s(serve, http, monkeypatch):
+    """/metrics rendered the whole registry and ran every readiness check for each request:
+    a local loop of scrapes (365 a second) slowed the bar loop to 30%. Within
+    `metrics_cache_s` (1 s by default) of a render it answers the same text."""
+    renders: list[int] = []
+    real = metrics.render
+
+    def counting() -> bytes:
+        renders.append(1)
+        return real()
+
+    monkeypatch.setattr(metrics, "render", counting)
+    probes: list[int] = []
+
+    def probe() -> CheckResult:
+        probes.append(1)
+        return CheckResult(True, "fine")
+
+    clock = FakeClock()
+    server = await serve(checks=[Check("database", probe)], clock=clock)
+    assert server.config.metrics_cache_s == 1.0
+
+    async def scrape() -> str:
+        async with http.get(f"{server.url}/metrics") as r:
+            assert r.status == 200
+            return await r.text()
+
+    first = await scrape()
+    for _ in range(20):
+        assert await scrape() == first
+    assert (len(renders), len(probes)) == (1, 1)
+    clock.t += 1.0
+    await scrape()
+    assert (len(renders), len(probes)) == (2, 2)
+    clock.t += 0.5
+    await scrape()
+    assert len(renders) == 2
+
+
+async def test_metrics_cache_0_renders_for_each_request(serve, http, monkeypatch):
+    renders: list[int] = []
+    real = metrics.render
+    monkeypatch.setattr(metrics, "render", lambda: renders.append(1) or real())
+    server = await serve(cfg(metrics_cache_s=0), clock=FakeClock())
+    for _ in range(3):
+        async with http.get(f"{server.url}/metrics") as r:
+            assert r.status == 200
+    assert len(renders) == 3
 
 
 # --------------------------------------------------------------------------------- /status
