@@ -82,7 +82,8 @@ class HealthConfig:
     - `enabled`: false = `HealthServer.start()` does nothing (heartbeats are still accepted).
     - `host`: loopback by default. Another address (e.g. "0.0.0.0" for a Prometheus on another
       machine) is allowed because it is set explicitly, and logged as a warning at start:
-      GET endpoints need no token.
+      GET endpoints need no token. "::" is dual-stack (every IPv6 and IPv4 address) where
+      the system allows it.
     - `port`: 0 picks a free port (tests); the bound one is `HealthServer.port` after start.
     - `tick_interval_s`: how often the server's own periodic task proves the loop runs.
     - `stall_after_s`: `/health` answers 503 when neither that task nor an engine heartbeat

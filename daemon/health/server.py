@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import os
+import socket
 import time
 import traceback
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -51,6 +52,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import metrics
+from ..core.endpoints import canonical_address
 from ..core.errors import ControlNotStoredError, ControlRefusedError, TradingdError
 from ..secrets import env_secrets, mask_text, mask_values, redact
 from . import (
@@ -373,9 +375,7 @@ class HealthServer:
         assert runner.server is not None
         self._factory = _Capped(runner.server, self.config.max_connections)
         try:
-            listener = await asyncio.get_running_loop().create_server(
-                self._factory, self.config.host, self.config.port, reuse_address=True
-            )
+            listener = await self._listen(self._factory)
         except OSError as exc:
             await runner.cleanup()
             raise HealthServerError(
@@ -407,12 +407,38 @@ class HealthServer:
                 "list the names clients use in health.allowed_hosts, as config/docker.toml "
                 "does)",
             )
+        if canonical_address(self.config.host) == "::" and not socket.has_dualstack_ipv6():
+            log.warning(
+                "health.ipv6_only",
+                host=self.config.host,
+                hint="this system cannot serve IPv4 on an IPv6 socket: clients of 127.0.0.1 "
+                "are not served; set health.host = 0.0.0.0 for IPv4",
+            )
         if self._token is not None and len(self._token) < _MIN_TOKEN_LEN:
             log.warning(
                 "health.short_token",
                 length=len(self._token),
                 hint=f"use at least {_MIN_TOKEN_LEN} random characters for {TOKEN_ENV}",
             )
+
+    async def _listen(self, factory: _Capped) -> asyncio.Server:
+        """Listen on `config.host:config.port`. "::" (every IPv6 address) is dual-stack:
+        one socket that takes IPv4 connections too, as "::" means to most servers; asyncio
+        binds it IPv6-only, so a daemon configured so never answered on 127.0.0.1. A system
+        without dual-stack sockets listens on IPv6 only, as before (warned at start)."""
+        loop = asyncio.get_running_loop()
+        if canonical_address(self.config.host) == "::" and socket.has_dualstack_ipv6():
+            sock = socket.create_server(
+                ("::", self.config.port), family=socket.AF_INET6, dualstack_ipv6=True
+            )
+            try:
+                return await loop.create_server(factory, sock=sock)
+            except BaseException:
+                sock.close()
+                raise
+        return await loop.create_server(
+            factory, self.config.host, self.config.port, reuse_address=True
+        )
 
     async def stop(self) -> None:
         """Stop the ticker and close the listener; safe to call twice or before `start()`.

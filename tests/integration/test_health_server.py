@@ -322,6 +322,19 @@ async def test_loopback_host_logs_no_warning(serve):
     assert not [e for e in logs if e["event"] == "health.non_loopback"]
 
 
+@pytest.mark.skipif(not socket.has_dualstack_ipv6(), reason="no dual-stack IPv6 here")
+async def test_a_server_on_every_ipv6_address_serves_ipv4_too(serve, http):
+    """asyncio binds "::" IPv6-only: a daemon with health.host = "::" never answered on
+    127.0.0.1 (a probe of localhost, Docker's port publishing over IPv4). It is dual-stack."""
+    server = await serve(cfg(host="::"))
+    assert server.url == f"http://[::1]:{server.port}"
+    for base in (f"http://127.0.0.1:{server.port}", f"http://[::1]:{server.port}"):
+        async with http.get(f"{base}/health") as r:
+            assert r.status == 200, base
+    assert server._listener is not None and len(server._listener.sockets) == 1
+    assert server._listener.sockets[0].getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
+
+
 async def test_a_server_on_the_short_loopback_form_is_loopback(serve, http):
     """`127.1` is 127.0.0.1 to the OS (the server binds there), but `ipaddress` refuses the
     short form: the server was warned about as listening beyond this machine, and its Host
