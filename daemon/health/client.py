@@ -54,6 +54,18 @@ async def _get(session: aiohttp.ClientSession, base: str, path: str) -> tuple[in
         return resp.status, body
 
 
+def _names(value: Any) -> bool:
+    """`value` is what tradingd sends as /ready's `failing` and /health's `problems`: a list
+    of texts. Another shape (`{"failing": 12345}`) crashed the report with a traceback, and a
+    text was listed letter by letter."""
+    return value is None or (isinstance(value, list) and all(isinstance(v, str) for v in value))
+
+
+def _shown_value(value: Any) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 async def fetch_health(
     url: str = DEFAULT_URL, timeout_s: float = DEFAULT_TIMEOUT_S
 ) -> tuple[int, dict[str, Any]]:
@@ -117,6 +129,17 @@ async def fetch_health(
             f"/ready answered {ready_code}"
         )
         return EXIT_UNREACHABLE, report
+    shapes = [
+        (report["health"], "problems", "/health's 'problems'"),
+        (report["readiness"], "failing", "/ready's 'failing'"),
+    ]
+    for body, key, named in shapes:
+        if not _names(body.get(key, [])):
+            report["error"] = (
+                f"{shown} is not a tradingd health server: {named} is not a list of names "
+                f"({_shown_value(body[key])})"
+            )
+            return EXIT_UNREACHABLE, report
     if status_code != 200:
         report["status_error"] = f"/status answered {status_code}"
     alive = health_code == 200

@@ -119,6 +119,47 @@ async def test_something_else_on_the_port_exits_2():
     assert "not a tradingd health server" in report["error"]
 
 
+@pytest.fixture
+async def impostor() -> AsyncIterator[Any]:
+    """Start an aiohttp server answering every GET with `handler`; its URL is returned."""
+    runners: list[web.AppRunner] = []
+
+    async def start(handler: Any) -> str:
+        app = web.Application()
+        app.router.add_get("/{path:.*}", handler)
+        runner = web.AppRunner(app, shutdown_timeout=0.1)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        runners.append(runner)
+        return f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+    yield start
+    for runner in runners:
+        await runner.cleanup()
+
+
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        ({"failing": 12345}, "/ready's 'failing'"),
+        ({"failing": "abc"}, "/ready's 'failing'"),
+        ({"failing": [1, 2]}, "/ready's 'failing'"),
+        ({"problems": 5}, "/health's 'problems'"),
+    ],
+)
+async def test_a_503_with_a_body_of_another_shape_exits_2_naming_it(impostor, body, named):
+    """`{"failing": 12345}` in /ready crashed `tradingd health` with a traceback (exit 1, as
+    if not ready); `"abc"` listed each letter as a failing check."""
+
+    async def odd(request: web.Request) -> web.Response:
+        return web.json_response(body, status=503)
+
+    code, report = await fetch_health(await impostor(odd), 2.0)
+    assert code == EXIT_UNREACHABLE
+    assert "is not a tradingd health server" in report["error"]
+    assert named in report["error"] and "not a list of names" in report["error"]
+
+
 @pytest.mark.parametrize("url", ["127.0.0.1:8080", "ftp://127.0.0.1/", ""])
 async def test_a_bad_url_exits_2(url):
     code, report = await fetch_health(url, 1.0)
