@@ -38,15 +38,24 @@ def url_for(config: HealthConfig) -> str:
     return local_url(config.host, config.port)
 
 
+# The most of an answer read: tradingd's are a few kB (a /status of many positions some
+# hundred). The body was read whole: a server sending without end had 1.2 GB read in 3 s.
+MAX_BODY_BYTES = 1_000_000
+
+
 class _NotTradingd(Exception):
     pass
 
 
 async def _get(session: aiohttp.ClientSession, base: str, path: str) -> tuple[int, Any]:
     async with session.get(f"{base}{path}") as resp:
-        text = await resp.text()
+        data = bytearray()
+        async for chunk in resp.content.iter_any():
+            data += chunk
+            if len(data) > MAX_BODY_BYTES:
+                raise _NotTradingd(f"GET {path} answered more than {MAX_BODY_BYTES:,} bytes")
         try:
-            body = json.loads(text)
+            body = json.loads(bytes(data))  # JSON is UTF-8 (RFC 8259), or UTF-16/32 detected
         except ValueError:
             body = None
         if not isinstance(body, dict):
@@ -162,6 +171,7 @@ __all__ = [
     "EXIT_NOT_READY",
     "EXIT_READY",
     "EXIT_UNREACHABLE",
+    "MAX_BODY_BYTES",
     "fetch_health",
     "url_for",
 ]

@@ -17,6 +17,7 @@ from tradingd.health.client import (
     EXIT_NOT_READY,
     EXIT_READY,
     EXIT_UNREACHABLE,
+    MAX_BODY_BYTES,
     fetch_health,
     url_for,
 )
@@ -158,6 +159,27 @@ async def test_a_503_with_a_body_of_another_shape_exits_2_naming_it(impostor, bo
     assert code == EXIT_UNREACHABLE
     assert "is not a tradingd health server" in report["error"]
     assert named in report["error"] and "not a list of names" in report["error"]
+
+
+async def test_an_endless_answer_is_cut_at_the_size_limit(impostor):
+    """The body was read whole, without a limit: a server sending without end had the
+    client read 1.2 GB in 3 s. More than `MAX_BODY_BYTES` is not a tradingd answer."""
+    sent = [0]
+
+    async def endless(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(b'{"a": "')
+        while True:
+            await resp.write(b"x" * 65536)
+            sent[0] += 65536
+
+    code, report = await fetch_health(await impostor(endless), 30.0)
+    assert code == EXIT_UNREACHABLE
+    assert report["error"].endswith(
+        f"is not a tradingd health server: GET /health answered more than {MAX_BODY_BYTES:,} bytes"
+    )
+    assert sent[0] < 20 * MAX_BODY_BYTES
 
 
 @pytest.mark.parametrize("url", ["127.0.0.1:8080", "ftp://127.0.0.1/", ""])
