@@ -47,13 +47,34 @@ class _NotTradingd(Exception):
     pass
 
 
+class _Unfinished(Exception):
+    """An answer whose status came but whose body did not, within the timeout (it was
+    reported as "no answer")."""
+
+    def __init__(self, path: str, status: int, received: int) -> None:
+        super().__init__(path, status, received)
+        self.path, self.status, self.received = path, status, received
+
+
 async def _get(session: aiohttp.ClientSession, base: str, path: str) -> tuple[int, Any]:
-    async with session.get(f"{base}{path}") as resp:
+    # A redirect is not followed: tradingd's server never sends one, and one to a closed
+    # port was reported as "nothing listens at <url>", the URL given.
+    async with session.get(f"{base}{path}", allow_redirects=False) as resp:
+        if 300 <= resp.status < 400:
+            where = resp.headers.get("Location")
+            raise _NotTradingd(
+                f"GET {path} answered {resp.status}, a redirect to "
+                f"{mask_url(where) if where else 'nowhere'} (a tradingd health server never "
+                "redirects: give the daemon's own address as --url)"
+            )
         data = bytearray()
-        async for chunk in resp.content.iter_any():
-            data += chunk
-            if len(data) > MAX_BODY_BYTES:
-                raise _NotTradingd(f"GET {path} answered more than {MAX_BODY_BYTES:,} bytes")
+        try:
+            async for chunk in resp.content.iter_any():
+                data += chunk
+                if len(data) > MAX_BODY_BYTES:
+                    raise _NotTradingd(f"GET {path} answered more than {MAX_BODY_BYTES:,} bytes")
+        except TimeoutError:
+            raise _Unfinished(path, resp.status, len(data)) from None
         try:
             body = json.loads(bytes(data))  # JSON is UTF-8 (RFC 8259), or UTF-16/32 detected
         except ValueError:
@@ -124,6 +145,13 @@ async def fetch_health(
         report["error"] = (
             f"no answer from {shown} within {timeout_s:g} s: something accepts connections "
             "there but does not answer (a daemon whose event loop is blocked?)"
+        )
+        return EXIT_UNREACHABLE, report
+    except _Unfinished as exc:
+        report["error"] = (
+            f"{shown} answered GET {exc.path} ({exc.status}) but did not send the whole answer "
+            f"within {timeout_s:g} s ({exc.received:,} bytes came): a server that sends too "
+            "slowly (a tradingd health server answers at once)"
         )
         return EXIT_UNREACHABLE, report
     except _NotTradingd as exc:

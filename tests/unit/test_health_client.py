@@ -182,6 +182,45 @@ async def test_an_endless_answer_is_cut_at_the_size_limit(impostor):
     assert sent[0] < 20 * MAX_BODY_BYTES
 
 
+async def test_a_redirect_is_named_not_taken_for_nothing_listening(impostor):
+    """A redirect was followed, and one to a closed port said "nothing listens at <url>",
+    the URL given, where something did answer. A tradingd server never redirects."""
+    elsewhere = f"http://127.0.0.1:{closed_port()}/health"
+
+    async def redirect(request: web.Request) -> web.Response:
+        raise web.HTTPFound(elsewhere)
+
+    url = await impostor(redirect)
+    code, report = await fetch_health(url, 2.0)
+    assert code == EXIT_UNREACHABLE
+    assert report["error"].startswith(
+        f"{url} is not a tradingd health server: GET /health answered 302, a redirect to "
+        f"{elsewhere}"
+    )
+    assert "nothing listens" not in report["error"]
+
+
+async def test_an_answer_that_drips_is_named_not_taken_for_no_answer(impostor):
+    """A server that sent its headers and then a byte now and then was reported as one that
+    "does not answer"."""
+
+    async def drip(request: web.Request) -> web.StreamResponse:
+        resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await resp.prepare(request)
+        await resp.write(b'{"alive": ')
+        while True:
+            await asyncio.sleep(0.05)
+            await resp.write(b" ")
+
+    url = await impostor(drip)
+    code, report = await fetch_health(url, 0.5)
+    assert code == EXIT_UNREACHABLE
+    assert report["error"].startswith(
+        f"{url} answered GET /health (200) but did not send the whole answer within 0.5 s"
+    )
+    assert "no answer" not in report["error"]
+
+
 @pytest.mark.parametrize("url", ["127.0.0.1:8080", "ftp://127.0.0.1/", ""])
 async def test_a_bad_url_exits_2(url):
     code, report = await fetch_health(url, 1.0)
