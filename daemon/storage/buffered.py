@@ -72,6 +72,7 @@ from .schema import (
     TABLES,
     Dialect,
     Table,
+    applied_seq_sql,
     delete_after_sql,
     delete_run_sql,
     end_run_sql,
@@ -84,7 +85,7 @@ from .schema import (
     select_last_targets_sql,
     select_run_sql,
 )
-from .spool import DEFAULT_MAX_BYTES, Orphan, Spool, SpoolBatch, claim_orphans
+from .spool import DEFAULT_MAX_BYTES, Orphan, Spool, SpoolBatch, SpoolStale, claim_orphans
 
 log = structlog.get_logger(__name__)
 
@@ -633,6 +634,7 @@ class BufferedStore(ABC):
                     )
                     orphan.release()
                     continue
+                await self._refuse_stale(orphan)
                 written = skipped = 0
                 last: dict[str, int] = {}  # writer -> its last batch in the file
                 for batch in orphan.batches():
@@ -667,6 +669,74 @@ class BufferedStore(ABC):
         finally:
             for orphan in orphans:
                 orphan.release()
+
+    async def _refuse_stale(self, orphan: Orphan) -> None:
+        """Raise SpoolStale when the batches of `orphan` not yet in the database are older
+        than the database's checkpoint of a run they write: nothing of the file is written.
+
+        A spool is replayed at the next start on its folder, whenever that is. If the run was
+        continued meanwhile without it (a start with another `storage.spool_dir`, or from
+        another working folder with a relative one) and has written later bars, the spool's
+        rows belong to bars the database already has from that continuation: written, its
+        checkpoint would replace the later one (the next start resumes from it and trades a
+        stretch of bars again), its `end_run` would overwrite the run's summary.
+
+        Refused, not skipped: the file may hold rows the continuation never made (orders sent
+        and filled before the process died), so dropping it could lose the record of money
+        spent, and writing it rolls money back. Refusing loses nothing: the file stays where
+        it is, and the operator moves it aside (and reads it) to start without it.
+
+        Older means: the spool's first checkpoint of the run not yet written is of a bar at
+        or before the stored checkpoint's bar (the same bar stored is another process's
+        state of it). A run the spool writes without a checkpoint (an `end_run` alone, an
+        intent flushed before its bar's rows) is older when its first such batch was made
+        before the stored checkpoint was written (wall clocks: one host's spool folder).
+        Batches already in (`spool_applied`, a replay that died after a commit) are not
+        compared: they are skipped anyway."""
+        applied: dict[str, int] = {}  # writer -> its last batch in the database
+        first_bar: dict[str, datetime] = {}  # run -> the spool's first checkpoint bar
+        first_made: dict[str, float] = {}  # run -> when the first batch writing it was made
+        for batch in orphan.batches():
+            if batch.writer not in applied:
+                found = await self._query(applied_seq_sql(self.dialect), (batch.writer,))
+                applied[batch.writer] = int(found[0][0]) if found else 0
+            if batch.seq <= applied[batch.writer]:
+                continue
+            runs = {
+                str(row[0])
+                for name, rows in batch.tables.items()
+                if name in RUN_TABLES
+                for row in rows
+            }
+            runs.update(str(args[-1]) for name, args in batch.ops if name == "end_run")
+            for run_id in runs:
+                first_made.setdefault(run_id, batch.created)
+            for row in batch.tables.get("checkpoints", ()):
+                first_bar.setdefault(str(row[0]), self._decode_time(row[1]))
+        for run_id, made in first_made.items():
+            stored = await self.fetch("checkpoints", run_id)
+            if not stored:
+                continue
+            bar, written = stored[-1]["bar_time"], stored[-1]["written_at"]
+            spooled = first_bar.get(run_id)
+            if spooled is not None:
+                if spooled > bar:
+                    continue
+                what = f"its first checkpoint not yet written is of the bar {spooled}"
+            else:
+                made_at = datetime.fromtimestamp(made, UTC)
+                if written is None or made_at >= written:
+                    continue
+                what = f"it holds no checkpoint of the run, and its first batch was made {made_at}"
+            raise SpoolStale(
+                f"the storage spool {orphan.path}, left by an earlier process, is older "
+                f"than what {self._where()} holds of run {run_id!r}: {what}, the database's "
+                f"checkpoint is of the bar {bar} (written {written}). The run was continued "
+                "without this spool (a start with another storage.spool_dir?); writing it "
+                "would set the run back and trade the bars since again, so nothing of it was "
+                f"written. Move the file out of {orphan.path.parent} (keep it: it may hold "
+                "orders and fills of that process the database lacks) and start again"
+            )
 
     async def _open_with_retry(self, connect: Callable[[], Awaitable[None]]) -> None:
         """`connect()` (which raises DatabaseUnavailable while the database does not answer),

@@ -22,7 +22,9 @@ stops with `SpoolCorrupt` naming the file and the byte offset (nothing is skippe
 
 A live writer holds an exclusive `flock` on its file for its lifetime; a file nobody holds
 is an orphan of a process that died, and the next store to start on the same spool
-directory replays it. The file is created under a temporary name, locked, then renamed, so
+directory replays it (unless its batches are older than the checkpoint the database
+holds of their run: `SpoolStale`, see `BufferedStore._refuse_stale`). The file is created
+under a temporary name, locked, then renamed, so
 no other process can see it unlocked. What flock's error means is `core.flock`'s: a file
 another process holds is left to it; any other failure is a `SpoolError` naming the file and
 the errno, on a filesystem without locks (ENOLCK: some NFS and FUSE mounts) as well: without
@@ -112,6 +114,16 @@ class SpoolFull(SpoolError):
 
 class SpoolCorrupt(SpoolError):
     """A record that is not the torn last one fails its checksum."""
+
+
+class SpoolStale(SpoolError, ConfigError):
+    """A spool left by a process that died holds batches older than what the database
+    already has of a run (its checkpoint is at or before the stored one): the run was
+    continued without it (by a store with another `storage.spool_dir`, say) and written on
+    since. Written, the spool would set the run's checkpoint back and the next start would
+    trade its bars again. Only the operator can tell what the file still holds of value, so
+    it is left in place and the start refused: a ConfigError too (`tradingd run` exits with
+    EX_CONFIG, which systemd does not restart; a restart would refuse again)."""
 
 
 def safe_name(text: str) -> str:

@@ -29,7 +29,7 @@ import pytest
 from private_servers import PgServer, private_postgres, wait_until
 from structlog.testing import capture_logs
 
-from tradingd.core.errors import StorageError
+from tradingd.core.errors import ConfigError, StorageError
 from tradingd.core.types import CrossSection, Fill, Order, OrderStatus, RunInfo, Side
 from tradingd.storage.buffered import DatabaseUnavailable
 from tradingd.storage.postgres import PostgresStore
@@ -416,3 +416,62 @@ async def test_start_waits_a_bounded_time_for_the_database(
         assert store.status()["ok"]
     finally:
         await store.stop()
+
+
+async def test_an_old_spool_never_rolls_a_later_checkpoint_back(
+    server: PgServer, tmp_path: Path
+) -> None:
+    """A process spools bars 3-5 and dies; the run is continued from the database's
+    checkpoint (bar 2) by a store with another spool folder, and ends at bar 8. A later
+    start on the first folder finds the old spool: it must refuse it, naming the file, the
+    run and both checkpoints, and leave the file and the stored run as they are (written, it
+    set the checkpoint back to bar 5 and reopened nothing but replaced later state)."""
+    schema = f"stale_{uuid.uuid4().hex[:10]}"
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    first = outage_store(server, schema, old_dir)
+    await first.start()
+    assert await first.resume_run(run_info()) is None
+    for i in range(3):
+        await trade_bar(first, i)
+    server.stop()
+    for i in range(3, 6):
+        await trade_bar(first, i)
+    assert first.status()["spooled_batches"] == 9
+    # The process "dies" with its spool on disk.
+    await first._stop_spool()
+    await first._close()
+    [old] = spool_files(old_dir)
+    server.start()
+
+    second = outage_store(server, schema, new_dir)
+    await second.start()
+    try:
+        resume = await second.resume_run(run_info())
+        assert resume is not None and resume.bar_time == T0 + 2 * DAY
+        for i in range(3, 9):
+            await trade_bar(second, i)
+        await second.end_run(RUN_ID, {"bars": 9})
+        before = await stored(second)
+    finally:
+        await second.stop()
+
+    third = outage_store(server, schema, old_dir)
+    with pytest.raises(StorageError) as e:
+        await third.start()
+    await third._stop_spool()
+    await third._close()
+    msg = str(e.value)
+    assert str(old) in msg and repr(RUN_ID) in msg
+    assert str(T0 + 3 * DAY) in msg and str(T0 + 8 * DAY) in msg and "move the file" in msg.lower()
+    assert PASSWORD not in msg
+    assert isinstance(e.value, ConfigError)  # EX_CONFIG: a restart would refuse again
+    assert old.exists()  # nothing is lost: the operator decides
+
+    check = outage_store(server, schema, new_dir)
+    await check.start()
+    try:
+        assert await stored(check) == before  # the run is as the second store left it
+        [cp] = await check.fetch("checkpoints", RUN_ID)
+        assert cp["bar_time"] == T0 + 8 * DAY
+    finally:
+        await check.stop()
