@@ -1897,7 +1897,13 @@ def _assemble(
         run_id = run_id_for(config, mode, pipeline_run_inputs(pipeline, config))
     if mode != "live":
         prepare_for_replay(pipeline)
-    portfolio = Portfolio(symbols, config.run.initial_capital, session_tz=session_zone(config, bar))
+    portfolio = Portfolio(
+        symbols,
+        config.run.initial_capital,
+        session_tz=session_zone(config, bar),
+        allow_short=config.broker.allow_short,
+        run_id=run_id,
+    )
     verify_model_features(config, pipeline, symbols)
     trade_from = None
     replayed = None

@@ -151,6 +151,17 @@ class DatabaseOfAnotherBuild(StorageError, ConfigError):
     EX_CONFIG and systemd does not restart it into the same refusal every 10 s."""
 
 
+class CheckpointUnusable(ConfigError):
+    """A live run's stored state cannot be continued: a value of its checkpoint (cash NaN or
+    null, a short position a long-only run cannot hold, ...) or of an order intent stored
+    after it (a quantity that is not a positive number) is not one the run could have
+    written: edited by hand or damaged. Names the run, the checkpoint, the field and the
+    value. Resuming from it traded on a wrong book (no orders, NULL equity rows, a drawdown
+    halt) or crashed with a traceback in a restart loop; nothing but the operator mends
+    it (restore the database's backup, correct the row, or start a new run), so a
+    ConfigError (`tradingd run` exits EX_CONFIG, which systemd does not restart)."""
+
+
 class ControlRefusedError(TradingdError):
     """An operator's control cannot act now (the daemon is starting or has stopped): nothing
     was changed. Send it again when the message says."""

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..core.arrays import count_nonzero, dot, putmask, scalar
+from ..core.errors import CheckpointUnusable
 from ..core.ports import PortfolioView
 from ..core.types import Fill
 
@@ -24,16 +25,39 @@ absolute, divide, multiply = np.absolute, np.divide, np.multiply
 # `_frombuffer(row.tobytes())`: `core.arrays.read_only_copy` of a float64 row (every array
 # of the book is one), spelled out: a Python call less for each of the six arrays a bar.
 _frombuffer = np.frombuffer
+# The book's numbers a checkpoint holds, each checked at a restore (`Portfolio.restore`).
+_SCALARS = (
+    "cash",
+    "commission_paid",
+    "slippage_paid",
+    "dividends_received",
+    "equity",
+    "peak_equity",
+    "prev_equity",
+)
+_ARRAYS = ("quantity", "avg_price", "realized_pnl", "mark")
+# A long-only book's quantity below this is a short (float noise of fills and splits is not).
+_SHORT = -1e-9
 
 
 class Portfolio:
     def __init__(
-        self, symbols: tuple[str, ...], initial_cash: float, session_tz: tzinfo | None = None
+        self,
+        symbols: tuple[str, ...],
+        initial_cash: float,
+        session_tz: tzinfo | None = None,
+        *,
+        allow_short: bool = True,
+        run_id: str = "",
     ) -> None:
         """`session_tz`: intraday bars, the exchange's time zone: the day's loss is measured
         from the last close of the previous session (the bar time's date there), not from
-        the previous bar's. None: each bar is a session (daily bars)."""
+        the previous bar's. None: each bar is a session (daily bars). `allow_short` (the
+        run's `broker.allow_short`) and `run_id` are for `restore`: a long-only run refuses
+        a checkpoint with a short position, and its error names the run."""
         n = len(symbols)
+        self.allow_short = allow_short
+        self.run_id = run_id
         self._session_tz = session_tz
         # The session date of the last bar marked (intraday bars only).
         self._day: date | None = None
@@ -226,31 +250,88 @@ class Portfolio:
             "session_day": None if self._day is None else self._day.isoformat(),
         }
 
-    def restore(self, state: dict[str, Any]) -> None:
-        """The book of a checkpoint (same universe, in the same order: else refused)."""
+    def restore(self, state: dict[str, Any], bar_time: datetime | None = None) -> None:
+        """The book of a checkpoint (same universe, in the same order: else refused).
+
+        Every number is checked first (`_checked`), and the book is left as it was when one
+        is wrong: a checkpoint is JSON in the database, which a hand edit or damage can make
+        say anything, and restored as it was a NaN cash resumed silently (no order, NULL
+        equity rows), a null one crashed the start with a traceback (a restart loop), and a
+        negative quantity in a long-only run was taken as a short (the drawdown guard then
+        halted). `bar_time`, the checkpoint's bar, only names it in the error."""
         if list(state["symbols"]) != list(self.symbols):
             raise ValueError(
                 "the checkpoint's universe differs from this run's: a run's symbols are part "
                 "of its identity (run id), so this checkpoint belongs to another run"
             )
-        self._cash = float(state["cash"])
+        scalars, arrays, fill_count = self._checked(state, bar_time)
+        self._cash = scalars["cash"]
         self._values = None
-        for name in ("quantity", "avg_price", "realized_pnl", "_mark"):
-            getattr(self, name)[:] = np.asarray(state[name.lstrip("_")], dtype=np.float64)
-        # Absent from checkpoints written before it was kept: counted from the restore on.
-        self.opened_cost[:] = np.asarray(state.get("opened_cost", 0.0), dtype=np.float64)
+        for name in _ARRAYS:
+            getattr(self, "_mark" if name == "mark" else name)[:] = arrays[name]
+        self.opened_cost[:] = arrays["opened_cost"]
         self.has_mark[:] = np.asarray(state["has_mark"], dtype=bool)
         self._all_marked = False
         self._shown_count = -1
-        self.commission_paid = float(state["commission_paid"])
-        self.slippage_paid = float(state["slippage_paid"])
-        self.dividends_received = float(state["dividends_received"])
-        self.fill_count = int(state["fill_count"])
-        self.equity = self._close_equity = float(state["equity"])
-        self.peak_equity = float(state["peak_equity"])
-        self.prev_equity = float(state["prev_equity"])
+        self.commission_paid = scalars["commission_paid"]
+        self.slippage_paid = scalars["slippage_paid"]
+        self.dividends_received = scalars["dividends_received"]
+        self.fill_count = fill_count
+        self.equity = self._close_equity = scalars["equity"]
+        self.peak_equity = scalars["peak_equity"]
+        self.prev_equity = scalars["prev_equity"]
         day = state.get("session_day")  # absent from checkpoints written before it was kept
         self._day = None if day is None else date.fromisoformat(day)
+
+    def _checked(
+        self, state: dict[str, Any], bar_time: datetime | None
+    ) -> tuple[dict[str, float], dict[str, np.ndarray], int]:
+        """The checkpoint's numbers, each a finite number (arrays: one per symbol); with
+        `allow_short` false, no quantity below zero. Raises CheckpointUnusable naming the
+        run, the checkpoint, the field and the value."""
+
+        def bad(field: str, value: Any, why: str) -> CheckpointUnusable:
+            at = f" at {bar_time}" if bar_time is not None else ""
+            return CheckpointUnusable(
+                f"the checkpoint of run {self.run_id!r}{at} holds portfolio.{field} = "
+                f"{value!r}: {why}. tradingd never writes that (the row was edited by hand "
+                "or damaged), so the run was not resumed from it: restore the checkpoints "
+                "row from a backup of the database, or correct the value; or start a new "
+                "run (another run.name)"
+            )
+
+        scalars: dict[str, float] = {}
+        for name in _SCALARS:
+            v = state.get(name)
+            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+                raise bad(name, v, "not a finite number")
+            scalars[name] = float(v)
+        arrays: dict[str, np.ndarray] = {}
+        # opened_cost is absent from checkpoints written before it was kept: counted from
+        # the restore on.
+        for name, v in [(a, state.get(a)) for a in _ARRAYS] + [
+            ("opened_cost", state.get("opened_cost", [0.0] * len(self.symbols)))
+        ]:
+            if not isinstance(v, list) or len(v) != len(self.symbols):
+                raise bad(name, v, f"not a list of {len(self.symbols)} numbers, one a symbol")
+            for k, (sym, x) in enumerate(zip(self.symbols, v, strict=True)):
+                if name == "avg_price" and x is None and arrays["quantity"][k] == 0.0:
+                    continue  # a flat symbol's NaN average (a fill of no shares), kept so
+                if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+                    raise bad(f"{name} of {sym}", x, "not a finite number")
+            arrays[name] = np.asarray(v, dtype=np.float64)
+        if not self.allow_short:
+            for sym, q in zip(self.symbols, arrays["quantity"].tolist(), strict=True):
+                if q < _SHORT:
+                    raise bad(
+                        f"quantity of {sym}",
+                        q,
+                        "a short position, and this run is long only (broker.allow_short = false)",
+                    )
+        fill_count = state.get("fill_count")
+        if isinstance(fill_count, bool) or not isinstance(fill_count, int) or fill_count < 0:
+            raise bad("fill_count", fill_count, "not a whole number >= 0")
+        return scalars, arrays, fill_count
 
     # views ---------------------------------------------------------------------------------
     @property

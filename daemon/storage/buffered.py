@@ -45,7 +45,7 @@ import numpy as np
 import structlog
 
 from ..core.arrays import copyto, count_nonzero
-from ..core.errors import ConfigError, StorageError
+from ..core.errors import CheckpointUnusable, ConfigError, StorageError
 from ..core.types import CrossSection, Fill, Order, RunInfo
 from ..health import waiting_for
 from ..secrets import mask_text
@@ -954,6 +954,7 @@ class BufferedStore(ABC):
         t = TABLES["orders"]
         sql = select_run_sql(t, d, after="created_at")
         unconfirmed = tuple(self._decode_taking(t, await self._query(sql, (run.run_id, enc))))
+        _check_intents(run.run_id, bar_time, unconfirmed)
         before = self._decode_taking(TABLES["runs"], stored[:1])[0]
         summary = before.get("summary")
         stopped = before.get("ended_at") is not None and not (
@@ -1672,6 +1673,41 @@ class BufferedStore(ABC):
             elif name in optional:
                 out[k] = list(map(_optional_float, column))
         return out
+
+
+def _check_intents(
+    run_id: str, bar_time: datetime | None, orders: Sequence[Mapping[str, Any]]
+) -> None:
+    """Raise CheckpointUnusable for an order stored after the checkpoint (an intent the
+    resume looks up at the broker and may send again) whose quantity is not a positive
+    finite number, or whose filled quantity is not one in [0, quantity]: tradingd never
+    stores one, so the row was edited or damaged. Taken as it was, an intent of -40 shares
+    stayed `new` for good, never sent nor refused, without a word."""
+    for o in orders:
+        q, filled = o.get("quantity"), o.get("filled_quantity")
+        field = value = None
+        if not _positive_number(q):
+            field, value = "quantity", q
+        elif filled is not None and not (_positive_number(filled, 0.0) and filled <= q):
+            field, value = "filled_quantity", filled
+        if field is not None:
+            at = (
+                f"after its checkpoint at {bar_time}" if bar_time is not None else "(no checkpoint)"
+            )
+            raise CheckpointUnusable(
+                f"order {o.get('client_order_id')!r} of run {run_id!r}, stored {at}, has "
+                f"{field} = {value!r}: not a number tradingd writes (a positive quantity, a "
+                "filled quantity from 0 to it), so the row was edited by hand or damaged and "
+                "the run was not resumed. Correct the row in the orders table (or delete it "
+                "if that order never reached the broker), or start a new run (another run.name)"
+            )
+
+
+def _positive_number(v: Any, floor: float | None = None) -> bool:
+    """`v` is a finite int or float (not a bool) above 0, or at least `floor` if given."""
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+        return False
+    return v > 0 if floor is None else v >= floor
 
 
 def _kept_events(

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 from datetime import UTC, datetime
 
 import numpy as np
@@ -409,3 +410,48 @@ def test_opened_cost_counts_what_opened_or_added_to_a_position():
     older = {k: v for k, v in pf.state().items() if k != "opened_cost"}
     again.restore(older)  # a checkpoint from before it was kept: counted from here
     np.testing.assert_array_equal(again.opened_cost, [0.0, 0.0])
+
+
+def _saved_book() -> tuple[Portfolio, dict]:
+    pf = Portfolio(("A", "B"), 1000.0, allow_short=False, run_id="live-ck")
+    pf.mark_to_market(np.array([10.0, 20.0]), np.array([True, True]))
+    pf.apply_fill(fill("A", Side.BUY, 5, 10.0, commission=1.0))
+    pf.mark_to_market(np.array([11.0, 20.0]), np.array([True, True]))
+    return pf, pf.state()
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("cash", "NaN", "portfolio.cash = 'NaN'"),  # a hand edit: float("NaN") resumed
+        ("cash", None, "portfolio.cash = None"),  # float(None): a TypeError traceback
+        ("equity", 1e400, "portfolio.equity = inf"),
+        ("quantity", [-50.0, 0.0], "portfolio.quantity of A = -50.0"),  # long only
+        ("quantity", [5.0], "portfolio.quantity = [5.0]"),
+        ("mark", [11.0, None], "portfolio.mark of B = None"),
+        ("fill_count", -1, "portfolio.fill_count = -1"),
+    ],
+)
+def test_a_checkpoint_value_tradingd_never_writes_refuses_the_restore(field, value, named):
+    from tradingd.core.errors import CheckpointUnusable, ConfigError
+
+    _, state = _saved_book()
+    again = Portfolio(("A", "B"), 1000.0, allow_short=False, run_id="live-ck")
+    before = again.state()
+    with pytest.raises(CheckpointUnusable) as e:
+        again.restore({**state, field: value}, datetime(2024, 3, 1, 21, tzinfo=UTC))
+    msg = str(e.value)
+    assert named in msg and "run 'live-ck' at 2024-03-01 21:00:00+00:00" in msg
+    assert "start a new run" in msg
+    assert isinstance(e.value, ConfigError)  # EX_CONFIG: systemd does not restart into it
+    assert again.state() == before  # nothing of the bad book was taken
+
+
+def test_a_short_in_a_checkpoint_is_restored_where_shorts_are_allowed():
+    _, state = _saved_book()
+    pf = Portfolio(("A", "B"), 1000.0, allow_short=True)
+    pf.restore({**state, "quantity": [-5.0, 0.0]})
+    assert pf.quantity.tolist() == [-5.0, 0.0]
+    # A flat symbol's NaN average (stored as null) is restored as before.
+    pf.restore({**state, "quantity": [5.0, 0.0], "avg_price": [10.2, None]})
+    assert math.isnan(pf.avg_price[1]) and pf.state()["cash"] == state["cash"]

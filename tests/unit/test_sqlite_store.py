@@ -895,3 +895,34 @@ async def test_a_store_of_an_earlier_build_gets_run_builds_and_records_a_live_st
         assert [r["uncommitted_changes"] for r in rows] == [1, None]
     finally:
         await store.stop()
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("quantity", -40.0), ("quantity", 0.0), ("filled_quantity", 12.0)]
+)
+async def test_an_intent_tradingd_never_stores_refuses_the_resume(
+    db_path: Path, field: str, value: float
+) -> None:
+    """An order intent stored after the checkpoint with a quantity that is not positive (or
+    filled beyond it) was edited or damaged: the resume refuses, naming the run, the
+    checkpoint, the order, the field and the value. It was looked up at the broker as it
+    was, and an intent of -40 shares stayed `new` for good without a word."""
+    from tradingd.core.errors import CheckpointUnusable
+
+    run = RunInfo("live-int", "live", T0, "{}", SYMS, 100_000.0)
+    store = SqliteStore(db_path)
+    await store.start()
+    try:
+        assert await store.resume_run(run) is None
+        store.record_checkpoint(run.run_id, T0, {"bar": 0})
+        order = Order("live-int|1", "AAA", Side.BUY, 10.0, T0 + DAY)
+        setattr(order, field, value)
+        store.record_orders(run.run_id, [order], intent=True, booked_at=T0 + DAY)
+        await store.flush()
+        with pytest.raises(CheckpointUnusable) as e:
+            await store.resume_run(run)
+        msg = str(e.value)
+        assert f"{field} = {value!r}" in msg and "'live-int|1'" in msg
+        assert "run 'live-int'" in msg and str(T0) in msg and isinstance(e.value, ConfigError)
+    finally:
+        await store.stop()
