@@ -666,6 +666,10 @@ def _to_utc(text: pd.Index, date_format: str = "") -> tuple[pd.DatetimeIndex, bo
 
 
 # A numeric date with the day or the month first: 02/01/2014, 13.01.2014, 1-2-14 (then anything).
+# A control character (C0, DEL, C1) in a symbol: no ticker has one, the order a broker gets
+# would carry it, and PostgreSQL refuses a NUL in text ("UntranslatableCharacterError",
+# naming nothing) where SQLite takes it.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _DAY_MONTH = re.compile(r"\s*(\d{1,2})([./-])(\d{1,2})\2(?:\d{4}|\d{2})(?!\d)")
 
 
@@ -1008,6 +1012,15 @@ def _normalise(
                 "{n} row(s) whose symbol is empty or has spaces around it: correct the file "
                 "(a symbol is the ticker alone)",
             )
+        # Per distinct symbol, not per row: a long table repeats each a few thousand times.
+        control = [u for u in text.unique() if _CONTROL.search(str(u))]
+        if control:
+            raise ctx.fail(
+                out.assign(symbol=text.map(repr).to_numpy()),
+                text.isin(control).to_numpy(),
+                "{n} row(s) whose symbol holds a control character (shown as Python writes "
+                "it, e.g. '\\x00'): correct the file (a symbol is the ticker alone)",
+            )
         # Tickers are case-insensitive: "aapl" and "AAPL" rows loaded two symbols. (The
         # column's unique values, not via to_numpy(): 2 million Python strings, 0.3 s.)
         groups: dict[str, list[str]] = {}
@@ -1024,6 +1037,12 @@ def _normalise(
             )
         out["symbol"] = text.array
     else:
+        if _CONTROL.search(symbol):
+            raise DataError(
+                f"the symbol {symbol!r}, taken from the file's name, holds a control "
+                "character: rename the file (its name is the ticker and the suffix alone)",
+                source=ctx.source,
+            )
         out["symbol"] = symbol
         if "symbol" in src:
             other = (src["symbol"].astype(str) != symbol).to_numpy()

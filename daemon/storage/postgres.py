@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from datetime import UTC, datetime
@@ -143,6 +144,99 @@ def _has_nan(at: tuple[int, ...]) -> Callable[[Row], bool]:
 
 
 _FLOATS: dict[str, tuple[tuple[int, ...], Callable[[Row], bool] | None]] = {}
+
+# PostgreSQL's text and jsonb refuse U+0000 (a raw NUL in text, the escape \u0000 in JSON),
+# which SQLite stores: one in a row failed the whole batch (the bar's checkpoint with it)
+# with UntranslatableCharacterError, naming nothing. It comes in with free text (a broker's
+# error as an order's reason, a plugin's state in the checkpoint) and is replaced with
+# U+FFFD, the Unicode replacement character, and a warning (`_nul_free`).
+_NUL, _NUL_JSON, _REPLACEMENT = "\x00", "\\u0000", "\ufffd"
+_TEXTS: dict[str, tuple[tuple[tuple[int, str, bool], ...], Callable[[Row], bool] | None]] = {}
+
+
+def _text_positions(table: Table) -> tuple[tuple[int, str, bool], ...]:
+    """(position, column, is JSON) of each text and json column of `insert_columns`."""
+    kinds = {c.name: c.kind for c in table.columns}
+    return tuple(
+        (i, c, kinds[c] == "json")
+        for i, c in enumerate(table.insert_columns)
+        if kinds[c] in ("text", "json")
+    )
+
+
+def _has_nul(at: tuple[tuple[int, str, bool], ...]) -> Callable[[Row], bool]:
+    """A predicate over a row's text positions, as one expression (see `_has_nan`)."""
+    body = " or ".join(
+        f"(type(r[{i}]) is str and {'J' if is_json else 'N'} in r[{i}])" for i, _, is_json in at
+    )
+    scope = {"N": _NUL, "J": _NUL_JSON, "str": str, "type": type}
+    return cast("Callable[[Row], bool]", eval(f"lambda r: {body}", scope))  # ints only
+
+
+def _without_nul(obj: Any) -> Any:
+    """A decoded JSON value with U+0000 replaced in every string (keys included)."""
+    if isinstance(obj, str):
+        return obj.replace(_NUL, _REPLACEMENT)
+    if isinstance(obj, list):
+        return [_without_nul(v) for v in obj]
+    if isinstance(obj, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in obj.items()}
+    return obj
+
+
+def nul_free_text(value: Any, is_json: bool) -> Any:
+    """`value` as PostgreSQL takes it: U+0000 replaced with U+FFFD in text; in JSON text,
+    in its decoded strings (the text `\\u0000`, an escaped backslash, is no NUL and stays)."""
+    if type(value) is not str:
+        return value
+    if not is_json:
+        return value.replace(_NUL, _REPLACEMENT)
+    if _NUL_JSON not in value:
+        return value
+    try:
+        decoded = json.loads(value)
+    except ValueError:
+        return value  # not JSON: the database says so, as before
+    return json.dumps(_without_nul(decoded), separators=(",", ":"), allow_nan=False)
+
+
+def _nul_free(table: Table, rows: list[Row]) -> list[Row]:
+    """`rows` with U+0000 replaced in their text and JSON (see `_NUL`), said in one warning
+    per table and column of the batch, with the rows' count and the first row's run."""
+    known = _TEXTS.get(table.name)
+    if known is None:
+        at = _text_positions(table)
+        known = _TEXTS[table.name] = (at, _has_nul(at) if at else None)
+    at, has_nul = known
+    if has_nul is None:
+        return rows
+    out = rows
+    repaired: dict[str, int] = {}
+    first: Row | None = None
+    for k, r in enumerate(rows):
+        if not has_nul(r):
+            continue
+        if out is rows:
+            out = list(rows)
+        fixed = list(r)
+        for i, column, is_json in at:
+            v = nul_free_text(r[i], is_json)
+            if v != r[i]:
+                fixed[i] = v
+                repaired[column] = repaired.get(column, 0) + 1
+        out[k] = tuple(fixed)
+        first = r if first is None else first
+    for column, n in repaired.items():
+        log.warning(
+            "storage.text.repaired",
+            table=table.name,
+            column=column,
+            rows=n,
+            run_id=first[0] if first is not None and table.run_scoped else None,
+            repair="the character U+0000 (NUL), which PostgreSQL refuses in text, was written "
+            "as U+FFFD; the rest of the text is kept",
+        )
+    return out
 
 
 def _nan_as_null(table: Table, rows: list[Row]) -> list[Row]:
@@ -513,6 +607,7 @@ class PostgresStore(BufferedStore):
                 continue
             table = TABLES[name]
             rows = _nan_as_null(table, rows if isinstance(rows, list) else list(rows))
+            rows = _nul_free(table, rows)
             if table.on_conflict is None:
                 await conn.copy_records_to_table(name, records=rows, columns=table.insert_columns)
             else:
@@ -537,6 +632,9 @@ class PostgresStore(BufferedStore):
                         return False
                 await self._write_tables(conn, batch.tables)
                 for name, args in batch.ops:
+                    # (end_run's summary is JSON text, its run id text: see `_nul_free`;
+                    # text that is not JSON stays as the first call leaves it.)
+                    args = tuple(nul_free_text(nul_free_text(a, False), True) for a in args)
                     await conn.execute(self._ops[name], *args)
                 await conn.execute(
                     self._insert["spool_applied"], batch.writer, batch.seq, datetime.now(UTC)

@@ -637,3 +637,35 @@ async def test_a_schema_of_an_earlier_build_gets_run_builds_and_records_a_live_s
         )
     finally:
         await second.stop()
+
+
+async def test_a_nul_in_text_is_written_as_a_replacement_with_a_warning(pg, tmp_path) -> None:
+    """A broker's error text with a NUL as an order's reason (and a plugin state with one in
+    the checkpoint): PostgreSQL refuses U+0000 in text and jsonb, and the whole batch, the
+    checkpoint with it, failed with UntranslatableCharacterError. Written through the spool
+    (a live store), as the flush and the spool's replay write."""
+    from structlog.testing import capture_logs
+
+    url, schema, _ = pg
+    s = PostgresStore(url, schema=schema, spool_dir=tmp_path / "spool", flush_interval_s=0.0)
+    await s.start()
+    try:
+        run = RunInfo("nul1", "live", T0, "{}", ("AAA",), 1e5)
+        assert await s.resume_run(run) is None
+        o = Order("cid-1", "AAA", Side.BUY, 10.0, T0, status=OrderStatus.REJECTED)
+        o.reason = "HTTP 403: insufficient\x00 buying power"
+        s.record_orders("nul1", [o], intent=True, booked_at=T0)
+        s.record_checkpoint("nul1", T0, {"plugin": {"note\x00": "a\x00b"}, "path": "c:\\u0000"})
+        with capture_logs() as logs:
+            await s.flush()
+        [order] = await s.fetch("orders", "nul1")
+        assert order["reason"] == "HTTP 403: insufficient\ufffd buying power"
+        [cp] = await s.fetch("checkpoints", "nul1")
+        # The NULs are replaced; the text "\u0000" (a backslash, then u0000) is kept.
+        assert cp["state"] == {"plugin": {"note\ufffd": "a\ufffdb"}, "path": "c:\\u0000"}
+        said = {(e["table"], e["column"]) for e in logs if e["event"] == "storage.text.repaired"}
+        assert ("orders", "reason") in said and ("checkpoints", "state") in said
+        assert ("order_events", "reason") in said
+        assert s.status()["ok"] and s.pending() == dict.fromkeys(s.pending(), 0)
+    finally:
+        await s.stop()

@@ -1031,6 +1031,43 @@ def test_a_symbol_cell_with_spaces_around_it_or_empty_is_an_error(tmp_path: Path
     assert "line 3" in str(err.value) or "row" in str(err.value)
 
 
+@pytest.mark.parametrize("bad", ["X\x00OM", "XOM\x07", "X\x1bOM"])
+def test_a_symbol_with_a_control_character_is_refused_naming_file_and_symbol(
+    tmp_path: Path, bad: str
+) -> None:
+    """A NUL in a long Parquet file's symbol was taken: SQLite stored it, PostgreSQL refused
+    the batch with UntranslatableCharacterError, naming neither the file nor the symbol."""
+    path = tmp_path / "long.parquet"
+    pd.DataFrame(
+        {
+            "symbol": ["XOM", bad],
+            "date": ["2020-01-02", "2020-01-02"],
+            "open": [10.0, 10.0],
+            "high": [11.0, 11.0],
+            "low": [9.0, 9.0],
+            "close": [10.0, 10.0],
+            "volume": [100.0, 100.0],
+        }
+    ).to_parquet(path)
+    with pytest.raises(DataError, match="symbol holds a control character") as err:
+        load_panel("parquet", str(path))
+    assert repr(bad) in str(err.value) and str(path) in str(err.value)
+
+
+def test_a_file_name_with_a_control_character_is_refused(tmp_path: Path) -> None:
+    d = tmp_path / "data"
+    d.mkdir()
+    write_csv(
+        d / "XOM.csv", ["2020-01-02,10,11,9,10,100"], header="date,open,high,low,close,volume"
+    )
+    write_csv(
+        d / "X\x01M.csv", ["2020-01-02,10,11,9,10,100"], header="date,open,high,low,close,volume"
+    )
+    with pytest.raises(DataError, match="taken from the file's name, holds a control") as err:
+        load_panel("csv", str(d))
+    assert "'X\\x01M'" in str(err.value)
+
+
 def test_one_ticker_in_two_cases_in_a_long_table_is_an_error(tmp_path: Path) -> None:
     """ "aapl" and "AAPL" rows loaded two symbols: the stock's exposure twice."""
     path = write_csv(
