@@ -320,10 +320,43 @@ _AUTH_SCHEME = re.compile(
 )
 
 
+# The rest of a URL whose password holds a raw space (unencoded, as a URL typed into a
+# setting may have it), from the space on: up to 8 more space-separated parts of the
+# password (bounded: no quadratic scan of a long line), then `@`, a host and the rest of the
+# URL. `_URL_IN_TEXT` ends its match at the first space: `postgresql://u:my pass@db/x`
+# matched `postgresql://u:my`, which has no `@`, so nothing was masked and the password
+# showed in full.
+_SPACED_PASSWORD_TAIL = re.compile(
+    r"(?:[ \t]+[^\s\"'<>@]{0,64}){1,8}@[A-Za-z0-9.\-\[\]]+(?::[0-9]*)?(?:[/?#][^\s\"'<>]*)?"
+    r"(?=[\s\"'<>]|$)"
+)
+
+
+def _url_in_text(text: str, m: re.Match[str]) -> tuple[int, str]:
+    """The URL `_URL_IN_TEXT` found at `m`, masked, and where it ends in `text`: with the
+    rest of a password holding spaces (`_SPACED_PASSWORD_TAIL`) when the match is a user
+    and the start of a password (`scheme://user:pa`, no `@`; not `host:port`, all digits)."""
+    url = m.group(0)
+    authority = url.split("://", 1)[1].split("/", 1)[0]
+    if "@" not in url and ":" in authority and not authority.rpartition(":")[2].isdigit():
+        tail = _SPACED_PASSWORD_TAIL.match(text, m.end())
+        if tail is not None:
+            return tail.end(), mask_url(url + tail.group(0))
+    return m.end(), mask_url(url)
+
+
 def mask_text(text: str) -> str:
     """`text` with the credentials of every embedded URL, every `password=...` pair and
     every `Bearer`/`Basic` credential masked: for free text such as an exception message (a
-    whole-URL string is masked by `redact` already)."""
-    text = _URL_IN_TEXT.sub(lambda m: mask_url(m.group(0)), text)
+    whole-URL string is masked by `redact` already). A URL's password with a raw space is
+    masked whole when `@host` follows it (`_SPACED_PASSWORD_TAIL`)."""
+    out, pos = [], 0
+    for m in _URL_IN_TEXT.finditer(text):
+        if m.start() < pos:
+            continue  # inside a URL whose spaced password was taken with it
+        end, masked = _url_in_text(text, m)
+        out += [text[pos : m.start()], masked]
+        pos = end
+    text = "".join(out) + text[pos:]
     text = _AUTH_SCHEME.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)
     return _SECRET_PAIR.sub(lambda m: f"{m.group(1)}{m.group(2)}{MASK}", text)

@@ -401,3 +401,26 @@ def test_the_client_libraries_own_credential_variables_are_masked():
         "RedisAuthPw42",
         "lowerCasePw42",
     }
+
+
+@pytest.mark.parametrize(
+    ("text", "masked"),
+    [
+        (
+            "connect to postgresql://trader:my pass@db:5432/x failed",
+            "connect to postgresql://trader:***@db:5432/x failed",
+        ),
+        ("redis://:a b  c@h:6379/0", "redis://:***@h:6379/0"),
+        (
+            "two: redis://:a b@h/0 and postgresql://u:p q@db/x: refused",
+            "two: redis://:***@h/0 and postgresql://u:***@db/x: refused",
+        ),
+        # Not a password: a port, a path, a mail address later in the text.
+        ("see https://example.com:8080 then x@y.com", "see https://example.com:8080 then x@y.com"),
+        ("see https://example.com/a b for help: x@y", "see https://example.com/a b for help: x@y"),
+    ],
+)
+def test_mask_text_hides_a_url_password_with_a_raw_space(text, masked):
+    """`_URL_IN_TEXT` stopped at the space: `postgresql://trader:my` has no `@`, and the
+    password was shown whole."""
+    assert mask_text(text) == masked
