@@ -11,7 +11,9 @@ answer (`preflight.check_services`): a mistake is reported in seconds, as
 systemd runs, `tradingd run` and `tradingd retrain` (`SERVICE_COMMANDS`), exit with 78
 (EX_CONFIG, sysexits.h) instead when only the operator can end the error (a setting, a
 file, a package to install: `exit_code`), which their units do not restart; an error a
-restart may end (a service that does not answer yet, a full storage spool) stays 2. Ctrl-C or
+restart may end (a service that does not answer yet, a full storage spool) stays 2. A daemon
+that ends by itself with its run's last records only in the storage spool (the database down
+at the end) exits 75 (EX_TEMPFAIL, restarted: the start writes them). Ctrl-C or
 SIGTERM in a command (outside a backtest's replay and the daemon, below) prints
 `tradingd: interrupted` (exit 130 or 143), never a traceback; the worker processes of a
 walk-forward or of a report's Monte Carlo are ended with it. A command whose output's reader
@@ -118,6 +120,10 @@ DEFAULT_CONFIG = Path("config/default.toml")
 # end. systemd/tradingd.service and tradingd-retrain.service name it in
 # RestartPreventExitStatus.
 EX_CONFIG = 78
+# sysexits.h's EX_TEMPFAIL: `tradingd run` ended (its run finished, or the engine stopped
+# it) with the run's last records in the storage spool, the database being down: a restart
+# (systemd restarts this code) writes them once the database answers (`_Daemon.exit_line`).
+EX_TEMPFAIL = 75
 # The commands the systemd units run. Only they exit with EX_CONFIG: the others keep 2 for
 # every error, argparse's code for a usage mistake, which scripts and the documented codes
 # of compare, replay-check and lookahead-check (0, 1, 2 an error) rely on, and no
@@ -1494,7 +1500,9 @@ class _Daemon:
         return task.result()
 
     def exit_line(self, result: Any = None) -> int:
-        """The last log line: where and why the daemon stopped. Always exit code 0."""
+        """The last log line: where and why the daemon stopped, and the exit code: 0, or
+        EX_TEMPFAIL when the daemon ended by itself (not by a stop signal) with records its
+        store could not write (`_records_left`)."""
         fields: dict[str, Any] = {}
         if result is not None:
             fields.update(
@@ -1511,10 +1519,36 @@ class _Daemon:
             reason = "stopped by the engine (see the lines before)"  # e.g. instance lock lost
         else:
             reason = "run finished"  # an accelerated clock released its last bar
+        left = None if self.stopping else self._records_left()
+        if left is not None:
+            batches, path = left
+            always.error(
+                "tradingd.exit",
+                reason=f"{reason}, but its last records are not in the database",
+                signal=None,
+                exit_code=EX_TEMPFAIL,
+                spool=str(path),
+                batches=batches,
+                hint="the database was down at the end: the run's last rows (its end "
+                "included) are only in this spool file. Start the run again (the same "
+                "configuration, from the same folder) once the database answers: the start "
+                "writes the spool, and the run ends again at once",
+                **fields,
+            )
+            return EX_TEMPFAIL
         # Whatever log.level says (warning, or raised by a SIGHUP): an info line, it was
         # filtered out, and nothing said where and why the daemon stopped.
         always.info("tradingd.exit", reason=reason, signal=self.stop_signal, **fields)
         return 0
+
+    def _records_left(self) -> tuple[int, Any] | None:
+        """(batches, spool file) the engine's store closed its spool with, or None. A stop
+        signal's stop leaves them as it always did (the next start writes them): only a
+        daemon that ended by itself says so with its exit code, as its unit would not
+        start it again."""
+        store = getattr(self.engine, "store", None)
+        left = getattr(store, "spool_left", None)
+        return left if isinstance(left, tuple) else None
 
 
 def _run_command(args: argparse.Namespace, *, restore: bool = True) -> int:

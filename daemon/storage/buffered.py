@@ -404,6 +404,16 @@ class BufferedStore(ABC):
         return self._spool.directory if self._spool is not None else None
 
     @property
+    def spool_left(self) -> tuple[int, Path] | None:
+        """After `stop`: (batches, file) of a spool closed with batches the database never
+        got (it was down at the stop), which the next start on the folder writes; else
+        None. A run that ended so has its last rows (`end_run` included) in the file only."""
+        sp = self._spool
+        if sp is None or not sp.left_batches:
+            return None
+        return sp.left_batches, sp.path
+
+    @property
     def degraded(self) -> bool:
         """Writing to the spool instead of the database."""
         sp = self._spool

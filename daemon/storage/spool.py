@@ -322,6 +322,8 @@ class Spool:
         self._applied = 0
         # (created, end offset) of each batch not yet written, oldest first.
         self._pending: deque[tuple[float, int]] = deque()
+        # Batches still to write when the file was closed (left for the next start).
+        self.left_batches = 0
         self.appended = 0
         self.replayed = 0
 
@@ -480,6 +482,9 @@ class Spool:
         fd, self._fd = self._fd, None
         if fd is None:
             return
+        # What the process's exit says (`BufferedStore.spool_left`): its run's last records
+        # are in this file, not in the database.
+        self.left_batches = len(self._pending)
         try:
             if not self._pending:
                 with contextlib.suppress(OSError):

@@ -475,3 +475,33 @@ async def test_an_old_spool_never_rolls_a_later_checkpoint_back(
         assert cp["bar_time"] == T0 + 8 * DAY
     finally:
         await check.stop()
+
+
+async def test_a_stop_with_the_database_down_says_what_it_left(
+    server: PgServer, tmp_path: Path
+) -> None:
+    """A run that ends while the database is down: `end_run` and the last bars go to the
+    spool, which stays for the next start; the store says so (`spool_left`: what the
+    daemon's exit code and last line tell), and says nothing once everything is written."""
+    schema = f"left_{uuid.uuid4().hex[:10]}"
+    store = outage_store(server, schema, tmp_path / "spool")
+    await store.start()
+    assert await store.resume_run(run_info()) is None
+    await trade_bar(store, 0)
+    server.stop()
+    await trade_bar(store, 1)
+    await store.end_run(RUN_ID, {"bars": 2})
+    await store.stop()
+    [left] = spool_files(tmp_path / "spool")
+    assert store.spool_left == (4, left)  # bar 1's three batches and the end
+    server.start()
+
+    again = outage_store(server, schema, tmp_path / "spool")
+    await again.start()  # writes the spool
+    try:
+        assert spool_files(tmp_path / "spool") == []
+        [run] = await again.fetch("runs", RUN_ID)
+        assert run["ended_at"] is not None and run["summary"] == {"bars": 2}
+    finally:
+        await again.stop()
+    assert again.spool_left is None

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 
 import structlog
 
@@ -156,5 +157,38 @@ def test_a_reload_that_lowers_the_level_still_says_it_was_applied(capsys):
             ("config.reload_unchanged", "info"),
         ]
         assert lines[0]["changes"] == {"log.level": ["info", "warning"]}
+    finally:
+        structlog.reset_defaults()
+
+
+def test_a_daemon_that_ends_with_records_only_in_the_spool_exits_ex_tempfail(capsys):
+    """A run that finished while the database was down exited 0 with its last rows (its end
+    included) only in the storage spool; `storage.spool.left` (a warning) was the only sign.
+    It now ends with an error-level exit line naming the spool and what to do, and exit code
+    75 (EX_TEMPFAIL), which the unit restarts: the start writes the spool. A stop signal's
+    stop still exits 0 (the next start writes the spool, as always)."""
+    from types import SimpleNamespace
+
+    from tradingd.__main__ import EX_TEMPFAIL, _Daemon
+
+    try:
+        configure_logging("info", "json")
+        store = SimpleNamespace(spool_left=(3, Path("/srv/spool/w.spool")))
+        d = _Daemon([])
+        d.ready = True
+        d.engine = SimpleNamespace(store=store)  # type: ignore[assignment]
+        result = SimpleNamespace(bars=10, stopped_early=False, bars_never_traded=0)
+        assert d.exit_line(result) == EX_TEMPFAIL == 75
+        [line] = [json.loads(x) for x in capsys.readouterr().err.splitlines()]
+        assert line["event"] == "tradingd.exit" and line["level"] == "error"
+        assert line["spool"] == "/srv/spool/w.spool" and line["batches"] == 3
+        assert line["reason"].startswith("run finished, but its last records are not in")
+        assert "Start the run again" in line["hint"] and line["exit_code"] == 75
+
+        store.spool_left = None  # everything written: 0, as before
+        assert d.exit_line(result) == 0
+        store.spool_left = (3, Path("/srv/spool/w.spool"))
+        d.stop_signal = "SIGTERM"
+        assert d.exit_line(result) == 0
     finally:
         structlog.reset_defaults()
