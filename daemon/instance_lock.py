@@ -71,7 +71,13 @@ again; `held` then says whether that worked. The rule for the caller:
   prove either way (any other `last_error`): the lock is unproven. The daemon's
   `InstanceLockService` then carries on (the store rides out the outage with its spool, and
   no other daemon can take the lock from a database it cannot reach either), shows it in
-  /ready and checks again within 5 s.
+  /ready and checks again after 0.25 s, doubling up to 5 s.
+
+The service does not wait for its next periodic check to learn that a PostgreSQL lock's
+session closed: asyncpg's termination listener on the lock connection makes it check at once
+(milliseconds after the server ends the session or the socket resets). A session whose peer
+vanished without closing (a cut cable) is not seen by the client until the periodic check
+(30 s); the server frees its lock after its keepalive (about a minute).
 
 A lock file cannot be lost while its descriptor is open; its `check()` only notices the file
 being deleted or replaced underneath it (which would let a second daemon lock a new file) and
@@ -260,11 +266,20 @@ class InstanceLock:
         self.held = False
         self.lost_count = 0
         self.last_error: Exception | None = None
+        # Called (no arguments, from the event loop) the moment the lock is seen to end
+        # without a check: the session of a PostgreSQL lock closing. InstanceLockService
+        # sets it to check at once instead of at its next interval.
+        self.on_session_end: Callable[[], None] | None = None
         self._account = account
 
     async def check(self) -> bool:
         """True while the lock is held without a break; see the module docstring."""
         raise NotImplementedError
+
+    def alive(self) -> bool:
+        """Whether the lock is held and nothing has yet been seen to end it: no I/O, for a
+        check before every bar. False does not say who holds it now: `check()` does."""
+        return self.held and not self.released
 
     async def release(self) -> None:
         """Give the lock up (idempotent); after it, `check()` is False."""
@@ -355,6 +370,31 @@ class PostgresInstanceLock(InstanceLock):
     def _where(self) -> str:
         return f"PostgreSQL advisory lock {self.key}"
 
+    def alive(self) -> bool:
+        conn = self._conn
+        return self.held and not self.released and conn is not None and not conn.is_closed()
+
+    def _session_ended(self, conn: asyncpg.Connection) -> None:
+        """asyncpg's termination listener of the lock session: the server ended it (a
+        restart, pg_terminate_backend) or the socket broke, and the server has freed the
+        advisory lock, so another daemon may take it now. Waiting for the next periodic
+        check let a second daemon in and both traded for up to its interval (30 s). Not for
+        our own close (release, or a session replaced by check())."""
+        if conn is not self._conn or self.released:
+            return
+        then = (
+            "checking it now"
+            if self.on_session_end is not None
+            else "not watched: taken again only at its next check()"
+        )
+        log.warning(
+            "instance_lock.session_ended",
+            reason=f"the PostgreSQL session holding the advisory lock closed; {then}",
+            **self.describe(),
+        )
+        if self.on_session_end is not None:
+            self.on_session_end()
+
     @property
     def _table(self) -> str:
         return f'"{self.schema}".{TABLE}' if self.schema else TABLE
@@ -403,6 +443,7 @@ class PostgresInstanceLock(InstanceLock):
             raise
         self._conn = conn
         self.held = True
+        conn.add_termination_listener(self._session_ended)
 
     async def _record(self, conn: asyncpg.Connection) -> None:
         async with conn.transaction():
@@ -948,6 +989,12 @@ async def _take(lock: InstanceLock, wait_s: float, unreachable_wait_s: float) ->
             delay = min(delay * 2, 10.0)
 
 
+# How soon InstanceLockService looks again at a lock it could not prove held (the database
+# unreachable): from this, doubling, up to the max.
+UNPROVEN_RETRY_MIN_S = 0.25
+UNPROVEN_RETRY_MAX_S = 5.0
+
+
 def _sqlite_shown(url: str) -> str:
     db = sqlite_path(url)
     return db if db == MEMORY else str(Path(db).expanduser().resolve())
@@ -955,9 +1002,13 @@ def _sqlite_shown(url: str) -> str:
 
 class InstanceLockService:
     """The lock as one of the engine's parts: taken first at start (before the store opens),
-    released last at stop, and checked every `check_interval_s` in between. When it is lost
-    to another daemon (or cannot be proven held), `on_lost` is called once: the daemon stops
-    trading rather than run beside another one.
+    released last at stop, and checked every `check_interval_s` in between, and at once when
+    the session of a PostgreSQL lock closes (asyncpg's termination listener: a database
+    restart, `pg_terminate_backend`, a reset connection), so a second daemon starting after a
+    restart finds this one holding the lock again rather than the lock free. When it is lost
+    to another daemon, `on_lost` is called once: the daemon stops trading rather than run
+    beside another one. The engine asks `ensure_held()` before each bar's decisions: no I/O
+    while the session is alive; a check first when it has ended.
 
     `machine_wide` (a real broker account): also the account's machine-wide lock
     (`acquire_account_lock`, in `account_lock_dir`), taken after the store's so that a second
@@ -995,7 +1046,11 @@ class InstanceLockService:
         self.on_lost = on_lost
         self.lock: InstanceLock | None = None
         self.lost: str | None = None
+        # Set once another daemon was found holding a lock: `on_lost` was called.
+        self.stopped_by_loss = False
         self._task: asyncio.Task[None] | None = None
+        self._wake = asyncio.Event()
+        self._checking = asyncio.Lock()
 
     async def start(self) -> None:
         self.lock = await acquire_instance_lock(
@@ -1026,6 +1081,7 @@ class InstanceLockService:
             except BaseException:
                 await self.lock.release()
                 raise
+        self.lock.on_session_end = self._wake_now
         self._task = asyncio.create_task(self._watch(), name="instance-lock-check")
 
     async def _account_lock_taken(self) -> bool:
@@ -1039,40 +1095,90 @@ class InstanceLockService:
         log.warning("instance_lock.unproven", error=str(lock.last_error), **lock.describe())
         return False
 
+    def _wake_now(self) -> None:
+        """The lock's `on_session_end`: check at once, not at the next interval."""
+        self._wake.set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep `seconds`, or less when the lock's session ends meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
     async def _watch(self) -> None:
         assert self.lock is not None
+        retry = UNPROVEN_RETRY_MIN_S
         while True:
-            # Unproven (the database unreachable): look again soon, not a whole interval.
-            await asyncio.sleep(
-                min(self.check_interval_s, 5.0) if self.lost else self.check_interval_s
-            )
-            if await self._account_lock_taken():
-                assert self.account_lock is not None
-                self.lost = str(self.account_lock.last_error)
-                log.error("instance_lock.lost", error=self.lost, **self.account_lock.describe())
-                if self.on_lost is not None:
-                    self.on_lost(self.lost)
+            if self.lost:
+                # Unproven (the database unreachable): look again soon, with backoff up to
+                # 5 s, so that a database back from a restart sees this daemon take its lock
+                # again before a second daemon starting meanwhile can.
+                await self._pause(min(self.check_interval_s, retry))
+                retry = min(retry * 2, UNPROVEN_RETRY_MAX_S)
+            else:
+                retry = UNPROVEN_RETRY_MIN_S
+                await self._pause(self.check_interval_s)
+            if await self._check_once():
                 return
-            ok = await self.lock.check()
-            if ok and self.lost is None:
-                continue
-            if self.lock.held:
-                # After an outage, or lost and taken again within this check.
-                if self.lost is not None or not ok:
-                    log.warning("instance_lock.reacquired", **self.lock.describe())
-                self.lost = None
-                continue
-            self.lost = str(self.lock.last_error or "lock lost")
-            if not isinstance(self.lock.last_error, AnotherDaemonRunning):
-                # The database is unreachable (an outage the store rides out with its
-                # spool): the lock is unproven, not taken by another daemon. /ready says so;
-                # the daemon stops only when another daemon holds the lock.
-                log.warning("instance_lock.unproven", error=self.lost, **self.lock.describe())
-                continue
-            log.error("instance_lock.lost", error=self.lost, **self.lock.describe())
-            if self.on_lost is not None:
-                self.on_lost(self.lost)
-            return
+
+    async def ensure_held(self) -> bool:
+        """For the engine before each bar's decisions: False when the daemon must not trade
+        this bar (another daemon holds the lock: `on_lost` has been called), True otherwise.
+        No I/O while the lock's session is alive. When it has ended and no check has said
+        what that means yet, the check runs now (or the one running is waited for), so a bar
+        is not decided on a lock another daemon may have taken. While the lock is unproven
+        (the database unreachable) the answer is True without I/O: the rule of the module
+        docstring (the store spools; nobody takes the lock from a database nobody reaches),
+        and the watcher retries within `UNPROVEN_RETRY_MAX_S`."""
+        if self.stopped_by_loss:
+            return False
+        lock = self.lock
+        if lock is None or self.lost is not None or lock.alive():
+            return True
+        await self._check_once()
+        return not self.stopped_by_loss
+
+    async def _check_once(self) -> bool:
+        """One check of the locks, and what follows from it; True when the daemon was told
+        to stop (`on_lost`). Serialised: the watcher and `ensure_held` never check at once,
+        and a check that finds the lock alive again after a wait costs one query."""
+        async with self._checking:
+            if self.stopped_by_loss:
+                return True
+            return await self._check_locked()
+
+    async def _check_locked(self) -> bool:
+        assert self.lock is not None
+        if await self._account_lock_taken():
+            assert self.account_lock is not None
+            self.lost = str(self.account_lock.last_error)
+            log.error("instance_lock.lost", error=self.lost, **self.account_lock.describe())
+            return self._stop_trading()
+        ok = await self.lock.check()
+        if ok and self.lost is None:
+            return False
+        if self.lock.held:
+            # After an outage, or lost and taken again within this check.
+            if self.lost is not None or not ok:
+                log.warning("instance_lock.reacquired", **self.lock.describe())
+            self.lost = None
+            return False
+        self.lost = str(self.lock.last_error or "lock lost")
+        if not isinstance(self.lock.last_error, AnotherDaemonRunning):
+            # The database is unreachable (an outage the store rides out with its
+            # spool): the lock is unproven, not taken by another daemon. /ready says so;
+            # the daemon stops only when another daemon holds the lock.
+            log.warning("instance_lock.unproven", error=self.lost, **self.lock.describe())
+            return False
+        log.error("instance_lock.lost", error=self.lost, **self.lock.describe())
+        return self._stop_trading()
+
+    def _stop_trading(self) -> bool:
+        self.stopped_by_loss = True
+        if self.on_lost is not None:
+            assert self.lost is not None
+            self.on_lost(self.lost)
+        return True
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -698,3 +698,99 @@ async def test_a_lock_folder_made_under_a_umask_of_0_is_not_writable_by_all(tmp_
     finally:
         os.umask(old)
     assert folder.stat().st_mode & 0o7777 == 0o775
+
+
+async def _wait_backend_waiting(admin: asyncpg.Connection, backend: int) -> None:
+    """Until session `backend` waits on a lock (its pg_advisory_lock is queued)."""
+    async with asyncio.timeout(TIMEOUT):
+        while not await admin.fetchval(
+            "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = $1", backend
+        ):
+            await asyncio.sleep(0.02)
+
+
+async def test_the_service_notices_its_lock_session_ending_at_once_not_at_its_interval(pg_url):
+    """The storage trial: after a PostgreSQL restart the lock's session was gone, the
+    service looked again only every 30 s, and a second daemon started meanwhile took the
+    lock: both traded. The session's end now makes the service check at once: here another
+    session was queued for the lock and got it the moment ours ended, so the daemon is told
+    to stop, within a second, with a check interval of an hour."""
+    from tradingd.instance_lock import InstanceLockService
+
+    account = new_account()
+    lost: list[str] = []
+    service = InstanceLockService(pg_url, account, check_interval_s=3600.0, on_lost=lost.append)
+    await service.start()
+    admin = await asyncpg.connect(pg_url, timeout=5)
+    other = await asyncpg.connect(pg_url, timeout=5)
+    try:
+        # The other daemon waits for the lock (server side), so it wins the race.
+        waiting = asyncio.create_task(
+            other.execute("SELECT pg_advisory_lock($1::bigint)", advisory_key(account))
+        )
+        await _wait_backend_waiting(admin, other.get_server_pid())
+        await admin.fetchval("SELECT pg_terminate_backend($1)", await lock_backend(admin, account))
+        await asyncio.wait_for(waiting, TIMEOUT)
+        async with asyncio.timeout(2.0):
+            while not lost:
+                await asyncio.sleep(0.01)
+        assert "holds the lock" in lost[0]
+        assert service.status()["ok"] is False
+        assert await service.ensure_held() is False
+    finally:
+        await other.close()
+        await admin.close()
+        await service.stop()
+
+
+async def test_the_service_takes_its_lock_back_at_once_when_its_session_ends(pg_url):
+    """Nobody else wants the lock: the session's end is noticed and the lock taken again on
+    a new session at once (a second daemon starting after a database restart is refused)."""
+    from structlog.testing import capture_logs
+
+    from tradingd.instance_lock import InstanceLockService
+
+    account = new_account()
+    service = InstanceLockService(pg_url, account, check_interval_s=3600.0)
+    await service.start()
+    admin = await asyncpg.connect(pg_url, timeout=5)
+    try:
+        with capture_logs() as logs:
+            backend = await terminate(admin, account)
+            async with asyncio.timeout(2.0):
+                while not any(e["event"] == "instance_lock.reacquired" for e in logs):
+                    await asyncio.sleep(0.01)
+        assert "instance_lock.session_ended" in [e["event"] for e in logs]
+        assert await lock_backend(admin, account) not in (None, backend)
+        assert service.status()["ok"] is True
+        assert await service.ensure_held() is True
+    finally:
+        await admin.close()
+        await service.stop()
+
+
+async def test_ensure_held_checks_before_a_bar_when_the_session_ended_unchecked(pg_url):
+    """The per-bar gate: a session that ended and was not checked yet (the listener's
+    check not run) is checked before the bar, and a lock another daemon took stops it."""
+    from tradingd.instance_lock import InstanceLockService
+
+    account = new_account()
+    lost: list[str] = []
+    service = InstanceLockService(pg_url, account, check_interval_s=3600.0, on_lost=lost.append)
+    await service.start()
+    assert service.lock is not None
+    service.lock.on_session_end = None  # the listener's wake-up not there: the gate alone
+    admin = await asyncpg.connect(pg_url, timeout=5)
+    try:
+        assert await service.ensure_held() is True
+        await terminate(admin, account)
+        key = advisory_key(account)
+        assert await admin.fetchval("SELECT pg_try_advisory_lock($1::bigint)", key)
+        async with asyncio.timeout(TIMEOUT):
+            while service.lock.alive():
+                await asyncio.sleep(0.01)
+        assert await service.ensure_held() is False
+        assert lost and "holds the lock" in lost[0]
+    finally:
+        await admin.close()
+        await service.stop()
