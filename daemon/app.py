@@ -180,7 +180,12 @@ async def continued_live_run(config: Config) -> str | None:
     st = config.storage
     delay = 1.0
     while True:
-        store = open_store(st.url, spool=False, start_retry_s=st.start_retry_s)
+        store = open_store(
+            st.url,
+            spool=False,
+            start_retry_s=st.start_retry_s,
+            command_timeout_s=st.command_timeout_s,
+        )
         try:
             await store.start()
         except DatabaseUnavailable as exc:
@@ -1806,6 +1811,7 @@ def build_engine(
         spool_dir=st.spool_dir or None,
         spool_max_bytes=st.spool_max_bytes,
         start_retry_s=st.start_retry_s if mode == "live" else 0.0,
+        command_timeout_s=st.command_timeout_s,
     )
     # A replay's writer process starts first: it imports while the models load and the
     # features are computed (SqliteStore.prestart).
@@ -2173,7 +2179,12 @@ def session_zone(config: Config, bar: str = "1d") -> ZoneInfo | None:
 async def import_bars(config: Config, chunk: int = 250) -> int:
     """Write the configured data source's bars into the store (idempotent upserts)."""
     panel = load_data(config)
-    store = open_store(config.storage.url, batch_size=config.storage.batch_size, spool=False)
+    store = open_store(
+        config.storage.url,
+        batch_size=config.storage.batch_size,
+        spool=False,
+        command_timeout_s=config.storage.command_timeout_s,
+    )
     await store.start()
     try:
         times = panel.datetimes()

@@ -526,6 +526,10 @@ class StorageConfig:
     spool_dir: str = ""
     spool_max_bytes: int = 268_435_456
     start_retry_s: float = 60.0
+    # PostgreSQL: how long one statement may wait for the server's answer before the write
+    # counts as an outage (spooled, live) or fails (a backtest). It bounds how long a hung
+    # server or a table lock another session holds freezes the engine (it was 60 s, fixed).
+    command_timeout_s: float = 15.0
 
     def __post_init__(self) -> None:
         _finite(self, "storage")
@@ -533,6 +537,12 @@ class StorageConfig:
             self.spool_max_bytes >= 4096, "storage.spool_max_bytes", self.spool_max_bytes, ">= 4096"
         )
         _require(self.start_retry_s >= 0, "storage.start_retry_s", self.start_retry_s, ">= 0")
+        _require(
+            self.command_timeout_s > 0,
+            "storage.command_timeout_s",
+            self.command_timeout_s,
+            "> 0 seconds",
+        )
         _check_storage_url(self.url)
         _choice("storage.signals", self.signals, ("decisions", "all", "none"))
         _require(self.batch_size > 0, "storage.batch_size", self.batch_size, "> 0")

@@ -13,6 +13,9 @@ from .spool import DEFAULT_MAX_BYTES
 if TYPE_CHECKING:
     from .buffered import BufferedStore
 
+# How long one PostgreSQL statement waits for the server's answer (storage.command_timeout_s).
+DEFAULT_COMMAND_TIMEOUT_S = 15.0
+
 VALID_SCHEMES = (
     "sqlite:///path.db (relative), sqlite:////abs/path.db, sqlite:///:memory:, "
     "postgresql://..., postgres://..."
@@ -54,11 +57,13 @@ def open_store(
     spool_dir: str | None = None,
     spool_max_bytes: int = DEFAULT_MAX_BYTES,
     start_retry_s: float = 0.0,
+    command_timeout_s: float = DEFAULT_COMMAND_TIMEOUT_S,
 ) -> BufferedStore:
     """A not-yet-started store for `url`. `schema` applies to PostgreSQL only (SQLite has
     one namespace per file and ignores it), and so do the spool settings (`spool`: keep
     running through a database outage by spooling writes to `spool_dir`, at most
-    `spool_max_bytes`; `start_retry_s`: how long `start()` waits for a server that is down).
+    `spool_max_bytes`; `start_retry_s`: how long `start()` waits for a server that is down;
+    `command_timeout_s`: how long one statement waits for the server's answer).
     See storage/postgres.py."""
     url = (url or "").strip()
     lower = url.lower()
@@ -84,6 +89,7 @@ def open_store(
             spool_dir=spool_dir or None,
             spool_max_bytes=spool_max_bytes,
             start_retry_s=start_retry_s,
+            command_timeout=command_timeout_s,
         )
     raise ConfigError(
         f"DATABASE_URL {mask_url(url)!r} has an unsupported scheme; valid: {VALID_SCHEMES}"

@@ -24,6 +24,7 @@ from ..core.errors import ConfigError, StorageError
 from ..health import waiting_for
 from ..secrets import mask_url
 from .buffered import OPS, BufferedStore, DatabaseUnavailable, Row
+from .factory import DEFAULT_COMMAND_TIMEOUT_S
 from .schema import (
     TABLES,
     Dialect,
@@ -316,7 +317,7 @@ class PostgresStore(BufferedStore):
         batch_size: int = 5000,
         schema: str | None = None,
         signals: str = "decisions",
-        command_timeout: float = 60.0,
+        command_timeout: float = DEFAULT_COMMAND_TIMEOUT_S,
         connect_timeout: float = 10.0,
         flush_interval_s: float = 0.1,
         *,
@@ -334,7 +335,8 @@ class PostgresStore(BufferedStore):
         `retry_base_s`/`retry_max_s`: the replay's backoff. `start_retry_s`: how long
         `start()` keeps trying a server that is down (0: one attempt). `ddl_lock_timeout_s`:
         how long a schema change at start waits for a table lock (then SchemaLocked; 0: no
-        bound)."""
+        bound). `command_timeout`: how long one statement waits for the server's answer
+        (storage.command_timeout_s); then it is an outage (DatabaseUnavailable: spooled)."""
         super().__init__(batch_size=batch_size, signals=signals, flush_interval_s=flush_interval_s)
         if schema is not None and not _IDENT.match(schema):
             raise ConfigError(
@@ -375,7 +377,18 @@ class PostgresStore(BufferedStore):
 
     def _error(self, what: str, e: BaseException) -> StorageError:
         cls = DatabaseUnavailable if unavailable(e) else StorageError
-        return cls(f"{what} PostgreSQL at {self.safe_url} failed: {type(e).__name__}: {e}")
+        return cls(f"{what} PostgreSQL at {self.safe_url} failed: {self._explain(e)}")
+
+    def _explain(self, e: BaseException, timeout_s: float | None = None, key: str = "") -> str:
+        """`e` as "Type: message". asyncpg's timeouts carry no message, and the error read
+        "TimeoutError: " with nothing after it: it now says after how long, and which
+        setting that is (`timeout_s`/`key`; default the command timeout)."""
+        if isinstance(e, TimeoutError) and not str(e):
+            if timeout_s is None:
+                timeout_s, key = self.command_timeout, "storage.command_timeout_s"
+            setting = f" ({key})" if key else ""
+            return f"TimeoutError: no answer, timed out after {timeout_s:g} s{setting}"
+        return f"{type(e).__name__}: {e}"
 
     async def start(self) -> None:
         """Connect and create the schema, then write any spool a dead process left behind,
@@ -404,9 +417,8 @@ class PostgresStore(BufferedStore):
             )
         except _ERRORS as e:
             cls = DatabaseUnavailable if unavailable(e) else StorageError
-            raise cls(
-                f"cannot connect to PostgreSQL at {self.safe_url}: {type(e).__name__}: {e}"
-            ) from e
+            why = self._explain(e, self.connect_timeout, "connecting")
+            raise cls(f"cannot connect to PostgreSQL at {self.safe_url}: {why}") from e
         try:
             async with pool.acquire() as conn, conn.transaction():
                 await self._create_schema(conn)
@@ -430,8 +442,7 @@ class PostgresStore(BufferedStore):
                     f'create it first (CREATE SCHEMA "{named}")'
                 )
             raise cls(
-                f"cannot create schema in PostgreSQL at {self.safe_url}: {type(e).__name__}: "
-                f"{e}{hint}"
+                f"cannot create schema in PostgreSQL at {self.safe_url}: {self._explain(e)}{hint}"
             ) from e
         except BaseException:
             pool.terminate()

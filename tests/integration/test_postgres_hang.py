@@ -1,0 +1,92 @@
+"""A PostgreSQL that accepts statements and never answers them (hung, or a table lock held by
+another session) must not freeze the daemon for long, must show in /ready, and must not keep
+a SIGTERM from ending the daemon within systemd's TimeoutStopSec (60 s).
+
+A lock on the store's `equity` table, held by another session in an open transaction, stands
+in for the hung server (the storage trial hung it with SIGSTOP: the same wait, seen from the
+client). Each test has its own schema on the shared server.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from tradingd.config import StorageConfig
+from tradingd.core.errors import ConfigError
+from tradingd.storage.factory import open_store
+from tradingd.storage.postgres import PostgresStore
+
+T0 = datetime(2024, 3, 1, 21, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def schema() -> str:
+    return f"hang_{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+async def cleanup(pg_url: str, schema: str) -> AsyncIterator[None]:
+    yield
+    conn = await asyncpg.connect(pg_url, timeout=10)
+    try:
+        await conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    finally:
+        await conn.close()
+
+
+async def lock_equity(pg_url: str, schema: str) -> asyncpg.Connection:
+    """Another session holds `equity` locked (ACCESS EXCLUSIVE) until it is closed."""
+    conn = await asyncpg.connect(pg_url, timeout=10)
+    await conn.execute("BEGIN")
+    await conn.execute(f'LOCK TABLE "{schema}".equity IN ACCESS EXCLUSIVE MODE')
+    return conn
+
+
+def store_of(pg_url: str, schema: str, tmp_path: Path, **kw: object) -> PostgresStore:
+    store = PostgresStore(
+        pg_url,
+        schema=schema,
+        spool_dir=tmp_path / "spool",
+        flush_interval_s=0.0,
+        retry_base_s=0.05,
+        retry_max_s=0.2,
+        **kw,  # type: ignore[arg-type]
+    )
+    return store
+
+
+def test_the_command_timeout_is_a_storage_setting_with_a_bound_below_a_minute() -> None:
+    """It was 60 s, hard-coded: a hung server froze the engine that long at every write."""
+    assert 0 < StorageConfig().command_timeout_s <= 30
+    with pytest.raises(ConfigError, match=r"storage\.command_timeout_s"):
+        StorageConfig(command_timeout_s=0)
+    store = open_store("postgresql://u:p@127.0.0.1:1/db", command_timeout_s=2.5)
+    assert isinstance(store, PostgresStore) and store.command_timeout == 2.5
+
+
+async def test_a_write_the_database_does_not_answer_says_after_how_long_it_timed_out(
+    pg_url: str, schema: str, tmp_path: Path, cleanup: None
+) -> None:
+    """The trial's /ready and log said `TimeoutError: ` and nothing more."""
+    store = store_of(pg_url, schema, tmp_path, command_timeout=0.5)
+    await store.start()
+    locker = await lock_equity(pg_url, schema)
+    try:
+        store.record_equity("r", T0, 1.0, 1.0, 0.0, 0.0)
+        t = time.monotonic()
+        await store.flush()  # spooled once the statement times out
+        assert 0.4 < time.monotonic() - t < 5
+        st = store.status()
+        assert st["state"] == "degraded" and st["spooled_batches"] == 1
+        assert "timed out after 0.5 s (storage.command_timeout_s)" in st["last_error"]
+        assert "timed out after 0.5 s" in st["detail"]
+    finally:
+        await locker.close()
+        await store.stop()
