@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -35,7 +36,15 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Collection,
+    Iterable,
+    Mapping,
+    Sequence,
+)
 from datetime import UTC, date, datetime
 from operator import itemgetter
 from pathlib import Path
@@ -207,6 +216,10 @@ class DatabaseUnavailable(StorageError):
     (constraint, SQL or type error) is a plain StorageError."""
 
 
+# A wait on the database longer than this shows in /ready as stalled (status()): a live
+# write takes milliseconds, a warm-up's 64 bars well under a second.
+STALLED_AFTER_S = 5.0
+
 # Named statements a batch may carry besides rows (spooled by name, not as SQL text).
 OPS: dict[str, Callable[[Dialect], str]] = {"end_run": end_run_sql}
 
@@ -304,6 +317,9 @@ class BufferedStore(ABC):
         self._replay_task: asyncio.Task[None] | None = None
         self._replay_error: BaseException | None = None
         self._closing = False
+        # The waits on the database under way (`_db_wait`): token -> (monotonic start, what).
+        self._waits: dict[int, tuple[float, str]] = {}
+        self._wait_tokens = itertools.count()
         # Test hook: called right after a replayed batch committed, before the spool learns
         # it is written (to simulate a crash there).
         self._after_replay_commit: Callable[[SpoolBatch], None] | None = None
@@ -364,6 +380,30 @@ class BufferedStore(ABC):
         """The database, for messages (credentials masked)."""
         return type(self).__name__
 
+    def _stall_hint(self) -> str:
+        """What a wait on this database that lasts may be, and its bound, for /ready."""
+        return ""
+
+    @contextlib.asynccontextmanager
+    async def _db_wait(self, what: str) -> AsyncIterator[None]:
+        """Around one wait on the database's answer (a dialect's write or query): `status()`
+        shows it once it has lasted `STALLED_AFTER_S`, naming `what`. A hung server froze
+        the engine behind its write in flight while /ready said "writing"."""
+        token = next(self._wait_tokens)
+        self._waits[token] = (time.monotonic(), what)
+        try:
+            yield
+        finally:
+            del self._waits[token]
+
+    def _stalled(self) -> tuple[float, str] | None:
+        """The oldest wait under way, as (seconds, what), when it has lasted too long."""
+        if not self._waits:
+            return None
+        since, what = min(self._waits.values())
+        waited = time.monotonic() - since
+        return (waited, what) if waited >= STALLED_AFTER_S else None
+
     # ------------------------------------------------------------------ spool
 
     def _configure_spool(
@@ -421,9 +461,12 @@ class BufferedStore(ABC):
 
     def status(self) -> dict[str, Any]:
         """For /ready (`health.status_check` reads `ok` and `detail`): ok while every write
-        reaches the database; degraded (ok=False) while batches are spooled; failed when the
-        spool cannot be replayed (a refused statement) or is full."""
+        reaches the database; degraded (ok=False) while batches are spooled; stalled (ok=False)
+        while a write or query has waited `STALLED_AFTER_S` or more for the database's answer
+        (what it is, for how long); failed when the spool cannot be replayed (a refused
+        statement) or is full."""
         sp = self._spool
+        stalled = self._stalled()
         where = self._where()
         st: dict[str, Any] = {
             "ok": True,
@@ -445,6 +488,9 @@ class BufferedStore(ABC):
             "replay_attempts": self.replay_attempts,
             "replayed_batches": self.replayed_batches,
             "pending_rows": sum(self._counts.values()),
+            # The oldest wait on the database's answer under way, once it is stalled.
+            "waiting_s": round(stalled[0], 1) if stalled else None,
+            "waiting_for": stalled[1] if stalled else None,
         }
         if sp is not None and sp.oldest is not None:
             st["oldest_spooled_at"] = datetime.fromtimestamp(sp.oldest, UTC).isoformat()
@@ -453,6 +499,17 @@ class BufferedStore(ABC):
             st["detail"] = (
                 f"database {where}: replaying the spool failed, the operator must act: "
                 f"{self._describe(self._replay_error)}"
+            )
+        elif stalled is not None:
+            st.update(ok=False, state="stalled")
+            spooled = (
+                f"; {sp.pending_batches} batches spooled to {sp.path}"
+                if sp is not None and sp.pending_batches
+                else ""
+            )
+            st["detail"] = (
+                f"database {where}: {stalled[1]} has waited {stalled[0]:.0f} s for an answer"
+                f"{self._stall_hint()}; rows are kept meanwhile{spooled}"
             )
         elif self.degraded:
             assert sp is not None

@@ -261,6 +261,12 @@ def _nan_as_null(table: Table, rows: list[Row]) -> list[Row]:
     return out
 
 
+def _writing(tables: Mapping[str, Sequence[Row]], what: str = "a batch") -> str:
+    """A write for /ready: 'the write of batch W-7 (equity 1 row, orders 2 rows)'."""
+    rows = ", ".join(f"{name} {len(r)} row{'s' * (len(r) != 1)}" for name, r in tables.items() if r)
+    return f"the write of {what}" + (f" ({rows})" if rows else "")
+
+
 def spool_target(url: str, schema: str | None) -> str:
     """The database a spool belongs to, without credentials: host, port, database, schema.
     Without `storage.schema`, the schema is the first of the URL's `?search_path=` (asyncpg
@@ -374,6 +380,13 @@ class PostgresStore(BufferedStore):
 
     def _where(self) -> str:
         return f"PostgreSQL at {self.safe_url}"
+
+    def _stall_hint(self) -> str:
+        return (
+            f" (it gives up after {self.command_timeout:g} s, storage.command_timeout_s): the "
+            "server is hung, or another session holds a lock it needs (see pg_stat_activity "
+            "and pg_locks)"
+        )
 
     def _error(self, what: str, e: BaseException) -> StorageError:
         cls = DatabaseUnavailable if unavailable(e) else StorageError
@@ -627,7 +640,7 @@ class PostgresStore(BufferedStore):
     async def _write_batches(self, batches: Mapping[str, list[Row]]) -> None:
         pool = self._get_pool()
         try:
-            async with _transaction(pool) as conn:
+            async with self._db_wait(_writing(batches)), _transaction(pool) as conn:
                 await self._write_tables(conn, batches)
                 faults.reached("flush")
         except _ERRORS as e:
@@ -635,8 +648,9 @@ class PostgresStore(BufferedStore):
 
     async def _write_batch(self, batch: SpoolBatch, check_applied: bool) -> bool:
         pool = self._get_pool()
+        what = _writing(batch.tables, f"{'spooled ' if check_applied else ''}batch {batch.id}")
         try:
-            async with _transaction(pool) as conn:
+            async with self._db_wait(what), _transaction(pool) as conn:
                 if check_applied:
                     last = await conn.fetchval(self._applied_sql, batch.writer)
                     if last is not None and last >= batch.seq:
@@ -658,7 +672,7 @@ class PostgresStore(BufferedStore):
     async def _execute(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         pool = self._get_pool()
         try:
-            async with _transaction(pool) as conn:
+            async with self._db_wait("a statement"), _transaction(pool) as conn:
                 for sql, args in statements:
                     await conn.execute(sql, *args)
         except _ERRORS as e:
@@ -667,7 +681,7 @@ class PostgresStore(BufferedStore):
     async def _query(self, sql: str, args: Sequence[Any]) -> list[Sequence[Any]]:
         pool = self._get_pool()
         try:
-            async with pool.acquire() as conn:
+            async with self._db_wait("a query"), pool.acquire() as conn:
                 return [tuple(r) for r in await conn.fetch(sql, *args)]
         except _ERRORS as e:
             raise self._error("query on", e) from e

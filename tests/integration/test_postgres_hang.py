@@ -9,6 +9,7 @@ client). Each test has its own schema on the shared server.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -87,6 +88,41 @@ async def test_a_write_the_database_does_not_answer_says_after_how_long_it_timed
         assert st["state"] == "degraded" and st["spooled_batches"] == 1
         assert "timed out after 0.5 s (storage.command_timeout_s)" in st["last_error"]
         assert "timed out after 0.5 s" in st["detail"]
+    finally:
+        await locker.close()
+        await store.stop()
+
+
+async def wait_for_state(store: PostgresStore, state: str, within_s: float = 10.0) -> dict:
+    async with asyncio.timeout(within_s):
+        while (st := store.status())["state"] != state:
+            await asyncio.sleep(0.02)
+    return st
+
+
+async def test_ready_says_a_write_is_stalled_and_on_what_while_the_database_does_not_answer(
+    pg_url: str, schema: str, tmp_path: Path, cleanup: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trial: the engine stood still behind a write in flight for a minute while /ready's
+    database check said ok, "writing"."""
+    from tradingd.storage import buffered
+
+    monkeypatch.setattr(buffered, "STALLED_AFTER_S", 0.2, raising=False)
+    store = store_of(pg_url, schema, tmp_path, command_timeout=30.0)
+    await store.start()
+    locker = await lock_equity(pg_url, schema)
+    try:
+        store.record_equity("r", T0, 1.0, 1.0, 0.0, 0.0)
+        flushing = asyncio.create_task(store.flush())
+        st = await wait_for_state(store, "stalled")
+        assert st["ok"] is False and st["waiting_s"] >= 0.2
+        assert "equity 1 row" in st["waiting_for"]
+        assert "has waited" in st["detail"] and "equity 1 row" in st["detail"]
+        assert "30 s, storage.command_timeout_s" in st["detail"] and "pg_locks" in st["detail"]
+        await locker.close()  # the lock goes: the write goes through
+        await asyncio.wait_for(flushing, 10)
+        st = store.status()
+        assert st["ok"] is True and st["state"] == "ok" and st["waiting_for"] is None
     finally:
         await locker.close()
         await store.stop()
