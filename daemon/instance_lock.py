@@ -151,6 +151,10 @@ def _pg_errors() -> tuple[type[BaseException], ...]:
     )
 
 
+# How long giving a PostgreSQL lock up at stop waits for the server (its two statements, then
+# the close): a stop with a hung database must end within systemd's TimeoutStopSec.
+RELEASE_WAIT_S = 3.0
+
 # Server-side TCP keepalive of the lock session: a holder whose host died without closing the
 # connection is noticed (and its lock freed) after about idle + interval * count seconds.
 _KEEPALIVE = {
@@ -545,20 +549,40 @@ class PostgresInstanceLock(InstanceLock):
                 return
             if was_held and not conn.is_closed():
                 try:
-                    await conn.execute(
-                        f"DELETE FROM {self._table} "
-                        "WHERE lock_key = $1 AND backend_pid = pg_backend_pid()",
-                        self.key,
-                    )
-                    await conn.fetchval("SELECT pg_advisory_unlock($1::bigint)", self.key)
+                    # A hung server held a SIGTERM here for 30 s (two statements and the
+                    # close, 10 s each): the stop is bounded, and ending the session frees
+                    # the lock all the same once the server notices.
+                    async with asyncio.timeout(RELEASE_WAIT_S):
+                        await conn.execute(
+                            f"DELETE FROM {self._table} "
+                            "WHERE lock_key = $1 AND backend_pid = pg_backend_pid()",
+                            self.key,
+                        )
+                        await conn.fetchval("SELECT pg_advisory_unlock($1::bigint)", self.key)
                 except _pg_errors() as e:
-                    log.warning("instance_lock.release_failed", error=scrub(str(e), self._url))
+                    log.warning(
+                        "instance_lock.release_failed",
+                        error=self._explain(e),
+                        hint="the session is ended instead: the server frees the lock when it "
+                        "sees it gone",
+                        **self.describe(),
+                    )
+                    conn.terminate()
+                    log.info("instance_lock.released", **self.describe())
+                    return
             await self._close(conn)
             log.info("instance_lock.released", **self.describe())
 
+    def _explain(self, e: BaseException) -> str:
+        """`e` as "Type: message" for a log, without the URL's password. A timeout has no
+        message (release_failed logged `error: ""`): it says after how long."""
+        if isinstance(e, TimeoutError) and not str(e):
+            return f"TimeoutError: no answer within {RELEASE_WAIT_S:g} s"
+        return scrub(f"{type(e).__name__}: {e}", self._url)
+
     async def _close(self, conn: asyncpg.Connection) -> None:
         try:
-            await asyncio.wait_for(conn.close(), self._connect_timeout)
+            await asyncio.wait_for(conn.close(), min(self._connect_timeout, RELEASE_WAIT_S))
         except _pg_errors():
             conn.terminate()
         except asyncio.CancelledError:

@@ -220,6 +220,11 @@ class DatabaseUnavailable(StorageError):
 # write takes milliseconds, a warm-up's 64 bars well under a second.
 STALLED_AFTER_S = 5.0
 
+# How long `stop()` waits for the database in all (its writes and the pool's close): what it
+# has not written by then stays in the spool for the next start. A stop with a hung database
+# took about 120 s, past systemd's TimeoutStopSec (60 s), which then SIGKILLs.
+STOP_BUDGET_S = 10.0
+
 # Named statements a batch may carry besides rows (spooled by name, not as SQL text).
 OPS: dict[str, Callable[[Dialect], str]] = {"end_run": end_run_sql}
 
@@ -317,9 +322,13 @@ class BufferedStore(ABC):
         self._replay_task: asyncio.Task[None] | None = None
         self._replay_error: BaseException | None = None
         self._closing = False
-        # The waits on the database under way (`_db_wait`): token -> (monotonic start, what).
+        # The waits on the database under way (`_db_wait`): token -> (monotonic start, what),
+        # and their timeouts, moved to `_stop_by` when the stop begins.
         self._waits: dict[int, tuple[float, str]] = {}
+        self._wait_scopes: dict[int, asyncio.Timeout] = {}
         self._wait_tokens = itertools.count()
+        # The event loop's time by which `stop()` is done with the database (None: running).
+        self._stop_by: float | None = None
         # Test hook: called right after a replayed batch committed, before the spool learns
         # it is written (to simulate a crash there).
         self._after_replay_commit: Callable[[SpoolBatch], None] | None = None
@@ -387,14 +396,39 @@ class BufferedStore(ABC):
     @contextlib.asynccontextmanager
     async def _db_wait(self, what: str) -> AsyncIterator[None]:
         """Around one wait on the database's answer (a dialect's write or query): `status()`
-        shows it once it has lasted `STALLED_AFTER_S`, naming `what`. A hung server froze
-        the engine behind its write in flight while /ready said "writing"."""
+        shows it once it has lasted `STALLED_AFTER_S`, naming `what` (a hung server froze
+        the engine behind its write in flight while /ready said "writing"). Once `stop()`
+        has begun, it ends by `_stop_by`: DatabaseUnavailable, so a write goes to the spool
+        (its outcome unknown: the spool's replay skips it if its marker is in)."""
         token = next(self._wait_tokens)
         self._waits[token] = (time.monotonic(), what)
         try:
-            yield
+            async with asyncio.timeout_at(self._stop_by) as scope:
+                self._wait_scopes[token] = scope
+                yield
+        except TimeoutError as e:
+            if not scope.expired():
+                raise  # the dialect's own timeout
+            raise DatabaseUnavailable(
+                f"{what}: no answer from {self._where()} within the stop's {STOP_BUDGET_S:g} s"
+            ) from e
         finally:
             del self._waits[token]
+            self._wait_scopes.pop(token, None)
+
+    def _begin_stop(self) -> None:
+        """From now on every wait on the database ends by `STOP_BUDGET_S` from now, the
+        ones under way included."""
+        if self._stop_by is None:
+            self._stop_by = asyncio.get_running_loop().time() + STOP_BUDGET_S
+        for scope in self._wait_scopes.values():
+            scope.reschedule(self._stop_by)
+
+    def _stop_time_left(self) -> float | None:
+        """Seconds left of the stop's budget (None: not stopping)."""
+        if self._stop_by is None:
+            return None
+        return max(0.0, self._stop_by - asyncio.get_running_loop().time())
 
     def _stalled(self) -> tuple[float, str] | None:
         """The oldest wait under way, as (seconds, what), when it has lasted too long."""
@@ -809,6 +843,7 @@ class BufferedStore(ABC):
         """`connect()` (which raises DatabaseUnavailable while the database does not answer),
         then replay orphaned spools; retried with backoff for up to `start_retry_s`."""
         self._closing = False
+        self._stop_by = None
         deadline = time.monotonic() + self.start_retry_s
         backoff = Backoff(self.retry_base_s, self.retry_max_s)
         attempts = 0
@@ -889,10 +924,13 @@ class BufferedStore(ABC):
     async def stop(self) -> None:
         """Write what is buffered (to the spool if the database is down), try once more to
         write the spool, then close; a spool still not written stays on disk for the next
-        start. With everything written, this writer's `spool_applied` row is deleted
-        (`_forget_writer`)."""
+        start (`storage.stop.left_in_spool` says so). With everything written, this writer's
+        `spool_applied` row is deleted (`_forget_writer`). With a spool, the database gets
+        `STOP_BUDGET_S` in all (a hung one held a SIGTERM for about 120 s)."""
+        sp = self._spool
+        if sp is not None:
+            self._begin_stop()
         try:
-            sp = self._spool
             if sp is not None and sp.pending_batches:
                 # Spooled batches first (the database may be back): new rows go after them.
                 try:
@@ -915,6 +953,16 @@ class BufferedStore(ABC):
                 await self._forget_writer(self.writer, self._seq)
         finally:
             try:
+                if sp is not None and sp.pending_batches:
+                    log.warning(
+                        "storage.stop.left_in_spool",
+                        spool=str(sp.path),
+                        batches=sp.pending_batches,
+                        bytes=sp.pending_bytes,
+                        database=self._where(),
+                        error=self.last_error,
+                        hint="written to the database by the next start (nothing is lost)",
+                    )
                 await self._stop_spool()
             finally:
                 await self._close()

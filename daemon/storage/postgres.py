@@ -582,9 +582,15 @@ class PostgresStore(BufferedStore):
     async def _close(self) -> None:
         if self._pool is not None:
             pool, self._pool = self._pool, None
+            # A graceful close waits for the server: not for one that is down or hung, nor
+            # past what is left of the stop's budget.
+            left = self._stop_time_left()
+            wait = self.connect_timeout if left is None else min(self.connect_timeout, left)
+            if self._down_at is not None or wait <= 0:
+                pool.terminate()
+                return
             try:
-                # A graceful close waits for the server: not for a hung one.
-                await asyncio.wait_for(pool.close(), self.connect_timeout)
+                await asyncio.wait_for(pool.close(), wait)
             except _ERRORS:
                 pool.terminate()
 

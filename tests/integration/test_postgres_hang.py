@@ -126,3 +126,69 @@ async def test_ready_says_a_write_is_stalled_and_on_what_while_the_database_does
     finally:
         await locker.close()
         await store.stop()
+
+
+async def test_a_stop_with_a_write_hung_ends_within_its_budget_and_spools_the_write(
+    pg_url: str, schema: str, tmp_path: Path, cleanup: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trial's SIGTERM with PostgreSQL hung took about 120 s (systemd kills at 60): the
+    stop waited out every statement's timeout in turn. It now gives the database
+    STOP_BUDGET_S in all; what is not written by then is in the spool, said in a log line,
+    and the next start writes it, once."""
+    from structlog.testing import capture_logs
+
+    from tradingd.storage import buffered
+
+    monkeypatch.setattr(buffered, "STOP_BUDGET_S", 1.0, raising=False)
+    store = store_of(pg_url, schema, tmp_path, command_timeout=20.0)
+    await store.start()
+    locker = await lock_equity(pg_url, schema)
+    try:
+        store.record_equity("r", T0, 1.0, 2.0, 0.0, 0.0)
+        await store.write_behind()  # the write in flight, hung on the lock
+        t = time.monotonic()
+        with capture_logs() as logs:
+            await store.stop()
+        took = time.monotonic() - t
+        assert took < 5, took
+        left = [e for e in logs if e["event"] == "storage.stop.left_in_spool"]
+        assert left and left[0]["batches"] == 1 and "next start" in left[0]["hint"]
+        assert "within the stop's 1 s" in str(left[0]["error"])
+    finally:
+        await locker.close()
+    again = store_of(pg_url, schema, tmp_path)
+    await again.start()  # writes the spool it left
+    try:
+        rows = await again.fetch("equity", "r")
+        assert [(r["cash"], r["equity"]) for r in rows] == [(1.0, 2.0)]
+    finally:
+        await again.stop()
+
+
+async def test_giving_up_a_lock_on_a_hung_database_is_bounded_and_names_the_error(
+    pg_url: str, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The lock's release waited 10 s per statement and 10 s for the close with the database
+    hung, and logged `instance_lock.release_failed` with `error: ""`."""
+    from structlog.testing import capture_logs
+
+    from tradingd import instance_lock
+    from tradingd.instance_lock import acquire_instance_lock
+
+    monkeypatch.setattr(instance_lock, "RELEASE_WAIT_S", 0.5, raising=False)
+    lock = await acquire_instance_lock(pg_url, f"hang-{uuid.uuid4().hex}", schema=schema)
+    locker = await asyncpg.connect(pg_url, timeout=10)
+    try:
+        await locker.execute("BEGIN")
+        await locker.execute(f'LOCK TABLE "{schema}".tradingd_instance IN ACCESS EXCLUSIVE MODE')
+        t = time.monotonic()
+        with capture_logs() as logs:
+            await lock.release()
+        assert time.monotonic() - t < 3
+        [failed] = [e for e in logs if e["event"] == "instance_lock.release_failed"]
+        assert failed["error"] == "TimeoutError: no answer within 0.5 s"
+        assert any(e["event"] == "instance_lock.released" for e in logs)
+        await locker.execute("ROLLBACK")
+        await locker.execute(f'DROP SCHEMA "{schema}" CASCADE')
+    finally:
+        await locker.close()
