@@ -121,15 +121,34 @@ async def _transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
     when the pool takes it back; the pool's reset then logged "Resetting connection with an
     active transaction" at error level and rolled back over the dying socket (an outage test
     failed on those lines). Such a connection is of no further use: it is closed here, the
-    pool opens a new one, and the server drops the unfinished transaction."""
+    pool opens a new one, and the server drops the unfinished transaction.
+
+    A statement that timed out (or was cancelled: a stop's deadline), the BEGIN and COMMIT
+    included, ends its connection the same way, without a ROLLBACK: a server that did not
+    answer it would not answer the ROLLBACK, nor the reset the pool runs on a connection it
+    takes back, and each waited storage.command_timeout_s again (a hung server's write gave
+    up after twice the timeout)."""
     async with pool.acquire() as conn:
+        tr = conn.transaction()
         try:
-            async with conn.transaction():
+            await tr.start()
+            try:
                 yield conn
-        except BaseException:
-            if not conn.is_closed() and conn.is_in_transaction():
+            except BaseException as e:
+                if not _no_answer(e) and not conn.is_closed():
+                    await tr.rollback()
+                raise
+            await tr.commit()
+        except BaseException as e:
+            if _no_answer(e) or (not conn.is_closed() and conn.is_in_transaction()):
                 conn.terminate()
             raise
+
+
+def _no_answer(e: BaseException) -> bool:
+    """The server did not answer in time (asyncpg's command timeout), or the wait for it was
+    cancelled (a stop's deadline): its session is of no further use."""
+    return isinstance(e, TimeoutError | asyncio.CancelledError)
 
 
 def _float_positions(table: Table) -> tuple[int, ...]:
@@ -688,6 +707,11 @@ class PostgresStore(BufferedStore):
         pool = self._get_pool()
         try:
             async with self._db_wait("a query"), pool.acquire() as conn:
-                return [tuple(r) for r in await conn.fetch(sql, *args)]
+                try:
+                    return [tuple(r) for r in await conn.fetch(sql, *args)]
+                except BaseException as e:
+                    if _no_answer(e):  # else the pool's reset waits out the timeout again
+                        conn.terminate()
+                    raise
         except _ERRORS as e:
             raise self._error("query on", e) from e

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import asyncpg
 import pytest
@@ -192,3 +193,77 @@ async def test_giving_up_a_lock_on_a_hung_database_is_bounded_and_names_the_erro
         await locker.execute(f'DROP SCHEMA "{schema}" CASCADE')
     finally:
         await locker.close()
+
+
+class FreezableProxy:
+    """A TCP proxy to PostgreSQL that stops passing anything on while frozen: a hung server
+    as the client sees it (the storage trial SIGSTOPped the server), which, unlike a lock,
+    answers no cancel request, no ROLLBACK and no reset either."""
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        self.target = (parts.hostname or "127.0.0.1", parts.port or 5432)
+        self.url = url
+        self.thawed = asyncio.Event()
+        self.thawed.set()
+        self.writers: list[asyncio.StreamWriter] = []
+        self.server: asyncio.Server | None = None
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        parts = urlsplit(self.url)
+        user = f"{parts.username}@" if parts.username else ""
+        return parts._replace(netloc=f"{user}127.0.0.1:{port}").geturl()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        up_reader, up_writer = await asyncio.open_connection(*self.target)
+        self.writers += [writer, up_writer]
+        await asyncio.gather(
+            self._pipe(reader, up_writer), self._pipe(up_reader, writer), return_exceptions=True
+        )
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                await self.thawed.wait()
+                writer.write(data)
+                await writer.drain()
+        finally:
+            writer.close()
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        for writer in self.writers:
+            writer.transport.abort()
+
+
+@pytest.fixture
+async def proxy(pg_url: str) -> AsyncIterator[FreezableProxy]:
+    p = FreezableProxy(pg_url)
+    yield p
+    await p.close()
+
+
+async def test_a_hung_server_s_write_gives_up_after_one_command_timeout_not_two(
+    proxy: FreezableProxy, schema: str, tmp_path: Path, cleanup: None
+) -> None:
+    """The trial's hung write waited 30 s with a 15 s timeout: after the statement's timeout
+    (or the BEGIN's) the pool's reset of the connection it took back waited as long again.
+    The connection is ended instead (the server drops its transaction)."""
+    url = await proxy.start()
+    store = store_of(url, schema, tmp_path, command_timeout=1.0)
+    await store.start()
+    try:
+        proxy.thawed.clear()
+        store.record_equity("r", T0, 1.0, 1.0, 0.0, 0.0)
+        t = time.monotonic()
+        await store.flush()
+        took = time.monotonic() - t
+        assert 0.9 < took < 1.7, took
+        st = store.status()
+        assert st["spooled_batches"] == 1 and "timed out after 1 s" in st["last_error"]
+    finally:
+        proxy.thawed.set()
+        await store.stop()
