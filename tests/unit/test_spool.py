@@ -718,14 +718,22 @@ def test_a_connection_caught_mid_exchange_by_an_outage_is_an_outage():
     assert unavailable(err)
     assert not unavailable(asyncpg.InternalClientError("unexpected message type"))
 
+    class Transaction:  # asyncpg's Transaction: its BEGIN (`start`) fails
+        async def start(self):
+            raise err
+
+        async def __aenter__(self):
+            await self.start()
+
+        async def __aexit__(self, *exc):
+            return False
+
     class Conn:
         def transaction(self):
-            @contextlib.asynccontextmanager
-            async def tx():
-                raise err
-                yield
+            return Transaction()
 
-            return tx()
+        def terminate(self):
+            pass
 
         def is_closed(self):  # asked after a failed transaction (postgres._transaction)
             return False
