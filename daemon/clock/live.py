@@ -163,6 +163,7 @@ class LiveClock:
         self._failure: BaseException | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._ends_said: date | None = None  # the day `calendar.ends` was last logged
+        self._step_back_said: datetime | None = None  # a kept release `clock.stepped_back` named
 
     # -- what the health / ready check and the catch-up need ------------------------------
 
@@ -501,16 +502,39 @@ class LiveClock:
     def _roll_back_if_stepped(self, now: datetime) -> None:
         """A forward step of the wall clock released bars that had not closed (their fetch
         found nothing: bar.unavailable); when it steps back, the watermark stayed on them and
-        their real release was skipped. Released labels that have not closed `delay_s` ago
-        at `now` are taken back (not yet handed over: dropped) and released again at their
-        time; the engine skips one it has stepped meanwhile, so nothing trades twice."""
+        their real release was skipped. Released labels that have not closed at `now` are
+        taken back (not yet handed over: dropped) and released again at their time; the
+        engine skips one it has stepped meanwhile, so nothing trades twice.
+
+        A label that has closed at `now` is kept, even if `delay_s` has not passed since: a
+        small step back (NTP slewing a second just after a release) would otherwise take
+        back a bar released on time and release it again (`clock.stepped_back` and the
+        engine's `bar.released_again`, two warnings for nothing). `delay_s` is the vendor's
+        margin; a vendor without the bar yet is the engine's late-bar retry's business."""
         released = self._last_released
+        if released is None:
+            return
         latest = self.exchange.last_closed(self._closed_by(now))
-        if released is None or (latest is not None and released <= latest):
+        if latest is not None and released <= latest:
+            return
+        close = self.exchange.close_of(released)
+        behind = close + self._delay - now
+        closed = self.exchange.last_closed(min(now, self.exchange.coverage[1]))
+        if closed is not None and released <= closed:
+            if self._step_back_said != released:
+                self._step_back_said = released
+                log.info(
+                    "clock.stepped_back",
+                    now=now.isoformat(),
+                    behind_s=round(behind.total_seconds(), 3),
+                    released_early=[],
+                    kept=released.isoformat(),
+                    rule="the wall clock went back, not past the close of the bars released: "
+                    "none is released again",
+                )
             return
         floor = self._start_watermark  # had at start, never released: not taken back
-        back_to = floor if latest is None or (floor is not None and floor > latest) else latest
-        close = self.exchange.close_of(released)
+        back_to = floor if closed is None or (floor is not None and floor > closed) else closed
         undone = self.exchange.closed_after(back_to, close)
         kept = [t for t in self._pending if back_to is not None and t <= back_to]
         self._pending.clear()
@@ -518,15 +542,14 @@ class LiveClock:
         self._watermark = back_to
         # Every label after the start's was released by this clock.
         self._last_released = back_to if back_to is not None and back_to != floor else None
-        behind = close + self._delay - now
         log.warning(
             "clock.stepped_back",
             now=now.isoformat(),
             behind_s=round(behind.total_seconds(), 3),
             released_early=[t.isoformat() for t in undone],
             watermark=back_to.isoformat() if back_to else None,
-            rule="the wall clock went back past bars released early: each is released again "
-            "when it is due",
+            rule="the wall clock went back past the close of bars released early: each is "
+            "released again when it is due",
         )
 
     def _release_due(self) -> list[datetime]:
@@ -560,7 +583,11 @@ class LiveClock:
         if self._scheduler is None:
             return
         now = self._now()
-        label, close = self.exchange.next_close(now - self._delay)
+        after = now - self._delay
+        if self._last_released is not None:
+            # A small step back keeps a bar released on time: arm for the next, not for it.
+            after = max(after, self.exchange.close_of(self._last_released))
+        label, close = self.exchange.next_close(after)
         target = close + self._delay  # > now: the bar has not closed delay_s ago yet
         run_date = _wall_clock() + (target - now)
         self._scheduler.add_job(

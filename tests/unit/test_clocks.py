@@ -276,6 +276,33 @@ async def test_a_bar_released_by_a_forward_step_of_the_wall_clock_is_released_ag
         await clock.stop()
 
 
+async def test_a_small_step_back_after_a_release_on_time_does_not_release_the_bar_again():
+    """NTP stepped the clock back 1 s, 0.2 s after Wednesday's release: the bar had closed
+    long before, and was taken back and released again (a `clock.stepped_back` warning, and
+    the engine's `bar.released_again`)."""
+    now = FakeTime(u(2024, 11, 27, 21, 5) + timedelta(seconds=0.2))
+    clock = LiveClock(LiveConfig(delay_s=300), now=now, resume_after=d(2024, 11, 26))
+    await clock.start()
+    try:
+        assert drain(clock) == [d(2024, 11, 27)]
+        with capture_logs() as logs:
+            now.t -= timedelta(seconds=1)
+            await clock._tick()
+            await clock._tick()  # said once, not at every heartbeat
+            assert drain(clock) == []
+            assert clock.next_release_at == u(2024, 11, 29, 18, 5)  # Friday's, not Wednesday's
+            now.t += timedelta(seconds=1.5)
+            await clock._tick()
+        assert drain(clock) == []
+        assert clock.last_released == d(2024, 11, 27)
+        [stepped] = [e for e in logs if e["event"] == "clock.stepped_back"]
+        assert stepped["log_level"] == "info" and stepped["released_early"] == []
+        assert stepped["behind_s"] == 0.8
+        assert not [e for e in logs if e["log_level"] in ("warning", "error")]
+    finally:
+        await clock.stop()
+
+
 async def test_resume_after_releases_the_backlog_at_start():
     now = FakeTime(u(2024, 12, 2, 15))
     clock = LiveClock(LiveConfig(delay_s=300), now=now, resume_after=d(2024, 11, 25))
