@@ -50,7 +50,10 @@ seconds; it is labelled by its session date in the exchange's time zone
 (`meta.exchangeTimezoneName`). An intraday bar is labelled by its start in UTC. The live
 session's last bar is stamped `regularMarketTime`: an intraday one (volume 0 and O=H=L=C, or
 off the interval grid) is dropped; a daily one is served only once the session has closed
-(`meta.currentTradingPeriod.regular.end` when it is that session, else the `Session` close).
+(`meta.currentTradingPeriod.regular.end` when it is that session, else the `Session` close),
+and not while the answer itself shows that session trading (its bar stamped with a last
+trade before that end) whatever the local clock says: a clock ahead of Yahoo's is said
+(`yahoo.clock_ahead`, by how much) and the bar is asked for again.
 Bars not closed are left out before the splits and dividends are placed: an action on (or
 carried to) such a bar waits for it (`yahoo.event_pending`), as one after the last bar does.
 """
@@ -337,7 +340,7 @@ def parse_chart(
         labels = utc.tz_localize(None).astype("datetime64[ns]")
     # Closed bars only, before the actions are placed: a split or dividend put on a bar
     # still in progress (or stamped ahead of `now`) left with that bar, without a word.
-    closed = _closed(labels, interval, now, session, tz, meta)
+    closed = _closed(labels, interval, now, session, tz, meta, ts, once)
     if not closed.all():
         ts, o, h, lo, c, v = ts[closed], o[closed], h[closed], lo[closed], c[closed], v[closed]
         local_dates, labels = local_dates[closed], labels[closed]
@@ -389,12 +392,20 @@ def _closed(
     session: Session,
     tz: str,
     meta: dict[str, Any],
+    stamps: np.ndarray | None = None,
+    once: Once | None = None,
 ) -> np.ndarray:
     """Per bar (`labels`, naive UTC): whether it has closed at `now` (`closed_only`, with
-    the session's exact close when Yahoo gives it: `meta.currentTradingPeriod.regular.end`)."""
+    the session's exact close when Yahoo gives it: `meta.currentTradingPeriod.regular.end`).
+
+    A daily bar the answer itself shows in progress is not closed, whatever `now` says
+    (`_in_progress_by_answer`): judged by the local clock alone, a clock running ahead by
+    more than `delay_s` took the session's partial bar for the closed one (traded on, then
+    restated)."""
     closes: dict[date, datetime] = {}
     period = _object(meta.get("currentTradingPeriod"), "meta.currentTradingPeriod")
     regular = _object(period.get("regular"), "meta.currentTradingPeriod.regular")
+    end: float | None = None
     if interval.daily and regular.get("end"):
         end = _epoch(
             _number(regular, "end", "meta.currentTradingPeriod.regular"),
@@ -405,6 +416,57 @@ def _closed(
     kept = closed_only(bars, interval, now, session, timezone=tz, closes=closes).index
     out = np.zeros(len(labels), dtype=bool)
     out[kept.to_numpy()] = True
+    if end is not None and stamps is not None:
+        out &= ~_in_progress_by_answer(labels, stamps, out, end, now, tz, meta, once)
+    return out
+
+
+def _in_progress_by_answer(
+    labels: pd.DatetimeIndex,
+    stamps: np.ndarray,
+    closed: np.ndarray,
+    end: float,
+    now: datetime,
+    tz: str,
+    meta: dict[str, Any],
+    once: Once | None,
+) -> np.ndarray:
+    """Per daily bar: whether the answer shows it in progress although `now` (the local
+    clock) has it closed. Yahoo stamps the live session's bar with `meta.regularMarketTime`
+    (its last trade) instead of the session's open; such a bar of the session of
+    `meta.currentTradingPeriod.regular`, with a last trade before that session's `end`, is
+    the session still trading at Yahoo: the local clock is ahead of Yahoo's by at least
+    `now - end` and at most `now - regularMarketTime`. Said once a session
+    (`yahoo.clock_ahead`, naming both). A closed session's bar (stamped at its open, or a
+    last trade at or after the end) and an answer without `regularMarketTime` are judged by
+    the local clock alone, as before."""
+    out = np.zeros(len(labels), dtype=bool)
+    rmt = meta.get("regularMarketTime")
+    if rmt is None or isinstance(rmt, bool) or not isinstance(rmt, int | float):
+        return out
+    last_trade = _epoch(float(rmt), "meta.regularMarketTime")
+    if last_trade >= end:
+        return out
+    day = pd.Timestamp(_session_date(end - 1, tz))
+    out = closed & (labels == day) & (stamps == int(last_trade))
+    if out.any():
+        session = day.date().isoformat()
+        if once is None or once.first(("clock_ahead", session)):
+            closes_at = datetime.fromtimestamp(int(end), UTC)
+            traded_at = datetime.fromtimestamp(int(last_trade), UTC)
+            log.warning(
+                "yahoo.clock_ahead",
+                symbol=meta.get("symbol"),
+                session=session,
+                local_now=now.isoformat(),
+                vendor_last_trade=traded_at.isoformat(),
+                session_close=closes_at.isoformat(),
+                ahead_s_at_least=round((now - closes_at).total_seconds(), 3),
+                ahead_s_at_most=round((now - traded_at).total_seconds(), 3),
+                rule="Yahoo's answer shows the session still trading (last trade before its "
+                "close) while the local clock has it closed: the bar is not taken (asked "
+                "again); the machine's clock is ahead: check its time sync (NTP)",
+            )
     return out
 
 

@@ -12,6 +12,7 @@ from fakes import BarBook, fixture_json, need_fixtures
 from fakes.yahoo_server import YahooFake, day_epoch
 from structlog.testing import capture_logs
 
+from tradingd.core.errors import RetryableError
 from tradingd.feeds.resilience import ResilientCaller, SourceConfig, SourceError
 from tradingd.feeds.response_cache import ResponseCache
 from tradingd.feeds.vendor import Session, VendorFeed, parse_interval
@@ -302,6 +303,56 @@ async def test_in_progress_daily_bar_waits_for_the_close(fake, make_client):
     book.now = utc(2024, 3, 6, 21, 1)
     res = await client.fetch(["AAA"], "1d", utc(2024, 3, 1), utc(2024, 3, 6))
     assert one(res, "AAA")["time"].iloc[-1] == pd.Timestamp("2024-03-06")
+
+
+async def test_a_daily_bar_yahoo_shows_trading_is_not_closed_by_a_fast_local_clock(fake):
+    """The machine's clock 20 minutes ahead (21:10 UTC, Yahoo at 20:50, the close at 21:00):
+    the session's bar, stamped with its last trade, was taken for the closed one (traded
+    on, then restated at the next bar), with no word of the clock."""
+    book = fake.book
+    book.now = utc(2024, 3, 6, 20, 50)
+    ahead = timedelta(minutes=20)
+    caller = ResilientCaller("yahoo", SourceConfig(backoff_base_s=0.0), sleep=no_sleep)
+    client = YahooClient(base_url=fake.url, caller=caller, clock=lambda: book.now + ahead)
+    feed = VendorFeed(
+        client, ["AAA", "BBB"], "1d", clock=lambda: book.now + ahead, is_session=lambda t: True
+    )
+    label = utc(2024, 3, 6)
+    await feed.start()
+    try:
+        with capture_logs() as logs, pytest.raises(RetryableError, match="no bar yet"):
+            await feed.bars(label)  # pending, asked again
+        [said] = [e for e in logs if e["event"] == "yahoo.clock_ahead"]  # once, not a symbol
+        assert said["log_level"] == "warning" and said["session"] == "2024-03-06"
+        assert (said["ahead_s_at_least"], said["ahead_s_at_most"]) == (600.0, 1200.0)
+        assert said["vendor_last_trade"] == "2024-03-06T20:50:00+00:00"
+        book.now = utc(2024, 3, 6, 21, 0)  # Yahoo's session closed
+        bar = await feed.bars(label)
+        assert bar is not None
+        finals = [book.daily(s, date(2024, 3, 6), date(2024, 3, 6))[0] for s in ("AAA", "BBB")]
+        assert list(bar.close) == pytest.approx([f.close for f in finals], abs=0.011)
+        assert list(bar.volume) == [f.volume for f in finals]
+    finally:
+        await feed.stop()
+
+
+async def test_a_recorded_closed_daily_bar_is_served_however_its_last_trade_is_stamped(
+    fake, make_client
+):
+    """Recorded after the close: 6309.T's last bar stamped with its last trade (at the
+    close), 1301.T's at the open with a last trade after the close: both closed."""
+    need_fixtures()
+    for symbol, fixture, day in (
+        ("6309.T", "chart_6309.T_1d_range1mo_div_split.json", "2025-05-19"),
+        ("1301.T", "chart_1301.T_1d_range1mo.json", "2024-12-06"),
+    ):
+        fake.serve_recorded(symbol, fixture)
+        fake.book.now = utc(*map(int, day.split("-")), 7, 0)  # 16:00 Tokyo
+        client = await make_client(Session(timezone="Asia/Tokyo"))
+        with capture_logs() as logs:
+            res = await client.fetch([symbol], "1d", utc(2024, 11, 1), fake.book.now)
+        assert one(res, symbol)["time"].iloc[-1] == pd.Timestamp(day)
+        assert not [e for e in logs if e["event"] == "yahoo.clock_ahead"]
 
 
 async def test_unknown_symbol_fails_alone(fake, make_client):
