@@ -1569,7 +1569,7 @@ class Engine:
                     bar = (
                         None
                         if deadline is None
-                        else await self._fetch_late(t, deadline, first_wait)
+                        else await self._fetch_late(t, deadline, first_wait, missed)
                     )
                     if bar is None:
                         if len(missed) == missed.maxlen:
@@ -2595,7 +2595,11 @@ class Engine:
         return wait, f"in {wait:.3g} s, the wait doubling, until {text}, then next bar"
 
     async def _fetch_late(
-        self, t: datetime, deadline: datetime, wait: float
+        self,
+        t: datetime,
+        deadline: datetime,
+        wait: float,
+        missed: deque[datetime] | None = None,
     ) -> CrossSection | None:
         """A released bar the source did not deliver (a vendor posts a daily bar a little
         after close + delay_s): asked for again after `wait` (`_late_retry`: the clock's
@@ -2604,7 +2608,13 @@ class Engine:
         the clock releases another bar. Before, it waited for the next release and was then
         stepped without trading: the day was lost. The bar when it came in time, else None
         (kept as missed: recovered without trading before the next bar). One line when it
-        comes or is given up, not one an attempt; /ready names it meanwhile (last_bar)."""
+        comes or is given up, not one an attempt; /ready names it meanwhile (last_bar).
+
+        `missed`, the older bars the source did not deliver either, are recovered first at
+        each attempt (`_recover_missed`: fetched and stepped untraded, in time order), as
+        before a bar on time: a source that came back while this bar was asked for again
+        had them all declared lost (`bar.lost`) when this one arrived, the features run
+        across the hole."""
         clock = cast(_WallClock, self.clock)  # it has a trade deadline: `_late_bar_deadline`
         attempts = 1
         while True:
@@ -2620,6 +2630,10 @@ class Engine:
             if reason is None:
                 attempts += 1
                 self.on_heartbeat(busy=True)
+                if missed:
+                    await self._recover_missed(missed)  # older first: fetched in time order
+                    if self._stop_requested:
+                        return None
                 try:
                     done, bar = await self._unless_stopped(self.feed.bars(t))
                 except RetryableError as exc:

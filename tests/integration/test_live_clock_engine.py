@@ -148,6 +148,40 @@ async def test_a_late_bar_that_comes_after_the_next_open_is_recovered_without_tr
     assert [e["time"] for e in logs if e["event"] == "bar.recovered"] == [LABEL]
 
 
+async def test_bars_missed_in_an_outage_are_recovered_when_the_source_is_back_for_a_late_bar(
+    engine_config,
+):
+    """The source down from Tuesday's release to 30 minutes after Wednesday's: Tuesday's bar
+    was given up at Wednesday's open, and Wednesday's asked for again. When the source came
+    back, Wednesday's bar arrived late and traded, but Tuesday's was declared lost
+    (`bar.lost`, never stepped: the features ran across the hole), as it is not when the
+    source comes back before a release. It is fetched and stepped untraded first."""
+    now = FakeTime(datetime(2020, 4, 14, 20, 0, 5, tzinfo=UTC))
+    engine, stepped = _engine(engine_config, now)
+    back = datetime(2020, 4, 15, 20, 30, tzinfo=UTC)
+    bars = engine.feed.bars
+    asked: list[datetime] = []
+
+    async def vendor(t):  # type: ignore[no-untyped-def]
+        asked.append(t)
+        if t >= LABEL and now.t < back:  # the warm-up's history came
+            raise RetryableError("yahoo: no symbol could be fetched (kinds: http_5xx)")
+        return await bars(t)
+
+    engine.feed.bars = vendor
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    assert [(t, trade) for t, trade in stepped if t >= LABEL] == [(LABEL, False), (NEXT, None)]
+    assert [e["time"] for e in logs if e["event"] == "bar.recovered"] == [LABEL]
+    assert not [e for e in logs if e["event"] == "bar.lost"]
+    [late] = [e for e in logs if e["event"] == "bar.arrived_late"]
+    assert late["time"] == NEXT and late["trade"] is True
+    # In time order: Tuesday's fetched (and stepped) before Wednesday's is asked for again.
+    served = [t for t in asked if t >= LABEL][-2:]
+    assert served == [LABEL, NEXT]
+    assert engine.bars_never_traded == 1
+
+
 async def test_a_bar_recovered_untraded_counts_as_never_traded(engine_config, tmp_path):
     """A bar that came only after it could trade was stepped untraded, yet the run ended
     with `bars_never_traded` 0 and no warning: a quant comparing the run with a backtest
