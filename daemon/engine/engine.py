@@ -1586,6 +1586,11 @@ class Engine:
                         self.feed_outage.delivered(t)
                         await self.step(bar, self._catch_up(t))
                     else:
+                        if self.lock is not None and not await self.lock.ensure_held():
+                            # The lock's session ended and another daemon holds it now
+                            # (a PostgreSQL restart): this bar is not decided here. No I/O
+                            # while the session is alive (InstanceLockService.ensure_held).
+                            break
                         while missed:  # still not delivered, and a newer bar is here
                             lost = missed.popleft()
                             self.feed_outage.lost(lost, newer=t)
@@ -1907,7 +1912,7 @@ class Engine:
                     f"this build reads {CHECKPOINT_FORMAT}: finish that run with the build "
                     "that wrote it, or start a new run (another run.name)"
                 )
-            self.portfolio.restore(st["portfolio"])
+            self.portfolio.restore(st["portfolio"], resume.bar_time)
             restore = getattr(self.broker, "restore", None)
             if st.get("broker") is not None and restore is not None:
                 restore(st["broker"])

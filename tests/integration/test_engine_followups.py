@@ -2824,3 +2824,41 @@ async def test_a_signal_without_a_view_is_in_the_summary_json(engine_config, mon
     assert written["warnings"] == [
         {"warning": "signal_without_view", "plugin": "never_a_view", "bars": out.result.bars}
     ]
+
+
+async def test_a_bar_is_not_decided_once_the_instance_lock_says_it_is_lost(engine_config):
+    """After a PostgreSQL restart the lock's session was gone and another daemon could take
+    the lock; the engine decided bars until the lock service's next check. It now asks the
+    lock (`ensure_held`) before each live bar's decisions and stops at the first "no"."""
+    from tradingd.app import build_engine
+
+    panel, config = live_run(engine_config)
+    engine = build_engine(config, "live", panel=panel)
+    asked: list[int] = []
+
+    class Lock:
+        """The InstanceLockService's part the engine uses: held for 5 traded bars, then lost
+        (as `on_lost` does, the stop is requested)."""
+
+        async def start(self) -> None:
+            pass
+
+        async def stop(self) -> None:
+            pass
+
+        async def ensure_held(self) -> bool:
+            asked.append(engine.bars_processed)
+            if len(asked) > 5:
+                engine.request_stop()
+                return False
+            return True
+
+    engine.lock = Lock()
+    stepped: list[datetime] = []
+    engine.after_bar.append(lambda t, v: stepped.append(t))
+    await engine.run_until_done()
+    assert len(asked) == 6  # asked before each live bar, the sixth said "lost"
+    live_bars = [
+        t for t in stepped if t >= datetime.fromisoformat(config.run.start).replace(tzinfo=UTC)
+    ]
+    assert len(live_bars) == 5, live_bars
