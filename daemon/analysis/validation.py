@@ -627,6 +627,14 @@ class StatisticalValidator:
         wanted = (trials is None and c.trials == 0) or (
             sharpe_variance is None and c.trials_sharpe_variance == 0
         )
+        if wanted and c.runs_root and not Path(c.runs_root).is_dir():
+            # A typo here ("var/runz") counted 1 trial and deflated too little: refuse it.
+            raise ValueError(
+                f"validation.runs_root {c.runs_root!r} is not a folder "
+                f"(resolved: {Path(c.runs_root).resolve()}): set [validation] runs_root to "
+                "the folder holding the run records (such as var/runs), or remove it to use "
+                "the validated run folder's parent"
+            )
         if wanted and root and Path(root).is_dir():
             count_ = count_trials(
                 root, risk_free_rate=c.risk_free_rate, periods_per_year=c.bars_a_year

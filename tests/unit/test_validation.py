@@ -872,3 +872,19 @@ def test_a_run_shorter_than_twenty_bars_is_judged_by_the_t_test_the_docs_recomme
     )
     assert longer["verdict_test"] == longer["headline"] == "sharpe_ratio"
     assert longer["significant"] == longer["tests"]["sharpe_ratio"]["reject"]
+
+
+def test_a_runs_root_that_is_not_a_folder_is_refused(tmp_path):
+    """A mistyped `[validation] runs_root` ("var/runz") was ignored: the count fell back to
+    "default (no run records)", 1 trial, and the deflated Sharpe ratio was too lenient."""
+    rng = np.random.default_rng(6)
+    returns = pd.Series(
+        rng.normal(0.0004, 0.01, 300),
+        index=pd.bdate_range("2015-01-05", periods=300, tz="UTC"),
+    )
+    missing = tmp_path / "runz"
+    with pytest.raises(ValueError, match=r"validation\.runs_root .*runz.* is not a folder"):
+        quick(runs_root=str(missing)).validate_performance(returns)
+    # Not consulted when the configuration gives both the count and the variance.
+    given_both = quick(runs_root=str(missing), trials=4, trials_sharpe_variance=0.5)
+    assert given_both.validate_performance(returns)["trials"]["trials"] == 4
