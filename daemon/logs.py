@@ -15,11 +15,12 @@ lines are written whatever the level (a daemon's stop and exit lines).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
 from collections import OrderedDict
-from collections.abc import Hashable, MutableMapping
+from collections.abc import Hashable, Iterator, MutableMapping
 from datetime import date
 from typing import Any
 
@@ -233,3 +234,46 @@ def _iso_datetimes(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableM
         if isinstance(v, date):
             event[k] = v.isoformat()
     return event
+
+
+class RunLogging:
+    """structlog left unconfigured prints every line of every level: a notebook cell would
+    get a debug line per split and per risk verdict (thousands for an S&P 500 run). So the
+    strategy API's runs (`tradingd.strategy_api`) and `AttributionAnalyzer.analyze`'s replay
+    log warnings and errors only, unless the host configured structlog itself (e.g.
+    `tradingd.logs.configure_logging("info")` first), and structlog is left unconfigured
+    again afterwards. Only the level: the standard library's logging is not touched.
+
+    structlog's setting is the process's, and runs overlap: an interrupted run still
+    finishing its bar goes on beside the next cell's. Each run taking the setting as its own
+    made the second take the first's warnings-only for the host's, and the first's end
+    reset it under the second. So the runs share it: a run that finds structlog
+    unconfigured sets it, and the last run to end resets it, only while it is still the
+    runs' (the host may have configured structlog since)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._active = 0
+        self._ours: dict[str, Any] | None = None
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if not structlog.is_configured():
+                warnings_only = structlog.make_filtering_bound_logger(logging.WARNING)
+                structlog.configure(wrapper_class=warnings_only)
+                self._ours = structlog.get_config()
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._active -= 1
+                if not self._active and self._ours is not None:
+                    ours, self._ours = self._ours, None
+                    now = structlog.get_config()
+                    if structlog.is_configured() and all(now[k] is v for k, v in ours.items()):
+                        structlog.reset_defaults()
+
+
+warnings_only_unless_configured = RunLogging()

@@ -52,11 +52,10 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import logging
 import math
 import tempfile
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -91,6 +90,7 @@ from .feeds.panel_cache import cache_root
 from .feeds.validate import Advice, RepairSummary, find_column, validate_frame
 from .inference.onnx import EnsemblePredictor as _OnnxEnsemblePredictor
 from .inference.onnx import ModelCard
+from .logs import warnings_only_unless_configured as _warnings_only_unless_configured
 from .storage.schema import TABLES
 
 if TYPE_CHECKING:
@@ -1185,48 +1185,6 @@ def _sizing_capped(
     params = _merged(spec.params, KellyGarchConfig, {"max_position": cap})
     _checked("max_position_size_pct", build, KellyGarchConfig, params, "kelly_garch")
     return PluginSpec(spec.name, spec.weight, params)
-
-
-class _RunLogging:
-    """structlog left unconfigured prints every line of every level: a notebook cell would
-    get a debug line per split and per risk verdict (thousands for an S&P 500 run). So runs
-    here log warnings and errors only, unless the host configured structlog itself (e.g.
-    `tradingd.logs.configure_logging("info")` first), and structlog is left unconfigured
-    again afterwards. Only the level: the standard library's logging is not touched.
-
-    structlog's setting is the process's, and runs overlap: an interrupted run still
-    finishing its bar goes on beside the next cell's. Each run taking the setting as its own
-    made the second take the first's warnings-only for the host's, and the first's end
-    reset it under the second. So the runs share it: a run that finds structlog
-    unconfigured sets it, and the last run to end resets it, only while it is still the
-    runs' (the host may have configured structlog since)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._active = 0
-        self._ours: dict[str, Any] | None = None
-
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
-        with self._lock:
-            if not structlog.is_configured():
-                warnings_only = structlog.make_filtering_bound_logger(logging.WARNING)
-                structlog.configure(wrapper_class=warnings_only)
-                self._ours = structlog.get_config()
-            self._active += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._active -= 1
-                if not self._active and self._ours is not None:
-                    ours, self._ours = self._ours, None
-                    now = structlog.get_config()
-                    if structlog.is_configured() and all(now[k] is v for k, v in ours.items()):
-                        structlog.reset_defaults()
-
-
-_warnings_only_unless_configured = _RunLogging()
 
 
 def _with_predictor(

@@ -43,6 +43,7 @@ import pandas as pd
 
 from ..build_info import Build, recorded_build, this_build
 from ..core.errors import ConfigError
+from ..logs import warnings_only_unless_configured
 from .attribution_components import score_contributions
 from .attribution_counterfactual import counterfactual_attribution
 from .attribution_ledger import (
@@ -309,15 +310,20 @@ class AttributionAnalyzer:
         progress: bool = False,
     ) -> dict[str, Any]:
         """Replay the run of `run_config` and attribute it (see `attribute`). A `record`
-        folder is replayed with its run id and the models it names (`replay_config`)."""
-        if isinstance(record, str | Path):
-            run_config = replay_config(run_config, Path(record))
-            if panel is None:  # a panel passed in is the caller's data, not the files'
-                refuse_other_data(run_config, Path(record))
-        replay = await replay_run(
-            run_config, panel=panel, split_groups=self.config.split_groups, progress=progress
-        )
-        return self.attribute(replay, record)
+        folder is replayed with its run id and the models it names (`replay_config`).
+
+        Logs warnings and errors only, unless structlog was configured before the call
+        (`tradingd.logs.configure_logging`), as the strategy API's backtests do: left
+        unconfigured, a notebook got a debug line per risk verdict of the replay."""
+        with warnings_only_unless_configured():
+            if isinstance(record, str | Path):
+                run_config = replay_config(run_config, Path(record))
+                if panel is None:  # a panel passed in is the caller's data, not the files'
+                    refuse_other_data(run_config, Path(record))
+            replay = await replay_run(
+                run_config, panel=panel, split_groups=self.config.split_groups, progress=progress
+            )
+            return self.attribute(replay, record)
 
 
 async def attribute_run(

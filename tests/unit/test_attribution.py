@@ -671,3 +671,28 @@ def test_a_replay_that_parts_from_its_record_names_the_first_bar_and_the_build()
         "attribute it with the configuration, data and model it was made with"
     )
     assert _compare(recorded, recorded, 1e-9, old) == 0.0  # the same run is not refused
+
+
+def test_analyze_logs_warnings_only_unless_the_host_configured_structlog(
+    tmp_path, panel, benchmark, capsys
+):
+    """`AttributionAnalyzer` is the strategy API's too: from a notebook (structlog left
+    unconfigured, which prints every level) its replay printed a debug line per risk verdict
+    (97,722 for the README's S&P 500 run). It keeps to warnings, as the API's backtests do,
+    and leaves structlog as it found it; a host that configured structlog gets every line."""
+    import structlog
+    from structlog.testing import capture_logs
+
+    cfg = run_config(tmp_path)
+    analyzer = AttributionAnalyzer(benchmark=benchmark)
+    structlog.reset_defaults()
+    capsys.readouterr()
+    out = asyncio.run(analyzer.analyze(cfg, panel=panel))
+    printed = capsys.readouterr()
+    text = printed.out + printed.err
+    assert out["components"]["rows"]
+    assert "[debug" not in text and "[info" not in text, text[-2000:]
+    assert not structlog.is_configured()  # left as found
+    with capture_logs() as logs:  # the host's own configuration: every level, as chosen
+        asyncio.run(analyzer.analyze(cfg, panel=panel))
+    assert {"debug", "info"} <= {e["log_level"] for e in logs}
