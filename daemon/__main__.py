@@ -249,8 +249,10 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--output", help="folder for report.html and report.json (default: the run's)")
     rp.add_argument(
         "--analysis-config",
-        help="TOML with an [analysis] table (risk-free rate, benchmark, VaR level) and a "
-        "[report] table (rolling window, histogram bins, title); docs/REPORTS.md",
+        help="TOML with up to four tables: [analysis] (risk-free rate, benchmark, VaR "
+        "level; the other tables' defaults), [report] (rolling window, histogram bins, "
+        "title), [validation] (significance level, Monte Carlo paths and seed, trials) and "
+        "[attribution] (with --attribution); docs/REPORTS.md",
     )
     rp.add_argument(
         "--attribution",

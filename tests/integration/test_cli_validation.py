@@ -786,6 +786,19 @@ def test_report_help_says_attribution_replays_with_the_runs_own_configuration(ca
     assert "config.json" in attribution and "the -c configuration" not in attribution
 
 
+def test_report_help_names_every_table_the_analysis_config_reads(capsys):
+    """--analysis-config's help named only [analysis] and [report]; [validation] and
+    [attribution] are read too (docs/REPORTS.md, `_analysis_tables`)."""
+    from tradingd.__main__ import _ANALYSIS_TABLES
+
+    with pytest.raises(SystemExit) as e:
+        main(["report", "--help"])
+    assert e.value.code == 0
+    out = " ".join(capsys.readouterr().out.split())  # argparse wraps to the terminal
+    option = out[out.rindex("--analysis-config") : out.rindex("--attribution")]
+    assert [t for t in _ANALYSIS_TABLES if f"[{t}]" not in option] == []
+
+
 def test_a_retraining_window_too_short_for_the_model_is_an_error_not_a_traceback(
     cli, tmp_path, monkeypatch
 ):
