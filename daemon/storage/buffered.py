@@ -18,6 +18,9 @@ durable local spool (storage/spool.py) and the write returns; while anything is 
 new batch goes to the spool too (the order is kept), the store reports itself degraded
 (`status()`), and a background task replays the spool with backoff when the database answers
 again, each batch in one transaction with its `spool_applied` marker, so none is written twice.
+The replay waits on the database outside the flush lock (`replay_spool`): the engine's
+flushes meanwhile go to the spool behind the batch it writes, never waiting on a silent
+database for it.
 A spool left by a process that died is replayed at `start()`, before anything else. A writer's
 marker is deleted once none of its batches can be replayed again (`_forget_writer`).
 """
@@ -303,6 +306,9 @@ class BufferedStore(ABC):
         # Rows buffered per buffer, kept as the chunks arrive (maybe_flush reads it every bar).
         self._counts: dict[str, int] = dict.fromkeys(BUFFERS, 0)
         self._flush_lock = asyncio.Lock()
+        # One spool replay at a time (`replay_spool`); it holds `_flush_lock` only around
+        # the spool's bookkeeping, never while it waits on the database.
+        self._replay_lock = asyncio.Lock()
         # Spooling (off unless the dialect calls _configure_spool).
         self._spool: Spool | None = None
         self.spool_target = ""
@@ -668,31 +674,45 @@ class BufferedStore(ABC):
         """Write every spooled batch, oldest first, each in its own transaction (new batches
         spooled meanwhile included), then empty the spool: the number written (batches
         already in the database are skipped). Raises DatabaseUnavailable when the database
-        still does not answer."""
+        still does not answer.
+
+        One replay at a time (`_replay_lock`: the background loop, `stop` and a run's
+        `_drained` may each call this). The database's answer is awaited outside
+        `_flush_lock`, which guards only the spool's bookkeeping before and after each
+        write: holding it through the write stalled every flush of the engine for up to
+        `storage.command_timeout_s` per attempt while the database hung, so a live run went
+        in bursts. A flush meanwhile finds the batch being written still pending, so it
+        appends its own batch to the spool behind it (`_commit`): the order is kept, and
+        nothing is written twice (a batch leaves the spool only once committed; one whose
+        commit's outcome is unknown is skipped by its `spool_applied` marker)."""
         sp = self._spool
         if sp is None:
             return 0
         written = skipped = 0
         t0 = time.monotonic()
         try:
-            while True:
-                async with self._flush_lock:  # one batch at a time: flushes interleave in order
-                    batch = sp.next_pending()
-                    if batch is None:
-                        sp.reset()
-                        break
+            async with self._replay_lock:
+                while True:
+                    async with self._flush_lock:
+                        batch = sp.next_pending()
+                        if batch is None:
+                            sp.reset()
+                            break
                     applied = await self._write_batch(batch, check_applied=True)
                     if self._after_replay_commit is not None:
                         self._after_replay_commit(batch)
-                    sp.mark_applied()
-                    # Counted per batch, under the lock: a flush waiting for the lock can run
-                    # after the last batch and log the recovery before this loop ends.
-                    if applied:
-                        written += 1
-                        self.replayed_batches += 1
-                    else:
-                        skipped += 1
-                        self.skipped_batches += 1
+                    async with self._flush_lock:
+                        # `batch` is still the oldest pending one: only this replay (under
+                        # `_replay_lock`) takes batches out, and flushes only append.
+                        sp.mark_applied()
+                        # Counted per batch: a flush can run after the last batch and log
+                        # the recovery before this loop ends.
+                        if applied:
+                            written += 1
+                            self.replayed_batches += 1
+                        else:
+                            skipped += 1
+                            self.skipped_batches += 1
         except (DatabaseUnavailable, asyncio.CancelledError):
             raise
         except Exception as e:
@@ -917,7 +937,11 @@ class BufferedStore(ABC):
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         if self._spool is not None:
-            self._spool.close()
+            # Not under a replay another task runs (a run's `_drained`): its batch in flight
+            # must find the spool open when it commits. Bounded: every wait on the database
+            # ends by the stop's budget (`_begin_stop`).
+            async with self._replay_lock:
+                self._spool.close()
 
     # ------------------------------------------------------------------ lifecycle
 

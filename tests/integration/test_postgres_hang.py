@@ -13,7 +13,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -267,3 +267,44 @@ async def test_a_hung_server_s_write_gives_up_after_one_command_timeout_not_two(
     finally:
         proxy.thawed.set()
         await store.stop()
+
+
+async def test_flushes_do_not_wait_for_a_spool_replay_hung_on_the_server(
+    proxy: FreezableProxy, schema: str, tmp_path: Path, cleanup: None
+) -> None:
+    """The storage trial (PostgreSQL SIGSTOPped): each replay attempt held the flush lock
+    for a whole command timeout, so the engine's flushes waited with it and a live run went
+    in bursts (bars 51, 51, 73, 73, 95). A flush now goes to the spool behind the batch the
+    replay waits on and returns; once the server answers, every row is in, in order."""
+    url = await proxy.start()
+    store = store_of(url, schema, tmp_path, command_timeout=2.0)
+    await store.start()
+    try:
+        proxy.thawed.clear()
+        store.record_equity("r", T0, 1.0, 0.0, 0.0, 0.0)
+        await store.flush()  # times out after 2 s: spooled, and the replay starts
+
+        def replaying() -> bool:
+            return any("spooled batch" in what for _, what in store._waits.values())
+
+        async with asyncio.timeout(10):
+            while not replaying():
+                await asyncio.sleep(0.01)
+        for i in range(1, 5):
+            store.record_equity("r", T0 + timedelta(days=i), 1.0, float(i), 0.0, 0.0)
+            t = time.monotonic()
+            await store.flush()
+            assert time.monotonic() - t < 0.5, f"flush {i} waited for the replay"
+        assert replaying() and store.status()["spooled_batches"] == 5
+        proxy.thawed.set()
+        await wait_for_state(store, "ok", within_s=30)
+    finally:
+        proxy.thawed.set()
+        await store.stop()
+    again = store_of(url, schema, tmp_path)
+    await again.start()
+    try:
+        rows = await again.fetch("equity", "r")
+        assert [r["equity"] for r in rows] == [0.0, 1.0, 2.0, 3.0, 4.0]
+    finally:
+        await again.stop()

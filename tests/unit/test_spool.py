@@ -515,10 +515,9 @@ async def test_new_rows_wait_behind_spooled_ones(tmp_path: Path) -> None:
 async def test_a_flush_that_slips_in_after_the_last_replayed_batch_reports_the_replay(
     tmp_path: Path,
 ) -> None:
-    """The replay takes the flush lock per batch, so a waiting flush can run between the last
-    replayed batch and the replay's end: it then writes directly and logs the recovery. The
-    recovery must count the batches already replayed (it once logged 0, found by the daemon
-    outage test)."""
+    """A flush queued as the last spooled batch commits runs once the replay has emptied the
+    spool: it writes directly. The recovery the replay logs must count the batches it
+    replayed (it once logged 0, found by the daemon outage test)."""
     db = FakeDb()
     store = FakeStore(db, tmp_path, retry_base_s=30.0, retry_max_s=60.0)  # replay by hand
     await store.start()
@@ -531,7 +530,7 @@ async def test_a_flush_that_slips_in_after_the_last_replayed_batch_reports_the_r
         db.up = True
 
         def queue_a_flush(b: SpoolBatch) -> None:
-            if b.seq == 2:  # a flush now waits for the lock while the last batch is written
+            if b.seq == 3:  # the last spooled batch has committed
                 store.record_equity("r1", T0 + 3 * DAY, 1.0, 3.0, 0.0, 0.0)
                 flushes.append(asyncio.get_running_loop().create_task(store.flush()))
 
@@ -544,6 +543,130 @@ async def test_a_flush_that_slips_in_after_the_last_replayed_batch_reports_the_r
     assert flushes and equity_times(db) == [T0 + i * DAY for i in range(4)]
     [recovered] = [e for e in logs if e["event"] == "storage.database.recovered"]
     assert recovered["replayed_batches"] == 3, recovered
+
+
+class HangingStore(FakeStore):
+    """A FakeStore whose database can stop answering: while `answering` is clear, a write
+    waits (inside `_db_wait`, as a dialect's write does, so the stop's budget ends it) and
+    sets `hung`. With `commit_first`, the hung write's batch is committed before the wait:
+    the answer to its COMMIT is what never comes (its outcome unknown to the store)."""
+
+    def __init__(self, db: FakeDb, spool_dir: Path, **kw: Any) -> None:
+        super().__init__(db, spool_dir, **kw)
+        self.answering = asyncio.Event()
+        self.answering.set()
+        self.hung = asyncio.Event()
+        self.commit_first = False
+
+    async def _write_batch(self, batch: SpoolBatch, check_applied: bool) -> bool:
+        async with self._db_wait(f"the write of batch {batch.id}"):
+            if not self.answering.is_set():
+                if self.commit_first:
+                    await super()._write_batch(batch, check_applied)
+                self.hung.set()
+                await self.answering.wait()
+                if self.commit_first:
+                    raise DatabaseUnavailable("fake://db: connection lost at COMMIT")
+            return await super()._write_batch(batch, check_applied)
+
+
+async def test_a_replay_waiting_on_a_silent_database_does_not_hold_up_flushes(
+    tmp_path: Path,
+) -> None:
+    """The storage trial (PostgreSQL hung): each replay attempt held the flush lock while it
+    waited for the database (up to storage.command_timeout_s, 15 s), so the engine's flushes
+    waited with it and a live run went in bursts. A flush now appends to the spool behind
+    the batch being replayed and returns; the same replay writes everything, in order,
+    once."""
+    db = FakeDb()
+    store = HangingStore(db, tmp_path, retry_base_s=30.0, retry_max_s=60.0)  # replay by hand
+    await store.start()
+    try:
+        db.up = False
+        for i in range(2):
+            store.record_equity("r1", T0 + i * DAY, 1.0, float(i), 0.0, 0.0)
+            await store.flush()
+        db.up = True
+        store.answering.clear()
+        replay = asyncio.create_task(store.replay_spool())
+        await asyncio.wait_for(store.hung.wait(), 5)  # batch 1's write waits for an answer
+        for i in range(2, 6):
+            store.record_equity("r1", T0 + i * DAY, 1.0, float(i), 0.0, 0.0)
+            await asyncio.wait_for(store.flush(), 1.0)  # spooled behind, not held up
+        assert store.status()["spooled_batches"] == 6 and equity_times(db) == []
+        assert not replay.done()
+        store.answering.set()
+        assert await asyncio.wait_for(replay, 5) == 6  # the flushes' batches included
+        assert store.status()["ok"] and store.status()["spooled_batches"] == 0
+        store.record_equity("r1", T0 + 6 * DAY, 1.0, 6.0, 0.0, 0.0)
+        await store.flush()  # the spool is empty: written directly
+    finally:
+        await store.stop()
+    assert equity_times(db) == [T0 + i * DAY for i in range(7)]
+    assert db.applied == {store.writer: 7}
+
+
+async def test_one_replay_at_a_time_writes_each_batch_once(tmp_path: Path) -> None:
+    """The background replay, a stop and a run's begin may all replay the spool: the second
+    waits for the first (they no longer queue on the flush lock batch by batch), so no batch
+    is written twice, even when the database does not tell written batches apart."""
+    db = FakeDb()
+    store = HangingStore(db, tmp_path, retry_base_s=30.0, retry_max_s=60.0)
+    await store.start()
+    try:
+        db.up = False
+        for i in range(3):
+            store.record_equity("r1", T0 + i * DAY, 1.0, float(i), 0.0, 0.0)
+            await store.flush()
+        db.up, db.attempts = True, 0
+        store.answering.clear()
+        first = asyncio.create_task(store.replay_spool())
+        await asyncio.wait_for(store.hung.wait(), 5)
+        second = asyncio.create_task(store.replay_spool())
+        for _ in range(5):
+            await asyncio.sleep(0)
+        assert db.attempts == 0  # the second waits for the first, not for the flush lock
+        store.answering.set()
+        assert sorted(await asyncio.wait_for(asyncio.gather(first, second), 5)) == [0, 3]
+    finally:
+        await store.stop()
+    assert db.attempts == 3 and store.skipped_batches == 0
+    assert equity_times(db) == [T0 + i * DAY for i in range(3)]
+
+
+async def test_a_stop_while_a_replay_waits_leaves_every_batch_for_the_next_start_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM while the background replay waits for the answer to a COMMIT that went in:
+    the stop ends within its budget, the flushes made meanwhile are in the spool behind the
+    batch, and the next start writes the rest in order, skipping the committed batch."""
+    from tradingd.storage import buffered
+
+    monkeypatch.setattr(buffered, "STOP_BUDGET_S", 0.2, raising=False)
+    db = FakeDb()
+    store = HangingStore(db, tmp_path)  # the background replay retries every 5-20 ms
+    await store.start()
+    db.up = False
+    for i in range(2):
+        store.record_equity("r1", T0 + i * DAY, 1.0, float(i), 0.0, 0.0)
+        await store.flush()
+    store.commit_first = True
+    store.answering.clear()
+    db.up = True
+    await asyncio.wait_for(store.hung.wait(), 5)  # batch 1 committed, its answer lost
+    for i in range(2, 4):
+        store.record_equity("r1", T0 + i * DAY, 1.0, float(i), 0.0, 0.0)
+        await asyncio.wait_for(store.flush(), 1.0)
+    t = time.monotonic()
+    await store.stop()
+    assert time.monotonic() - t < 2
+    assert store.spool_left is not None and store.spool_left[0] == 4
+    assert equity_times(db) == [T0]
+    again = FakeStore(db, tmp_path)
+    await again.start()  # replays the file left: batch 1 is skipped by its marker
+    await again.stop()
+    assert equity_times(db) == [T0 + i * DAY for i in range(4)]
+    assert again.skipped_batches == 1 and again.replayed_batches == 3
 
 
 async def test_a_crash_after_a_replayed_commit_does_not_write_it_twice(tmp_path: Path):
