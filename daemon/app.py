@@ -1998,7 +1998,14 @@ def _assemble(
         engine.lock = _run_lock(config, run_id)
     else:
         engine.lock = _instance_lock(config, engine)
-        engine.extra_parts.append(_run_lock(config, run_id))  # taken before the store
+
+        def run_lock_lost(reason: str) -> None:
+            log.error("run.stopping", reason=f"run lock lost: {reason}")
+            engine.request_stop()
+
+        # Taken before the store; watched as the instance lock is (a database restart
+        # ends its session, and with it the lock).
+        engine.extra_parts.append(_run_lock(config, run_id, on_lost=run_lock_lost))
         _alerting(config, engine)
         # Every live bar's inputs and decisions, for `tradingd replay-check`.
         engine.on_decision = lambda t, source, record: store.record_decision(  # type: ignore[attr-defined]
@@ -2019,7 +2026,7 @@ def _split_events(mode: str, panel: Panel | None) -> dict[str, list[tuple[dateti
     return split_events(panel)
 
 
-def _run_lock(config: Config, run_id: str) -> Any:
+def _run_lock(config: Config, run_id: str, on_lost: Callable[[str], None] | None = None) -> Any:
     """One engine of a run id at a time per store and per audit folder. A replay starts by
     deleting its run id's rows and audit log (begin_run), so a second one started meanwhile
     would erase the first's record and then interleave its records with it (a rerun in
@@ -2032,7 +2039,11 @@ def _run_lock(config: Config, run_id: str) -> Any:
     audit log), and for a SQLite file `<db>.locks/` (the database keeps each run's rows);
     PostgreSQL takes an advisory lock. A memory store shares nothing: replays with audit
     folders of their own (a sweep's points, walk-forward folds) never meet, and their
-    temporary folders take the files with them."""
+    temporary folders take the files with them.
+
+    `on_lost` (a live run, which holds the lock for months): its PostgreSQL lock is watched
+    and taken again when its session ends (`RunLock`); `on_lost` is called if another
+    process has it by then."""
     from .instance_lock import MEMORY
     from .storage.factory import sqlite_path
 
@@ -2050,12 +2061,21 @@ def _run_lock(config: Config, run_id: str) -> Any:
     # By the audit file's name: two run ids can share one ("a+b" and "a_b").
     log_name = audit_path(audit_dir, run_id).name
     locks.append((f"the audit folder {audit_dir}", f"sqlite:///{MEMORY}", audit_dir, log_name))
-    return RunLock(run_id, bool(config.run.run_id), locks)
+    return RunLock(run_id, bool(config.run.run_id), locks, on_lost=on_lost)
 
 
 class RunLock:
     """The engine's part that holds `_run_lock`'s locks for the run. A replay's engine
-    releases it after everything else (the audit log's last lines included)."""
+    releases it after everything else (the audit log's last lines included).
+
+    With `on_lost` (a live daemon), each PostgreSQL lock is watched as the instance lock is
+    (`InstanceLockService.watch`): the lock lives as long as its session, and a database
+    restart ended it while the daemon ran on without it, so `tradingd reset-halt` (which
+    meets a running daemon by this lock only) rewrote the checkpoint behind its back, and a
+    second daemon of the run under another broker account was no longer refused by it.
+    The session's end is noticed at once and the lock taken again; another process holding
+    it by then calls `on_lost` (the daemon stops). A lock file cannot end while it is open:
+    not watched."""
 
     def __init__(
         self,
@@ -2063,6 +2083,7 @@ class RunLock:
         fixed_id: bool,
         locks: list[tuple[str, str, Path | None, str]],
         refusal: Callable[[str, dict[str, Any]], str] | None = None,
+        on_lost: Callable[[str], None] | None = None,
     ) -> None:
         self.run_id = run_id
         self.fixed_id = fixed_id  # run.run_id was set, not derived from the config
@@ -2070,9 +2091,17 @@ class RunLock:
         self.held: list[Any] = []
         # The refusal's text (what it guards, the holder), for a user other than an engine.
         self._refuse = refusal or self._refusal
+        self.on_lost = on_lost
+        self.watchers: list[Any] = []  # InstanceLockService per watched lock
 
     async def start(self) -> None:
-        from .instance_lock import MEMORY, AnotherDaemonRunning, acquire_instance_lock
+        from .instance_lock import (
+            MEMORY,
+            AnotherDaemonRunning,
+            InstanceLockService,
+            PostgresInstanceLock,
+            acquire_instance_lock,
+        )
 
         try:
             for what, url, lock_dir, name in self.locks:
@@ -2091,6 +2120,10 @@ class RunLock:
                         self._refuse(what, exc.holder), holder=exc.holder
                     ) from None
                 self.held.append(lock)
+                if self.on_lost is not None and isinstance(lock, PostgresInstanceLock):
+                    watcher = InstanceLockService(url, f"replay:{name}", on_lost=self.on_lost)
+                    watcher.watch(lock)
+                    self.watchers.append(watcher)
         except BaseException:
             await self.stop()
             raise
@@ -2111,6 +2144,9 @@ class RunLock:
         )
 
     async def stop(self) -> None:
+        watchers, self.watchers = self.watchers, []
+        for watcher in watchers:
+            await watcher.stop_watching()
         held, self.held = self.held, []
         for lock in reversed(held):
             await lock.release()

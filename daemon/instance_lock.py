@@ -1105,7 +1105,16 @@ class InstanceLockService:
             except BaseException:
                 await self.lock.release()
                 raise
-        self.lock.on_session_end = self._wake_now
+        self.watch(self.lock)
+
+    def watch(self, lock: InstanceLock) -> None:
+        """Check `lock` as `start` checks its own: every `check_interval_s`, and at once when
+        its PostgreSQL session ends (taken again, or `on_lost` once another holds it). For a
+        lock the caller took: a live run's own lock (`app.RunLock`), which a database
+        restart freed for good while the daemon ran on, so a `reset-halt` or a second
+        daemon of the run could take it. `stop` releases it."""
+        self.lock = lock
+        lock.on_session_end = self._wake_now
         self._task = asyncio.create_task(self._watch(), name="instance-lock-check")
 
     async def _account_lock_taken(self) -> bool:
@@ -1204,12 +1213,18 @@ class InstanceLockService:
             self.on_lost(self.lost)
         return True
 
-    async def stop(self) -> None:
+    async def stop_watching(self) -> None:
+        """End the checks; the lock stays held (`stop` releases it)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
             self._task = None
+        if self.lock is not None:
+            self.lock.on_session_end = None
+
+    async def stop(self) -> None:
+        await self.stop_watching()
         if self.account_lock is not None:
             await self.account_lock.release()
         if self.lock is not None:

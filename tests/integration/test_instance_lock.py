@@ -794,3 +794,44 @@ async def test_ensure_held_checks_before_a_bar_when_the_session_ended_unchecked(
     finally:
         await admin.close()
         await service.stop()
+
+
+async def test_a_live_run_s_lock_is_taken_back_when_its_session_ends_or_stops_the_run(pg_url):
+    """`app.RunLock`, the `replay:<run id>` lock a live daemon holds for months: a database
+    restart ended its session and it was never taken again, so `reset-halt` (which meets a
+    running daemon by this lock) or a second daemon of the run under another account got in.
+    Watched now: taken back at once; lost to another process, the run is told to stop."""
+    from tradingd.app import RunLock
+
+    run_id = new_account()
+    account = f"replay:{run_id}"
+    lost: list[str] = []
+    run_lock = RunLock(run_id, True, [("the store", pg_url, None, run_id)], on_lost=lost.append)
+    await run_lock.start()
+    admin = await asyncpg.connect(pg_url, timeout=5)
+    other = await asyncpg.connect(pg_url, timeout=5)
+    try:
+        backend = await terminate(admin, account)
+        async with asyncio.timeout(TIMEOUT):
+            while await lock_backend(admin, account) in (None, backend):
+                await asyncio.sleep(0.01)
+        second = RunLock(run_id, True, [("the store", pg_url, None, run_id)])
+        with pytest.raises(AnotherDaemonRunning, match="is in use by another tradingd"):
+            await second.start()
+        assert not lost
+        # Another process queued for the lock gets it the moment our session ends.
+        waiting = asyncio.create_task(
+            other.execute("SELECT pg_advisory_lock($1::bigint)", advisory_key(account))
+        )
+        await _wait_backend_waiting(admin, other.get_server_pid())
+        await terminate(admin, account)
+        await asyncio.wait_for(waiting, TIMEOUT)
+        async with asyncio.timeout(TIMEOUT):
+            while not lost:
+                await asyncio.sleep(0.01)
+        assert "holds the lock" in lost[0]
+    finally:
+        await other.close()
+        await admin.close()
+        await run_lock.stop()
+    assert run_lock.watchers == [] and run_lock.held == []

@@ -144,3 +144,73 @@ def test_reset_halt_is_refused_while_a_daemon_runs_the_run(tmp_path: Path, store
     assert done.returncode == 0, done.stderr[-2000:]
     assert json.loads(done.stdout)["reset"] == ["drawdown_guard"]
     assert _stored_plugins(store_url)["drawdown_guard"]["halted"] is None
+
+
+def _lock_sessions(url: str, terminate: bool = False) -> int:
+    """The advisory locks the daemon's lock sessions hold (its instance lock and its run's
+    lock); with `terminate`, their sessions are ended first (what a PostgreSQL restart does
+    to them) and 0 is returned."""
+    import asyncio
+
+    import asyncpg
+
+    async def run() -> int:
+        conn = await asyncpg.connect(url, timeout=5)
+        try:
+            if terminate:
+                await conn.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'tradingd instance lock' "
+                    "AND datname = current_database()"
+                )
+                return 0
+            return int(
+                await conn.fetchval(
+                    "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) "
+                    "WHERE l.locktype = 'advisory' AND l.granted "
+                    "AND a.application_name = 'tradingd instance lock' "
+                    "AND a.datname = current_database()"
+                )
+            )
+        finally:
+            await conn.close()
+
+    return asyncio.run(run())
+
+
+def test_reset_halt_is_refused_after_the_daemon_s_lock_sessions_ended(
+    tmp_path: Path, pg_database: str
+):
+    """A PostgreSQL restart (here: its lock sessions ended) freed the run's lock, which the
+    daemon never took again (only its instance lock was watched): `reset-halt` from a shell
+    with other keys then answered `"reset": ["drawdown_guard"]`, exit 0, behind the running
+    daemon's back (its next bar wrote the halt back). The daemon now takes the run's lock
+    again at once, and the command is refused as before the restart."""
+    import time
+
+    cfg = _config(tmp_path, pg_database)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("APCA_", "TRADINGD_"))}
+    env.update(APCA_API_KEY_ID="AKX", APCA_API_SECRET_KEY="whatever")
+    daemon = start_daemon(cfg)
+    try:
+        assert daemon.stderr is not None
+        for line in daemon.stderr:  # bounded by the run itself
+            if b"risk.restriction_started" in line:
+                break
+        else:
+            pytest.fail("the daemon ended before the drawdown guard halted it")
+        held = _lock_sessions(pg_database)
+        assert held == 2  # the instance lock and the run's lock
+        _lock_sessions(pg_database, terminate=True)
+        deadline = time.monotonic() + 10
+        while _lock_sessions(pg_database) < held and time.monotonic() < deadline:
+            time.sleep(0.05)
+        refused = _reset_halt(cfg, env)
+        assert daemon.poll() is None, "the daemon ended first: the test proves nothing"
+    finally:
+        daemon.send_signal(signal.SIGKILL)
+        daemon.wait(timeout=30)
+    assert refused.returncode == 2, refused.stdout + refused.stderr[-2000:]
+    assert "is in use by another tradingd" in refused.stderr
+    assert f"pid {daemon.pid}" in refused.stderr
+    assert refused.stdout == ""
