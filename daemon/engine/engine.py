@@ -1422,6 +1422,9 @@ class Engine:
         # Live bars the source did not deliver at their release, fetched again before the
         # next bar that arrives (bounded: a source down for weeks loses the oldest).
         missed: deque[datetime] = deque(maxlen=_MISSED_BARS_KEPT)
+        # A live daemon's instance lock (InstanceLockService) answers before each bar whether
+        # it is still held; a replay's run lock has no such check.
+        ensure_held = getattr(self.lock, "ensure_held", None)
         try:
             for part in parts:
                 if not await self._start_part(part):
@@ -1586,7 +1589,7 @@ class Engine:
                         self.feed_outage.delivered(t)
                         await self.step(bar, self._catch_up(t))
                     else:
-                        if self.lock is not None and not await self.lock.ensure_held():
+                        if ensure_held is not None and not await ensure_held():
                             # The lock's session ended and another daemon holds it now
                             # (a PostgreSQL restart): this bar is not decided here. No I/O
                             # while the session is alive (InstanceLockService.ensure_held).
