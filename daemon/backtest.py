@@ -278,6 +278,7 @@ async def run_backtest(
         "orders": result.orders,
         "rejections": sum(result.rejections.values()),
         "rejections_by_reason": dict(sorted(result.rejections.items())),
+        "orders_expired": result.orders_expired,
         "risk_verdicts": result.verdicts,
         "risk_verdicts_by_rule": dict(sorted(result.verdicts_by_rule.items())),
         "trading_restricted_bars": sum(p["bars"] for p in result.restrictions),

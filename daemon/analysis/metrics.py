@@ -335,6 +335,7 @@ _MORE_LABELS: dict[str, tuple[str, str]] = {
     "warmup_bars": ("Warm-up bars before the start (no trading)", "int"),
     "orders": ("Orders", "int"),
     "rejections": ("Orders rejected", "int"),
+    "orders_expired": ("Orders expired (order_ttl_bars)", "int"),
     "risk_verdicts": ("Risk verdicts", "int"),
     "trading_restricted_bars": ("Bars with trading restricted by a risk rule", "int"),
     "dividends_received": ("Dividends received", "money"),

@@ -168,6 +168,11 @@ class SimulatedBroker:
         self._children: dict[str, list[str]] = {}  # parent id -> bracket leg ids
         self._oco: dict[str, list[str]] = {}  # oco group -> open member ids
         self._fill_count: dict[str, int] = {}
+        # Entry orders cancelled by `order_ttl_bars` (this process's count: the run's summary
+        # says it, as it says rejections). Each expiry was a debug-free cancel: a file whose
+        # symbols trade less often than the run's bar (an hourly symbol in a 5-minute run)
+        # expired every entry of those symbols, and the summary said "Orders rejected 0".
+        self.expired = 0
         # Changes made outside on_bar (cascades of cancel/submit) reported with the next bar.
         self._pending: dict[str, Order] = {}
         self._seq = 0
@@ -516,6 +521,21 @@ class SimulatedBroker:
                     f"expired: still open after {ttl} bars (order_ttl_bars={ttl})",
                     state.changed,
                 )
+                self.expired += 1
+                if self.expired == 1:
+                    log.warning(
+                        "order.expired",
+                        symbol=order.symbol,
+                        cid=cid,
+                        bars_open=order.bars_open,
+                        hint=(
+                            "an entry order still open after order_ttl_bars bars of the run is "
+                            "cancelled (said once; the run's summary counts them as "
+                            "orders_expired): a symbol with no bar on most of the run's bars "
+                            "(a file mixing bar lengths, an illiquid symbol) or a limit price "
+                            "never reached; raise broker.order_ttl_bars, or 0 for none"
+                        ),
+                    )
 
     # ------------------------------------------------------------------------- matching
 

@@ -205,6 +205,8 @@ class EngineResult:
     restrictions: list[dict[str, Any]] = field(default_factory=list)
     restrictions_not_listed: int = 0
     rejections: dict[str, int] = field(default_factory=dict)
+    # Entry orders the simulated broker cancelled by `order_ttl_bars` (0 for other brokers).
+    orders_expired: int = 0
     # Bars before `trade_from` that only warmed up features and signals (no orders).
     warmup_bars: int = 0
     # First bar at which at least one symbol had every feature its plugins need.
@@ -3114,6 +3116,7 @@ class Engine:
             restrictions=[r.to_dict() for r in self.risk_record.periods],
             restrictions_not_listed=self.risk_record.periods_dropped,
             rejections=dict(self.rejections.counts),
+            orders_expired=int(getattr(self.broker, "expired", 0)),
             warmup_bars=self._warmup_bars,
             first_ready=self._first_ready,
             bars_never_traded=self.bars_never_traded,

@@ -2862,3 +2862,22 @@ async def test_a_bar_is_not_decided_once_the_instance_lock_says_it_is_lost(engin
         t for t in stepped if t >= datetime.fromisoformat(config.run.start).replace(tzinfo=UTC)
     ]
     assert len(live_bars) == 5, live_bars
+
+
+async def test_the_summary_counts_entries_that_expired(engine_config, tmp_path):
+    """Entries the simulated broker cancelled by order_ttl_bars were in no figure of the
+    summary ("Orders rejected 0"): a 5-minute run over hourly symbols lost every entry so.
+    Here a volume cap leaves each entry's rest open, and order_ttl_bars = 1 expires it."""
+    panel = make_panel(n_bars=120, split_at=None)
+    panel = dataclasses.replace(panel, volume=np.full_like(panel.volume, 50.0))
+    config = dataclasses.replace(
+        engine_config,
+        broker=dataclasses.replace(
+            engine_config.broker, max_volume_participation=0.1, order_ttl_bars=1
+        ),
+    )
+    out = await run_backtest(config, panel=panel, output_dir=tmp_path / "out")
+    expired = sum(str(o.get("reason") or "").startswith("expired") for o in out.orders)
+    assert expired > 0
+    assert out.summary["orders_expired"] == expired
+    assert "Orders expired (order_ttl_bars)" in format_summary(out.summary)

@@ -810,3 +810,20 @@ def test_non_market_fills_stay_within_the_bar_range(
                     assert f.price <= placed.limit_price + 1e-9
                 else:
                     assert f.price >= placed.limit_price - 1e-9
+
+
+async def test_expired_entries_are_counted_and_the_first_is_warned_of() -> None:
+    """An intraday file mixing bar lengths expired every entry of its hourly symbols in a
+    5-minute run (order_ttl_bars counts the run's bars) and the summary said "Orders rejected
+    0": the broker counts its expiries (the run's `orders_expired`) and warns of the first."""
+    from structlog.testing import capture_logs
+
+    broker, account = make(SimulatedBrokerConfig(order_ttl_bars=2))
+    await broker.submit([order(f"l{i}", Side.BUY, 10, OrderType.LIMIT, limit=50.0) for i in (1, 2)])
+    with capture_logs() as logs:
+        for t in (1, 2, 3):
+            await step(broker, account, xs(t, {"AAA": ohlc(100.0)}))
+    assert broker.expired == 2
+    warned = [e for e in logs if e["event"] == "order.expired"]
+    assert len(warned) == 1 and warned[0]["log_level"] == "warning"
+    assert "order_ttl_bars" in warned[0]["hint"]
