@@ -2161,8 +2161,12 @@ def _alerting(config: Config, engine: Engine) -> None:
     alerter = Alerter(config.alerts, run=engine.run.run_id)
     engine.alerter = alerter  # type: ignore[attr-defined]
     engine.extra_parts.append(alerter)
+    zone = session_zone(config, config.live.bar)  # None: daily bars, dated by their label
     rules = AlertRules(
-        alerter, engine, timezone=config.data.timezone, daily_bars=config.live.bar == "1d"
+        alerter,
+        engine,
+        timezone=config.data.timezone if zone is None else zone.key,
+        daily_bars=zone is None,
     )
     engine.after_bar.append(rules.after_bar)
     engine.extra_parts.append(AlertTicker(rules, alerter))
@@ -2206,10 +2210,28 @@ def _instance_lock(config: Config, engine: Engine) -> Any:
 
 def session_zone(config: Config, bar: str = "1d") -> ZoneInfo | None:
     """Where a session's bars are several (`bar` intraday: a live run's, or a replay of one),
-    the exchange's time zone (data.timezone, as the alert rules' days): the day's loss then
-    counts from the previous session's last close, not the previous bar's. None: every bar
-    is a session."""
-    return ZoneInfo(config.data.timezone) if bar != "1d" else None
+    the time zone of live.calendar, whose sessions the live clock releases bars by
+    (`LiveClock.session_day`), as the alert rules' days: the day's loss then counts from the
+    previous session's last close, not the previous bar's. None: every bar is a session.
+
+    Not data.timezone, which only reads the data's naive timestamps: with it an XTKS run's
+    day restarted at New York midnight (13:00 in Tokyo, mid-session) and its daily loss
+    limit never tripped. Where the two differ, one line says which counts what."""
+    if bar == "1d":
+        return None
+    from .clock.calendar import calendar_zone
+
+    zone = calendar_zone(config.live.calendar)
+    if zone.key != config.data.timezone:
+        log.info(
+            "run.session_zone",
+            calendar=config.live.calendar,
+            session_zone=zone.key,
+            data_timezone=config.data.timezone,
+            rule="a session's day (the daily loss, daily summaries) is counted in "
+            "live.calendar's time zone; data.timezone only reads naive timestamps of the data",
+        )
+    return zone
 
 
 async def import_bars(config: Config, chunk: int = 250) -> int:

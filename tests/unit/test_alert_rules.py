@@ -350,3 +350,22 @@ def test_a_database_that_is_down_is_alerted_and_a_failed_spool_is_critical():
     rules.after_bar(T0 + timedelta(days=2), [])
     assert [f for f, _ in seen] == [False, True, True, False]
     assert seen[1][1] == WARNING and seen[2][1] == CRITICAL
+
+
+def test_intraday_daily_summaries_are_of_the_calendars_sessions():
+    """The alert rules' day of an intraday live run was data.timezone's: on XTKS with the
+    default New York zone a Tokyo session was split in two summaries at 13:00 JST."""
+    from zoneinfo import ZoneInfo
+
+    from tradingd.app import _alerting
+
+    config = load_config([{"live": {"calendar": "XTKS", "bar": "5m"}}], env={})
+    eng = SimpleNamespace(run=SimpleNamespace(run_id="r"), after_bar=[], extra_parts=[])
+    _alerting(config, eng)  # type: ignore[arg-type]
+    (after_bar,) = eng.after_bar
+    rules = after_bar.__self__
+    assert rules.tz == ZoneInfo("Asia/Tokyo") and not rules.daily_bars
+    daily = load_config([{"live": {"calendar": "XTKS"}}], env={})
+    eng = SimpleNamespace(run=SimpleNamespace(run_id="r"), after_bar=[], extra_parts=[])
+    _alerting(daily, eng)  # type: ignore[arg-type]
+    assert eng.after_bar[0].__self__.daily_bars  # daily bars: dated by their label

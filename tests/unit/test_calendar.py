@@ -442,3 +442,16 @@ def test_grid_offsets_measure_a_label_from_its_segments_start():
         "M8[ns]",
     )
     assert list(tokyo.grid_offsets(jst, hour)) == [0, 0, half, -1]
+
+
+def test_a_calendars_zone_is_its_own_and_an_unknown_name_is_refused():
+    from zoneinfo import ZoneInfo
+
+    from tradingd.clock.calendar import calendar_zone
+    from tradingd.core.errors import ConfigError
+
+    assert calendar_zone("XTKS") == ZoneInfo("Asia/Tokyo")
+    assert calendar_zone("JPX") == ZoneInfo("Asia/Tokyo")  # an alias
+    assert calendar_zone("24/7") == ZoneInfo("UTC")
+    with pytest.raises(ConfigError, match="exchange calendar 'NOPE' is unknown"):
+        calendar_zone("NOPE")

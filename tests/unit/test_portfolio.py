@@ -455,3 +455,33 @@ def test_a_short_in_a_checkpoint_is_restored_where_shorts_are_allowed():
     # A flat symbol's NaN average (stored as null) is restored as before.
     pf.restore({**state, "quantity": [5.0, 0.0], "avg_price": [10.2, None]})
     assert math.isnan(pf.avg_price[1]) and pf.state()["cash"] == state["cash"]
+
+
+def test_an_intraday_day_is_the_calendars_session_not_data_timezones_day():
+    """With live.calendar = "XTKS" and data.timezone left at New York, the day's loss restarted
+    at New York midnight (13:00 in Tokyo, in the afternoon session), so a loss over the whole
+    session was counted from 13:00 and daily_loss_limit never tripped. The session's day is
+    the calendar's (Asia/Tokyo), as the live clock's `session_day`."""
+    from datetime import timedelta
+    from zoneinfo import ZoneInfo
+
+    from tradingd.app import session_zone
+    from tradingd.config import load_config
+
+    config = load_config([{"live": {"calendar": "XTKS", "bar": "5m"}}], env={})
+    assert config.data.timezone == "America/New_York"
+    zone = session_zone(config, "5m")
+    assert zone == ZoneInfo("Asia/Tokyo")
+    assert session_zone(config, "1d") is None
+
+    pf = Portfolio(("AAA",), 100_000.0, session_tz=zone)
+    last_close = datetime(2024, 6, 19, 5, 55, tzinfo=UTC)  # 14:55 JST, 2024-06-19
+    pf.apply_fill(Fill("f1", "o1", "AAA", Side.BUY, 1000.0, 100.0, 0.0, 0.0, last_close, 100.0))
+    pf.mark_to_market(np.array([100.0]), np.array([True]), last_close)
+    day_start = pf.view().day_start_equity
+    opening = datetime(2024, 6, 20, 0, 0, tzinfo=UTC)  # 09:00 JST 06-20 (20:00 New York 06-19)
+    price = 100.0
+    for k in range(0, 6 * 60, 5):  # through 15:00 JST, 00:00 in New York among them
+        price -= 0.5
+        pf.mark_to_market(np.array([price]), np.array([True]), opening + timedelta(minutes=k))
+        assert pf.view().day_start_equity == day_start, opening + timedelta(minutes=k)
