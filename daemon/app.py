@@ -1824,6 +1824,8 @@ def build_engine(
             data_bar = bar
         elif mode == "live":
             data_bar = config.live.bar
+            if panel is not None:  # a recorded feed: its file's bars are the run's
+                check_recorded_bar(config, panel)
         else:
             assert panel is not None
             data_bar = bar_of_data(panel)
@@ -1853,6 +1855,49 @@ def _intraday_spacing(panel: Panel) -> int | None:
     return int(values[np.argmax(counts)])
 
 
+def _bar_named(seconds: int | None) -> str | None:
+    """The bar length `_intraday_spacing`'s `seconds` is ("1d" for None); None for a spacing
+    no run steps (7 minutes, 30 seconds)."""
+    if seconds is None:
+        return "1d"
+    return _MINUTES_BAR.get(seconds // 60) if seconds % 60 == 0 else None
+
+
+def _spacing_text(seconds: int) -> str:
+    return f"{seconds // 60} minutes" if seconds % 60 == 0 else f"{seconds} seconds"
+
+
+def _bars_text(bar: str) -> str:
+    return "daily bars" if bar == "1d" else f"{bar} bars"
+
+
+def check_recorded_bar(config: Config, panel: Panel) -> None:
+    """ConfigError unless the bars of a recorded feed's data are live.bar long. The live run
+    took live.bar as its data's bar unchecked: a 5-minute file under the default "1d" ran
+    silently with the day's loss counted bar to bar (the daily loss limit never tripped)
+    and kelly_garch reading a bar's volatility as a day's; a daily file under "5m" dated
+    its daily summaries on Sundays. Data of fewer than two bars cannot tell and passes."""
+    if panel.n_bars < 2:
+        return
+    seconds = _intraday_spacing(panel)
+    found = _bar_named(seconds)
+    if found == config.live.bar:
+        return
+    where = f"data.path = {config.data.path!r}" if config.data.path else "the data"
+    if found is None:
+        assert seconds is not None
+        raise ConfigError(
+            f"live.bar = {config.live.bar!r}, but the bars of {where} (the recorded feed's) "
+            f"are {_spacing_text(seconds)} apart (most often): a run steps daily bars or "
+            f"{', '.join(_MINUTES_BAR.values())} bars; resample the data to one of them"
+        )
+    raise ConfigError(
+        f"live.bar = {config.live.bar!r}, but {where} (the recorded feed's) holds "
+        f'{_bars_text(found)}: set live.bar = "{found}", or point data.path at '
+        f"{_bars_text(config.live.bar)}"
+    )
+
+
 def bar_of_data(panel: Panel) -> str:
     """The bar length of a replay's data: "1d" for bars labelled at midnight (sessions),
     else the most common spacing of its bars within a day. A backtest of 5-minute bars ran
@@ -1862,11 +1907,10 @@ def bar_of_data(panel: Panel) -> str:
     seconds = _intraday_spacing(panel)
     if seconds is None:
         return "1d"
-    found = _MINUTES_BAR.get(seconds // 60) if seconds % 60 == 0 else None
+    found = _bar_named(seconds)
     if found is None:
-        apart = f"{seconds // 60} minutes" if seconds % 60 == 0 else f"{seconds} seconds"
         raise ConfigError(
-            f"the data's bars are {apart} apart (most often): a replay runs daily "
+            f"the data's bars are {_spacing_text(seconds)} apart (most often): a replay runs daily "
             f"bars or {', '.join(_MINUTES_BAR.values())} bars; resample the data to one of them"
         )
     log.info(

@@ -84,6 +84,35 @@ def test_the_bar_of_a_replays_data_is_found_from_its_times():
             bar_of_data(dataclasses.replace(panel, times=spaced))
 
 
+def test_a_recorded_live_run_refuses_data_of_another_bar_length_than_live_bar(engine_config):
+    """A recorded feed's live run took live.bar as its data's bar unchecked: a 5-minute file
+    under the default "1d" ran with the day's loss counted bar to bar (the daily loss limit
+    never tripped) and 252 bars a year; a daily file under "5m" dated its daily summaries on
+    Sundays. Both are a configuration error naming live.bar, the file's bars, what to set."""
+
+    def live(bar: str):  # type: ignore[no-untyped-def]
+        return dataclasses.replace(
+            engine_config, live=dataclasses.replace(engine_config.live, bar=bar)
+        )
+
+    five, daily = intraday_panel(5, sessions=3), make_panel(n_bars=300, split_at=None)
+    with pytest.raises(
+        ConfigError, match=r"live\.bar = '1d', but .* holds 5m bars: set live\.bar = \"5m\""
+    ):
+        build_engine(live("1d"), "live", panel=five)
+    with pytest.raises(
+        ConfigError, match=r"live\.bar = '5m', but .* holds daily bars: set live\.bar = \"1d\""
+    ):
+        build_engine(live("5m"), "live", panel=daily)
+    with pytest.raises(ConfigError, match=r"live\.bar = '15m', but .* holds 5m bars"):
+        build_engine(live("15m"), "live", panel=five)
+    with pytest.raises(ConfigError, match=r"live\.bar = '5m', but .* are 10 minutes apart"):
+        build_engine(live("5m"), "live", panel=intraday_panel(10, sessions=3))
+    for config, panel in ((live("5m"), five), (live("1d"), daily)):  # matching: runs
+        engine = build_engine(config, "live", panel=panel)
+        engine.close_held()
+
+
 async def test_a_backtest_of_five_minute_bars_annualises_and_sizes_by_sessions(
     engine_config, tmp_path
 ):
