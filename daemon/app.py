@@ -456,6 +456,7 @@ def session_bars_only(config: Config, panel: Panel) -> Panel:
     why = exchange.outside_sessions(panel.times)
     keep = why == ""
     _check_grid(exchange, panel, keep, spacing)
+    _warn_missing_bars(name, panel.times[keep], spacing)
     if keep.all():
         return _sessions_checked(panel, name)
     split, dividend, moved, lost = _carry_actions(panel, keep)
@@ -579,6 +580,59 @@ def _check_grid(exchange: Any, panel: Panel, inside: np.ndarray, spacing: int) -
         "cannot match a live run. Nothing was resampled: resample finer bars (1m to 30m) to "
         f"{bar} bars that start at the session open (a source whose {bar} bars do: Yahoo's "
         "60m), or backtest the finer bars themselves"
+    )
+
+
+def _warn_missing_bars(calendar: str, times: np.ndarray, spacing: int) -> None:
+    """One warning when intraday data lacks bars the live clock would release between its
+    first and last bar (a missing hour, a missing session). The replay steps past them while
+    a live run would release, fetch and decide them, so the two step different bars; only a
+    gap of `data.max_gap_days` calendar days was said (about 500 missing 5-minute bars
+    passed without a word). Said, not repaired: which bars are missing is the data's to fix."""
+    bar = _MINUTES_BAR.get(spacing // 60) if spacing % 60 == 0 else None
+    if bar is None or times.size < 2:
+        return  # not a bar length a replay runs (bar_of_data says so), or nothing to span
+    from .clock.calendar import CalendarRangeError, ExchangeCalendar
+
+    have = np.asarray(times, dtype="datetime64[ns]")
+    first, last = (pd.Timestamp(have[0], tz="UTC"), pd.Timestamp(have[-1], tz="UTC"))
+    try:
+        grid = ExchangeCalendar(
+            calendar,
+            bar,
+            start=(first - timedelta(days=1)).date(),
+            end=(last + timedelta(days=1)).date(),
+        )
+        expected = np.array(
+            [np.datetime64(t.replace(tzinfo=None), "ns") for t in grid.bars_between(first, last)],
+            dtype="datetime64[ns]",
+        )
+    except (ConfigError, CalendarRangeError) as exc:
+        log.info("data.bars_missing_not_checked", calendar=calendar, error=str(exc))
+        return
+    missing = np.setdiff1d(expected, have)
+    if missing.size == 0:
+        return
+    zone = grid.tz
+    days_have = {pd.Timestamp(t, tz="UTC").tz_convert(zone).date() for t in have}
+    days_missing = sorted(
+        {pd.Timestamp(t, tz="UTC").tz_convert(zone).date() for t in missing} - days_have
+    )
+    log.warning(
+        "data.bars_missing",
+        calendar=calendar,
+        bar=bar,
+        missing=int(missing.size),
+        expected=int(expected.size),
+        sessions_missing=len(days_missing),
+        first_missing=[pd.Timestamp(t, tz="UTC").isoformat() for t in missing[:5]],
+        detail=(
+            f"the data lacks {missing.size:,} of the {expected.size:,} {bar} bars that "
+            f"live.calendar = {calendar!r} has between its first and last bar"
+            + (f" ({len(days_missing)} whole session(s))" if days_missing else "")
+            + ": the replay steps past them, while a live run would release, fetch and "
+            "decide each; fill the file's gaps if they were trading bars"
+        ),
     )
 
 

@@ -767,3 +767,31 @@ async def test_a_replay_read_back_from_the_store_annualises_as_its_run_folder(
     from_folder = analyzer.calculate_performance_metrics(tmp_path / "out")
     assert from_store["sharpe"] == pytest.approx(from_folder["sharpe"], rel=1e-9)
     assert from_store["annual_return"] == pytest.approx(outcome.summary["annual_return"])
+
+
+def test_intraday_bars_missing_from_the_data_are_said(engine_config):
+    """Intraday data missing bars the live clock releases (an hour, a whole session) was
+    replayed without a word: the replay stepped past them while a live run would release and
+    decide each. One warning says how many, and how many whole sessions."""
+    from structlog.testing import capture_logs
+
+    from tradingd.app import session_bars_only
+
+    full = intraday_panel(sessions=8)  # 2024-01-08 .. 17 (01-15 a holiday: no bars kept)
+    with capture_logs() as logs:
+        session_bars_only(engine_config, full)
+    assert [e for e in logs if e["event"] == "data.bars_missing"] == []
+    days = np.asarray(full.times, dtype="datetime64[D]")
+    sessions = np.unique(days)
+    hour = np.flatnonzero(days == sessions[2])[12:24]  # the third session's second hour
+    keep = np.ones(len(full.times), dtype=bool)
+    keep[hour] = False
+    keep[days == sessions[4]] = False  # the fifth session, whole
+    fields = ("times", "open", "high", "low", "close", "volume", "split", "dividend")
+    gappy = dataclasses.replace(full, **{f: getattr(full, f)[keep] for f in fields})
+    with capture_logs() as logs:
+        session_bars_only(engine_config, gappy)
+    (warning,) = [e for e in logs if e["event"] == "data.bars_missing"]
+    assert warning["log_level"] == "warning"
+    assert warning["missing"] == 12 + 78 and warning["sessions_missing"] == 1
+    assert warning["first_missing"][0] == pd.Timestamp(full.times[hour[0]], tz="UTC").isoformat()
