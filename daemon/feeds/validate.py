@@ -68,6 +68,13 @@ Repairs (enable by name, or "all"):
                 has no left neighbour in the answer, only the neighbour of the bar after it
                 (judged against the two bars after it, the bar before a real gap looked like
                 a spike once a later window started at it).
+  repeated_actions  intraday bars: a split (or a dividend) on more than one bar of a
+                symbol's session (the exchange date of the bar's start in `timezone`), as a
+                daily action table joined onto 5-minute bars puts it on all 78 of the
+                ex-date's bars, which the engine books 78 times (a 2-for-1 doubles the
+                position 78 times). The action is kept on the session's first bar that
+                carries it; the later bars' split is set to 1.0 (dividend to 0.0), logged
+                with their count and values.
 Always on (not data errors): split coefficients within 1e-4 relative of a simple fraction
 (denominator <= 1000) are snapped to it, e.g. 7.000007 -> 7.0; a missing split/dividend value
 in a present column becomes 1.0/0.0. Both are logged. A split <= 0, a split outside
@@ -109,6 +116,7 @@ REPAIRS = (
     "order",
     "gaps",
     "spike",
+    "repeated_actions",
 )
 PRICE_COLUMNS = ("open", "high", "low", "close")
 OUTPUT_COLUMNS = ("time", "symbol", *PRICE_COLUMNS, "volume", "split", "dividend")
@@ -1303,6 +1311,88 @@ def _check_weekends(frame: pd.DataFrame, ctx: _Ctx, repairs: frozenset[str]) -> 
     return frame[~bad]
 
 
+def _session_days(times: np.ndarray, tz: str) -> np.ndarray:
+    """Per intraday bar label (its start in UTC, naive datetime64[ns]): its session, the
+    exchange date of that start in `tz` (days since 1970-01-01), as `_two_times_a_day` dates
+    the wall times it reads and `LiveClock.session_day` an intraday label."""
+    local = pd.DatetimeIndex(times).tz_localize("UTC").tz_convert(tz).tz_localize(None)
+    return np.asarray(local.to_numpy().astype("datetime64[D]").view("int64"))
+
+
+def _check_session_actions(
+    frame: pd.DataFrame, ctx: _Ctx, repairs: frozenset[str], tz: str
+) -> pd.DataFrame:
+    """Intraday bars: a split, or a dividend, on more than one bar of a symbol's session.
+    An action belongs to its ex-date, once; the engine books it on every bar that carries
+    it. A daily action table joined onto 5-minute bars put the dividend on all 78 bars of
+    the ex-date (booked 78 times: +13,007.60 of cash that was never paid) and a 2-for-1 on
+    all 78 (the position doubled 78 times), without a word. Refused, naming the session and
+    how many bars carry it; with repair 'repeated_actions' kept on the session's first bar
+    that carries it (as Yahoo's intraday answers place their actions) and reset on the
+    others, logged. `frame` is sorted by symbol, then time (`_check_time`)."""
+    if ctx.daily or frame.empty:
+        return frame
+    split = frame["split"].to_numpy()
+    dividend = frame["dividend"].to_numpy()
+    carried = {"split": split != 1.0, "dividend": dividend > 0}
+    if not any(mask.sum() > 1 for mask in carried.values()):
+        return frame
+    codes = frame["_code"].to_numpy()
+    sessions = _session_days(frame["time"].to_numpy(), tz)
+    later: dict[str, np.ndarray] = {}  # per action: a bar after its session's first with it
+    bars: dict[str, np.ndarray] = {}  # per action and row: its session's bars carrying it
+    for action, mask in carried.items():
+        rows = np.flatnonzero(mask)
+        keys = pd.DataFrame({"code": codes[rows], "session": sessions[rows]})
+        repeated = np.zeros(len(frame), dtype=bool)
+        repeated[rows] = keys.duplicated(keep="first").to_numpy()
+        later[action] = repeated
+        bars[action] = np.zeros(len(frame), dtype=np.int64)
+        bars[action][rows] = keys.groupby(["code", "session"])["code"].transform("size")
+    values = {"split": split, "dividend": dividend}
+    first = next((a for a, repeated in later.items() if repeated.any()), None)
+    if first is not None and "repeated_actions" not in repairs:
+        value, count = values[first], bars[first]
+
+        def message(pos: int) -> str:
+            return (
+                f"{{n}} intraday bar(s) repeating a {first} already on an earlier bar of "
+                f"their session, first in the session of {_fmt_day(sessions[pos])}, where "
+                f"{int(count[pos])} bars carry a {first} (this bar's: {float(value[pos]):g}): "
+                "an action goes ex once, and each bar that carries it books it again (a "
+                "daily action table joined onto intraday bars?); put it on the session's "
+                "first bar only, or enable repair 'repeated_actions' to keep it there and "
+                "reset the others"
+            )
+
+        raise ctx.fail(frame, later[first], message)
+    either = later["split"] | later["dividend"]
+    detail = np.empty(len(frame), dtype=object)
+    for i in np.flatnonzero(either):
+        parts = [
+            f"{a} {float(values[a][i]):g} ({int(bars[a][i])} bars)"
+            for a in ("split", "dividend")
+            if later[a][i]
+        ]
+        detail[i] = f"session {_fmt_day(sessions[i])}: {', '.join(parts)}"
+    ctx.log_repair(
+        "repeated_actions",
+        frame,
+        either,
+        detail=detail,
+        action="reset: split 1.0, dividend 0.0; kept on the session's first bar carrying it",
+    )
+    return frame.assign(
+        split=np.where(later["split"], 1.0, split),
+        dividend=np.where(later["dividend"], 0.0, dividend),
+    )
+
+
+def _fmt_day(day: Any) -> str:
+    """A session (days since 1970-01-01) as YYYY-MM-DD."""
+    return str(np.datetime64(int(day), "D"))
+
+
 def _steps(frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
     """Per row i >= 1: time step to row i-1 (ns) and whether row i-1 is the same symbol."""
     t = frame["time"].to_numpy().view("int64")
@@ -1598,6 +1688,7 @@ def validate_frame(
     if not weekend_sessions:
         frame = _check_weekends(frame, ctx, repairs)
     frame = _check_time(frame, ctx, repairs, max_gap_days)
+    frame = _check_session_actions(frame, ctx, repairs, timezone)
     frame = _snap_splits(frame, ctx)
     _suspect_actions(frame, ctx)
     if ctx.split_absent:

@@ -168,9 +168,19 @@ def paths(draw: st.DrawFn) -> tuple[pd.DataFrame, str, int]:
     moves = draw(st.lists(st.floats(-0.05, 0.05), min_size=n, max_size=n))
     events = [("", 1.0)] * WARM + draw(st.lists(EVENTS, min_size=n - WARM, max_size=n - WARM))
     actions = [(1.0, 0.0)] * n
+    # An hourly path (at most 24 bars: one or two sessions) has each action on one bar at
+    # most: an action goes ex once a session, and a second bar carrying it in the session is
+    # refused (validate.py's `_check_session_actions`), by the backtest and the feed alike.
+    taken: set[str] = set()
     for i in range(WARM, n):
         if events[i][0] or (events[i - 1][0] and draw(st.booleans())):
-            actions[i] = draw(ACTIONS)
+            split, dividend = draw(ACTIONS)
+            if interval == "60m":
+                kinds = {k for k, on in (("split", split != 1.0), ("dividend", dividend > 0)) if on}
+                if kinds & taken:
+                    continue
+                taken |= kinds
+            actions[i] = (split, dividend)
     return raw_rows(moves, events, interval, actions), interval, lookback
 
 

@@ -900,6 +900,97 @@ def test_a_bar_with_both_a_split_and_a_dividend_is_said(tmp_path: Path) -> None:
     assert (p.split[i, 0], p.dividend[i, 0]) == (1.5, 13.8)  # booked as given
 
 
+# Five-minute bars of 2024-06-27 (EDT, UTC-4: 13:30Z is the 09:30 open) and the next day.
+INTRADAY = "timestamp,symbol,open,high,low,close,volume,split,dividend"
+
+
+def _intraday_rows(symbol: str, day: str, n: int, split: float, dividend: float) -> list[str]:
+    start = pd.Timestamp(f"{day} 13:30", tz="UTC")
+    return [
+        f"{(start + pd.Timedelta(minutes=5 * k)).isoformat()},{symbol},50,51,49,50,1000,"
+        f"{split},{dividend}"
+        for k in range(n)
+    ]
+
+
+def test_an_action_on_every_intraday_bar_of_a_session_is_refused(tmp_path: Path) -> None:
+    """A daily action table joined onto 5-minute bars put the ex-date's split and dividend
+    on every bar of the session: the backtest booked the dividend 78 times (+13,007.60 on
+    four symbols) and doubled a 2-for-1 position 78 times, without a word. More than one bar
+    with a split, or with a dividend, in one session of a symbol is refused, naming the
+    file, the symbol, the first repeating bar, the session and how many bars carry it."""
+    rows = [
+        *_intraday_rows("AAA", "2024-06-26", 3, 1.0, 0.0),
+        *_intraday_rows("AAA", "2024-06-27", 4, 1.0, 0.2),  # a dividend on all 4: refused
+        *_intraday_rows("BBB", "2024-06-26", 3, 1.0, 0.0),
+        *_intraday_rows("BBB", "2024-06-27", 1, 2.0, 0.0),  # once: fine
+        *_intraday_rows("BBB", "2024-06-28", 2, 1.0, 0.0),
+    ]
+    path = write_csv(tmp_path / "m5.csv", rows, header=INTRADAY)
+    with pytest.raises(DataError) as err:
+        load_frame("csv", str(path))
+    msg = str(err.value)
+    assert msg.startswith("3 intraday bar(s) repeating a dividend already on an earlier bar")
+    assert "session of 2024-06-27, where 4 bars carry a dividend" in msg
+    assert 'repair = ["repeated_actions"]' in msg
+    assert_names(err.value, path, "AAA", 6)  # line 6: the session's second bar
+
+    split = [
+        *_intraday_rows("CCC", "2024-06-26", 3, 1.0, 0.0),
+        *_intraday_rows("CCC", "2024-06-27", 5, 2.0, 0.0),
+    ]
+    path = write_csv(tmp_path / "split.csv", split, header=INTRADAY)
+    with pytest.raises(DataError, match=r"^4 intraday bar\(s\) repeating a split") as err:
+        load_frame("csv", str(path))
+    assert "where 5 bars carry a split (this bar's: 2)" in str(err.value)
+    assert_names(err.value, path, "CCC", 6)
+
+
+def test_repair_repeated_actions_keeps_the_sessions_first_bar(tmp_path: Path) -> None:
+    """With repair 'repeated_actions' the action stays on the first bar of the session that
+    carries it and the later bars' are reset (split 1.0, dividend 0.0), logged with the
+    count, the session and the bars that carried it. The session is the exchange date, not
+    the UTC one: 01:00Z on 2024-06-28 is 21:00 New York on the 27th (an extended-hours bar),
+    still that session; 13:30Z on the 28th is the next session."""
+    rows = [
+        *_intraday_rows("AAA", "2024-06-26", 2, 1.0, 0.0),
+        *_intraday_rows("AAA", "2024-06-27", 3, 2.0, 0.2),
+        "2024-06-28T01:00:00+00:00,AAA,50,51,49,50,1000,1.0,0.2",  # the 27th in New York
+        "2024-06-28T13:30:00+00:00,AAA,50,51,49,50,1000,1.0,0.2",  # next session: kept
+        *_intraday_rows("BBB", "2024-06-26", 2, 1.0, 0.0),
+        *_intraday_rows("BBB", "2024-06-27", 2, 1.0, 0.0),
+    ]
+    path = write_csv(tmp_path / "m5.csv", rows, header=INTRADAY)
+    with capture_logs() as logs:
+        frame = load_frame("csv", str(path), repair=["repeated_actions"])
+    aaa = frame[frame["symbol"] == "AAA"]
+    assert aaa["split"].tolist() == [1.0, 1.0, 2.0, 1.0, 1.0, 1.0, 1.0]
+    assert aaa["dividend"].tolist() == [0.0, 0.0, 0.2, 0.0, 0.0, 0.0, 0.2]
+    (said,) = repairs_logged(logs, "repeated_actions")
+    assert said["symbol"] == "AAA" and said["rows"] == 3 and said["lines"] == [5, 6, 7]
+    assert said["values"] == [
+        "session 2024-06-27: split 2 (3 bars), dividend 0.2 (4 bars)",
+        "session 2024-06-27: split 2 (3 bars), dividend 0.2 (4 bars)",
+        "session 2024-06-27: dividend 0.2 (4 bars)",
+    ]
+    (summary,) = [e for e in logs if e["event"] == "data.repairs"]
+    assert summary["rows"] == {"repeated_actions": 3}
+
+
+def test_daily_bars_are_not_judged_as_sessions_of_intraday_bars(tmp_path: Path) -> None:
+    """Daily bars carry one action each on consecutive sessions: nothing to repeat."""
+    path = write_csv(
+        tmp_path / "d.csv",
+        [
+            "2020-01-02,AAA,100,101,99,100,1000,1,0.2",
+            "2020-01-03,AAA,100,101,99,100,1000,1,0.2",
+        ],
+        header="date,symbol,open,high,low,close,volume,split,dividend",
+    )
+    frame = load_frame("csv", str(path))
+    assert frame["dividend"].tolist() == [0.2, 0.2]
+
+
 def test_a_jump_like_a_split_in_data_without_a_split_column_is_said(tmp_path: Path) -> None:
     """Without a split column (Alpha Vantage's unadjusted daily answers) a 4-for-1 was booked
     as a 75% one-day crash, and nothing named the symbol or the day: the load only said the
