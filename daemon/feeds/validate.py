@@ -134,6 +134,10 @@ _WEEKDAY_NAMES = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Satur
 DEFAULT_TIMEZONE = "America/New_York"
 # Beyond these a corporate action is logged as suspect (`data.suspect`), not refused.
 SUSPECT_SPLIT_RATIO = 4.0
+# A split at least this large either way (a 3-for-2, a 2-for-3) is also suspect when the
+# overnight move is nearer to no move than to the split (`_unshown_splits`); smaller ones (a
+# 5% stock dividend, a spin-off's 1.011) are within a day's noise and cannot be judged so.
+SUSPECT_UNSHOWN_MIN_SPLIT = 1.5
 SUSPECT_DIVIDEND_FRACTION = 0.5
 # Without a split column, an open within SPLIT_LIKE_TOLERANCE of the previous close over (or
 # times, a reverse split) one of these ratios is logged as suspect (`split_like_jump`).
@@ -292,7 +296,10 @@ SUSPECT_RULES = {
     "check the symbol's splits (use split-adjusted prices, or a source that carries splits)",
     "split_without_price_move": f"a split coefficient the prices do not show: the previous "
     f"close over the bar's open, per the split, is beyond {SUSPECT_SPLIT_RATIO:g}x either way "
-    "(a 2-for-1 halves the price); booked as given: check the coefficient",
+    "(a 2-for-1 halves the price), or, for a split of at least "
+    f"{SUSPECT_UNSHOWN_MIN_SPLIT:g}x either way, the open is nearer the previous close than "
+    "the split would put it (a 2-for-1 with the price unmoved: the position doubles, its "
+    "value with it); booked as given: check the coefficient",
     "large_dividend": f"a dividend of at least {SUSPECT_DIVIDEND_FRACTION:.0%} of the previous "
     "close; booked as given: check it (a special dividend, or a wrong unit)",
     "split_with_dividend": "a split and a dividend on the same bar: the split is applied "
@@ -339,10 +346,26 @@ def _suspect_actions(frame: pd.DataFrame, ctx: _Ctx) -> None:
         frac = dividend / prev
     odd_split = (split != 1.0) & np.isfinite(ratio)
     odd_split &= (ratio > SUSPECT_SPLIT_RATIO) | (ratio < 1.0 / SUSPECT_SPLIT_RATIO)
+    odd_split |= _unshown_splits(split, ratio)
     big_div = (dividend > 0) & np.isfinite(frac) & (frac >= SUSPECT_DIVIDEND_FRACTION)
     _say_suspect(frame, ctx, "split_without_price_move", odd_split, prev, split)
     _say_suspect(frame, ctx, "large_dividend", big_div, prev, dividend)
     _suspect_split_with_dividend(frame, ctx, prev)
+
+
+def _unshown_splits(split: np.ndarray, ratio: np.ndarray) -> np.ndarray:
+    """Per row: a split of at least `SUSPECT_UNSHOWN_MIN_SPLIT` either way that the overnight
+    move (previous close over open; `ratio` is that move over the split) shows less than
+    half of, in log terms: the price is nearer to no split than to this one. The 4x rule
+    alone let a 2-for-1 with the price unmoved pass (ratio 0.5), three days in a row, each
+    doubling the position. The S&P 500 file has 3 such rows (ANTM 2002-03-18, 2.0 on an
+    unmoved price; GNRC 2010-02-12, 0.30 unmoved; JCI 2007-07-02, 0.25 with the price up
+    57%); its other splits of 1.5x or more show at least 2/3 of theirs."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        to_split = np.abs(np.log(ratio))  # how far the move is from the split
+        to_none = np.abs(np.log(ratio * split))  # how far from no split at all
+        large = np.abs(np.log(split)) >= np.log(SUSPECT_UNSHOWN_MIN_SPLIT)
+    return np.asarray(large & np.isfinite(ratio) & (to_none < to_split))
 
 
 def _suspect_split_with_dividend(frame: pd.DataFrame, ctx: _Ctx, prev: np.ndarray) -> None:

@@ -90,6 +90,26 @@ def test_every_bar_with_a_split_and_a_dividend_is_said(sp500_parquet: Path) -> N
     assert so["overnight_return"] == pytest.approx(0.5195, abs=1e-4)  # booked; the price: -38%
 
 
+def test_every_split_the_price_does_not_show_is_said(sp500_parquet: Path) -> None:
+    """Splits of 1.5x or more whose overnight move is nearer no move than the split: the
+    file's 3 damaged rows (ANTM's 2.0 and GNRC's 0.30 on unmoved prices, JCI's 0.25 with the
+    price up 57%), none of its real splits; the other kinds keep their counts."""
+    with capture_logs() as logs:
+        load_frame("parquet", str(sp500_parquet))
+    counts = {e["kind"]: e["count"] for e in logs if e.get("event") == "data.suspect"}
+    assert counts == {
+        "split_without_price_move": 3,
+        "large_dividend": 14,
+        "split_with_dividend": 10,
+    }
+    (said,) = [e for e in logs if e.get("kind") == "split_without_price_move"]
+    assert [(e["symbol"], e["time"]) for e in said["examples"]] == [
+        ("ANTM", "2002-03-18"),
+        ("GNRC", "2010-02-12"),
+        ("JCI", "2007-07-02"),
+    ]
+
+
 def test_a_requested_symbol_listed_after_the_window_is_named(sp500_parquet: Path) -> None:
     """CHTR's first bar is 2010-01-05: in a run ending 2009-12-31 it left the universe and
     no log line said so (the summary just counted one symbol fewer)."""

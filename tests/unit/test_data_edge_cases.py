@@ -441,7 +441,7 @@ def test_repairs_are_summarised_in_one_info_line(tmp_path: Path) -> None:
     header = HEADER + ",split"
     for sym in ("AAA", "BBB", "CCC"):
         write_csv(tmp_path / f"{sym}.csv", [f"{ln},1" for ln in GOOD[:-1]] +
-                  ["2020-01-08,11.5,13,11,12,500,2.0000001"], header=header)  # fmt: skip
+                  ["2020-01-08,5.75,6.5,5.5,6,1000,2.0000001"], header=header)  # fmt: skip
     write_csv(tmp_path / "DDD.csv", with_line(1, "2020-01-03,10,11,9,,200"))
     with capture_logs() as logs:
         load_frame("csv", str(tmp_path), repair=["nan"])

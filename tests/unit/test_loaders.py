@@ -900,6 +900,53 @@ def test_a_bar_with_both_a_split_and_a_dividend_is_said(tmp_path: Path) -> None:
     assert (p.split[i, 0], p.dividend[i, 0]) == (1.5, 13.8)  # booked as given
 
 
+def test_a_split_the_price_does_not_show_at_all_is_said(tmp_path: Path) -> None:
+    """A 2-for-1 on three days in a row with the price unmoved passed without a word: the
+    split check said only a split more than 4x off the price move, and each day's 2.0 is
+    0.5x of it, so the position was doubled three times (8x) silently. A split of 1.5x or
+    more either way whose move is nearer no move than the split is said now; a real split,
+    a small one (a 5% stock dividend within a day's noise) and a moved 3-for-2 are not."""
+    d = tmp_path / "bars"
+    d.mkdir()
+    write_csv(
+        d / "FLAT.csv",
+        [
+            "2020-01-02,100,101,99,100,1000,1,0",
+            "2020-01-03,100,101,99,100,1000,2,0",  # unmoved: said
+            "2020-01-06,100,101,99,100,1000,2,0",  # said
+            "2020-01-07,100,101,99,100,1000,2,0",  # said
+            "2020-01-08,100,101,99,100,1000,0.5,0",  # a 1-for-2 reverse, unmoved: said
+            "2020-01-09,100,101,99,100,1000,1.05,0",  # 5%: within noise, not said
+        ],
+        header=ACTIONS,
+    )
+    write_csv(
+        d / "REAL.csv",
+        [
+            "2020-01-02,100,101,99,100,1000,1,0",
+            "2020-01-03,50,51,49,50,2000,2,0",  # halved: a real 2-for-1
+            "2020-01-06,38,39,37,38,3000,1.5,0",  # 50 / 38 = 1.32 of 1.5: shown, not said
+            "2020-01-07,38,39,37,38,3000,1,0",
+        ],
+        header=ACTIONS,
+    )
+    with capture_logs() as logs:
+        p = load_panel("csv", path=str(d), layout="per_symbol")
+    found = _suspects(logs)
+    assert set(found) == {"split_without_price_move"}
+    said = found["split_without_price_move"]
+    assert said["log_level"] == "warning" and said["count"] == 4
+    assert [(e["symbol"], e["time"], e["value"]) for e in said["examples"]] == [
+        ("FLAT", "2020-01-03", 2.0),
+        ("FLAT", "2020-01-06", 2.0),
+        ("FLAT", "2020-01-07", 2.0),
+        ("FLAT", "2020-01-08", 0.5),
+    ]
+    assert "price unmoved" in said["rule"] and "booked as given" in said["rule"]
+    flat = p.symbols.index("FLAT")
+    assert p.split[1:4, flat].tolist() == [2.0, 2.0, 2.0]  # booked as given
+
+
 # Five-minute bars of 2024-06-27 (EDT, UTC-4: 13:30Z is the 09:30 open) and the next day.
 INTRADAY = "timestamp,symbol,open,high,low,close,volume,split,dividend"
 

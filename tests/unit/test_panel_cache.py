@@ -403,7 +403,7 @@ def test_leftover_temp_file_is_never_an_entry(csv_file: Path, cache: Path) -> No
 
 
 def test_repairs_are_logged_again_on_a_hit(tmp_path: Path, cache: Path) -> None:
-    rows = [*ROWS[:-1], "2020-01-07,B,21,22,20,21.5,400,1.49999925"]
+    rows = [*ROWS[:-1], "2020-01-07,B,14,14.5,13.5,14.3,600,1.49999925"]  # a 3-for-2
     p = params(write_csv(tmp_path / "split.csv", rows))
     with capture_logs() as miss_logs:
         first, load = cached(cache, **p)
