@@ -1042,11 +1042,25 @@ def _analysis_tables(path: str | None) -> dict[str, Any]:
                 f"tables: {', '.join(_ANALYSIS_TABLES)}"
             )
         data = _with_shared_settings(data)
+    analysis = PerformanceConfig.from_mapping(data.get("analysis", {}), "analysis")
+    report = ReportConfig.from_mapping(data.get("report", {}), "report")
+    validation = ValidationConfig.from_mapping(data.get("validation", {}), "validation")
+    attribution = AttributionConfig.from_mapping(data.get("attribution", {}), "attribution")
+    root = validation.runs_root
+    counted = validation.trials == 0 or validation.trials_sharpe_variance == 0
+    if root and counted and not Path(root).is_dir():
+        # The validation refuses it too, but only once the replay has run (minutes on a
+        # large universe): a typo is reported before it, as every other table's is.
+        raise TradingdError(
+            f"analysis config {path}: [validation] runs_root {root!r} is not a folder "
+            f"(resolved: {Path(root).resolve()}): set it to the folder holding the run "
+            "records (such as var/runs), or remove it to count the run folder's siblings"
+        )
     return {
-        "analysis": PerformanceConfig.from_mapping(data.get("analysis", {}), "analysis"),
-        "report": ReportConfig.from_mapping(data.get("report", {}), "report"),
-        "validation": ValidationConfig.from_mapping(data.get("validation", {}), "validation"),
-        "attribution": AttributionConfig.from_mapping(data.get("attribution", {}), "attribution"),
+        "analysis": analysis,
+        "report": report,
+        "validation": validation,
+        "attribution": attribution,
     }
 
 

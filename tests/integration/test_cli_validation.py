@@ -20,7 +20,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
-from cli_runs import config_error_code, in_process, tripwires, write_config
+from cli_runs import Tripwire, config_error_code, in_process, tripwires, write_config
 from conftest import deep_path
 
 from tradingd.__main__ import DEFAULT_RETRAIN_ROOT, DEFAULT_TRAIN_OUT, _parser, main
@@ -284,6 +284,25 @@ def test_report_options_without_report_are_a_usage_error_before_the_replay(cli, 
     named = [o for o in options if o.startswith("--")]
     assert f"tradingd: error: backtest: {' and '.join(named)} only configure" in err
     assert "add --report" in err
+
+
+def test_a_validation_runs_root_that_is_not_a_folder_fails_before_the_replay(cli, tmp_path):
+    """`backtest --report` with `[validation] runs_root = "var/runz"` (a typo) replayed the
+    whole run and wrote its record before the report refused the folder."""
+    analysis = tmp_path / "analysis.toml"
+    analysis.write_text(f'[validation]\nruns_root = "{tmp_path / "runz"}"\n')
+    args = ("backtest", "-c", str(write_config(tmp_path)), "--report")
+    code, _, err = cli(*args, "--analysis-config", str(analysis))
+    assert code == 2  # the run_backtest tripwire was not reached
+    assert f"analysis config {analysis}: [validation] runs_root" in err
+    assert "is not a folder" in err and "Traceback" not in err
+    # Counted from nowhere when both figures are given: the folder is not read, nor refused.
+    analysis.write_text(
+        f'[validation]\nruns_root = "{tmp_path / "runz"}"\ntrials = 3\n'
+        "trials_sharpe_variance = 0.5\n"
+    )
+    with pytest.raises(Tripwire):  # passed the start-up checks: the replay was reached
+        cli(*args, "--analysis-config", str(analysis))
 
 
 def test_an_output_path_too_long_for_the_records_files_fails_before_the_replay(cli, tmp_path):
