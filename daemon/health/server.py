@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import os
+import re
 import socket
 import time
 import traceback
@@ -112,14 +113,22 @@ class _Capped:
         return self.server()
 
 
+# An Authorization header's value as a parse error quotes it (up to the quote or line end):
+# whatever its scheme, it is a credential.
+_AUTHORIZATION_VALUE = re.compile(r"(?i)(authorization\s*:)[^'\"\r\n]*")
+
+
 class _BadRequests:
     """Requests aiohttp could not parse (a bad HTTP version, a header too long): counted and
     said as one `health.bad_requests` warning at most every `_BAD_REQUEST_LINE_S` seconds,
     with the count, the last error and some remotes. aiohttp logged each as an ERROR with a
     traceback: a local loop of garbage wrote 8,000 lines in 2.5 s."""
 
-    def __init__(self, clock: Callable[[], float]) -> None:
+    def __init__(self, clock: Callable[[], float], secrets: tuple[str, ...] = ()) -> None:
         self._clock = clock
+        # The server's own token: aiohttp's parse error quotes the raw header line, and
+        # `mask_text` knows `Bearer`/`Basic` credentials only (`Authorization: Token <t>`).
+        self._secrets = secrets
         self.count = 0
         self._said = 0
         self._line_at: float | None = None
@@ -129,6 +138,7 @@ class _BadRequests:
     def add(self, error: BaseException, remote: str | None) -> None:
         self.count += 1
         text = " ".join(f"{type(error).__name__}: {error}".split())  # aiohttp's is multi-line
+        text = _AUTHORIZATION_VALUE.sub(r"\1 ***", mask_values(text, self._secrets))
         self._last_error = mask_text(text)[:300]
         if len(self._remotes) < 10:
             self._remotes.add(remote or "unknown")
@@ -312,7 +322,7 @@ class HealthServer:
         self._unauthorized_line_at: float | None = None
         self._unauthorized_action = ""
         self._unauthorized_remotes: set[str] = set()  # since the last line, at most 10
-        self._bad_requests = _BadRequests(clock)
+        self._bad_requests = _BadRequests(clock, (token,) if token else ())
         self._metrics_text: tuple[float, bytes] | None = None  # (rendered at, in `clock` s)
         self.replace_inputs(checks, status, controls)
 
