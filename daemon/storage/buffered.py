@@ -1827,7 +1827,11 @@ def _check_intents(
         field = value = None
         if not _positive_number(q):
             field, value = "quantity", q
-        elif filled is not None and not (_positive_number(filled, 0.0) and filled <= q):
+        elif filled is not None and not (
+            # Fills add up in floats: pieces of a fractional quantity (split-adjusted, 151.5)
+            # can sum to it plus an ulp or so, which a resume must not take for damage.
+            _positive_number(filled, 0.0) and filled <= q * (1.0 + 1e-9)
+        ):
             field, value = "filled_quantity", filled
         if field is not None:
             at = (

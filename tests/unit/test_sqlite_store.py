@@ -926,3 +926,25 @@ async def test_an_intent_tradingd_never_stores_refuses_the_resume(
         assert "run 'live-int'" in msg and str(T0) in msg and isinstance(e.value, ConfigError)
     finally:
         await store.stop()
+
+
+async def test_an_intent_filled_to_its_quantity_by_float_pieces_resumes(db_path: Path) -> None:
+    """A fractional quantity (split-adjusted, a volume cap's piece) filled in pieces sums to
+    it plus an ulp in floats (`before + (q - before)`), which the resume's intent check
+    refused as damage."""
+    q, before = 764.0108443576374, 194.87550172465552  # a fractional quantity, a first piece
+    filled = before + (q - before)
+    assert filled > q  # the float sum the simulated broker makes
+    run = RunInfo("live-ulp", "live", T0, "{}", SYMS, 100_000.0)
+    store = SqliteStore(db_path)
+    await store.start()
+    try:
+        assert await store.resume_run(run) is None
+        store.record_checkpoint(run.run_id, T0, {"bar": 0})
+        order = Order("live-ulp|1", "AAA", Side.BUY, q, T0 + DAY)
+        order.filled_quantity = filled
+        store.record_orders(run.run_id, [order], intent=True, booked_at=T0 + DAY)
+        await store.flush()
+        assert await store.resume_run(run) is not None
+    finally:
+        await store.stop()
