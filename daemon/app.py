@@ -272,6 +272,20 @@ def calendar_has_weekend_sessions(name: str) -> bool:
     return len(mask) == 7 and mask[5:] != "00"
 
 
+def calendar_timezone(name: str) -> str:
+    """The zone where exchange calendar `name` dates its sessions (`calendar_zone`), for the
+    loader's intraday checks by session; "" for a name the run's own calendar check will
+    refuse. XNYS is answered without building a calendar."""
+    if name == "XNYS":
+        return "America/New_York"
+    from .clock.calendar import calendar_zone
+
+    try:
+        return str(calendar_zone(name))
+    except ConfigError:
+        return ""
+
+
 def load_data(config: Config) -> Panel:
     """The configured bars up to `run.end`. History before `run.start` is kept: it warms up
     features, model windows and signals, and trading starts at `run.start` (see
@@ -293,6 +307,7 @@ def load_data(config: Config) -> Panel:
         timezone=d.timezone,
         date_format=d.date_format,
         weekend_sessions=calendar_has_weekend_sessions(config.live.calendar),
+        session_timezone=calendar_timezone(config.live.calendar),
     )
     if d.max_symbols and not d.symbols:
         first = _first_symbols(load, d.max_symbols, d.source, d.path, d.layout, config.run.end)

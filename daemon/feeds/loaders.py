@@ -402,6 +402,7 @@ def load_frame(
     date_format: str = "",
     advice: Advice = DATA_ADVICE,
     weekend_sessions: bool = False,
+    session_timezone: str = "",
 ) -> pd.DataFrame:
     """The validated long table (time, symbol, open, high, low, close, volume, split, dividend).
 
@@ -412,6 +413,7 @@ def load_frame(
     to say them again when it serves the load from disk. `advice`: where the settings its
     errors advise are set (validate.Advice; a benchmark file has its own).
     `weekend_sessions`: the calendar holds weekend sessions (validate_frame).
+    `session_timezone`: the calendar's zone, where intraday sessions are dated (validate_frame).
     """
     _choice("source", source, SOURCES)
     _choice("layout", layout, LAYOUTS)
@@ -433,6 +435,7 @@ def load_frame(
         "summary": summary,
         "advice": advice,
         "weekend_sessions": weekend_sessions,
+        "session_timezone": session_timezone,
     }
     if source == "bundled":
         frames = [
@@ -515,9 +518,10 @@ def load_panel(
     summary: RepairSummary | None = None,
     date_format: str = "",
     weekend_sessions: bool = False,
+    session_timezone: str = "",
 ) -> Panel:
     """Bars of `source` as a Panel: symbols sorted, times the union of all bar times.
-    `summary`, `weekend_sessions`: as for `load_frame`."""
+    `summary`, `weekend_sessions`, `session_timezone`: as for `load_frame`."""
     frame = load_frame(
         source,
         path,
@@ -533,6 +537,7 @@ def load_panel(
         summary=summary,
         date_format=date_format,
         weekend_sessions=weekend_sessions,
+        session_timezone=session_timezone,
     )
     # The checks' intermediates are garbage now, but glibc keeps freed heap memory until
     # asked: trimmed here, the panel's arrays reuse it instead of adding to the load's peak

@@ -91,6 +91,7 @@ def cached_load_panel(
     timezone: str = DEFAULT_TIMEZONE,
     date_format: str = "",
     weekend_sessions: bool = False,
+    session_timezone: str = "",
 ) -> Panel:
     """`load_panel` with the same arguments, from the cache when the inputs are unchanged.
 
@@ -115,6 +116,7 @@ def cached_load_panel(
         "timezone": timezone,
         "date_format": date_format,
         "weekend_sessions": weekend_sessions,
+        "session_timezone": session_timezone,
     }
     # In the key as JSON lists (a lone string is one symbol or repair, as the loader reads it).
     params = {
@@ -126,6 +128,8 @@ def cached_load_panel(
         del params["date_format"]
     if not weekend_sessions:  # the same
         del params["weekend_sessions"]
+    if not session_timezone or session_timezone == timezone:  # the same
+        del params["session_timezone"]
     if load is None:
 
         def load(summary: RepairSummary) -> Panel:

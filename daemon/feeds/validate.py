@@ -1665,6 +1665,7 @@ def validate_frame(
     open_end: bool = False,
     open_start: bool = False,
     weekend_sessions: bool = False,
+    session_timezone: str = "",
 ) -> pd.DataFrame:
     """Check (and, where enabled, repair) bars; return the clean long table.
 
@@ -1684,7 +1685,10 @@ def validate_frame(
     `open_start`: the first bar of each symbol is the first of a live answer's window, a
     neighbour only for the spike check (see `_spikes`). `weekend_sessions`: the run's
     calendar holds sessions on Saturdays and Sundays (`live.calendar = "24/7"`, crypto), so
-    daily bars dated then are sessions, not errors (`_check_weekends`).
+    daily bars dated then are sessions, not errors (`_check_weekends`). `session_timezone`:
+    the zone of the run calendar's sessions (`live.calendar`'s), where an intraday bar's
+    session is dated (`_check_session_actions`); "" = `timezone`. An XTKS session spans two
+    New York dates: by `data.timezone` a dividend repeated on its bars was kept twice.
     """
     if interval not in INTERVALS:
         raise ConfigError(
@@ -1711,7 +1715,7 @@ def validate_frame(
     if not weekend_sessions:
         frame = _check_weekends(frame, ctx, repairs)
     frame = _check_time(frame, ctx, repairs, max_gap_days)
-    frame = _check_session_actions(frame, ctx, repairs, timezone)
+    frame = _check_session_actions(frame, ctx, repairs, session_timezone or timezone)
     frame = _snap_splits(frame, ctx)
     _suspect_actions(frame, ctx)
     if ctx.split_absent:

@@ -51,7 +51,7 @@ from collections.abc import (
 from datetime import UTC, date, datetime
 from operator import itemgetter
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import structlog
@@ -1830,7 +1830,7 @@ def _check_intents(
         elif filled is not None and not (
             # Fills add up in floats: pieces of a fractional quantity (split-adjusted, 151.5)
             # can sum to it plus an ulp or so, which a resume must not take for damage.
-            _positive_number(filled, 0.0) and filled <= q * (1.0 + 1e-9)
+            _positive_number(filled, 0.0) and filled <= cast(float, q) * (1.0 + 1e-9)
         ):
             field, value = "filled_quantity", filled
         if field is not None:

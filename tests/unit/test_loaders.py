@@ -1234,3 +1234,34 @@ def test_a_file_whose_only_line_is_no_header_of_bars_says_it_is_not_bars(tmp_pat
     header.write_text(HEADER + "\n")
     with pytest.raises(DataError, match=r"no rows of bars \(a header only\)"):
         load_panel("csv", str(header))
+
+
+def test_repeated_actions_are_judged_by_the_calendars_sessions_not_data_timezone():
+    """An XTKS session (00:00-06:00 UTC) spans two New York dates: judged by data.timezone
+    (America/New_York), a dividend joined onto each of its 5-minute bars was kept on two of
+    them (booked twice) with the repair on. `session_timezone` (live.calendar's zone, as
+    load_data passes it) dates the sessions."""
+    rows = [
+        dict(
+            time=t.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            open=100.0,
+            high=101.0,
+            low=99.0,
+            close=100.0,
+            volume=1000,
+            split=1.0,
+            dividend=0.5 if day == "2025-05-20" else 0.0,
+        )
+        for day in ("2025-05-19", "2025-05-20", "2025-05-21")
+        for t in pd.date_range(f"{day} 00:00", f"{day} 05:55", freq="5min")
+    ]
+    out = validate_frame(
+        pd.DataFrame(rows),
+        source="t.csv",
+        symbol="7203.T",
+        repair="repeated_actions",
+        interval="intraday",
+        session_timezone="Asia/Tokyo",
+    )
+    kept = out[out["dividend"] > 0]
+    assert [str(t) for t in kept["time"]] == ["2025-05-20 00:00:00"]
