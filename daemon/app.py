@@ -272,6 +272,10 @@ def calendar_has_weekend_sessions(name: str) -> bool:
     return len(mask) == 7 and mask[5:] != "00"
 
 
+# A replay's (and `tradingd fetch`'s) bound on one PostgreSQL statement (build_engine).
+REPLAY_COMMAND_TIMEOUT_S = 600.0
+
+
 def calendar_timezone(name: str) -> str:
     """The zone where exchange calendar `name` dates its sessions (`calendar_zone`), for the
     loader's intraday checks by session; "" for a name the run's own calendar check will
@@ -1880,7 +1884,14 @@ def build_engine(
         spool_dir=st.spool_dir or None,
         spool_max_bytes=st.spool_max_bytes,
         start_retry_s=st.start_retry_s if mode == "live" else 0.0,
-        command_timeout_s=st.command_timeout_s,
+        # The bound is for a live run's outages (then spooled); a replay has no spool and no
+        # retry, and a statement it waits on is its own work (deleting an earlier record of
+        # its run id): it fails only past REPLAY_COMMAND_TIMEOUT_S.
+        command_timeout_s=(
+            st.command_timeout_s
+            if mode == "live"
+            else max(st.command_timeout_s, REPLAY_COMMAND_TIMEOUT_S)
+        ),
     )
     # A replay's writer process starts first: it imports while the models load and the
     # features are computed (SqliteStore.prestart).
@@ -2354,7 +2365,7 @@ async def import_bars(config: Config, chunk: int = 250) -> int:
         config.storage.url,
         batch_size=config.storage.batch_size,
         spool=False,
-        command_timeout_s=config.storage.command_timeout_s,
+        command_timeout_s=max(config.storage.command_timeout_s, REPLAY_COMMAND_TIMEOUT_S),
     )
     await store.start()
     try:

@@ -145,6 +145,10 @@ async def _transaction(pool: asyncpg.Pool) -> AsyncIterator[asyncpg.Connection]:
             raise
 
 
+# How long one statement of the schema's creation or migration may wait (see `start`).
+DDL_COMMAND_TIMEOUT_S = 3600.0
+
+
 def _no_answer(e: BaseException) -> bool:
     """The server did not answer in time (asyncpg's command timeout), or the wait for it was
     cancelled (a stop's deadline): its session is of no further use."""
@@ -452,8 +456,26 @@ class PostgresStore(BufferedStore):
             why = self._explain(e, self.connect_timeout, "connecting")
             raise cls(f"cannot connect to PostgreSQL at {self.safe_url}: {why}") from e
         try:
-            async with pool.acquire() as conn, conn.transaction():
-                await self._create_schema(conn)
+            # Its own connection, without the statements' outage bound: a migration's CREATE
+            # INDEX or hypertable conversion of a large table, and the wait for another
+            # process's migration, take what they take (storage.command_timeout_s, 15 s,
+            # failed them at every start). Bounded by an hour all the same.
+            conn = await asyncpg.connect(
+                self.url,
+                timeout=self.connect_timeout,
+                command_timeout=max(self.command_timeout, DDL_COMMAND_TIMEOUT_S),
+                server_settings=settings,
+            )
+            try:
+                async with conn.transaction():
+                    await self._create_schema(conn)
+            finally:
+                conn.terminate()  # the transaction is over (committed or rolled back)
+            # One connection kept in the pool, as the schema's was before: the first write
+            # then waits on the server's answer (command_timeout), not on a new connection
+            # (connect_timeout) as well.
+            async with pool.acquire() as warm:
+                await warm.fetchval("SELECT 1")
         except SchemaLocked as e:  # rolled back: the DDL lock is released
             pool.terminate()
             raise SchemaLocked(f"cannot migrate the schema in {self._where()}: {e}") from e

@@ -308,3 +308,46 @@ async def test_flushes_do_not_wait_for_a_spool_replay_hung_on_the_server(
         assert [r["equity"] for r in rows] == [0.0, 1.0, 2.0, 3.0, 4.0]
     finally:
         await again.stop()
+
+
+async def test_the_schema_migration_is_not_cut_at_the_statements_timeout(
+    pg_url: str, schema: str, tmp_path: Path, cleanup: None
+) -> None:
+    """storage.command_timeout_s (15 s) bounded the schema's creation too: a CREATE INDEX
+    or hypertable conversion of a large table, or the wait for another process's migration,
+    failed at every start. Here another session holds the migration lock for longer than
+    the statements' timeout: the start waits for it and succeeds."""
+    from tradingd.storage.postgres import _DDL_LOCK_KEY
+
+    holder = await asyncpg.connect(pg_url)
+    tx = holder.transaction()
+    await tx.start()
+    await holder.execute("SELECT pg_advisory_xact_lock($1)", _DDL_LOCK_KEY)
+    store = store_of(pg_url, schema, tmp_path, command_timeout=0.3)
+    try:
+        starting = asyncio.create_task(store.start())
+        await asyncio.sleep(1.0)  # three timeouts' worth: the start is still waiting
+        assert not starting.done()
+        await tx.rollback()  # the other migration ends
+        await asyncio.wait_for(starting, 10.0)
+        assert store.status()["state"] in ("ok", "writing")
+    finally:
+        await holder.close()
+        await store.stop()
+
+
+def test_a_replay_s_statements_wait_longer_than_a_live_run_s(engine_config) -> None:
+    """A backtest has no spool and no retry: deleting a large earlier record of its run id
+    took longer than the live bound (15 s) and failed the run."""
+    import dataclasses
+
+    from tradingd.app import REPLAY_COMMAND_TIMEOUT_S, build_engine
+
+    config = dataclasses.replace(
+        engine_config,
+        storage=dataclasses.replace(engine_config.storage, url="postgresql://u@127.0.0.1:1/db"),
+    )
+    engine = build_engine(config, "backtest")
+    assert isinstance(engine.store, PostgresStore)
+    assert engine.store.command_timeout == REPLAY_COMMAND_TIMEOUT_S
+    assert config.storage.command_timeout_s < REPLAY_COMMAND_TIMEOUT_S
