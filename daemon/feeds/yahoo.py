@@ -421,6 +421,11 @@ def _closed(
     return out
 
 
+# How far ahead of a symbol's last trade the local clock may be for a daily bar stamped with
+# that trade (before the session's close) to be taken as still trading (`_in_progress_by_answer`).
+_CLOCK_AHEAD_MAX_S = 1800.0
+
+
 def _in_progress_by_answer(
     labels: pd.DatetimeIndex,
     stamps: np.ndarray,
@@ -447,6 +452,11 @@ def _in_progress_by_answer(
     last_trade = _epoch(float(rmt), "meta.regularMarketTime")
     if last_trade >= end:
         return out
+    if (now - datetime.fromtimestamp(int(last_trade), UTC)).total_seconds() > _CLOCK_AHEAD_MAX_S:
+        # A closed session's bar looks the same when its last trade came before the close
+        # (a halt, no closing print): past this, that is what it is taken for (closed), and
+        # a clock further ahead is judged by the local clock alone, as before.
+        return out
     day = pd.Timestamp(_session_date(end - 1, tz))
     out = closed & (labels == day) & (stamps == int(last_trade))
     if out.any():
@@ -465,7 +475,9 @@ def _in_progress_by_answer(
                 ahead_s_at_most=round((now - traded_at).total_seconds(), 3),
                 rule="Yahoo's answer shows the session still trading (last trade before its "
                 "close) while the local clock has it closed: the bar is not taken (asked "
-                "again); the machine's clock is ahead: check its time sync (NTP)",
+                "again, taken once its last trade is 30 minutes old); either the machine's "
+                "clock is ahead (check its time sync, NTP) or the symbol stopped trading "
+                "before the close (a halt)",
             )
     return out
 

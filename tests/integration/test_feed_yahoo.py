@@ -967,3 +967,27 @@ async def test_a_body_that_is_not_utf8_is_a_malformed_answer(fake, make_client):
     err = res.errors["AAA"]
     assert (err.kind, err.status, err.retryable) == ("malformed", 200, True)
     assert "UnicodeDecodeError" in err.message and fake.count == 2
+
+
+def test_a_session_that_stopped_trading_before_its_close_is_closed_once_its_trade_is_old():
+    """A symbol halted ten minutes before the close: its closed bar is stamped with that last
+    trade, as a session still trading is. Asked three hours after the close it was held back
+    until Yahoo's next session (and the machine's clock blamed); 30 minutes after its last
+    trade it is the closed bar. Sooner, it waits (a clock that far ahead looks the same)."""
+    need_fixtures()
+    import copy
+
+    from tradingd.feeds.yahoo import parse_chart
+
+    result = fixture_json("yahoo", "chart_6309.T_1d_range1mo_div_split.json")["chart"]["result"][0]
+    end = result["meta"]["currentTradingPeriod"]["regular"]["end"]
+    session = Session(timezone="Asia/Tokyo")
+    after = datetime.fromtimestamp(end + 3 * 3600, UTC)
+    closed_day = parse_chart(copy.deepcopy(result), "1d", now=after, session=session)["time"]
+    halted = copy.deepcopy(result)
+    halted["meta"]["regularMarketTime"] = end - 600
+    halted["timestamp"][-1] = end - 600
+    for after_close_s, taken in ((3 * 3600, True), (300, False)):
+        now = datetime.fromtimestamp(end + after_close_s, UTC)
+        out = parse_chart(copy.deepcopy(halted), "1d", now=now, session=session)
+        assert (out["time"].iloc[-1] == closed_day.iloc[-1]) is taken, after_close_s
