@@ -91,10 +91,9 @@ class _Refused(asyncio.Protocol):
 
 # The read-only endpoints, each answered by `HealthServer._get_<name>`.
 _GET_PATHS = ("/health", "/ready", "/metrics", "/status")
-# At most one `health.control_unauthorized` line in this many seconds (the rest counted).
-_UNAUTHORIZED_LINE_S = 60.0
-# At most one `health.bad_requests` line in this many seconds (the rest counted).
-_BAD_REQUEST_LINE_S = 60.0
+# At most one `health.control_unauthorized` or `health.bad_requests` line in this many
+# seconds (the rest counted: `_LineAMinute`).
+_COUNTED_LINE_S = 60.0
 
 
 class _Capped:
@@ -118,58 +117,66 @@ class _Capped:
 _AUTHORIZATION_VALUE = re.compile(r"(?i)(authorization\s*:)[^'\"\r\n]*")
 
 
-class _BadRequests:
-    """Requests aiohttp could not parse (a bad HTTP version, a header too long): counted and
-    said as one `health.bad_requests` warning at most every `_BAD_REQUEST_LINE_S` seconds,
-    with the count, the last error and some remotes. aiohttp logged each as an ERROR with a
-    traceback: a local loop of garbage wrote 8,000 lines in 2.5 s."""
+class _LineAMinute:
+    """Events a local client can repeat at will (a wrong token, a request aiohttp cannot
+    parse), counted and said as one warning: at once after a quiet spell, else at most every
+    `_COUNTED_LINE_S` (from an event or the ticker), and at stop, with the total, those since
+    the last line, the last one's `what` and some remotes. One line per event was a warning
+    per wrong token (200 a second) and an ERROR traceback per bad request (8,000 lines in
+    2.5 s); events after the last line waited for another before, and a burst followed by
+    silence was never said. `total`, `since` and `last` name the fields of `event`."""
 
-    def __init__(self, clock: Callable[[], float], secrets: tuple[str, ...] = ()) -> None:
-        self._clock = clock
-        # The server's own token: aiohttp's parse error quotes the raw header line, and
-        # `mask_text` knows `Bearer`/`Basic` credentials only (`Authorization: Token <t>`).
-        self._secrets = secrets
+    def __init__(
+        self, event: str, clock: Callable[[], float], *, total: str, since: str, last: str
+    ) -> None:
+        self._event, self._clock = event, clock
+        self._total, self._since, self._last = total, since, last
         self.count = 0
         self._said = 0
         self._line_at: float | None = None
-        self._last_error = ""
+        self._what = ""
         self._remotes: set[str] = set()  # since the last line, at most 10
 
-    def add(self, error: BaseException, remote: str | None) -> None:
+    def add(self, what: str, remote: str | None) -> None:
         self.count += 1
-        text = " ".join(f"{type(error).__name__}: {error}".split())  # aiohttp's is multi-line
-        text = _AUTHORIZATION_VALUE.sub(r"\1 ***", mask_values(text, self._secrets))
-        self._last_error = mask_text(text)[:300]
+        self._what = what
         if len(self._remotes) < 10:
             self._remotes.add(remote or "unknown")
         self.say(self._clock())
 
     def say(self, now: float, *, at_stop: bool = False) -> None:
-        """The bad requests not said yet, in one line: at once after a quiet spell, else at
-        most every `_BAD_REQUEST_LINE_S` (from a request or the ticker), and at stop."""
         pending = self.count - self._said
         last = self._line_at
-        if not pending or (not at_stop and last is not None and now - last < _BAD_REQUEST_LINE_S):
+        if not pending or (not at_stop and last is not None and now - last < _COUNTED_LINE_S):
             return
         log.warning(
-            "health.bad_requests",
-            bad_requests=self.count,
-            since_last_line=pending,
-            last_error=self._last_error,
+            self._event,
+            **{self._last: self._what},
             remotes=sorted(self._remotes),
-            next_line_after_s=_BAD_REQUEST_LINE_S,
+            **{self._total: self.count, self._since: pending},
+            next_line_after_s=_COUNTED_LINE_S,
         )
         self._said, self._line_at, self._remotes = self.count, now, set()
 
 
+def _bad_request_text(error: BaseException, secrets: tuple[str, ...]) -> str:
+    """A request aiohttp could not parse, on one line (aiohttp's is multi-line), for
+    `health.bad_requests`: the error quotes the raw header line, so any Authorization value
+    and the server's own token (`secrets`) are masked, as well as what `mask_text` knows
+    (`Bearer`/`Basic` credentials only: `Authorization: Token <t>` went out as written)."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    text = _AUTHORIZATION_VALUE.sub(r"\1 ***", mask_values(text, secrets))
+    return mask_text(text)[:300]
+
+
 class _RequestErrorLog(logging.LoggerAdapter):
     """The logger aiohttp's request handlers use (`aiohttp.server`), with each request it
-    could not parse (`HttpProcessingError`) counted in `_BadRequests` instead of logged.
-    Other records (a handler's unexpected error) pass unchanged."""
+    could not parse (`HttpProcessingError`) counted in `bad` (`health.bad_requests`) instead
+    of logged. Other records (a handler's unexpected error) pass unchanged."""
 
-    def __init__(self, bad: _BadRequests) -> None:
+    def __init__(self, bad: _LineAMinute, secrets: tuple[str, ...]) -> None:
         super().__init__(logging.getLogger("aiohttp.server"), {})
-        self._bad = bad
+        self._bad, self._secrets = bad, secrets
 
     def log(self, level: int, msg: object, *args: Any, **kwargs: Any) -> None:
         info = kwargs.get("exc_info")
@@ -179,7 +186,7 @@ class _RequestErrorLog(logging.LoggerAdapter):
         # aiohttp says non-HTTP traffic (a first line that is no HTTP method) at debug: kept.
         if isinstance(error, HttpProcessingError) and level >= logging.WARNING:
             remote = args[0] if args and isinstance(args[0], str) else None
-            self._bad.add(error, remote)
+            self._bad.add(_bad_request_text(error, self._secrets), remote)
             return
         super().log(level, msg, *args, **kwargs)
 
@@ -314,15 +321,24 @@ class HealthServer:
         self._check_ok: dict[str, bool] = {}
         self._ready: bool | None = None
         self._control_lock = asyncio.Lock()  # binds to a loop only when first contended
-        # Refused control requests (a wrong or missing token): the first said in full, then
-        # at most a line a minute with the count (a local loop of wrong tokens wrote a
-        # warning per request, 200 a second).
-        self._unauthorized = 0
-        self._unauthorized_said = 0
-        self._unauthorized_line_at: float | None = None
-        self._unauthorized_action = ""
-        self._unauthorized_remotes: set[str] = set()  # since the last line, at most 10
-        self._bad_requests = _BadRequests(clock, (token,) if token else ())
+        # Refused control requests (a wrong or missing token) and requests aiohttp cannot
+        # parse: a line a minute each, with the count.
+        self._refusals = _LineAMinute(
+            "health.control_unauthorized",
+            clock,
+            total="refused",
+            since="refused_since_last_line",
+            last="action",
+        )
+        self._bad_requests = _LineAMinute(
+            "health.bad_requests",
+            clock,
+            total="bad_requests",
+            since="since_last_line",
+            last="last_error",
+        )
+        # The server's own token: aiohttp's parse errors quote the raw header line.
+        self._token_text: tuple[str, ...] = (token,) if token else ()
         self._metrics_text: tuple[float, bytes] | None = None  # (rendered at, in `clock` s)
         self.replace_inputs(checks, status, controls)
 
@@ -379,7 +395,7 @@ class HealthServer:
             handle_signals=False,
             keepalive_timeout=self.config.idle_timeout_s,
             shutdown_timeout=self.config.shutdown_timeout_s,
-            logger=_RequestErrorLog(self._bad_requests),
+            logger=_RequestErrorLog(self._bad_requests, self._token_text),
         )
         await runner.setup()
         assert runner.server is not None
@@ -459,7 +475,7 @@ class HealthServer:
             ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
-        self._say_refusals(self._clock(), at_stop=True)
+        self._refusals.say(self._clock(), at_stop=True)
         self._bad_requests.say(self._clock(), at_stop=True)
         listener, self._listener = self._listener, None
         if listener is not None:
@@ -532,7 +548,7 @@ class HealthServer:
             self._lag = max(0.0, loop.time() - due)
             self._max_lag = max(self._max_lag, self._lag)
             self._tick()
-            self._say_refusals(self._clock())
+            self._refusals.say(self._clock())
             self._bad_requests.say(self._clock())
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
@@ -790,32 +806,8 @@ class HealthServer:
         return hmac.compare_digest(given, self._token)
 
     def _refused_control(self, action: str, remote: str | None) -> None:
-        self._unauthorized += 1
         metrics.CONTROL_UNAUTHORIZED.inc()
-        self._unauthorized_action = action
-        if len(self._unauthorized_remotes) < 10:
-            self._unauthorized_remotes.add(remote or "unknown")
-        self._say_refusals(self._clock())
-
-    def _say_refusals(self, now: float, *, at_stop: bool = False) -> None:
-        """The refusals not said yet, in one line: at once after a quiet minute, else a
-        minute after the last line (from a refusal or the ticker), and at stop. Refusals
-        after the last line waited for another refusal before, and a burst followed by
-        silence was never said."""
-        pending = self._unauthorized - self._unauthorized_said
-        last = self._unauthorized_line_at
-        if not pending or (not at_stop and last is not None and now - last < _UNAUTHORIZED_LINE_S):
-            return
-        log.warning(
-            "health.control_unauthorized",
-            action=self._unauthorized_action,
-            remotes=sorted(self._unauthorized_remotes),
-            refused=self._unauthorized,
-            refused_since_last_line=pending,
-            next_line_after_s=_UNAUTHORIZED_LINE_S,
-        )
-        self._unauthorized_said, self._unauthorized_line_at = self._unauthorized, now
-        self._unauthorized_remotes = set()
+        self._refusals.add(action, remote)
 
     async def _control(self, request: web.Request, action: str) -> web.Response:
         if self._token is None:

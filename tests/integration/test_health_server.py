@@ -901,9 +901,9 @@ async def test_refusals_after_the_last_line_are_said_by_the_ticker_and_at_stop(s
     with capture_logs() as logs:
         for _ in range(10):
             await post(http, server, "/pause", "Bearer guess")
-        server._say_refusals(now[0])  # the ticker, within the minute: nothing yet
+        server._refusals.say(now[0])  # the ticker, within the minute: nothing yet
         now[0] += 61.0
-        server._say_refusals(now[0])  # the ticker, a minute on
+        server._refusals.say(now[0])  # the ticker, a minute on
         for _ in range(3):
             await post(http, server, "/pause", "Bearer guess")
         await server.stop()
