@@ -574,7 +574,7 @@ def _check_grid(exchange: Any, panel: Panel, inside: np.ndarray, spacing: int) -
     every other bar was half an hour off the live clock's 09:30, 10:30, ..., 15:30: the
     replay could not match a live run, and nothing said so. Not resampled here: which
     finer bars make a session-aligned bar is the operator's data to decide."""
-    bar = _MINUTES_BAR.get(spacing // 60) if spacing % 60 == 0 else None
+    bar = _bar_named(spacing)
     if bar is None or not inside.any():
         return  # not a bar length a replay runs: bar_of_data says so
     times = panel.times[inside]
@@ -608,7 +608,7 @@ def _warn_missing_bars(calendar: str, times: np.ndarray, spacing: int) -> None:
     a live run would release, fetch and decide them, so the two step different bars; only a
     gap of `data.max_gap_days` calendar days was said (about 500 missing 5-minute bars
     passed without a word). Said, not repaired: which bars are missing is the data's to fix."""
-    bar = _MINUTES_BAR.get(spacing // 60) if spacing % 60 == 0 else None
+    bar = _bar_named(spacing)
     if bar is None or times.size < 2:
         return  # not a bar length a replay runs (bar_of_data says so), or nothing to span
     from .clock.calendar import CalendarRangeError, ExchangeCalendar
