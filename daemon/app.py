@@ -622,21 +622,20 @@ def _warn_missing_bars(calendar: str, times: np.ndarray, spacing: int) -> None:
             start=(first - timedelta(days=1)).date(),
             end=(last + timedelta(days=1)).date(),
         )
-        expected = np.array(
-            [np.datetime64(t.replace(tzinfo=None), "ns") for t in grid.bars_between(first, last)],
-            dtype="datetime64[ns]",
-        )
+        expected = grid.labels_between(first, last).view("datetime64[ns]")
     except (ConfigError, CalendarRangeError) as exc:
         log.info("data.bars_missing_not_checked", calendar=calendar, error=str(exc))
         return
     missing = np.setdiff1d(expected, have)
     if missing.size == 0:
         return
-    zone = grid.tz
-    days_have = {pd.Timestamp(t, tz="UTC").tz_convert(zone).date() for t in have}
-    days_missing = sorted(
-        {pd.Timestamp(t, tz="UTC").tz_convert(zone).date() for t in missing} - days_have
-    )
+
+    def days(ts: np.ndarray) -> np.ndarray:
+        """The session dates of bar labels, in the calendar's zone."""
+        local = pd.DatetimeIndex(ts).tz_localize("UTC").tz_convert(grid.tz).tz_localize(None)
+        return np.unique(local.to_numpy().astype("datetime64[D]"))
+
+    days_missing = np.setdiff1d(days(missing), days(have))
     log.warning(
         "data.bars_missing",
         calendar=calendar,
@@ -648,7 +647,7 @@ def _warn_missing_bars(calendar: str, times: np.ndarray, spacing: int) -> None:
         detail=(
             f"the data lacks {missing.size:,} of the {expected.size:,} {bar} bars that "
             f"live.calendar = {calendar!r} has between its first and last bar"
-            + (f" ({len(days_missing)} whole session(s))" if days_missing else "")
+            + (f" ({len(days_missing)} whole session(s))" if days_missing.size else "")
             + ": the replay steps past them, while a live run would release, fetch and "
             "decide each; fill the file's gaps if they were trading bars"
         ),
