@@ -629,13 +629,10 @@ def _warn_missing_bars(calendar: str, times: np.ndarray, spacing: int) -> None:
     missing = np.setdiff1d(expected, have)
     if missing.size == 0:
         return
+    from .feeds.validate import session_days
 
-    def days(ts: np.ndarray) -> np.ndarray:
-        """The session dates of bar labels, in the calendar's zone."""
-        local = pd.DatetimeIndex(ts).tz_localize("UTC").tz_convert(grid.tz).tz_localize(None)
-        return np.unique(local.to_numpy().astype("datetime64[D]"))
-
-    days_missing = np.setdiff1d(days(missing), days(have))
+    zone = str(grid.tz)
+    days_missing = np.setdiff1d(session_days(missing, zone), session_days(have, zone))
     log.warning(
         "data.bars_missing",
         calendar=calendar,

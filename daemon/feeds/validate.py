@@ -1334,7 +1334,7 @@ def _check_weekends(frame: pd.DataFrame, ctx: _Ctx, repairs: frozenset[str]) -> 
     return frame[~bad]
 
 
-def _session_days(times: np.ndarray, tz: str) -> np.ndarray:
+def session_days(times: np.ndarray, tz: str) -> np.ndarray:
     """Per intraday bar label (its start in UTC, naive datetime64[ns]): its session, the
     exchange date of that start in `tz` (days since 1970-01-01), as `_two_times_a_day` dates
     the wall times it reads and `LiveClock.session_day` an intraday label."""
@@ -1361,7 +1361,7 @@ def _check_session_actions(
     if not any(mask.sum() > 1 for mask in carried.values()):
         return frame
     codes = frame["_code"].to_numpy()
-    sessions = _session_days(frame["time"].to_numpy(), tz)
+    sessions = session_days(frame["time"].to_numpy(), tz)
     later: dict[str, np.ndarray] = {}  # per action: a bar after its session's first with it
     bars: dict[str, np.ndarray] = {}  # per action and row: its session's bars carrying it
     for action, mask in carried.items():
