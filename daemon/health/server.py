@@ -96,6 +96,12 @@ _GET_PATHS = ("/health", "/ready", "/metrics", "/status")
 _COUNTED_LINE_S = 60.0
 
 
+def _said_at(count: int) -> bool:
+    """Whether the `count`-th of a repeated event is logged: the 1st, 10th, 100th, 1000th and
+    every 10,000th (a flood is a few lines, each with its count)."""
+    return count in (1, 10, 100, 1000) or count % 10_000 == 0
+
+
 class _Capped:
     """aiohttp's protocol factory, serving at most `limit` connections at once (its handlers
     register themselves in `server.connections`); one over the limit gets `_Refused`."""
@@ -106,7 +112,7 @@ class _Capped:
     def __call__(self) -> asyncio.BaseProtocol:
         if len(self.server.connections) >= self.limit:
             self.refused += 1
-            if self.refused in (1, 10, 100, 1000) or self.refused % 10_000 == 0:
+            if _said_at(self.refused):
                 log.warning("health.connections_refused", limit=self.limit, so_far=self.refused)
             return _Refused()
         return self.server()
@@ -747,7 +753,7 @@ class HealthServer:
         if transport is not None:
             transport.abort()
         self._unwritten += 1
-        if self._unwritten in (1, 10, 100, 1000) or self._unwritten % 10_000 == 0:
+        if _said_at(self._unwritten):
             log.warning(
                 "health.answer_not_read",
                 path=request.path,
