@@ -452,7 +452,8 @@ def _in_progress_by_answer(
     last_trade = _epoch(float(rmt), "meta.regularMarketTime")
     if last_trade >= end:
         return out
-    if (now - datetime.fromtimestamp(int(last_trade), UTC)).total_seconds() > _CLOCK_AHEAD_MAX_S:
+    traded_at = datetime.fromtimestamp(int(last_trade), UTC)
+    if (now - traded_at).total_seconds() > _CLOCK_AHEAD_MAX_S:
         # A closed session's bar looks the same when its last trade came before the close
         # (a halt, no closing print): past this, that is what it is taken for (closed), and
         # a clock further ahead is judged by the local clock alone, as before.
@@ -463,7 +464,6 @@ def _in_progress_by_answer(
         session = day.date().isoformat()
         if once is None or once.first(("clock_ahead", session)):
             closes_at = datetime.fromtimestamp(int(end), UTC)
-            traded_at = datetime.fromtimestamp(int(last_trade), UTC)
             log.warning(
                 "yahoo.clock_ahead",
                 symbol=meta.get("symbol"),
@@ -475,9 +475,9 @@ def _in_progress_by_answer(
                 ahead_s_at_most=round((now - traded_at).total_seconds(), 3),
                 rule="Yahoo's answer shows the session still trading (last trade before its "
                 "close) while the local clock has it closed: the bar is not taken (asked "
-                "again, taken once its last trade is 30 minutes old); either the machine's "
-                "clock is ahead (check its time sync, NTP) or the symbol stopped trading "
-                "before the close (a halt)",
+                f"again, taken once its last trade is {_CLOCK_AHEAD_MAX_S / 60:g} minutes old); "
+                "either the machine's clock is ahead (check its time sync, NTP) or the "
+                "symbol stopped trading before the close (a halt)",
             )
     return out
 
