@@ -44,12 +44,14 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from decimal import Decimal
+from http import HTTPStatus
 from pathlib import PurePath
 from typing import Any
 
 import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestHandler
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import metrics
@@ -115,7 +117,39 @@ class _Capped:
             if _said_at(self.refused):
                 log.warning("health.connections_refused", limit=self.limit, so_far=self.refused)
             return _Refused()
-        return self.server()
+        server = self.server
+        try:  # aiohttp's Server.__call__, with the handler below
+            return _JsonErrors(server, loop=server._loop, **server._kwargs)
+        except (AttributeError, TypeError):  # another aiohttp: its own handler and answers
+            return server()
+
+
+class _JsonErrors(RequestHandler):
+    """aiohttp's connection handler, whose answer to a request it cannot parse (400) or a
+    handler that fails before the app runs is JSON naming the status, like every other
+    answer, with the `Server` header `_server_named` gives: it was aiohttp's text/plain with
+    "Python/3.11 aiohttp/3.x" as the server."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: Any,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        # aiohttp's logs (counted by _RequestErrorLog) and raises when an answer was
+        # already sent; its text answer is replaced.
+        super().handle_error(request, status, exc, message)
+        try:
+            reason = HTTPStatus(status).phrase
+        except ValueError:
+            reason = f"HTTP {status}"
+        answer = _json({"error": reason, "status": status}, status)
+        answer.headers["Server"] = "tradingd"
+        answer.force_close()
+        return answer
 
 
 # An Authorization header's value as a parse error quotes it (up to the quote or line end):
@@ -195,6 +229,12 @@ class _RequestErrorLog(logging.LoggerAdapter):
             self._bad.add(_bad_request_text(error, self._secrets), remote)
             return
         super().log(level, msg, *args, **kwargs)
+
+
+async def _server_named(request: web.Request, response: web.StreamResponse) -> None:
+    """Name the server "tradingd", not aiohttp's and Python's versions (aiohttp's default
+    `Server` header): a version tells whoever can reach the port which known flaws to try."""
+    response.headers["Server"] = "tradingd"
 
 
 class HealthServerError(TradingdError):
@@ -711,6 +751,7 @@ class HealthServer:
             middlewares.insert(0, _loopback_host_only(frozenset(self.config.allowed_hosts)))
         middlewares.insert(0, self._answer_written)
         app = web.Application(middlewares=middlewares)
+        app.on_response_prepare.append(_server_named)
         for path in _GET_PATHS:
             app.router.add_get(path, getattr(self, f"_get_{path[1:]}"))
         for action in CONTROL_ACTIONS:

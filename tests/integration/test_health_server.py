@@ -1172,3 +1172,34 @@ async def test_an_expected_failure_is_logged_at_info_and_others_as_warnings(serv
         ("health.check_passing", "info", "trading"),
         ("health.check_failing", "warning", "redis"),
     ], seen
+
+
+async def test_answers_name_the_server_without_library_versions(serve, http):
+    """aiohttp's default Server header ("Python/3.11 aiohttp/3.x") named the versions to
+    whoever reached the port; answers, errors included, say "tradingd"."""
+    server = await serve()
+    for path in ("/health", "/nope"):
+        async with http.get(f"{server.url}{path}") as r:
+            assert r.headers["Server"] == "tradingd", path
+    async with http.post(f"{server.url}/pause") as r:
+        assert r.status in (401, 403) and r.headers["Server"] == "tradingd"
+
+
+async def test_a_request_that_cannot_be_parsed_is_answered_json_without_versions(serve):
+    """aiohttp answered a malformed request with text/plain and its own Server header
+    (Python's and aiohttp's versions); it is JSON naming the status, as every answer."""
+    server = await serve()
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\r\n\r\n")
+        await writer.drain()
+        raw = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    assert lines[0].split()[1] == "400"
+    assert headers["server"] == "tradingd"
+    assert headers["content-type"].startswith("application/json")
+    assert json.loads(body) == {"error": "Bad Request", "status": 400}
