@@ -234,6 +234,24 @@ def _nul_free(table: Table, rows: list[Row]) -> list[Row]:
     at, has_nul = known
     if has_nul is None:
         return rows
+    run_at = 0 if table.insert_columns[0] == "run_id" else None  # (runs: not run-scoped)
+    return _nul_replaced(table.name, at, has_nul, rows, run_at)
+
+
+# end_run's arguments (summary, ended_at, run_id): its text and JSON, as `_text_positions`.
+_END_RUN_TEXT = ((0, "summary", True), (2, "run_id", False))
+_END_RUN_HAS_NUL = _has_nul(_END_RUN_TEXT)
+
+
+def _nul_replaced(
+    name: str,
+    at: tuple[tuple[int, str, bool], ...],
+    has_nul: Callable[[Row], bool],
+    rows: list[Row],
+    run_at: int | None,
+) -> list[Row]:
+    """`_nul_free`'s repair of `rows` of table `name`, whose text is at `at`, and its
+    warning, naming the run of the first row repaired (its value at `run_at`)."""
     out = rows
     repaired: dict[str, int] = {}
     first: Row | None = None
@@ -253,10 +271,10 @@ def _nul_free(table: Table, rows: list[Row]) -> list[Row]:
     for column, n in repaired.items():
         log.warning(
             "storage.text.repaired",
-            table=table.name,
+            table=name,
             column=column,
             rows=n,
-            run_id=first[0] if first is not None and table.run_scoped else None,
+            run_id=first[run_at] if first is not None and run_at is not None else None,
             repair="the character U+0000 (NUL), which PostgreSQL refuses in text, was written "
             "as U+FFFD; the rest of the text is kept",
         )
@@ -395,6 +413,8 @@ class PostgresStore(BufferedStore):
         self._pool: asyncpg.Pool | None = None
         self._insert = {name: insert_sql(t, "postgres") for name, t in TABLES.items()}
         self._ops = {name: sql("postgres") for name, sql in OPS.items()}
+        # The row tables written by a statement of their own (see `_nul_free_args`).
+        self._inserting = {self._insert[n]: TABLES[n] for n in ("runs", "run_builds")}
         self._applied_sql = applied_seq_sql("postgres")
 
     @property
@@ -704,10 +724,8 @@ class PostgresStore(BufferedStore):
                         return False
                 await self._write_tables(conn, batch.tables)
                 for name, args in batch.ops:
-                    # (end_run's summary is JSON text, its run id text: see `_nul_free`;
-                    # text that is not JSON stays as the first call leaves it.)
-                    args = tuple(nul_free_text(nul_free_text(a, False), True) for a in args)
-                    await conn.execute(self._ops[name], *args)
+                    sql = self._ops[name]
+                    await conn.execute(sql, *self._nul_free_args(sql, args))
                 await conn.execute(
                     self._insert["spool_applied"], batch.writer, batch.seq, datetime.now(UTC)
                 )
@@ -716,12 +734,25 @@ class PostgresStore(BufferedStore):
             raise self._error("write to", e) from e
         return True
 
+    def _nul_free_args(self, sql: str, args: Sequence[Any]) -> Sequence[Any]:
+        """A statement's arguments with U+0000 replaced as `_nul_free` does in the row
+        batches, and said the same way: a run's row and its build, and end_run's summary,
+        went to PostgreSQL as given outside a spool (jsonb refused them, failing the start
+        or the end, naming nothing) or were repaired without a word in a spool's replay.
+        The other statements (deletes, a reopen) take run ids and times only."""
+        table = self._inserting.get(sql)
+        if table is not None:
+            return _nul_free(table, [tuple(args)])[0]
+        if sql == self._ops["end_run"]:
+            return _nul_replaced("runs", _END_RUN_TEXT, _END_RUN_HAS_NUL, [tuple(args)], 2)[0]
+        return args
+
     async def _execute(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
         pool = self._get_pool()
         try:
             async with self._db_wait("a statement"), _transaction(pool) as conn:
                 for sql, args in statements:
-                    await conn.execute(sql, *args)
+                    await conn.execute(sql, *self._nul_free_args(sql, args))
         except _ERRORS as e:
             raise self._error("write to", e) from e
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 import uuid
@@ -667,5 +668,32 @@ async def test_a_nul_in_text_is_written_as_a_replacement_with_a_warning(pg, tmp_
         assert ("orders", "reason") in said and ("checkpoints", "state") in said
         assert ("order_events", "reason") in said
         assert s.status()["ok"] and s.pending() == dict.fromkeys(s.pending(), 0)
+    finally:
+        await s.stop()
+
+
+async def test_a_nul_in_a_runs_row_or_its_end_is_written_as_a_replacement_with_a_warning(
+    pg,
+) -> None:
+    """A run's own row (its symbols, jsonb) and end_run's summary (jsonb) went to PostgreSQL
+    as given outside a spool, beside the row tables' repair: jsonb refused the NUL and the
+    run's start or end failed with UntranslatableCharacterError, naming nothing. The config
+    snapshot is text, where JSON's escaped "\\u0000" is no NUL: kept as written."""
+    from structlog.testing import capture_logs
+
+    url, schema, _ = pg
+    s = PostgresStore(url, schema=schema)
+    await s.start()
+    try:
+        config = json.dumps({"run": {"note": "a\x00b"}})
+        with capture_logs() as logs:
+            await s.begin_run(RunInfo("nul2", "backtest", T0, config, ("A\x00A",), 1e5))
+            await s.end_run("nul2", {"why": "stopped\x00"})
+        [run] = await s.fetch("runs", "nul2")
+        assert run["config_json"] == config
+        assert run["symbols"] == ["A\ufffdA"]
+        assert run["summary"] == {"why": "stopped\ufffd"}
+        said = {(e["column"], e["run_id"]) for e in logs if e["event"] == "storage.text.repaired"}
+        assert said == {("symbols", "nul2"), ("summary", "nul2")}
     finally:
         await s.stop()
