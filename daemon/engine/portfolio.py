@@ -15,6 +15,7 @@ import numpy as np
 
 from ..core.arrays import count_nonzero, dot, putmask, scalar
 from ..core.errors import CheckpointUnusable
+from ..core.numbers import is_finite_real
 from ..core.ports import PortfolioView
 from ..core.types import Fill
 
@@ -303,7 +304,7 @@ class Portfolio:
         scalars: dict[str, float] = {}
         for name in _SCALARS:
             v = state.get(name)
-            if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+            if not is_finite_real(v):
                 raise bad(name, v, "not a finite number")
             scalars[name] = float(v)
         arrays: dict[str, np.ndarray] = {}
@@ -317,7 +318,7 @@ class Portfolio:
             for k, (sym, x) in enumerate(zip(self.symbols, v, strict=True)):
                 if name == "avg_price" and x is None and arrays["quantity"][k] == 0.0:
                     continue  # a flat symbol's NaN average (a fill of no shares), kept so
-                if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+                if not is_finite_real(x):
                     raise bad(f"{name} of {sym}", x, "not a finite number")
             arrays[name] = np.asarray(v, dtype=np.float64)
         if not self.allow_short:

@@ -34,6 +34,7 @@ import numpy as np
 import structlog
 
 from ..core.errors import ConfigError
+from ..core.numbers import is_finite_real
 from ..features.catalog import FeatureSetId
 
 CARD = "card.json"
@@ -172,7 +173,7 @@ def _check_card(p: Path, data: Any) -> None:
         _bad_card(p, "window", "must be a whole number of bars >= 1", window)
     for key in ("scaler.mean", "scaler.scale"):
         v = _card_field(p, data, key)
-        if not isinstance(v, list) or not all(_finite(x) for x in v):
+        if not isinstance(v, list) or not all(is_finite_real(x) for x in v):
             _bad_card(p, key, "must be a list of finite numbers", v)
         if len(v) != len(features):
             raise ConfigError(
@@ -193,13 +194,16 @@ def _check_card(p: Path, data: Any) -> None:
         _bad_card(
             p, "ensemble.weights", f"must give a weight to each of {', '.join(MODELS)}", weights
         )
-    if not all(_finite(w) for w in weights.values()) or abs(sum(weights.values()) - 1.0) > 1e-9:
+    if (
+        not all(is_finite_real(w) for w in weights.values())
+        or abs(sum(weights.values()) - 1.0) > 1e-9
+    ):
         _bad_card(p, "ensemble.weights", "must be finite numbers that sum to 1", weights)
     resid = _card_field(p, data, "ensemble.residual_std")
-    if not _finite(resid) or not resid > 0:
+    if not is_finite_real(resid) or not resid > 0:
         _bad_card(p, "ensemble.residual_std", "must be a finite number > 0", resid)
     threshold = _card_field(p, data, "ensemble.threshold")
-    if not _finite(threshold) or not 0.5 <= threshold < 1:
+    if not is_finite_real(threshold) or not 0.5 <= threshold < 1:
         _bad_card(p, "ensemble.threshold", "must be in [0.5, 1)", threshold)
 
 
@@ -252,10 +256,6 @@ _ISO_DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 def _bad_card(p: Path, key: str, rule: str, value: Any) -> NoReturn:
     raise ConfigError(f"model card {p}: {key!r} {rule}, got {reprlib.repr(value)}")
-
-
-def _finite(x: Any) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
 
 
 class OnnxModel:

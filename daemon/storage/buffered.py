@@ -58,6 +58,7 @@ import structlog
 
 from ..core.arrays import copyto, count_nonzero
 from ..core.errors import CheckpointUnusable, ConfigError, StorageError
+from ..core.numbers import is_finite_real
 from ..core.types import CrossSection, Fill, Order, RunInfo
 from ..health import waiting_for
 from ..secrets import mask_text
@@ -1848,7 +1849,7 @@ def _check_intents(
 
 def _positive_number(v: Any, floor: float | None = None) -> bool:
     """`v` is a finite int or float (not a bool) above 0, or at least `floor` if given."""
-    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v):
+    if not is_finite_real(v):
         return False
     return v > 0 if floor is None else v >= floor
 

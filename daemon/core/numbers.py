@@ -1,0 +1,15 @@
+"""One test of "a finite real number" for values read back from JSON, TOML or a card.
+
+A bool is an int to Python (`True` would pass as 1.0) and JSON's NaN and Infinity are floats:
+a checkpoint's cash, a card's weights and a stored event's numbers must be neither.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, TypeGuard
+
+
+def is_finite_real(v: Any) -> TypeGuard[int | float]:
+    """`v` is an int or float (not a bool) and finite."""
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
