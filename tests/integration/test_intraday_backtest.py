@@ -795,3 +795,29 @@ def test_intraday_bars_missing_from_the_data_are_said(engine_config):
     assert warning["log_level"] == "warning"
     assert warning["missing"] == 12 + 78 and warning["sessions_missing"] == 1
     assert warning["first_missing"][0] == pd.Timestamp(full.times[hour[0]], tz="UTC").isoformat()
+
+
+def test_symbols_with_longer_bars_than_the_data_are_said(engine_config):
+    """A 5-minute file with an hourly symbol in it was replayed without a word: the symbol
+    was decided once an hour and, `order_ttl_bars` counting the data's bars, its entries
+    expired unfilled. One warning names the symbols and their bar length; symbols with a
+    few missing bars (most of their gaps are the data's) are not named."""
+    from structlog.testing import capture_logs
+
+    from tradingd.app import session_bars_only
+
+    full = intraday_panel(sessions=4, n_symbols=3)
+    with capture_logs() as logs:
+        session_bars_only(engine_config, full)
+    assert [e for e in logs if e["event"] == "data.bar_lengths_mixed"] == []
+    close = full.close.copy()
+    minute = np.asarray(full.times, dtype="datetime64[m]").astype(np.int64)
+    close[minute % 60 != 30, 1] = np.nan  # the second symbol: one bar an hour, at :30
+    close[::7, 2] = np.nan  # the third: a bar missing now and then, still 5-minute bars
+    mixed = dataclasses.replace(full, close=close)
+    with capture_logs() as logs:
+        session_bars_only(engine_config, mixed)
+    (warning,) = [e for e in logs if e["event"] == "data.bar_lengths_mixed"]
+    assert warning["log_level"] == "warning"
+    assert warning["longer"] == {full.symbols[1]: "60 minutes"}
+    assert warning["symbols"] == 1 and warning["bar"] == "5 minutes"
