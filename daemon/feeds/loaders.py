@@ -44,6 +44,7 @@ from .validate import (
     DEFAULT_MAX_SPIKE,
     DEFAULT_MAX_VOLUME,
     DEFAULT_TIMEZONE,
+    MISSING_BAR_SHARE,
     PRICE_COLUMNS,
     SUSPECT_RULES,
     Advice,
@@ -547,7 +548,49 @@ def load_panel(
     del frame  # the long table is garbage from here: give its memory back before the run
     _release_memory()
     _ends_early(panel, summary)
+    _missing_bars(panel, summary)
     return panel
+
+
+def _missing_bars(panel: Panel, summary: RepairSummary | None) -> None:
+    """Daily bars a symbol lacks on days most of the other listed symbols have one (a halt,
+    or a row missing from the file): the replay skipped it without a word, the symbol's next
+    return spanning two days, and only a gap of `data.max_gap_days` was said. Logged as
+    `data.suspect` (`missing_bar`, kept in the load's summary like `_ends_early`). Intraday
+    data is not judged: an illiquid symbol's minute without a trade is no missing row."""
+    times = np.asarray(panel.times, dtype="datetime64[ns]")
+    if times.size < 3 or (times.astype("datetime64[D]") != times).any():
+        return
+    has = ~np.isnan(panel.close)
+    n = has.shape[0]
+    listed_any = has.any(axis=0)
+    first = np.where(listed_any, np.argmax(has, axis=0), n)
+    last = np.where(listed_any, n - 1 - np.argmax(has[::-1], axis=0), -1)
+    rows = np.arange(n)[:, None]
+    inside = (rows >= first) & (rows <= last)
+    others_listed = inside.sum(axis=1)[:, None] - 1
+    others_with = has.sum(axis=1)[:, None]
+    gap = inside & ~has & (others_listed >= 1)
+    gap &= others_with >= MISSING_BAR_SHARE * others_listed
+    if not gap.any():
+        return
+    at, cols = np.nonzero(gap)
+    examples = [
+        {"symbol": panel.symbols[j], "time": str(times[t])[:10]}
+        for t, j in zip(at[:10].tolist(), cols[:10].tolist(), strict=True)
+    ]
+    kind = "missing_bar"
+    count = int(at.size)
+    log.warning(
+        "data.suspect",
+        kind=kind,
+        count=count,
+        symbols=int(np.unique(cols).size),
+        examples=examples,
+        rule=SUSPECT_RULES[kind],
+    )
+    if summary is not None:
+        summary.suspect(kind, examples, count)
 
 
 # A symbol whose bars stop more than this many of the panel's bars before its end is said.

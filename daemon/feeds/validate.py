@@ -283,6 +283,10 @@ class RepairSummary:
             )
 
 
+# A daily bar a symbol lacks is said (`missing_bar`) when at least this share of the other
+# symbols listed that day have one.
+MISSING_BAR_SHARE = 0.9
+
 # What each `data.suspect` kind means and what the load did about it (nothing: the values
 # are booked as given, and the operator decides).
 SUSPECT_RULES = {
@@ -320,6 +324,11 @@ SUSPECT_RULES = {
     "the universe",
     "ends_early": "the symbol's bars stop before the others' (a delisting, a merger, a file cut "
     "short): a position held then stays in the book at its last close and cannot be sold",
+    "missing_bar": "the symbol has no daily bar on a day when at least "
+    f"{MISSING_BAR_SHARE:.0%} of the other symbols listed then have one, between its own first "
+    "and last bar (a halt, or a row missing from the file): the replay makes no decision and "
+    "no fill for it that day, and its next bar's return spans both days; add the row if it "
+    "traded",
     "stale_repeat": "a live feed's newest bar repeats the symbol's previous bar exactly (open, "
     "high, low, close and volume, the volume above 0): more likely the vendor serving a stale "
     "row for a session it has no data for yet than a session that traded the same prices and "

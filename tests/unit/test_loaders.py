@@ -1265,3 +1265,29 @@ def test_repeated_actions_are_judged_by_the_calendars_sessions_not_data_timezone
     )
     kept = out[out["dividend"] > 0]
     assert [str(t) for t in kept["time"]] == ["2025-05-20 00:00:00"]
+
+
+def test_a_daily_bar_one_symbol_lacks_while_the_others_have_it_is_said(tmp_path: Path) -> None:
+    """AAPL's row of one day removed, the other symbols all trading: the replay skipped AAPL
+    that day (no decision, its next return spanning two days) and nothing said so; only a
+    gap of `data.max_gap_days` was. A day most others lack too (a holiday row of one
+    symbol's vendor) is not named."""
+    d = tmp_path / "bars"
+    d.mkdir()
+    days = pd.bdate_range("2020-01-01", periods=20)
+    full = [f"{t:%Y-%m-%d},10,11,9,10,100,1,0" for t in days]
+    write_csv(d / "AAA.csv", full, header=ACTIONS)
+    write_csv(d / "BBB.csv", full[:5] + full[6:], header=ACTIONS)  # day 5 missing
+    write_csv(d / "CCC.csv", full, header=ACTIONS)
+    with capture_logs() as logs:
+        load_panel("csv", path=str(d), layout="per_symbol")
+    (said,) = [e for e in logs if e["event"] == "data.suspect"]
+    assert said["kind"] == "missing_bar" and said["count"] == 1 and said["symbols"] == 1
+    assert said["log_level"] == "warning"
+    assert said["examples"] == [{"symbol": "BBB", "time": f"{days[5]:%Y-%m-%d}"}]
+    # Day 7 has a bar of AAA only: most symbols lack it, so it is not BBB's or CCC's gap.
+    write_csv(d / "BBB.csv", full[:7] + full[8:], header=ACTIONS)
+    write_csv(d / "CCC.csv", full[:7] + full[8:], header=ACTIONS)
+    with capture_logs() as logs:
+        load_panel("csv", path=str(d), layout="per_symbol")
+    assert [e for e in logs if e["event"] == "data.suspect"] == []

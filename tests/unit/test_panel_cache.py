@@ -419,9 +419,14 @@ def test_repairs_are_logged_again_on_a_hit(tmp_path: Path, cache: Path) -> None:
     assert again.pop("cached") is True
     assert again == original  # same event, level and fields
     # So is a suspect value's warning (this file has no dividend column).
-    (suspect,) = events(miss_logs, "data.suspect")
-    assert suspect["kind"] == "no_corporate_actions" and suspect["log_level"] == "warning"
-    assert events(hit_logs, "data.suspect") == [suspect]
+    # (B lacks the bar of 2020-01-06 that A has: `missing_bar`, said again too.)
+    suspects = events(miss_logs, "data.suspect")
+    assert [e["kind"] for e in suspects] == ["no_corporate_actions", "missing_bar"]
+    assert all(e["log_level"] == "warning" for e in suspects)
+    again_suspects = events(hit_logs, "data.suspect")
+    assert [e["kind"] for e in again_suspects] == ["missing_bar", "no_corporate_actions"]
+    by_kind = {e["kind"]: e for e in again_suspects}
+    assert by_kind["no_corporate_actions"] == suspects[0]
 
     # The per-symbol detail is the first load's, at debug level: not said again.
     (detail,) = events(miss_logs, "data.repair")
@@ -442,7 +447,9 @@ def test_repairs_are_logged_again_on_a_hit(tmp_path: Path, cache: Path) -> None:
 
 def test_clean_data_replays_nothing(tmp_path: Path, cache: Path) -> None:
     # Clean: nothing repaired, and split and dividend columns (none is a suspect value).
-    clean = write_csv(tmp_path / "clean.csv", [f"{r},0" for r in ROWS], f"{HEADER},dividend")
+    # (B's bar of 2020-01-06 given: a bar one symbol lacks is a suspect value too.)
+    rows = [*ROWS[:-1], "2020-01-06,B,20.5,21,20,21,300,1", ROWS[-1]]
+    clean = write_csv(tmp_path / "clean.csv", [f"{r},0" for r in rows], f"{HEADER},dividend")
     cached(cache, **params(clean))
     with capture_logs() as logs:
         cached(cache, **params(clean))
