@@ -5,10 +5,11 @@ here, before data is loaded or a replay starts, so a mistake costs seconds rathe
 replay or a live session: the configured plugins (installed? parameters valid?), the folders
 the command will write to, the optional training packages, and the services behind
 `storage.url` and `cache.url`. Every failure is a `ConfigError` (or `PluginError`) naming the
-key, the value (credentials masked) and what is allowed. A service that could not be used
-(no answer, a host not found, a refusal for now) is `ServiceUnavailable`, the ConfigError a
-restart may end: `tradingd run` exits 2 on it, which systemd restarts, and EX_CONFIG (78,
-not restarted) on the others (`tradingd.__main__.exit_code`).
+key, the value (credentials masked) and what is allowed. A PostgreSQL that could not be
+used (no answer, a host not found, a refusal for now) is `ServiceUnavailable`, the
+ConfigError a restart may end: `tradingd run` exits 2 on it, which systemd restarts, and
+EX_CONFIG (78, not restarted) on the others (`tradingd.__main__.exit_code`). A Redis that
+cannot be used for now is only a warning (`_check_redis`): it is a cache.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import structlog
 from .config import Config, PluginSpec, name_origin, redis_db_index, url_label
 from .core.endpoints import is_postgres_url
 from .core.errors import ConfigError, PluginError, ServiceUnavailable, TradingdError
-from .secrets import mask_url, scrub
+from .secrets import mask_text, mask_url, scrub
 
 log = structlog.get_logger(__name__)
 
@@ -549,7 +550,49 @@ def _refused(exc: BaseException) -> bool:
     return "refused" in text or "error 111" in text or "errno 111" in text
 
 
+# At most this much of what a server that is not Redis answered is quoted in the warning.
+_ANSWER_SHOWN = 60
+
+
+def _redis_found(exc: BaseException, url: str, timeout_s: float) -> str:
+    """What a Redis check that did not succeed found, in the operator's words: Redis
+    loading, something else listening, no such host, nothing listening, no answer."""
+    import socket
+
+    from redis.exceptions import BusyLoadingError, InvalidResponse, ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    if isinstance(exc, BusyLoadingError):
+        return "Redis is loading its dataset"
+    if isinstance(exc, InvalidResponse):
+        # redis-py's "Protocol Error: b'HTTP/1.1 400 Bad Request'": the bytes it read.
+        answer = mask_text(scrub(str(exc), url)).removeprefix("Protocol Error: ")
+        if len(answer) > _ANSWER_SHOWN:
+            answer = answer[:_ANSWER_SHOWN] + "..."
+        return f"not a Redis server: it answered {answer}"
+    if isinstance(exc, ResponseError):
+        return f"Redis refused: {mask_text(scrub(str(exc), url))}"
+    cause = exc.__cause__ or exc.__context__
+    if isinstance(cause, socket.gaierror) or isinstance(exc, socket.gaierror):
+        return "host not found"
+    if isinstance(exc, (TimeoutError, RedisTimeoutError)):
+        return f"no answer within {timeout_s:g} s"
+    if _refused(exc):
+        return "connection refused: nothing listens there"
+    if "closed by server" in str(exc).lower():
+        return "the server closed the connection without an answer (not a Redis server?)"
+    return f"the connection failed: {type(exc).__name__}: {mask_text(scrub(str(exc), url))}"
+
+
 async def _check_redis(url: str, timeout_s: float, label: str = "cache.url (REDIS_URL)") -> None:
+    """The Redis of `url` answers PING. Only what no restart of either side mends is an
+    error (ConfigError, exit 78): credentials refused or missing, a database index the
+    server does not have, a URL redis-py cannot read. Anything else (Redis down, hung or
+    loading its dataset, a host not found, a port where something else answers, a refusal
+    such as MASTERDOWN) is the warning `preflight.redis_unreachable` naming what was found:
+    Redis is a cache, and mid-run the same states only degrade it (the daemon serves from
+    the process and reconnects in the background). They stopped the start with exit 2,
+    and under systemd a Redis loading for a minute left the unit in start-limit-hit."""
     url = url.strip()
     if url.lower() in ("", "memory://"):
         return
@@ -560,8 +603,6 @@ async def _check_redis(url: str, timeout_s: float, label: str = "cache.url (REDI
         NoPermissionError,
         ResponseError,
     )
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
 
     key = f"{label} = {mask_url(url)!r}"
     db = redis_db_index(label, url)
@@ -583,36 +624,20 @@ async def _check_redis(url: str, timeout_s: float, label: str = "cache.url (REDI
             f"{key}: Redis refused the credentials ({scrub(str(exc), url)}): check the user "
             "name and password in the URL against the server's `requirepass` / `ACL LIST`"
         ) from None
-    except ResponseError as exc:
-        if "index" in str(exc).lower():
+    except Exception as exc:
+        if isinstance(exc, ResponseError) and "index" in str(exc).lower():
             raise ConfigError(
                 f"{key}: database index {db} does not exist on this server ({exc}); valid: "
                 "0..15 unless the server's `databases` setting allows more"
             ) from None
-        # MASTERDOWN, a replica not synced yet, ...: may end by itself.
-        raise ServiceUnavailable(f"{key}: Redis refused: {scrub(str(exc), url)}") from None
-    except (TimeoutError, RedisTimeoutError, RedisConnectionError, ConnectionRefusedError) as exc:
-        if isinstance(exc, RedisConnectionError) and not _refused(exc):
-            raise ServiceUnavailable(
-                f"{key}: cannot talk to Redis: {type(exc).__name__}: {scrub(str(exc), url)}; "
-                "check host and port, and that a Redis server (not another service) listens "
-                "there"
-            ) from None
-        # Nobody answers (Redis is down, restarting, or hung: a port that accepts and never
-        # answers times out in redis-py's TimeoutError, not the builtin one): Redis is only a
-        # cache, and the daemon serves from the process until it is back. Said now, not an
-        # error.
         log.warning(
             "preflight.redis_unreachable",
+            setting=label,
             url=mask_url(url),
-            error=scrub(f"{type(exc).__name__}: {exc}", url),
+            found=_redis_found(exc, url, timeout_s),
+            error=mask_text(scrub(f"{type(exc).__name__}: {exc}", url)),
             effect="the cache falls back to the process and reconnects in the background",
         )
-    except Exception as exc:  # protocol garbage, ...
-        raise ServiceUnavailable(
-            f"{key}: cannot talk to Redis: {type(exc).__name__}: {scrub(str(exc), url)}; "
-            "check host and port, and that a Redis server (not another service) listens there"
-        ) from None
     finally:
         with contextlib.suppress(Exception):
             await client.aclose()

@@ -11,6 +11,7 @@ command in a subprocess. Service checks use the real local PostgreSQL and Redis.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import importlib.util
 import os
@@ -622,12 +623,76 @@ def test_a_redis_url_option_redis_py_cannot_read_is_a_config_error_not_a_traceba
     assert "query options" in msg and SECRET not in msg
 
 
-def test_redis_url_pointing_at_postgres(tmp_path, pg_url):
+def test_redis_url_pointing_at_postgres_is_a_warning_naming_it(tmp_path, pg_url):
+    """Redis is a cache: another service on its port only degrades it, as mid-run."""
+    from structlog.testing import capture_logs
+
     host, port = _host_port(pg_url)
-    with pytest.raises(ConfigError) as e:
+    with capture_logs() as logs:
         asyncio.run(check_services(_services(tmp_path, cache=f"redis://{host}:{port}/0")))
-    msg = str(e.value)
-    assert f"redis://{host}:{port}/0" in msg and "Redis server" in msg
+    [warned] = [e for e in logs if e["event"] == "preflight.redis_unreachable"]
+    assert warned["url"] == f"redis://{host}:{port}/0" and warned["found"]
+
+
+@contextlib.asynccontextmanager
+async def _answering(answer: bytes):
+    """A TCP server on a free port that answers `answer` to whatever it is sent, then
+    leaves the connection open; yields the port."""
+
+    async def reply(reader, writer):
+        with contextlib.suppress(ConnectionError):
+            await reader.read(1024)
+            writer.write(answer)
+            await writer.drain()
+            await reader.read()  # until the client closes
+        writer.close()
+
+    server = await asyncio.start_server(reply, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+
+
+@pytest.mark.parametrize(
+    ("answer", "found"),
+    [
+        (b"-LOADING Redis is loading the dataset in memory\r\n", "Redis is loading its dataset"),
+        (
+            b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+            "not a Redis server: it answered b'HTTP/1.1 400 Bad Request'",
+        ),
+        (b"SSH-2.0-OpenSSH_9.2p1 " + b"x" * 500 + b"\r\n", "not a Redis server: it answered"),
+        (b"\x00\x01\xfegarbage\r\n", "not a Redis server: it answered"),
+        (b"-MASTERDOWN Link with MASTER is down\r\n", "Redis refused: Link with MASTER"),
+        (None, "host not found"),
+    ],
+    ids=["loading", "http", "ssh", "garbage", "masterdown", "no-such-host"],
+)
+def test_a_redis_loading_another_service_or_no_such_host_is_a_warning_not_an_error(
+    tmp_path, answer, found
+):
+    """They stopped `tradingd run` with exit 2 (a Redis loading its dump: "check host and
+    port, and that a Redis server (not another service) listens there"), while mid-run the
+    same states only degrade the cache; under systemd a Redis loading for a minute left the
+    unit in start-limit-hit. Now a warning naming what was found, as for a Redis down."""
+    from structlog.testing import capture_logs
+
+    async def check() -> None:
+        if answer is None:
+            url = f"redis://:{SECRET}@no-such-host.invalid:6379/0"
+            await check_services(_services(tmp_path, cache=url), timeout_s=2.0)
+            return
+        async with _answering(answer) as port:
+            url = f"redis://:{SECRET}@127.0.0.1:{port}/0"
+            await check_services(_services(tmp_path, cache=url), timeout_s=2.0)
+
+    with capture_logs() as logs:
+        asyncio.run(check())
+    [warned] = [e for e in logs if e["event"] == "preflight.redis_unreachable"]
+    assert warned["found"].startswith(found)
+    assert len(warned["found"]) < 120  # a 500-byte banner is not quoted whole
+    assert SECRET not in str(warned)
 
 
 def test_postgres_url_pointing_at_redis(tmp_path, redis_url):
@@ -643,6 +708,8 @@ def test_postgres_url_pointing_at_redis(tmp_path, redis_url):
 def test_a_url_made_of_db_or_redis_variables_is_named_by_them(tmp_path, pg_url, redis_url):
     """DB_HOST=::1 (a trial's mistake of old, now bracketed) failed blaming DATABASE_URL,
     which the operator never set: the error names the variables the URL was made of."""
+    from structlog.testing import capture_logs
+
     pg_host, _ = _host_port(pg_url)
     redis_host, redis_port = _host_port(redis_url)
     env = {"DB_HOST": pg_host, "DB_PORT": str(redis_port), "DB_PASSWORD": SECRET}
@@ -654,11 +721,10 @@ def test_a_url_made_of_db_or_redis_variables_is_named_by_them(tmp_path, pg_url, 
     assert "DATABASE_URL" not in msg and SECRET not in msg
     env = {"REDIS_HOST": redis_host, "REDIS_PORT": str(_host_port(pg_url)[1])}
     config = load_config([write_config(tmp_path)], env=env)
-    with pytest.raises(ConfigError) as e:
+    with capture_logs() as logs:  # Redis is a cache: a warning, naming the variables
         asyncio.run(check_services(config, timeout_s=0.5))
-    msg = str(e.value)
-    assert "cache.url (REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_DB)" in msg
-    assert "REDIS_URL" not in msg
+    [warned] = [e for e in logs if e["event"] == "preflight.redis_unreachable"]
+    assert warned["setting"] == "cache.url (REDIS_HOST, REDIS_PORT, REDIS_PASSWORD, REDIS_DB)"
     # Set by a TRADINGD_ override (which wins over DB_HOST): named as that.
     env = {
         "TRADINGD_STORAGE__URL": f"postgresql://u@{pg_host}:{redis_port}/db",
