@@ -584,6 +584,16 @@ def _redis_found(exc: BaseException, url: str, timeout_s: float) -> str:
     return f"the connection failed: {type(exc).__name__}: {mask_text(scrub(str(exc), url))}"
 
 
+def _configured_password(url: str) -> bool:
+    """Whether `url` gives Redis a password (`redis://:PW@...`, `?password=PW`)."""
+    from redis.asyncio.connection import parse_url
+
+    try:
+        return bool(parse_url(url).get("password"))
+    except (ValueError, TypeError):
+        return True  # cannot tell: the credentials' own message
+
+
 async def _check_redis(url: str, timeout_s: float, label: str = "cache.url (REDIS_URL)") -> None:
     """The Redis of `url` answers PING. Only what no restart of either side mends is an
     error (ConfigError, exit 78): credentials refused or missing, a database index the
@@ -620,6 +630,14 @@ async def _check_redis(url: str, timeout_s: float, label: str = "cache.url (REDI
     except (AuthenticationError, AuthenticationWrongNumberOfArgsError, NoPermissionError) as exc:
         # The URL's user or password, which no restart changes (a ConnectionError to
         # redis-py: it was told to "check host and port", which were right).
+        if isinstance(exc, AuthenticationError) and not _configured_password(url):
+            # redis-py's words for it ("HELLO must be called with the client already
+            # authenticated ...") spoke of credentials that were never given.
+            raise ConfigError(
+                f"{key}: Redis requires a password and none is configured: set it in "
+                "REDIS_URL (redis://:PASSWORD@host:port) or REDIS_PASSWORD (with REDIS_HOST; "
+                "REDIS_URL wins)"
+            ) from None
         raise ConfigError(
             f"{key}: Redis refused the credentials ({scrub(str(exc), url)}): check the user "
             "name and password in the URL against the server's `requirepass` / `ACL LIST`"

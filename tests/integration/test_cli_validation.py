@@ -695,6 +695,26 @@ def test_a_redis_loading_another_service_or_no_such_host_is_a_warning_not_an_err
     assert SECRET not in str(warned)
 
 
+def test_redis_requiring_a_password_none_configured_says_so(tmp_path):
+    """redis-py's words ("HELLO must be called with the client already authenticated")
+    spoke of credentials refused when none were given."""
+
+    async def check(url_of) -> str:
+        async with _answering(b"-NOAUTH Authentication required.\r\n") as port:
+            with pytest.raises(ConfigError) as e:
+                await check_services(_services(tmp_path, cache=url_of(port)), timeout_s=2.0)
+        return str(e.value)
+
+    msg = asyncio.run(check(lambda port: f"redis://127.0.0.1:{port}/0"))
+    assert "Redis requires a password and none is configured" in msg
+    assert "REDIS_URL (redis://:PASSWORD@host:port) or REDIS_PASSWORD (with REDIS_HOST" in msg
+    assert "HELLO" not in msg and "refused the credentials" not in msg
+    # With a password given, it is the credentials that were refused.
+    msg = asyncio.run(check(lambda port: f"redis://:{SECRET}@127.0.0.1:{port}/0"))
+    assert "refused the credentials" in msg and "none is configured" not in msg
+    assert SECRET not in msg
+
+
 def test_postgres_url_pointing_at_redis(tmp_path, redis_url):
     host, port = _host_port(redis_url)
     url = f"postgresql://u:{SECRET}@{host}:{port}/db"
