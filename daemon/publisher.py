@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 import structlog
 
-from .cache.reconnect import Reconnector, describe
+from .cache.reconnect import Reconnector, describe, timed_out
 from .core.errors import ConfigError
 from .core.types import CrossSection, Fill, Order
 from .metrics import PUBLISHER_DROPPED
@@ -337,8 +337,11 @@ class RedisPublisher:
         try:
             async with asyncio.timeout(self.connect_timeout + self.socket_timeout):
                 await client.ping()
-        except BaseException:
+        except BaseException as exc:
             await client.aclose()
+            named = timed_out(exc, self.url, self.connect_timeout + self.socket_timeout)
+            if named is not exc:
+                raise named from exc
             raise
         return client
 
@@ -439,7 +442,8 @@ class RedisPublisher:
                     self._drop("redis_down", len(batch) + len(self._queue))
                     self._queue.clear()
                     if client is self._client:
-                        self._link.mark_down("PUBLISH", exc)
+                        named = timed_out(exc, self.url, self.socket_timeout)
+                        self._link.mark_down("PUBLISH", named)
                     break
                 claim = 3 if owned else 2  # SET NX, [PEXPIRE,] GET, then the PUBLISHes
                 self._writes_refused([r for r in results[:claim] if isinstance(r, Exception)])

@@ -16,6 +16,7 @@ import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -51,6 +52,27 @@ class Backoff:
 def describe(exc: BaseException, url: str = "") -> str:
     """`Type: message` with any credential (the URL's password included) masked."""
     return mask_text(scrub(f"{type(exc).__name__}: {exc}", url))
+
+
+def endpoint(url: str) -> str:
+    """Where a Redis URL points: `host:port`, or a unix socket's path (no credentials)."""
+    try:
+        u = urlsplit(url.strip())
+        if u.scheme.lower() == "unix":
+            return u.path or mask_url(url)
+        host = u.hostname or "localhost"
+        return f"[{host}]:{u.port or 6379}" if ":" in host else f"{host}:{u.port or 6379}"
+    except ValueError:  # a port that is not a number: as written, credentials masked
+        return mask_url(url)
+
+
+def timed_out(exc: BaseException, url: str, seconds: float) -> BaseException:
+    """A timeout (asyncio's has no message at all, so a log line said only "SET:
+    TimeoutError: "; redis-py's names the address, not the time) as one naming where and
+    how long: `TimeoutError: no answer from host:port within 2 s`. Anything else as is."""
+    if isinstance(exc, TimeoutError) or type(exc).__name__ == "TimeoutError":
+        return TimeoutError(f"no answer from {endpoint(url)} within {seconds:g} s")
+    return exc
 
 
 class Reconnector:

@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from ..core.errors import RetryableError
 from ..secrets import mask_url
-from .reconnect import describe
+from .reconnect import describe, timed_out
 
 log = structlog.get_logger(__name__)
 
@@ -88,6 +88,7 @@ class RedisCache:
                 await client.ping()
         except ERRORS as e:
             await client.aclose()
+            e = timed_out(e, self.url, self.connect_timeout + self.socket_timeout)
             raise self._fail("connect", e) from e
         self._failed_at = None  # it answered: the next calls (a reconnect's probe) may try
         return client
@@ -134,6 +135,7 @@ class RedisCache:
                     yield
             except ERRORS as e:
                 self._failed_at = time.monotonic()
+                e = timed_out(e, self.url, self.socket_timeout)
                 raise self._fail(op, e) from e
             self._failed_at = None
         finally:

@@ -146,6 +146,33 @@ async def test_a_hung_server_never_blocks_a_caller_longer_than_the_socket_timeou
         await cache.stop()
 
 
+async def test_a_hung_servers_timeout_is_named_with_its_address_and_time(server) -> None:
+    """The log line of a hung Redis said `"error": "SET: TimeoutError: "` (asyncio's
+    timeout has no message), the cache's and the publisher's: now where and how long."""
+    server.start()
+    cache = open_cache(server.url, prefix="t:", **FAST)
+    pub = RedisPublisher(server.url, f"run-{uuid.uuid4().hex[:8]}", **FAST)
+    named = f"TimeoutError: no answer from 127.0.0.1:{server.port} within 0.5 s"
+    with capture_logs() as logs:
+        await cache.start()
+        await pub.start()
+        try:
+            server.pause()
+            await cache.set("k", b"v", ttl_s=60)
+            pub.publish("state", {"equity": 1.0})
+            await wait_until(lambda: not pub.available, "the publisher to notice")
+            assert cache.status()["reason"] == f"SET: {named}"
+            assert named in cache.status()["detail"]
+            [down] = events(logs, "cache.redis.down")
+            assert down["error"] == f"SET: {named}"
+            [down] = events(logs, "publisher.redis.down")
+            assert down["error"] == f"PUBLISH: {named}"
+        finally:
+            server.resume()
+            await pub.stop()
+            await cache.stop()
+
+
 async def test_the_fallback_is_bounded(server) -> None:
     cache = open_cache(
         server.url, fallback_max_entries=5, max_fallback_value_bytes=100, **FAST
