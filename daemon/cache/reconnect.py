@@ -3,7 +3,9 @@
 `Reconnector` knows whether the connection is usable. After a failure it reconnects in a
 background task (exponential backoff with jitter, so a fleet of daemons does not reconnect in
 step and a down server is not hammered), logs `<event>.down` once when an outage starts and
-`<event>.recovered` once when it ends, never once per call. Callers never wait for a
+`<event>.recovered` once when it ends, never once per call. A refusal that waiting does not
+end (out of memory, credentials refused: `REFUSALS`) is `<event>.refused` instead, with the
+fix, once per outage, and named so in `reason` (/ready). Callers never wait for a
 reconnect: while the connection is down they use their fallback at once.
 """
 
@@ -75,6 +77,30 @@ def timed_out(exc: BaseException, url: str, seconds: float) -> BaseException:
     return exc
 
 
+# Refusals of a Redis that is up, which waiting does not end: named with what to do, by
+# redis-py's class name (redis is not imported with this module). They were logged as
+# Redis "down" (`OutOfMemoryError: command not allowed ...`) and retried as an outage for
+# ever, never saying that maxmemory or the password needs changing.
+REFUSALS = {
+    "OutOfMemoryError": "Redis refuses writes: out of memory (maxmemory): raise maxmemory or "
+    "set an eviction policy",
+    "AuthenticationError": "Redis refused the credentials (changed on the server?): set the "
+    "password in the environment and restart",
+}
+
+
+def refusal(exc: BaseException | None) -> str | None:
+    """What `exc` (or the error it was raised from) says Redis refuses, with the fix; None
+    for anything else (a connection lost, a timeout)."""
+    seen = 0
+    while exc is not None and seen < 5:
+        named = REFUSALS.get(type(exc).__name__)
+        if named is not None:
+            return named
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
 class Reconnector:
     """Up/down state of one connection. `connect` (re)establishes it and raises on failure;
     the owner calls `mark_up()` after its own first successful connect and `mark_down()` on
@@ -107,6 +133,7 @@ class Reconnector:
         self.failures = 0
         self._task: asyncio.Task[None] | None = None
         self._closed = False
+        self._refusals_said: set[str] = set()  # this outage's refusals logged so far
 
     @property
     def reconnecting(self) -> bool:
@@ -131,22 +158,53 @@ class Reconnector:
             )
         self.down_since = None
         self._down_at = None
+        self._refusals_said.clear()
         self.backoff.reset()
         if was_down and self._on_recovered is not None:
             self._on_recovered()
 
+    def _failed(self, op: str, exc: BaseException) -> str | None:
+        """`reason` for a failure of `op`; a refusal (`REFUSALS`) is named with its fix in it
+        and returned, else None."""
+        named = refusal(exc)
+        self.reason = f"{op}: {named if named is not None else describe(exc, self._url)}"
+        return named
+
+    def _say_refused(self, op: str, exc: BaseException, named: str) -> None:
+        """`<event>.refused`, once per outage and refusal: what Redis refuses and the fix."""
+        if named in self._refusals_said:
+            return
+        self._refusals_said.add(named)
+        log.warning(
+            f"{self.event}.refused",
+            url=self.safe_url,
+            op=op,
+            error=self.reason,
+            cause=describe(exc, self._url),
+            effect="retried with backoff until Redis accepts; meanwhile as Redis down",
+            **self._fields,
+        )
+
     def mark_down(self, op: str, exc: BaseException) -> None:
-        """A call failed: from now on callers use their fallback. Logged once per outage."""
+        """A call failed: from now on callers use their fallback. Logged once per outage:
+        `<event>.down`, or `<event>.refused` naming the refusal and its fix (`REFUSALS`)."""
         self.failures += 1
         self.available = False
-        self.reason = f"{op}: {describe(exc, self._url)}"
+        named = self._failed(op, exc)
         if self._down_at is None:
             self.outages += 1
             self._down_at = time.monotonic()
             self.down_since = datetime.now(UTC)
-            log.warning(
-                f"{self.event}.down", url=self.safe_url, op=op, error=self.reason, **self._fields
-            )
+            if named is None:
+                log.warning(
+                    f"{self.event}.down",
+                    url=self.safe_url,
+                    op=op,
+                    error=self.reason,
+                    **self._fields,
+                )
+        if named is not None:
+            self._say_refused(op, exc, named)
         if not self._closed and not self.reconnecting:
             self._task = asyncio.get_running_loop().create_task(
                 self._reconnect(), name=f"{self.event}.reconnect"
@@ -161,7 +219,9 @@ class Reconnector:
                 raise
             except Exception as exc:  # anything: stay down, try again later
                 self.failures += 1
-                self.reason = f"reconnect: {describe(exc, self._url)}"
+                named = self._failed("reconnect", exc)
+                if named is not None:  # (a password changed with the connections killed)
+                    self._say_refused("reconnect", exc, named)
                 log.debug(f"{self.event}.reconnect_failed", error=self.reason, **self._fields)
                 continue
             self.mark_up()

@@ -173,6 +173,60 @@ async def test_a_hung_servers_timeout_is_named_with_its_address_and_time(server)
             await cache.stop()
 
 
+async def test_oom_and_credentials_refused_mid_run_are_named_with_the_fix(server) -> None:
+    """A full Redis and a password set on the server mid-run were `cache.redis.down` /
+    `publisher.redis.down` with the bare error, retried as an outage for ever without
+    saying what to do. Now one `.refused` line each, naming it and the fix, also in /ready;
+    still retried, and `.recovered` when Redis accepts again."""
+    server.start()
+    cache = open_cache(server.url, prefix="t:", **FAST)
+    pub = RedisPublisher(server.url, f"run-{uuid.uuid4().hex[:8]}", **FAST)
+    admin = aioredis.from_url(server.url)
+    # What the operator must read (the task's words for it), each with what to do.
+    oom = "Redis refuses writes: out of memory (maxmemory): raise maxmemory or set an eviction"
+    auth = "Redis refused the credentials (changed on the server?): set the password in the"
+    with capture_logs() as logs:
+        await cache.start()
+        await pub.start()
+        try:
+            await admin.config_set("maxmemory-policy", "noeviction")
+            await admin.config_set("maxmemory", 1)  # every write refused
+            for i in range(5):
+                await cache.set(f"k{i}", b"v", ttl_s=60)
+            assert await cache.get("k4") == b"v"  # from memory
+            assert cache.status()["reason"].startswith(f"SET: {oom}")
+            assert oom in cache.status()["detail"]
+            failures = cache._link.failures
+            await wait_until(lambda: cache._link.failures >= failures + 3, "retries")
+            await admin.config_set("maxmemory", 0)
+            await wait_until(lambda: cache.available, "the cache back on Redis")
+
+            await admin.config_set("requirepass", "rotated")
+            await admin.client_kill_filter(_type="normal", skipme=True)
+            await cache.set("k", b"v", ttl_s=60)
+            pub.publish("state", {"equity": 1.0})
+            await wait_until(lambda: not pub.available, "the publisher to notice")
+            await wait_until(lambda: auth in (cache.reason or ""), "the cache to name it")
+            assert auth in pub.status()["reason"] and auth in cache.status()["detail"]
+            failures = cache._link.failures
+            await wait_until(lambda: cache._link.failures >= failures + 3, "retries")
+            await admin.config_set("requirepass", "")
+            await wait_until(lambda: cache.available and pub.available, "both back")
+        finally:
+            await admin.aclose()
+            await pub.stop()
+            await cache.stop()
+    refused = events(logs, "cache.redis.refused")
+    assert len(refused) == 2 and oom in refused[0]["error"] and auth in refused[1]["error"]
+    assert "OutOfMemoryError" in refused[0]["cause"] and refused[0]["log_level"] == "warning"
+    [refused] = events(logs, "publisher.redis.refused")
+    assert auth in refused["error"] and "restart" in refused["error"]
+    # Said as refusals, not as Redis down; each outage ends with one `.recovered`.
+    assert events(logs, "cache.redis.down") == events(logs, "publisher.redis.down") == []
+    assert len(events(logs, "cache.redis.recovered")) == 2
+    assert len(events(logs, "publisher.redis.recovered")) == 1
+
+
 async def test_the_fallback_is_bounded(server) -> None:
     cache = open_cache(
         server.url, fallback_max_entries=5, max_fallback_value_bytes=100, **FAST
