@@ -17,7 +17,11 @@ caught at all). `ResilientCache`:
   once (500 symbols' lookups) a call may first wait for one of the 16 connections, up to
   five socket timeouts (see RedisCache._call);
 - at recovery the fallback is emptied: entries written during the outage are not copied to
-  Redis (a later miss refetches; the cache never answers with a value older than Redis's).
+  Redis (a later miss refetches; the cache never answers with a value older than Redis's),
+  except the keys named by `resend_on_recovery` (the run's published state): the latest
+  value written to each, unexpired, is written to Redis again by the reconnect, before
+  calls go to Redis again. Such a key was missing after an outage (or a restart that
+  emptied Redis) until its next write, up to cache.expiry_s / 3 later.
 
 `available`, `reason` and `status()` are for /ready.
 """
@@ -25,6 +29,7 @@ caught at all). `ResilientCache`:
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -73,6 +78,15 @@ class ResilientCache(RedisCache):
             cache=name,
         )
         self._started = False
+        # key -> (latest value, expiry on the monotonic clock or None): the keys re-sent at
+        # recovery (`resend_on_recovery`), one value each.
+        self._resend: dict[str, tuple[bytes, float | None] | None] = {}
+
+    def resend_on_recovery(self, key: str) -> None:
+        """Keep the latest value written to `key` (through `set`) and write it to Redis
+        again when Redis comes back (with what is left of its TTL): for a key readers
+        expect to find (the run's published state), not for answers a miss refetches."""
+        self._resend.setdefault(key, None)
 
     # state ---------------------------------------------------------------------------------
     @property
@@ -135,10 +149,25 @@ class ResilientCache(RedisCache):
             # A server that answers PING but refuses writes (OOM, MISCONF, a read-only
             # replica) is not back: the first SET would mark it down again at once.
             await self._set(client, PROBE_KEY, b"1", 1.0)
+            await self._resend_latest(client)
         except RetryableError:
             await client.aclose()
             raise
         self._client = client
+
+    async def _resend_latest(self, client: aioredis.Redis) -> None:
+        """The kept keys' latest values, written to the Redis that is back (`resend_on_recovery`):
+        what was written during the outage went to the fallback, which recovery empties, and a
+        Redis restarted empty has lost them too."""
+        now = time.monotonic()
+        for key, kept in list(self._resend.items()):
+            if kept is None:
+                continue
+            value, expires = kept
+            if expires is not None and expires <= now:
+                self._resend[key] = None  # expired: Redis would not have it either
+                continue
+            await self._set(client, key, value, None if expires is None else expires - now)
 
     def _failed(self, client: aioredis.Redis, op: str, exc: RetryableError) -> None:
         # A call that was in flight on a client the reconnect has replaced since is stale,
@@ -160,6 +189,9 @@ class ResilientCache(RedisCache):
         return await self.fallback.get(key)
 
     async def set(self, key: str, value: bytes, ttl_s: float | None = None) -> None:
+        if key in self._resend:
+            expires = None if ttl_s is None else time.monotonic() + ttl_s
+            self._resend[key] = (bytes(value), expires)
         client = self._redis()
         if client is not None:
             try:

@@ -1392,6 +1392,9 @@ class Engine:
     async def run_until_done(self) -> EngineResult:
         # The pipeline as the run has it (it may be another since the engine was made).
         _label_instances(self.pipeline.plugins())
+        resend = getattr(self.cache, "resend_on_recovery", None)
+        if resend is not None:  # the published state back at once when Redis is
+            resend(f"{self.run.run_id}:state")
         # The clock starts last, after the warm-up: connect, warm up, then trade.
         parts = tuple(
             p

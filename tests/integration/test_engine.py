@@ -182,6 +182,9 @@ async def test_engine_state_published_to_redis(engine_config, synthetic_panel, r
     held = {s: q for s, q in zip(engine.symbols, engine.portfolio.quantity, strict=True) if q}
     assert state["positions"] == held
     assert 0 < ttl <= 120
+    # The state key is kept to be written again when Redis comes back after an outage.
+    kept, _ = engine.cache._resend[f"{run_id}:state"]
+    assert json.loads(kept) == state
 
 
 async def test_signals_combine_as_weighted_mean_and_bad_plugins_fault(

@@ -8,6 +8,7 @@ Without a redis-server binary the tests skip, unless TRADINGD_REQUIRE_SERVICES=1
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import time
@@ -225,6 +226,51 @@ async def test_oom_and_credentials_refused_mid_run_are_named_with_the_fix(server
     assert events(logs, "cache.redis.down") == events(logs, "publisher.redis.down") == []
     assert len(events(logs, "cache.redis.recovered")) == 2
     assert len(events(logs, "publisher.redis.recovered")) == 1
+
+
+async def test_the_state_and_owner_keys_are_back_at_once_when_redis_recovers(server) -> None:
+    """`tradingd:<run>:state` stayed missing after Redis came back (restarted empty) until
+    the next bar or state refresh (cache.expiry_s / 3: 20 minutes by default), and the state
+    written during the outage was thrown away with the fallback. Now the reconnect writes
+    the latest state (with what is left of its TTL), and the publisher claims its owner key,
+    before anything else is written."""
+    server.start()
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    cache = open_cache(server.url, prefix="tradingd:", **FAST)
+    cache.resend_on_recovery(f"{run_id}:state")
+    pub = RedisPublisher(server.url, run_id, **FAST)
+    state_key, owner_key = f"tradingd:{run_id}:state", f"tradingd:{run_id}:owner"
+    await cache.start()
+    await pub.start()
+    try:
+        await cache.set(f"{run_id}:state", b"before", ttl_s=60)
+        pub.publish("state", {"equity": 0.0})
+        await wait_until(lambda: pub.published == 1 and pub._owned, "the owner claim")
+        server.kill()
+        await cache.set(f"{run_id}:state", b"during", ttl_s=60)  # the latest: to memory
+        await cache.set("answer", b"during", ttl_s=60)  # not kept: a miss refetches it
+        pub.publish("state", {"equity": 1.0})
+        await wait_until(lambda: not pub.available and not cache.available, "both down")
+
+        server.start()  # empty
+        await wait_until(lambda: cache.available and pub.available, "both back")
+        # Nothing written since: the reconnects did it.
+        assert await raw_get(server.url, state_key) == b"during"
+        raw = aioredis.from_url(server.url)
+        try:
+            assert 0 < await raw.pttl(state_key) <= 60_000
+            # Claimed by the recovery itself, not at the next renewal (20 s after the last).
+            deadline = time.monotonic() + 5.0
+            while (owner := await raw.get(owner_key)) is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            assert owner is not None and owner.decode() == pub.owner
+        finally:
+            await raw.aclose()
+        assert await raw_get(server.url, "tradingd:answer") is None
+        assert await cache.get("answer") is None
+    finally:
+        await pub.stop()
+        await cache.stop()
 
 
 async def test_the_fallback_is_bounded(server) -> None:
