@@ -436,3 +436,18 @@ def test_the_systemd_note_names_every_endpoint_the_token_protects():
     token = text[text.index("TRADINGD_HEALTH_TOKEN") :]
     token = token[: token.index(").")]
     assert [a for a in CONTROL_ACTIONS if f"/{a}`" not in token] == []
+
+
+def test_the_exit_codes_documented_for_redis_are_what_the_start_does():
+    """README's exit-code list and systemd/README.md said `tradingd run` exits 2 (restarted)
+    for "a database or Redis that does not answer yet", while the start only warns about
+    Redis (`preflight.redis_unreachable`: it is a cache). Each text's exit-2 list names no
+    Redis, and each says the warning."""
+    for path, begins, ends in (
+        (ROOT / "README.md", "2 for every other error, restarted:", "75 (EX_TEMPFAIL"),
+        (ROOT / "systemd" / "README.md", "Any other error exits 2", "after 5 failed starts"),
+    ):
+        text = " ".join(path.read_text().split())
+        exit_2 = text[text.index(begins) : text.index(ends, text.index(begins))]
+        assert "Redis" not in exit_2, (path, exit_2)
+        assert "`preflight.redis_unreachable`" in text, path
