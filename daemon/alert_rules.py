@@ -10,6 +10,9 @@ conditions fire once when they start and once when they clear (the alerter keeps
 - `broker_down`: the broker is not connected;
 - `database_down`: the store spools its writes (database unreachable: warning) or cannot
   replay its spool (critical: the operator must act; a full spool stops the run);
+- `redis_down`: the cache or the publisher has been without Redis (down, or refusing it)
+  for `REDIS_ALERT_AFTER_S` (keyed `cache` / `publisher`; a warning: trading goes on from
+  the in-process cache, events are dropped);
 - `repeated_errors`: `repeated_after` bars in a row without a bar from the feed (a bar the
   clock released that the source could not deliver counts: the engine calls
   `bar_unavailable` for it, as it never steps it), or with the broker unreachable when
@@ -40,6 +43,7 @@ from .alerts import (
     DATABASE_DOWN,
     INFO,
     KILL_SWITCH,
+    REDIS_DOWN,
     REPEATED_ERRORS,
     RISK_LIMIT,
     SOURCE_DOWN,
@@ -52,6 +56,11 @@ from .engine.plugins import instance_keys
 log = structlog.get_logger(__name__)
 
 _BOOK_ACTIONS = frozenset({"halt", "flatten", "scale"})
+
+# A Redis outage alerts once it has lasted this long: trading goes on without it, and a
+# Redis restart takes seconds. It was seen only in the log and /ready (a 10-minute outage
+# sent nothing).
+REDIS_ALERT_AFTER_S = 300.0
 
 
 class AlertRules:
@@ -229,6 +238,36 @@ class AlertRules:
                     text=str(st.get("detail", "")),
                     severity=WARNING if st.get("state") == "degraded" else CRITICAL,
                 )
+
+        for key in ("cache", "publisher"):
+            self._redis(key, getattr(e, key, None))
+
+    def _redis(self, key: str, part: Any) -> None:
+        """`redis_down` for the engine's cache or publisher (`key`), when it has had no Redis
+        for `REDIS_ALERT_AFTER_S`. Parts without Redis (in-process cache, no publisher) have
+        no `down_since` in their status and are not looked at."""
+        part_status = getattr(part, "status", None)
+        st = part_status() if callable(part_status) else None
+        if not isinstance(st, dict) or "down_since" not in st:
+            return
+        since = st.get("down_since")
+        long = False
+        if not st.get("available", True) and isinstance(since, str):
+            try:
+                began = datetime.fromisoformat(since)
+            except ValueError:
+                began = None
+            long = began is not None and (datetime.now(UTC) - began).total_seconds() >= (
+                REDIS_ALERT_AFTER_S
+            )
+        self.alerter.condition(
+            REDIS_DOWN,
+            key,
+            long,
+            title=f"Redis unavailable to the {key} for over {REDIS_ALERT_AFTER_S / 60:g} minutes",
+            text=str(st.get("detail", "")),
+            severity=WARNING,
+        )
 
     def _repeated(self, e: Any) -> None:
         new_errors = (e.bars_unavailable - self._unavailable_seen) + (

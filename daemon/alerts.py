@@ -116,6 +116,7 @@ STALE_DATA = "stale_data"
 SOURCE_DOWN = "source_down"
 BROKER_DOWN = "broker_down"
 DATABASE_DOWN = "database_down"
+REDIS_DOWN = "redis_down"
 REPEATED_ERRORS = "repeated_errors"
 RECONCILIATION = "reconciliation"
 DAILY_SUMMARY = "daily_summary"
@@ -126,6 +127,7 @@ KINDS = (
     SOURCE_DOWN,
     BROKER_DOWN,
     DATABASE_DOWN,
+    REDIS_DOWN,
     REPEATED_ERRORS,
     RECONCILIATION,
     DAILY_SUMMARY,

@@ -352,6 +352,53 @@ def test_a_database_that_is_down_is_alerted_and_a_failed_spool_is_critical():
     assert seen[1][1] == WARNING and seen[2][1] == CRITICAL
 
 
+def test_a_redis_outage_that_lasts_is_alerted_for_the_cache_and_the_publisher():
+    """A 10-minute Redis outage sent no alert (no kind existed for it; only the log and
+    /ready said it). One that lasts past the threshold is `redis_down`, per part, a warning;
+    a short one is not; the in-process cache (no Redis) is not looked at."""
+    from tradingd.alerts import WARNING
+
+    REDIS_DOWN = "redis_down"  # the kind a webhook receives
+
+    seen: list[tuple[str, bool, str]] = []
+
+    class Severity(Recorder):
+        def condition(self, kind: str, key: str, failing: bool, **kw: Any) -> None:
+            super().condition(kind, key, failing, **kw)
+            if kind == REDIS_DOWN:
+                seen.append((key, failing, kw["severity"]))
+
+    def since(seconds: float) -> str:
+        return (datetime.now(UTC) - timedelta(seconds=seconds)).isoformat()
+
+    up = {"ok": True, "available": True, "down_since": None, "detail": "redis ok"}
+    cache, pub = dict(up), dict(up)
+    rec = Severity()
+    e = engine()
+    e.cache = SimpleNamespace(status=lambda: dict(cache))
+    e.publisher = SimpleNamespace(status=lambda: dict(pub))
+    rules = AlertRules(rec, e)
+    rules.between_bars()
+    down = {"ok": False, "available": False, "detail": "redis unavailable (SET: ...)"}
+    cache.update(down, down_since=since(60))  # a restart's minute: no alert
+    pub.update(down, down_since=since(60))
+    rules.between_bars()
+    assert rec.last(REDIS_DOWN) is False  # not yet long enough
+    cache.update(down_since=since(10.6 * 60))  # the trial's outage, which sent nothing
+    rules.after_bar(T0, [])
+    assert ("cache", True, WARNING) in seen and ("publisher", True, WARNING) not in seen
+    assert "SET" in rec.texts[(REDIS_DOWN, "cache")]
+    cache.update(up)
+    rules.between_bars()
+    assert seen[-2:] == [("cache", False, WARNING), ("publisher", False, WARNING)]
+    # Without Redis (a MemoryCache, the NullPublisher: no down_since) nothing is said.
+    rec2 = Severity()
+    e2 = engine()
+    e2.cache = SimpleNamespace(status=lambda: {"ok": True, "detail": "memory"})
+    AlertRules(rec2, e2).between_bars()
+    assert rec2.last(REDIS_DOWN) is None
+
+
 def test_intraday_daily_summaries_are_of_the_calendars_sessions():
     """The alert rules' day of an intraday live run was data.timezone's: on XTKS with the
     default New York zone a Tokyo session was split in two summaries at 13:00 JST."""
