@@ -19,8 +19,9 @@ Where the JSON is made and written depends on the run:
   out with the store's writes, in the same message (`ChildWriter.add_rider`): the records
   are the store's own tuples (the engine passes them), so they are pickled once; on their
   own only when `max_lines` wait. A write that failed there raises at the
-  next `flush` or at `close`; in a shared process, so does a write of the store that failed,
-  and the other's later batches are not written.
+  next `flush` or at `close`, and this log's later batches are not written; in a shared
+  process the store's writes go on (its own failures raise at its calls), so a replay that
+  fails on a full audit folder still ends its run's row as failed.
 - a live run (`flush_interval_s = 0`): every `flush` encodes and writes its lines before it
   returns, so a bar's lines are in the file before the store can commit that bar's checkpoint
   (the engine flushes the audit first): a crash never leaves the store ahead of the audit.
@@ -140,7 +141,9 @@ class AuditLog:
     def flush(self, force: bool = False) -> None:
         writer = self._writer
         if writer is not None:
-            writer.reap()  # a batch that failed there raises here, at the next bar
+            # A batch that failed there raises here, at the next bar (a failed write of the
+            # store's, sharing the process, raises at the store's own calls).
+            writer.reap(self._writer_user)
             self._check_ready(writer)
             if self._riding:
                 # The store's next write takes the lines along (`_ride`); they go on their
@@ -148,9 +151,9 @@ class AuditLog:
                 if force or self._waiting >= self.max_lines:
                     job = self._ride()
                     if job is not None:
-                        writer.send(*job)
+                        writer.send(*job, user=self._writer_user)
                     if force:
-                        writer.sync()
+                        writer.sync(self._writer_user)
                 return
         if not self._batch and not (force and writer is not None):
             return
@@ -176,7 +179,9 @@ class AuditLog:
                 else ChildWriter(name, self.max_pending)
             )
             writer.send(
-                "tradingd.audit_file:child_open", (str(self.path), self.max_bytes, self.backups)
+                "tradingd.audit_file:child_open",
+                (str(self.path), self.max_bytes, self.backups),
+                user=name,
             )
             self._check_ready(writer)
         if writer is None or not self._writer_ready:
@@ -192,9 +197,9 @@ class AuditLog:
                     ) from e
             return
         if batch:
-            writer.send("tradingd.audit_file:child_lines", batch)
+            writer.send("tradingd.audit_file:child_lines", batch, user=self._writer_user)
         if force:
-            writer.sync()
+            writer.sync(self._writer_user)
 
     def _check_ready(self, writer: ChildWriter) -> None:
         """Once the writer process is past its start-up, it appends (after the open): the
@@ -203,12 +208,12 @@ class AuditLog:
         pickled once (ChildWriter.add_rider)."""
         if self._writer_ready:
             return
-        writer.reap()
+        writer.reap(self._writer_user)
         if writer.started:
             self._writer_ready = True
             self._sink.close()
             if self._shared:
-                writer.add_rider(self._ride)
+                writer.add_rider(self._ride, user=self._writer_user)
                 self._riding = True
 
     def _ride(self) -> tuple[str, Any] | None:
@@ -355,8 +360,8 @@ class AuditLog:
         (it reopens it at its next write): the caller is about to rewrite or remove it."""
         self.flush(force=True)
         if self._writer is not None and self._writer_ready:
-            self._writer.send("tradingd.audit_file:child_release", None)
-            self._writer.sync()
+            self._writer.send("tradingd.audit_file:child_release", None, user=self._writer_user)
+            self._writer.sync(self._writer_user)
         self._sink.close()
 
     def truncate_after(self, t: datetime | None, stopped_cleanly: bool = False) -> int:
@@ -401,7 +406,9 @@ class AuditLog:
                     try:
                         if self._shared and self._writer_ready:
                             # The store's process lives on: this log's file closes there.
-                            writer.send("tradingd.audit_file:child_close", None)
+                            writer.send(
+                                "tradingd.audit_file:child_close", None, user=self._writer_user
+                            )
                     finally:
                         # One never used is not waited for; a shared one ends this log's
                         # share.

@@ -569,8 +569,11 @@ class PublishingAudit:
         if fills:
             self.publisher.publish("fills", fills_payload(fills))
 
-    def flush(self) -> None:
-        self.audit.flush()
+    def flush(self, force: bool = False) -> None:
+        if force:
+            self.audit.flush(force=True)
+        else:
+            self.audit.flush()
 
     def close(self) -> None:
         self.audit.close()

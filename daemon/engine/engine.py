@@ -181,7 +181,7 @@ class NullAudit:
     ) -> None:
         return None
 
-    def flush(self) -> None:
+    def flush(self, force: bool = False) -> None:
         return None
 
     def close(self) -> None:
@@ -1632,6 +1632,7 @@ class Engine:
             self._warn_of_signals_without_view()
             self._warn_of_sizing_without_targets()
             result = self.result()
+            reported = False
             try:
                 if self._after_last_bar is not None:
                     # The last rows go to the writer first, and the hook runs while they
@@ -1639,7 +1640,15 @@ class Engine:
                     # meanwhile (Store.recorded), not read back after them.
                     await self.store.write_behind()
                     await self._after_last_bar(self)
+                reported = True
             finally:
+                if reported:
+                    # The audit log's last lines written before the row says the run ended
+                    # well: a write that fails there (a full audit folder) ends it failed
+                    # (below). A replay's store goes on when the audit log's part of their
+                    # shared writer process fails, so the end was stored as a finished
+                    # run's beside a cut log. (A failed report ends the run failed anyway.)
+                    self.audit.flush(force=True)
                 # The loop is over: the run's record ends even if its report failed.
                 ended: dict[str, Any] = {"bars": result.bars}
                 if result.bars_never_traded:

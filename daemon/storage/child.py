@@ -10,14 +10,16 @@ writing costs the engine only what it takes to pickle a batch (a few arrays and 
 Protocol (pickled messages over two pipes): the parent sends `(seq, job, payload)`, where
 `job` names a function `"module:function"` that the child imports once and calls as
 `function(state, payload)` (`state`: a dict the jobs of this child share, e.g. an open
-connection); the child answers every job with `("done", seq)` or, when it raised,
-`("error", seq, text)`, and skips every later job (their order matters: a table must not get
+connection); the child answers every job with `("done", seq)` or, when one raised,
+`("error", seq, ((job, text), ...))`, and skips every later job of that job's part (its
+module: the store's rows, or the audit log's lines; their order matters: a table must not get
 a later batch without an earlier one) until the parent closes it. `("close",)` ends the child,
 and so does the end of its input (the parent died): it never outlives its parent.
 
 The parent bounds the jobs in flight (`max_in_flight`): `send` waits for the oldest answer
 when that many are unanswered (back-pressure; the pipe itself holds at most its OS buffer).
-An error raises at the parent's next `send`, `reap`, `sync` or `close`.
+An error raises at the parent's next `send`, `reap`, `sync` or `close` of a user of that part
+(see `share`).
 
 Riders (`add_rider`): a user of a shared process can have its jobs go out with the other
 user's, in the same message: `(seq, (job, ...), (payload, ...))`, run in that order and
@@ -54,6 +56,10 @@ class ChildWriter:
         # Its users (`share`), each with its share of the jobs in flight: the first is the
         # one that started it.
         self._users: list[tuple[str, int]] = [(name, max_in_flight)]
+        # The users of each part (a job's module) of the jobs sent, and each user's error:
+        # the first of a job of its part (see `share`).
+        self._part_users: dict[str, set[str]] = {}
+        self._errors: dict[str, str] = {}
         to_child_r, to_child_w = os.pipe()
         from_child_r, from_child_w = os.pipe()
         code = (
@@ -91,8 +97,7 @@ class ChildWriter:
         self._answers_fd = from_child_r
         self._seq = 0
         self._answered = 0
-        self._error: str | None = None
-        self._riders: list[Callable[[], tuple[str, Any] | None]] = []
+        self._riders: list[tuple[Callable[[], tuple[str, Any] | None], str]] = []
 
     @property
     def name(self) -> str:
@@ -116,10 +121,15 @@ class ChildWriter:
         2-core machine the engine and two writer processes (each with its own interpreter
         and imports) took turns on the cores, and the engine lost about a tenth of its time
         to them (benchmarks/RESULTS.md). Its jobs in flight are the sum of the users' shares
-        (the same bound on memory as two processes). A job that fails makes the process skip
-        every later job, whoever sent it: each user's next call raises with the failed job's
-        error (which names its file), and the other user's later rows are not written (the
-        replay ends with that error). `close(user=name)` ends this user's share."""
+        (the same bound on memory as two processes). The users' jobs are of parts of their
+        own (a job's part is its module: storage/sqlite_file.py, audit_file.py). A job that
+        fails makes the process skip every later job of its part, and the next call of that
+        part's user raises with the error, named by the user ("writer process audit
+        <file>: ..."); the other part goes on. A full audit folder skipped the store's
+        writes too, so the replay that ended with the audit log's error could not end its
+        run's row as failed (a healthy store's run looked killed). A user's calls (`send`,
+        `reap`, `sync`, `close`) say who it is with `user=` (None: the user that started
+        it). `close(user=name)` ends this user's share."""
         if max_in_flight < 1:
             raise ValueError(f"writer process {name}: max_in_flight must be >= 1")
         self._users.append((name, max_in_flight))
@@ -130,28 +140,38 @@ class ChildWriter:
         """Jobs sent and not answered yet."""
         return self._seq - self._answered
 
-    def add_rider(self, take: Callable[[], tuple[str, Any] | None]) -> None:
-        """`take()` is asked at every `send` for a job `(job, payload)` (or None) to go out
-        first, in the same message (see the module docstring). Its user keeps what waits
-        for it bounded and sends it on its own when it must be written (a forced flush,
-        too much waiting); it calls `remove_rider` when done."""
-        self._riders.append(take)
+    def add_rider(
+        self, take: Callable[[], tuple[str, Any] | None], user: str | None = None
+    ) -> None:
+        """`take()` is asked at every `send` for a job `(job, payload)` (or None) of `user`
+        to go out first, in the same message (see the module docstring). Its user keeps
+        what waits for it bounded and sends it on its own when it must be written (a forced
+        flush, too much waiting); it calls `remove_rider` when done."""
+        self._riders.append((take, self._user(user)))
 
     def remove_rider(self, take: Callable[[], tuple[str, Any] | None]) -> None:
-        if take in self._riders:
-            self._riders.remove(take)
+        self._riders = [(t, u) for t, u in self._riders if t is not take]
 
-    def send(self, job: str, payload: Any) -> None:
-        """Hand `job` over (after its riders' jobs); waits while `max_in_flight` jobs are
-        unanswered."""
-        self._raise()
+    def send(self, job: str, payload: Any, user: str | None = None) -> None:
+        """Hand `job` of `user` over (after its riders' jobs); waits while `max_in_flight`
+        jobs are unanswered."""
+        user = self._user(user)
+        self._raise(user)
         while self.pending >= self.max_in_flight:
             self._answer(block=True)
-            self._raise()
-        self._post([*self._ride(), (job, payload)])
+            self._raise(user)
+        jobs = [*self._ride(), (job, payload, user)]
+        for name, _, by in jobs:
+            self._part_users.setdefault(_part(name), set()).add(by)
+        self._post([(name, data) for name, data, _ in jobs])
 
-    def _ride(self) -> list[tuple[str, Any]]:
-        return [j for take in self._riders if (j := take()) is not None]
+    def _ride(self) -> list[tuple[str, Any, str]]:
+        """The riders' jobs that wait, each with its user."""
+        return [(*j, user) for take, user in self._riders if (j := take()) is not None]
+
+    def _user(self, user: str | None) -> str:
+        """The user a call is of: None is the one that started the process."""
+        return self._users[0][0] if user is None else user
 
     def _post(self, jobs: list[tuple[str, Any]]) -> None:
         seq = self._seq + 1
@@ -171,19 +191,19 @@ class ChildWriter:
         # is written, and must not leave `sync` waiting for an answer that never comes.
         self._seq = seq
 
-    def reap(self) -> None:
-        """Read the answers that arrived (without waiting); raise a job's error."""
+    def reap(self, user: str | None = None) -> None:
+        """Read the answers that arrived (without waiting); raise an error of `user`'s part."""
         while self.pending and self._readable():
             self._answer(block=False)
-        self._raise()
+        self._raise(self._user(user))
 
-    def sync(self) -> None:
-        """Wait until every job sent is done; raise a job's error. Riders' jobs that wait
-        are not sent: they go with the next `send` (a rider's user sends its own when it
-        needs them written)."""
+    def sync(self, user: str | None = None) -> None:
+        """Wait until every job sent is done; raise an error of `user`'s part. Riders' jobs
+        that wait are not sent: they go with the next `send` (a rider's user sends its own
+        when it needs them written)."""
         while self.pending:
             self._answer(block=True)
-        self._raise()
+        self._raise(self._user(user))
 
     def close(self, sync: bool = True, user: str | None = None) -> None:
         """Wait for the jobs sent (unless `sync` is off: nothing depends on them), then tell
@@ -196,14 +216,15 @@ class ChildWriter:
         names = [name for name, _ in self._users]
         if user is not None and user not in names:
             raise ValueError(f"writer process {self.name}: no user named {user!r}")
+        who = self._user(user)
         if len(self._users) > 1:
-            del self._users[names.index(user) if user is not None else 0]
+            del self._users[names.index(who)]
             if sync and self._proc.poll() is None:
-                self.sync()
+                self.sync(who)
             return
         try:
             if sync and self._proc.poll() is None:
-                self.sync()
+                self.sync(who)
         finally:
             with contextlib.suppress(OSError):
                 self._out.send(("close",))
@@ -233,12 +254,17 @@ class ChildWriter:
         except (EOFError, OSError) as e:
             raise self._gone(e) from e
         self._answered += 1
-        if msg[0] == "error" and self._error is None:
-            self._error = msg[2]
+        if msg[0] == "error":
+            for job, text in msg[2]:
+                # (a part no user is known to have sent: every user's)
+                for user in self._part_users.get(_part(job)) or [n for n, _ in self._users]:
+                    self._errors.setdefault(user, text)
 
-    def _raise(self) -> None:
-        if self._error is not None:
-            raise StorageError(f"writer process {self.name}: {self._error}")
+    def _raise(self, user: str) -> None:
+        """The first error of `user`'s part, named by `user` (the part that failed)."""
+        error = self._errors.get(user)
+        if error is not None:
+            raise StorageError(f"writer process {user}: {error}")
 
     def _gone(self, exc: BaseException) -> StorageError:
         code = self._proc.poll()
@@ -246,6 +272,11 @@ class ChildWriter:
             f"writer process {self.name} ended (exit code {code}) with {self.pending} jobs "
             f"unanswered: {type(exc).__name__}: {exc}"
         )
+
+
+def _part(job: str) -> str:
+    """The part of the process a job is of: its module (see `ChildWriter.share`)."""
+    return job.partition(":")[0]
 
 
 def main(read_fd: int, write_fd: int) -> None:
@@ -259,7 +290,7 @@ def main(read_fd: int, write_fd: int) -> None:
     outbox = Connection(write_fd, readable=False)
     state: dict[str, Any] = {}
     jobs: dict[str, Callable[[dict[str, Any], Any], None]] = {}
-    failed = False
+    failed: set[str] = set()  # the parts whose job failed: their later jobs are skipped
     try:
         while True:
             try:
@@ -272,21 +303,22 @@ def main(read_fd: int, write_fd: int) -> None:
             # A message of several jobs (riders first): run in order, answered once.
             batch = list(zip(job, payload, strict=True)) if type(job) is tuple else [(job, payload)]
             del msg, job, payload
-            if failed:
-                answer: tuple[Any, ...] = ("error", seq, "skipped: an earlier job failed")
-            else:
+            errors: list[tuple[str, str]] = []
+            for name, data in batch:
+                part = _part(name)
+                if part in failed:
+                    errors.append((name, "skipped: an earlier job failed"))
+                    continue
                 try:
-                    for name, data in batch:
-                        fn = jobs.get(name)
-                        if fn is None:
-                            module, _, attr = name.partition(":")
-                            fn = jobs[name] = getattr(importlib.import_module(module), attr)
-                        fn(state, data)
+                    fn = jobs.get(name)
+                    if fn is None:
+                        attr = name.partition(":")[2]
+                        fn = jobs[name] = getattr(importlib.import_module(part), attr)
+                    fn(state, data)
                 except BaseException as e:
-                    failed = True
-                    answer = ("error", seq, f"{type(e).__name__}: {e}")
-                else:
-                    answer = ("done", seq)
+                    failed.add(part)
+                    errors.append((name, f"{type(e).__name__}: {e}"))
+            answer: tuple[Any, ...] = ("error", seq, tuple(errors)) if errors else ("done", seq)
             del batch
             data = None  # the last payload goes too, before the next message is waited for
             try:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from conftest import live_run
+from conftest import live_run, make_panel
 from pg_schemas import schema_url
 from structlog.testing import capture_logs
 
@@ -141,3 +141,70 @@ async def test_a_failed_live_run_s_background_tasks_end_before_its_row_is_ended(
         await engine.run_until_done()
     assert started  # the run had background tasks while its bars went on
     assert seen == [set()]
+
+
+async def test_a_backtest_whose_audit_folder_fills_up_is_stored_ended_and_failed(engine_config):
+    """A full audit folder under a replay on SQLite: the audit log's lines are written in the
+    store's writer process, and the failed write made that process refuse the store's writes
+    too, so the run's row kept ended_at and summary NULL (a killed run's, to
+    stored_run_results) although the store was fine. The row is ended failed with the audit
+    log's error, and the store has every bar the run traded."""
+    import os
+    import sqlite3
+
+    from tradingd.app import build_engine
+    from tradingd.core.errors import StorageError
+
+    engine = build_engine(engine_config, "backtest", panel=make_panel())
+    audit = engine.audit
+    audit.flush_interval_s = 0.0  # every bar's lines go to the writer process
+    audit.max_lines = 1  # on their own, not riding with the store's next write
+    full: list[int] = []
+
+    def fill_the_disk(time, verdicts):  # type: ignore[no-untyped-def]
+        writer = audit._writer
+        if full or writer is None or not audit._writer_ready:
+            return
+        assert writer is engine.store._child  # the store's process, shared
+        # From now on the audit file is a full disk (the process reopens a moved file).
+        link = audit.path.with_name("full")
+        link.symlink_to("/dev/full")
+        os.replace(link, audit.path)
+        full.append(engine._bars)
+
+    engine.after_bar.append(fill_the_disk)
+    with pytest.raises(StorageError, match="cannot write the audit log") as e:
+        await engine.run_until_done()
+    assert full
+    assert str(e.value).startswith(f"writer process audit {audit.path}: ")
+    run = await _stored_run(engine_config)
+    assert run["ended_at"] is not None
+    summary = run["summary"]
+    assert summary["failed"] is True and summary["bars"] > full[0]
+    assert "cannot write the audit log" in summary["error"]
+    with sqlite3.connect(engine_config.storage.url.removeprefix("sqlite:///")) as db:
+        (bars,) = db.execute("SELECT count(*) FROM equity").fetchone()
+    assert bars == summary["bars"]  # the store's writes went on after the audit's failed
+
+
+async def test_a_run_whose_last_audit_lines_cannot_be_written_is_stored_failed(engine_config):
+    """The audit log's last lines are written (forced) before the run's row is ended: a
+    write that fails there ends the run failed, not stored as finished beside a log that
+    lacks them (the audit log wrote them at its close, after the row was ended)."""
+    from tradingd.app import build_engine
+    from tradingd.core.errors import StorageError
+    from tradingd.engine.engine import NullAudit
+
+    class FullAtTheEnd(NullAudit):
+        def flush(self, force: bool = False) -> None:
+            if force:
+                raise StorageError("cannot write the audit log x.jsonl: No space left on device")
+
+    engine = build_engine(engine_config, "backtest", panel=make_panel())
+    engine.audit.close()
+    engine.audit = FullAtTheEnd()
+    with pytest.raises(StorageError, match="No space left"):
+        await engine.run_until_done()
+    run = await _stored_run(engine_config)
+    assert run["ended_at"] is not None and run["summary"]["failed"] is True
+    assert run["summary"]["error"].startswith("StorageError: cannot write the audit log x.jsonl")

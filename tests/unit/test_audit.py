@@ -263,7 +263,7 @@ def test_lines_are_written_here_while_the_writer_starts(tmp_path, monkeypatch):
     from tradingd.storage.child import ChildWriter
 
     a = AuditLog(tmp_path, "r", flush_interval_s=1.0, max_lines=1)
-    monkeypatch.setattr(ChildWriter, "reap", lambda self: None)  # still starting
+    monkeypatch.setattr(ChildWriter, "reap", lambda self, user=None: None)  # still starting
     a.orders([order(0)])
     a.flush()
     assert a._writer is not None and not a._writer_ready
@@ -298,7 +298,7 @@ def test_a_folder_removed_after_close_stays_removed(tmp_path, monkeypatch):
 
     scratch = tmp_path / "scratch"
     a = AuditLog(scratch / "audit", "r", flush_interval_s=1.0, max_lines=1)
-    monkeypatch.setattr(ChildWriter, "reap", lambda self: None)  # still starting
+    monkeypatch.setattr(ChildWriter, "reap", lambda self, user=None: None)  # still starting
     a.orders([order(0)])
     a.flush()  # written here; the process was sent its open job
     writer = a._writer

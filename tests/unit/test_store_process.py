@@ -398,20 +398,39 @@ def test_a_shared_process_runs_every_users_jobs_in_order_and_ends_with_its_last_
     assert out.read_text().split() == [str(k) for k in range(7)]
 
 
-def test_a_failed_job_in_a_shared_process_raises_for_every_user_naming_both(tmp_path):
+def test_a_failed_job_in_a_shared_process_stops_its_part_alone_and_names_it(tmp_path):
+    """The store and the audit log share a process, each with jobs of its own module (its
+    part): a job that fails skips the later jobs of its part and raises at that user's
+    calls, named by it; the other part's jobs still run. A full audit folder skipped the
+    store's writes too, and the replay could not end its run's row as failed (it looked
+    killed); a full database was reported as "writer process audit ...: ... SQLite ..."."""
     done = tmp_path / "done.txt"
+    db = tmp_path / "s.db"
+    sqlite3.connect(db).close()
     store = ChildWriter("SQLite s.db")
     audit = store.share("audit r.jsonl", 2)
-    audit.send("test_store_process:job_fails_on", (str(done), "bad"))
-    with pytest.raises(StorageError, match=r"SQLite s\.db and audit r\.jsonl: ValueError: refused"):
-        audit.sync()
+    a = "audit r.jsonl"
+    audit.send("test_store_process:job_fails_on", (str(done), "bad"), user=a)
+    audit.send("test_store_process:job_fails_on", (str(done), "after"), user=a)
+    store.send("tradingd.storage.sqlite_file:child_open", str(db))
+    with pytest.raises(StorageError, match=r"^writer process audit r\.jsonl: ValueError: refused"):
+        audit.sync(user=a)
+    store.sync()  # the store's job ran, and its calls go on
+    store.send("tradingd.storage.sqlite_file:child_open", str(tmp_path / "missing.db"))
+    # Run, not skipped: the store's own error, named by the store.
+    with pytest.raises(
+        StorageError,
+        match=r"^writer process SQLite s\.db: StorageError: cannot open SQLite database .*missing",
+    ):
+        store.sync()
     with pytest.raises(StorageError, match="refused"):
-        store.send("test_store_process:job_fails_on", (str(done), "ok"))
-    with pytest.raises(StorageError, match="refused"):
+        audit.reap(user=a)  # its first error stays
+    with pytest.raises(StorageError, match="missing"):
         store.close()
     with pytest.raises(StorageError, match="refused"):
-        audit.close()
+        audit.close(user=a)
     assert store.wait(timeout=30) == 0
+    assert done.read_text().split() == ["bad"]  # the audit's part skipped after its failure
 
 
 @pytest.mark.parametrize("store_first", [True, False])
@@ -490,8 +509,12 @@ async def test_a_store_reused_for_runs_gives_each_audit_log_a_share_and_takes_it
 
 
 async def test_an_audit_write_that_fails_in_a_shared_process_names_the_audit_log(tmp_path):
-    """A full disk under the audit log: the replay's next call raises, naming the audit log
-    (a write error names no file of its own), through the store's calls too."""
+    """A full disk under the audit log: the audit log's next call raises, naming the audit
+    log (a write error names no file of its own). The store shares the process and is fine:
+    its rows are still written and it can end the run (as failed); its calls raised the
+    audit log's error too, and the run's row was left as a killed run's."""
+    import json
+
     from tradingd.audit import AuditLog
 
     store = SqliteStore(tmp_path / "s.db", batch_size=1, flush_interval_s=3600.0)
@@ -505,18 +528,24 @@ async def test_an_audit_write_that_fails_in_a_shared_process_names_the_audit_log
         log.orders([Order("r1|0", "AAA", Side.BUY, 1.0, T0)])
         log.flush()
         assert log._writer is store._child
+        store._child.sync()  # the store's own calls do not raise the audit log's error
         with pytest.raises(StorageError) as e:
-            store._child.sync()
+            log.flush()
+        assert str(e.value).startswith(f"writer process audit {log.path}: ")
         assert f"cannot write the audit log {tmp_path / 'audit' / 'r1.jsonl'}" in str(e.value)
         assert "No space left on device" in str(e.value)
-        record_bar(store, 0)
-        with pytest.raises(StorageError, match="cannot write the audit log"):
+        for k in range(3):
+            record_bar(store, k)
             await store.maybe_flush()
+        await store.end_run("r1", {"bars": 3, "failed": True, "error": "StorageError: ..."})
     finally:
-        with pytest.raises(StorageError):
-            await store.stop()
-        with pytest.raises(StorageError):
+        await store.stop()
+        with pytest.raises(StorageError, match="cannot write the audit log"):
             log.close()
+    assert count(tmp_path / "s.db", "equity") == 3
+    with sqlite3.connect(tmp_path / "s.db") as db:
+        ended, summary = db.execute("SELECT ended_at, summary FROM runs").fetchone()
+    assert ended is not None and json.loads(summary)["failed"] is True
 
 
 def job_keeps(state, payload) -> None:
