@@ -215,7 +215,9 @@ class _Sink:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = self.path.open("a", encoding="utf-8")
         fh = self._fh
+        fd = os.dup(fh.fileno())  # the file as it is now, to cut back a failed write
         try:
+            end = os.fstat(fd).st_size  # every earlier write is flushed: the whole lines
             fh.write(text)
             fh.flush()
         except OSError:
@@ -225,7 +227,15 @@ class _Sink:
             self._fh = None
             with contextlib.suppress(OSError):
                 fh.close()
+            # A full disk took part of the batch: the file ended in a cut line (jq and every
+            # JSON-lines reader stop there). Cut back to the batch's start, its last whole
+            # line (freeing space needs none); the batch raises as not written.
+            with contextlib.suppress(OSError):
+                if os.fstat(fd).st_size > end:
+                    os.ftruncate(fd, end)
             raise
+        finally:
+            os.close(fd)
         if fh.tell() >= self.max_bytes:
             self._rotate()
 

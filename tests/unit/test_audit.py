@@ -506,6 +506,38 @@ def test_a_live_audit_log_on_a_full_disk_closes_without_a_second_error(tmp_path)
     a.close()  # no second error
 
 
+def test_a_write_cut_short_by_a_full_disk_leaves_the_file_at_its_last_whole_line(tmp_path):
+    """A disk that fills up in the middle of a batch took part of it: the file ended in a
+    cut line, which jq and every JSON-lines reader stop at (a replay's log keeps it). The
+    file is cut back to the batch's start; the batch raises as not written. The kernel's
+    own partial write, by a file size limit (as a full disk, it writes what fits)."""
+    import resource
+    import signal
+
+    a = AuditLog(tmp_path, "r", flush_interval_s=0.0)
+    a.orders([order(0)])
+    a.flush(force=True)
+    path = tmp_path / "r.jsonl"
+    before = path.read_bytes()
+    for i in range(1, 100):
+        a.orders([order(i)])  # a batch far larger than the room left
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    was = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # EFBIG, not the signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) + 1000, hard))
+    try:
+        with pytest.raises(StorageError, match="cannot write the audit log"):
+            a.flush(force=True)
+        cut = path.stat().st_size
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, was)
+    assert cut == len(before) and path.read_bytes() == before
+    a.orders([order(100)])  # room again: the next batch follows the whole lines
+    a.flush(force=True)
+    a.close()
+    assert [r["client_order_id"] for r in records(path)] == ["r|0", "r|100"]
+
+
 def test_records_after_the_checkpoint_in_a_rotated_file_are_dropped_too(tmp_path):
     """The file rotated right after a bar past the checkpoint: that bar's records were in
     `.jsonl.1`, which was not read, so they were kept, and the resumed run wrote them again."""
