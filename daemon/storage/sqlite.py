@@ -60,7 +60,7 @@ from .schema import (
     create_table_sql,
     newer_columns_error,
 )
-from .sqlite_file import MEMORY, connect, iso_utc, transaction, write_rows
+from .sqlite_file import MEMORY, connect, explain, iso_utc, transaction, write_rows
 from .writer import WriterThread
 
 log = structlog.get_logger(__name__)
@@ -131,7 +131,9 @@ class SqliteStore(BufferedStore):
                 Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             db = connect(self.path)
         except (OSError, sqlite3.Error) as e:
-            raise StorageError(f"cannot open SQLite database {self.path}: {e}") from e
+            raise StorageError(
+                f"cannot open SQLite database {self.path}: {explain(e, self.path)}"
+            ) from e
         try:
             row = db.execute("PRAGMA journal_mode").fetchone()
             mode = row[0] if row else "?"
@@ -158,7 +160,9 @@ class SqliteStore(BufferedStore):
             # A StorageError's kind kept: another build's database stays the operator's to end
             # (EX_CONFIG).
             kind = type(e) if isinstance(e, StorageError) else StorageError
-            raise kind(f"cannot create schema in SQLite database {self.path}: {e}") from e
+            raise kind(
+                f"cannot create schema in SQLite database {self.path}: {explain(e, self.path)}"
+            ) from e
         self._db = db
         return mode
 
@@ -227,7 +231,9 @@ class SqliteStore(BufferedStore):
         try:
             return list(db.execute(sql, args).fetchall())
         except sqlite3.Error as e:
-            raise StorageError(f"query on SQLite database {self.path} failed: {e}") from e
+            raise StorageError(
+                f"query on SQLite database {self.path} failed: {explain(e, self.path)}"
+            ) from e
 
     # ------------------------------------------------------------------ dialect primitives
 

@@ -48,6 +48,29 @@ def iso_utc(t: datetime) -> str:
     return s
 
 
+def explain(e: BaseException, path: str) -> str:
+    """SQLite's error text, with what the operator must do when it is the file's disk or
+    its permissions (its words alone, "database or disk is full", named no file and said
+    nothing to do). The file is `path`; its folder holds the -wal, -shm and -journal files
+    SQLite makes beside it."""
+    text = str(e)
+    code = getattr(e, "sqlite_errorcode", None)
+    if path == MEMORY or not isinstance(code, int):
+        return text
+    folder = Path(path).expanduser().absolute().parent
+    advice = {
+        sqlite3.SQLITE_FULL: f"free space on the disk of {folder} (the database and its -wal "
+        "file grow there)",
+        sqlite3.SQLITE_IOERR: f"the disk of {folder} failed a read or a write: check it (dmesg, "
+        "its free space) before running again",
+        sqlite3.SQLITE_READONLY: f"{path} or its folder {folder} is read-only to this user: "
+        "remount the filesystem read-write, or let this user write the file and the folder "
+        "(SQLite makes its -wal and -shm files there)",
+        sqlite3.SQLITE_CANTOPEN: f"check that {folder} exists and this user can write to it",
+    }.get(code & 0xFF)  # (the primary code of an extended one: SQLITE_IOERR_WRITE, ...)
+    return text if advice is None else f"{text}: {advice}"
+
+
 def transaction(
     db: sqlite3.Connection, statements: Sequence[tuple[str, Sequence[Any]]], where: str
 ) -> None:
@@ -63,7 +86,7 @@ def transaction(
             raise
         db.execute("COMMIT")
     except (sqlite3.Error, ValueError) as e:
-        raise StorageError(f"write to SQLite database {where} failed: {e}") from e
+        raise StorageError(f"write to SQLite database {where} failed: {explain(e, where)}") from e
 
 
 def write_rows(
@@ -121,7 +144,7 @@ def child_open(state: dict[str, Any], path: str) -> None:
     try:
         db = connect(path, create=False)
     except sqlite3.Error as e:
-        raise StorageError(f"cannot open SQLite database {path}: {e}") from e
+        raise StorageError(f"cannot open SQLite database {path}: {explain(e, path)}") from e
     state["sqlite"] = (db, path, {})
     state.setdefault("_closers", []).append(db.close)
 

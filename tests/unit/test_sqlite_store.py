@@ -948,3 +948,46 @@ async def test_an_intent_filled_to_its_quantity_by_float_pieces_resumes(db_path:
         assert await store.resume_run(run) is not None
     finally:
         await store.stop()
+
+
+async def test_a_full_database_disk_says_to_free_space_naming_the_folder(db_path: Path) -> None:
+    """SQLite's words alone ("database or disk is full") named no file and said nothing to
+    do; they are kept, with what the operator must do. (The file may grow no further: a
+    page limit is SQLite's own SQLITE_FULL, as a full disk.)"""
+    store = SqliteStore(db_path, process=False)
+    await store.start()
+    try:
+        await store.begin_run(run_info())
+        await store.flush()
+        await store._call(lambda: store._conn().execute("PRAGMA max_page_count = 1"))
+        for k in range(2000):
+            store.record_equity("r1", T0 + k * DAY, 1.0, 1.0, 0.0, 0.0)
+        with pytest.raises(StorageError) as e:
+            await store.flush()
+        await store._call(lambda: store._conn().execute("PRAGMA max_page_count = 1000000"))
+    finally:
+        await store.stop()
+    text = str(e.value)
+    assert f"write to SQLite database {db_path} failed: database or disk is full: " in text
+    assert f"free space on the disk of {db_path.parent}" in text
+
+
+def test_a_read_only_database_or_a_failing_disk_says_what_to_do(tmp_path: Path) -> None:
+    from tradingd.storage.sqlite_file import connect, explain, transaction
+
+    path = tmp_path / "s.db"
+    connect(str(path)).execute("CREATE TABLE t (a)")
+    ro = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None)
+    with pytest.raises(StorageError) as e:
+        transaction(ro, [("INSERT INTO t VALUES (1)", ())], str(path))
+    text = str(e.value)
+    assert "attempt to write a readonly database: " in text  # SQLite's words kept
+    assert f"{path} or its folder {tmp_path} is read-only" in text and "remount" in text
+    # An extended code (SQLITE_IOERR_WRITE) is its primary code's.
+    io = sqlite3.OperationalError("disk I/O error")
+    io.sqlite_errorcode = sqlite3.SQLITE_IOERR | (3 << 8)  # type: ignore[attr-defined]
+    said = explain(io, str(path))
+    assert said.startswith("disk I/O error: ") and str(tmp_path) in said and "dmesg" in said
+    # Not SQLite's (no code), or in memory: its words alone.
+    assert explain(ValueError("bad value"), str(path)) == "bad value"
+    assert explain(io, ":memory:") == "disk I/O error"
