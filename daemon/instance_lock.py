@@ -88,6 +88,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
@@ -637,7 +638,10 @@ class FileInstanceLock(InstanceLock):
             os.pwrite(fd, data, 0)
         except OSError as e:
             os.close(fd)
-            raise StorageError(f"instance lock: cannot write lock file {self.path}: {e}") from e
+            raise StorageError(
+                f"instance lock: cannot write lock file {self.path}: {e}"
+                + _disk_advice(e, self.path)
+            ) from e
         self._fd = fd
         self.held = True
 
@@ -654,13 +658,31 @@ class FileInstanceLock(InstanceLock):
             # unavailable: an error, never a start without the lock.
             try:
                 fd = os.open(self.path, os.O_RDONLY | _OPEN_FLAGS)
+            except FileNotFoundError:
+                # No such file: the folder is what this user cannot write (or make). The
+                # message named a file that does not exist as "another user's".
+                folder = self.path.parent
+                what = (
+                    f"the lock folder {folder} is not writable to this user"
+                    if folder.is_dir()
+                    else f"the lock folder {folder} cannot be made (its parent is not "
+                    "writable to this user)"
+                )
+                raise StorageError(
+                    f"instance lock: cannot create lock file {self.path}: {what} "
+                    f"({e.strerror}): give this user write access to it (users sharing a lock "
+                    "folder share it through a group)"
+                ) from e
             except OSError:
                 raise StorageError(
                     f"instance lock: cannot open lock file {self.path}: {e} (another user's, "
                     "not readable to this one? users sharing a lock folder share a group)"
                 ) from e
         except OSError as e:
-            raise StorageError(f"instance lock: cannot open lock file {self.path}: {e}") from e
+            raise StorageError(
+                f"instance lock: cannot open lock file {self.path}: {e}"
+                + _disk_advice(e, self.path)
+            ) from e
         _narrow_mode(fd)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -928,6 +950,16 @@ def lock_file_path(store_url: str, account: str, lock_dir: str | Path | None = N
     if lock_dir is not None:
         return Path(lock_dir).expanduser() / f"tradingd-{name}.lock"
     return resolved.with_name(f"{resolved.name}.{name}.lock")
+
+
+def _disk_advice(e: OSError, path: Path) -> str:
+    """What to do about a lock file's full or read-only disk (", ..."), else ""."""
+    folder = path.parent
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        return f": free space on the disk of {folder}"
+    if e.errno == errno.EROFS:
+        return f": {folder} is on a read-only filesystem: remount it read-write"
+    return ""
 
 
 # Entry point ------------------------------------------------------------------------------

@@ -548,6 +548,65 @@ async def test_a_symlink_planted_at_the_lock_path_is_refused_not_followed(tmp_pa
     assert victim.read_text() == "precious\n"
 
 
+def _no_files_made_in(monkeypatch, folder: Path) -> None:
+    """`folder` refuses new files to this user, as a folder it cannot write does: by its mode
+    (0555), and for root (whom no mode stops) by an open that refuses as the kernel would."""
+    import errno
+
+    folder.chmod(0o555)
+    if os.geteuid() != 0:
+        return
+    real_open = os.open
+
+    def refusing(path, flags, *args, **kwargs):  # type: ignore[no-untyped-def]
+        if Path(path).parent == folder and flags & os.O_CREAT and not os.path.lexists(path):
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing)
+
+
+async def test_a_lock_folder_this_user_cannot_write_is_named_not_a_missing_file(
+    tmp_path, monkeypatch
+):
+    """The lock file does not exist and its folder cannot be written: the message said
+    "cannot open lock file ...: Permission denied (another user's, not readable to this
+    one?)", of a file that is not there. It names the folder and what to do."""
+    from tradingd.instance_lock import lock_file_path
+
+    url, account = f"sqlite:///{tmp_path / 'store.db'}", new_account()
+    path = lock_file_path(url, account)
+    _no_files_made_in(monkeypatch, path.parent)
+    try:
+        with pytest.raises(StorageError) as refused:
+            await acquire_instance_lock(url, account)
+    finally:
+        path.parent.chmod(0o755)
+    text = str(refused.value)
+    assert f"the lock folder {path.parent} is not writable to this user" in text
+    assert "give this user write access" in text and "another user's" not in text
+    assert not path.exists()
+
+
+async def test_a_lock_file_on_a_full_disk_says_to_free_space(tmp_path, monkeypatch):
+    import errno
+
+    from tradingd.instance_lock import lock_file_path
+
+    url, account = f"sqlite:///{tmp_path / 'store.db'}", new_account()
+    path = lock_file_path(url, account)
+
+    def full(fd, data, offset):  # type: ignore[no-untyped-def]
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "pwrite", full)
+    with pytest.raises(StorageError) as refused:
+        await acquire_instance_lock(url, account)
+    text = str(refused.value)
+    assert f"cannot write lock file {path}: " in text and "No space left on device" in text
+    assert f"free space on the disk of {path.parent}" in text
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to act as another user")
 async def test_another_user_outside_the_group_cannot_hold_the_lock(umask_022):
     """Security trial F3 for real: a user outside the owner's group cannot open the lock
