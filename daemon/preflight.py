@@ -28,7 +28,13 @@ import structlog
 
 from .config import Config, PluginSpec, name_origin, redis_db_index, url_label
 from .core.endpoints import is_postgres_url
-from .core.errors import ConfigError, PluginError, ServiceUnavailable, TradingdError
+from .core.errors import (
+    ConfigError,
+    PluginError,
+    ServiceUnavailable,
+    StorageError,
+    TradingdError,
+)
 from .secrets import mask_text, mask_url, scrub
 
 log = structlog.get_logger(__name__)
@@ -351,6 +357,14 @@ def check_writable_dir(path: str | Path, key: str, names: Sequence[str] = ()) ->
             pass
     except OSError as exc:
         where = "" if target == p else f" (its nearest existing folder {target})"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            # A full disk is no set-up mistake: a service restarted once space is freed
+            # goes through (exit 2, as a full storage spool; README, "Exit codes"). It was
+            # EX_CONFIG, the unit not restarted, and "must be a folder this user can write".
+            raise StorageError(
+                f"{key} = {str(path)!r}{where}: a file could not be created there "
+                f"({exc.strerror or exc}): free space on its disk"
+            ) from None
         raise ConfigError(
             f"{key} = {str(path)!r} is invalid: not writable{where}: a file could not be "
             f"created there ({exc.strerror or exc}); must be a folder this user can create or "

@@ -263,6 +263,40 @@ def test_unwritable_folders_stop_the_command_before_it_starts(
     assert "must be a folder this user can create or write to" in err
 
 
+@pytest.mark.parametrize("command", ["run", "backtest"])
+def test_a_folder_on_a_full_disk_stops_the_start_as_a_restartable_error(
+    cli, tmp_path, monkeypatch, command
+):
+    """A full disk is no set-up mistake (README, "Exit codes"): `tradingd run` exits 2, as
+    for a full storage spool, and a systemd unit restarts it until space is freed. The
+    probe's ENOSPC was a ConfigError: exit 78 (not restarted) and "must be a folder this
+    user can create or write to". A read-only folder stays 78 (the operator must act)."""
+    import errno
+    import tempfile
+
+    audit = tmp_path / "audit"
+    audit.mkdir()
+    real = tempfile.TemporaryFile
+    refusal = [errno.ENOSPC]
+
+    def probe(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if Path(kwargs.get("dir", "")) == audit:
+            raise OSError(refusal[0], os.strerror(refusal[0]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", probe)
+    cfg = write_config(tmp_path)
+    monkeypatch.setenv("TRADINGD_LOG__AUDIT_DIR", f'"{audit}"')
+    code, _, err = cli(command, "-c", str(cfg))
+    assert code == 2
+    assert f"log.audit_dir = '{audit}': a file could not be created there" in err
+    assert "No space left on device" in err and "free space on its disk" in err
+    refusal[0] = errno.EROFS
+    code, _, err = cli(command, "-c", str(cfg))
+    assert code == config_error_code(command)
+    assert "Read-only file system" in err and "is invalid" in err
+
+
 def test_unwritable_output_option_fails_before_the_replay(cli, tmp_path, bad_dir):
     code, _, err = cli("backtest", "-c", str(write_config(tmp_path)), "--output", str(bad_dir))
     assert code == 2  # the run_backtest tripwire was not reached
