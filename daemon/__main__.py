@@ -458,10 +458,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         # Masked as `run`'s: an error may quote a URL or a key=value it was given, or a
         # credential of the environment put in the wrong setting.
-        print(f"tradingd: error: {mask_env(mask_text(str(exc)))}", file=sys.stderr)
+        say(f"tradingd: error: {mask_env(mask_text(str(exc)))}")
         return exit_code(exc, args.command)
     except KeyboardInterrupt as exc:
-        print("tradingd: interrupted", file=sys.stderr)
+        say("tradingd: interrupted")
         return 128 + getattr(exc, "signum", signal.SIGINT)
     finally:
         if exiting:
@@ -474,6 +474,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 # Bits the program always takes from what it makes: write for the group, everything for
 # others (see the module docstring).
 UMASK = 0o027
+
+
+def say(text: str) -> None:
+    """`text` on stderr, as a line of the command's own (its error, an interruption): never
+    raising, as log lines never do (`logs._StderrBesideProgressBars`). On a full disk under
+    stderr the print raised OSError over the error it was to say, and the command exited 1
+    with a traceback nobody saw instead of its own exit code."""
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        print(text, file=sys.stderr, flush=True)
 
 
 def restrict_umask() -> int:
@@ -665,7 +674,7 @@ def _train(config: Config, args: argparse.Namespace) -> int:
             raise TradingdError(f"--epochs must be >= 1, got {args.epochs}")
         mc = dataclasses.replace(mc, epochs=args.epochs)
     check_out_dir(args.out)  # before the data is loaded
-    train(config, load_data(config), args.out, mc, log=lambda m: print(m, file=sys.stderr))
+    train(config, load_data(config), args.out, mc, log=say)
     print(f"model pair and card written to {Path(args.out).resolve()}")
     return 0
 
@@ -748,7 +757,7 @@ def _health(args: argparse.Namespace) -> int:
     code, report = asyncio.run(fetch_health(url, args.timeout))
     print(json.dumps(report, indent=2, sort_keys=True))
     if code == 2:
-        print(f"tradingd: error: {report['error']}", file=sys.stderr)
+        say(f"tradingd: error: {report['error']}")
     return code
 
 
@@ -869,7 +878,7 @@ def _backtest(config: Config, args: argparse.Namespace) -> int:
                 run_backtest(config, output_dir=args.output, progress=replay_progress, stop=stop)
             )
     except BacktestStopped as stopped:
-        print(f"tradingd: {stopped}", file=sys.stderr)
+        say(f"tradingd: {stopped}")
         return 128 + signal.Signals[stopped.signal].value if stopped.signal else 1
     closed = False
     try:
@@ -956,11 +965,12 @@ def _backtest_signals(stop: Any) -> Iterator[None]:
         # Said at once: a plugin hung in its bar's call kept the stop waiting, and nothing
         # said the signal was taken, nor that a second one exits (written directly, as
         # `_exit_at_once` writes: the interrupted code may hold the log's lock).
-        os.write(
-            2,
-            f"\ntradingd: {name} received: the backtest stops after the bar under way (when "
-            f"its plugins' calls return); {name} again exits at once\n".encode(),
-        )
+        with contextlib.suppress(OSError):  # a full disk under stderr: the stop goes on
+            os.write(
+                2,
+                f"\ntradingd: {name} received: the backtest stops after the bar under way "
+                f"(when its plugins' calls return); {name} again exits at once\n".encode(),
+            )
         stop.request(name)
 
     with _handled(_STOP_SIGNALS, handler):
@@ -980,7 +990,8 @@ def _exit_at_once(signum: int, detail: str, **fields: Any) -> NoReturn:
         "exit_code": code,
         "detail": detail,
     }
-    os.write(2, (json.dumps(line) + "\n").encode())
+    with contextlib.suppress(OSError):  # a full disk under stderr: the exit still happens
+        os.write(2, (json.dumps(line) + "\n").encode())
     os._exit(code)
 
 
@@ -1590,7 +1601,7 @@ def _run_command(args: argparse.Namespace, *, restore: bool = True) -> int:
         from .secrets import mask_env, mask_text
 
         code = exit_code(exc, "run")
-        print(f"tradingd: error: {mask_env(mask_text(str(exc)))}", file=sys.stderr)
+        say(f"tradingd: error: {mask_env(mask_text(str(exc)))}")
         if logging_ready:  # the last line says where and why, as on every other exit
             reason = mask_text(f"error: {exc}")
             always.error("tradingd.exit", reason=reason, phase=daemon.phase, exit_code=code)

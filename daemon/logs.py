@@ -117,7 +117,7 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     )
-    stream: Any = _StderrBesideProgressBars()  # a TextIO as far as writers care
+    stream: Any = _StderrBesideProgressBars(renderer)  # a TextIO as far as writers care
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -203,13 +203,83 @@ def _route_stdlib(level: str, renderer: Any, stream: Any, mask: _MaskEnvSecrets)
     logging.captureWarnings(True)  # warnings.warn(...) as log records, not stderr text
 
 
+class _LostLines:
+    """The log lines standard error did not take (a full or failing disk under it, a closed
+    stream, a reader gone): counted, not raised. A log call raising OSError crashed whatever
+    called it: an alert's error line ended a live daemon mid-bar (exit 1, its run's row
+    never ended), a full log disk at start ended it with no message anywhere. One count per
+    process (a SIGHUP's reconfiguration keeps it): the first line written again is preceded
+    by a warning, `log.lines_lost`, with how many were lost, since when and why."""
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()  # reentrant: a signal handler's line may come mid-write
+        self.count = 0
+        self.since = ""
+        self.error = ""
+
+    def lost(self, exc: BaseException) -> None:
+        with self.lock:
+            if not self.count:
+                self.since = _now()
+                self.error = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+            self.count += 1
+        metrics = sys.modules.get(f"{__package__}.metrics")  # never imported here: loaded
+        if metrics is not None:  # by every daemon and backtest, and an import may log
+            with contextlib.suppress(Exception):
+                metrics.LOG_LINES_LOST.inc()
+
+
+_LOST = _LostLines()
+# What a write to standard error raises when it cannot take the line: OSError (ENOSPC, EIO,
+# EPIPE, EBADF), ValueError (a closed stream), AttributeError (no stream: sys.stderr None).
+_WRITE_ERRORS = (OSError, ValueError, AttributeError)
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+
+
 class _StderrBesideProgressBars:
     """Standard error that lets a progress bar keep its line: while a tqdm bar is shown, each
     log line is written in tqdm's external-write mode (bar cleared, line written, bar drawn
     again), so log lines neither overwrite the bar nor get overwritten by it. Resolves
-    sys.stderr at each write, so redirection (and test capture) still works."""
+    sys.stderr at each write, so redirection (and test capture) still works.
+
+    Never raises: a line standard error does not take is dropped and counted (`_LostLines`,
+    and the metric `tradingd_log_lines_lost`), and the first line it takes again comes after
+    a `log.lines_lost` warning in the same format (`render`: the configured renderer). That
+    warning starts with a newline, ending a line the disk cut when it filled up."""
+
+    def __init__(self, render: Any = None) -> None:
+        self._render = render
+        self._unflushed = False
 
     def write(self, s: str) -> int:
+        with _LOST.lock:
+            if _LOST.count and not self._say_lost():
+                _LOST.lost(OSError("still failing"))
+                return len(s)
+            try:
+                written = self._write(s)
+            except _WRITE_ERRORS as exc:
+                _LOST.lost(exc)
+                return len(s)
+            self._unflushed = True
+            return written
+
+    def flush(self) -> None:
+        with _LOST.lock:
+            unflushed, self._unflushed = self._unflushed, False
+            try:
+                sys.stderr.flush()
+            except _WRITE_ERRORS as exc:
+                if unflushed:  # a line taken into a buffer, not written: lost here
+                    _LOST.lost(exc)
+
+    @staticmethod
+    def _write(s: str) -> int:
         from tqdm import tqdm
 
         if getattr(tqdm, "_instances", None):
@@ -217,8 +287,29 @@ class _StderrBesideProgressBars:
                 return sys.stderr.write(s)
         return sys.stderr.write(s)
 
-    def flush(self) -> None:
-        sys.stderr.flush()
+    def _say_lost(self) -> bool:
+        """Write the `log.lines_lost` warning; whether standard error took it."""
+        event: dict[str, Any] = {
+            "lines": _LOST.count,
+            "since": _LOST.since,
+            "error": _LOST.error,
+            "detail": "standard error could not take these log lines (a full or failing "
+            "disk, a closed stream): they were dropped, not written",
+            "event": "log.lines_lost",
+            "level": "warning",
+            "timestamp": _now(),
+        }
+        try:
+            line = self._render(None, "warning", event) if self._render else str(event)
+        except Exception:  # a renderer's failure must not stop the lines after it
+            line = str(event)
+        try:
+            self._write(f"\n{line}\n")
+            sys.stderr.flush()
+        except _WRITE_ERRORS:
+            return False
+        _LOST.count = 0
+        return True
 
 
 def _strip_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -56,6 +56,12 @@ PUBLISHER_DROPPED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+LOG_LINES_LOST = Counter(
+    "tradingd_log_lines_lost",
+    "Log lines standard error did not take (a full or failing disk, a closed stream): "
+    "dropped, and said by a log.lines_lost warning once it takes lines again",
+    registry=REGISTRY,
+)
 CONTROL_UNAUTHORIZED = Counter(
     "tradingd_control_unauthorized",
     "Control requests refused for a missing or wrong bearer token",

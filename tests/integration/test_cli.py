@@ -294,6 +294,41 @@ def test_a_closed_stdout_ends_a_printing_command_quietly(tmp_path, command):
     assert r.returncode == 128 + signal.SIGPIPE
 
 
+def test_a_full_disk_under_stderr_neither_ends_nor_changes_a_command(tmp_path):
+    """`tradingd backtest 2>/dev/full` exited 1 with no record: its first log line raised
+    OSError. Log lines stderr cannot take are dropped (counted, and said once it takes lines
+    again): the backtest's record and its stored run are whole, exit 0; an error still
+    exits with its own code, 2, not 1 from the print of its message failing."""
+    cfg = small_config(tmp_path)
+    out = tmp_path / "out"
+    e = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    with open("/dev/full", "w") as full:
+        r = subprocess.run(
+            [sys.executable, "-m", "tradingd", "backtest", "-c", str(cfg), "--output", str(out)],
+            cwd=tmp_path,
+            env=e,
+            stdout=subprocess.PIPE,
+            stderr=full,
+            text=True,
+            timeout=240,
+        )
+        assert r.returncode == 0
+        summary = json.loads((out / "summary.json").read_text())
+        assert f"run {summary['run_id']}:" in r.stdout
+        with sqlite3.connect(tmp_path / "cli.db") as db:
+            [(ended,)] = db.execute("SELECT ended_at FROM runs").fetchall()
+        assert ended is not None
+        bad = subprocess.run(
+            [sys.executable, "-m", "tradingd", "backtest", "-c", str(tmp_path / "missing.toml")],
+            cwd=tmp_path,
+            env=e,
+            stdout=subprocess.PIPE,
+            stderr=full,
+            timeout=120,
+        )
+    assert bad.returncode == 2
+
+
 # Runs the tradingd command with Python's EncodingWarning on (`-X warn_default_encoding`):
 # an open() without encoding= takes the locale's. The warning names the line that called
 # open() (or pathlib's read_text and the like), so a library's own files do not count.

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+import errno
 import json
+import logging
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import pytest
 import structlog
 
 from tradingd.logs import configure_logging
@@ -192,3 +196,111 @@ def test_a_daemon_that_ends_with_records_only_in_the_spool_exits_ex_tempfail(cap
         assert d.exit_line(result) == 0
     finally:
         structlog.reset_defaults()
+
+
+class _Disk:
+    """Standard error on a disk that can be full: each write raises `error` while `full`,
+    and the lines it took are kept."""
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+        self.full = False
+        self.lines: list[str] = []
+
+    def write(self, s: str) -> int:
+        if self.full:
+            raise self.error
+        self.lines.append(s)
+        return len(s)
+
+    def flush(self) -> None:
+        if self.full:
+            raise self.error
+
+    def isatty(self) -> bool:
+        return False
+
+    def records(self) -> list[dict]:
+        return [json.loads(x) for x in "".join(self.lines).splitlines() if x.strip()]
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(errno.ENOSPC, "No space left on device"),
+        OSError(errno.EIO, "Input/output error"),
+        BrokenPipeError(errno.EPIPE, "Broken pipe"),
+        ValueError("I/O operation on closed file."),
+    ],
+    ids=["ENOSPC", "EIO", "EPIPE", "closed"],
+)
+def test_a_log_line_stderr_cannot_take_is_counted_and_said_never_raised(monkeypatch, error):
+    """A full log disk made every log call raise OSError: an alert's error line ended a live
+    daemon mid-bar (exit 1, its run's row never ended) and `tradingd backtest 2>/dev/full`
+    exited 1 with no record. Lines stderr does not take are dropped and counted, structlog's
+    and the standard library's alike (no `--- Logging error ---` traceback from
+    logging.StreamHandler.handleError), and once it takes lines again the first says how
+    many were lost, since when and why, in the log's format."""
+    from tradingd import metrics
+
+    disk = _Disk(error)
+    monkeypatch.setattr(sys, "stderr", disk)
+    lost_before = metrics.REGISTRY.get_sample_value("tradingd_log_lines_lost_total") or 0
+    try:
+        configure_logging("info", "json")
+        log = structlog.get_logger("t")
+        log.info("before.full")
+        disk.full = True
+        log.error("alert.failed", rule="drawdown")  # an alert's line, mid-bar
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            log.exception("rule.failed")
+        logging.getLogger("apscheduler.scheduler").error("job failed")
+        logging.getLogger("tradingd.x").warning("a library's warning")
+        disk.full = False
+        log.info("after.full")
+        log.info("later")
+    finally:
+        structlog.reset_defaults()
+    records = disk.records()
+    assert [r["event"] for r in records] == ["before.full", "log.lines_lost", "after.full", "later"]
+    said = records[1]
+    assert said["level"] == "warning" and said["lines"] == 4
+    assert said["error"] == (getattr(error, "strerror", None) or str(error))
+    assert records[0]["timestamp"] <= said["since"] <= said["timestamp"]
+    lost = metrics.REGISTRY.get_sample_value("tradingd_log_lines_lost_total")
+    assert lost == lost_before + 4
+    # The warning starts on a line of its own: a line the disk cut when it filled up ends.
+    assert disk.lines[1].startswith("\n")
+
+
+def test_lines_lost_are_said_once_and_only_when_stderr_takes_lines_again(monkeypatch):
+    """While stderr stays full, the warning is not written either (its failure is one more
+    line lost, not an error); after it is said, the count starts again from nothing, and a
+    reconfiguration (SIGHUP) does not forget lines lost before it."""
+    disk = _Disk(OSError(errno.ENOSPC, "No space left on device"))
+    monkeypatch.setattr(sys, "stderr", disk)
+    try:
+        configure_logging("info", "json")
+        log = structlog.get_logger("t")
+        disk.full = True
+        for i in range(5):
+            log.warning("bar.late", i=i)
+        configure_logging("warning", "json")  # a SIGHUP's reload while the disk is full
+        log.warning("bar.late", i=5)
+        disk.full = False
+        log.warning("back")
+        disk.full = True
+        log.warning("gone.again")
+        disk.full = False
+        log.warning("back.again")
+    finally:
+        structlog.reset_defaults()
+    records = disk.records()
+    assert [(r["event"], r.get("lines")) for r in records] == [
+        ("log.lines_lost", 6),
+        ("back", None),
+        ("log.lines_lost", 1),
+        ("back.again", None),
+    ]
