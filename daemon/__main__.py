@@ -17,7 +17,10 @@ at the end) exits 75 (EX_TEMPFAIL, restarted: the start writes them). Ctrl-C or
 SIGTERM in a command (outside a backtest's replay and the daemon, below) prints
 `tradingd: interrupted` (exit 130 or 143), never a traceback; the worker processes of a
 walk-forward or of a report's Monte Carlo are ended with it. A command whose output's reader
-has gone (`tradingd config | head`) ends quietly with exit code 141, as SIGPIPE ends a CLI.
+has gone (`tradingd config | head`) ends quietly with exit code 141, as SIGPIPE ends a CLI;
+one whose stdout cannot be written (a full disk under `> FILE`) ends `tradingd: error:
+cannot write to stdout ...`, exit 2 (`StdoutUnwritable`). A log line or the command's own
+error line that stderr cannot take is dropped, never an error (`logs`, `say`).
 
 Signals of `tradingd run` (the daemon), handled from the moment the command line is parsed,
 before the configuration, the data or any model is loaded:
@@ -431,6 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     exiting = argv is None
     if exiting:
         restrict_umask()
+    stdout = sys.stdout
+    sys.stdout = _CheckedStdout(stdout)
     try:
         if args.command == "run":
             return _run_command(args, restore=not exiting)
@@ -448,10 +453,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # SIGPIPE ends (exit 128 + SIGPIPE); SIGPIPE itself stays ignored, as Python sets
         # it, so a vendor's or the database's closed socket stays an error, not a kill.
         if exiting:
-            # Python flushes stdout as it exits: that would fail again, and say so.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
+            _stdout_to_devnull()
         return 128 + signal.SIGPIPE
     except TradingdError as exc:
         from .secrets import mask_env, mask_text
@@ -459,11 +461,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Masked as `run`'s: an error may quote a URL or a key=value it was given, or a
         # credential of the environment put in the wrong setting.
         say(f"tradingd: error: {mask_env(mask_text(str(exc)))}")
+        if exiting and isinstance(exc, StdoutUnwritable):
+            _stdout_to_devnull()
         return exit_code(exc, args.command)
     except KeyboardInterrupt as exc:
         say("tradingd: interrupted")
         return 128 + getattr(exc, "signum", signal.SIGINT)
     finally:
+        if isinstance(sys.stdout, _CheckedStdout):
+            sys.stdout = stdout
         if exiting:
             # At finalization Python resets its own handlers to the default actions (a kill
             # for SIGTERM and SIGHUP, KeyboardInterrupt for SIGINT), but keeps SIG_IGN.
@@ -474,6 +480,62 @@ def main(argv: Sequence[str] | None = None) -> int:
 # Bits the program always takes from what it makes: write for the group, everything for
 # others (see the module docstring).
 UMASK = 0o027
+
+
+class StdoutUnwritable(TradingdError):
+    """Stdout did not take the command's output (a full disk under `> FILE`, EIO): exit 2,
+    `tradingd: error: cannot write to stdout ...`, not a traceback and exit 1. A closed pipe
+    stays BrokenPipeError (`tradingd config | head`: quiet, 141)."""
+
+    def __init__(self, exc: OSError, where: str = "", note: str = "") -> None:
+        self.error, self.where = exc, where
+        super().__init__(
+            f"cannot write to stdout{where}: {exc.strerror or exc}"
+            f"{f'; {note}' if note else ''}: free space where it goes, or send it to a file "
+            "elsewhere, and run the command again"
+        )
+
+
+class _CheckedStdout:
+    """sys.stdout while a command runs: an OSError writing it is `StdoutUnwritable`, so it is
+    told from every other OSError (a worker's, a file's) by what it is."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+
+    def write(self, s: str) -> int:
+        try:
+            return int(self._stream.write(s))
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise StdoutUnwritable(exc, self._where()) from exc
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            raise
+        except OSError as exc:
+            raise StdoutUnwritable(exc, self._where()) from exc
+
+    def _where(self) -> str:
+        """What stdout is (" (/dev/full)", " (/var/log/x.out)"), when it can be told."""
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            return f" ({os.readlink(f'/proc/self/fd/{self._stream.fileno()}')})"
+        return ""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _stdout_to_devnull() -> None:
+    """Python flushes stdout as it exits: what is left in its buffer would fail again, and
+    say so ("Exception ignored", exit 120)."""
+    with contextlib.suppress(OSError, ValueError):
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
 
 
 def say(text: str) -> None:
@@ -881,6 +943,7 @@ def _backtest(config: Config, args: argparse.Namespace) -> int:
         say(f"tradingd: {stopped}")
         return 128 + signal.Signals[stopped.signal].value if stopped.signal else 1
     closed = False
+    unwritable: StdoutUnwritable | None = None
     try:
         if args.json:
             print(json.dumps(_jsonable(outcome.summary)))
@@ -900,6 +963,10 @@ def _backtest(config: Config, args: argparse.Namespace) -> int:
         # `... --report --json | head`: the reader has gone, the report is still due (the
         # rerun removed the earlier one); the exit says the pipe closed, after it.
         closed = True
+    except StdoutUnwritable as exc:
+        # `> FILE` on a full disk: the record is whole (written before the summary), and the
+        # report still due; the error says so, after it.
+        unwritable = exc
     if args.report:
         files = _write_report(
             Path(outcome.output_dir),
@@ -909,7 +976,17 @@ def _backtest(config: Config, args: argparse.Namespace) -> int:
             validate=not args.no_validation,
         )
         # With --json, stdout stays one JSON object: the report's paths go to stderr.
-        print(_report_line(files), file=sys.stderr if args.json or closed else sys.stdout)
+        if args.json or closed or unwritable:
+            say(_report_line(files))
+        else:
+            print(_report_line(files))
+    if unwritable is not None:
+        raise StdoutUnwritable(
+            unwritable.error,
+            unwritable.where,
+            f"the summary was not printed; run {outcome.run_id}'s record is complete in "
+            f"{outcome.output_dir}",
+        ) from None
     if closed:
         raise BrokenPipeError("stdout closed before the summary was printed")
     return 0

@@ -329,6 +329,42 @@ def test_a_full_disk_under_stderr_neither_ends_nor_changes_a_command(tmp_path):
     assert bad.returncode == 2
 
 
+def test_a_full_disk_under_stdout_is_an_error_naming_stdout(tmp_path):
+    """`tradingd backtest >/dev/full` exited 1 with a raw traceback. It is `tradingd: error:`
+    naming stdout and why, exit 2, with the run's record whole and named; a command that
+    only prints (`tradingd config`) the same, without Python's "Exception ignored" at exit
+    from the summary left in stdout's buffer."""
+    cfg = small_config(tmp_path)
+    out = tmp_path / "out"
+    e = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        with open("/dev/full", "w") as full:
+            return subprocess.run(
+                [sys.executable, "-m", "tradingd", *args],
+                cwd=tmp_path,
+                env=e,
+                stdout=full,
+                stderr=subprocess.PIPE,
+                text=True,
+                timeout=240,
+            )
+
+    r = run("backtest", "-c", str(cfg), "--no-progress", "--output", str(out))
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    [line] = [x for x in r.stderr.splitlines() if x.startswith("tradingd: error: ")]
+    assert "cannot write to stdout (/dev/full): No space left on device" in line
+    summary = json.loads((out / "summary.json").read_text())
+    assert f"run {summary['run_id']}'s record is complete in {out}" in line
+    assert len(list(csv.DictReader((out / "equity.csv").open()))) == summary["bars"]
+
+    r = run("config")
+    assert r.returncode == 2, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    assert "tradingd: error: cannot write to stdout (/dev/full)" in r.stderr
+
+
 # Runs the tradingd command with Python's EncodingWarning on (`-X warn_default_encoding`):
 # an open() without encoding= takes the locale's. The warning names the line that called
 # open() (or pathlib's read_text and the like), so a library's own files do not count.
