@@ -974,6 +974,8 @@ def _backtest(config: Config, args: argparse.Namespace) -> int:
             tables,
             progress=progress,
             validate=not args.no_validation,
+            elsewhere="report the run elsewhere with `tradingd report "
+            f"{outcome.output_dir} --output FOLDER` (its record is complete)",
         )
         # With --json, stdout stays one JSON object: the report's paths go to stderr.
         if args.json or closed or unwritable:
@@ -1178,13 +1180,16 @@ def _write_report(
     validate: bool = True,
     attribution_config: Config | None = None,
     map_fn: Any = None,
+    elsewhere: str = "write the report elsewhere with --output FOLDER",
 ) -> Any:
     """The report of a run folder, with the validator's tests and Monte Carlo (unless
     `validate` is off) and, given the run's configuration, the return attribution (a replay
-    of the run, checked against its record)."""
+    of the run, checked against its record). `elsewhere`: how to write it to another folder,
+    said when it cannot be written (a full disk)."""
     from .analysis.performance import PerformanceAnalyzer
     from .analysis.report import write_report
     from .analysis.report_sections import attribution_sections, validation_sections
+    from .core.atomic_file import FileNotWritten, unwritable
 
     sections: dict[str, Any] = {}
     try:
@@ -1215,6 +1220,8 @@ def _write_report(
             sections=sections,
             progress=progress,
         )
+    except FileNotWritten as exc:  # a full disk: report.html and report.json as they were
+        raise TradingdError(unwritable(exc, elsewhere)) from None
     except ValueError as exc:  # a record the analysis cannot read, a replay that differs
         raise TradingdError(f"run {folder}: {exc}") from None
 

@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from ..build_info import Build, recorded_build, this_build
+from ..core.atomic_file import write_atomically
 from ..core.errors import ConfigError
 from ..secrets import redact
 from . import report_charts as charts
@@ -277,11 +278,12 @@ class Report:
         )
 
     def write(self, directory: str | Path, stem: str = "report") -> ReportFiles:
+        """Both files written whole or neither replaced (`core.atomic_file`): a full disk
+        raises `FileNotWritten` naming the file, and leaves no part of it."""
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
         files = ReportFiles(out / f"{stem}.html", out / f"{stem}.json")
-        files.html.write_text(self.to_html(), encoding="utf-8")
-        files.json.write_text(self.to_json(), encoding="utf-8")
+        write_atomically({files.html: self.to_html(), files.json: self.to_json()})
         return files
 
 

@@ -559,6 +559,49 @@ def test_a_read_only_run_folder_is_named_before_the_report_is_made(cli, read_onl
     assert (tmp_path / "o" / "report.html").exists()
 
 
+@pytest.fixture
+def full_disk_copy(run_dir, tmp_path):
+    """The run folder on a 1 MB tmpfs (a report.html is ~5 MB), with an earlier report in it;
+    skipped where mounting is not allowed."""
+    import shutil
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"a tmpfs mount is not possible here: {done.stderr.strip()}")
+    try:
+        copy = mnt / run_dir.name
+        shutil.copytree(run_dir, copy)
+        (copy / "report.html").write_text("<html>the earlier report</html>")
+        (copy / "report.json").write_text('{"earlier": true}')
+        yield copy
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_a_report_the_disk_cannot_take_leaves_the_earlier_one_and_says_so(
+    cli, full_disk_copy, tmp_path
+):
+    """`tradingd report` on a full disk left a truncated report.html (401 kB of 5 MB) in the
+    run's folder and exited 1 with a traceback. The files are written to temporary names,
+    synced and renamed, both or neither: the earlier report stays whole, nothing partial or
+    temporary is left, and the error names the file, the cause and what to do, exit 2."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[run]\noutput_dir = "{full_disk_copy.parent}"\n')
+    before = {p.name: p.read_bytes() for p in full_disk_copy.iterdir()}
+    code, _, err = cli("report", str(full_disk_copy), "-c", str(cfg), "--no-validation")
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    assert err.startswith(
+        f"tradingd: error: cannot write {full_disk_copy / 'report.html'}: No space left on device"
+    ), err
+    assert "free space" in err and "--output FOLDER" in err
+    assert {p.name: p.read_bytes() for p in full_disk_copy.iterdir()} == before
+
+
 def test_report_command_names_a_ray_address_it_cannot_use(cli, run_dir, tmp_path):
     """Before: a traceback (no cluster there), or an error blaming the run's folder."""
     pytest.importorskip("ray", reason="Ray is not installed (pip install 'ray[default]')")

@@ -1,0 +1,92 @@
+"""Files written whole or not at all: each to a temporary name in its own folder, flushed to
+disk (fsync), then renamed over the file it replaces. A full disk, an I/O error or an
+interruption leaves the files as they were before (the temporary ones removed), never a
+truncated one: `tradingd report` on a full disk left a report.html of 401 kB of its 5 MB
+in the run's folder, which a browser opened as a report.
+
+Several files are written as one: every temporary file first, the renames only once all of
+them are on disk, so a report.html is never left beside the report.json of another report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TextIO
+
+#: What goes into a file: its text, or a function writing it to the open file.
+Content = str | Callable[[TextIO], object]
+
+
+def write_atomically(files: Mapping[Path, Content], *, newline: str | None = None) -> None:
+    """Write each of `files` (path: content) in UTF-8, all or none of them replaced.
+
+    On failure raises `FileNotWritten` (an OSError) whose `filename` is the file that could
+    not be written (its final name, not the temporary one) and whose `errno` and `strerror`
+    say why; no temporary file is left. `newline`: as `open`'s ("" for CSV writers)."""
+    token = f"{os.getpid()}.{secrets.token_hex(4)}"
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for path, content in files.items():
+            tmp = path.with_name(f".{path.name}.{token}.tmp")
+            staged.append((tmp, path))
+            try:
+                # Not tempfile.mkstemp: its files are private (0600), these the umask's.
+                with tmp.open("x", encoding="utf-8", newline=newline) as fh:
+                    if isinstance(content, str):
+                        fh.write(content)
+                    else:
+                        content(fh)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            except OSError as exc:
+                raise _naming(exc, path) from exc
+        for tmp, path in staged:
+            try:
+                os.replace(tmp, path)
+            except OSError as exc:
+                raise _naming(exc, path) from exc
+        for folder in {path.parent for _, path in staged}:
+            _sync_folder(folder)
+    finally:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+
+class FileNotWritten(OSError):
+    """A file `write_atomically` could not write (its errno, strerror and final name): told
+    from an OSError reading what went into it."""
+
+
+def _naming(exc: OSError, path: Path) -> FileNotWritten:
+    return FileNotWritten(exc.errno, exc.strerror or str(exc), str(path))
+
+
+def _sync_folder(folder: Path) -> None:
+    """The renames on disk too (best effort: not every filesystem lets a folder be synced)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def unwritable(exc: FileNotWritten, elsewhere: str) -> str:
+    """The error for a file `write_atomically` could not write: which, why, what to do
+    (`elsewhere`: how to write it to another place, e.g. "write the report elsewhere with
+    --output FOLDER")."""
+    import errno
+
+    where = exc.filename or "a file"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        advice = f"free space there and run it again, or {elsewhere}"
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        advice = f"make it writable for this user and run it again, or {elsewhere}"
+    else:
+        advice = f"run it again once that is resolved, or {elsewhere}"
+    return f"cannot write {where}: {exc.strerror or exc} (it is left as it was): {advice}"

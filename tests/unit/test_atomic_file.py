@@ -1,0 +1,76 @@
+"""`core.atomic_file.write_atomically`: files replaced whole or not at all."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+
+from tradingd.core.atomic_file import FileNotWritten, unwritable, write_atomically
+
+
+def _full_after(part: str):
+    """A writer that writes `part`, then meets a full disk."""
+
+    def write(fh):
+        fh.write(part)
+        fh.flush()
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    return write
+
+
+def test_files_are_written_whole_with_the_umasks_mode(tmp_path):
+    a, b = tmp_path / "a.html", tmp_path / "b.csv"
+    a.write_text("old")
+    old = os.umask(0o027)
+    try:
+        write_atomically({a: "new page", b: lambda fh: fh.write("x,y\r\n1,2\r\n")}, newline="")
+    finally:
+        os.umask(old)
+    assert a.read_text() == "new page" and b.read_bytes() == b"x,y\r\n1,2\r\n"
+    assert (b.stat().st_mode & 0o777) == 0o640  # the umask's, not mkstemp's private 0600
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.html", "b.csv"]
+
+
+@pytest.mark.parametrize("failing", [0, 1])
+def test_a_failure_leaves_every_file_as_it_was_and_no_temporary_one(tmp_path, failing):
+    """Whichever file the disk cannot take, neither is replaced (a report.html beside
+    another report's report.json would be two reports), nothing half written is left, and
+    the error names the file by its own name, with its errno."""
+    a, b = tmp_path / "report.html", tmp_path / "report.json"
+    a.write_text("earlier page")
+    contents: list = ["x" * 10_000, '{"new": 1}']
+    contents[failing] = _full_after("half of it")
+    with pytest.raises(FileNotWritten) as caught:
+        write_atomically({a: contents[0], b: contents[1]})
+    assert caught.value.errno == errno.ENOSPC
+    assert caught.value.filename == str([a, b][failing])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
+    assert a.read_text() == "earlier page"
+    message = unwritable(caught.value, "write it elsewhere with --output FOLDER")
+    assert message.startswith(f"cannot write {[a, b][failing]}: No space left on device")
+    assert message.endswith(
+        "free space there and run it again, or write it elsewhere with --output FOLDER"
+    )
+
+
+def test_an_interruption_leaves_no_temporary_file(tmp_path):
+    def interrupted(fh):
+        fh.write("part")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_atomically({tmp_path / "f.txt": interrupted})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_that_cannot_be_written_is_named(tmp_path):
+    missing = tmp_path / "no" / "such" / "folder" / "f.txt"
+    with pytest.raises(FileNotWritten) as caught:
+        write_atomically({missing: "text"})
+    assert caught.value.errno == errno.ENOENT and caught.value.filename == str(missing)
+    assert isinstance(caught.value, OSError)
+    assert Path(caught.value.filename).name == "f.txt"
