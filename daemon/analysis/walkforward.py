@@ -18,16 +18,18 @@ import csv
 import dataclasses
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import pandas as pd
 import structlog
 
 from ..config import Config
+from ..core.atomic_file import Content, write_atomically
 from ..feeds.panel import FIELDS, Panel
 from .parallel import run_tasks
 from .performance import PerformanceAnalyzer, PerformanceConfig
@@ -442,9 +444,13 @@ def write_outputs(results: Mapping[str, Any], out_dir: str | Path) -> Path:
     stability.csv         per-fold parameters; stability_summary.csv: their stability
     garch_params.csv      per fold and symbol; feature_importance.csv: per fold and feature
     decay.csv             returns by bars since the training end
+
+    All written whole or none replaced (`core.atomic_file`): a full disk raises
+    `FileNotWritten` naming the file, and leaves no file cut short.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    files: dict[Path, Content] = {}
     folds = results["folds"]
     lean = dict(results)
     lean["folds"] = [
@@ -452,10 +458,10 @@ def write_outputs(results: Mapping[str, Any], out_dir: str | Path) -> Path:
         | {"model_version": (f.get("model") or {}).get("model_version")}
         for f in folds
     ]
-    _json(out / WALKFORWARD_FILE, lean)  # first: what the folder is known by
-    _json(out / "folds.json", folds)
+    files[out / WALKFORWARD_FILE] = _json(lean)  # first: what the folder is known by
+    files[out / "folds.json"] = _json(folds)
     s = results["stitched"]
-    pd.DataFrame(
+    stitched = pd.DataFrame(
         {
             "time": s["time"],
             "equity": s["equity"],
@@ -463,19 +469,19 @@ def write_outputs(results: Mapping[str, Any], out_dir: str | Path) -> Path:
             "horizon": s["horizon"],
             "gross_exposure": s["gross_exposure"],
         }
-    ).to_csv(out / "equity.csv", index=False)
+    )
+    files[out / "equity.csv"] = partial(stitched.to_csv, index=False)
     curves = []
     for f in folds:
         c = fold_curve(f)
         c.insert(0, "fold", int(f["fold"]))
         c.index = [bar_label(t) for t in c.index]
         curves.append(c)
-    pd.concat(curves).rename_axis("time").to_csv(out / "fold_equity.csv")
-    _rows_csv(out / "folds.csv", [_fold_row(f) for f in folds])
+    files[out / "fold_equity.csv"] = pd.concat(curves).rename_axis("time").to_csv
+    files[out / "folds.csv"] = _rows_csv([_fold_row(f) for f in folds])
     st = results["stability"]
-    _rows_csv(out / "stability.csv", st["table"])
-    _rows_csv(
-        out / "stability_summary.csv",
+    files[out / "stability.csv"] = _rows_csv(st["table"])
+    files[out / "stability_summary.csv"] = _rows_csv(
         [{"parameter": k, **v} for k, v in st["summary"].items()],
         # Its header also when nothing was fitted (momentum + equal_weight): a 0-byte file
         # is not a CSV to `pd.read_csv` (EmptyDataError).
@@ -484,11 +490,14 @@ def write_outputs(results: Mapping[str, Any], out_dir: str | Path) -> Path:
     g = [garch_frame(f).assign(fold=int(f["fold"])) for f in folds]
     g = [x for x in g if len(x)]
     if g:
-        pd.concat(g, ignore_index=True).to_csv(out / "garch_params.csv", index=False)
+        files[out / "garch_params.csv"] = partial(
+            pd.concat(g, ignore_index=True).to_csv, index=False
+        )
     imp = importance_frame(folds)
     if len(imp):
-        imp.rename_axis("fold").to_csv(out / "feature_importance.csv")
-    _rows_csv(out / "decay.csv", results["decay"]["by_horizon"]["buckets"])
+        files[out / "feature_importance.csv"] = imp.rename_axis("fold").to_csv
+    files[out / "decay.csv"] = _rows_csv(results["decay"]["by_horizon"]["buckets"])
+    write_atomically(files, newline="")
     return out
 
 
@@ -508,17 +517,18 @@ def _fold_row(f: Mapping[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _json(path: Path, data: Any) -> None:
-    path.write_text(
-        json.dumps(json_values(data), indent=1, allow_nan=False, default=str) + "\n",
-        encoding="utf-8",
-    )
+def _json(data: Any) -> str:
+    return json.dumps(json_values(data), indent=1, allow_nan=False, default=str) + "\n"
 
 
-def _rows_csv(path: Path, rows_: Sequence[Mapping[str, Any]], columns: Sequence[str] = ()) -> None:
-    """The rows as CSV, their keys as the header in order of appearance (`columns` first:
-    the header of a table without rows, which is otherwise an empty file)."""
-    with path.open("w", encoding="utf-8", newline="") as fh:
+def _rows_csv(
+    rows_: Sequence[Mapping[str, Any]], columns: Sequence[str] = ()
+) -> Callable[[TextIO], None]:
+    """A writer of the rows as CSV, their keys as the header in order of appearance
+    (`columns` first: the header of a table without rows, which is otherwise an empty
+    file)."""
+
+    def write(fh: TextIO) -> None:
         keys: list[str] = list(columns)
         if not rows_ and not keys:
             return
@@ -528,6 +538,8 @@ def _rows_csv(path: Path, rows_: Sequence[Mapping[str, Any]], columns: Sequence[
         w.writeheader()
         for r in rows_:
             w.writerow({k: _cell(r.get(k)) for k in keys})
+
+    return write
 
 
 def _cell(v: Any) -> Any:

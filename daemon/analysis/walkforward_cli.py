@@ -115,6 +115,7 @@ def default_out(config: Any, wf: WalkForwardConfig) -> Path:
 def run(args: argparse.Namespace) -> int:
     """The command: configuration, checks, the analysis, its files and a summary."""
     from ..config import load_config
+    from ..core.atomic_file import FileNotWritten, unwritable
     from ..core.errors import TradingdError
     from ..logs import configure_logging
     from ..preflight import check_config, check_train_extra, check_writable_dir
@@ -179,7 +180,12 @@ def run(args: argparse.Namespace) -> int:
         results = analyzer.run(panel)  # (an address Ray cannot reach: a ConfigError)
     except ConnectionError as exc:  # Ray: the cluster lost during the run
         raise WalkForwardError(f"--ray-address {args.ray_address!r}: {exc}") from None
-    write_outputs(results, out)
+    try:
+        write_outputs(results, out)
+    except FileNotWritten as exc:  # a full disk: the folder's files as they were
+        raise TradingdError(
+            unwritable(exc, "write the results elsewhere with --out FOLDER")
+        ) from None
     summary = summarize(results, out)
     if args.json:
         from .walkforward_run import json_values

@@ -5,6 +5,7 @@ training end are altered; they do when a training bar is)."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -794,6 +795,70 @@ def test_the_command_runs_from_config_files(tmp_path, capsys):
         assert "tradingd: error:" in err and "step (50) must not exceed" in err
     finally:
         structlog.configure(**saved)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 1 MB tmpfs holding an earlier walk-forward's walkforward.json, filled up but for
+    a few bytes; skipped where mounting is not allowed."""
+    import subprocess
+
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"a tmpfs mount is not possible here: {done.stderr.strip()}")
+    try:
+        out = mnt / "wf"
+        out.mkdir()
+        (out / "walkforward.json").write_text('{"earlier": true}\n')
+        with (mnt / "filler").open("wb", buffering=0) as fh, contextlib.suppress(OSError):
+            while True:
+                fh.write(b"\0" * 4096)
+        yield out
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_results_the_disk_cannot_take_leave_the_earlier_ones_and_say_so(
+    tmp_path, capsys, full_disk
+):
+    """A full disk under --out cut walkforward.json to nothing and ended the command with a
+    traceback (exit 1). The files are written to temporary names and renamed once all are
+    on disk: the earlier results stay whole, no partial or temporary file is left, and the
+    error names the file, the cause and what to do, exit 2."""
+    strategy = tmp_path / "strategy.toml"
+    strategy.write_text(
+        '[run]\nstart = "2012-01-03"\nend = "2012-12-31"\n'
+        '[[signals]]\nname = "multi_factor"\n'
+        '[sizing]\nname = "equal_weight"\n'
+        '[log]\naudit_dir = "' + str(tmp_path / "audit") + '"\n'
+    )
+    wf_file = tmp_path / "wf.toml"
+    wf_file.write_text("[walkforward]\ntest = 42\nstep = 21\nthreads = 0\n")
+    import structlog
+
+    from tradingd.__main__ import main
+
+    before = {p.name: p.read_bytes() for p in full_disk.iterdir()}
+    saved = structlog.get_config()
+    argv = ["-c", "config/default.toml", "-c", str(strategy), "-c", str(wf_file)]
+    try:
+        code = main(
+            ["walkforward", *argv, "--folds", "2", "--workers", "0", "--out", str(full_disk)]
+        )
+    finally:
+        structlog.configure(**saved)
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err, err[-3000:]
+    [line] = [x for x in err.splitlines() if x.startswith("tradingd: error: ")]
+    assert line.startswith(
+        f"tradingd: error: cannot write {full_disk / 'walkforward.json'}: No space left on device"
+    )
+    assert "free space" in line and "--out FOLDER" in line
+    assert {p.name: p.read_bytes() for p in full_disk.iterdir()} == before
 
 
 def test_the_summary_says_the_decay_is_a_slope_not_a_sharpe_ratio():
