@@ -10,10 +10,11 @@ import errno
 import fcntl
 import json
 import os
+import re
 import secrets
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +25,7 @@ import structlog
 from tqdm import tqdm
 
 from .analysis.metrics import summarize
+from .analysis.run_records import WALKFORWARD_FILE, WALKFORWARD_FILES
 from .analysis.splits import restate_for_splits
 from .app import (
     FITTED_AFTER_RULE,
@@ -171,6 +173,10 @@ async def run_backtest(
     # Where the record goes fits its files, checked before the data is loaded or the replay
     # run (as `tradingd backtest` checks it): a path too long failed only after the replay.
     check_record_folder(config, output_dir, "output_dir")
+    if output_dir is not None:
+        # Before the data is loaded: a folder of the user's files (or a walk-forward's) is
+        # refused at once, not after the replay.
+        check_output_folder(Path(output_dir), "backtest", "--output")
     if panel is None:
         # The run's own copy holds the data's fingerprint taken around the load: the run id
         # and the record name the bytes traded, whatever the file holds later.
@@ -219,6 +225,7 @@ async def run_backtest(
     # Before the store drops the run id's earlier record (`remove_earlier_record` then
     # found the lock failing with the store's rows gone and the folder's files kept).
     try:
+        check_output_folder(out, "backtest", "--output" if output_dir else "the record folder")
         check_record_lock(out)
     except BaseException:
         bar.close()
@@ -537,10 +544,135 @@ def _temp_name(name: str, pid: str, token: str) -> str:
     return f".{name}.{pid}.{token}.tmp"
 
 
+_TEMP_RE = re.compile(rf"^\.(?P<name>.+)\.[0-9]+\.[0-9a-f]{{{_TEMP_TOKEN}}}\.tmp$")
+
+
+def _is_temp(name: str, names: Collection[str]) -> bool:
+    """Whether `name` is a record writer's temporary file (`_temp_name`) of one of `names`."""
+    match = _TEMP_RE.match(name)
+    return match is not None and match["name"] in names
+
+
+@dataclass(frozen=True)
+class FolderHolds:
+    """What a record's folder holds (`folder_holds`). `kind`: "empty" (no folder, or only
+    the record's lock, a trial ledger and writers' temporary files), "backtest" (a
+    backtest's record: its summary.json names `run_id`), "incomplete" (a backtest's record
+    folder without its summary.json: one with the record's lock, which a rerun stopped
+    early leaves without its record, or only record files, their config.json or
+    environment.json tradingd's own, which a writer killed between its renames leaves),
+    "walkforward" (it
+    has walkforward.json) or "other" (anything else: no record of tradingd's). `names`:
+    the entries it holds, for messages."""
+
+    kind: str
+    run_id: str | None = None
+    names: tuple[str, ...] = ()
+
+    def shown(self, limit: int = 6) -> str:
+        listed = ", ".join(self.names[:limit])
+        more = len(self.names) - limit
+        return listed + (f" and {more} more" if more > 0 else "")
+
+
+#: Names a record folder may hold that are no record's files (`folder_holds`).
+_BESIDE_RECORD = frozenset({RECORD_LOCK, ".trials.jsonl"})
+_WRITTEN_NAMES = frozenset({*RECORD_FILES, *WALKFORWARD_FILES})
+
+
+def folder_holds(out: Path, *, lock_made: bool = False) -> FolderHolds:
+    """What `out` holds, for the writers of a backtest's record and a walk-forward's results
+    (`check_output_folder`): each writes only into an empty folder or one of its own kind.
+    `lock_made`: the caller made the folder's lock file (it tells nothing of the folder)."""
+    try:
+        names = sorted(os.listdir(out))
+    except (FileNotFoundError, NotADirectoryError):
+        return FolderHolds("empty")  # (a file in its place: the write names that)
+    except OSError:
+        return FolderHolds("empty")  # unreadable: the write says so
+    own = tuple(n for n in names if n not in _BESIDE_RECORD and not _is_temp(n, _WRITTEN_NAMES))
+    if not own:
+        return FolderHolds("empty")
+    if WALKFORWARD_FILE in own:
+        return FolderHolds("walkforward", None, own)
+    if "summary.json" in own:
+        try:
+            summary = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            summary = None
+        run_id = summary.get("run_id") if isinstance(summary, dict) else None
+        if isinstance(run_id, str) and run_id:
+            return FolderHolds("backtest", run_id, own)
+        return FolderHolds("other", None, own)
+    if (RECORD_LOCK in names and not lock_made) or (
+        set(own) <= set(RECORD_FILES)
+        and (
+            _json_has(out / "config.json", "run", "data")
+            or _json_has(out / "environment.json", "packages", "source")
+        )
+    ):
+        # A record's folder (its writer's lock file: a rerun stopped early removed the
+        # record, other files stay) or a record's files without summary.json, which
+        # a writer killed between its renames leaves.
+        return FolderHolds("incomplete", None, own)
+    return FolderHolds("other", None, own)
+
+
+def _json_has(file: Path, *keys: str) -> bool:
+    """Whether `file` is a JSON object with an object at each of `keys` (tradingd's
+    config.json: run, data; its environment.json: packages, source)."""
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and all(isinstance(data.get(k), dict) for k in keys)
+
+
+def check_output_folder(
+    out: Path, kind: str, label: str, *, lock_made: bool = False
+) -> FolderHolds:
+    """`out` as the folder of a `kind` ("backtest" or "walkforward") record, or a
+    TradingdError naming it, what it holds and what to do: an --output folder holding a
+    user's files had them replaced without a word (config.json, equity.csv), a backtest
+    into a walk-forward's folder replaced its equity.csv (and a walk-forward into a
+    backtest's record its own), leaving a mix of the two. `label`: how the command names
+    the folder (`--output`, `--out`). A backtest writes over a backtest's record, of any run
+    id (a sweep's variants share an --output folder: README), and a walk-forward over a
+    walk-forward's results; an incomplete backtest record is a backtest's to replace."""
+    holds = folder_holds(out, lock_made=lock_made)
+    ours = {
+        "backtest": ("empty", "backtest", "incomplete"),
+        "walkforward": ("empty", "walkforward"),
+    }
+    if holds.kind in ours[kind]:
+        return holds
+    writes = (
+        "a backtest writes its record there (equity.csv, orders.csv, fills.csv, splits.csv, "
+        "config.json, environment.json, summary.json), replacing files of those names"
+        if kind == "backtest"
+        else "a walk-forward writes its results there (walkforward.json, equity.csv, "
+        "folds.csv, ...), replacing files of those names"
+    )
+    if holds.kind == "walkforward":
+        what = "a walk-forward's results (it has walkforward.json)"
+    elif holds.kind == "backtest":
+        what = f"the record of backtest {holds.run_id} (its summary.json)"
+    elif holds.kind == "incomplete":
+        what = "a backtest's record folder without its summary.json"
+    else:
+        what = "files that are no tradingd record"
+    option = "--output" if kind == "backtest" else "--out"
+    raise TradingdError(
+        f"{label} {out} holds {what} ({holds.shown()}); {writes}, so the folder is "
+        f"refused and left as it is: choose an empty or new folder with {option}"
+    )
+
+
 @contextlib.contextmanager
-def _record_locked(out: Path) -> Iterator[None]:
+def _record_locked(out: Path) -> Iterator[bool]:
     """The folder's record to this process alone until the block ends (flock on
-    RECORD_LOCK: released when the file is closed, also by a process that dies).
+    RECORD_LOCK: released when the file is closed, also by a process that dies). Yields
+    whether the lock is held (False: a filesystem without locks, below).
 
     What flock's error means is `core.flock`'s. On a filesystem without locks (ENOLCK:
     some NFS and FUSE mounts) the record is written without the lock, with a warning
@@ -555,6 +687,7 @@ def _record_locked(out: Path) -> Iterator[None]:
         except OSError as e:
             if not flock.is_unsupported(e):
                 raise _record_lock_failed(lock, e) from e
+            locked = False
             log.warning(
                 "backtest.record_unlocked",
                 path=str(lock),
@@ -564,7 +697,9 @@ def _record_locked(out: Path) -> Iterator[None]:
                 "sweep sharing --output) may mix their records; give each run its own folder "
                 "or use a local disk",
             )
-        yield
+        else:
+            locked = True
+        yield locked
 
 
 def _record_lock_failed(lock: Path, e: OSError) -> TradingdError:
@@ -692,10 +827,39 @@ def write_outputs(
     2 after its whole replay, and the folder was left with a mix of two records."""
     try:
         out.mkdir(parents=True, exist_ok=True)
+        lock_made = not (out / RECORD_LOCK).exists()
         with _record_locked(out):
+            _replaceable(out, result.run_id, lock_made)
             _write_record(out, config, result, summary, orders, fills, splits)
     except OSError as e:
         raise TradingdError(_unwritable(out, e, "")) from e
+
+
+def _replaceable(out: Path, run_id: str, lock_made: bool) -> None:
+    """The folder, under its lock, one this run may write its record into
+    (`check_output_folder`, as at the start: its files may have changed during the replay),
+    and the record it replaces said: another run id's (a sweep sharing --output: the last
+    whole record stays, as README says), or one left incomplete."""
+    holds = check_output_folder(out, "backtest", "the record folder", lock_made=lock_made)
+    if holds.kind == "backtest" and holds.run_id != run_id:
+        log.warning(
+            "backtest.record_of_other_run_replaced",
+            folder=str(out),
+            run_id=run_id,
+            replaced=holds.run_id,
+            detail=f"the folder held the record of run {holds.run_id}, which this run's "
+            f"record ({run_id}) replaces (the store keeps {holds.run_id}'s rows): give each "
+            "run its own --output folder to keep both records",
+        )
+    elif holds.kind == "incomplete" and set(holds.names) & set(RECORD_FILES):
+        log.warning(
+            "backtest.incomplete_record_replaced",
+            folder=str(out),
+            run_id=run_id,
+            files=list(holds.names),
+            detail="the folder held a record without its summary.json (a run killed while "
+            "writing it), which this run's record replaces",
+        )
 
 
 def _write_record(

@@ -29,6 +29,7 @@ from .splits import restate_for_splits
 __all__ = [
     "DEFAULT_PERIODS_PER_YEAR",
     "WALKFORWARD_FILE",
+    "WALKFORWARD_FILES",
     "RunRecord",
     "daily_bars_a_year",
     "is_walkforward_folder",
@@ -52,6 +53,21 @@ DAYS_A_YEAR = 365.25
 #: What a walk-forward's results folder is known by: `walkforward.write_outputs` writes it
 #: first, and a backtest's record never has it.
 WALKFORWARD_FILE = "walkforward.json"
+#: Every file `walkforward.write_outputs` may write (garch_params.csv and
+#: feature_importance.csv only when they have rows): a rerun into the folder replaces them
+#: all, so none of an earlier walk-forward's stays beside the new one's.
+WALKFORWARD_FILES = (
+    WALKFORWARD_FILE,
+    "folds.json",
+    "equity.csv",
+    "fold_equity.csv",
+    "folds.csv",
+    "stability.csv",
+    "stability_summary.csv",
+    "garch_params.csv",
+    "feature_importance.csv",
+    "decay.csv",
+)
 
 
 def is_walkforward_folder(path: str | Path) -> bool:

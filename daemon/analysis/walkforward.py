@@ -446,9 +446,14 @@ def write_outputs(results: Mapping[str, Any], out_dir: str | Path) -> Path:
     decay.csv             returns by bars since the training end
 
     All written whole or none replaced (`core.atomic_file`): a full disk raises
-    `FileNotWritten` naming the file, and leaves no file cut short.
+    `FileNotWritten` naming the file, and leaves no file cut short. Into an empty folder or
+    an earlier walk-forward's (`backtest.check_output_folder`): a backtest's record, or a
+    folder of other files, is refused, untouched.
     """
+    from ..backtest import check_output_folder
+
     out = Path(out_dir)
+    check_output_folder(out, "walkforward", "--out")
     out.mkdir(parents=True, exist_ok=True)
     files: dict[Path, Content] = {}
     folds = results["folds"]

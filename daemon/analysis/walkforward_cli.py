@@ -136,8 +136,12 @@ def run(args: argparse.Namespace) -> int:
     if args.workers is not None and args.workers < 0:
         raise WalkForwardError(f"--workers must be >= 0, got {args.workers}")
     check_config(config, "walkforward")
+    from ..backtest import check_output_folder
+
     if args.out:
         check_writable_dir(Path(args.out), "--out")
+        # A backtest's record or a folder of other files: refused before the analysis.
+        check_output_folder(Path(args.out), "walkforward", "--out")
     # The analysis's own copy, which will hold the data's fingerprint taken around the load
     # (`load_pinned`, below): its folder, its folds' run ids and walkforward.json name the
     # bytes it ran on, whatever the file holds by its end (hashed at the start and again at
@@ -176,6 +180,7 @@ def run(args: argparse.Namespace) -> int:
     panel = load_pinned(config)
     out = Path(args.out) if args.out else default_out(config, wf)
     check_writable_dir(out, "--out")
+    check_output_folder(out, "walkforward", "--out" if args.out else "the walk-forward's folder")
     try:
         results = analyzer.run(panel)  # (an address Ray cannot reach: a ConfigError)
     except ConnectionError as exc:  # Ray: the cluster lost during the run

@@ -649,3 +649,95 @@ def test_the_warm_up_bars_before_the_models_first_forecast_are_not_said():
         said = [e for e in logs if e["event"] == "backtest.model_fitted_after"]
         assert [e["bars"] for e in said] == ([bars] if bars else [])
         assert entry.get("fitted_after", {}).get("bars", 0) == bars
+
+
+def _tree(folder) -> dict[str, bytes]:  # type: ignore[no-untyped-def]
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file()}
+
+
+@pytest.mark.parametrize(
+    "held",
+    [
+        # a user's project folder: names a record has, and no record of tradingd's
+        {"config.json": '{"my": 1}', "equity.csv": "x\n"},
+        # a walk-forward's results: its equity.csv is the stitched curve
+        {"walkforward.json": "{}", "equity.csv": "time,equity\n", "folds.csv": "fold\n"},
+        # a folder of other things (run.output_dir itself given as --output)
+        {"notes.txt": "mine"},
+    ],
+)
+def test_a_record_is_not_written_over_a_folder_that_holds_no_backtest_record(tmp_path, held):
+    """`--output proj` replaced proj/config.json and proj/equity.csv (no summary.json: no
+    record of tradingd's) without a word; into a walk-forward's folder it replaced the
+    stitched equity.csv, and `tradingd report` then refused the folder."""
+    from tradingd import backtest
+    from tradingd.core.errors import TradingdError
+
+    out = tmp_path / "proj"
+    out.mkdir()
+    for name, text in held.items():
+        (out / name).write_text(text)
+    before = _tree(out)
+    with pytest.raises(TradingdError) as caught:
+        backtest.write_outputs(out, *_record_args("run-a"))
+    said = str(caught.value)
+    assert str(out) in said and "empty or new folder" in said and "--output" in said
+    assert all(name in said for name in held)
+    after = _tree(out)
+    after.pop(backtest.RECORD_LOCK, None)
+    assert after == before
+
+
+def test_a_backtest_refuses_an_output_folder_of_other_files_before_loading(tmp_path, monkeypatch):
+    import asyncio
+
+    from tradingd import backtest
+    from tradingd.config import Config
+    from tradingd.core.errors import TradingdError
+
+    out = tmp_path / "proj"
+    out.mkdir()
+    (out / "equity.csv").write_text("mine\n")
+
+    def load(*_: object) -> None:
+        raise AssertionError("the data was loaded before the folder was checked")
+
+    monkeypatch.setattr(backtest, "load_pinned", load)
+    with pytest.raises(TradingdError, match=r"--output .*proj holds files that are no tradingd"):
+        asyncio.run(backtest.run_backtest(Config(), output_dir=out))
+    assert (out / "equity.csv").read_text() == "mine\n"
+
+
+def test_a_record_of_another_run_is_replaced_with_a_warning_naming_both(tmp_path):
+    """A sweep's variants share an --output folder (README): the last whole record stays,
+    and the one it replaces is said (`tradingd report OLD` read the new run silently)."""
+    from structlog.testing import capture_logs
+
+    from tradingd import backtest
+
+    out = tmp_path / "shared"
+    backtest.write_outputs(out, *_record_args("run-a"))
+    with capture_logs() as logs:
+        backtest.write_outputs(out, *_record_args("run-b"))
+    assert _whole_record_of(out) == "run-b"
+    (said,) = [e for e in logs if e["event"] == "backtest.record_of_other_run_replaced"]
+    assert (said["run_id"], said["replaced"]) == ("run-b", "run-a")
+    with capture_logs() as logs:
+        backtest.write_outputs(out, *_record_args("run-b"))  # its own rerun: nothing said
+    assert not [e for e in logs if e["event"] == "backtest.record_of_other_run_replaced"]
+
+
+def test_a_record_left_without_its_summary_is_replaced(tmp_path):
+    """A writer killed between its last two renames leaves a record without summary.json:
+    the rerun replaces it (its files are tradingd's), with a warning."""
+    from structlog.testing import capture_logs
+
+    from tradingd import backtest
+
+    out = tmp_path / "r"
+    backtest.write_outputs(out, *_record_args("run-a"))
+    (out / "summary.json").unlink()
+    with capture_logs() as logs:
+        backtest.write_outputs(out, *_record_args("run-a"))
+    assert _whole_record_of(out) == "run-a"
+    assert [e for e in logs if e["event"] == "backtest.incomplete_record_replaced"]

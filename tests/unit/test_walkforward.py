@@ -1203,3 +1203,45 @@ def test_the_walk_forward_counts_its_folds_apart_by_train_plus_test_with_warmup_
     wf = tiny_wf(max_folds=4, retrain="never", warmup="none")
     res = WalkForwardAnalyzer(config, wf, workers=0, performance=PERF).run(tiny_panel(320))
     assert res["decay"]["in_vs_out"]["sharpe"]["independent_every"] == 12  # (100 + 20) / 10
+
+
+@pytest.fixture(scope="module")
+def plain_results():
+    """A walk-forward that fits nothing (momentum + equal_weight): no garch_params.csv."""
+    config = dataclasses.replace(
+        tiny_config(signals=(PluginSpec("momentum"),)), sizing=PluginSpec("equal_weight")
+    )
+    return WalkForwardAnalyzer(config, tiny_wf(warmup="none"), workers=0, performance=PERF).run(
+        tiny_panel()
+    )
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != ".record.lock"}
+
+
+@pytest.mark.parametrize(
+    "held",
+    [
+        # a backtest's record
+        {"summary.json": '{"run_id": "r"}', "equity.csv": "time,equity\n", "orders.csv": ""},
+        # a user's folder
+        {"equity.csv": "mine\n", "notes.txt": "mine"},
+    ],
+)
+def test_a_walk_forward_is_not_written_into_a_backtest_record_or_other_files(
+    tmp_path, plain_results, held
+):
+    """`walkforward --out` into a backtest's record replaced its equity.csv and left its
+    orders, fills and summary beside a walk-forward's curve."""
+    from tradingd.core.errors import TradingdError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for name, text in held.items():
+        (out / name).write_text(text)
+    with pytest.raises(TradingdError) as caught:
+        write_outputs(plain_results, out)
+    said = str(caught.value)
+    assert str(out) in said and "empty or new folder with --out" in said
+    assert {p.name: p.read_text() for p in out.iterdir() if p.name != ".record.lock"} == held
