@@ -33,7 +33,7 @@ from ..core.atomic_file import Content, write_atomically
 from ..feeds.panel import FIELDS, Panel
 from .parallel import run_tasks
 from .performance import PerformanceAnalyzer, PerformanceConfig
-from .run_records import DEFAULT_PERIODS_PER_YEAR, WALKFORWARD_FILE
+from .run_records import DEFAULT_PERIODS_PER_YEAR, WALKFORWARD_FILE, WALKFORWARD_FILES
 from .walkforward_folds import (
     Fold,
     WalkForwardConfig,
@@ -447,14 +447,17 @@ def write_outputs(results: Mapping[str, Any], out_dir: str | Path) -> Path:
 
     All written whole or none replaced (`core.atomic_file`): a full disk raises
     `FileNotWritten` naming the file, and leaves no file cut short. Into an empty folder or
-    an earlier walk-forward's (`backtest.check_output_folder`): a backtest's record, or a
-    folder of other files, is refused, untouched.
-    """
-    from ..backtest import check_output_folder
+    an earlier walk-forward's (`backtest.check_output_folder`: a backtest's record, or a
+    folder of other files, is refused, untouched), under the folder's lock (the backtest
+    record's, `.record.lock`); once written, the earlier walk-forward's files this one does
+    not write (garch_params.csv of a GARCH sizing, feature_importance.csv) are removed: they
+    stayed beside the new results as if they were theirs."""
+    from ..backtest import RECORD_LOCK, _record_locked, check_output_folder
 
     out = Path(out_dir)
     check_output_folder(out, "walkforward", "--out")
     out.mkdir(parents=True, exist_ok=True)
+    lock_made = not (out / RECORD_LOCK).exists()
     files: dict[Path, Content] = {}
     folds = results["folds"]
     lean = dict(results)
@@ -502,7 +505,12 @@ def write_outputs(results: Mapping[str, Any], out_dir: str | Path) -> Path:
     if len(imp):
         files[out / "feature_importance.csv"] = imp.rename_axis("fold").to_csv
     files[out / "decay.csv"] = _rows_csv(results["decay"]["by_horizon"]["buckets"])
-    write_atomically(files, newline="")
+    with _record_locked(out):
+        check_output_folder(out, "walkforward", "--out", lock_made=lock_made)
+        write_atomically(files, newline="")
+        for name in WALKFORWARD_FILES:
+            if out / name not in files:
+                (out / name).unlink(missing_ok=True)
     return out
 
 

@@ -858,7 +858,10 @@ def test_results_the_disk_cannot_take_leave_the_earlier_ones_and_say_so(
         f"tradingd: error: cannot write {full_disk / 'walkforward.json'}: No space left on device"
     )
     assert "free space" in line and "--out FOLDER" in line
-    assert {p.name: p.read_bytes() for p in full_disk.iterdir()} == before
+    # (The folder's record lock, `.record.lock`, empty, stays: the lock of the next writer.)
+    after = {p.name: p.read_bytes() for p in full_disk.iterdir()}
+    assert after.pop(".record.lock", b"") == b""
+    assert after == before
 
 
 def test_the_summary_says_the_decay_is_a_slope_not_a_sharpe_ratio():
@@ -1218,6 +1221,48 @@ def plain_results():
 
 def _files(folder: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.name != ".record.lock"}
+
+
+def test_a_rerun_into_the_same_out_leaves_none_of_the_earlier_walk_forwards_files(
+    tmp_path, plain_results
+):
+    """A kelly_garch walk-forward, then an equal_weight one into the same --out: the first
+    one's garch_params.csv stayed beside the second's results, as if it were theirs."""
+    out = tmp_path / "out"
+    out.mkdir()
+    # the earlier walk-forward's (a GARCH sizing)
+    (out / "walkforward.json").write_text("{}")
+    (out / "garch_params.csv").write_text("fold,symbol\n0,AAA\n")
+    (out / "feature_importance.csv").write_text("fold,f\n")
+    (out / "notes.txt").write_text("mine")
+    write_outputs(plain_results, out)
+    names = set(_files(out))
+    assert not names & {"garch_params.csv", "feature_importance.csv"}
+    assert "notes.txt" in names
+    assert json.loads((out / "walkforward.json").read_text())["folds"]
+
+
+def test_a_walk_forward_that_fails_to_write_leaves_the_earlier_results_whole(
+    tmp_path, plain_results, monkeypatch
+):
+    """Files were written in place one by one: a failure midway left half of the new
+    results beside half of the earlier ones."""
+    import errno
+
+    from tradingd.analysis import walkforward
+
+    out = write_outputs(plain_results, tmp_path / "out")
+    before = _files(out)
+
+    def full(*_: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(walkforward, "_fold_row", full)  # folds.csv, after three files
+    changed = dict(plain_results, stitched={**plain_results["stitched"]})
+    changed["stitched"]["equity"] = [x * 2 for x in plain_results["stitched"]["equity"]]
+    with pytest.raises(OSError, match="No space"):
+        write_outputs(changed, out)
+    assert _files(out) == before
 
 
 @pytest.mark.parametrize(
