@@ -553,6 +553,35 @@ def _is_temp(name: str, names: Collection[str]) -> bool:
     return match is not None and match["name"] in names
 
 
+def remove_stale_temps(out: Path, names: Collection[str]) -> list[str]:
+    """The temporary files (`_temp_name` of one of `names`) a writer killed while writing
+    left in `out`, removed: called under the folder's lock, where no living writer has one
+    (each writes them only under it). They stayed through every later run. Only that
+    pattern, only in `out`; one that cannot be removed is left, not an error."""
+    try:
+        entries = list(os.scandir(out))
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        if not _is_temp(entry.name, names):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except OSError:
+            continue
+    if removed:
+        log.info(
+            "record.temp_files_removed",
+            folder=str(out),
+            files=sorted(removed),
+            detail="temporary files of a writer killed while writing this folder's record",
+        )
+    return removed
+
+
 @dataclass(frozen=True)
 class FolderHolds:
     """What a record's folder holds (`folder_holds`). `kind`: "empty" (no folder, or only
@@ -828,8 +857,10 @@ def write_outputs(
     try:
         out.mkdir(parents=True, exist_ok=True)
         lock_made = not (out / RECORD_LOCK).exists()
-        with _record_locked(out):
+        with _record_locked(out) as locked:
             _replaceable(out, result.run_id, lock_made)
+            if locked:
+                remove_stale_temps(out, RECORD_FILES)
             _write_record(out, config, result, summary, orders, fills, splits)
     except OSError as e:
         raise TradingdError(_unwritable(out, e, "")) from e

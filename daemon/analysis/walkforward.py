@@ -451,8 +451,9 @@ def write_outputs(results: Mapping[str, Any], out_dir: str | Path) -> Path:
     folder of other files, is refused, untouched), under the folder's lock (the backtest
     record's, `.record.lock`); once written, the earlier walk-forward's files this one does
     not write (garch_params.csv of a GARCH sizing, feature_importance.csv) are removed: they
-    stayed beside the new results as if they were theirs."""
-    from ..backtest import RECORD_LOCK, _record_locked, check_output_folder
+    stayed beside the new results as if they were theirs. Temporary files of a writer
+    killed earlier are removed."""
+    from ..backtest import RECORD_LOCK, _record_locked, check_output_folder, remove_stale_temps
 
     out = Path(out_dir)
     check_output_folder(out, "walkforward", "--out")
@@ -505,8 +506,10 @@ def write_outputs(results: Mapping[str, Any], out_dir: str | Path) -> Path:
     if len(imp):
         files[out / "feature_importance.csv"] = imp.rename_axis("fold").to_csv
     files[out / "decay.csv"] = _rows_csv(results["decay"]["by_horizon"]["buckets"])
-    with _record_locked(out):
+    with _record_locked(out) as locked:
         check_output_folder(out, "walkforward", "--out", lock_made=lock_made)
+        if locked:
+            remove_stale_temps(out, WALKFORWARD_FILES)
         write_atomically(files, newline="")
         for name in WALKFORWARD_FILES:
             if out / name not in files:

@@ -741,3 +741,22 @@ def test_a_record_left_without_its_summary_is_replaced(tmp_path):
         backtest.write_outputs(out, *_record_args("run-a"))
     assert _whole_record_of(out) == "run-a"
     assert [e for e in logs if e["event"] == "backtest.incomplete_record_replaced"]
+
+
+def test_temporary_files_of_a_killed_writer_go_with_the_next_record_written_there(tmp_path):
+    """A run killed while writing its record left `.orders.csv.<pid>.<hex>.tmp` files in the
+    folder, still there after every later run. Only the writer's own pattern goes."""
+    from tradingd import backtest
+
+    out = tmp_path / "r"
+    backtest.write_outputs(out, *_record_args("run-a"))
+    left = [".orders.csv.14200.a14382ff.tmp", ".equity.csv.14594.6d8c4e9a.tmp"]
+    kept = [".notes.txt.1.a14382ff.tmp", ".orders.csv.x.a14382ff.tmp", "orders.csv.1.tmp"]
+    for name in left + kept:
+        (out / name).write_text("half")
+    backtest.write_outputs(out, *_record_args("run-a"))
+    names = {p.name for p in out.iterdir()}
+    assert not names & set(left) and set(kept) <= names
+    for name in kept:
+        (out / name).unlink()
+    assert _whole_record_of(out) == "run-a"

@@ -1230,15 +1230,16 @@ def test_a_rerun_into_the_same_out_leaves_none_of_the_earlier_walk_forwards_file
     one's garch_params.csv stayed beside the second's results, as if it were theirs."""
     out = tmp_path / "out"
     out.mkdir()
-    # the earlier walk-forward's (a GARCH sizing)
+    # the earlier walk-forward's (a GARCH sizing), and a temporary file of a writer killed
     (out / "walkforward.json").write_text("{}")
     (out / "garch_params.csv").write_text("fold,symbol\n0,AAA\n")
     (out / "feature_importance.csv").write_text("fold,f\n")
+    (out / ".equity.csv.4242.0123abcd.tmp").write_text("half")
     (out / "notes.txt").write_text("mine")
     write_outputs(plain_results, out)
     names = set(_files(out))
     assert not names & {"garch_params.csv", "feature_importance.csv"}
-    assert "notes.txt" in names
+    assert ".equity.csv.4242.0123abcd.tmp" not in names and "notes.txt" in names
     assert json.loads((out / "walkforward.json").read_text())["folds"]
 
 
