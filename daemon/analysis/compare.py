@@ -13,7 +13,9 @@ environment.json, summary.json, equity.csv, fills.csv) and replays nothing.
 The data are compared by the digest summary.json records (`data`: `backtest.data_record`,
 the data files' SHA-256): a file rewritten in place under the same path was "the same
 configuration" and "the same environment", the cause of the other path not named. A record
-made before digests were recorded says "not recorded", not a difference.
+made before digests were recorded says "not recorded", not a difference. tradingd's own code
+is compared by its files' digests (environment.json's `tradingd_code`): runs from two
+uncommitted edits of one commit are "different code", the files named.
 
 Comparisons are exact: a record's CSV holds each float's shortest repr, so equal runs are
 equal to the bit, and a last-bit difference (another BLAS kernel) is what this is for.
@@ -170,6 +172,8 @@ class Comparison:
     run_ids: tuple[Any, Any] = (None, None)
     # summary.json's `data` of A and B (`_MISSING` where a record has none: an older one).
     data: tuple[Any, Any] = (_MISSING, _MISSING)
+    # tradingd's own packages whose code differs (environment.json's `tradingd_code`).
+    own_code: list[CodeChange] = field(default_factory=list)
 
     @property
     def same_data(self) -> bool | None:
@@ -225,6 +229,7 @@ class Comparison:
             "metrics": section(self.metrics),
             "written_elsewhere": list(self.places),
             "plugin_code": [dataclasses.asdict(x) for x in self.plugin_code],
+            "tradingd_code": [dataclasses.asdict(x) for x in self.own_code],
             "params_at_default": list(self.at_default),
             "plugin_defaults_unknown": list(self.defaults_unknown),
             "run_ids": list(self.run_ids),
@@ -441,6 +446,40 @@ def _code_changes(ea: Any, eb: Any) -> list[CodeChange]:
     return out
 
 
+#: Parts of environment.json whose files are said by package (`_code_text`), not a key each.
+_BY_FILE = ("plugin_code", "tradingd_code")
+
+
+def _own_file_key(key: str) -> bool:
+    """A file's key of environment.json's `tradingd_code` (its package's `code` is the
+    difference; the files are said by name, `_own_code_changes`)."""
+    return key.startswith("tradingd_code.") and ".files." in key
+
+
+def _own_code_changes(ea: Any, eb: Any) -> list[CodeChange]:
+    """tradingd's own packages whose code digest differs between two environment.json
+    files (`environment.own_code`), with the files that differ; none where either record
+    has no `tradingd_code` (made before it was recorded: "not recorded")."""
+    if not (isinstance(ea, Mapping) and isinstance(eb, Mapping)):
+        return []
+    ca, cb = ea.get("tradingd_code"), eb.get("tradingd_code")
+    if not (isinstance(ca, Mapping) and isinstance(cb, Mapping)):
+        return []
+    out = []
+    for package in sorted(ca.keys() & cb.keys()):
+        x, y = ca[package], cb[package]
+        if not (isinstance(x, Mapping) and isinstance(y, Mapping)) or x.get("code") == y.get(
+            "code"
+        ):
+            continue
+        fa, fb = (f if isinstance(f := v.get("files"), Mapping) else {} for v in (x, y))
+        changed = sorted(k for k in fa.keys() & fb.keys() if fa[k] != fb[k]) if fa and fb else []
+        added = sorted(fb.keys() - fa.keys()) if fa and fb else []
+        removed = sorted(fa.keys() - fb.keys()) if fa and fb else []
+        out.append(CodeChange(package, [], changed, added, removed))
+    return out
+
+
 def _fill_rows(folder: Path) -> Iterator[tuple[tuple[str, ...], tuple[Any, ...]]]:
     """fills.csv's rows one by one: (the compared columns as written, their values), each
     field checked: a damaged row is an error naming the file and line, not a difference
@@ -537,6 +576,7 @@ def compare_runs(a: Path, b: Path) -> Comparison:
         config = Section([d for d in diffs if d[0] not in WHERE_KEYS])
     pair = _json_pair(a, b, "environment.json")
     code: list[CodeChange] = []
+    own: list[CodeChange] = []
     if isinstance(pair, str):
         environment = Section([], pair)
     else:
@@ -544,13 +584,21 @@ def compare_runs(a: Path, b: Path) -> Comparison:
         diffs = differences(*pair, unordered=True)
         unrecorded = _unrecorded(*pair)
         environment = Section(
-            [d for d in diffs if not d[0].startswith("plugin_code.") and d[0] not in unrecorded],
-            unrecorded=[d for d in diffs if d[0] in unrecorded and _part(d[0]) != "plugin_code"],
+            [
+                d
+                for d in diffs
+                if not d[0].startswith("plugin_code.")
+                and not _own_file_key(d[0])
+                and d[0] not in unrecorded
+            ],
+            unrecorded=[d for d in diffs if d[0] in unrecorded and _part(d[0]) not in _BY_FILE],
         )
-        if "plugin_code" in unrecorded:  # one row: its files are said by package, as above
-            ea, eb = (e.get("plugin_code", _MISSING) for e in pair)
-            environment.unrecorded.insert(0, ("plugin_code", ea, eb))
+        for part in _BY_FILE:  # one row each: their files are said by package, as above
+            if part in unrecorded:
+                ea, eb = (e.get(part, _MISSING) for e in pair)
+                environment.unrecorded.insert(0, (part, ea, eb))
         code = _code_changes(*pair)
+        own = _own_code_changes(*pair)
     sa = dict(ra.extra.get("metrics") or {})
     sb = dict(rb.extra.get("metrics") or {})
     # The data digest is said on its own line, not among the metrics (`Comparison.data`).
@@ -579,6 +627,7 @@ def compare_runs(a: Path, b: Path) -> Comparison:
         sorted(unknown) if any(_absent_param(d) for d in config.diffs) else [],
         (sa.get("run_id"), sb.get("run_id")),
         data,
+        own,
     )
 
 
@@ -647,15 +696,18 @@ def _fill_text(f: Mapping[str, str] | None) -> str:
     )
 
 
-def _code_text(x: CodeChange) -> str:
+def _code_text(x: CodeChange, own: bool = False) -> str:
     files = [
         *(f"{f} changed" for f in x.changed),
         *(f"{f} only in B" for f in x.added),
         *(f"{f} only in A" for f in x.removed),
     ]
-    return f"  plugin code differs: {x.package} (used by {', '.join(x.plugins)})" + (
-        f": {', '.join(files)}" if files else ""
+    head = (
+        f"  different code: tradingd's own package {x.package}"
+        if own
+        else f"  plugin code differs: {x.package} (used by {', '.join(x.plugins)})"
     )
+    return head + (f": {', '.join(files)}" if files else "")
 
 
 def _same_config(c: Comparison) -> str:
@@ -726,6 +778,7 @@ def render(c: Comparison) -> str:
             lines.append(f"  {k:<{width}}  A {_cell(va)}  B {_cell(vb)}")
         if s is c.environment:
             lines.extend(_unrecorded_text(c))
+            lines.extend(_code_text(x, own=True) for x in c.own_code)
             lines.extend(_code_text(x) for x in c.plugin_code)
         if s is c.config and c.defaults_unknown:
             lines.append(

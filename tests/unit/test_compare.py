@@ -509,3 +509,44 @@ def test_two_runs_of_the_bundled_series_say_the_same_source_not_not_compared():
     other = SimpleNamespace(data=(bundled, {"source": "frames"}))
     other.same_data = Comparison.same_data.fget(other)  # type: ignore[attr-defined]
     assert _data_lines(other)[0] == "the data differ:"  # type: ignore[arg-type]
+
+
+def _own_env(simulated: str) -> dict:
+    """environment.json of a run from a checkout with uncommitted changes, its
+    brokers/simulated.py at the digest `simulated`."""
+    files = {"__init__.py": "a" * 16, "brokers/simulated.py": simulated}
+    return {
+        "packages": {"numpy": "2.4.6"},
+        "blas": BLAS,
+        "dispatch_variables": {},
+        "source": {"commit": "c" * 40, "uncommitted_changes": True},
+        "tradingd_code": {
+            "tradingd": {"code": simulated, "files": files},
+            "tradingd_models": {"code": "m" * 16, "files": {"__init__.py": "m" * 16}},
+        },
+    }
+
+
+def test_runs_of_different_edits_of_tradingds_own_code_say_different_code(tmp_path):
+    """Edited daemon/brokers/simulated.py between two runs (the same run id, the same commit,
+    both with uncommitted changes): compare said "the same environment"."""
+    a = _record(tmp_path, "a", EQUITY, FILLS, environment=_own_env("1" * 16))
+    b = _record(tmp_path, "b", [*EQUITY[:3], 99_000.0], FILLS, environment=_own_env("2" * 16))
+    c = compare_runs(a, b)
+    assert [k for k, _, _ in c.environment.diffs] == ["tradingd_code.tradingd.code"]
+    [change] = c.own_code
+    assert (change.package, change.changed) == ("tradingd", ["brokers/simulated.py"])
+    text = render(c)
+    assert "the same environment" not in text
+    assert "different code: tradingd's own package tradingd: brokers/simulated.py changed" in text
+    assert c.as_dict()["tradingd_code"][0]["changed"] == ["brokers/simulated.py"]
+    # The same code: no difference.
+    same = compare_runs(a, _record(tmp_path, "s", EQUITY, FILLS, environment=_own_env("1" * 16)))
+    assert same.own_code == [] and same.environment.diffs == []
+    # A record made before tradingd's code was recorded: "not recorded", no difference.
+    old = _own_env("1" * 16)
+    del old["tradingd_code"]
+    c = compare_runs(_record(tmp_path, "o", EQUITY, FILLS, environment=old), b)
+    assert c.own_code == [] and c.environment.diffs == []
+    assert [k for k, _, _ in c.environment.unrecorded] == ["tradingd_code"]
+    assert "not recorded by A's build: tradingd_code (1 field)" in render(c)

@@ -373,3 +373,40 @@ def test_a_plugins_code_is_recorded_and_an_edit_of_any_of_its_files_changes_it(
     assert edited["version"] == mine["version"] and edited["code"] != mine["code"]
     changed = second["plugin_code"]["edplug_pkg"]["files"]
     assert [f for f in files if files[f] != changed[f]] == ["sub/helper.py"]
+
+
+def test_tradingds_own_code_is_recorded_by_file_as_imported(tmp_path, monkeypatch):
+    """Two runs made from different uncommitted edits of tradingd (a cost x1.5, then x2.0 in
+    brokers/simulated.py) recorded only `uncommitted_changes: true`: compare said "the same
+    environment" of two records whose equity differed by the edit."""
+    import hashlib
+    import importlib
+    from pathlib import Path
+
+    import tradingd
+    from tradingd import environment as env_module
+
+    recorded = environment()["tradingd_code"]
+    assert set(recorded) == {"tradingd", "tradingd_plugins", "tradingd_models"}
+    ours = Path(tradingd.__file__).parent  # the code imported, wherever it is installed
+    files = recorded["tradingd"]["files"]
+    want = hashlib.sha256((ours / "brokers" / "simulated.py").read_bytes()).hexdigest()[:16]
+    assert files["brokers/simulated.py"] == want and "__init__.py" in files
+    assert not [f for f in files if "__pycache__" in f]
+
+    # An edit of one file changes the package's digest and that file's alone.
+    pkg = tmp_path / "ownpkg"
+    (pkg / "brokers").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "brokers" / "__init__.py").write_text("")
+    (pkg / "brokers" / "simulated.py").write_text("COST = 1.5\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    monkeypatch.setattr(env_module, "OWN_PACKAGES", ("ownpkg",))
+    first = env_module.own_code()["ownpkg"]
+    (pkg / "brokers" / "simulated.py").write_text("COST = 2.0\n")
+    second = env_module.own_code()["ownpkg"]
+    assert first["code"] != second["code"]
+    assert [f for f in first["files"] if first["files"][f] != second["files"][f]] == [
+        "brokers/simulated.py"
+    ]
