@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from ..feeds.fingerprint import data_digest, data_text
-from .run_records import _json_file, check_fill_count, record_folder
+from .run_records import _json_file, check_fill_count, check_record_complete, record_folder
 
 __all__ = [
     "CodeChange",
@@ -558,10 +558,17 @@ def _first_fill(a: Path, b: Path, counted: tuple[Any, Any]) -> tuple[tuple[int, 
 
 def compare_runs(a: Path, b: Path) -> Comparison:
     """Compare two run record folders (as `tradingd backtest` writes them). A record that is
-    damaged (a cut equity.csv, unreadable JSON, a fill without its price) is an error naming
-    the file: a comparison against half a run would point at the wrong bar."""
+    damaged or incomplete (a cut equity.csv or orders.csv, unreadable JSON, a fill without
+    its price, no summary.json beside the files written before it: `tradingd report`'s
+    checks) is an error naming the file: a comparison against half a run would point at
+    the wrong bar."""
     # The curves (checked whole); fills.csv is read here, once (`_fills`).
     ra, rb = (record_folder(d, warn_unrestated=False, with_fills=False) for d in (a, b))
+    # The rest of `tradingd report`'s checks (orders.csv against its count, a summary.json
+    # where the record has the files written before it): a record cut short is refused, as
+    # the report refuses it, not compared as "the same metrics" or an old record.
+    for folder, rec in ((a, ra), (b, rb)):
+        check_record_complete(folder, rec.extra.get("metrics") or {})
     pair = _json_pair(a, b, "config.json")
     at_default: list[str] = []
     unknown: set[str] = set()

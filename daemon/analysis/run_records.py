@@ -31,6 +31,7 @@ __all__ = [
     "WALKFORWARD_FILE",
     "WALKFORWARD_FILES",
     "RunRecord",
+    "check_record_complete",
     "daily_bars_a_year",
     "is_walkforward_folder",
     "periods_per_year_for",
@@ -420,6 +421,29 @@ def _all_orders(path: Path, summary: Mapping[str, Any]) -> None:
     )
 
 
+#: Files `backtest.write_outputs` writes only before a summary.json (which it writes last):
+#: a folder with any of them and no summary.json is a record cut short, not an old one.
+_WRITTEN_BEFORE_SUMMARY = ("orders.csv", "splits.csv", "environment.json")
+
+
+def check_record_complete(path: Path, summary: Mapping[str, Any]) -> None:
+    """The checks of a record folder's completeness beyond its curve and fills (which
+    `record_folder` makes as it reads them): a summary.json where the folder holds files a
+    backtest writes only before one (a process killed between its last renames: it was
+    compared and reported as a record made before data digests were), and orders.csv's
+    rows against the summary's count (`_all_orders`). ValueError naming the file.
+    `tradingd report` (through `record_folder`) and `tradingd compare` both make them."""
+    if not summary and not (path / "summary.json").exists():
+        held = [n for n in _WRITTEN_BEFORE_SUMMARY if (path / n).exists()]
+        if held:
+            raise ValueError(
+                f"{path} has no summary.json, but holds {', '.join(held)}, which a backtest "
+                "writes before it: the record is incomplete (its writer was killed before "
+                "its end; run the backtest again)"
+            )
+    _all_orders(path, summary)
+
+
 def _gross(file: Path, eq: pd.DataFrame) -> np.ndarray:
     """equity.csv's gross exposure: (|long| + |short|) / equity, never negative (NaN when
     the equity is not positive, an empty cell as a store gives it back)."""
@@ -476,7 +500,7 @@ def record_folder(
             "the record is incomplete (run the backtest again)"
         )
     if with_fills:
-        _all_orders(path, summary)
+        check_record_complete(path, summary)
     gx = None if "gross_exposure" not in eq else _gross(eq_file, eq)
     splits = _read_splits(path)
     if splits is None and fills is not None and len(fills) and warn_unrestated:

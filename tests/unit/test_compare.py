@@ -550,3 +550,34 @@ def test_runs_of_different_edits_of_tradingds_own_code_say_different_code(tmp_pa
     assert c.own_code == [] and c.environment.diffs == []
     assert [k for k, _, _ in c.environment.unrecorded] == ["tradingd_code"]
     assert "not recorded by A's build: tradingd_code (1 field)" in render(c)
+
+
+def test_a_record_cut_short_is_refused_as_the_report_refuses_it(tmp_path, capsys):
+    """orders.csv cut to 1,999 of 9,351 rows: report refused the record, compare said "the
+    same path ... the same metrics" (exit 0). A folder without summary.json (a writer killed
+    between its last renames) was compared as a record made before data digests were."""
+    from tradingd.analysis.run_records import run_record
+
+    a = _record(tmp_path, "a", EQUITY, FILLS)
+    b = _record(tmp_path, "b", EQUITY, FILLS)
+    for folder in (a, b):
+        summary = json.loads((folder / "summary.json").read_text())
+        (folder / "summary.json").write_text(json.dumps({**summary, "orders": 3}))
+        (folder / "orders.csv").write_text("run_id,n\nx,0\nx,1\nx,2\n")
+    assert compare_runs(a, b).same_path  # whole: compared
+    (b / "orders.csv").write_text("run_id,n\nx,0\n")
+    said = rf"{b}/orders.csv holds 1 orders, but {b}/summary.json counts 3 orders"
+    with pytest.raises(ValueError, match=said):
+        compare_runs(a, b)
+    with pytest.raises(ValueError, match=said):
+        run_record(b)  # the report's reading: the same check, the same words
+    assert main(["compare", str(a), str(b)]) == 2
+    assert "tradingd: error:" in capsys.readouterr().err
+
+    c = _record(tmp_path, "c", EQUITY, FILLS)
+    (c / "summary.json").unlink()
+    said = rf"{c} has no summary.json, but holds splits.csv, environment.json.*incomplete"
+    with pytest.raises(ValueError, match=said):
+        compare_runs(a, c)
+    with pytest.raises(ValueError, match=said):
+        run_record(c)
