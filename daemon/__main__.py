@@ -1047,8 +1047,8 @@ def _backtest_signals(stop: Any) -> Iterator[None]:
         with contextlib.suppress(OSError):  # a full disk under stderr: the stop goes on
             os.write(
                 2,
-                f"\ntradingd: {name} received: the backtest stops after the bar under way "
-                f"(when its plugins' calls return); {name} again exits at once\n".encode(),
+                f"\ntradingd: {name} received: {stop.what_it_stops()}; {name} again exits at "
+                "once\n".encode(),
             )
         stop.request(name)
 

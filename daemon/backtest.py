@@ -83,6 +83,18 @@ class StopRequest:
         self._engine = None
         self.over = True
 
+    def what_it_stops(self) -> str:
+        """What a request made now does, for the line saying it was taken: before an engine
+        is attached (the data loading, the engine being built: seconds on a cold load) no
+        bar is under way, and that step finishes before the stop; after, the bar under way
+        does. "after the bar under way" was said during the load too."""
+        if self._engine is None:
+            return (
+                "the backtest stops once the step under way (loading the data, building the "
+                "engine) ends, before its first bar"
+            )
+        return "the backtest stops after the bar under way (when its plugins' calls return)"
+
 
 class BacktestStopped(Exception):
     """A backtest stopped before its last bar: it reports nothing (a partial replay's

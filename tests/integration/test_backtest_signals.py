@@ -425,6 +425,24 @@ def test_the_first_signal_says_at_once_that_the_replay_stops_after_its_bar(capfd
     assert "SIGINT again exits at once" in err
 
 
+def test_a_signal_while_the_data_loads_says_the_load_ends_first(capfd):
+    """Ctrl-C during a cold load (4.6-6.4 s) said "the backtest stops after the bar under
+    way" when no bar had started: the load (or the engine's build) finishes first."""
+    from tradingd import __main__ as cli
+    from tradingd.backtest import StopRequest
+
+    stop = StopRequest()  # no engine attached yet: the data is loading
+    with cli._backtest_signals(stop):
+        os.kill(os.getpid(), signal.SIGINT)
+        for _ in range(1000):  # (the handler runs between these bytecodes)
+            pass
+    assert stop.reason == "SIGINT"
+    err = capfd.readouterr().err
+    assert "tradingd: SIGINT received: the backtest stops once the step under way" in err
+    assert "(loading the data, building the engine) ends, before its first bar" in err
+    assert "bar under way" not in err and "SIGINT again exits at once" in err
+
+
 def test_a_stop_request_reaches_an_engine_attached_later():
     from tradingd.backtest import StopRequest
 
