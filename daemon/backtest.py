@@ -188,7 +188,9 @@ async def run_backtest(
     if output_dir is not None:
         # Before the data is loaded: a folder of the user's files (or a walk-forward's) is
         # refused at once, not after the replay.
-        check_output_folder(Path(output_dir), "backtest", "--output")
+        check_output_folder(
+            Path(output_dir), "backtest", "--output", beside=own_names(config, Path(output_dir))
+        )
     if panel is None:
         # The run's own copy holds the data's fingerprint taken around the load: the run id
         # and the record name the bytes traded, whatever the file holds later.
@@ -237,7 +239,8 @@ async def run_backtest(
     # Before the store drops the run id's earlier record (`remove_earlier_record` then
     # found the lock failing with the store's rows gone and the folder's files kept).
     try:
-        check_output_folder(out, "backtest", "--output" if output_dir else "the record folder")
+        label = "--output" if output_dir else "the record folder"
+        check_output_folder(out, "backtest", label, beside=own_names(config, out))
         check_record_lock(out)
     except BaseException:
         bar.close()
@@ -621,17 +624,25 @@ _BESIDE_RECORD = frozenset({RECORD_LOCK, ".trials.jsonl"})
 _WRITTEN_NAMES = frozenset({*RECORD_FILES, *WALKFORWARD_FILES})
 
 
-def folder_holds(out: Path, *, lock_made: bool = False) -> FolderHolds:
+def folder_holds(
+    out: Path, *, lock_made: bool = False, beside: Collection[str] = ()
+) -> FolderHolds:
     """What `out` holds, for the writers of a backtest's record and a walk-forward's results
     (`check_output_folder`): each writes only into an empty folder or one of its own kind.
-    `lock_made`: the caller made the folder's lock file (it tells nothing of the folder)."""
+    `lock_made`: the caller made the folder's lock file (it tells nothing of the folder).
+    `beside`: names of the run's own that may be in the folder (its audit folder:
+    `own_names`)."""
     try:
         names = sorted(os.listdir(out))
     except (FileNotFoundError, NotADirectoryError):
         return FolderHolds("empty")  # (a file in its place: the write names that)
     except OSError:
         return FolderHolds("empty")  # unreadable: the write says so
-    own = tuple(n for n in names if n not in _BESIDE_RECORD and not _is_temp(n, _WRITTEN_NAMES))
+    own = tuple(
+        n
+        for n in names
+        if n not in _BESIDE_RECORD and n not in beside and not _is_temp(n, _WRITTEN_NAMES)
+    )
     if not own:
         return FolderHolds("empty")
     if WALKFORWARD_FILE in own:
@@ -659,6 +670,18 @@ def folder_holds(out: Path, *, lock_made: bool = False) -> FolderHolds:
     return FolderHolds("other", None, own)
 
 
+def own_names(config: Config, out: Path) -> tuple[str, ...]:
+    """What of the run's own may sit in its record folder besides the record: its audit
+    folder when `log.audit_dir` is there (strategy_api's BacktestEngine puts it beside the
+    record)."""
+    audit = Path(config.log.audit_dir)
+    try:
+        inside = audit.resolve().parent == out.resolve()
+    except OSError:
+        return ()
+    return (audit.name,) if inside else ()
+
+
 def _json_has(file: Path, *keys: str) -> bool:
     """Whether `file` is a JSON object with an object at each of `keys` (tradingd's
     config.json: run, data; its environment.json: packages, source)."""
@@ -670,7 +693,7 @@ def _json_has(file: Path, *keys: str) -> bool:
 
 
 def check_output_folder(
-    out: Path, kind: str, label: str, *, lock_made: bool = False
+    out: Path, kind: str, label: str, *, lock_made: bool = False, beside: Collection[str] = ()
 ) -> FolderHolds:
     """`out` as the folder of a `kind` ("backtest" or "walkforward") record, or a
     TradingdError naming it, what it holds and what to do: an --output folder holding a
@@ -680,7 +703,7 @@ def check_output_folder(
     the folder (`--output`, `--out`). A backtest writes over a backtest's record, of any run
     id (a sweep's variants share an --output folder: README), and a walk-forward over a
     walk-forward's results; an incomplete backtest record is a backtest's to replace."""
-    holds = folder_holds(out, lock_made=lock_made)
+    holds = folder_holds(out, lock_made=lock_made, beside=beside)
     ours = {
         "backtest": ("empty", "backtest", "incomplete"),
         "walkforward": ("empty", "walkforward"),
@@ -870,7 +893,7 @@ def write_outputs(
         out.mkdir(parents=True, exist_ok=True)
         lock_made = not (out / RECORD_LOCK).exists()
         with _record_locked(out) as locked:
-            _replaceable(out, result.run_id, lock_made)
+            _replaceable(out, result.run_id, lock_made, own_names(config, out))
             if locked:
                 remove_stale_temps(out, RECORD_FILES)
             _write_record(out, config, result, summary, orders, fills, splits)
@@ -878,12 +901,14 @@ def write_outputs(
         raise TradingdError(_unwritable(out, e, "")) from e
 
 
-def _replaceable(out: Path, run_id: str, lock_made: bool) -> None:
+def _replaceable(out: Path, run_id: str, lock_made: bool, beside: Collection[str]) -> None:
     """The folder, under its lock, one this run may write its record into
     (`check_output_folder`, as at the start: its files may have changed during the replay),
     and the record it replaces said: another run id's (a sweep sharing --output: the last
     whole record stays, as README says), or one left incomplete."""
-    holds = check_output_folder(out, "backtest", "the record folder", lock_made=lock_made)
+    holds = check_output_folder(
+        out, "backtest", "the record folder", lock_made=lock_made, beside=beside
+    )
     if holds.kind == "backtest" and holds.run_id != run_id:
         log.warning(
             "backtest.record_of_other_run_replaced",

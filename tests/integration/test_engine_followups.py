@@ -318,7 +318,9 @@ async def test_a_window_beyond_the_data_is_said_once_with_both_ranges(engine_con
         run = dataclasses.replace(engine_config.run, start=start, end=end)
         with capture_logs() as logs:
             await run_backtest(
-                dataclasses.replace(engine_config, run=run), panel=panel, output_dir=tmp_path
+                dataclasses.replace(engine_config, run=run),
+                panel=panel,
+                output_dir=tmp_path / "out",
             )
         return [e for e in logs if e["event"] == "run.window_clipped"]
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -760,3 +761,25 @@ def test_temporary_files_of_a_killed_writer_go_with_the_next_record_written_ther
     for name in kept:
         (out / name).unlink()
     assert _whole_record_of(out) == "run-a"
+
+
+def test_the_runs_own_audit_folder_in_its_record_folder_is_no_foreign_file(tmp_path):
+    """strategy_api's BacktestEngine puts the run's audit folder beside its record: that
+    folder is the run's, not a user's file that would refuse the record."""
+    import dataclasses
+
+    from tradingd import backtest
+    from tradingd.core.errors import TradingdError
+
+    out = tmp_path / "record"
+    (out / "audit").mkdir(parents=True)
+    config, *rest = _record_args("run-a")
+    mine = dataclasses.replace(
+        config, log=dataclasses.replace(config.log, audit_dir=str(out / "audit"))
+    )
+    backtest.write_outputs(out, mine, *rest)
+    assert json.loads((out / "summary.json").read_text())["run_id"] == "run-a"
+    other = tmp_path / "other"
+    (other / "audit").mkdir(parents=True)
+    with pytest.raises(TradingdError, match=r"holds files that are no tradingd record \(audit\)"):
+        backtest.write_outputs(other, *_record_args("run-a"))
