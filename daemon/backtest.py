@@ -25,7 +25,7 @@ import structlog
 from tqdm import tqdm
 
 from .analysis.metrics import summarize
-from .analysis.run_records import WALKFORWARD_FILE, WALKFORWARD_FILES
+from .analysis.record_names import WALKFORWARD_FILE, WALKFORWARD_FILES
 from .analysis.splits import restate_for_splits
 from .app import (
     FITTED_AFTER_RULE,

@@ -23,6 +23,7 @@ import structlog
 
 from ..core.json_file import json_object_file as _json_file
 from ..core.types import Fill, Side
+from .record_names import WALKFORWARD_FILE, WALKFORWARD_FILES
 from .return_metrics import _arr
 from .splits import restate_for_splits
 
@@ -50,25 +51,6 @@ DEFAULT_PERIODS_PER_YEAR = 252.0
 #: Calendar days in a year, on average over the leap years: what daily bars measured by
 #: their own dates are counted per (`daily_bars_a_year`).
 DAYS_A_YEAR = 365.25
-
-#: What a walk-forward's results folder is known by: `walkforward.write_outputs` writes it
-#: first, and a backtest's record never has it.
-WALKFORWARD_FILE = "walkforward.json"
-#: Every file `walkforward.write_outputs` may write (garch_params.csv and
-#: feature_importance.csv only when they have rows): a rerun into the folder replaces them
-#: all, so none of an earlier walk-forward's stays beside the new one's.
-WALKFORWARD_FILES = (
-    WALKFORWARD_FILE,
-    "folds.json",
-    "equity.csv",
-    "fold_equity.csv",
-    "folds.csv",
-    "stability.csv",
-    "stability_summary.csv",
-    "garch_params.csv",
-    "feature_importance.csv",
-    "decay.csv",
-)
 
 
 def is_walkforward_folder(path: str | Path) -> bool:
