@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import os
 import shutil
 import socket
@@ -153,6 +154,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def run_async():
     """For hypothesis tests, which cannot be async themselves."""
     return asyncio.run
+
+
+@contextlib.contextmanager
+def small_tmpfs(folder: Path, size: str = "1m"):
+    """A tmpfs of `size` mounted at `folder` (made here) for the block, unmounted after: a
+    disk that really fills up. Skips the test where mounting is not allowed (not root)."""
+    import subprocess
+
+    folder.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(folder)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"a tmpfs mount is not possible here: {done.stderr.strip()}")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["umount", str(folder)], capture_output=True)
 
 
 def deep_path(base: Path, length: int) -> Path:

@@ -564,23 +564,15 @@ def full_disk_copy(run_dir, tmp_path):
     """The run folder on a 1 MB tmpfs (a report.html is ~5 MB), with an earlier report in it;
     skipped where mounting is not allowed."""
     import shutil
-    import subprocess
 
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"a tmpfs mount is not possible here: {done.stderr.strip()}")
-    try:
+    from conftest import small_tmpfs
+
+    with small_tmpfs(tmp_path / "small") as mnt:
         copy = mnt / run_dir.name
         shutil.copytree(run_dir, copy)
         (copy / "report.html").write_text("<html>the earlier report</html>")
         (copy / "report.json").write_text('{"earlier": true}')
         yield copy
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
 def test_a_report_the_disk_cannot_take_leaves_the_earlier_one_and_says_so(

@@ -801,16 +801,9 @@ def test_the_command_runs_from_config_files(tmp_path, capsys):
 def full_disk(tmp_path):
     """A 1 MB tmpfs holding an earlier walk-forward's walkforward.json, filled up but for
     a few bytes; skipped where mounting is not allowed."""
-    import subprocess
+    from conftest import small_tmpfs
 
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True, text=True
-    )
-    if done.returncode != 0:
-        pytest.skip(f"a tmpfs mount is not possible here: {done.stderr.strip()}")
-    try:
+    with small_tmpfs(tmp_path / "small") as mnt:
         out = mnt / "wf"
         out.mkdir()
         (out / "walkforward.json").write_text('{"earlier": true}\n')
@@ -818,8 +811,6 @@ def full_disk(tmp_path):
             while True:
                 fh.write(b"\0" * 4096)
         yield out
-    finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
 
 
 def test_results_the_disk_cannot_take_leave_the_earlier_ones_and_say_so(
