@@ -808,11 +808,17 @@ class BufferedStore(ABC):
         spent, and writing it rolls money back. Refusing loses nothing: the file stays where
         it is, and the operator moves it aside (and reads it) to start without it.
 
-        Older means: the spool's first checkpoint of the run not yet written is of a bar at
-        or before the stored checkpoint's bar (the same bar stored is another process's
-        state of it). A run the spool writes without a checkpoint (an `end_run` alone, an
-        intent flushed before its bar's rows) is older when its first such batch was made
-        before the stored checkpoint was written (wall clocks: one host's spool folder).
+        Older means: the spool's first checkpoint of the run not yet written is of a bar
+        before the stored checkpoint's bar; or of the same bar, or the spool writes the run
+        without a checkpoint (an `end_run` alone, an intent flushed before its bar's rows),
+        and the stored checkpoint was written after the spool's first batch of the run was
+        made (wall clocks: one host's spool folder). A process that spools writes every
+        later batch to its spool, so a checkpoint stored after its first spooled batch is
+        another process's: the run went on without the spool. The same bar stored before
+        is the spool writer's own last checkpoint: an outage's first batch is often the
+        next bar's order intents, which carry that bar's checkpoint again (with the
+        cancels about to be sent), and such a spool, left by a stop during the outage or an
+        exit on a full spool disk, was refused although it only continues the database.
         Batches already in (`spool_applied`, a replay that died after a commit) are not
         compared: they are skipped anyway."""
         applied: dict[str, int] = {}  # writer -> its last batch in the database
@@ -841,15 +847,27 @@ class BufferedStore(ABC):
                 continue
             bar, written = stored[-1]["bar_time"], stored[-1]["written_at"]
             spooled = first_bar.get(run_id)
-            if spooled is not None:
-                if spooled > bar:
+            made_at = datetime.fromtimestamp(made, UTC)
+            if spooled is not None and spooled > bar:
+                continue
+            if spooled is None or spooled == bar:
+                # Stored before the spool began: the spool's writer's own (or an earlier)
+                # checkpoint, which the spool continues. One of the same bar and of unknown
+                # age (no written_at) is taken for another process's state of the bar.
+                if written is None and spooled is None:
                     continue
-                what = f"its first checkpoint not yet written is of the bar {spooled}"
-            else:
-                made_at = datetime.fromtimestamp(made, UTC)
-                if written is None or made_at >= written:
+                if written is not None and made_at >= written:
                     continue
+            if spooled is None:
                 what = f"it holds no checkpoint of the run, and its first batch was made {made_at}"
+            elif spooled == bar:
+                what = (
+                    f"its first checkpoint not yet written is of the bar {spooled}, as the "
+                    "database's, which was written after this spool's first batch of the run "
+                    f"was made ({made_at})"
+                )
+            else:
+                what = f"its first checkpoint not yet written is of the bar {spooled}"
             raise SpoolStale(
                 f"the storage spool {orphan.path}, left by an earlier process, is older "
                 f"than what {self._where()} holds of run {run_id!r}: {what}, the database's "

@@ -118,7 +118,8 @@ class SpoolCorrupt(SpoolError):
 
 class SpoolStale(SpoolError, ConfigError):
     """A spool left by a process that died holds batches older than what the database
-    already has of a run (its checkpoint is at or before the stored one): the run was
+    already has of a run (its checkpoint is before the stored one, or of the same bar as
+    one stored after the spool began: `BufferedStore._refuse_stale`): the run was
     continued without it (by a store with another `storage.spool_dir`, say) and written on
     since. Written, the spool would set the run's checkpoint back and the next start would
     trade its bars again. Only the operator can tell what the file still holds of value, so

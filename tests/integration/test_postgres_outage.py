@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from tradingd.core.types import CrossSection, Fill, Order, OrderStatus, RunInfo,
 from tradingd.storage.buffered import DatabaseUnavailable
 from tradingd.storage.postgres import PostgresStore
 from tradingd.storage.schema import RUN_TABLES
+from tradingd.storage.spool import SpoolStale, decode_batch, decode_line
 
 PASSWORD = "s3cret-outage"  # trust auth ignores it; it must never show in a message
 T0 = datetime(2024, 3, 1, 21, 0, tzinfo=UTC)
@@ -72,10 +74,18 @@ def bar(i: int) -> CrossSection:
     return CrossSection(T0 + i * DAY, c - 1, c + 1, c - 2, c, c * 100, np.ones(3), np.zeros(3))
 
 
-async def trade_bar(store: PostgresStore, i: int) -> None:
+def bar_state(i: int) -> dict[str, Any]:
+    """The checkpointed state after bar `i` (`trade_bar`)."""
+    q = np.array([float(i), float(i // 2), 0.0 if i % 3 else -1.0])
+    return {"bar": i, "portfolio": {"quantity": q.tolist()}, "targets": (q / 100).tolist()}
+
+
+async def trade_bar(store: PostgresStore, i: int, cancel: bool = False) -> None:
     """What the engine stores for one bar of a live run: bars; fills and order updates from
     the broker; order intents flushed before they are sent; acknowledgements; signals,
-    positions, equity; the checkpoint; a flush."""
+    positions, equity; the checkpoint; a flush. `cancel`: the bar also cancels an order, so
+    its intent flush carries the previous bar's checkpoint again with the cancel in it (the
+    engine's `intent`)."""
     t = T0 + i * DAY
     run = RUN_ID
     await store.write_bars(SYMS, [bar(i)])
@@ -97,6 +107,9 @@ async def trade_bar(store: PostgresStore, i: int) -> None:
         store.record_orders(run, [prev])
     intent = Order(f"{run}|{i}", SYMS[i % 3], Side.BUY, 11.0 + i, t, reason=f"rebalance é\n{i}")
     store.record_orders(run, [intent])
+    if cancel:
+        intended = {"time": t.isoformat(), "cancel": [f"{run}|{i - 1}"]}
+        store.record_checkpoint(run, t - DAY, {**bar_state(i - 1), "intent": intended})
     await store.flush()  # the intent is durable before it is sent
     intent.updated_at = t
     store.record_orders(run, [intent])  # acknowledged
@@ -104,9 +117,7 @@ async def trade_bar(store: PostgresStore, i: int) -> None:
     store.record_signals(run, t, SYMS, np.array([0.1 * i, -0.2, np.nan]), q / 100.0, "m@1")
     store.record_positions(run, t, SYMS, q, np.full(3, 10.0 + i), np.array([1.0, 2.0, np.nan]))
     store.record_equity(run, t, 100_000.0 - i, 100_000.0 + i * 1.5, 0.1 * i, math.inf)
-    store.record_checkpoint(
-        run, t, {"bar": i, "portfolio": {"quantity": q.tolist()}, "targets": (q / 100).tolist()}
-    )
+    store.record_checkpoint(run, t, bar_state(i))
     await store.maybe_flush()
     await store.settle()
 
@@ -128,15 +139,18 @@ async def stored(store: PostgresStore) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-async def reference(url: str, bars: range, end: bool = False) -> dict[str, list[dict]]:
-    """What a store that never saw an outage stores for the same bars."""
+async def reference(
+    url: str, bars: range, end: bool = False, cancel: Collection[int] = ()
+) -> dict[str, list[dict]]:
+    """What a store that never saw an outage stores for the same bars (`cancel`: the bars
+    traded with `cancel=True`)."""
     schema = f"ref_{uuid.uuid4().hex[:10]}"
     store = PostgresStore(url, schema=schema, spool=False, flush_interval_s=0.0)
     await store.start()
     try:
         assert await store.resume_run(run_info()) is None
         for i in bars:
-            await trade_bar(store, i)
+            await trade_bar(store, i, cancel=i in cancel)
         if end:
             await store.end_run(RUN_ID, {"bars": len(bars)})
         await store.flush()
@@ -473,6 +487,124 @@ async def test_an_old_spool_never_rolls_a_later_checkpoint_back(
         assert await stored(check) == before  # the run is as the second store left it
         [cp] = await check.fetch("checkpoints", RUN_ID)
         assert cp["bar_time"] == T0 + 8 * DAY
+    finally:
+        await check.stop()
+
+
+def first_checkpoint_bar(path: Path) -> datetime:
+    """The bar of the first checkpoint row a spool file holds."""
+    with path.open("rb") as f:
+        for line in f:
+            obj = decode_line(line)
+            assert obj is not None
+            if obj["kind"] == "batch":
+                for row in decode_batch(obj).tables.get("checkpoints", ()):
+                    return datetime.fromisoformat(str(row[1]))
+    raise AssertionError(f"{path} holds no checkpoint")
+
+
+@pytest.mark.parametrize("ending", ["stop", "exit"])
+async def test_an_outage_spool_repeating_the_stored_checkpoint_is_replayed(
+    server: PgServer, tmp_path: Path, ending: str
+) -> None:
+    """Bars 0-2 are written; the database goes down; bar 3 cancels an order, so its first
+    batch (the intent flush) carries bar 2's checkpoint again, the one stored; bars 3 and
+    4 are spooled. The process then stops (SIGTERM: `stop()` leaves the spool) or exits
+    (a full spool disk: the spool closed as it is). The next start must write the spool:
+    it continues what the database holds, written by the same store. It was refused as
+    stale (exit 78: "its first checkpoint not yet written is of the bar ..., the
+    database's checkpoint is of the bar ..." the same bar), and the file moved aside as
+    told lost bars 3-4's orders and fills, and the run traded them again."""
+    schema = f"cont_{uuid.uuid4().hex[:10]}"
+    spool_dir = tmp_path / "spool"
+    store = outage_store(server, schema, spool_dir)
+    await store.start()
+    assert await store.resume_run(run_info()) is None
+    for i in range(3):
+        await trade_bar(store, i)
+    server.stop()
+    await trade_bar(store, 3, cancel=True)
+    await trade_bar(store, 4)
+    if ending == "stop":
+        await store.stop()
+    else:
+        await store._stop_spool()
+        await store._close()
+    [left] = spool_files(spool_dir)
+    assert first_checkpoint_bar(left) == T0 + 2 * DAY  # the stored checkpoint's bar
+    server.start()
+
+    again = outage_store(server, schema, spool_dir)
+    with capture_logs() as logs:
+        await again.start()  # writes the spool, refuses nothing
+    try:
+        assert spool_files(spool_dir) == []
+        [replayed] = [e for e in logs if e["event"] == "storage.spool.orphan_replayed"]
+        assert replayed["batches"] == 2 * 3 and replayed["already_written"] == 0
+        resume = await again.resume_run(run_info())
+        assert resume is not None and resume.bar_time == T0 + 4 * DAY
+        got = await stored(again)
+    finally:
+        await again.stop()
+    assert got == await reference(server.url, range(5), cancel={3})
+
+
+@pytest.mark.parametrize("cancel", [False, True])
+async def test_an_old_spool_of_the_same_bar_as_a_later_stored_checkpoint_is_refused(
+    server: PgServer, tmp_path: Path, cancel: bool
+) -> None:
+    """The same bar in the spool and in the database, but the stored checkpoint written by
+    another process after the spool began: a process spools bar 3 (its first checkpoint
+    bar 3; with `cancel`, bar 2's again in its intent flush) and dies; a store with
+    another spool folder resumes from bar 2 and stores bar 3 (with `cancel`, only bar 3's
+    intent flush, which stores bar 2's checkpoint again). The old spool is another
+    process's state of that bar: refused, nothing of it written."""
+    schema = f"same_{uuid.uuid4().hex[:10]}"
+    old_dir, new_dir = tmp_path / "old", tmp_path / "new"
+    first = outage_store(server, schema, old_dir)
+    await first.start()
+    assert await first.resume_run(run_info()) is None
+    for i in range(3):
+        await trade_bar(first, i)
+    server.stop()
+    await trade_bar(first, 3, cancel=cancel)
+    await first._stop_spool()  # the process dies with its spool on disk
+    await first._close()
+    [old] = spool_files(old_dir)
+    spooled = first_checkpoint_bar(old)
+    assert spooled == T0 + (2 if cancel else 3) * DAY
+    server.start()
+
+    second = outage_store(server, schema, new_dir)
+    await second.start()
+    try:
+        resume = await second.resume_run(run_info())
+        assert resume is not None and resume.bar_time == T0 + 2 * DAY
+        if cancel:
+            second.record_orders(RUN_ID, [Order(f"{RUN_ID}|3b", "AAA", Side.SELL, 5.0, T0)])
+            second.record_checkpoint(RUN_ID, T0 + 2 * DAY, {**bar_state(2), "intent": {}})
+            await second.flush()
+        else:
+            await trade_bar(second, 3)
+        before = await stored(second)
+    finally:
+        await second.stop()
+    assert before["checkpoints"][0]["bar_time"] == spooled
+
+    third = outage_store(server, schema, old_dir)
+    with pytest.raises(SpoolStale) as e:
+        await third.start()
+    await third._stop_spool()
+    await third._close()
+    msg = str(e.value)
+    assert str(old) in msg and repr(RUN_ID) in msg and str(spooled) in msg
+    assert "move the file" in msg.lower()
+    assert old.exists()
+
+    check = outage_store(server, schema, new_dir)
+    await check.start()
+    try:
+        assert await stored(check) == before
     finally:
         await check.stop()
 
