@@ -98,7 +98,16 @@ from .schema import (
     select_last_targets_sql,
     select_run_sql,
 )
-from .spool import DEFAULT_MAX_BYTES, Orphan, Spool, SpoolBatch, SpoolStale, claim_orphans
+from .spool import (
+    DEFAULT_MAX_BYTES,
+    Orphan,
+    Spool,
+    SpoolBatch,
+    SpoolDirFull,
+    SpoolStale,
+    claim_orphans,
+    spool_files,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -737,7 +746,18 @@ class BufferedStore(ABC):
         sp = self._spool
         if sp is None:
             return
-        sp.check_usable()
+        full: SpoolDirFull | None = None
+        try:
+            sp.check_usable()
+        except SpoolDirFull as e:
+            # The folder's own spools may be what fills its disk (a spool that grew until
+            # the disk was full stopped the last process): they are replayed first, which
+            # needs no space, and the folder probed again once they are gone. Probing
+            # first refused the start until the space was freed by hand, and its advice (a
+            # folder elsewhere) left the spool unwritten.
+            if not spool_files(sp.directory):
+                raise
+            full = e
         try:
             orphans: list[Orphan] = claim_orphans(sp.directory)
         except OSError as e:
@@ -791,6 +811,15 @@ class BufferedStore(ABC):
         finally:
             for orphan in orphans:
                 orphan.release()
+        if full is not None:
+            sp.check_usable()  # the space the replayed spools took is free again
+            log.info(
+                "storage.spool.space_freed",
+                spool_dir=str(sp.directory),
+                error=self._describe(full.__cause__ or full),
+                hint="the folder's disk was full; its spools are written, and the folder "
+                "takes a file again",
+            )
 
     async def _refuse_stale(self, orphan: Orphan) -> None:
         """Raise SpoolStale when the batches of `orphan` not yet in the database are older

@@ -84,10 +84,47 @@ class SpoolDirUnusable(SpoolError, ConfigError):
     restart goes through."""
 
 
+class SpoolDirFull(SpoolError):
+    """`storage.spool_dir`'s disk (or quota) is full: the probe at start could not write.
+    The folder's own spool files may be what fills it: the start replays them first (read,
+    written to the database, removed) and probes again (`BufferedStore._replay_orphans`)."""
+
+
 # The errnos of a spool folder that is the operator's to fix (`SpoolDirUnusable`).
 _SET_UP_ERRNOS = frozenset(
     {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EEXIST, errno.EISDIR}
 )
+# The errnos of a full disk or quota (`SpoolDirFull`).
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def spool_files(directory: Path) -> list[Path]:
+    """The spool files in `directory` (none when it cannot be listed)."""
+    try:
+        return sorted(directory.glob(f"*{SUFFIX}"))
+    except OSError:
+        return []
+
+
+def _left_here(directory: Path, full: bool) -> str:
+    """What a message advising another `storage.spool_dir` must add when the folder holds
+    spool files: their records are not in the database, and only a start on the folder
+    that holds them writes them (elsewhere, the run goes on without them, and the files
+    are refused as stale later). Empty when it holds none."""
+    files = spool_files(directory)
+    if not files:
+        return ""
+    names = ", ".join(p.name for p in files[:5]) + (
+        f" and {len(files) - 5} more" if len(files) > 5 else ""
+    )
+    fix = "free space on that disk" if full else "make the folder usable again"
+    return (
+        f" It holds {len(files)} spool file(s) with records not yet in the database "
+        f"({names}): only a start on the folder that holds them writes them, so {fix} "
+        "rather than point storage.spool_dir elsewhere, or move these files into the new "
+        "folder too (a run continued without them loses their orders and fills, and they "
+        "are refused as stale later)"
+    )
 
 
 def _lock_failed(path: Path, exc: OSError, step: str) -> SpoolError:
@@ -375,11 +412,18 @@ class Spool:
         except SpoolError:
             raise
         except OSError as e:
-            kind = SpoolDirUnusable if e.errno in _SET_UP_ERRNOS else SpoolError
+            full = e.errno in _FULL_ERRNOS
+            kind: type[SpoolError] = SpoolError
+            if e.errno in _SET_UP_ERRNOS:
+                kind = SpoolDirUnusable
+            elif full:
+                kind = SpoolDirFull
+            advice = "free space on its disk, or " if full else ""
             raise kind(
                 f"storage.spool_dir {self.directory} cannot be used: cannot {step}: "
                 f"{type(e).__name__}: {e}. The spool keeps every batch while the database "
-                "is unreachable; point storage.spool_dir at a writable folder on a local disk"
+                f"is unreachable; {advice}point storage.spool_dir at a writable folder on a "
+                f"local disk.{_left_here(self.directory, full)}"
             ) from e
 
     def _create(self) -> int:

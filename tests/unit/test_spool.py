@@ -941,6 +941,85 @@ async def test_a_spool_folder_on_a_full_disk_stays_restartable(tmp_path: Path, m
     assert exit_code(e.value, "run") == 2
 
 
+def probe_fails(monkeypatch: pytest.MonkeyPatch, err: int, while_: Callable[[], bool]) -> None:
+    """The start's probe write fails with `err` while `while_()` is true."""
+    import errno
+    import os as _os
+
+    real_write = _os.write
+
+    def write(fd: int, data: bytes) -> int:
+        if data == b"probe\n" and while_():
+            raise OSError(err, _os.strerror(err) if err != errno.ENOSPC else "No space left")
+        return real_write(fd, data)
+
+    monkeypatch.setattr("tradingd.storage.spool.os.write", write)
+
+
+async def test_a_spool_that_filled_its_disk_is_replayed_before_the_folder_is_probed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A spool grew until its disk was full and the process exited. The disk stays full
+    while the file is there: the start must write it (which takes no space), remove it,
+    then probe the folder. The probe came first and failed with ENOSPC, at every restart,
+    telling the operator to point storage.spool_dir elsewhere (the spool then never
+    written)."""
+    import errno
+
+    db = FakeDb()
+    dead = FakeStore(db, tmp_path)
+    await dead.start()
+    db.up = False
+    for i in range(3):
+        dead.record_equity("r1", T0 + i * DAY, 1.0, float(i), 0.0, 0.0)
+        await dead.flush()
+    await dead._stop_spool()  # the exit on the full disk: the file stays
+    db.up = True
+    probe_fails(monkeypatch, errno.ENOSPC, lambda: bool(list(tmp_path.glob("*.spool"))))
+
+    again = FakeStore(db, tmp_path)
+    with capture_logs() as logs:
+        await again.start()
+    try:
+        assert equity_times(db) == [T0, T0 + DAY, T0 + 2 * DAY]
+        assert list(tmp_path.glob("*.spool")) == []
+        [freed] = [e for e in logs if e["event"] == "storage.spool.space_freed"]
+        assert "No space left" in freed["error"]
+    finally:
+        await again.stop()
+
+
+@pytest.mark.parametrize("err", ["ENOSPC", "EACCES"])
+async def test_a_spool_folder_that_cannot_be_used_names_the_spools_it_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, err: str
+) -> None:
+    """A full (or unwritable) spool folder that still holds spool files (here another
+    database's, which this start leaves alone): the error must name them and say their
+    records are not in the database, so that the operator frees the space (or moves them
+    along) rather than point storage.spool_dir elsewhere and leave them behind. It said
+    only "point storage.spool_dir at a writable folder"."""
+    import errno
+
+    from tradingd.__main__ import EX_CONFIG, exit_code
+
+    other = Spool(tmp_path, "0-other", "fake://another-db")
+    other.append(batch(1, "0-other"))
+    other.close()
+    probe_fails(monkeypatch, getattr(errno, err), lambda: True)
+    db = FakeDb()
+    store = FakeStore(db, tmp_path)
+    with pytest.raises(SpoolError) as e:
+        await store.start()
+    await store.stop()
+    text = str(e.value)
+    assert "0-other.spool" in text and "not yet in the database" in text
+    assert "rather than point storage.spool_dir elsewhere" in text
+    assert "move these files into the new folder" in text
+    assert ("free space" in text) == (err == "ENOSPC")
+    assert exit_code(e.value, "run") == (2 if err == "ENOSPC" else EX_CONFIG)
+    assert (tmp_path / "0-other.spool").exists() and db.rows == {}
+
+
 async def test_a_spool_folder_without_locks_stops_the_start(tmp_path: Path, monkeypatch) -> None:
     import errno
 
