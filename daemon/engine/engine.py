@@ -1769,15 +1769,29 @@ class Engine:
 
     def close_held(self) -> None:
         """The audit log and what the plugins hold (worker processes, files): at the end of
-        a run, or for an engine that was built and never run."""
-        self.audit.close()
-        if self.splits_ahead is not None:
-            self.splits_ahead.close()
+        a run, or for an engine that was built and never run. Every part is closed even
+        when one fails: the audit log's own error at its close (a full disk) skipped the
+        splits-ahead source, the store's writer and every plugin's worker. The first
+        error of the engine's own parts is raised once all are closed."""
+        first: BaseException | None = None
         # A replay store's writer process, started with the engine (SqliteStore.prestart),
         # when the store itself never started.
         close_unstarted = getattr(self.store, "close_unstarted", None)
-        if close_unstarted is not None:
-            close_unstarted()
+        splits = self.splits_ahead
+        for part, close_part in (
+            ("audit", self.audit.close),
+            ("splits_ahead", None if splits is None else splits.close),
+            ("store", close_unstarted),
+        ):
+            if close_part is None:
+                continue
+            try:
+                close_part()
+            except BaseException as e:
+                if first is not None:
+                    log.error("engine.close_failed", part=part, error=f"{type(e).__name__}: {e}")
+                else:
+                    first = e
         for plugin in self.pipeline.plugins():
             close = getattr(plugin, "close", None)
             if close is not None:
@@ -1785,6 +1799,8 @@ class Engine:
                     close()
                 except Exception:  # cleanup must reach every plugin, and not hide the outcome
                     log.exception("plugin.close_failed", plugin=getattr(plugin, "name", "?"))
+        if first is not None:
+            raise first
 
     def _explain_rejection(self, kind: str) -> dict[str, Any]:
         """What the first buying-power rejection of a run adds to its warning: when the last

@@ -208,3 +208,29 @@ async def test_a_run_whose_last_audit_lines_cannot_be_written_is_stored_failed(e
     run = await _stored_run(engine_config)
     assert run["ended_at"] is not None and run["summary"]["failed"] is True
     assert run["summary"]["error"].startswith("StorageError: cannot write the audit log x.jsonl")
+
+
+def test_an_audit_log_that_fails_at_its_close_does_not_keep_the_rest_open(engine_config):
+    """`close_held` closed the audit log first, unguarded: its error at the close (a full
+    disk) skipped the store's writer process and every plugin's close (their worker
+    processes stayed). Every part is closed, then the audit's error is raised."""
+    from tradingd.app import build_engine
+    from tradingd.core.errors import StorageError
+    from tradingd.engine.engine import NullAudit
+
+    class FullAtClose(NullAudit):
+        def close(self) -> None:
+            raise StorageError("cannot write the audit log x.jsonl: No space left on device")
+
+    engine = build_engine(engine_config, "backtest", panel=make_panel())
+    engine.audit.close()
+    engine.audit = FullAtClose()
+    closed: list[str] = []
+    store_close = engine.store.close_unstarted
+    engine.store.close_unstarted = lambda: (closed.append("store"), store_close())[1]
+    for plugin in engine.pipeline.plugins():
+        plugin.close = lambda name=plugin.name: closed.append(name)
+    with pytest.raises(StorageError, match="No space left"):
+        engine.close_held()
+    names = [p.name for p in engine.pipeline.plugins()]
+    assert closed == ["store", *names]
