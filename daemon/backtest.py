@@ -658,10 +658,10 @@ def folder_holds(
         return FolderHolds("other", None, own)
     if (RECORD_LOCK in names and not lock_made) or (
         set(own) <= set(RECORD_FILES)
-        and (
-            _json_has(out / "config.json", "run", "data")
-            or _json_has(out / "environment.json", "packages", "source")
-        )
+        # environment.json's shape, not config.json's alone: a user's config.json with
+        # "run" and "data" tables (a copy kept from a record) was replaced as a record's.
+        # A writer killed between its renames leaves its lock file, caught above.
+        and _json_has(out / "environment.json", "packages", "source")
     ):
         # A record's folder (its writer's lock file: a rerun stopped early removed the
         # record, other files stay) or a record's files without summary.json, which
@@ -674,12 +674,15 @@ def own_names(config: Config, out: Path) -> tuple[str, ...]:
     """What of the run's own may sit in its record folder besides the record: its audit
     folder when `log.audit_dir` is there (strategy_api's BacktestEngine puts it beside the
     record)."""
-    audit = Path(config.log.audit_dir)
+    audit = Path(config.log.audit_dir).expanduser()  # as the run opens it (app.py)
     try:
-        inside = audit.resolve().parent == out.resolve()
-    except OSError:
+        within = audit.resolve().relative_to(out.resolve())
+    except (OSError, ValueError):  # not under `out`
         return ()
-    return (audit.name,) if inside else ()
+    # At any depth ("rec/logs/audit": its first folder under `out`, which the replay
+    # makes): only a folder directly in `out` was excused, and a record written with its
+    # audit log one level deeper was refused after the whole replay.
+    return within.parts[:1]
 
 
 def _json_has(file: Path, *keys: str) -> bool:

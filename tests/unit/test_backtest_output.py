@@ -783,3 +783,44 @@ def test_the_runs_own_audit_folder_in_its_record_folder_is_no_foreign_file(tmp_p
     (other / "audit").mkdir(parents=True)
     with pytest.raises(TradingdError, match=r"holds files that are no tradingd record \(audit\)"):
         backtest.write_outputs(other, *_record_args("run-a"))
+
+
+@pytest.mark.parametrize("where", ["nested", "home"])
+def test_the_runs_own_audit_folder_deeper_in_its_record_folder_is_no_foreign_file(
+    tmp_path, monkeypatch, where
+):
+    """Only an audit folder directly in the record folder was excused: `log.audit_dir =
+    "rec/logs/audit"`, or one written with `~` (the run expands it, the check did not),
+    refused the record after the whole replay, and every rerun at its start."""
+    import dataclasses
+
+    from tradingd import backtest
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    out = tmp_path / "record"
+    if where == "nested":
+        audit, given = out / "logs" / "audit", str(out / "logs" / "audit")
+    else:
+        audit, given = out / "audit", "~/record/audit"
+    audit.mkdir(parents=True)
+    (audit / "run-a.jsonl").write_text("{}\n")
+    config, *rest = _record_args("run-a")
+    mine = dataclasses.replace(config, log=dataclasses.replace(config.log, audit_dir=given))
+    backtest.write_outputs(out, mine, *rest)
+    assert json.loads((out / "summary.json").read_text())["run_id"] == "run-a"
+    assert (audit / "run-a.jsonl").read_text() == "{}\n"
+
+
+def test_a_users_config_json_alone_is_not_taken_for_a_records(tmp_path):
+    """A folder holding only a user's config.json with "run" and "data" tables (a copy kept
+    from a record) was taken for a record cut short and replaced, with a warning only."""
+    from tradingd import backtest
+    from tradingd.core.errors import TradingdError
+
+    out = tmp_path / "mine"
+    out.mkdir()
+    text = '{"run": {"name": "mine"}, "data": {}, "note": "user file"}'
+    (out / "config.json").write_text(text)
+    with pytest.raises(TradingdError, match=r"no tradingd record \(config.json\)"):
+        backtest.write_outputs(out, *_record_args("run-a"))
+    assert (out / "config.json").read_text() == text
