@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 import threading
 from collections import OrderedDict
@@ -261,13 +262,13 @@ class _StderrBesideProgressBars:
             if _LOST.count and not self._say_lost():
                 _LOST.lost(OSError("still failing"))
                 return len(s)
+            self._unflushed = True  # (the descriptor's write clears it: nothing buffered)
             try:
-                written = self._write(s)
+                return self._write(s)
             except _WRITE_ERRORS as exc:
+                self._unflushed = False
                 _LOST.lost(exc)
                 return len(s)
-            self._unflushed = True
-            return written
 
     def flush(self) -> None:
         with _LOST.lock:
@@ -278,14 +279,28 @@ class _StderrBesideProgressBars:
                 if unflushed:  # a line taken into a buffer, not written: lost here
                     _LOST.lost(exc)
 
-    @staticmethod
-    def _write(s: str) -> int:
+    def _write(self, s: str) -> int:
         from tqdm import tqdm
 
         if getattr(tqdm, "_instances", None):
             with tqdm.external_write_mode(file=sys.stderr):
                 return sys.stderr.write(s)
-        return sys.stderr.write(s)
+        fd = _own_stderr_fd()
+        if fd is None:
+            return sys.stderr.write(s)
+        # The process's own stderr: written to its descriptor, so that a line is either
+        # written or counted lost. Through the text stream, a line that failed stayed in
+        # its buffer and came out once the disk had space again (counted lost all the
+        # same), and so did every `log.lines_lost` warning tried meanwhile, each with a
+        # larger count. What others wrote through the stream goes first, as before.
+        with contextlib.suppress(*_WRITE_ERRORS):
+            sys.stderr.flush()
+        data = s.encode(getattr(sys.stderr, "encoding", None) or "utf-8", "backslashreplace")
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        self._unflushed = False
+        return len(s)
 
     def _say_lost(self) -> bool:
         """Write the `log.lines_lost` warning; whether standard error took it."""
@@ -310,6 +325,18 @@ class _StderrBesideProgressBars:
             return False
         _LOST.count = 0
         return True
+
+
+def _own_stderr_fd() -> int | None:
+    """The descriptor of the process's own standard error when `sys.stderr` is still it
+    (not replaced: a test's capture, a notebook's stream), else None."""
+    own = sys.__stderr__
+    if own is None or sys.stderr is not own:
+        return None
+    try:
+        return own.fileno()
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _strip_event(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

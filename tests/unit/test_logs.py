@@ -304,3 +304,34 @@ def test_lines_lost_are_said_once_and_only_when_stderr_takes_lines_again(monkeyp
         ("log.lines_lost", 1),
         ("back.again", None),
     ]
+
+
+def test_a_line_the_full_disk_refused_is_never_written_later(monkeypatch, tmp_path):
+    """Through the text stream a refused line stayed in its buffer and came out once the
+    disk had space again, though counted lost, and every `log.lines_lost` warning tried
+    meanwhile came out with it (five warnings for four lines). The process's own stderr is
+    written to its descriptor: a line is written or counted, once."""
+    import io
+    import os
+
+    from tradingd.logs import _StderrBesideProgressBars
+
+    fd = os.open("/dev/full", os.O_WRONLY)
+    stream = io.TextIOWrapper(io.BufferedWriter(io.FileIO(fd, "w")), line_buffering=True)
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setattr(sys, "__stderr__", stream)
+    out = _StderrBesideProgressBars()
+    try:
+        for i in range(4):
+            out.write(f"lost {i}\n")
+            out.flush()
+        with (tmp_path / "err.txt").open("wb") as f:
+            os.dup2(f.fileno(), fd)  # the disk has space again
+        out.write("after\n")
+        out.flush()
+    finally:
+        stream.close()
+    text = (tmp_path / "err.txt").read_text()
+    assert "lost " not in text
+    assert text.count("log.lines_lost") == 1 and "'lines': 4" in text
+    assert text.endswith("after\n")
