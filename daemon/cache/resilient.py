@@ -81,6 +81,7 @@ class ResilientCache(RedisCache):
         # key -> (latest value, expiry on the monotonic clock or None): the keys re-sent at
         # recovery (`resend_on_recovery`), one value each.
         self._resend: dict[str, tuple[bytes, float | None] | None] = {}
+        self._resend_writes = 0  # sets of those keys so far: a resend pass sees its own
 
     def resend_on_recovery(self, key: str) -> None:
         """Keep the latest value written to `key` (through `set`) and write it to Redis
@@ -149,7 +150,14 @@ class ResilientCache(RedisCache):
             # A server that answers PING but refuses writes (OOM, MISCONF, a read-only
             # replica) is not back: the first SET would mark it down again at once.
             await self._set(client, PROBE_KEY, b"1", 1.0)
-            await self._resend_latest(client)
+            # Until a pass ran with no set of a kept key meanwhile: a set during one went
+            # to the fallback (the client is not in place yet), which recovery empties, and
+            # Redis kept the value before it until the next write.
+            for _ in range(5):
+                before = self._resend_writes
+                await self._resend_latest(client)
+                if self._resend_writes == before:
+                    break
         except RetryableError:
             await client.aclose()
             raise
@@ -192,6 +200,7 @@ class ResilientCache(RedisCache):
         if key in self._resend:
             expires = None if ttl_s is None else time.monotonic() + ttl_s
             self._resend[key] = (bytes(value), expires)
+            self._resend_writes += 1
         client = self._redis()
         if client is not None:
             try:

@@ -459,3 +459,37 @@ async def test_the_publisher_starts_with_redis_down(server) -> None:
             await pub.stop()
     assert len(events(logs, "publisher.redis.down")) == 1
     assert len(events(logs, "publisher.redis.recovered")) == 1
+
+
+async def test_a_state_written_while_the_recovery_resends_is_the_one_redis_keeps(server) -> None:
+    """The recovery's resend awaited Redis before its client was in place: a state written
+    meanwhile went to the fallback, which the recovery empties, and Redis kept the value
+    before it until the next write (up to cache.expiry_s / 3). A pass that saw a write is
+    done again."""
+    server.start()
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    key = f"{run_id}:state"
+    cache = open_cache(server.url, prefix="tradingd:", **FAST)
+    cache.resend_on_recovery(key)
+    await cache.start()
+    resend = cache._resend_latest
+    wrote: list[bool] = []
+
+    async def resend_while_the_engine_writes(client):  # type: ignore[no-untyped-def]
+        await resend(client)
+        if not wrote:  # the engine's state write lands during the first pass
+            wrote.append(True)
+            await cache.set(key, b"newest", ttl_s=60)
+
+    cache._resend_latest = resend_while_the_engine_writes  # type: ignore[method-assign]
+    try:
+        await cache.set(key, b"before", ttl_s=60)
+        server.kill()
+        await cache.set(key, b"during", ttl_s=60)
+        await wait_until(lambda: not cache.available, "down")
+        server.start()
+        await wait_until(lambda: cache.available, "back")
+        assert wrote
+        assert await raw_get(server.url, f"tradingd:{key}") == b"newest"
+    finally:
+        await cache.stop()
