@@ -695,15 +695,22 @@ async def test_a_crash_after_a_replayed_commit_does_not_write_it_twice(tmp_path:
     assert equity_times(db) == [T0 + i * DAY for i in range(4)]
 
 
-async def test_a_dead_process_spool_is_replayed_at_start_before_anything_else(tmp_path: Path):
-    db = FakeDb()
-    dead = FakeStore(db, tmp_path)
+async def _died_spooling(db: FakeDb, folder: Path) -> FakeStore:
+    """A store that spooled three bars of run r1 while `db` was down, then stopped without
+    a flush or a replay: its spool file stays in `folder`."""
+    dead = FakeStore(db, folder)
     await dead.start()
     db.up = False
     for i in range(3):
         dead.record_equity("r1", T0 + i * DAY, 1.0, float(i), 0.0, 0.0)
         await dead.flush()
-    await dead._stop_spool()  # "SIGKILL": no flush, no replay; the file stays
+    await dead._stop_spool()
+    return dead
+
+
+async def test_a_dead_process_spool_is_replayed_at_start_before_anything_else(tmp_path: Path):
+    db = FakeDb()
+    await _died_spooling(db, tmp_path)  # "SIGKILL": no flush, no replay
 
     # Down at start: retried for start_retry_s, then an error naming the database.
     again = FakeStore(db, tmp_path, start_retry_s=0.05)
@@ -967,13 +974,7 @@ async def test_a_spool_that_filled_its_disk_is_replayed_before_the_folder_is_pro
     import errno
 
     db = FakeDb()
-    dead = FakeStore(db, tmp_path)
-    await dead.start()
-    db.up = False
-    for i in range(3):
-        dead.record_equity("r1", T0 + i * DAY, 1.0, float(i), 0.0, 0.0)
-        await dead.flush()
-    await dead._stop_spool()  # the exit on the full disk: the file stays
+    await _died_spooling(db, tmp_path)  # the exit on the full disk
     db.up = True
     probe_fails(monkeypatch, errno.ENOSPC, lambda: bool(list(tmp_path.glob("*.spool"))))
 
