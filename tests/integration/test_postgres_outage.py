@@ -432,6 +432,18 @@ async def test_start_waits_a_bounded_time_for_the_database(
         await store.stop()
 
 
+async def three_bars_then_down(server: PgServer, schema: str, folder: Path) -> PostgresStore:
+    """A store of a new run that traded bars 0-2 into the database, which is then down:
+    what it writes next goes to its spool in `folder`."""
+    first = outage_store(server, schema, folder)
+    await first.start()
+    assert await first.resume_run(run_info()) is None
+    for i in range(3):
+        await trade_bar(first, i)
+    server.stop()
+    return first
+
+
 async def test_an_old_spool_never_rolls_a_later_checkpoint_back(
     server: PgServer, tmp_path: Path
 ) -> None:
@@ -442,12 +454,7 @@ async def test_an_old_spool_never_rolls_a_later_checkpoint_back(
     set the checkpoint back to bar 5 and reopened nothing but replaced later state)."""
     schema = f"stale_{uuid.uuid4().hex[:10]}"
     old_dir, new_dir = tmp_path / "old", tmp_path / "new"
-    first = outage_store(server, schema, old_dir)
-    await first.start()
-    assert await first.resume_run(run_info()) is None
-    for i in range(3):
-        await trade_bar(first, i)
-    server.stop()
+    first = await three_bars_then_down(server, schema, old_dir)
     for i in range(3, 6):
         await trade_bar(first, i)
     assert first.status()["spooled_batches"] == 9
@@ -561,12 +568,7 @@ async def test_an_old_spool_of_the_same_bar_as_a_later_stored_checkpoint_is_refu
     process's state of that bar: refused, nothing of it written."""
     schema = f"same_{uuid.uuid4().hex[:10]}"
     old_dir, new_dir = tmp_path / "old", tmp_path / "new"
-    first = outage_store(server, schema, old_dir)
-    await first.start()
-    assert await first.resume_run(run_info()) is None
-    for i in range(3):
-        await trade_bar(first, i)
-    server.stop()
+    first = await three_bars_then_down(server, schema, old_dir)
     await trade_bar(first, 3, cancel=cancel)
     await first._stop_spool()  # the process dies with its spool on disk
     await first._close()
