@@ -10,7 +10,6 @@ import errno
 import fcntl
 import json
 import os
-import re
 import secrets
 import sys
 import time
@@ -41,6 +40,7 @@ from .app import (
 )
 from .config import Config
 from .core import flock
+from .core.atomic_file import TEMP_TOKEN, is_temp, temp_name
 from .core.errors import TradingdError
 from .core.types import Fill, Side
 from .engine.engine import Engine, EngineResult
@@ -543,8 +543,6 @@ RECORD_FILES = (
 #: The lock file of a folder's record: `write_outputs` holds it for the whole write, so runs
 #: sharing an --output folder write their records in turn (the last whole one stays).
 RECORD_LOCK = ".record.lock"
-#: The random part of a record file's temporary name (`_temp_name`), in characters.
-_TEMP_TOKEN = 8
 
 
 def record_names() -> tuple[str, ...]:
@@ -552,34 +550,21 @@ def record_names() -> tuple[str, ...]:
     their longest): what the start-up check of --output probes, so that a path too long for
     them fails before the replay, not after it."""
     written = RECORD_FILES[:7]
-    return (*written, RECORD_LOCK, *(_temp_name(n, "9" * 10, "x" * _TEMP_TOKEN) for n in written))
-
-
-def _temp_name(name: str, pid: str, token: str) -> str:
-    return f".{name}.{pid}.{token}.tmp"
-
-
-_TEMP_RE = re.compile(rf"^\.(?P<name>.+)\.[0-9]+\.[0-9a-f]{{{_TEMP_TOKEN}}}\.tmp$")
-
-
-def _is_temp(name: str, names: Collection[str]) -> bool:
-    """Whether `name` is a record writer's temporary file (`_temp_name`) of one of `names`."""
-    match = _TEMP_RE.match(name)
-    return match is not None and match["name"] in names
+    return (*written, RECORD_LOCK, *(temp_name(n, "9" * 10, "x" * TEMP_TOKEN) for n in written))
 
 
 def remove_stale_temps(out: Path, names: Collection[str]) -> list[str]:
-    """The temporary files (`_temp_name` of one of `names`) a writer killed while writing
-    left in `out`, removed: called under the folder's lock, where no living writer has one
-    (each writes them only under it). They stayed through every later run. Only that
-    pattern, only in `out`; one that cannot be removed is left, not an error."""
+    """The temporary files (`core.atomic_file.temp_name` of one of `names`) a writer killed
+    while writing left in `out`, removed: called under the folder's lock, where no living
+    writer has one (each writes them only under it). They stayed through every later run.
+    Only that pattern, only in `out`; one that cannot be removed is left, not an error."""
     try:
         entries = list(os.scandir(out))
     except OSError:
         return []
     removed = []
     for entry in entries:
-        if not _is_temp(entry.name, names):
+        if not is_temp(entry.name, names):
             continue
         try:
             if entry.is_file(follow_symlinks=False):
@@ -603,8 +588,8 @@ class FolderHolds:
     the record's lock, a trial ledger and writers' temporary files), "backtest" (a
     backtest's record: its summary.json names `run_id`), "incomplete" (a backtest's record
     folder without its summary.json: one with the record's lock, which a rerun stopped
-    early leaves without its record, or only record files, their config.json or
-    environment.json tradingd's own, which a writer killed between its renames leaves),
+    early leaves without its record, or only record files, their environment.json
+    tradingd's own, which a writer killed between its renames leaves),
     "walkforward" (it
     has walkforward.json) or "other" (anything else: no record of tradingd's). `names`:
     the entries it holds, for messages."""
@@ -641,7 +626,7 @@ def folder_holds(
     own = tuple(
         n
         for n in names
-        if n not in _BESIDE_RECORD and n not in beside and not _is_temp(n, _WRITTEN_NAMES)
+        if n not in _BESIDE_RECORD and n not in beside and not is_temp(n, _WRITTEN_NAMES)
     )
     if not own:
         return FolderHolds("empty")
@@ -687,7 +672,7 @@ def own_names(config: Config, out: Path) -> tuple[str, ...]:
 
 def _json_has(file: Path, *keys: str) -> bool:
     """Whether `file` is a JSON object with an object at each of `keys` (tradingd's
-    config.json: run, data; its environment.json: packages, source)."""
+    environment.json: packages, source)."""
     try:
         data = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
@@ -950,11 +935,11 @@ def _write_record(
         (out / stale).unlink(missing_ok=True)
     # What this call renamed into place, by identity: only these are removed on failure.
     written: list[tuple[Path, os.stat_result]] = []
-    token = f"{os.getpid()}", secrets.token_hex(_TEMP_TOKEN // 2)
+    token = f"{os.getpid()}", secrets.token_hex(TEMP_TOKEN // 2)
 
     def put(name: str, write: Callable[[TextIO], object]) -> None:
         # Not tempfile.mkstemp: its files are private (0600), a record's are the umask's.
-        tmp = out / _temp_name(name, *token)
+        tmp = out / temp_name(name, *token)
         try:
             with tmp.open("x", newline="", encoding="utf-8") as fh:
                 write(fh)

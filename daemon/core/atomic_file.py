@@ -12,10 +12,30 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TextIO
+
+#: The random part of a temporary name (`temp_name`), in hex characters.
+TEMP_TOKEN = 8
+
+
+def temp_name(name: str, pid: str, token: str) -> str:
+    """The temporary name a writer gives file `name` until its rename (hidden: a dot first):
+    this module's and the backtest record's, which `is_temp` knows again."""
+    return f".{name}.{pid}.{token}.tmp"
+
+
+_TEMP_RE = re.compile(rf"^\.(?P<name>.+)\.[0-9]+\.[0-9a-f]{{{TEMP_TOKEN}}}\.tmp$")
+
+
+def is_temp(name: str, names: Collection[str]) -> bool:
+    """Whether `name` is a writer's temporary file (`temp_name`) of one of `names`."""
+    match = _TEMP_RE.match(name)
+    return match is not None and match["name"] in names
+
 
 #: What goes into a file: its text, or a function writing it to the open file.
 Content = str | Callable[[TextIO], object]
@@ -27,11 +47,11 @@ def write_atomically(files: Mapping[Path, Content], *, newline: str | None = Non
     On failure raises `FileNotWritten` (an OSError) whose `filename` is the file that could
     not be written (its final name, not the temporary one) and whose `errno` and `strerror`
     say why; no temporary file is left. `newline`: as `open`'s ("" for CSV writers)."""
-    token = f"{os.getpid()}.{secrets.token_hex(4)}"
+    pid, token = str(os.getpid()), secrets.token_hex(TEMP_TOKEN // 2)
     staged: list[tuple[Path, Path]] = []
     try:
         for path, content in files.items():
-            tmp = path.with_name(f".{path.name}.{token}.tmp")
+            tmp = path.with_name(temp_name(path.name, pid, token))
             staged.append((tmp, path))
             try:
                 # Not tempfile.mkstemp: its files are private (0600), these the umask's.
