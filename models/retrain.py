@@ -40,7 +40,7 @@ from tradingd.feeds.panel import FIELDS, Panel
 from tradingd.inference.onnx import DEFAULT_MODEL_ROOT
 
 from .config import ModelConfig
-from .training import train
+from .training import process_umask, train
 
 log = structlog.get_logger(__name__)
 
@@ -242,7 +242,7 @@ def retrain(
             # mkdtemp makes its folder 0700 whatever the umask: a daemon running as another
             # user (the service's) could not read the published model, where `tradingd
             # train`'s folders follow the umask.
-            os.chmod(staging, 0o777 & ~_umask())
+            os.chmod(staging, 0o777 & ~process_umask())
             os.replace(staging, final)
         _point_current(root, final)
         log.info(
@@ -257,13 +257,6 @@ def retrain(
     finally:
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
-
-
-def _umask() -> int:
-    """The process's umask (read by setting it, then set back: retrain is one thread)."""
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def _check_current(root: Path) -> None:

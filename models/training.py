@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import resource
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
+from glob import escape as glob_escape
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +34,7 @@ import pandas as pd
 
 from tradingd.app import bar_of_data
 from tradingd.config import Config
+from tradingd.core.atomic_file import write_atomically
 from tradingd.core.errors import ConfigError, TradingdError
 from tradingd.features.catalog import Catalog, feature_set_id, resolve_set
 from tradingd.features.engineer import compute_batch, prepare_ml_data
@@ -281,99 +286,160 @@ def train(
     _, p_test = forecasts(xs)
     # Calibrated on the validation windows only: the test windows tune nothing.
     residual_std = float(np.std(yv - p_val["ensemble"])) or 1e-12
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    cnn.export_onnx(out / "cnn_lstm.onnx")
-    rf.export_onnx(out / "random_forest.onnx")
-    parity = export_parity(out, xvs, {m: p_val[m] for m in MODELS})
-    files = {
-        m: {
-            "path": f"{m}.onnx",
-            "sha256": hashlib.sha256((out / f"{m}.onnx").read_bytes()).hexdigest(),
+    final = Path(out_dir)
+    # `tradingd train` writes into a staging folder beside --out and publishes it whole
+    # (`_publish`): a kill or a full disk while exporting left a cut ONNX file or card in
+    # --out, which the next train refused ("already holds a model") and a daemon loaded.
+    out = final if staging else _staging_folder(final)
+    try:
+        cnn.export_onnx(out / "cnn_lstm.onnx")
+        rf.export_onnx(out / "random_forest.onnx")
+        parity = export_parity(out, xvs, {m: p_val[m] for m in MODELS})
+        files = {
+            m: {
+                "path": f"{m}.onnx",
+                "sha256": hashlib.sha256((out / f"{m}.onnx").read_bytes()).hexdigest(),
+            }
+            for m in ("cnn_lstm", "random_forest")
         }
-        for m in ("cnn_lstm", "random_forest")
-    }
-    card = {
-        # Not bumped for the test split: the format names what the daemon reads (it refuses
-        # any other), and `test_range`, `samples.test` and `metrics.test` are additions it
-        # does not read. A card without them (trained before) has no test split.
-        "format": CARD_FORMAT,
-        "model_version": "",  # filled in below from the exported models' outputs
-        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "feature_set": {
-            "name": fsid.name,
-            "version": fsid.version,
-            "features": list(fsid.features),
-        },
-        # The data's bar length: the horizon, residual_std and confidence are of its
-        # returns. A card without it was trained on daily bars (all before it was recorded).
-        "bar": bar,
-        "window": mc.time_steps,
-        # The CNN+LSTM's layout: a card without it ignores the newest bar (ModelPair warns).
-        "architecture": CNN_LSTM_ARCHITECTURE,
-        "target": {
-            "kind": "forward_log_return",
-            "horizon_bars": mc.horizon,
-            "price": "close, split-adjusted as known at the window's last bar",
-        },
-        "scaler": {
-            "kind": "standard",
-            "fitted_on": "training windows only",
-            "mean": mean.tolist(),
-            "scale": scale.tolist(),
-        },
-        "train_range": _dates(data["t_train"]),
-        "validation_range": _dates(data["t_val"]),
-        "test_range": _dates(data["t_test"]),
-        "samples": {"train": len(xt), "validation": len(xv), "test": len(xs)},
-        "splits": {
-            "train": "fits the scaler and both models",
-            "validation": "early-stops the CNN+LSTM and calibrates residual_std: its metrics "
-            "are optimistic",
-            "test": "held out: nothing is fitted, early-stopped or calibrated on it; "
-            "`tradingd retrain` publishes on its metrics",
-            "purge_bars": mc.horizon,
-        },
-        "data": {
-            "source": config.data.source,
-            "path": config.data.path,
-            "symbols": list(panel.symbols),
-            "range": _dates(panel.times),
-            "sha256": data_hash(panel),
-        },
-        "model_config": asdict(mc),
-        "metrics": {
-            "validation": split_metrics(yv, p_val, _last_return(xv, names)),
-            "test": split_metrics(ys, p_test, _last_return(xs, names)),
-            "training_history": fit,
-        },
-        "ensemble": {
-            "weights": {"cnn_lstm": w_cnn, "random_forest": w_rf},
-            "threshold": mc.confidence_threshold,
-            "residual_std": residual_std,
-            "confidence": "Phi(|p| / residual_std)",
-        },
-        "feature_importance": rf.get_feature_importance(names),
-        "files": files,
-        "export_parity": parity,
-        "versions": _versions(),
-        "training": {
-            "seconds": round(time.perf_counter() - t0, 1),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        },
-    }
-    card["model_version"] = version = fingerprint(out, card)
-    card["model_version_basis"] = (
-        "outputs of both models (one onnxruntime thread) on a fixed probe input + scaling"
-    )
-    (out / "card.json").write_text(
-        json.dumps(card, indent=2, default=float) + "\n", encoding="utf-8"
-    )
+        card = {
+            # Not bumped for the test split: the format names what the daemon reads (it refuses
+            # any other), and `test_range`, `samples.test` and `metrics.test` are additions it
+            # does not read. A card without them (trained before) has no test split.
+            "format": CARD_FORMAT,
+            "model_version": "",  # filled in below from the exported models' outputs
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "feature_set": {
+                "name": fsid.name,
+                "version": fsid.version,
+                "features": list(fsid.features),
+            },
+            # The data's bar length: the horizon, residual_std and confidence are of its
+            # returns. A card without it was trained on daily bars (all before it was recorded).
+            "bar": bar,
+            "window": mc.time_steps,
+            # The CNN+LSTM's layout: a card without it ignores the newest bar (ModelPair warns).
+            "architecture": CNN_LSTM_ARCHITECTURE,
+            "target": {
+                "kind": "forward_log_return",
+                "horizon_bars": mc.horizon,
+                "price": "close, split-adjusted as known at the window's last bar",
+            },
+            "scaler": {
+                "kind": "standard",
+                "fitted_on": "training windows only",
+                "mean": mean.tolist(),
+                "scale": scale.tolist(),
+            },
+            "train_range": _dates(data["t_train"]),
+            "validation_range": _dates(data["t_val"]),
+            "test_range": _dates(data["t_test"]),
+            "samples": {"train": len(xt), "validation": len(xv), "test": len(xs)},
+            "splits": {
+                "train": "fits the scaler and both models",
+                "validation": "early-stops the CNN+LSTM and calibrates residual_std: its metrics "
+                "are optimistic",
+                "test": "held out: nothing is fitted, early-stopped or calibrated on it; "
+                "`tradingd retrain` publishes on its metrics",
+                "purge_bars": mc.horizon,
+            },
+            "data": {
+                "source": config.data.source,
+                "path": config.data.path,
+                "symbols": list(panel.symbols),
+                "range": _dates(panel.times),
+                "sha256": data_hash(panel),
+            },
+            "model_config": asdict(mc),
+            "metrics": {
+                "validation": split_metrics(yv, p_val, _last_return(xv, names)),
+                "test": split_metrics(ys, p_test, _last_return(xs, names)),
+                "training_history": fit,
+            },
+            "ensemble": {
+                "weights": {"cnn_lstm": w_cnn, "random_forest": w_rf},
+                "threshold": mc.confidence_threshold,
+                "residual_std": residual_std,
+                "confidence": "Phi(|p| / residual_std)",
+            },
+            "feature_importance": rf.get_feature_importance(names),
+            "files": files,
+            "export_parity": parity,
+            "versions": _versions(),
+            "training": {
+                "seconds": round(time.perf_counter() - t0, 1),
+                "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            },
+        }
+        card["model_version"] = version = fingerprint(out, card)
+        card["model_version_basis"] = (
+            "outputs of both models (one onnxruntime thread) on a fixed probe input + scaling"
+        )
+        write_atomically({out / "card.json": json.dumps(card, indent=2, default=float) + "\n"})
+        if not staging:
+            _publish(out, final)
+    finally:
+        if not staging and out.exists():
+            shutil.rmtree(out, ignore_errors=True)
     log(
         f"trained in {card['training']['seconds']} s, peak RSS "
-        f"{card['training']['peak_rss_mb']} MB; model {version} written to {out}"
+        f"{card['training']['peak_rss_mb']} MB; model {version} written to {final}"
     )
     return card
+
+
+_STAGING = ".train-"
+
+
+def _staging_folder(final: Path) -> Path:
+    """A new hidden folder beside `final` (the same file system, so publishing is a rename),
+    named for it and this process; staging folders of trainings of `final` killed before
+    they published (their process gone) are removed first."""
+    parent = final.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{final.name}{_STAGING}"
+    for old in parent.glob(f"{glob_escape(prefix)}*"):
+        pid = old.name[len(prefix) :].split("-", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)) and old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # another user's process: alive
+        return True
+    return True
+
+
+def _publish(staged: Path, final: Path) -> None:
+    """Move a finished model from its staging folder to `final`: one rename when `final`
+    is new or an empty folder; otherwise (a folder of other files, which `check_out_dir`
+    allows) file by file with card.json last, so the card, which the daemon and
+    `check_out_dir` look for, appears only beside whole ONNX files. Checked again first: a
+    training started at the same time may have published into `final` meanwhile."""
+    check_out_dir(final)
+    # mkdtemp makes its folder 0700 whatever the umask; --out follows the umask, as before.
+    os.chmod(staged, 0o777 & ~process_umask())
+    try:
+        os.replace(staged, final)
+        return
+    except OSError:
+        if not final.is_dir():
+            raise
+    names = sorted(p.name for p in staged.iterdir())
+    for name in sorted(names, key=lambda n: n == "card.json"):
+        shutil.move(str(staged / name), str(final / name))
+
+
+def process_umask() -> int:
+    """The process's umask (read by setting it, then set back: training is one thread)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def _last_return(x: np.ndarray, names: Sequence[str]) -> np.ndarray:

@@ -149,7 +149,67 @@ def test_an_export_that_differs_from_the_trained_model_is_refused(tmp_path, monk
     out = tmp_path / "model"
     with pytest.raises(training.ExportMismatch, match=r"exported cnn_lstm\.onnx differs"):
         train(cfg, load_data(cfg), out, TINY, log=lambda m: None)
-    assert sorted(p.name for p in out.iterdir()) == []  # no ONNX file, no card
+    assert not out.exists()  # no ONNX file, no card
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # nor a staging folder
+
+
+def test_a_training_cut_short_while_writing_leaves_no_model_and_the_rerun_trains(
+    tmp_path, monkeypatch
+):
+    """A full disk (or a kill) while `tradingd train` exported left a cut ONNX file in --out,
+    and the rerun was refused: "already holds a model". Now the model is written to a
+    staging folder beside --out and published whole; a staging folder a killed training
+    left (its process gone) is removed by the next training of the same --out."""
+    import errno
+
+    import tradingd_models.training as training
+
+    cfg = small_config()
+    out = tmp_path / "model"
+    dead = tmp_path / f".model{training._STAGING}999999999-abc"  # no such process
+    dead.mkdir()
+    (dead / "cnn_lstm.onnx").write_bytes(b"cut")
+    (tmp_path / "notes.txt").write_text("mine")
+
+    def full_disk(self, path):
+        path.write_bytes(b"cut")
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    from tradingd_models.forest import RandomForestModel
+
+    monkeypatch.setattr(RandomForestModel, "export_onnx", full_disk)
+    panel = load_data(cfg)
+    with pytest.raises(OSError, match="No space left"):
+        train(cfg, panel, out, TINY, log=lambda m: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+    monkeypatch.undo()
+    card = train(cfg, panel, out, TINY, log=lambda m: None)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "card.json",
+        "cnn_lstm.onnx",
+        "random_forest.onnx",
+    ]
+    assert json.loads((out / "card.json").read_text())["model_version"] == card["model_version"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model", "notes.txt"]
+
+
+def test_train_into_a_folder_of_other_files_adds_the_model_beside_them(tiny_model, tmp_path):
+    """`check_out_dir` allows a folder that holds no model: its files stay, the model's are
+    added (the staging folder cannot be renamed over a folder that is not empty)."""
+    cfg = small_config()
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "README").write_text("my notes")
+    card = train(cfg, load_data(cfg), out, TINY, log=lambda m: None)
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README",
+        "card.json",
+        "cnn_lstm.onnx",
+        "random_forest.onnx",
+    ]
+    assert (out / "README").read_text() == "my notes"
+    assert card["model_version"] == tiny_model[1]["model_version"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine"]
 
 
 def _validation_span():
