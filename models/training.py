@@ -34,7 +34,7 @@ import pandas as pd
 
 from tradingd.app import bar_of_data
 from tradingd.config import Config
-from tradingd.core.atomic_file import write_atomically
+from tradingd.core.atomic_file import pid_alive, write_atomically
 from tradingd.core.errors import ConfigError, TradingdError
 from tradingd.features.catalog import Catalog, feature_set_id, resolve_set
 from tradingd.features.engineer import compute_batch, prepare_ml_data
@@ -400,19 +400,9 @@ def _staging_folder(final: Path) -> Path:
     prefix = f".{final.name}{_STAGING}"
     for old in parent.glob(f"{glob_escape(prefix)}*"):
         pid = old.name[len(prefix) :].split("-", 1)[0]
-        if pid.isdigit() and not _alive(int(pid)) and old.is_dir() and not old.is_symlink():
+        if pid.isdigit() and not pid_alive(int(pid)) and old.is_dir() and not old.is_symlink():
             shutil.rmtree(old, ignore_errors=True)
     return Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-", dir=parent))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # another user's process: alive
-        return True
-    return True
 
 
 def _publish(staged: Path, final: Path) -> None:

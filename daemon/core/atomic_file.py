@@ -28,13 +28,45 @@ def temp_name(name: str, pid: str, token: str) -> str:
     return f".{name}.{pid}.{token}.tmp"
 
 
-_TEMP_RE = re.compile(rf"^\.(?P<name>.+)\.[0-9]+\.[0-9a-f]{{{TEMP_TOKEN}}}\.tmp$")
+_TEMP_RE = re.compile(rf"^\.(?P<name>.+)\.(?P<pid>[0-9]+)\.[0-9a-f]{{{TEMP_TOKEN}}}\.tmp$")
 
 
 def is_temp(name: str, names: Collection[str]) -> bool:
     """Whether `name` is a writer's temporary file (`temp_name`) of one of `names`."""
     match = _TEMP_RE.match(name)
     return match is not None and match["name"] in names
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (another user's counts: it cannot be signalled)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def remove_dead_writers_temps(folder: Path, names: Collection[str]) -> list[str]:
+    """The temporary files (`temp_name`) of `names` in `folder` whose writer process is gone
+    (a SIGKILL or a power cut mid-write), removed; a living writer's are left. Without it a
+    killed `tradingd report` left its hidden 5 MB temporary report beside the report for
+    good. Best effort: a file that cannot be listed or removed is left, not an error."""
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return []
+    removed = []
+    for entry in entries:
+        match = _TEMP_RE.match(entry.name)
+        if match is None or match["name"] not in names or pid_alive(int(match["pid"])):
+            continue
+        with contextlib.suppress(OSError):
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(entry.name)
+    return removed
 
 
 #: What goes into a file: its text, or a function writing it to the open file.
@@ -48,6 +80,11 @@ def write_atomically(files: Mapping[Path, Content], *, newline: str | None = Non
     not be written (its final name, not the temporary one) and whose `errno` and `strerror`
     say why; no temporary file is left. `newline`: as `open`'s ("" for CSV writers)."""
     pid, token = str(os.getpid()), secrets.token_hex(TEMP_TOKEN // 2)
+    folders: dict[Path, set[str]] = {}
+    for path in files:
+        folders.setdefault(path.parent, set()).add(path.name)
+    for folder, names in folders.items():
+        remove_dead_writers_temps(folder, names)
     staged: list[tuple[Path, Path]] = []
     try:
         for path, content in files.items():

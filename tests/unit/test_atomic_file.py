@@ -74,3 +74,31 @@ def test_a_folder_that_cannot_be_written_is_named(tmp_path):
     assert caught.value.errno == errno.ENOENT and caught.value.filename == str(missing)
     assert isinstance(caught.value, OSError)
     assert Path(caught.value.filename).name == "f.txt"
+
+
+def test_temporary_files_of_a_killed_writer_are_removed_by_the_next_write(tmp_path):
+    """A `tradingd report` killed (SIGKILL) mid-write left its hidden temporary report.html
+    beside the report for good; the next write of the same file removes it. A living
+    writer's temporary file and other names' are left alone."""
+    import subprocess
+    import sys
+
+    from tradingd.core.atomic_file import temp_name
+
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    dead_pid = gone.stdout.strip()
+    dead = tmp_path / temp_name("report.html", dead_pid, "0123abcd")
+    living = tmp_path / temp_name("report.html", str(os.getppid()), "89abcdef")
+    other = tmp_path / temp_name("notes.html", dead_pid, "0123abcd")
+    for f in (dead, living, other):
+        f.write_text("cut")
+    write_atomically({tmp_path / "report.html": "whole"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["report.html", living.name, other.name]
+    )
+    assert (tmp_path / "report.html").read_text() == "whole"
