@@ -488,8 +488,17 @@ class Spool:
                     os.lseek(fd, self._size, os.SEEK_SET)
                 raise
         except OSError as e:
+            if e.errno in _FULL_ERRNOS:
+                fix = f"free space on the disk of {self.path.parent}"
+            elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+                fix = f"make {self.path.parent} writable for this user again"
+            else:
+                fix = "resolve that"
             raise SpoolError(
-                f"cannot append to storage spool {self.path}: {type(e).__name__}: {e}"
+                f"cannot append to storage spool {self.path}: {type(e).__name__}: {e}, while "
+                f"the database {self.target} is unreachable. Nothing was dropped (the rows "
+                f"stay in memory until this process ends, and the next flush tries again): "
+                f"{fix}, or bring the database back"
             ) from e
         self._size += len(line)
         self._pending.append((batch.created, self._size))
