@@ -65,10 +65,12 @@ How it works:
   on without it: `_orders_are_known`), an update of an order not known is kept, not taken
   for another's: it may be a checkpoint order's.
 * **Signals for the engine**: `reconcile_wanted` (an asyncio.Event) is set when an answer
-  contradicts an order (`alpaca.order_answer_mismatch`): the book and Alpaca differ, and a
-  reconciliation round need not wait for its interval. `take_foreign_orders()` hands over,
-  once each, the orders found mid-run that this process did not place (`foreign_found`
-  is set when one comes), for the engine's foreign-order alert.
+  contradicts an order (`alpaca.order_answer_mismatch`), or Alpaca refuses a sell for more
+  shares than the account holds (`alpaca.order.shares_not_held`): the book and Alpaca
+  differ, and a reconciliation round need not wait for its interval.
+  `take_foreign_orders()` hands over, once each, the orders found mid-run that this process
+  did not place (`foreign_found` is set when one comes), for the engine's foreign-order
+  alert.
 * **The engine's view**: `open_orders()` shows each order as the engine has booked it (the
   fills handed over by `updates()`, an order closed meanwhile still working until its fills
   and final state are handed over), so the planner and the checkpoint never count an
@@ -782,6 +784,8 @@ class AlpacaBroker:
         self._mismatch_said = Once()
         self._cuts_said = Once()  # orders Alpaca cut down (`_quantity_cut`), said once
         self._answer_mismatches = 0
+        # Sells Alpaca refused for more shares than the account holds (`_shares_not_held`).
+        self._shares_not_held_count = 0
         self._resumed = False
         # Whether the run's orders are known: `resume` has followed the checkpoint's, or the
         # engine went on without one (`_orders_are_known`). Until then no parked update is
@@ -1038,6 +1042,9 @@ class AlpacaBroker:
             # Answers that contradicted an order we follow (`alpaca.order_answer_mismatch`:
             # another quantity, a fill above it), once an order, field and value.
             "answer_mismatches": self._answer_mismatches,
+            # Sells refused for more shares than the account holds (`alpaca.order.
+            # shares_not_held`: the book and the account differ; reconciled at once).
+            "shares_not_held": self._shares_not_held_count,
             "resumed": self._resumed,
         }
 
@@ -1887,7 +1894,9 @@ class AlpacaBroker:
                     f"({self._scrub(info.reason)}); its outcome is unknown"
                 ) from None
             reason = self._scrub(info.reason)
-            if info.transient_refusal:
+            if primary.side is Side.SELL and info.holds_fewer_than(primary.quantity):
+                self._shares_not_held(primary, info, reason)
+            elif info.transient_refusal:
                 for m in members:
                     self._remember(self._transient, m.client_order_id)
             return {m.client_order_id: self._reject(m, reason) for m in members}
@@ -2391,6 +2400,29 @@ class AlpacaBroker:
             rule=f"Alpaca's answer contradicts the order: {booked}; reconciliation compares "
             "the book with Alpaca's positions at its next round (a difference stops trading "
             "in the symbol): check the order in the Alpaca account",
+        )
+
+    def _shares_not_held(self, order: Order, info: ErrorInfo, reason: str) -> None:
+        """Alpaca refused a sell for more shares than the account holds (its answer's
+        `existing_qty`): the book counts shares the account does not have (a split the book
+        missed, a position closed by hand). Not retried (it is refused again: it was, twice a
+        bar, every bar), an error line with what Alpaca said, and `reconcile_wanted` set:
+        the engine compares the book with Alpaca's positions now, not at the next round,
+        and a difference that stands stops trading in the symbol. Shares held by open orders
+        (`held_for_orders`) are another case: transient, retried (`transient_refusal`)."""
+        self._shares_not_held_count += 1
+        self.reconcile_wanted.set()
+        log.error(
+            "alpaca.order.shares_not_held",
+            client_order_id=order.client_order_id,
+            symbol=order.symbol,
+            requested=order.quantity,
+            held_at_alpaca=info.existing_qty,
+            held_for_orders=info.held_for_orders,
+            reason=reason,
+            rule="Alpaca holds fewer shares than the sell asks for: the book and the account "
+            "differ; not retried; reconciliation compares the book with Alpaca's positions "
+            "now (a difference that stands stops trading in the symbol): check the account",
         )
 
     def _note_unknown(

@@ -309,6 +309,10 @@ class ErrorInfo:
     status: int | None
     code: int | None
     message: str
+    # An "insufficient qty" refusal's figures (Alpaca's recorded body: `existing_qty`, the
+    # shares the account holds; `held_for_orders`, those its open orders hold), when given.
+    existing_qty: float | None = None
+    held_for_orders: float | None = None
 
     @property
     def reason(self) -> str:
@@ -333,6 +337,20 @@ class ErrorInfo:
         text = self.message.lower()
         return self.status == 429 or (
             self.status == 403 and ("buying power" in text or "insufficient qty" in text)
+        )
+
+    def holds_fewer_than(self, requested: float) -> bool:
+        """An "insufficient qty" refusal of a sell of `requested` shares by an account that
+        holds fewer at all (its `existing_qty`): not shares held by open orders
+        (`held_for_orders`: their fill or cancel frees them; transient), but a book that
+        counts shares the account does not have. Retried, it was refused again, twice a
+        bar, and nothing compared the book with the account before the next round. False
+        when the answer does not say what the account holds."""
+        return (
+            self.status == 403
+            and "insufficient qty" in self.message.lower()
+            and self.existing_qty is not None
+            and self.existing_qty < requested - 1e-9
         )
 
 
@@ -367,7 +385,14 @@ def error_info(error: BaseException, status: int | None = None) -> ErrorInfo:
         message = "no error message"
     if len(message) > 500:
         message = message[:500] + "..."
-    return ErrorInfo(status=status if isinstance(status, int) else None, code=code, message=message)
+    held: dict[str, float | None] = {}
+    if isinstance(body, Mapping):
+        for name in ("existing_qty", "held_for_orders"):
+            number = parse_float(body.get(name))
+            held[name] = number if math.isfinite(number) else None
+    return ErrorInfo(
+        status=status if isinstance(status, int) else None, code=code, message=message, **held
+    )
 
 
 # ----------------------------------------------------------------------------- grouping

@@ -593,14 +593,60 @@ async def test_every_alpaca_rejection_becomes_a_rejected_order_with_the_reason(
     assert fake.orders_with_client_id(incoming.client_order_id) == []
     assert broker.order(incoming.client_order_id).status is OrderStatus.REJECTED
     assert broker.open_orders() == []
-    # Refusals a later attempt may not meet are retryable (the engine's next attempt).
-    transient = {"insufficient_buying_power", "insufficient_qty", "rate_limited_429"}
+    # Refusals a later attempt may not meet are retryable (the engine's next attempt). A
+    # sell of more shares than the account holds is not (test_a_sell_of_shares_not_held...).
+    transient = {"insufficient_buying_power", "rate_limited_429"}
     assert broker.retryable_rejection(ack) is (case in transient)
     # The same id again: the same answer, without asking Alpaca again.
     sent = len(fake.posted_orders())
     [again] = await broker.submit([incoming])
     assert (again.status, again.reason) == (ack.status, ack.reason)
     assert len(fake.posted_orders()) == sent > posts
+
+
+async def test_a_sell_of_shares_not_held_is_not_retried_and_asks_for_a_reconciliation(fake, broker):
+    """Alpaca's "insufficient qty" with `existing_qty` below the sell (the recorded body):
+    the book counts shares the account does not have. It was retried as transient, twice a
+    bar, every bar (a 1:10 split the book missed: sells of 1771 against 18 held), and nothing
+    compared the book with the account before the next reconciliation round."""
+    fake.set_price("AAPL", 100.0, match=False)
+    fake.set_position("AAPL", 18, 90.0)
+    broker.reconcile_wanted.clear()
+    sell = order("AAPL", -1771, tag="sell")
+
+    with capture_logs() as logs:
+        [ack] = await broker.submit([sell])
+
+    assert ack.status is OrderStatus.REJECTED
+    assert "(requested: 1771, available: 18)" in ack.reason
+    assert not broker.retryable_rejection(ack)
+    assert broker.reconcile_wanted.is_set()
+    [said] = [e for e in logs if e["event"] == "alpaca.order.shares_not_held"]
+    assert said["log_level"] == "error"
+    assert (said["symbol"], said["requested"], said["held_at_alpaca"]) == ("AAPL", 1771, 18.0)
+    assert broker.status()["shares_not_held"] == 1
+
+
+async def test_shares_held_by_open_orders_are_a_transient_refusal(fake, broker):
+    """Alpaca's "insufficient qty" for shares the account holds but promises to an open
+    sell (`held_for_orders`, as its recorded answer): freed once that order fills or is
+    cancelled, retried as before; the book agrees with the account, no reconciliation."""
+    fake.set_price("AAPL", 100.0, match=False)
+    fake.set_position("AAPL", 10, 90.0)
+    resting = order("AAPL", -10, OrderType.LIMIT, tag="tp", limit=150.0)
+    [placed] = await broker.submit([resting])
+    assert placed.status is not OrderStatus.REJECTED
+    broker.reconcile_wanted.clear()
+    sell = order("AAPL", -10, tag="sell")
+
+    with capture_logs() as logs:
+        [ack] = await broker.submit([sell])
+
+    assert ack.status is OrderStatus.REJECTED
+    assert "(requested: 10, available: 0)" in ack.reason
+    assert broker.retryable_rejection(ack)
+    assert not broker.reconcile_wanted.is_set()
+    assert not [e for e in logs if e["event"] == "alpaca.order.shares_not_held"]
 
 
 async def test_rejections_that_alpaca_cannot_express_or_decides_later(fake, broker):
