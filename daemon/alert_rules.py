@@ -8,6 +8,9 @@ conditions fire once when they start and once when they clear (the alerter keeps
 - `stale_data`: the stale-data gate blocks symbols or the whole feed;
 - `source_down`: the market-data source's status is not ok (circuit open, errors);
 - `broker_down`: the broker is not connected;
+- `untradable_asset`: the broker refuses orders in a symbol as not tradable (Alpaca's
+  `untradable`; keyed by symbol): no order is placed in it until it trades again (a
+  warning; resolved then);
 - `database_down`: the store spools its writes (database unreachable: warning) or cannot
   replay its spool (critical: the operator must act; a full spool stops the run);
 - `redis_down`: the cache or the publisher has been without Redis (down, or refusing it)
@@ -48,6 +51,7 @@ from .alerts import (
     RISK_LIMIT,
     SOURCE_DOWN,
     STALE_DATA,
+    UNTRADABLE_ASSET,
     WARNING,
     kill_switch_title,
 )
@@ -222,6 +226,7 @@ class AlertRules:
                 text=str(st.get("last_error") or ""),
                 severity=CRITICAL,
             )
+            self._untradable(st.get("untradable"))
         store_status = getattr(getattr(e, "store", None), "status", None)
         if callable(store_status):
             # Writes spooled while the database is down: nothing lost yet, but a restart on
@@ -241,6 +246,28 @@ class AlertRules:
 
         for key in ("cache", "publisher"):
             self._redis(key, getattr(e, key, None))
+
+    def _untradable(self, held: Any) -> None:
+        """`untradable_asset` per symbol the broker refuses orders in (its status's
+        `untradable`: symbol -> why): a symbol no longer tradable got a refused order at
+        every bar and no alert. Resolved once the broker holds it no more; those firing
+        before a restart are taken from the alerter."""
+        now = dict(held) if isinstance(held, dict) else {}
+        firing = getattr(self.alerter, "firing", None)
+        for a in firing() if callable(firing) else []:
+            if a["kind"] == UNTRADABLE_ASSET and a["key"] not in now:
+                self.alerter.condition(UNTRADABLE_ASSET, a["key"], False)
+        for symbol, why in now.items():
+            self.alerter.condition(
+                UNTRADABLE_ASSET,
+                symbol,
+                True,
+                title=f"{symbol}: the broker refuses its orders (not tradable)",
+                text=f"{why}. No order is placed in {symbol} until the broker's asset is "
+                "tradable again (looked at with a back-off); its position stays as it is: "
+                "check the asset at the broker (delisted, halted, renamed).",
+                severity=WARNING,
+            )
 
     def _redis(self, key: str, part: Any) -> None:
         """`redis_down` for the engine's cache or publisher (`key`), when it has had no Redis

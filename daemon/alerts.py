@@ -119,6 +119,7 @@ DATABASE_DOWN = "database_down"
 REDIS_DOWN = "redis_down"
 REPEATED_ERRORS = "repeated_errors"
 RECONCILIATION = "reconciliation"
+UNTRADABLE_ASSET = "untradable_asset"
 DAILY_SUMMARY = "daily_summary"
 KINDS = (
     KILL_SWITCH,
@@ -130,6 +131,7 @@ KINDS = (
     REDIS_DOWN,
     REPEATED_ERRORS,
     RECONCILIATION,
+    UNTRADABLE_ASSET,
     DAILY_SUMMARY,
 )
 

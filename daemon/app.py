@@ -2668,6 +2668,14 @@ def health_inputs(
                 )
             if st.get("blocked"):
                 ok, detail = False, f"{st.get('broker', 'broker')}: may not trade ({st['blocked']})"
+            untradable = st.get("untradable")
+            if untradable and isinstance(untradable, dict):
+                # Symbols held because the broker refuses their orders as not tradable: a
+                # hold as reconciliation's, the operator's to look at.
+                shown = "; ".join(f"{s} ({why})" for s, why in sorted(untradable.items())[:5])
+                more = f" and {len(untradable) - 5} more" if len(untradable) > 5 else ""
+                ok = False
+                detail += f"; no order sent in symbols it refuses as not tradable: {shown}{more}"
             return CheckResult(ok, detail, st)
 
         checks.append(Check("broker", broker))

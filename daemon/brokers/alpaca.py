@@ -239,6 +239,10 @@ _THROTTLED_TRIES = 4  # a 429's tries per attempt (alpaca-py's own, before they 
 _REREAD_LIMIT = 20
 # Orders read back at a restart to find whose an edited order is (`_trace_origins`).
 _EDIT_CHAIN_LIMIT = 10
+# A symbol whose orders Alpaca refuses as not tradable: its asset looked at again after this
+# many seconds, the wait doubling up to the second (`_recheck_untradable`).
+_UNTRADABLE_FIRST_S = 60.0
+_UNTRADABLE_MAX_S = 3600.0
 # Distinct unknown status and event names counted in `status()` (`_note_unknown`); any
 # beyond are counted together.
 _UNKNOWN_NAMES_LIMIT = 32
@@ -562,6 +566,17 @@ class _TradeStream(TradingStream):
 
 
 @dataclass(slots=True)
+class _Untradable:
+    """A symbol whose orders Alpaca refused as not tradable (`_hold_untradable`): why, since
+    when, and when its asset is looked at again (monotonic seconds, `_recheck_untradable`)."""
+
+    reason: str
+    since: datetime
+    wait_s: float
+    due: float
+
+
+@dataclass(slots=True)
 class _Tracked:
     """An order this broker follows, and what it knows about it at Alpaca."""
 
@@ -784,6 +799,13 @@ class AlpacaBroker:
         self._mismatch_said = Once()
         self._cuts_said = Once()  # orders Alpaca cut down (`_quantity_cut`), said once
         self._answer_mismatches = 0
+        # Symbols whose orders Alpaca refused as not tradable (`_hold_untradable`): the engine
+        # places no order in them (`untradable`) until their asset is tradable again (looked
+        # at by `on_bar` after a bounded back-off). A symbol that is no longer tradable got a
+        # new order, refused, at every bar, and nothing but warning lines said so. Bounded by
+        # the symbols the run orders.
+        self._untradable: dict[str, _Untradable] = {}
+        self._asset_clock: Callable[[], float] = time.monotonic  # a test's own
         # Sells Alpaca refused for more shares than the account holds (`_shares_not_held`).
         self._shares_not_held_count = 0
         self._resumed = False
@@ -1045,6 +1067,8 @@ class AlpacaBroker:
             # Sells refused for more shares than the account holds (`alpaca.order.
             # shares_not_held`: the book and the account differ; reconciled at once).
             "shares_not_held": self._shares_not_held_count,
+            # Symbols no order is sent in: Alpaca refused one as not tradable (why, since).
+            "untradable": self.untradable(),
             "resumed": self._resumed,
         }
 
@@ -1701,7 +1725,61 @@ class AlpacaBroker:
         return t.order.snapshot()
 
     async def on_bar(self, bar: CrossSection) -> BrokerUpdate:
+        if self._untradable:
+            await self._recheck_untradable()
         return await self.updates()
+
+    def untradable(self) -> dict[str, str]:
+        """Symbols whose orders Alpaca refuses as not tradable, each with Alpaca's words and
+        since when: the engine places no order in them (`Engine._hold_unreconciled`), shows
+        them in /ready and alerts on them, until their asset is tradable again."""
+        return {s: f"{h.reason}, since {_iso(h.since)}" for s, h in self._untradable.items()}
+
+    def _hold_untradable(self, symbol: str, reason: str) -> None:
+        """Alpaca refused an order in `symbol` as not tradable: held (`untradable`), said
+        once as a warning; its asset is looked at again after `_UNTRADABLE_FIRST_S`."""
+        if symbol in self._untradable:
+            return
+        first = _UNTRADABLE_FIRST_S
+        self._untradable[symbol] = _Untradable(reason, _now(), first, self._asset_clock() + first)
+        log.warning(
+            "alpaca.asset_untradable",
+            symbol=symbol,
+            reason=reason,
+            rule=f"Alpaca refuses orders in {symbol}: no new order in it until Alpaca's asset "
+            f"is tradable again (looked at after {first:g} s, the wait doubling up to "
+            f"{_UNTRADABLE_MAX_S:g} s); its position and working orders stay as they are: "
+            "check the asset at Alpaca (delisted, halted, renamed)",
+        )
+
+    async def _recheck_untradable(self) -> None:
+        """The held untradable symbols whose wait is over: their asset read (GET
+        /v2/assets/{symbol}); tradable and active, the hold ends (`alpaca.asset_tradable_
+        again`), else (or no answer) the wait doubles, up to `_UNTRADABLE_MAX_S`. Never
+        raises: a failed look is tried again after the next wait."""
+        now = self._asset_clock()
+        due = [s for s, h in self._untradable.items() if h.due <= now]
+        if not due:
+            return
+        client = self._require_client()
+        for symbol in due:
+            held = self._untradable[symbol]
+            try:
+                raw = await self._call("get_asset", client.get_asset, symbol)
+            except (APIError, _Unreachable) as e:
+                answer = self._scrub(error_info(e).reason if isinstance(e, APIError) else str(e))
+                log.debug("alpaca.asset_unread", symbol=symbol, error=answer)
+                raw = None
+            if (
+                isinstance(raw, Mapping)
+                and raw.get("tradable") is True
+                and raw.get("status") in (None, "active")
+            ):
+                del self._untradable[symbol]
+                log.info("alpaca.asset_tradable_again", symbol=symbol, since=_iso(held.since))
+                continue
+            held.wait_s = min(held.wait_s * 2, _UNTRADABLE_MAX_S)
+            held.due = self._asset_clock() + held.wait_s
 
     async def updates(self, *, poll: bool = True) -> BrokerUpdate:
         """Fills and order changes received since the last call. Between bars too: the
@@ -1899,6 +1977,8 @@ class AlpacaBroker:
             elif info.transient_refusal:
                 for m in members:
                     self._remember(self._transient, m.client_order_id)
+            elif info.untradable:
+                self._hold_untradable(primary.symbol, reason)
             return {m.client_order_id: self._reject(m, reason) for m in members}
         except _Unreachable as e:
             self._follow_unconfirmed(unit)

@@ -339,6 +339,14 @@ class ErrorInfo:
             self.status == 403 and ("buying power" in text or "insufficient qty" in text)
         )
 
+    @property
+    def untradable(self) -> bool:
+        """Alpaca refuses orders in the asset itself (`asset "X" is not tradable`, `... is
+        not active`: delisted, halted, renamed): every later order in it is refused alike
+        until Alpaca's asset is tradable again."""
+        text = self.message.lower()
+        return self.status == 422 and ("not tradable" in text or "not active" in text)
+
     def holds_fewer_than(self, requested: float) -> bool:
         """An "insufficient qty" refusal of a sell of `requested` shares by an account that
         holds fewer at all (its `existing_qty`): not shares held by open orders

@@ -1187,6 +1187,7 @@ class Engine:
         if unreconciled:
             weights = ctx.portfolio.weights
             why = {
+                **self._untradable(),
                 **{sym: _split_hold_text(s) for sym, s in (splitting or {}).items()},
                 **self._reconcile_checking,
                 **self.reconcile_blocked,
@@ -3418,10 +3419,16 @@ class Engine:
         splitting: Mapping[str, Split] = {}
         if self.splits_ahead is not None:
             splitting = await self._splits_due(bar.time)
-        if self.reconcile_blocked or self._reconcile_checking or splitting:
-            targets, verdicts = self._hold_unreconciled(targets, ctx, verdicts, splitting, hold)
+        untradable = self._untradable()
+        if self.reconcile_blocked or self._reconcile_checking or splitting or untradable:
+            targets, verdicts = self._hold_unreconciled(
+                targets, ctx, verdicts, splitting, hold, untradable
+            )
             unreconciled = (
-                self.reconcile_blocked.keys() | self._reconcile_checking.keys() | splitting.keys()
+                self.reconcile_blocked.keys()
+                | self._reconcile_checking.keys()
+                | splitting.keys()
+                | untradable.keys()
             )
         self.risk_record.on_bar(bar.time, verdicts)
         if m:
@@ -3620,6 +3627,14 @@ class Engine:
         if self._on_bar is not None:
             self._on_bar(self._seen, bar.time)
 
+    def _untradable(self) -> dict[str, str]:
+        """The universe's symbols whose orders the broker refuses as not tradable (Alpaca's
+        `untradable`: why, since when), held as an unreconciled one is until it trades."""
+        read = getattr(self.broker, "untradable", None)
+        if not callable(read):
+            return {}
+        return {sym: why for sym, why in read().items() if sym in self._symbol_index}
+
     def _hold_unreconciled(
         self,
         targets: np.ndarray,
@@ -3627,12 +3642,14 @@ class Engine:
         verdicts: list[RiskVerdict],
         splitting: Mapping[str, Split] | None = None,
         hold: np.ndarray | None = None,
+        untradable: Mapping[str, str] | None = None,
     ) -> tuple[np.ndarray, list[RiskVerdict]]:
         """No trade in a symbol whose position differs from the broker's (or is being
-        checked again), or that splits at the next session (`splitting`): its target is its
-        current weight (and the planner places no exit in it: `OrderPlanner.plan`'s
-        `unreconciled`), or `hold`'s, the weight with a working entry counted where one
-        waits for the symbol's bar (`working_entries.with_working_entries`)."""
+        checked again), that splits at the next session (`splitting`), or whose orders the
+        broker refuses as not tradable (`untradable`: a new order, refused, at every bar):
+        its target is its current weight (and the planner places no exit in it:
+        `OrderPlanner.plan`'s `unreconciled`), or `hold`'s, the weight with a working entry
+        counted where one waits for the symbol's bar (`working_entries.with_working_entries`)."""
         targets = targets.copy()
         index = self._symbol_index
         weights = ctx.portfolio.weights if hold is None else hold
@@ -3642,6 +3659,8 @@ class Engine:
         }
         for sym, s in (splitting or {}).items():
             held.setdefault(sym, (_split_hold_text(s), "split_ahead"))
+        for sym, why in (untradable or {}).items():
+            held.setdefault(sym, (f"the broker refuses orders in it ({why})", "untradable_asset"))
         for sym, (why, rule) in held.items():
             i = index[sym]
             if targets[i] != weights[i]:

@@ -23,7 +23,8 @@ The fake market
     the price; limit when the price is at or better than the limit; stop and stop-limit once
     the price crosses the stop (a stop-limit then as a limit); trailing stops against the
     high (low) water mark since they were placed. Returns the orders executed.
-  * `set_asset(symbol, tradable=True, fractionable=True, shortable=True)`.
+  * `set_asset(symbol, tradable=True, fractionable=True, shortable=True)`; `GET
+    /v2/assets/{symbol}` answers it (status `inactive` when not tradable).
   * `set_position(symbol, qty, avg_entry_price)`; `cash` (attribute).
   * `split_position(symbol, new_rate, old_rate, cash_in_lieu_price=None, cancel_orders=False)`:
     what Alpaca does before an ex-date's session opens: the shares times new/old rounded down
@@ -113,8 +114,8 @@ Admin API for tests (plain methods; call them on the server's event loop)
 
 Texts not recorded anywhere (and so not verified against Alpaca): the 429 body, the 504 page,
 the non-tradable / non-fractionable / market-closed / not-cancelable / position-not-found
-messages. The stream frames are binary JSON, as the paper endpoint sends, each with
-`timestamp`.
+messages, the asset answer (Alpaca's documented fields). The stream frames are binary
+JSON, as the paper endpoint sends, each with `timestamp`.
 """
 
 from __future__ import annotations
@@ -388,6 +389,7 @@ class AlpacaTradingFake(LoopThread):
         r.add_get("/v2/positions", self._get_positions)
         r.add_delete("/v2/positions", self._close_all_positions)
         r.add_get("/v2/positions/{symbol}", self._get_position)
+        r.add_get("/v2/assets/{symbol}", self._get_asset)
         r.add_delete("/v2/positions/{symbol}", self._close_position)
         r.add_get("/stream", self._stream)
         # The market-data API's corporate actions, on the same host (tests point
@@ -1236,6 +1238,26 @@ class AlpacaTradingFake(LoopThread):
 
     async def _get_positions(self, request: web.Request) -> web.Response:
         return web.json_response(self.positions())
+
+    async def _get_asset(self, request: web.Request) -> web.Response:
+        """An asset as `set_asset` left it (every symbol is a tradable one until then), in
+        the shape Alpaca's docs give (not recorded): `status` active or inactive."""
+        sym = request.match_info["symbol"]
+        asset = {"tradable": True, "fractionable": True, "shortable": True}
+        asset.update(self.assets.get(sym, {}))
+        return web.json_response(
+            {
+                "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"asset:{sym}")),
+                "class": "us_equity",
+                "exchange": "NASDAQ",
+                "symbol": sym,
+                "name": sym,
+                "status": "active" if asset["tradable"] else "inactive",
+                "marginable": True,
+                "easy_to_borrow": asset["shortable"],
+                **asset,
+            }
+        )
 
     async def _get_position(self, request: web.Request) -> web.Response:
         sym = request.match_info["symbol"]

@@ -649,6 +649,49 @@ async def test_shares_held_by_open_orders_are_a_transient_refusal(fake, broker):
     assert not [e for e in logs if e["event"] == "alpaca.order.shares_not_held"]
 
 
+async def test_an_untradable_asset_is_held_said_once_and_released_when_it_trades_again(
+    fake, broker
+):
+    """Alpaca's 422 "not tradable": the symbol is held (`untradable`, in `status()` for
+    /ready and the alert), said once; its asset is looked at again only after a back-off
+    (no request per bar), the wait doubling while it stays untradable, and the hold ends
+    once Alpaca's asset is tradable. Before, nothing was held: a refused order every bar."""
+    now = [0.0]
+    broker._asset_clock = lambda: now[0]
+    fake.set_price("AAPL", 100.0, match=False)
+    fake.set_asset("AAPL", tradable=False)
+
+    with capture_logs() as logs:
+        [first] = await broker.submit([order("AAPL", 1, tag="a")])
+        [second] = await broker.submit([order("AAPL", 2, tag="b")])
+    assert first.status is second.status is OrderStatus.REJECTED
+    assert list(broker.untradable()) == ["AAPL"]
+    assert 'asset "AAPL" is not tradable' in broker.untradable()["AAPL"]
+    assert broker.status()["untradable"] == broker.untradable()
+    said = [e for e in logs if e["event"] == "alpaca.asset_untradable"]
+    assert len(said) == 1 and said[0]["log_level"] == "warning"
+    assert not broker.retryable_rejection(first)
+
+    def asset_reads() -> int:
+        return sum(1 for r in fake.requests if r.path == "/v2/assets/AAPL")
+
+    await broker.on_bar(BAR)  # its wait not over: Alpaca is not asked
+    assert asset_reads() == 0
+    now[0] += 60.0
+    await broker.on_bar(BAR)  # still not tradable: held, the wait doubled
+    assert asset_reads() == 1 and "AAPL" in broker.untradable()
+    now[0] += 60.0
+    await broker.on_bar(BAR)
+    assert asset_reads() == 1
+    fake.set_asset("AAPL", tradable=True)
+    now[0] += 60.0
+    with capture_logs() as logs:
+        await broker.on_bar(BAR)
+    assert asset_reads() == 2
+    assert broker.untradable() == {}
+    assert [e["symbol"] for e in logs if e["event"] == "alpaca.asset_tradable_again"] == ["AAPL"]
+
+
 async def test_rejections_that_alpaca_cannot_express_or_decides_later(fake, broker):
     # A leg whose entry is not in the batch is refused before any request.
     _, tp, _ = bracket_orders(RUN, T0, "AAPL", 10, 110.0, 95.0)

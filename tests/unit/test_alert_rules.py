@@ -416,3 +416,31 @@ def test_intraday_daily_summaries_are_of_the_calendars_sessions():
     eng = SimpleNamespace(run=SimpleNamespace(run_id="r"), after_bar=[], extra_parts=[])
     _alerting(daily, eng)  # type: ignore[arg-type]
     assert eng.after_bar[0].__self__.daily_bars  # daily bars: dated by their label
+
+
+def test_a_symbol_the_broker_refuses_as_untradable_alerts_until_it_trades_again():
+    """A symbol Alpaca no longer trades got a refused order at every bar and no alert: the
+    broker's held symbols (`status()["untradable"]`) fire `untradable_asset` per symbol,
+    resolved once the broker holds it no more (the firing ones read from the alerter, as
+    after a restart)."""
+    from tradingd.alerts import UNTRADABLE_ASSET
+
+    class Firing(Recorder):
+        def firing(self) -> list[dict[str, Any]]:
+            on: dict[tuple[str, str], bool] = {}
+            for kind, key, failing in self.conditions:
+                on[(kind, key)] = failing
+            return [{"kind": k, "key": key} for (k, key), f in on.items() if f]
+
+    rec = Firing()
+    e = engine()
+    held = {"S00": 'alpaca: asset "S00" is not tradable (HTTP 422), since 2024-03-04'}
+    e.broker = SimpleNamespace(status=lambda: {"untradable": dict(held)})
+    rules = AlertRules(rec, e)
+    rules.after_bar(T0, [])
+    assert (UNTRADABLE_ASSET, "S00", True) in rec.conditions
+    assert "is not tradable" in rec.texts[(UNTRADABLE_ASSET, "S00")]
+    held.clear()
+    rules.after_bar(T0 + timedelta(days=1), [])
+    assert (UNTRADABLE_ASSET, "S00", False) in rec.conditions
+    assert not [c for c in rec.firing() if c["kind"] == UNTRADABLE_ASSET]
