@@ -102,7 +102,7 @@ from .planner import OrderPlanner, Plan
 from .plugin_outputs import by_symbol, verdict_error
 from .plugins import feature_names, history_bars_of, instance_keys
 from .portfolio import Portfolio
-from .splits_ahead import Split, SplitsAhead
+from .splits_ahead import Split, SplitsAhead, shows_split
 from .working_entries import with_working_entries, withdrawn_entries
 
 log = structlog.get_logger(__name__)
@@ -369,9 +369,17 @@ def _split_like(broker: float, book: float) -> str | None:
     return " or ".join(fits) or None
 
 
-def _difference_text(broker: float, book: float) -> str:
-    """The why of a difference, with what to expect when it has a split's shape."""
+def _difference_text(broker: float, book: float, missed: Split | None = None) -> str:
+    """The why of a difference, with what to expect when it has a split's shape; `missed`:
+    the announced split whose ex-date's bar came without it (`Engine._announced_splits`),
+    after which no bar is expected to split the book."""
     why = f"broker holds {broker:g}, the book {book:g}"
+    if missed is not None:
+        return (
+            f"{why}: the announced {missed.text()} split at {missed.ex_date.isoformat()} is "
+            "neither in its bar nor shown by its prices, so the book is not split; check the "
+            "account and the symbol's prices at the feed"
+        )
     ratio = _split_like(broker, book)
     if ratio is not None:
         why += (
@@ -761,6 +769,10 @@ class Engine:
         # Splits known ahead from the broker's corporate actions (live on Alpaca; set by the
         # composition root): a symbol splitting at the next session is held for that bar.
         self.splits_ahead: SplitsAhead | None = None
+        # Announced splits whose ex-date's bar came without them and whose prices did not
+        # show them (`_announced_splits`): the symbol is blocked and its difference worded
+        # so until reconciliation releases it (one per symbol at most).
+        self._splits_missed: dict[str, Split] = {}
         # Cancellations for a split a lookup learns between bars (`_on_split_learned`),
         # cancelled at the stop: the next start-up cancels what they left.
         self._split_cancels: set[asyncio.Task[None]] = set()
@@ -2269,7 +2281,7 @@ class Engine:
         moving: dict[str, int] = {}
         for sym, (broker, book) in again.items():
             if sym in self.reconcile_blocked:
-                blocked[sym] = _difference_text(broker, book)
+                blocked[sym] = _difference_text(broker, book, self._splits_missed.get(sym))
             elif sym in new and _same_gap(new[sym], (broker, book)):
                 blocked[sym] = self._position_difference(sym, broker, book)
             elif sym not in ordering:
@@ -2297,6 +2309,7 @@ class Engine:
             log.info("reconcile.settled", symbol=sym, rule="gone at the second check")
         for sym in set(self.reconcile_blocked) - set(blocked):
             log.info("reconcile.resolved", symbol=sym)
+            self._splits_missed.pop(sym, None)
         alerter = getattr(self, "alerter", None)
         if alerter is not None:
             # Every difference alerted and not found now is resolved: those of this process,
@@ -2450,7 +2463,7 @@ class Engine:
         the difference at the first check, when it was not the same at the second. One of
         a split's shape is a warning, not critical: it is expected to clear at the ex-date's
         bar, and the symbol is held the same either way."""
-        why = _difference_text(broker, book)
+        why = _difference_text(broker, book, self._splits_missed.get(sym))
         if moved_from is not None:
             why += f" (the difference moved from {moved_from:g} to {broker - book:g}: {rule})"
         split = _split_like(broker, book)
@@ -3270,6 +3283,8 @@ class Engine:
             if self._signal_states:
                 self._restore_signals()  # the first bar after the checkpoint
         t_start = t0 = _time.perf_counter() if m else 0.0
+        if self.splits_ahead is not None and self.splits_ahead.held:
+            bar = self._announced_splits(bar)
         split_cols = pf.apply_splits(bar.split)
         if split_cols:
             self._splits += len(split_cols)
@@ -3842,6 +3857,71 @@ class Engine:
                     )
         orders = [o for o in plan.orders if o.symbol not in splitting]
         return Plan(orders=orders, cancel=cancel)
+
+    def _announced_splits(self, bar: CrossSection) -> CrossSection:
+        """`bar` with the announced ratio as its split where a held split's ex-date bar is
+        served without it and its prices show it (`splits_ahead.shows_split`: a vendor
+        posting the split event late): Alpaca split the position before the open, so the
+        book, the history and the exits go as for a split in the bar (before, the book kept
+        the pre-split shares at post-split prices: a false loss halting on drawdown, and a
+        1:10 reverse split a false 9x gain whose rebalance sold most of the real position).
+        Where the prices do not show it, the book is not split, the symbol is blocked (no
+        order, alerted) until reconciliation finds the book and the broker agree."""
+        ahead = self.splits_ahead
+        assert ahead is not None
+        missing = ahead.missing(bar.time, bar.split, bar.close == bar.close)
+        if not missing:
+            return bar
+        split = bar.split.copy()
+        mark = self.portfolio.mark  # the last close before this bar, pre-split
+        for i, s in missing:
+            sym = s.symbol
+            said = {
+                "time": bar.time,
+                "symbol": sym,
+                "ratio": s.text(),
+                "ex_date": s.ex_date.isoformat(),
+                "previous_close": float(mark[i]),
+                "open": float(bar.open[i]),
+            }
+            if shows_split(float(mark[i]), float(bar.open[i]), s.ratio):
+                split[i] = s.ratio
+                log.warning(
+                    "split.from_announcement",
+                    **said,
+                    source="alpaca corporate actions",
+                    rule="the bar carries no split, its prices moved as the announced split "
+                    "would: the announced ratio is applied as the bar's split (the broker "
+                    "split the position before the open)",
+                )
+                continue
+            self._splits_missed[sym] = s
+            why = (
+                f"the announced {s.text()} split at {s.ex_date.isoformat()} is neither in its "
+                "bar nor shown by its prices: the book is not split; check the account and "
+                "the symbol's prices at the feed"
+            )
+            self.reconcile_blocked[sym] = why
+            log.error(
+                "split.unconfirmed",
+                **said,
+                rule="no order in the symbol until reconciliation finds the book and the "
+                "broker agree",
+            )
+            alerter = getattr(self, "alerter", None)
+            if alerter is not None:
+                # Resolved by the round that finds the two equal (`_reconcile`).
+                alerter.condition(
+                    RECONCILIATION,
+                    sym,
+                    True,
+                    title=f"announced split of {sym} not in its bar",
+                    text=why + "; trading in it stops until the book and the broker agree",
+                    severity=CRITICAL,
+                )
+        if (split == bar.split).all():
+            return bar
+        return dataclasses.replace(bar, split=split)
 
     def _settle_splits(self, bar: CrossSection) -> None:
         """The held splits this bar applied: released, and a fraction of a share a split left

@@ -30,6 +30,10 @@ What this does (the engine calls it; replays never build one):
   the checkpoint.
 - `expected(symbol, book)`: what the broker may hold meanwhile (before or after its split), so
   a reconciliation on the ex-date before its bar agrees instead of blocking.
+- `missing(t, split, valid)`: the held splits whose ex-date's bar is served without the split
+  (a vendor posting the split event late). The broker has split the position already: the
+  engine applies the announced ratio as the bar's split when the bar's prices show it
+  (`shows_split`), and holds the symbol otherwise (never trading on the move).
 - `applied(t, split)`: at a bar, the held splits it carries are done; one the bar should carry
   and does not is a warning (the book stays as the feed has it, and reconciliation says so);
   one whose ex-date bar is not served (NaN) waits for the next bar served (see `applied`).
@@ -66,6 +70,17 @@ MAX_BACKOFF_S = 1800.0
 # announcements come at any hour, and one made after the eve's lookup answered must still
 # cancel the run's orders before the open. An hour is 16 requests over a night.
 REFRESH_S = 3600.0
+
+
+def shows_split(previous_close: float, open_: float, ratio: float) -> bool:
+    """Whether a bar's prices show a split of `ratio` the bar does not carry: the previous
+    close over the bar's open is nearer the ratio than 1 (geometrically: a 4:1 moves the
+    price to a quarter, a 1:10 to ten times), as validation's `split_without_price_move`
+    compares a split with the move. A price missing or not positive shows nothing."""
+    if not (previous_close > 0.0 and open_ > 0.0 and ratio > 0.0):
+        return False  # NaN too
+    move = math.log(previous_close / open_)
+    return abs(move - math.log(ratio)) < abs(move)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:
@@ -308,15 +323,29 @@ class SplitsAhead:
         self._seen_split.add(s)
         return True
 
+    def missing(self, t: datetime, split: np.ndarray, valid: np.ndarray) -> list[tuple[int, Split]]:
+        """The held splits whose ex-date has come and whose bar `t` is served (`valid`) without
+        a split (1.0), by column: Alpaca split the position before the session opened, and a
+        vendor posting the split event late serves the bar with its prices moved and no split.
+        The engine decides from the bar's prices (`shows_split`) before `applied` sees it."""
+        day = self._day_of(t)
+        return [
+            (i, s)
+            for sym, s in self.held.items()
+            if s.ex_date <= day and split[i := self._index[sym]] == 1.0 and valid[i]
+        ]
+
     def applied(self, t: datetime, split: np.ndarray, valid: np.ndarray) -> list[tuple[int, Split]]:
         """The held splits bar `t` applied (column, split): no longer held. One whose ex-date
-        has come and whose bar carries no split is dropped with a warning; one whose bar is
+        has come and whose bar carries no split (the engine gave it the announced ratio
+        where its prices show it: `missing`) is dropped with a warning; one whose bar is
         missing (no bar: NaN) waits for the symbol's next bar. The live vendor feed carries a
         split to that bar only from an ex-date bar it held back (a jump beyond max_spike,
         feeds/suspect.py) and then kept: its split is served with the symbol's next bar. An
         ex-date bar that failed, was missing or was dropped is not carried: its split, if a
         later answer has it, is `data.late_action` (a bar posted late) and the next bar
-        carries none (`split.not_in_bar`)."""
+        carries none: its prices, against the last close before the split, show it
+        (`missing`)."""
         day = self._day_of(t)
         done: list[tuple[int, Split]] = []
         for sym, s in list(self.held.items()):
@@ -341,8 +370,9 @@ class SplitsAhead:
                     symbol=sym,
                     announced=s.text(),
                     ex_date=s.ex_date.isoformat(),
-                    rule="the book is not adjusted (the feed's split field decides); "
-                    "reconciliation holds the symbol if the broker has split it",
+                    rule="the bar's prices do not show it either: the book is not split; "
+                    "the engine holds the symbol until reconciliation finds the book and the "
+                    "broker agree",
                 )
             else:
                 continue

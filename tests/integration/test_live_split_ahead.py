@@ -66,9 +66,10 @@ class _Scripted:
         return score
 
 
-def _split_panel(ratio: float, columns: list[int]) -> Panel:
+def _split_panel(ratio: float, columns: list[int], not_in_bar: tuple[int, ...] = ()) -> Panel:
     """make_panel's 90 bars with `columns` split by `ratio` at bar EX (prices divided,
-    volume multiplied from then on), as a feed shows a split."""
+    volume multiplied from then on), as a feed shows a split; `not_in_bar`: columns whose
+    bar EX has the post-split prices and no split (a vendor posting the split event late)."""
     p = make_panel(n_bars=90, split_at=None)
     arrays = {name: getattr(p, name).copy() for name in ("open", "high", "low", "close", "volume")}
     split = p.split.copy()
@@ -76,7 +77,7 @@ def _split_panel(ratio: float, columns: list[int]) -> Panel:
         for name in ("open", "high", "low", "close"):
             arrays[name][EX:, j] /= ratio
         arrays["volume"][EX:, j] *= ratio
-        split[EX, j] = ratio
+        split[EX, j] = 1.0 if j in not_in_bar else ratio
     return Panel(
         times=p.times, symbols=p.symbols, split=split, dividend=p.dividend.copy(), **arrays
     )
@@ -116,10 +117,11 @@ def _alerts(engine: Any) -> list[Any]:
     return sent
 
 
-async def _up_to_the_eve(engine_config, fake, ratio):  # type: ignore[no-untyped-def]
+async def _up_to_the_eve(engine_config, fake, ratio, panel=None):  # type: ignore[no-untyped-def]
     """The first process, through the bar before the ex-date: S00 bought at bar 60 (filled
-    at its close), its bracket's exits resting; the split announced for S00 and S01."""
-    panel = _split_panel(ratio, [0, 1])
+    at its close), its bracket's exits resting; the split announced for S00 and S01 (the
+    bars: `panel`, by default both split at EX by `ratio`)."""
+    panel = _split_panel(ratio, [0, 1]) if panel is None else panel
     config = _config(engine_config, fake, panel)
     times = panel.datetimes()
     entry_price = float(panel.close[60, 0])
@@ -253,6 +255,86 @@ async def test_a_reverse_split_pays_the_fraction_in_cash_and_flatten_trades_the_
         b for b in fake.posted_orders()[posted:] if b["symbol"] == "S00" and b["side"] == "sell"
     ]
     assert [float(b["qty"]) for b in sells if b.get("type") == "market"] == [whole]
+
+
+@pytest.mark.parametrize("ratio", [4.0, 0.1])
+async def test_an_announced_split_whose_bar_lacks_it_is_applied_when_its_prices_show_it(
+    engine_config, fake, ratio
+):
+    """A vendor posting the split event late: S00's ex-date bar has the post-split prices
+    and split 1.0, the account was split overnight. The book kept the pre-split shares: a
+    4:1 was a 75% loss and a drawdown halt, a 1:10 a false 9x gain that a market sell of
+    90% of the real position took off the account."""
+    panel = _split_panel(ratio, [0, 1], not_in_bar=(0,))
+    panel, config, first, _ = await _up_to_the_eve(engine_config, fake, ratio, panel)
+    held = first.portfolio.quantity_of("S00")
+    new, old = (ratio, 1.0) if ratio >= 1 else (1.0, round(1 / ratio))
+    _overnight(fake, panel, new, old)
+    posted = len(fake.posted_orders())
+
+    second = _engine(config, panel, panel.datetimes()[EX])
+    alerts = _alerts(second)
+    with capture_logs() as logs:
+        await second.run_until_done()
+
+    split = math.floor(held * ratio + 1e-9)
+    assert second.portfolio.quantity_of("S00") == split == _position(fake, "S00")
+    assert not alerts and not second.reconcile_blocked
+    assert second.trading_state == "active"
+    [applied] = [e for e in logs if e["event"] == "split.from_announcement"]
+    assert applied["symbol"] == "S00" and applied["log_level"] == "warning"
+    assert applied["ratio"] == ("4:1" if ratio > 1 else "1:10")
+    assert "corporate actions" in applied["source"]
+    assert not [e for e in logs if e["event"] in ("split.not_in_bar", "split.unconfirmed")]
+    if ratio < 1:
+        [paid] = [e for e in logs if e["event"] == "split.cash_in_lieu"]
+        assert paid["symbol"] == "S00" and paid["shares"] == pytest.approx(held / 10 - split)
+    # No market order in S00 (the reverse split's false gain sold 90% of the account's);
+    # its exits again, for the split position at post-split prices, as with the split in
+    # the bar.
+    sent = [b for b in fake.posted_orders()[posted:] if b["symbol"] == "S00"]
+    assert not [b for b in sent if b.get("type") == "market"]
+    close = float(panel.close[EX, 0])
+    exits = _open_run_orders(fake, "S00")
+    stops = [o for o in exits if o.stop_price is not None]
+    assert stops and all(o.qty == split for o in exits)
+    assert all(close / 2 < o.stop_price < close for o in stops)
+    # The history is split-adjusted as for a split in the bar: no crash between the bars.
+    if second.history.capacity >= 2:
+        before, at = second.history.window("close", 2)[:, 0]
+        assert before == pytest.approx(float(panel.close[EX - 1, 0]) / ratio)
+        assert at == float(panel.close[EX, 0])
+
+
+async def test_an_announced_split_neither_in_its_bar_nor_its_prices_holds_the_symbol(
+    engine_config, fake
+):
+    """The account split 4:1 overnight, but S00's ex-date bar shows no split, neither in
+    its split field nor in its prices: nothing to book it on. The symbol is held (no order)
+    and alerted, and the difference says what happened, not that a bar will split it."""
+    panel = _split_panel(4.0, [1])  # S00 unmoved, no split
+    panel, config, first, _ = await _up_to_the_eve(engine_config, fake, 4.0, panel)
+    held = first.portfolio.quantity_of("S00")
+    _overnight(fake, panel, 4.0, 1.0)
+    posted = len(fake.posted_orders())
+
+    second = _engine(config, panel, panel.datetimes()[EX])
+    alerts = _alerts(second)
+    with capture_logs() as logs:
+        await second.run_until_done()
+
+    assert second.portfolio.quantity_of("S00") == held and _position(fake, "S00") == 4 * held
+    why = second.reconcile_blocked["S00"]
+    assert "announced 4:1 split" in why and "check the account" in why
+    assert "ex-date's bar" not in why  # no bar is still to split it
+    [said] = [e for e in logs if e["event"] == "split.unconfirmed"]
+    assert said["symbol"] == "S00" and said["log_level"] == "error"
+    [alert] = [a for a in alerts if a.key == "S00"]
+    assert alert.severity == "critical" and "4:1" in alert.text
+    assert not [b for b in fake.posted_orders()[posted:] if b["symbol"] == "S00"]
+    assert not _open_run_orders(fake, "S00")
+    # S01's bar shows its split: applied as ever.
+    assert "S01" not in second.reconcile_blocked
 
 
 async def test_a_failed_lookup_is_a_warning_and_trading_goes_on_as_before(engine_config, fake):
