@@ -766,6 +766,10 @@ class Engine:
         self.reconcile_interval_s = reconcile_interval_s
         self.reconcile_confirm_s = reconcile_confirm_s  # live.reconcile_confirm_s
         self.reconcile_blocked: dict[str, str] = {}
+        # The broker's quantity of each blocked symbol at the round that blocked it: a bar
+        # whose split makes the book equal to it releases the symbol at that bar
+        # (`_release_split_blocks`), not only at the next round.
+        self._blocked_broker: dict[str, float] = {}
         # Splits known ahead from the broker's corporate actions (live on Alpaca; set by the
         # composition root): a symbol splitting at the next session is held for that bar.
         self.splits_ahead: SplitsAhead | None = None
@@ -2319,6 +2323,7 @@ class Engine:
                 if a["kind"] == RECONCILIATION and a["key"] not in again:
                     alerter.condition(RECONCILIATION, a["key"], False)
         self.reconcile_blocked = blocked
+        self._blocked_broker = {sym: again[sym][0] for sym in blocked}
         self.last_reconciled_at = datetime.now(UTC)
         log.info("reconcile.done", symbols=len(self.symbols), blocked=sorted(blocked))
 
@@ -3296,6 +3301,8 @@ class Engine:
             )
         if self.splits_ahead is not None and self.splits_ahead.held:
             self._settle_splits(bar)
+        if split_cols and self._blocked_broker:
+            await self._release_split_blocks(bar.time, split_cols)
         # Without a check for any dividend first: the product is all the check costs (nine in
         # ten of the 496 symbols' bars have a dividend somewhere).
         pf.apply_dividends(bar.dividend)
@@ -3952,6 +3959,57 @@ class Engine:
                     if record is not None:
                         record(bar.time, s.symbol, shares, float(bar.close[i]), cash)
             log.info("split.applied", time=bar.time, symbol=s.symbol, ratio=s.text())
+
+    async def _release_split_blocks(self, t: datetime, cols: Sequence[int]) -> None:
+        """Blocked symbols whose split at bar `t` made the book equal the broker's quantity
+        at the round that blocked them (the account split before the open, the book at the
+        ex-date's bar, unannounced or with the lookup off): released at this bar, this run's
+        working orders in them (placed before the split: Alpaca keeps them as they were)
+        cancelled, so the bar's plan places their exits again, post-split. Released only
+        at the next round before (up to `reconcile_interval_s` later), and then the
+        pre-split exits stayed: a stop at four times a 4:1 split's price. A difference
+        arising since the round is found by the next one as any other."""
+        seen = self._blocked_broker
+        quantity = self.portfolio.quantity
+        alerter = getattr(self, "alerter", None)
+        released: set[str] = set()
+        for i in cols:
+            sym = self.symbols[i]
+            broker = seen.get(sym)
+            if broker is None or sym not in self.reconcile_blocked:
+                continue
+            book = float(quantity[i])
+            if abs(book - broker) > 1e-6 * max(1.0, abs(book), abs(broker)):
+                continue
+            del self.reconcile_blocked[sym], seen[sym]
+            self._splits_missed.pop(sym, None)
+            log.info(
+                "reconcile.resolved",
+                symbol=sym,
+                time=t,
+                rule="the bar's split made the book equal the broker's quantity at the last "
+                "reconciliation: released at this bar, its exits placed again post-split",
+            )
+            if alerter is not None:
+                alerter.condition(RECONCILIATION, sym, False)
+            released.add(sym)
+        if not released:
+            return
+        why = {
+            o.client_order_id: f"split: {o.symbol} split at this bar; placed before it"
+            for o in self.broker.open_orders()
+            if o.symbol in released and self._placed_by_us(o.client_order_id)
+        }
+        if why:
+            await self._cancel_then_check(Plan(orders=[], cancel=list(why)), t, why)
+            log.warning(
+                "split.orders_cancelled",
+                time=t,
+                symbols=sorted(released),
+                cancelled=list(why),
+                rule="placed before the split the account and the book have both made: "
+                "cancelled, its exits placed again at this bar, post-split",
+            )
 
     def _replay_restored(self, bar: CrossSection) -> None:
         """A bar an earlier process of this run completed: history, features and the signal

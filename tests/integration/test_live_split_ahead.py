@@ -337,6 +337,50 @@ async def test_an_announced_split_neither_in_its_bar_nor_its_prices_holds_the_sy
     assert "S01" not in second.reconcile_blocked
 
 
+def _lookup_off(config: Any) -> Any:
+    """`config` with broker.alpaca.splits_ahead = false: splits found by the bar and by
+    reconciliation only (the fallback of a lookup off or failing)."""
+    alpaca = dataclasses.replace(config.broker.alpaca, splits_ahead=False)
+    return dataclasses.replace(config, broker=dataclasses.replace(config.broker, alpaca=alpaca))
+
+
+async def test_without_the_lookup_the_split_bar_that_makes_the_book_agree_releases_the_symbol(
+    engine_config, fake
+):
+    """The lookup off: the account split 4:1 overnight, reconciliation at the start blocks
+    S00 (split-shaped), and the ex-date's bar splits the book to the broker's quantity. The
+    block lasted until the next round (300 s): no exits placed at that bar, the pre-split
+    stop resting at four times the post-split price."""
+    panel = _split_panel(4.0, [0])
+    config = _lookup_off(_config(engine_config, fake, panel))
+    entry_price = float(panel.close[60, 0])
+    fake.fill_on_submit = lambda o: entry_price if o.symbol == "S00" else None
+    first = _engine(config, panel, panel.datetimes()[EX - 1])
+    await first.run_until_done()
+    held = first.portfolio.quantity_of("S00")
+    fake.call(fake.split_position, "S00", 4.0, 1.0)
+
+    second = _engine(config, panel, panel.datetimes()[EX])
+    alerts = _alerts(second)
+    blocked: dict[Any, set[str]] = {}
+    second.after_bar.insert(0, lambda t, v: blocked.__setitem__(t, set(second.reconcile_blocked)))
+    with capture_logs() as logs:
+        await second.run_until_done()
+
+    assert alerts[0].key == "S00" and alerts[0].severity == "warning"  # at the start
+    assert blocked[panel.datetimes()[EX]] == set()
+    assert second.portfolio.quantity_of("S00") == 4 * held == _position(fake, "S00")
+    [resolved] = [e for e in logs if e["event"] == "reconcile.resolved"]
+    assert resolved["symbol"] == "S00" and resolved["time"] == panel.datetimes()[EX]
+    assert "S00" not in {a["key"] for a in second.alerter.firing()}
+    # Its exits at that bar, for the split position at post-split prices.
+    close = float(panel.close[EX, 0])
+    exits = _open_run_orders(fake, "S00")
+    stops = [o for o in exits if o.stop_price is not None]
+    assert stops and all(o.qty == 4 * held for o in exits)
+    assert all(close / 2 < o.stop_price < close for o in stops)
+
+
 async def test_a_failed_lookup_is_a_warning_and_trading_goes_on_as_before(engine_config, fake):
     fake.fail_corporate_actions(n=1000, status=403)
     _, _, first, logs = await _up_to_the_eve(engine_config, fake, 4.0)
