@@ -33,6 +33,7 @@ from collections.abc import (
 )
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
+from fractions import Fraction
 from types import MappingProxyType
 from typing import Any, Protocol, TypeVar, cast
 
@@ -344,29 +345,34 @@ _NO_ORDER_OF_OURS = (
 _KEPT_MOVING = f"still moving after {_RECONCILE_MOVING_ROUNDS} rounds beside an order of ours"
 
 
-# The ratios a split of a held position is recognised at (`_split_like`): the whole
-# ratios splits use, forward (2:1, 4:1) and reverse (1:2, 1:10).
-_SPLIT_RATIOS = (2, 3, 4, 5, 6, 7, 8, 10, 15, 20, 25, 30, 40, 50)
+# The ratios a split of a held position is recognised at (`_split_like`), forward (2:1,
+# 3:2) and reversed (1:10, 2:3): the whole ratios splits use, and the fractional ones
+# (a 3:2 was a critical "unexplained" difference, blocking the symbol for good).
+_SPLIT_RATIOS = (
+    *(Fraction(k) for k in (2, 3, 4, 5, 6, 7, 8, 10, 15, 20, 25, 30, 40, 50)),
+    Fraction(3, 2),
+    Fraction(4, 3),
+    Fraction(5, 4),
+    Fraction(5, 2),
+)
 
 
 def _split_like(broker: float, book: float) -> str | None:
-    """The ratio ("4:1", "1:10") at which a split turns the book's quantity into the
+    """The ratio ("4:1", "1:10", "3:2") at which a split turns the book's quantity into the
     broker's, or None. Alpaca splits a position before the ex-date's session opens and the
     book only at that date's bar (the feed's `split` field): a difference of that shape is
     most likely a split on its way, not a stranger's trade, and is worded (and alerted) so.
-    Forward: the broker holds exactly the book times the ratio. Reverse: the floor of the
-    book over the ratio (the fraction paid in cash), at least one share; where the floor
-    fits several ratios, each is named. A position gone to 0 is never called a split."""
+    The broker holds the book times the ratio exactly or, failing any such ratio, rounded
+    down (the fraction paid in cash), at least one share; where several ratios fit, each is
+    named. A position gone to 0 is never called a split."""
     if broker * book <= 0:
         return None
     held, booked = abs(broker), abs(book)
-    if held > booked:
-        ratio = held / booked
-        k = round(ratio)
-        exact = k in _SPLIT_RATIOS and abs(held - booked * k) <= 1e-6 * max(1.0, held)
-        return f"{k}:1" if exact else None
-    fits = [f"1:{k}" for k in _SPLIT_RATIOS if int(booked / k + 1e-9) == held]
-    return " or ".join(fits) or None
+    ratios = _SPLIT_RATIOS if held > booked else tuple(1 / r for r in _SPLIT_RATIOS)
+    fits = [r for r in ratios if abs(held - booked * r) <= 1e-6 * max(1.0, held)]
+    if not fits:
+        fits = [r for r in ratios if math.trunc(booked * r + 1e-9) == held]
+    return " or ".join(f"{r.numerator}:{r.denominator}" for r in fits) or None
 
 
 def _difference_text(broker: float, book: float, missed: Split | None = None) -> str:
@@ -3302,7 +3308,7 @@ class Engine:
         if self.splits_ahead is not None and self.splits_ahead.held:
             self._settle_splits(bar)
         if split_cols and self._blocked_broker:
-            await self._release_split_blocks(bar.time, split_cols)
+            await self._release_split_blocks(bar, split_cols)
         # Without a check for any dividend first: the product is all the check costs (nine in
         # ten of the 496 symbols' bars have a dividend somewhere).
         pf.apply_dividends(bar.dividend)
@@ -3936,39 +3942,52 @@ class Engine:
         fraction; the account holds whole shares)."""
         ahead = self.splits_ahead
         assert ahead is not None
-        pf = self.portfolio
         for i, s in ahead.applied(bar.time, bar.split, bar.close == bar.close):
-            q = float(pf.quantity[i])
-            before = q / float(bar.split[i])
-            if q and abs(before - round(before)) <= 1e-6 * max(1.0, abs(before)):
-                shares, cash = pf.cash_in_lieu(i, float(bar.close[i]))
-                if shares:
-                    log.info(
-                        "split.cash_in_lieu",
-                        time=bar.time,
-                        symbol=s.symbol,
-                        shares=shares,
-                        price=float(bar.close[i]),
-                        cash=cash,
-                        rule="a split's fraction of a share is paid in cash, at the ex-date's "
-                        "close; the account's amount may differ by the price Alpaca uses",
-                    )
-                    # Where a user can find it again: the audit log, beside the bar's fills
-                    # (the equity row of the bar holds the cash).
-                    record = getattr(self.audit, "cash_in_lieu", None)
-                    if record is not None:
-                        record(bar.time, s.symbol, shares, float(bar.close[i]), cash)
+            self._cash_in_lieu(bar, i)
             log.info("split.applied", time=bar.time, symbol=s.symbol, ratio=s.text())
 
-    async def _release_split_blocks(self, t: datetime, cols: Sequence[int]) -> None:
-        """Blocked symbols whose split at bar `t` made the book equal the broker's quantity
+    def _cash_in_lieu(self, bar: CrossSection, i: int) -> None:
+        """The fraction of a share bar's split left of a whole position in column `i`, paid
+        as cash in lieu at the bar's close (Alpaca pays the fraction; the account holds
+        whole shares)."""
+        pf = self.portfolio
+        q = float(pf.quantity[i])
+        before = q / float(bar.split[i])
+        if not q or abs(before - round(before)) > 1e-6 * max(1.0, abs(before)):
+            return
+        shares, cash = pf.cash_in_lieu(i, float(bar.close[i]))
+        if not shares:
+            return
+        symbol = self.symbols[i]
+        log.info(
+            "split.cash_in_lieu",
+            time=bar.time,
+            symbol=symbol,
+            shares=shares,
+            price=float(bar.close[i]),
+            cash=cash,
+            rule="a split's fraction of a share is paid in cash, at the ex-date's "
+            "close; the account's amount may differ by the price Alpaca uses",
+        )
+        # Where a user can find it again: the audit log, beside the bar's fills (the equity
+        # row of the bar holds the cash).
+        record = getattr(self.audit, "cash_in_lieu", None)
+        if record is not None:
+            record(bar.time, symbol, shares, float(bar.close[i]), cash)
+
+    async def _release_split_blocks(self, bar: CrossSection, cols: Sequence[int]) -> None:
+        """Blocked symbols whose split at `bar` made the book equal the broker's quantity
         at the round that blocked them (the account split before the open, the book at the
-        ex-date's bar, unannounced or with the lookup off): released at this bar, this run's
+        ex-date's bar, unannounced or with the lookup off), a fraction of a share the split
+        left paid in cash where the broker holds the whole shares (`_cash_in_lieu`, as for
+        a split looked up ahead; it stayed in the book, a difference for good): released
+        at this bar, this run's
         working orders in them (placed before the split: Alpaca keeps them as they were)
         cancelled, so the bar's plan places their exits again, post-split. Released only
         at the next round before (up to `reconcile_interval_s` later), and then the
         pre-split exits stayed: a stop at four times a 4:1 split's price. A difference
         arising since the round is found by the next one as any other."""
+        t = bar.time
         seen = self._blocked_broker
         quantity = self.portfolio.quantity
         alerter = getattr(self, "alerter", None)
@@ -3979,6 +3998,9 @@ class Engine:
             if broker is None or sym not in self.reconcile_blocked:
                 continue
             book = float(quantity[i])
+            if book != broker and math.trunc(book + math.copysign(1e-9, book)) == broker:
+                self._cash_in_lieu(bar, i)  # the broker holds the split's whole shares
+                book = float(quantity[i])
             if abs(book - broker) > 1e-6 * max(1.0, abs(book), abs(broker)):
                 continue
             del self.reconcile_blocked[sym], seen[sym]

@@ -381,6 +381,42 @@ async def test_without_the_lookup_the_split_bar_that_makes_the_book_agree_releas
     assert all(close / 2 < o.stop_price < close for o in stops)
 
 
+@pytest.mark.parametrize(("new", "old"), [(3, 2), (1, 10)])
+async def test_without_the_lookup_a_split_leaving_a_fraction_pays_it_in_cash(
+    engine_config, fake, new, old
+):
+    """The lookup off, a 3:2 (or 1:10) split: the account holds the floor of the split
+    position (its fraction paid in cash). Only whole ratios were recognised (a 3:2 was a
+    critical "unexplained" difference at the start), and after the bar the book kept the
+    fraction the account paid out, blocking the symbol for good."""
+    ratio = new / old
+    panel = _split_panel(ratio, [0])
+    config = _lookup_off(_config(engine_config, fake, panel))
+    entry_price = float(panel.close[60, 0])
+    fake.fill_on_submit = lambda o: entry_price if o.symbol == "S00" else None
+    first = _engine(config, panel, panel.datetimes()[EX - 1])
+    await first.run_until_done()
+    held = first.portfolio.quantity_of("S00")
+    assert held * ratio % 1, "the position must leave a fraction of a share"
+    close = float(panel.close[EX, 0])
+    fake.call(fake.split_position, "S00", float(new), float(old), cash_in_lieu_price=close)
+
+    second = _engine(config, panel, panel.datetimes()[EX])
+    alerts = _alerts(second)
+    with capture_logs() as logs:
+        await second.run_until_done()
+
+    assert alerts[0].key == "S00" and alerts[0].severity == "warning"
+    assert f"{new}:{old}, as a split would" in alerts[0].text
+    whole = math.floor(held * ratio)
+    assert second.portfolio.quantity_of("S00") == whole == _position(fake, "S00")
+    [paid] = [e for e in logs if e["event"] == "split.cash_in_lieu"]
+    assert paid["symbol"] == "S00" and paid["shares"] == pytest.approx(held * ratio - whole)
+    assert paid["cash"] == pytest.approx((held * ratio - whole) * close)
+    assert "S00" not in second.reconcile_blocked
+    assert "S00" not in {a["key"] for a in second.alerter.firing()}
+
+
 async def test_a_failed_lookup_is_a_warning_and_trading_goes_on_as_before(engine_config, fake):
     fake.fail_corporate_actions(n=1000, status=403)
     _, _, first, logs = await _up_to_the_eve(engine_config, fake, 4.0)

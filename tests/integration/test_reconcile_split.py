@@ -92,3 +92,32 @@ async def test_a_difference_of_no_split_shape_stays_critical(engine_config, fake
     assert "split" not in alert.text
     [said] = [e for e in logs if e["event"] == "reconcile.difference"]
     assert said["log_level"] == "error" and "split_ratio" not in said
+
+
+@pytest.mark.parametrize(
+    ("broker", "book", "ratio"),
+    [
+        (2920, 1947, "3:2"),  # 2920.5: the half share paid in cash
+        (2500, 2000, "5:4"),
+        (2596, 1947, "4:3"),
+        (4867, 1947, "5:2"),  # 4867.5
+        (1298, 1947, "2:3"),
+        (1557, 1947, "4:5"),  # 1557.6
+        (1460, 1947, "3:4"),  # 1460.25
+        (778, 1947, "2:5"),  # 778.8
+        (-2920, -1947, "3:2"),
+        (7788, 1947, "4:1"),
+        (194, 1947, "1:10"),
+    ],
+)
+def test_common_fractional_ratios_are_named_as_splits(broker, book, ratio):
+    from tradingd.engine.engine import _split_like
+
+    assert _split_like(broker, book) == ratio
+
+
+@pytest.mark.parametrize(("broker", "book"), [(2921, 1947), (1000, 1947), (0, 1947), (-2920, 1947)])
+def test_other_differences_are_no_split(broker, book):
+    from tradingd.engine.engine import _split_like
+
+    assert _split_like(broker, book) is None
