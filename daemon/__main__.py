@@ -1385,8 +1385,22 @@ def _report_line(files: Any) -> str:
 # ----------------------------------------------------------------------------- tradingd run
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_HANDLED = (*_STOP_SIGNALS, signal.SIGHUP)
+# Signals with no meaning to tradingd, said and ignored: their default action killed the
+# daemon without a word (no stop line, no flush, exit 138), and operators send SIGUSR1 to
+# ask other daemons to reopen their logs.
+_IGNORED = (signal.SIGUSR1, signal.SIGUSR2)
+_HANDLED = (*_STOP_SIGNALS, signal.SIGHUP, *_IGNORED)
 _FORCE_AFTER = 3  # the third stop signal exits at once (exit code 128 + signal number)
+
+
+def _say_ignored(name: str, phase: str) -> None:
+    log.warning(
+        "tradingd.signal_ignored",
+        signal=name,
+        phase=phase,
+        detail="tradingd gives this signal no meaning and goes on: SIGTERM or SIGINT stops "
+        "it, SIGHUP reloads the configuration",
+    )
 
 
 class _StartupStopped(Exception):
@@ -1435,6 +1449,8 @@ class _Daemon:
 
     def _plain(self, signum: int, frame: Any) -> None:
         self._recorded.append((signum, self.phase))
+        if signum in _IGNORED:
+            return
         if signum == signal.SIGHUP:
             self.reload_pending = True
             return
@@ -1466,6 +1482,9 @@ class _Daemon:
 
     def on_signal(self, signum: int) -> None:
         name = signal.Signals(signum).name
+        if signum in _IGNORED:
+            _say_ignored(name, self.phase)
+            return
         if signum == signal.SIGHUP:
             self.reload(name)
             return
@@ -1507,7 +1526,9 @@ class _Daemon:
         recorded, self._recorded = self._recorded, []
         for signum, phase in recorded:
             name = signal.Signals(signum).name
-            if signum == signal.SIGHUP and (self.stopping or phase == "exiting"):
+            if signum in _IGNORED:
+                _say_ignored(name, phase)
+            elif signum == signal.SIGHUP and (self.stopping or phase == "exiting"):
                 self.reload_pending = False
                 log.info("config.reload_ignored", signal=name, detail="the daemon is stopping")
             elif signum == signal.SIGHUP:

@@ -169,6 +169,24 @@ def test_sigterm_during_startup_exits_0_and_a_second_signal_only_logs(tmp_path, 
     assert not d.events("engine.start") and not d.events("clock.live.start")
 
 
+def test_sigusr1_and_sigusr2_are_said_and_ignored_during_startup(tmp_path, daemon):
+    """SIGUSR1 (what operators send other daemons to reopen their logs) killed tradingd
+    without a word: exit 138, no stop line, no exit line, nothing flushed. Both user signals
+    are now a warning naming them, and the daemon goes on to a clean stop by SIGTERM."""
+    d = daemon(_write(tmp_path, _config_text(tmp_path)))
+    d.wait_for("startup.phase", phase="loading data")
+    d.signal(signal.SIGUSR1)
+    assert d.wait_for("tradingd.signal_ignored")["signal"] == "SIGUSR1"
+    d.signal(signal.SIGUSR2)
+    assert d.wait_for("tradingd.signal_ignored", count=2)["signal"] == "SIGUSR2"
+    assert d.proc.poll() is None  # still running
+    d.signal(signal.SIGTERM)
+    assert d.wait() == 0, d.err_path.read_text()[-3000:]
+    d.assert_clean_output()
+    assert d.wait_for("tradingd.stop_requested")["signal"] == "SIGTERM"
+    assert len(d.events("tradingd.exit")) == 1
+
+
 def test_third_stop_signal_forces_an_exit_with_a_nonzero_code(tmp_path, daemon):
     # The first signal stops start-up after its current step, so the daemon may finish that
     # step and exit 0 before the third signal arrives (seen in CI): that attempt proves
