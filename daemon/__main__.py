@@ -543,8 +543,11 @@ def say(text: str) -> None:
     raising, as log lines never do (`logs._StderrBesideProgressBars`). On a full disk under
     stderr the print raised OSError over the error it was to say, and the command exited 1
     with a traceback nobody saw instead of its own exit code."""
+    from .logs import journal_prefix
+
+    prefix = journal_prefix("error" if text.startswith("tradingd: error") else "warning")
     with contextlib.suppress(OSError, ValueError, AttributeError):
-        print(text, file=sys.stderr, flush=True)
+        print(prefix + text, file=sys.stderr, flush=True)
 
 
 def restrict_umask() -> int:

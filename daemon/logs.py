@@ -118,6 +118,8 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer()
     )
+    if use_json and stderr_is_journal():
+        renderer = _JournalPriority(renderer)
     stream: Any = _StderrBesideProgressBars(renderer)  # a TextIO as far as writers care
     structlog.configure(
         processors=[
@@ -202,6 +204,44 @@ def _route_stdlib(level: str, renderer: Any, stream: Any, mask: _MaskEnvSecrets)
     for name, lib_level in LIBRARY_LEVELS.items():
         logging.getLogger(name).setLevel(max(lib_level, wanted))
     logging.captureWarnings(True)  # warnings.warn(...) as log records, not stderr text
+
+
+# syslog priorities of the levels, for journald (`stderr_is_journal`).
+_PRIORITY = {"debug": 7, "info": 6, "warning": 4, "error": 3, "critical": 2, "exception": 3}
+
+
+def stderr_is_journal() -> bool:
+    """Whether standard error is a systemd journal stream: systemd sets JOURNAL_STREAM to
+    its device and inode (not inherited meaningfully by a redirected stderr, hence the
+    comparison). Every JSON line went to the journal at priority info, so `journalctl -p
+    err -u tradingd` showed none of the daemon's errors."""
+    stream = os.environ.get("JOURNAL_STREAM", "")
+    dev, _, ino = stream.partition(":")
+    if not (dev.isdigit() and ino.isdigit()):
+        return False
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return False
+    return (st.st_dev, st.st_ino) == (int(dev), int(ino))
+
+
+def journal_prefix(level: str) -> str:
+    """The `<N>` prefix journald reads as a line's priority (SyslogLevelPrefix, on by
+    default) and strips, or "" when standard error is not the journal."""
+    return f"<{_PRIORITY.get(level, 6)}>" if stderr_is_journal() else ""
+
+
+class _JournalPriority:
+    """The renderer's line with its level's syslog priority in front (`<3>{...}` for an
+    error): journald stores the line without it, at that priority."""
+
+    def __init__(self, render: Any) -> None:
+        self._render = render
+
+    def __call__(self, logger: Any, name: str, event: MutableMapping[str, Any]) -> Any:
+        level = str(event.get("level") or name or "info").lower()
+        return f"<{_PRIORITY.get(level, 6)}>{self._render(logger, name, event)}"
 
 
 class _LostLines:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import errno
 import json
 import logging
+import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -335,3 +336,42 @@ def test_a_line_the_full_disk_refused_is_never_written_later(monkeypatch, tmp_pa
     assert "lost " not in text
     assert text.count("log.lines_lost") == 1 and "'lines': 4" in text
     assert text.endswith("after\n")
+
+
+def test_lines_to_the_journal_carry_their_level_as_a_syslog_priority(tmp_path):
+    """Under systemd every JSON line reached the journal at priority info, so `journalctl -p
+    err -u tradingd` showed none of the daemon's errors. When standard error is the journal
+    (JOURNAL_STREAM names its device and inode) each line starts with `<N>`, which journald
+    reads as the priority and strips; anywhere else the lines are as before."""
+    import subprocess
+    import sys
+
+    code = (
+        "import logging, structlog\n"
+        "from tradingd.logs import configure_logging\n"
+        "configure_logging('info', 'json')\n"
+        "log = structlog.get_logger('t')\n"
+        "log.info('an.info'); log.warning('a.warning'); log.error('an.error')\n"
+        "logging.getLogger('somelib').error('a library error')\n"
+        "from tradingd.__main__ import say\n"
+        "say('tradingd: error: it failed')\n"
+    )
+    err = tmp_path / "journal"
+
+    def run(journal: bool) -> list[str]:
+        with err.open("w") as fh:
+            st = os.fstat(fh.fileno())
+            env = {
+                **os.environ,
+                "JOURNAL_STREAM": f"{st.st_dev}:{st.st_ino + (0 if journal else 1)}",
+            }
+            subprocess.run([sys.executable, "-c", code], stderr=fh, env=env, check=True)
+        return err.read_text().splitlines()
+
+    lines = run(journal=True)
+    assert [line[:3] for line in lines] == ["<6>", "<4>", "<3>", "<3>", "<3>"], lines
+    assert json.loads(lines[2][3:])["event"] == "an.error"
+    assert lines[4] == "<3>tradingd: error: it failed"
+    plain = run(journal=False)  # another file's inode: not the journal
+    assert [json.loads(line)["event"] for line in plain[:3]] == ["an.info", "a.warning", "an.error"]
+    assert plain[4] == "tradingd: error: it failed"

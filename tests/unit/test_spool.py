@@ -265,18 +265,20 @@ def test_a_disk_that_fills_under_the_spool_says_what_to_do_and_keeps_what_fitted
 
     with small_tmpfs(tmp_path / "disk", "64k") as disk:
         sp = Spool(disk, "w1", "fake://db", max_bytes=10**9)
-        big = batch(1, equity=[("r", "x" * 5000)])
-        n = 0
-        with pytest.raises(SpoolError) as e:
-            while n < 100:
-                sp.append(SpoolBatch("w1", n + 1, 0.0, big.tables))
-                n += 1
-        assert n >= 2 and sp.pending_batches == n
-        msg = str(e.value)
-        assert "No space left on device" in msg and "fake://db" in msg
-        assert "Nothing was dropped" in msg and f"free space on the disk of {disk}" in msg
-        assert sp.path.stat().st_size == sp.size  # the cut batch was taken back out
-        sp.close()
+        try:  # closed whatever fails: its open file would keep the tmpfs from unmounting
+            big = batch(1, equity=[("r", "x" * 5000)])
+            n = 0
+            with pytest.raises(SpoolError) as e:
+                while n < 100:
+                    sp.append(SpoolBatch("w1", n + 1, 0.0, big.tables))
+                    n += 1
+            assert n >= 2 and sp.pending_batches == n
+            msg = str(e.value)
+            assert "No space left on device" in msg and "fake://db" in msg
+            assert "Nothing was dropped" in msg and f"free space on the disk of {disk}" in msg
+            assert sp.path.stat().st_size == sp.size  # the cut batch was taken back out
+        finally:
+            sp.close()
 
 
 def test_a_spool_held_by_a_live_writer_is_not_an_orphan(tmp_path: Path) -> None:
