@@ -413,7 +413,8 @@ def _parser() -> argparse.ArgumentParser:
     he = sub.add_parser(
         "health",
         help="ask a running daemon whether it is alive and ready "
-        "(exit 0 ready, 1 not ready, 2 unreachable)",
+        "(exit 0 ready, 1 not ready, 2 unreachable); its /status is read with "
+        "$TRADINGD_HEALTH_TOKEN, which it needs once the daemon has a token",
     )
     common(he)
     he.add_argument(
@@ -811,6 +812,7 @@ def _retrain(config: Config, args: argparse.Namespace) -> int:
 def _health(args: argparse.Namespace) -> int:
     """Reads the configuration only for the default URL: loads no plugins, models or
     services (a daemon's health must be askable when those are broken)."""
+    from .health import token_from_env
     from .health.client import fetch_health, url_for
 
     if not (math.isfinite(args.timeout) and args.timeout > 0):
@@ -819,7 +821,8 @@ def _health(args: argparse.Namespace) -> int:
             f"--timeout must be a finite number of seconds > 0 (e.g. 5), got {args.timeout}"
         )
     url = args.url or url_for(_config(args.config).health)
-    code, report = asyncio.run(fetch_health(url, args.timeout))
+    # /status needs the daemon's token once it has one: the same variable the daemon reads.
+    code, report = asyncio.run(fetch_health(url, args.timeout, token_from_env()))
     print(json.dumps(report, indent=2, sort_keys=True))
     if code == 2:
         say(f"tradingd: error: {report['error']}")

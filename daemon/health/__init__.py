@@ -11,7 +11,8 @@ small interface defined here:
 - `StatusSource`: a zero-argument callable returning the `GET /status` mapping (equity, cash,
   positions, open orders, last bar time, model version); the server adds uptime itself.
 - `Controls`: `async pause()`, `resume()`, `flatten()`, each returning a small mapping saying
-  what happened, for `POST /pause|/resume|/flatten` (bearer token required).
+  what happened, for `POST /pause|/resume|/flatten` (bearer token required; it guards
+  `GET /status` and `/metrics` too, see `HealthConfig.open_reads`).
 - `HealthConfig`: where the server listens and when the event loop counts as stalled.
 
 These definitions live here, free of aiohttp, so that `config.py` can hold a `HealthConfig`
@@ -30,8 +31,9 @@ from typing import Any, Protocol
 from ..core.endpoints import canonical_address, is_loopback
 from ..core.errors import ConfigError
 
-# The environment variable holding the bearer token of the control endpoints. The server never
-# reads the environment itself: the caller passes the token (see `token_from_env`).
+# The environment variable holding the bearer token of the control endpoints and of the read
+# endpoints that show the book (/status, /metrics). The server never reads the environment
+# itself: the caller passes the token (see `token_from_env`).
 TOKEN_ENV = "TRADINGD_HEALTH_TOKEN"
 
 
@@ -54,8 +56,8 @@ def waits() -> dict[str, str]:
 
 
 def token_from_env(environ: Mapping[str, str] | None = None) -> str | None:
-    """The control endpoints' bearer token from `TRADINGD_HEALTH_TOKEN`, or None when unset or
-    blank (the control endpoints then answer 403)."""
+    """The health server's bearer token from `TRADINGD_HEALTH_TOKEN`, or None when unset or
+    blank (the control endpoints then answer 403, and /status and /metrics need none)."""
     value = (os.environ if environ is None else environ).get(TOKEN_ENV, "").strip()
     return value or None
 
@@ -82,7 +84,7 @@ class HealthConfig:
     - `enabled`: false = `HealthServer.start()` does nothing (heartbeats are still accepted).
     - `host`: loopback by default. Another address (e.g. "0.0.0.0" for a Prometheus on another
       machine) is allowed because it is set explicitly, and logged as a warning at start:
-      GET endpoints need no token. "::" is dual-stack (every IPv6 and IPv4 address) where
+      /health and /ready need no token. "::" is dual-stack (every IPv6 and IPv4 address) where
       the system allows it.
     - `port`: 0 picks a free port (tests); the bound one is `HealthServer.port` after start.
     - `tick_interval_s`: how often the server's own periodic task proves the loop runs.
@@ -114,6 +116,12 @@ class HealthConfig:
       (a reverse proxy on this machine that passes its clients' Host header, a container's
       service name). A loopback server checks the Host header always; one bound elsewhere
       only when this is set (then it answers no other name).
+    - `open_reads`: false (the default) = once `TRADINGD_HEALTH_TOKEN` is set, `/status` and
+      `/metrics` need it as a bearer token, as the controls do: they show positions, open
+      orders, equity and P&L, and a loopback port is open to every local user (the files
+      holding the same are 0640). True serves them to anyone who reaches the port (a scraper
+      that cannot send a token), warned at start, as is a server without a token, whose
+      reads are open whatever this says. `/health` and `/ready` never need the token.
     """
 
     enabled: bool = True
@@ -128,6 +136,7 @@ class HealthConfig:
     write_timeout_s: float = 5.0
     shutdown_timeout_s: float = 2.0
     allowed_hosts: tuple[str, ...] = ()
+    open_reads: bool = False
 
     def __post_init__(self) -> None:
         hosts = self.allowed_hosts
@@ -154,6 +163,10 @@ class HealthConfig:
         # so a bracketed entry (config/docker.toml had one) never matched.
         names = tuple(h.removeprefix("[").removesuffix("]") for h in names)
         object.__setattr__(self, "allowed_hosts", names)
+        if not isinstance(self.open_reads, bool):
+            raise ConfigError(
+                f"health.open_reads = {self.open_reads!r} is invalid: must be true or false"
+            )
         if (
             isinstance(self.max_connections, bool)
             or not isinstance(self.max_connections, int)

@@ -1,10 +1,12 @@
 """`tradingd health`: ask a running daemon how it is, from the command line.
 
-`fetch_health(url, timeout_s)` queries `/health`, `/ready` and `/status` and returns
+`fetch_health(url, timeout_s, token)` queries `/health`, `/ready` and `/status` and returns
 `(exit_code, report)`: 0 when the daemon is alive and ready, 1 when it answers but is not
 (the report names the failing checks), 2 when nothing usable answers (nothing listens, no
 answer within the timeout, or the server is not a tradingd health server). The caller prints
-the report as JSON.
+the report as JSON. `token` (the CLI passes `TRADINGD_HEALTH_TOKEN`) is sent as a bearer token
+with `/status` only, which needs it once the daemon has one (`health.open_reads`); `/health` and
+`/ready` are asked without it.
 
 The report: `url`; `alive` and `ready` (booleans); `health`, `readiness` and `status` (the
 three bodies as the daemon sent them, already masked by the server); `error` (in words, when
@@ -22,7 +24,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ..secrets import mask_url
-from . import HealthConfig, local_url
+from . import TOKEN_ENV, HealthConfig, local_url
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 DEFAULT_TIMEOUT_S = 5.0
@@ -56,10 +58,13 @@ class _Unfinished(Exception):
         self.path, self.status, self.received = path, status, received
 
 
-async def _get(session: aiohttp.ClientSession, base: str, path: str) -> tuple[int, Any]:
+async def _get(
+    session: aiohttp.ClientSession, base: str, path: str, token: str | None = None
+) -> tuple[int, Any]:
     # A redirect is not followed: tradingd's server never sends one, and one to a closed
-    # port was reported as "nothing listens at <url>", the URL given.
-    async with session.get(f"{base}{path}", allow_redirects=False) as resp:
+    # port was reported as "nothing listens at <url>", the URL given (with the token).
+    headers = {"Authorization": f"Bearer {token}"} if token else None
+    async with session.get(f"{base}{path}", allow_redirects=False, headers=headers) as resp:
         if 300 <= resp.status < 400:
             where = resp.headers.get("Location")
             raise _NotTradingd(
@@ -97,7 +102,7 @@ def _shown_value(value: Any) -> str:
 
 
 async def fetch_health(
-    url: str = DEFAULT_URL, timeout_s: float = DEFAULT_TIMEOUT_S
+    url: str = DEFAULT_URL, timeout_s: float = DEFAULT_TIMEOUT_S, token: str | None = None
 ) -> tuple[int, dict[str, Any]]:
     """Query a running daemon; see the module docstring for the exit codes. Never raises for
     an unreachable or misbehaving server (that is exit code 2 with an `error`). A timeout
@@ -129,7 +134,7 @@ async def fetch_health(
         async with aiohttp.ClientSession(timeout=timeout) as session:
             health_code, report["health"] = await _get(session, base, "/health")
             ready_code, report["readiness"] = await _get(session, base, "/ready")
-            status_code, report["status"] = await _get(session, base, "/status")
+            status_code, report["status"] = await _get(session, base, "/status", token)
     except aiohttp.ClientConnectorDNSError as exc:
         report["error"] = f"cannot resolve the host of {shown}: {exc.os_error}"
         return EXIT_UNREACHABLE, report
@@ -177,7 +182,14 @@ async def fetch_health(
                 f"({_shown_value(body[key])})"
             )
             return EXIT_UNREACHABLE, report
-    if status_code != 200:
+    if status_code == 401:
+        # The daemon has a token and this client sent none or another one: a 401 alone did
+        # not say what to do.
+        report["status_error"] = (
+            f"/status answered 401: it needs the daemon's token; set {TOKEN_ENV} to it"
+            + (" (the one set is not the daemon's)" if token else "")
+        )
+    elif status_code != 200:
         report["status_error"] = f"/status answered {status_code}"
     alive = health_code == 200
     ready = ready_code == 200

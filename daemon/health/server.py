@@ -7,6 +7,10 @@
     POST /pause, /resume, /flatten, /reset-halt
                    need `Authorization: Bearer <TRADINGD_HEALTH_TOKEN>`
 
+Once a token is set, /status and /metrics need it too (unless `health.open_reads`): they show
+the book, and a loopback port is open to every local user. /health and /ready stay open for
+probes (Docker's HEALTHCHECK, systemd, an orchestrator).
+
 Health is a view, not a place of work: every answer is built from state the daemon already
 keeps (checks, a status source, metrics updated where the work happens). Nothing here calls a
 vendor, the broker or the database.
@@ -93,6 +97,9 @@ class _Refused(asyncio.Protocol):
 
 # The read-only endpoints, each answered by `HealthServer._get_<name>`.
 _GET_PATHS = ("/health", "/ready", "/metrics", "/status")
+# Those showing positions, orders, equity and P&L: they need the token once one is set
+# (`HealthConfig.open_reads`).
+_BOOK_PATHS = ("/metrics", "/status")
 # At most one `health.control_unauthorized` or `health.bad_requests` line in this many
 # seconds (the rest counted: `_LineAMinute`).
 _COUNTED_LINE_S = 60.0
@@ -167,10 +174,18 @@ class _LineAMinute:
     silence was never said. `total`, `since` and `last` name the fields of `event`."""
 
     def __init__(
-        self, event: str, clock: Callable[[], float], *, total: str, since: str, last: str
+        self,
+        event: str,
+        clock: Callable[[], float],
+        *,
+        total: str,
+        since: str,
+        last: str,
+        hint: str | None = None,
     ) -> None:
         self._event, self._clock = event, clock
         self._total, self._since, self._last = total, since, last
+        self._hint = {"hint": hint} if hint else {}
         self.count = 0
         self._said = 0
         self._line_at: float | None = None
@@ -195,6 +210,7 @@ class _LineAMinute:
             remotes=sorted(self._remotes),
             **{self._total: self.count, self._since: pending},
             next_line_after_s=_COUNTED_LINE_S,
+            **self._hint,
         )
         self._said, self._line_at, self._remotes = self.count, now, set()
 
@@ -321,7 +337,8 @@ class HealthServer:
     `checks` are the readiness checks (names unique; "loop" is the server's own); `status`
     builds the `/status` mapping; `controls` act on `POST /pause|/resume|/flatten`; `token` is
     the bearer token those need (from `TRADINGD_HEALTH_TOKEN`, read by the caller: see
-    `tradingd.health.token_from_env`); None or blank disables the control endpoints (403).
+    `tradingd.health.token_from_env`), and `/status` and `/metrics` too unless
+    `config.open_reads`; None or blank disables the control endpoints (403).
     `clock` (monotonic seconds) is injectable so tests can age heartbeats deterministically.
 
     The engine calls `heartbeat(busy=True)` when it starts a bar and `heartbeat()` when it
@@ -375,6 +392,18 @@ class HealthServer:
             total="refused",
             since="refused_since_last_line",
             last="action",
+        )
+        # Reads of /status or /metrics without the token (a scraper not yet given it).
+        self._read_refusals = _LineAMinute(
+            "health.read_unauthorized",
+            clock,
+            total="refused",
+            since="refused_since_last_line",
+            last="path",
+            hint=f"/status and /metrics need Authorization: Bearer <{TOKEN_ENV}> (Prometheus: "
+            "authorization: credentials_file: naming a file that holds the token; tradingd "
+            f"health: {TOKEN_ENV} in its environment), or set health.open_reads = true to "
+            "serve them to every local user",
         )
         self._bad_requests = _LineAMinute(
             "health.bad_requests",
@@ -463,6 +492,7 @@ class HealthServer:
             "health.listening",
             url=self.url,
             controls="enabled" if self._token else f"disabled ({TOKEN_ENV} unset)",
+            reads="open" if self._reads_open else "token",
             checks=[c.name for c in self._checks],
         )
         if not is_loopback(self.config.host):
@@ -470,8 +500,10 @@ class HealthServer:
                 "health.non_loopback",
                 host=self.config.host,
                 port=self._port,
-                hint="the health server is reachable beyond this machine: /status, /ready and "
-                "/metrics need no token; firewall it or set health.host = 127.0.0.1 (in a "
+                hint="the health server is reachable beyond this machine: /health and /ready "
+                "need no token"
+                + (", nor do /status and /metrics" if self._reads_open else "")
+                + "; firewall it or set health.host = 127.0.0.1 (in a "
                 "container, keep 0.0.0.0 and publish the port on the host's loopback: "
                 "-p 127.0.0.1:8080:8080)",
                 host_names=list(self.config.allowed_hosts)
@@ -485,6 +517,20 @@ class HealthServer:
                 host=self.config.host,
                 hint="this system cannot serve IPv4 on an IPv6 socket: clients of 127.0.0.1 "
                 "are not served; set health.host = 0.0.0.0 for IPv4",
+            )
+        if self._reads_open:
+            log.warning(
+                "health.reads_open",
+                url=self.url,
+                paths=list(_BOOK_PATHS),
+                why=f"{TOKEN_ENV} unset" if self._token is None else "health.open_reads = true",
+                hint="every local user (and whatever reaches the port) can read positions, "
+                "open orders, equity and P&L there; set "
+                + (
+                    f"{TOKEN_ENV} so they need it as a bearer token"
+                    if self._token is None
+                    else "health.open_reads = false so they need the token"
+                ),
             )
         if self._token is not None and len(self._token) < _MIN_TOKEN_LEN:
             log.warning(
@@ -522,6 +568,7 @@ class HealthServer:
             with contextlib.suppress(asyncio.CancelledError):
                 await ticker
         self._refusals.say(self._clock(), at_stop=True)
+        self._read_refusals.say(self._clock(), at_stop=True)
         self._bad_requests.say(self._clock(), at_stop=True)
         listener, self._listener = self._listener, None
         if listener is not None:
@@ -595,6 +642,7 @@ class HealthServer:
             self._max_lag = max(self._max_lag, self._lag)
             self._tick()
             self._refusals.say(self._clock())
+            self._read_refusals.say(self._clock())
             self._bad_requests.say(self._clock())
 
     def liveness(self) -> tuple[bool, dict[str, Any]]:
@@ -813,7 +861,32 @@ class HealthServer:
         ready, body = self.readiness()
         return _json(body, 200 if ready else 503)
 
+    @property
+    def _reads_open(self) -> bool:
+        """Whether /status and /metrics answer without the token."""
+        return self._token is None or self.config.open_reads
+
+    def _refused_read(self, request: web.Request) -> web.Response | None:
+        """The 401 of a read of /status or /metrics without the token, once one is set
+        (None: answer it). They showed positions, orders and equity to every local user
+        while the files holding the same are 0640."""
+        if self._reads_open or self._authorized(request):
+            return None
+        self._read_refusals.add(request.path, request.remote)
+        return _json(
+            {
+                "error": f"missing or wrong bearer token: {request.path} needs "
+                f"Authorization: Bearer <{TOKEN_ENV}> (/health and /ready do not)",
+                "path": request.path,
+            },
+            401,
+            headers={"WWW-Authenticate": 'Bearer realm="tradingd"'},
+        )
+
     async def _get_metrics(self, request: web.Request) -> web.Response:
+        refused = self._refused_read(request)
+        if refused is not None:
+            return refused
         return web.Response(
             body=self._rendered_metrics(),
             headers={"Content-Type": CONTENT_TYPE_LATEST, "Cache-Control": "no-store"},
@@ -833,6 +906,9 @@ class HealthServer:
         return text
 
     async def _get_status(self, request: web.Request) -> web.Response:
+        refused = self._refused_read(request)
+        if refused is not None:
+            return refused
         code, body = self.status()
         return _json(body, code)
 

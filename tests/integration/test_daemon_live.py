@@ -33,8 +33,10 @@ def _free_port() -> int:
 
 
 def _get(url: str) -> tuple[int, str]:
+    # The daemon has a token: /status and /metrics need it (/health and /ready do not).
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {TOKEN}"})
     try:
-        with urllib.request.urlopen(url, timeout=5) as r:
+        with urllib.request.urlopen(request, timeout=5) as r:
             return r.status, r.read().decode()
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode()
@@ -156,6 +158,8 @@ format = "json"
             return s if s.get("positions") and s.get("bars", 0) >= 8 else None
 
         s = _wait(traded, 90, "positions at the broker after several live bars", proc)
+        with urllib.request.urlopen(f"{base}/health", timeout=5) as r:  # no token needed
+            assert r.status == 200
         assert set(s["positions"]) <= set(SYMBOLS) - {"NOPE"}
 
         published: dict[str, list[dict]] = {}

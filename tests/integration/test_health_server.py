@@ -107,8 +107,11 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def get(http: aiohttp.ClientSession, server: HealthServer, path: str) -> tuple[int, Any]:
-    async with http.get(f"{server.url}{path}") as r:
+async def get(
+    http: aiohttp.ClientSession, server: HealthServer, path: str, auth: str | None = None
+) -> tuple[int, Any]:
+    headers = {"Authorization": auth} if auth is not None else {}
+    async with http.get(f"{server.url}{path}", headers=headers) as r:
         text = await r.text()
         return r.status, (json.loads(text) if r.content_type == "application/json" else text)
 
@@ -562,6 +565,7 @@ def test_check_names_are_unique_and_loop_is_reserved():
         ({"write_timeout_s": -1.0}, "health.write_timeout_s"),
         ({"metrics_cache_s": -1.0}, "health.metrics_cache_s"),
         ({"shutdown_timeout_s": float("inf")}, "health.shutdown_timeout_s"),
+        ({"open_reads": "yes"}, "health.open_reads"),
     ],
 )
 def test_config_is_validated(kw, match):
@@ -816,13 +820,102 @@ async def test_controls_are_disabled_without_a_token(serve, http):
     assert controls.calls == []
 
 
-async def test_controls_only_by_post_and_get_needs_no_token(serve, http):
+async def test_controls_only_by_post_and_probes_need_no_token(serve, http):
     server = await serve(controls=RecordingControls(), token=TOKEN)
     async with http.get(f"{server.url}/pause") as r:
         assert r.status == 405
-    for path in ("/health", "/ready", "/status", "/metrics"):
+    for path in ("/health", "/ready"):
         code, _ = await get(http, server, path)
         assert code == 200, path
+
+
+def book() -> dict[str, Any]:
+    return {
+        "run_id": "paper-main",
+        "equity": 123456.78,
+        "positions": {"AAPL": 10},
+        "open_orders": [{"symbol": "MSFT", "qty": 5}],
+    }
+
+
+async def test_status_and_metrics_need_the_token_once_one_is_set(serve, http):
+    """Any local user read positions, open orders and equity from /status and tradingd_equity
+    from /metrics of a loopback server (only the controls needed the token), while the files
+    holding the same are 0640. With a token set they need it; /health and /ready do not (the
+    Docker HEALTHCHECK, systemd, an orchestrator's probe)."""
+    with capture_logs() as logs:
+        server = await serve(status=book, controls=RecordingControls(), token=TOKEN)
+        for path in ("/status", "/metrics"):
+            for auth in (None, "Bearer wrong-token", f"Basic {TOKEN}", f"Bearer {TOKEN}x"):
+                async with http.get(
+                    f"{server.url}{path}", headers=auth and {"Authorization": auth}
+                ) as r:
+                    text = await r.text()
+                    assert r.status == 401, (path, auth)
+                    assert r.headers["WWW-Authenticate"] == 'Bearer realm="tradingd"'
+                for shown in ("123456", "AAPL", "paper-main", "tradingd_equity"):
+                    assert shown not in text, (path, shown)
+                body = json.loads(text)
+                assert body["path"] == path
+                assert TOKEN_ENV in body["error"]
+            async with http.head(f"{server.url}{path}") as r:
+                assert r.status == 401, path
+        for path in ("/health", "/ready"):
+            code, _ = await get(http, server, path)
+            assert code == 200, path
+        code, body = await get(http, server, "/status", f"Bearer {TOKEN}")
+        assert code == 200 and body["equity"] == 123456.78 and body["positions"] == {"AAPL": 10}
+        code, text = await get(http, server, "/metrics", f"bearer  {TOKEN} ")
+        assert code == 200 and "tradingd_equity " in text
+    # The refusals are said (a scraper not given the token), once a minute, without it.
+    refused = [e for e in logs if e["event"] == "health.read_unauthorized"]
+    assert len(refused) == 1 and refused[0]["log_level"] == "warning"
+    assert refused[0]["path"] == "/status" and "credentials_file" in refused[0]["hint"]
+    assert TOKEN not in repr(logs)
+    listening = [e for e in logs if e["event"] == "health.listening"]
+    assert listening[0]["reads"] == "token"
+    assert not [e for e in logs if e["event"] == "health.reads_open"]
+
+
+async def test_refused_reads_are_counted_and_said_at_stop(serve, http):
+    now = [1000.0]
+    server = await serve(status=book, token=TOKEN, clock=lambda: now[0])
+    with capture_logs() as logs:
+        for _ in range(5):
+            assert (await get(http, server, "/metrics"))[0] == 401
+        await server.stop()
+    lines = [e for e in logs if e["event"] == "health.read_unauthorized"]
+    assert [(e["refused"], e["refused_since_last_line"]) for e in lines] == [(1, 1), (5, 4)]
+
+
+async def test_open_reads_serves_the_book_to_anyone_and_warns(serve, http):
+    """`health.open_reads = true`: a scraper that cannot send a token keeps working, and each
+    start says who can read what."""
+    with capture_logs() as logs:
+        server = await serve(cfg(open_reads=True), status=book, token=TOKEN)
+    code, body = await get(http, server, "/status")
+    assert code == 200 and body["equity"] == 123456.78
+    assert (await get(http, server, "/metrics"))[0] == 200
+    warned = [e for e in logs if e["event"] == "health.reads_open"]
+    assert warned and warned[0]["log_level"] == "warning"
+    assert warned[0]["why"] == "health.open_reads = true"
+    assert "health.open_reads = false" in warned[0]["hint"]
+    # The controls still need the token.
+    code, _, _ = await post(http, server, "/pause")
+    assert code in (401, 501)
+
+
+async def test_without_a_token_the_book_is_open_and_the_start_warns(serve, http):
+    """No token, nothing to check a read against: served as before, and each start warns
+    that every local user can read it, naming the variable that closes it."""
+    with capture_logs() as logs:
+        server = await serve(status=book)
+    assert (await get(http, server, "/status"))[0] == 200
+    assert (await get(http, server, "/metrics"))[0] == 200
+    warned = [e for e in logs if e["event"] == "health.reads_open"]
+    assert warned and warned[0]["log_level"] == "warning"
+    assert warned[0]["why"] == f"{TOKEN_ENV} unset" and TOKEN_ENV in warned[0]["hint"]
+    assert warned[0]["paths"] == ["/metrics", "/status"]
 
 
 async def test_a_failing_control_answers_500_masked(serve, http):
@@ -1067,7 +1160,8 @@ async def test_no_secret_in_any_body_or_log_line(serve, http):
         server = await serve(checks=checks, status=status, controls=controls, token=TOKEN)
         bodies = []
         for path in ("/health", "/ready", "/status", "/metrics"):
-            async with http.get(f"{server.url}{path}") as r:
+            auth = {"Authorization": f"Bearer {TOKEN}"}
+            async with http.get(f"{server.url}{path}", headers=auth) as r:
                 bodies.append(await r.text())
         _, body, _ = await post(http, server, "/pause", f"Bearer {TOKEN}")
         bodies.append(json.dumps(body))

@@ -305,7 +305,9 @@ def test_health_answers_while_the_start_waits_for_postgresql(tmp_path, daemon, m
     assert detail.startswith(f"not trading yet: {phase}"), body
     # ... and what it waits for: the database, as its last attempt failed.
     assert "waiting for the database: " in detail and f"127.0.0.1:{port}" in detail, body
-    code, body = get("/status")
+    code, body = get("/status")  # the token is set: /status needs it
+    assert code == 401 and "phase" not in body, body
+    code, body = get("/status", "GET", {"Authorization": f"Bearer {token}"})
     assert code == 200 and body["phase"] == phase and body["run_id"] is None, body
     code, body = get("/pause", "POST", {"Authorization": f"Bearer {token}"})
     assert code == 409 and body["ok"] is False and "starting" in body["error"], body

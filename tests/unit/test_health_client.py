@@ -278,3 +278,67 @@ def test_health_refuses_a_timeout_that_is_not_finite_and_positive(value, capsys,
 async def test_fetch_health_refuses_a_timeout_that_would_never_end(value):
     with pytest.raises(ValueError, match="timeout_s must be a finite number of seconds > 0"):
         await fetch_health("http://127.0.0.1:1", value)
+
+
+TOKEN = "a-long-test-token-0123456789"
+
+
+async def test_the_token_reads_status_of_a_daemon_that_needs_it(server_with):
+    """A daemon with a token answers /status only with it: `tradingd health` sends it (and
+    says what to do without it), while alive and ready need none."""
+    server = await server_with(status=lambda: {"equity": 100.0}, token=TOKEN)
+    code, report = await fetch_health(server.url, 2.0, TOKEN)
+    assert code == EXIT_READY and report["status"]["equity"] == 100.0
+    assert "status_error" not in report
+    code, report = await fetch_health(server.url, 2.0)
+    assert code == EXIT_READY and report["alive"] is True and report["ready"] is True
+    assert "equity" not in report["status"]
+    assert report["status_error"] == (
+        "/status answered 401: it needs the daemon's token; set TRADINGD_HEALTH_TOKEN to it"
+    )
+    code, report = await fetch_health(server.url, 2.0, "another-token")
+    assert code == EXIT_READY and report["status_error"].endswith(
+        "(the one set is not the daemon's)"
+    )
+    assert "another-token" not in json.dumps(report)
+
+
+async def test_the_token_goes_with_status_only(impostor):
+    seen: dict[str, str | None] = {}
+
+    async def answer(request: web.Request) -> web.Response:
+        seen[request.path] = request.headers.get("Authorization")
+        return web.json_response({})
+
+    code, _ = await fetch_health(await impostor(answer), 2.0, TOKEN)
+    assert code == EXIT_READY
+    assert seen == {"/health": None, "/ready": None, "/status": f"Bearer {TOKEN}"}
+
+
+async def test_tradingd_health_sends_the_token_of_its_environment(impostor):
+    """`tradingd health` read /status without the token, which a daemon with one refuses."""
+    import os
+    import sys
+
+    seen: dict[str, str | None] = {}
+
+    async def answer(request: web.Request) -> web.Response:
+        seen[request.path] = request.headers.get("Authorization")
+        if request.path == "/status" and seen[request.path] != f"Bearer {TOKEN}":
+            return web.json_response({"error": "missing or wrong bearer token"}, status=401)
+        return web.json_response({"equity": 100.0} if request.path == "/status" else {})
+
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    env["TRADINGD_HEALTH_TOKEN"] = TOKEN
+    proc = await asyncio.create_subprocess_exec(
+        *(sys.executable, "-m", "tradingd", "health", "--url", await impostor(answer)),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    report = json.loads(out)
+    assert report["status"] == {"equity": 100.0} and "status_error" not in report
+    assert seen == {"/health": None, "/ready": None, "/status": f"Bearer {TOKEN}"}
+    assert TOKEN not in out.decode() + err.decode()
