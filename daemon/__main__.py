@@ -1929,6 +1929,9 @@ class _StartingControls:
     async def reset_halt(self) -> dict[str, Any]:
         self._refuse()
 
+    async def adopt(self, body: Any) -> dict[str, Any]:
+        self._refuse()
+
 
 def trading_check(daemon: Any) -> CheckResult:
     """The daemon's `trading` readiness check. Ready means trading, as systemd's READY=1

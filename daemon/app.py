@@ -2509,6 +2509,15 @@ class EngineControls:
             ) from cause
         return answer
 
+    async def adopt(self, body: Any) -> dict[str, Any]:
+        """`POST /adopt` {"symbols": [...], "as": "trade"|"split"}: the broker's quantity
+        taken into the book in symbols reconciliation blocked, checked now, kept in the
+        run's checkpoint and applied at the next bar (engine/adopt.py); ControlInvalidError
+        (4xx, naming each symbol and why) for one it refuses: nothing is adopted then."""
+        from .engine.adopt import ask
+
+        return await ask(self.engine, body)
+
 
 def reset_halts(risks: Any) -> dict[str, Any]:
     reset = []

@@ -268,6 +268,15 @@ class AuditLog:
         self._batch.append((_LINE, line, None))
         self._waiting += 1
 
+    def adjustment(self, time: datetime, symbol: str, **fields: Any) -> None:
+        """An operator's adjustment of the book at bar `time` (`POST /adopt`: the broker's
+        quantity taken as a trade or a missed split): one line beside the bar's fills,
+        dropped with them by `truncate_after` when a resumed run books the bar again."""
+        row = {"event": "adjustment", "time": time, "symbol": symbol, **fields}
+        line = _ENCODER.encode(_null_non_finite({k: _plain(v) for k, v in row.items()}))
+        self._batch.append((_LINE, line, None))
+        self._waiting += 1
+
     def check_live(self) -> None:
         """ConfigError when this log holds a replay's records: a live run must not write
         into it (`session`) nor cut it (`truncate_after`). The store refuses a replay's
@@ -425,9 +434,10 @@ _TORN = object()
 
 
 def _record_time(line: str, stopped_cleanly: bool = False) -> Any:
-    """The bar time of an order, fill or cash-in-lieu line; None for a session line, and for
-    an order line without `booked_at` after a clean stop (see `truncate_after`); `_TORN` for
-    a line that is not JSON (the last line of a process killed while writing it)."""
+    """The bar time of an order, fill, cash-in-lieu or adjustment line; None for a session
+    line, and for an order line without `booked_at` after a clean stop (see
+    `truncate_after`); `_TORN` for a line that is not JSON (the last line of a process killed
+    while writing it)."""
     try:
         row = json.loads(line)
     except ValueError:
@@ -442,6 +452,7 @@ def _record_time(line: str, stopped_cleanly: bool = False) -> Any:
         "order": row.get("booked_at") or row.get("updated_at") or row.get("created_at"),
         "fill": row.get("booked_at") or row.get("time"),
         "cash_in_lieu": row.get("time"),
+        "adjustment": row.get("time"),
     }.get(str(row.get("event")))
     try:
         return datetime.fromisoformat(text) if isinstance(text, str) else None

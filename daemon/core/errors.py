@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 
@@ -170,6 +171,19 @@ class ControlRefusedError(TradingdError):
 class EngineStoppedError(ControlRefusedError):
     """The engine has stopped trading (the daemon is stopping or has stopped): an operator's
     control can neither take effect nor be stored. Send it again once the daemon runs."""
+
+
+class ControlInvalidError(TradingdError):
+    """An operator's control names what it cannot act on (a symbol unknown, not blocked, or
+    whose difference changed since; a body that is no such request): nothing was changed.
+    `status` is the HTTP answer's (400, 404 or 409), `refused` names each symbol and why."""
+
+    def __init__(
+        self, message: str, status: int = 409, refused: Mapping[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.refused = dict(refused or {})
 
 
 class ControlNotStoredError(TradingdError):

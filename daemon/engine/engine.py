@@ -94,7 +94,7 @@ from ..logs import Once, sparse
 from ..publisher import bars_payload, fills_payload, orders_payload, signals_payload
 from ..secrets import mask_text
 from ..storage.buffered import booked_through, path_text, unstorable
-from . import collector
+from . import adopt, collector
 from .accounting import BLOCKING, RejectionRecord, RiskRecord, rule_of
 from .decisions import decision_record
 from .history import HistoryBuffer, HistoryReader
@@ -776,6 +776,9 @@ class Engine:
         # whose split makes the book equal to it releases the symbol at that bar
         # (`_release_split_blocks`), not only at the next round.
         self._blocked_broker: dict[str, float] = {}
+        # The operator's adoptions of the broker's quantity in blocked symbols (POST /adopt),
+        # asked and not yet applied: applied at the next bar (engine/adopt.py).
+        self.adoptions = adopt.Adoptions()
         # Splits known ahead from the broker's corporate actions (live on Alpaca; set by the
         # composition root): a symbol splitting at the next session is held for that bar.
         self.splits_ahead: SplitsAhead | None = None
@@ -1225,8 +1228,9 @@ class Engine:
                 time=t,
                 symbols=skipped,
                 rule="no order in a symbol whose book differs from the broker's position: "
-                "close it at the broker yourself, or bring the account back to the book's "
-                "quantity and send /flatten again once /ready's reconciliation check passes",
+                "close it at the broker yourself (then POST /adopt takes the account's "
+                "quantity into the book), or bring the account back to the book's quantity, "
+                "and send /flatten again once /ready's reconciliation check passes",
             )
         blocked = self.reconcile_blocked.keys()
         orders, adding, working = self._flatten_orders(pf.quantity, blocked=blocked)
@@ -2016,6 +2020,7 @@ class Engine:
                 self._last_targets = np.asarray(st["targets"], dtype=np.float64)
             if self.splits_ahead is not None:
                 self.splits_ahead.restore(st.get("splits_ahead"))
+            self.adoptions.restore(st.get(adopt.CHECKPOINT_KEY))
             restore_held = getattr(self.feed, "restore_held", None)
             if restore_held is not None:  # before the warm-up, whose history judges them
                 restore_held(st.get("feed"), resume.bar_time)
@@ -2181,6 +2186,8 @@ class Engine:
                 order_to_dict(o) for o in self.broker.open_orders() if own(o.client_order_id)
             ]
         state["plugins"] = self._plugin_states()
+        if self.adoptions.pending:  # asked, not applied yet: a restart applies them
+            state[adopt.CHECKPOINT_KEY] = self.adoptions.state()
         if self.splits_ahead is not None:
             # A restart between the bar that held a symbol and its ex-date's bar still knows
             # the split (reconciliation, the cash in lieu), whatever the source says then.
@@ -2479,7 +2486,10 @@ class Engine:
             why += f" (the difference moved from {moved_from:g} to {broker - book:g}: {rule})"
         split = _split_like(broker, book)
         said = {"symbol": sym, "broker": broker, "book": book}
-        stops = f"{rule}: trading in the symbol stops until they agree"
+        stops = (
+            f"{rule}: trading in the symbol stops until they agree; once the account's "
+            f'quantity is right, POST /adopt {{"symbols": ["{sym}"]}} takes it into the book'
+        )
         if split is None:
             log.error("reconcile.difference", **said, rule=stops)
         else:
@@ -2492,7 +2502,8 @@ class Engine:
                 sym,
                 True,
                 title=f"position difference in {sym}",
-                text=why + "; trading in it stops until they agree",
+                text=why + "; trading in it stops until they agree (POST /adopt takes the "
+                "account's quantity into the book once it is right)",
                 severity=WARNING if split else CRITICAL,
             )
         return why
@@ -3346,6 +3357,10 @@ class Engine:
             if self._count_orders:
                 for o in update.orders:
                     metrics.ORDERS.labels(status=str(o.status)).inc()
+        if self.adoptions.pending and self._bar_lock is not None and trade is not False:
+            # The operator's POST /adopt: the book takes the broker's quantity before the bar
+            # is marked and planned (engine/adopt.py).
+            await adopt.apply_due(self, bar)
         if m:
             t0 = self._lap("broker_updates", t0)
 

@@ -17,7 +17,7 @@ from ..core.arrays import count_nonzero, dot, putmask, scalar
 from ..core.errors import CheckpointUnusable
 from ..core.numbers import is_finite_real
 from ..core.ports import PortfolioView
-from ..core.types import Fill
+from ..core.types import Fill, Side
 
 _sum = np.add.reduce
 # Compared for equality: 1 is exact in every float type, so any dtype compares the same.
@@ -145,6 +145,37 @@ class Portfolio:
         if whole == 0.0:
             self.avg_price[i] = 0.0
         return frac, cash
+
+    def adjust(self, symbol: str, quantity: float, price: float, time: datetime) -> float:
+        """The book's quantity in `symbol` set to `quantity` as a trade of the difference at
+        `price` (an operator's `POST /adopt`: the account traded without this run, by hand
+        or a cash-out): cash moves by -difference x price and the closed part's profit is
+        realised, as a fill without costs would book it; not counted as a fill (no order
+        made it). Equity at `price` is unchanged. Returns the cash moved."""
+        i = self._index[symbol]
+        delta = quantity - self.quantity.item(i)
+        if not delta:
+            return 0.0
+        fills = self.fill_count
+        side = Side.BUY if delta > 0 else Side.SELL
+        self.apply_fill(Fill("adjustment", "", symbol, side, abs(delta), price, 0.0, 0.0, time))
+        self.fill_count = fills
+        self.quantity[i] = quantity  # exactly the account's (no rounding residue)
+        if quantity == 0.0:
+            self.avg_price[i] = 0.0
+        return -delta * price
+
+    def rescale(self, symbol: str, quantity: float) -> float:
+        """The book's quantity in `symbol` set to `quantity` as a split the book missed (an
+        operator's `POST /adopt` "split"): cash unchanged, the cost basis kept (the average
+        price scaled by the inverse ratio). Returns the ratio (new shares per old)."""
+        i = self._index[symbol]
+        old = self.quantity.item(i)
+        ratio = quantity / old
+        self._values = None
+        self.quantity[i] = quantity
+        self.avg_price[i] = self.avg_price.item(i) / ratio
+        return ratio
 
     def apply_dividends(self, dividend: np.ndarray) -> float:
         """Cash dividends on the ex-date go to holders of the previous close (shorts pay)."""

@@ -295,7 +295,8 @@ class StatusSource(Protocol):
 
 
 class Controls(Protocol):
-    """The state-changing actions behind `POST /pause`, `/resume` and `/flatten`. Each returns
+    """The state-changing actions behind `POST /pause`, `/resume`, `/flatten`, `/reset-halt`
+    and `/adopt`. Each returns
     a small mapping saying what happened (shown to the caller and logged, masked). The server
     runs one action at a time and never cancels one once started."""
 
@@ -307,6 +308,12 @@ class Controls(Protocol):
 
     async def reset_halt(self) -> Mapping[str, Any]:
         """`POST /reset-halt`: the deliberate reset a halted kill switch waits for."""
+        ...
+
+    async def adopt(self, body: Any) -> Mapping[str, Any]:
+        """`POST /adopt` with its JSON body: the broker's quantity taken into the book in
+        symbols reconciliation blocked, at the next bar (engine/adopt.py). Raises
+        ControlInvalidError for a request it refuses."""
         ...
 
 

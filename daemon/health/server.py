@@ -4,7 +4,7 @@
     GET  /ready    every readiness check passes (200), or 503 naming each failing check
     GET  /metrics  tradingd's Prometheus registry in the text format
     GET  /status   equity, cash, positions, open orders, last bar, model version, uptime
-    POST /pause, /resume, /flatten, /reset-halt
+    POST /pause, /resume, /flatten, /reset-halt, /adopt (a JSON body: which symbols)
                    need `Authorization: Bearer <TRADINGD_HEALTH_TOKEN>`
 
 Once a token is set, /status and /metrics need it too (unless `health.open_reads`): they show
@@ -60,7 +60,12 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from .. import metrics
 from ..core.endpoints import canonical_address
-from ..core.errors import ControlNotStoredError, ControlRefusedError, TradingdError
+from ..core.errors import (
+    ControlInvalidError,
+    ControlNotStoredError,
+    ControlRefusedError,
+    TradingdError,
+)
 from ..secrets import env_secrets, mask_text, mask_values, redact
 from . import (
     TOKEN_ENV,
@@ -77,7 +82,9 @@ log = structlog.get_logger("tradingd.health")
 
 # The readiness check the server adds itself: the event loop is not stalled.
 LOOP_CHECK = "loop"
-CONTROL_ACTIONS = ("pause", "resume", "flatten", "reset-halt")
+CONTROL_ACTIONS = ("pause", "resume", "flatten", "reset-halt", "adopt")
+# The controls that read a JSON body (the others ignore any).
+_BODY_ACTIONS = frozenset({"adopt"})
 # Shorter tokens are accepted (the operator chose them) but logged as a warning.
 _MIN_TOKEN_LEN = 16
 # Deeper structures are cut (a status source returning a cyclic structure must not crash).
@@ -947,10 +954,30 @@ class HealthServer:
             )
         if self._controls is None:
             return _json({"error": "this process has no controls", "action": action}, 501)
+        args: tuple[Any, ...] = ()
+        if action in _BODY_ACTIONS:
+            try:
+                args = (await request.json(),)
+            except ValueError as exc:
+                return _json(
+                    {"action": action, "ok": False, "error": f"the body is no JSON: {exc}"}, 400
+                )
         async with self._control_lock:
             log.info("health.control", action=action, remote=request.remote)
             try:
-                result = await getattr(self._controls, action.replace("-", "_"))()
+                result = await getattr(self._controls, action.replace("-", "_"))(*args)
+            except ControlInvalidError as exc:
+                # The request names what cannot be done (nothing changed): 400, 404 or 409.
+                log.warning(
+                    "health.control_invalid",
+                    action=action,
+                    error=mask_text(str(exc)),
+                    refused=exc.refused,
+                )
+                body: dict[str, Any] = {"action": action, "ok": False, "error": str(exc)}
+                if exc.refused:
+                    body["refused"] = exc.refused
+                return _json(body, exc.status)
             except (ControlRefusedError, ControlNotStoredError) as exc:
                 # Not a fault of this server: the engine is starting or stopped (409), or the
                 # state is in effect but the store did not keep it (503: send it again later).
@@ -960,7 +987,7 @@ class HealthServer:
                     action=action,
                     error=mask_text(str(exc)),
                 )
-                body: dict[str, Any] = {"action": action, "ok": False, "error": str(exc)}
+                body = {"action": action, "ok": False, "error": str(exc)}
                 if not stopped:
                     body.update(state=getattr(exc, "state", None), stored=False)
                 return _json(body, 409 if stopped else 503)

@@ -364,6 +364,24 @@ class BufferedStore(ABC):
         async with self._flush_lock:
             await self._execute([(insert_sql(RUN_BUILDS, self.dialect), row)])
 
+    async def record_adjustment(self, run_id: str, row: Mapping[str, Any]) -> None:
+        """An operator's adjustment of the book (schema.ADJUSTMENTS, `POST /adopt`), written
+        at once: the engine changes its book only once this is stored (an error here leaves
+        the adjustment pending for the next bar). Not while the store spools (the database
+        down): the bar would wait out its timeouts; it is applied once the database is back."""
+        from .schema import ADJUSTMENTS, insert_sql
+
+        if self.degraded:
+            raise DatabaseUnavailable("the store writes to its spool (the database is down)")
+
+        values = {**row, "run_id": run_id}
+        for name in ("time", "asked_at"):
+            if isinstance(values.get(name), datetime):
+                values[name] = self._encode_time(values[name])
+        args = tuple(values.get(c) for c in ADJUSTMENTS.insert_columns)
+        async with self._flush_lock:
+            await self._execute([(insert_sql(ADJUSTMENTS, self.dialect), args)])
+
     # ------------------------------------------------------------------ dialect primitives
 
     @abstractmethod

@@ -414,7 +414,9 @@ class PostgresStore(BufferedStore):
         self._insert = {name: insert_sql(t, "postgres") for name, t in TABLES.items()}
         self._ops = {name: sql("postgres") for name, sql in OPS.items()}
         # The row tables written by a statement of their own (see `_nul_free_args`).
-        self._inserting = {self._insert[n]: TABLES[n] for n in ("runs", "run_builds")}
+        self._inserting = {
+            self._insert[n]: TABLES[n] for n in ("runs", "run_builds", "adjustments")
+        }
         self._applied_sql = applied_seq_sql("postgres")
 
     @property

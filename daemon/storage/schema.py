@@ -298,6 +298,31 @@ RUN_BUILDS = Table(
     order_by=("started_at",),
 )
 
+# The operator's adjustments of a live run's book (`POST /adopt`, engine/adopt.py): a symbol
+# whose book differed from the broker's position takes the broker's quantity at bar `time`,
+# as a trade at `price` (cash moved by `cash`) or as a split the book missed (cash unchanged,
+# the cost basis scaled). Not fills: no order made them. Written at their bar, before its
+# checkpoint; a resume deletes those after its checkpoint (its bar applies them again). A
+# store of an earlier build gets the table at its next open, as `run_builds`.
+ADJUSTMENTS = Table(
+    "adjustments",
+    (
+        _c("run_id", "text", True),
+        _c("time", "time", True),
+        _c("symbol", "text", True),
+        _c("kind", "text", True),
+        _c("book_before", "float"),
+        _c("quantity", "float"),
+        _c("price", "float"),
+        _c("cash", "float"),
+        _c("reason", "text"),
+        _c("asked_at", "time"),
+    ),
+    primary_key=("run_id", "time", "symbol"),
+    on_conflict="update",
+    order_by=("time", "symbol"),
+)
+
 # Exactly-once replay of a store's spool (storage/spool.py): every batch a spooling store
 # writes carries (writer, seq), a sequence number per store instance that grows with each
 # batch, and upserts this row in the same transaction. A writer's batches reach the database
@@ -334,6 +359,7 @@ TABLES: dict[str, Table] = {
         CHECKPOINTS,
         DECISIONS,
         RUN_BUILDS,
+        ADJUSTMENTS,
         SPOOL_APPLIED,
     )
 }
@@ -358,6 +384,7 @@ RESUME_TIME = {
     "positions": "time",
     "equity": "time",
     "decisions": "time",
+    "adjustments": "time",
 }
 # After a clean stop (the run row ended, not failed), what differs: an event without a bar
 # (written by a build before `booked_at`, whose stop ended its run after its last bar's

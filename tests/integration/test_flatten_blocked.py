@@ -60,6 +60,7 @@ async def test_a_flatten_places_nothing_in_a_blocked_symbol_and_ends_without_it(
     skipped = [e for e in logs if e["event"] == "control.flatten_skipped"]
     assert skipped and all(list(e["symbols"]) == [sym] for e in skipped)
     assert "close it at the broker" in skipped[0]["rule"]
+    assert "POST /adopt" in skipped[0]["rule"]  # then take the account's quantity
     # The other entries were cancelled, and the flatten ended without waiting on the block.
     assert all(fake.orders[o.id].status == "canceled" for o in entries[1:])
     assert states[-1] == "paused" and "flattening" in states
