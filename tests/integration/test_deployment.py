@@ -129,6 +129,10 @@ def test_compose_runs_timescaledb_redis_and_the_daemon_with_the_spec_variables()
     for var in [*spec.split(), "APCA_API_KEY_ID", "APCA_API_SECRET_KEY"]:
         assert var in env, var
     assert env["DB_HOST"] == "timescaledb" and env["REDIS_HOST"] == "redis"
+    # paper.toml trades the Alpaca account (broker.kind = "alpaca"): compose asks for the
+    # keys, not a container exiting 78 at every restart.
+    for var in ("APCA_API_KEY_ID", "APCA_API_SECRET_KEY"):
+        assert env[var] == f"${{{var}:?set {var} in .env}}", var
     assert all(p.startswith("127.0.0.1:") for p in daemon["ports"])  # loopback on the host
     assert daemon["depends_on"]["timescaledb"]["condition"] == "service_healthy"
     # Months of output: every service's log is capped (Docker's default keeps it all).
@@ -451,3 +455,11 @@ def test_the_exit_codes_documented_for_redis_are_what_the_start_does():
         exit_2 = text[text.index(begins) : text.index(ends, text.index(begins))]
         assert "Redis" not in exit_2, (path, exit_2)
         assert "`preflight.redis_unreachable`" in text, path
+    # The unit's own comment on its exit codes said the same as the READMEs did.
+    comment = " ".join(
+        ln.lstrip("# ") for ln in UNIT.read_text().splitlines() if ln.startswith("#")
+    )
+    exit_2 = comment[comment.index("Every other error exits 2") :]
+    exit_2 = exit_2[: exit_2.index(". ")]
+    assert "Redis" not in exit_2, exit_2
+    assert "preflight.redis_unreachable" in comment

@@ -100,3 +100,21 @@ def test_alpaca_without_keys_is_refused_by_the_check_and_names_a_look_alike(tmp_
         check_config(config, "run")  # with the keys: no error
         check_config(config, "config")
     assert not [e for e in logs if e["event"] == "config.broker_keys_missing"]
+
+
+def test_the_shipped_paper_config_refuses_a_start_without_keys(tmp_path, monkeypatch):
+    """Sandbox trial: the systemd unit (and the image) run config/paper.toml and promise exit
+    78 for missing Alpaca keys, but paper.toml left broker.kind at "auto": without keys the
+    daemon traded the simulated broker, READY and healthy, with only a warning."""
+    from tradingd.__main__ import EX_CONFIG, exit_code
+
+    monkeypatch.chdir(tmp_path)
+    without_keys(monkeypatch)
+    config = load_config([ROOT / "config/default.toml", ROOT / "config/paper.toml"], env={})
+    assert config.broker.kind == "alpaca"
+    with pytest.raises(ConfigError, match="APCA_API_KEY_ID") as refused:
+        check_config(config, "run")
+    assert exit_code(refused.value, "run") == EX_CONFIG
+    for k, v in KEYS.items():
+        monkeypatch.setenv(k, v)
+    check_config(config, "run")  # the README's "Paper trading for real": keys exported

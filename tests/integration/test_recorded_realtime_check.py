@@ -75,6 +75,9 @@ def test_only_run_is_refused(tmp_path):
 @pytest.mark.parametrize("overlay", ["demo.toml", "paper.toml"])
 def test_the_readmes_daemon_commands_pass(overlay, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # their var/ folders are made here, not in the checkout
+    if overlay == "paper.toml":  # "Paper trading for real" exports the account's keys first
+        for k, v in KEYS.items():
+            monkeypatch.setenv(k, v)
     config = load_config([ROOT / "config/default.toml", ROOT / "config" / overlay], env={})
     check_config(config, "run")
 
