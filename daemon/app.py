@@ -176,8 +176,13 @@ async def continued_live_run(config: Config) -> str | None:
         return None
     from .run_continuation import continued_run_id
     from .storage.buffered import DatabaseUnavailable
+    from .storage.factory import missing_sqlite_store
 
     st = config.storage
+    if missing_sqlite_store(st.url) is not None:
+        # Nothing stored, nothing to continue. Opened, the lookup created the file before
+        # the start took its locks: a start the account lock refused left var/<name>.db.
+        return None
     delay = 1.0
     while True:
         store = open_store(

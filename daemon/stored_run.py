@@ -17,7 +17,8 @@ import structlog
 
 from .config import Config
 from .core.errors import ConfigError
-from .storage.factory import open_store
+from .secrets import mask_url
+from .storage.factory import missing_sqlite_store, open_store
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +60,16 @@ def _run_locks(config: Config, run_id: str) -> Any:
 
 async def reset_halt(config: Config, run_id: str) -> dict[str, Any]:
     """Lift every halted kill switch in the run's checkpoint; the next start trades again.
-    Returns what was reset (empty when nothing was halted)."""
+    Returns what was reset (empty when nothing was halted). A SQLite store that does not
+    exist is named and left uncreated: the command looked in the wrong place."""
+    missing = missing_sqlite_store(config.storage.url)
+    if missing is not None:
+        raise ConfigError(
+            f"run {run_id!r}: no store at {mask_url(config.storage.url)} ({missing}): no "
+            "live run was stored there, nothing was reset or created; check the run id "
+            "and the storage URL (a daemon under systemd reads DATABASE_URL from its "
+            "EnvironmentFile: run this command with the unit's environment, systemd/README.md)"
+        )
     run_lock = _run_locks(config, run_id)
     await run_lock.start()
     try:
@@ -87,8 +97,10 @@ async def _reset_halt(config: Config, run_id: str) -> dict[str, Any]:
             # bar's checkpoint: no kill switch has state there to reset.
             if not rows or rows[-1]["state"].get(BEFORE_FIRST_BAR):
                 raise ConfigError(
-                    f"run {run_id!r} has no checkpoint in this store: no live run of that id "
-                    "completed a bar here (check the run id and the storage URL)"
+                    f"run {run_id!r} has no checkpoint in the store "
+                    f"{mask_url(config.storage.url)}: no live run of that id completed a bar "
+                    "there (check the run id and the storage URL; a daemon under systemd "
+                    "reads DATABASE_URL from its EnvironmentFile, systemd/README.md)"
                 )
             bar_time: datetime = rows[-1]["bar_time"]
             state = rows[-1]["state"]

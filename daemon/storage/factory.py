@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import unquote
 
@@ -44,6 +45,22 @@ def sqlite_path(url: str) -> str:
             "no file name can; remove it"
         )
     return path
+
+
+def missing_sqlite_store(url: str) -> Path | None:
+    """The absolute path of the SQLite file `url` names when that file does not exist, else
+    None (a file that exists, an in-memory store, PostgreSQL). A command that only reads a
+    stored run asks this before opening the store: opening a SQLite store creates the file,
+    its schema and its lock files, so `tradingd reset-halt` run with the wrong URL (an
+    operator's shell without the unit's DATABASE_URL) left an empty var/paper.db behind."""
+    url = (url or "").strip()
+    if not url.lower().startswith("sqlite:///"):
+        return None
+    db = sqlite_path(url)
+    if db == ":memory:":
+        return None
+    path = Path(db).expanduser().absolute()
+    return None if path.exists() else path
 
 
 def open_store(
