@@ -797,6 +797,14 @@ def _user(uid: int) -> str:
         return f"uid {uid}"
 
 
+def _user_name(uid: int) -> str:
+    """The user's name for a command line (`sudo -u NAME`), else `#UID` (sudo's spelling)."""
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"#{uid}"
+
+
 def check_lock_dir(folder: Path) -> None:
     """Refuse (`LockDirUnsafe`) a lock folder a user other than this one, root and this
     user's groups can change, or repair one of ours that every local user may write.
@@ -836,11 +844,17 @@ def check_lock_dir(folder: Path) -> None:
     ours = st.st_uid == euid
     trusted = ours or st.st_uid == 0
     if not trusted and (st.st_gid not in {os.getegid(), *os.getgroups()} or mode & stat.S_IWOTH):
+        # Most often an operator (root) running a command in a service's folder: "make it
+        # yours" was followed, and the chown locked the service out of its own folder.
+        owner = _user_name(st.st_uid)
         raise LockDirUnsafe(
             f"instance lock: the lock folder {folder} is {found}: not this user ({_user(euid)}), "
             f"root or a user of this user's groups, so its owner can delete the lock "
             f"file under a running daemon, and a second daemon would then lock a new one; "
-            f"{advice}"
+            f"if it is the folder of a daemon that runs as {owner} (a service's var/), run "
+            f"this command as that user (sudo -u {owner} ..., with the service's "
+            'environment: systemd/README.md, "Admin commands") and leave the folder as it '
+            f"is (made another user's, that daemon can no longer lock it); else {advice}"
         )
     if not open_to_all:
         return

@@ -726,6 +726,23 @@ async def test_a_lock_folder_shared_through_a_group_of_ours_is_used(tmp_path):
         await lock.release()
 
 
+@needs_root
+async def test_a_services_lock_folder_tells_root_to_run_as_the_service_not_to_take_it(tmp_path):
+    """Sandbox trial: root running `tradingd reset-halt` in /opt/tradingd met var/ owned by
+    the service user and was told to "make it yours": a chown to root would lock the
+    service out of its own folder. The error names the owner to run the command as."""
+    from tradingd.instance_lock import LockDirUnsafe
+
+    folder = _folder_of(tmp_path, 0o750, NOBODY, NOBODY)  # as `useradd --system` + chown
+    with pytest.raises(LockDirUnsafe) as refused:
+        await acquire_instance_lock(f"sqlite:///{folder / 'store.db'}", new_account())
+    text = str(refused.value)
+    run_as = text.index("run this command as that user (sudo -u nobody ...")
+    assert "daemon that runs as nobody" in text and "leave the folder as it is" in text
+    assert run_as < text.index("make it yours")  # the service's case first
+    assert list(folder.iterdir()) == []
+
+
 async def test_a_lock_folder_of_ours_writable_by_all_is_narrowed_with_a_warning(tmp_path):
     from structlog.testing import capture_logs
 
