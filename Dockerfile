@@ -27,6 +27,9 @@ RUN pip wheel --wheel-dir /wheels .
 FROM python:3.11-slim AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
+# matplotlib's config folder on the var volume (a library that loads it wrote plain-text
+# warnings into the JSON log where the image's file system is read-only, as compose runs it).
+ENV MPLCONFIGDIR=/opt/tradingd/var/cache/matplotlib
 COPY --from=build /wheels /wheels
 RUN pip install --no-index --find-links=/wheels tradingd \
     && rm -rf /wheels \

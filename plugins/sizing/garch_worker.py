@@ -26,6 +26,11 @@ def main(argv: list[str] | None = None) -> int:
     if nice:
         with contextlib.suppress(OSError):
             os.nice(nice)
+    # arch.univariate imports matplotlib (for plots no fit draws) wherever it is installed,
+    # and matplotlib makes its config folder under HOME as it loads: under systemd (HOME
+    # read-only) that printed two plain-text warnings into the daemon's JSON log at every
+    # worker start. Not loaded here, arch does without it (its import is optional).
+    sys.modules.setdefault("matplotlib", None)  # type: ignore[arg-type]
     stdin, stdout = sys.stdin.buffer, sys.stdout.buffer
     sys.stdout = sys.stderr  # nothing else may write into the answer stream
     while True:

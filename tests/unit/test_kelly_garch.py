@@ -1904,3 +1904,41 @@ def test_a_degenerate_fit_in_an_earlier_versions_checkpoint_is_not_used():
     assert [b.methods[s] for s in syms if s != syms[i]] == [
         a.methods[s] for s in syms if s != syms[i]
     ]
+
+
+def test_the_worker_fits_without_loading_matplotlib_or_writing_to_stderr(tmp_path):
+    """Sandbox trial: under systemd (HOME read-only) the worker's `import arch.univariate`
+    loaded matplotlib, which printed "mkdir -p failed for path .../.config/matplotlib" and
+    "Matplotlib created a temporary cache directory" into the daemon's JSON journal. A HOME
+    below a file stands for the read-only one here."""
+    import os
+    import subprocess
+    import sys
+
+    from tradingd_plugins.sizing.garch_fits import read_frame, write_frame
+
+    (tmp_path / "file").write_text("")
+    env = {k: v for k, v in os.environ.items() if k not in ("MPLCONFIGDIR", "XDG_CONFIG_HOME")}
+    env["HOME"] = str(tmp_path / "file" / "home")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tradingd_plugins.sizing.garch_worker"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        r300 = garch_paths(300, 1, seed=2)[:, 0]  # a fit arch accepts (alpha 0.06)
+        write_frame(proc.stdin, [(r300, "constant", None, 200)])
+        [(params, why)] = read_frame(proc.stdout)
+        assert params is not None, why  # arch fits without matplotlib
+        proc.stdin.close()
+        err = proc.stderr.read().decode()
+        assert proc.wait(timeout=60) == 0, err
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert err == "", err
