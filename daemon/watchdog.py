@@ -4,6 +4,12 @@ Under `Type=notify` with `WatchdogSec`, systemd restarts a daemon whose loop sto
 watchdog. The pet is sent from a task of the daemon's own event loop (and from each engine
 heartbeat): if the loop is stuck, nothing pets, and systemd restarts the process instead of
 leaving it half-alive. Outside systemd (no NOTIFY_SOCKET) every call is a no-op.
+
+Until READY=1 the start-up also extends the unit's start timeout (EXTEND_TIMEOUT_USEC) from
+the same loop: a warm-up is as long as its source's budget makes it (Alpha Vantage's 5 calls
+a minute: ~75 symbols took longer than the unit's TimeoutStartSec=900), and systemd killed
+such a start and restarted it, again and again. A start whose loop is stuck stops extending
+and is still killed, EXTEND_BY_S after its last extension.
 """
 
 from __future__ import annotations
@@ -21,6 +27,10 @@ log = structlog.get_logger(__name__)
 
 
 class SystemdNotifier:
+    # Until ready: the start timeout is pushed EXTEND_BY_S past now every EXTEND_EVERY_S.
+    EXTEND_EVERY_S = 60.0
+    EXTEND_BY_S = 300.0
+
     def __init__(self, env: Mapping[str, str] | None = None) -> None:
         env = os.environ if env is None else env
         self.enabled = bool(env.get("NOTIFY_SOCKET"))
@@ -29,6 +39,8 @@ class SystemdNotifier:
         self.interval_s = int(usec) / 4e6 if usec.isdigit() and int(usec) > 0 else 0.0
         self._notifier: Any = None  # sdnotify.SystemdNotifier, imported when first used
         self._task: asyncio.Task[None] | None = None
+        self._extender: asyncio.Task[None] | None = None
+        self._ready = False
         self._last_pet = -float("inf")
         self.sent: list[str] = []  # the last messages, for tests and /status (bounded)
 
@@ -44,9 +56,19 @@ class SystemdNotifier:
         del self.sent[:-16]
 
     async def start(self) -> None:
+        if self.enabled and not self._ready:
+            self._extender = asyncio.create_task(self._extend_loop(), name="systemd-extend")
         if self.enabled and self.interval_s > 0:
             self._task = asyncio.create_task(self._pet_loop(), name="systemd-watchdog")
             log.info("systemd.watchdog", interval_s=self.interval_s)
+
+    async def _extend_loop(self) -> None:
+        """Until READY=1: the start timeout at least EXTEND_BY_S from now, renewed every
+        EXTEND_EVERY_S while the event loop runs."""
+        usec = int(self.EXTEND_BY_S * 1e6)
+        while not self._ready:
+            self._send(f"EXTEND_TIMEOUT_USEC={usec}")
+            await asyncio.sleep(self.EXTEND_EVERY_S)
 
     async def _pet_loop(self) -> None:
         while True:
@@ -55,6 +77,9 @@ class SystemdNotifier:
 
     def ready(self) -> None:
         """Connected, reconciled and warmed up: systemd may consider the unit started."""
+        self._ready = True
+        if self._extender is not None:
+            self._extender.cancel()
         self._send("READY=1")
         if self.enabled:
             log.info("systemd.ready")
@@ -70,8 +95,9 @@ class SystemdNotifier:
         self._send("STOPPING=1")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        for task in (self._task, self._extender):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._task = self._extender = None
