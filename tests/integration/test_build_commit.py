@@ -294,3 +294,34 @@ def test_the_docker_build_stage_has_the_hook_and_the_commit_argument():
     command = "docker build --build-arg TRADINGD_BUILD_COMMIT=$(git rev-parse HEAD) -t tradingd ."
     assert command in (ROOT / "README.md").read_text()
     assert command in (ROOT / "Dockerfile").read_text()
+
+
+def _upgrade_commands() -> list[str]:
+    """The commands systemd/README.md's upgrade runs in the checkout, in order."""
+    text = (ROOT / "systemd" / "README.md").read_text()
+    block = text[text.index("To upgrade,") : text.index("Check\n`tradingd --version`")]
+    return [ln.split("#", 1)[0].strip() for ln in block.splitlines() if ln.startswith("    ")]
+
+
+def test_the_documented_upgrade_installs_no_module_the_new_commit_deleted(
+    tree: Path, backend: dict[str, str], tmp_path: Path
+) -> None:
+    """Sandbox trial: the upgrade step `pip install .` from the same checkout after a git
+    pull installed modules the pull had deleted: setuptools builds in the checkout's build/
+    folder and copies what it finds in build/lib into the new wheel. The documented
+    commands, run here between two in-tree builds, leave no deleted module in the second."""
+    commands = _upgrade_commands()
+    install = next(i for i, c in enumerate(commands) if "/venv/bin/pip install ." in c)
+    cleanup = [c.removeprefix("sudo ") for c in commands[:install] if c != "git pull"]
+    assert cleanup, commands
+    src = tmp_path / "checkout"
+    shutil.copytree(tree, src)
+    gone = src / "daemon" / "zz_deleted_upstream.py"
+    gone.write_text("DELETED = True\n")
+    with zipfile.ZipFile(_build(src, tmp_path / "old", backend)) as zf:
+        assert "tradingd/zz_deleted_upstream.py" in zf.namelist()  # the old install had it
+    gone.unlink()  # the pull
+    for command in cleanup:
+        subprocess.run(command, shell=True, cwd=src, check=True, timeout=60)
+    with zipfile.ZipFile(_build(src, tmp_path / "new", backend)) as zf:
+        assert "tradingd/zz_deleted_upstream.py" not in zf.namelist()
