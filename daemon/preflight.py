@@ -329,6 +329,9 @@ def check_writable_dir(path: str | Path, key: str, names: Sequence[str] = ()) ->
     system's limits on a path and on a name (`_check_lengths`)."""
     p = Path(path).expanduser()
     target = p
+    # A relative path is the working directory's (a service's WorkingDirectory=): said with
+    # its absolute path too, "'var/audit' (/opt/tradingd/var/audit)".
+    shown = repr(str(path)) if p.is_absolute() else f"{str(path)!r} ({p.absolute()})"
     try:
         while not target.exists():
             if target.parent == target:
@@ -347,26 +350,26 @@ def check_writable_dir(path: str | Path, key: str, names: Sequence[str] = ()) ->
             f"({exc.strerror or exc}); {fix}"
         ) from None
     if not target.is_dir():
-        what = "it exists and" if target == p else f"{target} exists and"
+        what = "it exists and" if target == p else f"{target.absolute()} exists and"
         raise ConfigError(
-            f"{key} = {str(path)!r} is invalid: {what} is not a folder; must be a folder this "
+            f"{key} = {shown} is invalid: {what} is not a folder; must be a folder this "
             "user can create or write to"
         )
     try:
         with tempfile.TemporaryFile(dir=target):
             pass
     except OSError as exc:
-        where = "" if target == p else f" (its nearest existing folder {target})"
+        where = "" if target == p else f" (its nearest existing folder {target.absolute()})"
         if exc.errno in (errno.ENOSPC, errno.EDQUOT):
             # A full disk is no set-up mistake: a service restarted once space is freed
             # goes through (exit 2, as a full storage spool; README, "Exit codes"). It was
             # EX_CONFIG, the unit not restarted, and "must be a folder this user can write".
             raise StorageError(
-                f"{key} = {str(path)!r}{where}: a file could not be created there "
+                f"{key} = {shown}{where}: a file could not be created there "
                 f"({exc.strerror or exc}): free space on its disk"
             ) from None
         raise ConfigError(
-            f"{key} = {str(path)!r} is invalid: not writable{where}: a file could not be "
+            f"{key} = {shown} is invalid: not writable{where}: a file could not be "
             f"created there ({exc.strerror or exc}); must be a folder this user can create or "
             "write to"
         ) from None

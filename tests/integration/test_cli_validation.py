@@ -980,3 +980,22 @@ def test_a_credential_of_the_environment_in_the_wrong_setting_is_not_printed(
     assert code == 2
     assert token not in out + err
     assert "health.port" in err and "***" in err
+
+
+def test_a_relative_folders_error_names_its_absolute_path_too(tmp_path, monkeypatch):
+    """Sandbox trial: "log.audit_dir = 'var/audit' ... nearest existing folder var" under a
+    service, where the working directory (WorkingDirectory=) is nowhere in the message."""
+    unwritable = unwritable_dir(tmp_path)
+    monkeypatch.chdir(unwritable)
+    with pytest.raises(ConfigError) as refused:
+        check_writable_dir("var/audit", "log.audit_dir")
+    text = str(refused.value)
+    assert f"log.audit_dir = 'var/audit' ({unwritable / 'var' / 'audit'})" in text
+    assert f"nearest existing folder {unwritable})" in text
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "var").write_text("a file")
+    with pytest.raises(ConfigError) as refused:
+        check_writable_dir("var/audit", "log.audit_dir")
+    text = str(refused.value)
+    assert f"'var/audit' ({tmp_path / 'var' / 'audit'})" in text
+    assert f"{tmp_path / 'var'} exists and is not a folder" in text
