@@ -12,7 +12,7 @@
 # The HEALTHCHECK marks a stalled daemon unhealthy; Docker itself restarts only one that exits
 # (an orchestrator's liveness probe on /health, or an autoheal container, restarts the rest).
 
-FROM python:3.11-slim AS build
+FROM python:3.11.11-slim-bookworm AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY pyproject.toml README.md MANIFEST.in build_commit.py ./
@@ -24,12 +24,21 @@ ARG TRADINGD_BUILD_COMMIT=""
 # No extras: the `train` extra (TensorFlow, scikit-learn) never enters the runtime image.
 RUN pip wheel --wheel-dir /wheels .
 
-FROM python:3.11-slim AS runtime
+FROM python:3.11.11-slim-bookworm AS runtime
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# matplotlib's config folder on the var volume (a library that loads it wrote plain-text
-# warnings into the JSON log where the image's file system is read-only, as compose runs it).
-ENV MPLCONFIGDIR=/opt/tradingd/var/cache/matplotlib
+# matplotlib's config folder, the data and feature caches and the account locks on the var
+# volume, as in systemd/tradingd.service and compose: `docker run` without compose had them
+# under the image's home (lost with the container, read-only under --read-only).
+ENV MPLCONFIGDIR=/opt/tradingd/var/cache/matplotlib \
+    XDG_CACHE_HOME=/opt/tradingd/var/cache \
+    TRADINGD_LOCK_DIR=/opt/tradingd/var/locks
+# The health server's port, as the configuration override TRADINGD_HEALTH__PORT (it wins
+# over health.port in the files): the daemon listens and the HEALTHCHECK asks there, so the
+# two cannot differ. Another port: `--build-arg TRADINGD_HEALTH_PORT=9090`, or `docker run
+# -e TRADINGD_HEALTH__PORT=9090` (and publish that port).
+ARG TRADINGD_HEALTH_PORT=8080
+ENV TRADINGD_HEALTH__PORT=${TRADINGD_HEALTH_PORT}
 COPY --from=build /wheels /wheels
 RUN pip install --no-index --find-links=/wheels tradingd \
     && rm -rf /wheels \
@@ -37,13 +46,13 @@ RUN pip install --no-index --find-links=/wheels tradingd \
 RUN useradd --system --uid 10001 --create-home --home-dir /opt/tradingd tradingd
 WORKDIR /opt/tradingd
 COPY config ./config
-RUN mkdir -p var && chown tradingd:tradingd var
+RUN mkdir -p -m 0750 var && chown tradingd:tradingd var
 USER 10001
 VOLUME ["/opt/tradingd/var"]
-EXPOSE 8080
+EXPOSE ${TRADINGD_HEALTH__PORT}
 # /health answers 200 while the event loop runs (503 when it is stalled).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8080/health', timeout=4).status == 200 else 1)"]
+    CMD ["python", "-c", "import os, sys, urllib.request; sys.exit(0 if urllib.request.urlopen(f\"http://127.0.0.1:{os.environ['TRADINGD_HEALTH__PORT']}/health\", timeout=4).status == 200 else 1)"]
 # Logs are JSON lines on stderr; SIGTERM is a clean stop.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["tradingd"]

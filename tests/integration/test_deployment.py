@@ -494,3 +494,36 @@ def test_the_exit_codes_documented_for_redis_are_what_the_start_does():
     exit_2 = exit_2[: exit_2.index(". ")]
     assert "Redis" not in exit_2, exit_2
     assert "preflight.redis_unreachable" in comment
+
+
+def test_the_image_runs_as_compose_and_the_unit_do_and_pins_its_base_images():
+    """Sandbox trial, minor findings: the Dockerfile left XDG_CACHE_HOME and
+    TRADINGD_LOCK_DIR to compose (a plain `docker run` kept caches and account locks under
+    the image's home), its HEALTHCHECK hard-coded port 8080 whatever port the daemon was
+    given, python:3.11-slim and redis:7-alpine floated while TimescaleDB was pinned, and the
+    install note's `mkdir -p var` under root's umask made var/ 0755 (run names listable)."""
+    import json
+
+    from tradingd.config import load_config
+
+    text = (ROOT / "Dockerfile").read_text()
+    for image in re.findall(r"^FROM\s+(\S+)", text, flags=re.M):
+        assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+", image), image
+    redis = _compose()["services"]["redis"]["image"]
+    assert re.fullmatch(r"redis:\d+\.\d+\.\d+-alpine", redis), redis
+    runtime = text[text.index("AS runtime") :]
+    env = _compose()["services"]["tradingd"]["environment"]
+    for var in ("XDG_CACHE_HOME", "TRADINGD_LOCK_DIR", "MPLCONFIGDIR"):
+        assert re.search(rf"\b{var}={re.escape(env[var])}(\s|$)", runtime), var
+    # The HEALTHCHECK asks the port the daemon listens on: the override it is given.
+    check = runtime[runtime.index("HEALTHCHECK") :].split("CMD", 1)[1].split("\n#", 1)[0]
+    argv = json.loads(check.strip())
+    assert "8080" not in " ".join(argv)
+    compile(argv[-1], "HEALTHCHECK", "exec")
+    assert "os.environ['TRADINGD_HEALTH__PORT']" in argv[-1]
+    assert re.search(r"^ENV TRADINGD_HEALTH__PORT=", runtime, flags=re.M)
+    files = [ROOT / "config/default.toml", ROOT / "config/paper.toml", ROOT / "config/docker.toml"]
+    assert load_config(files, env={"TRADINGD_HEALTH__PORT": "9090"}).health.port == 9090
+    # var/: the service's, not listable by other users.
+    made = [ln for ln in _install_note_lines() if "/opt/tradingd/var" in ln and "-d" in ln]
+    assert made and all("-m 0750" in ln for ln in made), made
