@@ -1232,7 +1232,9 @@ class Engine:
                 "quantity into the book), or bring the account back to the book's quantity, "
                 "and send /flatten again once /ready's reconciliation check passes",
             )
-        blocked = self.reconcile_blocked.keys()
+        # Left to the operator and not waited for: a symbol blocked by reconciliation, and
+        # one the broker refuses to trade (it stayed "flattening" while the asset did).
+        blocked = self.reconcile_blocked.keys() | self._untradable().keys()
         orders, adding, working = self._flatten_orders(pf.quantity, blocked=blocked)
         held = pf.quantity
         if blocked:

@@ -66,3 +66,39 @@ async def test_a_flatten_places_nothing_in_a_blocked_symbol_and_ends_without_it(
     assert states[-1] == "paused" and "flattening" in states
     [done] = [e for e in logs if e["event"] == "control.flattened"]
     assert done["left_held"] == [sym]
+
+
+async def test_a_flatten_ends_leaving_a_symbol_the_broker_will_not_trade_held(engine_config, fake):
+    """A symbol Alpaca refuses as not tradable (delisted, halted) is held by the broker: no
+    order in it. A flatten skipped it but waited for it to be sold, so the run stayed
+    "flattening" as long as the asset stayed untradable; it now ends ("paused") leaving it
+    held, named, as it does for a symbol reconciliation blocked."""
+    panel, config = live_on_fake(engine_config, fake, RUN)
+    first = build_engine(config, "live", panel=panel)
+    first.after_bar.append(lambda t, v: first.request_stop())  # one traded bar
+    await first.run_until_done()
+    entries = [o for o in fake.orders.values() if o.client_order_id.startswith(f"{RUN}|")]
+    assert entries and all(o.is_open for o in entries)
+    bought = entries[0]
+    sym = bought.symbol
+    fake.call(fake.fill, bought.client_order_id, price=100.0)
+    fake.call(fake.set_asset, sym, tradable=False)
+
+    second = build_engine(config, "live", panel=panel)
+    await second.set_trading_state("flattening")
+    states: list[str] = []
+
+    def after(t, v):  # type: ignore[no-untyped-def]
+        states.append(second.trading_state)
+        if second.trading_state == "paused" or len(states) == 4:
+            second.request_stop()
+
+    second.after_bar.append(after)
+    with capture_logs() as logs:
+        await second.run_until_done()
+
+    assert second.portfolio.quantity_of(sym) == bought.qty  # nothing sold: it cannot be
+    assert sym in second.broker.untradable()
+    assert states[-1] == "paused", states
+    [done] = [e for e in logs if e["event"] == "control.flattened"]
+    assert done["left_held"] == [sym]
