@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,21 +70,37 @@ class CNNLSTMModel:
         self.model.compile(optimizer=keras.optimizers.Adam(self.config.learning_rate), loss="mse")
 
     def train(
-        self, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray
+        self,
+        x_train: np.ndarray,
+        y_train: np.ndarray,
+        x_val: np.ndarray,
+        y_val: np.ndarray,
+        progress: Callable[[int, dict[str, float]], object] | None = None,
     ) -> dict[str, Any]:
+        """`progress(epoch, losses)` after each epoch (1-based): a training of minutes said
+        nothing until its end (a retrain under systemd logged nothing for 8 minutes)."""
         import keras
 
         c = self.config
         stop = keras.callbacks.EarlyStopping(
             monitor="val_loss", patience=c.early_stopping_patience, restore_best_weights=True
         )
+        callbacks: list[Any] = [stop]
+        if progress is not None:
+            callbacks.append(
+                keras.callbacks.LambdaCallback(
+                    on_epoch_end=lambda epoch, logs: progress(
+                        epoch + 1, {k: float(v) for k, v in (logs or {}).items()}
+                    )
+                )
+            )
         h = self.model.fit(
             x_train,
             y_train,
             validation_data=(x_val, y_val),
             batch_size=c.batch_size,
             epochs=c.epochs,
-            callbacks=[stop],
+            callbacks=callbacks,
             shuffle=True,
             verbose=0,
         )

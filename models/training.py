@@ -512,7 +512,12 @@ def fit_models(
 
     xts, xvs = scaled(xt), scaled(xv)
     cnn = CNNLSTMModel(xt.shape[1], xt.shape[2], config=mc)
-    fit = cnn.train(xts, yt, xvs, yv)
+
+    def epoch_done(epoch: int, losses: dict[str, float]) -> None:
+        said = ", ".join(f"{k} {v:.6g}" for k, v in sorted(losses.items()))
+        log(f"cnn_lstm epoch {epoch}/{mc.epochs}: {said}")
+
+    fit = cnn.train(xts, yt, xvs, yv, progress=epoch_done)
     log(f"cnn_lstm: {fit['epochs_run']} epochs, best {fit['best_epoch']}")
     rf = RandomForestModel.from_config(mc)
     rf.train(xts, yt)

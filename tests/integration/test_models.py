@@ -388,8 +388,20 @@ def test_retrain_publishes_only_past_the_floor_and_the_plugin_follows(tmp_path):
     def passing(window: int) -> RetrainPolicy:  # a gate every candidate clears
         return RetrainPolicy(window_bars=window, min_directional_accuracy=0.0, max_mse_ratio=1e9)
 
-    first = retrain(cfg, panel, root, passing(700), TINY)
+    from structlog.testing import capture_logs
+
+    with capture_logs() as logs:
+        first = retrain(cfg, panel, root, passing(700), TINY)
     assert first.published and current_version(root) == first.version
+    # Its steps and each epoch said as it trains (a retrain of minutes said nothing).
+    steps = [e["step"] for e in logs if e["event"] == "model.retrain.progress"]
+    epochs = [s for s in steps if s.startswith("cnn_lstm epoch ")]
+    ran = json.loads((root / "current" / "card.json").read_text())["metrics"]
+    assert len(epochs) == ran["training_history"]["epochs_run"] >= 1, steps
+    assert (
+        epochs[0].startswith(f"cnn_lstm epoch 1/{TINY.epochs}: loss ") and "val_loss" in epochs[0]
+    )
+    assert any(s.startswith("windows: ") for s in steps)
     # judged on the candidate's held-out test windows, said so
     published = json.loads((root / "current" / "card.json").read_text())
     assert first.judged_on == "test" and first.reason.startswith("test split: ")
