@@ -1436,6 +1436,7 @@ class _Daemon:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping: asyncio.Event | None = None
         self._previous: dict[int, Any] = {}
+        self.notifier: Any = None  # the SystemdNotifier, told when the stop begins
 
     @property
     def stopping(self) -> bool:
@@ -1503,6 +1504,8 @@ class _Daemon:
                 self._stopping.set()
             if self.engine is not None:
                 self.engine.request_stop()
+            if self.notifier is not None:
+                self.notifier.stopping()
         self._log_stop(name, self.phase)
 
     def _log_stop(self, name: str, phase: str) -> None:
@@ -1795,6 +1798,9 @@ async def _serve(config: Config, daemon: _Daemon) -> Any:
         else None
     )
     notifier = SystemdNotifier()
+    daemon.notifier = notifier
+    if daemon.stopping:  # a stop signal before the loop ran (recorded by the plain handler)
+        notifier.stopping()
     try:
         if server is not None:
             await server.start()

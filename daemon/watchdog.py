@@ -41,6 +41,7 @@ class SystemdNotifier:
         self._task: asyncio.Task[None] | None = None
         self._extender: asyncio.Task[None] | None = None
         self._ready = False
+        self._stopping = False
         self._last_pet = -float("inf")
         self.sent: list[str] = []  # the last messages, for tests and /status (bounded)
 
@@ -56,7 +57,7 @@ class SystemdNotifier:
         del self.sent[:-16]
 
     async def start(self) -> None:
-        if self.enabled and not self._ready:
+        if self.enabled and not self._ready and not self._stopping:
             self._extender = asyncio.create_task(self._extend_loop(), name="systemd-extend")
         if self.enabled and self.interval_s > 0:
             self._task = asyncio.create_task(self._pet_loop(), name="systemd-watchdog")
@@ -92,6 +93,15 @@ class SystemdNotifier:
         self._send("WATCHDOG=1")
 
     def stopping(self) -> None:
+        """The stop has begun (the first stop signal, or the end of the run): said once, and
+        the start timeout no longer extended. systemd applies EXTEND_TIMEOUT_USEC to the
+        state it is in, so extensions sent during a stop in start-up pushed the stop's own
+        timeout (TimeoutStopSec) back every minute: a wedged stop was never killed."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._extender is not None:
+            self._extender.cancel()
         self._send("STOPPING=1")
 
     async def stop(self) -> None:

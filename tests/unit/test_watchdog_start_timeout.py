@@ -69,3 +69,62 @@ async def test_outside_systemd_nothing_is_extended(monkeypatch):
     await notifier.start()
     assert notifier._extender is None and notifier.sent == []
     await notifier.stop()
+
+
+async def test_a_stop_during_start_up_ends_the_extensions_and_says_stopping_once(notify_socket):
+    """Review: a SIGTERM during the warm-up ran the whole stop with the extender still
+    sending EXTEND_TIMEOUT_USEC every minute; systemd applies it to the stopping state, so a
+    wedged stop was never killed at TimeoutStopSec. The stop's first signal now ends them."""
+    import threading
+
+    got: list[str] = []
+    reading = threading.Event()
+    reading.set()
+
+    def read() -> None:  # drained all along: a full socket queue would block the sender
+        notify_socket.settimeout(0.05)
+        while reading.is_set():
+            try:
+                got.append(notify_socket.recv(4096).decode())
+            except TimeoutError:
+                continue
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    notifier = SystemdNotifier({"NOTIFY_SOCKET": "set"})
+    notifier.EXTEND_EVERY_S = 0.01
+    await notifier.start()
+    try:
+        while not got:
+            await asyncio.sleep(0.01)
+        assert got[0].startswith("EXTEND_TIMEOUT_USEC=")
+        notifier.stopping()  # the first stop signal (`_Daemon.on_signal`)
+        extender = notifier._extender
+        assert extender is not None
+        with pytest.raises(asyncio.CancelledError):
+            await asyncio.wait_for(extender, 5)
+        notifier.stopping()  # and the run's end: said once
+        while "STOPPING=1" not in got:
+            await asyncio.sleep(0.01)
+    finally:
+        reading.clear()
+        reader.join(5)
+        await notifier.stop()
+    assert got.count("STOPPING=1") == 1
+    assert not any(m.startswith("EXTEND") for m in got[got.index("STOPPING=1") :])
+
+
+def test_the_first_stop_signal_tells_systemd_the_stop_has_begun():
+    from tradingd.__main__ import _Daemon
+
+    told: list[str] = []
+
+    class Notifier:
+        def stopping(self) -> None:
+            told.append("stopping")
+
+    daemon = _Daemon([])
+    daemon.notifier = Notifier()
+    daemon.on_signal(15)
+    daemon.on_signal(2)
+    assert told == ["stopping"]
