@@ -38,8 +38,9 @@ Two schedules:
   before its end. Some calendars the package builds only to a date (`bound_max`: XSES, XSHG
   and XBOM to 2026-12-31 in exchange_calendars 4.13): the clock extends those to it, says
   from `_ENDS_WARN` before it that it ends (`calendar.ends`, at start and once a day), and
-  fails only when no bar of the calendar closes after now, with an error that says to
-  upgrade exchange-calendars (the last bar is released first).
+  when no bar of the calendar closes after now, releases its last bar, waits for the engine
+  to take it (a late one asked for again until its trade deadline), then ends the iteration
+  with `clock.calendar_ended`, saying to upgrade exchange-calendars: the run ends (exit 0).
 
 * accelerated (`bars_per_second > 0`): an interval trigger releases the next time of a given
   list of bar times at `bars_per_second`, for tests and demos that drive the live path over
@@ -161,6 +162,9 @@ class LiveClock:
         self._last_released: datetime | None = None
         self._next_release: tuple[datetime, datetime] | None = None  # (label, release instant)
         self._failure: BaseException | None = None
+        # No bar of the calendar is left to release (`_arm`): the iteration ends when the
+        # engine has taken the released ones.
+        self._ended = False
         self._heartbeat: asyncio.Task[None] | None = None
         self._ends_said: date | None = None  # the day `calendar.ends` was last logged
         self._step_back_said: datetime | None = None  # a kept release `clock.stepped_back` named
@@ -324,8 +328,8 @@ class LiveClock:
         """By when a bar must have closed to be due at `at` (`delay_s` before it), no later
         than the calendar's last close: past the end of a calendar that cannot be extended
         (the package's `bound_max`, or an `end` of the caller's) its last bars are still
-        released, and `_arm` fails for want of a next one, with what to do. Asking the
-        calendar past its end failed before they were released."""
+        released, and `_arm` finds none left (the iteration ends: `clock.calendar_ended`).
+        Asking the calendar past its end failed before they were released."""
         until = at - self._delay
         last_close = self.exchange.coverage[1]
         return last_close if until > last_close else until
@@ -587,7 +591,20 @@ class LiveClock:
         if self._last_released is not None:
             # A small step back keeps a bar released on time: arm for the next, not for it.
             after = max(after, self.exchange.close_of(self._last_released))
-        label, close = self.exchange.next_close(after)
+        try:
+            label, close = self.exchange.next_close(after)
+        except ValueError:  # (CalendarRangeError is one)
+            if after < self.exchange.coverage[1]:
+                raise
+            # Past the last close of a calendar that cannot be extended (the package's
+            # `bound_max`, or an `end` of the caller's): every bar of it is released
+            # (`_closed_by` caps at its last close), none is left to arm. The iterator ends
+            # once the engine has them all (`clock.calendar_ended`). This failed the clock,
+            # and `wait` raised it into the engine's retry of a late last bar: never traded.
+            self._ended = True
+            self._next_release = None
+            return
+        self._ended = False
         target = close + self._delay  # > now: the bar has not closed delay_s ago yet
         run_date = _wall_clock() + (target - now)
         self._scheduler.add_job(
@@ -647,8 +664,8 @@ class LiveClock:
             ends=bound.isoformat(),
             days_left=days_left,
             last_session=str(self.exchange.last_session),
-            hint=f"{self.exchange.upgrade_hint()}; after the calendar's last session the "
-            "clock has no bar to release and the daemon stops (exit 2)",
+            hint=f"{self.exchange.upgrade_hint()}; after the calendar's last bar is released "
+            "and traded the daemon stops (clock.calendar_ended, exit 0)",
         )
 
     @property
@@ -660,7 +677,26 @@ class LiveClock:
         return 0 if self.accelerated else len(self._pending)
 
     def _exhausted(self) -> bool:
+        if self._ended and not self._pending:
+            self._say_calendar_ended()
+            return True
         return self.accelerated and self._next >= len(self._calendar) and not self._pending
+
+    def _say_calendar_ended(self) -> None:
+        """`clock.calendar_ended`: the clock released the calendar's last bar and the engine
+        has it; the run ends (exit 0, not restarted: a start before the package is upgraded
+        exits 78 once that bar can no longer trade, `app.plan_live`)."""
+        exchange = self.exchange
+        last = self._last_released or self._watermark
+        hint = getattr(exchange, "upgrade_hint", lambda: "")()
+        log.warning(
+            "clock.calendar_ended",
+            calendar=exchange.name,
+            last_bar=last.isoformat() if last else None,
+            last_close=exchange.coverage[1].isoformat(),
+            hint=(hint or "build the calendar with a later end")
+            + "; the run stops after the calendar's last bar",
+        )
 
     async def __aiter__(self) -> AsyncIterator[datetime]:
         assert self._event is not None, "LiveClock.start() must be awaited first"

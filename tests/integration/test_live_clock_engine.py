@@ -722,3 +722,35 @@ async def test_a_feed_outage_over_many_intraday_bars_is_said_at_its_start_counte
         assert now_shown["error"].startswith("alpaca: no symbol could be fetched")
     assert shown[back]["given_up"] == n  # type: ignore[index]
     assert stepped and stepped[-1] is None
+
+
+async def test_a_calendars_last_bar_posted_late_is_traded_then_the_run_ends(engine_config):
+    """A calendar that ends (the package's `bound_max`; here one built with an end): its
+    last bar, posted a little after close + delay_s, was never traded. The clock failed at
+    the firing that released it (no next close to arm), and `wait` raised that failure into
+    the engine's retry of the late bar: engine.failed, exit 2. Now the bar is asked for
+    again until its trade deadline and traded, and the run ends by itself, named."""
+    from tradingd.clock.calendar import ExchangeCalendar
+
+    now = FakeTime(datetime(2020, 4, 14, 20, 0, 5, tzinfo=UTC))
+    engine, stepped = _engine(engine_config, now)
+    engine.clock._exchange = ExchangeCalendar("XNYS", "1d", start="2020-01-02", end="2020-04-14")
+    engine.clock._own_exchange = False  # one of the caller's, as the daemon's shared one
+    calls = [0]
+
+    def posted() -> bool:
+        calls[0] += 1
+        return calls[0] > 3
+
+    asked = _late_source(engine, now, posted)
+    with capture_logs() as logs:
+        await engine.run_until_done()
+    assert dict(stepped)[LABEL] is None  # traded
+    assert [t for t, _ in stepped if t >= LABEL] == [LABEL]
+    assert len(asked) == 4 and all(t < NEXT_OPEN for t in asked)
+    events = [e["event"] for e in logs]
+    assert "clock.live.failed" not in events and "engine.failed" not in events
+    [ended] = [e for e in logs if e["event"] == "clock.calendar_ended"]
+    assert ended["last_bar"] == LABEL.isoformat()
+    assert events.index("bar.arrived_late") < events.index("clock.calendar_ended")
+    assert engine.bars_never_traded == 0

@@ -378,8 +378,8 @@ async def test_the_scheduler_really_fires_at_close_plus_delay():
 
 
 async def test_a_clock_that_cannot_arm_stops_the_iteration():
-    # An injected calendar ending on 2024-12-31 is not extended: past its end the clock fails
-    # loudly instead of idling forever.
+    # An injected calendar ending on 2024-12-31 is not extended: past its end the clock
+    # releases its last bar, then the iteration ends (named), instead of idling forever.
     short = ExchangeCalendar("XNYS", "1d", start="2024-12-02", end="2024-12-31")
     now = FakeTime(u(2024, 12, 31, 20))
     clock = LiveClock(LiveConfig(delay_s=300), exchange=short, now=now)
@@ -387,11 +387,16 @@ async def test_a_clock_that_cannot_arm_stops_the_iteration():
     try:
         assert clock.next_release_at == u(2024, 12, 31, 21, 5)
         now.t = u(2024, 12, 31, 21, 5)
-        await clock._tick()
-        it = clock.__aiter__()
-        assert await it.__anext__() == d(2024, 12, 31)
-        with pytest.raises(CalendarRangeError):
-            await asyncio.wait_for(it.__anext__(), timeout=1.0)
+        with capture_logs() as logs:
+            await clock._tick()
+            it = clock.__aiter__()
+            assert await it.__anext__() == d(2024, 12, 31)
+            with pytest.raises(StopAsyncIteration):
+                await asyncio.wait_for(it.__anext__(), timeout=1.0)
+        assert clock._failure is None and clock.next_release_at is None
+        [ended] = [e for e in logs if e["event"] == "clock.calendar_ended"]
+        assert ended["last_bar"] == d(2024, 12, 31).isoformat()
+        assert "build the calendar with a later end" in ended["hint"]
     finally:
         await clock.stop()
 
@@ -562,9 +567,12 @@ async def test_the_calendars_end_turns_its_status_degraded_a_month_ahead():
 
 
 @pytest.mark.parametrize("name", BOUNDED)
-async def test_after_the_packages_last_session_the_clock_fails_saying_to_upgrade(name):
-    """Only with no next session in the calendar does the clock fail, after releasing the
-    last bar, with what to do; a start after it fails the same way (exit 2)."""
+async def test_after_the_packages_last_session_the_clock_ends_saying_to_upgrade(name):
+    """With no next session in the calendar the clock releases the last bar, waits without
+    failing while the engine asks a late one again (a vendor posting it a little after
+    close + delay_s), then ends the iteration with `clock.calendar_ended`, saying to
+    upgrade. `_arm` failed at the release (the range check, saying "now = close" for
+    now minus delay_s), and `wait` raised that into the retry: the last bar never traded."""
     end = _package_end(name)
     cal = ExchangeCalendar(name, "1d")
     close = cal.coverage[1]  # the last session's close
@@ -575,29 +583,48 @@ async def test_after_the_packages_last_session_the_clock_fails_saying_to_upgrade
     await clock.start()
     try:
         assert clock.next_release_at == close + timedelta(minutes=5)
-        now.t = close + timedelta(minutes=5, seconds=1)  # its firing, a moment late
-        await clock._tick()
-        # No next open known: the next weekday's regular open stands in (holidays only make
-        # the real one later). Released on time, the bar trades; released after it (a
-        # suspend across the calendar's end), it is stepped untraded, as any other bar.
-        deadline = clock.trade_deadline(last)
-        local = deadline.astimezone(cal.tz)
-        assert local.time() == cal.regular_open and local.weekday() < 5
-        assert 0 < (local.date() - close.astimezone(cal.tz).date()).days <= 3
-        assert now.t < deadline
-        it = clock.__aiter__()
-        assert await it.__anext__() == last
-        with pytest.raises(CalendarRangeError, match="upgrade exchange-calendars"):
-            await asyncio.wait_for(it.__anext__(), timeout=1.0)
+        now.t = close + timedelta(minutes=5, seconds=4)  # its firing, a moment late
+        with capture_logs() as logs:
+            await clock._tick()
+            assert clock._failure is None and clock.next_release_at is None
+            # No next open known: the next weekday's regular open stands in (holidays only
+            # make the real one later). Released on time, the bar trades; released after it
+            # (a suspend across the calendar's end), it is stepped untraded, as any other.
+            deadline = clock.trade_deadline(last)
+            local = deadline.astimezone(cal.tz)
+            assert local.time() == cal.regular_open and local.weekday() < 5
+            assert 0 < (local.date() - close.astimezone(cal.tz).date()).days <= 3
+            assert now.t < deadline
+            it = clock.__aiter__()
+            assert await it.__anext__() == last
+            # The engine's retry of a late last bar: waits, no failure.
+            now.t += timedelta(minutes=1)
+            await clock._tick()  # a heartbeat meanwhile
+            await clock.wait(0.01)
+            assert clock._failure is None
+            with pytest.raises(StopAsyncIteration):
+                await asyncio.wait_for(it.__anext__(), timeout=1.0)
+        assert not [e for e in logs if e["event"] == "clock.live.failed"]
+        [ended] = [e for e in logs if e["event"] == "clock.calendar_ended"]
+        assert ended["log_level"] == "warning" and ended["calendar"] == name
+        assert ended["last_bar"] == last.isoformat()
+        assert "upgrade exchange-calendars" in ended["hint"]
     finally:
         await clock.stop()
+    # A clock started after it (resumed at the last bar) has nothing to release: it ends.
     later = LiveClock(
         LiveConfig(delay_s=300, calendar=name),
         exchange=cal,
         now=FakeTime(close + timedelta(days=3)),
+        resume_after=last,
     )
-    with pytest.raises(CalendarRangeError, match="upgrade exchange-calendars"):
-        await later.start()
+    await later.start()
+    try:
+        it = later.__aiter__()
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.wait_for(it.__anext__(), timeout=1.0)
+    finally:
+        await later.stop()
 
 
 def test_a_calendar_ending_on_a_holiday_is_extended_once_not_at_every_heartbeat():
