@@ -1710,11 +1710,53 @@ def plan_live(
             raise ConfigError(f"no bar of {exchange.name} between run.start and run.end")
         before = _bars_before(exchange, calendar[0], n)
         return LivePlan(before[0] if before else None, before[-1] if before else None, calendar)
-    last = exchange.last_closed(now)
+    last = _last_closed_live(config, exchange, now)
     if last is None:
         return LivePlan(None, None, None)
     before = _bars_before(exchange, last, n)
     return LivePlan(before[0] if before else None, before[-1] if before else None, None)
+
+
+def _last_closed_live(config: Config, exchange: Any, now: datetime) -> datetime | None:
+    """The newest bar closed at `now`, no later than the calendar's last close: past the end
+    of a calendar the installed exchange_calendars ends (its `bound_max`) the last bar is
+    still released (by the clock, at once) and traded until its trade deadline. Asked past
+    that end, the calendar raised CalendarRangeError (exit 2): systemd restarted it into the
+    same error, and a start before the last bar's release did not trade it. Once the last
+    bar can no longer trade, CalendarEnded (exit 78): only an upgrade of the package ends
+    it."""
+    from .clock.calendar import CalendarEnded, CalendarRangeError
+
+    try:
+        return cast(datetime | None, exchange.last_closed(now))
+    except CalendarRangeError:
+        last_close = exchange.coverage[1]
+        if now <= last_close:
+            raise
+    last = cast(datetime | None, exchange.last_closed(last_close))
+    from .clock.live import LiveClock
+
+    clock = LiveClock(config.live, exchange=exchange, now=lambda: now)
+    deadline = clock.trade_deadline(last) if last is not None else None
+    if last is None or deadline is None or now >= deadline:
+        hint = getattr(exchange, "upgrade_hint", lambda: "")() or (
+            "build the calendar with a later end"
+        )
+        raise CalendarEnded(
+            f"live.calendar = {exchange.name!r} ends with the bar of "
+            f"{last.isoformat() if last else None} (last close {last_close.isoformat()}), "
+            f"which could trade until {deadline.isoformat() if deadline else None}; now is "
+            f"{now.isoformat()}: nothing is left to run. {hint[:1].upper()}{hint[1:]}"
+        )
+    log.warning(
+        "calendar.last_bar",
+        calendar=exchange.name,
+        last_bar=last.isoformat(),
+        trade_deadline=deadline.isoformat(),
+        rule="the calendar ends with this bar: it is released at once and traded, then the "
+        "run stops (clock.calendar_ended)",
+    )
+    return last
 
 
 # The most bars a restart steps through to catch up from its checkpoint (a year of daily

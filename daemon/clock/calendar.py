@@ -55,6 +55,7 @@ log = structlog.get_logger(__name__)
 
 __all__ = [
     "INTERVALS",
+    "CalendarEnded",
     "CalendarRangeError",
     "ExchangeCalendar",
     "calendar_zone",
@@ -79,6 +80,12 @@ _DAY_NS = 86_400 * 1_000_000_000
 
 class CalendarRangeError(TradingdError, ValueError):
     """An instant or a bar lies outside the sessions the calendar package was built for."""
+
+
+class CalendarEnded(ConfigError):
+    """A live start after the last bar of a calendar the installed exchange_calendars ends
+    (its `bound_max`) could still trade: nothing is left to run until the package is
+    upgraded, which no restart does (EX_CONFIG: `tradingd run` exits 78, not restarted)."""
 
 
 def _ns(t: datetime, what: str) -> int:

@@ -217,7 +217,10 @@ class LiveClock:
         the event loop about half a second)."""
         if self.accelerated or self._exchange is None:
             return None
-        return self._exchange.is_open(self._now())
+        now = self._now()
+        if now > self._exchange.coverage[1]:  # after the last close of a calendar that ends
+            return False  # (asked, it raised CalendarRangeError into /status)
+        return self._exchange.is_open(now)
 
     def now(self) -> datetime:
         """The clock's current instant (the injected `now`, the wall clock in production)."""

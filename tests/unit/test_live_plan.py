@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from tradingd.app import plan_live
 from tradingd.clock.calendar import ExchangeCalendar
 from tradingd.config import Config, ConfigError, LiveConfig, RunConfig
+
+SECOND = timedelta(seconds=1)
 
 
 def d(y: int, m: int, day: int) -> datetime:
@@ -156,3 +158,41 @@ def test_a_checkpoint_too_far_back_to_step_through_is_refused_with_what_to_do():
     assert plan.warm_from is not None and plan.warm_until is not None
     with pytest.raises(ConfigError, match=r"checkpoint is at 2024-02-01.*run\.name"):
         app._from_checkpoint(minutes, d(2024, 2, 1), plan.warm_from, plan.warm_until, 30)
+
+
+@pytest.mark.parametrize("name", ["XSES", "XSHG", "XBOM"])
+def test_a_start_after_a_bounded_calendars_last_close_runs_its_last_bar_then_exits_78(name):
+    """A calendar the installed exchange_calendars records only to a date (its bound_max).
+    Started after its last close, the plan asked the calendar about `now`, past its end:
+    CalendarRangeError, exit 2, restarted by systemd into the same error, and the last bar
+    (not released yet, or released and still able to trade) was lost. It plans that bar as
+    the clock's first release; once it can no longer trade, the start exits 78 saying to
+    upgrade the package (no restart helps)."""
+    import warnings
+
+    import exchange_calendars as xcals
+
+    from tradingd.__main__ import EX_CONFIG, exit_code
+    from tradingd.clock.calendar import CalendarEnded
+    from tradingd.clock.live import LiveClock
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if xcals.get_calendar(name).bound_max() is None:
+            pytest.skip(f"the installed exchange_calendars has no end for {name}")
+    cal = ExchangeCalendar(name, "1d")
+    close = cal.coverage[1]
+    last = cal.last_closed(close)
+    config = Config(live=LiveConfig(warmup_bars=3, delay_s=300, calendar=name))
+    deadline = LiveClock(config.live, exchange=cal).trade_deadline(last)
+    assert deadline is not None and deadline > close
+    for now in (close + timedelta(minutes=3), close + timedelta(hours=1), deadline - SECOND):
+        plan = plan_live(config, cal, now)
+        assert plan.warm_until is not None and plan.warm_until < last  # released by the clock
+        assert cal.bars_between(plan.warm_until, last) == [plan.warm_until, last]
+        clock = LiveClock(config.live, exchange=cal, now=lambda: now)  # noqa: B023
+        assert clock.market_open() is False  # /status until the run stops
+    for now in (deadline, close + timedelta(days=40)):
+        with pytest.raises(CalendarEnded, match="upgrade exchange-calendars") as err:
+            plan_live(config, cal, now)
+        assert exit_code(err.value, "run") == EX_CONFIG
