@@ -196,3 +196,54 @@ def test_a_start_after_a_bounded_calendars_last_close_runs_its_last_bar_then_exi
         with pytest.raises(CalendarEnded, match="upgrade exchange-calendars") as err:
             plan_live(config, cal, now)
         assert exit_code(err.value, "run") == EX_CONFIG
+
+
+# XASX opens 10:00 Sydney: 23:00 UTC the day before in March (AEDT, UTC+11).
+XASX_FIRST = datetime(2024, 3, 11, 23, tzinfo=UTC)
+
+
+def test_run_dates_are_the_exchanges_days_in_an_accelerated_replay():
+    """run.start = run.end = 2024-03-12 on XASX's 60-minute bars: read as UTC days the
+    replay began at 00:00 UTC (the session's first bar, 23:00 UTC on the 11th, only warmed
+    up) and ran into the 13th's session (its first bar, 23:00 UTC on the 12th), which a
+    backtest of the same dates does not load."""
+    cal = ExchangeCalendar("XASX", "60m", start="2024-01-02", end="2024-06-28")
+    config = Config(
+        run=RunConfig(start="2024-03-12", end="2024-03-12"),
+        live=LiveConfig(bars_per_second=10.0, warmup_bars=2, calendar="XASX", bar="60m"),
+    )
+    plan = plan_live(config, cal, datetime(2024, 6, 1, tzinfo=UTC))
+    assert plan.calendar is not None and plan.calendar[0] == XASX_FIRST
+    assert {t.astimezone(cal.tz).date().isoformat() for t in plan.calendar} == {"2024-03-12"}
+    assert len(plan.calendar) == cal.bars_per_session()
+    assert plan.warm_until is not None and plan.warm_until < XASX_FIRST
+
+
+def test_trading_starts_at_run_starts_first_bar_in_the_datas_time_zone():
+    """The data load reads run.start as a day in data.timezone; trading read it as a UTC
+    day: on XASX 60m data the first bars of run.start's session were loaded but not traded.
+    Daily data (labels are session dates) is unchanged."""
+    import dataclasses
+
+    import numpy as np
+    import pandas as pd
+    from conftest import make_panel
+
+    from tradingd.app import trade_start
+    from tradingd.config import DataConfig
+
+    cal = ExchangeCalendar("XASX", "60m", start="2024-03-01", end="2024-03-29")
+    labels = cal.bars_between(d(2024, 3, 4), d(2024, 3, 16))
+    daily = make_panel(n_bars=len(labels), split_at=None)
+    times = pd.DatetimeIndex(labels).tz_localize(None).to_numpy(dtype="datetime64[ns]")
+    intraday = dataclasses.replace(daily, times=times)
+    run = RunConfig(start="2024-03-12")
+    sydney = Config(run=run, data=DataConfig(timezone="Australia/Sydney"))
+    start = trade_start(sydney, intraday)
+    assert start is not None
+    assert next(t for t in intraday.datetimes() if t >= start) == XASX_FIRST
+    # Daily: the session labelled 2024-03-12 00:00 UTC is the first traded, in any zone.
+    for zone in ("America/New_York", "Australia/Sydney", "UTC"):
+        config = Config(run=RunConfig(start="2020-01-06"), data=DataConfig(timezone=zone))
+        assert trade_start(config, daily) == d(2020, 1, 6), zone
+    assert np.datetime64("2020-01-06") in daily.times.astype("datetime64[D]")
