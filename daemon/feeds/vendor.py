@@ -997,11 +997,13 @@ class VendorFeed:
     def _session_bars_only(
         self, frame: pd.DataFrame, start: datetime, end: datetime
     ) -> pd.DataFrame:
-        """Intraday rows that are bars of the calendar: Alpaca answers minute timeframes with
-        pre- and post-market bars (from 04:00 to 20:00 New York), which a warm-up stepped and
-        stored, and whose features the first live bars then used, where a backtest and the
-        live bars after have the session's bars only."""
-        if self.interval.daily or self.calendar is None or frame.empty:
+        """Rows that are bars of the calendar: Alpaca answers minute timeframes with pre- and
+        post-market bars (from 04:00 to 20:00 New York), which a warm-up stepped and stored,
+        and whose features the first live bars then used, where a backtest and the live bars
+        after have the session's bars only. Daily rows too: a source's bar on a day the
+        calendar has no session (a holiday) was warmed up on and stored without a word,
+        while the clock never releases that day and the 5-minute warm-up dropped it."""
+        if self.calendar is None or frame.empty:
             return frame
         try:
             labels = self.calendar.bars_between(as_utc(start), as_utc(end))
@@ -1020,9 +1022,13 @@ class VendorFeed:
         why_of = getattr(self.calendar, "outside_sessions", None)
         why = (
             np.asarray(why_of(times), dtype=object)
-            if callable(why_of)
+            if callable(why_of) and not self.interval.daily
             else np.full(len(times), "outside_session", dtype=object)
         )
+        if self.interval.daily:  # a session's label is its date at 00:00 UTC
+            midnight = times == times.astype("datetime64[D]").astype(times.dtype)
+            why[midnight] = "non_session_day"
+            why[~midnight] = "off_grid"
         why[why == ""] = "off_grid"
         rank = {r: i for i, r in enumerate(_OUTSIDE_SESSION)}
         for reason in sorted(set(why.tolist()), key=lambda r: (rank.get(r, len(rank)), r)):

@@ -1430,3 +1430,31 @@ async def test_a_symbol_without_bars_at_warm_up_is_named():
     (said,) = [e for e in logs if e["event"] == "feed.no_bars_in_window"]
     assert said["log_level"] == "warning" and said["symbols"] == ["CCC"]
     assert (said["count"], said["of"]) == (1, 3)
+
+
+async def test_a_daily_warm_up_leaves_out_a_holidays_bar_and_says_so():
+    """A source with a daily bar on a day the calendar has no session (the fakes trade every
+    weekday, the 4th of July too): the daily warm-up kept it and the store got it, without
+    a word (522 bars for 502 sessions), while the clock never releases that day and the
+    5-minute warm-up dropped the same day's rows with `feed.outside_session_dropped`."""
+    from tradingd.clock.calendar import ExchangeCalendar
+
+    calendar = ExchangeCalendar("XNYS", "1d")
+    book = BarBook(now=utc(2024, 7, 6, 12, 0))
+    async with fake_for("alpaca", book) as fake:
+        feed = await started(
+            VendorFeed(
+                source_for("alpaca", fake), SYMBOLS, "1d", clock=lambda: book.now, calendar=calendar
+            )
+        )
+        try:
+            start, end = utc(2024, 7, 1), utc(2024, 7, 5)
+            with capture_logs() as logs:
+                panel = await feed.history(start, end)
+            assert list(panel.datetimes()) == calendar.bars_between(start, end)
+            assert utc(2024, 7, 4) not in panel.datetimes() and len(panel.datetimes()) == 4
+        finally:
+            await feed.stop()
+    [said] = [e for e in logs if e["event"] == "feed.outside_session_dropped"]
+    assert said["reason"] == "non_session_day" and said["rows"] == len(SYMBOLS)
+    assert said["first"].startswith("2024-07-04") and "weekend or holiday" in said["rule"]
