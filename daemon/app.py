@@ -15,6 +15,7 @@ import math
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from datetime import time as wall_time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
 from zoneinfo import ZoneInfo
@@ -2136,6 +2137,7 @@ def _assemble(
         symbols,
         config.run.initial_capital,
         session_tz=session_zone(config, bar),
+        evening_start=session_evening_start(config, bar),
         allow_short=config.broker.allow_short,
         run_id=run_id,
     )
@@ -2461,6 +2463,17 @@ def session_zone(config: Config, bar: str = "1d") -> ZoneInfo | None:
             "live.calendar's time zone; data.timezone only reads naive timestamps of the data",
         )
     return zone
+
+
+def session_evening_start(config: Config, bar: str = "1d") -> wall_time | None:
+    """With `session_zone`: where live.calendar's sessions open the evening before their
+    date (CMES: 17:00 Chicago), that local time, from which a bar counts in the next day's
+    session (`Portfolio`'s day); None for daily bars and other calendars."""
+    if bar == "1d":
+        return None
+    from .clock.calendar import evening_session_start
+
+    return evening_session_start(config.live.calendar)
 
 
 async def import_bars(config: Config, chunk: int = 250) -> int:

@@ -59,6 +59,8 @@ __all__ = [
     "CalendarRangeError",
     "ExchangeCalendar",
     "calendar_zone",
+    "evening_session_start",
+    "session_date",
     "validate_calendar",
 ]
 
@@ -138,6 +140,30 @@ def calendar_zone(name: str) -> ZoneInfo:
             return ZoneInfo(str(xcals.get_calendar(name).tz))
     except (ValueError, xcals.errors.CalendarError) as exc:
         raise ConfigError(f"exchange calendar {name!r} cannot be built: {exc}") from None
+
+
+def evening_session_start(name: str) -> time | None:
+    """Where exchange calendar `name`'s sessions open the evening before their date (CMES:
+    17:00 Chicago), that local time: a bar from it on belongs to the next day's session.
+    None where sessions open on their own date (XNYS, XTKS)."""
+    validate_calendar(name, "1d")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=_PANDAS_DEPRECATION)
+        cal = xcals.get_calendar(name)
+    if int(getattr(cal, "open_offset", 0)) >= 0:
+        return None
+    opens: time = cal.open_times[-1][1]
+    return opens
+
+
+def session_date(at: datetime, tz: ZoneInfo, evening_start: time | None) -> date:
+    """The date of the session an intraday bar starting `at` belongs to: its date in the
+    exchange's zone `tz`, the next day's from `evening_start` on (`evening_session_start`).
+    By the local date alone, one CME session was split across two days at local midnight."""
+    local = at.astimezone(tz)
+    if evening_start is not None and local.time() >= evening_start:
+        return local.date() + timedelta(days=1)
+    return local.date()
 
 
 class ExchangeCalendar:

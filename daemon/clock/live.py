@@ -228,10 +228,21 @@ class LiveClock:
 
     def session_day(self, label: datetime) -> date:
         """The exchange date of bar `label`: a daily label is its date at midnight UTC, an
-        intraday one its start in the exchange's time zone (a split's ex-date is one)."""
+        intraday one the date of the session it belongs to (a split's ex-date is one): its
+        start's date in the exchange's time zone, the next day's from the open of a session
+        opening the evening before (CMES: 17:00 Chicago). By the local date alone one CME
+        session was two days (and its 00:00 UTC bar, read as a daily label, a third)."""
+        exchange = self._exchange
+        if exchange is not None and self._interval != "1d":
+            offset = int(getattr(exchange, "open_offset", 0))
+            regular_open = getattr(exchange, "regular_open", None)
+            if offset < 0 and regular_open is not None:
+                from .calendar import session_date
+
+                return session_date(label, exchange.tz, regular_open)
         if label.hour == label.minute == label.second == 0 and label.microsecond == 0:
             return label.date()
-        tz = self._exchange.tz if self._exchange is not None else ZoneInfo("America/New_York")
+        tz = exchange.tz if exchange is not None else ZoneInfo("America/New_York")
         return label.astimezone(tz).date()
 
     def next_session_day(self, label: datetime) -> date | None:

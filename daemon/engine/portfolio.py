@@ -8,7 +8,8 @@ Costs are accumulated from the fills themselves, so the ledger can be checked ag
 from __future__ import annotations
 
 import math
-from datetime import date, datetime, tzinfo
+from datetime import date, datetime, timedelta, tzinfo
+from datetime import time as wall_time
 from typing import Any
 
 import numpy as np
@@ -48,18 +49,23 @@ class Portfolio:
         initial_cash: float,
         session_tz: tzinfo | None = None,
         *,
+        evening_start: wall_time | None = None,
         allow_short: bool = True,
         run_id: str = "",
     ) -> None:
         """`session_tz`: intraday bars, the exchange's time zone: the day's loss is measured
-        from the last close of the previous session (the bar time's date there), not from
-        the previous bar's. None: each bar is a session (daily bars). `allow_short` (the
+        from the last close of the previous session (the bar time's date there, the next
+        day's from `evening_start` on, where sessions open the evening before: CMES 17:00),
+        not from the previous bar's. None: each bar is a session (daily bars). By the local
+        date alone a CME session's loss base reset at Chicago midnight, mid-session.
+        `allow_short` (the
         run's `broker.allow_short`) and `run_id` are for `restore`: a long-only run refuses
         a checkpoint with a short position, and its error names the run."""
         n = len(symbols)
         self.allow_short = allow_short
         self.run_id = run_id
         self._session_tz = session_tz
+        self._evening_start = evening_start
         # The session date of the last bar marked (intraday bars only).
         self._day: date | None = None
         self.symbols = symbols
@@ -242,7 +248,10 @@ class Portfolio:
         else:
             # Intraday: a new session's first bar takes the last close as its day start;
             # the session's later bars keep it (else the daily loss limit was a per-bar one).
-            day = time.astimezone(self._session_tz).date()
+            local = time.astimezone(self._session_tz)
+            day = local.date()
+            if self._evening_start is not None and local.time() >= self._evening_start:
+                day += timedelta(days=1)  # (clock.calendar.session_date)
             if day != self._day:
                 self.prev_equity = self._close_equity
                 self._day = day

@@ -670,3 +670,22 @@ def test_the_last_sessions_stand_in_deadline_is_the_next_open_or_earlier(name):
             equal += stand_in == real
         day += timedelta(days=1)
     assert checked > 200 and equal > 0.8 * checked
+
+
+def test_a_session_opening_the_evening_before_is_one_session_day():
+    """CMES: the 2026-12-01 session opens 17:00 Chicago on Nov 30 (23:00 UTC). Its bars
+    were given Nov 30 (23:00Z and 01:00-05:00Z, by the local date), Dec 1 (00:00Z, read as
+    a daily label; 06:00Z on): one session, two days."""
+    cal = ExchangeCalendar("CMES", "60m", start="2026-11-02", end="2026-12-04")
+    clock = LiveClock(LiveConfig(calendar="CMES", bar="60m"), exchange=cal)
+    bars = cal.bars_between(u(2026, 11, 30, 23), u(2026, 12, 1, 21))
+    assert bars[0] == u(2026, 11, 30, 23) and d(2026, 12, 1) in bars
+    assert {clock.session_day(t) for t in bars} == {date(2026, 12, 1)}
+    assert clock.next_session_day(bars[-1]) == date(2026, 12, 2)
+    # Elsewhere unchanged: XTKS's 00:00 UTC bar is 09:00 Tokyo, a daily label its date.
+    xtks = ExchangeCalendar("XTKS", "60m", start="2024-06-03", end="2024-06-28")
+    tokyo = LiveClock(LiveConfig(calendar="XTKS", bar="60m"), exchange=xtks)
+    assert tokyo.session_day(u(2024, 6, 20, 0)) == date(2024, 6, 20)
+    assert tokyo.session_day(u(2024, 6, 20, 5)) == date(2024, 6, 20)
+    daily = LiveClock(LiveConfig(delay_s=300), exchange=ExchangeCalendar("XNYS", "1d"))
+    assert daily.session_day(d(2024, 11, 29)) == date(2024, 11, 29)

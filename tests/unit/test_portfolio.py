@@ -485,3 +485,38 @@ def test_an_intraday_day_is_the_calendars_session_not_data_timezones_day():
         price -= 0.5
         pf.mark_to_market(np.array([price]), np.array([True]), opening + timedelta(minutes=k))
         assert pf.view().day_start_equity == day_start, opening + timedelta(minutes=k)
+
+
+def test_a_session_opening_the_evening_before_keeps_one_day_start_across_midnight():
+    """CMES sessions open at 17:00 Chicago the evening before their date: the day was the
+    bar's local date, so the day's loss base reset at Chicago midnight, mid-session (the
+    README: the day's loss counts from the previous session's last close)."""
+    from datetime import timedelta
+
+    from tradingd.app import session_evening_start, session_zone
+    from tradingd.clock.calendar import ExchangeCalendar
+    from tradingd.config import load_config
+
+    config = load_config([{"live": {"calendar": "CMES", "bar": "60m"}}], env={})
+    zone, evening = session_zone(config, "60m"), session_evening_start(config, "60m")
+    assert evening is not None and evening.hour == 17
+    assert session_evening_start(config, "1d") is None
+    cal = ExchangeCalendar("CMES", "60m", start="2026-11-02", end="2026-12-04")
+    monday = cal.bars_between(  # the 2026-11-30 session's last bar, then 2026-12-01's
+        datetime(2026, 11, 30, 21, tzinfo=UTC), datetime(2026, 12, 1, 22, tzinfo=UTC)
+    )
+    last_close, session = monday[0], monday[1:]
+    assert session[0] == datetime(2026, 11, 30, 23, tzinfo=UTC) and len(session) > 12
+    pf = Portfolio(("AAA",), 100_000.0, session_tz=zone, evening_start=evening)
+    pf.apply_fill(Fill("f1", "o1", "AAA", Side.BUY, 1000.0, 100.0, 0.0, 0.0, last_close, 100.0))
+    pf.mark_to_market(np.array([100.0]), np.array([True]), last_close)
+    price = 100.0
+    pf.mark_to_market(np.array([price]), np.array([True]), session[0])
+    day_start = pf.view().day_start_equity
+    for t in session[1:]:  # through 00:00 Chicago (06:00 UTC)
+        price -= 0.5
+        pf.mark_to_market(np.array([price]), np.array([True]), t)
+        assert pf.view().day_start_equity == day_start, t
+    # The next session (its first bar at 17:00 Chicago on the 1st) starts a new day.
+    pf.mark_to_market(np.array([price]), np.array([True]), session[-1] + timedelta(hours=2))
+    assert pf.view().day_start_equity == pf.equity != day_start
