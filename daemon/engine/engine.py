@@ -357,21 +357,46 @@ _SPLIT_RATIOS = (
 )
 
 
+# A broker's quantity the book's times a ratio fits only rounded down (the fraction paid in
+# cash) is named a split only when the book holds at least this many times the ratio's
+# denominator (40 shares for 3:2, 200 for 1:10). The fraction lost is then under one such
+# block of the book's shares: under 1/20 (5%) of the position; and the difference is then at
+# least 20 x |p - q| - 1 >= 19 shares for a p:q split. Without the floor a hand trade of
+# one share in a small position fit one (8 -> 7 read as 5:4, 5 -> 6 as 4:3 or 5:4) and was
+# only a warning, which `POST /adopt` "split" then took in without paying for the share.
+_SPLIT_ROUNDED_MIN_BLOCKS = 20
+
+
+def _split_fits(broker: float, book: float) -> tuple[list[Fraction], bool]:
+    """The ratios (new shares per old) at which a split turns the book's quantity into the
+    broker's, and whether exactly (else rounded down, the fraction paid in cash); none for
+    a position opened, closed or turned. The exact ones first: failing any, those that fit
+    rounded down where the book holds at least `_SPLIT_ROUNDED_MIN_BLOCKS` times the
+    ratio's denominator."""
+    if broker * book <= 0:
+        return [], False
+    held, booked = abs(broker), abs(book)
+    ratios = _SPLIT_RATIOS if held > booked else tuple(1 / r for r in _SPLIT_RATIOS)
+    fits = [r for r in ratios if abs(held - booked * r) <= 1e-6 * max(1.0, held)]
+    if fits:
+        return fits, True
+    return [
+        r
+        for r in ratios
+        if booked >= _SPLIT_ROUNDED_MIN_BLOCKS * r.denominator
+        and math.trunc(booked * r + 1e-9) == held
+    ], False
+
+
 def _split_like(broker: float, book: float) -> str | None:
     """The ratio ("4:1", "1:10", "3:2") at which a split turns the book's quantity into the
     broker's, or None. Alpaca splits a position before the ex-date's session opens and the
     book only at that date's bar (the feed's `split` field): a difference of that shape is
     most likely a split on its way, not a stranger's trade, and is worded (and alerted) so.
     The broker holds the book times the ratio exactly or, failing any such ratio, rounded
-    down (the fraction paid in cash), at least one share; where several ratios fit, each is
-    named. A position gone to 0 is never called a split."""
-    if broker * book <= 0:
-        return None
-    held, booked = abs(broker), abs(book)
-    ratios = _SPLIT_RATIOS if held > booked else tuple(1 / r for r in _SPLIT_RATIOS)
-    fits = [r for r in ratios if abs(held - booked * r) <= 1e-6 * max(1.0, held)]
-    if not fits:
-        fits = [r for r in ratios if math.trunc(booked * r + 1e-9) == held]
+    down (the fraction paid in cash) in a position large enough (`_split_fits`); where
+    several ratios fit, each is named. A position gone to 0 is never called a split."""
+    fits, _exact = _split_fits(broker, book)
     return " or ".join(f"{r.numerator}:{r.denominator}" for r in fits) or None
 
 

@@ -121,3 +121,27 @@ def test_other_differences_are_no_split(broker, book):
     from tradingd.engine.engine import _split_like
 
     assert _split_like(broker, book) is None
+
+
+@pytest.mark.parametrize(
+    ("broker", "book"),
+    [(8, 7), (6, 5), (13, 10), (58, 39), (19, 199), (-58, -39)],
+)
+def test_a_small_hand_trade_is_no_rounded_down_split(broker, book):
+    """Rounded down, a ratio fit a hand trade of a share or a few in a small position (8
+    held, 7 booked: "5:4"), only a warning, and `/adopt` "split" took the share in unpaid.
+    Rounded-down fits need the book at 20 x the ratio's denominator (39 < 40 for 3:2,
+    199 < 200 for 1:10)."""
+    from tradingd.engine.engine import _split_like
+
+    assert _split_like(broker, book) is None
+
+
+@pytest.mark.parametrize(
+    ("broker", "book", "ratio"),
+    [(61, 41, "3:2"), (20, 201, "1:10"), (-61, -41, "3:2"), (10, 5, "2:1"), (2, 20, "1:10")],
+)
+def test_rounded_down_splits_from_the_floor_up_and_exact_ones_at_any_size(broker, book, ratio):
+    from tradingd.engine.engine import _split_like
+
+    assert _split_like(broker, book) == ratio
