@@ -10,8 +10,12 @@ So the operator may say, explicitly and per symbol, that the broker's quantity i
 
 - "trade" (default): the difference is booked as a trade at the bar's close (cash moves by
   -difference x close, equity continuous, the closed part's profit realised);
-- "split": the book missed a split: the quantity becomes the broker's, cash unchanged, the
-  cost basis scaled; refused when the two quantities are not a split's ratio apart.
+- "split": the book missed a split: the quantity becomes the broker's, the cost basis
+  scaled by the split's ratio, cash unchanged unless the broker's quantity is the book's
+  times the ratio rounded down: the fraction of a share, which Alpaca paid in cash, is then
+  sold at the bar's close (`Engine._cash_in_lieu`, as for a split the book applies); refused
+  when the two quantities are not a split's ratio apart, or fit several ratios rounded down
+  (each would pay a different fraction).
 
 The request is checked at once (the symbol known, blocked, the broker's quantity what it was
 at the round that blocked it), kept in the run's checkpoint (a restart keeps it, as a
@@ -28,6 +32,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
+from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -110,20 +115,38 @@ def parse_request(body: Any, universe: Sequence[str]) -> tuple[list[str], str]:
 
 def split_refusal(broker: float, book: float) -> str | None:
     """Why a difference cannot be a split the book missed (None: it can)."""
-    from .engine import _split_like  # the ratios reconciliation names splits by
+    from .engine import _split_fits  # the ratios reconciliation names splits by
 
     if book == 0 or broker == 0 or broker * book < 0:
         return (
             f"the broker holds {broker:g} and the book {book:g}: a split never opens, closes "
             'or turns a position; adopt it "as": "trade" if the account traded it'
         )
-    if _split_like(broker, book) is None:
+    fits, _exact = _split_fits(broker, book)
+    if not fits:
         return (
             f"the broker holds {broker:g} and the book {book:g}: a ratio of "
             f"{broker / book:.6g}, no split ratio (2:1, 3:2, 1:10, ...), so no split of the "
             'position; adopt it "as": "trade" if the account traded it'
         )
+    if len(fits) > 1:
+        named = " or ".join(f"{r.numerator}:{r.denominator}" for r in fits)
+        return (
+            f"the broker holds {broker:g} and the book {book:g}: {named} rounded down, each "
+            "paying a different fraction of a share in cash, so not one split; adopt it "
+            '"as": "trade", or bring the account to the book\'s quantity'
+        )
     return None
+
+
+def _split_ratio(broker: float, book: float) -> tuple[Fraction, bool] | None:
+    """The one split ratio (new shares per old) turning `book` into `broker`, and whether
+    exactly (else rounded down, the fraction paid in cash); None unless exactly one fits
+    (`split_refusal`)."""
+    from .engine import _split_fits
+
+    fits, exact = _split_fits(broker, book)
+    return (fits[0], exact) if len(fits) == 1 else None
 
 
 class Adoptions:
@@ -307,24 +330,47 @@ async def apply_due(engine: Engine, bar: CrossSection) -> None:
             continue
         close = float(bar.close[i])
         price = close if math.isfinite(close) else float(engine.portfolio.mark[i])
-        if a.kind == "trade" and not (math.isfinite(price) and price > 0):
+        split = _split_ratio(broker, book) if a.kind == "split" else None
+        if a.kind == "split" and split is None:  # a checkpoint's, kept before the rule
+            del adoptions.pending[sym]
+            log.error(
+                "control.adopt_dropped",
+                time=t,
+                symbol=sym,
+                asked={"broker": a.broker, "book": a.book},
+                hint=split_refusal(broker, book),
+            )
+            continue
+        # The fraction of a share a split rounded down to the broker's whole shares: paid in
+        # cash at the bar's close (`Engine._cash_in_lieu`), so a bar with a close is needed.
+        fraction = 0.0 if split is None or split[1] else book * float(split[0]) - broker
+        at = price if a.kind == "trade" else close if fraction else 1.0
+        if not (math.isfinite(at) and at > 0):
             adoptions.waits(sym, "no price for it yet (no bar with a close)", time=t)
             continue
-        cash = -(broker - book) * price if a.kind == "trade" else 0.0
-        reason = (
-            f"operator's /adopt as a trade: the broker holds {broker:g}, the book held "
-            f"{book:g}; the difference booked at {price:g}"
-            if a.kind == "trade"
-            else f"operator's /adopt as a split: the broker holds {broker:g}, the book held "
-            f"{book:g} (x{broker / book:.6g}); cash unchanged, cost basis kept"
-        )
+        cash = -(broker - book) * price if a.kind == "trade" else fraction * close
+        if split is None:
+            reason = (
+                f"operator's /adopt as a trade: the broker holds {broker:g}, the book held "
+                f"{book:g}; the difference booked at {price:g}"
+            )
+        else:
+            reason = (
+                f"operator's /adopt as a split: the broker holds {broker:g}, the book held "
+                f"{book:g} ({split[0].numerator}:{split[0].denominator}); cost basis kept, "
+                + (
+                    f"the fraction {fraction:g} of a share paid in cash at {close:g}"
+                    if fraction
+                    else "cash unchanged"
+                )
+            )
         row = {
             "time": t,
             "symbol": sym,
             "kind": a.kind,
             "book_before": book,
             "quantity": broker,
-            "price": price if a.kind == "trade" else None,
+            "price": price if a.kind == "trade" else (close if fraction else None),
             "cash": cash,
             "reason": reason,
             "asked_at": datetime.fromisoformat(a.asked_at),
@@ -344,6 +390,10 @@ async def apply_due(engine: Engine, bar: CrossSection) -> None:
                 continue
         if a.kind == "trade":
             engine.portfolio.adjust(sym, broker, price, t)
+        elif fraction and split is not None:
+            ratio = float(split[0])
+            engine.portfolio.rescale(sym, book * ratio, ratio)
+            engine._cash_in_lieu(bar, i, ratio)  # to the broker's whole shares
         else:
             engine.portfolio.rescale(sym, broker)
         audit = getattr(engine.audit, "adjustment", None)

@@ -3988,18 +3988,19 @@ class Engine:
             self._cash_in_lieu(bar, i)
             log.info("split.applied", time=bar.time, symbol=s.symbol, ratio=s.text())
 
-    def _cash_in_lieu(self, bar: CrossSection, i: int) -> None:
-        """The fraction of a share bar's split left of a whole position in column `i`, paid
-        as cash in lieu at the bar's close (Alpaca pays the fraction; the account holds
-        whole shares)."""
+    def _cash_in_lieu(self, bar: CrossSection, i: int, ratio: float | None = None) -> float:
+        """The fraction of a share bar's split (or `ratio`'s: a split the operator adopts,
+        `adopt.apply_due`) left of a whole position in column `i`, paid as cash in lieu at
+        the bar's close (Alpaca pays the fraction; the account holds whole shares). Returns
+        the cash paid."""
         pf = self.portfolio
         q = float(pf.quantity[i])
-        before = q / float(bar.split[i])
+        before = q / (float(bar.split[i]) if ratio is None else ratio)
         if not q or abs(before - round(before)) > 1e-6 * max(1.0, abs(before)):
-            return
+            return 0.0
         shares, cash = pf.cash_in_lieu(i, float(bar.close[i]))
         if not shares:
-            return
+            return 0.0
         symbol = self.symbols[i]
         log.info(
             "split.cash_in_lieu",
@@ -4016,6 +4017,7 @@ class Engine:
         record = getattr(self.audit, "cash_in_lieu", None)
         if record is not None:
             record(bar.time, symbol, shares, float(bar.close[i]), cash)
+        return cash
 
     async def _release_split_blocks(self, bar: CrossSection, cols: Sequence[int]) -> None:
         """Blocked symbols whose split at `bar` made the book equal the broker's quantity

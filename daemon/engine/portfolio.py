@@ -171,13 +171,17 @@ class Portfolio:
             self.avg_price[i] = 0.0
         return -delta * price
 
-    def rescale(self, symbol: str, quantity: float) -> float:
+    def rescale(self, symbol: str, quantity: float, ratio: float | None = None) -> float:
         """The book's quantity in `symbol` set to `quantity` as a split the book missed (an
         operator's `POST /adopt` "split"): cash unchanged, the cost basis kept (the average
-        price scaled by the inverse ratio). Returns the ratio (new shares per old)."""
+        price scaled by the inverse ratio: `ratio`, new shares per old, or quantity over
+        the book's). A split whose fraction of a share the broker paid in cash is scaled by
+        its ratio to the fractional quantity, then `cash_in_lieu` sells the fraction: the
+        average is the split's, not the whole shares' over the old. Returns the ratio."""
         i = self._index[symbol]
         old = self.quantity.item(i)
-        ratio = quantity / old
+        if ratio is None:
+            ratio = quantity / old
         self._values = None
         self.quantity[i] = quantity
         self.avg_price[i] = self.avg_price.item(i) / ratio

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -250,3 +251,55 @@ async def test_an_adoption_answered_is_in_the_checkpoint_and_a_restart_applies_i
     assert sym not in first.reconcile_blocked
     [row] = _rows(config, f"select * from adjustments where run_id = '{RUN}'")
     assert row["symbol"] == sym and row["book_before"] == qty
+
+
+async def test_a_reverse_split_adopted_pays_the_fraction_in_cash(engine_config, fake):
+    """A 1:10 of a position not a multiple of 10: Alpaca holds the whole shares and paid the
+    fraction in cash. Adopted "as split", the cash stayed unchanged (the fraction never
+    credited) and the average price was divided by 64/649, not by the true 1/10."""
+    panel, config, sym, qty = await _bought_then_changed_by_hand(engine_config, fake, 1.0)
+    assert qty >= 200 and qty % 10, "the entry must leave a fraction at 1:10"
+    held = float(math.trunc(qty / 10))
+    fake.call(fake.set_position, sym, held, 1000.0)
+    answers: dict[str, tuple[int, dict[str, Any]]] = {}
+    cash: list[float] = []
+
+    async def requests(post, engine):  # type: ignore[no-untyped-def]
+        assert sym in engine.reconcile_blocked
+        cash.append(engine.portfolio.cash)
+        answers["ok"] = await post({"symbols": [sym], "as": "split"})
+
+    engine, logs = await _run_with_requests(config, panel, requests)
+    assert answers["ok"][0] == 200, answers["ok"]
+    [adopted] = [e for e in logs if e["event"] == "control.adopted"]
+    t = adopted["time"]
+    i = panel.symbols.index(sym)
+    close = float(panel.close[panel.datetimes().index(t), i])
+    fraction = qty / 10 - held
+    assert adopted["kind"] == "split" and adopted["quantity"] == held
+    assert adopted["cash"] == pytest.approx(fraction * close)
+    assert engine.portfolio.quantity_of(sym) == held
+    assert engine.portfolio.avg_price[i] == pytest.approx(1000.0)  # 100 x 10: the true ratio
+    [row] = _rows(config, f"select * from adjustments where run_id = '{RUN}'")
+    assert row["kind"] == "split" and row["quantity"] == held
+    assert row["cash"] == pytest.approx(fraction * close)
+    equity = _rows(config, f"select time, cash from equity where run_id = '{RUN}'")
+    k = next(n for n, r in enumerate(equity) if r["time"].startswith(t.date().isoformat()))
+    assert equity[k]["cash"] == pytest.approx(equity[k - 1]["cash"] + fraction * close)
+    [paid] = [e for e in logs if e["event"] == "split.cash_in_lieu"]
+    assert paid["symbol"] == sym and paid["shares"] == pytest.approx(fraction)
+
+
+def test_a_split_adoption_fitting_several_ratios_is_refused(monkeypatch):
+    """Rounded down, two ratios may fit one pair of quantities ("1:10 or 1:12"): the cash in
+    lieu differs by which, so the split adoption is refused, naming what to do."""
+    from fractions import Fraction
+
+    from tradingd.engine import adopt, engine
+
+    monkeypatch.setattr(
+        engine, "_split_fits", lambda broker, book: ([Fraction(1, 10), Fraction(1, 12)], False)
+    )
+    why = adopt.split_refusal(64.0, 649.0)
+    assert why is not None and "1:10 or 1:12" in why
+    assert '"as": "trade"' in why and "account" in why
