@@ -166,6 +166,12 @@ class Adoptions:
         self._waits_said.add((symbol, reason))
         log.warning("control.adopt_waits", symbol=symbol, reason=reason, **said)
 
+    def done(self, symbol: str) -> None:
+        """`symbol`'s adoption no longer pending (applied or dropped): its waits forgotten,
+        so one asked again says why it waits again, even for the same reason."""
+        self.pending.pop(symbol, None)
+        self._waits_said = {w for w in self._waits_said if w[0] != symbol}
+
     def state(self) -> dict[str, Any] | None:
         return {s: asdict(a) for s, a in self.pending.items()} or None
 
@@ -316,7 +322,7 @@ async def apply_due(engine: Engine, bar: CrossSection) -> None:
         if sym not in engine.reconcile_blocked or not (
             _same(broker, a.broker) and _same(book, a.book)
         ):
-            del adoptions.pending[sym]
+            adoptions.done(sym)
             log.error(
                 "control.adopt_dropped",
                 time=t,
@@ -332,7 +338,7 @@ async def apply_due(engine: Engine, bar: CrossSection) -> None:
         price = close if math.isfinite(close) else float(engine.portfolio.mark[i])
         split = _split_ratio(broker, book) if a.kind == "split" else None
         if a.kind == "split" and split is None:  # a checkpoint's, kept before the rule
-            del adoptions.pending[sym]
+            adoptions.done(sym)
             log.error(
                 "control.adopt_dropped",
                 time=t,
@@ -399,8 +405,7 @@ async def apply_due(engine: Engine, bar: CrossSection) -> None:
         audit = getattr(engine.audit, "adjustment", None)
         if audit is not None:
             audit(t, sym, **{k: v for k, v in row.items() if k not in ("time", "symbol")})
-        del adoptions.pending[sym]
-        adoptions._waits_said = {w for w in adoptions._waits_said if w[0] != sym}
+        adoptions.done(sym)
         released[sym] = reason
         log.warning(
             "control.adopted",

@@ -303,3 +303,36 @@ def test_a_split_adoption_fitting_several_ratios_is_refused(monkeypatch):
     why = adopt.split_refusal(64.0, 649.0)
     assert why is not None and "1:10 or 1:12" in why
     assert '"as": "trade"' in why and "account" in why
+
+
+async def test_an_adoption_dropped_says_its_waits_again_when_asked_again():
+    """The dropped path kept the symbol's waits said: the same symbol asked again and
+    waiting for the same reason logged no `control.adopt_waits`."""
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from tradingd.engine import adopt
+
+    adoptions = adopt.Adoptions()
+    asked = adopt.Adoption("S00", "trade", 0.0, 10.0, datetime.now(UTC).isoformat())
+
+    async def positions() -> dict[str, float]:
+        return {"S00": 5.0}  # moved since asked: dropped
+
+    engine = SimpleNamespace(
+        adoptions=adoptions,
+        symbols=["S00"],
+        reconcile_blocked={"S00": "broker holds 0, the book 10"},
+        portfolio=SimpleNamespace(quantity_of=lambda s: 10.0),
+        _read_positions=positions,
+    )
+    bar = SimpleNamespace(time=datetime(2024, 1, 2, tzinfo=UTC))
+    with capture_logs() as logs:
+        adoptions.pending["S00"] = asked
+        adoptions.waits("S00", "the broker does not answer")
+        await adopt.apply_due(engine, bar)  # type: ignore[arg-type]
+        assert "S00" not in adoptions.pending
+        adoptions.pending["S00"] = asked
+        adoptions.waits("S00", "the broker does not answer")
+    said = [e["event"] for e in logs if e["event"].startswith("control.adopt")]
+    assert said == ["control.adopt_waits", "control.adopt_dropped", "control.adopt_waits"]
