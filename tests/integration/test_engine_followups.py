@@ -2152,7 +2152,13 @@ async def test_a_database_down_at_a_live_start_is_waited_for_not_an_exit(
     monkeypatch.setattr(app, "open_store", lambda *a, **k: LookupStore())
     monkeypatch.setattr("tradingd.run_continuation.continued_run_id", found)
     monkeypatch.setattr(app.asyncio, "sleep", fake_sleep)
-    config = dataclasses.replace(config, run=dataclasses.replace(config.run, run_id=""))
+    # A PostgreSQL store (opened by the stub): a SQLite file that does not exist yet holds
+    # no run to continue and is not opened at all.
+    config = dataclasses.replace(
+        config,
+        run=dataclasses.replace(config.run, run_id=""),
+        storage=dataclasses.replace(config.storage, url="postgresql://127.0.0.1:9/none"),
+    )
     assert await app.continued_live_run(config) == "the-run"
     assert len(looked) == 2 and slept == [1.0]
 
