@@ -14,6 +14,7 @@ import contextlib
 import os
 import re
 import secrets
+import time
 from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
 from typing import TextIO
@@ -48,9 +49,14 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
+#: How long a dead writer's temporary file must have been left untouched to be removed.
+DEAD_TEMP_AGE_S = 600.0
+
+
 def remove_dead_writers_temps(folder: Path, names: Collection[str]) -> list[str]:
     """The temporary files (`temp_name`) of `names` in `folder` whose writer process is gone
-    (a SIGKILL or a power cut mid-write), removed; a living writer's are left. Without it a
+    (a SIGKILL or a power cut mid-write) and that were not touched for `DEAD_TEMP_AGE_S`,
+    removed; a living writer's are left. Without it a
     killed `tradingd report` left its hidden 5 MB temporary report beside the report for
     good. Best effort: a file that cannot be listed or removed is left, not an error."""
     try:
@@ -58,12 +64,18 @@ def remove_dead_writers_temps(folder: Path, names: Collection[str]) -> list[str]
     except OSError:
         return []
     removed = []
+    now = time.time()
     for entry in entries:
         match = _TEMP_RE.match(entry.name)
         if match is None or match["name"] not in names or pid_alive(int(match["pid"])):
             continue
         with contextlib.suppress(OSError):
-            if entry.is_file(follow_symlinks=False):
+            # Untouched for DEAD_TEMP_AGE_S too: a writer in another pid namespace (another
+            # container on a shared volume) looks dead here while it writes.
+            if (
+                entry.is_file(follow_symlinks=False)
+                and now - entry.stat(follow_symlinks=False).st_mtime > DEAD_TEMP_AGE_S
+            ):
                 os.unlink(entry.path)
                 removed.append(entry.name)
     return removed
