@@ -45,7 +45,6 @@ from ..core.errors import (
     EngineStoppedError,
     RetryableError,
 )
-from .planner import Plan
 
 if TYPE_CHECKING:
     from ..core.types import CrossSection
@@ -435,21 +434,13 @@ async def _release(engine: Engine, released: Mapping[str, str], t: datetime) -> 
         engine._splits_missed.pop(sym, None)
         if alerter is not None:
             alerter.condition(RECONCILIATION, sym, False)
-    why = {
-        o.client_order_id: f"adopt: {o.symbol}'s book took the broker's quantity at this bar"
-        for o in engine.broker.open_orders()
-        if o.symbol in released and engine._placed_by_us(o.client_order_id)
-    }
-    if why:
-        await engine._cancel_then_check(Plan(orders=[], cancel=list(why)), t, why)
-        log.warning(
-            "control.adopt_orders_cancelled",
-            time=t,
-            symbols=sorted(released),
-            cancelled=list(why),
-            rule="placed for the book's earlier quantity: cancelled, its exits placed again "
-            "at this bar",
-        )
+    await engine._cancel_ours_in(
+        released,
+        t,
+        lambda sym: f"adopt: {sym}'s book took the broker's quantity at this bar",
+        "control.adopt_orders_cancelled",
+        "placed for the book's earlier quantity: cancelled, its exits placed again at this bar",
+    )
 
 
 __all__ = ["CHECKPOINT_KEY", "KINDS", "Adoption", "Adoptions", "apply_due", "ask"]

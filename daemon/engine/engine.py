@@ -25,6 +25,7 @@ from collections.abc import (
     AsyncIterator,
     Awaitable,
     Callable,
+    Collection,
     Coroutine,
     Iterable,
     Mapping,
@@ -4061,21 +4062,34 @@ class Engine:
             released.add(sym)
         if not released:
             return
+        await self._cancel_ours_in(
+            released,
+            t,
+            lambda sym: f"split: {sym} split at this bar; placed before it",
+            "split.orders_cancelled",
+            "placed before the split the account and the book have both made: cancelled, "
+            "its exits placed again at this bar, post-split",
+        )
+
+    async def _cancel_ours_in(
+        self,
+        symbols: Collection[str],
+        t: datetime,
+        reason: Callable[[str], str],
+        event: str,
+        rule: str,
+    ) -> None:
+        """Cancel this run's open orders in `symbols` (each with `reason(symbol)`) and say so
+        (`event`, `rule`): orders placed for a quantity the book no longer holds (a split
+        released, an adoption), so that the bar's plan places the exits again."""
         why = {
-            o.client_order_id: f"split: {o.symbol} split at this bar; placed before it"
+            o.client_order_id: reason(o.symbol)
             for o in self.broker.open_orders()
-            if o.symbol in released and self._placed_by_us(o.client_order_id)
+            if o.symbol in symbols and self._placed_by_us(o.client_order_id)
         }
         if why:
             await self._cancel_then_check(Plan(orders=[], cancel=list(why)), t, why)
-            log.warning(
-                "split.orders_cancelled",
-                time=t,
-                symbols=sorted(released),
-                cancelled=list(why),
-                rule="placed before the split the account and the book have both made: "
-                "cancelled, its exits placed again at this bar, post-split",
-            )
+            log.warning(event, time=t, symbols=sorted(symbols), cancelled=list(why), rule=rule)
 
     def _replay_restored(self, bar: CrossSection) -> None:
         """A bar an earlier process of this run completed: history, features and the signal
