@@ -812,16 +812,11 @@ def _end_labelled_sessions(exchange: Any, times: np.ndarray, why: np.ndarray) ->
 
 
 def trade_start(config: Config, panel: Panel) -> datetime | None:
-    """The first bar time that may trade (None: from the first bar): run.start read as the
-    data load reads it (`validate.window_bound`: a date is a day in data.timezone). It was
-    read as a UTC day: a session starting before 00:00 UTC (XASX, XNZE) had its first bars
-    of run.start's day loaded but only warmed up on."""
+    """The first bar time that may trade (None: from the first bar). Dates without a time
+    zone are UTC, like the stored bar times."""
     if not config.run.start:
         return None
-    from .feeds.validate import window_bound
-
-    daily = _intraday_spacing(panel) is None
-    start = window_bound(config.run.start, end=False, tz=config.data.timezone, daily=daily)
+    start = _utc(config.run.start)
     if len(panel.times) and start > panel.datetimes()[-1]:
         last = f"{panel.datetimes()[-1]:%Y-%m-%d}"
         if config.run.end:
@@ -1708,16 +1703,9 @@ def plan_live(
                 "live.bars_per_second > 0 with a vendor feed replays run.start .. run.end "
                 "through the live path: set run.start"
             )
-        # run.start and run.end are the exchange's dates (its sessions' days), inclusive:
-        # read as UTC days, a session opening before 00:00 UTC (XASX) lost its first bars
-        # to the warm-up and the day after run.end's first bars were stepped.
-        from .feeds.validate import window_bound
-
-        zone, daily = exchange.tz.key, exchange.step is None
-        start = window_bound(config.run.start, end=False, tz=zone, daily=daily)
-        last = exchange.last_closed(now)
-        if last is not None and config.run.end:
-            last = min(last, window_bound(config.run.end, end=True, tz=zone, daily=daily))
+        start = _utc(config.run.start)
+        end = _utc(config.run.end) + timedelta(days=1) if config.run.end else now
+        last = exchange.last_closed(min(end, now))
         calendar = [t for t in exchange.bars_between(start, last)] if last else []
         if not calendar:
             raise ConfigError(f"no bar of {exchange.name} between run.start and run.end")

@@ -100,8 +100,6 @@ from ..core.errors import ConfigError, DataError
 from ..core.lazy import LazyModule
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     import pandas as pd
 else:  # imported at its first use (core/lazy.py): a backtest from the panel cache needs none
     pd = LazyModule("pandas")
@@ -1006,17 +1004,6 @@ def _label_bound(wall: np.datetime64, daily: bool, tz: str) -> np.datetime64:
         return wall
     ts = pd.Timestamp(wall).tz_localize(tz, ambiguous=False, nonexistent="shift_forward")
     return np.datetime64(ts.tz_convert("UTC").tz_localize(None).to_datetime64(), "ns")
-
-
-def window_bound(value: str, *, end: bool, tz: str, daily: bool) -> datetime:
-    """`run.start` (end=False) or `run.end` (end=True) as a bound of bar labels (aware UTC),
-    read as the data load reads it: a date is a whole day in `tz`, inclusive; a daily
-    label is its session date. Trading read the dates as UTC days: on XASX's 60-minute bars
-    (its session starting 23:00 UTC the day before) run.start's first bars were warm-up
-    only, and an accelerated replay stepped the first bars of the day after run.end."""
-    bound = pd.Timestamp(_label_bound(_time_bound(value, end=end, tz=tz), daily, tz))
-    result: datetime = bound.floor("us").tz_localize("UTC").to_pydatetime()
-    return result
 
 
 def _normalise(
