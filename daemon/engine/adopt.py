@@ -121,7 +121,9 @@ def split_refusal(broker: float, book: float) -> str | None:
             f"the broker holds {broker:g} and the book {book:g}: a split never opens, closes "
             'or turns a position; adopt it "as": "trade" if the account traded it'
         )
-    fits, _exact = _split_fits(broker, book)
+    # Any size: the operator says it was a split, and the fraction is paid as cash in lieu
+    # (reconciliation's own guess needs a larger position: a 155-share 1:10 was refused).
+    fits, _exact = _split_fits(broker, book, min_blocks=1)
     if not fits:
         return (
             f"the broker holds {broker:g} and the book {book:g}: a ratio of "
@@ -144,7 +146,7 @@ def _split_ratio(broker: float, book: float) -> tuple[Fraction, bool] | None:
     (`split_refusal`)."""
     from .engine import _split_fits
 
-    fits, exact = _split_fits(broker, book)
+    fits, exact = _split_fits(broker, book, min_blocks=1)
     return (fits[0], exact) if len(fits) == 1 else None
 
 

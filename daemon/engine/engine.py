@@ -368,12 +368,15 @@ _SPLIT_RATIOS = (
 _SPLIT_ROUNDED_MIN_BLOCKS = 20
 
 
-def _split_fits(broker: float, book: float) -> tuple[list[Fraction], bool]:
+def _split_fits(
+    broker: float, book: float, min_blocks: int = _SPLIT_ROUNDED_MIN_BLOCKS
+) -> tuple[list[Fraction], bool]:
     """The ratios (new shares per old) at which a split turns the book's quantity into the
     broker's, and whether exactly (else rounded down, the fraction paid in cash); none for
     a position opened, closed or turned. The exact ones first: failing any, those that fit
-    rounded down where the book holds at least `_SPLIT_ROUNDED_MIN_BLOCKS` times the
-    ratio's denominator."""
+    rounded down where the book holds at least `min_blocks` times the ratio's denominator
+    (reconciliation's guess: `_SPLIT_ROUNDED_MIN_BLOCKS`; an operator's `POST /adopt` of a
+    split: 1, any size, the fraction then booked as cash in lieu)."""
     if broker * book <= 0:
         return [], False
     held, booked = abs(broker), abs(book)
@@ -384,8 +387,7 @@ def _split_fits(broker: float, book: float) -> tuple[list[Fraction], bool]:
     return [
         r
         for r in ratios
-        if booked >= _SPLIT_ROUNDED_MIN_BLOCKS * r.denominator
-        and math.trunc(booked * r + 1e-9) == held
+        if booked >= min_blocks * r.denominator and math.trunc(booked * r + 1e-9) == held
     ], False
 
 

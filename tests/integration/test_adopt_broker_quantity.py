@@ -298,7 +298,9 @@ def test_a_split_adoption_fitting_several_ratios_is_refused(monkeypatch):
     from tradingd.engine import adopt, engine
 
     monkeypatch.setattr(
-        engine, "_split_fits", lambda broker, book: ([Fraction(1, 10), Fraction(1, 12)], False)
+        engine,
+        "_split_fits",
+        lambda broker, book, min_blocks=20: ([Fraction(1, 10), Fraction(1, 12)], False),
     )
     why = adopt.split_refusal(64.0, 649.0)
     assert why is not None and "1:10 or 1:12" in why
@@ -336,3 +338,22 @@ async def test_an_adoption_dropped_says_its_waits_again_when_asked_again():
         adoptions.waits("S00", "the broker does not answer")
     said = [e["event"] for e in logs if e["event"].startswith("control.adopt")]
     assert said == ["control.adopt_waits", "control.adopt_dropped", "control.adopt_waits"]
+
+
+def test_a_real_split_of_a_small_position_can_be_adopted_as_a_split():
+    """Review: reconciliation's rule that a rounded-down split needs a large position (so a
+    few shares bought by hand are not taken for one) also refused the operator's /adopt of
+    a real 1:10 of 155 shares (the account holds 15) and a 3:2 of 25 (37), saying no split
+    ratio fits and to adopt it as a trade, which books a sale of 140 pre-split shares at the
+    post-split close. Asked by the operator, any size fits; the fraction is cash in lieu."""
+    from fractions import Fraction
+
+    from tradingd.engine import adopt
+    from tradingd.engine.engine import _split_like
+
+    assert _split_like(15.0, 155.0) is None  # reconciliation's own guess: unchanged
+    assert adopt.split_refusal(15.0, 155.0) is None
+    assert adopt._split_ratio(15.0, 155.0) == (Fraction(1, 10), False)
+    assert adopt.split_refusal(37.0, 25.0) is None
+    assert adopt._split_ratio(37.0, 25.0) == (Fraction(3, 2), False)
+    assert adopt.split_refusal(9.0, 155.0) is not None  # no ratio at all still refused
