@@ -27,7 +27,7 @@ def test_early_stopping_never_sees_a_test_window(tmp_path, monkeypatch, horizon)
         def __init__(self, *args: object, **kwargs: object) -> None:
             pass
 
-        def train(self, x_train, y_train, x_val, y_val):
+        def train(self, x_train, y_train, x_val, y_val, progress=None):
             handed.update(y_train=y_train, y_val=y_val)
             raise Tripwire("the CNN was handed its windows")
 
