@@ -145,6 +145,7 @@ from tenacity import (
 
 from ..alpaca_sdk import DeadlineSession, no_sdk_retries
 from ..core.errors import ConfigError, RetryableError
+from ..core.numbers import same_quantity
 from ..core.outages import Outage, duration_text
 from ..core.retry_after import parse_retry_after
 from ..core.tasks import cancel_and_wait
@@ -200,7 +201,6 @@ from .alpaca_mapping import (
     plan_submission,
     positions_from_alpaca,
     qty_key,
-    same_quantity,
     uncountable_filled,
     validate,
     why_uncountable,

@@ -254,12 +254,6 @@ def parse_time(value: Any) -> datetime | None:
         return None
 
 
-def same_quantity(a: float, b: float) -> bool:
-    """Whether two share quantities are the same within 1e-6 of a share (relative above one
-    share; reconciliation's tolerance): Alpaca keeps 9 decimals of a fractional quantity."""
-    return abs(a - b) <= 1e-6 * max(1.0, abs(a), abs(b))
-
-
 def qty_key(quantity: float) -> str:
     """A quantity as it appears in a fill id: short, stable, no float residue."""
     return f"{quantity:.10g}"

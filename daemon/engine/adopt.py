@@ -37,7 +37,6 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from ..alerts import RECONCILIATION
 from ..core.errors import (
     ControlInvalidError,
     ControlNotStoredError,
@@ -45,6 +44,7 @@ from ..core.errors import (
     EngineStoppedError,
     RetryableError,
 )
+from ..core.numbers import same_quantity
 
 if TYPE_CHECKING:
     from ..core.types import CrossSection
@@ -56,10 +56,6 @@ KINDS = ("trade", "split")
 # The checkpoint's key of the adoptions asked and not yet applied.
 CHECKPOINT_KEY = "adopt"
 _FIELDS = ("symbols", "as")
-
-
-def _same(a: float, b: float) -> bool:
-    return abs(a - b) <= 1e-6 * max(1.0, abs(a), abs(b))
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,12 +252,12 @@ async def ask(engine: Engine, body: Any) -> dict[str, Any]:
             broker = float(held.get(sym, 0.0))
             book = engine.portfolio.quantity_of(sym)
             seen = engine._blocked_broker.get(sym)
-            if _same(broker, book):
+            if same_quantity(broker, book):
                 refused[sym] = (
                     f"the broker and the book both hold {book:g} now: no difference to "
                     "adopt (the next reconciliation round releases it)"
                 )
-            elif seen is None or not _same(broker, seen):
+            elif seen is None or not same_quantity(broker, seen):
                 refused[sym] = (
                     f"the difference changed since the round that blocked it (the broker "
                     f"held {'nothing known' if seen is None else f'{seen:g}'}, holds "
@@ -321,7 +317,7 @@ async def apply_due(engine: Engine, bar: CrossSection) -> None:
         broker = float(held.get(sym, 0.0))
         book = engine.portfolio.quantity_of(sym)
         if sym not in engine.reconcile_blocked or not (
-            _same(broker, a.broker) and _same(book, a.book)
+            same_quantity(broker, a.broker) and same_quantity(book, a.book)
         ):
             adoptions.done(sym)
             log.error(
@@ -429,13 +425,8 @@ async def _release(engine: Engine, released: Mapping[str, str], t: datetime) -> 
     this run's working orders in them (placed for the book's old quantity: a stop for
     shares the account no longer holds) cancelled, so the bar's plan places their exits
     again, as after a fill."""
-    alerter = getattr(engine, "alerter", None)
     for sym in released:
-        engine.reconcile_blocked.pop(sym, None)
-        engine._blocked_broker.pop(sym, None)
-        engine._splits_missed.pop(sym, None)
-        if alerter is not None:
-            alerter.condition(RECONCILIATION, sym, False)
+        engine._release_blocked(sym)
     await engine._cancel_ours_in(
         released,
         t,

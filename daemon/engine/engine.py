@@ -60,6 +60,7 @@ from ..core.errors import (
     PluginFault,
     RetryableError,
 )
+from ..core.numbers import same_quantity
 from ..core.ports import (
     AuditSink,
     BarContext,
@@ -2414,7 +2415,7 @@ class Engine:
         for i, sym in enumerate(self.symbols):
             book = float(quantity[i])
             broker = float(held.get(sym, 0.0))
-            if abs(book - broker) > 1e-6 * max(1.0, abs(book), abs(broker)):
+            if not same_quantity(book, broker):
                 if self._split_expected(sym, broker, book):
                     continue
                 out[sym] = (broker, book)
@@ -4037,7 +4038,6 @@ class Engine:
         t = bar.time
         seen = self._blocked_broker
         quantity = self.portfolio.quantity
-        alerter = getattr(self, "alerter", None)
         released: set[str] = set()
         for i in cols:
             sym = self.symbols[i]
@@ -4048,10 +4048,9 @@ class Engine:
             if book != broker and math.trunc(book + math.copysign(1e-9, book)) == broker:
                 self._cash_in_lieu(bar, i)  # the broker holds the split's whole shares
                 book = float(quantity[i])
-            if abs(book - broker) > 1e-6 * max(1.0, abs(book), abs(broker)):
+            if not same_quantity(book, broker):
                 continue
-            del self.reconcile_blocked[sym], seen[sym]
-            self._splits_missed.pop(sym, None)
+            self._release_blocked(sym)
             log.info(
                 "reconcile.resolved",
                 symbol=sym,
@@ -4059,8 +4058,6 @@ class Engine:
                 rule="the bar's split made the book equal the broker's quantity at the last "
                 "reconciliation: released at this bar, its exits placed again post-split",
             )
-            if alerter is not None:
-                alerter.condition(RECONCILIATION, sym, False)
             released.add(sym)
         if not released:
             return
@@ -4072,6 +4069,17 @@ class Engine:
             "placed before the split the account and the book have both made: cancelled, "
             "its exits placed again at this bar, post-split",
         )
+
+    def _release_blocked(self, sym: str) -> None:
+        """`sym` trades again: its reconcile block, the broker's quantity that block was of,
+        a missed split's record and its reconciliation alert all ended (a bar's split that
+        made the two agree, an operator's `POST /adopt`)."""
+        self.reconcile_blocked.pop(sym, None)
+        self._blocked_broker.pop(sym, None)
+        self._splits_missed.pop(sym, None)
+        alerter = getattr(self, "alerter", None)
+        if alerter is not None:
+            alerter.condition(RECONCILIATION, sym, False)
 
     async def _cancel_ours_in(
         self,
