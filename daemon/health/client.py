@@ -5,8 +5,8 @@
 (the report names the failing checks), 2 when nothing usable answers (nothing listens, no
 answer within the timeout, or the server is not a tradingd health server). The caller prints
 the report as JSON. `token` (the CLI passes `TRADINGD_HEALTH_TOKEN`) is sent as a bearer token
-with `/status` only, which needs it once the daemon has one (`health.open_reads`); `/health` and
-`/ready` are asked without it.
+with `/status`, which needs it once the daemon has one (`health.open_reads`), and `/ready`,
+whose check details it unlocks; `/health` is asked without it.
 
 The report: `url`; `alive` and `ready` (booleans); `health`, `readiness` and `status` (the
 three bodies as the daemon sent them, already masked by the server); `error` (in words, when
@@ -133,7 +133,7 @@ async def fetch_health(
     try:
         async with aiohttp.ClientSession(timeout=timeout) as session:
             health_code, report["health"] = await _get(session, base, "/health")
-            ready_code, report["readiness"] = await _get(session, base, "/ready")
+            ready_code, report["readiness"] = await _get(session, base, "/ready", token)
             status_code, report["status"] = await _get(session, base, "/status", token)
     except aiohttp.ClientConnectorDNSError as exc:
         report["error"] = f"cannot resolve the host of {shown}: {exc.os_error}"

@@ -9,7 +9,8 @@
 
 Once a token is set, /status and /metrics need it too (unless `health.open_reads`): they show
 the book, and a loopback port is open to every local user. /health and /ready stay open for
-probes (Docker's HEALTHCHECK, systemd, an orchestrator).
+probes (Docker's HEALTHCHECK, systemd, an orchestrator); /ready without the token then names
+the failing checks but not their details (which name symbols of the book).
 
 Health is a view, not a place of work: every answer is built from state the daemon already
 keeps (checks, a status source, metrics updated where the work happens). Nothing here calls a
@@ -318,6 +319,20 @@ def public(obj: Any) -> Any:
     keys by `secrets.redact`, URLs and secret pairs inside longer text by `mask_text`, and
     the environment's credentials wherever they occur, as in log lines: `env_secrets`)."""
     return _mask_strings(redact(to_plain(obj)), env_secrets(os.environ))
+
+
+def _withheld(body: dict[str, Any]) -> dict[str, Any]:
+    """A `/ready` body for a caller without the token once reads need it: whether each check
+    passes, not its detail. The details name what the book holds (the reconciliation check
+    lists the blocked symbols, the broker's the untradable ones) and /ready stays open for
+    probes, which read the status code alone."""
+    checks = {name: {"ok": entry["ok"]} for name, entry in body["checks"].items()}
+    return {
+        **body,
+        "checks": checks,
+        "details": f"withheld: send Authorization: Bearer <{TOKEN_ENV}> for each check's "
+        "detail (health.open_reads = true shows them to everyone)",
+    }
 
 
 def _json(body: Any, status: int = 200, headers: Mapping[str, str] | None = None) -> web.Response:
@@ -866,6 +881,8 @@ class HealthServer:
 
     async def _get_ready(self, request: web.Request) -> web.Response:
         ready, body = self.readiness()
+        if not (self._reads_open or self._authorized(request)):
+            body = _withheld(body)
         return _json(body, 200 if ready else 503)
 
     @property

@@ -905,6 +905,31 @@ async def test_open_reads_serves_the_book_to_anyone_and_warns(serve, http):
     assert code in (401, 501)
 
 
+async def test_ready_without_the_token_names_failing_checks_but_not_their_details(serve, http):
+    """/ready stays open for probes, but once reads need the token its check details (the
+    reconciliation check names the blocked symbols of the book) are for the token's holder."""
+    blocked = lambda: CheckResult(False, "blocked until adopted: ZZQX (broker 30, book 10)")  # noqa: E731
+    checks = [Check("reconciliation", blocked), Check("database", ok("last write 2 s ago"))]
+    server = await serve(checks=checks, token=TOKEN)
+    code, body = await get(http, server, "/ready")
+    assert code == 503 and body["ready"] is False and body["failing"] == ["reconciliation"]
+    assert body["checks"]["reconciliation"] == {"ok": False}
+    assert body["checks"]["database"] == {"ok": True}
+    assert "ZZQX" not in json.dumps(body) and TOKEN_ENV in body["details"]
+    code, body = await get(http, server, "/ready", f"Bearer {TOKEN}")
+    assert code == 503 and "ZZQX" in body["checks"]["reconciliation"]["detail"]
+    assert "details" not in body
+    code, body = await get(http, server, "/ready", "Bearer not-the-token")
+    assert code == 503 and "ZZQX" not in json.dumps(body)
+    # Open reads (or no token at all) show the details to everyone, as /status.
+    for server in (
+        await serve(cfg(open_reads=True), checks=checks, token=TOKEN),
+        await serve(checks=checks),
+    ):
+        code, body = await get(http, server, "/ready")
+        assert code == 503 and "ZZQX" in body["checks"]["reconciliation"]["detail"]
+
+
 async def test_without_a_token_the_book_is_open_and_the_start_warns(serve, http):
     """No token, nothing to check a read against: served as before, and each start warns
     that every local user can read it, naming the variable that closes it."""

@@ -302,6 +302,9 @@ def test_health_answers_while_the_start_waits_for_postgresql(tmp_path, daemon, m
     assert code == 200 and body["alive"] is True and not body["problems"], body
     code, body = get("/ready")
     assert code == 503 and body["failing"] == ["trading"], body
+    assert body["checks"]["trading"] == {"ok": False}, body  # details need the token
+    code, body = get("/ready", "GET", {"Authorization": f"Bearer {token}"})
+    assert code == 503 and body["failing"] == ["trading"], body
     phase = "finding the run to continue"
     detail = body["checks"]["trading"]["detail"]
     assert detail.startswith(f"not trading yet: {phase}"), body

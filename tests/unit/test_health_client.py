@@ -303,7 +303,9 @@ async def test_the_token_reads_status_of_a_daemon_that_needs_it(server_with):
     assert "another-token" not in json.dumps(report)
 
 
-async def test_the_token_goes_with_status_only(impostor):
+async def test_the_token_goes_with_status_and_ready_only(impostor):
+    """/ready withholds its check details from a caller without the token (they name the
+    book's blocked symbols): `tradingd health` sends it there too; /health needs none."""
     seen: dict[str, str | None] = {}
 
     async def answer(request: web.Request) -> web.Response:
@@ -312,7 +314,18 @@ async def test_the_token_goes_with_status_only(impostor):
 
     code, _ = await fetch_health(await impostor(answer), 2.0, TOKEN)
     assert code == EXIT_READY
-    assert seen == {"/health": None, "/ready": None, "/status": f"Bearer {TOKEN}"}
+    assert seen == {"/health": None, "/ready": f"Bearer {TOKEN}", "/status": f"Bearer {TOKEN}"}
+
+
+async def test_the_token_shows_the_failing_checks_details(server_with):
+    blocked = Check("reconciliation", lambda: CheckResult(False, "blocked: ZZQX"))
+    server = await server_with(checks=[blocked], token=TOKEN)
+    code, report = await fetch_health(server.url, 2.0, TOKEN)
+    assert code == EXIT_NOT_READY
+    assert report["readiness"]["checks"]["reconciliation"]["detail"] == "blocked: ZZQX"
+    code, report = await fetch_health(server.url, 2.0)
+    assert code == EXIT_NOT_READY and "check 'reconciliation' failing" in report["error"]
+    assert "ZZQX" not in json.dumps(report)
 
 
 async def test_tradingd_health_sends_the_token_of_its_environment(impostor):
@@ -340,5 +353,5 @@ async def test_tradingd_health_sends_the_token_of_its_environment(impostor):
     assert proc.returncode == 0, err.decode()
     report = json.loads(out)
     assert report["status"] == {"equity": 100.0} and "status_error" not in report
-    assert seen == {"/health": None, "/ready": None, "/status": f"Bearer {TOKEN}"}
+    assert seen == {"/health": None, "/ready": f"Bearer {TOKEN}", "/status": f"Bearer {TOKEN}"}
     assert TOKEN not in out.decode() + err.decode()
