@@ -226,7 +226,9 @@ class AlertRules:
                 text=str(st.get("last_error") or ""),
                 severity=CRITICAL,
             )
-            self._untradable(st.get("untradable"))
+            # Before the broker has read its assets (`assets_read`), a symbol held before a
+            # restart is not in `untradable` yet: its alert is not resolved meanwhile.
+            self._untradable(st.get("untradable"), known=st.get("assets_read") is not False)
         store_status = getattr(getattr(e, "store", None), "status", None)
         if callable(store_status):
             # Writes spooled while the database is down: nothing lost yet, but a restart on
@@ -247,14 +249,16 @@ class AlertRules:
         for key in ("cache", "publisher"):
             self._redis(key, getattr(e, key, None))
 
-    def _untradable(self, held: Any) -> None:
+    def _untradable(self, held: Any, *, known: bool = True) -> None:
         """`untradable_asset` per symbol the broker refuses orders in (its status's
         `untradable`: symbol -> why): a symbol no longer tradable got a refused order at
         every bar and no alert. Resolved once the broker holds it no more; those firing
-        before a restart are taken from the alerter."""
+        before a restart are taken from the alerter, and resolved only once the broker
+        has read its assets (`known`): resolved before, they fired again at the first
+        refused order, paging the operator twice for one asset."""
         now = dict(held) if isinstance(held, dict) else {}
         firing = getattr(self.alerter, "firing", None)
-        for a in firing() if callable(firing) else []:
+        for a in firing() if callable(firing) and known else []:
             if a["kind"] == UNTRADABLE_ASSET and a["key"] not in now:
                 self.alerter.condition(UNTRADABLE_ASSET, a["key"], False)
         for symbol, why in now.items():

@@ -131,8 +131,8 @@ import structlog
 from alpaca.common.enums import Sort
 from alpaca.common.exceptions import APIError
 from alpaca.trading.client import TradingClient
-from alpaca.trading.enums import QueryOrderStatus
-from alpaca.trading.requests import GetOrderByIdRequest, GetOrdersRequest
+from alpaca.trading.enums import AssetClass, QueryOrderStatus
+from alpaca.trading.requests import GetAssetsRequest, GetOrderByIdRequest, GetOrdersRequest
 from alpaca.trading.stream import TradingStream
 from tenacity import (
     AsyncRetrying,
@@ -243,6 +243,11 @@ _EDIT_CHAIN_LIMIT = 10
 # many seconds, the wait doubling up to the second (`_recheck_untradable`).
 _UNTRADABLE_FIRST_S = 60.0
 _UNTRADABLE_MAX_S = 3600.0
+# At start the universe's assets are read (`_read_assets`): one by one (GET /v2/assets/{symbol},
+# within the request budget's burst) up to this many symbols, else by one listing of Alpaca's
+# US equities (GET /v2/assets): 500 symbols read one by one were 500 calls, 2.5 minutes of
+# Alpaca's 200 requests a minute before the first bar.
+_ASSET_READS_ONE_BY_ONE = 20
 # Distinct unknown status and event names counted in `status()` (`_note_unknown`); any
 # beyond are counted together.
 _UNKNOWN_NAMES_LIMIT = 32
@@ -654,6 +659,19 @@ def _symbol_key(symbol: Any) -> str:
     return str(symbol).strip().upper().replace("/", "")
 
 
+def _not_tradable(raw: Any, symbol: str = "") -> str | None:
+    """Why Alpaca's asset answer `raw` (GET /v2/assets) takes no order (an answer that is
+    no asset, one not tradable or not active), None when it is tradable and active."""
+    if not isinstance(raw, Mapping):
+        return f'asset "{symbol}" could not be read at Alpaca'
+    if raw.get("tradable") is True and raw.get("status") in (None, "active"):
+        return None
+    return (
+        f'asset "{symbol}" is not tradable at Alpaca (tradable {raw.get("tradable")}, '
+        f"status {raw.get('status')}; read at start)"
+    )
+
+
 def _legs(raw: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     """An order's `legs` that are objects (a `legs` that is no list has none), quietly: for
     a second look at an answer whose legs were said already (`AlpacaBroker._legs_of`)."""
@@ -806,6 +824,12 @@ class AlpacaBroker:
         # the symbols the run orders.
         self._untradable: dict[str, _Untradable] = {}
         self._asset_clock: Callable[[], float] = time.monotonic  # a test's own
+        # Whether the universe's assets have been read (`_read_assets`: at start, and after a
+        # failed read at a bar once `_assets_due` has passed, the wait doubling). Until then
+        # the alert rules resolve no `untradable_asset` alert from before a restart.
+        self._assets_read = self._symbols is None
+        self._assets_due = -math.inf
+        self._assets_wait_s = _UNTRADABLE_FIRST_S
         # Sells Alpaca refused for more shares than the account holds (`_shares_not_held`).
         self._shares_not_held_count = 0
         self._resumed = False
@@ -848,6 +872,7 @@ class AlpacaBroker:
             self._check_account(account, "start")
             if self._config.adopt_open_orders:
                 await self._adopt_open_orders()
+            await self._read_assets()
         except BaseException:
             self._close_client()
             raise
@@ -1069,6 +1094,9 @@ class AlpacaBroker:
             "shares_not_held": self._shares_not_held_count,
             # Symbols no order is sent in: Alpaca refused one as not tradable (why, since).
             "untradable": self.untradable(),
+            # Whether the universe's assets have been read since the start (`_read_assets`):
+            # until then `untradable` may lack symbols held before a restart.
+            "assets_read": self._assets_read,
             "resumed": self._resumed,
         }
 
@@ -1725,6 +1753,8 @@ class AlpacaBroker:
         return t.order.snapshot()
 
     async def on_bar(self, bar: CrossSection) -> BrokerUpdate:
+        if not self._assets_read and self._asset_clock() >= self._assets_due:
+            await self._read_assets()
         if self._untradable:
             await self._recheck_untradable()
         return await self.updates()
@@ -1770,16 +1800,89 @@ class AlpacaBroker:
                 answer = self._scrub(error_info(e).reason if isinstance(e, APIError) else str(e))
                 log.debug("alpaca.asset_unread", symbol=symbol, error=answer)
                 raw = None
-            if (
-                isinstance(raw, Mapping)
-                and raw.get("tradable") is True
-                and raw.get("status") in (None, "active")
-            ):
+            if _not_tradable(raw) is None:
                 del self._untradable[symbol]
                 log.info("alpaca.asset_tradable_again", symbol=symbol, since=_iso(held.since))
                 continue
             held.wait_s = min(held.wait_s * 2, _UNTRADABLE_MAX_S)
             held.due = self._asset_clock() + held.wait_s
+
+    async def _read_assets(self) -> None:
+        """The universe's assets at Alpaca, read at start (`start`; after a failed read, at a
+        bar once a back-off has passed): those it does not trade are held (`_hold_
+        untradable`) before the first bar. The hold lived in memory only: a restarted daemon
+        sent one more refused order in each, and its `untradable_asset` alert resolved, then
+        fired again. Alpaca's answer, not a stored copy: an asset that trades again while the
+        daemon was down is not held. A symbol Alpaca does not answer for (not listed, 404)
+        is not held: its order is refused and held then, as before. Never raises."""
+        symbols = sorted(self._symbols or ())
+        try:
+            if len(symbols) <= _ASSET_READS_ONE_BY_ONE:
+                answers = await self._assets_one_by_one(symbols)
+            else:
+                answers = await self._assets_listed(symbols)
+        except (APIError, _Unreachable) as e:
+            answer = self._scrub(error_info(e).reason if isinstance(e, APIError) else str(e))
+            wait = self._assets_wait_s
+            self._assets_due = self._asset_clock() + wait
+            self._assets_wait_s = min(wait * 2, _UNTRADABLE_MAX_S)
+            log.warning(
+                "alpaca.assets_unread",
+                symbols=len(symbols),
+                error=answer,
+                retry_in_s=wait,
+                rule="the symbols Alpaca does not trade are not known: one whose order is "
+                "refused as not tradable is held then; the assets are read again at a bar "
+                f"after the wait (doubling up to {_UNTRADABLE_MAX_S:g} s)",
+            )
+            return
+        self._assets_read = True
+        for symbol in symbols:
+            raw = answers.get(_symbol_key(symbol))
+            why = None if raw is None else _not_tradable(raw, symbol)
+            if why is not None:
+                self._hold_untradable(symbol, why)
+
+    async def _assets_one_by_one(self, symbols: Sequence[str]) -> dict[str, Any]:
+        """`symbols`' assets (GET /v2/assets/{symbol}, at once, within the request budget):
+        by `_symbol_key`, a 404's (no such asset) missing. Raises APIError or _Unreachable."""
+        client = self._require_client()
+
+        async def one(symbol: str) -> tuple[str, Any]:
+            try:
+                return symbol, await self._call("get_asset", client.get_asset, symbol)
+            except APIError as e:
+                if error_info(e).status == 404:
+                    return symbol, None
+                raise
+
+        answers = await asyncio.gather(*(one(s) for s in symbols), return_exceptions=True)
+        found: dict[str, Any] = {}
+        for answer in answers:
+            if isinstance(answer, BaseException):
+                raise answer
+            symbol, raw = answer
+            if raw is not None and not isinstance(raw, Mapping):
+                raise self._unreadable("get_asset", f"{symbol}: {type(raw).__name__}, no asset")
+            if raw is not None:
+                found[_symbol_key(symbol)] = raw
+        return found
+
+    async def _assets_listed(self, symbols: Sequence[str]) -> dict[str, Any]:
+        """`symbols`' assets from one listing of Alpaca's US equities (GET /v2/assets, all
+        statuses: a delisted one is listed inactive), by `_symbol_key`. Raises APIError or
+        _Unreachable (also for an answer that is no list)."""
+        client = self._require_client()
+        request = GetAssetsRequest(asset_class=AssetClass.US_EQUITY)
+        raw = await self._call("get_all_assets", client.get_all_assets, request)
+        if not isinstance(raw, list):
+            raise self._unreadable("get_all_assets", f"{type(raw).__name__}, not a list")
+        wanted = {_symbol_key(s) for s in symbols}
+        return {
+            key: asset
+            for asset in raw
+            if isinstance(asset, Mapping) and (key := _symbol_key(asset.get("symbol"))) in wanted
+        }
 
     async def updates(self, *, poll: bool = True) -> BrokerUpdate:
         """Fills and order changes received since the last call. Between bars too: the

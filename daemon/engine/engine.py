@@ -49,6 +49,7 @@ from ..alerts import (
     RECONCILIATION,
     RISK_LIMIT,
     SOURCE_DOWN,
+    UNTRADABLE_ASSET,
     WARNING,
     kill_switch_title,
 )
@@ -2202,6 +2203,10 @@ class Engine:
                 # A position difference alerted: a restart neither alerts it again nor leaves
                 # it unresolved once the two agree (`_reconcile`).
                 + [a for a in alerter.firing() if a["kind"] == RECONCILIATION]
+                # An asset the broker does not trade: a restart reads the broker's assets
+                # before the first bar and keeps it firing, or resolves it if it trades
+                # again (`AlertRules._untradable`); it fired again after each restart.
+                + [a for a in alerter.firing() if a["kind"] == UNTRADABLE_ASSET]
             )
         broker_state = getattr(self.broker, "state", None)
         if broker_state is not None:

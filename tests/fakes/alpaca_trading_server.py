@@ -24,7 +24,10 @@ The fake market
     the price crosses the stop (a stop-limit then as a limit); trailing stops against the
     high (low) water mark since they were placed. Returns the orders executed.
   * `set_asset(symbol, tradable=True, fractionable=True, shortable=True)`; `GET
-    /v2/assets/{symbol}` answers it (status `inactive` when not tradable).
+    /v2/assets/{symbol}` answers it (status `inactive` when not tradable). `GET /v2/assets`
+    lists the assets `set_asset` set (filtered by `status`, `asset_class` us_equity): every
+    other symbol is a tradable one it does not list. `fail_assets(n, status=500)`: the next
+    n asset requests (either) answer `status`.
   * `set_position(symbol, qty, avg_entry_price)`; `cash` (attribute).
   * `split_position(symbol, new_rate, old_rate, cash_in_lieu_price=None, cancel_orders=False)`:
     what Alpaca does before an ex-date's session opens: the shares times new/old rounded down
@@ -330,6 +333,7 @@ class AlpacaTradingFake(LoopThread):
         self.market_open = True
         self.prices: dict[str, float] = {}
         self.assets: dict[str, dict[str, bool]] = {}
+        self._asset_failures: deque[int] = deque()  # `fail_assets`
         self.positions_book: dict[str, tuple[float, float]] = {}
         self.lastday_prices: dict[str, float] = {}
         if recorded_positions:
@@ -389,6 +393,7 @@ class AlpacaTradingFake(LoopThread):
         r.add_get("/v2/positions", self._get_positions)
         r.add_delete("/v2/positions", self._close_all_positions)
         r.add_get("/v2/positions/{symbol}", self._get_position)
+        r.add_get("/v2/assets", self._list_assets)
         r.add_get("/v2/assets/{symbol}", self._get_asset)
         r.add_delete("/v2/positions/{symbol}", self._close_position)
         r.add_get("/stream", self._stream)
@@ -632,6 +637,15 @@ class AlpacaTradingFake(LoopThread):
         for _ in range(n):
             body = json.dumps({"code": status * 100000, "message": "internal server error"})
             self._http_faults.append((status, body, "json", {}))
+
+    def fail_assets(self, n: int = 1, status: int = 500) -> None:
+        self._asset_failures.extend([status] * n)
+
+    def _asset_failure(self) -> web.Response | None:
+        if not self._asset_failures:
+            return None
+        status = self._asset_failures.popleft()
+        return self._error(status, {"code": status * 100000, "message": "assets unavailable"})
 
     def gateway_timeout_after(self, n: int = 1) -> None:
         self._late_gateway_timeouts += n
@@ -1242,22 +1256,42 @@ class AlpacaTradingFake(LoopThread):
     async def _get_asset(self, request: web.Request) -> web.Response:
         """An asset as `set_asset` left it (every symbol is a tradable one until then), in
         the shape Alpaca's docs give (not recorded): `status` active or inactive."""
-        sym = request.match_info["symbol"]
+        failed = self._asset_failure()
+        if failed is not None:
+            return failed
+        return web.json_response(self._asset(request.match_info["symbol"]))
+
+    async def _list_assets(self, request: web.Request) -> web.Response:
+        """The assets `set_asset` set, as `_get_asset` answers them, filtered by `status`
+        (active, inactive) and `asset_class` (Alpaca's default us_equity: all of them)."""
+        failed = self._asset_failure()
+        if failed is not None:
+            return failed
+        status = request.query.get("status")
+        kind = request.query.get("asset_class", "us_equity")
+        listed = [self._asset(sym) for sym in sorted(self.assets)]
+        return web.json_response(
+            [
+                a
+                for a in listed
+                if a["class"] == kind and (status in (None, "") or a["status"] == status)
+            ]
+        )
+
+    def _asset(self, sym: str) -> dict[str, Any]:
         asset = {"tradable": True, "fractionable": True, "shortable": True}
         asset.update(self.assets.get(sym, {}))
-        return web.json_response(
-            {
-                "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"asset:{sym}")),
-                "class": "us_equity",
-                "exchange": "NASDAQ",
-                "symbol": sym,
-                "name": sym,
-                "status": "active" if asset["tradable"] else "inactive",
-                "marginable": True,
-                "easy_to_borrow": asset["shortable"],
-                **asset,
-            }
-        )
+        return {
+            "id": str(uuid.uuid5(uuid.NAMESPACE_URL, f"asset:{sym}")),
+            "class": "us_equity",
+            "exchange": "NASDAQ",
+            "symbol": sym,
+            "name": sym,
+            "status": "active" if asset["tradable"] else "inactive",
+            "marginable": True,
+            "easy_to_borrow": asset["shortable"],
+            **asset,
+        }
 
     async def _get_position(self, request: web.Request) -> web.Response:
         sym = request.match_info["symbol"]

@@ -672,8 +672,10 @@ async def test_an_untradable_asset_is_held_said_once_and_released_when_it_trades
     assert len(said) == 1 and said[0]["log_level"] == "warning"
     assert not broker.retryable_rejection(first)
 
-    def asset_reads() -> int:
-        return sum(1 for r in fake.requests if r.path == "/v2/assets/AAPL")
+    at_start = sum(1 for r in fake.requests if r.path == "/v2/assets/AAPL")
+
+    def asset_reads() -> int:  # since the start (which read it: tradable then)
+        return sum(1 for r in fake.requests if r.path == "/v2/assets/AAPL") - at_start
 
     await broker.on_bar(BAR)  # its wait not over: Alpaca is not asked
     assert asset_reads() == 0
@@ -690,6 +692,61 @@ async def test_an_untradable_asset_is_held_said_once_and_released_when_it_trades
     assert asset_reads() == 2
     assert broker.untradable() == {}
     assert [e["symbol"] for e in logs if e["event"] == "alpaca.asset_tradable_again"] == ["AAPL"]
+
+
+async def test_the_universes_untradable_assets_are_held_at_start_one_listing_for_many(fake):
+    """A restarted broker knew no hold: each symbol Alpaca does not trade got one more
+    refused order. Its assets are read at start: up to 20 symbols one by one, more in one
+    listing (GET /v2/assets; not 500 calls at Alpaca's 200 a minute). A symbol Alpaca does
+    not answer for (not listed, 404) is not held."""
+    many = tuple(f"S{i:02d}" for i in range(30))
+    fake.set_asset("S03", tradable=False)
+    fake.set_asset("S17", tradable=False)
+    fake.set_asset("S20", tradable=True)
+    with capture_logs() as logs:
+        async with running(fake, many, stream_enabled=False) as broker:
+            assert set(broker.untradable()) == {"S03", "S17"}
+            assert 'asset "S03" is not tradable at Alpaca' in broker.untradable()["S03"]
+            assert broker.status()["assets_read"] is True
+    reads = [r for r in fake.requests if r.path.startswith("/v2/assets")]
+    assert [r.path for r in reads] == ["/v2/assets"]
+    said = [e["symbol"] for e in logs if e["event"] == "alpaca.asset_untradable"]
+    assert sorted(said) == ["S03", "S17"]
+
+    fake.requests.clear()
+    async with running(fake, ("S03", "S20", "S29"), stream_enabled=False) as few:
+        assert set(few.untradable()) == {"S03"}
+    reads = sorted(r.path for r in fake.requests if r.path.startswith("/v2/assets"))
+    assert reads == ["/v2/assets/S03", "/v2/assets/S20", "/v2/assets/S29"]
+
+
+async def test_a_failed_asset_read_at_start_is_tried_again_at_a_bar_after_a_wait(fake):
+    """Alpaca failing the start's asset read does not stop the start: said, the assets
+    read again at the first bar after the wait, and `assets_read` False until then (the
+    alert rules keep a restored `untradable_asset` alert firing meanwhile)."""
+    now = [0.0]
+    fake.set_asset("AAPL", tradable=False)
+    fake.fail_assets(len(SYMS))
+    broker = AlpacaBroker(
+        config(fake, max_attempts=1, stream_enabled=False),
+        (fake.key_id, fake.secret_key),
+        SYMS,
+    )
+    broker._asset_clock = lambda: now[0]
+    with capture_logs() as logs:
+        await broker.start()
+    try:
+        [said] = [e for e in logs if e["event"] == "alpaca.assets_unread"]
+        assert said["log_level"] == "warning" and "assets unavailable" in said["error"]
+        assert broker.untradable() == {} and broker.status()["assets_read"] is False
+        await broker.on_bar(BAR)  # its wait not over
+        assert broker.untradable() == {}
+        now[0] += 60.0
+        await broker.on_bar(BAR)
+        assert list(broker.untradable()) == ["AAPL"]
+        assert broker.status()["assets_read"] is True
+    finally:
+        await broker.stop()
 
 
 async def test_rejections_that_alpaca_cannot_express_or_decides_later(fake, broker):

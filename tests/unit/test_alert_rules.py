@@ -444,3 +444,28 @@ def test_a_symbol_the_broker_refuses_as_untradable_alerts_until_it_trades_again(
     rules.after_bar(T0 + timedelta(days=1), [])
     assert (UNTRADABLE_ASSET, "S00", False) in rec.conditions
     assert not [c for c in rec.firing() if c["kind"] == UNTRADABLE_ASSET]
+
+
+def test_an_untradable_alert_from_before_a_restart_waits_for_the_brokers_assets():
+    """A restarted broker's holds are known once it has read its assets (`assets_read`):
+    resolved before (at a tick between its start and that read), the alert fired again
+    when the symbol was held, paging the operator twice for one asset."""
+    from tradingd.alerts import UNTRADABLE_ASSET
+
+    class Restored(Recorder):
+        def firing(self) -> list[dict[str, Any]]:
+            on = {(UNTRADABLE_ASSET, "S00"): True}
+            for kind, key, failing in self.conditions:
+                on[(kind, key)] = failing
+            return [{"kind": k, "key": key} for (k, key), f in on.items() if f]
+
+    rec = Restored()
+    e = engine()
+    status: dict[str, Any] = {"untradable": {}, "assets_read": False}
+    e.broker = SimpleNamespace(status=lambda: dict(status))
+    rules = AlertRules(rec, e)
+    rules.between_bars()
+    assert (UNTRADABLE_ASSET, "S00", False) not in rec.conditions
+    status["assets_read"] = True  # read: S00 trades again
+    rules.between_bars()
+    assert (UNTRADABLE_ASSET, "S00", False) in rec.conditions
