@@ -33,7 +33,7 @@ Reconciliation differences are reported by the code that finds them
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -55,6 +55,7 @@ from .alerts import (
     WARNING,
     kill_switch_title,
 )
+from .core.sessions import session_date
 from .engine.plugins import instance_keys
 
 log = structlog.get_logger(__name__)
@@ -76,10 +77,16 @@ class AlertRules:
         timezone: str = "America/New_York",
         repeated_after: int = 3,
         daily_bars: bool = False,
+        evening_start: time | None = None,
     ) -> None:
         self.alerter = alerter
         self.engine = engine
         self.tz = ZoneInfo(timezone)
+        # Where sessions open the evening before their date (CMES: 17:00 Chicago), that
+        # local time: an intraday bar from it on is the next day's (`session_date`, as the
+        # live clock and the portfolio's day count it). By the local date one CME session
+        # had two daily summaries, split at Chicago midnight.
+        self.evening_start = evening_start
         # A daily bar's time is its session's date at 00:00 UTC (a label, as stored), which
         # New York time puts on the evening before: "daily summary" of a Sunday.
         self.daily_bars = daily_bars
@@ -318,7 +325,11 @@ class AlertRules:
         )
 
     def _daily(self, t: datetime) -> None:
-        day = t.astimezone(UTC).date() if self.daily_bars else t.astimezone(self.tz).date()
+        day = (
+            t.astimezone(UTC).date()
+            if self.daily_bars
+            else session_date(t, self.tz, self.evening_start)
+        )
         pf = self.engine.portfolio
         if self._day is not None and day != self._day and self._day_close is not None:
             self.alerter.event(

@@ -2386,6 +2386,7 @@ def _alerting(config: Config, engine: Engine) -> None:
         engine,
         timezone=config.data.timezone if zone is None else zone.key,
         daily_bars=zone is None,
+        evening_start=session_evening_start(config, config.live.bar),
     )
     engine.after_bar.append(rules.after_bar)
     engine.extra_parts.append(AlertTicker(rules, alerter))

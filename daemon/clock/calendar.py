@@ -50,6 +50,7 @@ import pandas as pd
 import structlog
 
 from ..core.errors import ConfigError, TradingdError
+from ..core.sessions import session_date
 
 log = structlog.get_logger(__name__)
 
@@ -154,16 +155,6 @@ def evening_session_start(name: str) -> time | None:
         return None
     opens: time = cal.open_times[-1][1]
     return opens
-
-
-def session_date(at: datetime, tz: ZoneInfo, evening_start: time | None) -> date:
-    """The date of the session an intraday bar starting `at` belongs to: its date in the
-    exchange's zone `tz`, the next day's from `evening_start` on (`evening_session_start`).
-    By the local date alone, one CME session was split across two days at local midnight."""
-    local = at.astimezone(tz)
-    if evening_start is not None and local.time() >= evening_start:
-        return local.date() + timedelta(days=1)
-    return local.date()
 
 
 class ExchangeCalendar:

@@ -69,6 +69,7 @@ from apscheduler.triggers.date import DateTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from ..config import LiveConfig
+from ..core.sessions import session_date
 
 if TYPE_CHECKING:  # exchange_calendars is imported only when the real-time schedule is used
     from .calendar import ExchangeCalendar
@@ -237,8 +238,6 @@ class LiveClock:
             offset = int(getattr(exchange, "open_offset", 0))
             regular_open = getattr(exchange, "regular_open", None)
             if offset < 0 and regular_open is not None:
-                from .calendar import session_date
-
                 return session_date(label, exchange.tz, regular_open)
         if label.hour == label.minute == label.second == 0 and label.microsecond == 0:
             return label.date()

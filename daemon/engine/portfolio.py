@@ -8,7 +8,7 @@ Costs are accumulated from the fills themselves, so the ledger can be checked ag
 from __future__ import annotations
 
 import math
-from datetime import date, datetime, timedelta, tzinfo
+from datetime import date, datetime, tzinfo
 from datetime import time as wall_time
 from typing import Any
 
@@ -18,6 +18,7 @@ from ..core.arrays import count_nonzero, dot, putmask, scalar
 from ..core.errors import CheckpointUnusable
 from ..core.numbers import is_finite_real
 from ..core.ports import PortfolioView
+from ..core.sessions import session_date
 from ..core.types import Fill, Side
 
 _sum = np.add.reduce
@@ -252,10 +253,7 @@ class Portfolio:
         else:
             # Intraday: a new session's first bar takes the last close as its day start;
             # the session's later bars keep it (else the daily loss limit was a per-bar one).
-            local = time.astimezone(self._session_tz)
-            day = local.date()
-            if self._evening_start is not None and local.time() >= self._evening_start:
-                day += timedelta(days=1)  # (clock.calendar.session_date)
+            day = session_date(time, self._session_tz, self._evening_start)
             if day != self._day:
                 self.prev_equity = self._close_equity
                 self._day = day

@@ -469,3 +469,47 @@ def test_an_untradable_alert_from_before_a_restart_waits_for_the_brokers_assets(
     status["assets_read"] = True  # read: S00 trades again
     rules.between_bars()
     assert (UNTRADABLE_ASSET, "S00", False) in rec.conditions
+
+
+def _daily_rules(calendar: str, bar: str) -> tuple[AlertRules, Recorder]:
+    """The live daemon's alert rules for `calendar` and `bar` (`app._alerting`), recording."""
+    from tradingd.app import _alerting
+
+    config = load_config([{"live": {"calendar": calendar, "bar": bar}}], env={})
+    eng = SimpleNamespace(run=SimpleNamespace(run_id="r"), after_bar=[], extra_parts=[])
+    _alerting(config, eng)  # type: ignore[arg-type]
+    rules = eng.after_bar[0].__self__
+    rec = Recorder()
+    rules.alerter, rules.engine = rec, engine()
+    return rules, rec
+
+
+def test_a_cme_session_opening_the_evening_before_has_one_daily_summary():
+    """CMES's 2026-12-01 session opens 17:00 Chicago on Nov 30 (23:00 UTC): by the local
+    date its bars were two days, and a "daily summary 2026-11-30" came at Chicago
+    midnight, mid-session. The session's day is the clock's and the portfolio's
+    (`core.sessions.session_date`): one summary, when the next session opens."""
+    from tradingd.clock.calendar import ExchangeCalendar
+
+    rules, rec = _daily_rules("CMES", "60m")
+    cal = ExchangeCalendar("CMES", "60m", start="2026-11-02", end="2026-12-04")
+    session = cal.bars_between(
+        datetime(2026, 11, 30, 23, tzinfo=UTC), datetime(2026, 12, 1, 21, tzinfo=UTC)
+    )
+    assert session[0] == datetime(2026, 11, 30, 23, tzinfo=UTC) and len(session) > 12
+    for t in session:  # through 00:00 Chicago (06:00 UTC)
+        rules.after_bar(t, [])
+    assert rec.events == []
+    rules.after_bar(datetime(2026, 12, 1, 23, tzinfo=UTC), [])  # the next session's open
+    assert rec.events == [(DAILY_SUMMARY, "2026-12-01")]
+
+
+def test_an_xnys_intraday_daily_summary_is_still_its_new_york_date():
+    """XNYS sessions open on their own date: a bar's day is its New York date, as before."""
+    rules, rec = _daily_rules("XNYS", "5m")
+    assert rules.evening_start is None
+    rules.after_bar(datetime(2024, 3, 4, 14, 30, tzinfo=UTC), [])
+    rules.after_bar(datetime(2024, 3, 4, 20, 55, tzinfo=UTC), [])  # 15:55 New York
+    assert rec.events == []
+    rules.after_bar(datetime(2024, 3, 5, 14, 30, tzinfo=UTC), [])
+    assert rec.events == [(DAILY_SUMMARY, "2024-03-04")]
