@@ -1878,11 +1878,16 @@ class AlpacaBroker:
         if not isinstance(raw, list):
             raise self._unreadable("get_all_assets", f"{type(raw).__name__}, not a list")
         wanted = {_symbol_key(s) for s in symbols}
-        return {
-            key: asset
-            for asset in raw
-            if isinstance(asset, Mapping) and (key := _symbol_key(asset.get("symbol"))) in wanted
-        }
+        found: dict[str, Any] = {}
+        for asset in raw:
+            if not isinstance(asset, Mapping):
+                continue
+            key = _symbol_key(asset.get("symbol"))
+            # A ticker a delisted company left and a new one took is listed twice (the old
+            # asset inactive): the tradable one is the symbol's, whichever comes first.
+            if key in wanted and (key not in found or _not_tradable(asset) is None):
+                found[key] = asset
+        return found
 
     async def updates(self, *, poll: bool = True) -> BrokerUpdate:
         """Fills and order changes received since the last call. Between bars too: the

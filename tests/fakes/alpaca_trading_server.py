@@ -333,6 +333,9 @@ class AlpacaTradingFake(LoopThread):
         self.market_open = True
         self.prices: dict[str, float] = {}
         self.assets: dict[str, dict[str, bool]] = {}
+        # Assets the listing (GET /v2/assets) answers after those `set_asset` set: e.g. the
+        # old, inactive asset of a ticker a new company took (Alpaca lists both).
+        self.listed_extra: list[dict[str, Any]] = []
         self._asset_failures: deque[int] = deque()  # `fail_assets`
         self.positions_book: dict[str, tuple[float, float]] = {}
         self.lastday_prices: dict[str, float] = {}
@@ -1269,7 +1272,7 @@ class AlpacaTradingFake(LoopThread):
             return failed
         status = request.query.get("status")
         kind = request.query.get("asset_class", "us_equity")
-        listed = [self._asset(sym) for sym in sorted(self.assets)]
+        listed = [self._asset(sym) for sym in sorted(self.assets)] + self.listed_extra
         return web.json_response(
             [
                 a

@@ -720,6 +720,18 @@ async def test_the_universes_untradable_assets_are_held_at_start_one_listing_for
     assert reads == ["/v2/assets/S03", "/v2/assets/S20", "/v2/assets/S29"]
 
 
+async def test_a_ticker_listed_twice_is_held_only_when_no_listing_of_it_trades(fake):
+    """Alpaca lists a reused ticker twice: the delisted company's asset (inactive) and the
+    new one's. Whichever came last was taken: a tradable symbol was held for good."""
+    many = tuple(f"S{i:02d}" for i in range(30))
+    fake.set_asset("S05", tradable=True)
+    fake.set_asset("S06", tradable=False)
+    old = {**fake._asset("S05"), "id": "old-s05", "tradable": False, "status": "inactive"}
+    fake.listed_extra.append(old)
+    async with running(fake, many, stream_enabled=False) as broker:
+        assert set(broker.untradable()) == {"S06"}
+
+
 async def test_a_failed_asset_read_at_start_is_tried_again_at_a_bar_after_a_wait(fake):
     """Alpaca failing the start's asset read does not stop the start: said, the assets
     read again at the first bar after the wait, and `assets_read` False until then (the
