@@ -2190,6 +2190,8 @@ def _assemble(
             # A replay's audit lines are made in the store's writer process when it has one:
             # one process beside the engine, not two (ChildWriter.share).
             share_writer=getattr(store, "writer_process", None),
+            # Bounds the folder's replay logs at a replay's start (live: never called).
+            keep_runs=lg.audit_keep_runs,
         ),
         curve_maxlen=None if mode == "backtest" else 100_000,
         publish_interval_s=config.cache.publish_interval_s,

@@ -58,6 +58,7 @@ from .audit_file import (
     _null_non_finite,
     _Sink,
 )
+from .audit_prune import prune_replay_logs
 from .core.errors import ConfigError, StorageError
 from .core.types import Fill, Order
 from .storage.child import ChildWriter
@@ -81,15 +82,19 @@ class AuditLog:
         background: bool | None = None,
         max_pending: int = 2,
         share_writer: Callable[[], ChildWriter | None] | None = None,
+        keep_runs: int = 0,
     ) -> None:
         """`background`: encode and write in a writer process (default: when
         `flush_interval_s > 0`, i.e. not live); `max_pending`: batches it may hold;
         `share_writer`: gives a writer process to share (the store's, see
-        `ChildWriter.share`), or None for one of this log's own."""
+        `ChildWriter.share`), or None for one of this log's own. `keep_runs`: a replay's
+        `begin_run` leaves the folder with the newest `keep_runs` replays' logs, its own
+        included (`log.audit_keep_runs`, audit_prune.py); 0 removes none."""
         self.path = audit_path(directory, run_id)
         self._live_mark = self.path.with_name(self.path.name + ".live")
         self.max_bytes = max_bytes
         self.backups = backups
+        self.keep_runs = keep_runs
         self.flush_interval_s = flush_interval_s
         self.max_lines = max_lines
         self.background = flush_interval_s > 0 if background is None else background
@@ -340,7 +345,10 @@ class AuditLog:
         rows): the records an earlier run with this run id left go too, rotated files
         included, so the audit log holds this run's records once and agrees with the store.
         A rerun of a backtest used to append a whole second copy. Returns the number of
-        files removed. Refuses (ConfigError) when a live run writes this log."""
+        files removed. Refuses (ConfigError) when a live run writes this log.
+
+        Then, with `keep_runs`, other replays' logs beyond the newest `keep_runs - 1` go
+        (audit_prune.py): a hundred backtests a day left 1.5 GB a day in the folder."""
         self.check_replayable()
         self._release()
         removed = 0
@@ -351,6 +359,8 @@ class AuditLog:
             except FileNotFoundError:
                 continue
             removed += 1
+        if self.keep_runs > 0 and self.path.parent.is_dir():
+            prune_replay_logs(self.path.parent, self.keep_runs - 1, self.path.name)
         return removed
 
     def check_replayable(self) -> None:

@@ -769,6 +769,10 @@ class LogConfig:
     audit_dir: str = "var/audit"
     audit_max_bytes: int = 50_000_000
     audit_backups: int = 10
+    # A backtest keeps the newest this many backtests' audit logs in `audit_dir` (its own
+    # included) and removes older ones at its start; live runs' logs are never removed by
+    # it (audit_prune.py). 0 keeps them all.
+    audit_keep_runs: int = 20
     # A plugin call (score, observe, size, check) that takes longer is a warning naming the
     # plugin, the stage and the bar (`engine.plugin_slow`); 0 = off.
     slow_plugin_s: float = 5.0
@@ -785,6 +789,12 @@ class LogConfig:
             ">= 1024 bytes",
         )
         _require(self.audit_backups >= 0, "log.audit_backups", self.audit_backups, ">= 0")
+        _require(
+            self.audit_keep_runs >= 0,
+            "log.audit_keep_runs",
+            self.audit_keep_runs,
+            ">= 0 (the backtests' audit logs kept; 0 keeps them all)",
+        )
         _require(self.slow_plugin_s >= 0, "log.slow_plugin_s", self.slow_plugin_s, ">= 0 (0 = off)")
 
 
