@@ -90,7 +90,10 @@ class AuditLog:
         `ChildWriter.share`), or None for one of this log's own. `keep_runs`: a replay's
         `begin_run` leaves the folder with the newest `keep_runs` replays' logs, its own
         included (`log.audit_keep_runs`, audit_prune.py); 0 removes none."""
-        self.path = audit_path(directory, run_id)
+        # `~` expanded as the run lock, preflight and the store's path expand theirs: a
+        # `log.audit_dir = "~/audit"` wrote a folder named "~" in the working folder, while
+        # the run's lock went to the home's audit folder.
+        self.path = audit_path(Path(directory).expanduser(), run_id)
         self._live_mark = self.path.with_name(self.path.name + ".live")
         self.max_bytes = max_bytes
         self.backups = backups
