@@ -296,6 +296,56 @@ def calendar_timezone(name: str) -> str:
         return ""
 
 
+def calendar_evening_start(name: str) -> str:
+    """Where exchange calendar `name`'s sessions open the evening before their date (CMES:
+    "17:00:00" Chicago), that local time, for the loader's session days; "" where they open
+    on their own date, and for a name the run's own calendar check will refuse. XNYS is
+    answered without building a calendar."""
+    if name == "XNYS":
+        return ""
+    from .clock.calendar import evening_session_start
+
+    try:
+        opens = evening_session_start(name)
+    except ConfigError:
+        return ""
+    return "" if opens is None else opens.isoformat()
+
+
+def run_bound(
+    value: str, *, end: bool, daily: bool, calendar: str, data_timezone: str = "UTC"
+) -> datetime:
+    """`run.start` (end=False: the first bar label in the window) or `run.end` (end=True: the
+    last, inclusive) as an aware UTC time, read as the data load reads it (`load_data`).
+    Daily bars: a date is the session labelled with it (00:00 UTC; a time without an offset
+    is UTC, like the labels). Intraday: a date is a session day of the run's exchange
+    calendar `calendar` (`validate.session_bound`: in its zone, not data.timezone, which
+    is used only for a name no calendar has). Trading read the dates as UTC days while
+    the load read them in data.timezone: on XASX 60-minute bars (the session opens 23:00 UTC
+    the day before) run.start's first bars were loaded but only warmed up on."""
+    if daily:
+        at = _utc(value)
+        if end and len(value) <= 10:  # a date: the whole day
+            at += timedelta(days=1) - timedelta(microseconds=1)
+        return at
+    from .feeds.validate import session_bound
+
+    evening = calendar_evening_start(calendar)
+    bound = session_bound(
+        value,
+        end=end,
+        zone=calendar_timezone(calendar) or data_timezone,
+        evening_start=wall_time.fromisoformat(evening) if evening else None,
+    )
+    return _aware(bound)
+
+
+def _aware(label: np.datetime64) -> datetime:
+    """A naive UTC nanosecond label as an aware UTC datetime (to the microsecond below)."""
+    micros = int(label.astype("datetime64[us]").astype(np.int64))
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=micros)
+
+
 def load_data(config: Config) -> Panel:
     """The configured bars up to `run.end`. History before `run.start` is kept: it warms up
     features, model windows and signals, and trading starts at `run.start` (see
@@ -318,6 +368,7 @@ def load_data(config: Config) -> Panel:
         date_format=d.date_format,
         weekend_sessions=calendar_has_weekend_sessions(config.live.calendar),
         session_timezone=calendar_timezone(config.live.calendar),
+        session_evening_start=calendar_evening_start(config.live.calendar),
     )
     if d.max_symbols and not d.symbols:
         first = _first_symbols(load, d.max_symbols, d.source, d.path, d.layout, config.run.end)
@@ -812,11 +863,19 @@ def _end_labelled_sessions(exchange: Any, times: np.ndarray, why: np.ndarray) ->
 
 
 def trade_start(config: Config, panel: Panel) -> datetime | None:
-    """The first bar time that may trade (None: from the first bar). Dates without a time
-    zone are UTC, like the stored bar times."""
+    """The first bar time that may trade (None: from the first bar): run.start read as the
+    data load reads its window (`run_bound`): for daily bars the session of that date, for
+    intraday bars the first of live.calendar's session day (XASX's 23:00 UTC the evening
+    before; it was read as a UTC day, and that session's first bars only warmed up)."""
     if not config.run.start:
         return None
-    start = _utc(config.run.start)
+    start = run_bound(
+        config.run.start,
+        end=False,
+        daily=_intraday_spacing(panel) is None,
+        calendar=config.live.calendar,
+        data_timezone=config.data.timezone,
+    )
     if len(panel.times) and start > panel.datetimes()[-1]:
         last = f"{panel.datetimes()[-1]:%Y-%m-%d}"
         if config.run.end:
@@ -1703,10 +1762,7 @@ def plan_live(
                 "live.bars_per_second > 0 with a vendor feed replays run.start .. run.end "
                 "through the live path: set run.start"
             )
-        start = _utc(config.run.start)
-        end = _utc(config.run.end) + timedelta(days=1) if config.run.end else now
-        last = exchange.last_closed(min(end, now))
-        calendar = [t for t in exchange.bars_between(start, last)] if last else []
+        calendar = _replay_bars(config, exchange, now)
         if not calendar:
             raise ConfigError(f"no bar of {exchange.name} between run.start and run.end")
         before = _bars_before(exchange, calendar[0], n)
@@ -1716,6 +1772,41 @@ def plan_live(
         return LivePlan(None, None, None)
     before = _bars_before(exchange, last, n)
     return LivePlan(before[0] if before else None, before[-1] if before else None, None)
+
+
+def _replay_bars(config: Config, exchange: Any, now: datetime) -> list[datetime]:
+    """The bars an accelerated vendor replay steps: from run.start through run.end (or the
+    last closed at `now`), the dates read as a backtest of the same bars reads them
+    (`run_bound`): intraday, a session day of the exchange. Read as UTC days, an XASX date
+    (its session opening 23:00 UTC the evening before) had its first bars only warmed up,
+    and the next session's first bars were stepped after run.end. A run.end on or after the
+    last day of a calendar the installed exchange_calendars ends (XSES: 2026-12-31), and
+    built through, ends at its last close: asked about the day's end, the calendar refused."""
+    daily = exchange.step is None
+    start = run_bound(config.run.start, end=False, daily=daily, calendar=exchange.name)
+    if not config.run.end:
+        last = exchange.last_closed(now)
+        return exchange.bars_between(start, last) if last else []
+    if daily:  # a session's label is its date: the next day's 00:00 UTC bounds its close
+        bound = _utc(config.run.end)
+        until = bound + timedelta(days=1)
+    else:
+        bound = run_bound(config.run.end, end=True, daily=False, calendar=exchange.name)
+        until = bound + exchange.step  # the bar labelled at the bound closes by then
+    covered = exchange.coverage[1]
+    end_day = date.fromisoformat(config.run.end[:10])
+    if min(until, now) > covered and end_day <= exchange.built_through:
+        until = covered  # no session after the calendar's last, which it holds up to run.end
+    from .clock.calendar import CalendarRangeError
+
+    try:
+        last = exchange.last_closed(min(until, now))
+    except CalendarRangeError as exc:
+        raise ConfigError(
+            f"run.end = {config.run.end!r} is past the sessions the {exchange.name} calendar "
+            f"holds (through {exchange.last_session}): set run.end on or before it. {exc}"
+        ) from None
+    return exchange.bars_between(start, min(last, bound)) if last else []
 
 
 def _last_closed_live(config: Config, exchange: Any, now: datetime) -> datetime | None:

@@ -781,7 +781,13 @@ def panel_from_frames(
     are read as the file loaders read them: with `data.date_format` (e.g. "%d/%m/%Y") when
     set, else in the format inferred, and day-first dates in a column read month first are
     refused, naming the row and the value."""
-    d = (config or _defaults()).data
+    whole = config or _defaults()
+    d = whole.data
+    from .app import calendar_evening_start, calendar_timezone
+
+    # `end` of intraday bars is a session day of live.calendar, as run.end is for load_data.
+    zone = calendar_timezone(whole.live.calendar)
+    evening = calendar_evening_start(whole.live.calendar)
     if not isinstance(data, Mapping) or not data:
         raise ValueError("data must be a non-empty dict of {symbol: DataFrame}")
     summary = RepairSummary()
@@ -810,6 +816,8 @@ def panel_from_frames(
                 summary=summary,
                 date_format=d.date_format,
                 advice=FRAMES_ADVICE,
+                session_timezone=zone,
+                session_evening_start=evening,
             )
         )
     summary.log("frames")

@@ -404,6 +404,7 @@ def load_frame(
     advice: Advice = DATA_ADVICE,
     weekend_sessions: bool = False,
     session_timezone: str = "",
+    session_evening_start: str = "",
 ) -> pd.DataFrame:
     """The validated long table (time, symbol, open, high, low, close, volume, split, dividend).
 
@@ -414,7 +415,8 @@ def load_frame(
     to say them again when it serves the load from disk. `advice`: where the settings its
     errors advise are set (validate.Advice; a benchmark file has its own).
     `weekend_sessions`: the calendar holds weekend sessions (validate_frame).
-    `session_timezone`: the calendar's zone, where intraday sessions are dated (validate_frame).
+    `session_timezone`: the calendar's zone, where intraday sessions are dated, and
+    `session_evening_start` where they open the evening before (validate_frame).
     """
     _choice("source", source, SOURCES)
     _choice("layout", layout, LAYOUTS)
@@ -437,6 +439,7 @@ def load_frame(
         "advice": advice,
         "weekend_sessions": weekend_sessions,
         "session_timezone": session_timezone,
+        "session_evening_start": session_evening_start,
     }
     if source == "bundled":
         frames = [
@@ -520,9 +523,11 @@ def load_panel(
     date_format: str = "",
     weekend_sessions: bool = False,
     session_timezone: str = "",
+    session_evening_start: str = "",
 ) -> Panel:
     """Bars of `source` as a Panel: symbols sorted, times the union of all bar times.
-    `summary`, `weekend_sessions`, `session_timezone`: as for `load_frame`."""
+    `summary`, `weekend_sessions`, `session_timezone`, `session_evening_start`: as for
+    `load_frame`."""
     frame = load_frame(
         source,
         path,
@@ -539,6 +544,7 @@ def load_panel(
         date_format=date_format,
         weekend_sessions=weekend_sessions,
         session_timezone=session_timezone,
+        session_evening_start=session_evening_start,
     )
     # The checks' intermediates are garbage now, but glibc keeps freed heap memory until
     # asked: trimmed here, the panel's arrays reuse it instead of adding to the load's peak

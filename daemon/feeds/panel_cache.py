@@ -92,6 +92,7 @@ def cached_load_panel(
     date_format: str = "",
     weekend_sessions: bool = False,
     session_timezone: str = "",
+    session_evening_start: str = "",
 ) -> Panel:
     """`load_panel` with the same arguments, from the cache when the inputs are unchanged.
 
@@ -117,6 +118,7 @@ def cached_load_panel(
         "date_format": date_format,
         "weekend_sessions": weekend_sessions,
         "session_timezone": session_timezone,
+        "session_evening_start": session_evening_start,
     }
     # In the key as JSON lists (a lone string is one symbol or repair, as the loader reads it).
     params = {
@@ -130,6 +132,8 @@ def cached_load_panel(
         del params["weekend_sessions"]
     if not session_timezone or session_timezone == timezone:  # the same
         del params["session_timezone"]
+    if not session_evening_start:  # the same
+        del params["session_evening_start"]
     if load is None:
 
         def load(summary: RepairSummary) -> Panel:

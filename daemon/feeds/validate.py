@@ -89,6 +89,7 @@ import re
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import time
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -990,6 +991,8 @@ def _two_times_a_day(codes: np.ndarray, t: np.ndarray) -> bool:
 
 
 def _time_bound(value: str, *, end: bool, tz: str) -> np.datetime64:
+    """A start/end bound of daily labels (session dates, naive): a date is its session, a
+    time with an offset is read in the exchange's zone `tz`."""
     ts = pd.Timestamp(value)
     if ts.tzinfo is not None:
         ts = ts.tz_convert(tz).tz_localize(None)
@@ -998,12 +1001,47 @@ def _time_bound(value: str, *, end: bool, tz: str) -> np.datetime64:
     return np.datetime64(ts.to_datetime64(), "ns")
 
 
-def _label_bound(wall: np.datetime64, daily: bool, tz: str) -> np.datetime64:
-    """A start/end bound (exchange wall time) on the scale of the labels."""
-    if daily:
-        return wall
-    ts = pd.Timestamp(wall).tz_localize(tz, ambiguous=False, nonexistent="shift_forward")
-    return np.datetime64(ts.tz_convert("UTC").tz_localize(None).to_datetime64(), "ns")
+def session_bound(
+    value: str, *, end: bool, zone: str, evening_start: time | None = None
+) -> np.datetime64:
+    """`run.start` (end=False: the first label kept) or `run.end` (end=True: the last label
+    kept, inclusive) as a bound of intraday bar labels (naive UTC, as they are stored).
+
+    A date is a session day of the run's exchange calendar: the bars from 00:00 in its zone
+    `zone` (live.calendar's) through the day's end, or, where sessions open the evening
+    before their date (`evening_start`: CMES's 17:00 Chicago), from that time the day
+    before up to it on the date. A time without an offset is the exchange's wall time; one
+    with an offset is that instant. Not data.timezone, which only reads the data's naive
+    timestamps: the load read run.start/run.end in it and trading as UTC days, so an XASX
+    session (23:00 UTC the day before) had its first bars of run.start loaded but only warmed
+    up on, and the first bars of the day after run.end stepped in an accelerated replay."""
+    ts = pd.Timestamp(value)
+    if ts.tzinfo is not None:  # an instant
+        return np.datetime64(ts.tz_convert("UTC").tz_localize(None).to_datetime64(), "ns")
+    if ts == ts.normalize():  # a date: its session day
+        day = ts + pd.Timedelta(days=1) if end else ts
+        if evening_start is not None:
+            day = (
+                day
+                - pd.Timedelta(days=1)
+                + pd.Timedelta(
+                    hours=evening_start.hour,
+                    minutes=evening_start.minute,
+                    seconds=evening_start.second,
+                )
+            )
+        bound = _localised(day, zone)
+        if end:
+            bound = bound - pd.Timedelta(1, "ns")
+    else:
+        bound = _localised(ts, zone)
+    return np.datetime64(bound.tz_convert("UTC").tz_localize(None).to_datetime64(), "ns")
+
+
+def _localised(wall: pd.Timestamp, zone: str) -> pd.Timestamp:
+    """`wall` in `zone`; a wall time skipped by a change to summer time is the instant after
+    the gap, and one repeated by the change back is its first (summer-time) instant."""
+    return wall.tz_localize(zone, ambiguous=True, nonexistent="shift_forward")
 
 
 def _normalise(
@@ -1017,8 +1055,12 @@ def _normalise(
     interval: str = "auto",
     corporate_actions: bool = True,
     date_format: str = "",
+    session_tz: str = "",
+    evening_start: time | None = None,
 ) -> pd.DataFrame:
-    """Canonical columns and types, filtered by date, stably sorted by symbol."""
+    """Canonical columns and types, filtered by date, stably sorted by symbol. Intraday
+    bars are kept from run.start's session day to run.end's in `session_tz` (the run
+    calendar's zone, "" = `tz`; `session_bound`), daily bars by their session dates."""
     if find_column(df, "time") is None and isinstance(df.index, pd.DatetimeIndex):
         df = df.reset_index()
     _refuse_clashes(list(df.columns), ctx, symbol)
@@ -1114,10 +1156,16 @@ def _normalise(
     if start is not None or end is not None:
         t = out["time"].to_numpy()
         keep = np.ones(len(out), dtype=bool)
-        if start is not None:
-            keep &= t >= _label_bound(_time_bound(start, end=False, tz=tz), daily, tz)
-        if end is not None:
-            keep &= t <= _label_bound(_time_bound(end, end=True, tz=tz), daily, tz)
+        for value, is_end in ((start, False), (end, True)):
+            if value is None:
+                continue
+            if daily:  # a daily bar's label is its session date
+                bound = _time_bound(value, end=is_end, tz=tz)
+            else:
+                bound = session_bound(
+                    value, end=is_end, zone=session_tz or tz, evening_start=evening_start
+                )
+            keep &= (t <= bound) if is_end else (t >= bound)
         keep |= np.isnat(t)  # a missing time is a data problem, not out of range
         if not keep.all():
             kept = np.bincount(codes[keep], minlength=len(names)) > 0
@@ -1675,13 +1723,16 @@ def validate_frame(
     open_start: bool = False,
     weekend_sessions: bool = False,
     session_timezone: str = "",
+    session_evening_start: str = "",
 ) -> pd.DataFrame:
     """Check (and, where enabled, repair) bars; return the clean long table.
 
     `symbol` names the bars of a one-symbol frame; None means `df` is a long table with a
     symbol column. `source` names the file in errors and logs. `first_line` is the file line of
     the input's index 0 (2 for a CSV with a header line): errors then name lines, otherwise
-    timestamps. `start`/`end` (inclusive dates) drop out-of-range rows before checking.
+    timestamps. `start`/`end` (inclusive dates) drop out-of-range rows before checking: a
+    daily bar by its session date, an intraday bar by the session day of the run's calendar
+    (`session_timezone`, `session_evening_start`; see `session_bound`).
     `max_spike`/`max_volume` are the plausibility thresholds (0 disables), `timezone` the
     exchange's. `interval` is "1d", "intraday" or "auto" (see `_label_bars`). Repairs are
     counted in `summary`; without one, this call logs its own. `corporate_actions`: the
@@ -1698,6 +1749,9 @@ def validate_frame(
     the zone of the run calendar's sessions (`live.calendar`'s), where an intraday bar's
     session is dated (`_check_session_actions`); "" = `timezone`. An XTKS session spans two
     New York dates: by `data.timezone` a dividend repeated on its bars was kept twice.
+    It is also the zone of the session days `start`/`end` name for intraday bars.
+    `session_evening_start`: "HH:MM[:SS]" where the calendar's sessions open the evening
+    before their date (CMES: "17:00"), "" otherwise (`clock.calendar.evening_session_start`).
     """
     if interval not in INTERVALS:
         raise ConfigError(
@@ -1719,6 +1773,8 @@ def validate_frame(
         interval=interval,
         corporate_actions=corporate_actions,
         date_format=date_format,
+        session_tz=session_timezone,
+        evening_start=time.fromisoformat(session_evening_start) if session_evening_start else None,
     )
     frame = _check_values(frame, ctx, repairs, max_volume)
     if not weekend_sessions:

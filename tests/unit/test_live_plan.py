@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -196,3 +197,74 @@ def test_a_start_after_a_bounded_calendars_last_close_runs_its_last_bar_then_exi
         with pytest.raises(CalendarEnded, match="upgrade exchange-calendars") as err:
             plan_live(config, cal, now)
         assert exit_code(err.value, "run") == EX_CONFIG
+
+
+# XASX opens 10:00 Sydney: 23:00 UTC the day before in March (AEDT, UTC+11); 60-minute bars
+# 10:00 .. 15:00, the last closing 16:00 Sydney (05:00 UTC).
+XASX_MONDAY_OPEN = datetime(2024, 3, 10, 23, tzinfo=UTC)  # Monday 11 March's first bar
+XASX_TUESDAY_LAST = datetime(2024, 3, 12, 4, tzinfo=UTC)  # Tuesday 12 March's last bar
+
+
+@pytest.fixture(scope="module")
+def xasx_hours() -> ExchangeCalendar:
+    return ExchangeCalendar("XASX", "60m", start="2024-01-02", end="2024-06-28")
+
+
+def test_an_accelerated_xasx_replay_steps_run_starts_session_through_run_ends(xasx_hours):
+    """run.start = Monday 11 March, run.end = Tuesday 12th: read as UTC days, the replay
+    began at Monday 00:00 UTC (Monday's first bar, 23:00 UTC on Sunday, only warmed up on)
+    and stepped Wednesday's first bar (23:00 UTC on Tuesday). A backtest of the same dates
+    trades Monday's and Tuesday's sessions, and so does the replay now, whatever
+    data.timezone."""
+    from tradingd.config import DataConfig
+
+    for zone in ("America/New_York", "Australia/Sydney", "UTC"):
+        config = Config(
+            run=RunConfig(start="2024-03-11", end="2024-03-12"),
+            live=LiveConfig(bars_per_second=10.0, warmup_bars=2, calendar="XASX", bar="60m"),
+            data=DataConfig(timezone=zone),
+        )
+        plan = plan_live(config, xasx_hours, datetime(2024, 6, 1, tzinfo=UTC))
+        assert plan.calendar is not None
+        assert plan.calendar[0] == XASX_MONDAY_OPEN, zone
+        assert plan.calendar[-1] == XASX_TUESDAY_LAST, zone
+        sydney = {t.astimezone(xasx_hours.tz).date().isoformat() for t in plan.calendar}
+        assert sydney == {"2024-03-11", "2024-03-12"}
+        assert len(plan.calendar) == 2 * 6
+        assert plan.warm_until == datetime(2024, 3, 8, 4, tzinfo=UTC)  # Friday's last bar
+
+
+def test_an_accelerated_replay_of_a_bounded_calendars_past_window_runs(xasx_hours):
+    """XSES is recorded only to 2026-12-31 (exchange-calendars 4.13): a replay of a past
+    window, started after that end, steps the window; one ending on the calendar's last day
+    ends at its last close; one past it says to upgrade the package."""
+    import warnings
+
+    import exchange_calendars as xcals
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bound = xcals.get_calendar("XSES").bound_max()
+    if bound is None:
+        pytest.skip("the installed exchange_calendars has no end for XSES")
+    cal = ExchangeCalendar("XSES", "60m", start="2026-06-01")
+    after = cal.coverage[1] + timedelta(days=30)
+    # XSES: 09:00 .. 17:00 Singapore (UTC+8), a lunch break 12:00 .. 13:00.
+    window = Config(
+        run=RunConfig(start="2026-11-02", end="2026-11-03"),
+        live=LiveConfig(bars_per_second=10.0, warmup_bars=2, calendar="XSES", bar="60m"),
+    )
+    plan = plan_live(window, cal, after)
+    assert plan.calendar is not None
+    assert plan.calendar[0] == datetime(2026, 11, 2, 1, tzinfo=UTC)
+    assert {t.astimezone(cal.tz).date().isoformat() for t in plan.calendar} == {
+        "2026-11-02",
+        "2026-11-03",
+    }
+    last_day = dataclasses.replace(window, run=RunConfig(start="2026-12-30", end=str(bound)))
+    plan = plan_live(last_day, cal, after)
+    assert plan.calendar is not None and plan.calendar[-1] < cal.coverage[1]
+    assert cal.close_of(plan.calendar[-1]) == cal.coverage[1]
+    past = dataclasses.replace(window, run=RunConfig(start="2026-12-30", end="2027-01-06"))
+    with pytest.raises(ConfigError, match=r"run\.end = '2027-01-06' is past .*upgrade exchange"):
+        plan_live(past, cal, after)
