@@ -2056,6 +2056,8 @@ class Engine:
             restore_held = getattr(self.feed, "restore_held", None)
             if restore_held is not None:  # before the warm-up, whose history judges them
                 restore_held(st.get("feed"), resume.bar_time)
+        if st is not None:
+            self._warn_if_model_changed(st.get("signal_sources"))
         if resume.bar_time is not None and st is not None:
             self._last_checkpoint = (resume.bar_time, st)
             if self._live_metrics:
@@ -2095,6 +2097,31 @@ class Engine:
             open_orders=len(self.broker.open_orders()),
             trading_state=self.trading_state,
             unconfirmed_intents=len(resume.unconfirmed),
+        )
+
+    def _warn_if_model_changed(self, stored: Any) -> None:
+        """Say when the run resumes on other signals' sources (plugins and model versions)
+        than its checkpoint's bar decided with. An empty `model_dir` loads the model
+        `tradingd retrain` published under the working directory (`var/models/current`), or
+        the shipped one when there is none: a store restored, or a run moved, without that
+        folder went on deciding with the shipped model, said only by an info line. Not
+        refused: a model retrained while the daemon was stopped is a change the operator
+        made. A checkpoint of an earlier build has no sources: nothing to compare."""
+        if not isinstance(stored, str):
+            return
+        now = self._signal_source()
+        if stored == now:
+            return
+        log.warning(
+            "run.model_changed",
+            checkpoint_sources=stored,
+            sources=now,
+            checkpoint_bar=self.resumed_from,
+            hint="the run continues with other signals or model versions than its last "
+            "bar's: after a restore or a move, copy var/models/ (the models `tradingd "
+            "retrain` published, which an empty model_dir loads from the working "
+            "directory) from the old host, or set model_dir, and restart; a model retrained "
+            "while the daemon was stopped is expected here",
         )
 
     def _without_control_row(self, resume: Any) -> Any:
@@ -2194,6 +2221,9 @@ class Engine:
             # The counts and restrictions of the summary, and the kill switches alerted: a
             # restart continues them (not counted from 0, not started or alerted again).
             "risk": self.risk_record.state(),
+            # The signals and model versions this bar decided with: a resume on others (a
+            # restore or move without var/models) is said (`_warn_if_model_changed`).
+            "signal_sources": self._signal_source(),
         }
         alerter = getattr(self, "alerter", None)
         if alerter is not None:
