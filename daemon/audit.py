@@ -415,6 +415,34 @@ class AuditLog:
                 break  # older files hold older records
         return total
 
+    def last_fill_time(self) -> datetime | None:
+        """The bar of the newest fill line in this run's files (the current one, then the
+        rotated ones while they hold none), None when there is none: a resume compares it
+        with the store's (`Engine._warn_if_audit_behind`)."""
+        files = [
+            self.path,
+            *(self.path.with_suffix(f".jsonl.{i}") for i in range(1, self.backups + 1)),
+        ]
+        for path in files:
+            if not path.exists():
+                if path == self.path:
+                    continue
+                break
+            newest: datetime | None = None
+            try:
+                with path.open("rb") as fh:
+                    for raw in fh:
+                        if not raw.startswith(_FILL_LINE):
+                            continue
+                        when = _record_time(raw.decode("utf-8", errors="replace"))
+                        if isinstance(when, datetime) and (newest is None or when > newest):
+                            newest = when
+            except OSError as e:
+                raise StorageError(f"cannot read the audit log {path}: {e.strerror or e}") from e
+            if newest is not None:
+                return newest
+        return None
+
     def close(self) -> None:
         try:
             self.flush(force=True)
@@ -474,6 +502,7 @@ def _record_time(line: str, stopped_cleanly: bool = False) -> Any:
 
 
 _SESSION_LINE = b'{"event": "session"'
+_FILL_LINE = b'{"event": "fill"'
 
 
 def _has_session_line(path: Path) -> bool:

@@ -1996,6 +1996,7 @@ class Engine:
             dropped = truncate(through, resume.stopped_cleanly)
             if dropped:
                 log.info("audit.truncated", after=through, records=dropped)
+            await self._warn_if_audit_behind()
         st = resume.state
         if st is not None:
             if st.get("format") != CHECKPOINT_FORMAT:
@@ -2097,6 +2098,33 @@ class Engine:
             open_orders=len(self.broker.open_orders()),
             trading_state=self.trading_state,
             unconfirmed_intents=len(resume.unconfirmed),
+        )
+
+    async def _warn_if_audit_behind(self) -> None:
+        """Say when the audit log lacks fills the store holds. A live process writes a bar's
+        lines before the store commits it, so a crash never leaves the store ahead; a
+        restore does: an audit folder backed up before the store (or not restored at all)
+        went on with the restored run's later fills missing from it, without a word."""
+        audit_last = getattr(self.audit, "last_fill_time", None)
+        store_last = getattr(self.store, "last_fill_time", None)
+        if audit_last is None or store_last is None:
+            return
+        stored = await store_last(self.run.run_id)
+        if stored is None:
+            return
+        logged = audit_last()
+        if logged is not None and logged >= stored:
+            return
+        log.warning(
+            "audit.behind_store",
+            audit_log=str(getattr(self.audit, "path", "")),
+            audit_last_fill=logged,
+            store_last_fill=stored,
+            hint="the audit log lacks the fills the store holds after its last one (an "
+            "audit folder restored from an older backup than the store, or not restored): "
+            "the run goes on and appends to it; restore the audit folder from the same "
+            "backup as the store, or take the missing records from the store's orders, "
+            "order_events and fills tables",
         )
 
     def _warn_if_model_changed(self, stored: Any) -> None:

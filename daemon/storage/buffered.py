@@ -1123,6 +1123,19 @@ class BufferedStore(ABC):
         rows = await self._query(sql, (pattern,))
         return [(str(r[0]), None if r[1] is None else str(r[1])) for r in rows]
 
+    async def last_fill_time(self, run_id: str) -> datetime | None:
+        """The bar of the run's last stored fill (its `booked_at`, else its time, as the
+        audit log dates a fill line), None without fills: what a resume compares the audit
+        log with (`Engine._warn_if_audit_behind`). One indexed read, not the run's fills."""
+        fills = TABLES["fills"].name
+        sql = (
+            f"SELECT MAX(COALESCE(booked_at, time)) FROM {fills} "
+            f"WHERE run_id = {param(self.dialect)}"
+        )
+        rows = await self._query(sql, (run_id,))
+        value = rows[0][0] if rows else None
+        return None if value is None else self._decode_time(value)
+
     async def resume_run(self, run: RunInfo) -> ResumePoint | None:
         """A live run continues where it stopped: None (and a new run row) when this run id
         was never stored; else its last checkpoint, after the rows of any later, interrupted
