@@ -152,6 +152,15 @@ class DatabaseOfAnotherBuild(StorageError, ConfigError):
     EX_CONFIG and systemd does not restart it into the same refusal every 10 s."""
 
 
+class StoreDamaged(StorageError, ConfigError):
+    """The SQLite store fails SQLite's own check (`PRAGMA quick_check`): damaged pages, most
+    often a backup copied over a database whose `-wal` file (a killed daemon's) was left
+    beside it, which SQLite then merges into the copy. A live run resumed from it without a
+    word and wrote on. Only the operator mends it (restore the backup again, without the old
+    `-wal`), so a ConfigError: `tradingd run` exits EX_CONFIG, which systemd does not
+    restart."""
+
+
 class CheckpointUnusable(ConfigError):
     """A live run's stored state cannot be continued: a value of its checkpoint (cash NaN or
     null, a short position a long-only run cannot hold, ...) or of an order intent stored

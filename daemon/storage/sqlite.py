@@ -48,7 +48,7 @@ from typing import Any, ClassVar, TypeVar
 
 import structlog
 
-from ..core.errors import ConfigError, StorageError
+from ..core.errors import ConfigError, StorageError, StoreDamaged
 from ..core.types import RunInfo
 from .buffered import BufferedStore, ResumePoint, Row
 from .child import ChildWriter
@@ -384,7 +384,38 @@ class SqliteStore(BufferedStore):
     async def resume_run(self, run: RunInfo) -> ResumePoint | None:
         await self.flush()
         self._stop_child()  # a live run writes on the thread (see the module docstring)
+        if self.path != MEMORY:
+            began = time.monotonic()
+            problems = await self._call(self._quick_check)
+            # Every page is read: seconds a GB, said for a large store's slow start.
+            log.info(
+                "storage.sqlite.checked",
+                path=self.path,
+                ok=problems is None,
+                seconds=round(time.monotonic() - began, 2),
+            )
+            if problems is not None:
+                raise StoreDamaged(
+                    f"SQLite store {self.path} is damaged (PRAGMA quick_check: {problems}); "
+                    f"run {run.run_id!r} is not resumed from it. A backup copied over the "
+                    f"database while a killed daemon's {self.path}-wal was left beside it is "
+                    f"merged with that file: stop, remove {self.path}, {self.path}-wal and "
+                    f"{self.path}-shm, copy the backup in again and start (or "
+                    f"`sqlite3 {self.path} .recover` when no backup is good)"
+                )
         return await super().resume_run(run)
+
+    def _quick_check(self) -> str | None:
+        """On the writer thread: SQLite's `quick_check` of the file (every page read once),
+        None when it says ok, else its first findings. A live start's, before the run is
+        resumed: a damaged file (a backup restored beside a stale `-wal`) was resumed from
+        and written on without a word."""
+        try:
+            rows = self._conn().execute("PRAGMA quick_check(5)").fetchall()
+        except sqlite3.DatabaseError as e:
+            return str(e)
+        found = [str(r[0]) for r in rows]
+        return None if found == ["ok"] else " | ".join(" ".join(f.split()) for f in found)
 
     def _stop_child(self) -> None:
         child, self._child = self._child, None

@@ -1,0 +1,100 @@
+"""A SQLite store restored by copying a backup over the database while a killed daemon's
+`-wal` file stayed beside it: SQLite merges that file's pages into the copy, whose tree then
+points at pages it does not have. A live start resumed the run from it and wrote on without
+a word; now the resume runs SQLite's `quick_check` and refuses, naming the file and the fix
+(`StoreDamaged`, a ConfigError: exit 78)."""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from tradingd.core.errors import ConfigError, StoreDamaged
+from tradingd.core.types import RunInfo
+from tradingd.storage.sqlite import SqliteStore
+
+T0 = datetime(2020, 1, 2, 21, 0, tzinfo=UTC)
+RUN = RunInfo("live-restored", "live", T0, "{}", ("AAA",), 100_000.0)
+
+
+async def _stored_run(path: Path) -> None:
+    store = SqliteStore(path)
+    await store.start()
+    try:
+        assert await store.resume_run(RUN) is None
+        store.record_checkpoint(RUN.run_id, T0, {"bar": 0})
+        await store.flush()
+    finally:
+        await store.stop()
+
+
+def _grow(path: Path, rows: int) -> None:
+    """Rows of a table of this test's (the daemon's tables need not be the damaged ones)."""
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE IF NOT EXISTS filler (a INTEGER PRIMARY KEY, b TEXT)")
+    db.executemany("INSERT INTO filler (b) VALUES (?)", [("x" * 50,)] * rows)
+    db.commit()
+    db.close()
+
+
+def _restore_beside_stale_wal(path: Path, tmp_path: Path) -> None:
+    backup = tmp_path / "backup.db"
+    shutil.copy(path, backup)  # the backup, taken while the run was small
+    _grow(path, 20_000)  # the run goes on
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA wal_autocheckpoint = 0")
+    db.execute("DELETE FROM filler WHERE a > 21990")  # its last writes, in the -wal
+    db.commit()
+    wal = Path(f"{path}-wal")
+    stale = tmp_path / "stale.wal"
+    shutil.copy(wal, stale)  # what a SIGKILL leaves: the -wal, never checkpointed
+    db.close()
+    shutil.copy(backup, path)  # the restore: the backup copied over the database ...
+    shutil.copy(stale, wal)  # ... beside the killed daemon's -wal
+
+
+async def test_a_damaged_store_is_refused_at_the_resume(tmp_path: Path) -> None:
+    path = tmp_path / "paper.db"
+    await _stored_run(path)
+    _grow(path, 2_000)
+    _restore_beside_stale_wal(path, tmp_path)
+
+    store = SqliteStore(path)
+    await store.start()
+    try:
+        with pytest.raises(StoreDamaged) as e:
+            await store.resume_run(RUN)
+    finally:
+        await store.stop()
+    msg = str(e.value)
+    assert isinstance(e.value, ConfigError)
+    assert str(path) in msg and "quick_check" in msg and "invalid page" in msg
+    assert f"{path}-wal" in msg and "'live-restored'" in msg
+
+
+async def test_a_backup_restored_without_the_stale_wal_resumes(tmp_path: Path) -> None:
+    path = tmp_path / "paper.db"
+    await _stored_run(path)
+    _grow(path, 2_000)
+    backup = tmp_path / "backup.db"
+    src = sqlite3.connect(path)
+    dst = sqlite3.connect(backup)
+    src.backup(dst)  # sqlite3's ".backup"
+    src.close()
+    dst.close()
+    _grow(path, 20_000)
+    for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        p.unlink(missing_ok=True)
+    shutil.copy(backup, path)
+
+    store = SqliteStore(path)
+    await store.start()
+    try:
+        resumed = await store.resume_run(RUN)
+    finally:
+        await store.stop()
+    assert resumed is not None and resumed.bar_time == T0
