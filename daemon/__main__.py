@@ -410,6 +410,41 @@ def _parser() -> argparse.ArgumentParser:
     common(rh)
     rh.add_argument("run_id", help="the live run's id")
 
+    dr = sub.add_parser(
+        "delete-runs",
+        help="delete finished runs' rows from the store (every table but bars): lists them, "
+        "and deletes only with --yes",
+        description="Select runs by id and/or --backtests [--keep N] and/or --before DATE "
+        "(the filters together: runs matching both); a dry run lists each with its kind, "
+        "first and last bar and rows per table. A run in use (a running backtest or daemon) "
+        "is refused, and a live run unless --live. Exit 0 done, 2 an error.",
+    )
+    common(dr)
+    dr.add_argument("run_ids", nargs="*", metavar="RUN_ID", help="a stored run's id")
+    dr.add_argument("--backtests", action="store_true", help="select the stored backtests")
+    dr.add_argument(
+        "--keep",
+        type=int,
+        metavar="N",
+        help="with --backtests: keep the newest N of them (by when they started)",
+    )
+    dr.add_argument(
+        "--before", metavar="DATE", help="select the runs started before DATE (YYYY-MM-DD, UTC)"
+    )
+    dr.add_argument("--live", action="store_true", help="live runs may be deleted too")
+    dr.add_argument(
+        "--files",
+        action="store_true",
+        help="also remove each run's record folder under run.output_dir and its audit log",
+    )
+    dr.add_argument(
+        "--vacuum",
+        action="store_true",
+        help="SQLite: rewrite the file afterwards to give the space back to the disk "
+        "(refused while anything uses the store); alone, vacuum only",
+    )
+    dr.add_argument("--yes", action="store_true", help="delete (without it: a dry run)")
+
     he = sub.add_parser(
         "health",
         help="ask a running daemon whether it is alive and ready "
@@ -599,6 +634,22 @@ def _command(args: argparse.Namespace) -> int:
 
     configure_logging(config.log.level, config.log.format)
     log_overlay_notes(config)
+    if args.command == "delete-runs":
+        # Before check_config: deleting rows needs no plugin loaded (nor its model).
+        from .runs_delete import Selection, delete_runs, parse_day
+
+        sel = Selection(
+            run_ids=tuple(args.run_ids),
+            backtests=args.backtests,
+            keep=args.keep,
+            before=parse_day(args.before) if args.before else None,
+            live=args.live,
+            files=args.files,
+            vacuum=args.vacuum,
+            yes=args.yes,
+        )
+        asyncio.run(delete_runs(config, sel, print))
+        return 0
     arg = _OUTPUT_ARG.get(args.command)
     output = getattr(args, arg) if arg else None
     check_config(config, args.command, output_dir=output)

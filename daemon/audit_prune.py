@@ -210,3 +210,58 @@ def _unlock(fd: int) -> None:
     with contextlib.suppress(OSError):
         fcntl.flock(fd, fcntl.LOCK_UN)
     os.close(fd)
+
+
+@dataclass(frozen=True)
+class RunLogRemoval:
+    """What `remove_run_log` did with one run's audit log: the files removed and their
+    bytes, or why it was kept (`kept`, a reason an operator can act on; "" when removed or
+    when there was none)."""
+
+    files: int = 0
+    bytes: int = 0
+    kept: str = ""
+
+
+def remove_run_log(directory: Path, run_id: str, *, live: bool) -> RunLogRemoval:
+    """Remove the audit log of one run (`tradingd delete-runs --files`): `<run_id>.jsonl`,
+    its rotated files and, for a live run (`live`), its `.live` mark. Under the log's run
+    lock, as the pruning at a replay's start: a log whose run is going on in another
+    process is kept. A log that is a live run's (its mark, or a session line) is kept when
+    `live` is False: the store calls the run a backtest, so the log is another run id's
+    that shares its file name. A live run's set-aside logs (`<run_id>.before-<time>.jsonl`)
+    are an earlier run's of that id, not this one's: kept."""
+    from .audit import audit_path
+
+    base = audit_path(directory, run_id).name
+    try:
+        groups = _replay_groups(directory, "")
+    except FileNotFoundError:
+        return RunLogRemoval()
+    except OSError as e:
+        return RunLogRemoval(kept=f"cannot list the audit folder {directory}: {e.strerror or e}")
+    paths = groups.get(base, (0.0, []))[1]
+    mark = directory / f"{base}.live"
+    if not live and (mark.exists() or _has_session_line(paths)):
+        return RunLogRemoval(
+            kept=f"{directory / base} is a live run's log (its .live mark or a session line) "
+            "while the store holds this run as a backtest: another run id writes it; remove "
+            "it by hand if it is no longer wanted"
+        )
+    if live and mark.exists():
+        paths = [*paths, mark]
+    if not paths:
+        return RunLogRemoval()
+    fd = _lock_unused(directory, base)
+    if fd is None:
+        return RunLogRemoval(
+            kept=f"{directory / base} is in use: a run of it is going on in another process "
+            "(its run lock is held); run the command again once it has ended"
+        )
+    try:
+        removed, size = _remove(paths)
+    finally:
+        _unlock(fd)
+    if removed < len(paths):
+        return RunLogRemoval(removed, size, kept="some files could not be removed (logged)")
+    return RunLogRemoval(removed, size)

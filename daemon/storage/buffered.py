@@ -1639,6 +1639,50 @@ class BufferedStore(ABC):
         rows = await self._query(sql, (symbol,) if symbol is not None else ())
         return self._decode_taking(TABLES["bars"], rows)
 
+    # ------------------------------------------------------------------ deleting runs
+
+    async def stored_runs(self) -> list[tuple[str, str, datetime]]:
+        """(run id, mode, started_at) of every run in the store, oldest start first: what
+        `tradingd delete-runs` selects from."""
+        runs = TABLES["runs"].name
+        rows = await self._query(
+            f"SELECT run_id, mode, started_at FROM {runs} ORDER BY started_at, run_id", ()
+        )
+        return [(str(r[0]), str(r[1]), self._decode_time(r[2])) for r in rows]
+
+    async def run_extent(
+        self, run_id: str
+    ) -> tuple[datetime | None, datetime | None, dict[str, int]]:
+        """(first bar, last bar, rows per run-scoped table) of one run: each an indexed
+        read of that run's rows (every run table is indexed by run_id first), never a
+        scan of the whole table. The bars are its `equity` rows' (one per bar)."""
+        p = param(self.dialect)
+        counts: dict[str, int] = {}
+        for name in RUN_TABLES:
+            rows = await self._query(f"SELECT COUNT(*) FROM {name} WHERE run_id = {p}", (run_id,))
+            counts[name] = int(rows[0][0]) if rows else 0
+        rows = await self._query(
+            f"SELECT MIN(time), MAX(time) FROM {TABLES['equity'].name} WHERE run_id = {p}",
+            (run_id,),
+        )
+        first, last = rows[0] if rows else (None, None)
+        return (
+            None if first is None else self._decode_time(first),
+            None if last is None else self._decode_time(last),
+            counts,
+        )
+
+    async def delete_run(self, run_id: str) -> None:
+        """Every row of the run, its `runs` row included, in one transaction: a run is gone
+        whole or not at all (`bars`, shared by all runs, and `spool_applied`, per writer,
+        are no run's)."""
+        d = self.dialect
+        stmts: list[tuple[str, Sequence[Any]]] = [
+            (delete_run_sql(TABLES[name], d), (run_id,)) for name in (*RUN_TABLES, "runs")
+        ]
+        async with self._flush_lock:  # one transaction at a time on the connection
+            await self._execute(stmts)
+
     # ------------------------------------------------------------------ a backtest's report
 
     def keep_records(self, tables: Collection[str] = ("orders", "fills")) -> bool:
