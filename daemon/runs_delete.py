@@ -161,7 +161,8 @@ async def _select_and_delete(config: Config, sel: Selection, say: Say, shown: st
                     "add --live to delete it"
                 )
             else:
-                c.refused = await _in_use(config, c.run_id)
+                c.refused = _spooled(config) if c.kind == "live" else ""
+                c.refused = c.refused or await _in_use(config, c.run_id)
         named = [c for c in cands if c.named and c.refused]
         if named:
             raise ConfigError(
@@ -249,6 +250,31 @@ def _run_lock(config: Config, run_id: str) -> Any:
 
     store_only = [lock for lock in _run_lock(config, run_id).locks if lock[1] == url]
     return RunLock(run_id, True, store_only, refusal)
+
+
+def _spooled(config: Config) -> str:
+    """Why no live run of a PostgreSQL store may be deleted now: the spool folder holds
+    batches a live daemon could not write (it died during a database outage), which the
+    next live start writes into the database, a deleted run's rows with them ("" when it
+    holds none). Which run they are of is not read here: any live run may be theirs."""
+    from .core.endpoints import is_postgres_url
+    from .storage.postgres import default_spool_dir
+    from .storage.spool import spool_files
+
+    url = config.storage.url.strip()
+    if not is_postgres_url(url):
+        return ""
+    folder = Path(config.storage.spool_dir) if config.storage.spool_dir else None
+    folder = folder or default_spool_dir(url, None)
+    files = spool_files(folder)
+    if not files:
+        return ""
+    return (
+        f"a live run, and the spool folder {folder} holds {len(files)} file(s) of rows a "
+        "live daemon did not write yet (it stopped during a database outage): its next "
+        "start writes them, this run's with them; start the daemon once to write them, "
+        "then delete the run"
+    )
 
 
 async def _in_use(config: Config, run_id: str) -> str:

@@ -295,6 +295,23 @@ def test_postgres_keep_the_newest_backtest(tmp_path, monkeypatch, capsys, pg_url
         assert set(after["runs"]) == {"bt-new", LIVE}
         code, _, err = run("delete-runs", "-c", str(cfg), "--vacuum")
         assert code == 2 and "--vacuum is for a SQLite store" in err
+
+        # A spool a dead live daemon left would write a deleted live run's rows back at
+        # the next live start: refused while it holds files.
+        from tradingd.storage.postgres import default_spool_dir
+
+        spooled = tmp_path / default_spool_dir(url, None) / "dead-writer.spool"
+        spooled.parent.mkdir(parents=True, exist_ok=True)
+        spooled.write_bytes(b"")
+        code, _, err = run("delete-runs", "-c", str(cfg), LIVE, "--live", "--yes")
+        assert code == 2 and "the spool folder" in err and "start the daemon once" in err
+        assert set(asyncio.run(rows())["runs"]) == {"bt-new", LIVE}
+        spooled.unlink()
+        code, _, err = run("delete-runs", "-c", str(cfg), LIVE, "--live", "--yes")
+        assert code == 0, err
+        after = asyncio.run(rows())
+        assert all(LIVE not in per_run for per_run in after.values())
+        assert after["bars"] == before["bars"]
     finally:
         asyncio.run(execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
 
