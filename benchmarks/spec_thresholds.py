@@ -176,7 +176,7 @@ def _windows(config: Any, panel: Any, mc: Any) -> dict[str, Any]:
 
     names = resolve_set(config.features.set)
     catalog = Catalog(config.features.indicators, config.features.cross_sectional)
-    return training_windows(panel, names, catalog, mc, run_start(config))
+    return training_windows(panel, names, catalog, mc, run_start(config, panel.times))
 
 
 def child(step: str, workload: str, trace: bool, epochs: int, trees: int) -> dict[str, Any]:

@@ -340,6 +340,39 @@ def run_bound(
     return _aware(bound)
 
 
+def run_window(
+    start: str, end: str, times: np.ndarray, *, calendar: str, data_timezone: str = "UTC"
+) -> tuple[datetime | None, datetime | None]:
+    """`run.start` and `run.end` ("" = unset: None) as the first and last bar labels of bars
+    `times` a run includes, read as `load_data` and `trade_start` read them (`run_bound`,
+    daily or intraday by the spacing of `times`). What `tradingd train`'s windows and the
+    walk-forward's folds are cut by: they read the dates as UTC days, so on XASX bars
+    (a session opening 23:00 UTC the evening before its date) run.start's first bars fell
+    in the training span before the windows or the fold before the test, and a date of
+    run.end left out that session's bars."""
+    daily = _spacing(times) is None
+
+    def bound(value: str, is_end: bool) -> datetime | None:
+        if not value:
+            return None
+        return run_bound(
+            value, end=is_end, daily=daily, calendar=calendar, data_timezone=data_timezone
+        )
+
+    return bound(start, False), bound(end, True)
+
+
+def config_window(config: Config, times: np.ndarray) -> tuple[datetime | None, datetime | None]:
+    """`run_window` of `config`'s run.start, run.end, live.calendar and data.timezone."""
+    return run_window(
+        config.run.start,
+        config.run.end,
+        times,
+        calendar=config.live.calendar,
+        data_timezone=config.data.timezone,
+    )
+
+
 def _aware(label: np.datetime64) -> datetime:
     """A naive UTC nanosecond label as an aware UTC datetime (to the microsecond below)."""
     micros = int(label.astype("datetime64[us]").astype(np.int64))
@@ -867,15 +900,9 @@ def trade_start(config: Config, panel: Panel) -> datetime | None:
     data load reads its window (`run_bound`): for daily bars the session of that date, for
     intraday bars the first of live.calendar's session day (XASX's 23:00 UTC the evening
     before; it was read as a UTC day, and that session's first bars only warmed up)."""
-    if not config.run.start:
+    start = config_window(config, panel.times)[0]
+    if start is None:
         return None
-    start = run_bound(
-        config.run.start,
-        end=False,
-        daily=_intraday_spacing(panel) is None,
-        calendar=config.live.calendar,
-        data_timezone=config.data.timezone,
-    )
     if len(panel.times) and start > panel.datetimes()[-1]:
         last = f"{panel.datetimes()[-1]:%Y-%m-%d}"
         if config.run.end:
@@ -906,8 +933,7 @@ def warn_if_clipped(config: Config, panel: Panel) -> None:
     if not len(panel.times) or not (config.run.start or config.run.end):
         return
     first, last = panel.datetimes()[0], panel.datetimes()[-1]
-    start = _utc(config.run.start) if config.run.start else None
-    end = _utc(config.run.end) if config.run.end else None
+    start, end = config_window(config, panel.times)
     early = start is not None and (first - start).days > 4
     late = end is not None and (end - last).days > 4
     if not (early or late):
@@ -2106,7 +2132,12 @@ _MINUTES_BAR = {1: "1m", 5: "5m", 15: "15m", 30: "30m", 60: "60m"}
 def _intraday_spacing(panel: Panel) -> int | None:
     """The most common spacing in seconds of the bars within a day; None for daily bars
     (labelled at midnight, or sessions labelled at another hour)."""
-    times = np.asarray(panel.times, dtype="datetime64[ns]")
+    return _spacing(panel.times)
+
+
+def _spacing(labels: np.ndarray) -> int | None:
+    """`_intraday_spacing` of bar times `labels`."""
+    times = np.asarray(labels, dtype="datetime64[ns]")
     if times.size < 2 or not (times.astype("datetime64[D]") != times).any():
         return None
     gaps = np.diff(times).astype("timedelta64[s]").astype(np.int64)  # seconds: 30 s is not 0

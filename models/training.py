@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tradingd.app import bar_of_data
+from tradingd.app import bar_of_data, config_window
 from tradingd.config import Config
 from tradingd.core.atomic_file import pid_alive, write_atomically
 from tradingd.core.errors import ConfigError, TradingdError
@@ -66,16 +66,17 @@ def _dates(times: np.ndarray) -> list[str]:
     return [str(t.min().date()), str(t.max().date())] if len(t) else ["", ""]
 
 
-def run_start(config: Config) -> np.datetime64 | None:
-    """`run.start` as a bar time (UTC, as bars are stored), None when not set. Training
-    windows end from it on, as a backtest trades from it on: the trial that set 2004-01-01
-    got a model trained from 2000 (all the data up to run.end was used)."""
-    if not config.run.start:
+def run_start(config: Config, times: np.ndarray) -> np.datetime64 | None:
+    """`run.start` as a bar time of bars `times` (naive UTC, as bars are stored), None when
+    not set. Training windows end from it on, as a backtest trades from it on: the trial
+    that set 2004-01-01 got a model trained from 2000 (all the data up to run.end was used).
+    Read as the backtest reads it (`app.config_window`): for intraday bars a date is a
+    session day of live.calendar. Read as a UTC day, an XASX Monday's first bars (from
+    23:00 UTC on Sunday) ended no training window, unlike the backtest that trades them."""
+    start = config_window(config, times)[0]
+    if start is None:
         return None
-    ts = pd.Timestamp(config.run.start)
-    if ts.tzinfo is not None:
-        ts = ts.tz_convert("UTC").tz_localize(None)
-    return ts.to_datetime64()
+    return np.datetime64(start.replace(tzinfo=None), "ns")
 
 
 class TooFewWindows(ConfigError, ValueError):
@@ -214,7 +215,7 @@ def train(
     names = resolve_set(f.set)
     catalog = Catalog(f.indicators, f.cross_sectional)
     fsid = feature_set_id(f.set, names, f.indicators, f.cross_sectional)
-    start = run_start(config) if from_run_start else None
+    start = run_start(config, panel.times) if from_run_start else None
     span = _dates(panel.times)
     try:
         bar = bar_of_data(panel)

@@ -161,7 +161,14 @@ class WalkForwardAnalyzer:
         return mode != "never" and uses_ml(self.config)
 
     def folds(self, panel: Panel) -> list[Fold]:
-        return make_folds(panel.times, self.wf, self.config.run.start, self.config.run.end)
+        return make_folds(
+            panel.times,
+            self.wf,
+            self.config.run.start,
+            self.config.run.end,
+            calendar=self.config.live.calendar,
+            data_timezone=self.config.data.timezone,
+        )
 
     def model_lookback(self, panel: Panel) -> int:
         """Bars before a training window that the model's slice starts at: the feature

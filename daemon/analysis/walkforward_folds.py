@@ -168,25 +168,39 @@ def bar_datetime(t: Any) -> datetime:
 
 
 def make_folds(
-    times: np.ndarray, config: WalkForwardConfig, start: str = "", end: str = ""
+    times: np.ndarray,
+    config: WalkForwardConfig,
+    start: str = "",
+    end: str = "",
+    *,
+    calendar: str = "XNYS",
+    data_timezone: str = "UTC",
 ) -> list[Fold]:
     """The schedule over bar times `times` (sorted). The first test window starts at the
-    first bar on or after `start` that has `lookback_bars + train` bars before it (without
-    `start`: the first such bar); the last test window ends on or before `end`."""
+    first bar on or after `start` (run.start) that has `lookback_bars + train` bars before
+    it (without `start`: the first such bar); the last test window ends on or before `end`
+    (run.end). Both are read as a backtest reads them (`app.run_window`; `calendar` is
+    live.calendar, `data_timezone` data.timezone): for intraday bars a date is a session day
+    of the calendar. Read as UTC days, an XASX fold's test window started after run.start's
+    first bars (23:00 UTC the evening before), and a run.end date cut its own session."""
     import pandas as pd
+
+    from ..app import run_window
 
     t = pd.DatetimeIndex(times)
     n = len(t)
     c = config
+    lo, hi = run_window(start, end, times, calendar=calendar, data_timezone=data_timezone)
+    start_at = _naive(lo) if lo is not None else None
     first = c.lookback_bars + c.train
-    if start:
-        first = max(first, int(t.searchsorted(_naive(start))))
+    if start_at is not None:
+        first = max(first, int(t.searchsorted(start_at)))
     last = n - 1
-    if end:
-        last = min(last, int(t.searchsorted(_naive(end), side="right")) - 1)
+    if hi is not None:
+        last = min(last, int(t.searchsorted(_naive(hi), side="right")) - 1)
     span = last - first + 1
-    if start and n and _naive(start) > t[-1]:
-        raise WalkForwardError(_start_after_data(start, end, t[-1]))
+    if start_at is not None and n and start_at > t[-1]:
+        raise WalkForwardError(_start_after_data(start, end, start_at, t[-1]))
     if span < c.test:
         have = max(span, 0)
         raise WalkForwardError(
@@ -217,7 +231,7 @@ def make_folds(
     return folds
 
 
-def _start_after_data(start: str, end: str, last: pd.Timestamp) -> str:
+def _start_after_data(start: str, end: str, start_at: pd.Timestamp, last: pd.Timestamp) -> str:
     """Why there is no test bar when run.start is after the data's last bar, as `tradingd
     backtest` says it (`app.trade_start`): "too few bars for one fold ... leaves 0 test
     bars" named no cause."""
@@ -225,7 +239,7 @@ def _start_after_data(start: str, end: str, last: pd.Timestamp) -> str:
     if end:
         # The data was loaded up to run.end: its last bar is not the data's end. A gap of
         # more than a long weekend before run.start is the data ending, not a holiday.
-        gap = (_naive(start) - last).days
+        gap = (start_at - last).days
         why = "a holiday or weekend window?" if gap <= 4 else "the data ends before run.start"
         return (
             f"no bar between run.start = {start!r} and run.end = {end!r} (the last bar up to "
@@ -237,9 +251,8 @@ def _start_after_data(start: str, end: str, last: pd.Timestamp) -> str:
     )
 
 
-def _naive(text: str) -> pd.Timestamp:
-    """A config date as the panel's naive times (exchange wall time, daily bars at 00:00)."""
+def _naive(at: datetime) -> pd.Timestamp:
+    """An aware bound (`app.run_window`) on the scale of the panel's naive UTC times."""
     import pandas as pd
 
-    ts = pd.Timestamp(text)
-    return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
+    return pd.Timestamp(at).tz_convert("UTC").tz_localize(None)
