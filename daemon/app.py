@@ -350,7 +350,7 @@ def run_window(
     (a session opening 23:00 UTC the evening before its date) run.start's first bars fell
     in the training span before the windows or the fold before the test, and a date of
     run.end left out that session's bars."""
-    daily = _spacing(times) is None
+    daily = daily_bars(times)
 
     def bound(value: str, is_end: bool) -> datetime | None:
         if not value:
@@ -360,6 +360,11 @@ def run_window(
         )
 
     return bound(start, False), bound(end, True)
+
+
+def daily_bars(times: np.ndarray) -> bool:
+    """Whether bar times `times` are daily (sessions), as `run_window` and `bar_of_data` tell."""
+    return _spacing(times) is None
 
 
 def config_window(config: Config, times: np.ndarray) -> tuple[datetime | None, datetime | None]:

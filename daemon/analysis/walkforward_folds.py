@@ -158,6 +158,16 @@ def bar_label(t: Any) -> str:
     return ts.isoformat()
 
 
+def run_label(t: Any, daily: bool) -> str:
+    """A bar time as a fold's `run.start` / `run.end`, naming that bar as the fold's
+    backtest reads them (`app.run_bound`): `bar_label`'s date for daily bars, the ISO UTC
+    instant of an intraday bar. A date of intraday bars names a session day of
+    live.calendar: an XASX bar at 00:00 UTC (11:00 Sydney) written "2024-03-04" started the
+    fold's trading at that session's first bar, 23:00 UTC the evening before, a bar early
+    (with warmup = "none", the training window's last bar was traded)."""
+    return bar_label(t) if daily else bar_datetime(t).isoformat()
+
+
 def bar_datetime(t: Any) -> datetime:
     """A panel time as the engine labels it (timezone-aware UTC)."""
     import pandas as pd

@@ -37,7 +37,14 @@ import numpy as np
 from ..config import Config, PluginSpec
 from ..feeds.panel import FIELDS, Panel
 from .parallel import in_worker
-from .walkforward_folds import Fold, WalkForwardConfig, WalkForwardError, bar_datetime, bar_label
+from .walkforward_folds import (
+    Fold,
+    WalkForwardConfig,
+    WalkForwardError,
+    bar_datetime,
+    bar_label,
+    run_label,
+)
 
 ML_PLUGIN = "ml_ensemble"
 
@@ -96,12 +103,12 @@ def run_fold(task: FoldTask) -> dict[str, Any]:
             model = train_model(task.config, model_panel, Path(tmp) / "model", task.wf)
             train_s = time.perf_counter() - t1
             model_dir = str(Path(tmp) / "model")
-        start = fold.train_start if task.wf.warmup == "train" else fold.test_start
+        start, end = fold_window(task)
         cfg = fold_config(
             task.config,
             run_id=f"{task.run_prefix}-f{fold.index:03d}",
-            start=bar_label(times[start - off]),
-            end=bar_label(times[fold.test_end - off]),
+            start=start,
+            end=end,
             model_dir=model_dir,
             threads=task.wf.threads,
             tmp=Path(tmp),
@@ -223,6 +230,18 @@ def pin_threads(threads: int) -> None:
             "this process with other thread counts, and its results depend on them. Run the "
             "folds in worker processes (workers >= 1) or set walkforward.threads = 0"
         ) from None
+
+
+def fold_window(task: FoldTask) -> tuple[str, str]:
+    """The fold's `run.start` and `run.end`: its training window's first bar (warmup =
+    "train") or its test window's, and its test window's last, each written so that the
+    fold's backtest reads that very bar (`run_label`)."""
+    from ..app import daily_bars
+
+    fold, off, times = task.fold, task.offset, task.panel.times
+    start = fold.train_start if task.wf.warmup == "train" else fold.test_start
+    daily = daily_bars(times)
+    return run_label(times[start - off], daily), run_label(times[fold.test_end - off], daily)
 
 
 def train_model(config: Config, panel: Panel, out: Path, wf: WalkForwardConfig) -> dict[str, Any]:

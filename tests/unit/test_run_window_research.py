@@ -158,3 +158,41 @@ def test_a_run_start_after_intraday_data_names_the_data_ending():
     cfg = WalkForwardConfig(train=30, test=3, step=3, lookback_bars=6)
     with pytest.raises(WalkForwardError, match="after the last bar of the data"):
         make_folds(_xasx(), cfg, "2024-03-18", calendar="XASX")
+
+
+def _fold_trades_from(times: np.ndarray, calendar: str, warmup: str) -> list[tuple[int, int]]:
+    """For each fold: the index of its first bar to trade, as its backtest reads the fold's
+    run.start (`walkforward_run.fold_window`, `app.trade_start`), and the bar it should be."""
+    from tradingd.analysis.walkforward_run import FoldTask, fold_window
+    from tradingd.app import trade_start
+
+    panel = _panel(times)
+    cfg = WalkForwardConfig(train=12, test=3, step=1, lookback_bars=6, warmup=warmup)
+    out = []
+    for fold in make_folds(times, cfg, calendar=calendar):
+        task = FoldTask(_config(calendar, ""), cfg, fold, panel, 0, fold.lo, False, "wf")
+        start, end = fold_window(task)
+        at = trade_start(_config(calendar, start, end), panel)
+        assert at is not None
+        first = int(np.searchsorted(times, np.datetime64(at.replace(tzinfo=None), "ns")))
+        out.append((first, fold.train_start if warmup == "train" else fold.test_start))
+    return out
+
+
+@pytest.mark.parametrize("warmup", ["none", "train"])
+def test_a_fold_trades_from_its_own_first_bar_on_xasx_bars(warmup):
+    """A fold's run.start named its first bar by `bar_label`, a date for a bar at 00:00 UTC
+    (11:00 Sydney): read as that session day, the fold traded from 23:00 UTC the evening
+    before, a bar early (with warmup = "none", the training window's last bar)."""
+    got = _fold_trades_from(_xasx()[:120], "XASX", warmup)
+    assert [first for first, _ in got] == [want for _, want in got]
+
+
+def test_a_fold_of_daily_bars_names_its_bars_by_date():
+    """Guard: daily folds trade from their first bar, named by its date as before."""
+    from tradingd.analysis.walkforward_folds import run_label
+
+    daily = pd.bdate_range("2024-01-01", periods=60).to_numpy(dtype="datetime64[ns]")
+    got = _fold_trades_from(daily, "XNYS", "none")
+    assert [first for first, _ in got] == [want for _, want in got]
+    assert run_label(daily[0], True) == "2024-01-01"
