@@ -10,7 +10,8 @@ whose check details it unlocks; `/health` is asked without it.
 
 The report: `url`; `alive` and `ready` (booleans); `health`, `readiness` and `status` (the
 three bodies as the daemon sent them, already masked by the server); `error` (in words, when
-the exit code is not 0); `status_error` when only `/status` failed.
+the exit code is not 0); `status_error` when only `/status` failed; `readiness_error` when
+the token given is not the daemon's (/ready then withholds its checks' details).
 """
 
 from __future__ import annotations
@@ -191,6 +192,12 @@ async def fetch_health(
         )
     elif status_code != 200:
         report["status_error"] = f"/status answered {status_code}"
+    if token and "details" in report["readiness"]:
+        # /ready answers a wrong token as it does none (its status code is for probes): the
+        # checks' details withheld; said, or a mistyped token read as a daemon without them.
+        report["readiness_error"] = (
+            f"/ready withheld its checks' details: the {TOKEN_ENV} set is not the daemon's"
+        )
     alive = health_code == 200
     ready = ready_code == 200
     report["alive"] = alive

@@ -323,9 +323,17 @@ async def test_the_token_shows_the_failing_checks_details(server_with):
     code, report = await fetch_health(server.url, 2.0, TOKEN)
     assert code == EXIT_NOT_READY
     assert report["readiness"]["checks"]["reconciliation"]["detail"] == "blocked: ZZQX"
+    assert "readiness_error" not in report
     code, report = await fetch_health(server.url, 2.0)
     assert code == EXIT_NOT_READY and "check 'reconciliation' failing" in report["error"]
     assert "ZZQX" not in json.dumps(report)
+    assert "readiness_error" not in report  # no token given: status_error says to set one
+    code, report = await fetch_health(server.url, 2.0, "another-token")
+    assert code == EXIT_NOT_READY and "ZZQX" not in json.dumps(report)
+    assert report["readiness_error"] == (
+        "/ready withheld its checks' details: the TRADINGD_HEALTH_TOKEN set is not the daemon's"
+    )
+    assert "another-token" not in json.dumps(report)
 
 
 async def test_tradingd_health_sends_the_token_of_its_environment(impostor):
