@@ -21,7 +21,12 @@ run's own the folder keeps `keep`. Never removed:
   before the marks existed) or a set-aside name (`<run_id>.before-<UTC time>.jsonl`);
 - a log whose run is going on in another process (two backtests at once): its run lock
   (the lock file `_run_lock` takes in the audit folder) is held, and it is skipped;
-- anything else in the folder (lock files, other files).
+- anything else in the folder (lock files, other files): a name counts as a backtest's log
+  only when its run lock file already exists (a tradingd run of that name took it; pruning
+  never creates one) and each of its files starts with an audit record (`{"event": "`).
+  Before, any `*.jsonl` or `*.jsonl.<n>` counted: a researcher's `my-notes.jsonl` or
+  `trials.jsonl.3` in the folder was removed once older than the newest runs, and a lock
+  file was left for each name removed.
 
 The removal is said in one log line (`audit.old_runs_removed`) naming the count and the
 folder. `keep = 0` removes nothing (every log kept, as before).
@@ -46,7 +51,9 @@ _LOG_FILE = re.compile(r"^(?P<base>.+\.jsonl)(?:\.(?P<n>\d+))?$")
 # An earlier live run's log set aside by a fresh start (AuditLog._set_aside).
 _SET_ASIDE = re.compile(r"\.before-\d{8}T\d{6}Z(?:-\d+)?\.jsonl$")
 _SESSION_LINE = b'{"event": "session"'
-_LOCK_FLAGS = os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW
+_RECORD_START = b'{"event": "'  # the first bytes of every audit line (audit_file)
+# Opened, never created: a name no tradingd run took has no lock file, and is not a log.
+_LOCK_FLAGS = os.O_RDWR | os.O_CLOEXEC | os.O_NOFOLLOW
 
 
 @dataclass(frozen=True)
@@ -79,9 +86,11 @@ def prune_replay_logs(directory: Path, keep_others: int, own: str) -> Pruned:
     newest = sorted(replays.items(), key=lambda kv: kv[1][0], reverse=True)
     runs = files = size = in_use = 0
     for base, (_, paths) in newest[max(0, keep_others) :]:
-        if _has_session_line(paths):
-            continue  # a live run's from before the marks
+        if _has_session_line(paths) or not _all_audit_files(paths):
+            continue  # a live run's from before the marks; or not tradingd's
         fd = _lock_unused(directory, base)
+        if fd == _NOT_A_RUN:
+            continue  # no run took this name: not tradingd's
         if fd is None:
             in_use += 1
             continue
@@ -144,6 +153,23 @@ def _has_session_line(paths: list[Path]) -> bool:
     return False
 
 
+def _all_audit_files(paths: list[Path]) -> bool:
+    """Each of `paths` is empty or starts with an audit record: a file of another tool that
+    shares the name pattern (`notes.jsonl`, `trials.jsonl.3`) is not a log of tradingd's.
+    Unreadable counts as not one: kept."""
+    for path in paths:
+        try:
+            with path.open("rb") as fh:
+                head = fh.read(len(_RECORD_START))
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return False
+        if head and head != _RECORD_START:
+            return False
+    return True
+
+
 def _remove(paths: list[Path]) -> tuple[int, int]:
     """Unlink `paths`: (files removed, their bytes). One that cannot be is left, with a
     warning (gone meanwhile: nothing to say)."""
@@ -166,17 +192,24 @@ def _remove(paths: list[Path]) -> tuple[int, int]:
     return removed, size
 
 
+_NOT_A_RUN = -1  # `_lock_unused`: the name has no run lock file
+
+
 def _lock_unused(directory: Path, base: str) -> int | None:
     """The run lock of the log `base` (the file `_run_lock` locks in the audit folder),
     taken, as an open descriptor, for as long as its files are removed: a run of it
     starting meanwhile finds no half-removed log (it is refused for that moment, as by any
-    holder). None when another process holds it (its run is going on: its log is kept) or
-    the lock cannot be tested (kept too, with a warning)."""
-    from .instance_lock import LOCK_FILE_MODE, MEMORY, lock_file_path
+    holder). `_NOT_A_RUN` when the lock file does not exist: no tradingd run took the name,
+    so its files are not a log of tradingd's (kept; no lock file is made for it). None when
+    another process holds it (its run is going on: its log is kept) or the lock cannot be
+    tested (kept too, with a warning)."""
+    from .instance_lock import MEMORY, lock_file_path
 
     path = lock_file_path(f"sqlite:///{MEMORY}", f"replay:{base}", lock_dir=directory)
     try:
-        fd = os.open(path, _LOCK_FLAGS, LOCK_FILE_MODE)
+        fd = os.open(path, _LOCK_FLAGS)
+    except FileNotFoundError:
+        return _NOT_A_RUN
     except OSError as e:
         _untested(path, e)
         return None
@@ -248,11 +281,22 @@ def remove_run_log(directory: Path, run_id: str, *, live: bool) -> RunLogRemoval
             "while the store holds this run as a backtest: another run id writes it; remove "
             "it by hand if it is no longer wanted"
         )
+    if not _all_audit_files(paths):
+        return RunLogRemoval(
+            kept=f"{directory / base}: a file of it does not start with an audit record "
+            '({"event": ...}): not written by tradingd; remove it by hand if it is no longer '
+            "wanted"
+        )
     if live and mark.exists():
         paths = [*paths, mark]
     if not paths:
         return RunLogRemoval()
     fd = _lock_unused(directory, base)
+    if fd == _NOT_A_RUN:
+        return RunLogRemoval(
+            kept=f"{directory / base} has no run lock file in that folder: no tradingd run "
+            "wrote it there; remove it by hand if it is no longer wanted"
+        )
     if fd is None:
         return RunLogRemoval(
             kept=f"{directory / base} is in use: a run of it is going on in another process "

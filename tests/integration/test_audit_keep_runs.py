@@ -159,3 +159,62 @@ def test_the_default_keeps_twenty_and_the_environment_sets_it(tmp_path):
     assert load_config([cfg], env={}).log.audit_keep_runs == 20
     env = {"TRADINGD_LOG__AUDIT_KEEP_RUNS": "3"}
     assert load_config([cfg], env=env).log.audit_keep_runs == 3
+
+
+async def test_files_tradingd_never_wrote_are_kept_and_get_no_lock_file(engine_config):
+    """A `*.jsonl` or `*.jsonl.<n>` of another tool in the folder, older than every run, is
+    kept while real old backtests' logs go: any name matching the pattern counted as a
+    backtest's log before, was removed, and was left a lock file of its own."""
+    from tradingd.instance_lock import MEMORY, lock_file_path
+
+    audit = Path(engine_config.log.audit_dir)
+    panel = make_panel(n_bars=120, split_at=None)
+    for i in range(2):
+        await _replay(_config(engine_config, f"old-{i}", keep=0), panel).run_until_done()
+        _age(audit / f"old-{i}.jsonl", 20)
+    foreign = {
+        "my-notes.jsonl": '{"note": "try a lower threshold"}\n',
+        "trials.jsonl.3": '{"trial": 3, "sharpe": 0.4}\n',
+        # an audit-looking line in a file whose name no run took: no run lock file
+        "copied.jsonl": '{"event": "fill", "time": "2026-01-02T00:00:00+00:00"}\n',
+    }
+    for name, text in foreign.items():
+        (audit / name).write_text(text)
+        _age(audit / name, 30)
+    # A run's name with a file of another tool beside its log: the name is kept whole.
+    await _replay(_config(engine_config, "mixed", keep=0), panel).run_until_done()
+    (audit / "mixed.jsonl.4").write_text("not an audit record\n")
+    for p in audit.glob("mixed.jsonl*"):
+        _age(p, 25)
+    locks_before = set(audit.glob("*.lock"))
+    with capture_logs() as logs:
+        await _replay(_config(engine_config, "new", keep=1), panel).run_until_done()
+    assert _logs(audit) == sorted([*foreign, "mixed.jsonl", "mixed.jsonl.4", "new.jsonl"])
+    removed = [e for e in logs if e["event"] == "audit.old_runs_removed"]
+    assert [e["runs"] for e in removed] == [2]  # old-0 and old-1
+    lock = lock_file_path(f"sqlite:///{MEMORY}", "replay:new.jsonl", lock_dir=audit)
+    assert set(audit.glob("*.lock")) == locks_before | {lock}
+
+
+def test_delete_runs_files_keeps_a_log_tradingd_never_wrote(tmp_path):
+    """`remove_run_log` (`tradingd delete-runs --files`) shares the rule: a name without a
+    run lock file, or with a file that is no audit record, is kept with a reason."""
+    from tradingd.audit_prune import remove_run_log
+    from tradingd.instance_lock import MEMORY, lock_file_path
+
+    (tmp_path / "gone.jsonl").write_text('{"event": "order"}\n')
+    kept = remove_run_log(tmp_path, "gone", live=False)
+    assert kept.files == 0 and "no run lock file" in kept.kept
+    assert (tmp_path / "gone.jsonl").exists() and not list(tmp_path.glob("*.lock"))
+
+    lock = lock_file_path(f"sqlite:///{MEMORY}", "replay:run.jsonl", lock_dir=tmp_path)
+    lock.touch()
+    (tmp_path / "run.jsonl").write_text('{"event": "order"}\n')
+    (tmp_path / "run.jsonl.2").write_text("id,price\n1,2\n")
+    kept = remove_run_log(tmp_path, "run", live=False)
+    assert kept.files == 0 and "does not start with an audit record" in kept.kept
+    assert (tmp_path / "run.jsonl.2").exists() and (tmp_path / "run.jsonl").exists()
+
+    (tmp_path / "run.jsonl.2").unlink()
+    done = remove_run_log(tmp_path, "run", live=False)
+    assert (done.files, done.kept) == (1, "") and not (tmp_path / "run.jsonl").exists()
