@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -443,6 +444,56 @@ class AuditLog:
                 return newest
         return None
 
+    def files_present(self) -> bool:
+        """Whether any file of this log is in the folder: the current one, its numbered
+        backups, one logrotate renamed (`.jsonl-20261201`, `.jsonl.1.gz`), or its `.live`
+        mark (a rotation with `log.audit_backups = 0` removes the current file, and the
+        mark is then all there is). None means the audit folder was not restored with the
+        store (`Engine._warn_if_audit_behind`)."""
+        own = re.compile(re.escape(self.path.name) + _ROTATED_SUFFIX)
+        mark = self._live_mark.name
+        try:
+            with os.scandir(self.path.parent) as entries:
+                return any(e.name == mark or own.match(e.name) for e in entries)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise StorageError(
+                f"cannot list the audit folder {self.path.parent}: {e.strerror or e}"
+            ) from e
+
+    def first_record_time(self) -> datetime | None:
+        """The earliest bar of an order, fill, cash-in-lieu or adjustment line in the files
+        `last_fill_time` reads (the current one, then the numbered backups up to the first
+        missing), None when they hold none. Records that all begin after the store's last
+        fill are of a log rotated since (`log.audit_backups = 0`, logrotate), not of one
+        left behind (`Engine._warn_if_audit_behind`)."""
+        earliest: datetime | None = None
+        for path in self._chain():
+            try:
+                with path.open("rb") as fh:
+                    for raw in fh:
+                        if not raw.startswith(_DATED_LINES):
+                            continue
+                        when = _record_time(raw.decode("utf-8", errors="replace"))
+                        if isinstance(when, datetime) and (earliest is None or when < earliest):
+                            earliest = when
+            except FileNotFoundError:
+                continue
+            except OSError as e:
+                raise StorageError(f"cannot read the audit log {path}: {e.strerror or e}") from e
+        return earliest
+
+    def _chain(self) -> list[Path]:
+        """The current file (when there) and the numbered backups up to the first missing."""
+        chain = [self.path] if self.path.exists() else []
+        for i in range(1, self.backups + 1):
+            backup = self.path.with_suffix(f".jsonl.{i}")
+            if not backup.exists():
+                break
+            chain.append(backup)
+        return chain
+
     def close(self) -> None:
         try:
             self.flush(force=True)
@@ -503,6 +554,12 @@ def _record_time(line: str, stopped_cleanly: bool = False) -> Any:
 
 _SESSION_LINE = b'{"event": "session"'
 _FILL_LINE = b'{"event": "fill"'
+# The lines `_record_time` dates (a session line has no bar).
+_DATED_LINES = tuple(
+    f'{{"event": "{e}"'.encode() for e in ("order", "fill", "cash_in_lieu", "adjustment")
+)
+# After a log's file name: its numbered backup, logrotate's (dateext) rename, compressed.
+_ROTATED_SUFFIX = r"(?:[.-][0-9][0-9._-]*)?(?:\.(?:gz|bz2|xz|zst|lz4|Z))?$"
 
 
 def _has_session_line(path: Path) -> bool:

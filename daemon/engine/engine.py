@@ -2104,7 +2104,15 @@ class Engine:
         """Say when the audit log lacks fills the store holds. A live process writes a bar's
         lines before the store commits it, so a crash never leaves the store ahead; a
         restore does: an audit folder backed up before the store (or not restored at all)
-        went on with the restored run's later fills missing from it, without a word."""
+        went on with the restored run's later fills missing from it, without a word.
+
+        A log with no fill line is not behind for that alone: rotated with no backup
+        (`log.audit_backups = 0`) or by logrotate (copytruncate, compress, dateext), its
+        fills are in files it does not read, and every restart warned until the next fill.
+        It is behind when none of its files (nor its `.live` mark) is there: the folder not
+        restored; or when its
+        earliest record is of a bar at or before the store's last fill (it began before
+        that fill and lacks it); records that all begin after it are a rotated log's."""
         audit_last = getattr(self.audit, "last_fill_time", None)
         store_last = getattr(self.store, "last_fill_time", None)
         if audit_last is None or store_last is None:
@@ -2114,6 +2122,8 @@ class Engine:
             return
         logged = audit_last()
         if logged is not None and logged >= stored:
+            return
+        if logged is None and self._audit_rotated_since(stored):
             return
         log.warning(
             "audit.behind_store",
@@ -2126,6 +2136,16 @@ class Engine:
             "backup as the store, or take the missing records from the store's orders, "
             "order_events and fills tables",
         )
+
+    def _audit_rotated_since(self, stored: datetime) -> bool:
+        """See `_warn_if_audit_behind`: the audit log's files are there, and the records
+        they hold (if any) all begin after `stored`, the store's last fill."""
+        present = getattr(self.audit, "files_present", None)
+        first = getattr(self.audit, "first_record_time", None)
+        if present is None or first is None or not present():
+            return False
+        earliest = first()
+        return earliest is None or earliest > stored
 
     def _warn_if_model_changed(self, stored: Any) -> None:
         """Say when the run resumes on other signals' sources (plugins and model versions)

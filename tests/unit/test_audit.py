@@ -715,3 +715,38 @@ def test_lines_refuse_extras_that_do_not_match_the_records():
     assert len(audit_file._order_lines(records, ["", ""])) == 2
     with pytest.raises(ValueError, match="1 extras for 2 records"):
         audit_file._order_lines(records, [""])
+
+
+def test_first_record_time_is_the_earliest_dated_line_of_the_files_read(tmp_path):
+    """`Engine._warn_if_audit_behind` compares it with the store's last fill: a session
+    line has no bar, and a backup past the first missing one is not read."""
+    log = AuditLog(tmp_path, "r", flush_interval_s=0.0, backups=3)
+    assert log.first_record_time() is None and not log.files_present()
+    log.path.write_text(
+        '{"event": "session", "pid": 1, "started_at": "2020-01-01T00:00:00+00:00"}\n'
+        '{"event": "order", "booked_at": "2026-03-05T00:00:00+00:00"}\n'
+        '{"event": "adjustment", "time": "2026-03-04T00:00:00+00:00", "symbol": "A"}\n'
+    )
+    (tmp_path / "r.jsonl.1").write_text('{"event": "fill", "time": "2026-03-02T00:00:00+00:00"}\n')
+    # past the missing .jsonl.2: not read (last_fill_time stops there too)
+    (tmp_path / "r.jsonl.3").write_text('{"event": "fill", "time": "2026-01-01T00:00:00+00:00"}\n')
+    assert log.first_record_time() == datetime(2026, 3, 2, tzinfo=UTC)
+    log.close()
+
+
+@pytest.mark.parametrize(
+    ("names", "present"),
+    [
+        (["r.jsonl.live"], True),  # rotated with log.audit_backups = 0
+        (["r.jsonl-20261207.gz"], True),  # logrotate dateext + compress
+        (["r.jsonl.2.gz"], True),
+        (["r.jsonl"], True),
+        (["other.jsonl", "r.jsonl.jsonl", "r.before-20260101T000000Z.jsonl"], False),
+    ],
+)
+def test_files_present_sees_the_logs_rotated_files_and_mark_only(tmp_path, names, present):
+    for name in names:
+        (tmp_path / name).write_text("")
+    log = AuditLog(tmp_path, "r", flush_interval_s=0.0)
+    assert log.files_present() is present
+    log.close()
