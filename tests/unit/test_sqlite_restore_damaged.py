@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from tradingd.core.errors import ConfigError, StoreDamaged
 from tradingd.core.types import RunInfo
@@ -98,3 +99,76 @@ async def test_a_backup_restored_without_the_stale_wal_resumes(tmp_path: Path) -
     finally:
         await store.stop()
     assert resumed is not None and resumed.bar_time == T0
+
+
+# When the check runs: only when a -wal file was beside the database at open (a kill or a
+# restore). A clean stop leaves none, and the check reads every page (minutes on a large
+# store, at every systemd restart).
+
+
+def _spy_check(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    calls: list[str] = []
+    real = SqliteStore._quick_check
+
+    def spy(self: SqliteStore) -> str | None:
+        calls.append(self.path)
+        return real(self)
+
+    monkeypatch.setattr(SqliteStore, "_quick_check", spy)
+    return calls
+
+
+def _leave_wal_as_a_kill_does(path: Path, tmp_path: Path) -> None:
+    """A write the daemon never checkpointed: its -wal stays (what a SIGKILL leaves)."""
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA wal_autocheckpoint = 0")
+    db.execute("CREATE TABLE IF NOT EXISTS filler (a INTEGER PRIMARY KEY, b TEXT)")
+    db.execute("INSERT INTO filler (b) VALUES ('x')")
+    db.commit()
+    wal = Path(f"{path}-wal")
+    kept = tmp_path / "killed.wal"
+    shutil.copy(wal, kept)
+    db.close()  # (removes the -wal: put back as the kill left it)
+    assert not wal.exists()
+    shutil.copy(kept, wal)
+
+
+async def test_a_start_after_a_clean_stop_does_not_check(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "paper.db"
+    await _stored_run(path)
+    assert not Path(f"{path}-wal").exists()  # the clean stop removed it
+    calls = _spy_check(monkeypatch)
+    store = SqliteStore(path)
+    await store.start()
+    try:
+        with capture_logs() as logs:
+            resumed = await store.resume_run(RUN)
+    finally:
+        await store.stop()
+    assert resumed is not None and resumed.bar_time == T0
+    assert calls == []
+    skipped = [e for e in logs if e["event"] == "storage.sqlite.check_skipped"]
+    assert len(skipped) == 1 and "no -wal" in skipped[0]["reason"]
+
+
+async def test_a_start_after_a_kill_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "paper.db"
+    await _stored_run(path)
+    _leave_wal_as_a_kill_does(path, tmp_path)
+    calls = _spy_check(monkeypatch)
+    store = SqliteStore(path)
+    await store.start()
+    try:
+        with capture_logs() as logs:
+            resumed = await store.resume_run(RUN)
+    finally:
+        await store.stop()
+    assert resumed is not None and resumed.bar_time == T0
+    assert calls == [str(path)]
+    events = [e["event"] for e in logs]
+    assert "storage.sqlite.checking" in events and "storage.sqlite.checked" in events
+    checking = next(e for e in logs if e["event"] == "storage.sqlite.checking")
+    assert f"{path}-wal" in checking["reason"]
