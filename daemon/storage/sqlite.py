@@ -72,6 +72,11 @@ class _Skipped(Exception):
     """A batch handed over after one that failed: not written (the order is kept)."""
 
 
+# SQLite's answers that say the file itself is damaged (extended codes too:
+# SQLITE_CORRUPT_INDEX, ...); any other error of the check (a lock, a disk error) is not.
+_DAMAGED = ("SQLITE_CORRUPT", "SQLITE_NOTADB")
+
+
 class SqliteStore(BufferedStore):
     """Times are stored as fixed-width ISO-8601 UTC text ("2020-01-02T21:00:00.000000+00:00"),
     so text order is time order. WAL journal mode lets readers see committed batches while
@@ -435,14 +440,26 @@ class SqliteStore(BufferedStore):
 
     def _quick_check(self) -> str | None:
         """On the writer thread: SQLite's `quick_check` of the file (every page read once),
-        None when it says ok, else its first findings. A live start's after a kill or a
-        restore, before the run is resumed: a damaged file (a backup restored beside a
-        stale `-wal`) was resumed from and written on without a word."""
+        None when it says ok, else its first findings. Only SQLITE_CORRUPT and SQLITE_NOTADB
+        are findings: a lock held by another program or a disk error is a StorageError with
+        its own advice (it was reported as damage with the advice to remove the files)."""
         db = self._conn()
         try:
             rows = db.execute(self.check_sql).fetchall()
         except sqlite3.DatabaseError as e:
-            return str(e)
+            name = getattr(e, "sqlite_errorname", None) or ""
+            if name.startswith(_DAMAGED):
+                return f"{name}: {e}"
+            advice = explain(e, self.path)
+            if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+                advice += (
+                    f": another program holds a lock on {self.path} (a sqlite3 shell, a "
+                    "backup in progress): end it and start again"
+                )
+            raise StorageError(
+                f"cannot check SQLite database {self.path} before the live run is resumed "
+                f"({name or type(e).__name__}): {advice}"
+            ) from e
         found = [str(r[0]) for r in rows]
         return None if found == ["ok"] else " | ".join(" ".join(f.split()) for f in found)
 

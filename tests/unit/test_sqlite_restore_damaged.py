@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from tradingd.core.errors import ConfigError, StoreDamaged
+from tradingd.core.errors import ConfigError, StorageError, StoreDamaged
 from tradingd.core.types import RunInfo
 from tradingd.storage.sqlite import SqliteStore
 
@@ -172,3 +172,66 @@ async def test_a_start_after_a_kill_checks(tmp_path: Path, monkeypatch: pytest.M
     assert "storage.sqlite.checking" in events and "storage.sqlite.checked" in events
     checking = next(e for e in logs if e["event"] == "storage.sqlite.checking")
     assert f"{path}-wal" in checking["reason"]
+
+
+# Errors of the check that are not damage: a StorageError of their own, never the advice to
+# remove the database files.
+
+
+class _Refusing:
+    """The store's connection, answering the check with `error`."""
+
+    def __init__(self, real: sqlite3.Connection, error: sqlite3.Error) -> None:
+        self.real, self.error = real, error
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if "quick_check" in sql:
+            raise self.error
+        return self.real.execute(sql, *args)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+
+async def test_a_locked_database_is_not_called_damaged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "paper.db"
+    await _stored_run(path)
+    _leave_wal_as_a_kill_does(path, tmp_path)
+    busy = sqlite3.OperationalError("database is locked")
+    busy.sqlite_errorname = "SQLITE_BUSY"
+    busy.sqlite_errorcode = sqlite3.SQLITE_BUSY
+    store = SqliteStore(path)
+    await store.start()
+    real = store._conn()
+    monkeypatch.setattr(store, "_conn", lambda: _Refusing(real, busy))
+    try:
+        with pytest.raises(StorageError) as e:
+            await store.resume_run(RUN)
+    finally:
+        monkeypatch.undo()
+        await store.stop()
+    assert not isinstance(e.value, StoreDamaged | ConfigError)
+    msg = str(e.value)
+    assert str(path) in msg and "SQLITE_BUSY" in msg and "lock" in msg
+    assert "remove" not in msg and ".recover" not in msg
+
+
+async def test_an_error_of_the_check_statement_is_not_damage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "paper.db"
+    await _stored_run(path)
+    _leave_wal_as_a_kill_does(path, tmp_path)
+    # A real OperationalError (SQLITE_ERROR) from SQLite, not a damaged file.
+    monkeypatch.setattr(SqliteStore, "check_sql", "SELECT * FROM no_such_table", raising=False)
+    store = SqliteStore(path)
+    await store.start()
+    try:
+        with pytest.raises(StorageError) as e:
+            await store.resume_run(RUN)
+    finally:
+        await store.stop()
+    assert not isinstance(e.value, StoreDamaged)
+    assert "remove" not in str(e.value)
