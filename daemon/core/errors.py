@@ -161,6 +161,13 @@ class StoreDamaged(StorageError, ConfigError):
     restart."""
 
 
+class StoreCheckStopped(StorageError):
+    """A stop (SIGTERM) came while the SQLite store checked its file at a live start
+    (`PRAGMA quick_check`, minutes on a large store): the check was interrupted rather than
+    waited for (it held a SIGTERM past the unit's stop timeout). Not a failure: the engine
+    ends the start as a stop before the first bar, and the next start checks again."""
+
+
 class CheckpointUnusable(ConfigError):
     """A live run's stored state cannot be continued: a value of its checkpoint (cash NaN or
     null, a short position a long-only run cannot hold, ...) or of an order intent stored

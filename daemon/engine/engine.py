@@ -60,6 +60,7 @@ from ..core.errors import (
     EngineStoppedError,
     PluginFault,
     RetryableError,
+    StoreCheckStopped,
 )
 from ..core.numbers import same_quantity
 from ..core.ports import (
@@ -1447,6 +1448,9 @@ class Engine:
         self.clock.request_stop()
         if self._stop_event is not None:
             self._stop_event.set()  # a warm-up waiting on its source
+        interrupt = getattr(self.store, "interrupt_check", None)
+        if interrupt is not None:
+            interrupt()  # a SQLite store's check at a live start: minutes, not waited for
 
     async def run_until_done(self) -> EngineResult:
         # The pipeline as the run has it (it may be another since the engine was made).
@@ -1499,7 +1503,13 @@ class Engine:
                 started.append(part)
             structlog.contextvars.bind_contextvars(run_id=self.run.run_id)
             if self._durable:
-                stored = await self._open_run_record()
+                try:
+                    stored = await self._open_run_record()
+                except StoreCheckStopped:
+                    # A SIGTERM during the SQLite store's check of its file: a stop before
+                    # the first bar, as one while the parts started.
+                    log.info("engine.stopped_before_start", run_id=self.run.run_id)
+                    return self.result()
                 self._record_begun = True
                 # A control's row is no bar: a run that decided none starts as a new one.
                 resume = self._without_control_row(stored)

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -48,7 +49,7 @@ from typing import Any, ClassVar, TypeVar
 
 import structlog
 
-from ..core.errors import ConfigError, StorageError, StoreDamaged
+from ..core.errors import ConfigError, StorageError, StoreCheckStopped, StoreDamaged
 from ..core.types import RunInfo
 from .buffered import BufferedStore, ResumePoint, Row
 from .child import ChildWriter
@@ -66,6 +67,9 @@ from .writer import WriterThread
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+
+
+_STOPPED = "stopped"  # `_quick_check`'s answer when a stop interrupted it
 
 
 class _Skipped(Exception):
@@ -119,6 +123,12 @@ class SqliteStore(BufferedStore):
         # A `-wal` file beside the database when it was opened (`_open`): a killed daemon's
         # or a restore's, the only case the live start's check can find damage in.
         self._wal_at_open = False
+        # Set by `interrupt_check` (a stop): the check ends at once (`_quick_check`).
+        self._check_stopping = threading.Event()
+        # The check's statement running (under `_check_lock`): only it is interrupted, never a
+        # replay's batch being written when a backtest is stopped.
+        self._checking = False
+        self._check_lock = threading.Lock()
 
     # ------------------------------------------------------------------ connection
 
@@ -407,7 +417,7 @@ class SqliteStore(BufferedStore):
         `-wal` is merged with it by SQLite (damaged pages), and a live run resumed from it
         wrote on without a word. Not at every start: it reads every page (3.6 GB took 55 s
         cold here), and after a clean stop (no `-wal`) there is nothing it could find that
-        this start made."""
+        this start made. A stop during the check interrupts it (`interrupt_check`)."""
         if self.path == MEMORY:
             return
         if not self._wal_at_open:
@@ -426,6 +436,12 @@ class SqliteStore(BufferedStore):
         began = time.monotonic()
         problems = await self._call(self._quick_check)
         seconds = round(time.monotonic() - began, 2)
+        if problems is _STOPPED:
+            log.info("storage.sqlite.check_interrupted", path=self.path, seconds=seconds)
+            raise StoreCheckStopped(
+                f"the check of SQLite store {self.path} was interrupted by a stop; "
+                f"run {run.run_id!r} was not resumed (the next start checks again)"
+            )
         log.info("storage.sqlite.checked", path=self.path, ok=problems is None, seconds=seconds)
         if problems is not None:
             raise StoreDamaged(
@@ -438,16 +454,39 @@ class SqliteStore(BufferedStore):
             )
         self._wal_at_open = False  # checked: a second resume of this start does not again
 
+    def interrupt_check(self) -> None:
+        """A stop (SIGTERM, from the event loop's thread): end a running `quick_check` now
+        rather than wait for it (minutes on a large store, past the unit's stop timeout).
+        The flag is read by the check's progress handler too, so a check that had not begun
+        its statement yet when `interrupt()` was called ends as well."""
+        self._check_stopping.set()
+        with self._check_lock:
+            db = self._db
+            if self._checking and db is not None:
+                db.interrupt()  # thread-safe in SQLite
+
     def _quick_check(self) -> str | None:
         """On the writer thread: SQLite's `quick_check` of the file (every page read once),
-        None when it says ok, else its first findings. Only SQLITE_CORRUPT and SQLITE_NOTADB
-        are findings: a lock held by another program or a disk error is a StorageError with
-        its own advice (it was reported as damage with the advice to remove the files)."""
+        None when it says ok, `_STOPPED` when a stop interrupted it, else its first
+        findings. Only SQLITE_CORRUPT and SQLITE_NOTADB are findings: a lock held by
+        another program or a disk error is a StorageError with its own advice (it was
+        reported as damage with the advice to remove the database files)."""
         db = self._conn()
+        if self._check_stopping.is_set():
+            return _STOPPED
+        db.set_progress_handler(lambda: int(self._check_stopping.is_set()), 1000)
         try:
-            rows = db.execute(self.check_sql).fetchall()
+            with self._check_lock:
+                self._checking = True
+            try:
+                rows = db.execute(self.check_sql).fetchall()
+            finally:
+                with self._check_lock:
+                    self._checking = False
         except sqlite3.DatabaseError as e:
             name = getattr(e, "sqlite_errorname", None) or ""
+            if self._check_stopping.is_set() and name == "SQLITE_INTERRUPT":
+                return _STOPPED
             if name.startswith(_DAMAGED):
                 return f"{name}: {e}"
             advice = explain(e, self.path)
@@ -460,6 +499,8 @@ class SqliteStore(BufferedStore):
                 f"cannot check SQLite database {self.path} before the live run is resumed "
                 f"({name or type(e).__name__}): {advice}"
             ) from e
+        finally:
+            db.set_progress_handler(None, 0)
         found = [str(r[0]) for r in rows]
         return None if found == ["ok"] else " | ".join(" ".join(f.split()) for f in found)
 

@@ -6,15 +6,18 @@ a word; now the resume runs SQLite's `quick_check` and refuses, naming the file 
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import shutil
 import sqlite3
+import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
-from tradingd.core.errors import ConfigError, StorageError, StoreDamaged
+from tradingd.core.errors import ConfigError, StorageError, StoreCheckStopped, StoreDamaged
 from tradingd.core.types import RunInfo
 from tradingd.storage.sqlite import SqliteStore
 
@@ -235,3 +238,67 @@ async def test_an_error_of_the_check_statement_is_not_damage(
         await store.stop()
     assert not isinstance(e.value, StoreDamaged)
     assert "remove" not in str(e.value)
+
+
+# A stop during the check: interrupted, not waited for (minutes on a large store, past the
+# unit's stop timeout).
+
+_ENDLESS = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT max(x) FROM c"
+
+
+async def test_a_stop_interrupts_the_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "paper.db"
+    await _stored_run(path)
+    _leave_wal_as_a_kill_does(path, tmp_path)
+    monkeypatch.setattr(SqliteStore, "check_sql", _ENDLESS, raising=False)
+    began = threading.Event()
+    real = SqliteStore._quick_check
+
+    def announced(self: SqliteStore) -> str | None:
+        began.set()
+        return real(self)
+
+    monkeypatch.setattr(SqliteStore, "_quick_check", announced)
+    store = SqliteStore(path)
+    await store.start()
+    try:
+        resume = asyncio.ensure_future(store.resume_run(RUN))
+        assert await asyncio.to_thread(began.wait, 30)
+        store.interrupt_check()  # what the engine's request_stop calls (a SIGTERM)
+        with pytest.raises(StoreCheckStopped):
+            await asyncio.wait_for(resume, 30)
+    finally:
+        db = store._db
+        if db is not None:
+            db.interrupt()  # (without the fix: the endless check must not hang the stop)
+        await store.stop()
+
+
+class _CountingInterrupts:
+    def __init__(self, real: sqlite3.Connection) -> None:
+        self.real, self.interrupts = real, 0
+
+    def interrupt(self) -> None:
+        self.interrupts += 1
+        self.real.interrupt()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.real, name)
+
+
+async def test_a_stop_with_no_check_running_interrupts_nothing(tmp_path: Path) -> None:
+    """A backtest's stop (request_stop) while the thread writes a batch: only the check's
+    statement is ever interrupted, never a write."""
+    store = SqliteStore(tmp_path / "paper.db")
+    await store.start()
+    db = _CountingInterrupts(store._conn())
+    store._db = db  # type: ignore[assignment]
+    try:
+        store.interrupt_check()
+        assert db.interrupts == 0
+        await store.begin_run(dataclasses.replace(RUN, mode="backtest", run_id="bt"))
+        store.record_checkpoint("bt", T0, {"bar": 0})
+        await store.flush()
+    finally:
+        store._db = db.real
+        await store.stop()
