@@ -39,7 +39,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -401,15 +401,7 @@ class AuditLog:
         self.check_live()
         self._release()
         total = 0
-        files = [
-            self.path,
-            *(self.path.with_suffix(f".jsonl.{i}") for i in range(1, self.backups + 1)),
-        ]
-        for path in files:
-            if not path.exists():
-                if path == self.path:
-                    continue  # rotated away just before the process died
-                break
+        for path in self._chain():  # the current file may be rotated away just before a death
             dropped, kept = _drop_after(path, t, stopped_cleanly)
             total += dropped
             if kept:
@@ -420,26 +412,8 @@ class AuditLog:
         """The bar of the newest fill line in this run's files (the current one, then the
         rotated ones while they hold none), None when there is none: a resume compares it
         with the store's (`Engine._warn_if_audit_behind`)."""
-        files = [
-            self.path,
-            *(self.path.with_suffix(f".jsonl.{i}") for i in range(1, self.backups + 1)),
-        ]
-        for path in files:
-            if not path.exists():
-                if path == self.path:
-                    continue
-                break
-            newest: datetime | None = None
-            try:
-                with path.open("rb") as fh:
-                    for raw in fh:
-                        if not raw.startswith(_FILL_LINE):
-                            continue
-                        when = _record_time(raw.decode("utf-8", errors="replace"))
-                        if isinstance(when, datetime) and (newest is None or when > newest):
-                            newest = when
-            except OSError as e:
-                raise StorageError(f"cannot read the audit log {path}: {e.strerror or e}") from e
+        for path in self._chain():
+            newest = max(_line_times(path, _FILL_LINE, missing_ok=False), default=None)
             if newest is not None:
                 return newest
         return None
@@ -468,21 +442,8 @@ class AuditLog:
         missing), None when they hold none. Records that all begin after the store's last
         fill are of a log rotated since (`log.audit_backups = 0`, logrotate), not of one
         left behind (`Engine._warn_if_audit_behind`)."""
-        earliest: datetime | None = None
-        for path in self._chain():
-            try:
-                with path.open("rb") as fh:
-                    for raw in fh:
-                        if not raw.startswith(_DATED_LINES):
-                            continue
-                        when = _record_time(raw.decode("utf-8", errors="replace"))
-                        if isinstance(when, datetime) and (earliest is None or when < earliest):
-                            earliest = when
-            except FileNotFoundError:
-                continue
-            except OSError as e:
-                raise StorageError(f"cannot read the audit log {path}: {e.strerror or e}") from e
-        return earliest
+        times = (t for path in self._chain() for t in _line_times(path, _DATED_LINES))
+        return min(times, default=None)
 
     def _chain(self) -> list[Path]:
         """The current file (when there) and the numbered backups up to the first missing."""
@@ -553,6 +514,26 @@ def _record_time(line: str, stopped_cleanly: bool = False) -> Any:
 
 
 _SESSION_LINE = b'{"event": "session"'
+
+
+def _line_times(
+    path: Path, prefixes: bytes | tuple[bytes, ...], *, missing_ok: bool = True
+) -> Iterator[datetime]:
+    """The bar times of `path`'s lines starting with `prefixes` (`AuditLog.last_fill_time`,
+    `first_record_time`); a file gone since it was listed has none when `missing_ok`."""
+    try:
+        with path.open("rb") as fh:
+            for raw in fh:
+                if raw.startswith(prefixes):
+                    when = _record_time(raw.decode("utf-8", errors="replace"))
+                    if isinstance(when, datetime):
+                        yield when
+    except OSError as e:
+        if missing_ok and isinstance(e, FileNotFoundError):
+            return
+        raise StorageError(f"cannot read the audit log {path}: {e.strerror or e}") from e
+
+
 _FILL_LINE = b'{"event": "fill"'
 # The lines `_record_time` dates (a session line has no bar).
 _DATED_LINES = tuple(
