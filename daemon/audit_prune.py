@@ -35,7 +35,6 @@ folder. `keep = 0` removes nothing (every log kept, as before).
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import os
 import re
@@ -43,6 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
+
+from .core.flock import is_held
 
 log = structlog.get_logger("tradingd.audit")
 
@@ -217,7 +218,7 @@ def _lock_unused(directory: Path, base: str) -> int | None:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
         os.close(fd)
-        if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN):
+        if is_held(e):
             return None
         _untested(path, e)
         return None

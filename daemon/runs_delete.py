@@ -27,7 +27,6 @@ command before anything is deleted (exit 2, naming them); runs selected by `--ba
 from __future__ import annotations
 
 import contextlib
-import errno
 import fcntl
 import json
 import os
@@ -43,6 +42,7 @@ import structlog
 
 from .config import Config
 from .core.errors import ConfigError, StorageError
+from .core.flock import is_held
 from .secrets import mask_url
 from .storage.factory import missing_sqlite_store, open_store, sqlite_path
 
@@ -412,7 +412,7 @@ def _store_unused(db: Path) -> Iterator[None]:
                     raw = os.pread(fd, 4096, 0)
                 finally:
                     os.close(fd)
-                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                if not is_held(e):
                     raise ConfigError(
                         f"delete-runs: --vacuum cannot lock {path} ({e.strerror or e}): "
                         "nothing was vacuumed"
